@@ -1,0 +1,142 @@
+"""Command-line conventions shared by every script.
+
+* Every long flag accepts both spellings: ``--num-clients`` and ``--num_clients``.
+* A bad argument or input ends with ONE line on stderr (``prog: error: what is wrong; what is expected``)
+  and exit status 2, no traceback. Scripts raise ``UsageError`` for input problems found after parsing
+  (missing files, impossible shards) and are launched through ``run(main)``.
+* Shared groups: ``add_run_args`` (seed, device, out-dir, run name, quick, quiet, resume) and
+  ``add_fed_args`` (clients, rounds, participation, eval cadence) with per-script defaults.
+
+Script skeleton::
+
+    def get_args_parser(add_help=True): ...
+    def main(argv=None) -> dict:        # returns the summary dict; tests call main([...])
+        args = parse(get_args_parser(), argv)
+        ...
+    if __name__ == "__main__":
+        cli.run(main)
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+class UsageError(Exception):
+    """A problem with the user's input: reported as one line, exit status 2."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ``UsageError(message)`` unless ``condition``."""
+    if not condition:
+        raise UsageError(message)
+
+
+def _both_spellings(names: Sequence[str]) -> list[str]:
+    out = list(names)
+    for name in names:
+        if name.startswith("--") and len(name) > 3:
+            body = name[2:]
+            for alt in (body.replace("-", "_"), body.replace("_", "-")):
+                if "--" + alt not in out:
+                    out.append("--" + alt)
+    return out
+
+
+def _add_argument(original: Callable, *names, **kwargs):
+    if names and names[0].startswith("-"):
+        names = tuple(_both_spellings(names))
+        if "dest" not in kwargs:
+            long_names = [n for n in names if n.startswith("--")]
+            if long_names:  # dest from the first spelling given, snake_cased
+                kwargs["dest"] = long_names[0][2:].replace("-", "_")
+    return original(*names, **kwargs)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with both flag spellings, no abbreviations, and one-line errors (exit 2)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        return _add_argument(super().add_argument, *names, **kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        group.add_argument = functools.partial(_add_argument, group.add_argument)
+        return group
+
+    def add_mutually_exclusive_group(self, **kwargs):
+        group = super().add_mutually_exclusive_group(**kwargs)
+        group.add_argument = functools.partial(_add_argument, group.add_argument)
+        return group
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (``sys.argv[1:]`` when None)."""
+    return parser.parse_args(None if argv is None else list(argv))
+
+
+def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str = "runs") -> None:
+    g = parser.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=seed, help="global seed; client streams derive from it")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--out-dir", default=out_dir, help="parent folder of run directories")
+    g.add_argument("--run-name", default=None, help="run directory name (default: derived from the settings)")
+    g.add_argument("--quick", action="store_true", help="tiny model, few rounds, embedded data: a smoke run")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from <run dir>/checkpoint.pt if present (same arguments required)")
+
+
+def add_fed_args(parser: argparse.ArgumentParser, *, num_clients: int = 10, rounds: int | None = None,
+                 participation_rate: float = 1.0, eval_every: int = 1) -> None:
+    g = parser.add_argument_group("federation")
+    g.add_argument("--num-clients", type=int, default=num_clients, help="number of clients K")
+    g.add_argument("--rounds", type=int, default=rounds, help="communication rounds")
+    g.add_argument("--participation-rate", type=float, default=participation_rate,
+                   help="fraction C of clients sampled each round (without replacement)")
+    g.add_argument("--eval-every", type=int, default=eval_every, help="evaluate the global model every N rounds")
+
+
+def validate_fed_args(args: argparse.Namespace) -> None:
+    check(args.num_clients >= 1, f"--num-clients must be at least 1, got {args.num_clients}")
+    check(args.rounds is None or args.rounds >= 1, f"--rounds must be at least 1, got {args.rounds}")
+    check(0.0 < args.participation_rate <= 1.0,
+          f"--participation-rate must be in (0, 1], got {args.participation_rate}")
+    check(args.eval_every >= 1, f"--eval-every must be at least 1, got {args.eval_every}")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"--device {name!r} is not a device ({e}); expected auto, cpu, cuda or cuda:N") from None
+    check(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
+    return device
+
+
+def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
+    """Entry point: run ``main`` and turn a ``UsageError`` into one line on stderr and exit status 2."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script"
+    try:
+        main(argv)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        raise SystemExit(130) from None
