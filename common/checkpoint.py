@@ -1,6 +1,197 @@
-"""CONTRACT STUB (to be implemented): atomic writes and checkpoint files.
+"""Atomic file writes and checkpoint files.
 
-atomic_write_bytes(path, data); atomic_write_json(path, obj); atomic_write_text(path, s)
-save_checkpoint(path, state: dict, kind: str); load_checkpoint(path, kind: str) -> dict
-  (CheckpointError, a UsageError, for truncated, foreign or wrong-kind files)
+Atomic writes: the data goes to a temporary file in the same directory, is flushed and fsync'ed, and only
+then ``os.replace``s the target, so a crash (or a full disk) leaves either the old file or the new one,
+never a torn mix. The directory is fsync'ed afterwards where the OS allows it, so the rename survives a
+power cut too.
+
+Checkpoints are ``torch.save`` archives of ``{"format": "fedlab-checkpoint", "version": 1, "kind": kind,
+"state": state}``. ``kind`` names the script that wrote the file (e.g. ``"mamba_fl/fed_fisher"``), so one
+script never resumes from another's state. ``load_checkpoint`` raises ``CheckpointError`` (a
+``UsageError``: one line, exit status 2) for a missing, truncated, foreign or wrong-kind file.
+
+Why ``torch.load(weights_only=False)`` is acceptable here: checkpoints hold NumPy and Python RNG states
+and optimizer state that the weights-only unpickler rejects. Before unpickling, ``load_checkpoint`` checks
+that the file is a complete torch zip archive and reads our header from the pickle opcodes *without
+executing them* (``pickletools``), so files from other tools are refused before any of their code runs.
+This guards against accidents, not attacks: as with any pickle, only load checkpoints you trust.
 """
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickletools
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from common.cli import UsageError
+
+FORMAT = "fedlab-checkpoint"
+VERSION = 1
+_HEADER_KEYS = ("format", "version", "kind")
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be used: missing, truncated, foreign, or written by another script."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# atomic writes
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Run ``write(f)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``json.dumps`` default: tensors and NumPy values become numbers or lists, paths and the rest strings."""
+    if torch.is_tensor(obj):
+        return obj.item() if obj.numel() == 1 and obj.dim() == 0 else obj.detach().cpu().tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    return str(obj)  # Path, torch.device, torch.dtype, ...
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON (tensors, arrays and paths converted) to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=to_jsonable) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoints
+
+def save_checkpoint(path: str | os.PathLike, state: dict, kind: str) -> Path:
+    """``torch.save`` ``state`` (tensors, numbers, lists, dicts, RNG states) with our header, atomically."""
+    payload = {"format": FORMAT, "version": VERSION, "kind": kind, "state": state}
+    return _atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def _read_header(pkl: bytes) -> dict:
+    """The first three key/value pairs of the pickled top-level dict, read from opcodes, nothing executed."""
+    values: list[Any] = []
+    memo: dict[int, Any] = {}
+    last: Any = None
+    for op, arg, _ in pickletools.genops(io.BytesIO(pkl)):
+        if op.name in ("PROTO", "FRAME", "EMPTY_DICT", "MARK"):
+            continue
+        if op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[int(arg)] = last
+            continue
+        if op.name == "MEMOIZE":
+            memo[len(memo)] = last
+            continue
+        if op.name in ("BINGET", "LONG_BINGET", "GET"):
+            last = memo.get(int(arg))
+        elif isinstance(arg, (str, int)) and op.name not in ("GLOBAL", "STACK_GLOBAL", "INST"):
+            last = arg
+        else:  # anything else (a global, a nested object) before the header is complete: not ours
+            break
+        values.append(last)
+        if len(values) == 2 * len(_HEADER_KEYS):
+            break
+    return dict(zip(values[0::2], values[1::2]))
+
+
+def peek_kind(path: str | os.PathLike) -> str | None:
+    """The ``kind`` of a fedlab checkpoint, or None when ``path`` is not a complete fedlab checkpoint."""
+    try:
+        return _check_file(Path(path), expect_kind=None)
+    except CheckpointError:
+        return None
+
+
+def _check_file(path: Path, expect_kind: str | None) -> str:
+    """Verify, without unpickling, that ``path`` is a complete fedlab checkpoint; return its kind."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise CheckpointError(f"{path} is not a fedlab checkpoint (not a torch.save archive); "
+                              "point --out-dir/--run-name at a run directory written by this project")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not names:
+                raise CheckpointError(f"{path} is a zip archive but not a torch checkpoint")
+            header = _read_header(z.read(names[0]))  # z.read checks the CRC
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); the run was "
+                              "probably killed while saving: delete it and rerun without --resume") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a torch file but not a fedlab checkpoint (no '{FORMAT}' header)")
+    if header.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {header.get('version')!r}; "
+                              f"this code reads version {VERSION}")
+    kind = header.get("kind")
+    if expect_kind is not None and kind != expect_kind:
+        raise CheckpointError(f"{path} is a checkpoint of {kind!r}, not of {expect_kind!r}; "
+                              "use another --run-name or --out-dir")
+    return kind
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict:
+    """The ``state`` saved by ``save_checkpoint(path, state, kind)``; ``CheckpointError`` if unusable."""
+    path = Path(path)
+    _check_file(path, kind)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)  # ours: see module doc
+    except Exception as e:  # noqa: BLE001 -- any unpickling failure means the file is unusable
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e}); "
+                              "delete it and rerun without --resume") from None
+    if not isinstance(payload, dict) or "state" not in payload:
+        raise CheckpointError(f"{path} is not a fedlab checkpoint (no state)")
+    return payload["state"]

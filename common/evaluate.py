@@ -1,21 +1,343 @@
-"""CONTRACT STUB (to be implemented): evaluation and metrics."""
+"""Evaluation loops and metrics.
+
+* ``perplexity``: token-weighted, exp(total NLL / total tokens) over the whole split -- not the mean of
+  per-batch perplexities, which over-weights short final batches.
+* ``mean_entropy``: predictive entropy in nats per token over the real vocabulary (models often pad their
+  vocabulary to a multiple of 8 or 16; the padded logits are not real outcomes).
+* ``classification_eval``: loss and accuracy of a classifier (or MSE of a 1-output regressor), optionally
+  with the predictions for ``glue_metrics``.
+* Metrics on predictions -- ``accuracy``, ``f1_score``, ``matthews_corrcoef``, ``pearson``, ``spearman`` --
+  in plain NumPy (float64), matching scikit-learn / SciPy on the cases GLUE uses.
+
+Every loop runs under ``torch.inference_mode()`` with the model in eval mode, and restores each module's
+previous train/eval flag afterwards. Sums are accumulated on the device and read once at the end, so there
+is no host-device sync per batch. (A model that lazily caches tensors during its first forward would cache
+inference tensors here; run one training-mode forward first if such a model is trained afterwards.)
+"""
 from __future__ import annotations
 
-def autocast(device):
-    """bf16 autocast on CUDA, a no-op elsewhere."""
-    raise NotImplementedError
-def perplexity(model, batches, device=None) -> dict:
-    """Token-weighted: exp(total NLL / total tokens). batches yield dicts with input_ids [B,T] and labels [B,T]
-    (HF convention: labels aligned with input_ids, shifted inside; -100 ignored). -> {loss, ppl, tokens}"""
-    raise NotImplementedError
-def mean_entropy(model, batches, vocab_size: int | None = None, device=None) -> float:
-    """Mean predictive entropy in nats per token over the first vocab_size logits."""
-    raise NotImplementedError
-def classification_eval(model, batches, device=None, forward=None) -> dict:
-    """-> {loss, accuracy, n}; forward(model, inputs) -> logits, batches yield (inputs, targets)."""
-    raise NotImplementedError
-def accuracy(pred, target) -> float: ...
-def f1_score(pred, target) -> float: ...
-def matthews_corrcoef(pred, target) -> float: ...
-def pearson(x, y) -> float: ...
-def spearman(x, y) -> float: ...
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+# Rows of [N, V] logits converted to float32 at a time: bounds the extra memory for a large vocabulary
+# (8192 positions x 50k tokens would be 1.6 GB per float32 copy).
+CHUNK_ROWS = 2048
+
+# GLUE task -> the metrics its leaderboard reports (the first one is the task's main score).
+GLUE_METRICS = {
+    "cola": ("matthews_corrcoef",),
+    "sst2": ("accuracy",),
+    "mrpc": ("f1", "accuracy"),
+    "qqp": ("f1", "accuracy"),
+    "stsb": ("pearson", "spearman"),
+    "mnli": ("accuracy",),
+    "mnli_matched": ("accuracy",),
+    "mnli_mismatched": ("accuracy",),
+    "qnli": ("accuracy",),
+    "rte": ("accuracy",),
+    "wnli": ("accuracy",),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# context helpers
+
+def autocast(device: str | torch.device | None):
+    """bf16 autocast on CUDA, a no-op context elsewhere (CPU bf16 autocast is slow and changes results)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """``model.eval()`` inside the block; afterwards every submodule gets back its own previous flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _device_of(model: nn.Module, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    """Move tensors (possibly inside dicts, lists, tuples) to ``device``."""
+    if torch.is_tensor(x):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+def _logits(out: Any) -> torch.Tensor:
+    """Logits from a model output: a tensor, an HF ``ModelOutput`` (``.logits``) or a tuple (first item)."""
+    if torch.is_tensor(out):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# language models
+
+def _lm_batch(batch: Any) -> tuple[dict, torch.Tensor]:
+    """Normalize an LM batch to (model inputs, labels [B, T]).
+
+    Accepts a dict with ``input_ids`` [B, T] and optional ``labels`` / ``attention_mask``, a tuple
+    (input_ids, labels), or a bare ``input_ids`` tensor. Without labels, labels are the input ids with
+    padding (attention_mask == 0) ignored.
+    """
+    if torch.is_tensor(batch):
+        batch = {"input_ids": batch}
+    elif isinstance(batch, (tuple, list)):
+        batch = {"input_ids": batch[0], "labels": batch[1]}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    labels = batch.get("labels")
+    if labels is None:
+        labels = inputs["input_ids"]
+        if inputs.get("attention_mask") is not None:
+            labels = labels.masked_fill(inputs["attention_mask"] == 0, IGNORE_INDEX)
+    if "input_ids" in inputs:  # -100 padding in input_ids (e.g. the last partial block) is not a token id
+        inputs["input_ids"] = inputs["input_ids"].clamp_min(0)
+    return inputs, labels
+
+
+def _default_lm_forward(model: nn.Module, inputs: dict) -> torch.Tensor:
+    return _logits(model(**inputs))
+
+
+def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF causal-LM convention: position t predicts label t+1. -> logits [N, V], labels [N]."""
+    logits = logits[:, :-1, :]
+    labels = labels[:, 1:]
+    return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+
+
+def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
+               forward: Callable[[nn.Module, dict], torch.Tensor] | None = None,
+               vocab_size: int | None = None) -> dict:
+    """Token-weighted perplexity of a causal LM.
+
+    batches: dicts with ``input_ids`` [B, T] and ``labels`` [B, T] (aligned with input_ids; shifted here;
+        -100 ignored), or (input_ids, labels) tuples, or bare input_ids tensors.
+    forward: ``forward(model, inputs) -> logits [B, T, V]``; default ``model(**inputs).logits``.
+    vocab_size: if given, only the first ``vocab_size`` logits are scored (padded-vocabulary models).
+    Returns {"loss": mean NLL in nats per token, "ppl": exp(loss), "tokens": number of scored tokens}.
+    """
+    device = _device_of(model, device)
+    forward = forward or _default_lm_forward
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    with eval_mode(model), torch.inference_mode():
+        for batch in batches:
+            inputs, labels = _lm_batch(_to(batch, device))
+            with autocast(device):
+                logits = forward(model, inputs)
+            if vocab_size is not None:
+                logits = logits[..., :vocab_size]
+            flat_logits, flat_labels = _shifted(logits, labels)
+            for lg, lb in zip(flat_logits.split(CHUNK_ROWS), flat_labels.split(CHUNK_ROWS)):
+                nll += F.cross_entropy(lg.float(), lb, ignore_index=IGNORE_INDEX, reduction="sum").double()
+            count += (flat_labels != IGNORE_INDEX).sum()
+    tokens = int(count.item())
+    loss = float(nll.item()) / tokens if tokens else float("nan")
+    ppl = float("inf") if loss > 700 else math.exp(loss)  # NaN stays NaN; a diverged model gives inf
+    return {"loss": loss, "ppl": ppl, "tokens": tokens}
+
+
+def mean_entropy(model: nn.Module, batches: Iterable[Any], vocab_size: int | None = None, device=None,
+                 forward: Callable[[nn.Module, dict], torch.Tensor] | None = None) -> float:
+    """Mean predictive entropy H(p(. | prefix)) in nats per token, over the positions ``perplexity`` scores.
+
+    Only the first ``vocab_size`` logits are used (softmax renormalized over them), so padded vocabulary
+    entries do not count. Batches as in ``perplexity``.
+    """
+    device = _device_of(model, device)
+    forward = forward or _default_lm_forward
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    with eval_mode(model), torch.inference_mode():
+        for batch in batches:
+            inputs, labels = _lm_batch(_to(batch, device))
+            with autocast(device):
+                logits = forward(model, inputs)
+            if vocab_size is not None:
+                logits = logits[..., :vocab_size]
+            flat_logits, flat_labels = _shifted(logits, labels)
+            keep = flat_labels != IGNORE_INDEX
+            for chunk in flat_logits[keep].split(CHUNK_ROWS):
+                logp = F.log_softmax(chunk.float(), dim=-1)  # [rows, V]
+                total += -(logp.exp() * logp).sum().double()
+            count += keep.sum()
+    n = int(count.item())
+    return float(total.item()) / n if n else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# classifiers
+
+def _default_cls_forward(model: nn.Module, inputs: Any) -> torch.Tensor:
+    if isinstance(inputs, Mapping):
+        return _logits(model(**inputs))
+    return _logits(model(inputs))
+
+
+def _cls_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+    """(inputs, targets) from a tuple, or from an HF-style dict holding ``labels`` (or ``label``)."""
+    if isinstance(batch, Mapping):
+        key = "labels" if "labels" in batch else "label"
+        return {k: v for k, v in batch.items() if k != key}, batch[key]
+    inputs, targets = batch
+    return inputs, targets
+
+
+def classification_eval(model: nn.Module, batches: Iterable[Any], device=None,
+                        forward: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+                        return_predictions: bool = False) -> dict:
+    """Loss and accuracy of a classifier over a split (sums over examples, divided once at the end).
+
+    batches: (inputs, targets) pairs, or dicts with ``labels``; forward(model, inputs) -> logits [B, C]
+        (default ``model(**inputs).logits`` for dicts, ``model(inputs)`` otherwise).
+    With one output (logits [B, 1] or [B]) the model is a regressor: loss is the MSE and accuracy is NaN.
+    Returns {"loss", "accuracy", "n"}; with ``return_predictions`` also "predictions" (class ids, or
+    values for a regressor) and "targets" as NumPy arrays, for ``glue_metrics``.
+    """
+    device = _device_of(model, device)
+    forward = forward or _default_cls_forward
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    regression = False
+    preds, targs = [], []
+    with eval_mode(model), torch.inference_mode():
+        for batch in batches:
+            inputs, targets = _cls_batch(_to(batch, device))
+            with autocast(device):
+                logits = forward(model, inputs)
+            logits = logits.float()
+            if logits.dim() == 1 or logits.shape[-1] == 1:
+                regression = True
+                values = logits.reshape(-1)
+                loss_sum += F.mse_loss(values, targets.float().reshape(-1), reduction="sum").double()
+                pred = values
+            else:
+                loss_sum += F.cross_entropy(logits, targets.long(), reduction="sum").double()
+                pred = logits.argmax(-1)
+                correct += (pred == targets).sum()
+            n += int(targets.shape[0])
+            if return_predictions:
+                preds.append(pred.detach())
+                targs.append(targets.detach())
+    out = {"loss": float(loss_sum.item()) / n if n else float("nan"),
+           "accuracy": float("nan") if regression or not n else int(correct.item()) / n,
+           "n": n}
+    if return_predictions:
+        out["predictions"] = torch.cat(preds).cpu().numpy() if preds else np.zeros(0)
+        out["targets"] = torch.cat(targs).cpu().numpy() if targs else np.zeros(0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics on predictions (NumPy, float64)
+
+def _np(x: Any, dtype=None) -> np.ndarray:
+    if torch.is_tensor(x):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype).reshape(-1)
+
+
+def _pair(a: Any, b: Any, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _np(a, dtype), _np(b, dtype)
+    if a.shape != b.shape:
+        raise ValueError(f"predictions and targets differ in length: {a.size} vs {b.size}")
+    if a.size == 0:
+        raise ValueError("no predictions to score")
+    return a, b
+
+
+def accuracy(pred, target) -> float:
+    """Fraction of exact matches."""
+    pred, target = _pair(pred, target)
+    return float(np.mean(pred == target))
+
+
+def f1_score(pred, target) -> float:
+    """Binary F1 of the positive class 1: 2TP / (2TP + FP + FN); 0.0 when there is no positive at all."""
+    pred, target = _pair(pred, target)
+    p, t = pred == 1, target == 1
+    tp = float(np.sum(p & t))
+    fp = float(np.sum(p & ~t))
+    fn = float(np.sum(~p & t))
+    denom = 2 * tp + fp + fn
+    return 2 * tp / denom if denom else 0.0
+
+
+def matthews_corrcoef(pred, target) -> float:
+    """Matthews correlation (multi-class form of Gorodkin 2004; the usual formula for two classes).
+
+    MCC = (c*s - t.p) / sqrt((s^2 - p.p)(s^2 - t.t)), c correct, s total, t/p per-class true/predicted
+    counts. 0.0 when the denominator is 0 (constant predictions or targets), as scikit-learn does.
+    """
+    pred, target = _pair(pred, target)
+    classes, idx = np.unique(np.concatenate([pred, target]), return_inverse=True)
+    pi, ti = idx[:pred.size], idx[pred.size:]
+    p = np.bincount(pi, minlength=classes.size).astype(np.float64)
+    t = np.bincount(ti, minlength=classes.size).astype(np.float64)
+    c = float(np.sum(pi == ti))
+    s = float(pred.size)
+    denom = np.sqrt((s * s - p @ p) * (s * s - t @ t))
+    return float((c * s - t @ p) / denom) if denom > 0 else 0.0
+
+
+def pearson(x, y) -> float:
+    """Pearson correlation; NaN when either input is constant (as SciPy)."""
+    x, y = _pair(x, y, np.float64)
+    x = x - x.mean()
+    y = y - y.mean()
+    denom = np.sqrt((x @ x) * (y @ y))
+    return float(np.clip((x @ y) / denom, -1.0, 1.0)) if denom > 0 else float("nan")
+
+
+def rankdata(x) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (SciPy's ``rankdata(method="average")``)."""
+    x = _np(x)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts).astype(np.float64)  # rank of the last copy of each distinct value
+    return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation: Pearson correlation of average ranks (ties handled)."""
+    x, y = _pair(x, y, np.float64)
+    return pearson(rankdata(x), rankdata(y))
+
+
+def glue_metrics(task: str, pred, target) -> dict:
+    """The metrics GLUE reports for ``task`` (e.g. "mrpc" -> f1 and accuracy), as {name: value}."""
+    if task not in GLUE_METRICS:
+        raise ValueError(f"unknown GLUE task {task!r}; expected one of {', '.join(GLUE_METRICS)}")
+    fns = {"accuracy": accuracy, "f1": f1_score, "matthews_corrcoef": matthews_corrcoef,
+           "pearson": pearson, "spearman": spearman}
+    return {name: fns[name](pred, target) for name in GLUE_METRICS[task]}

@@ -1,0 +1,145 @@
+"""common.cli: both flag spellings, one-line errors with exit status 2, shared argument groups."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from common import cli
+
+
+def make_parser(add_help: bool = True) -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="demo.py", add_help=add_help)
+    cli.add_run_args(p, seed=3)
+    cli.add_fed_args(p, num_clients=4, rounds=2)
+    p.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
+    p.add_argument("-k", "--local-updates", type=int, default=1, help="local steps")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--use-bf16", action="store_true", help="bf16")
+    g.add_argument("--use_fp16", action="store_true", help="fp16")
+    return p
+
+
+@pytest.mark.parametrize("flag,dest,value", [
+    ("num-clients", "num_clients", 7), ("participation-rate", "participation_rate", 0.5),
+    ("eval-every", "eval_every", 3), ("out-dir", "out_dir", "somewhere"), ("run-name", "run_name", "x"),
+    ("lora-r", "lora_r", 16), ("local-updates", "local_updates", 5)])
+def test_both_spellings_parse_to_the_same_dest(flag, dest, value):
+    kebab = cli.parse(make_parser(), [f"--{flag}", str(value)])
+    snake = cli.parse(make_parser(), [f"--{flag.replace('-', '_')}", str(value)])
+    assert getattr(kebab, dest) == getattr(snake, dest) == value
+    assert vars(kebab) == vars(snake)
+
+
+def test_defaults_short_flags_and_groups():
+    args = cli.parse(make_parser(), [])
+    assert (args.seed, args.num_clients, args.rounds, args.lora_r, args.local_updates) == (3, 4, 2, 8, 1)
+    assert (args.device, args.out_dir, args.run_name) == ("auto", "runs", None)
+    assert not (args.quick or args.quiet or args.resume or args.use_bf16 or args.use_fp16)
+    assert cli.parse(make_parser(), ["-k", "9", "--quick", "--use_bf16"]).local_updates == 9
+    assert cli.parse(make_parser(), ["--use-fp16"]).use_fp16
+
+
+def test_parents_keep_both_spellings():
+    child = cli.ArgumentParser(prog="child.py", parents=[make_parser(add_help=False)])
+    child.add_argument("--extra_flag", type=float, default=1.0, help="x")
+    args = cli.parse(child, ["--num_clients", "2", "--extra-flag", "0.5"])
+    assert args.num_clients == 2 and args.extra_flag == 0.5
+
+
+def _error_of(parser, argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse(parser, argv)
+    err = capsys.readouterr().err
+    return e.value.code, err
+
+
+@pytest.mark.parametrize("argv,phrase", [
+    (["--seed", "abc"], "invalid int value"),
+    (["--num-cl", "3"], "unrecognized arguments"),  # no abbreviations
+    (["--bogus"], "unrecognized arguments"),
+    (["--use-bf16", "--use-fp16"], "not allowed with"),
+    (["--lora_r"], "expected one argument"),
+])
+def test_parse_errors_are_one_line_exit_2(argv, phrase, capsys):
+    code, err = _error_of(make_parser(), argv, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("demo.py: error:") and phrase in err
+
+
+@pytest.mark.parametrize("flag,value", [("num_clients", 0), ("rounds", 0), ("participation_rate", 0.0),
+                                        ("participation_rate", 1.5), ("eval_every", 0)])
+def test_validate_fed_args_names_the_flag(flag, value):
+    args = cli.parse(make_parser(), [])
+    cli.validate_fed_args(args)  # defaults are valid
+    setattr(args, flag, value)
+    with pytest.raises(cli.UsageError) as e:
+        cli.validate_fed_args(args)
+    assert "--" + flag.replace("_", "-") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_check_and_resolve_device():
+    cli.check(True, "never")
+    with pytest.raises(cli.UsageError, match="^boom$"):
+        cli.check(False, "boom")
+    assert cli.resolve_device("cpu") == torch.device("cpu")
+    assert cli.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(cli.UsageError, match="not a device"):
+        cli.resolve_device("potato")
+    if not torch.cuda.is_available():
+        with pytest.raises(cli.UsageError, match="CUDA is not available"):
+            cli.resolve_device("cuda:0")
+
+
+def test_run_turns_usage_error_into_one_line_exit_2(capsys):
+    def main(argv=None):
+        raise cli.UsageError("--data-dir /nope does not exist; expected a folder with train.tsv")
+    with pytest.raises(SystemExit) as e:
+        cli.run(main)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("error: --data-dir /nope does not exist; expected a folder "
+                                                 "with train.tsv\n")
+
+
+def test_run_passes_argv_and_reports_interrupts(capsys):
+    seen = []
+    cli.run(lambda argv: seen.append(argv), ["--x"])
+    assert seen == [["--x"]]
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        cli.run(interrupted)
+    assert e.value.code == 130 and "--resume" in capsys.readouterr().err
+
+
+SCRIPT = textwrap.dedent("""
+    from common import cli
+    def get_args_parser():
+        p = cli.ArgumentParser(prog="script.py")
+        cli.add_run_args(p)
+        cli.add_fed_args(p)
+        return p
+    def main(argv=None):
+        args = cli.parse(get_args_parser(), argv)
+        cli.validate_fed_args(args)
+        print("ok", args.num_clients)
+        return {}
+    if __name__ == "__main__":
+        cli.run(main)
+""")
+
+
+def test_script_process_exit_status_and_single_stderr_line(tmp_path):
+    """A real process (importing torch takes seconds, so one run): the snake_case flag parses, then
+    validation fails with exactly one stderr line, no traceback, exit status 2."""
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), "--num_clients", "3", "--participation-rate", "2"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "script.py: error: --participation-rate must be in (0, 1], got 2.0\n"

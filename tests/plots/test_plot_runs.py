@@ -1,0 +1,91 @@
+"""plots.runs on run directories written by RunDir: finding, loading, grouping over seeds, mean +- std."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.runlog import RunDir, run_name
+from plots import runs as R
+
+
+def _fake_run(root, method, k, seed, ppls, summary=True):
+    args = {"method": method, "num_clients": k, "seed": seed, "out_dir": str(root), "quiet": True, "lr": 0.1}
+    rd = RunDir(root, run_name(method, k=k, s=seed), args)
+    for r, ppl in enumerate(ppls):
+        rd.log({"round": r, "ppl": ppl, "step": 10 * r})
+    if summary:
+        rd.write_summary({"final_ppl": ppls[-1]})
+    return rd.path
+
+
+@pytest.fixture
+def root(out_dir):
+    _fake_run(out_dir, "fedavg", 4, 0, [30.0, 20.0, 10.0])
+    _fake_run(out_dir, "fedavg", 4, 1, [34.0, 22.0, 14.0])
+    _fake_run(out_dir, "fedavg", 4, 2, [32.0, 24.0], summary=False)  # unfinished: only two rounds
+    _fake_run(out_dir, "fedfisher", 4, 0, [25.0, 15.0, 9.0])
+    _fake_run(out_dir, "fedfisher", 8, 0, [27.0, 16.0, 8.0])
+    (out_dir / "not_a_run").mkdir()  # no args.json: ignored
+    return out_dir
+
+
+def test_find_and_load_runs(root):
+    names = [p.name for p in R.find_runs(root)]
+    assert names == ["fedavg_k4_s0", "fedavg_k4_s1", "fedavg_k4_s2", "fedfisher_k4_s0", "fedfisher_k8_s0"]
+    assert [p.name for p in R.find_runs(root, "fedfisher_*")] == ["fedfisher_k4_s0", "fedfisher_k8_s0"]
+    assert [p.name for p in R.find_runs(root.parent, "**/fedavg_k4_s1")] == ["fedavg_k4_s1"]
+    run = R.load_run(root / "fedavg_k4_s1")
+    assert run["name"] == "fedavg_k4_s1" and run["args"]["seed"] == 1 and run["meta"]["git_commit"]
+    assert [r["ppl"] for r in run["rows"]] == [34.0, 22.0, 14.0]
+    assert run["summary"]["final_ppl"] == 14.0
+    assert R.load_run(root / "fedavg_k4_s2")["summary"] is None
+
+
+def test_group_runs_pools_seeds_only(root):
+    groups = R.group_runs(R.load_runs(root))
+    assert [sorted(r["args"]["seed"] for r in g) for _, g in groups] == [[0, 1, 2], [0], [0]]
+    configs = [c for c, _ in groups]
+    assert all("seed" not in c and "out_dir" not in c for c in configs)
+    assert R.varying_keys(configs) == ["method", "num_clients"]
+    assert R.label(configs[2], ["method", "num_clients"]) == "method=fedfisher, num_clients=8"
+    by_k = R.group_runs(R.load_runs(root), ignore=R.DEFAULT_GROUP_IGNORE + ("method",))
+    assert [len(g) for _, g in by_k] == [4, 1]
+
+
+def test_mean_std_aligned_on_common_rounds(root):
+    (_, fedavg), *_ = R.group_runs(R.load_runs(root))
+    x, mean, std = R.mean_std(fedavg, "ppl")
+    np.testing.assert_array_equal(x, [0, 1])  # seed 2 stopped after round 1
+    np.testing.assert_allclose(mean, [32.0, 22.0])
+    np.testing.assert_allclose(std, [np.std([30, 34, 32]), np.std([20, 22, 24])])
+    _, _, sample_std = R.mean_std(fedavg, "ppl", ddof=1)
+    np.testing.assert_allclose(sample_std, [2.0, 2.0])
+    x_steps, mean_steps, _ = R.mean_std(fedavg[:2], "ppl", x="step")
+    np.testing.assert_array_equal(x_steps, [0, 10, 20])
+    np.testing.assert_allclose(mean_steps, [32.0, 21.0, 12.0])
+    x1, m1, s1 = R.mean_std(fedavg[:1], "ppl")
+    np.testing.assert_array_equal(x1, [0, 1, 2])
+    np.testing.assert_allclose(m1, [30.0, 20.0, 10.0])
+    np.testing.assert_array_equal(s1, 0.0)
+    assert R.mean_std(fedavg, "missing_metric")[0].size == 0
+    with pytest.raises(ValueError):
+        R.mean_std([], "ppl")
+
+
+def test_summary_stats(root):
+    (_, fedavg), *_ = R.group_runs(R.load_runs(root))
+    mean, std, n = R.summary_stats(fedavg, "final_ppl")
+    assert (mean, std, n) == (pytest.approx(12.0), pytest.approx(2.0), 2)  # the unfinished run is skipped
+    assert R.summary_stats(fedavg, "nope")[2] == 0
+
+
+def test_savefig_writes_png_and_pdf_into_new_folders(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+    assert matplotlib.get_backend().lower() == "agg"
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    written = R.savefig(fig, tmp_path / "figs" / "deep" / "curve.png", pdf=True)
+    assert [p.name for p in written] == ["curve.png", "curve.pdf"]
+    assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written[1].read_bytes()[:4] == b"%PDF"
+    assert not plt.fignum_exists(fig.number)  # closed
