@@ -1,39 +1,311 @@
-"""CONTRACT STUB (to be implemented): client partitioners returning index arrays.
+"""Client partitioners: each returns ``list[np.ndarray]``, one sorted int64 index array per client.
 
-All return ``list[np.ndarray]`` (one sorted int64 index array per client), deterministic for a seed.
+Every partitioner is deterministic for its ``seed`` (streams from ``common.seed.numpy_rng``), vectorised
+(n = 1e6 takes well under a second), and raises ``common.cli.UsageError`` with one line naming the
+offending setting when the requested split is impossible. No client is ever empty.
+
+=============  ========================================================================  ==========
+partitioner    what each client gets                                                      disjoint
+=============  ========================================================================  ==========
+iid            a random 1/K of the data; sizes within one of each other                   yes
+contiguous     the k-th consecutive block (the usual split of one token stream)           yes
+pathological   samples of exactly ``nc`` distinct classes; every sample used              yes
+dirichlet      per class, proportions over clients ~ Dir(alpha); at least ``min_size``    yes
+overlap        its own disjoint part plus a pool shared by all clients (``overlap``)       no
+category       whole categories, or a slice of one when clients outnumber categories      yes
+sorted_blocks  the k-th block of the data sorted by a per-example score (style skew)       yes
+=============  ========================================================================  ==========
 """
 from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
-def iid(n: int, num_clients: int, seed: int) -> list[np.ndarray]:
-    """Random permutation cut into sizes within one of each other."""
-    raise NotImplementedError
-def contiguous(n: int, num_clients: int) -> list[np.ndarray]:
-    """Consecutive blocks in order (the source split of a token stream)."""
-    raise NotImplementedError
-def pathological(labels: np.ndarray, num_clients: int, nc: int, seed: int) -> list[np.ndarray]:
-    """Exactly ``nc`` distinct classes per client, every sample used."""
-    raise NotImplementedError
+from common.cli import UsageError, check
+from common.seed import numpy_rng
+
+Shards = list[np.ndarray]
+
+
+def _sorted_shards(parts) -> Shards:
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _check_k(n: int, num_clients: int) -> None:
+    check(num_clients >= 1, f"number of clients must be at least 1, got {num_clients}")
+    check(n >= num_clients, f"cannot split {n} samples over {num_clients} clients without empty clients; "
+                            "use fewer clients or more data")
+
+
+def _labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    check(labels.ndim == 1, f"labels must be a 1-D array, got shape {labels.shape}")
+    return labels
+
+
+def iid(n: int, num_clients: int, seed: int) -> Shards:
+    """A random permutation of ``range(n)`` cut into ``num_clients`` parts, sizes within one of each other."""
+    _check_k(n, num_clients)
+    perm = numpy_rng(seed, "shard", "iid").permutation(n)
+    return _sorted_shards(np.array_split(perm, num_clients))
+
+
+def contiguous(n: int, num_clients: int) -> Shards:
+    """Consecutive blocks in order (sizes within one), as the source split of a token stream."""
+    _check_k(n, num_clients)
+    return _sorted_shards(np.array_split(np.arange(n), num_clients))
+
+
+def _class_slots(num_classes: int, num_clients: int, nc: int, rng: np.random.Generator) -> np.ndarray:
+    """[num_clients, nc] class ids: distinct within a row, each class in floor or ceil(K*nc/C) rows.
+
+    The K*nc slots are filled by consecutive random permutations of the classes, read off nc at a time.
+    A row can only repeat a class where it straddles two permutations; there the classes the row already
+    holds are moved to the end of the new permutation (they still occur once in it), which needs nc <= C.
+    """
+    total = num_clients * nc
+    seq: list[int] = []
+    while len(seq) < total:
+        perm = rng.permutation(num_classes).tolist()
+        held = set(seq[len(seq) - len(seq) % nc:]) if len(seq) % nc else set()
+        perm = [c for c in perm if c not in held] + [c for c in perm if c in held]
+        seq.extend(perm)
+    return np.asarray(seq[:total], dtype=np.int64).reshape(num_clients, nc)
+
+
+def pathological(labels: np.ndarray, num_clients: int, nc: int, seed: int) -> Shards:
+    """Exactly ``nc`` distinct classes per client, every sample used (McMahan et al.'s skew, made exact).
+
+    Each class is held by floor or ceil(K*nc / C) clients (C = classes present in ``labels``) and its
+    samples are shuffled and split into near-equal parts among them, so ``K*nc`` need not be a multiple
+    of C. Impossible when ``nc > C``, when ``K*nc < C`` (some class would go unused) or when a class has
+    fewer samples than the clients that must hold it.
+    """
+    labels = _labels(labels)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    n_cls = len(classes)
+    _check_k(len(labels), num_clients)
+    check(1 <= nc <= n_cls, f"classes per client (nc={nc}) must be between 1 and the number of classes "
+                            f"({n_cls})")
+    check(num_clients * nc >= n_cls, f"num_clients*nc = {num_clients}*{nc} < {n_cls} classes: some class "
+                                     "would be unused; raise nc or the number of clients")
+    rng = numpy_rng(seed, "shard", "pathological")
+    slots = _class_slots(n_cls, num_clients, nc, rng)
+    holders = [np.nonzero((slots == c).any(1))[0] for c in range(n_cls)]
+    for c, h in enumerate(holders):
+        check(counts[c] >= len(h), f"class {classes[c].item()!r} has {counts[c]} samples but must be held by "
+                                   f"{len(h)} clients; lower nc or the number of clients")
+    # One shuffle, then a stable sort by class: each class's indices come out in random order.
+    perm = rng.permutation(len(labels))
+    by_class = perm[np.argsort(inverse[perm], kind="stable")]
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c, chunk in enumerate(np.split(by_class, np.cumsum(counts)[:-1])):
+        for client, piece in zip(holders[c], np.array_split(chunk, len(holders[c]))):
+            parts[client].append(piece)
+    return _sorted_shards(np.concatenate(p) for p in parts)
+
+
 def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 1,
-              max_tries: int = 1000) -> list[np.ndarray]:
-    """Per-class proportions over clients ~ Dir(alpha); resample until each client has min_size."""
-    raise NotImplementedError
-def overlap(n: int, num_clients: int, overlap_ratio: float, seed: int) -> list[np.ndarray]:
-    """Own disjoint part plus a shared fraction ``overlap_ratio`` of each client's data."""
-    raise NotImplementedError
-def category(categories: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
-    """Clients grouped by category; no empty client when clients outnumber categories."""
-    raise NotImplementedError
-def sorted_blocks(scores: np.ndarray, num_clients: int) -> list[np.ndarray]:
-    """Sort by a per-example score, cut into contiguous blocks (style/length skew)."""
-    raise NotImplementedError
-def statistics(shards: list[np.ndarray], labels: np.ndarray | None = None, num_classes: int | None = None) -> dict:
-    """Per-client sizes, label histograms, classes per client, and summary numbers."""
-    raise NotImplementedError
-def write_manifests(shards: list[np.ndarray], out_dir, summary_extra: dict | None = None,
+              max_tries: int = 1000) -> Shards:
+    """Per class, proportions over clients ~ Dir(alpha·1); redraw all classes until every client has
+    at least ``min_size`` samples (Hsu et al. 2019; small alpha: each client sees few classes).
+
+    Class c's shuffled indices are cut at ``floor(cumsum(p_c) * n_c)``. Raises a ``UsageError`` naming
+    alpha and min_size when ``max_tries`` draws all leave some client short.
+    """
+    labels = _labels(labels)
+    _check_k(len(labels), num_clients)
+    check(alpha > 0, f"dirichlet alpha must be positive, got {alpha}")
+    check(min_size >= 0 and min_size * num_clients <= len(labels),
+          f"min_size={min_size} for {num_clients} clients needs at least {min_size * num_clients} samples, "
+          f"have {len(labels)}")
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    need = max(min_size, 1)     # never an empty client, even with min_size=0
+    rng = numpy_rng(seed, "shard", "dirichlet")
+    for _ in range(max_tries):
+        props = rng.dirichlet(np.full(num_clients, float(alpha)), size=len(counts))        # [C, K]
+        cuts = np.floor(np.cumsum(props, axis=1) * counts[:, None]).astype(np.int64)       # [C, K]
+        cuts[:, -1] = counts                                          # float round-off must not drop samples
+        sizes = np.diff(cuts, axis=1, prepend=0)                                         # [C, K]
+        if sizes.sum(0).min() >= need:
+            break
+    else:
+        raise UsageError(f"dirichlet split with alpha={alpha} left a client with fewer than min_size={need} "
+                         f"samples in {max_tries} tries; raise alpha, lower min_size or use fewer clients")
+    perm = rng.permutation(len(labels))
+    by_class = perm[np.argsort(inverse[perm], kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    owner = np.empty(len(labels), dtype=np.int64)      # owner[j] = client of the j-th index in by_class
+    for c in range(len(counts)):
+        owner[starts[c]:starts[c] + counts[c]] = np.repeat(np.arange(num_clients), sizes[c])
+    order = np.argsort(owner, kind="stable")
+    sizes_per_client = np.bincount(owner, minlength=num_clients)
+    return _sorted_shards(np.split(by_class[order], np.cumsum(sizes_per_client)[:-1]))
+
+
+def overlap_pool_size(n: int, num_clients: int, overlap_ratio: float) -> int:
+    """Size m of the shared pool: m / (m + (n - m)/K) = overlap_ratio, i.e. m = r·n / ((1 - r)·K + r)."""
+    r = float(overlap_ratio)
+    return round(r * n / ((1.0 - r) * num_clients + r))
+
+
+def overlap(n: int, num_clients: int, overlap_ratio: float, seed: int) -> Shards:
+    """Each client holds its own disjoint part plus one pool of samples shared by every client.
+
+    ``overlap_ratio`` r is the fraction of each client's data that is shared: a random pool of
+    m = ``overlap_pool_size(n, K, r)`` samples goes to every client and the other n - m samples are split
+    iid (sizes within one), so client k holds m + o_k samples with m / (m + o_k) = r up to rounding.
+    Any two clients share exactly m samples; every sample is used. r = 0 is ``iid``; r = 1 gives every
+    client the whole dataset.
+    """
+    _check_k(n, num_clients)
+    check(0.0 <= overlap_ratio <= 1.0, f"overlap_ratio must be in [0, 1], got {overlap_ratio}")
+    m = overlap_pool_size(n, num_clients, overlap_ratio)
+    check(overlap_ratio == 1.0 or n - m >= num_clients,
+          f"overlap_ratio={overlap_ratio} leaves {n - m} private samples for {num_clients} clients; lower it")
+    perm = numpy_rng(seed, "shard", "overlap").permutation(n)
+    pool, rest = perm[:m], perm[m:]
+    own = np.array_split(rest, num_clients) if len(rest) else [rest] * num_clients
+    return _sorted_shards(np.concatenate([pool, o]) for o in own)
+
+
+def category(categories: np.ndarray, num_clients: int, seed: int) -> Shards:
+    """Clients grouped by a per-example category (genre, topic, source...).
+
+    K <= G categories: whole categories are dealt out largest first, each to the currently smallest
+    client (ties broken at random), so sizes stay balanced and no category is split. K > G: category g
+    gets a number of clients proportional to its size (largest remainder, at least one, at most its
+    size) and its shuffled samples are split evenly among them, so no client is empty.
+    """
+    categories = _labels(categories)
+    _check_k(len(categories), num_clients)
+    _, inverse, counts = np.unique(categories, return_inverse=True, return_counts=True)
+    rng = numpy_rng(seed, "shard", "category")
+    perm = rng.permutation(len(categories))
+    groups = np.split(perm[np.argsort(inverse[perm], kind="stable")], np.cumsum(counts)[:-1])
+    n_cat = len(counts)
+    if num_clients <= n_cat:
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        load = np.zeros(num_clients, dtype=np.int64)
+        for g in np.lexsort((rng.random(n_cat), -counts)):          # largest first, random among equals
+            k = int(np.flatnonzero(load == load.min())[rng.integers((load == load.min()).sum())])
+            parts[k].append(groups[g])
+            load[k] += counts[g]
+        return _sorted_shards(np.concatenate(p) for p in parts)
+    share = counts / counts.sum() * num_clients
+    alloc = np.clip(np.floor(share).astype(np.int64), 1, counts)
+    while alloc.sum() != num_clients:      # largest remainder, respecting 1 <= alloc <= count
+        if alloc.sum() < num_clients:
+            room = alloc < counts
+            g = np.flatnonzero(room)[np.argmax((share - alloc)[room])]
+            alloc[g] += 1
+        else:
+            room = alloc > 1
+            g = np.flatnonzero(room)[np.argmin((share - alloc)[room])]
+            alloc[g] -= 1
+    return _sorted_shards(piece for g, a in zip(groups, alloc) for piece in np.array_split(g, a))
+
+
+def sorted_blocks(scores: np.ndarray, num_clients: int) -> Shards:
+    """Sort by a per-example score (stable: ties keep index order) and cut into consecutive blocks of
+    sizes within one: client 0 gets the lowest scores (length, formality or complexity skew)."""
+    scores = _labels(scores)
+    _check_k(len(scores), num_clients)
+    return _sorted_shards(np.array_split(np.argsort(scores, kind="stable"), num_clients))
+
+
+def statistics(shards: Shards, labels: np.ndarray | None = None, num_classes: int | None = None,
+               pairwise: bool = False) -> dict:
+    """JSON-ready summary: sizes, min/max/mean/std size, coverage and disjointness; with ``labels`` the
+    per-client label histograms ([K][C], classes sorted) and distinct classes per client; with
+    ``pairwise`` the [K][K] matrix of shared sample counts (diagonal: sizes)."""
+    sizes = np.array([len(s) for s in shards], dtype=np.int64)
+    flat = np.concatenate(shards) if shards else np.zeros(0, np.int64)
+    unique = np.unique(flat)
+    out = {"num_clients": len(shards), "sizes": sizes.tolist(), "total": int(sizes.sum()),
+           "unique_samples": len(unique), "disjoint": bool(len(unique) == len(flat)),
+           "min_size": int(sizes.min()) if len(sizes) else 0, "max_size": int(sizes.max(initial=0)),
+           "mean_size": float(sizes.mean()) if len(sizes) else 0.0,
+           "std_size": float(sizes.std()) if len(sizes) else 0.0}
+    if labels is not None:
+        labels = _labels(labels)
+        if np.issubdtype(labels.dtype, np.integer) and (labels.min(initial=0) >= 0):
+            codes, names = labels.astype(np.int64), None
+            width = max(int(num_classes or 0), int(labels.max(initial=-1)) + 1)
+        else:
+            names, codes = np.unique(labels, return_inverse=True)
+            width = len(names)
+        hist = np.zeros((len(shards), width), dtype=np.int64)
+        for k, s in enumerate(shards):
+            hist[k] = np.bincount(codes[s], minlength=width)
+        out.update(num_classes=width, label_histograms=hist.tolist(),
+                   classes_per_client=(hist > 0).sum(1).tolist())
+        if names is not None:
+            out["class_names"] = [str(x) for x in names]
+    if pairwise:
+        uniq = [np.unique(s) for s in shards]
+        shared = np.diag([len(u) for u in uniq]).astype(np.int64)
+        for i in range(len(uniq)):
+            for j in range(i + 1, len(uniq)):
+                shared[i, j] = shared[j, i] = len(np.intersect1d(uniq[i], uniq[j], assume_unique=True))
+        out["shared_counts"] = shared.tolist()
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write atomically: a temp file in the same folder, then ``os.replace`` (no reader sees half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_manifests(shards: Shards, out_dir, summary_extra: dict | None = None,
                     labels: np.ndarray | None = None) -> None:
-    """``client_<i>.json`` with ``indices`` and ``summary.json``, written atomically."""
-    raise NotImplementedError
-def read_manifests(shard_dir) -> tuple[list[np.ndarray], dict]:
-    """(shards, summary); UsageError if the folder has no manifests."""
-    raise NotImplementedError
+    """``client_<i>.json`` = {"client", "num_samples", "indices"} per client, then ``summary.json``
+    (``statistics`` plus ``summary_extra``, e.g. the partitioner and its settings). Each file is written
+    atomically; ``summary.json`` goes last and client files of an earlier, larger split are removed."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, s in enumerate(shards):
+        _write_json(out / f"client_{k}.json", {"client": k, "num_samples": len(s),
+                                               "indices": np.asarray(s, dtype=np.int64).tolist()})
+    for stale in out.glob("client_*.json"):
+        suffix = stale.stem[len("client_"):]
+        if suffix.isdigit() and int(suffix) >= len(shards):
+            stale.unlink()
+    _write_json(out / "summary.json", {**statistics(shards, labels), **(summary_extra or {})})
+
+
+def read_manifests(shard_dir) -> tuple[Shards, dict]:
+    """(shards, summary) from a folder written by ``write_manifests``; ``UsageError`` when the folder,
+    its ``summary.json`` or a client file is missing or malformed."""
+    d = Path(shard_dir)
+    summary_path = d / "summary.json"
+    check(summary_path.is_file(), f"{d} holds no shard manifests (summary.json missing); expected a folder "
+                                  "written by common.shard.write_manifests")
+    try:
+        summary = json.loads(summary_path.read_text())
+        k = int(summary["num_clients"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{summary_path} is not a shard summary ({e}); rewrite the manifests") from None
+    shards = []
+    for i in range(k):
+        path = d / f"client_{i}.json"
+        check(path.is_file(), f"{path} is missing; summary.json lists {k} clients")
+        try:
+            idx = np.asarray(json.loads(path.read_text())["indices"], dtype=np.int64)
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{path} is not a client manifest with integer 'indices' ({e})") from None
+        check(idx.ndim == 1, f"{path}: 'indices' must be a flat list of integers")
+        shards.append(idx)
+    return shards, summary

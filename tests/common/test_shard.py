@@ -1,0 +1,247 @@
+"""Partitioners: property tests (disjointness, coverage, exact nc, balanced sizes), determinism, manifests."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common import shard
+from common.cli import UsageError
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_partition(shards, n):
+    """Disjoint, covering range(n), each sorted int64 and non-empty."""
+    for s in shards:
+        assert s.dtype == np.int64 and len(s) > 0
+        assert np.all(np.diff(s) > 0)
+    flat = np.concatenate(shards)
+    assert len(flat) == n
+    assert np.array_equal(np.sort(flat), np.arange(n))
+
+
+@st.composite
+def labelled(draw, max_classes=12):
+    """Labels with every class present at least ``min_per_class`` times, and a client count."""
+    n_cls = draw(st.integers(1, max_classes))
+    extra = draw(st.lists(st.integers(0, n_cls - 1), max_size=300))
+    base = list(range(n_cls)) * draw(st.integers(1, 4))
+    labels = np.array(base + extra)
+    np.random.default_rng(draw(st.integers(0, 99))).shuffle(labels)
+    return labels, n_cls
+
+
+@SETTINGS
+@given(n=st.integers(1, 2000), k=st.integers(1, 50), seed=st.integers(0, 2**31))
+def test_iid_and_contiguous_partition_with_sizes_within_one(n, k, seed):
+    if n < k:
+        with pytest.raises(UsageError):
+            shard.iid(n, k, seed)
+        return
+    for shards in (shard.iid(n, k, seed), shard.contiguous(n, k)):
+        assert len(shards) == k
+        assert_partition(shards, n)
+        sizes = [len(s) for s in shards]
+        assert max(sizes) - min(sizes) <= 1
+    blocks = shard.contiguous(n, k)
+    assert all(s[-1] + 1 == t[0] for s, t in itertools.pairwise(blocks))   # consecutive, in order
+
+
+@SETTINGS
+@given(data=labelled(), k=st.integers(1, 30), nc=st.integers(1, 12), seed=st.integers(0, 1000))
+def test_pathological_exact_classes_every_sample_used(data, k, nc, seed):
+    labels, n_cls = data
+    per_class = np.bincount(labels)
+    holders = -(-k * nc // n_cls)        # the most clients any class can be spread over
+    feasible = nc <= n_cls and k * nc >= n_cls and per_class.min() >= holders and len(labels) >= k
+    if not feasible:
+        # ceil-holders is only an upper bound: some infeasible-looking cases do succeed
+        try:
+            shards = shard.pathological(labels, k, nc, seed)
+        except UsageError:
+            return
+    else:
+        shards = shard.pathological(labels, k, nc, seed)
+    assert len(shards) == k
+    assert_partition(shards, len(labels))
+    stats = shard.statistics(shards, labels)
+    assert stats["classes_per_client"] == [nc] * k
+    # each class is held by floor or ceil(k*nc/C) clients
+    held_by = (np.array(stats["label_histograms"]) > 0).sum(0)
+    assert held_by.max() - held_by.min() <= 1
+
+
+def test_pathological_not_a_multiple_and_errors():
+    labels = np.repeat(np.arange(10), 50)
+    shards = shard.pathological(labels, 7, 3, seed=1)        # 21 slots over 10 classes
+    stats = shard.statistics(shards, labels)
+    assert stats["classes_per_client"] == [3] * 7 and stats["total"] == 500 and stats["disjoint"]
+    with pytest.raises(UsageError, match="nc=11"):
+        shard.pathological(labels, 5, 11, seed=0)
+    with pytest.raises(UsageError, match="unused"):
+        shard.pathological(labels, 3, 2, seed=0)              # 6 slots < 10 classes
+    few = np.concatenate([labels, [10, 10]])                  # class 10 has 2 samples
+    with pytest.raises(UsageError, match="class 10 has 2 samples"):
+        shard.pathological(few, 50, 11, seed=0)
+
+
+@SETTINGS
+@given(data=labelled(), k=st.integers(1, 20), alpha=st.floats(0.05, 100), seed=st.integers(0, 1000))
+def test_dirichlet_partitions_with_min_size(data, k, alpha, seed):
+    labels, _ = data
+    min_size = max(1, len(labels) // (4 * k))
+    try:
+        shards = shard.dirichlet(labels, k, alpha, seed, min_size=min_size, max_tries=50)
+    except UsageError as e:
+        assert f"alpha={alpha}" in str(e) or "samples" in str(e)
+        return
+    assert_partition(shards, len(labels))
+    assert min(len(s) for s in shards) >= min_size
+
+
+def test_dirichlet_small_alpha_concentrates_labels():
+    labels = np.repeat(np.arange(10), 300)
+    def mean_classes(alpha):
+        stats = shard.statistics(shard.dirichlet(labels, 20, alpha, seed=3, min_size=5), labels)
+        hist = np.array(stats["label_histograms"], dtype=float)
+        top = (hist.max(1) / hist.sum(1)).mean()       # share of each client's most common label
+        return top, np.mean(stats["classes_per_client"])
+    top_small, classes_small = mean_classes(0.05)
+    top_large, classes_large = mean_classes(100.0)
+    assert top_small > 0.7 and top_large < 0.2
+    assert classes_small < 4 and classes_large == 10
+
+
+def test_dirichlet_impossible_names_alpha_and_min_size():
+    labels = np.repeat(np.arange(2), 20)
+    with pytest.raises(UsageError, match=r"alpha=0\.001.*min_size=5"):   # 2 classes rarely feed 3 clients
+        shard.dirichlet(labels, 3, 0.001, seed=0, min_size=5, max_tries=10)
+    with pytest.raises(UsageError, match="min_size"):
+        shard.dirichlet(labels, 5, 1.0, seed=0, min_size=10)
+
+
+@SETTINGS
+@given(n=st.integers(10, 3000), k=st.integers(1, 10), r=st.floats(0.0, 0.9), seed=st.integers(0, 1000))
+def test_overlap_ratio_is_exact_up_to_rounding(n, k, r, seed):
+    m = shard.overlap_pool_size(n, k, r)
+    if n - m < k:
+        with pytest.raises(UsageError):
+            shard.overlap(n, k, r, seed)
+        return
+    shards = shard.overlap(n, k, r, seed)
+    stats = shard.statistics(shards, pairwise=True)
+    assert stats["unique_samples"] == n                         # every sample used
+    shared = np.array(stats["shared_counts"])
+    off = shared[~np.eye(k, dtype=bool)]
+    assert np.all(off == m)                                     # any two clients share exactly the pool
+    own = np.array(stats["sizes"]) - m
+    assert own.max() - own.min() <= 1 and own.sum() == n - m    # private parts disjoint and balanced
+    for size in stats["sizes"]:     # shared fraction = r up to rounding m (half a sample) and o_k (one)
+        assert abs(m / size - r) <= 2.0 / size
+
+
+def test_overlap_end_points():
+    assert_partition(shard.overlap(100, 4, 0.0, seed=0), 100)
+    full = shard.overlap(100, 4, 1.0, seed=0)
+    assert all(np.array_equal(s, np.arange(100)) for s in full)
+    with pytest.raises(UsageError, match="overlap_ratio"):
+        shard.overlap(100, 4, 1.5, seed=0)
+
+
+@SETTINGS
+@given(cats=st.lists(st.sampled_from(["news", "fiction", "wiki", "forum", "law"]), min_size=1, max_size=200),
+       k=st.integers(1, 40), seed=st.integers(0, 1000))
+def test_category_groups_without_empty_clients(cats, k, seed):
+    cats = np.array(cats)
+    if k > len(cats):
+        with pytest.raises(UsageError):
+            shard.category(cats, k, seed)
+        return
+    shards = shard.category(cats, k, seed)
+    assert len(shards) == k
+    assert_partition(shards, len(cats))
+    n_cat = len(set(cats.tolist()))
+    per_client = [set(cats[s].tolist()) for s in shards]
+    if k <= n_cat:        # whole categories: no category split across clients
+        owners = {c: [i for i, p in enumerate(per_client) if c in p] for c in set(cats.tolist())}
+        assert all(len(o) == 1 for o in owners.values())
+    else:                 # one category per client
+        assert all(len(p) == 1 for p in per_client)
+
+
+def test_category_split_is_proportional():
+    cats = np.array([0] * 900 + [1] * 100)
+    sizes = [len(s) for s in shard.category(cats, 10, seed=0)]
+    assert sorted(sizes) == [100] * 10
+
+
+def test_sorted_blocks_orders_by_score():
+    scores = np.random.default_rng(0).normal(size=1001)
+    blocks = shard.sorted_blocks(scores, 4)
+    assert_partition(blocks, 1001)
+    assert all(scores[a].max() <= scores[b].min() for a, b in itertools.pairwise(blocks))
+    assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_deterministic_for_a_seed():
+    labels = np.random.default_rng(0).integers(0, 10, 5000)
+    for make in (lambda s: shard.iid(5000, 7, s), lambda s: shard.pathological(labels, 7, 3, s),
+                 lambda s: shard.dirichlet(labels, 7, 0.3, s), lambda s: shard.overlap(5000, 7, 0.2, s),
+                 lambda s: shard.category(labels, 13, s)):
+        a, b, c = make(5), make(5), make(6)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_large_n_is_fast():
+    import time
+    labels = np.random.default_rng(0).integers(0, 100, 1_000_000)
+    t = time.perf_counter()
+    shards = shard.dirichlet(labels, 100, 0.5, seed=0, min_size=10)
+    shard.pathological(labels, 100, 5, seed=0)
+    assert time.perf_counter() - t < 5.0
+    assert sum(map(len, shards)) == 1_000_000
+
+
+def test_statistics_values():
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    stats = shard.statistics([np.array([0, 1, 2]), np.array([3, 4, 5])], labels, num_classes=4)
+    assert stats["sizes"] == [3, 3] and stats["min_size"] == 3 and stats["mean_size"] == 3.0
+    assert stats["label_histograms"] == [[2, 1, 0, 0], [0, 0, 3, 0]]
+    assert stats["classes_per_client"] == [2, 1] and stats["num_classes"] == 4
+    named = shard.statistics([np.array([0, 1]), np.array([2])], np.array(["b", "a", "b"]))
+    assert named["class_names"] == ["a", "b"] and named["label_histograms"] == [[1, 1], [0, 1]]
+
+
+def test_manifests_round_trip(tmp_path):
+    labels = np.random.default_rng(1).integers(0, 5, 300)
+    shards = shard.dirichlet(labels, 6, 0.5, seed=2)
+    shard.write_manifests(shards, tmp_path / "m", {"partition": "dirichlet", "alpha": 0.5}, labels=labels)
+    back, summary = shard.read_manifests(tmp_path / "m")
+    assert all(np.array_equal(a, b) and b.dtype == np.int64 for a, b in zip(shards, back))
+    assert summary["partition"] == "dirichlet" and summary["num_clients"] == 6
+    assert summary["label_histograms"] == shard.statistics(shards, labels)["label_histograms"]
+    client = json.loads((tmp_path / "m" / "client_0.json").read_text())
+    assert client["indices"] == shards[0].tolist()
+    # a smaller split written over it leaves no stale clients; no temp files remain
+    shard.write_manifests(shard.iid(300, 2, 0), tmp_path / "m")
+    names = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert names == ["client_0.json", "client_1.json", "summary.json"]
+    assert len(shard.read_manifests(tmp_path / "m")[0]) == 2
+
+
+def test_read_manifests_errors(tmp_path):
+    with pytest.raises(UsageError, match="no shard manifests"):
+        shard.read_manifests(tmp_path)
+    shard.write_manifests(shard.iid(10, 2, 0), tmp_path)
+    (tmp_path / "client_1.json").unlink()
+    with pytest.raises(UsageError, match="client_1.json is missing"):
+        shard.read_manifests(tmp_path)
+    (tmp_path / "client_1.json").write_text("{not json")
+    with pytest.raises(UsageError, match="not a client manifest"):
+        shard.read_manifests(tmp_path)
