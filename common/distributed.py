@@ -1,7 +1,145 @@
-"""CONTRACT STUB (to be implemented): torchrun helpers.
+"""Splitting a round's clients across ``torchrun`` ranks and combining them with one all-reduce.
 
-init() -> (rank, world_size) from env (gloo on CPU, nccl on CUDA), no-op single process.
-assign_clients(clients, sizes, world_size) -> list[list[int]] balanced by size, largest first.
-all_reduce_sum_(tensors) one flat all-reduce; reduce_aggregator_(agg) all-reduces agg.accumulators().
-is_main(); barrier(); broadcast_object(obj)
+Under ``torchrun --nproc-per-node N script.py ...`` every rank builds the same global model, trains its
+share of the round's clients (``assign_clients``) into its own streaming aggregator, and
+``reduce_aggregator_`` sums the aggregators' flat accumulators across ranks in place; every rank then
+holds the aggregate over all clients and applies the same server step. Rank 0 logs and checkpoints
+(``is_main()``). Without torchrun (no WORLD_SIZE in the environment) everything is a no-op for one process.
+Because client randomness comes from ``common.seed`` streams keyed by (seed, round, client), the result
+does not depend on how clients are spread over ranks (up to float summation order).
 """
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
+
+    Backend: nccl when CUDA is available (and each rank takes GPU ``LOCAL_RANK``), gloo otherwise.
+    Returns (rank, world_size); (0, 1) without torchrun.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return rank(), world_size()
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend)
+    return rank(), world_size()
+
+
+def device_for_rank(requested: torch.device) -> torch.device:
+    """The rank's own GPU when running distributed on CUDA, else ``requested``."""
+    if requested.type == "cuda" and is_distributed():
+        return torch.device("cuda", local_rank())
+    return requested
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def assign_clients(clients: Sequence[int], sizes: Sequence[float], world_size: int) -> list[list[int]]:
+    """Split ``clients`` over ranks so each rank's total ``size`` (a proxy for its training time) is balanced.
+
+    Greedy LPT: clients by decreasing size (ties: order in ``clients``) each go to the least-loaded rank
+    (ties: lowest rank). Deterministic; each rank's list keeps the order of ``clients``.
+    """
+    if len(clients) != len(sizes):
+        raise ValueError(f"{len(clients)} clients but {len(sizes)} sizes")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    loads = [0.0] * world_size
+    owner = {}
+    for pos in sorted(range(len(clients)), key=lambda i: (-sizes[i], i)):
+        r = min(range(world_size), key=lambda j: (loads[j], j))
+        loads[r] += sizes[pos]
+        owner[pos] = r
+    return [[clients[i] for i in range(len(clients)) if owner[i] == r] for r in range(world_size)]
+
+
+@torch.no_grad()
+def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
+    """Sum ``tensors`` across ranks in place: one flat all-reduce per (device, dtype) group.
+
+    A single contiguous tensor is reduced directly; several are packed into one buffer and unpacked.
+    """
+    if not is_distributed() or not tensors:
+        return
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    for group in groups.values():
+        if len(group) == 1 and group[0].is_contiguous():
+            dist.all_reduce(group[0])
+            continue
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat)
+        i = 0
+        for t in group:
+            t.copy_(flat[i:i + t.numel()].view_as(t))
+            i += t.numel()
+
+
+def reduce_aggregator_(agg) -> None:
+    """All-reduce an aggregator's accumulators (``WeightedMean``, ``FisherMean``, ``MaskedMean``,
+    ``Scaffold``...) in place, so ``result()`` / ``server_update()`` then covers every rank's clients."""
+    all_reduce_sum_(agg.accumulators())
+
+
+@torch.no_grad()
+def sync_controls_(scaffold, assignment: Sequence[Sequence[int]]) -> None:
+    """After a SCAFFOLD round, copy each trained client's updated c_i from the rank that trained it
+    (``assignment[r]`` = rank r's clients) to every rank, so every rank (and rank 0's checkpoint) holds
+    all control variates. One broadcast per client, memory O(parameters)."""
+    if not is_distributed():
+        return
+    for src, clients in enumerate(assignment):
+        for client in clients:
+            ci = scaffold.control(client)
+            flat = torch.cat([t.reshape(-1) for t in ci]).to(scaffold.c[0].device)
+            dist.broadcast(flat, src=src)
+            i = 0
+            for t in ci:
+                t.copy_(flat[i:i + t.numel()].view_as(t))
+                i += t.numel()
+
+
+def broadcast_object(obj=None, src: int = 0):
+    """``obj`` from rank ``src`` on every rank (any picklable object); returns it unchanged when single."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

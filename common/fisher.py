@@ -1,14 +1,180 @@
-"""CONTRACT STUB (to be implemented): diagonal Fisher from per-example gradients (torch.func)."""
+"""Diagonal Fisher information from per-example gradients (``torch.func``).
+
+F = mean over examples i of g_i * g_i, g_i = grad of example i's loss at the current parameters.
+
+* Example loss: mean negative log-likelihood over the example's non-ignored targets (``ignore_index``,
+  default -100). For a classifier (inputs [B, C, H, W] or [B, D], logits [B, C], targets [B]) that is the
+  usual cross-entropy. For a causal LM (inputs [B, T] token ids, logits [B, T, V]) targets [B, T] must be
+  ALREADY ALIGNED: logits[:, t] predicts targets[:, t], i.e. targets = input_ids shifted left by one with
+  the last position ignored (``lm_targets`` builds them); the model must not shift again.
+  Examples without any non-ignored target have a zero gradient and are not counted.
+* labels='empirical' uses the data's targets; labels='sampled' draws y ~ softmax(logits) at every
+  non-ignored position from ``generator`` (the true Fisher; deterministic for a seeded generator and the
+  same for every method, because labels are drawn from one batched forward before any gradient).
+* method='per_example': vmap(grad(loss)) over chunks of ``chunk_size`` examples with ``functional_call``
+  (tied weights, e.g. an LM's embedding and head, are one parameter and receive both gradients).
+  'loop': a Python loop with autograd, one example at a time (the reference). 'batch': the squared
+  gradient of each batch's mean loss times the batch's example count: an approximation; with sampled
+  labels its expectation is the Fisher (the cross terms have zero mean), with empirical labels it is biased.
+  If a model cannot be vmapped (in-place ops, data-dependent control flow) 'per_example' warns once and
+  falls back to 'loop'.
+* The model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
+"""
 from __future__ import annotations
 
-def diagonal_fisher(model, batches, *, labels: str = "empirical", forward=None, params=None,
-                    method: str = "per_example", chunk_size: int = 16, generator=None, max_examples=None):
-    """Mean over examples of squared per-example gradients, for each parameter in ``params``
-    (default ``common.params.trainable(model)``), as a list of tensors in that order.
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 
-    batches: iterable of (inputs, targets); forward(model, inputs) -> logits [B, ..., C] (default model(inputs),
-    taking ``.logits`` when present); targets [B, ...] with -100 ignored.
-    labels: 'empirical' (targets from the data) or 'sampled' (y ~ softmax(logits), the true Fisher).
-    method: 'per_example' (torch.func vmap(grad)), 'loop' (reference), 'batch' (squared batch gradient).
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from common import params as P
+
+IGNORE_INDEX = -100
+
+
+def lm_targets(input_ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """[B, T] targets aligned with the logits: targets[:, t] = input_ids[:, t + 1], the last one ignored."""
+    targets = torch.full_like(input_ids, ignore_index)
+    targets[:, :-1] = input_ids[:, 1:]
+    return targets
+
+
+def _default_forward(model: nn.Module, inputs) -> torch.Tensor:
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def example_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean NLL over one example's non-ignored targets (logits [..., C], targets [...]); 0 if none.
+    Written with gather and a mask (no data-dependent indexing) so that it vmaps."""
+    valid = targets != ignore_index
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    nll = -logp.gather(-1, torch.where(valid, targets, 0).unsqueeze(-1)).squeeze(-1)
+    return (nll * valid).sum() / valid.sum().clamp(min=1)
+
+
+class _Wrapped(nn.Module):
+    """Lets ``functional_call`` run a custom ``forward(model, inputs)``."""
+
+    def __init__(self, model: nn.Module, forward: Callable):
+        super().__init__()
+        self.model, self.fn = model, forward
+
+    def forward(self, inputs):
+        return self.fn(self.model, inputs)
+
+
+def _take(inputs, idx):
+    return {k: v[idx] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx]
+
+
+def _size(inputs) -> int:
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+@torch.no_grad()
+def _sample_labels(model, forward, inputs, targets, generator, ignore_index) -> torch.Tensor:
+    logits = forward(model, inputs).float()
+    probs = torch.softmax(logits, -1).reshape(-1, logits.shape[-1])
+    g_dev = generator.device if generator is not None else probs.device
+    draws = torch.multinomial(probs.to(g_dev), 1, generator=generator).to(probs.device)
+    draws = draws.view(logits.shape[:-1])
+    if targets is None:
+        return draws
+    return torch.where(targets != ignore_index, draws, torch.full_like(draws, ignore_index))
+
+
+def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empirical",
+                    forward: Callable | None = None, params: Sequence[torch.Tensor] | None = None,
+                    method: str = "per_example", chunk_size: int = 16, generator: torch.Generator | None = None,
+                    max_examples: int | None = None, ignore_index: int = IGNORE_INDEX) -> list[torch.Tensor]:
+    """Mean over examples of squared per-example gradients, for each parameter in ``params``
+    (default ``common.params.trainable(model)``), as float32 tensors in that order.
+
+    batches: iterable of (inputs, targets): inputs a tensor [B, ...] (or a dict of such tensors, passed
+    as keyword arguments), targets [B, ...] (may be None with labels='sampled': every position counts).
+    forward(model, inputs) -> logits [B, ..., C]; default ``model(inputs)``, taking ``.logits`` if present.
+    max_examples: stop after this many examples (the last batch is cut).
     """
-    raise NotImplementedError
+    if labels not in ("empirical", "sampled"):
+        raise ValueError(f"labels must be 'empirical' or 'sampled', got {labels!r}")
+    if method not in ("per_example", "loop", "batch"):
+        raise ValueError(f"method must be 'per_example', 'loop' or 'batch', got {method!r}")
+    forward = forward or _default_forward
+    params = list(params) if params is not None else P.trainable(model)
+    names_by_id = {id(p): n for n, p in model.named_parameters()}
+    missing = [i for i, p in enumerate(params) if id(p) not in names_by_id]
+    if missing:
+        raise ValueError(f"params {missing} are not parameters of the model")
+    names = [names_by_id[id(p)] for p in params]
+    fisher = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
+    count = 0
+    was_training = model.training
+    model.eval()
+    wrapped = _Wrapped(model, forward)
+
+    def loss_one(p_dict, x, t):  # x, t: one example without its batch dim
+        logits = functional_call(wrapped, p_dict, (_take(x, None) if isinstance(x, dict) else x.unsqueeze(0),))
+        return example_loss(logits[0], t, ignore_index)
+
+    per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    try:
+        for inputs, targets in batches:
+            n = _size(inputs)
+            if max_examples is not None:
+                n = min(n, max_examples - count)
+                if n <= 0:
+                    break
+                inputs, targets = _take(inputs, slice(0, n)), None if targets is None else targets[:n]
+            if labels == "sampled":
+                targets = _sample_labels(model, forward, inputs, targets, generator, ignore_index)
+            elif targets is None:
+                raise ValueError("labels='empirical' needs targets in every batch")
+            has_target = (targets != ignore_index).reshape(n, -1).any(1)
+            if method == "per_example":
+                p_dict = {"model." + k: p.detach() for k, p in zip(names, params)}
+                for lo in range(0, n, chunk_size):
+                    sl = slice(lo, min(n, lo + chunk_size))
+                    try:
+                        g = per_example(p_dict, _take(inputs, sl), targets[sl])
+                    except Exception as e:  # noqa: BLE001 - any vmap incompatibility; the loop is exact
+                        warnings.warn(f"diagonal_fisher: vmap over the model failed ({type(e).__name__}: {e}); "
+                                      "using the per-example loop instead", RuntimeWarning, stacklevel=2)
+                        method = "loop"
+                        _loop(model, forward, params, fisher, _take(inputs, slice(lo, n)), targets[lo:], ignore_index)
+                        break
+                    torch._foreach_add_(fisher, [(gi.float() ** 2).sum(0) for gi in g.values()])
+            elif method == "loop":
+                _loop(model, forward, params, fisher, inputs, targets, ignore_index)
+            else:
+                m = int(has_target.sum())
+                if m:
+                    losses = torch.stack([example_loss(lg, t, ignore_index)
+                                          for lg, t in zip(forward(model, inputs), targets)])
+                    gs = torch.autograd.grad(losses.sum() / m, params, allow_unused=True)
+                    for f, gb in zip(fisher, gs):
+                        if gb is not None:
+                            f.add_(gb.float() ** 2, alpha=m)
+            count += int(has_target.sum())
+            if max_examples is not None and count >= max_examples:
+                break
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("diagonal_fisher: no example with a non-ignored target")
+    torch._foreach_div_(fisher, float(count))
+    return fisher
+
+
+def _loop(model, forward, params, fisher, inputs, targets, ignore_index) -> None:
+    """Reference: one autograd pass per example, squared gradients summed into ``fisher``."""
+    for i in range(_size(inputs)):
+        x = _take(inputs, slice(i, i + 1))
+        loss = example_loss(forward(model, x)[0], targets[i], ignore_index)
+        if not loss.requires_grad:
+            continue
+        for f, g in zip(fisher, torch.autograd.grad(loss, params, allow_unused=True)):
+            if g is not None:
+                f.add_(g.float() ** 2)
