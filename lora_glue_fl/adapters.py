@@ -1,0 +1,228 @@
+"""LoRA adapters as plain tensors: read from / write to peft's format, load into a model, and merge.
+
+An ``Adapter`` holds, per LoRA module (e.g. ``...layer.3.attention.self.query``), the factors
+``A [r, in]`` and ``B [out, r]``; the module's weight update is ``dW = s * B @ A`` with peft's scaling
+``s = alpha / r`` (``alpha / sqrt(r)`` for rsLoRA). It also holds the classifier head (peft's
+``modules_to_save``), which the server averages with the same weights as the updates.
+
+Merges (DESIGN.md section 5; the math is in ``common.aggregate``), weights ``w_k`` = shard sizes, normalised:
+* ``svd``    dW_bar = sum_k w_k s_k B_k A_k, fused factors = its rank-r truncated SVD (Eckart-Young
+             optimal; exact when r >= sum_k r_k), stored so that ``s_f * B_f @ A_f`` reproduces it with
+             the fused scaling ``s_f = alpha_f / r`` (``alpha_f`` = ``--alpha`` or r);
+* ``naive``  A_f = sum_k w_k A_k, B_f = sum_k w_k B_k (the source's ``--skip_svd``; not the mean dW);
+* ``exact``  stacked factors [w_1 s_1 A_1; ...] and [B_1 ... B_K], product = dW_bar exactly, rank sum_k r_k
+             (capped at min(out, in): beyond it a full-rank SVD of dW_bar is already lossless).
+Files: ``adapter_config.json`` + ``adapter_model.safetensors``, loadable with ``PeftModel.from_pretrained``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from common import aggregate, cli
+
+PREFIX = "base_model.model."
+
+
+@dataclass
+class Adapter:
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]   # module -> (A [r, in], B [out, r])
+    head: dict[str, torch.Tensor]                           # peft key -> tensor (classifier)
+    r: int
+    alpha: float
+    target_modules: list[str]
+    use_rslora: bool = False
+    dropout: float = 0.0
+    extra: dict = field(default_factory=dict)               # config fields kept on save (base model path)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+    def delta(self) -> dict[str, torch.Tensor]:
+        """module -> dW = s * B @ A  [out, in], float32."""
+        return {m: self.scale * (B.float() @ A.float()) for m, (A, B) in self.factors.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """peft's saved key layout (no adapter name)."""
+        sd = {}
+        for m, (A, B) in self.factors.items():
+            sd[f"{m}.lora_A.weight"] = A
+            sd[f"{m}.lora_B.weight"] = B
+        sd.update(self.head)
+        return sd
+
+    def config(self, base_model_name_or_path: str | None = None):
+        from peft import LoraConfig, TaskType
+        return LoraConfig(task_type=TaskType.SEQ_CLS, r=int(self.r), lora_alpha=self.alpha,
+                          lora_dropout=self.dropout, target_modules=list(self.target_modules),
+                          use_rslora=self.use_rslora, bias="none", modules_to_save=["classifier"],
+                          base_model_name_or_path=base_model_name_or_path or self.extra.get("base_model_name_or_path"))
+
+
+def from_state_dict(sd: dict[str, torch.Tensor], r: int, alpha: float, target_modules, use_rslora=False,
+                    dropout: float = 0.0, extra: dict | None = None) -> Adapter:
+    """Split a peft state dict (saved key layout) into LoRA factors and head tensors."""
+    factors, head = {}, {}
+    for key, t in sd.items():
+        if key.endswith(".lora_A.weight"):
+            m = key[: -len(".lora_A.weight")]
+            factors[m] = (t.detach().clone(), sd[f"{m}.lora_B.weight"].detach().clone())
+        elif ".lora_" not in key:
+            head[key] = t.detach().clone()
+    return Adapter(factors, head, int(r), float(alpha), sorted(target_modules), bool(use_rslora), dropout,
+                   extra or {})
+
+
+def from_model(model) -> Adapter:
+    """The active ("default") adapter and head of a ``PeftModel``, detached copies."""
+    from peft import get_peft_model_state_dict
+    cfg = model.peft_config["default"]
+    return from_state_dict(get_peft_model_state_dict(model), cfg.r, cfg.lora_alpha, cfg.target_modules,
+                           cfg.use_rslora, cfg.lora_dropout)
+
+
+@torch.no_grad()
+def load_into(model, adapter: Adapter) -> None:
+    """Copy the adapter's factors and head into a ``PeftModel`` of the same rank, in place."""
+    from peft import set_peft_model_state_dict
+    cfg = model.peft_config["default"]
+    cli.check(int(cfg.r) == adapter.r, f"model LoRA rank {cfg.r} differs from the adapter's {adapter.r}")
+    res = set_peft_model_state_dict(model, adapter.state_dict())
+    unexpected = [k for k in res.unexpected_keys if "lora_" in k or "classifier" in k]
+    if unexpected:
+        raise ValueError(f"adapter tensors the model has no place for: {unexpected[:3]}")
+
+
+def save(adapter: Adapter, directory, base_model_name_or_path: str | None = None) -> Path:
+    """adapter_config.json + adapter_model.safetensors (peft's format)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    adapter.config(base_model_name_or_path).save_pretrained(str(directory))
+    tmp = directory / "adapter_model.safetensors.tmp"
+    save_file({k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}, str(tmp))
+    tmp.replace(directory / "adapter_model.safetensors")
+    return directory
+
+
+def load(directory) -> Adapter:
+    """Read an adapter folder written by peft (or ``save``); one clear line for a missing or foreign folder."""
+    directory = Path(directory)
+    cfg_path, w_path = directory / "adapter_config.json", directory / "adapter_model.safetensors"
+    cli.check(cfg_path.is_file() and w_path.is_file(), f"{directory} is not a peft adapter folder; expected "
+                                                       f"adapter_config.json and adapter_model.safetensors")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        sd = load_file(str(w_path))
+    except Exception as e:  # noqa: BLE001 -- truncated or foreign files raise many types
+        raise cli.UsageError(f"{directory}: unreadable adapter ({type(e).__name__}: {e})") from None
+    cli.check(cfg.get("peft_type", "LORA") == "LORA", f"{directory}: {cfg.get('peft_type')} adapter; expected LORA")
+    cli.check(not cfg.get("rank_pattern") and not cfg.get("alpha_pattern"),
+              f"{directory}: per-module rank_pattern/alpha_pattern adapters are not supported")
+    targets = cfg.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    return from_state_dict(sd, cfg["r"], cfg["lora_alpha"], targets, cfg.get("use_rslora", False),
+                           cfg.get("lora_dropout", 0.0),
+                           {"base_model_name_or_path": cfg.get("base_model_name_or_path")})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Merging
+# ---------------------------------------------------------------------------------------------------------
+METHODS = ("svd", "naive", "exact")
+
+
+def check_compatible(adapters: list[Adapter], names: list[str] | None = None) -> None:
+    """Same LoRA modules (hence target modules) and the same head tensors in every adapter."""
+    names = names or [f"adapter {i + 1}" for i in range(len(adapters))]
+    ref = adapters[0]
+    for a, name in zip(adapters[1:], names[1:]):
+        if set(a.factors) != set(ref.factors) or a.target_modules != ref.target_modules:
+            raise cli.UsageError(f"{name} adapts modules {a.target_modules} ({len(a.factors)} layers), "
+                                 f"{names[0]} adapts {ref.target_modules} ({len(ref.factors)} layers); "
+                                 f"adapters must have the same target modules")
+        for m, (A, B) in a.factors.items():
+            A0, B0 = ref.factors[m]
+            cli.check(A.shape[1] == A0.shape[1] and B.shape[0] == B0.shape[0],
+                      f"{name}: module {m} has shape {tuple(B.shape[:1]) + tuple(A.shape[1:])}, "
+                      f"{names[0]} {tuple(B0.shape[:1]) + tuple(A0.shape[1:])}; adapters of different base models")
+        cli.check(set(a.head) == set(ref.head) and all(a.head[k].shape == ref.head[k].shape for k in a.head),
+                  f"{name}: classifier head differs from {names[0]}'s (tasks with different numbers of labels?)")
+
+
+def _pad(A: torch.Tensor, B: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero rows of A / columns of B up to ``rank`` (the product is unchanged)."""
+    extra = rank - A.shape[0]
+    if extra <= 0:
+        return A, B
+    return (torch.cat([A, A.new_zeros(extra, A.shape[1])]), torch.cat([B, B.new_zeros(B.shape[0], extra)], dim=1))
+
+
+@torch.no_grad()
+def merge(adapters: list[Adapter], weights, method: str = "svd", rank: int | None = None,
+          alpha: float | None = None, names: list[str] | None = None) -> Adapter:
+    """Fuse client adapters (see the module docstring). ``rank``: the SVD rank (default: the clients' rank);
+    ``alpha``: the fused lora_alpha (default: the fused rank; naive keeps the clients' alpha)."""
+    cli.check(method in METHODS, f"aggregation {method!r} unknown; expected one of {', '.join(METHODS)}")
+    cli.check(len(adapters) >= 1, "no adapters to merge")
+    cli.check(len(weights) == len(adapters), f"{len(weights)} weights for {len(adapters)} adapters")
+    cli.check(all(w >= 0 for w in weights) and sum(weights) > 0, f"weights must be >= 0 with a positive sum: {weights}")
+    check_compatible(adapters, names)
+    total = float(sum(weights))
+    w = [float(x) / total for x in weights]
+    scales = [a.scale for a in adapters]
+    ref = adapters[0]
+    dims = {m: min(A.shape[1], B.shape[0]) for m, (A, B) in ref.factors.items()}
+    if method == "naive":
+        cli.check(len({(a.r, a.alpha, a.use_rslora) for a in adapters}) == 1,
+                  "naive A/B averaging needs adapters of one rank and alpha; use svd or exact")
+        fused_r, fused_alpha = ref.r, ref.alpha
+    elif method == "svd":
+        fused_r = int(rank if rank is not None else ref.r)
+        cli.check(fused_r >= 1, f"--svd_rank must be at least 1, got {fused_r}")
+        fused_alpha = float(alpha) if alpha is not None else float(fused_r)
+    else:
+        fused_r = min(sum(a.r for a in adapters), max(dims.values()))
+        fused_alpha = float(alpha) if alpha is not None else float(fused_r)
+    s_f = fused_alpha / fused_r
+
+    factors = {}
+    for m in ref.factors:
+        As = [a.factors[m][0].float() for a in adapters]
+        Bs = [a.factors[m][1].float() for a in adapters]
+        if method == "naive":
+            A, B = aggregate.lora_naive_merge(As, Bs, w)
+        elif method == "exact" and sum(a.r for a in adapters) <= dims[m]:
+            A, B = aggregate.lora_exact_merge(As, Bs, w, scales, out_scale=s_f)
+        else:  # svd; or exact beyond full rank, where the SVD of rank >= min(out, in) is lossless
+            A, B = aggregate.lora_svd_merge(As, Bs, w, scales, fused_r, out_scale=s_f)
+        A, B = _pad(A, B, fused_r)
+        dtype = ref.factors[m][0].dtype
+        factors[m] = (A.to(dtype).contiguous(), B.to(dtype).contiguous())
+
+    head = {}
+    if ref.head:
+        keys = sorted(ref.head)
+        mean = aggregate.WeightedMean([ref.head[k].float() for k in keys])
+        for a, wk in zip(adapters, w):
+            mean.add([a.head[k].float() for k in keys], wk)
+        head = {k: t.to(ref.head[k].dtype) for k, t in zip(keys, mean.result())}
+    return Adapter(factors, head, fused_r, fused_alpha, list(ref.target_modules), False, ref.dropout, dict(ref.extra))
+
+
+@torch.no_grad()
+def merge_rel_error(clients: list[Adapter], weights, fused: Adapter) -> float:
+    """||dW_bar - dW_fused||_F / ||dW_bar||_F over all modules, dW_bar the weighted mean update (dense)."""
+    total = float(sum(weights))
+    fd, num, den = fused.delta(), 0.0, 0.0
+    for m in fd:
+        mean = aggregate.lora_delta([a.factors[m][0] for a in clients], [a.factors[m][1] for a in clients],
+                                    [w / total for w in weights], [a.scale for a in clients])
+        num += float((mean - fd[m]).pow(2).sum())
+        den += float(mean.pow(2).sum())
+    return math.sqrt(num / den) if den > 0 else 0.0

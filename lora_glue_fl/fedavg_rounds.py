@@ -1,0 +1,238 @@
+"""Multi-round FedAvg of LoRA adapters for RoBERTa on a GLUE task: broadcast -> local training -> merge.
+
+    python lora_glue_fl/fedavg_rounds.py --quick                       # tiny RoBERTa, embedded SST-2-like task
+    python lora_glue_fl/make_shards.py --task_name sst2 --k 10 --mode iid --out_dir shards/sst2_iid_k10
+    python lora_glue_fl/fedavg_rounds.py --model_size base --task_name sst2 --shard_dir shards/sst2_iid_k10 \
+        --rounds 5 --svd_rank 8 --eval_each_round
+
+Every round every client starts from the fused adapter AND classifier head of the previous round, with the
+adapter trainable (the source loaded it frozen, so rounds after the first trained only the head). The
+server merges the clients' updates dW_k = s_k B_k A_k weighted by shard sizes (lora_glue_fl/adapters.py):
+``--aggregation svd`` (default; truncated SVD to ``--svd_rank``, fused lora_alpha = ``--alpha`` or the rank),
+``naive`` (= ``--skip_svd``: average A and B separately) or ``exact`` (stacked factors, no loss), and
+averages the heads with the same weights.
+
+Outputs in <out_dir>/<run_name>/ (the source's layout inside the run directory):
+    round_<k>/client_<i>/adapter/       each client's adapter + head (peft format)
+    round_<k>/fused_r<r>/adapter/       the fused adapter (fused_r<r>_nosvd / fused_exact_r<r> for the others)
+    base_model/                         the tiny base model (tiny runs), so PeftModel.from_pretrained finds it
+    metrics.jsonl, summary.json, checkpoint.pt, args.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from common import cli, runlog
+from common import seed as seeding
+from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling
+
+QUICK_TRAIN, QUICK_EVAL = 240, 64  # examples used by --quick (without --shard_dir)
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
+    p.add_argument("--shard_dir", default=None, help="folder of client_<i>.json manifests from make_shards.py "
+                                                     "(--quick without it: 3 iid clients)")
+    p.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
+                   help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
+                        "(default: dir when --data_dir is given, synthetic with --quick, else hf)")
+    p.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
+    modeling.add_model_args(p)
+    g = p.add_argument_group("federation")
+    g.add_argument("--rounds", type=int, default=5, help="communication rounds")
+    g.add_argument("--local_epochs", type=float, default=1.0, help="epochs over its shard per client per round")
+    g.add_argument("--batch_size", type=int, default=32, help="local batch size")
+    g.add_argument("--learning_rate", type=float, default=2e-4, help="local AdamW learning rate (linear decay)")
+    g.add_argument("--aggregation", choices=adapters.METHODS, default=None,
+                   help="svd: truncated SVD of the weighted mean dW; naive: average A and B; exact: stacked "
+                        "factors (rank grows to the sum of client ranks). Default svd (naive with --skip_svd)")
+    g.add_argument("--skip_svd", action="store_true", help="the source's flag for --aggregation naive")
+    g.add_argument("--svd_rank", type=int, default=8, help="rank of the fused adapter (svd)")
+    g.add_argument("--alpha", type=float, default=None, help="lora_alpha of the fused adapter (default: its rank)")
+    g.add_argument("--init_adapter", default=None, help="adapter folder to broadcast in round 1 (default: fresh LoRA)")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--lora_r", type=int, default=8, help="rank of the clients' adapters in round 1")
+    g.add_argument("--lora_alpha", type=float, default=8, help="lora_alpha of the round-1 adapters")
+    g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
+    g.add_argument("--target_modules", nargs="+", default=["query", "value"], help="linear layers to adapt")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval_each_round", action="store_true", help="evaluate the fused model after every round "
+                                                                   "(the last round is always evaluated)")
+    g.add_argument("--eval_clients", action="store_true", help="also evaluate every client's model")
+    g.add_argument("--eval_batch_size", type=int, default=32, help="evaluation batch size")
+    g.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on the first N validation examples")
+    g.add_argument("--save_client_adapters", choices=["all", "last", "none"], default="all",
+                   help="which rounds keep round_<k>/client_<i>/adapter (fused adapters are always kept)")
+    cli.add_run_args(p, seed=42)
+    p.add_argument("--output_root", dest="out_dir", default=argparse.SUPPRESS, help="the source's name for --out-dir")
+    return p
+
+
+def resolve_args(args):
+    """Fill defaults that depend on other flags, then validate (one line per problem)."""
+    if args.aggregation is None:
+        args.aggregation = "naive" if args.skip_svd else "svd"
+    cli.check(not (args.skip_svd and args.aggregation != "naive"), "--skip_svd contradicts --aggregation "
+                                                                   f"{args.aggregation}")
+    if args.data is None:
+        args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
+    if args.quick:  # tiny model, short sequences, few rounds: a smoke run in seconds
+        args.model_size, args.model_name_or_path = "tiny", None
+        args.max_seq_length = min(args.max_seq_length, 48)
+        args.max_eval_samples = min(args.max_eval_samples or QUICK_EVAL, QUICK_EVAL)
+        args.rounds = min(args.rounds, 2)
+        args.tokenizer_vocab_size = min(args.tokenizer_vocab_size, 1000)
+        args.lora_r, args.lora_alpha, args.svd_rank = min(args.lora_r, 4), min(args.lora_alpha, 4), min(args.svd_rank, 4)
+    glue_tasks.get_task(args.task_name)
+    args.task_name = args.task_name.lower()
+    cli.check(args.svd_rank >= 1, f"--svd_rank must be at least 1, got {args.svd_rank}")
+    cli.check(args.lora_r >= 1, f"--lora_r must be at least 1, got {args.lora_r}")
+    cli.check(args.rounds >= 1, f"--rounds must be at least 1, got {args.rounds}")
+    cli.check(args.local_epochs > 0, f"--local_epochs must be positive, got {args.local_epochs}")
+    cli.check(args.batch_size >= 1, f"--batch_size must be at least 1, got {args.batch_size}")
+    cli.check(0.0 <= args.lora_dropout < 1.0, f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    cli.check(args.shard_dir is not None or args.quick, "--shard_dir is required (make it with make_shards.py)")
+    return args
+
+
+def fused_dir_name(method: str, fused: adapters.Adapter) -> str:
+    return {"svd": f"fused_r{fused.r}", "naive": f"fused_r{fused.r}_nosvd", "exact": f"fused_exact_r{fused.r}"}[method]
+
+
+def main(argv=None) -> dict:
+    args = resolve_args(cli.parse(get_args_parser(), argv))
+    device = cli.resolve_device(args.device)
+    splits = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)
+    train = splits["train"]
+    if args.shard_dir is not None:
+        shards, shard_info = glue_shards.read_shard_manifests(args.shard_dir)
+    else:  # --quick: 3 iid clients over the first QUICK_TRAIN examples
+        train = splits["train"] = train.subset(range(min(QUICK_TRAIN, len(train))))
+        info = glue_shards.make_client_splits(train, args.task_name, 3, "iid", seed=args.seed)
+        shards, shard_info = [np.asarray(c, dtype=np.int64) for c in info["client_indices"]], info
+    top = max(int(s.max()) for s in shards)
+    cli.check(top < len(train), f"--shard_dir {args.shard_dir}: index {top} outside the {len(train)} training "
+                                f"examples of {args.task_name}; the manifests belong to another dataset")
+    if shard_info.get("task"):
+        cli.check(shard_info["task"] == args.task_name, f"--shard_dir was made for task {shard_info['task']!r}, "
+                                                        f"not {args.task_name!r}")
+    sizes = [len(s) for s in shards]
+    task = glue_tasks.get_task(args.task_name)
+    name = args.run_name or runlog.run_name(
+        "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), k=len(shards),
+        r=args.svd_rank if args.aggregation == "svd" else None, s=args.seed)
+    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device)
+
+    # ---- data and model (built once; the base stays frozen, only LoRA + head train) -----------------------
+    seeding.seed_everything(args.seed)
+    if args.quiet:
+        modeling.quiet_hf()
+    tokenizer = modeling.build_tokenizer(args, train, rd.path / "tokenizer")
+    train_enc = modeling.encode(tokenizer, train, args.max_seq_length)
+    evals = {s: splits[s] if args.max_eval_samples is None else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
+             for s in task.eval_splits}
+    eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length) for s, e in evals.items()}
+    base = modeling.build_model(args, tokenizer, task.num_labels, args.seed)
+    base_path = modeling.model_id(args)
+    if base_path == "tiny":  # adapters name their base model: save the tiny one next to them
+        base_path = str(rd.artifact("base_model"))
+        base.save_pretrained(base_path)
+        tokenizer.save_pretrained(base_path)
+    state = {"model": None, "rank": None}
+
+    def model_for(adapter: adapters.Adapter):
+        """The one PeftModel, rebuilt only when the adapter's rank/alpha changes; adapter loaded in place."""
+        if state["rank"] != (adapter.r, adapter.alpha):
+            with torch.random.fork_rng(devices=[]):  # peft's init draws are overwritten by the load below
+                state["model"] = modeling.attach_lora(copy.deepcopy(base), adapter.r, adapter.alpha,
+                                                      args.lora_dropout, args.target_modules).to(device)
+            state["rank"] = (adapter.r, adapter.alpha)
+        adapters.load_into(state["model"], adapter)
+        return state["model"]
+
+    ckpt = rd.load_checkpoint()
+    if ckpt is not None:
+        fused = adapters.from_state_dict(ckpt["fused"], **ckpt["fused_meta"])
+        start, bytes_up, bytes_down = ckpt["round"] + 1, ckpt["bytes_up"], ckpt["bytes_down"]
+        seeding.set_rng_state(ckpt["rng"])
+    elif args.init_adapter:
+        fused = adapters.load(args.init_adapter)
+        cli.check(fused.target_modules == sorted(args.target_modules), f"--init_adapter adapts {fused.target_modules},"
+                                                                       f" --target_modules is {args.target_modules}")
+        start, bytes_up, bytes_down = 1, 0, 0
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeding.stream_seed(args.seed, "lora-init"))
+            m = modeling.attach_lora(copy.deepcopy(base), args.lora_r, args.lora_alpha, args.lora_dropout,
+                                     args.target_modules)
+        fused = adapters.from_model(m)
+        del m
+        start, bytes_up, bytes_down = 1, 0, 0
+    fused.dropout = args.lora_dropout
+
+    # ---- rounds -------------------------------------------------------------------------------------------
+    main_metric = task.main_metric
+    last_metrics = {r["round"]: r for r in rd.rows() if r.get("client") is None and main_metric in r}
+    bar = tqdm(range(start, args.rounds + 1), initial=start - 1, total=args.rounds, desc="rounds",
+               disable=args.quiet)
+    for rnd in bar:
+        round_dir = rd.artifact(f"round_{rnd}")
+        keep_clients = args.save_client_adapters == "all" or (args.save_client_adapters == "last" and rnd == args.rounds)
+        clients, losses = [], []
+        for i, idx in enumerate(shards):
+            model = model_for(fused)  # every client starts from the fused adapter and head
+            stats = modeling.train_local(model, train_enc, idx, epochs=args.local_epochs, batch_size=args.batch_size,
+                                         lr=args.learning_rate, seed=args.seed, round_idx=rnd, client=i, device=device)
+            client = adapters.from_model(model)
+            client.dropout = args.lora_dropout
+            moved = math.sqrt(sum(float((client.factors[m][j].float() - fused.factors[m][j].float()).pow(2).sum())
+                                  for m in fused.factors for j in (0, 1)))
+            row = {"round": rnd, "client": i + 1, "n": sizes[i], "train_loss": stats["loss"],
+                   "steps": stats["steps"], "adapter_change": moved}
+            if args.eval_clients:
+                row.update(modeling.evaluate(args.task_name, model, eval_enc, device, args.eval_batch_size))
+            rd.log(row)
+            if keep_clients:
+                adapters.save(client, round_dir / f"client_{i + 1}" / "adapter", base_path)
+            bytes_down += 4 * sum(t.numel() for t in fused.state_dict().values())
+            bytes_up += 4 * sum(t.numel() for t in client.state_dict().values())
+            clients.append(client)
+            losses.append(stats["loss"])
+
+        fused = adapters.merge(clients, sizes, args.aggregation, rank=args.svd_rank, alpha=args.alpha)
+        fused.dropout = args.lora_dropout
+        adapters.save(fused, round_dir / fused_dir_name(args.aggregation, fused) / "adapter", base_path)
+        row = {"round": rnd, "client": None, "fused_rank": fused.r, "merge_rel_error": adapters.merge_rel_error(clients, sizes, fused),
+               "train_loss": sum(l * n for l, n in zip(losses, sizes)) / sum(sizes)}
+        if args.eval_each_round or rnd == args.rounds:
+            row.update(modeling.evaluate(args.task_name, model_for(fused), eval_enc, device, args.eval_batch_size))
+            last_metrics[rnd] = row
+            bar.set_postfix({main_metric: f"{row[main_metric]:.4f}"})
+        rd.log(row)
+        del clients
+        rd.save_checkpoint({"round": rnd, "fused": fused.state_dict(), "bytes_up": bytes_up, "bytes_down": bytes_down,
+                            "fused_meta": {"r": fused.r, "alpha": fused.alpha, "target_modules": fused.target_modules,
+                                           "dropout": fused.dropout}})
+
+    final = last_metrics.get(args.rounds, {})
+    evaluated = [r for r in last_metrics.values() if main_metric in r]
+    best = max(evaluated, key=lambda r: r[main_metric]) if evaluated else {}
+    summary = {"task": args.task_name, "aggregation": args.aggregation, "num_clients": len(shards),
+               "shard_mode": shard_info.get("mode"), "client_sizes": sizes, "rounds_done": args.rounds,
+               "main_metric": main_metric, "fused_rank": fused.r, "fused_alpha": fused.alpha,
+               "final": {k: v for k, v in final.items() if k not in ("round", "client")},
+               "best": {"round": best.get("round"), main_metric: best.get(main_metric)},
+               "final_adapter": str(rd.path / f"round_{args.rounds}" / fused_dir_name(args.aggregation, fused) / "adapter"),
+               "bytes_up": bytes_up, "bytes_down": bytes_down, "model": modeling.model_id(args)}
+    return rd.write_summary(summary)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,163 @@
+"""Client shards of a GLUE training split, and their JSON manifests in the source project's layout.
+
+Modes (``make_client_splits``):
+* ``iid``              stratified: examples grouped by a key, each group shuffled and dealt round-robin, so
+                       every client holds the same label mix. The key is the label; MNLI uses label|genre
+                       when the genre column exists; STS-B uses score bins of width 0.2 (``bin_stsb``).
+* ``overlap``          ``common.shard.overlap``: each client keeps its own disjoint part, and the fraction
+                       ``overlap_ratio`` of each client's data comes from a pool that every client shares.
+* ``category``         ``common.shard.category`` on ``category_key`` (label, genre; STS-B labels binned):
+                       whole categories per client, no empty client when K exceeds the number of categories.
+* ``category_overlap`` ``category`` on the training set minus a shared pool, plus that pool for every
+                       client; the pool size follows ``common.shard.overlap_pool_size`` so that on average the
+                       fraction ``overlap_ratio`` of a client's data is shared.
+
+Manifests (``save_shard_manifests``): ``client_<i>.json`` (i from 1) = {"dataset", "indices"} and
+``summary.json`` with the source keys (client_indices, size_per_client, total_train, task, mode, meta) plus
+``label_histograms`` (per client: label -> count; STS-B: score bin -> count).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from common import checkpoint, cli, shard
+from common.seed import numpy_rng
+from lora_glue_fl.glue_tasks import Examples, get_task
+
+MODES = ("iid", "overlap", "category", "category_overlap")
+
+
+def bin_scores(values, bin_width: float = 0.2) -> list[int]:
+    """STS-B scores in [0, 5] -> bin ids: [0, 0.2) -> 0, [0.2, 0.4) -> 1, ... (5.0 joins the top bin)."""
+    top = math.floor(5.0 / bin_width) - 1
+    return [min(math.floor(float(v) / bin_width + 1e-9), top) for v in values]
+
+
+def strata(train: Examples, task_name: str, bin_stsb: bool = True) -> list:
+    """The stratification key of every example for ``--mode iid``."""
+    if task_name == "stsb":
+        return bin_scores(train.label) if bin_stsb else [float(v) for v in train.label]
+    if task_name == "mnli" and train.genre is not None:
+        return [f"{y}|{g}" for y, g in zip(train.label.tolist(), train.genre)]
+    return train.label.tolist()
+
+
+def category_values(train: Examples, task_name: str, key: str, bin_stsb: bool = True) -> list:
+    """The category of every example for ``--category_key`` (``label`` or ``labels``, ``genre``)."""
+    if key in ("label", "labels"):
+        return bin_scores(train.label) if task_name == "stsb" and bin_stsb else train.label.tolist()
+    return train.column(key)
+
+
+def stratified_iid(keys: list, num_clients: int, seed: int) -> list[np.ndarray]:
+    """Each stratum shuffled and dealt round-robin, continuing where the previous stratum stopped, so
+    client sizes differ by at most one and every client gets its share of every stratum."""
+    rng = numpy_rng(seed, "glue-iid")
+    buckets = defaultdict(list)
+    for i, k in enumerate(keys):
+        buckets[k].append(i)
+    out = [[] for _ in range(num_clients)]
+    dealt = 0
+    for k in sorted(buckets, key=str):
+        idx = np.asarray(buckets[k])[rng.permutation(len(buckets[k]))]
+        for j, i in enumerate(idx):
+            out[(dealt + j) % num_clients].append(int(i))
+        dealt += len(idx)
+    return [np.sort(np.asarray(c, dtype=np.int64)) for c in out]
+
+
+def _codes(values: list) -> np.ndarray:
+    """Category values (str, int, float) -> integer codes for common.shard.category."""
+    uniq = {v: i for i, v in enumerate(sorted(set(values), key=str))}
+    return np.asarray([uniq[v] for v in values], dtype=np.int64)
+
+
+def make_client_splits(train: Examples, task_name: str, k: int, mode: str = "iid", seed: int = 42,
+                       overlap_ratio: float = 0.0, category_key: str | None = None,
+                       bin_stsb: bool = True) -> dict:
+    """Partition ``train`` over ``k`` clients -> the source's shard record (see the module docstring)."""
+    task_name = task_name.lower()
+    get_task(task_name)
+    cli.check(k >= 1, f"--k (number of clients) must be at least 1, got {k}")
+    cli.check(mode in MODES, f"--mode {mode!r} unknown; expected one of {', '.join(MODES)}")
+    cli.check(0.0 <= overlap_ratio < 1.0, f"--overlap_ratio must be in [0, 1), got {overlap_ratio}")
+    n = len(train)
+    cli.check(n >= k, f"{n} training examples cannot fill {k} clients")
+    if mode in ("category", "category_overlap"):
+        cli.check(category_key is not None, f"--mode {mode} needs --category_key (label or genre)")
+
+    if mode == "iid":
+        shards = stratified_iid(strata(train, task_name, bin_stsb), k, seed)
+    elif mode == "overlap":
+        shards = shard.overlap(n, k, overlap_ratio, seed)
+    elif mode == "category":
+        shards = shard.category(_codes(category_values(train, task_name, category_key, bin_stsb)), k, seed)
+    else:
+        perm = numpy_rng(seed, "glue-pool").permutation(n)
+        n_pool = shard.overlap_pool_size(n, k, overlap_ratio)
+        cli.check(n - n_pool >= k, f"--overlap_ratio {overlap_ratio} leaves {n - n_pool} private examples for {k} clients")
+        pool, rest = np.sort(perm[:n_pool]), np.sort(perm[n_pool:])
+        cats = _codes(category_values(train.subset(rest), task_name, category_key, bin_stsb))
+        own = shard.category(cats, k, seed)
+        shards = [np.union1d(rest[o], pool) for o in own]
+    shards = [np.asarray(s, dtype=np.int64) for s in shards]
+    return {
+        "client_indices": [s.tolist() for s in shards],
+        "size_per_client": [int(s.size) for s in shards],
+        "total_train": n,
+        "task": task_name,
+        "mode": mode,
+        "meta": {"seed": seed, "overlap_ratio": overlap_ratio, "category_key": category_key, "bin_stsb": bin_stsb},
+        "label_histograms": label_histograms(shards, train, task_name),
+    }
+
+
+def label_histograms(shards, train: Examples, task_name: str) -> list[dict]:
+    """Per client: label (STS-B: score bin) -> count, keys as strings (JSON)."""
+    y = bin_scores(train.label) if task_name == "stsb" else train.label.tolist()
+    return [{str(c): n for c, n in sorted(Counter(y[i] for i in s).items())} for s in shards]
+
+
+def save_shard_manifests(out_dir, info: dict) -> None:
+    """client_1.json .. client_K.json and summary.json, each written atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("client_*.json"):  # a previous, larger K must not leave stale clients behind
+        if re.fullmatch(r"client_\d+\.json", old.name) and int(old.stem.split("_")[1]) > len(info["client_indices"]):
+            old.unlink()
+    for i, idx in enumerate(info["client_indices"], start=1):
+        checkpoint.atomic_write_json(out_dir / f"client_{i}.json", {"dataset": info["task"], "indices": idx})
+    checkpoint.atomic_write_json(out_dir / "summary.json", info)
+
+
+def read_shard_manifests(shard_dir) -> tuple[list[np.ndarray], dict]:
+    """(per-client index arrays in client order, summary or {}); one clear line when there is none."""
+    shard_dir = Path(shard_dir)
+    cli.check(shard_dir.is_dir(), f"--shard_dir {shard_dir} does not exist; create it with make_shards.py")
+    files = [f for f in shard_dir.iterdir() if re.fullmatch(r"client_\d+\.json", f.name)]
+    cli.check(bool(files), f"--shard_dir {shard_dir} holds no client_<i>.json manifests; create them with "
+                           f"make_shards.py")
+    files.sort(key=lambda f: int(f.stem.split("_")[1]))
+    shards = [read_manifest(f) for f in files]
+    summary_path = shard_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return shards, summary
+
+
+def read_manifest(path) -> np.ndarray:
+    """The index array of one client manifest ({"indices": [...]})."""
+    try:
+        data = json.loads(Path(path).read_text())
+        idx = np.asarray(data["indices"], dtype=np.int64)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise cli.UsageError(f"{path} is not a client manifest ({type(e).__name__}: {e}); "
+                             f"expected JSON with an 'indices' list") from None
+    cli.check(idx.ndim == 1 and idx.size > 0 and idx.min() >= 0, f"{path}: 'indices' must be a non-empty list of "
+                                                                  f"non-negative ints")
+    return idx

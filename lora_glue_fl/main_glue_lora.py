@@ -1,0 +1,159 @@
+"""Centralized LoRA fine-tuning of RoBERTa on one GLUE task (the federated runs' reference point).
+
+    python lora_glue_fl/main_glue_lora.py --quick
+    python lora_glue_fl/main_glue_lora.py --model_size base --task_name sst2 --do_train --do_eval \
+        --lora_r 8 --lora_alpha 8 --target_modules query value --num_train_epochs 3
+
+LoRA on --target_modules (query and value) plus the classifier head train; the base is frozen. The model
+is evaluated on the task's validation split(s) after every epoch (metrics.jsonl), the adapter and head are
+saved in peft format to <run dir>/adapter (or --adapter_output_dir). baseline_run.py is the same run with
+every parameter trainable and no adapter. With neither --do_train nor --do_eval both are done.
+--resume: a finished run returns its summary; an unfinished one starts over (one training schedule).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from tqdm.auto import tqdm
+
+from common import cli, runlog
+from common import seed as seeding
+from lora_glue_fl import adapters, glue_tasks, modeling
+
+
+def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
+    p.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
+                   help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
+                        "(default: dir when --data_dir is given, synthetic with --quick, else hf)")
+    p.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
+    p.add_argument("--max_train_samples", type=int, default=None, help="train on the first N examples only")
+    p.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on the first N examples only")
+    modeling.add_model_args(p)
+    g = p.add_argument_group("training")
+    g.add_argument("--do_train", action="store_true", help="fine-tune on the training split")
+    g.add_argument("--do_eval", action="store_true", help="evaluate on the validation split(s) (zero-shot if "
+                                                          "not training)")
+    g.add_argument("--per_device_train_batch_size", type=int, default=32, help="training batch size")
+    g.add_argument("--per_device_eval_batch_size", type=int, default=32, help="evaluation batch size")
+    g.add_argument("--learning_rate", type=float, default=2e-4 if lora else 2e-5,
+                   help="AdamW learning rate, linear decay to 0" + (" (LoRA takes larger rates)" if lora else ""))
+    g.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (may be fractional)")
+    if lora:
+        g = p.add_argument_group("LoRA")
+        g.add_argument("--lora_r", type=int, default=8, help="adapter rank")
+        g.add_argument("--lora_alpha", type=float, default=8, help="lora_alpha (scaling alpha / r)")
+        g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
+        g.add_argument("--target_modules", nargs="+", default=["query", "value"], help="linear layers to adapt")
+        g.add_argument("--adapter_output_dir", default=None, help="where the adapter goes (default <run dir>/adapter)")
+    cli.add_run_args(p, seed=42)
+    p.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="the source's name for --out-dir")
+    return p
+
+
+def run(args, lora: bool = True) -> dict:
+    """Train (LoRA or full) and/or evaluate; returns the summary."""
+    if not (args.do_train or args.do_eval):
+        args.do_train = args.do_eval = True
+    if args.data is None:
+        args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
+    if args.quick:
+        args.model_size, args.model_name_or_path = "tiny", None
+        args.max_seq_length = min(args.max_seq_length, 48)
+        args.num_train_epochs = min(args.num_train_epochs, 1.0)
+        args.max_train_samples = min(args.max_train_samples or 240, 240)
+        args.max_eval_samples = min(args.max_eval_samples or 64, 64)
+        args.tokenizer_vocab_size = min(args.tokenizer_vocab_size, 1000)
+        if lora:
+            args.lora_r, args.lora_alpha = min(args.lora_r, 4), min(args.lora_alpha, 4)
+    task = glue_tasks.get_task(args.task_name)
+    args.task_name = args.task_name.lower()
+    cli.check(args.num_train_epochs > 0, f"--num_train_epochs must be positive, got {args.num_train_epochs}")
+    if lora:
+        cli.check(args.lora_r >= 1, f"--lora_r must be at least 1, got {args.lora_r}")
+    device = cli.resolve_device(args.device)
+    name = args.run_name or runlog.run_name("central_lora" if lora else "full_ft", args.task_name,
+                                            r=args.lora_r if lora else None, s=args.seed)
+    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device)
+    done = rd.load_checkpoint()
+    if done is not None and done.get("finished") and (rd.path / runlog.SUMMARY_FILE).is_file():
+        return json.loads((rd.path / runlog.SUMMARY_FILE).read_text())
+
+    seeding.seed_everything(args.seed)
+    if args.quiet:
+        modeling.quiet_hf()
+    splits = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)
+    train = splits["train"]
+    if args.max_train_samples:
+        train = train.subset(range(min(args.max_train_samples, len(train))))
+    tokenizer = modeling.build_tokenizer(args, train, rd.path / "tokenizer")
+    evals = {s: splits[s] if not args.max_eval_samples else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
+             for s in task.eval_splits}
+    eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length) for s, e in evals.items()}
+    model = modeling.build_model(args, tokenizer, task.num_labels, args.seed)
+    base_path = modeling.model_id(args)
+    if lora:
+        if base_path == "tiny":
+            base_path = str(rd.artifact("base_model"))
+            model.save_pretrained(base_path)
+            tokenizer.save_pretrained(base_path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeding.stream_seed(args.seed, "lora-init"))
+            model = modeling.attach_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules)
+    model.to(device)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    if not args.quiet:
+        print(f"{modeling.model_id(args)} | trainable params: {n_train:,} / {n_total:,}")
+
+    main_metric, history = task.main_metric, []
+    if args.do_train:
+        train_enc = modeling.encode(tokenizer, train, args.max_seq_length)
+        bar = tqdm(total=int(args.num_train_epochs + 0.999), desc="epochs", disable=args.quiet)
+
+        def on_epoch(epoch, loss):
+            row = {"epoch": round(epoch, 4), "train_loss": loss}
+            if args.do_eval:
+                row.update(modeling.evaluate(args.task_name, model, eval_enc, device, args.per_device_eval_batch_size))
+                bar.set_postfix({main_metric: f"{row[main_metric]:.4f}"})
+            rd.log(row)
+            history.append(row)
+            bar.update(1)
+
+        modeling.train_local(model, train_enc, range(len(train)), epochs=args.num_train_epochs,
+                             batch_size=args.per_device_train_batch_size, lr=args.learning_rate, seed=args.seed,
+                             round_idx=0, client=0, device=device, on_epoch=on_epoch)
+        bar.close()
+        if lora:
+            out = args.adapter_output_dir or rd.artifact("adapter")
+            a = adapters.from_model(model)
+            a.dropout = args.lora_dropout
+            adapters.save(a, out, base_path)
+        else:
+            model.save_pretrained(str(rd.artifact("model")))
+            tokenizer.save_pretrained(str(rd.artifact("model")))
+    elif args.do_eval:  # zero-shot
+        row = {"epoch": 0, **modeling.evaluate(args.task_name, model, eval_enc, device, args.per_device_eval_batch_size)}
+        rd.log(row)
+        history.append(row)
+
+    final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
+    evaluated = [h for h in history if main_metric in h]
+    best = max(evaluated, key=lambda h: h[main_metric]) if evaluated else {}
+    summary = {"task": args.task_name, "method": "central_lora" if lora else "full_finetune",
+               "model": modeling.model_id(args), "trainable_params": n_train, "total_params": n_total,
+               "train_examples": len(train), "main_metric": main_metric, "final": final,
+               "best": {"epoch": best.get("epoch"), main_metric: best.get(main_metric)}}
+    rd.save_checkpoint({"finished": True})
+    return rd.write_summary(summary)
+
+
+def main(argv=None) -> dict:
+    return run(cli.parse(get_args_parser(), argv), lora=True)
+
+
+if __name__ == "__main__":
+    cli.run(main)

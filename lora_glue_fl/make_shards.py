@@ -1,0 +1,93 @@
+"""Split a GLUE training set over K clients and write the shard manifests fedavg_rounds.py reads.
+
+    python lora_glue_fl/make_shards.py --quick                                  # embedded SST-2-like task
+    python lora_glue_fl/make_shards.py --task_name sst2 --k 10 --mode iid --out_dir shards/sst2_iid_k10
+    python lora_glue_fl/make_shards.py --task_name mrpc --data_dir ../shared/data/glue_mrpc --k 4 \
+        --mode category --category_key label --out_dir shards/mrpc_cat_k4
+    python lora_glue_fl/make_shards.py --task_name sst2 --k 2 --mode category_overlap --category_key label \
+        --overlap_ratio 0.15 --seed 123 --out_dir shards/sst2_catov_k2       # the source's create_clients.py
+
+Modes (lora_glue_fl/glue_shards.py): iid (stratified by label; MNLI by label and genre; STS-B by score
+bins of 0.2), overlap (own disjoint part + a pool shared by all, the fraction --overlap_ratio of each
+client's data), category (whole categories of --category_key per client; no empty clients when K exceeds
+the number of categories), category_overlap (category split plus a shared pool).
+
+Writes <out_dir>/client_<i>.json ({"dataset", "indices"}, i from 1), summary.json (the source's keys plus
+label_histograms) and label_histograms.png.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from common import cli
+from lora_glue_fl import glue_shards, glue_tasks
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
+    p.add_argument("--k", type=int, default=10, help="number of clients")
+    p.add_argument("--mode", choices=glue_shards.MODES, default="iid", help="how to split (see the module doc)")
+    p.add_argument("--overlap_ratio", type=float, default=0.0,
+                   help="overlap / category_overlap: fraction of each client's data shared with all, in [0, 1)")
+    p.add_argument("--category_key", default=None,
+                   help="category / category_overlap: label (or labels; STS-B scores binned) or genre (MNLI, STS-B)")
+    p.add_argument("--no_bin_stsb", dest="bin_stsb", action="store_false",
+                   help="stratify / categorise STS-B by raw score instead of bins of width 0.2")
+    p.add_argument("--seed", type=int, default=42, help="shuffling seed")
+    p.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
+                   help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
+                        "(default: dir when --data_dir is given, synthetic with --quick, else hf)")
+    p.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
+    p.add_argument("--cache_dir", default=None, help="Hugging Face datasets cache")
+    p.add_argument("--out_dir", default=None, help="where the manifests go (default: shards/<task>_<mode>_k<K>)")
+    p.add_argument("--quick", action="store_true", help="embedded data (the other flags still apply)")
+    p.add_argument("--no_plot", action="store_true", help="skip label_histograms.png")
+    return p
+
+
+def plot_histograms(info: dict, path: Path) -> None:
+    """Stacked bars: examples per client, coloured by label (STS-B: score bin)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    hists = info["label_histograms"]
+    labels = sorted({c for h in hists for c in h}, key=lambda c: float(c))
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(hists) + 2), 3))
+    bottom = [0] * len(hists)
+    xs = list(range(1, len(hists) + 1))
+    for c in labels:
+        ys = [h.get(c, 0) for h in hists]
+        ax.bar(xs, ys, bottom=bottom, label=c)
+        bottom = [b + y for b, y in zip(bottom, ys)]
+    ax.set_xlabel("client")
+    ax.set_ylabel("examples")
+    ax.set_title(f"{info['task']} {info['mode']} (K={len(hists)})")
+    if len(labels) <= 12:
+        ax.legend(title="label", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = cli.parse(get_args_parser(), argv)
+    args.task_name = args.task_name.lower()
+    glue_tasks.get_task(args.task_name)
+    if args.data is None:
+        args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
+    cli.check(0.0 <= args.overlap_ratio < 1.0, f"--overlap_ratio must be in [0, 1), got {args.overlap_ratio}")
+    train = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)["train"]
+    info = glue_shards.make_client_splits(train, args.task_name, args.k, args.mode, args.seed, args.overlap_ratio,
+                                          args.category_key, args.bin_stsb)
+    out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")
+    glue_shards.save_shard_manifests(out, info)
+    if not args.no_plot:
+        plot_histograms(info, out / "label_histograms.png")
+    print(f"{args.task_name} {args.mode}: {args.k} clients, sizes {info['size_per_client']} -> {out}")
+    return {"out_dir": str(out), "size_per_client": info["size_per_client"], "total_train": info["total_train"],
+            "label_histograms": info["label_histograms"]}
+
+
+if __name__ == "__main__":
+    cli.run(main)

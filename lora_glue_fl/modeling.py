@@ -1,0 +1,219 @@
+"""RoBERTa models, tokenizers, encoded GLUE splits, the local training loop and evaluation.
+
+Models: ``--model_size base|large`` (roberta-base / roberta-large from the Hugging Face cache),
+``--model_name_or_path DIR`` (any local RoBERTa checkpoint), or ``tiny`` (``--quick``): a 2-layer RoBERTa
+built in code and initialised at random from the seed, saved with ``save_pretrained`` so adapters can name
+it as their base model.
+
+Training is a plain loop (no ``Trainer``): AdamW, linear decay to zero, gradient clipping at 1.0 and no
+weight decay, as ``transformers.Trainer`` defaults; batches and dropout of client ``c`` in round ``r`` come
+from the streams (seed, r, c), so a client's update does not depend on the order clients are trained in.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import cli
+from common import seed as seeding
+from common.evaluate import autocast
+from lora_glue_fl.glue_tasks import Examples, get_task
+
+MODEL_IDS = {"base": "roberta-base", "large": "roberta-large"}
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tokenizer and model
+# ---------------------------------------------------------------------------------------------------------
+def add_model_args(parser, *, tiny_default: bool = False) -> None:
+    """Model and tokenizer flags shared by every script of the subproject."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model_size", choices=["tiny", "base", "large"], default="tiny" if tiny_default else "base",
+                   help="roberta-base / roberta-large from the HF cache (pre-fetch with download_roberta_models.py),"
+                        " or tiny: a 2-layer RoBERTa initialised at random (what --quick uses)")
+    g.add_argument("--model_name_or_path", default=None,
+                   help="local RoBERTa folder (config.json + weights) instead of --model_size")
+    g.add_argument("--tokenizer", default=None,
+                   help="tokenizer: a folder with vocab.json + merges.txt, a hub name, or 'bpe' (trained on the "
+                        "training texts). Default: the model's own tokenizer; 'bpe' for the tiny model")
+    g.add_argument("--tokenizer_vocab_size", type=int, default=4096, help="vocabulary of a trained 'bpe' tokenizer")
+    g.add_argument("--max_seq_length", type=int, default=128, help="tokens per example (the source used 128)")
+    g.add_argument("--cache_dir", default=None, help="Hugging Face cache for models and datasets")
+
+
+def quiet_hf() -> None:
+    """No Hugging Face progress bars or info lines (``--quiet``)."""
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def model_id(args) -> str:
+    """What ``from_pretrained`` receives (or 'tiny')."""
+    if args.model_name_or_path:
+        return str(args.model_name_or_path)
+    return "tiny" if args.model_size == "tiny" else MODEL_IDS[args.model_size]
+
+
+def build_tokenizer(args, train: Examples, work_dir: Path):
+    """The tokenizer named by ``--tokenizer`` (default: the model's; 'bpe' trained on ``train`` for tiny)."""
+    from common import text
+    spec = args.tokenizer or ("bpe" if model_id(args) == "tiny" else model_id(args))
+    if spec != "bpe":
+        return text.load_tokenizer(spec, cache_dir=args.cache_dir, style="roberta")
+    corpus = Path(work_dir) / "tokenizer_corpus.txt"  # the training texts, one per line (cached by hash)
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    lines = train.text_a + (train.text_b or [])
+    corpus.write_text("\n".join(s.replace("\n", " ") for s in lines) + "\n", encoding="utf-8")
+    return text.load_tokenizer("bpe", train_files=[corpus], vocab_size=args.tokenizer_vocab_size, style="roberta")
+
+
+def build_model(args, tokenizer, num_labels: int, seed: int):
+    """A ``RobertaForSequenceClassification`` (1 output + MSE for STS-B); clear line if not available."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+    problem = "regression" if num_labels == 1 else "single_label_classification"
+    mid = model_id(args)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeding.stream_seed(seed, "base-model"))  # the tiny base (and new heads) per seed
+        if mid == "tiny":
+            cfg = RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=args.max_seq_length + 2 + 1,
+                                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, num_labels=num_labels,
+                                problem_type=problem, **TINY)
+            return RobertaForSequenceClassification(cfg)
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(
+                mid, num_labels=num_labels, problem_type=problem, cache_dir=args.cache_dir)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise cli.UsageError(f"model {mid!r} is neither a local folder nor in the Hugging Face cache ({first}); "
+                                 f"pre-fetch it with lora_glue_fl/download_roberta_models.py, pass "
+                                 f"--model_name_or_path DIR, or use --model_size tiny") from None
+
+
+def attach_lora(model, r: int, alpha: float, dropout: float, target_modules):
+    """peft LoRA on ``target_modules`` (the classifier head trains too, as peft's SEQ_CLS does)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in target_modules if t not in names]
+    cli.check(not missing, f"--target_modules {missing} not found in the model; RoBERTa has e.g. query key value dense")
+    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=int(r), lora_alpha=alpha, lora_dropout=dropout,
+                     target_modules=list(target_modules), bias="none", modules_to_save=["classifier"])
+    return get_peft_model(model, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# encoded data
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor   # [N, T] padded with the pad id
+    lengths: torch.Tensor     # [N] tokens per example
+    labels: torch.Tensor      # [N] int64 or float32
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def batch(self, idx: torch.Tensor, device) -> dict:
+        """Rows ``idx``, trimmed to the longest of them (dynamic padding)."""
+        t = int(self.lengths[idx].max())
+        ids = self.input_ids[idx, :t]
+        mask = (torch.arange(t)[None, :] < self.lengths[idx][:, None]).long()
+        return {"input_ids": ids.to(device, non_blocking=True), "attention_mask": mask.to(device, non_blocking=True),
+                "labels": self.labels[idx].to(device, non_blocking=True)}
+
+
+def encode(tokenizer, ex: Examples, max_length: int) -> Encoded:
+    """Tokenize once (pairs as ``<s> a </s></s> b </s>``), truncated to ``max_length``."""
+    enc = tokenizer(ex.text_a, ex.text_b, truncation=True, max_length=max_length)
+    ids = enc["input_ids"]
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
+    out = torch.full((len(ids), int(lengths.max()) if len(ids) else 1), tokenizer.pad_token_id, dtype=torch.long)
+    for i, x in enumerate(ids):
+        out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+    labels = torch.from_numpy(np.asarray(ex.label))
+    return Encoded(out, lengths, labels.float() if labels.is_floating_point() else labels.long())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# training and evaluation
+# ---------------------------------------------------------------------------------------------------------
+def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int, lr: float, seed: int,
+                round_idx: int, client: int, device, max_grad_norm: float = 1.0, on_epoch=None) -> dict:
+    """Fine-tune the trainable parameters of ``model`` on ``data[indices]`` for ``epochs`` (may be fractional).
+
+    Returns {"steps", "loss"} (mean training loss). Batches and dropout use the (seed, round, client) streams.
+    ``on_epoch(epoch, mean_loss)`` is called after every full pass and after the last step (centralized runs
+    evaluate there); it must leave the model's parameters unchanged.
+    """
+    idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    per_epoch = math.ceil(len(idx) / batch_size)
+    steps = max(1, math.ceil(epochs * per_epoch))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
+    gen = seeding.client_generator(seed, round_idx, client)
+    order = torch.empty(0, dtype=torch.long)
+    total = torch.zeros((), device=device)
+    model.train()
+    with seeding.client_rng(seed, round_idx, client):
+        for step in range(steps):
+            if len(order) == 0:
+                order = idx[torch.randperm(len(idx), generator=gen)]
+            b, order = order[:batch_size], order[batch_size:]
+            with autocast(device):
+                loss = model(**data.batch(b, device)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            total += loss.detach()
+            if on_epoch is not None and ((step + 1) % per_epoch == 0 or step + 1 == steps):
+                on_epoch((step + 1) / per_epoch, float(total) / (step + 1))
+                model.train()
+    return {"steps": steps, "loss": float(total) / steps}
+
+
+@torch.inference_mode()
+def predict(model, data: Encoded, device, batch_size: int = 64) -> np.ndarray:
+    """Logits [N, C] (scores [N, 1] for regression), in data order."""
+    was = model.training
+    model.eval()
+    out = []
+    for s in range(0, len(data), batch_size):
+        b = torch.arange(s, min(s + batch_size, len(data)))
+        batch = data.batch(b, device)
+        batch.pop("labels")
+        with autocast(device):
+            out.append(model(**batch).logits.float())
+    model.train(was)
+    return torch.cat(out).cpu().numpy()
+
+
+def evaluate(task_name: str, model, eval_sets: dict[str, Encoded], device, batch_size: int = 64) -> dict:
+    """The task's GLUE metrics on its validation split(s), plus the mean eval loss."""
+    from lora_glue_fl.glue_tasks import compute_metrics
+    outputs, losses = {}, []
+    for split, data in eval_sets.items():
+        logits = predict(model, data, device, batch_size)
+        y = data.labels.numpy()
+        outputs[split] = (logits, y)
+        if get_task(task_name).num_labels == 1:
+            losses.append(float(np.mean((logits.reshape(-1) - y) ** 2)))
+        else:
+            z = logits - logits.max(-1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+            losses.append(float(-logp[np.arange(len(y)), y].mean()))
+    metrics = compute_metrics(task_name, outputs)
+    metrics["eval_loss"] = float(np.mean(losses))
+    return metrics

@@ -1,0 +1,155 @@
+"""LoRA merge math against dense references, and fused adapters against peft's own loader."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common import cli
+from lora_glue_fl import adapters
+
+
+def make_adapter(out_dim, in_dim, r, alpha, seed, modules=("l0.query", "l0.value"), head=True):
+    g = torch.Generator().manual_seed(seed)
+    factors = {f"base_model.model.{m}": (torch.randn(r, in_dim, generator=g), torch.randn(out_dim, r, generator=g))
+               for m in modules}
+    h = {"base_model.model.classifier.out_proj.weight": torch.randn(2, 4, generator=g)} if head else {}
+    return adapters.Adapter(factors, h, r, float(alpha), sorted(m.split(".")[-1] for m in modules))
+
+
+def mean_delta(clients, weights):
+    total = sum(weights)
+    return {m: sum((w / total) * c.scale * (c.factors[m][1] @ c.factors[m][0]) for c, w in zip(clients, weights))
+            for m in clients[0].factors}
+
+
+# out != in so that a transposed product cannot even be formed; ranks and alphas differ per client
+CLIENTS = [{"r": 2, "alpha": 4, "seed": 1}, {"r": 3, "alpha": 3, "seed": 2}, {"r": 2, "alpha": 16, "seed": 3}]
+WEIGHTS = [5.0, 2.0, 3.0]
+
+
+@pytest.fixture
+def clients():
+    return [make_adapter(7, 12, **c) for c in CLIENTS]
+
+
+@pytest.mark.parametrize("rank,alpha", [(1, None), (3, None), (3, 8.0)])
+def test_svd_merge_is_best_rank_r_approximation(clients, rank, alpha):
+    fused = adapters.merge(clients, WEIGHTS, "svd", rank=rank, alpha=alpha)
+    assert fused.r == rank and fused.alpha == (alpha if alpha is not None else rank)
+    target = mean_delta(clients, WEIGHTS)
+    got = fused.delta()
+    for m, M in target.items():
+        U, S, Vh = torch.linalg.svd(M.double(), full_matrices=False)
+        best = (U[:, :rank] * S[:rank]) @ Vh[:rank]   # Eckart-Young: the optimal rank-r approximation
+        assert got[m].shape == M.shape == (7, 12)
+        torch.testing.assert_close(got[m].double(), best, atol=1e-4, rtol=1e-4)
+        # and its error is exactly the tail of the spectrum
+        err = torch.linalg.matrix_norm(M.double() - got[m].double())
+        assert err == pytest.approx(float(S[rank:].pow(2).sum().sqrt()), rel=1e-3, abs=1e-5)
+
+
+def test_svd_merge_exact_when_rank_covers_all_clients(clients):
+    rank = sum(c["r"] for c in CLIENTS)          # 7 = sum of client ranks
+    fused = adapters.merge(clients, WEIGHTS, "svd", rank=rank)
+    target = mean_delta(clients, WEIGHTS)
+    for m, M in target.items():
+        torch.testing.assert_close(fused.delta()[m], M, atol=1e-4, rtol=1e-4)
+    assert adapters.merge_rel_error(clients, WEIGHTS, fused) < 1e-5
+    lossy = adapters.merge(clients, WEIGHTS, "svd", rank=2)
+    assert adapters.merge_rel_error(clients, WEIGHTS, lossy) > 1e-2   # the error measure is not blind
+
+
+def test_exact_aggregation_reproduces_weighted_mean(clients):
+    fused = adapters.merge(clients, WEIGHTS, "exact", alpha=3.0)
+    assert fused.r == 7 and fused.alpha == 3.0
+    for m, M in mean_delta(clients, WEIGHTS).items():
+        torch.testing.assert_close(fused.delta()[m], M, atol=1e-5, rtol=1e-5)
+
+
+def test_exact_aggregation_caps_rank_at_full_rank_losslessly():
+    clients = [make_adapter(5, 6, r=3, alpha=3, seed=s) for s in range(3)]   # sum r = 9 > min(5, 6)
+    fused = adapters.merge(clients, [1, 1, 1], "exact")
+    assert fused.r == 5
+    for m, M in mean_delta(clients, [1, 1, 1]).items():
+        torch.testing.assert_close(fused.delta()[m], M, atol=1e-4, rtol=1e-4)
+
+
+def test_naive_merge_is_product_of_averaged_factors():
+    clients = [make_adapter(7, 12, r=3, alpha=6, seed=s) for s in range(3)]
+    fused = adapters.merge(clients, WEIGHTS, "naive")
+    w = [x / sum(WEIGHTS) for x in WEIGHTS]
+    for m in clients[0].factors:
+        A = sum(wk * c.factors[m][0] for wk, c in zip(w, clients))
+        B = sum(wk * c.factors[m][1] for wk, c in zip(w, clients))
+        torch.testing.assert_close(fused.delta()[m], 2.0 * B @ A, atol=1e-5, rtol=1e-5)
+        # ... which is not the mean update (the reason for the SVD merge)
+        assert not torch.allclose(fused.delta()[m], mean_delta(clients, WEIGHTS)[m], atol=1e-2)
+
+
+def test_heads_averaged_with_the_same_weights(clients):
+    fused = adapters.merge(clients, WEIGHTS, "svd", rank=2)
+    key = "base_model.model.classifier.out_proj.weight"
+    expect = sum(w * c.head[key] for w, c in zip(WEIGHTS, clients)) / sum(WEIGHTS)
+    torch.testing.assert_close(fused.head[key], expect)
+
+
+def test_mismatched_target_modules_refused(clients):
+    other = make_adapter(7, 12, r=2, alpha=2, seed=9, modules=("l0.query", "l0.key"))
+    with pytest.raises(cli.UsageError, match="same target modules"):
+        adapters.merge([clients[0], other], [1, 1], "svd", rank=2, names=["a", "b"])
+
+
+def test_save_load_round_trip(tmp_path, clients):
+    fused = adapters.merge(clients, WEIGHTS, "svd", rank=3, alpha=6.0)
+    adapters.save(fused, tmp_path / "fused", "some/base")
+    back = adapters.load(tmp_path / "fused")
+    assert (back.r, back.alpha, back.target_modules) == (3, 6.0, ["query", "value"])
+    assert back.extra["base_model_name_or_path"] == "some/base"
+    for m in fused.factors:
+        torch.testing.assert_close(back.delta()[m], fused.delta()[m])
+    with pytest.raises(cli.UsageError, match="not a peft adapter folder"):
+        adapters.load(tmp_path)
+
+
+def test_fused_adapter_loads_in_peft_with_same_logits(tmp_path):
+    """Two trained-looking client adapters on a tiny RoBERTa -> fused adapter -> PeftModel.from_pretrained
+    gives the logits of the base model with W += dW_fused on query/value and the averaged head."""
+    from peft import PeftModel
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from lora_glue_fl import modeling
+
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=20, pad_token_id=1, type_vocab_size=1,
+                        num_labels=3)
+    base = RobertaForSequenceClassification(cfg).eval()
+    base.save_pretrained(tmp_path / "base")
+    clients = []
+    for k, (r, alpha) in enumerate([(2, 4.0), (4, 4.0)]):
+        m = modeling.attach_lora(RobertaForSequenceClassification.from_pretrained(tmp_path / "base"), r, alpha,
+                                 0.0, ["query", "value"])
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.add_(0.3 * torch.randn_like(p))   # as if trained: B != 0, head moved
+        clients.append(adapters.from_model(m))
+    fused = adapters.merge(clients, [3, 1], "svd", rank=6)     # rank >= 2 + 4: exact
+    adapters.save(fused, tmp_path / "fused", str(tmp_path / "base"))
+
+    ids = torch.randint(3, 50, (4, 9), generator=torch.Generator().manual_seed(1))
+    peft_model = PeftModel.from_pretrained(RobertaForSequenceClassification.from_pretrained(tmp_path / "base"),
+                                           tmp_path / "fused").eval()
+    with torch.no_grad():
+        got = peft_model(input_ids=ids).logits
+        ref = RobertaForSequenceClassification.from_pretrained(tmp_path / "base").eval()
+        sd = ref.state_dict()
+        for name, dW in mean_delta(clients, [3, 1]).items():
+            sd[name.removeprefix("base_model.model.") + ".weight"] += dW
+        for key, t in fused.head.items():
+            sd[key.removeprefix("base_model.model.")] = t
+        ref.load_state_dict(sd)
+        want = ref(input_ids=ids).logits
+        plain = base(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-3)   # the adapter does change the model

@@ -1,0 +1,228 @@
+"""Every script end to end with --quick (embedded single-sentence, pair and regression tasks), the round
+structure of fedavg_rounds.py, its resume, and one-line errors for bad inputs."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from common import cli
+from lora_glue_fl import (
+    adapters,
+    baseline_run,
+    fedavg_merge,
+    fedavg_rounds,
+    main_glue_lora,
+    make_shards,
+    modeling,
+)
+
+QUICK = ["--quick", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def sst2_run(tmp_path_factory):
+    """fedavg_rounds.py --quick on the embedded SST-2-like task: 3 iid clients, 2 rounds, SVD merge."""
+    out = tmp_path_factory.mktemp("runs")
+    summary = fedavg_rounds.main(QUICK + ["--task_name", "sst2", "--learning_rate", "3e-3", "--eval_each_round",
+                                          "--out-dir", str(out), "--run-name", "ref"])
+    return out / "ref", summary
+
+
+def test_fedavg_rounds_quick_outputs(sst2_run):
+    run, summary = sst2_run
+    assert summary["rounds_done"] == 2 and summary["num_clients"] == 3 and summary["fused_rank"] == 4
+    assert 0.0 <= summary["final"]["accuracy"] <= 1.0 and summary["bytes_up"] > 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    fused_rows = [r for r in rows if r["client"] is None]
+    assert [r["round"] for r in fused_rows] == [1, 2] and all("accuracy" in r for r in fused_rows)
+    for k in (1, 2):
+        for i in (1, 2, 3):
+            assert (run / f"round_{k}/client_{i}/adapter/adapter_model.safetensors").is_file()
+        assert (run / f"round_{k}/fused_r4/adapter/adapter_config.json").is_file()
+    assert json.loads((run / "args.json").read_text())["args"]["aggregation"] == "svd"
+
+
+def test_round_two_clients_train_the_fused_adapter(sst2_run):
+    """Round-2 clients start from round 1's fused adapter and head, and their LoRA factors move."""
+    run, _ = sst2_run
+    start = adapters.load(run / "round_1/fused_r4/adapter")
+    for i in (1, 2, 3):
+        client = adapters.load(run / f"round_2/client_{i}/adapter")
+        assert client.r == start.r
+        for m, (A0, B0) in start.factors.items():
+            A, B = client.factors[m]
+            assert not torch.allclose(A, A0) and not torch.allclose(B, B0)
+            # a small step away from the fused start, not a fresh initialisation
+            assert (A - A0).norm() < 0.5 * A0.norm()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["adapter_change"] > 0 for r in rows if r["client"] is not None and r["round"] == 2)
+
+
+def test_final_adapter_loads_with_peft_and_reproduces_metrics(sst2_run):
+    """PeftModel.from_pretrained(base, fused adapter) gives the logits of the script's own evaluation."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer, RobertaForSequenceClassification
+
+    from lora_glue_fl import glue_tasks
+    run, summary = sst2_run
+    base_dir = run / "base_model"
+    model = PeftModel.from_pretrained(RobertaForSequenceClassification.from_pretrained(base_dir),
+                                      summary["final_adapter"]).eval()
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    args = json.loads((run / "args.json").read_text())["args"]
+    dev = glue_tasks.load_glue("sst2", "synthetic")["validation"].subset(range(args["max_eval_samples"]))
+    enc = modeling.encode(tok, dev, args["max_seq_length"])
+    metrics = modeling.evaluate("sst2", model, {"validation": enc}, "cpu")
+    assert metrics["accuracy"] == pytest.approx(summary["final"]["accuracy"])
+    assert metrics["eval_loss"] == pytest.approx(summary["final"]["eval_loss"], rel=1e-4)
+
+
+def test_fedavg_merge_end_to_end(sst2_run, tmp_path):
+    run, _ = sst2_run
+    clients = [str(run / f"round_1/client_{i}/adapter") for i in (1, 2, 3)]
+    out = tmp_path / "fused"
+    manifest = fedavg_merge.main(["--adapters", *clients, "--weights", "2", "1", "1", "--svd_rank", "12",
+                                  "--save_adapter", str(out)])
+    assert (out / "fuse_manifest.json").is_file() and manifest["svd_rank"] == 12 and manifest["heads_averaged"]
+    assert manifest["merge_rel_error"] < 1e-5       # rank 12 = 3 clients x rank 4: lossless
+    fused, loaded = adapters.load(out), [adapters.load(c) for c in clients]
+    key = next(iter(fused.head))
+    torch.testing.assert_close(fused.head[key], (2 * loaded[0].head[key] + loaded[1].head[key] + loaded[2].head[key]) / 4)
+
+
+def test_fedavg_rounds_resume_reproduces_uninterrupted_run(sst2_run, tmp_path, monkeypatch):
+    ref_run, ref_summary = sst2_run
+    argv = QUICK + ["--task_name", "sst2", "--learning_rate", "3e-3", "--eval_each_round",
+                    "--out-dir", str(tmp_path), "--run-name", "cut"]
+    real_train = modeling.train_local
+
+    def crash_in_round_two(*a, **kw):
+        if kw["round_idx"] == 2 and kw["client"] == 0:
+            raise KeyboardInterrupt
+        return real_train(*a, **kw)
+
+    monkeypatch.setattr(modeling, "train_local", crash_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        fedavg_rounds.main(argv)
+    monkeypatch.setattr(modeling, "train_local", real_train)
+    summary = fedavg_rounds.main(argv + ["--resume"])
+    assert summary["final"] == ref_summary["final"]
+    ref_rows = (ref_run / "metrics.jsonl").read_text().splitlines()
+    assert (tmp_path / "cut/metrics.jsonl").read_text().splitlines() == ref_rows
+    got = adapters.load(tmp_path / "cut/round_2/fused_r4/adapter").state_dict()
+    want = adapters.load(ref_run / "round_2/fused_r4/adapter").state_dict()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+@pytest.mark.parametrize("task,extra", [("mrpc", ["--aggregation", "exact"]), ("stsb", ["--skip_svd"])])
+def test_fedavg_rounds_pair_and_regression_tasks(tmp_path, task, extra):
+    s = fedavg_rounds.main(QUICK + ["--task_name", task, "--rounds", "1", "--out-dir", str(tmp_path), *extra])
+    metric = {"mrpc": "f1", "stsb": "pearson"}[task]
+    assert s["main_metric"] == metric and metric in s["final"]
+    if task == "mrpc":   # exact: fused rank = 3 clients x rank 4, no merge error
+        assert s["fused_rank"] == 12 and s["final"]["merge_rel_error"] < 1e-5
+    else:
+        assert s["aggregation"] == "naive" and s["fused_rank"] == 4
+
+
+def test_make_shards_then_fedavg_rounds_with_shard_dir(tmp_path):
+    shards = tmp_path / "shards"
+    res = make_shards.main(["--quick", "--task_name", "mrpc", "--k", "4", "--mode", "category",
+                            "--category_key", "label", "--out_dir", str(shards)])
+    assert len(res["size_per_client"]) == 4 and min(res["size_per_client"]) > 0
+    assert (shards / "label_histograms.png").is_file() and (shards / "client_4.json").is_file()
+    summary = json.loads((shards / "summary.json").read_text())
+    assert summary["mode"] == "category" and summary["meta"]["category_key"] == "label"
+
+
+@pytest.mark.parametrize("script,task", [(main_glue_lora, "sst2"), (baseline_run, "stsb")])
+def test_centralized_scripts_quick(tmp_path, script, task):
+    s = script.main(QUICK + ["--task_name", task, "--out-dir", str(tmp_path)])
+    assert s["main_metric"] in s["final"] and s["train_examples"] == 240
+    run = next(tmp_path.iterdir())
+    if script is main_glue_lora:
+        assert s["trainable_params"] < 0.2 * s["total_params"]
+        assert adapters.load(run / "adapter").r == 4
+    else:
+        assert s["trainable_params"] == s["total_params"] and (run / "model/config.json").is_file()
+
+
+def one_line_error(main, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.run(main, argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_fail_with_one_line(tmp_path, capsys):
+    assert "unknown GLUE task 'sst3'" in one_line_error(fedavg_rounds.main, QUICK + ["--task_name", "sst3"], capsys)
+    (tmp_path / "empty").mkdir()
+    err = one_line_error(fedavg_rounds.main, QUICK + ["--shard_dir", str(tmp_path / "empty"), "--out-dir",
+                                                      str(tmp_path)], capsys)
+    assert "no client_<i>.json manifests" in err
+    assert "--svd_rank must be at least 1" in one_line_error(fedavg_rounds.main, QUICK + ["--svd_rank", "0"], capsys)
+    err = one_line_error(make_shards.main, ["--quick", "--mode", "overlap", "--overlap_ratio", "1.0",
+                                            "--out_dir", str(tmp_path / "s")], capsys)
+    assert "--overlap_ratio must be in [0, 1)" in err and not (tmp_path / "s").exists()
+    # adapters with different target modules
+    g = torch.Generator().manual_seed(0)
+    for name, mods in (("qv", ("query", "value")), ("qk", ("query", "key"))):
+        f = {f"base_model.model.l0.{m}": (torch.randn(2, 8, generator=g), torch.randn(8, 2, generator=g)) for m in mods}
+        adapters.save(adapters.Adapter(f, {}, 2, 2.0, sorted(mods)), tmp_path / name)
+    err = one_line_error(fedavg_merge.main, ["--adapters", str(tmp_path / "qv"), str(tmp_path / "qk"),
+                                             "--save_adapter", str(tmp_path / "fused")], capsys)
+    assert "same target modules" in err and not (tmp_path / "fused").exists()
+
+
+def test_uncached_pretrained_model_is_a_clear_error(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    args = argparse.Namespace(model_size="base", model_name_or_path=None, cache_dir=str(tmp_path), max_seq_length=128)
+    with pytest.raises(cli.UsageError, match="download_roberta_models.py"):
+        modeling.build_model(args, None, 2, seed=0)
+
+
+def test_plot_script_reads_run_directories(sst2_run, tmp_path):
+    from plots import plot_lora_glue
+    run, summary = sst2_run
+    res = plot_lora_glue.main(["--runs", str(run.parent), "--out", str(tmp_path / "fig"), "--max_rank", "3"])
+    for name in ("rounds_sst2.png", "svd_error_vs_rank.png", "summary.png", "results.md"):
+        assert (tmp_path / "fig" / name).stat().st_size > 0
+    assert f"{summary['final']['accuracy']:.3f}" in res["table"] and "FedAvg svd / iid" in res["table"]
+
+
+def test_download_script_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    from lora_glue_fl import download_roberta_models
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))   # restored after the test (the script sets it)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    err = one_line_error(download_roberta_models.main, ["--hf_home", str(tmp_path / "hf"), "--models", "roberta-base"],
+                         capsys)
+    assert "cannot download roberta-base@main" in err
+
+
+def test_run_grid_cells_and_subsets(tmp_path):
+    """The grid's plan (runs are ordinary script invocations, tested above) and its data subsets."""
+    from lora_glue_fl import glue_tasks, run_grid
+    args = run_grid.get_args_parser().parse_args(["--out-dir", str(tmp_path), "--tasks", "syn-mrpc", "--seeds", "0",
+                                                  "1", "--train_samples", "120", "--rounds", "2"])
+    jobs = run_grid.cells(args)
+    assert len(jobs) == 2 * (1 + 3 * 2)
+    assert [int(a[a.index("--seed") + 1]) for _, a in jobs] == [0] * 7 + [1] * 7
+    names = {a[a.index("--run-name") + 1] for _, a in jobs}
+    assert {"syn-mrpc_central_s0", "syn-mrpc_exact_category_s1", "syn-mrpc_svd_iid_s0"} <= names
+    data_dir = tmp_path / "data" / "syn-mrpc_120"
+    sub = glue_tasks.read_glue_dir(data_dir, "mrpc")
+    full = glue_tasks.load_glue("mrpc", "synthetic")
+    assert len(sub["train"]) == 120 and len(sub["validation"]) == len(full["validation"])
+    assert set(sub["train"].text_a) <= set(full["train"].text_a)
+    assert (tmp_path / "shards" / "syn-mrpc_category_k4_s1" / "client_4.json").is_file()
