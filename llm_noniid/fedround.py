@@ -1,0 +1,137 @@
+"""One federated round, model-agnostic: local steps with the FedProx / SCAFFOLD hooks and the streaming
+server side. ``train.py`` runs it on a causal LM; the tests run the very same functions on quadratics.
+
+Algorithms (DESIGN.md section 5):
+* FedAvg: theta <- sum_k n_k theta_k / sum_k n_k (then the server optimizer, plain replacement at lr 1).
+* FedProx: the local loss gets + (mu/2) ||theta - theta_global||^2, anchored at this round's global model;
+  mu = 0 is exactly FedAvg (the hook adds mu (theta - theta_global) to the gradient).
+* SCAFFOLD option II: plain SGD steps y <- y - lr (g(y) - c_i + c); c_i+ = c_i - c + (x - y) / (K lr);
+  x <- x + server_lr * mean_k(dy_k); c <- c + sum_k(dc_k) / N. mean_k(dy_k) uses the same client-size
+  weights as FedAvg (with equal sizes it is the paper's uniform mean), so the two differ only by the
+  correction. Client control variates persist across rounds (``common.aggregate.Scaffold``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from common import params as P
+from common.aggregate import WeightedMean
+from common.cli import UsageError
+
+LOCAL_OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class LocalStats:
+    steps: int
+    loss: float        # mean data loss over the local steps
+    grad_norm: float   # mean L2 norm of the data-loss gradient over the local steps
+    prox: float        # (mu/2) ||theta - theta_global||^2 at the end of local training
+
+
+def check_local_optimizer(algorithm: str, optimizer: str) -> None:
+    """SCAFFOLD's correction assumes plain SGD steps; an adaptive optimizer would rescale it."""
+    if optimizer not in LOCAL_OPTIMIZERS:
+        raise UsageError(f"--local-optimizer {optimizer!r} is unknown; expected one of {', '.join(LOCAL_OPTIMIZERS)}")
+    if algorithm == "scaffold" and optimizer != "sgd":
+        raise UsageError(f"SCAFFOLD needs plain SGD local steps (its control variates assume them); "
+                         f"got --local-optimizer {optimizer}: use --local-optimizer sgd")
+
+
+def local_train(params: list[torch.Tensor], loss_fn: Callable[[object], torch.Tensor], batches: Iterable,
+                *, lr: float, optimizer: str = "sgd", weight_decay: float = 0.0, mu: float = 0.0,
+                anchor: list[torch.Tensor] | None = None, correction: list[torch.Tensor] | None = None,
+                max_grad_norm: float = 0.0) -> LocalStats:
+    """Local steps on ``params`` (leaf tensors, trained in place) over ``batches``.
+
+    Per step: g = grad of loss_fn(batch) (clipped to max_grad_norm when > 0), then g += mu (theta - anchor)
+    (FedProx) and g += correction (SCAFFOLD's c - c_i), then one optimizer step.
+    """
+    opt = None if optimizer == "sgd" else torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps, loss_sum, gnorm_sum = 0, 0.0, 0.0  # become device tensors: no host sync per step
+    for batch in batches:
+        for p in params:
+            p.grad = None
+        loss = loss_fn(batch)
+        loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g
+        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        if max_grad_norm > 0:
+            torch._foreach_mul_(grads, (max_grad_norm / (gnorm + 1e-6)).clamp(max=1.0))
+        with torch.no_grad():
+            if mu > 0:
+                torch._foreach_add_(grads, torch._foreach_sub([p.detach() for p in params], anchor), alpha=mu)
+            if correction is not None:
+                torch._foreach_add_(grads, correction)
+            if opt is None:  # plain SGD: theta <- theta - lr (g + wd theta)
+                if weight_decay:
+                    torch._foreach_add_(grads, [p.detach() for p in params], alpha=weight_decay)
+                torch._foreach_add_([p.detach() for p in params], grads, alpha=-lr)
+        if opt is not None:
+            opt.step()
+        steps += 1
+        loss_sum = loss_sum + loss.detach().float()
+        gnorm_sum = gnorm_sum + gnorm.detach().float()
+    prox = 0.0
+    if mu > 0 and anchor is not None:
+        prox = 0.5 * mu * P.norm(P.sub(params, anchor)) ** 2
+    return LocalStats(steps, float(loss_sum) / max(steps, 1), float(gnorm_sum) / max(steps, 1), prox)
+
+
+def client_round(params: list[torch.Tensor], global_params: list[torch.Tensor], loss_fn, batches, *,
+                 algorithm: str, lr: float, optimizer: str = "sgd", mu: float = 0.0, weight_decay: float = 0.0,
+                 max_grad_norm: float = 0.0, scaffold=None, client: int = 0, weight: float = 1.0) -> LocalStats:
+    """Start the ONE model object from the global model (in place), train locally, and for SCAFFOLD update
+    the client's control variate c_i and the round's sums (dy weighted by ``weight``, like FedAvg).
+    Returns the LocalStats; afterwards ``params`` hold the client's model."""
+    P.load_(params, global_params)
+    correction = scaffold.correction(client) if algorithm == "scaffold" else None
+    stats = local_train(params, loss_fn, batches, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                        mu=mu if algorithm == "fedprox" else 0.0, anchor=global_params,
+                        correction=correction, max_grad_norm=max_grad_norm)
+    if algorithm == "scaffold":
+        scaffold.client_update(client, global_params, params, max(stats.steps, 1), lr, weight=weight)
+    return stats
+
+
+class RoundServer:
+    """Streams client results of one round (O(parameters) memory) and applies the server update.
+
+    Also measures client update divergence on the updates d_k = theta_k - x: the weighted RMS of
+    ||theta_k - theta_bar|| = ||d_k - d_bar||, from sum_k w_k ||d_k||^2 and ||d_bar||^2 (float64), and the
+    weight cosine drift 1 - cos(theta_k, x) averaged over clients.
+    """
+
+    def __init__(self, global_params: list[torch.Tensor]):
+        self.x = global_params
+        self.mean = WeightedMean(global_params)
+        self.w_sum, self.w_sq_norm, self.cos_drift, self.n = 0.0, 0.0, 0.0, 0
+        self.x_norm = P.norm(global_params)
+
+    def add(self, client_params: list[torch.Tensor], weight: float) -> None:
+        d = P.sub(client_params, self.x)
+        self.mean.add(client_params, weight)
+        self.w_sum += weight
+        self.w_sq_norm += weight * P.dot(d, d)
+        cos = P.dot(client_params, self.x) / max(P.norm(client_params) * self.x_norm, 1e-12)
+        self.cos_drift += 1.0 - cos
+        self.n += 1
+
+    def finish(self, algorithm: str, server_opt=None, scaffold=None) -> dict:
+        """Apply the update to ``x`` in place; return divergence metrics."""
+        avg = self.mean.result()
+        d_bar = P.sub(avg, self.x)
+        mean_sq = self.w_sq_norm / max(self.w_sum, 1e-12) - P.dot(d_bar, d_bar)
+        divergence = max(mean_sq, 0.0) ** 0.5
+        avg_norm = P.norm(avg)
+        if algorithm == "scaffold":
+            scaffold.server_update(self.x)  # its own sums: x += lr_g sum w dy / sum w; c += sum dc / N
+        else:
+            server_opt.step(self.x, avg)
+        return {"client_divergence": divergence, "client_divergence_rel": divergence / max(avg_norm, 1e-12),
+                "cosine_drift": self.cos_drift / max(self.n, 1), "update_norm": P.norm(d_bar)}

@@ -1,0 +1,70 @@
+"""Failure detectors on constructed curves: each fires on its pattern, none fires on a healthy curve."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from llm_noniid import failure
+
+
+def rows(losses, drift=None):
+    drift = drift if drift is not None else [0.01] * len(losses)
+    return [{"round": i + 1, "val_loss": float(v), "client_divergence_rel": float(d)}
+            for i, (v, d) in enumerate(zip(losses, drift))]
+
+
+def healthy(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return 2.0 + 3.0 * np.exp(-np.arange(n) / 6.0) + rng.normal(0, 0.005, n)
+
+
+def test_healthy_curve_triggers_nothing():
+    assert failure.detect(rows(healthy())) == {}
+
+
+def test_diverging_curve_detected_at_the_start_of_the_rise():
+    losses = list(healthy(12)) + [3.5, 4.5, 6.0, 9.0, 14.0]  # best ~2.4; rises from round 13
+    found = failure.detect(rows(losses))
+    assert found["divergence"] == 13 and "oscillation" not in found  # a monotone rise is not oscillation
+
+
+def test_non_finite_loss_is_divergence_at_that_round():
+    losses = list(healthy(6)) + [math.nan]
+    assert failure.detect(rows(losses))["divergence"] == 7
+    assert failure.detect(rows(list(healthy(4)) + [math.inf]))["divergence"] == 5
+
+
+def test_single_spike_is_not_divergence():
+    losses = list(healthy(10))
+    losses[5] *= 1.5
+    assert failure.detect(rows(losses)) == {}  # neither divergence nor oscillation
+
+
+def test_oscillating_curve_detected():
+    base = healthy(8)
+    osc = [3.0 + (0.4 if i % 2 else -0.4) for i in range(10)]
+    found = failure.detect(rows(list(base) + osc))
+    assert "oscillation" in found and found["oscillation"] > 8
+    assert "oscillation" not in failure.detect(rows(healthy(18)))
+    # irregular up-and-down while trending down (the shape of the failure grid's curves) also counts
+    noisy = [4.76, 4.49, 4.50, 4.59, 4.55, 4.43, 4.06, 4.18, 4.21, 3.96, 3.92, 3.94, 4.02]
+    assert failure.detect(rows(noisy)).get("oscillation") == 8
+
+
+def test_flat_curve_is_slow_convergence():
+    flat = 5.0 - 0.01 * np.arange(15)  # 2 % better after 10 rounds
+    found = failure.detect(rows(flat))
+    assert found == {"slow_convergence": 10}
+
+
+def test_client_drift_needs_a_sustained_excess():
+    drift = [0.01] * 5 + [0.2, 0.3, 0.4, 0.5] + [0.01] * 3
+    assert failure.detect(rows(healthy(12), drift))["client_drift"] == 6
+    blip = [0.01] * 5 + [0.2, 0.01, 0.2, 0.01] + [0.01] * 3
+    assert "client_drift" not in failure.detect(rows(healthy(12), blip))
+
+
+def test_thresholds_are_tunable():
+    flat = 5.0 - 0.01 * np.arange(15)
+    assert failure.detect(rows(flat), failure.Thresholds(slow_min_improvement=0.01)) == {}

@@ -1,0 +1,150 @@
+"""train.py end to end with --quick: metrics and summary, algorithm equivalences through the real script,
+resume (SCAFFOLD state included), divergence stop, YAML config, and one-line errors for bad input."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import cli
+from common.checkpoint import load_checkpoint
+from llm_noniid import train
+from llm_noniid.config import parse_with_config
+
+REPO = Path(__file__).resolve().parents[2]
+ROUND_KEYS = {"round", "val_loss", "val_ppl", "train_loss", "client_train_loss", "grad_norm_var",
+              "client_divergence", "client_divergence_rel", "cosine_drift", "prox_term", "participants"}
+
+
+def rows(out_dir: Path) -> list[dict]:
+    (run,) = [p for p in out_dir.iterdir() if p.is_dir()]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def quick(out_dir, *extra):
+    return train.main(["--quick", "--quiet", "--out-dir", str(out_dir), *extra])
+
+
+def test_quick_run_writes_every_metric(out_dir):
+    s = quick(out_dir, "--partition", "topic_skew", "--alpha", "0.1")
+    assert s["status"] == "complete" and s["rounds_done"] == 3 and s["failure_modes"] == {}
+    r = rows(out_dir)
+    assert len(r) == 3 and all(ROUND_KEYS <= set(x) for x in r)
+    assert all(math.isfinite(x["val_loss"]) for x in r)
+    assert r[-1]["val_loss"] < r[0]["val_loss"]  # it learns
+    assert s["final_val_ppl"] < s["vocab_size"]  # better than uniform over the vocabulary
+    run = next(out_dir.iterdir())
+    stats = json.loads((run / "partition.json").read_text())
+    assert stats["mean_classes_per_client"] < 4 and len(stats["clients"]) == 4
+    assert s["bytes_up"] == s["bytes_down"] == 3 * 4 * 4 * s["trainable_params"]
+
+
+def test_fedprox_mu_zero_equals_fedavg_in_the_script(tmp_path):
+    flags = ["--num-rounds", "2", "--max-local-steps", "2", "--partition", "topic_skew"]
+    a = quick(tmp_path / "a", "--algorithm", "fedavg", *flags)
+    b = quick(tmp_path / "b", "--algorithm", "fedprox", "--mu", "0", *flags)
+    assert [x["val_loss"] for x in rows(tmp_path / "a")] == [x["val_loss"] for x in rows(tmp_path / "b")]
+    assert a["final_val_ppl"] == b["final_val_ppl"]
+
+
+def test_scaffold_one_step_equals_fedavg_in_the_script(tmp_path):
+    flags = ["--num-rounds", "1", "--max-local-steps", "1", "--partition", "topic_skew", "--alpha", "0.1",
+             "--lora-r", "4"]
+    a = quick(tmp_path / "a", "--algorithm", "fedavg", *flags)
+    b = quick(tmp_path / "b", "--algorithm", "scaffold", *flags)
+    assert a["final_val_loss"] == pytest.approx(b["final_val_loss"], rel=1e-6)
+    assert rows(tmp_path / "b")[0]["cv_norm"] > 0  # the control variates did move
+
+
+def test_resume_reproduces_the_uninterrupted_scaffold_run(tmp_path):
+    flags = ["--algorithm", "scaffold", "--participation-rate", "0.5", "--partition", "token_skew",
+             "--token-skew", "vocabulary", "--lora-r", "4", "--learning-rate", "0.05", "--run-name", "r"]
+    quick(tmp_path / "full", *flags, "--num-rounds", "3")
+    quick(tmp_path / "part", *flags, "--num-rounds", "2")
+    quick(tmp_path / "part", *flags, "--num-rounds", "3", "--resume")
+    full, part = rows(tmp_path / "full"), rows(tmp_path / "part")
+    assert len(part) == 3
+    for x, y in zip(full, part):
+        for key in ("participants", "val_loss", "train_loss", "cv_norm", "cv_client_norm", "client_divergence"):
+            assert x[key] == y[key], key
+    ca = load_checkpoint(tmp_path / "full" / "r" / "checkpoint.pt", "llm_noniid/train")
+    cb = load_checkpoint(tmp_path / "part" / "r" / "checkpoint.pt", "llm_noniid/train")
+    assert ca["round"] == cb["round"] == 3
+    assert sorted(ca["scaffold"]["c_i"]) == sorted(cb["scaffold"]["c_i"]) and len(ca["scaffold"]["c_i"]) >= 2
+    for k in ca["scaffold"]["c_i"]:
+        assert all(torch.equal(u, v) for u, v in zip(ca["scaffold"]["c_i"][k], cb["scaffold"]["c_i"][k]))
+    assert all(torch.equal(u, v) for u, v in zip(ca["global"], cb["global"]))
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(out_dir):
+    s = quick(out_dir, "--lora-r", "0", "--learning-rate", "30", "--num-rounds", "4", "--run-name", "d")
+    assert s["status"] == "diverged"
+    at = s["failure_modes"]["divergence"]
+    assert s["rounds_done"] == at < 4
+    ckpt = out_dir / "d" / "checkpoint.pt"
+    if at > 1:
+        state = load_checkpoint(ckpt, "llm_noniid/train")
+        assert state["round"] == at - 1 and all(torch.isfinite(t).all() for t in state["global"])
+    else:
+        assert not ckpt.exists()
+
+
+def test_yaml_config_maps_onto_flags_and_cli_overrides(tmp_path):
+    args = parse_with_config(train.get_args_parser(), ["--config", str(REPO / "llm_noniid/configs/default.yaml")])
+    assert (args.model, args.partition, args.num_rounds, args.learning_rate) == ("distilgpt2", "topic_skew", 50, 5e-5)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("num-rounds: 7\nalgorithm: fedprox\nlearning_rate: 1e-3\n")
+    args = parse_with_config(train.get_args_parser(), ["--config", str(cfg), "--algorithm", "scaffold"])
+    assert (args.num_rounds, args.algorithm, args.learning_rate) == (7, "scaffold", 1e-3)
+
+
+BAD = {
+    "unknown algorithm": (["--algorithm", "fedsgd"], "--algorithm 'fedsgd' is unknown"),
+    "unknown partition": (["--partition", "label_flip"], "--partition 'label_flip' is unknown"),
+    "alpha zero": (["--partition", "topic_skew", "--alpha", "0"], "--alpha must be > 0"),
+    "alpha negative": (["--alpha", "-1"], "--alpha must be > 0"),
+    "participation zero": (["--participation-rate", "0"], "--participation-rate must be in (0, 1]"),
+    "participation above one": (["--participation-rate", "1.5"], "--participation-rate must be in (0, 1]"),
+    "scaffold with adamw": (["--algorithm", "scaffold", "--local-optimizer", "adamw"], "SCAFFOLD needs plain SGD"),
+    "yaml unknown key": (["--config", "{yaml}"], "unknown key 'num_epochs'"),
+    "missing yaml": (["--config", "{missing}"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_fails_with_one_line(case, tmp_path, capsys):
+    argv, expected = BAD[case]
+    (tmp_path / "bad.yaml").write_text("num_rounds: 3\nnum_epochs: 2\n")
+    argv = [a.format(yaml=tmp_path / "bad.yaml", missing=tmp_path / "none.yaml") for a in argv]
+    with pytest.raises(SystemExit) as e:
+        cli.run(train.main, ["--quick", "--out-dir", str(tmp_path / "runs"), *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_uncached_hub_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit):
+        cli.run(train.main, ["--quick", "--model", "distilgpt2", "--tokenizer", "bpe", "--cache-dir",
+                             str(tmp_path / "hf"), "--out-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert "'distilgpt2' could not be loaded" in err and len(err.splitlines()) == 1, err
+
+
+def test_lora_adapters_are_the_only_trainable_parameters():
+    from common import params as P
+    from llm_noniid.model import LORA_TARGETS, add_lora, tiny_gpt2
+
+    model = add_lora(tiny_gpt2(100, 16, 0), r=4, alpha=8, dropout=0.0)
+    names = [n for n, _ in P.named_trainable(model)]
+    assert names and all("lora_A" in n or "lora_B" in n for n in names)
+    assert {n.split(".lora_")[0].split(".")[-1] for n in names} == set(LORA_TARGETS["gpt2"])
+    full = add_lora(tiny_gpt2(100, 16, 0), r=0, alpha=8, dropout=0.0)
+    assert P.numel(P.trainable(full)) == sum(p.numel() for p in full.parameters())
