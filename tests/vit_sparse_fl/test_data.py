@@ -1,0 +1,80 @@
+"""CIFAR-100 pickle reader and on-device batched augmentation."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common import cli, synthetic
+from vit_sparse_fl import data as cifar
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    return synthetic.write_cifar100(tmp_path_factory.mktemp("cifar"), n_train_per_class=3, n_test_per_class=1)
+
+
+def _args(data_dir, **kw):
+    base = dict(data="cifar100", data_dir=str(data_dir), download=False, num_classes=0, max_train=0,
+                max_test=0, val_fraction=0.1, split_seed=0)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_reads_the_python_pickles(cifar_dir):
+    root = cifar.find_root(cifar_dir)
+    train = cifar.read_split(root, "train")
+    assert train.images.dtype == torch.uint8 and train.images.shape == (300, 3, 32, 32)
+    assert sorted(train.labels.unique().tolist()) == list(range(100))
+    assert len(cifar.class_names(root)) == 100
+    tr, val, test, classes = cifar.load_cifar100(_args(cifar_dir), torch.device("cpu"))
+    assert (len(tr), len(val), len(test), classes) == (270, 30, 100, 100)
+    _, val2, _, _ = cifar.load_cifar100(_args(cifar_dir), torch.device("cpu"))
+    assert torch.equal(val.labels, val2.labels) and torch.equal(val.images, val2.images)   # seeded split
+    sub = cifar.load_cifar100(_args(cifar_dir, num_classes=10), torch.device("cpu"))
+    assert sub[3] == 10 and int(sub[0].labels.max()) < 10 and len(sub[0]) + len(sub[1]) == 30
+
+
+def test_folder_without_pickles_fails_in_one_line(tmp_path):
+    with pytest.raises(cli.UsageError, match="no CIFAR-100 pickles"):
+        cifar.load_cifar100(_args(tmp_path), torch.device("cpu"))
+    (tmp_path / "cifar-100-python").mkdir()
+    for name in ("train", "test", "meta"):
+        (tmp_path / "cifar-100-python" / name).write_bytes(b"not a pickle")
+    with pytest.raises(cli.UsageError, match="not a CIFAR-100 pickle"):
+        cifar.load_cifar100(_args(tmp_path), torch.device("cpu"))
+
+
+def test_augmentation_is_crop_flip_resize_normalise():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (16, 3, 32, 32), generator=g, dtype=torch.uint8)
+    out = cifar.augment(imgs, 32, torch.Generator().manual_seed(5))
+    assert out.shape == (16, 3, 32, 32) and out.dtype == torch.float32
+    # replay the same draws: each output is a 32x32 window of the zero-padded image, maybe mirrored
+    g = torch.Generator().manual_seed(5)
+    oy, ox = torch.randint(0, 9, (16,), generator=g), torch.randint(0, 9, (16,), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    padded = F.pad(imgs, (4, 4, 4, 4)).float() / 255
+    mean = torch.tensor(cifar.IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(cifar.IMAGENET_STD).view(3, 1, 1)
+    for i in range(16):
+        win = padded[i, :, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
+        win = win.flip(2) if flip[i] else win
+        torch.testing.assert_close(out[i], (win - mean) / std)
+    assert 0 < int(flip.sum()) < 16 and len(set(oy.tolist())) > 1
+    # evaluation: no randomness, resized to the model's input size
+    ev = cifar.augment(imgs, 224, train=False)
+    assert ev.shape == (16, 3, 224, 224)
+    torch.testing.assert_close(ev, cifar.augment(imgs, 224, train=False))
+    expected = ((imgs.float() / 255 - mean) / std).mean((2, 3))
+    torch.testing.assert_close(ev.mean((2, 3)), expected, atol=0.02, rtol=0)
+
+
+def test_client_batches_stay_in_the_shard():
+    split = cifar.Split(torch.zeros(50, 3, 32, 32, dtype=torch.uint8), torch.arange(50))
+    shard = torch.tensor([3, 7, 11, 20, 41])
+    seen = [y for _, ys in cifar.batches(split, 2, 6, torch.Generator().manual_seed(0), 32, indices=shard)
+            for y in ys.tolist()]
+    assert len(seen) == 12 and set(seen) <= set(shard.tolist())
+    assert len(set(seen[:4])) == 4            # an epoch is a permutation: no repeats before it ends

@@ -1,0 +1,170 @@
+"""End-to-end runs of the three scripts on the embedded data, sized to take seconds."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from common import cli
+from common import params as P
+from plots import plot_vit
+from vit_sparse_fl import sparse, train_centralized
+from vit_sparse_fl import train_federated as fed
+from vit_sparse_fl import train_federated_sparse as fsp
+
+# a smaller --quick: 10 clients of ~45 images, 2 per round, 2 local steps
+SMALL = ["--quick", "--quiet", "--num-clients", "10", "--participation-rate", "0.2", "--local-steps", "2",
+         "--rounds", "2", "--eval-every", "1", "--max-train", "300", "--max-test", "60", "--batch-size", "16"]
+
+
+def _ctx(out_dir, *extra, script=fed):
+    args = script.get_args_parser().parse_args([*SMALL, "--out-dir", str(out_dir), *extra])
+    fed.finish_args(args)
+    args.calibration_rounds = getattr(args, "calibration_rounds", None) or 1
+    return fed.setup(args)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """One FedAvg and one sparse run in one folder: (folder, fedavg summary, sparse summary)."""
+    root = tmp_path_factory.mktemp("runs")
+    dense = fed.main([*SMALL, "--out-dir", str(root)])
+    sp = fsp.main([*SMALL, "--out-dir", str(root), "--mask-strategy", "random", "--sparsity-ratio", "0.5",
+                   "--head-warmup", "1"])
+    return root, dense, sp
+
+
+def test_federated_quick_run(tiny_runs):
+    _, s, _ = tiny_runs
+    rows = [json.loads(line) for line in open(f"{s['run_dir']}/metrics.jsonl")]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert 0 <= s["test_accuracy"] <= 1 and s["rounds_done"] == 2 and s["client_seconds"] > 0
+    assert json.load(open(f"{s['run_dir']}/summary.json"))["test_accuracy"] == s["test_accuracy"]
+
+
+def test_sparse_run_writes_mask_density(tiny_runs):
+    _, dense, s = tiny_runs
+    dens = json.load(open(f"{s['run_dir']}/mask_density.json"))
+    assert dens["overall"] == pytest.approx(0.5, abs=1e-6) and s["mask_density"] == dens["overall"]
+    assert "backbone.blocks.0.attn.qkv.weight" in dens["per_tensor"]
+    assert not any(k.startswith("head") for k in dens["per_tensor"])
+    assert s["bytes_up"] < s["bytes_down"] == dense["bytes_down"]
+
+
+def test_plots_read_the_run_directories(tiny_runs, tmp_path):
+    root, _, _ = tiny_runs
+    out = plot_vit.main(["--runs-dir", str(root), "--out", str(tmp_path)])
+    names = sorted(p.rsplit("/", 1)[1] for p in out["figures"])
+    assert names == ["vit_accuracy_vs_rounds.png", "vit_mask_density.png", "vit_strategies.png"]
+    assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+
+
+def test_pathological_shards_have_exactly_nc_classes(out_dir):
+    ctx = _ctx(out_dir, "--sharding", "non_iid", "--nc", "3")
+    labels = ctx["train"].labels
+    assert all(len(labels[idx].unique()) == 3 for idx in ctx["shards"])
+    assert sum(len(idx) for idx in ctx["shards"]) == len(labels)
+
+
+def test_masked_parameters_unchanged_after_training_and_strategies_differ(out_dir):
+    ctx = _ctx(out_dir, "--sparsity-ratio", "0.8", "--num-clients", "4", "--participation-rate", "0.5",
+               "--max-train", "120", "--calibration-rounds", "1", script=fsp)
+    start = P.clone(ctx["params"])
+    masks, models = {}, {}
+    for strategy in ("least_sensitive", "most_sensitive"):
+        ctx["args"].mask_strategy = strategy
+        masks[strategy] = fsp.build_masks(ctx, start)
+        glob = P.clone(start)
+        fed.fed_round(ctx, 0, glob, lr=0.05, masks=masks[strategy])
+        for g, s, m, n in zip(glob, start, masks[strategy], ctx["names"]):
+            if m is None:
+                assert n.startswith("head.") and not torch.equal(g, s)        # the head is trained densely
+            else:
+                assert torch.equal(g[~m], s[~m])
+                assert not m.any() or not torch.equal(g[m], s[m])
+        # the one model object holds the last client's weights: also untouched off the mask
+        for p, s, m in zip(ctx["params"], start, masks[strategy]):
+            if m is not None:
+                assert torch.equal(p.detach()[~m], s[~m])
+        models[strategy] = glob
+    least = [m for m in masks["least_sensitive"] if m is not None]
+    most = [m for m in masks["most_sensitive"] if m is not None]
+    assert sparse.density(least) == pytest.approx(0.2, abs=1e-6) == sparse.density(most)
+    # both ranked the same scores (same seeded sampled labels): disjoint up to exact ties
+    overlap = sum(int((a & b).sum()) for a, b in zip(least, most))
+    assert overlap <= 0.001 * sum(m.numel() for m in least)
+    assert any(not torch.equal(a, b) for a, b in zip(models["least_sensitive"], models["most_sensitive"]))
+
+
+def test_resume_reproduces_the_uninterrupted_run(out_dir, monkeypatch):
+    argv = [*SMALL, "--rounds", "4", "--eval-every", "2", "--local-steps", "1", "--out-dir", str(out_dir)]
+    full = fed.main([*argv, "--run-name", "full"])
+    real_round = fed.fed_round
+
+    def crash_in_round_3(ctx, r, *a, **kw):
+        if r == 2:
+            raise KeyboardInterrupt
+        return real_round(ctx, r, *a, **kw)
+
+    monkeypatch.setattr(fed, "fed_round", crash_in_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        fed.main([*argv, "--run-name", "cut"])
+    monkeypatch.setattr(fed, "fed_round", real_round)
+    resumed = fed.main([*argv, "--run-name", "cut", "--resume"])
+    rows = lambda name: [json.loads(x) for x in open(out_dir / name / "metrics.jsonl")]
+    assert rows("full") == rows("cut") and len(rows("cut")) == 2
+    assert resumed["test_accuracy"] == full["test_accuracy"] and resumed["test_loss"] == full["test_loss"]
+
+
+def test_centralized_resume_and_best_checkpoints(out_dir, monkeypatch):
+    argv = ["--quick", "--quiet", "--epochs", "2", "--warmup-epochs", "1", "--max-train", "70",
+            "--max-test", "50", "--batch-size", "16", "--keep-best", "1", "--patience", "0",
+            "--out-dir", str(out_dir)]
+    full = train_centralized.main([*argv, "--run-name", "full"])
+    assert len(full["best_checkpoints"]) == 1 and full["epochs_done"] == 2
+    assert sorted(p.name for p in (out_dir / "full").glob("best_*.pt")) == full["best_checkpoints"]
+    real = train_centralized.keep_best
+
+    def crash_at_epoch_2(run_path, best, epoch, *a):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(run_path, best, epoch, *a)
+
+    monkeypatch.setattr(train_centralized, "keep_best", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_centralized.main([*argv, "--run-name", "cut"])
+    monkeypatch.setattr(train_centralized, "keep_best", real)
+    resumed = train_centralized.main([*argv, "--run-name", "cut", "--resume"])
+    rows = lambda name: [json.loads(x) for x in open(out_dir / name / "metrics.jsonl")]
+    assert rows("full") == rows("cut")
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+
+
+def test_sweep_keeps_every_value(out_dir):
+    out = fed.main([*SMALL, "--rounds", "2", "--local-steps", "1", "--out-dir", str(out_dir),
+                    "--local-steps-experiment", "--j-values", "1", "2"])
+    assert set(out["results"]) == {"J=1", "J=2"}
+    assert [out["results"][k]["rounds"] for k in ("J=1", "J=2")] == [2, 1]     # rounds x J constant
+    assert (out_dir / "fedavg_local_steps_experiment_seed0.json").is_file()
+
+
+@pytest.mark.parametrize("script,extra,message", [
+    (fed, ["--sharding", "non_iid", "--nc", "11"], "--nc 11 exceeds the 10 classes"),
+    (fed, ["--participation-rate", "0"], "--participation-rate must be in (0, 1]"),
+    (fed, ["--participation-rate", "1.5"], "--participation-rate must be in (0, 1]"),
+    (fsp, ["--sparsity-ratio", "1.0"], "--sparsity-ratio must be in [0, 1)"),
+    (fsp, ["--sparsity-ratio", "-0.1"], "--sparsity-ratio must be in [0, 1)"),
+    (fsp, ["--mask-strategy", "largest"], "invalid choice: 'largest'"),
+    (fed, ["--data", "cifar100", "--data-dir", "EMPTY"], "no CIFAR-100 pickles"),
+    (train_centralized, ["--data", "cifar100", "--data-dir", "EMPTY"], "no CIFAR-100 pickles"),
+])
+def test_bad_inputs_fail_with_one_line(script, extra, message, out_dir, tmp_path, capsys):
+    extra = [str(tmp_path) if e == "EMPTY" else e for e in extra]
+    base = ["--quiet"] if script is train_centralized else SMALL
+    base = [*base, "--out-dir", str(out_dir)]
+    with pytest.raises(SystemExit) as e:
+        cli.run(script.main, [*base, *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err

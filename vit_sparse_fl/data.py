@@ -1,0 +1,204 @@
+"""CIFAR-100 from the python-pickle distribution, kept as uint8 on the device, with batched augmentation.
+
+The distribution (https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz) unpacks to
+``cifar-100-python/{train,test,meta}``: pickled dicts with ``data`` (uint8 [N, 3072], channel-major
+32x32 RGB), ``fine_labels`` and ``coarse_labels``; ``meta`` holds ``fine_label_names``.
+Images stay uint8 [N, 3, 32, 32] on the device (150 MB for the train split); ``augment`` turns a batch of
+them into normalised floats with one set of tensor ops (no PIL, no per-image Python).
+"""
+from __future__ import annotations
+
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import cli
+
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Split:
+    images: torch.Tensor   # uint8 [N, 3, 32, 32]
+    labels: torch.Tensor   # int64 [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def subset(self, idx) -> Split:
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.labels.device)
+        return Split(self.images[idx], self.labels[idx])
+
+
+def find_root(data_dir: str | Path) -> Path:
+    """The folder holding train/test/meta: ``data_dir`` itself or ``data_dir/cifar-100-python``."""
+    data_dir = Path(data_dir)
+    for cand in (data_dir / "cifar-100-python", data_dir):
+        if all((cand / f).is_file() for f in ("train", "test", "meta")):
+            return cand
+    raise cli.UsageError(f"--data-dir {data_dir}: no CIFAR-100 pickles (cifar-100-python/train, test, meta); "
+                         "pass the folder that holds cifar-100-python, or --download when online")
+
+
+def download(data_dir: str | Path) -> Path:
+    """Fetch and unpack the official tarball into ``data_dir`` (skipped when already there)."""
+    data_dir = Path(data_dir)
+    try:
+        return find_root(data_dir)
+    except cli.UsageError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    archive = data_dir / "cifar-100-python.tar.gz"
+    try:
+        torch.hub.download_url_to_file(CIFAR100_URL, str(archive), progress=False)
+    except Exception as e:
+        raise cli.UsageError(f"--download: could not fetch {CIFAR100_URL} ({type(e).__name__}); "
+                             "download it by hand and pass --data-dir") from None
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(data_dir, filter="data")
+    return find_root(data_dir)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as e:
+        raise cli.UsageError(f"{path}: not a CIFAR-100 pickle ({type(e).__name__}: {e})") from None
+
+
+def read_split(root: Path, name: str) -> Split:
+    """``name`` in {train, test} -> Split on the CPU (fine labels)."""
+    d = _unpickle(root / name)
+    cli.check("data" in d and "fine_labels" in d, f"{root / name}: missing 'data' or 'fine_labels'")
+    data = np.asarray(d["data"], dtype=np.uint8)
+    cli.check(data.ndim == 2 and data.shape[1] == 3072,
+              f"{root / name}: data must be [N, 3072] uint8, got {data.shape}")
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    labels = torch.as_tensor(d["fine_labels"], dtype=torch.long)
+    cli.check(len(labels) == len(images), f"{root / name}: {len(images)} images but {len(labels)} labels")
+    return Split(images, labels)
+
+
+def class_names(root: Path) -> list[str]:
+    return list(_unpickle(root / "meta").get("fine_label_names", []))
+
+
+def load_cifar100(args, device) -> tuple[Split, Split, Split, int]:
+    """(train, val, test, num_classes) on ``device`` from ``--data`` / ``--data-dir`` / ``--download``.
+
+    The validation split is a seeded ``--val-fraction`` of the training set (same for every seed of the
+    model, keyed by ``--split-seed``), so runs with different seeds see the same data.
+    """
+    if args.data == "synthetic":
+        from common import synthetic
+        # 100 train / 20 test images per class: enough that 20 clients each hold a few dozen images
+        root = find_root(synthetic.ensure("cifar100", n_train_per_class=100, n_test_per_class=20))
+    else:
+        cli.check(args.data_dir is not None, "--data cifar100 needs --data-dir (or --download)")
+        root = download(args.data_dir) if args.download else find_root(args.data_dir)
+    full, test = read_split(root, "train"), read_split(root, "test")
+    num_classes = int(max(full.labels.max(), test.labels.max())) + 1
+    if args.num_classes:
+        cli.check(args.num_classes <= num_classes,
+                  f"--num-classes {args.num_classes} exceeds the {num_classes} classes of the data")
+        num_classes = args.num_classes
+        full = full.subset(torch.nonzero(full.labels < num_classes).squeeze(1))
+        test = test.subset(torch.nonzero(test.labels < num_classes).squeeze(1))
+    if args.max_train:
+        full = full.subset(torch.arange(min(args.max_train, len(full))))
+    if args.max_test:
+        test = test.subset(torch.arange(min(args.max_test, len(test))))
+    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(args.split_seed))
+    n_val = int(round(args.val_fraction * len(full)))
+    val, train = full.subset(perm[:n_val].sort().values), full.subset(perm[n_val:].sort().values)
+    return train.to(device), val.to(device), test.to(device), num_classes
+
+
+def add_data_args(parser, quick_image_size: int = 32) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", default=None, choices=["synthetic", "cifar100"],
+                   help="synthetic (default): embedded CIFAR-format data; "
+                        "cifar100: the pickles under --data-dir")
+    g.add_argument("--data-dir", default=None, help="folder holding cifar-100-python/{train,test,meta}")
+    g.add_argument("--download", action="store_true", help="fetch the CIFAR-100 tarball into --data-dir")
+    g.add_argument("--image-size", type=int, default=None, choices=[224, 160, 32],
+                   help="resize to this many pixels (default 224 as DINO; --quick: 32, no resize)")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of the training set")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+    g.add_argument("--num-classes", type=int, default=None,
+                   help="keep only classes 0..N-1 (default 0: all 100; "
+                        "--quick: 10, so a tiny model learns in seconds)")
+    g.add_argument("--max-train", type=int, default=None,
+                   help="use only the first N training images (default 0: all; --quick: 2000)")
+    g.add_argument("--max-test", type=int, default=None,
+                   help="use only the first N test images (default 0: all)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="training batch size (default 64; --quick: 32)")
+    g.add_argument("--eval-batch-size", type=int, default=None, help="evaluation batch size (default 256)")
+    g.add_argument("--no-augment", action="store_true", help="no random crop / flip during training")
+
+
+def augment(images: torch.Tensor, image_size: int, generator: torch.Generator | None = None,
+            train: bool = True) -> torch.Tensor:
+    """uint8 [B, 3, 32, 32] -> normalised float [B, 3, S, S].
+
+    Training: random crop with zero padding 4 (per-sample offsets in [0, 8]) and horizontal flip with
+    probability 1/2, both drawn from ``generator`` on the images' device, then bilinear resize and
+    ImageNet normalisation. Evaluation (``train=False``): resize and normalise only.
+    """
+    B, C, H, W = images.shape
+    dev = images.device
+    x = images
+    if train:
+        pad = 4
+        padded = F.pad(x, (pad, pad, pad, pad))                     # [B, C, H+8, W+8], zeros
+        oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
+        ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
+        rows = (oy[:, None] + torch.arange(H, device=dev))[:, None, :, None]    # [B, 1, H, 1]
+        cols = (ox[:, None] + torch.arange(W, device=dev))[:, None, None, :]    # [B, 1, 1, W]
+        bidx = torch.arange(B, device=dev)[:, None, None, None]
+        cidx = torch.arange(C, device=dev)[None, :, None, None]
+        x = padded[bidx, cidx, rows, cols]                          # [B, C, H, W]
+        flip = torch.rand(B, generator=generator, device=dev) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    x = x.float().div_(255.0)
+    if image_size != H:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def batches(split: Split, batch_size: int, steps: int, generator: torch.Generator, image_size: int,
+            augment_train: bool = True, indices: torch.Tensor | None = None):
+    """``steps`` training batches (inputs [B, 3, S, S], labels [B]) drawn by epochs of a seeded permutation.
+
+    ``indices`` (int64 [n] on the split's device) restricts sampling to one client's shard.
+    """
+    dev = split.labels.device
+    n = len(split) if indices is None else len(indices)
+    perm, pos = torch.randperm(n, generator=generator, device=dev), 0
+    for _ in range(steps):
+        if pos + batch_size > n and pos > 0:
+            perm, pos = torch.randperm(n, generator=generator, device=dev), 0
+        idx = perm[pos:pos + batch_size]
+        pos += batch_size
+        if indices is not None:
+            idx = indices[idx]
+        yield augment(split.images[idx], image_size, generator, train=augment_train), split.labels[idx]
+
+
+def eval_batches(split: Split, batch_size: int, image_size: int):
+    for i in range(0, len(split), batch_size):
+        yield augment(split.images[i:i + batch_size], image_size, train=False), split.labels[i:i + batch_size]

@@ -1,0 +1,148 @@
+"""Sparse fine-tuning: masks from Fisher scores, magnitudes or at random, and the SparseSGDM optimizer.
+
+Mask convention: a bool tensor per parameter, ``True`` = trainable. ``sparsity`` s is the share of the
+masked (backbone) coordinates that are frozen, so a mask has density exactly 1 - s (ties are broken by
+position, never by letting more coordinates through). The classifier head is never masked.
+
+Strategies (scores are ranked over ALL masked tensors together: one global threshold):
+  least_sensitive   train the coordinates with the SMALLEST Fisher scores (TaLoS, Iurada et al. 2025)
+  most_sensitive    train the LARGEST Fisher scores
+  lowest_magnitude / highest_magnitude   |theta| of the pre-trained weights
+  random            uniform, from a seeded generator
+Fisher strategies are calibrated over R rounds with the exponential keep schedule
+k_r = (1 - s)^((r + 1) / R): each round rescores (fresh sampled labels) and keeps the k_r share among the
+coordinates still eligible, so the mask shrinks monotonically to exactly 1 - s.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+STRATEGIES = ("least_sensitive", "most_sensitive", "lowest_magnitude", "highest_magnitude", "random")
+
+
+def keep_schedule(sparsity: float, rounds: int) -> list[float]:
+    """[k_0, ..., k_{R-1}] with k_r = (1 - s)^((r + 1) / R); the last equals 1 - s."""
+    return [(1.0 - sparsity) ** ((r + 1) / rounds) for r in range(rounds)]
+
+
+@torch.no_grad()
+def select(scores: Sequence[torch.Tensor], keep: int, largest: bool,
+           eligible: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Masks keeping exactly ``keep`` coordinates: the smallest (or largest) scores among ``eligible``."""
+    flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
+    if eligible is not None:
+        ok = torch.cat([e.reshape(-1) for e in eligible])
+        if keep > int(ok.sum()):
+            raise ValueError(f"cannot keep {keep} coordinates, only {int(ok.sum())} are eligible")
+        never = torch.tensor(float("-inf") if largest else float("inf"), device=flat.device)
+        flat = torch.where(ok, flat, never)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if keep > 0:
+        # a stable sort ranks equal scores by position, so the count is exact even at ties
+        order = torch.sort(flat, descending=largest, stable=True).indices
+        mask[order[:keep]] = True
+    out, i = [], 0
+    for s in scores:
+        out.append(mask[i:i + s.numel()].view_as(s))
+        i += s.numel()
+    return out
+
+
+def compute_masks(params: Sequence[torch.Tensor], strategy: str, sparsity: float, *,
+                  fisher_fn: Callable[[int, list[torch.Tensor]], list[torch.Tensor]] | None = None,
+                  rounds: int = 1, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Masks (True = trainable) for ``params``, density exactly 1 - ``sparsity`` over all of them.
+
+    ``fisher_fn(r, masks)`` returns the Fisher scores for calibration round ``r`` (needed for the two
+    *_sensitive strategies); ``masks`` is the current mask, for callers that want to score the masked model.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown mask strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    total = sum(p.numel() for p in params)
+    target = total - int(round(sparsity * total))
+    if strategy in ("lowest_magnitude", "highest_magnitude"):
+        return select([p.detach().abs() for p in params], target, largest=strategy == "highest_magnitude")
+    if strategy == "random":
+        dev = params[0].device
+        gen_dev = generator.device if generator is not None else dev
+        scores = [torch.rand(p.shape, generator=generator, device=gen_dev).to(dev) for p in params]
+        return select(scores, target, largest=True)
+    if fisher_fn is None:
+        raise ValueError(f"strategy {strategy} needs Fisher scores")
+    masks = [torch.ones_like(p, dtype=torch.bool) for p in params]
+    for r, k in enumerate(keep_schedule(sparsity, rounds)):
+        keep = target if r == rounds - 1 else max(target, int(round(k * total)))
+        scores = fisher_fn(r, masks)
+        masks = select(scores, keep, largest=strategy == "most_sensitive", eligible=masks)
+    return masks
+
+
+def density(masks: Sequence[torch.Tensor]) -> float:
+    n = sum(m.numel() for m in masks)
+    return sum(int(m.sum()) for m in masks) / max(n, 1)
+
+
+def density_per_tensor(names: Sequence[str], masks: Sequence[torch.Tensor]) -> dict[str, float]:
+    return {n: float(m.float().mean()) for n, m in zip(names, masks)}
+
+
+class SparseSGDM(torch.optim.Optimizer):
+    """SGD with momentum whose update touches only the coordinates where ``mask`` is True.
+
+    Same arithmetic as ``torch.optim.SGD`` (weight decay added to the gradient, momentum buffer
+    ``b = mu*b + (1 - dampening)*g``, optional Nesterov), but gradient, weight decay and momentum buffer
+    are zero off the mask and the write-back is a ``torch.where``, so masked coordinates keep their exact
+    bits (no -0.0 / NaN leaks). With an all-True mask it reproduces ``torch.optim.SGD`` exactly.
+    ``masks``: one bool tensor per parameter in ``params`` order, or None for a dense parameter.
+    """
+
+    def __init__(self, params, masks: Sequence[torch.Tensor | None], lr: float, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
+        params = list(params)
+        if len(masks) != len(params):
+            raise ValueError(f"{len(masks)} masks for {len(params)} parameters")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov))
+        for p, m in zip(params, masks):
+            if m is not None:
+                if m.shape != p.shape:
+                    raise ValueError(f"mask shape {tuple(m.shape)} does not match parameter {tuple(p.shape)}")
+                self.state[p]["mask"] = m.to(device=p.device, dtype=torch.bool)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                mask = state.get("mask")
+                d_p = p.grad if mask is None else torch.where(mask, p.grad, torch.zeros((), dtype=p.dtype,
+                                                                                         device=p.device))
+                if wd != 0:
+                    decay = p if mask is None else torch.where(mask, p, torch.zeros((), dtype=p.dtype,
+                                                                                     device=p.device))
+                    d_p = d_p.add(decay, alpha=wd)
+                if mu != 0:
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = torch.clone(d_p).detach()
+                    else:
+                        buf.mul_(mu).add_(d_p, alpha=1 - damp)
+                    d_p = d_p.add(buf, alpha=mu) if group["nesterov"] else buf
+                if mask is None:
+                    p.add_(d_p, alpha=-lr)
+                else:
+                    p.copy_(torch.where(mask, p.add(d_p, alpha=-lr), p))
+        return loss

@@ -1,0 +1,148 @@
+"""Centralized fine-tuning of a DINO ViT-S/16 on CIFAR-100: the upper bound of the federated runs.
+
+    python vit_sparse_fl/train_centralized.py --quick
+    python vit_sparse_fl/train_centralized.py --data cifar100 --data-dir data --weights dino --epochs 50
+
+SGD with momentum and weight decay, a per-step schedule of linear warmup for --warmup-epochs then cosine
+decay, label smoothing, early stopping when validation accuracy has not improved for --patience epochs,
+and a checkpoint manager: <run dir>/checkpoint.pt is the latest full state (for --resume), and the best
+--keep-best models by validation accuracy are kept as best_epochNNN.pt (older ones pruned).
+Batches, augmentation and dropout of epoch e draw from streams keyed by (seed, e), so --resume
+reproduces the uninterrupted run.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from tqdm import tqdm
+
+from common import cli
+from common import seed as seeding
+from common.runlog import RunDir
+from vit_sparse_fl import data as cifar
+from vit_sparse_fl import experiment as exp
+
+FULL = dict(epochs=50, warmup_epochs=5, lr=0.01)
+QUICK = dict(epochs=4, warmup_epochs=1)
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+    cli.add_run_args(parser)
+    g = parser.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=None, help="training epochs (default 50; --quick: 4)")
+    g.add_argument("--warmup-epochs", type=int, default=None,
+                   help="linear warmup epochs before the cosine decay (default 5; --quick: 1)")
+    g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine")
+    g.add_argument("--patience", type=int, default=10,
+                   help="stop after this many epochs without a better validation accuracy (0: never)")
+    g.add_argument("--keep-best", type=int, default=2, help="how many best-model checkpoints to keep")
+    cifar.add_data_args(parser)
+    exp.add_model_args(parser, lr=0.01, weight_decay=5e-4)
+    return parser
+
+
+def save_atomic(obj, path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def keep_best(run_path, best: list[dict], epoch: int, acc: float, model, k: int) -> list[dict]:
+    """Insert this epoch if it ranks in the top ``k`` by validation accuracy; delete what falls out."""
+    if k <= 0 or (len(best) >= k and acc <= best[-1]["val_accuracy"]):
+        return best
+    path = os.path.join(run_path, f"best_epoch{epoch:03d}.pt")
+    save_atomic({"model": model.state_dict(), "epoch": epoch, "val_accuracy": acc, "config": model.config()},
+                path)
+    best = sorted(best + [{"epoch": epoch, "val_accuracy": acc, "path": path}],
+                  key=lambda b: -b["val_accuracy"])
+    for gone in best[k:]:
+        if os.path.exists(gone["path"]):
+            os.remove(gone["path"])
+    return best[:k]
+
+
+def main(argv=None) -> dict:
+    args = cli.parse(get_args_parser(), argv)
+    exp.apply_quick(args, QUICK, FULL)
+    exp.validate_model_args(args)
+    cli.check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
+    cli.check(0 <= args.warmup_epochs < args.epochs,
+              f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs} "
+              f"with --epochs {args.epochs}")
+    cli.check(args.patience >= 0 and args.keep_best >= 0, "--patience and --keep-best must be >= 0")
+
+    # ---------------------------------------------------------------- data, model, run directory
+    seeding.seed_everything(args.seed)
+    device = cli.resolve_device(args.device)
+    train, val, test, num_classes = cifar.load_cifar100(args, device)
+    model, source = exp.build_model(args, num_classes, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    steps_per_epoch = max(1, len(train) // args.batch_size)
+    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
+    run = RunDir(args.out_dir, args.run_name or f"centralized_E{args.epochs}_seed{args.seed}", vars(args),
+                 resume=args.resume, kind="vit_sparse_fl/train_centralized")
+    start, best_acc, stale, best = 0, -1.0, 0, []
+    state = run.load_checkpoint() if args.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, best_acc, stale, best = state["epoch"], state["best_acc"], state["stale"], state["best"]
+        seeding.set_rng_state(state["rng"])
+
+    # ---------------------------------------------------------------- epochs
+    bar = tqdm(range(start, args.epochs), disable=args.quiet, desc="centralized", dynamic_ncols=True)
+    stopped_early = False
+    for epoch in bar:
+        gen = seeding.client_generator(args.seed, epoch, 0, device, purpose="centralized")
+        stream = cifar.batches(train, args.batch_size, steps_per_epoch, gen, args.image_size,
+                               augment_train=not args.no_augment)
+        loss_sum = 0.0
+        with seeding.client_rng(args.seed, epoch, 0, purpose="centralized_dropout"):
+            for i, batch in enumerate(stream):   # one step per batch so the schedule is per step
+                step = epoch * steps_per_epoch + i
+                lr = exp.cosine_lr(step, total_steps, args.lr, warmup_steps, args.min_lr)
+                loss, _ = exp.train_steps(model, optimizer, [batch], label_smoothing=args.label_smoothing,
+                                          device=device, lr=lr)
+                loss_sum += loss
+        ev = exp.evaluate(model, val, args, device)
+        row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": lr,
+               "train_loss": loss_sum / steps_per_epoch, "val_loss": ev["loss"],
+               "val_accuracy": ev["accuracy"]}
+        run.log(row)
+        bar.set_postfix(val_acc=f"{ev['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
+        if ev["accuracy"] > best_acc:
+            best_acc, stale = ev["accuracy"], 0
+        else:
+            stale += 1
+        best = keep_best(str(run.path), best, epoch + 1, ev["accuracy"], model, args.keep_best)
+        run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "epoch": epoch + 1, "best_acc": best_acc, "stale": stale, "best": best})
+        if args.patience and stale >= args.patience:
+            stopped_early = True
+            break
+
+    # ---------------------------------------------------------------- test with the best model
+    rows = run.rows()
+    final_test = exp.evaluate(model, test, args, device)
+    if best:
+        model.load_state_dict(torch.load(best[0]["path"], map_location=device, weights_only=True)["model"])
+    best_test = exp.evaluate(model, test, args, device) if best else final_test
+    summary = {"method": "centralized", "seed": args.seed, "weights": source, "epochs_done": len(rows),
+               "stopped_early": stopped_early,
+               "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
+               "best_val_accuracy": best_acc, "best_epoch": best[0]["epoch"] if best else None,
+               "test_accuracy": best_test["accuracy"], "final_test_accuracy": final_test["accuracy"],
+               "best_checkpoints": [os.path.basename(b["path"]) for b in best]}
+    summary = run.write_summary(summary)
+    summary["run_dir"] = str(run.path)
+    return summary
+
+
+if __name__ == "__main__":
+    cli.run(main)

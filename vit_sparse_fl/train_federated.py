@@ -1,0 +1,230 @@
+"""FedAvg of a DINO ViT-S/16 on CIFAR-100 with IID or pathological non-IID shards.
+
+    python vit_sparse_fl/train_federated.py --quick
+    python vit_sparse_fl/train_federated.py --data cifar100 --data-dir data --weights dino \\
+        --num-clients 100 --participation-rate 0.1 --local-steps 4 --rounds 300 --sharding non_iid --nc 5
+    python vit_sparse_fl/train_federated.py --quick --heterogeneity-experiment --nc-values 1 5 10 50
+    python vit_sparse_fl/train_federated.py --quick --local-steps-experiment --j-values 4 8 16
+
+Every round: sample m = max(1, round(C*K)) clients without replacement from the stream keyed by
+(seed, round); each starts from the current global model (loaded in place into the one model object),
+takes J SGD-momentum steps on its own shard, and the server sets theta <- sum_k n_k theta_k / sum_k n_k.
+The learning rate follows a cosine over rounds. Every random draw of a client (batches, augmentation,
+dropout) is keyed by (seed, round, client), so --resume reproduces the uninterrupted run exactly.
+The sweeps keep every value's run directory and summary (the source kept only the last value).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common import cli, shard
+from common import params as P
+from common import seed as seeding
+from common.aggregate import WeightedMean
+from common.checkpoint import atomic_write_json
+from common.runlog import RunDir
+from vit_sparse_fl import data as cifar
+from vit_sparse_fl import experiment as exp
+from vit_sparse_fl.sparse import SparseSGDM
+
+FULL = dict(rounds=300, eval_every=10, lr=0.01, num_clients=100, participation_rate=0.1)
+QUICK = dict(rounds=8, eval_every=2, num_clients=20, participation_rate=0.2)
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+    cli.add_run_args(parser)
+    cli.add_fed_args(parser, num_clients=100, rounds=None, participation_rate=0.1, eval_every=None)
+    parser.set_defaults(num_clients=None, participation_rate=None)
+    g = parser.add_argument_group("local training and sharding")
+    g.add_argument("--local-steps", type=int, default=4, help="J: local SGD steps per client per round")
+    g.add_argument("--sharding", default="iid", choices=["iid", "non_iid"],
+                   help="iid: random equal shards; non_iid: pathological, exactly --nc classes per client")
+    g.add_argument("--nc", type=int, default=5,
+                   help="classes per client for --sharding non_iid (lower = more skew)")
+    g.add_argument("--heterogeneity-experiment", action="store_true", help="one non-IID run per --nc-values")
+    g.add_argument("--nc-values", type=int, nargs="+", default=[1, 5, 10, 50], help="Nc values of the sweep")
+    g.add_argument("--local-steps-experiment", action="store_true",
+                   help="one run per --j-values, rounds scaled so that rounds x J stays constant")
+    g.add_argument("--j-values", type=int, nargs="+", default=[4, 8, 16], help="J values of the sweep")
+    cifar.add_data_args(parser)
+    exp.add_model_args(parser, lr=0.01, weight_decay=1e-4)
+    return parser
+
+
+def finish_args(args) -> None:
+    """--quick / full defaults, then validation of everything that can be checked before loading data."""
+    exp.apply_quick(args, QUICK, FULL)
+    cli.validate_fed_args(args)
+    exp.validate_model_args(args)
+    cli.check(args.local_steps >= 1, f"--local-steps must be >= 1, got {args.local_steps}")
+    cli.check(args.nc >= 1, f"--nc must be >= 1, got {args.nc}")
+    cli.check(not (args.heterogeneity_experiment and args.local_steps_experiment),
+              "choose one of --heterogeneity-experiment and --local-steps-experiment")
+
+
+def default_run_name(args, prefix: str = "fedavg") -> str:
+    shard = "iid" if args.sharding == "iid" else f"noniid_nc{args.nc}"
+    return f"{prefix}_{shard}_J{args.local_steps}_R{args.rounds}_seed{args.seed}"
+
+
+def setup(args) -> dict:
+    """Data, shards, model and run directory: the context every round needs."""
+    seeding.seed_everything(args.seed)
+    device = cli.resolve_device(args.device)
+    train, val, test, num_classes = cifar.load_cifar100(args, device)
+    if args.sharding == "non_iid":
+        cli.check(args.nc <= num_classes, f"--nc {args.nc} exceeds the {num_classes} classes of the data")
+    cli.check(args.num_clients <= len(train),
+              f"--num-clients {args.num_clients} exceeds the {len(train)} training images")
+    labels = train.labels.cpu().numpy()
+    shards = (shard.iid(len(labels), args.num_clients, args.seed) if args.sharding == "iid"
+              else shard.pathological(labels, args.num_clients, args.nc, args.seed))
+    model, source = exp.build_model(args, num_classes, device)
+    names = [n for n, _ in P.named_trainable(model)]
+    return dict(args=args, device=device, train=train, val=val, test=test, num_classes=num_classes,
+                shards=[torch.as_tensor(s, device=device) for s in shards], model=model, weights=source,
+                names=names, params=P.trainable(model))
+
+
+def sample_clients(seed: int, round_idx: int, num_clients: int, rate: float,
+                   purpose: str = "clients") -> list[int]:
+    """m = max(1, round(C K)) distinct clients from the stream keyed by (seed, purpose, round)."""
+    m = max(1, int(round(rate * num_clients)))
+    return sorted(seeding.numpy_rng(seed, purpose, round_idx).choice(num_clients, m, replace=False).tolist())
+
+
+def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: float,
+              masks: list[torch.Tensor | None] | None = None, purpose: str = "round") -> dict:
+    """One FedAvg round, updating ``global_params`` in place; returns round statistics.
+
+    ``masks`` (one per trainable parameter, True = trainable, None = dense) switches the local optimizer to
+    SparseSGDM, and the aggregate is written back only on the mask, so frozen coordinates keep their bits.
+    """
+    args, model, params, device = ctx["args"], ctx["model"], ctx["params"], ctx["device"]
+    clients = sample_clients(args.seed, round_idx, args.num_clients, args.participation_rate,
+                             purpose + "_clients")
+    agg = WeightedMean(params)
+    losses, client_s, images = [], 0.0, 0
+    for k in clients:
+        P.load_(params, global_params)                       # every client starts from the global model
+        if masks is None:
+            opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        else:
+            opt = SparseSGDM(params, masks, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        gen = seeding.client_generator(args.seed, round_idx, k, device, purpose=purpose)
+        stream = cifar.batches(ctx["train"], args.batch_size, args.local_steps, gen, args.image_size,
+                               augment_train=not args.no_augment, indices=ctx["shards"][k])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)                   # twice per client, so the timing is honest
+        t0 = time.perf_counter()
+        with seeding.client_rng(args.seed, round_idx, k, purpose=purpose + "_dropout"):
+            loss, n = exp.train_steps(model, opt, stream, label_smoothing=args.label_smoothing, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        client_s += time.perf_counter() - t0                 # the client's compute: batches, fwd, bwd, step
+        agg.add(params, weight=float(len(ctx["shards"][k])))
+        losses.append(loss)
+        images += n
+    new = agg.result()
+    with torch.no_grad():
+        if masks is not None:
+            new = [n if m is None else torch.where(m, n.to(g.dtype), g)
+                   for n, m, g in zip(new, masks, global_params)]
+        P.load_(global_params, [n.to(g.dtype) for n, g in zip(new, global_params)])
+    return {"train_loss": float(np.mean(losses)), "client_seconds": client_s, "images": images,
+            "clients": len(clients)}
+
+
+def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | None = None,
+             prefix: str = "fedavg", kind: str = "vit_sparse_fl/train_federated") -> dict:
+    """Run the rounds into the run directory and return the summary (the loop of every FedAvg variant)."""
+    ctx = ctx or setup(args)
+    model, params, device = ctx["model"], ctx["params"], ctx["device"]
+    run = RunDir(args.out_dir, args.run_name or default_run_name(args, prefix), vars(args),
+                 resume=args.resume, kind=kind)
+    global_params = P.clone(params)
+    start, best = 0, {"val_accuracy": -1.0, "round": 0}
+    state = run.load_checkpoint() if args.resume else None
+    if state is not None:
+        P.load_(global_params, [t.to(device) for t in state["global"]])
+        start, best = state["round"], state["best"]
+        seeding.set_rng_state(state["rng"])
+    loop_s = client_s = 0.0
+    bar = tqdm(range(start, args.rounds), disable=args.quiet, desc=prefix, dynamic_ncols=True)
+    for r in bar:
+        t0 = time.perf_counter()
+        lr = exp.cosine_lr(r, args.rounds, args.lr)
+        stats = fed_round(ctx, r, global_params, lr, masks)
+        client_s += stats["client_seconds"]
+        loop_s += time.perf_counter() - t0
+        if (r + 1) % args.eval_every == 0 or r + 1 == args.rounds:
+            P.load_(params, global_params)
+            val = exp.evaluate(model, ctx["val"], args, device)
+            row = {"round": r + 1, "step": (r + 1) * args.local_steps, "lr": lr,
+                   "train_loss": stats["train_loss"], "val_loss": val["loss"],
+                   "val_accuracy": val["accuracy"]}
+            run.log(row)
+            if val["accuracy"] > best["val_accuracy"]:
+                best = {"val_accuracy": val["accuracy"], "round": r + 1}
+            bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", loss=f"{stats['train_loss']:.3f}")
+            run.save_checkpoint({"round": r + 1, "best": best, "global": P.state_to_cpu(global_params)})
+    P.load_(params, global_params)
+    test = exp.evaluate(model, ctx["test"], args, device)
+    rows = run.rows()
+    n_coords = sum(p.numel() for p in params)
+    up = n_coords if masks is None else sum(int(m.sum()) if m is not None else p.numel()
+                                            for m, p in zip(masks, params))
+    m = max(1, int(round(args.participation_rate * args.num_clients)))
+    summary = {"method": prefix, "sharding": args.sharding,
+               "nc": args.nc if args.sharding == "non_iid" else None, "local_steps": args.local_steps,
+               "rounds": args.rounds, "seed": args.seed, "weights": ctx["weights"],
+               "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
+               "best_val_accuracy": best["val_accuracy"], "best_round": best["round"],
+               "test_accuracy": test["accuracy"], "test_loss": test["loss"], "rounds_done": args.rounds,
+               "bytes_up": 4 * up * m * args.rounds, "bytes_down": 4 * n_coords * m * args.rounds,
+               "client_seconds": client_s, "loop_seconds": loop_s, **(extra_summary or {})}
+    summary = run.write_summary(summary)
+    summary["run_dir"] = str(run.path)
+    return summary
+
+
+def sweep(args, runner, prefix: str = "fedavg") -> dict:
+    """--heterogeneity-experiment / --local-steps-experiment: one run per value, all summaries kept."""
+    results = {}
+    if args.heterogeneity_experiment:
+        for nc in args.nc_values:
+            sub = copy.copy(args)
+            sub.sharding, sub.nc, sub.heterogeneity_experiment = "non_iid", nc, False
+            sub.run_name = None
+            results[f"nc={nc}"] = runner(sub)
+    else:
+        for j in args.j_values:
+            sub = copy.copy(args)
+            sub.local_steps, sub.local_steps_experiment = j, False
+            sub.rounds = max(1, int(round(args.rounds * args.local_steps / j)))  # same total local steps
+            sub.run_name = None
+            results[f"J={j}"] = runner(sub)
+    kind = "heterogeneity" if args.heterogeneity_experiment else "local_steps"
+    out = {"experiment": kind, "results": results}
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(args.out_dir) / f"{prefix}_{kind}_experiment_seed{args.seed}.json", out)
+    return out
+
+
+def main(argv=None) -> dict:
+    args = cli.parse(get_args_parser(), argv)
+    finish_args(args)
+    if args.heterogeneity_experiment or args.local_steps_experiment:
+        return sweep(args, federate)
+    return federate(args)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,155 @@
+"""Federated sparse fine-tuning: FedAvg where every client updates only a fixed, Fisher-chosen mask.
+
+    python vit_sparse_fl/train_federated_sparse.py --quick
+    python vit_sparse_fl/train_federated_sparse.py --quick --compare-strategies
+    python vit_sparse_fl/train_federated_sparse.py --data cifar100 --data-dir data --weights dino \\
+        --sparsity-ratio 0.9 --mask-strategy least_sensitive --calibration-rounds 5 --rounds 300
+
+Before round 1 the server builds one global mask over the backbone (TaLoS, Iurada et al. 2025):
+each client scores its parameters with the diagonal Fisher on its own data (per-example gradients,
+labels sampled from the model by default), the server averages the scores weighted by sample count,
+and over --calibration-rounds rounds keeps the k_r = (1 - s)^((r+1)/R) share of still-eligible
+coordinates under one global threshold. The classifier head is never masked; --head-warmup trains it
+alone for a few federated rounds first, so the Fisher scores are not those of a random head.
+Then train_federated's round loop runs with SparseSGDM: masked coordinates stay bit-for-bit unchanged
+on every client and in the aggregate (the source computed masks but trained densely).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from common import cli
+from common import params as P
+from common import seed as seeding
+from common.aggregate import WeightedMean
+from common.checkpoint import atomic_write_json
+from common.fisher import diagonal_fisher
+from vit_sparse_fl import data as cifar
+from vit_sparse_fl import sparse
+from vit_sparse_fl import train_federated as fed
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    parser = fed.get_args_parser(add_help=add_help)
+    parser.description = __doc__.split("\n\n")[0]
+    g = parser.add_argument_group("sparse fine-tuning")
+    g.add_argument("--sparsity-ratio", type=float, default=0.9,
+                   help="share s of backbone coordinates frozen (density 1 - s); "
+                        "raise for fewer updated weights")
+    g.add_argument("--mask-strategy", default="least_sensitive", choices=list(sparse.STRATEGIES),
+                   help="which coordinates are trained: Fisher-ranked (least/most sensitive), "
+                        "by |weight|, or random")
+    g.add_argument("--calibration-rounds", type=int, default=None,
+                   help="R: mask calibration rounds with keep share k_r = (1-s)^((r+1)/R) "
+                        "(default 5; --quick: 3)")
+    g.add_argument("--calibration-batches", type=int, default=1,
+                   help="Fisher batches per client and calibration round")
+    g.add_argument("--fisher-labels", default="sampled", choices=["sampled", "true"],
+                   help="sampled: y drawn from the model (the true Fisher, as TaLoS); "
+                        "true: the ground-truth labels (the empirical Fisher)")
+    g.add_argument("--head-warmup", type=int, default=0,
+                   help="federated rounds that train only the head before calibration (0: none)")
+    g.add_argument("--compare-strategies", action="store_true", help="one run per mask strategy")
+    return parser
+
+
+def backbone_split(ctx) -> tuple[list[str], list[torch.Tensor]]:
+    """Names and parameters that get a mask: every trainable backbone tensor (the head is excluded)."""
+    pairs = [(n, p) for n, p in zip(ctx["names"], ctx["params"]) if not n.startswith("head.")]
+    return [n for n, _ in pairs], [p for _, p in pairs]
+
+
+def fisher_scores(ctx, global_params, round_idx: int) -> list[torch.Tensor]:
+    """Sample-weighted mean over ALL clients of each client's diagonal Fisher on its own data."""
+    args, model, device = ctx["args"], ctx["model"], ctx["device"]
+    _, targets = backbone_split(ctx)
+    P.load_(ctx["params"], global_params)
+    model.eval()                                            # no dropout noise in the scores
+    model.set_fused_attention(False)                        # vmap cannot batch fused CPU attention
+    agg = WeightedMean(targets)
+    for k, idx in enumerate(ctx["shards"]):
+        gen = seeding.client_generator(args.seed, round_idx, k, device, purpose="calibration")
+        stream = list(cifar.batches(ctx["train"], args.batch_size, args.calibration_batches, gen,
+                                    args.image_size, augment_train=False, indices=idx))
+        labels = "sampled" if args.fisher_labels == "sampled" else "empirical"
+        scores = diagonal_fisher(model, stream, labels=labels, params=targets, generator=gen)
+        agg.add(scores, weight=float(len(idx)))
+    model.set_fused_attention(True)
+    return agg.result()
+
+
+def build_masks(ctx, global_params) -> list[torch.Tensor | None]:
+    """One mask per trainable parameter (None for the head), density exactly 1 - s over the backbone."""
+    args = ctx["args"]
+    names, targets = backbone_split(ctx)
+    gen = torch.Generator(device=ctx["device"]).manual_seed(seeding.stream_seed(args.seed, "random_mask"))
+    masks = sparse.compute_masks(targets, args.mask_strategy, args.sparsity_ratio,
+                                 fisher_fn=lambda r, _m: fisher_scores(ctx, global_params, r),
+                                 rounds=args.calibration_rounds, generator=gen)
+    by_name = dict(zip(names, masks))
+    return [by_name.get(n) for n in ctx["names"]]
+
+
+def run_sparse(args) -> dict:
+    ctx = fed.setup(args)
+    params = ctx["params"]
+    global_params = P.clone(params)
+    if args.head_warmup:
+        # head-only rounds: the backbone mask is all False, so only the head moves
+        head_only = [None if n.startswith("head.") else torch.zeros_like(p, dtype=torch.bool)
+                     for n, p in zip(ctx["names"], params)]
+        for r in range(args.head_warmup):
+            fed.fed_round(ctx, r, global_params, args.lr, head_only, purpose="head_warmup")
+    masks = build_masks(ctx, global_params)
+    P.load_(params, global_params)
+    names = [n for n, m in zip(ctx["names"], masks) if m is not None]
+    dens = sparse.density_per_tensor(names, [m for m in masks if m is not None])
+    overall = sparse.density([m for m in masks if m is not None])
+    prefix = f"sparse_{args.mask_strategy}_s{args.sparsity_ratio:g}"
+    name = args.run_name or fed.default_run_name(args, prefix)
+    args.run_name = name
+    extra = {"mask_strategy": args.mask_strategy, "sparsity_ratio": args.sparsity_ratio,
+             "mask_density": overall, "calibration_rounds": args.calibration_rounds,
+             "fisher_labels": args.fisher_labels}
+    summary = fed.federate(args, ctx, masks, extra_summary=extra, prefix=f"sparse_{args.mask_strategy}",
+                           kind="vit_sparse_fl/train_federated_sparse")
+    numel = {n: m.numel() for n, m in zip(ctx["names"], masks) if m is not None}
+    atomic_write_json(Path(summary["run_dir"], "mask_density.json"),
+                      {"overall": overall, "per_tensor": dens, "numel": numel})
+    return summary
+
+
+def main(argv=None) -> dict:
+    args = cli.parse(get_args_parser(), argv)
+    fed.finish_args(args)
+    if args.calibration_rounds is None:
+        args.calibration_rounds = 3 if args.quick else 5
+    cli.check(0.0 <= args.sparsity_ratio < 1.0,
+              f"--sparsity-ratio must be in [0, 1), got {args.sparsity_ratio}")
+    cli.check(args.calibration_rounds >= 1,
+              f"--calibration-rounds must be >= 1, got {args.calibration_rounds}")
+    cli.check(args.calibration_batches >= 1,
+              f"--calibration-batches must be >= 1, got {args.calibration_batches}")
+    cli.check(args.head_warmup >= 0, f"--head-warmup must be >= 0, got {args.head_warmup}")
+    if args.compare_strategies:
+        results = {}
+        for strategy in sparse.STRATEGIES:
+            sub = copy.copy(args)
+            sub.mask_strategy, sub.compare_strategies, sub.run_name = strategy, False, None
+            results[strategy] = main_one(sub)
+        return {"experiment": "strategies", "results": results}
+    return main_one(args)
+
+
+def main_one(args) -> dict:
+    if args.heterogeneity_experiment or args.local_steps_experiment:
+        return fed.sweep(args, run_sparse, prefix=f"sparse_{args.mask_strategy}",
+                           kind="vit_sparse_fl/train_federated_sparse")
+    return run_sparse(args)
+
+
+if __name__ == "__main__":
+    cli.run(main)

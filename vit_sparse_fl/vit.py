@@ -1,0 +1,221 @@
+"""Vision Transformer with DINO's parameter names, plus a classification head.
+
+The backbone's ``state_dict`` keys are exactly those of facebookresearch/dino ``vision_transformer.py``
+(``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.{i}.norm1/attn.qkv/attn.proj/norm2/mlp.fc1/
+mlp.fc2``, ``norm.*``), so the official ``dino_deitsmall16_pretrain.pth`` loads with ``strict=True``.
+As in DINO, the positional embedding is stored for the pre-training grid (224 px / 16 = 14x14 patches) and
+bicubically interpolated at forward time for other image sizes (160 px, 32 px), so the checkpoint never
+has to be edited.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DINO_VITS16_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"
+
+
+@dataclass
+class ViTConfig:
+    """Flat model config. ``img_size`` is the grid the positional embedding is stored for."""
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    num_classes: int = 100
+    head_dropout: float = 0.1
+
+
+VIT_SMALL = ViTConfig()                                     # DINO ViT-S/16: 21.7 M backbone parameters
+VIT_TINY = ViTConfig(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3)   # --quick
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, (H/p)(W/p), D]"""
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.fused = True                                   # F.scaled_dot_product_attention (flash on GPU)
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)       # DINO uses qkv_bias=True for ViT-S
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, D] -> [B, N, D]"""
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]                              # [B, heads, N, D/heads]
+        if self.fused:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:  # plain math: what torch.func.vmap batches well (per-example Fisher); same result
+            attn = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+            x = attn.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """DINO's ViT backbone: returns the final-norm [CLS] feature [B, D]."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
+        num_patches = (cfg.img_size // cfg.patch_size) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, cfg.embed_dim))
+        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio)
+                                    for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+
+    def interpolate_pos_encoding(self, h: int, w: int) -> torch.Tensor:
+        """Positional embedding [1, 1 + (h/p)(w/p), D] for an h x w image (bicubic, as DINO)."""
+        n_stored = self.pos_embed.shape[1] - 1
+        gh, gw = h // self.patch_size, w // self.patch_size
+        if gh * gw == n_stored and gh == gw:
+            return self.pos_embed
+        side = int(math.sqrt(n_stored))
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        dim = patch_pos.shape[-1]
+        grid = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False)
+        grid = grid.to(patch_pos.dtype)
+        return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, gh * gw, dim)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] float -> [B, D]"""
+        B, _, H, W = x.shape
+        tokens = self.patch_embed(x)
+        tokens = torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)
+        tokens = tokens + self.interpolate_pos_encoding(H, W)
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        return self.norm(tokens)[:, 0]
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class ViTClassifier(nn.Module):
+    """``backbone`` (DINO names) -> dropout -> ``head`` (Linear D -> classes). The head is never masked."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = VisionTransformer(cfg)
+        self.dropout = nn.Dropout(cfg.head_dropout)
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalised float -> logits [B, classes]"""
+        return self.head(self.dropout(self.backbone(x)))
+
+    def freeze_layers(self, n: int) -> None:
+        """Freeze the patch embedding, cls/pos tokens and the first ``n`` blocks (n=0: nothing frozen)."""
+        if n <= 0:
+            return
+        frozen = [self.backbone.patch_embed, *self.backbone.blocks[:n]]
+        for module in frozen:
+            module.requires_grad_(False)
+        self.backbone.cls_token.requires_grad_(False)
+        self.backbone.pos_embed.requires_grad_(False)
+
+    def set_fused_attention(self, fused: bool) -> None:
+        """Fused SDPA (fast for training) or the math form (vmap-friendly, for per-example gradients)."""
+        for blk in self.backbone.blocks:
+            blk.attn.fused = fused
+
+    def config(self) -> dict:
+        return asdict(self.cfg)
+
+
+def load_backbone_weights(model: ViTClassifier, weights: str | None, *, allow_download: bool = True,
+                          url: str = DINO_VITS16_URL) -> str:
+    """Load DINO weights into ``model.backbone`` with ``strict=True``; returns where they came from.
+
+    ``weights``: a file path, ``"dino"`` (torch hub cache, downloading from ``url`` when online), or
+    ``None``/``"none"`` (keep the random initialisation).
+    """
+    from common import cli
+
+    if weights in (None, "", "none", "random"):
+        return "random"
+    if weights == "dino":
+        try:
+            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False,
+                                                       check_hash=False) if allow_download else None
+        except Exception as e:  # no network: say what to do instead
+            raise cli.UsageError(f"could not fetch DINO weights from {url} ({type(e).__name__}); "
+                                 "download dino_deitsmall16_pretrain.pth and pass --weights PATH") from None
+        source = url
+    else:
+        path = Path(weights)
+        cli.check(path.is_file(), f"--weights {weights}: no such file; expected "
+                                  "dino_deitsmall16_pretrain.pth or 'dino' to use the torch hub cache")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise cli.UsageError(f"--weights {weights}: not a torch checkpoint "
+                                 f"({type(e).__name__})") from None
+        source = str(path)
+    if isinstance(state, dict) and "teacher" in state:        # a full DINO training checkpoint
+        state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state["teacher"].items()
+                 if not k.removeprefix("module.").startswith("head")}
+    try:
+        model.backbone.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise cli.UsageError(f"--weights {weights}: does not match the ViT config "
+                             f"({first[1].strip() if len(first) > 1 else first[0]}); "
+                             "expected a DINO ViT-S/16 state dict") from None
+    return source
