@@ -1,11 +1,200 @@
-"""CONTRACT STUB (to be implemented): tokenizers and token streams shared by the text subprojects.
+"""Tokenizers and token streams shared by the text subprojects.
 
-load_tokenizer(spec, *, train_files=None, vocab_size=4096, cache_dir=None, style="gpt2") -> PreTrainedTokenizerFast
-    spec "bpe": byte-level BPE trained offline on train_files (cached by content hash); style "gpt2" gives
-    <|endoftext|> as eos/pad, style "roberta" gives <s> </s> <pad> <unk> <mask>;
-    a local folder with vocab.json + merges.txt (or tokenizer.json); or a hub name (AutoTokenizer,
-    cache_dir) -> UsageError with a clear line when offline and not cached.
-encode_text(tokenizer, text, cache_dir=None) -> torch.LongTensor 1-D token stream (tokenized once, cached).
-lm_blocks(tokens, seq_len) -> LongTensor [N, seq_len] cut from the stream (the last partial block kept/padded
-    with labels -100, never silently dropped).
+* ``load_tokenizer(spec, ...)`` gives a ``transformers.PreTrainedTokenizerFast`` from one of
+    - ``"bpe"``: a byte-level BPE trained offline on ``train_files`` (cached by content hash, so the same
+      files give the same tokenizer without retraining); ``style="gpt2"`` has ``<|endoftext|>`` as eos and
+      pad, ``style="roberta"`` has ``<s> </s> <pad> <unk> <mask>``;
+    - ``"word"``: a word-level vocabulary of the whitespace-separated words of ``train_files`` (every word one
+      token, so per-token perplexity is per-word perplexity; unseen words map to ``<unk>``);
+    - a local folder holding ``tokenizer.json`` or ``vocab.json`` + ``merges.txt`` (e.g. the GPT-2 files);
+    - a hub name (``AutoTokenizer``, ``cache_dir``): offline and not cached -> ``UsageError``.
+* ``encode_text(tokenizer, text, cache_dir)`` -> 1-D ``LongTensor`` token stream, tokenized once and cached.
+* ``lm_blocks(tokens, seq_len)`` -> ``LongTensor [N, seq_len]``; the last partial block is padded with -100
+  (never dropped); ``lm_batch(blocks, pad_id)`` turns blocks into ``{input_ids, labels}`` for a causal LM.
 """
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from common.cli import UsageError, check
+
+IGNORE_INDEX = -100
+_STYLES = {
+    "gpt2": {"specials": ["<|endoftext|>"], "bos": "<|endoftext|>", "eos": "<|endoftext|>",
+             "pad": "<|endoftext|>", "unk": "<|endoftext|>"},
+    "roberta": {"specials": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "bos": "<s>", "eos": "</s>",
+                "pad": "<pad>", "unk": "<unk>", "mask": "<mask>"},
+}
+
+
+def default_cache_dir() -> Path:
+    """``$FEDLAB_CACHE`` or ``~/.cache/fedlab``: where tokenizers and token streams are cached."""
+    return Path(os.environ.get("FEDLAB_CACHE", Path.home() / ".cache" / "fedlab"))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file in the same folder, then rename (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _files_hash(files: Sequence[str | Path], *extra) -> str:
+    h = hashlib.sha256(repr(extra).encode())
+    for f in files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _wrap(backend, style: str):
+    """A ``PreTrainedTokenizerFast`` around a ``tokenizers.Tokenizer`` with the style's special tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    s = _STYLES[style]
+    kw = {k + "_token": s[k] for k in ("bos", "eos", "pad", "unk", "mask") if k in s}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **kw)
+
+
+def _train_bpe(train_files: Sequence[str | Path], vocab_size: int, style: str, cache_dir: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    path = cache_dir / "tokenizers" / f"bpe-{style}-{vocab_size}-{_files_hash(train_files, vocab_size, style)}.json"
+    if not path.exists():
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                      special_tokens=_STYLES[style]["specials"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train([str(f) for f in train_files], trainer)
+        _atomic_write(path, lambda tmp: tok.save(tmp))
+    return _wrap(Tokenizer.from_file(str(path)), style)
+
+
+def _train_word(train_files: Sequence[str | Path], vocab_size: int, style: str, cache_dir: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    path = cache_dir / "tokenizers" / f"word-{style}-{vocab_size}-{_files_hash(train_files, vocab_size, style)}.json"
+    if not path.exists():
+        unk = _STYLES[style]["unk"]
+        tok = Tokenizer(models.WordLevel(unk_token=unk))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # words as written: "." and "@-@" stay tokens
+        tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins tokens with single spaces
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
+                                            special_tokens=_STYLES[style]["specials"])
+        tok.train([str(f) for f in train_files], trainer)
+        _atomic_write(path, lambda tmp: tok.save(tmp))
+    return _wrap(Tokenizer.from_file(str(path)), style)
+
+
+def _load_local(folder: Path, style: str):
+    from transformers import PreTrainedTokenizerFast
+
+    s = _STYLES[style]
+    kw = {k + "_token": s[k] for k in ("bos", "eos", "pad", "unk", "mask") if k in s}
+    if (folder / "tokenizer.json").is_file():
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kw)
+    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        from transformers import GPT2TokenizerFast, RobertaTokenizerFast
+
+        cls = RobertaTokenizerFast if style == "roberta" else GPT2TokenizerFast
+        tok = cls(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"), **kw)
+    else:
+        raise UsageError(f"tokenizer folder {folder} has neither tokenizer.json nor vocab.json + merges.txt")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_tokenizer(spec: str, *, train_files: Sequence[str | Path] | None = None, vocab_size: int = 4096,
+                   cache_dir: str | Path | None = None, style: str = "gpt2"):
+    """A fast tokenizer from ``spec`` ("bpe", "word", a local folder, or a hub name); see the module doc.
+
+    ``vocab_size`` applies to the trained kinds and includes the special tokens.
+    """
+    check(style in _STYLES, f"tokenizer style {style!r} is unknown; expected one of {sorted(_STYLES)}")
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if spec in ("bpe", "word"):
+        check(bool(train_files), f"tokenizer {spec!r} is trained on the training split: give train_files")
+        for f in train_files:
+            check(Path(f).is_file(), f"tokenizer training file {f} does not exist")
+        check(vocab_size >= 300 or spec == "word",
+              f"a byte-level BPE needs vocab_size >= 300 (256 bytes + merges), got {vocab_size}")
+        return (_train_bpe if spec == "bpe" else _train_word)(train_files, vocab_size, style, cache)
+    if Path(spec).expanduser().is_dir():
+        return _load_local(Path(spec).expanduser(), style)
+    check(not Path(spec).expanduser().exists(), f"tokenizer {spec} is a file; expected a folder or a hub name")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(spec, cache_dir=cache_dir)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"tokenizer {spec!r} could not be loaded from the hub or its cache ({first}); "
+                         f"give a local folder with vocab.json + merges.txt, or 'bpe'") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of the tokenizer's full definition (vocabulary, merges, normalisation)."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def encode_text(tokenizer, text: str, cache_dir: str | Path | None = None) -> torch.Tensor:
+    """Tokenize ``text`` into one stream -> ``LongTensor [n_tokens]`` (no special tokens added).
+
+    The text is encoded line by line in one batched call (the Rust tokenizer runs it in parallel), with each
+    line keeping its newline, so tokens never cross a line break. With ``cache_dir`` the stream is stored as
+    ``streams/<text hash>-<tokenizer hash>.pt`` and later calls load it instead of tokenizing again.
+    """
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(text.encode()).hexdigest()[:16] + "-" + tokenizer_fingerprint(tokenizer)
+        path = Path(cache_dir) / "streams" / f"{key}.pt"
+        if path.exists():
+            return torch.load(path, weights_only=True).long()
+    lines = text.splitlines(keepends=True)
+    encs = tokenizer.backend_tokenizer.encode_batch(lines, add_special_tokens=False) if lines else []
+    ids = [i for e in encs for i in e.ids]
+    stream = torch.tensor(ids, dtype=torch.long)
+    if path is not None:
+        # int32 halves the file; ids of every tokenizer here fit
+        _atomic_write(path, lambda tmp: torch.save(stream.to(torch.int32), tmp))
+    return stream
+
+
+def lm_blocks(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Cut a 1-D stream into consecutive blocks -> ``LongTensor [ceil(n / seq_len), seq_len]``.
+
+    The last partial block is kept, padded with -100 (``IGNORE_INDEX``) so its padding never counts as a
+    token; use ``lm_batch`` to get model inputs. A stream shorter than one block gives one padded block.
+    """
+    check(seq_len >= 2, f"sequence length must be at least 2, got {seq_len}")
+    tokens = tokens.reshape(-1).long()
+    check(tokens.numel() > 0, "the token stream is empty; expected text with at least one token")
+    n_blocks = -(-tokens.numel() // seq_len)
+    out = torch.full((n_blocks * seq_len,), IGNORE_INDEX, dtype=torch.long)
+    out[: tokens.numel()] = tokens
+    return out.view(n_blocks, seq_len)
+
+
+def lm_batch(blocks: torch.Tensor, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Blocks ``[B, T]`` from ``lm_blocks`` -> ``{"input_ids": [B, T], "labels": [B, T]}`` (HF convention:
+    labels aligned with inputs and shifted inside the model; padding is ``pad_id`` in inputs, -100 in labels).
+    """
+    return {"input_ids": blocks.masked_fill(blocks < 0, pad_id), "labels": blocks}

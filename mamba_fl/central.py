@@ -1,0 +1,154 @@
+"""Centralized baseline: one Mamba2 language model trained from scratch with AdamW on the whole training split.
+
+    python mamba_fl/central.py --layers 2 --quick
+    python mamba_fl/central.py --config pure_ssm_4_layer --n_epochs 1 --batch_size 16 --sequence_length 256 \
+        --data wikitext2 --cache_dir ~/.cache/fedlab
+
+Each epoch visits every training block once in an order drawn from (seed, epoch); the last, smaller batch
+is kept. Every --val-freq steps it logs the token-weighted validation loss and perplexity, the mean
+training loss since the last evaluation, the cosine between the gradients of consecutive steps, and a
+greedy sample continuing --prompt (decoded with the recurrent state cache, one step per token).
+Checkpoints at every evaluation; --resume continues mid-epoch and reproduces the uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from common import cli, evaluate, params, runlog, seed
+from mamba_fl import deltas, federated, lmdata
+from mamba_fl import model as mmodel
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description="Centralized Mamba2 language model (the baseline)", add_help=add_help)
+    mmodel.add_model_args(p)
+    lmdata.add_data_args(p, batch_size=16, sharding=False)
+    g = p.add_argument_group("training")
+    g.add_argument("--n-epochs", type=float, default=1.0, help="passes over the training split (fractions allowed)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: --n-epochs)")
+    g.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    g.add_argument("--val-freq", type=int, default=10, help="steps between evaluations")
+    g = p.add_argument_group("evaluation and artifacts")
+    g.add_argument("--eval-blocks", type=int, default=0,
+                   help="validate on the first N validation blocks (0: all; --quick: 32)")
+    g.add_argument("--prompt", default="The", help="prompt of the greedy sample logged at each evaluation")
+    g.add_argument("--sample-tokens", type=int, default=30, help="tokens in the greedy sample (0: none)")
+    g.add_argument("--save-deltas", action="store_true",
+                   help="save .npz parameter snapshots and deltas (since the previous evaluation)")
+    g.add_argument("--delta-tensors", default="mixer.in_proj.weight,mixer.out_proj.weight",
+                   help="comma-separated layer tensor names saved by --save-deltas (every layer)")
+    cli.add_run_args(p)
+    return p
+
+
+def main(argv=None) -> dict:
+    parser = get_args_parser()
+    args = cli.parse(parser, argv)
+    explicit = federated.explicit_dests(parser, argv)
+    federated.finish_args(args, explicit)
+    if args.quick and "max_steps" not in explicit:
+        args.max_steps, args.val_freq = 8, (4 if "val_freq" not in explicit else args.val_freq)
+    cli.check(args.val_freq >= 1, f"--val-freq must be at least 1, got {args.val_freq}")
+    cli.check(args.n_epochs > 0, f"--n-epochs must be positive, got {args.n_epochs}")
+    device = cli.resolve_device(args.device)
+    mmodel.quiet_kernel_warnings()
+    data = lmdata.load_lm_data(args)
+    n = data.train.shape[0]
+    per_epoch = math.ceil(n / args.batch_size)  # the last, smaller batch is kept
+    total = args.max_steps or max(1, math.ceil(args.n_epochs * per_epoch))
+    args.kernel_path = mmodel.kernel_path(device)
+    name = args.run_name or runlog.run_name("central", args.config, quick=args.quick, s=args.seed)
+    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device,
+                       ignore_on_resume=("resume", "quiet", "out_dir", "run_name", "device", "cache_dir"))
+
+    seed.seed_everything(args.seed)
+    model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
+    model.to(device).train()
+    plist = params.trainable(model)
+    opt = torch.optim.AdamW(plist, lr=args.lr, weight_decay=args.weight_decay)
+    valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
+    ctx = federated.Context(args, model, plist, data, device)
+    snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
+        if args.save_deltas else None
+    step, tokens, best, prev_grad, last = 0, 0, float("inf"), None, {}
+    state = rd.load_checkpoint()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, tokens, best, last = state["step"], state["tokens"], state["best"], state["last"]
+        prev_grad = state["prev_grad"].to(device) if state["prev_grad"] is not None else None
+        if snaps is not None:
+            snaps.load_state_dict(state["snapshots"])
+        seed.set_rng_state(state["rng"])
+    elif snaps is not None:
+        snaps.add_server(plist)
+        snaps.write("step_000000")
+
+    loss_sum, cos_sum, n_since, t_train = torch.zeros((), device=device), 0.0, 0, 0.0
+    bar = tqdm(total=total, initial=step, desc="central", disable=args.quiet)
+    perm, perm_epoch = None, -1
+    while step < total:
+        epoch, pos = divmod(step, per_epoch)
+        if epoch != perm_epoch:  # the epoch's order depends on (seed, epoch) only, so resume finds it again
+            perm = torch.randperm(n, generator=seed.client_generator(args.seed, epoch, 0, purpose="central"))
+            perm_epoch = epoch
+        t0 = time.perf_counter()
+        idx = perm[pos * args.batch_size:(pos + 1) * args.batch_size]
+        batch = {k: v.to(device, non_blocking=True)
+                 for k, v in lmdata.text.lm_batch(data.train[idx], data.tokenizer.pad_token_id).items()}
+        with evaluate.autocast(device):
+            loss = model(**batch).loss
+        loss.backward()
+        # cosine between consecutive steps' gradients: one flat copy per step, dot products on device
+        grad = params.flatten([p.grad for p in plist], dtype=torch.float32)
+        if prev_grad is not None:
+            cos_sum += float(torch.nn.functional.cosine_similarity(grad, prev_grad, dim=0))
+        prev_grad = grad
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_sum += loss.detach().float()
+        n_since += 1
+        step += 1
+        tokens += int(idx.numel()) * args.sequence_length
+        t_train += time.perf_counter() - t0
+        bar.update(1)
+
+        if step % args.val_freq == 0 or step == total:
+            row = {"step": step, "epoch": step / per_epoch, "tokens": tokens, "train_loss": loss_sum.item() / n_since,
+                   "grad_cosine": cos_sum / n_since}
+            row |= federated.evaluate_global(ctx, valid)
+            model.train()
+            best = min(best, row["val_ppl"])
+            last = {k: v for k, v in row.items() if k != "sample"}
+            rd.log(row)
+            loss_sum.zero_()
+            cos_sum, n_since = 0.0, 0
+            bar.set_postfix(val_ppl=f"{row['val_ppl']:.2f}")
+            if snaps is not None:
+                snaps.add_server(plist)
+                snaps.write(f"step_{step:06d}")
+            rd.save_checkpoint({"step": step, "tokens": tokens, "model": model.state_dict(), "opt": opt.state_dict(), "best": best,
+                                "last": last, "prev_grad": prev_grad.cpu() if prev_grad is not None else None,
+                                "snapshots": snaps.state_dict() if snaps is not None else None})
+    bar.close()
+    summary = rd.write_summary({
+        "method": "central", "config": args.config, "layers": args.layers, "steps_done": step,
+        "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
+        "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": best,
+        "optimal_ppl_word": data.optimal_ppl, "words_per_token": data.words_per_token,
+        "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
+        "train_tokens": tokens, "train_seconds": round(t_train, 3),
+    })
+    from plots.plot_mamba import perplexity_curve
+
+    perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, optimal=data.optimal_ppl)
+    return summary
+
+
+if __name__ == "__main__":
+    cli.run(main)

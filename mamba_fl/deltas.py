@@ -1,0 +1,80 @@
+"""Parameter snapshots and deltas of chosen tensors, every layer, saved as ``.npz`` for the plots.
+
+Keys are ``<who>/layer<i>/<tensor>``, e.g. ``server/layer1/mixer.in_proj.weight``,
+``server_delta/layer1/...`` (change since the previous snapshot) and ``client3_delta/layer0/...``
+(a client's update in that round: its final parameters minus the global parameters it started from).
+The source kept only the last layer; every layer is kept here, with its index in the key.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import cli
+
+_LAYER = re.compile(r"^backbone\.layers\.(\d+)\.(.+)$")
+
+
+def select(named_params: list[tuple[str, torch.Tensor]], patterns: str) -> list[tuple[int, str]]:
+    """(position in the parameter list, key) of every layer tensor whose name ends with one of the
+    comma-separated ``patterns``; e.g. 'mixer.in_proj.weight,mixer.out_proj.weight'."""
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    out = []
+    for i, (name, _) in enumerate(named_params):
+        m = _LAYER.match(name)
+        if m and any(m.group(2).endswith(w) for w in wanted):
+            out.append((i, f"layer{m.group(1)}/{m.group(2)}"))
+    cli.check(bool(out), f"--delta-tensors {patterns!r} matches no layer tensor; expected names such as "
+                         f"mixer.in_proj.weight, mixer.out_proj.weight, mixer.conv1d.weight")
+    return out
+
+
+class Snapshots:
+    """Collects arrays for one snapshot and writes ``<folder>/<tag>.npz``.
+
+    Only the chosen tensors are copied (a few MB per snapshot for the full-size model), and only on
+    evaluation rounds, so snapshots do not slow the round loop.
+    """
+
+    def __init__(self, folder: Path, chosen: list[tuple[int, str]]):
+        self.folder, self.chosen = Path(folder), chosen
+        self.arrays: dict[str, np.ndarray] = {}
+        self.previous: dict[str, np.ndarray] | None = None
+
+    def add(self, who: str, tensors, base=None) -> None:
+        """Record ``tensors`` (a full parameter list) as ``who``; with ``base``, the difference."""
+        for i, key in self.chosen:
+            t = tensors[i].detach().float()
+            if base is not None:
+                t = t - base[i].detach().float()
+            # a copy: on CPU .float().numpy() would be a view of the live parameter
+            self.arrays[f"{who}/{key}"] = t.cpu().numpy().copy()
+
+    def add_server(self, tensors) -> None:
+        """The global parameters and their change since the previous server snapshot."""
+        self.add("server", tensors)
+        current = {k: v for k, v in self.arrays.items() if k.startswith("server/")}
+        if self.previous is not None:
+            for k, v in current.items():
+                self.arrays["server_delta/" + k[len("server/"):]] = v - self.previous[k]
+        self.previous = current
+
+    def write(self, tag: str) -> Path | None:
+        if not self.arrays:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{tag}.npz"
+        tmp = self.folder / f".{tag}.tmp.npz"
+        np.savez(tmp, **self.arrays)
+        tmp.replace(path)
+        self.arrays = {}
+        return path
+
+    def state_dict(self) -> dict:
+        return {"previous": self.previous}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.previous = state.get("previous")

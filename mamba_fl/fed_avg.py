@@ -1,0 +1,29 @@
+"""FedAvg of a Mamba2 language model trained from scratch.
+
+    python mamba_fl/fed_avg.py --layers 2 --quick
+    python mamba_fl/fed_avg.py --config pure_ssm_4_layer --num_clients 4 --local_updates 8 --data wikitext2
+
+Every round each client starts from the global model, runs --local-updates AdamW steps on its shard, and
+the server sets theta <- sum_k n_k theta_k / sum_k n_k (n_k: the client's training blocks).
+The round loop lives in mamba_fl/federated.py.
+"""
+from __future__ import annotations
+
+from common import cli
+from mamba_fl import federated
+
+METHOD = federated.Method(name="fedavg", script="fed_avg")
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    return federated.get_args_parser("FedAvg", add_help)
+
+
+def main(argv=None) -> dict:
+    parser = get_args_parser()
+    args = cli.parse(parser, argv)
+    return federated.run(args, METHOD, federated.explicit_dests(parser, argv))
+
+
+if __name__ == "__main__":
+    cli.run(main)

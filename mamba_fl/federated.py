@@ -1,0 +1,349 @@
+"""The federated round loop shared by fed_avg.py, fed_momentum.py, fed_entropy.py and fed_fisher.py.
+
+Each round: sample clients; for each, load the global parameters IN PLACE into the one model object (no
+copy of the model per client), run ``--local-updates`` AdamW steps on batches drawn from the client's own
+stream ``common.seed.client_generator(seed, round, client)``, then add the client's parameters to a
+streaming aggregator through the method's hook (plain weights, entropy weights, or its Fisher). The server
+then moves the global parameters to the aggregate (FedAvg) or applies its optimizer to the
+pseudo-gradient (FedMomentum). Evaluation of the global model every ``--val-freq`` rounds.
+
+Unlike the source, every selected client starts every round from the global model (the source never
+re-synced clients, so its "aggregation" merged independently trained models and ``local_updates`` had no
+effect).
+
+Client optimizer: a fresh AdamW per client per round (``--client-opt-state reset``, the usual FL choice:
+no client keeps state the server does not see). ``persist`` keeps each client's AdamW moments across
+rounds (memory: 2 x parameters per client), which is what makes one-client FedAvg identical to
+centralized AdamW training on the same batches.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from common import aggregate, cli, evaluate, params, runlog, seed
+from mamba_fl import deltas, lmdata
+from mamba_fl import model as mmodel
+
+
+# ----------------------------------------------------------------------------------------------------------
+# arguments
+
+def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0) -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=f"Federated Mamba2 language model: {method}", add_help=add_help)
+    mmodel.add_model_args(p)
+    lmdata.add_data_args(p, batch_size=4, sharding=True)
+    cli.add_fed_args(p, num_clients=4, rounds=None, eval_every=30)
+    g = p.add_argument_group("local training")
+    g.add_argument("--val-freq", dest="eval_every", type=int, default=argparse.SUPPRESS,
+                   help="the source's name for --eval-every (rounds between evaluations, default 30)")
+    g.add_argument("--n-epochs", type=float, default=1.0,
+                   help="sets --rounds when it is not given: rounds so each client sees its shard this many times")
+    g.add_argument("--local-updates", type=int, default=1, help="AdamW steps per client per round")
+    g.add_argument("--lr", type=float, default=5e-4, help="client AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="client AdamW weight decay")
+    g.add_argument("--client-opt-state", choices=("reset", "persist"), default="reset",
+                   help="reset: fresh AdamW per client per round; persist: each client keeps its moments")
+    g.add_argument("--holdout-fraction", type=float, default=holdout,
+                   help="fraction of each client's blocks held out of training (FedEntropy measures on it)")
+    g = p.add_argument_group("evaluation and artifacts")
+    g.add_argument("--eval-blocks", type=int, default=0,
+                   help="validate on the first N validation blocks (0: all; --quick: 32)")
+    g.add_argument("--prompt", default="The", help="prompt of the greedy sample logged at each evaluation")
+    g.add_argument("--sample-tokens", type=int, default=30, help="tokens in the greedy sample (0: none)")
+    g.add_argument("--save-deltas", action="store_true",
+                   help="save .npz snapshots (server) and deltas (server, clients) at each evaluation")
+    g.add_argument("--delta-tensors", default="mixer.in_proj.weight,mixer.out_proj.weight",
+                   help="comma-separated layer tensor names saved by --save-deltas (every layer)")
+    cli.add_run_args(p)
+    return p
+
+
+def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Destinations of the flags present on the command line (so --quick leaves them alone)."""
+    import sys
+
+    tokens = [t.split("=", 1)[0] for t in (sys.argv[1:] if argv is None else argv) if t.startswith("--")]
+    return {a.dest for a in parser._actions if any(o in tokens for o in a.option_strings)}
+
+
+def finish_args(args: argparse.Namespace, explicit: set[str]) -> None:
+    """--quick sizes, config aliases, and checks that need more than one flag."""
+    mmodel.resolve_model_args(args, explicit)
+    if args.quick:
+        quick = {"eval_blocks": 32, "vocab_size": 2048, "sample_tokens": 8}
+        if hasattr(args, "num_clients"):
+            quick |= {"rounds": 8, "eval_every": 4}
+        for k, v in quick.items():
+            if k not in explicit and hasattr(args, k):
+                setattr(args, k, v)
+    cli.check(args.sequence_length >= 2, f"--sequence-length must be at least 2, got {args.sequence_length}")
+    cli.check(args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}")
+    cli.check(args.lr > 0, f"--lr must be positive, got {args.lr}")
+    if hasattr(args, "num_clients"):
+        cli.validate_fed_args(args)
+        cli.check(args.local_updates >= 1, f"--local-updates must be at least 1, got {args.local_updates}")
+        cli.check(0.0 <= args.holdout_fraction < 1.0,
+                  f"--holdout-fraction must be in [0, 1), got {args.holdout_fraction}")
+        cli.check(args.n_epochs > 0, f"--n-epochs must be positive, got {args.n_epochs}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# methods: an aggregator and one hook
+
+@dataclass
+class Client:
+    index: int
+    train: np.ndarray        # training block indices
+    holdout: np.ndarray      # held-out block indices (FedEntropy)
+    weight: float            # FedAvg weight n_k: number of training blocks
+
+
+@dataclass
+class Method:
+    """What differs between the federated scripts.
+
+    make_aggregator(args, like) -> aggregator; add_client(ctx, agg, client) adds the trained client (the
+    model holds its final parameters) and returns metrics for the log; server: common.aggregate name.
+    """
+    name: str
+    script: str
+    make_aggregator: Callable = lambda args, like: aggregate.WeightedMean(like)
+    add_client: Callable | None = None
+    server: str = "fedavg"
+    upload_factor: int = 1  # tensors sent up per parameter (FedFisher also sends its Fisher)
+    run_name_extra: Callable[[argparse.Namespace], dict] = lambda args: {}
+
+
+def add_weighted(ctx: "Context", agg, client: Client) -> dict:
+    """FedAvg's hook: theta_k with weight n_k."""
+    agg.add(ctx.params, weight=client.weight)
+    return {}
+
+
+@dataclass
+class Context:
+    """What a hook may use: the args, the model (holding the client's final parameters), its trainable
+    parameter list, the data, the device and the current round."""
+    args: argparse.Namespace
+    model: torch.nn.Module
+    params: list
+    data: lmdata.LMData
+    device: torch.device
+    round: int = 0
+    scratch: dict = field(default_factory=dict)  # per-round state of a hook (e.g. a reference entropy)
+
+    def batches(self, idx: np.ndarray, batch_size: int | None = None):
+        return lmdata.iterate(self.data.train[torch.as_tensor(idx)], batch_size or self.args.batch_size,
+                              self.data.tokenizer.pad_token_id, self.device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pieces of the round
+
+def client_batch_indices(train_idx: np.ndarray, seed_: int, round_idx: int, client: int,
+                         local_updates: int, batch_size: int) -> list[np.ndarray]:
+    """The blocks of each local step of ``client`` in ``round_idx``: a permutation of its shard from its
+    own stream, continued with further permutations if the round needs more blocks than the shard has."""
+    g = seed.client_generator(seed_, round_idx, client)
+    need, n, order = local_updates * batch_size, len(train_idx), []
+    while sum(len(o) for o in order) < need:
+        order.append(torch.randperm(n, generator=g).numpy())
+    flat = np.concatenate(order)[:need]
+    return [train_idx[flat[u * batch_size:(u + 1) * batch_size]] for u in range(local_updates)]
+
+
+def train_steps(model, opt, blocks: torch.Tensor, steps: list[np.ndarray], pad_id: int, device) -> torch.Tensor:
+    """One AdamW step per entry of ``steps``; returns the summed loss as a device tensor (no host sync)."""
+    total = torch.zeros((), device=device)
+    for idx in steps:
+        batch = {k: v.to(device, non_blocking=True)
+                 for k, v in lmdata.text.lm_batch(blocks[torch.as_tensor(idx)], pad_id).items()}
+        with evaluate.autocast(device):
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        total += loss.detach().float()
+    return total
+
+
+def _opt_state_to_list(state: dict, plist) -> list[dict]:
+    """An optimizer's per-parameter state keyed by position (parameter objects do not pickle by identity)."""
+    return [{k: (v.cpu().clone() if torch.is_tensor(v) else v) for k, v in state.get(p, {}).items()} for p in plist]
+
+
+def _opt_state_from_list(states: list[dict], plist, device) -> dict:
+    out = {}
+    for p, s in zip(plist, states):
+        if s:
+            out[p] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in s.items()}
+    return out
+
+
+def evaluate_global(ctx: Context, valid: torch.Tensor) -> dict:
+    """Token-weighted validation loss/perplexity, and perplexity per word (same total NLL over words)."""
+    out = evaluate.perplexity(ctx.model, lmdata.iterate(valid, max(ctx.args.batch_size, 8),
+                                                        ctx.data.tokenizer.pad_token_id, ctx.device),
+                              device=ctx.device)
+    row = {"val_loss": out["loss"], "val_ppl": out["ppl"],
+           "val_ppl_word": math.exp(out["loss"] / ctx.data.words_per_token)}
+    if ctx.args.sample_tokens > 0:
+        row["sample"] = mmodel.greedy_sample(ctx.model, ctx.data.tokenizer, ctx.args.prompt,
+                                             ctx.args.sample_tokens, ctx.device)
+    return row
+
+
+def default_rounds(args, shards_train: list[np.ndarray]) -> int:
+    """Rounds for --n-epochs passes of the mean client over its shard."""
+    mean_blocks = float(np.mean([len(s) for s in shards_train]))
+    return max(1, math.ceil(args.n_epochs * mean_blocks / (args.local_updates * args.batch_size)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+
+def run(args: argparse.Namespace, method: Method, explicit: set[str]) -> dict:
+    finish_args(args, explicit)
+    device = cli.resolve_device(args.device)
+    mmodel.quiet_kernel_warnings()
+    data = lmdata.load_lm_data(args)
+    shards = lmdata.client_shards(args, data)
+    clients = []
+    for k, idx in enumerate(shards):
+        cli.check(len(idx) > 0, f"client {k} received no training blocks; use fewer clients or --shard contiguous")
+        tr, ho = lmdata.split_holdout(idx, args.holdout_fraction)
+        clients.append(Client(k, tr, ho, float(len(tr))))
+    if args.rounds is None:
+        args.rounds = default_rounds(args, [c.train for c in clients])
+    args.kernel_path = mmodel.kernel_path(device)
+    name = args.run_name or runlog.run_name(method.name, args.config, args.shard, k=args.num_clients,
+                                            lu=args.local_updates, **method.run_name_extra(args),
+                                            quick=args.quick, s=args.seed)
+    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, kind=f"mamba_fl/{method.script}",
+                       device=device, ignore_on_resume=("resume", "quiet", "out_dir", "run_name", "device",
+                                                        "cache_dir"))
+
+    seed.seed_everything(args.seed)
+    model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
+    model.to(device).train()
+    plist = params.trainable(model)
+    global_params = params.clone(plist)
+    opt = torch.optim.AdamW(plist, lr=args.lr, weight_decay=args.weight_decay)
+    server = None if method.server == "fedavg" else aggregate.make_server_optimizer(
+        method.server, global_params, lr=args.server_lr, momentum=args.server_momentum, form=args.momentum_form)
+    client_states: dict[int, dict] = {}
+    valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
+    ctx = Context(args, model, plist, data, device)
+    snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
+        if args.save_deltas else None
+    bytes_param = sum(p.numel() * p.element_size() for p in plist)
+    acc = {"best_val_ppl": float("inf"), "bytes_up": 0, "bytes_down": 0, "client_seconds": 0.0,
+           "round_seconds": 0.0, "train_tokens": 0}
+    start = 0
+    state = rd.load_checkpoint()
+    if state is not None:
+        params.load_(global_params, [t.to(device) for t in state["global"]])
+        if server is not None:
+            server.load_state_dict(state["server"])
+        client_states = {int(k): _opt_state_from_list(v, plist, device) for k, v in state["client_opt"].items()}
+        if snaps is not None:
+            snaps.load_state_dict(state["snapshots"])
+        acc = state["acc"]
+        seed.set_rng_state(state["rng"])
+        start = state["round"]
+    if snaps is not None and start == 0:
+        snaps.add_server(global_params)
+        snaps.write("round_00000")
+
+    n_sample = max(1, round(args.participation_rate * args.num_clients))
+    agg = method.make_aggregator(args, global_params)  # O(parameters) buffers, reused every round
+    bar = tqdm(range(start, args.rounds), desc=method.name, disable=args.quiet, initial=start, total=args.rounds)
+    train_loss = torch.zeros((), device=device)
+    n_steps = 0
+    for r in bar:
+        t_round = time.perf_counter()
+        ctx.round, ctx.scratch = r, {}
+        chosen = sorted(seed.numpy_rng(args.seed, "clients", r).choice(args.num_clients, n_sample, replace=False))
+        agg.reset()
+        eval_now = (r + 1) % args.eval_every == 0 or r + 1 == args.rounds
+        client_rows = {}
+        for k in chosen:
+            c = clients[k]
+            params.load_(plist, global_params)  # every client starts from the global model
+            # reset: an empty state is exactly a fresh AdamW; persist: the client's own moments
+            opt.state = defaultdict(dict, client_states.get(k, {}) if args.client_opt_state == "persist" else {})
+            steps = client_batch_indices(c.train, args.seed, r, k, args.local_updates, args.batch_size)
+            t0 = time.perf_counter()
+            train_loss += train_steps(model, opt, data.train, steps, data.tokenizer.pad_token_id, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            acc["client_seconds"] += time.perf_counter() - t0
+            n_steps += len(steps)
+            acc["train_tokens"] += int(sum(len(s) for s in steps)) * args.sequence_length
+            if args.client_opt_state == "persist":
+                client_states[k] = opt.state
+            if snaps is not None and eval_now:
+                snaps.add(f"client{k}_delta", plist, base=global_params)
+            client_rows[k] = (method.add_client or add_weighted)(ctx, agg, c)
+        if server is None:  # FedAvg: theta <- the aggregate, written straight into the global parameters
+            agg.result(out=global_params)
+        else:
+            server.step(global_params, agg.result())
+        acc["bytes_up"] += len(chosen) * bytes_param * method.upload_factor
+        acc["bytes_down"] += len(chosen) * bytes_param
+        acc["round_seconds"] += time.perf_counter() - t_round
+
+        if eval_now:
+            params.load_(plist, global_params)
+            row = {"round": r + 1, "step": (r + 1) * args.local_updates, "tokens": acc["train_tokens"],
+                   "train_loss": train_loss.item() / max(n_steps, 1)}
+            row |= evaluate_global(ctx, valid)
+            extra = {}
+            for k, cr in client_rows.items():
+                for key, v in cr.items():
+                    extra.setdefault(key, {})[str(k)] = v
+            row |= extra
+            acc["best_val_ppl"] = min(acc["best_val_ppl"], row["val_ppl"])
+            acc["last"] = {k: v for k, v in row.items() if k != "sample"}
+            rd.log(row)
+            train_loss.zero_()
+            n_steps = 0
+            bar.set_postfix(val_ppl=f"{row['val_ppl']:.2f}")
+            if snaps is not None:
+                snaps.add_server(global_params)
+                snaps.write(f"round_{r + 1:05d}")
+            rd.save_checkpoint({
+                "round": r + 1, "global": params.state_to_cpu(global_params),
+                "server": server.state_dict() if server is not None else None,
+                "client_opt": {k: _opt_state_to_list(v, plist) for k, v in client_states.items()},
+                "snapshots": snaps.state_dict() if snaps is not None else None, "acc": acc})
+    bar.close()
+    return finish(rd, args, method, data, acc)
+
+
+def finish(rd, args, method, data, acc) -> dict:
+    last = acc.get("last", {})
+    summary = {
+        "method": method.name, "config": args.config, "layers": args.layers, "rounds_done": args.rounds,
+        "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
+        "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": acc["best_val_ppl"],
+        "optimal_ppl_word": data.optimal_ppl, "words_per_token": data.words_per_token,
+        "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
+        "bytes_up": acc["bytes_up"], "bytes_down": acc["bytes_down"], "train_tokens": acc["train_tokens"],
+        "client_seconds": round(acc["client_seconds"], 3), "round_seconds": round(acc["round_seconds"], 3),
+        "overhead_fraction": (1 - acc["client_seconds"] / acc["round_seconds"]) if acc["round_seconds"] else None,
+    }
+    summary = rd.write_summary(summary)
+    from plots.plot_mamba import perplexity_curve
+
+    perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, optimal=data.optimal_ppl)
+    return summary

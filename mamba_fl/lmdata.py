@@ -1,0 +1,177 @@
+"""WikiText-style language-modelling data: raw splits -> tokenizer -> cached token stream -> blocks -> shards.
+
+Sources (``--data``): ``wikitext2`` (Hugging Face ``wikitext-2-raw-v1``), ``--data-dir DIR`` holding
+``wiki.train.raw`` / ``wiki.valid.raw`` (``wiki.test.raw`` optional) in the raw distribution format, or
+``synthetic`` (the embedded topic-structured source from ``common.synthetic``, whose optimal perplexity per
+word is known). Nothing falls back from real to synthetic data.
+
+Each split is tokenized once (cached by text and tokenizer hash) and cut into ``[N, T]`` blocks; the last
+partial block is padded with -100 labels instead of being dropped, and so is nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import cli, shard, text
+
+SPLIT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw"}
+_HEADING = re.compile(r"^ = [^=].* = $")  # top-level article title line of the raw format
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, batch_size: int, sharding: bool) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", choices=("synthetic", "wikitext2"), default="synthetic",
+                   help="synthetic: the embedded topic-structured WikiText-format source (offline); "
+                        "wikitext2: Hugging Face wikitext-2-raw-v1 (needs the hub or --cache-dir)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder with wiki.train.raw and wiki.valid.raw (raw WikiText format); overrides --data")
+    g.add_argument("--cache-dir", default=None,
+                   help="cache for datasets, tokenizers and token streams (default $FEDLAB_CACHE or ~/.cache/fedlab)")
+    g.add_argument("--tokenizer", default="auto",
+                   help="auto (gpt2 for wikitext2, bpe otherwise) | gpt2 (hub/cache) | bpe (byte-level BPE "
+                        "trained on the training split) | word (one token per word) | a local folder with "
+                        "vocab.json + merges.txt")
+    g.add_argument("--vocab-size", type=int, default=8192,
+                   help="vocabulary of a trained bpe/word tokenizer; large enough that words are single tokens")
+    g.add_argument("--sequence-length", type=int, default=256, help="tokens per block (--quick: 64)")
+    g.add_argument("--batch-size", type=int, default=batch_size, help="blocks per optimizer step")
+    if sharding:
+        g.add_argument("--shard", choices=("contiguous", "iid", "topic"), default="contiguous",
+                       help="client split of the training blocks: contiguous (the source), iid, or topic "
+                            "(synthetic data: clients own whole topics, the strongest skew)")
+
+
+@dataclass
+class LMData:
+    tokenizer: object
+    vocab_size: int
+    train: torch.Tensor                    # [N, T] training blocks, -100 padding in the last one
+    valid: torch.Tensor                    # [M, T] validation blocks
+    words_per_token: float                 # valid split: whitespace words / tokens, for per-word perplexity
+    source: str
+    optimal_ppl: float | None = None       # synthetic source: optimal perplexity per word
+    train_topics: np.ndarray | None = None  # [N] topic id of each training block (synthetic only)
+    meta: dict = field(default_factory=dict)
+
+
+def _synthetic_dir(cache_dir) -> tuple[Path, dict]:
+    from common import synthetic
+
+    root = Path(synthetic.ensure("wikitext", root=Path(cache_dir) / "synthetic" if cache_dir else None))
+    meta_file = root / "meta.json"
+    return root, (json.loads(meta_file.read_text()) if meta_file.is_file() else {})
+
+
+def _hf_wikitext2(cache_dir) -> dict[str, str]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", cache_dir=cache_dir)
+    except Exception as e:  # offline / not cached: datasets raises several types
+        raise cli.UsageError(f"--data wikitext2 could not be loaded from the hub or --cache-dir "
+                             f"({type(e).__name__}); use --data-dir with wiki.*.raw files or --data synthetic") from None
+    return {"train": "".join(ds["train"]["text"]), "valid": "".join(ds["validation"]["text"])}
+
+
+def _read_dir(folder: Path) -> dict[str, str]:
+    cli.check(folder.is_dir(), f"--data-dir {folder} is not a folder; expected one with wiki.train.raw and wiki.valid.raw")
+    out = {}
+    for split, name in SPLIT_FILES.items():
+        f = folder / name
+        cli.check(f.is_file(), f"--data-dir {folder} has no {name}; expected wiki.train.raw and wiki.valid.raw")
+        out[split] = f.read_text(encoding="utf-8")
+        cli.check(out[split].strip() != "", f"{f} is empty; expected WikiText raw text")
+    return out
+
+
+def _article_topics(raw: str, topics_by_article: list[int], seq_len: int, n_blocks: int, tokenizer) -> np.ndarray:
+    """Topic of each block: the topic of the article its first token belongs to."""
+    lines = raw.splitlines(keepends=True)
+    counts = [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch(lines, add_special_tokens=False)]
+    pos, article = 0, -1
+    token_article = np.zeros(sum(counts), dtype=np.int64)
+    for line, c in zip(lines, counts):
+        if _HEADING.match(line.rstrip("\n")):
+            article += 1
+        token_article[pos:pos + c] = max(article, 0)
+        pos += c
+    first = np.minimum(np.arange(n_blocks) * seq_len, len(token_article) - 1)
+    art = np.minimum(token_article[first], len(topics_by_article) - 1)
+    return np.asarray(topics_by_article, dtype=np.int64)[art]
+
+
+def load_lm_data(args: argparse.Namespace) -> LMData:
+    """Read the splits named by the flags, tokenize (cached) and block them."""
+    cache = Path(args.cache_dir) if args.cache_dir else text.default_cache_dir()
+    meta, optimal = {}, None
+    if args.data_dir:
+        folder, source = Path(args.data_dir), "dir"
+        splits = _read_dir(folder)
+        train_files = [folder / SPLIT_FILES["train"]]
+    elif args.data == "wikitext2":
+        splits, source = _hf_wikitext2(args.cache_dir), "wikitext2"
+        train_files = [cache / "wikitext2_train.raw"]
+        if not train_files[0].exists():
+            train_files[0].parent.mkdir(parents=True, exist_ok=True)
+            train_files[0].write_text(splits["train"], encoding="utf-8")
+    else:
+        folder, meta = _synthetic_dir(args.cache_dir)
+        splits, source = _read_dir(folder), "synthetic"
+        train_files = [folder / SPLIT_FILES["train"]]
+        optimal = meta.get("optimal_perplexity_mean")  # per word of chain text, exp of the mean entropy rate
+
+    spec = args.tokenizer
+    if spec == "auto":
+        spec = "gpt2" if source == "wikitext2" else "bpe"
+    tok = text.load_tokenizer(spec, train_files=train_files, vocab_size=args.vocab_size, cache_dir=cache)
+    streams = {k: text.encode_text(tok, v, cache_dir=cache) for k, v in splits.items()}
+    T = args.sequence_length
+    for split, s in streams.items():
+        cli.check(s.numel() >= T + 1 if split == "valid" else s.numel() >= T,
+                  f"--sequence-length {T} is above the {s.numel()} tokens of the {split} split; "
+                  f"use a shorter --sequence-length or more data")
+    train, valid = text.lm_blocks(streams["train"], T), text.lm_blocks(streams["valid"], T)
+    words = len(splits["valid"].split())
+    topics = None
+    if getattr(args, "shard", None) == "topic" and meta.get("article_topics", {}).get("train") is not None:
+        topics = _article_topics(splits["train"], meta["article_topics"]["train"], T, train.shape[0], tok)
+    return LMData(tokenizer=tok, vocab_size=len(tok), train=train, valid=valid,
+                  words_per_token=words / max(int(streams["valid"].numel()), 1), source=source,
+                  optimal_ppl=optimal, train_topics=topics, meta=meta)
+
+
+def client_shards(args: argparse.Namespace, data: LMData) -> list[np.ndarray]:
+    """Training-block indices per client, via ``common.shard``."""
+    n = data.train.shape[0]
+    cli.check(args.num_clients >= 1, f"--num-clients must be at least 1, got {args.num_clients}")
+    cli.check(n >= args.num_clients, f"the training split has {n} blocks of {args.sequence_length} tokens, "
+                                     f"fewer than --num-clients {args.num_clients}; use fewer clients or shorter blocks")
+    if args.shard == "iid":
+        return shard.iid(n, args.num_clients, args.seed)
+    if args.shard == "topic":
+        cli.check(data.train_topics is not None, "--shard topic needs topic labels: only --data synthetic has them")
+        return shard.category(data.train_topics, args.num_clients, args.seed)
+    return shard.contiguous(n, args.num_clients)
+
+
+def split_holdout(idx: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out): the last ``fraction`` of a client's blocks held out (at least one when > 0)."""
+    if fraction <= 0:
+        return idx, idx[:0]
+    k = max(1, int(round(len(idx) * fraction)))
+    cli.check(len(idx) > k, f"a client with {len(idx)} blocks cannot hold out {fraction:.0%} and still train; "
+                            f"use fewer clients or shorter blocks")
+    return idx[:-k], idx[-k:]
+
+
+def iterate(blocks: torch.Tensor, batch_size: int, pad_id: int, device):
+    """Batches of ``lm_batch`` dicts over ``blocks [N, T]`` in order, the last one possibly smaller."""
+    for i in range(0, blocks.shape[0], batch_size):
+        yield {k: v.to(device, non_blocking=True) for k, v in text.lm_batch(blocks[i:i + batch_size], pad_id).items()}

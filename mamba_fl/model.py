@@ -1,0 +1,109 @@
+"""The Mamba2 language model: ``transformers.Mamba2ForCausalLM`` built from flags, trained from scratch.
+
+Source configs ``pure_ssm_{1,2,4}_layer``: d_model 512, no MLP (Mamba2 blocks are mixer-only), d_state 128,
+head dim 64, expand 2, conv width 4, RMSNorm, tied input/output embeddings; number of heads
+= expand * d_model / head_dim. On CUDA with ``mamba_ssm`` importable, transformers dispatches to the fused
+Triton kernels; everywhere else it runs its PyTorch reference path (correct, slower). ``kernel_path``
+reports which, without importing ``mamba_ssm`` (that import fails on machines without CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+
+import torch
+
+from common import cli
+
+CONFIGS = {f"pure_ssm_{n}_layer": n for n in (1, 2, 4)}
+# --quick: tiny enough that a federated run of a few rounds takes seconds on 2 CPU cores
+QUICK = {"d_model": 64, "d_state": 16, "head_dim": 16, "sequence_length": 64}
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model (Mamba2, trained from scratch)")
+    g.add_argument("--layers", type=int, choices=(1, 2, 4), default=None,
+                   help="number of Mamba2 blocks (the source compared 1, 2 and 4); default 1")
+    g.add_argument("--config", default=None,
+                   help="source config name, pure_ssm_{1,2,4}_layer; same as --layers N")
+    g.add_argument("--d-model", type=int, default=512, help="hidden size (--quick: 64)")
+    g.add_argument("--d-state", type=int, default=128, help="SSM state size N (--quick: 16)")
+    g.add_argument("--head-dim", type=int, default=64, help="SSM head dimension P (--quick: 16)")
+    g.add_argument("--expand", type=int, default=2, help="inner width = expand * d_model")
+    g.add_argument("--d-conv", type=int, default=4, help="causal depthwise convolution width")
+    g.add_argument("--n-groups", type=int, default=1, help="groups sharing B and C (mamba-ssm default 1)")
+    g.add_argument("--chunk-size", type=int, default=None,
+                   help="SSD chunk length (default min(256, sequence length)); the result does not depend on it, "
+                        "but the PyTorch path pads each sequence to a multiple and costs O(chunk^2) per chunk")
+    g.add_argument("--no-tie-embeddings", action="store_true",
+                   help="separate output head (the source tied input and output embeddings)")
+
+
+def resolve_model_args(args: argparse.Namespace, explicit: set[str]) -> None:
+    """Fill ``args.layers`` from ``--config``, apply the --quick sizes to flags the user did not set,
+    and check the shapes. ``explicit``: dest names given on the command line."""
+    if args.config is not None:
+        cli.check(args.config in CONFIGS,
+                  f"--config {args.config!r} is unknown; expected one of {', '.join(CONFIGS)}")
+        cli.check(args.layers in (None, CONFIGS[args.config]),
+                  f"--config {args.config} has {CONFIGS[args.config]} layers but --layers {args.layers} was given")
+        args.layers = CONFIGS[args.config]
+    args.layers = args.layers or 1
+    args.config = f"pure_ssm_{args.layers}_layer"
+    if args.quick:
+        for k, v in QUICK.items():
+            if k not in explicit and hasattr(args, k):
+                setattr(args, k, v)
+    if args.chunk_size is None:
+        args.chunk_size = min(256, args.sequence_length)
+    for k in ("d_model", "d_state", "head_dim", "expand", "d_conv", "n_groups", "chunk_size"):
+        cli.check(getattr(args, k) >= 1, f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
+    inner = args.expand * args.d_model
+    cli.check(inner % args.head_dim == 0,
+              f"expand * d_model = {inner} is not a multiple of --head-dim {args.head_dim}")
+    cli.check((inner // args.head_dim) % args.n_groups == 0,
+              f"the {inner // args.head_dim} heads do not split into --n-groups {args.n_groups}")
+
+
+def build_model(args: argparse.Namespace, vocab_size: int, pad_id: int, eos_id: int):
+    """A randomly initialised ``Mamba2ForCausalLM`` (seed the global RNG first for a reproducible init)."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    inner = args.expand * args.d_model
+    config = Mamba2Config(
+        vocab_size=vocab_size, hidden_size=args.d_model, state_size=args.d_state, head_dim=args.head_dim,
+        num_heads=inner // args.head_dim, expand=args.expand, conv_kernel=args.d_conv, n_groups=args.n_groups,
+        num_hidden_layers=args.layers, chunk_size=args.chunk_size, tie_word_embeddings=not args.no_tie_embeddings,
+        pad_token_id=pad_id, bos_token_id=eos_id, eos_token_id=eos_id, use_cache=True,
+    )
+    model = Mamba2ForCausalLM(config)
+    if config.tie_word_embeddings:  # one tensor, so params.trainable() and the aggregators see it once
+        assert model.lm_head.weight is model.backbone.embeddings.weight
+    return model
+
+
+def kernel_path(device: torch.device) -> str:
+    """'mamba-ssm' when transformers will use the fused CUDA kernels, else 'torch' (reference path)."""
+    if device.type == "cuda" and importlib.util.find_spec("mamba_ssm") is not None:
+        return "mamba-ssm"
+    return "torch"
+
+
+def quiet_kernel_warnings() -> None:
+    """The reference-path fallback warns once per function; the run records the path in args.json instead."""
+    logging.getLogger("transformers.integrations.hub_kernels").setLevel(logging.ERROR)
+
+
+@torch.no_grad()
+def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, device: torch.device) -> str:
+    """Greedy continuation of ``prompt`` using the recurrent state cache (one step per new token)."""
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    if ids.numel() == 0:
+        ids = torch.tensor([[tokenizer.eos_token_id]], device=device)
+    was_training = model.training
+    model.eval()
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                         pad_token_id=tokenizer.pad_token_id)
+    model.train(was_training)
+    return tokenizer.decode(out[0, ids.shape[1]:].tolist())

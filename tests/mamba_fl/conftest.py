@@ -1,0 +1,24 @@
+"""Fixtures of the mamba_fl tests: one data/tokenizer cache for the session, tiny run arguments."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def mamba_cache(tmp_path_factory) -> Path:
+    """Synthetic WikiText, its BPE tokenizer and token streams are built once per session here."""
+    return tmp_path_factory.mktemp("mamba_cache")
+
+
+@pytest.fixture
+def tiny(mamba_cache, out_dir):
+    """argv builder: --quick, one layer, two clients, a couple of rounds, small evaluation, a learning rate that shows progress, this test's out dir."""
+    def make(*extra: str, rounds: int = 2) -> list[str]:
+        return ["--quick", "--layers", "1", "--cache-dir", str(mamba_cache), "--out-dir", str(out_dir), "--quiet",
+                "--eval-blocks", "4", "--sample-tokens", "4", "--val-freq", "1", "--lr", "3e-3",
+                *(["--num-clients", "2"] if "--num-clients" not in extra and "--max-steps" not in extra else []), *extra] + \
+               (["--rounds", str(rounds)] if "--rounds" not in extra and "--max-steps" not in extra else [])
+    return make
+

@@ -1,0 +1,138 @@
+"""The federated algorithms against simple references: one-client FedAvg == centralized AdamW on the same
+batches; FedFisher with identical Fishers == FedAvg; FedEntropy with equal entropies == the uniform mean;
+--resume after an interruption reproduces the uninterrupted run exactly."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from common import checkpoint, params, seed
+from mamba_fl import central, fed_avg, fed_entropy, fed_fisher, federated, lmdata
+from mamba_fl import model as mmodel
+
+
+
+def global_params(run_dir, script: str = "fed_avg") -> list[torch.Tensor]:
+    """The global parameters a federated run saved in its last checkpoint."""
+    return checkpoint.load_checkpoint(run_dir / "checkpoint.pt", f"mamba_fl/{script}")["global"]
+
+
+def _assert_same(a, b, tol=0.0):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        if tol == 0.0:
+            assert torch.equal(x, y)
+        else:
+            torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+def _even_split(tiny) -> list[str]:
+    """Flags giving two clients equal contiguous shards (so FedAvg's n_k weights are uniform): a block
+    length near 64 that cuts the training stream into an even number of blocks."""
+    argv = tiny()
+    args = fed_avg.get_args_parser().parse_args(argv)
+    federated.finish_args(args, federated.explicit_dests(fed_avg.get_args_parser(), argv))
+    n_tokens = int((lmdata.load_lm_data(args).train >= 0).sum())
+    T = next(t for t in range(64, 96) if -(-n_tokens // t) % 2 == 0)
+    return ["--num-clients", "2", "--sequence-length", str(T)]
+
+
+def test_one_client_fedavg_equals_centralized_adamw(tiny, out_dir):
+    """With one client whose AdamW state persists across rounds, R rounds of U local steps are exactly R*U
+    centralized AdamW steps on the same batches (the server just copies the single client's model)."""
+    argv = tiny("--num-clients", "1", "--client-opt-state", "persist", "--local-updates", "2", rounds=2)
+    fed_avg.main(argv)
+    (run,) = out_dir.iterdir()
+
+    # the centralized reference: same init, one AdamW, the batches the client drew, in order
+    parser = fed_avg.get_args_parser()
+    args = parser.parse_args(argv)
+    federated.finish_args(args, federated.explicit_dests(parser, argv))
+    data = lmdata.load_lm_data(args)
+    seed.seed_everything(args.seed)
+    model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    everything = lmdata.client_shards(args, data)[0]
+    assert len(everything) == data.train.shape[0]
+    for r in range(2):
+        steps = federated.client_batch_indices(everything, args.seed, r, 0, 2, args.batch_size)
+        federated.train_steps(model, opt, data.train, steps, data.tokenizer.pad_token_id, torch.device("cpu"))
+    reference = params.clone(params.trainable(model))
+    # the weighted mean of one client is w * theta / w: equal up to float rounding of that division
+    _assert_same(global_params(run), reference, tol=1e-6)
+
+    # and with a fresh AdamW each round the runs must differ (the test above is not vacuous)
+    fed_avg.main(tiny("--num-clients", "1", "--local-updates", "2", "--run-name", "reset", rounds=2))
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(global_params(out_dir / "reset"), reference))
+
+
+def test_fedfisher_with_identical_fishers_equals_fedavg(tiny, out_dir, monkeypatch):
+    even = _even_split(tiny)
+    monkeypatch.setattr(fed_fisher.fisher, "diagonal_fisher",
+                        lambda model, batches, params, **kw: [torch.full_like(p, 0.5) for p in params])
+    # one round: the two aggregates then differ only by float rounding (training would amplify it)
+    fed_fisher.main(tiny(*even, "--run-name", "fisher", rounds=1))
+    fed_avg.main(tiny(*even, "--run-name", "avg", rounds=1))
+    _assert_same(global_params(out_dir / "fisher", "fed_fisher"), global_params(out_dir / "avg"), tol=1e-6)
+
+
+def test_fedentropy_with_equal_entropies_is_the_uniform_mean(tiny, out_dir, monkeypatch):
+    even = _even_split(tiny)
+    monkeypatch.setattr(fed_entropy.evaluate, "mean_entropy", lambda *a, **kw: 3.0)
+    fed_entropy.main(tiny(*even, "--run-name", "entropy", rounds=1))
+    # equal shards, equal held-out splits: FedAvg's n_k weights are uniform too
+    fed_avg.main(tiny(*even, "--holdout-fraction", "0.1", "--run-name", "avg", rounds=1))
+    _assert_same(global_params(out_dir / "entropy", "fed_entropy"), global_params(out_dir / "avg"), tol=1e-6)
+    rows = [json.loads(x) for x in (out_dir / "entropy" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["entropy"] == {"0": 3.0, "1": 3.0}
+
+
+def test_fedentropy_weights_follow_the_softmax(tiny, out_dir, monkeypatch):
+    """Unequal entropies: the streaming weights exp(-(H_k - H_0)/T) normalise to softmax(-H/T)."""
+    seen = []
+
+    class Agg:
+        def add(self, tensors, weight):
+            seen.append(weight)
+
+    ctx = federated.Context(args=SimpleNamespace(temperature=0.5, entropy_blocks=0, batch_size=2),
+                            model=torch.nn.Linear(1, 1), params=[], data=SimpleNamespace(vocab_size=10), device=torch.device("cpu"))
+    monkeypatch.setattr(federated.Context, "batches", lambda self, idx, bs=None: [])
+    hs = iter([2.0, 1.0, 3.0])
+    monkeypatch.setattr(fed_entropy.evaluate, "mean_entropy", lambda *a, **kw: next(hs))
+    for i in range(3):
+        fed_entropy.add_entropy_weighted(ctx, Agg(), federated.Client(i, [], [], 1.0))
+    w = torch.tensor(seen) / sum(seen)
+    torch.testing.assert_close(w, torch.softmax(-torch.tensor([2.0, 1.0, 3.0]) / 0.5, 0))
+
+
+class _Interrupt:
+    """Replaces evaluate_global: raises KeyboardInterrupt at the given call, as Ctrl-C would."""
+
+    def __init__(self, at: int):
+        self.at, self.calls, self.real = at, 0, federated.evaluate_global
+
+    def __call__(self, *a, **kw):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.real(*a, **kw)
+
+
+@pytest.mark.parametrize("script", ["fed_avg", "central"])
+def test_resume_reproduces_the_uninterrupted_run(script, tiny, out_dir, monkeypatch):
+    main = {"fed_avg": fed_avg.main, "central": central.main}[script]
+    length = ["--rounds", "3"] if script == "fed_avg" else ["--max-steps", "3", "--batch-size", "4"]
+    full = main(tiny(*length, "--run-name", "full"))
+    monkeypatch.setattr(federated, "evaluate_global", _Interrupt(at=2))  # dies after the first checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        main(tiny(*length, "--run-name", "cut"))
+    monkeypatch.undo()
+    resumed = main(tiny(*length, "--run-name", "cut", "--resume"))
+    assert resumed["final_val_ppl"] == full["final_val_ppl"]
+    assert resumed["best_val_ppl"] == full["best_val_ppl"]
+    rows = {n: [json.loads(x) for x in (out_dir / n / "metrics.jsonl").read_text().splitlines()] for n in ("full", "cut")}
+    assert rows["full"] == rows["cut"] and len(rows["full"]) == 3

@@ -1,0 +1,87 @@
+"""Every mamba_fl script end to end with --quick on the embedded data, and bad inputs failing in one line."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from common import cli
+from mamba_fl import central, fed_avg, fed_entropy, fed_fisher, fed_momentum
+
+FEDERATED = {"fedavg": fed_avg, "fedmomentum": fed_momentum, "fedentropy": fed_entropy, "fedfisher": fed_fisher}
+
+
+def _check_run(out_dir, prefix: str, summary: dict) -> dict:
+    (run,) = [p for p in out_dir.iterdir() if p.name.startswith(prefix)]
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["final_val_ppl"] == summary["final_val_ppl"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(math.isfinite(r["val_ppl"]) and r["val_ppl"] > 1 for r in rows)
+    assert abs(math.exp(rows[-1]["val_loss"]) - rows[-1]["val_ppl"]) < 1e-6 * rows[-1]["val_ppl"]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]  # it learns
+    assert summary["final_val_ppl"] > summary["optimal_ppl_word"]  # a few steps are far from the optimum
+    assert summary["best_val_ppl"] <= summary["final_val_ppl"]
+    assert summary["optimal_ppl_word"] is not None and 1 < summary["optimal_ppl_word"] < 100
+    meta = json.loads((run / "args.json").read_text())
+    assert meta["args"]["kernel_path"] == "torch"  # CPU: the PyTorch reference path
+    assert meta["args"]["config"] == "pure_ssm_1_layer"
+    assert (run / "perplexity.png").stat().st_size > 1000
+    return {"run": run, "rows": rows, "args": meta["args"]}
+
+
+@pytest.mark.parametrize("name", list(FEDERATED))
+def test_federated_script_quick(name, tiny, out_dir):
+    extra = ["--save-deltas"] if name == "fedavg" else []
+    summary = FEDERATED[name].main(tiny(*extra))
+    info = _check_run(out_dir, name + "_", summary)
+    assert summary["rounds_done"] == 2 and [r["round"] for r in info["rows"]] == [1, 2]
+    assert summary["bytes_up"] == (2 if name == "fedfisher" else 1) * summary["bytes_down"] > 0
+    assert 0 <= summary["overhead_fraction"] < 1
+    if name == "fedentropy":
+        assert set(info["rows"][-1]["entropy"]) == {"0", "1"}
+    if name == "fedavg":  # snapshots of every layer tensor chosen, server and per-client deltas
+        z = np.load(info["run"] / "deltas" / "round_00002.npz")
+        assert {"server/layer0/mixer.in_proj.weight", "server_delta/layer0/mixer.out_proj.weight",
+                "client1_delta/layer0/mixer.in_proj.weight"} <= set(z.files)
+
+
+def test_central_quick(tiny, out_dir):
+    summary = central.main(tiny("--max-steps", "3", "--batch-size", "4"))
+    info = _check_run(out_dir, "central_", summary)
+    assert [r["step"] for r in info["rows"]] == [1, 2, 3]
+    assert all(-1 <= r["grad_cosine"] <= 1 for r in info["rows"][1:])
+    assert isinstance(info["rows"][-1]["sample"], str)
+    assert summary["train_tokens"] == 3 * 4 * 64
+
+
+def test_config_alias_and_quick_sizes(tiny, out_dir):
+    args = fed_avg.get_args_parser().parse_args(["--config", "pure_ssm_4_layer", "--quick", "--d_model", "32"])
+    from mamba_fl import federated
+
+    federated.finish_args(args, {"d_model", "config", "quick"})
+    assert args.layers == 4 and args.d_model == 32 and args.d_state == 16 and args.sequence_length == 64
+    assert args.chunk_size == 64  # min(256, sequence length)
+
+
+def _fails(main, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.run(main, argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_fail_in_one_line(tiny, tmp_path, capsys):
+    assert "pure_ssm_3_layer" in _fails(fed_avg.main, tiny("--config", "pure_ssm_3_layer"), capsys)
+    assert "--layers" in _fails(fed_avg.main, ["--layers", "3"], capsys)
+    assert "--num-clients must be at least 1" in _fails(fed_avg.main, tiny("--num-clients", "0"), capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "wiki.train.raw" in _fails(central.main, tiny("--data-dir", str(empty), "--max-steps", "1"), capsys)
+    (empty / "wiki.train.raw").write_text(" = A = \n hello world \n")
+    assert "wiki.valid.raw" in _fails(fed_fisher.main, tiny("--data-dir", str(empty)), capsys)
+    assert "above the" in _fails(fed_entropy.main, tiny("--sequence-length", "1000000"), capsys)
+    assert "--temperature" in _fails(fed_entropy.main, tiny("--temperature", "0"), capsys)
