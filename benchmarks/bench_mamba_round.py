@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from benchlib import markdown_table
+
 from common import cli
 
 
@@ -44,10 +45,8 @@ def fisher_timing(args, L: int) -> dict:
     """Seconds of diagonal_fisher over --batch-size sequences: vmap vs loop, and their max relative gap."""
     import time
 
-    import torch
-
     from common import fisher, seed
-    from mamba_fl import federated, fed_fisher, lmdata
+    from mamba_fl import fed_fisher, federated, lmdata
     from mamba_fl import model as mmodel
 
     parser = fed_fisher.get_args_parser()

@@ -33,15 +33,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     g.add_argument("--val-freq", type=int, default=10, help="steps between evaluations")
-    g = p.add_argument_group("evaluation and artifacts")
-    g.add_argument("--eval-blocks", type=int, default=0,
-                   help="validate on the first N validation blocks (0: all; --quick: 32)")
-    g.add_argument("--prompt", default="The", help="prompt of the greedy sample logged at each evaluation")
-    g.add_argument("--sample-tokens", type=int, default=30, help="tokens in the greedy sample (0: none)")
-    g.add_argument("--save-deltas", action="store_true",
-                   help="save .npz parameter snapshots and deltas (since the previous evaluation)")
-    g.add_argument("--delta-tensors", default="mixer.in_proj.weight,mixer.out_proj.weight",
-                   help="comma-separated layer tensor names saved by --save-deltas (every layer)")
+    mmodel.add_eval_args(p, deltas_help="save .npz parameter snapshots and deltas (since the previous "
+                         "evaluation)")
     cli.add_run_args(p)
     return p
 

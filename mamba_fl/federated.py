@@ -33,7 +33,6 @@ from common import aggregate, cli, evaluate, params, runlog, seed
 from mamba_fl import deltas, lmdata
 from mamba_fl import model as mmodel
 
-
 # ----------------------------------------------------------------------------------------------------------
 # arguments
 
@@ -54,15 +53,8 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0) ->
                    help="reset: fresh AdamW per client per round; persist: each client keeps its moments")
     g.add_argument("--holdout-fraction", type=float, default=holdout,
                    help="fraction of each client's blocks held out of training (FedEntropy measures on it)")
-    g = p.add_argument_group("evaluation and artifacts")
-    g.add_argument("--eval-blocks", type=int, default=0,
-                   help="validate on the first N validation blocks (0: all; --quick: 32)")
-    g.add_argument("--prompt", default="The", help="prompt of the greedy sample logged at each evaluation")
-    g.add_argument("--sample-tokens", type=int, default=30, help="tokens in the greedy sample (0: none)")
-    g.add_argument("--save-deltas", action="store_true",
-                   help="save .npz snapshots (server) and deltas (server, clients) at each evaluation")
-    g.add_argument("--delta-tensors", default="mixer.in_proj.weight,mixer.out_proj.weight",
-                   help="comma-separated layer tensor names saved by --save-deltas (every layer)")
+    mmodel.add_eval_args(p, deltas_help="save .npz snapshots (server) and deltas (server, clients) at each "
+                         "evaluation")
     cli.add_run_args(p)
     return p
 
@@ -123,7 +115,7 @@ class Method:
     run_name_extra: Callable[[argparse.Namespace], dict] = lambda args: {}
 
 
-def add_weighted(ctx: "Context", agg, client: Client) -> dict:
+def add_weighted(ctx: Context, agg, client: Client) -> dict:
     """FedAvg's hook: theta_k with weight n_k."""
     agg.add(ctx.params, weight=client.weight)
     return {}

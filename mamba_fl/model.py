@@ -40,6 +40,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="separate output head (the source tied input and output embeddings)")
 
 
+def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
+    """Evaluation and artifact flags shared by central.py and the federated driver."""
+    g = parser.add_argument_group("evaluation and artifacts")
+    g.add_argument("--eval-blocks", type=int, default=0,
+                   help="validate on the first N validation blocks (0: all; --quick: 32)")
+    g.add_argument("--prompt", default="The", help="prompt of the greedy sample logged at each evaluation")
+    g.add_argument("--sample-tokens", type=int, default=30, help="tokens in the greedy sample (0: none)")
+    g.add_argument("--save-deltas", action="store_true", help=deltas_help)
+    g.add_argument("--delta-tensors", default="mixer.in_proj.weight,mixer.out_proj.weight",
+                   help="comma-separated layer tensor names saved by --save-deltas (every layer)")
+
+
 def resolve_model_args(args: argparse.Namespace, explicit: set[str]) -> None:
     """Fill ``args.layers`` from ``--config``, apply the --quick sizes to flags the user did not set,
     and check the shapes. ``explicit``: dest names given on the command line."""

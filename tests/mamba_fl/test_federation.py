@@ -14,7 +14,6 @@ from mamba_fl import central, fed_avg, fed_entropy, fed_fisher, federated, lmdat
 from mamba_fl import model as mmodel
 
 
-
 def global_params(run_dir, script: str = "fed_avg") -> list[torch.Tensor]:
     """The global parameters a federated run saved in its last checkpoint."""
     return checkpoint.load_checkpoint(run_dir / "checkpoint.pt", f"mamba_fl/{script}")["global"]
