@@ -51,6 +51,7 @@ def get_args_parser(add_help: bool = True):
     parser.add_argument("--quick", action="store_true", help="tiny model (width 64, depth 2): a smoke run")
     parser.add_argument("--measure", default=None, choices=["reference", "stream"],
                         help="internal: run one aggregation of this method and print its peak memory as JSON")
+    parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
     return parser
 
 
@@ -188,8 +189,13 @@ def main(argv=None) -> dict:
         peaks = [m["peak_bytes"] for m in memory if m["method"] == "stream"]
         checks.append(("peak memory K=max within 10% of K=min", abs(peaks[-1] / peaks[0] - 1) <= 0.10))
     print("\ntargets for (b) stream: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
-    return {"numel": numel, "tensors": len(base), "timings": results, "memory": memory,
-            "targets_met": all(ok for _, ok in checks)}
+    summary = {"numel": numel, "tensors": len(base), "timings": results, "memory": memory,
+               "targets_met": all(ok for _, ok in checks), "device": str(device),
+               "threads": torch.get_num_threads(), "quick": args.quick}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
 
 
 if __name__ == "__main__":

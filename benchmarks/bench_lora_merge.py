@@ -14,6 +14,7 @@ batch 32, all clients): merge / (steps x step time + merge).
 """
 from __future__ import annotations
 
+import json
 import math
 
 import benchlib
@@ -34,6 +35,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--train_examples", type=int, default=67349, help="examples per round (SST-2 train)")
     p.add_argument("--step_batch", type=int, default=2, help="batch of the timed training step (scaled to 32)")
     p.add_argument("--skip_step", action="store_true", help="do not time the roberta-base training step")
+    p.add_argument("--json", default=None, help="also write the summary to this JSON file")
     return p
 
 
@@ -120,7 +122,12 @@ def main(argv=None) -> dict:
               f"scaled): {step_s:.2f} s; a round = {steps} steps = {steps * step_s / 60:.1f} min")
     table = benchlib.markdown_table(["merge", "median ms", "min ms", "share of a round"], rows)
     print(table)
-    return {"table": table, "step_s": step_s, "timings_ms": {k: v.ms for k, v in timings.items()}, "agree": agree}
+    summary = {"table": table, "step_s": step_s, "timings_ms": {k: v.ms for k, v in timings.items()}, "agree": agree,
+               "round_steps": steps, "device": str(device), "clients": args.clients}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
 
 
 if __name__ == "__main__":

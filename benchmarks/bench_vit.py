@@ -15,6 +15,7 @@ rest is the round's own overhead. Target: everything else under 5 % of the round
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -40,6 +41,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps: checks the script runs")
+    parser.add_argument("--json", default=None, help="also write the results (and the settings) to this JSON file")
     return parser
 
 
@@ -112,6 +114,10 @@ def main(argv=None) -> dict:
           f"m={m} clients/round, {torch.get_num_threads()} threads")
     print(markdown_table(["model", "px", "train img/s (SGD)", "train img/s (SparseSGDM)", "eval img/s",
                           "round s", "client compute s", "other ms", "other share"], rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": str(device), "threads": torch.get_num_threads(), "clients_per_round": m,
+                       "settings": vars(args), "results": results}, f, indent=1)
     return results
 
 

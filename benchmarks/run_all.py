@@ -1,0 +1,261 @@
+"""Run every benchmark of the project and print one table of results against the targets.
+
+    python benchmarks/run_all.py                 # small settings (a few minutes on 2 cores), writes RESULTS.md
+    python benchmarks/run_all.py --full          # the benchmarks' own (bigger) default settings
+    python benchmarks/run_all.py --only fisher aggregate --output /tmp/results.md
+
+Each benchmark runs in its own process with ``--json PATH`` and its summary is read back; one that fails
+gives a "failed" row and the others still run. Every timing is already a median of repeated runs inside
+the benchmark. The table has one row per (benchmark, setting, metric) with the target and whether it is
+met ("yes", "NO", "-" when the row has no target, "n/a" when it was not measured); the header gives the
+date, the machine's core count, the device, the torch version and the load average. Targets (issue 7):
+  aggregation   streaming WeightedMean >= 2x the per-key torch.stack reference, >= 50% of copy_ bandwidth
+  overhead      time outside the clients' forward/backward < 5% of the round, in every subproject
+  memory        peak memory flat in clients per round: K=100 within 10% of K=10
+  Fisher        per-example (vmap) Fisher <= 3x one batch forward+backward
+  processes     2 processes >= 1.6x faster per round than 1 on a 2-core machine (compute-bound model)
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # benchlib lives next to this file; tests import run_all from elsewhere
+    sys.path.insert(0, str(HERE))
+
+from benchlib import markdown_table  # noqa: E402
+
+from common import cli  # noqa: E402
+
+HEADERS = ["benchmark", "setting", "metric", "value", "target", "met?"]
+NO_TORCHRUN = "not measured: the federated scripts do not yet run under torchrun (issue 7 part 1)"
+
+# name -> (script, arguments for the default small run, arguments for --full)
+BENCHMARKS = {
+    "aggregate": ("bench_aggregate.py", ["--quick", "--repeats", "3"], ["--repeats", "5"]),
+    "vit": ("bench_vit.py", ["--archs", "vit_tiny", "--repeats", "3"], []),
+    "mamba": ("bench_mamba_round.py", ["--layers", "1", "--rounds", "5"], []),
+    "lora_merge": ("bench_lora_merge.py", ["--skip_step", "--repeats", "3"], []),
+    "fisher": ("bench_fisher.py", ["--repeats", "3"], ["--batch-size", "32", "--lm-layers", "4", "--lm-width", "128"]),
+}
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p.add_argument("--full", action="store_true", help="the benchmarks' bigger default settings instead of small ones")
+    p.add_argument("--only", nargs="+", default=None, choices=sorted(BENCHMARKS), help="run only these benchmarks")
+    p.add_argument("--device", default="cpu", help="cpu | cuda: passed to every benchmark")
+    p.add_argument("--threads", type=int, default=1,
+                   help="OMP_NUM_THREADS of each benchmark process (0: leave the environment alone)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds allowed to each benchmark")
+    p.add_argument("--output", default=str(HERE / "RESULTS.md"), help="markdown file to write ('' for none)")
+    return p
+
+
+# ----------------------------------------------------------------------------- formatting helpers
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "NO")
+
+
+def _row(bench, setting, metric, value, target="-", ok: bool | None = None) -> list[str]:
+    return [bench, setting, metric, value, target, _verdict(ok)]
+
+
+def _missing(bench, setting, metric, why, target="-") -> list[str]:
+    return [bench, setting, metric, why, target, "n/a"]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+# ----------------------------------------------------------------------------- one block of rows per benchmark
+def aggregate_rows(d: dict) -> list[list[str]]:
+    size = "tiny ViT shapes" if d.get("quick") else "ViT-S/16 shapes"
+    setting = f"{size}, {d['numel'] / 1e6:.2f}M params"
+    rows = []
+    for t in d["timings"]:
+        if t["method"] != "stream":
+            continue
+        s = f"{setting}, K={t['clients']}"
+        rows.append(_row("aggregate", s, "WeightedMean vs per-key stack reference", f"{t['speedup']:.2f}x faster",
+                         ">= 2x", t["speedup"] >= 2))
+        rows.append(_row("aggregate", s, "WeightedMean bandwidth vs measured copy_",
+                         f"{t['gb_s']:.1f} of {t['copy_gb_s']:.1f} GB/s ({_pct(t['copy_fraction'])})",
+                         ">= 50%", t["copy_fraction"] >= 0.5))
+    for method in ("stream", "reference"):
+        mem = sorted((m for m in d.get("memory", []) if m["method"] == method), key=lambda m: m["clients"])
+        if len(mem) < 2:
+            continue
+        lo, hi = mem[0], mem[-1]
+        ratio = hi["peak_bytes"] / lo["peak_bytes"]
+        name = "WeightedMean" if method == "stream" else "per-key reference"
+        rows.append(_row("aggregate", f"{setting}, K={lo['clients']} -> {hi['clients']} clients per round",
+                         f"peak memory, {name}",
+                         f"{lo['peak_bytes'] / 2**20:,.0f} -> {hi['peak_bytes'] / 2**20:,.0f} MiB ({ratio:.3f}x)",
+                         "flat (<= 1.10x)" if method == "stream" else "-",
+                         abs(ratio - 1) <= 0.10 if method == "stream" else None))
+    if not d.get("memory"):
+        rows.append(_missing("aggregate", setting, "peak memory vs clients per round", "not measured (--no-memory)"))
+    return rows
+
+
+def vit_rows(d: dict) -> list[list[str]]:
+    s = d["settings"]
+    m = d["clients_per_round"]
+    rows = []
+    for arch, r in d["results"].items():
+        setting = f"{arch}, {s['image_size']} px, B={s['batch_size']}, J={s['local_steps']}, m={m}"
+        rows.append(_row("vit_sparse_fl", setting, "round overhead (outside client compute)",
+                         f"{_pct(r['other_share'])} of {r['round_s']:.2f} s", "< 5%", r["other_share"] < 0.05))
+        fed = m * s["local_steps"] * s["batch_size"] / r["round_s"]
+        rows.append(_row("vit_sparse_fl", setting, "centralized train img/s (SGD) vs federated img/s",
+                         f"{r['train_img_s']:.0f} vs {fed:.0f} ({fed / r['train_img_s']:.2f}x)"))
+        rows.append(_row("vit_sparse_fl", setting, "train img/s SparseSGDM; eval img/s",
+                         f"{r['sparse_train_img_s']:.0f}; {r['eval_img_s']:.0f}"))
+    return rows
+
+
+def mamba_rows(d: list) -> list[list[str]]:
+    rows = []
+    for r in d:
+        setting = f"{r['layers']} layer(s)"
+        if "central_tok_s" in r:
+            setting += f", {r.get('kernel_path', '')} path"
+            rows.append(_row("mamba_fl", setting, "FedAvg round overhead", _pct(r["fedavg_overhead"]), "< 5%",
+                             r["fedavg_overhead"] < 0.05))
+            rows.append(_row("mamba_fl", setting, "FedFisher round overhead (includes its Fisher)",
+                             _pct(r["fedfisher_overhead"])))
+            rows.append(_row("mamba_fl", setting, "centralized vs FedAvg tokens/s",
+                             f"{r['central_tok_s']:.0f} vs {r['fedavg_tok_s']:.0f} "
+                             f"({r['fedavg_tok_s'] / r['central_tok_s']:.2f}x)"))
+        elif "vmap_s" in r:
+            rows.append(_row("mamba_fl", setting, "Fisher vmap vs per-example loop",
+                             f"{r['vmap_s']:.2f} vs {r['loop_s']:.2f} s ({r['loop_s'] / r['vmap_s']:.1f}x faster), "
+                             f"gap {r['rel_gap']:.0e}"))
+    return rows
+
+
+def lora_rows(d: dict) -> list[list[str]]:
+    setting = f"{d['clients']} clients, roberta-base query/value adapters"
+    svd = next(v for k, v in d["timings_ms"].items() if k.startswith("svd (QR"))
+    dense = next((v for k, v in d["timings_ms"].items() if k.startswith("svd (dense")), None)
+    value = f"{svd:.1f} ms" + (f" (dense reference {dense:.1f} ms)" if dense is not None else "")
+    rows = [_row("lora_glue_fl", setting, "SVD merge time", value)]
+    if d.get("step_s") is None:
+        rows.append(_missing("lora_glue_fl", setting, "round overhead (merge share of an SST-2 round)",
+                             "not measured (training step skipped; run with --full)", "< 5%"))
+    else:
+        share = svd / 1e3 / (d["round_steps"] * d["step_s"] + svd / 1e3)
+        rows.append(_row("lora_glue_fl", setting, "round overhead (merge share of an SST-2 round)",
+                         f"{100 * share:.2g}%", "< 5%", share < 0.05))
+    return rows
+
+
+def fisher_rows(d: dict) -> list[list[str]]:
+    rows = []
+    for r in d["results"]:
+        setting = f"{r['model']}, {r['params']:,} params, batch {r['batch_size']}"
+        note = " (vmap fell back to the loop)" if r["vmap_fallback"] else ""
+        rows.append(_row("fisher", setting, "per-example (vmap) Fisher / batch fwd+bwd",
+                         f"{r['per_example_ratio']:.2f}x ({r['per_example_ms']:.1f} vs {r['batch_ms']:.1f} ms){note}",
+                         "<= 3x", r["per_example_ratio"] <= 3))
+        rows.append(_row("fisher", setting, "per-example loop / batch fwd+bwd",
+                         f"{r['loop_ratio']:.2f}x ({r['loop_ms']:.1f} ms); vmap vs loop gap {r['rel_gap']:.0e}"))
+    return rows
+
+
+ROW_BUILDERS = {"aggregate": aggregate_rows, "vit": vit_rows, "mamba": mamba_rows, "lora_merge": lora_rows,
+                "fisher": fisher_rows}
+
+
+def fixed_rows(cuda: bool, device: str) -> list[list[str]]:
+    """Rows nothing in this run measures: the llm_noniid overhead, 1 vs 2 processes, and the GPU figures."""
+    rows = [_missing("llm_noniid", "-", "round overhead", "not measured: llm_noniid has no benchmark yet", "< 5%"),
+            _missing("processes", "2-core machine, compute-bound model", "1 vs 2 processes wall time per round",
+                     NO_TORCHRUN, ">= 1.6x")]
+    if not cuda:
+        why = "not measured (no CUDA device)"
+    elif not device.startswith("cuda"):
+        why = "not measured (run with --device cuda)"
+    else:
+        why = "not measured (no benchmark reports it; see the rows above for throughput on this device)"
+    for metric in ("tokens/s (mamba_fl)", "images/s (vit_sparse_fl)", "TFLOP/s", "peak GPU memory"):
+        rows.append(_missing("gpu (H200)", "-", metric, why))
+    return rows
+
+
+def build_table(results: dict[str, object], *, cuda: bool, device: str) -> list[list[str]]:
+    """Rows for every benchmark in ``results`` (name -> parsed JSON, or an error string when it failed)."""
+    rows = []
+    for name, d in results.items():
+        if isinstance(d, str):
+            rows.append(_missing(name, "-", "all", f"failed: {d}"))
+            continue
+        try:
+            rows += ROW_BUILDERS[name](d)
+        except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError) as e:
+            rows.append(_missing(name, "-", "all", f"unreadable output ({type(e).__name__}: {e})"))
+    return rows + fixed_rows(cuda, device)
+
+
+def header_lines(device: str, threads: int, full: bool) -> list[str]:
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+    return [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"- machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+            f"load average {os.getloadavg()[0]:.1f} at the end",
+            f"- device: {device} (CUDA: {cuda}); torch {torch.__version__}, Python {platform.python_version()}",
+            f"- settings: {'--full' if full else 'small (default)'}, "
+            f"{threads if threads else 'default'} thread(s) per benchmark; values are medians of repeated runs"]
+
+
+# ----------------------------------------------------------------------------- running the benchmarks
+def run_benchmark(name: str, args, out_dir: str) -> dict | list | str:
+    script, small, full = BENCHMARKS[name]
+    path = os.path.join(out_dir, name + ".json")
+    cmd = [sys.executable, str(HERE / script), *(full if args.full else small), "--device", args.device, "--json", path]
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {args.timeout:.0f} s"
+    print(f"{name}: {time.perf_counter() - start:.0f} s, exit {proc.returncode}", flush=True)
+    if proc.returncode != 0 or not os.path.exists(path):
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"exit {proc.returncode}: {last[:200]}"
+    with open(path) as f:
+        return json.load(f)
+
+
+def main(argv=None) -> dict:
+    args = cli.parse(get_args_parser(), argv)
+    cli.check(args.threads >= 0 and args.timeout > 0, "--threads must be >= 0 and --timeout > 0")
+    names = args.only or list(BENCHMARKS)
+    with tempfile.TemporaryDirectory() as out:
+        results = {name: run_benchmark(name, args, out) for name in names}
+    rows = build_table(results, cuda=torch.cuda.is_available(), device=args.device)
+    command = " ".join(["python benchmarks/run_all.py", *(sys.argv[1:] if argv is None else argv)])
+    text = "\n".join(["# Benchmark results", "", *header_lines(args.device, args.threads, args.full),
+                      f"- command: `{command}`", "", markdown_table(HEADERS, rows), ""])
+    print()
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+    return {"rows": rows, "results": results}
+
+
+if __name__ == "__main__":
+    cli.run(main)

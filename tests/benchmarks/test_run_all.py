@@ -1,0 +1,114 @@
+"""benchmarks/run_all.py: the combined table built from fabricated benchmark JSON (no benchmark is run)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+RUN_ALL = Path(__file__).resolve().parents[2] / "benchmarks" / "run_all.py"
+
+
+@pytest.fixture(scope="module")
+def run_all():
+    spec = importlib.util.spec_from_file_location("bench_run_all", RUN_ALL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_results(*, speedup=3.0, copy_fraction=0.7, peak_k100=1.05, vit_other=0.02, fedavg_overhead=0.08,
+                 fisher_ratio=2.5, step_s=None) -> dict:
+    mib = 2**20
+    return {
+        "aggregate": {
+            "numel": 2_000_000, "quick": True,
+            "timings": [{"clients": k, "method": m, "speedup": speedup if m == "stream" else 1.0,
+                         "gb_s": 10.0 * copy_fraction, "copy_gb_s": 10.0, "copy_fraction": copy_fraction}
+                        for k in (10, 100) for m in ("reference", "stream")],
+            "memory": [{"method": "stream", "clients": 10, "peak_bytes": 400 * mib, "before_bytes": 390 * mib},
+                       {"method": "stream", "clients": 100, "peak_bytes": int(400 * peak_k100 * mib),
+                        "before_bytes": 390 * mib},
+                       {"method": "reference", "clients": 10, "peak_bytes": 500 * mib, "before_bytes": 390 * mib},
+                       {"method": "reference", "clients": 100, "peak_bytes": 1500 * mib, "before_bytes": 390 * mib}]},
+        "vit": {"clients_per_round": 2, "settings": {"image_size": 32, "batch_size": 8, "local_steps": 1},
+                "results": {"vit_tiny": {"train_img_s": 100.0, "sparse_train_img_s": 90.0, "eval_img_s": 400.0,
+                                         "round_s": 0.2, "client_s": 0.2 * (1 - vit_other),
+                                         "other_share": vit_other}}},
+        "mamba": [{"layers": 1, "central_tok_s": 1000.0, "fedavg_tok_s": 800.0, "fedavg_overhead": fedavg_overhead,
+                   "fedfisher_tok_s": 500.0, "fedfisher_overhead": 0.4, "kernel_path": "torch"},
+                  {"layers": 1, "vmap_s": 0.5, "loop_s": 2.0, "rel_gap": 1e-6}],
+        "lora_merge": {"clients": 10, "step_s": step_s, "round_steps": 2110, "agree": 1e-6,
+                       "timings_ms": {"svd (QR core, lora_glue_fl)": 20.0, "svd (dense dW + full SVD)": 300.0,
+                                      "naive A/B average": 1.0, "exact (stacked)": 2.0}},
+        "fisher": {"results": [{"model": "vit_tiny", "params": 67060, "batch_size": 16, "batch_ms": 20.0,
+                                "per_example_ms": 20.0 * fisher_ratio, "loop_ms": 80.0,
+                                "per_example_ratio": fisher_ratio, "loop_ratio": 4.0, "rel_gap": 1e-7,
+                                "vmap_fallback": False}]},
+    }
+
+
+def verdicts(rows, bench: str, metric_start: str) -> list[str]:
+    return [r[5] for r in rows if r[0] == bench and r[2].startswith(metric_start)]
+
+
+def test_targets_met_and_missed(run_all):
+    rows = run_all.build_table(fake_results(), cuda=False, device="cpu")
+    assert all(len(r) == len(run_all.HEADERS) for r in rows)
+    assert verdicts(rows, "aggregate", "WeightedMean vs") == ["yes", "yes"]
+    assert verdicts(rows, "aggregate", "WeightedMean bandwidth") == ["yes", "yes"]
+    assert verdicts(rows, "aggregate", "peak memory, WeightedMean") == ["yes"]
+    assert verdicts(rows, "aggregate", "peak memory, per-key") == ["-"]      # informational, no target
+    assert verdicts(rows, "vit_sparse_fl", "round overhead") == ["yes"]
+    assert verdicts(rows, "mamba_fl", "FedAvg round overhead") == ["NO"]     # 8% >= 5%
+    assert verdicts(rows, "fisher", "per-example (vmap)") == ["yes"]
+    assert verdicts(rows, "lora_glue_fl", "round overhead") == ["n/a"]       # training step skipped
+
+    bad = run_all.build_table(fake_results(speedup=1.5, copy_fraction=0.3, peak_k100=1.5, vit_other=0.06,
+                                           fedavg_overhead=0.01, fisher_ratio=3.5, step_s=1.0),
+                              cuda=False, device="cpu")
+    assert verdicts(bad, "aggregate", "WeightedMean vs") == ["NO", "NO"]
+    assert verdicts(bad, "aggregate", "WeightedMean bandwidth") == ["NO", "NO"]
+    assert verdicts(bad, "aggregate", "peak memory, WeightedMean") == ["NO"]
+    assert verdicts(bad, "vit_sparse_fl", "round overhead") == ["NO"]
+    assert verdicts(bad, "mamba_fl", "FedAvg round overhead") == ["yes"]
+    assert verdicts(bad, "fisher", "per-example (vmap)") == ["NO"]
+    assert verdicts(bad, "lora_glue_fl", "round overhead") == ["yes"]        # 20 ms of a 2110 s round
+
+
+def test_derived_values(run_all):
+    rows = run_all.build_table(fake_results(), cuda=False, device="cpu")
+    value = {r[2]: r[3] for r in rows}
+    assert value["centralized vs FedAvg tokens/s"] == "1000 vs 800 (0.80x)"
+    # federated img/s = m * J * B / round time = 2 * 1 * 8 / 0.2
+    assert value["centralized train img/s (SGD) vs federated img/s"] == "100 vs 80 (0.80x)"
+    assert value["peak memory, WeightedMean"].endswith("(1.050x)")
+
+
+def test_unmeasured_and_failed_rows(run_all):
+    results = fake_results()
+    results["vit"] = "exit 1: RuntimeError: boom"
+    del results["fisher"]["results"][0]["per_example_ratio"]
+    rows = run_all.build_table(results, cuda=False, device="cpu")
+    assert ["vit", "-", "all", "failed: exit 1: RuntimeError: boom", "-", "n/a"] in rows
+    assert any(r[0] == "fisher" and r[3].startswith("unreadable output") for r in rows)
+    gpu = [r for r in rows if r[0] == "gpu (H200)"]
+    assert {r[2] for r in gpu} == {"tokens/s (mamba_fl)", "images/s (vit_sparse_fl)", "TFLOP/s", "peak GPU memory"}
+    assert all(r[3] == "not measured (no CUDA device)" and r[5] == "n/a" for r in gpu)
+    procs = [r for r in rows if r[0] == "processes"]
+    assert len(procs) == 1 and "torchrun" in procs[0][3] and procs[0][4] == ">= 1.6x"
+    on_gpu = run_all.build_table({}, cuda=True, device="cpu")
+    assert all("--device cuda" in r[3] for r in on_gpu if r[0] == "gpu (H200)")
+
+
+def test_main_writes_results_file(run_all, monkeypatch, tmp_path):
+    fake = fake_results()
+    monkeypatch.setattr(run_all, "run_benchmark", lambda name, args, out: fake[name])
+    out = tmp_path / "RESULTS.md"
+    summary = run_all.main(["--only", "fisher", "mamba", "--output", str(out)])
+    text = out.read_text()
+    header = [line for line in text.splitlines() if line.startswith("|")][0]
+    assert [c.strip() for c in header.strip("|").split("|")] == run_all.HEADERS
+    assert "python benchmarks/run_all.py --only fisher mamba" in text
+    assert "cores" in text and "torch " in text
+    assert {r[0] for r in summary["rows"]} == {"fisher", "mamba_fl", "llm_noniid", "processes", "gpu (H200)"}
