@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
     evals = {s: splits[s] if args.max_eval_samples is None else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
              for s in task.eval_splits}
     eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length) for s, e in evals.items()}
-    base = modeling.build_model(args, tokenizer, task.num_labels, args.seed)
+    base = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
     base_path = modeling.model_id(args)
     if base_path == "tiny":  # adapters name their base model: save the tiny one next to them
         base_path = str(rd.artifact("base_model"))

@@ -93,7 +93,7 @@ def run(args, lora: bool = True) -> dict:
     evals = {s: splits[s] if not args.max_eval_samples else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
              for s in task.eval_splits}
     eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length) for s, e in evals.items()}
-    model = modeling.build_model(args, tokenizer, task.num_labels, args.seed)
+    model = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
     base_path = modeling.model_id(args)
     if lora:
         if base_path == "tiny":

@@ -2,8 +2,9 @@
 
 Models: ``--model_size base|large`` (roberta-base / roberta-large from the Hugging Face cache),
 ``--model_name_or_path DIR`` (any local RoBERTa checkpoint), or ``tiny`` (``--quick``): a 2-layer RoBERTa
-built in code and initialised at random from the seed, saved with ``save_pretrained`` so adapters can name
-it as their base model.
+built in code and initialised at random from the seed, or (``--pretrain_mlm_steps N``) first pretrained with
+a cached masked-LM stage on unlabelled task texts (lora_glue_fl/mlm.py); saved with ``save_pretrained`` so
+adapters can name it as their base model.
 
 Training is a plain loop (no ``Trainer``): AdamW, linear decay to zero, gradient clipping at 1.0 and no
 weight decay, as ``transformers.Trainer`` defaults; batches and dropout of client ``c`` in round ``r`` come
@@ -44,6 +45,21 @@ def add_model_args(parser, *, tiny_default: bool = False) -> None:
     g.add_argument("--tokenizer_vocab_size", type=int, default=4096, help="vocabulary of a trained 'bpe' tokenizer")
     g.add_argument("--max_seq_length", type=int, default=128, help="tokens per example (the source used 128)")
     g.add_argument("--cache_dir", default=None, help="Hugging Face cache for models and datasets")
+    g = parser.add_argument_group("masked-LM pretraining of the tiny model (its stand-in for RoBERTa's pretraining)")
+    g.add_argument("--pretrain_mlm_steps", type=int, default=0,
+                   help="tiny model only: masked-LM steps on unlabelled task texts before fine-tuning "
+                        "(0 = a random base; --quick also defaults to 0). Cached on disk, shared by all runs "
+                        "with the same settings")
+    g.add_argument("--pretrain_mlm_lr", type=float, default=1e-3, help="AdamW rate of the masked-LM stage")
+    g.add_argument("--pretrain_mlm_batch_size", type=int, default=64, help="sequences per masked-LM step")
+    g.add_argument("--pretrain_mlm_seed", type=int, default=0,
+                   help="seed of the masked-LM stage (fixed, not --seed: every seed of a grid shares one base)")
+    g.add_argument("--pretrain_mlm_data_dir", default=None,
+                   help="GLUE TSV folder whose training texts (labels unused) feed the masked-LM stage "
+                        "(default: the run's own training texts)")
+    g.add_argument("--pretrain_mlm_max_texts", type=int, default=20000, help="at most this many texts for it")
+    g.add_argument("--pretrain_mlm_cache", default=None,
+                   help="folder of cached masked-LM bases (default: <out-dir>/mlm_cache)")
 
 
 def quiet_hf() -> None:
@@ -73,23 +89,37 @@ def build_tokenizer(args, train: Examples, work_dir: Path):
     return text.load_tokenizer("bpe", train_files=[corpus], vocab_size=args.tokenizer_vocab_size, style="roberta")
 
 
-def build_model(args, tokenizer, num_labels: int, seed: int):
-    """A ``RobertaForSequenceClassification`` (1 output + MSE for STS-B); clear line if not available."""
-    from transformers import (
-        AutoModelForSequenceClassification,
-        RobertaConfig,
-        RobertaForSequenceClassification,
-    )
+def tiny_config(tokenizer, max_seq_length: int, **extra):
+    """The tiny RoBERTa's config for ``tokenizer`` (positions for ``max_seq_length`` tokens)."""
+    from transformers import RobertaConfig
+    return RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=max_seq_length + 2 + 1,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, **TINY, **extra)
+
+
+def build_model(args, tokenizer, num_labels: int, seed: int, train: Examples | None = None):
+    """A ``RobertaForSequenceClassification`` (1 output + MSE for STS-B); clear line if not available.
+
+    The tiny model is random, or (``--pretrain_mlm_steps`` > 0) the encoder of the cached masked-LM base
+    trained on ``train`` (or ``--pretrain_mlm_data_dir``) by :func:`lora_glue_fl.mlm.pretrained_base`, with
+    a classifier head drawn from ``seed``.
+    """
+    from transformers import AutoModelForSequenceClassification, RobertaForSequenceClassification
     problem = "regression" if num_labels == 1 else "single_label_classification"
     mid = model_id(args)
+    steps = getattr(args, "pretrain_mlm_steps", 0)
+    cli.check(steps >= 0, f"--pretrain_mlm_steps must be >= 0, got {steps}")
+    cli.check(steps == 0 or mid == "tiny", f"--pretrain_mlm_steps is for the tiny model; {mid} is already pretrained")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.stream_seed(seed, "base-model"))  # the tiny base (and new heads) per seed
+        if mid == "tiny" and getattr(args, "pretrain_mlm_steps", 0) > 0:
+            from lora_glue_fl import mlm
+            base_dir = mlm.base_for_args(args, tokenizer, train)
+            return RobertaForSequenceClassification.from_pretrained(str(base_dir), num_labels=num_labels,
+                                                                    problem_type=problem)
         if mid == "tiny":
-            cfg = RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=args.max_seq_length + 2 + 1,
-                                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, num_labels=num_labels,
-                                problem_type=problem, **TINY)
-            return RobertaForSequenceClassification(cfg)
+            return RobertaForSequenceClassification(tiny_config(tokenizer, args.max_seq_length,
+                                                                num_labels=num_labels, problem_type=problem))
         try:
             return AutoModelForSequenceClassification.from_pretrained(
                 mid, num_labels=num_labels, problem_type=problem, cache_dir=args.cache_dir)

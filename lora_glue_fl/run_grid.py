@@ -4,10 +4,13 @@
     python plots/plot_lora_glue.py --runs runs/lora_glue_grid --out figures/lora_glue
 
 Tasks: the embedded SST-2, MRPC and STS-B layouts (common.synthetic) and, when --real_data_dir holds them,
-real GLUE SST-2 and MRPC. Each gets --train_samples training examples drawn with a fixed seed, written as a
-GLUE TSV folder (dev.tsv whole) so that every script reads it through the normal --data_dir reader. Model: the tiny RoBERTa initialised at random
-(no pretraining), LoRA on query/value + classifier head. Every run is an ordinary run directory; runs
-already finished are skipped, so the grid can be restarted.
+real GLUE SST-2 and MRPC. Each gets --train_samples labelled training examples drawn with a fixed seed, written
+as a GLUE TSV folder (dev.tsv whole) so that every script reads it through the normal --data_dir reader.
+Model: the tiny RoBERTa, first pretrained with --pretrain_mlm_steps masked-LM steps on the task's whole
+training split used as unlabelled text (at most --pretrain_mlm_max_texts texts; one cached base per task,
+shared by every method and seed: see lora_glue_fl/mlm.py), then LoRA on query/value + classifier head.
+--pretrain_mlm_steps 0 gives the random base of the first table in the README. Every run is an ordinary
+run directory; runs already finished are skipped, so the grid can be restarted.
 """
 from __future__ import annotations
 
@@ -48,6 +51,13 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--lora_r", type=int, default=8, help="client LoRA rank = svd rank")
     p.add_argument("--learning_rate", type=float, default=1e-2, help="AdamW rate (a random base needs a large one)")
     p.add_argument("--batch_size", type=int, default=32, help="training batch size (clients and centralized)")
+    p.add_argument("--pretrain_mlm_steps", type=int, default=1500,
+                   help="masked-LM steps of the tiny base on the task's unlabelled training texts (0: random base)")
+    p.add_argument("--pretrain_mlm_lr", type=float, default=5e-3, help="AdamW rate of the masked-LM stage")
+    p.add_argument("--pretrain_mlm_max_texts", type=int, default=20000, help="unlabelled texts for it, at most")
+    p.add_argument("--tasks_real_tokenizer", choices=["roberta", "bpe"], default="bpe",
+                   help="real tasks: the RoBERTa-base tokenizer (50k tokens, slow masked-LM head) or a 2,000-token "
+                        "BPE trained on the training texts like the embedded tasks")
     p.add_argument("--workers", type=int, default=1, help="processes running grid cells in parallel")
     return p
 
@@ -78,10 +88,10 @@ def cells(args) -> list[tuple[str, list[str]]]:
     from lora_glue_fl import make_shards
     out = Path(args.out_dir)
     jobs = []
+    from common import synthetic
     for name in args.tasks:
         task, source, seq = TASKS[name]
         if source == "synthetic":
-            from common import synthetic
             src = synthetic.ensure(f"glue-{task}")
         else:
             src = Path(args.real_data_dir) / source
@@ -91,7 +101,15 @@ def cells(args) -> list[tuple[str, list[str]]]:
         folder = subset_folder(src, out / "data" / f"{name}_{args.train_samples}", args.train_samples)
         data = ["--data_dir", str(folder)]
         tokenizer = (["--tokenizer", str(Path(args.real_data_dir) / "roberta_base_tokenizer")]
-                     if source != "synthetic" else ["--tokenizer_vocab_size", "2000"])
+                     if source != "synthetic" and args.tasks_real_tokenizer == "roberta"
+                     else ["--tokenizer_vocab_size", "2000"])
+        if args.pretrain_mlm_steps > 0:  # one base per task in <out-dir>/mlm_cache, keyed by its settings
+            # unlabelled texts: the real training split, or as many fresh sentences of the embedded generator
+            mlm_src = src if source != "synthetic" else synthetic.ensure(f"glue-{task}",
+                                                                         n_train=args.pretrain_mlm_max_texts)
+            tokenizer += ["--pretrain_mlm_steps", str(args.pretrain_mlm_steps), "--pretrain_mlm_lr",
+                          str(args.pretrain_mlm_lr), "--pretrain_mlm_data_dir", str(mlm_src),
+                          "--pretrain_mlm_max_texts", str(args.pretrain_mlm_max_texts)]
         common_args = data + tokenizer + ["--task_name", task, "--model_size", "tiny", "--max_seq_length", str(seq),
                                           "--max_eval_samples", str(args.eval_samples), "--quiet", "--out-dir", str(out)]
         for seed in args.seeds:
@@ -116,8 +134,16 @@ def cells(args) -> list[tuple[str, list[str]]]:
                         "--eval_each_round", "--save_client_adapters", "last", "--batch_size", str(args.batch_size), "--seed", str(seed),
                         "--run-name", f"{name}_{method}_{sharding}_s{seed}"]
                         + (["--eval_clients"] if method == "svd" else [])))
-    # seed-major order: an interrupted grid still has every cell for the first seeds
-    return sorted(jobs, key=lambda j: int(j[1][j[1].index("--seed") + 1]))
+    # seed-major order (an interrupted grid still has every cell for the first seeds), tasks interleaved so
+    # that parallel workers start on different tasks instead of waiting for the same masked-LM base
+    seed_of = lambda j: int(j[1][j[1].index("--seed") + 1])  # noqa: E731
+    task_of = lambda j: j[1][j[1].index("--run-name") + 1].split("_")[0]  # noqa: E731
+    count, keyed = {}, []
+    for j in jobs:
+        k = (seed_of(j), task_of(j))
+        count[k] = count.get(k, 0) + 1
+        keyed.append(((seed_of(j), count[k], args.tasks.index(task_of(j))), j))
+    return [j for _, j in sorted(keyed, key=lambda kj: kj[0])]
 
 
 def run_cell(job) -> str:

@@ -11,7 +11,8 @@ writes, mean +- std over seeds:
 * ``<out>/svd_error_vs_rank.png``  relative error ||dW_bar - dW_r|| / ||dW_bar|| of the SVD merge against the
                                    rank r, from the client adapters saved in the last round of each svd run;
 * ``<out>/summary.png``            final main metric per task, method and sharding (bars);
-* ``<out>/results.md``             the same as a markdown table (the README table).
+* ``<out>/results.md``             the same as a markdown table (the README table), followed by the masked-LM
+                                   bases of ``<runs>/mlm_cache`` (held-out masked-LM loss before / after).
 """
 from __future__ import annotations
 
@@ -91,6 +92,20 @@ def results_table(groups) -> str:
             row.append(f"{mean:.3f} ± {std:.3f}" + (f" (n={n})" if n != 3 else ""))
         rows.append(row)
     return markdown_table(headers, rows)
+
+
+def mlm_table(root: Path) -> str:
+    """The cached masked-LM bases under ``root/mlm_cache`` (lora_glue_fl/mlm.py), one row each; '' if none."""
+    import json
+    rows = []
+    for f in sorted(root.glob("mlm_cache/*/mlm.json")):
+        r = json.loads(f.read_text())
+        rows.append([f.parent.name, r["texts"], r["steps"], r["lr"], f"{r['chance_loss']:.2f}",
+                     f"{r['held_out_loss_before']:.3f}", f"{r['held_out_loss_after']:.3f}"])
+    if not rows:
+        return ""
+    return markdown_table(["masked-LM base", "texts", "steps", "lr", "ln(vocab)", "held-out loss before",
+                           "after"], rows)
 
 
 def plot_rounds(groups, out: Path) -> list[Path]:
@@ -198,6 +213,9 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = results_table(groups)
+    bases = mlm_table(root)
+    if bases:
+        table += "\n\n" + bases
     (out / "results.md").write_text(table + "\n", encoding="utf-8")
     files = plot_rounds(groups, out) + plot_svd_error(groups, out, args.max_rank) + plot_summary(groups, out)
     print(table)

@@ -214,8 +214,10 @@ def test_run_grid_cells_and_subsets(tmp_path):
     """The grid's plan (runs are ordinary script invocations, tested above) and its data subsets."""
     from lora_glue_fl import glue_tasks, run_grid
     args = run_grid.get_args_parser().parse_args(["--out-dir", str(tmp_path), "--tasks", "syn-mrpc", "--seeds", "0",
-                                                  "1", "--train_samples", "120", "--rounds", "2"])
+                                                  "1", "--train_samples", "120", "--rounds", "2",
+                                                  "--pretrain_mlm_steps", "0"])
     jobs = run_grid.cells(args)
+    assert not any("--pretrain_mlm_steps" in a for _, a in jobs)   # 0: the random base
     assert len(jobs) == 2 * (1 + 3 * 2)
     assert [int(a[a.index("--seed") + 1]) for _, a in jobs] == [0] * 7 + [1] * 7
     names = {a[a.index("--run-name") + 1] for _, a in jobs}
