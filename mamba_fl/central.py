@@ -140,6 +140,10 @@ def main(argv=None) -> dict:
     from plots.plot_mamba import perplexity_curve
 
     perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, optimal=data.optimal_ppl)
+    if not args.quiet:
+        optimum = f"; optimum of the source {data.optimal_ppl:.2f} per word" if data.optimal_ppl else ""
+        print(f"run directory: {rd.path} (final validation perplexity {summary['final_val_ppl']:.2f}"
+              f"{optimum}; figure: perplexity.png)")
     return summary
 
 
