@@ -12,6 +12,10 @@ takes J SGD-momentum steps on its own shard, and the server sets theta <- sum_k 
 The learning rate follows a cosine over rounds. Every random draw of a client (batches, augmentation,
 dropout) is keyed by (seed, round, client), so --resume reproduces the uninterrupted run exactly.
 The sweeps keep every value's run directory and summary (the source kept only the last value).
+
+Under ``torchrun --nproc-per-node N`` each rank trains its share of the round's clients (balanced by shard
+size) and one all-reduce per round sums the aggregators; every rank applies the same server step, rank 0
+evaluates, logs and checkpoints. The result does not depend on N (up to float summation order).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from common import cli, shard
+from common import distributed as D
 from common import params as P
 from common import seed as seeding
 from common.aggregate import WeightedMean
@@ -76,9 +81,14 @@ def default_run_name(args, prefix: str = "fedavg") -> str:
 
 def setup(args) -> dict:
     """Data, shards, model and run directory: the context every round needs."""
+    D.init()                                                 # no-op without torchrun
     seeding.seed_everything(args.seed)
-    device = cli.resolve_device(args.device)
+    device = D.device_for_rank(cli.resolve_device(args.device))
+    if not D.is_main():
+        D.barrier()                                          # rank 0 writes / downloads the data first
     train, val, test, num_classes = cifar.load_cifar100(args, device)
+    if D.is_main():
+        D.barrier()
     if args.sharding == "non_iid":
         cli.check(args.nc <= num_classes, f"--nc {args.nc} exceeds the {num_classes} classes of the data")
     cli.check(args.num_clients <= len(train),
@@ -111,8 +121,11 @@ def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: 
     clients = sample_clients(args.seed, round_idx, args.num_clients, args.participation_rate,
                              purpose + "_clients")
     agg = WeightedMean(params)
+    world = D.world_size()
+    mine = clients if world == 1 else D.assign_clients(
+        clients, [len(ctx["shards"][k]) for k in clients], world)[D.rank()]
     losses, client_s, images = [], 0.0, 0
-    for k in clients:
+    for k in mine:
         P.load_(params, global_params)                       # every client starts from the global model
         if masks is None:
             opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -132,6 +145,8 @@ def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: 
         agg.add(params, weight=float(len(ctx["shards"][k])))
         losses.append(loss)
         images += n
+    if world > 1:
+        losses, images, client_s = reduce_round(agg, clients, mine, losses, images, client_s)
     new = agg.result()
     with torch.no_grad():
         if masks is not None:
@@ -142,13 +157,30 @@ def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: 
             "clients": len(clients)}
 
 
+def reduce_round(agg, clients: list[int], mine: list[int], losses: list[float], images: int,
+                 client_s: float) -> tuple[list[float], int, float]:
+    """The round's one all-reduce: the aggregator's sums plus a stats vector in the accumulator dtype,
+    [loss of every selected client (0 where another rank trained it) | images | client seconds] of shape
+    (m + 2,). Returns (losses of all ``clients`` in order, images, client seconds) summed over ranks."""
+    acc = agg.accumulators()
+    stats = [0.0] * (len(clients) + 2)
+    for k, loss in zip(mine, losses):
+        stats[clients.index(k)] = loss
+    stats[-2:] = [float(images), client_s]
+    stats = torch.tensor(stats, dtype=acc[0].dtype).to(acc[0].device)
+    D.all_reduce_sum_([*acc, stats])
+    stats = stats.tolist()
+    return stats[:-2], int(round(stats[-2])), stats[-1]
+
+
 def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | None = None,
              prefix: str = "fedavg", kind: str = "vit_sparse_fl/train_federated") -> dict:
     """Run the rounds into the run directory and return the summary (the loop of every FedAvg variant)."""
     ctx = ctx or setup(args)
     model, params, device = ctx["model"], ctx["params"], ctx["device"]
+    main_rank = D.is_main()
     run = RunDir(args.out_dir, args.run_name or default_run_name(args, prefix), vars(args),
-                 resume=args.resume, kind=kind)
+                 resume=args.resume, kind=kind, is_main=main_rank)
     global_params = P.clone(params)
     start, best = 0, {"val_accuracy": -1.0, "round": 0}
     state = run.load_checkpoint() if args.resume else None
@@ -157,14 +189,14 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
         start, best = state["round"], state["best"]
         seeding.set_rng_state(state["rng"])
     loop_s = client_s = 0.0
-    bar = tqdm(range(start, args.rounds), disable=args.quiet, desc=prefix, dynamic_ncols=True)
+    bar = tqdm(range(start, args.rounds), disable=args.quiet or not main_rank, desc=prefix, dynamic_ncols=True)
     for r in bar:
         t0 = time.perf_counter()
         lr = exp.cosine_lr(r, args.rounds, args.lr)
         stats = fed_round(ctx, r, global_params, lr, masks)
         client_s += stats["client_seconds"]
         loop_s += time.perf_counter() - t0
-        if (r + 1) % args.eval_every == 0 or r + 1 == args.rounds:
+        if main_rank and ((r + 1) % args.eval_every == 0 or r + 1 == args.rounds):
             P.load_(params, global_params)
             val = exp.evaluate(model, ctx["val"], args, device)
             row = {"round": r + 1, "step": (r + 1) * args.local_steps, "lr": lr,
@@ -176,6 +208,8 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
             bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", loss=f"{stats['train_loss']:.3f}")
             run.save_checkpoint({"round": r + 1, "best": best, "global": P.state_to_cpu(global_params)})
     P.load_(params, global_params)
+    if not main_rank:                                        # rank 0 evaluates and writes the summary
+        return D.broadcast_object(None)
     test = exp.evaluate(model, ctx["test"], args, device)
     rows = run.rows()
     n_coords = sum(p.numel() for p in params)
@@ -192,7 +226,7 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
                "client_seconds": client_s, "loop_seconds": loop_s, **(extra_summary or {})}
     summary = run.write_summary(summary)
     summary["run_dir"] = str(run.path)
-    return summary
+    return D.broadcast_object(summary)
 
 
 def sweep(args, runner, prefix: str = "fedavg") -> dict:
@@ -213,8 +247,9 @@ def sweep(args, runner, prefix: str = "fedavg") -> dict:
             results[f"J={j}"] = runner(sub)
     kind = "heterogeneity" if args.heterogeneity_experiment else "local_steps"
     out = {"experiment": kind, "results": results}
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(args.out_dir) / f"{prefix}_{kind}_experiment_seed{args.seed}.json", out)
+    if D.is_main():
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.out_dir) / f"{prefix}_{kind}_experiment_seed{args.seed}.json", out)
     return out
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from common import cli
+from common import distributed as D
 from common import params as P
 from common import seed as seeding
 from common.aggregate import WeightedMean
@@ -63,20 +64,29 @@ def backbone_split(ctx) -> tuple[list[str], list[torch.Tensor]]:
 
 
 def fisher_scores(ctx, global_params, round_idx: int) -> list[torch.Tensor]:
-    """Sample-weighted mean over ALL clients of each client's diagonal Fisher on its own data."""
+    """Sample-weighted mean over ALL clients of each client's diagonal Fisher on its own data.
+
+    Under torchrun each rank scores its share of the clients (balanced by shard size) and the weighted
+    Fisher sums are all-reduced, so every rank holds the same scores and builds the same mask.
+    """
     args, model, device = ctx["args"], ctx["model"], ctx["device"]
     _, targets = backbone_split(ctx)
     P.load_(ctx["params"], global_params)
     model.eval()                                            # no dropout noise in the scores
     model.set_fused_attention(False)                        # vmap cannot batch fused CPU attention
     agg = WeightedMean(targets)
-    for k, idx in enumerate(ctx["shards"]):
+    shards = ctx["shards"]
+    mine = range(len(shards)) if D.world_size() == 1 else D.assign_clients(
+        list(range(len(shards))), [len(s) for s in shards], D.world_size())[D.rank()]
+    for k in mine:
+        idx = shards[k]
         gen = seeding.client_generator(args.seed, round_idx, k, device, purpose="calibration")
         stream = list(cifar.batches(ctx["train"], args.batch_size, args.calibration_batches, gen,
                                     args.image_size, augment_train=False, indices=idx))
         labels = "sampled" if args.fisher_labels == "sampled" else "empirical"
         scores = diagonal_fisher(model, stream, labels=labels, params=targets, generator=gen)
         agg.add(scores, weight=float(len(idx)))
+    D.reduce_aggregator_(agg)                               # no-op in one process
     model.set_fused_attention(True)
     return agg.result()
 
@@ -117,8 +127,9 @@ def run_sparse(args) -> dict:
     summary = fed.federate(args, ctx, masks, extra_summary=extra, prefix=f"sparse_{args.mask_strategy}",
                            kind="vit_sparse_fl/train_federated_sparse")
     numel = {n: m.numel() for n, m in zip(ctx["names"], masks) if m is not None}
-    atomic_write_json(Path(summary["run_dir"], "mask_density.json"),
-                      {"overall": overall, "per_tensor": dens, "numel": numel})
+    if D.is_main():
+        atomic_write_json(Path(summary["run_dir"], "mask_density.json"),
+                          {"overall": overall, "per_tensor": dens, "numel": numel})
     return summary
 
 
@@ -146,8 +157,7 @@ def main(argv=None) -> dict:
 
 def main_one(args) -> dict:
     if args.heterogeneity_experiment or args.local_steps_experiment:
-        return fed.sweep(args, run_sparse, prefix=f"sparse_{args.mask_strategy}",
-                           kind="vit_sparse_fl/train_federated_sparse")
+        return fed.sweep(args, run_sparse, prefix=f"sparse_{args.mask_strategy}")
     return run_sparse(args)
 
 

@@ -1,0 +1,103 @@
+"""The federated scripts on 2 gloo ranks (forked processes with torchrun's environment) must reproduce the
+single-process run: same metrics rows and final test metrics to 1e-5 relative, resume included, and only
+rank 0 writes."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from common import distributed as D
+from vit_sparse_fl import train_federated as fed
+from vit_sparse_fl import train_federated_sparse as fsp
+
+# 8 clients, 4 per round (2 per rank), 3 rounds
+SMALL = ["--quick", "--quiet", "--num-clients", "8", "--participation-rate", "0.5", "--local-steps", "1",
+         "--rounds", "3", "--eval-every", "1", "--max-train", "160", "--max-test", "60", "--batch-size", "8",
+         "--eval-batch-size", "60"]
+SPARSE = ["--mask-strategy", "least_sensitive", "--sparsity-ratio", "0.5", "--calibration-rounds", "1",
+          "--head-warmup", "1", "--rounds", "2"]
+
+
+def crash_in_round_3(real):
+    def fed_round(ctx, r, *a, **kw):
+        if r == 2:
+            raise KeyboardInterrupt
+        return real(ctx, r, *a, **kw)
+    return fed_round
+
+
+def worker(rank, world, port, out):
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        res = {"dense": fed.main([*SMALL, "--out-dir", out, "--run-name", "dense"]),
+               "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", out, "--run-name", "sparse"])}
+        real = fed.fed_round
+        fed.fed_round = crash_in_round_3(real)   # both ranks stop before round 3; rank 0 saved round 2
+        try:
+            fed.main([*SMALL, "--out-dir", out, "--run-name", "cut"])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            fed.fed_round = real
+        res["resumed"] = fed.main([*SMALL, "--out-dir", out, "--run-name", "cut", "--resume"])
+        torch.save(res, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        D.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def assert_same_run(got: dict, ref: dict):
+    for key in ("test_accuracy", "test_loss", "final_val_accuracy", "best_val_accuracy"):
+        assert got[key] == pytest.approx(ref[key], rel=1e-5), key
+    a, b = rows(got["run_dir"]), rows(ref["run_dir"])
+    assert [r["round"] for r in a] == [r["round"] for r in b]
+    for x, y in zip(a, b):
+        for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5), (x["round"], key)
+
+
+def test_two_gloo_ranks_match_the_single_process_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    multi.mkdir()
+    ref = {"dense": fed.main([*SMALL, "--out-dir", str(single), "--run-name", "dense"]),
+           "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", str(single), "--run-name", "sparse"])}
+    # fork: the children inherit the imported torch instead of importing it again (seconds on 2 cores)
+    ctx = mp.start_processes(worker, args=(2, free_port(), str(multi)), nprocs=2, join=False,
+                             start_method="fork")
+    deadline = time.monotonic() + 180  # a hung collective must fail the test, not stall the suite
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the 2-process gloo run did not finish within 180 s")
+    r0, r1 = (torch.load(multi / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert r0 == r1                                          # every rank returns rank 0's summary
+    assert_same_run(r0["dense"], ref["dense"])
+    assert_same_run(r0["sparse"], ref["sparse"])
+    assert_same_run(r0["resumed"], ref["dense"])
+    assert r0["sparse"]["mask_density"] == pytest.approx(ref["sparse"]["mask_density"], abs=1e-9)
+    m_single = json.load(open(single / "sparse" / "mask_density.json"))
+    m_multi = json.load(open(multi / "sparse" / "mask_density.json"))
+    assert m_multi["per_tensor"] == pytest.approx(m_single["per_tensor"], abs=1e-9)  # same Fisher mask
+    assert r0["dense"]["client_seconds"] > 0                 # summed over the ranks' clients
+    # only rank 0 wrote: the run folders hold exactly the single-process files, and nothing else appeared
+    assert sorted(p.name for p in multi.iterdir()) == ["cut", "dense", "rank0.pt", "rank1.pt", "sparse"]
+    assert sorted(p.name for p in (multi / "dense").iterdir()) == sorted(p.name for p in (single / "dense").iterdir())
