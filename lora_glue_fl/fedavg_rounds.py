@@ -17,18 +17,27 @@ Outputs in <out_dir>/<run_name>/ (the source's layout inside the run directory):
     round_<k>/fused_r<r>/adapter/       the fused adapter (fused_r<r>_nosvd / fused_exact_r<r> for the others)
     base_model/                         the tiny base model (tiny runs), so PeftModel.from_pretrained finds it
     metrics.jsonl, summary.json, checkpoint.pt, args.json
+
+Under ``torchrun --nproc_per_node N`` each rank trains its share of the clients (balanced by shard size) and
+one all-gather per round hands every rank all clients' small LoRA factors and heads, so every rank merges the
+same adapters and holds the same fused adapter; rank 0 evaluates, logs, saves adapters and checkpoints.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from common import cli, runlog
+from common import distributed as D
 from common import seed as seeding
 from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling
 
@@ -106,9 +115,40 @@ def fused_dir_name(method: str, fused: adapters.Adapter) -> str:
     return {"svd": f"fused_r{fused.r}", "naive": f"fused_r{fused.r}_nosvd", "exact": f"fused_exact_r{fused.r}"}[method]
 
 
+def on_device(adapter: adapters.Adapter, device) -> adapters.Adapter:
+    """The adapter with its factors and head moved to ``device`` (CPU before pickling for a gather)."""
+    factors = {m: (A.to(device), B.to(device)) for m, (A, B) in adapter.factors.items()}
+    return dataclasses.replace(adapter, factors=factors, head={k: t.to(device) for k, t in adapter.head.items()})
+
+
+def gather_clients(mine: dict, num_clients: int, device) -> tuple[list[adapters.Adapter], list[dict]]:
+    """All clients' adapters and metric rows, in client order, on every rank.
+
+    ``mine``: client index -> (Adapter, row) for this rank's clients. Under torchrun one ``all_gather_object``
+    of the (small) factors and heads; single-process it only reorders.
+    """
+    if D.is_distributed():
+        shares = [None] * D.world_size()
+        dist.all_gather_object(shares, {i: (on_device(a, "cpu"), row) for i, (a, row) in mine.items()})
+        mine = {i: (on_device(a, device), row) for share in shares for i, (a, row) in share.items()}
+    assert sorted(mine) == list(range(num_clients)), f"clients {sorted(mine)} of {num_clients} came back"
+    return [mine[i][0] for i in range(num_clients)], [mine[i][1] for i in range(num_clients)]
+
+
+def build_tokenizer(args, train, rd: runlog.RunDir):
+    """The run's tokenizer; ranks other than 0 write its training corpus to a temporary folder instead of
+    the run directory (the tokenizer itself is cached by content, so every rank gets the same one)."""
+    if rd.is_main:
+        return modeling.build_tokenizer(args, train, rd.path / "tokenizer")
+    with tempfile.TemporaryDirectory() as tmp:
+        return modeling.build_tokenizer(args, train, Path(tmp))
+
+
 def main(argv=None) -> dict:
     args = resolve_args(cli.parse(get_args_parser(), argv))
-    device = cli.resolve_device(args.device)
+    owns_group = not D.is_distributed()  # tests may start the process group themselves
+    D.init()
+    device = D.device_for_rank(cli.resolve_device(args.device))
     splits = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)
     train = splits["train"]
     if args.shard_dir is not None:
@@ -128,13 +168,13 @@ def main(argv=None) -> dict:
     name = args.run_name or runlog.run_name(
         "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), k=len(shards),
         r=args.svd_rank if args.aggregation == "svd" else None, s=args.seed)
-    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device)
+    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, is_main=D.is_main(), device=device)
 
     # ---- data and model (built once; the base stays frozen, only LoRA + head train) -----------------------
     seeding.seed_everything(args.seed)
     if args.quiet:
         modeling.quiet_hf()
-    tokenizer = modeling.build_tokenizer(args, train, rd.path / "tokenizer")
+    tokenizer = build_tokenizer(args, train, rd)
     train_enc = modeling.encode(tokenizer, train, args.max_seq_length)
     evals = {s: splits[s] if args.max_eval_samples is None else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
              for s in task.eval_splits}
@@ -143,8 +183,9 @@ def main(argv=None) -> dict:
     base_path = modeling.model_id(args)
     if base_path == "tiny":  # adapters name their base model: save the tiny one next to them
         base_path = str(rd.artifact("base_model"))
-        base.save_pretrained(base_path)
-        tokenizer.save_pretrained(base_path)
+        if rd.is_main:
+            base.save_pretrained(base_path)
+            tokenizer.save_pretrained(base_path)
     state = {"model": None, "rank": None}
 
     def model_for(adapter: adapters.Adapter):
@@ -179,14 +220,18 @@ def main(argv=None) -> dict:
 
     # ---- rounds -------------------------------------------------------------------------------------------
     main_metric = task.main_metric
-    last_metrics = {r["round"]: r for r in rd.rows() if r.get("client") is None and main_metric in r}
+    rows_so_far = rd.rows() if rd.is_main else []  # only rank 0 keeps metrics
+    last_metrics = {r["round"]: r for r in rows_so_far if r.get("client") is None and main_metric in r}
     bar = tqdm(range(start, args.rounds + 1), initial=start - 1, total=args.rounds, desc="rounds",
-               disable=args.quiet)
+               disable=args.quiet or not rd.is_main)
+    # this rank's clients: the same every round (all clients take part), largest shards spread first
+    my_clients = D.assign_clients(list(range(len(shards))), sizes, D.world_size())[D.rank()]
     for rnd in bar:
         round_dir = rd.artifact(f"round_{rnd}")
         keep_clients = args.save_client_adapters == "all" or (args.save_client_adapters == "last" and rnd == args.rounds)
-        clients, losses = [], []
-        for i, idx in enumerate(shards):
+        mine = {}
+        for i in my_clients:
+            idx = shards[i]
             model = model_for(fused)  # every client starts from the fused adapter and head
             stats = modeling.train_local(model, train_enc, idx, epochs=args.local_epochs, batch_size=args.batch_size,
                                          lr=args.learning_rate, seed=args.seed, round_idx=rnd, client=i, device=device)
@@ -198,20 +243,25 @@ def main(argv=None) -> dict:
                    "steps": stats["steps"], "adapter_change": moved}
             if args.eval_clients:
                 row.update(modeling.evaluate(args.task_name, model, eval_enc, device, args.eval_batch_size))
+            mine[i] = (client, row)
+
+        clients, rows = gather_clients(mine, len(shards), device)
+        for i, (client, row) in enumerate(zip(clients, rows)):
             rd.log(row)
-            if keep_clients:
+            if keep_clients and rd.is_main:
                 adapters.save(client, round_dir / f"client_{i + 1}" / "adapter", base_path)
             bytes_down += 4 * sum(t.numel() for t in fused.state_dict().values())
             bytes_up += 4 * sum(t.numel() for t in client.state_dict().values())
-            clients.append(client)
-            losses.append(stats["loss"])
+        losses = [row["train_loss"] for row in rows]
 
         fused = adapters.merge(clients, sizes, args.aggregation, rank=args.svd_rank, alpha=args.alpha)
         fused.dropout = args.lora_dropout
-        adapters.save(fused, round_dir / fused_dir_name(args.aggregation, fused) / "adapter", base_path)
-        row = {"round": rnd, "client": None, "fused_rank": fused.r, "merge_rel_error": adapters.merge_rel_error(clients, sizes, fused),
+        if rd.is_main:
+            adapters.save(fused, round_dir / fused_dir_name(args.aggregation, fused) / "adapter", base_path)
+        row = {"round": rnd, "client": None, "fused_rank": fused.r,
+               "merge_rel_error": adapters.merge_rel_error(clients, sizes, fused) if rd.is_main else None,
                "train_loss": sum(l * n for l, n in zip(losses, sizes)) / sum(sizes)}
-        if args.eval_each_round or rnd == args.rounds:
+        if rd.is_main and (args.eval_each_round or rnd == args.rounds):
             row.update(modeling.evaluate(args.task_name, model_for(fused), eval_enc, device, args.eval_batch_size))
             last_metrics[rnd] = row
             bar.set_postfix({main_metric: f"{row[main_metric]:.4f}"})
@@ -231,7 +281,10 @@ def main(argv=None) -> dict:
                "best": {"round": best.get("round"), main_metric: best.get(main_metric)},
                "final_adapter": str(rd.path / f"round_{args.rounds}" / fused_dir_name(args.aggregation, fused) / "adapter"),
                "bytes_up": bytes_up, "bytes_down": bytes_down, "model": modeling.model_id(args)}
-    return rd.write_summary(summary)
+    summary = D.broadcast_object(rd.write_summary(summary))  # every rank returns rank 0's summary
+    if owns_group:
+        D.cleanup()
+    return summary
 
 
 if __name__ == "__main__":
