@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from common import distributed as D
 from common import params as P
 from common.aggregate import WeightedMean
 from common.cli import UsageError
@@ -121,6 +122,26 @@ class RoundServer:
         cos = P.dot(client_params, self.x) / max(P.norm(client_params) * self.x_norm, 1e-12)
         self.cos_drift += 1.0 - cos
         self.n += 1
+
+    def all_reduce_(self, per_client: torch.Tensor | None = None, scaffold=None) -> None:
+        """Under torchrun: sum this round's streams over ranks in place, so every rank then holds the round
+        over ALL clients (each rank ``add()``-ed only its own share). Also sums ``per_client`` (a float64
+        table a rank fills only in its own clients' rows) and SCAFFOLD's dy / dc sums. The tensors go
+        through ``common.distributed.all_reduce_sum_``: one collective per dtype (float32 model-sized
+        buffers, float64 scalars). A no-op in a single process."""
+        if not D.is_distributed():
+            return
+        dev = self.mean.accumulators()[0].device
+        scalars = torch.tensor([self.w_sum, self.w_sq_norm, self.cos_drift, self.n], dtype=torch.float64,
+                               device=dev)
+        tensors = [*self.mean.accumulators(), scalars]
+        if scaffold is not None:
+            tensors += scaffold.accumulators()
+        if per_client is not None:
+            tensors.append(per_client)
+        D.all_reduce_sum_(tensors)
+        self.w_sum, self.w_sq_norm, self.cos_drift, n = scalars.tolist()
+        self.n = int(round(n))
 
     def finish(self, algorithm: str, server_opt=None, scaffold=None) -> dict:
         """Apply the update to ``x`` in place; return divergence metrics."""

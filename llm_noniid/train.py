@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from common import cli
+from common import distributed as dist
 from common import params as P
 from common.aggregate import Scaffold, make_server_optimizer
 from common.checkpoint import atomic_write_json
@@ -121,7 +123,7 @@ def build_tokenizer(args, train_texts: list[str]):
     path = default_cache_dir() / "llm_noniid" / f"train-{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # torchrun ranks may write it at the same time
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     return load_tokenizer("bpe", train_files=[path], vocab_size=args.bpe_vocab_size)
@@ -145,7 +147,20 @@ def main(argv=None) -> dict:
     parser = get_args_parser()
     args = parse_with_config(parser, argv, presets={"quick": QUICK})
     validate(args)
-    device = cli.resolve_device(args.device)
+    owned = not dist.is_distributed()  # a process group set up by the caller stays the caller's
+    rank, world = dist.init()  # (0, 1) without torchrun
+    try:
+        return run(args, rank, world)
+    finally:
+        if owned:
+            dist.cleanup()
+
+
+def run(args, rank: int, world: int) -> dict:
+    """The federated run. Under torchrun every rank builds the same model and data, trains its share of each
+    round's clients, and the round's sums are all-reduced, so every rank applies the same server update;
+    rank 0 evaluates, logs and checkpoints."""
+    device = dist.device_for_rank(cli.resolve_device(args.device))
     seed_everything(args.seed)
 
     # ------------------------------------------------------------------ data and tokenizer
@@ -173,9 +188,10 @@ def main(argv=None) -> dict:
     global_params = P.clone(params)
     n_trainable = P.numel(params)
     rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, resume=args.resume, device=device,
-                ignore_on_resume=DEFAULT_IGNORE_ON_RESUME + ("num_rounds",))
+                ignore_on_resume=DEFAULT_IGNORE_ON_RESUME + ("num_rounds",), is_main=rank == 0)
     stats = statistics(clients, x_all, y_all, train_data.labels, train_data.num_classes, vocab_size)
-    atomic_write_json(rd.artifact("partition.json"), {"partition": args.partition, **stats})
+    if rd.is_main:
+        atomic_write_json(rd.artifact("partition.json"), {"partition": args.partition, **stats})
 
     opt_name = {"fedavgm": "fedavgm", "fedadam": "fedadam"}.get(args.algorithm, "fedavg")
     server_opt = make_server_optimizer(opt_name, global_params, lr=args.server_lr, momentum=args.server_momentum,
@@ -193,6 +209,7 @@ def main(argv=None) -> dict:
         set_rng_state(state["rng"])
         start, detected = state["round"] + 1, state["detected"]
         bytes_up, bytes_down = state["bytes_up"], state["bytes_down"]
+    dist.barrier()  # every rank has read the checkpoint before rank 0 writes the next one
 
     def loss_fn(batch):
         with autocast(device):  # bf16 on CUDA, nothing on CPU; the cross-entropy itself runs in float32
@@ -204,15 +221,17 @@ def main(argv=None) -> dict:
     m = max(1, round(args.participation_rate * args.num_clients))
 
     # ------------------------------------------------------------------ rounds
-    bar = tqdm(range(start, args.num_rounds + 1), disable=args.quiet, desc="rounds")
+    bar = tqdm(range(start, args.num_rounds + 1), disable=args.quiet or rank != 0, desc="rounds")
     for r in bar:
         chosen = np.sort(numpy_rng(args.seed, "participants", r).choice(args.num_clients, m, replace=False))
         server = fedround.RoundServer(global_params)
-        losses, gnorms, proxes, steps = {}, [], [], 0
-        for k in chosen.tolist():
+        # this rank's share of the round's non-empty clients, balanced by size (all of them in one process)
+        active = [k for k in chosen.tolist() if sizes[k] > 0]
+        plan = dist.assign_clients(active, [float(sizes[k]) for k in active], world)
+        # per-client stats [len(active), 4] = (loss, grad norm, prox, steps): each rank fills its own rows
+        table = torch.zeros(len(active), 4, dtype=torch.float64, device=device)
+        for k in plan[rank]:
             cx, cy = client_data[k]
-            if cx.shape[0] == 0:
-                continue
             gen = client_generator(args.seed, r, k)
             with client_rng(args.seed, r, k):
                 st = fedround.client_round(
@@ -222,9 +241,14 @@ def main(argv=None) -> dict:
                     weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, scaffold=scaffold, client=k,
                     weight=float(sizes[k]))
             server.add(params, weight=float(sizes[k]))
-            losses[k], steps = st.loss, steps + st.steps
-            gnorms.append(st.grad_norm)
-            proxes.append(st.prox)
+            table[active.index(k)] = torch.tensor([st.loss, st.grad_norm, st.prox, st.steps], dtype=torch.float64)
+        server.all_reduce_(table, scaffold)  # the round's ONE reduction (nothing in a single process)
+        if scaffold is not None:
+            dist.sync_controls_(scaffold, plan)  # every rank (and rank 0's checkpoint) holds every c_i
+        stats_rows = table.tolist()
+        losses = {k: v[0] for k, v in zip(active, stats_rows)}
+        gnorms, proxes = [v[1] for v in stats_rows], [v[2] for v in stats_rows]
+        steps = int(sum(v[3] for v in stats_rows))
         row = {"round": r, "step": steps, "participants": chosen.tolist(), **server.finish(
             args.algorithm, server_opt=server_opt, scaffold=scaffold)}
         bytes_down += per_client_bytes * len(losses)
@@ -238,13 +262,16 @@ def main(argv=None) -> dict:
             row.update(cv_norm=P.norm(scaffold.c),
                        cv_client_norm=float(np.mean([P.norm(scaffold.control(k)) for k in losses])))
         if r % args.eval_every == 0 or r == args.num_rounds:
-            P.load_(params, global_params)
-            ev = perplexity(model, eval_batches)
-            row.update(val_loss=ev["loss"], val_ppl=ev["ppl"])
-            bar.set_postfix(ppl=f"{ev['ppl']:.2f}")
-        rd.log(row)
-        for mode, at in failure.detect(rd.rows()).items():
-            detected.setdefault(mode, at)
+            if rd.is_main:  # the global model is identical on every rank: rank 0 evaluates
+                P.load_(params, global_params)
+                ev = perplexity(model, eval_batches)
+                row.update(val_loss=ev["loss"], val_ppl=ev["ppl"])
+                bar.set_postfix(ppl=f"{ev['ppl']:.2f}")
+        if rd.is_main:
+            rd.log(row)
+            for mode, at in failure.detect(rd.rows()).items():
+                detected.setdefault(mode, at)
+        detected = dist.broadcast_object(detected)  # every rank stops at the same round
         if "divergence" in detected:
             status = "diverged"  # stop cleanly; the checkpoint stays at the last round before this one
             break
@@ -253,6 +280,7 @@ def main(argv=None) -> dict:
                             "detected": detected, "bytes_up": bytes_up, "bytes_down": bytes_down})
 
     # ------------------------------------------------------------------ summary
+    dist.barrier()  # rank 0 has written every row before the other ranks read them
     rows = rd.rows()
     evals = [x for x in rows if "val_loss" in x]
     finite = [x for x in evals if math.isfinite(x["val_loss"])]
