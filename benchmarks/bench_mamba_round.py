@@ -12,11 +12,22 @@ evaluation pushed to the end, and reads their summaries:
 Every client step uses --batch-size blocks, as every centralized step does.
 A second table times FedFisher's per-example Fisher: torch.func vmap through the Mamba2 PyTorch path
 (it works with use_cache=False) against the per-example loop, and checks that both give the same Fisher.
+
+    python benchmarks/bench_mamba_round.py --nproc 1 2 --layers 2 --d-model 128 --rounds 6
+
+With --nproc it instead times FedAvg rounds under torchrun with each given number of processes (gloo on
+CPU, one thread per process, each process trains its share of the round's clients) and prints the wall
+time per round and the speed-up over one process; the final validation perplexity of every run is printed
+too, since the result must not depend on the number of processes.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,7 +49,44 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--cache-dir", default=None, help="data/tokenizer cache (default ~/.cache/fedlab)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--nproc", type=int, nargs="+", default=None,
+                   help="time FedAvg rounds under torchrun with each of these process counts (e.g. 1 2) instead")
     return p
+
+
+def nproc_timing(args) -> list[dict]:
+    """Seconds per FedAvg round under ``torchrun --nproc-per-node N`` for each N of --nproc (one thread per
+    process, so N processes use N cores), from the script's own round timer (evaluation excluded)."""
+    script = Path(__file__).resolve().parents[1] / "mamba_fl" / "fed_avg.py"
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        for n in args.nproc:
+            cli.check(n >= 1, f"--nproc values must be at least 1, got {n}")
+            L = args.layers[0]
+            argv = ["--layers", str(L), "--d-model", str(args.d_model), "--d-state", str(args.d_state),
+                    "--head-dim", str(args.head_dim), "--sequence-length", str(args.sequence_length),
+                    "--batch-size", str(args.batch_size), "--num-clients", str(args.num_clients),
+                    "--rounds", str(args.rounds), "--val-freq", str(args.rounds), "--device", args.device,
+                    "--out-dir", out, "--run-name", f"n{n}", "--quiet", "--sample-tokens", "0", "--eval-blocks", "8"]
+            if args.cache_dir:
+                argv += ["--cache-dir", args.cache_dir]
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n),
+                   "--master-addr", "127.0.0.1", "--master-port", str(port), str(script), *argv]
+            subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+            summary = json.loads((Path(out) / f"n{n}" / "summary.json").read_text())
+            rows.append({"nproc": n, "layers": L, "round_s": summary["round_seconds"] / args.rounds,
+                         "final_val_ppl": summary["final_val_ppl"]})
+    base = rows[0]["round_s"]
+    for r in rows:
+        r["speedup"] = base / r["round_s"]
+    print(markdown_table(["processes", "layers", "s / round", f"speed-up vs {rows[0]['nproc']}", "final val ppl"],
+                         [[r["nproc"], r["layers"], f"{r['round_s']:.3f}", f"{r['speedup']:.2f}x",
+                           f"{r['final_val_ppl']:.4f}"] for r in rows]))
+    print(f"cores: {os.cpu_count()}, device: {args.device}")
+    return rows
 
 
 def fisher_timing(args, L: int) -> dict:
@@ -73,6 +121,11 @@ def fisher_timing(args, L: int) -> dict:
 
 def main(argv=None) -> list[dict]:
     args = cli.parse(get_args_parser(), argv)
+    if args.nproc:
+        rows = nproc_timing(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return rows
     from mamba_fl import central, fed_avg, fed_fisher
 
     rows = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from common import cli, evaluate
-from mamba_fl import federated
+from mamba_fl import federated, multiproc
 
 
 def add_entropy_weighted(ctx: federated.Context, agg, client: federated.Client) -> dict:
@@ -28,8 +28,17 @@ def add_entropy_weighted(ctx: federated.Context, agg, client: federated.Client) 
     return {"entropy": h}
 
 
+def rebase_weights(ctx: federated.Context, agg, rows: dict, chosen: list) -> None:
+    """Under torchrun: this rank's weights used its own first client's entropy as H_ref; multiply its sums
+    by exp(-(H_ref_rank - H_ref) / T), H_ref the round's first chosen client's, so every rank's weights are
+    exactly those of the single-process run before the sums are added up."""
+    if "h_ref" in ctx.scratch:  # a rank with no client this round has nothing to re-base
+        multiproc.scale_accumulators_(
+            agg, math.exp(-(ctx.scratch["h_ref"] - rows[chosen[0]]["entropy"]) / ctx.args.temperature))
+
+
 METHOD = federated.Method(name="fedentropy", script="fed_entropy", add_client=add_entropy_weighted,
-                          run_name_extra=lambda a: {"T": a.temperature})
+                          pre_reduce=rebase_weights, run_name_extra=lambda a: {"T": a.temperature})
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:

@@ -15,6 +15,11 @@ Client optimizer: a fresh AdamW per client per round (``--client-opt-state reset
 no client keeps state the server does not see). ``persist`` keeps each client's AdamW moments across
 rounds (memory: 2 x parameters per client), which is what makes one-client FedAvg identical to
 centralized AdamW training on the same batches.
+
+Under ``torchrun`` each process trains its share of the round's clients (``common.distributed``, balanced
+by shard size) into its own aggregator; after a small all-gather of the clients' metrics, one all-reduce
+sums the aggregators and every process applies the same server step. Rank 0 alone evaluates, logs and
+checkpoints. Without torchrun this is the plain single-process loop.
 """
 from __future__ import annotations
 
@@ -29,8 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common import aggregate, cli, evaluate, params, runlog, seed
-from mamba_fl import deltas, lmdata
+from common import aggregate, cli, distributed, evaluate, params, runlog, seed
+from mamba_fl import deltas, lmdata, multiproc
 from mamba_fl import model as mmodel
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,6 +117,9 @@ class Method:
     add_client: Callable | None = None
     server: str = "fedavg"
     upload_factor: int = 1  # tensors sent up per parameter (FedFisher also sends its Fisher)
+    # under torchrun, before the all-reduce: pre_reduce(ctx, agg, rows of every client, chosen) may
+    # re-base this rank's sums (FedEntropy's weights are relative to the round's first client)
+    pre_reduce: Callable | None = None
     run_name_extra: Callable[[argparse.Namespace], dict] = lambda args: {}
 
 
@@ -204,10 +212,32 @@ def default_rounds(args, shards_train: list[np.ndarray]) -> int:
 # the run
 
 def run(args: argparse.Namespace, method: Method, explicit: set[str]) -> dict:
+    """The whole run; under ``torchrun`` (WORLD_SIZE set) joins the process group for its duration."""
     finish_args(args, explicit)
-    device = cli.resolve_device(args.device)
+    joined = not distributed.is_distributed()
+    distributed.init()
+    try:
+        return _run(args, method)
+    finally:
+        if joined:
+            distributed.cleanup()
+
+
+def _main_first(fn: Callable):
+    """``fn()`` on rank 0 first, then on the others: rank 0 alone builds caches and the run directory."""
+    if not distributed.is_main():
+        distributed.barrier()
+    out = fn()
+    if distributed.is_main():
+        distributed.barrier()
+    return out
+
+
+def _run(args: argparse.Namespace, method: Method) -> dict:
+    device = distributed.device_for_rank(cli.resolve_device(args.device))
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     mmodel.quiet_kernel_warnings()
-    data = lmdata.load_lm_data(args)
+    data = _main_first(lambda: lmdata.load_lm_data(args))
     shards = lmdata.client_shards(args, data)
     clients = []
     for k, idx in enumerate(shards):
@@ -220,9 +250,9 @@ def run(args: argparse.Namespace, method: Method, explicit: set[str]) -> dict:
     name = args.run_name or runlog.run_name(method.name, args.config, args.shard, k=args.num_clients,
                                             lu=args.local_updates, **method.run_name_extra(args),
                                             quick=args.quick, s=args.seed)
-    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, kind=f"mamba_fl/{method.script}",
-                       device=device, ignore_on_resume=("resume", "quiet", "out_dir", "run_name", "device",
-                                                        "cache_dir"))
+    rd = _main_first(lambda: runlog.RunDir(
+        args.out_dir, name, args, resume=args.resume, kind=f"mamba_fl/{method.script}", device=device,
+        is_main=main, ignore_on_resume=("resume", "quiet", "out_dir", "run_name", "device", "cache_dir")))
 
     seed.seed_everything(args.seed)
     model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
@@ -252,13 +282,14 @@ def run(args: argparse.Namespace, method: Method, explicit: set[str]) -> dict:
         acc = state["acc"]
         seed.set_rng_state(state["rng"])
         start = state["round"]
-    if snaps is not None and start == 0:
+    if snaps is not None and start == 0 and main:
         snaps.add_server(global_params)
         snaps.write("round_00000")
 
     n_sample = max(1, round(args.participation_rate * args.num_clients))
     agg = method.make_aggregator(args, global_params)  # O(parameters) buffers, reused every round
-    bar = tqdm(range(start, args.rounds), desc=method.name, disable=args.quiet, initial=start, total=args.rounds)
+    bar = tqdm(range(start, args.rounds), desc=method.name, disable=args.quiet or not main, initial=start,
+               total=args.rounds)
     train_loss = torch.zeros((), device=device)
     n_steps = 0
     for r in bar:
@@ -268,7 +299,9 @@ def run(args: argparse.Namespace, method: Method, explicit: set[str]) -> dict:
         agg.reset()
         eval_now = (r + 1) % args.eval_every == 0 or r + 1 == args.rounds
         client_rows = {}
-        for k in chosen:
+        # this rank's share, balanced by client size; one process: every chosen client, in order
+        plan = distributed.assign_clients(chosen, [clients[k].weight for k in chosen], world)
+        for k in plan[rank]:
             c = clients[k]
             params.load_(plist, global_params)  # every client starts from the global model
             # reset: an empty state is exactly a fresh AdamW; persist: the client's own moments
@@ -279,13 +312,25 @@ def run(args: argparse.Namespace, method: Method, explicit: set[str]) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             acc["client_seconds"] += time.perf_counter() - t0
-            n_steps += len(steps)
-            acc["train_tokens"] += int(sum(len(s) for s in steps)) * args.sequence_length
             if args.client_opt_state == "persist":
                 client_states[k] = opt.state
             if snaps is not None and eval_now:
                 snaps.add(f"client{k}_delta", plist, base=global_params)
             client_rows[k] = (method.add_client or add_weighted)(ctx, agg, c)
+        # every client runs exactly local_updates steps of batch_size blocks, whichever rank trains it
+        n_steps += len(chosen) * args.local_updates
+        acc["train_tokens"] += len(chosen) * args.local_updates * args.batch_size * args.sequence_length
+        if world > 1:  # the small exchanges, then ONE all-reduce of the aggregator's sums
+            client_rows = multiproc.gather_rows(client_rows)
+            if method.pre_reduce is not None:
+                method.pre_reduce(ctx, agg, client_rows, chosen)
+            distributed.reduce_aggregator_(agg)
+            if args.client_opt_state == "persist":
+                multiproc.sync_client_states(client_states, plan, lambda st: _opt_state_to_list(st, plist),
+                                             lambda lst: _opt_state_from_list(lst, plist, device))
+            if eval_now:
+                multiproc.gather_snapshot_arrays(snaps)
+                distributed.all_reduce_sum_([train_loss])
         if server is None:  # FedAvg: theta <- the aggregate, written straight into the global parameters
             agg.result(out=global_params)
         else:
@@ -294,8 +339,12 @@ def run(args: argparse.Namespace, method: Method, explicit: set[str]) -> dict:
         acc["bytes_down"] += len(chosen) * bytes_param
         acc["round_seconds"] += time.perf_counter() - t_round
 
-        if eval_now:
+        if eval_now and not main:  # rank 0 evaluates, logs and checkpoints
+            train_loss.zero_()
+            n_steps = 0
+        elif eval_now:
             params.load_(plist, global_params)
+            client_rows = dict(sorted(client_rows.items()))
             row = {"round": r + 1, "step": (r + 1) * args.local_updates, "tokens": acc["train_tokens"],
                    "train_loss": train_loss.item() / max(n_steps, 1)}
             row |= evaluate_global(ctx, valid)
@@ -319,7 +368,9 @@ def run(args: argparse.Namespace, method: Method, explicit: set[str]) -> dict:
                 "client_opt": {k: _opt_state_to_list(v, plist) for k, v in client_states.items()},
                 "snapshots": snaps.state_dict() if snaps is not None else None, "acc": acc})
     bar.close()
-    return finish(rd, args, method, data, acc)
+    summary = finish(rd, args, method, data, acc) if main else rd.write_summary({"method": method.name})
+    distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
+    return summary
 
 
 def finish(rd, args, method, data, acc) -> dict:
