@@ -38,15 +38,18 @@ from benchlib import markdown_table  # noqa: E402
 from common import cli  # noqa: E402
 
 HEADERS = ["benchmark", "setting", "metric", "value", "target", "met?"]
-NO_TORCHRUN = "not measured: the federated scripts do not yet run under torchrun (issue 7 part 1)"
+NO_NPROC = "not measured (run the `processes` benchmark)"
 
 # name -> (script, arguments for the default small run, arguments for --full)
 BENCHMARKS = {
-    "aggregate": ("bench_aggregate.py", ["--quick", "--repeats", "3"], ["--repeats", "5"]),
+    "aggregate": ("bench_aggregate.py", ["--repeats", "3"], ["--repeats", "5"]),
     "vit": ("bench_vit.py", ["--archs", "vit_tiny", "--repeats", "3"], []),
     "mamba": ("bench_mamba_round.py", ["--layers", "1", "--rounds", "5"], []),
     "lora_merge": ("bench_lora_merge.py", ["--skip_step", "--repeats", "3"], []),
     "fisher": ("bench_fisher.py", ["--repeats", "3"], ["--batch-size", "32", "--lm-layers", "4", "--lm-width", "128"]),
+    # FedAvg rounds of a compute-bound Mamba2 under torchrun with 1 and 2 processes
+    "processes": ("bench_mamba_round.py", ["--nproc", "1", "2", "--layers", "2", "--d-model", "128", "--rounds", "24"],
+                  ["--nproc", "1", "2", "--layers", "2", "--d-model", "256", "--rounds", "32"]),
 }
 
 
@@ -175,15 +178,28 @@ def fisher_rows(d: dict) -> list[list[str]]:
     return rows
 
 
+def processes_rows(d: list) -> list[list[str]]:
+    """``bench_mamba_round.py --nproc 1 2``: seconds per FedAvg round with 1 and 2 processes."""
+    by_n = {r["nproc"]: r for r in d}
+    one, two = by_n[1], by_n[2]
+    speedup = one["round_s"] / two["round_s"]
+    setting = f"mamba_fl FedAvg, {one['layers']} layers, 1 thread per process"
+    return [_row("processes", setting, "1 vs 2 processes wall time per round",
+                 f"{one['round_s']:.3f} vs {two['round_s']:.3f} s ({speedup:.2f}x); "
+                 f"final ppl {one['final_val_ppl']:.4f} vs {two['final_val_ppl']:.4f}", ">= 1.6x", speedup >= 1.6)]
+
+
 ROW_BUILDERS = {"aggregate": aggregate_rows, "vit": vit_rows, "mamba": mamba_rows, "lora_merge": lora_rows,
-                "fisher": fisher_rows}
+                "fisher": fisher_rows, "processes": processes_rows}
 
 
-def fixed_rows(cuda: bool, device: str) -> list[list[str]]:
-    """Rows nothing in this run measures: the llm_noniid overhead, 1 vs 2 processes, and the GPU figures."""
-    rows = [_missing("llm_noniid", "-", "round overhead", "not measured: llm_noniid has no benchmark yet", "< 5%"),
-            _missing("processes", "2-core machine, compute-bound model", "1 vs 2 processes wall time per round",
-                     NO_TORCHRUN, ">= 1.6x")]
+def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> list[list[str]]:
+    """Rows nothing in this run measures: the llm_noniid overhead, 1 vs 2 processes unless its benchmark ran,
+    and the GPU figures."""
+    rows = [_missing("llm_noniid", "-", "round overhead", "not measured: llm_noniid has no benchmark yet", "< 5%")]
+    if "processes" not in measured:
+        rows.append(_missing("processes", "2-core machine, compute-bound model", "1 vs 2 processes wall time per round",
+                             NO_NPROC, ">= 1.6x"))
     if not cuda:
         why = "not measured (no CUDA device)"
     elif not device.startswith("cuda"):
@@ -206,7 +222,7 @@ def build_table(results: dict[str, object], *, cuda: bool, device: str) -> list[
             rows += ROW_BUILDERS[name](d)
         except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError) as e:
             rows.append(_missing(name, "-", "all", f"unreadable output ({type(e).__name__}: {e})"))
-    return rows + fixed_rows(cuda, device)
+    return rows + fixed_rows(cuda, device, {name for name, d in results.items() if not isinstance(d, str)})
 
 
 def header_lines(device: str, threads: int, full: bool) -> list[str]:
