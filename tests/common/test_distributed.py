@@ -3,12 +3,10 @@ single-process aggregates."""
 from __future__ import annotations
 
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from multirank import run_ranks
 
 from common import aggregate as A
 from common import distributed as D
@@ -60,22 +58,8 @@ def worker(rank, world, port, out):
         D.cleanup()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_reproduce_the_single_process_aggregate(tmp_path):
-    # fork: the children inherit the imported torch instead of importing it again (seconds on 2 cores)
-    ctx = mp.start_processes(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False,
-                             start_method="fork")
-    deadline = time.monotonic() + 120  # a hung collective must fail the test, not stall the suite
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the 2-process gloo run did not finish within 120 s")
+    run_ranks(worker, str(tmp_path), timeout=120)
     wm, fm, sc = build()
     x = [torch.zeros(s) for s in SHAPES]
     train_share(range(len(SIZES)), wm, fm, sc, x)

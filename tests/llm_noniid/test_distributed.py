@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from multirank import run_ranks
 
 from common.checkpoint import load_checkpoint
 from llm_noniid import train
@@ -31,21 +29,8 @@ def worker(rank: int, world: int, port: int, argv: list[str]) -> None:
     train.main(argv)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def two_ranks(argv: list[str]) -> None:
-    # fork: the children inherit the imported modules instead of importing torch again (seconds on 2 cores)
-    ctx = mp.start_processes(worker, args=(2, free_port(), argv), nprocs=2, join=False, start_method="fork")
-    deadline = time.monotonic() + 120  # a hung collective must fail the test, not stall the suite
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the 2-rank run did not finish within 120 s")
+    run_ranks(worker, argv, timeout=120)
 
 
 def rows(run: Path) -> list[dict]:

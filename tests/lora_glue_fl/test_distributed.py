@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import time
 
-import pytest
 import torch
-import torch.multiprocessing as mp
+from multirank import run_ranks
 
 from common import distributed as D
 from lora_glue_fl import adapters, fedavg_rounds, modeling
@@ -48,12 +45,6 @@ def worker(rank, world, port, out):
         D.cleanup()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def close(a, b, rel=1e-5) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return math.isclose(a, b, rel_tol=rel, abs_tol=1e-7)
@@ -70,14 +61,7 @@ def test_two_ranks_with_resume_match_the_single_process_run(tmp_path):
     ref = fedavg_rounds.main(ARGV + ["--out-dir", str(tmp_path), "--run-name", "ref"])
     out = tmp_path / "dist_out"
     out.mkdir()
-    # fork: the children inherit the imported torch / transformers instead of importing them again
-    ctx = mp.start_processes(worker, args=(2, free_port(), str(out)), nprocs=2, join=False, start_method="fork")
-    deadline = time.monotonic() + 150  # a hung collective must fail the test, not stall the suite
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the 2-process run did not finish within 150 s")
+    run_ranks(worker, str(out), timeout=150)
     got = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
     # round 1 was split over the ranks by shard size (3 equal shards: clients 0, 2 on rank 0, 1 on rank 1)

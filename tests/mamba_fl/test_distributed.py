@@ -5,22 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from multirank import run_ranks
 
 from mamba_fl import fed_avg, fed_entropy, fed_fisher, fed_momentum, federated
 
 SCRIPTS = {"fed_avg": fed_avg, "fed_momentum": fed_momentum, "fed_entropy": fed_entropy, "fed_fisher": fed_fisher}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank, world, port, script, argv, out):
@@ -34,14 +26,7 @@ def worker(rank, world, port, script, argv, out):
 
 def run_two(script: str, argv: list[str], out) -> list[dict]:
     """main(argv) on 2 gloo ranks (forked: the children reuse the imported modules); both summaries."""
-    ctx = mp.start_processes(worker, args=(2, free_port(), script, argv, str(out)), nprocs=2, join=False,
-                             start_method="fork")
-    deadline = time.monotonic() + 120  # a hung collective must fail the test, not stall the suite
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the 2-process run did not finish within 120 s")
+    run_ranks(worker, script, argv, str(out), timeout=120)
     return [json.loads((out / f"summary{r}.json").read_text()) for r in range(2)]
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from multirank import run_ranks
 
 from common import distributed as D
 from vit_sparse_fl import train_federated as fed
@@ -53,12 +51,6 @@ def worker(rank, world, port, out):
         D.cleanup()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rows(run_dir) -> list[dict]:
     return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
 
@@ -79,15 +71,7 @@ def test_two_gloo_ranks_match_the_single_process_run(tmp_path, monkeypatch):
     multi.mkdir()
     ref = {"dense": fed.main([*SMALL, "--out-dir", str(single), "--run-name", "dense"]),
            "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", str(single), "--run-name", "sparse"])}
-    # fork: the children inherit the imported torch instead of importing it again (seconds on 2 cores)
-    ctx = mp.start_processes(worker, args=(2, free_port(), str(multi)), nprocs=2, join=False,
-                             start_method="fork")
-    deadline = time.monotonic() + 180  # a hung collective must fail the test, not stall the suite
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the 2-process gloo run did not finish within 180 s")
+    run_ranks(worker, str(multi), timeout=180)
     r0, r1 = (torch.load(multi / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert r0 == r1                                          # every rank returns rank 0's summary
     assert_same_run(r0["dense"], ref["dense"])
