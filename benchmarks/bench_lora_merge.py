@@ -1,26 +1,39 @@
-"""Time of one LoRA merge for roberta-base-sized adapters, and its share of a FedAvg round.
+"""Time of one LoRA merge for roberta-base-sized adapters, its share of a FedAvg round, and the measured
+overhead of real fedavg_rounds.py rounds on the tiny RoBERTa.
 
     python benchmarks/bench_lora_merge.py                       # 12 layers x (query, value), r=8, 10 clients
     python benchmarks/bench_lora_merge.py --clients 10 --rank 8 --device cuda
+    python benchmarks/bench_lora_merge.py --skip_step --round_rounds 6      # merge timing + measured tiny rounds
+    python benchmarks/bench_lora_merge.py --quick                           # smoke run: small shapes, 2 short rounds
 
 Adapters: 12 layers x {query, value}, 768 x 768, rank --rank, --clients clients with random factors (the
-merge cost does not depend on the values). Methods: the SVD merge as lora_glue_fl runs it (common.aggregate:
+merge cost does not depend on the values). Methods: the SVD merge as lora_glue_fl runs it (common.lora_merge:
 QR of the stacked factors, SVD of the small (K r)^2 core), the dense reference (form dW_bar, full SVD of
 each 768 x 768 matrix, as the source project did), naive A/B averaging and exact stacking.
 
 Share of a round: one LoRA training step of a randomly initialised roberta-base (query/value adapters,
 batch --step_batch x 128 tokens) is timed and scaled to a round of SST-2 (67,349 examples, 1 local epoch,
-batch 32, all clients): merge / (steps x step time + merge).
+batch 32, all clients): merge / (steps x step time + merge). --skip_step leaves this extrapolation out.
+
+Measured round (unless --skip_round): lora_glue_fl/fedavg_rounds.py itself, in this process, on the tiny
+RoBERTa (2 layers, hidden 64, LoRA r=4 on query/value + head, the --quick model) with the embedded SST-2 data
+(2,000 training examples) split iid over --round_clients clients by make_shards.py, --round_rounds rounds of
+--round_epochs local epochs, SVD merge to rank 4, evaluation only after the last round. Its summary.json gives
+the round time and the clients' share (forward, backward, AdamW step); the rest is the round's overhead:
+loading the fused adapter into the one PeftModel, reading the clients' adapters back, the SVD merge and its
+error, and writing every client's and the fused adapter's files (--save_client_adapters all, the default).
+Target: < 5% of the round.
 """
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 
 import benchlib
 import torch
 
-from common import aggregate, cli
+from common import cli, lora_merge
 from lora_glue_fl import adapters
 
 
@@ -35,6 +48,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--train_examples", type=int, default=67349, help="examples per round (SST-2 train)")
     p.add_argument("--step_batch", type=int, default=2, help="batch of the timed training step (scaled to 32)")
     p.add_argument("--skip_step", action="store_true", help="do not time the roberta-base training step")
+    p.add_argument("--round_clients", type=int, default=4, help="clients of the measured tiny-RoBERTa rounds")
+    p.add_argument("--round_rounds", type=int, default=4, help="rounds of the measured run (more: steadier)")
+    p.add_argument("--round_epochs", type=float, default=1.0, help="local epochs per client per measured round")
+    p.add_argument("--skip_round", action="store_true", help="do not run the measured fedavg_rounds.py rounds")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 layers of 64 x 64, 2 clients, no training "
+                                                        "step, 2 measured rounds of a quarter epoch")
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
     return p
 
@@ -59,7 +78,7 @@ def dense_svd_merge(clients, weights, rank):
     out = {}
     total = sum(weights)
     for m in clients[0].factors:
-        dW = aggregate.lora_delta([c.factors[m][0] for c in clients], [c.factors[m][1] for c in clients],
+        dW = lora_merge.lora_delta([c.factors[m][0] for c in clients], [c.factors[m][1] for c in clients],
                                   [w / total for w in weights], [c.scale for c in clients])
         U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
         out[m] = (Vh[:rank], U[:, :rank] * S[:rank])
@@ -90,8 +109,33 @@ def time_training_step(args, device) -> float:
     return t.median_s * 32 / args.step_batch
 
 
+def measured_round(args, device) -> dict:
+    """Round and client seconds of a real fedavg_rounds.py run on the tiny RoBERTa and embedded SST-2."""
+    from lora_glue_fl import fedavg_rounds, make_shards
+
+    with tempfile.TemporaryDirectory() as out:
+        shards = make_shards.main(["--quick", "--task_name", "sst2", "--k", str(args.round_clients), "--mode", "iid",
+                                   "--out_dir", f"{out}/shards", "--no_plot"])
+        # the --quick model and data, without --quick's cap of 2 rounds
+        s = fedavg_rounds.main([
+            "--task_name", "sst2", "--data", "synthetic", "--shard_dir", f"{out}/shards", "--model_size", "tiny",
+            "--max_seq_length", "48", "--tokenizer_vocab_size", "1000", "--max_eval_samples", "64",
+            "--lora_r", "4", "--lora_alpha", "4", "--svd_rank", "4", "--rounds", str(args.round_rounds),
+            "--local_epochs", str(args.round_epochs), "--device", str(device), "--out-dir", out,
+            "--run-name", "round", "--quiet"])
+    return {"clients": args.round_clients, "rounds": args.round_rounds, "local_epochs": args.round_epochs,
+            "examples_per_client": shards["size_per_client"], "round_s": s["round_seconds"] / args.round_rounds,
+            "client_s": s["client_seconds"] / args.round_rounds, "overhead": s["overhead_fraction"],
+            "final_accuracy": s["final"].get("accuracy")}
+
+
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    if args.quick:
+        args.layers, args.hidden, args.clients, args.repeats, args.skip_step = 2, 64, 2, 1, True
+        args.round_clients, args.round_rounds, args.round_epochs = 2, 2, 0.25
+    cli.check(args.round_clients >= 1 and args.round_rounds >= 1 and args.round_epochs > 0,
+              "--round_clients and --round_rounds must be at least 1, --round_epochs > 0")
     device = cli.resolve_device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     clients = client_adapters(args, device)
@@ -122,8 +166,16 @@ def main(argv=None) -> dict:
               f"scaled): {step_s:.2f} s; a round = {steps} steps = {steps * step_s / 60:.1f} min")
     table = benchlib.markdown_table(["merge", "median ms", "min ms", "share of a round"], rows)
     print(table)
+    measured = None if args.skip_round else measured_round(args, device)
+    if measured is not None:
+        print()
+        print(benchlib.markdown_table(
+            ["fedavg_rounds.py, tiny RoBERTa, embedded SST-2", "round s", "client s", "overhead"],
+            [[f"{measured['clients']} clients x {measured['examples_per_client'][0]} examples, "
+              f"{measured['rounds']} rounds x {measured['local_epochs']:g} epoch(s), SVD rank 4",
+              f"{measured['round_s']:.3f}", f"{measured['client_s']:.3f}", f"{100 * measured['overhead']:.1f}%"]]))
     summary = {"table": table, "step_s": step_s, "timings_ms": {k: v.ms for k, v in timings.items()}, "agree": agree,
-               "round_steps": steps, "device": str(device), "clients": args.clients}
+               "round_steps": steps, "device": str(device), "clients": args.clients, "round": measured}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)

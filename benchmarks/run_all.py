@@ -6,11 +6,15 @@
 
 Each benchmark runs in its own process with ``--json PATH`` and its summary is read back; one that fails
 gives a "failed" row and the others still run. Every timing is already a median of repeated runs inside
-the benchmark. The table has one row per (benchmark, setting, metric) with the target and whether it is
-met ("yes", "NO", "-" when the row has no target, "n/a" when it was not measured); the header gives the
-date, the machine's core count, the device, the torch version and the load average. Targets (issue 7):
+the benchmark, or (round overheads) a total over many rounds. The benchmarks run one after the other with
+``--threads`` threads each, except ``aggregate``, which gets every core of the machine: it measures memory
+bandwidth, which one thread cannot saturate (K=10 was 1.60x at 1 thread, 3.17x at the 2 cores' default).
+The table has one row per (benchmark, setting, metric) with the target and whether it is met ("yes",
+"NO", "-" when the row has no target, "n/a" when it was not measured); the header gives the date, the
+machine's core count, the device, the torch version and the load average. Targets (issue 7):
   aggregation   streaming WeightedMean >= 2x the per-key torch.stack reference, >= 50% of copy_ bandwidth
   overhead      time outside the clients' forward/backward < 5% of the round, in every subproject
+                (mamba_fl FedAvg, vit_sparse_fl, llm_noniid per algorithm, lora_glue_fl measured rounds)
   memory        peak memory flat in clients per round: K=100 within 10% of K=10
   Fisher        per-example (vmap) Fisher <= 3x one batch forward+backward
   processes     2 processes >= 1.6x faster per round than 1 on a 2-core machine (compute-bound model)
@@ -45,12 +49,18 @@ BENCHMARKS = {
     "aggregate": ("bench_aggregate.py", ["--repeats", "3"], ["--repeats", "5"]),
     "vit": ("bench_vit.py", ["--archs", "vit_tiny", "--repeats", "3"], []),
     "mamba": ("bench_mamba_round.py", ["--layers", "1", "--rounds", "5"], []),
-    "lora_merge": ("bench_lora_merge.py", ["--skip_step", "--repeats", "3"], []),
+    # roberta-base merge timing + measured fedavg_rounds.py rounds on the tiny RoBERTa; --full adds the
+    # roberta-base training step and the extrapolated merge share of an SST-2 round
+    "lora_merge": ("bench_lora_merge.py", ["--skip_step", "--repeats", "3"], ["--round_rounds", "8"]),
+    # llm_noniid train.py rounds: FedAvg / FedProx / SCAFFOLD, all parameters and LoRA r=8
+    "llm_round": ("bench_llm_round.py", ["--rounds", "10"], ["--rounds", "30", "--max-train-examples", "480"]),
     "fisher": ("bench_fisher.py", ["--repeats", "3"], ["--batch-size", "32", "--lm-layers", "4", "--lm-width", "128"]),
     # FedAvg rounds of a compute-bound Mamba2 under torchrun with 1 and 2 processes
     "processes": ("bench_mamba_round.py", ["--nproc", "1", "2", "--layers", "2", "--d-model", "128", "--rounds", "24"],
                   ["--nproc", "1", "2", "--layers", "2", "--d-model", "256", "--rounds", "32"]),
 }
+# benchmarks that get every core instead of --threads (they run alone, so nothing competes for the cores)
+ALL_CORES = {"aggregate"}
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -59,7 +69,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--only", nargs="+", default=None, choices=sorted(BENCHMARKS), help="run only these benchmarks")
     p.add_argument("--device", default="cpu", help="cpu | cuda: passed to every benchmark")
     p.add_argument("--threads", type=int, default=1,
-                   help="OMP_NUM_THREADS of each benchmark process (0: leave the environment alone)")
+                   help="OMP_NUM_THREADS of each benchmark process, except `aggregate`, which gets every core "
+                        "(0: leave the environment alone for all of them)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed to each benchmark")
     p.add_argument("--output", default=str(HERE / "RESULTS.md"), help="markdown file to write ('' for none)")
     return p
@@ -85,7 +96,7 @@ def _pct(x: float) -> str:
 # ----------------------------------------------------------------------------- one block of rows per benchmark
 def aggregate_rows(d: dict) -> list[list[str]]:
     size = "tiny ViT shapes" if d.get("quick") else "ViT-S/16 shapes"
-    setting = f"{size}, {d['numel'] / 1e6:.2f}M params"
+    setting = f"{size}, {d['numel'] / 1e6:.2f}M params, {d['threads']} thread(s)"
     rows = []
     for t in d["timings"]:
         if t["method"] != "stream":
@@ -150,18 +161,41 @@ def mamba_rows(d: list) -> list[list[str]]:
 
 
 def lora_rows(d: dict) -> list[list[str]]:
+    """``bench_lora_merge.py``: roberta-base merge timing (and with --full its extrapolated share of an SST-2
+    round, no target: a model, not a measurement), and the measured overhead of tiny-RoBERTa rounds."""
     setting = f"{d['clients']} clients, roberta-base query/value adapters"
     svd = next(v for k, v in d["timings_ms"].items() if k.startswith("svd (QR"))
     dense = next((v for k, v in d["timings_ms"].items() if k.startswith("svd (dense")), None)
     value = f"{svd:.1f} ms" + (f" (dense reference {dense:.1f} ms)" if dense is not None else "")
     rows = [_row("lora_glue_fl", setting, "SVD merge time", value)]
+    metric = "merge share of a roberta-base SST-2 round (extrapolated)"
     if d.get("step_s") is None:
-        rows.append(_missing("lora_glue_fl", setting, "round overhead (merge share of an SST-2 round)",
-                             "not measured (training step skipped; run with --full)", "< 5%"))
+        rows.append(_missing("lora_glue_fl", setting, metric, "not measured (training step skipped; run with --full)"))
     else:
         share = svd / 1e3 / (d["round_steps"] * d["step_s"] + svd / 1e3)
-        rows.append(_row("lora_glue_fl", setting, "round overhead (merge share of an SST-2 round)",
-                         f"{100 * share:.2g}%", "< 5%", share < 0.05))
+        rows.append(_row("lora_glue_fl", setting, metric, f"{100 * share:.2g}%"))
+    r = d.get("round")
+    metric = "round overhead (measured fedavg_rounds.py)"
+    if r is None:
+        rows.append(_missing("lora_glue_fl", "tiny RoBERTa, embedded SST-2", metric, "not measured (--skip_round)",
+                             "< 5%"))
+    else:
+        setting = (f"tiny RoBERTa, embedded SST-2, {r['clients']} clients x {r['examples_per_client'][0]} examples, "
+                   f"{r['rounds']} rounds x {r['local_epochs']:g} epoch(s)")
+        rows.append(_row("lora_glue_fl", setting, metric, f"{_pct(r['overhead'])} of {r['round_s']:.2f} s",
+                         "< 5%", r["overhead"] < 0.05))
+    return rows
+
+
+def llm_rows(d: list) -> list[list[str]]:
+    """``bench_llm_round.py``: train.py round overhead per algorithm, all parameters or LoRA."""
+    rows = []
+    for r in d:
+        trained = "all parameters" if r["lora_r"] == 0 else f"LoRA r={r['lora_r']}"
+        setting = f"{r['algorithm']}, tiny GPT-2, {trained}, {r['clients']} clients x {r['rounds']} rounds"
+        rows.append(_row("llm_noniid", setting, "round overhead (outside local steps)",
+                         f"{_pct(r['overhead'])} of {r['round_s']:.3f} s ({r['tokens_per_s']:.0f} tokens/s)",
+                         "< 5%", r["overhead"] < 0.05))
     return rows
 
 
@@ -190,13 +224,16 @@ def processes_rows(d: list) -> list[list[str]]:
 
 
 ROW_BUILDERS = {"aggregate": aggregate_rows, "vit": vit_rows, "mamba": mamba_rows, "lora_merge": lora_rows,
-                "fisher": fisher_rows, "processes": processes_rows}
+                "llm_round": llm_rows, "fisher": fisher_rows, "processes": processes_rows}
 
 
 def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> list[list[str]]:
-    """Rows nothing in this run measures: the llm_noniid overhead, 1 vs 2 processes unless its benchmark ran,
-    and the GPU figures."""
-    rows = [_missing("llm_noniid", "-", "round overhead", "not measured: llm_noniid has no benchmark yet", "< 5%")]
+    """Rows nothing in this run measures: the llm_noniid overhead and 1 vs 2 processes unless their benchmarks
+    ran, and the GPU figures."""
+    rows = []
+    if "llm_round" not in measured:
+        rows.append(_missing("llm_noniid", "-", "round overhead", "not measured (run the `llm_round` benchmark)",
+                             "< 5%"))
     if "processes" not in measured:
         rows.append(_missing("processes", "2-core machine, compute-bound model", "1 vs 2 processes wall time per round",
                              NO_NPROC, ">= 1.6x"))
@@ -227,12 +264,22 @@ def build_table(results: dict[str, object], *, cuda: bool, device: str) -> list[
 
 def header_lines(device: str, threads: int, full: bool) -> list[str]:
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+    own = f" ({', '.join(sorted(ALL_CORES))}: {os.cpu_count()}, every core)" if threads else ""
     return [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
             f"load average {os.getloadavg()[0]:.1f} at the end",
             f"- device: {device} (CUDA: {cuda}); torch {torch.__version__}, Python {platform.python_version()}",
             f"- settings: {'--full' if full else 'small (default)'}, "
-            f"{threads if threads else 'default'} thread(s) per benchmark; values are medians of repeated runs"]
+            f"{threads if threads else 'default'} thread(s) per benchmark"
+            f"{own}; "
+            f"values are medians of repeated runs or totals over many rounds"]
+
+
+def benchmark_threads(name: str, threads: int) -> int:
+    """OMP_NUM_THREADS for one benchmark: every core for ALL_CORES, else ``threads`` (0: environment's)."""
+    if threads and name in ALL_CORES:
+        return os.cpu_count() or threads
+    return threads
 
 
 # ----------------------------------------------------------------------------- running the benchmarks
@@ -241,8 +288,9 @@ def run_benchmark(name: str, args, out_dir: str) -> dict | list | str:
     path = os.path.join(out_dir, name + ".json")
     cmd = [sys.executable, str(HERE / script), *(full if args.full else small), "--device", args.device, "--json", path]
     env = dict(os.environ)
-    if args.threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    threads = benchmark_threads(name, args.threads)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, check=False)

@@ -4,7 +4,7 @@
 * A bad argument or input ends with ONE line on stderr (``prog: error: what is wrong; what is expected``)
   and exit status 2, no traceback. Scripts raise ``UsageError`` for input problems found after parsing
   (missing files, impossible shards) and are launched through ``run(main)``.
-* Shared groups: ``add_run_args`` (seed, device, out-dir, run name, quick, quiet, resume) and
+* Shared groups: ``add_run_args`` (seed, device, out-dir, run name, quick, quiet, resume, compile) and
   ``add_fed_args`` (clients, rounds, participation, eval cadence) with per-script defaults.
 
 Script skeleton::
@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 import torch
+
+from common import compiled
 
 
 class UsageError(Exception):
@@ -98,6 +100,7 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--resume", action="store_true",
                    help="continue from <run dir>/checkpoint.pt if present (same arguments required)")
+    compiled.add_compile_args(g)
 
 
 def add_fed_args(parser: argparse.ArgumentParser, *, num_clients: int = 10, rounds: int | None = None,

@@ -4,14 +4,17 @@ Under ``torchrun --nproc-per-node N script.py ...`` every rank builds the same g
 share of the round's clients (``assign_clients``) into its own streaming aggregator, and
 ``reduce_aggregator_`` sums the aggregators' flat accumulators across ranks in place; every rank then
 holds the aggregate over all clients and applies the same server step. Rank 0 logs and checkpoints
-(``is_main()``). Without torchrun (no WORLD_SIZE in the environment) everything is a no-op for one process.
+(``is_main()``). Evaluation of the global model is sharded: every rank scores ``my_share`` of the batches
+and one all-reduce adds up the metric sums (``common.evaluate``, ``shard=True``). Without torchrun (no
+WORLD_SIZE in the environment) everything is a no-op for one process.
 Because client randomness comes from ``common.seed`` streams keyed by (seed, round, client), the result
 does not depend on how clients are spread over ranks (up to float summation order).
 """
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -143,3 +146,20 @@ def broadcast_object(obj=None, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj`` (any picklable object), in rank order, on every rank; ``[obj]`` when single."""
+    if not is_distributed():
+        return [obj]
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def my_share(items: Iterable):
+    """This rank's part of ``items`` for sharded evaluation: items rank, rank + N, rank + 2N, ... for N
+    ranks (round-robin, so batches of unequal cost spread evenly); every item in a single process."""
+    if not is_distributed() or world_size() == 1:
+        return iter(items)
+    return itertools.islice(items, rank(), None, world_size())

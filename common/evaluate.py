@@ -10,9 +10,12 @@
   in plain NumPy (float64), matching scikit-learn / SciPy on the cases GLUE uses.
 
 Every loop runs under ``torch.inference_mode()`` with the model in eval mode, and restores each module's
-previous train/eval flag afterwards. Sums are accumulated on the device and read once at the end, so there
-is no host-device sync per batch. (A model that lazily caches tensors during its first forward would cache
-inference tensors here; run one training-mode forward first if such a model is trained afterwards.)
+previous train/eval flag afterwards. ``shard=True`` under ``torchrun``: every rank scores its share of the
+batches (``common.distributed.my_share``: batches rank, rank + N, ...) and one all-reduce adds up the sums,
+so every rank gets the metrics of the whole split; it must then be called on every rank. Sums are
+accumulated on the device and read once at the end, so there is no host-device sync per batch. (A model
+that lazily caches tensors during its first forward would cache inference tensors here; run one
+training-mode forward first if such a model is trained afterwards.)
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from common import distributed
 
 IGNORE_INDEX = -100
 # Rows of [N, V] logits converted to float32 at a time: bounds the extra memory for a large vocabulary
@@ -99,6 +104,16 @@ def _logits(out: Any) -> torch.Tensor:
     raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
 
 
+def _share(batches: Iterable[Any], shard: bool) -> Iterable[Any]:
+    return distributed.my_share(batches) if shard else batches
+
+
+def _sum_shards(shard: bool, *sums: torch.Tensor) -> None:
+    """Add up the ranks' partial sums in place (one all-reduce) when evaluating sharded."""
+    if shard:
+        distributed.all_reduce_sum_(sums)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # language models
 
@@ -137,13 +152,14 @@ def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 
 def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
                forward: Callable[[nn.Module, dict], torch.Tensor] | None = None,
-               vocab_size: int | None = None) -> dict:
+               vocab_size: int | None = None, shard: bool = False) -> dict:
     """Token-weighted perplexity of a causal LM.
 
     batches: dicts with ``input_ids`` [B, T] and ``labels`` [B, T] (aligned with input_ids; shifted here;
         -100 ignored), or (input_ids, labels) tuples, or bare input_ids tensors.
     forward: ``forward(model, inputs) -> logits [B, T, V]``; default ``model(**inputs).logits``.
     vocab_size: if given, only the first ``vocab_size`` logits are scored (padded-vocabulary models).
+    shard: under torchrun, split the batches over the ranks (call on every rank; all get the result).
     Returns {"loss": mean NLL in nats per token, "ppl": exp(loss), "tokens": number of scored tokens}.
     """
     device = _device_of(model, device)
@@ -151,7 +167,7 @@ def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
     nll = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.int64, device=device)
     with eval_mode(model), torch.inference_mode():
-        for batch in batches:
+        for batch in _share(batches, shard):
             inputs, labels = _lm_batch(_to(batch, device))
             with autocast(device):
                 logits = forward(model, inputs)
@@ -161,6 +177,7 @@ def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
             for lg, lb in zip(flat_logits.split(CHUNK_ROWS), flat_labels.split(CHUNK_ROWS)):
                 nll += F.cross_entropy(lg.float(), lb, ignore_index=IGNORE_INDEX, reduction="sum").double()
             count += (flat_labels != IGNORE_INDEX).sum()
+    _sum_shards(shard, nll, count)
     tokens = int(count.item())
     loss = float(nll.item()) / tokens if tokens else float("nan")
     ppl = float("inf") if loss > 700 else math.exp(loss)  # NaN stays NaN; a diverged model gives inf
@@ -215,14 +232,15 @@ def _cls_batch(batch: Any) -> tuple[Any, torch.Tensor]:
 
 def classification_eval(model: nn.Module, batches: Iterable[Any], device=None,
                         forward: Callable[[nn.Module, Any], torch.Tensor] | None = None,
-                        return_predictions: bool = False) -> dict:
+                        return_predictions: bool = False, shard: bool = False) -> dict:
     """Loss and accuracy of a classifier over a split (sums over examples, divided once at the end).
 
     batches: (inputs, targets) pairs, or dicts with ``labels``; forward(model, inputs) -> logits [B, C]
         (default ``model(**inputs).logits`` for dicts, ``model(inputs)`` otherwise).
     With one output (logits [B, 1] or [B]) the model is a regressor: loss is the MSE and accuracy is NaN.
     Returns {"loss", "accuracy", "n"}; with ``return_predictions`` also "predictions" (class ids, or
-    values for a regressor) and "targets" as NumPy arrays, for ``glue_metrics``.
+    values for a regressor) and "targets" as NumPy arrays, for ``glue_metrics``; with ``shard`` their
+    order is rank by rank (pairs stay aligned, and every GLUE metric is order-free).
     """
     device = _device_of(model, device)
     forward = forward or _default_cls_forward
@@ -232,7 +250,7 @@ def classification_eval(model: nn.Module, batches: Iterable[Any], device=None,
     regression = False
     preds, targs = [], []
     with eval_mode(model), torch.inference_mode():
-        for batch in batches:
+        for batch in _share(batches, shard):
             inputs, targets = _cls_batch(_to(batch, device))
             with autocast(device):
                 logits = forward(model, inputs)
@@ -250,12 +268,19 @@ def classification_eval(model: nn.Module, batches: Iterable[Any], device=None,
             if return_predictions:
                 preds.append(pred.detach())
                 targs.append(targets.detach())
+    if shard and distributed.is_distributed():
+        sums = torch.tensor([n, int(regression)], dtype=torch.int64, device=device)
+        _sum_shards(shard, loss_sum, correct, sums)
+        n, regression = int(sums[0]), bool(sums[1])
     out = {"loss": float(loss_sum.item()) / n if n else float("nan"),
            "accuracy": float("nan") if regression or not n else int(correct.item()) / n,
            "n": n}
     if return_predictions:
-        out["predictions"] = torch.cat(preds).cpu().numpy() if preds else np.zeros(0)
-        out["targets"] = torch.cat(targs).cpu().numpy() if targs else np.zeros(0)
+        pairs = [(torch.cat(preds).cpu().numpy(), torch.cat(targs).cpu().numpy())] if preds else []
+        if shard:
+            pairs = [p for part in distributed.all_gather_object(pairs) for p in part]
+        out["predictions"] = np.concatenate([p for p, _ in pairs]) if pairs else np.zeros(0)
+        out["targets"] = np.concatenate([t for _, t in pairs]) if pairs else np.zeros(0)
     return out
 
 

@@ -50,7 +50,7 @@ from common.seed import get_rng_state
 ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = "args.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
 # Flags that may change between a run and its resumption without changing its results.
 DEFAULT_IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "num_workers", "data_dir",
-                            "cache_dir")
+                            "cache_dir", "compile", "compile_mode", "compile_backend")
 _PACKAGES = ("torch", "transformers", "peft", "datasets", "numpy")
 
 

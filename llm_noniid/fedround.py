@@ -8,7 +8,7 @@ Algorithms (DESIGN.md section 5):
 * SCAFFOLD option II: plain SGD steps y <- y - lr (g(y) - c_i + c); c_i+ = c_i - c + (x - y) / (K lr);
   x <- x + server_lr * mean_k(dy_k); c <- c + sum_k(dc_k) / N. mean_k(dy_k) uses the same client-size
   weights as FedAvg (with equal sizes it is the paper's uniform mean), so the two differ only by the
-  correction. Client control variates persist across rounds (``common.aggregate.Scaffold``).
+  correction. Client control variates persist across rounds (``common.scaffold.Scaffold``).
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -21,11 +22,12 @@ from tqdm import tqdm
 from common import cli
 from common import distributed as dist
 from common import params as P
-from common.aggregate import Scaffold, make_server_optimizer
 from common.checkpoint import atomic_write_json
 from common.evaluate import autocast, perplexity
 from common.runlog import DEFAULT_IGNORE_ON_RESUME, RunDir, run_name
+from common.scaffold import Scaffold
 from common.seed import client_generator, client_rng, numpy_rng, seed_everything, set_rng_state
+from common.server_opt import make_server_optimizer
 from common.text import default_cache_dir, load_tokenizer
 from llm_noniid import data as D
 from llm_noniid import failure, fedround
@@ -143,6 +145,21 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, max_
             steps += 1
 
 
+def timed(local_batches, acc: dict, device: torch.device):
+    """Pass the batches through, adding to ``acc`` the wall time from the first batch requested to the end
+    of the last local step ("client_seconds": forward, backward, optimizer, batch copies) and the token
+    positions fed through the model ("train_tokens", padding included). The clock starts when local training
+    asks for its first batch (after the global model is loaded) and stops when it asks past the last one
+    (before SCAFFOLD's control update); CUDA is synchronized first so queued kernels are counted."""
+    start = time.perf_counter()
+    for x, y in local_batches:
+        acc["train_tokens"] += x.numel()
+        yield x, y
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    acc["client_seconds"] += time.perf_counter() - start
+
+
 def main(argv=None) -> dict:
     parser = get_args_parser()
     args = parse_with_config(parser, argv, presets={"quick": QUICK})
@@ -200,6 +217,9 @@ def run(args, rank: int, world: int) -> dict:
     if args.algorithm == "scaffold":  # control variates for every client, kept across rounds
         scaffold = Scaffold(global_params, args.num_clients, server_lr=args.server_lr)
     start, detected, status, bytes_up, bytes_down = 1, {}, "complete", 0, 0
+    # seconds of the clients' local steps and of whole rounds (evaluation, logging, checkpoints excluded);
+    # under torchrun each rank times its own clients and the summary is rank 0's
+    timing = {"client_seconds": 0.0, "round_seconds": 0.0, "train_tokens": 0}
     state = rd.load_checkpoint()
     if state is not None:
         P.load_(global_params, [t.to(device) for t in state["global"]])
@@ -209,6 +229,7 @@ def run(args, rank: int, world: int) -> dict:
         set_rng_state(state["rng"])
         start, detected = state["round"] + 1, state["detected"]
         bytes_up, bytes_down = state["bytes_up"], state["bytes_down"]
+        timing = state.get("timing", timing)
     dist.barrier()  # every rank has read the checkpoint before rank 0 writes the next one
 
     def loss_fn(batch):
@@ -223,6 +244,7 @@ def run(args, rank: int, world: int) -> dict:
     # ------------------------------------------------------------------ rounds
     bar = tqdm(range(start, args.num_rounds + 1), disable=args.quiet or rank != 0, desc="rounds")
     for r in bar:
+        t_round = time.perf_counter()
         chosen = np.sort(numpy_rng(args.seed, "participants", r).choice(args.num_clients, m, replace=False))
         server = fedround.RoundServer(global_params)
         # this rank's share of the round's non-empty clients, balanced by size (all of them in one process)
@@ -236,7 +258,8 @@ def run(args, rank: int, world: int) -> dict:
             with client_rng(args.seed, r, k):
                 st = fedround.client_round(
                     params, global_params, loss_fn,
-                    batches(cx, cy, args.batch_size, args.local_epochs, args.max_local_steps, gen, device),
+                    timed(batches(cx, cy, args.batch_size, args.local_epochs, args.max_local_steps, gen, device),
+                          timing, device),
                     algorithm=args.algorithm, lr=args.learning_rate, optimizer=args.local_optimizer, mu=args.mu,
                     weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, scaffold=scaffold, client=k,
                     weight=float(sizes[k]))
@@ -253,6 +276,9 @@ def run(args, rank: int, world: int) -> dict:
             args.algorithm, server_opt=server_opt, scaffold=scaffold)}
         bytes_down += per_client_bytes * len(losses)
         bytes_up += per_client_bytes * len(losses)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timing["round_seconds"] += time.perf_counter() - t_round  # the rest is metrics, evaluation, logging
         w = np.array([sizes[k] for k in losses], dtype=np.float64)
         row.update(train_loss=float(np.dot(w, list(losses.values())) / w.sum()),
                    client_train_loss={str(k): v for k, v in losses.items()},
@@ -277,7 +303,8 @@ def run(args, rank: int, world: int) -> dict:
             break
         rd.save_checkpoint({"global": P.state_to_cpu(global_params), "server_opt": server_opt.state_dict(),
                             "scaffold": scaffold.state_dict() if scaffold is not None else None, "round": r,
-                            "detected": detected, "bytes_up": bytes_up, "bytes_down": bytes_down})
+                            "detected": detected, "bytes_up": bytes_up, "bytes_down": bytes_down,
+                            "timing": timing})
 
     # ------------------------------------------------------------------ summary
     dist.barrier()  # rank 0 has written every row before the other ranks read them
@@ -295,7 +322,11 @@ def run(args, rank: int, world: int) -> dict:
         "failure_modes": detected, "thresholds": failure.Thresholds().as_dict(),
         "trainable_params": n_trainable, "bytes_up": bytes_up, "bytes_down": bytes_down,
         "client_sizes": sizes, "vocab_size": vocab_size, "partition_stats": {
-            k: v for k, v in stats.items() if k != "clients"}})
+            k: v for k, v in stats.items() if k != "clients"},
+        "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
+        "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
+        else None,
+        "train_tokens": timing["train_tokens"]})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ An ``Adapter`` holds, per LoRA module (e.g. ``...layer.3.attention.self.query``)
 ``s = alpha / r`` (``alpha / sqrt(r)`` for rsLoRA). It also holds the classifier head (peft's
 ``modules_to_save``), which the server averages with the same weights as the updates.
 
-Merges (DESIGN.md section 5; the math is in ``common.aggregate``), weights ``w_k`` = shard sizes, normalised:
+Merges (DESIGN.md section 5; the math is in ``common.lora_merge``), weights ``w_k`` = shard sizes, normalised:
 * ``svd``    dW_bar = sum_k w_k s_k B_k A_k, fused factors = its rank-r truncated SVD (Eckart-Young
              optimal; exact when r >= sum_k r_k), stored so that ``s_f * B_f @ A_f`` reproduces it with
              the fused scaling ``s_f = alpha_f / r`` (``alpha_f`` = ``--alpha`` or r);
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from common import aggregate, cli
+from common import aggregate, cli, lora_merge
 
 PREFIX = "base_model.model."
 
@@ -196,11 +196,11 @@ def merge(adapters: list[Adapter], weights, method: str = "svd", rank: int | Non
         As = [a.factors[m][0].float() for a in adapters]
         Bs = [a.factors[m][1].float() for a in adapters]
         if method == "naive":
-            A, B = aggregate.lora_naive_merge(As, Bs, w)
+            A, B = lora_merge.lora_naive_merge(As, Bs, w)
         elif method == "exact" and sum(a.r for a in adapters) <= dims[m]:
-            A, B = aggregate.lora_exact_merge(As, Bs, w, scales, out_scale=s_f)
+            A, B = lora_merge.lora_exact_merge(As, Bs, w, scales, out_scale=s_f)
         else:  # svd; or exact beyond full rank, where the SVD of rank >= min(out, in) is lossless
-            A, B = aggregate.lora_svd_merge(As, Bs, w, scales, fused_r, out_scale=s_f)
+            A, B = lora_merge.lora_svd_merge(As, Bs, w, scales, fused_r, out_scale=s_f)
         A, B = _pad(A, B, fused_r)
         dtype = ref.factors[m][0].dtype
         factors[m] = (A.to(dtype).contiguous(), B.to(dtype).contiguous())
@@ -221,7 +221,7 @@ def merge_rel_error(clients: list[Adapter], weights, fused: Adapter) -> float:
     total = float(sum(weights))
     fd, num, den = fused.delta(), 0.0, 0.0
     for m in fd:
-        mean = aggregate.lora_delta([a.factors[m][0] for a in clients], [a.factors[m][1] for a in clients],
+        mean = lora_merge.lora_delta([a.factors[m][0] for a in clients], [a.factors[m][1] for a in clients],
                                     [w / total for w in weights], [a.scale for a in clients])
         num += float((mean - fd[m]).pow(2).sum())
         den += float(mean.pow(2).sum())

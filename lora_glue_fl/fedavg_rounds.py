@@ -29,6 +29,7 @@ import copy
 import dataclasses
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,10 +199,14 @@ def main(argv=None) -> dict:
         adapters.load_into(state["model"], adapter)
         return state["model"]
 
+    # seconds of the clients' local training and of whole rounds (evaluation, logging, checkpoints excluded);
+    # under torchrun each rank times its own clients and the summary is rank 0's
+    timing = {"client_seconds": 0.0, "round_seconds": 0.0}
     ckpt = rd.load_checkpoint()
     if ckpt is not None:
         fused = adapters.from_state_dict(ckpt["fused"], **ckpt["fused_meta"])
         start, bytes_up, bytes_down = ckpt["round"] + 1, ckpt["bytes_up"], ckpt["bytes_down"]
+        timing = ckpt.get("timing", timing)
         seeding.set_rng_state(ckpt["rng"])
     elif args.init_adapter:
         fused = adapters.load(args.init_adapter)
@@ -227,14 +232,19 @@ def main(argv=None) -> dict:
     # this rank's clients: the same every round (all clients take part), largest shards spread first
     my_clients = D.assign_clients(list(range(len(shards))), sizes, D.world_size())[D.rank()]
     for rnd in bar:
+        t_round = time.perf_counter()
         round_dir = rd.artifact(f"round_{rnd}")
         keep_clients = args.save_client_adapters == "all" or (args.save_client_adapters == "last" and rnd == args.rounds)
         mine = {}
         for i in my_clients:
             idx = shards[i]
             model = model_for(fused)  # every client starts from the fused adapter and head
+            t_client = time.perf_counter()
             stats = modeling.train_local(model, train_enc, idx, epochs=args.local_epochs, batch_size=args.batch_size,
                                          lr=args.learning_rate, seed=args.seed, round_idx=rnd, client=i, device=device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timing["client_seconds"] += time.perf_counter() - t_client
             client = adapters.from_model(model)
             client.dropout = args.lora_dropout
             moved = math.sqrt(sum(float((client.factors[m][j].float() - fused.factors[m][j].float()).pow(2).sum())
@@ -261,6 +271,7 @@ def main(argv=None) -> dict:
         row = {"round": rnd, "client": None, "fused_rank": fused.r,
                "merge_rel_error": adapters.merge_rel_error(clients, sizes, fused) if rd.is_main else None,
                "train_loss": sum(l * n for l, n in zip(losses, sizes)) / sum(sizes)}
+        timing["round_seconds"] += time.perf_counter() - t_round  # adapter files and the merge error included
         if rd.is_main and (args.eval_each_round or rnd == args.rounds):
             row.update(modeling.evaluate(args.task_name, model_for(fused), eval_enc, device, args.eval_batch_size))
             last_metrics[rnd] = row
@@ -268,6 +279,7 @@ def main(argv=None) -> dict:
         rd.log(row)
         del clients
         rd.save_checkpoint({"round": rnd, "fused": fused.state_dict(), "bytes_up": bytes_up, "bytes_down": bytes_down,
+                            "timing": timing,
                             "fused_meta": {"r": fused.r, "alpha": fused.alpha, "target_modules": fused.target_modules,
                                            "dropout": fused.dropout}})
 
@@ -280,7 +292,10 @@ def main(argv=None) -> dict:
                "final": {k: v for k, v in final.items() if k not in ("round", "client")},
                "best": {"round": best.get("round"), main_metric: best.get(main_metric)},
                "final_adapter": str(rd.path / f"round_{args.rounds}" / fused_dir_name(args.aggregation, fused) / "adapter"),
-               "bytes_up": bytes_up, "bytes_down": bytes_down, "model": modeling.model_id(args)}
+               "bytes_up": bytes_up, "bytes_down": bytes_down, "model": modeling.model_id(args),
+               "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
+               "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
+               else None}
     summary = D.broadcast_object(rd.write_summary(summary))  # every rank returns rank 0's summary
     if owns_group:
         D.cleanup()

@@ -13,7 +13,7 @@ from the streams (seed, r, c), so a client's update does not depend on the order
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -150,16 +150,28 @@ class Encoded:
     lengths: torch.Tensor     # [N] tokens per example
     labels: torch.Tensor      # [N] int64 or float32
 
+    _resident: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (ids, lengths, labels)
+
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def on(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, lengths, labels) on ``device``, copied there once and kept (the data stays resident)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.input_ids, self.lengths, self.labels
+        if device not in self._resident:
+            self._resident[device] = tuple(t.to(device) for t in (self.input_ids, self.lengths, self.labels))
+        return self._resident[device]
+
     def batch(self, idx: torch.Tensor, device) -> dict:
-        """Rows ``idx``, trimmed to the longest of them (dynamic padding)."""
+        """Rows ``idx`` (a CPU index tensor), trimmed to the longest of them (dynamic padding). The width is
+        read from the CPU copy of the lengths, so building a batch never waits for the device."""
         t = int(self.lengths[idx].max())
-        ids = self.input_ids[idx, :t]
-        mask = (torch.arange(t)[None, :] < self.lengths[idx][:, None]).long()
-        return {"input_ids": ids.to(device, non_blocking=True), "attention_mask": mask.to(device, non_blocking=True),
-                "labels": self.labels[idx].to(device, non_blocking=True)}
+        ids, lengths, labels = self.on(device)
+        idx = idx.to(ids.device, non_blocking=True)
+        mask = (torch.arange(t, device=ids.device)[None, :] < lengths[idx][:, None]).long()
+        return {"input_ids": ids[idx, :t], "attention_mask": mask, "labels": labels[idx]}
 
 
 def encode(tokenizer, ex: Examples, max_length: int) -> Encoded:

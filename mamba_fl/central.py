@@ -18,7 +18,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from common import cli, evaluate, params, runlog, seed
+from common import cli, compiled, evaluate, params, runlog, seed
 from mamba_fl import deltas, federated, lmdata
 from mamba_fl import model as mmodel
 
@@ -50,22 +50,23 @@ def main(argv=None) -> dict:
     cli.check(args.n_epochs > 0, f"--n-epochs must be positive, got {args.n_epochs}")
     device = cli.resolve_device(args.device)
     mmodel.quiet_kernel_warnings()
-    data = lmdata.load_lm_data(args)
+    data = lmdata.load_lm_data(args, device)
     n = data.train.shape[0]
     per_epoch = math.ceil(n / args.batch_size)  # the last, smaller batch is kept
     total = args.max_steps or max(1, math.ceil(args.n_epochs * per_epoch))
     args.kernel_path = mmodel.kernel_path(device)
     name = args.run_name or runlog.run_name("central", args.config, quick=args.quick, s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device,
-                       ignore_on_resume=("resume", "quiet", "out_dir", "run_name", "device", "cache_dir"))
+                       ignore_on_resume=federated.IGNORE_ON_RESUME)
 
     seed.seed_everything(args.seed)
     model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
     model.to(device).train()
+    fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     plist = params.trainable(model)
     opt = torch.optim.AdamW(plist, lr=args.lr, weight_decay=args.weight_decay)
     valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
-    ctx = federated.Context(args, model, plist, data, device)
+    ctx = federated.Context(args, model, plist, data, device, forward_model=fwd)
     snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
         if args.save_deltas else None
     step, tokens, best, prev_grad, last = 0, 0, float("inf"), None, {}
@@ -82,7 +83,8 @@ def main(argv=None) -> dict:
         snaps.add_server(plist)
         snaps.write("step_000000")
 
-    loss_sum, cos_sum, n_since, t_train = torch.zeros((), device=device), 0.0, 0, 0.0
+    # running sums stay on the device: no host-device sync per step
+    loss_sum, cos_sum, n_since, t_train = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0.0
     bar = tqdm(total=total, initial=step, desc="central", disable=args.quiet)
     perm, perm_epoch = None, -1
     while step < total:
@@ -91,16 +93,16 @@ def main(argv=None) -> dict:
             perm = torch.randperm(n, generator=seed.client_generator(args.seed, epoch, 0, purpose="central"))
             perm_epoch = epoch
         t0 = time.perf_counter()
-        idx = perm[pos * args.batch_size:(pos + 1) * args.batch_size]
+        idx = perm[pos * args.batch_size:(pos + 1) * args.batch_size].to(device, non_blocking=True)
         batch = {k: v.to(device, non_blocking=True)
                  for k, v in lmdata.text.lm_batch(data.train[idx], data.tokenizer.pad_token_id).items()}
         with evaluate.autocast(device):
-            loss = model(**batch).loss
+            loss = fwd(**batch).loss
         loss.backward()
         # cosine between consecutive steps' gradients: one flat copy per step, dot products on device
         grad = params.flatten([p.grad for p in plist], dtype=torch.float32)
         if prev_grad is not None:
-            cos_sum += float(torch.nn.functional.cosine_similarity(grad, prev_grad, dim=0))
+            cos_sum += torch.nn.functional.cosine_similarity(grad, prev_grad, dim=0)
         prev_grad = grad
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -113,20 +115,22 @@ def main(argv=None) -> dict:
 
         if step % args.val_freq == 0 or step == total:
             row = {"step": step, "epoch": step / per_epoch, "tokens": tokens, "train_loss": loss_sum.item() / n_since,
-                   "grad_cosine": cos_sum / n_since}
+                   "grad_cosine": cos_sum.item() / n_since}
             row |= federated.evaluate_global(ctx, valid)
             model.train()
             best = min(best, row["val_ppl"])
             last = {k: v for k, v in row.items() if k != "sample"}
             rd.log(row)
             loss_sum.zero_()
-            cos_sum, n_since = 0.0, 0
+            cos_sum.zero_()
+            n_since = 0
             bar.set_postfix(val_ppl=f"{row['val_ppl']:.2f}")
             if snaps is not None:
                 snaps.add_server(plist)
                 snaps.write(f"step_{step:06d}")
-            rd.save_checkpoint({"step": step, "tokens": tokens, "model": model.state_dict(), "opt": opt.state_dict(), "best": best,
-                                "last": last, "prev_grad": prev_grad.cpu() if prev_grad is not None else None,
+            rd.save_checkpoint({"step": step, "tokens": tokens, "model": model.state_dict(),
+                                "opt": opt.state_dict(), "best": best, "last": last,
+                                "prev_grad": prev_grad.cpu() if prev_grad is not None else None,
                                 "snapshots": snaps.state_dict() if snaps is not None else None})
     bar.close()
     summary = rd.write_summary({

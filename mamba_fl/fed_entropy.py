@@ -20,7 +20,7 @@ def add_entropy_weighted(ctx: federated.Context, agg, client: federated.Client) 
     """Streaming softmax: weight exp(-(H_k - H_ref) / T), H_ref the round's first client's entropy, so the
     exponent stays moderate; the aggregator's normalisation by the weight sum completes the softmax."""
     held = client.holdout[: ctx.args.entropy_blocks] if ctx.args.entropy_blocks > 0 else client.holdout
-    h = evaluate.mean_entropy(ctx.model, ctx.batches(held, max(ctx.args.batch_size, 8)),
+    h = evaluate.mean_entropy(ctx.forward_model, ctx.batches(held, max(ctx.args.batch_size, 8)),
                               vocab_size=ctx.data.vocab_size, device=ctx.device)
     ctx.model.train()
     h_ref = ctx.scratch.setdefault("h_ref", h)

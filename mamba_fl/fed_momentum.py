@@ -7,7 +7,7 @@ Each round the clients train as in FedAvg; with d = theta - mean_k theta_k (the 
 keeps a momentum buffer m and steps theta <- theta - server_lr * m, where
   ema (the source's default):        m <- beta m + (1 - beta) d
   heavy-ball (Hsu et al. 2019, Flower): m <- beta m + d
-(see common.aggregate.make_server_optimizer). The round loop lives in mamba_fl/federated.py.
+(see common.server_opt.make_server_optimizer). The round loop lives in mamba_fl/federated.py.
 """
 from __future__ import annotations
 

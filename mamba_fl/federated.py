@@ -18,8 +18,9 @@ centralized AdamW training on the same batches.
 
 Under ``torchrun`` each process trains its share of the round's clients (``common.distributed``, balanced
 by shard size) into its own aggregator; after a small all-gather of the clients' metrics, one all-reduce
-sums the aggregators and every process applies the same server step. Rank 0 alone evaluates, logs and
-checkpoints. Without torchrun this is the plain single-process loop.
+sums the aggregators and every process applies the same server step. Every process scores its share of
+the validation batches (one more all-reduce); rank 0 alone logs and checkpoints. Without torchrun this
+is the plain single-process loop.
 """
 from __future__ import annotations
 
@@ -34,9 +35,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common import aggregate, cli, distributed, evaluate, params, runlog, seed
+from common import aggregate, cli, compiled, distributed, evaluate, params, runlog, seed, server_opt
 from mamba_fl import deltas, lmdata, multiproc
 from mamba_fl import model as mmodel
+
+# flags that may differ when a run is resumed (they do not change its results)
+IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", *compiled.FLAGS)
 
 # ----------------------------------------------------------------------------------------------------------
 # arguments
@@ -109,7 +113,7 @@ class Method:
     """What differs between the federated scripts.
 
     make_aggregator(args, like) -> aggregator; add_client(ctx, agg, client) adds the trained client (the
-    model holds its final parameters) and returns metrics for the log; server: common.aggregate name.
+    model holds its final parameters) and returns metrics for the log; server: common.server_opt name.
     """
     name: str
     script: str
@@ -140,6 +144,11 @@ class Context:
     device: torch.device
     round: int = 0
     scratch: dict = field(default_factory=dict)  # per-round state of a hook (e.g. a reference entropy)
+    forward_model: torch.nn.Module | None = None  # what forward passes call: torch.compile(model) or model
+
+    def __post_init__(self):
+        if self.forward_model is None:
+            self.forward_model = self.model
 
     def batches(self, idx: np.ndarray, batch_size: int | None = None):
         return lmdata.iterate(self.data.train[torch.as_tensor(idx)], batch_size or self.args.batch_size,
@@ -165,8 +174,8 @@ def train_steps(model, opt, blocks: torch.Tensor, steps: list[np.ndarray], pad_i
     """One AdamW step per entry of ``steps``; returns the summed loss as a device tensor (no host sync)."""
     total = torch.zeros((), device=device)
     for idx in steps:
-        batch = {k: v.to(device, non_blocking=True)
-                 for k, v in lmdata.text.lm_batch(blocks[torch.as_tensor(idx)], pad_id).items()}
+        rows = torch.as_tensor(idx).to(blocks.device, non_blocking=True)
+        batch = {k: v.to(device, non_blocking=True) for k, v in lmdata.text.lm_batch(blocks[rows], pad_id).items()}
         with evaluate.autocast(device):
             loss = model(**batch).loss
         loss.backward()
@@ -190,13 +199,13 @@ def _opt_state_from_list(states: list[dict], plist, device) -> dict:
 
 
 def evaluate_global(ctx: Context, valid: torch.Tensor) -> dict:
-    """Token-weighted validation loss/perplexity, and perplexity per word (same total NLL over words)."""
-    out = evaluate.perplexity(ctx.model, lmdata.iterate(valid, max(ctx.args.batch_size, 8),
-                                                        ctx.data.tokenizer.pad_token_id, ctx.device),
-                              device=ctx.device)
+    """Token-weighted validation loss/perplexity, and perplexity per word (same total NLL over words).
+    Under torchrun every rank calls it and scores its share of the batches; rank 0 adds the text sample."""
+    batches = lmdata.iterate(valid, max(ctx.args.batch_size, 8), ctx.data.tokenizer.pad_token_id, ctx.device)
+    out = evaluate.perplexity(ctx.forward_model, batches, device=ctx.device, shard=True)
     row = {"val_loss": out["loss"], "val_ppl": out["ppl"],
            "val_ppl_word": math.exp(out["loss"] / ctx.data.words_per_token)}
-    if ctx.args.sample_tokens > 0:
+    if ctx.args.sample_tokens > 0 and distributed.is_main():
         row["sample"] = mmodel.greedy_sample(ctx.model, ctx.data.tokenizer, ctx.args.prompt,
                                              ctx.args.sample_tokens, ctx.device)
     return row
@@ -237,7 +246,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     device = distributed.device_for_rank(cli.resolve_device(args.device))
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     mmodel.quiet_kernel_warnings()
-    data = _main_first(lambda: lmdata.load_lm_data(args))
+    data = _main_first(lambda: lmdata.load_lm_data(args, device))
     shards = lmdata.client_shards(args, data)
     clients = []
     for k, idx in enumerate(shards):
@@ -252,19 +261,20 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
                                             quick=args.quick, s=args.seed)
     rd = _main_first(lambda: runlog.RunDir(
         args.out_dir, name, args, resume=args.resume, kind=f"mamba_fl/{method.script}", device=device,
-        is_main=main, ignore_on_resume=("resume", "quiet", "out_dir", "run_name", "device", "cache_dir")))
+        is_main=main, ignore_on_resume=IGNORE_ON_RESUME))
 
     seed.seed_everything(args.seed)
     model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
     model.to(device).train()
+    fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     plist = params.trainable(model)
     global_params = params.clone(plist)
     opt = torch.optim.AdamW(plist, lr=args.lr, weight_decay=args.weight_decay)
-    server = None if method.server == "fedavg" else aggregate.make_server_optimizer(
+    server = None if method.server == "fedavg" else server_opt.make_server_optimizer(
         method.server, global_params, lr=args.server_lr, momentum=args.server_momentum, form=args.momentum_form)
     client_states: dict[int, dict] = {}
     valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
-    ctx = Context(args, model, plist, data, device)
+    ctx = Context(args, model, plist, data, device, forward_model=fwd)
     snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
         if args.save_deltas else None
     bytes_param = sum(p.numel() * p.element_size() for p in plist)
@@ -308,7 +318,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
             opt.state = defaultdict(dict, client_states.get(k, {}) if args.client_opt_state == "persist" else {})
             steps = client_batch_indices(c.train, args.seed, r, k, args.local_updates, args.batch_size)
             t0 = time.perf_counter()
-            train_loss += train_steps(model, opt, data.train, steps, data.tokenizer.pad_token_id, device)
+            train_loss += train_steps(fwd, opt, data.train, steps, data.tokenizer.pad_token_id, device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             acc["client_seconds"] += time.perf_counter() - t0
@@ -339,15 +349,17 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
         acc["bytes_down"] += len(chosen) * bytes_param
         acc["round_seconds"] += time.perf_counter() - t_round
 
-        if eval_now and not main:  # rank 0 evaluates, logs and checkpoints
+        if eval_now:  # every rank scores its share of the validation batches
+            params.load_(plist, global_params)
+            scores = evaluate_global(ctx, valid)
+        if eval_now and not main:  # rank 0 logs and checkpoints
             train_loss.zero_()
             n_steps = 0
         elif eval_now:
-            params.load_(plist, global_params)
             client_rows = dict(sorted(client_rows.items()))
             row = {"round": r + 1, "step": (r + 1) * args.local_updates, "tokens": acc["train_tokens"],
                    "train_loss": train_loss.item() / max(n_steps, 1)}
-            row |= evaluate_global(ctx, valid)
+            row |= scores
             extra = {}
             for k, cr in client_rows.items():
                 for key, v in cr.items():

@@ -8,19 +8,14 @@ no-ops in a single process.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from common import distributed
 
 
 def gather_rows(rows: dict[int, dict]) -> dict[int, dict]:
     """Every rank's {client: metrics} merged, on every rank (one small all-gather of Python objects)."""
-    if not distributed.is_distributed():
-        return dict(rows)
-    parts: list = [None] * distributed.world_size()
-    dist.all_gather_object(parts, rows)
     merged: dict[int, dict] = {}
-    for part in parts:
+    for part in distributed.all_gather_object(rows):
         merged.update(part)
     return merged
 
@@ -56,8 +51,7 @@ def gather_snapshot_arrays(snaps, prefix: str = "client") -> None:
     if snaps is None or not distributed.is_distributed():
         return
     mine = {k: v for k, v in snaps.arrays.items() if k.startswith(prefix)}
-    parts: list = [None] * distributed.world_size()
-    dist.all_gather_object(parts, mine)
+    parts = distributed.all_gather_object(mine)
     if distributed.is_main():
         for part in parts:
             snaps.arrays.update(part)

@@ -199,6 +199,8 @@ def batches(split: Split, batch_size: int, steps: int, generator: torch.Generato
         yield augment(split.images[idx], image_size, generator, train=augment_train), split.labels[idx]
 
 
-def eval_batches(split: Split, batch_size: int, image_size: int):
-    for i in range(0, len(split), batch_size):
+def eval_batches(split: Split, batch_size: int, image_size: int, rank: int = 0, world: int = 1):
+    """(images, labels) batches in order, without augmentation; with ``world`` > 1 only batches
+    rank, rank + world, ... (one rank's share for sharded evaluation; the others are never built)."""
+    for i in range(rank * batch_size, len(split), world * batch_size):
         yield augment(split.images[i:i + batch_size], image_size, train=False), split.labels[i:i + batch_size]

@@ -4,13 +4,14 @@ training loop over a batch iterator, and evaluation.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
 from common import cli
+from common import distributed as D
+from common.evaluate import autocast
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl.vit import VIT_SMALL, VIT_TINY, ViTClassifier, load_backbone_weights
 
@@ -75,19 +76,10 @@ def build_model(args, num_classes: int, device: torch.device) -> tuple[ViTClassi
     return model.to(device), source
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (the AMP of the source), nothing elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_steps(model, optimizer, batch_iter, *, label_smoothing: float, device: torch.device,
-                lr: float | None = None) -> tuple[float, int]:
-    """One optimizer step per batch from ``batch_iter``; returns (mean loss, images seen).
-
-    The loss is accumulated on the device and read once at the end (no host sync per step).
-    """
+                lr: float | None = None) -> tuple[torch.Tensor, int]:
+    """One optimizer step per batch from ``batch_iter``; returns (mean loss as a 0-d device tensor, images
+    seen). Nothing is read back to the host: the caller reads the losses once, when it logs them."""
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -102,20 +94,27 @@ def train_steps(model, optimizer, batch_iter, *, label_smoothing: float, device:
         total += loss.detach()
         n += len(y)
         steps += 1
-    return float(total) / max(steps, 1), n
+    return total / max(steps, 1), n
 
 
 @torch.inference_mode()
-def evaluate(model, split: cifar.Split, args, device: torch.device) -> dict:
-    """{loss, accuracy, n} of ``model`` on ``split`` (no augmentation)."""
+def evaluate(model, split: cifar.Split, args, device: torch.device, shard: bool = False) -> dict:
+    """{loss, accuracy, n} of ``model`` on ``split`` (no augmentation).
+
+    shard: under torchrun every rank scores every N-th batch (its share) and one all-reduce adds up the
+    sums, so every rank returns the metrics of the whole split; call it on every rank then.
+    """
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in cifar.eval_batches(split, args.eval_batch_size, args.image_size):
+    rank, world = (D.rank(), D.world_size()) if shard else (0, 1)
+    for x, y in cifar.eval_batches(split, args.eval_batch_size, args.image_size, rank=rank, world=world):
         with autocast(device):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(-1) == y).sum()
+    if world > 1:
+        D.all_reduce_sum_([loss_sum, correct])
     n = len(split)
     return {"loss": float(loss_sum) / max(n, 1), "accuracy": float(correct) / max(n, 1), "n": n}
 

@@ -18,7 +18,7 @@ import tempfile
 import torch
 from tqdm import tqdm
 
-from common import cli
+from common import cli, compiled
 from common import seed as seeding
 from common.runlog import RunDir
 from vit_sparse_fl import data as cifar
@@ -81,6 +81,7 @@ def main(argv=None) -> dict:
     device = cli.resolve_device(args.device)
     train, val, test, num_classes = cifar.load_cifar100(args, device)
     model, source = exp.build_model(args, num_classes, device)
+    fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(train) // args.batch_size)
@@ -102,17 +103,17 @@ def main(argv=None) -> dict:
         gen = seeding.client_generator(args.seed, epoch, 0, device, purpose="centralized")
         stream = cifar.batches(train, args.batch_size, steps_per_epoch, gen, args.image_size,
                                augment_train=not args.no_augment)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)  # read once per epoch: no host sync per step
         with seeding.client_rng(args.seed, epoch, 0, purpose="centralized_dropout"):
             for i, batch in enumerate(stream):   # one step per batch so the schedule is per step
                 step = epoch * steps_per_epoch + i
                 lr = exp.cosine_lr(step, total_steps, args.lr, warmup_steps, args.min_lr)
-                loss, _ = exp.train_steps(model, optimizer, [batch], label_smoothing=args.label_smoothing,
+                loss, _ = exp.train_steps(fwd, optimizer, [batch], label_smoothing=args.label_smoothing,
                                           device=device, lr=lr)
                 loss_sum += loss
-        ev = exp.evaluate(model, val, args, device)
+        ev = exp.evaluate(fwd, val, args, device)
         row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": lr,
-               "train_loss": loss_sum / steps_per_epoch, "val_loss": ev["loss"],
+               "train_loss": loss_sum.item() / steps_per_epoch, "val_loss": ev["loss"],
                "val_accuracy": ev["accuracy"]}
         run.log(row)
         bar.set_postfix(val_acc=f"{ev['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
@@ -129,10 +130,10 @@ def main(argv=None) -> dict:
 
     # ---------------------------------------------------------------- test with the best model
     rows = run.rows()
-    final_test = exp.evaluate(model, test, args, device)
+    final_test = exp.evaluate(fwd, test, args, device)
     if best:
         model.load_state_dict(torch.load(best[0]["path"], map_location=device, weights_only=True)["model"])
-    best_test = exp.evaluate(model, test, args, device) if best else final_test
+    best_test = exp.evaluate(fwd, test, args, device) if best else final_test
     summary = {"method": "centralized", "seed": args.seed, "weights": source, "epochs_done": len(rows),
                "stopped_early": stopped_early,
                "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,

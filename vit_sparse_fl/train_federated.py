@@ -14,8 +14,10 @@ dropout) is keyed by (seed, round, client), so --resume reproduces the uninterru
 The sweeps keep every value's run directory and summary (the source kept only the last value).
 
 Under ``torchrun --nproc-per-node N`` each rank trains its share of the round's clients (balanced by shard
-size) and one all-reduce per round sums the aggregators; every rank applies the same server step, rank 0
-evaluates, logs and checkpoints. The result does not depend on N (up to float summation order).
+size) and one all-reduce per round sums the aggregators; every rank applies the same server step and
+scores its share of the evaluation batches (one more all-reduce); rank 0 logs and checkpoints. The result
+does not depend on N (up to float summation order). ``--compile`` compiles the forward pass used by
+training and evaluation (``common.compiled``).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import cli, shard
+from common import cli, compiled, shard
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
@@ -100,7 +102,8 @@ def setup(args) -> dict:
     names = [n for n, _ in P.named_trainable(model)]
     return dict(args=args, device=device, train=train, val=val, test=test, num_classes=num_classes,
                 shards=[torch.as_tensor(s, device=device) for s in shards], model=model, weights=source,
-                names=names, params=P.trainable(model))
+                names=names, params=P.trainable(model),
+                forward=compiled.maybe_compile(model, args))  # what forward passes call (--compile)
 
 
 def sample_clients(seed: int, round_idx: int, num_clients: int, rate: float,
@@ -117,7 +120,7 @@ def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: 
     ``masks`` (one per trainable parameter, True = trainable, None = dense) switches the local optimizer to
     SparseSGDM, and the aggregate is written back only on the mask, so frozen coordinates keep their bits.
     """
-    args, model, params, device = ctx["args"], ctx["model"], ctx["params"], ctx["device"]
+    args, params, device = ctx["args"], ctx["params"], ctx["device"]
     clients = sample_clients(args.seed, round_idx, args.num_clients, args.participation_rate,
                              purpose + "_clients")
     agg = WeightedMean(params)
@@ -138,13 +141,15 @@ def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: 
             torch.cuda.synchronize(device)                   # twice per client, so the timing is honest
         t0 = time.perf_counter()
         with seeding.client_rng(args.seed, round_idx, k, purpose=purpose + "_dropout"):
-            loss, n = exp.train_steps(model, opt, stream, label_smoothing=args.label_smoothing, device=device)
+            loss, n = exp.train_steps(ctx["forward"], opt, stream, label_smoothing=args.label_smoothing,
+                                      device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         client_s += time.perf_counter() - t0                 # the client's compute: batches, fwd, bwd, step
         agg.add(params, weight=float(len(ctx["shards"][k])))
         losses.append(loss)
         images += n
+    losses = torch.stack(losses).tolist() if losses else []  # the round's one read of the client losses
     if world > 1:
         losses, images, client_s = reduce_round(agg, clients, mine, losses, images, client_s)
     new = agg.result()
@@ -177,7 +182,7 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
              prefix: str = "fedavg", kind: str = "vit_sparse_fl/train_federated") -> dict:
     """Run the rounds into the run directory and return the summary (the loop of every FedAvg variant)."""
     ctx = ctx or setup(args)
-    model, params, device = ctx["model"], ctx["params"], ctx["device"]
+    params, device = ctx["params"], ctx["device"]
     main_rank = D.is_main()
     run = RunDir(args.out_dir, args.run_name or default_run_name(args, prefix), vars(args),
                  resume=args.resume, kind=kind, is_main=main_rank)
@@ -196,9 +201,10 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
         stats = fed_round(ctx, r, global_params, lr, masks)
         client_s += stats["client_seconds"]
         loop_s += time.perf_counter() - t0
-        if main_rank and ((r + 1) % args.eval_every == 0 or r + 1 == args.rounds):
+        if (r + 1) % args.eval_every == 0 or r + 1 == args.rounds:
             P.load_(params, global_params)
-            val = exp.evaluate(model, ctx["val"], args, device)
+            val = exp.evaluate(ctx["forward"], ctx["val"], args, device, shard=True)  # every rank: its share
+        if main_rank and ((r + 1) % args.eval_every == 0 or r + 1 == args.rounds):
             row = {"round": r + 1, "step": (r + 1) * args.local_steps, "lr": lr,
                    "train_loss": stats["train_loss"], "val_loss": val["loss"],
                    "val_accuracy": val["accuracy"]}
@@ -208,9 +214,9 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
             bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", loss=f"{stats['train_loss']:.3f}")
             run.save_checkpoint({"round": r + 1, "best": best, "global": P.state_to_cpu(global_params)})
     P.load_(params, global_params)
-    if not main_rank:                                        # rank 0 evaluates and writes the summary
+    test = exp.evaluate(ctx["forward"], ctx["test"], args, device, shard=True)
+    if not main_rank:                                        # rank 0 writes the summary
         return D.broadcast_object(None)
-    test = exp.evaluate(model, ctx["test"], args, device)
     rows = run.rows()
     n_coords = sum(p.numel() for p in params)
     up = n_coords if masks is None else sum(int(m.sum()) if m is not None else p.numel()

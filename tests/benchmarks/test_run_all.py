@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,12 +20,22 @@ def run_all():
     return module
 
 
+def fake_llm(overheads: dict) -> list[dict]:
+    """bench_llm_round.py rows: (algorithm, lora_r) -> overhead fraction."""
+    return [{"algorithm": a, "lora_r": r, "trainable_params": 16384 if r else 134912, "rounds": 10, "clients": 4,
+             "train_tokens": 30720, "tokens_per_s": 15000.0, "round_s": 0.5, "client_s": 0.5 * (1 - o),
+             "overhead": o, "final_val_ppl": 150.0} for (a, r), o in overheads.items()]
+
+
+LLM_OK = {("fedavg", 0): 0.03, ("fedprox", 0): 0.04, ("scaffold", 0): 0.049, ("fedavg", 8): 0.02}
+
+
 def fake_results(*, speedup=3.0, copy_fraction=0.7, peak_k100=1.05, vit_other=0.02, fedavg_overhead=0.08,
-                 fisher_ratio=2.5, step_s=None) -> dict:
+                 fisher_ratio=2.5, step_s=None, lora_round=0.024, llm=None) -> dict:
     mib = 2**20
     return {
         "aggregate": {
-            "numel": 2_000_000, "quick": True,
+            "numel": 2_000_000, "quick": True, "threads": 2,
             "timings": [{"clients": k, "method": m, "speedup": speedup if m == "stream" else 1.0,
                          "gb_s": 10.0 * copy_fraction, "copy_gb_s": 10.0, "copy_fraction": copy_fraction}
                         for k in (10, 100) for m in ("reference", "stream")],
@@ -40,7 +53,12 @@ def fake_results(*, speedup=3.0, copy_fraction=0.7, peak_k100=1.05, vit_other=0.
                   {"layers": 1, "vmap_s": 0.5, "loop_s": 2.0, "rel_gap": 1e-6}],
         "lora_merge": {"clients": 10, "step_s": step_s, "round_steps": 2110, "agree": 1e-6,
                        "timings_ms": {"svd (QR core, lora_glue_fl)": 20.0, "svd (dense dW + full SVD)": 300.0,
-                                      "naive A/B average": 1.0, "exact (stacked)": 2.0}},
+                                      "naive A/B average": 1.0, "exact (stacked)": 2.0},
+                       "round": None if lora_round is None else {
+                           "clients": 4, "rounds": 4, "local_epochs": 1.0, "examples_per_client": [500] * 4,
+                           "round_s": 2.0, "client_s": 2.0 * (1 - lora_round), "overhead": lora_round,
+                           "final_accuracy": 0.5}},
+        "llm_round": fake_llm(LLM_OK if llm is None else llm),
         "fisher": {"results": [{"model": "vit_tiny", "params": 67060, "batch_size": 16, "batch_ms": 20.0,
                                 "per_example_ms": 20.0 * fisher_ratio, "loop_ms": 80.0,
                                 "per_example_ratio": fisher_ratio, "loop_ratio": 4.0, "rel_gap": 1e-7,
@@ -62,10 +80,16 @@ def test_targets_met_and_missed(run_all):
     assert verdicts(rows, "vit_sparse_fl", "round overhead") == ["yes"]
     assert verdicts(rows, "mamba_fl", "FedAvg round overhead") == ["NO"]     # 8% >= 5%
     assert verdicts(rows, "fisher", "per-example (vmap)") == ["yes"]
-    assert verdicts(rows, "lora_glue_fl", "round overhead") == ["n/a"]       # training step skipped
+    assert verdicts(rows, "lora_glue_fl", "merge share") == ["n/a"]          # training step skipped
+    assert verdicts(rows, "lora_glue_fl", "round overhead (measured") == ["yes"]  # 2.4% < 5%
+    llm = [r for r in rows if r[0] == "llm_noniid"]
+    assert [r[5] for r in llm] == ["yes"] * 4                                  # one row per (algorithm, rank)
+    assert [r[1].split(",")[0] for r in llm] == ["fedavg", "fedprox", "scaffold", "fedavg"]
+    assert "LoRA r=8" in llm[3][1] and "all parameters" in llm[0][1] and all(r[4] == "< 5%" for r in llm)
 
     bad = run_all.build_table(fake_results(speedup=1.5, copy_fraction=0.3, peak_k100=1.5, vit_other=0.06,
-                                           fedavg_overhead=0.01, fisher_ratio=3.5, step_s=1.0),
+                                           fedavg_overhead=0.01, fisher_ratio=3.5, step_s=1.0, lora_round=0.07,
+                                           llm={("fedavg", 0): 0.049, ("scaffold", 0): 0.05, ("fedprox", 8): 0.2}),
                               cuda=False, device="cpu")
     assert verdicts(bad, "aggregate", "WeightedMean vs") == ["NO", "NO"]
     assert verdicts(bad, "aggregate", "WeightedMean bandwidth") == ["NO", "NO"]
@@ -73,7 +97,9 @@ def test_targets_met_and_missed(run_all):
     assert verdicts(bad, "vit_sparse_fl", "round overhead") == ["NO"]
     assert verdicts(bad, "mamba_fl", "FedAvg round overhead") == ["yes"]
     assert verdicts(bad, "fisher", "per-example (vmap)") == ["NO"]
-    assert verdicts(bad, "lora_glue_fl", "round overhead") == ["yes"]        # 20 ms of a 2110 s round
+    assert verdicts(bad, "lora_glue_fl", "merge share") == ["-"]            # extrapolated: no target
+    assert verdicts(bad, "lora_glue_fl", "round overhead (measured") == ["NO"]  # 7% >= 5%
+    assert verdicts(bad, "llm_noniid", "round overhead") == ["yes", "NO", "NO"]
 
 
 def test_derived_values(run_all):
@@ -83,6 +109,14 @@ def test_derived_values(run_all):
     # federated img/s = m * J * B / round time = 2 * 1 * 8 / 0.2
     assert value["centralized train img/s (SGD) vs federated img/s"] == "100 vs 80 (0.80x)"
     assert value["peak memory, WeightedMean"].endswith("(1.050x)")
+    assert value["round overhead (measured fedavg_rounds.py)"] == "2.4% of 2.00 s"
+    assert value["merge share of a roberta-base SST-2 round (extrapolated)"].startswith("not measured")
+    share = {r[2]: r[3] for r in run_all.build_table(fake_results(step_s=1.0), cuda=False, device="cpu")}
+    assert share["merge share of a roberta-base SST-2 round (extrapolated)"] == "0.00095%"  # 20 ms of 2110 s
+    llm = [r for r in rows if r[0] == "llm_noniid"]
+    assert llm[0][3] == "3.0% of 0.500 s (15000 tokens/s)"
+    agg = [r for r in rows if r[0] == "aggregate"]
+    assert len(agg) == 6 and all("2 thread(s)" in r[1] for r in agg)  # the thread count bench_aggregate used
 
 
 def test_unmeasured_and_failed_rows(run_all):
@@ -95,6 +129,13 @@ def test_unmeasured_and_failed_rows(run_all):
     gpu = [r for r in rows if r[0] == "gpu (H200)"]
     assert {r[2] for r in gpu} == {"tokens/s (mamba_fl)", "images/s (vit_sparse_fl)", "TFLOP/s", "peak GPU memory"}
     assert all(r[3] == "not measured (no CUDA device)" and r[5] == "n/a" for r in gpu)
+    assert not [r for r in rows if r[0] == "llm_noniid" and r[5] == "n/a"]  # measured: no placeholder row
+    results["lora_merge"]["round"] = None
+    del results["llm_round"]
+    rows = run_all.build_table(results, cuda=False, device="cpu")
+    assert verdicts(rows, "lora_glue_fl", "round overhead (measured") == ["n/a"]
+    assert [r[3:] for r in rows if r[0] == "llm_noniid"] == [
+        ["not measured (run the `llm_round` benchmark)", "< 5%", "n/a"]]
     procs = [r for r in rows if r[0] == "processes"]
     assert len(procs) == 1 and procs[0][3].startswith("not measured") and procs[0][4] == ">= 1.6x"
     on_gpu = run_all.build_table({}, cuda=True, device="cpu")
@@ -124,3 +165,22 @@ def test_processes_rows_judge_the_speedup(run_all):
     assert len(fast) == 1 and "(1.64x)" in fast[0][3] and fast[0][5] == "yes"
     slow = rows_for(0.421, 0.300)
     assert len(slow) == 1 and "(1.40x)" in slow[0][3] and slow[0][5] == "NO"
+
+
+def test_aggregate_gets_every_core_the_others_one_thread(run_all, monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        name = Path(cmd[1]).stem
+        seen[name] = env["OMP_NUM_THREADS"]
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps({"name": name}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(run_all.subprocess, "run", fake_run)
+    args = run_all.get_args_parser().parse_args(["--threads", "1"])
+    for name in ("aggregate", "fisher", "llm_round"):
+        assert run_all.run_benchmark(name, args, str(tmp_path)) == {"name": run_all.BENCHMARKS[name][0][:-3]}
+    assert seen == {"bench_aggregate": str(os.cpu_count()), "bench_fisher": "1", "bench_llm_round": "1"}
+    assert run_all.benchmark_threads("aggregate", 0) == 0  # --threads 0 leaves every benchmark alone
+    header = "\n".join(run_all.header_lines("cpu", 1, False))
+    assert f"1 thread(s) per benchmark (aggregate: {os.cpu_count()}, every core)" in header

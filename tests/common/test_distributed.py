@@ -10,6 +10,7 @@ from multirank import run_ranks
 
 from common import aggregate as A
 from common import distributed as D
+from common.scaffold import Scaffold
 
 SHAPES = [(3, 4), (6,), (2, 2, 2)]
 SIZES = [50, 10, 30, 20, 40, 5]  # samples per client (the FedAvg weights)
@@ -24,7 +25,7 @@ def client_state(k):
 
 def build():
     like = client_state(0)[0]
-    return A.WeightedMean(like), A.FisherMean(like), A.Scaffold(like, num_clients=len(SIZES), server_lr=0.5)
+    return A.WeightedMean(like), A.FisherMean(like), Scaffold(like, num_clients=len(SIZES), server_lr=0.5)
 
 
 def train_share(clients, wm, fm, sc, x):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.aggregate import Scaffold, make_server_optimizer
 from common.cli import UsageError
+from common.scaffold import Scaffold
+from common.server_opt import make_server_optimizer
 from llm_noniid import fedround
 
 D, K = 6, 4

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import cli, synthetic
+from common import cli, synthetic_cifar
 from vit_sparse_fl import data as cifar
 
 
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
-    return synthetic.write_cifar100(tmp_path_factory.mktemp("cifar"), n_train_per_class=3, n_test_per_class=1)
+    return synthetic_cifar.write_cifar100(tmp_path_factory.mktemp("cifar"), n_train_per_class=3, n_test_per_class=1)
 
 
 def _args(data_dir, **kw):

@@ -168,3 +168,15 @@ def test_bad_inputs_fail_with_one_line(script, extra, message, out_dir, tmp_path
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_compiled_forward_gives_the_same_run(tiny_runs, tmp_path):
+    """--compile (backend aot_eager: inductor's graphs without code generation, fast on a CPU) trains and
+    evaluates through the compiled forward and reproduces the eager FedAvg run."""
+    _, dense, _ = tiny_runs
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    comp = fed.main([*SMALL, "--out-dir", str(tmp_path), "--compile", "--compile-backend", "aot_eager"])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert comp["test_loss"] == pytest.approx(dense["test_loss"], rel=1e-5)
+    assert comp["test_accuracy"] == dense["test_accuracy"]

@@ -1,0 +1,95 @@
+"""SCAFFOLD control variates (option II of Karimireddy et al. 2020): the per-client and server controls,
+the gradient correction c - c_i, and the server step, with the round's sums in one flat buffer so that a
+single all-reduce combines ranks (``common.distributed``).
+"""
+from __future__ import annotations
+
+import torch
+
+from common import params as P
+
+Tensors = list[torch.Tensor]
+
+
+class Scaffold:
+    """SCAFFOLD option II bookkeeping (Karimireddy et al. 2020), x the global parameters, N clients.
+
+    Client i trains from y = x with y <- y - lr_l (g(y) + c - c_i)  (``correction(i)`` is c - c_i), then
+    ``client_update(i, x, y, K, lr_l)``: dy = y - x; dc = -c + (x - y) / (K lr_l); c_i <- c_i + dc, and dy,
+    dc are summed into a flat accumulator (reducible across ranks: ``accumulators()``). After the round,
+    ``server_update(x)``: x <- x + lr_g * mean_i dy_i; c <- c + (1/N) sum_i dc_i. Every client's c_i
+    persists across rounds (clients never seen hold zero) and is part of ``state_dict()``.
+    """
+
+    def __init__(self, like, num_clients: int, server_lr: float = 1.0, acc_dtype: torch.dtype = torch.float32,
+                 control_device: str | torch.device | None = None):
+        self.num_clients, self.server_lr = num_clients, server_lr
+        self.c = P.zeros_like(like, dtype=acc_dtype)
+        self.control_device = torch.device(control_device) if control_device is not None else self.c[0].device
+        self.c_i: dict[int, Tensors] = {}
+        # one flat buffer: [sum w dy | sum dc | sum w | clients], so a single all-reduce combines ranks
+        n = P.numel(self.c)
+        self._flat = torch.zeros(2 * n + 2, dtype=acc_dtype, device=self.c[0].device)
+        self._sum_dy = P.unflatten(self._flat[:n], self.c)
+        self._sum_dc = P.unflatten(self._flat[n:2 * n], self.c)
+
+    def control(self, client: int) -> Tensors:
+        """c_i (created as zeros on first use)."""
+        if client not in self.c_i:
+            self.c_i[client] = [torch.zeros_like(t, device=self.control_device) for t in self.c]
+        return self.c_i[client]
+
+    @torch.no_grad()
+    def correction(self, client: int) -> Tensors:
+        """c - c_i: add it to the client's gradient before every local step."""
+        ci = [t.to(self.c[0].device, non_blocking=True) for t in self.control(client)]
+        return torch._foreach_sub(self.c, ci)
+
+    @torch.no_grad()
+    def client_update(self, client: int, x, y, local_steps: int, local_lr: float,
+                      weight: float = 1.0) -> tuple[Tensors, Tensors]:
+        """Record client ``client``'s round (x: global params it started from, y: its final params).
+        Returns (dy, dc) and updates c_i; ``weight`` weighs dy in the server's mean (1 = the paper)."""
+        if local_steps < 1 or local_lr <= 0:
+            raise ValueError(f"SCAFFOLD needs local_steps >= 1 and local_lr > 0, got {local_steps}, {local_lr}")
+        dy = torch._foreach_sub([t.detach().to(self.c[0].dtype) for t in y],
+                                [t.detach().to(self.c[0].dtype) for t in x])
+        dc = torch._foreach_mul(dy, -1.0 / (local_steps * local_lr))  # (x - y) / (K lr_l)
+        torch._foreach_sub_(dc, self.c)
+        ci = self.control(client)
+        torch._foreach_add_(ci, [t.to(self.control_device) for t in dc])
+        torch._foreach_add_(self._sum_dy, dy, alpha=weight)
+        torch._foreach_add_(self._sum_dc, dc)
+        self._flat[-2] += weight
+        self._flat[-1] += 1
+        return dy, dc
+
+    def accumulators(self) -> Tensors:
+        return [self._flat]
+
+    @torch.no_grad()
+    def server_update(self, x, mean_delta_y=None, sum_delta_c=None) -> None:
+        """x <- x + lr_g mean dy; c <- c + sum dc / N. Uses the round's accumulators unless both are given;
+        then clears them."""
+        x = list(x)
+        if mean_delta_y is None or sum_delta_c is None:
+            total = float(self._flat[-2])
+            if not total > 0:
+                raise ValueError("Scaffold.server_update(): no client_update() this round")
+            torch._foreach_add_(x, self._sum_dy, alpha=self.server_lr / total)
+            torch._foreach_add_(self.c, self._sum_dc, alpha=1.0 / self.num_clients)
+        else:
+            torch._foreach_add_(x, list(mean_delta_y), alpha=self.server_lr)
+            torch._foreach_add_(self.c, list(sum_delta_c), alpha=1.0 / self.num_clients)
+        self._flat.zero_()
+
+    def state_dict(self) -> dict:
+        return {"num_clients": self.num_clients, "c": [t.clone() for t in self.c], "acc": self._flat.clone(),
+                "c_i": {k: [t.clone() for t in v] for k, v in self.c_i.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_clients"] != self.num_clients or len(state["c"]) != len(self.c):
+            raise ValueError("SCAFFOLD state is for a different federation or model")
+        torch._foreach_copy_(self.c, list(state["c"]))
+        self._flat.copy_(state["acc"])
+        self.c_i = {int(k): [t.to(self.control_device).clone() for t in v] for k, v in state["c_i"].items()}

@@ -1,0 +1,132 @@
+"""Server optimizers: how the global parameters move toward the round's average (the aggregate).
+
+``step(global_params, average)`` works IN PLACE on the parameter list (e.g. ``common.params.trainable(model)``)
+with fused ``torch._foreach_*`` ops; the pseudo-gradient is theta - avg. FedAvg (optionally with a server
+learning rate), FedAvgM in both the heavy-ball form (Hsu et al. 2019, Flower) and the source project's EMA
+form, and FedAdam (Reddi et al. 2021). State (momentum / moment buffers, step count) is kept in
+``acc_dtype`` and round-trips through ``state_dict()`` for checkpoints.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from common import params as P
+
+Tensors = list[torch.Tensor]
+
+
+class ServerOptimizer:
+    """Moves the global parameters toward the round's average IN PLACE: ``step(global_params, average)``.
+
+    Plain FedAvg server step: theta <- theta + lr (avg - theta) (lr = 1: theta <- avg). Subclasses keep
+    their state in ``acc_dtype`` and expose it through ``state_dict()``.
+    """
+
+    name = "fedavg"
+
+    def __init__(self, like: Sequence[torch.Tensor], lr: float = 1.0, acc_dtype: torch.dtype = torch.float32):
+        self.lr, self.acc_dtype, self.steps = lr, acc_dtype, 0
+        self.buffers: list[Tensors] = []
+
+    def _delta(self, params, average) -> Tensors:
+        """avg - theta in acc_dtype (the negative pseudo-gradient), shapes like the parameters."""
+        return torch._foreach_sub([a.detach().to(self.acc_dtype) for a in average],
+                                  [p.detach().to(self.acc_dtype) for p in params])
+
+    @torch.no_grad()
+    def step(self, params: Sequence[torch.Tensor], average: Sequence[torch.Tensor]) -> None:
+        params = list(params)
+        P._check(params, average)
+        if self.lr == 1.0:
+            torch._foreach_copy_(params, list(average))
+        else:
+            torch._foreach_add_(params, self._delta(params, average), alpha=self.lr)
+        self.steps += 1
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "steps": self.steps, "buffers": [[t.clone() for t in b] for b in self.buffers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("name") != self.name or len(state["buffers"]) != len(self.buffers):
+            raise ValueError(f"server optimizer state is for {state.get('name')!r}, this is {self.name!r}")
+        self.steps = int(state["steps"])
+        for dst, src in zip(self.buffers, state["buffers"]):
+            torch._foreach_copy_(dst, list(src))
+
+
+class FedAvgM(ServerOptimizer):
+    """Server momentum. form='heavy-ball' (Hsu et al. 2019, Flower): m <- beta m + (theta - avg);
+    theta <- theta - lr m. form='ema' (the source project): v <- beta v + (1 - beta)(avg - theta);
+    theta <- theta + lr v. Both start from a zero buffer; with beta = 0 and lr = 1 both give theta <- avg.
+    """
+
+    name = "fedavgm"
+
+    def __init__(self, like, lr: float = 1.0, momentum: float = 0.9, form: str = "ema", acc_dtype=torch.float32):
+        super().__init__(like, lr, acc_dtype)
+        form = form.replace("_", "-")
+        if form not in ("heavy-ball", "ema"):
+            raise ValueError(f"FedAvgM form must be 'heavy-ball' or 'ema', got {form!r}")
+        self.momentum, self.form = momentum, form
+        self.buffers = [P.zeros_like(like, dtype=acc_dtype)]
+
+    @torch.no_grad()
+    def step(self, params, average) -> None:
+        params = list(params)
+        P._check(params, average)
+        buf, delta = self.buffers[0], self._delta(params, average)  # delta = avg - theta
+        if self.form == "heavy-ball":
+            torch._foreach_mul_(buf, self.momentum)
+            torch._foreach_sub_(buf, delta)  # m <- beta m + (theta - avg)
+            torch._foreach_add_(params, buf, alpha=-self.lr)
+        else:
+            torch._foreach_lerp_(buf, delta, 1.0 - self.momentum)  # v <- beta v + (1 - beta) delta
+            torch._foreach_add_(params, buf, alpha=self.lr)
+        self.steps += 1
+
+
+class FedAdam(ServerOptimizer):
+    """FedAdam (Reddi et al. 2021, Algorithm 2): delta = avg - theta; m <- b1 m + (1 - b1) delta;
+    v <- b2 v + (1 - b2) delta^2; theta <- theta + lr m / (sqrt(v) + tau). No bias correction in the
+    paper; ``bias_correction=True`` scales lr by sqrt(1 - b2^t) / (1 - b1^t) as Flower does.
+    """
+
+    name = "fedadam"
+
+    def __init__(self, like, lr: float = 1e-2, betas=(0.9, 0.99), tau: float = 1e-3,
+                 bias_correction: bool = False, acc_dtype=torch.float32):
+        super().__init__(like, lr, acc_dtype)
+        self.betas, self.tau, self.bias_correction = tuple(betas), tau, bias_correction
+        self.buffers = [P.zeros_like(like, dtype=acc_dtype), P.zeros_like(like, dtype=acc_dtype)]
+
+    @torch.no_grad()
+    def step(self, params, average) -> None:
+        params = list(params)
+        P._check(params, average)
+        (b1, b2), (m, v) = self.betas, self.buffers
+        delta = self._delta(params, average)
+        torch._foreach_lerp_(m, delta, 1.0 - b1)
+        torch._foreach_lerp_(v, torch._foreach_mul(delta, delta), 1.0 - b2)
+        self.steps += 1
+        lr = self.lr
+        if self.bias_correction:
+            lr *= math.sqrt(1.0 - b2 ** self.steps) / (1.0 - b1 ** self.steps)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, self.tau)
+        torch._foreach_addcdiv_(params, m, denom, value=lr)
+
+
+def make_server_optimizer(name: str, like, lr: float = 1.0, momentum: float = 0.9, form: str = "ema",
+                          betas=(0.9, 0.99), tau: float = 1e-3, bias_correction: bool = False,
+                          acc_dtype: torch.dtype = torch.float32) -> ServerOptimizer:
+    """name: fedavg | fedavgm | fedadam. form for fedavgm: 'heavy-ball' (Flower) or 'ema' (source)."""
+    if name == "fedavg":
+        return ServerOptimizer(like, lr, acc_dtype)
+    if name == "fedavgm":
+        return FedAvgM(like, lr, momentum, form, acc_dtype)
+    if name == "fedadam":
+        return FedAdam(like, lr, betas, tau, bias_correction, acc_dtype)
+    raise ValueError(f"unknown server optimizer {name!r}; expected fedavg, fedavgm or fedadam")

@@ -1,0 +1,44 @@
+"""benchmarks/bench_gpu.py: the FLOP count against a hand count, and the --quick run on the CPU."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_gpu():
+    sys.path.insert(0, str(BENCH))  # benchlib sits next to the script
+    try:
+        spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "bench_gpu.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_flop_count_of_a_linear_layer(bench_gpu):
+    """Forward 2*i*o, backward 2*i*o for the input gradient and 2*i*o for the weight gradient."""
+    def step(model, dev):
+        model(torch.randn(1, 24, device=dev, requires_grad=True)).sum().backward()
+
+    assert bench_gpu.count_flops(lambda dev: torch.nn.Linear(24, 10, bias=False).to(dev), step) == 6 * 24 * 10
+
+
+def test_quick_run_reports_every_model(bench_gpu, tmp_path):
+    out = bench_gpu.main(["--quick", "--device", "cpu", "--json", str(tmp_path / "gpu.json")])
+    assert out["matmul"]["tflops"] > 0 and out["matmul"]["dtype"] == "float32"
+    models = [r["model"] for r in out["rows"]]
+    assert models == ["Mamba2 1 layer(s)", "ViT vit_tiny 32 px"]
+    for r in out["rows"]:
+        assert r["throughput"] > 0 and r["flops_per_step"] > 0 and r["peak_bytes"] > 0
+        assert r["tflops"] == pytest.approx(r["flops_per_step"] / r["step_s"] / 1e12)
+    assert out["rows"][0]["kernel_path"] == "torch" and out["rows"][0]["unit"] == "tokens/s"
+    assert json.loads((tmp_path / "gpu.json").read_text())["rows"][1]["unit"] == "images/s"

@@ -1,0 +1,99 @@
+"""Server optimizers (FedAvg with a server lr, FedAvgM in both forms, FedAdam) against the formulas by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from common import server_opt as O
+
+SHAPES = [(4, 3), (5,), (2, 3, 2), (1,)]
+
+
+def clients(k, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(s, generator=g).to(dtype) for s in SHAPES] for _ in range(k)]
+
+
+def close(a, b, tol=1e-6):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x.double(), y.double(), rtol=tol, atol=tol)
+
+
+def run_rounds(opt, rounds, seed=7):
+    theta = clients(1, seed=seed)[0]
+    avgs = clients(rounds, seed=seed + 1)
+    for avg in avgs:
+        opt.step(theta, avg)
+    return theta, avgs
+
+
+def test_fedavg_server_step():
+    theta, avgs = run_rounds(O.make_server_optimizer("fedavg", clients(1)[0]), 2)
+    close(theta, avgs[-1], tol=0)
+    lr = 0.3
+    theta, avgs = run_rounds(O.make_server_optimizer("fedavg", clients(1)[0], lr=lr), 3)
+    ref = clients(1, seed=7)[0]
+    for avg in avgs:
+        ref = [t + lr * (a - t) for t, a in zip(ref, avg)]
+    close(theta, ref)
+
+
+@pytest.mark.parametrize("form", ["heavy-ball", "ema"])
+def test_fedavgm_by_hand(form):
+    lr, beta = 0.8, 0.6
+    opt = O.make_server_optimizer("fedavgm", clients(1)[0], lr=lr, momentum=beta, form=form)
+    theta, avgs = run_rounds(opt, 4)
+    ref, buf = clients(1, seed=7)[0], [torch.zeros(s) for s in SHAPES]
+    for avg in avgs:
+        if form == "heavy-ball":  # Flower / Hsu et al.: m <- beta m + (theta - avg); theta <- theta - lr m
+            buf = [beta * m + (t - a) for m, t, a in zip(buf, ref, avg)]
+            ref = [t - lr * m for t, m in zip(ref, buf)]
+        else:  # v <- beta v + (1 - beta)(avg - theta); theta <- theta + lr v
+            buf = [beta * v + (1 - beta) * (a - t) for v, t, a in zip(buf, ref, avg)]
+            ref = [t + lr * v for t, v in zip(ref, buf)]
+    close(theta, ref, tol=1e-5)
+    close(opt.buffers[0], buf, tol=1e-5)
+
+
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_fedadam_by_hand(bias_correction):
+    lr, (b1, b2), tau = 0.05, (0.9, 0.99), 1e-3
+    opt = O.make_server_optimizer("fedadam", clients(1)[0], lr=lr, betas=(b1, b2), tau=tau,
+                                  bias_correction=bias_correction)
+    theta, avgs = run_rounds(opt, 3)
+    ref = clients(1, seed=7)[0]
+    m, v = [torch.zeros(s) for s in SHAPES], [torch.zeros(s) for s in SHAPES]
+    for t_, avg in enumerate(avgs, start=1):
+        d = [a - t for a, t in zip(avg, ref)]
+        m = [b1 * mi + (1 - b1) * di for mi, di in zip(m, d)]
+        v = [b2 * vi + (1 - b2) * di * di for vi, di in zip(v, d)]
+        eta = lr * (math.sqrt(1 - b2 ** t_) / (1 - b1 ** t_) if bias_correction else 1.0)
+        ref = [t + eta * mi / (vi.sqrt() + tau) for t, mi, vi in zip(ref, m, v)]
+    close(theta, ref, tol=1e-5)
+
+
+def test_server_optimizer_state_round_trip_and_errors():
+    like = clients(1)[0]
+    full = O.make_server_optimizer("fedadam", like, lr=0.1)
+    theta_full, avgs = run_rounds(full, 4)
+    first = O.make_server_optimizer("fedadam", like, lr=0.1)
+    theta = clients(1, seed=7)[0]
+    for avg in avgs[:2]:
+        first.step(theta, avg)
+    second = O.make_server_optimizer("fedadam", like, lr=0.1)
+    second.load_state_dict(first.state_dict())
+    for avg in avgs[2:]:
+        second.step(theta, avg)
+    close(theta, theta_full, tol=0)
+    assert second.steps == 4
+    with pytest.raises(ValueError, match="fedavgm"):
+        O.make_server_optimizer("fedavgm", like).load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match="unknown server optimizer"):
+        O.make_server_optimizer("fedsgd", like)
+    with pytest.raises(ValueError, match="form"):
+        O.make_server_optimizer("fedavgm", like, form="nesterov")
+
