@@ -67,8 +67,10 @@ def client_adapters(args, device) -> list[adapters.Adapter]:
             for m in ("query", "value"):
                 A = torch.randn(args.rank, args.hidden, generator=g) / math.sqrt(args.hidden)
                 B = torch.randn(args.hidden, args.rank, generator=g) * 0.01
-                factors[f"base_model.model.roberta.encoder.layer.{layer}.attention.self.{m}"] = (A.to(device), B.to(device))
-        head = {"base_model.model.classifier.dense.weight": torch.randn(args.hidden, args.hidden, generator=g).to(device)}
+                name = f"base_model.model.roberta.encoder.layer.{layer}.attention.self.{m}"
+                factors[name] = (A.to(device), B.to(device))
+        head_weight = torch.randn(args.hidden, args.hidden, generator=g).to(device)
+        head = {"base_model.model.classifier.dense.weight": head_weight}
         out.append(adapters.Adapter(factors, head, args.rank, float(args.rank), ["query", "value"]))
     return out
 
@@ -159,8 +161,8 @@ def main(argv=None) -> dict:
     for name, t in timings.items():
         share = "" if step_s is None else f"{100 * t.median_s / (steps * step_s + t.median_s):.2g} %"
         rows.append([name, f"{t.ms:.1f}", f"{1e3 * t.min_s:.1f}", share])
-    print(f"{args.clients} clients x {args.layers} layers x (query, value), {args.hidden}x{args.hidden}, r={args.rank}, "
-          f"device {device}; SVD merge vs dense reference: relative difference {agree:.1e}")
+    print(f"{args.clients} clients x {args.layers} layers x (query, value), {args.hidden}x{args.hidden}, "
+          f"r={args.rank}, device {device}; SVD merge vs dense reference: relative difference {agree:.1e}")
     if step_s is not None:
         print(f"one LoRA step of a random roberta-base at batch 32 x 128 tokens (timed at batch {args.step_batch}, "
               f"scaled): {step_s:.2f} s; a round = {steps} steps = {steps * step_s / 60:.1f} min")

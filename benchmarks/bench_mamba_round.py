@@ -115,7 +115,8 @@ def fisher_timing(args, L: int) -> dict:
         out[method] = fisher.diagonal_fisher(model, batches, forward=fed_fisher.next_token_logits, method=method,
                                              chunk_size=args.batch_size)
         out[method + "_s"] = time.perf_counter() - t
-    gap = max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-30)) for x, y in zip(out["per_example"], out["loop"]))
+    gap = max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-30))
+              for x, y in zip(out["per_example"], out["loop"]))
     return {"layers": L, "vmap_s": out["per_example_s"], "loop_s": out["loop_s"], "rel_gap": gap}
 
 

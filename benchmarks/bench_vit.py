@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 
 import torch
 from benchlib import markdown_table, timeit
@@ -43,6 +44,13 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps: checks the script runs")
     parser.add_argument("--json", default=None, help="also write the results (and the settings) to this JSON file")
     return parser
+
+
+def local_train(model, optimizer, train: cifar.Split, indices: torch.Tensor, args, device) -> None:
+    """One client's J local steps over its shard ``indices`` (long, (n,)), the same batches every call."""
+    gen = torch.Generator(device=device).manual_seed(1)
+    stream = cifar.batches(train, args.batch_size, args.local_steps, gen, args.image_size, indices=indices)
+    exp.train_steps(model, optimizer, stream, label_smoothing=0.1, device=device)
 
 
 def round_args(args, arch: str) -> argparse.Namespace:
@@ -73,24 +81,21 @@ def main(argv=None) -> dict:
         shards = [torch.arange(i * n_per_client, (i + 1) * n_per_client, device=device)
                   for i in range(args.num_clients)]
         ctx = dict(args=a, device=device, train=train, shards=shards, model=model, params=params,
-                   names=[n for n, _ in P.named_trainable(model)])
+                   names=[n for n, _ in P.named_trainable(model)], forward=model)  # eager: no --compile here
 
         # ------------------------------------------------------------ local training / evaluation images/s
-        def local(optimizer):
-            gen = torch.Generator(device=device).manual_seed(1)
-            stream = cifar.batches(train, args.batch_size, args.local_steps, gen, args.image_size,
-                                   indices=shards[0])
-            exp.train_steps(model, optimizer, stream, label_smoothing=0.1, device=device)
-
         dense_opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
         drawn = sparse.compute_masks(params, "random", 0.9, generator=torch.Generator(device=device))
         masks = [None if n.startswith("head.") else m for n, m in zip(ctx["names"], drawn)]
         sparse_opt = sparse.SparseSGDM(params, masks, lr=1e-3, momentum=0.9, weight_decay=1e-4)
         n_train = args.local_steps * args.batch_size
-        t_dense = timeit(lambda: local(dense_opt), repeats=args.repeats, device=device)
-        t_sparse = timeit(lambda: local(sparse_opt), repeats=args.repeats, device=device)
+        # partial() binds this iteration's model and data now, not whatever the names hold when called
+        t_dense = timeit(partial(local_train, model, dense_opt, train, shards[0], args, device),
+                         repeats=args.repeats, device=device)
+        t_sparse = timeit(partial(local_train, model, sparse_opt, train, shards[0], args, device),
+                          repeats=args.repeats, device=device)
         evalset = train.subset(torch.arange(min(len(train), 8 * args.batch_size)))
-        t_eval = timeit(lambda: exp.evaluate(model, evalset, a, device), repeats=args.repeats, device=device)
+        t_eval = timeit(partial(exp.evaluate, model, evalset, a, device), repeats=args.repeats, device=device)
 
         # ------------------------------------------------------------ one round: client compute vs the rest
         glob = P.clone(params)

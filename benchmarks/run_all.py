@@ -3,6 +3,7 @@
     python benchmarks/run_all.py                 # small settings (a few minutes on 2 cores), writes RESULTS.md
     python benchmarks/run_all.py --full          # the benchmarks' own (bigger) default settings
     python benchmarks/run_all.py --only fisher aggregate --output /tmp/results.md
+    python benchmarks/run_all.py --device cuda --full  # on a GPU: adds `gpu` (full-size throughput, TFLOP/s)
 
 Each benchmark runs in its own process with ``--json PATH`` and its summary is read back; one that fails
 gives a "failed" row and the others still run. Every timing is already a median of repeated runs inside
@@ -58,7 +59,11 @@ BENCHMARKS = {
     # FedAvg rounds of a compute-bound Mamba2 under torchrun with 1 and 2 processes
     "processes": ("bench_mamba_round.py", ["--nproc", "1", "2", "--layers", "2", "--d-model", "128", "--rounds", "24"],
                   ["--nproc", "1", "2", "--layers", "2", "--d-model", "256", "--rounds", "32"]),
+    # the source's full sizes on a GPU (Mamba2 d_model 512 / GPT-2 vocabulary / sequence 256, ViT-S/16 224 px):
+    # tokens/s, images/s, TFLOP/s against the measured bf16 matmul rate, peak memory. Runs with --device cuda
+    "gpu": ("bench_gpu.py", [], ["--compile"]),
 }
+GPU_ONLY = {"gpu"}  # left out of a CPU run unless named with --only (then in its --quick form)
 # benchmarks that get every core instead of --threads (they run alone, so nothing competes for the cores)
 ALL_CORES = {"aggregate"}
 
@@ -223,8 +228,25 @@ def processes_rows(d: list) -> list[list[str]]:
                  f"final ppl {one['final_val_ppl']:.4f} vs {two['final_val_ppl']:.4f}", ">= 1.6x", speedup >= 1.6)]
 
 
+def gpu_rows(d: dict) -> list[list[str]]:
+    """``bench_gpu.py``: the measured matmul ceiling, then per model its throughput, achieved TFLOP/s (FLOPs
+    counted per step) as a fraction of that ceiling, and its peak device memory."""
+    where = d["device_name"] + (" (--quick sizes)" if d.get("quick") else "")
+    mm = d["matmul"]
+    rows = [_row("gpu", where, f"measured {mm['dtype']} matmul rate (n={mm['n']})", f"{mm['tflops']:.3g} TFLOP/s")]
+    for r in d["rows"]:
+        setting = (f"{where}, {r['model']}, batch {r['batch']}, kernels {r['kernel_path']}"
+                   f"{', compiled' if r['compile'] else ''}")
+        rows.append(_row("gpu", setting, "training throughput", f"{r['throughput']:,.0f} {r['unit']}"))
+        rows.append(_row("gpu", setting, "achieved TFLOP/s (of the matmul rate)",
+                         f"{r['tflops']:.3g} ({_pct(r['matmul_fraction'])}); "
+                         f"{r['flops_per_step'] / 1e9:.1f} GFLOP/step"))
+        rows.append(_row("gpu", setting, "peak memory", f"{r['peak_bytes'] / 2**20:,.0f} MiB"))
+    return rows
+
+
 ROW_BUILDERS = {"aggregate": aggregate_rows, "vit": vit_rows, "mamba": mamba_rows, "lora_merge": lora_rows,
-                "llm_round": llm_rows, "fisher": fisher_rows, "processes": processes_rows}
+                "llm_round": llm_rows, "fisher": fisher_rows, "processes": processes_rows, "gpu": gpu_rows}
 
 
 def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> list[list[str]]:
@@ -237,12 +259,14 @@ def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> lis
     if "processes" not in measured:
         rows.append(_missing("processes", "2-core machine, compute-bound model", "1 vs 2 processes wall time per round",
                              NO_NPROC, ">= 1.6x"))
+    if "gpu" in measured and device.startswith("cuda"):
+        return rows
     if not cuda:
         why = "not measured (no CUDA device)"
     elif not device.startswith("cuda"):
         why = "not measured (run with --device cuda)"
     else:
-        why = "not measured (no benchmark reports it; see the rows above for throughput on this device)"
+        why = "not measured (the `gpu` benchmark failed; see its row above)"
     for metric in ("tokens/s (mamba_fl)", "images/s (vit_sparse_fl)", "TFLOP/s", "peak GPU memory"):
         rows.append(_missing("gpu (H200)", "-", metric, why))
     return rows
@@ -286,7 +310,9 @@ def benchmark_threads(name: str, threads: int) -> int:
 def run_benchmark(name: str, args, out_dir: str) -> dict | list | str:
     script, small, full = BENCHMARKS[name]
     path = os.path.join(out_dir, name + ".json")
-    cmd = [sys.executable, str(HERE / script), *(full if args.full else small), "--device", args.device, "--json", path]
+    extra = ["--quick"] if name in GPU_ONLY and not args.device.startswith("cuda") else []
+    cmd = [sys.executable, str(HERE / script), *(full if args.full else small), *extra, "--device", args.device,
+           "--json", path]
     env = dict(os.environ)
     threads = benchmark_threads(name, args.threads)
     if threads:
@@ -307,7 +333,7 @@ def run_benchmark(name: str, args, out_dir: str) -> dict | list | str:
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     cli.check(args.threads >= 0 and args.timeout > 0, "--threads must be >= 0 and --timeout > 0")
-    names = args.only or list(BENCHMARKS)
+    names = args.only or [n for n in BENCHMARKS if n not in GPU_ONLY or args.device.startswith("cuda")]
     with tempfile.TemporaryDirectory() as out:
         results = {name: run_benchmark(name, args, out) for name in names}
     rows = build_table(results, cuda=torch.cuda.is_available(), device=args.device)

@@ -74,7 +74,7 @@ def detect_oscillation(rounds: list[int], losses: list[float], th: Thresholds = 
 
 def detect_client_drift(rounds: list[int], drift_rel: list[float], th: Thresholds = DEFAULT) -> int | None:
     streak = 0
-    for i, (r, d) in enumerate(zip(rounds, drift_rel)):
+    for i, (_, d) in enumerate(zip(rounds, drift_rel)):
         streak = streak + 1 if (not math.isfinite(d) or d > th.drift_rel) else 0
         if streak >= th.drift_patience:
             return rounds[i - th.drift_patience + 1]

@@ -111,16 +111,26 @@ class RoundServer:
     def __init__(self, global_params: list[torch.Tensor]):
         self.x = global_params
         self.mean = WeightedMean(global_params)
-        self.w_sum, self.w_sq_norm, self.cos_drift, self.n = 0.0, 0.0, 0.0, 0
-        self.x_norm = P.norm(global_params)
+        # float64 flat copies: ||d_k||^2 is later differenced with ||d_bar||^2, which float32 would not survive
+        self._x64 = P.flatten(global_params, torch.float64)
+        self._x_norm = torch.linalg.vector_norm(self._x64)
+        self._client = torch.empty_like(self._x64)  # scratch, reused by every client of the round
+        self._client_views = P.unflatten(self._client, global_params)
+        self._d = torch.empty_like(self._x64)
+        # [sum_k w_k ||d_k||^2, sum_k (1 - cos(theta_k, x))] stay on the device: no host sync per client
+        self._sums = torch.zeros(2, dtype=torch.float64, device=self._x64.device)
+        self.w_sum, self.n = 0.0, 0
 
+    @torch.no_grad()
     def add(self, client_params: list[torch.Tensor], weight: float) -> None:
-        d = P.sub(client_params, self.x)
         self.mean.add(client_params, weight)
+        torch._foreach_copy_(self._client_views, [p.detach() for p in client_params])  # cast to float64
+        torch.sub(self._client, self._x64, out=self._d)
+        cos = torch.dot(self._client, self._x64) / (torch.linalg.vector_norm(self._client) * self._x_norm
+                                                     ).clamp_min(1e-12)
+        self._sums[0] += weight * torch.dot(self._d, self._d)
+        self._sums[1] += 1.0 - cos
         self.w_sum += weight
-        self.w_sq_norm += weight * P.dot(d, d)
-        cos = P.dot(client_params, self.x) / max(P.norm(client_params) * self.x_norm, 1e-12)
-        self.cos_drift += 1.0 - cos
         self.n += 1
 
     def all_reduce_(self, per_client: torch.Tensor | None = None, scaffold=None) -> None:
@@ -131,23 +141,22 @@ class RoundServer:
         buffers, float64 scalars). A no-op in a single process."""
         if not D.is_distributed():
             return
-        dev = self.mean.accumulators()[0].device
-        scalars = torch.tensor([self.w_sum, self.w_sq_norm, self.cos_drift, self.n], dtype=torch.float64,
-                               device=dev)
-        tensors = [*self.mean.accumulators(), scalars]
+        counts = torch.tensor([self.w_sum, self.n], dtype=torch.float64, device=self._sums.device)
+        tensors = [*self.mean.accumulators(), self._sums, counts]
         if scaffold is not None:
             tensors += scaffold.accumulators()
         if per_client is not None:
             tensors.append(per_client)
         D.all_reduce_sum_(tensors)
-        self.w_sum, self.w_sq_norm, self.cos_drift, n = scalars.tolist()
-        self.n = int(round(n))
+        w_sum, n = counts.tolist()
+        self.w_sum, self.n = w_sum, int(round(n))
 
     def finish(self, algorithm: str, server_opt=None, scaffold=None) -> dict:
         """Apply the update to ``x`` in place; return divergence metrics."""
         avg = self.mean.result()
         d_bar = P.sub(avg, self.x)
-        mean_sq = self.w_sq_norm / max(self.w_sum, 1e-12) - P.dot(d_bar, d_bar)
+        w_sq_norm, cos_drift = self._sums.tolist()  # the round's one read of the per-client sums
+        mean_sq = w_sq_norm / max(self.w_sum, 1e-12) - P.dot(d_bar, d_bar)
         divergence = max(mean_sq, 0.0) ** 0.5
         avg_norm = P.norm(avg)
         if algorithm == "scaffold":
@@ -155,4 +164,4 @@ class RoundServer:
         else:
             server_opt.step(self.x, avg)
         return {"client_divergence": divergence, "client_divergence_rel": divergence / max(avg_norm, 1e-12),
-                "cosine_drift": self.cos_drift / max(self.n, 1), "update_norm": P.norm(d_bar)}
+                "cosine_drift": cos_drift / max(self.n, 1), "update_norm": P.norm(d_bar)}

@@ -90,7 +90,8 @@ def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
         summary_path = out / sub / name / "summary.json"
         if summary_path.is_file():
             s = json.loads(summary_path.read_text())
-            if s.get("status") in ("complete", "diverged") and s.get("num_rounds") == int(run_argv[run_argv.index("--num-rounds") + 1]):
+            num_rounds = int(run_argv[run_argv.index("--num-rounds") + 1])
+            if s.get("status") in ("complete", "diverged") and s.get("num_rounds") == num_rounds:
                 print(f"[{i}/{len(todo)}] {sub}/{name}: done, skipped")
                 summaries.append(s)
                 continue
@@ -139,7 +140,8 @@ def report(out_dir: Path, title: str | None = None) -> str:
             mode_txt = ", ".join(f"{m}@{'/'.join(map(str, v))}" for m, v in sorted(modes.items())) or "none"
             done = [r["summary"]["rounds_done"] for r in g if r.get("summary")]
             lines.append(f"| {p:g} | {part} | {algo} | {len(g)} | {'/'.join(map(str, sorted(set(done)))) or '-'} | "
-                         f"{_fmt(*R.summary_stats(g, 'final_val_ppl'))} | {_fmt(*R.summary_stats(g, 'best_val_ppl'))} | "
+                         f"{_fmt(*R.summary_stats(g, 'final_val_ppl'))} | "
+                         f"{_fmt(*R.summary_stats(g, 'best_val_ppl'))} | "
                          f"{_fmt(*R.summary_stats(g, 'final_client_divergence_rel'))} | {mode_txt} |")
         lines += [""] + [f"![{Path(f).stem}](figures/{sub}/{Path(f).name})" for f in figs] + [""]
     text = "\n".join(lines) + "\n"

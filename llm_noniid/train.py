@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import cli
+from common import cli, compiled
 from common import distributed as dist
 from common import params as P
 from common.checkpoint import atomic_write_json
@@ -45,7 +45,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     p.add_argument("--config", default=None, help="YAML file of flag: value lines (command-line flags override it)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="synthetic", help="ag_news | wikitext | synthetic (embedded topic-structured AG News)")
+    g.add_argument("--data", default="synthetic",
+                   help="ag_news | wikitext | synthetic (embedded topic-structured AG News)")
     g.add_argument("--data-dir", default=None, help="folder with the original files (AG News train.csv/test.csv, "
                    "WikiText wiki.train.raw/wiki.valid.raw); default: the Hugging Face hub")
     g.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for models and datasets")
@@ -63,7 +64,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
     g = p.add_argument_group("partition")
     g.add_argument("--partition", default="iid", help="iid | topic_skew | style_skew | token_skew")
-    g.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration for topic_skew (lower = more skew)")
+    g.add_argument("--alpha", type=float, default=0.5,
+                   help="Dirichlet concentration for topic_skew (lower = more skew)")
     g.add_argument("--min-size", type=int, default=2, help="minimum examples per client for topic_skew")
     g.add_argument("--style-criterion", default="length", help="style_skew score: length | formality | complexity")
     g.add_argument("--token-skew", default="frequency", help="token_skew kind: frequency | truncation | vocabulary")
@@ -92,9 +94,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 def validate(args) -> None:
     c = cli.check
-    c(args.algorithm in ALGORITHMS, f"--algorithm {args.algorithm!r} is unknown; expected one of {', '.join(ALGORITHMS)}")
-    c(args.partition in PARTITIONS, f"--partition {args.partition!r} is unknown; expected one of {', '.join(PARTITIONS)}")
-    c(args.token_skew in TOKEN_SKEWS, f"--token-skew {args.token_skew!r} is unknown; expected one of {', '.join(TOKEN_SKEWS)}")
+    c(args.algorithm in ALGORITHMS,
+      f"--algorithm {args.algorithm!r} is unknown; expected one of {', '.join(ALGORITHMS)}")
+    c(args.partition in PARTITIONS,
+      f"--partition {args.partition!r} is unknown; expected one of {', '.join(PARTITIONS)}")
+    c(args.token_skew in TOKEN_SKEWS,
+      f"--token-skew {args.token_skew!r} is unknown; expected one of {', '.join(TOKEN_SKEWS)}")
     c(args.style_criterion in ("length", "formality", "complexity"),
       f"--style-criterion {args.style_criterion!r} is unknown; expected length, formality or complexity")
     c(args.alpha > 0, f"--alpha must be > 0 (Dirichlet concentration), got {args.alpha}")
@@ -102,7 +107,8 @@ def validate(args) -> None:
     c(args.num_clients >= 1 and args.num_rounds >= 1, "--num-clients and --num-rounds must be at least 1")
     c(args.eval_every >= 1 and args.local_epochs >= 1 and args.batch_size >= 1,
       "--eval-every, --local-epochs and --batch-size must be at least 1")
-    c(args.learning_rate > 0 and args.mu >= 0 and args.server_lr > 0, "--learning-rate and --server-lr must be > 0, --mu >= 0")
+    c(args.learning_rate > 0 and args.mu >= 0 and args.server_lr > 0,
+      "--learning-rate and --server-lr must be > 0, --mu >= 0")
     c(args.lora_r >= 0 and args.seq_len >= 4, "--lora-r must be >= 0 and --seq-len >= 4")
     fedround.check_local_optimizer(args.algorithm, args.local_optimizer)
 
@@ -140,7 +146,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, max_
         for i in range(0, x.shape[0], batch_size):
             if max_steps and steps >= max_steps:
                 return
-            idx = order[i:i + batch_size]
+            idx = order[i:i + batch_size].to(x.device, non_blocking=True)
             yield x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
             steps += 1
 
@@ -176,7 +182,7 @@ def main(argv=None) -> dict:
 def run(args, rank: int, world: int) -> dict:
     """The federated run. Under torchrun every rank builds the same model and data, trains its share of each
     round's clients, and the round's sums are all-reduced, so every rank applies the same server update;
-    rank 0 evaluates, logs and checkpoints."""
+    every rank scores its share of the validation batches; rank 0 logs and checkpoints."""
     device = dist.device_for_rank(cli.resolve_device(args.device))
     seed_everything(args.seed)
 
@@ -194,13 +200,16 @@ def run(args, rank: int, world: int) -> dict:
     clients = partition(args.partition, labels_lm=y_all, topics=train_data.labels, num_clients=args.num_clients,
                         seed=args.seed, vocab_size=vocab_size, alpha=args.alpha, min_size=args.min_size,
                         style=style, token_skew=args.token_skew)
-    client_data = [clients.client_tensors(c, x_all, y_all) for c in range(args.num_clients)]
+    # every client's tokens stay on the device for the whole run (a local step copies nothing to it)
+    client_data = [tuple(t.to(device) for t in clients.client_tensors(c, x_all, y_all))
+                   for c in range(args.num_clients)]
     sizes = [int(cx.shape[0]) for cx, _ in client_data]
 
     # ------------------------------------------------------------------ model, run directory, state
     base = load_base(args.model, vocab_size=vocab_size, seq_len=args.seq_len, eos_id=tok.eos_token_id,
                      cache_dir=args.cache_dir)
     model = add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout).to(device)
+    fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     params = P.trainable(model)
     global_params = P.clone(params)
     n_trainable = P.numel(params)
@@ -234,7 +243,7 @@ def run(args, rank: int, world: int) -> dict:
 
     def loss_fn(batch):
         with autocast(device):  # bf16 on CUDA, nothing on CPU; the cross-entropy itself runs in float32
-            return lm_loss(model, batch[0], batch[1])
+            return lm_loss(fwd, batch[0], batch[1])
 
     eval_batches = [{"input_ids": x_val[i:i + 32].to(device), "labels": y_val[i:i + 32].to(device)}
                     for i in range(0, x_val.shape[0], 32)]
@@ -288,11 +297,10 @@ def run(args, rank: int, world: int) -> dict:
             row.update(cv_norm=P.norm(scaffold.c),
                        cv_client_norm=float(np.mean([P.norm(scaffold.control(k)) for k in losses])))
         if r % args.eval_every == 0 or r == args.num_rounds:
-            if rd.is_main:  # the global model is identical on every rank: rank 0 evaluates
-                P.load_(params, global_params)
-                ev = perplexity(model, eval_batches)
-                row.update(val_loss=ev["loss"], val_ppl=ev["ppl"])
-                bar.set_postfix(ppl=f"{ev['ppl']:.2f}")
+            P.load_(params, global_params)  # the same global model on every rank: each scores its share
+            ev = perplexity(fwd, eval_batches, shard=True)
+            row.update(val_loss=ev["loss"], val_ppl=ev["ppl"])
+            bar.set_postfix(ppl=f"{ev['ppl']:.2f}")
         if rd.is_main:
             rd.log(row)
             for mode, at in failure.detect(rd.rows()).items():

@@ -54,7 +54,8 @@ def main(argv=None) -> dict:
         weights = [float(len(glue_shards.read_manifest(m))) for m in args.shard_manifests]
     else:
         weights = [1.0] * k
-    cli.check(all(w >= 0 for w in weights) and sum(weights) > 0, f"weights must be >= 0 with a positive sum, got {weights}")
+    cli.check(all(w >= 0 for w in weights) and sum(weights) > 0,
+              f"weights must be >= 0 with a positive sum, got {weights}")
     out = Path(args.save_adapter)
     cli.check(not out.exists() or out.is_dir(), f"--save_adapter {out} is a file; expected a folder")
 

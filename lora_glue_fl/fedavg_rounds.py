@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from common import cli, runlog
+from common import cli, compiled, runlog
 from common import distributed as D
 from common import seed as seeding
 from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling
@@ -99,7 +99,8 @@ def resolve_args(args):
         args.max_eval_samples = min(args.max_eval_samples or QUICK_EVAL, QUICK_EVAL)
         args.rounds = min(args.rounds, 2)
         args.tokenizer_vocab_size = min(args.tokenizer_vocab_size, 1000)
-        args.lora_r, args.lora_alpha, args.svd_rank = min(args.lora_r, 4), min(args.lora_alpha, 4), min(args.svd_rank, 4)
+        args.lora_r, args.lora_alpha = min(args.lora_r, 4), min(args.lora_alpha, 4)
+        args.svd_rank = min(args.svd_rank, 4)
     glue_tasks.get_task(args.task_name)
     args.task_name = args.task_name.lower()
     cli.check(args.svd_rank >= 1, f"--svd_rank must be at least 1, got {args.svd_rank}")
@@ -177,7 +178,8 @@ def main(argv=None) -> dict:
         modeling.quiet_hf()
     tokenizer = build_tokenizer(args, train, rd)
     train_enc = modeling.encode(tokenizer, train, args.max_seq_length)
-    evals = {s: splits[s] if args.max_eval_samples is None else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
+    evals = {s: splits[s] if args.max_eval_samples is None
+             else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
              for s in task.eval_splits}
     eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length) for s, e in evals.items()}
     base = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
@@ -187,14 +189,16 @@ def main(argv=None) -> dict:
         if rd.is_main:
             base.save_pretrained(base_path)
             tokenizer.save_pretrained(base_path)
-    state = {"model": None, "rank": None}
+    state = {"model": None, "forward": None, "rank": None}
 
     def model_for(adapter: adapters.Adapter):
-        """The one PeftModel, rebuilt only when the adapter's rank/alpha changes; adapter loaded in place."""
+        """The one PeftModel, rebuilt only when the adapter's rank/alpha changes; adapter loaded in place.
+        ``state["forward"]`` is what forward passes call: ``torch.compile`` of it with ``--compile``."""
         if state["rank"] != (adapter.r, adapter.alpha):
             with torch.random.fork_rng(devices=[]):  # peft's init draws are overwritten by the load below
                 state["model"] = modeling.attach_lora(copy.deepcopy(base), adapter.r, adapter.alpha,
                                                       args.lora_dropout, args.target_modules).to(device)
+            state["forward"] = compiled.maybe_compile(state["model"], args)
             state["rank"] = (adapter.r, adapter.alpha)
         adapters.load_into(state["model"], adapter)
         return state["model"]
@@ -234,25 +238,27 @@ def main(argv=None) -> dict:
     for rnd in bar:
         t_round = time.perf_counter()
         round_dir = rd.artifact(f"round_{rnd}")
-        keep_clients = args.save_client_adapters == "all" or (args.save_client_adapters == "last" and rnd == args.rounds)
+        keep_clients = (args.save_client_adapters == "all"
+                        or (args.save_client_adapters == "last" and rnd == args.rounds))
         mine = {}
         for i in my_clients:
             idx = shards[i]
             model = model_for(fused)  # every client starts from the fused adapter and head
             t_client = time.perf_counter()
             stats = modeling.train_local(model, train_enc, idx, epochs=args.local_epochs, batch_size=args.batch_size,
-                                         lr=args.learning_rate, seed=args.seed, round_idx=rnd, client=i, device=device)
+                                         lr=args.learning_rate, seed=args.seed, round_idx=rnd, client=i, device=device,
+                                         forward=state["forward"])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timing["client_seconds"] += time.perf_counter() - t_client
             client = adapters.from_model(model)
             client.dropout = args.lora_dropout
-            moved = math.sqrt(sum(float((client.factors[m][j].float() - fused.factors[m][j].float()).pow(2).sum())
-                                  for m in fused.factors for j in (0, 1)))
+            moved = math.sqrt(float(sum((client.factors[m][j].float() - fused.factors[m][j].float()).pow(2).sum()
+                                        for m in fused.factors for j in (0, 1))))  # one read per client
             row = {"round": rnd, "client": i + 1, "n": sizes[i], "train_loss": stats["loss"],
                    "steps": stats["steps"], "adapter_change": moved}
             if args.eval_clients:
-                row.update(modeling.evaluate(args.task_name, model, eval_enc, device, args.eval_batch_size))
+                row.update(modeling.evaluate(args.task_name, state["forward"], eval_enc, device, args.eval_batch_size))
             mine[i] = (client, row)
 
         clients, rows = gather_clients(mine, len(shards), device)
@@ -272,8 +278,10 @@ def main(argv=None) -> dict:
                "merge_rel_error": adapters.merge_rel_error(clients, sizes, fused) if rd.is_main else None,
                "train_loss": sum(l * n for l, n in zip(losses, sizes)) / sum(sizes)}
         timing["round_seconds"] += time.perf_counter() - t_round  # adapter files and the merge error included
-        if rd.is_main and (args.eval_each_round or rnd == args.rounds):
-            row.update(modeling.evaluate(args.task_name, model_for(fused), eval_enc, device, args.eval_batch_size))
+        if args.eval_each_round or rnd == args.rounds:  # every rank scores its share of the batches
+            model_for(fused)
+            row.update(modeling.evaluate(args.task_name, state["forward"], eval_enc, device, args.eval_batch_size,
+                                         shard=True))
             last_metrics[rnd] = row
             bar.set_postfix({main_metric: f"{row[main_metric]:.4f}"})
         rd.log(row)
@@ -291,7 +299,8 @@ def main(argv=None) -> dict:
                "main_metric": main_metric, "fused_rank": fused.r, "fused_alpha": fused.alpha,
                "final": {k: v for k, v in final.items() if k not in ("round", "client")},
                "best": {"round": best.get("round"), main_metric: best.get(main_metric)},
-               "final_adapter": str(rd.path / f"round_{args.rounds}" / fused_dir_name(args.aggregation, fused) / "adapter"),
+               "final_adapter": str(rd.path / f"round_{args.rounds}" / fused_dir_name(args.aggregation, fused)
+                                    / "adapter"),
                "bytes_up": bytes_up, "bytes_down": bytes_down, "model": modeling.model_id(args),
                "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
                "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]

@@ -101,7 +101,8 @@ def make_client_splits(train: Examples, task_name: str, k: int, mode: str = "iid
     else:
         perm = numpy_rng(seed, "glue-pool").permutation(n)
         n_pool = shard.overlap_pool_size(n, k, overlap_ratio)
-        cli.check(n - n_pool >= k, f"--overlap_ratio {overlap_ratio} leaves {n - n_pool} private examples for {k} clients")
+        cli.check(n - n_pool >= k,
+                  f"--overlap_ratio {overlap_ratio} leaves {n - n_pool} private examples for {k} clients")
         pool, rest = np.sort(perm[:n_pool]), np.sort(perm[n_pool:])
         cats = _codes(category_values(train.subset(rest), task_name, category_key, bin_stsb))
         own = shard.category(cats, k, seed)

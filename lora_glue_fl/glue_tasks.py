@@ -54,8 +54,10 @@ TASKS: dict[str, Task] = {
                  ("accuracy_matched", "accuracy_mismatched", "accuracy_mean"), "accuracy_mean",
                  ("sentence1", "sentence2", "gold_label", True), NLI3,
                  ("validation_matched", "validation_mismatched")),
-    "qnli": Task(("question", "sentence"), 2, ("accuracy",), "accuracy", ("question", "sentence", "label", True), NLI2),
-    "rte": Task(("sentence1", "sentence2"), 2, ("accuracy",), "accuracy", ("sentence1", "sentence2", "label", True), NLI2),
+    "qnli": Task(("question", "sentence"), 2, ("accuracy",), "accuracy",
+                 ("question", "sentence", "label", True), NLI2),
+    "rte": Task(("sentence1", "sentence2"), 2, ("accuracy",), "accuracy",
+                ("sentence1", "sentence2", "label", True), NLI2),
     "wnli": Task(("sentence1", "sentence2"), 2, ("accuracy",), "accuracy", ("sentence1", "sentence2", "label", True)),
 }
 SYNTHETIC_TASKS = ("sst2", "mrpc", "stsb")  # the layouts common.synthetic embeds
@@ -155,11 +157,12 @@ def read_glue_dir(data_dir, task_name: str, splits=None) -> dict[str, Examples]:
     """train + validation split(s) from a folder in the original GLUE layout."""
     task = get_task(task_name)
     data_dir = Path(data_dir)
+    expected = ", ".join(TSV_FILES[s] for s in ("train", *task.eval_splits))
     out = {}
     for split in splits or ("train", *task.eval_splits):
         path = data_dir / TSV_FILES[split]
         cli.check(path.is_file(), f"--data_dir {data_dir}: {path.name} not found; expected the original GLUE "
-                                  f"{task_name.upper()} files ({', '.join(TSV_FILES[s] for s in ('train', *task.eval_splits))})")
+                                  f"{task_name.upper()} files ({expected})")
         out[split] = read_tsv(path, task_name)
     return out
 

@@ -18,7 +18,7 @@ import json
 import torch
 from tqdm.auto import tqdm
 
-from common import cli, runlog
+from common import cli, compiled, runlog
 from common import seed as seeding
 from lora_glue_fl import adapters, glue_tasks, modeling
 
@@ -90,7 +90,8 @@ def run(args, lora: bool = True) -> dict:
     if args.max_train_samples:
         train = train.subset(range(min(args.max_train_samples, len(train))))
     tokenizer = modeling.build_tokenizer(args, train, rd.path / "tokenizer")
-    evals = {s: splits[s] if not args.max_eval_samples else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
+    evals = {s: splits[s] if not args.max_eval_samples
+             else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
              for s in task.eval_splits}
     eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length) for s, e in evals.items()}
     model = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
@@ -104,6 +105,7 @@ def run(args, lora: bool = True) -> dict:
             torch.manual_seed(seeding.stream_seed(args.seed, "lora-init"))
             model = modeling.attach_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules)
     model.to(device)
+    fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and saving
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     if not args.quiet:
@@ -117,7 +119,7 @@ def run(args, lora: bool = True) -> dict:
         def on_epoch(epoch, loss):
             row = {"epoch": round(epoch, 4), "train_loss": loss}
             if args.do_eval:
-                row.update(modeling.evaluate(args.task_name, model, eval_enc, device, args.per_device_eval_batch_size))
+                row.update(modeling.evaluate(args.task_name, fwd, eval_enc, device, args.per_device_eval_batch_size))
                 bar.set_postfix({main_metric: f"{row[main_metric]:.4f}"})
             rd.log(row)
             history.append(row)
@@ -125,7 +127,7 @@ def run(args, lora: bool = True) -> dict:
 
         modeling.train_local(model, train_enc, range(len(train)), epochs=args.num_train_epochs,
                              batch_size=args.per_device_train_batch_size, lr=args.learning_rate, seed=args.seed,
-                             round_idx=0, client=0, device=device, on_epoch=on_epoch)
+                             round_idx=0, client=0, device=device, on_epoch=on_epoch, forward=fwd)
         bar.close()
         if lora:
             out = args.adapter_output_dir or rd.artifact("adapter")
@@ -136,7 +138,8 @@ def run(args, lora: bool = True) -> dict:
             model.save_pretrained(str(rd.artifact("model")))
             tokenizer.save_pretrained(str(rd.artifact("model")))
     elif args.do_eval:  # zero-shot
-        row = {"epoch": 0, **modeling.evaluate(args.task_name, model, eval_enc, device, args.per_device_eval_batch_size)}
+        row = {"epoch": 0,
+               **modeling.evaluate(args.task_name, fwd, eval_enc, device, args.per_device_eval_batch_size)}
         rd.log(row)
         history.append(row)
 

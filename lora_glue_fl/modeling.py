@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from common import cli
+from common import distributed as D
 from common import seed as seeding
 from common.evaluate import autocast
 from lora_glue_fl.glue_tasks import Examples, get_task
@@ -190,13 +191,16 @@ def encode(tokenizer, ex: Examples, max_length: int) -> Encoded:
 # training and evaluation
 # ---------------------------------------------------------------------------------------------------------
 def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int, lr: float, seed: int,
-                round_idx: int, client: int, device, max_grad_norm: float = 1.0, on_epoch=None) -> dict:
+                round_idx: int, client: int, device, max_grad_norm: float = 1.0, on_epoch=None,
+                forward=None) -> dict:
     """Fine-tune the trainable parameters of ``model`` on ``data[indices]`` for ``epochs`` (may be fractional).
 
     Returns {"steps", "loss"} (mean training loss). Batches and dropout use the (seed, round, client) streams.
     ``on_epoch(epoch, mean_loss)`` is called after every full pass and after the last step (centralized runs
-    evaluate there); it must leave the model's parameters unchanged.
+    evaluate there); it must leave the model's parameters unchanged. ``forward``: the module the steps call
+    (``torch.compile(model)`` with ``--compile``; default ``model``).
     """
+    forward = model if forward is None else forward
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
     per_epoch = math.ceil(len(idx) / batch_size)
     steps = max(1, math.ceil(epochs * per_epoch))
@@ -213,7 +217,7 @@ def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int
                 order = idx[torch.randperm(len(idx), generator=gen)]
             b, order = order[:batch_size], order[batch_size:]
             with autocast(device):
-                loss = model(**data.batch(b, device)).loss
+                loss = forward(**data.batch(b, device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             opt.step()
@@ -227,27 +231,42 @@ def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int
 
 
 @torch.inference_mode()
-def predict(model, data: Encoded, device, batch_size: int = 64) -> np.ndarray:
-    """Logits [N, C] (scores [N, 1] for regression), in data order."""
+def predict(model, data: Encoded, device, batch_size: int = 64, shard: bool = False) -> np.ndarray:
+    """Logits [N, C] (scores [N, 1] for regression), in data order.
+
+    shard: under torchrun every rank scores every N-th batch and the logits are gathered (all ranks get all
+    of them, in data order); call it on every rank then.
+    """
     was = model.training
     model.eval()
+    rank, world = (D.rank(), D.world_size()) if shard else (0, 1)
+    starts = list(range(rank * batch_size, len(data), world * batch_size))
     out = []
-    for s in range(0, len(data), batch_size):
+    for s in starts:
         b = torch.arange(s, min(s + batch_size, len(data)))
         batch = data.batch(b, device)
         batch.pop("labels")
         with autocast(device):
             out.append(model(**batch).logits.float())
     model.train(was)
-    return torch.cat(out).cpu().numpy()
+    mine = torch.cat(out).cpu().numpy() if out else np.zeros((0, 1), dtype=np.float32)
+    if world == 1:
+        return mine
+    parts = D.all_gather_object((starts, [len(o) for o in out], mine))
+    pieces = []
+    for part_starts, lengths, logits in parts:
+        pieces += zip(part_starts, np.split(logits, np.cumsum(lengths)[:-1]) if lengths else [])
+    return np.concatenate([p for _, p in sorted(pieces, key=lambda x: x[0])])
 
 
-def evaluate(task_name: str, model, eval_sets: dict[str, Encoded], device, batch_size: int = 64) -> dict:
-    """The task's GLUE metrics on its validation split(s), plus the mean eval loss."""
+def evaluate(task_name: str, model, eval_sets: dict[str, Encoded], device, batch_size: int = 64,
+             shard: bool = False) -> dict:
+    """The task's GLUE metrics on its validation split(s), plus the mean eval loss (``shard``: see
+    ``predict``)."""
     from lora_glue_fl.glue_tasks import compute_metrics
     outputs, losses = {}, []
     for split, data in eval_sets.items():
-        logits = predict(model, data, device, batch_size)
+        logits = predict(model, data, device, batch_size, shard=shard)
         y = data.labels.numpy()
         outputs[split] = (logits, y)
         if get_task(task_name).num_labels == 1:

@@ -111,28 +111,30 @@ def cells(args) -> list[tuple[str, list[str]]]:
                           str(args.pretrain_mlm_lr), "--pretrain_mlm_data_dir", str(mlm_src),
                           "--pretrain_mlm_max_texts", str(args.pretrain_mlm_max_texts)]
         common_args = data + tokenizer + ["--task_name", task, "--model_size", "tiny", "--max_seq_length", str(seq),
-                                          "--max_eval_samples", str(args.eval_samples), "--quiet", "--out-dir", str(out)]
+                                          "--max_eval_samples", str(args.eval_samples), "--quiet",
+                                          "--out-dir", str(out)]
         for seed in args.seeds:
-            central = ["--do_train", "--do_eval", "--num_train_epochs", str(args.rounds * args.local_epochs), "--learning_rate",
-                       str(args.learning_rate), "--lora_r", str(args.lora_r), "--lora_alpha", str(args.lora_r),
+            central = ["--do_train", "--do_eval", "--num_train_epochs", str(args.rounds * args.local_epochs),
+                       "--learning_rate", str(args.learning_rate), "--lora_r", str(args.lora_r),
+                       "--lora_alpha", str(args.lora_r),
                        "--per_device_train_batch_size", str(args.batch_size), "--seed", str(seed),
                        "--run-name", f"{name}_central_s{seed}"]
             jobs.append(("main_glue_lora", common_args + central))
             for sharding in SHARDINGS:
                 shard_dir = out / "shards" / f"{name}_{sharding}_k{args.num_clients}_s{seed}"
                 if not (shard_dir / "summary.json").is_file():
-                    shard_argv = data + ["--no_plot", "--task_name", task, "--k", str(args.num_clients), "--mode", sharding,
-                                            "--seed", str(seed), "--out_dir", str(shard_dir)]
+                    shard_argv = data + ["--no_plot", "--task_name", task, "--k", str(args.num_clients),
+                                         "--mode", sharding, "--seed", str(seed), "--out_dir", str(shard_dir)]
                     if sharding == "category":
                         shard_argv += ["--category_key", "label"]
                     make_shards.main(shard_argv)
                 for method in METHODS:
                     jobs.append(("fedavg_rounds", common_args + [
                         "--shard_dir", str(shard_dir), "--aggregation", method, "--rounds", str(args.rounds),
-                        "--local_epochs", str(args.local_epochs), "--learning_rate", str(args.learning_rate), "--lora_r",
-                        str(args.lora_r), "--lora_alpha", str(args.lora_r), "--svd_rank", str(args.lora_r),
-                        "--eval_each_round", "--save_client_adapters", "last", "--batch_size", str(args.batch_size), "--seed", str(seed),
-                        "--run-name", f"{name}_{method}_{sharding}_s{seed}"]
+                        "--local_epochs", str(args.local_epochs), "--learning_rate", str(args.learning_rate),
+                        "--lora_r", str(args.lora_r), "--lora_alpha", str(args.lora_r), "--svd_rank", str(args.lora_r),
+                        "--eval_each_round", "--save_client_adapters", "last", "--batch_size", str(args.batch_size),
+                        "--seed", str(seed), "--run-name", f"{name}_{method}_{sharding}_s{seed}"]
                         + (["--eval_clients"] if method == "svd" else [])))
     # seed-major order (an interrupted grid still has every cell for the first seeds), tasks interleaved so
     # that parallel workers start on different tasks instead of waiting for the same masked-LM base

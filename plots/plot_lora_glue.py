@@ -25,8 +25,8 @@ import numpy as np
 from common import cli
 from plots import runs as R
 
-NAME = re.compile(r"^(?P<task>.+?)_(?P<method>central|svd|naive|exact)(?:_(?P<shard>iid|category|overlap|category_overlap))?"
-                  r"_s(?P<seed>\d+)$")
+NAME = re.compile(r"^(?P<task>.+?)_(?P<method>central|svd|naive|exact)"
+                  r"(?:_(?P<shard>iid|category|overlap|category_overlap))?_s(?P<seed>\d+)$")
 METHOD_ORDER = ("central", "svd", "naive", "exact")
 
 
@@ -114,7 +114,8 @@ def plot_rounds(groups, out: Path) -> list[Path]:
     for task in sorted({k[0] for k in groups}):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         metric = None
-        for (t, method, shard), group in sorted(groups.items(), key=lambda kv: (kv[0][2], METHOD_ORDER.index(kv[0][1]))):
+        for (t, method, shard), group in sorted(groups.items(),
+                                                key=lambda kv: (kv[0][2], METHOD_ORDER.index(kv[0][1]))):
             if t != task:
                 continue
             metric = group[0]["summary"]["main_metric"]

@@ -92,7 +92,7 @@ def comparison_figures(runs: list[dict], out: Path) -> list[Path]:
     for L in layers:
         for m in ("central", "fedavg"):
             match = {"local_updates": 1} if m == "fedavg" else {}
-            for cfg, g in _groups(runs, method=m, layers=L, **match):
+            for _cfg, g in _groups(runs, method=m, layers=L, **match):
                 _band(ax, g, "val_ppl", "tokens", f"{m} {L}L")
     _finish(ax, "training tokens", "central vs FedAvg")
     written += R.savefig(fig, out / "central_vs_fedavg.png")
@@ -105,7 +105,7 @@ def comparison_figures(runs: list[dict], out: Path) -> list[Path]:
     for L in layers:  # methods per depth
         fig, ax = plt.subplots(figsize=(6, 4))
         for m in METHODS[1:]:
-            for cfg, g in _groups(runs, method=m, layers=L, local_updates=1):
+            for _cfg, g in _groups(runs, method=m, layers=L, local_updates=1):
                 _band(ax, g, "val_ppl", "round", m)
         _finish(ax, "round", f"methods, pure_ssm_{L}_layer")
         written += R.savefig(fig, out / f"methods_pure_ssm_{L}_layer.png")
@@ -113,8 +113,8 @@ def comparison_figures(runs: list[dict], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         x = "step" if m == "central" else "round"
         for L in layers:
-            for cfg, g in (_groups(runs, method=m, layers=L) if m == "central"
-                           else _groups(runs, method=m, layers=L, local_updates=1)):
+            for _cfg, g in (_groups(runs, method=m, layers=L) if m == "central"
+                            else _groups(runs, method=m, layers=L, local_updates=1)):
                 _band(ax, g, "val_ppl", x, f"{L} layer{'s' if L > 1 else ''}")
         _finish(ax, x, f"depth, {m}")
         written += R.savefig(fig, out / f"depth_{m}.png")

@@ -90,7 +90,8 @@ def series(run: dict, key: str, x: str = "round") -> tuple[np.ndarray, np.ndarra
     return xs, np.array([points[v] for v in sorted(points)], dtype=np.float64)
 
 
-def mean_std(runs: Sequence[dict], key: str, x: str = "round", ddof: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_std(runs: Sequence[dict], key: str, x: str = "round",
+             ddof: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and standard deviation of metric ``key`` over runs (seeds), aligned on ``x``.
 
     Only x values that every run reached are kept, so a mean never mixes different numbers of seeds.

@@ -184,3 +184,45 @@ def test_aggregate_gets_every_core_the_others_one_thread(run_all, monkeypatch, t
     assert run_all.benchmark_threads("aggregate", 0) == 0  # --threads 0 leaves every benchmark alone
     header = "\n".join(run_all.header_lines("cpu", 1, False))
     assert f"1 thread(s) per benchmark (aggregate: {os.cpu_count()}, every core)" in header
+
+
+def fake_gpu() -> dict:
+    row = {"model": "Mamba2 1 layer(s)", "compile": False, "kernel_path": "mamba-ssm", "batch": 16,
+           "throughput": 250000.0, "unit": "tokens/s", "flops_per_step": 8e11, "step_s": 0.016,
+           "tflops": 50.0, "matmul_fraction": 0.08, "peak_bytes": 3 * 2**30}
+    return {"device_name": "NVIDIA H200", "quick": False,
+            "matmul": {"n": 8192, "dtype": "bfloat16", "seconds": 0.0017, "tflops": 625.0},
+            "rows": [row, {**row, "model": "ViT vit_small 224 px", "kernel_path": "-", "unit": "images/s",
+                           "throughput": 3000.0, "compile": True}]}
+
+
+def test_gpu_rows_replace_the_not_measured_rows(run_all):
+    rows = run_all.build_table({"gpu": fake_gpu()}, cuda=True, device="cuda")
+    assert not [r for r in rows if r[0] == "gpu (H200)"]  # measured: no placeholders
+    gpu = [r for r in rows if r[0] == "gpu"]
+    assert gpu[0][2] == "measured bfloat16 matmul rate (n=8192)" and gpu[0][3] == "625 TFLOP/s"
+    assert len(gpu) == 1 + 3 * 2
+    assert "250,000 tokens/s" in gpu[1][3] and "kernels mamba-ssm" in gpu[1][1]
+    assert gpu[2][3] == "50 (8.0%); 800.0 GFLOP/step"
+    assert gpu[3][3] == "3,072 MiB"
+    assert "compiled" in gpu[4][1] and "3,000 images/s" in gpu[4][3]
+
+
+def test_gpu_benchmark_only_in_cuda_runs_or_by_name(run_all, monkeypatch, tmp_path):
+    ran, real_run_benchmark = [], run_all.run_benchmark
+    monkeypatch.setattr(run_all, "run_benchmark", lambda name, args, out: ran.append(name) or "skipped")
+    run_all.main(["--output", ""])
+    assert "gpu" not in ran and "aggregate" in ran
+    ran.clear()
+    run_all.main(["--device", "cuda", "--output", ""])
+    assert "gpu" in ran
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen["cmd"] = cmd
+        Path(cmd[cmd.index("--json") + 1]).write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(run_all.subprocess, "run", fake_run)
+    real_run_benchmark("gpu", run_all.get_args_parser().parse_args(["--only", "gpu"]), str(tmp_path))
+    assert "--quick" in seen["cmd"]  # named on a CPU run: the quick sizes

@@ -17,11 +17,12 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     capsys.readouterr()
     run_experiments.main(argv)
     assert capsys.readouterr().out.count("done, skipped") == 2
-    s = run_experiments.main(["--mode", "failure", "--out-dir", str(root), "--rounds", "1", "--failure-local-steps", "3",
-                              "--", "--quick"])
+    s = run_experiments.main(["--mode", "failure", "--out-dir", str(root), "--rounds", "1",
+                              "--failure-local-steps", "3", "--", "--quick"])
     assert s["runs"] == 2
     args = json.loads(next((root / "failure").glob("fedavg_topic*/args.json")).read_text())["args"]
-    assert (args["alpha"], args["participation_rate"], args["learning_rate"], args["local_epochs"]) == (0.01, 0.1, 1e-3, 5)
+    assert ((args["alpha"], args["participation_rate"], args["learning_rate"], args["local_epochs"])
+            == (0.01, 0.1, 1e-3, 5))
     run_experiments.main(["--mode", "analyze", "--out-dir", str(root)])
     report = (root / "report.md").read_text()
     assert "| 1 | token_skew (frequency) | scaffold | 1 | 1 |" in report

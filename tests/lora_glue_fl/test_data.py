@@ -25,14 +25,17 @@ def test_task_table_covers_glue():
 
 def test_readers_for_original_layouts(tmp_path):
     # CoLA: no header; source, label, original label, sentence
-    write(tmp_path / "cola/train.tsv", ["gj04\t1\t\tOur friends won't buy this analysis.", "gj04\t0\t*\tThey drank the pub."])
+    write(tmp_path / "cola/train.tsv", ["gj04\t1\t\tOur friends won't buy this analysis.",
+                                        "gj04\t0\t*\tThey drank the pub."])
     cola = glue_tasks.read_tsv(tmp_path / "cola/train.tsv", "cola")
-    assert cola.text_a == ["Our friends won't buy this analysis.", "They drank the pub."] and cola.label.tolist() == [1, 0]
+    assert cola.text_a == ["Our friends won't buy this analysis.", "They drank the pub."]
+    assert cola.label.tolist() == [1, 0]
     # MRPC: BOM, quotes are literal text
     write(tmp_path / "mrpc/train.tsv", ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
                                         '1\t1\t2\tHe said "the witness\tHe said the witness.'], bom=True)
     mrpc = glue_tasks.read_tsv(tmp_path / "mrpc/train.tsv", "mrpc")
-    assert mrpc.text_a == ['He said "the witness'] and mrpc.text_b == ["He said the witness."] and mrpc.label.tolist() == [1]
+    assert mrpc.text_a == ['He said "the witness'] and mrpc.text_b == ["He said the witness."]
+    assert mrpc.label.tolist() == [1]
     # MNLI: gold_label is the last column, genre kept, dev_matched / dev_mismatched
     head = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t" \
            "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label"
@@ -43,8 +46,9 @@ def test_readers_for_original_layouts(tmp_path):
     assert set(mnli) == {"train", "validation_matched", "validation_mismatched"}
     assert mnli["train"].label.tolist() == [1, 2] and mnli["train"].genre == ["fiction", "travel"]
     # STS-B: float scores; RTE: string labels
-    write(tmp_path / "stsb/dev.tsv", ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
-                                      "0\tmain-news\tf\t2012\t1\tnone\tnone\tA plane.\tA jet.\t4.75"])
+    write(tmp_path / "stsb/dev.tsv",
+          ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+           "0\tmain-news\tf\t2012\t1\tnone\tnone\tA plane.\tA jet.\t4.75"])
     assert glue_tasks.read_tsv(tmp_path / "stsb/dev.tsv", "stsb").label.tolist() == [4.75]
     write(tmp_path / "rte/train.tsv", ["index\tsentence1\tsentence2\tlabel", "0\ta\tb\tnot_entailment"])
     assert glue_tasks.read_tsv(tmp_path / "rte/train.tsv", "rte").label.tolist() == [1]
@@ -63,7 +67,8 @@ def test_metrics_known_values():
     assert m["accuracy"] == pytest.approx(0.8) and m["f1"] == pytest.approx(0.8)
     c = glue_tasks.compute_metrics("cola", {"validation": (pred_logits, labels)})
     assert c["matthews_corrcoef"] == pytest.approx(4 / 6)
-    s = glue_tasks.compute_metrics("stsb", {"validation": (np.array([[1.], [2.], [3.], [4.]]), np.array([1., 4, 9, 16]))})
+    s = glue_tasks.compute_metrics("stsb",
+                                   {"validation": (np.array([[1.], [2.], [3.], [4.]]), np.array([1., 4, 9, 16]))})
     assert s["pearson"] == pytest.approx(25 / math.sqrt(645)) and s["spearman"] == pytest.approx(1.0)
     three = np.eye(3)[[0, 1, 2, 0]]
     mn = glue_tasks.compute_metrics("mnli", {"validation_matched": (three, np.array([0, 1, 2, 0])),

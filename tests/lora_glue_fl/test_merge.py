@@ -126,7 +126,7 @@ def test_fused_adapter_loads_in_peft_with_same_logits(tmp_path):
     base = RobertaForSequenceClassification(cfg).eval()
     base.save_pretrained(tmp_path / "base")
     clients = []
-    for k, (r, alpha) in enumerate([(2, 4.0), (4, 4.0)]):
+    for r, alpha in [(2, 4.0), (4, 4.0)]:
         m = modeling.attach_lora(RobertaForSequenceClassification.from_pretrained(tmp_path / "base"), r, alpha,
                                  0.0, ["query", "value"])
         with torch.no_grad():

@@ -14,11 +14,16 @@ def mamba_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny(mamba_cache, out_dir):
-    """argv builder: --quick, one layer, two clients, a couple of rounds, small evaluation, a learning rate that shows progress, this test's out dir."""
+    """argv builder: --quick, one layer, two clients, a couple of rounds, small evaluation, a learning rate that
+    shows progress, this test's out dir."""
     def make(*extra: str, rounds: int = 2) -> list[str]:
-        return ["--quick", "--layers", "1", "--cache-dir", str(mamba_cache), "--out-dir", str(out_dir), "--quiet",
-                "--eval-blocks", "4", "--sample-tokens", "4", "--val-freq", "1", "--lr", "3e-3",
-                *(["--num-clients", "2"] if "--num-clients" not in extra and "--max-steps" not in extra else []), *extra] + \
-               (["--rounds", str(rounds)] if "--rounds" not in extra and "--max-steps" not in extra else [])
+        argv = ["--quick", "--layers", "1", "--cache-dir", str(mamba_cache), "--out-dir", str(out_dir), "--quiet",
+                "--eval-blocks", "4", "--sample-tokens", "4", "--val-freq", "1", "--lr", "3e-3"]
+        if "--num-clients" not in extra and "--max-steps" not in extra:
+            argv += ["--num-clients", "2"]
+        argv += extra
+        if "--rounds" not in extra and "--max-steps" not in extra:
+            argv += ["--rounds", str(rounds)]
+        return argv
     return make
 

@@ -98,7 +98,8 @@ def test_fedentropy_weights_follow_the_softmax(tiny, out_dir, monkeypatch):
             seen.append(weight)
 
     ctx = federated.Context(args=SimpleNamespace(temperature=0.5, entropy_blocks=0, batch_size=2),
-                            model=torch.nn.Linear(1, 1), params=[], data=SimpleNamespace(vocab_size=10), device=torch.device("cpu"))
+                            model=torch.nn.Linear(1, 1), params=[], data=SimpleNamespace(vocab_size=10),
+                            device=torch.device("cpu"))
     monkeypatch.setattr(federated.Context, "batches", lambda self, idx, bs=None: [])
     hs = iter([2.0, 1.0, 3.0])
     monkeypatch.setattr(fed_entropy.evaluate, "mean_entropy", lambda *a, **kw: next(hs))
@@ -133,5 +134,6 @@ def test_resume_reproduces_the_uninterrupted_run(script, tiny, out_dir, monkeypa
     resumed = main(tiny(*length, "--run-name", "cut", "--resume"))
     assert resumed["final_val_ppl"] == full["final_val_ppl"]
     assert resumed["best_val_ppl"] == full["best_val_ppl"]
-    rows = {n: [json.loads(x) for x in (out_dir / n / "metrics.jsonl").read_text().splitlines()] for n in ("full", "cut")}
+    rows = {n: [json.loads(x) for x in (out_dir / n / "metrics.jsonl").read_text().splitlines()]
+            for n in ("full", "cut")}
     assert rows["full"] == rows["cut"] and len(rows["full"]) == 3
