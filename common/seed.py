@@ -72,5 +72,10 @@ def client_rng(seed: int, round_idx: int, client: int, purpose: str = "dropout")
     """
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(stream_seed(seed, purpose, round_idx, client))
+        # the generators this process draws from (CPU, and its own GPU), not torch.manual_seed: that also
+        # re-seeds every other accelerator type and costs about a millisecond per client
+        s = stream_seed(seed, purpose, round_idx, client)
+        torch.default_generator.manual_seed(s)
+        if devices:
+            torch.cuda.manual_seed(s)
         yield

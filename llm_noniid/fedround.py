@@ -154,14 +154,16 @@ class RoundServer:
     def finish(self, algorithm: str, server_opt=None, scaffold=None) -> dict:
         """Apply the update to ``x`` in place; return divergence metrics."""
         avg = self.mean.result()
-        d_bar = P.sub(avg, self.x)
-        w_sq_norm, cos_drift = self._sums.tolist()  # the round's one read of the per-client sums
-        mean_sq = w_sq_norm / max(self.w_sum, 1e-12) - P.dot(d_bar, d_bar)
+        torch._foreach_copy_(self._client_views, avg)  # the mean, in the float64 scratch buffer
+        torch.sub(self._client, self._x64, out=self._d)  # d_bar
+        # the round's one read of the per-client sums and of the mean's norms
+        w_sq_norm, cos_drift, d_bar_sq, avg_norm = torch.stack([
+            *self._sums, torch.dot(self._d, self._d), torch.linalg.vector_norm(self._client)]).tolist()
+        mean_sq = w_sq_norm / max(self.w_sum, 1e-12) - d_bar_sq
         divergence = max(mean_sq, 0.0) ** 0.5
-        avg_norm = P.norm(avg)
         if algorithm == "scaffold":
             scaffold.server_update(self.x)  # its own sums: x += lr_g sum w dy / sum w; c += sum dc / N
         else:
             server_opt.step(self.x, avg)
         return {"client_divergence": divergence, "client_divergence_rel": divergence / max(avg_norm, 1e-12),
-                "cosine_drift": cos_drift / max(self.n, 1), "update_norm": P.norm(d_bar)}
+                "cosine_drift": cos_drift / max(self.n, 1), "update_norm": d_bar_sq ** 0.5}
