@@ -51,23 +51,30 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--nproc", type=int, nargs="+", default=None,
                    help="time FedAvg rounds under torchrun with each of these process counts (e.g. 1 2) instead")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="with --nproc: runs per process count, alternating; the median run is reported")
     return p
 
 
 def nproc_timing(args) -> list[dict]:
     """Seconds per FedAvg round under ``torchrun --nproc-per-node N`` for each N of --nproc (one thread per
-    process, so N processes use N cores), from the script's own round timer (evaluation excluded)."""
+    process, so N processes use N cores), from the script's own round timer (evaluation excluded).
+
+    With --repeats R the process counts alternate (1, 2, 1, 2, ...) R times and each N reports the median
+    run, so a burst of load from elsewhere on a shared machine hits both alike and one bad run does not
+    decide the ratio."""
     script = Path(__file__).resolve().parents[1] / "mamba_fl" / "fed_avg.py"
-    rows = []
+    cli.check(all(n >= 1 for n in args.nproc), f"--nproc values must be at least 1, got {args.nproc}")
+    runs: dict[int, list[dict]] = {n: [] for n in args.nproc}
     with tempfile.TemporaryDirectory() as out:
-        for n in args.nproc:
-            cli.check(n >= 1, f"--nproc values must be at least 1, got {n}")
+        for rep, n in [(rep, n) for rep in range(args.repeats) for n in args.nproc]:
             L = args.layers[0]
             argv = ["--layers", str(L), "--d-model", str(args.d_model), "--d-state", str(args.d_state),
                     "--head-dim", str(args.head_dim), "--sequence-length", str(args.sequence_length),
                     "--batch-size", str(args.batch_size), "--num-clients", str(args.num_clients),
                     "--rounds", str(args.rounds), "--val-freq", str(args.rounds), "--device", args.device,
-                    "--out-dir", out, "--run-name", f"n{n}", "--quiet", "--sample-tokens", "0", "--eval-blocks", "8"]
+                    "--out-dir", out, "--run-name", f"n{n}_r{rep}", "--quiet", "--sample-tokens", "0",
+                    "--eval-blocks", "8"]
             if args.cache_dir:
                 argv += ["--cache-dir", args.cache_dir]
             with socket.socket() as s:
@@ -76,15 +83,20 @@ def nproc_timing(args) -> list[dict]:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n),
                    "--master-addr", "127.0.0.1", "--master-port", str(port), str(script), *argv]
             subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-            summary = json.loads((Path(out) / f"n{n}" / "summary.json").read_text())
-            rows.append({"nproc": n, "layers": L, "round_s": summary["round_seconds"] / args.rounds,
-                         "final_val_ppl": summary["final_val_ppl"]})
+            summary = json.loads((Path(out) / f"n{n}_r{rep}" / "summary.json").read_text())
+            runs[n].append({"nproc": n, "layers": L, "round_s": summary["round_seconds"] / args.rounds,
+                            "final_val_ppl": summary["final_val_ppl"]})
+    rows = []
+    for rs in runs.values():
+        median = sorted(rs, key=lambda r: r["round_s"])[len(rs) // 2]
+        rows.append({**median, "runs_s": [r["round_s"] for r in rs]})
     base = rows[0]["round_s"]
     for r in rows:
         r["speedup"] = base / r["round_s"]
-    print(markdown_table(["processes", "layers", "s / round", f"speed-up vs {rows[0]['nproc']}", "final val ppl"],
-                         [[r["nproc"], r["layers"], f"{r['round_s']:.3f}", f"{r['speedup']:.2f}x",
-                           f"{r['final_val_ppl']:.4f}"] for r in rows]))
+    print(markdown_table(["processes", "layers", "s / round (median)", "every run", f"speed-up vs {rows[0]['nproc']}",
+                          "final val ppl"],
+                         [[r["nproc"], r["layers"], f"{r['round_s']:.3f}", " ".join(f"{s:.3f}" for s in r["runs_s"]),
+                           f"{r['speedup']:.2f}x", f"{r['final_val_ppl']:.4f}"] for r in rows]))
     print(f"cores: {os.cpu_count()}, device: {args.device}")
     return rows
 
