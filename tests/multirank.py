@@ -28,3 +28,14 @@ def run_ranks(worker, *args, nprocs: int = 2, timeout: float = 120.0) -> None:
             for p in ctx.processes:
                 p.kill()
             pytest.fail(f"the {nprocs}-process run did not finish within {timeout:.0f} s")
+
+
+def torchrun_env(rank: int, world: int, port: int) -> None:
+    """Inside a worker: one thread, and the environment torchrun would give rank ``rank`` of ``world``."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

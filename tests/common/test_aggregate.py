@@ -6,23 +6,10 @@ import math
 
 import pytest
 import torch
+from tensorcases import SHAPES, clients, close
 
 from common import aggregate as A
 from common import params as P
-
-SHAPES = [(4, 3), (5,), (2, 3, 2), (1,)]
-
-
-def clients(k, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(s, generator=g).to(dtype) for s in SHAPES] for _ in range(k)]
-
-
-def close(a, b, tol=1e-6):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.shape == y.shape
-        torch.testing.assert_close(x.double(), y.double(), rtol=tol, atol=tol)
 
 
 # ----------------------------------------------------------------------------- weighted mean

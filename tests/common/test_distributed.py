@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from multirank import run_ranks
+from multirank import run_ranks, torchrun_env
 
 from common import aggregate as A
 from common import distributed as D
@@ -37,9 +37,7 @@ def train_share(clients, wm, fm, sc, x):
 
 
 def worker(rank, world, port, out):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torchrun_env(rank, world, port)
     try:
         assert D.init() == (rank, world) and D.is_main() == (rank == 0)
         plan = D.broadcast_object(D.assign_clients(list(range(len(SIZES))), SIZES, world) if rank == 0 else None)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from multirank import run_ranks
+from multirank import run_ranks, torchrun_env
 from torch import nn
 
 from common import distributed as D
@@ -72,9 +72,7 @@ def evaluate_all(shard: bool) -> dict:
 
 
 def worker(rank, world, port, out_dir):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torchrun_env(rank, world, port)
     try:
         D.init()
         assert list(D.my_share(range(7))) == list(range(rank, 7, world))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from multirank import run_ranks
+from multirank import run_ranks, torchrun_env
 
 from common.checkpoint import load_checkpoint
 from llm_noniid import train
@@ -23,9 +23,7 @@ CLOSE = ("val_loss", "train_loss", "client_divergence", "cosine_drift", "update_
 
 
 def worker(rank: int, world: int, port: int, argv: list[str]) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torchrun_env(rank, world, port)
     train.main(argv)
 
 

@@ -7,7 +7,7 @@ import math
 import os
 
 import torch
-from multirank import run_ranks
+from multirank import run_ranks, torchrun_env
 
 from common import distributed as D
 from lora_glue_fl import adapters, fedavg_rounds, modeling
@@ -16,9 +16,7 @@ ARGV = ["--quick", "--quiet", "--task_name", "sst2", "--learning_rate", "3e-3", 
 
 
 def worker(rank, world, port, out):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torchrun_env(rank, world, port)
     D.init()
     try:
         argv = ARGV + ["--out-dir", out, "--run-name", "dist"]

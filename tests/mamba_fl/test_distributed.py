@@ -7,8 +7,7 @@ import math
 import os
 
 import pytest
-import torch
-from multirank import run_ranks
+from multirank import run_ranks, torchrun_env
 
 from mamba_fl import fed_avg, fed_entropy, fed_fisher, fed_momentum, federated
 
@@ -16,9 +15,7 @@ SCRIPTS = {"fed_avg": fed_avg, "fed_momentum": fed_momentum, "fed_entropy": fed_
 
 
 def worker(rank, world, port, script, argv, out):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torchrun_env(rank, world, port)
     summary = SCRIPTS[script].main(argv)
     with open(os.path.join(out, f"summary{rank}.json"), "w") as f:
         json.dump(summary, f)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from multirank import run_ranks
+from multirank import run_ranks, torchrun_env
 
 from common import distributed as D
 from vit_sparse_fl import train_federated as fed
@@ -31,9 +31,7 @@ def crash_in_round_3(real):
 
 
 def worker(rank, world, port, out):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torchrun_env(rank, world, port)
     try:
         res = {"dense": fed.main([*SMALL, "--out-dir", out, "--run-name", "dense"]),
                "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", out, "--run-name", "sparse"])}
