@@ -114,9 +114,10 @@ class RoundServer:
         # float64 flat copies: ||d_k||^2 is later differenced with ||d_bar||^2, which float32 would not survive
         self._x64 = P.flatten(global_params, torch.float64)
         self._x_norm = torch.linalg.vector_norm(self._x64)
-        self._client = torch.empty_like(self._x64)  # scratch, reused by every client of the round
+        # one scratch buffer, reused by every client of the round: theta_k, then d_k = theta_k - x in place
+        # (so the metrics cost 16 bytes per parameter: this buffer and x64)
+        self._client = torch.empty_like(self._x64)
         self._client_views = P.unflatten(self._client, global_params)
-        self._d = torch.empty_like(self._x64)
         # [sum_k w_k ||d_k||^2, sum_k (1 - cos(theta_k, x))] stay on the device: no host sync per client
         self._sums = torch.zeros(2, dtype=torch.float64, device=self._x64.device)
         self.w_sum, self.n = 0.0, 0
@@ -125,10 +126,10 @@ class RoundServer:
     def add(self, client_params: list[torch.Tensor], weight: float) -> None:
         self.mean.add(client_params, weight)
         torch._foreach_copy_(self._client_views, [p.detach() for p in client_params])  # cast to float64
-        torch.sub(self._client, self._x64, out=self._d)
         cos = torch.dot(self._client, self._x64) / (torch.linalg.vector_norm(self._client) * self._x_norm
                                                      ).clamp_min(1e-12)
-        self._sums[0] += weight * torch.dot(self._d, self._d)
+        d = self._client.sub_(self._x64)
+        self._sums[0] += weight * torch.dot(d, d)
         self._sums[1] += 1.0 - cos
         self.w_sum += weight
         self.n += 1
@@ -155,10 +156,11 @@ class RoundServer:
         """Apply the update to ``x`` in place; return divergence metrics."""
         avg = self.mean.result()
         torch._foreach_copy_(self._client_views, avg)  # the mean, in the float64 scratch buffer
-        torch.sub(self._client, self._x64, out=self._d)  # d_bar
+        avg_norm = torch.linalg.vector_norm(self._client)
+        d_bar = self._client.sub_(self._x64)
         # the round's one read of the per-client sums and of the mean's norms
-        w_sq_norm, cos_drift, d_bar_sq, avg_norm = torch.stack([
-            *self._sums, torch.dot(self._d, self._d), torch.linalg.vector_norm(self._client)]).tolist()
+        w_sq_norm, cos_drift, d_bar_sq, avg_norm = torch.stack([*self._sums, torch.dot(d_bar, d_bar),
+                                                                avg_norm]).tolist()
         mean_sq = w_sq_norm / max(self.w_sum, 1e-12) - d_bar_sq
         divergence = max(mean_sq, 0.0) ** 0.5
         if algorithm == "scaffold":
