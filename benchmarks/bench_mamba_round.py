@@ -65,6 +65,7 @@ def nproc_timing(args) -> list[dict]:
     decide the ratio."""
     script = Path(__file__).resolve().parents[1] / "mamba_fl" / "fed_avg.py"
     cli.check(all(n >= 1 for n in args.nproc), f"--nproc values must be at least 1, got {args.nproc}")
+    cli.check(args.repeats >= 1, f"--repeats must be at least 1, got {args.repeats}")
     runs: dict[int, list[dict]] = {n: [] for n in args.nproc}
     with tempfile.TemporaryDirectory() as out:
         for rep, n in [(rep, n) for rep in range(args.repeats) for n in args.nproc]:

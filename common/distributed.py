@@ -159,7 +159,16 @@ def all_gather_object(obj) -> list:
 
 def my_share(items: Iterable):
     """This rank's part of ``items`` for sharded evaluation: items rank, rank + N, rank + 2N, ... for N
-    ranks (round-robin, so batches of unequal cost spread evenly); every item in a single process."""
+    ranks (round-robin, so batches of unequal cost spread evenly); every item in a single process.
+    The skipped items are still produced by ``items``: where batches are cut from an indexable split,
+    ``my_batch_starts`` avoids building them."""
     if not is_distributed() or world_size() == 1:
         return iter(items)
     return itertools.islice(items, rank(), None, world_size())
+
+
+def my_batch_starts(n: int, batch_size: int, shard: bool = True) -> range:
+    """Start offsets of this rank's batches of ``batch_size`` over ``n`` items, in the same round-robin
+    order as ``my_share`` (every batch when ``shard`` is False or in a single process)."""
+    r, w = (rank(), world_size()) if shard else (0, 1)
+    return range(r * batch_size, n, w * batch_size)

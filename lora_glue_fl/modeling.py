@@ -239,8 +239,7 @@ def predict(model, data: Encoded, device, batch_size: int = 64, shard: bool = Fa
     """
     was = model.training
     model.eval()
-    rank, world = (D.rank(), D.world_size()) if shard else (0, 1)
-    starts = list(range(rank * batch_size, len(data), world * batch_size))
+    starts = list(D.my_batch_starts(len(data), batch_size, shard))
     out = []
     for s in starts:
         b = torch.arange(s, min(s + batch_size, len(data)))
@@ -250,7 +249,7 @@ def predict(model, data: Encoded, device, batch_size: int = 64, shard: bool = Fa
             out.append(model(**batch).logits.float())
     model.train(was)
     mine = torch.cat(out).cpu().numpy() if out else np.zeros((0, 1), dtype=np.float32)
-    if world == 1:
+    if not shard or D.world_size() == 1:
         return mine
     parts = D.all_gather_object((starts, [len(o) for o in out], mine))
     pieces = []

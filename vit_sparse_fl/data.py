@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from common import cli
+from common import distributed as D
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -199,8 +200,8 @@ def batches(split: Split, batch_size: int, steps: int, generator: torch.Generato
         yield augment(split.images[idx], image_size, generator, train=augment_train), split.labels[idx]
 
 
-def eval_batches(split: Split, batch_size: int, image_size: int, rank: int = 0, world: int = 1):
-    """(images, labels) batches in order, without augmentation; with ``world`` > 1 only batches
-    rank, rank + world, ... (one rank's share for sharded evaluation; the others are never built)."""
-    for i in range(rank * batch_size, len(split), world * batch_size):
+def eval_batches(split: Split, batch_size: int, image_size: int, shard: bool = False):
+    """(images, labels) batches in order, without augmentation; with ``shard`` under torchrun only this
+    rank's share (``common.distributed.my_batch_starts``; the others are never built)."""
+    for i in D.my_batch_starts(len(split), batch_size, shard):
         yield augment(split.images[i:i + batch_size], image_size, train=False), split.labels[i:i + batch_size]

@@ -76,6 +76,8 @@ def worker(rank, world, port, out_dir):
     try:
         D.init()
         assert list(D.my_share(range(7))) == list(range(rank, 7, world))
+        assert list(D.my_batch_starts(10, 3)) == list(range(3 * rank, 10, 3 * world))
+        assert list(D.my_batch_starts(10, 3, shard=False)) == [0, 3, 6, 9]
         torch.save(evaluate_all(shard=True), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         D.cleanup()
