@@ -21,6 +21,7 @@ matplotlib.use("Agg")  # files only: works on headless machines, and before pypl
 
 import numpy as np
 
+from common import stats
 from common.runlog import ARGS_FILE, METRICS_FILE, SUMMARY_FILE, read_rows
 
 # Arguments that do not define a configuration: runs differing only in these are pooled.
@@ -91,12 +92,12 @@ def series(run: dict, key: str, x: str = "round") -> tuple[np.ndarray, np.ndarra
 
 
 def mean_std(runs: Sequence[dict], key: str, x: str = "round",
-             ddof: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             ddof: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and standard deviation of metric ``key`` over runs (seeds), aligned on ``x``.
 
     Only x values that every run reached are kept, so a mean never mixes different numbers of seeds.
-    ``ddof=0`` is the population std (0 for one run); pass ``ddof=1`` for the sample std.
-    Returns (x [P], mean [P], std [P]).
+    ``ddof=1`` (default) is the sample sd, as in every table (``common.stats``); one run gives sd 0 here
+    (a band of zero width), and legends should say n. Returns (x [P], mean [P], std [P]).
     """
     if not runs:
         raise ValueError(f"no runs to average for {key!r}")
@@ -110,14 +111,40 @@ def mean_std(runs: Sequence[dict], key: str, x: str = "round",
     return xs, ys.mean(axis=0), std
 
 
-def summary_stats(runs: Sequence[dict], key: str, ddof: int = 0) -> tuple[float, float, int]:
-    """(mean, std, n) of ``summary[key]`` over the finished runs that report it (for results tables)."""
+def summary_stats(runs: Sequence[dict], key: str, ddof: int = 1) -> tuple[float, float, int]:
+    """(mean, std, n) of ``summary[key]`` over the finished runs that report it (sample sd by default;
+    nan for a single run: format with ``common.stats.fmt``, which shows "n=1" instead of ± 0)."""
     values = np.array([r["summary"][key] for r in runs if r.get("summary") and r["summary"].get(key) is not None],
                       dtype=np.float64)
     if values.size == 0:
         return float("nan"), float("nan"), 0
-    std = float(values.std(ddof=ddof)) if values.size > ddof else 0.0
+    std = float(values.std(ddof=ddof)) if values.size > ddof else float("nan")
     return float(values.mean()), std, int(values.size)
+
+
+def by_seed(runs: Sequence[dict], key: str) -> dict:
+    """{seed: summary[key]} over the finished runs that report it; a repeated seed is an error (two runs of
+    one configuration and seed would be silently overwritten in a paired comparison)."""
+    out: dict = {}
+    for r in runs:
+        value = (r.get("summary") or {}).get(key)
+        if value is None:
+            continue
+        seed = r["args"].get("seed")
+        if seed in out:
+            raise ValueError(f"two runs with seed {seed} in one group ({r['path']}); paired statistics need one each")
+        out[seed] = float(value)
+    return out
+
+
+def seed_summary(runs: Sequence[dict], key: str) -> stats.Summary:
+    """``common.stats.summarize`` of ``summary[key]`` over the runs (seeds)."""
+    return stats.summarize(by_seed(runs, key).values())
+
+
+def seed_paired(runs_a: Sequence[dict], runs_b: Sequence[dict], key: str) -> stats.Paired:
+    """``common.stats.paired``: ``summary[key]`` of a minus b, matched by seed."""
+    return stats.paired(by_seed(runs_a, key), by_seed(runs_b, key))
 
 
 def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False, dpi: int = 150, close: bool = True) -> list[Path]:

@@ -57,9 +57,9 @@ def test_mean_std_aligned_on_common_rounds(root):
     x, mean, std = R.mean_std(fedavg, "ppl")
     np.testing.assert_array_equal(x, [0, 1])  # seed 2 stopped after round 1
     np.testing.assert_allclose(mean, [32.0, 22.0])
-    np.testing.assert_allclose(std, [np.std([30, 34, 32]), np.std([20, 22, 24])])
-    _, _, sample_std = R.mean_std(fedavg, "ppl", ddof=1)
-    np.testing.assert_allclose(sample_std, [2.0, 2.0])
+    np.testing.assert_allclose(std, [2.0, 2.0])  # sample sd (ddof=1) by default
+    _, _, pop_std = R.mean_std(fedavg, "ppl", ddof=0)
+    np.testing.assert_allclose(pop_std, [np.std([30, 34, 32]), np.std([20, 22, 24])])
     x_steps, mean_steps, _ = R.mean_std(fedavg[:2], "ppl", x="step")
     np.testing.assert_array_equal(x_steps, [0, 10, 20])
     np.testing.assert_allclose(mean_steps, [32.0, 21.0, 12.0])
@@ -75,8 +75,22 @@ def test_mean_std_aligned_on_common_rounds(root):
 def test_summary_stats(root):
     (_, fedavg), *_ = R.group_runs(R.load_runs(root))
     mean, std, n = R.summary_stats(fedavg, "final_ppl")
-    assert (mean, std, n) == (pytest.approx(12.0), pytest.approx(2.0), 2)  # the unfinished run is skipped
+    assert (mean, std, n) == (pytest.approx(12.0), pytest.approx(2 * np.sqrt(2)), 2)  # unfinished run skipped
     assert R.summary_stats(fedavg, "nope")[2] == 0
+    assert np.isnan(R.summary_stats(fedavg[:1], "final_ppl")[1])  # one run: no sd, never "± 0.0"
+
+
+def test_seed_summary_and_paired(root):
+    runs = R.load_runs(root)
+    fedavg = [r for r in runs if r["args"]["method"] == "fedavg"]
+    fisher = [r for r in runs if r["args"]["method"] == "fedfisher" and r["args"]["num_clients"] == 4]
+    assert R.by_seed(fedavg, "final_ppl") == {0: 10.0, 1: 14.0}
+    s = R.seed_summary(fedavg, "final_ppl")
+    assert (s.n, s.mean) == (2, 12.0) and s.sd == pytest.approx(2 * np.sqrt(2))
+    d = R.seed_paired(fisher, fedavg, "final_ppl")  # only seed 0 is shared
+    assert d.keys == (0,) and d.diffs == (-1.0,) and d.n == 1
+    with pytest.raises(ValueError, match="seed 0"):
+        R.by_seed(fedavg + fedavg[:1], "final_ppl")
 
 
 def test_savefig_writes_png_and_pdf_into_new_folders(tmp_path):
