@@ -86,7 +86,8 @@ class _Streaming:
         return {"kind": type(self).__name__, "numel": self.numel, "buffers": [f.clone() for f in self._flats]}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != type(self).__name__ or state.get("numel") != self.numel:
+        if (state.get("kind") != type(self).__name__ or state.get("numel") != self.numel
+                or len(state.get("buffers", ())) != len(self._flats)):
             raise ValueError(f"aggregator state is for {state.get('kind')} over {state.get('numel')} values; "
                              f"this is {type(self).__name__} over {self.numel}")
         for f, s in zip(self._flats, state["buffers"]):
@@ -148,40 +149,63 @@ class WeightedMean(_Streaming):
 
 
 class FisherMean(_Streaming):
-    """FedFisher: result = sum_k w_k F_k theta_k / (sum_k w_k F_k + eps), every coordinate.
+    """FedFisher: each coordinate averaged with weights w_k F_k (Fisher averaging, Matena & Raffel 2022), and
+    the plain weighted mean where the clients carry no Fisher information:
 
-    A coordinate where every client's Fisher is zero (a parameter no client's loss touched, e.g. the
-    embedding row of a token none of them saw) comes out as ~0 with the plain formula. ``floor`` > 0 adds
-    that constant to each client's Fisher (Matena & Raffel 2022 use 1e-6): such coordinates then get the
-    weighted plain mean (times sum w floor / (sum w floor + eps), so keep floor >> eps) while informative
-    ones barely move. The default 0 is the formula exactly.
+        theta = (sum_k w_k F_k theta_k + eps * theta_bar) / (sum_k w_k F_k + eps),
+        theta_bar = sum_k w_k theta_k / sum_k w_k,   eps = eps_rel * mean_j(sum_k w_k F_kj)
+
+    This is Matena & Raffel's floor (add delta = eps / sum_k w_k to every client's Fisher) with delta scaled to
+    the Fisher's magnitude: where sum w F >> eps it is the Fisher-weighted mean; where it is << eps (a
+    coordinate no client's loss touched, e.g. the embedding row of a token none of them saw) it is FedAvg's
+    weighted mean, never 0. Equal Fisher across clients gives exactly FedAvg on that coordinate. The bare
+    formula sum F theta / (sum F + eps) with an absolute eps pulls every low-Fisher coordinate toward zero.
+
+    ``eps_share`` after ``result``: the fraction of coordinates where eps >= sum w F, i.e. where the floor
+    rather than the Fisher decides the result (at least half the weight on the plain mean).
     """
 
-    def __init__(self, like, eps: float = 1e-8, acc_dtype: torch.dtype = torch.float32, floor: float = 0.0):
-        super().__init__(like, 2, acc_dtype)  # buffer 0: sum w F theta (+ total weight), buffer 1: sum w F
-        self.eps, self.floor = eps, floor
+    def __init__(self, like, eps: float = 1e-6, acc_dtype: torch.dtype = torch.float32):
+        if not eps > 0:
+            raise ValueError(f"FisherMean eps (relative to the mean Fisher) must be > 0, got {eps}")
+        # buffer 0: sum w F theta (+ total weight), 1: sum w F, 2: sum w theta
+        super().__init__(like, 3, acc_dtype)
+        self.eps = eps
+        self.eps_share = float("nan")
 
     @torch.no_grad()
     def add(self, tensors, fisher, weight: float = 1.0) -> None:
         tensors, fisher = self._check(tensors), self._check(fisher, "fisher")
         flat_t, flat_f = as_flat(tensors), as_flat(fisher)
         if flat_t is not None and flat_f is not None:  # one op per quantity instead of one per tensor
-            num, den, tensors, fisher = [self._flats[0][:self.numel]], [self._flats[1]], [flat_t], [flat_f]
+            num, den, tot = [self._flats[0][:self.numel]], [self._flats[1]], [self._flats[2]]
+            tensors, fisher = [flat_t], [flat_f]
         else:
-            num, den = self._views
+            num, den, tot = self._views
         torch._foreach_addcmul_(num, fisher, tensors, value=weight)
         torch._foreach_add_(den, fisher, alpha=weight)
-        if self.floor:
-            torch._foreach_add_(num, tensors, alpha=weight * self.floor)
-            self._flats[1].add_(weight * self.floor)
+        torch._foreach_add_(tot, tensors, alpha=weight)
         self._flats[0][-1] += weight
 
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
-        self._total()
+        total = self._total()
+        num, den, tot = self._flats[0][:self.numel], self._flats[1], self._flats[2]
+        mean = tot / total
+        eps = self.eps * float(den.mean())
+        if not eps > 0:  # no client carries any Fisher information: FedAvg everywhere
+            flat = mean
+            self.eps_share = 1.0
+        else:
+            flat = torch.where(den > 0, (num + eps * mean) / (den + eps), mean)
+            self.eps_share = float((den <= eps).sum()) / self.numel
         out = self._out(out)
-        for o, num, den in zip(out, *self._views):
-            torch.div(num, den + self.eps, out=o)
+        flat_out = as_flat(out)
+        if flat_out is not None and flat_out.numel() == self.numel:
+            flat_out.copy_(flat)
+        else:
+            for o, v in zip(out, P.unflatten(flat, self._views[0])):
+                o.copy_(v)
         return out
 
 

@@ -6,7 +6,11 @@
 After local training, client k computes F_k, the diagonal Fisher at its final parameters from per-example
 (per-sequence) gradients of --fisher-samples of its training blocks, for EVERY parameter including the tied
 embedding (the source lost it to a plain mean), and the server sets
-theta <- sum_k F_k * theta_k / (sum_k F_k + eps). Clients send their Fisher with their parameters (2x upload).
+theta <- (sum_k n_k F_k theta_k + eps theta_bar) / (sum_k n_k F_k + eps), theta_bar the FedAvg mean and eps
+--fisher-eps times the mean of sum_k n_k F_k (``common.aggregate.FisherMean``): the Fisher-weighted mean where
+the clients carry Fisher information, FedAvg where they carry none (never a pull toward zero). Each
+evaluation row logs ``fisher_eps_share``, the fraction of coordinates where eps rather than the Fisher
+decides. Clients send their Fisher with their parameters (2x upload).
 The round loop lives in mamba_fl/federated.py; the run writes perplexity.png into its run directory.
 """
 from __future__ import annotations
@@ -40,7 +44,7 @@ def add_fisher_weighted(ctx: federated.Context, agg, client: federated.Client) -
                                forward=next_token_logits, params=ctx.params, method=ctx.args.fisher_method,
                                chunk_size=ctx.args.fisher_batch, generator=g)
     ctx.model.train()
-    agg.add(ctx.params, f)
+    agg.add(ctx.params, f, weight=client.weight)
     return {"fisher_mean": float(sum(t.double().sum() for t in f) / sum(t.numel() for t in f))}
 
 
@@ -58,7 +62,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="empirical: targets from the data (the source); sampled: y ~ model (true Fisher)")
     g.add_argument("--fisher-method", choices=("per_example", "loop", "batch"), default="per_example",
                    help="per_example: torch.func vmap; loop: reference; batch: squared batch gradient (cheap, biased)")
-    g.add_argument("--fisher-eps", type=float, default=1e-8, help="eps in sum F theta / (sum F + eps)")
+    g.add_argument("--fisher-eps", type=float, default=1e-6,
+                   help="floor relative to the mean Fisher: coordinates whose summed Fisher is below this "
+                        "fraction of the mean get (mostly) the FedAvg mean; raise to move toward FedAvg")
     return p
 
 
@@ -68,6 +74,7 @@ def main(argv=None) -> dict:
     if args.quick and "fisher_samples" not in federated.explicit_dests(parser, argv):
         args.fisher_samples = 8
     cli.check(args.fisher_samples >= 1, f"--fisher-samples must be at least 1, got {args.fisher_samples}")
+    cli.check(args.fisher_eps > 0, f"--fisher-eps must be positive, got {args.fisher_eps}")
     cli.check(args.fisher_batch >= 1, f"--fisher-batch must be at least 1, got {args.fisher_batch}")
     return federated.run(args, METHOD, federated.explicit_dests(parser, argv))
 

@@ -104,28 +104,75 @@ def test_accumulators_sum_like_an_all_reduce():
 
 
 # ----------------------------------------------------------------------------- Fisher and masked means
-def test_fisher_mean_matches_dense_formula():
-    cs, fs = clients(4, seed=1), [[f.abs() for f in c] for c in clients(4, seed=2)]
-    w, eps = [1.0, 2.0, 0.5, 3.0], 1e-8
-    agg = A.FisherMean(cs[0], eps=eps)
-    for c, f, wk in zip(cs, fs, w):
-        agg.add(c, f, wk)
+def _dense_fisher_mean(cs, fs, w, eps_rel):
+    """The FisherMean formula written out per tensor: floor eps relative to the mean of sum w F."""
+    dens = [sum(wk * f[i] for f, wk in zip(fs, w)) for i in range(len(SHAPES))]
+    eps = eps_rel * float(torch.cat([d.flatten() for d in dens]).mean())
+    out = []
     for i in range(len(SHAPES)):
         num = sum(wk * f[i] * c[i] for c, f, wk in zip(cs, fs, w))
-        den = sum(wk * f[i] for f, wk in zip(fs, w))
-        torch.testing.assert_close(agg.result()[i], num / (den + eps), rtol=1e-6, atol=1e-6)
+        mean = sum(wk * c[i] for c, wk in zip(cs, w)) / sum(w)
+        out.append((num + eps * mean) / (dens[i] + eps))
+    return out
 
 
-def test_fisher_mean_floor_gives_plain_mean_where_fisher_is_zero():
-    cs = clients(3, seed=3)
-    zero = [torch.zeros(s) for s in SHAPES]
-    plain, floored = A.FisherMean(cs[0]), A.FisherMean(cs[0], floor=1e-6)
-    for c in cs:
-        plain.add(c, zero)
-        floored.add(c, zero)
-    assert all(r.abs().max() < 1e-3 for r in plain.result())  # the bare formula collapses to ~0
-    mean = [torch.stack([c[i] for c in cs]).mean(0) for i in range(len(SHAPES))]
-    close(floored.result(), [m * 3e-6 / (3e-6 + 1e-8) for m in mean], tol=1e-6)  # eps still in the denominator
+def test_fisher_mean_matches_dense_formula():
+    cs, fs = clients(4, seed=1), [[f.abs() for f in c] for c in clients(4, seed=2)]
+    w = [1.0, 2.0, 0.5, 3.0]
+    for eps_rel in (1e-6, 0.5):
+        agg = A.FisherMean(cs[0], eps=eps_rel)
+        for c, f, wk in zip(cs, fs, w):
+            agg.add(c, f, wk)
+        close(agg.result(), _dense_fisher_mean(cs, fs, w, eps_rel), tol=1e-5)
+    with pytest.raises(ValueError, match="eps"):
+        A.FisherMean(cs[0], eps=0.0)
+
+
+def _weighted_mean(cs, w):
+    return [sum(wk * c[i] for c, wk in zip(cs, w)) / sum(w) for i in range(len(SHAPES))]
+
+
+def test_fisher_mean_zero_fisher_gives_the_weighted_mean_exactly_never_zero():
+    """A coordinate with no Fisher information on any client gets FedAvg's weighted mean, bit for bit where
+    the Fisher is exactly zero (the bare sum F theta / (sum F + eps) would give ~0 there)."""
+    cs, fs = clients(3, seed=3), [[f.abs() + 0.1 for f in c] for c in clients(3, seed=13)]
+    for f in fs:
+        f[0].zero_()          # tensor 0: no client has information anywhere
+        f[1].view(-1)[:3] = 0  # tensor 1: three coordinates without information
+    w = [1.0, 2.0, 4.0]
+    agg = A.FisherMean(cs[0])
+    for c, f, wk in zip(cs, fs, w):
+        agg.add(c, f, wk)
+    res, mean = agg.result(), _weighted_mean(cs, w)
+    torch.testing.assert_close(res[0], mean[0], rtol=0, atol=0)
+    torch.testing.assert_close(res[1].view(-1)[:3], mean[1].view(-1)[:3], rtol=0, atol=0)
+    assert not torch.allclose(res[1].view(-1)[3:], mean[1].view(-1)[3:])  # elsewhere the Fisher decides
+    n_zero = math.prod(SHAPES[0]) + 3
+    assert agg.eps_share == pytest.approx(n_zero / sum(math.prod(s) for s in SHAPES))
+    nothing = A.FisherMean(cs[0])
+    for c, wk in zip(cs, w):
+        nothing.add(c, [torch.zeros(s) for s in SHAPES], wk)
+    close(nothing.result(), mean, tol=0)
+    assert nothing.eps_share == 1.0
+
+
+def test_fisher_mean_equal_fisher_is_fedavg():
+    cs, w = clients(4, seed=7), [1.0, 3.0, 2.0, 0.5]
+    shared = [f.abs() + 1e-3 for f in clients(1, seed=8)[0]]  # same Fisher for every client, varying by coordinate
+    agg = A.FisherMean(cs[0])
+    for c, wk in zip(cs, w):
+        agg.add(c, shared, wk)
+    close(agg.result(), _weighted_mean(cs, w), tol=1e-6)
+    assert agg.eps_share == 0.0
+
+
+def test_fisher_mean_client_with_tenfold_fisher_dominates():
+    cs = clients(2, seed=9)
+    ones = [torch.ones(s) for s in SHAPES]
+    agg = A.FisherMean(cs[0])
+    agg.add(cs[0], [10 * o for o in ones], 1.0)
+    agg.add(cs[1], ones, 1.0)
+    close(agg.result(), [(10 * a + b) / 11 for a, b in zip(cs[0], cs[1])], tol=1e-6)  # weight 10/11
 
 
 def test_masked_mean_averages_only_over_updating_clients():
