@@ -103,19 +103,18 @@ def load_cifar100(args, device) -> tuple[Split, Split, Split, int]:
     """
     if args.data == "synthetic":
         from common import synthetic
-        # 100 train / 20 test images per class: enough that 20 clients each hold a few dozen images
-        root = find_root(synthetic.ensure("cifar100", n_train_per_class=100, n_test_per_class=20))
+        # default 100 train / 20 test images per class: enough that 20 clients each hold a few dozen images
+        n_train, n_test = getattr(args, "synthetic_per_class", None) or (100, 20)
+        root = find_root(synthetic.ensure("cifar100", n_train_per_class=n_train, n_test_per_class=n_test))
     else:
         cli.check(args.data_dir is not None, "--data cifar100 needs --data-dir (or --download)")
         root = download(args.data_dir) if args.download else find_root(args.data_dir)
     full, test = read_split(root, "train"), read_split(root, "test")
     num_classes = int(max(full.labels.max(), test.labels.max())) + 1
-    if args.num_classes:
-        cli.check(args.num_classes <= num_classes,
-                  f"--num-classes {args.num_classes} exceeds the {num_classes} classes of the data")
-        num_classes = args.num_classes
-        full = full.subset(torch.nonzero(full.labels < num_classes).squeeze(1))
-        test = test.subset(torch.nonzero(test.labels < num_classes).squeeze(1))
+    first, last = class_range(args, num_classes)
+    if (first, last) != (0, num_classes):
+        full, test = keep_classes(full, first, last), keep_classes(test, first, last)
+        num_classes = last - first
     if args.max_train:
         full = full.subset(torch.arange(min(args.max_train, len(full))))
     if args.max_test:
@@ -124,6 +123,29 @@ def load_cifar100(args, device) -> tuple[Split, Split, Split, int]:
     n_val = int(round(args.val_fraction * len(full)))
     val, train = full.subset(perm[:n_val].sort().values), full.subset(perm[n_val:].sort().values)
     return train.to(device), val.to(device), test.to(device), num_classes
+
+
+def class_range(args, num_classes: int) -> tuple[int, int]:
+    """[first, last) of the classes kept: ``--classes FIRST LAST``, else ``--num-classes N`` (0..N-1), else all."""
+    classes = getattr(args, "classes", None)
+    if classes:
+        first, last = classes
+        cli.check(0 <= first < last <= num_classes,
+                  f"--classes {first} {last}: need 0 <= FIRST < LAST <= {num_classes} (the classes of the data)")
+        cli.check(not args.num_classes, "--classes and --num-classes are alternatives; pass one")
+        return first, last
+    if args.num_classes:
+        cli.check(args.num_classes <= num_classes,
+                  f"--num-classes {args.num_classes} exceeds the {num_classes} classes of the data")
+        return 0, args.num_classes
+    return 0, num_classes
+
+
+def keep_classes(split: Split, first: int, last: int) -> Split:
+    """The images of classes first..last-1, relabelled 0..last-first-1 (order kept)."""
+    keep = torch.nonzero((split.labels >= first) & (split.labels < last)).squeeze(1)
+    out = split.subset(keep)
+    return Split(out.images, out.labels - first)
 
 
 def add_data_args(parser, quick_image_size: int = 32) -> None:
@@ -140,6 +162,11 @@ def add_data_args(parser, quick_image_size: int = 32) -> None:
     g.add_argument("--num-classes", type=int, default=None,
                    help="keep only classes 0..N-1 (default 0: all 100; "
                         "--quick: 10, so a tiny model learns in seconds)")
+    g.add_argument("--classes", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
+                   help="keep classes FIRST..LAST-1, relabelled from 0 (e.g. 10 100 to pretrain on the 90 "
+                        "classes a fine-tuning task on 0 10 never sees); replaces --num-classes")
+    g.add_argument("--synthetic-per-class", type=int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
+                   help="--data synthetic: images per class in the train and test pickles (default 100 20)")
     g.add_argument("--max-train", type=int, default=None,
                    help="use only the first N training images (default 0: all; --quick: 2000)")
     g.add_argument("--max-test", type=int, default=None,

@@ -48,6 +48,8 @@ def apply_quick(args: argparse.Namespace, quick: dict, full: dict) -> argparse.N
     data, few rounds) or from the full one (ViT-S/16 with DINO weights, all classes, the source's schedule).
     ``quick`` / ``full`` are the calling script's own entries (rounds, epochs, its learning rate)."""
     table = {**QUICK, **quick} if args.quick else {**FULL, **full}
+    if getattr(args, "classes", None) and args.num_classes is None:
+        args.num_classes = 0                                 # --classes chooses the classes instead
     for key, value in table.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -116,6 +118,31 @@ def evaluate(model, split: cifar.Split, args, device: torch.device, shard: bool 
         D.all_reduce_sum_([loss_sum, correct])  # a no-op in a single process
     n = len(split)
     return {"loss": float(loss_sum) / max(n, 1), "accuracy": float(correct) / max(n, 1), "n": n}
+
+
+@torch.inference_mode()
+def correct(model, split: cifar.Split, idx: torch.Tensor, args, device: torch.device) -> torch.Tensor:
+    """bool [len(idx)]: whether ``model`` classifies each image ``split[idx]`` right (no augmentation)."""
+    model.eval()
+    out = []
+    for lo in range(0, len(idx), args.eval_batch_size):
+        sel = idx[lo:lo + args.eval_batch_size]
+        x = cifar.augment(split.images[sel], args.image_size, train=False)
+        with autocast(device):
+            out.append(model(x).float().argmax(-1) == split.labels[sel])
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=device)
+
+
+def plateau(rows: list[dict], x: str, end: float, window: float = 0.2) -> dict:
+    """The plateau check: validation accuracy at the end minus at the last evaluation at or before
+    (1 - window) of the run (``plateau_change``, accuracy in [0, 1]); ``plateau_reached`` when it is
+    under 0.01 in absolute value (1 point)."""
+    start = (1 - window) * end
+    before = [r for r in rows if r[x] <= start]
+    if not rows or not before:
+        return {"plateau_change": None, "plateau_reached": None}
+    change = rows[-1]["val_accuracy"] - before[-1]["val_accuracy"]
+    return {"plateau_change": change, "plateau_reached": abs(change) < 0.01}
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int = 0, final: float = 0.0) -> float:

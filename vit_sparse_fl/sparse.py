@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from vit_sparse_fl import talos
+
 STRATEGIES = ("least_sensitive", "most_sensitive", "lowest_magnitude", "highest_magnitude", "random")
 
 
@@ -52,12 +54,18 @@ def select(scores: Sequence[torch.Tensor], keep: int, largest: bool,
 
 def compute_masks(params: Sequence[torch.Tensor], strategy: str, sparsity: float, *,
                   fisher_fn: Callable[[int, list[torch.Tensor]], list[torch.Tensor]] | None = None,
-                  rounds: int = 1, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                  rounds: int = 1, generator: torch.Generator | None = None,
+                  threshold: str = "exact") -> list[torch.Tensor]:
     """Masks (True = trainable) for ``params``, density exactly 1 - ``sparsity`` over all of them.
 
     ``fisher_fn(r, masks)`` returns the Fisher scores for calibration round ``r`` (needed for the two
     *_sensitive strategies); ``masks`` is the current mask, for callers that want to score the masked model.
+    ``threshold``: 'exact' keeps exactly the scheduled count each round (ties broken by position);
+    'kthvalue' is TaLoS's rule (``talos.kthvalue_select``: ties at the threshold are kept, so the density
+    of the *_sensitive masks can exceed 1 - s).
     """
+    if threshold not in ("exact", "kthvalue"):
+        raise ValueError(f"threshold must be 'exact' or 'kthvalue', got {threshold!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown mask strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     if not 0.0 <= sparsity < 1.0:
@@ -77,7 +85,10 @@ def compute_masks(params: Sequence[torch.Tensor], strategy: str, sparsity: float
     for r, k in enumerate(keep_schedule(sparsity, rounds)):
         keep = target if r == rounds - 1 else max(target, int(round(k * total)))
         scores = fisher_fn(r, masks)
-        masks = select(scores, keep, largest=strategy == "most_sensitive", eligible=masks)
+        if threshold == "kthvalue":
+            masks = talos.kthvalue_select(scores, k, masks, largest=strategy == "most_sensitive")
+        else:
+            masks = select(scores, keep, largest=strategy == "most_sensitive", eligible=masks)
     return masks
 
 

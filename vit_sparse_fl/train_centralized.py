@@ -33,6 +33,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     cli.add_run_args(parser)
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=None, help="training epochs (default 50; --quick: 4)")
+    g.add_argument("--total-steps", type=int, default=0,
+                   help="stop after exactly this many SGD steps (the schedule spans them; replaces --epochs): "
+                        "to give centralized training the sample-gradient budget of a federated run, "
+                        "rounds x clients per round x J (0: --epochs)")
     g.add_argument("--warmup-epochs", type=int, default=None,
                    help="linear warmup epochs before the cosine decay (default 5; --quick: 1)")
     g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine")
@@ -71,6 +75,7 @@ def main(argv=None) -> dict:
     exp.apply_quick(args, QUICK, FULL)
     exp.validate_model_args(args)
     cli.check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
+    cli.check(args.total_steps >= 0, f"--total-steps must be >= 0, got {args.total_steps}")
     cli.check(0 <= args.warmup_epochs < args.epochs,
               f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs} "
               f"with --epochs {args.epochs}")
@@ -85,7 +90,12 @@ def main(argv=None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(train) // args.batch_size)
-    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
+    if args.total_steps:                                     # a step budget: the last epoch is cut short
+        args.epochs = -(-args.total_steps // steps_per_epoch)
+        cli.check(args.warmup_epochs < args.epochs, f"--warmup-epochs {args.warmup_epochs} leaves no steps "
+                                                    f"of the {args.total_steps}-step budget")
+    total_steps = args.total_steps or args.epochs * steps_per_epoch
+    warmup_steps = args.warmup_epochs * steps_per_epoch
     run = RunDir(args.out_dir, args.run_name or f"centralized_E{args.epochs}_seed{args.seed}", vars(args),
                  resume=args.resume, kind="vit_sparse_fl/train_centralized")
     start, best_acc, stale, best = 0, -1.0, 0, []
@@ -101,7 +111,8 @@ def main(argv=None) -> dict:
     stopped_early = False
     for epoch in bar:
         gen = seeding.client_generator(args.seed, epoch, 0, device, purpose="centralized")
-        stream = cifar.batches(train, args.batch_size, steps_per_epoch, gen, args.image_size,
+        steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+        stream = cifar.batches(train, args.batch_size, steps, gen, args.image_size,
                                augment_train=not args.no_augment)
         loss_sum = torch.zeros((), device=device)  # read once per epoch: no host sync per step
         with seeding.client_rng(args.seed, epoch, 0, purpose="centralized_dropout"):
@@ -112,8 +123,8 @@ def main(argv=None) -> dict:
                                           device=device, lr=lr)
                 loss_sum += loss
         ev = exp.evaluate(fwd, val, args, device)
-        row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": lr,
-               "train_loss": loss_sum.item() / steps_per_epoch, "val_loss": ev["loss"],
+        row = {"epoch": epoch + 1, "step": epoch * steps_per_epoch + steps, "lr": lr,
+               "train_loss": loss_sum.item() / steps, "val_loss": ev["loss"],
                "val_accuracy": ev["accuracy"]}
         run.log(row)
         bar.set_postfix(val_acc=f"{ev['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
@@ -134,7 +145,11 @@ def main(argv=None) -> dict:
     if best:
         model.load_state_dict(torch.load(best[0]["path"], map_location=device, weights_only=True)["model"])
     best_test = exp.evaluate(fwd, test, args, device) if best else final_test
+    steps_done = rows[-1]["step"] if rows else 0
     summary = {"method": "centralized", "seed": args.seed, "weights": source, "epochs_done": len(rows),
+               "steps_done": steps_done, "sample_gradients": steps_done * args.batch_size,
+               "num_classes": num_classes, "chance_accuracy": 1.0 / num_classes,
+               "test_images": final_test["n"], **exp.plateau(rows, "step", total_steps),
                "stopped_early": stopped_early,
                "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
                "best_val_accuracy": best_acc, "best_epoch": best[0]["epoch"] if best else None,

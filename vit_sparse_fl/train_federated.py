@@ -60,6 +60,13 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--local-steps-experiment", action="store_true",
                    help="one run per --j-values, rounds scaled so that rounds x J stays constant")
     g.add_argument("--j-values", type=int, nargs="+", default=[4, 8, 16], help="J values of the sweep")
+    g.add_argument("--head-warmup", type=int, default=0,
+                   help="federated rounds that train only the head before the main rounds (0: none); with a "
+                        "pretrained backbone and a new head, the sparse runs then score a trained head")
+    g.add_argument("--interference-window", type=float, default=0.0,
+                   help="share of the final rounds in which every evaluation round also measures "
+                        "interference: each client's test accuracy on its own classes with its local model "
+                        "minus that of the aggregated model (0: off)")
     cifar.add_data_args(parser)
     exp.add_model_args(parser, lr=0.01, weight_decay=1e-4)
     return parser
@@ -72,6 +79,9 @@ def finish_args(args) -> None:
     exp.validate_model_args(args)
     cli.check(args.local_steps >= 1, f"--local-steps must be >= 1, got {args.local_steps}")
     cli.check(args.nc >= 1, f"--nc must be >= 1, got {args.nc}")
+    cli.check(args.head_warmup >= 0, f"--head-warmup must be >= 0, got {args.head_warmup}")
+    cli.check(0.0 <= args.interference_window <= 1.0,
+              f"--interference-window must be in [0, 1], got {args.interference_window}")
     cli.check(not (args.heterogeneity_experiment and args.local_steps_experiment),
               "choose one of --heterogeneity-experiment and --local-steps-experiment")
 
@@ -100,8 +110,12 @@ def setup(args) -> dict:
               else shard.pathological(labels, args.num_clients, args.nc, args.seed))
     model, source = exp.build_model(args, num_classes, device)
     names = [n for n, _ in P.named_trainable(model)]
+    test_labels = test.labels.cpu().numpy()
+    own_test = [torch.as_tensor(np.flatnonzero(np.isin(test_labels, np.unique(labels[s]))), device=device)
+                for s in shards]                             # test images of each client's own classes
     return dict(args=args, device=device, train=train, val=val, test=test, num_classes=num_classes,
-                shards=[torch.as_tensor(s, device=device) for s in shards], model=model, weights=source,
+                shards=[torch.as_tensor(s, device=device) for s in shards], own_test=own_test,
+                model=model, weights=source,
                 names=names, params=P.trainable(model),
                 forward=compiled.maybe_compile(model, args))  # what forward passes call (--compile)
 
@@ -114,11 +128,15 @@ def sample_clients(seed: int, round_idx: int, num_clients: int, rate: float,
 
 
 def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: float,
-              masks: list[torch.Tensor | None] | None = None, purpose: str = "round") -> dict:
+              masks: list[torch.Tensor | None] | None = None, purpose: str = "round",
+              interference: bool = False) -> dict:
     """One FedAvg round, updating ``global_params`` in place; returns round statistics.
 
     ``masks`` (one per trainable parameter, True = trainable, None = dense) switches the local optimizer to
     SparseSGDM, and the aggregate is written back only on the mask, so frozen coordinates keep their bits.
+    ``interference``: also return the clients' mean test accuracy on their own classes with their local
+    models (``local_own_accuracy``), with the aggregated model (``global_own_accuracy``) and the mean of
+    the per-client drops local - global (``interference``).
     """
     args, params, device = ctx["args"], ctx["params"], ctx["device"]
     clients = sample_clients(args.seed, round_idx, args.num_clients, args.participation_rate,
@@ -127,7 +145,7 @@ def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: 
     world = D.world_size()
     mine = clients if world == 1 else D.assign_clients(
         clients, [len(ctx["shards"][k]) for k in clients], world)[D.rank()]
-    losses, client_s, images = [], 0.0, 0
+    losses, local_acc, client_s, images = [], [], 0.0, 0
     for k in mine:
         P.load_(params, global_params)                       # every client starts from the global model
         if masks is None:
@@ -149,38 +167,66 @@ def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: 
         agg.add(params, weight=float(len(ctx["shards"][k])))
         losses.append(loss)
         images += n
+        if interference:
+            local_acc.append(float(exp.correct(ctx["forward"], ctx["test"], ctx["own_test"][k], args,
+                                               device).float().mean()))
     losses = torch.stack(losses).tolist() if losses else []  # the round's one read of the client losses
     if world > 1:
-        losses, images, client_s = reduce_round(agg, clients, mine, losses, images, client_s)
+        per_client, images, client_s = reduce_round(agg, clients, mine,
+                                                    [losses, local_acc] if interference else [losses],
+                                                    images, client_s)
+        losses, local_acc = per_client if interference else (per_client[0], [])
     new = agg.result()
     with torch.no_grad():
         if masks is not None:
             new = [n if m is None else torch.where(m, n.to(g.dtype), g)
                    for n, m, g in zip(new, masks, global_params)]
         P.load_(global_params, [n.to(g.dtype) for n, g in zip(new, global_params)])
-    return {"train_loss": float(np.mean(losses)), "client_seconds": client_s, "images": images,
-            "clients": len(clients)}
+    out = {"train_loss": float(np.mean(losses)), "client_seconds": client_s, "images": images,
+           "clients": len(clients)}
+    if interference:
+        P.load_(params, global_params)
+        everyone = torch.arange(len(ctx["test"]), device=device)
+        right = exp.correct(ctx["forward"], ctx["test"], everyone, args, device)   # one pass, all classes
+        global_acc = [float(right[ctx["own_test"][k]].float().mean()) for k in clients]
+        out.update(local_own_accuracy=float(np.mean(local_acc)), global_own_accuracy=float(np.mean(global_acc)),
+                   interference=float(np.mean(np.subtract(local_acc, global_acc))))
+    return out
 
 
-def reduce_round(agg, clients: list[int], mine: list[int], losses: list[float], images: int,
-                 client_s: float) -> tuple[list[float], int, float]:
+def reduce_round(agg, clients: list[int], mine: list[int], per_client: list[list[float]], images: int,
+                 client_s: float) -> tuple[list[list[float]], int, float]:
     """The round's one all-reduce: the aggregator's sums plus a stats vector in the accumulator dtype,
-    [loss of every selected client (0 where another rank trained it) | images | client seconds] of shape
-    (m + 2,). Returns (losses of all ``clients`` in order, images, client seconds) summed over ranks."""
+    [for each per-client list (losses, and local accuracies when measured): the value of every selected
+    client (0 where another rank trained it) | images | client seconds]. Returns (each per-client list over
+    all ``clients`` in order, images, client seconds) summed over ranks. Every rank passes the same number
+    of lists (a rank without clients passes empty ones)."""
     acc = agg.accumulators()
-    stats = [0.0] * (len(clients) + 2)
-    for k, loss in zip(mine, losses):
-        stats[clients.index(k)] = loss
+    m = len(clients)
+    stats = [0.0] * (m * len(per_client) + 2)
+    for j, values in enumerate(per_client):
+        for k, v in zip(mine, values):
+            stats[j * m + clients.index(k)] = v
     stats[-2:] = [float(images), client_s]
     stats = torch.tensor(stats, dtype=acc[0].dtype).to(acc[0].device)
     D.all_reduce_sum_([*acc, stats])
     stats = stats.tolist()
-    return stats[:-2], int(round(stats[-2])), stats[-1]
+    return [stats[j * m:(j + 1) * m] for j in range(len(per_client))], int(round(stats[-2])), stats[-1]
+
+
+def head_warmup(ctx: dict, global_params: list[torch.Tensor]) -> None:
+    """--head-warmup rounds in which only the head moves (the backbone mask is all False), at the peak lr."""
+    args = ctx["args"]
+    head_only = [None if n.startswith("head.") else torch.zeros_like(p, dtype=torch.bool)
+                 for n, p in zip(ctx["names"], ctx["params"])]
+    for r in range(args.head_warmup):
+        fed_round(ctx, r, global_params, args.lr, head_only, purpose="head_warmup")
 
 
 def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | None = None,
-             prefix: str = "fedavg", kind: str = "vit_sparse_fl/train_federated") -> dict:
-    """Run the rounds into the run directory and return the summary (the loop of every FedAvg variant)."""
+             prefix: str = "fedavg", kind: str = "vit_sparse_fl/train_federated", warmed: bool = False) -> dict:
+    """Run the rounds into the run directory and return the summary (the loop of every FedAvg variant).
+    ``warmed``: the caller already ran --head-warmup on the model (the sparse script, before its masks)."""
     ctx = ctx or setup(args)
     params, device = ctx["params"], ctx["device"]
     main_rank = D.is_main()
@@ -193,21 +239,28 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
         P.load_(global_params, [t.to(device) for t in state["global"]])
         start, best = state["round"], state["best"]
         seeding.set_rng_state(state["rng"])
+    elif args.head_warmup and not warmed:
+        head_warmup(ctx, global_params)
+    window_start = args.rounds - int(round(args.interference_window * args.rounds))
     loop_s = client_s = 0.0
     bar = tqdm(range(start, args.rounds), disable=args.quiet or not main_rank, desc=prefix, dynamic_ncols=True)
     for r in bar:
         t0 = time.perf_counter()
         lr = exp.cosine_lr(r, args.rounds, args.lr)
-        stats = fed_round(ctx, r, global_params, lr, masks)
+        evaluate_now = (r + 1) % args.eval_every == 0 or r + 1 == args.rounds
+        stats = fed_round(ctx, r, global_params, lr, masks,
+                          interference=evaluate_now and args.interference_window > 0 and r >= window_start)
         client_s += stats["client_seconds"]
         loop_s += time.perf_counter() - t0
-        if (r + 1) % args.eval_every == 0 or r + 1 == args.rounds:
+        if evaluate_now:
             P.load_(params, global_params)
             val = exp.evaluate(ctx["forward"], ctx["val"], args, device, shard=True)  # every rank: its share
-        if main_rank and ((r + 1) % args.eval_every == 0 or r + 1 == args.rounds):
+        if main_rank and evaluate_now:
             row = {"round": r + 1, "step": (r + 1) * args.local_steps, "lr": lr,
                    "train_loss": stats["train_loss"], "val_loss": val["loss"],
-                   "val_accuracy": val["accuracy"]}
+                   "val_accuracy": val["accuracy"],
+                   **{k: stats[k] for k in ("interference", "local_own_accuracy", "global_own_accuracy")
+                      if k in stats}}
             run.log(row)
             if val["accuracy"] > best["val_accuracy"]:
                 best = {"val_accuracy": val["accuracy"], "round": r + 1}
@@ -225,14 +278,30 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
     summary = {"method": prefix, "sharding": args.sharding,
                "nc": args.nc if args.sharding == "non_iid" else None, "local_steps": args.local_steps,
                "rounds": args.rounds, "seed": args.seed, "weights": ctx["weights"],
+               "num_classes": ctx["num_classes"], "chance_accuracy": 1.0 / ctx["num_classes"],
+               "test_images": test["n"],
+               # one sample gradient per image of every local step, head warm-up rounds included
+               "sample_gradients": (args.rounds + args.head_warmup) * m * args.local_steps * args.batch_size,
                "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
                "best_val_accuracy": best["val_accuracy"], "best_round": best["round"],
+               **exp.plateau(rows, "round", args.rounds),
+               **interference_summary(rows),
                "test_accuracy": test["accuracy"], "test_loss": test["loss"], "rounds_done": args.rounds,
                "bytes_up": 4 * up * m * args.rounds, "bytes_down": 4 * n_coords * m * args.rounds,
                "client_seconds": client_s, "loop_seconds": loop_s, **(extra_summary or {})}
     summary = run.write_summary(summary)
     summary["run_dir"] = str(run.path)
     return D.broadcast_object(summary)
+
+
+def interference_summary(rows: list[dict]) -> dict:
+    """Means over the evaluation rounds that measured interference (--interference-window)."""
+    measured = [r for r in rows if "interference" in r]
+    if not measured:
+        return {}
+    return {k: float(np.mean([r[k] for r in measured]))
+            for k in ("interference", "local_own_accuracy", "global_own_accuracy")} | {
+        "interference_rounds": len(measured)}
 
 
 def sweep(args, runner, prefix: str = "fedavg") -> dict:

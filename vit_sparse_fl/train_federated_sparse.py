@@ -29,7 +29,7 @@ from common.aggregate import WeightedMean
 from common.checkpoint import atomic_write_json
 from common.fisher import diagonal_fisher
 from vit_sparse_fl import data as cifar
-from vit_sparse_fl import sparse
+from vit_sparse_fl import sparse, talos
 from vit_sparse_fl import train_federated as fed
 
 
@@ -49,10 +49,14 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--calibration-batches", type=int, default=1,
                    help="Fisher batches per client and calibration round")
     g.add_argument("--fisher-labels", default="sampled", choices=["sampled", "true"],
-                   help="sampled: y drawn from the model (the true Fisher, as TaLoS); "
+                   help="--fisher-score fisher only. sampled: y drawn from the model (the true Fisher); "
                         "true: the ground-truth labels (the empirical Fisher)")
-    g.add_argument("--head-warmup", type=int, default=0,
-                   help="federated rounds that train only the head before calibration (0: none)")
+    g.add_argument("--fisher-score", default="fisher", choices=["fisher", "talos"],
+                   help="fisher: mean squared per-example gradient of -log softmax at sampled (or true) "
+                        "labels on the unchanged model, exact-count threshold; talos: the official TaLoS "
+                        "code: squared gradient of the sampled logit summed over images, rescored on the "
+                        "model with not-kept weights times 0.1, kthvalue threshold keeping ties "
+                        "(vit_sparse_fl/talos.py)")
     g.add_argument("--compare-strategies", action="store_true", help="one run per mask strategy")
     return parser
 
@@ -63,8 +67,10 @@ def backbone_split(ctx) -> tuple[list[str], list[torch.Tensor]]:
     return [n for n, _ in pairs], [p for _, p in pairs]
 
 
-def fisher_scores(ctx, global_params, round_idx: int) -> list[torch.Tensor]:
-    """Sample-weighted mean over ALL clients of each client's diagonal Fisher on its own data.
+def fisher_scores(ctx, global_params, round_idx: int, masks=None) -> list[torch.Tensor]:
+    """Sample-weighted mean over ALL clients of each client's diagonal Fisher on its own data; with
+    --fisher-score talos, the sum over every client's calibration images of TaLoS's score (squared
+    gradient of the sampled logit) on the model whose not-kept coordinates (``masks`` False) are x 0.1.
 
     Under torchrun each rank scores its share of the clients (balanced by shard size) and the weighted
     Fisher sums are all-reduced, so every rank holds the same scores and builds the same mask.
@@ -83,6 +89,9 @@ def fisher_scores(ctx, global_params, round_idx: int) -> list[torch.Tensor]:
         gen = seeding.client_generator(args.seed, round_idx, k, device, purpose="calibration")
         stream = list(cifar.batches(ctx["train"], args.batch_size, args.calibration_batches, gen,
                                     args.image_size, augment_train=False, indices=idx))
+        if args.fisher_score == "talos":   # a sum over images: every client weighs 1, the mean is sum / K
+            agg.add(talos.talos_scores(model, stream, targets, masks, generator=gen), weight=1.0)
+            continue
         labels = "sampled" if args.fisher_labels == "sampled" else "empirical"
         scores = diagonal_fisher(model, stream, labels=labels, params=targets, generator=gen)
         agg.add(scores, weight=float(len(idx)))
@@ -97,8 +106,9 @@ def build_masks(ctx, global_params) -> list[torch.Tensor | None]:
     names, targets = backbone_split(ctx)
     gen = torch.Generator(device=ctx["device"]).manual_seed(seeding.stream_seed(args.seed, "random_mask"))
     masks = sparse.compute_masks(targets, args.mask_strategy, args.sparsity_ratio,
-                                 fisher_fn=lambda r, _m: fisher_scores(ctx, global_params, r),
-                                 rounds=args.calibration_rounds, generator=gen)
+                                 fisher_fn=lambda r, m: fisher_scores(ctx, global_params, r, m),
+                                 rounds=args.calibration_rounds, generator=gen,
+                                 threshold="kthvalue" if args.fisher_score == "talos" else "exact")
     by_name = dict(zip(names, masks))
     return [by_name.get(n) for n in ctx["names"]]
 
@@ -107,12 +117,7 @@ def run_sparse(args) -> dict:
     ctx = fed.setup(args)
     params = ctx["params"]
     global_params = P.clone(params)
-    if args.head_warmup:
-        # head-only rounds: the backbone mask is all False, so only the head moves
-        head_only = [None if n.startswith("head.") else torch.zeros_like(p, dtype=torch.bool)
-                     for n, p in zip(ctx["names"], params)]
-        for r in range(args.head_warmup):
-            fed.fed_round(ctx, r, global_params, args.lr, head_only, purpose="head_warmup")
+    fed.head_warmup(ctx, global_params)                     # head-only rounds, so the scores see a trained head
     masks = build_masks(ctx, global_params)
     P.load_(params, global_params)
     names = [n for n, m in zip(ctx["names"], masks) if m is not None]
@@ -123,9 +128,9 @@ def run_sparse(args) -> dict:
     args.run_name = name
     extra = {"mask_strategy": args.mask_strategy, "sparsity_ratio": args.sparsity_ratio,
              "mask_density": overall, "calibration_rounds": args.calibration_rounds,
-             "fisher_labels": args.fisher_labels}
+             "fisher_labels": args.fisher_labels, "fisher_score": args.fisher_score}
     summary = fed.federate(args, ctx, masks, extra_summary=extra, prefix=f"sparse_{args.mask_strategy}",
-                           kind="vit_sparse_fl/train_federated_sparse")
+                           kind="vit_sparse_fl/train_federated_sparse", warmed=True)
     numel = {n: m.numel() for n, m in zip(ctx["names"], masks) if m is not None}
     if D.is_main():
         atomic_write_json(Path(summary["run_dir"], "mask_density.json"),
@@ -144,7 +149,6 @@ def main(argv=None) -> dict:
               f"--calibration-rounds must be >= 1, got {args.calibration_rounds}")
     cli.check(args.calibration_batches >= 1,
               f"--calibration-batches must be >= 1, got {args.calibration_batches}")
-    cli.check(args.head_warmup >= 0, f"--head-warmup must be >= 0, got {args.head_warmup}")
     if args.compare_strategies:
         results = {}
         for strategy in sparse.STRATEGIES:

@@ -184,7 +184,9 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None, *, allow_do
     """Load DINO weights into ``model.backbone`` with ``strict=True``; returns where they came from.
 
     ``weights``: a file path, ``"dino"`` (torch hub cache, downloading from ``url`` when online), or
-    ``None``/``"none"`` (keep the random initialisation).
+    ``None``/``"none"`` (keep the random initialisation). A path may also be this project's own checkpoint
+    (``{"model": state_dict, "config": ...}``, what ``train_centralized`` and ``pretrain`` write): its
+    backbone loads with ``strict=True``, and its head too when it has this model's number of classes.
     """
     from common import cli
 
@@ -208,6 +210,8 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None, *, allow_do
             raise cli.UsageError(f"--weights {weights}: not a torch checkpoint "
                                  f"({type(e).__name__})") from None
         source = str(path)
+    if isinstance(state, dict) and "model" in state and "config" in state:   # this project's checkpoint
+        return _load_project_checkpoint(model, state, source)
     if isinstance(state, dict) and "teacher" in state:        # a full DINO training checkpoint
         state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state["teacher"].items()
                  if not k.removeprefix("module.").startswith("head")}
@@ -219,3 +223,23 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None, *, allow_do
                              f"({first[1].strip() if len(first) > 1 else first[0]}); "
                              "expected a DINO ViT-S/16 state dict") from None
     return source
+
+
+def _load_project_checkpoint(model: ViTClassifier, state: dict, source: str) -> str:
+    """Backbone of a project checkpoint with ``strict=True``; the head as well if its shape matches (else the
+    model keeps its fresh head, e.g. a 10-class task fine-tuned from a base pretrained on 90 other classes)."""
+    from common import cli
+
+    weights = state["model"]
+    backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+    try:
+        model.backbone.load_state_dict(backbone, strict=True)
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        raise cli.UsageError(f"--weights {source}: a checkpoint of another ViT (its config {state['config']}; "
+                             f"{lines[1].strip() if len(lines) > 1 else lines[0]})") from None
+    head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}
+    if head and head["weight"].shape == model.head.weight.shape:
+        model.head.load_state_dict(head, strict=True)
+        return f"{source} (backbone and head)"
+    return f"{source} (backbone; new {model.head.out_features}-class head)"

@@ -1,0 +1,104 @@
+"""The pretrained base: centralized training on one part of the classes, cached, to fine-tune from on another.
+
+    python vit_sparse_fl/pretrain.py --quick --classes 10 100 --synthetic-per-class 200 100 \\
+        --total-steps 3000 --cache-dir runs/vit_base            # prints the path of base.pt
+    python vit_sparse_fl/train_federated.py --quick --weights runs/vit_base/<key>/base.pt ...
+
+The source fine-tunes a DINO ViT-S/16 pretrained on ImageNet; without those weights (and without a GPU) the
+small-scale stand-in is a ViT pretrained here, by ``train_centralized`` on classes the fine-tuning task
+never sees (e.g. classes 10-99 of the embedded CIFAR-100, the task being classes 0-9). The base depends
+only on its settings (every train_centralized flag except run bookkeeping), so it is trained once into
+``<cache-dir>/<key>/`` and reused by every run of a grid; a file lock makes a concurrent caller wait for
+the first one instead of training it twice. ``<key>/base.pt`` is the best-validation model
+(``{"model", "config", ...}``, loadable with ``--weights``); ``<key>/base.json`` records its settings,
+validation and test accuracy on the pretraining classes, and the training run directory.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from common import cli
+from common.checkpoint import atomic_write_json
+from vit_sparse_fl import train_centralized
+
+VERSION = 1  # bump when the recipe changes, so stale bases are not reused
+# flags that do not change the trained weights
+IGNORED = ("out_dir", "run_name", "quiet", "resume", "device", "compile", "compile_mode", "compile_backend",
+           "cache_dir", "eval_batch_size")
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    parser = train_centralized.get_args_parser(add_help=add_help)
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--cache-dir", default="runs/vit_base",
+                        help="folder of cached bases, one sub-folder per settings key")
+    return parser
+
+
+def cache_key(args) -> str:
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in IGNORED}
+    blob = json.dumps({"version": VERSION, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretrained_base(argv: list[str]) -> Path:
+    """base.pt for these train_centralized flags (plus --cache-dir), trained on first use; returns its path."""
+    args = cli.parse(get_args_parser(), argv)
+    key = cache_key(args)
+    root = Path(args.cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)        # a concurrent caller with the same key waits, then reuses
+        if not (final / "base.pt").is_file():
+            run_argv = [a for a in argv if a not in ("--resume",)]
+            run_argv = _drop_flag(run_argv, "--cache-dir")
+            summary = train_centralized.main([*run_argv, "--out-dir", str(root), "--run-name", f"{key}.run",
+                                              "--keep-best", "1"])
+            best = Path(summary["run_dir"]) / summary["best_checkpoints"][0]
+            tmp = root / f"{key}.tmp{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            shutil.copyfile(best, tmp / "base.pt")
+            atomic_write_json(tmp / "base.json", {"key": key, "version": VERSION, "argv": run_argv,
+                                                  "settings": {k: v for k, v in vars(args).items()
+                                                               if k not in IGNORED},
+                                                  "summary": summary})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    return final / "base.pt"
+
+
+def _drop_flag(argv: list[str], flag: str) -> list[str]:
+    """argv without ``flag VALUE`` / ``flag=VALUE`` (both spellings of the name)."""
+    names = {flag, flag.replace("-", "_").replace("__", "--")}
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in names:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in names:
+            continue
+        out.append(a)
+    return out
+
+
+def main(argv=None) -> dict:
+    import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = pretrained_base(argv)
+    record = json.loads((path.parent / "base.json").read_text())
+    print(path)
+    return {"path": str(path), **record}
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,104 @@
+"""TaLoS's own mask calibration (Iurada et al. 2025, iurada/talos-task-arithmetic, vision/pruners.py and
+vision/prune_finetune.py), as an alternative to the true-Fisher score of ``common.fisher``.
+
+What the official code does, and this module reproduces:
+
+* **Score.** For every calibration image, draw y ~ Categorical(softmax(logits)) and take the gradient of
+  the *sampled logit* z_y itself (not of log softmax); the score of a coordinate is the sum over images of
+  that gradient squared. (``common.fisher`` with sampled labels differentiates -log softmax(z)_y: the true
+  Fisher. The two differ by the softmax term: grad log p_y = grad z_y - sum_c p_c grad z_c.)
+* **Rescoring on a changed model.** Masks are buffers multiplied into the weights in the forward pass; a
+  coordinate that is not kept gets the value 0.1 (kept: 1.0). So from the second calibration round on,
+  the model that is scored has its not-kept weights scaled by 0.1, and the gradient reaching a weight is
+  the mask value times the gradient of the effective weight. Not-kept coordinates are then excluded
+  (their score set to +inf), so they never come back.
+* **Threshold with ties kept.** Round r keeps the share k_r = (1 - s)^((r + 1) / R) of ALL masked
+  coordinates: t = kthvalue(eligible scores, min(int(k_r * N), n_eligible - 1)) and every eligible
+  coordinate with score <= t is kept, so equal scores at the threshold all stay (the density can exceed
+  k_r); ``sparse.select`` instead keeps an exact count.
+
+The least-sensitive mask keeps the smallest scores (as TaLoS); most_sensitive keeps the largest ones by
+the same rule applied to the negated scores.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+NOT_KEPT = 0.1          # the official mask value of a coordinate that is not kept
+
+
+@torch.no_grad()
+def _sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    probs = torch.softmax(logits.float(), -1)
+    g_dev = generator.device if generator is not None else probs.device
+    return torch.multinomial(probs.to(g_dev), 1, generator=generator).squeeze(1).to(logits.device)
+
+
+def talos_scores(model: nn.Module, batches: Iterable, params: Sequence[torch.Tensor],
+                 masks: Sequence[torch.Tensor | None] | None = None, *, generator: torch.Generator | None = None,
+                 chunk_size: int = 16) -> list[torch.Tensor]:
+    """Sum over the images of ``batches`` ((inputs, anything) pairs) of (d z_y / d theta)^2 for each of
+    ``params``, y sampled from the model, on the model whose coordinates with ``masks`` False are scaled by
+    0.1 (the weights are restored bit-for-bit afterwards). Float32 tensors in ``params`` order; the model
+    runs in eval mode (no dropout). ``model(inputs)`` must return logits [B, C]."""
+    params = list(params)
+    names_by_id = {id(p): n for n, p in model.named_parameters()}
+    names = [names_by_id[id(p)] for p in params]
+    scale = [None if m is None else torch.where(m, 1.0, NOT_KEPT).to(p.dtype)
+             for p, m in zip(params, masks or [None] * len(params))]
+    saved = [p.detach().clone() for p in params]
+    was_training = model.training
+    model.eval()
+    scores = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
+
+    def sampled_logit(p_dict, x, y):          # one image: the logit of its sampled class
+        return functional_call(model, p_dict, (x.unsqueeze(0),))[0].gather(0, y.unsqueeze(0)).squeeze(0)
+
+    per_example = vmap(grad(sampled_logit), in_dims=(None, 0, 0))
+    try:
+        with torch.no_grad():
+            for p, s in zip(params, scale):
+                if s is not None:
+                    p.mul_(s)                 # the masked forward of the official code: w * mask
+        p_dict = {n: p.detach() for n, p in zip(names, params)}
+        for inputs, _ in batches:
+            with torch.no_grad():
+                y = _sample(model(inputs), generator)
+            for lo in range(0, len(inputs), chunk_size):
+                g = per_example(p_dict, inputs[lo:lo + chunk_size], y[lo:lo + chunk_size])
+                torch._foreach_add_(scores, [(g[n].float() ** 2).sum(0) for n in names])
+        # the gradient reaching the weight itself is mask * the gradient of the effective weight
+        scores = [sc if s is None else sc * s.float() ** 2 for sc, s in zip(scores, scale)]
+    finally:
+        with torch.no_grad():
+            for p, w in zip(params, saved):
+                p.copy_(w)
+        model.train(was_training)
+    return scores
+
+
+@torch.no_grad()
+def kthvalue_select(scores: Sequence[torch.Tensor], keep_share: float, eligible: Sequence[torch.Tensor],
+                    largest: bool = False) -> list[torch.Tensor]:
+    """The official threshold: keep the eligible coordinates whose score is <= the k-th smallest eligible
+    score, k = min(int(keep_share * N), n_eligible - 1) with N all coordinates (ties at the threshold
+    are all kept). ``largest``: the same on the negated scores (keeps the largest)."""
+    flat = torch.cat([s.reshape(-1).float() for s in scores])
+    if largest:
+        flat = -flat
+    ok = torch.cat([e.reshape(-1) for e in eligible])
+    values = flat[ok]
+    if values.numel() == 0:
+        raise ValueError("no eligible coordinate left to keep")
+    k = max(1, min(int(keep_share * flat.numel()), values.numel() - 1))
+    threshold = torch.kthvalue(values.cpu(), k).values.to(flat.device)
+    keep = ok & (flat <= threshold)
+    out, i = [], 0
+    for s in scores:
+        out.append(keep[i:i + s.numel()].view_as(s))
+        i += s.numel()
+    return out
