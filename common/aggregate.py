@@ -7,9 +7,12 @@ Streaming aggregators (``WeightedMean``, ``FisherMean``, ``MaskedMean``) take on
 ``add(...)``, so memory is O(parameters) whatever the number of clients K. Each keeps its running sums in
 ONE flat buffer per quantity (the per-parameter tensors are views of it), which gives:
 
-* ``add`` is one fused ``torch._foreach_*`` call over the parameter list (no per-key copies to float and
-  back); a client given as one flat buffer (``add_flat``, or a list of views tiling one buffer, e.g. a
-  client upload ``common.params.unflatten``-ed) is a single op;
+* a client given as one flat buffer (``add_flat``, or a list of views tiling one buffer: a client upload
+  ``common.params.unflatten``-ed, or a model after ``common.params.flat_parameters_``) is ONE op per
+  quantity, with every thread; a client given as separate tensors is one fused ``torch._foreach_*`` call
+  whose small tensors run on one thread (``common.params.foreach``). Either way the time of ``add`` does not
+  collapse when other processes keep every core busy (each per-tensor parallel region would wait for a
+  descheduled thread); ``benchmarks/bench_aggregate.py`` measures both against Flower's ``aggregate``;
 * ``accumulators()`` returns those flat buffers: summing them across ranks (``common.distributed``) and
   then calling ``result()`` gives exactly the aggregate over every rank's clients. The last element of
   the first buffer holds the total weight, so it is reduced by the same all-reduce;
@@ -21,6 +24,7 @@ returns tensors in the dtypes of ``like``. Shapes: ``like`` and every client lis
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -31,19 +35,14 @@ from common import params as P
 Tensors = list[torch.Tensor]
 
 
-def as_flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """The 1-D view the tensors tile, if they are consecutive contiguous pieces of one buffer (e.g. the
-    views ``common.params.unflatten`` returns), else None. Lets one fused op replace one op per tensor,
-    which matters on a CPU: each per-tensor op is its own parallel region, and on a loaded machine each
-    waits for its slowest thread."""
-    first = tensors[0]
-    offset, ptr = first.storage_offset(), first.untyped_storage().data_ptr()
-    for t in tensors:
-        if (not t.is_contiguous() or t.dtype != first.dtype or t.storage_offset() != offset
-                or t.untyped_storage().data_ptr() != ptr):
-            return None
-        offset += t.numel()
-    return first.as_strided((offset - first.storage_offset(),), (1,), first.storage_offset())
+as_flat = P.as_flat  # the 1-D view a list of tensors tiles, or None (kept here for existing callers)
+
+
+def _per_tensor_threads(tensors: Sequence[torch.Tensor]):
+    """The thread count for a Python loop of per-tensor ops: one thread when every tensor is below
+    ``common.params.PARALLEL_MIN_NUMEL`` (see ``common.params.foreach``), else unchanged."""
+    small = all(t.numel() < P.PARALLEL_MIN_NUMEL for t in tensors if t is not None)
+    return P.num_threads(1) if small and tensors and tensors[0].device.type == "cpu" else contextlib.nullcontext()
 
 
 class _Streaming:
@@ -125,7 +124,7 @@ class WeightedMean(_Streaming):
         if flat is not None:
             self._flats[0][:self.numel].add_(flat, alpha=weight)
         else:
-            torch._foreach_add_(self._views[0], tensors, alpha=weight)
+            P.foreach(torch._foreach_add_, self._views[0], tensors, alpha=weight)
         self._flats[0][-1] += weight
 
     @torch.no_grad()
@@ -143,8 +142,9 @@ class WeightedMean(_Streaming):
         if flat_out is not None and flat_out.numel() == self.numel:
             torch.mul(self._flats[0][:self.numel], scale, out=flat_out)
         else:
-            for o, s in zip(out, self._views[0]):
-                torch.mul(s, scale, out=o)  # one pass, cast to o's dtype on the way
+            with _per_tensor_threads(out):
+                for o, s in zip(out, self._views[0]):
+                    torch.mul(s, scale, out=o)  # one pass, cast to o's dtype on the way
         return out
 
 
@@ -182,9 +182,9 @@ class FisherMean(_Streaming):
             tensors, fisher = [flat_t], [flat_f]
         else:
             num, den, tot = self._views
-        torch._foreach_addcmul_(num, fisher, tensors, value=weight)
-        torch._foreach_add_(den, fisher, alpha=weight)
-        torch._foreach_add_(tot, tensors, alpha=weight)
+        P.foreach(torch._foreach_addcmul_, num, fisher, tensors, value=weight)
+        P.foreach(torch._foreach_add_, den, fisher, alpha=weight)
+        P.foreach(torch._foreach_add_, tot, tensors, alpha=weight)
         self._flats[0][-1] += weight
 
     @torch.no_grad()
@@ -204,8 +204,7 @@ class FisherMean(_Streaming):
         if flat_out is not None and flat_out.numel() == self.numel:
             flat_out.copy_(flat)
         else:
-            for o, v in zip(out, P.unflatten(flat, self._views[0])):
-                o.copy_(v)
+            P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
         return out
 
 
@@ -224,15 +223,20 @@ class MaskedMean(_Streaming):
     def add(self, tensors, masks, weight: float = 1.0) -> None:
         tensors, masks = self._check(tensors), self._check(masks, "masks")
         dense = [i for i, m in enumerate(masks) if m is None]
-        masked = [i for i, m in enumerate(masks) if m is not None]
-        num, cnt = self._views
+        flat_t = as_flat(tensors)
+        flat_m = as_flat(masks) if not dense else None
+        if flat_t is not None and flat_m is not None:  # one op per quantity
+            num, cnt, tensors, masks, masked = [self._flats[0][:self.numel]], [self._flats[1]], [flat_t], [flat_m], [0]
+        else:
+            num, cnt = self._views
+            masked = [i for i, m in enumerate(masks) if m is not None]
         if masked:
-            torch._foreach_addcmul_([num[i] for i in masked], [masks[i] for i in masked],
-                                    [tensors[i] for i in masked], value=weight)
-            torch._foreach_add_([cnt[i] for i in masked], [masks[i] for i in masked], alpha=weight)
+            P.foreach(torch._foreach_addcmul_, [num[i] for i in masked], [masks[i] for i in masked],
+                      [tensors[i] for i in masked], value=weight)
+            P.foreach(torch._foreach_add_, [cnt[i] for i in masked], [masks[i] for i in masked], alpha=weight)
         if dense:
-            torch._foreach_add_([num[i] for i in dense], [tensors[i] for i in dense], alpha=weight)
-            torch._foreach_add_([cnt[i] for i in dense], weight)
+            P.foreach(torch._foreach_add_, [num[i] for i in dense], [tensors[i] for i in dense], alpha=weight)
+            P.foreach(torch._foreach_add_, [cnt[i] for i in dense], scalar=weight)
         self._flats[0][-1] += weight
 
     @torch.no_grad()
@@ -240,8 +244,15 @@ class MaskedMean(_Streaming):
         self._total()
         fallback = self._check(fallback, "fallback")
         out = self._out(out)
-        for o, num, cnt, fb in zip(out, *self._views, fallback):
-            o.copy_(torch.where(cnt > 0, num / cnt.clamp_min(torch.finfo(cnt.dtype).tiny), fb))
+        tiny = torch.finfo(self.acc_dtype).tiny
+        flat_out, flat_fb = as_flat(out), as_flat(fallback)
+        if flat_out is not None and flat_fb is not None and flat_out.numel() == self.numel:  # one op per step
+            num, cnt = self._flats[0][:self.numel], self._flats[1]
+            flat_out.copy_(torch.where(cnt > 0, num / cnt.clamp_min(tiny), flat_fb))
+            return out
+        with _per_tensor_threads(out):
+            for o, num, cnt, fb in zip(out, *self._views, fallback):
+                o.copy_(torch.where(cnt > 0, num / cnt.clamp_min(tiny), fb))
         return out
 
 

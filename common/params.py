@@ -3,16 +3,134 @@
 Every helper takes and returns plain lists of tensors in the order of ``trainable(model)``, so the
 aggregators, Fisher and SCAFFOLD code never see module names. Tied weights (e.g. an LM's embedding
 shared with its output head) appear once, because ``named_parameters`` de-duplicates shared tensors.
-The list ops use fused ``torch._foreach_*`` kernels: one launch per op, not one per tensor.
+
+Flat lists and the thread count of an op (``foreach``). On a CPU every elementwise op over a tensor large
+enough to be split is one OpenMP parallel region, which ends when its SLOWEST thread is done; when other
+processes keep every core busy, a descheduled thread holds each region up by a scheduler time slice
+(milliseconds). A model given as 150 separate tensors then pays that wait 150 times per op, and a
+"fast" multi-threaded aggregation becomes slower than a single-threaded one. Hence:
+
+* lists that tile ONE buffer (``as_flat``: e.g. ``clone`` / ``zeros_like`` results, a client upload
+  ``unflatten``-ed, or a model after ``flat_parameters_``) are handled as ONE op on that buffer, with every
+  thread: one region, one wait at most;
+* otherwise each tensor below ``PARALLEL_MIN_NUMEL`` elements is processed by ONE thread (no region, no
+  wait; the fused ``torch._foreach_*`` kernels loop over the tensors in the calling thread) and larger
+  tensors each get every thread.
+
+Elementwise results do not depend on the number of threads or on the grouping, so these choices change
+timings only, never values.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 Tensors = list[torch.Tensor]
+
+# Tensors with fewer elements run an elementwise op on one thread (see the module docstring). 4M float32
+# elements are 16 MiB, a few milliseconds of memory traffic for one thread: large enough that one wait for
+# a descheduled thread (a time slice) cannot dominate the op, small enough that the big flat buffers
+# (the aggregators', a flat model's) get every thread. Measured by benchmarks/bench_aggregate.py --busy.
+PARALLEL_MIN_NUMEL = 1 << 22
+
+
+def as_flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The 1-D view the tensors tile, if they are consecutive contiguous pieces of one buffer (e.g. the
+    views ``unflatten`` returns), else None. Lets one op on the buffer replace one op per tensor."""
+    if not tensors:
+        return None
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor):
+        return None
+    offset, ptr = first.storage_offset(), first.untyped_storage().data_ptr()
+    for t in tensors:
+        if (not isinstance(t, torch.Tensor) or not t.is_contiguous() or t.dtype != first.dtype
+                or t.device != first.device or t.storage_offset() != offset
+                or t.untyped_storage().data_ptr() != ptr):
+            return None
+        offset += t.numel()
+    return first.as_strided((offset - first.storage_offset(),), (1,), first.storage_offset())
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """``torch.set_num_threads(n)`` inside the block (restored after); a no-op when n is already the count."""
+    old = torch.get_num_threads()
+    if n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def foreach(fn: Callable, *lists: Sequence[torch.Tensor], **kwargs):
+    """``fn(*lists, **kwargs)`` for a ``torch._foreach_*`` function ``fn`` (in place or not), with the
+    thread count chosen per op size: when every list tiles one buffer (``as_flat``), ONE call on those
+    buffers with every thread (an out-of-place result comes back as views of one buffer, shaped like
+    ``lists[0]``); else tensors below ``PARALLEL_MIN_NUMEL`` elements on one thread and the others with
+    every thread. Non-tensor arguments (scalars, a list of scalars) go in ``kwargs``."""
+    lists = [list(t) for t in lists]
+    in_place = fn.__name__.endswith("_")
+    if not lists[0]:
+        return None if in_place else []
+    flats = [as_flat(t) for t in lists]
+    if all(f is not None for f in flats) and len({f.numel() for f in flats}) == 1:
+        out = fn(*[[f] for f in flats], **kwargs)
+        return None if in_place else unflatten(out[0], lists[0])
+    if lists[0][0].device.type != "cpu":
+        return fn(*lists, **kwargs)
+    big = [i for i, t in enumerate(lists[0]) if t.numel() >= PARALLEL_MIN_NUMEL]
+    if not big:
+        with num_threads(1):
+            return fn(*lists, **kwargs)
+    small = [i for i in range(len(lists[0])) if i not in set(big)]
+    results = [None] * len(lists[0])
+    for idx, threads in ((small, 1), (big, torch.get_num_threads())):
+        if not idx:
+            continue
+        with num_threads(threads):
+            out = fn(*[[t[i] for i in idx] for t in lists], **kwargs)
+        if out is not None:
+            for i, o in zip(idx, out):
+                results[i] = o
+    return None if in_place else results
+
+
+def flat_empty_like(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> Tensors:
+    """Uninitialised tensors shaped like ``tensors``, as views of ONE new buffer when they share a device and
+    (after ``dtype``) a dtype, so later list ops on them are single ops (``foreach``); else separate tensors."""
+    tensors = list(tensors)
+    dtypes = {dtype or t.dtype for t in tensors}
+    if tensors and len(dtypes) == 1 and len({t.device for t in tensors}) == 1:
+        flat = torch.empty(numel(tensors), dtype=dtypes.pop(), device=tensors[0].device)
+        return unflatten(flat, tensors)
+    return [torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device) for t in tensors]
+
+
+@torch.no_grad()
+def flat_parameters_(model_or_params: nn.Module | Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """Make the trainable parameters views of ONE flat buffer, in place (values, Parameter objects, their
+    ``requires_grad`` and any optimizer state keyed by them are kept); returns them in ``trainable`` order.
+
+    Then loading the global model (``load_``), a client's ``add`` to an aggregator and the server step are
+    each one op instead of one per tensor, which keeps them fast when other processes load every core.
+    Call it after ``model.to(device)`` and before ``torch.compile``. Parameters of mixed dtypes or devices
+    are left alone (a no-op). Gradients stay separate tensors."""
+    ps = trainable(model_or_params) if isinstance(model_or_params, nn.Module) else list(model_or_params)
+    if not ps or as_flat(ps) is not None or len({(p.dtype, p.device) for p in ps}) != 1:
+        return ps
+    views = flat_empty_like(ps)
+    with num_threads(1):
+        torch._foreach_copy_(views, [p.data for p in ps])
+    for p, v in zip(ps, views):
+        p.data = v
+    return ps
 
 
 def named_trainable(model: nn.Module, trainable_only: bool = True) -> list[tuple[str, nn.Parameter]]:
@@ -25,34 +143,49 @@ def trainable(model: nn.Module, trainable_only: bool = True) -> list[nn.Paramete
     return [p for _, p in named_trainable(model, trainable_only)]
 
 
+@torch.no_grad()
 def clone(tensors: Iterable[torch.Tensor], dtype: torch.dtype | None = None) -> Tensors:
-    """Detached copies (optionally cast), e.g. a snapshot of the global model."""
-    return [t.detach().to(dtype=dtype or t.dtype, copy=True) for t in tensors]
+    """Detached copies (optionally cast), e.g. a snapshot of the global model; views of one new buffer when
+    the tensors share a device and dtype (``flat_empty_like``), so list ops on the copies are single ops."""
+    tensors = [t.detach() for t in tensors]
+    out = flat_empty_like(tensors, dtype)
+    if tensors:
+        foreach(torch._foreach_copy_, out, tensors)
+    return out
 
 
+@torch.no_grad()
 def zeros_like(tensors: Iterable[torch.Tensor], dtype: torch.dtype | None = None) -> Tensors:
-    return [torch.zeros_like(t, dtype=dtype or t.dtype) for t in tensors]
+    """Zeros shaped like ``tensors``; views of one buffer when they share a device and dtype."""
+    out = flat_empty_like(tensors, dtype)
+    flat = as_flat(out)
+    if flat is not None:
+        flat.zero_()
+    else:
+        for t in out:
+            t.zero_()
+    return out
 
 
 @torch.no_grad()
 def load_(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> None:
     """Copy ``src`` into ``dst`` in place (e.g. global weights into the one model object)."""
     _check(dst, src)
-    torch._foreach_copy_(list(dst), list(src))
+    foreach(torch._foreach_copy_, [t.detach() for t in dst], [t.detach() for t in src])
 
 
 @torch.no_grad()
 def sub(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> Tensors:
     """a - b, new tensors."""
     _check(a, b)
-    return list(torch._foreach_sub([t.detach() for t in a], [t.detach() for t in b]))
+    return list(foreach(torch._foreach_sub, [t.detach() for t in a], [t.detach() for t in b]))
 
 
 @torch.no_grad()
 def add_(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor], alpha: float = 1.0) -> None:
     """dst += alpha * src, in place."""
     _check(dst, src)
-    torch._foreach_add_(list(dst), list(src), alpha=alpha)
+    foreach(torch._foreach_add_, list(dst), list(src), alpha=alpha)
 
 
 @torch.no_grad()

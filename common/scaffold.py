@@ -1,12 +1,14 @@
 """SCAFFOLD control variates (option II of Karimireddy et al. 2020): the per-client and server controls,
 the gradient correction c - c_i, and the server step, with the round's sums in one flat buffer so that a
-single all-reduce combines ranks (``common.distributed``).
+single all-reduce combines ranks (``common.distributed``). The controls are views of one buffer each, and the
+list ops go through ``common.params.foreach`` (single ops on flat lists, one thread for small tensors).
 """
 from __future__ import annotations
 
 import torch
 
 from common import params as P
+from common.server_opt import _as_dtype
 
 Tensors = list[torch.Tensor]
 
@@ -36,14 +38,15 @@ class Scaffold:
     def control(self, client: int) -> Tensors:
         """c_i (created as zeros on first use)."""
         if client not in self.c_i:
-            self.c_i[client] = [torch.zeros_like(t, device=self.control_device) for t in self.c]
+            flat = torch.zeros(P.numel(self.c), dtype=self.c[0].dtype, device=self.control_device)
+            self.c_i[client] = P.unflatten(flat, self.c)  # one buffer: the list ops on it are single ops
         return self.c_i[client]
 
     @torch.no_grad()
     def correction(self, client: int) -> Tensors:
         """c - c_i: add it to the client's gradient before every local step."""
         ci = [t.to(self.c[0].device, non_blocking=True) for t in self.control(client)]
-        return torch._foreach_sub(self.c, ci)
+        return P.foreach(torch._foreach_sub, self.c, ci)
 
     @torch.no_grad()
     def client_update(self, client: int, x, y, local_steps: int, local_lr: float,
@@ -52,14 +55,14 @@ class Scaffold:
         Returns (dy, dc) and updates c_i; ``weight`` weighs dy in the server's mean (1 = the paper)."""
         if local_steps < 1 or local_lr <= 0:
             raise ValueError(f"SCAFFOLD needs local_steps >= 1 and local_lr > 0, got {local_steps}, {local_lr}")
-        dy = torch._foreach_sub([t.detach().to(self.c[0].dtype) for t in y],
-                                [t.detach().to(self.c[0].dtype) for t in x])
-        dc = torch._foreach_mul(dy, -1.0 / (local_steps * local_lr))  # (x - y) / (K lr_l)
-        torch._foreach_sub_(dc, self.c)
+        dtype = self.c[0].dtype
+        dy = P.foreach(torch._foreach_sub, _as_dtype(y, dtype), _as_dtype(x, dtype))
+        dc = P.foreach(torch._foreach_mul, dy, scalar=-1.0 / (local_steps * local_lr))  # (x - y) / (K lr_l)
+        P.foreach(torch._foreach_sub_, dc, self.c)
         ci = self.control(client)
-        torch._foreach_add_(ci, [t.to(self.control_device) for t in dc])
-        torch._foreach_add_(self._sum_dy, dy, alpha=weight)
-        torch._foreach_add_(self._sum_dc, dc)
+        P.foreach(torch._foreach_add_, ci, [t.to(self.control_device) for t in dc])
+        P.foreach(torch._foreach_add_, self._sum_dy, dy, alpha=weight)
+        P.foreach(torch._foreach_add_, self._sum_dc, dc)
         self._flat[-2] += weight
         self._flat[-1] += 1
         return dy, dc
@@ -76,11 +79,11 @@ class Scaffold:
             total = float(self._flat[-2])
             if not total > 0:
                 raise ValueError("Scaffold.server_update(): no client_update() this round")
-            torch._foreach_add_(x, self._sum_dy, alpha=self.server_lr / total)
-            torch._foreach_add_(self.c, self._sum_dc, alpha=1.0 / self.num_clients)
+            P.foreach(torch._foreach_add_, x, self._sum_dy, alpha=self.server_lr / total)
+            P.foreach(torch._foreach_add_, self.c, self._sum_dc, alpha=1.0 / self.num_clients)
         else:
-            torch._foreach_add_(x, list(mean_delta_y), alpha=self.server_lr)
-            torch._foreach_add_(self.c, list(sum_delta_c), alpha=1.0 / self.num_clients)
+            P.foreach(torch._foreach_add_, x, list(mean_delta_y), alpha=self.server_lr)
+            P.foreach(torch._foreach_add_, self.c, list(sum_delta_c), alpha=1.0 / self.num_clients)
         self._flat.zero_()
 
     def state_dict(self) -> dict:
@@ -90,6 +93,6 @@ class Scaffold:
     def load_state_dict(self, state: dict) -> None:
         if state["num_clients"] != self.num_clients or len(state["c"]) != len(self.c):
             raise ValueError("SCAFFOLD state is for a different federation or model")
-        torch._foreach_copy_(self.c, list(state["c"]))
+        P.foreach(torch._foreach_copy_, self.c, list(state["c"]))
         self._flat.copy_(state["acc"])
         self.c_i = {int(k): [t.to(self.control_device).clone() for t in v] for k, v in state["c_i"].items()}

@@ -1,10 +1,12 @@
 """Server optimizers: how the global parameters move toward the round's average (the aggregate).
 
 ``step(global_params, average)`` works IN PLACE on the parameter list (e.g. ``common.params.trainable(model)``)
-with fused ``torch._foreach_*`` ops; the pseudo-gradient is theta - avg. FedAvg (optionally with a server
-learning rate), FedAvgM in both the heavy-ball form (Hsu et al. 2019, Flower) and the source project's EMA
-form, and FedAdam (Reddi et al. 2021). State (momentum / moment buffers, step count) is kept in
-``acc_dtype`` and round-trips through ``state_dict()`` for checkpoints.
+with fused ``torch._foreach_*`` ops through ``common.params.foreach``: when the parameters, the average and
+the state buffers each tile one buffer (``common.params.clone`` / ``zeros_like`` results, an aggregator's
+``result()``), every op of a step is ONE op on those buffers; the pseudo-gradient is theta - avg.
+FedAvg (optionally with a server learning rate), FedAvgM in both the heavy-ball form (Hsu et al. 2019,
+Flower) and the source project's EMA form, and FedAdam (Reddi et al. 2021). State (momentum / moment
+buffers, step count) is kept in ``acc_dtype`` and round-trips through ``state_dict()`` for checkpoints.
 """
 from __future__ import annotations
 
@@ -33,17 +35,16 @@ class ServerOptimizer:
 
     def _delta(self, params, average) -> Tensors:
         """avg - theta in acc_dtype (the negative pseudo-gradient), shapes like the parameters."""
-        return torch._foreach_sub([a.detach().to(self.acc_dtype) for a in average],
-                                  [p.detach().to(self.acc_dtype) for p in params])
+        return P.foreach(torch._foreach_sub, _as_dtype(average, self.acc_dtype), _as_dtype(params, self.acc_dtype))
 
     @torch.no_grad()
     def step(self, params: Sequence[torch.Tensor], average: Sequence[torch.Tensor]) -> None:
         params = list(params)
         P._check(params, average)
         if self.lr == 1.0:
-            torch._foreach_copy_(params, list(average))
+            P.foreach(torch._foreach_copy_, params, list(average))
         else:
-            torch._foreach_add_(params, self._delta(params, average), alpha=self.lr)
+            P.foreach(torch._foreach_add_, params, self._delta(params, average), alpha=self.lr)
         self.steps += 1
 
     def state_dict(self) -> dict:
@@ -54,7 +55,7 @@ class ServerOptimizer:
             raise ValueError(f"server optimizer state is for {state.get('name')!r}, this is {self.name!r}")
         self.steps = int(state["steps"])
         for dst, src in zip(self.buffers, state["buffers"]):
-            torch._foreach_copy_(dst, list(src))
+            P.foreach(torch._foreach_copy_, dst, list(src))
 
 
 class FedAvgM(ServerOptimizer):
@@ -79,12 +80,12 @@ class FedAvgM(ServerOptimizer):
         P._check(params, average)
         buf, delta = self.buffers[0], self._delta(params, average)  # delta = avg - theta
         if self.form == "heavy-ball":
-            torch._foreach_mul_(buf, self.momentum)
-            torch._foreach_sub_(buf, delta)  # m <- beta m + (theta - avg)
-            torch._foreach_add_(params, buf, alpha=-self.lr)
+            P.foreach(torch._foreach_mul_, buf, scalar=self.momentum)
+            P.foreach(torch._foreach_sub_, buf, delta)  # m <- beta m + (theta - avg)
+            P.foreach(torch._foreach_add_, params, buf, alpha=-self.lr)
         else:
-            torch._foreach_lerp_(buf, delta, 1.0 - self.momentum)  # v <- beta v + (1 - beta) delta
-            torch._foreach_add_(params, buf, alpha=self.lr)
+            P.foreach(torch._foreach_lerp_, buf, delta, weight=1.0 - self.momentum)  # v <- beta v + (1 - beta) delta
+            P.foreach(torch._foreach_add_, params, buf, alpha=self.lr)
         self.steps += 1
 
 
@@ -108,15 +109,24 @@ class FedAdam(ServerOptimizer):
         P._check(params, average)
         (b1, b2), (m, v) = self.betas, self.buffers
         delta = self._delta(params, average)
-        torch._foreach_lerp_(m, delta, 1.0 - b1)
-        torch._foreach_lerp_(v, torch._foreach_mul(delta, delta), 1.0 - b2)
+        P.foreach(torch._foreach_lerp_, m, delta, weight=1.0 - b1)
+        P.foreach(torch._foreach_lerp_, v, P.foreach(torch._foreach_mul, delta, delta), weight=1.0 - b2)
         self.steps += 1
         lr = self.lr
         if self.bias_correction:
             lr *= math.sqrt(1.0 - b2 ** self.steps) / (1.0 - b1 ** self.steps)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_add_(denom, self.tau)
-        torch._foreach_addcdiv_(params, m, denom, value=lr)
+        denom = P.foreach(torch._foreach_sqrt, v)
+        P.foreach(torch._foreach_add_, denom, scalar=self.tau)
+        P.foreach(torch._foreach_addcdiv_, params, m, denom, value=lr)
+
+
+def _as_dtype(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> Tensors:
+    """The tensors (detached) in ``dtype``; a list tiling one buffer stays one buffer (one cast, not one per tensor)."""
+    tensors = [t.detach() for t in tensors]
+    flat = P.as_flat(tensors)
+    if flat is not None:
+        return tensors if flat.dtype == dtype else P.unflatten(flat.to(dtype), tensors)
+    return [t.to(dtype) for t in tensors]
 
 
 def make_server_optimizer(name: str, like, lr: float = 1.0, momentum: float = 0.9, form: str = "ema",
