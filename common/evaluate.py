@@ -184,6 +184,26 @@ def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
     return {"loss": loss, "ppl": ppl, "tokens": tokens}
 
 
+def unigram_perplexity(train_tokens: torch.Tensor, eval_blocks: torch.Tensor, vocab_size: int,
+                       smoothing: float = 1.0) -> dict:
+    """Reference points of a language model: the uniform guess and a unigram model fitted on the training
+    tokens (add-``smoothing`` counts over the vocabulary), scored on exactly the positions ``perplexity``
+    scores in ``eval_blocks`` [M, T] (targets t >= 1 of each block, -100 padding ignored).
+
+    Returns {"uniform_ppl": vocab_size, "unigram_ppl", "unigram_loss" (nats per token), "tokens"}. A model
+    whose perplexity is not well below ``unigram_ppl`` has learned nothing beyond token frequencies.
+    """
+    train = train_tokens.reshape(-1)
+    train = train[train >= 0].long().cpu()
+    counts = torch.bincount(train, minlength=vocab_size)[:vocab_size].double() + smoothing
+    logp = counts.log() - counts.sum().log()
+    targets = eval_blocks[:, 1:].reshape(-1).long().cpu()
+    targets = targets[(targets >= 0) & (targets < vocab_size)]
+    loss = float(-logp[targets].mean()) if targets.numel() else float("nan")
+    return {"uniform_ppl": float(vocab_size), "unigram_ppl": math.exp(loss), "unigram_loss": loss,
+            "tokens": int(targets.numel())}
+
+
 def mean_entropy(model: nn.Module, batches: Iterable[Any], vocab_size: int | None = None, device=None,
                  forward: Callable[[nn.Module, dict], torch.Tensor] | None = None) -> float:
     """Mean predictive entropy H(p(. | prefix)) in nats per token, over the positions ``perplexity`` scores.

@@ -30,8 +30,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g = p.add_argument_group("training")
     g.add_argument("--n-epochs", type=float, default=1.0, help="passes over the training split (fractions allowed)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: --n-epochs)")
-    g.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    mmodel.add_optimizer_args(g, who="the")
     g.add_argument("--val-freq", type=int, default=10, help="steps between evaluations")
     mmodel.add_eval_args(p, deltas_help="save .npz parameter snapshots and deltas (since the previous "
                          "evaluation)")
@@ -45,7 +44,7 @@ def main(argv=None) -> dict:
     explicit = federated.explicit_dests(parser, argv)
     federated.finish_args(args, explicit)
     if args.quick and "max_steps" not in explicit:
-        args.max_steps, args.val_freq = 8, (4 if "val_freq" not in explicit else args.val_freq)
+        args.max_steps, args.val_freq = 32, (8 if "val_freq" not in explicit else args.val_freq)
     cli.check(args.val_freq >= 1, f"--val-freq must be at least 1, got {args.val_freq}")
     cli.check(args.n_epochs > 0, f"--n-epochs must be positive, got {args.n_epochs}")
     device = cli.resolve_device(args.device)
@@ -55,7 +54,8 @@ def main(argv=None) -> dict:
     per_epoch = math.ceil(n / args.batch_size)  # the last, smaller batch is kept
     total = args.max_steps or max(1, math.ceil(args.n_epochs * per_epoch))
     args.kernel_path = mmodel.kernel_path(device)
-    name = args.run_name or runlog.run_name("central", args.config, quick=args.quick, s=args.seed)
+    name = args.run_name or runlog.run_name("central", args.config, b=args.batch_size, steps=total, lr=args.lr,
+                                            sgd=args.optimizer == "sgd", quick=args.quick, s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device,
                        ignore_on_resume=federated.IGNORE_ON_RESUME)
 
@@ -64,8 +64,9 @@ def main(argv=None) -> dict:
     model.to(device).train()
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     plist = params.trainable(model)
-    opt = torch.optim.AdamW(plist, lr=args.lr, weight_decay=args.weight_decay)
+    opt = mmodel.make_optimizer(args, plist)
     valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
+    refs = lmdata.reference_ppls(data, valid)
     ctx = federated.Context(args, model, plist, data, device, forward_model=fwd)
     snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
         if args.save_deltas else None
@@ -136,18 +137,16 @@ def main(argv=None) -> dict:
     summary = rd.write_summary({
         "method": "central", "config": args.config, "layers": args.layers, "steps_done": step,
         "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
-        "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": best,
-        "optimal_ppl_word": data.optimal_ppl, "words_per_token": data.words_per_token,
+        "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": best, "optimizer_steps": step,
+        **refs, "words_per_token": data.words_per_token,
         "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
         "train_tokens": tokens, "train_seconds": round(t_train, 3),
     })
     from plots.plot_mamba import perplexity_curve
 
-    perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, optimal=data.optimal_ppl)
+    perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
     if not args.quiet:
-        optimum = f"; optimum of the source {data.optimal_ppl:.2f} per word" if data.optimal_ppl else ""
-        print(f"run directory: {rd.path} (final validation perplexity {summary['final_val_ppl']:.2f}"
-              f"{optimum}; figure: perplexity.png)")
+        print(lmdata.final_line(rd.path, summary))
     return summary
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from common import cli, evaluate
+from common import aggregate, cli, evaluate
 from mamba_fl import federated, multiproc
 
 
@@ -37,8 +37,17 @@ def rebase_weights(ctx: federated.Context, agg, rows: dict, chosen: list) -> Non
             agg, math.exp(-(ctx.scratch["h_ref"] - rows[chosen[0]]["entropy"]) / ctx.args.temperature))
 
 
+def entropy_weights(ctx: federated.Context, agg, rows: dict) -> dict:
+    """The round's normalised weights alpha_k = softmax(-H_k / T) (logged so a reader sees how far from
+    uniform they are) and the ratio of the largest to the smallest."""
+    keys = sorted(rows)
+    alpha = aggregate.entropy_weights([rows[k]["entropy"] for k in keys], ctx.args.temperature)
+    return {"entropy_weight": {str(k): a for k, a in zip(keys, alpha)}, "entropy_weight_ratio": max(alpha) / min(alpha)}
+
+
 METHOD = federated.Method(name="fedentropy", script="fed_entropy", add_client=add_entropy_weighted,
-                          pre_reduce=rebase_weights, run_name_extra=lambda a: {"T": a.temperature})
+                          pre_reduce=rebase_weights, round_metrics=entropy_weights,
+                          run_name_extra=lambda a: {"T": a.temperature})
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:

@@ -49,7 +49,9 @@ def add_fisher_weighted(ctx: federated.Context, agg, client: federated.Client) -
 
 
 METHOD = federated.Method(name="fedfisher", script="fed_fisher", add_client=add_fisher_weighted, upload_factor=2,
-                          make_aggregator=lambda args, like: aggregate.FisherMean(like, eps=args.fisher_eps))
+                          make_aggregator=lambda args, like: aggregate.FisherMean(like, eps=args.fisher_eps),
+                          round_metrics=lambda ctx, agg, rows: {"fisher_eps_share": agg.eps_share},
+                          run_name_extra=lambda a: {"feps": a.fisher_eps if a.fisher_eps != 1e-6 else None})
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -72,7 +74,7 @@ def main(argv=None) -> dict:
     parser = get_args_parser()
     args = cli.parse(parser, argv)
     if args.quick and "fisher_samples" not in federated.explicit_dests(parser, argv):
-        args.fisher_samples = 8
+        args.fisher_samples = 4
     cli.check(args.fisher_samples >= 1, f"--fisher-samples must be at least 1, got {args.fisher_samples}")
     cli.check(args.fisher_eps > 0, f"--fisher-eps must be positive, got {args.fisher_eps}")
     cli.check(args.fisher_batch >= 1, f"--fisher-batch must be at least 1, got {args.fisher_batch}")

@@ -11,10 +11,12 @@ Unlike the source, every selected client starts every round from the global mode
 re-synced clients, so its "aggregation" merged independently trained models and ``local_updates`` had no
 effect).
 
-Client optimizer: a fresh AdamW per client per round (``--client-opt-state reset``, the usual FL choice:
-no client keeps state the server does not see). ``persist`` keeps each client's AdamW moments across
-rounds (memory: 2 x parameters per client), which is what makes one-client FedAvg identical to
-centralized AdamW training on the same batches.
+Client optimizer (``--optimizer``, default AdamW as in the source) with ``--client-opt-state persist`` by
+default: each client keeps its AdamW moments across rounds (memory: 2 x parameters per client), so
+one-client FedAvg is exactly centralized AdamW on the same batches and any gap to centralized training is
+federation's, not the optimizer's. ``reset`` (a fresh AdamW per client per round) makes a one-step client
+update lr * g / |g| per coordinate, i.e. FedAvg then averages sign steps; ``--optimizer sgd`` is plain
+local SGD (no state at all).
 
 Under ``torchrun`` each process trains its share of the round's clients (``common.distributed``, balanced
 by shard size) into its own aggregator; after a small all-gather of the clients' metrics, one all-reduce
@@ -55,11 +57,12 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0) ->
                    help="the source's name for --eval-every (rounds between evaluations, default 30)")
     g.add_argument("--n-epochs", type=float, default=1.0,
                    help="sets --rounds when it is not given: rounds so each client sees its shard this many times")
-    g.add_argument("--local-updates", type=int, default=1, help="AdamW steps per client per round")
-    g.add_argument("--lr", type=float, default=5e-4, help="client AdamW learning rate")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="client AdamW weight decay")
-    g.add_argument("--client-opt-state", choices=("reset", "persist"), default="reset",
-                   help="reset: fresh AdamW per client per round; persist: each client keeps its moments")
+    g.add_argument("--local-updates", type=int, default=1, help="optimizer steps per client per round")
+    mmodel.add_optimizer_args(g, who="client")
+    g.add_argument("--client-opt-state", choices=("reset", "persist"), default="persist",
+                   help="persist (default): each client keeps its AdamW moments across rounds, so FedAvg "
+                        "compares with centralized AdamW; reset: a fresh AdamW per client per round (a one-step "
+                        "update is then lr * sign(g): FedAvg averages sign steps)")
     g.add_argument("--holdout-fraction", type=float, default=holdout,
                    help="fraction of each client's blocks held out of training (FedEntropy measures on it)")
     mmodel.add_eval_args(p, deltas_help="save .npz snapshots (server) and deltas (server, clients) at each "
@@ -82,13 +85,15 @@ def finish_args(args: argparse.Namespace, explicit: set[str]) -> None:
     if args.quick:
         quick = {"eval_blocks": 32, "vocab_size": 2048, "sample_tokens": 8}
         if hasattr(args, "num_clients"):
-            quick |= {"rounds": 8, "eval_every": 4}
+            quick |= {"rounds": 32, "eval_every": 8}
         for k, v in quick.items():
             if k not in explicit and hasattr(args, k):
                 setattr(args, k, v)
     cli.check(args.sequence_length >= 2, f"--sequence-length must be at least 2, got {args.sequence_length}")
     cli.check(args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}")
-    cli.check(args.lr > 0, f"--lr must be positive, got {args.lr}")
+    cli.check(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number, got {args.lr}")
+    cli.check(args.weight_decay >= 0 and math.isfinite(args.weight_decay),
+              f"--weight-decay must be a non-negative number, got {args.weight_decay}")
     if hasattr(args, "num_clients"):
         cli.validate_fed_args(args)
         cli.check(args.local_updates >= 1, f"--local-updates must be at least 1, got {args.local_updates}")
@@ -124,6 +129,9 @@ class Method:
     # under torchrun, before the all-reduce: pre_reduce(ctx, agg, rows of every client, chosen) may
     # re-base this rank's sums (FedEntropy's weights are relative to the round's first client)
     pre_reduce: Callable | None = None
+    # after the server step of an evaluated round: round_metrics(ctx, agg, client rows) -> extra logged values
+    # (FedFisher: where its floor decides; FedEntropy: the normalised client weights)
+    round_metrics: Callable | None = None
     run_name_extra: Callable[[argparse.Namespace], dict] = lambda args: {}
 
 
@@ -256,9 +264,10 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     if args.rounds is None:
         args.rounds = default_rounds(args, [c.train for c in clients])
     args.kernel_path = mmodel.kernel_path(device)
-    name = args.run_name or runlog.run_name(method.name, args.config, args.shard, k=args.num_clients,
-                                            lu=args.local_updates, **method.run_name_extra(args),
-                                            quick=args.quick, s=args.seed)
+    name = args.run_name or runlog.run_name(
+        method.name, args.config, args.shard, k=args.num_clients, lu=args.local_updates, r=args.rounds,
+        lr=args.lr, sgd=args.optimizer == "sgd", reset=args.client_opt_state == "reset",
+        **method.run_name_extra(args), quick=args.quick, s=args.seed)
     rd = _main_first(lambda: runlog.RunDir(
         args.out_dir, name, args, resume=args.resume, kind=f"mamba_fl/{method.script}", device=device,
         is_main=main, ignore_on_resume=IGNORE_ON_RESUME))
@@ -269,11 +278,12 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     plist = params.trainable(model)
     global_params = params.clone(plist)
-    opt = torch.optim.AdamW(plist, lr=args.lr, weight_decay=args.weight_decay)
+    opt = mmodel.make_optimizer(args, plist)
     server = None if method.server == "fedavg" else server_opt.make_server_optimizer(
         method.server, global_params, lr=args.server_lr, momentum=args.server_momentum, form=args.momentum_form)
     client_states: dict[int, dict] = {}
     valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
+    refs = lmdata.reference_ppls(data, valid)
     ctx = Context(args, model, plist, data, device, forward_model=fwd)
     snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
         if args.save_deltas else None
@@ -360,6 +370,8 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
             row = {"round": r + 1, "step": (r + 1) * args.local_updates, "tokens": acc["train_tokens"],
                    "train_loss": train_loss.item() / max(n_steps, 1)}
             row |= scores
+            if method.round_metrics is not None:
+                row |= method.round_metrics(ctx, agg, client_rows)
             extra = {}
             for k, cr in client_rows.items():
                 for key, v in cr.items():
@@ -380,18 +392,21 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
                 "client_opt": {k: _opt_state_to_list(v, plist) for k, v in client_states.items()},
                 "snapshots": snaps.state_dict() if snaps is not None else None, "acc": acc})
     bar.close()
-    summary = finish(rd, args, method, data, acc) if main else rd.write_summary({"method": method.name})
+    summary = finish(rd, args, method, data, acc, refs) if main else rd.write_summary({"method": method.name})
     distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     return summary
 
 
-def finish(rd, args, method, data, acc) -> dict:
+def finish(rd, args, method, data, acc, refs) -> dict:
     last = acc.get("last", {})
     summary = {
         "method": method.name, "config": args.config, "layers": args.layers, "rounds_done": args.rounds,
+        # client optimizer steps, all clients together (what a compute-matched central run takes)
+        "optimizer_steps": args.rounds * args.local_updates * max(1, round(args.participation_rate
+                                                                             * args.num_clients)),
         "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
         "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": acc["best_val_ppl"],
-        "optimal_ppl_word": data.optimal_ppl, "words_per_token": data.words_per_token,
+        **refs, "words_per_token": data.words_per_token,
         "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
         "bytes_up": acc["bytes_up"], "bytes_down": acc["bytes_down"], "train_tokens": acc["train_tokens"],
         "client_seconds": round(acc["client_seconds"], 3), "round_seconds": round(acc["round_seconds"], 3),
@@ -400,9 +415,7 @@ def finish(rd, args, method, data, acc) -> dict:
     summary = rd.write_summary(summary)
     from plots.plot_mamba import perplexity_curve
 
-    perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, optimal=data.optimal_ppl)
+    perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
     if not args.quiet:
-        optimum = f"; optimum of the source {data.optimal_ppl:.2f} per word" if data.optimal_ppl else ""
-        print(f"run directory: {rd.path} (final validation perplexity {summary['final_val_ppl']:.2f}"
-              f"{optimum}; figure: perplexity.png)")
+        print(lmdata.final_line(rd.path, summary))
     return summary

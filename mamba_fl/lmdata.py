@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, shard, text
+from common import cli, evaluate, shard, text
 
 SPLIT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw"}
 _HEADING = re.compile(r"^ = [^=].* = $")  # top-level article title line of the raw format
@@ -181,3 +181,26 @@ def iterate(blocks: torch.Tensor, batch_size: int, pad_id: int, device):
     """Batches of ``lm_batch`` dicts over ``blocks [N, T]`` in order, the last one possibly smaller."""
     for i in range(0, blocks.shape[0], batch_size):
         yield {k: v.to(device, non_blocking=True) for k, v in text.lm_batch(blocks[i:i + batch_size], pad_id).items()}
+
+
+def reference_ppls(data: LMData, valid: torch.Tensor) -> dict:
+    """The reference points every mamba_fl summary reports beside the model: uniform guess (the vocabulary
+    size), a unigram model fitted on the training split and scored on ``valid`` (the blocks the model is
+    validated on), both per token and per word, and the source's optimum per word where it is known."""
+    ref = evaluate.unigram_perplexity(data.train, valid, data.vocab_size)
+    wpt = data.words_per_token
+    return {"uniform_ppl": ref["uniform_ppl"], "unigram_ppl": ref["unigram_ppl"],
+            "unigram_ppl_word": float(np.exp(ref["unigram_loss"] / wpt)),
+            "uniform_ppl_word": float(np.exp(np.log(ref["uniform_ppl"]) / wpt)),
+            "optimal_ppl_word": data.optimal_ppl}
+
+
+def final_line(path, summary: dict) -> str:
+    """The one line a run ends with: where it is, the final perplexity and its three reference points."""
+    ppl = summary.get("final_val_ppl")
+    opt = summary.get("optimal_ppl_word")
+    parts = [f"final validation perplexity {ppl:.2f}" if ppl is not None else "no evaluation",
+             f"unigram {summary['unigram_ppl']:.2f}", f"uniform {summary['uniform_ppl']:.0f} per token"]
+    if opt:
+        parts.append(f"per word {summary.get('final_val_ppl_word', float('nan')):.2f} vs optimum {opt:.2f}")
+    return f"run directory: {path} ({'; '.join(parts)}; figure: perplexity.png)"

@@ -18,7 +18,7 @@ from common import cli
 
 CONFIGS = {f"pure_ssm_{n}_layer": n for n in (1, 2, 4)}
 # --quick: tiny enough that a federated run of a few rounds takes seconds on 2 CPU cores
-QUICK = {"d_model": 64, "d_state": 16, "head_dim": 16, "sequence_length": 64}
+QUICK = {"d_model": 64, "d_state": 16, "head_dim": 16, "sequence_length": 64, "lr": 1e-2}
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +76,21 @@ def resolve_model_args(args: argparse.Namespace, explicit: set[str]) -> None:
               f"expand * d_model = {inner} is not a multiple of --head-dim {args.head_dim}")
     cli.check((inner // args.head_dim) % args.n_groups == 0,
               f"the {inner // args.head_dim} heads do not split into --n-groups {args.n_groups}")
+
+
+def add_optimizer_args(group, *, who: str) -> None:
+    """--optimizer / --lr / --weight-decay, the same in central.py and the federated scripts."""
+    group.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                       help=f"{who} optimizer: adamw (the source) or plain sgd (no momentum, no weight decay)")
+    group.add_argument("--lr", type=float, default=5e-4,
+                       help=f"{who} learning rate (the source's 5e-4 is for d_model 512; --quick: 1e-2)")
+    group.add_argument("--weight-decay", type=float, default=0.01, help=f"{who} AdamW weight decay")
+
+
+def make_optimizer(args: argparse.Namespace, plist) -> torch.optim.Optimizer:
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(plist, lr=args.lr)
+    return torch.optim.AdamW(plist, lr=args.lr, weight_decay=args.weight_decay)
 
 
 def build_model(args: argparse.Namespace, vocab_size: int, pad_id: int, eos_id: int):

@@ -1,29 +1,28 @@
-"""Figures of the mamba_fl runs, read from run directories (mean +- std over seeds).
+"""Figures and tables of the mamba_fl runs, read from run directories (mean ± sample sd over seeds).
 
-    python plots/plot_mamba.py --runs runs --out figures/mamba
+    python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/figures
 
-Writes whichever figures the runs found allow:
-  central_vs_fedavg.png   validation perplexity vs training tokens, central and FedAvg, per depth
-  local_updates.png       FedAvg with --local-updates 1 vs 8 (and any other values found), vs training tokens
-  methods_<config>.png    FedAvg / FedMomentum / FedEntropy / FedFisher per round, one figure per depth
-  depth_<method>.png      1 / 2 / 4 layers for each method (central included)
-  deltas_<run>.png        heatmaps of the last server and client deltas, every layer (runs with --save-deltas)
-  results.md              the README table: final/best perplexity per method and depth, mean +- std over seeds
-  spectrum_<run>.png      singular values of the server delta per snapshot, and the final spectrum with the
-                          rank holding 95% of the energy, every layer
+For the grid of ``mamba_fl/run_grid.py`` (run directories named ``<arm>_L<layers>_<shard>[_real]_s<seed>``):
+  grid_L<layers>_<shard>.png  validation perplexity vs training sequences, every arm (central included), with
+                              the uniform, unigram and optimum lines, log y axis, n in the legend
+  variants.png                FedAvg with persistent AdamW / fresh AdamW / SGD / 8 local steps, and central
+  real_text.png               central, FedAvg and the best other method on real WikiText text
+  results.md                  the tables: final perplexity, paired differences to FedAvg with 95% intervals,
+                              plateau check, FedEntropy weight ratios, FedFisher floor share
+and for any run saved with --save-deltas:
+  deltas_<run>.png            heatmaps of the last server and client deltas, every layer, with colour bars
+  spectrum_<run>.png          singular values of the server delta per snapshot, and the final spectrum with the
+                              rank holding 95% of the energy
 """
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import numpy as np
 
+from common import stats
 from plots import runs as R
-
-METHODS = ("central", "fedavg", "fedmomentum", "fedentropy", "fedfisher")
-GROUP_IGNORE = R.DEFAULT_GROUP_IGNORE + ("kernel_path", "rounds", "eval_every", "quick")
 
 
 def _plt():
@@ -31,94 +30,43 @@ def _plt():
     return plt
 
 
-def perplexity_curve(rows: list[dict], path, title: str = "", optimal: float | None = None) -> Path:
-    """One run's validation perplexity per evaluation: the PNG each script leaves in its run directory.
-    Kept cheap (linear axes, fixed layout, low dpi): it is drawn at the end of every run."""
+def reference_lines(ax, refs: dict | None) -> None:
+    """The reference points of a language model as horizontal lines: uniform guess and unigram (per token),
+    and the source's optimum per word where it is known."""
+    refs = refs or {}
+    styles = (("uniform_ppl", "uniform guess", ":", "0.5"), ("unigram_ppl", "unigram (train)", "-.", "0.35"),
+              ("optimal_ppl_word", "optimum per word", "--", "k"))
+    for key, name, ls, color in styles:
+        if refs.get(key):
+            ax.axhline(refs[key], color=color, ls=ls, lw=1, label=f"{name} {refs[key]:.1f}")
+
+
+def perplexity_curve(rows: list[dict], path, title: str = "", refs: dict | None = None) -> Path:
+    """One run's validation perplexity per evaluation with its reference points: the PNG each script leaves
+    in its run directory. Kept cheap (fixed layout, low dpi): it is drawn at the end of every run."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     x_key = "round" if rows and "round" in rows[0] else "step"
     evals = [r for r in rows if "val_ppl" in r]
     xs = [r[x_key] for r in evals]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(xs, [r["val_ppl"] for r in evals], marker="o", ms=3, label="per token")
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(xs, [r["val_ppl"] for r in evals], marker="o", ms=3, label="model, per token")
     if evals and "val_ppl_word" in evals[0]:
-        ax.plot(xs, [r["val_ppl_word"] for r in evals], marker="s", ms=3, label="per word")
-    if optimal:
-        ax.axhline(optimal, color="k", ls="--", lw=1, label=f"optimal per word ({optimal:.1f})")
+        ax.plot(xs, [r["val_ppl_word"] for r in evals], marker="s", ms=3, ls="--", label="model, per word")
+    reference_lines(ax, refs)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(x_key)
-    ax.set_ylabel("validation perplexity")
+    ax.set_ylabel("validation perplexity (log)")
     ax.set_title(title, fontsize=7)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.subplots_adjust(left=0.16, bottom=0.15, right=0.97, top=0.9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
-
-
-def _method(run: dict) -> str:
-    return run["summary"].get("method") if run.get("summary") else run["name"].split("_")[0]
-
-
-def _band(ax, group, key, x, label, scale=1.0):
-    xs, mean, std = R.mean_std(group, key, x=x)
-    if xs.size == 0:
-        return
-    ax.plot(xs * scale, mean, label=f"{label} (n={len(group)})")
-    ax.fill_between(xs * scale, mean - std, mean + std, alpha=0.2)
-
-
-def _finish(ax, xlabel, title):
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation perplexity")
-    ax.set_yscale("log")
-    ax.set_title(title, fontsize=9)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-
-
-def _groups(runs, **match):
-    sel = [r for r in runs if r.get("summary") and all(r["args"].get(k) == v for k, v in match.items() if k != "method")
-           and ("method" not in match or _method(r) == match["method"])]
-    return R.group_runs(sel, GROUP_IGNORE)
-
-
-def comparison_figures(runs: list[dict], out: Path) -> list[Path]:
-    plt, written = _plt(), []
-    runs = [r for r in runs if not r["args"].get("save_deltas")]  # delta runs only feed delta_figures
-    layers = sorted({r["args"].get("layers") for r in runs if r.get("summary")})
-    # central vs FedAvg: x = training tokens, which both log
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for L in layers:
-        for m in ("central", "fedavg"):
-            match = {"local_updates": 1} if m == "fedavg" else {}
-            for _cfg, g in _groups(runs, method=m, layers=L, **match):
-                _band(ax, g, "val_ppl", "tokens", f"{m} {L}L")
-    _finish(ax, "training tokens", "central vs FedAvg")
-    written += R.savefig(fig, out / "central_vs_fedavg.png")
-    # local updates: same client compute (tokens), fewer rounds with more local steps
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for cfg, g in _groups(runs, method="fedavg"):
-        _band(ax, g, "val_ppl", "tokens", f"FedAvg {cfg['layers']}L, local updates {cfg['local_updates']}")
-    _finish(ax, "training tokens", "local updates per round")
-    written += R.savefig(fig, out / "local_updates.png")
-    for L in layers:  # methods per depth
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for m in METHODS[1:]:
-            for _cfg, g in _groups(runs, method=m, layers=L, local_updates=1):
-                _band(ax, g, "val_ppl", "round", m)
-        _finish(ax, "round", f"methods, pure_ssm_{L}_layer")
-        written += R.savefig(fig, out / f"methods_pure_ssm_{L}_layer.png")
-    for m in METHODS:  # depth per method
-        fig, ax = plt.subplots(figsize=(6, 4))
-        x = "step" if m == "central" else "round"
-        for L in layers:
-            for _cfg, g in (_groups(runs, method=m, layers=L) if m == "central"
-                            else _groups(runs, method=m, layers=L, local_updates=1)):
-                _band(ax, g, "val_ppl", x, f"{L} layer{'s' if L > 1 else ''}")
-        _finish(ax, x, f"depth, {m}")
-        written += R.savefig(fig, out / f"depth_{m}.png")
-    return written
 
 
 def rank_at_energy(s: np.ndarray, energy: float = 0.95) -> int:
@@ -175,27 +123,201 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
     return written
 
 
-def results_table(runs: list[dict]) -> str:
-    """Markdown: one row per method, per depth the final and best validation perplexity per token and the
-    final per word, mean +- std over seeds (n), and the synthetic source's optimal perplexity per word."""
-    # the table's runs: one local update per round, no delta snapshots (those are figure runs)
-    runs = [r for r in runs if r["args"].get("local_updates", 1) == 1 and not r["args"].get("save_deltas")]
-    layers = sorted({r["args"].get("layers") for r in runs if r.get("summary")})
-    head = ["method"] + [f"{L}L {k}" for L in layers for k in ("final ppl", "best ppl", "final ppl/word")]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    optimal = {r["summary"].get("optimal_ppl_word") for r in runs if r.get("summary")} - {None}
-    for m in METHODS:
-        cells = [m]
-        for L in layers:
-            group = [r for r in runs if r.get("summary") and _method(r) == m and r["args"].get("layers") == L]
-            for key in ("final_val_ppl", "best_val_ppl", "final_val_ppl_word"):
-                mean, std, n = R.summary_stats(group, key)
-                cells.append(f"{mean:.1f} ± {std:.1f} ({n})" if n else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    if optimal:
-        lines.append(f"\nOptimal perplexity per word of the synthetic source: {', '.join(f'{o:.2f}' for o in optimal)}")
-    return "\n".join(lines)
+# ----------------------------------------------------------------------------------------------------------
+# the results grid (mamba_fl/run_grid.py)
 
+ARMS = ("central", "fedavg", "fedavgm", "fedmom-ema", "fedentropy", "fedfisher")
+VARIANT_ARMS = ("central", "fedavg", "fedavg-reset", "fedavg-sgd", "fedavg-lu8")
+ARM_LABELS = {
+    "central": "central AdamW (same steps and sequences)",
+    "fedavg": "FedAvg (client AdamW, persistent moments)",
+    "fedavgm": "FedAvgM heavy-ball (Flower)",
+    "fedmom-ema": "FedMomentum EMA (the source)",
+    "fedentropy": "FedEntropy",
+    "fedfisher": "FedFisher",
+    "fedavg-reset": "FedAvg, fresh AdamW every round",
+    "fedavg-sgd": "FedAvg, plain local SGD",
+    "fedavg-lu8": "FedAvg, 8 local steps x rounds/8",
+}
+_STYLE = {a: (m, ls) for a, m, ls in zip(ARM_LABELS, "osD^v<>Xp", ["-", "--", "-.", ":", "-", "--", "-.", ":", "-"])}
+PLATEAU = 0.05  # a run is on its plateau when val ppl moved less than 5% over the last 20% of its training
+
+
+def grid_runs(root) -> list[dict]:
+    """The finished runs of a grid folder, each with "arm", "layers", "shard" and "real" added."""
+    out = []
+    for run in R.load_runs(root, "*_L*_s*"):
+        if not run.get("summary"):
+            continue
+        arm = run["name"].split("_")[0]
+        real = "_real_" in run["name"]
+        shard = "all" if arm == "central" else run["args"].get("shard")
+        out.append(run | {"arm": arm, "layers": run["args"].get("layers"), "shard": shard, "real": real})
+    return out
+
+
+def _select(runs, arm, layers, shard, real=False):
+    return [r for r in runs if r["arm"] == arm and r["layers"] == layers and r["real"] == real
+            and (arm == "central" or r["shard"] == shard)]
+
+
+def _finite(runs, key="final_val_ppl"):
+    return [r for r in runs if r["summary"].get(key) is not None and np.isfinite(r["summary"][key])]
+
+
+def plateau(run: dict) -> bool | None:
+    """True when the validation perplexity changed by less than PLATEAU (relative) between the evaluation at
+    80% of the run and the last one; None with fewer than 3 evaluations."""
+    x_key = "round" if run["arm"] != "central" else "step"
+    xs, ys = R.series(run, "val_ppl", x_key)
+    if xs.size < 3 or not np.isfinite(ys[-1]):
+        return None
+    i = int(np.searchsorted(xs, 0.8 * xs[-1]))
+    return abs(ys[min(i, xs.size - 2)] - ys[-1]) / ys[-1] < PLATEAU
+
+
+def _cell(runs, key="final_val_ppl", digits=1) -> str:
+    ok = _finite(runs, key)
+    txt = stats.fmt(stats.summarize(r["summary"][key] for r in ok), digits)
+    return txt + (f", {len(runs) - len(ok)} diverged" if len(ok) < len(runs) else "")
+
+
+def _diff(runs, ref, key="final_val_ppl") -> str:
+    if not runs or not ref or runs is ref:
+        return "–"
+    return stats.fmt_diff(R.seed_paired(_finite(runs, key), _finite(ref, key), key))
+
+
+def _refs(runs) -> dict:
+    s = runs[0]["summary"] if runs else {}
+    return {k: s.get(k) for k in ("uniform_ppl", "unigram_ppl", "unigram_ppl_word", "optimal_ppl_word")}
+
+
+def _extra(arm, runs) -> str:
+    rows = [r["rows"][-1] for r in runs if r["rows"]]
+    if arm == "fedentropy":
+        ratios = [x["entropy_weight_ratio"] for x in rows if "entropy_weight_ratio" in x]
+        return f"max/min weight {np.mean(ratios):.2f} (last round)" if ratios else ""
+    if arm == "fedfisher":
+        shares = [x["fisher_eps_share"] for x in rows if "fisher_eps_share" in x]
+        return f"floor decides {100 * np.mean(shares):.2f}% of coordinates" if shares else ""
+    return ""
+
+
+def table(runs, arms, layers, shard, real=False) -> list[str]:
+    """Markdown rows of one block: per arm final ppl per token and per word, paired difference to FedAvg,
+    plateau check and arm-specific diagnostics; reference points first."""
+    ref = _select(runs, "fedavg", layers, shard, real)
+    lines = ["| arm | final ppl / token | final ppl / word | − FedAvg (per token), 95% CI | plateau | notes |",
+             "|---|---|---|---|---|---|"]
+    for arm in arms:
+        group = _select(runs, arm, layers, shard, real)
+        if not group:
+            continue
+        flat = [plateau(r) for r in group]
+        lines.append(f"| {ARM_LABELS.get(arm, arm)} | {_cell(group)} | {_cell(group, 'final_val_ppl_word')} | "
+                     f"{_diff(group, ref) if arm != 'fedavg' else 'reference'} | "
+                     f"{sum(bool(f) for f in flat)}/{len(flat)} | {_extra(arm, group)} |")
+    anyrun = next((r for a in arms for r in _select(runs, a, layers, shard, real)), None)
+    if anyrun:
+        f = _refs([anyrun])
+        refs = (f"uniform {f['uniform_ppl']:.0f} / token; unigram (fitted on the training split) "
+                f"{f['unigram_ppl']:.1f} / token, {f['unigram_ppl_word']:.1f} / word")
+        if f.get("optimal_ppl_word"):
+            refs += f"; optimum of the source {f['optimal_ppl_word']:.2f} / word"
+        lines.append(f"\nReference points: {refs}.")
+    return lines
+
+
+def best_other_arm(root, layers: int, shards) -> str | None:
+    """The federated arm other than FedAvg with the lowest mean final perplexity over the synthetic blocks of
+    ``layers`` (the one the real-text comparison runs)."""
+    runs = grid_runs(root)
+    scores = {}
+    for arm in ARMS[2:]:
+        vals = [r["summary"]["final_val_ppl"] for s in shards for r in _finite(_select(runs, arm, layers, s))]
+        if vals:
+            scores[arm] = float(np.mean(np.log(vals)))
+    return min(scores, key=scores.get) if scores else None
+
+
+def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax, drawn = plt.subplots(figsize=(7, 4.3))[0], None, 0
+    ax = fig.axes[0]
+    seq_len = None
+    for arm in arms:
+        group = _finite(_select(runs, arm, layers, shard, real))
+        if not group:
+            continue
+        seq_len = group[0]["args"]["sequence_length"]
+        xs, mean, sd = R.mean_std(group, "val_ppl", x="tokens")
+        if xs.size == 0:
+            continue
+        marker, ls = _STYLE.get(arm, ("o", "-"))
+        ax.plot(xs / seq_len, mean, marker=marker, ls=ls, ms=4, label=f"{ARM_LABELS.get(arm, arm)} (n={len(group)})")
+        if len(group) > 1:
+            ax.fill_between(xs / seq_len, np.maximum(mean - sd, 1e-3), mean + sd, alpha=0.15)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        print(f"skipped {Path(path).name}: no finished runs for {title}")
+        return None
+    anyrun = next(r for a in arms for r in _select(runs, a, layers, shard, real))
+    reference_lines(ax, _refs([anyrun]))
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("training sequences seen (all clients together)")
+    ax.set_ylabel("validation perplexity per token (log)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6.5, loc="upper right", ncol=1, framealpha=0.9)
+    return R.savefig(fig, path)[0]
+
+
+def grid_report(root, figures, wall_minutes: float | None = None, best_real: str | None = None) -> list[Path]:
+    """results.md (in ``root`` and ``figures``) and the grid figures."""
+    root, figures = Path(root), Path(figures)
+    runs = grid_runs(root)
+    layers = sorted({r["layers"] for r in runs if not r["real"]})
+    shards = sorted({r["shard"] for r in runs if not r["real"] and r["arm"] != "central"})
+    md, written = ["# mamba_fl results grid", ""], []
+    if wall_minutes is not None:
+        md += [f"`python mamba_fl/run_grid.py` finished in {wall_minutes:.1f} min.", ""]
+    md += ["Final validation perplexity (all validation blocks), mean ± sample sd over seeds (n); paired "
+           "difference to FedAvg over the same seeds with its 95% t interval (\"no difference\" when it contains "
+           f"0); plateau: runs whose perplexity moved < {PLATEAU:.0%} over their last 20% of training.", ""]
+    for L in layers:
+        for shard in shards:
+            md += [f"## {L} layer{'s' if L > 1 else ''}, {shard} shards", ""] + table(runs, ARMS, L, shard) + [""]
+            p = _curves(runs, ARMS, L, shard, False, figures / f"grid_L{L}_{shard}.png",
+                        f"Mamba2 {L} layer{'s' if L > 1 else ''}, 4 clients, {shard} shards (synthetic WikiText)")
+            written += [p] if p else []
+    if any(r["arm"] in VARIANT_ARMS[2:] for r in runs):
+        L, shard = min(layers), next((s for s in shards if any(
+            r["arm"] in VARIANT_ARMS[2:] and r["shard"] == s for r in runs)), shards[0])
+        md += [f"## Client optimizer and local work ({L} layer, {shard} shards)", ""]
+        md += table(runs, VARIANT_ARMS, L, shard) + [""]
+        p = _curves(runs, VARIANT_ARMS, L, shard, False, figures / "variants.png",
+                    f"FedAvg client optimizers, {L} layer, {shard} shards, same sequences and steps")
+        written += [p] if p else []
+    real = [r for r in runs if r["real"]]
+    if real:
+        L = min(r["layers"] for r in real)
+        arms = ["central", "fedavg"] + ([best_real] if best_real else sorted({r["arm"] for r in real} - {
+            "central", "fedavg"}))
+        md += [f"## Real text: WikiText-2 wiki.test.raw split by article ({L} layer, contiguous shards)", ""]
+        md += table(runs, arms, L, "contiguous", real=True) + [""]
+        p = _curves(runs, arms, L, "contiguous", True, figures / "real_text.png",
+                    f"real WikiText text, {L} layer, 4 clients, contiguous shards")
+        written += [p] if p else []
+    text = "\n".join(md) + "\n"
+    for folder in {root, figures}:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.md").write_text(text, encoding="utf-8")
+    print(text)
+    return written
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     from common import cli
@@ -211,20 +333,18 @@ def main(argv=None) -> dict:
     from common import cli
 
     args = cli.parse(get_args_parser(), argv)
-    runs = [r for root in args.runs for r in R.load_runs(root, args.pattern)
-            if re.match(r"^(central|fedavg|fedmomentum|fedentropy|fedfisher)_", r["name"])]
-    cli.check(bool(runs), f"no mamba_fl run directories under {args.runs} matching {args.pattern!r}")
     out = Path(args.out)
-    written = comparison_figures(runs, out)
-    for run in runs:
-        written += delta_figures(run, out)
-    table = results_table(runs)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(table + "\n")
-    print(table)
+    written = []
+    for root in args.runs:
+        cli.check(Path(root).is_dir(), f"--runs {root}: no such folder")
+        written += grid_report(root, out)
+        for run in R.load_runs(root, args.pattern):
+            if run["args"].get("save_deltas"):
+                written += delta_figures(run, out)
+    cli.check(bool(written), f"no mamba_fl grid or delta runs under {args.runs}: nothing to draw")
     for p in written:
         print(p)
-    return {"figures": [str(p) for p in written], "table": table}
+    return {"figures": [str(p) for p in written]}
 
 
 if __name__ == "__main__":

@@ -40,9 +40,9 @@ def _even_split(tiny) -> list[str]:
 
 
 def test_one_client_fedavg_equals_centralized_adamw(tiny, out_dir):
-    """With one client whose AdamW state persists across rounds, R rounds of U local steps are exactly R*U
-    centralized AdamW steps on the same batches (the server just copies the single client's model)."""
-    argv = tiny("--num-clients", "1", "--client-opt-state", "persist", "--local-updates", "2", rounds=2)
+    """With one client whose AdamW state persists across rounds (the default), R rounds of U local steps are
+    exactly R*U centralized AdamW steps on the same batches (the server just copies the single client's model)."""
+    argv = tiny("--num-clients", "1", "--local-updates", "2", rounds=2)
     fed_avg.main(argv)
     (run,) = out_dir.iterdir()
 
@@ -64,7 +64,8 @@ def test_one_client_fedavg_equals_centralized_adamw(tiny, out_dir):
     _assert_same(global_params(run), reference, tol=1e-6)
 
     # and with a fresh AdamW each round the runs must differ (the test above is not vacuous)
-    fed_avg.main(tiny("--num-clients", "1", "--local-updates", "2", "--run-name", "reset", rounds=2))
+    fed_avg.main(tiny("--num-clients", "1", "--local-updates", "2", "--client-opt-state", "reset",
+                      "--run-name", "reset", rounds=2))
     assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(global_params(out_dir / "reset"), reference))
 
 
