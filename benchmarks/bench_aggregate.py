@@ -1,55 +1,89 @@
-"""Aggregation speed and memory: the streaming WeightedMean vs the per-key torch.stack reference.
+"""Aggregation speed side by side with Flower, on a quiet machine and on one whose every core is kept busy.
 
-    python benchmarks/bench_aggregate.py                      # ViT-S/16 (~21.7M params, 152 tensors), K = 10 100
-    python benchmarks/bench_aggregate.py --device cuda --repeats 10
+    python benchmarks/bench_aggregate.py                      # ViT-S/16 (21.7M params, 152 tensors), K = 10 50
+    python benchmarks/bench_aggregate.py --conditions busy --clients 50 --no-memory
     python benchmarks/bench_aggregate.py --quick              # tiny shapes: checks the script runs
 
-(a) reference, as in the source projects: K client state dicts in memory, then per key
-    ``torch.stack([sd[key] for sd in dicts]).mean(0)``.
-(b) ``common.aggregate.WeightedMean``: clients arrive one at a time; each client's upload is one flat
-    buffer (seen as parameter-shaped views), so ``add`` is ONE axpy into the flat float32 accumulator,
-    and ``result(out=...)`` writes the mean into existing tensors. Row "stream-tensors": the same
-    aggregator fed 152 separate tensors per client (one fused ``torch._foreach_add_``); on CPU that is
-    152 parallel regions per client, which on a loaded machine each wait for their slowest thread.
+Anchor: Flower's ``flwr.server.strategy.aggregate.aggregate`` (numpy, single-threaded; K client results in
+memory) when ``flwr`` is installed (``pip install -e .[bench]``), else the per-key ``torch.stack(...).mean(0)``
+reference of the source projects. Ours, in the same process and the same round-robin (so load from
+elsewhere hits every method alike):
 
-Clients come from a small pool of distinct perturbed copies of the base parameters (``--pool``); the K
-reference dicts alias that pool (holding K real copies would need K x 83 MiB; a real run does hold them),
-so every method reads the same memory and the time measured is the aggregation alone.
+  WeightedMean   ``common.aggregate.WeightedMean``, clients arriving one at a time. "flat": each upload is
+                 one flat buffer seen as parameter-shaped views (``common.params.unflatten``; a model after
+                 ``common.params.flat_parameters_`` is the same), so ``add`` is ONE op. "tensors": the same
+                 client as 152 separate tensors (small ones on one thread, ``common.params.foreach``).
+  FisherMean     ``FisherMean`` (sum w F theta, sum w F, sum w theta per client); anchor: the same formula
+                 built on Flower's ``aggregate`` (weighted means of F theta, F and theta; no Flower strategy
+                 has a Fisher mean), or on the same numpy computation written here without flwr.
+  MaskedMean     ``MaskedMean`` with a 50% boolean mask per client; anchor: built on ``aggregate`` alike.
+  FedAdam step   ``common.server_opt.FedAdam.step`` on the global parameters; anchor: Flower's FedAdam
+                 update (``FedAdam.aggregate_fit``'s delta / m / v / x lines) in numpy. K does not enter.
 
-Bandwidth: per client (b) reads the client and reads+writes the accumulator (12 bytes per parameter);
-zeroing (4) and the final scale (read 4, write 4) add 12 bytes per parameter per aggregation. GB/s is
-those bytes over the median time, compared with a ``copy_`` of the same size (8 bytes per parameter:
-read + write) timed in the same round-robin, so that both see the same load on a shared machine.
+Copy floor: ``copy_`` of the accumulator's size (with the thread count ours gets: every thread on a quiet
+machine, one on a busy one, ``common.params.threads_for``), timed in the same round-robin, scaled to the bytes the
+aggregation must move: per client, read its upload and read + write the accumulators (WeightedMean 12
+bytes per parameter, FisherMean 40, MaskedMean 22 with 1-byte masks), plus zeroing the accumulators and
+writing the result once (WeightedMean 12K + 12 bytes per parameter in all); the FedAdam step reads four
+tensors and writes three (28). "vs floor" = time / floor time: 1.0 would be the machine's copy bandwidth.
 
-Peak memory: each (method, K) runs once more in a fresh process, which reports its peak resident set
-(CPU, VmHWM) or the CUDA allocator's peak; the process holds the pool, the base and torch itself.
-Targets: (b) >= 2x faster than (a), >= 50% of copy bandwidth, peak memory at K=100 within 10% of K=10.
+Conditions: ``quiet`` (nothing started; the load average of the machine is printed, a shared machine is
+not quiet) and ``busy``: the benchmark starts one busy loop per core (``--busy-loops``, each a separate
+Python process bounded by ``--busy-limit`` seconds) and stops them afterwards, so every core is shared.
+Targets: quiet: WeightedMean >= 2.5x the anchor at every K and within 1.3x of the copy floor; busy: every
+aggregator and the server step no slower than its anchor (speedup >= 1x). Peak memory: each (method, K)
+runs once more in a fresh process (CPU: peak resident set, VmHWM); target: WeightedMean flat in K.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
+import time
+from functools import reduce
 
+import numpy as np
 import torch
 from benchlib import current_bytes, markdown_table, mib, peak_bytes, reset_peak, run_isolated, timeit_many
 
 from common import cli
 from common import params as P
-from common.aggregate import WeightedMean
+from common.aggregate import FisherMean, MaskedMean, WeightedMean
+from common.server_opt import FedAdam
+
+try:
+    import flwr
+    from flwr.server.strategy.aggregate import aggregate as flower_aggregate
+except ImportError:  # the optional `bench` extra
+    flwr = flower_aggregate = None
+
+# bytes per parameter an aggregation must move: (per client, per aggregation), see the docstring
+BYTES = {"WeightedMean": (12, 12), "FisherMean": (40, 28), "MaskedMean": (22, 24), "FedAdam step": (0, 28)}
+FEDADAM = {"lr": 1e-2, "betas": (0.9, 0.99), "tau": 1e-3}
 
 
 def get_args_parser(add_help: bool = True):
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100], help="values of K to time")
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50], help="values of K to time")
+    parser.add_argument("--conditions", nargs="+", default=["quiet", "busy"], choices=["quiet", "busy"],
+                        help="quiet: as the machine is; busy: one busy loop per core started by the benchmark")
+    parser.add_argument("--aggregators", nargs="+", default=list(BYTES), choices=list(BYTES),
+                        help="what to time (WeightedMean always runs: the targets are about it)")
+    parser.add_argument("--busy-loops", type=int, default=0, help="busy loops for `busy` (0: one per core)")
+    parser.add_argument("--busy-limit", type=float, default=300.0,
+                        help="seconds after which a busy loop ends on its own (the benchmark stops them sooner)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per configuration (median)")
-    parser.add_argument("--warmup", type=int, default=0,
-                        help="untimed repetitions first (buffers are pre-touched and the median drops one outlier)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (touches every buffer)")
     parser.add_argument("--pool", type=int, default=2, help="distinct client states the K clients cycle through")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--anchor", default="auto", choices=["auto", "flower", "reference"],
+                        help="auto: Flower's aggregate when flwr is installed, else the per-key stack reference")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--quick", action="store_true", help="tiny model (width 64, depth 2): a smoke run")
-    parser.add_argument("--measure", default=None, choices=["reference", "stream"],
+    parser.add_argument("--measure", default=None, choices=["anchor", "stream"],
                         help="internal: run one aggregation of this method and print its peak memory as JSON")
     parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
     return parser
@@ -73,58 +107,274 @@ def vit_shapes(dim: int = 384, depth: int = 12, patch: int = 16, img: int = 224,
     return shapes | {"norm.weight": (dim,), "norm.bias": (dim,), "head.weight": (classes, dim), "head.bias": (classes,)}
 
 
-def make_clients(args, device):
-    """(names, base tensors, pool of client uploads): each upload is one flat fp32 buffer, seen as a list
-    of parameter-shaped views (``common.params.unflatten``), the way a client sends its parameters."""
-    shapes = vit_shapes(dim=64, depth=2, img=64) if args.quick else vit_shapes()
-    g = torch.Generator().manual_seed(0)
-    base = [(0.02 * torch.randn(s, generator=g)).to(device) for s in shapes.values()]
-    pool = []
-    for _ in range(args.pool):
-        flat = P.flatten(base)
-        flat += 1e-3 * torch.randn(flat.shape, generator=g).to(device)
-        pool.append(P.unflatten(flat, base))
-    return list(shapes), base, pool
+class Clients:
+    """The base parameters and a pool of distinct client uploads (each one flat fp32 buffer seen as
+    parameter-shaped views), the same clients as separate tensors and as numpy arrays (Flower's input),
+    a Fisher and a boolean mask per pool entry. K clients cycle through the pool, so every method reads
+    the same memory and the time measured is the aggregation alone."""
+
+    def __init__(self, args, device):
+        shapes = vit_shapes(dim=64, depth=2, img=64) if args.quick else vit_shapes()
+        g = torch.Generator().manual_seed(0)
+        self.names = list(shapes)
+        self.base = [(0.02 * torch.randn(s, generator=g)).to(device) for s in shapes.values()]
+        self.flat, self.fisher, self.masks = [], [], []
+        for _ in range(args.pool):
+            flat = P.flatten(self.base)
+            flat += 1e-3 * torch.randn(flat.shape, generator=g).to(device)
+            self.flat.append(P.unflatten(flat, self.base))
+            self.fisher.append(P.unflatten(flat.abs() + 1e-4, self.base))
+            self.masks.append(P.unflatten(torch.rand(flat.shape, generator=g).to(device) < 0.5, self.base))
+        self.separate = [[t.clone() for t in c] for c in self.flat]
+        self.np = [[t.cpu().numpy() for t in c] for c in self.separate]
+        self.np_fisher = [[t.cpu().numpy() for t in c] for c in self.fisher]
+        self.np_masks = [[t.cpu().numpy() for t in c] for c in self.masks]
+        self.numel = P.numel(self.base)
+
+    def pick(self, pool, k):
+        return [pool[i % len(pool)] for i in range(k)]
 
 
-# ----------------------------------------------------------------------------- the two methods
-def reference_fn(names, pool, k):
-    dicts = [dict(zip(names, pool[i % len(pool)])) for i in range(k)]  # K state dicts (aliasing the pool)
-    return lambda: {key: torch.stack([sd[key] for sd in dicts]).mean(0) for key in names}
+def weights_for(k: int) -> list[int]:
+    return [1 + (i % 7) for i in range(k)]  # sample counts; the weighting costs nothing extra
 
 
-def stream_fn(base, pool, k):
-    agg, out = WeightedMean(base), [torch.zeros_like(t) for t in base]  # touched: no page faults timed
-    weights = [1.0 + (i % 7) for i in range(k)]  # sample counts; the weighting costs nothing extra
+# ----------------------------------------------------------------------------- anchors
+def anchor_name(args) -> str:
+    if args.anchor == "reference" or (args.anchor == "auto" and flower_aggregate is None):
+        return "per-key stack reference"
+    cli.check(flower_aggregate is not None, "--anchor flower needs flwr (pip install -e .[bench])")
+    return f"Flower {flwr.__version__} aggregate()"
+
+
+def weighted_anchor_fn(args, c: Clients, k: int):
+    w = weights_for(k)
+    if anchor_name(args).startswith("Flower"):
+        results = list(zip(c.pick(c.np, k), w))  # K (NDArrays, num_examples) pairs, as Flower receives them
+        return lambda: flower_aggregate(results)
+    dicts = [dict(zip(c.names, t)) for t in c.pick(c.separate, k)]  # K state dicts (aliasing the pool)
+    return lambda: {key: torch.stack([sd[key] for sd in dicts]).mean(0) for key in c.names}
+
+
+def np_weighted_mean(results: list[tuple[list, float]]) -> list:
+    """Flower's ``aggregate()`` when installed, else the same computation written here: every client's
+    layers times its weight, then one ``reduce(np.add, ...)`` per layer, divided by the total weight."""
+    if flower_aggregate is not None:
+        return flower_aggregate(results)
+    total = sum(n for _, n in results)
+    weighted = [[layer * n for layer in layers] for layers, n in results]
+    return [reduce(np.add, layer) / total for layer in zip(*weighted)]
+
+
+def fisher_anchor_fn(c: Clients, k: int, eps_rel: float = 1e-6):
+    """FisherMean built on Flower's aggregate: the weighted means of F theta, F and theta (each the
+    FisherMean sum over the total weight), then (F theta + e theta_bar) / (F + e) per layer, e scaled alike."""
+    w, ts, fs = weights_for(k), c.pick(c.np, k), c.pick(c.np_fisher, k)
+
+    def run():
+        num = np_weighted_mean([([f * t for f, t in zip(fk, tk)], wk) for tk, fk, wk in zip(ts, fs, w)])
+        den = np_weighted_mean(list(zip(fs, w)))
+        mean = np_weighted_mean(list(zip(ts, w)))
+        eps = eps_rel * sum(float(d.sum()) for d in den) / c.numel
+        return [np.where(d > 0, (n + eps * m) / (d + eps), m) for n, d, m in zip(num, den, mean)]
+    return run
+
+
+def masked_anchor_fn(c: Clients, k: int):
+    """MaskedMean built on Flower's aggregate: weighted means of m theta and of m, their ratio where m > 0."""
+    w, ts, ms, fb = weights_for(k), c.pick(c.np, k), c.pick(c.np_masks, k), c.np[0]
+    tiny = np.finfo(np.float32).tiny
+
+    def run():
+        num = np_weighted_mean([([m * t for m, t in zip(mk, tk)], wk) for tk, mk, wk in zip(ts, ms, w)])
+        cnt = np_weighted_mean([([m.astype(np.float32) for m in mk], wk) for mk, wk in zip(ms, w)])
+        return [np.where(n_ > 0, x / np.maximum(n_, tiny), f) for x, n_, f in zip(num, cnt, fb)]
+    return run
+
+
+def fedadam_anchor_fn(c: Clients):
+    """Flower's FedAdam.aggregate_fit update, given the FedAvg aggregate: delta, m, v, then x."""
+    lr, (b1, b2), tau = FEDADAM["lr"], FEDADAM["betas"], FEDADAM["tau"]
+    state = {"x": [t.copy() for t in c.np[0]], "m": [np.zeros_like(t) for t in c.np[0]],
+             "v": [np.zeros_like(t) for t in c.np[0]]}
+    avg = c.np[1]
+
+    def run():
+        delta = [a - x for a, x in zip(avg, state["x"])]
+        state["m"] = [np.multiply(b1, m) + (1 - b1) * d for m, d in zip(state["m"], delta)]
+        state["v"] = [b2 * v + (1 - b2) * np.multiply(d, d) for v, d in zip(state["v"], delta)]
+        state["x"] = [x + lr * m / (np.sqrt(v) + tau) for x, m, v in zip(state["x"], state["m"], state["v"])]
+        return state["x"]
+    return run
+
+
+# ----------------------------------------------------------------------------- ours
+def stream_fn(c: Clients, pool, k: int, kind: str = "WeightedMean"):
+    """One aggregation of K clients with the streaming aggregator; results written into existing tensors."""
+    w = weights_for(k)
+    out = P.zeros_like(c.base)  # views of one buffer, touched: no page faults timed
+    clients = c.pick(pool, k)
+    if kind == "WeightedMean":
+        agg = WeightedMean(c.base)
+        adds = [(x,) for x in clients]
+    elif kind == "FisherMean":
+        agg = FisherMean(c.base)
+        fisher = c.pick(c.fisher if pool is c.flat else [[t.clone() for t in f] for f in c.fisher], k)
+        adds = list(zip(clients, fisher))
+    else:
+        agg = MaskedMean(c.base)
+        masks = c.pick(c.masks if pool is c.flat else [[t.clone() for t in m] for m in c.masks], k)
+        adds = list(zip(clients, masks))
 
     def aggregate():
         agg.reset()
-        for i in range(k):
-            agg.add(pool[i % len(pool)], weights[i])
-        return agg.result(out=out)
+        for a, wk in zip(adds, w):
+            agg.add(*a, weight=wk)
+        return agg.result(c.flat[0], out=out) if kind == "MaskedMean" else agg.result(out=out)
     return aggregate
 
 
+def fedadam_fn(c: Clients, flat: bool):
+    x = P.clone(c.base) if flat else [t.clone() for t in c.base]
+    avg = P.clone(c.flat[1]) if flat else c.separate[1]
+    opt = FedAdam(x, **FEDADAM)
+    return lambda: opt.step(x, avg)
+
+
+# ----------------------------------------------------------------------------- conditions
+def loadavg() -> dict:
+    """The 1-minute load average and the number of runnable threads right now (/proc/loadavg)."""
+    try:
+        with open("/proc/loadavg") as f:
+            fields = f.read().split()
+        return {"load1": float(fields[0]), "runnable": int(fields[3].split("/")[0])}
+    except OSError:
+        return {"load1": os.getloadavg()[0], "runnable": None}
+
+
+@contextlib.contextmanager
+def busy_loops(n: int, limit_s: float):
+    """``n`` busy-loop processes (pure Python, no memory traffic), each ending by itself after ``limit_s``
+    seconds; killed when the block ends."""
+    code = f"import time\nend = time.monotonic() + {float(limit_s)}\nwhile time.monotonic() < end:\n    pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+    try:
+        time.sleep(0.5)  # let them reach the loop
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def copy_floor(dst, src):
+    """``dst.copy_(src)`` with the thread count ours gets (``common.params.threads_for``): the bandwidth the
+    machine gives one copy right now, quiet or busy."""
+    with P.threads_for(src.numel(), src.device):
+        dst.copy_(src)
+
+
+def time_condition(args, c: Clients, device, condition: str) -> dict:
+    """Every method of every K, round-robin, under one condition; one row per (K, aggregator)."""
+    n_busy = (args.busy_loops or os.cpu_count() or 1) if condition == "busy" else 0
+    src, dst = P.flatten(c.base), torch.zeros(c.numel, device=device)
+    rows = []
+    before = loadavg()
+    with busy_loops(n_busy, args.busy_limit) if n_busy else contextlib.nullcontext():
+        during = loadavg()
+        for k in args.clients:
+            fns = {("WeightedMean", "anchor"): weighted_anchor_fn(args, c, k),
+                   ("WeightedMean", "flat"): stream_fn(c, c.flat, k),
+                   ("WeightedMean", "tensors"): stream_fn(c, c.separate, k)}
+            if "FisherMean" in args.aggregators:
+                fns |= {("FisherMean", "anchor"): fisher_anchor_fn(c, k),
+                        ("FisherMean", "flat"): stream_fn(c, c.flat, k, "FisherMean")}
+            if "MaskedMean" in args.aggregators:
+                fns |= {("MaskedMean", "anchor"): masked_anchor_fn(c, k),
+                        ("MaskedMean", "flat"): stream_fn(c, c.flat, k, "MaskedMean")}
+            if "FedAdam step" in args.aggregators and k == args.clients[0]:
+                fns |= {("FedAdam step", "anchor"): fedadam_anchor_fn(c),
+                        ("FedAdam step", "flat"): fedadam_fn(c, True),
+                        ("FedAdam step", "tensors"): fedadam_fn(c, False)}
+            fns[("copy", "floor")] = lambda: copy_floor(dst, src)
+            t = timeit_many(fns, warmup=args.warmup, repeats=args.repeats, device=device)
+            copy_ms = t.pop(("copy", "floor")).ms
+            for agg in dict.fromkeys(a for a, _ in t):
+                per_client, fixed = BYTES[agg]
+                kk = k if agg != "FedAdam step" else 0
+                floor_ms = copy_ms * (per_client * kk + fixed) / 8
+                row = {"condition": condition, "clients": kk, "aggregator": agg, "copy_ms": copy_ms,
+                       "floor_ms": floor_ms}
+                for method in ("anchor", "flat", "tensors"):
+                    if (agg, method) in t:
+                        row[method + "_ms"] = t[(agg, method)].ms
+                        row[method + "_all_ms"] = [1e3 * s for s in t[(agg, method)].times_s]
+                row["speedup"] = row["anchor_ms"] / row["flat_ms"]
+                row["vs_floor"] = row["flat_ms"] / floor_ms
+                if "tensors_ms" in row:
+                    row["tensors_speedup"] = row["anchor_ms"] / row["tensors_ms"]
+                rows.append(row)
+            print(f"[{condition}] K={k}: " + ", ".join(f"{a} {m} {v.ms:,.1f} ms" for (a, m), v in t.items())
+                  + f", copy_ {copy_ms:.1f} ms; load {loadavg()['load1']:.1f}", flush=True)
+    return {"name": condition, "busy_loops": n_busy, "load_before": before, "load_during": during,
+            "load_after": loadavg(), "rows": rows}
 
 
 def measure_memory(args, device) -> dict:
     """One aggregation in this (fresh) process; peak memory before and during it."""
-    names, base, pool = make_clients(args, device)
+    c = Clients(args, device)
     k = args.clients[0]
     reset_peak(device)
-    before = current_bytes(device)  # torch, the base and the client pool
-    fn = reference_fn(names, pool, k) if args.measure == "reference" else stream_fn(base, pool, k)
+    before = current_bytes(device)  # torch, the client pool (flat, separate, numpy views, Fisher, masks)
+    fn = weighted_anchor_fn(args, c, k) if args.measure == "anchor" else stream_fn(c, c.flat, k)
     result = fn()  # the aggregator's own buffers and temporaries count
     peak = peak_bytes(device)
     del result
     return {"method": args.measure, "clients": k, "before_bytes": before, "peak_bytes": peak}
 
 
+def targets(conditions: list[dict], memory: list[dict]) -> list[tuple[str, bool]]:
+    checks = []
+    for cond in conditions:
+        rows = cond["rows"]
+        wm = [r for r in rows if r["aggregator"] == "WeightedMean"]
+        if cond["name"] == "quiet":
+            checks.append(("quiet: WeightedMean >= 2.5x the anchor at every K", min(r["speedup"] for r in wm) >= 2.5))
+            checks.append(("quiet: WeightedMean within 1.3x of the copy floor", max(r["vs_floor"] for r in wm) <= 1.3))
+        else:
+            checks.append(("busy: every aggregator and the server step >= 1x its anchor",
+                           min(r["speedup"] for r in rows) >= 1.0))
+            checks.append(("busy: WeightedMean of separate tensors >= 1x the anchor",
+                           min(r["tensors_speedup"] for r in wm) >= 1.0))
+    peaks = [m["peak_bytes"] for m in memory if m["method"] == "stream"]
+    if len(peaks) > 1:
+        checks.append(("peak memory K=max within 10% of K=min", abs(peaks[-1] / peaks[0] - 1) <= 0.10))
+    return checks
+
+
+def print_table(summary: dict) -> None:
+    anchor = summary["anchor"]
+    rows = []
+    for cond in summary["conditions"]:
+        where = (f"{cond['name']}, {summary['threads']} threads"
+                 + (f", {cond['busy_loops']} busy loops" if cond["busy_loops"] else "")
+                 + f" (load {cond['load_during']['load1']:.1f}, runnable {cond['load_during']['runnable']})")
+        for r in cond["rows"]:
+            rows.append([where, r["clients"] or "-", r["aggregator"], f"{r['anchor_ms']:,.1f}", f"{r['flat_ms']:,.1f}",
+                         f"{r['speedup']:.2f}x", f"{r['vs_floor']:.2f}x",
+                         f"{r['tensors_ms']:,.1f} ({r['tensors_speedup']:.2f}x)" if "tensors_ms" in r else "-"])
+    print()
+    print(f"anchor: {anchor}; ours: flat uploads (one op per client); copy floor: copy_ of the bytes moved")
+    print(markdown_table(["setting", "K", "aggregator", "anchor ms", "ours ms", "speedup", "vs copy floor",
+                          "ours, separate tensors ms (speedup)"], rows))
+
+
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     device = cli.resolve_device(args.device)
-    cli.check(args.pool >= 1 and args.repeats >= 1 and min(args.clients) >= 1,
-              "--pool, --repeats and --clients must be >= 1")
+    cli.check(args.pool >= 1 and args.repeats >= 1 and min(args.clients) >= 1 and args.busy_loops >= 0,
+              "--pool, --repeats and --clients must be >= 1, --busy-loops >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.measure:
@@ -132,66 +382,33 @@ def main(argv=None) -> dict:
         print(json.dumps(summary))
         return summary
 
-    names, base, pool = make_clients(args, device)
-    numel, size = P.numel(base), P.numel(base) * 4
-    separate_pool = [[t.clone() for t in c] for c in pool]
-    src, dst = P.flatten(base), torch.zeros(numel, device=device)
-    print(f"{len(base)} tensors, {numel / 1e6:.2f}M parameters ({mib(size)} MiB fp32), device {device}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
-
-    rows, results = [], []
-    for k in args.clients:
-        # copy_ is timed in the same round-robin, so the bandwidth it sets is measured under the same load
-        fns = {"reference": reference_fn(names, separate_pool, k), "stream": stream_fn(base, pool, k),
-               "stream-tensors": stream_fn(base, separate_pool, k), "copy_": lambda: dst.copy_(src)}
-        timings = timeit_many(fns, warmup=args.warmup, repeats=args.repeats, device=device)
-        copy_gbs = 8 * numel / timings.pop("copy_").median_s / 1e9  # read + write
-        moved = (12 * k + 12) * numel  # bytes (b) must read + write, see the docstring
-        for method, t in timings.items():
-            gbs = moved / t.median_s / 1e9 if method != "reference" else None
-            speedup = timings["reference"].median_s / t.median_s
-            results.append({"clients": k, "method": method, "ms": t.ms, "min_ms": 1e3 * t.min_s, "gb_s": gbs,
-                            "copy_gb_s": copy_gbs, "copy_fraction": gbs / copy_gbs if gbs else None,
-                            "speedup": speedup})
-            rows.append([k, method, f"{t.ms:,.1f}", f"{speedup:.2f}x", f"{gbs:.1f}" if gbs else "-",
-                         f"{copy_gbs:.1f}", f"{100 * gbs / copy_gbs:.0f}%" if gbs else "-"])
-        print(f"K={k}: " + ", ".join(f"{m} {t.ms:,.1f} ms" for m, t in timings.items())
-              + f", copy_ {copy_gbs:.1f} GB/s", flush=True)
-    print()
-    print(markdown_table(["K", "method", "ms / aggregation", "speedup vs (a)", "GB/s", "copy_ GB/s", "of copy_"],
-                         rows))
+    c = Clients(args, device)
+    print(f"{len(c.base)} tensors, {c.numel / 1e6:.2f}M parameters ({mib(4 * c.numel)} MiB fp32), device {device}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, anchor {anchor_name(args)}, "
+          f"load average {loadavg()['load1']:.1f}", flush=True)
+    conditions = [time_condition(args, c, device, cond) for cond in args.conditions]
 
     memory = []
     if not args.no_memory:
         script = os.path.abspath(__file__)
         mem_rows = []
-        for method in ("reference", "stream"):
+        for method in ("anchor", "stream"):
             for k in args.clients:
-                flags = ["--measure", method, "--clients", str(k), "--device", str(device), "--pool", str(args.pool)]
-                flags += ["--quick"] * args.quick + ["--threads", str(args.threads)]
+                flags = ["--measure", method, "--clients", str(k), "--device", str(device), "--pool", str(args.pool),
+                         "--anchor", args.anchor, "--threads", str(args.threads)] + ["--quick"] * args.quick
                 m = run_isolated([script, *flags])
                 memory.append(m)
-                held = k * size if method == "reference" else size  # client states a real run holds
-                mem_rows.append([k, method, mib(m["peak_bytes"]), mib(m["peak_bytes"] - m["before_bytes"]),
-                                 mib(held)])
+                mem_rows.append([k, method, mib(m["peak_bytes"]), mib(m["peak_bytes"] - m["before_bytes"])])
         print()
-        print(markdown_table(["K", "method", "peak MiB", "of which aggregation MiB",
-                              "client states a real run holds MiB"], mem_rows))
-        for method in ("reference", "stream"):
-            peaks = [m["peak_bytes"] for m in memory if m["method"] == method]
-            print(f"{method}: peak at K={args.clients[-1]} is {peaks[-1] / peaks[0]:.3f}x the peak at "
-                  f"K={args.clients[0]}")
+        print(markdown_table(["K", "method", "peak MiB", "of which aggregation MiB"], mem_rows))
 
-    stream = [r for r in results if r["method"] == "stream"]
-    checks = [(">= 2x faster than (a)", min(r["speedup"] for r in stream) >= 2),
-              (">= 50% of copy_ bandwidth", min(r["copy_fraction"] for r in stream) >= 0.5)]
-    if memory:
-        peaks = [m["peak_bytes"] for m in memory if m["method"] == "stream"]
-        checks.append(("peak memory K=max within 10% of K=min", abs(peaks[-1] / peaks[0] - 1) <= 0.10))
-    print("\ntargets for (b) stream: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
-    summary = {"numel": numel, "tensors": len(base), "timings": results, "memory": memory,
-               "targets_met": all(ok for _, ok in checks), "device": str(device),
-               "threads": torch.get_num_threads(), "quick": args.quick}
+    checks = targets(conditions, memory)
+    summary = {"numel": c.numel, "tensors": len(c.base), "anchor": anchor_name(args), "conditions": conditions,
+               "memory": memory, "targets": [{"name": n, "met": ok} for n, ok in checks],
+               "targets_met": all(ok for _, ok in checks), "device": str(device), "threads": torch.get_num_threads(),
+               "cores": os.cpu_count(), "quick": args.quick}
+    print_table(summary)
+    print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)

@@ -24,7 +24,6 @@ returns tensors in the dtypes of ``like``. Shapes: ``like`` and every client lis
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
@@ -39,10 +38,9 @@ as_flat = P.as_flat  # the 1-D view a list of tensors tiles, or None (kept here 
 
 
 def _per_tensor_threads(tensors: Sequence[torch.Tensor]):
-    """The thread count for a Python loop of per-tensor ops: one thread when every tensor is below
-    ``common.params.PARALLEL_MIN_NUMEL`` (see ``common.params.foreach``), else unchanged."""
-    small = all(t.numel() < P.PARALLEL_MIN_NUMEL for t in tensors if t is not None)
-    return P.num_threads(1) if small and tensors and tensors[0].device.type == "cpu" else contextlib.nullcontext()
+    """Threads for a Python loop of per-tensor ops: ``common.params.threads_for`` the largest tensor (one
+    thread when all are small or the machine is busy)."""
+    return P.threads_for(max(t.numel() for t in tensors), tensors[0].device)
 
 
 class _Streaming:
@@ -78,8 +76,13 @@ class _Streaming:
         return list(self._flats)
 
     def reset(self) -> None:
-        for f in self._flats:
-            f.zero_()
+        with self._threads():
+            for f in self._flats:
+                f.zero_()
+
+    def _threads(self):
+        """Threads for one op on the flat buffers (``common.params.threads_for``: one when the machine is busy)."""
+        return P.threads_for(self.numel, self.device)
 
     def state_dict(self) -> dict:
         return {"kind": type(self).__name__, "numel": self.numel, "buffers": [f.clone() for f in self._flats]}
@@ -122,7 +125,8 @@ class WeightedMean(_Streaming):
         tensors = self._check(tensors)
         flat = as_flat(tensors)
         if flat is not None:
-            self._flats[0][:self.numel].add_(flat, alpha=weight)
+            with self._threads():
+                self._flats[0][:self.numel].add_(flat, alpha=weight)
         else:
             P.foreach(torch._foreach_add_, self._views[0], tensors, alpha=weight)
         self._flats[0][-1] += weight
@@ -130,7 +134,8 @@ class WeightedMean(_Streaming):
     @torch.no_grad()
     def add_flat(self, flat: torch.Tensor, weight: float = 1.0) -> None:
         """Same as ``add`` for a client given as one 1-D buffer (``common.params.flatten``): one fused op."""
-        self._flats[0][:self.numel].add_(flat, alpha=weight)
+        with self._threads():
+            self._flats[0][:self.numel].add_(flat, alpha=weight)
         self._flats[0][-1] += weight
 
     @torch.no_grad()
@@ -140,7 +145,8 @@ class WeightedMean(_Streaming):
         out = self._out(out)
         flat_out = as_flat(out)
         if flat_out is not None and flat_out.numel() == self.numel:
-            torch.mul(self._flats[0][:self.numel], scale, out=flat_out)
+            with self._threads():
+                torch.mul(self._flats[0][:self.numel], scale, out=flat_out)
         else:
             with _per_tensor_threads(out):
                 for o, s in zip(out, self._views[0]):
@@ -191,18 +197,23 @@ class FisherMean(_Streaming):
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
         total = self._total()
         num, den, tot = self._flats[0][:self.numel], self._flats[1], self._flats[2]
-        mean = tot / total
-        eps = self.eps * float(den.mean())
-        if not eps > 0:  # no client carries any Fisher information: FedAvg everywhere
-            flat = mean
+        eps = self.eps * float(den.mean())  # a reduction: left to torch's threads (its sum order may depend on them)
+        with self._threads():
+            mean = tot / total
+            if not eps > 0:  # no client carries any Fisher information: FedAvg everywhere
+                flat = mean
+            else:
+                flat = torch.where(den > 0, (num + eps * mean) / (den + eps), mean)
+        if not eps > 0:
             self.eps_share = 1.0
         else:
-            flat = torch.where(den > 0, (num + eps * mean) / (den + eps), mean)
-            self.eps_share = float((den <= eps).sum()) / self.numel
+            with self._threads():  # an integer count: exact whatever the threads
+                self.eps_share = float((den <= eps).sum()) / self.numel
         out = self._out(out)
         flat_out = as_flat(out)
         if flat_out is not None and flat_out.numel() == self.numel:
-            flat_out.copy_(flat)
+            with self._threads():
+                flat_out.copy_(flat)
         else:
             P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
         return out
@@ -225,19 +236,38 @@ class MaskedMean(_Streaming):
         dense = [i for i, m in enumerate(masks) if m is None]
         flat_t = as_flat(tensors)
         flat_m = as_flat(masks) if not dense else None
-        if flat_t is not None and flat_m is not None:  # one op per quantity
-            num, cnt, tensors, masks, masked = [self._flats[0][:self.numel]], [self._flats[1]], [flat_t], [flat_m], [0]
+        if flat_t is not None and flat_m is not None:  # one pass over the flat buffers
+            pairs = [(self._flats[0][:self.numel], self._flats[1], flat_t, flat_m)]
         else:
             num, cnt = self._views
-            masked = [i for i, m in enumerate(masks) if m is not None]
-        if masked:
-            P.foreach(torch._foreach_addcmul_, [num[i] for i in masked], [masks[i] for i in masked],
-                      [tensors[i] for i in masked], value=weight)
-            P.foreach(torch._foreach_add_, [cnt[i] for i in masked], [masks[i] for i in masked], alpha=weight)
+            pairs = [(num[i], cnt[i], tensors[i], masks[i]) for i in range(len(masks)) if masks[i] is not None]
+        with self._threads():
+            for num, cnt, t, m in pairs:
+                self._add_masked(num.view(-1), cnt.view(-1), t.reshape(-1), m.reshape(-1), weight)
         if dense:
+            num, cnt = self._views
             P.foreach(torch._foreach_add_, [num[i] for i in dense], [tensors[i] for i in dense], alpha=weight)
             P.foreach(torch._foreach_add_, [cnt[i] for i in dense], scalar=weight)
         self._flats[0][-1] += weight
+
+    _CHUNK = 1 << 18
+
+    def _add_masked(self, num, cnt, t, m, weight) -> None:
+        """num += w m t; cnt += w m over 1-D views. A non-float mask (bool) is first cast into a small float
+        scratch chunk that stays in cache: ops mixing a bool and a float tensor take torch's slow casting
+        loop (measured 3x slower); the values are the same (m is 0 or 1 either way)."""
+        if m.dtype == num.dtype:
+            num.addcmul_(m, t, value=weight)
+            cnt.add_(m, alpha=weight)
+            return
+        if getattr(self, "_scratch", None) is None:
+            self._scratch = torch.empty(min(self._CHUNK, self.numel), dtype=self.acc_dtype, device=self.device)
+        for lo in range(0, m.numel(), self._CHUNK):
+            hi = min(m.numel(), lo + self._CHUNK)
+            s = self._scratch[:hi - lo]
+            s.copy_(m[lo:hi])
+            num[lo:hi].addcmul_(s, t[lo:hi], value=weight)
+            cnt[lo:hi].add_(s, alpha=weight)
 
     @torch.no_grad()
     def result(self, fallback: Sequence[torch.Tensor], out: Sequence[torch.Tensor] | None = None) -> Tensors:
@@ -248,7 +278,8 @@ class MaskedMean(_Streaming):
         flat_out, flat_fb = as_flat(out), as_flat(fallback)
         if flat_out is not None and flat_fb is not None and flat_out.numel() == self.numel:  # one op per step
             num, cnt = self._flats[0][:self.numel], self._flats[1]
-            flat_out.copy_(torch.where(cnt > 0, num / cnt.clamp_min(tiny), flat_fb))
+            with self._threads():
+                flat_out.copy_(torch.where(cnt > 0, num / cnt.clamp_min(tiny), flat_fb))
             return out
         with _per_tensor_threads(out):
             for o, num, cnt, fb in zip(out, *self._views, fallback):
