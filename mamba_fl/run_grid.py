@@ -14,7 +14,7 @@ Design (every number is a flag):
   and, on 1 layer / contiguous shards, FedAvg with the other client optimizers (fresh AdamW per round,
   plain SGD) and with 8 local steps per round;
 * compute matched: every federated arm takes rounds x clients x local steps optimizer steps of
-  ``--batch-size`` blocks in all (4 x 200 x 1 = 800 steps of 8 blocks = 6400 training sequences); the
+  ``--batch-size`` blocks in all (4 x 100 x 1 = 400 steps of 16 blocks = 6400 training sequences); the
   central run takes exactly that many steps of the same batch size (the 8-local-step arm runs rounds / 8);
 * 3 seeds; final validation perplexity on all validation blocks, mean ± sample sd, and each arm's paired
   difference to FedAvg (same seed) with a 95% t interval (``common.stats``).
@@ -54,17 +54,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = cli.ArgumentParser(description="mamba_fl results grid (runs, table, figures)", add_help=add_help)
     p.add_argument("--out-dir", default="runs/mamba_grid", help="folder of the run directories and results.md")
     p.add_argument("--figures", default="mamba_fl/figures", help="folder for the figures and a copy of results.md")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--jobs", type=int, default=3, help="runs at a time (one thread each)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every arm")
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2], choices=(1, 2, 4), help="model depths")
     p.add_argument("--shards", nargs="+", default=["contiguous", "topic"], choices=("contiguous", "iid", "topic"),
                    help="client splits of the synthetic data")
     p.add_argument("--clients", type=int, default=4, help="clients (all take part every round)")
-    p.add_argument("--rounds", type=int, default=200, help="rounds of the 1-local-step arms")
-    p.add_argument("--batch-size", type=int, default=8, help="blocks per optimizer step, clients and central")
+    p.add_argument("--rounds", type=int, default=100, help="rounds of the 1-local-step arms")
+    p.add_argument("--batch-size", type=int, default=16, help="blocks per optimizer step, clients and central")
     p.add_argument("--lr", type=float, default=1e-2, help="AdamW learning rate (clients and central)")
     p.add_argument("--sgd-lr", type=float, default=1.0, help="learning rate of the plain-SGD FedAvg arm")
-    p.add_argument("--eval-every", type=int, default=25, help="rounds between evaluations")
+    p.add_argument("--eval-every", type=int, default=10, help="rounds between evaluations")
     p.add_argument("--temperature", type=float, default=0.1, help="FedEntropy temperature T")
     p.add_argument("--fisher-samples", type=int, default=4, help="blocks per client for FedFisher's Fisher")
     p.add_argument("--no-variants", action="store_true", help="skip the FedAvg client-optimizer/local-step rows")
@@ -149,11 +149,13 @@ def main(argv=None) -> dict:
     cli.check(args.jobs >= 1 and args.rounds >= 8 and args.clients >= 2, "--jobs >= 1, --rounds >= 8, --clients >= 2")
     out = Path(args.out_dir)
     t0 = time.time()
-    arms = ["central", *FEDERATED_ARMS]
-    runs = plan(args, [], "synthetic", arms, args.layers, args.shards)
+    arms, first = ["central", *FEDERATED_ARMS], min(args.layers)
+    # in order of priority, so an interrupted grid has whole blocks: the shallowest model first, then the
+    # FedAvg variants, the real text, and the deeper models last
+    failed = execute(plan(args, [], "synthetic", arms, [first], args.shards), out, args.jobs, args.dry_run)
     if not args.no_variants:
-        runs += plan(args, [], "synthetic", list(VARIANTS), [min(args.layers)], [args.shards[0]])
-    failed = execute(runs, out, args.jobs, args.dry_run)
+        failed += execute(plan(args, [], "synthetic", list(VARIANTS), [first], [args.shards[0]]), out, args.jobs,
+                          args.dry_run)
 
     from plots import plot_mamba
 
@@ -168,6 +170,9 @@ def main(argv=None) -> dict:
         real_arms = ["central", "fedavg"] + ([best] if best else [])
         failed += execute(plan(args, ["--data-dir", str(real_dir)], "real", real_arms, [min(args.layers)],
                                ["contiguous"]), out, args.jobs, args.dry_run)
+    deeper = [L for L in args.layers if L != first]
+    if deeper:
+        failed += execute(plan(args, [], "synthetic", arms, deeper, args.shards), out, args.jobs, args.dry_run)
     if args.dry_run:
         return {}
     minutes = (time.time() - t0) / 60

@@ -23,12 +23,15 @@ from mamba_fl.lmdata import _HEADING, SPLIT_FILES
 def articles(lines: list[str]) -> list[list[str]]:
     """Lines grouped into articles, each starting at a top-level heading (text before the first heading is
     kept with the first article)."""
-    out: list[list[str]] = []
+    out: list[list[str]] = [[]]
+    seen_heading = False
     for line in lines:
-        if _HEADING.match(line.rstrip("\n")) or not out:
-            out.append([])
+        if _HEADING.match(line.rstrip("\n")):
+            if seen_heading:
+                out.append([])
+            seen_heading = True
         out[-1].append(line)
-    return out
+    return out if out[0] else []
 
 
 def split(raw: str, valid_fraction: float) -> tuple[str, str, int, int]:

@@ -173,7 +173,7 @@ def plateau(run: dict) -> bool | None:
     if xs.size < 3 or not np.isfinite(ys[-1]):
         return None
     i = int(np.searchsorted(xs, 0.8 * xs[-1]))
-    return abs(ys[min(i, xs.size - 2)] - ys[-1]) / ys[-1] < PLATEAU
+    return bool(abs(ys[min(i, xs.size - 2)] - ys[-1]) / ys[-1] < PLATEAU)
 
 
 def _cell(runs, key="final_val_ppl", digits=1) -> str:

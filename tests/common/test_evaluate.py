@@ -283,3 +283,13 @@ def test_glue_metrics_per_task():
     assert set(ev.glue_metrics("stsb", [0.1, 2.0, 3.5], [0.0, 2.5, 3.0])) == {"pearson", "spearman"}
     with pytest.raises(ValueError, match="unknown GLUE task"):
         ev.glue_metrics("squad", pred, target)
+
+
+def test_unigram_reference_against_hand_counts():
+    train = torch.tensor([[0, 1, 1, 2], [2, 2, -100, -100]])   # counts 1, 2, 3, 0 over a vocabulary of 4
+    valid = torch.tensor([[3, 1, 2, 0], [1, 2, -100, -100]])   # scored targets: 1, 2, 0 and 2 (t >= 1)
+    ref = ev.unigram_perplexity(train, valid, vocab_size=4)     # add-one: p = (2, 3, 4, 1) / 10
+    p = {0: 0.2, 1: 0.3, 2: 0.4}
+    loss = -(math.log(p[1]) + math.log(p[2]) + math.log(p[0]) + math.log(p[2])) / 4
+    assert ref["tokens"] == 4 and ref["uniform_ppl"] == 4.0
+    assert ref["unigram_loss"] == pytest.approx(loss) and ref["unigram_ppl"] == pytest.approx(math.exp(loss))

@@ -24,6 +24,10 @@ def _check_run(out_dir, prefix: str, summary: dict) -> dict:
     assert summary["final_val_ppl"] > summary["optimal_ppl_word"]  # a few steps are far from the optimum
     assert summary["best_val_ppl"] <= summary["final_val_ppl"]
     assert summary["optimal_ppl_word"] is not None and 1 < summary["optimal_ppl_word"] < 100
+    # reference points: uniform = vocabulary size, unigram between the optimum and uniform
+    assert summary["uniform_ppl"] == summary["vocab_size"]
+    assert summary["optimal_ppl_word"] < summary["unigram_ppl_word"] < summary["uniform_ppl_word"]
+    assert 1 < summary["unigram_ppl"] < summary["uniform_ppl"]
     meta = json.loads((run / "args.json").read_text())
     assert meta["args"]["kernel_path"] == "torch"  # CPU: the PyTorch reference path
     assert meta["args"]["config"] == "pure_ssm_1_layer"
@@ -85,3 +89,22 @@ def test_bad_inputs_fail_in_one_line(tiny, tmp_path, capsys):
     assert "wiki.valid.raw" in _fails(fed_fisher.main, tiny("--data-dir", str(empty)), capsys)
     assert "above the" in _fails(fed_entropy.main, tiny("--sequence-length", "1000000"), capsys)
     assert "--temperature" in _fails(fed_entropy.main, tiny("--temperature", "0"), capsys)
+
+
+def test_split_wikitext_cuts_at_article_headings(tmp_path, capsys):
+    from mamba_fl import split_wikitext
+
+    arts = [f" = Article {i} = \n\n = = Section = = \n\n Text of article {i} .\n\n" for i in range(10)]
+    raw = tmp_path / "wiki.test.raw"
+    raw.write_text("\n" + "".join(arts), encoding="utf-8")
+    info = split_wikitext.main(["--raw", str(raw), "--out-dir", str(tmp_path / "split"), "--valid-fraction", "0.2"])
+    train = (tmp_path / "split" / "wiki.train.raw").read_text(encoding="utf-8")
+    valid = (tmp_path / "split" / "wiki.valid.raw").read_text(encoding="utf-8")
+    assert (info["train_articles"], info["valid_articles"]) == (8, 2)
+    assert train + valid == raw.read_text(encoding="utf-8")  # nothing lost, nothing reordered
+    assert valid.startswith(" = Article 8 = ") and "Article 7 " in train and "Article 8" not in train
+    with pytest.raises(cli.UsageError, match="--overwrite"):  # an existing split is never replaced silently
+        split_wikitext.main(["--raw", str(raw), "--out-dir", str(tmp_path / "split")])
+    (tmp_path / "one.raw").write_text(arts[0], encoding="utf-8")
+    with pytest.raises(cli.UsageError, match="at least 2"):
+        split_wikitext.main(["--raw", str(tmp_path / "one.raw"), "--out-dir", str(tmp_path / "x")])
