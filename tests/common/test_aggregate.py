@@ -207,3 +207,61 @@ def test_entropy_weights_softmax_and_stability():
         A.entropy_weights([1.0], temperature=0)
     with pytest.raises(ValueError):
         A.entropy_weights([float("nan")])
+
+
+# ----------------------------------------------------------------------------- bit-equality of the fast paths
+def _previous_implementation(kind, cs, extra, w, fallback=None):
+    """The aggregators as they were before the flat / thread-count / chunked paths: per-tensor foreach ops
+    into per-tensor float32 sums, the same formulas. The new code must give the same bits."""
+    shapes = [t.shape for t in cs[0]]
+    z = lambda: [torch.zeros(s) for s in shapes]
+    num, den, tot = z(), z(), z()
+    for k, c in enumerate(cs):
+        if kind == "weighted":
+            torch._foreach_add_(num, c, alpha=w[k])
+        elif kind == "fisher":
+            torch._foreach_addcmul_(num, extra[k], c, value=w[k])
+            torch._foreach_add_(den, extra[k], alpha=w[k])
+            torch._foreach_add_(tot, c, alpha=w[k])
+        else:
+            torch._foreach_addcmul_(num, extra[k], c, value=w[k])
+            torch._foreach_add_(den, extra[k], alpha=w[k])
+    total = sum(w)
+    if kind == "weighted":
+        return [torch.mul(s, 1.0 / total) for s in num]
+    if kind == "masked":
+        tiny = torch.finfo(torch.float32).tiny
+        return [torch.where(d > 0, n / d.clamp_min(tiny), f) for n, d, f in zip(num, den, fallback)]
+    flat_num, flat_den, flat_tot = (torch.cat([t.reshape(-1) for t in x]) for x in (num, den, tot))
+    mean = flat_tot / total
+    eps = 1e-6 * float(flat_den.mean())
+    return P.unflatten(torch.where(flat_den > 0, (flat_num + eps * mean) / (flat_den + eps), mean), cs[0])
+
+
+@pytest.mark.parametrize("busy", [False, True])
+@pytest.mark.parametrize("kind", ["weighted", "fisher", "masked"])
+def test_flat_separate_busy_or_quiet_all_bit_equal_to_the_previous_implementation(monkeypatch, kind, busy):
+    """Clients as separate tensors or tiling one buffer, one thread (busy machine) or every thread: the same
+    bits as the previous per-tensor implementation. The model spans several 256K-element pieces, so
+    MaskedMean's bool-mask cast goes through its chunked scratch buffer."""
+    monkeypatch.setattr(P, "machine_busy", lambda: busy)
+    g = torch.Generator().manual_seed(3)
+    shapes = [(400, 700), (90_000,), (5, 3), (1,)]  # 370K elements
+    cs = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+    w = [1.0, 2.5, 0.75]
+    if kind == "fisher":
+        extra = [[torch.rand(s, generator=g) ** 3 for s in shapes] for _ in cs]
+        extra[0][2].zero_()
+    else:
+        extra = [[torch.rand(s, generator=g) < 0.5 for s in shapes] for _ in cs]
+    fallback = [torch.randn(s, generator=g) for s in shapes]
+    ref = _previous_implementation(kind, cs, extra, w, fallback)
+    make = {"weighted": A.WeightedMean, "fisher": A.FisherMean, "masked": A.MaskedMean}[kind]
+    for flat in (False, True):
+        agg = make(cs[0])
+        for k, c in enumerate(cs):
+            args = (c,) if kind == "weighted" else (c, extra[k])
+            agg.add(*(as_views(a) if flat else a for a in args), weight=w[k])
+        for out in (None, as_views(P.zeros_like(cs[0])), [torch.empty(s) for s in shapes]):
+            res = agg.result(fallback, out=out) if kind == "masked" else agg.result(out=out)
+            assert all(torch.equal(r, x) for r, x in zip(res, ref)), (flat, out is None)

@@ -100,3 +100,73 @@ def test_flatten_unflatten_round_trip_shares_storage():
     assert P.flatten(a, dtype=torch.float64).dtype == torch.float64
     with pytest.raises(ValueError, match="flat buffer"):
         P.unflatten(torch.zeros(P.numel(a) + 1), a)
+
+
+# ----------------------------------------------------------------------------- flat lists and thread counts
+def _big(seed, sizes=((300, 500), (70_000,), (1000, 90), (3,))):
+    """Tensors whose total (about 310K elements) spans several CHUNK_NUMEL pieces; one above PARALLEL_MIN_NUMEL."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g) for s in sizes]
+
+
+def test_clone_and_zeros_tile_one_buffer_and_foreach_takes_the_flat_path():
+    a = _tensors(5)
+    c, z = P.clone(a), P.zeros_like(a)
+    assert P.as_flat(c) is not None and P.as_flat(z) is not None and P.as_flat(a) is None
+    assert P.as_flat(P.clone([a[0], a[1].double()])) is None  # mixed dtypes: separate tensors
+    b = _tensors(6)
+    for flat_a, flat_b in ((a, b), (P.clone(a), P.clone(b)), (P.clone(a), b)):  # flat, separate or mixed
+        out = P.foreach(torch._foreach_sub, flat_a, flat_b)
+        assert all(torch.equal(o, x - y) for o, x, y in zip(out, a, b))
+    flat_out = P.foreach(torch._foreach_mul, P.clone(a), P.clone(b))
+    assert P.as_flat(flat_out) is not None  # an out-of-place result of flat lists is flat too
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_foreach_results_do_not_depend_on_the_thread_choice(monkeypatch, busy):
+    """Flat or separate, quiet or busy machine (one thread or every thread): the same bits; the thread count
+    is restored afterwards."""
+    monkeypatch.setattr(P, "machine_busy", lambda: busy)
+    a, b = _big(1), _big(2)
+    threads = torch.get_num_threads()
+    ref = [x.add(y, alpha=0.3) for x, y in zip(a, b)]  # per tensor, torch default threads
+    for dst, src in ((P.clone(a), b), ([t.clone() for t in a], b), (P.clone(a), P.clone(b))):
+        P.foreach(torch._foreach_add_, dst, src, alpha=0.3)
+        assert all(torch.equal(d, r) for d, r in zip(dst, ref))
+    assert torch.get_num_threads() == threads
+    assert P.op_threads(10) == 1
+    assert P.op_threads(P.PARALLEL_MIN_NUMEL) == (1 if busy else threads)
+
+
+def test_chunked_apply_equals_whole_list_ops_bit_for_bit():
+    a, b = _big(3), _big(4)
+
+    def body(fe, x, y):
+        d = fe(torch._foreach_sub, y, x)
+        fe(torch._foreach_lerp_, x, fe(torch._foreach_mul, d, d), weight=0.3)
+        fe(torch._foreach_addcdiv_, x, y, fe(torch._foreach_add, fe(torch._foreach_sqrt, fe(torch._foreach_abs, y)),
+                                            scalar=1e-3), value=0.1)
+    whole, pieces = [t.clone() for t in a], P.clone(a)
+    P.chunked_apply(body, whole, b)
+    P.chunked_apply(body, pieces, P.clone(b), chunk=1000)  # 310 pieces
+    assert all(torch.equal(x, y) for x, y in zip(whole, pieces))
+
+
+def test_flat_parameters_keeps_values_objects_and_training():
+    torch.manual_seed(0)
+    model = TiedLM()
+    before = [p.detach().clone() for p in P.trainable(model)]
+    ids = [id(p) for p in P.trainable(model)]
+    out_before = model(torch.tensor([[1, 2, 3]]))
+    ps = P.flat_parameters_(model)
+    assert [id(p) for p in ps] == ids and P.as_flat(ps) is not None
+    assert model.head.weight is model.emb.weight  # the tie survives
+    assert all(torch.equal(p, b) for p, b in zip(ps, before))
+    torch.testing.assert_close(model(torch.tensor([[1, 2, 3]])), out_before, rtol=0, atol=0)
+    opt = torch.optim.AdamW(ps, lr=0.1)
+    model(torch.tensor([[1, 2, 3]])).sum().backward()
+    opt.step()
+    assert P.as_flat(P.trainable(model)) is not None  # the optimizer updates the views in place
+    assert not torch.equal(ps[0], before[0])
+    assert P.flat_parameters_(model) == ps  # already flat: a no-op
+    assert isinstance(P.machine_busy(), bool)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from tensorcases import SHAPES, clients, close
 
+from common import params as P
 from common import server_opt as O
 
 
@@ -84,3 +85,23 @@ def test_server_optimizer_state_round_trip_and_errors():
     with pytest.raises(ValueError, match="form"):
         O.make_server_optimizer("fedavgm", like, form="nesterov")
 
+
+
+@pytest.mark.parametrize("name,kwargs", [("fedavg", {"lr": 0.7}), ("fedavgm", {"form": "heavy-ball"}),
+                                         ("fedavgm", {"form": "ema"}), ("fedadam", {"bias_correction": True})])
+def test_flat_chunked_step_is_bit_equal_to_the_per_tensor_step(name, kwargs):
+    """Parameters, average and state tiling one buffer take the chunked path (several cache-sized pieces
+    here); separate tensors the per-tensor one: the same bits after a few steps."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(300, 400), (50_000,), (7,)]  # 170K elements: three CHUNK_NUMEL pieces
+    x0 = [torch.randn(s, generator=g) for s in shapes]
+    avgs = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+    flat, sep = P.clone(x0), [t.clone() for t in x0]
+    assert P.as_flat(flat) is not None and P.as_flat(sep) is None
+    opt_flat = O.make_server_optimizer(name, flat, **kwargs)
+    opt_sep = O.make_server_optimizer(name, sep, **kwargs)
+    opt_sep.buffers = [[t.clone() for t in b] for b in opt_sep.buffers]  # separate state tensors too
+    for a in avgs:
+        opt_flat.step(flat, P.clone(a))
+        opt_sep.step(sep, a)
+    assert all(torch.equal(x, y) for x, y in zip(flat, sep))
