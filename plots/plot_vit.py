@@ -1,13 +1,17 @@
 """Figures of the vit_sparse_fl runs, read from their run directories (this script never trains).
 
-    python plots/plot_vit.py --runs-dir runs/vit_quick --out runs/vit_quick/figures
+    python plots/plot_vit.py --runs-dir runs/vit_suite --out runs/vit_suite/figures
 
-vit_accuracy_vs_rounds.png   validation accuracy vs local steps (rounds x J): FedAvg (left), sparse (right)
-vit_accuracy_vs_nc.png       test accuracy vs classes per client Nc (IID as a reference line)
+vit_accuracy_vs_rounds.png   validation accuracy vs sample gradients: FedAvg settings (left), the mask strategies
+                             on Nc = 2 shards at the first sparsity (right)
+vit_accuracy_vs_nc.png       test accuracy vs classes per client Nc (IID and centralized as reference lines)
 vit_accuracy_vs_j.png        test accuracy vs local steps J at a fixed rounds x J budget
-vit_strategies.png           test accuracy per mask strategy (bars: mean, error bars: std over seeds)
-vit_mask_density.png         share of trainable coordinates per layer for each strategy
-Curves and bars are means over seeds; bands and error bars are the standard deviation.
+vit_strategies.png           per mask strategy and sparsity: test accuracy (top) and interference (bottom),
+                             IID (left) and Nc = 2 (right) shards, dense FedAvg as a dashed line
+vit_mask_density.png         share of trainable coordinates per layer for each strategy (seed 0)
+Curves, points and bars are means over seeds; bands and error bars are the sample sd (ddof=1); legends
+give n. Chance accuracy is drawn as a dotted line. FedAvg runs from random initialisation (--weights none)
+appear only as their own curve.
 """
 from __future__ import annotations
 
@@ -22,29 +26,24 @@ from plots import runs as R
 
 FED, SPARSE, CENTRAL = "vit_sparse_fl/train_federated", "vit_sparse_fl/train_federated_sparse", \
     "vit_sparse_fl/train_centralized"
+BASE_J = 4
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
-    parser.add_argument("--runs-dir", default="runs/vit_all", help="folder holding the run directories")
+    parser.add_argument("--runs-dir", default="runs/vit_suite", help="folder holding the run directories")
     parser.add_argument("--out", default=None, help="folder for the figures (default <runs-dir>/figures)")
     parser.add_argument("--pdf", action="store_true", help="also write PDF files")
     return parser
 
 
-def setting(run: dict) -> str:
+def shard(run: dict) -> str:
     a = run["args"]
-    shard = "IID" if a.get("sharding") == "iid" else f"Nc={a.get('nc')}"
-    if run["meta"].get("script") == SPARSE:
-        return f"{a['mask_strategy']} ({shard})"
-    return f"FedAvg {shard}, J={a.get('local_steps')}"
+    return "IID" if a.get("sharding") == "iid" else f"Nc={a.get('nc')}"
 
 
-def order_key(run: dict) -> tuple:
-    """IID first, then Nc ascending, then J ascending; strategies by name."""
-    a = run["args"]
-    return (a.get("mask_strategy") or "", a.get("sharding") != "iid", a.get("nc") or 0,
-            a.get("local_steps") or 0)
+def scratch(run: dict) -> bool:
+    return run["args"].get("weights") in (None, "none", "random")
 
 
 def groups_by(runs: list[dict], key) -> dict:
@@ -54,10 +53,23 @@ def groups_by(runs: list[dict], key) -> dict:
     return dict(out)
 
 
-def bar_stats(groups: dict, x_of) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    xs = sorted(groups, key=x_of)
-    stats = [R.summary_stats(groups[x], "test_accuracy", ddof=1 if len(groups[x]) > 1 else 0) for x in xs]
-    return np.array([x_of(x) for x in xs]), np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
+def acc_stats(runs: list[dict], key: str = "test_accuracy") -> tuple[float, float, int]:
+    """(mean, sample sd, n) in points; sd nan for n = 1 (drawn without an error bar)."""
+    s = R.seed_summary(runs, key)
+    return 100 * s.mean, 100 * s.sd, s.n
+
+
+def xy(groups: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    xs = sorted(groups)
+    st = [acc_stats(groups[x]) for x in xs]
+    return np.array(xs, dtype=float), np.array([s[0] for s in st]), np.nan_to_num([s[1] for s in st]), \
+        [s[2] for s in st]
+
+
+def chance_line(ax, runs: list[dict]) -> None:
+    chance = [r["summary"].get("chance_accuracy") for r in runs if r["summary"].get("chance_accuracy")]
+    if chance:
+        ax.axhline(100 * chance[0], color="k", ls=":", lw=1, label=f"chance ({100 * chance[0]:.0f} %)")
 
 
 def layer_of(name: str) -> str:
@@ -67,84 +79,136 @@ def layer_of(name: str) -> str:
     return "final norm" if parts[1] == "norm" else "embed"
 
 
+def curve(ax, members: list[dict], label: str, **kw) -> None:
+    """Validation accuracy vs sample gradients of the main rounds (round x m x J x batch), mean ± sd."""
+    a = members[0]["args"]
+    m = max(1, int(round(a["participation_rate"] * a["num_clients"])))
+    x, mean, sd = R.mean_std(members, "val_accuracy", x="step")
+    if x.size:
+        x = x * m * a["batch_size"] / 1000
+        ax.plot(x, 100 * mean, marker=".", label=f"{label} (n={len(members)})", **kw)
+        ax.fill_between(x, 100 * (mean - sd), 100 * (mean + sd), alpha=0.15)
+
+
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     import matplotlib.pyplot as plt
 
     root = Path(args.runs_dir)
-    cli.check(root.is_dir(), f"--runs-dir {root}: no such folder; "
-                             "expected the --out-dir of the vit_sparse_fl runs")
+    cli.check(root.is_dir(), f"--runs-dir {root}: no such folder; expected the --out-dir of the vit_sparse_fl runs")
     runs = [r for r in R.load_runs(root, "*") if r["summary"] is not None]
     fed = [r for r in runs if r["meta"].get("script") == FED]
     sparse = [r for r in runs if r["meta"].get("script") == SPARSE]
+    central = [r for r in runs if r["meta"].get("script") == CENTRAL]
     cli.check(fed or sparse, f"--runs-dir {root}: no finished vit_sparse_fl federated runs found")
     out = Path(args.out) if args.out else root / "figures"
     written = []
-    base_j = 4
+    based = [r for r in fed if not scratch(r)]
+    iid = [r for r in based if r["args"]["sharding"] == "iid" and r["args"]["local_steps"] == BASE_J]
+    iid_acc = acc_stats(iid)[0] if iid else None
 
-    # ---------------------------------------------------------------- accuracy vs rounds
+    # ---------------------------------------------------------------- accuracy vs sample gradients
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, group, title in ((axes[0], fed, "FedAvg"), (axes[1], sparse, "Sparse FedAvg (mask strategies)")):
-        groups = groups_by(group, setting)
-        for name in sorted(groups, key=lambda n: order_key(groups[n][0])):
-            members = groups[name]
-            x, m, s = R.mean_std(members, "val_accuracy", x="step")
-            if x.size:
-                ax.plot(x, 100 * m, marker=".", label=f"{name} (n={len(members)})")
-                ax.fill_between(x, 100 * (m - s), 100 * (m + s), alpha=0.15)
-        ax.set(title=title, xlabel="local steps per client (rounds x J)")
+    settings = groups_by([r for r in fed if r["args"]["local_steps"] == BASE_J],
+                         lambda r: (scratch(r), r["args"]["sharding"] != "iid", -(r["args"].get("nc") or 0)))
+    for key in sorted(settings):
+        members = settings[key]
+        curve(axes[0], members, f"FedAvg {shard(members[0])}" + (", from scratch" if key[0] else ""),
+              ls="--" if key[0] else "-")
+    ax = axes[1]
+    nc2 = [r for r in sparse if r["args"]["sharding"] != "iid"]
+    if nc2:
+        first = max(r["args"]["sparsity_ratio"] for r in nc2)
+        chosen = groups_by([r for r in nc2 if r["args"]["sparsity_ratio"] == first],
+                           lambda r: (r["args"]["mask_strategy"], r["args"].get("fisher_score", "fisher")))
+        for (strategy, score), members in sorted(chosen.items()):
+            curve(ax, members, f"{strategy}" + (f" ({score})" if "sensitive" in strategy else ""))
+        dense = [r for r in based if r["args"]["sharding"] != "iid" and r["args"]["nc"] == 2
+                 and r["args"]["local_steps"] == BASE_J]
+        if dense:
+            curve(ax, dense, "dense FedAvg", color="k", ls="--")
+        ax.set(title=f"Nc = 2, sparsity {first:g}")
+    axes[0].set(title="FedAvg (J = 4)", ylabel="validation accuracy (%)")
+    for ax in axes:
+        chance_line(ax, fed)
+        ax.set(xlabel="sample gradients in the main rounds (thousands)")
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("validation accuracy (%)")
     written += R.savefig(fig, out / "vit_accuracy_vs_rounds.png", pdf=args.pdf)
 
-    iid = [r for r in fed if r["args"]["sharding"] == "iid" and r["args"]["local_steps"] == base_j]
-    iid_acc = R.summary_stats(iid, "test_accuracy")[0] if iid else None
-
     # ---------------------------------------------------------------- accuracy vs Nc
-    nonfed = [r for r in fed if r["args"]["sharding"] == "non_iid"]
+    nonfed = [r for r in based if r["args"]["sharding"] == "non_iid" and r["args"]["local_steps"] == BASE_J]
     if nonfed:
-        x, m, s = bar_stats(groups_by(nonfed, lambda r: r["args"]["nc"]), lambda v: v)
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.errorbar(x, 100 * m, yerr=100 * s, marker="o", capsize=3, label="non-IID (pathological)")
+        x, m, s, n = xy(groups_by(nonfed, lambda r: r["args"]["nc"]))
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"non-IID (pathological), n={min(n)}-{max(n)}")
         if iid_acc is not None:
-            ax.axhline(100 * iid_acc, color="gray", ls="--", label="IID")
+            ax.axhline(iid_acc, color="gray", ls="--", label=f"IID (n={len(iid)})")
+        if central:
+            ax.axhline(acc_stats(central)[0], color="tab:green", ls="-.", label=f"centralized (n={len(central)})")
+        chance_line(ax, nonfed)
         ax.set(xscale="log", xlabel="classes per client Nc", ylabel="test accuracy (%)",
-               title="FedAvg vs heterogeneity")
+               title="FedAvg from the base vs heterogeneity")
         ax.set_xticks(x, [str(int(v)) for v in x])
-        ax.legend()
+        ax.legend(fontsize=7)
         written += R.savefig(fig, out / "vit_accuracy_vs_nc.png", pdf=args.pdf)
 
     # ---------------------------------------------------------------- accuracy vs J
-    iid_all = [r for r in fed if r["args"]["sharding"] == "iid"]
+    iid_all = [r for r in based if r["args"]["sharding"] == "iid"]
     if len({r["args"]["local_steps"] for r in iid_all}) > 1:
-        x, m, s = bar_stats(groups_by(iid_all, lambda r: r["args"]["local_steps"]), lambda v: v)
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.errorbar(x, 100 * m, yerr=100 * s, marker="o", capsize=3)
+        x, m, s, n = xy(groups_by(iid_all, lambda r: r["args"]["local_steps"]))
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"FedAvg IID, n={min(n)}-{max(n)}")
+        chance_line(ax, iid_all)
         ax.set(xscale="log", xlabel="local steps J (rounds x J fixed)", ylabel="test accuracy (%)",
-               title="FedAvg IID vs local steps")
+               title="FedAvg IID vs local steps at equal sample gradients")
         ax.set_xticks(x, [str(int(v)) for v in x])
+        ax.legend(fontsize=7)
         written += R.savefig(fig, out / "vit_accuracy_vs_j.png", pdf=args.pdf)
 
     # ---------------------------------------------------------------- strategy comparison
     if sparse:
-        by_strategy = groups_by(sparse, lambda r: r["args"]["mask_strategy"])
-        names = sorted(by_strategy)
-        stats = [R.summary_stats(by_strategy[n], "test_accuracy", ddof=1 if len(by_strategy[n]) > 1 else 0)
-                 for n in names]
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        ax.bar(range(len(names)), [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats], capsize=4)
-        if iid_acc is not None:
-            ax.axhline(100 * iid_acc, color="gray", ls="--", label="dense FedAvg IID")
-            ax.legend()
-        ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
-        ax.set(ylabel="test accuracy (%)",
-               title=f"mask strategies, sparsity {sparse[0]['args']['sparsity_ratio']:g}")
+        shards = sorted({shard(r) for r in sparse}, key=lambda v: v != "IID")
+        sparsities = sorted({r["args"]["sparsity_ratio"] for r in sparse}, reverse=True)
+        labels = sorted({(r["args"]["mask_strategy"], r["args"].get("fisher_score", "fisher")) for r in sparse},
+                        key=lambda v: (list(("least_sensitive", "most_sensitive", "lowest_magnitude",
+                                             "highest_magnitude", "random")).index(v[0]), v[1] != "talos"))
+        fig, axes = plt.subplots(2, len(shards), figsize=(6 * len(shards), 7), squeeze=False)
+        width = 0.8 / len(sparsities)
+        for col, sh in enumerate(shards):
+            dense = [r for r in based if shard(r) == sh and r["args"]["local_steps"] == BASE_J]
+            for row, key in enumerate(("test_accuracy", "interference")):
+                ax = axes[row, col]
+                for i, sp in enumerate(sparsities):
+                    ms, ss, ns, xs = [], [], [], []
+                    for j, (strategy, score) in enumerate(labels):
+                        members = [r for r in sparse if shard(r) == sh and r["args"]["sparsity_ratio"] == sp
+                                   and r["args"]["mask_strategy"] == strategy
+                                   and r["args"].get("fisher_score", "fisher") == score]
+                        if members and R.by_seed(members, key):
+                            mean, sd, n = acc_stats(members, key)
+                            ms.append(mean), ss.append(0 if np.isnan(sd) else sd), ns.append(n)
+                            xs.append(j + (i - (len(sparsities) - 1) / 2) * width)
+                    if ms:
+                        ax.bar(xs, ms, width, yerr=ss, capsize=3,
+                               label=f"sparsity {sp:g} (n={min(ns)}-{max(ns)})")
+                if dense and R.by_seed(dense, key):
+                    ax.axhline(acc_stats(dense, key)[0], color="k", ls="--", label=f"dense FedAvg (n={len(dense)})")
+                if key == "test_accuracy":
+                    chance_line(ax, dense or sparse)
+                ax.set_xticks(range(len(labels)), [f"{s.replace('_', chr(10))}" + (f"\n({sc})" if "sensitive" in s
+                                                                                   else "") for s, sc in labels],
+                              fontsize=7)
+                ax.set(title=f"{sh} shards",
+                       ylabel="test accuracy (%)" if key == "test_accuracy"
+                       else "interference: own-class accuracy\nlocal - aggregated (points)")
+                ax.legend(fontsize=7)
         written += R.savefig(fig, out / "vit_strategies.png", pdf=args.pdf)
 
         # ------------------------------------------------------------ mask density per layer
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-        for name in names:
-            run = sorted(by_strategy[name], key=lambda r: r["args"]["seed"])[0]
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        pick = [r for r in sparse if r["args"]["sparsity_ratio"] == sparsities[0] and r["args"]["seed"] == 0
+                and shard(r) == shards[0]]
+        for run in sorted(pick, key=lambda r: (r["args"]["mask_strategy"], r["args"].get("fisher_score", ""))):
             path = run["path"] / "mask_density.json"
             if not path.is_file():
                 continue
@@ -156,9 +220,14 @@ def main(argv=None) -> dict:
                 total[layer_of(tensor)] += n
             layers = sorted(total, key=lambda k: (k != "embed", k == "final norm",
                                                   int(k.split()[-1]) if "block" in k else 0))
-            ax.plot(range(len(layers)), [100 * kept[k] / total[k] for k in layers], marker="o", label=name)
+            name = run["args"]["mask_strategy"]
+            if "sensitive" in name:
+                name += f" ({run['args'].get('fisher_score', 'fisher')})"
+            ax.plot(range(len(layers)), [100 * kept[k] / total[k] for k in layers], marker="o",
+                    label=f"{name}: {100 * dens['overall']:.1f} % overall")
             ax.set_xticks(range(len(layers)), layers, fontsize=8, rotation=30)
-        ax.set(ylabel="trainable coordinates (%)", title="mask density per layer (seed 0)")
+        ax.set(ylabel="trainable coordinates (%)",
+               title=f"mask density per layer, sparsity {sparsities[0]:g}, {shards[0]}, seed 0")
         ax.legend(fontsize=7)
         written += R.savefig(fig, out / "vit_mask_density.png", pdf=args.pdf)
 

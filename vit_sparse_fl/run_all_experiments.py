@@ -1,113 +1,303 @@
-"""The whole suite: centralized, FedAvg IID, the Nc sweep, the J sweep, sparse fine-tuning and the mask
-strategy comparison, for --num-runs seeds, into one results table (mean +- std) and the figures.
+"""The whole suite, pretrain-then-federate: one cached base, then every setting for every seed, into one
+results table (mean ± sample sd, paired differences with 95% intervals) and the figures.
 
-    python vit_sparse_fl/run_all_experiments.py --quick --num-runs 3 --out-dir runs/vit_quick
-    python vit_sparse_fl/run_all_experiments.py --full --num-runs 3 -- \
-        --data cifar100 --data-dir data --weights dino_deitsmall16_pretrain.pth
+    python vit_sparse_fl/run_all_experiments.py                       # runs/vit_suite, 2 jobs of 1 thread
+    python vit_sparse_fl/run_all_experiments.py --table-only          # table and figures from finished runs
+    python vit_sparse_fl/run_all_experiments.py --smoke --out-dir /tmp/vit_smoke   # minutes: tiny budget
 
-Each experiment is the corresponding script's main() with that script's flags, so every run leaves its
-own run directory under --out-dir; this file only chooses the settings and collects the summaries.
-Writes <out-dir>/results.json, <out-dir>/results.md and the figures under <out-dir>/figures.
+Design (the numbers are the constants below):
+
+* **Base.** ``pretrain.py`` trains the tiny ViT centrally on classes 50-99 of the embedded CIFAR-100
+  (10 000 images, 2000 steps of batch 64) once; every fine-tuning run loads it with ``--weights`` (new
+  50-class head). The fine-tuning task is classes 0-49, which the base never saw: 9000 training images,
+  1000 validation images (plateau check), 2000 test images (40 per class).
+* **Federation.** K = 50 clients, C = 0.1 (m = 5 per round), J = 4 local steps of batch B, --rounds R
+  (default 48), --head-warmup W = 4 head-only rounds first (every federated run, dense and sparse, so the
+  sparse calibration scores a trained head), cosine lr from 0.1, batch B = 16.
+* **Compute accounting.** A sample gradient is one image's gradient in one SGD step (head-only warm-up
+  steps included). A federated run evaluates (W + R) * m * J * B of them; centralized gets exactly as many
+  (``--total-steps`` = (W + R) * m * J steps of batch B) from the same base; the J sweep scales both R and
+  W by 4 / J (J = 8: 24 + 2 rounds, J = 16: 12 + 1), so every J has the same sample gradients.
+* **Plateau criterion.** Validation accuracy at the end minus at 80% of the run, |change| < 1 point
+  (``plateau_change`` in every summary); the table reports how many runs of a cell meet it.
+* **Interference.** In the last 20% of the rounds, at every evaluation round, each selected client's test
+  accuracy on its own classes with its local model minus the aggregated model's, averaged over clients
+  and rounds (points; positive = aggregation hurts the clients' own classes).
+* **Sparse.** The five mask strategies at sparsity 0.9 and 0.5 on IID and Nc = 2 shards; the sensitivity
+  strategies use the official TaLoS score (``--fisher-score talos``, 4 calibration rounds as TaLoS);
+  least_sensitive is also run with the true-Fisher score at 0.9 for comparison.
+* **Statistics.** Seeds 0..N-1; mean ± sample sd (ddof=1) and paired differences by seed with a 95% t
+  interval (``common.stats``).
+
+Runs are independent processes' work (``--jobs`` workers, ``--threads`` torch threads each; on a small CPU
+one thread per worker is much faster than two for this model). A run whose run directory already holds a
+summary with the same arguments is skipped; an interrupted one resumes from its checkpoint, so the suite
+can be restarted. Runs are ordered seed by seed, so an interrupted suite leaves every cell with the same n.
+Writes <out-dir>/results.md, results.json and <out-dir>/figures/.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import json
+import time
+import traceback
 from pathlib import Path
 
-import numpy as np
-
-from common import cli
+from common import cli, stats
 from common.checkpoint import atomic_write_json, atomic_write_text
-from vit_sparse_fl import train_centralized
-from vit_sparse_fl import train_federated as fed
-from vit_sparse_fl import train_federated_sparse as fsp
+from plots import runs as R
+from vit_sparse_fl import pretrain
 from vit_sparse_fl.sparse import STRATEGIES
+
+SCRIPTS = {"centralized": "vit_sparse_fl.train_centralized", "fedavg": "vit_sparse_fl.train_federated",
+           "sparse": "vit_sparse_fl.train_federated_sparse"}
+NUM_CLASSES = 50                                   # the fine-tuning task: classes 0..49
+TASK = ["--quick", "--quiet", "--classes", "0", str(NUM_CLASSES), "--synthetic-per-class", "200", "100",
+        "--max-train", "0", "--max-test", "2000", "--val-fraction", "0.1", "--batch-size", "16", "--lr", "0.1"]
+BASE = ["--quick", "--quiet", "--classes", str(NUM_CLASSES), "100", "--synthetic-per-class", "200", "100",
+        "--max-train", "0", "--max-test", "0", "--total-steps", "2000", "--batch-size", "64",
+        "--warmup-epochs", "1", "--patience", "0"]
+K, C, J, WARMUP = 50, 0.1, 4, 4
+M = max(1, round(C * K))
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_true", help="tiny ViT on the embedded data (minutes on a CPU)")
-    mode.add_argument("--full", action="store_true", help="the paper-scale settings (a GPU and real data)")
+    parser.add_argument("--out-dir", default="runs/vit_suite", help="parent folder of every run directory")
     parser.add_argument("--num-runs", type=int, default=3, help="seeds 0..N-1 per setting")
-    parser.add_argument("--out-dir", default="runs/vit_all", help="parent folder of every run directory")
-    parser.add_argument("--nc-values", type=int, nargs="+", default=None,
-                        help="Nc sweep (default 1 5 10 50; --quick: 1 2 5 10 of its 10 classes)")
-    parser.add_argument("--j-values", type=int, nargs="+", default=[4, 8, 16], help="J sweep (rounds scaled)")
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES),
-                        help="mask strategies to compare")
-    parser.add_argument("--resume", action="store_true", help="pass --resume to every run")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--rounds", type=int, default=48,
+                        help="R: rounds of the J = 4 runs after the warm-up (a multiple of 4, for the J sweep)")
+    parser.add_argument("--j-values", type=int, nargs="+", default=[4, 8, 16],
+                        help="J sweep on IID shards at R * J fixed (J = 4 is the FedAvg IID run)")
+    parser.add_argument("--nc-values", type=int, nargs="+", default=[1, 2, 5], help="Nc sweep (classes per client)")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.5],
+                        help="sparsity ratios of the mask-strategy comparison")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (worker processes)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny budget (base 40 steps, 4 rounds, 1 seed) to check the pipeline in minutes")
+    parser.add_argument("--table-only", action="store_true", help="no training: table and figures from the runs")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
-    parser.add_argument("extra", nargs="*",
-                        help="further flags for every script, after '--' (e.g. -- --data-dir d)")
     return parser
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    if not len(arr):
-        return float("nan"), 0.0
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+# ---------------------------------------------------------------------------------------------- the grid
+def plan(args, base: str) -> list[dict]:
+    """Every run: {name, script, argv, seed}. Seed-major order, so a cut suite has equal n in every cell."""
+    fed = [*TASK, "--num-clients", str(K), "--participation-rate", str(C), "--eval-every", "4",
+           "--interference-window", "0.2"]
+    warm = ["--head-warmup", str(WARMUP)]
+    rounds = args.rounds
+    runs = []
+    for seed in range(args.num_runs):
+        s = ["--seed", str(seed)]
+
+        def add(name, script, argv, seed=seed, s=s):
+            runs.append({"name": f"{name}_seed{seed}", "setting": name, "script": script, "seed": seed,
+                         "argv": [*argv, *s]})
+
+        fedavg = [*fed, *warm, "--weights", base, "--local-steps", str(J), "--rounds", str(rounds)]
+        add("fedavg_iid", "fedavg", fedavg)
+        add("fedavg_iid_scratch", "fedavg", [*fed, *warm, "--weights", "none", "--local-steps", str(J),
+                                             "--rounds", str(rounds)])
+        add("centralized", "centralized", [*TASK, "--weights", base, "--patience", "0", "--warmup-epochs", "0",
+                                           "--total-steps", str((rounds + WARMUP) * M * J)])
+        for nc in args.nc_values:
+            add(f"fedavg_nc{nc}", "fedavg", [*fedavg, "--sharding", "non_iid", "--nc", str(nc)])
+        for j in args.j_values:
+            if j != J:
+                add(f"fedavg_iid_J{j}", "fedavg", [*fed, "--weights", base, "--local-steps", str(j),
+                                                   "--rounds", str(max(1, round(rounds * J / j))),
+                                                   "--head-warmup", str(max(1, round(WARMUP * J / j)))])
+        for shard in ("iid", "nc2"):
+            sh = [] if shard == "iid" else ["--sharding", "non_iid", "--nc", "2"]
+            for sp in args.sparsities:
+                for strategy in STRATEGIES:
+                    add(f"sparse_{shard}_s{sp:g}_{strategy}", "sparse",
+                        [*fedavg, *sh, "--mask-strategy", strategy, "--sparsity-ratio", f"{sp:g}",
+                         "--fisher-score", "talos", "--calibration-rounds", "4"])
+            add(f"sparse_{shard}_s{args.sparsities[0]:g}_least_sensitive_fisher", "sparse",
+                [*fedavg, *sh, "--mask-strategy", "least_sensitive", "--sparsity-ratio", f"{args.sparsities[0]:g}",
+                 "--fisher-score", "fisher", "--calibration-rounds", "4"])
+    return runs
+
+
+def smoke(args) -> None:
+    """--smoke: shrink every budget so the pipeline runs in minutes (numbers meaningless)."""
+    global BASE, TASK
+    BASE = [a if a != "2000" else "40" for a in BASE]
+    TASK = [*TASK, "--max-train", "1000", "--max-test", "500"]
+    args.rounds, args.num_runs = 4, 1
+
+
+# ---------------------------------------------------------------------------------------------- running
+def _init_worker(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _run(script: str, argv: list[str]) -> dict:
+    import importlib
+    t0 = time.perf_counter()
+    summary = importlib.import_module(SCRIPTS[script]).main(argv)
+    return {"test_accuracy": summary.get("test_accuracy"), "seconds": time.perf_counter() - t0}
+
+
+def _pretrain(argv: list[str]) -> str:
+    return str(pretrain.pretrained_base(argv))
+
+
+def finished(out: Path, run: dict) -> bool:
+    """The run directory holds a summary written with these arguments (compared flag by flag)."""
+    path = out / run["name"]
+    if not (path / "summary.json").is_file():
+        return False
+    import importlib
+    parser = importlib.import_module(SCRIPTS[run["script"]]).get_args_parser()
+    wanted = vars(parser.parse_args(run["argv"]))
+    saved = json.loads((path / "args.json").read_text())["args"]
+    return all(saved.get(k) == v for k, v in wanted.items() if v is not None and k not in R.DEFAULT_GROUP_IGNORE)
+
+
+def execute(args, out: Path) -> str:
+    """Pretrain (or reuse) the base, run every unfinished run; returns the base path."""
+    t0 = time.perf_counter()
+    base_argv = [*BASE, "--cache-dir", str(out / "base_cache")]
+    with cf.ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(args.threads,)) as pool:
+        base = pool.submit(_pretrain, base_argv)
+        pending = {}
+        # runs without the base start while it trains
+        for run in plan(args, "BASE"):
+            if "BASE" not in run["argv"] and not finished(out, run):
+                pending[pool.submit(_run, run["script"], [*run["argv"], "--out-dir", str(out),
+                                                          "--run-name", run["name"], "--resume"])] = run
+        base_path = base.result()
+        print(f"base: {base_path}", flush=True)
+        todo = [r for r in plan(args, base_path) if base_path in r["argv"] and not finished(out, r)]
+        print(f"{len(todo) + len(pending)} runs to do", flush=True)
+        for run in todo:
+            pending[pool.submit(_run, run["script"], [*run["argv"], "--out-dir", str(out), "--run-name",
+                                                      run["name"], "--resume"])] = run
+        for fut in cf.as_completed(pending):
+            run = pending[fut]
+            try:
+                res = fut.result()
+                print(f"[{time.perf_counter() - t0:7.0f} s] {run['name']}: test accuracy "
+                      f"{100 * res['test_accuracy']:.1f} ({res['seconds']:.0f} s)", flush=True)
+            except Exception:                              # one failed run must not stop the others
+                print(f"{run['name']} FAILED:\n{traceback.format_exc()}", flush=True)
+    return base_path
+
+
+# ---------------------------------------------------------------------------------------------- table
+def load_settings(out: Path, runs: list[dict]) -> dict[str, list[dict]]:
+    """{setting: [loaded finished run, ...]} over the plan."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        path = out / run["name"]
+        if (path / "summary.json").is_file():
+            groups.setdefault(run["setting"], []).append(R.load_run(path))
+    return groups
+
+
+def pct(runs: list[dict], key: str) -> dict:
+    """{seed: 100 * summary[key]}"""
+    return {s: 100 * v for s, v in R.by_seed(runs, key).items()}
+
+
+def cell(runs: list[dict], key: str = "test_accuracy") -> str:
+    return stats.fmt(stats.summarize(pct(runs, key).values())) if runs else "–"
+
+
+def diff(a: list[dict], b: list[dict], key: str = "test_accuracy") -> str:
+    return stats.fmt_diff(stats.paired(pct(a, key), pct(b, key))) if a and b else "–"
+
+
+def plateau(runs: list[dict]) -> str:
+    ok = [r["summary"].get("plateau_reached") for r in runs]
+    return f"{sum(1 for v in ok if v)}/{len(ok)}"
+
+
+def make_table(args, out: Path, base: str) -> tuple[str, dict]:
+    runs = plan(args, base)
+    g = load_settings(out, runs)
+    chance = 100.0 / NUM_CLASSES
+    lines, record = [], {}
+
+    def section(title: str, ref: str | None, rows: list[tuple[str, str]], interference: bool = False):
+        head = "| setting | n | test accuracy (%) | Δ vs " + (ref_label(ref) if ref else "–") + " | plateau |"
+        sep = "|---|---|---|---|---|"
+        if interference:
+            head += " interference (points) | Δ interference vs " + ref_label(ref) + " |"
+            sep += "---|---|"
+        lines.extend([f"**{title}**", "", head, sep])
+        for key, label in rows:
+            rs = g.get(key, [])
+            row = (f"| {label} | {len(rs)} | {cell(rs)} | "
+                   f"{diff(rs, g.get(ref, [])) if ref and key != ref else '–'} | {plateau(rs) if rs else '–'} |")
+            if interference:
+                row += (f" {cell(rs, 'interference')} | "
+                        f"{diff(rs, g.get(ref, []), 'interference') if key != ref else '–'} |")
+            lines.append(row)
+            record[key] = {"n": len(rs), "test_accuracy": pct(rs, "test_accuracy"),
+                           "interference": pct(rs, "interference") if interference else None}
+        lines.append("")
+
+    labels = {"fedavg_iid": f"FedAvg IID, J={J}, from the base"}
+
+    def ref_label(ref):
+        return labels.get(ref, ref)
+
+    lines.append(f"Chance accuracy: {chance:.1f} % ({NUM_CLASSES} classes). Test set: "
+                 f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} images. "
+                 "Cells: mean ± sample sd over seeds (n); Δ: paired difference by seed, mean [95% t interval].")
+    lines.append("")
+    section("Pretrained base vs random initialisation, and centralized at equal sample gradients", "fedavg_iid",
+            [("fedavg_iid", labels["fedavg_iid"]), ("fedavg_iid_scratch", "FedAvg IID, J=4, from scratch"),
+             ("centralized", "Centralized, from the base, same sample gradients")])
+    section("Heterogeneity (pathological shards, Nc classes per client)", "fedavg_iid",
+            [("fedavg_iid", "IID")] + [(f"fedavg_nc{nc}", f"Nc = {nc}") for nc in sorted(args.nc_values, reverse=True)],
+            interference=True)
+    section("Local steps J at equal sample gradients (R x J fixed), IID", "fedavg_iid",
+            [("fedavg_iid" if j == J else f"fedavg_iid_J{j}",
+              f"J = {j}, R = {max(1, round(args.rounds * J / j))}") for j in sorted(args.j_values)])
+    for shard, dense, title in (("iid", "fedavg_iid", "IID"), ("nc2", "fedavg_nc2", "Nc = 2")):
+        labels[dense] = f"dense FedAvg {title}"
+        for sp in args.sparsities:
+            rows = [(dense, f"dense FedAvg ({title})")]
+            rows += [(f"sparse_{shard}_s{sp:g}_{s}", s + (" (TaLoS score)" if "sensitive" in s else ""))
+                     for s in STRATEGIES]
+            if sp == args.sparsities[0]:
+                rows.append((f"sparse_{shard}_s{sp:g}_least_sensitive_fisher", "least_sensitive (true-Fisher score)"))
+            section(f"Sparse fine-tuning, {title} shards, sparsity {sp:g}", dense, rows, interference=True)
+    return "\n".join(lines) + "\n", record
 
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     cli.check(args.num_runs >= 1, f"--num-runs must be >= 1, got {args.num_runs}")
-    nc_values = args.nc_values or ([1, 2, 5, 10] if args.quick else [1, 5, 10, 50])
+    cli.check(args.jobs >= 1 and args.threads >= 1, "--jobs and --threads must be >= 1")
+    cli.check(J in args.j_values, f"--j-values must contain J = {J} (the FedAvg IID run)")
+    cli.check(2 in args.nc_values, "--nc-values must contain 2 (the non-IID shards of the sparse runs)")
+    if args.smoke:
+        smoke(args)
     out = Path(args.out_dir)
-    common = ["--quick"] if args.quick else []
-    common += ["--out-dir", str(out)] + (["--resume"] if args.resume else [])
-    common += ["--quiet"] if args.quiet else []
-    common += list(args.extra)
-    base_j = 4
-    results: dict[str, list[float]] = {}
-
-    def record(key: str, summary: dict) -> None:
-        results.setdefault(key, []).append(summary["test_accuracy"])
-
-    # ---------------------------------------------------------------- every setting, every seed
-    for seed in range(args.num_runs):
-        s = ["--seed", str(seed), *common]
-        print(f"== seed {seed}: centralized", flush=True)
-        record("centralized", train_centralized.main(s))
-        print(f"== seed {seed}: FedAvg IID", flush=True)
-        iid = fed.main([*s, "--local-steps", str(base_j)])
-        record("fedavg_iid", iid)
-        record(f"J={base_j}", iid)
-        print(f"== seed {seed}: Nc sweep {nc_values}", flush=True)
-        sweep = fed.main([*s, "--heterogeneity-experiment", "--nc-values", *map(str, nc_values)])
-        for key, summ in sweep["results"].items():
-            record(key, summ)
-        others = [j for j in args.j_values if j != base_j]
-        if others:
-            print(f"== seed {seed}: J sweep {others} (J={base_j} is the IID run)", flush=True)
-            sweep = fed.main([*s, "--local-steps", str(base_j), "--local-steps-experiment",
-                              "--j-values", *map(str, others)])
-            for key, summ in sweep["results"].items():
-                record(key, summ)
-        print(f"== seed {seed}: sparse fine-tuning, strategies {args.strategies}", flush=True)
-        for strategy in args.strategies:
-            record(f"sparse_{strategy}", fsp.main([*s, "--mask-strategy", strategy]))
-
-    # ---------------------------------------------------------------- table
-    labels = {"centralized": "Centralized", "fedavg_iid": f"FedAvg IID (J={base_j})",
-              **{f"nc={v}": f"FedAvg non-IID Nc={v}" for v in nc_values},
-              **{f"J={j}": f"FedAvg IID J={j} (rounds x J fixed)" for j in args.j_values},
-              **{f"sparse_{s}": f"Sparse FedAvg, {s}" for s in STRATEGIES}}
-    table = {k: {"mean": mean_std(v)[0], "std": mean_std(v)[1], "runs": v} for k, v in results.items()}
-    lines = ["| setting | test accuracy (mean ± std) | runs |", "|---|---|---|"]
-    for key, row in table.items():
-        lines.append(f"| {labels.get(key, key)} | {100 * row['mean']:.1f} ± {100 * row['std']:.1f} % "
-                     f"| {len(row['runs'])} |")
-    text = "\n".join(lines) + "\n"
+    t0 = time.perf_counter()
+    if args.table_only:
+        base = str(pretrain.pretrained_base([*BASE, "--cache-dir", str(out / "base_cache")]))
+    else:
+        base = execute(args, out)
+    wall = time.perf_counter() - t0
+    text, record = make_table(args, out, base)
     atomic_write_text(out / "results.md", text)
-    atomic_write_json(out / "results.json",
-                      {"mode": "quick" if args.quick else "full", "num_runs": args.num_runs, "table": table})
+    atomic_write_json(out / "results.json", {"base": base, "num_runs": args.num_runs, "rounds": args.rounds,
+                                             "wall_seconds": wall, "table": record})
     print(text)
+    print(f"wall time {wall:.0f} s")
     if not args.no_plots:
         from plots import plot_vit
         plot_vit.main(["--runs-dir", str(out), "--out", str(out / "figures")])
-    return {"table": table, "results_md": str(out / "results.md")}
+    return {"table": record, "results_md": str(out / "results.md"), "wall_seconds": wall}
 
 
 if __name__ == "__main__":

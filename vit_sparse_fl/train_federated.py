@@ -67,6 +67,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="share of the final rounds in which every evaluation round also measures "
                         "interference: each client's test accuracy on its own classes with its local model "
                         "minus that of the aggregated model (0: off)")
+    g.add_argument("--interference-images", type=int, default=400,
+                   help="at most this many test images of each client's own classes score interference "
+                        "(the first ones in test-set order; 0: all)")
     cifar.add_data_args(parser)
     exp.add_model_args(parser, lr=0.01, weight_decay=1e-4)
     return parser
@@ -111,7 +114,8 @@ def setup(args) -> dict:
     model, source = exp.build_model(args, num_classes, device)
     names = [n for n, _ in P.named_trainable(model)]
     test_labels = test.labels.cpu().numpy()
-    own_test = [torch.as_tensor(np.flatnonzero(np.isin(test_labels, np.unique(labels[s]))), device=device)
+    cap = args.interference_images or len(test_labels)
+    own_test = [torch.as_tensor(np.flatnonzero(np.isin(test_labels, np.unique(labels[s])))[:cap], device=device)
                 for s in shards]                             # test images of each client's own classes
     return dict(args=args, device=device, train=train, val=val, test=test, num_classes=num_classes,
                 shards=[torch.as_tensor(s, device=device) for s in shards], own_test=own_test,

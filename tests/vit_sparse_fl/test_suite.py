@@ -1,0 +1,54 @@
+"""run_all_experiments: the plan is compute-matched, and finished runs are recognised (and only those)."""
+from __future__ import annotations
+
+import json
+
+from common.checkpoint import to_jsonable
+from vit_sparse_fl import run_all_experiments as suite
+from vit_sparse_fl import train_federated as fed
+
+
+def _plan(*argv):
+    return suite.plan(suite.get_args_parser().parse_args(list(argv)), "base.pt")
+
+
+def _flag(run, name, default=None):
+    argv = run["argv"]
+    return argv[len(argv) - 1 - argv[::-1].index(name) + 1] if name in argv else default
+
+
+def test_plan_matches_sample_gradients_and_covers_the_grid():
+    runs = _plan("--num-runs", "2", "--rounds", "48")
+    assert len({r["name"] for r in runs}) == len(runs)
+    assert [r["seed"] for r in runs] == sorted(r["seed"] for r in runs)          # seed-major order
+    seed0 = [r for r in runs if r["seed"] == 0]
+
+    def sample_gradients(r):   # per step B images; federated: (R + W) rounds x m clients x J steps
+        if r["script"] == "centralized":
+            return int(_flag(r, "--total-steps"))
+        rounds = int(_flag(r, "--rounds")) + int(_flag(r, "--head-warmup", 0))
+        return rounds * suite.M * int(_flag(r, "--local-steps"))
+
+    budgets = {r["setting"]: sample_gradients(r) for r in seed0}
+    assert len(set(budgets.values())) == 1, budgets                              # every setting, J sweep included
+    assert {r["setting"] for r in seed0} >= {"fedavg_iid_J8", "fedavg_iid_J16", "fedavg_nc1", "fedavg_nc2",
+                                             "fedavg_nc5", "centralized", "fedavg_iid_scratch"}
+    sparse = [r for r in seed0 if r["script"] == "sparse"]
+    assert len(sparse) == 2 * 2 * 5 + 2
+    assert all(_flag(r, "--weights") == "base.pt" for r in seed0 if r["setting"] != "fedavg_iid_scratch")
+    assert all(_flag(r, "--head-warmup") for r in seed0 if r["script"] != "centralized")
+
+
+def test_finished_runs_are_skipped_only_with_the_same_arguments(tmp_path):
+    run = next(r for r in _plan("--num-runs", "1") if r["setting"] == "fedavg_nc2")
+    assert not suite.finished(tmp_path, run)
+    args = fed.get_args_parser().parse_args(run["argv"])
+    fed.finish_args(args)
+    folder = tmp_path / run["name"]
+    folder.mkdir()
+    (folder / "args.json").write_text(json.dumps({"args": vars(args)}, default=to_jsonable))
+    assert not suite.finished(tmp_path, run)                                     # no summary yet
+    (folder / "summary.json").write_text(json.dumps({"test_accuracy": 0.5}))
+    assert suite.finished(tmp_path, run)
+    changed = {**run, "argv": [*run["argv"], "--rounds", "7"]}
+    assert not suite.finished(tmp_path, changed)
