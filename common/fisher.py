@@ -13,12 +13,19 @@ F = mean over examples i of g_i * g_i, g_i = grad of example i's loss at the cur
   same for every method, because labels are drawn from one batched forward before any gradient).
 * method='per_example': vmap(grad(loss)) over chunks of ``chunk_size`` examples with ``functional_call``
   (tied weights, e.g. an LM's embedding and head, are one parameter and receive both gradients).
-  'loop': a Python loop with autograd, one example at a time (the reference). 'batch': the squared
-  gradient of each batch's mean loss times the batch's example count: an approximation; with sampled
-  labels its expectation is the Fisher (the cross terms have zero mean), with empirical labels it is biased.
+  'loop': a Python loop with autograd, one example at a time (the reference). 'batch': m * g_b**2 for the
+  gradient g_b of each batch's mean loss over its m examples, averaged over batches weighted by m: one
+  backward per batch instead of one per example; with sampled labels its expectation is the Fisher (the
+  cross terms have zero mean), with empirical labels it is biased by (m - 1) times the squared mean gradient.
+  (Before, m * g_b**2 was divided by the example count once more, i.e. the estimate was m times too small.)
   If a model cannot be vmapped (in-place ops, data-dependent control flow) 'per_example' warns once and
   falls back to 'loop'.
 * The model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
+
+``LocalStepFisher``: the 'batch' estimate from the gradients LOCAL TRAINING already computes, at no extra
+forward or backward: hooks on the parameters add m * g_s**2 for each backward pass s of the client's local
+steps (m the step's example count). FedFisher's ``--fisher-method local`` (mamba_fl/fed_fisher.py) uses it;
+benchmarks/bench_mamba_round.py reports its relative error against the per-example Fisher of many examples.
 """
 from __future__ import annotations
 
@@ -156,7 +163,7 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
                     gs = torch.autograd.grad(losses.sum() / m, params, allow_unused=True)
                     for f, gb in zip(fisher, gs):
                         if gb is not None:
-                            f.add_(gb.float() ** 2, alpha=m)
+                            f.add_(gb.float() ** 2, alpha=m * m)  # m g_b^2 (estimates F), weighted by m
             count += int(has_target.sum())
             if max_examples is not None and count >= max_examples:
                 break
@@ -178,3 +185,60 @@ def _loop(model, forward, params, fisher, inputs, targets, ignore_index) -> None
         for f, g in zip(fisher, torch.autograd.grad(loss, params, allow_unused=True)):
             if g is not None:
                 f.add_(g.float() ** 2)
+
+
+class LocalStepFisher:
+    """Diagonal Fisher estimate from the training backward passes: after each backward (one per optimizer
+    step, gradients set to None or zeroed between steps, no gradient accumulation), a hook on every parameter
+    adds ``examples_per_step * grad**2`` to a float32 sum; ``estimate()`` is that sum over the number of
+    backward passes since ``reset()``, i.e. the 'batch' estimator of ``diagonal_fisher`` on the training
+    batches, each at the parameters where local training took its gradient (before its step).
+
+    With m examples per batch and per-example gradients g_i of mean F, E[m g_b**2] = F + (m - 1) mu**2 for
+    empirical labels (mu the mean gradient: the bias, small near a stationary point) and F for labels
+    sampled from the model. Costs one multiply-add per parameter per step. ``remove()`` drops the hooks.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], examples_per_step: int):
+        if examples_per_step < 1:
+            raise ValueError(f"examples_per_step must be >= 1, got {examples_per_step}")
+        self.params = list(params)
+        self.examples_per_step = examples_per_step
+        self.sums = P.zeros_like(self.params, dtype=torch.float32)
+        self.passes = [0] * len(self.params)
+        self._handles = [p.register_post_accumulate_grad_hook(self._hook(i)) for i, p in enumerate(self.params)]
+
+    def _hook(self, i: int):
+        def hook(p: torch.Tensor) -> None:
+            if p.grad is not None:
+                g = p.grad.detach().float()
+                self.sums[i].addcmul_(g, g, value=float(self.examples_per_step))
+                self.passes[i] += 1
+        return hook
+
+    @property
+    def steps(self) -> int:
+        """Backward passes recorded since ``reset()`` (the most any parameter saw)."""
+        return max(self.passes, default=0)
+
+    @torch.no_grad()
+    def estimate(self) -> list[torch.Tensor]:
+        """Mean over the recorded backward passes of m * grad**2 (float32, new tensors); zeros for a parameter
+        no backward reached. Raises when nothing was recorded."""
+        if self.steps == 0:
+            raise ValueError("LocalStepFisher.estimate(): no backward pass since reset()")
+        return [s / max(n, 1) for s, n in zip(self.sums, self.passes)]
+
+    def reset(self) -> None:
+        flat = P.as_flat(self.sums)
+        if flat is not None:
+            flat.zero_()
+        else:
+            for s in self.sums:
+                s.zero_()
+        self.passes = [0] * len(self.params)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

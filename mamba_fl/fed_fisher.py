@@ -10,15 +10,20 @@ theta <- (sum_k n_k F_k theta_k + eps theta_bar) / (sum_k n_k F_k + eps), theta_
 --fisher-eps times the mean of sum_k n_k F_k (``common.aggregate.FisherMean``): the Fisher-weighted mean where
 the clients carry Fisher information, FedAvg where they carry none (never a pull toward zero). Each
 evaluation row logs ``fisher_eps_share``, the fraction of coordinates where eps rather than the Fisher
-decides. Clients send their Fisher with their parameters (2x upload).
+decides. Clients send their Fisher with their parameters (2x upload). ``--fisher-method local`` instead
+reuses the squared batch gradients of the client's own local steps (no extra pass; ``common.fisher.LocalStepFisher``).
 The round loop lives in mamba_fl/federated.py; the run writes perplexity.png into its run directory.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
-from common import aggregate, cli, fisher, seed
+from common import aggregate, cli, evaluate, fisher, seed
 from mamba_fl import federated, lmdata
+
+_LOCAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its LocalStepFisher (--fisher-method local)
 
 
 def fisher_batches(ctx: federated.Context, client: federated.Client):
@@ -38,12 +43,38 @@ def next_token_logits(model, input_ids):
     return model(input_ids=input_ids, use_cache=False).logits[:, :-1]
 
 
+def local_step_fisher(ctx: federated.Context, client: federated.Client) -> list[torch.Tensor]:
+    """--fisher-method local: m g_s^2 averaged over the client's own local steps (m = --batch-size), taken
+    from the gradients its training just computed (``common.fisher.LocalStepFisher`` hooks on the model's
+    parameters; no extra forward or backward). The hooks exist from the first call on, so the first client
+    of a run, trained before that, recomputes the same quantity at its final parameters on its local
+    batches (its steps' blocks, one forward and backward each) once."""
+    est = _LOCAL.get(ctx.model)
+    if est is None:
+        est = _LOCAL[ctx.model] = fisher.LocalStepFisher(ctx.params, ctx.args.batch_size)
+        pad = ctx.data.tokenizer.pad_token_id
+        for idx in federated.client_batch_indices(client.train, ctx.args.seed, ctx.round, client.index,
+                                                  ctx.args.local_updates, ctx.args.batch_size):
+            batch = lmdata.text.lm_batch(ctx.data.train[torch.as_tensor(idx)], pad)
+            with evaluate.autocast(ctx.device):
+                loss = ctx.forward_model(**{k: v.to(ctx.device) for k, v in batch.items()}).loss
+            loss.backward()
+            for p in ctx.params:
+                p.grad = None
+    f = est.estimate()
+    est.reset()  # the next client's steps start a new sum
+    return f
+
+
 def add_fisher_weighted(ctx: federated.Context, agg, client: federated.Client) -> dict:
-    g = seed.client_generator(ctx.args.seed, ctx.round, client.index, purpose="fisher-labels")
-    f = fisher.diagonal_fisher(ctx.model, fisher_batches(ctx, client), labels=ctx.args.fisher_labels,
-                               forward=next_token_logits, params=ctx.params, method=ctx.args.fisher_method,
-                               chunk_size=ctx.args.fisher_batch, generator=g)
-    ctx.model.train()
+    if ctx.args.fisher_method == "local":
+        f = local_step_fisher(ctx, client)
+    else:
+        g = seed.client_generator(ctx.args.seed, ctx.round, client.index, purpose="fisher-labels")
+        f = fisher.diagonal_fisher(ctx.model, fisher_batches(ctx, client), labels=ctx.args.fisher_labels,
+                                   forward=next_token_logits, params=ctx.params, method=ctx.args.fisher_method,
+                                   chunk_size=ctx.args.fisher_batch, generator=g)
+        ctx.model.train()
     agg.add(ctx.params, f, weight=client.weight)
     return {"fisher_mean": float(sum(t.double().sum() for t in f) / sum(t.numel() for t in f))}
 
@@ -62,8 +93,11 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--fisher-batch", type=int, default=8, help="sequences per vectorised gradient chunk")
     g.add_argument("--fisher-labels", choices=("empirical", "sampled"), default="empirical",
                    help="empirical: targets from the data (the source); sampled: y ~ model (true Fisher)")
-    g.add_argument("--fisher-method", choices=("per_example", "loop", "batch"), default="per_example",
-                   help="per_example: torch.func vmap; loop: reference; batch: squared batch gradient (cheap, biased)")
+    g.add_argument("--fisher-method", choices=("per_example", "loop", "batch", "local"), default="per_example",
+                   help="per_example: torch.func vmap over --fisher-samples blocks; loop: reference; batch: squared "
+                        "batch gradients of those blocks (biased); local: squared batch gradients of the client's "
+                        "own local steps, reused from training (no extra pass; empirical labels; see the README "
+                        "for its error against the per-example Fisher)")
     g.add_argument("--fisher-eps", type=float, default=1e-6,
                    help="floor relative to the mean Fisher: coordinates whose summed Fisher is below this "
                         "fraction of the mean get (mostly) the FedAvg mean; raise to move toward FedAvg")
@@ -78,6 +112,9 @@ def main(argv=None) -> dict:
     cli.check(args.fisher_samples >= 1, f"--fisher-samples must be at least 1, got {args.fisher_samples}")
     cli.check(args.fisher_eps > 0, f"--fisher-eps must be positive, got {args.fisher_eps}")
     cli.check(args.fisher_batch >= 1, f"--fisher-batch must be at least 1, got {args.fisher_batch}")
+    cli.check(args.fisher_method != "local" or args.fisher_labels == "empirical",
+              "--fisher-method local reuses the training gradients: its labels are the data's (--fisher-labels "
+              "empirical)")
     return federated.run(args, METHOD, federated.explicit_dests(parser, argv))
 
 

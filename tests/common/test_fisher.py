@@ -60,7 +60,7 @@ def test_batch_method_is_the_scaled_squared_batch_gradient():
     ref = [torch.zeros_like(p) for p in ps]
     for x, y in batches:
         for r, g in zip(ref, torch.autograd.grad(nn.functional.cross_entropy(model(x), y), ps)):
-            r += len(x) * g ** 2
+            r += len(x) * (len(x) * g ** 2)  # m g_b^2 per batch, weighted by m
     close(approx, [r / 10 for r in ref])
 
 
@@ -150,3 +150,41 @@ def test_bad_arguments():
         diagonal_fisher(model, batches, labels="true")
     with pytest.raises(ValueError, match="not parameters"):
         diagonal_fisher(model, batches, params=[torch.zeros(2, requires_grad=True)])
+
+
+def test_local_step_fisher_is_the_per_example_fisher_for_one_example_steps():
+    """Training steps of one example each without a parameter change: the hooks' m g^2 average is exactly
+    the per-example Fisher of those examples; with m-example steps it is diagonal_fisher's 'batch' estimate
+    of the same batches, and its relative error against the per-example Fisher is what the benchmark reports."""
+    from common.fisher import LocalStepFisher
+
+    model, batches = mlp_data(n=12)
+    model.eval()  # no dropout: the reference runs in eval mode too
+    ps = P.trainable(model)
+    est = LocalStepFisher(ps, examples_per_step=1)
+    for x, y in batches:
+        for i in range(len(x)):
+            nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+            for p in ps:
+                p.grad = None  # as opt.zero_grad(set_to_none=True) does after each step
+    assert est.steps == 12
+    close(est.estimate(), diagonal_fisher(model, batches, method="per_example"))
+    est.reset()
+    with pytest.raises(ValueError, match="no backward"):
+        est.estimate()
+    est.remove()
+
+    m_est = LocalStepFisher(ps, examples_per_step=4)
+    x_all, y_all = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    four = [(x_all[i:i + 4], y_all[i:i + 4]) for i in range(0, 12, 4)]
+    for x, y in four:
+        nn.functional.cross_entropy(model(x), y).backward()
+        for p in ps:
+            p.grad = None
+    close(m_est.estimate(), diagonal_fisher(model, four, method="batch"))
+    full = P.flatten(diagonal_fisher(model, four, method="per_example"))
+    rel = float((P.flatten(m_est.estimate()) - full).norm() / full.norm())
+    assert 0 < rel < 2  # an estimate of the same scale, not the same values
+    m_est.remove()
+    nn.functional.cross_entropy(model(four[0][0]), four[0][1]).backward()  # removed hooks record nothing
+    assert m_est.steps == 3
