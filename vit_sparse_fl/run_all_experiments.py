@@ -23,9 +23,10 @@ Design (the numbers are the constants below):
 * **Interference.** In the last 20% of the rounds, at every evaluation round, each selected client's test
   accuracy on its own classes with its local model minus the aggregated model's, averaged over clients
   and rounds (points; positive = aggregation hurts the clients' own classes).
-* **Sparse.** The five mask strategies at sparsity 0.9 and 0.5 on IID and Nc = 2 shards; the sensitivity
-  strategies use the official TaLoS score (``--fisher-score talos``, 4 calibration rounds as TaLoS);
-  least_sensitive is also run with the true-Fisher score at 0.9 for comparison.
+* **Sparse.** The five mask strategies at sparsity 0.9 and 0.5 on Nc = 2 shards (where interference
+  exists) and at 0.9 on IID shards; the sensitivity strategies use the official TaLoS score
+  (``--fisher-score talos``, 4 calibration rounds as TaLoS); least_sensitive is also run with the
+  true-Fisher score at 0.9 on Nc = 2 for comparison.
 * **Statistics.** Seeds 0..N-1; mean ± sample sd (ddof=1) and paired differences by seed with a 95% t
   interval (``common.stats``).
 
@@ -57,7 +58,7 @@ TASK = ["--quick", "--quiet", "--classes", "0", str(NUM_CLASSES), "--synthetic-p
 BASE = ["--quick", "--quiet", "--classes", str(NUM_CLASSES), "100", "--synthetic-per-class", "200", "100",
         "--max-train", "0", "--max-test", "0", "--total-steps", "2000", "--batch-size", "64",
         "--warmup-epochs", "1", "--patience", "0"]
-K, C, J, WARMUP = 50, 0.1, 4, 4
+K, C, J, WARMUP, EVAL_EVERY = 50, 0.1, 4, 4, 6
 M = max(1, round(C * K))
 
 
@@ -71,7 +72,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         help="J sweep on IID shards at R * J fixed (J = 4 is the FedAvg IID run)")
     parser.add_argument("--nc-values", type=int, nargs="+", default=[1, 2, 5], help="Nc sweep (classes per client)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.5],
-                        help="sparsity ratios of the mask-strategy comparison")
+                        help="sparsity ratios of the mask-strategy comparison on Nc = 2 shards (IID: the first)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (worker processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--smoke", action="store_true",
@@ -84,8 +85,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 # ---------------------------------------------------------------------------------------------- the grid
 def plan(args, base: str) -> list[dict]:
     """Every run: {name, script, argv, seed}. Seed-major order, so a cut suite has equal n in every cell."""
-    fed = [*TASK, "--num-clients", str(K), "--participation-rate", str(C), "--eval-every", "4",
-           "--interference-window", "0.2"]
+    fed = [*TASK, "--num-clients", str(K), "--participation-rate", str(C), "--interference-window", "0.2"]
     warm = ["--head-warmup", str(WARMUP)]
     rounds = args.rounds
     runs = []
@@ -96,11 +96,13 @@ def plan(args, base: str) -> list[dict]:
             runs.append({"name": f"{name}_seed{seed}", "setting": name, "script": script, "seed": seed,
                          "argv": [*argv, *s]})
 
-        fedavg = [*fed, *warm, "--weights", base, "--local-steps", str(J), "--rounds", str(rounds)]
+        fedavg = [*fed, *warm, "--weights", base, "--local-steps", str(J), "--rounds", str(rounds),
+                  "--eval-every", str(EVAL_EVERY)]
         add("fedavg_iid", "fedavg", fedavg)
         add("fedavg_iid_scratch", "fedavg", [*fed, *warm, "--weights", "none", "--local-steps", str(J),
-                                             "--rounds", str(rounds)])
+                                             "--rounds", str(rounds), "--eval-every", str(EVAL_EVERY)])
         add("centralized", "centralized", [*TASK, "--weights", base, "--patience", "0", "--warmup-epochs", "0",
+                                           "--weight-decay", "1e-4", "--keep-best", "1",
                                            "--total-steps", str((rounds + WARMUP) * M * J)])
         for nc in args.nc_values:
             add(f"fedavg_nc{nc}", "fedavg", [*fedavg, "--sharding", "non_iid", "--nc", str(nc)])
@@ -108,24 +110,25 @@ def plan(args, base: str) -> list[dict]:
             if j != J:
                 add(f"fedavg_iid_J{j}", "fedavg", [*fed, "--weights", base, "--local-steps", str(j),
                                                    "--rounds", str(max(1, round(rounds * J / j))),
-                                                   "--head-warmup", str(max(1, round(WARMUP * J / j)))])
+                                                   "--head-warmup", str(max(1, round(WARMUP * J / j))),
+                                                   "--eval-every", str(max(1, round(EVAL_EVERY * J / j)))])
         for shard in ("iid", "nc2"):
             sh = [] if shard == "iid" else ["--sharding", "non_iid", "--nc", "2"]
-            for sp in args.sparsities:
+            for sp in args.sparsities if shard == "nc2" else args.sparsities[:1]:
                 for strategy in STRATEGIES:
                     add(f"sparse_{shard}_s{sp:g}_{strategy}", "sparse",
                         [*fedavg, *sh, "--mask-strategy", strategy, "--sparsity-ratio", f"{sp:g}",
                          "--fisher-score", "talos", "--calibration-rounds", "4"])
-            add(f"sparse_{shard}_s{args.sparsities[0]:g}_least_sensitive_fisher", "sparse",
-                [*fedavg, *sh, "--mask-strategy", "least_sensitive", "--sparsity-ratio", f"{args.sparsities[0]:g}",
-                 "--fisher-score", "fisher", "--calibration-rounds", "4"])
+        add(f"sparse_nc2_s{args.sparsities[0]:g}_least_sensitive_fisher", "sparse",
+            [*fedavg, "--sharding", "non_iid", "--nc", "2", "--mask-strategy", "least_sensitive",
+             "--sparsity-ratio", f"{args.sparsities[0]:g}", "--fisher-score", "fisher", "--calibration-rounds", "4"])
     return runs
 
 
 def smoke(args) -> None:
     """--smoke: shrink every budget so the pipeline runs in minutes (numbers meaningless)."""
     global BASE, TASK
-    BASE = [a if a != "2000" else "40" for a in BASE]
+    BASE = [{"2000": "40", "1": "0"}.get(a, a) for a in BASE]
     TASK = [*TASK, "--max-train", "1000", "--max-test", "500"]
     args.rounds, args.num_runs = 4, 1
 
@@ -263,11 +266,11 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
               f"J = {j}, R = {max(1, round(args.rounds * J / j))}") for j in sorted(args.j_values)])
     for shard, dense, title in (("iid", "fedavg_iid", "IID"), ("nc2", "fedavg_nc2", "Nc = 2")):
         labels[dense] = f"dense FedAvg {title}"
-        for sp in args.sparsities:
+        for sp in args.sparsities if shard == "nc2" else args.sparsities[:1]:
             rows = [(dense, f"dense FedAvg ({title})")]
             rows += [(f"sparse_{shard}_s{sp:g}_{s}", s + (" (TaLoS score)" if "sensitive" in s else ""))
                      for s in STRATEGIES]
-            if sp == args.sparsities[0]:
+            if sp == args.sparsities[0] and shard == "nc2":
                 rows.append((f"sparse_{shard}_s{sp:g}_least_sensitive_fisher", "least_sensitive (true-Fisher score)"))
             section(f"Sparse fine-tuning, {title} shards, sparsity {sp:g}", dense, rows, interference=True)
     return "\n".join(lines) + "\n", record

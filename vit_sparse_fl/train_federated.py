@@ -190,9 +190,9 @@ def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: 
            "clients": len(clients)}
     if interference:
         P.load_(params, global_params)
-        everyone = torch.arange(len(ctx["test"]), device=device)
-        right = exp.correct(ctx["forward"], ctx["test"], everyone, args, device)   # one pass, all classes
-        global_acc = [float(right[ctx["own_test"][k]].float().mean()) for k in clients]
+        union = torch.unique(torch.cat([ctx["own_test"][k] for k in clients]))      # sorted
+        right = exp.correct(ctx["forward"], ctx["test"], union, args, device)       # one pass
+        global_acc = [float(right[torch.searchsorted(union, ctx["own_test"][k])].float().mean()) for k in clients]
         out.update(local_own_accuracy=float(np.mean(local_acc)), global_own_accuracy=float(np.mean(global_acc)),
                    interference=float(np.mean(np.subtract(local_acc, global_acc))))
     return out

@@ -34,7 +34,7 @@ def test_plan_matches_sample_gradients_and_covers_the_grid():
     assert {r["setting"] for r in seed0} >= {"fedavg_iid_J8", "fedavg_iid_J16", "fedavg_nc1", "fedavg_nc2",
                                              "fedavg_nc5", "centralized", "fedavg_iid_scratch"}
     sparse = [r for r in seed0 if r["script"] == "sparse"]
-    assert len(sparse) == 2 * 2 * 5 + 2
+    assert len(sparse) == 5 + 2 * 5 + 1              # IID at 0.9; Nc = 2 at 0.9 and 0.5; true Fisher
     assert all(_flag(r, "--weights") == "base.pt" for r in seed0 if r["setting"] != "fedavg_iid_scratch")
     assert all(_flag(r, "--head-warmup") for r in seed0 if r["script"] != "centralized")
 
