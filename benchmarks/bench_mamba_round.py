@@ -10,8 +10,17 @@ evaluation pushed to the end, and reads their summaries:
                   loading the global model into the one model object, drawing batch indices, aggregating,
                   the server update, and for FedFisher its per-example Fisher. Target for FedAvg: < 5%.
 Every client step uses --batch-size blocks, as every centralized step does.
+FedFisher runs twice: with its per-example Fisher of --batch-size blocks per client (``--fisher-method
+per_example``) and with ``--fisher-method local`` (the squared batch gradients of the client's own local
+steps, reused from training: ``common.fisher.LocalStepFisher``).
 A second table times FedFisher's per-example Fisher: torch.func vmap through the Mamba2 PyTorch path
 (it works with use_cache=False) against the per-example loop, and checks that both give the same Fisher.
+A third breaks a FedFisher client down (one local step, its Fisher by each estimator) and reports each
+estimator's relative error ||F_hat - F|| / ||F|| against the per-example Fisher F of --fisher-reference blocks
+of the client's shard at the client's final parameters, averaged over --fisher-draws clients/draws:
+per_example with --batch-size and with 32 blocks (the flag's default), 'batch' with --batch-size blocks,
+and local (pairs of consecutive steps) over 4 local steps (LOCAL_STEPS); FedFisher rounds run again with
+4 local steps, with per_example and with local.
 
     python benchmarks/bench_mamba_round.py --nproc 1 2 --layers 2 --d-model 128 --rounds 6
 
@@ -53,6 +62,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="time FedAvg rounds under torchrun with each of these process counts (e.g. 1 2) instead")
     p.add_argument("--repeats", type=int, default=1,
                    help="with --nproc: runs per process count, alternating; the median run is reported")
+    p.add_argument("--fisher-reference", type=int, default=256,
+                   help="blocks of the per-example Fisher the estimators are compared with")
+    p.add_argument("--fisher-draws", type=int, default=3, help="clients (with their own draws) averaged over")
+    p.add_argument("--no-estimators", action="store_true", help="skip the Fisher estimator table")
     return p
 
 
@@ -133,6 +146,98 @@ def fisher_timing(args, L: int) -> dict:
     return {"layers": L, "vmap_s": out["per_example_s"], "loop_s": out["loop_s"], "rel_gap": gap}
 
 
+LOCAL_STEPS = 4  # local steps per client for --fisher-method local (it pairs consecutive steps: >= 2)
+
+
+def fisher_estimators(args, L: int) -> dict:
+    """Per client: the time of one local step and of each Fisher estimator, and each estimator's relative
+    error against the per-example Fisher of --fisher-reference blocks at the client's final parameters."""
+    import statistics
+    import time
+
+    import torch
+
+    from common import fisher, seed
+    from common import params as P
+    from mamba_fl import fed_fisher, federated, lmdata
+    from mamba_fl import model as mmodel
+
+    parser = fed_fisher.get_args_parser()
+    argv = ["--layers", str(L), "--d-model", str(args.d_model), "--d-state", str(args.d_state),
+            "--head-dim", str(args.head_dim), "--sequence-length", str(args.sequence_length)]
+    if args.cache_dir:
+        argv += ["--cache-dir", args.cache_dir]
+    a = parser.parse_args(argv)
+    federated.finish_args(a, federated.explicit_dests(parser, argv))
+    data = lmdata.load_lm_data(a)
+    pad, B = data.tokenizer.pad_token_id, args.batch_size
+    seed.seed_everything(0)
+    model = mmodel.build_model(a, data.vocab_size, pad, data.tokenizer.eos_token_id)
+    ps = P.trainable(model)
+    n = len(data.train)
+
+    def batch(idx):
+        return lmdata.text.lm_batch(data.train[torch.as_tensor(idx)], pad)
+
+    def step(opt, idx):
+        model(**batch(idx)).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def per_example(idx, method="per_example"):
+        blocks = [(b["input_ids"], b["labels"][:, 1:]) for b in (batch(idx[i:i + B]) for i in range(0, len(idx), B))]
+        return fisher.diagonal_fisher(model, blocks, forward=fed_fisher.next_token_logits, params=ps, method=method,
+                                      chunk_size=B)
+
+    warm = torch.optim.AdamW(ps, lr=1e-2)
+    for i in range(20):  # away from the initialisation, as in a run's later rounds
+        step(warm, torch.arange(i * B, (i + 1) * B) % n)
+    start = P.clone(ps)
+    U = LOCAL_STEPS
+    names = ["per_example", "per_example (32 blocks)", "batch", "local"]
+    errors, times, hooked = {k: [] for k in names}, {k: [] for k in names}, []
+    for d in range(args.fisher_draws):
+        g = torch.Generator().manual_seed(1000 + d)
+        ref_idx = torch.randperm(n, generator=g)[: args.fisher_reference]
+        P.load_(ps, start)
+        opt = torch.optim.AdamW(ps, lr=1e-3)  # a fresh client AdamW, as --client-opt-state reset
+        est = fisher.LocalStepFisher(ps, B)
+        for _ in range(U):
+            t = time.perf_counter()
+            step(opt, torch.randint(0, n, (B,), generator=g))
+            hooked.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        local = est.estimate()
+        times["local"].append(time.perf_counter() - t)
+        est.remove()
+        full = P.flatten(per_example(ref_idx))  # at this client's final parameters
+        errors["local"].append(float((P.flatten(local) - full).norm() / full.norm()))
+        for other, idx, method in (("per_example", ref_idx[:B], "per_example"),
+                                   ("per_example (32 blocks)", ref_idx[-32:], "per_example"),
+                                   ("batch", ref_idx[B:2 * B], "batch")):
+            t = time.perf_counter()
+            f = per_example(idx, method)
+            times[other].append(time.perf_counter() - t)
+            errors[other].append(float((P.flatten(f) - full).norm() / full.norm()))
+    # the hooks' cost is inside the training steps: the difference of steps with and without them
+    P.load_(ps, start)
+    opt = torch.optim.AdamW(ps, lr=1e-3)
+    plain = []
+    for i in range(max(5, len(hooked))):
+        t = time.perf_counter()
+        step(opt, torch.arange(i * B, (i + 1) * B) % n)
+        plain.append(time.perf_counter() - t)
+    step_s = statistics.median(plain)
+    hook_s = max(0.0, statistics.median(hooked) - step_s)
+    est = []
+    for k in names:
+        seconds = statistics.median(times[k]) + (U * hook_s if k == "local" else 0.0)
+        est.append({"name": k, "seconds": seconds, "rel_error": statistics.mean(errors[k]), "rel_errors": errors[k],
+                    "share_1_step": seconds / (step_s + seconds), "share_u_steps": seconds / (U * step_s + seconds)})
+    return {"layers": L, "step_s": step_s, "hook_s": hook_s, "local_steps": U, "params": P.numel(ps),
+            "reference_blocks": args.fisher_reference, "batch_size": B, "estimators": est}
+
+
 def main(argv=None) -> list[dict]:
     args = cli.parse(get_args_parser(), argv)
     if args.nproc:
@@ -156,21 +261,45 @@ def main(argv=None) -> list[dict]:
             fed = ["--num-clients", str(args.num_clients), "--rounds", str(args.rounds), "--val-freq", str(args.rounds)]
             f = fed_avg.main(common + fed + ["--run-name", f"a{L}"])
             fi = fed_fisher.main(common + fed + ["--fisher-samples", str(args.batch_size), "--run-name", f"f{L}"])
+            # --fisher-method local pairs consecutive local steps: both FedFisher variants again at 4 local steps
+            fed4 = ["--local-updates", str(LOCAL_STEPS), "--rounds", str(max(1, args.rounds // LOCAL_STEPS))]
+            fp4 = fed_fisher.main(common + fed + fed4 + ["--fisher-samples", str(args.batch_size),
+                                                          "--run-name", f"fp4{L}"])
+            fl4 = fed_fisher.main(common + fed + fed4 + ["--fisher-method", "local", "--run-name", f"fl4{L}"])
             rows.append({
+                "local_steps": LOCAL_STEPS,
+                "fedfisher_u_overhead": fp4["overhead_fraction"],
+                "fedfisher_local_tok_s": fl4["train_tokens"] / fl4["round_seconds"],
+                "fedfisher_local_overhead": fl4["overhead_fraction"],
                 "layers": L, "central_tok_s": c["train_tokens"] / c["train_seconds"],
                 "fedavg_tok_s": f["train_tokens"] / f["round_seconds"], "fedavg_overhead": f["overhead_fraction"],
                 "fedfisher_tok_s": fi["train_tokens"] / fi["round_seconds"],
                 "fedfisher_overhead": fi["overhead_fraction"], "kernel_path": f["kernel_path"]})
     print(markdown_table(
-        ["layers", "central tok/s", "FedAvg tok/s", "FedAvg overhead", "FedFisher tok/s", "FedFisher overhead", "path"],
+        ["layers", "central tok/s", "FedAvg tok/s", "FedAvg overhead", "FedFisher tok/s", "FedFisher overhead",
+         f"FedFisher overhead, {LOCAL_STEPS} local steps: per_example / local", "path"],
         [[r["layers"], f"{r['central_tok_s']:.0f}", f"{r['fedavg_tok_s']:.0f}", f"{100 * r['fedavg_overhead']:.1f}%",
-          f"{r['fedfisher_tok_s']:.0f}", f"{100 * r['fedfisher_overhead']:.1f}%", r["kernel_path"]] for r in rows]))
+          f"{r['fedfisher_tok_s']:.0f}", f"{100 * r['fedfisher_overhead']:.1f}%",
+          f"{100 * r['fedfisher_u_overhead']:.1f}% / {100 * r['fedfisher_local_overhead']:.1f}%", r["kernel_path"]]
+         for r in rows]))
     frows = [fisher_timing(args, L) for L in args.layers]
     print()
     print(markdown_table(["layers", f"Fisher of {args.batch_size} seqs: vmap s", "loop s", "speed-up", "max rel. gap"],
                          [[r["layers"], f"{r['vmap_s']:.2f}", f"{r['loop_s']:.2f}", f"{r['loop_s'] / r['vmap_s']:.1f}x",
                            f"{r['rel_gap']:.1e}"] for r in frows]))
     rows += frows
+    if not args.no_estimators:
+        erows = [fisher_estimators(args, L) for L in args.layers]
+        print()
+        print(markdown_table(
+            ["layers", "local step ms", "estimator", "Fisher ms / client", "share of a client, 1 step",
+             f"share, {LOCAL_STEPS} steps", "rel. error vs F"],
+            [[r["layers"], f"{1e3 * r['step_s']:.1f}", e["name"], f"{1e3 * e['seconds']:.1f}",
+              "-" if e["name"] == "local" else f"{100 * e['share_1_step']:.1f}%", f"{100 * e['share_u_steps']:.1f}%",
+              f"{e['rel_error']:.2f}"] for r in erows for e in r["estimators"]]))
+        print(f"F: per-example Fisher of --fisher-reference {args.fisher_reference} blocks at the client's final "
+              f"parameters after {LOCAL_STEPS} local steps; mean over {args.fisher_draws} clients/draws")
+        rows += erows
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows

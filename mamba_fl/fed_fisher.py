@@ -11,7 +11,8 @@ theta <- (sum_k n_k F_k theta_k + eps theta_bar) / (sum_k n_k F_k + eps), theta_
 the clients carry Fisher information, FedAvg where they carry none (never a pull toward zero). Each
 evaluation row logs ``fisher_eps_share``, the fraction of coordinates where eps rather than the Fisher
 decides. Clients send their Fisher with their parameters (2x upload). ``--fisher-method local`` instead
-reuses the squared batch gradients of the client's own local steps (no extra pass; ``common.fisher.LocalStepFisher``).
+estimates it from the batch gradients of the client's own local steps (no extra pass; needs --local-updates
+>= 2; ``common.fisher.LocalStepFisher``).
 The round loop lives in mamba_fl/federated.py; the run writes perplexity.png into its run directory.
 """
 from __future__ import annotations
@@ -44,11 +45,12 @@ def next_token_logits(model, input_ids):
 
 
 def local_step_fisher(ctx: federated.Context, client: federated.Client) -> list[torch.Tensor]:
-    """--fisher-method local: m g_s^2 averaged over the client's own local steps (m = --batch-size), taken
-    from the gradients its training just computed (``common.fisher.LocalStepFisher`` hooks on the model's
-    parameters; no extra forward or backward). The hooks exist from the first call on, so the first client
-    of a run, trained before that, recomputes the same quantity at its final parameters on its local
-    batches (its steps' blocks, one forward and backward each) once."""
+    """--fisher-method local: the per-example Fisher estimated from the batch gradients of the client's own
+    consecutive local steps, g_{s-1} g_s + (m / 2)(g_s - g_{s-1})^2 averaged over the pairs (m = --batch-size),
+    taken from the gradients its training just computed (``common.fisher.LocalStepFisher`` hooks on the
+    model's parameters; no extra forward or backward). The hooks exist from the first call on, so the first
+    client of a run, trained before that, recomputes its steps' gradients at its final parameters on its
+    local batches (one forward and backward each) once."""
     est = _LOCAL.get(ctx.model)
     if est is None:
         est = _LOCAL[ctx.model] = fisher.LocalStepFisher(ctx.params, ctx.args.batch_size)
@@ -95,9 +97,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="empirical: targets from the data (the source); sampled: y ~ model (true Fisher)")
     g.add_argument("--fisher-method", choices=("per_example", "loop", "batch", "local"), default="per_example",
                    help="per_example: torch.func vmap over --fisher-samples blocks; loop: reference; batch: squared "
-                        "batch gradients of those blocks (biased); local: squared batch gradients of the client's "
-                        "own local steps, reused from training (no extra pass; empirical labels; see the README "
-                        "for its error against the per-example Fisher)")
+                        "batch gradients of those blocks (biased); local: from the batch gradients of the "
+                        "client's own consecutive local steps, reused from training (no extra pass; needs "
+                        "--local-updates >= 2; empirical labels; the README gives its error)")
     g.add_argument("--fisher-eps", type=float, default=1e-6,
                    help="floor relative to the mean Fisher: coordinates whose summed Fisher is below this "
                         "fraction of the mean get (mostly) the FedAvg mean; raise to move toward FedAvg")
@@ -115,6 +117,9 @@ def main(argv=None) -> dict:
     cli.check(args.fisher_method != "local" or args.fisher_labels == "empirical",
               "--fisher-method local reuses the training gradients: its labels are the data's (--fisher-labels "
               "empirical)")
+    cli.check(args.fisher_method != "local" or args.local_updates >= 2,
+              f"--fisher-method local pairs consecutive local steps: needs --local-updates >= 2, "
+              f"got {args.local_updates}")
     return federated.run(args, METHOD, federated.explicit_dests(parser, argv))
 
 
