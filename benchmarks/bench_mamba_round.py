@@ -262,7 +262,7 @@ def main(argv=None) -> list[dict]:
             f = fed_avg.main(common + fed + ["--run-name", f"a{L}"])
             fi = fed_fisher.main(common + fed + ["--fisher-samples", str(args.batch_size), "--run-name", f"f{L}"])
             # --fisher-method local pairs consecutive local steps: both FedFisher variants again at 4 local steps
-            fed4 = ["--local-updates", str(LOCAL_STEPS), "--rounds", str(max(1, args.rounds // LOCAL_STEPS))]
+            fed4 = ["--local-updates", str(LOCAL_STEPS)]
             fp4 = fed_fisher.main(common + fed + fed4 + ["--fisher-samples", str(args.batch_size),
                                                           "--run-name", f"fp4{L}"])
             fl4 = fed_fisher.main(common + fed + fed4 + ["--fisher-method", "local", "--run-name", f"fl4{L}"])

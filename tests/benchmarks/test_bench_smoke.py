@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,11 +36,20 @@ def test_bench_vit_quick(tmp_path):
 
 
 def test_bench_aggregate_quick(tmp_path):
-    out = load("bench_aggregate").main(["--quick", "--no-memory", "--repeats", "1", "--clients", "3",
-                                        "--json", str(tmp_path / "agg.json")])
-    methods = {t["method"] for t in out["timings"]}
-    assert {"reference", "stream"} <= methods
-    assert all(t["clients"] == 3 and t["gb_s"] > 0 for t in out["timings"] if t["method"] == "stream")
+    out = load("bench_aggregate").main(["--quick", "--no-memory", "--repeats", "1", "--warmup", "0", "--clients", "3",
+                                        "--busy-limit", "30", "--json", str(tmp_path / "agg.json")])
+    assert [c["name"] for c in out["conditions"]] == ["quiet", "busy"]
+    busy = out["conditions"][1]
+    assert busy["busy_loops"] == (os.cpu_count() or 1) and busy["load_during"]["load1"] >= 0
+    for cond in out["conditions"]:
+        aggs = {r["aggregator"] for r in cond["rows"]}
+        assert aggs == {"WeightedMean", "FisherMean", "MaskedMean", "FedAdam step"}
+        assert all(r["flat_ms"] > 0 and r["anchor_ms"] > 0 and r["floor_ms"] > 0 for r in cond["rows"])
+    assert json.loads((tmp_path / "agg.json").read_text())["anchor"] == out["anchor"]
+    ref = load("bench_aggregate").main(["--quick", "--no-memory", "--repeats", "1", "--warmup", "0", "--clients", "2",
+                                        "--conditions", "quiet", "--aggregators", "WeightedMean", "--anchor",
+                                        "reference"])
+    assert ref["anchor"] == "per-key stack reference" and len(ref["conditions"][0]["rows"]) == 1
 
 
 def test_bench_fisher_quick(tmp_path):

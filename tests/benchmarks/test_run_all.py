@@ -30,26 +30,48 @@ def fake_llm(overheads: dict) -> list[dict]:
 LLM_OK = {("fedavg", 0): 0.03, ("fedprox", 0): 0.04, ("scaffold", 0): 0.049, ("fedavg", 8): 0.02}
 
 
-def fake_results(*, speedup=3.0, copy_fraction=0.7, peak_k100=1.05, vit_other=0.02, fedavg_overhead=0.08,
-                 fisher_ratio=2.5, step_s=None, lora_round=0.024, llm=None) -> dict:
+def fake_aggregate(speedup: float, vs_floor: float, peak_k100: float) -> dict:
+    """bench_aggregate.py's summary: quiet and busy conditions, K = 10 and 100, three aggregators and a
+    server step; ``speedup`` for every row quiet, ``speedup / 2`` busy."""
     mib = 2**20
-    return {
-        "aggregate": {
-            "numel": 2_000_000, "quick": True, "threads": 2,
-            "timings": [{"clients": k, "method": m, "speedup": speedup if m == "stream" else 1.0,
-                         "gb_s": 10.0 * copy_fraction, "copy_gb_s": 10.0, "copy_fraction": copy_fraction}
-                        for k in (10, 100) for m in ("reference", "stream")],
+
+    def rows(cond, factor):
+        out = []
+        for k in (10, 100):
+            for agg in ("WeightedMean", "FisherMean"):
+                r = {"condition": cond, "clients": k, "aggregator": agg, "anchor_ms": 100.0 * speedup * factor,
+                     "flat_ms": 100.0, "floor_ms": 100.0 / vs_floor, "speedup": speedup * factor, "vs_floor": vs_floor}
+                if agg == "WeightedMean":
+                    r |= {"tensors_ms": 120.0, "tensors_speedup": speedup * factor / 1.2}
+                out.append(r)
+        return out
+    load = {"load1": 0.5, "runnable": 1}
+    return {"numel": 2_000_000, "quick": True, "threads": 2, "anchor": "Flower 1.41.0 aggregate()",
+            "conditions": [{"name": "quiet", "busy_loops": 0, "load_during": load, "rows": rows("quiet", 1.0)},
+                           {"name": "busy", "busy_loops": 2, "load_during": load, "rows": rows("busy", 0.5)}],
             "memory": [{"method": "stream", "clients": 10, "peak_bytes": 400 * mib, "before_bytes": 390 * mib},
                        {"method": "stream", "clients": 100, "peak_bytes": int(400 * peak_k100 * mib),
                         "before_bytes": 390 * mib},
-                       {"method": "reference", "clients": 10, "peak_bytes": 500 * mib, "before_bytes": 390 * mib},
-                       {"method": "reference", "clients": 100, "peak_bytes": 1500 * mib, "before_bytes": 390 * mib}]},
+                       {"method": "anchor", "clients": 10, "peak_bytes": 500 * mib, "before_bytes": 390 * mib},
+                       {"method": "anchor", "clients": 100, "peak_bytes": 1500 * mib, "before_bytes": 390 * mib}]}
+
+
+def fake_results(*, speedup=3.0, copy_fraction=1.2, peak_k100=1.05, vit_other=0.02, fedavg_overhead=0.08,
+                 fisher_ratio=2.5, step_s=None, lora_round=0.024, llm=None) -> dict:
+    return {
+        "aggregate": fake_aggregate(speedup, copy_fraction, peak_k100),
         "vit": {"clients_per_round": 2, "settings": {"image_size": 32, "batch_size": 8, "local_steps": 1},
                 "results": {"vit_tiny": {"train_img_s": 100.0, "sparse_train_img_s": 90.0, "eval_img_s": 400.0,
                                          "round_s": 0.2, "client_s": 0.2 * (1 - vit_other),
                                          "other_share": vit_other}}},
         "mamba": [{"layers": 1, "central_tok_s": 1000.0, "fedavg_tok_s": 800.0, "fedavg_overhead": fedavg_overhead,
-                   "fedfisher_tok_s": 500.0, "fedfisher_overhead": 0.4, "kernel_path": "torch"},
+                   "fedfisher_tok_s": 500.0, "fedfisher_overhead": 0.4, "kernel_path": "torch",
+                   "local_steps": 4, "fedfisher_u_overhead": 0.3, "fedfisher_local_overhead": fedavg_overhead + 0.1},
+                  {"layers": 1, "step_s": 0.05, "local_steps": 4, "reference_blocks": 256, "batch_size": 8,
+                   "estimators": [{"name": "per_example", "seconds": 0.08, "rel_error": 0.8, "share_1_step": 0.6,
+                                   "share_u_steps": 0.3},
+                                  {"name": "local", "seconds": 0.001, "rel_error": 0.85, "share_1_step": 0.02,
+                                   "share_u_steps": 0.005}]},
                   {"layers": 1, "vmap_s": 0.5, "loop_s": 2.0, "rel_gap": 1e-6}],
         "lora_merge": {"clients": 10, "step_s": step_s, "round_steps": 2110, "agree": 1e-6,
                        "timings_ms": {"svd (QR core, lora_glue_fl)": 20.0, "svd (dense dW + full SVD)": 300.0,
@@ -73,12 +95,19 @@ def verdicts(rows, bench: str, metric_start: str) -> list[str]:
 def test_targets_met_and_missed(run_all):
     rows = run_all.build_table(fake_results(), cuda=False, device="cpu")
     assert all(len(r) == len(run_all.HEADERS) for r in rows)
-    assert verdicts(rows, "aggregate", "WeightedMean vs") == ["yes", "yes"]
-    assert verdicts(rows, "aggregate", "WeightedMean bandwidth") == ["yes", "yes"]
+    # quiet: >= 2.5x Flower (3x), busy: >= 1x (1.5x); every K and aggregator
+    assert verdicts(rows, "aggregate", "WeightedMean vs Flower") == ["yes"] * 4
+    assert verdicts(rows, "aggregate", "FisherMean vs Flower") == ["yes"] * 4
+    assert verdicts(rows, "aggregate", "WeightedMean of separate tensors") == ["-", "-", "yes", "yes"]  # busy only
+    assert verdicts(rows, "aggregate", "WeightedMean time vs copy floor") == ["yes", "yes", "-", "-"]  # quiet only
     assert verdicts(rows, "aggregate", "peak memory, WeightedMean") == ["yes"]
-    assert verdicts(rows, "aggregate", "peak memory, per-key") == ["-"]      # informational, no target
+    assert verdicts(rows, "aggregate", "peak memory, Flower") == ["-"]      # informational, no target
     assert verdicts(rows, "vit_sparse_fl", "round overhead") == ["yes"]
     assert verdicts(rows, "mamba_fl", "FedAvg round overhead") == ["NO"]     # 8% >= 5%
+    assert verdicts(rows, "mamba_fl", "FedFisher round overhead, per_example") == ["yes"]  # local 18% <= 25%
+    est = {r[2]: r[3] for r in rows if r[2].startswith("Fisher estimator")}
+    assert est["Fisher estimator local: time; ||F_hat - F|| / ||F||"] == "0.5% of a 4-step client; 0.85"
+    assert est["Fisher estimator per_example: time; ||F_hat - F|| / ||F||"].endswith("(60.0% of a 1-step one); 0.80")
     assert verdicts(rows, "fisher", "per-example (vmap)") == ["yes"]
     assert verdicts(rows, "lora_glue_fl", "merge share") == ["n/a"]          # training step skipped
     assert verdicts(rows, "lora_glue_fl", "round overhead (measured") == ["yes"]  # 2.4% < 5%
@@ -87,12 +116,14 @@ def test_targets_met_and_missed(run_all):
     assert [r[1].split(",")[0] for r in llm] == ["fedavg", "fedprox", "scaffold", "fedavg"]
     assert "LoRA r=8" in llm[3][1] and "all parameters" in llm[0][1] and all(r[4] == "< 5%" for r in llm)
 
-    bad = run_all.build_table(fake_results(speedup=1.5, copy_fraction=0.3, peak_k100=1.5, vit_other=0.06,
+    bad = run_all.build_table(fake_results(speedup=1.5, copy_fraction=1.4, peak_k100=1.5, vit_other=0.06,
                                            fedavg_overhead=0.01, fisher_ratio=3.5, step_s=1.0, lora_round=0.07,
                                            llm={("fedavg", 0): 0.049, ("scaffold", 0): 0.05, ("fedprox", 8): 0.2}),
                               cuda=False, device="cpu")
-    assert verdicts(bad, "aggregate", "WeightedMean vs") == ["NO", "NO"]
-    assert verdicts(bad, "aggregate", "WeightedMean bandwidth") == ["NO", "NO"]
+    # 1.5x: NO quiet (< 2.5x), busy 0.75x: NO; 1.4x the floor: NO
+    assert verdicts(bad, "aggregate", "WeightedMean vs Flower") == ["NO"] * 4
+    assert verdicts(bad, "aggregate", "WeightedMean of separate tensors") == ["-", "-", "NO", "NO"]
+    assert verdicts(bad, "aggregate", "WeightedMean time vs copy floor") == ["NO", "NO", "-", "-"]
     assert verdicts(bad, "aggregate", "peak memory, WeightedMean") == ["NO"]
     assert verdicts(bad, "vit_sparse_fl", "round overhead") == ["NO"]
     assert verdicts(bad, "mamba_fl", "FedAvg round overhead") == ["yes"]
@@ -116,7 +147,9 @@ def test_derived_values(run_all):
     llm = [r for r in rows if r[0] == "llm_noniid"]
     assert llm[0][3] == "3.0% of 0.500 s (15000 tokens/s)"
     agg = [r for r in rows if r[0] == "aggregate"]
-    assert len(agg) == 6 and all("2 thread(s)" in r[1] for r in agg)  # the thread count bench_aggregate used
+    assert len(agg) == 22 and all("2 thread(s)" in r[1] for r in agg)  # the thread count bench_aggregate used
+    assert [r[3] for r in agg if r[2] == "WeightedMean vs Flower"][0] == "3.00x faster (100 vs 300 ms)"
+    assert any("busy (2 busy loops), load 0.5, K=100" in r[1] for r in agg)
 
 
 def test_unmeasured_and_failed_rows(run_all):
