@@ -39,6 +39,7 @@ class Adapter:
     use_rslora: bool = False
     dropout: float = 0.0
     extra: dict = field(default_factory=dict)               # config fields kept on save (base model path)
+    head_modules: list[str] = field(default_factory=lambda: ["classifier"])  # peft modules_to_save
 
     @property
     def scale(self) -> float:
@@ -61,12 +62,12 @@ class Adapter:
         from peft import LoraConfig, TaskType
         return LoraConfig(task_type=TaskType.SEQ_CLS, r=int(self.r), lora_alpha=self.alpha,
                           lora_dropout=self.dropout, target_modules=list(self.target_modules),
-                          use_rslora=self.use_rslora, bias="none", modules_to_save=["classifier"],
+                          use_rslora=self.use_rslora, bias="none", modules_to_save=list(self.head_modules),
                           base_model_name_or_path=base_model_name_or_path or self.extra.get("base_model_name_or_path"))
 
 
 def from_state_dict(sd: dict[str, torch.Tensor], r: int, alpha: float, target_modules, use_rslora=False,
-                    dropout: float = 0.0, extra: dict | None = None) -> Adapter:
+                    dropout: float = 0.0, extra: dict | None = None, head_modules=None) -> Adapter:
     """Split a peft state dict (saved key layout) into LoRA factors and head tensors."""
     factors, head = {}, {}
     for key, t in sd.items():
@@ -76,7 +77,7 @@ def from_state_dict(sd: dict[str, torch.Tensor], r: int, alpha: float, target_mo
         elif ".lora_" not in key:
             head[key] = t.detach().clone()
     return Adapter(factors, head, int(r), float(alpha), sorted(target_modules), bool(use_rslora), dropout,
-                   extra or {})
+                   extra or {}, sorted(head_modules or ["classifier"]))
 
 
 def from_model(model) -> Adapter:
@@ -84,7 +85,12 @@ def from_model(model) -> Adapter:
     from peft import get_peft_model_state_dict
     cfg = model.peft_config["default"]
     return from_state_dict(get_peft_model_state_dict(model), cfg.r, cfg.lora_alpha, cfg.target_modules,
-                           cfg.use_rslora, cfg.lora_dropout)
+                           cfg.use_rslora, cfg.lora_dropout, head_modules=_names(cfg.modules_to_save))
+
+
+def _names(modules) -> list[str]:
+    """peft's modules_to_save (a list, a set, a string or None) as a sorted list."""
+    return sorted(set([modules] if isinstance(modules, str) else (modules or [])))
 
 
 @torch.no_grad()
@@ -94,7 +100,7 @@ def load_into(model, adapter: Adapter) -> None:
     cfg = model.peft_config["default"]
     cli.check(int(cfg.r) == adapter.r, f"model LoRA rank {cfg.r} differs from the adapter's {adapter.r}")
     res = set_peft_model_state_dict(model, adapter.state_dict())
-    unexpected = [k for k in res.unexpected_keys if "lora_" in k or "classifier" in k]
+    unexpected = [k for k in res.unexpected_keys if "lora_" in k or any(h in k for h in adapter.head_modules)]
     if unexpected:
         raise ValueError(f"adapter tensors the model has no place for: {unexpected[:3]}")
 
@@ -128,7 +134,8 @@ def load(directory) -> Adapter:
     targets = [targets] if isinstance(targets, str) else targets
     return from_state_dict(sd, cfg["r"], cfg["lora_alpha"], targets, cfg.get("use_rslora", False),
                            cfg.get("lora_dropout", 0.0),
-                           {"base_model_name_or_path": cfg.get("base_model_name_or_path")})
+                           {"base_model_name_or_path": cfg.get("base_model_name_or_path")},
+                           _names(cfg.get("modules_to_save")) or ["classifier"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -212,7 +219,8 @@ def merge(adapters: list[Adapter], weights, method: str = "svd", rank: int | Non
         for a, wk in zip(adapters, w):
             mean.add([a.head[k].float() for k in keys], wk)
         head = {k: t.to(ref.head[k].dtype) for k, t in zip(keys, mean.result())}
-    return Adapter(factors, head, fused_r, fused_alpha, list(ref.target_modules), False, ref.dropout, dict(ref.extra))
+    return Adapter(factors, head, fused_r, fused_alpha, list(ref.target_modules), False, ref.dropout, dict(ref.extra),
+                   list(ref.head_modules))
 
 
 @torch.no_grad()

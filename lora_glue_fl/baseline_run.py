@@ -1,4 +1,4 @@
-"""Full fine-tuning of RoBERTa on one GLUE task, without LoRA (or zero-shot evaluation with --do_eval alone).
+"""Full fine-tuning of an encoder on one GLUE task, without LoRA (or zero-shot evaluation with --do_eval alone).
 
     python lora_glue_fl/baseline_run.py --quick
     python lora_glue_fl/baseline_run.py --model_size base --task_name sst2 --do_train --do_eval --learning_rate 2e-5

@@ -11,14 +11,20 @@ classifier heads are averaged with the same weights (the source kept a freshly i
 --aggregation naive (or --skip_svd) averages A and B instead; exact stacks the factors (rank sum r_k).
 Writes the fused adapter in peft format (PeftModel.from_pretrained loads it on the base model) and
 fuse_manifest.json (the source's keys plus the aggregation, head averaging and the merge error).
-Nothing needs a model: adapters are read and written as tensors.
+The merge needs no model: adapters are read and written as tensors. --do_eval then loads the fused adapter
+with PeftModel.from_pretrained on its base model (the adapters' base_model_name_or_path, or --base_model) and
+records the task's validation metrics in fuse_manifest.json ("final"):
+
+    python lora_glue_fl/fedavg_merge.py --adapters run/round_1/client_*/adapter --shard_manifests \
+        shards/sst2_iid_k4/client_*.json --aggregation naive --save_adapter fused/sst2_naive \
+        --do_eval --task_name sst2 --data_dir ../shared/data/glue_sst2 --max_seq_length 64
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from common import checkpoint, cli
-from lora_glue_fl import adapters, glue_shards
+from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -33,9 +39,42 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="svd (default), naive (average A and B) or exact (stacked factors)")
     p.add_argument("--skip_svd", action="store_true", help="the source's flag for --aggregation naive")
     p.add_argument("--save_adapter", required=True, help="output folder of the fused adapter")
-    p.add_argument("--task_name", default="glue", help="recorded in fuse_manifest.json")
+    p.add_argument("--task_name", default="glue", help="recorded in fuse_manifest.json; the task --do_eval scores")
     p.add_argument("--model_size", default=None, help="recorded in fuse_manifest.json (the adapters name their base)")
+    g = p.add_argument_group("evaluation of the fused adapter (optional)")
+    g.add_argument("--do_eval", action="store_true", help="score the fused adapter on --task_name's validation split")
+    g.add_argument("--base_model", default=None, help="base model folder or name (default: the adapters' "
+                                                     "base_model_name_or_path)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer folder or name (default: the base model's own)")
+    g.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
+                   help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
+                        "(default: dir when --data_dir is given, else hf)")
+    g.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
+    g.add_argument("--max_seq_length", type=int, default=128, help="tokens per example (as in training)")
+    g.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on the first N examples only")
+    g.add_argument("--eval_batch_size", type=int, default=32, help="evaluation batch size")
+    g.add_argument("--cache_dir", default=None, help="Hugging Face cache for models and datasets")
     return p
+
+
+def evaluate_adapter(args, adapter_dir: Path, base: str) -> dict:
+    """The task's validation metrics of ``PeftModel.from_pretrained(base, adapter_dir)`` on the CPU."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    task = glue_tasks.get_task(args.task_name)
+    splits = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)
+    tokenizer = modeling.load_tokenizer(args.tokenizer or base, args.cache_dir)
+    problem = "regression" if task.num_labels == 1 else "single_label_classification"
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=task.num_labels, problem_type=problem,
+                                                               cache_dir=args.cache_dir)
+    modeling.check_tokenizer(tokenizer, model)
+    types = modeling.uses_token_types(model)
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    evals = {s: splits[s] if args.max_eval_samples is None
+             else splits[s].subset(range(min(args.max_eval_samples, len(splits[s])))) for s in task.eval_splits}
+    enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
+    return modeling.evaluate(args.task_name, model, enc, "cpu", args.eval_batch_size)
 
 
 def main(argv=None) -> dict:
@@ -56,21 +95,31 @@ def main(argv=None) -> dict:
         weights = [1.0] * k
     cli.check(all(w >= 0 for w in weights) and sum(weights) > 0,
               f"weights must be >= 0 with a positive sum, got {weights}")
+    if args.do_eval:
+        glue_tasks.get_task(args.task_name)
+        args.task_name = args.task_name.lower()
+        args.data = args.data or ("dir" if args.data_dir else "hf")
     out = Path(args.save_adapter)
     cli.check(not out.exists() or out.is_dir(), f"--save_adapter {out} is a file; expected a folder")
 
     clients = [adapters.load(a) for a in args.adapters]   # every check before anything is written
     fused = adapters.merge(clients, weights, method, rank=args.svd_rank, alpha=args.alpha, names=list(args.adapters))
-    base = clients[0].extra.get("base_model_name_or_path")
+    base = args.base_model or clients[0].extra.get("base_model_name_or_path")
+    cli.check(not args.do_eval or bool(base), "--do_eval: the adapters name no base model; pass --base_model")
     adapters.save(fused, out, base)
     manifest = {"dataset": args.task_name, "model_id": base, "task": args.task_name, "k_adapters": k,
                 "adapters": [str(a) for a in args.adapters], "weights": weights, "svd_rank": fused.r,
                 "alpha": fused.alpha, "target_modules": fused.target_modules, "aggregation": method,
                 "client_ranks": [c.r for c in clients], "heads_averaged": bool(fused.head),
                 "merge_rel_error": adapters.merge_rel_error(clients, weights, fused), "model_size": args.model_size}
+    if args.do_eval:
+        manifest["final"] = evaluate_adapter(args, out, base)
+        manifest["main_metric"] = glue_tasks.get_task(args.task_name).main_metric
+        manifest["trainable_params"] = sum(t.numel() for t in fused.state_dict().values())
     checkpoint.atomic_write_json(out / "fuse_manifest.json", manifest)
+    scored = f", {manifest['main_metric']} {manifest['final'][manifest['main_metric']]:.4f}" if args.do_eval else ""
     print(f"fused {k} adapters ({method}, rank {fused.r}, alpha {fused.alpha:g}, relative error "
-          f"{manifest['merge_rel_error']:.3g}) -> {out}")
+          f"{manifest['merge_rel_error']:.3g}{scored}) -> {out}")
     return manifest
 
 

@@ -1,4 +1,4 @@
-"""Multi-round FedAvg of LoRA adapters for RoBERTa on a GLUE task: broadcast -> local training -> merge.
+"""Multi-round FedAvg of LoRA adapters for an encoder (RoBERTa, BERT, ...) on a GLUE task: broadcast -> train -> merge.
 
     python lora_glue_fl/fedavg_rounds.py --quick                       # tiny RoBERTa, embedded SST-2-like task
     python lora_glue_fl/make_shards.py --task_name sst2 --k 10 --mode iid --out_dir shards/sst2_iid_k10
@@ -71,7 +71,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--lora_r", type=int, default=8, help="rank of the clients' adapters in round 1")
     g.add_argument("--lora_alpha", type=float, default=8, help="lora_alpha of the round-1 adapters")
     g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
-    g.add_argument("--target_modules", nargs="+", default=["query", "value"], help="linear layers to adapt")
+    g.add_argument("--target_modules", nargs="+", default=None,
+                   help="linear layers to adapt (default: the architecture's query and value projections, e.g. "
+                        "query value for BERT / RoBERTa, q_lin v_lin for DistilBERT)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_each_round", action="store_true", help="evaluate the fused model after every round "
                                                                    "(the last round is always evaluated)")
@@ -177,12 +179,14 @@ def main(argv=None) -> dict:
     if args.quiet:
         modeling.quiet_hf()
     tokenizer = build_tokenizer(args, train, rd)
-    train_enc = modeling.encode(tokenizer, train, args.max_seq_length)
+    base = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
+    args.target_modules = args.target_modules or modeling.default_target_modules(base)
+    types = modeling.uses_token_types(base)
+    train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
     evals = {s: splits[s] if args.max_eval_samples is None
              else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
              for s in task.eval_splits}
-    eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length) for s, e in evals.items()}
-    base = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
+    eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
     base_path = modeling.model_id(args)
     if base_path == "tiny":  # adapters name their base model: save the tiny one next to them
         base_path = str(rd.artifact("base_model"))
@@ -262,6 +266,8 @@ def main(argv=None) -> dict:
             mine[i] = (client, row)
 
         clients, rows = gather_clients(mine, len(shards), device)
+        client_params = sum(t.numel() for t in fused.state_dict().values())  # what every client trained
+        round_bytes = bytes_up + bytes_down
         for i, (client, row) in enumerate(zip(clients, rows)):
             rd.log(row)
             if keep_clients and rd.is_main:
@@ -274,7 +280,8 @@ def main(argv=None) -> dict:
         fused.dropout = args.lora_dropout
         if rd.is_main:
             adapters.save(fused, round_dir / fused_dir_name(args.aggregation, fused) / "adapter", base_path)
-        row = {"round": rnd, "client": None, "fused_rank": fused.r,
+        row = {"round": rnd, "client": None, "fused_rank": fused.r, "client_trainable_params": client_params,
+               "round_bytes": bytes_up + bytes_down - round_bytes,  # float32 factors + head, down and up
                "merge_rel_error": adapters.merge_rel_error(clients, sizes, fused) if rd.is_main else None,
                "train_loss": sum(l * n for l, n in zip(losses, sizes)) / sum(sizes)}
         timing["round_seconds"] += time.perf_counter() - t_round  # adapter files and the merge error included
@@ -289,6 +296,7 @@ def main(argv=None) -> dict:
         rd.save_checkpoint({"round": rnd, "fused": fused.state_dict(), "bytes_up": bytes_up, "bytes_down": bytes_down,
                             "timing": timing,
                             "fused_meta": {"r": fused.r, "alpha": fused.alpha, "target_modules": fused.target_modules,
+                                           "head_modules": fused.head_modules,
                                            "dropout": fused.dropout}})
 
     final = last_metrics.get(args.rounds, {})

@@ -11,6 +11,10 @@ Modes (``make_client_splits``):
 * ``category_overlap`` ``category`` on the training set minus a shared pool, plus that pool for every
                        client; the pool size follows ``common.shard.overlap_pool_size`` so that on average the
                        fraction ``overlap_ratio`` of a client's data is shared.
+* ``dirichlet``        label skew: per label, the proportions over clients ~ Dir(``alpha``) (Hsu et al. 2019,
+                       ``common.shard.dirichlet``), redrawn until every client holds at least ``min_per_label``
+                       examples of every label, so clients see all labels in different proportions (small alpha:
+                       strongly skewed). STS-B uses its score bins as labels.
 
 Manifests (``save_shard_manifests``): ``client_<i>.json`` (i from 1) = {"dataset", "indices"} and
 ``summary.json`` with the source keys (client_indices, size_per_client, total_train, task, mode, meta) plus
@@ -27,10 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from common import checkpoint, cli, shard
-from common.seed import numpy_rng
+from common.seed import numpy_rng, stream_seed
 from lora_glue_fl.glue_tasks import Examples, get_task
 
-MODES = ("iid", "overlap", "category", "category_overlap")
+MODES = ("iid", "overlap", "category", "category_overlap", "dirichlet")
+DIRICHLET_TRIES = 10000
 
 
 def bin_scores(values, bin_width: float = 0.2) -> list[int]:
@@ -78,9 +83,25 @@ def _codes(values: list) -> np.ndarray:
     return np.asarray([uniq[v] for v in values], dtype=np.int64)
 
 
+def dirichlet_min_per_label(labels: list, k: int, alpha: float, seed: int, min_per_label: int) -> list[np.ndarray]:
+    """``common.shard.dirichlet`` draws (one stream per attempt) until every client holds at least
+    ``min_per_label`` examples of every label; one line when ``DIRICHLET_TRIES`` draws all fail."""
+    codes = _codes(labels)
+    n_labels = int(codes.max()) + 1
+    cli.check(min_per_label * k <= np.bincount(codes).min(),
+              f"--min_per_label {min_per_label} x {k} clients exceeds the rarest label's {np.bincount(codes).min()} "
+              f"examples")
+    for attempt in range(DIRICHLET_TRIES):
+        shards = shard.dirichlet(codes, k, alpha, seed=stream_seed(seed, "glue-dirichlet", attempt))
+        if min(np.bincount(codes[s], minlength=n_labels).min() for s in shards) >= min_per_label:
+            return shards
+    raise cli.UsageError(f"dirichlet alpha={alpha}: no draw in {DIRICHLET_TRIES} left every client "
+                         f"{min_per_label} examples of every label; raise --alpha or lower --min_per_label")
+
+
 def make_client_splits(train: Examples, task_name: str, k: int, mode: str = "iid", seed: int = 42,
                        overlap_ratio: float = 0.0, category_key: str | None = None,
-                       bin_stsb: bool = True) -> dict:
+                       bin_stsb: bool = True, alpha: float = 1.0, min_per_label: int = 1) -> dict:
     """Partition ``train`` over ``k`` clients -> the source's shard record (see the module docstring)."""
     task_name = task_name.lower()
     get_task(task_name)
@@ -94,6 +115,11 @@ def make_client_splits(train: Examples, task_name: str, k: int, mode: str = "iid
 
     if mode == "iid":
         shards = stratified_iid(strata(train, task_name, bin_stsb), k, seed)
+    elif mode == "dirichlet":
+        cli.check(alpha > 0, f"--alpha must be positive, got {alpha}")
+        cli.check(min_per_label >= 0, f"--min_per_label must be >= 0, got {min_per_label}")
+        shards = dirichlet_min_per_label(category_values(train, task_name, "label", bin_stsb), k, alpha, seed,
+                                         min_per_label)
     elif mode == "overlap":
         shards = shard.overlap(n, k, overlap_ratio, seed)
     elif mode == "category":
@@ -114,7 +140,8 @@ def make_client_splits(train: Examples, task_name: str, k: int, mode: str = "iid
         "total_train": n,
         "task": task_name,
         "mode": mode,
-        "meta": {"seed": seed, "overlap_ratio": overlap_ratio, "category_key": category_key, "bin_stsb": bin_stsb},
+        "meta": {"seed": seed, "overlap_ratio": overlap_ratio, "category_key": category_key, "bin_stsb": bin_stsb,
+                 **({"alpha": alpha, "min_per_label": min_per_label} if mode == "dirichlet" else {})},
         "label_histograms": label_histograms(shards, train, task_name),
     }
 

@@ -1,13 +1,14 @@
-"""Centralized LoRA fine-tuning of RoBERTa on one GLUE task (the federated runs' reference point).
+"""Centralized LoRA fine-tuning of an encoder on one GLUE task (the federated runs' reference point).
 
     python lora_glue_fl/main_glue_lora.py --quick
     python lora_glue_fl/main_glue_lora.py --model_size base --task_name sst2 --do_train --do_eval \
         --lora_r 8 --lora_alpha 8 --target_modules query value --num_train_epochs 3
 
-LoRA on --target_modules (query and value) plus the classifier head train; the base is frozen. The model
-is evaluated on the task's validation split(s) after every epoch (metrics.jsonl), the adapter and head are
-saved in peft format to <run dir>/adapter (or --adapter_output_dir). baseline_run.py is the same run with
-every parameter trainable and no adapter. With neither --do_train nor --do_eval both are done.
+LoRA on --target_modules (default: the architecture's query and value) plus the classifier head train; the
+base is frozen. The model is evaluated on the task's validation split(s) after every epoch (metrics.jsonl),
+the adapter and head are saved in peft format to <run dir>/adapter (or --adapter_output_dir), naming the base
+model (its folder, hub name, or the saved tiny model) as base_model_name_or_path. baseline_run.py is the same
+run with every parameter trainable and no adapter. With neither --do_train nor --do_eval both are done.
 --resume: a finished run returns its summary; an unfinished one starts over (one training schedule).
 """
 from __future__ import annotations
@@ -47,7 +48,9 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
         g.add_argument("--lora_r", type=int, default=8, help="adapter rank")
         g.add_argument("--lora_alpha", type=float, default=8, help="lora_alpha (scaling alpha / r)")
         g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
-        g.add_argument("--target_modules", nargs="+", default=["query", "value"], help="linear layers to adapt")
+        g.add_argument("--target_modules", nargs="+", default=None,
+                       help="linear layers to adapt (default: the architecture's query and value projections, "
+                            "e.g. query value for BERT / RoBERTa, q_lin v_lin for DistilBERT)")
         g.add_argument("--adapter_output_dir", default=None, help="where the adapter goes (default <run dir>/adapter)")
     cli.add_run_args(p, seed=42)
     p.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="the source's name for --out-dir")
@@ -90,11 +93,12 @@ def run(args, lora: bool = True) -> dict:
     if args.max_train_samples:
         train = train.subset(range(min(args.max_train_samples, len(train))))
     tokenizer = modeling.build_tokenizer(args, train, rd.path / "tokenizer")
+    model = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
+    types = modeling.uses_token_types(model)
     evals = {s: splits[s] if not args.max_eval_samples
              else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
              for s in task.eval_splits}
-    eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length) for s, e in evals.items()}
-    model = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
+    eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
     base_path = modeling.model_id(args)
     if lora:
         if base_path == "tiny":
@@ -113,7 +117,7 @@ def run(args, lora: bool = True) -> dict:
 
     main_metric, history = task.main_metric, []
     if args.do_train:
-        train_enc = modeling.encode(tokenizer, train, args.max_seq_length)
+        train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
         bar = tqdm(total=int(args.num_train_epochs + 0.999), desc="epochs", disable=args.quiet)
 
         def on_epoch(epoch, loss):

@@ -6,11 +6,14 @@
         --mode category --category_key label --out_dir shards/mrpc_cat_k4
     python lora_glue_fl/make_shards.py --task_name sst2 --k 2 --mode category_overlap --category_key label \
         --overlap_ratio 0.15 --seed 123 --out_dir shards/sst2_catov_k2       # the source's create_clients.py
+    python lora_glue_fl/make_shards.py --task_name sst2 --k 4 --mode dirichlet --alpha 0.1 --min_per_label 10 \
+        --out_dir shards/sst2_dir0.1_k4
 
 Modes (lora_glue_fl/glue_shards.py): iid (stratified by label; MNLI by label and genre; STS-B by score
 bins of 0.2), overlap (own disjoint part + a pool shared by all, the fraction --overlap_ratio of each
 client's data), category (whole categories of --category_key per client; no empty clients when K exceeds
-the number of categories), category_overlap (category split plus a shared pool).
+the number of categories), category_overlap (category split plus a shared pool), dirichlet (label skew: per
+label, client proportions ~ Dir(--alpha), every client keeping at least --min_per_label examples of every label).
 
 Writes <out_dir>/client_<i>.json ({"dataset", "indices"}, i from 1), summary.json (the source's keys plus
 label_histograms) and label_histograms.png.
@@ -32,6 +35,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="overlap / category_overlap: fraction of each client's data shared with all, in [0, 1)")
     p.add_argument("--category_key", default=None,
                    help="category / category_overlap: label (or labels; STS-B scores binned) or genre (MNLI, STS-B)")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="dirichlet: concentration of the per-label client proportions (0.1: strong skew, 1: mild)")
+    p.add_argument("--min_per_label", type=int, default=1,
+                   help="dirichlet: redraw until every client holds at least this many examples of every label")
     p.add_argument("--no_bin_stsb", dest="bin_stsb", action="store_false",
                    help="stratify / categorise STS-B by raw score instead of bins of width 0.2")
     p.add_argument("--seed", type=int, default=42, help="shuffling seed")
@@ -79,7 +86,7 @@ def main(argv=None) -> dict:
     cli.check(0.0 <= args.overlap_ratio < 1.0, f"--overlap_ratio must be in [0, 1), got {args.overlap_ratio}")
     train = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)["train"]
     info = glue_shards.make_client_splits(train, args.task_name, args.k, args.mode, args.seed, args.overlap_ratio,
-                                          args.category_key, args.bin_stsb)
+                                          args.category_key, args.bin_stsb, args.alpha, args.min_per_label)
     out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")
     glue_shards.save_shard_manifests(out, info)
     if not args.no_plot:

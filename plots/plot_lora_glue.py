@@ -1,38 +1,49 @@
 """Figures and the results table of lora_glue_fl, from run directories (nothing is trained here).
 
-    python plots/plot_lora_glue.py --runs runs/lora_glue_grid --out figures/lora_glue
+    python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures
 
 Reads the runs of lora_glue_fl/run_grid.py (names ``<task>_<method>[_<sharding>]_s<seed>``, method central,
-svd, naive or exact; other runs of fedavg_rounds.py / main_glue_lora.py are grouped by their summary) and
-writes, mean +- std over seeds:
-* ``<out>/rounds_<task>.png``      the task's main metric of the fused model per round (one line per method
-                                   and sharding), the client models' mean where --eval_clients logged it,
-                                   and the centralized LoRA run's final value as a dashed line;
-* ``<out>/svd_error_vs_rank.png``  relative error ||dW_bar - dW_r|| / ||dW_bar|| of the SVD merge against the
-                                   rank r, from the client adapters saved in the last round of each svd run;
-* ``<out>/summary.png``            final main metric per task, method and sharding (bars);
-* ``<out>/results.md``             the same as a markdown table (the README table), followed by the masked-LM
-                                   bases of ``<runs>/mlm_cache`` (held-out masked-LM loss before / after).
+svd, naive, exact or oneshot; one-shot naive merges are read from
+``<task>_oneshot-naive_<sharding>_s<seed>/adapter/fuse_manifest.json``; other runs of fedavg_rounds.py /
+main_glue_lora.py are grouped by their summary). Statistics over seeds come from ``common.stats``: mean ±
+sample sd (ddof=1) with n, and the difference to centralized LoRA paired by seed with its 95% t interval.
+The majority-class baseline (the training subset's most frequent label predicted for every validation
+example) is computed from the runs' own data and shown in every table and plot. Writes:
+* ``<out>/rounds_<task>.png``      left: the main metric of the fused model per round (mean ± sd band per
+                                   method and sharding; one-shot runs as points at the last round),
+                                   centralized LoRA dashed, majority baseline dotted; right: the relative merge
+                                   error ||dW_bar - dW_fused|| / ||dW_bar|| per round;
+* ``<out>/svd_error_vs_rank.png``  that error of the SVD merge against the rank r, from the client adapters
+                                   saved in the last round of each svd run;
+* ``<out>/summary.png``            final main metric per cell (mean, sd error bars), centralized and majority
+                                   baseline as vertical lines;
+* ``<out>/results.md``             the tables of the README.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from common import cli
+from common import cli, stats
 from plots import runs as R
 
-NAME = re.compile(r"^(?P<task>.+?)_(?P<method>central|svd|naive|exact)"
-                  r"(?:_(?P<shard>iid|category|overlap|category_overlap))?_s(?P<seed>\d+)$")
-METHOD_ORDER = ("central", "svd", "naive", "exact")
+SHARDS = ("iid", "dir1", "dir0.1", "category", "overlap", "category_overlap")
+NAME = re.compile(r"^(?P<task>[^_]+)_(?P<method>central|svd|naive|exact|oneshot|oneshot-naive)"
+                  r"(?:_(?P<shard>iid|dir[0-9.]+|category|overlap|category_overlap))?_s(?P<seed>\d+)$")
+METHOD_ORDER = ("central", "svd", "naive", "exact", "oneshot", "oneshot-naive")
+METHOD_LABEL = {"central": "centralized LoRA", "svd": "FedAvg svd", "naive": "FedAvg naive", "exact": "FedAvg exact",
+                "oneshot": "one-shot svd", "oneshot-naive": "one-shot naive"}
+SHARD_LABEL = {"iid": "iid", "dir1": "Dirichlet α=1", "dir0.1": "Dirichlet α=0.1", "category": "one label per client"}
+LINESTYLE = {"svd": "-", "naive": "--", "exact": ":"}
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
-    p.add_argument("--runs", default="runs/lora_glue_grid", help="folder holding the run directories")
+    p.add_argument("--runs", default="runs/lora_glue_minilm", help="folder holding the run directories")
     p.add_argument("--out", default="figures/lora_glue", help="output folder for figures and results.md")
     p.add_argument("--max_rank", type=int, default=None, help="largest rank of the error-vs-rank curve "
                                                                "(default: the sum of the client ranks)")
@@ -54,19 +65,105 @@ def describe(run: dict) -> dict | None:
     return None
 
 
+def merge_runs(root: Path) -> list[dict]:
+    """One-shot merges by fedavg_merge.py --do_eval as run-like dicts (their metrics in the manifest)."""
+    out = []
+    for f in sorted(root.glob("*/adapter/fuse_manifest.json")):
+        m = NAME.match(f.parent.parent.name)
+        manifest = json.loads(f.read_text())
+        if m and "final" in manifest:
+            out.append({"path": f.parent.parent, "name": f.parent.parent.name, "args": {"seed": int(m["seed"])},
+                        "rows": [], "summary": {**manifest, "task": manifest["task"]}})
+    return out
+
+
 def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
     groups = defaultdict(list)
     for run in runs:
         d = describe(run)
         if d:
             groups[(d["task"], d["method"], d["shard"])].append(run)
-    return groups
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], METHOD_ORDER.index(kv[0][1]) if kv[0][1] == "central"
+                                                       else 1, _shard_rank(kv[0][2]), METHOD_ORDER.index(kv[0][1]))))
 
 
-def final_stats(group: list[dict]) -> tuple[float, float, int]:
-    metric = group[0]["summary"]["main_metric"]
-    vals = np.array([g["summary"]["final"].get(metric, np.nan) for g in group], dtype=float)
-    return float(np.nanmean(vals)), float(np.nanstd(vals)), int(np.sum(~np.isnan(vals)))
+def _shard_rank(shard: str) -> int:
+    return SHARDS.index(shard) if shard in SHARDS else len(SHARDS)
+
+
+def metric_of(group: list[dict]) -> str:
+    return group[0]["summary"]["main_metric"]
+
+
+def final_runs(group: list[dict], metric: str) -> list[dict]:
+    """The runs with their final ``metric`` as a top-level summary value (what plots.runs' seed helpers read)."""
+    return [{"path": g["path"], "args": g["args"], "summary": {"value": g["summary"]["final"].get(metric)}}
+            for g in group]
+
+
+def seed_values(group: list[dict], metric: str) -> dict:
+    return R.by_seed(final_runs(group, metric), "value")
+
+
+def label_of(method: str, shard: str) -> str:
+    return METHOD_LABEL.get(method, method) + ("" if shard == "-" else f" / {SHARD_LABEL.get(shard, shard)}")
+
+
+def majority_baseline(run: dict) -> dict:
+    """The task's metrics of always predicting the most frequent training label of ``run``'s data."""
+    from lora_glue_fl import glue_tasks
+    a = run["args"]
+    task = run["summary"]["task"]
+    if glue_tasks.get_task(task).num_labels == 1:
+        return {}
+    data = a.get("data") or ("dir" if a.get("data_dir") else "synthetic")
+    splits = glue_tasks.load_glue(task, data, a.get("data_dir"))
+    train_labels = splits["train"].label
+    if a.get("max_train_samples"):
+        train_labels = train_labels[:a["max_train_samples"]]
+    majority = int(np.bincount(np.asarray(train_labels)).argmax())
+    outputs = {}
+    for split in glue_tasks.get_task(task).eval_splits:
+        ex = splits[split]
+        n = min(len(ex), a["max_eval_samples"]) if a.get("max_eval_samples") else len(ex)
+        y = np.asarray(ex.label)[:n]
+        logits = np.zeros((n, glue_tasks.get_task(task).num_labels))
+        logits[:, majority] = 1.0
+        outputs[split] = (logits, y)
+    return {**glue_tasks.compute_metrics(task, outputs), "label": majority}
+
+
+def _last_fused(run: dict, key: str):
+    rows = [r for r in run["rows"] if r.get("client") is None and r.get(key) is not None]
+    return rows[-1][key] if rows else None
+
+
+def _first_fused(run: dict, key: str):
+    rows = [r for r in run["rows"] if r.get("client") is None and r.get(key) is not None]
+    return rows[0][key] if rows else None
+
+
+def cost_cell(group: list[dict]) -> tuple[str, str]:
+    """(trainable parameters per client, MB per round) as logged; 'first → last round' when they grow."""
+    s = group[0]["summary"]
+    if "trainable_params" in s and "adapters" in s:   # a one-shot merge of the one-shot svd run's clients
+        return f"{s['trainable_params']:,}", "as one-shot svd"
+    if "trainable_params" in s:                        # centralized
+        return f"{s['trainable_params']:,}", "–"
+    first, last = _first_fused(group[0], "client_trainable_params"), _last_fused(group[0], "client_trainable_params")
+    b_first, b_last = _first_fused(group[0], "round_bytes"), _last_fused(group[0], "round_bytes")
+    if first is None:
+        return "", ""
+    params = f"{first:,}" if first == last else f"{first:,} → {last:,}"
+    mb = f"{b_first / 1e6:.2f}" if b_first == b_last else f"{b_first / 1e6:.2f} → {b_last / 1e6:.2f}"
+    return params, mb
+
+
+def merge_error_cell(group: list[dict]) -> str:
+    vals = [v for v in (_last_fused(g, "merge_rel_error") for g in group) if v is not None]
+    if not vals and "merge_rel_error" in group[0]["summary"]:
+        vals = [g["summary"]["merge_rel_error"] for g in group]
+    return stats.fmt(stats.summarize(vals), 3) if vals else "–"
 
 
 def markdown_table(headers, rows) -> str:
@@ -74,79 +171,140 @@ def markdown_table(headers, rows) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
-def results_table(groups) -> str:
-    tasks = sorted({k[0] for k in groups})
-    cols = [("central", "-")] + [(m, s) for s in ("iid", "category") for m in ("svd", "naive", "exact")]
-    cols = [c for c in cols if any((t, *c) in groups for t in tasks)]
-    headers = ["task (metric)"] + ["centralized LoRA" if m == "central" else f"FedAvg {m} / {s}" for m, s in cols]
-    rows = []
-    for t in tasks:
-        metric = next(g for k, g in groups.items() if k[0] == t)[0]["summary"]["main_metric"]
-        row = [f"{t} ({metric})"]
-        for m, s in cols:
-            g = groups.get((t, m, s))
-            if not g:
-                row.append("")
-                continue
-            mean, std, n = final_stats(g)
-            row.append(f"{mean:.3f} ± {std:.3f}" + (f" (n={n})" if n != 3 else ""))
+def task_table(task: str, groups: dict, base: dict) -> str:
+    mine = {k: g for k, g in groups.items() if k[0] == task}
+    any_group = next(iter(mine.values()))
+    metric = metric_of(any_group)
+    extra = "accuracy" if metric != "accuracy" and "accuracy" in any_group[0]["summary"]["final"] else None
+    central = mine.get((task, "central", "-"))
+    headers = ["run", f"{metric} (mean ± sd, n seeds)"] + ([f"{extra}"] if extra else []) + [
+        f"{metric} − centralized, paired by seed [95% CI]", "merge error, last round", "trainable params per client",
+        "MB per round (down + up)"]
+    rows = [["majority-class baseline (label " + str(base.get("label")) + ")", f"{base.get(metric, float('nan')):.3f}"]
+            + ([f"{base.get(extra, float('nan')):.3f}"] if extra else []) + ["", "", "", ""]]
+    for (_, method, shard), group in mine.items():
+        vals = seed_values(group, metric)
+        row = [label_of(method, shard), stats.fmt(stats.summarize(vals.values()), 3)]
+        if extra:
+            row.append(stats.fmt(stats.summarize(seed_values(group, extra).values()), 3))
+        row.append("(reference)" if method == "central" or not central
+                   else stats.fmt_diff(stats.paired(vals, seed_values(central, metric)), 3))
+        row.append("–" if method == "central" else merge_error_cell(group))
+        row += list(cost_cell(group))
         rows.append(row)
-    return markdown_table(headers, rows)
+    return f"**{task}** (validation {metric}; majority baseline {base.get(metric, float('nan')):.3f})\n\n" + \
+        markdown_table(headers, rows)
 
 
-def mlm_table(root: Path) -> str:
-    """The cached masked-LM bases under ``root/mlm_cache`` (lora_glue_fl/mlm.py), one row each; '' if none."""
-    import json
+CONTRASTS = [  # (method a, method b, sharding of a, what a - b answers); sharding None: a and b on the same
+    ("svd", "naive", None, "SVD merge − naive A/B averaging"),  # sharding; else a on it, b on each other one
+    ("exact", "svd", None, "exact (rank grows) − SVD (rank 8)"),
+    ("svd", "oneshot", None, "multi-round − one-shot, SVD merge"),
+    ("naive", "oneshot-naive", None, "multi-round − one-shot, naive merge"),
+    ("svd", "svd", "iid", "iid − label-skewed shards, SVD merge"),
+]
+
+
+def contrast_table(task: str, groups: dict) -> str:
+    """Paired differences (matched seeds) between cells of ``task``: svd vs naive per sharding, exact vs svd,
+    multi-round vs one-shot, iid vs skewed; '' when no pair of cells exists."""
+    metric = metric_of(next(g for k, g in groups.items() if k[0] == task))
+    shards = sorted({k[2] for k in groups if k[0] == task and k[2] != "-"}, key=_shard_rank)
     rows = []
-    for f in sorted(root.glob("mlm_cache/*/mlm.json")):
-        r = json.loads(f.read_text())
-        rows.append([f.parent.name, r["texts"], r["steps"], r["lr"], f"{r['chance_loss']:.2f}",
-                     f"{r['held_out_loss_before']:.3f}", f"{r['held_out_loss_after']:.3f}"])
+    for ma, mb, sa, what in CONTRASTS:
+        pairs = [(sh, sh) for sh in shards] if sa is None else [(sa, sh) for sh in shards if sh != sa]
+        for a_shard, b_shard in pairs:
+            a, b = groups.get((task, ma, a_shard)), groups.get((task, mb, b_shard))
+            if not a or not b:
+                continue
+            d = stats.paired(seed_values(a, metric), seed_values(b, metric))
+            rows.append([what, f"{label_of(ma, a_shard)} vs {label_of(mb, b_shard)}", stats.fmt_diff(d, 3),
+                         " ".join(f"{x:+.3f}" for x in d.diffs)])
     if not rows:
         return ""
-    return markdown_table(["masked-LM base", "texts", "steps", "lr", "ln(vocab)", "held-out loss before",
-                           "after"], rows)
+    return f"**{task}: paired differences in {metric}** (a − b, matched by seed, 95% t interval)\n\n" + \
+        markdown_table(["question", "a vs b", "a − b [95% CI]", "per seed"], rows)
 
 
-def plot_rounds(groups, out: Path) -> list[Path]:
+def _a_real_run(groups: dict, task: str) -> dict:
+    """A run directory (with args) of ``task`` to read the data it used."""
+    return next(g for k, grp in groups.items() if k[0] == task for g in grp if g["args"].get("task_name"))
+
+
+def baselines(groups: dict) -> dict:
+    return {t: majority_baseline(_a_real_run(groups, t)) for t in sorted({k[0] for k in groups})}
+
+
+def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
+    """Per task: the validation metric per evaluated round (a single point per cell when only the last round was
+    scored), the clients' mean training loss per round, and the merge error per round."""
     import matplotlib.pyplot as plt
     written = []
+    colors = {s: f"C{i}" for i, s in enumerate(SHARDS)}
     for task in sorted({k[0] for k in groups}):
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        metric = None
-        for (t, method, shard), group in sorted(groups.items(),
-                                                key=lambda kv: (kv[0][2], METHOD_ORDER.index(kv[0][1]))):
-            if t != task:
-                continue
-            metric = group[0]["summary"]["main_metric"]
-            if method == "central":
-                mean, _, _ = final_stats(group)
-                ax.axhline(mean, color="k", ls="--", lw=1, label=f"centralized ({mean:.3f})")
+        fed = [(key, g) for key, g in groups.items() if key[0] == task and key[1] != "central"]
+        if not fed:
+            continue
+        fig, (ax, ax_loss, ax_err) = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [3, 2, 2]})
+        metric, last_round, k = None, 1, 0
+        for (_, method, _shard), group in fed:
+            metric = metric_of(group)
+            if not method.startswith("oneshot"):
+                rows = [r for g in group for r in g["rows"] if r.get("client") is None]
+                last_round = max([last_round] + [r["round"] for r in rows])
+        for (_, method, shard), group in fed:  # validation metric: lines, or points at the last round (offset)
+            color, n, label = colors.get(shard, "k"), len(group), label_of(method, shard)
+            if method.startswith("oneshot"):
+                x, y, e = np.array([last_round]), *(np.array([v]) for v in _mean_sd(seed_values(group, metric)))
+            else:
+                x, y, e = R.mean_std([{**g, "rows": [r for r in g["rows"] if r.get("client") is None]}
+                                      for g in group], metric)
+            if len(x) > 1:
+                ax.plot(x, y, LINESTYLE.get(method, "-"), color=color, marker="o", ms=3, label=f"{label} (n={n})")
+                ax.fill_between(x, y - e, y + e, alpha=0.10, color=color)
+            elif len(x):
+                k += 1
+                ax.errorbar(x + 0.06 * k, y, yerr=e if n > 1 else None, capsize=3, color=color, ms=7,
+                            fmt={"svd": "o", "naive": "s", "exact": "D", "oneshot": "*"}.get(method, "x"),
+                            label=f"{label} (n={n})")
+            if method.startswith("oneshot"):
                 continue
             fused = [{**g, "rows": [r for r in g["rows"] if r.get("client") is None]} for g in group]
-            x, y, e = R.mean_std(fused, metric)
-            style = "-" if shard == "iid" else ":"
-            line, = ax.plot(x, y, style, marker="o", ms=3, label=f"{method} / {shard}")
-            ax.fill_between(x, y - e, y + e, alpha=0.15, color=line.get_color())
-            clients = [{**g, "rows": [r for r in g["rows"] if r.get("client") is not None]} for g in group]
-            if any(metric in r for c in clients for r in c["rows"]):
-                per_round = [{**c, "rows": _client_means(c["rows"], metric)} for c in clients]
-                xc, yc, _ = R.mean_std(per_round, metric)
-                ax.plot(xc, yc, style, color=line.get_color(), alpha=0.5, lw=1, label=f"{method} / {shard}: clients")
-        ax.set_xlabel("round")
-        ax.set_ylabel(f"{metric} (validation)")
-        ax.set_title(task)
-        ax.legend(fontsize=6, ncol=2)
+            xl, yl, _ = R.mean_std(fused, "train_loss")
+            ax_loss.plot(xl, yl, LINESTYLE.get(method, "-"), color=color, marker="o", ms=3, label=label)
+            xe, ye, _ = R.mean_std(fused, "merge_rel_error")
+            if len(xe) and np.all(ye > 0):
+                ax_err.plot(xe, ye, LINESTYLE.get(method, "-"), color=color, marker="o", ms=3, label=label)
+        central = groups.get((task, "central", "-"))
+        if central:
+            c_mean, _ = _mean_sd(seed_values(central, metric))
+            ax.axhline(c_mean, color="k", ls="--", lw=1.2, label=f"centralized LoRA ({c_mean:.3f}, n={len(central)})")
+        if metric in base.get(task, {}):
+            ax.axhline(base[task][metric], color="0.5", ls=":", lw=1.5,
+                       label=f"majority baseline ({base[task][metric]:.3f})")
+        ax.set_xlabel("round (one-shot: 1 round of the same total local epochs, shown at the last round)")
+        ax.set_ylabel(f"{metric} (validation, fused model)")
+        ax.set_title(f"{task}: fused model, mean ± sd over seeds")
+        ax.legend(fontsize=6, loc="best")
+        ax_loss.set_xlabel("round")
+        ax_loss.set_ylabel("clients' mean training loss in the round")
+        ax_loss.set_title("local training loss (mean over seeds)")
+        ax_loss.legend(fontsize=6)
+        ax_err.set_yscale("log")
+        ax_err.set_xlabel("round")
+        ax_err.set_ylabel("relative merge error of dW")
+        ax_err.set_title("merge error per round (mean over seeds)")
+        ax_err.legend(fontsize=6)
+        for a in (ax, ax_loss, ax_err):
+            a.xaxis.get_major_locator().set_params(integer=True)
         written += R.savefig(fig, out / f"rounds_{task}.png")
     return written
 
 
-def _client_means(rows, metric):
-    by_round = defaultdict(list)
-    for r in rows:
-        if metric in r:
-            by_round[r["round"]].append(r[metric])
-    return [{"round": k, metric: float(np.mean(v))} for k, v in sorted(by_round.items())]
+def _mean_sd(values: dict) -> tuple[float, float]:
+    """Mean and sample sd (0 for one value: no band) over seeds, from ``common.stats``."""
+    s = stats.summarize(values.values())
+    return s.mean, (s.sd if s.n > 1 else 0.0)
 
 
 def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
@@ -154,9 +312,9 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from lora_glue_fl import adapters
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
     drawn = False
-    for (task, method, shard), group in sorted(groups.items()):
+    for (task, method, shard), group in groups.items():
         if method != "svd":
             continue
         curves = []
@@ -173,7 +331,8 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
                            for r in ranks])
         if curves:
             y = np.mean(curves, axis=0)
-            ax.plot(ranks, y, "-" if shard == "iid" else ":", marker=".", label=f"{task} / {shard}")
+            ax.plot(ranks, np.maximum(y, 1e-8), "-" if shard == "iid" else ":", marker=".",
+                    label=f"{task} / {SHARD_LABEL.get(shard, shard)} (n={len(curves)})")
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -181,26 +340,35 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("rank r of the fused adapter")
     ax.set_ylabel("relative error of the merged dW")
+    ax.set_title("SVD merge of the last round's client adapters")
     ax.legend(fontsize=6)
     return R.savefig(fig, out / "svd_error_vs_rank.png")
 
 
-def plot_summary(groups, out: Path) -> list[Path]:
+def plot_summary(groups, base: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     tasks = sorted({k[0] for k in groups})
-    cols = [("central", "-")] + [(m, s) for s in ("iid", "category") for m in ("svd", "naive", "exact")]
-    cols = [c for c in cols if any((t, *c) in groups for t in tasks)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks) + 2), 3.6))
-    width = 0.8 / max(1, len(cols))
-    for j, (m, s) in enumerate(cols):
-        stats = [final_stats(groups[(t, m, s)]) if (t, m, s) in groups else (np.nan, 0, 0) for t in tasks]
-        ax.bar(np.arange(len(tasks)) + j * width, [x[0] for x in stats], width, yerr=[x[1] for x in stats],
-               label="centralized" if m == "central" else f"{m} / {s}", hatch="//" if s == "category" else None)
-    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2)
-    ax.set_xticklabels([f"{t}\n({next(g for k, g in groups.items() if k[0] == t)[0]['summary']['main_metric']})"
-                        for t in tasks], fontsize=7)
-    ax.set_ylabel("final main metric")
-    ax.legend(fontsize=6, ncol=4)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 0.5 + 0.32 * max(
+        sum(1 for k in groups if k[0] == t) for t in tasks)), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        keys = [k for k in groups if k[0] == task]
+        metric = metric_of(groups[keys[0]])
+        summ = [stats.summarize(seed_values(groups[k], metric).values()) for k in keys]
+        ypos = np.arange(len(keys))[::-1]
+        ax.barh(ypos, [s.mean for s in summ], xerr=[0 if s.n < 2 else s.sd for s in summ], color=[
+            "k" if k[1] == "central" else f"C{_shard_rank(k[2])}" for k in keys], alpha=0.7, capsize=2)
+        ax.set_yticks(ypos)
+        ax.set_yticklabels([f"{label_of(k[1], k[2])} (n={s.n})" for k, s in zip(keys, summ)], fontsize=7)
+        if metric in base.get(task, {}):
+            ax.axvline(base[task][metric], color="0.4", ls=":", lw=1.5, label=f"majority ({base[task][metric]:.3f})")
+        central = [s for k, s in zip(keys, summ) if k[1] == "central"]
+        if central:
+            ax.axvline(central[0].mean, color="k", ls="--", lw=1, label=f"centralized ({central[0].mean:.3f})")
+        lo = min([s.mean - (0 if s.n < 2 else s.sd) for s in summ] + [base.get(task, {}).get(metric, 1.0)])
+        ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(s.mean + (0 if s.n < 2 else s.sd) for s in summ) + 0.03))
+        ax.set_xlabel(f"final validation {metric} (mean ± sd over seeds)")
+        ax.set_title(task)
+        ax.legend(fontsize=7, loc="lower right")
     return R.savefig(fig, out / "summary.png")
 
 
@@ -208,19 +376,20 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     root = Path(args.runs)
     cli.check(root.is_dir(), f"--runs {root} does not exist")
-    runs = R.load_runs(root)
+    runs = R.load_runs(root) + merge_runs(root)
     groups = grouped(runs)
     cli.check(bool(groups), f"--runs {root} holds no finished lora_glue_fl runs")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = results_table(groups)
-    bases = mlm_table(root)
-    if bases:
-        table += "\n\n" + bases
+    base = baselines(groups)
+    tasks = sorted({k[0] for k in groups})
+    table = "\n\n".join(part for t in tasks for part in (task_table(t, groups, base[t]), contrast_table(t, groups))
+                         if part)
     (out / "results.md").write_text(table + "\n", encoding="utf-8")
-    files = plot_rounds(groups, out) + plot_svd_error(groups, out, args.max_rank) + plot_summary(groups, out)
+    files = plot_rounds(groups, base, out) + plot_svd_error(groups, out, args.max_rank)
+    files += plot_summary(groups, base, out)
     print(table)
-    return {"table": table, "files": [str(f) for f in files] + [str(out / "results.md")]}
+    return {"table": table, "baselines": base, "files": [str(f) for f in files] + [str(out / "results.md")]}
 
 
 if __name__ == "__main__":

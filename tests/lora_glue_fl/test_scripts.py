@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -191,12 +192,19 @@ def test_uncached_pretrained_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_plot_script_reads_run_directories(sst2_run, tmp_path):
+    from lora_glue_fl import glue_tasks
     from plots import plot_lora_glue
     run, summary = sst2_run
     res = plot_lora_glue.main(["--runs", str(run.parent), "--out", str(tmp_path / "fig"), "--max_rank", "3"])
     for name in ("rounds_sst2.png", "svd_error_vs_rank.png", "summary.png", "results.md"):
         assert (tmp_path / "fig" / name).stat().st_size > 0
-    assert f"{summary['final']['accuracy']:.3f}" in res["table"] and "FedAvg svd / iid" in res["table"]
+    assert f"{summary['final']['accuracy']:.3f} (n=1)" in res["table"] and "FedAvg svd / iid" in res["table"]
+    # the majority-class baseline: the most frequent training label, scored on the same validation examples
+    splits = glue_tasks.load_glue("sst2", "synthetic")
+    majority = int(np.bincount(splits["train"].label).argmax())
+    y = np.asarray(splits["validation"].label)[:64]
+    assert res["baselines"]["sst2"]["accuracy"] == pytest.approx(float(np.mean(y == majority)))
+    assert f"majority-class baseline (label {majority}) | {np.mean(y == majority):.3f}" in res["table"]
 
 
 def test_download_script_offline_is_one_line(tmp_path, monkeypatch, capsys):
@@ -212,23 +220,54 @@ def test_download_script_offline_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_run_grid_cells_and_subsets(tmp_path):
-    """The grid's plan (runs are ordinary script invocations, tested above) and its data subsets."""
+    """The grid's plan (runs are ordinary script invocations, tested above): compute matched between arms, the
+    one-shot cells, the data subsets and the shards, on embedded data laid out as the real GLUE folders."""
+    import shutil
+
+    from common import synthetic
     from lora_glue_fl import glue_tasks, run_grid
-    args = run_grid.get_args_parser().parse_args(["--out-dir", str(tmp_path), "--tasks", "syn-mrpc", "--seeds", "0",
-                                                  "1", "--train_samples", "120", "--rounds", "2",
-                                                  "--pretrain_mlm_steps", "0"])
+    real = tmp_path / "real"
+    for task in ("sst2", "mrpc"):
+        shutil.copytree(synthetic.ensure(f"glue-{task}"), real / f"glue_{task}")
+    args = run_grid.get_args_parser().parse_args(["--out-dir", str(tmp_path / "grid"), "--real_data_dir", str(real),
+                                                  "--seeds", "0", "1", "--train_samples", "200",
+                                                  "--mrpc_train_samples", "120", "--rounds", "4",
+                                                  "--local_epochs", "0.5", "--tasks", "sst2", "mrpc",
+                                                  "--mrpc_design", "small", "--min_per_label", "2"])
     jobs = run_grid.cells(args)
-    assert not any("--pretrain_mlm_steps" in a for _, a in jobs)   # 0: the random base
-    assert len(jobs) == 2 * (1 + 3 * 2)
-    assert [int(a[a.index("--seed") + 1]) for _, a in jobs] == [0] * 7 + [1] * 7
-    names = {a[a.index("--run-name") + 1] for _, a in jobs}
-    assert {"syn-mrpc_central_s0", "syn-mrpc_exact_category_s1", "syn-mrpc_svd_iid_s0"} <= names
-    data_dir = tmp_path / "data" / "syn-mrpc_120"
-    sub = glue_tasks.read_glue_dir(data_dir, "mrpc")
-    full = glue_tasks.load_glue("mrpc", "synthetic")
-    assert len(sub["train"]) == 120 and len(sub["validation"]) == len(full["validation"])
+    full, small = len(run_grid.FULL), len(run_grid.SMALL)
+    assert len(jobs) == 2 * (full + small)
+    # task by task, cell by cell in the design's order, the seeds of a cell together
+    assert [(name.split("_")[0], int(name.rsplit("_s", 1)[1])) for name, _ in jobs] == (
+        [("sst2", 0), ("sst2", 1)] * full + [("mrpc", 0), ("mrpc", 1)] * small)
+    assert [name for name, _ in jobs[:3]] == ["sst2_central_s0", "sst2_central_s1", "sst2_svd_iid_s0"]
+    by_name = dict(jobs)
+    assert {"sst2_central_s0", "sst2_exact_iid_s1", "sst2_svd_dir0.1_s0", "sst2_svd_category_s1",
+            "sst2_oneshot_iid_s0", "mrpc_naive_iid_s1"} <= set(by_name)
+
+    def flag(argv, name):
+        return argv[argv.index(name) + 1]
+    (script, central), = by_name["sst2_central_s0"]
+    assert script == "main_glue_lora" and float(flag(central, "--num_train_epochs")) == 2.0
+    for name, steps in jobs:   # every arm: the same examples, epochs in total and batch size as centralized
+        script, argv = steps[0]
+        if script == "fedavg_rounds":
+            assert int(flag(argv, "--rounds")) * float(flag(argv, "--local_epochs")) == 2.0
+            assert flag(argv, "--batch_size") == flag(central, "--per_device_train_batch_size")
+            assert flag(argv, "--data_dir") == flag(by_name[name.split("_")[0] + "_central_s0"][0][1], "--data_dir")
+    (train, train_argv), (merge, merge_argv) = by_name["sst2_oneshot_dir0.1_s1"]
+    assert train == "fedavg_rounds" and flag(train_argv, "--rounds") == "1" and merge == "fedavg_merge"
+    assert flag(merge_argv, "--aggregation") == "naive" and "--do_eval" in merge_argv
+    assert merge_argv[merge_argv.index("--adapters") + 1].endswith("sst2_oneshot_dir0.1_s1/round_1/client_1/adapter")
+    sub = glue_tasks.read_glue_dir(tmp_path / "grid" / "data" / "sst2_200", "sst2")
+    full = glue_tasks.load_glue("sst2", "synthetic")
+    assert len(sub["train"]) == 200 and len(sub["validation"]) == len(full["validation"])
     assert set(sub["train"].text_a) <= set(full["train"].text_a)
-    assert (tmp_path / "shards" / "syn-mrpc_category_k4_s1" / "client_4.json").is_file()
+    assert len(glue_tasks.read_glue_dir(tmp_path / "grid" / "data" / "mrpc_120", "mrpc")["train"]) == 120
+    hist = json.loads((tmp_path / "grid/shards/sst2_dir0.1_k4_s1/summary.json").read_text())["label_histograms"]
+    assert len(hist) == 4 and all(len(h) == 2 and min(h.values()) >= args.min_per_label for h in hist)
+    cat = json.loads((tmp_path / "grid/shards/sst2_category_k4_s0/summary.json").read_text())["label_histograms"]
+    assert all(len(h) == 1 for h in cat)
 
 
 def test_fedavg_rounds_compiled_forward_gives_the_same_run(sst2_run, tmp_path):
