@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -82,6 +83,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         "(0: leave the environment alone for all of them)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed to each benchmark")
     p.add_argument("--output", default=str(HERE / "RESULTS.md"), help="markdown file to write ('' for none)")
+    p.add_argument("--update", action="store_true",
+                   help="with --only: keep the rows of the other benchmarks from the existing --output file "
+                        "(the header says which rows are kept and from when)")
     return p
 
 
@@ -187,7 +191,7 @@ def mamba_rows(d: list) -> list[list[str]]:
                 share = f"{_pct(e['share_u_steps'])} of a {r['local_steps']}-step client"
                 if e["name"] != "local":
                     share += f" ({_pct(e['share_1_step'])} of a 1-step one)"
-                rows.append(_row("mamba_fl", setting, f"Fisher estimator {e['name']}: time; ||F_hat - F|| / ||F||",
+                rows.append(_row("mamba_fl", setting, f"Fisher estimator {e['name']}: time; error ‖F_hat - F‖/‖F‖",
                                  f"{share}; {e['rel_error']:.2f}"))
         elif "vmap_s" in r:
             rows.append(_row("mamba_fl", setting, "Fisher vmap vs per-example loop",
@@ -304,6 +308,31 @@ def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> lis
     return rows
 
 
+# the first column of each benchmark's rows
+ROW_NAMES = {"aggregate": {"aggregate"}, "vit": {"vit_sparse_fl"}, "mamba": {"mamba_fl"},
+             "lora_merge": {"lora_glue_fl"}, "llm_round": {"llm_noniid"}, "fisher": {"fisher"},
+             "processes": {"processes"}, "gpu": {"gpu", "gpu (H200)"}}
+
+
+def previous_rows(text: str) -> tuple[list[list[str]], str]:
+    """The table rows and the date line of an existing RESULTS.md."""
+    rows, date = [], "unknown date"
+    lines = text.splitlines()
+    for line in lines:
+        if line.startswith("- date:"):
+            date = line[len("- date:"):].strip()
+    table = [line for line in lines if line.startswith("|")]
+    for line in table[2:]:  # after the header and the separator
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return [r for r in rows if len(r) == len(HEADERS)], date
+
+
+def merge_rows(new: list[list[str]], old: list[list[str]], ran: Sequence[str]) -> list[list[str]]:
+    """This run's rows of the benchmarks in ``ran`` (and its failure rows), then the old rows of the others."""
+    mine = set().union(*(ROW_NAMES.get(n, {n}) for n in ran))
+    return [r for r in new if r[0] in mine or r[0] in ran] + [r for r in old if r[0] not in mine]
+
+
 def build_table(results: dict[str, object], *, cuda: bool, device: str) -> list[list[str]]:
     """Rows for every benchmark in ``results`` (name -> parsed JSON, or an error string when it failed)."""
     rows = []
@@ -370,8 +399,15 @@ def main(argv=None) -> dict:
         results = {name: run_benchmark(name, args, out) for name in names}
     rows = build_table(results, cuda=torch.cuda.is_available(), device=args.device)
     command = " ".join(["python benchmarks/run_all.py", *(sys.argv[1:] if argv is None else argv)])
+    kept = []
+    if args.update and args.only and args.output and Path(args.output).is_file():
+        old, date = previous_rows(Path(args.output).read_text())
+        rows = merge_rows(rows, old, names)
+        others = sorted({r[0] for r in old} - set().union(*(ROW_NAMES.get(n, {n}) for n in names)))
+        kept = [f"- rows re-measured by this command: {', '.join(names)}; rows of {', '.join(others)} are kept "
+                f"from the previous run of this file ({date}), see its command in the history of this file"]
     text = "\n".join(["# Benchmark results", "", *header_lines(args.device, args.threads, args.full),
-                      f"- command: `{command}`", "", markdown_table(HEADERS, rows), ""])
+                      f"- command: `{command}`", *kept, "", markdown_table(HEADERS, rows), ""])
     print()
     print(text)
     if args.output:
