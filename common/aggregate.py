@@ -71,8 +71,17 @@ class _Streaming:
     def total_weight(self) -> float:
         return float(self._flats[0][-1])
 
+    _zero_pending = False  # WeightedMean: buffer 0 is still to be zeroed (its first add writes it instead)
+
+    def _materialize(self) -> None:
+        if self._zero_pending:
+            with self._threads():
+                self._flats[0][:self.numel].zero_()
+            self._zero_pending = False
+
     def accumulators(self) -> Tensors:
         """The flat buffers to SUM across ranks (in place) before ``result()``."""
+        self._materialize()
         return list(self._flats)
 
     def reset(self) -> None:
@@ -85,6 +94,7 @@ class _Streaming:
         return P.threads_for(self.numel, self.device)
 
     def state_dict(self) -> dict:
+        self._materialize()
         return {"kind": type(self).__name__, "numel": self.numel, "buffers": [f.clone() for f in self._flats]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -94,6 +104,7 @@ class _Streaming:
                              f"this is {type(self).__name__} over {self.numel}")
         for f, s in zip(self._flats, state["buffers"]):
             f.copy_(s)
+        self._zero_pending = False
 
     def _out(self, out: Sequence[torch.Tensor] | None) -> Tensors:
         """``out`` checked, or new tensors: views of one flat buffer when all dtypes agree (one op fills them)."""
@@ -120,27 +131,44 @@ class WeightedMean(_Streaming):
     def __init__(self, like: Sequence[torch.Tensor], acc_dtype: torch.dtype = torch.float32):
         super().__init__(like, 1, acc_dtype)
 
+    def reset(self) -> None:
+        """Start a new round. The sum is not zeroed here: the round's first client given as one buffer of the
+        accumulator's dtype is written (w theta) instead of added to zeros, one pass fewer over the sum;
+        anything else zeroes it first (``_materialize``). Same values as adding to zeros."""
+        self._flats[0][-1] = 0.0
+        self._zero_pending = True
+
     @torch.no_grad()
     def add(self, tensors: Sequence[torch.Tensor], weight: float = 1.0) -> None:
         tensors = self._check(tensors)
         flat = as_flat(tensors)
         if flat is not None:
-            with self._threads():
-                self._flats[0][:self.numel].add_(flat, alpha=weight)
+            self._add_flat(flat, weight)
         else:
+            self._materialize()
             P.foreach(torch._foreach_add_, self._views[0], tensors, alpha=weight)
-        self._flats[0][-1] += weight
+            self._flats[0][-1] += weight
 
     @torch.no_grad()
     def add_flat(self, flat: torch.Tensor, weight: float = 1.0) -> None:
         """Same as ``add`` for a client given as one 1-D buffer (``common.params.flatten``): one fused op."""
+        self._add_flat(flat, weight)
+
+    def _add_flat(self, flat: torch.Tensor, weight: float) -> None:
+        acc = self._flats[0][:self.numel]
         with self._threads():
-            self._flats[0][:self.numel].add_(flat, alpha=weight)
+            if self._zero_pending and flat.dtype == acc.dtype:
+                torch.mul(flat, weight, out=acc)  # = 0 + w theta
+                self._zero_pending = False
+            else:
+                self._materialize()
+                acc.add_(flat, alpha=weight)
         self._flats[0][-1] += weight
 
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
         """The weighted mean, written into ``out`` (e.g. the global parameters, no allocation) or new tensors."""
+        self._materialize()
         scale = 1.0 / self._total()
         out = self._out(out)
         flat_out = as_flat(out)
