@@ -66,6 +66,10 @@ def xy(groups: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
         [s[2] for s in st]
 
 
+def n_label(ns: list[int]) -> str:
+    return f"n={min(ns)}" if min(ns) == max(ns) else f"n={min(ns)}-{max(ns)}"
+
+
 def chance_line(ax, runs: list[dict]) -> None:
     chance = [r["summary"].get("chance_accuracy") for r in runs if r["summary"].get("chance_accuracy")]
     if chance:
@@ -140,7 +144,7 @@ def main(argv=None) -> dict:
     if nonfed:
         x, m, s, n = xy(groups_by(nonfed, lambda r: r["args"]["nc"]))
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"non-IID (pathological), n={min(n)}-{max(n)}")
+        ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"non-IID (pathological), {n_label(n)}")
         if iid_acc is not None:
             ax.axhline(iid_acc, color="gray", ls="--", label=f"IID (n={len(iid)})")
         if central:
@@ -157,7 +161,7 @@ def main(argv=None) -> dict:
     if len({r["args"]["local_steps"] for r in iid_all}) > 1:
         x, m, s, n = xy(groups_by(iid_all, lambda r: r["args"]["local_steps"]))
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"FedAvg IID, n={min(n)}-{max(n)}")
+        ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"FedAvg IID, {n_label(n)}")
         chance_line(ax, iid_all)
         ax.set(xscale="log", xlabel="local steps J (rounds x J fixed)", ylabel="test accuracy (%)",
                title="FedAvg IID vs local steps at equal sample gradients")
@@ -190,7 +194,7 @@ def main(argv=None) -> dict:
                             xs.append(j + (i - (len(sparsities) - 1) / 2) * width)
                     if ms:
                         ax.bar(xs, ms, width, yerr=ss, capsize=3,
-                               label=f"sparsity {sp:g} (n={min(ns)}-{max(ns)})")
+                               label=f"sparsity {sp:g} ({n_label(ns)})")
                 if dense and R.by_seed(dense, key):
                     ax.axhline(acc_stats(dense, key)[0], color="k", ls="--", label=f"dense FedAvg (n={len(dense)})")
                 if key == "test_accuracy":
