@@ -348,8 +348,8 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
 def plot_summary(groups, base: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     tasks = sorted({k[0] for k in groups})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 0.5 + 0.32 * max(
-        sum(1 for k in groups if k[0] == t) for t in tasks)), squeeze=False)
+    rows = max(sum(1 for k in groups if k[0] == t) for t in tasks)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), max(3.0, 1.2 + 0.32 * rows)), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         keys = [k for k in groups if k[0] == task]
         metric = metric_of(groups[keys[0]])
