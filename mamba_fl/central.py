@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     explicit = federated.explicit_dests(parser, argv)
     federated.finish_args(args, explicit)
     if args.quick and "max_steps" not in explicit:
-        args.max_steps, args.val_freq = 32, (8 if "val_freq" not in explicit else args.val_freq)
+        args.max_steps, args.val_freq = 64, (16 if "val_freq" not in explicit else args.val_freq)
     cli.check(args.val_freq >= 1, f"--val-freq must be at least 1, got {args.val_freq}")
     cli.check(args.n_epochs > 0, f"--n-epochs must be positive, got {args.n_epochs}")
     device = cli.resolve_device(args.device)

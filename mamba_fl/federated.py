@@ -85,7 +85,7 @@ def finish_args(args: argparse.Namespace, explicit: set[str]) -> None:
     if args.quick:
         quick = {"eval_blocks": 32, "vocab_size": 2048, "sample_tokens": 8}
         if hasattr(args, "num_clients"):
-            quick |= {"rounds": 32, "eval_every": 8}
+            quick |= {"rounds": 64, "eval_every": 16}
         for k, v in quick.items():
             if k not in explicit and hasattr(args, k):
                 setattr(args, k, v)

@@ -172,7 +172,8 @@ def main(argv=None) -> dict:
                                ["contiguous"]), out, args.jobs, args.dry_run)
     deeper = [L for L in args.layers if L != first]
     if deeper:
-        failed += execute(plan(args, [], "synthetic", arms, deeper, args.shards), out, args.jobs, args.dry_run)
+        for shard in sorted(args.shards, key=lambda s: s != "topic"):  # the non-IID shards first
+            failed += execute(plan(args, [], "synthetic", arms, deeper, [shard]), out, args.jobs, args.dry_run)
     if args.dry_run:
         return {}
     minutes = (time.time() - t0) / 60

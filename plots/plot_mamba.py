@@ -91,9 +91,12 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
             a = last[k]
             a = a.reshape(a.shape[0], -1)
             lim = float(np.abs(a).max()) or 1.0
-            ax.imshow(a, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            im = ax.imshow(a, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
             ax.set_title(k, fontsize=6)
-            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_xlabel("input dim", fontsize=5)
+            ax.set_ylabel("output dim", fontsize=5)
+            ax.tick_params(labelsize=5)
         for ax in list(axes.flat)[len(keys):]:
             ax.axis("off")
         fig.suptitle(f"{run['name']}: deltas at {files[-1].stem}", fontsize=8)
@@ -112,12 +115,16 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
                     s = np.linalg.svd(a.reshape(a.shape[0], -1), compute_uv=False)
                     ax.semilogy(s[:64], color=cmap(i / max(len(snaps) - 1, 1)), lw=1)
             ax.set_title(f"{key}\nserver delta spectra (dark->light: time)", fontsize=6)
+            ax.set_xlabel("singular value index", fontsize=6)
+            ax.set_ylabel("singular value", fontsize=6)
             a = last["server/" + key]
             s = np.linalg.svd(a.reshape(a.shape[0], -1), compute_uv=False)
             r95 = rank_at_energy(s)
             ax2.semilogy(s)
             ax2.axvline(r95, color="r", ls="--", lw=1, label=f"rank@95% = {r95}/{len(s)}")
             ax2.set_title("final weights spectrum", fontsize=6)
+            ax2.set_xlabel("singular value index", fontsize=6)
+            ax2.set_ylabel("singular value", fontsize=6)
             ax2.legend(fontsize=6)
         written += R.savefig(fig, out / f"spectrum_{run['name']}.png")
     return written
