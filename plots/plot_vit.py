@@ -178,7 +178,11 @@ def main(argv=None) -> dict:
                                              "highest_magnitude", "random")).index(v[0]), v[1] != "talos"))
         fig, axes = plt.subplots(2, len(shards), figsize=(6 * len(shards), 7), squeeze=False)
         width = 0.8 / len(sparsities)
+        all_labels = labels
         for col, sh in enumerate(shards):
+            labels = [lab for lab in all_labels if any(shard(r) == sh and r["args"]["mask_strategy"] == lab[0]
+                                                       and r["args"].get("fisher_score", "fisher") == lab[1]
+                                                       for r in sparse)]
             dense = [r for r in based if shard(r) == sh and r["args"]["local_steps"] == BASE_J]
             for row, key in enumerate(("test_accuracy", "interference")):
                 ax = axes[row, col]
