@@ -202,13 +202,19 @@ def _refs(runs) -> dict:
 
 def _extra(arm, runs) -> str:
     rows = [r["rows"][-1] for r in runs if r["rows"]]
+    notes = []
+    failed = [r for r in runs if not r["summary"]["final_val_ppl"] < r["summary"].get("unigram_ppl", float("inf"))]
+    if failed:
+        notes.append(f"{len(failed)}/{len(runs)} end above the unigram (unstable)")
     if arm == "fedentropy":
         ratios = [x["entropy_weight_ratio"] for x in rows if "entropy_weight_ratio" in x]
-        return f"max/min weight {np.mean(ratios):.2f} (last round)" if ratios else ""
+        if ratios:
+            notes.append(f"max/min weight {', '.join(f'{v:.3g}' for v in ratios)} (last round, per seed)")
     if arm == "fedfisher":
         shares = [x["fisher_eps_share"] for x in rows if "fisher_eps_share" in x]
-        return f"floor decides {100 * np.mean(shares):.2f}% of coordinates" if shares else ""
-    return ""
+        if shares:
+            notes.append(f"floor decides {100 * np.mean(shares):.1f}% of coordinates (last round)")
+    return "; ".join(notes)
 
 
 def table(runs, arms, layers, shard, real=False) -> list[str]:

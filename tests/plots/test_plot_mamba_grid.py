@@ -41,7 +41,7 @@ def test_grid_report_tables_and_figures(grid, tmp_path):
     assert "1 layer, topic shards" in text and "finished in 1.5 min" in text
     fisher = next(line for line in text.splitlines() if line.startswith("| FedFisher"))
     assert "40.1 ± 1.0 (n=3)" in fisher and "+10.1 [" in fisher and "no difference" not in fisher
-    assert "| 2/3 |" in fisher and "floor decides 1.00%" in fisher   # seed 2 is still falling
+    assert "| 2/3 |" in fisher and "floor decides 1.0% of coordinates" in fisher   # seed 2 is still falling
     entropy = next(line for line in text.splitlines() if line.startswith("| FedEntropy"))
     assert "no difference" in entropy
     assert "unigram (fitted on the training split) 250.0" in text and "optimum of the source 9.10" in text
