@@ -195,7 +195,7 @@ def fisher_estimators(args, L: int) -> dict:
     start = P.clone(ps)
     U = LOCAL_STEPS
     names = ["per_example", "per_example (32 blocks)", "batch", "local"]
-    errors, times, hooked = {k: [] for k in names}, {k: [] for k in names}, []
+    errors, times = {k: [] for k in names}, {k: [] for k in names}
     for d in range(args.fisher_draws):
         g = torch.Generator().manual_seed(1000 + d)
         ref_idx = torch.randperm(n, generator=g)[: args.fisher_reference]
@@ -203,9 +203,7 @@ def fisher_estimators(args, L: int) -> dict:
         opt = torch.optim.AdamW(ps, lr=1e-3)  # a fresh client AdamW, as --client-opt-state reset
         est = fisher.LocalStepFisher(ps, B)
         for _ in range(U):
-            t = time.perf_counter()
             step(opt, torch.randint(0, n, (B,), generator=g))
-            hooked.append(time.perf_counter() - t)
         t = time.perf_counter()
         local = est.estimate()
         times["local"].append(time.perf_counter() - t)
@@ -219,16 +217,29 @@ def fisher_estimators(args, L: int) -> dict:
             f = per_example(idx, method)
             times[other].append(time.perf_counter() - t)
             errors[other].append(float((P.flatten(f) - full).norm() / full.norm()))
-    # the hooks' cost is inside the training steps: the difference of steps with and without them
+    # the hooks' cost is inside the training steps: time their work directly on one step's gradients
+    # (the difference of steps with and without hooks drowns in the noise of a shared machine)
     P.load_(ps, start)
     opt = torch.optim.AdamW(ps, lr=1e-3)
     plain = []
-    for i in range(max(5, len(hooked))):
+    for i in range(5):
         t = time.perf_counter()
         step(opt, torch.arange(i * B, (i + 1) * B) % n)
         plain.append(time.perf_counter() - t)
     step_s = statistics.median(plain)
-    hook_s = max(0.0, statistics.median(hooked) - step_s)
+    model(**batch(torch.arange(B))).loss.backward()
+    probe = fisher.LocalStepFisher(ps, B)
+    probe.remove()
+    hooks = [probe._hook(i) for i in range(len(ps))]
+    hook_times = []
+    for _ in range(7):
+        t = time.perf_counter()
+        for h, p in zip(hooks, ps):
+            h(p)
+        hook_times.append(time.perf_counter() - t)
+    hook_s = statistics.median(hook_times[1:])  # the first call of a hook has no pair yet
+    for p in ps:
+        p.grad = None
     est = []
     for k in names:
         seconds = statistics.median(times[k]) + (U * hook_s if k == "local" else 0.0)
