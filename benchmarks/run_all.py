@@ -83,6 +83,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         "(0: leave the environment alone for all of them)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed to each benchmark")
     p.add_argument("--output", default=str(HERE / "RESULTS.md"), help="markdown file to write ('' for none)")
+    p.add_argument("--json-dir", default=None, help="also keep each benchmark's JSON summary in this folder")
     p.add_argument("--update", action="store_true",
                    help="with --only: keep the rows of the other benchmarks from the existing --output file "
                         "(the header says which rows are kept and from when)")
@@ -379,6 +380,7 @@ def run_benchmark(name: str, args, out_dir: str) -> dict | list | str:
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
@@ -396,7 +398,7 @@ def main(argv=None) -> dict:
     cli.check(args.threads >= 0 and args.timeout > 0, "--threads must be >= 0 and --timeout > 0")
     names = args.only or [n for n in BENCHMARKS if n not in GPU_ONLY or args.device.startswith("cuda")]
     with tempfile.TemporaryDirectory() as out:
-        results = {name: run_benchmark(name, args, out) for name in names}
+        results = {name: run_benchmark(name, args, args.json_dir or out) for name in names}
     rows = build_table(results, cuda=torch.cuda.is_available(), device=args.device)
     command = " ".join(["python benchmarks/run_all.py", *(sys.argv[1:] if argv is None else argv)])
     kept = []
