@@ -20,6 +20,8 @@ elsewhere hits every method alike):
   FedAdam step   ``common.server_opt.FedAdam.step`` on the global parameters; anchor: Flower's FedAdam
                  update (``FedAdam.aggregate_fit``'s delta / m / v / x lines) in numpy. K does not enter.
 
+Buffers of ours (uploads, accumulators, the copy floor's) come from ``common.params.empty_flat`` (2 MiB
+aligned, transparent huge pages advised, as numpy does for its large arrays, Flower's included).
 Copy floor: ``copy_`` of the accumulator's size (with the thread count ours gets: every thread on a quiet
 machine, one on a busy one, ``common.params.threads_for``), timed in the same round-robin, scaled to the bytes the
 aggregation must move: per client, read its upload and read + write the accumulators (WeightedMean 12
@@ -119,12 +121,14 @@ class Clients:
         self.names = list(shapes)
         self.base = [(0.02 * torch.randn(s, generator=g)).to(device) for s in shapes.values()]
         self.flat, self.fisher, self.masks = [], [], []
-        for _ in range(args.pool):
-            flat = P.flatten(self.base)
+        n = P.numel(self.base)
+        for _ in range(args.pool):  # uploads in buffers like the model's after flat_parameters_ (empty_flat)
+            flat = P.empty_flat(n, torch.float32, device).copy_(P.flatten(self.base))
             flat += 1e-3 * torch.randn(flat.shape, generator=g).to(device)
             self.flat.append(P.unflatten(flat, self.base))
-            self.fisher.append(P.unflatten(flat.abs() + 1e-4, self.base))
-            self.masks.append(P.unflatten(torch.rand(flat.shape, generator=g).to(device) < 0.5, self.base))
+            self.fisher.append(P.unflatten(P.empty_flat(n, torch.float32, device).copy_(flat.abs() + 1e-4), self.base))
+            mask = torch.rand(flat.shape, generator=g).to(device) < 0.5
+            self.masks.append(P.unflatten(P.empty_flat(n, torch.bool, device).copy_(mask), self.base))
         self.separate = [[t.clone() for t in c] for c in self.flat]
         self.np = [[t.cpu().numpy() for t in c] for c in self.separate]
         self.np_fisher = [[t.cpu().numpy() for t in c] for c in self.fisher]
@@ -278,7 +282,8 @@ def copy_floor(dst, src):
 def time_condition(args, c: Clients, device, condition: str) -> dict:
     """Every method of every K, round-robin, under one condition; one row per (K, aggregator)."""
     n_busy = (args.busy_loops or os.cpu_count() or 1) if condition == "busy" else 0
-    src, dst = P.flatten(c.base), torch.zeros(c.numel, device=device)
+    src = P.empty_flat(c.numel, torch.float32, device).copy_(P.flatten(c.base))
+    dst = P.empty_flat(c.numel, torch.float32, device).zero_()
     rows = []
     before = loadavg()
     with busy_loops(n_busy, args.busy_limit) if n_busy else contextlib.nullcontext():

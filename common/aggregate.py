@@ -55,8 +55,9 @@ class _Streaming:
         self.device = like[0].device
         self.numel = P.numel(like)
         self.acc_dtype = acc_dtype
-        self._flats = [torch.zeros(self.numel + (i == 0), dtype=acc_dtype, device=self.device)
-                       for i in range(n_buffers)]
+        self._flats = [P.empty_flat(self.numel + (i == 0), acc_dtype, self.device) for i in range(n_buffers)]
+        for f in self._flats:  # first touch after the huge-page advice (common.params.empty_flat)
+            f.zero_()
         self._views = [P.unflatten(f[:self.numel], like) for f in self._flats]
 
     def _check(self, tensors: Sequence[torch.Tensor], what: str = "client tensors") -> list:
@@ -111,7 +112,7 @@ class _Streaming:
         if out is not None:
             return self._check(out, "out")
         if len(set(self.dtypes)) == 1:
-            flat = torch.empty(self.numel, dtype=self.dtypes[0], device=self.device)
+            flat = P.empty_flat(self.numel, self.dtypes[0], self.device)
             return [flat[i:i + v.numel()].view(v.shape) for i, v in zip(self._offsets(), self._views[0])]
         return [torch.empty(s, dtype=d, device=self.device) for s, d in zip(self.shapes, self.dtypes)]
 

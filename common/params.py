@@ -174,13 +174,53 @@ def chunked_apply(body: Callable, *lists: Sequence[torch.Tensor], chunk: int = C
             body(_direct, *[[f[lo:lo + chunk]] for f in flats])
 
 
+# CPU buffers of at least this many bytes are 2 MiB aligned and marked for transparent huge pages (numpy
+# does the same for its large arrays): one TLB entry per 2 MiB instead of per 4 KiB when a pass streams
+# through tens of MiB; measured 9-25% faster per add of 21.7M float32 on this project's 2-core machine.
+HUGE_PAGE_MIN_BYTES = 4 << 20
+_HUGE_PAGE = 1 << 21
+_MADV_HUGEPAGE = 14  # Linux
+_libc = None
+
+
+def _madvise_huge(addr: int, nbytes: int) -> None:
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+            import ctypes.util
+
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        import ctypes
+
+        _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(nbytes), _MADV_HUGEPAGE)
+    except (OSError, AttributeError, TypeError):  # not Linux / no libc: the hint is only a hint
+        _libc = False
+
+
+def empty_flat(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``torch.empty(n)``; on a CPU and from ``HUGE_PAGE_MIN_BYTES`` on, 2 MiB aligned and advised to use
+    transparent huge pages before its memory is first touched (Linux ``madvise``; elsewhere a plain buffer)."""
+    device = torch.device(device)
+    size = torch.empty((), dtype=dtype).element_size()
+    if device.type != "cpu" or n * size < HUGE_PAGE_MIN_BYTES or _libc is False or os.name != "posix":
+        return torch.empty(n, dtype=dtype, device=device)
+    slack = _HUGE_PAGE // size
+    raw = torch.empty(n + slack, dtype=dtype)
+    start = (-raw.data_ptr() % _HUGE_PAGE) // size
+    flat = raw[start:start + n]
+    _madvise_huge(flat.data_ptr(), (n * size) // _HUGE_PAGE * _HUGE_PAGE)
+    return flat
+
+
 def flat_empty_like(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> Tensors:
-    """Uninitialised tensors shaped like ``tensors``, as views of ONE new buffer when they share a device and
-    (after ``dtype``) a dtype, so later list ops on them are single ops (``foreach``); else separate tensors."""
+    """Uninitialised tensors shaped like ``tensors``, as views of ONE new buffer (``empty_flat``) when they
+    share a device and (after ``dtype``) a dtype, so later list ops on them are single ops (``foreach``);
+    else separate tensors."""
     tensors = list(tensors)
     dtypes = {dtype or t.dtype for t in tensors}
     if tensors and len(dtypes) == 1 and len({t.device for t in tensors}) == 1:
-        flat = torch.empty(numel(tensors), dtype=dtypes.pop(), device=tensors[0].device)
+        flat = empty_flat(numel(tensors), dtypes.pop(), tensors[0].device)
         return unflatten(flat, tensors)
     return [torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device) for t in tensors]
 
