@@ -254,38 +254,49 @@ def best_other_arm(root, layers: int, shards) -> str | None:
     return min(scores, key=scores.get) if scores else None
 
 
+def _aligned(runs, key, x):
+    """(x [P], values [runs, P]) over the x values every run reached."""
+    series = [dict(zip(*(a.tolist() for a in R.series(r, key, x)))) for r in runs]
+    common = sorted(set.intersection(*(set(d) for d in series)))
+    return np.array(common, dtype=np.float64), np.array([[d[v] for v in common] for d in series])
+
+
 def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
+    """Mean over seeds per arm (line) and the range over seeds (band: positive, so a log axis shows it)."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax, drawn = plt.subplots(figsize=(7, 4.3))[0], None, 0
-    ax = fig.axes[0]
-    seq_len = None
+    fig, ax = plt.subplots(figsize=(9, 4.3))
+    drawn, anyrun = 0, None
     for arm in arms:
         group = _finite(_select(runs, arm, layers, shard, real))
         if not group:
             continue
-        seq_len = group[0]["args"]["sequence_length"]
-        xs, mean, sd = R.mean_std(group, "val_ppl", x="tokens")
+        anyrun = group[0]
+        xs, ys = _aligned(group, "val_ppl", "tokens")
         if xs.size == 0:
             continue
+        xs = xs / group[0]["args"]["sequence_length"]
         marker, ls = _STYLE.get(arm, ("o", "-"))
-        ax.plot(xs / seq_len, mean, marker=marker, ls=ls, ms=4, label=f"{ARM_LABELS.get(arm, arm)} (n={len(group)})")
+        line, = ax.plot(xs, ys.mean(0), marker=marker, ls=ls, ms=4,
+                        label=f"{ARM_LABELS.get(arm, arm)} (n={len(group)})")
         if len(group) > 1:
-            ax.fill_between(xs / seq_len, np.maximum(mean - sd, 1e-3), mean + sd, alpha=0.15)
+            ax.fill_between(xs, ys.min(0), ys.max(0), alpha=0.15, color=line.get_color())
         drawn += 1
     if not drawn:
         plt.close(fig)
         print(f"skipped {Path(path).name}: no finished runs for {title}")
         return None
-    anyrun = next(r for a in arms for r in _select(runs, a, layers, shard, real))
-    reference_lines(ax, _refs([anyrun]))
+    refs = _refs([anyrun])
+    reference_lines(ax, refs)
     ax.set_yscale("log")
+    low = min(v for v in (refs.get("optimal_ppl_word"), ax.get_ylim()[0]) if v)
+    ax.set_ylim(0.8 * low, 1.5 * refs["uniform_ppl"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training sequences seen (all clients together)")
     ax.set_ylabel("validation perplexity per token (log)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6.5, loc="upper right", ncol=1, framealpha=0.9)
+    ax.set_title(f"{title}\nlines: mean over seeds; bands: range over seeds", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     return R.savefig(fig, path)[0]
 
 
