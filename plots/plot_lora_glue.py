@@ -177,7 +177,7 @@ def task_table(task: str, groups: dict, base: dict) -> str:
     metric = metric_of(any_group)
     extra = "accuracy" if metric != "accuracy" and "accuracy" in any_group[0]["summary"]["final"] else None
     central = mine.get((task, "central", "-"))
-    headers = ["run", f"{metric} (mean ± sd, n seeds)"] + ([f"{extra}"] if extra else []) + [
+    headers = ["run", f"{metric} (mean ± sd, n seeds)"] + ([f"{extra} (mean ± sd)"] if extra else []) + [
         f"{metric} − centralized, paired by seed [95% CI]", "merge error, last round", "trainable params per client",
         "MB per round (down + up)"]
     rows = [["majority-class baseline (label " + str(base.get("label")) + ")", f"{base.get(metric, float('nan')):.3f}"]
@@ -245,7 +245,13 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
         fed = [(key, g) for key, g in groups.items() if key[0] == task and key[1] != "central"]
         if not fed:
             continue
-        fig, (ax, ax_loss, ax_err) = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [3, 2, 2]})
+        per_round = any(len([r for g in grp for r in g["rows"] if r.get("client") is None and metric_of(grp) in r])
+                        > len(grp) for _, grp in fed)   # some cell scored more than its last round
+        if per_round:
+            fig, (ax, ax_loss, ax_err) = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [3, 2, 2]})
+        else:   # only the last round was scored: the final metric is in summary.png
+            fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2))
+            ax = None
         metric, last_round, k = None, 1, 0
         for (_, method, _shard), group in fed:
             metric = metric_of(group)
@@ -254,12 +260,16 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                 last_round = max([last_round] + [r["round"] for r in rows])
         for (_, method, shard), group in fed:  # validation metric: lines, or points at the last round (offset)
             color, n, label = colors.get(shard, "k"), len(group), label_of(method, shard)
-            if method.startswith("oneshot"):
+            if ax is None:
+                pass
+            elif method.startswith("oneshot"):
                 x, y, e = np.array([last_round]), *(np.array([v]) for v in _mean_sd(seed_values(group, metric)))
             else:
                 x, y, e = R.mean_std([{**g, "rows": [r for r in g["rows"] if r.get("client") is None]}
                                       for g in group], metric)
-            if len(x) > 1:
+            if ax is None:
+                pass
+            elif len(x) > 1:
                 ax.plot(x, y, LINESTYLE.get(method, "-"), color=color, marker="o", ms=3, label=f"{label} (n={n})")
                 ax.fill_between(x, y - e, y + e, alpha=0.10, color=color)
             elif len(x):
@@ -276,26 +286,28 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
             if len(xe) and np.all(ye > 0):
                 ax_err.plot(xe, ye, LINESTYLE.get(method, "-"), color=color, marker="o", ms=3, label=label)
         central = groups.get((task, "central", "-"))
-        if central:
-            c_mean, _ = _mean_sd(seed_values(central, metric))
-            ax.axhline(c_mean, color="k", ls="--", lw=1.2, label=f"centralized LoRA ({c_mean:.3f}, n={len(central)})")
-        if metric in base.get(task, {}):
-            ax.axhline(base[task][metric], color="0.5", ls=":", lw=1.5,
-                       label=f"majority baseline ({base[task][metric]:.3f})")
-        ax.set_xlabel("round (one-shot: 1 round of the same total local epochs, shown at the last round)")
-        ax.set_ylabel(f"{metric} (validation, fused model)")
-        ax.set_title(f"{task}: fused model, mean ± sd over seeds")
-        ax.legend(fontsize=6, loc="best")
+        if ax is not None:
+            if central:
+                c_mean, _ = _mean_sd(seed_values(central, metric))
+                ax.axhline(c_mean, color="k", ls="--", lw=1.2,
+                           label=f"centralized LoRA ({c_mean:.3f}, n={len(central)})")
+            if metric in base.get(task, {}):
+                ax.axhline(base[task][metric], color="0.5", ls=":", lw=1.5,
+                           label=f"majority baseline ({base[task][metric]:.3f})")
+            ax.set_xlabel("round (one-shot: 1 round of the same total local epochs, shown at the last round)")
+            ax.set_ylabel(f"{metric} (validation, fused model)")
+            ax.set_title(f"{task}: fused model, mean ± sd over seeds")
+            ax.legend(fontsize=6, loc="best")
         ax_loss.set_xlabel("round")
         ax_loss.set_ylabel("clients' mean training loss in the round")
-        ax_loss.set_title("local training loss (mean over seeds)")
+        ax_loss.set_title(f"{task}: local training loss (mean over seeds)")
         ax_loss.legend(fontsize=6)
         ax_err.set_yscale("log")
         ax_err.set_xlabel("round")
         ax_err.set_ylabel("relative merge error of dW")
-        ax_err.set_title("merge error per round (mean over seeds)")
+        ax_err.set_title(f"{task}: merge error per round (mean over seeds)")
         ax_err.legend(fontsize=6)
-        for a in (ax, ax_loss, ax_err):
+        for a in (a for a in (ax, ax_loss, ax_err) if a is not None):
             a.xaxis.get_major_locator().set_params(integer=True)
         written += R.savefig(fig, out / f"rounds_{task}.png")
     return written
@@ -346,6 +358,8 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
 
 
 def plot_summary(groups, base: dict, out: Path) -> list[Path]:
+    """Final main metric per cell: every seed as a dot, the mean ± sample sd as a bar; centralized (dashed) and
+    the majority baseline (dotted) as vertical lines."""
     import matplotlib.pyplot as plt
     tasks = sorted({k[0] for k in groups})
     rows = max(sum(1 for k in groups if k[0] == t) for t in tasks)
@@ -353,22 +367,24 @@ def plot_summary(groups, base: dict, out: Path) -> list[Path]:
     for ax, task in zip(axes[0], tasks):
         keys = [k for k in groups if k[0] == task]
         metric = metric_of(groups[keys[0]])
-        summ = [stats.summarize(seed_values(groups[k], metric).values()) for k in keys]
+        values = [seed_values(groups[k], metric) for k in keys]
         ypos = np.arange(len(keys))[::-1]
-        ax.barh(ypos, [s.mean for s in summ], xerr=[0 if s.n < 2 else s.sd for s in summ], color=[
-            "k" if k[1] == "central" else f"C{_shard_rank(k[2])}" for k in keys], alpha=0.7, capsize=2)
+        for y, k, vals in zip(ypos, keys, values):
+            color = "k" if k[1] == "central" else f"C{_shard_rank(k[2])}"
+            mean, sd = _mean_sd(vals)
+            ax.errorbar([mean], [y], xerr=[sd], fmt="D", color=color, ms=6, capsize=3, zorder=3)
+            ax.scatter(list(vals.values()), [y - 0.18] * len(vals), s=12, color="0.3", zorder=2)
         ax.set_yticks(ypos)
-        ax.set_yticklabels([f"{label_of(k[1], k[2])} (n={s.n})" for k, s in zip(keys, summ)], fontsize=7)
+        ax.set_yticklabels([f"{label_of(k[1], k[2])} (n={len(v)})" for k, v in zip(keys, values)], fontsize=7)
         if metric in base.get(task, {}):
             ax.axvline(base[task][metric], color="0.4", ls=":", lw=1.5, label=f"majority ({base[task][metric]:.3f})")
-        central = [s for k, s in zip(keys, summ) if k[1] == "central"]
-        if central:
-            ax.axvline(central[0].mean, color="k", ls="--", lw=1, label=f"centralized ({central[0].mean:.3f})")
-        lo = min([s.mean - (0 if s.n < 2 else s.sd) for s in summ] + [base.get(task, {}).get(metric, 1.0)])
-        ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(s.mean + (0 if s.n < 2 else s.sd) for s in summ) + 0.03))
-        ax.set_xlabel(f"final validation {metric} (mean ± sd over seeds)")
+        if (task, "central", "-") in groups:
+            c_mean, _ = _mean_sd(seed_values(groups[(task, "central", "-")], metric))
+            ax.axvline(c_mean, color="k", ls="--", lw=1, label=f"centralized ({c_mean:.3f})")
+        ax.set_ylim(-0.7, len(keys) - 0.4)
+        ax.set_xlabel(f"final validation {metric}: seeds (dots), mean ± sample sd (diamond)")
         ax.set_title(task)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     return R.savefig(fig, out / "summary.png")
 
 
