@@ -28,6 +28,7 @@ import csv
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--min_per_label", type=int, default=5,
                    help="Dirichlet shards: every client keeps at least this many examples of every label")
     p.add_argument("--lora_r", type=int, default=8, help="client LoRA rank = svd rank (lora_alpha = rank)")
-    p.add_argument("--learning_rate", type=float, default=2e-3, help="AdamW rate, linear decay to 0 in every "
+    p.add_argument("--learning_rate", type=float, default=5e-3, help="AdamW rate, linear decay to 0 in every "
                                                                      "local run")
     p.add_argument("--batch_size", type=int, default=4, help="training batch size (clients and centralized)")
     p.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
@@ -217,8 +218,8 @@ def main(argv=None) -> dict:
     wall = time.time() - t0
     log = Path(args.out_dir) / "grid.json"
     history = json.loads(log.read_text()) if log.is_file() else []
-    history.append({"argv": list(argv) if argv is not None else None, "cells": len(jobs), "wall_seconds": round(wall),
-                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    history.append({"argv": list(argv) if argv is not None else sys.argv[1:], "cells": len(jobs),
+                    "wall_seconds": round(wall), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     log.write_text(json.dumps(history, indent=1) + "\n")
     print(f"grid: {len(jobs)} cells in {wall / 60:.1f} min wall", flush=True)
     return {"cells": len(jobs), "out_dir": args.out_dir, "wall_seconds": wall}
