@@ -68,6 +68,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.1, help="FedEntropy temperature T")
     p.add_argument("--fisher-samples", type=int, default=4, help="blocks per client for FedFisher's Fisher")
     p.add_argument("--no-variants", action="store_true", help="skip the FedAvg client-optimizer/local-step rows")
+    p.add_argument("--long-factor", type=int, default=3,
+                   help="the longer-budget check: central, FedAvg and FedFisher with this many times the rounds "
+                        "(1 layer, topic shards), to see whether the federated runs close the gap (1: skip)")
     p.add_argument("--real-raw", default=None,
                    help="a raw WikiText file (e.g. wiki.test.raw): split by article (split_wikitext.py) and run "
                         "central, FedAvg and the best other method on it, 1 layer, contiguous shards")
@@ -93,20 +96,21 @@ def central_flags(args, steps: int) -> list[str]:
             "--lr", str(args.lr)]
 
 
-def plan(args, data_flags: list[str], tag: str, arms: list[str], layers: list[int], shards: list[str]) -> list:
-    """[(run name, script, flags)] of one block of the grid."""
+def plan(args, data_flags: list[str], tag: str, arms: list[str], layers: list[int], shards: list[str],
+         suffix: str = "") -> list:
+    """[(run name, script, flags)] of one block of the grid; ``suffix`` marks the arms' names (e.g. "-long")."""
     runs = []
     for seed in args.seeds:
         for L in layers:
             base = ["--layers", str(L), "--seed", str(seed), *MODEL, *data_flags]
             if "central" in arms:
-                runs.append((f"central_L{L}_{tag}_s{seed}", "central.py",
+                runs.append((f"central{suffix}_L{L}_{tag}_s{seed}", "central.py",
                              base + central_flags(args, args.rounds * args.clients)))
             for shard in shards:
                 for arm in arms:
                     if arm == "central":
                         continue
-                    name = f"{arm}_L{L}_{shard}{'_' + tag if tag != 'synthetic' else ''}_s{seed}"
+                    name = f"{arm}{suffix}_L{L}_{shard}{'_' + tag if tag != 'synthetic' else ''}_s{seed}"
                     if arm in VARIANTS:
                         rounds = args.rounds // 8 if arm == "fedavg-lu8" else args.rounds
                         flags = fed_flags(args, "fedavg", rounds) + VARIANTS[arm]
@@ -170,6 +174,11 @@ def main(argv=None) -> dict:
         real_arms = ["central", "fedavg"] + ([best] if best else [])
         failed += execute(plan(args, ["--data-dir", str(real_dir)], "real", real_arms, [min(args.layers)],
                                ["contiguous"]), out, args.jobs, args.dry_run)
+    if args.long_factor > 1 and "topic" in args.shards:
+        long = argparse.Namespace(**{**vars(args), "rounds": args.rounds * args.long_factor})
+        long.eval_every = args.eval_every * args.long_factor
+        failed += execute(plan(long, [], "synthetic", ["central", "fedavg", "fedfisher"], [first], ["topic"],
+                               suffix="-long"), out, args.jobs, args.dry_run)
     deeper = [L for L in args.layers if L != first]
     if deeper:
         for shard in sorted(args.shards, key=lambda s: s != "topic"):  # the non-IID shards first

@@ -145,7 +145,11 @@ ARM_LABELS = {
     "fedavg-reset": "FedAvg, fresh AdamW every round",
     "fedavg-sgd": "FedAvg, plain local SGD",
     "fedavg-lu8": "FedAvg, 8 local steps x rounds/8",
+    "central-long": "central AdamW, longer budget",
+    "fedavg-long": "FedAvg, longer budget",
+    "fedfisher-long": "FedFisher, longer budget",
 }
+LONG_ARMS = ("central-long", "fedavg-long", "fedfisher-long")
 _STYLE = {a: (m, ls) for a, m, ls in zip(ARM_LABELS, "osD^v<>Xp", ["-", "--", "-.", ":", "-", "--", "-.", ":", "-"])}
 PLATEAU = 0.05  # a run is on its plateau when val ppl moved less than 5% over the last 20% of its training
 
@@ -158,14 +162,14 @@ def grid_runs(root) -> list[dict]:
             continue
         arm = run["name"].split("_")[0]
         real = "_real_" in run["name"]
-        shard = "all" if arm == "central" else run["args"].get("shard")
+        shard = "all" if arm.startswith("central") else run["args"].get("shard")
         out.append(run | {"arm": arm, "layers": run["args"].get("layers"), "shard": shard, "real": real})
     return out
 
 
 def _select(runs, arm, layers, shard, real=False):
     return [r for r in runs if r["arm"] == arm and r["layers"] == layers and r["real"] == real
-            and (arm == "central" or r["shard"] == shard)]
+            and (arm.startswith("central") or r["shard"] == shard)]
 
 
 def _finite(runs, key="final_val_ppl"):
@@ -175,7 +179,7 @@ def _finite(runs, key="final_val_ppl"):
 def plateau(run: dict) -> bool | None:
     """True when the validation perplexity changed by less than PLATEAU (relative) between the evaluation at
     80% of the run and the last one; None with fewer than 3 evaluations."""
-    x_key = "round" if run["arm"] != "central" else "step"
+    x_key = "step" if run["arm"].startswith("central") else "round"
     xs, ys = R.series(run, "val_ppl", x_key)
     if xs.size < 3 or not np.isfinite(ys[-1]):
         return None
@@ -210,17 +214,17 @@ def _extra(arm, runs) -> str:
         ratios = [x["entropy_weight_ratio"] for x in rows if "entropy_weight_ratio" in x]
         if ratios:
             notes.append(f"max/min weight {', '.join(f'{v:.3g}' for v in ratios)} (last round, per seed)")
-    if arm == "fedfisher":
+    if arm.startswith("fedfisher"):
         shares = [x["fisher_eps_share"] for x in rows if "fisher_eps_share" in x]
         if shares:
             notes.append(f"floor decides {100 * np.mean(shares):.1f}% of coordinates (last round)")
     return "; ".join(notes)
 
 
-def table(runs, arms, layers, shard, real=False) -> list[str]:
-    """Markdown rows of one block: per arm final ppl per token and per word, paired difference to FedAvg,
-    plateau check and arm-specific diagnostics; reference points first."""
-    ref = _select(runs, "fedavg", layers, shard, real)
+def table(runs, arms, layers, shard, real=False, ref_arm="fedavg") -> list[str]:
+    """Markdown rows of one block: per arm final ppl per token and per word, paired difference to FedAvg
+    (``ref_arm``), plateau check and arm-specific diagnostics; the reference points below."""
+    ref = _select(runs, ref_arm, layers, shard, real)
     lines = ["| arm | final ppl / token | final ppl / word | − FedAvg (per token), 95% CI | plateau | notes |",
              "|---|---|---|---|---|---|"]
     for arm in arms:
@@ -229,7 +233,7 @@ def table(runs, arms, layers, shard, real=False) -> list[str]:
             continue
         flat = [plateau(r) for r in group]
         lines.append(f"| {ARM_LABELS.get(arm, arm)} | {_cell(group)} | {_cell(group, 'final_val_ppl_word')} | "
-                     f"{_diff(group, ref) if arm != 'fedavg' else 'reference'} | "
+                     f"{_diff(group, ref) if arm != ref_arm else 'reference'} | "
                      f"{sum(bool(f) for f in flat)}/{len(flat)} | {_extra(arm, group)} |")
     anyrun = next((r for a in arms for r in _select(runs, a, layers, shard, real)), None)
     if anyrun:
@@ -325,6 +329,13 @@ def grid_report(root, figures, wall_minutes: float | None = None, best_real: str
         md += table(runs, VARIANT_ARMS, L, shard) + [""]
         p = _curves(runs, VARIANT_ARMS, L, shard, False, figures / "variants.png",
                     f"FedAvg client optimizers, {L} layer, {shard} shards, same sequences and steps")
+        written += [p] if p else []
+    if any(r["arm"] in LONG_ARMS for r in runs):
+        L = min(r["layers"] for r in runs if r["arm"] in LONG_ARMS)
+        md += [f"## Longer budget ({L} layer, topic shards): do the federated runs close the gap?", ""]
+        md += table(runs, LONG_ARMS, L, "topic", ref_arm="fedavg-long") + [""]
+        p = _curves(runs, LONG_ARMS, L, "topic", False, figures / "long_budget.png",
+                    f"longer budget, {L} layer, topic shards")
         written += [p] if p else []
     real = [r for r in runs if r["real"]]
     if real:
