@@ -198,6 +198,7 @@ def task_table(task: str, groups: dict, base: dict) -> str:
 
 CONTRASTS = [  # (method a, method b, sharding of a, what a - b answers); sharding None: a and b on the same
     ("svd", "naive", None, "SVD merge − naive A/B averaging"),  # sharding; else a on it, b on each other one
+    ("oneshot", "oneshot-naive", None, "SVD merge − naive A/B averaging, one-shot"),
     ("exact", "svd", None, "exact (rank grows) − SVD (rank 8)"),
     ("svd", "oneshot", None, "multi-round − one-shot, SVD merge"),
     ("naive", "oneshot-naive", None, "multi-round − one-shot, naive merge"),
