@@ -17,7 +17,9 @@ Cells per task and seed (run names ``<task>_<method>_<sharding>_s<seed>``):
                                  --do_eval on the same client adapters (``<task>_oneshot-naive_<sharding>_s<seed>/``).
 Shardings over --num_clients clients: iid (stratified), dir1 / dir0.1 (Dirichlet label skew, alpha 1 / 0.1,
 every client keeps at least --min_per_label examples of each label) and category (one label per client, the
-extreme). SST-2 runs ``FULL``; MRPC (pairs cost ~4x more per example) only ``central`` by default (--mrpc_design).
+extreme). SST-2 (the default --tasks) runs ``FULL``, in its order of priority; MRPC (--tasks mrpc; pairs cost ~4x
+more per example) only ``central`` by default (--mrpc_design). Fused models are scored on the dev set after the
+last round (every round with --eval_each_round); the merge error and training loss are logged every round.
 Every compared arm sees the same examples the same number of times with the same batch size (see the README).
 Runs already finished are skipped, so an interrupted grid is resumed by running the same command again;
 <out-dir>/grid.json records the wall time of each invocation.
