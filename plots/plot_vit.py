@@ -97,6 +97,7 @@ def curve(ax, members: list[dict], label: str, **kw) -> None:
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     root = Path(args.runs_dir)
     cli.check(root.is_dir(), f"--runs-dir {root}: no such folder; expected the --out-dir of the vit_sparse_fl runs")
@@ -153,6 +154,7 @@ def main(argv=None) -> dict:
         ax.set(xscale="log", xlabel="classes per client Nc", ylabel="test accuracy (%)",
                title="FedAvg from the base vs heterogeneity")
         ax.set_xticks(x, [str(int(v)) for v in x])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
         written += R.savefig(fig, out / "vit_accuracy_vs_nc.png", pdf=args.pdf)
 
@@ -166,6 +168,7 @@ def main(argv=None) -> dict:
         ax.set(xscale="log", xlabel="local steps J (rounds x J fixed)", ylabel="test accuracy (%)",
                title="FedAvg IID vs local steps at equal sample gradients")
         ax.set_xticks(x, [str(int(v)) for v in x])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
         written += R.savefig(fig, out / "vit_accuracy_vs_j.png", pdf=args.pdf)
 
