@@ -137,7 +137,8 @@ def main(argv=None) -> dict:
     for ax in axes:
         chance_line(ax, fed)
         ax.set(xlabel="sample gradients in the main rounds (thousands)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     written += R.savefig(fig, out / "vit_accuracy_vs_rounds.png", pdf=args.pdf)
 
     # ---------------------------------------------------------------- accuracy vs Nc
@@ -212,7 +213,10 @@ def main(argv=None) -> dict:
                 ax.set(title=f"{sh} shards",
                        ylabel="test accuracy (%)" if key == "test_accuracy"
                        else "interference: own-class accuracy\nlocal - aggregated (points)")
-                ax.legend(fontsize=7)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7)
+                else:
+                    ax.text(0.5, 0.5, "not measured (--interference-window 0)", ha="center", transform=ax.transAxes)
         written += R.savefig(fig, out / "vit_strategies.png", pdf=args.pdf)
 
         # ------------------------------------------------------------ mask density per layer
@@ -239,7 +243,8 @@ def main(argv=None) -> dict:
             ax.set_xticks(range(len(layers)), layers, fontsize=8, rotation=30)
         ax.set(ylabel="trainable coordinates (%)",
                title=f"mask density per layer, sparsity {sparsities[0]:g}, {shards[0]}, seed 0")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         written += R.savefig(fig, out / "vit_mask_density.png", pdf=args.pdf)
 
     for p in written:
