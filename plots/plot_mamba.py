@@ -150,7 +150,7 @@ ARM_LABELS = {
     "fedfisher-long": "FedFisher, longer budget",
 }
 LONG_ARMS = ("central-long", "fedavg-long", "fedfisher-long")
-_STYLE = {a: (m, ls) for a, m, ls in zip(ARM_LABELS, "osD^v<>Xp", ["-", "--", "-.", ":", "-", "--", "-.", ":", "-"])}
+_STYLE = {a: (m, ls) for a, m, ls in zip(ARM_LABELS, "osD^v<>XposD", ["-", "--", "-.", ":"] * 3)}
 PLATEAU = 0.05  # a run is on its plateau when val ppl moved less than 5% over the last 20% of its training
 
 
@@ -309,7 +309,7 @@ def grid_report(root, figures, wall_minutes: float | None = None, best_real: str
     root, figures = Path(root), Path(figures)
     runs = grid_runs(root)
     layers = sorted({r["layers"] for r in runs if not r["real"]})
-    shards = sorted({r["shard"] for r in runs if not r["real"] and r["arm"] != "central"})
+    shards = sorted({r["shard"] for r in runs if not r["real"] and not r["arm"].startswith("central")})
     md, written = ["# mamba_fl results grid", ""], []
     if wall_minutes is not None:
         md += [f"`python mamba_fl/run_grid.py` finished in {wall_minutes:.1f} min.", ""]
