@@ -115,13 +115,9 @@ def nproc_timing(args) -> list[dict]:
     return rows
 
 
-def fisher_timing(args, L: int) -> dict:
-    """Seconds of diagonal_fisher over --batch-size sequences: vmap vs loop, and their max relative gap."""
-    import time
-
-    from common import fisher, seed
+def _fisher_setup(args, L: int):
+    """FedFisher's arguments for an L-layer model at the benchmark's sizes, and its data."""
     from mamba_fl import fed_fisher, federated, lmdata
-    from mamba_fl import model as mmodel
 
     parser = fed_fisher.get_args_parser()
     argv = ["--layers", str(L), "--d-model", str(args.d_model), "--d-state", str(args.d_state),
@@ -130,7 +126,18 @@ def fisher_timing(args, L: int) -> dict:
         argv += ["--cache-dir", args.cache_dir]
     a = parser.parse_args(argv)
     federated.finish_args(a, federated.explicit_dests(parser, argv))
-    data = lmdata.load_lm_data(a)
+    return a, lmdata.load_lm_data(a)
+
+
+def fisher_timing(args, L: int) -> dict:
+    """Seconds of diagonal_fisher over --batch-size sequences: vmap vs loop, and their max relative gap."""
+    import time
+
+    from common import fisher, seed
+    from mamba_fl import fed_fisher, lmdata
+    from mamba_fl import model as mmodel
+
+    a, data = _fisher_setup(args, L)
     seed.seed_everything(0)
     model = mmodel.build_model(a, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
     batch = lmdata.text.lm_batch(data.train[: args.batch_size], data.tokenizer.pad_token_id)
@@ -159,17 +166,10 @@ def fisher_estimators(args, L: int) -> dict:
 
     from common import fisher, seed
     from common import params as P
-    from mamba_fl import fed_fisher, federated, lmdata
+    from mamba_fl import fed_fisher, lmdata
     from mamba_fl import model as mmodel
 
-    parser = fed_fisher.get_args_parser()
-    argv = ["--layers", str(L), "--d-model", str(args.d_model), "--d-state", str(args.d_state),
-            "--head-dim", str(args.head_dim), "--sequence-length", str(args.sequence_length)]
-    if args.cache_dir:
-        argv += ["--cache-dir", args.cache_dir]
-    a = parser.parse_args(argv)
-    federated.finish_args(a, federated.explicit_dests(parser, argv))
-    data = lmdata.load_lm_data(a)
+    a, data = _fisher_setup(args, L)
     pad, B = data.tokenizer.pad_token_id, args.batch_size
     seed.seed_everything(0)
     model = mmodel.build_model(a, data.vocab_size, pad, data.tokenizer.eos_token_id)
