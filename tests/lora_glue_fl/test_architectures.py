@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clicases import one_line_error
 
-from common import cli
 from lora_glue_fl import (
     adapters,
     fedavg_merge,
@@ -32,15 +32,6 @@ ARCH = {  # name -> (config kwargs, LoRA targets, head modules)
 }
 COMMON = ["--task_name", "mrpc", "--data", "synthetic", "--max_seq_length", "48", "--max_eval_samples", "48",
           "--quiet", "--learning_rate", "5e-3", "--lora_r", "4", "--lora_alpha", "4", "--seed", "3"]
-
-
-def one_line_error(main, argv, capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        cli.run(main, argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err
-    return err
 
 
 def write_model_folder(path, arch: str):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from clicases import one_line_error
 
 from common import cli
 from lora_glue_fl import (
@@ -151,15 +152,6 @@ def test_centralized_scripts_quick(tmp_path, script, task):
         assert adapters.load(run / "adapter").r == 4
     else:
         assert s["trainable_params"] == s["total_params"] and (run / "model/config.json").is_file()
-
-
-def one_line_error(main, argv, capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        cli.run(main, argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err
-    return err
 
 
 def test_bad_inputs_fail_with_one_line(tmp_path, capsys):

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from clicases import one_line_error as _fails
 
 from common import cli
 from mamba_fl import central, fed_avg, fed_entropy, fed_fisher, fed_momentum
@@ -67,15 +68,6 @@ def test_config_alias_and_quick_sizes(tiny, out_dir):
     federated.finish_args(args, {"d_model", "config", "quick"})
     assert args.layers == 4 and args.d_model == 32 and args.d_state == 16 and args.sequence_length == 64
     assert args.chunk_size == 64  # min(256, sequence length)
-
-
-def _fails(main, argv, capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        cli.run(main, argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err
-    return err
 
 
 def test_bad_inputs_fail_in_one_line(tiny, tmp_path, capsys):
