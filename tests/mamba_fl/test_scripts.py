@@ -100,3 +100,34 @@ def test_split_wikitext_cuts_at_article_headings(tmp_path, capsys):
     (tmp_path / "one.raw").write_text(arts[0], encoding="utf-8")
     with pytest.raises(cli.UsageError, match="at least 2"):
         split_wikitext.main(["--raw", str(tmp_path / "one.raw"), "--out-dir", str(tmp_path / "x")])
+
+
+def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys):
+    """The grid's plan: every arm takes rounds x clients x local steps optimizer steps of the same batch as the
+    central run; --dry-run prints the commands and a finished run (summary.json) is not planned again."""
+    from mamba_fl import run_grid
+
+    args = run_grid.get_args_parser().parse_args(["--rounds", "16", "--seeds", "0", "--layers", "1"])
+    runs = {name: flags for name, _, flags in
+            run_grid.plan(args, [], "synthetic", ["central", *run_grid.FEDERATED_ARMS, *run_grid.VARIANTS], [1],
+                          ["topic"])}
+    flag = lambda flags, f: flags[len(flags) - 1 - flags[::-1].index(f) + 1]  # the last value given for f
+    central = runs["central_L1_synthetic_s0"]
+    assert int(flag(central, "--max-steps")) == 16 * 4 and flag(central, "--batch-size") == "16"
+    for name, flags in runs.items():
+        if name.startswith("central"):
+            continue
+        steps = int(flag(flags, "--rounds")) * 4 * int(flag(flags, "--local-updates") if "--local-updates" in flags
+                                                       else 1)
+        assert steps == 64 and flag(flags, "--batch-size") == "16" and flag(flags, "--shard") == "topic", name
+    assert flag(runs["fedavg-sgd_L1_topic_s0"], "--lr") == "1.0"  # the SGD arm's own rate wins
+    out = tmp_path / "grid"
+    (out / "fedavg_L1_topic_s0").mkdir(parents=True)
+    (out / "fedavg_L1_topic_s0" / "summary.json").write_text("{}")
+    run_grid.main(["--out-dir", str(out), "--rounds", "16", "--seeds", "0", "--layers", "1", "--shards", "topic",
+                   "--no-variants", "--long-factor", "1", "--dry-run"])
+    printed = capsys.readouterr().out
+    assert "6 runs, 1 already finished, 5 to run" in printed
+    assert "--run-name fedfisher_L1_topic_s0" in printed and "--run-name fedavg_L1_topic_s0" not in printed
+    with pytest.raises(cli.UsageError):
+        run_grid.main(["--jobs", "0", "--dry-run", "--out-dir", str(out)])
