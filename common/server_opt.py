@@ -96,7 +96,9 @@ class FedAvgM(ServerOptimizer):
 class FedAdam(ServerOptimizer):
     """FedAdam (Reddi et al. 2021, Algorithm 2): delta = avg - theta; m <- b1 m + (1 - b1) delta;
     v <- b2 v + (1 - b2) delta^2; theta <- theta + lr m / (sqrt(v) + tau). No bias correction in the
-    paper; ``bias_correction=True`` scales lr by sqrt(1 - b2^t) / (1 - b1^t) as Flower does.
+    paper; ``bias_correction=True`` scales lr in round t (1, 2, ...) by sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)),
+    Flower 1.41's ``eta_norm`` (``flwr/server/strategy/fedadam.py``, exponent ``server_round + 1`` with
+    ``server_round`` counting from 1), not Kingma & Ba's sqrt(1 - b2^t) / (1 - b1^t).
     """
 
     name = "fedadam"
@@ -115,7 +117,8 @@ class FedAdam(ServerOptimizer):
         self.steps += 1
         lr = self.lr
         if self.bias_correction:
-            lr *= math.sqrt(1.0 - b2 ** self.steps) / (1.0 - b1 ** self.steps)
+            t = self.steps + 1  # Flower's exponent: server_round + 1, server_round = 1 in the first round
+            lr *= math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
         # the whole step on one cache-sized piece at a time when the lists are flat: 3.3x less memory traffic
         def body(fe, p, a, m, v):
             delta = self._delta(p, a, fe)

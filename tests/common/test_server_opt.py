@@ -59,9 +59,33 @@ def test_fedadam_by_hand(bias_correction):
         d = [a - t for a, t in zip(avg, ref)]
         m = [b1 * mi + (1 - b1) * di for mi, di in zip(m, d)]
         v = [b2 * vi + (1 - b2) * di * di for vi, di in zip(v, d)]
-        eta = lr * (math.sqrt(1 - b2 ** t_) / (1 - b1 ** t_) if bias_correction else 1.0)
+        # Flower 1.41 FedAdam.aggregate_fit: eta_norm = eta * sqrt(1 - b2^(server_round + 1))
+        # / (1 - b1^(server_round + 1)), server_round = 1, 2, ...
+        eta = lr * (math.sqrt(1 - b2 ** (t_ + 1)) / (1 - b1 ** (t_ + 1)) if bias_correction else 1.0)
         ref = [t + eta * mi / (vi.sqrt() + tau) for t, mi, vi in zip(ref, m, v)]
     close(theta, ref, tol=1e-5)
+
+
+def test_fedadam_bias_correction_matches_flower_strategy():
+    """bias_correction=True against Flower's own FedAdam.aggregate_fit (float64, one client per round)."""
+    flwr = pytest.importorskip("flwr")
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import FedAdam as FlowerFedAdam
+
+    lr, (b1, b2), tau = 0.05, (0.9, 0.99), 1e-3
+    theta = [t.double() for t in clients(1, seed=7)[0]]
+    avgs = [[t.double() for t in a] for a in clients(4, seed=8)]
+    ours = O.make_server_optimizer("fedadam", theta, lr=lr, betas=(b1, b2), tau=tau, bias_correction=True,
+                                   acc_dtype=torch.float64)
+    strategy = FlowerFedAdam(initial_parameters=ndarrays_to_parameters([t.numpy().copy() for t in theta]),
+                             eta=lr, beta_1=b1, beta_2=b2, tau=tau)
+    for server_round, avg in enumerate(avgs, start=1):
+        ours.step(theta, avg)
+        res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([a.numpy() for a in avg]), 1, {})
+        flower_params, _ = strategy.aggregate_fit(server_round, [(None, res)], [])
+        flower = parameters_to_ndarrays(flower_params)
+        assert max(float(np.abs(t.numpy() - f).max()) for t, f in zip(theta, flower)) < 1e-12, flwr.__version__
 
 
 def test_server_optimizer_state_round_trip_and_errors():
