@@ -3,7 +3,11 @@
 * Every long flag accepts both spellings: ``--num-clients`` and ``--num_clients``.
 * A bad argument or input ends with ONE line on stderr (``prog: error: what is wrong; what is expected``)
   and exit status 2, no traceback. Scripts raise ``UsageError`` for input problems found after parsing
-  (missing files, impossible shards) and are launched through ``run(main)``.
+  (missing files, impossible shards) and are launched through ``run(main)``. Every int / float flag is
+  checked after parsing (values from a YAML config included): a float must be finite (no nan / inf), an
+  int flag must hold an integer (``num_rounds: 2.5`` is refused, not truncated).
+* A run that stops because its loss or parameters became non-finite raises ``Diverged``: one line, exit
+  status 3 (``common.runlog.RunDir.diverge`` writes ``status: diverged`` first).
 * Shared groups: ``add_run_args`` (seed, device, out-dir, run name, quick, quiet, resume, compile) and
   ``add_fed_args`` (clients, rounds, participation, eval cadence) with per-script defaults.
 
@@ -20,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -31,6 +37,13 @@ from common import compiled
 
 class UsageError(Exception):
     """A problem with the user's input: reported as one line, exit status 2."""
+
+
+class Diverged(Exception):
+    """The run stopped on a non-finite loss or parameters: reported as one line, exit status 3."""
+
+
+EXIT_USAGE, EXIT_DIVERGED = 2, 3
 
 
 def check(condition: bool, message: str) -> None:
@@ -84,6 +97,53 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def parse_args(self, args=None, namespace=None):
+        ns = super().parse_args(args, namespace)
+        check_numbers(self, ns)
+        return ns
+
+
+def _flag_name(action: argparse.Action) -> str:
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    return (longs or action.option_strings or [action.dest])[0]
+
+
+def check_numbers(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    """Every value of an ``int`` / ``float`` flag is a finite number of that type (values that bypassed the
+    type conversion, e.g. YAML config defaults, included); otherwise ``parser.error`` (one line, exit 2)."""
+    for action in parser._actions:
+        if action.type not in (int, float) or not hasattr(ns, action.dest):
+            continue
+        value = getattr(ns, action.dest)
+        is_seq = isinstance(value, (list, tuple))
+        values = value if is_seq else [value]
+        fixed = []
+        for v in values:
+            if v is None:
+                fixed.append(v)
+                continue
+            if isinstance(v, str):  # a string default that argparse did not convert
+                try:
+                    v = action.type(v)
+                except ValueError:
+                    parser.error(f"argument {_flag_name(action)}: invalid {action.type.__name__} value: {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                parser.error(f"argument {_flag_name(action)}: expected a number, got {v!r}")
+            if action.type is int and not isinstance(v, int):
+                if isinstance(v, float) and v.is_integer():
+                    v = int(v)
+                else:
+                    parser.error(f"argument {_flag_name(action)}: expected an integer, got {v!r}")
+            if action.type is float:
+                v = float(v)
+                if not math.isfinite(v):
+                    parser.error(f"argument {_flag_name(action)}: expected a finite number, got {v!r}")
+            fixed.append(v)
+        if is_seq:
+            setattr(ns, action.dest, type(value)(fixed))
+        else:
+            setattr(ns, action.dest, fixed[0])
+
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (``sys.argv[1:]`` when None)."""
@@ -99,7 +159,13 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
     g.add_argument("--quick", action="store_true", help="tiny model, few rounds, embedded data: a smoke run")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--resume", action="store_true",
-                   help="continue from <run dir>/checkpoint.pt if present (same arguments required)")
+                   help="continue from <run dir>/checkpoint.pt if present (same arguments and data required)")
+    g.add_argument("--overwrite", "--overwrite-output-dir", action="store_true",
+                   help="replace the run already in the run directory (everything in it is deleted first); "
+                        "without it (or --resume) a directory holding a run is refused")
+    g.add_argument("--extend", action="store_true",
+                   help="with --resume: continue a run, finished or not, to a larger --rounds / --num-rounds / "
+                        "--epochs than it was started with (give its --run-name: default names include them)")
     compiled.add_compile_args(g)
 
 
@@ -132,14 +198,37 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir") -> Path:
+    """``path`` can be (or become) a folder we may write in: not a file, and the nearest existing ancestor is
+    a writable folder. Checked without creating anything; ``UsageError`` otherwise."""
+    path = Path(path)
+    check(not path.exists() or path.is_dir(), f"{flag} {path} is a file; expected a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    check(probe.is_dir(), f"{flag} {path}: {probe} is a file, not a folder; expected a folder path")
+    check(os.access(probe, os.W_OK | os.X_OK), f"{flag} {path}: {probe} is not writable; choose a writable folder")
+    return path
+
+
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Entry point: run ``main`` and turn a ``UsageError`` into one line on stderr and exit status 2."""
+    """Entry point: run ``main``; a ``UsageError`` becomes one line on stderr and exit status 2, ``Diverged``
+    one line and exit status 3. Run-directory locks still held are released either way."""
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script"
     try:
         main(argv)
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USAGE) from None
+    except Diverged as e:
+        print(f"{prog}: diverged: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_DIVERGED) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        from common import runlog  # runlog imports this module
+
+        runlog.release_all()

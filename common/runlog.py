@@ -11,46 +11,75 @@
 
 Typical use::
 
+    data = load(...); fp = data_fingerprint("dir", folder, files=[...], splits={"train": n})  # validate first
     rd = RunDir(args.out_dir, args.run_name or run_name("fedavg", k=args.num_clients, s=args.seed),
-                args, resume=args.resume)
+                args, resume=args.resume, data=fp)   # checks only: nothing written yet
     state = rd.load_checkpoint()            # None unless resuming from a checkpoint
     if state: params.load_(model_params, state["params"]); seed.set_rng_state(state["rng"]); start = state["round"] + 1
     for r in range(start, rounds):
-        ...; rd.log({"round": r, "ppl": ppl}); rd.save_checkpoint({"round": r, "params": ...})
+        ...; rd.check_finite(f"round {r}", loss=loss, parameters=global_params)  # exit 3 on NaN / inf
+        rd.log({"round": r, "ppl": ppl}); rd.save_checkpoint({"round": r, "params": ...})  # first write claims
     rd.write_summary({"final_ppl": ppl, ...})
 
-Resume contract: a fresh run (``resume=False``, or no checkpoint yet) deletes the old metrics, summary and
-checkpoint of that directory. Resuming compares the saved arguments with the new ones (except
-``ignore_on_resume``) and raises ``UsageError`` naming every differing flag; then metrics.jsonl is cut
-back to the rows that existed when the checkpoint was saved, so rows logged after it (and redone now)
-are not duplicated. Checks happen before anything is written, so a refused resume changes nothing.
+Nothing is lost (the constructor raises ``UsageError`` before anything is written):
+
+* a directory that already holds a run is refused unless ``--resume`` (continue it) or ``--overwrite``
+  (delete everything in it, stale ``round_*`` folders included, and start over); a non-empty folder that
+  holds no run is never cleared;
+* resuming compares the saved arguments with the new ones (except ``ignore_on_resume``) and the saved data
+  fingerprint with the new one, naming every difference; a changed run length (``LENGTH_FLAGS``) needs
+  ``--extend``; a missing or damaged metrics.jsonl (fewer rows than the checkpoint counted, a corrupt line
+  before the last) is refused; rows logged after the checkpoint are trimmed, not duplicated;
+* ``claim()`` (the first write) takes ``.lock`` with ``flock`` for the life of the run, so a second run
+  into the same directory is refused in one line; the kernel drops the lock of a dead process, so a stale
+  lock file is simply taken over; temp files of interrupted atomic writes are removed;
+* ``save_checkpoint`` never writes a state holding NaN / inf, and ``check_finite`` / ``diverge`` stop a
+  run with ``status: diverged`` in summary.json and ``cli.Diverged`` (exit status 3), keeping the last
+  finite checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import functools
+import gc
+import hashlib
 import json
+import math
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import weakref
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from common import checkpoint as ckpt
-from common.cli import UsageError
+from common.cli import Diverged, UsageError, check, check_out_dir
 from common.seed import get_rng_state
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, the directory is not locked
+    fcntl = None
+
 ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = "args.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
+LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; a dead process's lock is free again
 # Flags that may change between a run and its resumption without changing its results.
 DEFAULT_IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "num_workers", "data_dir",
                             "cache_dir", "compile", "compile_mode", "compile_backend")
+# Never compared on resume: how to start, not what runs.
+ALWAYS_IGNORED = ("resume", "overwrite", "extend")
+# Run lengths: a change is refused on resume unless --extend asks for a longer run on purpose.
+LENGTH_FLAGS = ("rounds", "num_rounds", "epochs", "n_epochs", "max_steps", "total_steps", "num_train_epochs")
 _PACKAGES = ("torch", "transformers", "peft", "datasets", "numpy")
 
 
@@ -165,8 +194,154 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# ----------------------------------------------------------------------------------------------------------
+# data fingerprints
+
+@functools.lru_cache(maxsize=256)
+def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_fingerprint(source: str, folder: str | os.PathLike | None = None,
+                     files: Sequence[str | os.PathLike] = (), texts: dict[str, str | bytes] | None = None,
+                     splits: dict[str, int] | None = None) -> dict:
+    """What a run read: ``{"source", "folder", "files": {name: {"bytes", "sha256"}}, "splits": {name: size}}``.
+
+    ``files`` are hashed as read from disk (named relative to ``folder`` when inside it); ``texts`` are
+    in-memory contents (e.g. a Hugging Face split) hashed under their name; ``splits`` the number of
+    examples / blocks / images per split actually used. RunDir stores it in args.json and every checkpoint,
+    and ``--resume`` refuses a run whose fingerprint differs, naming what changed."""
+    folder_path = Path(folder).resolve() if folder else None
+    out: dict[str, Any] = {"source": str(source), "folder": str(folder_path) if folder_path else None,
+                           "files": {}, "splits": {k: int(v) for k, v in (splits or {}).items()}}
+    for f in files:
+        f = Path(f).resolve()
+        st = f.stat()
+        try:
+            name = str(f.relative_to(folder_path)) if folder_path else f.name
+        except ValueError:
+            name = f.name
+        out["files"][name] = {"bytes": st.st_size, "sha256": _sha256_file(str(f), st.st_size, st.st_mtime_ns)}
+    for name, content in (texts or {}).items():
+        data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+        out["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return out
+
+
+def data_differences(saved: dict, now: dict) -> list[str]:
+    """What differs between two ``data_fingerprint``s, in words (empty when they match)."""
+    diffs = []
+    for key in ("source", "folder"):
+        if saved.get(key) != now.get(key):
+            diffs.append(f"data {key} (saved {saved.get(key)!r}, now {now.get(key)!r})")
+    old, new = saved.get("files", {}), now.get("files", {})
+    for name in sorted(set(old) | set(new)):
+        if name not in new:
+            diffs.append(f"{name} no longer read")
+        elif name not in old:
+            diffs.append(f"{name} newly read")
+        elif old[name] != new[name]:
+            diffs.append(f"{name} changed ({old[name].get('bytes')} bytes sha256 {str(old[name].get('sha256'))[:12]}, "
+                         f"now {new[name].get('bytes')} bytes sha256 {str(new[name].get('sha256'))[:12]})")
+    old, new = saved.get("splits", {}), now.get("splits", {})
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name):
+            diffs.append(f"{name} split size (saved {old.get(name)}, now {new.get(name)})")
+    return diffs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# finiteness
+
+def _finite(value: Any) -> bool:
+    if value is None:
+        return True
+    if torch.is_tensor(value):
+        return value.numel() == 0 or not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, (list, tuple)):
+        tensors = [v for v in value if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
+        others = [v for v in value if not torch.is_tensor(v)]
+        if tensors and not bool(torch.stack([torch.isfinite(t).all().to(tensors[0].device) for t in tensors]).all()):
+            return False
+        return all(_finite(v) for v in others)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        return math.isfinite(float(value))
+    return True
+
+
+def _nonfinite_key(state: Any, prefix: str = "") -> str | None:
+    """The first path (e.g. "global[3]") in a checkpoint state holding a non-finite float tensor, or None."""
+    if torch.is_tensor(state):
+        return prefix if state.is_floating_point() and state.numel() and not bool(torch.isfinite(state).all()) else None
+    if isinstance(state, dict):
+        items = ((k, v) for k, v in state.items() if k not in ("rng", "runlog"))
+        fmt = "{}.{}" if prefix else "{}{}"
+    elif isinstance(state, (list, tuple)):
+        items, fmt = enumerate(state), "{}[{}]"
+    else:
+        return None
+    for k, v in items:
+        found = _nonfinite_key(v, fmt.format(prefix, k))
+        if found is not None:
+            return found
+    return None
+
+
+def _where(state: dict) -> str | None:
+    for key in ("round", "epoch", "step"):
+        if key in state and isinstance(state[key], (int, float)):
+            return f"{key} {state[key]}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run-directory lock
+
+_HELD: weakref.WeakSet = weakref.WeakSet()
+
+
+def release_all() -> None:
+    """Release every run-directory lock this process still holds (``cli.run`` calls it on exit)."""
+    for rd in list(_HELD):
+        rd.release()
+
+
+def _lock_holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _busy(path: Path, holder: dict) -> UsageError:
+    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+    return UsageError(f"{path} is in use by another run ({who}); wait for it to end or choose another "
+                      "--run-name / --out-dir")
+
+
+def _try_flock(fd: int, exclusive: bool) -> bool:
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
 class RunDir:
     """``<out_dir>/<run_name>/``: args.json, metrics.jsonl, summary.json, checkpoint.pt, artifacts.
+
+    Two steps. The constructor only CHECKS, writing nothing: the output location, the lock, what the
+    directory already holds, and (``resume``) that the saved run matches these arguments and data and that
+    its metrics.jsonl and checkpoint are intact. ``claim()`` then takes the lock and writes: the first write
+    (``log``, ``save_checkpoint``, ``write_summary``, ``artifact``) claims implicitly, so a script that
+    validates its arguments, data, model and tokenizer before its first write never touches a run directory
+    for a bad input.
 
     Args:
         out_dir, run_name: the directory is ``out_dir/run_name``.
@@ -177,12 +352,17 @@ class RunDir:
         kind: checkpoint kind; default "<folder>/<stem>" of the calling script, so a run directory
             written by another script is refused rather than half-loaded.
         device: device the run uses, for args.json (default: ``args["device"]``).
+        overwrite / extend: default ``args["overwrite"]`` / ``args["extend"]`` (``--overwrite``, ``--extend``).
+        data: ``data_fingerprint(...)`` of what the run read; compared on resume.
+        claim: claim at once (for callers with nothing left to validate).
     """
 
     def __init__(self, out_dir: str | os.PathLike, run_name: str, args: dict | argparse.Namespace,
                  resume: bool = False, is_main: bool = True,
                  ignore_on_resume: tuple[str, ...] = DEFAULT_IGNORE_ON_RESUME,
-                 kind: str | None = None, device: str | torch.device | None = None):
+                 kind: str | None = None, device: str | torch.device | None = None,
+                 overwrite: bool | None = None, extend: bool | None = None, data: dict | None = None,
+                 claim: bool = False):
         if not run_name or "/" in run_name or run_name in (".", ".."):
             raise UsageError(f"--run-name {run_name!r} is not a folder name; expected a name without '/'")
         self.path = Path(out_dir) / run_name
@@ -190,71 +370,287 @@ class RunDir:
         self.is_main = is_main
         self.kind = kind or _caller_kind()
         self.resumed = False
+        self.data = json.loads(json.dumps(data, default=ckpt.to_jsonable)) if data is not None else None
+        self.overwrite = bool(self.args.get("overwrite", False)) if overwrite is None else bool(overwrite)
+        self.extend = bool(self.args.get("extend", False)) if extend is None else bool(extend)
         self._state: dict | None = None
         self._start = time.monotonic()
         self._wall_offset = 0.0  # wall seconds of earlier sessions, up to their last checkpoint
         self._n_rows = 0
+        self._claimed = False
+        self._lock_fd: int | None = None
+        self._saved_meta: dict | None = None
+        self._extended: dict = {}
+        self._checkpoint_at: str | None = None  # where the last checkpoint on disk was saved
+        self._device_name = describe_device(device if device is not None else self.args.get("device"))
 
+        check(not (resume and self.overwrite), "--resume and --overwrite contradict each other: --resume "
+                                               "continues the run in the directory, --overwrite deletes it")
+        check(not self.extend or resume, "--extend continues a run for longer: use it with --resume")
+        check_out_dir(out_dir, "--out-dir")
+        check(not self.path.exists() or self.path.is_dir(), f"{self.path} is a file; expected a run directory "
+                                                            "(choose another --run-name or --out-dir)")
+        self._probe_lock()
         ckpt_path = self.path / CHECKPOINT_FILE
-        saved_meta = None
+        has_run = (self.path / ARGS_FILE).is_file()
         if resume and ckpt_path.exists():
-            saved_meta = self._check_resumable(ignore_on_resume)  # raises before anything is written
+            self._saved_meta = self._check_resumable(ignore_on_resume)  # raises before anything is written
             state = ckpt.load_checkpoint(ckpt_path, self.kind)
             info = state.get("runlog", {})
+            self._check_data(info.get("data"), CHECKPOINT_FILE)
             self._n_rows = int(info.get("rows", 0))
+            self._check_rows(self._n_rows)
             self._wall_offset = float(info.get("wall_seconds", 0.0))
+            self._checkpoint_at = _where(state)
             self._state = state
             self.resumed = True
-
-        if not self.is_main:
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        device_name = describe_device(device if device is not None else self.args.get("device"))
-        if self.resumed:
-            rows = read_rows(self.path / METRICS_FILE)
-            self._n_rows = min(self._n_rows, len(rows))
-            self._write_rows(rows[:self._n_rows])
-            meta = dict(saved_meta)
-            meta["args"] = self.args  # the ignorable flags (device, quiet, ...) as given now
-            meta.setdefault("resumes", []).append(
-                {"at": _now(), "git_commit": git_commit(), "device": device_name, "hostname": socket.gethostname(),
-                 "argv": sys.argv, "from_rows": self._n_rows})
         else:
-            for name in (METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE):
-                (self.path / name).unlink(missing_ok=True)
-            meta = {"args": self.args, "script": self.kind, "argv": sys.argv, "git_commit": git_commit(),
-                    "versions": versions(), "device": device_name, "hostname": socket.gethostname(),
-                    "started_at": _now(), "resumes": []}
-        ckpt.atomic_write_json(self.path / ARGS_FILE, meta)
+            contents = self._contents()
+            if contents and has_run and resume:  # killed before its first checkpoint: start it again
+                self._check_resumable(ignore_on_resume)
+            elif contents and has_run and not self.overwrite:
+                raise UsageError(self._occupied_message(ignore_on_resume))
+            elif contents and not has_run:
+                raise UsageError(f"{self.path} is not empty and holds no run (no {ARGS_FILE}); choose another "
+                                 "--run-name or --out-dir (--overwrite only replaces run directories)")
+        if claim:
+            self.claim()
 
     # ------------------------------------------------------------------------------------------------------
+    # checks (nothing written)
+
+    def _contents(self) -> list[str]:
+        """Names in the directory other than the lock file and temp files of interrupted writes."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE and not p.name.endswith(".tmp"))
+
+    def _read_saved(self) -> dict | None:
+        try:
+            saved = json.loads((self.path / ARGS_FILE).read_text(encoding="utf-8"))
+            return saved if isinstance(saved, dict) and isinstance(saved.get("args"), dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def _arg_diffs(self, saved_args: dict, ignore: tuple[str, ...]) -> tuple[list[str], dict]:
+        diffs, extended = [], {}
+        for key in sorted(set(saved_args) | set(self.args)):
+            if key in ignore or key in ALWAYS_IGNORED:
+                continue
+            old, new = saved_args.get(key, "<absent>"), self.args.get(key, "<absent>")
+            if old == new:
+                continue
+            if (key in LENGTH_FLAGS and self.extend and isinstance(old, (int, float))
+                    and isinstance(new, (int, float)) and new > old):
+                extended[key] = [old, new]
+                continue
+            diffs.append(f"{_flag(key)} (saved {old!r}, now {new!r})")
+        return diffs, extended
+
+    def _occupied_message(self, ignore: tuple[str, ...]) -> str:
+        saved = self._read_saved() or {}
+        finished = (self.path / SUMMARY_FILE).is_file()
+        status = None
+        if finished:
+            try:
+                status = json.loads((self.path / SUMMARY_FILE).read_text(encoding="utf-8")).get("status")
+            except (OSError, ValueError, AttributeError):
+                status = None
+        what = f"a {status} run" if status and status != "complete" else ("a finished run" if finished
+                                                                          else "an unfinished run")
+        script = saved.get("script")
+        if script and script != self.kind:
+            what += f" of {script}"
+        elif saved:
+            diffs, _ = self._arg_diffs(saved.get("args", {}), ignore)
+            if diffs:
+                more = f" and {len(diffs) - 2} more" if len(diffs) > 2 else ""
+                what += f" with other arguments ({'; '.join(diffs[:2])}{more})"
+        return (f"{self.path} already holds {what}; add --resume to continue it or --overwrite to delete it and "
+                "start over, or choose another --run-name / --out-dir")
+
     def _check_resumable(self, ignore: tuple[str, ...]) -> dict:
         """Saved args.json, after checking it was written by the same script with the same arguments."""
-        args_path = self.path / ARGS_FILE
-        try:
-            saved = json.loads(args_path.read_text(encoding="utf-8"))
-            saved_args = saved["args"]
-        except (OSError, ValueError, KeyError, TypeError):
+        saved = self._read_saved()
+        if saved is None:
             raise UsageError(f"cannot resume {self.path}: {ARGS_FILE} is missing or unreadable; "
-                             "rerun without --resume to start over") from None
+                             "rerun with --overwrite to start over")
         if saved.get("script", self.kind) != self.kind:
             raise UsageError(f"cannot resume {self.path}: it holds a run of {saved.get('script')}, not of "
                              f"{self.kind}; use another --run-name or --out-dir")
-        diffs = []
-        for key in sorted(set(saved_args) | set(self.args)):
-            if key in ignore:
-                continue
-            old, new = saved_args.get(key, "<absent>"), self.args.get(key, "<absent>")
-            if old != new:
-                diffs.append(f"{_flag(key)} (saved {old!r}, now {new!r})")
+        diffs, self._extended = self._arg_diffs(saved["args"], ignore)
         if diffs:
-            raise UsageError(f"cannot resume {self.path} with different arguments: {'; '.join(diffs)}; "
-                             "rerun with the saved arguments or without --resume")
+            hint = ""
+            if any(d.split(" ", 1)[0].lstrip("-").replace("-", "_") in LENGTH_FLAGS for d in diffs):
+                hint = " (to continue a run for longer on purpose, add --extend)"
+            raise UsageError(f"cannot resume {self.path} with different arguments: {'; '.join(diffs)}{hint}; "
+                             "resume with the saved arguments, or start over with --overwrite")
+        self._check_data(saved.get("data"), ARGS_FILE)
         return saved
+
+    def _check_data(self, saved: dict | None, where: str) -> None:
+        if saved is None or self.data is None:
+            return
+        diffs = data_differences(saved, self.data)
+        if diffs:
+            raise UsageError(f"cannot resume {self.path}: the data differ from those of the run ({where}): "
+                             f"{'; '.join(diffs)}; resume with the run's data, or start over with --overwrite")
+
+    def _check_rows(self, expected: int) -> None:
+        path = self.path / METRICS_FILE
+        if expected > 0 and not path.is_file():
+            raise UsageError(f"cannot resume {self.path}: {METRICS_FILE} is missing but the checkpoint was saved "
+                             f"after {expected} rows; restore it, or start over with --overwrite")
+        try:
+            rows = read_rows(path)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot resume {self.path}: {e}; repair {METRICS_FILE}, or start over with "
+                             "--overwrite") from None
+        if len(rows) < expected:
+            raise UsageError(f"cannot resume {self.path}: {METRICS_FILE} has {len(rows)} rows but the checkpoint "
+                             f"was saved after {expected}; restore it, or start over with --overwrite")
+
+    def _probe_lock(self) -> None:
+        """Refuse now (before any work) if a live run holds the directory's lock."""
+        lock = self.path / LOCK_FILE
+        if fcntl is None or not lock.is_file():
+            return
+        for attempt in range(2):
+            try:
+                fd = os.open(lock, os.O_RDONLY)
+            except OSError:
+                return
+            try:
+                if _try_flock(fd, exclusive=False):
+                    return  # nobody holds it: a stale lock file of a dead process
+            finally:
+                os.close(fd)
+            holder = _lock_holder(lock)
+            if attempt == 0 and holder.get("pid") == os.getpid():
+                gc.collect()  # a RunDir of this process that is only garbage still holds it
+                continue
+            raise _busy(self.path, holder)
+
+    # ------------------------------------------------------------------------------------------------------
+    # claiming: the lock, then the writes
+
+    def _acquire_lock(self) -> None:
+        if fcntl is None:
+            return
+        lock = self.path / LOCK_FILE
+        for attempt in range(4):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_flock(fd, exclusive=True):
+                os.close(fd)
+                holder = _lock_holder(lock)
+                if attempt == 0 and holder.get("pid") == os.getpid():
+                    gc.collect()
+                    continue
+                raise _busy(self.path, holder)
+            try:  # the file may have been released and unlinked between our open and flock: retry
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
+                                     "argv": sys.argv}).encode())
+            self._lock_fd = fd
+            _HELD.add(self)
+            return
+        raise _busy(self.path, _lock_holder(lock))
+
+    def release(self) -> None:
+        """Give the directory's lock back (at the end of the run; ``cli.run`` does it for every script)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        try:
+            lock = self.path / LOCK_FILE
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                lock.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+            _HELD.discard(self)
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 -- interpreter shutdown
+            pass
+
+    def claim(self) -> RunDir:
+        """Create the directory, take its lock, clear it (a fresh run or ``--overwrite``) or trim it
+        (``--resume``), remove temp files of interrupted writes, and write args.json. Idempotent; a no-op on
+        ranks other than the main one."""
+        if self._claimed or not self.is_main:
+            return self
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        try:
+            for tmp in self.path.rglob("*.tmp"):  # interrupted atomic writes (we hold the lock: none is live)
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+            if self.resumed:
+                rows = read_rows(self.path / METRICS_FILE)
+                self._write_rows(rows[:self._n_rows])
+                meta = dict(self._saved_meta)
+                meta["args"] = self.args  # the ignorable flags (device, quiet, ...) as given now
+                if self.data is not None:
+                    meta["data"] = self.data
+                resume = {"at": _now(), "git_commit": git_commit(), "device": self._device_name,
+                          "hostname": socket.gethostname(), "argv": sys.argv, "from_rows": self._n_rows}
+                if self._extended:
+                    resume["extended"] = self._extended
+                meta.setdefault("resumes", []).append(resume)
+            else:
+                for entry in self.path.iterdir():  # a fresh start: nothing of an earlier run may remain
+                    if entry.name == LOCK_FILE:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+                meta = {"args": self.args, "script": self.kind, "argv": sys.argv, "git_commit": git_commit(),
+                        "versions": versions(), "device": self._device_name, "hostname": socket.gethostname(),
+                        "started_at": _now(), "resumes": [], "data": self.data}
+            ckpt.atomic_write_json(self.path / ARGS_FILE, meta)
+        except BaseException:
+            self.release()
+            raise
+        self._claimed = True
+        return self
 
     def _write_rows(self, rows: list[dict]) -> None:
         text = "".join(json.dumps(r, default=ckpt.to_jsonable) + "\n" for r in rows)
         ckpt.atomic_write_text(self.path / METRICS_FILE, text)
+
+    # ------------------------------------------------------------------------------------------------------
+    # non-finite values: stop cleanly
+
+    def check_finite(self, where: str, summary: dict | None = None, **values: Any) -> None:
+        """Stop the run (``diverge``) if any of ``values`` (numbers, tensors, lists of tensors) is not finite.
+        Call it on every rank with values every rank holds (the aggregate, reduced losses), so all stop."""
+        for name, value in values.items():
+            if not _finite(value):
+                self.diverge(where, name.replace("_", " "), summary)
+
+    def diverge(self, where: str, what: str, summary: dict | None = None):
+        """Write summary.json with ``status: diverged`` (the checkpoint on disk is left as it is: the last
+        finite state), release the lock and raise ``cli.Diverged`` (one line, exit status 3)."""
+        kept = (f"{CHECKPOINT_FILE} keeps the last finite state ({self._checkpoint_at})" if self._checkpoint_at
+                else "no checkpoint had been saved")
+        if self.is_main:
+            self.claim()
+            self.write_summary({**(summary or {}), "status": "diverged", "diverged_at": where,
+                                "reason": f"non-finite {what}", "checkpoint": self._checkpoint_at})
+        self.release()
+        raise Diverged(f"non-finite {what} at {where}; the run stopped (status 'diverged' in "
+                       f"{self.path / SUMMARY_FILE}), {kept}; lower the learning rate and rerun with --overwrite")
 
     # ------------------------------------------------------------------------------------------------------
     @property
@@ -266,6 +662,7 @@ class RunDir:
         """Append one metrics row (a JSON object) to metrics.jsonl and flush it."""
         if not self.is_main:
             return
+        self.claim()
         line = json.dumps(row, default=ckpt.to_jsonable)
         with open(self.path / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(line + "\n")
@@ -281,11 +678,17 @@ class RunDir:
         global RNG states under "rng" (restore them with ``common.seed.set_rng_state``)."""
         if not self.is_main:
             return
+        bad = _nonfinite_key(state)
+        if bad is not None:  # never replace the last finite checkpoint with NaN
+            self.diverge(_where(state) or "the checkpoint", f"values in the checkpoint state ({bad})")
+        self.claim()
         state = dict(state)
         if rng:
             state["rng"] = get_rng_state()
-        state["runlog"] = {"rows": self._n_rows, "wall_seconds": self.wall_seconds, "saved_at": _now()}
+        state["runlog"] = {"rows": self._n_rows, "wall_seconds": self.wall_seconds, "saved_at": _now(),
+                           "data": self.data}
         ckpt.save_checkpoint(self.path / CHECKPOINT_FILE, state, self.kind)
+        self._checkpoint_at = _where(state) or "saved at " + state["runlog"]["saved_at"]
 
     def load_checkpoint(self) -> dict | None:
         """The state to resume from (with "rng" and "runlog" entries), or None for a fresh run.
@@ -299,6 +702,7 @@ class RunDir:
         summary = dict(summary)
         summary["wall_seconds"] = round(self.wall_seconds, 3)
         if self.is_main:
+            self.claim()
             ckpt.atomic_write_json(self.path / SUMMARY_FILE, summary)
         return summary
 
@@ -306,5 +710,6 @@ class RunDir:
         """Path for an artifact file inside the run directory (parent folders created on the main rank)."""
         path = self.path / name
         if self.is_main:
+            self.claim()
             path.parent.mkdir(parents=True, exist_ok=True)
         return path

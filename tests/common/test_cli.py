@@ -143,3 +143,41 @@ def test_script_process_exit_status_and_single_stderr_line(tmp_path):
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "script.py: error: --participation-rate must be in (0, 1], got 2.0\n"
+
+
+def test_numbers_must_be_finite_and_integers_integral(capsys):
+    p = cli.ArgumentParser(prog="t")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--weights", type=float, nargs="+", default=None)
+    assert cli.parse(p, ["--weights", "1", "2"]).weights == [1.0, 2.0]
+    for argv, expect in ((["--lr", "nan"], "--lr: expected a finite number"),
+                         (["--lr", "inf"], "--lr: expected a finite number"),
+                         (["--weights", "inf", "1"], "--weights: expected a finite number")):
+        with pytest.raises(SystemExit) as e:
+            cli.parse(p, argv)
+        assert e.value.code == 2 and expect in capsys.readouterr().err
+    p.set_defaults(rounds=2.5)  # what a YAML config's ``num_rounds: 2.5`` does
+    with pytest.raises(SystemExit):
+        cli.parse(p, [])
+    assert "--rounds: expected an integer, got 2.5" in capsys.readouterr().err
+    p.set_defaults(rounds=4.0, lr=1)
+    ns = cli.parse(p, [])
+    assert ns.rounds == 4 and isinstance(ns.rounds, int) and ns.lr == 1.0 and isinstance(ns.lr, float)
+
+
+def test_diverged_exits_3_with_one_line(capsys):
+    def main(argv):
+        raise cli.Diverged("non-finite loss at round 3")
+
+    with pytest.raises(SystemExit) as e:
+        cli.run(main, [])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 3 and "\n" not in err and "round 3" in err
+
+
+def test_overwrite_has_both_spellings():
+    p = cli.ArgumentParser()
+    cli.add_run_args(p)
+    for flag in ("--overwrite", "--overwrite_output_dir", "--overwrite-output-dir"):
+        assert cli.parse(p, [flag]).overwrite

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ import torch
 
 from common import checkpoint as ck
 from common import runlog
-from common.cli import UsageError
+from common.cli import Diverged, UsageError
 from common.runlog import RunDir, run_name
 from common.seed import seed_everything, set_rng_state
 
@@ -20,6 +23,8 @@ ARGS = {"seed": 0, "lr": 0.1, "rounds": 6, "layers": (2, 2), "device": "cpu", "q
 
 def test_fresh_run_writes_args_json_with_environment(out_dir):
     rd = RunDir(out_dir, "fedavg_s0", argparse.Namespace(**ARGS))
+    assert not (out_dir / "fedavg_s0").exists()  # the constructor only checks: nothing written before claim
+    rd.claim()
     meta = json.loads((out_dir / "fedavg_s0" / "args.json").read_text())
     assert meta["args"] == {**ARGS, "layers": [2, 2]}
     assert meta["script"] == "common/test_runlog"  # default kind: <folder>/<stem> of the calling file
@@ -44,16 +49,152 @@ def test_log_rows_summary_and_artifacts(out_dir):
     assert art == rd.path / "plots" / "curve.png" and art.parent.is_dir()
 
 
-def test_fresh_run_clears_previous_records(out_dir):
+def test_overwrite_clears_every_record_of_the_previous_run(out_dir):
     rd = RunDir(out_dir, "r", ARGS)
     rd.log({"round": 0})
     rd.save_checkpoint({"round": 0})
     rd.write_summary({})
-    (rd.path / "keep.txt").write_text("artifact")
-    rd2 = RunDir(out_dir, "r", ARGS)  # no --resume: start over
-    assert rd2.rows() == []
-    assert not (rd2.path / "checkpoint.pt").exists() and not (rd2.path / "summary.json").exists()
-    assert (rd2.path / "keep.txt").exists()
+    (rd.artifact("round_5/fused") / "x.txt").parent.mkdir(parents=True, exist_ok=True)
+    (rd.path / "round_5" / "fused" / "x.txt").write_text("stale")
+    rd.release()
+    rd2 = RunDir(out_dir, "r", {**ARGS, "overwrite": True})
+    assert (rd2.path / "round_5").exists()  # nothing deleted before the run claims the directory
+    rd2.claim()
+    assert rd2.rows() == [] and sorted(p.name for p in rd2.path.iterdir()) == [".lock", "args.json"]
+
+
+def test_a_directory_holding_a_run_is_refused_without_resume_or_overwrite(out_dir):
+    rd = RunDir(out_dir, "r", ARGS)
+    rd.save_checkpoint({"round": 0})
+    rd.write_summary({})
+    rd.release()
+    before = {p.name: p.read_bytes() for p in rd.path.iterdir()}
+    for args, expect in ((ARGS, "a finished run"), ({**ARGS, "lr": 0.3}, "--lr (saved 0.1, now 0.3)")):
+        with pytest.raises(UsageError) as e:
+            RunDir(out_dir, "r", args)
+        assert expect in str(e.value) and "--resume" in str(e.value) and "--overwrite" in str(e.value)
+    (out_dir / "foreign").mkdir()
+    (out_dir / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="holds no run"):
+        RunDir(out_dir, "foreign", {**ARGS, "overwrite": True})
+    with pytest.raises(UsageError, match="contradict"):
+        RunDir(out_dir, "r", {**ARGS, "overwrite": True}, resume=True)
+    assert {p.name: p.read_bytes() for p in rd.path.iterdir()} == before
+
+
+def test_out_dir_that_is_a_file_or_unwritable_is_refused(out_dir):
+    (out_dir / "file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        RunDir(out_dir / "file", "r", ARGS)
+    with pytest.raises(UsageError, match="is a file"):
+        RunDir(out_dir / "file" / "sub", "r", ARGS)
+    (out_dir / "ro").mkdir()
+    (out_dir / "ro").chmod(0o500)
+    try:
+        if not os.access(out_dir / "ro", os.W_OK):  # (root can write anywhere)
+            with pytest.raises(UsageError, match="not writable"):
+                RunDir(out_dir / "ro" / "x", "r", ARGS)
+    finally:
+        (out_dir / "ro").chmod(0o700)
+
+
+def test_a_second_run_into_a_locked_directory_is_refused_and_a_stale_lock_is_taken_over(out_dir):
+    rd = RunDir(out_dir, "r", ARGS)
+    rd.log({"round": 0})
+    with pytest.raises(UsageError, match="in use by another run"):
+        RunDir(out_dir, "r", ARGS, resume=True)
+    rd2 = RunDir(out_dir, "s", ARGS)
+    rd2.claim()
+    rd2.release()
+    rd.release()
+    assert not (rd.path / ".lock").exists()
+    (rd.path / ".lock").write_text('{"pid": 999999999, "host": "gone"}')  # a killed run's lock file
+    rd3 = RunDir(out_dir, "r", ARGS, resume=True)
+    rd3.log({"round": 0})
+    rd3.release()
+    # a lock held by another process (flock is per process here)
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'{\"pid\": 1}'); print('locked', flush=True); "
+            "time.sleep(30)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(rd.path / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(UsageError, match="in use by another run"):
+            RunDir(out_dir, "r", ARGS, resume=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    RunDir(out_dir, "r", ARGS, resume=True).claim().release()  # the dead process's lock is free again
+
+
+def test_resume_refuses_changed_data_and_damaged_metrics(out_dir, tmp_path):
+    (tmp_path / "a.txt").write_text("one")
+    fp = runlog.data_fingerprint("dir", tmp_path, files=[tmp_path / "a.txt"], splits={"train": 3})
+    rd = RunDir(out_dir, "r", ARGS, data=fp)
+    rd.log({"round": 0})
+    rd.save_checkpoint({"round": 0})
+    rd.release()
+    meta = json.loads((rd.path / "args.json").read_text())
+    assert meta["data"]["files"]["a.txt"]["bytes"] == 3 and meta["data"]["splits"] == {"train": 3}
+    (tmp_path / "a.txt").write_text("two!")
+    fp2 = runlog.data_fingerprint("dir", tmp_path, files=[tmp_path / "a.txt"], splits={"train": 4})
+    with pytest.raises(UsageError) as e:
+        RunDir(out_dir, "r", ARGS, resume=True, data=fp2)
+    assert "a.txt changed" in str(e.value) and "train split size (saved 3, now 4)" in str(e.value)
+    fp3 = runlog.data_fingerprint("dir", tmp_path / "elsewhere", files=[], splits={"train": 3})
+    with pytest.raises(UsageError, match="data folder"):
+        RunDir(out_dir, "r", ARGS, resume=True, data=fp3)
+    RunDir(out_dir, "r", ARGS, resume=True, data=fp).claim().release()  # same data: fine
+    metrics = rd.path / "metrics.jsonl"
+    metrics.write_text('{"round": 0}\nnot json\n{"round": 1}\n')
+    with pytest.raises(UsageError, match="metrics.jsonl:2 is not a JSON object"):
+        RunDir(out_dir, "r", ARGS, resume=True, data=fp)
+    metrics.unlink()
+    with pytest.raises(UsageError, match="metrics.jsonl is missing"):
+        RunDir(out_dir, "r", ARGS, resume=True, data=fp)
+
+
+def test_resume_refuses_a_changed_run_length_unless_extended(out_dir):
+    rd = RunDir(out_dir, "r", ARGS)
+    rd.save_checkpoint({"round": 5})
+    rd.write_summary({})
+    rd.release()
+    with pytest.raises(UsageError, match="--rounds .saved 6, now 9.*--extend"):
+        RunDir(out_dir, "r", {**ARGS, "rounds": 9}, resume=True)
+    with pytest.raises(UsageError, match="--rounds"):  # --extend only lengthens
+        RunDir(out_dir, "r", {**ARGS, "rounds": 3, "extend": True}, resume=True)
+    with pytest.raises(UsageError, match="with --resume"):
+        RunDir(out_dir, "r", {**ARGS, "rounds": 9, "extend": True})
+    rd2 = RunDir(out_dir, "r", {**ARGS, "rounds": 9, "extend": True}, resume=True).claim()
+    meta = json.loads((rd2.path / "args.json").read_text())
+    assert meta["args"]["rounds"] == 9 and meta["resumes"][-1]["extended"] == {"rounds": [6, 9]}
+
+
+def test_stale_temp_files_are_removed_when_the_run_claims_the_directory(out_dir):
+    rd = RunDir(out_dir, "r", ARGS)
+    rd.save_checkpoint({"round": 0})
+    rd.release()
+    (rd.path / ".checkpoint.pt.abc123.tmp").write_bytes(b"half")
+    RunDir(out_dir, "r", ARGS, resume=True).claim().release()
+    assert not (rd.path / ".checkpoint.pt.abc123.tmp").exists()
+
+
+def test_non_finite_values_stop_the_run_and_keep_the_last_finite_checkpoint(out_dir):
+    rd = RunDir(out_dir, "r", ARGS)
+    rd.save_checkpoint({"round": 1, "w": torch.ones(3)})
+    good = (rd.path / "checkpoint.pt").read_bytes()
+    rd.check_finite("round 2", loss=1.5, parameters=[torch.ones(2), torch.zeros(3)])
+    with pytest.raises(Diverged) as e:
+        rd.save_checkpoint({"round": 2, "w": torch.tensor([1.0, float("nan"), 0.0])})
+    assert "round 2" in str(e.value) and "round 1" in str(e.value) and "\n" not in str(e.value)
+    assert (rd.path / "checkpoint.pt").read_bytes() == good
+    assert json.loads((rd.path / "summary.json").read_text())["status"] == "diverged"
+    assert not (rd.path / ".lock").exists()  # released: the run is over
+    rd = RunDir(out_dir, "q", ARGS)
+    with pytest.raises(Diverged, match="non-finite loss at round 0"):
+        rd.check_finite("round 0", loss=float("inf"))
+    with pytest.raises(Diverged, match="non-finite parameters"):
+        RunDir(out_dir, "p", ARGS).check_finite("round 3", parameters=[torch.ones(2), torch.tensor([float("inf")])])
 
 
 def test_resume_trims_rows_logged_after_the_checkpoint(out_dir):
@@ -62,6 +203,7 @@ def test_resume_trims_rows_logged_after_the_checkpoint(out_dir):
         rd.log({"round": r})
     rd.save_checkpoint({"round": 2, "w": torch.arange(4)})
     rd.log({"round": 3})
+    rd.release()
     with open(rd.path / "metrics.jsonl", "a") as f:
         f.write('{"round": 4, "pp')  # torn by a crash mid-write
     assert [r["round"] for r in rd.rows()] == [0, 1, 2, 3]  # torn last line skipped
@@ -70,6 +212,7 @@ def test_resume_trims_rows_logged_after_the_checkpoint(out_dir):
     state = rd2.load_checkpoint()
     assert rd2.resumed and state["round"] == 2 and torch.equal(state["w"], torch.arange(4))
     assert "rng" in state and state["runlog"]["rows"] == 3
+    rd2.claim()
     assert [r["round"] for r in rd2.rows()] == [0, 1, 2]
     rd2.log({"round": 3})
     assert [r["round"] for r in rd2.rows()] == [0, 1, 2, 3]
@@ -81,7 +224,8 @@ def test_resume_trims_rows_logged_after_the_checkpoint(out_dir):
 def test_resume_without_checkpoint_starts_fresh(out_dir):
     rd = RunDir(out_dir, "r", ARGS)
     rd.log({"round": 0})
-    rd2 = RunDir(out_dir, "r", ARGS, resume=True)
+    rd.release()
+    rd2 = RunDir(out_dir, "r", ARGS, resume=True).claim()
     assert not rd2.resumed and rd2.load_checkpoint() is None and rd2.rows() == []
 
 
@@ -90,6 +234,7 @@ def test_resume_with_different_args_names_flags_and_changes_nothing(out_dir):
     rd.log({"round": 0})
     rd.save_checkpoint({"round": 0})
     rd.log({"round": 1})
+    rd.release()
     before = {p.name: p.read_bytes() for p in rd.path.iterdir()}
     with pytest.raises(UsageError) as e:
         RunDir(out_dir, "r", {**ARGS, "lr": 0.2, "num_clients": 4}, resume=True)
@@ -102,6 +247,7 @@ def test_resume_with_different_args_names_flags_and_changes_nothing(out_dir):
 def test_resume_refuses_another_scripts_run_and_corrupt_checkpoint(out_dir):
     rd = RunDir(out_dir, "r", ARGS, kind="mamba_fl/fed_avg")
     rd.save_checkpoint({"round": 0})
+    rd.release()
     with pytest.raises(UsageError, match="mamba_fl/fed_avg"):
         RunDir(out_dir, "r", ARGS, resume=True, kind="mamba_fl/fed_fisher")
     data = (rd.path / "checkpoint.pt").read_bytes()
@@ -122,6 +268,7 @@ def test_wall_seconds_accumulate_across_resumes(out_dir, monkeypatch):
     rd = RunDir(out_dir, "r", ARGS)
     clock[0] += 10.0
     rd.save_checkpoint({"round": 0})
+    rd.release()
     clock[0] += 5.0  # then killed: work after the last checkpoint is redone on resume, so it is not counted
     clock[0] = 50.0  # the resuming process has another monotonic origin
     rd2 = RunDir(out_dir, "r", ARGS, resume=True)
@@ -139,6 +286,7 @@ def test_non_main_rank_writes_nothing_but_can_read_the_checkpoint(out_dir):
     assert not (out_dir / "r").exists()
     main = RunDir(out_dir, "r", ARGS)
     main.save_checkpoint({"round": 5})
+    main.release()
     reader = RunDir(out_dir, "r", ARGS, resume=True, is_main=False)
     assert reader.load_checkpoint()["round"] == 5
     assert json.loads((out_dir / "r" / "args.json").read_text())["resumes"] == []
@@ -159,9 +307,11 @@ def _train(out_dir, rounds, resume, crash_after=None):
         w = w + torch.randn(3) + float(np.random.rand())
         rd.log({"round": r, "w0": float(w[0])})
         if r == crash_after:
+            rd.release()  # the killed process's lock goes with it
             return rd
         rd.save_checkpoint({"round": r, "w": w})
     rd.write_summary({"w": w})
+    rd.release()
     return rd
 
 
