@@ -48,8 +48,11 @@ def numpy_rng(seed: int, *keys: int | str) -> np.random.Generator:
 
 
 def get_rng_state() -> dict:
-    """All global RNG states, for checkpoints."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """All global RNG states, for checkpoints: plain Python values and tensors only (NumPy's key array as an
+    int64 tensor), so a checkpoint holding them loads with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -57,8 +60,10 @@ def get_rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore what ``get_rng_state`` returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
+    kind, keys, *rest = state["numpy"]
+    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

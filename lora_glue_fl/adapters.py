@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from common import aggregate, cli, lora_merge
+from common import aggregate, cli, export, lora_merge
 
 PREFIX = "base_model.model."
 
@@ -94,6 +94,13 @@ def _names(modules) -> list[str]:
 
 
 @torch.no_grad()
+def merged_copy(model):
+    """A copy of a ``PeftModel`` with its LoRA update merged into the base weights: a plain ``transformers``
+    model (``save_pretrained`` then writes a folder ``AutoModel*.from_pretrained`` loads without peft)."""
+    import copy
+    return copy.deepcopy(getattr(model, "_orig_mod", model)).merge_and_unload()
+
+
 def load_into(model, adapter: Adapter) -> None:
     """Copy the adapter's factors and head into a ``PeftModel`` of the same rank, in place."""
     from peft import set_peft_model_state_dict
@@ -109,7 +116,9 @@ def save(adapter: Adapter, directory, base_model_name_or_path: str | None = None
     """adapter_config.json + adapter_model.safetensors (peft's format)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    adapter.config(base_model_name_or_path).save_pretrained(str(directory))
+    # a local base folder is recorded relative to the adapter folder: moving the run directory keeps it valid
+    base = export.relative_base(directory, base_model_name_or_path or adapter.extra.get("base_model_name_or_path"))
+    adapter.config(base).save_pretrained(str(directory))
     tmp = directory / "adapter_model.safetensors.tmp"
     save_file({k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}, str(tmp))
     tmp.replace(directory / "adapter_model.safetensors")
@@ -134,7 +143,8 @@ def load(directory) -> Adapter:
     targets = [targets] if isinstance(targets, str) else targets
     return from_state_dict(sd, cfg["r"], cfg["lora_alpha"], targets, cfg.get("use_rslora", False),
                            cfg.get("lora_dropout", 0.0),
-                           {"base_model_name_or_path": cfg.get("base_model_name_or_path")},
+                           {"base_model_name_or_path":
+                                export.resolve_base(directory, cfg.get("base_model_name_or_path"))},
                            _names(cfg.get("modules_to_save")) or ["classifier"])
 
 

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from common import cli, compiled, runlog
+from common import cli, compiled, export, runlog
 from common import distributed as D
 from common import seed as seeding
 from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling
@@ -313,7 +313,12 @@ def main(argv=None) -> dict:
                "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
                "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
                else None}
-    summary = D.broadcast_object(rd.write_summary(summary))  # every rank returns rank 0's summary
+    summary = rd.write_summary(summary)
+    if rd.is_main:  # <run>/model: the final fused adapter merged into the base, plus the tokenizer
+        export.save_model_dir(rd.path, adapters.merged_copy(model_for(fused)), tokenizer,
+                              info={"method": "fedavg_" + args.aggregation, "task": args.task_name,
+                                    "final": summary["final"]})
+    summary = D.broadcast_object(summary)  # every rank returns rank 0's summary
     if owns_group:
         D.cleanup()
     return summary

@@ -7,7 +7,9 @@
 LoRA on --target_modules (default: the architecture's query and value) plus the classifier head train; the
 base is frozen. The model is evaluated on the task's validation split(s) after every epoch (metrics.jsonl),
 the adapter and head are saved in peft format to <run dir>/adapter (or --adapter_output_dir), naming the base
-model (its folder, hub name, or the saved tiny model) as base_model_name_or_path. baseline_run.py is the same
+model (a hub name, or its folder relative to the adapter folder, so the run directory can move) as
+base_model_name_or_path; <run dir>/model holds the model with the adapter merged in, plus its tokenizer
+(``AutoModelForSequenceClassification.from_pretrained(<run dir>/model)``). baseline_run.py is the same
 run with every parameter trainable and no adapter. With neither --do_train nor --do_eval both are done.
 --resume: a finished run returns its summary; an unfinished one starts over (one training schedule).
 """
@@ -19,7 +21,7 @@ import json
 import torch
 from tqdm.auto import tqdm
 
-from common import cli, compiled, runlog
+from common import cli, compiled, export, runlog
 from common import seed as seeding
 from lora_glue_fl import adapters, glue_tasks, modeling
 
@@ -138,9 +140,6 @@ def run(args, lora: bool = True) -> dict:
             a = adapters.from_model(model)
             a.dropout = args.lora_dropout
             adapters.save(a, out, base_path)
-        else:
-            model.save_pretrained(str(rd.artifact("model")))
-            tokenizer.save_pretrained(str(rd.artifact("model")))
     elif args.do_eval:  # zero-shot
         row = {"epoch": 0,
                **modeling.evaluate(args.task_name, fwd, eval_enc, device, args.per_device_eval_batch_size)}
@@ -155,7 +154,11 @@ def run(args, lora: bool = True) -> dict:
                "train_examples": len(train), "main_metric": main_metric, "final": final,
                "best": {"epoch": best.get("epoch"), main_metric: best.get(main_metric)}}
     rd.save_checkpoint({"finished": True})
-    return rd.write_summary(summary)
+    summary = rd.write_summary(summary)
+    if args.do_train:  # <run>/model: AutoModelForSequenceClassification.from_pretrained reads it
+        info = {"method": summary["method"], "task": args.task_name, "final": final}
+        export.save_model_dir(rd.path, adapters.merged_copy(model) if lora else model, tokenizer, info=info)
+    return summary
 
 
 def main(argv=None) -> dict:

@@ -74,7 +74,11 @@ class Snapshots:
         return path
 
     def state_dict(self) -> dict:
-        return {"previous": self.previous}
+        """The previous server snapshot as tensors (a checkpoint then loads with ``weights_only=True``)."""
+        prev = None if self.previous is None else {k: torch.from_numpy(v) for k, v in self.previous.items()}
+        return {"previous": prev}
 
     def load_state_dict(self, state: dict) -> None:
-        self.previous = state.get("previous")
+        prev = state.get("previous")
+        self.previous = None if prev is None else {
+            k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in prev.items()}

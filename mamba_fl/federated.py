@@ -37,12 +37,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common import aggregate, cli, compiled, distributed, evaluate, params, runlog, seed, server_opt
+from common import aggregate, cli, compiled, distributed, evaluate, export, params, runlog, seed, server_opt
 from mamba_fl import deltas, lmdata, multiproc
 from mamba_fl import model as mmodel
 
 # flags that may differ when a run is resumed (they do not change its results)
-IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", *compiled.FLAGS)
+IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", "report_to", *compiled.FLAGS)
 
 # ----------------------------------------------------------------------------------------------------------
 # arguments
@@ -276,6 +276,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
     model.to(device).train()
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
+    names = [n for n, _ in params.named_trainable(model)]
     plist = params.trainable(model)
     global_params = params.clone(plist)
     opt = mmodel.make_optimizer(args, plist)
@@ -293,7 +294,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     start = 0
     state = rd.load_checkpoint()
     if state is not None:
-        params.load_(global_params, [t.to(device) for t in state["global"]])
+        params.load_(global_params, [t.to(device) for t in export.tensors_from_state(state["global"], names)])
         if server is not None:
             server.load_state_dict(state["server"])
         client_states = {int(k): _opt_state_from_list(v, plist, device) for k, v in state["client_opt"].items()}
@@ -387,17 +388,18 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
                 snaps.add_server(global_params)
                 snaps.write(f"round_{r + 1:05d}")
             rd.save_checkpoint({
-                "round": r + 1, "global": params.state_to_cpu(global_params),
+                "round": r + 1, "global": export.named_state(names, global_params),
                 "server": server.state_dict() if server is not None else None,
-                "client_opt": {k: _opt_state_to_list(v, plist) for k, v in client_states.items()},
+                "client_opt": {int(k): _opt_state_to_list(v, plist) for k, v in client_states.items()},
                 "snapshots": snaps.state_dict() if snaps is not None else None, "acc": acc})
     bar.close()
-    summary = finish(rd, args, method, data, acc, refs) if main else rd.write_summary({"method": method.name})
+    params.load_(plist, global_params)  # the model holds the final global parameters for <run>/model
+    summary = finish(rd, args, method, data, acc, refs, model) if main else rd.write_summary({"method": method.name})
     distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     return summary
 
 
-def finish(rd, args, method, data, acc, refs) -> dict:
+def finish(rd, args, method, data, acc, refs, model=None) -> dict:
     last = acc.get("last", {})
     summary = {
         "method": method.name, "config": args.config, "layers": args.layers, "rounds_done": args.rounds,
@@ -413,9 +415,17 @@ def finish(rd, args, method, data, acc, refs) -> dict:
         "overhead_fraction": (1 - acc["client_seconds"] / acc["round_seconds"]) if acc["round_seconds"] else None,
     }
     summary = rd.write_summary(summary)
+    if model is not None:
+        save_model(rd, model, data, summary)
     from plots.plot_mamba import perplexity_curve
 
     perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
     if not args.quiet:
         print(lmdata.final_line(rd.path, summary))
     return summary
+
+
+def save_model(rd, model, data, summary: dict):
+    """The final model and its tokenizer in <run>/model/ (AutoModelForCausalLM.from_pretrained reads it)."""
+    return export.save_model_dir(rd.path, model, data.tokenizer, info={
+        k: summary.get(k) for k in ("method", "final_val_loss", "final_val_ppl", "unigram_ppl", "uniform_ppl")})

@@ -23,6 +23,7 @@ from common import seed as seeding
 from common.runlog import RunDir
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl import experiment as exp
+from vit_sparse_fl import vit
 
 FULL = dict(epochs=50, warmup_epochs=5, lr=0.01)
 QUICK = dict(epochs=4, warmup_epochs=1)
@@ -142,6 +143,8 @@ def main(argv=None) -> dict:
     # ---------------------------------------------------------------- test with the best model
     rows = run.rows()
     final_test = exp.evaluate(fwd, test, args, device)
+    vit.save(model, run.path, info={"method": "centralized", "epoch": len(rows),
+                                    "test_accuracy": final_test["accuracy"]})  # the final model
     if best:
         model.load_state_dict(torch.load(best[0]["path"], map_location=device, weights_only=True)["model"])
     best_test = exp.evaluate(fwd, test, args, device) if best else final_test
@@ -156,6 +159,9 @@ def main(argv=None) -> dict:
                "test_accuracy": best_test["accuracy"], "final_test_accuracy": final_test["accuracy"],
                "best_checkpoints": [os.path.basename(b["path"]) for b in best]}
     summary = run.write_summary(summary)
+    if best:  # the best epoch's model beside the final one
+        vit.save(model, run.path, name="best_model", info={"method": "centralized", "epoch": best[0]["epoch"],
+                                                           "test_accuracy": best_test["accuracy"]})
     summary["run_dir"] = str(run.path)
     return summary
 

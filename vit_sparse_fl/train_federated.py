@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import cli, compiled, shard
+from common import cli, compiled, export, shard
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
@@ -38,6 +38,7 @@ from common.checkpoint import atomic_write_json
 from common.runlog import RunDir
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl import experiment as exp
+from vit_sparse_fl import vit
 from vit_sparse_fl.sparse import SparseSGDM
 
 FULL = dict(rounds=300, eval_every=10, lr=0.01, num_clients=100, participation_rate=0.1)
@@ -240,7 +241,7 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
     start, best = 0, {"val_accuracy": -1.0, "round": 0}
     state = run.load_checkpoint() if args.resume else None
     if state is not None:
-        P.load_(global_params, [t.to(device) for t in state["global"]])
+        P.load_(global_params, [t.to(device) for t in export.tensors_from_state(state["global"], ctx["names"])])
         start, best = state["round"], state["best"]
         seeding.set_rng_state(state["rng"])
     elif args.head_warmup and not warmed:
@@ -269,7 +270,8 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
             if val["accuracy"] > best["val_accuracy"]:
                 best = {"val_accuracy": val["accuracy"], "round": r + 1}
             bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", loss=f"{stats['train_loss']:.3f}")
-            run.save_checkpoint({"round": r + 1, "best": best, "global": P.state_to_cpu(global_params)})
+            run.save_checkpoint({"round": r + 1, "best": best,
+                                 "global": export.named_state(ctx["names"], global_params)})
     P.load_(params, global_params)
     test = exp.evaluate(ctx["forward"], ctx["test"], args, device, shard=True)
     if not main_rank:                                        # rank 0 writes the summary
@@ -294,6 +296,8 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
                "bytes_up": 4 * up * m * args.rounds, "bytes_down": 4 * n_coords * m * args.rounds,
                "client_seconds": client_s, "loop_seconds": loop_s, **(extra_summary or {})}
     summary = run.write_summary(summary)
+    vit.save(ctx["model"], run.path, info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
+                                          "test_accuracy": summary["test_accuracy"]})  # the final global model
     summary["run_dir"] = str(run.path)
     return D.broadcast_object(summary)
 

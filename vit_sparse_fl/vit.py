@@ -6,6 +6,11 @@ mlp.fc2``, ``norm.*``), so the official ``dino_deitsmall16_pretrain.pth`` loads 
 As in DINO, the positional embedding is stored for the pre-training grid (224 px / 16 = 14x14 patches) and
 bicubically interpolated at forward time for other image sizes (160 px, 32 px), so the checkpoint never
 has to be edited.
+
+A run's trained model is ``<run>/model/``: ``model.pt`` (named tensors: the backbone under DINO's names,
+the classifier as ``head.weight`` / ``head.bias``; ``torch.load(weights_only=True)`` reads it) and
+``config.json`` (``ViTConfig``). ``load("<run>/model")`` rebuilds the ``ViTClassifier``; ``--weights
+<run>/model/model.pt`` starts another run from its backbone.
 """
 from __future__ import annotations
 
@@ -179,6 +184,30 @@ class ViTClassifier(nn.Module):
         return asdict(self.cfg)
 
 
+def export_state_dict(model: ViTClassifier) -> dict[str, torch.Tensor]:
+    """The model's tensors with DINO's backbone names (no ``backbone.`` prefix) plus ``head.*``."""
+    return {k.removeprefix("backbone."): v for k, v in model.state_dict().items()}
+
+
+def save(model: ViTClassifier, run_path, *, info: dict | None = None, name: str = "model") -> Path:
+    """``<run_path>/<name>/model.pt`` + ``config.json`` (see the module doc); returns the folder."""
+    from common import export
+
+    return export.save_state_dict_dir(run_path, export_state_dict(model), model.config(), info=info, name=name)
+
+
+def load(folder, map_location: str | torch.device = "cpu") -> ViTClassifier:
+    """The ``ViTClassifier`` saved by ``save`` in ``folder`` (``<run>/model``), in eval mode."""
+    from common import export
+
+    state, config = export.load_state_dict_dir(folder)
+    model = ViTClassifier(ViTConfig(**config))
+    head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+    model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=True)
+    model.head.load_state_dict(head, strict=True)
+    return model.to(map_location).eval()
+
+
 def load_backbone_weights(model: ViTClassifier, weights: str | None, *, allow_download: bool = True,
                           url: str = DINO_VITS16_URL) -> str:
     """Load DINO weights into ``model.backbone`` with ``strict=True``; returns where they came from.
@@ -212,6 +241,8 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None, *, allow_do
         source = str(path)
     if isinstance(state, dict) and "model" in state and "config" in state:   # this project's checkpoint
         return _load_project_checkpoint(model, state, source)
+    if isinstance(state, dict) and "head.weight" in state and "cls_token" in state:   # a run's model/model.pt
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
     if isinstance(state, dict) and "teacher" in state:        # a full DINO training checkpoint
         state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state["teacher"].items()
                  if not k.removeprefix("module.").startswith("head")}

@@ -9,14 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from common import checkpoint, params, seed
+from common import checkpoint, export, params, seed
 from mamba_fl import central, fed_avg, fed_entropy, fed_fisher, federated, lmdata
 from mamba_fl import model as mmodel
 
 
 def global_params(run_dir, script: str = "fed_avg") -> list[torch.Tensor]:
-    """The global parameters a federated run saved in its last checkpoint."""
-    return checkpoint.load_checkpoint(run_dir / "checkpoint.pt", f"mamba_fl/{script}")["global"]
+    """The global parameters a federated run saved in its last checkpoint (named tensors, in model order)."""
+    state = checkpoint.load_checkpoint(run_dir / "checkpoint.pt", f"mamba_fl/{script}")
+    return export.tensors_from_state(state["global"])
 
 
 def _assert_same(a, b, tol=0.0):
