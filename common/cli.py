@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from common import compiled
+from common import compiled, tracking
 
 
 class UsageError(Exception):
@@ -166,6 +166,7 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
     g.add_argument("--extend", action="store_true",
                    help="with --resume: continue a run, finished or not, to a larger --rounds / --num-rounds / "
                         "--epochs than it was started with (give its --run-name: default names include them)")
+    tracking.add_report_args(g)
     compiled.add_compile_args(g)
 
 

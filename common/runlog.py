@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from common import checkpoint as ckpt
+from common import tracking
 from common.cli import Diverged, UsageError, check, check_out_dir
 from common.seed import get_rng_state
 
@@ -75,7 +76,7 @@ ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = "args.json", "metrics.j
 LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; a dead process's lock is free again
 # Flags that may change between a run and its resumption without changing its results.
 DEFAULT_IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "num_workers", "data_dir",
-                            "cache_dir", "compile", "compile_mode", "compile_backend")
+                            "cache_dir", "compile", "compile_mode", "compile_backend", "report_to")
 # Never compared on resume: how to start, not what runs.
 ALWAYS_IGNORED = ("resume", "overwrite", "extend")
 # Run lengths: a change is refused on resume unless --extend asks for a longer run on purpose.
@@ -383,6 +384,8 @@ class RunDir:
         self._extended: dict = {}
         self._checkpoint_at: str | None = None  # where the last checkpoint on disk was saved
         self._device_name = describe_device(device if device is not None else self.args.get("device"))
+        self._tracker = None
+        tracking.requested(self.args.get("report_to"))  # a missing tracker package: one line, nothing written
 
         check(not (resume and self.overwrite), "--resume and --overwrite contradict each other: --resume "
                                                "continues the run in the directory, --overwrite deletes it")
@@ -668,6 +671,14 @@ class RunDir:
             f.write(line + "\n")
             f.flush()
         self._n_rows += 1
+        self.tracker.log(row)
+
+    @property
+    def tracker(self) -> tracking.Tracker:
+        """The ``--report-to`` trackers (``common.tracking``), fed every row of metrics.jsonl; made on first use."""
+        if self._tracker is None:
+            self._tracker = tracking.from_args(self.args if self.is_main else {}, self.path, resume=self.resumed)
+        return self._tracker
 
     def rows(self) -> list[dict]:
         """All metric rows logged so far (including those of earlier sessions that were kept)."""
@@ -704,6 +715,7 @@ class RunDir:
         if self.is_main:
             self.claim()
             ckpt.atomic_write_json(self.path / SUMMARY_FILE, summary)
+            self.tracker.log_summary(summary)
         return summary
 
     def artifact(self, name: str) -> Path:

@@ -1,0 +1,174 @@
+"""Experiment tracking: ``--report-to none|tensorboard|wandb`` (the Hugging Face scripts' convention).
+
+One logger for every script: ``RunDir.log`` hands each metrics row it appends to ``metrics.jsonl`` to the
+run's ``Tracker`` as well, so the tracker sees exactly the rows of ``metrics.jsonl``; ``RunDir.write_summary``
+adds the summary and flushes. Rows are flattened for the trackers: numbers (and booleans) become scalars,
+nested dicts become ``key/subkey`` (e.g. FedEntropy's per-client ``entropy/0``), strings and lists are left
+to ``metrics.jsonl``. The x axis is the row's ``round``, else its ``step``, else the row's position.
+
+* ``tensorboard``: event files in ``<run>/tensorboard/`` through ``torch.utils.tensorboard`` (needs the
+  ``tensorboard`` package: ``pip install -e .[tracking]``); view with ``tensorboard --logdir runs``.
+* ``wandb``: one W&B run named after the run directory, its config the run's arguments, files under
+  ``<run>/wandb/``; needs ``wandb`` installed and logged in (or ``WANDB_MODE=offline``).
+* ``none`` (default): nothing beyond ``metrics.jsonl``.
+
+Several at once: ``--report-to tensorboard wandb``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPORT_TO = ("none", "tensorboard", "wandb")
+TENSORBOARD_DIR = "tensorboard"
+
+
+def add_report_args(group) -> None:
+    """``--report-to`` on a parser or argument group."""
+    group.add_argument("--report-to", nargs="+", choices=REPORT_TO, default=["none"],
+                       help="experiment trackers fed the rows of metrics.jsonl: tensorboard (<run>/tensorboard, "
+                            "needs the tensorboard package), wandb (needs wandb), or none")
+
+
+def requested(report_to: str | Sequence[str] | None) -> list[str]:
+    """The tracker names asked for, ``none`` dropped; raises ``UsageError`` when a package is missing."""
+    from common.cli import UsageError
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [n for n in dict.fromkeys(names) if n and n != "none"]
+    for n in names:
+        if n not in REPORT_TO:
+            raise UsageError(f"--report-to {n!r} is unknown; expected one of {', '.join(REPORT_TO)}")
+    if "tensorboard" in names and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError("--report-to tensorboard needs the tensorboard package: pip install tensorboard "
+                         "(or pip install -e .[tracking])")
+    if "wandb" in names and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--report-to wandb needs the wandb package: pip install wandb")
+    return names
+
+
+def flatten(row: dict, prefix: str = "") -> dict[str, float]:
+    """Scalars of a metrics row: numbers and booleans, nested dicts as ``key/subkey``; the rest dropped."""
+    out: dict[str, float] = {}
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, dict):
+            out |= flatten(value, name + "/")
+        elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+            out[name] = float(value.item())
+    return out
+
+
+def _step(row: dict, index: int) -> int:
+    for key in ("round", "step"):
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return int(value)
+    return index
+
+
+class Tracker:
+    """Feeds metrics rows to the chosen trackers. ``Tracker(path, [])`` does nothing."""
+
+    def __init__(self, run_path: str | os.PathLike, report_to: str | Sequence[str] | None,
+                 config: dict | None = None, run_name: str | None = None, resume: bool = False):
+        self.path = Path(run_path)
+        self.names = requested(report_to)
+        self._tb = self._wandb = None
+        self._index = 0
+        if "tensorboard" in self.names:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.path / TENSORBOARD_DIR))
+        if "wandb" in self.names:
+            import wandb
+
+            (self.path / "wandb").mkdir(parents=True, exist_ok=True)
+            self._wandb = wandb.init(name=run_name or self.path.name, config=config or {}, dir=str(self.path),
+                                     id=_wandb_id(self.path) if resume else None,
+                                     resume="allow" if resume else None, reinit=True)
+            (self.path / "wandb" / "run_id").write_text(self._wandb.id)
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def log(self, row: dict) -> None:
+        """One metrics row (as written to metrics.jsonl)."""
+        self._index += 1
+        if not self.names:
+            return
+        scalars = flatten(row)
+        step = _step(row, self._index)
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, global_step=step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def log_summary(self, summary: dict) -> None:
+        """Final values: W&B's run summary; TensorBoard scalars under ``summary/`` (and a text record)."""
+        scalars = flatten(summary)
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(f"summary/{key}", value, global_step=self._index)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.summary.update(scalars)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _wandb_id(path: Path) -> str | None:
+    f = path / "wandb" / "run_id"
+    return f.read_text().strip() if f.is_file() else None
+
+
+def from_args(args: dict | Any, run_path: str | os.PathLike, resume: bool = False) -> Tracker:
+    """The tracker ``args["report_to"]`` (or ``args.report_to``) asks for; a no-op one when absent."""
+    get = args.get if isinstance(args, dict) else (lambda k, d=None: getattr(args, k, d))
+    config = dict(args) if isinstance(args, dict) else dict(vars(args))
+    return Tracker(run_path, get("report_to", None), config=config, resume=resume)
+
+
+def event_files(run_path: str | os.PathLike) -> list[Path]:
+    """The TensorBoard event files of a run directory."""
+    return sorted((Path(run_path) / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+
+
+def read_scalars(run_path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} from a run's TensorBoard event files (TFRecord framing read here, only
+    ``tensorboard``'s protobuf classes needed: no TensorFlow, no absl)."""
+    import struct
+
+    from tensorboard.compat.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for f in event_files(run_path):
+        data = f.read_bytes()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            record = data[pos + 12:pos + 12 + length]  # after the length and its CRC; a data CRC follows
+            pos += 12 + length + 4
+            event = event_pb2.Event.FromString(record)
+            for v in event.summary.value:
+                value = v.simple_value if v.HasField("simple_value") else (
+                    float(v.tensor.float_val[0]) if v.tensor.float_val else None)
+                if value is not None:
+                    out.setdefault(v.tag, []).append((int(event.step), float(value)))
+    return out
