@@ -47,6 +47,7 @@ def main(argv=None) -> dict:
         args.max_steps, args.val_freq = 64, (16 if "val_freq" not in explicit else args.val_freq)
     cli.check(args.val_freq >= 1, f"--val-freq must be at least 1, got {args.val_freq}")
     cli.check(args.n_epochs > 0, f"--n-epochs must be positive, got {args.n_epochs}")
+    cli.check(args.max_steps is None or args.max_steps >= 1, f"--max-steps must be at least 1, got {args.max_steps}")
     device = cli.resolve_device(args.device)
     mmodel.quiet_kernel_warnings()
     data = lmdata.load_lm_data(args, device)
@@ -55,9 +56,10 @@ def main(argv=None) -> dict:
     total = args.max_steps or max(1, math.ceil(args.n_epochs * per_epoch))
     args.kernel_path = mmodel.kernel_path(device)
     name = args.run_name or runlog.run_name("central", args.config, b=args.batch_size, steps=total, lr=args.lr,
-                                            sgd=args.optimizer == "sgd", quick=args.quick, s=args.seed)
+                                            sgd=args.optimizer == "sgd", data=lmdata.source_tag(args), quick=args.quick,
+                                            s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device,
-                       ignore_on_resume=federated.IGNORE_ON_RESUME)
+                       ignore_on_resume=federated.IGNORE_ON_RESUME, data=data.fingerprint)
 
     seed.seed_everything(args.seed)
     model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
@@ -68,6 +70,7 @@ def main(argv=None) -> dict:
     valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
     refs = lmdata.reference_ppls(data, valid)
     ctx = federated.Context(args, model, plist, data, device, forward_model=fwd)
+    rd.claim()  # everything is validated: from here on the run directory is this run's
     snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
         if args.save_deltas else None
     step, tokens, best, prev_grad, last = 0, 0, float("inf"), None, {}
@@ -118,6 +121,8 @@ def main(argv=None) -> dict:
             row = {"step": step, "epoch": step / per_epoch, "tokens": tokens, "train_loss": loss_sum.item() / n_since,
                    "grad_cosine": cos_sum.item() / n_since}
             row |= federated.evaluate_global(ctx, valid)
+            rd.check_finite(f"step {step}", training_loss=loss_sum, validation_loss=row["val_loss"],
+                            parameters=plist)
             model.train()
             best = min(best, row["val_ppl"])
             last = {k: v for k, v in row.items() if k != "sample"}
@@ -148,6 +153,7 @@ def main(argv=None) -> dict:
     perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
     if not args.quiet:
         print(lmdata.final_line(rd.path, summary))
+    rd.release()
     return summary
 
 

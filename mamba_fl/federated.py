@@ -267,10 +267,11 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     name = args.run_name or runlog.run_name(
         method.name, args.config, args.shard, k=args.num_clients, lu=args.local_updates, r=args.rounds,
         lr=args.lr, sgd=args.optimizer == "sgd", reset=args.client_opt_state == "reset",
-        **method.run_name_extra(args), quick=args.quick, s=args.seed)
+        **method.run_name_extra(args), data=lmdata.source_tag(args), quick=args.quick, s=args.seed)
+    # checks only (arguments, data fingerprint, what the directory holds); claimed once the model is built
     rd = _main_first(lambda: runlog.RunDir(
         args.out_dir, name, args, resume=args.resume, kind=f"mamba_fl/{method.script}", device=device,
-        is_main=main, ignore_on_resume=IGNORE_ON_RESUME))
+        is_main=main, ignore_on_resume=IGNORE_ON_RESUME, data=data.fingerprint))
 
     seed.seed_everything(args.seed)
     model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
@@ -286,6 +287,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
     refs = lmdata.reference_ppls(data, valid)
     ctx = Context(args, model, plist, data, device, forward_model=fwd)
+    rd.claim()  # everything is validated: from here on the run directory is this run's
     snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
         if args.save_deltas else None
     bytes_param = sum(p.numel() * p.element_size() for p in plist)
@@ -359,10 +361,13 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
         acc["bytes_up"] += len(chosen) * bytes_param * method.upload_factor
         acc["bytes_down"] += len(chosen) * bytes_param
         acc["round_seconds"] += time.perf_counter() - t_round
+        # every rank holds the same aggregate, so every rank stops here (exit 3, the last checkpoint kept)
+        rd.check_finite(f"round {r + 1}", aggregated_parameters=global_params)
 
         if eval_now:  # every rank scores its share of the validation batches
             params.load_(plist, global_params)
             scores = evaluate_global(ctx, valid)
+            rd.check_finite(f"round {r + 1}", training_loss=train_loss, validation_loss=scores["val_loss"])
         if eval_now and not main:  # rank 0 logs and checkpoints
             train_loss.zero_()
             n_steps = 0
@@ -396,6 +401,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     params.load_(plist, global_params)  # the model holds the final global parameters for <run>/model
     summary = finish(rd, args, method, data, acc, refs, model) if main else rd.write_summary({"method": method.name})
     distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
+    rd.release()
     return summary
 
 

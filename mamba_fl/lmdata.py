@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, evaluate, shard, text
+from common import cli, evaluate, runlog, shard, text
 
 SPLIT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw"}
 _HEADING = re.compile(r"^ = [^=].* = $")  # top-level article title line of the raw format
@@ -59,6 +59,14 @@ class LMData:
     optimal_ppl: float | None = None       # synthetic source: optimal perplexity per word
     train_topics: np.ndarray | None = None  # [N] topic id of each training block (synthetic only)
     meta: dict = field(default_factory=dict)
+    fingerprint: dict | None = None        # what was read (common.runlog.data_fingerprint): --resume checks it
+
+
+def source_tag(args: argparse.Namespace) -> str | None:
+    """The data source for run names: None for the default embedded data, else wikitext2 or data-<folder>."""
+    if args.data_dir:
+        return f"data-{Path(args.data_dir).resolve().name}"
+    return None if args.data == "synthetic" else args.data
 
 
 def _synthetic_dir(cache_dir) -> tuple[Path, dict]:
@@ -88,7 +96,15 @@ def _read_dir(folder: Path) -> dict[str, str]:
     for split, name in SPLIT_FILES.items():
         f = folder / name
         cli.check(f.is_file(), f"--data-dir {folder} has no {name}; expected wiki.train.raw and wiki.valid.raw")
-        out[split] = f.read_text(encoding="utf-8")
+        try:
+            out[split] = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise cli.UsageError(f"{f} is not UTF-8 text (byte {e.start}: {e.reason}); expected WikiText raw "
+                                 "text in UTF-8") from None
+        except OSError as e:
+            raise cli.UsageError(f"{f} cannot be read ({e.strerror}); expected WikiText raw text") from None
+        cli.check("\x00" not in out[split],
+                  f"{f} holds NUL bytes (a binary file, not UTF-8 text); expected WikiText raw text")
         cli.check(out[split].strip() != "", f"{f} is empty; expected WikiText raw text")
     return out
 
@@ -141,15 +157,21 @@ def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = N
                   f"--sequence-length {T} is above the {s.numel()} tokens of the {split} split; "
                   f"use a shorter --sequence-length or more data")
     train, valid = text.lm_blocks(streams["train"], T), text.lm_blocks(streams["valid"], T)
+    sizes = {"train": train.shape[0], "valid": valid.shape[0]}
     if device is not None:
         train, valid = train.to(device), valid.to(device)
     words = len(splits["valid"].split())
     topics = None
     if getattr(args, "shard", None) == "topic" and meta.get("article_topics", {}).get("train") is not None:
         topics = _article_topics(splits["train"], meta["article_topics"]["train"], T, train.shape[0], tok)
+    if source == "wikitext2":
+        fp = runlog.data_fingerprint(source, texts=splits, splits=sizes)
+    else:
+        fp = runlog.data_fingerprint(source, folder if source == "dir" else None,
+                                     files=[folder / n for n in SPLIT_FILES.values()], splits=sizes)
     return LMData(tokenizer=tok, vocab_size=len(tok), train=train, valid=valid,
                   words_per_token=words / max(int(streams["valid"].numel()), 1), source=source,
-                  optimal_ppl=optimal, train_topics=topics, meta=meta)
+                  optimal_ppl=optimal, train_topics=topics, meta=meta, fingerprint=fp)
 
 
 def client_shards(args: argparse.Namespace, data: LMData) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ from common import cli
 from common import distributed as D
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+NUM_CLASSES = 100
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -86,9 +87,36 @@ def read_split(root: Path, name: str) -> Split:
     cli.check(data.ndim == 2 and data.shape[1] == 3072,
               f"{root / name}: data must be [N, 3072] uint8, got {data.shape}")
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-    labels = torch.as_tensor(d["fine_labels"], dtype=torch.long)
-    cli.check(len(labels) == len(images), f"{root / name}: {len(images)} images but {len(labels)} labels")
+    try:
+        labels = torch.as_tensor(d["fine_labels"], dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise cli.UsageError(f"{root / name}: 'fine_labels' must be a list of integers") from None
+    cli.check(labels.dim() == 1 and len(labels) == len(images),
+              f"{root / name}: {len(images)} images but {labels.numel()} labels")
+    cli.check(len(labels) > 0, f"{root / name}: no images; expected a CIFAR-100 split")
+    lo, hi = int(labels.min()), int(labels.max())
+    cli.check(0 <= lo and hi < NUM_CLASSES, f"{root / name}: fine label {lo if lo < 0 else hi} is outside "
+                                            f"0..{NUM_CLASSES - 1} (CIFAR-100 has {NUM_CLASSES} classes)")
     return Split(images, labels)
+
+
+def data_root(args) -> Path:
+    """The folder holding the train/test/meta pickles the run reads (the embedded data made if needed)."""
+    if args.data == "synthetic":
+        from common import synthetic
+        n_train, n_test = getattr(args, "synthetic_per_class", None) or (100, 20)
+        return find_root(synthetic.ensure("cifar100", n_train_per_class=n_train, n_test_per_class=n_test))
+    cli.check(args.data_dir is not None, "--data cifar100 needs --data-dir (or --download)")
+    return download(args.data_dir) if args.download else find_root(args.data_dir)
+
+
+def fingerprint(args, train: Split, val: Split, test: Split) -> dict:
+    """``common.runlog.data_fingerprint`` of the pickles read and the split sizes used (for --resume)."""
+    from common import runlog
+    root = data_root(args)
+    return runlog.data_fingerprint(args.data, root if args.data != "synthetic" else None,
+                                   files=[root / "train", root / "test"],
+                                   splits={"train": len(train), "val": len(val), "test": len(test)})
 
 
 def class_names(root: Path) -> list[str]:
@@ -101,14 +129,8 @@ def load_cifar100(args, device) -> tuple[Split, Split, Split, int]:
     The validation split is a seeded ``--val-fraction`` of the training set (same for every seed of the
     model, keyed by ``--split-seed``), so runs with different seeds see the same data.
     """
-    if args.data == "synthetic":
-        from common import synthetic
-        # default 100 train / 20 test images per class: enough that 20 clients each hold a few dozen images
-        n_train, n_test = getattr(args, "synthetic_per_class", None) or (100, 20)
-        root = find_root(synthetic.ensure("cifar100", n_train_per_class=n_train, n_test_per_class=n_test))
-    else:
-        cli.check(args.data_dir is not None, "--data cifar100 needs --data-dir (or --download)")
-        root = download(args.data_dir) if args.download else find_root(args.data_dir)
+    # embedded data: default 100 train / 20 test images per class (20 clients each hold a few dozen images)
+    root = data_root(args)
     full, test = read_split(root, "train"), read_split(root, "test")
     num_classes = int(max(full.labels.max(), test.labels.max())) + 1
     first, last = class_range(args, num_classes)

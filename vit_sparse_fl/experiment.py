@@ -62,6 +62,15 @@ def validate_model_args(args) -> None:
               f"--freeze-layers {args.freeze_layers} exceeds the {ARCHS[args.arch].depth} blocks "
               f"of {args.arch}")
     cli.check(args.lr > 0, f"--lr must be positive, got {args.lr}")
+    cli.check(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
+    cli.check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
+    cli.check(0 <= args.head_dropout < 1, f"--head-dropout must be in [0, 1), got {args.head_dropout}")
+    cli.check(args.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
+    for flag in ("max_train", "max_test", "num_classes"):
+        value = getattr(args, flag, None)
+        cli.check(value is None or value >= 0, f"--{flag.replace('_', '-')} must be >= 0 (0: all), got {value}")
+    per_class = getattr(args, "synthetic_per_class", None)
+    cli.check(not per_class or min(per_class) >= 1, f"--synthetic-per-class must be >= 1, got {per_class}")
     cli.check(0 <= args.label_smoothing < 1,
               f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     cli.check(0 < args.val_fraction < 1, f"--val-fraction must be in (0, 1), got {args.val_fraction}")

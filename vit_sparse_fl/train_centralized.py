@@ -81,11 +81,13 @@ def main(argv=None) -> dict:
               f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs} "
               f"with --epochs {args.epochs}")
     cli.check(args.patience >= 0 and args.keep_best >= 0, "--patience and --keep-best must be >= 0")
+    cli.check(0 <= args.min_lr <= args.lr, f"--min-lr must be in [0, --lr], got {args.min_lr}")
 
     # ---------------------------------------------------------------- data, model, run directory
     seeding.seed_everything(args.seed)
     device = cli.resolve_device(args.device)
     train, val, test, num_classes = cifar.load_cifar100(args, device)
+    data_fp = cifar.fingerprint(args, train, val, test)
     model, source = exp.build_model(args, num_classes, device)
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     params = [p for p in model.parameters() if p.requires_grad]
@@ -97,8 +99,9 @@ def main(argv=None) -> dict:
                                                     f"of the {args.total_steps}-step budget")
     total_steps = args.total_steps or args.epochs * steps_per_epoch
     warmup_steps = args.warmup_epochs * steps_per_epoch
-    run = RunDir(args.out_dir, args.run_name or f"centralized_E{args.epochs}_seed{args.seed}", vars(args),
-                 resume=args.resume, kind="vit_sparse_fl/train_centralized")
+    data = "" if args.data == "synthetic" else f"_{args.data}"  # the embedded data keeps the short name
+    run = RunDir(args.out_dir, args.run_name or f"centralized{data}_E{args.epochs}_lr{args.lr:g}_seed{args.seed}",
+                 vars(args), resume=args.resume, kind="vit_sparse_fl/train_centralized", data=data_fp)
     start, best_acc, stale, best = 0, -1.0, 0, []
     state = run.load_checkpoint() if args.resume else None
     if state is not None:
@@ -124,6 +127,8 @@ def main(argv=None) -> dict:
                                           device=device, lr=lr)
                 loss_sum += loss
         ev = exp.evaluate(fwd, val, args, device)
+        run.check_finite(f"epoch {epoch + 1} (step {epoch * steps_per_epoch + steps})", training_loss=loss_sum,
+                         parameters=params)
         row = {"epoch": epoch + 1, "step": epoch * steps_per_epoch + steps, "lr": lr,
                "train_loss": loss_sum.item() / steps, "val_loss": ev["loss"],
                "val_accuracy": ev["accuracy"]}
@@ -163,6 +168,7 @@ def main(argv=None) -> dict:
         vit.save(model, run.path, name="best_model", info={"method": "centralized", "epoch": best[0]["epoch"],
                                                            "test_accuracy": best_test["accuracy"]})
     summary["run_dir"] = str(run.path)
+    run.release()
     return summary
 
 

@@ -86,13 +86,17 @@ def finish_args(args) -> None:
     cli.check(args.head_warmup >= 0, f"--head-warmup must be >= 0, got {args.head_warmup}")
     cli.check(0.0 <= args.interference_window <= 1.0,
               f"--interference-window must be in [0, 1], got {args.interference_window}")
+    cli.check(args.interference_images >= 0, f"--interference-images must be >= 0 (0: all), got "
+                                             f"{args.interference_images}")
+    cli.check(min(args.nc_values) >= 1 and min(args.j_values) >= 1, "--nc-values and --j-values must be >= 1")
     cli.check(not (args.heterogeneity_experiment and args.local_steps_experiment),
               "choose one of --heterogeneity-experiment and --local-steps-experiment")
 
 
 def default_run_name(args, prefix: str = "fedavg") -> str:
     shard = "iid" if args.sharding == "iid" else f"noniid_nc{args.nc}"
-    return f"{prefix}_{shard}_J{args.local_steps}_R{args.rounds}_seed{args.seed}"
+    data = "" if args.data == "synthetic" else f"_{args.data}"  # the embedded data keeps the short name
+    return f"{prefix}{data}_{shard}_J{args.local_steps}_R{args.rounds}_lr{args.lr:g}_seed{args.seed}"
 
 
 def setup(args) -> dict:
@@ -105,6 +109,7 @@ def setup(args) -> dict:
     train, val, test, num_classes = cifar.load_cifar100(args, device)
     if D.is_main():
         D.barrier()
+    data_fp = cifar.fingerprint(args, train, val, test)
     if args.sharding == "non_iid":
         cli.check(args.nc <= num_classes, f"--nc {args.nc} exceeds the {num_classes} classes of the data")
     cli.check(args.num_clients <= len(train),
@@ -120,7 +125,7 @@ def setup(args) -> dict:
                 for s in shards]                             # test images of each client's own classes
     return dict(args=args, device=device, train=train, val=val, test=test, num_classes=num_classes,
                 shards=[torch.as_tensor(s, device=device) for s in shards], own_test=own_test,
-                model=model, weights=source,
+                model=model, weights=source, data_fingerprint=data_fp,
                 names=names, params=P.trainable(model),
                 forward=compiled.maybe_compile(model, args))  # what forward passes call (--compile)
 
@@ -236,7 +241,7 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
     params, device = ctx["params"], ctx["device"]
     main_rank = D.is_main()
     run = RunDir(args.out_dir, args.run_name or default_run_name(args, prefix), vars(args),
-                 resume=args.resume, kind=kind, is_main=main_rank)
+                 resume=args.resume, kind=kind, is_main=main_rank, data=ctx["data_fingerprint"])
     global_params = P.clone(params)
     start, best = 0, {"val_accuracy": -1.0, "round": 0}
     state = run.load_checkpoint() if args.resume else None
@@ -257,6 +262,8 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
                           interference=evaluate_now and args.interference_window > 0 and r >= window_start)
         client_s += stats["client_seconds"]
         loop_s += time.perf_counter() - t0
+        # the same reduced losses and aggregate on every rank: every rank stops (exit 3, last checkpoint kept)
+        run.check_finite(f"round {r + 1}", training_loss=stats["train_loss"], aggregated_parameters=global_params)
         if evaluate_now:
             P.load_(params, global_params)
             val = exp.evaluate(ctx["forward"], ctx["val"], args, device, shard=True)  # every rank: its share
@@ -299,6 +306,7 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
     vit.save(ctx["model"], run.path, info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
                                           "test_accuracy": summary["test_accuracy"]})  # the final global model
     summary["run_dir"] = str(run.path)
+    run.release()
     return D.broadcast_object(summary)
 
 
