@@ -419,6 +419,16 @@ class RunDir:
         if claim:
             self.claim()
 
+    def set_data(self, data: dict) -> None:
+        """The data fingerprint, for scripts that know it only after making the RunDir (before its first
+        write): on resume a difference from the saved one is refused here, naming what changed."""
+        check(not self._claimed, "RunDir.set_data after the run directory was claimed")
+        self.data = json.loads(json.dumps(data, default=ckpt.to_jsonable))
+        if self._state is not None:
+            self._check_data(self._state.get("runlog", {}).get("data"), CHECKPOINT_FILE)
+        if self._saved_meta is not None:
+            self._check_data(self._saved_meta.get("data"), ARGS_FILE)
+
     # ------------------------------------------------------------------------------------------------------
     # checks (nothing written)
 

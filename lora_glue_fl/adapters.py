@@ -139,6 +139,12 @@ def load(directory) -> Adapter:
     cli.check(cfg.get("peft_type", "LORA") == "LORA", f"{directory}: {cfg.get('peft_type')} adapter; expected LORA")
     cli.check(not cfg.get("rank_pattern") and not cfg.get("alpha_pattern"),
               f"{directory}: per-module rank_pattern/alpha_pattern adapters are not supported")
+    cli.check(isinstance(cfg, dict), f"{cfg_path} must hold a JSON object (a peft adapter config)")
+    r, alpha = cfg.get("r"), cfg.get("lora_alpha")
+    cli.check(isinstance(r, int) and not isinstance(r, bool) and r >= 1,
+              f"{cfg_path}: 'r' must be a positive integer, got {r!r}")
+    cli.check(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0,
+              f"{cfg_path}: 'lora_alpha' must be a positive number, got {alpha!r}")
     targets = cfg.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
     return from_state_dict(sd, cfg["r"], cfg["lora_alpha"], targets, cfg.get("use_rslora", False),

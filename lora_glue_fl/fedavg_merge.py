@@ -82,6 +82,11 @@ def main(argv=None) -> dict:
     method = args.aggregation or ("naive" if args.skip_svd else "svd")
     cli.check(not (args.skip_svd and method != "naive"), f"--skip_svd contradicts --aggregation {method}")
     cli.check(args.svd_rank >= 1, f"--svd_rank must be at least 1, got {args.svd_rank}")
+    cli.check(args.alpha is None or args.alpha > 0, f"--alpha must be positive, got {args.alpha}")
+    cli.check(args.max_eval_samples is None or args.max_eval_samples >= 1,
+              f"--max_eval_samples must be at least 1, got {args.max_eval_samples}")
+    cli.check(args.max_seq_length >= 1 and args.eval_batch_size >= 1,
+              "--max_seq_length and --eval_batch_size must be at least 1")
     cli.check(args.weights is None or args.shard_manifests is None, "give --weights or --shard_manifests, not both")
     k = len(args.adapters)
     if args.weights is not None:
@@ -99,10 +104,14 @@ def main(argv=None) -> dict:
         glue_tasks.get_task(args.task_name)
         args.task_name = args.task_name.lower()
         args.data = args.data or ("dir" if args.data_dir else "hf")
-    out = Path(args.save_adapter)
-    cli.check(not out.exists() or out.is_dir(), f"--save_adapter {out} is a file; expected a folder")
+    out = cli.check_out_dir(args.save_adapter, "--save_adapter")
 
     clients = [adapters.load(a) for a in args.adapters]   # every check before anything is written
+    if method == "svd":
+        sizes = [min(A.shape[1], B.shape[0]) for A, B in clients[0].factors.values()]
+        cli.check(not sizes or args.svd_rank <= min(sizes),
+                  f"--svd_rank {args.svd_rank} exceeds the size {min(sizes)} of the adapted layers; use at most "
+                  f"{min(sizes)}")
     fused = adapters.merge(clients, weights, method, rank=args.svd_rank, alpha=args.alpha, names=list(args.adapters))
     base = args.base_model or clients[0].extra.get("base_model_name_or_path")
     cli.check(not args.do_eval or bool(base), "--do_eval: the adapters name no base model; pass --base_model")

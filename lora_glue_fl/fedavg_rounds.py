@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from common import cli, compiled, export, runlog
 from common import distributed as D
 from common import seed as seeding
-from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling
+from lora_glue_fl import adapters, checks, glue_shards, glue_tasks, modeling
 
 QUICK_TRAIN, QUICK_EVAL = 240, 64  # examples used by --quick (without --shard_dir)
 
@@ -89,6 +89,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 def resolve_args(args):
     """Fill defaults that depend on other flags, then validate (one line per problem)."""
+    checks.common_args(args)  # before --quick caps anything: nonsense is refused, not clamped
     if args.aggregation is None:
         args.aggregation = "naive" if args.skip_svd else "svd"
     cli.check(not (args.skip_svd and args.aggregation != "naive"), "--skip_svd contradicts --aggregation "
@@ -140,10 +141,8 @@ def gather_clients(mine: dict, num_clients: int, device) -> tuple[list[adapters.
 
 
 def build_tokenizer(args, train, rd: runlog.RunDir):
-    """The run's tokenizer; ranks other than 0 write its training corpus to a temporary folder instead of
-    the run directory (the tokenizer itself is cached by content, so every rank gets the same one)."""
-    if rd.is_main:
-        return modeling.build_tokenizer(args, train, rd.path / "tokenizer")
+    """The run's tokenizer; its training corpus goes to a temporary folder, not the run directory (the
+    tokenizer itself is cached by content, so every rank gets the same one)."""
     with tempfile.TemporaryDirectory() as tmp:
         return modeling.build_tokenizer(args, train, Path(tmp))
 
@@ -172,7 +171,9 @@ def main(argv=None) -> dict:
     name = args.run_name or runlog.run_name(
         "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), k=len(shards),
         r=args.svd_rank if args.aggregation == "svd" else None, s=args.seed)
-    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, is_main=D.is_main(), device=device)
+    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, is_main=D.is_main(), device=device,
+                       data=checks.fingerprint(args.task_name, args.data, args.data_dir, splits,
+                                               shard_dir=args.shard_dir))
 
     # ---- data and model (built once; the base stays frozen, only LoRA + head train) -----------------------
     seeding.seed_everything(args.seed)
@@ -180,6 +181,10 @@ def main(argv=None) -> dict:
         modeling.quiet_hf()
     tokenizer = build_tokenizer(args, train, rd)
     base = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
+    checks.rank_fits(base, args.lora_r, "--lora_r")
+    if args.aggregation == "svd":
+        checks.rank_fits(base, args.svd_rank, "--svd_rank")
+    init = adapters.load(args.init_adapter) if args.init_adapter else None  # checked before anything is written
     args.target_modules = args.target_modules or modeling.default_target_modules(base)
     types = modeling.uses_token_types(base)
     train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
@@ -188,6 +193,7 @@ def main(argv=None) -> dict:
              for s in task.eval_splits}
     eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
     base_path = modeling.model_id(args)
+    rd.claim()  # every input is validated: from here on the run directory is this run's
     if base_path == "tiny":  # adapters name their base model: save the tiny one next to them
         base_path = str(rd.artifact("base_model"))
         if rd.is_main:
@@ -217,7 +223,7 @@ def main(argv=None) -> dict:
         timing = ckpt.get("timing", timing)
         seeding.set_rng_state(ckpt["rng"])
     elif args.init_adapter:
-        fused = adapters.load(args.init_adapter)
+        fused = init
         cli.check(fused.target_modules == sorted(args.target_modules), f"--init_adapter adapts {fused.target_modules},"
                                                                        f" --target_modules is {args.target_modules}")
         start, bytes_up, bytes_down = 1, 0, 0
@@ -266,6 +272,9 @@ def main(argv=None) -> dict:
             mine[i] = (client, row)
 
         clients, rows = gather_clients(mine, len(shards), device)
+        # every rank holds every client's loss and adapter: every rank stops (exit 3, last checkpoint kept)
+        rd.check_finite(f"round {rnd}", training_loss=[row["train_loss"] for row in rows],
+                        client_adapters=[t for c in clients for t in c.state_dict().values()])
         client_params = sum(t.numel() for t in fused.state_dict().values())  # what every client trained
         round_bytes = bytes_up + bytes_down
         for i, (client, row) in enumerate(zip(clients, rows)):
@@ -278,6 +287,7 @@ def main(argv=None) -> dict:
 
         fused = adapters.merge(clients, sizes, args.aggregation, rank=args.svd_rank, alpha=args.alpha)
         fused.dropout = args.lora_dropout
+        rd.check_finite(f"round {rnd}", aggregated_adapter=list(fused.state_dict().values()))
         if rd.is_main:
             adapters.save(fused, round_dir / fused_dir_name(args.aggregation, fused) / "adapter", base_path)
         row = {"round": rnd, "client": None, "fused_rank": fused.r, "client_trainable_params": client_params,
@@ -319,6 +329,7 @@ def main(argv=None) -> dict:
                               info={"method": "fedavg_" + args.aggregation, "task": args.task_name,
                                     "final": summary["final"]})
     summary = D.broadcast_object(summary)  # every rank returns rank 0's summary
+    rd.release()
     if owns_group:
         D.cleanup()
     return summary

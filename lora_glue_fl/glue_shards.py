@@ -174,7 +174,12 @@ def read_shard_manifests(shard_dir) -> tuple[list[np.ndarray], dict]:
     files.sort(key=lambda f: int(f.stem.split("_")[1]))
     shards = [read_manifest(f) for f in files]
     summary_path = shard_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise cli.UsageError(f"{summary_path} is not valid JSON ({type(e).__name__}: {e}); rewrite it with "
+                             "make_shards.py") from None
+    cli.check(isinstance(summary, dict), f"{summary_path} must hold a JSON object; rewrite it with make_shards.py")
     return shards, summary
 
 

@@ -104,8 +104,14 @@ def read_tsv(path: Path, task_name: str) -> Examples:
     task = get_task(task_name)
     col_a, col_b, col_y, has_header = task.tsv
     csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as e:
+        raise cli.UsageError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); expected the original "
+                             f"GLUE {task_name.upper()} TSV file") from None
+    except (OSError, csv.Error) as e:
+        raise cli.UsageError(f"{path} cannot be read as a TSV file ({type(e).__name__}: {e})") from None
     cli.check(len(rows) > int(has_header), f"{path} holds no examples")
     header = [h.strip() for h in rows[0]] if has_header else None
 
@@ -113,7 +119,7 @@ def read_tsv(path: Path, task_name: str) -> Examples:
         if col is None or isinstance(col, int):
             return col
         if col not in header:
-            raise cli.UsageError(f"{path}: column {col!r} missing from header {header}; "
+            raise cli.UsageError(f"{path}: column {col!r} missing from the header {header}; "
                                  f"expected the original GLUE {task_name.upper()} layout")
         return header.index(col)
 

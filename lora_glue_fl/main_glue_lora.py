@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from common import cli, compiled, export, runlog
 from common import seed as seeding
-from lora_glue_fl import adapters, glue_tasks, modeling
+from lora_glue_fl import adapters, checks, glue_tasks, modeling
 
 
 def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentParser:
@@ -65,6 +67,9 @@ def run(args, lora: bool = True) -> dict:
         args.do_train = args.do_eval = True
     if args.data is None:
         args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
+    checks.common_args(args)  # before --quick caps anything: nonsense is refused, not clamped
+    if args.adapter_output_dir if lora else None:
+        cli.check_out_dir(args.adapter_output_dir, "--adapter_output_dir")
     if args.quick:
         args.model_size, args.model_name_or_path = "tiny", None
         args.max_seq_length = min(args.max_seq_length, 48)
@@ -94,14 +99,19 @@ def run(args, lora: bool = True) -> dict:
     train = splits["train"]
     if args.max_train_samples:
         train = train.subset(range(min(args.max_train_samples, len(train))))
-    tokenizer = modeling.build_tokenizer(args, train, rd.path / "tokenizer")
+    rd.set_data(checks.fingerprint(args.task_name, args.data, args.data_dir, {**splits, "train": train}))
+    with tempfile.TemporaryDirectory() as tmp:  # a BPE's training corpus: nothing in the run directory yet
+        tokenizer = modeling.build_tokenizer(args, train, Path(tmp))
     model = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
+    if lora:
+        checks.rank_fits(model, args.lora_r, "--lora_r")
     types = modeling.uses_token_types(model)
     evals = {s: splits[s] if not args.max_eval_samples
              else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
              for s in task.eval_splits}
     eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
     base_path = modeling.model_id(args)
+    rd.claim()  # every input is validated: from here on the run directory is this run's
     if lora:
         if base_path == "tiny":
             base_path = str(rd.artifact("base_model"))
@@ -123,6 +133,8 @@ def run(args, lora: bool = True) -> dict:
         bar = tqdm(total=int(args.num_train_epochs + 0.999), desc="epochs", disable=args.quiet)
 
         def on_epoch(epoch, loss):
+            rd.check_finite(f"epoch {round(epoch, 4)}", training_loss=loss,
+                            parameters=[p for p in model.parameters() if p.requires_grad])
             row = {"epoch": round(epoch, 4), "train_loss": loss}
             if args.do_eval:
                 row.update(modeling.evaluate(args.task_name, fwd, eval_enc, device, args.per_device_eval_batch_size))
@@ -158,6 +170,7 @@ def run(args, lora: bool = True) -> dict:
     if args.do_train:  # <run>/model: AutoModelForSequenceClassification.from_pretrained reads it
         info = {"method": summary["method"], "task": args.task_name, "final": final}
         export.save_model_dir(rd.path, adapters.merged_copy(model) if lora else model, tokenizer, info=info)
+    rd.release()
     return summary
 
 

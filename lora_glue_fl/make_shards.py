@@ -84,6 +84,11 @@ def main(argv=None) -> dict:
     if args.data is None:
         args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
     cli.check(0.0 <= args.overlap_ratio < 1.0, f"--overlap_ratio must be in [0, 1), got {args.overlap_ratio}")
+    cli.check(args.k >= 1, f"--k must be at least 1, got {args.k}")
+    cli.check(args.alpha > 0, f"--alpha must be positive, got {args.alpha}")
+    cli.check(args.min_per_label >= 0, f"--min_per_label must be >= 0, got {args.min_per_label}")
+    if args.out_dir is not None:
+        cli.check_out_dir(args.out_dir, "--out_dir")
     train = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)["train"]
     info = glue_shards.make_client_splits(train, args.task_name, args.k, args.mode, args.seed, args.overlap_ratio,
                                           args.category_key, args.bin_stsb, args.alpha, args.min_per_label)

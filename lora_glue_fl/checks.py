@@ -1,0 +1,80 @@
+"""Checks shared by the subproject's training scripts, run before a run directory is touched, and the data
+fingerprint ``--resume`` compares (``common.runlog.data_fingerprint``).
+
+Nonsense values are refused, never clamped: a rank above the layer size, a zero ``lora_alpha``, a zero or
+negative sample count, a learning rate that is not positive.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from common import cli, runlog
+from lora_glue_fl import glue_tasks
+
+
+def positive(args, *names: str) -> None:
+    """Each ``--name`` that is set must be > 0."""
+    for name in names:
+        value = getattr(args, name, None)
+        cli.check(value is None or value > 0, f"--{name} must be positive, got {value}")
+
+
+def at_least_one(args, *names: str) -> None:
+    """Each ``--name`` that is set must be an integer >= 1 (0 is not "all": it is refused)."""
+    for name in names:
+        value = getattr(args, name, None)
+        cli.check(value is None or value >= 1, f"--{name} must be at least 1, got {value}")
+
+
+def common_args(args) -> None:
+    """Flags every training script of the subproject shares (before --quick caps any of them)."""
+    positive(args, "learning_rate", "lora_alpha", "alpha", "pretrain_mlm_lr")
+    at_least_one(args, "max_train_samples", "max_eval_samples", "max_seq_length", "tokenizer_vocab_size",
+                 "per_device_train_batch_size", "per_device_eval_batch_size", "eval_batch_size",
+                 "pretrain_mlm_batch_size", "pretrain_mlm_max_texts")
+    cli.check(getattr(args, "pretrain_mlm_steps", 0) >= 0,
+              f"--pretrain_mlm_steps must be >= 0, got {getattr(args, 'pretrain_mlm_steps', 0)}")
+    dropout = getattr(args, "lora_dropout", None)
+    cli.check(dropout is None or 0.0 <= dropout < 1.0, f"--lora_dropout must be in [0, 1), got {dropout}")
+    if getattr(args, "quick", False):  # --quick's tiny model: a rank above its width is refused, not capped
+        from lora_glue_fl.modeling import TINY
+        for name in ("lora_r", "svd_rank"):
+            value = getattr(args, name, None)
+            cli.check(value is None or value <= TINY["hidden_size"], f"--{name} {value} exceeds the hidden size "
+                      f"{TINY['hidden_size']} of --quick's tiny model; use at most {TINY['hidden_size']}")
+
+
+def rank_fits(model, rank: int, flag: str) -> None:
+    """A LoRA rank cannot exceed the width of the layers it adapts (the hidden size of the encoder)."""
+    width = getattr(getattr(model, "config", None), "hidden_size", None)
+    cli.check(width is None or rank <= width,
+              f"{flag} {rank} exceeds the hidden size {width} of the model's layers; use at most {width}")
+
+
+def fingerprint(task_name: str, data: str, data_dir, splits: dict, shard_dir=None) -> dict:
+    """What the run read: the task's TSV files (``dir``, ``synthetic``) or the examples' text (``hf``), the
+    client manifests of ``shard_dir``, and the size of every split used."""
+    fp = _fingerprint(task_name, data, data_dir, splits)
+    if shard_dir is not None:
+        manifests = sorted(Path(shard_dir).glob("client_*.json"))
+        fp["files"].update({f"shards/{k}": v for k, v in
+                            runlog.data_fingerprint("shards", shard_dir, files=manifests)["files"].items()})
+        fp["shard_dir"] = str(Path(shard_dir).resolve())
+    return fp
+
+
+def _fingerprint(task_name: str, data: str, data_dir, splits: dict) -> dict:
+    sizes = {name: len(ex) for name, ex in splits.items()}
+    task = glue_tasks.get_task(task_name)
+    if data in ("dir", "synthetic") or (data == "hf" and data_dir is not None):
+        if data == "synthetic":
+            from common import synthetic
+            folder = Path(synthetic.ensure(f"glue-{task_name}"))
+        else:
+            folder = Path(data_dir)
+        files = [folder / glue_tasks.TSV_FILES[s] for s in ("train", *task.eval_splits)]
+        return runlog.data_fingerprint(data, folder if data != "synthetic" else None,
+                                       files=[f for f in files if f.is_file()], splits=sizes)
+    texts = {name: "\n".join(f"{a}\t{b}\t{y}" for a, b, y in zip(
+        ex.text_a, ex.text_b or [""] * len(ex.text_a), [str(v) for v in ex.label])) for name, ex in splits.items()}
+    return runlog.data_fingerprint(data, texts=texts, splits=sizes)
