@@ -1,0 +1,300 @@
+"""Bad inputs never lose data: every training script of mamba_fl, vit_sparse_fl and lora_glue_fl (and the
+llm_noniid cases decided by the shared parser and run directory) is run on a table of bad inputs pointed at
+a FINISHED run in the same run directory; each must end with one line on stderr, exit status 2, no
+traceback, and leave every file under the runs root byte-identical.
+
+The finished runs are made once per module with tiny --quick settings; each row then runs the script in
+process (``cli.run(main, argv)``, as its ``__main__`` does).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clicases import one_line_error
+
+from common import runlog
+from lora_glue_fl import baseline_run, fedavg_merge, fedavg_rounds, main_glue_lora, make_shards
+from mamba_fl import central, fed_avg
+from vit_sparse_fl import train_centralized, train_federated, train_federated_sparse
+
+VIT_SMALL = ["--quick", "--quiet", "--num-clients", "10", "--participation-rate", "0.2", "--local-steps", "1",
+             "--rounds", "2", "--eval-every", "1", "--max-train", "200", "--max-test", "40", "--batch-size", "16"]
+LORA = ["--quick", "--quiet", "--max_train_samples", "48", "--max_eval_samples", "16"]
+
+# script key -> (main, base argv); every base argv writes into {runs}/<key>/done
+SCRIPTS = {
+    "mamba_fed": (fed_avg.main, ["--quick", "--quiet", "--rounds", "2", "--eval-every", "1", "--eval-blocks", "4",
+                                 "--sample-tokens", "0", "--num-clients", "2"]),
+    "mamba_central": (central.main, ["--quick", "--quiet", "--max-steps", "2", "--val-freq", "1",
+                                     "--eval-blocks", "4", "--sample-tokens", "0"]),
+    "vit_fed": (train_federated.main, VIT_SMALL),
+    "vit_central": (train_centralized.main, ["--quick", "--quiet", "--epochs", "2", "--warmup-epochs", "1",
+                                             "--max-train", "70", "--max-test", "20"]),
+    "vit_sparse": (train_federated_sparse.main, [*VIT_SMALL, "--calibration-rounds", "1", "--sparsity-ratio", "0.5"]),
+    "lora_central": (main_glue_lora.main, LORA),
+    "lora_full": (baseline_run.main, LORA),
+    "lora_fed": (fedavg_rounds.main, ["--quick", "--quiet", "--rounds", "2", "--max_eval_samples", "16"]),
+}
+
+def _base(key: str, paths: dict) -> list[str]:
+    main, argv = SCRIPTS[key]
+    return [*argv, "--out-dir", str(paths["runs"] / key), "--run-name", "done"]
+
+
+def _cifar(folder: Path, labels: list[int] | None = None, shape=(3072,), garbage: bool = False) -> Path:
+    root = folder / "cifar-100-python"
+    root.mkdir(parents=True)
+    for name in ("train", "test"):
+        if garbage:
+            (root / name).write_bytes(b"\x00\x01 not a pickle")
+            continue
+        labs = labels if labels is not None else [i % 10 for i in range(40)]
+        data = np.zeros((len(labs), *shape), dtype=np.uint8)
+        with open(root / name, "wb") as f:
+            pickle.dump({"data": data, "fine_labels": labs}, f)
+    with open(root / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [str(i) for i in range(100)]}, f)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict:
+    """Finished runs of every script under runs/, and bad data files beside them."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    runs = root / "runs"
+    runs.mkdir()
+    p = {"runs": runs, "root": root}
+    (runs / "a_file").write_text("not a folder")
+    p["file"] = runs / "a_file"
+    bad = root / "data"
+    # WikiText folders
+    for name, train in (("wiki_latin1", "caf\xe9 = au lait =\n".encode("latin-1") * 50),
+                        ("wiki_binary", bytes(range(256)) * 40), ("wiki_empty", b"")):
+        d = bad / name
+        d.mkdir(parents=True)
+        (d / "wiki.train.raw").write_bytes(train)
+        (d / "wiki.valid.raw").write_text(" = A = \n some valid text here .\n" * 20)
+    (bad / "wiki_no_valid").mkdir()
+    (bad / "wiki_no_valid" / "wiki.train.raw").write_text(" = A = \n text .\n" * 20)
+    wiki_other = bad / "wiki_other"
+    wiki_other.mkdir()
+    for n in ("wiki.train.raw", "wiki.valid.raw"):
+        (wiki_other / n).write_text(" = Other = \n " + " ".join(f"w{i % 97}" for i in range(3000)) + " .\n")
+    # CIFAR-100 folders
+    (bad / "cifar_empty").mkdir()
+    _cifar(bad / "cifar_label_neg", labels=[-1] + [1] * 39)
+    _cifar(bad / "cifar_label_150", labels=[150] + [1] * 39)
+    _cifar(bad / "cifar_garbage", garbage=True)
+    _cifar(bad / "cifar_shape", shape=(100,))
+    _cifar(bad / "cifar_no_images", labels=[])
+    _cifar(bad / "cifar_other", labels=[i % 10 for i in range(400)])
+    # GLUE TSV folders
+    for name, content in (("tsv_header", "foo\tbar\nhello\t1\n"),
+                          ("tsv_latin1", None), ("tsv_label", "sentence\tlabel\ngood movie\t7\nbad\t0\n")):
+        d = bad / name
+        d.mkdir()
+        for split in ("train.tsv", "dev.tsv"):
+            if content is None:
+                (d / split).write_bytes("sentence\tlabel\ncaf\xe9 movie\t1\n".encode("latin-1"))
+            else:
+                (d / split).write_text(content)
+    # shard manifests with a bad summary.json
+    shards = bad / "shards_bad_summary"
+    make_shards.main(["--quick", "--k", "2", "--out_dir", str(shards), "--no_plot"])
+    (shards / "summary.json").write_text("{not json")
+    (bad / "shards_empty").mkdir()
+    # adapters: the lora run's final fused adapter, and one whose config lacks r
+    finish(p, "lora_fed")
+    adapter = next((runs / "lora_fed" / "done").glob("round_2/fused_*/adapter"))
+    broken = bad / "adapter_no_r"
+    broken.mkdir()
+    for f in adapter.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((broken / "adapter_config.json").read_text())
+    cfg.pop("r", None)
+    (broken / "adapter_config.json").write_text(json.dumps(cfg))
+    (bad / "llm_half_round.yaml").write_text("num_rounds: 2.5\n")
+    p.update(bad=bad, adapter=adapter)
+    return p
+
+
+def finish(p: dict, key: str) -> None:
+    """The finished run of ``key`` in {runs}/<key>/done (made on first use)."""
+    summary = p["runs"] / key / "done" / "summary.json"
+    if not summary.is_file():
+        SCRIPTS[key][0](_base(key, p))
+        runlog.release_all()
+        assert json.loads(summary.read_text()).get("status", "complete") == "complete"
+
+
+ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+
+# (id, script key or other script, extra argv, expected text of the one line). {bad}, {runs}, {file},
+# {adapter} are filled from the fixture. Rows without a script key's base argv name another script.
+CASES = [
+    # ---- never overwrite a run silently (same, other or longer arguments without --resume)
+    ("mamba rerun finished", "mamba_fed", [], "already holds a finished run"),
+    ("mamba rerun more rounds", "mamba_fed", ["--rounds", "3"], "--rounds (saved 2, now 3)"),
+    ("mamba resume more rounds", "mamba_fed", ["--rounds", "3", "--resume"], "--extend"),
+    ("mamba resume and overwrite", "mamba_fed", ["--resume", "--overwrite"], "contradict"),
+    ("mamba extend without resume", "mamba_fed", ["--extend"], "with --resume"),
+    ("mamba central rerun", "mamba_central", [], "already holds a finished run"),
+    ("vit rerun finished", "vit_fed", [], "already holds a finished run"),
+    ("vit rerun other seed", "vit_fed", ["--seed", "1"], "--seed (saved 0, now 1)"),
+    ("vit central rerun", "vit_central", [], "already holds a finished run"),
+    ("vit sparse rerun", "vit_sparse", [], "already holds a finished run"),
+    ("lora rerun finished", "lora_central", [], "already holds a finished run"),
+    ("lora baseline rerun", "lora_full", [], "already holds a finished run"),
+    ("lora fed fewer rounds", "lora_fed", ["--rounds", "1"], "--rounds (saved 2, now 1)"),
+    # ---- resume with other data
+    ("mamba resume other data dir", "mamba_fed", ["--resume", "--data-dir", "{bad}/wiki_other"], "--data-dir"),
+    ("vit resume other data dir", "vit_fed", ["--resume", "--data", "cifar100", "--data-dir", "{bad}/cifar_other"],
+     "--data (saved"),
+    # ---- output location
+    ("mamba out-dir is a file", "mamba_fed", ["--out-dir", "{file}"], "is a file"),
+    ("mamba out-dir under a file", "mamba_central", ["--out-dir", "{file}/sub"], "is a file"),
+    ("vit out-dir is a file", "vit_fed", ["--out-dir", "{file}"], "is a file"),
+    ("vit central out-dir is a file", "vit_central", ["--out-dir", "{file}"], "is a file"),
+    ("lora out-dir is a file", "lora_central", ["--out-dir", "{file}"], "is a file"),
+    ("lora fed out-dir is a file", "lora_fed", ["--output_root", "{file}"], "is a file"),
+    ("run name with a slash", "mamba_fed", ["--run-name", "a/b"], "--run-name"),
+    # ---- non-finite and nonsense numbers (mamba)
+    ("mamba weight decay nan", "mamba_fed", ["--weight-decay", "nan"], "finite"),
+    ("mamba lr inf", "mamba_fed", ["--lr", "inf"], "finite"),
+    ("mamba lr negative", "mamba_fed", ["--lr", "-1"], "--lr must be"),
+    ("mamba batch size zero", "mamba_fed", ["--batch-size", "0"], "--batch-size"),
+    ("mamba clients zero", "mamba_fed", ["--num-clients", "0"], "--num-clients"),
+    ("mamba local updates zero", "mamba_fed", ["--local-updates", "0"], "--local-updates"),
+    ("mamba participation 1.5", "mamba_fed", ["--participation-rate", "1.5"], "--participation-rate"),
+    ("mamba holdout 1", "mamba_fed", ["--holdout-fraction", "1"], "--holdout-fraction"),
+    ("mamba eval every zero", "mamba_fed", ["--eval-every", "0"], "--eval-every"),
+    ("mamba sequence length 1", "mamba_fed", ["--sequence-length", "1"], "--sequence-length"),
+    ("mamba n-epochs negative", "mamba_fed", ["--n-epochs", "-1"], "--n-epochs"),
+    ("mamba central max steps negative", "mamba_central", ["--max-steps", "-1"], "--max-steps"),
+    ("mamba central val freq zero", "mamba_central", ["--val-freq", "0"], "--val-freq"),
+    ("mamba no cuda", "mamba_fed", ["--device", "cuda:7"], "--device"),
+    # ---- data files (mamba)
+    ("mamba data dir missing", "mamba_fed", ["--data-dir", "{bad}/nope"], "is not a folder"),
+    ("mamba train not utf-8", "mamba_fed", ["--data-dir", "{bad}/wiki_latin1"], "UTF-8"),
+    ("mamba train binary", "mamba_central", ["--data-dir", "{bad}/wiki_binary"], "UTF-8"),
+    ("mamba train empty", "mamba_fed", ["--data-dir", "{bad}/wiki_empty"], "is empty"),
+    ("mamba no valid split", "mamba_fed", ["--data-dir", "{bad}/wiki_no_valid"], "wiki.valid.raw"),
+    ("mamba tokenizer folder missing", "mamba_fed", ["--tokenizer", "{bad}/no_tokenizer"], "no_tokenizer"),
+    # ---- vit arguments
+    ("vit eval batch size zero", "vit_fed", ["--eval-batch-size", "0"], "--eval-batch-size"),
+    ("vit momentum negative", "vit_fed", ["--momentum", "-1"], "--momentum"),
+    ("vit head dropout 1.5", "vit_fed", ["--head-dropout", "1.5"], "--head-dropout"),
+    ("vit weight decay negative", "vit_central", ["--weight-decay", "-1"], "--weight-decay"),
+    ("vit lr nan", "vit_fed", ["--lr", "nan"], "finite"),
+    ("vit clients zero", "vit_fed", ["--num-clients", "0"], "--num-clients"),
+    ("vit rounds zero", "vit_fed", ["--rounds", "0"], "--rounds"),
+    ("vit local steps zero", "vit_fed", ["--local-steps", "0"], "--local-steps"),
+    ("vit nc zero", "vit_fed", ["--sharding", "non_iid", "--nc", "0"], "--nc"),
+    ("vit max train negative", "vit_fed", ["--max-train", "-5"], "--max-train"),
+    ("vit num classes negative", "vit_fed", ["--num-classes", "-3"], "--num-classes"),
+    ("vit label smoothing 1", "vit_central", ["--label-smoothing", "1"], "--label-smoothing"),
+    ("vit freeze too many", "vit_fed", ["--freeze-layers", "99"], "--freeze-layers"),
+    ("vit interference window 2", "vit_fed", ["--interference-window", "2"], "--interference-window"),
+    ("vit interference images negative", "vit_fed", ["--interference-images", "-1"], "--interference-images"),
+    ("vit central epochs zero", "vit_central", ["--epochs", "0"], "--epochs"),
+    ("vit central warmup too long", "vit_central", ["--warmup-epochs", "5"], "--warmup-epochs"),
+    ("vit central min lr negative", "vit_central", ["--min-lr", "-1"], "--min-lr"),
+    ("vit sparse ratio 1", "vit_sparse", ["--sparsity-ratio", "1.0"], "--sparsity-ratio"),
+    ("vit weights missing", "vit_fed", ["--weights", "{bad}/none.pth"], "none.pth"),
+    # ---- vit data files
+    ("vit empty cifar folder", "vit_fed", ["--data", "cifar100", "--data-dir", "{bad}/cifar_empty"], "no CIFAR-100"),
+    ("vit cifar label -1", "vit_fed", ["--data", "cifar100", "--data-dir", "{bad}/cifar_label_neg"], "label"),
+    ("vit cifar label 150", "vit_central", ["--data", "cifar100", "--data-dir", "{bad}/cifar_label_150"], "label"),
+    ("vit cifar not a pickle", "vit_fed", ["--data", "cifar100", "--data-dir", "{bad}/cifar_garbage"],
+     "not a CIFAR-100 pickle"),
+    ("vit cifar wrong shape", "vit_fed", ["--data", "cifar100", "--data-dir", "{bad}/cifar_shape"], "[N, 3072]"),
+    ("vit cifar no images", "vit_central", ["--data", "cifar100", "--data-dir", "{bad}/cifar_no_images"],
+     "no images"),
+    # ---- lora arguments
+    ("lora lr negative", "lora_central", ["--learning_rate", "-1"], "--learning_rate"),
+    ("lora lr nan", "lora_central", ["--learning_rate", "nan"], "finite"),
+    ("lora fed lr negative", "lora_fed", ["--learning_rate", "-1"], "--learning_rate"),
+    ("lora alpha zero", "lora_central", ["--lora_alpha", "0"], "--lora_alpha"),
+    ("lora fed alpha zero", "lora_fed", ["--lora_alpha", "0"], "--lora_alpha"),
+    ("lora fused alpha zero", "lora_fed", ["--alpha", "0"], "--alpha"),
+    ("lora rank zero", "lora_central", ["--lora_r", "0"], "--lora_r"),
+    ("lora svd rank above layer size", "lora_fed", ["--svd_rank", "1000"], "--svd_rank"),
+    ("lora rank above layer size", "lora_fed", ["--lora_r", "1000"], "--lora_r"),
+    ("lora max eval samples zero", "lora_central", ["--max_eval_samples", "0"], "--max_eval_samples"),
+    ("lora max train samples negative", "lora_central", ["--max_train_samples", "-5"], "--max_train_samples"),
+    ("lora train batch zero", "lora_central", ["--per_device_train_batch_size", "0"], "batch_size"),
+    ("lora epochs zero", "lora_central", ["--num_train_epochs", "0"], "--num_train_epochs"),
+    ("lora dropout 1.5", "lora_central", ["--lora_dropout", "1.5"], "--lora_dropout"),
+    ("lora fed rounds zero", "lora_fed", ["--rounds", "0"], "--rounds"),
+    ("lora max seq length zero", "lora_fed", ["--max_seq_length", "0"], "--max_seq_length"),
+    ("lora baseline lr negative", "lora_full", ["--learning_rate", "-1"], "--learning_rate"),
+    # ---- lora files, models, tokenizers
+    ("lora tokenizer missing", "lora_central", ["--tokenizer", "/nonexistent/tok"], "/nonexistent/tok"),
+    ("lora baseline tokenizer missing", "lora_full", ["--tokenizer", "/nonexistent/tok"], "/nonexistent/tok"),
+    ("lora init adapter missing", "lora_fed", ["--init_adapter", "/nonexistent/adapter"], "/nonexistent/adapter"),
+    ("lora tsv bad header", "lora_central", ["--data_dir", "{bad}/tsv_header", "--run-name", "fresh"], "header"),
+    ("lora tsv not utf-8", "lora_fed", ["--data_dir", "{bad}/tsv_latin1", "--run-name", "fresh"], "UTF-8"),
+    ("lora tsv bad label", "lora_central", ["--data_dir", "{bad}/tsv_label", "--run-name", "fresh"], "label"),
+    ("lora shard dir bad summary", "lora_fed", ["--shard_dir", "{bad}/shards_bad_summary"], "summary.json"),
+    ("lora shard dir empty", "lora_fed", ["--shard_dir", "{bad}/shards_empty"], "client_"),
+    # ---- other lora scripts (no run directory of their own: the finished runs must still be untouched)
+    ("merge adapter config without r", "fedavg_merge",
+     ["--adapters", "{bad}/adapter_no_r", "--save_adapter", "{runs}/merged"], "adapter_config.json"),
+    ("merge weights inf", "fedavg_merge",
+     ["--adapters", "{adapter}", "{adapter}", "--weights", "inf", "1", "--save_adapter", "{runs}/merged"], "finite"),
+    ("merge weights negative", "fedavg_merge",
+     ["--adapters", "{adapter}", "{adapter}", "--weights", "-1", "1", "--save_adapter", "{runs}/merged"], "weights"),
+    ("merge adapter missing", "fedavg_merge", ["--adapters", "{bad}/none", "--save_adapter", "{runs}/merged"], "none"),
+    ("merge svd rank above size", "fedavg_merge",
+     ["--adapters", "{adapter}", "--svd_rank", "1000", "--save_adapter", "{runs}/merged"], "--svd_rank"),
+    ("merge save over a file", "fedavg_merge", ["--adapters", "{adapter}", "--save_adapter", "{file}"], "is a file"),
+    ("make_shards out dir is a file", "make_shards", ["--quick", "--out_dir", "{file}"], "is a file"),
+    ("make_shards k zero", "make_shards", ["--quick", "--k", "0", "--out_dir", "{runs}/shards"], "--k"),
+    # ---- llm_noniid: the shared parser and run directory
+    ("llm lr nan", "llm", ["--learning-rate", "nan"], "finite"),
+    ("llm yaml half round", "llm", ["--config", "{bad}/llm_half_round.yaml"], "expected an integer"),
+    ("llm max grad norm inf", "llm", ["--max-grad-norm", "inf"], "finite"),
+    ("llm resume and overwrite", "llm", ["--resume", "--overwrite"], "contradict"),
+]
+if not ROOT:
+    CASES.append(("mamba out-dir unwritable", "mamba_fed", ["--out-dir", "/proc/fedlab"], "not writable"))
+
+
+def _other_main(key: str):
+    if key == "fedavg_merge":
+        return fedavg_merge.main
+    if key == "make_shards":
+        return make_shards.main
+    from llm_noniid import train
+    return train.main
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, paths, capsys):
+    _, key, extra, expect = case
+    fill = {k: str(v) for k, v in paths.items()}
+    extra = [a.format(**fill) for a in extra]
+    if key in SCRIPTS:
+        finish(paths, key)
+        main, argv = SCRIPTS[key][0], [*_base(key, paths), *extra]
+    elif key == "llm":
+        main, argv = _other_main(key), ["--quick", "--quiet", "--out-dir", str(paths["runs"] / "llm"), *extra]
+    else:
+        main, argv = _other_main(key), extra
+    before = _snapshot(paths["runs"])
+    err = one_line_error(main, argv, capsys)
+    assert expect in err, err
+    assert _snapshot(paths["runs"]) == before
