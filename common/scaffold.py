@@ -21,11 +21,21 @@ class Scaffold:
     dc are summed into a flat accumulator (reducible across ranks: ``accumulators()``). After the round,
     ``server_update(x)``: x <- x + lr_g * mean_i dy_i; c <- c + (1/N) sum_i dc_i. Every client's c_i
     persists across rounds (clients never seen hold zero) and is part of ``state_dict()``.
+
+    One weighting for both means: by default the paper's uniform one (above). With ``client_weights`` (e.g.
+    client sizes n_i, p_i = n_i / sum_j n_j over ALL N clients) the variant is size-weighted throughout:
+    x <- x + lr_g * sum_S n_i dy_i / sum_S n_i and c <- c + sum_S p_i dc_i, which keeps c = sum_i p_i c_i as
+    the uniform version keeps c = mean_i c_i.
     """
 
     def __init__(self, like, num_clients: int, server_lr: float = 1.0, acc_dtype: torch.dtype = torch.float32,
-                 control_device: str | torch.device | None = None):
+                 control_device: str | torch.device | None = None, client_weights=None):
         self.num_clients, self.server_lr = num_clients, server_lr
+        if client_weights is not None:
+            w = [float(v) for v in client_weights]
+            if len(w) != num_clients or min(w) < 0 or not sum(w) > 0:
+                raise ValueError(f"client_weights must be {num_clients} non-negative numbers with a positive sum")
+        self.client_weights = None if client_weights is None else w
         self.c = P.zeros_like(like, dtype=acc_dtype)
         self.control_device = torch.device(control_device) if control_device is not None else self.c[0].device
         self.c_i: dict[int, Tensors] = {}
@@ -49,10 +59,10 @@ class Scaffold:
         return P.foreach(torch._foreach_sub, self.c, ci)
 
     @torch.no_grad()
-    def client_update(self, client: int, x, y, local_steps: int, local_lr: float,
-                      weight: float = 1.0) -> tuple[Tensors, Tensors]:
+    def client_update(self, client: int, x, y, local_steps: int, local_lr: float) -> tuple[Tensors, Tensors]:
         """Record client ``client``'s round (x: global params it started from, y: its final params).
-        Returns (dy, dc) and updates c_i; ``weight`` weighs dy in the server's mean (1 = the paper)."""
+        Returns (dy, dc) and updates c_i; dy and dc enter the round's sums with this client's weight (1 for
+        the paper's uniform means)."""
         if local_steps < 1 or local_lr <= 0:
             raise ValueError(f"SCAFFOLD needs local_steps >= 1 and local_lr > 0, got {local_steps}, {local_lr}")
         dtype = self.c[0].dtype
@@ -61,8 +71,12 @@ class Scaffold:
         P.foreach(torch._foreach_sub_, dc, self.c)
         ci = self.control(client)
         P.foreach(torch._foreach_add_, ci, [t.to(self.control_device) for t in dc])
+        weight, dc_weight = 1.0, 1.0
+        if self.client_weights is not None:  # n_i for dy's mean; N p_i for dc, as server_update divides by N
+            weight = self.client_weights[client]
+            dc_weight = self.num_clients * weight / sum(self.client_weights)
         P.foreach(torch._foreach_add_, self._sum_dy, dy, alpha=weight)
-        P.foreach(torch._foreach_add_, self._sum_dc, dc)
+        P.foreach(torch._foreach_add_, self._sum_dc, dc, alpha=dc_weight)
         self._flat[-2] += weight
         self._flat[-1] += 1
         return dy, dc

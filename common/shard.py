@@ -11,6 +11,7 @@ iid            a random 1/K of the data; sizes within one of each other         
 contiguous     the k-th consecutive block (the usual split of one token stream)           yes
 pathological   samples of exactly ``nc`` distinct classes; every sample used              yes
 dirichlet      per class, proportions over clients ~ Dir(alpha); at least ``min_size``    yes
+dirichlet_mix  equal sizes; the client's class mix ~ Dir(alpha) (valid for every seed)    yes
 overlap        its own disjoint part plus a pool shared by all clients (``overlap``)       no
 category       whole categories, or a slice of one when clients outnumber categories      yes
 sorted_blocks  the k-th block of the data sorted by a per-example score (style skew)       yes
@@ -145,6 +146,46 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min
     order = np.argsort(owner, kind="stable")
     sizes_per_client = np.bincount(owner, minlength=num_clients)
     return _sorted_shards(np.split(by_class[order], np.cumsum(sizes_per_client)[:-1]))
+
+
+def dirichlet_mix(labels: np.ndarray, num_clients: int, alpha: float, seed: int) -> Shards:
+    """Client-wise Dirichlet with equal client sizes: client k's class mix q_k ~ Dir(alpha·1) and its
+    floor/ceil(N/K) samples are drawn from q_k without replacement (Hsu et al. 2019's per-client draw).
+
+    Constructive, so it is valid for every seed and any alpha (no resampling, no empty client): clients are
+    served in a random order; when a class a client wants is used up, its remaining draws go to the classes
+    still available in proportion to q_k, or, when q_k puts no mass there (tiny alpha), to the available
+    class it prefers most. Small alpha makes clients nearly pure in one class; every sample is used once.
+    """
+    labels = _labels(labels)
+    _check_k(len(labels), num_clients)
+    check(alpha > 0, f"dirichlet alpha must be positive, got {alpha}")
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    rng = numpy_rng(seed, "shard", "dirichlet_mix")
+    mixes = rng.dirichlet(np.full(len(classes), float(alpha)), size=num_clients)          # [K, C]
+    sizes = np.full(num_clients, len(labels) // num_clients)
+    sizes[:len(labels) % num_clients] += 1
+    remaining = counts.astype(np.int64).copy()
+    take = np.zeros((num_clients, len(classes)), dtype=np.int64)                          # [K, C]
+    for k in rng.permutation(num_clients):
+        need, q = int(sizes[k]), mixes[k]
+        while need > 0:
+            p = np.where(remaining > 0, q, 0.0)
+            if p.sum() <= 0:  # q_k's mass sits on used-up classes: its favourite class still available
+                p = np.where(remaining > 0, q + 1e-300, -1.0)
+                p = (p == p.max()).astype(np.float64)
+            draw = np.minimum(rng.multinomial(need, p / p.sum()), remaining)
+            take[k] += draw
+            remaining -= draw
+            need -= int(draw.sum())
+    pools = [rng.permutation(np.flatnonzero(inverse == c)) for c in range(len(classes))]
+    starts = np.zeros(len(classes), dtype=np.int64)
+    shards = []
+    for k in range(num_clients):
+        parts = [pools[c][starts[c]:starts[c] + take[k, c]] for c in range(len(classes))]
+        starts += take[k]
+        shards.append(np.concatenate(parts))
+    return _sorted_shards(shards)
 
 
 def overlap_pool_size(n: int, num_clients: int, overlap_ratio: float) -> int:

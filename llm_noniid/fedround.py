@@ -6,9 +6,9 @@ Algorithms (DESIGN.md section 5):
 * FedProx: the local loss gets + (mu/2) ||theta - theta_global||^2, anchored at this round's global model;
   mu = 0 is exactly FedAvg (the hook adds mu (theta - theta_global) to the gradient).
 * SCAFFOLD option II: plain SGD steps y <- y - lr (g(y) - c_i + c); c_i+ = c_i - c + (x - y) / (K lr);
-  x <- x + server_lr * mean_k(dy_k); c <- c + sum_k(dc_k) / N. mean_k(dy_k) uses the same client-size
-  weights as FedAvg (with equal sizes it is the paper's uniform mean), so the two differ only by the
-  correction. Client control variates persist across rounds (``common.scaffold.Scaffold``).
+  x <- x + server_lr * mean_k(dy_k); c <- c + sum_k(dc_k) / N with the paper's uniform means, or both
+  means size-weighted (``Scaffold(client_weights=sizes)``). Client control variates persist across rounds
+  (``common.scaffold.Scaffold``).
 """
 from __future__ import annotations
 
@@ -86,9 +86,9 @@ def local_train(params: list[torch.Tensor], loss_fn: Callable[[object], torch.Te
 
 def client_round(params: list[torch.Tensor], global_params: list[torch.Tensor], loss_fn, batches, *,
                  algorithm: str, lr: float, optimizer: str = "sgd", mu: float = 0.0, weight_decay: float = 0.0,
-                 max_grad_norm: float = 0.0, scaffold=None, client: int = 0, weight: float = 1.0) -> LocalStats:
+                 max_grad_norm: float = 0.0, scaffold=None, client: int = 0) -> LocalStats:
     """Start the ONE model object from the global model (in place), train locally, and for SCAFFOLD update
-    the client's control variate c_i and the round's sums (dy weighted by ``weight``, like FedAvg).
+    the client's control variate c_i and the round's sums (weighted as the Scaffold object says).
     Returns the LocalStats; afterwards ``params`` hold the client's model."""
     P.load_(params, global_params)
     correction = scaffold.correction(client) if algorithm == "scaffold" else None
@@ -96,7 +96,7 @@ def client_round(params: list[torch.Tensor], global_params: list[torch.Tensor], 
                         mu=mu if algorithm == "fedprox" else 0.0, anchor=global_params,
                         correction=correction, max_grad_norm=max_grad_norm)
     if algorithm == "scaffold":
-        scaffold.client_update(client, global_params, params, max(stats.steps, 1), lr, weight=weight)
+        scaffold.client_update(client, global_params, params, max(stats.steps, 1), lr)
     return stats
 
 

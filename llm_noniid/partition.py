@@ -29,6 +29,7 @@ from common.seed import numpy_rng
 from llm_noniid.data import IGNORE_INDEX, lengths
 
 PARTITIONS = ("iid", "topic_skew", "style_skew", "token_skew")
+TOPIC_SPLITS = ("mix", "labels")
 TOKEN_SKEWS = ("frequency", "truncation", "vocabulary")
 
 
@@ -107,8 +108,14 @@ def _group_shares(labels: torch.Tensor, group_of_token: np.ndarray, k: int) -> n
 
 def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_clients: int, seed: int,
               vocab_size: int, alpha: float = 0.5, min_size: int = 2, style: np.ndarray | None = None,
-              token_skew: str = "frequency") -> Clients:
-    """Split the training examples (labels_lm [N, T] LM labels; topics [N] topic labels) over clients."""
+              token_skew: str = "frequency", topic_split: str = "mix") -> Clients:
+    """Split the training examples (labels_lm [N, T] LM labels; topics [N] topic labels) over clients.
+
+    topic_skew: ``topic_split="mix"`` gives every client the same number of examples with its topic mix
+    ~ Dir(alpha) (``common.shard.dirichlet_mix``: valid for every seed, so skew is not confounded with client
+    size or local steps); ``"labels"`` splits each topic over the clients ~ Dir(alpha) and redraws until every
+    client has ``min_size`` examples (Flower's ``DirichletPartitioner``; unequal sizes, and impossible at tiny
+    alpha when clients outnumber topics)."""
     n = labels_lm.shape[0]
     check(n >= num_clients, f"{n} training examples cannot be split over {num_clients} clients")
     k = num_clients
@@ -116,7 +123,13 @@ def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_cli
         return Clients(shard.iid(n, k, seed))
     if kind == "topic_skew":
         check(alpha > 0, f"--alpha must be > 0, got {alpha}")
-        return Clients(shard.dirichlet(topics, k, alpha, seed, min_size=min(min_size, n // k)))
+        if topic_split == "mix":
+            return Clients(shard.dirichlet_mix(topics, k, alpha, seed))
+        check(topic_split == "labels", f"--topic-split {topic_split!r} is unknown; expected mix or labels")
+        try:
+            return Clients(shard.dirichlet(topics, k, alpha, seed, min_size=min(min_size, n // k)))
+        except UsageError as e:
+            raise UsageError(f"{e}; or use --topic-split mix (equal client sizes, valid for every seed)") from None
     if kind == "style_skew":
         check(style is not None, "style_skew needs style scores")
         return Clients(shard.sorted_blocks(style, k))

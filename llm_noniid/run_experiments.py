@@ -1,18 +1,29 @@
 """Experiment grids for llm_noniid, run in-process one after another, skipping runs already complete.
 
-    python llm_noniid/run_experiments.py --mode quick --out-dir runs/llm_noniid/synthetic -- --quick
-    python llm_noniid/run_experiments.py --mode failure --out-dir runs/llm_noniid/synthetic -- --quick
-    python llm_noniid/run_experiments.py --mode analyze --out-dir runs/llm_noniid/synthetic
+    python llm_noniid/run_experiments.py --mode failure --out-dir runs/llm_noniid/ag_news \
+        --split-csv ../shared/data/ag_news_csv/test.csv
+    python llm_noniid/run_experiments.py --mode analyze --out-dir runs/llm_noniid/ag_news
 
-Modes:
-  quick   : fedavg / fedprox / scaffold x iid / topic_skew / style_skew / token_skew, --rounds rounds, seeds.
-  main    : the same algorithms and partitions x participation 0.3 / 0.5 / 1.0 x seeds 0 1 2, 50 rounds.
-  failure : FedAvg, topic skew alpha 0.01, participation 0.1, learning rate 1e-3, 5 local epochs (the
-            source's failure setting), next to the same FedAvg run on an iid split for contrast.
-  analyze : figures (plots/plot_llm_noniid.py) and report.md with the tables and detected failure modes.
-Arguments after ``--`` (or any flag this script does not know) are passed to every train.py run, e.g.
-``--data ag_news --data-dir DIR --model tiny-gpt2 --lora-r 0``. ``--split-csv FILE`` first splits one AG News
-CSV (e.g. the real test split) into train.csv / test.csv under <out-dir>/data and trains on that.
+Every grid trains the same study setting (``STUDY``: a 2-layer GPT-2 from scratch, all parameters, 2048-token BPE,
+10 clients, exactly 8 local SGD steps per client per round at lr 1 with clipping at 1, 40 rounds, 10 % of every
+client's texts held out for its personalised perplexity), 3 seeds, so arms differ in one thing only:
+
+  failure   : topic skew alpha 0.01 (equal client sizes) x FedAvg, FedProx mu 0.01 / 0.1 / 1, SCAFFOLD; low
+              participation (2 of 10 clients per round) and one client per round (no averaging: the source's
+              failure setting) as their own arms; clustering: data-aware (token distributions, number chosen by
+              silhouette), IFCA with 4 clusters, and local training (one cluster per client). The iid contrast:
+              FedAvg, FedProx mu 0.1, SCAFFOLD, the two low-participation arms and IFCA.
+  main      : which splits hurt: iid, topic skew alpha 0.1, style skew (length), token skew (frequency) x FedAvg,
+              FedProx mu 0.1, SCAFFOLD.
+  calibrate : runs whose failure is known by construction, for the detectors' rates: iid FedAvg at lr 8 without
+              clipping (diverges) and topic skew alpha 0.01 with one client per round (oscillates), 3 seeds.
+  quick     : FedAvg / FedProx / SCAFFOLD x the four partitions, a few rounds (a smoke test of the pipeline).
+  analyze   : report.md (tables: mean ± sample sd over seeds, paired differences to FedAvg with 95% intervals,
+              reference points, detected failure modes, detector rates) and figures.
+All runs of all grids live in <out-dir>/runs, so an arm shared by two grids is trained once. Flags after ``--``
+(or any flag this script does not know) go to every train.py run and override the study setting.
+``--split-csv FILE`` first splits one AG News CSV (e.g. the real test split) 90/10 into <out-dir>/data and trains
+on it; without it the embedded synthetic AG News is used.
 """
 from __future__ import annotations
 
@@ -21,129 +32,233 @@ import math
 from pathlib import Path
 
 from common import cli
+from common import stats as S
 from llm_noniid import data as D
 from llm_noniid import failure, train
 
-ALGORITHMS = ("fedavg", "fedprox", "scaffold")
-PARTITIONS = {"iid": [], "topic_skew": ["--alpha", "0.1"], "style_skew": ["--style-criterion", "length"],
-              "token_skew": ["--token-skew", "frequency"]}
-# the source's failure setting: AdamW at 20x its default learning rate, 5 epochs on one client per round
-FAILURE = ["--algorithm", "fedavg", "--partition", "topic_skew", "--alpha", "0.01", "--participation-rate", "0.1",
-           "--local-optimizer", "adamw", "--learning-rate", "1e-3", "--local-epochs", "5"]
-FAILURE_CONTRAST = [*FAILURE[:2], "--partition", "iid", *FAILURE[6:]]
+MODES = ("quick", "failure", "main", "calibrate", "analyze")
+SEEDS = "0,1,2"
+STUDY = ["--model", "tiny-gpt2", "--lora-r", "0", "--tokenizer", "bpe", "--bpe-vocab-size", "2048", "--seq-len", "48",
+         "--max-train-examples", "0", "--max-eval-examples", "300", "--num-clients", "10", "--batch-size", "8",
+         "--local-steps", "8", "--local-optimizer", "sgd", "--learning-rate", "1.0", "--max-grad-norm", "1.0",
+         "--client-holdout", "0.1", "--eval-every", "2", "--num-rounds", "40"]
+IID = ["--partition", "iid"]
+TOPIC = ["--partition", "topic_skew", "--alpha", "0.01"]
+FEDAVG = ["--algorithm", "fedavg"]
+SCAFFOLD = ["--algorithm", "scaffold"]
+
+
+def prox(mu: str) -> list[str]:
+    return ["--algorithm", "fedprox", "--mu", mu]
+
+
+def arms(mode: str) -> list[tuple[str, str, list[str]]]:
+    """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each)."""
+    algos = [("FedAvg", FEDAVG), ("FedProx mu=0.01", prox("0.01")), ("FedProx mu=0.1", prox("0.1")),
+             ("FedProx mu=1", prox("1")), ("SCAFFOLD", SCAFFOLD)]
+    if mode == "failure":
+        # the mu sweep and the clustering arms where they matter (topic skew); on iid the contrast arms only
+        iid = [("FedAvg", FEDAVG), algos[2], algos[4]]
+        out = [("iid", name, IID + a) for name, a in iid]
+        out += [("iid", "FedAvg, 2 of 10 clients/round", IID + FEDAVG + ["--participation-rate", "0.2"]),
+                ("iid", "FedAvg, 1 client/round", IID + FEDAVG + ["--participation-rate", "0.1"]),
+                ("iid", "FedAvg + IFCA (4)", IID + FEDAVG + ["--clustering", "ifca", "--num-clusters", "4"])]
+        out += [("topic a=0.01", name, TOPIC + a) for name, a in algos]
+        out += [("topic a=0.01", "FedAvg, 2 of 10 clients/round", TOPIC + FEDAVG + ["--participation-rate", "0.2"]),
+                ("topic a=0.01", "FedAvg, 1 client/round", TOPIC + FEDAVG + ["--participation-rate", "0.1"]),
+                ("topic a=0.01", "FedAvg + data clusters", TOPIC + FEDAVG + ["--clustering", "data"]),
+                ("topic a=0.01", "FedAvg + IFCA (4)", TOPIC + FEDAVG + ["--clustering", "ifca", "--num-clusters", "4"]),
+                ("topic a=0.01", "local only (10 clusters)", TOPIC + FEDAVG + ["--clustering", "data",
+                                                                              "--num-clusters", "10"])]
+        return out
+    if mode == "main":
+        parts = [("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
+                 ("style (length)", ["--partition", "style_skew", "--style-criterion", "length"]),
+                 ("token (frequency)", ["--partition", "token_skew", "--token-skew", "frequency"])]
+        return [(p, name, f + a) for p, f in parts for name, a in (algos[0], algos[2], algos[4])]
+    if mode == "calibrate":
+        return [("iid", "FedAvg lr 8, no clipping", IID + FEDAVG + ["--learning-rate", "8", "--max-grad-norm", "0"]),
+                ("topic a=0.01", "FedAvg, 1 client/round", TOPIC + FEDAVG + ["--participation-rate", "0.1"])]
+    if mode == "quick":
+        parts = [("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
+                 ("style (length)", ["--partition", "style_skew"]),
+                 ("token (frequency)", ["--partition", "token_skew"])]
+        return [(p, name, f + a) for p, f in parts for name, a in (algos[0], algos[2], algos[4])]
+    raise cli.UsageError(f"--mode {mode!r} has no runs; expected one of {', '.join(MODES[:-1])}")
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
-    p.add_argument("--mode", required=True, help="quick | main | failure | analyze")
-    p.add_argument("--out-dir", default="runs/llm_noniid", help="root of this grid's run directories and report")
-    p.add_argument("--rounds", type=int, default=None, help="rounds per run (default: quick 8, main 50, failure 15)")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: main 0,1,2, others 0)")
-    p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated subset of the algorithms")
-    p.add_argument("--partitions", default=",".join(PARTITIONS), help="comma-separated subset of the partitions")
-    p.add_argument("--failure-local-steps", type=int, default=40,
-                   help="cap on local steps per round in the failure grid (5 epochs on a big client is hundreds)")
+    p.add_argument("--mode", required=True, help=" | ".join(MODES))
+    p.add_argument("--out-dir", default="runs/llm_noniid", help="root of the grid's runs, report and figures")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per run (default: the study's 40; quick 4)")
+    p.add_argument("--seeds", default=SEEDS, help="comma-separated seeds")
     p.add_argument("--split-csv", default=None, help="one AG News CSV to split 90/10 into train/valid first")
     p.add_argument("--title", default=None, help="heading of the analyze report")
     return p
 
 
-def _csv(text: str, allowed, flag: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    for t in items:
-        cli.check(t in allowed, f"{flag} {t!r} is unknown; expected a subset of {','.join(allowed)}")
-    return items
-
-
-def grid(mode: str, args) -> list[tuple[str, list[str]]]:
-    """(sub-folder, train.py argv) of every run of ``mode``."""
-    seeds = [int(s) for s in (args.seeds or ("0,1,2" if mode == "main" else "0")).split(",")]
-    rounds = args.rounds or {"quick": 8, "main": 50, "failure": 15}[mode]
-    algos = _csv(args.algorithms, ALGORITHMS, "--algorithms")
-    parts = _csv(args.partitions, PARTITIONS, "--partitions")
-    runs = []
-    for seed in seeds:
-        common = ["--num-rounds", str(rounds), "--seed", str(seed)]
-        if mode == "failure":
-            cap = ["--max-local-steps", str(args.failure_local_steps)]
-            runs += [("failure", FAILURE + cap + common), ("failure", FAILURE_CONTRAST + cap + common)]
-            continue
-        for rate in (["0.3", "0.5", "1.0"] if mode == "main" else ["1.0"]):
-            for part in parts:
-                for algo in algos:
-                    runs.append((mode, ["--algorithm", algo, "--partition", part, *PARTITIONS[part],
-                                        "--participation-rate", rate, *common]))
-    return runs
-
-
 def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
     out = Path(args.out_dir)
+    data = []
     if args.split_csv:
-        data_dir = D.split_ag_news_csv(args.split_csv, out / "data", valid_fraction=0.1, seed=0)
-        passthrough = ["--data", "ag_news", "--data-dir", str(data_dir), *passthrough]
+        data = ["--data", "ag_news", "--data-dir", str(D.split_ag_news_csv(args.split_csv, out / "data",
+                                                                          valid_fraction=0.1, seed=0))]
+    rounds = args.rounds or (4 if mode == "quick" else None)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    todo = [(part, arm, flags, seed) for seed in seeds for part, arm, flags in arms(mode)]
     summaries = []
-    todo = grid(mode, args)
-    for i, (sub, run_argv) in enumerate(todo, 1):
-        # the grid's own settings come last so they win over the pass-through defaults
-        argv = [*passthrough, *run_argv, "--out-dir", str(out / sub), "--quiet"]
-        name = train.default_run_name(train.parse_with_config(train.get_args_parser(), argv, {"quick": train.QUICK}))
-        summary_path = out / sub / name / "summary.json"
+    for i, (part, arm, flags, seed) in enumerate(todo, 1):
+        argv = [*STUDY, *data, *flags, "--seed", str(seed), *(["--num-rounds", str(rounds)] if rounds else []),
+                *passthrough, "--out-dir", str(out / "runs"), "--quiet"]
+        parsed = train.parse_with_config(train.get_args_parser(), argv, {"quick": train.QUICK})
+        name = train.default_run_name(parsed)
+        summary_path = out / "runs" / name / "summary.json"
         if summary_path.is_file():
             s = json.loads(summary_path.read_text())
-            num_rounds = int(run_argv[run_argv.index("--num-rounds") + 1])
-            if s.get("status") in ("complete", "diverged") and s.get("num_rounds") == num_rounds:
-                print(f"[{i}/{len(todo)}] {sub}/{name}: done, skipped")
+            if s.get("status") in ("complete", "diverged") and s.get("num_rounds") == parsed.num_rounds:
+                print(f"[{i}/{len(todo)}] {part} / {arm} / seed {seed}: done, skipped", flush=True)
                 summaries.append(s)
                 continue
         s = train.main([*argv, "--resume"])
-        print(f"[{i}/{len(todo)}] {sub}/{name}: {s['status']}, final ppl {s['final_val_ppl']:.2f}, "
-              f"modes {s['failure_modes'] or '-'}, {s['wall_seconds']:.0f}s", flush=True)
+        print(f"[{i}/{len(todo)}] {part} / {arm} / seed {seed}: {s['status']}, final ppl "
+              f"{s['final_val_ppl']:.1f} (unigram {s['unigram_val_ppl']:.1f}), personal "
+              f"{s['final_personal_val_ppl'] or float('nan'):.1f}, {s['wall_seconds']:.0f}s", flush=True)
         summaries.append(s)
     return summaries
 
 
 # ----------------------------------------------------------------------------- analyze
-def _fmt(mean: float, std: float, n: int) -> str:
-    if n == 0 or math.isnan(mean):
-        return "-"
-    return f"{mean:.4g} ± {std:.2g}" if n > 1 else f"{mean:.4g}"
+def arm_of(a: dict) -> tuple[str, str]:
+    """(partition label, arm label) of a run from its args.json, as ``arms`` names them."""
+    part = {"iid": "iid", "style_skew": f"style ({a.get('style_criterion')})",
+            "token_skew": f"token ({a.get('token_skew')})"}.get(a["partition"], f"topic a={a.get('alpha'):g}")
+    algo = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD"}.get(a["algorithm"], a["algorithm"])
+    if a["algorithm"] == "fedprox":
+        algo = f"FedProx mu={a['mu']:g}"
+    if a.get("clustering", "none") == "data":
+        return part, ("local only (10 clusters)" if a.get("num_clusters") == a["num_clients"] else
+                      f"{algo} + data clusters")
+    if a.get("clustering") == "ifca":
+        return part, f"{algo} + IFCA ({a['num_clusters']})"
+    if a.get("learning_rate", 1.0) != 1.0:
+        return part, f"{algo} lr {a['learning_rate']:g}, " + ("no clipping" if not a.get("max_grad_norm") else
+                                                            f"clip {a['max_grad_norm']:g}")
+    rate = a.get("participation_rate", 1.0)
+    if rate < 1.0:
+        m = max(1, round(rate * a["num_clients"]))
+        return part, f"{algo}, " + ("1 client/round" if m == 1 else f"{m} of {a['num_clients']} clients/round")
+    return part, algo
+
+
+def _finite(runs, key):
+    return [r for r in runs if r.get("summary") and r["summary"].get(key) is not None
+            and math.isfinite(r["summary"][key])]
+
+
+def _by_seed(runs, key):
+    return {r["args"]["seed"]: r["summary"][key] for r in _finite(runs, key)}
+
+
+def table(runs: list[dict], mode: str) -> list[str]:
+    """Markdown rows of ``mode``'s arms: global and personalised perplexity (mean ± sd), paired differences
+    to FedAvg on the same partition (95% t interval), rounds, detected failure modes."""
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault(arm_of(r["args"]), []).append(r)
+    lines = ["| partition | arm | n | final ppl | Δ vs FedAvg | personalised ppl | Δ vs FedAvg | "
+             "status | failure modes (runs) |", "|---|---|---|---|---|---|---|---|---|"]
+    for part, arm, _ in arms(mode):
+        g = groups.get((part, arm), [])
+        if not g:
+            lines.append(f"| {part} | {arm} | 0 | not run | | | | | |")
+            continue
+        ref = groups.get((part, "FedAvg"), [])
+        cells = []
+        for key in ("final_val_ppl", "final_personal_val_ppl"):
+            cells.append(S.fmt(S.summarize(_by_seed(g, key).values())))
+            cells.append("" if arm == "FedAvg" or not ref else
+                         S.fmt_diff(S.paired(_by_seed(g, key), _by_seed(ref, key))))
+        status = {}
+        modes: dict[str, int] = {}
+        for r in g:
+            s = (r.get("summary") or {}).get("status", "running")
+            status[s] = status.get(s, 0) + 1
+            for m in failure.detect(r["rows"]):
+                modes[m] = modes.get(m, 0) + 1
+        lines.append(f"| {part} | {arm} | {len(g)} | {' | '.join(cells)} | "
+                     f"{', '.join(f'{k} {v}' for k, v in sorted(status.items()))} | "
+                     f"{', '.join(f'{k} {v}/{len(g)}' for k, v in sorted(modes.items())) or 'none'} |")
+    return lines
+
+
+def references(runs: list[dict]) -> list[str]:
+    """The reference points every run reports (they depend on the split only through the held-out texts)."""
+    out = []
+    for part in sorted({arm_of(r["args"])[0] for r in runs}):
+        g = [r for r in runs if arm_of(r["args"])[0] == part and r.get("summary")]
+        uni = S.summarize(r["summary"]["unigram_val_ppl"] for r in g)
+        pers = [r["summary"]["personal_unigram_ppl"] for r in g if r["summary"].get("personal_unigram_ppl")]
+        out.append(f"| {part} | {g[0]['summary']['uniform_ppl']:.0f} | {S.fmt(uni)} | "
+                   f"{S.fmt(S.summarize(pers)) if pers else '–'} |")
+    return ["| partition | uniform ppl | unigram ppl (global validation) | each client's own unigram on its "
+            "held-out texts |", "|---|---|---|---|", *out]
+
+
+# runs whose behaviour is known by construction, independent of the detectors (see the README)
+KNOWN = {
+    "healthy (iid, full participation)": lambda p, a: p == "iid" and a in (
+        "FedAvg", "FedProx mu=0.01", "FedProx mu=0.1", "SCAFFOLD"),
+    "diverging (lr 8, no clipping)": lambda p, a: a == "FedAvg lr 8, no clipping",
+    "oscillating (topic skew, 1 client/round)": lambda p, a: p == "topic a=0.01" and a == "FedAvg, 1 client/round",
+    "drifting (topic skew, full participation)": lambda p, a: p == "topic a=0.01" and a in (
+        "FedAvg", "FedProx mu=0.01", "FedProx mu=0.1", "SCAFFOLD"),
+}
+
+
+def detector_table(runs: list[dict]) -> list[str]:
+    """Share of runs each detector flags (with ``failure.DEFAULT`` thresholds, detected again from the logged
+    curves), per class of runs whose behaviour is known by construction: the healthy column is the false-positive
+    rate, the matching column the detection rate."""
+    classes = {name: [r for r in runs if is_(*arm_of(r["args"]))] for name, is_ in KNOWN.items()}
+    classes = {k: v for k, v in classes.items() if v}
+    if not classes:
+        return ["(no runs of a known class yet: run --mode failure and --mode calibrate)"]
+    flagged = {name: [failure.detect(r["rows"]) for r in g] for name, g in classes.items()}
+    lines = ["| detector | " + " | ".join(f"{k} (n={len(v)})" for k, v in classes.items()) + " |",
+             "|---|" + "---|" * len(classes)]
+    for mode in failure.MODES:
+        cells = [f"{sum(mode in f for f in fl)}/{len(fl)}" for fl in flagged.values()]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    th = failure.DEFAULT.as_dict()
+    lines += ["", "Thresholds (`llm_noniid/failure.py`, `Thresholds`): " + ", ".join(f"{k} = {v:g}" for k, v in
+                                                                                       th.items()) + "."]
+    return lines
 
 
 def report(out_dir: Path, title: str | None = None) -> str:
-    """Markdown: per grid folder, a table (partition x algorithm) of final / best perplexity, relative client
-    divergence and the failure modes detected on the curves (mode@first round, per seed), then the figures."""
     from plots import plot_llm_noniid as PL
     from plots import runs as R
 
-    cli.check(any(R.find_runs(out_dir / sub, "*") for sub in ("quick", "main", "failure")),
-              f"no runs under {out_dir}/quick, /main or /failure; run --mode quick / main / failure first")
+    runs = R.load_runs(out_dir / "runs", "*")
+    cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
     lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", ""]
-    for sub in ("quick", "main", "failure"):
-        runs = R.load_runs(out_dir / sub, "*")
-        if not runs:
+    a0 = runs[0]["args"]
+    lines += [f"Data {a0.get('data')} ({a0.get('data_dir') or 'embedded'}), model {a0.get('model')} "
+              f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
+              f"{a0.get('local_optimizer')} steps per client per round at lr {a0.get('learning_rate'):g}, "
+              f"{a0.get('num_rounds')} rounds. Mean ± sample sd over seeds; Δ = paired difference to FedAvg "
+              "on the same partition (same seeds), 95% t interval; 'no difference' when it contains 0.", "",
+              "### Reference points", "", *references(runs), ""]
+    for mode in ("failure", "main", "calibrate"):
+        names = {(p, a) for p, a, _ in arms(mode)}
+        sel = [r for r in runs if arm_of(r["args"]) in names]
+        if not sel:
             continue
-        figs = PL.make_figures(out_dir / sub, out_dir / "figures" / sub)
-        a0 = runs[0]["args"]
-        heading = (f"### {sub} grid ({len(runs)} runs; data {a0.get('data')}, model {a0.get('model')}, "
-                   f"lora_r {a0.get('lora_r')}, {a0.get('num_clients')} clients, {a0.get('local_optimizer')} "
-                   f"lr {a0.get('learning_rate'):g})")
-        columns = ("| participation | partition | algorithm | seeds | rounds | final ppl | best ppl | "
-                   "client divergence (rel) | failure modes (first round) |")
-        lines += [heading, "", columns,
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for (p, part, algo), g in sorted(PL.grouped(runs).items(), key=lambda kv: (kv[0][0], kv[0][1],
-                                                                                   PL._algo_key(kv[0][2]))):
-            modes: dict[str, list] = {}
-            for r in g:  # detected again from the curves, so every run is judged by the current rules
-                for m, at in failure.detect(r["rows"]).items():
-                    modes.setdefault(m, []).append(at)
-            mode_txt = ", ".join(f"{m}@{'/'.join(map(str, v))}" for m, v in sorted(modes.items())) or "none"
-            done = [r["summary"]["rounds_done"] for r in g if r.get("summary")]
-            lines.append(f"| {p:g} | {part} | {algo} | {len(g)} | {'/'.join(map(str, sorted(set(done)))) or '-'} | "
-                         f"{_fmt(*R.summary_stats(g, 'final_val_ppl'))} | "
-                         f"{_fmt(*R.summary_stats(g, 'best_val_ppl'))} | "
-                         f"{_fmt(*R.summary_stats(g, 'final_client_divergence_rel'))} | {mode_txt} |")
-        lines += [""] + [f"![{Path(f).stem}](figures/{sub}/{Path(f).name})" for f in figs] + [""]
+        lines += [f"### {mode} grid", "", *table(sel, mode), ""]
+        figs = PL.make_figures_for(sel, out_dir / "figures" / mode, arm_of)
+        lines += [f"![{Path(f).stem}](figures/{mode}/{Path(f).name})" for f in figs] + [""]
+    lines += ["### Failure detectors", "", *detector_table(runs), ""]
     text = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     return text
@@ -153,8 +268,7 @@ def main(argv=None) -> dict:
     parser = get_args_parser()
     args, passthrough = parser.parse_known_args(argv)
     passthrough = [a for a in passthrough if a != "--"]
-    cli.check(args.mode in ("quick", "main", "failure", "analyze"),
-              f"--mode {args.mode!r} is unknown; expected quick, main, failure or analyze")
+    cli.check(args.mode in MODES, f"--mode {args.mode!r} is unknown; expected one of {', '.join(MODES)}")
     if args.mode == "analyze":
         text = report(Path(args.out_dir), args.title)
         print(text)

@@ -23,17 +23,18 @@ from common import cli, compiled
 from common import distributed as dist
 from common import params as P
 from common.checkpoint import atomic_write_json
-from common.evaluate import autocast, perplexity
+from common.evaluate import autocast, perplexity, unigram_perplexity
 from common.runlog import DEFAULT_IGNORE_ON_RESUME, RunDir, run_name
 from common.scaffold import Scaffold
 from common.seed import client_generator, client_rng, numpy_rng, seed_everything, set_rng_state
 from common.server_opt import make_server_optimizer
 from common.text import default_cache_dir, load_tokenizer
+from llm_noniid import clustering as C
 from llm_noniid import data as D
 from llm_noniid import failure, fedround
 from llm_noniid.config import parse_with_config
 from llm_noniid.model import add_lora, hub_name, lm_loss, load_base
-from llm_noniid.partition import PARTITIONS, TOKEN_SKEWS, partition, statistics
+from llm_noniid.partition import PARTITIONS, TOKEN_SKEWS, TOPIC_SPLITS, partition, statistics
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam")
 QUICK = dict(model="tiny-gpt2", data="synthetic", num_rounds=3, num_clients=4, max_train_examples=240,
@@ -66,7 +67,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--partition", default="iid", help="iid | topic_skew | style_skew | token_skew")
     g.add_argument("--alpha", type=float, default=0.5,
                    help="Dirichlet concentration for topic_skew (lower = more skew)")
-    g.add_argument("--min-size", type=int, default=2, help="minimum examples per client for topic_skew")
+    g.add_argument("--topic-split", default="mix", help="topic_skew kind: mix (equal client sizes, each client's "
+                   "topic mix ~ Dir(alpha); valid for every seed) | labels (each topic split over clients ~ "
+                   "Dir(alpha), redrawn until every client has --min-size; Flower's DirichletPartitioner)")
+    g.add_argument("--min-size", type=int, default=2, help="minimum examples per client for --topic-split labels")
     g.add_argument("--style-criterion", default="length", help="style_skew score: length | formality | complexity")
     g.add_argument("--token-skew", default="frequency", help="token_skew kind: frequency | truncation | vocabulary")
     g = p.add_argument_group("algorithm")
@@ -75,9 +79,27 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--server-lr", type=float, default=1.0,
                    help="server step size: SCAFFOLD eta_g, FedAvg / FedAvgM (1 = plain); FedAdam wants ~1e-2")
     g.add_argument("--server-momentum", type=float, default=0.9, help="FedAvgM momentum / FedAdam beta1")
+    g.add_argument("--scaffold-weighting", default="uniform", help="SCAFFOLD's means of dy and dc: uniform (the "
+                   "paper's Algorithm 1) | size (both weighted by client size, c = sum_i p_i c_i)")
+    g = p.add_argument_group("clustering (one model per cluster, the algorithm runs inside each cluster)")
+    g.add_argument("--clustering", default="none", help="none | data (clients grouped once by their own token "
+                   "or topic distribution) | ifca (each client picks the cluster model with the lowest local loss "
+                   "every round)")
+    g.add_argument("--num-clusters", type=int, default=0, help="clusters (data: 0 = chosen by silhouette; "
+                   "ifca: required, >= 2; data with --num-clusters = --num-clients is local training)")
+    g.add_argument("--cluster-features", default="tokens", help="data clustering statistic: tokens (unigram "
+                   "distribution of the client's training tokens) | topics (its topic histogram)")
+    g.add_argument("--ifca-init-rounds", type=int, default=5, help="IFCA: each starting model is this many "
+                   "rounds' worth of local steps of its seed client from the initial model (extra compute: "
+                   "clusters x this x local steps)")
+    g.add_argument("--ifca-batches", type=int, default=2, help="IFCA: batches of a client's own training data "
+                   "on which it scores every cluster model to choose one")
     g = p.add_argument_group("local training")
     g.add_argument("--local-epochs", type=int, default=1, help="passes over the client's data per round")
     g.add_argument("--max-local-steps", type=int, default=0, help="cap on local steps per round (0: no cap)")
+    g.add_argument("--local-steps", type=int, default=0, help="exactly this many local steps per client per round "
+                   "(cycling over the client's data as needed; overrides --local-epochs and --max-local-steps), so "
+                   "clients of every size and every split do the same work (0: epochs)")
     g.add_argument("--batch-size", type=int, default=8, help="local batch size (examples)")
     g.add_argument("--learning-rate", type=float, default=5e-5, help="local learning rate")
     g.add_argument("--local-optimizer", default="adamw", help="adamw | sgd (SCAFFOLD requires sgd)")
@@ -88,6 +110,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--num-clients", type=int, default=10, help="number of clients K")
     g.add_argument("--participation-rate", type=float, default=1.0, help="fraction of clients per round, in (0, 1]")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate the global model every N rounds")
+    g.add_argument("--client-holdout", type=float, default=0.0, help="fraction of every client's examples held "
+                   "out for its personalised perplexity (scored by its own cluster's model; 0: none)")
     cli.add_run_args(p, out_dir="runs/llm_noniid")
     return p
 
@@ -111,13 +135,32 @@ def validate(args) -> None:
       "--learning-rate and --server-lr must be > 0, --mu >= 0")
     c(args.lora_r >= 0 and args.seq_len >= 4, "--lora-r must be >= 0 and --seq-len >= 4")
     fedround.check_local_optimizer(args.algorithm, args.local_optimizer)
+    c(args.topic_split in TOPIC_SPLITS, f"--topic-split {args.topic_split!r} is unknown; expected mix or labels")
+    c(args.scaffold_weighting in ("uniform", "size"),
+      f"--scaffold-weighting {args.scaffold_weighting!r} is unknown; expected uniform or size")
+    c(args.local_steps >= 0 and args.max_local_steps >= 0, "--local-steps and --max-local-steps must be >= 0")
+    c(0.0 <= args.client_holdout < 1.0, f"--client-holdout must be in [0, 1), got {args.client_holdout}")
+    c(args.clustering in C.METHODS,
+      f"--clustering {args.clustering!r} is unknown; expected one of {', '.join(C.METHODS)}")
+    c(args.cluster_features in C.FEATURES,
+      f"--cluster-features {args.cluster_features!r} is unknown; expected tokens or topics")
+    c(0 <= args.num_clusters <= args.num_clients,
+      f"--num-clusters must be in 0..--num-clients ({args.num_clients}), got {args.num_clusters}")
+    c(args.clustering != "ifca" or args.num_clusters >= 2, "--clustering ifca needs --num-clusters >= 2")
+    c(args.clustering != "none" or args.num_clusters == 0, "--num-clusters needs --clustering data or ifca")
+    c(args.ifca_batches >= 1 and args.ifca_init_rounds >= 1, "--ifca-batches and --ifca-init-rounds must be >= 1")
 
 
 def default_run_name(a) -> str:
     part = {"topic_skew": f"topic_a{a.alpha:g}", "style_skew": f"style_{a.style_criterion}",
             "token_skew": f"token_{a.token_skew}"}.get(a.partition, a.partition)
-    return run_name(a.algorithm, part, k=a.num_clients, p=a.participation_rate, lr=a.learning_rate,
-                    e=a.local_epochs, mu=a.mu if a.algorithm == "fedprox" else None, s=a.seed)
+    if a.partition == "topic_skew" and a.topic_split != "mix":
+        part += f"_{a.topic_split}"
+    cluster = None if a.clustering == "none" else f"{a.clustering}{a.num_clusters or ''}"
+    return run_name(a.algorithm, part, cluster, k=a.num_clients, p=a.participation_rate, lr=a.learning_rate,
+                    e=None if a.local_steps else a.local_epochs, j=a.local_steps or None,
+                    mu=a.mu if a.algorithm == "fedprox" else None,
+                    w="size" if a.algorithm == "scaffold" and a.scaffold_weighting == "size" else None, s=a.seed)
 
 
 def build_tokenizer(args, train_texts: list[str]):
@@ -138,8 +181,11 @@ def build_tokenizer(args, train_texts: list[str]):
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, max_steps: int,
-            gen: torch.Generator, device: torch.device):
-    """Shuffled local batches (input_ids [B, T], labels [B, T]) from the client's own random stream."""
+            gen: torch.Generator, device: torch.device, exact_steps: int = 0):
+    """Shuffled local batches (input_ids [B, T], labels [B, T]) from the client's own random stream:
+    ``epochs`` passes capped at ``max_steps``, or exactly ``exact_steps`` batches (passes repeat as needed)."""
+    if exact_steps:
+        epochs, max_steps = -(-exact_steps * batch_size // max(x.shape[0], 1)) + 1, exact_steps
     steps = 0
     for _ in range(epochs):
         order = torch.randperm(x.shape[0], generator=gen)
@@ -195,15 +241,26 @@ def run(args, rank: int, world: int) -> dict:
     x_all, y_all = D.encode(tok, train_data.texts, args.seq_len)
     x_val, y_val = D.encode(tok, valid_data.texts, args.seq_len)
 
-    # ------------------------------------------------------------------ partition
+    # ------------------------------------------------------------------ partition, held-out split, clusters
     style = D.style_scores(train_data.texts, args.style_criterion) if args.partition == "style_skew" else None
     clients = partition(args.partition, labels_lm=y_all, topics=train_data.labels, num_clients=args.num_clients,
                         seed=args.seed, vocab_size=vocab_size, alpha=args.alpha, min_size=args.min_size,
-                        style=style, token_skew=args.token_skew)
-    # every client's tokens stay on the device for the whole run (a local step copies nothing to it)
-    client_data = [tuple(t.to(device) for t in clients.client_tensors(c, x_all, y_all))
-                   for c in range(args.num_clients)]
+                        style=style, token_skew=args.token_skew, topic_split=args.topic_split)
+    # every client's tokens stay on the device for the whole run (a local step copies nothing to it); with
+    # --client-holdout a seeded share of each client's examples is kept for its personalised perplexity
+    client_data, client_held = [], []
+    for k in range(args.num_clients):
+        cx, cy = clients.client_tensors(k, x_all, y_all)
+        n_held = int(round(args.client_holdout * cx.shape[0])) if cx.shape[0] >= 2 else 0
+        order = torch.as_tensor(numpy_rng(args.seed, "holdout", k).permutation(cx.shape[0]))
+        held, kept = order[:n_held], order[n_held:]
+        client_data.append((cx[kept].to(device), cy[kept].to(device)))
+        client_held.append((cx[held].to(device), cy[held].to(device)))
     sizes = [int(cx.shape[0]) for cx, _ in client_data]
+    dominant_topic = [int(np.bincount(train_data.labels[s], minlength=train_data.num_classes).argmax())
+                      if len(s) else -1 for s in clients.shards]
+    refs = unigram_perplexity(torch.cat([cy for _, cy in client_data]), y_val, vocab_size)
+    personal_refs = _personal_unigram(client_data, client_held, vocab_size)
 
     # ------------------------------------------------------------------ model, run directory, state
     base = load_base(args.model, vocab_size=vocab_size, seq_len=args.seq_len, eos_id=tok.eos_token_id,
@@ -211,78 +268,172 @@ def run(args, rank: int, world: int) -> dict:
     model = add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout).to(device)
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     params = P.trainable(model)
-    global_params = P.clone(params)
     n_trainable = P.numel(params)
     rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, resume=args.resume, device=device,
                 ignore_on_resume=DEFAULT_IGNORE_ON_RESUME + ("num_rounds",), is_main=rank == 0)
     stats = statistics(clients, x_all, y_all, train_data.labels, train_data.num_classes, vocab_size)
-    if rd.is_main:
-        atomic_write_json(rd.artifact("partition.json"), {"partition": args.partition, **stats})
 
+    def loss_fn(batch):
+        with autocast(device):  # bf16 on CUDA, nothing on CPU; the cross-entropy itself runs in float32
+            return lm_loss(fwd, batch[0], batch[1])
+
+    # one model per cluster (--clustering none: one cluster holding every client)
+    assign, cluster_info = np.zeros(args.num_clients, dtype=np.int64), {}
+    if args.clustering == "data":  # one-shot: each client's own distribution, sent once before round 1
+        feats = np.stack([C.token_distribution(cy, vocab_size) for _, cy in client_data]
+                         if args.cluster_features == "tokens" else
+                         [C.topic_distribution(train_data.labels[s], train_data.num_classes) for s in clients.shards])
+        assign, cluster_info = C.data_clusters(feats, args.num_clusters)
+    num_clusters = args.num_clusters if args.clustering == "ifca" else int(assign.max()) + 1
+    cluster_params = [P.clone(params) for _ in range(num_clusters)]
     opt_name = {"fedavgm": "fedavgm", "fedadam": "fedadam"}.get(args.algorithm, "fedavg")
-    server_opt = make_server_optimizer(opt_name, global_params, lr=args.server_lr, momentum=args.server_momentum,
-                                       form="heavy-ball", betas=(args.server_momentum, 0.99))
-    scaffold = None
-    if args.algorithm == "scaffold":  # control variates for every client, kept across rounds
-        scaffold = Scaffold(global_params, args.num_clients, server_lr=args.server_lr)
+    server_opts = [make_server_optimizer(opt_name, cp, lr=args.server_lr, momentum=args.server_momentum,
+                                         form="heavy-ball", betas=(args.server_momentum, 0.99))
+                   for cp in cluster_params]
+    scaffolds = [None] * num_clusters
+    if args.algorithm == "scaffold":  # control variates for every client, kept across rounds, per cluster
+        for g in range(num_clusters):  # inside a data cluster the means run over its members only
+            member = [1.0 if args.clustering != "data" or assign[k] == g else 0.0 for k in range(args.num_clients)]
+            w = [m * (sizes[k] if args.scaffold_weighting == "size" else 1.0) for k, m in enumerate(member)]
+            scaffolds[g] = Scaffold(cluster_params[g], args.num_clients, server_lr=args.server_lr,
+                                    client_weights=None if all(v == 1.0 for v in w) else w)
+
+    def train_client(g: int, k: int, r: int, algorithm: str, repeat: int = 1):
+        """Client k's local steps of round r from cluster g's model, in ``params`` (streams keyed (seed, r, k));
+        ``repeat`` times the usual local work (IFCA's starting points)."""
+        cx, cy = client_data[k]
+        gen = client_generator(args.seed, r, k)
+        with client_rng(args.seed, r, k):
+            return fedround.client_round(
+                params, cluster_params[g], loss_fn,
+                timed(batches(cx, cy, args.batch_size, args.local_epochs * repeat, args.max_local_steps * repeat,
+                              gen, device, exact_steps=args.local_steps * repeat), timing, device),
+                algorithm=algorithm, lr=args.learning_rate, optimizer=args.local_optimizer, mu=args.mu,
+                weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+                scaffold=scaffolds[g] if algorithm == "scaffold" else None, client=k)
+
+    def ifca_init_() -> None:
+        """IFCA's starting points, farthest first (clustering.py): each is --ifca-init-rounds rounds' worth of
+        plain local steps (round 0 streams) of a seed client from the initial model; then every client takes
+        its best cluster."""
+        seeds = [int(numpy_rng(args.seed, "ifca-init").choice([k for k in range(args.num_clients) if sizes[k]]))]
+        for g in range(num_clusters):
+            if g:
+                loss = np.array([[client_loss(h, k) if sizes[k] else -np.inf for h in range(g)]
+                                 for k in range(args.num_clients)])
+                seeds.append(C.farthest_first(loss, seeds))
+            train_client(g, seeds[g], 0, "fedavg", repeat=args.ifca_init_rounds)
+            P.load_(cluster_params[g], P.clone(params))
+        cluster_info["seed_clients"] = seeds
+        ifca_assign_(range(args.num_clients))
+
+    def client_loss(g: int, k: int) -> float:  # IFCA's choice: cluster g's loss on client k's first batches
+        cx, cy = client_data[k]
+        b = [(cx[i:i + args.batch_size], cy[i:i + args.batch_size])
+             for i in range(0, min(cx.shape[0], args.ifca_batches * args.batch_size), args.batch_size)]
+        P.load_(params, cluster_params[g])
+        return perplexity(fwd, b)["loss"]
+
+    def ifca_assign_(ks) -> None:
+        for k in ks:
+            if sizes[k]:
+                losses = [client_loss(g, k) for g in range(num_clusters)]
+                assign[k] = int(np.argmin(losses))
+
     start, detected, status, bytes_up, bytes_down = 1, {}, "complete", 0, 0
     # seconds of the clients' local steps and of whole rounds (evaluation, logging, checkpoints excluded);
     # under torchrun each rank times its own clients and the summary is rank 0's
     timing = {"client_seconds": 0.0, "round_seconds": 0.0, "train_tokens": 0}
     state = rd.load_checkpoint()
     if state is not None:
-        P.load_(global_params, [t.to(device) for t in state["global"]])
-        server_opt.load_state_dict(state["server_opt"])
-        if scaffold is not None:
-            scaffold.load_state_dict(state["scaffold"])
+        for g, saved in enumerate(state["clusters"]):
+            P.load_(cluster_params[g], [t.to(device) for t in saved])
+            server_opts[g].load_state_dict(state["server_opt"][g])
+            if scaffolds[g] is not None:
+                scaffolds[g].load_state_dict(state["scaffold"][g])
+        assign[:] = state["assign"]
+        cluster_info = state.get("cluster_info", cluster_info)
         set_rng_state(state["rng"])
         start, detected = state["round"] + 1, state["detected"]
         bytes_up, bytes_down = state["bytes_up"], state["bytes_down"]
         timing = state.get("timing", timing)
+    elif args.clustering == "ifca":
+        ifca_init_()
+    if rd.is_main:
+        atomic_write_json(rd.artifact("partition.json"), {"partition": args.partition, **stats,
+                                                          "clusters": assign.tolist(), "clustering": cluster_info})
     dist.barrier()  # every rank has read the checkpoint before rank 0 writes the next one
-
-    def loss_fn(batch):
-        with autocast(device):  # bf16 on CUDA, nothing on CPU; the cross-entropy itself runs in float32
-            return lm_loss(fwd, batch[0], batch[1])
 
     eval_batches = [{"input_ids": x_val[i:i + 32].to(device), "labels": y_val[i:i + 32].to(device)}
                     for i in range(0, x_val.shape[0], 32)]
-    per_client_bytes = 4 * n_trainable * (2 if scaffold is not None else 1)  # params (+ control variate)
+    per_client_bytes = 4 * n_trainable * (2 if args.algorithm == "scaffold" else 1)  # params (+ control variate)
     m = max(1, round(args.participation_rate * args.num_clients))
+
+    def evaluate() -> dict:
+        """Global validation loss of each cluster's model; the run's val_loss weighs them by the clients
+        (by size) each serves; personalised: every client's held-out examples under its own cluster's model."""
+        per_cluster = []
+        for g in range(num_clusters):
+            P.load_(params, cluster_params[g])  # the same model on every rank: each scores its share
+            per_cluster.append(perplexity(fwd, eval_batches, shard=True)["loss"])
+        w = np.array(sizes, dtype=np.float64)
+        loss = float(np.dot(w, [per_cluster[g] for g in assign]) / w.sum())
+        out = {"val_loss": loss, "val_ppl": _ppl(loss)}
+        if num_clusters > 1:
+            out["val_loss_per_cluster"] = per_cluster
+        if args.client_holdout > 0:
+            nll, tokens = 0.0, 0
+            for k, (hx, hy) in enumerate(client_held):
+                if hx.shape[0]:
+                    P.load_(params, cluster_params[assign[k]])
+                    ev = perplexity(fwd, [(hx[i:i + 32], hy[i:i + 32]) for i in range(0, hx.shape[0], 32)],
+                                    shard=True)
+                    nll, tokens = nll + ev["loss"] * ev["tokens"], tokens + ev["tokens"]
+            ploss = nll / max(tokens, 1)
+            out.update(personal_val_loss=ploss, personal_val_ppl=_ppl(ploss))
+        return out
 
     # ------------------------------------------------------------------ rounds
     bar = tqdm(range(start, args.num_rounds + 1), disable=args.quiet or rank != 0, desc="rounds")
     for r in bar:
         t_round = time.perf_counter()
         chosen = np.sort(numpy_rng(args.seed, "participants", r).choice(args.num_clients, m, replace=False))
-        server = fedround.RoundServer(global_params)
-        # this rank's share of the round's non-empty clients, balanced by size (all of them in one process)
         active = [k for k in chosen.tolist() if sizes[k] > 0]
-        plan = dist.assign_clients(active, [float(sizes[k]) for k in active], world)
+        if args.clustering == "ifca":
+            ifca_assign_(active)  # every participant takes the cluster model that fits its data best
         # per-client stats [len(active), 4] = (loss, grad norm, prox, steps): each rank fills its own rows
         table = torch.zeros(len(active), 4, dtype=torch.float64, device=device)
-        for k in plan[rank]:
-            cx, cy = client_data[k]
-            gen = client_generator(args.seed, r, k)
-            with client_rng(args.seed, r, k):
-                st = fedround.client_round(
-                    params, global_params, loss_fn,
-                    timed(batches(cx, cy, args.batch_size, args.local_epochs, args.max_local_steps, gen, device),
-                          timing, device),
-                    algorithm=args.algorithm, lr=args.learning_rate, optimizer=args.local_optimizer, mu=args.mu,
-                    weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, scaffold=scaffold, client=k,
-                    weight=float(sizes[k]))
-            server.add(params, weight=float(sizes[k]))
-            table[active.index(k)] = torch.tensor([st.loss, st.grad_norm, st.prox, st.steps], dtype=torch.float64)
-        server.all_reduce_(table, scaffold)  # the round's ONE reduction (nothing in a single process)
-        if scaffold is not None:
-            dist.sync_controls_(scaffold, plan)  # every rank (and rank 0's checkpoint) holds every c_i
+        finished = []  # (cluster, its clients' total size, its metrics)
+        for g in range(num_clusters):
+            members = [k for k in active if assign[k] == g]
+            if not members:
+                continue
+            server = fedround.RoundServer(cluster_params[g])
+            # this rank's share of the cluster's clients, balanced by size (all of them in one process)
+            plan = dist.assign_clients(members, [float(sizes[k]) for k in members], world)
+            for k in plan[rank]:
+                st = train_client(g, k, r, args.algorithm)
+                server.add(params, weight=float(sizes[k]))
+                table[active.index(k)] = torch.tensor([st.loss, st.grad_norm, st.prox, st.steps],
+                                                      dtype=torch.float64)
+            server.all_reduce_(None, scaffolds[g])  # the cluster's ONE reduction (nothing in a single process)
+            if scaffolds[g] is not None:
+                dist.sync_controls_(scaffolds[g], plan)  # every rank (and rank 0's checkpoint) holds every c_i
+            finished.append((g, sum(sizes[k] for k in members),
+                             server.finish(args.algorithm, server_opt=server_opts[g], scaffold=scaffolds[g])))
+        if dist.is_distributed():
+            dist.all_reduce_sum_([table])
         stats_rows = table.tolist()
         losses = {k: v[0] for k, v in zip(active, stats_rows)}
         gnorms, proxes = [v[1] for v in stats_rows], [v[2] for v in stats_rows]
         steps = int(sum(v[3] for v in stats_rows))
-        row = {"round": r, "step": steps, "participants": chosen.tolist(), **server.finish(
-            args.algorithm, server_opt=server_opt, scaffold=scaffold)}
+        cw = np.array([n for _, n, _ in finished], dtype=np.float64)
+        row = {"round": r, "step": steps, "participants": chosen.tolist(),  # cluster metrics weighted by size
+               **{key: float(np.dot(cw, [met[key] for _, _, met in finished]) / cw.sum())
+                  for key in finished[0][2]}}
+        if num_clusters > 1:
+            row.update(clusters=assign.tolist(), client_divergence_rel_per_cluster={
+                str(g): met["client_divergence_rel"] for g, _, met in finished})
         bytes_down += per_client_bytes * len(losses)
         bytes_up += per_client_bytes * len(losses)
         if device.type == "cuda":
@@ -293,14 +444,12 @@ def run(args, rank: int, world: int) -> dict:
                    client_train_loss={str(k): v for k, v in losses.items()},
                    grad_norm_mean=float(np.mean(gnorms)), grad_norm_var=float(np.var(gnorms)),
                    prox_term=float(np.mean(proxes)))
-        if scaffold is not None:
-            row.update(cv_norm=P.norm(scaffold.c),
-                       cv_client_norm=float(np.mean([P.norm(scaffold.control(k)) for k in losses])))
+        if args.algorithm == "scaffold":
+            row.update(cv_norm=float(np.mean([P.norm(sc.c) for sc in scaffolds])),
+                       cv_client_norm=float(np.mean([P.norm(scaffolds[assign[k]].control(k)) for k in losses])))
         if r % args.eval_every == 0 or r == args.num_rounds:
-            P.load_(params, global_params)  # the same global model on every rank: each scores its share
-            ev = perplexity(fwd, eval_batches, shard=True)
-            row.update(val_loss=ev["loss"], val_ppl=ev["ppl"])
-            bar.set_postfix(ppl=f"{ev['ppl']:.2f}")
+            row.update(evaluate())
+            bar.set_postfix(ppl=f"{row['val_ppl']:.2f}")
         if rd.is_main:
             rd.log(row)
             for mode, at in failure.detect(rd.rows()).items():
@@ -309,10 +458,11 @@ def run(args, rank: int, world: int) -> dict:
         if "divergence" in detected:
             status = "diverged"  # stop cleanly; the checkpoint stays at the last round before this one
             break
-        rd.save_checkpoint({"global": P.state_to_cpu(global_params), "server_opt": server_opt.state_dict(),
-                            "scaffold": scaffold.state_dict() if scaffold is not None else None, "round": r,
-                            "detected": detected, "bytes_up": bytes_up, "bytes_down": bytes_down,
-                            "timing": timing})
+        rd.save_checkpoint({"clusters": [P.state_to_cpu(cp) for cp in cluster_params],
+                            "server_opt": [o.state_dict() for o in server_opts],
+                            "scaffold": [sc.state_dict() if sc is not None else None for sc in scaffolds],
+                            "assign": assign.tolist(), "cluster_info": cluster_info, "round": r,
+                            "detected": detected, "bytes_up": bytes_up, "bytes_down": bytes_down, "timing": timing})
 
     # ------------------------------------------------------------------ summary
     dist.barrier()  # rank 0 has written every row before the other ranks read them
@@ -320,14 +470,22 @@ def run(args, rank: int, world: int) -> dict:
     evals = [x for x in rows if "val_loss" in x]
     finite = [x for x in evals if math.isfinite(x["val_loss"])]
     best = min(finite, key=lambda x: x["val_loss"]) if finite else None
+    last = evals[-1] if evals else {}
     return rd.write_summary({
         "status": status,
         "rounds_done": rows[-1]["round"] if rows else 0, "num_rounds": args.num_rounds,
-        "final_val_loss": evals[-1]["val_loss"] if evals else None,
-        "final_val_ppl": evals[-1]["val_ppl"] if evals else None,
+        "final_val_loss": last.get("val_loss"), "final_val_ppl": last.get("val_ppl"),
         "best_val_ppl": best["val_ppl"] if best else None, "best_round": best["round"] if best else None,
+        "final_personal_val_ppl": last.get("personal_val_ppl"),
+        # reference points: a model not well below the unigram has learned token frequencies only
+        "uniform_ppl": refs["uniform_ppl"], "unigram_val_ppl": refs["unigram_ppl"],
+        "personal_unigram_ppl": personal_refs,
         "final_client_divergence_rel": rows[-1]["client_divergence_rel"] if rows else None,
         "failure_modes": detected, "thresholds": failure.Thresholds().as_dict(),
+        "num_clusters": num_clusters, "clusters": assign.tolist(), "clustering": cluster_info,
+        "cluster_purity": C.purity(assign, np.array(dominant_topic)) if num_clusters > 1 else None,
+        "dominant_topic": dominant_topic,
+        "local_steps_per_round": steps if rows else 0,
         "trainable_params": n_trainable, "bytes_up": bytes_up, "bytes_down": bytes_down,
         "client_sizes": sizes, "vocab_size": vocab_size, "partition_stats": {
             k: v for k, v in stats.items() if k != "clients"},
@@ -335,6 +493,22 @@ def run(args, rank: int, world: int) -> dict:
         "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
         else None,
         "train_tokens": timing["train_tokens"]})
+
+
+def _ppl(loss: float) -> float:
+    """exp(loss), inf for a non-finite or overflowing loss (a diverged model)."""
+    return math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf
+
+
+def _personal_unigram(client_data, client_held, vocab_size: int) -> float | None:
+    """Reference for the personalised perplexity: each client's own unigram (fitted on its training tokens)
+    scored on its held-out examples, token-weighted over clients. None without held-out data."""
+    nll, tokens = 0.0, 0
+    for (_, cy), (_, hy) in zip(client_data, client_held):
+        if hy.shape[0]:
+            ref = unigram_perplexity(cy, hy, vocab_size)
+            nll, tokens = nll + ref["unigram_loss"] * ref["tokens"], tokens + ref["tokens"]
+    return math.exp(nll / tokens) if tokens else None
 
 
 if __name__ == "__main__":

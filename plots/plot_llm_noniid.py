@@ -1,146 +1,193 @@
 """Figures for llm_noniid from run directories (never trains).
 
-    python plots/plot_llm_noniid.py --runs runs/llm_noniid/quick --out figures/llm_noniid/quick
+    python plots/plot_llm_noniid.py --runs runs/llm_noniid/ag_news/runs --out runs/llm_noniid/ag_news/figures/all
 
-Writes, per participation rate, ``ppl_curves_p<p>.png`` and ``divergence_curves_p<p>.png`` (one panel per
-partition, one line per algorithm, mean +- std over seeds), ``final_ppl.png`` (bars with error bars over
-seeds) and ``partition_<partition>.png`` (topic histogram per client and the per-client length spread).
+Writes ``val_ppl_curves.png`` and ``personal_val_ppl_curves.png`` (one panel per partition, one line per arm:
+mean over seeds with a ± sd band, markers and line styles distinct, the unigram reference dashed),
+``final_ppl.png`` (final global and personalised perplexity per arm, error bars = sample sd over seeds, unigram
+references drawn), ``client_divergence_rel_curves.png`` and ``partition_<partition>.png`` (topics per client, with
+the AG News topic names, and the clusters a clustered run found). Runs are grouped by ``arm_of(args)`` ->
+(partition label, arm label); run_experiments.py passes its own, the command line uses ``default_arm``.
 """
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from common import cli
+from common import stats as S
 from plots import runs as R
 
-ALGO_ORDER = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam")
+TOPIC_NAMES = ("World", "Sports", "Business", "Sci/Tech")  # AG News classes 1-4
+STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"), ("X", "-."), ("*", ":"),
+          ("<", "-"), (">", "--"), ("h", "-.")]
 
 
-def partition_label(args: dict) -> str:
-    """iid | topic_skew a=0.01 | style_skew (length) | token_skew (frequency)."""
-    p = args.get("partition", "?")
-    if p == "topic_skew":
-        return f"topic_skew a={args.get('alpha'):g}"
-    if p == "style_skew":
-        return f"style_skew ({args.get('style_criterion')})"
-    if p == "token_skew":
-        return f"token_skew ({args.get('token_skew')})"
-    return p
+def default_arm(args: dict) -> tuple[str, str]:
+    """(partition label, arm label) from args.json alone, for runs not made by run_experiments.py."""
+    part = args.get("partition", "?")
+    if part == "topic_skew":
+        part = f"topic a={args.get('alpha'):g}"
+    algo = args.get("algorithm", "?")
+    if algo == "fedprox":
+        algo += f" mu={args.get('mu'):g}"
+    if args.get("clustering", "none") != "none":
+        algo += f" + {args['clustering']} clusters"
+    if args.get("participation_rate", 1.0) < 1.0:
+        algo += f", participation {args['participation_rate']:g}"
+    return part, algo
 
 
-def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
-    """(participation, partition label, algorithm) -> runs of every seed."""
+def grouped(runs: list[dict], arm_of) -> dict[tuple, list[dict]]:
     out: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
-        a = run["args"]
-        out[(a.get("participation_rate"), partition_label(a), a.get("algorithm"))].append(run)
+        out[arm_of(run["args"])].append(run)
     return dict(out)
 
 
-def _algo_key(name: str) -> int:
-    return ALGO_ORDER.index(name) if name in ALGO_ORDER else len(ALGO_ORDER)
+def _reference(runs: list[dict], key: str) -> float | None:
+    vals = [r["summary"][key] for r in runs if r.get("summary") and r["summary"].get(key)]
+    return float(np.mean(vals)) if vals else None
 
 
-def plot_curves(runs: list[dict], key: str, ylabel: str, out: Path, log: bool = False) -> list[Path]:
-    """One figure per participation rate: panels = partitions, lines = algorithms, bands = std over seeds."""
+def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | None = None,
+                log: bool = True) -> list[Path]:
+    """Panels = partitions, lines = arms (mean over seeds, band ± sample sd), reference dashed."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
-    groups, written = grouped(runs), []
-    for p in sorted({k[0] for k in groups}):
-        parts = sorted({k[1] for k in groups if k[0] == p})
-        fig, axes = plt.subplots(1, len(parts), figsize=(4 * len(parts), 3.2), squeeze=False)
-        for ax, part in zip(axes[0], parts):
-            for algo in sorted({k[2] for k in groups if k[:2] == (p, part)}, key=_algo_key):
-                g = groups[(p, part, algo)]
-                x, m, s = R.mean_std(g, key)
-                finite = np.isfinite(m)
-                if not finite.any():
-                    continue
-                ax.plot(x[finite], m[finite], label=f"{algo} (n={len(g)})")
-                ax.fill_between(x[finite], (m - s)[finite], (m + s)[finite], alpha=0.2)
-            ax.set_title(part, fontsize=9)
-            ax.set_xlabel("round")
-            ax.set_ylabel(ylabel)
-            if log:
-                ax.set_yscale("log")
-            ax.legend(fontsize=7)
-        written += R.savefig(fig, out / f"{key}_curves_p{p:g}.png")
-    return written
-
-
-def plot_final(runs: list[dict], out: Path, key: str = "final_val_ppl") -> list[Path]:
-    """Bars of the summary metric per (partition, algorithm), error bars = std over seeds."""
-    import matplotlib.pyplot as plt
-
-    groups = grouped([r for r in runs if r.get("summary")])
-    if not groups:
+    parts = sorted({p for p, _ in groups})
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.0), squeeze=False)
+    drawn = 0
+    for ax, part in zip(axes[0], parts):
+        arms = [a for p, a in groups if p == part]
+        for i, arm in enumerate(arms):
+            g = groups[(part, arm)]
+            if not all(R.series(r, key)[0].size for r in g):
+                print(f"{part} / {arm}: no {key} in some runs, not drawn in {key}")
+                continue
+            x, m, s = R.mean_std(g, key)
+            ok = np.isfinite(m)
+            if not ok.any():
+                continue
+            marker, style = STYLES[i % len(STYLES)]
+            ax.plot(x[ok], m[ok], marker=marker, linestyle=style, markersize=3, markevery=max(1, ok.sum() // 8),
+                    label=f"{arm} (n={len(g)})")
+            ax.fill_between(x[ok], (m - s)[ok], (m + s)[ok], alpha=0.15)
+            drawn += 1
+        ref = _reference([r for a in arms for r in groups[(part, a)]], ref_key) if ref_key else None
+        if ref:
+            ax.axhline(ref, color="k", linestyle="--", linewidth=1, label=f"{ref_key.replace('_', ' ')} {ref:.0f}")
+        ax.set_title(part, fontsize=10)
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if log:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=6, ncol=1 if len(arms) < 7 else 2)
+    if not drawn:
+        plt.close(fig)
+        print(f"no run has {key}: {out / (key + '_curves.png')} not written")
         return []
-    ps = sorted({k[0] for k in groups})
-    fig, axes = plt.subplots(1, len(ps), figsize=(6 * len(ps), 3.5), squeeze=False)
-    for ax, p in zip(axes[0], ps):
-        parts = sorted({k[1] for k in groups if k[0] == p})
-        algos = sorted({k[2] for k in groups if k[0] == p}, key=_algo_key)
-        width = 0.8 / max(len(algos), 1)
-        for j, algo in enumerate(algos):
-            stats = [R.summary_stats(groups.get((p, part, algo), []), key) for part in parts]
-            ax.bar(np.arange(len(parts)) + j * width, [s[0] for s in stats], width,
-                   yerr=[0 if math.isnan(s[1]) else s[1] for s in stats], label=algo, capsize=3)
-        ax.set_xticks(np.arange(len(parts)) + width * (len(algos) - 1) / 2, parts, rotation=20, fontsize=7)
-        ax.set_ylabel(key)
-        ax.set_title(f"participation {p:g}")
-        ax.legend(fontsize=7)
-    return R.savefig(fig, out / f"{key.replace('final_val_', 'final_')}.png")
+    return R.savefig(fig, out / f"{key}_curves.png")
 
 
-def plot_partition(run: dict, out: Path) -> list[Path]:
-    """Topic histogram per client (stacked bars) and trained tokens per example (10/50/90 % quantiles)."""
+def plot_final(groups: dict, out: Path) -> list[Path]:
+    """Final global and personalised perplexity per arm (bars: mean, error bars: sample sd over seeds)."""
     import matplotlib.pyplot as plt
 
+    parts = sorted({p for p, _ in groups})
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4.2), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        arms = [a for p, a in groups if p == part]
+        for j, (key, ref_key, label) in enumerate((("final_val_ppl", "unigram_val_ppl", "global validation"),
+                                                   ("final_personal_val_ppl", "personal_unigram_ppl",
+                                                    "own held-out texts"))):
+            stats = [S.summarize(R.by_seed([r for r in groups[(part, a)] if _finite(r, key)], key).values())
+                     for a in arms]
+            y = np.arange(len(arms)) + (0.2 if j else -0.2)
+            ax.barh(y, [s.mean if s.n else 0 for s in stats], 0.4, xerr=[s.sd if s.n > 1 else 0 for s in stats],
+                    label=label, capsize=2, color=f"C{j}")
+            ref = _reference([r for a in arms for r in groups[(part, a)]], ref_key)
+            if ref:
+                ax.axvline(ref, color=f"C{j}", linestyle="--", linewidth=1,
+                           label=f"{ref_key.replace('_', ' ')} {ref:.0f}")
+        ax.set_yticks(np.arange(len(arms)), arms, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("final perplexity (lower is better)")
+        ax.set_title(part, fontsize=10)
+        ax.legend(fontsize=6, loc="lower right")
+    return R.savefig(fig, out / "final_ppl.png")
+
+
+def _finite(run: dict, key: str) -> bool:
+    v = (run.get("summary") or {}).get(key)
+    return v is not None and np.isfinite(v)
+
+
+def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
+    """Topic histogram per client (stacked, AG News names) of the first run of a partition, and the clusters
+    of every clustered run of that partition and seed (one row per method)."""
+    import matplotlib.pyplot as plt
+
+    run = runs[0]
     path = Path(run["path"]) / "partition.json"
     if not path.is_file():
+        print(f"{run['path']}: no partition.json, partition figure skipped")
         return []
-    stats = json.loads(path.read_text())
-    clients = stats["clients"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    if clients and clients[0].get("label_hist") is not None:
-        hist = np.array([c["label_hist"] for c in clients])  # [K, classes]
-        bottom = np.zeros(len(clients))
-        for j in range(hist.shape[1]):
-            a1.bar(range(len(clients)), hist[:, j], bottom=bottom, label=f"class {j}")
-            bottom += hist[:, j]
-        a1.legend(fontsize=6)
-    a1.set_xlabel("client")
-    a1.set_ylabel("examples")
-    a1.set_title(f"{partition_label(run['args'])}: topics", fontsize=9)
-    q = np.array([c["length_quantiles"] for c in clients])
-    a2.errorbar(range(len(clients)), q[:, 1], yerr=[q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]], fmt="o", capsize=3)
-    a2.set_xlabel("client")
-    a2.set_ylabel("trained tokens / example (10-50-90 %)")
-    a2.set_title(f"vocab Jaccard {stats.get('mean_vocab_jaccard', float('nan')):.2f}", fontsize=9)
-    name = partition_label(run["args"]).replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
+    clients = json.loads(path.read_text())["clients"]
+    if not clients or clients[0].get("label_hist") is None:
+        print(f"{run['path']}: no topic histogram, partition figure skipped")
+        return []
+    hist = np.array([c["label_hist"] for c in clients])  # [K, topics]
+    clustered = [r for r in runs if r.get("summary") and (r["summary"].get("num_clusters") or 1) > 1
+                 and r["args"].get("seed") == run["args"].get("seed")]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    bottom = np.zeros(len(clients))
+    names = TOPIC_NAMES if hist.shape[1] == len(TOPIC_NAMES) else [f"topic {j}" for j in range(hist.shape[1])]
+    for j in range(hist.shape[1]):
+        ax.bar(range(len(clients)), hist[:, j], bottom=bottom, label=names[j])
+        bottom += hist[:, j]
+    top = bottom.max()
+    for i, r in enumerate(clustered):
+        for k, g in enumerate(r["summary"]["clusters"]):
+            ax.text(k, top * (1.04 + 0.07 * i), str(g), ha="center", fontsize=7)
+        ax.text(len(clients) - 0.4, top * (1.04 + 0.07 * i), f"{r['args']['clustering']} "
+                f"({r['summary']['num_clusters']} clusters)", fontsize=6, va="center")
+    ax.set_ylim(0, top * (1.1 + 0.07 * len(clustered)))
+    ax.set_xticks(range(len(clients)))
+    ax.set_xlabel("client (numbers above: its cluster in each clustered run, seed "
+                  f"{run['args'].get('seed')})", fontsize=8)
+    ax.set_ylabel("training texts")
+    ax.set_title(f"{label}: topics per client", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    name = label.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
     return R.savefig(fig, out / f"partition_{name}.png")
+
+
+def make_figures_for(runs: list[dict], out: str | Path, arm_of=default_arm) -> list[Path]:
+    out = Path(out)
+    groups = grouped(runs, arm_of)
+    written = plot_curves(groups, "val_ppl", "validation perplexity (global)", out, "unigram_val_ppl")
+    written += plot_curves(groups, "personal_val_ppl", "perplexity on own held-out texts", out,
+                           "personal_unigram_ppl")
+    written += plot_curves(groups, "client_divergence_rel", "client divergence / ||theta||", out, log=False)
+    written += plot_final(groups, out)
+    for part in sorted({p for p, _ in groups}):
+        written += plot_partition([r for (p, _), g in groups.items() if p == part for r in g], out, part)
+    return written
 
 
 def make_figures(runs_root: str | Path, out: str | Path) -> list[Path]:
     """Every figure for the runs under ``runs_root`` (searched recursively)."""
     runs = R.load_runs(runs_root, "**/*")
     cli.check(bool(runs), f"no run directories under {runs_root}; expected folders with args.json")
-    out = Path(out)
-    written = plot_curves(runs, "val_ppl", "validation perplexity", out, log=True)
-    written += plot_curves(runs, "client_divergence_rel", "client divergence / ||theta||", out)
-    written += plot_final(runs, out)
-    seen = set()
-    for run in runs:  # one partition figure per partition kind
-        lab = partition_label(run["args"])
-        if lab not in seen:
-            seen.add(lab)
-            written += plot_partition(run, out)
-    return written
+    return make_figures_for(runs, out)
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:

@@ -245,3 +245,24 @@ def test_read_manifests_errors(tmp_path):
     (tmp_path / "client_1.json").write_text("{not json")
     with pytest.raises(UsageError, match="not a client manifest"):
         shard.read_manifests(tmp_path)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_dirichlet_mix_is_valid_for_every_seed_and_nearly_pure_at_tiny_alpha(seed):
+    # AG News-like: 4 topics, 10 clients, alpha 0.01 (the label-wise split cannot serve 10 clients here)
+    labels = np.repeat(np.arange(4), [1700, 1710, 1720, 1710])
+    shards = shard.dirichlet_mix(labels, 10, 0.01, seed)
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(labels)
+    assert len(np.unique(np.concatenate(shards))) == len(labels)  # disjoint, every sample used
+    dominant = [np.bincount(labels[s], minlength=4).max() / len(s) for s in shards]
+    assert np.mean(dominant) > 0.75  # clients are mostly one topic
+    assert shard.dirichlet_mix(labels, 10, 0.01, seed)[3].tolist() == shards[3].tolist()  # deterministic
+
+
+def test_dirichlet_mix_large_alpha_is_near_iid():
+    labels = np.repeat(np.arange(4), 2000)
+    shards = shard.dirichlet_mix(labels, 8, 1000.0, seed=0)
+    for s in shards:
+        share = np.bincount(labels[s], minlength=4) / len(s)
+        assert np.abs(share - 0.25).max() < 0.05

@@ -32,14 +32,15 @@ def run(algorithm, rounds, steps, lr=0.05, mu=0.0, a_b=None, weights=None):
     theta = torch.zeros(D, dtype=F64, requires_grad=True)  # the "model"
     x = [torch.zeros(D, dtype=F64)]                        # global parameters
     opt = make_server_optimizer("fedavg", x, acc_dtype=F64)
-    scaffold = Scaffold(x, K, acc_dtype=F64) if algorithm == "scaffold" else None
+    # SCAFFOLD weighted like FedAvg: the size-weighted variant when weights are given, else the paper's
+    scaffold = Scaffold(x, K, acc_dtype=F64, client_weights=weights) if algorithm == "scaffold" else None
     weights = weights or [1.0] * K
     hist = []
     for _ in range(rounds):
         server = fedround.RoundServer(x)
         for k in range(K):
             fedround.client_round([theta], x, loss_of(a, b, k, theta), range(steps), algorithm=algorithm, lr=lr,
-                                  mu=mu, scaffold=scaffold, client=k, weight=weights[k])
+                                  mu=mu, scaffold=scaffold, client=k)
             server.add([theta], weights[k])
         hist.append(server.finish(algorithm, server_opt=opt, scaffold=scaffold))
     return x[0].clone(), hist, scaffold
@@ -89,6 +90,55 @@ def test_scaffold_reduces_client_drift_on_heterogeneous_quadratics():
     # and FedAvg converges to a biased point, SCAFFOLD to the true optimum
     assert (sca - star).norm() < 1e-3
     assert (avg - star).norm() > 0.1
+
+
+def paper_scaffold(a, b, sizes, rounds, steps, lr, lr_g, picks, weighting):
+    """Algorithm 1 of Karimireddy et al. (2020), option II, written out on the quadratics: the paper's uniform
+    means over the sampled set S (``weighting="uniform"``) or both means size-weighted (``"size"``)."""
+    n = len(sizes)
+    p = torch.tensor(sizes, dtype=F64) / sum(sizes)
+    x, c = torch.zeros(D, dtype=F64), torch.zeros(D, dtype=F64)
+    ci = [torch.zeros(D, dtype=F64) for _ in range(n)]
+    for r in range(rounds):
+        dys, dcs = {}, {}
+        for i in picks[r]:
+            y = x.clone()
+            for _ in range(steps):
+                y = y - lr * (a[i] * (y - b[i]) - ci[i] + c)
+            new = ci[i] - c + (x - y) / (steps * lr)
+            dys[i], dcs[i] = y - x, new - ci[i]
+            ci[i] = new
+        if weighting == "uniform":
+            x = x + lr_g * sum(dys.values()) / len(dys)
+            c = c + sum(dcs.values()) / n
+        else:
+            x = x + lr_g * sum(sizes[i] * dys[i] for i in dys) / sum(sizes[i] for i in dys)
+            c = c + sum(p[i] * dcs[i] for i in dcs)
+    return x, c
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "size"])
+def test_scaffold_with_unequal_sizes_is_the_papers_algorithm(weighting):
+    a, b = quadratics(3)
+    sizes = [3.0, 40.0, 7.0, 500.0]   # very unequal clients: the weighting matters
+    picks = [[0, 1, 3], [1, 2], [0, 2, 3], [0, 1, 2, 3], [3, 1]] * 3
+    lr, steps, lr_g = 0.05, 4, 0.8
+    want_x, want_c = paper_scaffold(a, b, sizes, len(picks), steps, lr, lr_g, picks, weighting)
+    theta = torch.zeros(D, dtype=F64, requires_grad=True)
+    x = [torch.zeros(D, dtype=F64)]
+    sc = Scaffold(x, K, server_lr=lr_g, acc_dtype=F64, client_weights=sizes if weighting == "size" else None)
+    for chosen in picks:
+        server = fedround.RoundServer(x)
+        for k in chosen:  # RoundServer's FedAvg weights (sizes) must not leak into SCAFFOLD's update
+            fedround.client_round([theta], x, loss_of(a, b, k, theta), range(steps), algorithm="scaffold", lr=lr,
+                                  scaffold=sc, client=k)
+            server.add([theta], sizes[k])
+        server.finish("scaffold", scaffold=sc)
+    assert torch.allclose(x[0], want_x, rtol=0, atol=1e-12)
+    assert torch.allclose(sc.c[0], want_c, rtol=0, atol=1e-12)
+    other_x, _ = paper_scaffold(a, b, sizes, len(picks), steps, lr, lr_g, picks,
+                                "size" if weighting == "uniform" else "uniform")
+    assert (other_x - want_x).abs().max() > 1e-2  # and the two weightings really differ here
 
 
 def test_scaffold_option_ii_by_hand():

@@ -39,7 +39,7 @@ def test_iid_is_a_partition_of_everything(corpus):
 
 def test_dirichlet_small_alpha_concentrates_each_label(corpus):
     ids, labels, topics = corpus
-    skew = split("topic_skew", corpus, alpha=0.01, min_size=1)
+    skew = split("topic_skew", corpus, alpha=0.01, min_size=1, topic_split="labels")
     iid = split("iid", corpus)
     def top_share(c):
         hist = np.stack([np.bincount(topics[s], minlength=4) for s in c.shards])  # [K, 4]
@@ -48,6 +48,32 @@ def test_dirichlet_small_alpha_concentrates_each_label(corpus):
     assert top_share(iid) < 0.4
     st = statistics(skew, ids, labels, topics, 4, V)
     assert st["mean_classes_per_client"] < 2.0
+
+
+def test_topic_mix_split_is_equal_sized_and_nearly_pure(corpus):
+    ids, labels, topics = corpus
+    skew = split("topic_skew", corpus, alpha=0.01)  # the default: client-wise mixes, equal sizes
+    sizes = [len(s) for s in skew.shards]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == N
+    dominant = [np.bincount(topics[s], minlength=4).max() / len(s) for s in skew.shards]
+    assert np.mean(dominant) > 0.75
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_failure_grid_topic_split_valid_for_every_seed(seed):
+    # the failure grid's split: 4 AG News topics, 10 clients, alpha 0.01 (the label-wise split is refused here)
+    topics = np.random.default_rng(seed).integers(0, 4, 6840)
+    labels = torch.zeros(6840, 4, dtype=torch.long)
+    c = partition("topic_skew", labels_lm=labels, topics=topics, num_clients=10, seed=seed, vocab_size=V,
+                  alpha=0.01)
+    assert min(len(s) for s in c.shards) == 684
+
+
+def test_label_wise_split_points_to_the_mix_split_when_impossible():
+    topics = np.random.default_rng(0).integers(0, 4, 2000)
+    with pytest.raises(UsageError, match="--topic-split mix"):
+        partition("topic_skew", labels_lm=torch.zeros(2000, 4, dtype=torch.long), topics=topics, num_clients=40,
+                  seed=0, vocab_size=V, alpha=0.001, min_size=2, topic_split="labels")
 
 
 def test_style_skew_sorts_clients_by_score(corpus):

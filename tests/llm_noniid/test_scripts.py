@@ -1,38 +1,61 @@
-"""run_experiments.py (grid, skip, analyze report) and plots/plot_llm_noniid.py end to end with --quick,
+"""run_experiments.py (grids, skip, analyze report) and plots/plot_llm_noniid.py end to end on tiny settings,
 and train.py on the real AG News split."""
 from __future__ import annotations
 
 import json
 
-from llm_noniid import run_experiments, train
+import pytest
+
+from llm_noniid import run_experiments as E
+from llm_noniid import train
 from plots import plot_llm_noniid
+
+TINY = ["--max-train-examples", "160", "--max-eval-examples", "32", "--bpe-vocab-size", "300", "--num-clients", "4",
+        "--local-steps", "2", "--seq-len", "24", "--eval-every", "1"]
+
+
+@pytest.mark.parametrize("mode", ["failure", "main", "calibrate", "quick"])
+def test_every_arm_is_labelled_back_from_its_arguments(mode):
+    """The report finds an arm's runs by arm_of(args.json): every grid arm must map back to its own label, and
+    the arms of one partition must differ from FedAvg's in one setting group only."""
+    seen = set()
+    for part, arm, flags in E.arms(mode):
+        args = train.parse_with_config(train.get_args_parser(), [*E.STUDY, *flags], {"quick": train.QUICK})
+        assert E.arm_of(vars(args)) == (part, arm)
+        assert (part, arm) not in seen
+        seen.add((part, arm))
+        assert args.local_steps == 8 and args.num_clients == 10  # equal local work in every arm
+
+
+def test_failure_grid_has_every_algorithm_and_averaging_arms():
+    labels = [arm for part, arm, _ in E.arms("failure") if part == "topic a=0.01"]
+    for want in ("FedAvg", "FedProx mu=0.01", "FedProx mu=0.1", "FedProx mu=1", "SCAFFOLD",
+                 "FedAvg, 2 of 10 clients/round", "FedAvg + data clusters", "FedAvg + IFCA (4)"):
+        assert want in labels
+    for _part, arm, flags in E.arms("failure"):
+        args = train.parse_with_config(train.get_args_parser(), [*E.STUDY, *flags], {})
+        m = max(1, round(args.participation_rate * args.num_clients))
+        assert m >= 2 or arm.endswith("1 client/round")  # averaging claimed only with >= 2 clients
 
 
 def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     root = tmp_path / "grid"
-    argv = ["--mode", "quick", "--out-dir", str(root), "--rounds", "1", "--algorithms", "fedavg,scaffold",
-            "--partitions", "token_skew", "--", "--quick"]
-    s = run_experiments.main(argv)
-    assert s == {"runs": 2, "complete": 2, "diverged": 0}
+    argv = ["--mode", "calibrate", "--out-dir", str(root), "--rounds", "2", "--seeds", "0,1", "--", *TINY]
+    s = E.main(argv)
+    assert s["runs"] == 4
     capsys.readouterr()
-    run_experiments.main(argv)
-    assert capsys.readouterr().out.count("done, skipped") == 2
-    s = run_experiments.main(["--mode", "failure", "--out-dir", str(root), "--rounds", "1",
-                              "--failure-local-steps", "3", "--", "--quick"])
-    assert s["runs"] == 2
-    args = json.loads(next((root / "failure").glob("fedavg_topic*/args.json")).read_text())["args"]
-    assert ((args["alpha"], args["participation_rate"], args["learning_rate"], args["local_epochs"])
-            == (0.01, 0.1, 1e-3, 5))
-    run_experiments.main(["--mode", "analyze", "--out-dir", str(root)])
+    E.main(argv)
+    assert capsys.readouterr().out.count("done, skipped") == 4
+    E.main(["--mode", "analyze", "--out-dir", str(root)])
     report = (root / "report.md").read_text()
-    assert "| 1 | token_skew (frequency) | scaffold | 1 | 1 |" in report
-    assert "### failure grid" in report and "topic_skew a=0.01" in report
+    assert "### calibrate grid" in report and "| topic a=0.01 | FedAvg, 1 client/round | 2 |" in report
+    assert "unigram" in report and "### Failure detectors" in report
     for line in report.splitlines():
         if line.startswith("!["):
             assert (root / line.split("(")[1].rstrip(")")).is_file(), line
-    figs = plot_llm_noniid.main(["--runs", str(root / "quick"), "--out", str(tmp_path / "figs")])["figures"]
+    figs = plot_llm_noniid.main(["--runs", str(root / "runs"), "--out", str(tmp_path / "figs")])["figures"]
     names = {p.rsplit("/", 1)[1] for p in figs}
-    assert {"val_ppl_curves_p1.png", "client_divergence_rel_curves_p1.png", "final_ppl.png"} <= names
+    assert {"val_ppl_curves.png", "personal_val_ppl_curves.png", "final_ppl.png"} <= names
 
 
 def test_train_on_the_real_ag_news_split(shared_data, tmp_path):
@@ -42,3 +65,5 @@ def test_train_on_the_real_ag_news_split(shared_data, tmp_path):
     s = train.main(["--quick", "--quiet", "--data", "ag_news", "--data-dir", str(d), "--num-rounds", "1",
                     "--partition", "style_skew", "--style-criterion", "complexity", "--out-dir", str(tmp_path / "r")])
     assert s["status"] == "complete" and s["final_val_ppl"] < s["vocab_size"]
+    assert s["unigram_val_ppl"] < s["uniform_ppl"] == s["vocab_size"]
+    json.loads((tmp_path / "r" / next((tmp_path / "r").iterdir()).name / "partition.json").read_text())
