@@ -146,8 +146,11 @@ def check_numbers(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> No
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` (``sys.argv[1:]`` when None)."""
-    return parser.parse_args(None if argv is None else list(argv))
+    """Parse ``argv`` (``sys.argv[1:]`` when None), with ``--config FILE.yaml`` values as defaults when the
+    parser has that flag (``common.config``)."""
+    from common import config
+
+    return config.parse_with_config(parser, argv)
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str = "runs") -> None:
@@ -167,6 +170,9 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
                    help="with --resume: continue a run, finished or not, to a larger --rounds / --num-rounds / "
                         "--epochs than it was started with (give its --run-name: default names include them)")
     tracking.add_report_args(g)
+    from common import config
+
+    config.add_config_arg(g)  # --config FILE.yaml, unless the script has its own --config
     compiled.add_compile_args(g)
 
 

@@ -38,6 +38,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FEDLAB_CACHE", Path.home() / ".cache" / "fedlab"))
 
 
+def derived_cache_dir(cache_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None) -> Path:
+    """Where data derived from the user's text (trained tokenizers, token streams) goes: ``--cache-dir``, else
+    ``$FEDLAB_CACHE`` when set, else ``<out-dir>/cache`` beside the runs that use it (never a hidden folder in
+    the home directory the user did not name), else ``default_cache_dir()``."""
+    if cache_dir:
+        return Path(cache_dir)
+    if os.environ.get("FEDLAB_CACHE"):
+        return Path(os.environ["FEDLAB_CACHE"])
+    if out_dir:
+        return Path(out_dir) / "cache"
+    return default_cache_dir()
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through a temp file in the same folder, then rename (a crash never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Centralized baseline: one Mamba2 language model trained from scratch with AdamW on the whole training split.
 
     python mamba_fl/central.py --layers 2 --quick
-    python mamba_fl/central.py --config pure_ssm_4_layer --n_epochs 1 --batch_size 16 --sequence_length 256 \
-        --data wikitext2 --cache_dir ~/.cache/fedlab
+    python mamba_fl/central.py --model-config pure_ssm_4_layer --n_epochs 1 --batch_size 16 --sequence_length 256 \
+        --data wikitext2 --cache_dir data/cache
 
 Each epoch visits every training block once in an order drawn from (seed, epoch); the last, smaller batch
 is kept. Every --val-freq steps it logs the token-weighted validation loss and perplexity, the mean
@@ -18,7 +18,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from common import cli, compiled, evaluate, params, runlog, seed
+from common import cli, compiled, evaluate, flags, params, runlog, seed
 from mamba_fl import deltas, federated, lmdata
 from mamba_fl import model as mmodel
 
@@ -30,11 +30,13 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g = p.add_argument_group("training")
     g.add_argument("--n-epochs", type=float, default=1.0, help="passes over the training split (fractions allowed)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: --n-epochs)")
+    flags.alias(g, "--rounds", dest="max_steps", of="--max-steps (a centralized run's length, in steps)", type=int)
     mmodel.add_optimizer_args(g, who="the")
     g.add_argument("--val-freq", type=int, default=10, help="steps between evaluations")
     mmodel.add_eval_args(p, deltas_help="save .npz parameter snapshots and deltas (since the previous "
                          "evaluation)")
     cli.add_run_args(p)
+    p.config_legacy = mmodel.config_legacy
     return p
 
 
@@ -55,9 +57,9 @@ def main(argv=None) -> dict:
     per_epoch = math.ceil(n / args.batch_size)  # the last, smaller batch is kept
     total = args.max_steps or max(1, math.ceil(args.n_epochs * per_epoch))
     args.kernel_path = mmodel.kernel_path(device)
-    name = args.run_name or runlog.run_name("central", args.config, b=args.batch_size, steps=total, lr=args.lr,
-                                            sgd=args.optimizer == "sgd", data=lmdata.source_tag(args), quick=args.quick,
-                                            s=args.seed)
+    name = args.run_name or runlog.run_name("central", args.model_config, b=args.batch_size, steps=total,
+                                            lr=args.lr, sgd=args.optimizer == "sgd", data=lmdata.source_tag(args),
+                                            quick=args.quick, s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device,
                        ignore_on_resume=federated.IGNORE_ON_RESUME, data=data.fingerprint)
 
@@ -140,7 +142,7 @@ def main(argv=None) -> dict:
                                 "snapshots": snaps.state_dict() if snaps is not None else None})
     bar.close()
     summary = rd.write_summary({
-        "method": "central", "config": args.config, "layers": args.layers, "steps_done": step,
+        "method": "central", "config": args.model_config, "layers": args.layers, "steps_done": step,
         "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
         "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": best, "optimizer_steps": step,
         **refs, "words_per_token": data.words_per_token,

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common import aggregate, cli, compiled, distributed, evaluate, export, params, runlog, seed, server_opt
+from common import aggregate, cli, compiled, distributed, evaluate, export, flags, params, runlog, seed, server_opt
 from mamba_fl import deltas, lmdata, multiproc
 from mamba_fl import model as mmodel
 
@@ -58,6 +58,9 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0) ->
     g.add_argument("--n-epochs", type=float, default=1.0,
                    help="sets --rounds when it is not given: rounds so each client sees its shard this many times")
     g.add_argument("--local-updates", type=int, default=1, help="optimizer steps per client per round")
+    flags.alias(g, "--local-steps", dest="local_updates", of="--local-updates", type=int)
+    flags.alias(g, "--partition", dest="shard", of="--shard", choices=("contiguous", "iid", "topic"))
+    flags.add_clients_per_round(g)
     mmodel.add_optimizer_args(g, who="client")
     g.add_argument("--client-opt-state", choices=("reset", "persist"), default="persist",
                    help="persist (default): each client keeps its AdamW moments across rounds, so FedAvg "
@@ -68,6 +71,7 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0) ->
     mmodel.add_eval_args(p, deltas_help="save .npz snapshots (server) and deltas (server, clients) at each "
                          "evaluation")
     cli.add_run_args(p)
+    p.config_legacy = mmodel.config_legacy
     return p
 
 
@@ -76,7 +80,8 @@ def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     import sys
 
     tokens = [t.split("=", 1)[0] for t in (sys.argv[1:] if argv is None else argv) if t.startswith("--")]
-    return {a.dest for a in parser._actions if any(o in tokens for o in a.option_strings)}
+    given = {a.dest for a in parser._actions if any(o in tokens for o in a.option_strings)}
+    return given | set(getattr(parser, "config_values", {}))  # values from --config FILE.yaml count as given
 
 
 def finish_args(args: argparse.Namespace, explicit: set[str]) -> None:
@@ -95,6 +100,7 @@ def finish_args(args: argparse.Namespace, explicit: set[str]) -> None:
     cli.check(args.weight_decay >= 0 and math.isfinite(args.weight_decay),
               f"--weight-decay must be a non-negative number, got {args.weight_decay}")
     if hasattr(args, "num_clients"):
+        flags.resolve_clients_per_round(args)
         cli.validate_fed_args(args)
         cli.check(args.local_updates >= 1, f"--local-updates must be at least 1, got {args.local_updates}")
         cli.check(0.0 <= args.holdout_fraction < 1.0,
@@ -265,7 +271,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
         args.rounds = default_rounds(args, [c.train for c in clients])
     args.kernel_path = mmodel.kernel_path(device)
     name = args.run_name or runlog.run_name(
-        method.name, args.config, args.shard, k=args.num_clients, lu=args.local_updates, r=args.rounds,
+        method.name, args.model_config, args.shard, k=args.num_clients, lu=args.local_updates, r=args.rounds,
         lr=args.lr, sgd=args.optimizer == "sgd", reset=args.client_opt_state == "reset",
         **method.run_name_extra(args), data=lmdata.source_tag(args), quick=args.quick, s=args.seed)
     # checks only (arguments, data fingerprint, what the directory holds); claimed once the model is built
@@ -408,7 +414,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
 def finish(rd, args, method, data, acc, refs, model=None) -> dict:
     last = acc.get("last", {})
     summary = {
-        "method": method.name, "config": args.config, "layers": args.layers, "rounds_done": args.rounds,
+        "method": method.name, "config": args.model_config, "layers": args.layers, "rounds_done": args.rounds,
         # client optimizer steps, all clients together (what a compute-matched central run takes)
         "optimizer_steps": args.rounds * args.local_updates * max(1, round(args.participation_rate
                                                                              * args.num_clients)),

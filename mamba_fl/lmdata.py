@@ -33,7 +33,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, batch_size: int, sharding:
     g.add_argument("--data-dir", default=None,
                    help="folder with wiki.train.raw and wiki.valid.raw (raw WikiText format); overrides --data")
     g.add_argument("--cache-dir", default=None,
-                   help="cache for datasets, tokenizers and token streams (default $FEDLAB_CACHE or ~/.cache/fedlab)")
+                   help="cache for datasets, tokenizers and token streams (default $FEDLAB_CACHE if set, else "
+                        "<out-dir>/cache); the run's own tokenizer is also saved in <run>/model")
     g.add_argument("--tokenizer", default="auto",
                    help="auto (gpt2 for wikitext2, bpe otherwise) | gpt2 (hub/cache) | bpe (byte-level BPE "
                         "trained on the training split) | word (one token per word) | a local folder with "
@@ -128,7 +129,7 @@ def _article_topics(raw: str, topics_by_article: list[int], seq_len: int, n_bloc
 def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = None) -> LMData:
     """Read the splits named by the flags, tokenize (cached) and block them; with ``device``, the train and
     validation blocks are moved there once (a few MB for WikiText-2), so no step copies data to the GPU."""
-    cache = Path(args.cache_dir) if args.cache_dir else text.default_cache_dir()
+    cache = text.derived_cache_dir(args.cache_dir, getattr(args, "out_dir", None))
     meta, optimal = {}, None
     if args.data_dir:
         folder, source = Path(args.data_dir), "dir"
@@ -218,11 +219,13 @@ def reference_ppls(data: LMData, valid: torch.Tensor) -> dict:
 
 
 def final_line(path, summary: dict) -> str:
-    """The one line a run ends with: where it is, the final perplexity and its three reference points."""
-    ppl = summary.get("final_val_ppl")
+    """The one line a run ends with (``common.report``): where it is, the final perplexity per token with
+    the unigram and uniform references, per word against the source's optimum, the figure and the model."""
+    from common import report
+
     opt = summary.get("optimal_ppl_word")
-    parts = [f"final validation perplexity {ppl:.2f}" if ppl is not None else "no evaluation",
-             f"unigram {summary['unigram_ppl']:.2f}", f"uniform {summary['uniform_ppl']:.0f} per token"]
-    if opt:
-        parts.append(f"per word {summary.get('final_val_ppl_word', float('nan')):.2f} vs optimum {opt:.2f}")
-    return f"run directory: {path} ({'; '.join(parts)}; figure: perplexity.png)"
+    extra = (f"per word {summary.get('final_val_ppl_word', float('nan')):.2f} vs optimum {opt:.2f}"
+             if opt else None)
+    return report.ending_line(path, "final validation perplexity", summary.get("final_val_ppl"),
+                              {"unigram": summary["unigram_ppl"], "uniform": summary["uniform_ppl"]}, extra=extra,
+                              figures=["perplexity.png"], loader="AutoModelForCausalLM.from_pretrained")

@@ -25,8 +25,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model (Mamba2, trained from scratch)")
     g.add_argument("--layers", type=int, choices=(1, 2, 4), default=None,
                    help="number of Mamba2 blocks (the source compared 1, 2 and 4); default 1")
-    g.add_argument("--config", default=None,
-                   help="source config name, pure_ssm_{1,2,4}_layer; same as --layers N")
+    g.add_argument("--model-config", default=None,
+                   help="source config name, pure_ssm_{1,2,4}_layer; same as --layers N (the old spelling "
+                        "--config pure_ssm_N_layer still works; --config FILE.yaml reads flag values)")
     g.add_argument("--d-model", type=int, default=512, help="hidden size (--quick: 64)")
     g.add_argument("--d-state", type=int, default=128, help="SSM state size N (--quick: 16)")
     g.add_argument("--head-dim", type=int, default=64, help="SSM head dimension P (--quick: 16)")
@@ -38,6 +39,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         "but the PyTorch path pads each sequence to a multiple and costs O(chunk^2) per chunk")
     g.add_argument("--no-tie-embeddings", action="store_true",
                    help="separate output head (the source tied input and output embeddings)")
+
+
+def legacy_config(value) -> bool:
+    """True for the old ``--config pure_ssm_N_layer`` (a model config name, not a YAML file)."""
+    return isinstance(value, str) and value.startswith("pure_ssm_") and not value.endswith((".yaml", ".yml"))
+
+
+def config_legacy(value: str) -> dict | None:
+    """``parser.config_legacy`` for ``common.config``: the old --config spelling means --model-config."""
+    return {"model_config": value} if legacy_config(value) else None
 
 
 def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
@@ -53,16 +64,19 @@ def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
 
 
 def resolve_model_args(args: argparse.Namespace, explicit: set[str]) -> None:
-    """Fill ``args.layers`` from ``--config``, apply the --quick sizes to flags the user did not set,
+    """Fill ``args.layers`` from ``--model-config``, apply the --quick sizes to flags the user did not set,
     and check the shapes. ``explicit``: dest names given on the command line."""
-    if args.config is not None:
-        cli.check(args.config in CONFIGS,
-                  f"--config {args.config!r} is unknown; expected one of {', '.join(CONFIGS)}")
-        cli.check(args.layers in (None, CONFIGS[args.config]),
-                  f"--config {args.config} has {CONFIGS[args.config]} layers but --layers {args.layers} was given")
-        args.layers = CONFIGS[args.config]
+    if legacy_config(getattr(args, "config", None)):  # parsed without common.config: --config pure_ssm_N_layer
+        args.model_config, args.config = args.model_config or args.config, None
+    if args.model_config is not None:
+        cli.check(args.model_config in CONFIGS,
+                  f"--model-config {args.model_config!r} is unknown; expected one of {', '.join(CONFIGS)}")
+        cli.check(args.layers in (None, CONFIGS[args.model_config]),
+                  f"--model-config {args.model_config} has {CONFIGS[args.model_config]} layers but --layers "
+                  f"{args.layers} was given")
+        args.layers = CONFIGS[args.model_config]
     args.layers = args.layers or 1
-    args.config = f"pure_ssm_{args.layers}_layer"
+    args.model_config = f"pure_ssm_{args.layers}_layer"
     if args.quick:
         for k, v in QUICK.items():
             if k not in explicit and hasattr(args, k):

@@ -18,7 +18,7 @@ import tempfile
 import torch
 from tqdm import tqdm
 
-from common import cli, compiled
+from common import cli, compiled, flags, report
 from common import seed as seeding
 from common.runlog import RunDir
 from vit_sparse_fl import data as cifar
@@ -34,6 +34,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     cli.add_run_args(parser)
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=None, help="training epochs (default 50; --quick: 4)")
+    flags.alias(g, "--rounds", dest="epochs", of="--epochs (a centralized run's length, in epochs)", type=int)
     g.add_argument("--total-steps", type=int, default=0,
                    help="stop after exactly this many SGD steps (the schedule spans them; replaces --epochs): "
                         "to give centralized training the sample-gradient budget of a federated run, "
@@ -167,6 +168,10 @@ def main(argv=None) -> dict:
     if best:  # the best epoch's model beside the final one
         vit.save(model, run.path, name="best_model", info={"method": "centralized", "epoch": best[0]["epoch"],
                                                            "test_accuracy": best_test["accuracy"]})
+    report.print_ending(run.path, "test accuracy" + (" (best epoch)" if best else ""), summary["test_accuracy"],
+                        {"chance": summary["chance_accuracy"]}, quiet=args.quiet,
+                        extra=f"final epoch's test accuracy {summary['final_test_accuracy']}",
+                        figures=f"python plots/plot_vit.py --runs {args.out_dir}", loader="vit_sparse_fl.vit.load")
     summary["run_dir"] = str(run.path)
     run.release()
     return summary

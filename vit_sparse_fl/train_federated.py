@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import cli, compiled, export, shard
+from common import cli, compiled, export, flags, report, shard
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
@@ -54,6 +54,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--local-steps", type=int, default=4, help="J: local SGD steps per client per round")
     g.add_argument("--sharding", default="iid", choices=["iid", "non_iid"],
                    help="iid: random equal shards; non_iid: pathological, exactly --nc classes per client")
+    flags.alias(g, "--partition", dest="sharding", of="--sharding", choices=["iid", "non_iid"])
+    flags.add_clients_per_round(g)
     g.add_argument("--nc", type=int, default=5,
                    help="classes per client for --sharding non_iid (lower = more skew)")
     g.add_argument("--heterogeneity-experiment", action="store_true", help="one non-IID run per --nc-values")
@@ -79,6 +81,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 def finish_args(args) -> None:
     """--quick / full defaults, then validation of everything that can be checked before loading data."""
     exp.apply_quick(args, QUICK, FULL)
+    flags.resolve_clients_per_round(args)
     cli.validate_fed_args(args)
     exp.validate_model_args(args)
     cli.check(args.local_steps >= 1, f"--local-steps must be >= 1, got {args.local_steps}")
@@ -305,6 +308,10 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
     summary = run.write_summary(summary)
     vit.save(ctx["model"], run.path, info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
                                           "test_accuracy": summary["test_accuracy"]})  # the final global model
+    report.print_ending(run.path, "test accuracy", summary["test_accuracy"],
+                        {"chance": summary["chance_accuracy"]}, quiet=args.quiet,
+                        extra=f"final validation accuracy {summary['final_val_accuracy']}",
+                        figures=f"python plots/plot_vit.py --runs {args.out_dir}", loader="vit_sparse_fl.vit.load")
     summary["run_dir"] = str(run.path)
     run.release()
     return D.broadcast_object(summary)

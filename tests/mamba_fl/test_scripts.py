@@ -31,7 +31,7 @@ def _check_run(out_dir, prefix: str, summary: dict) -> dict:
     assert 1 < summary["unigram_ppl"] < summary["uniform_ppl"]
     meta = json.loads((run / "args.json").read_text())
     assert meta["args"]["kernel_path"] == "torch"  # CPU: the PyTorch reference path
-    assert meta["args"]["config"] == "pure_ssm_1_layer"
+    assert meta["args"]["model_config"] == "pure_ssm_1_layer"
     assert (run / "perplexity.png").stat().st_size > 1000
     return {"run": run, "rows": rows, "args": meta["args"]}
 

@@ -1,0 +1,59 @@
+"""The one line every training script ends with.
+
+    run directory: runs/fedavg_... | final validation perplexity 41.2 (unigram 310.5, uniform 2048) | figures:
+    runs/fedavg_.../perplexity.png | model: runs/fedavg_.../model (AutoModelForCausalLM.from_pretrained)
+
+``ending_line`` builds it from the run directory, the headline metric with its baseline(s), where the figures
+are (files in the run, or the plot command that draws them from many runs) and where the trained model is;
+``print_ending`` prints it unless ``--quiet`` (rank 0 only).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def ending_line(run_path: str | os.PathLike, metric: str, value, baselines: dict | None = None, *,
+                figures: str | Sequence[str] | None = None, model: str | os.PathLike | None = None,
+                loader: str | None = None, extra: str | None = None) -> str:
+    """``run directory: P | <metric> <value> (<baseline> <b>, ...) | figures: ... | model: ... (<loader>)``.
+
+    ``figures``: file names inside the run directory (shown with its path) or a command (kept as it is);
+    ``model``: the model folder (default ``<run>/model`` when it exists); ``extra``: one more short clause.
+    """
+    run_path = Path(run_path)
+    head = f"{metric} {_fmt(value)}"
+    if baselines:
+        head += " (" + ", ".join(f"{k} {_fmt(v)}" for k, v in baselines.items() if v is not None) + ")"
+    parts = [f"run directory: {run_path}", head]
+    if extra:
+        parts.append(extra)
+    if figures:
+        items = [figures] if isinstance(figures, str) else list(figures)
+        shown = [str(run_path / f) if (run_path / f).exists() else f for f in items]
+        parts.append("figures: " + ", ".join(shown))
+    if model is None and (run_path / "model").is_dir():
+        model = run_path / "model"
+    if model is not None:
+        parts.append(f"model: {model}" + (f" ({loader})" if loader else ""))
+    return " | ".join(parts)
+
+
+def print_ending(*args, quiet: bool = False, **kwargs) -> str:
+    """Print ``ending_line(*args, **kwargs)`` (unless ``quiet``, or on a rank other than 0); return it."""
+    line = ending_line(*args, **kwargs)
+    if not quiet and int(os.environ.get("RANK", "0")) == 0:
+        print(line, flush=True)
+    return line
