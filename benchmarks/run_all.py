@@ -298,6 +298,8 @@ def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> lis
                              NO_NPROC, ">= 1.6x"))
     if "gpu" in measured and device.startswith("cuda"):
         return rows
+    where = torch.cuda.get_device_name(0) if cuda and torch.cuda.is_available() else (
+        "CUDA device" if cuda else "no CUDA device")  # the device this run had, never a model it did not
     if not cuda:
         why = "not measured (no CUDA device)"
     elif not device.startswith("cuda"):
@@ -305,14 +307,14 @@ def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> lis
     else:
         why = "not measured (the `gpu` benchmark failed; see its row above)"
     for metric in ("tokens/s (mamba_fl)", "images/s (vit_sparse_fl)", "TFLOP/s", "peak GPU memory"):
-        rows.append(_missing("gpu (H200)", "-", metric, why))
+        rows.append(_missing("gpu", where, metric, why))
     return rows
 
 
 # the first column of each benchmark's rows
 ROW_NAMES = {"aggregate": {"aggregate"}, "vit": {"vit_sparse_fl"}, "mamba": {"mamba_fl"},
              "lora_merge": {"lora_glue_fl"}, "llm_round": {"llm_noniid"}, "fisher": {"fisher"},
-             "processes": {"processes"}, "gpu": {"gpu", "gpu (H200)"}}
+             "processes": {"processes"}, "gpu": {"gpu", "gpu (H200)"}}  # older files named the GPU rows so
 
 
 def previous_rows(text: str) -> tuple[list[list[str]], str]:
@@ -369,7 +371,8 @@ def benchmark_threads(name: str, threads: int) -> int:
 
 
 # ----------------------------------------------------------------------------- running the benchmarks
-def run_benchmark(name: str, args, out_dir: str) -> dict | list | str:
+def run_benchmark(name: str, args, out_dir: str, position: str = "") -> dict | list | str:
+    """Run one benchmark script (a progress line before and after it); its JSON, or why there is none."""
     script, small, full = BENCHMARKS[name]
     path = os.path.join(out_dir, name + ".json")
     extra = ["--quick"] if name in GPU_ONLY and not args.device.startswith("cuda") else []
@@ -381,11 +384,13 @@ def run_benchmark(name: str, args, out_dir: str) -> dict | list | str:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
+    print(f"{position}{name}: running {script} on {args.device} (at most {args.timeout:.0f} s) ...", flush=True)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
+        print(f"{position}{name}: timed out after {args.timeout:.0f} s", flush=True)
         return f"timed out after {args.timeout:.0f} s"
-    print(f"{name}: {time.perf_counter() - start:.0f} s, exit {proc.returncode}", flush=True)
+    print(f"{position}{name}: done in {time.perf_counter() - start:.0f} s, exit {proc.returncode}", flush=True)
     if proc.returncode != 0 or not os.path.exists(path):
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return f"exit {proc.returncode}: {last[:200]}"
@@ -398,7 +403,8 @@ def main(argv=None) -> dict:
     cli.check(args.threads >= 0 and args.timeout > 0, "--threads must be >= 0 and --timeout > 0")
     names = args.only or [n for n in BENCHMARKS if n not in GPU_ONLY or args.device.startswith("cuda")]
     with tempfile.TemporaryDirectory() as out:
-        results = {name: run_benchmark(name, args, args.json_dir or out) for name in names}
+        results = {name: run_benchmark(name, args, args.json_dir or out, f"[{i}/{len(names)}] ")
+                   for i, name in enumerate(names, start=1)}
     rows = build_table(results, cuda=torch.cuda.is_available(), device=args.device)
     command = " ".join(["python benchmarks/run_all.py", *(sys.argv[1:] if argv is None else argv)])
     kept = []
