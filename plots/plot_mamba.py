@@ -79,6 +79,7 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
     """Heatmaps of the last deltas and singular-value plots for one run saved with --save-deltas."""
     files = sorted((run["path"] / "deltas").glob("*.npz"))
     if len(files) < 2:
+        print(f"skipped the delta figures of {run['name']}: {len(files)} snapshot(s) in deltas/, 2 needed")
         return []
     plt, written = _plt(), []
     last = np.load(files[-1])
@@ -104,6 +105,8 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
     # singular values of the server delta per snapshot, every layer/tensor
     server_keys = sorted(k[len("server_delta/"):] for k in last.files if k.startswith("server_delta/"))
     if server_keys:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
         fig, axes = plt.subplots(2, len(server_keys), figsize=(3.2 * len(server_keys), 5.2), squeeze=False)
         cmap = plt.get_cmap("viridis")
         snaps = [np.load(f) for f in files]
@@ -126,6 +129,12 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
             ax2.set_xlabel("singular value index", fontsize=6)
             ax2.set_ylabel("singular value", fontsize=6)
             ax2.legend(fontsize=6)
+            for a_ in (ax, ax2):  # plain numbers at 1, 2, 5 x 10^k: no "6x10^-2"-style minor labels
+                a_.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                a_.yaxis.set_minor_locator(LogLocator(subs="auto"))
+                a_.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+                a_.yaxis.set_minor_formatter(NullFormatter())
+                a_.tick_params(labelsize=6)
         written += R.savefig(fig, out / f"spectrum_{run['name']}.png")
     return written
 
@@ -159,6 +168,7 @@ def grid_runs(root) -> list[dict]:
     out = []
     for run in R.load_runs(root, "*_L*_s*"):
         if not run.get("summary"):
+            print(f"left out {run['name']}: unfinished (no summary.json)")
             continue
         arm = run["name"].split("_")[0]
         real = "_real_" in run["name"]
@@ -273,7 +283,11 @@ def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
     fig, ax = plt.subplots(figsize=(9, 4.3))
     drawn, anyrun = 0, None
     for arm in arms:
-        group = _finite(_select(runs, arm, layers, shard, real))
+        everyone = _select(runs, arm, layers, shard, real)
+        group = _finite(everyone)
+        for r in everyone:
+            if r not in group:
+                print(f"{Path(path).name}: left out {r['name']}: its final perplexity is not finite (diverged)")
         if not group:
             continue
         anyrun = group[0]

@@ -31,7 +31,7 @@ BASE_J = 4
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
-    parser.add_argument("--runs-dir", default="runs/vit_suite", help="folder holding the run directories")
+    parser.add_argument("--runs-dir", "--runs", default="runs/vit_suite", help="folder holding the run directories")
     parser.add_argument("--out", default=None, help="folder for the figures (default <runs-dir>/figures)")
     parser.add_argument("--pdf", action="store_true", help="also write PDF files")
     return parser
@@ -83,15 +83,33 @@ def layer_of(name: str) -> str:
     return "final norm" if parts[1] == "norm" else "embed"
 
 
+MARKERS = "os^Dv<>pXP*h"
+
+
 def curve(ax, members: list[dict], label: str, **kw) -> None:
-    """Validation accuracy vs sample gradients of the main rounds (round x m x J x batch), mean ± sd."""
+    """Validation accuracy vs sample gradients of the main rounds (round x m x J x batch), mean ± sd; each
+    curve of an axes gets its own marker."""
     a = members[0]["args"]
     m = max(1, int(round(a["participation_rate"] * a["num_clients"])))
     x, mean, sd = R.mean_std(members, "val_accuracy", x="step")
-    if x.size:
-        x = x * m * a["batch_size"] / 1000
-        ax.plot(x, 100 * mean, marker=".", label=f"{label} (n={len(members)})", **kw)
-        ax.fill_between(x, 100 * (mean - sd), 100 * (mean + sd), alpha=0.15)
+    if not x.size:
+        print(f"left out of the accuracy curves: {label} (its runs logged no val_accuracy)")
+        return
+    x = x * m * a["batch_size"] / 1000
+    kw.setdefault("marker", MARKERS[len(ax.lines) % len(MARKERS)])
+    line, = ax.plot(x, 100 * mean, ms=4, label=f"{label} (n={len(members)})", **kw)
+    ax.fill_between(x, 100 * (mean - sd), 100 * (mean + sd), alpha=0.15, color=line.get_color())
+
+
+def figure_legend(fig, axes, ncol: int = 4) -> None:
+    """One legend below all panels (every label once), so no legend covers bars or curves."""
+    handles = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(ncol, len(handles)),
+                   fontsize=8, bbox_to_anchor=(0.5, 0.0), frameon=False)
 
 
 def main(argv=None) -> dict:
@@ -101,7 +119,12 @@ def main(argv=None) -> dict:
 
     root = Path(args.runs_dir)
     cli.check(root.is_dir(), f"--runs-dir {root}: no such folder; expected the --out-dir of the vit_sparse_fl runs")
-    runs = [r for r in R.load_runs(root, "*") if r["summary"] is not None]
+    runs = []
+    for r in R.load_runs(root, "*"):
+        if r["summary"] is None:
+            print(f"left out {r['name']}: unfinished (no summary.json)")
+        else:
+            runs.append(r)
     fed = [r for r in runs if r["meta"].get("script") == FED]
     sparse = [r for r in runs if r["meta"].get("script") == SPARSE]
     central = [r for r in runs if r["meta"].get("script") == CENTRAL]
@@ -213,19 +236,22 @@ def main(argv=None) -> dict:
                 ax.set(title=f"{sh} shards",
                        ylabel="test accuracy (%)" if key == "test_accuracy"
                        else "interference: own-class accuracy\nlocal - aggregated (points)")
-                if ax.get_legend_handles_labels()[0]:
-                    ax.legend(fontsize=7)
-                else:
+                if not ax.get_legend_handles_labels()[0]:
                     ax.text(0.5, 0.5, "not measured (--interference-window 0)", ha="center", transform=ax.transAxes)
+        fig.tight_layout()
+        figure_legend(fig, axes.flat)
         written += R.savefig(fig, out / "vit_strategies.png", pdf=args.pdf)
 
         # ------------------------------------------------------------ mask density per layer
-        fig, ax = plt.subplots(figsize=(7, 3.8))
+        fig, ax = plt.subplots(figsize=(8, 3.8))
         pick = [r for r in sparse if r["args"]["sparsity_ratio"] == sparsities[0] and r["args"]["seed"] == 0
                 and shard(r) == shards[0]]
-        for run in sorted(pick, key=lambda r: (r["args"]["mask_strategy"], r["args"].get("fisher_score", ""))):
+        pick = sorted(pick, key=lambda r: (r["args"]["mask_strategy"], r["args"].get("fisher_score", "")))
+        bar_w = 0.8 / max(len(pick), 1)
+        for i, run in enumerate(pick):
             path = run["path"] / "mask_density.json"
             if not path.is_file():
+                print(f"left out of vit_mask_density.png: {run['name']} (no mask_density.json)")
                 continue
             dens = json.loads(path.read_text())
             kept, total = defaultdict(float), defaultdict(float)
@@ -238,14 +264,22 @@ def main(argv=None) -> dict:
             name = run["args"]["mask_strategy"]
             if "sensitive" in name:
                 name += f" ({run['args'].get('fisher_score', 'fisher')})"
-            ax.plot(range(len(layers)), [100 * kept[k] / total[k] for k in layers], marker="o",
-                    label=f"{name}: {100 * dens['overall']:.1f} % overall")
-            ax.set_xticks(range(len(layers)), layers, fontsize=8, rotation=30)
+            # layers are categories: grouped bars, one per strategy, not lines between them
+            ax.bar(np.arange(len(layers)) + (i - (len(pick) - 1) / 2) * bar_w,
+                   [100 * kept[k] / total[k] for k in layers], bar_w,
+                   label=f"{name}: {100 * dens['overall']:.1f} % overall")
+            ax.set_xticks(range(len(layers)), layers, fontsize=8)
+        ax.axhline(100 * (1 - sparsities[0]), color="k", ls=":", lw=1,
+                   label=f"uniform density {100 * (1 - sparsities[0]):.0f} %")
         ax.set(ylabel="trainable coordinates (%)",
                title=f"mask density per layer, sparsity {sparsities[0]:g}, {shards[0]}, seed 0")
+        ax.set_xlabel("layer (backbone; the head is never masked)")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-        written += R.savefig(fig, out / "vit_mask_density.png", pdf=args.pdf)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            written += R.savefig(fig, out / "vit_mask_density.png", pdf=args.pdf)
+        else:
+            plt.close(fig)
+            print("skipped vit_mask_density.png: no sparse run of seed 0 has mask_density.json")
 
     for p in written:
         print(p)
