@@ -393,7 +393,8 @@ class RunDir:
         check_out_dir(out_dir, "--out-dir")
         check(not self.path.exists() or self.path.is_dir(), f"{self.path} is a file; expected a run directory "
                                                             "(choose another --run-name or --out-dir)")
-        self._probe_lock()
+        if is_main:  # the other ranks follow rank 0, which may already hold the lock and have claimed
+            self._probe_lock()
         ckpt_path = self.path / CHECKPOINT_FILE
         has_run = (self.path / ARGS_FILE).is_file()
         if resume and ckpt_path.exists():
@@ -407,7 +408,7 @@ class RunDir:
             self._checkpoint_at = _where(state)
             self._state = state
             self.resumed = True
-        else:
+        elif is_main:
             contents = self._contents()
             if contents and has_run and resume:  # killed before its first checkpoint: start it again
                 self._check_resumable(ignore_on_resume)
