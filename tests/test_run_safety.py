@@ -211,3 +211,30 @@ def test_resume_refuses_missing_metrics_and_removes_stale_temp_files(out_dir, ca
     fed_avg.main([*argv, "--resume"])
     assert not (run / ".checkpoint.pt.x1y2.tmp").exists()
     runlog.release_all()
+
+
+def _nan_worker(rank, world, port, out):
+    from multirank import torchrun_env
+
+    torchrun_env(rank, world, port)
+    if rank == 1:  # only rank 1's clients blow up (from round 2): the aggregate carries it to every rank
+        experiment.train_steps = _poison_after(2)(experiment.train_steps, lambda a, k: a[0])
+    argv = [*VIT, "--num-clients", "8", "--participation-rate", "0.5", "--rounds", "4", "--out-dir", out,
+            "--run-name", "r"]
+    try:
+        train_federated.main(argv)
+    except cli.Diverged as e:
+        Path(out, f"rank{rank}.diverged").write_text(str(e))
+    finally:
+        from common import distributed as D
+        D.cleanup()
+
+
+def test_under_torchrun_every_rank_stops_on_a_non_finite_aggregate(out_dir):
+    from multirank import run_ranks
+
+    run_ranks(_nan_worker, str(out_dir))
+    for rank in (0, 1):
+        assert "round 2" in (out_dir / f"rank{rank}.diverged").read_text()
+    _assert_kept(out_dir / "r", "vit_sparse_fl/train_federated", "round", 1,
+                 lambda s: list(s["global"].values()) if isinstance(s["global"], dict) else s["global"])
