@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # files only: works on headless machines, and before pypl
 import numpy as np
 
 from common import stats
+from common.cli import UsageError, check_out_dir
 from common.runlog import ARGS_FILE, METRICS_FILE, SUMMARY_FILE, read_rows
 
 # Arguments that do not define a configuration: runs differing only in these are pooled.
@@ -45,11 +46,33 @@ def load_run(path: str | os.PathLike) -> dict:
     skipped, as after a crash.
     """
     path = Path(path)
-    meta = json.loads((path / ARGS_FILE).read_text(encoding="utf-8"))
+    meta = _read_json(path / ARGS_FILE)
     summary_path = path / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
+    summary = _read_json(summary_path) if summary_path.is_file() else None
+    try:
+        rows = read_rows(path / METRICS_FILE)
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise UsageError(f"{e}; repair or remove the run directory {path}") from None
+    bad = next((r for r in rows if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise UsageError(f"{path / METRICS_FILE}: a row is not a JSON object ({bad!r:.40}); repair or remove {path}")
+    if not isinstance(meta.get("args", {}), dict) or (summary is not None and not isinstance(summary, dict)):
+        raise UsageError(f"{path}: args.json or summary.json does not have the run-directory layout; repair or "
+                         "remove it")
     return {"path": path, "name": path.name, "args": meta.get("args", {}), "meta": meta,
-            "rows": read_rows(path / METRICS_FILE), "summary": summary}
+            "rows": rows, "summary": summary}
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; ``UsageError`` (one line, exit 2) for a corrupt or foreign file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not valid JSON ({type(e).__name__}: {e}); repair or remove the run directory "
+                         f"{path.parent}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path} does not hold a JSON object; repair or remove the run directory {path.parent}")
+    return value
 
 
 def load_runs(root: str | os.PathLike, pattern: str = "*") -> list[dict]:
@@ -153,6 +176,7 @@ def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False, dpi: int = 150
     ``path``'s suffix is replaced by .png / .pdf. Returns the written paths.
     """
     path = Path(path)
+    check_out_dir(path.parent, "--out")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     written = []

@@ -119,6 +119,15 @@ def paths(tmp_path_factory) -> dict:
     cfg.pop("r", None)
     (broken / "adapter_config.json").write_text(json.dumps(cfg))
     (bad / "llm_half_round.yaml").write_text("num_rounds: 2.5\n")
+    # run directories with a corrupt args.json, metrics.jsonl or summary.json (for the plot scripts)
+    meta = json.dumps({"args": {"seed": 0}, "script": "x"})
+    for name, files in (("corrupt_args", {"args.json": "{not json"}),
+                        ("corrupt_metrics", {"args.json": meta, "metrics.jsonl": '{"round": 1}\nnot json\n{}\n'}),
+                        ("corrupt_summary", {"args.json": meta, "summary.json": "[1, 2]"})):
+        run = bad / name / "run"
+        run.mkdir(parents=True)
+        for fname, text in files.items():
+            (run / fname).write_text(text)
     p.update(bad=bad, adapter=adapter)
     return p
 
@@ -255,6 +264,20 @@ CASES = [
     ("merge save over a file", "fedavg_merge", ["--adapters", "{adapter}", "--save_adapter", "{file}"], "is a file"),
     ("make_shards out dir is a file", "make_shards", ["--quick", "--out_dir", "{file}"], "is a file"),
     ("make_shards k zero", "make_shards", ["--quick", "--k", "0", "--out_dir", "{runs}/shards"], "--k"),
+    # ---- plot scripts: unrelated folders, corrupt run files, an output path that is a file
+    ("plot_mamba unrelated folder", "plot_mamba", ["--runs", "{bad}/wiki_other", "--out", "{root}/figs"],
+     "nothing to draw"),
+    ("plot_mamba corrupt args", "plot_mamba", ["--runs", "{bad}/corrupt_args", "--out", "{root}/figs"],
+     "not valid JSON"),
+    ("plot_mamba missing folder", "plot_mamba", ["--runs", "{bad}/none", "--out", "{root}/figs"], "no such folder"),
+    ("plot_vit unrelated folder", "plot_vit", ["--runs", "{bad}/wiki_other", "--out", "{root}/figs"], "wiki_other"),
+    ("plot_vit corrupt metrics", "plot_vit", ["--runs", "{bad}/corrupt_metrics", "--out", "{root}/figs"],
+     "metrics.jsonl:2"),
+    ("plot_vit out is a file", "plot_vit", ["--runs", "{runs}/vit_fed", "--out", "{file}"], "is a file"),
+    ("plot_lora unrelated folder", "plot_lora", ["--runs", "{bad}/wiki_other", "--out", "{root}/figs"],
+     "wiki_other"),
+    ("plot_lora corrupt summary", "plot_lora", ["--runs", "{bad}/corrupt_summary", "--out", "{root}/figs"],
+     "JSON object"),
     # ---- llm_noniid: the shared parser and run directory
     ("llm lr nan", "llm", ["--learning-rate", "nan"], "finite"),
     ("llm yaml half round", "llm", ["--config", "{bad}/llm_half_round.yaml"], "expected an integer"),
@@ -266,6 +289,10 @@ if not ROOT:
 
 
 def _other_main(key: str):
+    if key.startswith("plot_"):
+        import importlib
+        return importlib.import_module({"plot_mamba": "plots.plot_mamba", "plot_vit": "plots.plot_vit",
+                                        "plot_lora": "plots.plot_lora_glue"}[key]).main
     if key == "fedavg_merge":
         return fedavg_merge.main
     if key == "make_shards":
@@ -293,6 +320,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, paths, capsys):
     elif key == "llm":
         main, argv = _other_main(key), ["--quick", "--quiet", "--out-dir", str(paths["runs"] / "llm"), *extra]
     else:
+        if key == "plot_vit":
+            finish(paths, "vit_fed")
         main, argv = _other_main(key), extra
     before = _snapshot(paths["runs"])
     err = one_line_error(main, argv, capsys)
