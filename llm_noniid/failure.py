@@ -10,8 +10,11 @@ Rules (defaults in ``Thresholds``; each returns the first round where the mode i
   ``osc_min_change`` (1 %) of the window's mean loss reverse direction at least ``osc_min_reversals`` (3)
   times (down-up-down-up): the loss goes up and down instead of settling. A single spike (2 reversals) or a
   monotone rise (divergence) is not oscillation. Reported at the window's last round.
-* client drift: the relative client update divergence mean ||theta_k - theta_bar|| / ||theta_bar|| exceeds
-  ``drift_rel`` (0.05) for ``drift_patience`` (3) consecutive rounds: clients pull the model apart.
+* client drift: the clients' dispersion around their mean, relative to the mean update,
+  RMS_k ||theta_k - theta_bar|| / ||theta_bar - x|| (``client_divergence / update_norm`` of the metric rows),
+  exceeds ``drift_dispersion`` for ``drift_patience`` consecutive rounds: the clients disagree more than they
+  agree. Scale-free (a relative-to-||theta|| measure grows with the learning rate and local steps alike on
+  iid data, and fired on every run); rounds with one client carry no dispersion and are skipped.
 * slow convergence: after ``slow_rounds`` (10) evaluations the loss has improved by less than
   ``slow_min_improvement`` (5 %) relative to the first evaluation. Reported at that evaluation.
 A healthy curve (steady decrease, small noise) triggers none of them.
@@ -32,7 +35,7 @@ class Thresholds:
     osc_window: int = 8
     osc_min_change: float = 0.01
     osc_min_reversals: int = 3
-    drift_rel: float = 0.05
+    drift_dispersion: float = 4.0
     drift_patience: int = 3
     slow_rounds: int = 10
     slow_min_improvement: float = 0.05
@@ -72,13 +75,20 @@ def detect_oscillation(rounds: list[int], losses: list[float], th: Thresholds = 
     return None
 
 
-def detect_client_drift(rounds: list[int], drift_rel: list[float], th: Thresholds = DEFAULT) -> int | None:
+def detect_client_drift(rounds: list[int], dispersion: list[float], th: Thresholds = DEFAULT) -> int | None:
     streak = 0
-    for i, (_, d) in enumerate(zip(rounds, drift_rel)):
-        streak = streak + 1 if (not math.isfinite(d) or d > th.drift_rel) else 0
+    for i, (_, d) in enumerate(zip(rounds, dispersion)):
+        streak = streak + 1 if (not math.isfinite(d) or d > th.drift_dispersion) else 0
         if streak >= th.drift_patience:
             return rounds[i - th.drift_patience + 1]
     return None
+
+
+def dispersion(row: dict) -> float | None:
+    """RMS_k ||theta_k - theta_bar|| / ||theta_bar - x|| of a metric row (None without two or more clients)."""
+    if "client_divergence" not in row or len(row.get("participants", [0, 0])) < 2:
+        return None
+    return row["client_divergence"] / max(row.get("update_norm", 0.0), 1e-12)
 
 
 def detect_slow_convergence(rounds: list[int], losses: list[float], th: Thresholds = DEFAULT) -> int | None:
@@ -94,15 +104,31 @@ def detect_slow_convergence(rounds: list[int], losses: list[float], th: Threshol
 
 def detect(rows: list[dict], th: Thresholds = DEFAULT) -> dict[str, int]:
     """Detected modes -> first round, from metric rows with ``round``, ``val_loss`` and optionally
-    ``client_divergence_rel``."""
+    ``client_divergence`` / ``update_norm`` / ``participants``."""
     ev = [r for r in rows if "val_loss" in r]
     rounds, losses = [r["round"] for r in ev], [float(r["val_loss"]) for r in ev]
-    dr = [r for r in rows if "client_divergence_rel" in r]
+    dr = [(r["round"], dispersion(r)) for r in rows if dispersion(r) is not None]
     found = {
         "divergence": detect_divergence(rounds, losses, th),
         "oscillation": detect_oscillation(rounds, losses, th),
-        "client_drift": detect_client_drift([r["round"] for r in dr],
-                                            [float(r["client_divergence_rel"]) for r in dr], th),
+        "client_drift": detect_client_drift([r for r, _ in dr], [float(d) for _, d in dr], th),
         "slow_convergence": detect_slow_convergence(rounds, losses, th),
     }
     return {k: v for k, v in found.items() if v is not None}
+
+
+def rules_table(th: Thresholds = DEFAULT) -> str:
+    """The rules as a Markdown table with the thresholds' values: the README's table is this text (tested)."""
+    rows = [
+        ("divergence", f"a non-finite validation loss, or the loss > {1 + th.div_rel_increase:g} × the best so far for "
+                       f"{th.div_patience} consecutive evaluations (reported at the first of them); the run stops "
+                       "(`status: diverged`) and the checkpoint stays at the last round before"),
+        ("oscillation", f"in a window of {th.osc_window} evaluations, loss changes larger than "
+                        f"{100 * th.osc_min_change:g} % of the window's mean loss reverse direction at least "
+                        f"{th.osc_min_reversals} times"),
+        ("client drift", f"RMS_k ‖θₖ − θ̄‖ / ‖θ̄ − x‖ > {th.drift_dispersion:g} for {th.drift_patience} consecutive "
+                         "rounds with two or more clients"),
+        ("slow convergence", f"after {th.slow_rounds} evaluations the loss improved < "
+                             f"{100 * th.slow_min_improvement:g} % relative to the first"),
+    ]
+    return "\n".join(["| mode | rule |", "|---|---|", *(f"| {m} | {r} |" for m, r in rows)])

@@ -1,7 +1,7 @@
 """One federated round, model-agnostic: local steps with the FedProx / SCAFFOLD hooks and the streaming
 server side. ``train.py`` runs it on a causal LM; the tests run the very same functions on quadratics.
 
-Algorithms (DESIGN.md section 5):
+Algorithms:
 * FedAvg: theta <- sum_k n_k theta_k / sum_k n_k (then the server optimizer, plain replacement at lr 1).
 * FedProx: the local loss gets + (mu/2) ||theta - theta_global||^2, anchored at this round's global model;
   mu = 0 is exactly FedAvg (the hook adds mu (theta - theta_global) to the gradient).

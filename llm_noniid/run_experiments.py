@@ -31,6 +31,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from common import cli
 from common import stats as S
 from llm_noniid import data as D
@@ -162,12 +164,13 @@ def _by_seed(runs, key):
 
 def table(runs: list[dict], mode: str) -> list[str]:
     """Markdown rows of ``mode``'s arms: global and personalised perplexity (mean ± sd), paired differences
-    to FedAvg on the same partition (95% t interval), rounds, detected failure modes."""
+    to FedAvg on the same partition (95% t interval), compute (training tokens through forward/backward, as a
+    multiple of FedAvg's), run status, detected failure modes."""
     groups: dict[tuple, list] = {}
     for r in runs:
         groups.setdefault(arm_of(r["args"]), []).append(r)
     lines = ["| partition | arm | n | final ppl | Δ vs FedAvg | personalised ppl | Δ vs FedAvg | "
-             "status | failure modes (runs) |", "|---|---|---|---|---|---|---|---|---|"]
+             "compute | status | failure modes (runs) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for part, arm, _ in arms(mode):
         g = groups.get((part, arm), [])
         if not g:
@@ -179,6 +182,9 @@ def table(runs: list[dict], mode: str) -> list[str]:
             cells.append(S.fmt(S.summarize(_by_seed(g, key).values())))
             cells.append("" if arm == "FedAvg" or not ref else
                          S.fmt_diff(S.paired(_by_seed(g, key), _by_seed(ref, key))))
+        tokens = [r["summary"]["train_tokens"] for r in g if r.get("summary")]
+        ref_tokens = [r["summary"]["train_tokens"] for r in ref if r.get("summary")]
+        cells.append(f"{np.mean(tokens) / np.mean(ref_tokens):.2f}x" if tokens and ref_tokens else "–")
         status = {}
         modes: dict[str, int] = {}
         for r in g:
@@ -220,7 +226,8 @@ def detector_table(runs: list[dict]) -> list[str]:
     """Share of runs each detector flags (with ``failure.DEFAULT`` thresholds, detected again from the logged
     curves), per class of runs whose behaviour is known by construction: the healthy column is the false-positive
     rate, the matching column the detection rate."""
-    classes = {name: [r for r in runs if is_(*arm_of(r["args"]))] for name, is_ in KNOWN.items()}
+    classes = {name: [r for r in runs if r.get("summary") and is_(*arm_of(r["args"]))]  # finished runs only
+               for name, is_ in KNOWN.items()}
     classes = {k: v for k, v in classes.items() if v}
     if not classes:
         return ["(no runs of a known class yet: run --mode failure and --mode calibrate)"]
@@ -232,7 +239,20 @@ def detector_table(runs: list[dict]) -> list[str]:
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     th = failure.DEFAULT.as_dict()
     lines += ["", "Thresholds (`llm_noniid/failure.py`, `Thresholds`): " + ", ".join(f"{k} = {v:g}" for k, v in
-                                                                                       th.items()) + "."]
+                                                                                       th.items()) + ".", ""]
+    # the calibration: each detector's key threshold swept, the others at their defaults
+    sweeps = {"divergence": ("div_rel_increase", (0.05, 0.1, 0.2, 0.5)),
+              "oscillation": ("osc_min_change", (0.0025, 0.005, 0.01, 0.02)),
+              "client_drift": ("drift_dispersion", (2.0, 2.5, 3.0, 4.0)),
+              "slow_convergence": ("slow_min_improvement", (0.02, 0.05, 0.1))}
+    lines += ["Calibration (share of runs flagged, one threshold varied):", "",
+              "| detector | threshold | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
+    for mode, (key, values) in sweeps.items():
+        for v in values:
+            t = failure.Thresholds(**{**th, key: v})
+            cells = [f"{sum(mode in failure.detect(r['rows'], t) for r in g)}/{len(g)}" for g in classes.values()]
+            mark = " (default)" if v == th[key] else ""
+            lines.append(f"| {mode} | {key} = {v:g}{mark} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -9,9 +10,10 @@ from llm_noniid import failure
 
 
 def rows(losses, drift=None):
-    drift = drift if drift is not None else [0.01] * len(losses)
-    return [{"round": i + 1, "val_loss": float(v), "client_divergence_rel": float(d)}
-            for i, (v, d) in enumerate(zip(losses, drift))]
+    """Metric rows; ``drift`` is the dispersion RMS ||theta_k - theta_bar|| / ||theta_bar - x|| per round."""
+    drift = drift if drift is not None else [1.5] * len(losses)
+    return [{"round": i + 1, "val_loss": float(v), "client_divergence": 0.1 * float(d), "update_norm": 0.1,
+             "participants": [0, 1, 2]} for i, (v, d) in enumerate(zip(losses, drift))]
 
 
 def healthy(n=30, seed=0):
@@ -59,10 +61,17 @@ def test_flat_curve_is_slow_convergence():
 
 
 def test_client_drift_needs_a_sustained_excess():
-    drift = [0.01] * 5 + [0.2, 0.3, 0.4, 0.5] + [0.01] * 3
+    drift = [1.5] * 5 + [5.0, 6.0, 7.0, 8.0] + [1.5] * 3
     assert failure.detect(rows(healthy(12), drift))["client_drift"] == 6
-    blip = [0.01] * 5 + [0.2, 0.01, 0.2, 0.01] + [0.01] * 3
+    blip = [1.5] * 5 + [9.0, 1.5, 9.0, 1.5] + [1.5] * 3
     assert "client_drift" not in failure.detect(rows(healthy(12), blip))
+    one_client = [{**r, "participants": [3]} for r in rows(healthy(12), [50.0] * 12)]
+    assert "client_drift" not in failure.detect(one_client)  # one client: no dispersion to measure
+
+
+def test_readme_rules_are_the_codes():
+    readme = (Path(__file__).resolve().parents[2] / "llm_noniid" / "README.md").read_text(encoding="utf-8")
+    assert failure.rules_table() in readme  # one source of truth: change the code, paste rules_table()
 
 
 def test_thresholds_are_tunable():
