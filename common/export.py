@@ -8,8 +8,9 @@
 * ``save_state_dict_dir(run_path, state_dict, config)`` -- for models that are not ``transformers`` classes
   (the ViT): named tensors in ``model.pt`` (``torch.load(weights_only=True)`` reads it) plus ``config.json``.
 * ``relative_base(adapter_dir, base)`` / ``resolve_base(adapter_dir, recorded)`` -- a LoRA adapter's
-  ``base_model_name_or_path`` recorded relative to the adapter folder when the base is a local folder
-  (hub names stay as they are), so a run directory can be moved or copied with its base inside it.
+  ``base_model_name_or_path`` recorded relative to the adapter folder when the base is a folder inside the
+  same run directory (so the run directory can be moved or copied with its base inside it), absolute for a
+  folder elsewhere, a hub name as it is.
   peft's ``AutoPeftModel*`` resolve a relative path against the working directory; ``resolve_base``
   resolves it against the adapter folder, and ``PeftModel.from_pretrained(base_model, adapter_dir)``
   takes the base model object, so it never reads the recorded path.
@@ -55,6 +56,44 @@ def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: 
     return out
 
 
+def merged(model):
+    """A copy of a peft model with its LoRA update merged into the base weights (a plain ``transformers``
+    model); other models are returned as they are."""
+    import copy
+
+    model = getattr(model, "_orig_mod", model)
+    return copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def save_adapter_dir(run_path: str | os.PathLike, peft_model, tokenizer=None, *, base: str | None = None,
+                     base_model=None, info: dict | None = None, name: str = "adapter") -> Path:
+    """A peft model's adapter in ``<run>/<name>/`` (``PeftModel.from_pretrained(base, "<run>/adapter")``).
+
+    ``base``: the base model's hub name or folder, recorded as ``base_model_name_or_path`` (a folder
+    relative to the adapter folder). A base that exists nowhere else (a model built in code) is given as
+    ``base_model`` (without adapters: ``copy.deepcopy(peft_model).unload()``) and saved with
+    ``save_pretrained`` (and the tokenizer) to ``<run>/base_model/``.
+    """
+    run_path = Path(run_path)
+    out = model_dir(run_path, name)
+    out.mkdir(parents=True, exist_ok=True)
+    if base_model is not None:
+        base = str(model_dir(run_path, "base_model"))
+        getattr(base_model, "_orig_mod", base_model).save_pretrained(base)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(base)
+    peft_model = getattr(peft_model, "_orig_mod", peft_model)
+    peft_model.save_pretrained(str(out))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["base_model_name_or_path"] = relative_base(out, base)
+    atomic_write_json(cfg_path, cfg)
+    atomic_write_json(out / CARD_FILE, {"run": run_path.name, "format": "peft", **(info or {})})
+    return out
+
+
 def save_state_dict_dir(run_path: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict,
                         *, info: dict | None = None, name: str = MODEL_DIR) -> Path:
     """Named tensors (CPU, contiguous) in ``<run>/<name>/model.pt`` plus ``config.json``; returns the folder."""
@@ -81,11 +120,24 @@ def load_state_dict_dir(folder: str | os.PathLike) -> tuple[dict[str, torch.Tens
 # ----------------------------------------------------------------------------------------------------------
 # adapters' base model paths
 
+def run_root(path: str | os.PathLike) -> Path | None:
+    """The run directory holding ``path`` (the nearest folder, ``path`` included, with an args.json)."""
+    for folder in (Path(path).resolve(), *Path(path).resolve().parents):
+        if (folder / "args.json").is_file():
+            return folder
+    return None
+
+
 def relative_base(adapter_dir: str | os.PathLike, base: str | None) -> str | None:
-    """``base`` relative to ``adapter_dir`` when it is a local folder, else unchanged (a hub name, None)."""
+    """What an adapter records as its base: a local folder inside the adapter's run directory relative to the
+    adapter folder (the two move together), any other local folder as an absolute path (it stays where it is
+    when the run directory moves), a hub name unchanged."""
     if not base or not Path(base).is_dir():
         return base
-    return os.path.relpath(Path(base).resolve(), Path(adapter_dir).resolve())
+    base_path, root = Path(base).resolve(), run_root(adapter_dir)
+    if root is not None and (base_path == root or root in base_path.parents):
+        return os.path.relpath(base_path, Path(adapter_dir).resolve())
+    return str(base_path)
 
 
 def resolve_base(adapter_dir: str | os.PathLike, recorded: str | None) -> str | None:

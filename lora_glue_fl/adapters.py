@@ -5,7 +5,7 @@ An ``Adapter`` holds, per LoRA module (e.g. ``...layer.3.attention.self.query``)
 ``s = alpha / r`` (``alpha / sqrt(r)`` for rsLoRA). It also holds the classifier head (peft's
 ``modules_to_save``), which the server averages with the same weights as the updates.
 
-Merges (DESIGN.md section 5; the math is in ``common.lora_merge``), weights ``w_k`` = shard sizes, normalised:
+Merges (the math is in ``common.lora_merge``), weights ``w_k`` = shard sizes, normalised:
 * ``svd``    dW_bar = sum_k w_k s_k B_k A_k, fused factors = its rank-r truncated SVD (Eckart-Young
              optimal; exact when r >= sum_k r_k), stored so that ``s_f * B_f @ A_f`` reproduces it with
              the fused scaling ``s_f = alpha_f / r`` (``alpha_f`` = ``--alpha`` or r);

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from common import cli, compiled, export, runlog
+from common import cli, compiled, export, flags, report, runlog
 from common import distributed as D
 from common import seed as seeding
 from lora_glue_fl import adapters, checks, glue_shards, glue_tasks, modeling
@@ -50,6 +50,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
     p.add_argument("--shard_dir", default=None, help="folder of client_<i>.json manifests from make_shards.py "
                                                      "(--quick without it: 3 iid clients)")
+    p.add_argument("--partition", choices=glue_shards.MODES, default=None,
+                   help="split the training split here instead of reading --shard_dir: make_shards.py's --mode "
+                        "(with --num-clients clients, default 3; --quick alone: iid)")
+    p.add_argument("--num-clients", type=int, default=3, help="clients of --partition (--shard_dir: its manifests)")
+    p.add_argument("--max_train_samples", type=int, default=None,
+                   help="use the first N training examples (with --partition or --quick; default --quick: 240)")
     p.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
                    help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
                         "(default: dir when --data_dir is given, synthetic with --quick, else hf)")
@@ -58,6 +64,11 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g = p.add_argument_group("federation")
     g.add_argument("--rounds", type=int, default=5, help="communication rounds")
     g.add_argument("--local_epochs", type=float, default=1.0, help="epochs over its shard per client per round")
+    g.add_argument("--local-steps", type=int, default=None,
+                   help="exactly this many optimizer steps per client per round instead of --local_epochs")
+    g.add_argument("--participation-rate", type=float, default=1.0,
+                   help="fraction of clients per round: every client takes part in every round here (1 only)")
+    flags.add_clients_per_round(g)
     g.add_argument("--batch_size", type=int, default=32, help="local batch size")
     g.add_argument("--learning_rate", type=float, default=2e-4, help="local AdamW learning rate (linear decay)")
     g.add_argument("--aggregation", choices=adapters.METHODS, default=None,
@@ -106,13 +117,26 @@ def resolve_args(args):
         args.svd_rank = min(args.svd_rank, 4)
     glue_tasks.get_task(args.task_name)
     args.task_name = args.task_name.lower()
+    cli.check(args.local_steps is None or args.local_steps >= 1,
+              f"--local-steps must be at least 1, got {args.local_steps}")
+    cli.check(args.num_clients >= 1, f"--num-clients must be at least 1, got {args.num_clients}")
+    cli.check(args.max_train_samples is None or args.max_train_samples >= 1,
+              f"--max_train_samples must be at least 1, got {args.max_train_samples}")
+    cli.check(args.shard_dir is None or args.partition is None,
+              "--partition splits the data here, --shard_dir reads a split: give one of them")
+    if args.clients_per_round is not None and args.shard_dir is None:
+        flags.resolve_clients_per_round(args)
+    cli.check(args.participation_rate == 1.0 or args.clients_per_round is not None and args.shard_dir is not None,
+              f"every client takes part in every round of fedavg_rounds.py; --participation-rate "
+              f"{args.participation_rate} / --clients-per-round {args.clients_per_round} is not supported")
     cli.check(args.svd_rank >= 1, f"--svd_rank must be at least 1, got {args.svd_rank}")
     cli.check(args.lora_r >= 1, f"--lora_r must be at least 1, got {args.lora_r}")
     cli.check(args.rounds >= 1, f"--rounds must be at least 1, got {args.rounds}")
     cli.check(args.local_epochs > 0, f"--local_epochs must be positive, got {args.local_epochs}")
     cli.check(args.batch_size >= 1, f"--batch_size must be at least 1, got {args.batch_size}")
     cli.check(0.0 <= args.lora_dropout < 1.0, f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
-    cli.check(args.shard_dir is not None or args.quick, "--shard_dir is required (make it with make_shards.py)")
+    cli.check(args.shard_dir is not None or args.quick or args.partition is not None,
+              "--shard_dir (make it with make_shards.py) or --partition is required")
     return args
 
 
@@ -156,10 +180,15 @@ def main(argv=None) -> dict:
     train = splits["train"]
     if args.shard_dir is not None:
         shards, shard_info = glue_shards.read_shard_manifests(args.shard_dir)
-    else:  # --quick: 3 iid clients over the first QUICK_TRAIN examples
-        train = splits["train"] = train.subset(range(min(QUICK_TRAIN, len(train))))
-        info = glue_shards.make_client_splits(train, args.task_name, 3, "iid", seed=args.seed)
+    else:  # --partition, or --quick: --num-clients (3) clients over the first QUICK_TRAIN examples
+        n_train = args.max_train_samples or (QUICK_TRAIN if args.quick else len(train))
+        train = splits["train"] = train.subset(range(min(n_train, len(train))))
+        info = glue_shards.make_client_splits(train, args.task_name, args.num_clients, args.partition or "iid",
+                                              seed=args.seed)
         shards, shard_info = [np.asarray(c, dtype=np.int64) for c in info["client_indices"]], info
+    if args.clients_per_round is not None:
+        cli.check(args.clients_per_round == len(shards), f"--clients-per-round {args.clients_per_round}: every "
+                                                         f"one of the {len(shards)} clients takes part in every round")
     top = max(int(s.max()) for s in shards)
     cli.check(top < len(train), f"--shard_dir {args.shard_dir}: index {top} outside the {len(train)} training "
                                 f"examples of {args.task_name}; the manifests belong to another dataset")
@@ -257,7 +286,7 @@ def main(argv=None) -> dict:
             t_client = time.perf_counter()
             stats = modeling.train_local(model, train_enc, idx, epochs=args.local_epochs, batch_size=args.batch_size,
                                          lr=args.learning_rate, seed=args.seed, round_idx=rnd, client=i, device=device,
-                                         forward=state["forward"])
+                                         forward=state["forward"], steps=args.local_steps)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timing["client_seconds"] += time.perf_counter() - t_client
@@ -315,6 +344,7 @@ def main(argv=None) -> dict:
     summary = {"task": args.task_name, "aggregation": args.aggregation, "num_clients": len(shards),
                "shard_mode": shard_info.get("mode"), "client_sizes": sizes, "rounds_done": args.rounds,
                "main_metric": main_metric, "fused_rank": fused.r, "fused_alpha": fused.alpha,
+               "majority": glue_tasks.majority_metrics(args.task_name, train.label, evals),
                "final": {k: v for k, v in final.items() if k not in ("round", "client")},
                "best": {"round": best.get("round"), main_metric: best.get(main_metric)},
                "final_adapter": str(rd.path / f"round_{args.rounds}" / fused_dir_name(args.aggregation, fused)
@@ -328,6 +358,10 @@ def main(argv=None) -> dict:
         export.save_model_dir(rd.path, adapters.merged_copy(model_for(fused)), tokenizer,
                               info={"method": "fedavg_" + args.aggregation, "task": args.task_name,
                                     "final": summary["final"]})
+        report.print_ending(rd.path, f"final validation {main_metric}", summary["final"].get(main_metric),
+                            {"majority baseline": summary["majority"].get(main_metric)}, quiet=args.quiet,
+                            figures=f"python plots/plot_lora_glue.py --runs {args.out_dir}",
+                            loader="AutoModelForSequenceClassification.from_pretrained")
     summary = D.broadcast_object(summary)  # every rank returns rank 0's summary
     rd.release()
     if owns_group:

@@ -1,6 +1,6 @@
 """The nine GLUE tasks: one table, three data sources, and the metrics of each task.
 
-Sources (DESIGN.md section 3, never a silent fallback from one to another):
+Sources (never a silent fallback from one to another):
 * ``hf``         -- ``datasets.load_dataset("glue", task)`` (``--cache_dir``);
 * ``dir``        -- a local folder in the original GLUE TSV layout (``--data_dir``: train.tsv, dev.tsv,
                     for MNLI dev_matched.tsv and dev_mismatched.tsv);
@@ -215,6 +215,21 @@ def load_glue(task_name: str, data: str = "hf", data_dir=None, cache_dir=None) -
 # ---------------------------------------------------------------------------------------------------------
 # Metrics (common.evaluate, plain NumPy: the `evaluate` package would fetch metric code from the hub)
 # ---------------------------------------------------------------------------------------------------------
+def majority_metrics(task_name: str, train_labels, eval_sets: dict[str, Examples]) -> dict[str, float]:
+    """The task's metrics of always predicting the most frequent training label (classification tasks;
+    {} for STS-B's regression): the baseline a fine-tuned model has to beat."""
+    task = get_task(task_name)
+    if task.num_labels == 1 or len(train_labels) == 0:
+        return {}
+    majority = int(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=task.num_labels).argmax())
+    outputs = {}
+    for split, ex in eval_sets.items():
+        logits = np.zeros((len(ex), task.num_labels))
+        logits[:, majority] = 1.0
+        outputs[split] = (logits, np.asarray(ex.label))
+    return compute_metrics(task_name, outputs)
+
+
 def compute_metrics(task_name: str, outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """outputs: eval split -> (logits [N, C] or scores [N, 1], labels [N]) -> the task's metrics.
 

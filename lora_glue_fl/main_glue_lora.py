@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common import cli, compiled, export, runlog
+from common import cli, compiled, export, flags, report, runlog
 from common import seed as seeding
 from lora_glue_fl import adapters, checks, glue_tasks, modeling
 
@@ -47,6 +47,8 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
     g.add_argument("--learning_rate", type=float, default=2e-4 if lora else 2e-5,
                    help="AdamW learning rate, linear decay to 0" + (" (LoRA takes larger rates)" if lora else ""))
     g.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (may be fractional)")
+    flags.alias(g, "--rounds", dest="num_train_epochs", of="--num_train_epochs (a centralized run's length, in "
+                "epochs)", type=float)
     if lora:
         g = p.add_argument_group("LoRA")
         g.add_argument("--lora_r", type=int, default=8, help="adapter rank")
@@ -164,12 +166,17 @@ def run(args, lora: bool = True) -> dict:
     summary = {"task": args.task_name, "method": "central_lora" if lora else "full_finetune",
                "model": modeling.model_id(args), "trainable_params": n_train, "total_params": n_total,
                "train_examples": len(train), "main_metric": main_metric, "final": final,
+               "majority": glue_tasks.majority_metrics(args.task_name, train.label, evals),
                "best": {"epoch": best.get("epoch"), main_metric: best.get(main_metric)}}
     rd.save_checkpoint({"finished": True})
     summary = rd.write_summary(summary)
     if args.do_train:  # <run>/model: AutoModelForSequenceClassification.from_pretrained reads it
         info = {"method": summary["method"], "task": args.task_name, "final": final}
         export.save_model_dir(rd.path, adapters.merged_copy(model) if lora else model, tokenizer, info=info)
+    report.print_ending(rd.path, f"final validation {main_metric}", final.get(main_metric),
+                        {"majority baseline": summary["majority"].get(main_metric)}, quiet=args.quiet,
+                        figures=f"python plots/plot_lora_glue.py --runs {args.out_dir}",
+                        loader="AutoModelForSequenceClassification.from_pretrained" if args.do_train else None)
     rd.release()
     return summary
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import cli
+from common import cli, flags
 from lora_glue_fl import glue_shards, glue_tasks
 
 
@@ -31,6 +31,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
     p.add_argument("--k", type=int, default=10, help="number of clients")
     p.add_argument("--mode", choices=glue_shards.MODES, default="iid", help="how to split (see the module doc)")
+    flags.alias(p, "--partition", dest="mode", of="--mode", choices=glue_shards.MODES)
+    flags.alias(p, "--num-clients", dest="k", of="--k", type=int)
     p.add_argument("--overlap_ratio", type=float, default=0.0,
                    help="overlap / category_overlap: fraction of each client's data shared with all, in [0, 1)")
     p.add_argument("--category_key", default=None,

@@ -306,18 +306,19 @@ def encode(tokenizer, ex: Examples, max_length: int, token_types: bool = False) 
 # ---------------------------------------------------------------------------------------------------------
 def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int, lr: float, seed: int,
                 round_idx: int, client: int, device, max_grad_norm: float = 1.0, on_epoch=None,
-                forward=None) -> dict:
+                forward=None, steps: int | None = None) -> dict:
     """Fine-tune the trainable parameters of ``model`` on ``data[indices]`` for ``epochs`` (may be fractional).
 
     Returns {"steps", "loss"} (mean training loss). Batches and dropout use the (seed, round, client) streams.
     ``on_epoch(epoch, mean_loss)`` is called after every full pass and after the last step (centralized runs
     evaluate there); it must leave the model's parameters unchanged. ``forward``: the module the steps call
-    (``torch.compile(model)`` with ``--compile``; default ``model``).
+    (``torch.compile(model)`` with ``--compile``; default ``model``). ``steps``: exactly this many optimizer
+    steps instead of ``epochs`` passes (the schedule spans them).
     """
     forward = model if forward is None else forward
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
     per_epoch = math.ceil(len(idx) / batch_size)
-    steps = max(1, math.ceil(epochs * per_epoch))
+    steps = max(1, math.ceil(epochs * per_epoch)) if steps is None else int(steps)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
