@@ -39,6 +39,7 @@ METHOD_LABEL = {"central": "centralized LoRA", "svd": "FedAvg svd", "naive": "Fe
                 "oneshot": "one-shot svd", "oneshot-naive": "one-shot naive"}
 SHARD_LABEL = {"iid": "iid", "dir1": "Dirichlet α=1", "dir0.1": "Dirichlet α=0.1", "category": "one label per client"}
 LINESTYLE = {"svd": "-", "naive": "--", "exact": ":"}
+MARKER = {"svd": "o", "naive": "s", "exact": "D", "oneshot": "*"}  # per aggregation: colour is the partition
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -245,6 +246,7 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
     for task in sorted({k[0] for k in groups}):
         fed = [(key, g) for key, g in groups.items() if key[0] == task and key[1] != "central"]
         if not fed:
+            print(f"skipped rounds_{task}.png: no federated runs of {task} (centralized only)")
             continue
         per_round = any(len([r for g in grp for r in g["rows"] if r.get("client") is None and metric_of(grp) in r])
                         > len(grp) for _, grp in fed)   # some cell scored more than its last round
@@ -271,7 +273,8 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
             if ax is None:
                 pass
             elif len(x) > 1:
-                ax.plot(x, y, LINESTYLE.get(method, "-"), color=color, marker="o", ms=3, label=f"{label} (n={n})")
+                ax.plot(x, y, LINESTYLE.get(method, "-"), color=color, marker=MARKER.get(method, "o"), ms=4,
+                        label=f"{label} (n={n})")
                 ax.fill_between(x, y - e, y + e, alpha=0.10, color=color)
             elif len(x):
                 k += 1
@@ -282,10 +285,14 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                 continue
             fused = [{**g, "rows": [r for r in g["rows"] if r.get("client") is None]} for g in group]
             xl, yl, _ = R.mean_std(fused, "train_loss")
-            ax_loss.plot(xl, yl, LINESTYLE.get(method, "-"), color=color, marker="o", ms=3, label=label)
+            ax_loss.plot(xl, yl, LINESTYLE.get(method, "-"), color=color, marker=MARKER.get(method, "o"), ms=4,
+                         label=label)
             xe, ye, _ = R.mean_std(fused, "merge_rel_error")
             if len(xe) and np.all(ye > 0):
-                ax_err.plot(xe, ye, LINESTYLE.get(method, "-"), color=color, marker="o", ms=3, label=label)
+                ax_err.plot(xe, ye, LINESTYLE.get(method, "-"), color=color, marker=MARKER.get(method, "o"), ms=4,
+                            label=label)
+            elif len(xe):
+                print(f"rounds_{task}.png: {label} left out of the merge-error panel (a zero error has no log)")
         central = groups.get((task, "central", "-"))
         if ax is not None:
             if central:
@@ -299,17 +306,28 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
             ax.set_ylabel(f"{metric} (validation, fused model)")
             ax.set_title(f"{task}: fused model, mean ± sd over seeds")
             ax.legend(fontsize=6, loc="best")
+        from lora_glue_fl import glue_tasks
+
+        n_labels = glue_tasks.get_task(task).num_labels
+        if n_labels > 1:  # the loss of a uniform prediction: a client at this line has learned nothing
+            ax_loss.axhline(np.log(n_labels), color="0.5", ls=":", lw=1.5,
+                            label=f"uniform prediction, ln {n_labels} = {np.log(n_labels):.3f}")
         ax_loss.set_xlabel("round")
         ax_loss.set_ylabel("clients' mean training loss in the round")
         ax_loss.set_title(f"{task}: local training loss (mean over seeds)")
-        ax_loss.legend(fontsize=6)
         ax_err.set_yscale("log")
         ax_err.set_xlabel("round")
         ax_err.set_ylabel("relative merge error of dW")
         ax_err.set_title(f"{task}: merge error per round (mean over seeds)")
-        ax_err.legend(fontsize=6)
         for a in (a for a in (ax, ax_loss, ax_err) if a is not None):
             a.xaxis.get_major_locator().set_params(integer=True)
+        handles = {}  # one legend below the panels: it covers no line
+        for a in (ax_loss, ax_err):
+            for h, lab in zip(*a.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        fig.tight_layout()
+        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=4, fontsize=7,
+                   bbox_to_anchor=(0.5, 0.0), frameon=False)  # under the panels (savefig keeps it in)
         written += R.savefig(fig, out / f"rounds_{task}.png")
     return written
 
@@ -344,11 +362,16 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
                            for r in ranks])
         if curves:
             y = np.mean(curves, axis=0)
-            ax.plot(ranks, np.maximum(y, 1e-8), "-" if shard == "iid" else ":", marker=".",
+            ax.plot(ranks, np.maximum(y, 1e-8), "-" if shard == "iid" else ":", ms=4,
+                    marker="osD^v<>"[len(ax.lines) % 7],
                     label=f"{task} / {SHARD_LABEL.get(shard, shard)} (n={len(curves)})")
             drawn = True
+        elif method == "svd":
+            print(f"svd_error_vs_rank.png: {task} / {shard} left out (its runs kept no client adapters of the "
+                  "last round: --save_client_adapters none)")
     if not drawn:
         plt.close(fig)
+        print("skipped svd_error_vs_rank.png: no svd run kept its last round's client adapters")
         return []
     ax.set_yscale("log")
     ax.set_xlabel("rank r of the fused adapter")
