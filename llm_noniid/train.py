@@ -23,6 +23,7 @@ from common import cli, compiled
 from common import distributed as dist
 from common import params as P
 from common.checkpoint import atomic_write_json
+from common.config import parse_with_config
 from common.evaluate import autocast, perplexity, unigram_perplexity
 from common.runlog import DEFAULT_IGNORE_ON_RESUME, RunDir, run_name
 from common.scaffold import Scaffold
@@ -32,7 +33,6 @@ from common.text import default_cache_dir, load_tokenizer
 from llm_noniid import clustering as C
 from llm_noniid import data as D
 from llm_noniid import failure, fedround
-from llm_noniid.config import parse_with_config
 from llm_noniid.model import add_lora, hub_name, lm_loss, load_base
 from llm_noniid.partition import PARTITIONS, TOKEN_SKEWS, TOPIC_SPLITS, partition, statistics
 
