@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def save(adapter: Adapter, directory, base_model_name_or_path: str | None = None
     adapter.config(base).save_pretrained(str(directory))
     tmp = directory / "adapter_model.safetensors.tmp"
     save_file({k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600 files; give the usual permissions (0644)
     tmp.replace(directory / "adapter_model.safetensors")
     return directory
 

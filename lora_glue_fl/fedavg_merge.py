@@ -39,6 +39,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="svd (default), naive (average A and B) or exact (stacked factors)")
     p.add_argument("--skip_svd", action="store_true", help="the source's flag for --aggregation naive")
     p.add_argument("--save_adapter", required=True, help="output folder of the fused adapter")
+    p.add_argument("--overwrite", "--overwrite_output_dir", action="store_true",
+                   help="replace an adapter already in --save_adapter (refused without it)")
     p.add_argument("--task_name", default="glue", help="recorded in fuse_manifest.json; the task --do_eval scores")
     p.add_argument("--model_size", default=None, help="recorded in fuse_manifest.json (the adapters name their base)")
     g = p.add_argument_group("evaluation of the fused adapter (optional)")
@@ -105,6 +107,9 @@ def main(argv=None) -> dict:
         args.task_name = args.task_name.lower()
         args.data = args.data or ("dir" if args.data_dir else "hf")
     out = cli.check_out_dir(args.save_adapter, "--save_adapter")
+    held = [n for n in ("adapter_config.json", "adapter_model.safetensors", "fuse_manifest.json") if (out / n).exists()]
+    cli.check(not held or args.overwrite, f"--save_adapter {out} already holds a fused adapter ({', '.join(held)}); "
+                                          "pass --overwrite to replace it, or choose another folder")
 
     clients = [adapters.load(a) for a in args.adapters]   # every check before anything is written
     if method == "svd":

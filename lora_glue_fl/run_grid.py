@@ -196,7 +196,9 @@ def run_cell(job) -> str:
         if step_done(script, argv):
             lines.append(f"{script}: done before")
             continue
-        s = importlib.import_module(f"lora_glue_fl.{script}").main(argv)
+        # an interrupted step continues (--resume) or, for a one-shot merge, replaces its partial output
+        again = ["--overwrite"] if script == "fedavg_merge" else ["--resume"]
+        s = importlib.import_module(f"lora_glue_fl.{script}").main([*argv, *again])
         lines.append(f"{script}: {s['main_metric']}={s['final'].get(s['main_metric']):.4f}")
     return f"{name}: " + "; ".join(lines) + f" ({time.time() - t:.0f}s)"
 

@@ -262,6 +262,8 @@ CASES = [
     ("merge svd rank above size", "fedavg_merge",
      ["--adapters", "{adapter}", "--svd_rank", "1000", "--save_adapter", "{runs}/merged"], "--svd_rank"),
     ("merge save over a file", "fedavg_merge", ["--adapters", "{adapter}", "--save_adapter", "{file}"], "is a file"),
+    ("merge over an existing adapter", "fedavg_merge", ["--adapters", "{adapter}", "--save_adapter", "{adapter}"],
+     "--overwrite"),
     ("make_shards out dir is a file", "make_shards", ["--quick", "--out_dir", "{file}"], "is a file"),
     ("make_shards k zero", "make_shards", ["--quick", "--k", "0", "--out_dir", "{runs}/shards"], "--k"),
     # ---- plot scripts: unrelated folders, corrupt run files, an output path that is a file

@@ -238,3 +238,11 @@ def test_under_torchrun_every_rank_stops_on_a_non_finite_aggregate(out_dir):
         assert "round 2" in (out_dir / f"rank{rank}.diverged").read_text()
     _assert_kept(out_dir / "r", "vit_sparse_fl/train_federated", "round", 1,
                  lambda s: list(s["global"].values()) if isinstance(s["global"], dict) else s["global"])
+
+
+def test_adapter_files_get_the_usual_permissions(out_dir):
+    fedavg_rounds.main([*LORA, "--rounds", "1", "--out-dir", str(out_dir), "--run-name", "r"])
+    umask = os.umask(0)
+    os.umask(umask)
+    files = list((out_dir / "r").glob("round_1/*/adapter/*"))
+    assert files and all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in files)
