@@ -44,6 +44,13 @@ def common_args(args) -> None:
                       f"{TINY['hidden_size']} of --quick's tiny model; use at most {TINY['hidden_size']}")
 
 
+def source_tag(args) -> str | None:
+    """The data source for default run names: None for the embedded data, else hf or data-<folder>."""
+    if getattr(args, "data_dir", None):
+        return f"data-{Path(args.data_dir).resolve().name}"
+    return None if args.data == "synthetic" else args.data
+
+
 def rank_fits(model, rank: int, flag: str) -> None:
     """A LoRA rank cannot exceed the width of the layers it adapts (the hidden size of the encoder)."""
     width = getattr(getattr(model, "config", None), "hidden_size", None)

@@ -198,8 +198,9 @@ def main(argv=None) -> dict:
     sizes = [len(s) for s in shards]
     task = glue_tasks.get_task(args.task_name)
     name = args.run_name or runlog.run_name(
-        "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), k=len(shards),
-        r=args.svd_rank if args.aggregation == "svd" else None, s=args.seed)
+        "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), checks.source_tag(args),
+        k=len(shards), r=args.svd_rank if args.aggregation == "svd" else None, R=args.rounds, lr=args.learning_rate,
+        s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, is_main=D.is_main(), device=device,
                        data=checks.fingerprint(args.task_name, args.data, args.data_dir, splits,
                                                shard_dir=args.shard_dir))

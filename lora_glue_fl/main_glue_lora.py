@@ -88,7 +88,8 @@ def run(args, lora: bool = True) -> dict:
         cli.check(args.lora_r >= 1, f"--lora_r must be at least 1, got {args.lora_r}")
     device = cli.resolve_device(args.device)
     name = args.run_name or runlog.run_name("central_lora" if lora else "full_ft", args.task_name,
-                                            r=args.lora_r if lora else None, s=args.seed)
+                                            checks.source_tag(args), r=args.lora_r if lora else None,
+                                            e=args.num_train_epochs, lr=args.learning_rate, s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device)
     done = rd.load_checkpoint()
     if done is not None and done.get("finished") and (rd.path / runlog.SUMMARY_FILE).is_file():
