@@ -285,6 +285,7 @@ CASES = [
     ("llm yaml half round", "llm", ["--config", "{bad}/llm_half_round.yaml"], "expected an integer"),
     ("llm max grad norm inf", "llm", ["--max-grad-norm", "inf"], "finite"),
     ("llm resume and overwrite", "llm", ["--resume", "--overwrite"], "contradict"),
+    ("llm out-dir is a file", "llm", ["--out-dir", "{file}"], "is a file"),
 ]
 if not ROOT:
     CASES.append(("mamba out-dir unwritable", "mamba_fed", ["--out-dir", "/proc/fedlab"], "not writable"))
