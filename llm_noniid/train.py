@@ -10,6 +10,7 @@ perplexity, detected failure modes and the round they appeared), checkpoint.pt, 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import cli, compiled
+from common import cli, compiled, export, flags, report
 from common import distributed as dist
 from common import params as P
 from common.checkpoint import atomic_write_json
@@ -29,7 +30,7 @@ from common.runlog import DEFAULT_IGNORE_ON_RESUME, RunDir, run_name
 from common.scaffold import Scaffold
 from common.seed import client_generator, client_rng, numpy_rng, seed_everything, set_rng_state
 from common.server_opt import make_server_optimizer
-from common.text import default_cache_dir, load_tokenizer
+from common.text import derived_cache_dir, load_tokenizer
 from llm_noniid import clustering as C
 from llm_noniid import data as D
 from llm_noniid import failure, fedround
@@ -109,6 +110,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--num-rounds", "--rounds", type=int, default=50, help="communication rounds")
     g.add_argument("--num-clients", type=int, default=10, help="number of clients K")
     g.add_argument("--participation-rate", type=float, default=1.0, help="fraction of clients per round, in (0, 1]")
+    flags.add_clients_per_round(g)
     g.add_argument("--eval-every", type=int, default=1, help="evaluate the global model every N rounds")
     g.add_argument("--client-holdout", type=float, default=0.0, help="fraction of every client's examples held "
                    "out for its personalised perplexity (scored by its own cluster's model; 0: none)")
@@ -118,6 +120,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 def validate(args) -> None:
     c = cli.check
+    flags.resolve_clients_per_round(args)
     c(args.algorithm in ALGORITHMS,
       f"--algorithm {args.algorithm!r} is unknown; expected one of {', '.join(ALGORITHMS)}")
     c(args.partition in PARTITIONS,
@@ -171,13 +174,14 @@ def build_tokenizer(args, train_texts: list[str]):
         return load_tokenizer(spec, cache_dir=args.cache_dir)
     # the BPE trains on the training texts; one file per text set, cached by content hash
     text = "\n".join(train_texts) + "\n"
-    path = default_cache_dir() / "llm_noniid" / f"train-{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
+    cache = derived_cache_dir(args.cache_dir, args.out_dir)  # --cache-dir, else beside the runs, never ~/.cache
+    path = cache / "llm_noniid" / f"train-{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")  # torchrun ranks may write it at the same time
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
-    return load_tokenizer("bpe", train_files=[path], vocab_size=args.bpe_vocab_size)
+    return load_tokenizer("bpe", train_files=[path], vocab_size=args.bpe_vocab_size, cache_dir=cache)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, max_steps: int,
@@ -268,6 +272,7 @@ def run(args, rank: int, world: int) -> dict:
     model = add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout).to(device)
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     params = P.trainable(model)
+    names = [n for n, _ in P.named_trainable(model)]
     n_trainable = P.numel(params)
     rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, resume=args.resume, device=device,
                 ignore_on_resume=DEFAULT_IGNORE_ON_RESUME + ("num_rounds",), is_main=rank == 0)
@@ -347,7 +352,7 @@ def run(args, rank: int, world: int) -> dict:
     state = rd.load_checkpoint()
     if state is not None:
         for g, saved in enumerate(state["clusters"]):
-            P.load_(cluster_params[g], [t.to(device) for t in saved])
+            P.load_(cluster_params[g], [t.to(device) for t in export.tensors_from_state(saved, names)])
             server_opts[g].load_state_dict(state["server_opt"][g])
             if scaffolds[g] is not None:
                 scaffolds[g].load_state_dict(state["scaffold"][g])
@@ -458,7 +463,7 @@ def run(args, rank: int, world: int) -> dict:
         if "divergence" in detected:
             status = "diverged"  # stop cleanly; the checkpoint stays at the last round before this one
             break
-        rd.save_checkpoint({"clusters": [P.state_to_cpu(cp) for cp in cluster_params],
+        rd.save_checkpoint({"clusters": [export.named_state(names, cp) for cp in cluster_params],
                             "server_opt": [o.state_dict() for o in server_opts],
                             "scaffold": [sc.state_dict() if sc is not None else None for sc in scaffolds],
                             "assign": assign.tolist(), "cluster_info": cluster_info, "round": r,
@@ -471,7 +476,7 @@ def run(args, rank: int, world: int) -> dict:
     finite = [x for x in evals if math.isfinite(x["val_loss"])]
     best = min(finite, key=lambda x: x["val_loss"]) if finite else None
     last = evals[-1] if evals else {}
-    return rd.write_summary({
+    summary = rd.write_summary({
         "status": status,
         "rounds_done": rows[-1]["round"] if rows else 0, "num_rounds": args.num_rounds,
         "final_val_loss": last.get("val_loss"), "final_val_ppl": last.get("val_ppl"),
@@ -493,6 +498,32 @@ def run(args, rank: int, world: int) -> dict:
         "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
         else None,
         "train_tokens": timing["train_tokens"]})
+    if rd.is_main:
+        save_models(args, rd, model, params, cluster_params, tok, summary)
+        report.print_ending(rd.path, "final validation perplexity", summary["final_val_ppl"],
+                            {"unigram": refs["unigram_ppl"], "uniform": refs["uniform_ppl"]}, quiet=args.quiet,
+                            figures=f"python plots/plot_llm_noniid.py --runs {args.out_dir}",
+                            loader="AutoModelForCausalLM.from_pretrained"
+                            + ("; LoRA adapter in adapter/: PeftModel.from_pretrained" if args.lora_r else ""))
+    return summary
+
+
+def save_models(args, rd, model, params, cluster_params, tok, summary: dict) -> None:
+    """<run>/model: the global model (with clusters, cluster 0's; the others in model_cluster<g>), LoRA merged
+    in, with its tokenizer (AutoModelForCausalLM.from_pretrained); LoRA runs also <run>/adapter (peft format,
+    PeftModel.from_pretrained), naming the hub base or, for the tiny model built in code, <run>/base_model."""
+    info = {k: summary.get(k) for k in ("status", "final_val_loss", "final_val_ppl", "unigram_val_ppl")}
+    for g, cp in enumerate(cluster_params):
+        P.load_(params, cp)
+        suffix = f"_cluster{g}" if g else ""
+        export.save_model_dir(rd.path, export.merged(model), tok, info=info | {"cluster": g},
+                              name="model" + suffix)
+        if args.lora_r:  # the tiny base exists only in code: saved once, to <run>/base_model
+            built = args.model == "tiny-gpt2"
+            base_model = copy.deepcopy(model).unload() if built and g == 0 else None  # the base without adapters
+            base = str(rd.path / "base_model") if built else hub_name(args.model)
+            export.save_adapter_dir(rd.path, model, tok, base=base, base_model=base_model,
+                                    info=info | {"cluster": g}, name="adapter" + suffix)
 
 
 def _ppl(loss: float) -> float:
