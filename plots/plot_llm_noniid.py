@@ -54,7 +54,7 @@ def _reference(runs: list[dict], key: str) -> float | None:
 
 
 def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | None = None,
-                log: bool = True) -> list[Path]:
+                log: bool = False) -> list[Path]:
     """Panels = partitions, lines = arms (mean over seeds, band ± sample sd), reference dashed."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
@@ -147,7 +147,7 @@ def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
     hist = np.array([c["label_hist"] for c in clients])  # [K, topics]
     clustered = [r for r in runs if r.get("summary") and (r["summary"].get("num_clusters") or 1) > 1
                  and r["args"].get("seed") == run["args"].get("seed")]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
     bottom = np.zeros(len(clients))
     names = TOPIC_NAMES if hist.shape[1] == len(TOPIC_NAMES) else [f"topic {j}" for j in range(hist.shape[1])]
     for j in range(hist.shape[1]):
@@ -157,15 +157,15 @@ def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
     for i, r in enumerate(clustered):
         for k, g in enumerate(r["summary"]["clusters"]):
             ax.text(k, top * (1.04 + 0.07 * i), str(g), ha="center", fontsize=7)
-        ax.text(len(clients) - 0.4, top * (1.04 + 0.07 * i), f"{r['args']['clustering']} "
-                f"({r['summary']['num_clusters']} clusters)", fontsize=6, va="center")
+        ax.text(-0.6, top * (1.04 + 0.07 * i), f"{r['args']['clustering']} "
+                f"({r['summary']['num_clusters']} clusters)", fontsize=6, va="center", ha="right")
     ax.set_ylim(0, top * (1.1 + 0.07 * len(clustered)))
     ax.set_xticks(range(len(clients)))
     ax.set_xlabel("client (numbers above: its cluster in each clustered run, seed "
                   f"{run['args'].get('seed')})", fontsize=8)
     ax.set_ylabel("training texts")
     ax.set_title(f"{label}: topics per client", fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     name = label.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
     return R.savefig(fig, out / f"partition_{name}.png")
 
