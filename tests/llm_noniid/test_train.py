@@ -11,8 +11,8 @@ import torch
 
 from common import cli
 from common.checkpoint import load_checkpoint
+from common.config import parse_with_config
 from llm_noniid import train
-from llm_noniid.config import parse_with_config
 
 REPO = Path(__file__).resolve().parents[2]
 ROUND_KEYS = {"round", "val_loss", "val_ppl", "train_loss", "client_train_loss", "grad_norm_var",
