@@ -35,16 +35,21 @@ def read_ag_news_csv(path: str | Path) -> TextData:
     path = Path(path)
     check(path.is_file(), f"AG News file {path} does not exist; expected train.csv / test.csv in --data-dir")
     texts, labels = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row:
-                continue
-            if len(row) != 3 or not row[0].strip().isdigit() or not 1 <= int(row[0]) <= len(AG_NEWS_CLASSES):
-                raise UsageError(f"{path}:{lineno}: expected \"class\",\"title\",\"description\" with class "
-                                 f"1..{len(AG_NEWS_CLASSES)}, got {row[:3]!r}")
-            # the CSV escapes newlines inside descriptions as a backslash
-            texts.append(f"{row[1].strip()}. {row[2].replace(chr(92), ' ').strip()}")
-            labels.append(int(row[0]) - 1)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for lineno, row in enumerate(csv.reader(f), 1):
+                if not row:
+                    continue
+                if len(row) != 3 or not row[0].strip().isdigit() or not 1 <= int(row[0]) <= len(AG_NEWS_CLASSES):
+                    raise UsageError(f"{path}:{lineno}: expected \"class\",\"title\",\"description\" with "
+                                     f"class 1..{len(AG_NEWS_CLASSES)}, got {row[:3]!r}")
+                # the CSV escapes newlines inside descriptions as a backslash
+                texts.append(f"{row[1].strip()}. {row[2].replace(chr(92), ' ').strip()}")
+                labels.append(int(row[0]) - 1)
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); expected the AG News CSV") from None
+    except csv.Error as e:
+        raise UsageError(f"{path} is not a CSV file ({e}); expected the AG News CSV") from None
     check(len(texts) > 0, f"AG News file {path} has no rows")
     return TextData(texts, np.asarray(labels, dtype=np.int64), len(AG_NEWS_CLASSES))
 
@@ -82,7 +87,12 @@ def read_wikitext_raw(path: str | Path) -> TextData:
     paragraphs. Each paragraph is one example; its label is the article index (topic = article)."""
     path = Path(path)
     check(path.is_file(), f"WikiText file {path} does not exist; expected wiki.<split>.raw in --data-dir")
-    return _wikitext_from_lines(path.read_text(encoding="utf-8").splitlines(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); expected WikiText raw text") from None
+    check("\x00" not in text, f"{path} holds NUL bytes (a binary file); expected WikiText raw text")
+    return _wikitext_from_lines(text.splitlines(), str(path))
 
 
 def _wikitext_from_lines(lines: list[str], where: str) -> TextData:

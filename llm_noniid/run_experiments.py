@@ -122,7 +122,10 @@ def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
                 print(f"[{i}/{len(todo)}] {part} / {arm} / seed {seed}: done, skipped", flush=True)
                 summaries.append(s)
                 continue
-        s = train.main([*argv, "--resume"])
+        try:  # an interrupted run continues; a shorter finished one is extended to the grid's --num-rounds
+            s = train.main([*argv, "--resume", "--extend"])
+        except cli.Diverged:  # a diverged run is one of the grid's results (its summary says so), not an error
+            s = json.loads(summary_path.read_text())
         print(f"[{i}/{len(todo)}] {part} / {arm} / seed {seed}: {s['status']}, final ppl "
               f"{s['final_val_ppl']:.1f} (unigram {s['unigram_val_ppl']:.1f}), personal "
               f"{s['final_personal_val_ppl'] or float('nan'):.1f}, {s['wall_seconds']:.0f}s", flush=True)

@@ -26,7 +26,7 @@ from common import params as P
 from common.checkpoint import atomic_write_json
 from common.config import parse_with_config
 from common.evaluate import autocast, perplexity, unigram_perplexity
-from common.runlog import DEFAULT_IGNORE_ON_RESUME, RunDir, run_name
+from common.runlog import RunDir, data_fingerprint, run_name
 from common.scaffold import Scaffold
 from common.seed import client_generator, client_rng, numpy_rng, seed_everything, set_rng_state
 from common.server_opt import make_server_optimizer
@@ -143,6 +143,12 @@ def validate(args) -> None:
       f"--scaffold-weighting {args.scaffold_weighting!r} is unknown; expected uniform or size")
     c(args.local_steps >= 0 and args.max_local_steps >= 0, "--local-steps and --max-local-steps must be >= 0")
     c(0.0 <= args.client_holdout < 1.0, f"--client-holdout must be in [0, 1), got {args.client_holdout}")
+    c(args.max_train_examples >= 0 and args.max_eval_examples >= 0,
+      "--max-train-examples and --max-eval-examples must be >= 0 (0: all)")
+    c(args.max_grad_norm >= 0 and args.weight_decay >= 0, "--max-grad-norm and --weight-decay must be >= 0")
+    c(args.lora_alpha > 0 and 0 <= args.lora_dropout < 1, "--lora-alpha must be > 0 and --lora-dropout in [0, 1)")
+    c(args.min_size >= 0, f"--min-size must be >= 0, got {args.min_size}")
+    c(0 <= args.server_momentum < 1, f"--server-momentum must be in [0, 1), got {args.server_momentum}")
     c(args.clustering in C.METHODS,
       f"--clustering {args.clustering!r} is unknown; expected one of {', '.join(C.METHODS)}")
     c(args.cluster_features in C.FEATURES,
@@ -244,6 +250,9 @@ def run(args, rank: int, world: int) -> dict:
     vocab_size = len(tok)
     x_all, y_all = D.encode(tok, train_data.texts, args.seq_len)
     x_val, y_val = D.encode(tok, valid_data.texts, args.seq_len)
+    fingerprint = data_fingerprint(args.data, args.data_dir, texts={"train": "\n".join(train_data.texts),
+                                                                    "valid": "\n".join(valid_data.texts)},
+                                   splits={"train": len(train_data.texts), "valid": len(valid_data.texts)})
 
     # ------------------------------------------------------------------ partition, held-out split, clusters
     style = D.style_scores(train_data.texts, args.style_criterion) if args.partition == "style_skew" else None
@@ -275,7 +284,7 @@ def run(args, rank: int, world: int) -> dict:
     names = [n for n, _ in P.named_trainable(model)]
     n_trainable = P.numel(params)
     rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, resume=args.resume, device=device,
-                ignore_on_resume=DEFAULT_IGNORE_ON_RESUME + ("num_rounds",), is_main=rank == 0)
+                is_main=rank == 0, data=fingerprint)  # a longer --num-rounds on resume needs --extend
     stats = statistics(clients, x_all, y_all, train_data.labels, train_data.num_classes, vocab_size)
 
     def loss_fn(batch):
@@ -463,6 +472,8 @@ def run(args, rank: int, world: int) -> dict:
         if "divergence" in detected:
             status = "diverged"  # stop cleanly; the checkpoint stays at the last round before this one
             break
+        # a non-finite model the detector did not flag: every rank stops (exit 3, checkpoint at round r - 1)
+        rd.check_finite(f"round {r}", aggregated_parameters=[t for cp in cluster_params for t in cp])
         rd.save_checkpoint({"clusters": [export.named_state(names, cp) for cp in cluster_params],
                             "server_opt": [o.state_dict() for o in server_opts],
                             "scaffold": [sc.state_dict() if sc is not None else None for sc in scaffolds],
@@ -498,13 +509,18 @@ def run(args, rank: int, world: int) -> dict:
         "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
         else None,
         "train_tokens": timing["train_tokens"]})
-    if rd.is_main:
+    if rd.is_main and status == "complete":  # a diverged model is not exported (checkpoint.pt keeps the last good)
         save_models(args, rd, model, params, cluster_params, tok, summary)
         report.print_ending(rd.path, "final validation perplexity", summary["final_val_ppl"],
                             {"unigram": refs["unigram_ppl"], "uniform": refs["uniform_ppl"]}, quiet=args.quiet,
                             figures=f"python plots/plot_llm_noniid.py --runs {args.out_dir}",
                             loader="AutoModelForCausalLM.from_pretrained"
                             + ("; LoRA adapter in adapter/: PeftModel.from_pretrained" if args.lora_r else ""))
+    rd.release()
+    if status == "diverged":  # one line, exit status 3 on every rank (summary.json says status: diverged)
+        raise cli.Diverged(f"the validation loss diverged at round {detected['divergence']} (status 'diverged' in "
+                           f"{rd.path / 'summary.json'}); checkpoint.pt keeps round {detected['divergence'] - 1}; "
+                           "lower --learning-rate and rerun with --overwrite")
     return summary
 
 

@@ -103,7 +103,7 @@ def test_resume_reproduces_a_clustered_run_exactly(two_topic_data, tmp_path):
              "scaffold", "--local-steps", "3", "--run-name", "r"]
     clustered(tmp_path / "full", two_topic_data, *flags, "--num-rounds", "4")
     clustered(tmp_path / "part", two_topic_data, *flags, "--num-rounds", "2")
-    clustered(tmp_path / "part", two_topic_data, *flags, "--num-rounds", "4", "--resume")
+    clustered(tmp_path / "part", two_topic_data, *flags, "--num-rounds", "4", "--resume", "--extend")
     read = lambda p: [json.loads(x) for x in (p / "r" / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     full, part = read(tmp_path / "full"), read(tmp_path / "part")
     assert len(full) == len(part) == 4

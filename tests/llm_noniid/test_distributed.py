@@ -41,7 +41,7 @@ def test_two_ranks_with_a_restart_reproduce_the_single_process_run(tmp_path):
     # two ranks: round 1, then both ranks restart and resume for round 2 (rank 0 saved, both load)
     two_ranks([*FLAGS, "--num-rounds", "1", "--out-dir", str(tmp_path / "two")])
     assert rows(tmp_path / "two" / "r")[-1]["round"] == 1
-    two_ranks([*FLAGS, "--num-rounds", "2", "--resume", "--out-dir", str(tmp_path / "two")])
+    two_ranks([*FLAGS, "--num-rounds", "2", "--resume", "--extend", "--out-dir", str(tmp_path / "two")])
 
     a, b = rows(tmp_path / "one" / "r"), rows(tmp_path / "two" / "r")
     assert [x["round"] for x in b] == [1, 2]

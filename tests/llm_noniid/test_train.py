@@ -64,7 +64,7 @@ def test_resume_reproduces_the_uninterrupted_scaffold_run(tmp_path):
              "--token-skew", "vocabulary", "--lora-r", "4", "--learning-rate", "0.05", "--run-name", "r"]
     quick(tmp_path / "full", *flags, "--num-rounds", "3")
     quick(tmp_path / "part", *flags, "--num-rounds", "2")
-    quick(tmp_path / "part", *flags, "--num-rounds", "3", "--resume")
+    quick(tmp_path / "part", *flags, "--num-rounds", "3", "--resume", "--extend")
     full, part = rows(tmp_path / "full"), rows(tmp_path / "part")
     assert len(part) == 3
     for x, y in zip(full, part):
@@ -80,8 +80,13 @@ def test_resume_reproduces_the_uninterrupted_scaffold_run(tmp_path):
     assert all(torch.equal(ca["clusters"][0][n], cb["clusters"][0][n]) for n in ca["clusters"][0])
 
 
-def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(out_dir):
-    s = quick(out_dir, "--lora-r", "0", "--learning-rate", "30", "--num-rounds", "4", "--run-name", "d")
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(out_dir, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.run(train.main, ["--quick", "--quiet", "--out-dir", str(out_dir), "--lora-r", "0", "--learning-rate", "30",
+                             "--num-rounds", "4", "--run-name", "d"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after save_pretrained's progress bars)
+    assert e.value.code == 3 and "diverged at round" in err
+    s = json.loads((out_dir / "d" / "summary.json").read_text())
     assert s["status"] == "diverged"
     at = s["failure_modes"]["divergence"]
     assert s["rounds_done"] == at < 4
