@@ -102,7 +102,7 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     parts = sorted({p for p, _ in groups})
-    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4.8), squeeze=False)
     for ax, part in zip(axes[0], parts):
         arms = [a for p, a in groups if p == part]
         for j, (key, ref_key, label) in enumerate((("final_val_ppl", "unigram_val_ppl", "global validation"),
@@ -121,7 +121,7 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
         ax.invert_yaxis()
         ax.set_xlabel("final perplexity (lower is better)")
         ax.set_title(part, fontsize=10)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     return R.savefig(fig, out / "final_ppl.png")
 
 
@@ -157,15 +157,15 @@ def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
     for i, r in enumerate(clustered):
         for k, g in enumerate(r["summary"]["clusters"]):
             ax.text(k, top * (1.04 + 0.07 * i), str(g), ha="center", fontsize=7)
-        ax.text(-0.6, top * (1.04 + 0.07 * i), f"{r['args']['clustering']} "
-                f"({r['summary']['num_clusters']} clusters)", fontsize=6, va="center", ha="right")
+        ax.text(len(clients) - 0.4, top * (1.04 + 0.07 * i), f"{r['args']['clustering']} "
+                f"({r['summary']['num_clusters']} clusters)", fontsize=6, va="center", ha="left")
     ax.set_ylim(0, top * (1.1 + 0.07 * len(clustered)))
     ax.set_xticks(range(len(clients)))
     ax.set_xlabel("client (numbers above: its cluster in each clustered run, seed "
                   f"{run['args'].get('seed')})", fontsize=8)
     ax.set_ylabel("training texts")
     ax.set_title(f"{label}: topics per client", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.0, 0.0))
     name = label.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
     return R.savefig(fig, out / f"partition_{name}.png")
 
