@@ -41,7 +41,7 @@ def test_llm_timing_totals_continue_on_resume(tmp_path, monkeypatch):
     train.main([*flags, "--out-dir", str(tmp_path / "part"), "--num-rounds", "2"])
     saved = load_checkpoint(tmp_path / "part" / "r" / "checkpoint.pt", "llm_noniid/train")["timing"]
     monkeypatch.setattr(train, "time", FakeClock())
-    part = train.main([*flags, "--out-dir", str(tmp_path / "part"), "--num-rounds", "3", "--resume"])
+    part = train.main([*flags, "--out-dir", str(tmp_path / "part"), "--num-rounds", "3", "--resume", "--extend"])
     # 4 clients x 2 local steps x 8 texts x 32 token positions per round
     assert saved["train_tokens"] == 2 * 4 * 2 * 8 * 32 and part["train_tokens"] == full["train_tokens"] == 3 * 2048
     # one clock read before and one after each client's local steps, one at each end of a round
