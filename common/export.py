@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,20 @@ def model_dir(run_path: str | os.PathLike, name: str = MODEL_DIR) -> Path:
     return Path(run_path) / name
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers' "Writing model shards" bars are noise in a run's output (and broke --quiet's one line)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: dict | None = None,
                    name: str = MODEL_DIR) -> Path:
     """``model.save_pretrained`` and ``tokenizer.save_pretrained`` into ``<run_path>/<name>/``; returns it.
@@ -48,7 +63,8 @@ def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: 
     out = model_dir(run_path, name)
     out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)
-    model.save_pretrained(str(out))
+    with _no_progress_bars():
+        model.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     atomic_write_json(out / CARD_FILE, {"run": Path(run_path).name, "format": "transformers",
@@ -79,11 +95,13 @@ def save_adapter_dir(run_path: str | os.PathLike, peft_model, tokenizer=None, *,
     out.mkdir(parents=True, exist_ok=True)
     if base_model is not None:
         base = str(model_dir(run_path, "base_model"))
-        getattr(base_model, "_orig_mod", base_model).save_pretrained(base)
+        with _no_progress_bars():
+            getattr(base_model, "_orig_mod", base_model).save_pretrained(base)
         if tokenizer is not None:
             tokenizer.save_pretrained(base)
     peft_model = getattr(peft_model, "_orig_mod", peft_model)
-    peft_model.save_pretrained(str(out))
+    with _no_progress_bars():
+        peft_model.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     cfg_path = out / "adapter_config.json"
