@@ -37,6 +37,7 @@ from common import cli
 from common import stats as S
 from llm_noniid import data as D
 from llm_noniid import failure, train
+from plots import runs as R
 
 MODES = ("quick", "failure", "main", "calibrate", "analyze")
 SEEDS = "0,1,2"
@@ -162,7 +163,7 @@ def _finite(runs, key):
 
 
 def _by_seed(runs, key):
-    return {r["args"]["seed"]: r["summary"][key] for r in _finite(runs, key)}
+    return R.by_seed(_finite(runs, key), key)  # a diverged run's inf is left out (its status column says so)
 
 
 def table(runs: list[dict], mode: str) -> list[str]:
@@ -261,7 +262,6 @@ def detector_table(runs: list[dict]) -> list[str]:
 
 def report(out_dir: Path, title: str | None = None) -> str:
     from plots import plot_llm_noniid as PL
-    from plots import runs as R
 
     runs = R.load_runs(out_dir / "runs", "*")
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")

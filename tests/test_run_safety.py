@@ -69,13 +69,18 @@ def _assert_kept(run: Path, kind: str, key: str, at: int, tensors):
     assert not (run / ".lock").exists()
 
 
+def _global_tensors(state: dict) -> list:
+    """The global model's tensors of a mamba / vit checkpoint (named dict, or an older unnamed list)."""
+    return list(state["global"].values()) if isinstance(state["global"], dict) else state["global"]
+
+
 def test_mamba_nan_stops_with_exit_3_and_keeps_the_last_finite_checkpoint(out_dir, monkeypatch, capsys):
     # 2 clients per round: the poison starts in round 3, after the round-2 checkpoint
     monkeypatch.setattr(federated, "train_steps", _poison_after(4)(federated.train_steps, lambda a, k: a[0]))
     err = _diverges(fed_avg.main, [*MAMBA, "--rounds", "5", "--out-dir", str(out_dir), "--run-name", "r"], capsys)
     assert "round 3" in err and "keeps the last finite state (round 2)" in err
     _assert_kept(out_dir / "r", "mamba_fl/fed_avg", "round", 2,
-                 lambda s: list(s["global"].values()) if isinstance(s["global"], dict) else s["global"])
+                 _global_tensors)
 
 
 def test_vit_nan_stops_with_exit_3_and_keeps_the_last_finite_checkpoint(out_dir, monkeypatch, capsys):
@@ -85,7 +90,7 @@ def test_vit_nan_stops_with_exit_3_and_keeps_the_last_finite_checkpoint(out_dir,
                     capsys)
     assert "round 2" in err
     _assert_kept(out_dir / "r", "vit_sparse_fl/train_federated", "round", 1,
-                 lambda s: list(s["global"].values()) if isinstance(s["global"], dict) else s["global"])
+                 _global_tensors)
 
 
 def test_vit_huge_learning_rate_diverges_instead_of_reporting_numbers(out_dir, capsys):
@@ -237,7 +242,7 @@ def test_under_torchrun_every_rank_stops_on_a_non_finite_aggregate(out_dir):
     for rank in (0, 1):
         assert "round 2" in (out_dir / f"rank{rank}.diverged").read_text()
     _assert_kept(out_dir / "r", "vit_sparse_fl/train_federated", "round", 1,
-                 lambda s: list(s["global"].values()) if isinstance(s["global"], dict) else s["global"])
+                 _global_tensors)
 
 
 def test_adapter_files_get_the_usual_permissions(out_dir):
