@@ -127,9 +127,10 @@ def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
             s = train.main([*argv, "--resume", "--extend"])
         except cli.Diverged:  # a diverged run is one of the grid's results (its summary says so), not an error
             s = json.loads(summary_path.read_text())
+        ppl = {k: float("nan") if s.get(k) is None else s[k] for k in ("final_val_ppl", "final_personal_val_ppl")}
         print(f"[{i}/{len(todo)}] {part} / {arm} / seed {seed}: {s['status']}, final ppl "
-              f"{s['final_val_ppl']:.1f} (unigram {s['unigram_val_ppl']:.1f}), personal "
-              f"{s['final_personal_val_ppl'] or float('nan'):.1f}, {s['wall_seconds']:.0f}s", flush=True)
+              f"{ppl['final_val_ppl']:.1f} (unigram {s['unigram_val_ppl']:.1f}), personal "
+              f"{ppl['final_personal_val_ppl']:.1f}, {s['wall_seconds']:.0f}s", flush=True)
         summaries.append(s)
     return summaries
 

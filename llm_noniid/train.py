@@ -464,16 +464,17 @@ def run(args, rank: int, world: int) -> dict:
         if r % args.eval_every == 0 or r == args.num_rounds:
             row.update(evaluate())
             bar.set_postfix(ppl=f"{row['val_ppl']:.2f}")
+        elif not all(bool(torch.isfinite(t).all()) for cp in cluster_params for t in cp):
+            # a non-finite model between evaluations scores NaN: the divergence rule stops the run this round
+            row.update(val_loss=math.nan, val_ppl=math.inf)
         if rd.is_main:
             rd.log(row)
             for mode, at in failure.detect(rd.rows()).items():
                 detected.setdefault(mode, at)
         detected = dist.broadcast_object(detected)  # every rank stops at the same round
         if "divergence" in detected:
-            status = "diverged"  # stop cleanly; the checkpoint stays at the last round before this one
+            status = "diverged"  # stop cleanly: full summary; the checkpoint stays at the last round before this one
             break
-        # a non-finite model the detector did not flag: every rank stops (exit 3, checkpoint at round r - 1)
-        rd.check_finite(f"round {r}", aggregated_parameters=[t for cp in cluster_params for t in cp])
         rd.save_checkpoint({"clusters": [export.named_state(names, cp) for cp in cluster_params],
                             "server_opt": [o.state_dict() for o in server_opts],
                             "scaffold": [sc.state_dict() if sc is not None else None for sc in scaffolds],
@@ -518,7 +519,7 @@ def run(args, rank: int, world: int) -> dict:
                             + ("; LoRA adapter in adapter/: PeftModel.from_pretrained" if args.lora_r else ""))
     rd.release()
     if status == "diverged":  # one line, exit status 3 on every rank (summary.json says status: diverged)
-        raise cli.Diverged(f"the validation loss diverged at round {detected['divergence']} (status 'diverged' in "
+        raise cli.Diverged(f"the run diverged at round {detected['divergence']} (status 'diverged' in "
                            f"{rd.path / 'summary.json'}); checkpoint.pt keeps round {detected['divergence'] - 1}; "
                            "lower --learning-rate and rerun with --overwrite")
     return summary
