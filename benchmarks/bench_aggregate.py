@@ -19,6 +19,8 @@ elsewhere hits every method alike):
   MaskedMean     ``MaskedMean`` with a 50% boolean mask per client; anchor: built on ``aggregate`` alike.
   FedAdam step   ``common.server_opt.FedAdam.step`` on the global parameters; anchor: Flower's FedAdam
                  update (``FedAdam.aggregate_fit``'s delta / m / v / x lines) in numpy. K does not enter.
+  FedAvgM step   ``common.server_opt.FedAvgM.step`` (heavy-ball form); anchor: Flower's FedAvgM update
+                 (``FedAvgM.aggregate_fit``'s pseudo-gradient / momentum / x lines) in numpy.
 
 Buffers of ours (uploads, accumulators, the copy floor's) come from ``common.params.empty_flat`` (2 MiB
 aligned, transparent huge pages advised, as numpy does for its large arrays, Flower's included).
@@ -27,7 +29,8 @@ machine, one on a busy one, ``common.params.threads_for``), timed in the same ro
 aggregation must move: per client, read its upload and read + write the accumulators (WeightedMean 12
 bytes per parameter, FisherMean 40, MaskedMean 22 with 1-byte masks), plus zeroing the accumulators and
 writing the result once (WeightedMean 12K + 12 bytes per parameter in all); the FedAdam step reads four
-tensors and writes three (28). "vs floor" = time / floor time: 1.0 would be the machine's copy bandwidth.
+tensors and writes three (28), the FedAvgM step three and two (20). "vs floor" = time / floor time: 1.0
+would be the machine's copy bandwidth.
 
 Conditions: ``quiet`` (nothing started; the load average of the machine is printed, a shared machine is
 not quiet) and ``busy``: the benchmark starts one busy loop per core (``--busy-loops``, each a separate
@@ -53,7 +56,7 @@ from benchlib import current_bytes, markdown_table, mib, peak_bytes, reset_peak,
 from common import cli
 from common import params as P
 from common.aggregate import FisherMean, MaskedMean, WeightedMean
-from common.server_opt import FedAdam
+from common.server_opt import FedAdam, FedAvgM
 
 try:
     import flwr
@@ -62,8 +65,12 @@ except ImportError:  # the optional `bench` extra
     flwr = flower_aggregate = None
 
 # bytes per parameter an aggregation must move: (per client, per aggregation), see the docstring
-BYTES = {"WeightedMean": (12, 12), "FisherMean": (40, 28), "MaskedMean": (22, 24), "FedAdam step": (0, 28)}
+BYTES = {"WeightedMean": (12, 12), "FisherMean": (40, 28), "MaskedMean": (22, 24), "FedAdam step": (0, 28),
+         "FedAvgM step": (0, 20)}
 FEDADAM = {"lr": 1e-2, "betas": (0.9, 0.99), "tau": 1e-3}
+FEDAVGM = {"lr": 1.0, "momentum": 0.9, "form": "heavy-ball"}
+SERVER_STEPS = {"FedAdam step": lambda like: FedAdam(like, **FEDADAM),
+                "FedAvgM step": lambda like: FedAvgM(like, **FEDAVGM)}
 
 
 def get_args_parser(add_help: bool = True):
@@ -212,6 +219,24 @@ def fedadam_anchor_fn(c: Clients):
     return run
 
 
+def fedavgm_anchor_fn(c: Clients):
+    """Flower's FedAvgM.aggregate_fit update (server_round > 1), given the FedAvg aggregate: pseudo-gradient
+    x - avg, momentum m <- beta m + pseudo-gradient, x <- x - lr m."""
+    lr, beta = FEDAVGM["lr"], FEDAVGM["momentum"]
+    state = {"x": [t.copy() for t in c.np[0]], "m": [np.zeros_like(t) for t in c.np[0]]}
+    avg = c.np[1]
+
+    def run():
+        pseudo = [x - y for x, y in zip(state["x"], avg)]
+        state["m"] = [beta * m + g for m, g in zip(state["m"], pseudo)]
+        state["x"] = [x - lr * m for x, m in zip(state["x"], state["m"])]
+        return state["x"]
+    return run
+
+
+ANCHOR_STEPS = {"FedAdam step": fedadam_anchor_fn, "FedAvgM step": fedavgm_anchor_fn}
+
+
 # ----------------------------------------------------------------------------- ours
 def stream_fn(c: Clients, pool, k: int, kind: str = "WeightedMean"):
     """One aggregation of K clients with the streaming aggregator; results written into existing tensors."""
@@ -238,10 +263,11 @@ def stream_fn(c: Clients, pool, k: int, kind: str = "WeightedMean"):
     return aggregate
 
 
-def fedadam_fn(c: Clients, flat: bool):
+def server_step_fn(c: Clients, name: str, flat: bool):
+    """One server optimizer step (``SERVER_STEPS[name]``) on the global parameters, flat or separate tensors."""
     x = P.clone(c.base) if flat else [t.clone() for t in c.base]
     avg = P.clone(c.flat[1]) if flat else c.separate[1]
-    opt = FedAdam(x, **FEDADAM)
+    opt = SERVER_STEPS[name](x)
     return lambda: opt.step(x, avg)
 
 
@@ -298,16 +324,16 @@ def time_condition(args, c: Clients, device, condition: str) -> dict:
             if "MaskedMean" in args.aggregators:
                 fns |= {("MaskedMean", "anchor"): masked_anchor_fn(c, k),
                         ("MaskedMean", "flat"): stream_fn(c, c.flat, k, "MaskedMean")}
-            if "FedAdam step" in args.aggregators and k == args.clients[0]:
-                fns |= {("FedAdam step", "anchor"): fedadam_anchor_fn(c),
-                        ("FedAdam step", "flat"): fedadam_fn(c, True),
-                        ("FedAdam step", "tensors"): fedadam_fn(c, False)}
+            for name in SERVER_STEPS:  # K does not enter: timed once, with the first K
+                if name in args.aggregators and k == args.clients[0]:
+                    fns |= {(name, "anchor"): ANCHOR_STEPS[name](c), (name, "flat"): server_step_fn(c, name, True),
+                            (name, "tensors"): server_step_fn(c, name, False)}
             fns[("copy", "floor")] = lambda: copy_floor(dst, src)
             t = timeit_many(fns, warmup=args.warmup, repeats=args.repeats, device=device)
             copy_ms = t.pop(("copy", "floor")).ms
             for agg in dict.fromkeys(a for a, _ in t):
                 per_client, fixed = BYTES[agg]
-                kk = k if agg != "FedAdam step" else 0
+                kk = k if agg not in SERVER_STEPS else 0
                 floor_ms = copy_ms * (per_client * kk + fixed) / 8
                 row = {"condition": condition, "clients": kk, "aggregator": agg, "copy_ms": copy_ms,
                        "floor_ms": floor_ms}

@@ -4,6 +4,9 @@
 with fused ``torch._foreach_*`` ops through ``common.params.foreach``: when the parameters, the average and
 the state buffers each tile one buffer (``common.params.clone`` / ``zeros_like`` results, an aggregator's
 ``result()``), every op of a step is ONE op on those buffers; the pseudo-gradient is theta - avg.
+FedAvgM and FedAdam on parameters and state in ``acc_dtype`` (CPU or CUDA) use torch's fused optimizer
+kernels instead (``torch._fused_sgd_`` / ``torch._fused_adam_``: the pseudo-gradient into a scratch buffer,
+then one pass; 2.5-3x faster than the foreach ops for 21.7M parameters, same values up to float rounding).
 FedAvg (optionally with a server learning rate), FedAvgM in both the heavy-ball form (Hsu et al. 2019,
 Flower) and the source project's EMA form, and FedAdam (Reddi et al. 2021). State (momentum / moment
 buffers, step count) is kept in ``acc_dtype`` and round-trips through ``state_dict()`` for checkpoints.
@@ -18,6 +21,9 @@ import torch
 from common import params as P
 
 Tensors = list[torch.Tensor]
+# the step count given to torch's fused Adam kernel: its bias corrections 1 - b^step are exactly 1 (b^1e9
+# underflows to 0), so the kernel computes the paper's step; Flower's eta_norm goes into lr when asked
+_NO_BIAS_CORRECTION_STEP = 1e9
 
 
 class ServerOptimizer:
@@ -48,6 +54,33 @@ class ServerOptimizer:
                 fe(torch._foreach_add_, p, self._delta(p, a, fe), alpha=self.lr)
             P.chunked_apply(body, params, average)
         self.steps += 1
+
+    def _fusable(self, params, average) -> bool:
+        """torch's fused optimizer kernels apply: parameters and state in acc_dtype on one CPU or CUDA device."""
+        dev = params[0].device
+        return (dev.type in ("cpu", "cuda") and all(t.dtype == self.acc_dtype and t.device == dev for t in params)
+                and all(t.device == dev for t in average) and all(b[0].device == dev for b in self.buffers))
+
+    def _fused(self, kernel, params, average, sign: float, state_step: torch.Tensor | None = None,
+               **kwargs) -> None:
+        """``kernel(params, grads, *self.buffers, **kwargs)`` (``torch._fused_sgd_`` / ``torch._fused_adam_``)
+        with grads = sign (avg - theta), written into a scratch buffer kept between steps: two passes over
+        memory in all (one per op when the lists tile one buffer), where the foreach form of a step makes
+        one pass per op (FedAdam 7). Values: the kernels' own order of float operations, so they differ from
+        the foreach ops by float rounding (about 1 ulp; tests/common/test_server_opt.py)."""
+        if getattr(self, "_scratch", None) is None:
+            self._scratch = P.zeros_like(params, dtype=self.acc_dtype)
+        lists = [params, list(average), self._scratch, *self.buffers]
+        flats = [P.as_flat(t) for t in lists]
+        if all(f is not None for f in flats) and len({f.numel() for f in flats}) == 1:
+            lists = [[f] for f in flats]  # one op per pass
+        params, average, grads, *buffers = lists
+        if state_step is not None:  # Adam's step count, one per tensor
+            kwargs["state_steps"] = [state_step] * len(params)
+        with P.threads_for(max(t.numel() for t in params), params[0].device):
+            for g, a, p in zip(grads, average, params):
+                torch.sub(a, p, out=g) if sign > 0 else torch.sub(p, a, out=g)
+            kernel(params, grads, *buffers, **kwargs)
 
     def state_dict(self) -> dict:
         return {"name": self.name, "steps": self.steps, "buffers": [[t.clone() for t in b] for b in self.buffers]}
@@ -80,6 +113,15 @@ class FedAvgM(ServerOptimizer):
     def step(self, params, average) -> None:
         params = list(params)
         P._check(params, average)
+        if self._fusable(params, average):  # SGD momentum: buf <- mu buf + (1 - dampening) grad; p <- p - lr buf
+            heavy = self.form == "heavy-ball"  # grad = theta - avg, dampening 0 | grad = avg - theta, dampening beta
+            self._fused(torch._fused_sgd_, params, average, -1.0 if heavy else 1.0, weight_decay=0.0,
+                        momentum=self.momentum, lr=self.lr if heavy else -self.lr,
+                        dampening=0.0 if heavy else self.momentum, nesterov=False, maximize=False,
+                        is_first_step=False)
+            self.steps += 1
+            return
+
         def body(fe, p, a, buf):  # on cache-sized pieces when the lists are flat
             delta = self._delta(p, a, fe)  # delta = avg - theta
             if self.form == "heavy-ball":
@@ -119,6 +161,12 @@ class FedAdam(ServerOptimizer):
         if self.bias_correction:
             t = self.steps + 1  # Flower's exponent: server_round + 1, server_round = 1 in the first round
             lr *= math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+        if self._fusable(params, average):  # Adam with grad = avg - theta, lr -> -lr, eps = tau, no bias correction
+            step = torch.tensor(_NO_BIAS_CORRECTION_STEP, dtype=torch.float32, device=params[0].device)
+            self._fused(torch._fused_adam_, params, average, 1.0, state_step=step, max_exp_avg_sqs=[],
+                        lr=-lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=self.tau, amsgrad=False, maximize=False)
+            return
+
         # the whole step on one cache-sized piece at a time when the lists are flat: 3.3x less memory traffic
         def body(fe, p, a, m, v):
             delta = self._delta(p, a, fe)

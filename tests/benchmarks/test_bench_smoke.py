@@ -43,7 +43,7 @@ def test_bench_aggregate_quick(tmp_path):
     assert busy["busy_loops"] == (os.cpu_count() or 1) and busy["load_during"]["load1"] >= 0
     for cond in out["conditions"]:
         aggs = {r["aggregator"] for r in cond["rows"]}
-        assert aggs == {"WeightedMean", "FisherMean", "MaskedMean", "FedAdam step"}
+        assert aggs == {"WeightedMean", "FisherMean", "MaskedMean", "FedAdam step", "FedAvgM step"}
         assert all(r["flat_ms"] > 0 and r["anchor_ms"] > 0 and r["floor_ms"] > 0 for r in cond["rows"])
     assert json.loads((tmp_path / "agg.json").read_text())["anchor"] == out["anchor"]
     ref = load("bench_aggregate").main(["--quick", "--no-memory", "--repeats", "1", "--warmup", "0", "--clients", "2",

@@ -242,9 +242,11 @@ def _previous_implementation(kind, cs, extra, w, fallback=None):
 @pytest.mark.parametrize("kind", ["weighted", "fisher", "masked"])
 def test_flat_separate_busy_or_quiet_all_bit_equal_to_the_previous_implementation(monkeypatch, kind, busy):
     """Clients as separate tensors or tiling one buffer, one thread (busy machine) or every thread: the same
-    bits as the previous per-tensor implementation. The model spans several 256K-element pieces, so
-    MaskedMean's bool-mask cast goes through its chunked scratch buffer."""
+    bits as the previous per-tensor implementation. The model spans several of MaskedMean's pieces (128K
+    elements here), so its bool-mask cast and its flat result (a fallback tiling one buffer, written into a
+    buffer or into the fallback itself) go through the chunked scratch buffer."""
     monkeypatch.setattr(P, "machine_busy", lambda: busy)
+    monkeypatch.setattr(A.MaskedMean, "_CHUNK", 1 << 17)
     g = torch.Generator().manual_seed(3)
     shapes = [(400, 700), (90_000,), (5, 3), (1,)]  # 370K elements
     cs = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
@@ -265,3 +267,9 @@ def test_flat_separate_busy_or_quiet_all_bit_equal_to_the_previous_implementatio
         for out in (None, as_views(P.zeros_like(cs[0])), [torch.empty(s) for s in shapes]):
             res = agg.result(fallback, out=out) if kind == "masked" else agg.result(out=out)
             assert all(torch.equal(r, x) for r, x in zip(res, ref)), (flat, out is None)
+        if kind == "masked":
+            flat_fb = as_views(P.clone(fallback))
+            for out in (as_views(P.zeros_like(cs[0])), flat_fb):  # the second: written over the fallback
+                res = agg.result(flat_fb, out=out)
+                assert P.as_flat(res) is not None
+                assert all(torch.equal(r.view(torch.int32), x.view(torch.int32)) for r, x in zip(res, ref)), flat

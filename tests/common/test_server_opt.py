@@ -111,11 +111,18 @@ def test_server_optimizer_state_round_trip_and_errors():
 
 
 
-@pytest.mark.parametrize("name,kwargs", [("fedavg", {"lr": 0.7}), ("fedavgm", {"form": "heavy-ball"}),
-                                         ("fedavgm", {"form": "ema"}), ("fedadam", {"bias_correction": True})])
-def test_flat_chunked_step_is_bit_equal_to_the_per_tensor_step(name, kwargs):
-    """Parameters, average and state tiling one buffer take the chunked path (several cache-sized pieces
-    here); separate tensors the per-tensor one: the same bits after a few steps."""
+STEPS = [("fedavg", {"lr": 0.7}), ("fedavgm", {"form": "heavy-ball"}), ("fedavgm", {"form": "ema"}),
+         ("fedadam", {"bias_correction": True})]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("name,kwargs", STEPS)
+def test_flat_chunked_step_is_bit_equal_to_the_per_tensor_step(monkeypatch, name, kwargs, fused):
+    """Parameters, average and state tiling one buffer take one op per pass (torch's fused kernels) or the
+    chunked path (several cache-sized pieces here, ``fused=False``: what other dtypes get); separate tensors
+    the per-tensor one: the same bits after a few steps."""
+    if not fused:
+        monkeypatch.setattr(O.ServerOptimizer, "_fusable", lambda self, params, average: False)
     g = torch.Generator().manual_seed(0)
     shapes = [(300, 400), (50_000,), (7,)]  # 170K elements: three CHUNK_NUMEL pieces
     x0 = [torch.randn(s, generator=g) for s in shapes]
@@ -129,3 +136,34 @@ def test_flat_chunked_step_is_bit_equal_to_the_per_tensor_step(name, kwargs):
         opt_flat.step(flat, P.clone(a))
         opt_sep.step(sep, a)
     assert all(torch.equal(x, y) for x, y in zip(flat, sep))
+
+
+@pytest.mark.parametrize("name,kwargs", STEPS[1:])
+def test_fused_kernels_match_the_foreach_step(monkeypatch, name, kwargs):
+    """torch's fused SGD-momentum / Adam kernels against the foreach ops they replace: the same step up to
+    float rounding, state included, over several rounds."""
+    g = torch.Generator().manual_seed(1)
+    x0 = P.clone([torch.randn(s, generator=g) for s in SHAPES])
+    avgs = [P.clone([t + 0.01 * torch.randn(t.shape, generator=g) for t in x0]) for _ in range(4)]
+    fused_x, ref_x = P.clone(x0), P.clone(x0)
+    fused = O.make_server_optimizer(name, fused_x, **kwargs)
+    ref = O.make_server_optimizer(name, ref_x, **kwargs)
+    for a in avgs:
+        fused.step(fused_x, a)
+        with monkeypatch.context() as m:
+            m.setattr(O.ServerOptimizer, "_fusable", lambda self, params, average: False)
+            ref.step(ref_x, a)
+    close(fused_x, ref_x, tol=1e-6)
+    for b_fused, b_ref in zip(fused.buffers, ref.buffers):
+        close(b_fused, b_ref, tol=1e-6)
+    assert fused.steps == ref.steps == len(avgs)
+
+
+def test_other_dtypes_take_the_foreach_step():
+    """bfloat16 parameters with float32 state are not fusable: the foreach step, parameters stay bfloat16."""
+    like = [t.bfloat16() for t in clients(1)[0]]
+    opt = O.make_server_optimizer("fedadam", like, lr=0.1)
+    assert not opt._fusable(like, like)
+    theta = [t.clone() for t in like]
+    opt.step(theta, [t + 1 for t in like])
+    assert all(t.dtype == torch.bfloat16 for t in theta) and not all(torch.equal(a, b) for a, b in zip(theta, like))
