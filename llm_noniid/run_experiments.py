@@ -1,4 +1,4 @@
-"""Experiment grids for llm_noniid, run in-process one after another, skipping runs already complete.
+"""Experiment grids for llm_noniid: every run not yet complete, ``--jobs`` at a time, then a report.
 
     python llm_noniid/run_experiments.py --mode failure --out-dir runs/llm_noniid/ag_news \
         --split-csv ../shared/data/ag_news_csv/test.csv
@@ -8,25 +8,30 @@ Every grid trains the same study setting (``STUDY``: a 2-layer GPT-2 from scratc
 10 clients, exactly 8 local SGD steps per client per round at lr 1 with clipping at 1, 40 rounds, 10 % of every
 client's texts held out for its personalised perplexity), 3 seeds, so arms differ in one thing only:
 
-  failure   : topic skew alpha 0.01 (equal client sizes) x FedAvg, FedProx mu 0.01 / 0.1 / 1, SCAFFOLD; low
-              participation (2 of 10 clients per round) and one client per round (no averaging: the source's
-              failure setting) as their own arms; clustering: data-aware (token distributions, number chosen by
-              silhouette), IFCA with 4 clusters, and local training (one cluster per client). The iid contrast:
-              FedAvg, FedProx mu 0.1, SCAFFOLD, the two low-participation arms and IFCA.
+  failure   : topic skew alpha 0.01 (equal client sizes) x FedAvg, FedProx mu 0.001 / 0.01 / 0.1 / 1, SCAFFOLD;
+              low participation (2 of 10 clients per round; also for 5x the rounds, the compute of FedAvg) and
+              one client per round (no averaging: the source's failure setting) as their own arms; clustering:
+              data-aware (token distributions, number chosen by silhouette), IFCA with 4 clusters, local training
+              (one cluster per client), and FedAvg for 2 more rounds (IFCA's extra local steps: its equal-compute
+              reference). The iid contrast: FedAvg, FedProx mu 0.1, SCAFFOLD, the low-participation arms, IFCA and
+              its reference.
   main      : which splits hurt: iid, topic skew alpha 0.1, style skew (length), token skew (frequency) x FedAvg,
-              FedProx mu 0.1, SCAFFOLD.
+              FedProx mu 0.001 / 0.01 / 0.1 / 1, SCAFFOLD.
   calibrate : runs whose failure is known by construction, for the detectors' rates: iid FedAvg at lr 8 without
               clipping (diverges) and topic skew alpha 0.01 with one client per round (oscillates), 3 seeds.
   quick     : FedAvg / FedProx / SCAFFOLD x the four partitions, a few rounds (a smoke test of the pipeline).
   analyze   : report.md (tables: mean ± sample sd over seeds, paired differences to FedAvg with 95% intervals,
-              reference points, detected failure modes, detector rates) and figures.
+              equal-compute comparisons, reference points, detected failure modes, detector rates) and figures.
 All runs of all grids live in <out-dir>/runs, so an arm shared by two grids is trained once. Flags after ``--``
-(or any flag this script does not know) go to every train.py run and override the study setting.
+(or any flag this script does not know) go to every train.py run and override the study setting. ``--jobs``
+worker processes (default 2, of ``--threads`` 1 torch thread each) train runs side by side; a run's numbers do
+not depend on --jobs, only on its thread count (float summation order).
 ``--split-csv FILE`` first splits one AG News CSV (e.g. the real test split) 90/10 into <out-dir>/data and trains
 on it; without it the embedded synthetic AG News is used.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import math
 from pathlib import Path
@@ -41,53 +46,77 @@ from plots import runs as R
 
 MODES = ("quick", "failure", "main", "calibrate", "analyze")
 SEEDS = "0,1,2"
+ROUNDS = 40  # the study's rounds; arms at equal compute run a multiple of them
+EVAL_EVERY = 2
 STUDY = ["--model", "tiny-gpt2", "--lora-r", "0", "--tokenizer", "bpe", "--bpe-vocab-size", "2048", "--seq-len", "48",
          "--max-train-examples", "0", "--max-eval-examples", "300", "--num-clients", "10", "--batch-size", "8",
          "--local-steps", "8", "--local-optimizer", "sgd", "--learning-rate", "1.0", "--max-grad-norm", "1.0",
-         "--client-holdout", "0.1", "--eval-every", "2", "--num-rounds", "40"]
+         "--client-holdout", "0.1", "--eval-every", str(EVAL_EVERY), "--num-rounds", str(ROUNDS)]
 IID = ["--partition", "iid"]
 TOPIC = ["--partition", "topic_skew", "--alpha", "0.01"]
 FEDAVG = ["--algorithm", "fedavg"]
 SCAFFOLD = ["--algorithm", "scaffold"]
+MUS = ("0.001", "0.01", "0.1", "1")  # FedProx's mu sweep, in every grid
+# IFCA's starting models: --ifca-init-rounds (5) rounds' worth of local steps of one client for each of the
+# --num-clusters (4) clusters = 4 * 5 * 8 = 160 local steps = 2 full rounds of 10 clients x 8 steps
+IFCA_EXTRA_ROUNDS = 2
 
 
 def prox(mu: str) -> list[str]:
     return ["--algorithm", "fedprox", "--mu", mu]
 
 
-def arms(mode: str) -> list[tuple[str, str, list[str]]]:
-    """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each)."""
-    algos = [("FedAvg", FEDAVG), ("FedProx mu=0.01", prox("0.01")), ("FedProx mu=0.1", prox("0.1")),
-             ("FedProx mu=1", prox("1")), ("SCAFFOLD", SCAFFOLD)]
+def rounds_flags(rounds: int) -> list[str]:
+    """--num-rounds, with evaluation as often per round of full compute as the study's (the same number of points)."""
+    return ["--num-rounds", str(rounds), "--eval-every", str(max(1, EVAL_EVERY * rounds // ROUNDS))]
+
+
+def arms(mode: str, rounds: int = ROUNDS) -> list[tuple[str, str, list[str]]]:
+    """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each), for runs
+    of ``rounds`` rounds; the equal-compute arms run more (2 of 10 clients: 5x the rounds; FedAvg with IFCA's
+    extra local steps: IFCA_EXTRA_ROUNDS more)."""
+    algos = [("FedAvg", FEDAVG), *((f"FedProx mu={mu}", prox(mu)) for mu in MUS), ("SCAFFOLD", SCAFFOLD)]
+    lp, one = ["--participation-rate", "0.2"], ["--participation-rate", "0.1"]
+    ifca = ["--clustering", "ifca", "--num-clusters", "4"]
     if mode == "failure":
         # the mu sweep and the clustering arms where they matter (topic skew); on iid the contrast arms only
-        iid = [("FedAvg", FEDAVG), algos[2], algos[4]]
-        out = [("iid", name, IID + a) for name, a in iid]
-        out += [("iid", "FedAvg, 2 of 10 clients/round", IID + FEDAVG + ["--participation-rate", "0.2"]),
-                ("iid", "FedAvg, 1 client/round", IID + FEDAVG + ["--participation-rate", "0.1"]),
-                ("iid", "FedAvg + IFCA (4)", IID + FEDAVG + ["--clustering", "ifca", "--num-clusters", "4"])]
-        out += [("topic a=0.01", name, TOPIC + a) for name, a in algos]
-        out += [("topic a=0.01", "FedAvg, 2 of 10 clients/round", TOPIC + FEDAVG + ["--participation-rate", "0.2"]),
-                ("topic a=0.01", "FedAvg, 1 client/round", TOPIC + FEDAVG + ["--participation-rate", "0.1"]),
-                ("topic a=0.01", "FedAvg + data clusters", TOPIC + FEDAVG + ["--clustering", "data"]),
-                ("topic a=0.01", "FedAvg + IFCA (4)", TOPIC + FEDAVG + ["--clustering", "ifca", "--num-clusters", "4"]),
-                ("topic a=0.01", "local only (10 clusters)", TOPIC + FEDAVG + ["--clustering", "data",
-                                                                              "--num-clusters", "10"])]
+        out = [("iid", name, IID + a) for name, a in algos if name in ("FedAvg", "FedProx mu=0.1", "SCAFFOLD")]
+        for part, split in (("iid", IID), ("topic a=0.01", TOPIC)):
+            if part != "iid":
+                out += [(part, name, split + a) for name, a in algos]
+            out += [(part, "FedAvg, 2 of 10 clients/round", split + FEDAVG + lp),
+                    (part, f"FedAvg, 2 of 10 clients/round, {5 * rounds} rounds",
+                     split + FEDAVG + lp + rounds_flags(5 * rounds)),
+                    (part, "FedAvg, 1 client/round", split + FEDAVG + one)]
+            if part != "iid":
+                out += [(part, "FedAvg + data clusters", split + FEDAVG + ["--clustering", "data"]),
+                        (part, "local only (10 clusters)", split + FEDAVG + ["--clustering", "data",
+                                                                             "--num-clusters", "10"])]
+            out += [(part, "FedAvg + IFCA (4)", split + FEDAVG + ifca),
+                    (part, f"FedAvg, {rounds + IFCA_EXTRA_ROUNDS} rounds",
+                     split + FEDAVG + rounds_flags(rounds + IFCA_EXTRA_ROUNDS))]
         return out
     if mode == "main":
         parts = [("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
                  ("style (length)", ["--partition", "style_skew", "--style-criterion", "length"]),
                  ("token (frequency)", ["--partition", "token_skew", "--token-skew", "frequency"])]
-        return [(p, name, f + a) for p, f in parts for name, a in (algos[0], algos[2], algos[4])]
+        return [(p, name, f + a) for p, f in parts for name, a in algos]
     if mode == "calibrate":
         return [("iid", "FedAvg lr 8, no clipping", IID + FEDAVG + ["--learning-rate", "8", "--max-grad-norm", "0"]),
-                ("topic a=0.01", "FedAvg, 1 client/round", TOPIC + FEDAVG + ["--participation-rate", "0.1"])]
+                ("topic a=0.01", "FedAvg, 1 client/round", TOPIC + FEDAVG + one)]
     if mode == "quick":
         parts = [("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
                  ("style (length)", ["--partition", "style_skew"]),
                  ("token (frequency)", ["--partition", "token_skew"])]
-        return [(p, name, f + a) for p, f in parts for name, a in (algos[0], algos[2], algos[4])]
+        return [(p, name, f + a) for p, f in parts for name, a in (algos[0], algos[3], algos[-1])]
     raise cli.UsageError(f"--mode {mode!r} has no runs; expected one of {', '.join(MODES[:-1])}")
+
+
+def equal_compute(rounds: int = ROUNDS) -> list[tuple[str, str, str]]:
+    """(partition, arm, reference arm) pairs at equal training compute, beside the Δ-to-FedAvg column."""
+    return [(p, a, r) for p in ("iid", "topic a=0.01") for a, r in (
+        ("FedAvg + IFCA (4)", f"FedAvg, {rounds + IFCA_EXTRA_ROUNDS} rounds"),
+        (f"FedAvg, 2 of 10 clients/round, {5 * rounds} rounds", "FedAvg"))]
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -98,46 +127,80 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--seeds", default=SEEDS, help="comma-separated seeds")
     p.add_argument("--split-csv", default=None, help="one AG News CSV to split 90/10 into train/valid first")
     p.add_argument("--title", default=None, help="heading of the analyze report")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (worker processes; 1: in this process)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (with --jobs > 1)")
     return p
 
 
+def _init_worker(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _train(argv: list[str], summary_path: str) -> dict:
+    """One run: an interrupted run continues, a shorter finished one is extended to the grid's --num-rounds."""
+    try:
+        return train.main([*argv, "--resume", "--extend"])
+    except cli.Diverged:  # a diverged run is one of the grid's results (its summary says so), not an error
+        return json.loads(Path(summary_path).read_text())
+
+
 def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
+    """Every run of ``mode`` not yet complete, ``--jobs`` at a time (worker processes of ``--threads`` torch
+    threads; --jobs 1: one after another in this process, with its thread count)."""
     out = Path(args.out_dir)
     data = []
     if args.split_csv:
         data = ["--data", "ag_news", "--data-dir", str(D.split_ag_news_csv(args.split_csv, out / "data",
                                                                           valid_fraction=0.1, seed=0))]
-    rounds = args.rounds or (4 if mode == "quick" else None)
+    rounds = args.rounds or (4 if mode == "quick" else ROUNDS)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    todo = [(part, arm, flags, seed) for seed in seeds for part, arm, flags in arms(mode)]
-    summaries = []
-    for i, (part, arm, flags, seed) in enumerate(todo, 1):
-        argv = [*STUDY, *data, *flags, "--seed", str(seed), *(["--num-rounds", str(rounds)] if rounds else []),
-                *passthrough, "--out-dir", str(out / "runs"), "--quiet"]
-        parsed = train.parse_with_config(train.get_args_parser(), argv, {"quick": train.QUICK})
-        name = train.default_run_name(parsed)
-        summary_path = out / "runs" / name / "summary.json"
-        if summary_path.is_file():
-            s = json.loads(summary_path.read_text())
-            if s.get("status") in ("complete", "diverged") and s.get("num_rounds") == parsed.num_rounds:
-                print(f"[{i}/{len(todo)}] {part} / {arm} / seed {seed}: done, skipped", flush=True)
-                summaries.append(s)
-                continue
-        try:  # an interrupted run continues; a shorter finished one is extended to the grid's --num-rounds
-            s = train.main([*argv, "--resume", "--extend"])
-        except cli.Diverged:  # a diverged run is one of the grid's results (its summary says so), not an error
-            s = json.loads(summary_path.read_text())
+    todo = [(part, arm, flags, seed) for seed in seeds for part, arm, flags in arms(mode, rounds)]
+    summaries: dict[int, dict] = {}
+    pending = {}
+    pool = cf.ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(args.threads,)) \
+        if args.jobs > 1 else None
+
+    def done(i: int, s: dict) -> None:
+        part, arm, _, seed = todo[i - 1]
         ppl = {k: float("nan") if s.get(k) is None else s[k] for k in ("final_val_ppl", "final_personal_val_ppl")}
         print(f"[{i}/{len(todo)}] {part} / {arm} / seed {seed}: {s['status']}, final ppl "
               f"{ppl['final_val_ppl']:.1f} (unigram {s['unigram_val_ppl']:.1f}), personal "
               f"{ppl['final_personal_val_ppl']:.1f}, {s['wall_seconds']:.0f}s", flush=True)
-        summaries.append(s)
-    return summaries
+        summaries[i] = s
+
+    try:
+        for i, (part, arm, flags, seed) in enumerate(todo, 1):
+            argv = [*STUDY, *rounds_flags(rounds), *data, *flags, "--seed", str(seed), *passthrough,
+                    "--out-dir", str(out / "runs"), "--quiet"]
+            parsed = train.parse_with_config(train.get_args_parser(), argv, {"quick": train.QUICK})
+            summary_path = out / "runs" / train.default_run_name(parsed) / "summary.json"
+            if summary_path.is_file():
+                s = json.loads(summary_path.read_text())
+                if s.get("status") in ("complete", "diverged") and s.get("num_rounds") == parsed.num_rounds:
+                    print(f"[{i}/{len(todo)}] {part} / {arm} / seed {seed}: done, skipped", flush=True)
+                    summaries[i] = s
+                    continue
+            if pool is None:
+                done(i, _train(argv, str(summary_path)))
+            else:
+                pending[pool.submit(_train, argv, str(summary_path))] = i
+        for fut in cf.as_completed(pending):
+            done(pending[fut], fut.result())
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return [summaries[i] for i in sorted(summaries)]
 
 
 # ----------------------------------------------------------------------------- analyze
-def arm_of(a: dict) -> tuple[str, str]:
-    """(partition label, arm label) of a run from its args.json, as ``arms`` names them."""
+def arm_of(a: dict, rounds: int = ROUNDS) -> tuple[str, str]:
+    """(partition label, arm label) of a run from its args.json, as ``arms(mode, rounds)`` names them."""
+    part, arm = _arm_of(a)
+    return part, arm + (f", {a['num_rounds']} rounds" if a.get("num_rounds", rounds) != rounds else "")
+
+
+def _arm_of(a: dict) -> tuple[str, str]:
     part = {"iid": "iid", "style_skew": f"style ({a.get('style_criterion')})",
             "token_skew": f"token ({a.get('token_skew')})"}.get(a["partition"], f"topic a={a.get('alpha'):g}")
     algo = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD"}.get(a["algorithm"], a["algorithm"])
@@ -167,16 +230,16 @@ def _by_seed(runs, key):
     return R.by_seed(_finite(runs, key), key)  # a diverged run's inf is left out (its status column says so)
 
 
-def table(runs: list[dict], mode: str) -> list[str]:
+def table(runs: list[dict], mode: str, rounds: int = ROUNDS) -> list[str]:
     """Markdown rows of ``mode``'s arms: global and personalised perplexity (mean ± sd), paired differences
     to FedAvg on the same partition (95% t interval), compute (training tokens through forward/backward, as a
     multiple of FedAvg's), run status, detected failure modes."""
     groups: dict[tuple, list] = {}
     for r in runs:
-        groups.setdefault(arm_of(r["args"]), []).append(r)
+        groups.setdefault(arm_of(r["args"], rounds), []).append(r)
     lines = ["| partition | arm | n | final ppl | Δ vs FedAvg | personalised ppl | Δ vs FedAvg | "
              "compute | status | failure modes (runs) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for part, arm, _ in arms(mode):
+    for part, arm, _ in arms(mode, rounds):
         g = groups.get((part, arm), [])
         if not g:
             lines.append(f"| {part} | {arm} | 0 | not run | | | | | |")
@@ -227,11 +290,11 @@ KNOWN = {
 }
 
 
-def detector_table(runs: list[dict]) -> list[str]:
+def detector_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
     """Share of runs each detector flags (with ``failure.DEFAULT`` thresholds, detected again from the logged
     curves), per class of runs whose behaviour is known by construction: the healthy column is the false-positive
     rate, the matching column the detection rate."""
-    classes = {name: [r for r in runs if r.get("summary") and is_(*arm_of(r["args"]))]  # finished runs only
+    classes = {name: [r for r in runs if r.get("summary") and is_(*arm_of(r["args"], rounds))]  # finished runs only
                for name, is_ in KNOWN.items()}
     classes = {k: v for k, v in classes.items() if v}
     if not classes:
@@ -261,28 +324,55 @@ def detector_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def equal_compute_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
+    """Paired differences between arms that train the same number of tokens (``equal_compute``)."""
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault(arm_of(r["args"], rounds), []).append(r)
+    lines = ["| partition | arm | reference (same compute) | compute ratio | Δ final ppl | Δ personalised ppl |",
+             "|---|---|---|---|---|---|"]
+    for part, arm, ref in equal_compute(rounds):
+        g, h = groups.get((part, arm), []), groups.get((part, ref), [])
+        if not g or not h:
+            lines.append(f"| {part} | {arm} | {ref} | not run | | |")
+            continue
+        tokens = [np.mean([r["summary"]["train_tokens"] for r in x if r.get("summary")]) for x in (g, h)]
+        cells = [S.fmt_diff(S.paired(_by_seed(g, key), _by_seed(h, key)))
+                 for key in ("final_val_ppl", "final_personal_val_ppl")]
+        lines.append(f"| {part} | {arm} | {ref} | {tokens[0] / tokens[1]:.2f}x | {' | '.join(cells)} |")
+    return lines
+
+
 def report(out_dir: Path, title: str | None = None) -> str:
     from plots import plot_llm_noniid as PL
 
     runs = R.load_runs(out_dir / "runs", "*")
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
+    counts: dict[int, int] = {}
+    for r in runs:  # the grid's rounds: the most common (equal-compute arms run more)
+        counts[r["args"]["num_rounds"]] = counts.get(r["args"]["num_rounds"], 0) + 1
+    rounds = max(counts, key=lambda k: (counts[k], -k))
+    label = lambda a: arm_of(a, rounds)  # noqa: E731
     lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", ""]
     a0 = runs[0]["args"]
     lines += [f"Data {a0.get('data')} ({a0.get('data_dir') or 'embedded'}), model {a0.get('model')} "
               f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
               f"{a0.get('local_optimizer')} steps per client per round at lr {a0.get('learning_rate'):g}, "
-              f"{a0.get('num_rounds')} rounds. Mean ± sample sd over seeds; Δ = paired difference to FedAvg "
-              "on the same partition (same seeds), 95% t interval; 'no difference' when it contains 0.", "",
+              f"{rounds} rounds (arms named '..., N rounds' run N). Mean ± sample sd over seeds; Δ = paired "
+              "difference to FedAvg on the same partition (same seeds), 95% t interval; 'no difference' when it "
+              "contains 0. Compute: training tokens through forward/backward, as a multiple of FedAvg's.", "",
               "### Reference points", "", *references(runs), ""]
     for mode in ("failure", "main", "calibrate"):
-        names = {(p, a) for p, a, _ in arms(mode)}
-        sel = [r for r in runs if arm_of(r["args"]) in names]
+        names = {(p, a) for p, a, _ in arms(mode, rounds)}
+        sel = [r for r in runs if label(r["args"]) in names]
         if not sel:
             continue
-        lines += [f"### {mode} grid", "", *table(sel, mode), ""]
-        figs = PL.make_figures_for(sel, out_dir / "figures" / mode, arm_of)
+        lines += [f"### {mode} grid", "", *table(sel, mode, rounds), ""]
+        if mode == "failure":
+            lines += ["Equal compute (paired by seed, 95% t interval):", "", *equal_compute_table(sel, rounds), ""]
+        figs = PL.make_figures_for(sel, out_dir / "figures" / mode, label)
         lines += [f"![{Path(f).stem}](figures/{mode}/{Path(f).name})" for f in figs] + [""]
-    lines += ["### Failure detectors", "", *detector_table(runs), ""]
+    lines += ["### Failure detectors", "", *detector_table(runs, rounds), ""]
     text = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     return text
@@ -293,6 +383,7 @@ def main(argv=None) -> dict:
     args, passthrough = parser.parse_known_args(argv)
     passthrough = [a for a in passthrough if a != "--"]
     cli.check(args.mode in MODES, f"--mode {args.mode!r} is unknown; expected one of {', '.join(MODES)}")
+    cli.check(args.jobs >= 1 and args.threads >= 1, "--jobs and --threads must be >= 1")
     if args.mode == "analyze":
         text = report(Path(args.out_dir), args.title)
         print(text)

@@ -3,7 +3,8 @@
     python plots/plot_llm_noniid.py --runs runs/llm_noniid/ag_news/runs --out runs/llm_noniid/ag_news/figures/all
 
 Writes ``val_ppl_curves.png`` and ``personal_val_ppl_curves.png`` (one panel per partition, one line per arm:
-mean over seeds with a ± sd band, markers and line styles distinct, the unigram reference dashed),
+mean over seeds with a ± sd band against the local steps spent, so arms of equal compute end at the same x;
+markers and line styles distinct, the unigram reference dashed),
 ``final_ppl.png`` (final global and personalised perplexity per arm, error bars = sample sd over seeds, unigram
 references drawn), ``client_divergence_rel_curves.png`` and ``partition_<partition>.png`` (topics per client, with
 the AG News topic names, and the clusters a clustered run found). Runs are grouped by ``arm_of(args)`` ->
@@ -41,10 +42,27 @@ def default_arm(args: dict) -> tuple[str, str]:
     return part, algo
 
 
+X = "local_steps_total"  # the curves' x: local SGD steps summed over clients and rounds (the compute spent)
+
+
+def add_local_steps(run: dict) -> dict:
+    """Adds ``X`` to every row: the run's local steps up to and including that round (a round's "step" is its
+    clients' steps; a round logged twice, as after a resume, counts once)."""
+    per_round = {r["round"]: r.get("step", 0) for r in run["rows"] if "round" in r}
+    total, cum = 0, {}
+    for rnd in sorted(per_round):
+        total += per_round[rnd]
+        cum[rnd] = total
+    for r in run["rows"]:
+        if "round" in r:
+            r[X] = cum[r["round"]]
+    return run
+
+
 def grouped(runs: list[dict], arm_of) -> dict[tuple, list[dict]]:
     out: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
-        out[arm_of(run["args"])].append(run)
+        out[arm_of(run["args"])].append(add_local_steps(run))
     return dict(out)
 
 
@@ -57,7 +75,7 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
                 log: bool = False) -> list[Path]:
     """Panels = partitions, lines = arms (mean over seeds, band ± sample sd), reference dashed."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     parts = sorted({p for p, _ in groups})
     fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.0), squeeze=False)
@@ -66,10 +84,11 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
         arms = [a for p, a in groups if p == part]
         for i, arm in enumerate(arms):
             g = groups[(part, arm)]
-            if not all(R.series(r, key)[0].size for r in g):
+            if not all(R.series(r, key, X)[0].size for r in g):
                 print(f"{part} / {arm}: no {key} in some runs, not drawn in {key}")
                 continue
-            x, m, s = R.mean_std(g, key)
+            x, m, s = R.mean_std(g, key, X)
+            x = x / 1000
             ok = np.isfinite(m)
             if not ok.any():
                 continue
@@ -82,9 +101,8 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
         if ref:
             ax.axhline(ref, color="k", linestyle="--", linewidth=1, label=f"{ref_key.replace('_', ' ')} {ref:.0f}")
         ax.set_title(part, fontsize=10)
-        ax.set_xlabel("round")
+        ax.set_xlabel("local SGD steps, all clients (thousands)")
         ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if log:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(ScalarFormatter())

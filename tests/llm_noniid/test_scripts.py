@@ -2,6 +2,7 @@
 and train.py on the real AG News split."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -9,6 +10,19 @@ import pytest
 from llm_noniid import run_experiments as E
 from llm_noniid import train
 from plots import plot_llm_noniid
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
 
 TINY = ["--max-train-examples", "160", "--max-eval-examples", "32", "--bpe-vocab-size", "300", "--num-clients", "4",
         "--local-steps", "2", "--seq-len", "24", "--eval-every", "1"]
@@ -29,23 +43,48 @@ def test_every_arm_is_labelled_back_from_its_arguments(mode):
 
 def test_failure_grid_has_every_algorithm_and_averaging_arms():
     labels = [arm for part, arm, _ in E.arms("failure") if part == "topic a=0.01"]
-    for want in ("FedAvg", "FedProx mu=0.01", "FedProx mu=0.1", "FedProx mu=1", "SCAFFOLD",
-                 "FedAvg, 2 of 10 clients/round", "FedAvg + data clusters", "FedAvg + IFCA (4)"):
+    for want in ("FedAvg", "FedProx mu=0.001", "FedProx mu=0.01", "FedProx mu=0.1", "FedProx mu=1", "SCAFFOLD",
+                 "FedAvg, 2 of 10 clients/round", "FedAvg, 2 of 10 clients/round, 200 rounds",
+                 "FedAvg + data clusters", "FedAvg + IFCA (4)", "FedAvg, 42 rounds"):
         assert want in labels
+    for part in ("iid", "topic a=0.1", "style (length)", "token (frequency)"):  # the mu sweep in every grid
+        assert sum(arm.startswith("FedProx") for p, arm, _ in E.arms("main") if p == part) == 4
     for _part, arm, flags in E.arms("failure"):
         args = train.parse_with_config(train.get_args_parser(), [*E.STUDY, *flags], {})
         m = max(1, round(args.participation_rate * args.num_clients))
         assert m >= 2 or arm.endswith("1 client/round")  # averaging claimed only with >= 2 clients
 
 
+def test_equal_compute_arms_train_as_many_tokens():
+    """The equal-compute references really match: IFCA's starting models cost IFCA_EXTRA_ROUNDS full rounds of
+    local steps; 2 of 10 clients for 5x the rounds take as many local steps as FedAvg, with as many evaluations."""
+    arms = {(p, a): train.parse_with_config(train.get_args_parser(), [*E.STUDY, *f], {})
+            for p, a, f in E.arms("failure")}
+    steps = lambda x: x.num_rounds * max(1, round(x.participation_rate * x.num_clients)) * x.local_steps  # noqa
+    for part, arm, ref in E.equal_compute():
+        a, r = arms[(part, arm)], arms[(part, ref)]
+        extra = a.num_clusters * a.ifca_init_rounds * a.local_steps if a.clustering == "ifca" else 0
+        assert steps(a) + extra == steps(r), (part, arm)
+        if not extra:  # as many evaluation points
+            assert a.num_rounds // a.eval_every == r.num_rounds // r.eval_every
+
+
 def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     root = tmp_path / "grid"
     argv = ["--mode", "calibrate", "--out-dir", str(root), "--rounds", "2", "--seeds", "0,1", "--", *TINY]
-    s = E.main(argv)
+    s = E.main([*argv[:-len(TINY) - 1], "--jobs", "2", "--", *TINY])  # 2 worker processes of 1 thread
     assert s["runs"] == 4
     capsys.readouterr()
-    E.main(argv)
+    E.main([*argv[:-len(TINY) - 1], "--jobs", "1", "--", *TINY])
     assert capsys.readouterr().out.count("done, skipped") == 4
+    # the same runs one after another in this process, at the workers' thread count: the same numbers
+    with torch_threads(1):
+        E.main(["--mode", "calibrate", "--out-dir", str(tmp_path / "serial"), "--rounds", "2", "--seeds", "0,1",
+                "--jobs", "1", "--", *TINY])
+    for run in (root / "runs").iterdir():
+        a, b = (json.loads((d / run.name / "summary.json").read_text()) for d in (root / "runs", tmp_path / "serial"
+                                                                                    / "runs"))
+        assert a["final_val_ppl"] == b["final_val_ppl"] or a["status"] == b["status"] == "diverged", run.name
     E.main(["--mode", "analyze", "--out-dir", str(root)])
     report = (root / "report.md").read_text()
     assert "### calibrate grid" in report and "| topic a=0.01 | FedAvg, 1 client/round | 2 |" in report
