@@ -174,7 +174,11 @@ def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
             argv = [*STUDY, *rounds_flags(rounds), *data, *flags, "--seed", str(seed), *passthrough,
                     "--out-dir", str(out / "runs"), "--quiet"]
             parsed = train.parse_with_config(train.get_args_parser(), argv, {"quick": train.QUICK})
-            summary_path = out / "runs" / train.default_run_name(parsed) / "summary.json"
+            name = train.default_run_name(parsed)
+            if parsed.num_rounds != rounds:  # an equal-compute arm: its own directory (names leave rounds out)
+                name += f"_R{parsed.num_rounds}"
+                argv += ["--run-name", name]
+            summary_path = out / "runs" / name / "summary.json"
             if summary_path.is_file():
                 s = json.loads(summary_path.read_text())
                 if s.get("status") in ("complete", "diverged") and s.get("num_rounds") == parsed.num_rounds:

@@ -106,3 +106,17 @@ def test_train_on_the_real_ag_news_split(shared_data, tmp_path):
     assert s["status"] == "complete" and s["final_val_ppl"] < s["vocab_size"]
     assert s["unigram_val_ppl"] < s["uniform_ppl"] == s["vocab_size"]
     json.loads((tmp_path / "r" / next((tmp_path / "r").iterdir()).name / "partition.json").read_text())
+
+
+def test_equal_compute_arm_gets_its_own_run_directory(tmp_path, monkeypatch):
+    """Run names leave the rounds out (so --extend can continue a run): an arm that only runs more rounds must not
+    extend the plain arm's run, it gets a directory of its own."""
+    monkeypatch.setattr(E, "arms", lambda mode, rounds=E.ROUNDS: [
+        ("iid", "FedAvg", E.IID + E.FEDAVG), ("iid", f"FedAvg, {rounds + 1} rounds",
+                                              E.IID + E.FEDAVG + E.rounds_flags(rounds + 1))])
+    root = tmp_path / "grid"
+    s = E.main(["--mode", "calibrate", "--out-dir", str(root), "--rounds", "1", "--seeds", "0", "--jobs", "1",
+                "--", *TINY])
+    assert s["runs"] == 2
+    rounds = sorted(json.loads(p.read_text())["num_rounds"] for p in (root / "runs").glob("*/summary.json"))
+    assert rounds == [1, 2]
