@@ -282,6 +282,9 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     seed.seed_everything(args.seed)
     model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
     model.to(device).train()
+    # the trainable parameters as views of one buffer: loading the global model and a client's add to the
+    # aggregator are one op each (fast on a busy machine, benchmarks/bench_aggregate.py); values unchanged
+    params.flat_parameters_(model)
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     names = [n for n, _ in params.named_trainable(model)]
     plist = params.trainable(model)
