@@ -38,6 +38,7 @@ Writes <out-dir>/results.md, results.json and <out-dir>/figures/.
 """
 from __future__ import annotations
 
+import argparse
 import concurrent.futures as cf
 import json
 import time
@@ -73,6 +74,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.add_argument("--nc-values", type=int, nargs="+", default=[1, 2, 5], help="Nc sweep (classes per client)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.5],
                         help="sparsity ratios of the mask-strategy comparison on Nc = 2 shards (IID: the first)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="SETTING",
+                        help="run only these settings (e.g. fedavg_iid fedavg_nc2 sparse_nc2_s0.9_random); the "
+                             "table shows the others as not run")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (worker processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--smoke", action="store_true",
@@ -122,6 +126,8 @@ def plan(args, base: str) -> list[dict]:
         add(f"sparse_nc2_s{args.sparsities[0]:g}_least_sensitive_fisher", "sparse",
             [*fedavg, "--sharding", "non_iid", "--nc", "2", "--mask-strategy", "least_sensitive",
              "--sparsity-ratio", f"{args.sparsities[0]:g}", "--fisher-score", "fisher", "--calibration-rounds", "4"])
+    if args.only:
+        runs = [r for r in runs if r["setting"] in args.only]
     return runs
 
 
@@ -287,6 +293,10 @@ def main(argv=None) -> dict:
     cli.check(args.jobs >= 1 and args.threads >= 1, "--jobs and --threads must be >= 1")
     cli.check(J in args.j_values, f"--j-values must contain J = {J} (the FedAvg IID run)")
     cli.check(2 in args.nc_values, "--nc-values must contain 2 (the non-IID shards of the sparse runs)")
+    if args.only:
+        known = {r["setting"] for r in plan(argparse.Namespace(**{**vars(args), "only": None}), "BASE")}
+        cli.check(set(args.only) <= known, f"--only: unknown settings {sorted(set(args.only) - known)}; "
+                                           f"the suite's are {', '.join(sorted(known))}")
     if args.smoke:
         smoke(args)
     out = Path(args.out_dir)

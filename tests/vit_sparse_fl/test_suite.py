@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from common.checkpoint import to_jsonable
+from common.cli import UsageError
 from vit_sparse_fl import run_all_experiments as suite
 from vit_sparse_fl import train_federated as fed
 
@@ -37,6 +40,15 @@ def test_plan_matches_sample_gradients_and_covers_the_grid():
     assert len(sparse) == 5 + 2 * 5 + 1              # IID at 0.9; Nc = 2 at 0.9 and 0.5; true Fisher
     assert all(_flag(r, "--weights") == "base.pt" for r in seed0 if r["setting"] != "fedavg_iid_scratch")
     assert all(_flag(r, "--head-warmup") for r in seed0 if r["script"] != "centralized")
+
+
+def test_only_restricts_the_plan_and_refuses_unknown_settings():
+    wanted = ["fedavg_nc2", "sparse_nc2_s0.9_random"]
+    runs = _plan("--num-runs", "3", "--rounds", "192", "--only", *wanted)
+    assert sorted(r["name"] for r in runs) == sorted(f"{w}_seed{s}" for w in wanted for s in range(3))
+    assert all(_flag(r, "--rounds") == "192" for r in runs)
+    with pytest.raises(UsageError, match="unknown settings"):
+        suite.main(["--table-only", "--only", "fedavg_nc3"])
 
 
 def test_finished_runs_are_skipped_only_with_the_same_arguments(tmp_path):
