@@ -29,7 +29,7 @@ from vit_sparse_fl import train_centralized
 VERSION = 1  # bump when the recipe changes, so stale bases are not reused
 # flags that do not change the trained weights
 IGNORED = ("out_dir", "run_name", "quiet", "resume", "device", "compile", "compile_mode", "compile_backend",
-           "cache_dir", "eval_batch_size")
+           "cache_dir", "eval_batch_size", "overwrite", "extend", "report_to", "config")
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:

@@ -63,3 +63,17 @@ def test_checkpoint_of_another_vit_fails_in_one_line(out_dir, tmp_path):
     torch.save({"model": other.state_dict(), "config": other.config()}, path)
     with pytest.raises(cli.UsageError, match="a checkpoint of another ViT"):
         _model_and_test(out_dir, "--weights", str(path))
+
+
+def test_cache_key_ignores_flags_that_do_not_change_the_base():
+    """Run-handling flags (--overwrite, --extend, --report-to, --config, ...) leave the key alone, so adding such a
+    flag to train_centralized does not orphan every cached base (and with it every run of the suite, whose
+    --weights names the base). The suite's base key is pinned: it changes only with the recipe (bump VERSION)."""
+    from vit_sparse_fl import run_all_experiments as suite
+
+    def key(*extra):
+        return pretrain.cache_key(cli.parse(pretrain.get_args_parser(), [*suite.BASE, "--cache-dir", "c", *extra]))
+
+    assert key() == key("--overwrite") == key("--report-to", "none") == key("--quiet", "--device", "cpu")
+    assert key() != key("--seed", "1")
+    assert key() == "5511fd203c3f3718"
