@@ -206,6 +206,10 @@ def augment(images: torch.Tensor, image_size: int, generator: torch.Generator | 
     Training: random crop with zero padding 4 (per-sample offsets in [0, 8]) and horizontal flip with
     probability 1/2, both drawn from ``generator`` on the images' device, then bilinear resize and
     ImageNet normalisation. Evaluation (``train=False``): resize and normalise only.
+
+    The crop and the flip are one ``gather`` of the padded uint8 batch (each output pixel's source index,
+    columns reversed for flipped images): the same pixels as indexing the crop and then flipping, from
+    the same draws in the same order (row offsets, column offsets, flips), at a quarter of the cost.
     """
     B, C, H, W = images.shape
     dev = images.device
@@ -215,19 +219,38 @@ def augment(images: torch.Tensor, image_size: int, generator: torch.Generator | 
         padded = F.pad(x, (pad, pad, pad, pad))                     # [B, C, H+8, W+8], zeros
         oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
         ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
-        rows = (oy[:, None] + torch.arange(H, device=dev))[:, None, :, None]    # [B, 1, H, 1]
-        cols = (ox[:, None] + torch.arange(W, device=dev))[:, None, None, :]    # [B, 1, 1, W]
-        bidx = torch.arange(B, device=dev)[:, None, None, None]
-        cidx = torch.arange(C, device=dev)[None, :, None, None]
-        x = padded[bidx, cidx, rows, cols]                          # [B, C, H, W]
         flip = torch.rand(B, generator=generator, device=dev) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        row, col = _ramps(H, W, dev)
+        cols = ox[:, None] + torch.where(flip[:, None], col.flip(0), col)               # [B, W]
+        src = (oy[:, None, None] + row[:, None]) * (W + 2 * pad) + cols[:, None, :]      # [B, H, W]
+        x = padded.view(B, C, -1).gather(2, src.view(B, 1, H * W).expand(B, C, H * W)).view(B, C, H, W)
     x = x.float().div_(255.0)
     if image_size != H:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+    mean, std = _mean_std(dev)
     return (x - mean) / std
+
+
+_CONSTANTS: dict = {}
+
+
+def _ramps(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(arange(h), arange(w)) on ``device``, made once."""
+    key = ("ramps", h, w, device)
+    if key not in _CONSTANTS:
+        with torch.inference_mode(False):                    # ordinary tensors, even when first made in eval
+            _CONSTANTS[key] = (torch.arange(h, device=device), torch.arange(w, device=device))
+    return _CONSTANTS[key]
+
+
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ImageNet mean and std as float [1, 3, 1, 1] on ``device``, made once."""
+    key = ("mean_std", device)
+    if key not in _CONSTANTS:
+        with torch.inference_mode(False):
+            _CONSTANTS[key] = (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+                               torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+    return _CONSTANTS[key]
 
 
 def batches(split: Split, batch_size: int, steps: int, generator: torch.Generator, image_size: int,

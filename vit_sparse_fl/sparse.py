@@ -128,32 +128,45 @@ class SparseSGDM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One step with ``torch.optim.SGD``'s arithmetic, done as ``torch._foreach_*`` calls over the
+        group's tensors (per tensor, the same elementwise ops as a loop of single-tensor ops, without its
+        per-op overhead). Off the mask, the decayed gradient is selected to +0 (so is the momentum buffer)
+        and the write-back selects the old value."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
             lr, mu, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                mask = state.get("mask")
-                d_p = p.grad if mask is None else torch.where(mask, p.grad, torch.zeros((), dtype=p.dtype,
-                                                                                         device=p.device))
-                if wd != 0:
-                    decay = p if mask is None else torch.where(mask, p, torch.zeros((), dtype=p.dtype,
-                                                                                     device=p.device))
-                    d_p = d_p.add(decay, alpha=wd)
-                if mu != 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = torch.clone(d_p).detach()
-                    else:
-                        buf.mul_(mu).add_(d_p, alpha=1 - damp)
-                    d_p = d_p.add(buf, alpha=mu) if group["nesterov"] else buf
-                if mask is None:
-                    p.add_(d_p, alpha=-lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self.state[p] for p in params]
+            masks = [state.get("mask") for state in states]
+            d_p = [p.grad for p in params]
+            if wd != 0:
+                d_p = torch._foreach_add(d_p, params, alpha=wd)
+            # where(m, g + wd p, 0) is where(m, g, 0) + wd where(m, p, 0) bit for bit: on the mask the same
+            # add, off it +0 either way (0 + wd * 0 = +0)
+            d_p = [d if m is None else torch.where(m, d, 0.0) for d, m in zip(d_p, masks)]
+            if mu != 0:
+                bufs = [state.get("momentum_buffer") for state in states]
+                if all(b is not None for b in bufs):
+                    torch._foreach_mul_(bufs, mu)
+                    torch._foreach_add_(bufs, d_p, alpha=1 - damp)
                 else:
-                    p.copy_(torch.where(mask, p.add(d_p, alpha=-lr), p))
+                    for i, (state, d) in enumerate(zip(states, d_p)):
+                        if bufs[i] is None:
+                            bufs[i] = state["momentum_buffer"] = torch.clone(d).detach()
+                        else:
+                            bufs[i].mul_(mu).add_(d, alpha=1 - damp)
+                d_p = torch._foreach_add(d_p, bufs, alpha=mu) if group["nesterov"] else bufs
+            dense = [i for i, m in enumerate(masks) if m is None]
+            if dense:
+                torch._foreach_add_([params[i] for i in dense], [d_p[i] for i in dense], alpha=-lr)
+            masked = [i for i, m in enumerate(masks) if m is not None]
+            if masked:
+                moved = torch._foreach_add([params[i] for i in masked], [d_p[i] for i in masked], alpha=-lr)
+                for i, new in zip(masked, moved):
+                    torch.where(masks[i], new, params[i], out=params[i])
         return loss

@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
     model, source = exp.build_model(args, num_classes, device)
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                foreach=True)                # same arithmetic as the loop, one call per op
     steps_per_epoch = max(1, len(train) // args.batch_size)
     if args.total_steps:                                     # a step budget: the last epoch is cut short
         args.epochs = -(-args.total_steps // steps_per_epoch)

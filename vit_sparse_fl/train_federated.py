@@ -21,6 +21,7 @@ training and evaluation (``common.compiled``).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -140,6 +141,32 @@ def sample_clients(seed: int, round_idx: int, num_clients: int, rate: float,
     return sorted(seeding.numpy_rng(seed, purpose, round_idx).choice(num_clients, m, replace=False).tolist())
 
 
+def untrained(params: list[torch.Tensor], masks: list[torch.Tensor | None] | None) -> list[torch.Tensor]:
+    """The parameters whose mask is all False: none of their coordinates trains (the backbone in the head
+    warm-up)."""
+    some = [(p, m) for p, m in zip(params, masks or []) if m is not None and p.requires_grad]
+    if not some:
+        return []
+    trains = torch.stack([m.any() for _, m in some]).tolist()  # one read of all the flags
+    frozen = [p for (p, _), t in zip(some, trains) if not t]
+    # something must still train, or the loss would have no gradient at all
+    return frozen if len(frozen) < sum(p.requires_grad for p in params) else []
+
+
+@contextlib.contextmanager
+def no_grad_for(frozen: list[torch.Tensor]):
+    """``frozen`` take no gradient inside the block, so backward skips them (the head warm-up back-propagates
+    through the head alone). Their forward is the same, and SparseSGDM leaves a parameter without a gradient
+    exactly as it leaves one whose mask is all False: the results do not change."""
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: float,
               masks: list[torch.Tensor | None] | None = None, purpose: str = "round",
               interference: bool = False) -> dict:
@@ -159,10 +186,12 @@ def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: 
     mine = clients if world == 1 else D.assign_clients(
         clients, [len(ctx["shards"][k]) for k in clients], world)[D.rank()]
     losses, local_acc, client_s, images = [], [], 0.0, 0
+    frozen = untrained(params, masks)
     for k in mine:
         P.load_(params, global_params)                       # every client starts from the global model
         if masks is None:
-            opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+            opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                  foreach=True)              # same arithmetic, one call per op
         else:
             opt = SparseSGDM(params, masks, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
         gen = seeding.client_generator(args.seed, round_idx, k, device, purpose=purpose)
@@ -171,7 +200,7 @@ def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: 
         if device.type == "cuda":
             torch.cuda.synchronize(device)                   # twice per client, so the timing is honest
         t0 = time.perf_counter()
-        with seeding.client_rng(args.seed, round_idx, k, purpose=purpose + "_dropout"):
+        with seeding.client_rng(args.seed, round_idx, k, purpose=purpose + "_dropout"), no_grad_for(frozen):
             loss, n = exp.train_steps(ctx["forward"], opt, stream, label_smoothing=args.label_smoothing,
                                       device=device)
         if device.type == "cuda":

@@ -71,6 +71,31 @@ def test_augmentation_is_crop_flip_resize_normalise():
     torch.testing.assert_close(ev.mean((2, 3)), expected, atol=0.02, rtol=0)
 
 
+def _indexed_augment(images, image_size, generator):
+    """The former implementation: index the crop with four broadcast index tensors, then flip."""
+    B, C, H, W = images.shape
+    padded = F.pad(images, (4, 4, 4, 4))
+    oy = torch.randint(0, 9, (B,), generator=generator)
+    ox = torch.randint(0, 9, (B,), generator=generator)
+    rows = (oy[:, None] + torch.arange(H))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(W))[:, None, None, :]
+    x = padded[torch.arange(B)[:, None, None, None], torch.arange(C)[None, :, None, None], rows, cols]
+    flip = torch.rand(B, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x).float().div_(255.0)
+    if image_size != H:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return (x - torch.tensor(cifar.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(cifar.IMAGENET_STD).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("image_size", [32, 160])
+def test_gathered_crop_and_flip_equal_the_indexed_ones_bit_for_bit(image_size):
+    imgs = torch.randint(0, 256, (37, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    for seed in range(5):
+        ours, ref = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert torch.equal(cifar.augment(imgs, image_size, ours), _indexed_augment(imgs, image_size, ref))
+        assert torch.equal(torch.rand(3, generator=ours), torch.rand(3, generator=ref))   # same draws used
+
+
 def test_client_batches_stay_in_the_shard():
     split = cifar.Split(torch.zeros(50, 3, 32, 32, dtype=torch.uint8), torch.arange(50))
     shard = torch.tensor([3, 7, 11, 20, 41])

@@ -51,6 +51,53 @@ def test_masked_coordinates_keep_their_bits():
         assert torch.all(opt.state[p]["momentum_buffer"][off] == 0)
 
 
+def _reference_sparse_step(ps, masks, state, lr, mu, damp, wd, nesterov):
+    """SparseSGDM's arithmetic one tensor at a time (the former implementation)."""
+    for p, m in zip(ps, masks):
+        zero = torch.zeros((), dtype=p.dtype)
+        d_p = p.grad if m is None else torch.where(m, p.grad, zero)
+        if wd != 0:
+            d_p = d_p.add(p if m is None else torch.where(m, p, zero), alpha=wd)
+        if mu != 0:
+            buf = state.get(p)
+            if buf is None:
+                buf = state[p] = torch.clone(d_p).detach()
+            else:
+                buf.mul_(mu).add_(d_p, alpha=1 - damp)
+            d_p = d_p.add(buf, alpha=mu) if nesterov else buf
+        if m is None:
+            p.add_(d_p, alpha=-lr)
+        else:
+            p.copy_(torch.where(m, p.add(d_p, alpha=-lr), p))
+
+
+@pytest.mark.parametrize("wd,mu,damp,nesterov", [(0.0, 0.0, 0.0, False), (0.1, 0.0, 0.0, False),
+                                                 (1e-4, 0.9, 0.0, False), (0.1, 0.9, 0.3, False),
+                                                 (1e-4, 0.9, 0.0, True)])
+def test_foreach_step_equals_the_per_tensor_loop_bit_for_bit(wd, mu, damp, nesterov):
+    g = torch.Generator().manual_seed(3)
+    shapes = [(144, 48), (144,), (48,), (192, 48), (3, 7, 5), (1,), (50, 48)]
+    base = [torch.randn(s, generator=g) for s in shapes]
+    base[0][0, 0], base[1][0] = -0.0, 1e-40                    # a signed zero and a subnormal
+    masks = [torch.rand(s, generator=g) < d for s, d in zip(shapes, (0.1, 0.5, 0.0, 1.0, 0.3, 0.0, 1.0))]
+    masks[-1] = None                                           # a dense tensor (the head)
+    ours, ref = [p.clone().requires_grad_() for p in base], [p.clone().requires_grad_() for p in base]
+    opt, ref_state = sparse.SparseSGDM(ours, masks, lr=0.3, momentum=mu, dampening=damp, weight_decay=wd,
+                                       nesterov=nesterov), {}
+    for _ in range(4):
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        grads[2][0] = float("nan")                             # off the mask: must not leak
+        for a, b, gr in zip(ours, ref, grads):
+            a.grad, b.grad = gr.clone(), gr.clone()
+        opt.step()
+        with torch.no_grad():
+            _reference_sparse_step(ref, masks, ref_state, 0.3, mu, damp, wd, nesterov)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a.detach().view(torch.int32), b.detach().view(torch.int32))
+        if mu:
+            assert torch.equal(opt.state[a]["momentum_buffer"].view(torch.int32), ref_state[b].view(torch.int32))
+
+
 @pytest.mark.parametrize("strategy", sparse.STRATEGIES)
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.97])
 def test_each_strategy_gives_exactly_the_requested_density(strategy, sparsity):
@@ -110,3 +157,41 @@ def test_bad_strategy_and_sparsity_are_refused():
     for s in (-0.1, 1.0):
         with pytest.raises(ValueError, match=r"\[0, 1\)"):
             sparse.compute_masks(_params(), "random", s)
+
+
+def test_parameters_with_all_false_masks_skip_backward_with_the_same_result():
+    """The head warm-up: the backbone's masks are all False, so fed_round lets it take no gradient."""
+    import torch.nn.functional as F
+
+    from vit_sparse_fl import train_federated as fed
+    from vit_sparse_fl import vit
+
+    torch.manual_seed(0)
+    model = vit.ViTClassifier(vit.ViTConfig(**{**vit.VIT_TINY.__dict__, "num_classes": 5}))
+    names, params = zip(*model.named_parameters())
+    head_only = [None if n.startswith("head.") else torch.zeros_like(p, dtype=torch.bool)
+                 for n, p in zip(names, params)]
+    assert fed.untrained(list(params), None) == []
+    frozen = fed.untrained(list(params), head_only)
+    assert len(frozen) == len(params) - 2                     # all but head.weight / head.bias
+    start = [p.detach().clone() for p in params]
+    x = torch.randn(3, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 5, (3, 8), generator=torch.Generator().manual_seed(2))
+    results = []
+    for skip in (False, True):
+        with torch.no_grad():
+            for p, s in zip(params, start):
+                p.copy_(s)
+        opt = sparse.SparseSGDM(params, head_only, lr=0.1, momentum=0.9, weight_decay=1e-4)
+        torch.manual_seed(3)                                    # the same dropout masks
+        with fed.no_grad_for(frozen if skip else []):
+            for xb, yb in zip(x, y):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(xb), yb, label_smoothing=0.1).backward()
+                assert (model.backbone.cls_token.grad is None) == skip
+                opt.step()
+        results.append([p.detach().clone() for p in params])
+    assert all(p.requires_grad for p in params)               # restored after the block
+    for a, b, s, n in zip(*results, start, names):
+        assert torch.equal(a, b)
+        assert torch.equal(a, s) != n.startswith("head.")     # only the head moved
