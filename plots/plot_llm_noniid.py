@@ -42,6 +42,7 @@ def default_arm(args: dict) -> tuple[str, str]:
     return part, algo
 
 
+LOG_TICKS = (20, 30, 50, 70, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 10000)
 X = "local_steps_total"  # the curves' x: local SGD steps summed over clients and rounds (the compute spent)
 
 
@@ -105,6 +106,8 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
+            lo, hi = ax.get_ylim()
+            ax.set_yticks([t for t in LOG_TICKS if lo <= t <= hi])  # readable perplexities, not only powers of 10
             ax.yaxis.set_major_formatter(ScalarFormatter())
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=6, ncol=1 if len(arms) < 7 else 2)
@@ -191,9 +194,11 @@ def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
 def make_figures_for(runs: list[dict], out: str | Path, arm_of=default_arm) -> list[Path]:
     out = Path(out)
     groups = grouped(runs, arm_of)
-    written = plot_curves(groups, "val_ppl", "validation perplexity (global)", out, "unigram_val_ppl")
-    written += plot_curves(groups, "personal_val_ppl", "perplexity on own held-out texts", out,
-                           "personal_unigram_ppl")
+    # log scale: an arm stuck near the unigram (FedProx mu = 1) would otherwise flatten the others' curves
+    written = plot_curves(groups, "val_ppl", "validation perplexity (global, log scale)", out, "unigram_val_ppl",
+                          log=True)
+    written += plot_curves(groups, "personal_val_ppl", "perplexity on own held-out texts (log scale)", out,
+                           "personal_unigram_ppl", log=True)
     written += plot_curves(groups, "client_divergence_rel", "client divergence / ||theta||", out, log=False)
     written += plot_final(groups, out)
     for part in sorted({p for p, _ in groups}):
