@@ -34,6 +34,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,14 @@ def _arm_of(a: dict) -> tuple[str, str]:
     return part, algo
 
 
+def by_arm(runs: list[dict], rounds: int = ROUNDS) -> dict[tuple, list[dict]]:
+    """{(partition, arm): runs} by ``arm_of``."""
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault(arm_of(r["args"], rounds), []).append(r)
+    return groups
+
+
 def _finite(runs, key):
     return [r for r in runs if r.get("summary") and r["summary"].get(key) is not None
             and math.isfinite(r["summary"][key])]
@@ -238,9 +247,7 @@ def table(runs: list[dict], mode: str, rounds: int = ROUNDS) -> list[str]:
     """Markdown rows of ``mode``'s arms: global and personalised perplexity (mean ± sd), paired differences
     to FedAvg on the same partition (95% t interval), compute (training tokens through forward/backward, as a
     multiple of FedAvg's), run status, detected failure modes."""
-    groups: dict[tuple, list] = {}
-    for r in runs:
-        groups.setdefault(arm_of(r["args"], rounds), []).append(r)
+    groups = by_arm(runs, rounds)
     lines = ["| partition | arm | n | final ppl | Δ vs FedAvg | personalised ppl | Δ vs FedAvg | "
              "compute | status | failure modes (runs) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for part, arm, _ in arms(mode, rounds):
@@ -330,9 +337,7 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
 
 def equal_compute_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
     """Paired differences between arms that train the same number of tokens (``equal_compute``)."""
-    groups: dict[tuple, list] = {}
-    for r in runs:
-        groups.setdefault(arm_of(r["args"], rounds), []).append(r)
+    groups = by_arm(runs, rounds)
     lines = ["| partition | arm | reference (same compute) | compute ratio | Δ final ppl | Δ personalised ppl |",
              "|---|---|---|---|---|---|"]
     for part, arm, ref in equal_compute(rounds):
@@ -352,10 +357,8 @@ def report(out_dir: Path, title: str | None = None) -> str:
 
     runs = R.load_runs(out_dir / "runs", "*")
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
-    counts: dict[int, int] = {}
-    for r in runs:  # the grid's rounds: the most common (equal-compute arms run more)
-        counts[r["args"]["num_rounds"]] = counts.get(r["args"]["num_rounds"], 0) + 1
-    rounds = max(counts, key=lambda k: (counts[k], -k))
+    # the grid's rounds: the most common (equal-compute arms run more)
+    rounds = Counter(r["args"]["num_rounds"] for r in runs).most_common(1)[0][0]
     label = lambda a: arm_of(a, rounds)  # noqa: E731
     lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", ""]
     a0 = runs[0]["args"]
