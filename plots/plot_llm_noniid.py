@@ -94,9 +94,10 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
             if not ok.any():
                 continue
             marker, style = STYLES[i % len(STYLES)]
+            color = plt.cm.tab20(i % 20) if len(arms) > 10 else None  # the default cycle repeats after 10
             ax.plot(x[ok], m[ok], marker=marker, linestyle=style, markersize=3, markevery=max(1, ok.sum() // 8),
-                    label=f"{arm} (n={len(g)})")
-            ax.fill_between(x[ok], (m - s)[ok], (m + s)[ok], alpha=0.15)
+                    label=f"{arm} (n={len(g)})", color=color)
+            ax.fill_between(x[ok], (m - s)[ok], (m + s)[ok], alpha=0.15, color=color)
             drawn += 1
         ref = _reference([r for a in arms for r in groups[(part, a)]], ref_key) if ref_key else None
         if ref:
@@ -110,7 +111,10 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
             ax.set_yticks([t for t in LOG_TICKS if lo <= t <= hi])  # readable perplexities, not only powers of 10
             ax.yaxis.set_major_formatter(ScalarFormatter())
             ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=6, ncol=1 if len(arms) < 7 else 2)
+        if len(arms) < 7:
+            ax.legend(fontsize=6)
+        else:  # below the panel: inside it the legend hides curves
+            ax.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     if not drawn:
         plt.close(fig)
         print(f"no run has {key}: {out / (key + '_curves.png')} not written")
