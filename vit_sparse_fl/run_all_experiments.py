@@ -1,7 +1,7 @@
 """The whole suite, pretrain-then-federate: one cached base, then every setting for every seed, into one
 results table (mean ± sample sd, paired differences with 95% intervals) and the figures.
 
-    python vit_sparse_fl/run_all_experiments.py                       # runs/vit_suite, 2 jobs of 1 thread
+    python vit_sparse_fl/run_all_experiments.py                       # runs/vit_suite_R192, 2 jobs of 1 thread
     python vit_sparse_fl/run_all_experiments.py --table-only          # table and figures from finished runs
     python vit_sparse_fl/run_all_experiments.py --smoke --out-dir /tmp/vit_smoke   # minutes: tiny budget
 
@@ -12,7 +12,7 @@ Design (the numbers are the constants below):
   50-class head). The fine-tuning task is classes 0-49, which the base never saw: 9000 training images,
   1000 validation images (plateau check), 2000 test images (40 per class).
 * **Federation.** K = 50 clients, C = 0.1 (m = 5 per round), J = 4 local steps of batch B, --rounds R
-  (default 48), --head-warmup W = 4 head-only rounds first (every federated run, dense and sparse, so the
+  (default 192), --head-warmup W = 4 head-only rounds first (every federated run, dense and sparse, so the
   sparse calibration scores a trained head), cosine lr from 0.1, batch B = 16.
 * **Compute accounting.** A sample gradient is one image's gradient in one SGD step (head-only warm-up
   steps included). A federated run evaluates (W + R) * m * J * B of them; centralized gets exactly as many
@@ -65,9 +65,10 @@ M = max(1, round(C * K))
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
-    parser.add_argument("--out-dir", default="runs/vit_suite", help="parent folder of every run directory")
+    parser.add_argument("--out-dir", default=None,
+                        help="parent folder of every run directory (default runs/vit_suite_R<rounds>)")
     parser.add_argument("--num-runs", type=int, default=3, help="seeds 0..N-1 per setting")
-    parser.add_argument("--rounds", type=int, default=48,
+    parser.add_argument("--rounds", type=int, default=192,
                         help="R: rounds of the J = 4 runs after the warm-up (a multiple of 4, for the J sweep)")
     parser.add_argument("--j-values", type=int, nargs="+", default=[4, 8, 16],
                         help="J sweep on IID shards at R * J fixed (J = 4 is the FedAvg IID run)")
@@ -299,7 +300,7 @@ def main(argv=None) -> dict:
                                            f"the suite's are {', '.join(sorted(known))}")
     if args.smoke:
         smoke(args)
-    out = Path(args.out_dir)
+    out = Path(args.out_dir or f"runs/vit_suite_R{args.rounds}")
     t0 = time.perf_counter()
     if args.table_only:   # keeps the wall time of the run that trained, if one wrote results.json
         base = str(pretrain.pretrained_base([*BASE, "--cache-dir", str(out / "base_cache")]))
