@@ -266,6 +266,7 @@ def main(argv=None) -> dict:
         del m
         start, bytes_up, bytes_down = 1, 0, 0
     fused.dropout = args.lora_dropout
+    fused = on_device(fused, device)  # where the clients train: each round measures their change from it
 
     # ---- rounds -------------------------------------------------------------------------------------------
     main_metric = task.main_metric
