@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     n = data.train.shape[0]
     per_epoch = math.ceil(n / args.batch_size)  # the last, smaller batch is kept
     total = args.max_steps or max(1, math.ceil(args.n_epochs * per_epoch))
-    args.kernel_path = mmodel.kernel_path(device)
+    args.kernel_path = mmodel.select_kernels(device, args.kernels)
     name = args.run_name or runlog.run_name("central", args.model_config, b=args.batch_size, steps=total,
                                             lr=args.lr, sgd=args.optimizer == "sgd", data=lmdata.source_tag(args),
                                             quick=args.quick, s=args.seed)

@@ -269,7 +269,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
         clients.append(Client(k, tr, ho, float(len(tr))))
     if args.rounds is None:
         args.rounds = default_rounds(args, [c.train for c in clients])
-    args.kernel_path = mmodel.kernel_path(device)
+    args.kernel_path = mmodel.select_kernels(device, args.kernels)
     name = args.run_name or runlog.run_name(
         method.name, args.model_config, args.shard, k=args.num_clients, lu=args.local_updates, r=args.rounds,
         lr=args.lr, sgd=args.optimizer == "sgd", reset=args.client_opt_state == "reset",

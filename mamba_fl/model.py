@@ -3,14 +3,16 @@
 Source configs ``pure_ssm_{1,2,4}_layer``: d_model 512, no MLP (Mamba2 blocks are mixer-only), d_state 128,
 head dim 64, expand 2, conv width 4, RMSNorm, tied input/output embeddings; number of heads
 = expand * d_model / head_dim. On CUDA with ``mamba_ssm`` importable, transformers dispatches to the fused
-Triton kernels; everywhere else it runs its PyTorch reference path (correct, slower). ``kernel_path``
-reports which, without importing ``mamba_ssm`` (that import fails on machines without CUDA).
+Triton kernels (and causal-conv1d's CUDA convolution); everywhere else, or with ``--kernels torch``, it runs
+its PyTorch reference path (correct, slower). ``select_kernels`` chooses the path before transformers binds it
+and reports which, without importing ``mamba_ssm`` (that import fails on machines without CUDA).
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import logging
+import sys
 
 import torch
 
@@ -37,6 +39,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=int, default=None,
                    help="SSD chunk length (default min(256, sequence length)); the result does not depend on it, "
                         "but the PyTorch path pads each sequence to a multiple and costs O(chunk^2) per chunk")
+    g.add_argument("--kernels", choices=("auto", "torch"), default="auto",
+                   help="auto: the mamba-ssm / causal-conv1d kernels on CUDA when installed; torch: the PyTorch "
+                        "reference path everywhere (to compare the two)")
     g.add_argument("--no-tie-embeddings", action="store_true",
                    help="separate output head (the source tied input and output embeddings)")
 
@@ -124,11 +129,40 @@ def build_model(args: argparse.Namespace, vocab_size: int, pad_id: int, eos_id: 
     return model
 
 
-def kernel_path(device: torch.device) -> str:
+KERNEL_PACKAGES = ("mamba_ssm", "causal_conv1d")
+_MODELING = "transformers.models.mamba2.modeling_mamba2"
+_bound: list[str] = []  # the path this process's transformers bound, once it has imported its Mamba2 module
+
+
+def kernel_path(device: torch.device, kernels: str = "auto") -> str:
     """'mamba-ssm' when transformers will use the fused CUDA kernels, else 'torch' (reference path)."""
-    if device.type == "cuda" and importlib.util.find_spec("mamba_ssm") is not None:
+    if device.type == "cuda" and kernels == "auto" and importlib.util.find_spec("mamba_ssm") is not None:
         return "mamba-ssm"
     return "torch"
+
+
+def select_kernels(device: torch.device, kernels: str = "auto") -> str:
+    """Make transformers bind the path ``kernel_path`` names, and return it. Call before building a model.
+
+    transformers binds mamba-ssm and causal-conv1d once, when its Mamba2 module is first imported, and then
+    calls them whatever the device: with the packages installed, a CPU model would fail inside
+    causal-conv1d ("Expected x.is_cuda() to be true"). For the reference path the packages are hidden from
+    that import, and stay hidden: a later CUDA model of the same process takes the reference path too (and
+    this returns "torch" for it). A CPU model after the kernels were bound is refused: it would crash in them.
+    """
+    path = kernel_path(device, kernels)
+    if not _bound and _MODELING in sys.modules:  # imported before anyone chose: it bound what was installed
+        _bound.append(kernel_path(torch.device("cuda")))
+    if _bound:
+        cli.check(_bound[0] == path, f"this process already runs Mamba2 on the {_bound[0]} path; the {path} path "
+                                     f"needs a new process (device {device}, --kernels {kernels})")
+        return path
+    if path == "torch":
+        for name in KERNEL_PACKAGES:
+            if name not in sys.modules and importlib.util.find_spec(name) is not None:
+                sys.modules[name] = None  # makes `import name` raise ImportError: transformers falls back
+    _bound.append(path)
+    return path
 
 
 def quiet_kernel_warnings() -> None:

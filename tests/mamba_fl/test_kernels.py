@@ -1,0 +1,107 @@
+"""mamba_fl.model.select_kernels: a CPU model must not reach installed mamba-ssm / causal-conv1d kernels.
+
+transformers binds the kernel packages when it first imports its Mamba2 module and then calls them on any
+device, so on a CUDA machine with mamba-ssm installed a ``--device cpu`` run crashed inside causal-conv1d
+("Expected x.is_cuda() to be true"; seen on an H100). Here stand-in packages whose every kernel raises play
+the installed ones; each case runs in a fresh interpreter, since the binding is once per process.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from mamba_fl import model as mmodel
+
+REPO = Path(__file__).resolve().parents[2]
+KERNEL = "def {name}(*args, **kwargs):\n    raise RuntimeError('stand-in kernel {name} called')\n"
+
+
+@pytest.fixture
+def kernel_packages(tmp_path: Path) -> Path:
+    """mamba_ssm and causal_conv1d at the paths transformers imports, every kernel raising when called."""
+    files = {
+        "mamba_ssm/__init__.py": "",
+        "mamba_ssm/ops/__init__.py": "",
+        "mamba_ssm/ops/triton/__init__.py": "",
+        "mamba_ssm/ops/triton/ssd_combined.py": KERNEL.format(name="mamba_chunk_scan_combined")
+        + KERNEL.format(name="mamba_split_conv1d_scan_combined"),
+        "mamba_ssm/ops/triton/selective_state_update.py": KERNEL.format(name="selective_state_update"),
+        "causal_conv1d/__init__.py": KERNEL.format(name="causal_conv1d_fn")
+        + KERNEL.format(name="causal_conv1d_update"),
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    return tmp_path
+
+
+def run_python(code: str, packages: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(packages), str(REPO)])}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300)
+
+
+FORWARD = """
+    import argparse, torch
+    from mamba_fl import model as mmodel
+    args = argparse.Namespace(expand=2, d_model=32, d_state=8, head_dim=16, d_conv=4, n_groups=1, layers=1,
+                              chunk_size=16, no_tie_embeddings=False)
+    {select}
+    torch.manual_seed(0)
+    m = mmodel.build_model(args, 64, 63, 63)
+    x = torch.randint(0, 63, (2, 16))
+    loss = m(input_ids=x, labels=x).loss
+    loss.backward()
+    print("loss", float(loss))
+"""
+
+
+def test_cpu_model_takes_the_reference_path_with_kernels_installed(kernel_packages):
+    chosen = run_python(FORWARD.format(select="print('path', mmodel.select_kernels(torch.device('cpu')))"),
+                        kernel_packages)
+    assert chosen.returncode == 0, chosen.stderr[-2000:]
+    assert "path torch" in chosen.stdout and "loss" in chosen.stdout
+
+    # without the choice, transformers binds the installed packages and the CPU forward reaches a kernel
+    unchosen = run_python(FORWARD.format(select=""), kernel_packages)
+    assert unchosen.returncode != 0 and "stand-in kernel" in unchosen.stderr
+
+
+def test_one_path_per_process(kernel_packages):
+    """Kernels bound first: a later CPU model is refused (it would crash in them). Reference path first: the
+    packages stay hidden, so a later CUDA model takes the reference path too, and says so."""
+    out = run_python("""
+        import torch
+        from common import cli
+        from mamba_fl import model as mmodel
+        print(mmodel.select_kernels(torch.device("cuda")))
+        try:
+            mmodel.select_kernels(torch.device("cpu"))
+        except cli.UsageError as e:
+            print("refused:", e)
+    """, kernel_packages)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0] == "mamba-ssm"
+    assert lines[1].startswith("refused: this process already runs Mamba2 on the mamba-ssm path; the torch path")
+
+    out = run_python("""
+        import torch
+        from mamba_fl import model as mmodel
+        print(mmodel.select_kernels(torch.device("cpu")), mmodel.select_kernels(torch.device("cuda")))
+    """, kernel_packages)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["torch", "torch"]
+
+
+def test_kernel_path_names_the_packages(kernel_packages, monkeypatch):
+    monkeypatch.syspath_prepend(str(kernel_packages))
+    assert mmodel.kernel_path(torch.device("cuda")) == "mamba-ssm"
+    assert mmodel.kernel_path(torch.device("cuda"), "torch") == "torch"
+    assert mmodel.kernel_path(torch.device("cpu")) == "torch"
