@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
 
 import torch
@@ -98,6 +99,19 @@ def time_steps(step, device: torch.device, steps: int, warmup: int) -> tuple[flo
     return sorted(times)[len(times) // 2], peak_bytes(device)
 
 
+def timed_row(step, device: torch.device, a, row: dict) -> dict:
+    """``row`` with the step's median time, throughput and peak memory. A compiled step that fails (an inductor
+    error, say) gives the row an ``error`` instead, so the eager rows of the run are kept."""
+    try:
+        seconds, peak = time_steps(step, device, a.steps, a.warmup)
+    except Exception as e:  # noqa: BLE001 - any compiler failure is a result to report, not a crash
+        if not row["compile"]:
+            raise
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        return {**row, "error": f"{type(e).__name__}: {first[:160]}"}
+    return {**row, "step_s": seconds, "throughput": row["items_per_step"] / seconds, "peak_bytes": peak}
+
+
 # ----------------------------------------------------------------------------- Mamba2 (mamba_fl)
 def mamba_args(layers: int, size: dict):
     from mamba_fl import central, federated
@@ -108,6 +122,25 @@ def mamba_args(layers: int, size: dict):
     args = parser.parse_args(argv)
     federated.finish_args(args, federated.explicit_dests(parser, argv))
     return args
+
+
+def mamba_flops_per_block(layers: int, size: dict) -> int:
+    """FLOPs of one block's forward + backward on the PyTorch path, counted on the CPU (a process of its own)."""
+    from mamba_fl import federated
+    from mamba_fl import model as mmodel
+
+    mmodel.select_kernels(torch.device("cpu"))
+    args, vocab, seq = mamba_args(layers, size), size["vocab"], size["seq"]
+
+    def build(dev):
+        torch.manual_seed(0)
+        return mmodel.build_model(args, vocab, vocab - 1, vocab - 1).to(dev).train()
+
+    def one_example(model, dev):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        federated.train_steps(model, opt, torch.randint(0, vocab - 1, (1, seq)).to(dev), [[0]], vocab - 1, dev)
+
+    return count_flops(build, one_example)
 
 
 def bench_mamba(layers: int, size: dict, batch: int, device, a) -> dict:
@@ -125,11 +158,11 @@ def bench_mamba(layers: int, size: dict, batch: int, device, a) -> dict:
     def blocks_on(dev, n):
         return torch.randint(0, vocab - 1, (n, seq), generator=torch.Generator().manual_seed(1)).to(dev)
 
-    def one_example(model, dev):  # forward + backward of one block, for the FLOP count
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        federated.train_steps(model, opt, blocks_on(dev, 1), [[0]], pad, dev)
-
-    flops_per_block = count_flops(build, one_example)
+    if mmodel.select_kernels(device) == "torch":
+        flops_per_block = mamba_flops_per_block(layers, size)
+    else:  # the CPU copy needs the reference path, and this process has bound the kernels: count in a new one
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            flops_per_block = pool.apply(mamba_flops_per_block, (layers, size))
     rows = []
     for use_compile in ([False, True] if a.compile else [False]):
         model = build(device)
@@ -144,12 +177,10 @@ def bench_mamba(layers: int, size: dict, batch: int, device, a) -> dict:
             state["i"] = (state["i"] + 1) % 4
             federated.train_steps(fwd, opt, blocks, [idx[state["i"]]], pad, device)
 
-        seconds, peak = time_steps(step, device, a.steps, a.warmup)
-        rows.append({"model": f"Mamba2 {layers} layer(s)", "compile": use_compile,
-                     "kernel_path": mmodel.kernel_path(device), "batch": batch, "params": sum(
-                         p.numel() for p in model.parameters()), "step_s": seconds,
-                     "throughput": batch * seq / seconds, "unit": "tokens/s",
-                     "flops_per_step": flops_per_block * batch, "peak_bytes": peak})
+        rows.append(timed_row(step, device, a, {
+            "model": f"Mamba2 {layers} layer(s)", "compile": use_compile, "kernel_path": mmodel.kernel_path(device),
+            "batch": batch, "params": sum(p.numel() for p in model.parameters()), "items_per_step": batch * seq,
+            "unit": "tokens/s", "flops_per_step": flops_per_block * batch}))
     return rows
 
 
@@ -186,12 +217,10 @@ def bench_vit(batch: int, device, a) -> list[dict]:
         fwd = compiled.maybe_compile(model, argparse.Namespace(compile=use_compile, compile_mode="default",
                                                                compile_backend="inductor"))
         split = split_on(device, 4 * batch)
-        seconds, peak = time_steps(lambda fwd=fwd, split=split: steps_on(fwd, split, device, 1, batch), device,
-                                   a.steps, a.warmup)
-        rows.append({"model": f"ViT {args.arch} {args.image_size} px", "compile": use_compile, "kernel_path": "-",
-                     "batch": batch, "params": sum(p.numel() for p in model.parameters()), "step_s": seconds,
-                     "throughput": batch / seconds, "unit": "images/s",
-                     "flops_per_step": flops_per_image * batch, "peak_bytes": peak})
+        rows.append(timed_row(lambda fwd=fwd, split=split: steps_on(fwd, split, device, 1, batch), device, a, {
+            "model": f"ViT {args.arch} {args.image_size} px", "compile": use_compile, "kernel_path": "-",
+            "batch": batch, "params": sum(p.numel() for p in model.parameters()), "items_per_step": batch,
+            "unit": "images/s", "flops_per_step": flops_per_image * batch}))
     return rows
 
 
@@ -211,6 +240,8 @@ def main(argv=None) -> dict:
     if "vit" not in a.skip:
         rows += bench_vit(a.vit_batch, device, a)
     for r in rows:
+        if "error" in r:
+            continue
         r["tflops"] = r["flops_per_step"] / r["step_s"] / 1e12
         r["matmul_fraction"] = r["tflops"] / ceiling["tflops"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -218,6 +249,8 @@ def main(argv=None) -> dict:
     table = [[r["model"], "yes" if r["compile"] else "no", r["kernel_path"], str(r["batch"]),
               f"{r['throughput']:,.0f} {r['unit']}", f"{r['step_s'] * 1e3:.1f}", f"{r['flops_per_step'] / 1e9:.1f}",
               f"{r['tflops']:.2f} ({100 * r['matmul_fraction']:.1f}%)", f"{r['peak_bytes'] / 2**20:,.0f}"]
+             if "error" not in r else
+             [r["model"], "yes", r["kernel_path"], str(r["batch"]), f"failed: {r['error']}", "-", "-", "-", "-"]
              for r in rows]
     print(markdown_table(["model", "compile", "kernels", "batch", "throughput", "ms/step", "GFLOP/step",
                           "TFLOP/s (of matmul)", "peak MiB"], table))

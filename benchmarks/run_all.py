@@ -274,6 +274,9 @@ def gpu_rows(d: dict) -> list[list[str]]:
     for r in d["rows"]:
         setting = (f"{where}, {r['model']}, batch {r['batch']}, kernels {r['kernel_path']}"
                    f"{', compiled' if r['compile'] else ''}")
+        if "error" in r:
+            rows.append(_row("gpu", setting, "training throughput", f"failed: {r['error']}"))
+            continue
         rows.append(_row("gpu", setting, "training throughput", f"{r['throughput']:,.0f} {r['unit']}"))
         rows.append(_row("gpu", setting, "achieved TFLOP/s (of the matmul rate)",
                          f"{r['tflops']:.3g} ({_pct(r['matmul_fraction'])}); "

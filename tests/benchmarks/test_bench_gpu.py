@@ -42,3 +42,19 @@ def test_quick_run_reports_every_model(bench_gpu, tmp_path):
         assert r["tflops"] == pytest.approx(r["flops_per_step"] / r["step_s"] / 1e12)
     assert out["rows"][0]["kernel_path"] == "torch" and out["rows"][0]["unit"] == "tokens/s"
     assert json.loads((tmp_path / "gpu.json").read_text())["rows"][1]["unit"] == "images/s"
+
+
+def test_a_failing_compiled_step_becomes_an_error_row(bench_gpu):
+    """An inductor failure in the compiled step keeps the run's other rows; an eager failure is a crash."""
+    import argparse
+
+    def broken():
+        raise RuntimeError("codegen failed\nmore detail")
+
+    a = argparse.Namespace(steps=2, warmup=1)
+    row = bench_gpu.timed_row(broken, torch.device("cpu"), a, {"compile": True, "items_per_step": 4})
+    assert row["error"] == "RuntimeError: codegen failed" and "throughput" not in row
+    with pytest.raises(RuntimeError):
+        bench_gpu.timed_row(broken, torch.device("cpu"), a, {"compile": False, "items_per_step": 4})
+    ok = bench_gpu.timed_row(lambda: None, torch.device("cpu"), a, {"compile": True, "items_per_step": 4})
+    assert ok["throughput"] == 4 / ok["step_s"] and "error" not in ok

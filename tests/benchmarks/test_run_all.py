@@ -242,6 +242,15 @@ def test_gpu_rows_replace_the_not_measured_rows(run_all):
     assert "compiled" in gpu[4][1] and "3,000 images/s" in gpu[4][3]
 
 
+def test_a_failed_compiled_row_is_reported_not_dropped(run_all):
+    d = fake_gpu()
+    d["rows"].append({"model": "Mamba2 1 layer(s)", "compile": True, "kernel_path": "torch", "batch": 16,
+                      "error": "InductorError: TypeError: list indices must be integers or slices, not NoneType"})
+    gpu = [r for r in run_all.build_table({"gpu": d}, cuda=True, device="cuda") if r[0] == "gpu"]
+    assert len(gpu) == 1 + 3 * 2 + 1
+    assert "compiled" in gpu[-1][1] and gpu[-1][3].startswith("failed: InductorError")
+
+
 def test_gpu_benchmark_only_in_cuda_runs_or_by_name(run_all, monkeypatch, tmp_path):
     ran, real_run_benchmark = [], run_all.run_benchmark
     monkeypatch.setattr(run_all, "run_benchmark", lambda name, args, out, *_: ran.append(name) or "skipped")
