@@ -88,6 +88,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- the grid
+def out_dir(args) -> Path:
+    """--out-dir, else runs/vit_suite_R<rounds>: suites of different budgets never share run directories (a run's
+    name does not carry its rounds)."""
+    return Path(args.out_dir or f"runs/vit_suite_R{args.rounds}")
+
+
 def plan(args, base: str) -> list[dict]:
     """Every run: {name, script, argv, seed}. Seed-major order, so a cut suite has equal n in every cell."""
     fed = [*TASK, "--num-clients", str(K), "--participation-rate", str(C), "--interference-window", "0.2"]
@@ -300,7 +306,7 @@ def main(argv=None) -> dict:
                                            f"the suite's are {', '.join(sorted(known))}")
     if args.smoke:
         smoke(args)
-    out = Path(args.out_dir or f"runs/vit_suite_R{args.rounds}")
+    out = out_dir(args)
     t0 = time.perf_counter()
     if args.table_only:   # keeps the wall time of the run that trained, if one wrote results.json
         base = str(pretrain.pretrained_base([*BASE, "--cache-dir", str(out / "base_cache")]))

@@ -20,6 +20,13 @@ def _flag(run, name, default=None):
     return argv[len(argv) - 1 - argv[::-1].index(name) + 1] if name in argv else default
 
 
+def test_default_out_dir_names_the_budget(tmp_path):
+    parse = suite.get_args_parser().parse_args
+    assert str(suite.out_dir(parse([]))) == "runs/vit_suite_R192"
+    assert str(suite.out_dir(parse(["--rounds", "48"]))) == "runs/vit_suite_R48"
+    assert suite.out_dir(parse(["--rounds", "48", "--out-dir", str(tmp_path)])) == tmp_path
+
+
 def test_plan_matches_sample_gradients_and_covers_the_grid():
     runs = _plan("--num-runs", "2", "--rounds", "48")
     assert len({r["name"] for r in runs}) == len(runs)
