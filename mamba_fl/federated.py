@@ -42,7 +42,9 @@ from mamba_fl import deltas, lmdata, multiproc
 from mamba_fl import model as mmodel
 
 # flags that may differ when a run is resumed (they do not change its results)
-IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", "report_to", *compiled.FLAGS)
+# how to run, not what runs: the device, compilation and the Mamba2 kernels (runs from before --kernels resume)
+IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", "report_to", "kernels",
+                    "kernel_path", *compiled.FLAGS)
 
 # ----------------------------------------------------------------------------------------------------------
 # arguments

@@ -7,6 +7,7 @@ the installed ones; each case runs in a fresh interpreter, since the binding is 
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,3 +106,21 @@ def test_kernel_path_names_the_packages(kernel_packages, monkeypatch):
     assert mmodel.kernel_path(torch.device("cuda")) == "mamba-ssm"
     assert mmodel.kernel_path(torch.device("cuda"), "torch") == "torch"
     assert mmodel.kernel_path(torch.device("cpu")) == "torch"
+
+
+def test_a_run_from_before_the_kernels_flag_resumes(tmp_path):
+    """--kernels and the path it picks choose an implementation, like --device: a run directory written before
+    the flag existed (or on the other path) extends instead of being refused."""
+    from mamba_fl import fed_avg
+
+    argv = ["--layers", "1", "--quick", "--quiet", "--out-dir", str(tmp_path), "--run-name", "r"]
+    fed_avg.main([*argv, "--rounds", "2"])
+    args_file = tmp_path / "r" / "args.json"
+    saved = json.loads(args_file.read_text())
+    held = saved["args"] if "args" in saved else saved
+    assert held.pop("kernels") == "auto"
+    held["kernel_path"] = "mamba-ssm"
+    args_file.write_text(json.dumps(saved))
+    fed_avg.main([*argv, "--rounds", "3", "--resume", "--extend", "--kernels", "torch"])
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["rounds_done"] == 3 and summary["kernel_path"] == "torch"
