@@ -103,6 +103,18 @@ def default_run_name(args, prefix: str = "fedavg") -> str:
     return f"{prefix}{data}_{shard}_J{args.local_steps}_R{args.rounds}_lr{args.lr:g}_seed{args.seed}"
 
 
+def sweep_file_name(args, prefix: str, kind: str) -> str:
+    """The sweep's index file, named like its runs with the swept values in place of the one value, so a sweep
+    with other settings (rounds, lr, values) writes its own file instead of overwriting another's."""
+    name = default_run_name(args, prefix)
+    if kind == "heterogeneity":                              # every run is non-IID: "_iid_" / "_noniid_ncN_" goes
+        shard = "iid" if args.sharding == "iid" else f"noniid_nc{args.nc}"
+        name = name.replace(f"_{shard}_", f"_noniid_nc{'-'.join(map(str, args.nc_values))}_", 1)
+    else:
+        name = name.replace(f"_J{args.local_steps}_", f"_J{'-'.join(map(str, args.j_values))}_", 1)
+    return f"{name.rsplit('_seed', 1)[0]}_{kind}_experiment_seed{args.seed}.json"
+
+
 def setup(args) -> dict:
     """Data, shards, model and run directory: the context every round needs."""
     D.init()                                                 # no-op without torchrun
@@ -376,7 +388,7 @@ def sweep(args, runner, prefix: str = "fedavg") -> dict:
     out = {"experiment": kind, "results": results}
     if D.is_main():
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(args.out_dir) / f"{prefix}_{kind}_experiment_seed{args.seed}.json", out)
+        atomic_write_json(Path(args.out_dir) / sweep_file_name(args, prefix, kind), out)
     return out
 
 

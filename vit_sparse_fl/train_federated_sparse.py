@@ -161,7 +161,7 @@ def main(argv=None) -> dict:
 
 def main_one(args) -> dict:
     if args.heterogeneity_experiment or args.local_steps_experiment:
-        return fed.sweep(args, run_sparse, prefix=f"sparse_{args.mask_strategy}")
+        return fed.sweep(args, run_sparse, prefix=f"sparse_{args.mask_strategy}_s{args.sparsity_ratio:g}")
     return run_sparse(args)
 
 
