@@ -183,14 +183,15 @@ def main(argv=None) -> dict:
         written += R.savefig(fig, out / "vit_accuracy_vs_nc.png", pdf=args.pdf)
 
     # ---------------------------------------------------------------- accuracy vs J
-    iid_all = [r for r in based if r["args"]["sharding"] == "iid"]
-    if len({r["args"]["local_steps"] for r in iid_all}) > 1:
-        x, m, s, n = xy(groups_by(iid_all, lambda r: r["args"]["local_steps"]))
+    swept = {k: v for k, v in groups_by(based, shard).items() if len({r["args"]["local_steps"] for r in v}) > 1}
+    if swept:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"FedAvg IID, {n_label(n)}")
-        chance_line(ax, iid_all)
+        for name, members in sorted(swept.items(), key=lambda kv: kv[0] != "IID"):
+            x, m, s, n = xy(groups_by(members, lambda r: r["args"]["local_steps"]))
+            ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"FedAvg {name}, {n_label(n)}")
+        chance_line(ax, based)
         ax.set(xscale="log", xlabel="local steps J (rounds x J fixed)", ylabel="test accuracy (%)",
-               title="FedAvg IID vs local steps at equal sample gradients")
+               title="FedAvg vs local steps at equal sample gradients")
         ax.set_xticks(x, [str(int(v)) for v in x])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)

@@ -17,7 +17,8 @@ Design (the numbers are the constants below):
 * **Compute accounting.** A sample gradient is one image's gradient in one SGD step (head-only warm-up
   steps included). A federated run evaluates (W + R) * m * J * B of them; centralized gets exactly as many
   (``--total-steps`` = (W + R) * m * J steps of batch B) from the same base; the J sweep scales both R and
-  W by 4 / J (J = 8: 24 + 2 rounds, J = 16: 12 + 1), so every J has the same sample gradients.
+  W by 4 / J (J = 8: R / 2 + 2 rounds, J = 16: R / 4 + 1), so every J has the same sample gradients.
+* **J sweep** on IID shards and on Nc = 2 shards (``--j-shards``), where local steps make clients drift.
 * **Plateau criterion.** Validation accuracy at the end minus at 80% of the run, |change| < 1 point
   (``plateau_change`` in every summary); the table reports how many runs of a cell meet it.
 * **Interference.** In the last 20% of the rounds, at every evaluation round, each selected client's test
@@ -60,6 +61,7 @@ BASE = ["--quick", "--quiet", "--classes", str(NUM_CLASSES), "100", "--synthetic
         "--max-train", "0", "--max-test", "0", "--total-steps", "2000", "--batch-size", "64",
         "--warmup-epochs", "1", "--patience", "0"]
 K, C, J, WARMUP, EVAL_EVERY = 50, 0.1, 4, 4, 6
+SHARDS = {"iid": [], "nc2": ["--sharding", "non_iid", "--nc", "2"]}
 M = max(1, round(C * K))
 
 
@@ -71,7 +73,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=192,
                         help="R: rounds of the J = 4 runs after the warm-up (a multiple of 4, for the J sweep)")
     parser.add_argument("--j-values", type=int, nargs="+", default=[4, 8, 16],
-                        help="J sweep on IID shards at R * J fixed (J = 4 is the FedAvg IID run)")
+                        help="J sweep at R * J fixed (J = 4 is the FedAvg run of the shards)")
+    parser.add_argument("--j-shards", nargs="+", default=["iid", "nc2"], choices=["iid", "nc2"],
+                        help="shards of the J sweep: IID, and Nc = 2 (where local steps cause client drift)")
     parser.add_argument("--nc-values", type=int, nargs="+", default=[1, 2, 5], help="Nc sweep (classes per client)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.5],
                         help="sparsity ratios of the mask-strategy comparison on Nc = 2 shards (IID: the first)")
@@ -117,14 +121,15 @@ def plan(args, base: str) -> list[dict]:
                                            "--total-steps", str((rounds + WARMUP) * M * J)])
         for nc in args.nc_values:
             add(f"fedavg_nc{nc}", "fedavg", [*fedavg, "--sharding", "non_iid", "--nc", str(nc)])
-        for j in args.j_values:
-            if j != J:
-                add(f"fedavg_iid_J{j}", "fedavg", [*fed, "--weights", base, "--local-steps", str(j),
-                                                   "--rounds", str(max(1, round(rounds * J / j))),
-                                                   "--head-warmup", str(max(1, round(WARMUP * J / j))),
-                                                   "--eval-every", str(max(1, round(EVAL_EVERY * J / j)))])
-        for shard in ("iid", "nc2"):
-            sh = [] if shard == "iid" else ["--sharding", "non_iid", "--nc", "2"]
+        for shard in args.j_shards:
+            for j in args.j_values:
+                if j != J:
+                    add(f"fedavg_{shard}_J{j}", "fedavg",
+                        [*fed, *SHARDS[shard], "--weights", base, "--local-steps", str(j),
+                         "--rounds", str(max(1, round(rounds * J / j))),
+                         "--head-warmup", str(max(1, round(WARMUP * J / j))),
+                         "--eval-every", str(max(1, round(EVAL_EVERY * J / j)))])
+        for shard, sh in SHARDS.items():
             for sp in args.sparsities if shard == "nc2" else args.sparsities[:1]:
                 for strategy in STRATEGIES:
                     add(f"sparse_{shard}_s{sp:g}_{strategy}", "sparse",
@@ -279,9 +284,12 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
     section("Heterogeneity (pathological shards, Nc classes per client)", "fedavg_iid",
             [("fedavg_iid", "IID")] + [(f"fedavg_nc{nc}", f"Nc = {nc}") for nc in sorted(args.nc_values, reverse=True)],
             interference=True)
-    section("Local steps J at equal sample gradients (R x J fixed), IID", "fedavg_iid",
-            [("fedavg_iid" if j == J else f"fedavg_iid_J{j}",
-              f"J = {j}, R = {max(1, round(args.rounds * J / j))}") for j in sorted(args.j_values)])
+    labels["fedavg_nc2"] = f"FedAvg Nc = 2, J={J}"
+    for shard in args.j_shards:
+        title, ref = ("IID", "fedavg_iid") if shard == "iid" else ("Nc = 2", "fedavg_nc2")
+        section(f"Local steps J at equal sample gradients (R x J fixed), {title}", ref,
+                [(ref if j == J else f"fedavg_{shard}_J{j}", f"J = {j}, R = {max(1, round(args.rounds * J / j))}")
+                 for j in sorted(args.j_values)], interference=shard != "iid")
     for shard, dense, title in (("iid", "fedavg_iid", "IID"), ("nc2", "fedavg_nc2", "Nc = 2")):
         labels[dense] = f"dense FedAvg {title}"
         for sp in args.sparsities if shard == "nc2" else args.sparsities[:1]:

@@ -41,8 +41,12 @@ def test_plan_matches_sample_gradients_and_covers_the_grid():
 
     budgets = {r["setting"]: sample_gradients(r) for r in seed0}
     assert len(set(budgets.values())) == 1, budgets                              # every setting, J sweep included
-    assert {r["setting"] for r in seed0} >= {"fedavg_iid_J8", "fedavg_iid_J16", "fedavg_nc1", "fedavg_nc2",
-                                             "fedavg_nc5", "centralized", "fedavg_iid_scratch"}
+    assert {r["setting"] for r in seed0} >= {"fedavg_iid_J8", "fedavg_iid_J16", "fedavg_nc2_J8", "fedavg_nc2_J16",
+                                             "fedavg_nc1", "fedavg_nc2", "fedavg_nc5", "centralized",
+                                             "fedavg_iid_scratch"}
+    for j in (8, 16):                                   # the J sweep runs on the shards it names
+        assert _flag(next(r for r in seed0 if r["setting"] == f"fedavg_nc2_J{j}"), "--nc") == "2"
+        assert _flag(next(r for r in seed0 if r["setting"] == f"fedavg_iid_J{j}"), "--sharding", "iid") == "iid"
     sparse = [r for r in seed0 if r["script"] == "sparse"]
     assert len(sparse) == 5 + 2 * 5 + 1              # IID at 0.9; Nc = 2 at 0.9 and 0.5; true Fisher
     assert all(_flag(r, "--weights") == "base.pt" for r in seed0 if r["setting"] != "fedavg_iid_scratch")
