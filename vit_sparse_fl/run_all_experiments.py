@@ -180,8 +180,9 @@ def finished(out: Path, run: dict) -> bool:
     return all(saved.get(k) == v for k, v in wanted.items() if v is not None and k not in R.DEFAULT_GROUP_IGNORE)
 
 
-def execute(args, out: Path) -> str:
-    """Pretrain (or reuse) the base, run every unfinished run; returns the base path."""
+def execute(args, out: Path) -> tuple[str, int]:
+    """Pretrain (or reuse) the base, run every unfinished run; returns the base path and how many runs it
+    started."""
     t0 = time.perf_counter()
     base_argv = [*BASE, "--cache-dir", str(out / "base_cache")]
     with cf.ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(args.threads,)) as pool:
@@ -207,7 +208,7 @@ def execute(args, out: Path) -> str:
                       f"{100 * res['test_accuracy']:.1f} ({res['seconds']:.0f} s)", flush=True)
             except Exception:                              # one failed run must not stop the others
                 print(f"{run['name']} FAILED:\n{traceback.format_exc()}", flush=True)
-    return base_path
+    return base_path, len(pending)
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -302,6 +303,18 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", record
 
 
+def saved_sessions(path: Path) -> list[dict]:
+    """The training invocations recorded in an earlier results.json (a file from before they were recorded
+    holds one wall time: it becomes one session of unknown size)."""
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    if "sessions" in saved:
+        return saved["sessions"]
+    return [{"finished_at": "before sessions were recorded", "runs_trained": None, "only": None,
+             "wall_seconds": saved["wall_seconds"]}] if saved.get("wall_seconds") is not None else []
+
+
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     cli.check(args.num_runs >= 1, f"--num-runs must be >= 1, got {args.num_runs}")
@@ -316,24 +329,28 @@ def main(argv=None) -> dict:
         smoke(args)
     out = out_dir(args)
     t0 = time.perf_counter()
-    if args.table_only:   # keeps the wall time of the run that trained, if one wrote results.json
+    previous = out / "results.json"
+    sessions = saved_sessions(previous)
+    if args.table_only:
         base = str(pretrain.pretrained_base([*BASE, "--cache-dir", str(out / "base_cache")]))
-        previous = out / "results.json"
-        wall = json.loads(previous.read_text()).get("wall_seconds") if previous.is_file() else None
     else:
-        base = execute(args, out)
-        wall = time.perf_counter() - t0
+        base, trained = execute(args, out)
+        sessions.append({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs_trained": trained,
+                         "only": args.only, "wall_seconds": time.perf_counter() - t0})
     text, record = make_table(args, out, base)
     atomic_write_text(out / "results.md", text)
+    # every invocation that trained is kept, so a suite finished in parts (--only, interrupted) keeps each part's
+    # wall time, and --table-only changes none of them
     atomic_write_json(out / "results.json", {"base": base, "num_runs": args.num_runs, "rounds": args.rounds,
-                                             "wall_seconds": wall, "table": record})
+                                             "sessions": sessions, "table": record})
     print(text)
-    if wall is not None:
-        print(f"wall time of the suite {wall:.0f} s")
+    for part in sessions:
+        print(f"{part['finished_at']}: {part['runs_trained'] if part['runs_trained'] is not None else '?'} runs trained"
+              f"{' (--only ' + ' '.join(part['only']) + ')' if part['only'] else ''} in {part['wall_seconds']:.0f} s")
     if not args.no_plots:
         from plots import plot_vit
         plot_vit.main(["--runs-dir", str(out), "--out", str(out / "figures")])
-    return {"table": record, "results_md": str(out / "results.md"), "wall_seconds": wall}
+    return {"table": record, "results_md": str(out / "results.md"), "sessions": sessions}
 
 
 if __name__ == "__main__":

@@ -75,3 +75,15 @@ def test_finished_runs_are_skipped_only_with_the_same_arguments(tmp_path):
     assert suite.finished(tmp_path, run)
     changed = {**run, "argv": [*run["argv"], "--rounds", "7"]}
     assert not suite.finished(tmp_path, changed)
+
+
+def test_saved_sessions_keep_every_part_of_a_suite(tmp_path):
+    path = tmp_path / "results.json"
+    assert suite.saved_sessions(path) == []
+    path.write_text(json.dumps({"wall_seconds": 2580.7, "table": {}}))           # written before sessions existed
+    old = suite.saved_sessions(path)
+    assert [s["wall_seconds"] for s in old] == [2580.7] and old[0]["runs_trained"] is None
+    parts = [{"finished_at": "t1", "runs_trained": 12, "only": None, "wall_seconds": 1832.0},
+             {"finished_at": "t2", "runs_trained": 9, "only": ["centralized"], "wall_seconds": 1072.0}]
+    path.write_text(json.dumps({"sessions": parts, "table": {}}))
+    assert suite.saved_sessions(path) == parts
