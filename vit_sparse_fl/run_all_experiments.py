@@ -169,7 +169,8 @@ def _pretrain(argv: list[str]) -> str:
 
 
 def finished(out: Path, run: dict) -> bool:
-    """The run directory holds a summary written with these arguments (compared flag by flag)."""
+    """The run directory holds a summary written with these arguments (compared flag by flag; a flag the saved
+    arguments lack, added to the script after the run, counts as at its default)."""
     path = out / run["name"]
     if not (path / "summary.json").is_file():
         return False
@@ -177,7 +178,8 @@ def finished(out: Path, run: dict) -> bool:
     parser = importlib.import_module(SCRIPTS[run["script"]]).get_args_parser()
     wanted = vars(parser.parse_args(run["argv"]))
     saved = json.loads((path / "args.json").read_text())["args"]
-    return all(saved.get(k) == v for k, v in wanted.items() if v is not None and k not in R.DEFAULT_GROUP_IGNORE)
+    return all(saved.get(k, parser.get_default(k)) == v
+               for k, v in wanted.items() if v is not None and k not in R.DEFAULT_GROUP_IGNORE)
 
 
 def execute(args, out: Path) -> tuple[str, int]:

@@ -75,6 +75,11 @@ def test_finished_runs_are_skipped_only_with_the_same_arguments(tmp_path):
     assert suite.finished(tmp_path, run)
     changed = {**run, "argv": [*run["argv"], "--rounds", "7"]}
     assert not suite.finished(tmp_path, changed)
+    # a flag added to the script after the run was written counts as at its default, not as a change
+    saved = {k: v for k, v in vars(args).items() if k not in ("overwrite", "report_to")}
+    (folder / "args.json").write_text(json.dumps({"args": saved}, default=to_jsonable))
+    assert suite.finished(tmp_path, run)
+    assert not suite.finished(tmp_path, {**run, "argv": [*run["argv"], "--overwrite"]})
 
 
 def test_saved_sessions_keep_every_part_of_a_suite(tmp_path):
