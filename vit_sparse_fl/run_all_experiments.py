@@ -61,7 +61,8 @@ BASE = ["--quick", "--quiet", "--classes", str(NUM_CLASSES), "100", "--synthetic
         "--max-train", "0", "--max-test", "0", "--total-steps", "2000", "--batch-size", "64",
         "--warmup-epochs", "1", "--patience", "0"]
 K, C, J, WARMUP, EVAL_EVERY = 50, 0.1, 4, 4, 6
-SHARDS = {"iid": [], "nc2": ["--sharding", "non_iid", "--nc", "2"]}
+SHARDS = {"iid": [], "nc2": ["--sharding", "non_iid", "--nc", "2"]}     # the J sweep's and the masks' shards
+SHARD_TITLES = {"iid": "IID", "nc2": "Nc = 2"}
 M = max(1, round(C * K))
 
 
@@ -289,11 +290,12 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
             interference=True)
     labels["fedavg_nc2"] = f"FedAvg Nc = 2, J={J}"
     for shard in args.j_shards:
-        title, ref = ("IID", "fedavg_iid") if shard == "iid" else ("Nc = 2", "fedavg_nc2")
-        section(f"Local steps J at equal sample gradients (R x J fixed), {title}", ref,
+        ref = f"fedavg_{shard}"
+        section(f"Local steps J at equal sample gradients (R x J fixed), {SHARD_TITLES[shard]}", ref,
                 [(ref if j == J else f"fedavg_{shard}_J{j}", f"J = {j}, R = {max(1, round(args.rounds * J / j))}")
                  for j in sorted(args.j_values)], interference=shard != "iid")
-    for shard, dense, title in (("iid", "fedavg_iid", "IID"), ("nc2", "fedavg_nc2", "Nc = 2")):
+    for shard, title in SHARD_TITLES.items():
+        dense = f"fedavg_{shard}"
         labels[dense] = f"dense FedAvg {title}"
         for sp in args.sparsities if shard == "nc2" else args.sparsities[:1]:
             rows = [(dense, f"dense FedAvg ({title})")]

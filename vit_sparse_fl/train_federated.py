@@ -97,22 +97,22 @@ def finish_args(args) -> None:
               "choose one of --heterogeneity-experiment and --local-steps-experiment")
 
 
-def default_run_name(args, prefix: str = "fedavg") -> str:
-    shard = "iid" if args.sharding == "iid" else f"noniid_nc{args.nc}"
+def default_run_name(args, prefix: str = "fedavg", *, shard: str | None = None, steps: str | None = None,
+                     seed: bool = True) -> str:
+    """<prefix>[_<data>]_<shard>_J<steps>_R<rounds>_lr<lr>_seed<seed>; ``shard`` / ``steps`` replace the run's own
+    tags (a sweep's index names its swept values), ``seed=False`` leaves the seed out."""
+    shard = shard or ("iid" if args.sharding == "iid" else f"noniid_nc{args.nc}")
     data = "" if args.data == "synthetic" else f"_{args.data}"  # the embedded data keeps the short name
-    return f"{prefix}{data}_{shard}_J{args.local_steps}_R{args.rounds}_lr{args.lr:g}_seed{args.seed}"
+    name = f"{prefix}{data}_{shard}_J{steps or args.local_steps}_R{args.rounds}_lr{args.lr:g}"
+    return f"{name}_seed{args.seed}" if seed else name
 
 
 def sweep_file_name(args, prefix: str, kind: str) -> str:
     """The sweep's index file, named like its runs with the swept values in place of the one value, so a sweep
     with other settings (rounds, lr, values) writes its own file instead of overwriting another's."""
-    name = default_run_name(args, prefix)
-    if kind == "heterogeneity":                              # every run is non-IID: "_iid_" / "_noniid_ncN_" goes
-        shard = "iid" if args.sharding == "iid" else f"noniid_nc{args.nc}"
-        name = name.replace(f"_{shard}_", f"_noniid_nc{'-'.join(map(str, args.nc_values))}_", 1)
-    else:
-        name = name.replace(f"_J{args.local_steps}_", f"_J{'-'.join(map(str, args.j_values))}_", 1)
-    return f"{name.rsplit('_seed', 1)[0]}_{kind}_experiment_seed{args.seed}.json"
+    swept = ({"shard": f"noniid_nc{'-'.join(map(str, args.nc_values))}"} if kind == "heterogeneity"
+             else {"steps": "-".join(map(str, args.j_values))})
+    return f"{default_run_name(args, prefix, seed=False, **swept)}_{kind}_experiment_seed{args.seed}.json"
 
 
 def setup(args) -> dict:
