@@ -1,0 +1,170 @@
+"""The suite at several budgets side by side: which results still move when the budget grows?
+
+    python vit_sparse_fl/compare_budgets.py runs/vit_suite_R48 runs/vit_suite_R192 runs/vit_suite_R768 \\
+        --out runs/vit_budgets
+
+Each argument is a suite folder written by ``run_all_experiments.py`` (its ``results.json`` holds every
+setting's per-seed test accuracy and the suite's rounds R; the J sweep's runs scale R by 4 / J, so a suite
+is one budget of sample gradients for every setting). Writes ``<out>/results_budgets.md`` and
+``<out>/vit_accuracy_vs_budget.png``, and prints the table.
+
+Per setting: test accuracy at each budget (mean ± sample sd over seeds); the change from the previous budget
+to the largest one the setting has (paired by seed, mean [95% t interval]); the difference to the setting's
+reference (FedAvg IID for the FedAvg settings, FedAvg on the same shards for the J sweep and the masks) at
+each budget. **Budget criterion**: a setting has *settled* when the last budget step (4x the sample
+gradients between the suites of the README) moves its mean test accuracy by less than 1 point; a difference
+between settings is only read as final where both have settled. The per-run plateau check of each suite
+(validation accuracy over the last 20% of one run) says something else: under a cosine schedule every curve
+flattens at the end, so a run can pass it and still end higher at a larger budget.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from common import cli, stats
+from common.checkpoint import atomic_write_text
+from plots import runs as R
+from vit_sparse_fl import run_all_experiments as suite
+
+SETTLED = 1.0  # points: a budget step moving the mean less than this has settled
+WARMUP, M, J, B = suite.WARMUP, suite.M, suite.J, int(suite.TASK[suite.TASK.index("--batch-size") + 1])
+CHANCE = 100.0 / suite.NUM_CLASSES
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+    parser.add_argument("suites", nargs="+", help="suite folders holding results.json (any order)")
+    parser.add_argument("--out", default="runs/vit_budgets", help="folder for the table and the figure")
+    parser.add_argument("--no-plots", action="store_true", help="skip the figure")
+    return parser
+
+
+def load_suites(paths: list[str]) -> dict[int, dict[str, dict]]:
+    """{rounds: {setting: {seed: test accuracy in points}}} from each suite's results.json."""
+    suites: dict[int, dict[str, dict]] = {}
+    for p in paths:
+        f = Path(p) / "results.json"
+        cli.check(f.is_file(), f"{p}: no results.json (run vit_sparse_fl/run_all_experiments.py there first)")
+        saved = json.loads(f.read_text())
+        rounds = int(saved["rounds"])
+        cli.check(rounds not in suites, f"two suites with R = {rounds}: {p} and another")
+        suites[rounds] = {k: {int(s): v for s, v in rec["test_accuracy"].items()}
+                          for k, rec in saved["table"].items() if rec["test_accuracy"]}
+    return dict(sorted(suites.items()))
+
+
+def reference(setting: str) -> str | None:
+    """The setting each one is compared with at the same budget (None: it is a reference itself)."""
+    if setting == "fedavg_iid":
+        return None
+    if m := re.fullmatch(r"fedavg_(iid|nc2)_J\d+", setting):
+        return f"fedavg_{m.group(1)}"
+    if m := re.fullmatch(r"sparse_(iid|nc\d+)_.*", setting):
+        return f"fedavg_{m.group(1)}"
+    return "fedavg_iid"
+
+
+def label(setting: str) -> str:
+    names = {"fedavg_iid": "FedAvg IID", "fedavg_iid_scratch": "FedAvg IID from scratch",
+             "centralized": "centralized"}
+    if setting in names:
+        return names[setting]
+    if m := re.fullmatch(r"fedavg_nc(\d+)", setting):
+        return f"FedAvg Nc = {m.group(1)}"
+    if m := re.fullmatch(r"fedavg_(iid|nc2)_J(\d+)", setting):
+        return f"FedAvg {'IID' if m.group(1) == 'iid' else 'Nc = 2'}, J = {m.group(2)}"
+    if m := re.fullmatch(r"sparse_(iid|nc2)_s([\d.]+)_(\w+?)(_fisher)?", setting):
+        return (f"{m.group(3)}{' (true Fisher)' if m.group(4) else ''}, "
+                f"{'IID' if m.group(1) == 'iid' else 'Nc = 2'}, s = {m.group(2)}")
+    return setting
+
+
+def sample_gradients(rounds: int) -> int:
+    return (rounds + WARMUP) * M * J * B
+
+
+def make_table(suites: dict[int, dict[str, dict]]) -> tuple[str, dict]:
+    budgets = list(suites)
+    order = list(dict.fromkeys(k for s in suites.values() for k in s))
+    head = ("| setting | " + " | ".join(f"R = {r}" for r in budgets) + " | last step: change | settled |"
+            + " | ".join(f"Δ vs reference, R = {r}" for r in budgets) + " |")
+    lines = [
+        "Test accuracy (%) of every setting at each budget: mean ± sample sd over seeds (n). Budget R = rounds of "
+        f"the J = 4 runs; every run of a suite evaluates (R + {WARMUP})·{M}·{J}·{B} sample gradients ("
+        + ", ".join(f"R = {r}: {sample_gradients(r)}" for r in budgets) + "). Last step: the change from the "
+        "previous budget to the largest one the setting has, paired by seed, mean [95% t interval]. Settled: "
+        f"that change is below {SETTLED:g} point. Δ vs reference: paired difference to FedAvg IID (FedAvg "
+        "settings) or dense FedAvg on the same shards (J sweep, masks) at the same budget.",
+        "", head, "|---|" + "---|" * (2 * len(budgets) + 2)]
+    record = {}
+    for setting in order:
+        have = [r for r in budgets if setting in suites[r]]
+        cells = [stats.fmt(stats.summarize(suites[r][setting].values())) if setting in suites[r] else "–"
+                 for r in budgets]
+        step, settled = "–", "–"
+        if len(have) >= 2:
+            d = stats.paired(suites[have[-1]][setting], suites[have[-2]][setting])
+            step = f"R {have[-2]} → {have[-1]}: {stats.fmt_diff(d)}"
+            settled = "yes" if abs(d.mean) < SETTLED else "no"
+        ref = reference(setting)
+        deltas = [stats.fmt_diff(stats.paired(suites[r][setting], suites[r][ref]))
+                  if ref and setting in suites[r] and ref in suites[r] else "–" for r in budgets]
+        lines.append(f"| {label(setting)} | " + " | ".join(cells) + f" | {step} | {settled} | "
+                     + " | ".join(deltas) + " |")
+        record[setting] = {"reference": ref, "settled": None if settled == "–" else settled == "yes",
+                           "test_accuracy": {r: suites[r].get(setting, {}) for r in budgets}}
+    return "\n".join(lines) + "\n", record
+
+
+PANELS = [("FedAvg vs heterogeneity", ["centralized", "fedavg_iid", "fedavg_iid_scratch", "fedavg_nc5",
+                                        "fedavg_nc2", "fedavg_nc1"]),
+          ("local steps J on Nc = 2 (R x J fixed)", ["fedavg_nc2", "fedavg_nc2_J8", "fedavg_nc2_J16"]),
+          ("masks on Nc = 2, sparsity 0.9", ["fedavg_nc2", "sparse_nc2_s0.9_least_sensitive",
+                                             "sparse_nc2_s0.9_most_sensitive", "sparse_nc2_s0.9_lowest_magnitude",
+                                             "sparse_nc2_s0.9_highest_magnitude", "sparse_nc2_s0.9_random"])]
+
+
+def plot(suites: dict[int, dict[str, dict]], path: Path) -> list[Path]:
+    """Test accuracy vs sample gradients, one line per setting, error bars the sample sd."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.2), squeeze=False)
+    for ax, (title, settings) in zip(axes[0], PANELS):
+        for i, setting in enumerate(settings):
+            pts = [(sample_gradients(r), stats.summarize(s[setting].values())) for r, s in suites.items()
+                   if setting in s]
+            if not pts:
+                continue
+            ns = sorted({p[1].n for p in pts})
+            ax.errorbar([p[0] for p in pts], [p[1].mean for p in pts],
+                        yerr=[0 if p[1].n < 2 else p[1].sd for p in pts], marker="os^Dv<>"[i % 7], capsize=3,
+                        ls="--" if setting == "centralized" else "-",
+                        color="k" if setting == reference(settings[-1]) else None,  # the panel's reference
+                        label=f"{label(setting)} (n={ns[0]}" + (f"-{ns[-1]})" if len(ns) > 1 else ")"))
+        ax.axhline(CHANCE, color="k", ls=":", lw=1, label=f"chance ({CHANCE:g} %)")
+        ax.set(xscale="log", xlabel="sample gradients per run (suite rounds R)", ylabel="test accuracy (%)",
+               title=title)
+        ax.set_xticks([sample_gradients(r) for r in suites], [f"{sample_gradients(r) / 1000:.0f}k\n(R={r})"
+                                                                for r in suites], fontsize=8)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=7, loc="lower right")
+    return R.savefig(fig, path)
+
+
+def main(argv=None) -> dict:
+    args = cli.parse(get_args_parser(), argv)
+    suites = load_suites(args.suites)
+    cli.check(len(suites) >= 2, "give at least two suites of different rounds")
+    text, record = make_table(suites)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results_budgets.md", text)
+    print(text)
+    written = [] if args.no_plots else plot(suites, out / "vit_accuracy_vs_budget.png")
+    return {"table": record, "results_md": str(out / "results_budgets.md"), "figures": [str(p) for p in written]}
+
+
+if __name__ == "__main__":
+    cli.run(main)
