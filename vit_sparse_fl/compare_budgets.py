@@ -6,7 +6,8 @@
 Each argument is a suite folder written by ``run_all_experiments.py`` (its ``results.json`` holds every
 setting's per-seed test accuracy and the suite's rounds R; the J sweep's runs scale R by 4 / J, so a suite
 is one budget of sample gradients for every setting). Writes ``<out>/results_budgets.md`` and
-``<out>/vit_accuracy_vs_budget.png``, and prints the table.
+``<out>/vit_accuracy_vs_budget.png`` (accuracy vs budget per setting; the masks' paired difference to dense
+FedAvg per budget), and prints the table.
 
 Per setting: test accuracy at each budget (mean ± sample sd over seeds); the change from the previous budget
 to the largest one the setting has (paired by seed, mean [95% t interval]); the difference to the setting's
@@ -127,29 +128,40 @@ PANELS = [("FedAvg vs heterogeneity", ["centralized", "fedavg_iid", "fedavg_iid_
 
 
 def plot(suites: dict[int, dict[str, dict]], path: Path) -> list[Path]:
-    """Test accuracy vs sample gradients, one line per setting, error bars the sample sd."""
+    """Test accuracy vs sample gradients, one line per setting, error bars the sample sd; last panel: the
+    masks' paired difference to dense FedAvg on Nc = 2, error bars the 95% t interval."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.2), squeeze=False)
-    for ax, (title, settings) in zip(axes[0], PANELS):
+    fig, axes = plt.subplots(1, len(PANELS) + 1, figsize=(5.2 * (len(PANELS) + 1), 4.2), squeeze=False)
+    masks = PANELS[-1][1]
+    for k, (ax, (title, settings)) in enumerate(zip(axes[0], [*PANELS, ("masks − dense FedAvg, Nc = 2, s = 0.9",
+                                                                       masks)])):
+        delta = k == len(PANELS)
         for i, setting in enumerate(settings):
-            pts = [(sample_gradients(r), stats.summarize(s[setting].values())) for r, s in suites.items()
-                   if setting in s]
+            ref = reference(setting)
+            if delta and setting == reference(masks[-1]):
+                continue
+            pts = [(sample_gradients(r), stats.paired(s[setting], s[ref]) if delta else
+                    stats.summarize(s[setting].values())) for r, s in suites.items()
+                   if setting in s and (not delta or ref in s)]
             if not pts:
                 continue
             ns = sorted({p[1].n for p in pts})
-            ax.errorbar([p[0] for p in pts], [p[1].mean for p in pts],
-                        yerr=[0 if p[1].n < 2 else p[1].sd for p in pts], marker="os^Dv<>"[i % 7], capsize=3,
-                        ls="--" if setting == "centralized" else "-",
-                        color="k" if setting == reference(settings[-1]) else None,  # the panel's reference
+            bars = [0 if p[1].n < 2 else (p[1].half_width if delta else p[1].sd) for p in pts]
+            ax.errorbar([p[0] for p in pts], [p[1].mean for p in pts], yerr=bars, marker="os^Dv<>"[i % 7],
+                        capsize=3, ls="--" if setting == "centralized" else "-",
+                        color="k" if setting == reference(settings[-1]) else f"C{i - 1}" if delta else None,
                         label=f"{label(setting)} (n={ns[0]}" + (f"-{ns[-1]})" if len(ns) > 1 else ")"))
-        ax.axhline(CHANCE, color="k", ls=":", lw=1, label=f"chance ({CHANCE:g} %)")
-        ax.set(xscale="log", xlabel="sample gradients per run (suite rounds R)", ylabel="test accuracy (%)",
-               title=title)
+        if delta:
+            ax.axhline(0, color="k", lw=1, label="dense FedAvg Nc = 2")
+        else:
+            ax.axhline(CHANCE, color="k", ls=":", lw=1, label=f"chance ({CHANCE:g} %)")
+        ax.set(xscale="log", xlabel="sample gradients per run (suite rounds R)", title=title,
+               ylabel="Δ test accuracy (points), 95% interval" if delta else "test accuracy (%)")
         ax.set_xticks([sample_gradients(r) for r in suites], [f"{sample_gradients(r) / 1000:.0f}k\n(R={r})"
                                                                 for r in suites], fontsize=8)
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper right" if delta else "lower right")
     return R.savefig(fig, path)
 
 
