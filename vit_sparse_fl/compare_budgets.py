@@ -48,7 +48,12 @@ def load_suites(paths: list[str]) -> dict[int, dict[str, dict]]:
     for p in paths:
         f = Path(p) / "results.json"
         cli.check(f.is_file(), f"{p}: no results.json (run vit_sparse_fl/run_all_experiments.py there first)")
-        saved = json.loads(f.read_text())
+        try:
+            saved = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise cli.UsageError(f"{f}: not JSON ({e})") from None
+        cli.check(isinstance(saved, dict) and "rounds" in saved and "table" in saved,
+                  f"{f}: not a suite's results.json (no 'rounds' / 'table'; written by run_all_experiments.py)")
         rounds = int(saved["rounds"])
         cli.check(rounds not in suites, f"two suites with R = {rounds}: {p} and another")
         suites[rounds] = {k: {int(s): v for s, v in rec["test_accuracy"].items()}

@@ -62,6 +62,13 @@ def test_figure_and_refusals(suites, tmp_path):
         cb.main([small, small, "--out", str(tmp_path / "x"), "--no-plots"])
     with pytest.raises(UsageError, match="no results.json"):
         cb.main([small, str(tmp_path), "--out", str(tmp_path / "x"), "--no-plots"])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text('{"x": 1}')
+    with pytest.raises(UsageError, match="not a suite's results.json"):
+        cb.main([small, str(tmp_path / "bad"), "--out", str(tmp_path / "x"), "--no-plots"])
+    (tmp_path / "bad" / "results.json").write_text("not json")
+    with pytest.raises(UsageError, match="not JSON"):
+        cb.main([small, str(tmp_path / "bad"), "--out", str(tmp_path / "x"), "--no-plots"])
 
 
 def test_reads_what_run_all_experiments_writes(tmp_path):
