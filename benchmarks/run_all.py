@@ -13,9 +13,11 @@ bandwidth, which one thread cannot saturate (K=10 was 1.60x at 1 thread, 3.17x a
 The table has one row per (benchmark, setting, metric) with the target and whether it is met ("yes",
 "NO", "-" when the row has no target, "n/a" when it was not measured); the header gives the date, the
 machine's core count, the device, the torch version and the load average. Targets (issue 7):
-  aggregation   (issue 17) quiet machine: WeightedMean >= 2.5x Flower's aggregate (the per-key torch.stack
+  aggregation   (issue 17) quiet machine: every aggregator given the K uploads in memory (add_many, the
+                input of Flower's aggregate) and the server steps >= 2.5x Flower (the per-key torch.stack
                 reference without flwr) and within 1.3x of the copy floor; one busy loop per core: every
-                aggregator and the server step no slower than its anchor (bench_aggregate.py)
+                aggregator (add_many and streaming) and the server step no slower than its anchor
+                (bench_aggregate.py); quiet streaming rows (one client at a time) are reported untargeted
   overhead      time outside the clients' forward/backward < 5% of the round, in every subproject
                 (mamba_fl FedAvg, vit_sparse_fl, llm_noniid per algorithm, lora_glue_fl measured rounds)
   memory        peak memory flat in clients per round: K=100 within 10% of K=10
@@ -123,16 +125,27 @@ def aggregate_rows(d: dict) -> list[list[str]]:
         for r in cond["rows"]:
             s = where + (f", K={r['clients']}" if r["clients"] else "")
             need = 2.5 if quiet else 1.0
-            rows.append(_row("aggregate", s, f"{r['aggregator']} vs {anchor}",
+            many = "many_ms" in r  # an aggregator: add_many is targeted, streaming is targeted when busy only
+            if many:
+                rows.append(_row("aggregate", s, f"{r['aggregator']}.add_many (K uploads in memory) vs {anchor}",
+                                 f"{r['many_speedup']:.2f}x faster ({r['many_ms']:,.0f} vs {r['anchor_ms']:,.0f} ms)",
+                                 f">= {need:g}x", r["many_speedup"] >= need))
+                rows.append(_row("aggregate", s, f"{r['aggregator']}.add_many time vs copy floor",
+                                 f"{r['many_vs_floor']:.2f}x ({r['many_floor_ms']:,.0f} ms)",
+                                 "<= 1.3x" if quiet else "-", r["many_vs_floor"] <= 1.3 if quiet else None))
+            name = f"{r['aggregator']} streaming (one client at a time)" if many else r["aggregator"]
+            targeted = not (quiet and many)
+            rows.append(_row("aggregate", s, f"{name} vs {anchor}",
                              f"{r['speedup']:.2f}x faster ({r['flat_ms']:,.0f} vs {r['anchor_ms']:,.0f} ms)",
-                             f">= {need:g}x", r["speedup"] >= need))
+                             f">= {need:g}x" if targeted else "-", r["speedup"] >= need if targeted else None))
             if "tensors_ms" in r:
-                rows.append(_row("aggregate", s, f"{r['aggregator']} of separate tensors vs {anchor}",
+                rows.append(_row("aggregate", s, f"{name}, separate tensors, vs {anchor}",
                                  f"{r['tensors_speedup']:.2f}x faster ({r['tensors_ms']:,.0f} ms)",
                                  "-" if quiet else ">= 1x", None if quiet else r["tensors_speedup"] >= 1.0))
-            rows.append(_row("aggregate", s, f"{r['aggregator']} time vs copy floor",
-                             f"{r['vs_floor']:.2f}x ({r['floor_ms']:,.0f} ms)", "<= 1.3x" if quiet else "-",
-                             r["vs_floor"] <= 1.3 if quiet else None))
+            floor_target = quiet and targeted
+            rows.append(_row("aggregate", s, f"{name} time vs copy floor",
+                             f"{r['vs_floor']:.2f}x ({r['floor_ms']:,.0f} ms)",
+                             "<= 1.3x" if floor_target else "-", r["vs_floor"] <= 1.3 if floor_target else None))
     for method in ("stream", "anchor"):
         mem = sorted((m for m in d.get("memory", []) if m["method"] == method), key=lambda m: m["clients"])
         if len(mem) < 2:

@@ -45,6 +45,8 @@ def test_bench_aggregate_quick(tmp_path):
         aggs = {r["aggregator"] for r in cond["rows"]}
         assert aggs == {"WeightedMean", "FisherMean", "MaskedMean", "FedAdam step", "FedAvgM step"}
         assert all(r["flat_ms"] > 0 and r["anchor_ms"] > 0 and r["floor_ms"] > 0 for r in cond["rows"])
+        many = {r["aggregator"] for r in cond["rows"] if r.get("many_ms", 0) > 0 and r["many_floor_ms"] > 0}
+        assert many == {"WeightedMean", "FisherMean", "MaskedMean"}  # add_many timed for every aggregator
     assert json.loads((tmp_path / "agg.json").read_text())["anchor"] == out["anchor"]
     ref = load("bench_aggregate").main(["--quick", "--no-memory", "--repeats", "1", "--warmup", "0", "--clients", "2",
                                         "--conditions", "quiet", "--aggregators", "WeightedMean", "--anchor",

@@ -31,18 +31,23 @@ LLM_OK = {("fedavg", 0): 0.03, ("fedprox", 0): 0.04, ("scaffold", 0): 0.049, ("f
 
 
 def fake_aggregate(speedup: float, vs_floor: float, peak_k100: float) -> dict:
-    """bench_aggregate.py's summary: quiet and busy conditions, K = 10 and 100, three aggregators and a
-    server step; ``speedup`` for every row quiet, ``speedup / 2`` busy."""
+    """bench_aggregate.py's summary: quiet and busy conditions, K = 10 and 100, two aggregators (add_many and
+    streaming alike) and a server step (with the first K); ``speedup`` for every row quiet, ``speedup / 2`` busy."""
     mib = 2**20
 
     def rows(cond, factor):
         out = []
         for k in (10, 100):
-            for agg in ("WeightedMean", "FisherMean"):
-                r = {"condition": cond, "clients": k, "aggregator": agg, "anchor_ms": 100.0 * speedup * factor,
-                     "flat_ms": 100.0, "floor_ms": 100.0 / vs_floor, "speedup": speedup * factor, "vs_floor": vs_floor}
-                if agg == "WeightedMean":
+            for agg in ("WeightedMean", "FisherMean") + (("FedAdam step",) if k == 10 else ()):
+                step = agg == "FedAdam step"
+                r = {"condition": cond, "clients": 0 if step else k, "aggregator": agg,
+                     "anchor_ms": 100.0 * speedup * factor, "flat_ms": 100.0, "floor_ms": 100.0 / vs_floor,
+                     "speedup": speedup * factor, "vs_floor": vs_floor}
+                if agg != "FisherMean":
                     r |= {"tensors_ms": 120.0, "tensors_speedup": speedup * factor / 1.2}
+                if not step:
+                    r |= {"many_ms": 100.0, "many_floor_ms": 100.0 / vs_floor, "many_speedup": speedup * factor,
+                          "many_vs_floor": vs_floor}
                 out.append(r)
         return out
     load = {"load1": 0.5, "runnable": 1}
@@ -95,11 +100,19 @@ def verdicts(rows, bench: str, metric_start: str) -> list[str]:
 def test_targets_met_and_missed(run_all):
     rows = run_all.build_table(fake_results(), cuda=False, device="cpu")
     assert all(len(r) == len(run_all.HEADERS) for r in rows)
-    # quiet: >= 2.5x Flower (3x), busy: >= 1x (1.5x); every K and aggregator
-    assert verdicts(rows, "aggregate", "WeightedMean vs Flower") == ["yes"] * 4
-    assert verdicts(rows, "aggregate", "FisherMean vs Flower") == ["yes"] * 4
-    assert verdicts(rows, "aggregate", "WeightedMean of separate tensors") == ["-", "-", "yes", "yes"]  # busy only
-    assert verdicts(rows, "aggregate", "WeightedMean time vs copy floor") == ["yes", "yes", "-", "-"]  # quiet only
+    # add_many: quiet >= 2.5x Flower (3x), busy >= 1x (1.5x); every K and aggregator
+    assert verdicts(rows, "aggregate", "WeightedMean.add_many (K uploads in memory) vs Flower") == ["yes"] * 4
+    assert verdicts(rows, "aggregate", "FisherMean.add_many (K uploads in memory) vs Flower") == ["yes"] * 4
+    assert verdicts(rows, "aggregate", "WeightedMean.add_many time vs copy floor") == ["yes", "yes", "-", "-"]
+    # streaming: targeted on a busy machine only (quiet, it moves three times add_many's bytes)
+    stream = "WeightedMean streaming (one client at a time)"
+    assert verdicts(rows, "aggregate", stream + " vs Flower") == ["-", "-", "yes", "yes"]
+    assert verdicts(rows, "aggregate", stream + ", separate tensors") == ["-", "-", "yes", "yes"]
+    assert verdicts(rows, "aggregate", stream + " time vs copy floor") == ["-"] * 4
+    # the server step: targeted quiet and busy, no add_many
+    assert verdicts(rows, "aggregate", "FedAdam step vs Flower") == ["yes", "yes"]
+    assert verdicts(rows, "aggregate", "FedAdam step time vs copy floor") == ["yes", "-"]
+    assert not verdicts(rows, "aggregate", "FedAdam step.add_many")
     assert verdicts(rows, "aggregate", "peak memory, WeightedMean") == ["yes"]
     assert verdicts(rows, "aggregate", "peak memory, Flower") == ["-"]      # informational, no target
     assert verdicts(rows, "vit_sparse_fl", "round overhead") == ["yes"]
@@ -121,9 +134,11 @@ def test_targets_met_and_missed(run_all):
                                            llm={("fedavg", 0): 0.049, ("scaffold", 0): 0.05, ("fedprox", 8): 0.2}),
                               cuda=False, device="cpu")
     # 1.5x: NO quiet (< 2.5x), busy 0.75x: NO; 1.4x the floor: NO
-    assert verdicts(bad, "aggregate", "WeightedMean vs Flower") == ["NO"] * 4
-    assert verdicts(bad, "aggregate", "WeightedMean of separate tensors") == ["-", "-", "NO", "NO"]
-    assert verdicts(bad, "aggregate", "WeightedMean time vs copy floor") == ["NO", "NO", "-", "-"]
+    assert verdicts(bad, "aggregate", "WeightedMean.add_many (K uploads in memory) vs Flower") == ["NO"] * 4
+    assert verdicts(bad, "aggregate", stream + " vs Flower") == ["-", "-", "NO", "NO"]
+    assert verdicts(bad, "aggregate", stream + ", separate tensors") == ["-", "-", "NO", "NO"]
+    assert verdicts(bad, "aggregate", "WeightedMean.add_many time vs copy floor") == ["NO", "NO", "-", "-"]
+    assert verdicts(bad, "aggregate", "FedAdam step time vs copy floor") == ["NO", "-"]
     assert verdicts(bad, "aggregate", "peak memory, WeightedMean") == ["NO"]
     assert verdicts(bad, "vit_sparse_fl", "round overhead") == ["NO"]
     assert verdicts(bad, "mamba_fl", "FedAvg round overhead") == ["yes"]
@@ -147,8 +162,10 @@ def test_derived_values(run_all):
     llm = [r for r in rows if r[0] == "llm_noniid"]
     assert llm[0][3] == "3.0% of 0.500 s (15000 tokens/s)"
     agg = [r for r in rows if r[0] == "aggregate"]
-    assert len(agg) == 22 and all("2 thread(s)" in r[1] for r in agg)  # the thread count bench_aggregate used
-    assert [r[3] for r in agg if r[2] == "WeightedMean vs Flower"][0] == "3.00x faster (100 vs 300 ms)"
+    # per condition: K=10 WeightedMean 5 rows, FisherMean 4, FedAdam step 3; K=100 9; and 2 peak-memory rows
+    assert len(agg) == 2 * (12 + 9) + 2 and all("2 thread(s)" in r[1] for r in agg)  # bench_aggregate's threads
+    first = [r[3] for r in agg if r[2] == "WeightedMean.add_many (K uploads in memory) vs Flower"][0]
+    assert first == "3.00x faster (100 vs 300 ms)"
     assert any("busy (2 busy loops), load 0.5, K=100" in r[1] for r in agg)
 
 
