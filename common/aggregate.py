@@ -173,6 +173,16 @@ class _Streaming:
             raise ValueError(f"add_many: {n_clients} clients but {len(weights)} weights")
         return weights
 
+    _CHUNK = 1 << 19  # scratch chunks: 2 MiB of float32, measured 10% faster per add than 1 << 18 (21.7M params)
+
+    def _scratch_chunk(self, i: int = 0) -> torch.Tensor:
+        """The i-th scratch chunk (``_CHUNK`` values of ``acc_dtype``, kept): work space that stays in cache, for
+        results computed chunk by chunk without temporaries of the model's size."""
+        scratch = self.__dict__.setdefault("_scratch", [])
+        while len(scratch) <= i:
+            scratch.append(torch.empty(min(self._CHUNK, self.numel), dtype=self.acc_dtype, device=self.device))
+        return scratch[i]
+
     def _offsets(self) -> list[int]:
         return [v.storage_offset() for v in self._views[0]]
 
@@ -323,27 +333,37 @@ class FisherMean(_Streaming):
 
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
+        """Computed chunk by chunk in three scratch chunks that stay in cache (no temporaries of the model's
+        size; measured 290 -> 40 ms for 21.7M parameters), with the ops of the formula in its order, so the
+        values are those of the whole-tensor expression ``where(den > 0, (num + eps mean) / (den + eps),
+        mean)`` bit for bit (the select is ``_select_into``)."""
         total = self._total()
         num, den, tot = self._flats[0][:self.numel], self._flats[1], self._flats[2]
         eps = self.eps * float(den.mean())  # a reduction: left to torch's threads (its sum order may depend on them)
-        with self._threads():
-            mean = tot / total
-            if not eps > 0:  # no client carries any Fisher information: FedAvg everywhere
-                flat = mean
-            else:
-                flat = torch.where(den > 0, (num + eps * mean) / (den + eps), mean)
-        if not eps > 0:
-            self.eps_share = 1.0
-        else:
-            with self._threads():  # an integer count: exact whatever the threads
-                self.eps_share = float((den <= eps).sum()) / self.numel
         out = self._out(out)
         flat_out = as_flat(out)
-        if flat_out is not None and flat_out.numel() == self.numel:
-            with self._threads():
-                flat_out.copy_(flat)
-        else:
-            P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
+        direct = flat_out is not None and flat_out.numel() == self.numel and flat_out.dtype == self.acc_dtype
+        flat = flat_out if direct else P.empty_flat(self.numel, self.acc_dtype, self.device)
+        at_floor = 0
+        with self._threads():
+            for lo in range(0, self.numel, self._CHUNK):
+                hi = min(self.numel, lo + self._CHUNK)
+                mean, q, d = (self._scratch_chunk(i)[:hi - lo] for i in range(3))
+                torch.div(tot[lo:hi], total, out=mean)
+                if not eps > 0:  # no client carries any Fisher information: FedAvg everywhere
+                    flat[lo:hi].copy_(mean)
+                    continue
+                torch.add(num[lo:hi], torch.mul(mean, eps, out=q), out=q)
+                torch.div(q, torch.add(den[lo:hi], eps, out=d), out=q)
+                _select_into(flat[lo:hi], den[lo:hi] > 0, q, mean)
+                at_floor += int((den[lo:hi] <= eps).sum())  # an integer count: exact whatever the threads
+        self.eps_share = at_floor / self.numel if eps > 0 else 1.0
+        if not direct:
+            if flat_out is not None and flat_out.numel() == self.numel:
+                with self._threads():
+                    flat_out.copy_(flat)
+            else:
+                P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
         return out
 
 
@@ -395,21 +415,18 @@ class MaskedMean(_Streaming):
             self._add_masked(accs[0], accs[1], xs[0], xs[1], w)
         self._add_blocked(flats, weights, add_block)
 
-    _CHUNK = 1 << 19  # 2 MiB of float32: measured 10% faster per add than 1 << 18 for 21.7M parameters
-
-    def _scratch_chunk(self) -> torch.Tensor:
-        if getattr(self, "_scratch", None) is None:
-            self._scratch = torch.empty(min(self._CHUNK, self.numel), dtype=self.acc_dtype, device=self.device)
-        return self._scratch
-
     def _add_masked(self, num, cnt, t, m, weight) -> None:
         """num += w m t; cnt += w m over 1-D views. A non-float mask (bool) is first cast into a small float
         scratch chunk that stays in cache: ops mixing a bool and a float tensor take torch's slow casting
-        loop (measured 3x slower); the values are the same (m is 0 or 1 either way)."""
+        loop (measured 3x slower); the values are the same (m is 0 or 1 either way). A bool mask is cast
+        from its bytes seen as uint8 (a torch bool is stored as 0 or 1): torch's bool -> float copy is not
+        vectorized (289 vs 31 us for 512K elements on one thread)."""
         if m.dtype == num.dtype:
             num.addcmul_(m, t, value=weight)
             cnt.add_(m, alpha=weight)
             return
+        if m.dtype == torch.bool:
+            m = m.view(torch.uint8)
         for lo in range(0, m.numel(), self._CHUNK):
             hi = min(m.numel(), lo + self._CHUNK)
             s = self._scratch_chunk()[:hi - lo]

@@ -379,3 +379,31 @@ def test_add_many_refuses_mismatched_lists():
         A.MaskedMean(cs[0]).add_many(cs, cs[:2])
     with pytest.raises(ValueError, match="1-D with 34259 values"):  # a flat upload of the wrong size
         A.WeightedMean(cs[0]).add_many([P.flatten(cs[0])[:-1]])
+
+
+@pytest.mark.parametrize("chunk", [A._Streaming._CHUNK, 1000])
+@pytest.mark.parametrize("out_kind", ["new", "flat", "separate", "bf16"])
+def test_fisher_mean_result_is_the_whole_tensor_formula_bit_for_bit(monkeypatch, chunk, out_kind):
+    """result() works chunk by chunk in scratch space; its values must be those of the whole-tensor
+    expression where(den > 0, (num + eps mean) / (den + eps), mean), and eps_share the count of den <= eps."""
+    monkeypatch.setattr(A._Streaming, "_CHUNK", chunk)
+    cs, fs = _uploads(4, seed=21), _uploads(4, seed=22, positive=True)
+    for f in fs:  # coordinates no client's loss touched (den = 0) and tiny ones (below the eps floor)
+        f[1][:300] = 0.0
+        f[0][:5] *= 1e-12
+    agg = A.FisherMean(cs[0], eps=1e-2)
+    for k, (c, f) in enumerate(zip(cs, fs)):
+        agg.add(c, f, 1.0 + k)
+    num, den, tot = (b[:agg.numel] for b in agg.accumulators())
+    mean = tot / agg.total_weight
+    eps = agg.eps * float(den.mean())
+    ref = torch.where(den > 0, (num + eps * mean) / (den + eps), mean)
+    out = {"new": None, "flat": as_views([torch.zeros(s) for s in BIG]), "separate": [torch.zeros(s) for s in BIG],
+           "bf16": as_views([torch.zeros(s, dtype=torch.bfloat16) for s in BIG])}[out_kind]
+    res = agg.result(out=out)
+    assert torch.equal(P.flatten(res), ref.to(res[0].dtype))
+    assert agg.eps_share == int((den <= eps).sum()) / agg.numel and 0 < agg.eps_share < 0.1
+    nothing = A.FisherMean(cs[0])  # no Fisher information anywhere: the weighted mean, every coordinate at the floor
+    for k, c in enumerate(cs):
+        nothing.add(c, [torch.zeros(s) for s in BIG], 1.0 + k)
+    assert torch.equal(P.flatten(nothing.result()), mean) and nothing.eps_share == 1.0
