@@ -166,6 +166,19 @@ class _Streaming:
             out.append(tuple(flats))
         return out
 
+    def _add_many_with(self, clients, others, weights, what: str, add_block) -> None:
+        """``add_many`` of an aggregator whose clients carry one more quantity (a Fisher, a mask): blocked
+        when every client's two quantities are flat, else ``add`` one by one."""
+        if len(others) != len(clients):
+            raise ValueError(f"add_many: {len(clients)} clients but {len(others)} {what}")
+        weights = self._weights(len(clients), weights)
+        flats = self._flat_clients(clients, others)
+        if not flats:
+            for c, o, w in zip(clients, others, weights):
+                self.add(*(P.unflatten(x, self._views[0]) if isinstance(x, torch.Tensor) else x for x in (c, o)), w)
+            return
+        self._add_blocked(flats, weights, add_block)
+
     @staticmethod
     def _weights(n_clients: int, weights) -> list[float]:
         weights = [1.0] * n_clients if weights is None else [float(w) for w in weights]
@@ -315,21 +328,12 @@ class FisherMean(_Streaming):
     def add_many(self, clients: Sequence, fishers: Sequence, weights: Sequence[float] | None = None) -> None:
         """``add(clients[k], fishers[k], weights[k])`` for every k in order, bit for bit; uploads that are
         one buffer each (or lists tiling one) are read once, block by block (module docstring)."""
-        if len(fishers) != len(clients):
-            raise ValueError(f"add_many: {len(clients)} clients but {len(fishers)} Fisher lists")
-        weights = self._weights(len(clients), weights)
-        flats = self._flat_clients(clients, fishers)
-        if flats is None or not flats:
-            for c, f, w in zip(clients, fishers, weights):
-                self.add(*(P.unflatten(x, self._views[0]) if isinstance(x, torch.Tensor) else x for x in (c, f)), w)
-            return
-
         def add_block(k, accs, xs, w):
             (num, den, tot), (t, f) = accs, xs
             num.addcmul_(f, t, value=w)
             den.add_(f, alpha=w)
             tot.add_(t, alpha=w)
-        self._add_blocked(flats, weights, add_block)
+        self._add_many_with(clients, fishers, weights, "Fisher lists", add_block)
 
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
@@ -402,18 +406,9 @@ class MaskedMean(_Streaming):
     def add_many(self, clients: Sequence, masks: Sequence, weights: Sequence[float] | None = None) -> None:
         """``add(clients[k], masks[k], weights[k])`` for every k in order, bit for bit; clients and masks
         that are one buffer each (or lists tiling one, no None mask) are read once, block by block."""
-        if len(masks) != len(clients):
-            raise ValueError(f"add_many: {len(clients)} clients but {len(masks)} masks")
-        weights = self._weights(len(clients), weights)
-        flats = self._flat_clients(clients, masks)
-        if flats is None or not flats:
-            for c, m, w in zip(clients, masks, weights):
-                self.add(*(P.unflatten(x, self._views[0]) if isinstance(x, torch.Tensor) else x for x in (c, m)), w)
-            return
-
         def add_block(k, accs, xs, w):
             self._add_masked(accs[0], accs[1], xs[0], xs[1], w)
-        self._add_blocked(flats, weights, add_block)
+        self._add_many_with(clients, masks, weights, "masks", add_block)
 
     def _add_masked(self, num, cnt, t, m, weight) -> None:
         """num += w m t; cnt += w m over 1-D views. A non-float mask (bool) is first cast into a small float
