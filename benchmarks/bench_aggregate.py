@@ -31,14 +31,15 @@ elsewhere hits every method alike):
 
 Buffers of ours (uploads, accumulators, the copy floor's) come from ``common.params.empty_flat`` (2 MiB
 aligned, transparent huge pages advised, as numpy does for its large arrays, Flower's included).
-Copy floor: ``copy_`` of the accumulator's size (with the thread count ours gets: every thread on a quiet
-machine, one on a busy one, ``common.params.threads_for``), timed in the same round-robin, scaled to the bytes the
-aggregation must move. Streaming: per client, read its upload and read + write the accumulators
-(WeightedMean 12 bytes per parameter, FisherMean 40, MaskedMean 22 with 1-byte masks), plus zeroing the
-accumulators and writing the result once (WeightedMean 12K + 12 bytes per parameter in all). add_many:
-per client, read its upload only (WeightedMean 4, FisherMean 8, MaskedMean 5), plus the same once per
-aggregation (WeightedMean 4K + 12). The FedAdam step reads four tensors and writes three (28), the
-FedAvgM step three and two (20). "vs floor" = time / floor time: 1.0 would be the machine's copy bandwidth.
+Copy floor: ``copy_`` of each of the K distinct uploads into one buffer (with the thread count ours gets: every
+thread on a quiet machine, one on a busy one, ``common.params.threads_for``), timed in the same round-robin; the
+time per copy (8 bytes per parameter: read and write) scaled to the bytes the aggregation must move.
+Streaming: per client, read its upload and read + write the accumulators (WeightedMean 12 bytes per
+parameter, FisherMean 40, MaskedMean 22 with 1-byte masks), plus zeroing the accumulators and writing the
+result once (WeightedMean 12K + 12 bytes per parameter in all). add_many: per client, read its upload only
+(WeightedMean 4, FisherMean 8, MaskedMean 5), plus the same once per aggregation (WeightedMean 4K + 12).
+The FedAdam step reads four tensors and writes three (28), the FedAvgM step three and two (20).
+"vs floor" = time / floor time: 1.0 would be the machine's copy bandwidth.
 
 Conditions: ``quiet`` (nothing started; the load average of the machine is printed, a shared machine is
 not quiet) and ``busy``: the benchmark starts one busy loop per core (``--busy-loops``, each a separate
@@ -59,7 +60,7 @@ import os
 import subprocess
 import sys
 import time
-from functools import reduce
+from functools import partial, reduce
 
 import numpy as np
 import torch
@@ -340,17 +341,19 @@ def busy_loops(n: int, limit_s: float):
             p.wait()
 
 
-def copy_floor(dst, src):
-    """``dst.copy_(src)`` with the thread count ours gets (``common.params.threads_for``): the bandwidth the
-    machine gives one copy right now, quiet or busy."""
-    with P.threads_for(src.numel(), src.device):
-        dst.copy_(src)
+def copy_floor(dst, srcs):
+    """``dst.copy_(src)`` for each of the K distinct uploads, with the thread count ours gets
+    (``common.params.threads_for``): the bandwidth the machine gives a copy right now, quiet or busy, sampled
+    over about as long as an aggregation of K clients takes (one 83 MiB copy lasts 3-6 ms here, and its
+    time moved 1.6x from one repetition to the next)."""
+    with P.threads_for(dst.numel(), dst.device):
+        for src in srcs:
+            dst.copy_(src)
 
 
 def time_condition(args, c: Clients, device, condition: str) -> dict:
     """Every method of every K, round-robin, under one condition; one row per (K, aggregator)."""
     n_busy = (args.busy_loops or os.cpu_count() or 1) if condition == "busy" else 0
-    src = P.empty_flat(c.numel, torch.float32, device).copy_(P.flatten(c.base))
     dst = P.empty_flat(c.numel, torch.float32, device).zero_()
     rows = []
     before = loadavg()
@@ -373,9 +376,9 @@ def time_condition(args, c: Clients, device, condition: str) -> dict:
                 if name in args.aggregators and k == args.clients[0]:
                     fns |= {(name, "anchor"): ANCHOR_STEPS[name](c), (name, "flat"): server_step_fn(c, name, True),
                             (name, "tensors"): server_step_fn(c, name, False)}
-            fns[("copy", "floor")] = lambda: copy_floor(dst, src)
+            fns[("copy", "floor")] = partial(copy_floor, dst, c.distinct(k)[0])
             t = timeit_many(fns, warmup=args.warmup, repeats=args.repeats, device=device)
-            copy_ms = t.pop(("copy", "floor")).ms
+            copy_ms = t.pop(("copy", "floor")).ms / k  # per copy of one upload
             for agg in dict.fromkeys(a for a, _ in t):
                 per_client, fixed = BYTES[agg]
                 kk = k if agg not in SERVER_STEPS else 0

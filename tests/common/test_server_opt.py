@@ -115,14 +115,17 @@ STEPS = [("fedavg", {"lr": 0.7}), ("fedavgm", {"form": "heavy-ball"}), ("fedavgm
          ("fedadam", {"bias_correction": True})]
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("fused", [True, "small blocks", False])
 @pytest.mark.parametrize("name,kwargs", STEPS)
 def test_flat_chunked_step_is_bit_equal_to_the_per_tensor_step(monkeypatch, name, kwargs, fused):
-    """Parameters, average and state tiling one buffer take one op per pass (torch's fused kernels) or the
-    chunked path (several cache-sized pieces here, ``fused=False``: what other dtypes get); separate tensors
-    the per-tensor one: the same bits after a few steps."""
+    """Parameters, average and state tiling one buffer take torch's fused kernels block by block (one block
+    here, or 18 with "small blocks") or the chunked path (several cache-sized pieces here, ``fused=False``:
+    what other dtypes get); separate tensors the per-tensor one: the same bits after a few steps, state
+    included."""
     if not fused:
         monkeypatch.setattr(O.ServerOptimizer, "_fusable", lambda self, params, average: False)
+    if fused == "small blocks":
+        monkeypatch.setattr(O.ServerOptimizer, "_FUSED_BLOCK", 10_000)
     g = torch.Generator().manual_seed(0)
     shapes = [(300, 400), (50_000,), (7,)]  # 170K elements: three CHUNK_NUMEL pieces
     x0 = [torch.randn(s, generator=g) for s in shapes]
@@ -136,6 +139,8 @@ def test_flat_chunked_step_is_bit_equal_to_the_per_tensor_step(monkeypatch, name
         opt_flat.step(flat, P.clone(a))
         opt_sep.step(sep, a)
     assert all(torch.equal(x, y) for x, y in zip(flat, sep))
+    for b_flat, b_sep in zip(opt_flat.buffers, opt_sep.buffers):
+        assert all(torch.equal(x, y) for x, y in zip(b_flat, b_sep))
 
 
 @pytest.mark.parametrize("name,kwargs", STEPS[1:])
