@@ -346,6 +346,31 @@ def previous_rows(text: str) -> tuple[list[list[str]], str]:
     return [r for r in rows if len(r) == len(HEADERS)], date
 
 
+MEASURED = "- rows measured at: "
+
+
+def measured_dates(text: str, date: str) -> dict[str, str]:
+    """When each benchmark's rows (column 1 of the table) of an existing RESULTS.md were measured: from its
+    ``- rows measured at:`` line (written by ``--update``), else the file's date for every one."""
+    rows, _ = previous_rows(text)
+    dates = {r[0]: date for r in rows}
+    for line in text.splitlines():
+        if line.startswith(MEASURED):
+            for part in line[len(MEASURED):].split("; "):
+                when, _, names = part.partition(": ")
+                dates |= {n.strip(): when.strip() for n in names.split(",") if n.strip() in dates}
+    return dates
+
+
+def measured_line(dates: dict[str, str]) -> str:
+    """``- rows measured at: DATE: bench, bench; DATE: bench``, newest first."""
+    by_date: dict[str, list[str]] = {}
+    for name, when in dates.items():
+        by_date.setdefault(when, []).append(name)
+    return MEASURED + "; ".join(f"{when}: {', '.join(sorted(names))}"
+                                for when, names in sorted(by_date.items(), reverse=True))
+
+
 def merge_rows(new: list[list[str]], old: list[list[str]], ran: Sequence[str]) -> list[list[str]]:
     """This run's rows of the benchmarks in ``ran`` (and its failure rows), then the old rows of the others."""
     mine = set().union(*(ROW_NAMES.get(n, {n}) for n in ran))
@@ -423,15 +448,20 @@ def main(argv=None) -> dict:
                    for i, name in enumerate(names, start=1)}
     rows = build_table(results, cuda=torch.cuda.is_available(), device=args.device)
     command = " ".join(["python benchmarks/run_all.py", *(sys.argv[1:] if argv is None else argv)])
+    header = header_lines(args.device, args.threads, args.full)
     kept = []
     if args.update and args.only and args.output and Path(args.output).is_file():
-        old, date = previous_rows(Path(args.output).read_text())
+        previous = Path(args.output).read_text()
+        old, date = previous_rows(previous)
         rows = merge_rows(rows, old, names)
-        others = sorted({r[0] for r in old} - set().union(*(ROW_NAMES.get(n, {n}) for n in names)))
-        kept = [f"- rows re-measured by this command: {', '.join(names)}; rows of {', '.join(others)} are kept "
-                f"from the previous run of this file ({date}), see its command in the history of this file"]
-    text = "\n".join(["# Benchmark results", "", *header_lines(args.device, args.threads, args.full),
-                      f"- command: `{command}`", *kept, "", markdown_table(HEADERS, rows), ""])
+        now = header[0][len("- date: "):]
+        mine = set().union(*(ROW_NAMES.get(n, {n}) for n in names))
+        dates = {b: when for b, when in measured_dates(previous, date).items() if b not in mine}
+        dates |= {r[0]: now for r in rows if r[0] in mine or r[0] in names}
+        kept = [f"- rows re-measured by this command: {', '.join(names)}; the others are kept from earlier runs "
+                "of this file (their commands are in its history)", measured_line(dates)]
+    text = "\n".join(["# Benchmark results", "", *header, f"- command: `{command}`", *kept, "",
+                      markdown_table(HEADERS, rows), ""])
     print()
     print(text)
     if args.output:

@@ -5,8 +5,9 @@ with fused ``torch._foreach_*`` ops through ``common.params.foreach``: when the 
 the state buffers each tile one buffer (``common.params.clone`` / ``zeros_like`` results, an aggregator's
 ``result()``), every op of a step is ONE op on those buffers; the pseudo-gradient is theta - avg.
 FedAvgM and FedAdam on parameters and state in ``acc_dtype`` (CPU or CUDA) use torch's fused optimizer
-kernels instead (``torch._fused_sgd_`` / ``torch._fused_adam_``: the pseudo-gradient into a scratch buffer,
-then one pass; 2.5-3x faster than the foreach ops for 21.7M parameters, same values up to float rounding).
+kernels instead (``torch._fused_sgd_`` / ``torch._fused_adam_``; on flat CPU buffers block by block, the
+pseudo-gradient into a cached scratch block then the kernel: one pass over memory; FedAdam on 21.7M
+parameters 13 ms against 50 ms as foreach ops, same values up to float rounding).
 FedAvg (optionally with a server learning rate), FedAvgM in both the heavy-ball form (Hsu et al. 2019,
 Flower) and the source project's EMA form, and FedAdam (Reddi et al. 2021). State (momentum / moment
 buffers, step count) is kept in ``acc_dtype`` and round-trips through ``state_dict()`` for checkpoints.

@@ -299,3 +299,18 @@ def test_update_keeps_the_rows_of_benchmarks_not_rerun(run_all, tmp_path):
     agg = [r for r in merged if r[0] == "aggregate"]
     assert agg and all(r in new for r in agg)                     # aggregate: this run's rows only
     assert [r for r in merged if r[0] != "aggregate"] == [r for r in rows if r[0] != "aggregate"]  # the rest kept
+
+
+def test_update_records_when_each_benchmarks_rows_were_measured(run_all):
+    """A chain of --update runs keeps each kept benchmark's own measurement date, not the last file's."""
+    old = run_all.build_table(fake_results(), cuda=False, device="cpu")
+    full = "\n".join(["# Benchmark results", "", "- date: 2026-01-01 00:00 UTC", "",
+                      run_all.markdown_table(run_all.HEADERS, old), ""])
+    dates = run_all.measured_dates(full, "2026-01-01 00:00 UTC")
+    assert set(dates) == {r[0] for r in old} and set(dates.values()) == {"2026-01-01 00:00 UTC"}
+    dates |= {"aggregate": "2026-01-02 09:30 UTC"}  # an --update run re-measured aggregate
+    line = run_all.measured_line(dates)
+    assert line.startswith("- rows measured at: 2026-01-02 09:30 UTC: aggregate; 2026-01-01 00:00 UTC: ")
+    updated = full.replace("- date: 2026-01-01 00:00 UTC", "- date: 2026-01-02 09:30 UTC\n" + line)
+    again = run_all.measured_dates(updated, "2026-01-02 09:30 UTC")  # read back from the updated file
+    assert again == dates
