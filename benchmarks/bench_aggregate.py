@@ -35,9 +35,10 @@ Copy floor: ``copy_`` of each of the K distinct uploads into one buffer (with th
 thread on a quiet machine, one on a busy one, ``common.params.threads_for``), timed in the same round-robin; the
 time per copy (8 bytes per parameter: read and write) scaled to the bytes the aggregation must move.
 Streaming: per client, read its upload and read + write the accumulators (WeightedMean 12 bytes per
-parameter, FisherMean 40, MaskedMean 22 with 1-byte masks), plus zeroing the accumulators and writing the
-result once (WeightedMean 12K + 12 bytes per parameter in all). add_many: per client, read its upload only
-(WeightedMean 4, FisherMean 8, MaskedMean 5), plus the same once per aggregation (WeightedMean 4K + 12).
+parameter, FisherMean 32: theta and F read once, block by block, MaskedMean 22 with 1-byte masks), plus
+zeroing the accumulators and writing the result once (WeightedMean 12K + 12 bytes per parameter in all).
+add_many: per client, read its upload only (WeightedMean 4, FisherMean 8, MaskedMean 5), plus the same once
+per aggregation (WeightedMean 4K + 12).
 The FedAdam step reads four tensors and writes three (28), the FedAvgM step three and two (20).
 "vs floor" = time / floor time: 1.0 would be the machine's copy bandwidth.
 
@@ -78,7 +79,7 @@ except ImportError:  # the optional `bench` extra
     flwr = flower_aggregate = None
 
 # bytes per parameter an aggregation must move: (per client, per aggregation), see the docstring
-BYTES = {"WeightedMean": (12, 12), "FisherMean": (40, 28), "MaskedMean": (22, 24), "FedAdam step": (0, 28),
+BYTES = {"WeightedMean": (12, 12), "FisherMean": (32, 28), "MaskedMean": (22, 24), "FedAdam step": (0, 28),
          "FedAvgM step": (0, 20)}
 BYTES_MANY = {"WeightedMean": (4, 12), "FisherMean": (8, 28), "MaskedMean": (5, 24)}  # add_many
 FEDADAM = {"lr": 1e-2, "betas": (0.9, 0.99), "tau": 1e-3}

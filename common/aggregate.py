@@ -312,28 +312,32 @@ class FisherMean(_Streaming):
 
     @torch.no_grad()
     def add(self, tensors, fisher, weight: float = 1.0) -> None:
+        """A client given as (views of) one buffer for theta and one for F goes block by block, the three
+        sums' ops on a block while its theta and F are in cache: theta and F read once from memory (32
+        bytes per parameter in all, against 40 for three whole passes); else one fused op per quantity."""
         tensors, fisher = self._check(tensors), self._check(fisher, "fisher")
         flat_t, flat_f = as_flat(tensors), as_flat(fisher)
-        if flat_t is not None and flat_f is not None:  # one op per quantity instead of one per tensor
-            num, den, tot = [self._flats[0][:self.numel]], [self._flats[1]], [self._flats[2]]
-            tensors, fisher = [flat_t], [flat_f]
-        else:
-            num, den, tot = self._views
+        if flat_t is not None and flat_f is not None:
+            self._add_blocked([(flat_t, flat_f)], [weight], self._add_block)
+            return
+        num, den, tot = self._views
         P.foreach(torch._foreach_addcmul_, num, fisher, tensors, value=weight)
         P.foreach(torch._foreach_add_, den, fisher, alpha=weight)
         P.foreach(torch._foreach_add_, tot, tensors, alpha=weight)
         self._flats[0][-1] += weight
 
+    @staticmethod
+    def _add_block(k, accs, xs, w) -> None:
+        (num, den, tot), (t, f) = accs, xs
+        num.addcmul_(f, t, value=w)
+        den.add_(f, alpha=w)
+        tot.add_(t, alpha=w)
+
     @torch.no_grad()
     def add_many(self, clients: Sequence, fishers: Sequence, weights: Sequence[float] | None = None) -> None:
         """``add(clients[k], fishers[k], weights[k])`` for every k in order, bit for bit; uploads that are
         one buffer each (or lists tiling one) are read once, block by block (module docstring)."""
-        def add_block(k, accs, xs, w):
-            (num, den, tot), (t, f) = accs, xs
-            num.addcmul_(f, t, value=w)
-            den.add_(f, alpha=w)
-            tot.add_(t, alpha=w)
-        self._add_many_with(clients, fishers, weights, "Fisher lists", add_block)
+        self._add_many_with(clients, fishers, weights, "Fisher lists", self._add_block)
 
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
