@@ -58,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -110,6 +111,9 @@ def get_args_parser(add_help: bool = True):
     parser.add_argument("--measure", default=None, choices=["anchor", "stream"],
                         help="internal: run one aggregation of this method and print its peak memory as JSON")
     parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
+    parser.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                        help="measure nothing: the targeted ratios across these --json summaries (repeated runs), "
+                             "min / median / max and how many runs met each target")
     return parser
 
 
@@ -466,8 +470,49 @@ def print_table(summary: dict) -> None:
                           "streaming, separate tensors ms (speedup)"], rows))
 
 
+def target_ratios(summary: dict) -> dict[tuple[str, str], tuple[float, str, float]]:
+    """(condition, what) -> (value, direction, bound) for every targeted ratio of one summary."""
+    out = {}
+    for cond in summary["conditions"]:
+        quiet = cond["name"] == "quiet"
+        for r in cond["rows"]:
+            k = f"K={r['clients']} " if r["clients"] else ""
+            if "many_ms" in r:
+                need = 2.5 if quiet else 1
+                out[(cond["name"], f"{k}{r['aggregator']}.add_many speedup")] = (r["many_speedup"], ">=", need)
+                if quiet:
+                    out[(cond["name"], f"{k}{r['aggregator']}.add_many vs floor")] = (r["many_vs_floor"], "<=", 1.3)
+            name = f"{k}{r['aggregator']}" + (" streaming" if "many_ms" in r else "")
+            if not quiet or "many_ms" not in r:
+                out[(cond["name"], f"{name} speedup")] = (r["speedup"], ">=", 2.5 if quiet else 1)
+            if quiet and "many_ms" not in r:
+                out[(cond["name"], f"{name} vs floor")] = (r["vs_floor"], "<=", 1.3)
+            if not quiet and "tensors_ms" in r:
+                out[(cond["name"], f"{name}, separate tensors, speedup")] = (r["tensors_speedup"], ">=", 1)
+    return out
+
+
+def summarize(paths: list[str]) -> dict:
+    """The targeted ratios of several runs side by side: min, median, max and runs that met the target."""
+    runs = [target_ratios(json.loads(open(p).read())) for p in paths]
+    rows, table = [], []
+    for key in runs[0]:
+        vals = [r[key][0] for r in runs if key in r]
+        _, direction, bound = runs[0][key]
+        met = sum((v >= bound) if direction == ">=" else (v <= bound) for v in vals)
+        rows.append({"condition": key[0], "what": key[1], "values": vals, "target": f"{direction} {bound:g}x",
+                     "met": met, "runs": len(vals)})
+        table.append([key[0], key[1], f"{min(vals):.2f}x", f"{statistics.median(vals):.2f}x", f"{max(vals):.2f}x",
+                      f"{direction} {bound:g}x", f"{met}/{len(vals)}"])
+    print(f"{len(paths)} runs: " + ", ".join(paths))
+    print(markdown_table(["condition", "ratio", "min", "median", "max", "target", "runs met"], table))
+    return {"runs": len(paths), "rows": rows}
+
+
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    if args.summarize:
+        return summarize(args.summarize)
     device = cli.resolve_device(args.device)
     cli.check(args.pool >= 1 and args.repeats >= 1 and min(args.clients) >= 1 and args.busy_loops >= 0,
               "--pool, --repeats and --clients must be >= 1, --busy-loops >= 0")

@@ -53,7 +53,7 @@ NO_NPROC = "not measured (run the `processes` benchmark)"
 
 # name -> (script, arguments for the default small run, arguments for --full)
 BENCHMARKS = {
-    "aggregate": ("bench_aggregate.py", ["--repeats", "3"], ["--repeats", "5"]),
+    "aggregate": ("bench_aggregate.py", ["--repeats", "5"], ["--repeats", "7"]),
     "vit": ("bench_vit.py", ["--archs", "vit_tiny", "--repeats", "3"], []),
     "mamba": ("bench_mamba_round.py", ["--layers", "1", "--rounds", "5"], []),
     # roberta-base merge timing + measured fedavg_rounds.py rounds on the tiny RoBERTa; --full adds the

@@ -48,6 +48,12 @@ def test_bench_aggregate_quick(tmp_path):
         many = {r["aggregator"] for r in cond["rows"] if r.get("many_ms", 0) > 0 and r["many_floor_ms"] > 0}
         assert many == {"WeightedMean", "FisherMean", "MaskedMean"}  # add_many timed for every aggregator
     assert json.loads((tmp_path / "agg.json").read_text())["anchor"] == out["anchor"]
+    summary = load("bench_aggregate").main(["--summarize", str(tmp_path / "agg.json"), str(tmp_path / "agg.json")])
+    rows = {(r["condition"], r["what"]): r for r in summary["rows"]}
+    many = rows[("quiet", "K=3 WeightedMean.add_many speedup")]  # the same run twice: min = max
+    assert summary["runs"] == 2 and many["runs"] == 2 and many["values"][0] == many["values"][1]
+    assert many["met"] == 2 * (many["values"][0] >= 2.5) and many["target"] == ">= 2.5x"
+    assert ("busy", "K=3 WeightedMean streaming, separate tensors, speedup") in rows
     ref = load("bench_aggregate").main(["--quick", "--no-memory", "--repeats", "1", "--warmup", "0", "--clients", "2",
                                         "--conditions", "quiet", "--aggregators", "WeightedMean", "--anchor",
                                         "reference"])
