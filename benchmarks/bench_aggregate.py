@@ -46,7 +46,8 @@ Conditions: ``quiet`` (nothing started; the load average of the machine is print
 not quiet) and ``busy``: the benchmark starts one busy loop per core (``--busy-loops``, each a separate
 Python process bounded by ``--busy-limit`` seconds) and stops them afterwards, so every core is shared.
 Targets, checked on the input Flower's ``aggregate`` takes (K uploads in memory: add_many): quiet:
-WeightedMean, FisherMean and MaskedMean >= 2.5x the anchor at every K and within 1.3x of the copy floor;
+WeightedMean, FisherMean and MaskedMean, and the server steps, >= 2.5x the anchor at every K and within 1.3x
+of the copy floor;
 busy: every aggregator (add_many, streaming and separate tensors) and the server steps no slower than
 their anchor (speedup >= 1x). The quiet streaming rows are reported, not targeted: one client at a time
 must read and write the sums once per client, three times the bytes of add_many for the weighted mean.

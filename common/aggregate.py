@@ -122,8 +122,8 @@ class _Streaming:
         return [torch.empty(s, dtype=d, device=self.device) for s, d in zip(self.shapes, self.dtypes)]
 
     # add_many: accumulator bytes per block of coordinates (all buffers together). Measured on ViT-S/16
-    # shapes, K = 50, 2 threads: 4 MiB for the weighted mean is 1.3x faster than 1 MiB and no slower than
-    # 8 MiB (benchmarks/bench_aggregate.py); small enough for a shared L3, big enough that the per-op cost
+    # shapes, K = 50, 2 threads: 4 MiB for the weighted mean is 1.2x faster than 1 MiB and as fast as 8 and
+    # 16 MiB (benchmarks/bench_aggregate.py); small enough for a shared L3, big enough that the per-op cost
     # (a Python call and a parallel region, about 10 us) is small against the block's memory traffic.
     _BLOCK_BYTES = 4 << 20
 
