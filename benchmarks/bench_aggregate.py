@@ -495,7 +495,12 @@ def target_ratios(summary: dict) -> dict[tuple[str, str], tuple[float, str, floa
 
 def summarize(paths: list[str]) -> dict:
     """The targeted ratios of several runs side by side: min, median, max and runs that met the target."""
-    runs = [target_ratios(json.loads(open(p).read())) for p in paths]
+    runs = []
+    for p in paths:
+        saved = cli.read_json(p)
+        cli.check(isinstance(saved, dict) and "conditions" in saved,
+                  f"{p}: not a bench_aggregate.py --json summary (no 'conditions')")
+        runs.append(target_ratios(saved))
     rows, table = [], []
     for key in runs[0]:
         vals = [r[key][0] for r in runs if key in r]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import os
 import sys
@@ -50,6 +51,17 @@ def check(condition: bool, message: str) -> None:
     """Raise ``UsageError(message)`` unless ``condition``."""
     if not condition:
         raise UsageError(message)
+
+
+def read_json(path: str | os.PathLike, missing: str | None = None) -> object:
+    """The JSON in ``path``. A missing file (``missing``: the message, else "no such file") or one that is not
+    JSON is a ``UsageError`` (one line, exit status 2), not a traceback."""
+    path = Path(path)
+    check(path.is_file(), missing or f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not JSON ({e})") from None
 
 
 def _both_spellings(names: Sequence[str]) -> list[str]:

@@ -20,7 +20,6 @@ flattens at the end, so a run can pass it and still end higher at a larger budge
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -47,11 +46,7 @@ def load_suites(paths: list[str]) -> dict[int, dict[str, dict]]:
     suites: dict[int, dict[str, dict]] = {}
     for p in paths:
         f = Path(p) / "results.json"
-        cli.check(f.is_file(), f"{p}: no results.json (run vit_sparse_fl/run_all_experiments.py there first)")
-        try:
-            saved = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise cli.UsageError(f"{f}: not JSON ({e})") from None
+        saved = cli.read_json(f, f"{p}: no results.json (run vit_sparse_fl/run_all_experiments.py there first)")
         cli.check(isinstance(saved, dict) and "rounds" in saved and "table" in saved,
                   f"{f}: not a suite's results.json (no 'rounds' / 'table'; written by run_all_experiments.py)")
         rounds = int(saved["rounds"])

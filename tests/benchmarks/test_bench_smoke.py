@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from common.cli import UsageError
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -54,6 +56,12 @@ def test_bench_aggregate_quick(tmp_path):
     assert summary["runs"] == 2 and many["runs"] == 2 and many["values"][0] == many["values"][1]
     assert many["met"] == 2 * (many["values"][0] >= 2.5) and many["target"] == ">= 2.5x"
     assert ("busy", "K=3 WeightedMean streaming, separate tensors, speedup") in rows
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    for bad, message in (("missing.json", "no such file"), ("broken.json", "not JSON"),
+                         ("other.json", "not a bench_aggregate.py --json summary")):
+        with pytest.raises(UsageError, match=message):
+            load("bench_aggregate").main(["--summarize", str(tmp_path / bad)])
     ref = load("bench_aggregate").main(["--quick", "--no-memory", "--repeats", "1", "--warmup", "0", "--clients", "2",
                                         "--conditions", "quiet", "--aggregators", "WeightedMean", "--anchor",
                                         "reference"])
