@@ -424,27 +424,41 @@ def measure_memory(args, device) -> dict:
     return {"method": args.measure, "clients": k, "before_bytes": before, "peak_bytes": peak}
 
 
+def target_ratios(summary: dict) -> dict[tuple[str, str], tuple[float, str, float]]:
+    """(condition, what) -> (value, direction, bound) for every targeted ratio of one summary."""
+    out = {}
+    for cond in summary["conditions"]:
+        quiet = cond["name"] == "quiet"
+        for r in cond["rows"]:
+            k = f"K={r['clients']} " if r["clients"] else ""
+            if "many_ms" in r:
+                need = 2.5 if quiet else 1
+                out[(cond["name"], f"{k}{r['aggregator']}.add_many speedup")] = (r["many_speedup"], ">=", need)
+                if quiet:
+                    out[(cond["name"], f"{k}{r['aggregator']}.add_many vs floor")] = (r["many_vs_floor"], "<=", 1.3)
+            name = f"{k}{r['aggregator']}" + (" streaming" if "many_ms" in r else "")
+            if not quiet or "many_ms" not in r:
+                out[(cond["name"], f"{name} speedup")] = (r["speedup"], ">=", 2.5 if quiet else 1)
+            if quiet and "many_ms" not in r:
+                out[(cond["name"], f"{name} vs floor")] = (r["vs_floor"], "<=", 1.3)
+            if not quiet and "tensors_ms" in r:
+                out[(cond["name"], f"{name}, separate tensors, speedup")] = (r["tensors_speedup"], ">=", 1)
+    return out
+
+
+def _met(value: float, direction: str, bound: float) -> bool:
+    return value >= bound if direction == ">=" else value <= bound
+
+
 def targets(conditions: list[dict], memory: list[dict]) -> list[tuple[str, bool]]:
+    """One check per condition: every ratio ``target_ratios`` targets (the misses named), and peak memory."""
     checks = []
+    ratios = target_ratios({"conditions": conditions})
     for cond in conditions:
-        rows = cond["rows"]
-        wm = [r for r in rows if r["aggregator"] == "WeightedMean"]
-        many = [r for r in rows if "many_ms" in r]
-        if cond["name"] == "quiet":
-            checks.append(("quiet: every aggregator's add_many >= 2.5x the anchor at every K",
-                           min(r["many_speedup"] for r in many) >= 2.5))
-            checks.append(("quiet: every aggregator's add_many within 1.3x of the copy floor",
-                           max(r["many_vs_floor"] for r in many) <= 1.3))
-            steps = [r for r in rows if r["aggregator"] in SERVER_STEPS]
-            if steps:
-                checks.append(("quiet: the server steps >= 2.5x the anchor", min(r["speedup"] for r in steps) >= 2.5))
-                checks.append(("quiet: the server steps within 1.3x of the copy floor",
-                               max(r["vs_floor"] for r in steps) <= 1.3))
-        else:
-            checks.append(("busy: every aggregator (add_many and streaming) and the server step >= 1x its anchor",
-                           min([r["speedup"] for r in rows] + [r["many_speedup"] for r in many]) >= 1.0))
-            checks.append(("busy: WeightedMean of separate tensors >= 1x the anchor",
-                           min(r["tensors_speedup"] for r in wm) >= 1.0))
+        mine = [(what, v, d, b) for (c, what), (v, d, b) in ratios.items() if c == cond["name"]]
+        missed = [f"{what} {v:.2f}x" for what, v, d, b in mine if not _met(v, d, b)]
+        checks.append((f"{cond['name']}: {len(mine)} targeted ratios" + (f" (missed: {', '.join(missed)})"
+                                                                            if missed else ""), not missed))
     peaks = [m["peak_bytes"] for m in memory if m["method"] == "stream"]
     if len(peaks) > 1:
         checks.append(("peak memory K=max within 10% of K=min", abs(peaks[-1] / peaks[0] - 1) <= 0.10))
@@ -471,28 +485,6 @@ def print_table(summary: dict) -> None:
                           "streaming, separate tensors ms (speedup)"], rows))
 
 
-def target_ratios(summary: dict) -> dict[tuple[str, str], tuple[float, str, float]]:
-    """(condition, what) -> (value, direction, bound) for every targeted ratio of one summary."""
-    out = {}
-    for cond in summary["conditions"]:
-        quiet = cond["name"] == "quiet"
-        for r in cond["rows"]:
-            k = f"K={r['clients']} " if r["clients"] else ""
-            if "many_ms" in r:
-                need = 2.5 if quiet else 1
-                out[(cond["name"], f"{k}{r['aggregator']}.add_many speedup")] = (r["many_speedup"], ">=", need)
-                if quiet:
-                    out[(cond["name"], f"{k}{r['aggregator']}.add_many vs floor")] = (r["many_vs_floor"], "<=", 1.3)
-            name = f"{k}{r['aggregator']}" + (" streaming" if "many_ms" in r else "")
-            if not quiet or "many_ms" not in r:
-                out[(cond["name"], f"{name} speedup")] = (r["speedup"], ">=", 2.5 if quiet else 1)
-            if quiet and "many_ms" not in r:
-                out[(cond["name"], f"{name} vs floor")] = (r["vs_floor"], "<=", 1.3)
-            if not quiet and "tensors_ms" in r:
-                out[(cond["name"], f"{name}, separate tensors, speedup")] = (r["tensors_speedup"], ">=", 1)
-    return out
-
-
 def summarize(paths: list[str]) -> dict:
     """The targeted ratios of several runs side by side: min, median, max and runs that met the target."""
     runs = []
@@ -505,7 +497,7 @@ def summarize(paths: list[str]) -> dict:
     for key in runs[0]:
         vals = [r[key][0] for r in runs if key in r]
         _, direction, bound = runs[0][key]
-        met = sum((v >= bound) if direction == ">=" else (v <= bound) for v in vals)
+        met = sum(_met(v, direction, bound) for v in vals)
         rows.append({"condition": key[0], "what": key[1], "values": vals, "target": f"{direction} {bound:g}x",
                      "met": met, "runs": len(vals)})
         table.append([key[0], key[1], f"{min(vals):.2f}x", f"{statistics.median(vals):.2f}x", f"{max(vals):.2f}x",
