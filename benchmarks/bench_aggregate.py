@@ -69,7 +69,7 @@ import numpy as np
 import torch
 from benchlib import current_bytes, markdown_table, mib, peak_bytes, reset_peak, run_isolated, timeit_many
 
-from common import cli
+from common import cli, native
 from common import params as P
 from common.aggregate import FisherMean, MaskedMean, WeightedMean
 from common.server_opt import FedAdam, FedAvgM
@@ -524,7 +524,7 @@ def main(argv=None) -> dict:
     c = Clients(args, device)
     print(f"{len(c.base)} tensors, {c.numel / 1e6:.2f}M parameters ({mib(4 * c.numel)} MiB fp32), device {device}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, anchor {anchor_name(args)}, "
-          f"load average {loadavg()['load1']:.1f}", flush=True)
+          f"load average {loadavg()['load1']:.1f}, FisherMean / MaskedMean sums: {native.status()}", flush=True)
     conditions = [time_condition(args, c, device, cond) for cond in args.conditions]
 
     memory = []
@@ -545,7 +545,7 @@ def main(argv=None) -> dict:
     summary = {"numel": c.numel, "tensors": len(c.base), "anchor": anchor_name(args), "conditions": conditions,
                "memory": memory, "targets": [{"name": n, "met": ok} for n, ok in checks],
                "targets_met": all(ok for _, ok in checks), "device": str(device), "threads": torch.get_num_threads(),
-               "cores": os.cpu_count(), "quick": args.quick}
+               "cores": os.cpu_count(), "quick": args.quick, "kernels": native.status()}
     print_table(summary)
     print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
     if args.json:

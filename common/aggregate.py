@@ -21,7 +21,10 @@ ONE flat buffer per quantity (the per-parameter tensors are views of it), which 
   ``aggregate`` does): block by block of coordinates, the accumulators' block stays in cache while every
   upload streams through it once, so each upload is read once and the sums are written once, instead of
   read and written once per client (a third of the memory traffic of K ``add`` calls for the weighted
-  mean). Same values as ``add`` in the same order, bit for bit (elementwise ops, same per-coordinate order).
+  mean). Same values as ``add`` in the same order, bit for bit (elementwise ops, same per-coordinate order);
+* ``FisherMean`` and ``MaskedMean`` update two or three sums per client: on a CPU, with float32 sums and flat
+  clients, that is one fused loop per client and block (``common.native``, C compiled on first use) instead
+  of one torch op per sum, with the same arithmetic (the same bits; torch ops where the kernels cannot run).
 
 Sums are kept in ``acc_dtype`` (float32, or float64 when asked), whatever the parameters' dtype; ``result``
 returns tensors in the dtypes of ``like``. Shapes: ``like`` and every client list hold the same tensors
@@ -34,6 +37,7 @@ from collections.abc import Sequence
 
 import torch
 
+from common import native
 from common import params as P
 
 Tensors = list[torch.Tensor]
@@ -77,12 +81,14 @@ class _Streaming:
     def total_weight(self) -> float:
         return float(self._flats[0][-1])
 
-    _zero_pending = False  # WeightedMean: buffer 0 is still to be zeroed (its first add writes it instead)
+    _zero_pending = False  # the sums are still to be zeroed (after reset: a first add may write them instead)
 
     def _materialize(self) -> None:
+        """Zero the sums if ``reset`` left that pending."""
         if self._zero_pending:
             with self._threads():
-                self._flats[0][:self.numel].zero_()
+                for f in self._flats:
+                    f[:self.numel].zero_()
             self._zero_pending = False
 
     def accumulators(self) -> Tensors:
@@ -91,9 +97,12 @@ class _Streaming:
         return list(self._flats)
 
     def reset(self) -> None:
-        with self._threads():
-            for f in self._flats:
-                f.zero_()
+        """Start a new round. The sums are not zeroed here: the round's first client, when it goes through a
+        path that can (``WeightedMean`` given one buffer of the sums' dtype, a fused kernel), is written
+        (0 + w theta: the same bits) instead of added to zeros, one pass fewer over the sums; anything
+        else zeroes them first (``_materialize``)."""
+        self._flats[0][-1] = 0.0
+        self._zero_pending = True
 
     def _threads(self):
         """Threads for one op on the flat buffers (``common.params.threads_for``: one when the machine is busy)."""
@@ -132,16 +141,25 @@ class _Streaming:
         per = sum(f.element_size() for f in self._flats)
         return max(64, self._BLOCK_BYTES // per // 64 * 64)
 
-    def _add_blocked(self, clients: Sequence[Sequence[torch.Tensor]], weights: Sequence[float], add_block) -> None:
+    def _add_blocked(self, clients: Sequence[Sequence[torch.Tensor]], weights: Sequence[float], add_block,
+                     kernel: str | None = None) -> None:
         """For each block [lo, hi) of coordinates, every client in order: ``add_block(k, accs, xs, w)`` with
         the accumulators' and the k-th client's 1-D buffers cut to the block. One thread count for the
-        whole call (``_threads``), then the total weight, client by client as ``add`` does."""
-        with self._threads():
-            for lo in range(0, self.numel, self._block()):
-                hi = min(self.numel, lo + self._block())
-                accs = [f[lo:hi] for f in self._flats]
-                for k, (xs, w) in enumerate(zip(clients, weights)):
-                    add_block(k, accs, [x[lo:hi] for x in xs], w)
+        whole call (``_threads``), then the total weight, client by client as ``add`` does. ``kernel``: the
+        ``common.native`` kernel doing the same arithmetic as ``add_block`` in one pass, used when it runs
+        here (float32 sums on the CPU, the kernels built)."""
+        if kernel is not None and self._native():
+            native.add(kernel, self._flats, list(zip(*clients)), weights, self.numel, P.op_threads(self.numel),
+                       fresh=self._zero_pending)
+            self._zero_pending = False
+        else:
+            self._materialize()
+            with self._threads():
+                for lo in range(0, self.numel, self._block()):
+                    hi = min(self.numel, lo + self._block())
+                    accs = [f[lo:hi] for f in self._flats]
+                    for k, (xs, w) in enumerate(zip(clients, weights)):
+                        add_block(k, accs, [x[lo:hi] for x in xs], w)
         for w in weights:
             self._flats[0][-1] += w
 
@@ -168,7 +186,8 @@ class _Streaming:
 
     def _add_many_with(self, clients, others, weights, what: str, add_block) -> None:
         """``add_many`` of an aggregator whose clients carry one more quantity (a Fisher, a mask): blocked
-        when every client's two quantities are flat, else ``add`` one by one."""
+        (``_kernel``'s fused kernel where it applies) when every client's two quantities are flat, else
+        ``add`` one by one."""
         if len(others) != len(clients):
             raise ValueError(f"add_many: {len(clients)} clients but {len(others)} {what}")
         weights = self._weights(len(clients), weights)
@@ -177,7 +196,15 @@ class _Streaming:
             for c, o, w in zip(clients, others, weights):
                 self.add(*(P.unflatten(x, self._views[0]) if isinstance(x, torch.Tensor) else x for x in (c, o)), w)
             return
-        self._add_blocked(flats, weights, add_block)
+        self._add_blocked(flats, weights, add_block, self._kernel(flats))
+
+    def _native(self) -> bool:
+        """Whether ``common.native``'s kernels run on these sums: float32 on the CPU, the kernels built."""
+        return self.acc_dtype == torch.float32 and self.device.type == "cpu" and native.library() is not None
+
+    def _kernel(self, flats: Sequence[tuple[torch.Tensor, ...]]) -> str | None:
+        """The ``common.native`` kernel for clients given as these flat buffers, or None (torch ops)."""
+        return None
 
     @staticmethod
     def _weights(n_clients: int, weights) -> list[float]:
@@ -197,7 +224,10 @@ class _Streaming:
         return scratch[i]
 
     def _offsets(self) -> list[int]:
-        return [v.storage_offset() for v in self._views[0]]
+        """Where each tensor starts in the flat sums (relative to the buffer, which may start inside its
+        storage: ``common.params.empty_flat`` aligns big buffers)."""
+        start = self._flats[0].storage_offset()
+        return [v.storage_offset() - start for v in self._views[0]]
 
     def _total(self) -> float:
         total = self.total_weight
@@ -211,13 +241,6 @@ class WeightedMean(_Streaming):
 
     def __init__(self, like: Sequence[torch.Tensor], acc_dtype: torch.dtype = torch.float32):
         super().__init__(like, 1, acc_dtype)
-
-    def reset(self) -> None:
-        """Start a new round. The sum is not zeroed here: the round's first client given as one buffer of the
-        accumulator's dtype is written (w theta) instead of added to zeros, one pass fewer over the sum;
-        anything else zeroes it first (``_materialize``). Same values as adding to zeros."""
-        self._flats[0][-1] = 0.0
-        self._zero_pending = True
 
     @torch.no_grad()
     def add(self, tensors: Sequence[torch.Tensor], weight: float = 1.0) -> None:
@@ -318,8 +341,10 @@ class FisherMean(_Streaming):
         tensors, fisher = self._check(tensors), self._check(fisher, "fisher")
         flat_t, flat_f = as_flat(tensors), as_flat(fisher)
         if flat_t is not None and flat_f is not None:
-            self._add_blocked([(flat_t, flat_f)], [weight], self._add_block)
+            flats = [(flat_t, flat_f)]
+            self._add_blocked(flats, [weight], self._add_block, self._kernel(flats))
             return
+        self._materialize()
         num, den, tot = self._views
         P.foreach(torch._foreach_addcmul_, num, fisher, tensors, value=weight)
         P.foreach(torch._foreach_add_, den, fisher, alpha=weight)
@@ -333,6 +358,10 @@ class FisherMean(_Streaming):
         den.add_(f, alpha=w)
         tot.add_(t, alpha=w)
 
+    def _kernel(self, flats) -> str | None:
+        ok = all(t.dtype == f.dtype == torch.float32 for t, f in flats)
+        return "fisher_add" if ok else None
+
     @torch.no_grad()
     def add_many(self, clients: Sequence, fishers: Sequence, weights: Sequence[float] | None = None) -> None:
         """``add(clients[k], fishers[k], weights[k])`` for every k in order, bit for bit; uploads that are
@@ -341,17 +370,34 @@ class FisherMean(_Streaming):
 
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
-        """Computed chunk by chunk in three scratch chunks that stay in cache (no temporaries of the model's
-        size; measured 290 -> 40 ms for 21.7M parameters), with the ops of the formula in its order, so the
-        values are those of the whole-tensor expression ``where(den > 0, (num + eps mean) / (den + eps),
-        mean)`` bit for bit (the select is ``_select_into``)."""
+        """The formula in one fused pass (``common.native``), else chunk by chunk in three scratch chunks that
+        stay in cache (no temporaries of the model's size; 290 -> 40 ms for 21.7M parameters), with the ops of
+        the formula in its order, so the values are those of the whole-tensor expression ``where(den > 0,
+        (num + eps mean) / (den + eps), mean)`` bit for bit (the select is ``_select_into``) either way."""
         total = self._total()
+        self._materialize()
         num, den, tot = self._flats[0][:self.numel], self._flats[1], self._flats[2]
         eps = self.eps * float(den.mean())  # a reduction: left to torch's threads (its sum order may depend on them)
         out = self._out(out)
         flat_out = as_flat(out)
         direct = flat_out is not None and flat_out.numel() == self.numel and flat_out.dtype == self.acc_dtype
         flat = flat_out if direct else P.empty_flat(self.numel, self.acc_dtype, self.device)
+        at_floor = 0
+        if eps > 0 and self._native():  # the same formula fused: one pass
+            at_floor = native.fisher_result(num, den, tot, flat, total, eps, self.numel, P.op_threads(self.numel))
+        else:
+            at_floor = self._result_chunks(num, den, tot, flat, total, eps)
+        self.eps_share = at_floor / self.numel if eps > 0 else 1.0
+        if not direct:
+            if flat_out is not None and flat_out.numel() == self.numel:
+                with self._threads():
+                    flat_out.copy_(flat)
+            else:
+                P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
+        return out
+
+    def _result_chunks(self, num, den, tot, flat, total: float, eps: float) -> int:
+        """The formula as torch ops, chunk by chunk; returns the count of coordinates at the floor."""
         at_floor = 0
         with self._threads():
             for lo in range(0, self.numel, self._CHUNK):
@@ -365,14 +411,7 @@ class FisherMean(_Streaming):
                 torch.div(q, torch.add(den[lo:hi], eps, out=d), out=q)
                 _select_into(flat[lo:hi], den[lo:hi] > 0, q, mean)
                 at_floor += int((den[lo:hi] <= eps).sum())  # an integer count: exact whatever the threads
-        self.eps_share = at_floor / self.numel if eps > 0 else 1.0
-        if not direct:
-            if flat_out is not None and flat_out.numel() == self.numel:
-                with self._threads():
-                    flat_out.copy_(flat)
-            else:
-                P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
-        return out
+        return at_floor
 
 
 class MaskedMean(_Streaming):
@@ -388,20 +427,24 @@ class MaskedMean(_Streaming):
 
     @torch.no_grad()
     def add(self, tensors, masks, weight: float = 1.0) -> None:
+        """A client given as (views of) one buffer for theta and one for its mask goes block by block (the
+        fused kernel where it applies, ``_kernel``); else one pass per tensor, and one fused op for the
+        tensors whose mask is None."""
         tensors, masks = self._check(tensors), self._check(masks, "masks")
         dense = [i for i, m in enumerate(masks) if m is None]
         flat_t = as_flat(tensors)
         flat_m = as_flat(masks) if not dense else None
-        if flat_t is not None and flat_m is not None:  # one pass over the flat buffers
-            pairs = [(self._flats[0][:self.numel], self._flats[1], flat_t, flat_m)]
-        else:
-            num, cnt = self._views
-            pairs = [(num[i], cnt[i], tensors[i], masks[i]) for i in range(len(masks)) if masks[i] is not None]
+        if flat_t is not None and flat_m is not None:
+            flats = [(flat_t, flat_m)]
+            self._add_blocked(flats, [weight], self._add_block, self._kernel(flats))
+            return
+        self._materialize()
+        num, cnt = self._views
         with self._threads():
-            for num, cnt, t, m in pairs:
-                self._add_masked(num.view(-1), cnt.view(-1), t.reshape(-1), m.reshape(-1), weight)
+            for i, m in enumerate(masks):
+                if m is not None:
+                    self._add_masked(num[i].view(-1), cnt[i].view(-1), tensors[i].reshape(-1), m.reshape(-1), weight)
         if dense:
-            num, cnt = self._views
             P.foreach(torch._foreach_add_, [num[i] for i in dense], [tensors[i] for i in dense], alpha=weight)
             P.foreach(torch._foreach_add_, [cnt[i] for i in dense], scalar=weight)
         self._flats[0][-1] += weight
@@ -410,9 +453,16 @@ class MaskedMean(_Streaming):
     def add_many(self, clients: Sequence, masks: Sequence, weights: Sequence[float] | None = None) -> None:
         """``add(clients[k], masks[k], weights[k])`` for every k in order, bit for bit; clients and masks
         that are one buffer each (or lists tiling one, no None mask) are read once, block by block."""
-        def add_block(k, accs, xs, w):
-            self._add_masked(accs[0], accs[1], xs[0], xs[1], w)
-        self._add_many_with(clients, masks, weights, "masks", add_block)
+        self._add_many_with(clients, masks, weights, "masks", self._add_block)
+
+    def _add_block(self, k, accs, xs, w) -> None:
+        self._add_masked(accs[0], accs[1], xs[0], xs[1], w)
+
+    _KERNELS = {torch.bool: "masked_add_u8", torch.uint8: "masked_add_u8", torch.float32: "masked_add_f32"}
+
+    def _kernel(self, flats) -> str | None:
+        kernels = {self._KERNELS.get(m.dtype) if t.dtype == torch.float32 else None for t, m in flats}
+        return kernels.pop() if len(kernels) == 1 else None
 
     def _add_masked(self, num, cnt, t, m, weight) -> None:
         """num += w m t; cnt += w m over 1-D views. A non-float mask (bool) is first cast into a small float
@@ -436,12 +486,16 @@ class MaskedMean(_Streaming):
     @torch.no_grad()
     def result(self, fallback: Sequence[torch.Tensor], out: Sequence[torch.Tensor] | None = None) -> Tensors:
         self._total()
+        self._materialize()
         fallback = self._check(fallback, "fallback")
         out = self._out(out)
         tiny = torch.finfo(self.acc_dtype).tiny
         flat_out, flat_fb = as_flat(out), as_flat(fallback)
         if flat_out is not None and flat_fb is not None and flat_out.numel() == self.numel:  # one op per step
             num, cnt = self._flats[0][:self.numel], self._flats[1]
+            if flat_out.dtype == flat_fb.dtype == torch.float32 and self._native():  # the same formula fused
+                native.masked_result(num, cnt, flat_fb, flat_out, tiny, self.numel, P.op_threads(self.numel))
+                return out
             with self._threads():  # chunk by chunk into a scratch chunk: no temporaries of the model's size
                 for lo in range(0, self.numel, self._CHUNK):
                     hi = min(self.numel, lo + self._CHUNK)

@@ -407,3 +407,22 @@ def test_fisher_mean_result_is_the_whole_tensor_formula_bit_for_bit(monkeypatch,
     for k, c in enumerate(cs):
         nothing.add(c, [torch.zeros(s) for s in BIG], 1.0 + k)
     assert torch.equal(P.flatten(nothing.result()), mean) and nothing.eps_share == 1.0
+
+
+@pytest.mark.parametrize("kind", ["weighted", "fisher", "masked"])
+def test_result_of_big_bf16_parameters_with_float32_sums(kind):
+    """Sums in another dtype than the parameters, in buffers big enough to be 2 MiB aligned inside their
+    storage (common.params.empty_flat): result() without ``out`` allocates bf16 tensors at the right places
+    (it used the sums' storage offsets, alignment included, and failed with a shape error)."""
+    shapes = [(P.HUGE_PAGE_MIN_BYTES // 4 + 100,), (7, 3)]
+    g = torch.Generator().manual_seed(0)
+    cs = [[torch.randn(s, generator=g).to(torch.bfloat16) for s in shapes] for _ in range(2)]
+    make = {"weighted": A.WeightedMean, "fisher": A.FisherMean, "masked": A.MaskedMean}[kind]
+    agg = make(cs[0])
+    assert agg._flats[0].storage_offset() > 0  # the case: the buffer starts inside its storage
+    for c, w in zip(cs, (1.0, 3.0)):
+        agg.add(c, w) if kind == "weighted" else agg.add(c, [torch.ones(s, dtype=torch.bfloat16) for s in shapes], w)
+    res = agg.result(cs[0]) if kind == "masked" else agg.result()
+    for r, a, b in zip(res, *cs):
+        assert r.dtype == torch.bfloat16 and r.shape == a.shape
+        torch.testing.assert_close(r, ((a.float() + 3 * b.float()) / 4).to(torch.bfloat16))
