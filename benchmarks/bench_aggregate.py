@@ -51,6 +51,9 @@ of the copy floor;
 busy: every aggregator (add_many, streaming and separate tensors) and the server steps no slower than
 their anchor (speedup >= 1x). The quiet streaming rows are reported, not targeted: one client at a time
 must read and write the sums once per client, three times the bytes of add_many for the weighted mean.
+FisherMean's and MaskedMean's sums and results run as fused C kernels where they can (``common.native``;
+the first line printed says which); ``FEDLAB_NATIVE=0 python benchmarks/bench_aggregate.py`` times the torch
+ops that do the same arithmetic.
 Peak memory: each (method, K) runs once more in a fresh process (CPU: peak resident set, VmHWM);
 target: WeightedMean flat in K.
 """
