@@ -117,7 +117,7 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
     if missing:
         raise ValueError(f"params {missing} are not parameters of the model")
     names = [names_by_id[id(p)] for p in params]
-    fisher = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
+    fisher = P.zeros_like(params, dtype=torch.float32)  # views of one buffer: an aggregator adds it in one op
     count = 0
     was_training = model.training
     model.eval()
@@ -242,7 +242,10 @@ class LocalStepFisher:
         if self.steps < 2:
             raise ValueError(f"LocalStepFisher.estimate(): needs at least 2 backward passes since reset(), "
                              f"got {self.steps}")
-        return [(s / max(n - 1, 1)).clamp_min_(0) for s, n in zip(self.sums, self.passes)]
+        out = P.flat_empty_like(self.sums)  # views of one buffer: an aggregator adds it in one op
+        for o, s, n in zip(out, self.sums, self.passes):
+            torch.div(s, max(n - 1, 1), out=o).clamp_min_(0)
+        return out
 
     def reset(self) -> None:
         for buf in (self.sums, self.prev):

@@ -47,6 +47,7 @@ def test_mlp_per_example_matches_loop_and_hand_reference():
     close(fast, by_hand(model, batches))
     assert [f.shape for f in fast] == [p.shape for p in model.parameters()]
     assert all(f.dtype == torch.float32 and (f >= 0).all() for f in fast)
+    assert P.as_flat(fast) is not None  # views of one buffer: FisherMean adds it in one (fused) op
     first6 = diagonal_fisher(model, batches, method="loop", max_examples=6)
     close(first6, by_hand(model, [batches[0], (batches[1][0][:2], batches[1][1][:2])]))
 
@@ -175,6 +176,7 @@ def test_local_step_fisher_pairs_by_hand_and_converges_to_the_per_example_fisher
             p.grad = None  # as opt.zero_grad(set_to_none=True) does after each step
     hand = [sum(a[i] * b[i] + m / 2 * (b[i] - a[i]) ** 2 for a, b in zip(grads, grads[1:])) / 2 for i in range(len(ps))]
     close(est.estimate(), [h.clamp_min(0) for h in hand])
+    assert P.as_flat(est.estimate()) is not None  # views of one buffer, as diagonal_fisher's
     est.reset()
     with pytest.raises(ValueError, match="at least 2"):
         est.estimate()
