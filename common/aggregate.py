@@ -148,7 +148,7 @@ class _Streaming:
         whole call (``_threads``), then the total weight, client by client as ``add`` does. ``kernel``: the
         ``common.native`` kernel doing the same arithmetic as ``add_block`` in one pass, used when it runs
         here (float32 sums on the CPU, the kernels built)."""
-        if kernel is not None and self._native():
+        if kernel is not None and self._native(*(x for xs in clients for x in xs)):
             native.add(kernel, self._flats, list(zip(*clients)), weights, self.numel, P.op_threads(self.numel),
                        fresh=self._zero_pending)
             self._zero_pending = False
@@ -198,9 +198,13 @@ class _Streaming:
             return
         self._add_blocked(flats, weights, add_block, self._kernel(flats))
 
-    def _native(self) -> bool:
-        """Whether ``common.native``'s kernels run on these sums: float32 on the CPU, the kernels built."""
-        return self.acc_dtype == torch.float32 and self.device.type == "cpu" and native.library() is not None
+    def _native(self, *buffers: torch.Tensor) -> bool:
+        """Whether ``common.native``'s kernels run on these sums and 1-D ``buffers`` (a client's quantities, a
+        result's output): float32 sums on the CPU, every buffer a contiguous CPU tensor of ``numel`` values,
+        the kernels built. Anything else takes the torch ops (which raise on, e.g., a device mismatch)."""
+        return (self.acc_dtype == torch.float32 and self.device.type == "cpu"
+                and all(b.device.type == "cpu" and b.is_contiguous() and b.numel() == self.numel for b in buffers)
+                and native.library() is not None)
 
     def _kernel(self, flats: Sequence[tuple[torch.Tensor, ...]]) -> str | None:
         """The ``common.native`` kernel for clients given as these flat buffers, or None (torch ops)."""
@@ -383,7 +387,7 @@ class FisherMean(_Streaming):
         direct = flat_out is not None and flat_out.numel() == self.numel and flat_out.dtype == self.acc_dtype
         flat = flat_out if direct else P.empty_flat(self.numel, self.acc_dtype, self.device)
         at_floor = 0
-        if eps > 0 and self._native():  # the same formula fused: one pass
+        if eps > 0 and self._native(flat):  # the same formula fused: one pass
             at_floor = native.fisher_result(num, den, tot, flat, total, eps, self.numel, P.op_threads(self.numel))
         else:
             at_floor = self._result_chunks(num, den, tot, flat, total, eps)
@@ -493,7 +497,7 @@ class MaskedMean(_Streaming):
         flat_out, flat_fb = as_flat(out), as_flat(fallback)
         if flat_out is not None and flat_fb is not None and flat_out.numel() == self.numel:  # one op per step
             num, cnt = self._flats[0][:self.numel], self._flats[1]
-            if flat_out.dtype == flat_fb.dtype == torch.float32 and self._native():  # the same formula fused
+            if flat_out.dtype == flat_fb.dtype == torch.float32 and self._native(flat_out, flat_fb):  # fused
                 native.masked_result(num, cnt, flat_fb, flat_out, tiny, self.numel, P.op_threads(self.numel))
                 return out
             with self._threads():  # chunk by chunk into a scratch chunk: no temporaries of the model's size

@@ -142,3 +142,31 @@ def test_switched_off_by_environment(fresh, monkeypatch):
     assert native.library() is None
     assert native.status() == "torch ops (FEDLAB_NATIVE=0)"
     assert not list(fresh.glob("*.so"))
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="the kernels run on x86-64 with AVX2 / AVX-512 and a C compiler")
+def test_buffers_the_kernels_cannot_read_take_the_torch_path(fresh, monkeypatch):
+    """A client, an output or a fallback not in CPU memory never reaches the kernels (which would read its
+    address as host memory): the torch ops run instead (and raise, or not, as they always did)."""
+    like, ones, mask = [torch.zeros(NUMEL)], [torch.ones(NUMEL)], [torch.ones(NUMEL, dtype=torch.bool)]
+    meta, meta_mask = [torch.empty(NUMEL, device="meta")], [torch.ones(NUMEL, dtype=torch.bool, device="meta")]
+    fisher, masked = FisherMean(like), MaskedMean(like)
+    fisher.add(like, ones, 1.0)  # something to take the result of (with Fisher information)
+    masked.add(like, mask, 1.0)
+
+    def reached(*args, **kwargs):
+        raise AssertionError("a kernel was handed these buffers")
+    for name in ("add", "fisher_result", "masked_result"):
+        monkeypatch.setattr(native, name, reached)
+    for call in (lambda: fisher.add(like, ones, 1.0), lambda: masked.add(like, mask, 1.0),
+                 lambda: fisher.result(), lambda: masked.result(like)):
+        with pytest.raises(AssertionError):  # CPU buffers do reach them
+            call()
+    for call in (lambda: fisher.add(meta, like, 1.0), lambda: masked.add(like, meta_mask, 1.0),
+                 lambda: fisher.add_many([meta[0], like[0]], [like[0]] * 2),
+                 lambda: fisher.result(meta), lambda: masked.result(meta, out=meta),
+                 lambda: masked.result(like, out=meta)):
+        try:
+            call()
+        except (RuntimeError, NotImplementedError, ValueError):  # the torch ops' own errors
+            pass
