@@ -107,9 +107,10 @@ int64_t fisher_result(const float *restrict num, const float *restrict den, cons
 MASKED_KERNEL(masked_add_u8, uint8_t)
 MASKED_KERNEL(masked_add_f32, float)
 
-/* MaskedMean.result: out = cnt > 0 ? num / max(cnt, tiny) : fallback. */
-void masked_result(const float *restrict num, const float *restrict cnt, const float *restrict fallback,
-                   float *restrict out, float tiny, int64_t lo, int64_t hi) {
+/* MaskedMean.result: out = cnt > 0 ? num / max(cnt, tiny) : fallback. `out` may be `fallback` (the result
+ * written over the global parameters), so neither is restrict. */
+void masked_result(const float *restrict num, const float *restrict cnt, const float *fallback, float *out,
+                   float tiny, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i++) {
         float q = num[i] / (cnt[i] > tiny ? cnt[i] : tiny);
         out[i] = cnt[i] > 0.0f ? q : fallback[i];
