@@ -117,7 +117,9 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
     if missing:
         raise ValueError(f"params {missing} are not parameters of the model")
     names = [names_by_id[id(p)] for p in params]
-    fisher = P.zeros_like(params, dtype=torch.float32)  # views of one buffer: an aggregator adds it in one op
+    fisher = P.flat_empty_like(params, dtype=torch.float32)  # views of one buffer: an aggregator adds it in one op
+    for f in fisher:
+        f.zero_()
     count = 0
     was_training = model.training
     model.eval()
@@ -153,7 +155,8 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
                         method = "loop"
                         _loop(model, forward, params, fisher, _take(inputs, slice(lo, n)), targets[lo:], ignore_index)
                         break
-                    torch._foreach_add_(fisher, [(gi.float() ** 2).sum(0) for gi in g.values()])
+                    with torch.no_grad():  # a statistic: no graph (the caller may run with grad enabled)
+                        torch._foreach_add_(fisher, [(gi.float() ** 2).sum(0) for gi in g.values()])
             elif method == "loop":
                 _loop(model, forward, params, fisher, inputs, targets, ignore_index)
             else:
