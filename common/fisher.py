@@ -117,9 +117,7 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
     if missing:
         raise ValueError(f"params {missing} are not parameters of the model")
     names = [names_by_id[id(p)] for p in params]
-    fisher = P.flat_empty_like(params, dtype=torch.float32)  # views of one buffer: an aggregator adds it in one op
-    for f in fisher:
-        f.zero_()
+    fisher = P.zeros_like(params, dtype=torch.float32)  # views of one buffer: an aggregator adds it in one op
     count = 0
     was_training = model.training
     model.eval()
