@@ -31,7 +31,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from common.cli import UsageError
+from common.errors import UsageError
 
 FORMAT = "fedlab-checkpoint"
 VERSION = 1

@@ -24,44 +24,23 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
 from common import compiled, tracking
-
-
-class UsageError(Exception):
-    """A problem with the user's input: reported as one line, exit status 2."""
-
-
-class Diverged(Exception):
-    """The run stopped on a non-finite loss or parameters: reported as one line, exit status 3."""
-
-
-EXIT_USAGE, EXIT_DIVERGED = 2, 3
-
-
-def check(condition: bool, message: str) -> None:
-    """Raise ``UsageError(message)`` unless ``condition``."""
-    if not condition:
-        raise UsageError(message)
-
-
-def read_json(path: str | os.PathLike, missing: str | None = None) -> object:
-    """The JSON in ``path``. A missing file (``missing``: the message, else "no such file") or one that is not
-    JSON is a ``UsageError`` (one line, exit status 2), not a traceback."""
-    path = Path(path)
-    check(path.is_file(), missing or f"{path}: no such file")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not JSON ({e})") from None
+from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageError)
+    EXIT_DIVERGED,
+    EXIT_USAGE,
+    Diverged,
+    UsageError,
+    check,
+    check_out_dir,
+    read_json,
+)
 
 
 def _both_spellings(names: Sequence[str]) -> list[str]:
@@ -217,21 +196,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir") -> Path:
-    """``path`` can be (or become) a folder we may write in: not a file, and the nearest existing ancestor is
-    a writable folder. Checked without creating anything; ``UsageError`` otherwise."""
-    path = Path(path)
-    check(not path.exists() or path.is_dir(), f"{flag} {path} is a file; expected a folder")
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    check(probe.is_dir(), f"{flag} {path}: {probe} is a file, not a folder; expected a folder path")
-    check(os.access(probe, os.W_OK | os.X_OK), f"{flag} {path}: {probe} is not writable; choose a writable folder")
-    return path
-
-
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
     """Entry point: run ``main``; a ``UsageError`` becomes one line on stderr and exit status 2, ``Diverged``
     one line and exit status 3. Run-directory locks still held are released either way."""
@@ -248,6 +212,6 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
         print(f"{prog}: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
-        from common import runlog  # runlog imports this module
+        from common import runlog
 
         runlog.release_all()

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.cli import UsageError, check
+from common.errors import UsageError, check
 
 CONFIG_HELP = "YAML file of flag: value lines (command-line flags override it)"
 

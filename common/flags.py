@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.cli import check
+from common.errors import check
 
 
 def alias(group, *names: str, dest: str, of: str, **kwargs) -> None:

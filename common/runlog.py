@@ -64,7 +64,7 @@ import torch
 
 from common import checkpoint as ckpt
 from common import tracking
-from common.cli import Diverged, UsageError, check, check_out_dir
+from common.errors import Diverged, UsageError, check, check_out_dir
 from common.seed import get_rng_state
 
 try:

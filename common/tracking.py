@@ -36,7 +36,7 @@ def add_report_args(group) -> None:
 
 def requested(report_to: str | Sequence[str] | None) -> list[str]:
     """The tracker names asked for, ``none`` dropped; raises ``UsageError`` when a package is missing."""
-    from common.cli import UsageError
+    from common.errors import UsageError
 
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     names = [n for n in dict.fromkeys(names) if n and n != "none"]

@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from common import cli
+from common import runs as R
 from common import stats as S
 from llm_noniid import data as D
 from llm_noniid import failure, train
-from plots import runs as R
 
 MODES = ("quick", "failure", "main", "calibrate", "analyze")
 SEEDS = "0,1,2"

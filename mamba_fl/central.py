@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
         "train_tokens": tokens, "train_seconds": round(t_train, 3),
     })
     federated.save_model(rd, model, data, summary)
-    from plots.plot_mamba import perplexity_curve
+    from common.curves import perplexity_curve
 
     perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
     if not args.quiet:

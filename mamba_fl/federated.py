@@ -434,7 +434,7 @@ def finish(rd, args, method, data, acc, refs, model=None) -> dict:
     summary = rd.write_summary(summary)
     if model is not None:
         save_model(rd, model, data, summary)
-    from plots.plot_mamba import perplexity_curve
+    from common.curves import perplexity_curve
 
     perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
     if not args.quiet:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from common import cli
+from common import runs as R
 from common import stats as S
-from plots import runs as R
 
 TOPIC_NAMES = ("World", "Sports", "Business", "Sci/Tech")  # AG News classes 1-4
 STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"), ("X", "-."), ("*", ":"),

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from common import cli, stats
-from plots import runs as R
+from common import runs as R
 
 SHARDS = ("iid", "dir1", "dir0.1", "category", "overlap", "category_overlap")
 NAME = re.compile(r"^(?P<task>[^_]+)_(?P<method>central|svd|naive|exact|oneshot|oneshot-naive)"
@@ -97,7 +97,7 @@ def metric_of(group: list[dict]) -> str:
 
 
 def final_runs(group: list[dict], metric: str) -> list[dict]:
-    """The runs with their final ``metric`` as a top-level summary value (what plots.runs' seed helpers read)."""
+    """The runs with their final ``metric`` as a top-level summary value (what common.runs' seed helpers read)."""
     return [{"path": g["path"], "args": g["args"], "summary": {"value": g["summary"]["final"].get(metric)}}
             for g in group]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common import cli
-from plots import runs as R
+from common import runs as R
 
 FED, SPARSE, CENTRAL = "vit_sparse_fl/train_federated", "vit_sparse_fl/train_federated_sparse", \
     "vit_sparse_fl/train_centralized"

@@ -24,8 +24,8 @@ import re
 from pathlib import Path
 
 from common import cli, stats
+from common import runs as R
 from common.checkpoint import atomic_write_text
-from plots import runs as R
 from vit_sparse_fl import run_all_experiments as suite
 
 SETTLED = 1.0  # points: a budget step moving the mean less than this has settled

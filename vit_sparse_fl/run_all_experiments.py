@@ -47,8 +47,8 @@ import traceback
 from pathlib import Path
 
 from common import cli, stats
+from common import runs as R
 from common.checkpoint import atomic_write_json, atomic_write_text
-from plots import runs as R
 from vit_sparse_fl import pretrain
 from vit_sparse_fl.sparse import STRATEGIES
 

@@ -1,11 +1,11 @@
-"""plots.runs on run directories written by RunDir: finding, loading, grouping over seeds, mean +- std."""
+"""common.runs on run directories written by RunDir: finding, loading, grouping over seeds, mean +- std."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from common import runs as R
 from common.runlog import RunDir, run_name
-from plots import runs as R
 
 
 def _fake_run(root, method, k, seed, ppls, summary=True):

@@ -1,4 +1,5 @@
-"""Reading run directories for the plot scripts (plots read run directories and never train).
+"""Reading run directories: the plot scripts and the grid scripts' reports (plots read run directories and never
+train; they and the subprojects share this module, so no subproject imports ``plots/``).
 
     runs = [load_run(p) for p in find_runs("runs", "fedfisher_*")]
     for config, group in group_runs(runs):              # one group per configuration, seeds pooled
@@ -22,7 +23,7 @@ matplotlib.use("Agg")  # files only: works on headless machines, and before pypl
 import numpy as np
 
 from common import stats
-from common.cli import UsageError, check_out_dir
+from common.errors import UsageError, check_out_dir
 from common.runlog import ARGS_FILE, METRICS_FILE, SUMMARY_FILE, read_rows
 
 # Arguments that do not define a configuration: runs differing only in these are pooled.

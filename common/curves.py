@@ -1,0 +1,49 @@
+"""A run's learning curve with its reference points: the PNG every language-model training script leaves in its
+run directory (the per-run figure; ``plots/`` draws the figures over many runs and reuses these helpers)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def reference_lines(ax, refs: dict | None) -> None:
+    """The reference points of a language model as horizontal lines: uniform guess and unigram (per token),
+    and the source's optimum per word where it is known."""
+    refs = refs or {}
+    styles = (("uniform_ppl", "uniform guess", ":", "0.5"), ("unigram_ppl", "unigram (train)", "-.", "0.35"),
+              ("optimal_ppl_word", "optimum per word", "--", "k"))
+    for key, name, ls, color in styles:
+        if refs.get(key):
+            ax.axhline(refs[key], color=color, ls=ls, lw=1, label=f"{name} {refs[key]:.1f}")
+
+
+def perplexity_curve(rows: list[dict], path, title: str = "", refs: dict | None = None) -> Path:
+    """One run's validation perplexity per evaluation with its reference points: the PNG each script leaves
+    in its run directory. Kept cheap (fixed layout, low dpi): it is drawn at the end of every run."""
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    x_key = "round" if rows and "round" in rows[0] else "step"
+    evals = [r for r in rows if "val_ppl" in r]
+    xs = [r[x_key] for r in evals]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(xs, [r["val_ppl"] for r in evals], marker="o", ms=3, label="model, per token")
+    if evals and "val_ppl_word" in evals[0]:
+        ax.plot(xs, [r["val_ppl_word"] for r in evals], marker="s", ms=3, ls="--", label="model, per word")
+    reference_lines(ax, refs)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("validation perplexity (log)")
+    ax.set_title(title, fontsize=7)
+    ax.legend(fontsize=6)
+    fig.subplots_adjust(left=0.16, bottom=0.15, right=0.97, top=0.9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
