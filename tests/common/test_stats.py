@@ -63,3 +63,44 @@ def test_clear_difference_is_significant():
     d = stats.paired({0: 10.0, 1: 11.0, 2: 12.0}, {0: 5.0, 1: 5.5, 2: 6.2})
     assert d.significant and d.lo > 0
     assert stats.fmt_diff(d) == f"+{d.mean:.1f} [+{d.lo:.1f}, +{d.hi:.1f}] (n=3)"
+
+
+def test_p_value_matches_scipy_ttest_rel():
+    a, b = [50.1, 48.0, 51.2, 47.3], [44.0, 45.1, 49.9, 47.0]
+    d = stats.paired(dict(enumerate(a)), dict(enumerate(b)))
+    assert stats.p_value(d) == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-9)
+    assert math.isnan(stats.p_value(stats.paired({0: 1.0}, {0: 0.0})))
+
+
+def test_holm_adjust_hand_computed():
+    # sorted: 0.005 x4 = 0.02; 0.01 x3 = 0.03; 0.03 x2 = 0.06; 0.04 x1 = 0.04 -> kept monotone at 0.06
+    adjusted = stats.holm_adjust([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # a comparison without an interval (nan) is not counted in m
+    out = stats.holm_adjust([0.02, float("nan"), 0.04])
+    assert out[0] == pytest.approx(0.04) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+    assert stats.holm_adjust([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_holm_matches_statsmodels_when_installed():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    rng = np.random.default_rng(0)
+    ps = list(rng.uniform(0, 0.2, size=9))
+    reject, adjusted, _, _ = multitest.multipletests(ps, alpha=0.05, method="holm")
+    assert stats.holm_adjust(ps) == pytest.approx(list(adjusted), rel=1e-12)
+
+
+def test_holm_verdicts_and_what_a_null_rules_out():
+    clear = stats.paired({0: 10.0, 1: 11.0, 2: 12.0}, {0: 5.0, 1: 5.5, 2: 6.2})
+    null = stats.paired({0: 1.0, 1: 2.0, 2: 1.5}, {0: 1.2, 1: 1.7, 2: 1.5})
+    verdicts = stats.holm({"clear": clear, "null": null})
+    assert verdicts["clear"].significant and not verdicts["null"].significant
+    assert verdicts["clear"].p_holm == pytest.approx(min(1.0, 2 * stats.p_value(clear)))  # smallest p times m=2
+    assert stats.ruled_out(null) == pytest.approx(max(abs(null.lo), abs(null.hi)))
+    text = stats.fmt_verdict(null, verdicts["null"], digits=2)
+    assert text.endswith(f"no difference after Holm (rules out > {stats.ruled_out(null):.2f})")
+    # significant alone but not after the correction: 3 comparisons whose p values sit just under 0.05
+    borderline = {f"c{i}": stats.paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.3, 1: 0.9, 2: 2.5}) for i in range(3)}
+    p = stats.p_value(borderline["c0"])
+    assert 0.05 / 3 < p < 0.05
+    assert not any(v.significant for v in stats.holm(borderline).values())
