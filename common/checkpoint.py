@@ -20,6 +20,7 @@ get a message about what they are.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -60,19 +61,42 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Run ``write(f)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
+def usual_mode(executable: bool = False) -> int:
+    """The mode ``open()`` would give a new file under the current umask (0644 under umask 022). Temp files
+    from ``tempfile`` are 0600 and so are safetensors' files; renamed into place they would keep that, and a
+    shared results folder would hold files only their writer can read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if executable else 0o666) & ~umask
+
+
+def give_usual_permissions(folder: str | os.PathLike) -> None:
+    """Files under ``folder`` written by libraries through 0600 temp files (``save_pretrained``'s
+    safetensors) get ``usual_mode``; folders made by ``tempfile.mkdtemp`` (0700) get the usual 0755."""
+    folder = Path(folder)
+    for p in [folder, *folder.rglob("*")]:
+        if p.is_symlink():
+            continue
+        want = usual_mode(executable=p.is_dir())
+        if p.stat().st_mode & 0o777 != want:
+            os.chmod(p, want)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, executable: bool = False):
+    """Yield a temp path next to ``path`` for a writer that wants a file name (``torch.save``,
+    safetensors, a compiler); when the block ends without an error the file is fsync'ed, given
+    ``usual_mode`` and renamed over ``path``. On an error the temp file is removed and ``path`` is
+    untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, usual_mode(executable))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -81,7 +105,13 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
             pass
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Run ``write(f)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

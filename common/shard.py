@@ -20,12 +20,11 @@ sorted_blocks  the k-th block of the data sorted by a per-example score (style s
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from common.checkpoint import atomic_write_json
 from common.errors import UsageError, check
 from common.seed import numpy_rng
 
@@ -298,16 +297,8 @@ def statistics(shards: Shards, labels: np.ndarray | None = None, num_classes: in
 
 
 def _write_json(path: Path, obj) -> None:
-    """Write atomically: a temp file in the same folder, then ``os.replace`` (no reader sees half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write atomically (no reader sees half a file), with the usual permissions."""
+    atomic_write_json(path, obj, indent=None)
 
 
 def write_manifests(shards: Shards, out_dir, summary_extra: dict | None = None,
