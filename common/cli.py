@@ -221,4 +221,5 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     finally:
         from common import runlog
 
+        tracking.close_all()
         runlog.release_all()
