@@ -10,14 +10,17 @@ Checkpoints are ``torch.save`` archives of ``{"format": "fedlab-checkpoint", "ve
 script never resumes from another's state. ``load_checkpoint`` raises ``CheckpointError`` (a
 ``UsageError``: one line, exit status 2) for a missing, truncated, foreign or wrong-kind file.
 
-Why ``torch.load(weights_only=False)`` is acceptable here: checkpoints hold NumPy and Python RNG states
-and optimizer state that the weights-only unpickler rejects. Before unpickling, ``load_checkpoint`` checks
-that the file is a complete torch zip archive and reads our header from the pickle opcodes *without
-executing them* (``pickletools``), so files from other tools are refused before any of their code runs.
-This guards against accidents, not attacks: as with any pickle, only load checkpoints you trust.
+Checkpoints load with ``torch.load(weights_only=True)``: the state holds only tensors and plain Python
+values (RNG states included: ``common.seed.get_rng_state`` stores NumPy's key array as a tensor), so no
+class needs to be allowed. A file that names any other global (a crafted ``checkpoint.pt`` whose pickle
+would call ``os.system``, say) is refused in one line before unpickling, naming what it asked for; nothing
+in it runs. Before that, ``load_checkpoint`` checks that the file is a complete torch zip archive and reads
+our header from the pickle opcodes *without executing them* (``pickletools``), so files from other tools
+get a message about what they are.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -58,19 +61,42 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Run ``write(f)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
+def usual_mode(executable: bool = False) -> int:
+    """The mode ``open()`` would give a new file under the current umask (0644 under umask 022). Temp files
+    from ``tempfile`` are 0600 and so are safetensors' files; renamed into place they would keep that, and a
+    shared results folder would hold files only their writer can read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if executable else 0o666) & ~umask
+
+
+def give_usual_permissions(folder: str | os.PathLike) -> None:
+    """Files under ``folder`` written by libraries through 0600 temp files (``save_pretrained``'s
+    safetensors) get ``usual_mode``; folders made by ``tempfile.mkdtemp`` (0700) get the usual 0755."""
+    folder = Path(folder)
+    for p in [folder, *folder.rglob("*")]:
+        if p.is_symlink():
+            continue
+        want = usual_mode(executable=p.is_dir())
+        if p.stat().st_mode & 0o777 != want:
+            os.chmod(p, want)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, executable: bool = False):
+    """Yield a temp path next to ``path`` for a writer that wants a file name (``torch.save``,
+    safetensors, a compiler); when the block ends without an error the file is fsync'ed, given
+    ``usual_mode`` and renamed over ``path``. On an error the temp file is removed and ``path`` is
+    untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, usual_mode(executable))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -79,7 +105,13 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
             pass
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Run ``write(f)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -113,8 +145,30 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 # ----------------------------------------------------------------------------------------------------------
 # checkpoints
 
+_PLAIN = (str, int, float, bool, complex, bytes, type(None), torch.Size, torch.dtype, torch.device)
+
+
+def _check_plain(value: Any, where: str = "state") -> None:
+    """``value`` is tensors and plain values only, so it loads with ``weights_only=True``: a NumPy array or
+    another object would make a checkpoint that no resume can read, so it is refused when saved."""
+    if torch.is_tensor(value) or isinstance(value, _PLAIN):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(k, f"{where} key")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    else:
+        raise TypeError(f"checkpoint {where} is a {type(value).__module__}.{type(value).__qualname__}; "
+                        "checkpoints hold only tensors and plain Python values (convert it first)")
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict, kind: str) -> Path:
-    """``torch.save`` ``state`` (tensors, numbers, lists, dicts, RNG states) with our header, atomically."""
+    """``torch.save`` ``state`` (tensors, numbers, strings, lists, tuples, dicts; see ``_check_plain``) with
+    our header, atomically."""
+    _check_plain(state)
     payload = {"format": FORMAT, "version": VERSION, "kind": kind, "state": state}
     return _atomic_write(path, lambda f: torch.save(payload, f))
 
@@ -183,14 +237,29 @@ def _check_file(path: Path, expect_kind: str | None) -> str:
     return kind
 
 
+def _first_line(e: Exception) -> str:
+    """The telling line of an exception message (torch's weights-only errors span paragraphs)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [""])[0]
+
+
 def load_checkpoint(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict:
     """The ``state`` saved by ``save_checkpoint(path, state, kind)``; ``CheckpointError`` if unusable."""
     path = Path(path)
     _check_file(path, kind)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)  # ours: see module doc
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads opcodes, runs nothing
+    except Exception as e:  # noqa: BLE001 -- a pickle the scanner cannot read is unusable too
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {_first_line(e)}); "
+                              "delete it and rerun without --resume") from None
+    if unsafe:
+        raise CheckpointError(f"{path} asks to import {', '.join(sorted(unsafe))}: a fedlab checkpoint holds "
+                              "only tensors and plain values; refused without loading it (was it crafted?)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any unpickling failure means the file is unusable
-        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e}); "
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {_first_line(e)}); "
                               "delete it and rerun without --resume") from None
     if not isinstance(payload, dict) or "state" not in payload:
         raise CheckpointError(f"{path} is not a fedlab checkpoint (no state)")

@@ -192,7 +192,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as e:
         raise UsageError(f"--device {name!r} is not a device ({e}); expected auto, cpu, cuda or cuda:N") from None
+    # torch knows many device types (mps, xpu, meta, ...); the project's kernels, RNG streams and checkpoints
+    # are made for cpu and cuda, and the others fail deep inside a run, so they are refused here
+    check(device.type in ("cpu", "cuda"), f"--device {name!r}: a {device.type} device is not supported; "
+                                          "expected auto, cpu, cuda or cuda:N")
     check(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
+    check(device.type != "cuda" or device.index is None or device.index < torch.cuda.device_count(),
+          f"--device {name}: there are only {torch.cuda.device_count()} CUDA "
+          "devices here (cuda:0 ..)")
     return device
 
 
@@ -214,4 +221,5 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     finally:
         from common import runlog
 
+        tracking.close_all()
         runlog.release_all()

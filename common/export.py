@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import atomic_write_json
+from common.checkpoint import atomic_path, atomic_write_json, give_usual_permissions
 
 MODEL_DIR = "model"
 CARD_FILE = "fedlab.json"
@@ -67,6 +67,7 @@ def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: 
         model.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+    give_usual_permissions(out)  # safetensors writes 0600 files
     atomic_write_json(out / CARD_FILE, {"run": Path(run_path).name, "format": "transformers",
                                         "class": type(model).__name__, **(info or {})})
     return out
@@ -104,6 +105,8 @@ def save_adapter_dir(run_path: str | os.PathLike, peft_model, tokenizer=None, *,
         peft_model.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+    for folder in (out, base) if base_model is not None else (out,):
+        give_usual_permissions(folder)  # safetensors writes 0600 files
     cfg_path = out / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["base_model_name_or_path"] = relative_base(out, base)
@@ -118,9 +121,8 @@ def save_state_dict_dir(run_path: str | os.PathLike, state_dict: dict[str, torch
     out = model_dir(run_path, name)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    tmp = out / (STATE_FILE + ".tmp")
-    torch.save(tensors, tmp)
-    tmp.replace(out / STATE_FILE)
+    with atomic_path(out / STATE_FILE) as tmp:
+        torch.save(tensors, tmp)
     atomic_write_json(out / "config.json", config)
     atomic_write_json(out / CARD_FILE, {"run": Path(run_path).name, "format": "state_dict",
                                         "weights": STATE_FILE, **(info or {})})

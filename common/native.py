@@ -26,12 +26,13 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from common.checkpoint import atomic_path
 
 SOURCE = Path(__file__).with_name("kernels.c")
 # -ffp-contract=off: no fused multiply-add but those written (fmaf); -fno-trapping-math lets the results'
@@ -85,14 +86,8 @@ def _build(cc: str) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(out, executable=True) as tmp:
+        subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp)], check=True, capture_output=True, text=True)
     return out
 
 

@@ -20,13 +20,12 @@ sorted_blocks  the k-th block of the data sorted by a per-example score (style s
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from common.cli import UsageError, check
+from common.checkpoint import atomic_write_json
+from common.errors import UsageError, check
 from common.seed import numpy_rng
 
 Shards = list[np.ndarray]
@@ -298,16 +297,8 @@ def statistics(shards: Shards, labels: np.ndarray | None = None, num_classes: in
 
 
 def _write_json(path: Path, obj) -> None:
-    """Write atomically: a temp file in the same folder, then ``os.replace`` (no reader sees half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write atomically (no reader sees half a file), with the usual permissions."""
+    atomic_write_json(path, obj, indent=None)
 
 
 def write_manifests(shards: Shards, out_dir, summary_extra: dict | None = None,
@@ -327,6 +318,20 @@ def write_manifests(shards: Shards, out_dir, summary_extra: dict | None = None,
     _write_json(out / "summary.json", {**statistics(shards, labels), **(summary_extra or {})})
 
 
+def manifest_indices(value, where: str) -> np.ndarray:
+    """A manifest's ``indices`` as int64, read strictly: a JSON list of non-negative integers. Strings ("3"),
+    fractions (1.5) and booleans are refused in one line naming the first one, not converted (NumPy would
+    turn "3" into 3 and 1.5 into 1)."""
+    check(isinstance(value, list), f"{where}: 'indices' must be a list of integers, got {type(value).__name__}")
+    bad = next((i for i, v in enumerate(value) if type(v) is not int or v < 0), None)
+    if bad is not None:
+        raise UsageError(f"{where}: 'indices'[{bad}] is {value[bad]!r}; expected non-negative integers "
+                         "(row numbers of the training split)")
+    check(len(value) > 0, f"{where}: 'indices' is empty; every client needs data")
+    check(max(value) < 2**63, f"{where}: index {max(value)} does not fit in 64 bits")
+    return np.asarray(value, dtype=np.int64)
+
+
 def read_manifests(shard_dir) -> tuple[Shards, dict]:
     """(shards, summary) from a folder written by ``write_manifests``; ``UsageError`` when the folder,
     its ``summary.json`` or a client file is missing or malformed."""
@@ -344,9 +349,10 @@ def read_manifests(shard_dir) -> tuple[Shards, dict]:
         path = d / f"client_{i}.json"
         check(path.is_file(), f"{path} is missing; summary.json lists {k} clients")
         try:
-            idx = np.asarray(json.loads(path.read_text())["indices"], dtype=np.int64)
-        except (ValueError, KeyError, TypeError) as e:
+            data = json.loads(path.read_text())
+        except (ValueError, OSError) as e:
             raise UsageError(f"{path} is not a client manifest with integer 'indices' ({e})") from None
-        check(idx.ndim == 1, f"{path}: 'indices' must be a flat list of integers")
-        shards.append(idx)
+        check(isinstance(data, dict) and "indices" in data, f"{path} is not a client manifest with integer "
+                                                            "'indices' (no 'indices' key)")
+        shards.append(manifest_indices(data["indices"], str(path)))
     return shards, summary

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from common import synthetic_cifar, synthetic_glue, synthetic_text
+from common.checkpoint import give_usual_permissions
 from common.cli import UsageError, check
 
 FORMAT_VERSION = 1      # part of every cache key, with a hash of the generators' code
@@ -65,6 +66,7 @@ def ensure(kind: str, root=None, **params) -> Path:
     try:
         KINDS[kind](tmp, **params)
         (tmp / ".complete").write_text(key + "\n")
+        give_usual_permissions(tmp)  # mkdtemp makes a 0700 folder: the shared cache must be readable
         try:
             os.replace(tmp, final)
         except OSError:

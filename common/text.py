@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from common.checkpoint import atomic_path
 from common.cli import UsageError, check
 
 IGNORE_INDEX = -100
@@ -53,15 +53,8 @@ def derived_cache_dir(cache_dir: str | os.PathLike | None = None, out_dir: str |
 
 def _atomic_write(path: Path, write) -> None:
     """Write through a temp file in the same folder, then rename (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _files_hash(files: Sequence[str | Path], *extra) -> str:

@@ -57,10 +57,34 @@ def load_base(model: str, *, vocab_size: int, seq_len: int, eos_id: int | None, 
         where = "folder" if Path(name).exists() else "hub model"
         raise UsageError(f"{where} {name!r} could not be loaded from the hub or its cache ({first[:160]}); "
                          f"download it once online, give a local folder, or use --model tiny-gpt2") from None
+    positions = max_positions(base)
+    if positions is not None and seq_len > positions:
+        raise UsageError(f"--seq-len {seq_len} exceeds the {positions} positions model {name} was built for; "
+                         f"use at most {positions}")
     if base.get_input_embeddings().weight.shape[0] < vocab_size:
         raise UsageError(f"model {name} has {base.get_input_embeddings().weight.shape[0]} token embeddings, "
                          f"the tokenizer {vocab_size}; use the model's own tokenizer (--tokenizer auto)")
     return base
+
+
+def max_positions(base: nn.Module) -> int | None:
+    """The longest sequence the model's position embeddings cover (None: not limited or not known)."""
+    cfg = getattr(base, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def max_lora_rank(base: nn.Module, targets: list[str]) -> int:
+    """The largest useful LoRA rank: the smallest side of any adapted layer (a rank above it adds parameters
+    and compute, never expressiveness: the update B @ A cannot have a higher rank than that side)."""
+    widths = [min(m.weight.shape) for name, m in base.named_modules()
+              if name.split(".")[-1] in targets and getattr(m, "weight", None) is not None and m.weight.dim() == 2]
+    if not widths:
+        raise UsageError(f"the model has none of the LoRA target layers {', '.join(targets)}")
+    return min(widths)
 
 
 def add_lora(base: nn.Module, r: int, alpha: float, dropout: float) -> nn.Module:
@@ -75,6 +99,10 @@ def add_lora(base: nn.Module, r: int, alpha: float, dropout: float) -> nn.Module
     mtype = getattr(base.config, "model_type", "")
     if mtype not in LORA_TARGETS:
         raise UsageError(f"no LoRA targets known for model type {mtype!r}; known: {', '.join(LORA_TARGETS)}")
+    limit = max_lora_rank(base, LORA_TARGETS[mtype])
+    if r > limit:  # refused before the adapters are built: a huge rank would otherwise train on for minutes
+        raise UsageError(f"--lora-r {r} exceeds the width {limit} of the model's adapted layers "
+                         f"({', '.join(LORA_TARGETS[mtype])}); use at most {limit}")
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS[mtype],
                      fan_in_fan_out=(mtype == "gpt2"), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(base, cfg)

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from common import aggregate, cli, export, lora_merge
+from common import aggregate, checkpoint, cli, export, lora_merge
 
 PREFIX = "base_model.model."
 
@@ -120,12 +119,9 @@ def save(adapter: Adapter, directory, base_model_name_or_path: str | None = None
     # a local base folder is recorded relative to the adapter folder: moving the run directory keeps it valid
     base = export.relative_base(directory, base_model_name_or_path or adapter.extra.get("base_model_name_or_path"))
     adapter.config(base).save_pretrained(str(directory))
-    tmp = directory / "adapter_model.safetensors.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}, str(tmp))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600 files; give the usual permissions (0644)
-    tmp.replace(directory / "adapter_model.safetensors")
+    with checkpoint.atomic_path(directory / "adapter_model.safetensors") as tmp:  # usual permissions, not 0600
+        save_file({k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}, str(tmp))
+    checkpoint.give_usual_permissions(directory)  # adapter_config.json from save_pretrained
     return directory
 
 

@@ -97,7 +97,8 @@ def main(argv=None) -> dict:
     elif args.shard_manifests is not None:
         cli.check(len(args.shard_manifests) == k,
                   f"{len(args.shard_manifests)} --shard_manifests for {k} --adapters; give one per adapter")
-        weights = [float(len(glue_shards.read_manifest(m))) for m in args.shard_manifests]
+        task = args.task_name.lower() if args.task_name.lower() in glue_tasks.TASKS else None  # "glue": any
+        weights = [float(len(glue_shards.read_manifest(m, task))) for m in args.shard_manifests]
     else:
         weights = [1.0] * k
     cli.check(all(w >= 0 for w in weights) and sum(weights) > 0,

@@ -22,7 +22,6 @@ Manifests (``save_shard_manifests``): ``client_<i>.json`` (i from 1) = {"dataset
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -32,7 +31,7 @@ import numpy as np
 
 from common import checkpoint, cli, shard
 from common.seed import numpy_rng, stream_seed
-from lora_glue_fl.glue_tasks import Examples, get_task
+from lora_glue_fl.glue_tasks import TASKS, Examples, get_task
 
 MODES = ("iid", "overlap", "category", "category_overlap", "dirichlet")
 DIRICHLET_TRIES = 10000
@@ -165,32 +164,48 @@ def save_shard_manifests(out_dir, info: dict) -> None:
 
 
 def read_shard_manifests(shard_dir) -> tuple[list[np.ndarray], dict]:
-    """(per-client index arrays in client order, summary or {}); one clear line when there is none."""
+    """(per-client index arrays in client order, summary or {}); one clear line when there is none, when a
+    manifest is malformed, or when the manifests and summary.json name different datasets. The summary's
+    "task" is the manifests' dataset when summary.json is absent, so callers compare it with their task."""
     shard_dir = Path(shard_dir)
     cli.check(shard_dir.is_dir(), f"--shard_dir {shard_dir} does not exist; create it with make_shards.py")
     files = [f for f in shard_dir.iterdir() if re.fullmatch(r"client_\d+\.json", f.name)]
     cli.check(bool(files), f"--shard_dir {shard_dir} holds no client_<i>.json manifests; create them with "
                            f"make_shards.py")
     files.sort(key=lambda f: int(f.stem.split("_")[1]))
-    shards = [read_manifest(f) for f in files]
+    manifests = [_read_client(f) for f in files]
     summary_path = shard_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise cli.UsageError(f"{summary_path} is not valid JSON ({type(e).__name__}: {e}); rewrite it with "
-                             "make_shards.py") from None
+    summary = cli.read_json(summary_path) if summary_path.is_file() else {}
     cli.check(isinstance(summary, dict), f"{summary_path} must hold a JSON object; rewrite it with make_shards.py")
-    return shards, summary
+    named = {f.name: m["dataset"] for f, m in zip(files, manifests) if "dataset" in m}
+    if summary.get("task") is not None:
+        named["summary.json"] = summary["task"]
+    datasets = sorted(set(named.values()), key=str)
+    cli.check(len(datasets) <= 1, f"--shard_dir {shard_dir} mixes manifests of different datasets ("
+              + ", ".join(f"{n}: {d!r}" for n, d in named.items()) + "); rewrite it with make_shards.py")
+    if datasets:
+        summary = {**summary, "task": datasets[0]}
+    return [m["indices"] for m in manifests], summary
 
 
-def read_manifest(path) -> np.ndarray:
-    """The index array of one client manifest ({"indices": [...]})."""
-    try:
-        data = json.loads(Path(path).read_text())
-        idx = np.asarray(data["indices"], dtype=np.int64)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise cli.UsageError(f"{path} is not a client manifest ({type(e).__name__}: {e}); "
-                             f"expected JSON with an 'indices' list") from None
-    cli.check(idx.ndim == 1 and idx.size > 0 and idx.min() >= 0, f"{path}: 'indices' must be a non-empty list of "
-                                                                  f"non-negative ints")
-    return idx
+def _read_client(path: Path) -> dict:
+    """One client manifest: {"indices": int64 array, "dataset": str (when the file names one)}."""
+    data = cli.read_json(path)
+    cli.check(isinstance(data, dict) and "indices" in data,
+              f"{path} is not a client manifest; expected JSON with an 'indices' list")
+    out = {"indices": shard.manifest_indices(data["indices"], str(path))}
+    if "dataset" in data:
+        dataset = data["dataset"]
+        cli.check(isinstance(dataset, str) and dataset.lower() in TASKS,
+                  f"{path}: 'dataset' is {dataset!r}; expected a GLUE task name ({', '.join(TASKS)})")
+        out["dataset"] = dataset.lower()
+    return out
+
+
+def read_manifest(path, task: str | None = None) -> np.ndarray:
+    """The index array of one client manifest ({"indices": [...], "dataset": task}); with ``task``, a
+    manifest made for another dataset is refused."""
+    m = _read_client(Path(path))
+    if task is not None and "dataset" in m:
+        cli.check(m["dataset"] == task.lower(), f"{path} was made for {m['dataset']!r}, not {task.lower()!r}")
+    return m["indices"]

@@ -145,18 +145,36 @@ def read_tsv(path: Path, task_name: str) -> Examples:
     return Examples(a, b if ib is not None else None, _labels(y, task, path), g if ig is not None else None)
 
 
+STSB_RANGE = (0.0, 5.0)  # STS-B similarity scores
+
+
 def _labels(raw: list[str], task: Task, path) -> np.ndarray:
     try:
         if task.num_labels == 1:
-            return np.asarray([float(v) for v in raw], dtype=np.float32)
-        if task.label_map is not None and raw and raw[0] in task.label_map:
-            return np.asarray([task.label_map[v] for v in raw], dtype=np.int64)
-        out = np.asarray([int(v) for v in raw], dtype=np.int64)
+            out = np.asarray([float(v) for v in raw], dtype=np.float32)
+        elif task.label_map is not None and raw and raw[0] in task.label_map:
+            out = np.asarray([task.label_map[v] for v in raw], dtype=np.int64)
+        else:
+            out = np.asarray([int(v) for v in raw], dtype=np.int64)
     except (ValueError, KeyError) as e:
         raise cli.UsageError(f"{path}: unreadable label ({e}); expected the original GLUE layout") from None
-    cli.check(out.size == 0 or (out.min() >= 0 and out.max() < task.num_labels),
-              f"{path}: labels outside 0..{task.num_labels - 1}")
-    return out
+    return check_labels(out, task, path)
+
+
+def check_labels(labels: np.ndarray, task: Task, where) -> np.ndarray:
+    """Labels as the task defines them, whatever the source (TSV, Hugging Face): class ids in
+    0..num_labels-1, or STS-B scores that are finite and within 0..5. A ``nan`` score is bad input (one line
+    here), not a divergence found rounds later."""
+    if task.num_labels == 1:
+        lo, hi = STSB_RANGE
+        bad = np.flatnonzero(~(np.isfinite(labels) & (labels >= lo) & (labels <= hi)))
+        if bad.size:
+            raise cli.UsageError(f"{where}: the score of example {bad[0] + 1} is {labels[bad[0]]}, not a number in "
+                                 f"{lo:g}..{hi:g}; expected STS-B similarity scores")
+    else:
+        cli.check(labels.size == 0 or (labels.min() >= 0 and labels.max() < task.num_labels),
+                  f"{where}: labels outside 0..{task.num_labels - 1}")
+    return labels
 
 
 def read_glue_dir(data_dir, task_name: str, splits=None) -> dict[str, Examples]:
@@ -188,7 +206,8 @@ def read_glue_hf(task_name: str, cache_dir=None) -> dict[str, Examples]:
     out = {}
     for split in ("train", *task.eval_splits):
         d = raw[split]
-        y = np.asarray(d["label"], dtype=np.float32 if task.num_labels == 1 else np.int64)
+        y = check_labels(np.asarray(d["label"], dtype=np.float32 if task.num_labels == 1 else np.int64), task,
+                         f"GLUE {task_name} {split}")
         out[split] = Examples(list(d[ka]), list(d[kb]) if kb else None, y,
                               list(d["genre"]) if "genre" in d.column_names else None)
     return out

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common import cli, compiled, export, flags, report, runlog
+from common import checkpoint, cli, compiled, export, flags, report, runlog
 from common import seed as seeding
 from lora_glue_fl import adapters, checks, glue_tasks, modeling
 
@@ -120,6 +120,7 @@ def run(args, lora: bool = True) -> dict:
             base_path = str(rd.artifact("base_model"))
             model.save_pretrained(base_path)
             tokenizer.save_pretrained(base_path)
+            checkpoint.give_usual_permissions(base_path)  # save_pretrained's safetensors are 0600
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeding.stream_seed(args.seed, "lora-init"))
             model = modeling.attach_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common import cli
+from common import checkpoint, cli
 from common import seed as seeding
 from lora_glue_fl.glue_tasks import Examples
 
@@ -168,6 +168,7 @@ def pretrained_base(tokenizer, texts: Examples, cache_root, *, max_seq_length: i
             shutil.rmtree(tmp, ignore_errors=True)
             rec = pretrain(tokenizer, texts, tmp, max_seq_length=max_seq_length, steps=steps, lr=lr,
                            batch_size=batch_size, seed=seed, progress=not quiet)
+            checkpoint.give_usual_permissions(tmp)  # save_pretrained's safetensors are 0600
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             if not quiet:

@@ -1,6 +1,10 @@
 """The shared check of the scripts' bad-input tests: a usage error ends in one line on stderr, exit 2."""
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
+
 import pytest
 
 from common import cli
@@ -15,3 +19,20 @@ def one_line_error(main, argv, capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     return err
+
+
+@contextlib.contextmanager
+def umask(mask: int = 0o022):
+    """Run a block under ``mask`` (the usual 022 of a user's shell), then restore the test process's."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def narrow_files(root) -> list[str]:
+    """Files and folders under ``root`` whose mode is not what the umask 022 gives (0644 files, 0755
+    folders): the 0600 that temp files and safetensors carry, say."""
+    return [f"{p.relative_to(root)} {oct(p.stat().st_mode & 0o777)}" for p in Path(root).rglob("*")
+            if not p.is_symlink() and p.stat().st_mode & 0o777 != (0o755 if p.is_dir() else 0o644)]

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from clicases import one_line_error
 
+from common import checkpoint as ck
 from common import runlog
 from lora_glue_fl import baseline_run, fedavg_merge, fedavg_rounds, main_glue_lora, make_shards
 from mamba_fl import central, fed_avg
@@ -94,6 +97,10 @@ def paths(tmp_path_factory) -> dict:
     _cifar(bad / "cifar_shape", shape=(100,))
     _cifar(bad / "cifar_no_images", labels=[])
     _cifar(bad / "cifar_other", labels=[i % 10 for i in range(400)])
+    _cifar(bad / "cifar_label_half", labels=[1.5] + [1] * 39)
+    _cifar(bad / "cifar_crafted")
+    with open(bad / "cifar_crafted" / "cifar-100-python" / "train", "wb") as f:
+        pickle.dump({"data": _Shell(f"touch {root / 'pwned'}"), "fine_labels": [0]}, f)
     # GLUE TSV folders
     for name, content in (("tsv_header", "foo\tbar\nhello\t1\n"),
                           ("tsv_latin1", None), ("tsv_label", "sentence\tlabel\ngood movie\t7\nbad\t0\n")):
@@ -104,6 +111,23 @@ def paths(tmp_path_factory) -> dict:
                 (d / split).write_bytes("sentence\tlabel\ncaf\xe9 movie\t1\n".encode("latin-1"))
             else:
                 (d / split).write_text(content)
+    stsb = bad / "tsv_stsb_nan"
+    stsb.mkdir()
+    head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    rows = "".join(f"{i}\tnews\tf\t2012\t{i}\tnone\tnone\ta cat sat\ta dog sat\t{s}\n"
+                   for i, s in enumerate(["3.2", "nan", "1.0", "4.5"]))
+    for split in ("train.tsv", "dev.tsv"):
+        (stsb / split).write_text(head + rows)
+    # shard manifests: indices as strings, manifests of another dataset
+    for name, edit_client in (("shards_strings", lambda c: {**c, "indices": [str(i) for i in c["indices"]]}),
+                              ("shards_mnli", lambda c: {**c, "dataset": "mnli"})):
+        d = bad / name
+        make_shards.main(["--quick", "--k", "2", "--out_dir", str(d), "--no_plot"])
+        for f in [*d.glob("client_*.json")]:
+            f.write_text(json.dumps(edit_client(json.loads(f.read_text()))))
+        if name == "shards_mnli":
+            (d / "summary.json").write_text(json.dumps({**json.loads((d / "summary.json").read_text()),
+                                                        "task": "mnli"}))
     # shard manifests with a bad summary.json
     shards = bad / "shards_bad_summary"
     make_shards.main(["--quick", "--k", "2", "--out_dir", str(shards), "--no_plot"])
@@ -131,6 +155,16 @@ def paths(tmp_path_factory) -> dict:
             (run / fname).write_text(text)
     p.update(bad=bad, adapter=adapter)
     return p
+
+
+class _Shell:
+    """Unpickling this runs a shell command: the payload of a crafted file a user may be handed."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
 
 
 def finish(p: dict, key: str) -> None:
@@ -225,6 +259,15 @@ CASES = [
     ("vit cifar wrong shape", "vit_fed", ["--data", "cifar100", "--data-dir", "{bad}/cifar_shape"], "[N, 3072]"),
     ("vit cifar no images", "vit_central", ["--data", "cifar100", "--data-dir", "{bad}/cifar_no_images"],
      "no images"),
+    ("vit cifar label 1.5", "vit_fed", ["--data", "cifar100", "--data-dir", "{bad}/cifar_label_half"],
+     "labels must be integers"),
+    ("vit central cifar label 1.5", "vit_central", ["--data", "cifar100", "--data-dir", "{bad}/cifar_label_half"],
+     "labels must be integers"),
+    ("vit cifar crafted pickle", "vit_fed", ["--data", "cifar100", "--data-dir", "{bad}/cifar_crafted"], "refused"),
+    ("vit central cifar crafted pickle", "vit_central",
+     ["--data", "cifar100", "--data-dir", "{bad}/cifar_crafted"], "refused"),
+    ("vit sparse cifar crafted pickle", "vit_sparse",
+     ["--data", "cifar100", "--data-dir", "{bad}/cifar_crafted"], "refused"),
     # ---- lora arguments
     ("lora lr negative", "lora_central", ["--learning_rate", "-1"], "--learning_rate"),
     ("lora lr nan", "lora_central", ["--learning_rate", "nan"], "finite"),
@@ -252,6 +295,14 @@ CASES = [
     ("lora tsv bad label", "lora_central", ["--data_dir", "{bad}/tsv_label", "--run-name", "fresh"], "label"),
     ("lora shard dir bad summary", "lora_fed", ["--shard_dir", "{bad}/shards_bad_summary"], "summary.json"),
     ("lora shard dir empty", "lora_fed", ["--shard_dir", "{bad}/shards_empty"], "client_"),
+    ("lora shard indices strings", "lora_fed", ["--shard_dir", "{bad}/shards_strings"], "'indices'[0] is '"),
+    ("lora shards of another dataset", "lora_fed", ["--shard_dir", "{bad}/shards_mnli"], "'mnli'"),
+    ("lora stsb label nan", "lora_central", ["--task_name", "stsb", "--data", "dir", "--data_dir",
+                                             "{bad}/tsv_stsb_nan", "--run-name", "fresh"], "is nan, not a number"),
+    ("lora fed stsb label nan", "lora_fed", ["--task_name", "stsb", "--data", "dir", "--data_dir",
+                                             "{bad}/tsv_stsb_nan", "--run-name", "fresh"], "is nan, not a number"),
+    ("lora baseline stsb label nan", "lora_full", ["--task_name", "stsb", "--data", "dir", "--data_dir",
+                                                   "{bad}/tsv_stsb_nan", "--run-name", "fresh"], "is nan"),
     # ---- other lora scripts (no run directory of their own: the finished runs must still be untouched)
     ("merge adapter config without r", "fedavg_merge",
      ["--adapters", "{bad}/adapter_no_r", "--save_adapter", "{runs}/merged"], "adapter_config.json"),
@@ -265,6 +316,12 @@ CASES = [
     ("merge save over a file", "fedavg_merge", ["--adapters", "{adapter}", "--save_adapter", "{file}"], "is a file"),
     ("merge over an existing adapter", "fedavg_merge", ["--adapters", "{adapter}", "--save_adapter", "{adapter}"],
      "--overwrite"),
+    ("merge manifests of another dataset", "fedavg_merge",
+     ["--adapters", "{adapter}", "--shard_manifests", "{bad}/shards_mnli/client_1.json", "--task_name", "sst2",
+      "--save_adapter", "{runs}/merged"], "made for 'mnli', not 'sst2'"),
+    ("merge manifest indices strings", "fedavg_merge",
+     ["--adapters", "{adapter}", "--shard_manifests", "{bad}/shards_strings/client_1.json",
+      "--save_adapter", "{runs}/merged"], "'indices'[0] is '"),
     ("make_shards out dir is a file", "make_shards", ["--quick", "--out_dir", "{file}"], "is a file"),
     ("make_shards k zero", "make_shards", ["--quick", "--k", "0", "--out_dir", "{runs}/shards"], "--k"),
     # ---- plot scripts: unrelated folders, corrupt run files, an output path that is a file
@@ -287,6 +344,12 @@ CASES = [
     ("llm max grad norm inf", "llm", ["--max-grad-norm", "inf"], "finite"),
     ("llm resume and overwrite", "llm", ["--resume", "--overwrite"], "contradict"),
     ("llm out-dir is a file", "llm", ["--out-dir", "{file}"], "is a file"),
+    ("llm lora rank above the layers", "llm", ["--lora-r", "100000"], "--lora-r 100000 exceeds the width"),
+    # ---- devices torch names but the project does not run on, in every script
+    *[(f"{key} device {dev}", key, ["--device", dev], f"{dev} device is not supported")
+      for key, dev in (("mamba_fed", "mps"), ("mamba_central", "xpu"), ("vit_fed", "meta"), ("vit_central", "mps"),
+                       ("vit_sparse", "xpu"), ("lora_central", "meta"), ("lora_full", "mps"), ("lora_fed", "xpu"),
+                       ("llm", "meta"))],
 ]
 if not ROOT:
     CASES.append(("mamba out-dir unwritable", "mamba_fed", ["--out-dir", "/proc/fedlab"], "not writable"))
@@ -307,6 +370,26 @@ def _other_main(key: str):
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("key", list(SCRIPTS))
+def test_crafted_checkpoint_is_refused_on_resume_without_running_it(key, paths, capsys):
+    """A copy of the finished run whose checkpoint.pt carries our header, the script's kind and a payload:
+    --resume refuses it in one line, the payload's file never appears, nothing under runs/ changes."""
+    finish(paths, key)
+    done = paths["runs"] / key / "done"
+    crafted = paths["runs"] / key / "crafted"
+    if not crafted.exists():
+        shutil.copytree(done, crafted, ignore=shutil.ignore_patterns(".lock"))
+        marker = paths["root"] / f"pwned_{key}"
+        state = {"round": 1, "rng": _Shell(f"touch {marker}")}
+        torch.save({"format": ck.FORMAT, "version": ck.VERSION, "kind": ck.peek_kind(done / "checkpoint.pt"),
+                    "state": state}, crafted / "checkpoint.pt")
+    before = _snapshot(paths["runs"])
+    err = one_line_error(SCRIPTS[key][0], [*_base(key, paths)[:-1], "crafted", "--resume"], capsys)
+    assert "refused" in err and "system" in err, err
+    assert not list(paths["root"].glob("pwned*"))
+    assert _snapshot(paths["runs"]) == before
 
 
 def test_the_table_is_large_enough():

@@ -71,28 +71,82 @@ def download(data_dir: str | Path) -> Path:
     return find_root(data_dir)
 
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as Python 3 protocol-2 pickles use it for ``bytes``, for latin-1 only."""
+    if encoding.replace("-", "").replace("_", "").lower() != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not in the CIFAR format")
+    return text.encode("latin1")
+
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct  # NumPy 2
+    except ImportError:  # NumPy 1
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+# Everything a CIFAR-100 pickle may name: NumPy's array reconstruction (under its NumPy 1 and 2 module
+# names) and the bytes encoding of Python 3 protocol-2 pickles. Dicts, lists, strings and numbers need no
+# global. Any other name (``os.system``, ``builtins.eval``, ...) is refused before it is looked up.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only containers, strings, numbers and NumPy arrays: a crafted file cannot
+    make it import or call anything else, so reading it runs none of its code."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-100 pickle never holds; "
+                                         "refused without running it (was it crafted?)") from None
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except Exception as e:
+            obj = _CifarUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # noqa: BLE001 -- whatever a broken pickle raises, the file is not usable
         raise cli.UsageError(f"{path}: not a CIFAR-100 pickle ({type(e).__name__}: {e})") from None
+    cli.check(isinstance(obj, dict), f"{path}: not a CIFAR-100 pickle (a {type(obj).__name__}, not a dict)")
+    return obj
+
+
+def _labels(values, path: Path) -> torch.Tensor:
+    """``fine_labels`` as int64, refusing what is not an integer (1.5 would otherwise be truncated to 1)."""
+    if isinstance(values, np.ndarray):
+        cli.check(values.ndim == 1 and values.dtype.kind in "iu",
+                  f"{path}: 'fine_labels' must be integers, got a {values.dtype} array of shape {values.shape}")
+        values = values.tolist()
+    cli.check(isinstance(values, (list, tuple)), f"{path}: 'fine_labels' must be a list of integers, "
+                                                 f"got {type(values).__name__}")
+    for i, v in enumerate(values):
+        cli.check(type(v) is int, f"{path}: 'fine_labels'[{i}] is {v!r}; labels must be integers")
+    try:
+        return torch.tensor(values, dtype=torch.long)
+    except (RuntimeError, OverflowError, ValueError):  # an integer beyond int64
+        raise cli.UsageError(f"{path}: 'fine_labels' holds an integer beyond 64 bits") from None
 
 
 def read_split(root: Path, name: str) -> Split:
     """``name`` in {train, test} -> Split on the CPU (fine labels)."""
     d = _unpickle(root / name)
     cli.check("data" in d and "fine_labels" in d, f"{root / name}: missing 'data' or 'fine_labels'")
-    data = np.asarray(d["data"], dtype=np.uint8)
-    cli.check(data.ndim == 2 and data.shape[1] == 3072,
-              f"{root / name}: data must be [N, 3072] uint8, got {data.shape}")
+    data = d["data"]
+    cli.check(isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072,
+              f"{root / name}: 'data' must be a uint8 array [N, 3072], got "
+              + (f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__))
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-    try:
-        labels = torch.as_tensor(d["fine_labels"], dtype=torch.long)
-    except (TypeError, ValueError, RuntimeError, OverflowError):
-        raise cli.UsageError(f"{root / name}: 'fine_labels' must be a list of integers") from None
-    cli.check(labels.dim() == 1 and len(labels) == len(images),
-              f"{root / name}: {len(images)} images but {labels.numel()} labels")
+    labels = _labels(d["fine_labels"], root / name)
+    cli.check(len(labels) == len(images), f"{root / name}: {len(images)} images but {labels.numel()} labels")
     cli.check(len(labels) > 0, f"{root / name}: no images; expected a CIFAR-100 split")
     lo, hi = int(labels.min()), int(labels.max())
     cli.check(0 <= lo and hi < NUM_CLASSES, f"{root / name}: fine label {lo if lo < 0 else hi} is outside "
@@ -120,7 +174,10 @@ def fingerprint(args, train: Split, val: Split, test: Split) -> dict:
 
 
 def class_names(root: Path) -> list[str]:
-    return list(_unpickle(root / "meta").get("fine_label_names", []))
+    names = _unpickle(root / "meta").get("fine_label_names", [])
+    cli.check(isinstance(names, list) and all(isinstance(n, str) for n in names),
+              f"{root / 'meta'}: 'fine_label_names' must be a list of strings")
+    return names
 
 
 def load_cifar100(args, device) -> tuple[Split, Split, Split, int]:

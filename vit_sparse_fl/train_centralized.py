@@ -13,13 +13,13 @@ reproduces the uninterrupted run.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 from tqdm import tqdm
 
 from common import cli, compiled, flags, report
 from common import seed as seeding
+from common.checkpoint import atomic_path
 from common.runlog import RunDir
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl import experiment as exp
@@ -51,10 +51,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def save_atomic(obj, path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # the usual 0644, not tempfile's 0600
+        torch.save(obj, tmp)
 
 
 def keep_best(run_path, best: list[dict], epoch: int, acc: float, model, k: int) -> list[dict]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from common import checkpoint as ck
-from common import cli
+from common import cli, seed
 
 
 def test_atomic_writes_round_trip_with_normal_permissions(tmp_path):
@@ -91,19 +91,18 @@ def test_writer_killed_mid_write_leaves_old_file(tmp_path):
 def test_checkpoint_round_trip_with_rng_states(tmp_path):
     random.seed(3)
     np.random.seed(3)
+    torch.manual_seed(3)
     state = {"round": 4, "params": [torch.randn(2, 3), torch.arange(5)], "opt": {"m": torch.zeros(2)},
-             "rng": {"python": random.getstate(), "numpy": np.random.get_state()}}
+             "rng": seed.get_rng_state()}
     path = ck.save_checkpoint(tmp_path / "checkpoint.pt", state, "mamba_fl/fed_fisher")
     assert ck.peek_kind(path) == "mamba_fl/fed_fisher"
     loaded = ck.load_checkpoint(path, "mamba_fl/fed_fisher")
     assert loaded["round"] == 4
     torch.testing.assert_close(loaded["params"], state["params"])
-    random.setstate(loaded["rng"]["python"])
-    np.random.set_state(loaded["rng"]["numpy"])
-    a = (random.random(), np.random.rand())
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    assert a == (random.random(), np.random.rand())
+    seed.set_rng_state(loaded["rng"])
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed.set_rng_state(state["rng"])
+    assert a == (random.random(), np.random.rand(), torch.rand(1).item())
     # an ordinary torch.load reads our file too
     assert torch.load(path, weights_only=False)["kind"] == "mamba_fl/fed_fisher"
 
@@ -163,6 +162,44 @@ def test_foreign_checkpoint_is_refused_before_any_code_runs(tmp_path):
     with pytest.raises(ck.CheckpointError, match="not a fedlab checkpoint"):
         ck.load_checkpoint(path, "k")
     assert not marker.exists()
+
+
+class _Shell:
+    """Unpickling this runs a shell command: the payload a crafted run directory would carry."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("where", ["state", "nested"])
+def test_crafted_checkpoint_with_our_header_is_refused_without_running_it(tmp_path, where):
+    """The header is ours and the archive complete, so only the weights-only load stands between the
+    payload and ``--resume``: it must be refused in one line, and the file it would create must not exist."""
+    marker = tmp_path / "pwned"
+    payload = _Shell(f"touch {marker}")
+    state = {"round": 3, "model": {"w": torch.ones(2)}}
+    if where == "state":
+        state["rng"] = payload
+    else:
+        state["model"]["opt"] = [torch.zeros(1), {"x": payload}]
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": ck.FORMAT, "version": ck.VERSION, "kind": "k", "state": state}, path)
+    assert ck.peek_kind(path) == "k"  # it passes every check that reads without unpickling
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.load_checkpoint(path, "k")
+    assert "system" in _one_line(e.value) and "refused" in str(e.value)
+    assert not marker.exists()
+
+
+def test_saving_objects_a_weights_only_load_refuses_fails_at_save_time(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    ck.save_checkpoint(path, {"round": 1}, "k")
+    with pytest.raises(TypeError, match=r"state\['rng'\]\['numpy'\]\[1\] is a numpy.ndarray"):
+        ck.save_checkpoint(path, {"round": 2, "rng": {"numpy": ("MT19937", np.arange(3))}}, "k")
+    assert ck.load_checkpoint(path, "k") == {"round": 1}  # the old checkpoint is kept
 
 
 def test_wrong_kind_and_version_are_refused(tmp_path):

@@ -89,6 +89,11 @@ def test_check_and_resolve_device():
     assert cli.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(cli.UsageError, match="not a device"):
         cli.resolve_device("potato")
+    for name in ("mps", "xpu", "meta", "xla:0"):  # devices torch names but the project does not run on
+        with pytest.raises(cli.UsageError, match=f"{name.split(':')[0]} device is not supported"):
+            cli.resolve_device(name)
+    with pytest.raises(cli.UsageError, match="CUDA"):
+        cli.resolve_device(f"cuda:{torch.cuda.device_count()}")
     if not torch.cuda.is_available():
         with pytest.raises(cli.UsageError, match="CUDA is not available"):
             cli.resolve_device("cuda:0")

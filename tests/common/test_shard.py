@@ -245,6 +245,10 @@ def test_read_manifests_errors(tmp_path):
     (tmp_path / "client_1.json").write_text("{not json")
     with pytest.raises(UsageError, match="not a client manifest"):
         shard.read_manifests(tmp_path)
+    for indices, phrase in ((["3"], r"\[0\] is '3'"), ([1, 2.5], r"\[1\] is 2.5"), ([], "empty")):
+        (tmp_path / "client_1.json").write_text(json.dumps({"indices": indices}))  # NumPy would convert these
+        with pytest.raises(UsageError, match=phrase):
+            shard.read_manifests(tmp_path)
 
 
 @pytest.mark.parametrize("seed", range(10))

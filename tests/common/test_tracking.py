@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -48,3 +49,32 @@ def test_missing_package_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(cli.UsageError, match="pip install wandb"):
         runlog.RunDir(tmp_path, "r", {"report_to": ["wandb"]})
     assert not (tmp_path / "r").exists()
+
+
+def test_report_to_wandb_offline_logs_the_rows_of_metrics_jsonl(tmp_path, monkeypatch):
+    """A quick training run with ``--report-to wandb`` under ``WANDB_MODE=offline`` (no account, no network):
+    the scalars read back from the offline run file are those of metrics.jsonl, the summary that of
+    summary.json."""
+    pytest.importorskip("wandb")
+    from mamba_fl import central
+
+    for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home" / sub))  # nothing written to the user's home
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cli.run(central.main, ["--quick", "--quiet", "--max-steps", "2", "--val-freq", "1", "--eval-blocks", "4",
+                           "--sample-tokens", "0", "--out-dir", str(tmp_path / "runs"), "--run-name", "wb",
+                           "--report-to", "wandb"])  # as the script's __main__: the tracker is closed at the end
+    run = tmp_path / "runs" / "wb"
+    summary = json.loads((run / runlog.SUMMARY_FILE).read_text())
+    scalars, logged_summary = tracking.read_wandb_offline(run)
+    rows = runlog.read_rows(run / runlog.METRICS_FILE)
+    expected: dict[str, list] = {}
+    for i, row in enumerate(rows, start=1):
+        for key, value in tracking.flatten(row).items():
+            expected.setdefault(key, []).append((tracking._step(row, i), value))
+    assert rows and scalars == expected
+    assert len(expected["val_loss" if "val_loss" in expected else next(iter(expected))]) >= 2
+    for key, value in tracking.flatten(summary).items():
+        assert logged_summary[key] == pytest.approx(value), key
+    assert (run / "wandb" / "run_id").read_text() in next((run / "wandb").glob("offline-run-*")).name

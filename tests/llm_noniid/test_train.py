@@ -156,6 +156,17 @@ def test_lora_adapters_are_the_only_trainable_parameters():
     assert P.numel(P.trainable(full)) == sum(p.numel() for p in full.parameters())
 
 
+def test_lora_rank_and_sequence_length_are_bounded_by_the_model():
+    from common.cli import UsageError
+    from llm_noniid.model import add_lora, max_lora_rank, max_positions, tiny_gpt2
+
+    base = tiny_gpt2(100, 16, 0)  # n_embd 64: c_attn [64, 192], c_fc [64, 256], c_proj [256, 64] / [64, 64]
+    assert max_lora_rank(base, ["c_attn", "c_proj", "c_fc"]) == 64 and max_positions(base) == 16
+    assert add_lora(base, r=64, alpha=8, dropout=0.0) is not None
+    with pytest.raises(UsageError, match="--lora-r 100000 exceeds the width 64"):
+        add_lora(tiny_gpt2(100, 16, 0), r=100000, alpha=8, dropout=0.0)
+
+
 def test_compiled_forward_gives_the_same_run(tmp_path):
     """--compile with the aot_eager backend (inductor's graphs, no code generation: fast on a CPU) trains and
     evaluates the LoRA model through the compiled forward and reproduces the eager run."""

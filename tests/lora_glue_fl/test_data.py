@@ -151,6 +151,50 @@ def test_shard_dir_without_manifests_refused(tmp_path):
         glue_shards.read_shard_manifests(tmp_path)
 
 
+def _manifests(tmp_path, **client_1):
+    """Two sst2 client manifests (and summary.json) with client_1.json's keys replaced by ``client_1``."""
+    info = glue_shards.make_client_splits(examples(20), "sst2", 2, "iid", seed=0)
+    glue_shards.save_shard_manifests(tmp_path, info)
+    path = tmp_path / "client_1.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **client_1}))
+    return path
+
+
+@pytest.mark.parametrize("indices, phrase", [(["1", "2"], r"\[0\] is '1'"), ([0, 1.5], r"\[1\] is 1.5"),
+                                             ([0, True], "is True"), ([3, -1], "is -1"), ([], "empty"),
+                                             ({"0": 1}, "must be a list"), ([[1, 2]], r"is \[1, 2\]")])
+def test_manifest_indices_that_are_not_row_numbers_are_refused(tmp_path, indices, phrase):
+    path = _manifests(tmp_path, indices=indices)
+    with pytest.raises(cli.UsageError, match=phrase):
+        glue_shards.read_shard_manifests(tmp_path)
+    with pytest.raises(cli.UsageError, match=phrase):
+        glue_shards.read_manifest(path)  # fedavg_merge's --shard_manifests
+
+
+def test_manifests_of_another_dataset_are_refused(tmp_path):
+    path = _manifests(tmp_path, dataset="mnli")
+    with pytest.raises(cli.UsageError, match="mixes manifests of different datasets"):
+        glue_shards.read_shard_manifests(tmp_path)
+    with pytest.raises(cli.UsageError, match="made for 'mnli', not 'sst2'"):
+        glue_shards.read_manifest(path, "sst2")
+    assert len(glue_shards.read_manifest(path)) > 0  # no task named: any GLUE dataset
+    (tmp_path / "summary.json").unlink()
+    (tmp_path / "client_2.json").unlink()
+    assert glue_shards.read_shard_manifests(tmp_path)[1]["task"] == "mnli"  # what callers compare with theirs
+    _manifests(tmp_path, dataset="imagenet")
+    with pytest.raises(cli.UsageError, match="'dataset' is 'imagenet'"):
+        glue_shards.read_shard_manifests(tmp_path)
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "-0.5", "5.5"])
+def test_stsb_scores_outside_0_to_5_are_bad_input(tmp_path, score):
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    row = "0\tmain-news\tf\t2012\t0\tnone\tnone\ta cat\ta dog\t{}\n"
+    (tmp_path / "train.tsv").write_text(header + row.format("3.2") + row.format(score))
+    with pytest.raises(cli.UsageError, match=f"score of example 2 is {score.lstrip('+')}"):
+        glue_tasks.read_tsv(tmp_path / "train.tsv", "stsb")
+
+
 def test_real_sst2_and_mrpc_files(shared_data):
     sst2 = glue_tasks.read_glue_dir(shared_data / "glue_sst2", "sst2")
     assert (len(sst2["train"]), len(sst2["validation"])) == (67349, 872)

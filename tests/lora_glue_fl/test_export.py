@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from clicases import narrow_files, umask
 
 from lora_glue_fl import adapters, baseline_run, fedavg_rounds, glue_tasks, main_glue_lora, modeling
 
@@ -25,8 +26,10 @@ def _reload_eval(model_dir, args: dict) -> dict:
 @pytest.mark.parametrize("script", ["baseline", "central_lora"])
 def test_model_dir_reproduces_validation_loss(script, tmp_path):
     main = baseline_run.main if script == "baseline" else main_glue_lora.main
-    summary = main(QUICK + ["--out-dir", str(tmp_path), "--run-name", "r"])
+    with umask(0o022):
+        summary = main(QUICK + ["--out-dir", str(tmp_path), "--run-name", "r"])
     run = tmp_path / "r"
+    assert (run / "model" / "model.safetensors").is_file() and narrow_files(run) == []  # 0644 as promised
     args = json.loads((run / "args.json").read_text())["args"]
     got = _reload_eval(run / "model", args)
     assert abs(got["eval_loss"] - summary["final"]["eval_loss"]) < 1e-5

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import pickle
+import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,6 +48,63 @@ def test_folder_without_pickles_fails_in_one_line(tmp_path):
         (tmp_path / "cifar-100-python" / name).write_bytes(b"not a pickle")
     with pytest.raises(cli.UsageError, match="not a CIFAR-100 pickle"):
         cifar.load_cifar100(_args(tmp_path), torch.device("cpu"))
+
+
+class _Shell:
+    """Unpickling this runs a shell command: what a crafted CIFAR file would carry."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _copy_with(cifar_dir, tmp_path, split, obj):
+    """A copy of the CIFAR folder whose ``split`` pickle is ``obj``."""
+    root = tmp_path / "cifar-100-python"
+    shutil.copytree(cifar.find_root(cifar_dir), root)
+    with open(root / split, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    return root
+
+
+@pytest.mark.parametrize("split", ["train", "meta"])
+def test_crafted_pickle_is_refused_without_running_its_payload(cifar_dir, tmp_path, split):
+    marker = tmp_path / "pwned"
+    d = {"data": np.zeros((1, 3072), np.uint8), "fine_labels": [0], "x": _Shell(f"touch {marker}")}
+    root = _copy_with(cifar_dir, tmp_path, split, d)
+    with pytest.raises(cli.UsageError) as e:
+        cifar.read_split(root, "train") if split == "train" else cifar.class_names(root)
+    assert "system" in str(e.value) and "refused" in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_python3_protocol2_pickle_with_numpy_arrays_is_read(cifar_dir, tmp_path):
+    """A re-saved file (Python 3 bytes via _codecs.encode, a NumPy label array) holds only what is allowed."""
+    data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    root = _copy_with(cifar_dir, tmp_path, "train", {"data": data, "fine_labels": np.array([3, 99]),
+                                                     "filenames": [b"a.png", b"b.png"]})
+    split = cifar.read_split(root, "train")
+    assert split.labels.tolist() == [3, 99] and torch.equal(split.images.view(2, -1), torch.from_numpy(data))
+
+
+@pytest.mark.parametrize("labels, phrase", [
+    ([0, 1.5], r"\[1\] is 1.5"), ([0, True], "is True"), ([0, "3"], "is '3'"), (np.array([0.0, 1.0]), "float64"),
+    ([0, 100], "label 100 is outside"), ([-1, 0], "label -1 is outside"), ([0, 2**70], "beyond 64 bits"),
+    ({"a": 1}, "list of integers"), ([0], "2 images but 1 labels")])
+def test_labels_that_are_not_class_ids_are_refused(cifar_dir, tmp_path, labels, phrase):
+    root = _copy_with(cifar_dir, tmp_path, "train", {"data": np.zeros((2, 3072), np.uint8), "fine_labels": labels})
+    with pytest.raises(cli.UsageError, match=phrase):
+        cifar.read_split(root, "train")
+
+
+@pytest.mark.parametrize("data", [np.zeros((2, 3072), np.float32) + 0.5, np.zeros((2, 3071), np.uint8),
+                                  [[0] * 3072] * 2])
+def test_image_data_not_in_the_format_is_refused(cifar_dir, tmp_path, data):
+    root = _copy_with(cifar_dir, tmp_path, "train", {"data": data, "fine_labels": [0, 1]})
+    with pytest.raises(cli.UsageError, match="'data' must be a uint8 array"):
+        cifar.read_split(root, "train")
 
 
 def test_augmentation_is_crop_flip_resize_normalise():

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from clicases import narrow_files, umask
 
 from common import cli
 from common import params as P
@@ -121,7 +122,9 @@ def test_centralized_resume_and_best_checkpoints(out_dir, monkeypatch):
     argv = ["--quick", "--quiet", "--epochs", "2", "--warmup-epochs", "1", "--max-train", "70",
             "--max-test", "50", "--batch-size", "16", "--keep-best", "1", "--patience", "0",
             "--out-dir", str(out_dir)]
-    full = train_centralized.main([*argv, "--run-name", "full"])
+    with umask(0o022):
+        full = train_centralized.main([*argv, "--run-name", "full"])
+    assert narrow_files(out_dir / "full") == []  # best_epoch*.pt 0644, not tempfile's 0600
     assert len(full["best_checkpoints"]) == 1 and full["epochs_done"] == 2
     assert sorted(p.name for p in (out_dir / "full").glob("best_*.pt")) == full["best_checkpoints"]
     real = train_centralized.keep_best
