@@ -51,9 +51,7 @@ of the copy floor;
 busy: every aggregator (add_many, streaming and separate tensors) and the server steps no slower than
 their anchor (speedup >= 1x). The quiet streaming rows are reported, not targeted: one client at a time
 must read and write the sums once per client, three times the bytes of add_many for the weighted mean.
-FisherMean's and MaskedMean's sums and results run as fused C kernels where they can (``common.native``;
-the first line printed says which); ``FEDLAB_NATIVE=0 python benchmarks/bench_aggregate.py`` times the torch
-ops that do the same arithmetic.
+Every aggregator runs as torch ops (no compiled kernels).
 Peak memory: each (method, K) runs once more in a fresh process (CPU: peak resident set, VmHWM);
 target: WeightedMean flat in K.
 """
@@ -72,7 +70,7 @@ import numpy as np
 import torch
 from benchlib import current_bytes, markdown_table, mib, peak_bytes, reset_peak, run_isolated, timeit_many
 
-from common import cli, native
+from common import cli
 from common import params as P
 from common.aggregate import FisherMean, MaskedMean, WeightedMean
 from common.server_opt import FedAdam, FedAvgM
@@ -527,7 +525,7 @@ def main(argv=None) -> dict:
     c = Clients(args, device)
     print(f"{len(c.base)} tensors, {c.numel / 1e6:.2f}M parameters ({mib(4 * c.numel)} MiB fp32), device {device}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, anchor {anchor_name(args)}, "
-          f"load average {loadavg()['load1']:.1f}, FisherMean / MaskedMean sums: {native.status()}", flush=True)
+          f"load average {loadavg()['load1']:.1f}", flush=True)
     conditions = [time_condition(args, c, device, cond) for cond in args.conditions]
 
     memory = []
@@ -548,7 +546,7 @@ def main(argv=None) -> dict:
     summary = {"numel": c.numel, "tensors": len(c.base), "anchor": anchor_name(args), "conditions": conditions,
                "memory": memory, "targets": [{"name": n, "met": ok} for n, ok in checks],
                "targets_met": all(ok for _, ok in checks), "device": str(device), "threads": torch.get_num_threads(),
-               "cores": os.cpu_count(), "quick": args.quick, "kernels": native.status()}
+               "cores": os.cpu_count(), "quick": args.quick}
     print_table(summary)
     print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
     if args.json:
