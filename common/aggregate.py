@@ -1,9 +1,9 @@
-"""Streaming aggregators of a federated round: weighted mean (FedAvg), Fisher-weighted mean, masked mean,
-and FedEntropy's softmax weights. What the server then does with the aggregate lives next door:
+"""Streaming aggregators of a federated round: weighted mean (FedAvg), Fisher-weighted mean, and FedEntropy's
+softmax weights. What the server then does with the aggregate lives next door:
 ``common.server_opt`` (FedAvg / FedAvgM / FedAdam server steps), ``common.scaffold`` (SCAFFOLD control
 variates) and ``common.lora_merge`` (merging LoRA factors).
 
-Streaming aggregators (``WeightedMean``, ``FisherMean``, ``MaskedMean``) take one client at a time with
+Streaming aggregators (``WeightedMean``, ``FisherMean``) take one client at a time with
 ``add(...)``, so memory is O(parameters) whatever the number of clients K. Each keeps its running sums in
 ONE flat buffer per quantity (the per-parameter tensors are views of it), which gives:
 
@@ -22,8 +22,8 @@ ONE flat buffer per quantity (the per-parameter tensors are views of it), which 
   upload streams through it once, so each upload is read once and the sums are written once, instead of
   read and written once per client (a third of the memory traffic of K ``add`` calls for the weighted
   mean). Same values as ``add`` in the same order, bit for bit (elementwise ops, same per-coordinate order);
-* ``FisherMean`` and ``MaskedMean`` update two or three sums per client: with flat clients, block by block, so a
-  client's quantities are read from memory once while the block's sums stay in cache (torch ops throughout).
+* ``FisherMean`` updates three sums per client: with flat clients, block by block, so a client's theta and F
+  are read from memory once while the block's sums stay in cache (torch ops throughout).
 
 Sums are kept in ``acc_dtype`` (float32, or float64 when asked), whatever the parameters' dtype; ``result``
 returns tensors in the dtypes of ``like``. Shapes: ``like`` and every client list hold the same tensors
@@ -385,91 +385,6 @@ class FisherMean(_Streaming):
                 _select_into(flat[lo:hi], den[lo:hi] > 0, q, mean)
                 at_floor += int((den[lo:hi] <= eps).sum())  # an integer count: exact whatever the threads
         return at_floor
-
-
-class MaskedMean(_Streaming):
-    """Each coordinate averaged over the clients whose mask is nonzero there (weights w_k * mask);
-    coordinates no client updated keep ``fallback`` (typically the global parameters).
-
-    result = sum_k w_k m_k theta_k / sum_k w_k m_k where that denominator is > 0, else fallback.
-    A mask entry may be None: that tensor was updated everywhere by this client.
-    """
-
-    def __init__(self, like, acc_dtype: torch.dtype = torch.float32):
-        super().__init__(like, 2, acc_dtype)  # buffer 0: sum w m theta (+ total weight), buffer 1: sum w m
-
-    @torch.no_grad()
-    def add(self, tensors, masks, weight: float = 1.0) -> None:
-        """A client given as (views of) one buffer for theta and one for its mask goes block by block; else one
-        pass per tensor, and one fused op for the tensors whose mask is None."""
-        tensors, masks = self._check(tensors), self._check(masks, "masks")
-        dense = [i for i, m in enumerate(masks) if m is None]
-        flat_t = as_flat(tensors)
-        flat_m = as_flat(masks) if not dense else None
-        if flat_t is not None and flat_m is not None:
-            flats = [(flat_t, flat_m)]
-            self._add_blocked(flats, [weight], self._add_block)
-            return
-        self._materialize()
-        num, cnt = self._views
-        with self._threads():
-            for i, m in enumerate(masks):
-                if m is not None:
-                    self._add_masked(num[i].view(-1), cnt[i].view(-1), tensors[i].reshape(-1), m.reshape(-1), weight)
-        if dense:
-            P.foreach(torch._foreach_add_, [num[i] for i in dense], [tensors[i] for i in dense], alpha=weight)
-            P.foreach(torch._foreach_add_, [cnt[i] for i in dense], scalar=weight)
-        self._flats[0][-1] += weight
-
-    @torch.no_grad()
-    def add_many(self, clients: Sequence, masks: Sequence, weights: Sequence[float] | None = None) -> None:
-        """``add(clients[k], masks[k], weights[k])`` for every k in order, bit for bit; clients and masks
-        that are one buffer each (or lists tiling one, no None mask) are read once, block by block."""
-        self._add_many_with(clients, masks, weights, "masks", self._add_block)
-
-    def _add_block(self, k, accs, xs, w) -> None:
-        self._add_masked(accs[0], accs[1], xs[0], xs[1], w)
-
-    def _add_masked(self, num, cnt, t, m, weight) -> None:
-        """num += w m t; cnt += w m over 1-D views. A non-float mask (bool) is first cast into a small float
-        scratch chunk that stays in cache: ops mixing a bool and a float tensor take torch's slow casting
-        loop (measured 3x slower); the values are the same (m is 0 or 1 either way). A bool mask is cast
-        from its bytes seen as uint8 (a torch bool is stored as 0 or 1): torch's bool -> float copy is not
-        vectorized (289 vs 31 us for 512K elements on one thread)."""
-        if m.dtype == num.dtype:
-            num.addcmul_(m, t, value=weight)
-            cnt.add_(m, alpha=weight)
-            return
-        if m.dtype == torch.bool:
-            m = m.view(torch.uint8)
-        for lo in range(0, m.numel(), self._CHUNK):
-            hi = min(m.numel(), lo + self._CHUNK)
-            s = self._scratch_chunk()[:hi - lo]
-            s.copy_(m[lo:hi])
-            num[lo:hi].addcmul_(s, t[lo:hi], value=weight)
-            cnt[lo:hi].add_(s, alpha=weight)
-
-    @torch.no_grad()
-    def result(self, fallback: Sequence[torch.Tensor], out: Sequence[torch.Tensor] | None = None) -> Tensors:
-        self._total()
-        self._materialize()
-        fallback = self._check(fallback, "fallback")
-        out = self._out(out)
-        tiny = torch.finfo(self.acc_dtype).tiny
-        flat_out, flat_fb = as_flat(out), as_flat(fallback)
-        if flat_out is not None and flat_fb is not None and flat_out.numel() == self.numel:  # one op per step
-            num, cnt = self._flats[0][:self.numel], self._flats[1]
-            with self._threads():  # chunk by chunk into a scratch chunk: no temporaries of the model's size
-                for lo in range(0, self.numel, self._CHUNK):
-                    hi = min(self.numel, lo + self._CHUNK)
-                    q = torch.clamp_min(cnt[lo:hi], tiny, out=self._scratch_chunk()[:hi - lo])
-                    torch.div(num[lo:hi], q, out=q)
-                    _select_into(flat_out[lo:hi], cnt[lo:hi] > 0, q, flat_fb[lo:hi])
-            return out
-        with _per_tensor_threads(out):
-            for o, num, cnt, fb in zip(out, *self._views, fallback):
-                o.copy_(torch.where(cnt > 0, num / cnt.clamp_min(tiny), fb))
-        return out
 
 
 def _select_into(out: torch.Tensor, cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
