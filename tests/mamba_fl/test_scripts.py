@@ -141,3 +141,22 @@ def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys)
     assert "--run-name fedfisher_L1_topic_s0" in printed and "--run-name fedavg_L1_topic_s0" not in printed
     with pytest.raises(cli.UsageError):
         run_grid.main(["--jobs", "0", "--dry-run", "--out-dir", str(out)])
+
+
+def test_run_grid_picks_the_best_other_arm_from_the_first_block(tmp_path):
+    """The real-text block runs the federated arm other than FedAvg with the lowest mean log perplexity over
+    the finished synthetic runs (a diverged run, inf, is left out; FedAvg itself never counts)."""
+    from mamba_fl import run_grid
+
+    args = run_grid.get_args_parser().parse_args(["--rounds", "16", "--seeds", "0", "1", "--layers", "1"])
+    head = run_grid.jobs_of(run_grid.plan(args, [], "synthetic", ["central", *run_grid.FEDERATED_ARMS], [1],
+                                          ["topic"]), tmp_path)
+    assert run_grid.best_other_arm(head, 1) is None                      # nothing finished yet
+    ppl = {"fedavg": 10.0, "fedfisher": 40.0, "fedentropy": 30.0, "fedavgm": float("inf")}
+    for job in head:
+        arm = job.name.split("_")[0]
+        if arm in ppl:
+            job.run_dir.mkdir(parents=True)
+            (job.run_dir / "summary.json").write_text(json.dumps({"final_val_ppl": ppl[arm]}))
+    assert run_grid.best_other_arm(head, 1) == "fedentropy"
+    assert run_grid.best_other_arm(head, 2) is None
