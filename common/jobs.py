@@ -199,7 +199,9 @@ def _start(job: Job, extra: list[str], log_dir: Path, env: dict) -> subprocess.P
     with open(log_dir / f"{job.name}.log", "a", encoding="utf-8") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
         log.flush()
+        # a session of its own: a Ctrl-C at the terminal reaches the driver only, which stops every job once
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True,
                                 preexec_fn=_die_with_driver if sys.platform.startswith("linux") else None)
 
 
