@@ -22,8 +22,6 @@ elsewhere hits every method alike):
                  has a Fisher mean), or on the same numpy computation written here without flwr. add_many:
                  client k's Fisher is client k+1's upload buffer (distinct memory without another K
                  buffers; an elementwise op's time does not depend on the values).
-  MaskedMean     ``MaskedMean`` with a 50% boolean mask per client; anchor: built on ``aggregate`` alike;
-                 add_many: K distinct masks.
   FedAdam step   ``common.server_opt.FedAdam.step`` on the global parameters; anchor: Flower's FedAdam
                  update (``FedAdam.aggregate_fit``'s delta / m / v / x lines) in numpy. K does not enter.
   FedAvgM step   ``common.server_opt.FedAvgM.step`` (heavy-ball form); anchor: Flower's FedAvgM update
@@ -35,9 +33,9 @@ Copy floor: ``copy_`` of each of the K distinct uploads into one buffer (with th
 thread on a quiet machine, one on a busy one, ``common.params.threads_for``), timed in the same round-robin; the
 time per copy (8 bytes per parameter: read and write) scaled to the bytes the aggregation must move.
 Streaming: per client, read its upload and read + write the accumulators (WeightedMean 12 bytes per
-parameter, FisherMean 32: theta and F read once, block by block, MaskedMean 22 with 1-byte masks), plus
+parameter, FisherMean 32: theta and F read once, block by block), plus
 zeroing the accumulators and writing the result once (WeightedMean 12K + 12 bytes per parameter in all).
-add_many: per client, read its upload only (WeightedMean 4, FisherMean 8, MaskedMean 5), plus the same once
+add_many: per client, read its upload only (WeightedMean 4, FisherMean 8), plus the same once
 per aggregation (WeightedMean 4K + 12).
 The FedAdam step reads four tensors and writes three (28), the FedAvgM step three and two (20).
 "vs floor" = time / floor time: 1.0 would be the machine's copy bandwidth.
@@ -46,14 +44,12 @@ Conditions: ``quiet`` (nothing started; the load average of the machine is print
 not quiet) and ``busy``: the benchmark starts one busy loop per core (``--busy-loops``, each a separate
 Python process bounded by ``--busy-limit`` seconds) and stops them afterwards, so every core is shared.
 Targets, checked on the input Flower's ``aggregate`` takes (K uploads in memory: add_many): quiet:
-WeightedMean, FisherMean and MaskedMean, and the server steps, >= 2.5x the anchor at every K and within 1.3x
+WeightedMean and FisherMean, and the server steps, >= 2.5x the anchor at every K and within 1.3x
 of the copy floor;
 busy: every aggregator (add_many, streaming and separate tensors) and the server steps no slower than
 their anchor (speedup >= 1x). The quiet streaming rows are reported, not targeted: one client at a time
 must read and write the sums once per client, three times the bytes of add_many for the weighted mean.
-FisherMean's and MaskedMean's sums and results run as fused C kernels where they can (``common.native``;
-the first line printed says which); ``FEDLAB_NATIVE=0 python benchmarks/bench_aggregate.py`` times the torch
-ops that do the same arithmetic.
+Every aggregator runs as torch ops (no compiled kernels).
 Peak memory: each (method, K) runs once more in a fresh process (CPU: peak resident set, VmHWM);
 target: WeightedMean flat in K.
 """
@@ -72,9 +68,9 @@ import numpy as np
 import torch
 from benchlib import current_bytes, markdown_table, mib, peak_bytes, reset_peak, run_isolated, timeit_many
 
-from common import cli, native
+from common import cli
 from common import params as P
-from common.aggregate import FisherMean, MaskedMean, WeightedMean
+from common.aggregate import FisherMean, WeightedMean
 from common.server_opt import FedAdam, FedAvgM
 
 try:
@@ -84,9 +80,9 @@ except ImportError:  # the optional `bench` extra
     flwr = flower_aggregate = None
 
 # bytes per parameter an aggregation must move: (per client, per aggregation), see the docstring
-BYTES = {"WeightedMean": (12, 12), "FisherMean": (32, 28), "MaskedMean": (22, 24), "FedAdam step": (0, 28),
+BYTES = {"WeightedMean": (12, 12), "FisherMean": (32, 28), "FedAdam step": (0, 28),
          "FedAvgM step": (0, 20)}
-BYTES_MANY = {"WeightedMean": (4, 12), "FisherMean": (8, 28), "MaskedMean": (5, 24)}  # add_many
+BYTES_MANY = {"WeightedMean": (4, 12), "FisherMean": (8, 28)}  # add_many
 FEDADAM = {"lr": 1e-2, "betas": (0.9, 0.99), "tau": 1e-3}
 FEDAVGM = {"lr": 1.0, "momentum": 0.9, "form": "heavy-ball"}
 SERVER_STEPS = {"FedAdam step": lambda like: FedAdam(like, **FEDADAM),
@@ -150,36 +146,31 @@ class Clients:
         g = torch.Generator().manual_seed(0)
         self.names = list(shapes)
         self.base = [(0.02 * torch.randn(s, generator=g)).to(device) for s in shapes.values()]
-        self.flat, self.fisher, self.masks = [], [], []
+        self.flat, self.fisher = [], []
         n = P.numel(self.base)
         for _ in range(args.pool):  # uploads in buffers like the model's after flat_parameters_ (empty_flat)
             flat = P.empty_flat(n, torch.float32, device).copy_(P.flatten(self.base))
             flat += 1e-3 * torch.randn(flat.shape, generator=g).to(device)
             self.flat.append(P.unflatten(flat, self.base))
             self.fisher.append(P.unflatten(P.empty_flat(n, torch.float32, device).copy_(flat.abs() + 1e-4), self.base))
-            mask = torch.rand(flat.shape, generator=g).to(device) < 0.5
-            self.masks.append(P.unflatten(P.empty_flat(n, torch.bool, device).copy_(mask), self.base))
         self.separate = [[t.clone() for t in c] for c in self.flat]
         self.np = [[t.cpu().numpy() for t in c] for c in self.separate]
         self.np_fisher = [[t.cpu().numpy() for t in c] for c in self.fisher]
-        self.np_masks = [[t.cpu().numpy() for t in c] for c in self.masks]
         self.numel = P.numel(self.base)
-        self.many_uploads, self.many_masks = [], []
+        self.many_uploads = []
 
     def pick(self, pool, k):
         return [pool[i % len(pool)] for i in range(k)]
 
-    def distinct(self, k: int) -> tuple[list, list]:
-        """``k`` distinct flat uploads and boolean masks (add_many's input: K uploads in memory; copies of
-        the pool with a different offset each, so no two share memory). Built once, grown as K grows."""
+    def distinct(self, k: int) -> list:
+        """``k`` distinct flat uploads (add_many's input: K uploads in memory; copies of the pool with a
+        different offset each, so no two share memory). Built once, grown as K grows."""
         n = self.numel
         while len(self.many_uploads) < k:
             i = len(self.many_uploads)
             src = P.as_flat(self.flat[i % len(self.flat)])
             self.many_uploads.append(P.empty_flat(n, torch.float32, src.device).copy_(src).add_(1e-6 * i))
-            mask = P.as_flat(self.masks[i % len(self.masks)])
-            self.many_masks.append(P.empty_flat(n, torch.bool, src.device).copy_(mask))
-        return self.many_uploads[:k], self.many_masks[:k]
+        return self.many_uploads[:k]
 
 
 def weights_for(k: int) -> list[int]:
@@ -227,18 +218,6 @@ def fisher_anchor_fn(c: Clients, k: int, eps_rel: float = 1e-6):
     return run
 
 
-def masked_anchor_fn(c: Clients, k: int):
-    """MaskedMean built on Flower's aggregate: weighted means of m theta and of m, their ratio where m > 0."""
-    w, ts, ms, fb = weights_for(k), c.pick(c.np, k), c.pick(c.np_masks, k), c.np[0]
-    tiny = np.finfo(np.float32).tiny
-
-    def run():
-        num = np_weighted_mean([([m * t for m, t in zip(mk, tk)], wk) for tk, mk, wk in zip(ts, ms, w)])
-        cnt = np_weighted_mean([([m.astype(np.float32) for m in mk], wk) for mk, wk in zip(ms, w)])
-        return [np.where(n_ > 0, x / np.maximum(n_, tiny), f) for x, n_, f in zip(num, cnt, fb)]
-    return run
-
-
 def fedadam_anchor_fn(c: Clients):
     """Flower's FedAdam.aggregate_fit update, given the FedAvg aggregate: delta, m, v, then x."""
     lr, (b1, b2), tau = FEDADAM["lr"], FEDADAM["betas"], FEDADAM["tau"]
@@ -282,20 +261,16 @@ def stream_fn(c: Clients, pool, k: int, kind: str = "WeightedMean"):
     if kind == "WeightedMean":
         agg = WeightedMean(c.base)
         adds = [(x,) for x in clients]
-    elif kind == "FisherMean":
+    else:
         agg = FisherMean(c.base)
         fisher = c.pick(c.fisher if pool is c.flat else [[t.clone() for t in f] for f in c.fisher], k)
         adds = list(zip(clients, fisher))
-    else:
-        agg = MaskedMean(c.base)
-        masks = c.pick(c.masks if pool is c.flat else [[t.clone() for t in m] for m in c.masks], k)
-        adds = list(zip(clients, masks))
 
     def aggregate():
         agg.reset()
         for a, wk in zip(adds, w):
             agg.add(*a, weight=wk)
-        return agg.result(c.flat[0], out=out) if kind == "MaskedMean" else agg.result(out=out)
+        return agg.result(out=out)
     return aggregate
 
 
@@ -304,14 +279,14 @@ def many_fn(c: Clients, k: int, kind: str = "WeightedMean"):
     tensors."""
     w = weights_for(k)
     out = P.zeros_like(c.base)
-    uploads, masks = c.distinct(k)
-    agg = {"WeightedMean": WeightedMean, "FisherMean": FisherMean, "MaskedMean": MaskedMean}[kind](c.base)
-    extra = {"WeightedMean": [], "FisherMean": [uploads[1:] + uploads[:1]], "MaskedMean": [masks]}[kind]
+    uploads = c.distinct(k)
+    agg = {"WeightedMean": WeightedMean, "FisherMean": FisherMean}[kind](c.base)
+    extra = {"WeightedMean": [], "FisherMean": [uploads[1:] + uploads[:1]]}[kind]
 
     def aggregate():
         agg.reset()
         agg.add_many(uploads, *extra, w)
-        return agg.result(c.flat[0], out=out) if kind == "MaskedMean" else agg.result(out=out)
+        return agg.result(out=out)
     return aggregate
 
 
@@ -377,10 +352,6 @@ def time_condition(args, c: Clients, device, condition: str) -> dict:
                 fns |= {("FisherMean", "anchor"): fisher_anchor_fn(c, k),
                         ("FisherMean", "many"): many_fn(c, k, "FisherMean"),
                         ("FisherMean", "flat"): stream_fn(c, c.flat, k, "FisherMean")}
-            if "MaskedMean" in args.aggregators:
-                fns |= {("MaskedMean", "anchor"): masked_anchor_fn(c, k),
-                        ("MaskedMean", "many"): many_fn(c, k, "MaskedMean"),
-                        ("MaskedMean", "flat"): stream_fn(c, c.flat, k, "MaskedMean")}
             for name in SERVER_STEPS:  # K does not enter: timed once, with the first K
                 if name in args.aggregators and k == args.clients[0]:
                     fns |= {(name, "anchor"): ANCHOR_STEPS[name](c), (name, "flat"): server_step_fn(c, name, True),
@@ -527,7 +498,7 @@ def main(argv=None) -> dict:
     c = Clients(args, device)
     print(f"{len(c.base)} tensors, {c.numel / 1e6:.2f}M parameters ({mib(4 * c.numel)} MiB fp32), device {device}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, anchor {anchor_name(args)}, "
-          f"load average {loadavg()['load1']:.1f}, FisherMean / MaskedMean sums: {native.status()}", flush=True)
+          f"load average {loadavg()['load1']:.1f}", flush=True)
     conditions = [time_condition(args, c, device, cond) for cond in args.conditions]
 
     memory = []
@@ -548,7 +519,7 @@ def main(argv=None) -> dict:
     summary = {"numel": c.numel, "tensors": len(c.base), "anchor": anchor_name(args), "conditions": conditions,
                "memory": memory, "targets": [{"name": n, "met": ok} for n, ok in checks],
                "targets_met": all(ok for _, ok in checks), "device": str(device), "threads": torch.get_num_threads(),
-               "cores": os.cpu_count(), "quick": args.quick, "kernels": native.status()}
+               "cores": os.cpu_count(), "quick": args.quick}
     print_table(summary)
     print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
     if args.json:

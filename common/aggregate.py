@@ -1,9 +1,9 @@
-"""Streaming aggregators of a federated round: weighted mean (FedAvg), Fisher-weighted mean, masked mean,
-and FedEntropy's softmax weights. What the server then does with the aggregate lives next door:
+"""Streaming aggregators of a federated round: weighted mean (FedAvg), Fisher-weighted mean, and FedEntropy's
+softmax weights. What the server then does with the aggregate lives next door:
 ``common.server_opt`` (FedAvg / FedAvgM / FedAdam server steps), ``common.scaffold`` (SCAFFOLD control
 variates) and ``common.lora_merge`` (merging LoRA factors).
 
-Streaming aggregators (``WeightedMean``, ``FisherMean``, ``MaskedMean``) take one client at a time with
+Streaming aggregators (``WeightedMean``, ``FisherMean``) take one client at a time with
 ``add(...)``, so memory is O(parameters) whatever the number of clients K. Each keeps its running sums in
 ONE flat buffer per quantity (the per-parameter tensors are views of it), which gives:
 
@@ -22,9 +22,8 @@ ONE flat buffer per quantity (the per-parameter tensors are views of it), which 
   upload streams through it once, so each upload is read once and the sums are written once, instead of
   read and written once per client (a third of the memory traffic of K ``add`` calls for the weighted
   mean). Same values as ``add`` in the same order, bit for bit (elementwise ops, same per-coordinate order);
-* ``FisherMean`` and ``MaskedMean`` update two or three sums per client: on a CPU, with float32 sums and flat
-  clients, that is one fused loop per client and block (``common.native``, C compiled on first use) instead
-  of one torch op per sum, with the same arithmetic (the same bits; torch ops where the kernels cannot run).
+* ``FisherMean`` updates three sums per client: with flat clients, block by block, so a client's theta and F
+  are read from memory once while the block's sums stay in cache (torch ops throughout).
 
 Sums are kept in ``acc_dtype`` (float32, or float64 when asked), whatever the parameters' dtype; ``result``
 returns tensors in the dtypes of ``like``. Shapes: ``like`` and every client list hold the same tensors
@@ -37,7 +36,6 @@ from collections.abc import Sequence
 
 import torch
 
-from common import native
 from common import params as P
 
 Tensors = list[torch.Tensor]
@@ -98,7 +96,7 @@ class _Streaming:
 
     def reset(self) -> None:
         """Start a new round. The sums are not zeroed here: the round's first client, when it goes through a
-        path that can (``WeightedMean`` given one buffer of the sums' dtype, a fused kernel), is written
+        path that can (``WeightedMean`` given one buffer of the sums' dtype), is written
         (0 + w theta: the same bits) instead of added to zeros, one pass fewer over the sums; anything
         else zeroes them first (``_materialize``)."""
         self._flats[0][-1] = 0.0
@@ -141,25 +139,17 @@ class _Streaming:
         per = sum(f.element_size() for f in self._flats)
         return max(64, self._BLOCK_BYTES // per // 64 * 64)
 
-    def _add_blocked(self, clients: Sequence[Sequence[torch.Tensor]], weights: Sequence[float], add_block,
-                     kernel: str | None = None) -> None:
+    def _add_blocked(self, clients: Sequence[Sequence[torch.Tensor]], weights: Sequence[float], add_block) -> None:
         """For each block [lo, hi) of coordinates, every client in order: ``add_block(k, accs, xs, w)`` with
         the accumulators' and the k-th client's 1-D buffers cut to the block. One thread count for the
-        whole call (``_threads``), then the total weight, client by client as ``add`` does. ``kernel``: the
-        ``common.native`` kernel doing the same arithmetic as ``add_block`` in one pass, used when it runs
-        here (float32 sums on the CPU, the kernels built)."""
-        if kernel is not None and self._native(*(x for xs in clients for x in xs)):
-            native.add(kernel, self._flats, list(zip(*clients)), weights, self.numel, P.op_threads(self.numel),
-                       fresh=self._zero_pending)
-            self._zero_pending = False
-        else:
-            self._materialize()
-            with self._threads():
-                for lo in range(0, self.numel, self._block()):
-                    hi = min(self.numel, lo + self._block())
-                    accs = [f[lo:hi] for f in self._flats]
-                    for k, (xs, w) in enumerate(zip(clients, weights)):
-                        add_block(k, accs, [x[lo:hi] for x in xs], w)
+        whole call (``_threads``), then the total weight, client by client as ``add`` does."""
+        self._materialize()
+        with self._threads():
+            for lo in range(0, self.numel, self._block()):
+                hi = min(self.numel, lo + self._block())
+                accs = [f[lo:hi] for f in self._flats]
+                for k, (xs, w) in enumerate(zip(clients, weights)):
+                    add_block(k, accs, [x[lo:hi] for x in xs], w)
         for w in weights:
             self._flats[0][-1] += w
 
@@ -185,9 +175,8 @@ class _Streaming:
         return out
 
     def _add_many_with(self, clients, others, weights, what: str, add_block) -> None:
-        """``add_many`` of an aggregator whose clients carry one more quantity (a Fisher, a mask): blocked
-        (``_kernel``'s fused kernel where it applies) when every client's two quantities are flat, else
-        ``add`` one by one."""
+        """``add_many`` of an aggregator whose clients carry one more quantity (a Fisher, a mask): blocked when
+        every client's two quantities are flat, else ``add`` one by one."""
         if len(others) != len(clients):
             raise ValueError(f"add_many: {len(clients)} clients but {len(others)} {what}")
         weights = self._weights(len(clients), weights)
@@ -196,19 +185,7 @@ class _Streaming:
             for c, o, w in zip(clients, others, weights):
                 self.add(*(P.unflatten(x, self._views[0]) if isinstance(x, torch.Tensor) else x for x in (c, o)), w)
             return
-        self._add_blocked(flats, weights, add_block, self._kernel(flats))
-
-    def _native(self, *buffers: torch.Tensor) -> bool:
-        """Whether ``common.native``'s kernels run on these sums and 1-D ``buffers`` (a client's quantities, a
-        result's output): float32 sums on the CPU, every buffer a contiguous CPU tensor of ``numel`` values,
-        the kernels built. Anything else takes the torch ops (which raise on, e.g., a device mismatch)."""
-        return (self.acc_dtype == torch.float32 and self.device.type == "cpu"
-                and all(b.device.type == "cpu" and b.is_contiguous() and b.numel() == self.numel for b in buffers)
-                and native.library() is not None)
-
-    def _kernel(self, flats: Sequence[tuple[torch.Tensor, ...]]) -> str | None:
-        """The ``common.native`` kernel for clients given as these flat buffers, or None (torch ops)."""
-        return None
+        self._add_blocked(flats, weights, add_block)
 
     @staticmethod
     def _weights(n_clients: int, weights) -> list[float]:
@@ -346,7 +323,7 @@ class FisherMean(_Streaming):
         flat_t, flat_f = as_flat(tensors), as_flat(fisher)
         if flat_t is not None and flat_f is not None:
             flats = [(flat_t, flat_f)]
-            self._add_blocked(flats, [weight], self._add_block, self._kernel(flats))
+            self._add_blocked(flats, [weight], self._add_block)
             return
         self._materialize()
         num, den, tot = self._views
@@ -362,10 +339,6 @@ class FisherMean(_Streaming):
         den.add_(f, alpha=w)
         tot.add_(t, alpha=w)
 
-    def _kernel(self, flats) -> str | None:
-        ok = all(t.dtype == f.dtype == torch.float32 for t, f in flats)
-        return "fisher_add" if ok else None
-
     @torch.no_grad()
     def add_many(self, clients: Sequence, fishers: Sequence, weights: Sequence[float] | None = None) -> None:
         """``add(clients[k], fishers[k], weights[k])`` for every k in order, bit for bit; uploads that are
@@ -374,10 +347,10 @@ class FisherMean(_Streaming):
 
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
-        """The formula in one fused pass (``common.native``), else chunk by chunk in three scratch chunks that
-        stay in cache (no temporaries of the model's size; 290 -> 40 ms for 21.7M parameters), with the ops of
-        the formula in its order, so the values are those of the whole-tensor expression ``where(den > 0,
-        (num + eps mean) / (den + eps), mean)`` bit for bit (the select is ``_select_into``) either way."""
+        """The formula chunk by chunk in three scratch chunks that stay in cache (no temporaries of the model's
+        size; 290 -> 40 ms for 21.7M parameters), with the ops of the formula in its order, so the values are
+        those of the whole-tensor expression ``where(den > 0, (num + eps mean) / (den + eps), mean)`` bit for
+        bit (the select is ``_select_into``)."""
         total = self._total()
         self._materialize()
         num, den, tot = self._flats[0][:self.numel], self._flats[1], self._flats[2]
@@ -386,11 +359,7 @@ class FisherMean(_Streaming):
         flat_out = as_flat(out)
         direct = flat_out is not None and flat_out.numel() == self.numel and flat_out.dtype == self.acc_dtype
         flat = flat_out if direct else P.empty_flat(self.numel, self.acc_dtype, self.device)
-        at_floor = 0
-        if eps > 0 and self._native(flat):  # the same formula fused: one pass
-            at_floor = native.fisher_result(num, den, tot, flat, total, eps, self.numel, P.op_threads(self.numel))
-        else:
-            at_floor = self._result_chunks(num, den, tot, flat, total, eps)
+        at_floor = self._result_chunks(num, den, tot, flat, total, eps)
         self.eps_share = at_floor / self.numel if eps > 0 else 1.0
         if not direct:
             if flat_out is not None and flat_out.numel() == self.numel:
@@ -416,101 +385,6 @@ class FisherMean(_Streaming):
                 _select_into(flat[lo:hi], den[lo:hi] > 0, q, mean)
                 at_floor += int((den[lo:hi] <= eps).sum())  # an integer count: exact whatever the threads
         return at_floor
-
-
-class MaskedMean(_Streaming):
-    """Each coordinate averaged over the clients whose mask is nonzero there (weights w_k * mask);
-    coordinates no client updated keep ``fallback`` (typically the global parameters).
-
-    result = sum_k w_k m_k theta_k / sum_k w_k m_k where that denominator is > 0, else fallback.
-    A mask entry may be None: that tensor was updated everywhere by this client.
-    """
-
-    def __init__(self, like, acc_dtype: torch.dtype = torch.float32):
-        super().__init__(like, 2, acc_dtype)  # buffer 0: sum w m theta (+ total weight), buffer 1: sum w m
-
-    @torch.no_grad()
-    def add(self, tensors, masks, weight: float = 1.0) -> None:
-        """A client given as (views of) one buffer for theta and one for its mask goes block by block (the
-        fused kernel where it applies, ``_kernel``); else one pass per tensor, and one fused op for the
-        tensors whose mask is None."""
-        tensors, masks = self._check(tensors), self._check(masks, "masks")
-        dense = [i for i, m in enumerate(masks) if m is None]
-        flat_t = as_flat(tensors)
-        flat_m = as_flat(masks) if not dense else None
-        if flat_t is not None and flat_m is not None:
-            flats = [(flat_t, flat_m)]
-            self._add_blocked(flats, [weight], self._add_block, self._kernel(flats))
-            return
-        self._materialize()
-        num, cnt = self._views
-        with self._threads():
-            for i, m in enumerate(masks):
-                if m is not None:
-                    self._add_masked(num[i].view(-1), cnt[i].view(-1), tensors[i].reshape(-1), m.reshape(-1), weight)
-        if dense:
-            P.foreach(torch._foreach_add_, [num[i] for i in dense], [tensors[i] for i in dense], alpha=weight)
-            P.foreach(torch._foreach_add_, [cnt[i] for i in dense], scalar=weight)
-        self._flats[0][-1] += weight
-
-    @torch.no_grad()
-    def add_many(self, clients: Sequence, masks: Sequence, weights: Sequence[float] | None = None) -> None:
-        """``add(clients[k], masks[k], weights[k])`` for every k in order, bit for bit; clients and masks
-        that are one buffer each (or lists tiling one, no None mask) are read once, block by block."""
-        self._add_many_with(clients, masks, weights, "masks", self._add_block)
-
-    def _add_block(self, k, accs, xs, w) -> None:
-        self._add_masked(accs[0], accs[1], xs[0], xs[1], w)
-
-    _KERNELS = {torch.bool: "masked_add_u8", torch.uint8: "masked_add_u8", torch.float32: "masked_add_f32"}
-
-    def _kernel(self, flats) -> str | None:
-        kernels = {self._KERNELS.get(m.dtype) if t.dtype == torch.float32 else None for t, m in flats}
-        return kernels.pop() if len(kernels) == 1 else None
-
-    def _add_masked(self, num, cnt, t, m, weight) -> None:
-        """num += w m t; cnt += w m over 1-D views. A non-float mask (bool) is first cast into a small float
-        scratch chunk that stays in cache: ops mixing a bool and a float tensor take torch's slow casting
-        loop (measured 3x slower); the values are the same (m is 0 or 1 either way). A bool mask is cast
-        from its bytes seen as uint8 (a torch bool is stored as 0 or 1): torch's bool -> float copy is not
-        vectorized (289 vs 31 us for 512K elements on one thread)."""
-        if m.dtype == num.dtype:
-            num.addcmul_(m, t, value=weight)
-            cnt.add_(m, alpha=weight)
-            return
-        if m.dtype == torch.bool:
-            m = m.view(torch.uint8)
-        for lo in range(0, m.numel(), self._CHUNK):
-            hi = min(m.numel(), lo + self._CHUNK)
-            s = self._scratch_chunk()[:hi - lo]
-            s.copy_(m[lo:hi])
-            num[lo:hi].addcmul_(s, t[lo:hi], value=weight)
-            cnt[lo:hi].add_(s, alpha=weight)
-
-    @torch.no_grad()
-    def result(self, fallback: Sequence[torch.Tensor], out: Sequence[torch.Tensor] | None = None) -> Tensors:
-        self._total()
-        self._materialize()
-        fallback = self._check(fallback, "fallback")
-        out = self._out(out)
-        tiny = torch.finfo(self.acc_dtype).tiny
-        flat_out, flat_fb = as_flat(out), as_flat(fallback)
-        if flat_out is not None and flat_fb is not None and flat_out.numel() == self.numel:  # one op per step
-            num, cnt = self._flats[0][:self.numel], self._flats[1]
-            if flat_out.dtype == flat_fb.dtype == torch.float32 and self._native(flat_out, flat_fb):  # fused
-                native.masked_result(num, cnt, flat_fb, flat_out, tiny, self.numel, P.op_threads(self.numel))
-                return out
-            with self._threads():  # chunk by chunk into a scratch chunk: no temporaries of the model's size
-                for lo in range(0, self.numel, self._CHUNK):
-                    hi = min(self.numel, lo + self._CHUNK)
-                    q = torch.clamp_min(cnt[lo:hi], tiny, out=self._scratch_chunk()[:hi - lo])
-                    torch.div(num[lo:hi], q, out=q)
-                    _select_into(flat_out[lo:hi], cnt[lo:hi] > 0, q, flat_fb[lo:hi])
-            return out
-        with _per_tensor_threads(out):
-            for o, num, cnt, fb in zip(out, *self._views, fallback):
-                o.copy_(torch.where(cnt > 0, num / cnt.clamp_min(tiny), fb))
-        return out
 
 
 def _select_into(out: torch.Tensor, cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:

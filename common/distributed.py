@@ -116,7 +116,7 @@ def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
 
 
 def reduce_aggregator_(agg) -> None:
-    """All-reduce an aggregator's accumulators (``WeightedMean``, ``FisherMean``, ``MaskedMean``,
+    """All-reduce an aggregator's accumulators (``WeightedMean``, ``FisherMean``,
     ``Scaffold``...) in place, so ``result()`` / ``server_update()`` then covers every rank's clients."""
     all_reduce_sum_(agg.accumulators())
 

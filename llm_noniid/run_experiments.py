@@ -22,24 +22,29 @@ client's texts held out for its personalised perplexity), 3 seeds, so arms diffe
   quick     : FedAvg / FedProx / SCAFFOLD x the four partitions, a few rounds (a smoke test of the pipeline).
   analyze   : report.md (tables: mean ± sample sd over seeds, paired differences to FedAvg with 95% intervals,
               equal-compute comparisons, reference points, detected failure modes, detector rates) and figures.
-All runs of all grids live in <out-dir>/runs, so an arm shared by two grids is trained once. Flags after ``--``
-(or any flag this script does not know) go to every train.py run and override the study setting. ``--jobs``
-worker processes (default 2, of ``--threads`` 1 torch thread each) train runs side by side; a run's numbers do
-not depend on --jobs, only on its thread count (float summation order).
+All runs of all grids live in <out-dir>/runs, so an arm shared by two grids is trained once (a shorter run of an
+arm is extended). Flags after ``--`` (or any flag this script does not know) go to every train.py run and
+override the study setting. Runs go through ``common.jobs``: ``--jobs`` processes (default 2, of ``--threads`` 1
+torch thread each) train side by side, finished runs are skipped, interrupted ones resumed, a run directory
+holding other arguments is reported and left alone, logs in <out-dir>/logs; a run's numbers do not depend on
+--jobs, only on its thread count (float summation order). ``analyze`` writes <out-dir>/report.md and draws
+the figures with plots/plot_llm_noniid.py.
 ``--split-csv FILE`` first splits one AG News CSV (e.g. the real test split) 90/10 into <out-dir>/data and trains
 on it; without it the embedded synthetic AG News is used.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from common import cli
+from common import cli, jobs
 from common import runs as R
 from common import stats as S
 from llm_noniid import data as D
@@ -124,78 +129,76 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     p.add_argument("--mode", required=True, help=" | ".join(MODES))
     p.add_argument("--out-dir", default="runs/llm_noniid", help="root of the grid's runs, report and figures")
-    p.add_argument("--rounds", type=int, default=None, help="rounds per run (default: the study's 40; quick 4)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per run (unset: the study's 40; quick 4)")
     p.add_argument("--seeds", default=SEEDS, help="comma-separated seeds")
     p.add_argument("--split-csv", default=None, help="one AG News CSV to split 90/10 into train/valid first")
     p.add_argument("--title", default=None, help="heading of the analyze report")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time (worker processes; 1: in this process)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (with --jobs > 1)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one process each)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     return p
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-    torch.set_num_threads(threads)
-
-
-def _train(argv: list[str], summary_path: str) -> dict:
-    """One run: an interrupted run continues, a shorter finished one is extended to the grid's --num-rounds."""
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct non-negative integers (one line, exit 2 otherwise)."""
     try:
-        return train.main([*argv, "--resume", "--extend"])
-    except cli.Diverged:  # a diverged run is one of the grid's results (its summary says so), not an error
-        return json.loads(Path(summary_path).read_text())
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise cli.UsageError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    cli.check(bool(seeds), f"--seeds {text!r}: expected at least one seed, e.g. 0,1,2")
+    cli.check(min(seeds) >= 0 and len(set(seeds)) == len(seeds),
+              f"--seeds {text!r}: expected distinct integers >= 0")
+    return seeds
 
 
-def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
-    """Every run of ``mode`` not yet complete, ``--jobs`` at a time (worker processes of ``--threads`` torch
-    threads; --jobs 1: one after another in this process, with its thread count)."""
+def split_data(csv_path: str, out: Path) -> Path:
+    """``--split-csv``: the CSV read by the training code's own reader first (a file that is not AG News ends in
+    one line), then split 90/10 into ``out/data``; a folder already holding another split is refused, never
+    replaced (runs trained on it would no longer match their data)."""
+    D.read_ag_news_csv(csv_path)
+    folder = out / "data"
+    tmp = out / f"data.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    D.split_ag_news_csv(csv_path, tmp, valid_fraction=0.1, seed=0)
+    names = ("train.csv", "test.csv")
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return folder
+    same = all((folder / n).is_file() and (folder / n).read_bytes() == (tmp / n).read_bytes() for n in names)
+    shutil.rmtree(tmp)
+    cli.check(same, f"{folder} holds the split of another CSV than --split-csv {csv_path}; give another --out-dir "
+                    "(the runs under it were trained on that split)")
+    return folder
+
+
+def plan(mode: str, args, passthrough: list[str]) -> list[jobs.Job]:
+    """One train.py job per arm of ``mode`` and seed, seed-major: runs in <out-dir>/runs, named by train.py's own
+    default name (+ ``_R<rounds>`` for the equal-compute arms that only run longer)."""
     out = Path(args.out_dir)
-    data = []
-    if args.split_csv:
-        data = ["--data", "ag_news", "--data-dir", str(D.split_ag_news_csv(args.split_csv, out / "data",
-                                                                          valid_fraction=0.1, seed=0))]
+    data = ["--data", "ag_news", "--data-dir", str(split_data(args.split_csv, out))] if args.split_csv else []
     rounds = args.rounds or (4 if mode == "quick" else ROUNDS)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    todo = [(part, arm, flags, seed) for seed in seeds for part, arm, flags in arms(mode, rounds)]
-    summaries: dict[int, dict] = {}
-    pending = {}
-    pool = cf.ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(args.threads,)) \
-        if args.jobs > 1 else None
-
-    def done(i: int, s: dict) -> None:
-        part, arm, _, seed = todo[i - 1]
-        ppl = {k: float("nan") if s.get(k) is None else s[k] for k in ("final_val_ppl", "final_personal_val_ppl")}
-        print(f"[{i}/{len(todo)}] {part} / {arm} / seed {seed}: {s['status']}, final ppl "
-              f"{ppl['final_val_ppl']:.1f} (unigram {s['unigram_val_ppl']:.1f}), personal "
-              f"{ppl['final_personal_val_ppl']:.1f}, {s['wall_seconds']:.0f}s", flush=True)
-        summaries[i] = s
-
-    try:
-        for i, (part, arm, flags, seed) in enumerate(todo, 1):
+    out_jobs = []
+    for seed in parse_seeds(args.seeds):
+        for part, arm, flags in arms(mode, rounds):
             argv = [*STUDY, *rounds_flags(rounds), *data, *flags, "--seed", str(seed), *passthrough,
                     "--out-dir", str(out / "runs"), "--quiet"]
             parsed = train.parse_with_config(train.get_args_parser(), argv, {"quick": train.QUICK})
             name = train.default_run_name(parsed)
             if parsed.num_rounds != rounds:  # an equal-compute arm: its own directory (names leave rounds out)
                 name += f"_R{parsed.num_rounds}"
-                argv += ["--run-name", name]
-            summary_path = out / "runs" / name / "summary.json"
-            if summary_path.is_file():
-                s = json.loads(summary_path.read_text())
-                if s.get("status") in ("complete", "diverged") and s.get("num_rounds") == parsed.num_rounds:
-                    print(f"[{i}/{len(todo)}] {part} / {arm} / seed {seed}: done, skipped", flush=True)
-                    summaries[i] = s
-                    continue
-            if pool is None:
-                done(i, _train(argv, str(summary_path)))
-            else:
-                pending[pool.submit(_train, argv, str(summary_path))] = i
-        for fut in cf.as_completed(pending):
-            done(pending[fut], fut.result())
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return [summaries[i] for i in sorted(summaries)]
+            # a shorter run of the same arm (e.g. of the quick grid) is extended, not redone
+            out_jobs.append(jobs.Job(name, "llm_noniid.train", [*argv, "--run-name", name], extend=True,
+                                     label=f"{part} / {arm} / seed {seed}"))
+    return out_jobs
+
+
+def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
+    """Every run of ``mode`` not yet complete, ``--jobs`` at a time (``common.jobs``; processes of ``--threads``
+    torch threads); the summaries of the finished and diverged runs."""
+    grid = plan(mode, args, passthrough)
+    out = Path(args.out_dir)
+    jobs.run_plan(grid, parallel=args.jobs, threads=args.threads, log_dir=out / "logs", title=f"{mode} grid",
+                  next_step=f"python llm_noniid/run_experiments.py --mode analyze --out-dir {out}")
+    return [s for s in map(jobs.summary_of, grid) if s and s.get("status") in ("complete", "diverged")]
 
 
 # ----------------------------------------------------------------------------- analyze
@@ -353,8 +356,6 @@ def equal_compute_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
 
 
 def report(out_dir: Path, title: str | None = None) -> str:
-    from plots import plot_llm_noniid as PL
-
     runs = R.load_runs(out_dir / "runs", "*")
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
     # the grid's rounds: the most common (equal-compute arms run more)
@@ -377,12 +378,15 @@ def report(out_dir: Path, title: str | None = None) -> str:
         lines += [f"### {mode} grid", "", *table(sel, mode, rounds), ""]
         if mode == "failure":
             lines += ["Equal compute (paired by seed, 95% t interval):", "", *equal_compute_table(sel, rounds), ""]
-        figs = PL.make_figures_for(sel, out_dir / "figures" / mode, label)
-        lines += [f"![{Path(f).stem}](figures/{mode}/{Path(f).name})" for f in figs] + [""]
-    lines += ["### Failure detectors", "", *detector_table(runs, rounds), ""]
+    lines += ["### Failure detectors", "", *detector_table(runs, rounds), "",
+              f"Figures: `{figure_command(out_dir)}` (in figures/).", ""]
     text = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     return text
+
+
+def figure_command(out_dir: Path) -> str:
+    return f"python plots/plot_llm_noniid.py --runs {out_dir / 'runs'} --out {out_dir / 'figures'}"
 
 
 def main(argv=None) -> dict:
@@ -391,10 +395,19 @@ def main(argv=None) -> dict:
     passthrough = [a for a in passthrough if a != "--"]
     cli.check(args.mode in MODES, f"--mode {args.mode!r} is unknown; expected one of {', '.join(MODES)}")
     cli.check(args.jobs >= 1 and args.threads >= 1, "--jobs and --threads must be >= 1")
+    cli.check(args.rounds is None or args.rounds >= 1, f"--rounds must be at least 1, got {args.rounds}")
+    parse_seeds(args.seeds)
+    out = cli.check_out_dir(args.out_dir)
     if args.mode == "analyze":
-        text = report(Path(args.out_dir), args.title)
+        text = report(out, args.title)
         print(text)
-        return {"report": str(Path(args.out_dir) / "report.md")}
+        print(f"$ {figure_command(out)}", flush=True)
+        drawn = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "plots" /
+                                                     "plot_llm_noniid.py"), "--runs", str(out / "runs"),
+                                "--out", str(out / "figures")], check=False).returncode == 0
+        print(f"report: {out / 'report.md'}" + ("" if drawn else " (the figures failed: see the line above)"))
+        return {"report": str(out / "report.md"), "figures": drawn}
+    cli.check(args.split_csv is None or Path(args.split_csv).is_file(), f"--split-csv {args.split_csv}: no such file")
     summaries = run_grid(args.mode, args, passthrough)
     return {"runs": len(summaries), "complete": sum(s["status"] == "complete" for s in summaries),
             "diverged": sum(s["status"] == "diverged" for s in summaries)}

@@ -1,6 +1,6 @@
 """The README results grid: centralized LoRA vs FedAvg of LoRA adapters on real SST-2 and MRPC, pretrained MiniLM.
 
-    python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir runs/lora_glue_minilm --workers 2
+    python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir runs/lora_glue_minilm --jobs 2
     python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures
 
 Model: --model_size minilm (all-MiniLM-L6-v2, the optional 'pretrained' extra), LoRA on query/value + the
@@ -21,14 +21,14 @@ extreme). SST-2 (the default --tasks) runs ``FULL``, in its order of priority; M
 more per example) only ``central`` by default (--mrpc_design). Fused models are scored on the dev set after the
 last round (every round with --eval_each_round); the merge error and training loss are logged every round.
 Every compared arm sees the same examples the same number of times with the same batch size (see the README).
-Runs already finished are skipped, so an interrupted grid is resumed by running the same command again;
-<out-dir>/grid.json records the wall time of each invocation.
+Every script run goes through ``common.jobs``: finished runs are skipped and interrupted ones resumed, so an
+interrupted grid continues by running the same command again; a run directory holding other arguments is reported
+and left alone; logs in <out-dir>/logs; <out-dir>/grid.json records the wall time of each invocation.
 """
 from __future__ import annotations
 
 import csv
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli
+from common import cli, jobs
+from common.checkpoint import atomic_write_text
 
 TASKS = {"sst2": ("sst2", "glue_sst2", 64), "mrpc": ("mrpc", "glue_mrpc", 128)}  # name -> (task, folder, length)
 SHARDINGS = {"iid": ["--mode", "iid"], "dir1": ["--mode", "dirichlet", "--alpha", "1"],
@@ -85,7 +86,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--eval_each_round", action="store_true",
                    help="score the fused model on the dev set after every round, not only the last (one more full "
                         "dev pass per round; the merge error and training loss are logged every round regardless)")
-    p.add_argument("--workers", type=int, default=2, help="processes running grid cells in parallel (1 thread each)")
+    p.add_argument("--jobs", "--workers", type=int, default=2, help="script runs at a time (one process of 1 thread "
+                                                                   "each)")
     p.add_argument("--dry_run", action="store_true", help="print the runs and write data and shards, train nothing")
     return p
 
@@ -177,56 +179,53 @@ def cells(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
     return jobs
 
 
-def step_done(script: str, argv: list[str]) -> bool:
-    if script == "fedavg_merge":
-        manifest = Path(argv[argv.index("--save_adapter") + 1]) / "fuse_manifest.json"
-        return manifest.is_file() and "final" in json.loads(manifest.read_text())
-    out_dir, run_name = argv[argv.index("--out-dir") + 1], argv[argv.index("--run-name") + 1]
-    return (Path(out_dir) / run_name / "summary.json").is_file()
-
-
-def run_cell(job) -> str:
-    name, steps = job
-    import importlib
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-    torch.set_num_threads(1)
-    t, lines = time.time(), []
-    for script, argv in steps:
-        if step_done(script, argv):
-            lines.append(f"{script}: done before")
-            continue
-        # an interrupted step continues (--resume) or, for a one-shot merge, replaces its partial output
-        again = ["--overwrite"] if script == "fedavg_merge" else ["--resume"]
-        s = importlib.import_module(f"lora_glue_fl.{script}").main([*argv, *again])
-        lines.append(f"{script}: {s['main_metric']}={s['final'].get(s['main_metric']):.4f}")
-    return f"{name}: " + "; ".join(lines) + f" ({time.time() - t:.0f}s)"
+def jobs_of(cells_: list[tuple[str, list[tuple[str, list[str]]]]]) -> list[jobs.Job]:
+    """The runner's jobs of the cells: one per script run, a cell's later steps waiting for its first (the
+    one-shot merge reads the client adapters of its training run)."""
+    out = []
+    for name, steps in cells_:
+        for i, (script, argv) in enumerate(steps):
+            if script == "fedavg_merge":  # writes no run directory: done when its manifest is written (last)
+                folder = Path(argv[argv.index("--save_adapter") + 1])
+                out.append(jobs.Job(folder.parent.name, f"lora_glue_fl.{script}", argv,
+                                    output=folder / "fuse_manifest.json", again=("--overwrite",),
+                                    after=(name,)))
+            else:
+                out.append(jobs.Job(name if i == 0 else f"{name}.{i}", f"lora_glue_fl.{script}", argv))
+    return out
 
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    cli.check(args.rounds >= 1 and args.local_epochs > 0, f"--rounds must be >= 1 and --local_epochs > 0, got "
+                                                          f"{args.rounds} and {args.local_epochs}")
+    cli.check(args.num_clients >= 2, f"--num_clients must be >= 2 (a federation), got {args.num_clients}")
+    cli.check(min(args.train_samples, args.mrpc_train_samples) >= args.num_clients,
+              "--train_samples and --mrpc_train_samples must be at least --num_clients")
+    cli.check(args.lora_r >= 1 and args.batch_size >= 1 and args.eval_batch_size >= 1 and args.min_per_label >= 0,
+              "--lora_r, --batch_size and --eval_batch_size must be >= 1, --min_per_label >= 0")
+    cli.check(args.learning_rate > 0, f"--learning_rate must be > 0, got {args.learning_rate}")
+    cli.check(args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}")
+    cli.check(min(args.seeds) >= 0 and len(set(args.seeds)) == len(args.seeds),
+              f"--seeds must be distinct and >= 0, got {args.seeds}")
+    out = cli.check_out_dir(args.out_dir)
     t0 = time.time()
-    jobs = cells(args)
-    print(f"{len(jobs)} cells, {sum(len(s) for _, s in jobs)} script runs", flush=True)
+    cells_ = cells(args)
+    grid = jobs_of(cells_)
+    print(f"{len(cells_)} cells, {len(grid)} script runs", flush=True)
+    outcome = jobs.run_plan(grid, parallel=args.jobs, log_dir=out / "logs", dry_run=args.dry_run,
+                            title="lora_glue_fl grid",
+                            next_step=f"python plots/plot_lora_glue.py --runs {out} --out {out / 'figures'}")
     if args.dry_run:
-        for name, steps in jobs:
-            print(name, " -> ".join(s for s, _ in steps))
-        return {"cells": len(jobs), "out_dir": args.out_dir}
-    if args.workers > 1:
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            for line in pool.imap_unordered(run_cell, jobs):
-                print(line, flush=True)
-    else:
-        for job in jobs:
-            print(run_cell(job), flush=True)
+        return {"cells": len(cells_), "out_dir": args.out_dir}
     wall = time.time() - t0
-    log = Path(args.out_dir) / "grid.json"
+    log = out / "grid.json"  # appended: the wall time of every invocation
     history = json.loads(log.read_text()) if log.is_file() else []
-    history.append({"argv": list(argv) if argv is not None else sys.argv[1:], "cells": len(jobs),
-                    "wall_seconds": round(wall), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    log.write_text(json.dumps(history, indent=1) + "\n")
-    print(f"grid: {len(jobs)} cells in {wall / 60:.1f} min wall", flush=True)
-    return {"cells": len(jobs), "out_dir": args.out_dir, "wall_seconds": wall}
+    history.append({"argv": list(argv) if argv is not None else sys.argv[1:], "cells": len(cells_),
+                    "wall_seconds": round(wall), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "runs": {k: len(outcome.names(k)) for k in ("finished", "done-before", "failed", "other")}})
+    atomic_write_text(log, json.dumps(history, indent=1) + "\n")
+    return {"cells": len(cells_), "out_dir": args.out_dir, "wall_seconds": wall, "status": outcome.status}
 
 
 if __name__ == "__main__":

@@ -19,22 +19,23 @@ Design (every number is a flag):
 * 3 seeds; final validation perplexity on all validation blocks, mean ± sample sd, and each arm's paired
   difference to FedAvg (same seed) with a 95% t interval (``common.stats``).
 
-Runs go to ``--out-dir/<arm>_L<layers>_<shard>_s<seed>`` (finished runs are skipped, so the command
-resumes), ``--jobs`` at a time with one thread each; then ``results.md`` and the figures (``--figures``).
+Runs go to ``--out-dir/<arm>_L<layers>_<shard>_s<seed>``, ``--jobs`` at a time with one thread each, through
+``common.jobs`` (finished runs are skipped and interrupted ones resumed, so the same command continues a grid;
+a directory holding a run with other arguments is reported and left alone); logs in ``--out-dir/logs``. A
+complete grid then runs ``plots/plot_mamba.py`` for ``results.md`` and the figures (``--figures``).
 """
 from __future__ import annotations
 
 import argparse
-import os
+import functools
+import math
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import cli
+from common import cli, jobs
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["--d-model", "64", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64", "--sample-tokens", "0"]
 FEDERATED_ARMS = {  # arm -> (script, extra flags)
     "fedavg": ("fed_avg.py", []),
@@ -123,73 +124,78 @@ def plan(args, data_flags: list[str], tag: str, arms: list[str], layers: list[in
     return runs
 
 
-def execute(runs: list, out: Path, jobs: int, dry: bool) -> list[str]:
-    """Run what has no summary.json yet, ``jobs`` at a time; returns the names that failed."""
-    todo = [r for r in runs if not (out / r[0] / "summary.json").is_file()]
-    print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+def jobs_of(runs: list, out: Path) -> list[jobs.Job]:
+    """The runner's jobs of ``plan`` blocks: each run writes ``out/<name>``."""
+    return [jobs.Job(name, f"mamba_fl.{script[:-3]}", [*flags, "--out-dir", str(out), "--run-name", name, "--quiet"])
+            for name, script, flags in runs]
 
-    def one(run) -> str | None:
-        name, script, flags = run
-        cmd = [sys.executable, str(HERE / script), *flags, "--out-dir", str(out), "--run-name", name, "--quiet"]
-        if (out / name).exists():
-            cmd.append("--resume")  # an interrupted run continues from its last checkpoint
-        if dry:
-            print(" ".join(cmd))
-            return None
-        t0 = time.time()
-        with open(out / "logs" / f"{name}.log", "w") as log:
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        print(f"  {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.time() - t0:.0f} s", flush=True)
-        return None if rc == 0 else name
 
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        return [n for n in pool.map(one, todo) if n]
+def best_other_arm(plan_jobs: list[jobs.Job], layers: int) -> str | None:
+    """The federated arm other than FedAvg with the lowest mean log final perplexity over the finished synthetic
+    runs of ``layers`` layers (the one the real-text comparison runs)."""
+    scores: dict[str, list[float]] = {}
+    for job in plan_jobs:
+        arm, depth = job.name.split("_")[:2]
+        s = jobs.summary_of(job) or {}
+        ppl = s.get("final_val_ppl")
+        if arm in list(FEDERATED_ARMS)[1:] and depth == f"L{layers}" and isinstance(ppl, (int, float)) \
+                and math.isfinite(ppl):
+            scores.setdefault(arm, []).append(math.log(ppl))
+    means = {arm: sum(v) / len(v) for arm, v in scores.items()}
+    return min(means, key=means.get) if means else None
 
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     cli.check(args.jobs >= 1 and args.rounds >= 8 and args.clients >= 2, "--jobs >= 1, --rounds >= 8, --clients >= 2")
-    out = Path(args.out_dir)
-    t0 = time.time()
+    cli.check(args.batch_size >= 1 and args.eval_every >= 1 and args.fisher_samples >= 1 and args.long_factor >= 1,
+              "--batch-size, --eval-every, --fisher-samples and --long-factor must be >= 1")
+    cli.check(args.temperature > 0 and args.lr > 0 and args.sgd_lr > 0, "--temperature, --lr and --sgd-lr must be > 0")
+    cli.check(min(args.seeds) >= 0 and len(set(args.seeds)) == len(args.seeds),
+              f"--seeds must be distinct and >= 0, got {args.seeds}")
+    cli.check(args.real_raw is None or Path(args.real_raw).is_file(), f"--real-raw {args.real_raw}: no such file")
+    out = cli.check_out_dir(args.out_dir)
+    cli.check_out_dir(args.figures, "--figures")
     arms, first = ["central", *FEDERATED_ARMS], min(args.layers)
     # in order of priority, so an interrupted grid has whole blocks: the shallowest model first, then the
-    # FedAvg variants, the real text, and the deeper models last
-    failed = execute(plan(args, [], "synthetic", arms, [first], args.shards), out, args.jobs, args.dry_run)
+    # FedAvg variants, the real text, the longer budget, and the deeper models last
+    head = jobs_of(plan(args, [], "synthetic", arms, [first], args.shards), out)
+    rest = []
     if not args.no_variants:
-        failed += execute(plan(args, [], "synthetic", list(VARIANTS), [first], [args.shards[0]]), out, args.jobs,
-                          args.dry_run)
-
-    from plots import plot_mamba
-
-    best = None
-    if args.real_raw:
-        from mamba_fl import split_wikitext
-
-        real_dir = out / "wikitext_split"
-        if not (real_dir / "split.json").is_file():
-            split_wikitext.main(["--raw", args.real_raw, "--out-dir", str(real_dir)])
-        best = None if args.dry_run else plot_mamba.best_other_arm(out, min(args.layers), args.shards)
-        real_arms = ["central", "fedavg"] + ([best] if best else [])
-        failed += execute(plan(args, ["--data-dir", str(real_dir)], "real", real_arms, [min(args.layers)],
-                               ["contiguous"]), out, args.jobs, args.dry_run)
+        rest += jobs_of(plan(args, [], "synthetic", list(VARIANTS), [first], [args.shards[0]]), out)
     if args.long_factor > 1 and "topic" in args.shards:
         long = argparse.Namespace(**{**vars(args), "rounds": args.rounds * args.long_factor})
         long.eval_every = args.eval_every * args.long_factor
-        failed += execute(plan(long, [], "synthetic", ["central", "fedavg", "fedfisher"], [first], ["topic"],
-                               suffix="-long"), out, args.jobs, args.dry_run)
-    deeper = [L for L in args.layers if L != first]
-    if deeper:
-        for shard in sorted(args.shards, key=lambda s: s != "topic"):  # the non-IID shards first
-            failed += execute(plan(args, [], "synthetic", arms, deeper, [shard]), out, args.jobs, args.dry_run)
+        rest += jobs_of(plan(long, [], "synthetic", ["central", "fedavg", "fedfisher"], [first], ["topic"],
+                             suffix="-long"), out)
+    for shard in sorted(args.shards, key=lambda s: s != "topic"):  # the non-IID shards first
+        rest += jobs_of(plan(args, [], "synthetic", arms, [L for L in args.layers if L != first], [shard]), out)
+    draw = f"python plots/plot_mamba.py --runs {out} --out {args.figures}"
+    run = functools.partial(jobs.run_plan, parallel=args.jobs, log_dir=out / "logs", dry_run=args.dry_run,
+                            title="mamba_fl grid")
+    outcomes = []
+    if args.real_raw:  # the real-text block runs the best other arm of the first block: that block comes first
+        outcomes.append(run(head, next_step=""))
+        from mamba_fl import split_wikitext
+
+        real_dir = out / "wikitext_split"
+        if not (real_dir / "split.json").is_file() and not args.dry_run:
+            split_wikitext.main(["--raw", args.real_raw, "--out-dir", str(real_dir)])
+        best = best_other_arm(head, first)
+        real_arms = ["central", "fedavg"] + ([best] if best else [])
+        real = jobs_of(plan(args, ["--data-dir", str(real_dir)], "real", real_arms, [first], ["contiguous"]), out)
+        variants = [j for j in rest if j.name.split("_")[0] in VARIANTS]
+        outcomes.append(run(variants + real + [j for j in rest if j not in variants], next_step=draw))
+    else:
+        outcomes.append(run(head + rest, next_step=draw))
     if args.dry_run:
         return {}
-    minutes = (time.time() - t0) / 60
-    written = plot_mamba.grid_report(out, Path(args.figures), wall_minutes=minutes, best_real=best)
-    print(f"grid done in {minutes:.1f} min; {len(failed)} failed run(s){': ' + ', '.join(failed) if failed else ''}")
-    print(f"results: {out / 'results.md'}; figures: {', '.join(str(p) for p in written)}")
-    return {"failed": failed, "minutes": minutes}
+    failed = [n for o in outcomes for n in o.names("failed", "other", "blocked")]
+    if all(o.complete for o in outcomes):  # the table and figures of a complete grid
+        print(f"$ {draw}", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "plots" / "plot_mamba.py"), "--runs", str(out),
+                        "--out", args.figures], check=False)
+    return {"failed": failed, "minutes": sum(o.seconds for o in outcomes) / 60}
 
 
 if __name__ == "__main__":

@@ -58,8 +58,9 @@ def pretrained_base(argv: list[str]) -> Path:
         if not (final / "base.pt").is_file():
             run_argv = [a for a in argv if a not in ("--resume",)]
             run_argv = _drop_flag(run_argv, "--cache-dir")
+            # --resume: a base interrupted mid-training continues from its checkpoint (a fresh one starts)
             summary = train_centralized.main([*run_argv, "--out-dir", str(root), "--run-name", f"{key}.run",
-                                              "--keep-best", "1"])
+                                              "--keep-best", "1", "--resume"])
             best = Path(summary["run_dir"]) / summary["best_checkpoints"][0]
             tmp = root / f"{key}.tmp{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)

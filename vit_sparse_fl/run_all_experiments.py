@@ -31,22 +31,23 @@ Design (the numbers are the constants below):
 * **Statistics.** Seeds 0..N-1; mean ± sample sd (ddof=1) and paired differences by seed with a 95% t
   interval (``common.stats``).
 
-Runs are independent processes' work (``--jobs`` workers, ``--threads`` torch threads each; on a small CPU
-one thread per worker is much faster than two for this model). A run whose run directory already holds a
-summary with the same arguments is skipped; an interrupted one resumes from its checkpoint, so the suite
-can be restarted. Runs are ordered seed by seed, so an interrupted suite leaves every cell with the same n.
-Writes <out-dir>/results.md, results.json and <out-dir>/figures/.
+Runs go through ``common.jobs``: ``--jobs`` processes of ``--threads`` torch threads each (on a small CPU one
+thread per process is much faster than two for this model). A run whose directory holds a finished run with the
+same arguments is skipped, an interrupted one resumes from its checkpoint (so the suite can be restarted), and one
+holding other arguments is reported and left alone; logs in <out-dir>/logs. Runs are ordered seed by seed, so an
+interrupted suite leaves every cell with the same n. Writes <out-dir>/results.md and results.json (rewritten from
+the run directories on every call) and draws <out-dir>/figures/ with plots/plot_vit.py.
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
+import subprocess
+import sys
 import time
-import traceback
 from pathlib import Path
 
-from common import cli, stats
+from common import cli, jobs, stats
 from common import runs as R
 from common.checkpoint import atomic_write_json, atomic_write_text
 from vit_sparse_fl import pretrain
@@ -153,65 +154,25 @@ def smoke(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- running
-def _init_worker(threads: int) -> None:
-    import torch
-    torch.set_num_threads(threads)
+def base_job(out: Path) -> jobs.Job:
+    """The pretrained base (``pretrain.py``): done when its cached base.pt exists (its path is known before it is
+    trained: the cache key of its settings)."""
+    argv = [*BASE, "--cache-dir", str(out / "base_cache")]
+    key = pretrain.cache_key(cli.parse(pretrain.get_args_parser(), argv))
+    return jobs.Job("base", "vit_sparse_fl.pretrain", argv, output=out / "base_cache" / key / "base.pt",
+                    label="pretrained base")
 
 
-def _run(script: str, argv: list[str]) -> dict:
-    import importlib
-    t0 = time.perf_counter()
-    summary = importlib.import_module(SCRIPTS[script]).main(argv)
-    return {"test_accuracy": summary.get("test_accuracy"), "seconds": time.perf_counter() - t0}
-
-
-def _pretrain(argv: list[str]) -> str:
-    return str(pretrain.pretrained_base(argv))
-
-
-def finished(out: Path, run: dict) -> bool:
-    """The run directory holds a summary written with these arguments (compared flag by flag; a flag the saved
-    arguments lack, added to the script after the run, counts as at its default)."""
-    path = out / run["name"]
-    if not (path / "summary.json").is_file():
-        return False
-    import importlib
-    parser = importlib.import_module(SCRIPTS[run["script"]]).get_args_parser()
-    wanted = vars(parser.parse_args(run["argv"]))
-    saved = json.loads((path / "args.json").read_text())["args"]
-    return all(saved.get(k, parser.get_default(k)) == v
-               for k, v in wanted.items() if v is not None and k not in R.DEFAULT_GROUP_IGNORE)
-
-
-def execute(args, out: Path) -> tuple[str, int]:
-    """Pretrain (or reuse) the base, run every unfinished run; returns the base path and how many runs it
-    started."""
-    t0 = time.perf_counter()
-    base_argv = [*BASE, "--cache-dir", str(out / "base_cache")]
-    with cf.ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(args.threads,)) as pool:
-        base = pool.submit(_pretrain, base_argv)
-        pending = {}
-        # runs without the base start while it trains
-        for run in plan(args, "BASE"):
-            if "BASE" not in run["argv"] and not finished(out, run):
-                pending[pool.submit(_run, run["script"], [*run["argv"], "--out-dir", str(out),
-                                                          "--run-name", run["name"], "--resume"])] = run
-        base_path = base.result()
-        print(f"base: {base_path}", flush=True)
-        todo = [r for r in plan(args, base_path) if base_path in r["argv"] and not finished(out, r)]
-        print(f"{len(todo) + len(pending)} runs to do", flush=True)
-        for run in todo:
-            pending[pool.submit(_run, run["script"], [*run["argv"], "--out-dir", str(out), "--run-name",
-                                                      run["name"], "--resume"])] = run
-        for fut in cf.as_completed(pending):
-            run = pending[fut]
-            try:
-                res = fut.result()
-                print(f"[{time.perf_counter() - t0:7.0f} s] {run['name']}: test accuracy "
-                      f"{100 * res['test_accuracy']:.1f} ({res['seconds']:.0f} s)", flush=True)
-            except Exception:                              # one failed run must not stop the others
-                print(f"{run['name']} FAILED:\n{traceback.format_exc()}", flush=True)
-    return base_path, len(pending)
+def jobs_of(args, out: Path) -> list[jobs.Job]:
+    """The base, then every run of the plan (those fine-tuning the base wait for it; the others start while it
+    trains)."""
+    base = base_job(out)
+    grid = [base]
+    for run in plan(args, str(base.output)):
+        after = ("base",) if str(base.output) in run["argv"] else ()
+        grid.append(jobs.Job(run["name"], SCRIPTS[run["script"]],
+                             [*run["argv"], "--out-dir", str(out), "--run-name", run["name"]], after=after))
+    return grid
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -323,37 +284,49 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     cli.check(args.num_runs >= 1, f"--num-runs must be >= 1, got {args.num_runs}")
     cli.check(args.jobs >= 1 and args.threads >= 1, "--jobs and --threads must be >= 1")
+    cli.check(args.rounds >= 4 and args.rounds % 4 == 0, f"--rounds must be a positive multiple of 4 (the J sweep "
+                                                         f"divides it), got {args.rounds}")
     cli.check(J in args.j_values, f"--j-values must contain J = {J} (the FedAvg IID run)")
+    cli.check(min(args.j_values) >= 1, f"--j-values must be >= 1, got {args.j_values}")
     cli.check(2 in args.nc_values, "--nc-values must contain 2 (the non-IID shards of the sparse runs)")
+    cli.check(1 <= min(args.nc_values) and max(args.nc_values) <= NUM_CLASSES,
+              f"--nc-values must be in [1, {NUM_CLASSES}] (the task's classes), got {args.nc_values}")
+    cli.check(all(0 < sp < 1 for sp in args.sparsities), f"--sparsities must be in (0, 1), got {args.sparsities}")
     if args.only:
         known = {r["setting"] for r in plan(argparse.Namespace(**{**vars(args), "only": None}), "BASE")}
         cli.check(set(args.only) <= known, f"--only: unknown settings {sorted(set(args.only) - known)}; "
                                            f"the suite's are {', '.join(sorted(known))}")
     if args.smoke:
         smoke(args)
-    out = out_dir(args)
+    out = cli.check_out_dir(out_dir(args))
     t0 = time.perf_counter()
     previous = out / "results.json"
     sessions = saved_sessions(previous)
-    if args.table_only:
-        base = str(pretrain.pretrained_base([*BASE, "--cache-dir", str(out / "base_cache")]))
-    else:
-        base, trained = execute(args, out)
-        sessions.append({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs_trained": trained,
+    grid = jobs_of(args, out)
+    base = str(grid[0].output)
+    figures = f"python plots/plot_vit.py --runs-dir {out} --out {out / 'figures'}"
+    if not args.table_only:
+        outcome = jobs.run_plan(grid, parallel=args.jobs, threads=args.threads, log_dir=out / "logs",
+                                title="vit_sparse_fl suite")
+        sessions.append({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         "runs_trained": len(outcome.names("finished", "diverged", "failed")),
                          "only": args.only, "wall_seconds": time.perf_counter() - t0})
     text, record = make_table(args, out, base)
+    # derived from the run directories, so rewritten on every call; every invocation that trained is kept in
+    # results.json, so a suite finished in parts (--only, interrupted) keeps each part's wall time, and
+    # --table-only changes none of them
     atomic_write_text(out / "results.md", text)
-    # every invocation that trained is kept, so a suite finished in parts (--only, interrupted) keeps each part's
-    # wall time, and --table-only changes none of them
     atomic_write_json(out / "results.json", {"base": base, "num_runs": args.num_runs, "rounds": args.rounds,
                                              "sessions": sessions, "table": record})
     print(text)
     for part in sessions:
         print(f"{part['finished_at']}: {part['runs_trained'] if part['runs_trained'] is not None else '?'} runs trained"
               f"{' (--only ' + ' '.join(part['only']) + ')' if part['only'] else ''} in {part['wall_seconds']:.0f} s")
+    print(f"results: {out / 'results.md'}, {out / 'results.json'} (rewritten from the run directories)")
     if not args.no_plots:
-        from plots import plot_vit
-        plot_vit.main(["--runs-dir", str(out), "--out", str(out / "figures")])
+        print(f"$ {figures}", flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "plots" / "plot_vit.py"),
+                        "--runs-dir", str(out), "--out", str(out / "figures")], check=False)
     return {"table": record, "results_md": str(out / "results.md"), "sessions": sessions}
 
 

@@ -45,10 +45,10 @@ def test_bench_aggregate_quick(tmp_path):
     assert busy["busy_loops"] == (os.cpu_count() or 1) and busy["load_during"]["load1"] >= 0
     for cond in out["conditions"]:
         aggs = {r["aggregator"] for r in cond["rows"]}
-        assert aggs == {"WeightedMean", "FisherMean", "MaskedMean", "FedAdam step", "FedAvgM step"}
+        assert aggs == {"WeightedMean", "FisherMean", "FedAdam step", "FedAvgM step"}
         assert all(r["flat_ms"] > 0 and r["anchor_ms"] > 0 and r["floor_ms"] > 0 for r in cond["rows"])
         many = {r["aggregator"] for r in cond["rows"] if r.get("many_ms", 0) > 0 and r["many_floor_ms"] > 0}
-        assert many == {"WeightedMean", "FisherMean", "MaskedMean"}  # add_many timed for every aggregator
+        assert many == {"WeightedMean", "FisherMean"}  # add_many timed for every aggregator
     assert json.loads((tmp_path / "agg.json").read_text())["anchor"] == out["anchor"]
     summary = load("bench_aggregate").main(["--summarize", str(tmp_path / "agg.json"), str(tmp_path / "agg.json")])
     rows = {(r["condition"], r["what"]): r for r in summary["rows"]}

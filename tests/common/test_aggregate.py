@@ -1,4 +1,4 @@
-"""Streaming aggregators (weighted, Fisher-weighted and masked means) and FedEntropy weights against
+"""Streaming aggregators (weighted and Fisher-weighted means) and FedEntropy weights against
 direct dense computations."""
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_accumulators_sum_like_an_all_reduce():
     close(a.result(), one.result())
 
 
-# ----------------------------------------------------------------------------- Fisher and masked means
+# ----------------------------------------------------------------------------- Fisher mean
 def _dense_fisher_mean(cs, fs, w, eps_rel):
     """The FisherMean formula written out per tensor: floor eps relative to the mean of sum w F."""
     dens = [sum(wk * f[i] for f, wk in zip(fs, w)) for i in range(len(SHAPES))]
@@ -175,27 +175,6 @@ def test_fisher_mean_client_with_tenfold_fisher_dominates():
     close(agg.result(), [(10 * a + b) / 11 for a, b in zip(cs[0], cs[1])], tol=1e-6)  # weight 10/11
 
 
-def test_masked_mean_averages_only_over_updating_clients():
-    cs, g = clients(4, seed=4), torch.Generator().manual_seed(5)
-    masks = [[torch.rand(s, generator=g) < 0.5 for s in SHAPES] for _ in cs]
-    masks[2][1] = None  # client 2 updated tensor 1 everywhere
-    w = [1.0, 3.0, 2.0, 0.5]
-    fallback = clients(1, seed=6)[0]
-    agg = A.MaskedMean(cs[0])
-    for c, m, wk in zip(cs, masks, w):
-        agg.add(c, m, wk)
-    res = agg.result(fallback)
-    for i, s in enumerate(SHAPES):
-        m = torch.stack([torch.ones(s) if mk[i] is None else mk[i].float() for mk in masks])
-        x = torch.stack([c[i] for c in cs])
-        wt = torch.tensor(w).view(-1, *[1] * len(s))
-        den = (wt * m).sum(0)
-        ref = torch.where(den > 0, (wt * m * x).sum(0) / den.clamp_min(1e-30), fallback[i])
-        torch.testing.assert_close(res[i], ref, rtol=1e-6, atol=1e-6)
-        untouched = den == 0
-        assert torch.equal(res[i][untouched], fallback[i][untouched])
-
-
 def test_entropy_weights_softmax_and_stability():
     h, t = [2.0, 1.0, 3.5], 0.7
     ref = torch.softmax(-torch.tensor(h, dtype=torch.float64) / t, 0)
@@ -210,7 +189,7 @@ def test_entropy_weights_softmax_and_stability():
 
 
 # ----------------------------------------------------------------------------- bit-equality of the fast paths
-def _previous_implementation(kind, cs, extra, w, fallback=None):
+def _previous_implementation(kind, cs, extra, w):
     """The aggregators as they were before the flat / thread-count / chunked paths: per-tensor foreach ops
     into per-tensor float32 sums, the same formulas. The new code must give the same bits."""
     shapes = [t.shape for t in cs[0]]
@@ -219,19 +198,13 @@ def _previous_implementation(kind, cs, extra, w, fallback=None):
     for k, c in enumerate(cs):
         if kind == "weighted":
             torch._foreach_add_(num, c, alpha=w[k])
-        elif kind == "fisher":
-            torch._foreach_addcmul_(num, extra[k], c, value=w[k])
-            torch._foreach_add_(den, extra[k], alpha=w[k])
-            torch._foreach_add_(tot, c, alpha=w[k])
         else:
             torch._foreach_addcmul_(num, extra[k], c, value=w[k])
             torch._foreach_add_(den, extra[k], alpha=w[k])
+            torch._foreach_add_(tot, c, alpha=w[k])
     total = sum(w)
     if kind == "weighted":
         return [torch.mul(s, 1.0 / total) for s in num]
-    if kind == "masked":
-        tiny = torch.finfo(torch.float32).tiny
-        return [torch.where(d > 0, n / d.clamp_min(tiny), f) for n, d, f in zip(num, den, fallback)]
     flat_num, flat_den, flat_tot = (torch.cat([t.reshape(-1) for t in x]) for x in (num, den, tot))
     mean = flat_tot / total
     eps = 1e-6 * float(flat_den.mean())
@@ -239,40 +212,29 @@ def _previous_implementation(kind, cs, extra, w, fallback=None):
 
 
 @pytest.mark.parametrize("busy", [False, True])
-@pytest.mark.parametrize("kind", ["weighted", "fisher", "masked"])
+@pytest.mark.parametrize("kind", ["weighted", "fisher"])
 def test_flat_separate_busy_or_quiet_all_bit_equal_to_the_previous_implementation(monkeypatch, kind, busy):
     """Clients as separate tensors or tiling one buffer, one thread (busy machine) or every thread: the same
-    bits as the previous per-tensor implementation. The model spans several of MaskedMean's pieces (128K
-    elements here), so its bool-mask cast and its flat result (a fallback tiling one buffer, written into a
-    buffer or into the fallback itself) go through the chunked scratch buffer."""
+    bits as the previous per-tensor implementation. The model spans several of the scratch chunks (128K
+    elements here), so FisherMean's result goes through them chunk by chunk."""
     monkeypatch.setattr(P, "machine_busy", lambda: busy)
-    monkeypatch.setattr(A.MaskedMean, "_CHUNK", 1 << 17)
+    monkeypatch.setattr(A._Streaming, "_CHUNK", 1 << 17)
     g = torch.Generator().manual_seed(3)
     shapes = [(400, 700), (90_000,), (5, 3), (1,)]  # 370K elements
     cs = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
     w = [1.0, 2.5, 0.75]
-    if kind == "fisher":
-        extra = [[torch.rand(s, generator=g) ** 3 for s in shapes] for _ in cs]
-        extra[0][2].zero_()
-    else:
-        extra = [[torch.rand(s, generator=g) < 0.5 for s in shapes] for _ in cs]
-    fallback = [torch.randn(s, generator=g) for s in shapes]
-    ref = _previous_implementation(kind, cs, extra, w, fallback)
-    make = {"weighted": A.WeightedMean, "fisher": A.FisherMean, "masked": A.MaskedMean}[kind]
+    extra = [[torch.rand(s, generator=g) ** 3 for s in shapes] for _ in cs]
+    extra[0][2].zero_()
+    ref = _previous_implementation(kind, cs, extra, w)
+    make = {"weighted": A.WeightedMean, "fisher": A.FisherMean}[kind]
     for flat in (False, True):
         agg = make(cs[0])
         for k, c in enumerate(cs):
             args = (c,) if kind == "weighted" else (c, extra[k])
             agg.add(*(as_views(a) if flat else a for a in args), weight=w[k])
         for out in (None, as_views(P.zeros_like(cs[0])), [torch.empty(s) for s in shapes]):
-            res = agg.result(fallback, out=out) if kind == "masked" else agg.result(out=out)
+            res = agg.result(out=out)
             assert all(torch.equal(r, x) for r, x in zip(res, ref)), (flat, out is None)
-        if kind == "masked":
-            flat_fb = as_views(P.clone(fallback))
-            for out in (as_views(P.zeros_like(cs[0])), flat_fb):  # the second: written over the fallback
-                res = agg.result(flat_fb, out=out)
-                assert P.as_flat(res) is not None
-                assert all(torch.equal(r.view(torch.int32), x.view(torch.int32)) for r, x in zip(res, ref)), flat
 
 
 # ----------------------------------------------------------------------------- add_many (K uploads in memory)
@@ -286,11 +248,6 @@ def _uploads(k, seed, dtype=torch.float32, positive=False):
         ts = [torch.randn(s, generator=g) for s in BIG]
         out.append([(t.abs() if positive else t).to(dtype) for t in ts])
     return out
-
-
-def _masks(k, seed, dtype):
-    g = torch.Generator().manual_seed(seed)
-    return [[(torch.rand(s, generator=g) < 0.5).to(dtype) for s in BIG] for _ in range(k)]
 
 
 def _same(agg_a, agg_b, *result_args):
@@ -351,32 +308,12 @@ def test_fisher_mean_add_many_is_add_bit_for_bit(monkeypatch, given):
     assert many.eps_share == one.eps_share
 
 
-@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
-@pytest.mark.parametrize("given", ["flat", "tensors", "one dense"])
-def test_masked_mean_add_many_is_add_bit_for_bit(monkeypatch, mask_dtype, given):
-    monkeypatch.setattr(A._Streaming, "_BLOCK_BYTES", 4096 * 2 + 8)
-    monkeypatch.setattr(A.MaskedMean, "_CHUNK", 1000)  # the bool -> float scratch cut inside a block too
-    cs, ms = _uploads(5, seed=9), _masks(5, seed=10, dtype=mask_dtype)
-    if given == "one dense":
-        ms[2] = [None] + ms[2][1:]  # tensor 0 updated everywhere by client 2: add() one by one
-    w = [2.0, 1.0, 0.6, 3.0, 1.0]
-    pack = (lambda x: P.flatten(x)) if given == "flat" else (lambda x: x)
-    one, many = A.MaskedMean(cs[0]), A.MaskedMean(cs[0])
-    for c, m, wk in zip(cs, ms, w):
-        one.add(c, m, wk)
-    many.add_many([pack(c) for c in cs], [pack(m) for m in ms], w)
-    fallback = [torch.full(s, 9.0) for s in BIG]
-    _same(one, many, fallback)
-
-
 def test_add_many_refuses_mismatched_lists():
     cs = _uploads(3, seed=1)
     with pytest.raises(ValueError, match="3 clients but 2 weights"):
         A.WeightedMean(cs[0]).add_many(cs, [1.0, 2.0])
     with pytest.raises(ValueError, match="3 clients but 2 Fisher"):
         A.FisherMean(cs[0]).add_many(cs, cs[:2])
-    with pytest.raises(ValueError, match="3 clients but 2 masks"):
-        A.MaskedMean(cs[0]).add_many(cs, cs[:2])
     with pytest.raises(ValueError, match="1-D with 34259 values"):  # a flat upload of the wrong size
         A.WeightedMean(cs[0]).add_many([P.flatten(cs[0])[:-1]])
 
@@ -409,7 +346,7 @@ def test_fisher_mean_result_is_the_whole_tensor_formula_bit_for_bit(monkeypatch,
     assert torch.equal(P.flatten(nothing.result()), mean) and nothing.eps_share == 1.0
 
 
-@pytest.mark.parametrize("kind", ["weighted", "fisher", "masked"])
+@pytest.mark.parametrize("kind", ["weighted", "fisher"])
 def test_result_of_big_bf16_parameters_with_float32_sums(kind):
     """Sums in another dtype than the parameters, in buffers big enough to be 2 MiB aligned inside their
     storage (common.params.empty_flat): result() without ``out`` allocates bf16 tensors at the right places
@@ -417,12 +354,12 @@ def test_result_of_big_bf16_parameters_with_float32_sums(kind):
     shapes = [(P.HUGE_PAGE_MIN_BYTES // 4 + 100,), (7, 3)]
     g = torch.Generator().manual_seed(0)
     cs = [[torch.randn(s, generator=g).to(torch.bfloat16) for s in shapes] for _ in range(2)]
-    make = {"weighted": A.WeightedMean, "fisher": A.FisherMean, "masked": A.MaskedMean}[kind]
+    make = {"weighted": A.WeightedMean, "fisher": A.FisherMean}[kind]
     agg = make(cs[0])
     assert agg._flats[0].storage_offset() > 0  # the case: the buffer starts inside its storage
     for c, w in zip(cs, (1.0, 3.0)):
         agg.add(c, w) if kind == "weighted" else agg.add(c, [torch.ones(s, dtype=torch.bfloat16) for s in shapes], w)
-    res = agg.result(cs[0]) if kind == "masked" else agg.result()
+    res = agg.result()
     for r, a, b in zip(res, *cs):
         assert r.dtype == torch.bfloat16 and r.shape == a.shape
         torch.testing.assert_close(r, ((a.float() + 3 * b.float()) / 4).to(torch.bfloat16))

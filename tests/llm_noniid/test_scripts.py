@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from common import cli
 from llm_noniid import run_experiments as E
 from llm_noniid import train
 from plots import plot_llm_noniid
@@ -71,30 +72,59 @@ def test_equal_compute_arms_train_as_many_tokens():
 
 def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     root = tmp_path / "grid"
-    argv = ["--mode", "calibrate", "--out-dir", str(root), "--rounds", "2", "--seeds", "0,1", "--", *TINY]
-    s = E.main([*argv[:-len(TINY) - 1], "--jobs", "2", "--", *TINY])  # 2 worker processes of 1 thread
+    argv = ["--mode", "calibrate", "--out-dir", str(root), "--rounds", "2", "--seeds", "0,1"]
+    s = E.main([*argv, "--jobs", "2", "--", *TINY])  # 2 processes of 1 thread
     assert s["runs"] == 4
-    capsys.readouterr()
-    E.main([*argv[:-len(TINY) - 1], "--jobs", "1", "--", *TINY])
-    assert capsys.readouterr().out.count("done, skipped") == 4
-    # the same runs one after another in this process, at the workers' thread count: the same numbers
-    with torch_threads(1):
-        E.main(["--mode", "calibrate", "--out-dir", str(tmp_path / "serial"), "--rounds", "2", "--seeds", "0,1",
-                "--jobs", "1", "--", *TINY])
-    for run in (root / "runs").iterdir():
+    assert "calibrate grid summary: 4 runs: " in capsys.readouterr().out
+    s = E.main([*argv, "--jobs", "1", "--", *TINY])
+    printed = capsys.readouterr().out
+    assert s["runs"] == 4 and "4 runs: 4 done before, 0 to run" in printed
+    assert f"next: python llm_noniid/run_experiments.py --mode analyze --out-dir {root}" in printed
+    # the same runs one after another: the same numbers (they depend on the thread count only)
+    E.main(["--mode", "calibrate", "--out-dir", str(tmp_path / "serial"), "--rounds", "2", "--seeds", "1",
+            "--jobs", "1", "--", *TINY])
+    for run in (tmp_path / "serial" / "runs").iterdir():
         a, b = (json.loads((d / run.name / "summary.json").read_text()) for d in (root / "runs", tmp_path / "serial"
                                                                                     / "runs"))
         assert a["final_val_ppl"] == b["final_val_ppl"] or a["status"] == b["status"] == "diverged", run.name
+    capsys.readouterr()
     E.main(["--mode", "analyze", "--out-dir", str(root)])
+    assert capsys.readouterr().out.rstrip().endswith(f"report: {root / 'report.md'}")
     report = (root / "report.md").read_text()
     assert "### calibrate grid" in report and "| topic a=0.01 | FedAvg, 1 client/round | 2 |" in report
-    assert "unigram" in report and "### Failure detectors" in report
-    for line in report.splitlines():
-        if line.startswith("!["):
-            assert (root / line.split("(")[1].rstrip(")")).is_file(), line
+    assert "unigram" in report and "### Failure detectors" in report and "plots/plot_llm_noniid.py" in report
     figs = plot_llm_noniid.main(["--runs", str(root / "runs"), "--out", str(tmp_path / "figs")])["figures"]
     names = {p.rsplit("/", 1)[1] for p in figs}
     assert {"val_ppl_curves.png", "personal_val_ppl_curves.png", "final_ppl.png"} <= names
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--mode", "quick", "--rounds", "0"], "--rounds must be at least 1"),
+    (["--mode", "quick", "--seeds", "a,b"], "expected comma-separated integers"),
+    (["--mode", "quick", "--seeds", "1,1"], "distinct"),
+    (["--mode", "quick", "--jobs", "0"], "--jobs and --threads must be >= 1"),
+])
+def test_grid_bad_inputs_end_before_any_work(tmp_path, extra, message):
+    with pytest.raises(cli.UsageError, match=message):
+        E.main([*extra, "--out-dir", str(tmp_path / "g")])
+    assert not (tmp_path / "g").exists()
+
+
+def test_split_csv_is_read_by_the_training_reader_and_never_replaced(tmp_path):
+    binary = tmp_path / "x.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(cli.UsageError, match="not UTF-8"):
+        E.main(["--mode", "quick", "--split-csv", str(binary), "--out-dir", str(tmp_path / "g")])
+    rows = [f'"{1 + i % 4}","title {i}","text {i}"' for i in range(40)]
+    (tmp_path / "a.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "b.csv").write_text("\n".join(rows[:-4]) + "\n")
+    folder = E.split_data(str(tmp_path / "a.csv"), tmp_path / "g")
+    before = (folder / "train.csv").read_bytes()
+    assert E.split_data(str(tmp_path / "a.csv"), tmp_path / "g") == folder      # the same split: reused
+    with pytest.raises(cli.UsageError, match="another CSV"):
+        E.split_data(str(tmp_path / "b.csv"), tmp_path / "g")
+    assert (folder / "train.csv").read_bytes() == before and sorted(p.name for p in (tmp_path / "g").iterdir()) == [
+        "data"]
 
 
 def test_train_on_the_real_ag_news_split(shared_data, tmp_path):

@@ -251,6 +251,11 @@ def test_run_grid_cells_and_subsets(tmp_path):
     assert train == "fedavg_rounds" and flag(train_argv, "--rounds") == "1" and merge == "fedavg_merge"
     assert flag(merge_argv, "--aggregation") == "naive" and "--do_eval" in merge_argv
     assert merge_argv[merge_argv.index("--adapters") + 1].endswith("sst2_oneshot_dir0.1_s1/round_1/client_1/adapter")
+    grid = {j.name: j for j in run_grid.jobs_of(jobs)}   # the runner's jobs: a merge waits for its training run
+    merge = grid["sst2_oneshot-naive_dir0.1_s1"]
+    assert merge.after == ("sst2_oneshot_dir0.1_s1",) and merge.output.name == "fuse_manifest.json"
+    assert merge.again == ("--overwrite",) and grid["sst2_central_s0"].run_dir == tmp_path / "grid" / "sst2_central_s0"
+    assert len(grid) == len(jobs) + sum(name.split("_")[1] == "oneshot" for name, _ in jobs)
     sub = glue_tasks.read_glue_dir(tmp_path / "grid" / "data" / "sst2_200", "sst2")
     full = glue_tasks.load_glue("sst2", "synthetic")
     assert len(sub["train"]) == 200 and len(sub["validation"]) == len(full["validation"])
@@ -278,3 +283,14 @@ def test_fedavg_rounds_compiled_forward_gives_the_same_run(sst2_run, tmp_path):
     want = adapters.load(ref_run / "round_2/fused_r4/adapter").state_dict()
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("flags,message", [(["--rounds", "0"], "--rounds must be >= 1"),
+                                           (["--local_epochs", "0"], "--local_epochs > 0"),
+                                           (["--train_samples", "3"], "at least --num_clients"),
+                                           (["--jobs", "0"], "--jobs must be >= 1")])
+def test_run_grid_bad_counts_end_before_anything_is_written(tmp_path, flags, message):
+    from lora_glue_fl import run_grid
+    with pytest.raises(cli.UsageError, match=message):
+        run_grid.main([*flags, "--out-dir", str(tmp_path / "grid"), "--real_data_dir", str(tmp_path)])
+    assert not (tmp_path / "grid").exists()

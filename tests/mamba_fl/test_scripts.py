@@ -1,6 +1,7 @@
 """Every mamba_fl script end to end with --quick on the embedded data, and bad inputs failing in one line."""
 from __future__ import annotations
 
+import importlib
 import json
 import math
 
@@ -122,12 +123,40 @@ def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys)
         assert steps == 64 and flag(flags, "--batch-size") == "16" and flag(flags, "--shard") == "topic", name
     assert flag(runs["fedavg-sgd_L1_topic_s0"], "--lr") == "1.0"  # the SGD arm's own rate wins
     out = tmp_path / "grid"
-    (out / "fedavg_L1_topic_s0").mkdir(parents=True)
-    (out / "fedavg_L1_topic_s0" / "summary.json").write_text("{}")
-    run_grid.main(["--out-dir", str(out), "--rounds", "16", "--seeds", "0", "--layers", "1", "--shards", "topic",
-                   "--no-variants", "--long-factor", "1", "--dry-run"])
+    grid = ["--out-dir", str(out), "--rounds", "16", "--seeds", "0", "--layers", "1", "--shards", "topic",
+            "--no-variants", "--long-factor", "1", "--dry-run"]
+    planned = {j.name: j for j in run_grid.jobs_of(run_grid.plan(args, [], "synthetic", ["central",
+                                                                                          *run_grid.FEDERATED_ARMS],
+                                                                  [1], ["topic"]), out)}
+    for name, flags in (("fedavg_L1_topic_s0", []), ("fedentropy_L1_topic_s0", ["--lr", "0.5"])):
+        job = planned[name]   # a finished run as the script records it: args.json and summary.json
+        saved = vars(importlib.import_module(job.script).get_args_parser().parse_args([*job.argv, *flags]))
+        (out / name).mkdir(parents=True)
+        (out / name / "args.json").write_text(json.dumps({"args": saved}))
+        (out / name / "summary.json").write_text('{"final_val_ppl": 50.0}')
+    run_grid.main(grid)
     printed = capsys.readouterr().out
-    assert "6 runs, 1 already finished, 5 to run" in printed
+    assert "6 runs: 1 done before, 4 to run, 1 holding other arguments" in printed
+    assert "fedentropy_L1_topic_s0 holds a run with other arguments (--lr saved 0.5, now 0.01)" in printed
     assert "--run-name fedfisher_L1_topic_s0" in printed and "--run-name fedavg_L1_topic_s0" not in printed
     with pytest.raises(cli.UsageError):
         run_grid.main(["--jobs", "0", "--dry-run", "--out-dir", str(out)])
+
+
+def test_run_grid_picks_the_best_other_arm_from_the_first_block(tmp_path):
+    """The real-text block runs the federated arm other than FedAvg with the lowest mean log perplexity over
+    the finished synthetic runs (a diverged run, inf, is left out; FedAvg itself never counts)."""
+    from mamba_fl import run_grid
+
+    args = run_grid.get_args_parser().parse_args(["--rounds", "16", "--seeds", "0", "1", "--layers", "1"])
+    head = run_grid.jobs_of(run_grid.plan(args, [], "synthetic", ["central", *run_grid.FEDERATED_ARMS], [1],
+                                          ["topic"]), tmp_path)
+    assert run_grid.best_other_arm(head, 1) is None                      # nothing finished yet
+    ppl = {"fedavg": 10.0, "fedfisher": 40.0, "fedentropy": 30.0, "fedavgm": float("inf")}
+    for job in head:
+        arm = job.name.split("_")[0]
+        if arm in ppl:
+            job.run_dir.mkdir(parents=True)
+            (job.run_dir / "summary.json").write_text(json.dumps({"final_val_ppl": ppl[arm]}))
+    assert run_grid.best_other_arm(head, 1) == "fedentropy"
+    assert run_grid.best_other_arm(head, 2) is None

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from common import jobs
 from common.checkpoint import to_jsonable
 from common.cli import UsageError
 from vit_sparse_fl import run_all_experiments as suite
@@ -63,23 +64,36 @@ def test_only_restricts_the_plan_and_refuses_unknown_settings():
 
 
 def test_finished_runs_are_skipped_only_with_the_same_arguments(tmp_path):
-    run = next(r for r in _plan("--num-runs", "1") if r["setting"] == "fedavg_nc2")
-    assert not suite.finished(tmp_path, run)
-    args = fed.get_args_parser().parse_args(run["argv"])
-    fed.finish_args(args)
-    folder = tmp_path / run["name"]
+    args = suite.get_args_parser().parse_args(["--num-runs", "1"])
+    grid = {j.name: j for j in suite.jobs_of(args, tmp_path)}
+    base = grid["base"]
+    assert base.output.name == "base.pt" and jobs.classify(base).kind == "new"
+    job = grid["fedavg_nc2_seed0"]
+    assert job.after == ("base",) and grid["fedavg_iid_scratch_seed0"].after == ()   # scratch runs need no base
+    assert jobs.classify(job).kind == "new"
+    parsed = fed.get_args_parser().parse_args(job.argv)
+    fed.finish_args(parsed)
+    folder = tmp_path / job.name
     folder.mkdir()
-    (folder / "args.json").write_text(json.dumps({"args": vars(args)}, default=to_jsonable))
-    assert not suite.finished(tmp_path, run)                                     # no summary yet
+    (folder / "args.json").write_text(json.dumps({"args": vars(parsed)}, default=to_jsonable))
+    assert jobs.classify(job).kind == "resume"                                  # no summary yet: interrupted
     (folder / "summary.json").write_text(json.dumps({"test_accuracy": 0.5}))
-    assert suite.finished(tmp_path, run)
-    changed = {**run, "argv": [*run["argv"], "--rounds", "7"]}
-    assert not suite.finished(tmp_path, changed)
+    assert jobs.classify(job).kind == "done"
+    changed = jobs.Job(job.name, job.script, [*job.argv, "--rounds", "7"])
+    assert jobs.classify(changed).kind == "other" and "--rounds saved 192, now 7" in jobs.classify(changed).detail
     # a flag added to the script after the run was written counts as at its default, not as a change
-    saved = {k: v for k, v in vars(args).items() if k not in ("overwrite", "report_to")}
+    saved = {k: v for k, v in vars(parsed).items() if k not in ("overwrite", "report_to")}
     (folder / "args.json").write_text(json.dumps({"args": saved}, default=to_jsonable))
-    assert suite.finished(tmp_path, run)
-    assert not suite.finished(tmp_path, {**run, "argv": [*run["argv"], "--overwrite"]})
+    assert jobs.classify(job).kind == "done"
+
+
+@pytest.mark.parametrize("flags,message", [(["--sparsities", "1.5"], "--sparsities must be in"),
+                                           (["--rounds", "6"], "multiple of 4"),
+                                           (["--nc-values", "2", "51"], "--nc-values must be in")])
+def test_bad_grid_inputs_end_before_any_work(tmp_path, flags, message):
+    with pytest.raises(UsageError, match=message):
+        suite.main([*flags, "--out-dir", str(tmp_path / "suite")])
+    assert not (tmp_path / "suite").exists()
 
 
 def test_saved_sessions_keep_every_part_of_a_suite(tmp_path):

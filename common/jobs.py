@@ -1,0 +1,440 @@
+"""The job runner of every grid script: a plan of runs, ``--jobs`` at a time, one definition of done.
+
+    plan = [jobs.Job(name, "mamba_fl.fed_avg", [*flags, "--out-dir", out, "--run-name", name]), ...]
+    outcome = jobs.run_plan(plan, parallel=args.jobs, log_dir=out / "logs", next_step="python plots/...")
+
+A job is one script invocation (``python <script> <flags>``) in a process of its own, writing one run directory
+``<--out-dir>/<--run-name>``. Before anything starts, each job's directory is classified (``classify``):
+
+* ``done``: it holds a finished (or diverged) run with the same arguments: skipped, counted as done;
+* ``resume``: it holds an interrupted run with the same arguments (args.json, no summary.json): run again
+  with ``--resume``, which continues from the last checkpoint;
+* ``extend``: (jobs with ``extend=True``) a run that differs only in being shorter (a run-length flag):
+  continued with ``--resume --extend``;
+* ``other``: it holds a run with other arguments: reported with the differences, never counted as done, never
+  started (the folder is left exactly as it is);
+* ``new``: absent or empty: run.
+
+"Same arguments" is the script's own parser applied to the job's flags, compared with args.json flag by flag,
+except the flags that may change on resume without changing the result (``runlog.DEFAULT_IGNORE_ON_RESUME``);
+a flag args.json lacks (added to the script after the run) counts as at its default, and a flag the parser
+leaves None (filled in by the script) is not compared. Whatever this check concludes, a started job cannot
+replace a run: it is launched with ``--resume`` and never ``--overwrite``, so ``RunDir`` refuses a directory
+holding other arguments itself.
+
+A job that writes no run directory (a cached base, a merged adapter) names its ``output`` file instead: done
+when the file exists, else run with ``again`` flags (e.g. ``--overwrite`` for a partial output of its own).
+Jobs may wait for others (``after``); a job whose prerequisite failed or holds other arguments is not started.
+
+Each job's output goes to ``<log_dir>/<name>.log`` (appended, with the command, so no earlier log is lost); the
+driver prints one line per finished job, a progress line with the count and an ETA every ``progress_every``
+seconds while jobs run, and a summary with the next command at the end. Ctrl-C (or SIGTERM) stops the grid:
+running jobs are sent SIGINT (they stop as an interrupted run, resumable), then killed if they linger, and on
+Linux every job is also killed by the kernel when the driver dies without cleaning up (SIGKILL included), so no
+job is left writing after its driver. Rerunning the same command continues the grid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from common.checkpoint import to_jsonable
+from common.errors import UsageError, check
+from common.runlog import (
+    ALWAYS_IGNORED,
+    ARGS_FILE,
+    DEFAULT_IGNORE_ON_RESUME,
+    LENGTH_FLAGS,
+    SUMMARY_FILE,
+)
+
+IGNORED = frozenset(DEFAULT_IGNORE_ON_RESUME) | frozenset(ALWAYS_IGNORED)
+EXIT_DIVERGED = 3          # common.errors.EXIT_DIVERGED: a diverged run is a result of the grid, not a failure
+STOP_GRACE_SECONDS = 10.0  # after Ctrl-C, how long running jobs get to stop before they are killed
+
+
+@dataclasses.dataclass
+class Job:
+    """One script invocation of a plan.
+
+    name: unique in the plan (the run name, for jobs that write a run directory).
+    script: the module, e.g. "mamba_fl.fed_avg" (run as ``python <its file>``, so the command can be copied).
+    argv: its flags, including ``--out-dir`` and ``--run-name`` for a run directory.
+    output: for a job that writes no run directory, the file whose existence means done.
+    again: flags added when an ``output`` job runs again over its own partial output.
+    after: names of jobs that must have succeeded first.
+    extend: a shorter finished or interrupted run of the same arguments is continued with ``--extend``.
+    label: how progress lines name the job (default: the name).
+    """
+
+    name: str
+    script: str
+    argv: list[str]
+    output: Path | None = None
+    again: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    extend: bool = False
+    label: str = ""
+
+    @property
+    def run_dir(self) -> Path | None:
+        if self.output is not None:
+            return None
+        return Path(_flag_value(self.argv, "--out-dir", "runs")) / _flag_value(self.argv, "--run-name", self.name)
+
+    def command(self, extra: Sequence[str] = ()) -> list[str]:
+        return [sys.executable, script_path(self.script), *self.argv, *extra]
+
+
+def _flag_value(argv: Sequence[str], flag: str, default: str) -> str:
+    """The last value given for ``flag`` (either spelling, ``--flag V`` or ``--flag=V``)."""
+    names = {flag, "--" + flag[2:].replace("-", "_")}
+    value = default
+    for i, a in enumerate(argv):
+        if a in names and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.split("=", 1)[0] in names and "=" in a:
+            value = a.split("=", 1)[1]
+    return value
+
+
+def script_path(module: str) -> str:
+    """The file of ``module`` (found without importing it), relative to the working directory when inside it."""
+    spec = importlib.util.find_spec(module)
+    check(spec is not None and spec.origin is not None, f"no script {module}")
+    path = Path(spec.origin)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def expected_args(job: Job) -> tuple[dict, object]:
+    """The job's arguments as its script's parser reads them (as args.json would hold them), and the parser."""
+    parser = importlib.import_module(job.script).get_args_parser()
+    return json.loads(json.dumps(vars(parser.parse_args(job.argv)), default=to_jsonable)), parser
+
+
+@dataclasses.dataclass
+class State:
+    kind: str          # new | resume | extend | done | other
+    detail: str = ""   # for "other": the differences; for "done": the status
+
+
+def classify(job: Job) -> State:
+    """What the job's run directory (or output) holds now, as the module doc defines it."""
+    if job.output is not None:
+        return State("done") if job.output.is_file() else State("new")
+    path = job.run_dir
+    if not path.is_dir() or not any(p.name != ".lock" for p in path.iterdir()):
+        return State("new")
+    try:
+        saved = json.loads((path / ARGS_FILE).read_text(encoding="utf-8"))["args"]
+        check(isinstance(saved, dict), "")
+    except (OSError, ValueError, KeyError, TypeError, UsageError):
+        return State("other", f"no readable {ARGS_FILE} (not a run directory of this grid)")
+    wanted, parser = expected_args(job)
+    diffs, shorter = [], []
+    for key, value in wanted.items():
+        if value is None or key in IGNORED:
+            continue
+        old = saved.get(key, parser.get_default(key))
+        old = json.loads(json.dumps(old, default=to_jsonable))
+        if old == value:
+            continue
+        if (job.extend and key in LENGTH_FLAGS and isinstance(old, (int, float)) and isinstance(value, (int, float))
+                and old < value):
+            shorter.append(key)
+            continue
+        diffs.append(f"--{key.replace('_', '-')} saved {old!r}, now {value!r}")
+    if diffs:
+        return State("other", "; ".join(diffs))
+    summary = _read_summary(path)
+    if shorter:
+        return State("extend", ", ".join(shorter))
+    if summary is not None and summary.get("status", "complete") in ("complete", "diverged"):
+        return State("done", summary.get("status", "complete"))
+    return State("resume")
+
+
+def _read_summary(path: Path) -> dict | None:
+    try:
+        value = json.loads((path / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def summary_of(job: Job) -> dict | None:
+    """The job's summary.json (None for an output job or an unfinished run)."""
+    return _read_summary(job.run_dir) if job.run_dir is not None else None
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def _die_with_driver():
+    """preexec_fn (Linux): the kernel sends the job SIGKILL when the driver dies, however it dies."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the driver died before prctl: nobody would kill us later
+        os._exit(1)
+
+
+def _start(job: Job, extra: list[str], log_dir: Path, env: dict) -> subprocess.Popen:
+    cmd = job.command(extra)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{job.name}.log", "a", encoding="utf-8") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        log.flush()
+        # a session of its own: a Ctrl-C at the terminal reaches the driver only, which stops every job once
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True,
+                                preexec_fn=_die_with_driver if sys.platform.startswith("linux") else None)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _stop(procs: Sequence[subprocess.Popen]) -> None:
+    """SIGINT to every running job (an interrupted run stays resumable), SIGKILL to those still running after
+    ``STOP_GRACE_SECONDS``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+@dataclasses.dataclass
+class Outcome:
+    """How each job of a plan ended: ``status[name]`` is one of done-before, finished, diverged, failed, other,
+    blocked, interrupted (or planned, for a dry run)."""
+
+    status: dict[str, str]
+    messages: dict[str, str]
+    seconds: float
+
+    def names(self, *statuses: str) -> list[str]:
+        return [n for n, s in self.status.items() if s in statuses]
+
+    @property
+    def complete(self) -> bool:
+        return all(s in ("done-before", "finished", "diverged") for s in self.status.values())
+
+
+def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLike, threads: int = 1,
+             dry_run: bool = False, next_step: str = "", progress_every: float = 10.0,
+             title: str = "grid") -> Outcome:
+    """Run every job of ``plan`` not done yet, ``parallel`` at a time (in plan order, as their prerequisites
+    allow), each with ``threads`` torch / OpenMP threads; print progress and a summary; return the ``Outcome``.
+
+    ``next_step`` (e.g. the plot command) is printed at the end when every job is done.
+    """
+    check(parallel >= 1, f"--jobs must be at least 1, got {parallel}")
+    check(threads >= 1, f"--threads must be at least 1, got {threads}")
+    names = [j.name for j in plan]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    check(not twice, f"the plan names a run twice: {twice}")
+    log_dir = Path(log_dir)
+    t0 = time.monotonic()
+    status: dict[str, str] = {}
+    messages: dict[str, str] = {}
+    todo: list[tuple[Job, list[str]]] = []
+    for job in plan:
+        state = classify(job)
+        if state.kind == "done":
+            status[job.name] = "done-before"
+        elif state.kind == "other":
+            status[job.name] = "other"
+            messages[job.name] = f"{job.run_dir} holds a run with other arguments ({state.detail}); left as it is"
+        else:
+            if job.output is not None:
+                extra = list(job.again) if _partial(job) else []
+            else:
+                extra = ["--resume", "--extend"] if state.kind == "extend" else ["--resume"]
+            todo.append((job, extra))
+    counts = {k: sum(v == k for v in status.values()) for k in ("done-before", "other")}
+    print(f"{title}: {len(plan)} runs: {counts['done-before']} done before, {len(todo)} to run"
+          + (f", {counts['other']} holding other arguments (not run)" if counts["other"] else ""), flush=True)
+    for name in status:
+        if status[name] == "other":
+            print(f"  {messages[name]}", flush=True)
+    if dry_run:
+        for job, extra in todo:
+            status[job.name] = "planned"
+            print(" ".join(job.command(extra)), flush=True)
+        return Outcome(status, messages, time.monotonic() - t0)
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    running: dict[subprocess.Popen, tuple[Job, float]] = {}
+    waiting = list(todo)
+    durations: list[float] = []
+    total = len(todo)
+    last_progress = time.monotonic()
+
+    def ok(name: str) -> bool:
+        return status.get(name) in ("done-before", "finished", "diverged")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = _in_main_thread()
+    if in_main:  # a SIGTERM stops the grid like Ctrl-C: jobs are stopped, not orphaned
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while waiting or running:
+            for item in list(waiting):
+                job, extra = item
+                if len(running) >= parallel:
+                    break
+                if any(status.get(a) in ("failed", "other", "blocked") for a in job.after):
+                    waiting.remove(item)
+                    status[job.name] = "blocked"
+                    messages[job.name] = f"not run: it needs {', '.join(job.after)}, which did not finish"
+                    continue
+                if all(ok(a) for a in job.after):
+                    waiting.remove(item)
+                    running[_start(job, extra, log_dir, env)] = (job, time.monotonic())
+            if not running and waiting:  # only jobs waiting for ones outside the plan
+                for job, _ in waiting:
+                    status[job.name] = "blocked"
+                    messages[job.name] = f"not run: it needs {', '.join(job.after)}, which is not in the plan"
+                break
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                job, started = running.pop(proc)
+                seconds = time.monotonic() - started
+                durations.append(seconds)
+                rc = proc.returncode
+                if rc == 0:
+                    status[job.name] = "finished"
+                elif rc == EXIT_DIVERGED:
+                    status[job.name] = "diverged"
+                else:
+                    status[job.name] = "failed"
+                    messages[job.name] = (f"exit {rc}: {_last_line(log_dir / f'{job.name}.log')} "
+                                          f"(log: {log_dir / f'{job.name}.log'})")
+                ended = sum(s in ("finished", "diverged", "failed", "blocked") for s in status.values())
+                print(f"[{ended}/{total}] {job.label or job.name}: {status[job.name]}"
+                      f"{' (' + messages[job.name] + ')' if job.name in messages else ''} in {_minutes(seconds)}"
+                      f"{_describe(job)}", flush=True)
+                last_progress = time.monotonic()
+            if running and time.monotonic() - last_progress >= progress_every:
+                print(_progress(status, total, running, waiting, durations, parallel, t0), flush=True)
+                last_progress = time.monotonic()
+    except KeyboardInterrupt:
+        procs = list(running)
+        print(f"{title}: interrupted; stopping {len(procs)} running job(s)", file=sys.stderr, flush=True)
+        _stop(procs)
+        for job, _ in running.values():
+            status[job.name] = "interrupted"
+        for job, _ in waiting:
+            status.setdefault(job.name, "interrupted")
+        outcome = Outcome(status, messages, time.monotonic() - t0)
+        print(_summary(title, outcome, ""), file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        for proc in running:  # an unexpected error in the driver: no job may outlive it
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    outcome = Outcome(status, messages, time.monotonic() - t0)
+    print(_summary(title, outcome, next_step), flush=True)
+    return outcome
+
+
+def _partial(job: Job) -> bool:
+    """An output job's folder already holds something of its own (a partial output, e.g. an interrupted merge)."""
+    folder = job.output.parent
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _describe(job: Job) -> str:
+    s = summary_of(job)
+    if not s:
+        return ""
+    metric, final = s.get("main_metric"), s.get("final")
+    if isinstance(metric, str) and isinstance(final, dict) and isinstance(final.get(metric), (int, float)):
+        return f"; {metric} {final[metric]:.4g}"
+    for key in ("final_val_ppl", "final_ppl", "test_accuracy", "accuracy", "eval_accuracy"):
+        if isinstance(s.get(key), (int, float)):
+            return f"; {key} {s[key]:.4g}"
+    return ""
+
+
+def _progress(status, total, running, waiting, durations, parallel, t0) -> str:
+    ended = sum(s in ("finished", "diverged", "failed", "blocked") for s in status.values())
+    left = len(waiting) + len(running)
+    if durations:  # remaining jobs at the mean duration so far, ``parallel`` at a time
+        mean = sum(durations) / len(durations)
+        run_left = sum(max(0.0, mean - (time.monotonic() - s)) for _, s in running.values())
+        eta = f"ETA ~{_minutes((run_left + len(waiting) * mean) / min(parallel, max(1, left)))}"
+    else:
+        eta = "ETA after the first run ends"
+    names = ", ".join(j.name for j, _ in list(running.values())[:3]) + (" ..." if len(running) > 3 else "")
+    return (f"  {time.strftime('%H:%M:%S')} {ended}/{total} ended, {len(running)} running ({names}), "
+            f"{len(waiting)} waiting; {_minutes(time.monotonic() - t0)} so far, {eta}")
+
+
+def _summary(title: str, outcome: Outcome, next_step: str) -> str:
+    parts = []
+    for key, word in (("finished", "finished now"), ("done-before", "done before"), ("diverged", "diverged"),
+                      ("failed", "failed"), ("other", "holding other arguments"), ("blocked", "not run"),
+                      ("interrupted", "interrupted")):
+        n = len(outcome.names(key))
+        if n:
+            parts.append(f"{n} {word}")
+    lines = [f"{title} summary: {len(outcome.status)} runs: {', '.join(parts) or 'nothing to do'}; "
+             f"{_minutes(outcome.seconds)}"]
+    for name in outcome.names("failed", "other", "blocked"):
+        lines.append(f"  {name}: {outcome.messages.get(name, '')}")
+    if outcome.complete:
+        if next_step:
+            lines.append(f"next: {next_step}")
+    else:
+        why = []
+        if outcome.names("other"):
+            why.append("move or remove the directories holding other arguments (or give another --out-dir)")
+        if outcome.names("failed"):
+            why.append("fix what the failed runs' logs say")
+        lines.append("next: " + ("; ".join(why) + ", then " if why else "")
+                     + "run the same command again: finished runs are skipped, interrupted ones resumed")
+    return "\n".join(lines)

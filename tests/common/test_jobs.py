@@ -1,0 +1,180 @@
+"""common.jobs, the grid runner, on a tiny script in its own processes: a rerun skips finished runs and resumes
+interrupted ones, a directory holding other arguments is reported and left byte-identical, prerequisites order
+the jobs, and no job outlives its driver (Ctrl-C or SIGKILL)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from common import jobs
+
+# A run of --steps steps of --sleep seconds: a checkpoint per step (the step count), summary.json at the end,
+# its pid in pid.txt. --fail exits 2 as a bad input would; --diverge exits 3.
+SCRIPT = '''
+import os, sys, time
+from common import cli, runlog
+
+def get_args_parser(add_help=True):
+    p = cli.ArgumentParser(add_help=add_help)
+    cli.add_run_args(p)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--fail", action="store_true")
+    p.add_argument("--diverge", action="store_true")
+    return p
+
+def main(argv=None):
+    args = cli.parse(get_args_parser(), argv)
+    cli.check(not args.fail, "--fail given")
+    rd = runlog.RunDir(args.out_dir, args.run_name, args, resume=args.resume, kind="tinyjob", claim=True)
+    (rd.path / "pid.txt").write_text(str(os.getpid()))
+    state = rd.load_checkpoint()
+    start = state["step"] + 1 if state else 0
+    rd.log({"event": "start", "from": start})
+    if args.diverge:
+        rd.diverge("step 0", "loss")
+    for step in range(start, args.steps):
+        time.sleep(args.sleep)
+        rd.save_checkpoint({"step": step}, rng=False)
+    return rd.write_summary({"steps": args.steps, "started_at_step": start, "final_ppl": 1.0 + args.lr})
+
+if __name__ == "__main__":
+    cli.run(main)
+'''
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """The module ``tinyjob`` importable here and in the job processes."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "tinyjob.py").write_text(textwrap.dedent(SCRIPT))
+    monkeypatch.syspath_prepend(str(lib))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")]))
+    return tmp_path / "runs"
+
+
+def job(out: Path, name: str, *flags: str, **kw) -> jobs.Job:
+    return jobs.Job(name, "tinyjob", [*flags, "--out-dir", str(out), "--run-name", name, "--quiet"], **kw)
+
+
+def tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_skips_finished_resumes_interrupted_and_reports_other_arguments(tiny, capsys):
+    out = tiny
+    plan = [job(out, "a"), job(out, "b", "--lr", "0.2"), job(out, "c", "--steps", "4")]
+    first = jobs.run_plan(plan, parallel=2, log_dir=out / "logs", next_step="python plot.py")
+    assert first.status == {"a": "finished", "b": "finished", "c": "finished"}
+    printed = capsys.readouterr().out
+    assert "3 runs: 0 done before, 3 to run" in printed and "next: python plot.py" in printed
+    assert json.loads((out / "b" / "summary.json").read_text())["final_ppl"] == pytest.approx(1.2)
+
+    # b: interrupted after its second checkpoint (summary gone); c: now asked with other arguments
+    (out / "b" / "summary.json").unlink()
+    before = tree(out / "c")
+    plan2 = [job(out, "a"), job(out, "b", "--lr", "0.2"), job(out, "c", "--steps", "5")]
+    assert [jobs.classify(j).kind for j in plan2] == ["done", "resume", "other"]
+    again = jobs.run_plan(plan2, parallel=2, log_dir=out / "logs", next_step="python plot.py")
+    assert again.status == {"a": "done-before", "b": "finished", "c": "other"}
+    assert json.loads((out / "b" / "summary.json").read_text())["started_at_step"] == 3  # resumed, not restarted
+    assert tree(out / "c") == before                                    # never touched
+    printed = capsys.readouterr().out
+    assert "--steps saved 4, now 5" in printed and "1 holding other arguments" in printed
+    assert "python plot.py" not in printed and "run the same command again" in printed
+    # a flag left at its default in the plan but given to the run counts as a difference too
+    assert jobs.classify(job(out, "b")).kind == "other"
+    # the log keeps both invocations (appended, with the command)
+    assert (out / "logs" / "b.log").read_text().count("=== ") == 2
+
+
+def test_failures_divergence_and_prerequisites(tiny, capsys):
+    out = tiny
+    plan = [job(out, "bad", "--fail"), job(out, "after-bad", after=("bad",)), job(out, "div", "--diverge"),
+            job(out, "after-div", after=("div",))]
+    outcome = jobs.run_plan(plan, parallel=1, log_dir=out / "logs")
+    assert outcome.status == {"bad": "failed", "after-bad": "blocked", "div": "diverged", "after-div": "finished"}
+    assert "--fail given" in outcome.messages["bad"]                     # the job's own one-line error
+    assert not (out / "after-bad").exists()
+    assert jobs.classify(plan[2]).kind == "done"                          # a diverged run is a result
+    out_text = capsys.readouterr().out
+    assert "1 failed" in out_text and "1 diverged" in out_text and "1 not run" in out_text
+
+
+def test_output_jobs_and_dry_run(tiny, capsys):
+    out = tiny
+    marker = out / "made" / "file.txt"
+    plan = [jobs.Job("made", "tinyjob", ["--out-dir", str(out), "--run-name", "made", "--quiet"], output=marker)]
+    dry = jobs.run_plan(plan, log_dir=out / "logs", dry_run=True)
+    assert dry.status == {"made": "planned"} and "tinyjob.py" in capsys.readouterr().out and not out.exists()
+    marker.parent.mkdir(parents=True)
+    marker.write_text("x")
+    assert jobs.run_plan(plan, log_dir=out / "logs").status == {"made": "done-before"}
+    with pytest.raises(jobs.UsageError, match="twice"):
+        jobs.run_plan(plan * 2, log_dir=out / "logs")
+
+
+DRIVER = '''
+import sys
+from pathlib import Path
+from common import jobs
+out = Path(sys.argv[1])
+plan = [jobs.Job(n, "tinyjob", ["--steps", "200", "--sleep", "0.1", "--out-dir", str(out), "--run-name", n, "--quiet"])
+        for n in ("x", "y")]
+jobs.run_plan(plan, parallel=2, log_dir=out / "logs", progress_every=1)
+'''
+
+
+def _pids_when_started(out: Path, driver: subprocess.Popen) -> list[int]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        files = [out / n / "pid.txt" for n in ("x", "y")]
+        if all(f.is_file() and f.read_text() for f in files) and all((out / n / "checkpoint.pt").is_file()
+                                                                     for n in ("x", "y")):
+            return [int(f.read_text()) for f in files]
+        assert driver.poll() is None, driver.communicate()
+        time.sleep(0.2)
+    raise AssertionError("the jobs did not start")
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_jobs_die_with_their_driver(tiny, how):
+    """SIGKILL: the kernel kills the jobs (nobody is left writing); SIGINT (Ctrl-C): the driver stops them and
+    exits 130, and the interrupted runs resume on the next invocation."""
+    out = tiny
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    pids = _pids_when_started(out, driver)
+    driver.send_signal(how)
+    _, err = driver.communicate(timeout=60)
+    assert all(_gone(pid) for pid in pids)
+    if how == signal.SIGINT:
+        assert driver.returncode == 130 and "2 interrupted" in err and "run the same command again" in err
+        plan = [job(out, n, "--steps", "200", "--sleep", "0.1") for n in ("x", "y")]
+        assert [jobs.classify(j).kind for j in plan] == ["resume", "resume"]
+    assert not (out / "x" / "summary.json").exists()
+    written = (out / "x" / "checkpoint.pt").stat().st_mtime_ns   # nobody writes any more
+    time.sleep(1.0)
+    assert (out / "x" / "checkpoint.pt").stat().st_mtime_ns == written and not (out / "x" / "summary.json").exists()
