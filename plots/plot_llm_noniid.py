@@ -31,8 +31,7 @@ from common import stats as S
 
 # what splits runs into panels of their own (next to the partition); every other difference splits lines
 PANEL_KEYS = ("data", "model", "tokenizer", "bpe_vocab_size", "seq_len", "num_clients", "max_eval_examples")
-IGNORE = R.DEFAULT_GROUP_IGNORE + ("report_to", "overwrite", "extend", "config", "compile", "compile_mode",
-                                   "compile_backend", "clients_per_round")
+IGNORE = R.DRAW_IGNORE + ("eval_every",)
 BAND = "band: ± sample sd over seeds"
 
 TOPIC_NAMES = ("World", "Sports", "Business", "Sci/Tech")  # AG News classes 1-4

@@ -39,8 +39,8 @@ from common import runs as R
 # script resolved); everything else that differs splits rows (``R.split_configs``)
 PANEL_KEYS = ("data", "model", "max_seq_length", "max_eval_samples", "pretrain_mlm_steps", "tokenizer")
 # per-seed paths and bookkeeping: never a difference between configurations
-IGNORE = R.DEFAULT_GROUP_IGNORE + ("shard_dir", "adapter_output_dir", "report_to", "overwrite", "extend",
-                                   "config", "compile", "compile_mode", "compile_backend")
+IGNORE = R.DRAW_IGNORE + ("shard_dir", "adapter_output_dir", "eval_each_round", "eval_clients",
+                          "save_client_adapters")
 
 SHARDS = ("iid", "dir1", "dir0.1", "category", "overlap", "category_overlap")
 NAME = re.compile(r"^(?P<task>[^_]+)_(?P<method>central|svd|naive|exact|oneshot|oneshot-naive)"
@@ -288,7 +288,7 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
     scored), the clients' mean training loss per round, and the merge error per round."""
     import matplotlib.pyplot as plt
     written = []
-    colors = {s: f"C{i}" for i, s in enumerate(SHARDS)}
+    colors = {s: f"C{i}" for i, s in enumerate(SHARDS)}  # per partition; a row with arguments of its own: the next free
     for task in sorted({k[0] for k in groups}):
         fed = [(key, g) for key, g in groups.items() if key[0] == task and key[1] != "central"]
         if not fed:
@@ -308,7 +308,8 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                 rows = [r for g in group for r in g["rows"] if r.get("client") is None]
                 last_round = max([last_round] + [r["round"] for r in rows if isinstance(r.get("round"), int)])
         for (_, method, shard), group in fed:  # validation metric: lines, or points at the last round (offset)
-            color, n, label = colors.get(base_shard(shard), "k"), len(group), label_of(method, shard)
+            color = colors.get(shard) or colors.setdefault(shard, f"C{len(colors)}")
+            n, label = len(group), label_of(method, shard)
             if ax is None:
                 pass
             elif method.startswith("oneshot"):
@@ -445,7 +446,7 @@ def plot_summary(groups, base: dict, out: Path) -> list[Path]:
         ax.set_ylim(-0.7, len(keys) - 0.4)
         ax.set_xlabel(f"final validation {metric}: seeds (dots), mean ± sample sd (diamond)")
         ax.set_title(task)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     return R.savefig(fig, out / "summary.png")
 
 
