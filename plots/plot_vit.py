@@ -32,7 +32,7 @@ BASE_J = 4
 # what run_all_experiments.py varies inside one suite (the rest is the suite: data, model, budget, --quick ...)
 SWEPT = ("sharding", "nc", "local_steps", "rounds", "head_warmup", "eval_every", "weights", "mask_strategy",
          "sparsity_ratio", "fisher_score", "calibration_rounds", "total_steps")
-SD = "mean ± sample sd over seeds"
+BARS = "mean over seeds; error bars: ± sample sd"
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -139,9 +139,21 @@ def vit_runs(runs: list[dict]) -> list[dict]:
 
 
 def suites(runs: list[dict]) -> list[tuple[str, list[dict]]]:
-    """Runs split by every shared argument outside ``SWEPT`` (``R.split_by``), the largest suite first."""
-    shared = set.intersection(*(set(r["args"]) for r in runs)) - set(SWEPT) - set(R.DRAW_IGNORE)
-    return sorted(R.split_by(runs, sorted(shared)), key=lambda kv: -len(kv[1]))
+    """Federated runs split by every argument they share outside ``SWEPT`` (``R.split_by``), the largest suite
+    first; each centralized run joins the suite it agrees with on the arguments they share (its weight decay
+    is its own: the grid sets it for the centralized reference only)."""
+    fed = [r for r in runs if r["meta"]["script"] != CENTRAL]
+    shared = set.intersection(*(set(r["args"]) for r in fed)) - set(SWEPT) - set(R.DRAW_IGNORE)
+    parts = sorted(R.split_by(fed, sorted(shared)), key=lambda kv: -len(kv[1]))
+    for run in (r for r in runs if r["meta"]["script"] == CENTRAL):
+        keys = (set(run["args"]) & shared) - {"weight_decay"}
+        home = next((members for _, members in parts
+                     if all(members[0]["args"].get(k) == run["args"].get(k) for k in keys)), None)
+        if home is None:
+            print(f"left out {run['path']}: a centralized run unlike every federated suite here")
+        else:
+            home.append(run)
+    return parts
 
 
 def main(argv=None) -> dict:
@@ -155,10 +167,7 @@ def main(argv=None) -> dict:
         folder = out if i == 0 else out / f"suite_{i + 1}"
         if i:
             print(f"runs with {label} drawn apart, in {folder}")
-        if any(r["meta"]["script"] != CENTRAL for r in members):
-            written += draw_suite(members, folder, args.pdf)
-        else:
-            print(f"{folder}: centralized runs only ({label}), nothing drawn")
+        written += draw_suite(members, folder, args.pdf)
     for p in written:
         print(p)
     return {"figures": [str(p) for p in written]}
@@ -203,6 +212,8 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
         if dense:
             curve(ax, dense, "dense FedAvg", color="k", ls="--")
         ax.set(title=f"Nc = 2, sparsity {first:g}")
+    else:
+        ax.text(0.5, 0.5, "no sparse runs on non-IID shards", ha="center", transform=ax.transAxes)
     axes[0].set(title=f"FedAvg (J = {base_j})", ylabel="validation accuracy (%)")
     fig.suptitle("lines: mean over seeds; bands: ± sample sd over seeds", fontsize=9)
     for ax in axes:
@@ -224,7 +235,7 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
             ax.axhline(acc_stats(central)[0], color="tab:green", ls="-.", label=f"centralized (n={len(central)})")
         chance_line(ax, nonfed)
         ax.set(xscale="log", xlabel="classes per client Nc", ylabel="test accuracy (%)",
-               title=f"FedAvg from {start} vs heterogeneity\n(points: {SD}; error bars: that sd)")
+               title=f"FedAvg from {start} vs heterogeneity\n(points: {BARS})")
         ax.set_xticks(x, [str(int(v)) for v in x])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
@@ -239,7 +250,7 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
             ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"FedAvg {name}, {n_label(n)}")
         chance_line(ax, based)
         ax.set(xscale="log", xlabel="local steps J (rounds x J fixed)", ylabel="test accuracy (%)",
-               title=f"FedAvg vs local steps at equal sample gradients\n(points: {SD}; error bars: that sd)")
+               title=f"FedAvg vs local steps at equal sample gradients\n(points: {BARS})")
         ax.set_xticks(x, [str(int(v)) for v in x])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
@@ -282,7 +293,7 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
                 ax.set_xticks(range(len(labels)), [f"{s.replace('_', chr(10))}" + (f"\n({sc})" if "sensitive" in s
                                                                                    else "") for s, sc in labels],
                               fontsize=7)
-                ax.set(title=f"{sh} shards (bars: {SD}; error bars: that sd)",
+                ax.set(title=f"{sh} shards (bars: {BARS})",
                        ylabel="test accuracy (%)" if key == "test_accuracy"
                        else "interference: own-class accuracy\nlocal - aggregated (points)")
                 if not ax.get_legend_handles_labels()[0]:

@@ -32,7 +32,7 @@ def make_runs(root, cache):
     from llm_noniid import train
     from lora_glue_fl import fedavg_rounds, main_glue_lora
     from mamba_fl import central, fed_avg
-    from vit_sparse_fl import train_federated, train_federated_sparse
+    from vit_sparse_fl import train_centralized, train_federated, train_federated_sparse
 
     out = ["--out-dir", str(root)]
     mamba = [*MAMBA, "--cache-dir", str(cache), *out]
@@ -46,6 +46,8 @@ def make_runs(root, cache):
         train_federated.main([*VIT, *out, "--seed", seed])
     train_federated.main([*VIT, *out, "--sharding", "non_iid", "--nc", "2"])
     train_federated.main([*VIT, *out, "--max-train", "200", "--run-name", "other_suite"])  # drawn apart
+    train_centralized.main(["--quick", "--quiet", "--max-train", "300", "--max-test", "60", "--batch-size", "16",
+                            "--total-steps", "8", "--warmup-epochs", "0", *out])  # joins the first suite
     train_federated_sparse.main([*VIT, *out, "--mask-strategy", "random", "--sparsity-ratio", "0.5",
                                  "--head-warmup", "1"])
     for seed in ("0", "1"):
@@ -84,6 +86,10 @@ def test_plot_vit_splits_suites(mixed, tmp_path, capsys):
     assert (tmp_path / "v" / "vit_accuracy_vs_nc.png").is_file()  # IID and Nc = 2 of the main suite
     assert (tmp_path / "v" / "suite_2" / "vit_accuracy_vs_rounds.png").is_file()
     assert "ignored" in out[0] and len(res["figures"]) >= 3
+    (_, first), (other, second) = plot_vit.suites(plot_vit.vit_runs(R.load_roots([mixed])))
+    assert sorted(r["meta"]["script"].split("/")[1] for r in first) == \
+        ["train_centralized"] + ["train_federated"] * 3 + ["train_federated_sparse"]
+    assert other == "max_train=200" and len(second) == 1
 
 
 def test_plot_llm_groups_by_configuration(mixed, tmp_path, capsys):
