@@ -117,6 +117,9 @@ def test_plot_lora_reads_summaries(mixed, tmp_path):
         {p.rsplit("/", 1)[1] for p in res["files"]}
     assert "| centralized LoRA | " in res["table"] and "| FedAvg svd / iid | " in res["table"]
     assert "(n=2)" in res["table"]
+    fed = json.loads(next(mixed.glob("fedavg_sst2_*_s0")).joinpath("summary.json").read_text())
+    errs = fed["svd_error_by_rank"]  # 3 clients of rank 4: the rank-12 merge is exact
+    assert len(errs) == 12 and errs[-1] < 1e-4 < errs[0] and fed["num_labels"] == 2
 
 
 def test_a_run_without_what_a_figure_reads_is_left_out(mixed, tmp_path, capsys):
