@@ -17,8 +17,8 @@ Several --runs folders are read together. Writes:
                                    method and sharding; one-shot runs as points at the last round),
                                    centralized LoRA dashed, majority baseline dotted; right: the relative merge
                                    error ||dW_bar - dW_fused|| / ||dW_bar|| per round;
-* ``<out>/svd_error_vs_rank.png``  that error of the SVD merge against the rank r, from the client adapters
-                                   saved in the last round of each svd run;
+* ``<out>/svd_error_vs_rank.png``  that error of the SVD merge against the rank r of each svd run's last-round
+                                   client adapters (``svd_error_by_rank`` in its summary), mean over seeds;
 * ``<out>/summary.png``            final main metric per cell (mean, sd error bars), centralized and majority
                                    baseline as vertical lines;
 * ``<out>/results.md``             the tables of the README.
