@@ -23,12 +23,15 @@ matplotlib.use("Agg")  # files only: works on headless machines, and before pypl
 import numpy as np
 
 from common import stats
-from common.errors import UsageError, check_out_dir
+from common.errors import UsageError, check, check_out_dir
 from common.runlog import ARGS_FILE, METRICS_FILE, SUMMARY_FILE, read_rows
 
 # Arguments that do not define a configuration: runs differing only in these are pooled.
 DEFAULT_GROUP_IGNORE = ("seed", "run_name", "out_dir", "resume", "quiet", "device", "num_workers",
                         "data_dir", "cache_dir")
+# ... and for a figure also the options that change how a run is logged or executed, not what it computes
+DRAW_IGNORE = DEFAULT_GROUP_IGNORE + ("report_to", "overwrite", "extend", "config", "compile", "compile_mode",
+                                      "compile_backend", "eval_batch_size", "per_device_eval_batch_size")
 
 
 def find_runs(root: str | os.PathLike, pattern: str = "*") -> list[Path]:
@@ -81,6 +84,95 @@ def load_runs(root: str | os.PathLike, pattern: str = "*") -> list[dict]:
     return [load_run(p) for p in find_runs(root, pattern)]
 
 
+def load_roots(roots: Sequence[str | os.PathLike], pattern: str = "*", flag: str = "--runs",
+               finished: bool = True) -> list[dict]:
+    """``load_runs`` of every folder in ``roots`` (a plot script's ``--runs A B ...``), each run once.
+
+    A folder that does not exist is a ``UsageError`` (one line, exit 2). With ``finished`` (default) a run
+    without summary.json is left out with one line saying so.
+    """
+    out, seen = [], set()
+    for root in roots:
+        check(Path(root).is_dir(), f"{flag} {root}: no such folder; expected a folder holding run directories")
+        for run in load_runs(root, pattern):
+            if run["path"].resolve() in seen:
+                continue
+            seen.add(run["path"].resolve())
+            if finished and run["summary"] is None:
+                print(f"left out {run['path']}: unfinished (no summary.json)")
+                continue
+            out.append(run)
+    return out
+
+
+NUMBER = (int, float)
+
+
+def with_keys(runs: Iterable[dict], what: str, args: dict | None = None, summary: dict | None = None) -> list[dict]:
+    """The runs whose args.json holds every key of ``args`` and whose summary.json every key of ``summary``
+    with a value of the given type(s) (``NUMBER`` for a number); each other run is left out with one line
+    naming the key (a run of an older version or of another script), so a figure never fails on it."""
+    kept = []
+    for run in runs:
+        problem = _missing(run["args"], args or {}, "args.json") or \
+            _missing(run.get("summary") or {}, summary or {}, "summary.json")
+        if problem:
+            print(f"left out of {what}: {run['path']} ({problem})")
+        else:
+            kept.append(run)
+    return kept
+
+
+def _missing(values: dict, wanted: dict, where: str) -> str | None:
+    """What is wrong with ``values`` against ``{key: type(s)}``: None when nothing."""
+    for key, types in wanted.items():
+        value = values.get(key)
+        if value is None:
+            return f"{where} has no {key}"
+        types = types if isinstance(types, tuple) else (types,)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"{where}: {key} is {value!r:.30}, not {_type_names(types)}"
+    return None
+
+
+def _type_names(types: tuple) -> str:
+    return "/".join(t.__name__ for t in types)
+
+
+def value_of(run: dict, key: str):
+    """``key`` from the run's args.json, else from its summary.json (the model id a script resolved, say)."""
+    return run["args"][key] if key in run["args"] else (run.get("summary") or {}).get(key)
+
+
+def split_by(runs: Sequence[dict], keys: Sequence[str]) -> list[tuple[str, list[dict]]]:
+    """Runs partitioned by their values of ``keys`` (``value_of``): [(label, runs)] in first-seen order, the
+    label naming the keys whose values differ between the parts ("" when there is one part). What a figure
+    draws as separate panels or tables: runs on other data, another model or client count never share one."""
+    parts: dict[str, tuple[dict, list[dict]]] = {}
+    for run in runs:
+        values = {k: value_of(run, k) for k in keys}
+        parts.setdefault(json.dumps(values, sort_keys=True, default=str), (values, []))[1].append(run)
+    shown = varying_keys([v for v, _ in parts.values()])
+    return [(label(values, shown), members) for values, members in parts.values()]
+
+
+def split_configs(groups: dict[tuple, list[dict]], ignore: Sequence[str] = DEFAULT_GROUP_IGNORE
+                  ) -> dict[tuple, list[dict]]:
+    """Every group of ``{(..., name): runs}`` split into runs of one configuration (arguments equal except
+    ``ignore``): a group holding several keeps one entry per configuration, its last key element extended by
+    the arguments that differ, "FedAvg [num_rounds=2]", so seeds of different runs are never averaged."""
+    out: dict[tuple, list[dict]] = {}
+    for key, runs in groups.items():
+        parts = group_runs(runs, ignore)
+        if len(parts) == 1:
+            out[key] = runs
+            continue
+        shown = varying_keys([c for c, _ in parts])
+        for config, members in parts:
+            out[key[:-1] + (f"{key[-1]} [{label(config, shown)}]",)] = members
+    return out
+
+
 def config_of(run: dict, ignore: Sequence[str] = DEFAULT_GROUP_IGNORE) -> dict:
     """The run's arguments without the ``ignore``d ones (by default the seed and run bookkeeping)."""
     return {k: v for k, v in run["args"].items() if k not in ignore}
@@ -110,9 +202,13 @@ def label(config: dict, keys: Sequence[str]) -> str:
 
 def series(run: dict, key: str, x: str = "round") -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of one run: the rows that have both ``x`` and ``key``; a repeated x keeps its last value."""
-    points = {r[x]: r[key] for r in run["rows"] if x in r and key in r and r[key] is not None}
+    points = {r[x]: r[key] for r in run["rows"] if _number(r.get(x)) and _number(r.get(key))}  # others: not drawn
     xs = np.array(sorted(points), dtype=np.float64)
     return xs, np.array([points[v] for v in sorted(points)], dtype=np.float64)
+
+
+def _number(v) -> bool:
+    return isinstance(v, NUMBER) and not isinstance(v, bool)
 
 
 def mean_std(runs: Sequence[dict], key: str, x: str = "round",

@@ -250,3 +250,10 @@ def merge_rel_error(clients: list[Adapter], weights, fused: Adapter) -> float:
         num += float((mean - fd[m]).pow(2).sum())
         den += float(mean.pow(2).sum())
     return math.sqrt(num / den) if den > 0 else 0.0
+
+
+def error_by_rank(clients: list[Adapter], weights, max_rank: int | None = None) -> list[float]:
+    """``merge_rel_error`` of the SVD merge of ``clients`` at rank 1, 2, ... ``max_rank`` (default: the sum of
+    the client ranks, where the merge is lossless): the curve a run's summary keeps for the plots."""
+    top = max_rank or sum(c.r for c in clients)
+    return [merge_rel_error(clients, weights, merge(clients, weights, "svd", rank=r)) for r in range(1, top + 1)]

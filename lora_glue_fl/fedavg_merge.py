@@ -130,6 +130,7 @@ def main(argv=None) -> dict:
     if args.do_eval:
         manifest["final"] = evaluate_adapter(args, out, base)
         manifest["main_metric"] = glue_tasks.get_task(args.task_name).main_metric
+        manifest["num_labels"] = glue_tasks.get_task(args.task_name).num_labels  # for the plots
         manifest["trainable_params"] = sum(t.numel() for t in fused.state_dict().values())
     checkpoint.atomic_write_json(out / "fuse_manifest.json", manifest)
     scored = f", {manifest['main_metric']} {manifest['final'][manifest['main_metric']]:.4f}" if args.do_eval else ""

@@ -347,6 +347,11 @@ def main(argv=None) -> dict:
                "shard_mode": shard_info.get("mode"), "client_sizes": sizes, "rounds_done": args.rounds,
                "main_metric": main_metric, "fused_rank": fused.r, "fused_alpha": fused.alpha,
                "majority": glue_tasks.majority_metrics(args.task_name, train.label, evals),
+               # what plots/plot_lora_glue.py draws beside the metric (plots read run directories only)
+               "majority_label": glue_tasks.majority_label(args.task_name, train.label),
+               "num_labels": glue_tasks.get_task(args.task_name).num_labels,
+               "svd_error_by_rank": svd_error_by_rank(rd.path / f"round_{args.rounds}", sizes)
+               if args.aggregation == "svd" and rd.is_main else None,
                "final": {k: v for k, v in final.items() if k not in ("round", "client")},
                "best": {"round": best.get("round"), main_metric: best.get(main_metric)},
                "final_adapter": str(rd.path / f"round_{args.rounds}" / fused_dir_name(args.aggregation, fused)
@@ -369,6 +374,15 @@ def main(argv=None) -> dict:
     if owns_group:
         D.cleanup()
     return summary
+
+
+def svd_error_by_rank(last_round: Path, sizes: list[int]) -> list[float] | None:
+    """The SVD merge error of the last round's client adapters at every rank (``adapters.error_by_rank``), from
+    the adapters saved there; None when they were not kept (--save_client_adapters none)."""
+    dirs = sorted(Path(last_round).glob("client_*/adapter"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if len(dirs) != len(sizes):
+        return None
+    return adapters.error_by_rank([adapters.load(d) for d in dirs], sizes)
 
 
 if __name__ == "__main__":

@@ -234,13 +234,21 @@ def load_glue(task_name: str, data: str = "hf", data_dir=None, cache_dir=None) -
 # ---------------------------------------------------------------------------------------------------------
 # Metrics (common.evaluate, plain NumPy: the `evaluate` package would fetch metric code from the hub)
 # ---------------------------------------------------------------------------------------------------------
+def majority_label(task_name: str, train_labels) -> int | None:
+    """The most frequent training label (None for STS-B's regression or no labels)."""
+    task = get_task(task_name)
+    if task.num_labels == 1 or len(train_labels) == 0:
+        return None
+    return int(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=task.num_labels).argmax())
+
+
 def majority_metrics(task_name: str, train_labels, eval_sets: dict[str, Examples]) -> dict[str, float]:
     """The task's metrics of always predicting the most frequent training label (classification tasks;
     {} for STS-B's regression): the baseline a fine-tuned model has to beat."""
     task = get_task(task_name)
-    if task.num_labels == 1 or len(train_labels) == 0:
+    majority = majority_label(task_name, train_labels)
+    if majority is None:
         return {}
-    majority = int(np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=task.num_labels).argmax())
     outputs = {}
     for split, ex in eval_sets.items():
         logits = np.zeros((len(ex), task.num_labels))

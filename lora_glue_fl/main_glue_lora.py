@@ -169,6 +169,9 @@ def run(args, lora: bool = True) -> dict:
                "model": modeling.model_id(args), "trainable_params": n_train, "total_params": n_total,
                "train_examples": len(train), "main_metric": main_metric, "final": final,
                "majority": glue_tasks.majority_metrics(args.task_name, train.label, evals),
+               # what plots/plot_lora_glue.py draws beside the metric (plots read run directories only)
+               "majority_label": glue_tasks.majority_label(args.task_name, train.label),
+               "num_labels": glue_tasks.get_task(args.task_name).num_labels,
                "best": {"epoch": best.get("epoch"), main_metric: best.get(main_metric)}}
     rd.save_checkpoint({"finished": True})
     summary = rd.write_summary(summary)

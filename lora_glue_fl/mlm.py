@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from common import checkpoint, cli
 from common import seed as seeding
+from lora_glue_fl import encoded
 from lora_glue_fl.glue_tasks import Examples
 
 VERSION = 1  # bump when the recipe below changes, so stale caches are not reused
@@ -85,9 +86,8 @@ def _held_out_loss(model, data, tokenizer, seed: int) -> float:
 
 def cache_key(data, tokenizer, max_seq_length: int, steps: int, lr: float, batch_size: int, seed: int) -> str:
     """Hash of everything the base depends on: the token ids it sees, vocabulary size, shape and recipe."""
-    from lora_glue_fl.modeling import TINY
     h = hashlib.sha256()
-    h.update(json.dumps({"v": VERSION, "vocab": len(tokenizer), "mask": tokenizer.mask_token_id, "tiny": TINY,
+    h.update(json.dumps({"v": VERSION, "vocab": len(tokenizer), "mask": tokenizer.mask_token_id, "tiny": encoded.TINY,
                          "T": max_seq_length, "steps": steps, "lr": lr, "bs": batch_size, "seed": seed},
                         sort_keys=True).encode())
     h.update(data.input_ids.numpy().tobytes())
@@ -105,14 +105,13 @@ def pretrain(tokenizer, texts: Examples, out_dir, *, max_seq_length: int, steps:
     """
     from transformers import RobertaForMaskedLM
 
-    from lora_glue_fl import modeling
-    data = modeling.encode(tokenizer, texts, max_seq_length)
+    data = encoded.encode(tokenizer, texts, max_seq_length)
     n_held = min(HELD_OUT, max(1, len(data) // 5))
     held = type(data)(data.input_ids[:n_held], data.lengths[:n_held], data.labels[:n_held])
     train_idx = torch.arange(n_held, len(data)) if len(data) > n_held else torch.arange(len(data))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.stream_seed(seed, "mlm-init"))
-        model = RobertaForMaskedLM(modeling.tiny_config(tokenizer, max_seq_length))
+        model = RobertaForMaskedLM(encoded.tiny_config(tokenizer, max_seq_length))
         before = _held_out_loss(model, held, tokenizer, seed)
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
@@ -155,8 +154,7 @@ def pretrain(tokenizer, texts: Examples, out_dir, *, max_seq_length: int, steps:
 def pretrained_base(tokenizer, texts: Examples, cache_root, *, max_seq_length: int, steps: int, lr: float = 1e-3,
                     batch_size: int = 64, seed: int = 0, quiet: bool = True) -> Path:
     """The cached masked-LM base for these settings (trained on first use); returns its folder."""
-    from lora_glue_fl import modeling
-    data = modeling.encode(tokenizer, texts, max_seq_length)
+    data = encoded.encode(tokenizer, texts, max_seq_length)
     key = cache_key(data, tokenizer, max_seq_length, steps, lr, batch_size, seed)
     root = Path(cache_root)
     root.mkdir(parents=True, exist_ok=True)

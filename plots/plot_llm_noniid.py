@@ -8,7 +8,14 @@ markers and line styles distinct, the unigram reference dashed),
 ``final_ppl.png`` (final global and personalised perplexity per arm, error bars = sample sd over seeds, unigram
 references drawn), ``client_divergence_rel_curves.png`` and ``partition_<partition>.png`` (topics per client, with
 the AG News topic names, and the clusters a clustered run found). Runs are grouped by ``arm_of(args)`` ->
-(partition label, arm label); run_experiments.py passes its own, the command line uses ``default_arm``.
+(partition label, arm label): ``default_arm`` from args.json, or the grid's own labels with
+``--arms FILE`` (JSON {run directory name: [partition label, arm label]}; runs not named there are left out).
+Runs on other data, another model, tokenizer or client count get panels of their own ("iid [model=tiny-gpt2]"),
+and runs of one arm that differ in any other argument (rounds, learning rate, --quick ...) are separate lines
+with those arguments in the label; a panel's unigram line is the mean over its runs (their range in the legend).
+Several --runs folders are read together.
+
+    python plots/plot_llm_noniid.py --runs runs/llm_noniid/runs --arms arms.json --out runs/llm_noniid/figures/main
 """
 from __future__ import annotations
 
@@ -22,6 +29,11 @@ from common import cli
 from common import runs as R
 from common import stats as S
 
+# what splits runs into panels of their own (next to the partition); every other difference splits lines
+PANEL_KEYS = ("data", "model", "tokenizer", "bpe_vocab_size", "seq_len", "num_clients", "max_eval_examples")
+IGNORE = R.DRAW_IGNORE + ("eval_every",)
+BAND = "band: ± sample sd over seeds"
+
 TOPIC_NAMES = ("World", "Sports", "Business", "Sci/Tech")  # AG News classes 1-4
 STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"), ("X", "-."), ("*", ":"),
           ("<", "-"), (">", "--"), ("h", "-.")]
@@ -29,15 +41,15 @@ STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "-
 
 def default_arm(args: dict) -> tuple[str, str]:
     """(partition label, arm label) from args.json alone, for runs not made by run_experiments.py."""
-    part = args.get("partition", "?")
+    part = str(args.get("partition", "?"))
     if part == "topic_skew":
-        part = f"topic a={args.get('alpha'):g}"
-    algo = args.get("algorithm", "?")
+        part = f"topic a={args.get('alpha')}"
+    algo = str(args.get("algorithm", "?"))
     if algo == "fedprox":
-        algo += f" mu={args.get('mu'):g}"
+        algo += f" mu={args.get('mu')}"
     if args.get("clustering", "none") != "none":
         algo += f" + {args['clustering']} clusters"
-    if args.get("participation_rate", 1.0) < 1.0:
+    if isinstance(args.get("participation_rate"), (int, float)) and args["participation_rate"] < 1.0:
         algo += f", participation {args['participation_rate']:g}"
     return part, algo
 
@@ -49,27 +61,38 @@ X = "local_steps_total"  # the curves' x: local SGD steps summed over clients an
 def add_local_steps(run: dict) -> dict:
     """Adds ``X`` to every row: the run's local steps up to and including that round (a round's "step" is its
     clients' steps; a round logged twice, as after a resume, counts once)."""
-    per_round = {r["round"]: r.get("step", 0) for r in run["rows"] if "round" in r}
+    per_round = {r["round"]: r.get("step", 0) for r in run["rows"]
+                 if isinstance(r.get("round"), int) and isinstance(r.get("step", 0), (int, float))}
     total, cum = 0, {}
     for rnd in sorted(per_round):
         total += per_round[rnd]
         cum[rnd] = total
     for r in run["rows"]:
-        if "round" in r:
+        if r.get("round") in cum:
             r[X] = cum[r["round"]]
     return run
 
 
-def grouped(runs: list[dict], arm_of) -> dict[tuple, list[dict]]:
+def grouped(runs: list[dict], arm_of, labels: dict | None = None) -> dict[tuple, list[dict]]:
+    """{(panel, arm): runs}: the panel is the partition label with the distinguishing ``PANEL_KEYS`` ("iid
+    [model=tiny-gpt2]"), the arm ``arm_of``'s label (or ``labels[run name]``) with any other argument that
+    differs (``R.split_configs``)."""
     out: dict[tuple, list[dict]] = defaultdict(list)
-    for run in runs:
-        out[arm_of(run["args"])].append(add_local_steps(run))
-    return dict(out)
+    for panel, members in R.split_by(runs, PANEL_KEYS):
+        for run in members:
+            part, arm = labels[run["name"]] if labels else arm_of(run["args"])
+            out[(part + (f" [{panel}]" if panel else ""), arm)].append(add_local_steps(run))
+    return R.split_configs(dict(out), IGNORE)
 
 
-def _reference(runs: list[dict], key: str) -> float | None:
-    vals = [r["summary"][key] for r in runs if r.get("summary") and r["summary"].get(key)]
-    return float(np.mean(vals)) if vals else None
+def _reference(runs: list[dict], key: str) -> tuple[float, str] | None:
+    """(mean, legend text) of the runs' ``key`` (a unigram perplexity; it varies a little with the seed's
+    training subset, never with data or tokenizer: those are panels of their own); None when no run has it."""
+    vals = [r["summary"][key] for r in runs if isinstance((r.get("summary") or {}).get(key), (int, float))]
+    if not vals:
+        return None
+    spread = f", {min(vals):.0f}-{max(vals):.0f} over {len(vals)} runs" if max(vals) > 1.005 * min(vals) else ""
+    return float(np.mean(vals)), f"{key.replace('_', ' ')} {np.mean(vals):.0f}{spread}"
 
 
 def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | None = None,
@@ -92,17 +115,18 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
             x = x / 1000
             ok = np.isfinite(m)
             if not ok.any():
+                print(f"{part} / {arm}: no {key} at a step every run reached, not drawn in {key}")
                 continue
             marker, style = STYLES[i % len(STYLES)]
             color = plt.cm.tab20(i % 20) if len(arms) > 10 else None  # the default cycle repeats after 10
-            ax.plot(x[ok], m[ok], marker=marker, linestyle=style, markersize=3, markevery=max(1, ok.sum() // 8),
-                    label=f"{arm} (n={len(g)})", color=color)
-            ax.fill_between(x[ok], (m - s)[ok], (m + s)[ok], alpha=0.15, color=color)
+            line, = ax.plot(x[ok], m[ok], marker=marker, linestyle=style, markersize=3,
+                            markevery=max(1, ok.sum() // 8), label=f"{arm} (n={len(g)})", color=color)
+            ax.fill_between(x[ok], (m - s)[ok], (m + s)[ok], alpha=0.15, color=line.get_color())  # its line's colour
             drawn += 1
         ref = _reference([r for a in arms for r in groups[(part, a)]], ref_key) if ref_key else None
         if ref:
-            ax.axhline(ref, color="k", linestyle="--", linewidth=1, label=f"{ref_key.replace('_', ' ')} {ref:.0f}")
-        ax.set_title(part, fontsize=10)
+            ax.axhline(ref[0], color="k", linestyle="--", linewidth=1, label=ref[1])
+        ax.set_title(f"{part}\nlines: mean over seeds; {BAND}", fontsize=9)
         ax.set_xlabel("local SGD steps, all clients (thousands)")
         ax.set_ylabel(ylabel)
         if log:
@@ -111,6 +135,8 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
             ax.set_yticks([t for t in LOG_TICKS if lo <= t <= hi])  # readable perplexities, not only powers of 10
             ax.yaxis.set_major_formatter(ScalarFormatter())
             ax.yaxis.set_minor_formatter(NullFormatter())
+        if not ax.get_legend_handles_labels()[0]:
+            continue
         if len(arms) < 7:
             ax.legend(fontsize=6)
         else:  # below the panel: inside it the legend hides curves
@@ -135,18 +161,20 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
                                                     "own held-out texts"))):
             stats = [S.summarize(R.by_seed([r for r in groups[(part, a)] if _finite(r, key)], key).values())
                      for a in arms]
+            if not any(s.n for s in stats):  # not measured (no --client-holdout): no empty bars
+                continue
             y = np.arange(len(arms)) + (0.2 if j else -0.2)
             ax.barh(y, [s.mean if s.n else 0 for s in stats], 0.4, xerr=[s.sd if s.n > 1 else 0 for s in stats],
                     label=label, capsize=2, color=f"C{j}")
             ref = _reference([r for a in arms for r in groups[(part, a)]], ref_key)
             if ref:
-                ax.axvline(ref, color=f"C{j}", linestyle="--", linewidth=1,
-                           label=f"{ref_key.replace('_', ' ')} {ref:.0f}")
+                ax.axvline(ref[0], color=f"C{j}", linestyle="--", linewidth=1, label=ref[1])
         ax.set_yticks(np.arange(len(arms)), arms, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("final perplexity (lower is better)")
         ax.set_title(part, fontsize=10)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    fig.suptitle("bars: mean over seeds; error bars: ± sample sd over seeds", fontsize=9)
     return R.savefig(fig, out / "final_ppl.png")
 
 
@@ -195,9 +223,9 @@ def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
     return R.savefig(fig, out / f"partition_{name}.png")
 
 
-def make_figures_for(runs: list[dict], out: str | Path, arm_of=default_arm) -> list[Path]:
+def make_figures_for(runs: list[dict], out: str | Path, arm_of=default_arm, labels: dict | None = None) -> list[Path]:
     out = Path(out)
-    groups = grouped(runs, arm_of)
+    groups = grouped(runs, arm_of, labels)
     # log scale: an arm stuck near the unigram (FedProx mu = 1) would otherwise flatten the others' curves
     written = plot_curves(groups, "val_ppl", "validation perplexity (global, log scale)", out, "unigram_val_ppl",
                           log=True)
@@ -210,23 +238,54 @@ def make_figures_for(runs: list[dict], out: str | Path, arm_of=default_arm) -> l
     return written
 
 
-def make_figures(runs_root: str | Path, out: str | Path) -> list[Path]:
-    """Every figure for the runs under ``runs_root`` (searched recursively)."""
-    runs = R.load_runs(runs_root, "**/*")
-    cli.check(bool(runs), f"no run directories under {runs_root}; expected folders with args.json")
-    return make_figures_for(runs, out)
+def llm_runs(runs: list[dict]) -> list[dict]:
+    """The finished runs of llm_noniid/train.py with what the figures read; runs of other scripts in the same
+    folders are ignored, a malformed one left out with a line."""
+    mine = [r for r in runs if r["meta"].get("script") == "llm_noniid/train"]
+    if len(mine) < len(runs):
+        print(f"ignored {len(runs) - len(mine)} run(s) of other scripts")
+    return R.with_keys(mine, "the llm_noniid figures", args={"partition": str, "algorithm": str},
+                       summary={"final_val_ppl": R.NUMBER})
+
+
+def make_figures(runs_root, out: str | Path, arm_of=default_arm) -> list[Path]:
+    """Every figure for the runs under ``runs_root`` (a folder or a list of them, searched recursively)."""
+    roots = [runs_root] if isinstance(runs_root, (str, Path)) else list(runs_root)
+    runs = llm_runs(R.load_roots(roots, "**/*"))
+    cli.check(bool(runs), f"no finished llm_noniid runs under {' '.join(map(str, roots))}: nothing to draw")
+    return make_figures_for(runs, out, arm_of)
+
+
+def arms_from_file(path: str) -> dict:
+    """{run directory name: (partition label, arm label)} from a JSON file (what a grid script writes to have
+    its own labels); runs not named there are left out."""
+    arms = cli.read_json(path, f"--arms {path}: no such file")
+    cli.check(isinstance(arms, dict) and all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
+                                             for v in arms.values()),
+              f"--arms {path}: expected {{run directory name: [partition label, arm label]}}")
+    return {name: tuple(v) for name, v in arms.items()}
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
-    p.add_argument("--runs", default="runs/llm_noniid", help="folder holding llm_noniid run directories (recursive)")
+    p.add_argument("--runs", nargs="+", default=["runs/llm_noniid"],
+                   help="folders holding llm_noniid run directories (searched recursively; several are read together)")
     p.add_argument("--out", default="figures/llm_noniid", help="folder for the PNG figures")
+    p.add_argument("--arms", default=None, help="JSON file {run directory name: [partition label, arm label]}: "
+                                                "draw only these runs, under these labels (a grid's own arms)")
     return p
 
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    written = make_figures(args.runs, args.out)
+    cli.check_out_dir(args.out, "--out")
+    if args.arms:
+        arms = arms_from_file(args.arms)
+        runs = [r for r in llm_runs(R.load_roots(args.runs, "**/*")) if r["name"] in arms]
+        cli.check(bool(runs), f"--arms {args.arms}: none of its runs is a finished run under {' '.join(args.runs)}")
+        written = make_figures_for(runs, args.out, labels=arms)
+    else:
+        written = make_figures(args.runs, args.out)
     for w in written:
         print(w)
     return {"figures": [str(w) for w in written]}

@@ -5,16 +5,20 @@
 Reads the runs of lora_glue_fl/run_grid.py (names ``<task>_<method>[_<sharding>]_s<seed>``, method central,
 svd, naive, exact or oneshot; one-shot naive merges are read from
 ``<task>_oneshot-naive_<sharding>_s<seed>/adapter/fuse_manifest.json``; other runs of fedavg_rounds.py /
-main_glue_lora.py are grouped by their summary). Statistics over seeds come from ``common.stats``: mean ±
-sample sd (ddof=1) with n, and the difference to centralized LoRA paired by seed with its 95% t interval.
-The majority-class baseline (the training subset's most frequent label predicted for every validation
-example) is computed from the runs' own data and shown in every table and plot. Writes:
+main_glue_lora.py are grouped by their summary). Runs on other data, another model, sequence length or
+evaluation subset get tables and figures of their own ("sst2 [model=tiny]"); runs of one cell that differ
+in any other argument (rounds, client count, --quick ...) are separate rows, the arguments in their label.
+Statistics over seeds come from ``common.stats``: mean ± sample sd (ddof=1) with n, and the difference to
+centralized LoRA paired by seed with its 95% t interval. The majority-class baseline (the training subset's
+most frequent label predicted for every validation example) and the SVD error per rank are read from the
+runs' summary.json (written by the training scripts); a run too old to hold them is drawn without them.
+Several --runs folders are read together. Writes:
 * ``<out>/rounds_<task>.png``      left: the main metric of the fused model per round (mean ± sd band per
                                    method and sharding; one-shot runs as points at the last round),
                                    centralized LoRA dashed, majority baseline dotted; right: the relative merge
                                    error ||dW_bar - dW_fused|| / ||dW_bar|| per round;
-* ``<out>/svd_error_vs_rank.png``  that error of the SVD merge against the rank r, from the client adapters
-                                   saved in the last round of each svd run;
+* ``<out>/svd_error_vs_rank.png``  that error of the SVD merge against the rank r of each svd run's last-round
+                                   client adapters (``svd_error_by_rank`` in its summary), mean over seeds;
 * ``<out>/summary.png``            final main metric per cell (mean, sd error bars), centralized and majority
                                    baseline as vertical lines;
 * ``<out>/results.md``             the tables of the README.
@@ -31,6 +35,13 @@ import numpy as np
 from common import cli, stats
 from common import runs as R
 
+# what splits runs into tables and figures of their own (args.json, else summary.json: "model" is the id a
+# script resolved); everything else that differs splits rows (``R.split_configs``)
+PANEL_KEYS = ("data", "model", "max_seq_length", "max_eval_samples", "pretrain_mlm_steps", "tokenizer")
+# per-seed paths and bookkeeping: never a difference between configurations
+IGNORE = R.DRAW_IGNORE + ("shard_dir", "adapter_output_dir", "eval_each_round", "eval_clients",
+                          "save_client_adapters")
+
 SHARDS = ("iid", "dir1", "dir0.1", "category", "overlap", "category_overlap")
 NAME = re.compile(r"^(?P<task>[^_]+)_(?P<method>central|svd|naive|exact|oneshot|oneshot-naive)"
                   r"(?:_(?P<shard>iid|dir[0-9.]+|category|overlap|category_overlap))?_s(?P<seed>\d+)$")
@@ -44,7 +55,8 @@ MARKER = {"svd": "o", "naive": "s", "exact": "D", "oneshot": "*"}  # per aggrega
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
-    p.add_argument("--runs", default="runs/lora_glue_minilm", help="folder holding the run directories")
+    p.add_argument("--runs", nargs="+", default=["runs/lora_glue_minilm"],
+                   help="folders holding the run directories (several are read together)")
     p.add_argument("--out", default="figures/lora_glue", help="output folder for figures and results.md")
     p.add_argument("--max_rank", type=int, default=None, help="largest rank of the error-vs-rank curve "
                                                                "(default: the sum of the client ranks)")
@@ -66,30 +78,64 @@ def describe(run: dict) -> dict | None:
     return None
 
 
-def merge_runs(root: Path) -> list[dict]:
-    """One-shot merges by fedavg_merge.py --do_eval as run-like dicts (their metrics in the manifest)."""
+def merge_runs(roots: list[str], runs: list[dict]) -> list[dict]:
+    """One-shot merges by fedavg_merge.py --do_eval as run-like dicts (their metrics in the manifest, the
+    arguments those of the one-shot run whose client adapters they merged)."""
+    by_path = {r["path"].resolve(): r for r in runs}
     out = []
-    for f in sorted(root.glob("*/adapter/fuse_manifest.json")):
+    for f in sorted(f for root in roots for f in Path(root).glob("*/adapter/fuse_manifest.json")):
         m = NAME.match(f.parent.parent.name)
-        manifest = json.loads(f.read_text())
-        if m and "final" in manifest:
-            out.append({"path": f.parent.parent, "name": f.parent.parent.name, "args": {"seed": int(m["seed"])},
-                        "rows": [], "summary": {**manifest, "task": manifest["task"]}})
+        try:
+            manifest = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            print(f"left out {f}: not readable JSON ({type(e).__name__})")
+            continue
+        if not (m and isinstance(manifest, dict) and isinstance(manifest.get("final"), dict)):
+            continue
+        source = next((by_path.get(Path(a).resolve().parents[2]) for a in manifest.get("adapters", [])[:1]), None)
+        if source is None:
+            print(f"left out {f.parent.parent}: the one-shot run of its client adapters is not among the runs read")
+            continue
+        out.append({"path": f.parent.parent, "name": f.parent.parent.name, "rows": [],
+                    "args": {**source["args"], "seed": int(m["seed"])}, "meta": {"script": "lora_glue_fl/fedavg_merge"},
+                    "summary": {**source["summary"], **manifest, "task": manifest.get("task")}})
     return out
 
 
 def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """{(task, method, shard): runs}: task with the panel's distinguishing arguments ("sst2 [model=tiny]"),
+    shard with the row's ("iid [rounds=2]") when one cell holds several configurations."""
     groups = defaultdict(list)
-    for run in runs:
-        d = describe(run)
-        if d:
-            groups[(d["task"], d["method"], d["shard"])].append(run)
-    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], METHOD_ORDER.index(kv[0][1]) if kv[0][1] == "central"
-                                                       else 1, _shard_rank(kv[0][2]), METHOD_ORDER.index(kv[0][1]))))
+    for panel, members in R.split_by(runs, PANEL_KEYS):
+        for run in members:
+            d = describe(run)
+            if d:
+                groups[(d["task"] + (f" [{panel}]" if panel else ""), d["method"], d["shard"])].append(run)
+    groups = R.split_configs(dict(groups), IGNORE)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "central", _shard_rank(kv[0][2]),
+                                                       _method_rank(kv[0][1]), kv[0][2])))
+
+
+def _method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def base_shard(shard: str) -> str:
+    """The partition of a row label without the arguments ``R.split_configs`` added."""
+    return shard.split(" [")[0]
 
 
 def _shard_rank(shard: str) -> int:
+    shard = base_shard(shard)
     return SHARDS.index(shard) if shard in SHARDS else len(SHARDS)
+
+
+def central_of(groups: dict, task: str) -> list[dict] | None:
+    """The centralized runs of ``task``: the reference of its rows, when there is one configuration of them."""
+    cells = [g for k, g in groups.items() if k[0] == task and k[1] == "central"]
+    if len(cells) > 1:
+        print(f"{task}: {len(cells)} centralized configurations; no centralized reference line or column")
+    return cells[0] if len(cells) == 1 else None
 
 
 def metric_of(group: list[dict]) -> str:
@@ -98,8 +144,13 @@ def metric_of(group: list[dict]) -> str:
 
 def final_runs(group: list[dict], metric: str) -> list[dict]:
     """The runs with their final ``metric`` as a top-level summary value (what common.runs' seed helpers read)."""
-    return [{"path": g["path"], "args": g["args"], "summary": {"value": g["summary"]["final"].get(metric)}}
+    return [{"path": g["path"], "args": g["args"], "summary": {"value": _number(g["summary"]["final"].get(metric))}}
             for g in group]
+
+
+def _number(v) -> float | None:
+    """``v`` if it is a number (a summary value of another type is not drawn)."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def seed_values(group: list[dict], metric: str) -> dict:
@@ -107,31 +158,28 @@ def seed_values(group: list[dict], metric: str) -> dict:
 
 
 def label_of(method: str, shard: str) -> str:
-    return METHOD_LABEL.get(method, method) + ("" if shard == "-" else f" / {SHARD_LABEL.get(shard, shard)}")
+    base, extra = base_shard(shard), shard[len(base_shard(shard)):]
+    return METHOD_LABEL.get(method, method) + ("" if base == "-" else f" / {SHARD_LABEL.get(base, base)}") + extra
 
 
-def majority_baseline(run: dict) -> dict:
-    """The task's metrics of always predicting the most frequent training label of ``run``'s data."""
-    from lora_glue_fl import glue_tasks
-    a = run["args"]
-    task = run["summary"]["task"]
-    if glue_tasks.get_task(task).num_labels == 1:
+def majority_baseline(runs: list[dict], task: str) -> dict:
+    """{metric: value, "label": majority label} of always predicting the most frequent training label, as the
+    training scripts write it into summary.json; {} (said once) when no run holds it or the runs disagree
+    (other training subsets), so no wrong line is drawn."""
+    seen = {json.dumps(s["majority"], sort_keys=True): s for s in (r["summary"] for r in runs)
+            if isinstance(s.get("majority"), dict) and all(_number(v) is not None for v in s["majority"].values())}
+    if len(seen) != 1:
+        print(f"{task}: drawn without the majority-class baseline (" + (
+            "no run's summary.json holds it: runs older than the 'majority' key" if not seen else
+            f"{len(seen)} different values: the runs trained on different subsets") + ")")
         return {}
-    data = a.get("data") or ("dir" if a.get("data_dir") else "synthetic")
-    splits = glue_tasks.load_glue(task, data, a.get("data_dir"))
-    train_labels = splits["train"].label
-    if a.get("max_train_samples"):
-        train_labels = train_labels[:a["max_train_samples"]]
-    majority = int(np.bincount(np.asarray(train_labels)).argmax())
-    outputs = {}
-    for split in glue_tasks.get_task(task).eval_splits:
-        ex = splits[split]
-        n = min(len(ex), a["max_eval_samples"]) if a.get("max_eval_samples") else len(ex)
-        y = np.asarray(ex.label)[:n]
-        logits = np.zeros((n, glue_tasks.get_task(task).num_labels))
-        logits[:, majority] = 1.0
-        outputs[split] = (logits, y)
-    return {**glue_tasks.compute_metrics(task, outputs), "label": majority}
+    s = next(iter(seen.values()))
+    return {**s["majority"], "label": s.get("majority_label")}
+
+
+def num_labels_of(runs: list[dict]) -> int | None:
+    """The task's number of labels from summary.json (``num_labels``; None in runs older than that key)."""
+    return next((r["summary"]["num_labels"] for r in runs if isinstance(r["summary"].get("num_labels"), int)), None)
 
 
 def _last_fused(run: dict, key: str):
@@ -177,12 +225,13 @@ def task_table(task: str, groups: dict, base: dict) -> str:
     any_group = next(iter(mine.values()))
     metric = metric_of(any_group)
     extra = "accuracy" if metric != "accuracy" and "accuracy" in any_group[0]["summary"]["final"] else None
-    central = mine.get((task, "central", "-"))
+    central = central_of(groups, task)
     headers = ["run", f"{metric} (mean ± sd, n seeds)"] + ([f"{extra} (mean ± sd)"] if extra else []) + [
         f"{metric} − centralized, paired by seed [95% CI]", "merge error, last round", "trainable params per client",
         "MB per round (down + up)"]
-    rows = [["majority-class baseline (label " + str(base.get("label")) + ")", f"{base.get(metric, float('nan')):.3f}"]
-            + ([f"{base.get(extra, float('nan')):.3f}"] if extra else []) + ["", "", "", ""]]
+    majority = "majority-class baseline" + (f" (label {base['label']})" if base.get("label") is not None else "")
+    rows = [[majority, f"{base.get(metric, float('nan')):.3f}"]
+            + ([f"{base.get(extra, float('nan')):.3f}"] if extra else []) + ["", "", "", ""]] if base else []
     for (_, method, shard), group in mine.items():
         vals = seed_values(group, metric)
         row = [label_of(method, shard), stats.fmt(stats.summarize(vals.values()), 3)]
@@ -193,7 +242,8 @@ def task_table(task: str, groups: dict, base: dict) -> str:
         row.append("–" if method == "central" else merge_error_cell(group))
         row += list(cost_cell(group))
         rows.append(row)
-    return f"**{task}** (validation {metric}; majority baseline {base.get(metric, float('nan')):.3f})\n\n" + \
+    majority = f"; majority baseline {base[metric]:.3f}" if metric in base else ""
+    return f"**{task}** (validation {metric}{majority})\n\n" + \
         markdown_table(headers, rows)
 
 
@@ -228,13 +278,9 @@ def contrast_table(task: str, groups: dict) -> str:
         markdown_table(["question", "a vs b", "a − b [95% CI]", "per seed"], rows)
 
 
-def _a_real_run(groups: dict, task: str) -> dict:
-    """A run directory (with args) of ``task`` to read the data it used."""
-    return next(g for k, grp in groups.items() if k[0] == task for g in grp if g["args"].get("task_name"))
-
-
 def baselines(groups: dict) -> dict:
-    return {t: majority_baseline(_a_real_run(groups, t)) for t in sorted({k[0] for k in groups})}
+    return {t: majority_baseline([r for k, g in groups.items() if k[0] == t for r in g], t)
+            for t in sorted({k[0] for k in groups})}
 
 
 def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
@@ -242,7 +288,7 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
     scored), the clients' mean training loss per round, and the merge error per round."""
     import matplotlib.pyplot as plt
     written = []
-    colors = {s: f"C{i}" for i, s in enumerate(SHARDS)}
+    colors = {s: f"C{i}" for i, s in enumerate(SHARDS)}  # per partition; a row with arguments of its own: the next free
     for task in sorted({k[0] for k in groups}):
         fed = [(key, g) for key, g in groups.items() if key[0] == task and key[1] != "central"]
         if not fed:
@@ -260,9 +306,10 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
             metric = metric_of(group)
             if not method.startswith("oneshot"):
                 rows = [r for g in group for r in g["rows"] if r.get("client") is None]
-                last_round = max([last_round] + [r["round"] for r in rows])
+                last_round = max([last_round] + [r["round"] for r in rows if isinstance(r.get("round"), int)])
         for (_, method, shard), group in fed:  # validation metric: lines, or points at the last round (offset)
-            color, n, label = colors.get(shard, "k"), len(group), label_of(method, shard)
+            color = colors.get(shard) or colors.setdefault(shard, f"C{len(colors)}")
+            n, label = len(group), label_of(method, shard)
             if ax is None:
                 pass
             elif method.startswith("oneshot"):
@@ -293,7 +340,7 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                             label=label)
             elif len(xe):
                 print(f"rounds_{task}.png: {label} left out of the merge-error panel (a zero error has no log)")
-        central = groups.get((task, "central", "-"))
+        central = central_of(groups, task)
         if ax is not None:
             if central:
                 c_mean, _ = _mean_sd(seed_values(central, metric))
@@ -306,10 +353,8 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
             ax.set_ylabel(f"{metric} (validation, fused model)")
             ax.set_title(f"{task}: fused model, mean ± sd over seeds")
             ax.legend(fontsize=6, loc="best")
-        from lora_glue_fl import glue_tasks
-
-        n_labels = glue_tasks.get_task(task).num_labels
-        if n_labels > 1:  # the loss of a uniform prediction: a client at this line has learned nothing
+        n_labels = num_labels_of([r for _, g in fed for r in g])
+        if n_labels and n_labels > 1:  # the loss of a uniform prediction: a client at this line has learned nothing
             ax_loss.axhline(np.log(n_labels), color="0.5", ls=":", lw=1.5,
                             label=f"uniform prediction, ln {n_labels} = {np.log(n_labels):.3f}")
         ax_loss.set_xlabel("round")
@@ -339,36 +384,28 @@ def _mean_sd(values: dict) -> tuple[float, float]:
 
 
 def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
-    """Relative SVD merge error vs rank, from each svd run's last-round client adapters."""
+    """Relative SVD merge error vs rank of each svd run's last-round client adapters (``svd_error_by_rank`` in
+    its summary.json, written by fedavg_rounds.py)."""
     import matplotlib.pyplot as plt
 
-    from lora_glue_fl import adapters
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     drawn = False
     for (task, method, shard), group in groups.items():
         if method != "svd":
             continue
-        curves = []
-        for g in group:
-            last = g["path"] / f"round_{g['summary']['rounds_done']}"
-            dirs = sorted(last.glob("client_*/adapter"), key=lambda p: int(p.parent.name.split("_")[1]))
-            if not dirs:
-                continue
-            clients = [adapters.load(d) for d in dirs]
-            weights = g["summary"]["client_sizes"][:len(clients)]
-            top = max_rank or sum(c.r for c in clients)
-            ranks = list(range(1, top + 1))
-            curves.append([adapters.merge_rel_error(clients, weights, adapters.merge(clients, weights, "svd", rank=r))
-                           for r in ranks])
-        if curves:
-            y = np.mean(curves, axis=0)
-            ax.plot(ranks, np.maximum(y, 1e-8), "-" if shard == "iid" else ":", ms=4,
+        curves = [g["summary"]["svd_error_by_rank"] for g in group
+                  if isinstance(g["summary"].get("svd_error_by_rank"), list)
+                  and all(_number(v) is not None for v in g["summary"]["svd_error_by_rank"])]
+        top = min([len(c) for c in curves] + ([max_rank] if max_rank else []), default=0)
+        if curves and top:
+            y = np.mean([c[:top] for c in curves], axis=0)
+            ax.plot(range(1, top + 1), np.maximum(y, 1e-8), "-" if base_shard(shard) == "iid" else ":", ms=4,
                     marker="osD^v<>"[len(ax.lines) % 7],
-                    label=f"{task} / {SHARD_LABEL.get(shard, shard)} (n={len(curves)})")
+                    label=f"{task} / {label_of('', shard).lstrip(' /')} (n={len(curves)}, mean)")
             drawn = True
-        elif method == "svd":
-            print(f"svd_error_vs_rank.png: {task} / {shard} left out (its runs kept no client adapters of the "
-                  "last round: --save_client_adapters none)")
+        else:
+            print(f"svd_error_vs_rank.png: {task} / {shard} left out (no svd_error_by_rank in its summary.json: "
+                  "--save_client_adapters none, or a run older than that key)")
     if not drawn:
         plt.close(fig)
         print("skipped svd_error_vs_rank.png: no svd run kept its last round's client adapters")
@@ -402,32 +439,39 @@ def plot_summary(groups, base: dict, out: Path) -> list[Path]:
         ax.set_yticklabels([f"{label_of(k[1], k[2])} (n={len(v)})" for k, v in zip(keys, values)], fontsize=7)
         if metric in base.get(task, {}):
             ax.axvline(base[task][metric], color="0.4", ls=":", lw=1.5, label=f"majority ({base[task][metric]:.3f})")
-        if (task, "central", "-") in groups:
-            c_mean, _ = _mean_sd(seed_values(groups[(task, "central", "-")], metric))
+        central = central_of(groups, task)
+        if central:
+            c_mean, _ = _mean_sd(seed_values(central, metric))
             ax.axvline(c_mean, color="k", ls="--", lw=1, label=f"centralized ({c_mean:.3f})")
         ax.set_ylim(-0.7, len(keys) - 0.4)
         ax.set_xlabel(f"final validation {metric}: seeds (dots), mean ± sample sd (diamond)")
         ax.set_title(task)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     return R.savefig(fig, out / "summary.png")
+
+
+def lora_runs(runs: list[dict]) -> list[dict]:
+    """The finished runs of lora_glue_fl's training scripts with the summary keys every table needs; others in
+    the same folders (other subprojects) are ignored, a malformed one left out with a line."""
+    mine = [r for r in runs if str(r["meta"].get("script", "")).startswith("lora_glue_fl/")]
+    if len(mine) < len(runs):
+        print(f"ignored {len(runs) - len(mine)} run(s) of other scripts")
+    return R.with_keys(mine, "the lora_glue_fl tables", summary={"task": str, "main_metric": str, "final": dict})
 
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    root = Path(args.runs)
-    cli.check(root.is_dir(), f"--runs {root} does not exist")
-    runs = R.load_runs(root) + merge_runs(root)
-    groups = grouped(runs)
-    cli.check(bool(groups), f"--runs {root} holds no finished lora_glue_fl runs")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = cli.check_out_dir(args.out, "--out")
+    runs = lora_runs(R.load_roots(args.runs))
+    groups = grouped(runs + merge_runs(args.runs, runs))
+    cli.check(bool(groups), f"--runs {' '.join(args.runs)} holds no finished lora_glue_fl runs: nothing to draw")
     base = baselines(groups)
     tasks = sorted({k[0] for k in groups})
     table = "\n\n".join(part for t in tasks for part in (task_table(t, groups, base[t]), contrast_table(t, groups))
                          if part)
-    (out / "results.md").write_text(table + "\n", encoding="utf-8")
     files = plot_rounds(groups, base, out) + plot_svd_error(groups, out, args.max_rank)
     files += plot_summary(groups, base, out)
+    (out / "results.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     return {"table": table, "baselines": base, "files": [str(f) for f in files] + [str(out / "results.md")]}
 

@@ -1,6 +1,8 @@
 """Figures and tables of the mamba_fl runs, read from run directories (mean ± sample sd over seeds).
 
     python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/figures
+    python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/figures --wall-minutes 42 --best-real fedentropy
+    python plots/plot_mamba.py --runs runs/mamba_grid --best-other-arm --layers 1 --shards topic iid
 
 For the grid of ``mamba_fl/run_grid.py`` (run directories named ``<arm>_L<layers>_<shard>[_real]_s<seed>``):
   grid_L<layers>_<shard>.png  validation perplexity vs training sequences, every arm (central included), with
@@ -13,6 +15,9 @@ and for any run saved with --save-deltas:
   deltas_<run>.png            heatmaps of the last server and client deltas, every layer, with colour bars
   spectrum_<run>.png          singular values of the server delta per snapshot, and the final spectrum with the
                               rank holding 95% of the energy
+Nothing is written when no folder holds a finished grid run or a --save-deltas run (one line, exit 2).
+--best-other-arm prints the federated arm other than FedAvg with the lowest final perplexity over the
+synthetic blocks of --layers (what the grid's real-text block runs), or "none", and writes nothing.
 """
 from __future__ import annotations
 
@@ -121,12 +126,11 @@ PLATEAU = 0.05  # a run is on its plateau when val ppl moved less than 5% over t
 
 
 def grid_runs(root) -> list[dict]:
-    """The finished runs of a grid folder, each with "arm", "layers", "shard" and "real" added."""
+    """The finished runs of a grid folder (named ``<arm>_L<layers>_...``), each with "arm", "layers", "shard" and
+    "real" added; a run without what the tables read (an unfinished one) is left out with a line."""
     out = []
-    for run in R.load_runs(root, "*_L*_s*"):
-        if not run.get("summary"):
-            print(f"left out {run['name']}: unfinished (no summary.json)")
-            continue
+    for run in R.with_keys(R.load_runs(root, "*_L*_s*"), "the mamba grid", args={"layers": int, "sequence_length": int},
+                           summary={"final_val_ppl": R.NUMBER}):
         arm = run["name"].split("_")[0]
         real = "_real_" in run["name"]
         shard = "all" if arm.startswith("central") else run["args"].get("shard")
@@ -203,8 +207,8 @@ def table(runs, arms, layers, shard, real=False, ref_arm="fedavg") -> list[str]:
                      f"{_diff(group, ref) if arm != ref_arm else 'reference'} | "
                      f"{sum(bool(f) for f in flat)}/{len(flat)} | {_extra(arm, group)} |")
     anyrun = next((r for a in arms for r in _select(runs, a, layers, shard, real)), None)
-    if anyrun:
-        f = _refs([anyrun])
+    f = _refs([anyrun]) if anyrun else {}
+    if all(isinstance(f.get(k), (int, float)) for k in ("uniform_ppl", "unigram_ppl", "unigram_ppl_word")):
         refs = (f"uniform {f['uniform_ppl']:.0f} / token; unigram (fitted on the training split) "
                 f"{f['unigram_ppl']:.1f} / token, {f['unigram_ppl_word']:.1f} / word")
         if f.get("optimal_ppl_word"):
@@ -263,14 +267,15 @@ def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
         print(f"skipped {Path(path).name}: no finished runs for {title}")
         return None
     refs = _refs([anyrun])
-    reference_lines(ax, refs)
+    # per-token references only: the source's optimum is per word and has no place on this axis (results.md)
+    reference_lines(ax, {k: refs.get(k) for k in ("uniform_ppl", "unigram_ppl")})
     ax.set_yscale("log")
-    low = min(v for v in (refs.get("optimal_ppl_word"), ax.get_ylim()[0]) if v)
-    ax.set_ylim(0.8 * low, 1.5 * refs["uniform_ppl"])
+    if refs.get("uniform_ppl"):
+        ax.set_ylim(0.8 * ax.get_ylim()[0], 1.5 * refs["uniform_ppl"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training sequences seen (all clients together)")
     ax.set_ylabel("validation perplexity per token (log)")
-    ax.set_title(f"{title}\nlines: mean over seeds; bands: range over seeds", fontsize=9)
+    ax.set_title(f"{title}\nlines: mean over seeds; bands: range over seeds (min to max)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     return R.savefig(fig, path)[0]
 
@@ -281,6 +286,8 @@ def grid_report(root, figures, wall_minutes: float | None = None, best_real: str
     runs = grid_runs(root)
     layers = sorted({r["layers"] for r in runs if not r["real"]})
     shards = sorted({r["shard"] for r in runs if not r["real"] and not r["arm"].startswith("central")})
+    counts = sorted({str(r["args"].get("num_clients")) for r in runs if not r["arm"].startswith("central")})
+    clients = f"{'/'.join(counts)} clients"
     md, written = ["# mamba_fl results grid", ""], []
     if wall_minutes is not None:
         md += [f"`python mamba_fl/run_grid.py` finished in {wall_minutes:.1f} min.", ""]
@@ -291,7 +298,7 @@ def grid_report(root, figures, wall_minutes: float | None = None, best_real: str
         for shard in shards:
             md += [f"## {L} layer{'s' if L > 1 else ''}, {shard} shards", ""] + table(runs, ARMS, L, shard) + [""]
             p = _curves(runs, ARMS, L, shard, False, figures / f"grid_L{L}_{shard}.png",
-                        f"Mamba2 {L} layer{'s' if L > 1 else ''}, 4 clients, {shard} shards (synthetic WikiText)")
+                        f"Mamba2 {L} layer{'s' if L > 1 else ''}, {clients}, {shard} shards (synthetic WikiText)")
             written += [p] if p else []
     if any(r["arm"] in VARIANT_ARMS[2:] for r in runs):
         L, shard = min(layers), next((s for s in shards if any(
@@ -316,9 +323,11 @@ def grid_report(root, figures, wall_minutes: float | None = None, best_real: str
         md += [f"## Real text: WikiText-2 wiki.test.raw split by article ({L} layer, contiguous shards)", ""]
         md += table(runs, arms, L, "contiguous", real=True) + [""]
         p = _curves(runs, arms, L, "contiguous", True, figures / "real_text.png",
-                    f"real WikiText text, {L} layer, 4 clients, contiguous shards")
+                    f"real WikiText text, {L} layer, {clients}, contiguous shards")
         written += [p] if p else []
     text = "\n".join(md) + "\n"
+    if not runs:  # nothing to report: no results.md either
+        return written
     for folder in {root, figures}:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.md").write_text(text, encoding="utf-8")
@@ -329,9 +338,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     from common import cli
 
     p = cli.ArgumentParser(description="Figures of mamba_fl run directories", add_help=add_help)
-    p.add_argument("--runs", nargs="+", default=["runs"], help="folders holding the run directories")
+    p.add_argument("--runs", nargs="+", default=["runs/mamba_grid"],
+                   help="folders holding the run directories (default: where run_grid.py writes)")
     p.add_argument("--pattern", default="*", help="glob of run directory names to include")
     p.add_argument("--out", default="figures/mamba", help="folder for the PNG files")
+    p.add_argument("--wall-minutes", type=float, default=None,
+                   help="the grid's wall time, quoted in results.md (run_grid.py passes it)")
+    p.add_argument("--best-real", default=None,
+                   help="the arm of the real-text block beside central and FedAvg (default: every one run)")
+    p.add_argument("--best-other-arm", action="store_true",
+                   help="print the best federated arm other than FedAvg over --layers and --shards, write nothing")
+    p.add_argument("--layers", type=int, default=1, help="with --best-other-arm: the model depth")
+    p.add_argument("--shards", nargs="+", default=["topic"], help="with --best-other-arm: the synthetic shards")
     return p
 
 
@@ -339,15 +357,23 @@ def main(argv=None) -> dict:
     from common import cli
 
     args = cli.parse(get_args_parser(), argv)
-    out = Path(args.out)
-    written = []
     for root in args.runs:
         cli.check(Path(root).is_dir(), f"--runs {root}: no such folder")
-        written += grid_report(root, out)
+    if args.best_other_arm:
+        arms = {best_other_arm(root, args.layers, args.shards) for root in args.runs} - {None}
+        cli.check(len(arms) <= 1, f"--best-other-arm: the folders disagree ({', '.join(sorted(arms))}); give one")
+        best = next(iter(arms), None)
+        print(best or "none")
+        return {"best_other_arm": best}
+    out = cli.check_out_dir(args.out, "--out")
+    written = []
+    for root in args.runs:
+        figures = out if len(args.runs) == 1 else out / Path(root).name  # one results.md per grid
+        written += grid_report(root, figures, wall_minutes=args.wall_minutes, best_real=args.best_real)
         for run in R.load_runs(root, args.pattern):
             if run["args"].get("save_deltas"):
                 written += delta_figures(run, out)
-    cli.check(bool(written), f"no mamba_fl grid or delta runs under {args.runs}: nothing to draw")
+    cli.check(bool(written), f"no mamba_fl grid or delta runs under {' '.join(args.runs)}: nothing to draw")
     for p in written:
         print(p)
     return {"figures": [str(p) for p in written]}

@@ -1,6 +1,6 @@
 """Figures of the vit_sparse_fl runs, read from their run directories (this script never trains).
 
-    python plots/plot_vit.py --runs-dir runs/vit_suite --out runs/vit_suite/figures
+    python plots/plot_vit.py --runs-dir runs/vit_suite_R192 --out runs/vit_suite_R192/figures
 
 vit_accuracy_vs_rounds.png   validation accuracy vs sample gradients: FedAvg settings (left), the mask strategies
                              on Nc = 2 shards at the first sparsity (right)
@@ -11,12 +11,14 @@ vit_strategies.png           per mask strategy and sparsity: test accuracy (top)
 vit_mask_density.png         share of trainable coordinates per layer for each strategy (seed 0)
 Curves, points and bars are means over seeds; bands and error bars are the sample sd (ddof=1); legends
 give n. Chance accuracy is drawn as a dotted line. FedAvg runs from random initialisation (--weights none)
-appear only as their own curve.
+appear only as their own curve. Runs that differ in anything but the suite's swept settings (``SWEPT``:
+sharding, Nc, J, weights, mask ...), such as a --quick run next to a suite, form a suite of their own, drawn
+into ``<out>/suite_<i>`` with a line naming what sets it apart. Several --runs-dir folders are read together.
 """
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +29,18 @@ from common import runs as R
 FED, SPARSE, CENTRAL = "vit_sparse_fl/train_federated", "vit_sparse_fl/train_federated_sparse", \
     "vit_sparse_fl/train_centralized"
 BASE_J = 4
+# what run_all_experiments.py varies inside one suite (the rest is the suite: data, model, budget, --quick ...)
+SWEPT = ("sharding", "nc", "local_steps", "rounds", "head_warmup", "eval_every", "weights", "mask_strategy",
+         "sparsity_ratio", "fisher_score", "calibration_rounds", "total_steps")
+BARS = "mean over seeds; error bars: ± sample sd"
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
-    parser.add_argument("--runs-dir", "--runs", default="runs/vit_suite", help="folder holding the run directories")
-    parser.add_argument("--out", default=None, help="folder for the figures (default <runs-dir>/figures)")
+    parser.add_argument("--runs-dir", "--runs", nargs="+", default=["runs/vit_suite_R192"],
+                        help="folders holding the run directories (default: where run_all_experiments.py writes; "
+                             "several are read together)")
+    parser.add_argument("--out", default=None, help="folder for the figures (default <first runs-dir>/figures)")
     parser.add_argument("--pdf", action="store_true", help="also write PDF files")
     return parser
 
@@ -90,7 +98,7 @@ def curve(ax, members: list[dict], label: str, **kw) -> None:
     """Validation accuracy vs sample gradients of the main rounds (round x m x J x batch), mean ± sd; each
     curve of an axes gets its own marker."""
     a = members[0]["args"]
-    m = max(1, int(round(a["participation_rate"] * a["num_clients"])))
+    m = max(1, int(round(a["participation_rate"] * a["num_clients"])))  # with_keys checked both
     x, mean, sd = R.mean_std(members, "val_accuracy", x="step")
     if not x.size:
         print(f"left out of the accuracy curves: {label} (its runs logged no val_accuracy)")
@@ -112,32 +120,80 @@ def figure_legend(fig, axes, ncol: int = 4) -> None:
                    fontsize=8, bbox_to_anchor=(0.5, 0.0), frameon=False)
 
 
+def vit_runs(runs: list[dict]) -> list[dict]:
+    """The finished vit_sparse_fl runs with what the figures read; runs of other scripts are ignored, a
+    malformed one left out with a line."""
+    central = R.with_keys([r for r in runs if r["meta"].get("script") == CENTRAL], "the vit figures",
+                          summary={"test_accuracy": R.NUMBER})
+    fed_args = {"sharding": str, "local_steps": int, "participation_rate": R.NUMBER, "num_clients": int,
+                "batch_size": int}
+    fed = R.with_keys([r for r in runs if r["meta"].get("script") == FED], "the vit figures", args=fed_args,
+                      summary={"test_accuracy": R.NUMBER})
+    sparse = R.with_keys([r for r in runs if r["meta"].get("script") == SPARSE], "the vit figures",
+                         args={**fed_args, "mask_strategy": str, "sparsity_ratio": R.NUMBER},
+                         summary={"test_accuracy": R.NUMBER})
+    ignored = len(runs) - sum(r["meta"].get("script") in (FED, SPARSE, CENTRAL) for r in runs)
+    if ignored:
+        print(f"ignored {ignored} run(s) of other scripts")
+    return central + fed + sparse
+
+
+def suites(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Federated runs split by every argument they share outside ``SWEPT`` (``R.split_by``), the largest suite
+    first; each centralized run joins the suite it agrees with on the arguments they share (its weight decay
+    is its own: the grid sets it for the centralized reference only)."""
+    fed = [r for r in runs if r["meta"]["script"] != CENTRAL]
+    shared = set.intersection(*(set(r["args"]) for r in fed)) - set(SWEPT) - set(R.DRAW_IGNORE)
+    parts = sorted(R.split_by(fed, sorted(shared)), key=lambda kv: -len(kv[1]))
+    for run in (r for r in runs if r["meta"]["script"] == CENTRAL):
+        keys = (set(run["args"]) & shared) - {"weight_decay"}
+        home = next((members for _, members in parts
+                     if all(members[0]["args"].get(k) == run["args"].get(k) for k in keys)), None)
+        if home is None:
+            print(f"left out {run['path']}: a centralized run unlike every federated suite here")
+        else:
+            home.append(run)
+    return parts
+
+
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    out = cli.check_out_dir(args.out or Path(args.runs_dir[0]) / "figures", "--out")
+    runs = vit_runs(R.load_roots(args.runs_dir, flag="--runs-dir"))
+    cli.check(any(r["meta"]["script"] != CENTRAL for r in runs),
+              f"--runs-dir {' '.join(args.runs_dir)}: no finished vit_sparse_fl federated runs: nothing to draw")
+    written = []
+    for i, (label, members) in enumerate(suites(runs)):
+        folder = out if i == 0 else out / f"suite_{i + 1}"
+        if i:
+            print(f"runs with {label} drawn apart, in {folder}")
+        written += draw_suite(members, folder, args.pdf)
+    for p in written:
+        print(p)
+    return {"figures": [str(p) for p in written]}
+
+
+def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
+    """Every figure of one suite into ``out``."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    root = Path(args.runs_dir)
-    cli.check(root.is_dir(), f"--runs-dir {root}: no such folder; expected the --out-dir of the vit_sparse_fl runs")
-    runs = []
-    for r in R.load_runs(root, "*"):
-        if r["summary"] is None:
-            print(f"left out {r['name']}: unfinished (no summary.json)")
-        else:
-            runs.append(r)
     fed = [r for r in runs if r["meta"].get("script") == FED]
     sparse = [r for r in runs if r["meta"].get("script") == SPARSE]
     central = [r for r in runs if r["meta"].get("script") == CENTRAL]
-    cli.check(fed or sparse, f"--runs-dir {root}: no finished vit_sparse_fl federated runs found")
-    out = Path(args.out) if args.out else root / "figures"
+    # the suite's J: the grid's (BASE_J) or the one most of its FedAvg runs use, for a suite of other runs
+    counts = Counter(r["args"]["local_steps"] for r in fed)
+    base_j = BASE_J if BASE_J in counts or not counts else counts.most_common(1)[0][0]
     written = []
-    based = [r for r in fed if not scratch(r)]
-    iid = [r for r in based if r["args"]["sharding"] == "iid" and r["args"]["local_steps"] == BASE_J]
+    based, start = [r for r in fed if not scratch(r)], "the base"
+    if not based:  # a suite without a pretrained base (--quick): its scratch runs are the comparison
+        based, start = fed, "scratch (no pretrained base in these runs)"
+    iid = [r for r in based if r["args"]["sharding"] == "iid" and r["args"]["local_steps"] == base_j]
     iid_acc = acc_stats(iid)[0] if iid else None
 
     # ---------------------------------------------------------------- accuracy vs sample gradients
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    settings = groups_by([r for r in fed if r["args"]["local_steps"] == BASE_J],
+    settings = groups_by([r for r in fed if r["args"]["local_steps"] == base_j],
                          lambda r: (scratch(r), r["args"]["sharding"] != "iid", -(r["args"].get("nc") or 0)))
     for key in sorted(settings):
         members = settings[key]
@@ -152,20 +208,23 @@ def main(argv=None) -> dict:
         for (strategy, score), members in sorted(chosen.items()):
             curve(ax, members, f"{strategy}" + (f" ({score})" if "sensitive" in strategy else ""))
         dense = [r for r in based if r["args"]["sharding"] != "iid" and r["args"]["nc"] == 2
-                 and r["args"]["local_steps"] == BASE_J]
+                 and r["args"]["local_steps"] == base_j]
         if dense:
             curve(ax, dense, "dense FedAvg", color="k", ls="--")
         ax.set(title=f"Nc = 2, sparsity {first:g}")
-    axes[0].set(title="FedAvg (J = 4)", ylabel="validation accuracy (%)")
+    else:
+        ax.text(0.5, 0.5, "no sparse runs on non-IID shards", ha="center", transform=ax.transAxes)
+    axes[0].set(title=f"FedAvg (J = {base_j})", ylabel="validation accuracy (%)")
+    fig.suptitle("lines: mean over seeds; bands: ± sample sd over seeds", fontsize=9)
     for ax in axes:
         chance_line(ax, fed)
         ax.set(xlabel="sample gradients in the main rounds (thousands)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    written += R.savefig(fig, out / "vit_accuracy_vs_rounds.png", pdf=args.pdf)
+    written += R.savefig(fig, out / "vit_accuracy_vs_rounds.png", pdf=pdf)
 
     # ---------------------------------------------------------------- accuracy vs Nc
-    nonfed = [r for r in based if r["args"]["sharding"] == "non_iid" and r["args"]["local_steps"] == BASE_J]
+    nonfed = [r for r in based if r["args"]["sharding"] == "non_iid" and r["args"]["local_steps"] == base_j]
     if nonfed:
         x, m, s, n = xy(groups_by(nonfed, lambda r: r["args"]["nc"]))
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -176,11 +235,11 @@ def main(argv=None) -> dict:
             ax.axhline(acc_stats(central)[0], color="tab:green", ls="-.", label=f"centralized (n={len(central)})")
         chance_line(ax, nonfed)
         ax.set(xscale="log", xlabel="classes per client Nc", ylabel="test accuracy (%)",
-               title="FedAvg from the base vs heterogeneity")
+               title=f"FedAvg from {start} vs heterogeneity\n(points: {BARS})")
         ax.set_xticks(x, [str(int(v)) for v in x])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
-        written += R.savefig(fig, out / "vit_accuracy_vs_nc.png", pdf=args.pdf)
+        written += R.savefig(fig, out / "vit_accuracy_vs_nc.png", pdf=pdf)
 
     # ---------------------------------------------------------------- accuracy vs J
     swept = {k: v for k, v in groups_by(based, shard).items() if len({r["args"]["local_steps"] for r in v}) > 1}
@@ -191,11 +250,11 @@ def main(argv=None) -> dict:
             ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"FedAvg {name}, {n_label(n)}")
         chance_line(ax, based)
         ax.set(xscale="log", xlabel="local steps J (rounds x J fixed)", ylabel="test accuracy (%)",
-               title="FedAvg vs local steps at equal sample gradients")
+               title=f"FedAvg vs local steps at equal sample gradients\n(points: {BARS})")
         ax.set_xticks(x, [str(int(v)) for v in x])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
-        written += R.savefig(fig, out / "vit_accuracy_vs_j.png", pdf=args.pdf)
+        written += R.savefig(fig, out / "vit_accuracy_vs_j.png", pdf=pdf)
 
     # ---------------------------------------------------------------- strategy comparison
     if sparse:
@@ -211,7 +270,7 @@ def main(argv=None) -> dict:
             labels = [lab for lab in all_labels if any(shard(r) == sh and r["args"]["mask_strategy"] == lab[0]
                                                        and r["args"].get("fisher_score", "fisher") == lab[1]
                                                        for r in sparse)]
-            dense = [r for r in based if shard(r) == sh and r["args"]["local_steps"] == BASE_J]
+            dense = [r for r in based if shard(r) == sh and r["args"]["local_steps"] == base_j]
             for row, key in enumerate(("test_accuracy", "interference")):
                 ax = axes[row, col]
                 for i, sp in enumerate(sparsities):
@@ -234,14 +293,14 @@ def main(argv=None) -> dict:
                 ax.set_xticks(range(len(labels)), [f"{s.replace('_', chr(10))}" + (f"\n({sc})" if "sensitive" in s
                                                                                    else "") for s, sc in labels],
                               fontsize=7)
-                ax.set(title=f"{sh} shards",
+                ax.set(title=f"{sh} shards (bars: {BARS})",
                        ylabel="test accuracy (%)" if key == "test_accuracy"
                        else "interference: own-class accuracy\nlocal - aggregated (points)")
                 if not ax.get_legend_handles_labels()[0]:
                     ax.text(0.5, 0.5, "not measured (--interference-window 0)", ha="center", transform=ax.transAxes)
         fig.tight_layout()
         figure_legend(fig, axes.flat)
-        written += R.savefig(fig, out / "vit_strategies.png", pdf=args.pdf)
+        written += R.savefig(fig, out / "vit_strategies.png", pdf=pdf)
 
         # ------------------------------------------------------------ mask density per layer
         fig, ax = plt.subplots(figsize=(8, 3.8))
@@ -277,14 +336,12 @@ def main(argv=None) -> dict:
         ax.set_xlabel("layer (backbone; the head is never masked)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            written += R.savefig(fig, out / "vit_mask_density.png", pdf=args.pdf)
+            written += R.savefig(fig, out / "vit_mask_density.png", pdf=pdf)
         else:
             plt.close(fig)
             print("skipped vit_mask_density.png: no sparse run of seed 0 has mask_density.json")
 
-    for p in written:
-        print(p)
-    return {"figures": [str(p) for p in written]}
+    return written
 
 
 if __name__ == "__main__":

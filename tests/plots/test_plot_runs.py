@@ -103,3 +103,47 @@ def test_savefig_writes_png_and_pdf_into_new_folders(tmp_path):
     assert [p.name for p in written] == ["curve.png", "curve.pdf"]
     assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written[1].read_bytes()[:4] == b"%PDF"
     assert not plt.fignum_exists(fig.number)  # closed
+
+
+def test_load_roots_reads_several_folders_once(root, tmp_path, capsys):
+    other = tmp_path / "other"
+    _fake_run(other, "fedavg", 2, 0, [5.0, 4.0])
+    runs = R.load_roots([root, other, root])
+    assert [r["name"] for r in runs] == ["fedavg_k4_s0", "fedavg_k4_s1", "fedfisher_k4_s0", "fedfisher_k8_s0",
+                                         "fedavg_k2_s0"]
+    assert "left out" in capsys.readouterr().out  # the unfinished fedavg_k4_s2, once
+    with pytest.raises(R.UsageError, match="--runs nowhere: no such folder"):
+        R.load_roots([root, "nowhere"])
+
+
+def test_with_keys_leaves_out_missing_and_mistyped(root, capsys):
+    runs = R.load_roots([root])
+    capsys.readouterr()
+    runs[0]["summary"]["final_ppl"] = "12"
+    del runs[1]["args"]["lr"]
+    runs[2]["args"]["num_clients"] = True  # a bool is not a number here
+    kept = R.with_keys(runs, "the test", args={"lr": R.NUMBER, "num_clients": int}, summary={"final_ppl": R.NUMBER})
+    assert [r["name"] for r in kept] == ["fedfisher_k8_s0"]
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"left out of the test: {root / 'fedavg_k4_s0'} (summary.json: final_ppl is '12', not int/float)",
+                   f"left out of the test: {root / 'fedavg_k4_s1'} (args.json has no lr)",
+                   f"left out of the test: {root / 'fedfisher_k4_s0'} (args.json: num_clients is True, not int)"]
+
+
+def test_split_by_and_split_configs(root):
+    runs = R.load_runs(root)
+    parts = R.split_by(runs, ["num_clients", "lr"])
+    assert [(label, len(g)) for label, g in parts] == [("num_clients=4", 4), ("num_clients=8", 1)]
+    assert R.split_by(runs, ["lr"]) == [("", runs)]
+    groups = R.split_configs({("panel", "all"): runs, ("panel", "k8"): runs[-1:]})
+    assert {k: len(v) for k, v in groups.items()} == {
+        ("panel", "all [method=fedavg, num_clients=4]"): 3, ("panel", "all [method=fedfisher, num_clients=4]"): 1,
+        ("panel", "all [method=fedfisher, num_clients=8]"): 1, ("panel", "k8"): 1}
+
+
+def test_series_skips_values_that_are_not_numbers(root):
+    run = R.load_run(root / "fedavg_k4_s0")
+    run["rows"][1]["ppl"] = "n/a"
+    run["rows"][2]["round"] = None
+    x, y = R.series(run, "ppl")
+    assert x.tolist() == [0.0] and y.tolist() == [30.0]

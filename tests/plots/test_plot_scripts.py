@@ -1,0 +1,163 @@
+"""Every plot script on one folder holding quick runs of every subproject plus a small grid of each (made here
+by the training scripts' own main with --quick and tiny sizes): figures of the right runs, never a traceback,
+one line and exit 2 (nothing written) when there is nothing to draw."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from common import cli
+from common import runs as R
+from plots import plot_llm_noniid, plot_lora_glue, plot_mamba, plot_vit
+
+MAMBA = ["--quick", "--quiet", "--layers", "1", "--eval-blocks", "4", "--sample-tokens", "4", "--val-freq", "1",
+         "--lr", "3e-3"]
+VIT = ["--quick", "--quiet", "--num-clients", "10", "--participation-rate", "0.2", "--local-steps", "2",
+       "--rounds", "2", "--eval-every", "1", "--max-train", "300", "--max-test", "60", "--batch-size", "16"]
+LLM = ["--quick", "--quiet", "--num-rounds", "2", "--max-train-examples", "96", "--max-eval-examples", "16",
+       "--max-local-steps", "2"]
+LORA = ["--quick", "--quiet", "--max_eval_samples", "32"]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    return make_runs(tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("mamba_cache"))
+
+
+def make_runs(root, cache):
+    """One folder: each subproject's quick run with its default name, and a small grid under the grid's names
+    (two seeds of two arms; one cell of another configuration)."""
+    from llm_noniid import train
+    from lora_glue_fl import fedavg_rounds, main_glue_lora
+    from mamba_fl import central, fed_avg
+    from vit_sparse_fl import train_centralized, train_federated, train_federated_sparse
+
+    out = ["--out-dir", str(root)]
+    mamba = [*MAMBA, "--cache-dir", str(cache), *out]
+    fed_avg.main([*mamba, "--num-clients", "2", "--rounds", "2", "--save-deltas"])  # the quick start's kind of run
+    for seed in ("0", "1"):  # the grid: central and FedAvg, 1 layer, topic shards
+        central.main([*mamba, "--max-steps", "4", "--batch-size", "4", "--seed", seed,
+                      "--run-name", f"central_L1_synthetic_s{seed}"])
+        fed_avg.main([*mamba, "--num-clients", "2", "--rounds", "2", "--shard", "topic", "--seed", seed,
+                      "--run-name", f"fedavg_L1_topic_s{seed}"])
+    for seed in ("0", "1"):
+        train_federated.main([*VIT, *out, "--seed", seed])
+    train_federated.main([*VIT, *out, "--sharding", "non_iid", "--nc", "2"])
+    train_federated.main([*VIT, *out, "--max-train", "200", "--run-name", "other_suite"])  # drawn apart
+    train_centralized.main(["--quick", "--quiet", "--max-train", "300", "--max-test", "60", "--batch-size", "16",
+                            "--total-steps", "8", "--warmup-epochs", "0", *out])  # joins the first suite
+    train_federated_sparse.main([*VIT, *out, "--mask-strategy", "random", "--sparsity-ratio", "0.5",
+                                 "--head-warmup", "1"])
+    for seed in ("0", "1"):
+        train.main([*LLM, *out, "--seed", seed])
+    train.main([*LLM, *out, "--num-rounds", "3", "--run-name", "three_rounds"])  # same arm: a line of its own
+    train.main([*LLM, *out, "--partition", "topic_skew", "--alpha", "0.1"])
+    for seed in ("0", "1"):
+        fedavg_rounds.main([*LORA, "--out_dir", str(root), "--seed", seed, "--learning_rate", "3e-3"])
+    main_glue_lora.main([*LORA, "--out_dir", str(root), "--seed", "0"])
+    return root
+
+
+def _lines(capsys) -> list[str]:
+    return capsys.readouterr().out.splitlines()
+
+
+def test_plot_mamba_draws_the_grid_and_the_deltas(mixed, tmp_path, capsys):
+    res = plot_mamba.main(["--runs", str(mixed), "--out", str(tmp_path / "m")])
+    names = sorted(p.rsplit("/", 1)[1] for p in res["figures"])
+    quick = next(p.name for p in mixed.iterdir() if p.name.startswith("fedavg_pure_ssm"))
+    # the grid's block; the quick run (not a grid name) only in its delta figures
+    assert names == [f"deltas_{quick}.png", "grid_L1_topic.png", f"spectrum_{quick}.png"]
+    text = (tmp_path / "m" / "results.md").read_text(encoding="utf-8")
+    assert "| FedAvg (client AdamW" in text and "(n=2)" in text
+    capsys.readouterr()
+    assert plot_mamba.main(["--runs", str(mixed), "--best-other-arm", "--layers", "1", "--shards", "topic"]) \
+        == {"best_other_arm": None}
+    assert _lines(capsys) == ["none"]
+
+
+def test_plot_vit_splits_suites(mixed, tmp_path, capsys):
+    res = plot_vit.main(["--runs", str(mixed), "--out", str(tmp_path / "v")])
+    out = _lines(capsys)
+    assert any(line.startswith("runs with ") and "max_train" in line for line in out)
+    assert (tmp_path / "v" / "vit_accuracy_vs_rounds.png").is_file()
+    assert (tmp_path / "v" / "vit_accuracy_vs_nc.png").is_file()  # IID and Nc = 2 of the main suite
+    assert (tmp_path / "v" / "suite_2" / "vit_accuracy_vs_rounds.png").is_file()
+    assert "ignored" in out[0] and len(res["figures"]) >= 3
+    (_, first), (other, second) = plot_vit.suites(plot_vit.vit_runs(R.load_roots([mixed])))
+    assert sorted(r["meta"]["script"].split("/")[1] for r in first) == \
+        ["train_centralized"] + ["train_federated"] * 3 + ["train_federated_sparse"]
+    assert other == "max_train=200" and len(second) == 1
+
+
+def test_plot_llm_groups_by_configuration(mixed, tmp_path, capsys):
+    res = plot_llm_noniid.main(["--runs", str(mixed), "--out", str(tmp_path / "l")])
+    names = {p.rsplit("/", 1)[1] for p in res["figures"]}
+    assert {"val_ppl_curves.png", "final_ppl.png", "partition_iid.png"} <= names
+    groups = plot_llm_noniid.grouped(plot_llm_noniid.llm_runs(R.load_roots([mixed], "**/*")),
+                                     plot_llm_noniid.default_arm)
+    sizes = {k: len(v) for k, v in groups.items()}
+    assert sizes == {("iid", "fedavg [num_rounds=2]"): 2, ("iid", "fedavg [num_rounds=3]"): 1,
+                     ("topic a=0.1", "fedavg"): 1}
+    # a grid's own labels from --arms; runs not named there are left out
+    names = [r["name"] for r in plot_llm_noniid.llm_runs(R.load_roots([mixed], "**/*"))]
+    arms = tmp_path / "arms.json"
+    arms.write_text(json.dumps({names[0]: ["part A", "arm X"]}))
+    capsys.readouterr()
+    res = plot_llm_noniid.main(["--runs", str(mixed), "--arms", str(arms), "--out", str(tmp_path / "a")])
+    assert "partition_part_A.png" in {p.rsplit("/", 1)[1] for p in res["figures"]}
+
+
+def test_plot_lora_reads_summaries(mixed, tmp_path):
+    res = plot_lora_glue.main(["--runs", str(mixed), "--out", str(tmp_path / "g")])
+    assert res["baselines"]["sst2"]["accuracy"] > 0 and res["baselines"]["sst2"]["label"] in (0, 1)
+    assert {"rounds_sst2.png", "svd_error_vs_rank.png", "summary.png", "results.md"} <= \
+        {p.rsplit("/", 1)[1] for p in res["files"]}
+    assert "| centralized LoRA | " in res["table"] and "| FedAvg svd / iid | " in res["table"]
+    assert "(n=2)" in res["table"]
+    fed = json.loads(next(mixed.glob("fedavg_sst2_*_s0")).joinpath("summary.json").read_text())
+    errs = fed["svd_error_by_rank"]  # 3 clients of rank 4: the rank-12 merge is exact
+    assert len(errs) == 12 and errs[-1] < 1e-4 < errs[0] and fed["num_labels"] == 2
+
+
+def test_a_run_without_what_a_figure_reads_is_left_out(mixed, tmp_path, capsys):
+    """An older summary without the new keys and a metric of the wrong type: drawn without, never a traceback."""
+    root = tmp_path / "copy"
+    shutil.copytree(mixed, root, ignore=shutil.ignore_patterns("cache", "deltas", "model", "round_*", "*.pt"))
+    lora = sorted(p for p in root.glob("fedavg_sst2_*"))
+    for p in lora:
+        s = json.loads((p / "summary.json").read_text())
+        for key in ("majority", "majority_label", "svd_error_by_rank", "num_labels"):
+            s.pop(key, None)
+        (p / "summary.json").write_text(json.dumps(s))
+    llm = next(p for p in R.find_runs(root)
+               if json.loads((p / "args.json").read_text())["script"] == "llm_noniid/train")
+    s = json.loads((llm / "summary.json").read_text())
+    s["final_val_ppl"] = "nan?"
+    (llm / "summary.json").write_text(json.dumps(s))
+    capsys.readouterr()
+    res = plot_lora_glue.main(["--runs", str(root), "--out", str(tmp_path / "g")])
+    out = capsys.readouterr().out
+    assert res["baselines"]["sst2"]["accuracy"] > 0  # from the centralized run, which still holds it
+    assert "svd_error_vs_rank.png" not in {p.rsplit("/", 1)[1] for p in res["files"]}
+    assert "left out (no svd_error_by_rank in its summary.json" in out
+    plot_llm_noniid.main(["--runs", str(root), "--out", str(tmp_path / "l")])
+    assert f"left out of the llm_noniid figures: {llm} (summary.json: final_val_ppl is 'nan?'" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", [plot_mamba, plot_vit, plot_llm_noniid, plot_lora_glue])
+def test_nothing_to_draw_is_one_line_and_writes_nothing(script, tmp_path, capsys):
+    empty, out = tmp_path / "empty", tmp_path / "figs"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as e:
+        cli.run(script.main, ["--runs", str(empty), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "nothing to draw" in err[0]
+    assert not out.exists() and list(empty.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        cli.run(script.main, ["--runs", str(empty), "--out", str(tmp_path / "file")])
+    assert e.value.code == 2 and "is a file" in capsys.readouterr().err
