@@ -81,7 +81,7 @@ def test_shared_names_beside_the_source_names():
         == "dirichlet"
     from plots import plot_vit
 
-    assert cli.parse(plot_vit.get_args_parser(), ["--runs", "r"]).runs_dir == "r"
+    assert cli.parse(plot_vit.get_args_parser(), ["--runs", "r"]).runs_dir == ["r"]  # several folders
 
 
 def test_yaml_config_in_every_training_script(tmp_path):
