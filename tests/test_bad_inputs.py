@@ -120,6 +120,8 @@ def paths(tmp_path_factory) -> dict:
     cfg.pop("r", None)
     (broken / "adapter_config.json").write_text(json.dumps(cfg))
     (bad / "llm_half_round.yaml").write_text("num_rounds: 2.5\n")
+    for name, content in CONFIGS.items():
+        (bad / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     # run directories with a corrupt args.json, metrics.jsonl or summary.json (for the plot scripts)
     meta = json.dumps({"args": {"seed": 0}, "script": "x"})
     for name, files in (("corrupt_args", {"args.json": "{not json"}),
@@ -131,6 +133,17 @@ def paths(tmp_path_factory) -> dict:
             (run / fname).write_text(text)
     p.update(bad=bad, adapter=adapter)
     return p
+
+
+# --config files for the rows below (written into {bad} by the fixture)
+CONFIGS = {
+    "overwrite_string.yaml": 'overwrite: "false"\n', "overwrite_number.yaml": "overwrite: 1\n",
+    "lr_list.yaml": "lr: [0.1, 0.2]\n", "out_dir_list.yaml": "out_dir: [a, b]\n",
+    "mapping.yaml": "model_config: {name: x}\n", "lr_null.yaml": "lr: null\n",
+    "shard_bogus.yaml": "sharding: bogus\n", "dup_key.yaml": "lr: 0.1\nlr: 0.2\n",
+    "binary.yaml": bytes(range(256)), "latin1.yaml": "lr: 0.1 # caf\xe9\n".encode("latin-1"),
+    "lora_lr_list.yaml": "learning_rate: [0.1]\n", "lora_epochs_text.yaml": "num_train_epochs: two\n",
+}
 
 
 def finish(p: dict, key: str) -> None:
@@ -287,6 +300,23 @@ CASES = [
     ("llm max grad norm inf", "llm", ["--max-grad-norm", "inf"], "finite"),
     ("llm resume and overwrite", "llm", ["--resume", "--overwrite"], "contradict"),
     ("llm out-dir is a file", "llm", ["--out-dir", "{file}"], "is a file"),
+]
+CASES += [
+    # ---- --config values: the flags' own types and choices, booleans that are booleans, one line each
+    ("config overwrite string against a finished run", "mamba_fed", ["--config", "{bad}/overwrite_string.yaml"],
+     "overwrite: 'false' is not a boolean"),
+    ("config overwrite number", "mamba_central", ["--config", "{bad}/overwrite_number.yaml"], "true or false"),
+    ("config lr list", "mamba_fed", ["--config", "{bad}/lr_list.yaml"], "a list is not allowed"),
+    ("config out dir list", "vit_fed", ["--config", "{bad}/out_dir_list.yaml"], "expected a string for --out-dir"),
+    ("config mapping", "mamba_fed", ["--config", "{bad}/mapping.yaml"], "a mapping is not allowed"),
+    ("config null", "vit_central", ["--config", "{bad}/lr_null.yaml"], "null is not a value"),
+    ("config value outside choices", "vit_fed", ["--config", "{bad}/shard_bogus.yaml"], "invalid choice: 'bogus'"),
+    ("config duplicate key", "vit_sparse", ["--config", "{bad}/dup_key.yaml"], "given twice"),
+    ("config binary file", "lora_central", ["--config", "{bad}/binary.yaml"], "not UTF-8"),
+    ("config latin-1 file", "lora_fed", ["--config", "{bad}/latin1.yaml"], "not UTF-8"),
+    ("config lora lr list", "lora_full", ["--config", "{bad}/lora_lr_list.yaml"], "a list is not allowed"),
+    ("config lora epochs text", "lora_central", ["--config", "{bad}/lora_epochs_text.yaml"], "invalid int value"),
+    ("config llm overwrite string", "llm", ["--config", "{bad}/overwrite_string.yaml"], "not a boolean"),
 ]
 if not ROOT:
     CASES.append(("mamba out-dir unwritable", "mamba_fed", ["--out-dir", "/proc/fedlab"], "not writable"))
