@@ -315,7 +315,7 @@ CASES += [
     ("config binary file", "lora_central", ["--config", "{bad}/binary.yaml"], "not UTF-8"),
     ("config latin-1 file", "lora_fed", ["--config", "{bad}/latin1.yaml"], "not UTF-8"),
     ("config lora lr list", "lora_full", ["--config", "{bad}/lora_lr_list.yaml"], "a list is not allowed"),
-    ("config lora epochs text", "lora_central", ["--config", "{bad}/lora_epochs_text.yaml"], "invalid int value"),
+    ("config lora epochs text", "lora_central", ["--config", "{bad}/lora_epochs_text.yaml"], "invalid float value"),
     ("config llm overwrite string", "llm", ["--config", "{bad}/overwrite_string.yaml"], "not a boolean"),
 ]
 if not ROOT:
