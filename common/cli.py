@@ -39,6 +39,7 @@ from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageEr
     UsageError,
     check,
     check_out_dir,
+    no_space,
     read_json,
 )
 
@@ -208,6 +209,14 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     except Diverged as e:
         print(f"{prog}: diverged: {e}", file=sys.stderr)
         raise SystemExit(EXIT_DIVERGED) from None
+    except (OSError, RuntimeError) as e:  # a full disk in a write outside the run directory's own
+        full = no_space(e)
+        if full is None:
+            raise
+        print(f"{prog}: error: no space left on the device writing {full.filename or 'a file'}; files written "
+              "atomically (checkpoints, summaries) keep their last complete version; free some space and rerun",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         raise SystemExit(130) from None

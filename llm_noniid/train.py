@@ -283,7 +283,8 @@ def run(args, rank: int, world: int) -> dict:
     params = P.trainable(model)
     names = [n for n, _ in P.named_trainable(model)]
     n_trainable = P.numel(params)
-    rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, resume=args.resume, device=device,
+    rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, kind="llm_noniid/train",
+                resume=args.resume, device=device,
                 is_main=rank == 0, data=fingerprint)  # a longer --num-rounds on resume needs --extend
     stats = statistics(clients, x_all, y_all, train_data.labels, train_data.num_classes, vocab_size)
 

@@ -201,7 +201,8 @@ def main(argv=None) -> dict:
         "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), checks.source_tag(args),
         k=len(shards), r=args.svd_rank if args.aggregation == "svd" else None, R=args.rounds, lr=args.learning_rate,
         s=args.seed)
-    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, is_main=D.is_main(), device=device,
+    rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/fedavg_rounds", resume=args.resume,
+                       is_main=D.is_main(), device=device,
                        data=checks.fingerprint(args.task_name, args.data, args.data_dir, splits,
                                                shard_dir=args.shard_dir))
 

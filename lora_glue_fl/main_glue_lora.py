@@ -90,7 +90,8 @@ def run(args, lora: bool = True) -> dict:
     name = args.run_name or runlog.run_name("central_lora" if lora else "full_ft", args.task_name,
                                             checks.source_tag(args), r=args.lora_r if lora else None,
                                             e=args.num_train_epochs, lr=args.learning_rate, s=args.seed)
-    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device)
+    rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/main_glue_lora", resume=args.resume,
+                       device=device)
     done = rd.load_checkpoint()
     if done is not None and done.get("finished") and (rd.path / runlog.SUMMARY_FILE).is_file():
         return json.loads((rd.path / runlog.SUMMARY_FILE).read_text())

@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     name = args.run_name or runlog.run_name("central", args.model_config, b=args.batch_size, steps=total,
                                             lr=args.lr, sgd=args.optimizer == "sgd", data=lmdata.source_tag(args),
                                             quick=args.quick, s=args.seed)
-    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device,
+    rd = runlog.RunDir(args.out_dir, name, args, kind="mamba_fl/central", resume=args.resume, device=device,
                        ignore_on_resume=federated.IGNORE_ON_RESUME, data=data.fingerprint)
 
     seed.seed_everything(args.seed)
