@@ -21,6 +21,7 @@ class Diverged(Exception):
 
 
 EXIT_USAGE, EXIT_DIVERGED = 2, 3
+RUN_FILE = "args.json"  # a folder holding it is a run directory (``common.runlog``)
 
 
 def check(condition: bool, message: str) -> None:
@@ -52,10 +53,21 @@ def no_space(error: BaseException) -> OSError | None:
     return None
 
 
-def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir") -> Path:
+def run_holding(path: str | os.PathLike) -> Path | None:
+    """The run directory that ``path`` is (or lies inside), links resolved, or None."""
+    for folder in (Path(path).resolve(), *Path(path).resolve().parents):
+        if (folder / RUN_FILE).is_file():
+            return folder
+    return None
+
+
+def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir", own_run: bool = False) -> Path:
     """``path`` can be (or become) a folder we may write in: not a file, no name in it longer than the file
-    system allows, no link on the way that loops or leads nowhere, and the nearest existing ancestor is a
-    writable folder. Checked without creating anything; ``UsageError`` otherwise."""
+    system allows, no link on the way that loops or leads nowhere, the nearest existing ancestor is a
+    writable folder, and (unless ``own_run``: the run directory itself, claimed by ``common.runlog``) it is
+    not a run directory nor inside one: only the run itself writes there (its ``--resume`` / ``--extend`` or
+    ``--overwrite``), never another script's output. Checked without creating anything; ``UsageError``
+    otherwise."""
     path = Path(path)
     try:
         limit = os.pathconf(".", "PC_NAME_MAX")
@@ -82,4 +94,7 @@ def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir") -> Path:
         check(path.is_dir(), f"{flag} {path} is a file; expected a folder")
     check(probe.is_dir(), f"{flag} {path}: {probe} is a file, not a folder; expected a folder path")
     check(os.access(probe, os.W_OK | os.X_OK), f"{flag} {path}: {probe} is not writable; choose a writable folder")
+    run = None if own_run else run_holding(path)
+    check(run is None, f"{flag} {path} is inside the run directory {run} (it holds {RUN_FILE}); writing there "
+                       "would change that run; choose a folder outside it")
     return path

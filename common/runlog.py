@@ -65,7 +65,7 @@ import torch
 
 from common import checkpoint as ckpt
 from common import tracking
-from common.errors import Diverged, UsageError, check, check_out_dir, no_space
+from common.errors import RUN_FILE, Diverged, UsageError, check, check_out_dir, no_space
 from common.seed import get_rng_state
 
 try:
@@ -73,7 +73,7 @@ try:
 except ImportError:  # Windows: no advisory locks, the directory is not locked
     fcntl = None
 
-ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = "args.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
+ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = RUN_FILE, "metrics.jsonl", "summary.json", "checkpoint.pt"
 LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; a dead process's lock is free again
 # Flags that may change between a run and its resumption without changing its results.
 DEFAULT_IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "num_workers", "data_dir",
@@ -337,6 +337,15 @@ def _open_lock(path: Path, flags: int) -> int:
         raise
 
 
+def overflowed(message: str) -> None:
+    """An arithmetic overflow stopped the run (e.g. a learning rate no float32 step can hold): the run
+    diverged. Every run directory this process has claimed records it (``diverge``); raises ``Diverged``."""
+    for rd in list(_HELD):
+        if rd._claimed:
+            rd.diverge("the step that overflowed", f"values ({message})")
+    raise Diverged(f"arithmetic overflow ({message}) before anything was written; lower the learning rate")
+
+
 def _lock_holder(path: Path) -> dict:
     try:
         fd = _open_lock(path, os.O_RDONLY)
@@ -419,7 +428,7 @@ class RunDir:
                                                "continues the run in the directory, --overwrite deletes it")
         check(not self.extend or resume, "--extend continues a run for longer: use it with --resume")
         check_out_dir(out_dir, "--out-dir")
-        check_out_dir(self.path, "run directory")  # a file, a dangling link or a link loop: refused here
+        check_out_dir(self.path, "run directory", own_run=True)  # a file, a dangling link or a link loop
         if is_main:  # the other ranks follow rank 0, which may already hold the lock and have claimed
             self._probe_lock()
         ckpt_path = self.path / CHECKPOINT_FILE

@@ -28,11 +28,14 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     mmodel.add_model_args(p)
     lmdata.add_data_args(p, batch_size=16, sharding=False)
     g = p.add_argument_group("training")
-    g.add_argument("--n-epochs", type=float, default=1.0, help="passes over the training split (fractions allowed)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: --n-epochs)")
-    flags.alias(g, "--rounds", dest="max_steps", of="--max-steps (a centralized run's length, in steps)", type=int)
+    g.add_argument("--n-epochs", type=flags.POSITIVE, default=1.0,
+                   help="passes over the training split (fractions allowed)")
+    g.add_argument("--max-steps", type=flags.POSITIVE_INT, default=None,
+                   help="stop after this many steps (default: --n-epochs)")
+    flags.alias(g, "--rounds", dest="max_steps", of="--max-steps (a centralized run's length, in steps)",
+                type=flags.POSITIVE_INT)
     mmodel.add_optimizer_args(g, who="the")
-    g.add_argument("--val-freq", type=int, default=10, help="steps between evaluations")
+    g.add_argument("--val-freq", type=flags.POSITIVE_INT, default=10, help="steps between evaluations")
     mmodel.add_eval_args(p, deltas_help="save .npz parameter snapshots and deltas (since the previous "
                          "evaluation)")
     cli.add_run_args(p)

@@ -42,7 +42,7 @@ def test_a_store_false_flag_reads_as_its_flag_or_its_destination(tmp_path):
     ("lr: null\n", "null is not a value"),
     ("run_name: 2020-01-01\n", "(date) is not a value"),
     ("rounds: true\n", "True is a boolean"),
-    ("rounds: 2.5\n", "expected an integer for --rounds"),
+    ("rounds: 2.5\n", "expected an integer at least 1 for --rounds"),
     ("lr: nan\n", "--lr"),
     ("report_to: [bogus]\n", "invalid choice: 'bogus'"),
     ("report_to: []\n", "an empty list"),

@@ -135,3 +135,50 @@ def test_run_names_and_directories_the_file_system_cannot_hold(tmp_path):
     with pytest.raises(UsageError, match="symbolic links"):
         runlog.RunDir(tmp_path / "loop" / "sub", "r", ARGS, kind=KIND)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gone", "loop"]
+
+
+def test_an_overflow_after_the_claim_is_a_divergence_not_an_unfinished_run(tmp_path, capsys):
+    from common import cli
+
+    def main(argv):
+        rd = _rd(tmp_path)
+        rd.log({"round": 0, "loss": 1.0})
+        w = torch.ones(3)
+        w.add_(torch.ones(3), alpha=-1e39)  # a step of lr 1e39: torch cannot hold it in float32
+    with pytest.raises(SystemExit) as e:
+        cli.run(main, [])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 3 and "\n" not in err and "overflow" in err, err
+    summary = (tmp_path / "r" / "summary.json").read_text()
+    assert '"status": "diverged"' in summary
+    with pytest.raises(UsageError, match="already holds a diverged run"):
+        _rd(tmp_path)
+
+
+def test_a_full_disk_outside_the_run_directory_is_one_line(capsys):
+    from common import cli
+
+    def main(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "/somewhere/model.safetensors")
+    with pytest.raises(SystemExit) as e:
+        cli.run(main, [])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and "no space left" in err and "model.safetensors" in err, err
+
+
+def test_no_output_folder_may_lie_in_a_run_directory_but_the_run_itself(tmp_path):
+    from common.errors import check_out_dir
+
+    _finished(tmp_path)
+    run = tmp_path / "r"
+    (tmp_path / "link").symlink_to(run)
+    before = _files(tmp_path)
+    for path in (run, run / "adapter", run / "a" / "b", tmp_path / "link" / "x"):
+        with pytest.raises(UsageError, match="inside the run directory"):
+            check_out_dir(path, "--save_adapter")
+    with pytest.raises(UsageError, match="inside the run directory"):
+        _rd(run, "nested")  # a run whose --out-dir is a finished run
+    assert check_out_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    _rd(tmp_path, resume=True).claim().release()  # the run itself may still resume
+    assert {k: v for k, v in _files(tmp_path).items() if k != "r/args.json"} == \
+        {k: v for k, v in before.items() if k != "r/args.json"}
