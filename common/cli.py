@@ -39,8 +39,10 @@ from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageEr
     UsageError,
     check,
     check_out_dir,
+    no_space,
     read_json,
 )
+from common.flags import FRACTION, POSITIVE_INT, SEED, Number
 
 
 def _both_spellings(names: Sequence[str]) -> list[str]:
@@ -84,6 +86,14 @@ class ArgumentParser(argparse.ArgumentParser):
         group = super().add_mutually_exclusive_group(**kwargs)
         group.add_argument = functools.partial(_add_argument, group.add_argument)
         return group
+
+    def _get_value(self, action, arg_string):
+        try:
+            return super()._get_value(action, arg_string)
+        except argparse.ArgumentError as e:
+            if isinstance(action.type, Number) and e.message.startswith("must be"):  # "--rounds must be ..."
+                raise argparse.ArgumentError(None, f"{_flag_name(action)} {e.message}") from None
+            raise
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -146,7 +156,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) ->
 
 def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str = "runs") -> None:
     g = parser.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=seed, help="global seed; client streams derive from it")
+    g.add_argument("--seed", type=SEED, default=seed, help="global seed; client streams derive from it")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--out-dir", default=out_dir, help="parent folder of run directories")
     g.add_argument("--run-name", default=None, help="run directory name (default: derived from the settings)")
@@ -170,11 +180,12 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
 def add_fed_args(parser: argparse.ArgumentParser, *, num_clients: int = 10, rounds: int | None = None,
                  participation_rate: float = 1.0, eval_every: int = 1) -> None:
     g = parser.add_argument_group("federation")
-    g.add_argument("--num-clients", type=int, default=num_clients, help="number of clients K")
-    g.add_argument("--rounds", type=int, default=rounds, help="communication rounds")
-    g.add_argument("--participation-rate", type=float, default=participation_rate,
+    g.add_argument("--num-clients", type=POSITIVE_INT, default=num_clients, help="number of clients K")
+    g.add_argument("--rounds", type=POSITIVE_INT, default=rounds, help="communication rounds")
+    g.add_argument("--participation-rate", type=FRACTION, default=participation_rate,
                    help="fraction C of clients sampled each round (without replacement)")
-    g.add_argument("--eval-every", type=int, default=eval_every, help="evaluate the global model every N rounds")
+    g.add_argument("--eval-every", type=POSITIVE_INT, default=eval_every,
+                   help="evaluate the global model every N rounds")
 
 
 def validate_fed_args(args: argparse.Namespace) -> None:
@@ -203,12 +214,32 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def _said_in_words(e: BaseException) -> None:
+    """Failures that are not bugs, as ``UsageError`` / ``Diverged``: a full disk (exit 2; the run directory's
+    own writes already say which checkpoint is kept) and an arithmetic overflow, e.g. a learning rate of 1e38
+    that no float32 step can hold (the run diverged: exit 3, ``status: diverged`` in its summary.json, so a
+    rerun is told what happened instead of finding an "unfinished" run). Anything else is raised again."""
+    from common import runlog
+
+    full = no_space(e)
+    if full is not None:
+        raise UsageError(f"no space left on the device writing {full.filename or 'a file'}; files written "
+                         "atomically (checkpoints, summaries) keep their last complete version; free some space "
+                         "and rerun") from None
+    if isinstance(e, OverflowError) or "without overflow" in str(e):
+        runlog.overflowed(" ".join(str(e).split())[:120])
+    raise e
+
+
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
     """Entry point: run ``main``; a ``UsageError`` becomes one line on stderr and exit status 2, ``Diverged``
     one line and exit status 3. Run-directory locks still held are released either way."""
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script"
     try:
-        main(argv)
+        try:
+            main(argv)
+        except (OSError, RuntimeError, OverflowError) as e:
+            _said_in_words(e)
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None

@@ -2,9 +2,14 @@
 
 Keys are flag names (``num_rounds``, ``num-rounds`` or ``--num-rounds``: any spelling the script accepts),
 values what the flag would take (lists for flags taking several values). Precedence: parser defaults <
-presets (e.g. ``--quick``'s) < YAML < command line. An unknown key, or a file that is not a mapping, is a
-one-line error. ``common.cli.parse`` goes through ``parse_with_config``, so every script with a ``--config``
-flag (``common.cli.add_run_args`` adds it) reads the file the same way.
+presets (e.g. ``--quick``'s) < YAML < command line. ``common.cli.parse`` goes through ``parse_with_config``,
+so every script with a ``--config`` flag (``common.cli.add_run_args`` adds it) reads the file the same way.
+
+Every value goes through the flag's own argparse conversion (its ``type``, with the range checks of
+``common.flags``' number types, and its ``choices``), exactly as if it had been typed on the command line:
+a YAML config cannot hold what the command line would refuse. On/off flags take YAML booleans only (the
+string ``"false"`` is refused, not read as true); a list only where the flag takes several values; null and
+mappings never. An unknown or repeated key, a file that is not UTF-8 YAML or not a mapping: one line, exit 2.
 
 A script whose ``--config`` used to name something else (mamba_fl's model configs ``pure_ssm_N_layer``, now
 ``--model-config``) sets ``parser.config_legacy = fn``: ``fn(value)`` returns ``{dest: value}`` for an old-style
@@ -20,6 +25,8 @@ from pathlib import Path
 from common.errors import UsageError, check
 
 CONFIG_HELP = "YAML file of flag: value lines (command-line flags override it)"
+# argparse actions that set a boolean and take no value on the command line
+_SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction)
 
 
 def add_config_arg(parser) -> None:
@@ -29,40 +36,147 @@ def add_config_arg(parser) -> None:
         parser.add_argument("--config", default=None, help=CONFIG_HELP)
 
 
-def _dests(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """Every spelling (``num_rounds``, ``num-rounds``) of every flag -> its dest."""
-    out = {}
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every spelling (``num_rounds``, ``num-rounds``) of every flag -> its action (a dest names the first
+    action storing it)."""
+    out: dict[str, argparse.Action] = {}
     for a in parser._actions:
-        if a.dest in ("help", argparse.SUPPRESS):
+        if a.dest in ("help", argparse.SUPPRESS) or not a.option_strings:
             continue
-        out[a.dest] = a.dest
         for opt in a.option_strings:
             if opt.startswith("--"):
-                out[opt[2:]] = a.dest
-                out[opt[2:].replace("-", "_")] = a.dest
+                out.setdefault(opt[2:], a)
+                out.setdefault(opt[2:].replace("-", "_"), a)
+        out.setdefault(a.dest, a)
     return out
 
 
+def _flag(action: argparse.Action) -> str:
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    return (longs or action.option_strings)[0]
+
+
+def _expects(action: argparse.Action) -> str:
+    """What a flag takes, in words, for the messages."""
+    if isinstance(action, _SWITCHES):
+        return "true or false"
+    if action.choices is not None:
+        what = "one of " + ", ".join(map(str, action.choices))
+    else:
+        what = {int: "an integer", float: "a number", None: "a string", str: "a string"}.get(
+            action.type, getattr(action.type, "expects", None) or f"a {getattr(action.type, '__name__', 'value')}")
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        count = f"{action.nargs} " if isinstance(action.nargs, int) else ""
+        return f"a list of {count}values, each {what}"
+    return what
+
+
+def _names_flag(action: argparse.Action, name: str) -> bool:
+    return any(name in (o[2:], o[2:].replace("-", "_")) for o in action.option_strings if o.startswith("--"))
+
+
+def _convert(parser: argparse.ArgumentParser, action: argparse.Action, key: str, value, where: str):
+    """``value`` as the flag's own argparse conversion makes it (type, range and choices), or UsageError."""
+    def refuse(why: str):
+        raise UsageError(f"{where}: {key}: {why}; expected {_expects(action)} for {_flag(action)}")
+
+    if isinstance(action, _SWITCHES):
+        if not isinstance(value, bool):
+            refuse(f"{value!r} is not a boolean (write true or false, unquoted)")
+        # ``no_x: true`` (the store_false flag's name) sets x to false; ``x: false`` (its dest) too
+        negate = isinstance(action, argparse._StoreFalseAction) and _names_flag(action, key.lstrip("-"))
+        return not value if negate else value
+    if action.nargs == 0:  # store_const and the like: nothing to convert
+        refuse("this flag takes no value and cannot be set from a config file")
+    several = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    if isinstance(value, list) and several:
+        items = value
+    elif isinstance(value, (list, tuple)):
+        refuse("a list is not allowed here")
+    else:
+        items = [value] if several else None
+    for v in items if items is not None else [value]:
+        if v is None:
+            refuse("null is not a value (leave the key out to keep the default)")
+        if isinstance(v, dict):
+            refuse("a mapping is not allowed here")
+        if isinstance(v, list):
+            refuse("a nested list is not allowed here")
+        if isinstance(v, bool):
+            refuse(f"{v!r} is a boolean (quote it if you mean the text)")
+        if not isinstance(v, (str, int, float)):
+            refuse(f"{v!r} ({type(v).__name__}) is not a value this flag takes (quote it)")
+    strings = [str(v) for v in items] if items is not None else [str(value)]
+    if items is not None and not strings and action.nargs == "+":
+        refuse("an empty list is not allowed")
+    if isinstance(action.nargs, int) and len(strings) != action.nargs:
+        refuse(f"{len(strings)} values given")
+    try:
+        return parser._get_values(action, strings)
+    except argparse.ArgumentError as e:
+        refuse(e.message)
+
+
+class _Repeated(Exception):
+    pass
+
+
+def _unique_key_loader():
+    """A ``yaml.SafeLoader`` that refuses a key given twice (PyYAML itself silently keeps the last)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: the base class reports it
+                    break
+                if duplicate:
+                    raise _Repeated(f"key {key!r} is given twice (again on line {key_node.start_mark.line + 1}); "
+                                    "give each flag once")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def read_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
-    """The YAML file as {dest: value}, keys checked against the parser's flags."""
+    """The YAML file as {dest: value}: keys checked against the parser's flags, each value converted and
+    checked by its flag's argparse type and choices (as on the command line)."""
     import yaml
 
     path = Path(path)
     check(path.is_file(), f"--config {path} does not exist; expected a YAML file of flag: value lines")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--config {path} is not UTF-8 text (byte {e.start}); expected a YAML file of "
+                         "flag: value lines") from None
+    except OSError as e:
+        raise UsageError(f"--config {path} cannot be read ({e.strerror})") from None
+    try:
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 -- a SafeLoader subclass
+    except _Repeated as e:
+        raise UsageError(f"--config {path}: {e}") from None
     except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0]
+        first = " ".join(str(e).split())[:200]
         raise UsageError(f"--config {path} is not valid YAML ({first})") from None
+    data = {} if data is None else data
     check(isinstance(data, dict), f"--config {path} must be a mapping of flag names to values")
-    dests, out = _dests(parser), {}
+    actions, out = _actions(parser), {}
     for key, value in data.items():
         name = str(key).lstrip("-")
-        dest = dests.get(name, dests.get(name.replace("-", "_")))
-        if dest is None or dest == "config":
+        action = actions.get(name, actions.get(name.replace("-", "_")))
+        if action is None or action.dest == "config":
+            known = sorted({a.dest for a in actions.values() if a.dest != "config"})
             raise UsageError(f"--config {path}: unknown key {key!r}; expected flag names of this script "
-                             f"such as {', '.join(sorted(d for d in set(dests.values()) if d != 'config')[:4])}")
-        out[dest] = value
+                             f"such as {', '.join(known[:4])}")
+        check(action.dest not in out, f"--config {path}: {key} sets {_flag(action)}, which an earlier key "
+                                      "already set; give each flag once")
+        out[action.dest] = _convert(parser, action, str(key), value, f"--config {path}")
     return out
 
 
@@ -78,7 +192,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     old_style = legacy(value) if value and legacy is not None else None
     config = read_config(value, parser) if value and old_style is None else {}
     for flag, values in (presets or {}).items():
-        if getattr(first, flag, False) or config.get(flag):
+        if getattr(first, flag, False) or config.get(flag) is True:
             parser.set_defaults(**values)
     parser.set_defaults(**config)
     parser.config_values = dict(config)

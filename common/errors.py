@@ -6,6 +6,7 @@ modules that report input problems (config, checkpoint, runlog, tracking, flags)
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ class Diverged(Exception):
 
 
 EXIT_USAGE, EXIT_DIVERGED = 2, 3
+RUN_FILE = "args.json"  # a folder holding it is a run directory (``common.runlog``)
 
 
 def check(condition: bool, message: str) -> None:
@@ -39,16 +41,60 @@ def read_json(path: str | os.PathLike, missing: str | None = None) -> object:
         raise UsageError(f"{path}: not JSON ({e})") from None
 
 
-def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir") -> Path:
-    """``path`` can be (or become) a folder we may write in: not a file, and the nearest existing ancestor is
-    a writable folder. Checked without creating anything; ``UsageError`` otherwise."""
+def no_space(error: BaseException) -> OSError | None:
+    """The "no space left" / "quota exceeded" ``OSError`` behind ``error`` (itself, or the cause or context
+    of the error that wraps it: ``torch.save`` reports a failed write as a ``RuntimeError``), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def run_holding(path: str | os.PathLike) -> Path | None:
+    """The run directory that ``path`` is (or lies inside), links resolved, or None."""
+    for folder in (Path(path).resolve(), *Path(path).resolve().parents):
+        if (folder / RUN_FILE).is_file():
+            return folder
+    return None
+
+
+def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir", own_run: bool = False) -> Path:
+    """``path`` can be (or become) a folder we may write in: not a file, no name in it longer than the file
+    system allows, no link on the way that loops or leads nowhere, the nearest existing ancestor is a
+    writable folder, and (unless ``own_run``: the run directory itself, claimed by ``common.runlog``) it is
+    not a run directory nor inside one: only the run itself writes there (its ``--resume`` / ``--extend`` or
+    ``--overwrite``), never another script's output. Checked without creating anything; ``UsageError``
+    otherwise."""
     path = Path(path)
-    check(not path.exists() or path.is_dir(), f"{flag} {path} is a file; expected a folder")
+    try:
+        limit = os.pathconf(".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        check(size <= limit, f"{flag} {str(path)[:60]}...: a name in it is {size} bytes long; file names may be "
+                             f"at most {limit} bytes here")
     probe = path
-    while not probe.exists():
+    while True:
+        try:
+            probe.stat()
+            break
+        except (FileNotFoundError, NotADirectoryError):  # not there (yet), or under a file: look further up
+            check(not os.path.islink(probe), f"{flag} {path}: {probe} is a symbolic link to nothing; remove it or "
+                                             "choose another folder")
+        except OSError as e:  # a link loop (ELOOP), a name too long, a file where a folder should be
+            raise UsageError(f"{flag} {path}: {probe}: {e.strerror}; expected a folder path") from None
         if probe.parent == probe:
             break
         probe = probe.parent
+    if probe == path:
+        check(path.is_dir(), f"{flag} {path} is a file; expected a folder")
     check(probe.is_dir(), f"{flag} {path}: {probe} is a file, not a folder; expected a folder path")
     check(os.access(probe, os.W_OK | os.X_OK), f"{flag} {path}: {probe} is not writable; choose a writable folder")
+    run = None if own_run else run_holding(path)
+    check(run is None, f"{flag} {path} is inside the run directory {run} (it holds {RUN_FILE}); writing there "
+                       "would change that run; choose a folder outside it")
     return path

@@ -14,6 +14,11 @@ shared name                 meaning (the source names it replaces stay accepted)
 ``--runs``                  plot scripts: folder(s) holding run directories
 ==========================  ===========================================================================
 
+Numbers a flag cannot take are refused by its argparse ``type``: ``Number`` and the ready-made ``COUNT``
+(an integer >= 0), ``POSITIVE_INT`` (>= 1), ``SEED`` (0 .. 2**32 - 1: what every RNG we seed accepts),
+``FRACTION`` (in (0, 1]) and ``POSITIVE`` (a finite number > 0). Being types, they apply wherever a value
+comes from: the command line and ``--config`` files alike (``common.config`` converts through them).
+
 ``alias`` adds a shared name for an existing destination (default ``SUPPRESS``: the original flag's default
 stands unless the alias is given); ``add_clients_per_round`` / ``resolve_clients_per_round`` turn a count
 into the participation rate the scripts use.
@@ -21,8 +26,51 @@ into the participation rate the scripts use.
 from __future__ import annotations
 
 import argparse
+import math
 
 from common.errors import check
+
+
+class Number:
+    """An argparse ``type``: an ``int`` or finite ``float`` within bounds (``low_open`` / ``high_open``: the
+    bound itself excluded). Text that is no number is argparse's own "invalid int value: 'x'"; a number out of
+    bounds is ``--flag must be at least 1, got 0`` (``common.cli.ArgumentParser`` names the flag)."""
+
+    def __init__(self, kind: type = int, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False):
+        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+        self.__name__ = kind.__name__  # what argparse names in its own messages
+        fmt = "{:d}".format if kind is int else "{:g}".format
+        if low is not None and high is not None:
+            self.bounds = f"in {'(' if low_open else '['}{fmt(low)}, {fmt(high)}{')' if high_open else ']'}"
+        elif low is not None:
+            self.bounds = f"> {fmt(low)}" if low_open else f"at least {fmt(low)}"
+        elif high is not None:
+            self.bounds = f"< {fmt(high)}" if high_open else f"at most {fmt(high)}"
+        else:
+            self.bounds = "finite"
+        self.expects = f"{'an integer' if kind is int else 'a number'} {self.bounds}"
+
+    def __call__(self, text: str):
+        value = self.kind(text)  # not a number: argparse's own "invalid int value: 'x'"
+        ok = self.kind is int or math.isfinite(value)
+        if ok and self.low is not None:
+            ok = value > self.low if self.low_open else value >= self.low
+        if ok and self.high is not None:
+            ok = value < self.high if self.high_open else value <= self.high
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {self.bounds}, got {value}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"Number({self.expects})"
+
+
+COUNT = Number(int, 0)
+POSITIVE_INT = Number(int, 1)
+SEED = Number(int, 0, 2**32 - 1)
+FRACTION = Number(float, 0.0, 1.0, low_open=True)
+POSITIVE = Number(float, 0.0, low_open=True)
 
 
 def alias(group, *names: str, dest: str, of: str, **kwargs) -> None:
@@ -31,7 +79,7 @@ def alias(group, *names: str, dest: str, of: str, **kwargs) -> None:
 
 
 def add_clients_per_round(group) -> None:
-    group.add_argument("--clients-per-round", type=int, default=None,
+    group.add_argument("--clients-per-round", type=POSITIVE_INT, default=None,
                        help="clients sampled per round, as a count (sets --participation-rate to count / clients)")
 
 

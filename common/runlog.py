@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import errno
 import functools
-import gc
 import hashlib
 import json
 import math
@@ -55,6 +55,7 @@ import sys
 import time
 import weakref
 from collections.abc import Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ import torch
 
 from common import checkpoint as ckpt
 from common import tracking
-from common.errors import Diverged, UsageError, check, check_out_dir
+from common.errors import RUN_FILE, Diverged, UsageError, check, check_out_dir, no_space
 from common.seed import get_rng_state
 
 try:
@@ -72,7 +73,7 @@ try:
 except ImportError:  # Windows: no advisory locks, the directory is not locked
     fcntl = None
 
-ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = "args.json", "metrics.jsonl", "summary.json", "checkpoint.pt"
+ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = RUN_FILE, "metrics.jsonl", "summary.json", "checkpoint.pt"
 LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; a dead process's lock is free again
 # Flags that may change between a run and its resumption without changing its results.
 DEFAULT_IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "num_workers", "data_dir",
@@ -128,12 +129,6 @@ def describe_device(device: str | torch.device | None) -> str:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _caller_kind(depth: int = 2) -> str:
-    """"<folder>/<file stem>" of the calling script, e.g. "mamba_fl/fed_fisher" (the checkpoint kind)."""
-    path = Path(sys._getframe(depth).f_globals.get("__file__", "run"))
-    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -301,6 +296,20 @@ def _where(state: dict) -> str | None:
     return None
 
 
+def check_run_name(name: str, flag: str = "--run-name") -> None:
+    """``name`` can be one folder's name on this file system: not empty, no '/', not '.' / '..', no NUL,
+    and not longer than the file system allows (255 bytes on most)."""
+    check(bool(name) and "/" not in name and "\0" not in name and name not in (".", ".."),
+          f"{flag} {name!r} is not a folder name; expected a name without '/'")
+    limit = 255
+    try:
+        limit = os.pathconf(".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        pass
+    size = len(os.fsencode(name))
+    check(size <= limit, f"{flag} is {size} bytes long; file names may be at most {limit} bytes here")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the run-directory lock
 
@@ -313,9 +322,38 @@ def release_all() -> None:
         rd.release()
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_lock(path: Path, flags: int) -> int:
+    """``os.open`` of the lock file that never follows a symbolic link (the lock's JSON would otherwise be
+    written wherever the link points, outside the run)."""
+    try:
+        return os.open(path, flags | _NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink():
+            raise UsageError(f"{path} is a symbolic link, not a lock file; remove it (nothing else in the run "
+                             "directory needs to change) and rerun") from None
+        raise
+
+
+def overflowed(message: str) -> None:
+    """An arithmetic overflow stopped the run (e.g. a learning rate no float32 step can hold): the run
+    diverged. Every run directory this process has claimed records it (``diverge``); raises ``Diverged``."""
+    for rd in list(_HELD):
+        if rd._claimed:
+            rd.diverge("the step that overflowed", f"values ({message})")
+    raise Diverged(f"arithmetic overflow ({message}) before anything was written; lower the learning rate")
+
+
 def _lock_holder(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8") or "{}")
+        fd = _open_lock(path, os.O_RDONLY)
+    except (OSError, UsageError):
+        return {}
+    try:
+        with os.fdopen(fd, encoding="utf-8") as f:
+            return json.loads(f.read() or "{}")
     except (OSError, ValueError):
         return {}
 
@@ -350,26 +388,25 @@ class RunDir:
         resume: continue from ``checkpoint.pt`` if it exists (else start fresh).
         is_main: False on other ``torchrun`` ranks: they may read the checkpoint, every write is a no-op.
         ignore_on_resume: argument names that may differ on resume.
-        kind: checkpoint kind; default "<folder>/<stem>" of the calling script, so a run directory
-            written by another script is refused rather than half-loaded.
+        kind: the script writing the run, e.g. "mamba_fl/fed_fisher": saved in args.json and every
+            checkpoint, so a run directory written by another script is refused rather than half-loaded.
         device: device the run uses, for args.json (default: ``args["device"]``).
         overwrite / extend: default ``args["overwrite"]`` / ``args["extend"]`` (``--overwrite``, ``--extend``).
         data: ``data_fingerprint(...)`` of what the run read; compared on resume.
         claim: claim at once (for callers with nothing left to validate).
     """
 
-    def __init__(self, out_dir: str | os.PathLike, run_name: str, args: dict | argparse.Namespace,
-                 resume: bool = False, is_main: bool = True,
+    def __init__(self, out_dir: str | os.PathLike, run_name: str, args: dict | argparse.Namespace, *,
+                 kind: str, resume: bool = False, is_main: bool = True,
                  ignore_on_resume: tuple[str, ...] = DEFAULT_IGNORE_ON_RESUME,
-                 kind: str | None = None, device: str | torch.device | None = None,
+                 device: str | torch.device | None = None,
                  overwrite: bool | None = None, extend: bool | None = None, data: dict | None = None,
                  claim: bool = False):
-        if not run_name or "/" in run_name or run_name in (".", ".."):
-            raise UsageError(f"--run-name {run_name!r} is not a folder name; expected a name without '/'")
+        check_run_name(run_name)
         self.path = Path(out_dir) / run_name
         self.args = _normalize_args(args)
         self.is_main = is_main
-        self.kind = kind or _caller_kind()
+        self.kind = kind
         self.resumed = False
         self.data = json.loads(json.dumps(data, default=ckpt.to_jsonable)) if data is not None else None
         self.overwrite = bool(self.args.get("overwrite", False)) if overwrite is None else bool(overwrite)
@@ -391,8 +428,7 @@ class RunDir:
                                                "continues the run in the directory, --overwrite deletes it")
         check(not self.extend or resume, "--extend continues a run for longer: use it with --resume")
         check_out_dir(out_dir, "--out-dir")
-        check(not self.path.exists() or self.path.is_dir(), f"{self.path} is a file; expected a run directory "
-                                                            "(choose another --run-name or --out-dir)")
+        check_out_dir(self.path, "run directory", own_run=True)  # a file, a dangling link or a link loop
         if is_main:  # the other ranks follow rank 0, which may already hold the lock and have claimed
             self._probe_lock()
         ckpt_path = self.path / CHECKPOINT_FILE
@@ -400,6 +436,7 @@ class RunDir:
         if resume and ckpt_path.exists():
             self._saved_meta = self._check_resumable(ignore_on_resume)  # raises before anything is written
             state = ckpt.load_checkpoint(ckpt_path, self.kind)
+            self._check_state(state)
             info = state.get("runlog", {})
             self._check_data(info.get("data"), CHECKPOINT_FILE)
             self._n_rows = int(info.get("rows", 0))
@@ -417,6 +454,7 @@ class RunDir:
             elif contents and not has_run:
                 raise UsageError(f"{self.path} is not empty and holds no run (no {ARGS_FILE}); choose another "
                                  "--run-name or --out-dir (--overwrite only replaces run directories)")
+        self._seen = self._files_state() if is_main else None
         if claim:
             self.claim()
 
@@ -432,6 +470,32 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------------------
     # checks (nothing written)
+
+    def _check_state(self, state: dict) -> None:
+        """A checkpoint that cannot be continued is refused in words, not resumed from a wrong place."""
+        for key in ("round", "epoch", "step"):
+            value = state.get(key)
+            if key in state and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise UsageError(f"cannot resume {self.path}: {CHECKPOINT_FILE} says {key} {value!r}, not a count "
+                                 "of completed work (a whole number >= 0); the file is damaged or not of this "
+                                 "run: start over with --overwrite")
+        bad = _nonfinite_key(state)
+        if bad is not None:
+            raise UsageError(f"cannot resume {self.path}: {CHECKPOINT_FILE} holds non-finite values ({bad}), so "
+                             "there is no finite state to continue from; start over with --overwrite (with a "
+                             "lower learning rate)")
+
+    def _files_state(self) -> tuple:
+        """What the run files are now (name, inode, size, mtime): compared under the lock to see whether another
+        run wrote the directory between the checks and the claim."""
+        out = []
+        for name in (ARGS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, METRICS_FILE):
+            try:
+                st = os.stat(self.path / name)
+            except OSError:
+                continue
+            out.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
 
     def _contents(self) -> list[str]:
         """Names in the directory other than the lock file and temp files of interrupted writes."""
@@ -527,23 +591,18 @@ class RunDir:
     def _probe_lock(self) -> None:
         """Refuse now (before any work) if a live run holds the directory's lock."""
         lock = self.path / LOCK_FILE
-        if fcntl is None or not lock.is_file():
+        if fcntl is None or not os.path.lexists(lock):
             return
-        for attempt in range(2):
-            try:
-                fd = os.open(lock, os.O_RDONLY)
-            except OSError:
-                return
-            try:
-                if _try_flock(fd, exclusive=False):
-                    return  # nobody holds it: a stale lock file of a dead process
-            finally:
-                os.close(fd)
-            holder = _lock_holder(lock)
-            if attempt == 0 and holder.get("pid") == os.getpid():
-                gc.collect()  # a RunDir of this process that is only garbage still holds it
-                continue
-            raise _busy(self.path, holder)
+        try:
+            fd = _open_lock(lock, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            if _try_flock(fd, exclusive=False):
+                return  # nobody holds it: a stale lock file of a dead process
+        finally:
+            os.close(fd)
+        raise _busy(self.path, _lock_holder(lock))
 
     # ------------------------------------------------------------------------------------------------------
     # claiming: the lock, then the writes
@@ -552,17 +611,13 @@ class RunDir:
         if fcntl is None:
             return
         lock = self.path / LOCK_FILE
-        for attempt in range(4):
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        for _ in range(4):
+            fd = _open_lock(lock, os.O_RDWR | os.O_CREAT)
             if not _try_flock(fd, exclusive=True):
                 os.close(fd)
-                holder = _lock_holder(lock)
-                if attempt == 0 and holder.get("pid") == os.getpid():
-                    gc.collect()
-                    continue
-                raise _busy(self.path, holder)
+                raise _busy(self.path, _lock_holder(lock))
             try:  # the file may have been released and unlinked between our open and flock: retry
-                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+                same = os.lstat(lock).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
             if not same:
@@ -583,7 +638,7 @@ class RunDir:
             return
         try:
             lock = self.path / LOCK_FILE
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+            if os.lstat(lock).st_ino == os.fstat(fd).st_ino:
                 lock.unlink()
         except OSError:
             pass
@@ -606,6 +661,11 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         try:
+            if self._files_state() != self._seen:  # checked again under the lock: another run came in between
+                raise UsageError(f"{self.path} was written by another run while this one was starting (it now "
+                                 f"holds {', '.join(n for n, *_ in self._files_state()) or 'no run files'}); "
+                                 "nothing was changed; rerun to see what it holds, or choose another "
+                                 "--run-name / --out-dir")
             for tmp in self.path.rglob("*.tmp"):  # interrupted atomic writes (we hold the lock: none is live)
                 if tmp.is_file():
                     tmp.unlink(missing_ok=True)
@@ -632,12 +692,28 @@ class RunDir:
                 meta = {"args": self.args, "script": self.kind, "argv": sys.argv, "git_commit": git_commit(),
                         "versions": versions(), "device": self._device_name, "hostname": socket.gethostname(),
                         "started_at": _now(), "resumes": [], "data": self.data}
-            ckpt.atomic_write_json(self.path / ARGS_FILE, meta)
+            with self._writing(ARGS_FILE):
+                ckpt.atomic_write_json(self.path / ARGS_FILE, meta)
         except BaseException:
             self.release()
             raise
         self._claimed = True
         return self
+
+    @contextmanager
+    def _writing(self, what: str):
+        """A full disk while writing ``what`` is said in one line (exit 2), naming what is kept; the atomic
+        writes leave the previous checkpoint / summary / args.json whole."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            if no_space(e) is None:
+                raise
+            kept = (f"{CHECKPOINT_FILE} keeps {self._checkpoint_at}" if self._checkpoint_at
+                    else "no checkpoint had been saved")
+            self.release()
+            raise UsageError(f"no space left on the device writing {self.path / what}; {kept}; free some space "
+                             "and rerun with --resume") from None
 
     def _write_rows(self, rows: list[dict]) -> None:
         text = "".join(json.dumps(r, default=ckpt.to_jsonable) + "\n" for r in rows)
@@ -678,7 +754,7 @@ class RunDir:
             return
         self.claim()
         line = json.dumps(row, default=ckpt.to_jsonable)
-        with open(self.path / METRICS_FILE, "a", encoding="utf-8") as f:
+        with self._writing(METRICS_FILE), open(self.path / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()
         self._n_rows += 1
@@ -709,7 +785,8 @@ class RunDir:
             state["rng"] = get_rng_state()
         state["runlog"] = {"rows": self._n_rows, "wall_seconds": self.wall_seconds, "saved_at": _now(),
                            "data": self.data}
-        ckpt.save_checkpoint(self.path / CHECKPOINT_FILE, state, self.kind)
+        with self._writing(CHECKPOINT_FILE):
+            ckpt.save_checkpoint(self.path / CHECKPOINT_FILE, state, self.kind)
         self._checkpoint_at = _where(state) or "saved at " + state["runlog"]["saved_at"]
 
     def load_checkpoint(self) -> dict | None:
@@ -725,7 +802,8 @@ class RunDir:
         summary["wall_seconds"] = round(self.wall_seconds, 3)
         if self.is_main:
             self.claim()
-            ckpt.atomic_write_json(self.path / SUMMARY_FILE, summary)
+            with self._writing(SUMMARY_FILE):
+                ckpt.atomic_write_json(self.path / SUMMARY_FILE, summary)
             self.tracker.log_summary(summary)
         return summary
 

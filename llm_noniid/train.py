@@ -52,16 +52,20 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--data-dir", default=None, help="folder with the original files (AG News train.csv/test.csv, "
                    "WikiText wiki.train.raw/wiki.valid.raw); default: the Hugging Face hub")
     g.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for models and datasets")
-    g.add_argument("--max-train-examples", type=int, default=0, help="random subset of the training texts (0: all)")
-    g.add_argument("--max-eval-examples", type=int, default=1000, help="random subset of validation texts (0: all)")
-    g.add_argument("--seq-len", type=int, default=128, help="max tokens per example (eos appended, padding masked)")
+    g.add_argument("--max-train-examples", type=flags.COUNT, default=0,
+                   help="random subset of the training texts (0: all)")
+    g.add_argument("--max-eval-examples", type=flags.COUNT, default=1000,
+                   help="random subset of validation texts (0: all)")
+    g.add_argument("--seq-len", type=flags.POSITIVE_INT, default=128,
+                   help="max tokens per example (eos appended, padding masked)")
     g.add_argument("--tokenizer", default="auto", help="auto (the model's own; bpe for tiny-gpt2) | bpe | a "
                    "folder with vocab.json + merges.txt | a hub name")
-    g.add_argument("--bpe-vocab-size", type=int, default=4096, help="vocabulary of the offline BPE (--tokenizer bpe)")
+    g.add_argument("--bpe-vocab-size", type=flags.POSITIVE_INT, default=4096,
+                   help="vocabulary of the offline BPE (--tokenizer bpe)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="distilgpt2", help="distilgpt2 | gpt2 | tinyllama | qwen-0.5b | hub name | "
                    "local folder | tiny-gpt2 (random 2-layer GPT-2, from scratch)")
-    g.add_argument("--lora-r", type=int, default=8, help="LoRA rank (0: train every parameter)")
+    g.add_argument("--lora-r", type=flags.COUNT, default=8, help="LoRA rank (0: train every parameter)")
     g.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling numerator (scale alpha/r)")
     g.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
     g = p.add_argument_group("partition")
@@ -71,7 +75,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--topic-split", default="mix", help="topic_skew kind: mix (equal client sizes, each client's "
                    "topic mix ~ Dir(alpha); valid for every seed) | labels (each topic split over clients ~ "
                    "Dir(alpha), redrawn until every client has --min-size; Flower's DirichletPartitioner)")
-    g.add_argument("--min-size", type=int, default=2, help="minimum examples per client for --topic-split labels")
+    g.add_argument("--min-size", type=flags.COUNT, default=2,
+                   help="minimum examples per client for --topic-split labels")
     g.add_argument("--style-criterion", default="length", help="style_skew score: length | formality | complexity")
     g.add_argument("--token-skew", default="frequency", help="token_skew kind: frequency | truncation | vocabulary")
     g = p.add_argument_group("algorithm")
@@ -86,32 +91,35 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--clustering", default="none", help="none | data (clients grouped once by their own token "
                    "or topic distribution) | ifca (each client picks the cluster model with the lowest local loss "
                    "every round)")
-    g.add_argument("--num-clusters", type=int, default=0, help="clusters (data: 0 = chosen by silhouette; "
+    g.add_argument("--num-clusters", type=flags.COUNT, default=0, help="clusters (data: 0 = chosen by silhouette; "
                    "ifca: required, >= 2; data with --num-clusters = --num-clients is local training)")
     g.add_argument("--cluster-features", default="tokens", help="data clustering statistic: tokens (unigram "
                    "distribution of the client's training tokens) | topics (its topic histogram)")
-    g.add_argument("--ifca-init-rounds", type=int, default=5, help="IFCA: each starting model is this many "
+    g.add_argument("--ifca-init-rounds", type=flags.COUNT, default=5, help="IFCA: each starting model is this many "
                    "rounds' worth of local steps of its seed client from the initial model (extra compute: "
                    "clusters x this x local steps)")
-    g.add_argument("--ifca-batches", type=int, default=2, help="IFCA: batches of a client's own training data "
+    g.add_argument("--ifca-batches", type=flags.POSITIVE_INT, default=2,
+                   help="IFCA: batches of a client's own training data "
                    "on which it scores every cluster model to choose one")
     g = p.add_argument_group("local training")
-    g.add_argument("--local-epochs", type=int, default=1, help="passes over the client's data per round")
-    g.add_argument("--max-local-steps", type=int, default=0, help="cap on local steps per round (0: no cap)")
-    g.add_argument("--local-steps", type=int, default=0, help="exactly this many local steps per client per round "
+    g.add_argument("--local-epochs", type=flags.POSITIVE_INT, default=1, help="passes over the client's data per round")
+    g.add_argument("--max-local-steps", type=flags.COUNT, default=0, help="cap on local steps per round (0: no cap)")
+    g.add_argument("--local-steps", type=flags.COUNT, default=0,
+                   help="exactly this many local steps per client per round "
                    "(cycling over the client's data as needed; overrides --local-epochs and --max-local-steps), so "
                    "clients of every size and every split do the same work (0: epochs)")
-    g.add_argument("--batch-size", type=int, default=8, help="local batch size (examples)")
+    g.add_argument("--batch-size", type=flags.POSITIVE_INT, default=8, help="local batch size (examples)")
     g.add_argument("--learning-rate", type=float, default=5e-5, help="local learning rate")
     g.add_argument("--local-optimizer", default="adamw", help="adamw | sgd (SCAFFOLD requires sgd)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="local weight decay")
     g.add_argument("--max-grad-norm", type=float, default=0.0, help="clip local gradients to this norm (0: off)")
     g = p.add_argument_group("federation")
-    g.add_argument("--num-rounds", "--rounds", type=int, default=50, help="communication rounds")
-    g.add_argument("--num-clients", type=int, default=10, help="number of clients K")
-    g.add_argument("--participation-rate", type=float, default=1.0, help="fraction of clients per round, in (0, 1]")
+    g.add_argument("--num-rounds", "--rounds", type=flags.POSITIVE_INT, default=50, help="communication rounds")
+    g.add_argument("--num-clients", type=flags.POSITIVE_INT, default=10, help="number of clients K")
+    g.add_argument("--participation-rate", type=flags.FRACTION, default=1.0,
+                   help="fraction of clients per round, in (0, 1]")
     flags.add_clients_per_round(g)
-    g.add_argument("--eval-every", type=int, default=1, help="evaluate the global model every N rounds")
+    g.add_argument("--eval-every", type=flags.POSITIVE_INT, default=1, help="evaluate the global model every N rounds")
     g.add_argument("--client-holdout", type=float, default=0.0, help="fraction of every client's examples held "
                    "out for its personalised perplexity (scored by its own cluster's model; 0: none)")
     cli.add_run_args(p, out_dir="runs/llm_noniid")
@@ -283,7 +291,8 @@ def run(args, rank: int, world: int) -> dict:
     params = P.trainable(model)
     names = [n for n, _ in P.named_trainable(model)]
     n_trainable = P.numel(params)
-    rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, resume=args.resume, device=device,
+    rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, kind="llm_noniid/train",
+                resume=args.resume, device=device,
                 is_main=rank == 0, data=fingerprint)  # a longer --num-rounds on resume needs --extend
     stats = statistics(clients, x_all, y_all, train_data.labels, train_data.num_classes, vocab_size)
 

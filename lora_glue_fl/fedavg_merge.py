@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import checkpoint, cli
+from common import checkpoint, cli, flags
 from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling
 
 
@@ -33,7 +33,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per adapter (normalised)")
     p.add_argument("--shard_manifests", nargs="+", default=None,
                    help="client_<i>.json per adapter: weights = their sample counts")
-    p.add_argument("--svd_rank", type=int, default=8, help="rank of the fused adapter (svd)")
+    p.add_argument("--svd_rank", type=flags.POSITIVE_INT, default=8, help="rank of the fused adapter (svd)")
     p.add_argument("--alpha", type=float, default=None, help="lora_alpha of the fused adapter (default: its rank)")
     p.add_argument("--aggregation", choices=adapters.METHODS, default=None,
                    help="svd (default), naive (average A and B) or exact (stacked factors)")
@@ -52,9 +52,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
                         "(default: dir when --data_dir is given, else hf)")
     g.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
-    g.add_argument("--max_seq_length", type=int, default=128, help="tokens per example (as in training)")
-    g.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on the first N examples only")
-    g.add_argument("--eval_batch_size", type=int, default=32, help="evaluation batch size")
+    g.add_argument("--max_seq_length", type=flags.POSITIVE_INT, default=128, help="tokens per example (as in training)")
+    g.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
+                   help="evaluate on the first N examples only")
+    g.add_argument("--eval_batch_size", type=flags.POSITIVE_INT, default=32, help="evaluation batch size")
     g.add_argument("--cache_dir", default=None, help="Hugging Face cache for models and datasets")
     return p
 

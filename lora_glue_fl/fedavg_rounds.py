@@ -53,8 +53,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--partition", choices=glue_shards.MODES, default=None,
                    help="split the training split here instead of reading --shard_dir: make_shards.py's --mode "
                         "(with --num-clients clients, default 3; --quick alone: iid)")
-    p.add_argument("--num-clients", type=int, default=3, help="clients of --partition (--shard_dir: its manifests)")
-    p.add_argument("--max_train_samples", type=int, default=None,
+    p.add_argument("--num-clients", type=flags.POSITIVE_INT, default=3,
+                   help="clients of --partition (--shard_dir: its manifests)")
+    p.add_argument("--max_train_samples", type=flags.POSITIVE_INT, default=None,
                    help="use the first N training examples (with --partition or --quick; default --quick: 240)")
     p.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
                    help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
@@ -62,24 +63,24 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
     modeling.add_model_args(p)
     g = p.add_argument_group("federation")
-    g.add_argument("--rounds", type=int, default=5, help="communication rounds")
+    g.add_argument("--rounds", type=flags.POSITIVE_INT, default=5, help="communication rounds")
     g.add_argument("--local_epochs", type=float, default=1.0, help="epochs over its shard per client per round")
-    g.add_argument("--local-steps", type=int, default=None,
+    g.add_argument("--local-steps", type=flags.POSITIVE_INT, default=None,
                    help="exactly this many optimizer steps per client per round instead of --local_epochs")
-    g.add_argument("--participation-rate", type=float, default=1.0,
+    g.add_argument("--participation-rate", type=flags.FRACTION, default=1.0,
                    help="fraction of clients per round: every client takes part in every round here (1 only)")
     flags.add_clients_per_round(g)
-    g.add_argument("--batch_size", type=int, default=32, help="local batch size")
+    g.add_argument("--batch_size", type=flags.POSITIVE_INT, default=32, help="local batch size")
     g.add_argument("--learning_rate", type=float, default=2e-4, help="local AdamW learning rate (linear decay)")
     g.add_argument("--aggregation", choices=adapters.METHODS, default=None,
                    help="svd: truncated SVD of the weighted mean dW; naive: average A and B; exact: stacked "
                         "factors (rank grows to the sum of client ranks). Default svd (naive with --skip_svd)")
     g.add_argument("--skip_svd", action="store_true", help="the source's flag for --aggregation naive")
-    g.add_argument("--svd_rank", type=int, default=8, help="rank of the fused adapter (svd)")
+    g.add_argument("--svd_rank", type=flags.POSITIVE_INT, default=8, help="rank of the fused adapter (svd)")
     g.add_argument("--alpha", type=float, default=None, help="lora_alpha of the fused adapter (default: its rank)")
     g.add_argument("--init_adapter", default=None, help="adapter folder to broadcast in round 1 (default: fresh LoRA)")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--lora_r", type=int, default=8, help="rank of the clients' adapters in round 1")
+    g.add_argument("--lora_r", type=flags.POSITIVE_INT, default=8, help="rank of the clients' adapters in round 1")
     g.add_argument("--lora_alpha", type=float, default=8, help="lora_alpha of the round-1 adapters")
     g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
     g.add_argument("--target_modules", nargs="+", default=None,
@@ -89,8 +90,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--eval_each_round", action="store_true", help="evaluate the fused model after every round "
                                                                    "(the last round is always evaluated)")
     g.add_argument("--eval_clients", action="store_true", help="also evaluate every client's model")
-    g.add_argument("--eval_batch_size", type=int, default=32, help="evaluation batch size")
-    g.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on the first N validation examples")
+    g.add_argument("--eval_batch_size", type=flags.POSITIVE_INT, default=32, help="evaluation batch size")
+    g.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
+                   help="evaluate on the first N validation examples")
     g.add_argument("--save_client_adapters", choices=["all", "last", "none"], default="all",
                    help="which rounds keep round_<k>/client_<i>/adapter (fused adapters are always kept)")
     cli.add_run_args(p, seed=42)
@@ -201,7 +203,8 @@ def main(argv=None) -> dict:
         "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), checks.source_tag(args),
         k=len(shards), r=args.svd_rank if args.aggregation == "svd" else None, R=args.rounds, lr=args.learning_rate,
         s=args.seed)
-    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, is_main=D.is_main(), device=device,
+    rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/fedavg_rounds", resume=args.resume,
+                       is_main=D.is_main(), device=device,
                        data=checks.fingerprint(args.task_name, args.data, args.data_dir, splits,
                                                shard_dir=args.shard_dir))
 

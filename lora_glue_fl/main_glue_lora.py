@@ -35,15 +35,17 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
                    help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
                         "(default: dir when --data_dir is given, synthetic with --quick, else hf)")
     p.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
-    p.add_argument("--max_train_samples", type=int, default=None, help="train on the first N examples only")
-    p.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on the first N examples only")
+    p.add_argument("--max_train_samples", type=flags.POSITIVE_INT, default=None,
+                   help="train on the first N examples only")
+    p.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
+                   help="evaluate on the first N examples only")
     modeling.add_model_args(p)
     g = p.add_argument_group("training")
     g.add_argument("--do_train", action="store_true", help="fine-tune on the training split")
     g.add_argument("--do_eval", action="store_true", help="evaluate on the validation split(s) (zero-shot if "
                                                           "not training)")
-    g.add_argument("--per_device_train_batch_size", type=int, default=32, help="training batch size")
-    g.add_argument("--per_device_eval_batch_size", type=int, default=32, help="evaluation batch size")
+    g.add_argument("--per_device_train_batch_size", type=flags.POSITIVE_INT, default=32, help="training batch size")
+    g.add_argument("--per_device_eval_batch_size", type=flags.POSITIVE_INT, default=32, help="evaluation batch size")
     g.add_argument("--learning_rate", type=float, default=2e-4 if lora else 2e-5,
                    help="AdamW learning rate, linear decay to 0" + (" (LoRA takes larger rates)" if lora else ""))
     g.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (may be fractional)")
@@ -51,7 +53,7 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
                 "epochs)", type=float)
     if lora:
         g = p.add_argument_group("LoRA")
-        g.add_argument("--lora_r", type=int, default=8, help="adapter rank")
+        g.add_argument("--lora_r", type=flags.POSITIVE_INT, default=8, help="adapter rank")
         g.add_argument("--lora_alpha", type=float, default=8, help="lora_alpha (scaling alpha / r)")
         g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
         g.add_argument("--target_modules", nargs="+", default=None,
@@ -90,7 +92,8 @@ def run(args, lora: bool = True) -> dict:
     name = args.run_name or runlog.run_name("central_lora" if lora else "full_ft", args.task_name,
                                             checks.source_tag(args), r=args.lora_r if lora else None,
                                             e=args.num_train_epochs, lr=args.learning_rate, s=args.seed)
-    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device)
+    rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/main_glue_lora", resume=args.resume,
+                       device=device)
     done = rd.load_checkpoint()
     if done is not None and done.get("finished") and (rd.path / runlog.SUMMARY_FILE).is_file():
         return json.loads((rd.path / runlog.SUMMARY_FILE).read_text())

@@ -29,21 +29,21 @@ from lora_glue_fl import glue_shards, glue_tasks
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
-    p.add_argument("--k", type=int, default=10, help="number of clients")
+    p.add_argument("--k", type=flags.POSITIVE_INT, default=10, help="number of clients")
     p.add_argument("--mode", choices=glue_shards.MODES, default="iid", help="how to split (see the module doc)")
     flags.alias(p, "--partition", dest="mode", of="--mode", choices=glue_shards.MODES)
-    flags.alias(p, "--num-clients", dest="k", of="--k", type=int)
+    flags.alias(p, "--num-clients", dest="k", of="--k", type=flags.POSITIVE_INT)
     p.add_argument("--overlap_ratio", type=float, default=0.0,
                    help="overlap / category_overlap: fraction of each client's data shared with all, in [0, 1)")
     p.add_argument("--category_key", default=None,
                    help="category / category_overlap: label (or labels; STS-B scores binned) or genre (MNLI, STS-B)")
     p.add_argument("--alpha", type=float, default=1.0,
                    help="dirichlet: concentration of the per-label client proportions (0.1: strong skew, 1: mild)")
-    p.add_argument("--min_per_label", type=int, default=1,
+    p.add_argument("--min_per_label", type=flags.COUNT, default=1,
                    help="dirichlet: redraw until every client holds at least this many examples of every label")
     p.add_argument("--no_bin_stsb", dest="bin_stsb", action="store_false",
                    help="stratify / categorise STS-B by raw score instead of bins of width 0.2")
-    p.add_argument("--seed", type=int, default=42, help="shuffling seed")
+    p.add_argument("--seed", type=flags.SEED, default=42, help="shuffling seed")
     p.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
                    help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
                         "(default: dir when --data_dir is given, synthetic with --quick, else hf)")
@@ -89,12 +89,11 @@ def main(argv=None) -> dict:
     cli.check(args.k >= 1, f"--k must be at least 1, got {args.k}")
     cli.check(args.alpha > 0, f"--alpha must be positive, got {args.alpha}")
     cli.check(args.min_per_label >= 0, f"--min_per_label must be >= 0, got {args.min_per_label}")
-    if args.out_dir is not None:
-        cli.check_out_dir(args.out_dir, "--out_dir")
+    out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")
+    cli.check_out_dir(out, "--out_dir")  # the default too: never a file, a link loop or a run directory
     train = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)["train"]
     info = glue_shards.make_client_splits(train, args.task_name, args.k, args.mode, args.seed, args.overlap_ratio,
                                           args.category_key, args.bin_stsb, args.alpha, args.min_per_label)
-    out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")
     glue_shards.save_shard_manifests(out, info)
     if not args.no_plot:
         plot_histograms(info, out / "label_histograms.png")

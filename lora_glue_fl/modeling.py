@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli
+from common import cli, flags
 from common import distributed as D
 from common import seed as seeding
 from common.evaluate import autocast
@@ -64,22 +64,26 @@ def add_model_args(parser, *, tiny_default: bool = False) -> None:
                    help="tokenizer: a folder (tokenizer.json / tokenizer_config.json, or a RoBERTa BPE folder with "
                         "only vocab.json + merges.txt), a hub name, or 'bpe' (trained on the training texts). "
                         "Default: the model's own tokenizer (AutoTokenizer on its folder); 'bpe' for the tiny model")
-    g.add_argument("--tokenizer_vocab_size", type=int, default=4096, help="vocabulary of a trained 'bpe' tokenizer")
-    g.add_argument("--max_seq_length", type=int, default=128, help="tokens per example (the source used 128)")
+    g.add_argument("--tokenizer_vocab_size", type=flags.POSITIVE_INT, default=4096,
+                   help="vocabulary of a trained 'bpe' tokenizer")
+    g.add_argument("--max_seq_length", type=flags.POSITIVE_INT, default=128,
+                   help="tokens per example (the source used 128)")
     g.add_argument("--cache_dir", default=None, help="Hugging Face cache for models and datasets")
     g = parser.add_argument_group("masked-LM pretraining of the tiny model (its stand-in for RoBERTa's pretraining)")
-    g.add_argument("--pretrain_mlm_steps", type=int, default=0,
+    g.add_argument("--pretrain_mlm_steps", type=flags.COUNT, default=0,
                    help="tiny model only: masked-LM steps on unlabelled task texts before fine-tuning "
                         "(0 = a random base; --quick also defaults to 0). Cached on disk, shared by all runs "
                         "with the same settings")
     g.add_argument("--pretrain_mlm_lr", type=float, default=1e-3, help="AdamW rate of the masked-LM stage")
-    g.add_argument("--pretrain_mlm_batch_size", type=int, default=64, help="sequences per masked-LM step")
-    g.add_argument("--pretrain_mlm_seed", type=int, default=0,
+    g.add_argument("--pretrain_mlm_batch_size", type=flags.POSITIVE_INT, default=64,
+                   help="sequences per masked-LM step")
+    g.add_argument("--pretrain_mlm_seed", type=flags.SEED, default=0,
                    help="seed of the masked-LM stage (fixed, not --seed: every seed of a grid shares one base)")
     g.add_argument("--pretrain_mlm_data_dir", default=None,
                    help="GLUE TSV folder whose training texts (labels unused) feed the masked-LM stage "
                         "(default: the run's own training texts)")
-    g.add_argument("--pretrain_mlm_max_texts", type=int, default=20000, help="at most this many texts for it")
+    g.add_argument("--pretrain_mlm_max_texts", type=flags.POSITIVE_INT, default=20000,
+                   help="at most this many texts for it")
     g.add_argument("--pretrain_mlm_cache", default=None,
                    help="folder of cached masked-LM bases (default: <out-dir>/mlm_cache)")
 

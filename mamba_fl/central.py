@@ -28,11 +28,14 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     mmodel.add_model_args(p)
     lmdata.add_data_args(p, batch_size=16, sharding=False)
     g = p.add_argument_group("training")
-    g.add_argument("--n-epochs", type=float, default=1.0, help="passes over the training split (fractions allowed)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: --n-epochs)")
-    flags.alias(g, "--rounds", dest="max_steps", of="--max-steps (a centralized run's length, in steps)", type=int)
+    g.add_argument("--n-epochs", type=flags.POSITIVE, default=1.0,
+                   help="passes over the training split (fractions allowed)")
+    g.add_argument("--max-steps", type=flags.POSITIVE_INT, default=None,
+                   help="stop after this many steps (default: --n-epochs)")
+    flags.alias(g, "--rounds", dest="max_steps", of="--max-steps (a centralized run's length, in steps)",
+                type=flags.POSITIVE_INT)
     mmodel.add_optimizer_args(g, who="the")
-    g.add_argument("--val-freq", type=int, default=10, help="steps between evaluations")
+    g.add_argument("--val-freq", type=flags.POSITIVE_INT, default=10, help="steps between evaluations")
     mmodel.add_eval_args(p, deltas_help="save .npz parameter snapshots and deltas (since the previous "
                          "evaluation)")
     cli.add_run_args(p)
@@ -60,7 +63,7 @@ def main(argv=None) -> dict:
     name = args.run_name or runlog.run_name("central", args.model_config, b=args.batch_size, steps=total,
                                             lr=args.lr, sgd=args.optimizer == "sgd", data=lmdata.source_tag(args),
                                             quick=args.quick, s=args.seed)
-    rd = runlog.RunDir(args.out_dir, name, args, resume=args.resume, device=device,
+    rd = runlog.RunDir(args.out_dir, name, args, kind="mamba_fl/central", resume=args.resume, device=device,
                        ignore_on_resume=federated.IGNORE_ON_RESUME, data=data.fingerprint)
 
     seed.seed_everything(args.seed)

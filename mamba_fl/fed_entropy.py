@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from common import aggregate, cli, evaluate
+from common import aggregate, cli, evaluate, flags
 from mamba_fl import federated, multiproc
 
 
@@ -53,9 +53,9 @@ METHOD = federated.Method(name="fedentropy", script="fed_entropy", add_client=ad
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = federated.get_args_parser("FedEntropy", add_help, holdout=0.1)
     g = p.add_argument_group("entropy weighting")
-    g.add_argument("--temperature", type=float, default=1.0,
+    g.add_argument("--temperature", type=flags.POSITIVE, default=1.0,
                    help="softmax temperature T of alpha_k = softmax(-H_k / T); lower favours confident clients")
-    g.add_argument("--entropy-blocks", type=int, default=0,
+    g.add_argument("--entropy-blocks", type=flags.COUNT, default=0,
                    help="measure H_k on the first N held-out blocks of each client (0: all; --quick: 16)")
     return p
 

@@ -21,7 +21,7 @@ import weakref
 
 import torch
 
-from common import aggregate, cli, evaluate, fisher, seed
+from common import aggregate, cli, evaluate, fisher, flags, seed
 from mamba_fl import federated, lmdata
 
 _LOCAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its LocalStepFisher (--fisher-method local)
@@ -90,9 +90,9 @@ METHOD = federated.Method(name="fedfisher", script="fed_fisher", add_client=add_
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = federated.get_args_parser("FedFisher", add_help)
     g = p.add_argument_group("Fisher weighting")
-    g.add_argument("--fisher-samples", type=int, default=32,
+    g.add_argument("--fisher-samples", type=flags.POSITIVE_INT, default=32,
                    help="training blocks per client for its Fisher (per-sequence gradients); more is smoother")
-    g.add_argument("--fisher-batch", type=int, default=8, help="sequences per vectorised gradient chunk")
+    g.add_argument("--fisher-batch", type=flags.POSITIVE_INT, default=8, help="sequences per vectorised gradient chunk")
     g.add_argument("--fisher-labels", choices=("empirical", "sampled"), default="empirical",
                    help="empirical: targets from the data (the source); sampled: y ~ model (true Fisher)")
     g.add_argument("--fisher-method", choices=("per_example", "loop", "batch", "local"), default="per_example",
@@ -100,7 +100,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         "batch gradients of those blocks (biased); local: from the batch gradients of the "
                         "client's own consecutive local steps, reused from training (no extra pass; needs "
                         "--local-updates >= 2; empirical labels; the README gives its error)")
-    g.add_argument("--fisher-eps", type=float, default=1e-6,
+    g.add_argument("--fisher-eps", type=flags.POSITIVE, default=1e-6,
                    help="floor relative to the mean Fisher: coordinates whose summed Fisher is below this "
                         "fraction of the mean get (mostly) the FedAvg mean; raise to move toward FedAvg")
     return p

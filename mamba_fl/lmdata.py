@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, evaluate, runlog, shard, text
+from common import cli, evaluate, flags, runlog, shard, text
 
 SPLIT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw"}
 _HEADING = re.compile(r"^ = [^=].* = $")  # top-level article title line of the raw format
@@ -39,10 +39,10 @@ def add_data_args(parser: argparse.ArgumentParser, *, batch_size: int, sharding:
                    help="auto (gpt2 for wikitext2, bpe otherwise) | gpt2 (hub/cache) | bpe (byte-level BPE "
                         "trained on the training split) | word (one token per word) | a local folder with "
                         "vocab.json + merges.txt")
-    g.add_argument("--vocab-size", type=int, default=8192,
+    g.add_argument("--vocab-size", type=flags.POSITIVE_INT, default=8192,
                    help="vocabulary of a trained bpe/word tokenizer; large enough that words are single tokens")
-    g.add_argument("--sequence-length", type=int, default=256, help="tokens per block (--quick: 64)")
-    g.add_argument("--batch-size", type=int, default=batch_size, help="blocks per optimizer step")
+    g.add_argument("--sequence-length", type=flags.POSITIVE_INT, default=256, help="tokens per block (--quick: 64)")
+    g.add_argument("--batch-size", type=flags.POSITIVE_INT, default=batch_size, help="blocks per optimizer step")
     if sharding:
         g.add_argument("--shard", choices=("contiguous", "iid", "topic"), default="contiguous",
                        help="client split of the training blocks: contiguous (the source), iid, or topic "

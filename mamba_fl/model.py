@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from common import cli
+from common import cli, flags
 
 CONFIGS = {f"pure_ssm_{n}_layer": n for n in (1, 2, 4)}
 # --quick: tiny enough that a federated run of a few rounds takes seconds on 2 CPU cores
@@ -30,13 +30,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model-config", default=None,
                    help="source config name, pure_ssm_{1,2,4}_layer; same as --layers N (the old spelling "
                         "--config pure_ssm_N_layer still works; --config FILE.yaml reads flag values)")
-    g.add_argument("--d-model", type=int, default=512, help="hidden size (--quick: 64)")
-    g.add_argument("--d-state", type=int, default=128, help="SSM state size N (--quick: 16)")
-    g.add_argument("--head-dim", type=int, default=64, help="SSM head dimension P (--quick: 16)")
-    g.add_argument("--expand", type=int, default=2, help="inner width = expand * d_model")
-    g.add_argument("--d-conv", type=int, default=4, help="causal depthwise convolution width")
-    g.add_argument("--n-groups", type=int, default=1, help="groups sharing B and C (mamba-ssm default 1)")
-    g.add_argument("--chunk-size", type=int, default=None,
+    g.add_argument("--d-model", type=flags.POSITIVE_INT, default=512, help="hidden size (--quick: 64)")
+    g.add_argument("--d-state", type=flags.POSITIVE_INT, default=128, help="SSM state size N (--quick: 16)")
+    g.add_argument("--head-dim", type=flags.POSITIVE_INT, default=64, help="SSM head dimension P (--quick: 16)")
+    g.add_argument("--expand", type=flags.POSITIVE_INT, default=2, help="inner width = expand * d_model")
+    g.add_argument("--d-conv", type=flags.POSITIVE_INT, default=4, help="causal depthwise convolution width")
+    g.add_argument("--n-groups", type=flags.POSITIVE_INT, default=1,
+                   help="groups sharing B and C (mamba-ssm default 1)")
+    g.add_argument("--chunk-size", type=flags.POSITIVE_INT, default=None,
                    help="SSD chunk length (default min(256, sequence length)); the result does not depend on it, "
                         "but the PyTorch path pads each sequence to a multiple and costs O(chunk^2) per chunk")
     g.add_argument("--kernels", choices=("auto", "torch"), default="auto",
@@ -59,10 +60,10 @@ def config_legacy(value: str) -> dict | None:
 def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
     """Evaluation and artifact flags shared by central.py and the federated driver."""
     g = parser.add_argument_group("evaluation and artifacts")
-    g.add_argument("--eval-blocks", type=int, default=0,
+    g.add_argument("--eval-blocks", type=flags.COUNT, default=0,
                    help="validate on the first N validation blocks (0: all; --quick: 32)")
     g.add_argument("--prompt", default="The", help="prompt of the greedy sample logged at each evaluation")
-    g.add_argument("--sample-tokens", type=int, default=30, help="tokens in the greedy sample (0: none)")
+    g.add_argument("--sample-tokens", type=flags.COUNT, default=30, help="tokens in the greedy sample (0: none)")
     g.add_argument("--save-deltas", action="store_true", help=deltas_help)
     g.add_argument("--delta-tensors", default="mixer.in_proj.weight,mixer.out_proj.weight",
                    help="comma-separated layer tensor names saved by --save-deltas (every layer)")

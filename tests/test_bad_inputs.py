@@ -144,6 +144,9 @@ def paths(tmp_path_factory) -> dict:
     cfg.pop("r", None)
     (broken / "adapter_config.json").write_text(json.dumps(cfg))
     (bad / "llm_half_round.yaml").write_text("num_rounds: 2.5\n")
+    for name, content in CONFIGS.items():
+        (bad / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    (root / "loop").symlink_to(root / "loop")  # a symbolic link loop, for the output-location rows
     # run directories with a corrupt args.json, metrics.jsonl or summary.json (for the plot scripts)
     meta = json.dumps({"args": {"seed": 0}, "script": "x"})
     for name, files in (("corrupt_args", {"args.json": "{not json"}),
@@ -165,6 +168,18 @@ class _Shell:
 
     def __reduce__(self):
         return (os.system, (self.command,))
+
+
+# --config files for the rows below (written into {bad} by the fixture)
+CONFIGS = {
+    "overwrite_string.yaml": 'overwrite: "false"\n', "overwrite_number.yaml": "overwrite: 1\n",
+    "lr_list.yaml": "lr: [0.1, 0.2]\n", "out_dir_list.yaml": "out_dir: [a, b]\n",
+    "mapping.yaml": "model_config: {name: x}\n", "lr_null.yaml": "lr: null\n",
+    "shard_bogus.yaml": "sharding: bogus\n", "dup_key.yaml": "lr: 0.1\nlr: 0.2\n",
+    "binary.yaml": bytes(range(256)), "latin1.yaml": "lr: 0.1 # caf\xe9\n".encode("latin-1"),
+    "lora_lr_list.yaml": "learning_rate: [0.1]\n", "lora_epochs_text.yaml": "num_train_epochs: two\n",
+    "seed_huge.yaml": f"seed: {10**30}\n", "eval_blocks_negative.yaml": "eval_blocks: -1\n",
+}
 
 
 def finish(p: dict, key: str) -> None:
@@ -315,7 +330,7 @@ CASES = [
      ["--adapters", "{adapter}", "--svd_rank", "1000", "--save_adapter", "{runs}/merged"], "--svd_rank"),
     ("merge save over a file", "fedavg_merge", ["--adapters", "{adapter}", "--save_adapter", "{file}"], "is a file"),
     ("merge over an existing adapter", "fedavg_merge", ["--adapters", "{adapter}", "--save_adapter", "{adapter}"],
-     "--overwrite"),
+     "inside the run directory"),
     ("merge manifests of another dataset", "fedavg_merge",
      ["--adapters", "{adapter}", "--shard_manifests", "{bad}/shards_mnli/client_1.json", "--task_name", "sst2",
       "--save_adapter", "{runs}/merged"], "made for 'mnli', not 'sst2'"),
@@ -350,6 +365,102 @@ CASES = [
       for key, dev in (("mamba_fed", "mps"), ("mamba_central", "xpu"), ("vit_fed", "meta"), ("vit_central", "mps"),
                        ("vit_sparse", "xpu"), ("lora_central", "meta"), ("lora_full", "mps"), ("lora_fed", "xpu"),
                        ("llm", "meta"))],
+]
+CASES += [
+    # ---- --config values: the flags' own types and choices, booleans that are booleans, one line each
+    ("config overwrite string against a finished run", "mamba_fed", ["--config", "{bad}/overwrite_string.yaml"],
+     "overwrite: 'false' is not a boolean"),
+    ("config overwrite number", "mamba_central", ["--config", "{bad}/overwrite_number.yaml"], "true or false"),
+    ("config lr list", "mamba_fed", ["--config", "{bad}/lr_list.yaml"], "a list is not allowed"),
+    ("config out dir list", "vit_fed", ["--config", "{bad}/out_dir_list.yaml"], "expected a string for --out-dir"),
+    ("config mapping", "mamba_fed", ["--config", "{bad}/mapping.yaml"], "a mapping is not allowed"),
+    ("config null", "vit_central", ["--config", "{bad}/lr_null.yaml"], "null is not a value"),
+    ("config value outside choices", "vit_fed", ["--config", "{bad}/shard_bogus.yaml"], "invalid choice: 'bogus'"),
+    ("config duplicate key", "vit_sparse", ["--config", "{bad}/dup_key.yaml"], "given twice"),
+    ("config binary file", "lora_central", ["--config", "{bad}/binary.yaml"], "not UTF-8"),
+    ("config latin-1 file", "lora_fed", ["--config", "{bad}/latin1.yaml"], "not UTF-8"),
+    ("config lora lr list", "lora_full", ["--config", "{bad}/lora_lr_list.yaml"], "a list is not allowed"),
+    ("config lora epochs text", "lora_central", ["--config", "{bad}/lora_epochs_text.yaml"], "invalid float value"),
+    ("config llm overwrite string", "llm", ["--config", "{bad}/overwrite_string.yaml"], "not a boolean"),
+    # ---- no script writes into a run directory but the run itself (lora_fed/done is finished by the fixture)
+    ("make_shards into a finished run", "make_shards", ["--quick", "--out_dir", "{runs}/lora_fed/done"],
+     "inside the run directory"),
+    ("make_shards under a finished run", "make_shards", ["--quick", "--out_dir", "{runs}/lora_fed/done/shards"],
+     "inside the run directory"),
+    ("merge into a finished run", "fedavg_merge", ["--adapters", "{adapter}", "--save_adapter",
+                                                   "{runs}/lora_fed/done/merged"], "inside the run directory"),
+    ("lora adapter output into a finished run", "lora_central",
+     ["--run-name", "fresh", "--adapter_output_dir", "{runs}/lora_fed/done/adapter"], "inside the run directory"),
+    ("mamba nested run in a finished run", "mamba_fed", ["--out-dir", "{runs}/lora_fed/done"],
+     "inside the run directory"),
+    ("mamba central nested run", "mamba_central", ["--out-dir", "{runs}/lora_fed/done/sub"],
+     "inside the run directory"),
+    ("vit nested run in a finished run", "vit_fed", ["--out-dir", "{runs}/lora_fed/done/round_1"],
+     "inside the run directory"),
+    ("vit central nested run", "vit_central", ["--out-dir", "{runs}/lora_fed/done"], "inside the run directory"),
+    ("lora nested run in a finished run", "lora_central", ["--out-dir", "{runs}/lora_fed/done"],
+     "inside the run directory"),
+    ("lora fed nested run", "lora_fed", ["--output_root", "{runs}/lora_fed/done", "--run-name", "x"],
+     "inside the run directory"),
+    ("llm nested run in a finished run", "llm", ["--out-dir", "{runs}/lora_fed/done"], "inside the run directory"),
+    # ---- output locations the file system cannot hold: one line before anything is written
+    ("mamba out-dir link loop", "mamba_fed", ["--out-dir", "{root}/loop"], "symbolic links"),
+    ("mamba run directory is a link loop", "mamba_fed", ["--out-dir", "{root}", "--run-name", "loop"],
+     "symbolic links"),
+    ("vit out-dir link loop", "vit_central", ["--out-dir", "{root}/loop/sub"], "symbolic links"),
+    ("lora out-dir link loop", "lora_central", ["--out-dir", "{root}/loop"], "symbolic links"),
+    ("llm out-dir link loop", "llm", ["--out-dir", "{root}/loop"], "symbolic links"),
+    ("make_shards out dir link loop", "make_shards", ["--quick", "--out_dir", "{root}/loop"], "symbolic links"),
+    ("merge save adapter link loop", "fedavg_merge", ["--adapters", "{adapter}", "--save_adapter", "{root}/loop"],
+     "symbolic links"),
+    ("mamba run name 300 characters", "mamba_fed", ["--run-name", "x" * 300], "300 bytes"),
+    ("vit run name 300 characters", "vit_fed", ["--run-name", "x" * 300], "300 bytes"),
+    ("lora run name 300 characters", "lora_central", ["--run-name", "x" * 300], "300 bytes"),
+    ("llm run name 300 characters", "llm", ["--run-name", "x" * 300], "300 bytes"),
+    ("mamba out-dir name 300 characters", "mamba_central", ["--out-dir", "{root}/" + "y" * 300], "300 bytes"),
+    # ---- numbers outside what the code can do: the flags' range-checked types (common.flags.Number)
+    ("mamba seed 10**30", "mamba_fed", ["--seed", str(10**30)], "--seed must be in [0, 4294967295]"),
+    ("mamba central seed negative", "mamba_central", ["--seed", "-1"], "--seed must be in"),
+    ("vit seed 10**30", "vit_fed", ["--seed", str(10**30)], "--seed must be in"),
+    ("vit central seed 10**30", "vit_central", ["--seed", str(10**30)], "--seed must be in"),
+    ("lora seed 10**30", "lora_central", ["--seed", str(10**30)], "--seed must be in"),
+    ("lora fed seed negative", "lora_fed", ["--seed", "-3"], "--seed must be in"),
+    ("lora mlm seed negative", "lora_central", ["--pretrain_mlm_seed", "-1"], "--pretrain_mlm_seed must be in"),
+    ("llm seed 10**30", "llm", ["--seed", str(10**30)], "--seed must be in"),
+    ("make_shards seed 10**30", "make_shards", ["--quick", "--seed", str(10**30), "--out_dir", "{root}/shards"],
+     "--seed must be in"),
+    ("config seed 10**30", "vit_sparse", ["--config", "{bad}/seed_huge.yaml"], "--seed must be in"),
+    ("mamba eval blocks -1", "mamba_fed", ["--eval-blocks", "-1"], "--eval-blocks must be at least 0"),
+    ("mamba central eval blocks -1", "mamba_central", ["--eval-blocks", "-1"], "--eval-blocks must be at least 0"),
+    ("config eval blocks -1", "mamba_fed", ["--config", "{bad}/eval_blocks_negative.yaml"], "must be at least 0"),
+    ("mamba sample tokens -1", "mamba_fed", ["--sample-tokens", "-1"], "--sample-tokens"),
+    ("mamba d-model zero", "mamba_central", ["--d-model", "0"], "--d-model must be at least 1"),
+    ("mamba chunk size zero", "mamba_fed", ["--chunk-size", "0"], "--chunk-size"),
+    ("mamba central n-epochs zero", "mamba_central", ["--n-epochs", "0"], "--n-epochs must be > 0"),
+    ("mamba rounds zero", "mamba_fed", ["--rounds", "0"], "--rounds must be at least 1"),
+    ("vit keep best zero", "vit_central", ["--keep-best", "0"], "--keep-best"),
+    ("vit patience negative", "vit_central", ["--patience", "-1"], "--patience"),
+    ("vit total steps negative", "vit_central", ["--total-steps", "-1"], "--total-steps"),
+    ("vit head warmup negative", "vit_fed", ["--head-warmup", "-1"], "--head-warmup"),
+    ("vit freeze layers negative", "vit_fed", ["--freeze-layers", "-1"], "--freeze-layers"),
+    ("vit calibration rounds negative", "vit_sparse", ["--calibration-rounds", "-1"], "--calibration-rounds"),
+    ("vit calibration batches zero", "vit_sparse", ["--calibration-batches", "0"], "--calibration-batches"),
+    ("vit participation 0", "vit_fed", ["--participation-rate", "0"], "--participation-rate must be in (0, 1]"),
+    ("lora fed participation 0", "lora_fed", ["--participation-rate", "0"], "--participation-rate"),
+    ("lora fed clients zero", "lora_fed", ["--num-clients", "0"], "--num-clients"),
+    ("lora fed batch zero", "lora_fed", ["--batch_size", "0"], "--batch_size"),
+    ("lora eval batch zero", "lora_central", ["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size"),
+    ("lora mlm steps negative", "lora_central", ["--pretrain_mlm_steps", "-1"], "--pretrain_mlm_steps"),
+    ("llm rounds zero", "llm", ["--num-rounds", "0"], "--num-rounds must be at least 1"),
+    ("llm participation 1.5", "llm", ["--participation-rate", "1.5"], "--participation-rate"),
+    ("llm lora rank negative", "llm", ["--lora-r", "-1"], "--lora-r"),
+    ("llm local epochs zero", "llm", ["--local-epochs", "0"], "--local-epochs"),
+    ("llm batch size zero", "llm", ["--batch-size", "0"], "--batch-size"),
+    ("llm eval every zero", "llm", ["--eval-every", "0"], "--eval-every"),
+    ("merge eval batch zero", "fedavg_merge",
+     ["--adapters", "{adapter}", "--eval_batch_size", "0", "--save_adapter", "{root}/merged"], "--eval_batch_size"),
+    ("make_shards min per label negative", "make_shards",
+     ["--quick", "--min_per_label", "-1", "--out_dir", "{root}/shards"], "--min_per_label"),
 ]
 if not ROOT:
     CASES.append(("mamba out-dir unwritable", "mamba_fed", ["--out-dir", "/proc/fedlab"], "not writable"))

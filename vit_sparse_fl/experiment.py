@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from common import cli
+from common import cli, flags
 from common import distributed as D
 from common.evaluate import autocast
 from vit_sparse_fl import data as cifar
@@ -33,7 +33,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, lr: float, weight_decay: 
     g.add_argument("--weights", default=None,
                    help="backbone weights: 'dino' (torch hub cache / download; the default), a path to "
                         "dino_deitsmall16_pretrain.pth, or 'none' for random initialisation (--quick)")
-    g.add_argument("--freeze-layers", type=int, default=0,
+    g.add_argument("--freeze-layers", type=flags.COUNT, default=0,
                    help="freeze the patch embedding and the first N transformer blocks")
     g.add_argument("--head-dropout", type=float, default=0.1, help="dropout before the classifier head")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")

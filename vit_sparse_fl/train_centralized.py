@@ -33,18 +33,19 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
     cli.add_run_args(parser)
     g = parser.add_argument_group("schedule")
-    g.add_argument("--epochs", type=int, default=None, help="training epochs (default 50; --quick: 4)")
-    flags.alias(g, "--rounds", dest="epochs", of="--epochs (a centralized run's length, in epochs)", type=int)
-    g.add_argument("--total-steps", type=int, default=0,
+    g.add_argument("--epochs", type=flags.POSITIVE_INT, default=None, help="training epochs (default 50; --quick: 4)")
+    flags.alias(g, "--rounds", dest="epochs", of="--epochs (a centralized run's length, in epochs)",
+                type=flags.POSITIVE_INT)
+    g.add_argument("--total-steps", type=flags.COUNT, default=0,
                    help="stop after exactly this many SGD steps (the schedule spans them; replaces --epochs): "
                         "to give centralized training the sample-gradient budget of a federated run, "
                         "rounds x clients per round x J (0: --epochs)")
-    g.add_argument("--warmup-epochs", type=int, default=None,
+    g.add_argument("--warmup-epochs", type=flags.COUNT, default=None,
                    help="linear warmup epochs before the cosine decay (default 5; --quick: 1)")
     g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine")
-    g.add_argument("--patience", type=int, default=10,
+    g.add_argument("--patience", type=flags.COUNT, default=10,
                    help="stop after this many epochs without a better validation accuracy (0: never)")
-    g.add_argument("--keep-best", type=int, default=2, help="how many best-model checkpoints to keep")
+    g.add_argument("--keep-best", type=flags.POSITIVE_INT, default=2, help="how many best-model checkpoints to keep")
     cifar.add_data_args(parser)
     exp.add_model_args(parser, lr=0.01, weight_decay=5e-4)
     return parser

@@ -52,26 +52,27 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     cli.add_fed_args(parser, num_clients=100, rounds=None, participation_rate=0.1, eval_every=None)
     parser.set_defaults(num_clients=None, participation_rate=None)
     g = parser.add_argument_group("local training and sharding")
-    g.add_argument("--local-steps", type=int, default=4, help="J: local SGD steps per client per round")
+    g.add_argument("--local-steps", type=flags.POSITIVE_INT, default=4, help="J: local SGD steps per client per round")
     g.add_argument("--sharding", default="iid", choices=["iid", "non_iid"],
                    help="iid: random equal shards; non_iid: pathological, exactly --nc classes per client")
     flags.alias(g, "--partition", dest="sharding", of="--sharding", choices=["iid", "non_iid"])
     flags.add_clients_per_round(g)
-    g.add_argument("--nc", type=int, default=5,
+    g.add_argument("--nc", type=flags.POSITIVE_INT, default=5,
                    help="classes per client for --sharding non_iid (lower = more skew)")
     g.add_argument("--heterogeneity-experiment", action="store_true", help="one non-IID run per --nc-values")
-    g.add_argument("--nc-values", type=int, nargs="+", default=[1, 5, 10, 50], help="Nc values of the sweep")
+    g.add_argument("--nc-values", type=flags.POSITIVE_INT, nargs="+", default=[1, 5, 10, 50],
+                   help="Nc values of the sweep")
     g.add_argument("--local-steps-experiment", action="store_true",
                    help="one run per --j-values, rounds scaled so that rounds x J stays constant")
-    g.add_argument("--j-values", type=int, nargs="+", default=[4, 8, 16], help="J values of the sweep")
-    g.add_argument("--head-warmup", type=int, default=0,
+    g.add_argument("--j-values", type=flags.POSITIVE_INT, nargs="+", default=[4, 8, 16], help="J values of the sweep")
+    g.add_argument("--head-warmup", type=flags.COUNT, default=0,
                    help="federated rounds that train only the head before the main rounds (0: none); with a "
                         "pretrained backbone and a new head, the sparse runs then score a trained head")
     g.add_argument("--interference-window", type=float, default=0.0,
                    help="share of the final rounds in which every evaluation round also measures "
                         "interference: each client's test accuracy on its own classes with its local model "
                         "minus that of the aggregated model (0: off)")
-    g.add_argument("--interference-images", type=int, default=400,
+    g.add_argument("--interference-images", type=flags.COUNT, default=400,
                    help="at most this many test images of each client's own classes score interference "
                         "(the first ones in test-set order; 0: all)")
     cifar.add_data_args(parser)

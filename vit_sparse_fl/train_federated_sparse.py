@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import cli
+from common import cli, flags
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
@@ -43,10 +43,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--mask-strategy", default="least_sensitive", choices=list(sparse.STRATEGIES),
                    help="which coordinates are trained: Fisher-ranked (least/most sensitive), "
                         "by |weight|, or random")
-    g.add_argument("--calibration-rounds", type=int, default=None,
+    g.add_argument("--calibration-rounds", type=flags.COUNT, default=None,
                    help="R: mask calibration rounds with keep share k_r = (1-s)^((r+1)/R) "
                         "(default 5; --quick: 3)")
-    g.add_argument("--calibration-batches", type=int, default=1,
+    g.add_argument("--calibration-batches", type=flags.POSITIVE_INT, default=1,
                    help="Fisher batches per client and calibration round")
     g.add_argument("--fisher-labels", default="sampled", choices=["sampled", "true"],
                    help="--fisher-score fisher only. sampled: y drawn from the model (the true Fisher); "

@@ -15,8 +15,16 @@ import torch
 from common import checkpoint as ck
 from common import runlog
 from common.cli import Diverged, UsageError
-from common.runlog import RunDir, run_name
+from common.runlog import run_name
 from common.seed import seed_everything, set_rng_state
+
+KIND = "common/test_runlog"
+
+
+def RunDir(*args, **kwargs) -> runlog.RunDir:  # noqa: N802 -- the class, with this file's kind by default
+    kwargs.setdefault("kind", KIND)
+    return runlog.RunDir(*args, **kwargs)
+
 
 ARGS = {"seed": 0, "lr": 0.1, "rounds": 6, "layers": (2, 2), "device": "cpu", "quiet": False, "resume": False}
 
@@ -27,7 +35,7 @@ def test_fresh_run_writes_args_json_with_environment(out_dir):
     rd.claim()
     meta = json.loads((out_dir / "fedavg_s0" / "args.json").read_text())
     assert meta["args"] == {**ARGS, "layers": [2, 2]}
-    assert meta["script"] == "common/test_runlog"  # default kind: <folder>/<stem> of the calling file
+    assert meta["script"] == KIND
     assert re.fullmatch(r"[0-9a-f]{40}|unknown", meta["git_commit"])
     assert meta["versions"]["torch"] and torch.__version__.startswith(meta["versions"]["torch"])
     assert meta["versions"]["numpy"] == np.__version__ and meta["versions"]["python"]

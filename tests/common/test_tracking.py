@@ -18,7 +18,7 @@ def test_flatten_keeps_numbers_and_nests_dicts():
 def test_rundir_rows_reach_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
     args = {"seed": 0, "report_to": ["tensorboard"]}
-    rd = runlog.RunDir(tmp_path, "r", args)
+    rd = runlog.RunDir(tmp_path, "r", args, kind="common/test_tracking")
     rows = [{"round": 1, "val_loss": 2.0, "sample": "abc"}, {"round": 2, "val_loss": 1.5, "w": {"0": 0.25}}]
     for row in rows:
         rd.log(row)
@@ -36,7 +36,7 @@ def test_none_writes_nothing_and_flag_is_shared(tmp_path):
     cli.add_run_args(p)
     assert p.parse_args([]).report_to == ["none"]
     assert p.parse_args(["--report_to", "tensorboard"]).report_to == ["tensorboard"]
-    rd = runlog.RunDir(tmp_path, "r", argparse.Namespace(**vars(p.parse_args([]))))
+    rd = runlog.RunDir(tmp_path, "r", argparse.Namespace(**vars(p.parse_args([]))), kind="common/test_tracking")
     rd.log({"round": 1, "x": 1.0})
     assert not (rd.path / tracking.TENSORBOARD_DIR).exists() and not rd.tracker
 
@@ -47,7 +47,7 @@ def test_missing_package_is_one_line(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(cli.UsageError, match="pip install wandb"):
-        runlog.RunDir(tmp_path, "r", {"report_to": ["wandb"]})
+        runlog.RunDir(tmp_path, "r", {"report_to": ["wandb"]}, kind="common/test_tracking")
     assert not (tmp_path / "r").exists()
 
 

@@ -14,7 +14,8 @@ REFS = {"uniform_ppl": 2048.0, "unigram_ppl": 250.0, "unigram_ppl_word": 300.0, 
 
 def _run(root, arm, layers, shard, seed, final, flat=True):
     args = {"layers": layers, "seed": seed, "sequence_length": 64, "shard": shard}
-    rd = RunDir(root, f"{arm}_L{layers}_{'synthetic' if arm == 'central' else shard}_s{seed}", args)
+    name = f"{arm}_L{layers}_{'synthetic' if arm == 'central' else shard}_s{seed}"
+    rd = RunDir(root, name, args, kind="mamba_fl/fed_avg")
     key = "step" if arm == "central" else "round"
     for i in range(1, 6):  # flat: last 20% moves < 5%; else still falling 20% per evaluation
         ppl = final * (1.0 + (0 if flat and i >= 4 else 0.2 * (5 - i)))

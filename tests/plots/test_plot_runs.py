@@ -10,7 +10,7 @@ from common.runlog import RunDir, run_name
 
 def _fake_run(root, method, k, seed, ppls, summary=True):
     args = {"method": method, "num_clients": k, "seed": seed, "out_dir": str(root), "quiet": True, "lr": 0.1}
-    rd = RunDir(root, run_name(method, k=k, s=seed), args)
+    rd = RunDir(root, run_name(method, k=k, s=seed), args, kind="mamba_fl/fed_avg")
     for r, ppl in enumerate(ppls):
         rd.log({"round": r, "ppl": ppl, "step": 10 * r})
     if summary:
