@@ -20,6 +20,9 @@ LLM = ["--quick", "--quiet", "--num-rounds", "2", "--max-train-examples", "96", 
        "--max-local-steps", "2"]
 LORA = ["--quick", "--quiet", "--max_eval_samples", "32"]
 
+# the module's fixture trains 21 tiny runs (about 2.5 min of CPU, counted in the first test's time limit)
+pytestmark = pytest.mark.timeout(1500)
+
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
