@@ -78,20 +78,25 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-def _numpy_reconstruct():
+def _numpy_private(module: str, name: str):
+    """``numpy._core.<module>.<name>`` (NumPy 2), else ``numpy.core.<module>.<name>`` (NumPy 1)."""
+    import importlib
+
     try:
-        from numpy._core.multiarray import _reconstruct  # NumPy 2
-    except ImportError:  # NumPy 1
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
+    except ImportError:
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
 
 
-# Everything a CIFAR-100 pickle may name: NumPy's array reconstruction (under its NumPy 1 and 2 module
-# names) and the bytes encoding of Python 3 protocol-2 pickles. Dicts, lists, strings and numbers need no
-# global. Any other name (``os.system``, ``builtins.eval``, ...) is refused before it is looked up.
+# Everything a CIFAR-100 pickle may name: NumPy's array reconstruction (protocols 2-4: _reconstruct; 5:
+# _frombuffer, under their NumPy 1 and 2 module names) and the bytes encoding of Python 3 protocol-2
+# pickles. Dicts, lists, strings and numbers need no global. Any other name (``os.system``,
+# ``builtins.eval``, ...) is refused before it is looked up.
 _CIFAR_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _numpy_private("multiarray", "_reconstruct")
+       for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _numpy_private("numeric", "_frombuffer")
+       for core in ("core", "_core")},
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,

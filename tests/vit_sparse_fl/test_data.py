@@ -80,11 +80,15 @@ def test_crafted_pickle_is_refused_without_running_its_payload(cifar_dir, tmp_pa
     assert not marker.exists()
 
 
-def test_python3_protocol2_pickle_with_numpy_arrays_is_read(cifar_dir, tmp_path):
-    """A re-saved file (Python 3 bytes via _codecs.encode, a NumPy label array) holds only what is allowed."""
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_python3_pickles_with_numpy_arrays_are_read(cifar_dir, tmp_path, protocol):
+    """A re-saved file (Python 3 bytes, NumPy arrays as protocols 2 to 5 write them) holds only what is allowed."""
     data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
-    root = _copy_with(cifar_dir, tmp_path, "train", {"data": data, "fine_labels": np.array([3, 99]),
-                                                     "filenames": [b"a.png", b"b.png"]})
+    root = tmp_path / "cifar-100-python"
+    shutil.copytree(cifar.find_root(cifar_dir), root)
+    with open(root / "train", "wb") as f:
+        pickle.dump({"data": data, "fine_labels": np.array([3, 99]), "filenames": [b"a.png", b"b.png"]}, f,
+                    protocol=protocol)
     split = cifar.read_split(root, "train")
     assert split.labels.tolist() == [3, 99] and torch.equal(split.images.view(2, -1), torch.from_numpy(data))
 
