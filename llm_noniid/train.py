@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from common import cli, compiled, export, flags, report
+from common import clustering as C
 from common import distributed as dist
 from common import params as P
 from common.checkpoint import atomic_write_json
@@ -31,7 +32,6 @@ from common.scaffold import Scaffold
 from common.seed import client_generator, client_rng, numpy_rng, seed_everything, set_rng_state
 from common.server_opt import make_server_optimizer
 from common.text import derived_cache_dir, load_tokenizer
-from llm_noniid import clustering as C
 from llm_noniid import data as D
 from llm_noniid import failure, fedround
 from llm_noniid.model import add_lora, hub_name, lm_loss, load_base
