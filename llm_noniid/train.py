@@ -502,7 +502,8 @@ def run(args, rank: int, world: int) -> dict:
         "num_clusters": num_clusters, "clusters": assign.tolist(), "clustering": cluster_info,
         "cluster_purity": C.purity(assign, np.array(dominant_topic)) if num_clusters > 1 else None,
         "dominant_topic": dominant_topic,
-        "local_steps_per_round": steps if rows else 0,
+        "local_steps_per_round": rows[-1]["step"] if rows else 0,  # rows, not this session's rounds: a
+        # finished run resumed runs none
         "trainable_params": n_trainable, "bytes_up": bytes_up, "bytes_down": bytes_down,
         "client_sizes": sizes, "vocab_size": vocab_size, "partition_stats": {
             k: v for k, v in stats.items() if k != "clients"},
@@ -519,9 +520,10 @@ def run(args, rank: int, world: int) -> dict:
                             + ("; LoRA adapter in adapter/: PeftModel.from_pretrained" if args.lora_r else ""))
     rd.release()
     if status == "diverged":  # one line, exit status 3 on every rank (summary.json says status: diverged)
-        raise cli.Diverged(f"the run diverged at round {detected['divergence']} (status 'diverged' in "
-                           f"{rd.path / 'summary.json'}); checkpoint.pt keeps round {detected['divergence'] - 1}; "
-                           "lower --learning-rate and rerun with --overwrite")
+        at = detected["divergence"]  # the checkpoint is saved after every round that did not diverge
+        kept = f"checkpoint.pt keeps round {at - 1}" if at > 1 else "no checkpoint was saved (round 1 diverged)"
+        raise cli.Diverged(f"the run diverged at round {at} (status 'diverged' in {rd.path / 'summary.json'}); "
+                           f"{kept}; lower --learning-rate and rerun with --overwrite")
     return summary
 
 
