@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import time
+import weakref
 from collections import defaultdict
 
 import numpy as np
@@ -115,12 +116,11 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
 def run_name_tags(args, server_opt: str = "fedavg") -> dict:
     """Run-name settings (``common.runlog.run_name``) of the shared flags that differ from the defaults,
     so runs of other algorithms get their own directories (nothing for a plain FedAvg run)."""
-    cluster = None if args.clustering == "none" else f"{args.num_clusters or ''}"
     return {args.algorithm: args.algorithm != "fedavg", "mu": args.mu if args.algorithm == "fedprox" else None,
             "wsize": args.algorithm == "scaffold" and args.scaffold_weighting == "size",
             "so": args.server_opt if args.server_opt != server_opt else None,
             "slr": args.server_lr if args.server_lr != 1.0 else None,
-            args.clustering: cluster}
+            "cl": None if args.clustering == "none" else f"{args.clustering}{args.num_clusters or ''}"}
 
 
 def name_suffix(args, server_opt: str = "fedavg") -> str:
@@ -350,7 +350,9 @@ class Federation:
         # wall-clock seconds of the clients' local training and of whole rounds (evaluation, logging and
         # checkpoints excluded); under torchrun each rank times its own clients
         self.timing = {"client_seconds": 0.0, "round_seconds": 0.0}
-        task.fed = self
+        # the task reaches the federation without a reference cycle: an interrupted run's objects (its run
+        # directory's lock with them) go as soon as the last reference does, not at the next garbage collection
+        task.fed = weakref.proxy(self)
 
     # -- clustering: which global model a client starts from ---------------------------------------------
     def ifca_assign_(self, ks) -> None:
@@ -398,7 +400,8 @@ class Federation:
         return 0
 
     def state_dict(self, round_done: int, names: list[str]) -> dict:
-        return {"round": round_done, "clusters": [export.named_state(names, x) for x in self.models],
+        return {"round": round_done, "global": export.named_state(names, self.models[0]),  # cluster 0's
+                "clusters": [export.named_state(names, x) for x in self.models[1:]],  # the other clusters
                 "server": [s.state_dict() for s in self.servers], "algorithm": self.algo.state_dict(),
                 "client_opt": {int(k): _opt_state_to_list(v, self.task.params) for k, v in self.opt_states.items()},
                 "assign": self.assign.tolist(), "cluster_info": self.info, "timing": self.timing,
@@ -406,7 +409,7 @@ class Federation:
 
     def load_state_dict(self, state: dict, names: list[str]) -> int:
         dev = self.models[0][0].device
-        for x, saved in zip(self.models, state["clusters"]):
+        for x, saved in zip(self.models, [state["global"], *state["clusters"]]):
             P.load_(x, [t.to(dev) for t in export.tensors_from_state(saved, names)])
         for s, saved in zip(self.servers, state["server"]):
             s.load_state_dict(saved)
