@@ -59,7 +59,7 @@ def round_args(args, arch: str) -> argparse.Namespace:
         momentum=0.9, weight_decay=1e-4, seed=0, num_clients=args.num_clients,
         participation_rate=args.participation_rate,
         local_steps=args.local_steps, batch_size=args.batch_size, eval_batch_size=4 * args.batch_size,
-        image_size=args.image_size, no_augment=False)
+        image_size=args.image_size, no_augment=False, rounds=args.repeats + 1, eval_every=1, interference_window=0.0)
 
 
 def main(argv=None) -> dict:
