@@ -59,7 +59,7 @@ def round_args(args, arch: str) -> argparse.Namespace:
         momentum=0.9, weight_decay=1e-4, seed=0, num_clients=args.num_clients,
         participation_rate=args.participation_rate,
         local_steps=args.local_steps, batch_size=args.batch_size, eval_batch_size=4 * args.batch_size,
-        image_size=args.image_size, no_augment=False)
+        image_size=args.image_size, no_augment=False, rounds=args.repeats + 1, eval_every=1, interference_window=0.0)
 
 
 def main(argv=None) -> dict:
@@ -99,12 +99,12 @@ def main(argv=None) -> dict:
 
         # ------------------------------------------------------------ one round: client compute vs the rest
         glob = P.clone(params)
-        fed.fed_round(ctx, 0, glob, 0.01)                                     # warm-up
+        fed.plain_rounds(ctx, glob)                                           # warm-up
         splits = []
         for r in range(args.repeats):
             t0 = time.perf_counter()
-            stats = fed.fed_round(ctx, r + 1, glob, 0.01)
-            splits.append((time.perf_counter() - t0, stats["client_seconds"]))
+            timing = fed.plain_rounds(ctx, glob, rounds=r + 2, start=r + 1)   # round r + 1 alone
+            splits.append((time.perf_counter() - t0, timing["client_seconds"]))
         total, client = sorted(splits)[len(splits) // 2]
         other = total - client
         res = dict(train_img_s=n_train / t_dense.median_s, sparse_train_img_s=n_train / t_sparse.median_s,

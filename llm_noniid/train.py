@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import cli, compiled, export, flags, report
+from common import cli, compiled, engine, export, flags, report
+from common import clustering as C
 from common import distributed as dist
 from common import params as P
 from common.checkpoint import atomic_write_json
@@ -29,9 +30,7 @@ from common.evaluate import autocast, perplexity, unigram_perplexity
 from common.runlog import RunDir, data_fingerprint, run_name
 from common.scaffold import Scaffold
 from common.seed import client_generator, client_rng, numpy_rng, seed_everything, set_rng_state
-from common.server_opt import make_server_optimizer
 from common.text import derived_cache_dir, load_tokenizer
-from llm_noniid import clustering as C
 from llm_noniid import data as D
 from llm_noniid import failure, fedround
 from llm_noniid.model import add_lora, hub_name, lm_loss, load_base
@@ -79,28 +78,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="minimum examples per client for --topic-split labels")
     g.add_argument("--style-criterion", default="length", help="style_skew score: length | formality | complexity")
     g.add_argument("--token-skew", default="frequency", help="token_skew kind: frequency | truncation | vocabulary")
-    g = p.add_argument_group("algorithm")
-    g.add_argument("--algorithm", default="fedavg", help="fedavg | fedprox | scaffold | fedavgm | fedadam")
-    g.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight (loss + mu/2 ||w - w_global||^2)")
-    g.add_argument("--server-lr", type=float, default=1.0,
-                   help="server step size: SCAFFOLD eta_g, FedAvg / FedAvgM (1 = plain); FedAdam wants ~1e-2")
-    g.add_argument("--server-momentum", type=float, default=0.9, help="FedAvgM momentum / FedAdam beta1")
-    g.add_argument("--scaffold-weighting", default="uniform", help="SCAFFOLD's means of dy and dc: uniform (the "
-                   "paper's Algorithm 1) | size (both weighted by client size, c = sum_i p_i c_i)")
-    g = p.add_argument_group("clustering (one model per cluster, the algorithm runs inside each cluster)")
-    g.add_argument("--clustering", default="none", help="none | data (clients grouped once by their own token "
-                   "or topic distribution) | ifca (each client picks the cluster model with the lowest local loss "
-                   "every round)")
-    g.add_argument("--num-clusters", type=flags.COUNT, default=0, help="clusters (data: 0 = chosen by silhouette; "
-                   "ifca: required, >= 2; data with --num-clusters = --num-clients is local training)")
+    g = engine.add_algorithm_args(p, momentum_form="heavy-ball", client_opt_state=None, algorithm_help="; fedavgm "
+                                  "| fedadam: the source's names for fedavg with --server-opt fedavgm / fedadam")
     g.add_argument("--cluster-features", default="tokens", help="data clustering statistic: tokens (unigram "
                    "distribution of the client's training tokens) | topics (its topic histogram)")
-    g.add_argument("--ifca-init-rounds", type=flags.COUNT, default=5, help="IFCA: each starting model is this many "
-                   "rounds' worth of local steps of its seed client from the initial model (extra compute: "
-                   "clusters x this x local steps)")
-    g.add_argument("--ifca-batches", type=flags.POSITIVE_INT, default=2,
-                   help="IFCA: batches of a client's own training data "
-                   "on which it scores every cluster model to choose one")
     g = p.add_argument_group("local training")
     g.add_argument("--local-epochs", type=flags.POSITIVE_INT, default=1, help="passes over the client's data per round")
     g.add_argument("--max-local-steps", type=flags.COUNT, default=0, help="cap on local steps per round (0: no cap)")
@@ -129,8 +110,13 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 def validate(args) -> None:
     c = cli.check
     flags.resolve_clients_per_round(args)
-    c(args.algorithm in ALGORITHMS,
-      f"--algorithm {args.algorithm!r} is unknown; expected one of {', '.join(ALGORITHMS)}")
+    if args.algorithm in ("fedavgm", "fedadam"):  # the source's algorithm names for the server optimizers
+        c(args.server_opt in ("fedavg", args.algorithm), f"--algorithm {args.algorithm} contradicts --server-opt "
+                                                         f"{args.server_opt}")
+        args.server_opt = args.algorithm
+    fedround.check_local_optimizer(args.algorithm, args.local_optimizer)
+    engine.check_algorithm_args(args, plain_sgd=args.local_optimizer == "sgd", algorithms=ALGORITHMS,
+                                optimizer_hint="use --local-optimizer sgd")
     c(args.partition in PARTITIONS,
       f"--partition {args.partition!r} is unknown; expected one of {', '.join(PARTITIONS)}")
     c(args.token_skew in TOKEN_SKEWS,
@@ -142,13 +128,9 @@ def validate(args) -> None:
     c(args.num_clients >= 1 and args.num_rounds >= 1, "--num-clients and --num-rounds must be at least 1")
     c(args.eval_every >= 1 and args.local_epochs >= 1 and args.batch_size >= 1,
       "--eval-every, --local-epochs and --batch-size must be at least 1")
-    c(args.learning_rate > 0 and args.mu >= 0 and args.server_lr > 0,
-      "--learning-rate and --server-lr must be > 0, --mu >= 0")
+    c(args.learning_rate > 0, f"--learning-rate must be > 0, got {args.learning_rate}")
     c(args.lora_r >= 0 and args.seq_len >= 4, "--lora-r must be >= 0 and --seq-len >= 4")
-    fedround.check_local_optimizer(args.algorithm, args.local_optimizer)
     c(args.topic_split in TOPIC_SPLITS, f"--topic-split {args.topic_split!r} is unknown; expected mix or labels")
-    c(args.scaffold_weighting in ("uniform", "size"),
-      f"--scaffold-weighting {args.scaffold_weighting!r} is unknown; expected uniform or size")
     c(args.local_steps >= 0 and args.max_local_steps >= 0, "--local-steps and --max-local-steps must be >= 0")
     c(0.0 <= args.client_holdout < 1.0, f"--client-holdout must be in [0, 1), got {args.client_holdout}")
     c(args.max_train_examples >= 0 and args.max_eval_examples >= 0,
@@ -156,16 +138,10 @@ def validate(args) -> None:
     c(args.max_grad_norm >= 0 and args.weight_decay >= 0, "--max-grad-norm and --weight-decay must be >= 0")
     c(args.lora_alpha > 0 and 0 <= args.lora_dropout < 1, "--lora-alpha must be > 0 and --lora-dropout in [0, 1)")
     c(args.min_size >= 0, f"--min-size must be >= 0, got {args.min_size}")
-    c(0 <= args.server_momentum < 1, f"--server-momentum must be in [0, 1), got {args.server_momentum}")
-    c(args.clustering in C.METHODS,
-      f"--clustering {args.clustering!r} is unknown; expected one of {', '.join(C.METHODS)}")
     c(args.cluster_features in C.FEATURES,
       f"--cluster-features {args.cluster_features!r} is unknown; expected tokens or topics")
     c(0 <= args.num_clusters <= args.num_clients,
       f"--num-clusters must be in 0..--num-clients ({args.num_clients}), got {args.num_clusters}")
-    c(args.clustering != "ifca" or args.num_clusters >= 2, "--clustering ifca needs --num-clusters >= 2")
-    c(args.clustering != "none" or args.num_clusters == 0, "--num-clusters needs --clustering data or ifca")
-    c(args.ifca_batches >= 1 and args.ifca_init_rounds >= 1, "--ifca-batches and --ifca-init-rounds must be >= 1")
 
 
 def default_run_name(a) -> str:
@@ -177,7 +153,8 @@ def default_run_name(a) -> str:
     return run_name(a.algorithm, part, cluster, k=a.num_clients, p=a.participation_rate, lr=a.learning_rate,
                     e=None if a.local_steps else a.local_epochs, j=a.local_steps or None,
                     mu=a.mu if a.algorithm == "fedprox" else None,
-                    w="size" if a.algorithm == "scaffold" and a.scaffold_weighting == "size" else None, s=a.seed)
+                    w="size" if a.algorithm == "scaffold" and a.scaffold_weighting == "size" else None,
+                    so=a.server_opt if a.server_opt not in ("fedavg", a.algorithm) else None, s=a.seed)
 
 
 def build_tokenizer(args, train_texts: list[str]):
@@ -309,10 +286,7 @@ def run(args, rank: int, world: int) -> dict:
         assign, cluster_info = C.data_clusters(feats, args.num_clusters)
     num_clusters = args.num_clusters if args.clustering == "ifca" else int(assign.max()) + 1
     cluster_params = [P.clone(params) for _ in range(num_clusters)]
-    opt_name = {"fedavgm": "fedavgm", "fedadam": "fedadam"}.get(args.algorithm, "fedavg")
-    server_opts = [make_server_optimizer(opt_name, cp, lr=args.server_lr, momentum=args.server_momentum,
-                                         form="heavy-ball", betas=(args.server_momentum, 0.99))
-                   for cp in cluster_params]
+    server_opts = [engine.make_server(args, cp) for cp in cluster_params]
     scaffolds = [None] * num_clusters
     if args.algorithm == "scaffold":  # control variates for every client, kept across rounds, per cluster
         for g in range(num_clusters):  # inside a data cluster the means run over its members only
@@ -511,7 +485,8 @@ def run(args, rank: int, world: int) -> dict:
         "num_clusters": num_clusters, "clusters": assign.tolist(), "clustering": cluster_info,
         "cluster_purity": C.purity(assign, np.array(dominant_topic)) if num_clusters > 1 else None,
         "dominant_topic": dominant_topic,
-        "local_steps_per_round": steps if rows else 0,
+        "local_steps_per_round": rows[-1]["step"] if rows else 0,  # rows, not this session's rounds: a
+        # finished run resumed runs none
         "trainable_params": n_trainable, "bytes_up": bytes_up, "bytes_down": bytes_down,
         "client_sizes": sizes, "vocab_size": vocab_size, "partition_stats": {
             k: v for k, v in stats.items() if k != "clients"},
@@ -528,9 +503,10 @@ def run(args, rank: int, world: int) -> dict:
                             + ("; LoRA adapter in adapter/: PeftModel.from_pretrained" if args.lora_r else ""))
     rd.release()
     if status == "diverged":  # one line, exit status 3 on every rank (summary.json says status: diverged)
-        raise cli.Diverged(f"the run diverged at round {detected['divergence']} (status 'diverged' in "
-                           f"{rd.path / 'summary.json'}); checkpoint.pt keeps round {detected['divergence'] - 1}; "
-                           "lower --learning-rate and rerun with --overwrite")
+        at = detected["divergence"]  # the checkpoint is saved after every round that did not diverge
+        kept = f"checkpoint.pt keeps round {at - 1}" if at > 1 else "no checkpoint was saved (round 1 diverged)"
+        raise cli.Diverged(f"the run diverged at round {at} (status 'diverged' in {rd.path / 'summary.json'}); "
+                           f"{kept}; lower --learning-rate and rerun with --overwrite")
     return summary
 
 

@@ -27,7 +27,7 @@ def at_least_one(args, *names: str) -> None:
 
 
 def common_args(args) -> None:
-    """Flags every training script of the subproject shares (before --quick caps any of them)."""
+    """Flags every training script of the subproject shares."""
     positive(args, "learning_rate", "lora_alpha", "alpha", "pretrain_mlm_lr")
     at_least_one(args, "max_train_samples", "max_eval_samples", "max_seq_length", "tokenizer_vocab_size",
                  "per_device_train_batch_size", "per_device_eval_batch_size", "eval_batch_size",

@@ -37,12 +37,20 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from common import cli, compiled, export, flags, report, runlog
+from common import cli, compiled, engine, export, flags, report, runlog
 from common import distributed as D
 from common import seed as seeding
+from common.config import parse_with_config
 from lora_glue_fl import adapters, checks, glue_shards, glue_tasks, modeling
 
-QUICK_TRAIN, QUICK_EVAL = 240, 64  # examples used by --quick (without --shard_dir)
+# what the round engine's flags cannot do here, and why (said in --help, refused in one line)
+NO_SCAFFOLD = ("its control variates live in the clients' parameter space, which the merge re-factorises "
+               "(svd / naive / exact change the LoRA factors)")
+NO_CLUSTERING = "every client takes part in every round and the run keeps one fused adapter"
+QUICK_TRAIN = 240  # training examples used by --quick (without --shard_dir)
+# --quick: tiny model, short sequences, few rounds, a smoke run in seconds (defaults < --quick < YAML < command line)
+QUICK = dict(model_size="tiny", max_seq_length=48, max_eval_samples=64, rounds=2, tokenizer_vocab_size=1000,
+             lora_r=4, lora_alpha=4, svd_rank=4)
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -95,6 +103,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="evaluate on the first N validation examples")
     g.add_argument("--save_client_adapters", choices=["all", "last", "none"], default="all",
                    help="which rounds keep round_<k>/client_<i>/adapter (fused adapters are always kept)")
+    engine.add_algorithm_args(p, client_opt_state=None, scaffold=NO_SCAFFOLD, clustering=NO_CLUSTERING)
     cli.add_run_args(p, seed=42)
     p.add_argument("--output_root", dest="out_dir", default=argparse.SUPPRESS, help="the source's name for --out-dir")
     return p
@@ -102,21 +111,13 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 def resolve_args(args):
     """Fill defaults that depend on other flags, then validate (one line per problem)."""
-    checks.common_args(args)  # before --quick caps anything: nonsense is refused, not clamped
+    checks.common_args(args)
     if args.aggregation is None:
         args.aggregation = "naive" if args.skip_svd else "svd"
     cli.check(not (args.skip_svd and args.aggregation != "naive"), "--skip_svd contradicts --aggregation "
                                                                    f"{args.aggregation}")
     if args.data is None:
         args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
-    if args.quick:  # tiny model, short sequences, few rounds: a smoke run in seconds
-        args.model_size, args.model_name_or_path = "tiny", None
-        args.max_seq_length = min(args.max_seq_length, 48)
-        args.max_eval_samples = min(args.max_eval_samples or QUICK_EVAL, QUICK_EVAL)
-        args.rounds = min(args.rounds, 2)
-        args.tokenizer_vocab_size = min(args.tokenizer_vocab_size, 1000)
-        args.lora_r, args.lora_alpha = min(args.lora_r, 4), min(args.lora_alpha, 4)
-        args.svd_rank = min(args.svd_rank, 4)
     glue_tasks.get_task(args.task_name)
     args.task_name = args.task_name.lower()
     cli.check(args.local_steps is None or args.local_steps >= 1,
@@ -139,6 +140,9 @@ def resolve_args(args):
     cli.check(0.0 <= args.lora_dropout < 1.0, f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
     cli.check(args.shard_dir is not None or args.quick or args.partition is not None,
               "--shard_dir (make it with make_shards.py) or --partition is required")
+    engine.check_algorithm_args(args, plain_sgd=False, optimizer_hint="", scaffold=NO_SCAFFOLD)
+    cli.check(args.server_opt == "fedavg" and args.server_lr == 1.0, "--server-opt / --server-lr: the server "
+              "sets the fused adapter to the merge (a server step on re-factorised adapters has no meaning)")
     return args
 
 
@@ -173,8 +177,13 @@ def build_tokenizer(args, train, rd: runlog.RunDir):
         return modeling.build_tokenizer(args, train, Path(tmp))
 
 
+def parse_args(argv=None):
+    """defaults < --quick < YAML (--config) < command line, then the checks."""
+    return resolve_args(parse_with_config(get_args_parser(), argv, presets={"quick": QUICK}))
+
+
 def main(argv=None) -> dict:
-    args = resolve_args(cli.parse(get_args_parser(), argv))
+    args = parse_args(argv)
     owns_group = not D.is_distributed()  # tests may start the process group themselves
     D.init()
     device = D.device_for_rank(cli.resolve_device(args.device))
@@ -201,6 +210,7 @@ def main(argv=None) -> dict:
     task = glue_tasks.get_task(args.task_name)
     name = args.run_name or runlog.run_name(
         "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), checks.source_tag(args),
+        **engine.run_name_tags(args),
         k=len(shards), r=args.svd_rank if args.aggregation == "svd" else None, R=args.rounds, lr=args.learning_rate,
         s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/fedavg_rounds", resume=args.resume,
@@ -272,6 +282,7 @@ def main(argv=None) -> dict:
     fused = on_device(fused, device)  # where the clients train: each round measures their change from it
 
     # ---- rounds -------------------------------------------------------------------------------------------
+    algo = engine.FedProx(args.mu) if args.algorithm == "fedprox" else engine.FedAvg()  # the clients' hook
     main_metric = task.main_metric
     rows_so_far = rd.rows() if rd.is_main else []  # only rank 0 keeps metrics
     last_metrics = {r["round"]: r for r in rows_so_far if r.get("client") is None and main_metric in r}
@@ -288,10 +299,11 @@ def main(argv=None) -> dict:
         for i in my_clients:
             idx = shards[i]
             model = model_for(fused)  # every client starts from the fused adapter and head
+            algo.client_start(i, [p.detach().clone() for p in model.parameters() if p.requires_grad])
             t_client = time.perf_counter()
             stats = modeling.train_local(model, train_enc, idx, epochs=args.local_epochs, batch_size=args.batch_size,
                                          lr=args.learning_rate, seed=args.seed, round_idx=rnd, client=i, device=device,
-                                         forward=state["forward"], steps=args.local_steps)
+                                         forward=state["forward"], steps=args.local_steps, adjust=algo.adjust_grads)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timing["client_seconds"] += time.perf_counter() - t_client

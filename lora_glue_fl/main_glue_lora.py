@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from common import checkpoint, cli, compiled, export, flags, report, runlog
 from common import seed as seeding
+from common.config import parse_with_config
 from lora_glue_fl import adapters, checks, glue_tasks, modeling
 
 
@@ -71,18 +72,9 @@ def run(args, lora: bool = True) -> dict:
         args.do_train = args.do_eval = True
     if args.data is None:
         args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
-    checks.common_args(args)  # before --quick caps anything: nonsense is refused, not clamped
+    checks.common_args(args)
     if args.adapter_output_dir if lora else None:
         cli.check_out_dir(args.adapter_output_dir, "--adapter_output_dir")
-    if args.quick:
-        args.model_size, args.model_name_or_path = "tiny", None
-        args.max_seq_length = min(args.max_seq_length, 48)
-        args.num_train_epochs = min(args.num_train_epochs, 1.0)
-        args.max_train_samples = min(args.max_train_samples or 240, 240)
-        args.max_eval_samples = min(args.max_eval_samples or 64, 64)
-        args.tokenizer_vocab_size = min(args.tokenizer_vocab_size, 1000)
-        if lora:
-            args.lora_r, args.lora_alpha = min(args.lora_r, 4), min(args.lora_alpha, 4)
     task = glue_tasks.get_task(args.task_name)
     args.task_name = args.task_name.lower()
     cli.check(args.num_train_epochs > 0, f"--num_train_epochs must be positive, got {args.num_train_epochs}")
@@ -189,8 +181,14 @@ def run(args, lora: bool = True) -> dict:
     return summary
 
 
+# --quick: tiny model, short sequences, few examples (defaults < --quick < YAML < command line)
+QUICK = dict(model_size="tiny", max_seq_length=48, num_train_epochs=1.0, max_train_samples=240, max_eval_samples=64,
+             tokenizer_vocab_size=1000)
+QUICK_LORA = QUICK | dict(lora_r=4, lora_alpha=4)
+
+
 def main(argv=None) -> dict:
-    return run(cli.parse(get_args_parser(), argv), lora=True)
+    return run(parse_with_config(get_args_parser(), argv, presets={"quick": QUICK_LORA}), lora=True)
 
 
 if __name__ == "__main__":

@@ -245,14 +245,15 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None
 # ---------------------------------------------------------------------------------------------------------
 def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int, lr: float, seed: int,
                 round_idx: int, client: int, device, max_grad_norm: float = 1.0, on_epoch=None,
-                forward=None, steps: int | None = None) -> dict:
+                forward=None, steps: int | None = None, adjust=None) -> dict:
     """Fine-tune the trainable parameters of ``model`` on ``data[indices]`` for ``epochs`` (may be fractional).
 
     Returns {"steps", "loss"} (mean training loss). Batches and dropout use the (seed, round, client) streams.
     ``on_epoch(epoch, mean_loss)`` is called after every full pass and after the last step (centralized runs
     evaluate there); it must leave the model's parameters unchanged. ``forward``: the module the steps call
     (``torch.compile(model)`` with ``--compile``; default ``model``). ``steps``: exactly this many optimizer
-    steps instead of ``epochs`` passes (the schedule spans them).
+    steps instead of ``epochs`` passes (the schedule spans them). ``adjust(params)``: changes the clipped
+    gradients before each step (a federated client algorithm's hook, e.g. FedProx's proximal term).
     """
     forward = model if forward is None else forward
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
@@ -274,6 +275,8 @@ def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int
                 loss = forward(**data.batch(b, device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            if adjust is not None:
+                adjust(params)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)

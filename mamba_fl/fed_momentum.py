@@ -19,20 +19,13 @@ METHOD = federated.Method(name="fedmomentum", script="fed_momentum", server="fed
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = federated.get_args_parser("FedMomentum", add_help)
-    g = p.add_argument_group("server momentum")
-    g.add_argument("--server-momentum", type=float, default=0.9, help="momentum beta of the server buffer")
-    g.add_argument("--server-lr", type=float, default=1.0, help="server step size on the momentum buffer")
-    g.add_argument("--momentum-form", choices=("ema", "heavy-ball"), default="ema",
-                   help="ema: m <- b m + (1-b) d (the source); heavy-ball: m <- b m + d (FedAvgM, Flower)")
-    return p
+    # fed_avg.py with --server-opt fedavgm as the default (--server-momentum, --server-lr, --momentum-form)
+    return federated.get_args_parser("FedMomentum", add_help, server_opt="fedavgm")
 
 
 def main(argv=None) -> dict:
     parser = get_args_parser()
     args = cli.parse(parser, argv)
-    cli.check(0.0 <= args.server_momentum < 1.0, f"--server-momentum must be in [0, 1), got {args.server_momentum}")
-    cli.check(args.server_lr > 0, f"--server-lr must be positive, got {args.server_lr}")
     return federated.run(args, METHOD, federated.explicit_dests(parser, argv))
 
 

@@ -1,43 +1,45 @@
-"""The federated round loop shared by fed_avg.py, fed_momentum.py, fed_entropy.py and fed_fisher.py.
+"""What fed_avg.py, fed_momentum.py, fed_entropy.py and fed_fisher.py share: their flags and the task the
+federated round engine (``common.engine``) runs.
 
-Each round: sample clients; for each, load the global parameters IN PLACE into the one model object (no
-copy of the model per client), run ``--local-updates`` AdamW steps on batches drawn from the client's own
-stream ``common.seed.client_generator(seed, round, client)``, then add the client's parameters to a
-streaming aggregator through the method's hook (plain weights, entropy weights, or its Fisher). The server
-then moves the global parameters to the aggregate (FedAvg) or applies its optimizer to the
-pseudo-gradient (FedMomentum). Evaluation of the global model every ``--val-freq`` rounds.
+Each round: sample clients; for each, load its (cluster's) global parameters IN PLACE into the one model
+object (no copy of the model per client), run ``--local-updates`` optimizer steps on batches drawn from the
+client's own stream ``common.seed.client_generator(seed, round, client)`` (with the client algorithm's
+gradient hook: ``--algorithm fedprox`` / ``scaffold``), then add the client's parameters to a streaming
+aggregator through the method's hook (plain weights, entropy weights, or its Fisher). The server then
+moves the global parameters to the aggregate (FedAvg) or applies its optimizer to the pseudo-gradient
+(``--server-opt fedavgm``: FedMomentum; ``fedadam``). Evaluation of the global model every ``--val-freq``
+rounds.
 
 Unlike the source, every selected client starts every round from the global model (the source never
 re-synced clients, so its "aggregation" merged independently trained models and ``local_updates`` had no
 effect).
 
-Client optimizer (``--optimizer``, default AdamW as in the source) with ``--client-opt-state persist`` by
-default: each client keeps its AdamW moments across rounds (memory: 2 x parameters per client), so
-one-client FedAvg is exactly centralized AdamW on the same batches and any gap to centralized training is
-federation's, not the optimizer's. ``reset`` (a fresh AdamW per client per round) makes a one-step client
-update lr * g / |g| per coordinate, i.e. FedAvg then averages sign steps; ``--optimizer sgd`` is plain
-local SGD (no state at all).
+Client optimizer (``--optimizer``, default AdamW as in the source; plain SGD with ``--algorithm scaffold``)
+with ``--client-opt-state persist`` by default: each client keeps its AdamW moments across rounds (memory:
+2 x parameters per client), so one-client FedAvg is exactly centralized AdamW on the same batches and any
+gap to centralized training is federation's, not the optimizer's. ``reset`` (a fresh AdamW per client per
+round) makes a one-step client update lr * g / |g| per coordinate, i.e. FedAvg then averages sign steps;
+``--optimizer sgd`` is plain local SGD (no state at all). ``--clustering ifca`` / ``data`` keeps one model
+per cluster (evaluated each, the log's val_loss weighted by the clients each serves; <run>/model is
+cluster 0's).
 
-Under ``torchrun`` each process trains its share of the round's clients (``common.distributed``, balanced
-by shard size) into its own aggregator; after a small all-gather of the clients' metrics, one all-reduce
-sums the aggregators and every process applies the same server step. Every process scores its share of
-the validation batches (one more all-reduce); rank 0 alone logs and checkpoints. Without torchrun this
-is the plain single-process loop.
+Under ``torchrun`` each process trains its share of the round's clients (balanced by shard size) into its
+own aggregator; the engine's one all-reduce sums them and every process applies the same server step.
+Every process scores its share of the validation batches (one more all-reduce); rank 0 alone logs and
+checkpoints. Without torchrun this is the plain single-process loop.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from common import aggregate, cli, compiled, distributed, evaluate, export, flags, params, runlog, seed, server_opt
+from common import aggregate, cli, compiled, distributed, engine, evaluate, export, flags, params, runlog, seed
+from common.clustering import token_distribution
 from mamba_fl import deltas, lmdata, multiproc
 from mamba_fl import model as mmodel
 
@@ -49,7 +51,8 @@ IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_d
 # ----------------------------------------------------------------------------------------------------------
 # arguments
 
-def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0) -> cli.ArgumentParser:
+def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0,
+                    server_opt: str = "fedavg") -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=f"Federated Mamba2 language model: {method}", add_help=add_help)
     mmodel.add_model_args(p)
     lmdata.add_data_args(p, batch_size=4, sharding=True)
@@ -63,13 +66,10 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0) ->
     flags.alias(g, "--local-steps", dest="local_updates", of="--local-updates", type=int)
     flags.alias(g, "--partition", dest="shard", of="--shard", choices=("contiguous", "iid", "topic"))
     flags.add_clients_per_round(g)
-    mmodel.add_optimizer_args(g, who="client")
-    g.add_argument("--client-opt-state", choices=("reset", "persist"), default="persist",
-                   help="persist (default): each client keeps its AdamW moments across rounds, so FedAvg "
-                        "compares with centralized AdamW; reset: a fresh AdamW per client per round (a one-step "
-                        "update is then lr * sign(g): FedAvg averages sign steps)")
+    mmodel.add_optimizer_args(g, who="client (sgd with --algorithm scaffold)")
     g.add_argument("--holdout-fraction", type=float, default=holdout,
                    help="fraction of each client's blocks held out of training (FedEntropy measures on it)")
+    engine.add_algorithm_args(p, server_opt=server_opt, momentum_form="ema", client_opt_state="persist")
     mmodel.add_eval_args(p, deltas_help="save .npz snapshots (server) and deltas (server, clients) at each "
                          "evaluation")
     cli.add_run_args(p)
@@ -96,6 +96,8 @@ def finish_args(args: argparse.Namespace, explicit: set[str]) -> None:
         for k, v in quick.items():
             if k not in explicit and hasattr(args, k):
                 setattr(args, k, v)
+    if getattr(args, "algorithm", None) == "scaffold" and "optimizer" not in explicit:
+        args.optimizer = "sgd"  # SCAFFOLD's control variates assume plain SGD steps
     cli.check(args.sequence_length >= 2, f"--sequence-length must be at least 2, got {args.sequence_length}")
     cli.check(args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}")
     cli.check(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number, got {args.lr}")
@@ -108,6 +110,8 @@ def finish_args(args: argparse.Namespace, explicit: set[str]) -> None:
         cli.check(0.0 <= args.holdout_fraction < 1.0,
                   f"--holdout-fraction must be in [0, 1), got {args.holdout_fraction}")
         cli.check(args.n_epochs > 0, f"--n-epochs must be positive, got {args.n_epochs}")
+        engine.check_algorithm_args(args, plain_sgd=args.optimizer == "sgd",
+                                    optimizer_hint=f"--optimizer {args.optimizer}; use --optimizer sgd")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,7 +130,7 @@ class Method:
     """What differs between the federated scripts.
 
     make_aggregator(args, like) -> aggregator; add_client(ctx, agg, client) adds the trained client (the
-    model holds its final parameters) and returns metrics for the log; server: common.server_opt name.
+    model holds its final parameters) and returns metrics for the log; server: --server-opt's default.
     """
     name: str
     script: str
@@ -186,8 +190,10 @@ def client_batch_indices(train_idx: np.ndarray, seed_: int, round_idx: int, clie
     return [train_idx[flat[u * batch_size:(u + 1) * batch_size]] for u in range(local_updates)]
 
 
-def train_steps(model, opt, blocks: torch.Tensor, steps: list[np.ndarray], pad_id: int, device) -> torch.Tensor:
-    """One AdamW step per entry of ``steps``; returns the summed loss as a device tensor (no host sync)."""
+def train_steps(model, opt, blocks: torch.Tensor, steps: list[np.ndarray], pad_id: int, device,
+                adjust: Callable | None = None) -> torch.Tensor:
+    """One optimizer step per entry of ``steps``; returns the summed loss as a device tensor (no host sync).
+    ``adjust(params)`` changes the gradients before each step (the client algorithm's hook)."""
     total = torch.zeros((), device=device)
     for idx in steps:
         rows = torch.as_tensor(idx).to(blocks.device, non_blocking=True)
@@ -195,23 +201,12 @@ def train_steps(model, opt, blocks: torch.Tensor, steps: list[np.ndarray], pad_i
         with evaluate.autocast(device):
             loss = model(**batch).loss
         loss.backward()
+        if adjust is not None:
+            adjust([p for g in opt.param_groups for p in g["params"]])
         opt.step()
         opt.zero_grad(set_to_none=True)
         total += loss.detach().float()
     return total
-
-
-def _opt_state_to_list(state: dict, plist) -> list[dict]:
-    """An optimizer's per-parameter state keyed by position (parameter objects do not pickle by identity)."""
-    return [{k: (v.cpu().clone() if torch.is_tensor(v) else v) for k, v in state.get(p, {}).items()} for p in plist]
-
-
-def _opt_state_from_list(states: list[dict], plist, device) -> dict:
-    out = {}
-    for p, s in zip(plist, states):
-        if s:
-            out[p] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in s.items()}
-    return out
 
 
 def evaluate_global(ctx: Context, valid: torch.Tensor) -> dict:
@@ -258,9 +253,111 @@ def _main_first(fn: Callable):
     return out
 
 
+class MambaTask(engine.Task):
+    """The rounds' task for ``common.engine``: the one Mamba2 model, each client's own block stream, the
+    method's aggregator hook, evaluation of the global model (of each cluster's, weighted by the clients
+    it serves) every ``--eval-every`` rounds."""
+
+    def __init__(self, args, method: Method, ctx: Context, clients: list[Client], opt, valid, rd, snaps, names):
+        self.args, self.method, self.ctx, self.clients = args, method, ctx, clients
+        self.params, self.device, self.optimizer, self.valid = ctx.params, ctx.device, opt, valid
+        self.rd, self.snaps, self.names = rd, snaps, names
+        self.name, self.metric = method.name, "val_ppl"
+        self.sizes = [c.weight for c in clients]
+        self.rounds, self.eval_every, self.seed = args.rounds, args.eval_every, args.seed
+        self.per_round = engine.clients_per_round(args.participation_rate, args.num_clients)
+        self.bytes_param = sum(p.numel() * p.element_size() for p in self.params)
+        self.acc = {"best_val_ppl": float("inf"), "bytes_up": 0, "bytes_down": 0, "train_tokens": 0}
+        self.train_loss = torch.zeros((), device=self.device)  # summed over the steps since the last evaluation
+        self.n_steps = 0
+
+    def round_start(self, r: int) -> None:
+        self.ctx.round, self.ctx.scratch = r, {}
+        self.eval_now = (r + 1) % self.eval_every == 0 or r + 1 == self.rounds
+
+    def train_client(self, k, r, opt, algo) -> dict:
+        a = self.args
+        steps = client_batch_indices(self.clients[k].train, a.seed, r, k, a.local_updates, a.batch_size)
+        loss = train_steps(self.ctx.forward_model, opt, self.ctx.data.train, steps,
+                           self.ctx.data.tokenizer.pad_token_id, self.device, adjust=algo.adjust_grads)
+        self.train_loss += loss
+        return {"loss": loss, "steps": a.local_updates}
+
+    def client_loss(self, k: int) -> float:
+        blocks = self.clients[k].train[: self.args.ifca_batches * self.args.batch_size]
+        return evaluate.perplexity(self.ctx.forward_model, self.ctx.batches(blocks), device=self.device)["loss"]
+
+    def client_features(self, k: int) -> np.ndarray:
+        return token_distribution(self.ctx.data.train[torch.as_tensor(self.clients[k].train)],
+                                             self.ctx.data.vocab_size)
+
+    def make_aggregator(self, like):
+        return self.method.make_aggregator(self.args, like)
+
+    def add_client(self, agg, k, out) -> dict:
+        if self.snaps is not None and self.eval_now:
+            self.snaps.add(f"client{k}_delta", self.params, base=self.fed.models[self.fed.assign[k]])
+        return (self.method.add_client or add_weighted)(self.ctx, agg, self.clients[k])
+
+    def pre_reduce(self, aggs, rows, chosen) -> None:
+        if self.method.pre_reduce is not None:
+            self.method.pre_reduce(self.ctx, aggs[0], rows, chosen)
+
+    def round_end(self, rnd) -> None:
+        # every client runs exactly local_updates steps of batch_size blocks, whichever rank trains it
+        a, n = self.args, len(rnd["chosen"])
+        self.n_steps += n * a.local_updates
+        self.acc["train_tokens"] += n * a.local_updates * a.batch_size * a.sequence_length
+        self.acc["bytes_up"] += n * self.bytes_param * self.fed.algo.upload_factor * self.method.upload_factor
+        self.acc["bytes_down"] += n * self.bytes_param
+        if self.eval_now and distributed.world_size() > 1:
+            multiproc.gather_snapshot_arrays(self.snaps)
+            distributed.all_reduce_sum_([self.train_loss])
+
+    def evaluate(self, rnd) -> dict | None:
+        fed, r = self.fed, rnd["round"]
+        per_cluster = []
+        for x in fed.models:  # every rank scores its share of the validation batches
+            params.load_(self.params, x)
+            per_cluster.append(evaluate_global(self.ctx, self.valid))
+        scores = per_cluster[0]
+        if len(per_cluster) > 1:  # the run's loss weighs each cluster's by the clients (by size) it serves
+            w = np.array(self.sizes, dtype=np.float64)
+            loss = float(np.dot(w, [per_cluster[g]["val_loss"] for g in fed.assign]) / w.sum())
+            scores = scores | {"val_loss": loss, "val_ppl": math.exp(loss), "val_ppl_word": math.exp(
+                loss / self.ctx.data.words_per_token), "val_loss_per_cluster": [s["val_loss"] for s in per_cluster],
+                "clusters": fed.assign.tolist()}
+        self.rd.check_finite(f"round {r + 1}", training_loss=self.train_loss, validation_loss=scores["val_loss"])
+        row = None
+        if distributed.is_main():  # rank 0 logs and checkpoints
+            row = {"round": r + 1, "step": (r + 1) * self.args.local_updates, "tokens": self.acc["train_tokens"],
+                   "train_loss": self.train_loss.item() / max(self.n_steps, 1)} | scores
+            if self.method.round_metrics is not None:
+                row |= self.method.round_metrics(self.ctx, fed.aggs[0], rnd["rows"])
+            for k, cr in rnd["rows"].items():
+                for key, v in cr.items():
+                    row.setdefault(key, {})[str(k)] = v
+            self.acc["best_val_ppl"] = min(self.acc["best_val_ppl"], row["val_ppl"])
+            self.acc["last"] = {k: v for k, v in row.items() if k != "sample"}
+            if self.snaps is not None:
+                self.snaps.add_server(fed.models[0])
+                self.snaps.write(f"round_{r + 1:05d}")
+        self.train_loss.zero_()
+        self.n_steps = 0
+        return row
+
+    def state_dict(self) -> dict:
+        return {"acc": self.acc, "snapshots": self.snaps.state_dict() if self.snaps is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.acc = state["acc"]
+        if self.snaps is not None:
+            self.snaps.load_state_dict(state["snapshots"])
+
+
 def _run(args: argparse.Namespace, method: Method) -> dict:
     device = distributed.device_for_rank(cli.resolve_device(args.device))
-    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
+    main = distributed.is_main()
     mmodel.quiet_kernel_warnings()
     data = _main_first(lambda: lmdata.load_lm_data(args, device))
     shards = lmdata.client_shards(args, data)
@@ -275,7 +372,8 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     name = args.run_name or runlog.run_name(
         method.name, args.model_config, args.shard, k=args.num_clients, lu=args.local_updates, r=args.rounds,
         lr=args.lr, sgd=args.optimizer == "sgd", reset=args.client_opt_state == "reset",
-        **method.run_name_extra(args), data=lmdata.source_tag(args), quick=args.quick, s=args.seed)
+        **method.run_name_extra(args), **engine.run_name_tags(args, server_opt=method.server),
+        data=lmdata.source_tag(args), quick=args.quick, s=args.seed)
     # checks only (arguments, data fingerprint, what the directory holds); claimed once the model is built
     rd = _main_first(lambda: runlog.RunDir(
         args.out_dir, name, args, resume=args.resume, kind=f"mamba_fl/{method.script}", device=device,
@@ -290,126 +388,21 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     names = [n for n, _ in params.named_trainable(model)]
     plist = params.trainable(model)
-    global_params = params.clone(plist)
-    opt = mmodel.make_optimizer(args, plist)
-    server = None if method.server == "fedavg" else server_opt.make_server_optimizer(
-        method.server, global_params, lr=args.server_lr, momentum=args.server_momentum, form=args.momentum_form)
-    client_states: dict[int, dict] = {}
     valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
     refs = lmdata.reference_ppls(data, valid)
     ctx = Context(args, model, plist, data, device, forward_model=fwd)
     rd.claim()  # everything is validated: from here on the run directory is this run's
     snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
         if args.save_deltas else None
-    bytes_param = sum(p.numel() * p.element_size() for p in plist)
-    acc = {"best_val_ppl": float("inf"), "bytes_up": 0, "bytes_down": 0, "client_seconds": 0.0,
-           "round_seconds": 0.0, "train_tokens": 0}
-    start = 0
-    state = rd.load_checkpoint()
-    if state is not None:
-        params.load_(global_params, [t.to(device) for t in export.tensors_from_state(state["global"], names)])
-        if server is not None:
-            server.load_state_dict(state["server"])
-        client_states = {int(k): _opt_state_from_list(v, plist, device) for k, v in state["client_opt"].items()}
-        if snaps is not None:
-            snaps.load_state_dict(state["snapshots"])
-        acc = state["acc"]
-        seed.set_rng_state(state["rng"])
-        start = state["round"]
+    task = MambaTask(args, method, ctx, clients, mmodel.make_optimizer(args, plist), valid, rd, snaps, names)
+    fed = engine.Federation(task, args)
+    start = fed.start(rd, names)
     if snaps is not None and start == 0 and main:
-        snaps.add_server(global_params)
+        snaps.add_server(fed.models[0])
         snaps.write("round_00000")
-
-    n_sample = max(1, round(args.participation_rate * args.num_clients))
-    agg = method.make_aggregator(args, global_params)  # O(parameters) buffers, reused every round
-    bar = tqdm(range(start, args.rounds), desc=method.name, disable=args.quiet or not main, initial=start,
-               total=args.rounds)
-    train_loss = torch.zeros((), device=device)
-    n_steps = 0
-    for r in bar:
-        t_round = time.perf_counter()
-        ctx.round, ctx.scratch = r, {}
-        chosen = sorted(seed.numpy_rng(args.seed, "clients", r).choice(args.num_clients, n_sample, replace=False))
-        agg.reset()
-        eval_now = (r + 1) % args.eval_every == 0 or r + 1 == args.rounds
-        client_rows = {}
-        # this rank's share, balanced by client size; one process: every chosen client, in order
-        plan = distributed.assign_clients(chosen, [clients[k].weight for k in chosen], world)
-        for k in plan[rank]:
-            c = clients[k]
-            params.load_(plist, global_params)  # every client starts from the global model
-            # reset: an empty state is exactly a fresh AdamW; persist: the client's own moments
-            opt.state = defaultdict(dict, client_states.get(k, {}) if args.client_opt_state == "persist" else {})
-            steps = client_batch_indices(c.train, args.seed, r, k, args.local_updates, args.batch_size)
-            t0 = time.perf_counter()
-            train_loss += train_steps(fwd, opt, data.train, steps, data.tokenizer.pad_token_id, device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            acc["client_seconds"] += time.perf_counter() - t0
-            if args.client_opt_state == "persist":
-                client_states[k] = opt.state
-            if snaps is not None and eval_now:
-                snaps.add(f"client{k}_delta", plist, base=global_params)
-            client_rows[k] = (method.add_client or add_weighted)(ctx, agg, c)
-        # every client runs exactly local_updates steps of batch_size blocks, whichever rank trains it
-        n_steps += len(chosen) * args.local_updates
-        acc["train_tokens"] += len(chosen) * args.local_updates * args.batch_size * args.sequence_length
-        if world > 1:  # the small exchanges, then ONE all-reduce of the aggregator's sums
-            client_rows = multiproc.gather_rows(client_rows)
-            if method.pre_reduce is not None:
-                method.pre_reduce(ctx, agg, client_rows, chosen)
-            distributed.reduce_aggregator_(agg)
-            if args.client_opt_state == "persist":
-                multiproc.sync_client_states(client_states, plan, lambda st: _opt_state_to_list(st, plist),
-                                             lambda lst: _opt_state_from_list(lst, plist, device))
-            if eval_now:
-                multiproc.gather_snapshot_arrays(snaps)
-                distributed.all_reduce_sum_([train_loss])
-        if server is None:  # FedAvg: theta <- the aggregate, written straight into the global parameters
-            agg.result(out=global_params)
-        else:
-            server.step(global_params, agg.result())
-        acc["bytes_up"] += len(chosen) * bytes_param * method.upload_factor
-        acc["bytes_down"] += len(chosen) * bytes_param
-        acc["round_seconds"] += time.perf_counter() - t_round
-        # every rank holds the same aggregate, so every rank stops here (exit 3, the last checkpoint kept)
-        rd.check_finite(f"round {r + 1}", aggregated_parameters=global_params)
-
-        if eval_now:  # every rank scores its share of the validation batches
-            params.load_(plist, global_params)
-            scores = evaluate_global(ctx, valid)
-            rd.check_finite(f"round {r + 1}", training_loss=train_loss, validation_loss=scores["val_loss"])
-        if eval_now and not main:  # rank 0 logs and checkpoints
-            train_loss.zero_()
-            n_steps = 0
-        elif eval_now:
-            client_rows = dict(sorted(client_rows.items()))
-            row = {"round": r + 1, "step": (r + 1) * args.local_updates, "tokens": acc["train_tokens"],
-                   "train_loss": train_loss.item() / max(n_steps, 1)}
-            row |= scores
-            if method.round_metrics is not None:
-                row |= method.round_metrics(ctx, agg, client_rows)
-            extra = {}
-            for k, cr in client_rows.items():
-                for key, v in cr.items():
-                    extra.setdefault(key, {})[str(k)] = v
-            row |= extra
-            acc["best_val_ppl"] = min(acc["best_val_ppl"], row["val_ppl"])
-            acc["last"] = {k: v for k, v in row.items() if k != "sample"}
-            rd.log(row)
-            train_loss.zero_()
-            n_steps = 0
-            bar.set_postfix(val_ppl=f"{row['val_ppl']:.2f}")
-            if snaps is not None:
-                snaps.add_server(global_params)
-                snaps.write(f"round_{r + 1:05d}")
-            rd.save_checkpoint({
-                "round": r + 1, "global": export.named_state(names, global_params),
-                "server": server.state_dict() if server is not None else None,
-                "client_opt": {int(k): _opt_state_to_list(v, plist) for k, v in client_states.items()},
-                "snapshots": snaps.state_dict() if snaps is not None else None, "acc": acc})
-    bar.close()
-    params.load_(plist, global_params)  # the model holds the final global parameters for <run>/model
+    engine.run(task, fed, rd, names, start)
+    params.load_(plist, fed.models[0])  # the model holds the final global parameters for <run>/model
+    acc = task.acc | {k: fed.timing[k] for k in ("client_seconds", "round_seconds")}
     summary = finish(rd, args, method, data, acc, refs, model) if main else rd.write_summary({"method": method.name})
     distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     rd.release()

@@ -88,9 +88,10 @@ def build_model(args, num_classes: int, device: torch.device) -> tuple[ViTClassi
 
 
 def train_steps(model, optimizer, batch_iter, *, label_smoothing: float, device: torch.device,
-                lr: float | None = None) -> tuple[torch.Tensor, int]:
+                lr: float | None = None, adjust=None) -> tuple[torch.Tensor, int]:
     """One optimizer step per batch from ``batch_iter``; returns (mean loss as a 0-d device tensor, images
-    seen). Nothing is read back to the host: the caller reads the losses once, when it logs them."""
+    seen). Nothing is read back to the host: the caller reads the losses once, when it logs them.
+    ``adjust(params)`` changes the gradients before each step (a federated client algorithm's hook)."""
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -101,6 +102,8 @@ def train_steps(model, optimizer, batch_iter, *, label_smoothing: float, device:
             loss = F.cross_entropy(model(x).float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if adjust is not None:
+            adjust([p for g in optimizer.param_groups for p in g["params"]])
         optimizer.step()
         total += loss.detach()
         n += len(y)

@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from common import cli, compiled, export, flags, report, shard
+from common import cli, compiled, engine, flags, report, shard
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
-from common.aggregate import WeightedMean
 from common.checkpoint import atomic_write_json
 from common.runlog import RunDir
 from vit_sparse_fl import data as cifar
@@ -77,6 +75,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         "(the first ones in test-set order; 0: all)")
     cifar.add_data_args(parser)
     exp.add_model_args(parser, lr=0.01, weight_decay=1e-4)
+    engine.add_algorithm_args(parser, clustering="one global model is evaluated, swept and exported here")
     return parser
 
 
@@ -96,6 +95,8 @@ def finish_args(args) -> None:
     cli.check(min(args.nc_values) >= 1 and min(args.j_values) >= 1, "--nc-values and --j-values must be >= 1")
     cli.check(not (args.heterogeneity_experiment and args.local_steps_experiment),
               "choose one of --heterogeneity-experiment and --local-steps-experiment")
+    engine.check_algorithm_args(args, plain_sgd=args.momentum == 0,
+                                optimizer_hint=f"--momentum {args.momentum}; use --momentum 0")
 
 
 def default_run_name(args, prefix: str = "fedavg", *, shard: str | None = None, steps: str | None = None,
@@ -104,7 +105,8 @@ def default_run_name(args, prefix: str = "fedavg", *, shard: str | None = None, 
     tags (a sweep's index names its swept values), ``seed=False`` leaves the seed out."""
     shard = shard or ("iid" if args.sharding == "iid" else f"noniid_nc{args.nc}")
     data = "" if args.data == "synthetic" else f"_{args.data}"  # the embedded data keeps the short name
-    name = f"{prefix}{data}_{shard}_J{steps or args.local_steps}_R{args.rounds}_lr{args.lr:g}"
+    name = (f"{prefix}{data}_{shard}_J{steps or args.local_steps}_R{args.rounds}_lr{args.lr:g}"
+            + engine.name_suffix(args))  # the client algorithm, when not plain FedAvg
     return f"{name}_seed{args.seed}" if seed else name
 
 
@@ -147,13 +149,6 @@ def setup(args) -> dict:
                 forward=compiled.maybe_compile(model, args))  # what forward passes call (--compile)
 
 
-def sample_clients(seed: int, round_idx: int, num_clients: int, rate: float,
-                   purpose: str = "clients") -> list[int]:
-    """m = max(1, round(C K)) distinct clients from the stream keyed by (seed, purpose, round)."""
-    m = max(1, int(round(rate * num_clients)))
-    return sorted(seeding.numpy_rng(seed, purpose, round_idx).choice(num_clients, m, replace=False).tolist())
-
-
 def untrained(params: list[torch.Tensor], masks: list[torch.Tensor | None] | None) -> list[torch.Tensor]:
     """The parameters whose mask is all False: none of their coordinates trains (the backbone in the head
     warm-up)."""
@@ -180,159 +175,142 @@ def no_grad_for(frozen: list[torch.Tensor]):
             p.requires_grad_(True)
 
 
-def fed_round(ctx: dict, round_idx: int, global_params: list[torch.Tensor], lr: float,
-              masks: list[torch.Tensor | None] | None = None, purpose: str = "round",
-              interference: bool = False) -> dict:
-    """One FedAvg round, updating ``global_params`` in place; returns round statistics.
+class VitTask(engine.Task):
+    """Rounds of federated fine-tuning for ``common.engine``: client k takes J SGD-momentum steps (SparseSGDM
+    on ``masks``: True = trainable, None = dense) from its own streams keyed (seed, round, k, ``purpose``);
+    the aggregate is written back only on the mask, so frozen coordinates keep their bits. With ``rd``
+    (the main rounds): cosine learning rate, evaluation, interference and best-accuracy tracking."""
 
-    ``masks`` (one per trainable parameter, True = trainable, None = dense) switches the local optimizer to
-    SparseSGDM, and the aggregate is written back only on the mask, so frozen coordinates keep their bits.
-    ``interference``: also return the clients' mean test accuracy on their own classes with their local
-    models (``local_own_accuracy``), with the aggregated model (``global_own_accuracy``) and the mean of
-    the per-client drops local - global (``interference``).
-    """
-    args, params, device = ctx["args"], ctx["params"], ctx["device"]
-    clients = sample_clients(args.seed, round_idx, args.num_clients, args.participation_rate,
-                             purpose + "_clients")
-    agg = WeightedMean(params)
-    world = D.world_size()
-    mine = clients if world == 1 else D.assign_clients(
-        clients, [len(ctx["shards"][k]) for k in clients], world)[D.rank()]
-    losses, local_acc, client_s, images = [], [], 0.0, 0
-    frozen = untrained(params, masks)
-    for k in mine:
-        P.load_(params, global_params)                       # every client starts from the global model
-        if masks is None:
-            opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                                  foreach=True)              # same arithmetic, one call per op
-        else:
-            opt = SparseSGDM(params, masks, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        gen = seeding.client_generator(args.seed, round_idx, k, device, purpose=purpose)
-        stream = cifar.batches(ctx["train"], args.batch_size, args.local_steps, gen, args.image_size,
-                               augment_train=not args.no_augment, indices=ctx["shards"][k])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)                   # twice per client, so the timing is honest
-        t0 = time.perf_counter()
-        with seeding.client_rng(args.seed, round_idx, k, purpose=purpose + "_dropout"), no_grad_for(frozen):
-            loss, n = exp.train_steps(ctx["forward"], opt, stream, label_smoothing=args.label_smoothing,
-                                      device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        client_s += time.perf_counter() - t0                 # the client's compute: batches, fwd, bwd, step
-        agg.add(params, weight=float(len(ctx["shards"][k])))
-        losses.append(loss)
-        images += n
-        if interference:
-            local_acc.append(float(exp.correct(ctx["forward"], ctx["test"], ctx["own_test"][k], args,
-                                               device).float().mean()))
-    losses = torch.stack(losses).tolist() if losses else []  # the round's one read of the client losses
-    if world > 1:
-        per_client, images, client_s = reduce_round(agg, clients, mine,
-                                                    [losses, local_acc] if interference else [losses],
-                                                    images, client_s)
-        losses, local_acc = per_client if interference else (per_client[0], [])
-    new = agg.result()
-    with torch.no_grad():
-        if masks is not None:
-            new = [n if m is None else torch.where(m, n.to(g.dtype), g)
-                   for n, m, g in zip(new, masks, global_params)]
-        P.load_(global_params, [n.to(g.dtype) for n, g in zip(new, global_params)])
-    out = {"train_loss": float(np.mean(losses)), "client_seconds": client_s, "images": images,
-           "clients": len(clients)}
-    if interference:
-        P.load_(params, global_params)
-        union = torch.unique(torch.cat([ctx["own_test"][k] for k in clients]))      # sorted
-        right = exp.correct(ctx["forward"], ctx["test"], union, args, device)       # one pass
-        global_acc = [float(right[torch.searchsorted(union, ctx["own_test"][k])].float().mean()) for k in clients]
-        out.update(local_own_accuracy=float(np.mean(local_acc)), global_own_accuracy=float(np.mean(global_acc)),
-                   interference=float(np.mean(np.subtract(local_acc, global_acc))))
-    return out
+    def __init__(self, ctx: dict, masks=None, purpose: str = "round", rounds: int | None = None, rd=None):
+        args = self.args = ctx["args"]
+        self.ctx, self.masks, self.rd, self.purpose_ = ctx, masks, rd, purpose
+        self.params, self.device, self.seed = ctx["params"], ctx["device"], args.seed
+        self.sizes = [float(len(s)) for s in ctx["shards"]]
+        self.purpose, self.name, self.metric = purpose + "_clients", purpose, "val_accuracy"
+        self.rounds = args.rounds if rounds is None else rounds
+        self.eval_every = args.eval_every
+        self.per_round = engine.clients_per_round(args.participation_rate, args.num_clients)
+        self.frozen = untrained(self.params, masks)
+        self.window_start = args.rounds - int(round(args.interference_window * args.rounds))
+        self.best = {"val_accuracy": -1.0, "round": 0}
+
+    def lr(self, r: int) -> float:
+        return self.args.lr if self.rd is None else exp.cosine_lr(r, self.args.rounds, self.args.lr)
+
+    def round_start(self, r: int) -> None:
+        self.interference = (self.rd is not None and self.args.interference_window > 0 and r >= self.window_start
+                             and ((r + 1) % self.eval_every == 0 or r + 1 == self.rounds))
+
+    def make_optimizer(self, lr: float):
+        a = self.args
+        if self.masks is None:
+            return torch.optim.SGD(self.params, lr=lr, momentum=a.momentum, weight_decay=a.weight_decay,
+                                   foreach=True)              # same arithmetic, one call per op
+        return SparseSGDM(self.params, self.masks, lr=lr, momentum=a.momentum, weight_decay=a.weight_decay)
+
+    def batches(self, k: int, r: int, steps: int, purpose: str, augment: bool):
+        gen = seeding.client_generator(self.seed, r, k, self.device, purpose=purpose)
+        return cifar.batches(self.ctx["train"], self.args.batch_size, steps, gen, self.args.image_size,
+                             augment_train=augment, indices=self.ctx["shards"][k])
+
+    def train_client(self, k, r, opt, algo) -> dict:
+        a = self.args
+        stream = self.batches(k, r, a.local_steps, self.purpose_, not a.no_augment)
+        with seeding.client_rng(a.seed, r, k, purpose=self.purpose_ + "_dropout"), no_grad_for(self.frozen):
+            loss, _ = exp.train_steps(self.ctx["forward"], opt, stream, label_smoothing=a.label_smoothing,
+                                      device=self.device, adjust=algo.adjust_grads)
+        return {"loss": loss, "steps": a.local_steps}
+
+    def add_client(self, agg, k, out) -> dict:
+        agg.add(self.params, weight=self.sizes[k])
+        if not self.interference:
+            return {}
+        return {"local_own_accuracy": float(exp.correct(self.ctx["forward"], self.ctx["test"], self.ctx["own_test"][k],
+                                                        self.args, self.device).float().mean())}
+
+    def average(self, agg, x):
+        new = agg.result()
+        if self.masks is not None:  # frozen coordinates keep the global model's bits
+            new = [n if m is None else torch.where(m, n.to(g.dtype), g) for n, m, g in zip(new, self.masks, x)]
+        return [n.to(g.dtype) for n, g in zip(new, x)]
+
+    def evaluate(self, rnd) -> dict | None:
+        a, ctx, fed, r = self.args, self.ctx, self.fed, rnd["round"]
+        P.load_(self.params, fed.models[0])
+        row = {"round": r + 1, "step": (r + 1) * a.local_steps, "lr": rnd["lr"],
+               "train_loss": float(np.mean(list(rnd["losses"].values())))}
+        if self.interference:  # the clients' own-class accuracy: their local models against the aggregate
+            chosen = rnd["chosen"]
+            local = [rnd["rows"][k]["local_own_accuracy"] for k in chosen]
+            union = torch.unique(torch.cat([ctx["own_test"][k] for k in chosen]))      # sorted
+            right = exp.correct(ctx["forward"], ctx["test"], union, a, self.device)    # one pass
+            glob = [float(right[torch.searchsorted(union, ctx["own_test"][k])].float().mean()) for k in chosen]
+            interference = {"interference": float(np.mean(np.subtract(local, glob))),
+                            "local_own_accuracy": float(np.mean(local)), "global_own_accuracy": float(np.mean(glob))}
+        val = exp.evaluate(ctx["forward"], ctx["val"], a, self.device, shard=True)  # every rank: its share
+        row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+        if self.interference:
+            row |= interference
+        if val["accuracy"] > self.best["val_accuracy"]:
+            self.best = {"val_accuracy": val["accuracy"], "round": r + 1}
+        return row
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"]
 
 
-def reduce_round(agg, clients: list[int], mine: list[int], per_client: list[list[float]], images: int,
-                 client_s: float) -> tuple[list[list[float]], int, float]:
-    """The round's one all-reduce: the aggregator's sums plus a stats vector in the accumulator dtype,
-    [for each per-client list (losses, and local accuracies when measured): the value of every selected
-    client (0 where another rank trained it) | images | client seconds]. Returns (each per-client list over
-    all ``clients`` in order, images, client seconds) summed over ranks. Every rank passes the same number
-    of lists (a rank without clients passes empty ones)."""
-    acc = agg.accumulators()
-    m = len(clients)
-    stats = [0.0] * (m * len(per_client) + 2)
-    for j, values in enumerate(per_client):
-        for k, v in zip(mine, values):
-            stats[j * m + clients.index(k)] = v
-    stats[-2:] = [float(images), client_s]
-    stats = torch.tensor(stats, dtype=acc[0].dtype).to(acc[0].device)
-    D.all_reduce_sum_([*acc, stats])
-    stats = stats.tolist()
-    return [stats[j * m:(j + 1) * m] for j in range(len(per_client))], int(round(stats[-2])), stats[-1]
+def plain_args(args):
+    """``args`` with the shared algorithm flags at plain FedAvg (the head warm-up's rounds)."""
+    return SimpleNamespace(**{**vars(args), **vars(engine.namespace_defaults(client_opt_state="reset"))})
+
+
+def plain_rounds(ctx: dict, global_params: list[torch.Tensor], masks=None, rounds: int = 1, purpose: str = "round",
+                 start: int = 0) -> dict:
+    """Rounds ``start``..``rounds - 1`` of plain FedAvg on ``global_params`` (updated in place) at the peak lr,
+    without a run directory (the head warm-up; tests and benchmarks). Returns the engine's timing."""
+    P.load_(ctx["params"], global_params)
+    task = VitTask(ctx, masks, purpose=purpose, rounds=rounds)
+    fed = engine.Federation(task, plain_args(ctx["args"]))
+    engine.run(task, fed, start=start)
+    P.load_(global_params, fed.models[0])
+    return fed.timing
 
 
 def head_warmup(ctx: dict, global_params: list[torch.Tensor]) -> None:
-    """--head-warmup rounds in which only the head moves (the backbone mask is all False), at the peak lr."""
-    args = ctx["args"]
-    head_only = [None if n.startswith("head.") else torch.zeros_like(p, dtype=torch.bool)
-                 for n, p in zip(ctx["names"], ctx["params"])]
-    for r in range(args.head_warmup):
-        fed_round(ctx, r, global_params, args.lr, head_only, purpose="head_warmup")
+    """--head-warmup rounds in which only the head moves (the backbone mask is all False), with their own
+    client and batch streams."""
+    if ctx["args"].head_warmup:
+        head_only = [None if n.startswith("head.") else torch.zeros_like(p, dtype=torch.bool)
+                     for n, p in zip(ctx["names"], ctx["params"])]
+        plain_rounds(ctx, global_params, head_only, ctx["args"].head_warmup, "head_warmup")
 
 
 def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | None = None,
              prefix: str = "fedavg", kind: str = "vit_sparse_fl/train_federated", warmed: bool = False) -> dict:
-    """Run the rounds into the run directory and return the summary (the loop of every FedAvg variant).
+    """Run the rounds into the run directory and return the summary (every FedAvg variant's).
     ``warmed``: the caller already ran --head-warmup on the model (the sparse script, before its masks)."""
     ctx = ctx or setup(args)
     params, device = ctx["params"], ctx["device"]
     main_rank = D.is_main()
     run = RunDir(args.out_dir, args.run_name or default_run_name(args, prefix), vars(args),
                  resume=args.resume, kind=kind, is_main=main_rank, data=ctx["data_fingerprint"])
-    global_params = P.clone(params)
-    start, best = 0, {"val_accuracy": -1.0, "round": 0}
-    state = run.load_checkpoint() if args.resume else None
-    if state is not None:
-        P.load_(global_params, [t.to(device) for t in export.tensors_from_state(state["global"], ctx["names"])])
-        start, best = state["round"], state["best"]
-        seeding.set_rng_state(state["rng"])
-    elif args.head_warmup and not warmed:
-        head_warmup(ctx, global_params)
-    window_start = args.rounds - int(round(args.interference_window * args.rounds))
-    loop_s = client_s = 0.0
-    bar = tqdm(range(start, args.rounds), disable=args.quiet or not main_rank, desc=prefix, dynamic_ncols=True)
-    for r in bar:
-        t0 = time.perf_counter()
-        lr = exp.cosine_lr(r, args.rounds, args.lr)
-        evaluate_now = (r + 1) % args.eval_every == 0 or r + 1 == args.rounds
-        stats = fed_round(ctx, r, global_params, lr, masks,
-                          interference=evaluate_now and args.interference_window > 0 and r >= window_start)
-        client_s += stats["client_seconds"]
-        loop_s += time.perf_counter() - t0
-        # the same reduced losses and aggregate on every rank: every rank stops (exit 3, last checkpoint kept)
-        run.check_finite(f"round {r + 1}", training_loss=stats["train_loss"], aggregated_parameters=global_params)
-        if evaluate_now:
-            P.load_(params, global_params)
-            val = exp.evaluate(ctx["forward"], ctx["val"], args, device, shard=True)  # every rank: its share
-        if main_rank and evaluate_now:
-            row = {"round": r + 1, "step": (r + 1) * args.local_steps, "lr": lr,
-                   "train_loss": stats["train_loss"], "val_loss": val["loss"],
-                   "val_accuracy": val["accuracy"],
-                   **{k: stats[k] for k in ("interference", "local_own_accuracy", "global_own_accuracy")
-                      if k in stats}}
-            run.log(row)
-            if val["accuracy"] > best["val_accuracy"]:
-                best = {"val_accuracy": val["accuracy"], "round": r + 1}
-            bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", loss=f"{stats['train_loss']:.3f}")
-            run.save_checkpoint({"round": r + 1, "best": best,
-                                 "global": export.named_state(ctx["names"], global_params)})
-    P.load_(params, global_params)
+    task = VitTask(ctx, masks, rd=run)
+    task.name = prefix
+    fed = engine.Federation(task, args)
+    start = fed.start(run, ctx["names"], fresh=None if warmed else lambda: head_warmup(ctx, fed.models[0]))
+    engine.run(task, fed, run, ctx["names"], start)
+    P.load_(params, fed.models[0])
     test = exp.evaluate(ctx["forward"], ctx["test"], args, device, shard=True)
     if not main_rank:                                        # rank 0 writes the summary
         return D.broadcast_object(None)
-    rows = run.rows()
+    rows, best = run.rows(), task.best
     n_coords = sum(p.numel() for p in params)
     up = n_coords if masks is None else sum(int(m.sum()) if m is not None else p.numel()
                                             for m, p in zip(masks, params))
-    m = max(1, int(round(args.participation_rate * args.num_clients)))
+    m = task.per_round
     summary = {"method": prefix, "sharding": args.sharding,
                "nc": args.nc if args.sharding == "non_iid" else None, "local_steps": args.local_steps,
                "rounds": args.rounds, "seed": args.seed, "weights": ctx["weights"],
@@ -345,8 +323,10 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
                **exp.plateau(rows, "round", args.rounds),
                **interference_summary(rows),
                "test_accuracy": test["accuracy"], "test_loss": test["loss"], "rounds_done": args.rounds,
-               "bytes_up": 4 * up * m * args.rounds, "bytes_down": 4 * n_coords * m * args.rounds,
-               "client_seconds": client_s, "loop_seconds": loop_s, **(extra_summary or {})}
+               "bytes_up": 4 * up * m * args.rounds * fed.algo.upload_factor,
+               "bytes_down": 4 * n_coords * m * args.rounds,
+               "client_seconds": fed.timing["client_seconds"], "loop_seconds": fed.timing["round_seconds"],
+               **(extra_summary or {})}
     summary = run.write_summary(summary)
     vit.save(ctx["model"], run.path, info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
                                           "test_accuracy": summary["test_accuracy"]})  # the final global model

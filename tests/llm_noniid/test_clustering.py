@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from common import clustering as C
 from common.checkpoint import load_checkpoint
-from llm_noniid import clustering as C
 from llm_noniid import train
 
 WORDS = {1: "apple banana cherry grape lemon mango melon peach pear plum".split(),

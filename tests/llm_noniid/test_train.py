@@ -94,8 +94,18 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(out_dir, ca
     if at > 1:
         state = load_checkpoint(ckpt, "llm_noniid/train")
         assert state["round"] == at - 1 and all(torch.isfinite(t).all() for t in state["clusters"][0].values())
-    else:
-        assert not ckpt.exists()
+        assert f"checkpoint.pt keeps round {at - 1}" in err
+    else:  # the message says so instead of naming a round 0 that was never saved
+        assert not ckpt.exists() and "no checkpoint was saved" in err and "keeps round" not in err
+
+
+def test_resuming_a_finished_run_returns_its_summary(out_dir):
+    """--resume of a run that already ran all its rounds trains nothing and ends as the run ended."""
+    first = quick(out_dir, "--num-rounds", "2", "--run-name", "done")
+    again = quick(out_dir, "--num-rounds", "2", "--run-name", "done", "--resume")
+    for key in ("status", "rounds_done", "final_val_loss", "local_steps_per_round", "clusters"):
+        assert again[key] == first[key], key
+    assert first["local_steps_per_round"] > 0
 
 
 def test_yaml_config_maps_onto_flags_and_cli_overrides(tmp_path):

@@ -153,3 +153,63 @@ def test_fused_adapter_loads_in_peft_with_same_logits(tmp_path):
         plain = base(input_ids=ids).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(got, plain, atol=1e-3)   # the adapter does change the model
+
+
+def test_fedprox_local_steps_match_the_proximal_term_by_hand():
+    """The clients' local training with --algorithm fedprox: AdamW with linear decay on the clipped gradient plus
+    mu (theta - theta_global), the proximal term written out here (same batches, same optimizer)."""
+    from types import SimpleNamespace
+
+    from common import engine
+    from common import seed as seeding
+    from lora_glue_fl import modeling
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 2)
+
+        def forward(self, x, y):
+            return SimpleNamespace(loss=torch.nn.functional.cross_entropy(self.lin(x), y))
+
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(12, 4, generator=g), torch.randint(0, 2, (12,), generator=g)
+    data = SimpleNamespace(batch=lambda b, device: {"x": X[b], "y": Y[b]})
+    mu, lr, idx = 0.7, 0.1, list(range(2, 11))
+    torch.manual_seed(1)
+    model = Tiny()
+    start = [p.detach().clone() for p in model.parameters()]
+    prox = engine.FedProx(mu)
+    prox.client_start(0, start)
+    modeling.train_local(model, data, idx, epochs=2, batch_size=4, lr=lr, seed=3, round_idx=1, client=2,
+                         device=torch.device("cpu"), adjust=prox.adjust_grads)
+    ref = Tiny()
+    with torch.no_grad():
+        for p, s in zip(ref.parameters(), start):
+            p.copy_(s)
+    params = list(ref.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    steps = 6  # ceil(9 / 4) batches per epoch, two epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
+    gen, order = seeding.client_generator(3, 1, 2), torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        if len(order) == 0:
+            order = torch.as_tensor(idx)[torch.randperm(len(idx), generator=gen)]
+        b, order = order[:4], order[4:]
+        ref(X[b], Y[b]).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        with torch.no_grad():
+            for p, s in zip(params, start):
+                p.grad += mu * (p - s)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    for a, b in zip(model.parameters(), params):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    plain = Tiny()
+    with torch.no_grad():
+        for p, s in zip(plain.parameters(), start):
+            p.copy_(s)
+    modeling.train_local(plain, data, idx, epochs=2, batch_size=4, lr=lr, seed=3, round_idx=1, client=2,
+                         device=torch.device("cpu"))
+    assert not torch.allclose(next(plain.parameters()), next(model.parameters()))  # the term acted

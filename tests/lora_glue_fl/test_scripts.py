@@ -11,6 +11,7 @@ import torch
 from clicases import one_line_error
 
 from common import cli
+from common.config import parse_with_config
 from lora_glue_fl import (
     adapters,
     baseline_run,
@@ -294,3 +295,25 @@ def test_run_grid_bad_counts_end_before_anything_is_written(tmp_path, flags, mes
     with pytest.raises(cli.UsageError, match=message):
         run_grid.main([*flags, "--out-dir", str(tmp_path / "grid"), "--real_data_dir", str(tmp_path)])
     assert not (tmp_path / "grid").exists()
+
+
+def test_quick_is_a_preset_that_the_command_line_and_yaml_override(tmp_path):
+    """defaults < --quick < YAML < command line: --quick --rounds 5 runs 5 rounds (it used to cap them at 2)."""
+    assert fedavg_rounds.parse_args(["--quick"]).rounds == 2
+    assert fedavg_rounds.parse_args(["--quick", "--rounds", "5"]).rounds == 5
+    (tmp_path / "c.yaml").write_text("rounds: 3\nlora_r: 2\n")
+    a = fedavg_rounds.parse_args(["--quick", "--config", str(tmp_path / "c.yaml")])
+    assert (a.rounds, a.lora_r, a.svd_rank) == (3, 2, 4)
+    a = parse_with_config(main_glue_lora.get_args_parser(), ["--quick", "--model_name_or_path", "X"],
+                          presets={"quick": main_glue_lora.QUICK_LORA})
+    assert a.model_name_or_path == "X" and a.max_seq_length == 48
+
+
+def test_fedprox_rounds_and_the_scaffold_refusal(tmp_path, capsys):
+    s = fedavg_rounds.main(QUICK + ["--algorithm", "fedprox", "--mu", "0.01", "--rounds", "1", "--out-dir",
+                                    str(tmp_path), "--save_client_adapters", "none"])
+    assert s["rounds_done"] == 1 and "fedprox_mu0.01" in s["final_adapter"]
+    err = one_line_error(fedavg_rounds.main, QUICK + ["--algorithm", "scaffold"], capsys)
+    assert "--algorithm scaffold is refused here" in err and "re-factorises" in err
+    err = one_line_error(fedavg_rounds.main, QUICK + ["--server-opt", "fedadam"], capsys)
+    assert "has no meaning" in err

@@ -23,11 +23,11 @@ SPARSE = ["--mask-strategy", "least_sensitive", "--sparsity-ratio", "0.5", "--ca
 
 
 def crash_in_round_3(real):
-    def fed_round(ctx, r, *a, **kw):
+    def train_client(self, k, r, *a, **kw):
         if r == 2:
             raise KeyboardInterrupt
-        return real(ctx, r, *a, **kw)
-    return fed_round
+        return real(self, k, r, *a, **kw)
+    return train_client
 
 
 def worker(rank, world, port, out):
@@ -35,14 +35,14 @@ def worker(rank, world, port, out):
     try:
         res = {"dense": fed.main([*SMALL, "--out-dir", out, "--run-name", "dense"]),
                "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", out, "--run-name", "sparse"])}
-        real = fed.fed_round
-        fed.fed_round = crash_in_round_3(real)   # both ranks stop before round 3; rank 0 saved round 2
+        real = fed.VitTask.train_client
+        fed.VitTask.train_client = crash_in_round_3(real)   # both ranks stop before round 3; rank 0 saved round 2
         try:
             fed.main([*SMALL, "--out-dir", out, "--run-name", "cut"])
         except KeyboardInterrupt:
             pass
         finally:
-            fed.fed_round = real
+            fed.VitTask.train_client = real
         res["resumed"] = fed.main([*SMALL, "--out-dir", out, "--run-name", "cut", "--resume"])
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     finally:

@@ -5,11 +5,17 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from clicases import narrow_files, umask
 
 from common import cli
 from common import params as P
+from common import seed as seeding
+from common.checkpoint import load_checkpoint
+from common.export import tensors_from_state
 from plots import plot_vit
+from vit_sparse_fl import data as cifar
+from vit_sparse_fl import experiment as exp
 from vit_sparse_fl import sparse, train_centralized
 from vit_sparse_fl import train_federated as fed
 from vit_sparse_fl import train_federated_sparse as fsp
@@ -77,7 +83,7 @@ def test_masked_parameters_unchanged_after_training_and_strategies_differ(out_di
         ctx["args"].mask_strategy = strategy
         masks[strategy] = fsp.build_masks(ctx, start)
         glob = P.clone(start)
-        fed.fed_round(ctx, 0, glob, lr=0.05, masks=masks[strategy])
+        fed.plain_rounds(ctx, glob, masks[strategy])
         for g, s, m, n in zip(glob, start, masks[strategy], ctx["names"]):
             if m is None:
                 assert n.startswith("head.") and not torch.equal(g, s)        # the head is trained densely
@@ -101,17 +107,17 @@ def test_masked_parameters_unchanged_after_training_and_strategies_differ(out_di
 def test_resume_reproduces_the_uninterrupted_run(out_dir, monkeypatch):
     argv = [*SMALL, "--rounds", "4", "--eval-every", "2", "--local-steps", "1", "--out-dir", str(out_dir)]
     full = fed.main([*argv, "--run-name", "full"])
-    real_round = fed.fed_round
+    real_train = fed.VitTask.train_client
 
-    def crash_in_round_3(ctx, r, *a, **kw):
+    def crash_in_round_3(self, k, r, *a, **kw):
         if r == 2:
             raise KeyboardInterrupt
-        return real_round(ctx, r, *a, **kw)
+        return real_train(self, k, r, *a, **kw)
 
-    monkeypatch.setattr(fed, "fed_round", crash_in_round_3)
+    monkeypatch.setattr(fed.VitTask, "train_client", crash_in_round_3)
     with pytest.raises(KeyboardInterrupt):
         fed.main([*argv, "--run-name", "cut"])
-    monkeypatch.setattr(fed, "fed_round", real_round)
+    monkeypatch.setattr(fed.VitTask, "train_client", real_train)
     resumed = fed.main([*argv, "--run-name", "cut", "--resume"])
     rows = lambda name: [json.loads(x) for x in open(out_dir / name / "metrics.jsonl")]
     assert rows("full") == rows("cut") and len(rows("cut")) == 2
@@ -165,6 +171,10 @@ def test_sweep_keeps_every_value(out_dir):
     (fsp, ["--sparsity-ratio", "1.0"], "--sparsity-ratio must be in [0, 1)"),
     (fsp, ["--sparsity-ratio", "-0.1"], "--sparsity-ratio must be in [0, 1)"),
     (fsp, ["--mask-strategy", "largest"], "invalid choice: 'largest'"),
+    (fed, ["--algorithm", "scaffold"], "SCAFFOLD needs plain SGD local steps (its control variates assume them): "
+                                       "--momentum 0.9; use --momentum 0"),
+    (fed, ["--algorithm", "scaffold", "--momentum", "0", "--server-opt", "fedadam"], "its own server step"),
+    (fed, ["--clustering", "ifca"], "invalid choice: 'ifca'"),
     (fed, ["--data", "cifar100", "--data-dir", "EMPTY"], "no CIFAR-100 pickles"),
     (train_centralized, ["--data", "cifar100", "--data-dir", "EMPTY"], "no CIFAR-100 pickles"),
 ])
@@ -202,3 +212,50 @@ def test_sweep_file_names_carry_the_swept_values():
     fed.finish_args(args)
     assert fed.sweep_file_name(args, "sparse_random_s0.9", "local_steps") == \
         "sparse_random_s0.9_cifar100_noniid_nc2_J4-16_R300_lr0.01_local_steps_experiment_seed0.json"
+
+
+@pytest.mark.parametrize("algorithm", ["fedprox", "scaffold"])
+def test_fedprox_and_scaffold_match_the_algorithm_by_hand(out_dir, algorithm):
+    """Three clients (all in every round), two rounds of two plain SGD steps at the cosine lr: FedProx adds
+    mu (theta - theta_global) to the gradient; SCAFFOLD adds c - c_k, then c_k+ = c_k - c + (x - y_k) / (J lr),
+    x += mean_k dy_k, c += sum_k dc_k / N. The reference is written out here on the same model and batches."""
+    mu = 0.5
+    flags = ["--num-clients", "3", "--participation-rate", "1", "--momentum", "0", "--weight-decay", "0",
+             "--algorithm", algorithm, "--mu", str(mu), "--no-augment"]
+    fed.main([*SMALL, *flags, "--out-dir", str(out_dir), "--run-name", algorithm])
+    ctx = _ctx(out_dir / "ref", *flags)
+    args, plist, model = ctx["args"], ctx["params"], ctx["model"]
+    x = [p.detach().clone() for p in plist]
+    c = [torch.zeros_like(p) for p in plist]
+    ci = [[torch.zeros_like(p) for p in plist] for _ in range(3)]
+    for r in range(args.rounds):
+        lr = exp.cosine_lr(r, args.rounds, args.lr)
+        ys = []
+        for k in range(3):
+            P.load_(plist, x)
+            model.train()
+            gen = seeding.client_generator(args.seed, r, k, ctx["device"], purpose="round")
+            with seeding.client_rng(args.seed, r, k, purpose="round_dropout"):
+                for xb, yb in cifar.batches(ctx["train"], args.batch_size, args.local_steps, gen, args.image_size,
+                                            augment_train=False, indices=ctx["shards"][k]):
+                    F.cross_entropy(model(xb).float(), yb, label_smoothing=args.label_smoothing).backward()
+                    with torch.no_grad():
+                        for j, p in enumerate(plist):
+                            g = p.grad + (mu * (p - x[j]) if algorithm == "fedprox" else c[j] - ci[k][j])
+                            p -= lr * g
+                            p.grad = None
+            ys.append([p.detach().clone() for p in plist])
+        if algorithm == "fedprox":
+            n = [float(len(s)) for s in ctx["shards"]]
+            x = [sum(w * y[j] for w, y in zip(n, ys)) / sum(n) for j in range(len(x))]
+        else:
+            J = args.local_steps
+            dc = [[(x[j] - y[j]) / (J * lr) - c[j] for j in range(len(x))] for y in ys]
+            ci = [[a + d for a, d in zip(ci[k], dc[k])] for k in range(3)]
+            c = [cj + sum(d[j] for d in dc) / 3 for j, cj in enumerate(c)]
+            x = [xj + sum(y[j] - xj for y in ys) / 3 for j, xj in enumerate(x)]
+    got = tensors_from_state(load_checkpoint(out_dir / algorithm / "checkpoint.pt",
+                                             "vit_sparse_fl/train_federated")["global"], ctx["names"])
+    for a, b in zip(got, x):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+

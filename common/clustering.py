@@ -1,6 +1,7 @@
-"""Client clustering for llm_noniid (the source's fourth question: can grouping similar clients fix the
-failures of one global model?). Every method gives each client a cluster; train.py keeps one model per
-cluster and runs FedAvg / FedProx / SCAFFOLD inside each cluster (``--clustering none`` is one cluster).
+"""Client clustering (llm_noniid's fourth question: can grouping similar clients fix the failures of one
+global model?). Every method gives each client a cluster; the round engine (``common.engine``) keeps one
+model per cluster and runs FedAvg / FedProx / SCAFFOLD inside each cluster (``--clustering none`` is one
+cluster).
 
 * ``data`` (data-aware, one-shot): each client computes a statistic of its own training data locally and
   sends it once before round 1: its token unigram distribution (``--cluster-features tokens``, label-free,
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.cli import check
+from common.errors import check
 
 METHODS = ("none", "data", "ifca")
 FEATURES = ("tokens", "topics")

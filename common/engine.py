@@ -1,0 +1,524 @@
+"""The federated round engine: every subproject's federated script runs its rounds through ``run``.
+
+One round of ``run``, top to bottom:
+  sample the round's clients (``sample_clients``: one stream per (seed, purpose, round)) -> each client
+  starts from its cluster's global model (loaded in place into the task's one model; one cluster unless
+  ``--clustering``) with its optimizer state kept or reset (``--client-opt-state``) -> local training by the
+  task, calling the client algorithm's hook between backward and optimizer step (FedProx's proximal
+  gradient, SCAFFOLD's correction) -> the task adds the client to its cluster's aggregator (weighted mean,
+  FedFisher, FedEntropy, a masked write-back...) -> under torchrun ONE all-reduce of every aggregator and of
+  SCAFFOLD's sums -> the server step of every cluster (plain, FedAvgM, FedAdam; SCAFFOLD's own) -> the
+  non-finite stop (exit 3) -> on evaluation rounds the task's evaluation and log row, and the checkpoint.
+
+A subproject supplies a ``Task``: its model's trainable parameters, client sizes, local training,
+aggregator and evaluation. Client algorithms (``FedAvg``, ``FedProx``, ``Scaffold``) are small objects with
+three hooks (client start, gradient, client end) and a server step. Clustering is which global model a
+client starts from (``Clusters``): IFCA re-assigns the round's clients to the cluster model with the
+lowest loss on their own data; ``data`` groups them once by the distribution of their training tokens.
+The shared flags come from ``add_algorithm_args`` and are checked by ``check_algorithm_args``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+import weakref
+from collections import defaultdict
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from common import clustering as C
+from common import distributed as D
+from common import export, flags
+from common import params as P
+from common import scaffold as SC
+from common import seed as seeding
+from common import server_opt as SO
+from common.aggregate import WeightedMean
+from common.errors import UsageError, check
+from common.runlog import run_name
+
+ALGORITHMS = ("fedavg", "fedprox", "scaffold")
+SERVER_OPTS = ("fedavg", "fedavgm", "fedadam")
+
+# ----------------------------------------------------------------------------------------------------------
+# the shared flags
+
+
+def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str = "heavy-ball",
+                       client_opt_state: str | None = "reset", clustering: str | None = None,
+                       scaffold: str | None = None, algorithm_help: str = ""):
+    """--algorithm, --mu, --scaffold-weighting, --server-opt, --server-lr, --server-momentum, --momentum-form,
+    --client-opt-state, --clustering, --num-clusters, --ifca-init-rounds, --ifca-batches. A flag this
+    script cannot honour says so in --help (``clustering`` / ``scaffold``: why not, refused in one line by
+    ``check_algorithm_args``); ``client_opt_state`` None: the clients' optimizer has no state to keep."""
+    g = parser.add_argument_group("federated algorithm (common.engine)")
+    g.add_argument("--algorithm", default="fedavg", help="client algorithm: fedavg | fedprox (loss + mu/2 "
+                   "||w - w_global||^2) | scaffold (control variates; plain SGD local steps)"
+                   + (f"; scaffold is refused here: {scaffold}" if scaffold else "") + algorithm_help)
+    g.add_argument("--mu", type=flags.Number(float, 0), default=0.01,
+                   help="FedProx proximal weight (--algorithm fedprox)")
+    g.add_argument("--scaffold-weighting", default="uniform", help="SCAFFOLD's means of dy and dc: uniform (the "
+                   "paper's Algorithm 1) | size (both weighted by client size, c = sum_i p_i c_i)")
+    g.add_argument("--server-opt", default=server_opt, choices=SERVER_OPTS,
+                   help="server step on the aggregate: fedavg (theta <- theta + server_lr (avg - theta)) | "
+                        "fedavgm (server momentum) | fedadam (Reddi et al. 2021)")
+    g.add_argument("--server-lr", type=flags.POSITIVE, default=1.0,
+                   help="server step size: FedAvg / FedAvgM (1 = plain), SCAFFOLD's eta_g; FedAdam wants ~1e-2")
+    g.add_argument("--server-momentum", type=flags.Number(float, 0, 1, high_open=True), default=0.9,
+                   help="FedAvgM momentum beta / FedAdam beta1")
+    g.add_argument("--momentum-form", choices=("ema", "heavy-ball"), default=momentum_form,
+                   help="FedAvgM: ema: m <- b m + (1-b) d (the mamba source) | heavy-ball: m <- b m + d (Flower)")
+    if client_opt_state is None:
+        g.add_argument("--client-opt-state", choices=("reset",), default="reset",
+                       help="the clients' local optimizer keeps no state between rounds here (reset only)")
+    else:
+        g.add_argument("--client-opt-state", choices=("reset", "persist"), default=client_opt_state,
+                       help="persist: each client keeps its optimizer state (moments, momentum) across rounds "
+                            "(memory: the state per client); reset: a fresh optimizer per client per round")
+    g.add_argument("--clustering", default="none", choices=C.METHODS if clustering is None else ("none",),
+                   help="none | ifca (C cluster models; every round each client trains the one with the lowest "
+                        "loss on its own data) | data (clients grouped once by their data distribution)"
+                        + (f"; only none here: {clustering}" if clustering else ""))
+    g.add_argument("--num-clusters", type=flags.COUNT, default=0,
+                   help="clusters (ifca: >= 2; data: 0 = chosen by silhouette)")
+    g.add_argument("--ifca-init-rounds", type=flags.POSITIVE_INT, default=5,
+                   help="IFCA: each starting model is this many rounds' worth of local steps of its seed "
+                        "client from the initial model")
+    g.add_argument("--ifca-batches", type=flags.POSITIVE_INT, default=2,
+                   help="IFCA: batches of a client's own training data on which it scores every cluster model")
+    return g
+
+
+def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold: str | None = None,
+                         algorithms=ALGORITHMS) -> None:
+    """One-line refusals (exit 2) of the combinations that make no sense, each naming why."""
+    check(args.algorithm in algorithms,
+          f"--algorithm {args.algorithm!r} is unknown; expected one of {', '.join(algorithms)}")
+    check(args.scaffold_weighting in ("uniform", "size"),
+          f"--scaffold-weighting {args.scaffold_weighting!r} is unknown; expected uniform or size")
+    if args.algorithm == "scaffold":
+        check(scaffold is None, f"--algorithm scaffold is refused here: {scaffold}")
+        check(plain_sgd, f"SCAFFOLD needs plain SGD local steps (its control variates assume them): "
+                         f"{optimizer_hint}")
+        check(args.server_opt == "fedavg", f"SCAFFOLD makes its own server step (x += server_lr mean dy): "
+                                           f"--server-opt {args.server_opt} does not apply")
+    check(args.clustering in C.METHODS,
+          f"--clustering {args.clustering!r} is unknown; expected one of {', '.join(C.METHODS)}")
+    check(args.clustering != "ifca" or args.num_clusters >= 2, "--clustering ifca needs --num-clusters >= 2")
+    check(args.clustering != "none" or args.num_clusters == 0, "--num-clusters needs --clustering data or ifca")
+
+
+def run_name_tags(args, server_opt: str = "fedavg") -> dict:
+    """Run-name settings (``common.runlog.run_name``) of the shared flags that differ from the defaults,
+    so runs of other algorithms get their own directories (nothing for a plain FedAvg run)."""
+    return {args.algorithm: args.algorithm != "fedavg", "mu": args.mu if args.algorithm == "fedprox" else None,
+            "wsize": args.algorithm == "scaffold" and args.scaffold_weighting == "size",
+            "so": args.server_opt if args.server_opt != server_opt else None,
+            "slr": args.server_lr if args.server_lr != 1.0 else None,
+            "cl": None if args.clustering == "none" else f"{args.clustering}{args.num_clusters or ''}"}
+
+
+def name_suffix(args, server_opt: str = "fedavg") -> str:
+    """``run_name_tags`` as a run-name suffix ("" for plain FedAvg, e.g. "_fedprox_mu0.01")."""
+    return run_name("", **run_name_tags(args, server_opt))
+
+
+def sample_clients(seed: int, round_idx: int, num_clients: int, m: int, purpose: str = "clients") -> list[int]:
+    """The round's m distinct clients, sorted, from the stream keyed by (seed, purpose, round)."""
+    return sorted(seeding.numpy_rng(seed, purpose, round_idx).choice(num_clients, m, replace=False).tolist())
+
+
+def clients_per_round(rate: float, num_clients: int) -> int:
+    """m = max(1, round(C K))."""
+    return max(1, int(round(rate * num_clients)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# client algorithms: three hooks and a server step
+
+
+class FedAvg:
+    """Plain local training; the server moves the global model to the aggregate (through its optimizer)."""
+
+    name = "fedavg"
+    upload_factor = 1  # model-sized tensors a client sends up (SCAFFOLD also sends dc)
+
+    def client_start(self, k: int, anchor: list[torch.Tensor], cluster: int = 0) -> None:
+        """Client k starts its round from ``anchor`` (its cluster's global model, already loaded)."""
+        self.anchor = anchor
+
+    def adjust_grads(self, params: list[torch.Tensor]) -> None:
+        """Between backward and the optimizer step: change the gradients in ``p.grad`` in place."""
+
+    def client_end(self, k: int, params, steps: int, lr: float) -> None:
+        """After local training: ``params`` hold the client's model, trained ``steps`` steps at ``lr``."""
+
+    def accumulators(self) -> list[torch.Tensor]:
+        return []
+
+    def server_step(self, x: list[torch.Tensor], average, server, cluster: int = 0) -> None:
+        """x <- the server optimizer's step toward the aggregate (``average()`` computes it)."""
+        server.step(x, average())
+
+    def state_dict(self):
+        return None
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
+class FedProx(FedAvg):
+    """FedProx: the local loss gets + (mu/2) ||theta - theta_global||^2, i.e. mu (theta - theta_global) is
+    added to the gradient (after any clipping); mu = 0 is exactly FedAvg."""
+
+    name = "fedprox"
+
+    def __init__(self, mu: float):
+        self.mu = mu
+
+    @torch.no_grad()
+    def adjust_grads(self, params) -> None:
+        if self.mu > 0:  # parameters without a gradient (frozen this step) stay without one
+            pairs = [(p, a) for p, a in zip(params, self.anchor) if p.grad is not None]
+            torch._foreach_add_([p.grad for p, _ in pairs], torch._foreach_sub([p.detach() for p, _ in pairs],
+                                                                               [a for _, a in pairs]), alpha=self.mu)
+
+
+class Scaffold(FedAvg):
+    """SCAFFOLD option II (``common.scaffold.Scaffold``, one per cluster): the gradient gets c - c_i; after
+    local training c_i and the round's sums are updated; the server step is x += server_lr mean dy."""
+
+    name = "scaffold"
+    upload_factor = 2
+
+    def __init__(self, controls: list[SC.Scaffold]):
+        self.controls, self.cluster = controls, 0
+
+    def client_start(self, k, anchor, cluster: int = 0) -> None:
+        self.anchor, self.cluster = anchor, cluster
+        self.correction = self.controls[cluster].correction(k)
+
+    @torch.no_grad()
+    def adjust_grads(self, params) -> None:
+        pairs = [(p.grad, c) for p, c in zip(params, self.correction) if p.grad is not None]
+        torch._foreach_add_([g for g, _ in pairs], [c for _, c in pairs])
+
+    def client_end(self, k, params, steps, lr) -> None:
+        self.controls[self.cluster].client_update(k, self.anchor, params, max(steps, 1), lr)
+
+    def accumulators(self):
+        return [t for sc in self.controls for t in sc.accumulators()]
+
+    def server_step(self, x, average, server, cluster: int = 0) -> None:
+        self.controls[cluster].server_update(x)
+
+    def state_dict(self):
+        return [sc.state_dict() for sc in self.controls]
+
+    def load_state_dict(self, state) -> None:
+        for sc, s in zip(self.controls, state):
+            sc.load_state_dict(s)
+
+
+def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign=None) -> FedAvg:
+    """The client algorithm of ``--algorithm`` (SCAFFOLD: control variates for every client, per cluster;
+    inside a data cluster its means run over its members only)."""
+    if args.algorithm == "fedprox":
+        return FedProx(args.mu)
+    if args.algorithm != "scaffold":
+        return FedAvg()
+    controls = []
+    for g, x in enumerate(cluster_models):
+        member = [1.0 if assign is None or assign[k] == g else 0.0 for k in range(len(sizes))]
+        w = [m * (sizes[k] if args.scaffold_weighting == "size" else 1.0) for k, m in enumerate(member)]
+        controls.append(SC.Scaffold(x, len(sizes), server_lr=args.server_lr,
+                                    client_weights=None if all(v == 1.0 for v in w) else w))
+    return Scaffold(controls)
+
+
+def make_server(args, like) -> SO.ServerOptimizer:
+    return SO.make_server_optimizer(args.server_opt, like, lr=args.server_lr, momentum=args.server_momentum,
+                                    form=args.momentum_form, betas=(args.server_momentum, 0.99))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what a subproject supplies
+
+
+class Task:
+    """A subproject's federated task. Set ``params`` (the one model's trainable parameters, trained in place
+    by every client in turn), ``sizes`` (client k's weight n_k), ``rounds``, ``eval_every``, ``per_round``
+    (clients per round) and ``seed``; override ``train_client`` and ``evaluate``."""
+
+    name = "rounds"         # the progress bar's label
+    metric = "val_loss"     # the log row's value the progress bar shows
+    purpose = "clients"     # the client-sampling stream's key
+    optimizer = None        # the clients' optimizer object (its state is swapped per client), or None
+
+    def lr(self, r: int) -> float:
+        return self.args.lr
+
+    def make_optimizer(self, lr: float):
+        """The optimizer the next client trains with, its state fresh (``self.optimizer`` reused by default;
+        ``--client-opt-state persist`` then puts the client's own state in)."""
+        if self.optimizer is not None:
+            self.optimizer.state = defaultdict(dict)
+        return self.optimizer
+
+    def train_client(self, k: int, r: int, opt, algo: FedAvg) -> dict:
+        """Local training of client k in round r on ``self.params`` (which hold its start), calling
+        ``algo.adjust_grads(self.params)`` between every backward and optimizer step. Returns at least
+        {"loss": a 0-d tensor, "steps": optimizer steps}."""
+        raise NotImplementedError
+
+    def make_aggregator(self, like):
+        return WeightedMean(like)
+
+    def add_client(self, agg, k: int, out: dict) -> dict:
+        """Add the trained client (in ``self.params``) to ``agg``; returns metrics for the log."""
+        agg.add(self.params, weight=self.sizes[k])
+        return {}
+
+    def pre_reduce(self, aggs, rows: dict, chosen: list[int]) -> None:
+        """Under torchrun, before the all-reduce (FedEntropy re-bases its weights here)."""
+
+    def average(self, agg, x: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The round's aggregate of a cluster whose global model is ``x`` (a masked write-back keeps x off
+        the mask)."""
+        return agg.result()
+
+    def client_loss(self, k: int) -> float:
+        """IFCA's choice: the loss of the model in ``self.params`` on client k's first batches."""
+        raise UsageError("--clustering ifca is not available for this script")
+
+    def client_features(self, k: int) -> np.ndarray:
+        """--clustering data: client k's data distribution (a probability vector), computed on its own data."""
+        raise UsageError("--clustering data is not available for this script")
+
+    def round_start(self, r: int) -> None:
+        """Before round r's first client (every rank)."""
+
+    def round_end(self, rnd: dict) -> None:
+        """After the server step (every rank). ``rnd``: {"round", "chosen", "rows" (every chosen client's
+        ``add_client`` metrics), "losses" (its "loss" as a float), "lr"}."""
+
+    def evaluate(self, rnd: dict) -> dict | None:
+        """On every rank on evaluation rounds: the log row (rank 0 writes it and the checkpoint)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the engine
+
+
+def clusters(task: Task, args) -> tuple[np.ndarray | None, int, dict]:
+    """(assignment or None, number of cluster models, info) of --clustering: data groups the clients once by
+    their ``task.client_features(k)`` distributions (``common.clustering.data_clusters``); ifca starts with
+    --num-clusters models (``Federation.ifca_init_``) and re-assigns every round."""
+    if args.clustering == "data":
+        assign, info = C.data_clusters(np.stack([task.client_features(k) for k in range(len(task.sizes))]),
+                                       args.num_clusters)
+        return assign, int(assign.max()) + 1, info
+    return None, args.num_clusters if args.clustering == "ifca" else 1, {}
+
+
+class Federation:
+    """The server's state: one global model per cluster, the client algorithm, the server optimizers, the
+    clients' optimizer states and the cluster assignment; ``run`` drives the rounds."""
+
+    def __init__(self, task: Task, args):
+        self.task, self.args = task, args
+        assign, num_clusters, self.info = clusters(task, args)
+        self.assign = np.zeros(len(task.sizes), dtype=np.int64) if assign is None else assign
+        self.models = [P.clone(task.params) for _ in range(num_clusters)]
+        self.algo = make_algorithm(args, self.models, task.sizes,
+                                   assign if args.clustering == "data" else None)
+        self.servers = [make_server(args, x) for x in self.models]
+        self.aggs = [task.make_aggregator(x) for x in self.models]
+        self.opt_states: dict[int, dict] = {}
+        # wall-clock seconds of the clients' local training and of whole rounds (evaluation, logging and
+        # checkpoints excluded); under torchrun each rank times its own clients
+        self.timing = {"client_seconds": 0.0, "round_seconds": 0.0}
+        # the task reaches the federation without a reference cycle: an interrupted run's objects (its run
+        # directory's lock with them) go as soon as the last reference does, not at the next garbage collection
+        task.fed = weakref.proxy(self)
+
+    # -- clustering: which global model a client starts from ---------------------------------------------
+    def ifca_assign_(self, ks) -> None:
+        for k in ks:
+            if self.task.sizes[k]:
+                self.assign[k] = int(np.argmin([self._loss(g, k) for g in range(len(self.models))]))
+
+    def _loss(self, g: int, k: int) -> float:
+        P.load_(self.task.params, self.models[g])
+        return self.task.client_loss(k)
+
+    def ifca_init_(self) -> None:
+        """IFCA's starting points, farthest first: cluster 0 is a random client's local model after
+        --ifca-init-rounds rounds of its local steps (round 0 streams) from the initial model; cluster g the
+        same for the client whose best loss under clusters 0..g-1 is the highest."""
+        task, sizes = self.task, self.task.sizes
+        start = P.clone(task.params)
+        seeds = [int(seeding.numpy_rng(task.seed, "ifca-init").choice([k for k in range(len(sizes)) if sizes[k]]))]
+        for g in range(len(self.models)):
+            if g:
+                loss = np.array([[self._loss(h, k) if sizes[k] else -np.inf for h in range(g)]
+                                 for k in range(len(sizes))])
+                seeds.append(C.farthest_first(loss, seeds))
+            P.load_(task.params, start)
+            opt = task.make_optimizer(task.lr(0))
+            for _ in range(self.args.ifca_init_rounds):
+                task.train_client(seeds[g], 0, opt, FedAvg())
+            P.load_(self.models[g], task.params)
+        self.info["seed_clients"] = seeds
+        self.ifca_assign_(range(len(sizes)))
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def start(self, rd, names: list[str], fresh=None) -> int:
+        """The first round to run: the checkpoint's (its whole state restored), else 0 after ``fresh()`` (a
+        warm-up of the global models) and, for IFCA, building its starting models."""
+        state = rd.load_checkpoint()
+        if state is not None:
+            return self.load_state_dict(state, names)
+        if fresh is not None:
+            fresh()
+            for x in self.models[1:]:
+                P.load_(x, self.models[0])
+        if self.args.clustering == "ifca":
+            self.ifca_init_()
+        return 0
+
+    def state_dict(self, round_done: int, names: list[str]) -> dict:
+        return {"round": round_done, "global": export.named_state(names, self.models[0]),  # cluster 0's
+                "clusters": [export.named_state(names, x) for x in self.models[1:]],  # the other clusters
+                "server": [s.state_dict() for s in self.servers], "algorithm": self.algo.state_dict(),
+                "client_opt": {int(k): _opt_state_to_list(v, self.task.params) for k, v in self.opt_states.items()},
+                "assign": self.assign.tolist(), "cluster_info": self.info, "timing": self.timing,
+                "task": self.task.state_dict()}
+
+    def load_state_dict(self, state: dict, names: list[str]) -> int:
+        dev = self.models[0][0].device
+        for x, saved in zip(self.models, [state["global"], *state["clusters"]]):
+            P.load_(x, [t.to(dev) for t in export.tensors_from_state(saved, names)])
+        for s, saved in zip(self.servers, state["server"]):
+            s.load_state_dict(saved)
+        self.algo.load_state_dict(state["algorithm"])
+        self.opt_states = {int(k): _opt_state_from_list(v, self.task.params, dev)
+                           for k, v in state["client_opt"].items()}
+        self.assign[:] = state["assign"]
+        self.info, self.timing = state["cluster_info"], state["timing"]
+        self.task.load_state_dict(state["task"])
+        seeding.set_rng_state(state["rng"])
+        return state["round"]
+
+
+def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, start: int = 0) -> None:
+    """Rounds ``start``..``task.rounds - 1`` (0-based; logged as 1-based). ``rd`` (a ``common.runlog.RunDir``):
+    the non-finite stop, the log and the checkpoints; without it (a warm-up phase) none of them."""
+    args, params, device = fed.args, task.params, task.device
+    world, rank = D.world_size(), D.rank()
+    timing = fed.timing
+    bar = tqdm(range(start, task.rounds), desc=task.name, initial=start, total=task.rounds,
+               disable=rd is None or rank != 0 or args.quiet)
+    for r in bar:
+        t_round = time.perf_counter()
+        chosen = sample_clients(task.seed, r, len(task.sizes), task.per_round, task.purpose)
+        if args.clustering == "ifca":
+            fed.ifca_assign_(chosen)  # every participant takes the cluster model that fits its data best
+        for agg in fed.aggs:
+            agg.reset()
+        lr = task.lr(r)
+        task.round_start(r)
+        rows, losses = {}, []
+        # this rank's share, balanced by client size; one process: every chosen client, in order
+        plan = D.assign_clients(chosen, [task.sizes[k] for k in chosen], world)
+        for k in plan[rank]:
+            g = int(fed.assign[k])
+            P.load_(params, fed.models[g])  # every client starts from its cluster's global model
+            opt = task.make_optimizer(lr)  # with a fresh state
+            if args.client_opt_state == "persist" and k in fed.opt_states:  # the client's own (moments, momentum)
+                opt.state = defaultdict(dict, fed.opt_states[k])
+            fed.algo.client_start(k, fed.models[g], g)
+            t0 = time.perf_counter()
+            out = task.train_client(k, r, opt, fed.algo)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timing["client_seconds"] += time.perf_counter() - t0
+            if opt is not None and args.client_opt_state == "persist":
+                fed.opt_states[k] = opt.state
+            fed.algo.client_end(k, params, out["steps"], lr)
+            rows[k] = task.add_client(fed.aggs[g], k, out)
+            losses.append(out["loss"])
+        losses = dict(zip(plan[rank], torch.stack(losses).tolist() if losses else []))  # one read per round
+        if world > 1:  # the small exchanges, then ONE all-reduce of every aggregator's sums
+            parts = D.all_gather_object((rows, losses))
+            rows = {k: v for part, _ in parts for k, v in part.items()}
+            losses = {k: v for _, part in parts for k, v in part.items()}
+            task.pre_reduce(fed.aggs, rows, chosen)
+            D.all_reduce_sum_([t for agg in fed.aggs for t in agg.accumulators()] + fed.algo.accumulators())
+            _sync_client_states(fed, plan)
+            if isinstance(fed.algo, Scaffold):
+                for sc in fed.algo.controls:
+                    D.sync_controls_(sc, plan)  # every rank (and rank 0's checkpoint) holds every c_i
+        rows, losses = {k: rows[k] for k in chosen}, {k: losses[k] for k in chosen}
+        for g, (x, agg, server) in enumerate(zip(fed.models, fed.aggs, fed.servers)):
+            if any(fed.assign[k] == g for k in chosen):
+                fed.algo.server_step(x, functools.partial(task.average, agg, x), server, g)
+        rnd = {"round": r, "chosen": chosen, "rows": rows, "losses": losses, "lr": lr}
+        task.round_end(rnd)
+        timing["round_seconds"] += time.perf_counter() - t_round
+        if rd is None:
+            continue
+        # every rank holds the same aggregate and losses, so every rank stops here (exit 3, last checkpoint kept)
+        rd.check_finite(f"round {r + 1}", training_loss=list(losses.values()),
+                        aggregated_parameters=[t for x in fed.models for t in x])
+        if (r + 1) % task.eval_every == 0 or r + 1 == task.rounds:
+            row = task.evaluate(rnd)  # every rank scores its share; rank 0 logs and checkpoints
+            if rd.is_main:
+                rd.log(row)
+                rd.save_checkpoint(fed.state_dict(r + 1, names))
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k == task.metric})
+
+
+def _opt_state_to_list(state: dict, plist) -> list[dict]:
+    """An optimizer's per-parameter state keyed by position (parameter objects do not pickle by identity)."""
+    return [{k: (v.cpu().clone() if torch.is_tensor(v) else v) for k, v in state.get(p, {}).items()} for p in plist]
+
+
+def _opt_state_from_list(states: list[dict], plist, device) -> dict:
+    out = {}
+    for p, s in zip(plist, states):
+        if s:
+            out[p] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in s.items()}
+    return out
+
+
+def _sync_client_states(fed: Federation, plan: list[list[int]]) -> None:
+    """Copy each trained client's optimizer state from the rank that trained it to every rank, so the next
+    round may give that client to any rank and rank 0's checkpoint holds them all (one broadcast per rank)."""
+    if fed.args.client_opt_state != "persist" or fed.task.optimizer is None:
+        return
+    me, plist = D.rank(), fed.task.params
+    for src, clients in enumerate(plan):
+        if clients:
+            payload = {k: _opt_state_to_list(fed.opt_states[k], plist) for k in clients} if src == me else None
+            payload = D.broadcast_object(payload, src=src)
+            if src != me:
+                fed.opt_states.update({k: _opt_state_from_list(v, plist, fed.task.device) for k, v in payload.items()})
+
+
+def namespace_defaults(**kw) -> argparse.Namespace:
+    """The shared flags at their defaults, for callers that build arguments by hand."""
+    ns = dict(algorithm="fedavg", mu=0.01, scaffold_weighting="uniform", server_opt="fedavg", server_lr=1.0,
+              server_momentum=0.9, momentum_form="heavy-ball", client_opt_state="reset", clustering="none",
+              num_clusters=0, ifca_init_rounds=5, ifca_batches=2)
+    return argparse.Namespace(**(ns | kw))

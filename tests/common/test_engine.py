@@ -1,0 +1,189 @@
+"""The round engine against FedAvg, FedProx, SCAFFOLD (both weightings), FedAvgM and IFCA written out by hand on
+quadratic clients, the client optimizer state kept or reset, and the one-line refusals of the shared flags."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common import cli, engine
+from common.aggregate import WeightedMean
+from common.errors import UsageError
+
+DIM, K = 3, 4
+
+
+def problem(seed: int = 0):
+    """Client k's loss 0.5 ||A_k theta - b_k||^2 (A_k, b_k drawn per client), sizes n_k."""
+    g = torch.Generator().manual_seed(seed)
+    A = [torch.randn(5, DIM, generator=g, dtype=torch.float64) for _ in range(K)]
+    b = [torch.randn(5, generator=g, dtype=torch.float64) for _ in range(K)]
+    return A, b, [3.0, 1.0, 2.0, 4.0]
+
+
+class Quadratic(engine.Task):
+    """Every client takes ``steps`` optimizer steps on its quadratic; the engine's hook adjusts the gradient."""
+
+    def __init__(self, A, b, sizes, rounds=3, per_round=K, lr=0.05, steps=3, momentum=0.0):
+        self.A, self.b, self.sizes, self.steps = A, b, sizes, steps
+        self.theta = torch.nn.Parameter(torch.ones(DIM, dtype=torch.float64))
+        self.params, self.device, self.seed = [self.theta], torch.device("cpu"), 0
+        self.rounds, self.eval_every, self.per_round, self._lr = rounds, 1, per_round, lr
+        self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
+
+    def lr(self, r):
+        return self._lr
+
+    def make_aggregator(self, like):
+        return WeightedMean(like, acc_dtype=torch.float64)
+
+    def client_loss(self, k):
+        with torch.no_grad():
+            return float(0.5 * ((self.A[k] @ self.theta - self.b[k]) ** 2).sum())
+
+    def train_client(self, k, r, opt, algo):
+        total = torch.zeros((), dtype=torch.float64)
+        for _ in range(self.steps):
+            opt.zero_grad(set_to_none=True)
+            loss = 0.5 * ((self.A[k] @ self.theta - self.b[k]) ** 2).sum()
+            loss.backward()
+            algo.adjust_grads(self.params)
+            opt.step()
+            total += loss.detach()
+        return {"loss": total, "steps": self.steps}
+
+
+def args(**kw):
+    return engine.namespace_defaults(**kw)
+
+
+def run(task, a):
+    fed = engine.Federation(task, a)
+    if a.clustering == "ifca":
+        fed.ifca_init_()
+    engine.run(task, fed)
+    return fed
+
+
+def grad(A, b, theta):
+    return A.T @ (A @ theta - b)
+
+
+@pytest.mark.parametrize("algorithm,mu", [("fedavg", 0.0), ("fedprox", 0.3)])
+def test_fedavg_and_fedprox_match_the_update_rules(algorithm, mu):
+    A, b, n = problem()
+    fed = run(Quadratic(A, b, n), args(algorithm=algorithm, mu=mu))
+    x, lr = torch.ones(DIM, dtype=torch.float64), 0.05
+    for _ in range(3):
+        ys = []
+        for k in range(K):
+            y = x.clone()
+            for _ in range(3):
+                y = y - lr * (grad(A[k], b[k], y) + mu * (y - x))
+            ys.append(y)
+        x = sum(w * y for w, y in zip(n, ys)) / sum(n)
+    torch.testing.assert_close(fed.models[0][0], x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "size"])
+def test_scaffold_matches_option_two_with_partial_participation(weighting):
+    A, b, n = problem(1)
+    lr, lr_g, steps, rounds = 0.05, 0.8, 2, 4
+    task = Quadratic(A, b, n, rounds=rounds, per_round=2, lr=lr, steps=steps)
+    fed = run(task, args(algorithm="scaffold", server_lr=lr_g, scaffold_weighting=weighting))
+    x = torch.ones(DIM, dtype=torch.float64)
+    c, ci = torch.zeros(DIM, dtype=torch.float64), [torch.zeros(DIM, dtype=torch.float64) for _ in range(K)]
+    p = [v / sum(n) for v in n]
+    for r in range(rounds):
+        chosen = engine.sample_clients(0, r, K, 2)
+        dys, dcs, ws = [], [], []
+        for k in chosen:
+            y = x.clone()
+            for _ in range(steps):
+                y = y - lr * (grad(A[k], b[k], y) + c - ci[k])
+            new = ci[k] - c + (x - y) / (steps * lr)
+            dys.append(y - x)
+            dcs.append(new - ci[k])
+            ws.append(n[k] if weighting == "size" else 1.0)
+            ci[k] = new
+        x = x + lr_g * sum(w * d for w, d in zip(ws, dys)) / sum(ws)
+        c = c + (sum(p[k] * d for k, d in zip(chosen, dcs)) if weighting == "size" else sum(dcs) / K)
+    torch.testing.assert_close(fed.models[0][0], x, rtol=1e-6, atol=1e-6)  # controls in float32
+    torch.testing.assert_close(fed.algo.controls[0].c[0].double(), c, rtol=1e-5, atol=1e-6)
+
+
+def test_fedavgm_heavy_ball_server():
+    A, b, n = problem(2)
+    fed = run(Quadratic(A, b, n, steps=1), args(server_opt="fedavgm", server_momentum=0.5, server_lr=0.7))
+    x, m, lr = torch.ones(DIM, dtype=torch.float64), torch.zeros(DIM, dtype=torch.float64), 0.05
+    for _ in range(3):
+        avg = sum(w * (x - lr * grad(A[k], b[k], x)) for k, w in enumerate(n)) / sum(n)
+        m = 0.5 * m + (x - avg)
+        x = x - 0.7 * m
+    torch.testing.assert_close(fed.models[0][0], x, rtol=1e-6, atol=1e-6)  # server state in float32
+
+
+def test_client_momentum_kept_or_reset():
+    """persist: a client's momentum buffer carries into its next round; reset: every round starts without."""
+    A, b, n = problem(3)
+    one = [A[0]], [b[0]], [1.0]
+    got = {s: run(Quadratic(*one, rounds=2, per_round=1, steps=2, momentum=0.9), args(client_opt_state=s))
+           for s in ("persist", "reset")}
+    lr, mom = 0.05, 0.9
+    for state in ("persist", "reset"):
+        x, buf = torch.ones(DIM, dtype=torch.float64), None
+        for _ in range(2):
+            if state == "reset":
+                buf = None
+            for _ in range(2):
+                g = grad(A[0], b[0], x)
+                buf = g if buf is None else mom * buf + g
+                x = x - lr * buf
+        torch.testing.assert_close(got[state].models[0][0], x, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(got["persist"].models[0][0], got["reset"].models[0][0])
+
+
+def test_ifca_separates_two_planted_groups():
+    """Two groups of clients with opposite optima: IFCA's two cluster models each settle on one group."""
+    rng = torch.Generator().manual_seed(0)
+    A = [torch.eye(DIM, dtype=torch.float64) + 0.01 * torch.randn(DIM, DIM, generator=rng, dtype=torch.float64)
+         for _ in range(K)]
+    b = [torch.full((DIM,), 3.0 if k % 2 else -3.0, dtype=torch.float64) for k in range(K)]
+    task = Quadratic(A, b, [1.0] * K, rounds=5, lr=0.2, steps=3)
+    fed = run(task, args(clustering="ifca", num_clusters=2, ifca_init_rounds=1))
+    assert fed.assign.tolist() in ([0, 1, 0, 1], [1, 0, 1, 0])
+    for g in range(2):
+        target = 3.0 if fed.assign[1] == g else -3.0
+        assert torch.allclose(fed.models[g][0], torch.full((DIM,), target, dtype=torch.float64), atol=0.2)
+
+
+def test_sample_clients_is_seeded_sorted_and_distinct():
+    a = engine.sample_clients(3, 5, 20, 7)
+    assert a == sorted(set(a)) and len(a) == 7 and a == engine.sample_clients(3, 5, 20, 7)
+    assert a != engine.sample_clients(3, 6, 20, 7)
+    assert engine.clients_per_round(0.1, 100) == 10 and engine.clients_per_round(0.001, 10) == 1
+
+
+@pytest.mark.parametrize("kw,why", [
+    (dict(algorithm="scaffold"), "plain SGD"),
+    (dict(algorithm="scaffold", server_opt="fedadam"), "own server step"),
+    (dict(algorithm="moon"), "unknown"),
+    (dict(clustering="ifca"), "num-clusters >= 2"),
+    (dict(num_clusters=2), "needs --clustering"),
+    (dict(mu=-1.0), "--mu"),
+])
+def test_nonsense_combinations_are_refused_in_one_line(kw, why):
+    a = args(**kw)
+    sgd = kw.get("server_opt") is not None
+    with pytest.raises(UsageError, match=why):
+        engine.check_algorithm_args(a, plain_sgd=sgd, optimizer_hint="use --optimizer sgd")
+
+
+def test_a_script_that_cannot_run_scaffold_says_why():
+    parser = cli.ArgumentParser()
+    engine.add_algorithm_args(parser, scaffold="its merge re-factorises the adapters")
+    a = parser.parse_args(["--algorithm", "scaffold"])
+    with pytest.raises(UsageError, match="re-factorises"):
+        engine.check_algorithm_args(a, plain_sgd=True, optimizer_hint="", scaffold="its merge re-factorises the "
+                                    "adapters")
+    assert np.isclose(a.mu, 0.01)
