@@ -168,8 +168,9 @@ def main(argv=None) -> dict:
         long.eval_every = args.eval_every * args.long_factor
         rest += jobs_of(plan(long, [], "synthetic", ["central", "fedavg", "fedfisher"], [first], ["topic"],
                              suffix="-long"), out)
-    for shard in sorted(args.shards, key=lambda s: s != "topic"):  # the non-IID shards first
-        rest += jobs_of(plan(args, [], "synthetic", arms, [L for L in args.layers if L != first], [shard]), out)
+    for i, shard in enumerate(sorted(args.shards, key=lambda s: s != "topic")):  # the non-IID shards first
+        block = arms if i == 0 else arms[1:]  # one central run per depth: it has no shards
+        rest += jobs_of(plan(args, [], "synthetic", block, [L for L in args.layers if L != first], [shard]), out)
     draw = f"python plots/plot_mamba.py --runs {out} --out {args.figures}"
     run = functools.partial(jobs.run_plan, parallel=args.jobs, log_dir=out / "logs", dry_run=args.dry_run,
                             title="mamba_fl grid")

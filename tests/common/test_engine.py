@@ -170,13 +170,22 @@ def test_sample_clients_is_seeded_sorted_and_distinct():
     (dict(algorithm="moon"), "unknown"),
     (dict(clustering="ifca"), "num-clusters >= 2"),
     (dict(num_clusters=2), "needs --clustering"),
-    (dict(mu=-1.0), "--mu"),
 ])
 def test_nonsense_combinations_are_refused_in_one_line(kw, why):
     a = args(**kw)
     sgd = kw.get("server_opt") is not None
     with pytest.raises(UsageError, match=why):
         engine.check_algorithm_args(a, plain_sgd=sgd, optimizer_hint="use --optimizer sgd")
+
+
+@pytest.mark.parametrize("flag,value", [("--mu", "-1"), ("--server-lr", "0"), ("--server-momentum", "1"),
+                                        ("--num-clusters", "-2"), ("--ifca-batches", "0")])
+def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, capsys):
+    parser = cli.ArgumentParser()
+    engine.add_algorithm_args(parser)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args([flag, value])
+    assert e.value.code == 2 and f"{flag} must be" in capsys.readouterr().err
 
 
 def test_a_script_that_cannot_run_scaffold_says_why():

@@ -143,6 +143,15 @@ def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys)
         run_grid.main(["--jobs", "0", "--dry-run", "--out-dir", str(out)])
 
 
+def test_the_default_grid_plans_each_run_once(tmp_path, capsys):
+    """Two depths and two shardings: the deeper model's central run (which has no shards) is planned once."""
+    from mamba_fl import run_grid
+    run_grid.main(["--dry-run", "--out-dir", str(tmp_path / "grid")])
+    printed = capsys.readouterr().out
+    assert printed.count("--run-name central_L2_synthetic_s0 ") == 1
+    assert printed.count("--run-name fedavg_L2_topic_s2 ") == 1 and "--run-name fedavg_L2_contiguous_s2 " in printed
+
+
 def test_run_grid_picks_the_best_other_arm_from_the_first_block(tmp_path):
     """The real-text block runs the federated arm other than FedAvg with the lowest mean log perplexity over
     the finished synthetic runs (a diverged run, inf, is left out; FedAvg itself never counts)."""
