@@ -5,8 +5,8 @@
   ``AutoModelForCausalLM.from_pretrained("<run>/model")`` (or ``AutoModelForSequenceClassification``,
   ``PeftModel.from_pretrained(base, "<run>/model")``) loads it directly. ``fedlab.json`` beside it records
   which script and run wrote it and the run's headline metrics.
-* ``save_state_dict_dir(run_path, state_dict, config)`` -- for models that are not ``transformers`` classes
-  (the ViT): named tensors in ``model.pt`` (``torch.load(weights_only=True)`` reads it) plus ``config.json``.
+* ``save_tensors_dir(run_path, tensors, config)`` -- for a model this project builds itself (the ViT): named
+  tensors in ``model.safetensors`` plus ``config.json`` (and e.g. ``preprocessor_config.json``).
 * ``relative_base(adapter_dir, base)`` / ``resolve_base(adapter_dir, recorded)`` -- a LoRA adapter's
   ``base_model_name_or_path`` recorded relative to the adapter folder when the base is a folder inside the
   same run directory (so the run directory can be moved or copied with its base inside it), absolute for a
@@ -32,7 +32,7 @@ from common.checkpoint import atomic_path, atomic_write_json, give_usual_permiss
 
 MODEL_DIR = "model"
 CARD_FILE = "fedlab.json"
-STATE_FILE = "model.pt"
+TENSORS_FILE = "model.safetensors"
 
 
 def model_dir(run_path: str | os.PathLike, name: str = MODEL_DIR) -> Path:
@@ -67,7 +67,6 @@ def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: 
         model.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
-    give_usual_permissions(out)  # safetensors writes 0600 files
     atomic_write_json(out / CARD_FILE, {"run": Path(run_path).name, "format": "transformers",
                                         "class": type(model).__name__, **(info or {})})
     return out
@@ -115,26 +114,29 @@ def save_adapter_dir(run_path: str | os.PathLike, peft_model, tokenizer=None, *,
     return out
 
 
-def save_state_dict_dir(run_path: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict,
-                        *, info: dict | None = None, name: str = MODEL_DIR) -> Path:
-    """Named tensors (CPU, contiguous) in ``<run>/<name>/model.pt`` plus ``config.json``; returns the folder."""
+def save_tensors_dir(run_path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict, *,
+                     info: dict | None = None, name: str = MODEL_DIR, extra: dict[str, dict] | None = None) -> Path:
+    """Named tensors in ``<run>/<name>/model.safetensors`` plus ``config.json`` and the ``extra`` JSON files
+    (a Hugging Face model folder for a model this project builds itself); returns the folder."""
+    from safetensors.torch import save_file
+
     out = model_dir(run_path, name)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    with atomic_path(out / STATE_FILE) as tmp:
-        torch.save(tensors, tmp)
-    atomic_write_json(out / "config.json", config)
-    atomic_write_json(out / CARD_FILE, {"run": Path(run_path).name, "format": "state_dict",
-                                        "weights": STATE_FILE, **(info or {})})
+    with atomic_path(out / TENSORS_FILE) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": "pt"})
+    for file, content in {"config.json": config, **(extra or {})}.items():
+        atomic_write_json(out / file, content)
+    atomic_write_json(out / CARD_FILE, {"run": Path(run_path).name, "format": "safetensors", **(info or {})})
     return out
 
 
-def load_state_dict_dir(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """(named tensors, config) written by ``save_state_dict_dir``; reads with ``weights_only=True``."""
+def load_tensors_dir(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(named tensors, config) written by ``save_tensors_dir``."""
+    from safetensors.torch import load_file
+
     folder = Path(folder)
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    return state, config
+    return load_file(folder / TENSORS_FILE), json.loads((folder / "config.json").read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -149,8 +149,8 @@ def main(argv=None) -> dict:
     # ---------------------------------------------------------------- test with the best model
     rows = run.rows()
     final_test = exp.evaluate(fwd, test, args, device)
-    vit.save(model, run.path, info={"method": "centralized", "epoch": len(rows),
-                                    "test_accuracy": final_test["accuracy"]})  # the final model
+    vit.save(model, run.path, image_size=args.image_size,  # the final model
+             info={"method": "centralized", "epoch": len(rows), "test_accuracy": final_test["accuracy"]})
     if best:
         model.load_state_dict(torch.load(best[0]["path"], map_location=device, weights_only=True)["model"])
     best_test = exp.evaluate(fwd, test, args, device) if best else final_test
@@ -166,12 +166,13 @@ def main(argv=None) -> dict:
                "best_checkpoints": [os.path.basename(b["path"]) for b in best]}
     summary = run.write_summary(summary)
     if best:  # the best epoch's model beside the final one
-        vit.save(model, run.path, name="best_model", info={"method": "centralized", "epoch": best[0]["epoch"],
-                                                           "test_accuracy": best_test["accuracy"]})
+        vit.save(model, run.path, image_size=args.image_size, name="best_model",
+                 info={"method": "centralized", "epoch": best[0]["epoch"], "test_accuracy": best_test["accuracy"]})
     report.print_ending(run.path, "test accuracy" + (" (best epoch)" if best else ""), summary["test_accuracy"],
                         {"chance": summary["chance_accuracy"]}, quiet=args.quiet,
                         extra=f"final epoch's test accuracy {summary['final_test_accuracy']}",
-                        figures=f"python plots/plot_vit.py --runs {args.out_dir}", loader="vit_sparse_fl.vit.load")
+                        figures=f"python plots/plot_vit.py --runs {args.out_dir}",
+                        loader="AutoModelForImageClassification.from_pretrained or vit_sparse_fl.vit.load")
     summary["run_dir"] = str(run.path)
     run.release()
     return summary

@@ -328,12 +328,14 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
                "client_seconds": fed.timing["client_seconds"], "loop_seconds": fed.timing["round_seconds"],
                **(extra_summary or {})}
     summary = run.write_summary(summary)
-    vit.save(ctx["model"], run.path, info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
-                                          "test_accuracy": summary["test_accuracy"]})  # the final global model
+    vit.save(ctx["model"], run.path, image_size=args.image_size,  # the final global model
+             info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
+                   "test_accuracy": summary["test_accuracy"]})
     report.print_ending(run.path, "test accuracy", summary["test_accuracy"],
                         {"chance": summary["chance_accuracy"]}, quiet=args.quiet,
                         extra=f"final validation accuracy {summary['final_val_accuracy']}",
-                        figures=f"python plots/plot_vit.py --runs {args.out_dir}", loader="vit_sparse_fl.vit.load")
+                        figures=f"python plots/plot_vit.py --runs {args.out_dir}",
+                        loader="AutoModelForImageClassification.from_pretrained or vit_sparse_fl.vit.load")
     summary["run_dir"] = str(run.path)
     run.release()
     return D.broadcast_object(summary)

@@ -7,10 +7,14 @@ As in DINO, the positional embedding is stored for the pre-training grid (224 px
 bicubically interpolated at forward time for other image sizes (160 px, 32 px), so the checkpoint never
 has to be edited.
 
-A run's trained model is ``<run>/model/``: ``model.pt`` (named tensors: the backbone under DINO's names,
-the classifier as ``head.weight`` / ``head.bias``; ``torch.load(weights_only=True)`` reads it) and
-``config.json`` (``ViTConfig``). ``load("<run>/model")`` rebuilds the ``ViTClassifier``; ``--weights
-<run>/model/model.pt`` starts another run from its backbone.
+A run's trained model is ``<run>/model/``, a Hugging Face ``ViTForImageClassification`` folder:
+``config.json`` (a ``transformers`` ViT config, with this project's ``ViTConfig`` under ``fedlab_vit``),
+``model.safetensors`` (the classic ViT tensor names: the same weights, q/k/v split out of DINO's ``qkv``)
+and ``preprocessor_config.json`` (resize to the run's ``--image-size``, ImageNet normalisation), so
+``AutoModelForImageClassification.from_pretrained("<run>/model")`` gives the same logits as the model here
+(pass ``interpolate_pos_encoding=True`` for images of another size than ``image_size``, the stored grid).
+``load("<run>/model")`` rebuilds the ``ViTClassifier``; ``--weights <run>/model`` starts another run from
+its backbone.
 """
 from __future__ import annotations
 
@@ -189,19 +193,91 @@ def export_state_dict(model: ViTClassifier) -> dict[str, torch.Tensor]:
     return {k.removeprefix("backbone."): v for k, v in model.state_dict().items()}
 
 
-def save(model: ViTClassifier, run_path, *, info: dict | None = None, name: str = "model") -> Path:
-    """``<run_path>/<name>/model.pt`` + ``config.json`` (see the module doc); returns the folder."""
+# DINO name -> the classic Hugging Face ViT name (per block: prefix blocks.{i}. -> vit.encoder.layer.{i}.)
+_HF_NAMES = {"cls_token": "vit.embeddings.cls_token", "pos_embed": "vit.embeddings.position_embeddings",
+             "patch_embed.proj": "vit.embeddings.patch_embeddings.projection", "norm": "vit.layernorm",
+             "head": "classifier"}
+_HF_BLOCK = {"attn.proj": "attention.output.dense", "norm1": "layernorm_before", "norm2": "layernorm_after",
+             "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+_QKV = ("query", "key", "value")
+
+
+def hf_state_dict(model: ViTClassifier) -> dict[str, torch.Tensor]:
+    """The weights under ``transformers``' ViT names (DINO's fused ``qkv`` split into query, key, value)."""
+    out = {}
+    for name, t in export_state_dict(model).items():
+        stem, kind = name.rsplit(".", 1) if name.endswith(("weight", "bias")) else (name, "")
+        if stem.startswith("blocks."):
+            _, i, part = stem.split(".", 2)
+            prefix = f"vit.encoder.layer.{i}."
+            if part == "attn.qkv":
+                out.update({f"{prefix}attention.attention.{n}.{kind}": c for n, c in zip(_QKV, t.chunk(3))})
+                continue
+            stem = prefix + _HF_BLOCK[part]
+        else:
+            stem = _HF_NAMES[stem]
+        out[f"{stem}.{kind}" if kind else stem] = t
+    return out
+
+
+def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``hf_state_dict``'s inverse: DINO names plus ``head.*``."""
+    back = {hf: dino for dino, hf in _HF_NAMES.items()}
+    back_block = {hf: dino for dino, hf in _HF_BLOCK.items()}
+    out, qkv = {}, {}
+    for name, t in state.items():
+        stem, kind = name.rsplit(".", 1) if name.endswith(("weight", "bias")) else (name, "")
+        if stem.startswith("vit.encoder.layer."):
+            i, part = stem.removeprefix("vit.encoder.layer.").split(".", 1)
+            if part.startswith("attention.attention."):
+                qkv.setdefault(f"blocks.{i}.attn.qkv.{kind}", {})[part.rsplit(".", 1)[1]] = t
+                continue
+            stem = f"blocks.{i}.{back_block[part]}"
+        else:
+            stem = back[stem]
+        out[f"{stem}.{kind}" if kind else stem] = t
+    out.update({name: torch.cat([parts[n] for n in _QKV]) for name, parts in qkv.items()})
+    return out
+
+
+def hf_config(cfg: ViTConfig, image_size: int) -> tuple[dict, dict]:
+    """(``config.json``, ``preprocessor_config.json``) of the Hugging Face folder. Dropout is 0 as in the model
+    here (its head dropout is kept under ``fedlab_vit``); the preprocessor resizes to the run's image size
+    (bilinear) and normalises as the training pipeline does."""
+    config = {"model_type": "vit", "architectures": ["ViTForImageClassification"], "image_size": cfg.img_size,
+              "patch_size": cfg.patch_size, "num_channels": 3, "hidden_size": cfg.embed_dim,
+              "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
+              "intermediate_size": int(cfg.embed_dim * cfg.mlp_ratio), "hidden_act": "gelu",
+              "layer_norm_eps": 1e-6, "qkv_bias": True, "hidden_dropout_prob": 0.0,
+              "attention_probs_dropout_prob": 0.0, "num_labels": cfg.num_classes,
+              "id2label": {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)},
+              "label2id": {f"LABEL_{i}": i for i in range(cfg.num_classes)}, "fedlab_vit": asdict(cfg)}
+    from vit_sparse_fl.data import IMAGENET_MEAN, IMAGENET_STD
+
+    preprocessor = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "resample": 2,
+                    "size": {"height": image_size, "width": image_size}, "do_rescale": True,
+                    "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(IMAGENET_MEAN),
+                    "image_std": list(IMAGENET_STD)}
+    return config, preprocessor
+
+
+def save(model: ViTClassifier, run_path, *, image_size: int, info: dict | None = None,
+         name: str = "model") -> Path:
+    """``<run_path>/<name>/``: the Hugging Face folder of the module doc; returns it."""
     from common import export
 
-    return export.save_state_dict_dir(run_path, export_state_dict(model), model.config(), info=info, name=name)
+    config, preprocessor = hf_config(model.cfg, image_size)
+    return export.save_tensors_dir(run_path, hf_state_dict(model), config, info=info, name=name,
+                                   extra={"preprocessor_config.json": preprocessor})
 
 
 def load(folder, map_location: str | torch.device = "cpu") -> ViTClassifier:
     """The ``ViTClassifier`` saved by ``save`` in ``folder`` (``<run>/model``), in eval mode."""
     from common import export
 
-    state, config = export.load_state_dict_dir(folder)
-    model = ViTClassifier(ViTConfig(**config))
+    state, config = export.load_tensors_dir(folder)
+    model = ViTClassifier(ViTConfig(**config["fedlab_vit"]))
+    state = from_hf_state_dict(state)
     head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
     model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=True)
     model.head.load_state_dict(head, strict=True)
@@ -231,17 +307,25 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None, *, allow_do
         source = url
     else:
         path = Path(weights)
+        if path.is_dir() and (path / "model.safetensors").is_file():  # a run's <run>/model folder
+            path = path / "model.safetensors"
         cli.check(path.is_file(), f"--weights {weights}: no such file; expected "
-                                  "dino_deitsmall16_pretrain.pth or 'dino' to use the torch hub cache")
+                                  "dino_deitsmall16_pretrain.pth, a run's model folder or 'dino' to use the "
+                                  "torch hub cache")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = from_hf_state_dict(load_file(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise cli.UsageError(f"--weights {weights}: not a torch checkpoint "
                                  f"({type(e).__name__})") from None
         source = str(path)
     if isinstance(state, dict) and "model" in state and "config" in state:   # this project's checkpoint
         return _load_project_checkpoint(model, state, source)
-    if isinstance(state, dict) and "head.weight" in state and "cls_token" in state:   # a run's model/model.pt
+    if isinstance(state, dict) and "head.weight" in state and "cls_token" in state:   # a run's model folder
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     if isinstance(state, dict) and "teacher" in state:        # a full DINO training checkpoint
         state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state["teacher"].items()
