@@ -33,7 +33,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import cli, jobs
+from common import cli, flags, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["--d-model", "64", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64", "--sample-tokens", "0"]
@@ -56,7 +56,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/mamba_grid", help="folder of the run directories and results.md")
     p.add_argument("--figures", default="mamba_fl/figures", help="folder for the figures and a copy of results.md")
     p.add_argument("--jobs", type=int, default=3, help="runs at a time (one thread each)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every arm")
+    p.add_argument("--seeds", type=flags.SEED, nargs="+", default=[0, 1, 2], help="seeds of every arm")
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2], choices=(1, 2, 4), help="model depths")
     p.add_argument("--shards", nargs="+", default=["contiguous", "topic"], choices=("contiguous", "iid", "topic"),
                    help="client splits of the synthetic data")
@@ -151,8 +151,7 @@ def main(argv=None) -> dict:
     cli.check(args.batch_size >= 1 and args.eval_every >= 1 and args.fisher_samples >= 1 and args.long_factor >= 1,
               "--batch-size, --eval-every, --fisher-samples and --long-factor must be >= 1")
     cli.check(args.temperature > 0 and args.lr > 0 and args.sgd_lr > 0, "--temperature, --lr and --sgd-lr must be > 0")
-    cli.check(min(args.seeds) >= 0 and len(set(args.seeds)) == len(args.seeds),
-              f"--seeds must be distinct and >= 0, got {args.seeds}")
+    cli.check(len(set(args.seeds)) == len(args.seeds), f"--seeds must be distinct, got {args.seeds}")
     cli.check(args.real_raw is None or Path(args.real_raw).is_file(), f"--real-raw {args.real_raw}: no such file")
     out = cli.check_out_dir(args.out_dir)
     cli.check_out_dir(args.figures, "--figures")

@@ -246,6 +246,7 @@ CASES = [
     ("mamba tokenizer folder missing", "mamba_fed", ["--tokenizer", "{bad}/no_tokenizer"], "no_tokenizer"),
     # ---- vit arguments
     ("vit eval batch size zero", "vit_fed", ["--eval-batch-size", "0"], "--eval-batch-size"),
+    ("vit split seed negative", "vit_fed", ["--split-seed", "-1"], "--split-seed must be in [0, 4294967295]"),
     ("vit momentum negative", "vit_fed", ["--momentum", "-1"], "--momentum"),
     ("vit head dropout 1.5", "vit_fed", ["--head-dropout", "1.5"], "--head-dropout"),
     ("vit weight decay negative", "vit_central", ["--weight-decay", "-1"], "--weight-decay"),

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import cli
+from common import cli, flags
 from common import distributed as D
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -242,7 +242,7 @@ def add_data_args(parser, quick_image_size: int = 32) -> None:
     g.add_argument("--image-size", type=int, default=None, choices=[224, 160, 32],
                    help="resize to this many pixels (default 224 as DINO; --quick: 32, no resize)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of the training set")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+    g.add_argument("--split-seed", type=flags.SEED, default=0, help="seed of the validation split")
     g.add_argument("--num-classes", type=int, default=None,
                    help="keep only classes 0..N-1 (default 0: all 100; "
                         "--quick: 10, so a tiny model learns in seconds)")

@@ -143,6 +143,16 @@ def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys)
         run_grid.main(["--jobs", "0", "--dry-run", "--out-dir", str(out)])
 
 
+@pytest.mark.parametrize("seeds,message", [(["-1"], "--seeds must be in [0, 4294967295], got -1"),
+                                           (["4294967296"], "got 4294967296"),
+                                           (["1", "1"], "--seeds must be distinct")])
+def test_run_grid_refuses_bad_seeds(tmp_path, capsys, seeds, message):
+    from mamba_fl import run_grid
+    with pytest.raises((SystemExit, cli.UsageError)) as e:
+        run_grid.main(["--seeds", *seeds, "--dry-run", "--out-dir", str(tmp_path / "grid")])
+    assert message in (str(e.value) + capsys.readouterr().err) and not (tmp_path / "grid").exists()
+
+
 def test_the_default_grid_plans_each_run_once(tmp_path, capsys):
     """Two depths and two shardings: the deeper model's central run (which has no shards) is planned once."""
     from mamba_fl import run_grid
