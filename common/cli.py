@@ -66,12 +66,22 @@ def _add_argument(original: Callable, *names, **kwargs):
     return original(*names, **kwargs)
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after each help text, except where X says nothing (None: the script decides, and its
+    help says how; False of a switch) or the help already names its default."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with both flag spellings, no abbreviations, and one-line errors (exit 2)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *names, **kwargs):
@@ -178,10 +188,11 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
 
 
 def add_fed_args(parser: argparse.ArgumentParser, *, num_clients: int = 10, rounds: int | None = None,
-                 participation_rate: float = 1.0, eval_every: int = 1) -> None:
+                 participation_rate: float = 1.0, eval_every: int = 1, rounds_help: str = "") -> None:
+    """``rounds_help``: what decides the rounds when ``rounds`` is None (said in --help)."""
     g = parser.add_argument_group("federation")
     g.add_argument("--num-clients", type=POSITIVE_INT, default=num_clients, help="number of clients K")
-    g.add_argument("--rounds", type=POSITIVE_INT, default=rounds, help="communication rounds")
+    g.add_argument("--rounds", type=POSITIVE_INT, default=rounds, help="communication rounds" + rounds_help)
     g.add_argument("--participation-rate", type=FRACTION, default=participation_rate,
                    help="fraction C of clients sampled each round (without replacement)")
     g.add_argument("--eval-every", type=POSITIVE_INT, default=eval_every,

@@ -56,7 +56,8 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0,
     p = cli.ArgumentParser(description=f"Federated Mamba2 language model: {method}", add_help=add_help)
     mmodel.add_model_args(p)
     lmdata.add_data_args(p, batch_size=4, sharding=True)
-    cli.add_fed_args(p, num_clients=4, rounds=None, eval_every=30)
+    cli.add_fed_args(p, num_clients=4, rounds=None, eval_every=30,
+                     rounds_help=" (default: enough for --n-epochs passes of the mean client over its shard)")
     g = p.add_argument_group("local training")
     g.add_argument("--val-freq", dest="eval_every", type=int, default=argparse.SUPPRESS,
                    help="the source's name for --eval-every (rounds between evaluations, default 30)")

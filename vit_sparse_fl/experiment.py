@@ -56,6 +56,15 @@ def apply_quick(args: argparse.Namespace, quick: dict, full: dict) -> argparse.N
     return args
 
 
+def describe_presets(parser, quick: dict, full: dict) -> None:
+    """Append the real defaults of the flags ``apply_quick`` fills (their argparse default is None) to their
+    help: ``(default: 300; --quick: 8)``."""
+    quick, full = {**QUICK, **quick}, {**FULL, **full}
+    for action in parser._actions:
+        if action.dest in full and action.default is None and "default" not in (action.help or ""):
+            action.help = f"{action.help or ''} (default: {full[action.dest]}; --quick: {quick[action.dest]})"
+
+
 def validate_model_args(args) -> None:
     cli.check(args.freeze_layers >= 0, f"--freeze-layers must be >= 0, got {args.freeze_layers}")
     cli.check(args.freeze_layers <= ARCHS[args.arch].depth,

@@ -48,6 +48,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--keep-best", type=flags.POSITIVE_INT, default=2, help="how many best-model checkpoints to keep")
     cifar.add_data_args(parser)
     exp.add_model_args(parser, lr=0.01, weight_decay=5e-4)
+    exp.describe_presets(parser, QUICK, FULL)
     return parser
 
 

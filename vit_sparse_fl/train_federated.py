@@ -76,6 +76,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     cifar.add_data_args(parser)
     exp.add_model_args(parser, lr=0.01, weight_decay=1e-4)
     engine.add_algorithm_args(parser, clustering="one global model is evaluated, swept and exported here")
+    exp.describe_presets(parser, QUICK, FULL)
     return parser
 
 

@@ -186,3 +186,22 @@ def test_overwrite_has_both_spellings():
     cli.add_run_args(p)
     for flag in ("--overwrite", "--overwrite_output_dir", "--overwrite-output-dir"):
         assert cli.parse(p, [flag]).overwrite
+
+
+def test_help_shows_real_defaults_and_never_none(capsys):
+    """`(default: X)` only where X is a value: a None default (the script decides) or a switch's False says
+    nothing, and a help text that already names its default is not repeated."""
+    p = cli.ArgumentParser(prog="x")
+    p.add_argument("--steps", type=int, default=3, help="steps")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default: from --epochs)")
+    p.add_argument("--name", default=None, help="run name")
+    p.add_argument("--fast", action="store_true", help="go fast")
+    text = " ".join(p.format_help().split())
+    assert "steps (default: 3)" in text and "rounds (default: from --epochs)" in text
+    assert "None" not in text and "False" not in text
+
+
+def test_vit_help_states_the_preset_defaults():
+    from vit_sparse_fl import train_federated
+    text = " ".join(train_federated.get_args_parser().format_help().split())
+    assert "communication rounds (default: 300; --quick: 8)" in text and "(default: None)" not in text
