@@ -7,8 +7,9 @@ One round of ``run``, top to bottom:
   task, calling the client algorithm's hook between backward and optimizer step (FedProx's proximal
   gradient, SCAFFOLD's correction) -> the task adds the client to its cluster's aggregator (weighted mean,
   FedFisher, FedEntropy, a masked write-back...) -> under torchrun ONE all-reduce of every aggregator and of
-  SCAFFOLD's sums -> the server step of every cluster (plain, FedAvgM, FedAdam; SCAFFOLD's own) -> the
-  non-finite stop (exit 3) -> on evaluation rounds the task's evaluation and log row, and the checkpoint.
+  SCAFFOLD's sums -> the server step of every cluster (plain, FedAvgM, FedAdam; SCAFFOLD's own) -> on
+  evaluation rounds the task's evaluation and log row -> the task's stop check (by default the non-finite
+  stop; exit 3, the checkpoint on disk kept) -> on evaluation rounds the checkpoint.
 
 A subproject supplies a ``Task``: its model's trainable parameters, client sizes, local training,
 aggregator and evaluation. Client algorithms (``FedAvg``, ``FedProx``, ``Scaffold``) are small objects with
@@ -290,6 +291,10 @@ class Task:
         the mask)."""
         return agg.result()
 
+    def sample(self, r: int) -> list[int]:
+        """Round r's clients, sorted: ``per_round`` of them from the stream keyed by (seed, purpose, r)."""
+        return sample_clients(self.seed, r, len(self.sizes), self.per_round, self.purpose)
+
     def client_loss(self, k: int) -> float:
         """IFCA's choice: the loss of the model in ``self.params`` on client k's first batches."""
         raise UsageError("--clustering ifca is not available for this script")
@@ -308,6 +313,13 @@ class Task:
     def evaluate(self, rnd: dict) -> dict | None:
         """On every rank on evaluation rounds: the log row (rank 0 writes it and the checkpoint)."""
         raise NotImplementedError
+
+    def check(self, rd, rnd: dict) -> None:
+        """After the round's log row, before its checkpoint (every rank): stop the run if it went wrong, through
+        ``rd.diverge`` (status diverged in summary.json, exit 3, the checkpoint on disk kept). By default on a
+        non-finite training loss or global model."""
+        rd.check_finite(f"round {rnd['round'] + 1}", training_loss=list(rnd["losses"].values()),
+                        aggregated_parameters=[t for x in self.fed.models for t in x])
 
     def state_dict(self) -> dict:
         return {}
@@ -431,7 +443,7 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
                disable=rd is None or rank != 0 or args.quiet)
     for r in bar:
         t_round = time.perf_counter()
-        chosen = sample_clients(task.seed, r, len(task.sizes), task.per_round, task.purpose)
+        chosen = task.sample(r)
         if args.clustering == "ifca":
             fed.ifca_assign_(chosen)  # every participant takes the cluster model that fits its data best
         for agg in fed.aggs:
@@ -478,15 +490,14 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
         timing["round_seconds"] += time.perf_counter() - t_round
         if rd is None:
             continue
-        # every rank holds the same aggregate and losses, so every rank stops here (exit 3, last checkpoint kept)
-        rd.check_finite(f"round {r + 1}", training_loss=list(losses.values()),
-                        aggregated_parameters=[t for x in fed.models for t in x])
-        if (r + 1) % task.eval_every == 0 or r + 1 == task.rounds:
-            row = task.evaluate(rnd)  # every rank scores its share; rank 0 logs and checkpoints
-            if rd.is_main:
-                rd.log(row)
-                rd.save_checkpoint(fed.state_dict(r + 1, names))
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k == task.metric})
+        evaluating = (r + 1) % task.eval_every == 0 or r + 1 == task.rounds
+        row = task.evaluate(rnd) if evaluating else None  # every rank scores its share; rank 0 logs
+        if row is not None and rd.is_main:
+            rd.log(row)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k == task.metric})
+        task.check(rd, rnd)  # every rank holds the same round, so every rank stops here (exit 3)
+        if evaluating and rd.is_main:
+            rd.save_checkpoint(fed.state_dict(r + 1, names))
 
 
 def _opt_state_to_list(state: dict, plist) -> list[dict]:

@@ -729,17 +729,19 @@ class RunDir:
             if not _finite(value):
                 self.diverge(where, name.replace("_", " "), summary)
 
-    def diverge(self, where: str, what: str, summary: dict | None = None):
+    def diverge(self, where: str, what: str, summary: dict | None = None, reason: str | None = None):
         """Write summary.json with ``status: diverged`` (the checkpoint on disk is left as it is: the last
-        finite state), release the lock and raise ``cli.Diverged`` (one line, exit status 3)."""
+        finite state), release the lock and raise ``cli.Diverged`` (one line, exit status 3). ``reason``:
+        why, when it is not a non-finite ``what``."""
         kept = (f"{CHECKPOINT_FILE} keeps the last finite state ({self._checkpoint_at})" if self._checkpoint_at
                 else "no checkpoint had been saved")
+        reason = reason or f"non-finite {what}"
         if self.is_main:
             self.claim()
             self.write_summary({**(summary or {}), "status": "diverged", "diverged_at": where,
-                                "reason": f"non-finite {what}", "checkpoint": self._checkpoint_at})
+                                "reason": reason, "checkpoint": self._checkpoint_at})
         self.release()
-        raise Diverged(f"non-finite {what} at {where}; the run stopped (status 'diverged' in "
+        raise Diverged(f"{reason} at {where}; the run stopped (status 'diverged' in "
                        f"{self.path / SUMMARY_FILE}), {kept}; lower the learning rate and rerun with --overwrite")
 
     # ------------------------------------------------------------------------------------------------------

@@ -14,25 +14,23 @@ import copy
 import hashlib
 import math
 import os
-import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common import cli, compiled, engine, export, flags, report
 from common import clustering as C
 from common import distributed as dist
 from common import params as P
+from common.aggregate import WeightedMean
 from common.checkpoint import atomic_write_json
 from common.config import parse_with_config
 from common.evaluate import autocast, perplexity, unigram_perplexity
 from common.runlog import RunDir, data_fingerprint, run_name
-from common.scaffold import Scaffold
-from common.seed import client_generator, client_rng, numpy_rng, seed_everything, set_rng_state
+from common.seed import client_generator, client_rng, numpy_rng, seed_everything
 from common.text import derived_cache_dir, load_tokenizer
 from llm_noniid import data as D
-from llm_noniid import failure, fedround
+from llm_noniid import failure
 from llm_noniid.model import add_lora, hub_name, lm_loss, load_base
 from llm_noniid.partition import PARTITIONS, TOKEN_SKEWS, TOPIC_SPLITS, partition, statistics
 
@@ -114,7 +112,8 @@ def validate(args) -> None:
         c(args.server_opt in ("fedavg", args.algorithm), f"--algorithm {args.algorithm} contradicts --server-opt "
                                                          f"{args.server_opt}")
         args.server_opt = args.algorithm
-    fedround.check_local_optimizer(args.algorithm, args.local_optimizer)
+    c(args.local_optimizer in ("sgd", "adamw"), f"--local-optimizer {args.local_optimizer!r} is unknown; expected "
+                                                "sgd or adamw")
     engine.check_algorithm_args(args, plain_sgd=args.local_optimizer == "sgd", algorithms=ALGORITHMS,
                                 optimizer_hint="use --local-optimizer sgd")
     c(args.partition in PARTITIONS,
@@ -192,19 +191,253 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, max_
             steps += 1
 
 
-def timed(local_batches, acc: dict, device: torch.device):
-    """Pass the batches through, adding to ``acc`` the wall time from the first batch requested to the end
-    of the last local step ("client_seconds": forward, backward, optimizer, batch copies) and the token
-    positions fed through the model ("train_tokens", padding included). The clock starts when local training
-    asks for its first batch (after the global model is loaded) and stops when it asks past the last one
-    (before SCAFFOLD's control update); CUDA is synchronized first so queued kernels are counted."""
-    start = time.perf_counter()
-    for x, y in local_batches:
-        acc["train_tokens"] += x.numel()
-        yield x, y
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    acc["client_seconds"] += time.perf_counter() - start
+class DriftMean(WeightedMean):
+    """The size-weighted mean of a cluster's clients, plus the drift of their updates d_k = theta_k - x from
+    the round's global model x (captured at ``reset``): the weighted RMS of ||theta_k - theta_bar|| =
+    ||d_k - d_bar|| from sum_k w_k ||d_k||^2 and ||d_bar||^2 (float64), and the cosine drift 1 - cos(theta_k, x)
+    averaged over the clients. Its sums go through the engine's one all-reduce with the mean's."""
+
+    def __init__(self, x: list[torch.Tensor]):
+        super().__init__(x)
+        self.x = x
+        # float64 flat copies: ||d_k||^2 is later differenced with ||d_bar||^2, which float32 would not survive
+        self._x64 = P.flatten(x, torch.float64)
+        # one scratch buffer, reused by every client of the round: theta_k, then d_k = theta_k - x in place
+        self._client = torch.empty_like(self._x64)
+        self._client_views = P.unflatten(self._client, x)
+        # [sum_k w_k ||d_k||^2, sum_k (1 - cos(theta_k, x)), clients] stay on the device: no host sync per client
+        self._sums = torch.zeros(3, dtype=torch.float64, device=self._x64.device)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        super().reset()
+        torch._foreach_copy_(P.unflatten(self._x64, self.x), self.x)
+        self._x_norm = torch.linalg.vector_norm(self._x64)
+        self._sums.zero_()
+
+    @torch.no_grad()
+    def add(self, client_params: list[torch.Tensor], weight: float = 1.0) -> None:
+        super().add(client_params, weight)
+        torch._foreach_copy_(self._client_views, [p.detach() for p in client_params])  # cast to float64
+        cos = torch.dot(self._client, self._x64) / (torch.linalg.vector_norm(self._client) * self._x_norm
+                                                     ).clamp_min(1e-12)
+        d = self._client.sub_(self._x64)
+        self._sums[0] += weight * torch.dot(d, d)
+        self._sums[1] += 1.0 - cos
+        self._sums[2] += 1
+
+    def accumulators(self) -> list[torch.Tensor]:
+        return [*super().accumulators(), self._sums]
+
+    @torch.no_grad()
+    def drift(self) -> dict:
+        """The round's drift metrics (one host read)."""
+        torch._foreach_copy_(self._client_views, self.result())  # the mean, in the float64 scratch buffer
+        avg_norm = torch.linalg.vector_norm(self._client)
+        d_bar = self._client.sub_(self._x64)
+        w_sq_norm, cos_drift, n, d_bar_sq, avg_norm = torch.stack([*self._sums, torch.dot(d_bar, d_bar),
+                                                                   avg_norm]).tolist()
+        divergence = max(w_sq_norm / max(self.total_weight, 1e-12) - d_bar_sq, 0.0) ** 0.5
+        return {"client_divergence": divergence, "client_divergence_rel": divergence / max(avg_norm, 1e-12),
+                "cosine_drift": cos_drift / max(n, 1), "update_norm": d_bar_sq ** 0.5}
+
+
+class LlmTask(engine.Task):
+    """The rounds' task for ``common.engine``: the one LM (LoRA adapters or every parameter), each client's own
+    examples, local steps with the client algorithm's gradient hook after clipping, the drift metrics of the
+    clients' updates (``DriftMean``), a log row and a checkpoint every round, evaluation every --eval-every
+    rounds and the failure-mode rules (``failure.py``) that stop a diverging run. The engine's round r is
+    llm's round r + 1 (its participant, batch-order and dropout streams count rounds from 1)."""
+
+    name, metric, purpose = "rounds", "val_ppl", "participants"
+
+    def __init__(self, args, rd, fwd, params, device, client_data, client_held, eval_batches, info: dict):
+        self.args, self.rd, self.fwd, self.params, self.device = args, rd, fwd, params, device
+        self.client_data, self.client_held, self.eval_batches, self.info = client_data, client_held, eval_batches, info
+        self.sizes = [int(cx.shape[0]) for cx, _ in client_data]
+        self.rounds, self.eval_every, self.seed = args.num_rounds, 1, args.seed  # a row every round
+        self.per_round = engine.clients_per_round(args.participation_rate, args.num_clients)
+        self.optimizer = None if args.local_optimizer == "sgd" else torch.optim.AdamW(
+            params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        # params (+ control variate) per client, down and up
+        self.client_bytes = 4 * P.numel(params) * (2 if args.algorithm == "scaffold" else 1)
+        self.acc = {"detected": {}, "bytes_up": 0, "bytes_down": 0, "train_tokens": 0}
+
+    def lr(self, r: int) -> float:
+        return self.args.learning_rate
+
+    def sample(self, r: int) -> list[int]:
+        self.participants = engine.sample_clients(self.seed, r + 1, len(self.sizes), self.per_round, self.purpose)
+        return [k for k in self.participants if self.sizes[k]]  # a client without examples sits the round out
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean next-token loss of a batch (bf16 autocast on CUDA; the cross-entropy runs in float32)."""
+        with autocast(self.device):
+            return lm_loss(self.fwd, x, y)
+
+    def train_client(self, k, r, opt, algo) -> dict:
+        """Client k's local steps of round r (its batch order and dropout from the streams keyed (seed, r + 1, k)):
+        gradient, clipping to --max-grad-norm, the algorithm's hook, then the SGD or AdamW step."""
+        a, params = self.args, self.params
+        cx, cy = self.client_data[k]
+        gen = client_generator(a.seed, r + 1, k)
+        steps, tokens, loss_sum, gnorm_sum = 0, 0, 0.0, 0.0  # the sums become device tensors: no host sync per step
+        with client_rng(a.seed, r + 1, k):
+            for x, y in batches(cx, cy, a.batch_size, a.local_epochs, a.max_local_steps, gen, self.device,
+                                exact_steps=a.local_steps):
+                for p in params:
+                    p.grad = None
+                loss = self.loss(x, y)
+                loss.backward()
+                for p in params:
+                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+                grads = [p.grad for p in params]
+                gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                if a.max_grad_norm > 0:
+                    torch._foreach_mul_(grads, (a.max_grad_norm / (gnorm + 1e-6)).clamp(max=1.0))
+                algo.adjust_grads(params)  # FedProx's mu (theta - theta_global), SCAFFOLD's c - c_i
+                if opt is not None:
+                    opt.step()
+                else:  # plain SGD: theta <- theta - lr (g + wd theta)
+                    with torch.no_grad():
+                        if a.weight_decay:
+                            torch._foreach_add_(grads, [p.detach() for p in params], alpha=a.weight_decay)
+                        torch._foreach_add_([p.detach() for p in params], grads, alpha=-a.learning_rate)
+                steps, tokens = steps + 1, tokens + x.numel()
+                loss_sum, gnorm_sum = loss_sum + loss.detach().float(), gnorm_sum + gnorm.detach().float()
+        mu = algo.mu if isinstance(algo, engine.FedProx) else 0.0  # (mu/2) ||theta - theta_global||^2 at the end
+        prox = 0.5 * mu * P.norm(P.sub(params, algo.anchor)) ** 2 if mu > 0 else 0.0
+        loss = torch.as_tensor(loss_sum, dtype=torch.float64, device=self.device) / max(steps, 1)
+        return {"loss": loss, "steps": steps, "tokens": tokens, "prox": prox,
+                "grad_norm": float(gnorm_sum) / max(steps, 1)}
+
+    def client_loss(self, k: int) -> float:  # IFCA's choice: the loaded model's loss on client k's first batches
+        (cx, cy), bs = self.client_data[k], self.args.batch_size
+        n = min(cx.shape[0], self.args.ifca_batches * bs)
+        return perplexity(self.fwd, [(cx[i:i + bs], cy[i:i + bs]) for i in range(0, n, bs)])["loss"]
+
+    def client_features(self, k: int) -> np.ndarray:
+        if self.args.cluster_features == "tokens":
+            return C.token_distribution(self.client_data[k][1], self.info["vocab_size"])
+        return C.topic_distribution(self.info["topics"][k], self.info["num_topics"])
+
+    def make_aggregator(self, like):
+        return DriftMean(like)
+
+    def add_client(self, agg, k, out) -> dict:
+        agg.add(self.params, float(self.sizes[k]))
+        return {key: out[key] for key in ("grad_norm", "prox", "steps", "tokens")}
+
+    def round_end(self, rnd) -> None:
+        n = len(rnd["chosen"])
+        self.acc["bytes_down"] += self.client_bytes * n
+        self.acc["bytes_up"] += self.client_bytes * n
+        self.acc["train_tokens"] += sum(v["tokens"] for v in rnd["rows"].values())
+
+    def evaluate(self, rnd) -> dict:
+        """The round's row (every rank): the drift metrics (each cluster's, weighted by its clients' sizes),
+        the clients' losses and gradient norms, and on evaluation rounds the validation scores."""
+        a, fed, r, rows, losses = self.args, self.fed, rnd["round"] + 1, rnd["rows"], rnd["losses"]
+        finished = [(g, sum(self.sizes[k] for k in rnd["chosen"] if fed.assign[k] == g), agg.drift())
+                    for g, agg in enumerate(fed.aggs) if any(fed.assign[k] == g for k in rnd["chosen"])]
+        cw = np.array([n for _, n, _ in finished], dtype=np.float64)
+        gnorms = [v["grad_norm"] for v in rows.values()]
+        row = {"round": r, "step": int(sum(v["steps"] for v in rows.values())), "participants": self.participants,
+               **{key: float(np.dot(cw, [met[key] for _, _, met in finished]) / cw.sum()) for key in finished[0][2]}}
+        if len(fed.models) > 1:
+            row.update(clusters=fed.assign.tolist(), client_divergence_rel_per_cluster={
+                str(g): met["client_divergence_rel"] for g, _, met in finished})
+        w = np.array([self.sizes[k] for k in losses], dtype=np.float64)
+        row.update(train_loss=float(np.dot(w, list(losses.values())) / w.sum()),
+                   client_train_loss={str(k): v for k, v in losses.items()},
+                   grad_norm_mean=float(np.mean(gnorms)), grad_norm_var=float(np.var(gnorms)),
+                   prox_term=float(np.mean([v["prox"] for v in rows.values()])))
+        if a.algorithm == "scaffold":
+            controls = fed.algo.controls
+            row.update(cv_norm=float(np.mean([P.norm(sc.c) for sc in controls])),
+                       cv_client_norm=float(np.mean([P.norm(controls[fed.assign[k]].control(k)) for k in losses])))
+        if r % a.eval_every == 0 or r == a.num_rounds:
+            row.update(self.scores())
+        elif not all(bool(torch.isfinite(t).all()) for x in fed.models for t in x):
+            # a non-finite model between evaluations scores NaN: the divergence rule stops the run this round
+            row.update(val_loss=math.nan, val_ppl=math.inf)
+        self.row = row
+        return row
+
+    def scores(self) -> dict:
+        """Global validation loss of each cluster's model; the run's val_loss weighs them by the clients
+        (by size) each serves; personalised: every client's held-out examples under its own cluster's model."""
+        fed, per_cluster = self.fed, []
+        for x in fed.models:
+            P.load_(self.params, x)  # the same model on every rank: each scores its share
+            per_cluster.append(perplexity(self.fwd, self.eval_batches, shard=True)["loss"])
+        w = np.array(self.sizes, dtype=np.float64)
+        loss = float(np.dot(w, [per_cluster[g] for g in fed.assign]) / w.sum())
+        out = {"val_loss": loss, "val_ppl": _ppl(loss)}
+        if len(fed.models) > 1:
+            out["val_loss_per_cluster"] = per_cluster
+        if self.args.client_holdout > 0:
+            nll, tokens = 0.0, 0
+            for k, (hx, hy) in enumerate(self.client_held):
+                if hx.shape[0]:
+                    P.load_(self.params, fed.models[fed.assign[k]])
+                    ev = perplexity(self.fwd, [(hx[i:i + 32], hy[i:i + 32]) for i in range(0, hx.shape[0], 32)],
+                                    shard=True)
+                    nll, tokens = nll + ev["loss"] * ev["tokens"], tokens + ev["tokens"]
+            ploss = nll / max(tokens, 1)
+            out.update(personal_val_loss=ploss, personal_val_ppl=_ppl(ploss))
+        return out
+
+    def check(self, rd, rnd) -> None:
+        """The failure-mode rules on the rows so far (rank 0's, sent to every rank); divergence stops the run
+        before this round's checkpoint, so checkpoint.pt keeps the round before."""
+        detected = self.acc["detected"]
+        if rd.is_main:
+            for mode, at in failure.detect(rd.rows()).items():
+                detected.setdefault(mode, at)
+        self.acc["detected"] = detected = dist.broadcast_object(detected)
+        if "divergence" in detected:
+            th, at = failure.Thresholds(), detected["divergence"]
+            reason = None if not math.isfinite(self.row.get("val_loss", 0.0)) else (
+                f"a validation loss > {1 + th.div_rel_increase:g} x the best so far since round {at}")
+            rd.diverge(f"round {rnd['round'] + 1}", "validation loss", self.summary("diverged") if rd.is_main else None,
+                       reason=reason)
+
+    def summary(self, status: str) -> dict:
+        rows, fed, acc, info, timing = self.rd.rows(), self.fed, self.acc, self.info, self.fed.timing
+        evals = [x for x in rows if "val_loss" in x]
+        finite = [x for x in evals if math.isfinite(x["val_loss"])]
+        best = min(finite, key=lambda x: x["val_loss"]) if finite else None
+        last = evals[-1] if evals else {}
+        return {
+            "status": status,
+            "rounds_done": rows[-1]["round"] if rows else 0, "num_rounds": self.rounds,
+            "final_val_loss": last.get("val_loss"), "final_val_ppl": last.get("val_ppl"),
+            "best_val_ppl": best["val_ppl"] if best else None, "best_round": best["round"] if best else None,
+            "final_personal_val_ppl": last.get("personal_val_ppl"),
+            # reference points: a model not well below the unigram has learned token frequencies only
+            "uniform_ppl": info["refs"]["uniform_ppl"], "unigram_val_ppl": info["refs"]["unigram_ppl"],
+            "personal_unigram_ppl": info["personal_refs"],
+            "final_client_divergence_rel": rows[-1]["client_divergence_rel"] if rows else None,
+            "failure_modes": acc["detected"], "thresholds": failure.Thresholds().as_dict(),
+            "num_clusters": len(fed.models), "clusters": fed.assign.tolist(), "clustering": fed.info,
+            "cluster_purity": C.purity(fed.assign, np.array(info["dominant_topic"])) if len(fed.models) > 1
+            else None,
+            "dominant_topic": info["dominant_topic"],
+            "local_steps_per_round": rows[-1]["step"] if rows else 0,  # rows, not this session's rounds: a
+            # finished run resumed runs none
+            "trainable_params": P.numel(self.params), "bytes_up": acc["bytes_up"], "bytes_down": acc["bytes_down"],
+            "client_sizes": self.sizes, "vocab_size": info["vocab_size"], "partition_stats": info["partition_stats"],
+            "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
+            "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
+            else None,
+            "train_tokens": acc["train_tokens"]}
+
+    def state_dict(self) -> dict:
+        return self.acc
+
+    def load_state_dict(self, state: dict) -> None:
+        self.acc = state
 
 
 def main(argv=None) -> dict:
@@ -221,9 +454,9 @@ def main(argv=None) -> dict:
 
 
 def run(args, rank: int, world: int) -> dict:
-    """The federated run. Under torchrun every rank builds the same model and data, trains its share of each
-    round's clients, and the round's sums are all-reduced, so every rank applies the same server update;
-    every rank scores its share of the validation batches; rank 0 logs and checkpoints."""
+    """The federated run, its rounds on ``common.engine``. Under torchrun every rank builds the same model and
+    data, trains its share of each round's clients, and the round's sums are all-reduced, so every rank applies
+    the same server update; every rank scores its share of the validation batches; rank 0 logs and checkpoints."""
     device = dist.device_for_rank(cli.resolve_device(args.device))
     seed_everything(args.seed)
 
@@ -254,7 +487,6 @@ def run(args, rank: int, world: int) -> dict:
         held, kept = order[:n_held], order[n_held:]
         client_data.append((cx[kept].to(device), cy[kept].to(device)))
         client_held.append((cx[held].to(device), cy[held].to(device)))
-    sizes = [int(cx.shape[0]) for cx, _ in client_data]
     dominant_topic = [int(np.bincount(train_data.labels[s], minlength=train_data.num_classes).argmax())
                       if len(s) else -1 for s in clients.shards]
     refs = unigram_perplexity(torch.cat([cy for _, cy in client_data]), y_val, vocab_size)
@@ -267,246 +499,35 @@ def run(args, rank: int, world: int) -> dict:
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     params = P.trainable(model)
     names = [n for n, _ in P.named_trainable(model)]
-    n_trainable = P.numel(params)
     rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, kind="llm_noniid/train",
                 resume=args.resume, device=device,
                 is_main=rank == 0, data=fingerprint)  # a longer --num-rounds on resume needs --extend
     stats = statistics(clients, x_all, y_all, train_data.labels, train_data.num_classes, vocab_size)
 
-    def loss_fn(batch):
-        with autocast(device):  # bf16 on CUDA, nothing on CPU; the cross-entropy itself runs in float32
-            return lm_loss(fwd, batch[0], batch[1])
-
-    # one model per cluster (--clustering none: one cluster holding every client)
-    assign, cluster_info = np.zeros(args.num_clients, dtype=np.int64), {}
-    if args.clustering == "data":  # one-shot: each client's own distribution, sent once before round 1
-        feats = np.stack([C.token_distribution(cy, vocab_size) for _, cy in client_data]
-                         if args.cluster_features == "tokens" else
-                         [C.topic_distribution(train_data.labels[s], train_data.num_classes) for s in clients.shards])
-        assign, cluster_info = C.data_clusters(feats, args.num_clusters)
-    num_clusters = args.num_clusters if args.clustering == "ifca" else int(assign.max()) + 1
-    cluster_params = [P.clone(params) for _ in range(num_clusters)]
-    server_opts = [engine.make_server(args, cp) for cp in cluster_params]
-    scaffolds = [None] * num_clusters
-    if args.algorithm == "scaffold":  # control variates for every client, kept across rounds, per cluster
-        for g in range(num_clusters):  # inside a data cluster the means run over its members only
-            member = [1.0 if args.clustering != "data" or assign[k] == g else 0.0 for k in range(args.num_clients)]
-            w = [m * (sizes[k] if args.scaffold_weighting == "size" else 1.0) for k, m in enumerate(member)]
-            scaffolds[g] = Scaffold(cluster_params[g], args.num_clients, server_lr=args.server_lr,
-                                    client_weights=None if all(v == 1.0 for v in w) else w)
-
-    def train_client(g: int, k: int, r: int, algorithm: str, repeat: int = 1):
-        """Client k's local steps of round r from cluster g's model, in ``params`` (streams keyed (seed, r, k));
-        ``repeat`` times the usual local work (IFCA's starting points)."""
-        cx, cy = client_data[k]
-        gen = client_generator(args.seed, r, k)
-        with client_rng(args.seed, r, k):
-            return fedround.client_round(
-                params, cluster_params[g], loss_fn,
-                timed(batches(cx, cy, args.batch_size, args.local_epochs * repeat, args.max_local_steps * repeat,
-                              gen, device, exact_steps=args.local_steps * repeat), timing, device),
-                algorithm=algorithm, lr=args.learning_rate, optimizer=args.local_optimizer, mu=args.mu,
-                weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-                scaffold=scaffolds[g] if algorithm == "scaffold" else None, client=k)
-
-    def ifca_init_() -> None:
-        """IFCA's starting points, farthest first (clustering.py): each is --ifca-init-rounds rounds' worth of
-        plain local steps (round 0 streams) of a seed client from the initial model; then every client takes
-        its best cluster."""
-        seeds = [int(numpy_rng(args.seed, "ifca-init").choice([k for k in range(args.num_clients) if sizes[k]]))]
-        for g in range(num_clusters):
-            if g:
-                loss = np.array([[client_loss(h, k) if sizes[k] else -np.inf for h in range(g)]
-                                 for k in range(args.num_clients)])
-                seeds.append(C.farthest_first(loss, seeds))
-            train_client(g, seeds[g], 0, "fedavg", repeat=args.ifca_init_rounds)
-            P.load_(cluster_params[g], P.clone(params))
-        cluster_info["seed_clients"] = seeds
-        ifca_assign_(range(args.num_clients))
-
-    def client_loss(g: int, k: int) -> float:  # IFCA's choice: cluster g's loss on client k's first batches
-        cx, cy = client_data[k]
-        b = [(cx[i:i + args.batch_size], cy[i:i + args.batch_size])
-             for i in range(0, min(cx.shape[0], args.ifca_batches * args.batch_size), args.batch_size)]
-        P.load_(params, cluster_params[g])
-        return perplexity(fwd, b)["loss"]
-
-    def ifca_assign_(ks) -> None:
-        for k in ks:
-            if sizes[k]:
-                losses = [client_loss(g, k) for g in range(num_clusters)]
-                assign[k] = int(np.argmin(losses))
-
-    start, detected, status, bytes_up, bytes_down = 1, {}, "complete", 0, 0
-    # seconds of the clients' local steps and of whole rounds (evaluation, logging, checkpoints excluded);
-    # under torchrun each rank times its own clients and the summary is rank 0's
-    timing = {"client_seconds": 0.0, "round_seconds": 0.0, "train_tokens": 0}
-    state = rd.load_checkpoint()
-    if state is not None:
-        for g, saved in enumerate(state["clusters"]):
-            P.load_(cluster_params[g], [t.to(device) for t in export.tensors_from_state(saved, names)])
-            server_opts[g].load_state_dict(state["server_opt"][g])
-            if scaffolds[g] is not None:
-                scaffolds[g].load_state_dict(state["scaffold"][g])
-        assign[:] = state["assign"]
-        cluster_info = state.get("cluster_info", cluster_info)
-        set_rng_state(state["rng"])
-        start, detected = state["round"] + 1, state["detected"]
-        bytes_up, bytes_down = state["bytes_up"], state["bytes_down"]
-        timing = state.get("timing", timing)
-    elif args.clustering == "ifca":
-        ifca_init_()
-    if rd.is_main:
-        atomic_write_json(rd.artifact("partition.json"), {"partition": args.partition, **stats,
-                                                          "clusters": assign.tolist(), "clustering": cluster_info})
-    dist.barrier()  # every rank has read the checkpoint before rank 0 writes the next one
-
     eval_batches = [{"input_ids": x_val[i:i + 32].to(device), "labels": y_val[i:i + 32].to(device)}
                     for i in range(0, x_val.shape[0], 32)]
-    per_client_bytes = 4 * n_trainable * (2 if args.algorithm == "scaffold" else 1)  # params (+ control variate)
-    m = max(1, round(args.participation_rate * args.num_clients))
+    info = {"refs": refs, "personal_refs": personal_refs, "dominant_topic": dominant_topic, "vocab_size": vocab_size,
+            "partition_stats": {k: v for k, v in stats.items() if k != "clients"},
+            "topics": [train_data.labels[s] for s in clients.shards], "num_topics": train_data.num_classes}
+    task = LlmTask(args, rd, fwd, params, device, client_data, client_held, eval_batches, info)
+    fed = engine.Federation(task, args)  # --clustering data: each client's own distribution, sent once
+    start = fed.start(rd, names)  # the checkpoint's state, else (IFCA) the clusters' starting models
+    if rd.is_main:
+        atomic_write_json(rd.artifact("partition.json"), {"partition": args.partition, **stats,
+                                                          "clusters": fed.assign.tolist(), "clustering": fed.info})
+    dist.barrier()  # every rank has read the checkpoint before rank 0 writes the next one
+    engine.run(task, fed, rd, names, start)
 
-    def evaluate() -> dict:
-        """Global validation loss of each cluster's model; the run's val_loss weighs them by the clients
-        (by size) each serves; personalised: every client's held-out examples under its own cluster's model."""
-        per_cluster = []
-        for g in range(num_clusters):
-            P.load_(params, cluster_params[g])  # the same model on every rank: each scores its share
-            per_cluster.append(perplexity(fwd, eval_batches, shard=True)["loss"])
-        w = np.array(sizes, dtype=np.float64)
-        loss = float(np.dot(w, [per_cluster[g] for g in assign]) / w.sum())
-        out = {"val_loss": loss, "val_ppl": _ppl(loss)}
-        if num_clusters > 1:
-            out["val_loss_per_cluster"] = per_cluster
-        if args.client_holdout > 0:
-            nll, tokens = 0.0, 0
-            for k, (hx, hy) in enumerate(client_held):
-                if hx.shape[0]:
-                    P.load_(params, cluster_params[assign[k]])
-                    ev = perplexity(fwd, [(hx[i:i + 32], hy[i:i + 32]) for i in range(0, hx.shape[0], 32)],
-                                    shard=True)
-                    nll, tokens = nll + ev["loss"] * ev["tokens"], tokens + ev["tokens"]
-            ploss = nll / max(tokens, 1)
-            out.update(personal_val_loss=ploss, personal_val_ppl=_ppl(ploss))
-        return out
-
-    # ------------------------------------------------------------------ rounds
-    bar = tqdm(range(start, args.num_rounds + 1), disable=args.quiet or rank != 0, desc="rounds")
-    for r in bar:
-        t_round = time.perf_counter()
-        chosen = np.sort(numpy_rng(args.seed, "participants", r).choice(args.num_clients, m, replace=False))
-        active = [k for k in chosen.tolist() if sizes[k] > 0]
-        if args.clustering == "ifca":
-            ifca_assign_(active)  # every participant takes the cluster model that fits its data best
-        # per-client stats [len(active), 4] = (loss, grad norm, prox, steps): each rank fills its own rows
-        table = torch.zeros(len(active), 4, dtype=torch.float64, device=device)
-        finished = []  # (cluster, its clients' total size, its metrics)
-        for g in range(num_clusters):
-            members = [k for k in active if assign[k] == g]
-            if not members:
-                continue
-            server = fedround.RoundServer(cluster_params[g])
-            # this rank's share of the cluster's clients, balanced by size (all of them in one process)
-            plan = dist.assign_clients(members, [float(sizes[k]) for k in members], world)
-            for k in plan[rank]:
-                st = train_client(g, k, r, args.algorithm)
-                server.add(params, weight=float(sizes[k]))
-                table[active.index(k)] = torch.tensor([st.loss, st.grad_norm, st.prox, st.steps],
-                                                      dtype=torch.float64)
-            server.all_reduce_(None, scaffolds[g])  # the cluster's ONE reduction (nothing in a single process)
-            if scaffolds[g] is not None:
-                dist.sync_controls_(scaffolds[g], plan)  # every rank (and rank 0's checkpoint) holds every c_i
-            finished.append((g, sum(sizes[k] for k in members),
-                             server.finish(args.algorithm, server_opt=server_opts[g], scaffold=scaffolds[g])))
-        if dist.is_distributed():
-            dist.all_reduce_sum_([table])
-        stats_rows = table.tolist()
-        losses = {k: v[0] for k, v in zip(active, stats_rows)}
-        gnorms, proxes = [v[1] for v in stats_rows], [v[2] for v in stats_rows]
-        steps = int(sum(v[3] for v in stats_rows))
-        cw = np.array([n for _, n, _ in finished], dtype=np.float64)
-        row = {"round": r, "step": steps, "participants": chosen.tolist(),  # cluster metrics weighted by size
-               **{key: float(np.dot(cw, [met[key] for _, _, met in finished]) / cw.sum())
-                  for key in finished[0][2]}}
-        if num_clusters > 1:
-            row.update(clusters=assign.tolist(), client_divergence_rel_per_cluster={
-                str(g): met["client_divergence_rel"] for g, _, met in finished})
-        bytes_down += per_client_bytes * len(losses)
-        bytes_up += per_client_bytes * len(losses)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timing["round_seconds"] += time.perf_counter() - t_round  # the rest is metrics, evaluation, logging
-        w = np.array([sizes[k] for k in losses], dtype=np.float64)
-        row.update(train_loss=float(np.dot(w, list(losses.values())) / w.sum()),
-                   client_train_loss={str(k): v for k, v in losses.items()},
-                   grad_norm_mean=float(np.mean(gnorms)), grad_norm_var=float(np.var(gnorms)),
-                   prox_term=float(np.mean(proxes)))
-        if args.algorithm == "scaffold":
-            row.update(cv_norm=float(np.mean([P.norm(sc.c) for sc in scaffolds])),
-                       cv_client_norm=float(np.mean([P.norm(scaffolds[assign[k]].control(k)) for k in losses])))
-        if r % args.eval_every == 0 or r == args.num_rounds:
-            row.update(evaluate())
-            bar.set_postfix(ppl=f"{row['val_ppl']:.2f}")
-        elif not all(bool(torch.isfinite(t).all()) for cp in cluster_params for t in cp):
-            # a non-finite model between evaluations scores NaN: the divergence rule stops the run this round
-            row.update(val_loss=math.nan, val_ppl=math.inf)
-        if rd.is_main:
-            rd.log(row)
-            for mode, at in failure.detect(rd.rows()).items():
-                detected.setdefault(mode, at)
-        detected = dist.broadcast_object(detected)  # every rank stops at the same round
-        if "divergence" in detected:
-            status = "diverged"  # stop cleanly: full summary; the checkpoint stays at the last round before this one
-            break
-        rd.save_checkpoint({"clusters": [export.named_state(names, cp) for cp in cluster_params],
-                            "server_opt": [o.state_dict() for o in server_opts],
-                            "scaffold": [sc.state_dict() if sc is not None else None for sc in scaffolds],
-                            "assign": assign.tolist(), "cluster_info": cluster_info, "round": r,
-                            "detected": detected, "bytes_up": bytes_up, "bytes_down": bytes_down, "timing": timing})
-
-    # ------------------------------------------------------------------ summary
     dist.barrier()  # rank 0 has written every row before the other ranks read them
-    rows = rd.rows()
-    evals = [x for x in rows if "val_loss" in x]
-    finite = [x for x in evals if math.isfinite(x["val_loss"])]
-    best = min(finite, key=lambda x: x["val_loss"]) if finite else None
-    last = evals[-1] if evals else {}
-    summary = rd.write_summary({
-        "status": status,
-        "rounds_done": rows[-1]["round"] if rows else 0, "num_rounds": args.num_rounds,
-        "final_val_loss": last.get("val_loss"), "final_val_ppl": last.get("val_ppl"),
-        "best_val_ppl": best["val_ppl"] if best else None, "best_round": best["round"] if best else None,
-        "final_personal_val_ppl": last.get("personal_val_ppl"),
-        # reference points: a model not well below the unigram has learned token frequencies only
-        "uniform_ppl": refs["uniform_ppl"], "unigram_val_ppl": refs["unigram_ppl"],
-        "personal_unigram_ppl": personal_refs,
-        "final_client_divergence_rel": rows[-1]["client_divergence_rel"] if rows else None,
-        "failure_modes": detected, "thresholds": failure.Thresholds().as_dict(),
-        "num_clusters": num_clusters, "clusters": assign.tolist(), "clustering": cluster_info,
-        "cluster_purity": C.purity(assign, np.array(dominant_topic)) if num_clusters > 1 else None,
-        "dominant_topic": dominant_topic,
-        "local_steps_per_round": rows[-1]["step"] if rows else 0,  # rows, not this session's rounds: a
-        # finished run resumed runs none
-        "trainable_params": n_trainable, "bytes_up": bytes_up, "bytes_down": bytes_down,
-        "client_sizes": sizes, "vocab_size": vocab_size, "partition_stats": {
-            k: v for k, v in stats.items() if k != "clients"},
-        "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
-        "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
-        else None,
-        "train_tokens": timing["train_tokens"]})
-    if rd.is_main and status == "complete":  # a diverged model is not exported (checkpoint.pt keeps the last good)
-        save_models(args, rd, model, params, cluster_params, tok, summary)
+    summary = rd.write_summary(task.summary("complete"))
+    if rd.is_main:
+        save_models(args, rd, model, params, fed.models, tok, summary)
         report.print_ending(rd.path, "final validation perplexity", summary["final_val_ppl"],
                             {"unigram": refs["unigram_ppl"], "uniform": refs["uniform_ppl"]}, quiet=args.quiet,
                             figures=f"python plots/plot_llm_noniid.py --runs {args.out_dir}",
                             loader="AutoModelForCausalLM.from_pretrained"
                             + ("; LoRA adapter in adapter/: PeftModel.from_pretrained" if args.lora_r else ""))
     rd.release()
-    if status == "diverged":  # one line, exit status 3 on every rank (summary.json says status: diverged)
-        at = detected["divergence"]  # the checkpoint is saved after every round that did not diverge
-        kept = f"checkpoint.pt keeps round {at - 1}" if at > 1 else "no checkpoint was saved (round 1 diverged)"
-        raise cli.Diverged(f"the run diverged at round {at} (status 'diverged' in {rd.path / 'summary.json'}); "
-                           f"{kept}; lower --learning-rate and rerun with --overwrite")
     return summary
 
 

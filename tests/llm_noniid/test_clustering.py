@@ -113,7 +113,7 @@ def test_resume_reproduces_a_clustered_run_exactly(two_topic_data, tmp_path):
     ca = load_checkpoint(tmp_path / "full" / "r" / "checkpoint.pt", "llm_noniid/train")
     cb = load_checkpoint(tmp_path / "part" / "r" / "checkpoint.pt", "llm_noniid/train")
     assert ca["assign"] == cb["assign"]
-    for u, v in zip(ca["clusters"], cb["clusters"]):  # named tensors per cluster
+    for u, v in zip([ca["global"], *ca["clusters"]], [cb["global"], *cb["clusters"]]):  # named tensors per cluster
         assert u.keys() == v.keys() and all(torch.equal(u[n], v[n]) for n in u)
 
 

@@ -57,8 +57,8 @@ def test_two_ranks_with_a_restart_reproduce_the_single_process_run(tmp_path):
     assert summary["bytes_up"] == single["bytes_up"] and summary["rounds_done"] == 2
 
     # rank 0's checkpoint holds every client's control variate, equal to the single-process ones
-    ca = load_checkpoint(tmp_path / "one" / "r" / "checkpoint.pt", "llm_noniid/train")["scaffold"][0]
-    cb = load_checkpoint(tmp_path / "two" / "r" / "checkpoint.pt", "llm_noniid/train")["scaffold"][0]
+    ca = load_checkpoint(tmp_path / "one" / "r" / "checkpoint.pt", "llm_noniid/train")["algorithm"][0]
+    cb = load_checkpoint(tmp_path / "two" / "r" / "checkpoint.pt", "llm_noniid/train")["algorithm"][0]
     assert sorted(cb["c_i"]) == sorted(ca["c_i"]) == list(range(5))
     for k in ca["c_i"]:
         for u, v in zip(ca["c_i"][k], cb["c_i"][k]):

@@ -38,7 +38,7 @@ def test_model_dir_reproduces_the_validation_loss(lora_r, tmp_path, capsys):
     assert last.startswith(f"run directory: {run} | final validation perplexity") and "unigram" in last
     assert "val_loss" in tracking.read_scalars(run)
     state = torch.load(run / "checkpoint.pt", weights_only=True)["state"]
-    assert isinstance(state["clusters"][0], dict)
+    assert isinstance(state["global"], dict)
     if lora_r:
         from peft import PeftModel
 

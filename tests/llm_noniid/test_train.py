@@ -73,11 +73,11 @@ def test_resume_reproduces_the_uninterrupted_scaffold_run(tmp_path):
     ca = load_checkpoint(tmp_path / "full" / "r" / "checkpoint.pt", "llm_noniid/train")
     cb = load_checkpoint(tmp_path / "part" / "r" / "checkpoint.pt", "llm_noniid/train")
     assert ca["round"] == cb["round"] == 3
-    sa, sb = ca["scaffold"][0], cb["scaffold"][0]  # one SCAFFOLD state per cluster (one cluster here)
+    sa, sb = ca["algorithm"][0], cb["algorithm"][0]  # one SCAFFOLD state per cluster (one cluster here)
     assert sorted(sa["c_i"]) == sorted(sb["c_i"]) and len(sa["c_i"]) >= 2
     for k in sa["c_i"]:
         assert all(torch.equal(u, v) for u, v in zip(sa["c_i"][k], sb["c_i"][k]))
-    assert all(torch.equal(ca["clusters"][0][n], cb["clusters"][0][n]) for n in ca["clusters"][0])
+    assert all(torch.equal(ca["global"][n], cb["global"][n]) for n in ca["global"])
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(out_dir, capsys):
@@ -85,18 +85,18 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(out_dir, ca
         cli.run(train.main, ["--quick", "--quiet", "--out-dir", str(out_dir), "--lora-r", "0", "--learning-rate", "30",
                              "--num-rounds", "4", "--run-name", "d"])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (after save_pretrained's progress bars)
-    assert e.value.code == 3 and "diverged at round" in err
     s = json.loads((out_dir / "d" / "summary.json").read_text())
-    assert s["status"] == "diverged"
     at = s["failure_modes"]["divergence"]
-    assert s["rounds_done"] == at < 4
+    assert e.value.code == 3 and f"non-finite validation loss at round {at}" in err
+    assert s["status"] == "diverged" and s["diverged_at"] == f"round {at}"
+    assert s["rounds_done"] == at < 4 and s["final_val_ppl"] == math.inf  # the whole summary, with the NaN row
     ckpt = out_dir / "d" / "checkpoint.pt"
     if at > 1:
         state = load_checkpoint(ckpt, "llm_noniid/train")
-        assert state["round"] == at - 1 and all(torch.isfinite(t).all() for t in state["clusters"][0].values())
-        assert f"checkpoint.pt keeps round {at - 1}" in err
+        assert state["round"] == at - 1 and all(torch.isfinite(t).all() for t in state["global"].values())
+        assert f"checkpoint.pt keeps the last finite state (round {at - 1})" in err
     else:  # the message says so instead of naming a round 0 that was never saved
-        assert not ckpt.exists() and "no checkpoint was saved" in err and "keeps round" not in err
+        assert not ckpt.exists() and "no checkpoint had been saved" in err and "keeps" not in err
 
 
 def test_resuming_a_finished_run_returns_its_summary(out_dir):
