@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, compiled, engine, export, flags, report, runlog
+from common import checkpoint, cli, compiled, engine, export, flags, report, runlog
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
@@ -343,6 +343,7 @@ def main(argv=None) -> dict:
         if rd.is_main:
             base.save_pretrained(base_path)
             tokenizer.save_pretrained(base_path)
+            checkpoint.give_usual_permissions(base_path)  # safetensors writes through a 0600 temp file
 
     # ---- rounds: common.engine --------------------------------------------------------------------------
     ckpt = rd.load_checkpoint()
