@@ -71,7 +71,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     modeling.add_model_args(p)
     g = p.add_argument_group("federation")
     g.add_argument("--rounds", type=flags.POSITIVE_INT, default=5, help="communication rounds")
-    g.add_argument("--local_epochs", type=float, default=1.0, help="epochs over its shard per client per round")
+    g.add_argument("--local_epochs", type=flags.POSITIVE, default=1.0, help="epochs over its shard per client a round")
     g.add_argument("--local-steps", type=flags.POSITIVE_INT, default=None,
                    help="exactly this many optimizer steps per client per round instead of --local_epochs")
     g.add_argument("--participation-rate", type=flags.FRACTION, default=1.0,
@@ -126,7 +126,6 @@ def resolve_args(args):
     cli.check(args.participation_rate == 1.0 or args.clients_per_round is not None and args.shard_dir is not None,
               f"every client takes part in every round of fedavg_rounds.py; --participation-rate "
               f"{args.participation_rate} / --clients-per-round {args.clients_per_round} is not supported")
-    cli.check(args.local_epochs > 0, f"--local_epochs must be positive, got {args.local_epochs}")
     cli.check(args.shard_dir is not None or args.quick or args.partition is not None,
               "--shard_dir (make it with make_shards.py) or --partition is required")
     engine.check_algorithm_args(args, plain_sgd=False, optimizer_hint="", scaffold=NO_SCAFFOLD)
@@ -256,11 +255,10 @@ class LoraTask(engine.Task):
         a, n = self.args, rnd["round"] + 1
         for k in rnd["chosen"]:
             self.rd.log(rnd["rows"][k])
-        losses = [rnd["rows"][k]["train_loss"] for k in rnd["chosen"]]
         row = {"round": n, "client": None, "fused_rank": self.fused.r, "client_trainable_params": self.start_numel,
                "round_bytes": self.acc["bytes_up"] + self.acc["bytes_down"] - self.start_bytes,
                "merge_rel_error": self.merge_error,
-               "train_loss": sum(l * s for l, s in zip(losses, self.sizes)) / sum(self.sizes)}
+               "train_loss": sum(rnd["rows"][k]["train_loss"] * self.sizes[k] for k in rnd["chosen"]) / sum(self.sizes)}
         if a.eval_each_round or n == a.rounds:  # every rank scores its share of the batches
             row.update(modeling.evaluate(a.task_name, self.forward, self.eval_enc, self.device, a.eval_batch_size,
                                          shard=True))
