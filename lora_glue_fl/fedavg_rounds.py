@@ -10,7 +10,8 @@ adapter trainable (the source loaded it frozen, so rounds after the first traine
 server merges the clients' updates dW_k = s_k B_k A_k weighted by shard sizes (lora_glue_fl/adapters.py):
 ``--aggregation svd`` (default; truncated SVD to ``--svd_rank``, fused lora_alpha = ``--alpha`` or the rank),
 ``naive`` (= ``--skip_svd``: average A and B separately) or ``exact`` (stacked factors, no loss), and
-averages the heads with the same weights.
+averages the heads with the same weights. The rounds run on ``common.engine`` (``LoraTask``): the merge is the
+round's aggregate; the clients' algorithm is the engine's FedAvg, or FedProx (``--algorithm fedprox --mu``).
 
 Outputs in <out_dir>/<run_name>/ (the source's layout inside the run directory):
     round_<k>/client_<i>/adapter/       each client's adapter + head (peft format)
@@ -20,7 +21,7 @@ Outputs in <out_dir>/<run_name>/ (the source's layout inside the run directory):
 
 Under ``torchrun --nproc_per_node N`` each rank trains its share of the clients (balanced by shard size) and
 one all-gather per round hands every rank all clients' small LoRA factors and heads, so every rank merges the
-same adapters and holds the same fused adapter; rank 0 evaluates, logs, saves adapters and checkpoints.
+same adapters and holds the same fused adapter; rank 0 logs, saves adapters and checkpoints.
 """
 from __future__ import annotations
 
@@ -29,16 +30,14 @@ import copy
 import dataclasses
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from common import cli, compiled, engine, export, flags, report, runlog
+from common import checkpoint, cli, compiled, engine, export, flags, report, runlog
 from common import distributed as D
+from common import params as P
 from common import seed as seeding
 from common.config import parse_with_config
 from lora_glue_fl import adapters, checks, glue_shards, glue_tasks, modeling
@@ -72,7 +71,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     modeling.add_model_args(p)
     g = p.add_argument_group("federation")
     g.add_argument("--rounds", type=flags.POSITIVE_INT, default=5, help="communication rounds")
-    g.add_argument("--local_epochs", type=float, default=1.0, help="epochs over its shard per client per round")
+    g.add_argument("--local_epochs", type=flags.POSITIVE, default=1.0, help="epochs over its shard per client a round")
     g.add_argument("--local-steps", type=flags.POSITIVE_INT, default=None,
                    help="exactly this many optimizer steps per client per round instead of --local_epochs")
     g.add_argument("--participation-rate", type=flags.FRACTION, default=1.0,
@@ -120,11 +119,6 @@ def resolve_args(args):
         args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
     glue_tasks.get_task(args.task_name)
     args.task_name = args.task_name.lower()
-    cli.check(args.local_steps is None or args.local_steps >= 1,
-              f"--local-steps must be at least 1, got {args.local_steps}")
-    cli.check(args.num_clients >= 1, f"--num-clients must be at least 1, got {args.num_clients}")
-    cli.check(args.max_train_samples is None or args.max_train_samples >= 1,
-              f"--max_train_samples must be at least 1, got {args.max_train_samples}")
     cli.check(args.shard_dir is None or args.partition is None,
               "--partition splits the data here, --shard_dir reads a split: give one of them")
     if args.clients_per_round is not None and args.shard_dir is None:
@@ -132,12 +126,6 @@ def resolve_args(args):
     cli.check(args.participation_rate == 1.0 or args.clients_per_round is not None and args.shard_dir is not None,
               f"every client takes part in every round of fedavg_rounds.py; --participation-rate "
               f"{args.participation_rate} / --clients-per-round {args.clients_per_round} is not supported")
-    cli.check(args.svd_rank >= 1, f"--svd_rank must be at least 1, got {args.svd_rank}")
-    cli.check(args.lora_r >= 1, f"--lora_r must be at least 1, got {args.lora_r}")
-    cli.check(args.rounds >= 1, f"--rounds must be at least 1, got {args.rounds}")
-    cli.check(args.local_epochs > 0, f"--local_epochs must be positive, got {args.local_epochs}")
-    cli.check(args.batch_size >= 1, f"--batch_size must be at least 1, got {args.batch_size}")
-    cli.check(0.0 <= args.lora_dropout < 1.0, f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
     cli.check(args.shard_dir is not None or args.quick or args.partition is not None,
               "--shard_dir (make it with make_shards.py) or --partition is required")
     engine.check_algorithm_args(args, plain_sgd=False, optimizer_hint="", scaffold=NO_SCAFFOLD)
@@ -156,25 +144,133 @@ def on_device(adapter: adapters.Adapter, device) -> adapters.Adapter:
     return dataclasses.replace(adapter, factors=factors, head={k: t.to(device) for k, t in adapter.head.items()})
 
 
-def gather_clients(mine: dict, num_clients: int, device) -> tuple[list[adapters.Adapter], list[dict]]:
-    """All clients' adapters and metric rows, in client order, on every rank.
+class Uploads(dict):
+    """The round's aggregator: client -> (adapter, training loss). The merges need every client's factors, not
+    their sum: under torchrun ``LoraTask.pre_reduce`` all-gathers them and the engine's all-reduce sums nothing."""
+    reset = dict.clear
 
-    ``mine``: client index -> (Adapter, row) for this rank's clients. Under torchrun one ``all_gather_object``
-    of the (small) factors and heads; single-process it only reorders.
-    """
-    if D.is_distributed():
-        shares = [None] * D.world_size()
-        dist.all_gather_object(shares, {i: (on_device(a, "cpu"), row) for i, (a, row) in mine.items()})
-        mine = {i: (on_device(a, device), row) for share in shares for i, (a, row) in share.items()}
-    assert sorted(mine) == list(range(num_clients)), f"clients {sorted(mine)} of {num_clients} came back"
-    return [mine[i][0] for i in range(num_clients)], [mine[i][1] for i in range(num_clients)]
+    def accumulators(self) -> list:
+        return []
 
 
-def build_tokenizer(args, train, rd: runlog.RunDir):
-    """The run's tokenizer; its training corpus goes to a temporary folder, not the run directory (the
-    tokenizer itself is cached by content, so every rank gets the same one)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return modeling.build_tokenizer(args, train, Path(tmp))
+class LoraTask(engine.Task):
+    """The rounds for ``common.engine``: the one PeftModel (``params``: LoRA factors and classifier head, the base
+    frozen), each client's AdamW steps on its shard, the merge of all clients' adapters as the aggregate (the
+    server sets the global adapter and head to it), the adapter files, and every round (``eval_every`` 1) its
+    log rows and checkpoint; the fused model is scored with --eval_each_round and in the last round."""
+
+    def __init__(self, args, base, train_enc, eval_enc, shards, rd, base_path: str, device, rank=None, start=None):
+        self.args, self.base, self.train_enc, self.eval_enc, self.shards = args, base, train_enc, eval_enc, shards
+        self.rd, self.base_path, self.device, self.params = rd, base_path, device, []
+        self.sizes, self.rounds, self.eval_every, self.seed = [len(s) for s in shards], args.rounds, 1, args.seed
+        self.per_round = len(shards)  # every client takes part in every round
+        self.metric = glue_tasks.get_task(args.task_name).main_metric
+        self.acc = {"bytes_up": 0, "bytes_down": 0}  # float32 factors + head, sent down and up
+        if rank is not None:  # resuming: load_state_dict loads the checkpoint's global adapter
+            self.build(*rank)
+        elif start is not None:  # --init_adapter
+            self.build(start.r, start.alpha)
+            adapters.load_into(self.model, start)
+        else:  # a fresh LoRA from the run's own stream
+            self.build(args.lora_r, args.lora_alpha, seeding.stream_seed(args.seed, "lora-init"))
+            start = adapters.from_model(self.model)
+        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.fused = start  # the global adapter (its LoRA dropout: the model's, --lora_dropout)
+
+    def build(self, r: int, alpha: float, seed: int | None = None) -> None:
+        """The one PeftModel at rank r (rebuilt when the merge changes rank or alpha); its trainable parameters
+        replace ``params`` in place (the engine holds that list). peft's draws come from a forked RNG."""
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.model = modeling.attach_lora(copy.deepcopy(self.base), r, alpha, self.args.lora_dropout,
+                                              self.args.target_modules).to(self.device)
+        self.forward, self.rank = compiled.maybe_compile(self.model, self.args), (r, alpha)  # forward: --compile
+        self.params[:] = [p for p in self.model.parameters() if p.requires_grad]
+
+    def lr(self, r: int) -> float:
+        return self.args.learning_rate
+
+    def round_start(self, r: int) -> None:
+        self.r, self.start_bytes = r, self.acc["bytes_up"] + self.acc["bytes_down"]
+        self.start_numel = sum(t.numel() for t in self.fused.state_dict().values())  # what every client trains
+
+    def train_client(self, k, r, opt, algo) -> dict:
+        a = self.args
+        stats = modeling.train_local(self.model, self.train_enc, self.shards[k], epochs=a.local_epochs,
+                                     batch_size=a.batch_size, lr=a.learning_rate, seed=a.seed, round_idx=r + 1,
+                                     client=k, device=self.device, forward=self.forward, steps=a.local_steps,
+                                     adjust=algo.adjust_grads)
+        return stats | {"loss": torch.tensor(stats["loss"], dtype=torch.float64)}  # float64: the float it logs
+
+    def make_aggregator(self, like):
+        return Uploads()
+
+    def add_client(self, agg, k, out) -> dict:
+        client, fused = adapters.from_model(self.model), self.fused
+        moved = math.sqrt(float(sum((client.factors[m][j].float() - fused.factors[m][j].float()).pow(2).sum()
+                                    for m in fused.factors for j in (0, 1))))  # one read per client
+        row = {"round": self.r + 1, "client": k + 1, "n": self.sizes[k], "train_loss": out["loss"].item(),
+               "steps": out["steps"], "adapter_change": moved}
+        if self.args.eval_clients:
+            row.update(modeling.evaluate(self.args.task_name, self.forward, self.eval_enc, self.device,
+                                         self.args.eval_batch_size))
+        agg[k] = (client, row["train_loss"])
+        return row
+
+    def pre_reduce(self, aggs, rows, chosen) -> None:
+        parts = D.all_gather_object({k: (on_device(c, "cpu"), loss) for k, (c, loss) in aggs[0].items()})
+        aggs[0].update({k: (on_device(c, self.device), loss) for part in parts for k, (c, loss) in part.items()})
+
+    def average(self, agg, x) -> list[torch.Tensor]:
+        """The merge (weights: shard sizes), loaded into the model; ``x`` takes its shapes (exact grows the rank)."""
+        a, where, ks = self.args, f"round {self.r + 1}", sorted(agg)  # every client, in order
+        self.clients = [agg[k][0] for k in ks]
+        self.rd.check_finite(where, training_loss=[agg[k][1] for k in ks],  # every rank holds them all
+                             client_adapters=[t for c in self.clients for t in c.state_dict().values()])
+        self.acc["bytes_down"] += 4 * self.start_numel * len(ks)
+        self.acc["bytes_up"] += 4 * sum(t.numel() for c in self.clients for t in c.state_dict().values())
+        fused = self.fused = adapters.merge(self.clients, self.sizes, a.aggregation, rank=a.svd_rank, alpha=a.alpha)
+        self.rd.check_finite(where, aggregated_adapter=list(fused.state_dict().values()))
+        if (fused.r, fused.alpha) != self.rank:
+            self.build(fused.r, fused.alpha)
+        adapters.load_into(self.model, fused)
+        if [t.shape for t in x] != [p.shape for p in self.params]:
+            x[:] = P.clone(self.params)
+        return self.params
+
+    def round_end(self, rnd) -> None:
+        """Rank 0 writes the round's adapters and measures the merge error (both inside the round's time)."""
+        a, n, self.merge_error = self.args, rnd["round"] + 1, None
+        if self.rd.is_main:
+            folder = self.rd.artifact(f"round_{n}")
+            if a.save_client_adapters == "all" or (a.save_client_adapters == "last" and n == a.rounds):
+                for i, c in enumerate(self.clients):
+                    adapters.save(c, folder / f"client_{i + 1}" / "adapter", self.base_path)
+            adapters.save(self.fused, folder / fused_dir_name(a.aggregation, self.fused) / "adapter", self.base_path)
+            self.merge_error = adapters.merge_rel_error(self.clients, self.sizes, self.fused)
+
+    def evaluate(self, rnd) -> dict:
+        """Logs the client rows and returns the fused row (the model holds the fused adapter)."""
+        a, n = self.args, rnd["round"] + 1
+        for k in rnd["chosen"]:
+            self.rd.log(rnd["rows"][k])
+        row = {"round": n, "client": None, "fused_rank": self.fused.r, "client_trainable_params": self.start_numel,
+               "round_bytes": self.acc["bytes_up"] + self.acc["bytes_down"] - self.start_bytes,
+               "merge_rel_error": self.merge_error,
+               "train_loss": sum(rnd["rows"][k]["train_loss"] * self.sizes[k] for k in rnd["chosen"]) / sum(self.sizes)}
+        if a.eval_each_round or n == a.rounds:  # every rank scores its share of the batches
+            row.update(modeling.evaluate(a.task_name, self.forward, self.eval_enc, self.device, a.eval_batch_size,
+                                         shard=True))
+        return row
+
+    def state_dict(self) -> dict:
+        return {"acc": self.acc, "rank": [self.fused.r, self.fused.alpha]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.acc = state["acc"]
+        P.load_(self.params, self.fed.models[0])
+        self.fused = adapters.from_model(self.model)
 
 
 def parse_args(argv=None):
@@ -206,7 +302,6 @@ def main(argv=None) -> dict:
     if shard_info.get("task"):
         cli.check(shard_info["task"] == args.task_name, f"--shard_dir was made for task {shard_info['task']!r}, "
                                                         f"not {args.task_name!r}")
-    sizes = [len(s) for s in shards]
     task = glue_tasks.get_task(args.task_name)
     name = args.run_name or runlog.run_name(
         "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), checks.source_tag(args),
@@ -222,13 +317,17 @@ def main(argv=None) -> dict:
     seeding.seed_everything(args.seed)
     if args.quiet:
         modeling.quiet_hf()
-    tokenizer = build_tokenizer(args, train, rd)
+    with tempfile.TemporaryDirectory() as tmp:  # the tokenizer's training corpus stays out of the run directory
+        tokenizer = modeling.build_tokenizer(args, train, Path(tmp))  # cached by content: every rank gets the same
     base = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
     checks.rank_fits(base, args.lora_r, "--lora_r")
     if args.aggregation == "svd":
         checks.rank_fits(base, args.svd_rank, "--svd_rank")
     init = adapters.load(args.init_adapter) if args.init_adapter else None  # checked before anything is written
     args.target_modules = args.target_modules or modeling.default_target_modules(base)
+    if init is not None:
+        cli.check(init.target_modules == sorted(args.target_modules), f"--init_adapter adapts {init.target_modules},"
+                                                                      f" --target_modules is {args.target_modules}")
     types = modeling.uses_token_types(base)
     train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
     evals = {s: splits[s] if args.max_eval_samples is None
@@ -242,142 +341,39 @@ def main(argv=None) -> dict:
         if rd.is_main:
             base.save_pretrained(base_path)
             tokenizer.save_pretrained(base_path)
-    state = {"model": None, "forward": None, "rank": None}
+            checkpoint.give_usual_permissions(base_path)  # safetensors writes through a 0600 temp file
 
-    def model_for(adapter: adapters.Adapter):
-        """The one PeftModel, rebuilt only when the adapter's rank/alpha changes; adapter loaded in place.
-        ``state["forward"]`` is what forward passes call: ``torch.compile`` of it with ``--compile``."""
-        if state["rank"] != (adapter.r, adapter.alpha):
-            with torch.random.fork_rng(devices=[]):  # peft's init draws are overwritten by the load below
-                state["model"] = modeling.attach_lora(copy.deepcopy(base), adapter.r, adapter.alpha,
-                                                      args.lora_dropout, args.target_modules).to(device)
-            state["forward"] = compiled.maybe_compile(state["model"], args)
-            state["rank"] = (adapter.r, adapter.alpha)
-        adapters.load_into(state["model"], adapter)
-        return state["model"]
-
-    # seconds of the clients' local training and of whole rounds (evaluation, logging, checkpoints excluded);
-    # under torchrun each rank times its own clients and the summary is rank 0's
-    timing = {"client_seconds": 0.0, "round_seconds": 0.0}
+    # ---- rounds: common.engine --------------------------------------------------------------------------
     ckpt = rd.load_checkpoint()
-    if ckpt is not None:
-        fused = adapters.from_state_dict(ckpt["fused"], **ckpt["fused_meta"])
-        start, bytes_up, bytes_down = ckpt["round"] + 1, ckpt["bytes_up"], ckpt["bytes_down"]
-        timing = ckpt.get("timing", timing)
-        seeding.set_rng_state(ckpt["rng"])
-    elif args.init_adapter:
-        fused = init
-        cli.check(fused.target_modules == sorted(args.target_modules), f"--init_adapter adapts {fused.target_modules},"
-                                                                       f" --target_modules is {args.target_modules}")
-        start, bytes_up, bytes_down = 1, 0, 0
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeding.stream_seed(args.seed, "lora-init"))
-            m = modeling.attach_lora(copy.deepcopy(base), args.lora_r, args.lora_alpha, args.lora_dropout,
-                                     args.target_modules)
-        fused = adapters.from_model(m)
-        del m
-        start, bytes_up, bytes_down = 1, 0, 0
-    fused.dropout = args.lora_dropout
-    fused = on_device(fused, device)  # where the clients train: each round measures their change from it
+    lora = LoraTask(args, base, train_enc, eval_enc, shards, rd, base_path, device,
+                    rank=ckpt["task"]["rank"] if ckpt is not None else None, start=init)
+    fed = engine.Federation(lora, args)  # FedAvg, or FedProx's proximal gradient in the clients' steps
+    start = fed.load_state_dict(ckpt, lora.names) if ckpt is not None else 0
+    engine.run(lora, fed, rd, lora.names, start)
 
-    # ---- rounds -------------------------------------------------------------------------------------------
-    algo = engine.FedProx(args.mu) if args.algorithm == "fedprox" else engine.FedAvg()  # the clients' hook
-    main_metric = task.main_metric
-    rows_so_far = rd.rows() if rd.is_main else []  # only rank 0 keeps metrics
-    last_metrics = {r["round"]: r for r in rows_so_far if r.get("client") is None and main_metric in r}
-    bar = tqdm(range(start, args.rounds + 1), initial=start - 1, total=args.rounds, desc="rounds",
-               disable=args.quiet or not rd.is_main)
-    # this rank's clients: the same every round (all clients take part), largest shards spread first
-    my_clients = D.assign_clients(list(range(len(shards))), sizes, D.world_size())[D.rank()]
-    for rnd in bar:
-        t_round = time.perf_counter()
-        round_dir = rd.artifact(f"round_{rnd}")
-        keep_clients = (args.save_client_adapters == "all"
-                        or (args.save_client_adapters == "last" and rnd == args.rounds))
-        mine = {}
-        for i in my_clients:
-            idx = shards[i]
-            model = model_for(fused)  # every client starts from the fused adapter and head
-            algo.client_start(i, [p.detach().clone() for p in model.parameters() if p.requires_grad])
-            t_client = time.perf_counter()
-            stats = modeling.train_local(model, train_enc, idx, epochs=args.local_epochs, batch_size=args.batch_size,
-                                         lr=args.learning_rate, seed=args.seed, round_idx=rnd, client=i, device=device,
-                                         forward=state["forward"], steps=args.local_steps, adjust=algo.adjust_grads)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            timing["client_seconds"] += time.perf_counter() - t_client
-            client = adapters.from_model(model)
-            client.dropout = args.lora_dropout
-            moved = math.sqrt(float(sum((client.factors[m][j].float() - fused.factors[m][j].float()).pow(2).sum()
-                                        for m in fused.factors for j in (0, 1))))  # one read per client
-            row = {"round": rnd, "client": i + 1, "n": sizes[i], "train_loss": stats["loss"],
-                   "steps": stats["steps"], "adapter_change": moved}
-            if args.eval_clients:
-                row.update(modeling.evaluate(args.task_name, state["forward"], eval_enc, device, args.eval_batch_size))
-            mine[i] = (client, row)
-
-        clients, rows = gather_clients(mine, len(shards), device)
-        # every rank holds every client's loss and adapter: every rank stops (exit 3, last checkpoint kept)
-        rd.check_finite(f"round {rnd}", training_loss=[row["train_loss"] for row in rows],
-                        client_adapters=[t for c in clients for t in c.state_dict().values()])
-        client_params = sum(t.numel() for t in fused.state_dict().values())  # what every client trained
-        round_bytes = bytes_up + bytes_down
-        for i, (client, row) in enumerate(zip(clients, rows)):
-            rd.log(row)
-            if keep_clients and rd.is_main:
-                adapters.save(client, round_dir / f"client_{i + 1}" / "adapter", base_path)
-            bytes_down += 4 * sum(t.numel() for t in fused.state_dict().values())
-            bytes_up += 4 * sum(t.numel() for t in client.state_dict().values())
-        losses = [row["train_loss"] for row in rows]
-
-        fused = adapters.merge(clients, sizes, args.aggregation, rank=args.svd_rank, alpha=args.alpha)
-        fused.dropout = args.lora_dropout
-        rd.check_finite(f"round {rnd}", aggregated_adapter=list(fused.state_dict().values()))
-        if rd.is_main:
-            adapters.save(fused, round_dir / fused_dir_name(args.aggregation, fused) / "adapter", base_path)
-        row = {"round": rnd, "client": None, "fused_rank": fused.r, "client_trainable_params": client_params,
-               "round_bytes": bytes_up + bytes_down - round_bytes,  # float32 factors + head, down and up
-               "merge_rel_error": adapters.merge_rel_error(clients, sizes, fused) if rd.is_main else None,
-               "train_loss": sum(l * n for l, n in zip(losses, sizes)) / sum(sizes)}
-        timing["round_seconds"] += time.perf_counter() - t_round  # adapter files and the merge error included
-        if args.eval_each_round or rnd == args.rounds:  # every rank scores its share of the batches
-            model_for(fused)
-            row.update(modeling.evaluate(args.task_name, state["forward"], eval_enc, device, args.eval_batch_size,
-                                         shard=True))
-            last_metrics[rnd] = row
-            bar.set_postfix({main_metric: f"{row[main_metric]:.4f}"})
-        rd.log(row)
-        del clients
-        rd.save_checkpoint({"round": rnd, "fused": fused.state_dict(), "bytes_up": bytes_up, "bytes_down": bytes_down,
-                            "timing": timing,
-                            "fused_meta": {"r": fused.r, "alpha": fused.alpha, "target_modules": fused.target_modules,
-                                           "head_modules": fused.head_modules,
-                                           "dropout": fused.dropout}})
-
-    final = last_metrics.get(args.rounds, {})
-    evaluated = [r for r in last_metrics.values() if main_metric in r]
-    best = max(evaluated, key=lambda r: r[main_metric]) if evaluated else {}
+    main_metric, fused, timing = task.main_metric, lora.fused, fed.timing
+    scored = {r["round"]: r for r in (rd.rows() if rd.is_main else []) if r.get("client") is None and main_metric in r}
+    final, best = scored.get(args.rounds, {}), max(scored.values(), key=lambda r: r[main_metric], default={})
     summary = {"task": args.task_name, "aggregation": args.aggregation, "num_clients": len(shards),
-               "shard_mode": shard_info.get("mode"), "client_sizes": sizes, "rounds_done": args.rounds,
+               "shard_mode": shard_info.get("mode"), "client_sizes": lora.sizes, "rounds_done": args.rounds,
                "main_metric": main_metric, "fused_rank": fused.r, "fused_alpha": fused.alpha,
                "majority": glue_tasks.majority_metrics(args.task_name, train.label, evals),
                # what plots/plot_lora_glue.py draws beside the metric (plots read run directories only)
                "majority_label": glue_tasks.majority_label(args.task_name, train.label),
                "num_labels": glue_tasks.get_task(args.task_name).num_labels,
-               "svd_error_by_rank": svd_error_by_rank(rd.path / f"round_{args.rounds}", sizes)
+               "svd_error_by_rank": svd_error_by_rank(rd.path / f"round_{args.rounds}", lora.sizes)
                if args.aggregation == "svd" and rd.is_main else None,
                "final": {k: v for k, v in final.items() if k not in ("round", "client")},
                "best": {"round": best.get("round"), main_metric: best.get(main_metric)},
                "final_adapter": str(rd.path / f"round_{args.rounds}" / fused_dir_name(args.aggregation, fused)
                                     / "adapter"),
-               "bytes_up": bytes_up, "bytes_down": bytes_down, "model": modeling.model_id(args),
+               "bytes_up": lora.acc["bytes_up"], "bytes_down": lora.acc["bytes_down"], "model": modeling.model_id(args),
                "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
                "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
                else None}
     summary = rd.write_summary(summary)
     if rd.is_main:  # <run>/model: the final fused adapter merged into the base, plus the tokenizer
-        export.save_model_dir(rd.path, adapters.merged_copy(model_for(fused)), tokenizer,
+        export.save_model_dir(rd.path, adapters.merged_copy(lora.model), tokenizer,
                               info={"method": "fedavg_" + args.aggregation, "task": args.task_name,
                                     "final": summary["final"]})
         report.print_ending(rd.path, f"final validation {main_metric}", summary["final"].get(main_metric),

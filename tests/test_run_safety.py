@@ -70,7 +70,7 @@ def _assert_kept(run: Path, kind: str, key: str, at: int, tensors):
 
 
 def _global_tensors(state: dict) -> list:
-    """The global model's tensors of a mamba / vit checkpoint (named dict, or an older unnamed list)."""
+    """The global model's tensors of a mamba / vit / lora checkpoint (named dict, or an older unnamed list)."""
     return list(state["global"].values()) if isinstance(state["global"], dict) else state["global"]
 
 
@@ -107,8 +107,7 @@ def test_lora_nan_stops_with_exit_3_and_keeps_the_last_finite_checkpoint(out_dir
     err = _diverges(fedavg_rounds.main, [*LORA, "--rounds", "2", "--out-dir", str(out_dir), "--run-name", "r"],
                     capsys)
     assert "round 2" in err
-    _assert_kept(out_dir / "r", "lora_glue_fl/fedavg_rounds", "round", 1,
-                 lambda s: list(s["fused"].values()))
+    _assert_kept(out_dir / "r", "lora_glue_fl/fedavg_rounds", "round", 1, _global_tensors)
     assert not list((out_dir / "r").glob("round_2/fused_*"))  # no NaN adapter written
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from common import engine
 from common.checkpoint import load_checkpoint
 from llm_noniid import train
 from lora_glue_fl import fedavg_rounds, modeling
@@ -53,7 +54,7 @@ def test_llm_timing_totals_continue_on_resume(tmp_path, monkeypatch):
 
 def test_lora_timing_totals_continue_on_resume(tmp_path, monkeypatch):
     argv = ["--quick", "--quiet", "--out-dir", str(tmp_path), "--local_epochs", "0.1"]
-    monkeypatch.setattr(fedavg_rounds, "time", FakeClock())
+    monkeypatch.setattr(engine, "time", FakeClock())  # the rounds' timers
     full = fedavg_rounds.main([*argv, "--run-name", "full"])
     real_train = modeling.train_local
 
@@ -62,13 +63,13 @@ def test_lora_timing_totals_continue_on_resume(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_train(*a, **kw)
 
-    monkeypatch.setattr(fedavg_rounds, "time", FakeClock())
+    monkeypatch.setattr(engine, "time", FakeClock())  # the rounds' timers
     monkeypatch.setattr(modeling, "train_local", crash_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         fedavg_rounds.main([*argv, "--run-name", "cut"])
     saved = load_checkpoint(tmp_path / "cut" / "checkpoint.pt", "lora_glue_fl/fedavg_rounds")["timing"]
     assert saved == {"client_seconds": 3.0, "round_seconds": 3 * 2 + 1.0}  # round 1 of 3 clients
-    monkeypatch.setattr(fedavg_rounds, "time", FakeClock())
+    monkeypatch.setattr(engine, "time", FakeClock())  # the rounds' timers
     monkeypatch.setattr(modeling, "train_local", real_train)
     cut = fedavg_rounds.main([*argv, "--run-name", "cut", "--resume"])
     assert (full["client_seconds"], full["round_seconds"]) == (cut["client_seconds"], cut["round_seconds"]) == (6, 14)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from clicases import one_line_error
 
-from common import cli
+from common import checkpoint, cli
 from common.config import parse_with_config
 from lora_glue_fl import (
     adapters,
@@ -46,6 +46,8 @@ def test_fedavg_rounds_quick_outputs(sst2_run):
             assert (run / f"round_{k}/client_{i}/adapter/adapter_model.safetensors").is_file()
         assert (run / f"round_{k}/fused_r4/adapter/adapter_config.json").is_file()
     assert json.loads((run / "args.json").read_text())["args"]["aggregation"] == "svd"
+    for f in (run / "base_model").iterdir():  # safetensors writes through a 0600 temp file; the run's files are not
+        assert f.stat().st_mode & 0o777 == checkpoint.usual_mode(), f
 
 
 def test_round_two_clients_train_the_fused_adapter(sst2_run):
