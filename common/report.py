@@ -5,7 +5,7 @@
 
 ``ending_line`` builds it from the run directory, the headline metric with its baseline(s), where the figures
 are (files in the run, or the plot command that draws them from many runs) and where the trained model is;
-``print_ending`` prints it unless ``--quiet`` (rank 0 only).
+``print_ending`` prints it, with ``--quiet`` too (rank 0 only).
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def ending_line(run_path: str | os.PathLike, metric: str, value, baselines: dict
     return " | ".join(parts)
 
 
-def print_ending(*args, quiet: bool = False, **kwargs) -> str:
-    """Print ``ending_line(*args, **kwargs)`` (unless ``quiet``, or on a rank other than 0); return it."""
+def print_ending(*args, **kwargs) -> str:
+    """Print ``ending_line(*args, **kwargs)`` on rank 0 (``--quiet`` too: the run's one line); return it."""
     line = ending_line(*args, **kwargs)
-    if not quiet and int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(line, flush=True)
     return line

@@ -523,7 +523,7 @@ def run(args, rank: int, world: int) -> dict:
     if rd.is_main:
         save_models(args, rd, model, params, fed.models, tok, summary)
         report.print_ending(rd.path, "final validation perplexity", summary["final_val_ppl"],
-                            {"unigram": refs["unigram_ppl"], "uniform": refs["uniform_ppl"]}, quiet=args.quiet,
+                            {"unigram": refs["unigram_ppl"], "uniform": refs["uniform_ppl"]},
                             figures=f"python plots/plot_llm_noniid.py --runs {args.out_dir}",
                             loader="AutoModelForCausalLM.from_pretrained"
                             + ("; LoRA adapter in adapter/: PeftModel.from_pretrained" if args.lora_r else ""))

@@ -119,6 +119,11 @@ def save(adapter: Adapter, directory, base_model_name_or_path: str | None = None
     # a local base folder is recorded relative to the adapter folder: moving the run directory keeps it valid
     base = export.relative_base(directory, base_model_name_or_path or adapter.extra.get("base_model_name_or_path"))
     adapter.config(base).save_pretrained(str(directory))
+    cfg_path = directory / "adapter_config.json"  # peft keeps target_modules as a set: written in a fixed order
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        checkpoint.atomic_write_json(cfg_path, cfg)
     with checkpoint.atomic_path(directory / "adapter_model.safetensors") as tmp:  # usual permissions, not 0600
         save_file({k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}, str(tmp))
     checkpoint.give_usual_permissions(directory)  # adapter_config.json from save_pretrained

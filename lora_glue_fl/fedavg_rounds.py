@@ -372,14 +372,17 @@ def main(argv=None) -> dict:
                "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
                else None}
     summary = rd.write_summary(summary)
-    if rd.is_main:  # <run>/model: the final fused adapter merged into the base, plus the tokenizer
+    if rd.is_main:  # <run>/model: the final fused adapter merged into the base, plus the tokenizer;
+        # <run>/adapter: that adapter and head in peft format (PeftModel.from_pretrained), as centralized runs
         export.save_model_dir(rd.path, adapters.merged_copy(lora.model), tokenizer,
                               info={"method": "fedavg_" + args.aggregation, "task": args.task_name,
                                     "final": summary["final"]})
+        adapters.save(fused, rd.artifact("adapter"), base_path)
         report.print_ending(rd.path, f"final validation {main_metric}", summary["final"].get(main_metric),
-                            {"majority baseline": summary["majority"].get(main_metric)}, quiet=args.quiet,
+                            {"majority baseline": summary["majority"].get(main_metric)},
                             figures=f"python plots/plot_lora_glue.py --runs {args.out_dir}",
-                            loader="AutoModelForSequenceClassification.from_pretrained")
+                            loader="AutoModelForSequenceClassification.from_pretrained; "
+                                   "adapter/: PeftModel.from_pretrained")
     summary = D.broadcast_object(summary)  # every rank returns rank 0's summary
     rd.release()
     if owns_group:

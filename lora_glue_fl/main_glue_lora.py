@@ -174,7 +174,7 @@ def run(args, lora: bool = True) -> dict:
         info = {"method": summary["method"], "task": args.task_name, "final": final}
         export.save_model_dir(rd.path, adapters.merged_copy(model) if lora else model, tokenizer, info=info)
     report.print_ending(rd.path, f"final validation {main_metric}", final.get(main_metric),
-                        {"majority baseline": summary["majority"].get(main_metric)}, quiet=args.quiet,
+                        {"majority baseline": summary["majority"].get(main_metric)},
                         figures=f"python plots/plot_lora_glue.py --runs {args.out_dir}",
                         loader="AutoModelForSequenceClassification.from_pretrained" if args.do_train else None)
     rd.release()

@@ -431,8 +431,7 @@ def finish(rd, args, method, data, acc, refs, model=None) -> dict:
     from common.curves import perplexity_curve
 
     perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
-    if not args.quiet:
-        print(lmdata.final_line(rd.path, summary))
+    print(lmdata.final_line(rd.path, summary), flush=True)  # the run's one line, --quiet too
     return summary
 
 

@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
         vit.save(model, run.path, image_size=args.image_size, name="best_model",
                  info={"method": "centralized", "epoch": best[0]["epoch"], "test_accuracy": best_test["accuracy"]})
     report.print_ending(run.path, "test accuracy" + (" (best epoch)" if best else ""), summary["test_accuracy"],
-                        {"chance": summary["chance_accuracy"]}, quiet=args.quiet,
+                        {"chance": summary["chance_accuracy"]},
                         extra=f"final epoch's test accuracy {summary['final_test_accuracy']}",
                         figures=f"python plots/plot_vit.py --runs {args.out_dir}",
                         loader="AutoModelForImageClassification.from_pretrained or vit_sparse_fl.vit.load")

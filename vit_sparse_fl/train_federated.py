@@ -333,7 +333,7 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
              info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
                    "test_accuracy": summary["test_accuracy"]})
     report.print_ending(run.path, "test accuracy", summary["test_accuracy"],
-                        {"chance": summary["chance_accuracy"]}, quiet=args.quiet,
+                        {"chance": summary["chance_accuracy"]},
                         extra=f"final validation accuracy {summary['final_val_accuracy']}",
                         figures=f"python plots/plot_vit.py --runs {args.out_dir}",
                         loader="AutoModelForImageClassification.from_pretrained or vit_sparse_fl.vit.load")
