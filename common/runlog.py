@@ -5,7 +5,8 @@
 * ``args.json``     -- {"args": all arguments, "script", "argv", "git_commit", "versions", "device",
                        "hostname", "started_at", "resumes": [...]}
 * ``metrics.jsonl`` -- one JSON object per evaluation (round, step, metrics), appended as they come
-* ``summary.json``  -- final/best metrics etc., written by the script; ``wall_seconds`` added here
+* ``summary.json``  -- final/best metrics etc., written by the script; ``wall_seconds`` and ``status``
+                       (default "complete") added here
 * ``checkpoint.pt`` -- full state for ``--resume`` (see ``common.checkpoint``)
 * artifacts         -- whatever the subproject writes via ``artifact(name)``
 
@@ -632,7 +633,10 @@ class RunDir:
         raise _busy(self.path, _lock_holder(lock))
 
     def release(self) -> None:
-        """Give the directory's lock back (at the end of the run; ``cli.run`` does it for every script)."""
+        """Close the run's trackers (flushed, a W&B run finished) and give the directory's lock back (at the
+        end of the run, or when it stops; ``cli.run`` does it for every script)."""
+        if self._tracker is not None:
+            self._tracker.close()
         fd, self._lock_fd = self._lock_fd, None
         if fd is None:
             return
@@ -797,8 +801,10 @@ class RunDir:
         return self._state
 
     def write_summary(self, summary: dict) -> dict:
-        """Write summary.json atomically with ``wall_seconds`` (summed over resumed sessions); return it."""
+        """Write summary.json atomically with ``wall_seconds`` (summed over resumed sessions) and ``status``
+        ("complete" unless the caller says otherwise, e.g. "diverged"); return it."""
         summary = dict(summary)
+        summary.setdefault("status", "complete")
         summary["wall_seconds"] = round(self.wall_seconds, 3)
         if self.is_main:
             self.claim()

@@ -231,17 +231,6 @@ def mean_std(runs: Sequence[dict], key: str, x: str = "round",
     return xs, ys.mean(axis=0), std
 
 
-def summary_stats(runs: Sequence[dict], key: str, ddof: int = 1) -> tuple[float, float, int]:
-    """(mean, std, n) of ``summary[key]`` over the finished runs that report it (sample sd by default;
-    nan for a single run: format with ``common.stats.fmt``, which shows "n=1" instead of ± 0)."""
-    values = np.array([r["summary"][key] for r in runs if r.get("summary") and r["summary"].get(key) is not None],
-                      dtype=np.float64)
-    if values.size == 0:
-        return float("nan"), float("nan"), 0
-    std = float(values.std(ddof=ddof)) if values.size > ddof else float("nan")
-    return float(values.mean()), std, int(values.size)
-
-
 def by_seed(runs: Sequence[dict], key: str) -> dict:
     """{seed: summary[key]} over the finished runs that report it; a repeated seed is an error (two runs of
     one configuration and seed would be silently overwritten in a paired comparison)."""

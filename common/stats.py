@@ -5,14 +5,11 @@
     d = paired({0: 50.1, 1: 48.0, 2: 51.2},    # differences a - b matched by seed
                {0: 44.0, 1: 45.1, 2: 49.9})
     fmt_diff(d)                                # '+3.4 [-1.3, +8.2] (n=3), no difference'
-    holm({"a-b": d, "c-b": d2})                # Holm-corrected verdicts for the comparisons of one table
 
 The 95% interval is mean ± t(0.975, n-1) · sd / sqrt(n). A paired difference whose interval contains 0 is
-reported as "no difference"; its interval rules out every effect beyond ``ruled_out(d)`` in size. Several
-comparisons in one table are corrected together with ``holm`` (Holm's step-down method on the paired t-test
-p-values: it keeps the family-wise error rate at 5% whatever the dependence between the comparisons). The
-Student-t quantile is computed here (regularized incomplete beta function by continued fraction, inverted by
-bisection) so the toolkit does not depend on scipy; the tests compare it with ``scipy.stats.t.ppf``.
+reported as "no difference". The Student-t quantile is computed here (regularized incomplete beta function
+by continued fraction, inverted by bisection) so the toolkit does not depend on scipy; the tests compare it
+with ``scipy.stats.t.ppf``.
 """
 from __future__ import annotations
 
@@ -164,58 +161,3 @@ def fmt_diff(d: Paired, digits: int = 1) -> str:
     verdict = "" if d.significant else ", no difference"
     return f"{d.mean:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}] (n={d.n}){verdict}"
 
-
-def p_value(d: Paired) -> float:
-    """Two-sided p-value of the paired t-test of ``d`` (H0: mean difference 0); nan for n < 2."""
-    if d.n < 2:
-        return float("nan")
-    if d.sd == 0:
-        return 1.0 if d.mean == 0 else 0.0
-    t = abs(d.mean) / (d.sd / math.sqrt(d.n))
-    return min(1.0, 2.0 * (1.0 - t_cdf(t, d.n - 1)))
-
-
-def ruled_out(d: Paired) -> float:
-    """The size beyond which the 95% interval rules an effect out: max(|lo|, |hi|) (nan for n < 2). A
-    "no difference" is only as strong as this number: [-0.3, +0.4] rules out effects larger than 0.4."""
-    return max(abs(d.lo), abs(d.hi)) if d.n >= 2 else float("nan")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One comparison of a table after Holm's correction."""
-    p: float            # the paired t-test's own p-value
-    p_holm: float       # Holm-adjusted p-value (compare with 0.05)
-    significant: bool   # p_holm < 1 - LEVEL
-
-
-def holm_adjust(pvalues: Iterable[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the input order (statsmodels' ``multipletests(method="holm")``):
-    sorted ascending, p_(i) is multiplied by m - i (i from 0), made non-decreasing and capped at 1. A nan
-    (a comparison with n < 2) stays nan and does not count in m."""
-    ps = [float(p) for p in pvalues]
-    tested = sorted((p, i) for i, p in enumerate(ps) if not math.isnan(p))
-    m, out, running = len(tested), [float("nan")] * len(ps), 0.0
-    for rank, (p, i) in enumerate(tested):
-        running = max(running, min(1.0, (m - rank) * p))
-        out[i] = running
-    return out
-
-
-def holm(comparisons: Mapping[str, Paired], alpha: float = 1 - LEVEL) -> dict[str, Verdict]:
-    """Holm-corrected verdicts for the paired comparisons of one table (keys: the rows' names)."""
-    names = list(comparisons)
-    raw = [p_value(comparisons[k]) for k in names]
-    adjusted = holm_adjust(raw)
-    return {k: Verdict(p, q, (not math.isnan(q)) and q < alpha) for k, p, q in zip(names, raw, adjusted)}
-
-
-def fmt_verdict(d: Paired, v: Verdict, digits: int = 1) -> str:
-    """'+3.4 [+1.3, +5.5] (n=3), p_Holm 0.012' or '+0.2 [-0.3, +0.4] (n=3), no difference after Holm
-    (rules out > 0.4)': the interval is the comparison's own 95% interval, the verdict the corrected one."""
-    if d.n < 2:
-        return fmt_diff(d, digits)
-    head = f"{d.mean:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}] (n={d.n})"
-    if v.significant:
-        return f"{head}, p_Holm {v.p_holm:.2g}"
-    return f"{head}, no difference after Holm (rules out > {ruled_out(d):.{digits}f})"
