@@ -211,6 +211,13 @@ def _number(v) -> bool:
     return isinstance(v, NUMBER) and not isinstance(v, bool)
 
 
+def aligned(runs: Sequence[dict], key: str, x: str = "round") -> tuple[np.ndarray, np.ndarray]:
+    """(x [P], values [runs, P]) of metric ``key`` at the x values every run reached."""
+    lookups = [dict(zip(*(a.tolist() for a in series(r, key, x)))) for r in runs]
+    common = sorted(set.intersection(*(set(d) for d in lookups)))
+    return np.array(common, dtype=np.float64), np.array([[d[v] for v in common] for d in lookups], dtype=np.float64)
+
+
 def mean_std(runs: Sequence[dict], key: str, x: str = "round",
              ddof: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and standard deviation of metric ``key`` over runs (seeds), aligned on ``x``.
@@ -221,12 +228,9 @@ def mean_std(runs: Sequence[dict], key: str, x: str = "round",
     """
     if not runs:
         raise ValueError(f"no runs to average for {key!r}")
-    lookups = [dict(zip(*(a.tolist() for a in series(r, key, x)))) for r in runs]
-    common = sorted(set.intersection(*(set(d) for d in lookups)))
-    xs = np.array(common, dtype=np.float64)
+    xs, ys = aligned(runs, key, x)  # [P], [runs, P]
     if xs.size == 0:
         return xs, np.zeros(0), np.zeros(0)
-    ys = np.array([[d[v] for v in common] for d in lookups], dtype=np.float64)  # [runs, P]
     std = ys.std(axis=0, ddof=ddof) if len(runs) > ddof else np.zeros(xs.size)
     return xs, ys.mean(axis=0), std
 

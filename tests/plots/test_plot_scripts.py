@@ -75,10 +75,6 @@ def test_plot_mamba_draws_the_grid_and_the_deltas(mixed, tmp_path, capsys):
     assert names == [f"deltas_{quick}.png", "grid_L1_topic.png", f"spectrum_{quick}.png"]
     text = (tmp_path / "m" / "results.md").read_text(encoding="utf-8")
     assert "| FedAvg (client AdamW" in text and "(n=2)" in text
-    capsys.readouterr()
-    assert plot_mamba.main(["--runs", str(mixed), "--best-other-arm", "--layers", "1", "--shards", "topic"]) \
-        == {"best_other_arm": None}
-    assert _lines(capsys) == ["none"]
 
 
 def test_plot_vit_splits_suites(mixed, tmp_path, capsys):
