@@ -260,6 +260,18 @@ def seed_paired(runs_a: Sequence[dict], runs_b: Sequence[dict], key: str) -> sta
     return stats.paired(by_seed(runs_a, key), by_seed(runs_b, key))
 
 
+def figure_legend(fig: Any, axes: Iterable[Any], ncol: int = 4, fontsize: int = 8) -> None:
+    """One legend below all panels (every label once), so no legend covers bars or curves (``savefig`` keeps it
+    in the image)."""
+    handles = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(ncol, len(handles)),
+                   fontsize=fontsize, bbox_to_anchor=(0.5, 0.0), frameon=False)
+
+
 def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False, dpi: int = 150, close: bool = True) -> list[Path]:
     """Save ``fig`` as PNG (and PDF with ``pdf=True``) with a tight layout, creating parent folders.
 

@@ -109,17 +109,6 @@ def curve(ax, members: list[dict], label: str, **kw) -> None:
     ax.fill_between(x, 100 * (mean - sd), 100 * (mean + sd), alpha=0.15, color=line.get_color())
 
 
-def figure_legend(fig, axes, ncol: int = 4) -> None:
-    """One legend below all panels (every label once), so no legend covers bars or curves."""
-    handles = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(ncol, len(handles)),
-                   fontsize=8, bbox_to_anchor=(0.5, 0.0), frameon=False)
-
-
 def vit_runs(runs: list[dict]) -> list[dict]:
     """The finished vit_sparse_fl runs with what the figures read; runs of other scripts are ignored, a
     malformed one left out with a line."""
@@ -299,7 +288,7 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
                 if not ax.get_legend_handles_labels()[0]:
                     ax.text(0.5, 0.5, "not measured (--interference-window 0)", ha="center", transform=ax.transAxes)
         fig.tight_layout()
-        figure_legend(fig, axes.flat)
+        R.figure_legend(fig, axes.flat, fontsize=8)
         written += R.savefig(fig, out / "vit_strategies.png", pdf=pdf)
 
         # ------------------------------------------------------------ mask density per layer
