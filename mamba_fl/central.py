@@ -50,9 +50,6 @@ def main(argv=None) -> dict:
     federated.finish_args(args, explicit)
     if args.quick and "max_steps" not in explicit:
         args.max_steps, args.val_freq = 64, (16 if "val_freq" not in explicit else args.val_freq)
-    cli.check(args.val_freq >= 1, f"--val-freq must be at least 1, got {args.val_freq}")
-    cli.check(args.n_epochs > 0, f"--n-epochs must be positive, got {args.n_epochs}")
-    cli.check(args.max_steps is None or args.max_steps >= 1, f"--max-steps must be at least 1, got {args.max_steps}")
     device = cli.resolve_device(args.device)
     mmodel.quiet_kernel_warnings()
     data = lmdata.load_lm_data(args, device)

@@ -99,7 +99,6 @@ def finish_args(args: argparse.Namespace, explicit: set[str]) -> None:
     if getattr(args, "algorithm", None) == "scaffold" and "optimizer" not in explicit:
         args.optimizer = "sgd"  # SCAFFOLD's control variates assume plain SGD steps
     cli.check(args.sequence_length >= 2, f"--sequence-length must be at least 2, got {args.sequence_length}")
-    cli.check(args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}")
     cli.check(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number, got {args.lr}")
     cli.check(args.weight_decay >= 0 and math.isfinite(args.weight_decay),
               f"--weight-decay must be a non-negative number, got {args.weight_decay}")

@@ -57,7 +57,6 @@ def apply_quick(args: argparse.Namespace, quick: dict, full: dict) -> argparse.N
 
 
 def validate_model_args(args) -> None:
-    cli.check(args.freeze_layers >= 0, f"--freeze-layers must be >= 0, got {args.freeze_layers}")
     cli.check(args.freeze_layers <= ARCHS[args.arch].depth,
               f"--freeze-layers {args.freeze_layers} exceeds the {ARCHS[args.arch].depth} blocks "
               f"of {args.arch}")
