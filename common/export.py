@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from common.checkpoint import atomic_path, atomic_write_json, give_usual_permissions
+from common.errors import run_holding
 
 MODEL_DIR = "model"
 CARD_FILE = "fedlab.json"
@@ -140,21 +141,13 @@ def load_state_dict_dir(folder: str | os.PathLike) -> tuple[dict[str, torch.Tens
 # ----------------------------------------------------------------------------------------------------------
 # adapters' base model paths
 
-def run_root(path: str | os.PathLike) -> Path | None:
-    """The run directory holding ``path`` (the nearest folder, ``path`` included, with an args.json)."""
-    for folder in (Path(path).resolve(), *Path(path).resolve().parents):
-        if (folder / "args.json").is_file():
-            return folder
-    return None
-
-
 def relative_base(adapter_dir: str | os.PathLike, base: str | None) -> str | None:
     """What an adapter records as its base: a local folder inside the adapter's run directory relative to the
     adapter folder (the two move together), any other local folder as an absolute path (it stays where it is
     when the run directory moves), a hub name unchanged."""
     if not base or not Path(base).is_dir():
         return base
-    base_path, root = Path(base).resolve(), run_root(adapter_dir)
+    base_path, root = Path(base).resolve(), run_holding(adapter_dir)
     if root is not None and (base_path == root or root in base_path.parents):
         return os.path.relpath(base_path, Path(adapter_dir).resolve())
     return str(base_path)

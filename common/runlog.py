@@ -22,21 +22,8 @@ Typical use::
         rd.log({"round": r, "ppl": ppl}); rd.save_checkpoint({"round": r, "params": ...})  # first write claims
     rd.write_summary({"final_ppl": ppl, ...})
 
-Nothing is lost (the constructor raises ``UsageError`` before anything is written):
-
-* a directory that already holds a run is refused unless ``--resume`` (continue it) or ``--overwrite``
-  (delete everything in it, stale ``round_*`` folders included, and start over); a non-empty folder that
-  holds no run is never cleared;
-* resuming compares the saved arguments with the new ones (except ``ignore_on_resume``) and the saved data
-  fingerprint with the new one, naming every difference; a changed run length (``LENGTH_FLAGS``) needs
-  ``--extend``; a missing or damaged metrics.jsonl (fewer rows than the checkpoint counted, a corrupt line
-  before the last) is refused; rows logged after the checkpoint are trimmed, not duplicated;
-* ``claim()`` (the first write) takes ``.lock`` with ``flock`` for the life of the run, so a second run
-  into the same directory is refused in one line; the kernel drops the lock of a dead process, so a stale
-  lock file is simply taken over; temp files of interrupted atomic writes are removed;
-* ``save_checkpoint`` never writes a state holding NaN / inf, and ``check_finite`` / ``diverge`` stop a
-  run with ``status: diverged`` in summary.json and ``cli.Diverged`` (exit status 3), keeping the last
-  finite checkpoint.
+Nothing is lost: every protection the README's conventions list (validate then write, never overwritten
+silently, the lock, resume checks, stopping on NaN / inf) is implemented here; ``RunDir`` says where.
 """
 from __future__ import annotations
 
