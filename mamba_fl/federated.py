@@ -14,14 +14,10 @@ Unlike the source, every selected client starts every round from the global mode
 re-synced clients, so its "aggregation" merged independently trained models and ``local_updates`` had no
 effect).
 
-Client optimizer (``--optimizer``, default AdamW as in the source; plain SGD with ``--algorithm scaffold``)
-with ``--client-opt-state persist`` by default: each client keeps its AdamW moments across rounds (memory:
-2 x parameters per client), so one-client FedAvg is exactly centralized AdamW on the same batches and any
-gap to centralized training is federation's, not the optimizer's. ``reset`` (a fresh AdamW per client per
-round) makes a one-step client update lr * g / |g| per coordinate, i.e. FedAvg then averages sign steps;
-``--optimizer sgd`` is plain local SGD (no state at all). ``--clustering ifca`` / ``data`` keeps one model
-per cluster (evaluated each, the log's val_loss weighted by the clients each serves; <run>/model is
-cluster 0's).
+Client optimizer: ``--optimizer`` (AdamW as in the source; plain SGD with ``--algorithm scaffold``) with
+``--client-opt-state persist`` (each client keeps its AdamW moments across rounds) by default, ``reset`` or
+plain ``sgd``: why, in mamba_fl/README.md ("Client optimizer"). ``--clustering ifca`` / ``data`` keeps one
+model per cluster (the log's val_loss weighted by the clients each serves; <run>/model is cluster 0's).
 
 Under ``torchrun`` each process trains its share of the round's clients (balanced by shard size) into its
 own aggregator; the engine's one all-reduce sums them and every process applies the same server step.

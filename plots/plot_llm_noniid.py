@@ -2,13 +2,9 @@
 
     python plots/plot_llm_noniid.py --runs runs/llm_noniid/ag_news/runs --out runs/llm_noniid/ag_news/figures/all
 
-Writes ``val_ppl_curves.png`` and ``personal_val_ppl_curves.png`` (one panel per partition, one line per arm:
-mean over seeds with a ± sd band against the local steps spent, so arms of equal compute end at the same x;
-markers and line styles distinct, the unigram reference dashed),
-``final_ppl.png`` (final global and personalised perplexity per arm, error bars = sample sd over seeds, unigram
-references drawn), ``client_divergence_rel_curves.png`` and ``partition_<partition>.png`` (topics per client, with
-the AG News topic names, and the clusters a clustered run found). Runs are grouped by ``arm_of(args)`` ->
-(partition label, arm label): ``default_arm`` from args.json, or the grid's own labels with
+Writes ``val_ppl_curves.png``, ``personal_val_ppl_curves.png``, ``client_divergence_rel_curves.png``,
+``final_ppl.png`` and ``partition_<partition>.png`` (llm_noniid/README.md, ``analyze``, says what they show).
+Runs are grouped by (partition label, arm label): ``default_arm`` from args.json, or the grid's own labels with
 ``--arms FILE`` (JSON {run directory name: [partition label, arm label]}; runs not named there are left out).
 Runs on other data, another model, tokenizer or client count get panels of their own ("iid [model=tiny-gpt2]"),
 and runs of one arm that differ in any other argument (rounds, learning rate, --quick ...) are separate lines

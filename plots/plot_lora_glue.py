@@ -12,16 +12,8 @@ Statistics over seeds come from ``common.stats``: mean ± sample sd (ddof=1) wit
 centralized LoRA paired by seed with its 95% t interval. The majority-class baseline (the training subset's
 most frequent label predicted for every validation example) and the SVD error per rank are read from the
 runs' summary.json (written by the training scripts); a run too old to hold them is drawn without them.
-Several --runs folders are read together. Writes:
-* ``<out>/rounds_<task>.png``      left: the main metric of the fused model per round (mean ± sd band per
-                                   method and sharding; one-shot runs as points at the last round),
-                                   centralized LoRA dashed, majority baseline dotted; right: the relative merge
-                                   error ||dW_bar - dW_fused|| / ||dW_bar|| per round;
-* ``<out>/svd_error_vs_rank.png``  that error of the SVD merge against the rank r of each svd run's last-round
-                                   client adapters (``svd_error_by_rank`` in its summary), mean over seeds;
-* ``<out>/summary.png``            final main metric per cell (mean, sd error bars), centralized and majority
-                                   baseline as vertical lines;
-* ``<out>/results.md``             the tables of the README.
+Several --runs folders are read together. Writes ``<out>/rounds_<task>.png``, ``svd_error_vs_rank.png``,
+``summary.png`` and ``results.md`` (the tables of the README; lora_glue_fl/README.md says what each figure shows).
 """
 from __future__ import annotations
 

@@ -2,13 +2,8 @@
 
     python plots/plot_vit.py --runs-dir runs/vit_suite_R192 --out runs/vit_suite_R192/figures
 
-vit_accuracy_vs_rounds.png   validation accuracy vs sample gradients: FedAvg settings (left), the mask strategies
-                             on Nc = 2 shards at the first sparsity (right)
-vit_accuracy_vs_nc.png       test accuracy vs classes per client Nc (IID and centralized as reference lines)
-vit_accuracy_vs_j.png        test accuracy vs local steps J at a fixed rounds x J budget
-vit_strategies.png           per mask strategy and sparsity: test accuracy (top) and interference (bottom),
-                             IID (left) and Nc = 2 (right) shards, dense FedAvg as a dashed line
-vit_mask_density.png         share of trainable coordinates per layer for each strategy (seed 0)
+Writes vit_accuracy_vs_rounds.png, vit_accuracy_vs_nc.png, vit_accuracy_vs_j.png, vit_strategies.png and
+vit_mask_density.png (vit_sparse_fl/README.md has a table of what each shows).
 Curves, points and bars are means over seeds; bands and error bars are the sample sd (ddof=1); legends
 give n. Chance accuracy is drawn as a dotted line. FedAvg runs from random initialisation (--weights none)
 appear only as their own curve. Runs that differ in anything but the suite's swept settings (``SWEPT``:
