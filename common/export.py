@@ -1,21 +1,14 @@
 """What a run leaves for other tools: ``<run>/model/``, loadable without this project.
 
-* ``save_model_dir(run_path, model, tokenizer)`` -- a Hugging Face model (or a peft model: then the folder
-  holds the adapter) written with ``save_pretrained``, plus its tokenizer, in ``<run>/model/``, so
-  ``AutoModelForCausalLM.from_pretrained("<run>/model")`` (or ``AutoModelForSequenceClassification``,
-  ``PeftModel.from_pretrained(base, "<run>/model")``) loads it directly. ``fedlab.json`` beside it records
-  which script and run wrote it and the run's headline metrics.
-* ``save_state_dict_dir(run_path, state_dict, config)`` -- for models that are not ``transformers`` classes
-  (the ViT): named tensors in ``model.pt`` (``torch.load(weights_only=True)`` reads it) plus ``config.json``.
-* ``relative_base(adapter_dir, base)`` / ``resolve_base(adapter_dir, recorded)`` -- a LoRA adapter's
-  ``base_model_name_or_path`` recorded relative to the adapter folder when the base is a folder inside the
-  same run directory (so the run directory can be moved or copied with its base inside it), absolute for a
-  folder elsewhere, a hub name as it is.
-  peft's ``AutoPeftModel*`` resolve a relative path against the working directory; ``resolve_base``
-  resolves it against the adapter folder, and ``PeftModel.from_pretrained(base_model, adapter_dir)``
-  takes the base model object, so it never reads the recorded path.
-* ``named_state(names, tensors)`` -- a checkpoint's parameter list as ``{name: tensor}`` (named tensors,
-  loadable with ``weights_only=True``); ``tensors_from_state`` reads either form back.
+* ``save_model_dir``: a Hugging Face (or peft) model and its tokenizer, written with ``save_pretrained``, so
+  ``AutoModelForCausalLM.from_pretrained("<run>/model")`` (or the sequence-classification / peft loader) reads
+  it directly; ``fedlab.json`` beside it names the run and its headline metrics.
+* ``save_state_dict_dir``: for models that are not ``transformers`` classes (the ViT): named tensors in
+  ``model.pt`` (``torch.load(weights_only=True)``) plus ``config.json``.
+* ``relative_base`` / ``resolve_base``: a LoRA adapter's base model recorded relative to the adapter folder
+  when it lies inside the same run directory, so the run directory can be moved with its base (peft's
+  ``AutoPeftModel*`` would resolve a relative path against the working directory).
+* ``named_state`` / ``tensors_from_state``: a checkpoint's parameter list as ``{name: tensor}`` and back.
 """
 from __future__ import annotations
 
