@@ -75,19 +75,18 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
                     a = z["server_delta/" + key]
                     s = np.linalg.svd(a.reshape(a.shape[0], -1), compute_uv=False)
                     ax.semilogy(s[:64], color=cmap(i / max(len(snaps) - 1, 1)), lw=1)
-            ax.set_title(f"{key}\nserver delta spectra (dark->light: time)", fontsize=6)
-            ax.set_xlabel("singular value index", fontsize=6)
-            ax.set_ylabel("singular value", fontsize=6)
             a = last["server/" + key]
             s = np.linalg.svd(a.reshape(a.shape[0], -1), compute_uv=False)
             r95 = rank_at_energy(s)
             ax2.semilogy(s)
             ax2.axvline(r95, color="r", ls="--", lw=1, label=f"rank@95% = {r95}/{len(s)}")
-            ax2.set_title("final weights spectrum", fontsize=6)
-            ax2.set_xlabel("singular value index", fontsize=6)
-            ax2.set_ylabel("singular value", fontsize=6)
             ax2.legend(fontsize=6)
-            for a_ in (ax, ax2):  # plain numbers at 1, 2, 5 x 10^k: no "6x10^-2"-style minor labels
+            for a_, title in ((ax, f"{key}\nserver delta spectra (dark->light: time)"),
+                              (ax2, "final weights spectrum")):
+                a_.set_title(title, fontsize=6)
+                a_.set_xlabel("singular value index", fontsize=6)
+                a_.set_ylabel("singular value", fontsize=6)
+                # plain numbers at 1, 2, 5 x 10^k: no "6x10^-2"-style minor labels
                 a_.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
                 a_.yaxis.set_minor_locator(LogLocator(subs="auto"))
                 a_.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))

@@ -13,11 +13,8 @@ The learning rate follows a cosine over rounds. Every random draw of a client (b
 dropout) is keyed by (seed, round, client), so --resume reproduces the uninterrupted run exactly.
 The sweeps keep every value's run directory and summary (the source kept only the last value).
 
-Under ``torchrun --nproc-per-node N`` each rank trains its share of the round's clients (balanced by shard
-size) and one all-reduce per round sums the aggregators; every rank applies the same server step and
-scores its share of the evaluation batches (one more all-reduce); rank 0 logs and checkpoints. The result
-does not depend on N (up to float summation order). ``--compile`` compiles the forward pass used by
-training and evaluation (``common.compiled``).
+Under ``torchrun`` each rank trains its share of the round's clients (the README's "Distributed simulation");
+``--compile`` compiles the forward pass used by training and evaluation (``common.compiled``).
 """
 from __future__ import annotations
 
