@@ -19,10 +19,8 @@ Client optimizer: ``--optimizer`` (AdamW as in the source; plain SGD with ``--al
 plain ``sgd``: why, in mamba_fl/README.md ("Client optimizer"). ``--clustering ifca`` / ``data`` keeps one
 model per cluster (the log's val_loss weighted by the clients each serves; <run>/model is cluster 0's).
 
-Under ``torchrun`` each process trains its share of the round's clients (balanced by shard size) into its
-own aggregator; the engine's one all-reduce sums them and every process applies the same server step.
-Every process scores its share of the validation batches (one more all-reduce); rank 0 alone logs and
-checkpoints. Without torchrun this is the plain single-process loop.
+Under ``torchrun`` each process trains its share of the round's clients (the README's "Distributed
+simulation"); without it this is the plain single-process loop.
 """
 from __future__ import annotations
 
