@@ -177,22 +177,20 @@ def unigram_perplexity(train_tokens: torch.Tensor, eval_blocks: torch.Tensor, vo
             "tokens": int(targets.numel())}
 
 
-def mean_entropy(model: nn.Module, batches: Iterable[Any], vocab_size: int | None = None, device=None,
-                 forward: Callable[[nn.Module, dict], torch.Tensor] | None = None) -> float:
+def mean_entropy(model: nn.Module, batches: Iterable[Any], vocab_size: int | None = None, device=None) -> float:
     """Mean predictive entropy H(p(. | prefix)) in nats per token, over the positions ``perplexity`` scores.
 
     Only the first ``vocab_size`` logits are used (softmax renormalized over them), so padded vocabulary
     entries do not count. Batches as in ``perplexity``.
     """
     device = _device_of(model, device)
-    forward = forward or _default_lm_forward
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.int64, device=device)
     with eval_mode(model), torch.inference_mode():
         for batch in batches:
             inputs, labels = _lm_batch(_to(batch, device))
             with autocast(device):
-                logits = forward(model, inputs)
+                logits = _default_lm_forward(model, inputs)
             if vocab_size is not None:
                 logits = logits[..., :vocab_size]
             flat_logits, flat_labels = _shifted(logits, labels)

@@ -149,12 +149,7 @@ def main(argv=None) -> dict:
         "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
         "train_tokens": tokens, "train_seconds": round(t_train, 3),
     })
-    federated.save_model(rd, model, data, summary)
-    from common.curves import perplexity_curve
-
-    perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
-    if not args.quiet:
-        print(lmdata.final_line(rd.path, summary))
+    federated.publish(rd, args, model, data, summary, refs)
     rd.release()
     return summary
 

@@ -402,7 +402,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     return summary
 
 
-def finish(rd, args, method, data, acc, refs, model=None) -> dict:
+def finish(rd, args, method, data, acc, refs, model) -> dict:
     last = acc.get("last", {})
     summary = {
         "method": method.name, "config": args.model_config, "layers": args.layers, "rounds_done": args.rounds,
@@ -418,14 +418,18 @@ def finish(rd, args, method, data, acc, refs, model=None) -> dict:
         "overhead_fraction": (1 - acc["client_seconds"] / acc["round_seconds"]) if acc["round_seconds"] else None,
     }
     summary = rd.write_summary(summary)
-    if model is not None:
-        save_model(rd, model, data, summary)
+    publish(rd, args, model, data, summary, refs)
+    return summary
+
+
+def publish(rd, args, model, data, summary: dict, refs: dict) -> None:
+    """The run's model/, its learning curve with the reference points (perplexity.png) and its last line."""
     from common.curves import perplexity_curve
 
+    save_model(rd, model, data, summary)
     perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
     if not args.quiet:
         print(lmdata.final_line(rd.path, summary))
-    return summary
 
 
 def save_model(rd, model, data, summary: dict):

@@ -20,7 +20,7 @@ LLM = ["--quick", "--quiet", "--num-rounds", "2", "--max-train-examples", "96", 
        "--max-local-steps", "2"]
 LORA = ["--quick", "--quiet", "--max_eval_samples", "32"]
 
-# the module's fixture trains 15 tiny runs (about 1.5 min of CPU, counted in the first test's time limit)
+# the module's fixture trains 15 tiny runs (about 2 min of CPU, counted in the first test's time limit)
 pytestmark = pytest.mark.timeout(1500)
 
 
