@@ -173,17 +173,12 @@ def split_configs(groups: dict[tuple, list[dict]], ignore: Sequence[str] = DEFAU
     return out
 
 
-def config_of(run: dict, ignore: Sequence[str] = DEFAULT_GROUP_IGNORE) -> dict:
-    """The run's arguments without the ``ignore``d ones (by default the seed and run bookkeeping)."""
-    return {k: v for k, v in run["args"].items() if k not in ignore}
-
-
 def group_runs(runs: Iterable[dict], ignore: Sequence[str] = DEFAULT_GROUP_IGNORE) -> list[tuple[dict, list[dict]]]:
     """Group runs whose arguments agree except for ``ignore`` (the seed): [(config, runs)], in the order
     each configuration first appears."""
     groups: dict[str, tuple[dict, list[dict]]] = {}
     for run in runs:
-        config = config_of(run, ignore)
+        config = {k: v for k, v in run["args"].items() if k not in ignore}
         key = json.dumps(config, sort_keys=True)
         groups.setdefault(key, (config, []))[1].append(run)
     return list(groups.values())

@@ -188,10 +188,10 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
     lines, record = [], {}
 
     def section(title: str, ref: str | None, rows: list[tuple[str, str]], interference: bool = False):
-        head = "| setting | n | test accuracy (%) | Δ vs " + (ref_label(ref) if ref else "–") + " | plateau |"
+        head = "| setting | n | test accuracy (%) | Δ vs " + (labels.get(ref, ref) if ref else "–") + " | plateau |"
         sep = "|---|---|---|---|---|"
         if interference:
-            head += " interference (points) | Δ interference vs " + ref_label(ref) + " |"
+            head += " interference (points) | Δ interference vs " + labels.get(ref, ref) + " |"
             sep += "---|---|"
         lines.extend([f"**{title}**", "", head, sep])
         for key, label in rows:
@@ -207,9 +207,6 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
         lines.append("")
 
     labels = {"fedavg_iid": f"FedAvg IID, J={J}, from the base"}
-
-    def ref_label(ref):
-        return labels.get(ref, ref)
 
     budget = (args.rounds + WARMUP) * M * J * int(TASK[TASK.index("--batch-size") + 1])
     lines.append(f"Chance accuracy: {chance:.1f} % ({NUM_CLASSES} classes). Test set: "
