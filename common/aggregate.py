@@ -41,9 +41,6 @@ from common import params as P
 Tensors = list[torch.Tensor]
 
 
-as_flat = P.as_flat  # the 1-D view a list of tensors tiles, or None (kept here for existing callers)
-
-
 def _per_tensor_threads(tensors: Sequence[torch.Tensor]):
     """Threads for a Python loop of per-tensor ops: ``common.params.threads_for`` the largest tensor (one
     thread when all are small or the machine is busy)."""
@@ -167,7 +164,7 @@ class _Streaming:
                     flat = q if q.is_contiguous() else None
                 else:
                     q = self._check(q)
-                    flat = as_flat(q) if all(t is not None for t in q) else None
+                    flat = P.as_flat(q) if all(t is not None for t in q) else None
                 if flat is None or flat.numel() != self.numel or flat.device != self.device:
                     return None
                 flats.append(flat)
@@ -226,7 +223,7 @@ class WeightedMean(_Streaming):
     @torch.no_grad()
     def add(self, tensors: Sequence[torch.Tensor], weight: float = 1.0) -> None:
         tensors = self._check(tensors)
-        flat = as_flat(tensors)
+        flat = P.as_flat(tensors)
         if flat is not None:
             self._add_flat(flat, weight)
         else:
@@ -278,7 +275,7 @@ class WeightedMean(_Streaming):
         self._materialize()
         scale = 1.0 / self._total()
         out = self._out(out)
-        flat_out = as_flat(out)
+        flat_out = P.as_flat(out)
         if flat_out is not None and flat_out.numel() == self.numel:
             with self._threads():
                 torch.mul(self._flats[0][:self.numel], scale, out=flat_out)
@@ -320,7 +317,7 @@ class FisherMean(_Streaming):
         sums' ops on a block while its theta and F are in cache: theta and F read once from memory (32
         bytes per parameter in all, against 40 for three whole passes); else one fused op per quantity."""
         tensors, fisher = self._check(tensors), self._check(fisher, "fisher")
-        flat_t, flat_f = as_flat(tensors), as_flat(fisher)
+        flat_t, flat_f = P.as_flat(tensors), P.as_flat(fisher)
         if flat_t is not None and flat_f is not None:
             flats = [(flat_t, flat_f)]
             self._add_blocked(flats, [weight], self._add_block)
@@ -356,7 +353,7 @@ class FisherMean(_Streaming):
         num, den, tot = self._flats[0][:self.numel], self._flats[1], self._flats[2]
         eps = self.eps * float(den.mean())  # a reduction: left to torch's threads (its sum order may depend on them)
         out = self._out(out)
-        flat_out = as_flat(out)
+        flat_out = P.as_flat(out)
         direct = flat_out is not None and flat_out.numel() == self.numel and flat_out.dtype == self.acc_dtype
         flat = flat_out if direct else P.empty_flat(self.numel, self.acc_dtype, self.device)
         at_floor = self._result_chunks(num, den, tot, flat, total, eps)

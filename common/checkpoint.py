@@ -83,7 +83,7 @@ def give_usual_permissions(folder: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, executable: bool = False):
+def atomic_path(path: str | os.PathLike):
     """Yield a temp path next to ``path`` for a writer that wants a file name (``torch.save``,
     safetensors, a compiler); when the block ends without an error the file is fsync'ed, given
     ``usual_mode`` and renamed over ``path``. On an error the temp file is removed and ``path`` is
@@ -96,7 +96,7 @@ def atomic_path(path: str | os.PathLike, executable: bool = False):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, usual_mode(executable))
+        os.chmod(tmp, usual_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -119,9 +119,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return _atomic_write(path, lambda f: f.write(data))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode(encoding))
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -137,9 +137,9 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)  # Path, torch.device, torch.dtype, ...
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as JSON (tensors, arrays and paths converted) to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=indent, default=to_jsonable) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=to_jsonable) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def _first_line(e: Exception) -> str:
     return (named or lines or [""])[0]
 
 
-def load_checkpoint(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, kind: str) -> dict:
     """The ``state`` saved by ``save_checkpoint(path, state, kind)``; ``CheckpointError`` if unusable."""
     path = Path(path)
     _check_file(path, kind)
@@ -257,7 +257,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str, map_location: Any = "cpu
         raise CheckpointError(f"{path} asks to import {', '.join(sorted(unsafe))}: a fedlab checkpoint holds "
                               "only tensors and plain values; refused without loading it (was it crafted?)")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any unpickling failure means the file is unusable
         raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {_first_line(e)}); "
                               "delete it and rerun without --resume") from None

@@ -1,15 +1,11 @@
 """Command-line conventions shared by every script.
 
-* Every long flag accepts both spellings: ``--num-clients`` and ``--num_clients``.
-* A bad argument or input ends with ONE line on stderr (``prog: error: what is wrong; what is expected``)
-  and exit status 2, no traceback. Scripts raise ``UsageError`` for input problems found after parsing
-  (missing files, impossible shards) and are launched through ``run(main)``. Every int / float flag is
-  checked after parsing (values from a YAML config included): a float must be finite (no nan / inf), an
-  int flag must hold an integer (``num_rounds: 2.5`` is refused, not truncated).
-* A run that stops because its loss or parameters became non-finite raises ``Diverged``: one line, exit
-  status 3 (``common.runlog.RunDir.diverge`` writes ``status: diverged`` first).
-* Shared groups: ``add_run_args`` (seed, device, out-dir, run name, quick, quiet, resume, compile) and
-  ``add_fed_args`` (clients, rounds, participation, eval cadence) with per-script defaults.
+The conventions of the README (both spellings of every long flag; a bad argument or input is ONE line on
+stderr and exit status 2, a diverged run exit status 3) are implemented here: ``ArgumentParser`` (which also
+checks every int / float flag after parsing, YAML values included: finite floats, integral ints), ``parse``
+and ``run(main)``, which turns ``UsageError`` and ``Diverged`` into those lines. Shared groups: ``add_run_args``
+(seed, device, out-dir, run name, quick, quiet, resume, compile) and ``add_fed_args`` (clients, rounds,
+participation, eval cadence) with per-script defaults.
 
 Script skeleton::
 

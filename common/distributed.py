@@ -40,7 +40,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(backend: str | None = None) -> tuple[int, int]:
+def init() -> tuple[int, int]:
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
 
     Backend: nccl when CUDA is available (and each rank takes GPU ``LOCAL_RANK``), gloo otherwise.
@@ -48,8 +48,7 @@ def init(backend: str | None = None) -> tuple[int, int]:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return rank(), world_size()
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)

@@ -4,8 +4,6 @@
   per-batch perplexities, which over-weights short final batches.
 * ``mean_entropy``: predictive entropy in nats per token over the real vocabulary (models often pad their
   vocabulary to a multiple of 8 or 16; the padded logits are not real outcomes).
-* ``classification_eval``: loss and accuracy of a classifier (or MSE of a 1-output regressor), optionally
-  with the predictions for ``glue_metrics``.
 * Metrics on predictions -- ``accuracy``, ``f1_score``, ``matthews_corrcoef``, ``pearson``, ``spearman`` --
   in plain NumPy (float64), matching scikit-learn / SciPy on the cases GLUE uses.
 
@@ -35,22 +33,6 @@ IGNORE_INDEX = -100
 # Rows of [N, V] logits converted to float32 at a time: bounds the extra memory for a large vocabulary
 # (8192 positions x 50k tokens would be 1.6 GB per float32 copy).
 CHUNK_ROWS = 2048
-
-# GLUE task -> the metrics its leaderboard reports (the first one is the task's main score).
-GLUE_METRICS = {
-    "cola": ("matthews_corrcoef",),
-    "sst2": ("accuracy",),
-    "mrpc": ("f1", "accuracy"),
-    "qqp": ("f1", "accuracy"),
-    "stsb": ("pearson", "spearman"),
-    "mnli": ("accuracy",),
-    "mnli_matched": ("accuracy",),
-    "mnli_mismatched": ("accuracy",),
-    "qnli": ("accuracy",),
-    "rte": ("accuracy",),
-    "wnli": ("accuracy",),
-}
-
 
 # ----------------------------------------------------------------------------------------------------------
 # context helpers
@@ -102,16 +84,6 @@ def _logits(out: Any) -> torch.Tensor:
     if isinstance(out, (tuple, list)):
         return out[0]
     raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
-
-
-def _share(batches: Iterable[Any], shard: bool) -> Iterable[Any]:
-    return distributed.my_share(batches) if shard else batches
-
-
-def _sum_shards(shard: bool, *sums: torch.Tensor) -> None:
-    """Add up the ranks' partial sums in place (one all-reduce) when evaluating sharded."""
-    if shard:
-        distributed.all_reduce_sum_(sums)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -167,7 +139,7 @@ def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
     nll = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.int64, device=device)
     with eval_mode(model), torch.inference_mode():
-        for batch in _share(batches, shard):
+        for batch in distributed.my_share(batches) if shard else batches:
             inputs, labels = _lm_batch(_to(batch, device))
             with autocast(device):
                 logits = forward(model, inputs)
@@ -177,7 +149,8 @@ def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
             for lg, lb in zip(flat_logits.split(CHUNK_ROWS), flat_labels.split(CHUNK_ROWS)):
                 nll += F.cross_entropy(lg.float(), lb, ignore_index=IGNORE_INDEX, reduction="sum").double()
             count += (flat_labels != IGNORE_INDEX).sum()
-    _sum_shards(shard, nll, count)
+    if shard:  # add up the ranks' partial sums (one all-reduce)
+        distributed.all_reduce_sum_((nll, count))
     tokens = int(count.item())
     loss = float(nll.item()) / tokens if tokens else float("nan")
     ppl = float("inf") if loss > 700 else math.exp(loss)  # NaN stays NaN; a diverged model gives inf
@@ -204,22 +177,20 @@ def unigram_perplexity(train_tokens: torch.Tensor, eval_blocks: torch.Tensor, vo
             "tokens": int(targets.numel())}
 
 
-def mean_entropy(model: nn.Module, batches: Iterable[Any], vocab_size: int | None = None, device=None,
-                 forward: Callable[[nn.Module, dict], torch.Tensor] | None = None) -> float:
+def mean_entropy(model: nn.Module, batches: Iterable[Any], vocab_size: int | None = None, device=None) -> float:
     """Mean predictive entropy H(p(. | prefix)) in nats per token, over the positions ``perplexity`` scores.
 
     Only the first ``vocab_size`` logits are used (softmax renormalized over them), so padded vocabulary
     entries do not count. Batches as in ``perplexity``.
     """
     device = _device_of(model, device)
-    forward = forward or _default_lm_forward
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.int64, device=device)
     with eval_mode(model), torch.inference_mode():
         for batch in batches:
             inputs, labels = _lm_batch(_to(batch, device))
             with autocast(device):
-                logits = forward(model, inputs)
+                logits = _default_lm_forward(model, inputs)
             if vocab_size is not None:
                 logits = logits[..., :vocab_size]
             flat_logits, flat_labels = _shifted(logits, labels)
@@ -230,78 +201,6 @@ def mean_entropy(model: nn.Module, batches: Iterable[Any], vocab_size: int | Non
             count += keep.sum()
     n = int(count.item())
     return float(total.item()) / n if n else float("nan")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# classifiers
-
-def _default_cls_forward(model: nn.Module, inputs: Any) -> torch.Tensor:
-    if isinstance(inputs, Mapping):
-        return _logits(model(**inputs))
-    return _logits(model(inputs))
-
-
-def _cls_batch(batch: Any) -> tuple[Any, torch.Tensor]:
-    """(inputs, targets) from a tuple, or from an HF-style dict holding ``labels`` (or ``label``)."""
-    if isinstance(batch, Mapping):
-        key = "labels" if "labels" in batch else "label"
-        return {k: v for k, v in batch.items() if k != key}, batch[key]
-    inputs, targets = batch
-    return inputs, targets
-
-
-def classification_eval(model: nn.Module, batches: Iterable[Any], device=None,
-                        forward: Callable[[nn.Module, Any], torch.Tensor] | None = None,
-                        return_predictions: bool = False, shard: bool = False) -> dict:
-    """Loss and accuracy of a classifier over a split (sums over examples, divided once at the end).
-
-    batches: (inputs, targets) pairs, or dicts with ``labels``; forward(model, inputs) -> logits [B, C]
-        (default ``model(**inputs).logits`` for dicts, ``model(inputs)`` otherwise).
-    With one output (logits [B, 1] or [B]) the model is a regressor: loss is the MSE and accuracy is NaN.
-    Returns {"loss", "accuracy", "n"}; with ``return_predictions`` also "predictions" (class ids, or
-    values for a regressor) and "targets" as NumPy arrays, for ``glue_metrics``; with ``shard`` their
-    order is rank by rank (pairs stay aligned, and every GLUE metric is order-free).
-    """
-    device = _device_of(model, device)
-    forward = forward or _default_cls_forward
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    n = 0
-    regression = False
-    preds, targs = [], []
-    with eval_mode(model), torch.inference_mode():
-        for batch in _share(batches, shard):
-            inputs, targets = _cls_batch(_to(batch, device))
-            with autocast(device):
-                logits = forward(model, inputs)
-            logits = logits.float()
-            if logits.dim() == 1 or logits.shape[-1] == 1:
-                regression = True
-                values = logits.reshape(-1)
-                loss_sum += F.mse_loss(values, targets.float().reshape(-1), reduction="sum").double()
-                pred = values
-            else:
-                loss_sum += F.cross_entropy(logits, targets.long(), reduction="sum").double()
-                pred = logits.argmax(-1)
-                correct += (pred == targets).sum()
-            n += int(targets.shape[0])
-            if return_predictions:
-                preds.append(pred.detach())
-                targs.append(targets.detach())
-    if shard and distributed.is_distributed():
-        sums = torch.tensor([n, int(regression)], dtype=torch.int64, device=device)
-        _sum_shards(shard, loss_sum, correct, sums)
-        n, regression = int(sums[0]), bool(sums[1])
-    out = {"loss": float(loss_sum.item()) / n if n else float("nan"),
-           "accuracy": float("nan") if regression or not n else int(correct.item()) / n,
-           "n": n}
-    if return_predictions:
-        pairs = [(torch.cat(preds).cpu().numpy(), torch.cat(targs).cpu().numpy())] if preds else []
-        if shard:
-            pairs = [p for part in distributed.all_gather_object(pairs) for p in part]
-        out["predictions"] = np.concatenate([p for p, _ in pairs]) if pairs else np.zeros(0)
-        out["targets"] = np.concatenate([t for _, t in pairs]) if pairs else np.zeros(0)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -378,11 +277,3 @@ def spearman(x, y) -> float:
     x, y = _pair(x, y, np.float64)
     return pearson(rankdata(x), rankdata(y))
 
-
-def glue_metrics(task: str, pred, target) -> dict:
-    """The metrics GLUE reports for ``task`` (e.g. "mrpc" -> f1 and accuracy), as {name: value}."""
-    if task not in GLUE_METRICS:
-        raise ValueError(f"unknown GLUE task {task!r}; expected one of {', '.join(GLUE_METRICS)}")
-    fns = {"accuracy": accuracy, "f1": f1_score, "matthews_corrcoef": matthews_corrcoef,
-           "pearson": pearson, "spearman": spearman}
-    return {name: fns[name](pred, target) for name in GLUE_METRICS[task]}

@@ -1,21 +1,14 @@
 """What a run leaves for other tools: ``<run>/model/``, loadable without this project.
 
-* ``save_model_dir(run_path, model, tokenizer)`` -- a Hugging Face model (or a peft model: then the folder
-  holds the adapter) written with ``save_pretrained``, plus its tokenizer, in ``<run>/model/``, so
-  ``AutoModelForCausalLM.from_pretrained("<run>/model")`` (or ``AutoModelForSequenceClassification``,
-  ``PeftModel.from_pretrained(base, "<run>/model")``) loads it directly. ``fedlab.json`` beside it records
-  which script and run wrote it and the run's headline metrics.
-* ``save_tensors_dir(run_path, tensors, config)`` -- for a model this project builds itself (the ViT): named
-  tensors in ``model.safetensors`` plus ``config.json`` (and e.g. ``preprocessor_config.json``).
-* ``relative_base(adapter_dir, base)`` / ``resolve_base(adapter_dir, recorded)`` -- a LoRA adapter's
-  ``base_model_name_or_path`` recorded relative to the adapter folder when the base is a folder inside the
-  same run directory (so the run directory can be moved or copied with its base inside it), absolute for a
-  folder elsewhere, a hub name as it is.
-  peft's ``AutoPeftModel*`` resolve a relative path against the working directory; ``resolve_base``
-  resolves it against the adapter folder, and ``PeftModel.from_pretrained(base_model, adapter_dir)``
-  takes the base model object, so it never reads the recorded path.
-* ``named_state(names, tensors)`` -- a checkpoint's parameter list as ``{name: tensor}`` (named tensors,
-  loadable with ``weights_only=True``); ``tensors_from_state`` reads either form back.
+* ``save_model_dir``: a Hugging Face (or peft) model and its tokenizer, written with ``save_pretrained``, so
+  ``AutoModelForCausalLM.from_pretrained("<run>/model")`` (or the sequence-classification / peft loader) reads
+  it directly; ``fedlab.json`` beside it names the run and its headline metrics.
+* ``save_tensors_dir``: for a model this project builds itself (the ViT): named tensors in
+  ``model.safetensors`` plus ``config.json`` (and e.g. ``preprocessor_config.json``).
+* ``relative_base`` / ``resolve_base``: a LoRA adapter's base model recorded relative to the adapter folder
+  when it lies inside the same run directory, so the run directory can be moved with its base (peft's
+  ``AutoPeftModel*`` would resolve a relative path against the working directory).
+* ``named_state`` / ``tensors_from_state``: a checkpoint's parameter list as ``{name: tensor}`` and back.
 """
 from __future__ import annotations
 
@@ -29,6 +22,7 @@ from typing import Any
 import torch
 
 from common.checkpoint import atomic_path, atomic_write_json, give_usual_permissions
+from common.errors import run_holding
 
 MODEL_DIR = "model"
 CARD_FILE = "fedlab.json"
@@ -142,21 +136,13 @@ def load_tensors_dir(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
 # ----------------------------------------------------------------------------------------------------------
 # adapters' base model paths
 
-def run_root(path: str | os.PathLike) -> Path | None:
-    """The run directory holding ``path`` (the nearest folder, ``path`` included, with an args.json)."""
-    for folder in (Path(path).resolve(), *Path(path).resolve().parents):
-        if (folder / "args.json").is_file():
-            return folder
-    return None
-
-
 def relative_base(adapter_dir: str | os.PathLike, base: str | None) -> str | None:
     """What an adapter records as its base: a local folder inside the adapter's run directory relative to the
     adapter folder (the two move together), any other local folder as an absolute path (it stays where it is
     when the run directory moves), a hub name unchanged."""
     if not base or not Path(base).is_dir():
         return base
-    base_path, root = Path(base).resolve(), run_root(adapter_dir)
+    base_path, root = Path(base).resolve(), run_holding(adapter_dir)
     if root is not None and (base_path == root or root in base_path.parents):
         return os.path.relpath(base_path, Path(adapter_dir).resolve())
     return str(base_path)

@@ -1,18 +1,8 @@
 """The shared flag vocabulary: one name per idea in every script, beside the source projects' own names.
 
-==========================  ===========================================================================
-shared name                 meaning (the source names it replaces stay accepted)
-==========================  ===========================================================================
-``--rounds``                communication rounds; centralized scripts: their length in their own unit
-``--local-steps``           optimizer steps per client per round
-``--out-dir``               parent folder of run directories
-``--partition``             how the data is split over clients
-``--participation-rate``    fraction of clients sampled per round
-``--clients-per-round``     the same as a count (overrides the rate with count / clients)
-``--config FILE.yaml``      flag values from a YAML file (``common.config``)
-``--report-to``             experiment trackers (``common.tracking``)
-``--runs``                  plot scripts: folder(s) holding run directories
-==========================  ===========================================================================
+(``--rounds``, ``--local-steps``, ``--out-dir``, ``--partition``, ``--participation-rate``,
+``--clients-per-round``, ``--config``, ``--report-to``, ``--runs``: the README's table gives each script's own
+names for them, which stay accepted.)
 
 Numbers a flag cannot take are refused by its argparse ``type``: ``Number`` and the ready-made ``COUNT``
 (an integer >= 0), ``POSITIVE_INT`` (>= 1), ``SEED`` (0 .. 2**32 - 1: what every RNG we seed accepts),

@@ -43,6 +43,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -304,7 +305,7 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
         return status.get(name) in ("done-before", "finished", "diverged")
 
     previous = signal.getsignal(signal.SIGTERM)
-    in_main = _in_main_thread()
+    in_main = threading.current_thread() is threading.main_thread()
     if in_main:  # a SIGTERM stops the grid like Ctrl-C: jobs are stopped, not orphaned
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -375,12 +376,6 @@ def _partial(job: Job) -> bool:
     """An output job's folder already holds something of its own (a partial output, e.g. an interrupted merge)."""
     folder = job.output.parent
     return folder.is_dir() and any(folder.iterdir())
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _raise_interrupt(signum, frame):

@@ -335,11 +335,6 @@ def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> Tensors:
     return out
 
 
-def state_to_cpu(tensors: Iterable[torch.Tensor]) -> Tensors:
-    """CPU copies, for checkpoints."""
-    return [t.detach().cpu().clone() for t in tensors]
-
-
 def _check(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> None:
     if len(a) != len(b):
         raise ValueError(f"parameter lists differ in length: {len(a)} vs {len(b)}")

@@ -5,7 +5,8 @@
 * ``args.json``     -- {"args": all arguments, "script", "argv", "git_commit", "versions", "device",
                        "hostname", "started_at", "resumes": [...]}
 * ``metrics.jsonl`` -- one JSON object per evaluation (round, step, metrics), appended as they come
-* ``summary.json``  -- final/best metrics etc., written by the script; ``wall_seconds`` added here
+* ``summary.json``  -- final/best metrics etc., written by the script; ``wall_seconds`` and ``status``
+                       (default "complete") added here
 * ``checkpoint.pt`` -- full state for ``--resume`` (see ``common.checkpoint``)
 * artifacts         -- whatever the subproject writes via ``artifact(name)``
 
@@ -21,21 +22,8 @@ Typical use::
         rd.log({"round": r, "ppl": ppl}); rd.save_checkpoint({"round": r, "params": ...})  # first write claims
     rd.write_summary({"final_ppl": ppl, ...})
 
-Nothing is lost (the constructor raises ``UsageError`` before anything is written):
-
-* a directory that already holds a run is refused unless ``--resume`` (continue it) or ``--overwrite``
-  (delete everything in it, stale ``round_*`` folders included, and start over); a non-empty folder that
-  holds no run is never cleared;
-* resuming compares the saved arguments with the new ones (except ``ignore_on_resume``) and the saved data
-  fingerprint with the new one, naming every difference; a changed run length (``LENGTH_FLAGS``) needs
-  ``--extend``; a missing or damaged metrics.jsonl (fewer rows than the checkpoint counted, a corrupt line
-  before the last) is refused; rows logged after the checkpoint are trimmed, not duplicated;
-* ``claim()`` (the first write) takes ``.lock`` with ``flock`` for the life of the run, so a second run
-  into the same directory is refused in one line; the kernel drops the lock of a dead process, so a stale
-  lock file is simply taken over; temp files of interrupted atomic writes are removed;
-* ``save_checkpoint`` never writes a state holding NaN / inf, and ``check_finite`` / ``diverge`` stop a
-  run with ``status: diverged`` in summary.json and ``cli.Diverged`` (exit status 3), keeping the last
-  finite checkpoint.
+Nothing is lost: every protection the README's conventions list (validate then write, never overwritten
+silently, the lock, resume checks, stopping on NaN / inf) is implemented here; ``RunDir`` says where.
 """
 from __future__ import annotations
 
@@ -632,7 +620,10 @@ class RunDir:
         raise _busy(self.path, _lock_holder(lock))
 
     def release(self) -> None:
-        """Give the directory's lock back (at the end of the run; ``cli.run`` does it for every script)."""
+        """Close the run's trackers (flushed, a W&B run finished) and give the directory's lock back (at the
+        end of the run, or when it stops; ``cli.run`` does it for every script)."""
+        if self._tracker is not None:
+            self._tracker.close()
         fd, self._lock_fd = self._lock_fd, None
         if fd is None:
             return
@@ -799,8 +790,10 @@ class RunDir:
         return self._state
 
     def write_summary(self, summary: dict) -> dict:
-        """Write summary.json atomically with ``wall_seconds`` (summed over resumed sessions); return it."""
+        """Write summary.json atomically with ``wall_seconds`` (summed over resumed sessions) and ``status``
+        ("complete" unless the caller says otherwise, e.g. "diverged"); return it."""
         summary = dict(summary)
+        summary.setdefault("status", "complete")
         summary["wall_seconds"] = round(self.wall_seconds, 3)
         if self.is_main:
             self.claim()

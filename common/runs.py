@@ -173,17 +173,12 @@ def split_configs(groups: dict[tuple, list[dict]], ignore: Sequence[str] = DEFAU
     return out
 
 
-def config_of(run: dict, ignore: Sequence[str] = DEFAULT_GROUP_IGNORE) -> dict:
-    """The run's arguments without the ``ignore``d ones (by default the seed and run bookkeeping)."""
-    return {k: v for k, v in run["args"].items() if k not in ignore}
-
-
 def group_runs(runs: Iterable[dict], ignore: Sequence[str] = DEFAULT_GROUP_IGNORE) -> list[tuple[dict, list[dict]]]:
     """Group runs whose arguments agree except for ``ignore`` (the seed): [(config, runs)], in the order
     each configuration first appears."""
     groups: dict[str, tuple[dict, list[dict]]] = {}
     for run in runs:
-        config = config_of(run, ignore)
+        config = {k: v for k, v in run["args"].items() if k not in ignore}
         key = json.dumps(config, sort_keys=True)
         groups.setdefault(key, (config, []))[1].append(run)
     return list(groups.values())
@@ -211,6 +206,13 @@ def _number(v) -> bool:
     return isinstance(v, NUMBER) and not isinstance(v, bool)
 
 
+def aligned(runs: Sequence[dict], key: str, x: str = "round") -> tuple[np.ndarray, np.ndarray]:
+    """(x [P], values [runs, P]) of metric ``key`` at the x values every run reached."""
+    lookups = [dict(zip(*(a.tolist() for a in series(r, key, x)))) for r in runs]
+    common = sorted(set.intersection(*(set(d) for d in lookups)))
+    return np.array(common, dtype=np.float64), np.array([[d[v] for v in common] for d in lookups], dtype=np.float64)
+
+
 def mean_std(runs: Sequence[dict], key: str, x: str = "round",
              ddof: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and standard deviation of metric ``key`` over runs (seeds), aligned on ``x``.
@@ -221,25 +223,11 @@ def mean_std(runs: Sequence[dict], key: str, x: str = "round",
     """
     if not runs:
         raise ValueError(f"no runs to average for {key!r}")
-    lookups = [dict(zip(*(a.tolist() for a in series(r, key, x)))) for r in runs]
-    common = sorted(set.intersection(*(set(d) for d in lookups)))
-    xs = np.array(common, dtype=np.float64)
+    xs, ys = aligned(runs, key, x)  # [P], [runs, P]
     if xs.size == 0:
         return xs, np.zeros(0), np.zeros(0)
-    ys = np.array([[d[v] for v in common] for d in lookups], dtype=np.float64)  # [runs, P]
     std = ys.std(axis=0, ddof=ddof) if len(runs) > ddof else np.zeros(xs.size)
     return xs, ys.mean(axis=0), std
-
-
-def summary_stats(runs: Sequence[dict], key: str, ddof: int = 1) -> tuple[float, float, int]:
-    """(mean, std, n) of ``summary[key]`` over the finished runs that report it (sample sd by default;
-    nan for a single run: format with ``common.stats.fmt``, which shows "n=1" instead of ± 0)."""
-    values = np.array([r["summary"][key] for r in runs if r.get("summary") and r["summary"].get(key) is not None],
-                      dtype=np.float64)
-    if values.size == 0:
-        return float("nan"), float("nan"), 0
-    std = float(values.std(ddof=ddof)) if values.size > ddof else float("nan")
-    return float(values.mean()), std, int(values.size)
 
 
 def by_seed(runs: Sequence[dict], key: str) -> dict:
@@ -265,6 +253,18 @@ def seed_summary(runs: Sequence[dict], key: str) -> stats.Summary:
 def seed_paired(runs_a: Sequence[dict], runs_b: Sequence[dict], key: str) -> stats.Paired:
     """``common.stats.paired``: ``summary[key]`` of a minus b, matched by seed."""
     return stats.paired(by_seed(runs_a, key), by_seed(runs_b, key))
+
+
+def figure_legend(fig: Any, axes: Iterable[Any], ncol: int = 4, fontsize: int = 8) -> None:
+    """One legend below all panels (every label once), so no legend covers bars or curves (``savefig`` keeps it
+    in the image)."""
+    handles = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(ncol, len(handles)),
+                   fontsize=fontsize, bbox_to_anchor=(0.5, 0.0), frameon=False)
 
 
 def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False, dpi: int = 150, close: bool = True) -> list[Path]:

@@ -85,19 +85,13 @@ class Scaffold:
         return [self._flat]
 
     @torch.no_grad()
-    def server_update(self, x, mean_delta_y=None, sum_delta_c=None) -> None:
-        """x <- x + lr_g mean dy; c <- c + sum dc / N. Uses the round's accumulators unless both are given;
-        then clears them."""
-        x = list(x)
-        if mean_delta_y is None or sum_delta_c is None:
-            total = float(self._flat[-2])
-            if not total > 0:
-                raise ValueError("Scaffold.server_update(): no client_update() this round")
-            P.foreach(torch._foreach_add_, x, self._sum_dy, alpha=self.server_lr / total)
-            P.foreach(torch._foreach_add_, self.c, self._sum_dc, alpha=1.0 / self.num_clients)
-        else:
-            P.foreach(torch._foreach_add_, x, list(mean_delta_y), alpha=self.server_lr)
-            P.foreach(torch._foreach_add_, self.c, list(sum_delta_c), alpha=1.0 / self.num_clients)
+    def server_update(self, x) -> None:
+        """x <- x + lr_g mean dy; c <- c + sum dc / N from the round's accumulators; then clears them."""
+        total = float(self._flat[-2])
+        if not total > 0:
+            raise ValueError("Scaffold.server_update(): no client_update() this round")
+        P.foreach(torch._foreach_add_, list(x), self._sum_dy, alpha=self.server_lr / total)
+        P.foreach(torch._foreach_add_, self.c, self._sum_dc, alpha=1.0 / self.num_clients)
         self._flat.zero_()
 
     def state_dict(self) -> dict:

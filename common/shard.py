@@ -19,12 +19,8 @@ sorted_blocks  the k-th block of the data sorted by a per-example score (style s
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
-from common.checkpoint import atomic_write_json
 from common.errors import UsageError, check
 from common.seed import numpy_rng
 
@@ -258,66 +254,6 @@ def sorted_blocks(scores: np.ndarray, num_clients: int) -> Shards:
     return _sorted_shards(np.array_split(np.argsort(scores, kind="stable"), num_clients))
 
 
-def statistics(shards: Shards, labels: np.ndarray | None = None, num_classes: int | None = None,
-               pairwise: bool = False) -> dict:
-    """JSON-ready summary: sizes, min/max/mean/std size, coverage and disjointness; with ``labels`` the
-    per-client label histograms ([K][C], classes sorted) and distinct classes per client; with
-    ``pairwise`` the [K][K] matrix of shared sample counts (diagonal: sizes)."""
-    sizes = np.array([len(s) for s in shards], dtype=np.int64)
-    flat = np.concatenate(shards) if shards else np.zeros(0, np.int64)
-    unique = np.unique(flat)
-    out = {"num_clients": len(shards), "sizes": sizes.tolist(), "total": int(sizes.sum()),
-           "unique_samples": len(unique), "disjoint": bool(len(unique) == len(flat)),
-           "min_size": int(sizes.min()) if len(sizes) else 0, "max_size": int(sizes.max(initial=0)),
-           "mean_size": float(sizes.mean()) if len(sizes) else 0.0,
-           "std_size": float(sizes.std()) if len(sizes) else 0.0}
-    if labels is not None:
-        labels = _labels(labels)
-        if np.issubdtype(labels.dtype, np.integer) and (labels.min(initial=0) >= 0):
-            codes, names = labels.astype(np.int64), None
-            width = max(int(num_classes or 0), int(labels.max(initial=-1)) + 1)
-        else:
-            names, codes = np.unique(labels, return_inverse=True)
-            width = len(names)
-        hist = np.zeros((len(shards), width), dtype=np.int64)
-        for k, s in enumerate(shards):
-            hist[k] = np.bincount(codes[s], minlength=width)
-        out.update(num_classes=width, label_histograms=hist.tolist(),
-                   classes_per_client=(hist > 0).sum(1).tolist())
-        if names is not None:
-            out["class_names"] = [str(x) for x in names]
-    if pairwise:
-        uniq = [np.unique(s) for s in shards]
-        shared = np.diag([len(u) for u in uniq]).astype(np.int64)
-        for i in range(len(uniq)):
-            for j in range(i + 1, len(uniq)):
-                shared[i, j] = shared[j, i] = len(np.intersect1d(uniq[i], uniq[j], assume_unique=True))
-        out["shared_counts"] = shared.tolist()
-    return out
-
-
-def _write_json(path: Path, obj) -> None:
-    """Write atomically (no reader sees half a file), with the usual permissions."""
-    atomic_write_json(path, obj, indent=None)
-
-
-def write_manifests(shards: Shards, out_dir, summary_extra: dict | None = None,
-                    labels: np.ndarray | None = None) -> None:
-    """``client_<i>.json`` = {"client", "num_samples", "indices"} per client, then ``summary.json``
-    (``statistics`` plus ``summary_extra``, e.g. the partitioner and its settings). Each file is written
-    atomically; ``summary.json`` goes last and client files of an earlier, larger split are removed."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for k, s in enumerate(shards):
-        _write_json(out / f"client_{k}.json", {"client": k, "num_samples": len(s),
-                                               "indices": np.asarray(s, dtype=np.int64).tolist()})
-    for stale in out.glob("client_*.json"):
-        suffix = stale.stem[len("client_"):]
-        if suffix.isdigit() and int(suffix) >= len(shards):
-            stale.unlink()
-    _write_json(out / "summary.json", {**statistics(shards, labels), **(summary_extra or {})})
-
-
 def manifest_indices(value, where: str) -> np.ndarray:
     """A manifest's ``indices`` as int64, read strictly: a JSON list of non-negative integers. Strings ("3"),
     fractions (1.5) and booleans are refused in one line naming the first one, not converted (NumPy would
@@ -331,28 +267,3 @@ def manifest_indices(value, where: str) -> np.ndarray:
     check(max(value) < 2**63, f"{where}: index {max(value)} does not fit in 64 bits")
     return np.asarray(value, dtype=np.int64)
 
-
-def read_manifests(shard_dir) -> tuple[Shards, dict]:
-    """(shards, summary) from a folder written by ``write_manifests``; ``UsageError`` when the folder,
-    its ``summary.json`` or a client file is missing or malformed."""
-    d = Path(shard_dir)
-    summary_path = d / "summary.json"
-    check(summary_path.is_file(), f"{d} holds no shard manifests (summary.json missing); expected a folder "
-                                  "written by common.shard.write_manifests")
-    try:
-        summary = json.loads(summary_path.read_text())
-        k = int(summary["num_clients"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{summary_path} is not a shard summary ({e}); rewrite the manifests") from None
-    shards = []
-    for i in range(k):
-        path = d / f"client_{i}.json"
-        check(path.is_file(), f"{path} is missing; summary.json lists {k} clients")
-        try:
-            data = json.loads(path.read_text())
-        except (ValueError, OSError) as e:
-            raise UsageError(f"{path} is not a client manifest with integer 'indices' ({e})") from None
-        check(isinstance(data, dict) and "indices" in data, f"{path} is not a client manifest with integer "
-                                                            "'indices' (no 'indices' key)")
-        shards.append(manifest_indices(data["indices"], str(path)))
-    return shards, summary

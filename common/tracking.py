@@ -10,7 +10,7 @@ to ``metrics.jsonl``. The x axis is the row's ``round``, else its ``step``, else
   ``tensorboard`` package: ``pip install -e .[tracking]``); view with ``tensorboard --logdir runs``.
 * ``wandb``: one W&B run named after the run directory, its config the run's arguments, files under
   ``<run>/wandb/``; needs ``wandb`` installed and logged in (or ``WANDB_MODE=offline``: the run is kept in
-  ``<run>/wandb/offline-run-*/`` for ``wandb sync`` later; ``read_wandb_offline`` reads its scalars back).
+  ``<run>/wandb/offline-run-*/`` for ``wandb sync`` later).
 * ``none`` (default): nothing beyond ``metrics.jsonl``.
 
 Several at once: ``--report-to tensorboard wandb``.
@@ -58,9 +58,7 @@ def flatten(row: dict, prefix: str = "") -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in row.items():
         name = f"{prefix}{key}"
-        if isinstance(value, bool):
-            out[name] = float(value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (bool, int, float)):
             out[name] = float(value)
         elif isinstance(value, dict):
             out |= flatten(value, name + "/")
@@ -186,50 +184,3 @@ def read_scalars(run_path: str | os.PathLike) -> dict[str, list[tuple[int, float
                     out.setdefault(v.tag, []).append((int(event.step), float(value)))
     return out
 
-
-def read_wandb_offline(run_path: str | os.PathLike) -> tuple[dict[str, list[tuple[int, float]]], dict[str, Any]]:
-    """({key: [(step, value), ...]}, summary) from the offline W&B runs of a run directory
-    (``<run>/wandb/offline-run-*/run-*.wandb``), W&B's own bookkeeping keys (``_step``, ``_runtime``, ...)
-    left out. The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks (CRC32C, length,
-    type: 1 full, 2 first, 3 middle, 4 last) holding ``Record`` protobufs; read here because wandb has no
-    public reader of offline files."""
-    import json
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    block, head = 32768, 7
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    summary: dict[str, Any] = {}
-    for f in sorted((Path(run_path) / "wandb").glob("offline-run-*/run-*.wandb")):
-        data = f.read_bytes()
-        if data[:4] != b":W&B":
-            raise ValueError(f"{f} is not a W&B run file")
-        pos, record = head, b""
-        while pos + head <= len(data):
-            room = block - pos % block
-            if room < head:  # the rest of a block too short for a chunk header is padding
-                pos += room
-                continue
-            _, length, kind = struct.unpack("<IHB", data[pos:pos + head])
-            if kind == 0:  # zero padding up to the next block
-                pos += room
-                continue
-            record += data[pos + head:pos + head + length]
-            pos += head + length
-            if kind not in (1, 4):
-                continue
-            rec = wandb_internal_pb2.Record.FromString(record)
-            record = b""
-            items = {"history": lambda r: r.history.item, "summary": lambda r: r.summary.update}
-            which = rec.WhichOneof("record_type")
-            if which not in items:
-                continue
-            values = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items[which](rec)}
-            values = {k: v for k, v in values.items() if not k.startswith("_")}
-            if which == "history":
-                for key, value in values.items():
-                    scalars.setdefault(key, []).append((int(rec.history.step.num), float(value)))
-            else:
-                summary.update(values)
-    return scalars, summary

@@ -50,9 +50,6 @@ def main(argv=None) -> dict:
     federated.finish_args(args, explicit)
     if args.quick and "max_steps" not in explicit:
         args.max_steps, args.val_freq = 64, (16 if "val_freq" not in explicit else args.val_freq)
-    cli.check(args.val_freq >= 1, f"--val-freq must be at least 1, got {args.val_freq}")
-    cli.check(args.n_epochs > 0, f"--n-epochs must be positive, got {args.n_epochs}")
-    cli.check(args.max_steps is None or args.max_steps >= 1, f"--max-steps must be at least 1, got {args.max_steps}")
     device = cli.resolve_device(args.device)
     mmodel.quiet_kernel_warnings()
     data = lmdata.load_lm_data(args, device)
@@ -152,11 +149,7 @@ def main(argv=None) -> dict:
         "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
         "train_tokens": tokens, "train_seconds": round(t_train, 3),
     })
-    federated.save_model(rd, model, data, summary)
-    from common.curves import perplexity_curve
-
-    perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
-    print(lmdata.final_line(rd.path, summary), flush=True)  # the run's one line, --quiet too
+    federated.publish(rd, model, data, summary, refs)
     rd.release()
     return summary
 

@@ -65,7 +65,6 @@ def main(argv=None) -> dict:
     args = cli.parse(parser, argv)
     if args.quick and "entropy_blocks" not in federated.explicit_dests(parser, argv):
         args.entropy_blocks = 16
-    cli.check(args.temperature > 0, f"--temperature must be positive, got {args.temperature}")
     cli.check(args.holdout_fraction > 0, "FedEntropy measures entropy on held-out data: --holdout-fraction must be > 0")
     return federated.run(args, METHOD, federated.explicit_dests(parser, argv))
 

@@ -14,19 +14,13 @@ Unlike the source, every selected client starts every round from the global mode
 re-synced clients, so its "aggregation" merged independently trained models and ``local_updates`` had no
 effect).
 
-Client optimizer (``--optimizer``, default AdamW as in the source; plain SGD with ``--algorithm scaffold``)
-with ``--client-opt-state persist`` by default: each client keeps its AdamW moments across rounds (memory:
-2 x parameters per client), so one-client FedAvg is exactly centralized AdamW on the same batches and any
-gap to centralized training is federation's, not the optimizer's. ``reset`` (a fresh AdamW per client per
-round) makes a one-step client update lr * g / |g| per coordinate, i.e. FedAvg then averages sign steps;
-``--optimizer sgd`` is plain local SGD (no state at all). ``--clustering ifca`` / ``data`` keeps one model
-per cluster (evaluated each, the log's val_loss weighted by the clients each serves; <run>/model is
-cluster 0's).
+Client optimizer: ``--optimizer`` (AdamW as in the source; plain SGD with ``--algorithm scaffold``) with
+``--client-opt-state persist`` (each client keeps its AdamW moments across rounds) by default, ``reset`` or
+plain ``sgd``: why, in mamba_fl/README.md ("Client optimizer"). ``--clustering ifca`` / ``data`` keeps one
+model per cluster (the log's val_loss weighted by the clients each serves; <run>/model is cluster 0's).
 
-Under ``torchrun`` each process trains its share of the round's clients (balanced by shard size) into its
-own aggregator; the engine's one all-reduce sums them and every process applies the same server step.
-Every process scores its share of the validation batches (one more all-reduce); rank 0 alone logs and
-checkpoints. Without torchrun this is the plain single-process loop.
+Under ``torchrun`` each process trains its share of the round's clients (the README's "Distributed
+simulation"); without it this is the plain single-process loop.
 """
 from __future__ import annotations
 
@@ -100,7 +94,6 @@ def finish_args(args: argparse.Namespace, explicit: set[str]) -> None:
     if getattr(args, "algorithm", None) == "scaffold" and "optimizer" not in explicit:
         args.optimizer = "sgd"  # SCAFFOLD's control variates assume plain SGD steps
     cli.check(args.sequence_length >= 2, f"--sequence-length must be at least 2, got {args.sequence_length}")
-    cli.check(args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}")
     cli.check(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number, got {args.lr}")
     cli.check(args.weight_decay >= 0 and math.isfinite(args.weight_decay),
               f"--weight-decay must be a non-negative number, got {args.weight_decay}")
@@ -410,7 +403,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     return summary
 
 
-def finish(rd, args, method, data, acc, refs, model=None) -> dict:
+def finish(rd, args, method, data, acc, refs, model) -> dict:
     last = acc.get("last", {})
     summary = {
         "method": method.name, "config": args.model_config, "layers": args.layers, "rounds_done": args.rounds,
@@ -426,13 +419,17 @@ def finish(rd, args, method, data, acc, refs, model=None) -> dict:
         "overhead_fraction": (1 - acc["client_seconds"] / acc["round_seconds"]) if acc["round_seconds"] else None,
     }
     summary = rd.write_summary(summary)
-    if model is not None:
-        save_model(rd, model, data, summary)
+    publish(rd, model, data, summary, refs)
+    return summary
+
+
+def publish(rd, model, data, summary: dict, refs: dict) -> None:
+    """The run's model/, its learning curve with the reference points (perplexity.png) and its last line."""
     from common.curves import perplexity_curve
 
+    save_model(rd, model, data, summary)
     perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
     print(lmdata.final_line(rd.path, summary), flush=True)  # the run's one line, --quiet too
-    return summary
 
 
 def save_model(rd, model, data, summary: dict):

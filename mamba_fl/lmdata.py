@@ -178,7 +178,6 @@ def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = N
 def client_shards(args: argparse.Namespace, data: LMData) -> list[np.ndarray]:
     """Training-block indices per client, via ``common.shard``."""
     n = data.train.shape[0]
-    cli.check(args.num_clients >= 1, f"--num-clients must be at least 1, got {args.num_clients}")
     cli.check(n >= args.num_clients,
               f"the training split has {n} blocks of {args.sequence_length} tokens, "
               f"fewer than --num-clients {args.num_clients}; use fewer clients or shorter blocks")

@@ -4,20 +4,12 @@ beat FedAvg? One command runs every arm, then writes the table and the figures.
     python mamba_fl/run_grid.py                                   # synthetic grid + FedAvg variants (~1 h, 2 cores)
     python mamba_fl/run_grid.py --real-raw wikitext-2-raw/wiki.test.raw   # + the real-text comparison
 
-Design (every number is a flag):
-* data: the embedded topic-structured WikiText source (known optimum per word); client shards ``contiguous``
-  (the source's split of the stream, nearly IID) and ``topic`` (each of the 4 clients owns one topic);
-* model: Mamba2 d_model 64, d_state 16, head dim 16, 64-token blocks, 1 and 2 layers;
-* arms: central; FedAvg; FedAvgM heavy-ball (Flower's form: m <- 0.9 m + d, server lr 1); FedMomentum EMA
-  (the source's form: m <- 0.9 m + 0.1 d); FedEntropy at ``--temperature`` (low enough that the weights
-  differ: the table reports the largest/smallest weight ratio); FedFisher (``common.aggregate.FisherMean``);
-  and, on 1 layer / contiguous shards, FedAvg with the other client optimizers (fresh AdamW per round,
-  plain SGD) and with 8 local steps per round;
-* compute matched: every federated arm takes rounds x clients x local steps optimizer steps of
-  ``--batch-size`` blocks in all (4 x 100 x 1 = 400 steps of 16 blocks = 6400 training sequences); the
-  central run takes exactly that many steps of the same batch size (the 8-local-step arm runs rounds / 8);
-* 3 seeds; final validation perplexity on all validation blocks, mean ± sample sd, and each arm's paired
-  difference to FedAvg (same seed) with a 95% t interval (``common.stats``).
+Design (every number is a flag; mamba_fl/figures/findings.md has the setup and the compute accounting): the
+embedded synthetic source with ``contiguous`` (nearly IID) and ``topic`` client shards; Mamba2 d_model 64 with
+1 and 2 layers; central and the ``FEDERATED_ARMS`` (FedAvgM in Flower's heavy-ball form, FedMomentum in the
+source's EMA form, FedEntropy at a ``--temperature`` low enough that the weights differ, FedFisher), plus the
+FedAvg ``VARIANTS`` on 1 layer and the first shard; every arm takes the same optimizer steps of
+``--batch-size`` blocks (the 8-local-step arm runs rounds / 8); 3 seeds, paired differences to FedAvg.
 
 Runs go to ``--out-dir/<arm>_L<layers>_<shard>_s<seed>``, ``--jobs`` at a time with one thread each, through
 ``common.jobs`` (finished runs are skipped and interrupted ones resumed, so the same command continues a grid;

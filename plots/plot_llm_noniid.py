@@ -2,13 +2,9 @@
 
     python plots/plot_llm_noniid.py --runs runs/llm_noniid/ag_news/runs --out runs/llm_noniid/ag_news/figures/all
 
-Writes ``val_ppl_curves.png`` and ``personal_val_ppl_curves.png`` (one panel per partition, one line per arm:
-mean over seeds with a ± sd band against the local steps spent, so arms of equal compute end at the same x;
-markers and line styles distinct, the unigram reference dashed),
-``final_ppl.png`` (final global and personalised perplexity per arm, error bars = sample sd over seeds, unigram
-references drawn), ``client_divergence_rel_curves.png`` and ``partition_<partition>.png`` (topics per client, with
-the AG News topic names, and the clusters a clustered run found). Runs are grouped by ``arm_of(args)`` ->
-(partition label, arm label): ``default_arm`` from args.json, or the grid's own labels with
+Writes ``val_ppl_curves.png``, ``personal_val_ppl_curves.png``, ``client_divergence_rel_curves.png``,
+``final_ppl.png`` and ``partition_<partition>.png`` (llm_noniid/README.md, ``analyze``, says what they show).
+Runs are grouped by (partition label, arm label): ``default_arm`` from args.json, or the grid's own labels with
 ``--arms FILE`` (JSON {run directory name: [partition label, arm label]}; runs not named there are left out).
 Runs on other data, another model, tokenizer or client count get panels of their own ("iid [model=tiny-gpt2]"),
 and runs of one arm that differ in any other argument (rounds, learning rate, --quick ...) are separate lines
@@ -223,9 +219,10 @@ def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
     return R.savefig(fig, out / f"partition_{name}.png")
 
 
-def make_figures_for(runs: list[dict], out: str | Path, arm_of=default_arm, labels: dict | None = None) -> list[Path]:
+def make_figures(runs: list[dict], out: str | Path, labels: dict | None = None) -> list[Path]:
+    """Every figure of ``runs``, grouped by ``default_arm`` or by ``labels`` (``--arms``)."""
     out = Path(out)
-    groups = grouped(runs, arm_of, labels)
+    groups = grouped(runs, default_arm, labels)
     # log scale: an arm stuck near the unigram (FedProx mu = 1) would otherwise flatten the others' curves
     written = plot_curves(groups, "val_ppl", "validation perplexity (global, log scale)", out, "unigram_val_ppl",
                           log=True)
@@ -246,14 +243,6 @@ def llm_runs(runs: list[dict]) -> list[dict]:
         print(f"ignored {len(runs) - len(mine)} run(s) of other scripts")
     return R.with_keys(mine, "the llm_noniid figures", args={"partition": str, "algorithm": str},
                        summary={"final_val_ppl": R.NUMBER})
-
-
-def make_figures(runs_root, out: str | Path, arm_of=default_arm) -> list[Path]:
-    """Every figure for the runs under ``runs_root`` (a folder or a list of them, searched recursively)."""
-    roots = [runs_root] if isinstance(runs_root, (str, Path)) else list(runs_root)
-    runs = llm_runs(R.load_roots(roots, "**/*"))
-    cli.check(bool(runs), f"no finished llm_noniid runs under {' '.join(map(str, roots))}: nothing to draw")
-    return make_figures_for(runs, out, arm_of)
 
 
 def arms_from_file(path: str) -> dict:
@@ -279,13 +268,13 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     cli.check_out_dir(args.out, "--out")
-    if args.arms:
-        arms = arms_from_file(args.arms)
-        runs = [r for r in llm_runs(R.load_roots(args.runs, "**/*")) if r["name"] in arms]
+    arms = arms_from_file(args.arms) if args.arms else None
+    runs = llm_runs(R.load_roots(args.runs, "**/*"))
+    if arms:
+        runs = [r for r in runs if r["name"] in arms]
         cli.check(bool(runs), f"--arms {args.arms}: none of its runs is a finished run under {' '.join(args.runs)}")
-        written = make_figures_for(runs, args.out, labels=arms)
-    else:
-        written = make_figures(args.runs, args.out)
+    cli.check(bool(runs), f"no finished llm_noniid runs under {' '.join(args.runs)}: nothing to draw")
+    written = make_figures(runs, args.out, labels=arms)
     for w in written:
         print(w)
     return {"figures": [str(w) for w in written]}

@@ -12,16 +12,8 @@ Statistics over seeds come from ``common.stats``: mean ± sample sd (ddof=1) wit
 centralized LoRA paired by seed with its 95% t interval. The majority-class baseline (the training subset's
 most frequent label predicted for every validation example) and the SVD error per rank are read from the
 runs' summary.json (written by the training scripts); a run too old to hold them is drawn without them.
-Several --runs folders are read together. Writes:
-* ``<out>/rounds_<task>.png``      left: the main metric of the fused model per round (mean ± sd band per
-                                   method and sharding; one-shot runs as points at the last round),
-                                   centralized LoRA dashed, majority baseline dotted; right: the relative merge
-                                   error ||dW_bar - dW_fused|| / ||dW_bar|| per round;
-* ``<out>/svd_error_vs_rank.png``  that error of the SVD merge against the rank r of each svd run's last-round
-                                   client adapters (``svd_error_by_rank`` in its summary), mean over seeds;
-* ``<out>/summary.png``            final main metric per cell (mean, sd error bars), centralized and majority
-                                   baseline as vertical lines;
-* ``<out>/results.md``             the tables of the README.
+Several --runs folders are read together. Writes ``<out>/rounds_<task>.png``, ``svd_error_vs_rank.png``,
+``summary.png`` and ``results.md`` (the tables of the README; lora_glue_fl/README.md says what each figure shows).
 """
 from __future__ import annotations
 
@@ -182,14 +174,14 @@ def num_labels_of(runs: list[dict]) -> int | None:
     return next((r["summary"]["num_labels"] for r in runs if isinstance(r["summary"].get("num_labels"), int)), None)
 
 
-def _last_fused(run: dict, key: str):
-    rows = [r for r in run["rows"] if r.get("client") is None and r.get(key) is not None]
-    return rows[-1][key] if rows else None
+def _fused_values(run: dict, key: str) -> list:
+    """``key`` of the fused model's rows (not the clients'), in order."""
+    return [r[key] for r in run["rows"] if r.get("client") is None and r.get(key) is not None]
 
 
-def _first_fused(run: dict, key: str):
-    rows = [r for r in run["rows"] if r.get("client") is None and r.get(key) is not None]
-    return rows[0][key] if rows else None
+def _fused_rows(group: list[dict]) -> list[dict]:
+    """The runs with only the fused model's rows."""
+    return [{**g, "rows": [r for r in g["rows"] if r.get("client") is None]} for g in group]
 
 
 def cost_cell(group: list[dict]) -> tuple[str, str]:
@@ -199,17 +191,17 @@ def cost_cell(group: list[dict]) -> tuple[str, str]:
         return f"{s['trainable_params']:,}", "as one-shot svd"
     if "trainable_params" in s:                        # centralized
         return f"{s['trainable_params']:,}", "–"
-    first, last = _first_fused(group[0], "client_trainable_params"), _last_fused(group[0], "client_trainable_params")
-    b_first, b_last = _first_fused(group[0], "round_bytes"), _last_fused(group[0], "round_bytes")
-    if first is None:
+    params, round_bytes = _fused_values(group[0], "client_trainable_params"), _fused_values(group[0], "round_bytes")
+    if not params:
         return "", ""
+    first, last, b_first, b_last = params[0], params[-1], round_bytes[0], round_bytes[-1]
     params = f"{first:,}" if first == last else f"{first:,} → {last:,}"
     mb = f"{b_first / 1e6:.2f}" if b_first == b_last else f"{b_first / 1e6:.2f} → {b_last / 1e6:.2f}"
     return params, mb
 
 
 def merge_error_cell(group: list[dict]) -> str:
-    vals = [v for v in (_last_fused(g, "merge_rel_error") for g in group) if v is not None]
+    vals = [v[-1] for v in (_fused_values(g, "merge_rel_error") for g in group) if v]
     if not vals and "merge_rel_error" in group[0]["summary"]:
         vals = [g["summary"]["merge_rel_error"] for g in group]
     return stats.fmt(stats.summarize(vals), 3) if vals else "–"
@@ -309,35 +301,28 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                 last_round = max([last_round] + [r["round"] for r in rows if isinstance(r.get("round"), int)])
         for (_, method, shard), group in fed:  # validation metric: lines, or points at the last round (offset)
             color = colors.get(shard) or colors.setdefault(shard, f"C{len(colors)}")
-            n, label = len(group), label_of(method, shard)
-            if ax is None:
-                pass
-            elif method.startswith("oneshot"):
-                x, y, e = np.array([last_round]), *(np.array([v]) for v in _mean_sd(seed_values(group, metric)))
-            else:
-                x, y, e = R.mean_std([{**g, "rows": [r for r in g["rows"] if r.get("client") is None]}
-                                      for g in group], metric)
-            if ax is None:
-                pass
-            elif len(x) > 1:
-                ax.plot(x, y, LINESTYLE.get(method, "-"), color=color, marker=MARKER.get(method, "o"), ms=4,
-                        label=f"{label} (n={n})")
-                ax.fill_between(x, y - e, y + e, alpha=0.10, color=color)
-            elif len(x):
-                k += 1
-                ax.errorbar(x + 0.06 * k, y, yerr=e if n > 1 else None, capsize=3, color=color, ms=7,
-                            fmt={"svd": "o", "naive": "s", "exact": "D", "oneshot": "*"}.get(method, "x"),
-                            label=f"{label} (n={n})")
-            if method.startswith("oneshot"):
+            n, label, oneshot = len(group), label_of(method, shard), method.startswith("oneshot")
+            style = {"color": color, "marker": MARKER.get(method, "o"), "ms": 4}
+            fused = _fused_rows(group)
+            if ax is not None:
+                if oneshot:
+                    x, y, e = np.array([last_round]), *(np.array([v]) for v in _mean_sd(seed_values(group, metric)))
+                else:
+                    x, y, e = R.mean_std(fused, metric)
+                if len(x) > 1:
+                    ax.plot(x, y, LINESTYLE.get(method, "-"), label=f"{label} (n={n})", **style)
+                    ax.fill_between(x, y - e, y + e, alpha=0.10, color=color)
+                elif len(x):
+                    k += 1
+                    ax.errorbar(x + 0.06 * k, y, yerr=e if n > 1 else None, capsize=3, color=color, ms=7,
+                                fmt=MARKER.get(method, "x"), label=f"{label} (n={n})")
+            if oneshot:
                 continue
-            fused = [{**g, "rows": [r for r in g["rows"] if r.get("client") is None]} for g in group]
             xl, yl, _ = R.mean_std(fused, "train_loss")
-            ax_loss.plot(xl, yl, LINESTYLE.get(method, "-"), color=color, marker=MARKER.get(method, "o"), ms=4,
-                         label=label)
+            ax_loss.plot(xl, yl, LINESTYLE.get(method, "-"), label=label, **style)
             xe, ye, _ = R.mean_std(fused, "merge_rel_error")
             if len(xe) and np.all(ye > 0):
-                ax_err.plot(xe, ye, LINESTYLE.get(method, "-"), color=color, marker=MARKER.get(method, "o"), ms=4,
-                            label=label)
+                ax_err.plot(xe, ye, LINESTYLE.get(method, "-"), label=label, **style)
             elif len(xe):
                 print(f"rounds_{task}.png: {label} left out of the merge-error panel (a zero error has no log)")
         central = central_of(groups, task)
@@ -366,13 +351,8 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
         ax_err.set_title(f"{task}: merge error per round (mean over seeds)")
         for a in (a for a in (ax, ax_loss, ax_err) if a is not None):
             a.xaxis.get_major_locator().set_params(integer=True)
-        handles = {}  # one legend below the panels: it covers no line
-        for a in (ax_loss, ax_err):
-            for h, lab in zip(*a.get_legend_handles_labels()):
-                handles.setdefault(lab, h)
         fig.tight_layout()
-        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=4, fontsize=7,
-                   bbox_to_anchor=(0.5, 0.0), frameon=False)  # under the panels (savefig keeps it in)
+        R.figure_legend(fig, (ax_loss, ax_err), fontsize=7)
         written += R.savefig(fig, out / f"rounds_{task}.png")
     return written
 

@@ -1,8 +1,6 @@
 """Figures and tables of the mamba_fl runs, read from run directories (mean ± sample sd over seeds).
 
     python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/figures
-    python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/figures --wall-minutes 42 --best-real fedentropy
-    python plots/plot_mamba.py --runs runs/mamba_grid --best-other-arm --layers 1 --shards topic iid
 
 For the grid of ``mamba_fl/run_grid.py`` (run directories named ``<arm>_L<layers>_<shard>[_real]_s<seed>``):
   grid_L<layers>_<shard>.png  validation perplexity vs training sequences, every arm (central included), with
@@ -16,8 +14,6 @@ and for any run saved with --save-deltas:
   spectrum_<run>.png          singular values of the server delta per snapshot, and the final spectrum with the
                               rank holding 95% of the energy
 Nothing is written when no folder holds a finished grid run or a --save-deltas run (one line, exit 2).
---best-other-arm prints the federated arm other than FedAvg with the lowest final perplexity over the
-synthetic blocks of --layers (what the grid's real-text block runs), or "none", and writes nothing.
 """
 from __future__ import annotations
 
@@ -79,19 +75,18 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
                     a = z["server_delta/" + key]
                     s = np.linalg.svd(a.reshape(a.shape[0], -1), compute_uv=False)
                     ax.semilogy(s[:64], color=cmap(i / max(len(snaps) - 1, 1)), lw=1)
-            ax.set_title(f"{key}\nserver delta spectra (dark->light: time)", fontsize=6)
-            ax.set_xlabel("singular value index", fontsize=6)
-            ax.set_ylabel("singular value", fontsize=6)
             a = last["server/" + key]
             s = np.linalg.svd(a.reshape(a.shape[0], -1), compute_uv=False)
             r95 = rank_at_energy(s)
             ax2.semilogy(s)
             ax2.axvline(r95, color="r", ls="--", lw=1, label=f"rank@95% = {r95}/{len(s)}")
-            ax2.set_title("final weights spectrum", fontsize=6)
-            ax2.set_xlabel("singular value index", fontsize=6)
-            ax2.set_ylabel("singular value", fontsize=6)
             ax2.legend(fontsize=6)
-            for a_ in (ax, ax2):  # plain numbers at 1, 2, 5 x 10^k: no "6x10^-2"-style minor labels
+            for a_, title in ((ax, f"{key}\nserver delta spectra (dark->light: time)"),
+                              (ax2, "final weights spectrum")):
+                a_.set_title(title, fontsize=6)
+                a_.set_xlabel("singular value index", fontsize=6)
+                a_.set_ylabel("singular value", fontsize=6)
+                # plain numbers at 1, 2, 5 x 10^k: no "6x10^-2"-style minor labels
                 a_.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
                 a_.yaxis.set_minor_locator(LogLocator(subs="auto"))
                 a_.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
@@ -164,12 +159,6 @@ def _cell(runs, key="final_val_ppl", digits=1) -> str:
     return txt + (f", {len(runs) - len(ok)} diverged" if len(ok) < len(runs) else "")
 
 
-def _diff(runs, ref, key="final_val_ppl") -> str:
-    if not runs or not ref or runs is ref:
-        return "–"
-    return stats.fmt_diff(R.seed_paired(_finite(runs, key), _finite(ref, key), key))
-
-
 def _refs(runs) -> dict:
     s = runs[0]["summary"] if runs else {}
     return {k: s.get(k) for k in ("uniform_ppl", "unigram_ppl", "unigram_ppl_word", "optimal_ppl_word")}
@@ -178,7 +167,7 @@ def _refs(runs) -> dict:
 def _extra(arm, runs) -> str:
     rows = [r["rows"][-1] for r in runs if r["rows"]]
     notes = []
-    failed = [r for r in runs if not r["summary"]["final_val_ppl"] < r["summary"].get("unigram_ppl", float("inf"))]
+    failed = [r for r in runs if _above_unigram(r)]
     if failed:
         notes.append(f"{len(failed)}/{len(runs)} end above the unigram (unstable)")
     if arm == "fedentropy":
@@ -192,20 +181,29 @@ def _extra(arm, runs) -> str:
     return "; ".join(notes)
 
 
+def _above_unigram(run) -> bool:
+    return not run["summary"]["final_val_ppl"] < run["summary"].get("unigram_ppl", float("inf"))
+
+
 def table(runs, arms, layers, shard, real=False, ref_arm="fedavg") -> list[str]:
     """Markdown rows of one block: per arm final ppl per token and per word, paired difference to FedAvg
-    (``ref_arm``), plateau check and arm-specific diagnostics; the reference points below."""
+    (``ref_arm``) with Holm's correction over the block's comparisons, plateau check and arm-specific
+    diagnostics; the reference points below. An arm whose every seed ends above the unigram is "diverged",
+    not compared."""
     ref = _select(runs, ref_arm, layers, shard, real)
-    lines = ["| arm | final ppl / token | final ppl / word | − FedAvg (per token), 95% CI | plateau | notes |",
-             "|---|---|---|---|---|---|"]
-    for arm in arms:
-        group = _select(runs, arm, layers, shard, real)
-        if not group:
-            continue
+    groups = {arm: g for arm in arms if (g := _select(runs, arm, layers, shard, real))}
+    diverged = {arm for arm, g in groups.items() if all(_above_unigram(r) for r in g)}
+    diffs = {arm: R.seed_paired(_finite(g), _finite(ref), "final_val_ppl") for arm, g in groups.items()
+             if arm != ref_arm and ref and arm not in diverged}
+    verdicts = stats.holm(diffs)
+    lines = ["| arm | final ppl / token | final ppl / word | − FedAvg (per token), 95% CI, Holm over the block "
+             "| plateau | notes |", "|---|---|---|---|---|---|"]
+    for arm, group in groups.items():
         flat = [plateau(r) for r in group]
+        diff = ("reference" if arm == ref_arm else "diverged (every seed above the unigram)" if arm in diverged
+                else stats.fmt_verdict(diffs[arm], verdicts[arm]) if arm in diffs else "–")
         lines.append(f"| {ARM_LABELS.get(arm, arm)} | {_cell(group)} | {_cell(group, 'final_val_ppl_word')} | "
-                     f"{_diff(group, ref) if arm != ref_arm else 'reference'} | "
-                     f"{sum(bool(f) for f in flat)}/{len(flat)} | {_extra(arm, group)} |")
+                     f"{diff} | {sum(bool(f) for f in flat)}/{len(flat)} | {_extra(arm, group)} |")
     anyrun = next((r for a in arms for r in _select(runs, a, layers, shard, real)), None)
     f = _refs([anyrun]) if anyrun else {}
     if all(isinstance(f.get(k), (int, float)) for k in ("uniform_ppl", "unigram_ppl", "unigram_ppl_word")):
@@ -215,25 +213,6 @@ def table(runs, arms, layers, shard, real=False, ref_arm="fedavg") -> list[str]:
             refs += f"; optimum of the source {f['optimal_ppl_word']:.2f} / word"
         lines.append(f"\nReference points: {refs}.")
     return lines
-
-
-def best_other_arm(root, layers: int, shards) -> str | None:
-    """The federated arm other than FedAvg with the lowest mean final perplexity over the synthetic blocks of
-    ``layers`` (the one the real-text comparison runs)."""
-    runs = grid_runs(root)
-    scores = {}
-    for arm in ARMS[2:]:
-        vals = [r["summary"]["final_val_ppl"] for s in shards for r in _finite(_select(runs, arm, layers, s))]
-        if vals:
-            scores[arm] = float(np.mean(np.log(vals)))
-    return min(scores, key=scores.get) if scores else None
-
-
-def _aligned(runs, key, x):
-    """(x [P], values [runs, P]) over the x values every run reached."""
-    series = [dict(zip(*(a.tolist() for a in R.series(r, key, x)))) for r in runs]
-    common = sorted(set.intersection(*(set(d) for d in series)))
-    return np.array(common, dtype=np.float64), np.array([[d[v] for v in common] for d in series])
 
 
 def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
@@ -252,7 +231,7 @@ def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
         if not group:
             continue
         anyrun = group[0]
-        xs, ys = _aligned(group, "val_ppl", "tokens")
+        xs, ys = R.aligned(group, "val_ppl", "tokens")
         if xs.size == 0:
             continue
         xs = xs / group[0]["args"]["sequence_length"]
@@ -280,7 +259,7 @@ def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
     return R.savefig(fig, path)[0]
 
 
-def grid_report(root, figures, wall_minutes: float | None = None, best_real: str | None = None) -> list[Path]:
+def grid_report(root, figures) -> list[Path]:
     """results.md (in ``root`` and ``figures``) and the grid figures."""
     root, figures = Path(root), Path(figures)
     runs = grid_runs(root)
@@ -288,51 +267,45 @@ def grid_report(root, figures, wall_minutes: float | None = None, best_real: str
     shards = sorted({r["shard"] for r in runs if not r["real"] and not r["arm"].startswith("central")})
     counts = sorted({str(r["args"].get("num_clients")) for r in runs if not r["arm"].startswith("central")})
     clients = f"{'/'.join(counts)} clients"
-    md, written = ["# mamba_fl results grid", ""], []
-    if wall_minutes is not None:
-        md += [f"`python mamba_fl/run_grid.py` finished in {wall_minutes:.1f} min.", ""]
-    md += ["Final validation perplexity (all validation blocks), mean ± sample sd over seeds (n); paired "
-           "difference to FedAvg over the same seeds with its 95% t interval (\"no difference\" when it contains "
-           f"0); plateau: runs whose perplexity moved < {PLATEAU:.0%} over their last 20% of training.", ""]
+    md = ["# mamba_fl results grid", "",
+          "Final validation perplexity (all validation blocks), mean ± sample sd over seeds (n); paired "
+          "difference to FedAvg over the same seeds with its 95% t interval (\"no difference\" when it contains "
+          f"0); plateau: runs whose perplexity moved < {PLATEAU:.0%} over their last 20% of training.", ""]
+    written = []
+
+    def block(heading, arms, L, shard, figure, title, real=False, ref_arm="fedavg"):
+        md.extend([f"## {heading}", "", *table(runs, arms, L, shard, real, ref_arm), ""])
+        path = _curves(runs, arms, L, shard, real, figures / figure, title)
+        written.extend([path] if path else [])
+
     for L in layers:
         for shard in shards:
-            md += [f"## {L} layer{'s' if L > 1 else ''}, {shard} shards", ""] + table(runs, ARMS, L, shard) + [""]
-            p = _curves(runs, ARMS, L, shard, False, figures / f"grid_L{L}_{shard}.png",
-                        f"Mamba2 {L} layer{'s' if L > 1 else ''}, {clients}, {shard} shards (synthetic WikiText)")
-            written += [p] if p else []
+            block(f"{L} layer{'s' if L > 1 else ''}, {shard} shards", ARMS, L, shard, f"grid_L{L}_{shard}.png",
+                  f"Mamba2 {L} layer{'s' if L > 1 else ''}, {clients}, {shard} shards (synthetic WikiText)")
     if any(r["arm"] in VARIANT_ARMS[2:] for r in runs):
         L, shard = min(layers), next((s for s in shards if any(
             r["arm"] in VARIANT_ARMS[2:] and r["shard"] == s for r in runs)), shards[0])
-        md += [f"## Client optimizer and local work ({L} layer, {shard} shards)", ""]
-        md += table(runs, VARIANT_ARMS, L, shard) + [""]
-        p = _curves(runs, VARIANT_ARMS, L, shard, False, figures / "variants.png",
-                    f"FedAvg client optimizers, {L} layer, {shard} shards, same sequences and steps")
-        written += [p] if p else []
+        block(f"Client optimizer and local work ({L} layer, {shard} shards)", VARIANT_ARMS, L, shard, "variants.png",
+              f"FedAvg client optimizers, {L} layer, {shard} shards, same sequences and steps")
     if any(r["arm"] in LONG_ARMS for r in runs):
         L = min(r["layers"] for r in runs if r["arm"] in LONG_ARMS)
-        md += [f"## Longer budget ({L} layer, topic shards): do the federated runs close the gap?", ""]
-        md += table(runs, LONG_ARMS, L, "topic", ref_arm="fedavg-long") + [""]
-        p = _curves(runs, LONG_ARMS, L, "topic", False, figures / "long_budget.png",
-                    f"longer budget, {L} layer, topic shards")
-        written += [p] if p else []
+        block(f"Longer budget ({L} layer, topic shards): do the federated runs close the gap?", LONG_ARMS, L,
+              "topic", "long_budget.png", f"longer budget, {L} layer, topic shards", ref_arm="fedavg-long")
     real = [r for r in runs if r["real"]]
     if real:
         L = min(r["layers"] for r in real)
-        arms = ["central", "fedavg"] + ([best_real] if best_real else sorted({r["arm"] for r in real} - {
-            "central", "fedavg"}))
-        md += [f"## Real text: WikiText-2 wiki.test.raw split by article ({L} layer, contiguous shards)", ""]
-        md += table(runs, arms, L, "contiguous", real=True) + [""]
-        p = _curves(runs, arms, L, "contiguous", True, figures / "real_text.png",
-                    f"real WikiText text, {L} layer, {clients}, contiguous shards")
-        written += [p] if p else []
-    text = "\n".join(md) + "\n"
+        arms = ["central", "fedavg"] + sorted({r["arm"] for r in real} - {"central", "fedavg"})
+        block(f"Real text: WikiText-2 wiki.test.raw split by article ({L} layer, contiguous shards)", arms, L,
+              "contiguous", "real_text.png", f"real WikiText text, {L} layer, {clients}, contiguous shards", real=True)
     if not runs:  # nothing to report: no results.md either
         return written
+    text = "\n".join(md) + "\n"
     for folder in {root, figures}:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.md").write_text(text, encoding="utf-8")
     print(text)
     return written
+
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     from common import cli
@@ -342,14 +315,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="folders holding the run directories (default: where run_grid.py writes)")
     p.add_argument("--pattern", default="*", help="glob of run directory names to include")
     p.add_argument("--out", default="figures/mamba", help="folder for the PNG files")
-    p.add_argument("--wall-minutes", type=float, default=None,
-                   help="the grid's wall time, quoted in results.md (run_grid.py passes it)")
-    p.add_argument("--best-real", default=None,
-                   help="the arm of the real-text block beside central and FedAvg (default: every one run)")
-    p.add_argument("--best-other-arm", action="store_true",
-                   help="print the best federated arm other than FedAvg over --layers and --shards, write nothing")
-    p.add_argument("--layers", type=int, default=1, help="with --best-other-arm: the model depth")
-    p.add_argument("--shards", nargs="+", default=["topic"], help="with --best-other-arm: the synthetic shards")
     return p
 
 
@@ -359,17 +324,11 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     for root in args.runs:
         cli.check(Path(root).is_dir(), f"--runs {root}: no such folder")
-    if args.best_other_arm:
-        arms = {best_other_arm(root, args.layers, args.shards) for root in args.runs} - {None}
-        cli.check(len(arms) <= 1, f"--best-other-arm: the folders disagree ({', '.join(sorted(arms))}); give one")
-        best = next(iter(arms), None)
-        print(best or "none")
-        return {"best_other_arm": best}
     out = cli.check_out_dir(args.out, "--out")
     written = []
     for root in args.runs:
         figures = out if len(args.runs) == 1 else out / Path(root).name  # one results.md per grid
-        written += grid_report(root, figures, wall_minutes=args.wall_minutes, best_real=args.best_real)
+        written += grid_report(root, figures)
         for run in R.load_runs(root, args.pattern):
             if run["args"].get("save_deltas"):
                 written += delta_figures(run, out)

@@ -2,13 +2,8 @@
 
     python plots/plot_vit.py --runs-dir runs/vit_suite_R192 --out runs/vit_suite_R192/figures
 
-vit_accuracy_vs_rounds.png   validation accuracy vs sample gradients: FedAvg settings (left), the mask strategies
-                             on Nc = 2 shards at the first sparsity (right)
-vit_accuracy_vs_nc.png       test accuracy vs classes per client Nc (IID and centralized as reference lines)
-vit_accuracy_vs_j.png        test accuracy vs local steps J at a fixed rounds x J budget
-vit_strategies.png           per mask strategy and sparsity: test accuracy (top) and interference (bottom),
-                             IID (left) and Nc = 2 (right) shards, dense FedAvg as a dashed line
-vit_mask_density.png         share of trainable coordinates per layer for each strategy (seed 0)
+Writes vit_accuracy_vs_rounds.png, vit_accuracy_vs_nc.png, vit_accuracy_vs_j.png, vit_strategies.png and
+vit_mask_density.png (vit_sparse_fl/README.md has a table of what each shows).
 Curves, points and bars are means over seeds; bands and error bars are the sample sd (ddof=1); legends
 give n. Chance accuracy is drawn as a dotted line. FedAvg runs from random initialisation (--weights none)
 appear only as their own curve. Runs that differ in anything but the suite's swept settings (``SWEPT``:
@@ -52,6 +47,21 @@ def shard(run: dict) -> str:
 
 def scratch(run: dict) -> bool:
     return run["args"].get("weights") in (None, "none", "random")
+
+
+def strategy(run: dict) -> tuple[str, str]:
+    """(mask strategy, sensitivity score) of a sparse run."""
+    return run["args"]["mask_strategy"], run["args"].get("fisher_score", "fisher")
+
+
+def log_sweep_axes(ax, x: np.ndarray, xlabel: str, title: str) -> None:
+    """A log x axis labelled with the swept values only, the test-accuracy y label, title and legend."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (%)", title=title)
+    ax.set_xticks(x, [str(int(v)) for v in x])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend(fontsize=7)
 
 
 def groups_by(runs: list[dict], key) -> dict:
@@ -107,17 +117,6 @@ def curve(ax, members: list[dict], label: str, **kw) -> None:
     kw.setdefault("marker", MARKERS[len(ax.lines) % len(MARKERS)])
     line, = ax.plot(x, 100 * mean, ms=4, label=f"{label} (n={len(members)})", **kw)
     ax.fill_between(x, 100 * (mean - sd), 100 * (mean + sd), alpha=0.15, color=line.get_color())
-
-
-def figure_legend(fig, axes, ncol: int = 4) -> None:
-    """One legend below all panels (every label once), so no legend covers bars or curves."""
-    handles = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(ncol, len(handles)),
-                   fontsize=8, bbox_to_anchor=(0.5, 0.0), frameon=False)
 
 
 def vit_runs(runs: list[dict]) -> list[dict]:
@@ -176,7 +175,6 @@ def main(argv=None) -> dict:
 def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
     """Every figure of one suite into ``out``."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
     fed = [r for r in runs if r["meta"].get("script") == FED]
     sparse = [r for r in runs if r["meta"].get("script") == SPARSE]
@@ -203,10 +201,9 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
     nc2 = [r for r in sparse if r["args"]["sharding"] != "iid"]
     if nc2:
         first = max(r["args"]["sparsity_ratio"] for r in nc2)
-        chosen = groups_by([r for r in nc2 if r["args"]["sparsity_ratio"] == first],
-                           lambda r: (r["args"]["mask_strategy"], r["args"].get("fisher_score", "fisher")))
-        for (strategy, score), members in sorted(chosen.items()):
-            curve(ax, members, f"{strategy}" + (f" ({score})" if "sensitive" in strategy else ""))
+        chosen = groups_by([r for r in nc2 if r["args"]["sparsity_ratio"] == first], strategy)
+        for (name, score), members in sorted(chosen.items()):
+            curve(ax, members, name + (f" ({score})" if "sensitive" in name else ""))
         dense = [r for r in based if r["args"]["sharding"] != "iid" and r["args"]["nc"] == 2
                  and r["args"]["local_steps"] == base_j]
         if dense:
@@ -234,11 +231,7 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
         if central:
             ax.axhline(acc_stats(central)[0], color="tab:green", ls="-.", label=f"centralized (n={len(central)})")
         chance_line(ax, nonfed)
-        ax.set(xscale="log", xlabel="classes per client Nc", ylabel="test accuracy (%)",
-               title=f"FedAvg from {start} vs heterogeneity\n(points: {BARS})")
-        ax.set_xticks(x, [str(int(v)) for v in x])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=7)
+        log_sweep_axes(ax, x, "classes per client Nc", f"FedAvg from {start} vs heterogeneity\n(points: {BARS})")
         written += R.savefig(fig, out / "vit_accuracy_vs_nc.png", pdf=pdf)
 
     # ---------------------------------------------------------------- accuracy vs J
@@ -249,36 +242,30 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
             x, m, s, n = xy(groups_by(members, lambda r: r["args"]["local_steps"]))
             ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"FedAvg {name}, {n_label(n)}")
         chance_line(ax, based)
-        ax.set(xscale="log", xlabel="local steps J (rounds x J fixed)", ylabel="test accuracy (%)",
-               title=f"FedAvg vs local steps at equal sample gradients\n(points: {BARS})")
-        ax.set_xticks(x, [str(int(v)) for v in x])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=7)
+        log_sweep_axes(ax, x, "local steps J (rounds x J fixed)",
+                       f"FedAvg vs local steps at equal sample gradients\n(points: {BARS})")
         written += R.savefig(fig, out / "vit_accuracy_vs_j.png", pdf=pdf)
 
     # ---------------------------------------------------------------- strategy comparison
     if sparse:
         shards = sorted({shard(r) for r in sparse}, key=lambda v: v != "IID")
         sparsities = sorted({r["args"]["sparsity_ratio"] for r in sparse}, reverse=True)
-        labels = sorted({(r["args"]["mask_strategy"], r["args"].get("fisher_score", "fisher")) for r in sparse},
+        labels = sorted({strategy(r) for r in sparse},
                         key=lambda v: (list(("least_sensitive", "most_sensitive", "lowest_magnitude",
                                              "highest_magnitude", "random")).index(v[0]), v[1] != "talos"))
         fig, axes = plt.subplots(2, len(shards), figsize=(6 * len(shards), 7), squeeze=False)
         width = 0.8 / len(sparsities)
         all_labels = labels
         for col, sh in enumerate(shards):
-            labels = [lab for lab in all_labels if any(shard(r) == sh and r["args"]["mask_strategy"] == lab[0]
-                                                       and r["args"].get("fisher_score", "fisher") == lab[1]
-                                                       for r in sparse)]
+            labels = [lab for lab in all_labels if any(shard(r) == sh and strategy(r) == lab for r in sparse)]
             dense = [r for r in based if shard(r) == sh and r["args"]["local_steps"] == base_j]
             for row, key in enumerate(("test_accuracy", "interference")):
                 ax = axes[row, col]
                 for i, sp in enumerate(sparsities):
                     ms, ss, ns, xs = [], [], [], []
-                    for j, (strategy, score) in enumerate(labels):
+                    for j, lab in enumerate(labels):
                         members = [r for r in sparse if shard(r) == sh and r["args"]["sparsity_ratio"] == sp
-                                   and r["args"]["mask_strategy"] == strategy
-                                   and r["args"].get("fisher_score", "fisher") == score]
+                                   and strategy(r) == lab]
                         if members and R.by_seed(members, key):
                             mean, sd, n = acc_stats(members, key)
                             ms.append(mean), ss.append(0 if np.isnan(sd) else sd), ns.append(n)
@@ -299,7 +286,7 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
                 if not ax.get_legend_handles_labels()[0]:
                     ax.text(0.5, 0.5, "not measured (--interference-window 0)", ha="center", transform=ax.transAxes)
         fig.tight_layout()
-        figure_legend(fig, axes.flat)
+        R.figure_legend(fig, axes.flat, fontsize=8)
         written += R.savefig(fig, out / "vit_strategies.png", pdf=pdf)
 
         # ------------------------------------------------------------ mask density per layer

@@ -9,13 +9,10 @@ is one budget of sample gradients for every setting). Writes ``<out>/results_bud
 ``<out>/vit_accuracy_vs_budget.png`` (accuracy vs budget per setting; the masks' paired difference to dense
 FedAvg per budget), and prints the table.
 
-Per setting: test accuracy at each budget (mean ± sample sd over seeds); the change from the previous budget
-to the largest one the setting has (paired by seed, mean [95% t interval]); the difference to the setting's
-reference (FedAvg IID for the FedAvg settings, FedAvg on the same shards for the J sweep and the masks) at
-each budget. **Budget criterion**: a setting has *settled* when the last budget step (4x the sample
-gradients between the suites of the README) moves its mean test accuracy by less than 1 point; a difference
-between settings is only read as final where both have settled. The per-run plateau check of each suite
-(validation accuracy over the last 20% of one run) says something else: under a cosine schedule every curve
+The table's caption (``make_table``) says what each column holds. **Budget criterion**: a setting has
+*settled* when the last budget step (4x the sample gradients between the suites of the README) moves its mean
+test accuracy by less than 1 point; a difference between settings is only read as final where both have
+settled. The per-run plateau check of each suite says something else: under a cosine schedule every curve
 flattens at the end, so a run can pass it and still end higher at a larger budget.
 """
 from __future__ import annotations

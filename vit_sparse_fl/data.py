@@ -178,13 +178,6 @@ def fingerprint(args, train: Split, val: Split, test: Split) -> dict:
                                    splits={"train": len(train), "val": len(val), "test": len(test)})
 
 
-def class_names(root: Path) -> list[str]:
-    names = _unpickle(root / "meta").get("fine_label_names", [])
-    cli.check(isinstance(names, list) and all(isinstance(n, str) for n in names),
-              f"{root / 'meta'}: 'fine_label_names' must be a list of strings")
-    return names
-
-
 def load_cifar100(args, device) -> tuple[Split, Split, Split, int]:
     """(train, val, test, num_classes) on ``device`` from ``--data`` / ``--data-dir`` / ``--download``.
 
@@ -232,7 +225,7 @@ def keep_classes(split: Split, first: int, last: int) -> Split:
     return Split(out.images, out.labels - first)
 
 
-def add_data_args(parser, quick_image_size: int = 32) -> None:
+def add_data_args(parser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--data", default=None, choices=["synthetic", "cifar100"],
                    help="synthetic (default): embedded CIFAR-format data; "

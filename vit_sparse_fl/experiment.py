@@ -66,7 +66,6 @@ def describe_presets(parser, quick: dict, full: dict) -> None:
 
 
 def validate_model_args(args) -> None:
-    cli.check(args.freeze_layers >= 0, f"--freeze-layers must be >= 0, got {args.freeze_layers}")
     cli.check(args.freeze_layers <= ARCHS[args.arch].depth,
               f"--freeze-layers {args.freeze_layers} exceeds the {ARCHS[args.arch].depth} blocks "
               f"of {args.arch}")

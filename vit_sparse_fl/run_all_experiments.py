@@ -5,31 +5,8 @@ results table (mean ± sample sd, paired differences with 95% intervals) and the
     python vit_sparse_fl/run_all_experiments.py --table-only          # table and figures from finished runs
     python vit_sparse_fl/run_all_experiments.py --smoke --out-dir /tmp/vit_smoke   # minutes: tiny budget
 
-Design (the numbers are the constants below):
-
-* **Base.** ``pretrain.py`` trains the tiny ViT centrally on classes 50-99 of the embedded CIFAR-100
-  (10 000 images, 2000 steps of batch 64) once; every fine-tuning run loads it with ``--weights`` (new
-  50-class head). The fine-tuning task is classes 0-49, which the base never saw: 9000 training images,
-  1000 validation images (plateau check), 2000 test images (40 per class).
-* **Federation.** K = 50 clients, C = 0.1 (m = 5 per round), J = 4 local steps of batch B, --rounds R
-  (default 192), --head-warmup W = 4 head-only rounds first (every federated run, dense and sparse, so the
-  sparse calibration scores a trained head), cosine lr from 0.1, batch B = 16.
-* **Compute accounting.** A sample gradient is one image's gradient in one SGD step (head-only warm-up
-  steps included). A federated run evaluates (W + R) * m * J * B of them; centralized gets exactly as many
-  (``--total-steps`` = (W + R) * m * J steps of batch B) from the same base; the J sweep scales both R and
-  W by 4 / J (J = 8: R / 2 + 2 rounds, J = 16: R / 4 + 1), so every J has the same sample gradients.
-* **J sweep** on IID shards and on Nc = 2 shards (``--j-shards``), where local steps make clients drift.
-* **Plateau criterion.** Validation accuracy at the end minus at 80% of the run, |change| < 1 point
-  (``plateau_change`` in every summary); the table reports how many runs of a cell meet it.
-* **Interference.** In the last 20% of the rounds, at every evaluation round, each selected client's test
-  accuracy on its own classes with its local model minus the aggregated model's, averaged over clients
-  and rounds (points; positive = aggregation hurts the clients' own classes).
-* **Sparse.** The five mask strategies at sparsity 0.9 and 0.5 on Nc = 2 shards (where interference
-  exists) and at 0.9 on IID shards; the sensitivity strategies use the official TaLoS score
-  (``--fisher-score talos``, 4 calibration rounds as TaLoS); least_sensitive is also run with the
-  true-Fisher score at 0.9 on Nc = 2 for comparison.
-* **Statistics.** Seeds 0..N-1; mean ± sample sd (ddof=1) and paired differences by seed with a 95% t
-  interval (``common.stats``).
+Design (base, task, federation, compute accounting, plateau criterion, interference, sparse arms, statistics):
+the README's "The suite"; the numbers are the constants below.
 
 Runs go through ``common.jobs``: ``--jobs`` processes of ``--threads`` torch threads each (on a small CPU one
 thread per process is much faster than two for this model). A run whose directory holds a finished run with the
@@ -211,10 +188,10 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
     lines, record = [], {}
 
     def section(title: str, ref: str | None, rows: list[tuple[str, str]], interference: bool = False):
-        head = "| setting | n | test accuracy (%) | Δ vs " + (ref_label(ref) if ref else "–") + " | plateau |"
+        head = "| setting | n | test accuracy (%) | Δ vs " + (labels.get(ref, ref) if ref else "–") + " | plateau |"
         sep = "|---|---|---|---|---|"
         if interference:
-            head += " interference (points) | Δ interference vs " + ref_label(ref) + " |"
+            head += " interference (points) | Δ interference vs " + labels.get(ref, ref) + " |"
             sep += "---|---|"
         lines.extend([f"**{title}**", "", head, sep])
         for key, label in rows:
@@ -230,9 +207,6 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
         lines.append("")
 
     labels = {"fedavg_iid": f"FedAvg IID, J={J}, from the base"}
-
-    def ref_label(ref):
-        return labels.get(ref, ref)
 
     budget = (args.rounds + WARMUP) * M * J * int(TASK[TASK.index("--batch-size") + 1])
     lines.append(f"Chance accuracy: {chance:.1f} % ({NUM_CLASSES} classes). Test set: "

@@ -1,24 +1,11 @@
 """TaLoS's own mask calibration (Iurada et al. 2025, iurada/talos-task-arithmetic, vision/pruners.py and
 vision/prune_finetune.py), as an alternative to the true-Fisher score of ``common.fisher``.
 
-What the official code does, and this module reproduces:
-
-* **Score.** For every calibration image, draw y ~ Categorical(softmax(logits)) and take the gradient of
-  the *sampled logit* z_y itself (not of log softmax); the score of a coordinate is the sum over images of
-  that gradient squared. (``common.fisher`` with sampled labels differentiates -log softmax(z)_y: the true
-  Fisher. The two differ by the softmax term: grad log p_y = grad z_y - sum_c p_c grad z_c.)
-* **Rescoring on a changed model.** Masks are buffers multiplied into the weights in the forward pass; a
-  coordinate that is not kept gets the value 0.1 (kept: 1.0). So from the second calibration round on,
-  the model that is scored has its not-kept weights scaled by 0.1, and the gradient reaching a weight is
-  the mask value times the gradient of the effective weight. Not-kept coordinates are then excluded
-  (their score set to +inf), so they never come back.
-* **Threshold with ties kept.** Round r keeps the share k_r = (1 - s)^((r + 1) / R) of ALL masked
-  coordinates: t = kthvalue(eligible scores, min(int(k_r * N), n_eligible - 1)) and every eligible
-  coordinate with score <= t is kept, so equal scores at the threshold all stay (the density can exceed
-  k_r); ``sparse.select`` instead keeps an exact count.
-
-The least-sensitive mask keeps the smallest scores (as TaLoS); most_sensitive keeps the largest ones by
-the same rule applied to the negated scores.
+It reproduces the official score (the squared gradient of the *sampled logit* z_y, not of log softmax), the
+rescoring of a model whose not-kept weights are scaled by 0.1, and the kthvalue threshold that keeps ties;
+vit_sparse_fl/README.md ("Sensitivity scores") gives the details and how they differ from ``--fisher-score
+fisher``. The least-sensitive mask keeps the smallest scores; most_sensitive the largest, by the same rule on
+the negated scores.
 """
 from __future__ import annotations
 

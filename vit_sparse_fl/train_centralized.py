@@ -76,12 +76,9 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     exp.apply_quick(args, QUICK, FULL)
     exp.validate_model_args(args)
-    cli.check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
-    cli.check(args.total_steps >= 0, f"--total-steps must be >= 0, got {args.total_steps}")
     cli.check(0 <= args.warmup_epochs < args.epochs,
               f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs} "
               f"with --epochs {args.epochs}")
-    cli.check(args.patience >= 0 and args.keep_best >= 0, "--patience and --keep-best must be >= 0")
     cli.check(0 <= args.min_lr <= args.lr, f"--min-lr must be in [0, --lr], got {args.min_lr}")
 
     # ---------------------------------------------------------------- data, model, run directory

@@ -147,8 +147,6 @@ def main(argv=None) -> dict:
               f"--sparsity-ratio must be in [0, 1), got {args.sparsity_ratio}")
     cli.check(args.calibration_rounds >= 1,
               f"--calibration-rounds must be >= 1, got {args.calibration_rounds}")
-    cli.check(args.calibration_batches >= 1,
-              f"--calibration-batches must be >= 1, got {args.calibration_batches}")
     if args.compare_strategies:
         results = {}
         for strategy in sparse.STRATEGIES:

@@ -284,11 +284,10 @@ def load(folder, map_location: str | torch.device = "cpu") -> ViTClassifier:
     return model.to(map_location).eval()
 
 
-def load_backbone_weights(model: ViTClassifier, weights: str | None, *, allow_download: bool = True,
-                          url: str = DINO_VITS16_URL) -> str:
+def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
     """Load DINO weights into ``model.backbone`` with ``strict=True``; returns where they came from.
 
-    ``weights``: a file path, ``"dino"`` (torch hub cache, downloading from ``url`` when online), or
+    ``weights``: a file path, ``"dino"`` (torch hub cache, downloading ``DINO_VITS16_URL`` when online), or
     ``None``/``"none"`` (keep the random initialisation). A path may also be this project's own checkpoint
     (``{"model": state_dict, "config": ...}``, what ``train_centralized`` and ``pretrain`` write): its
     backbone loads with ``strict=True``, and its head too when it has this model's number of classes.
@@ -298,13 +297,12 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None, *, allow_do
     if weights in (None, "", "none", "random"):
         return "random"
     if weights == "dino":
+        source = DINO_VITS16_URL
         try:
-            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False,
-                                                       check_hash=False) if allow_download else None
+            state = torch.hub.load_state_dict_from_url(source, map_location="cpu", progress=False, check_hash=False)
         except Exception as e:  # no network: say what to do instead
-            raise cli.UsageError(f"could not fetch DINO weights from {url} ({type(e).__name__}); "
+            raise cli.UsageError(f"could not fetch DINO weights from {source} ({type(e).__name__}); "
                                  "download dino_deitsmall16_pretrain.pth and pass --weights PATH") from None
-        source = url
     else:
         path = Path(weights)
         if path.is_dir() and (path / "model.safetensors").is_file():  # a run's <run>/model folder

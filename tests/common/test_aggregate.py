@@ -22,7 +22,7 @@ def test_weighted_mean_matches_stack_reference():
     ref = [(torch.stack([c[i] for c in cs]) * wt.view(-1, *[1] * len(s))).sum(0) / wt.sum()
            for i, s in enumerate(SHAPES)]
     close(agg.result(), ref)
-    assert A.as_flat(agg.result()) is not None  # new results tile one buffer: the next step is one op too
+    assert P.as_flat(agg.result()) is not None  # new results tile one buffer: the next step is one op too
     assert agg.total_weight == pytest.approx(sum(w))
     # unweighted is torch.stack(...).mean(0); add_flat is the same as add
     flat = A.WeightedMean(cs[0])
@@ -38,8 +38,8 @@ def as_views(ts):
 def test_flat_fast_path_equals_per_tensor_path():
     """Clients given as views tiling one buffer take the single-op path; results must not change."""
     cs, fs = clients(4, seed=11), [[f.abs() for f in c] for c in clients(4, seed=12)]
-    assert A.as_flat(as_views(cs[0])) is not None and A.as_flat(cs[0]) is None
-    assert A.as_flat(as_views(cs[0])[1:]) is not None and A.as_flat(as_views(cs[0])[::2]) is None
+    assert P.as_flat(as_views(cs[0])) is not None and P.as_flat(cs[0]) is None
+    assert P.as_flat(as_views(cs[0])[1:]) is not None and P.as_flat(as_views(cs[0])[::2]) is None
     for make in (A.WeightedMean, A.FisherMean):
         slow, fast = make(cs[0]), make(cs[0])
         for k, (c, f) in enumerate(zip(cs, fs)):

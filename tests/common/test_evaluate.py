@@ -161,39 +161,6 @@ def test_evaluation_restores_mode_after_an_exception():
     assert model.training
 
 
-def test_classification_eval_against_manual_and_batch_forms():
-    torch.manual_seed(4)
-    model = nn.Linear(5, 3)
-    model.train()
-    x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
-    logits = model(x).detach()
-    loss = float(nn.functional.cross_entropy(logits, y))
-    acc = float((logits.argmax(1) == y).float().mean())
-    tuples = [(x[:4], y[:4]), (x[4:], y[4:])]
-    out = ev.classification_eval(model, tuples, return_predictions=True)
-    assert out["n"] == 10
-    assert out["loss"] == pytest.approx(loss, rel=1e-5)
-    assert out["accuracy"] == pytest.approx(acc)
-    np.testing.assert_array_equal(out["predictions"], logits.argmax(1).numpy())
-    np.testing.assert_array_equal(out["targets"], y.numpy())
-    assert model.training
-
-    dicts = [{"x": x[:7], "labels": y[:7]}, {"x": x[7:], "labels": y[7:]}]
-    out2 = ev.classification_eval(model, dicts, forward=lambda m, inp: m(inp["x"]))
-    assert out2["loss"] == pytest.approx(loss, rel=1e-5) and out2["accuracy"] == pytest.approx(acc)
-
-
-def test_classification_eval_regression_head_reports_mse():
-    torch.manual_seed(5)
-    model = nn.Linear(4, 1)
-    x, y = torch.randn(6, 4), torch.randn(6) * 3
-    mse = float(((model(x).detach().reshape(-1) - y) ** 2).mean())
-    out = ev.classification_eval(model, [(x[:2], y[:2]), (x[2:], y[2:])], return_predictions=True)
-    assert out["loss"] == pytest.approx(mse, rel=1e-5)
-    assert math.isnan(out["accuracy"])
-    assert out["predictions"].shape == (6,)
-
-
 def test_autocast_is_bf16_on_cuda_only():
     with ev.autocast("cpu"):
         assert not torch.is_autocast_enabled("cpu")
@@ -274,15 +241,6 @@ def test_spearman_against_naive_ranks_and_scipy_if_present():
     except ImportError:
         return
     assert ev.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], rel=1e-10)
-
-
-def test_glue_metrics_per_task():
-    pred, target = [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]
-    assert ev.glue_metrics("mrpc", pred, target) == {"f1": pytest.approx(4 / 6), "accuracy": 0.6}
-    assert ev.glue_metrics("cola", pred, target) == {"matthews_corrcoef": pytest.approx(1 / 6)}
-    assert set(ev.glue_metrics("stsb", [0.1, 2.0, 3.5], [0.0, 2.5, 3.0])) == {"pearson", "spearman"}
-    with pytest.raises(ValueError, match="unknown GLUE task"):
-        ev.glue_metrics("squad", pred, target)
 
 
 def test_unigram_reference_against_hand_counts():

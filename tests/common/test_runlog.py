@@ -53,6 +53,8 @@ def test_log_rows_summary_and_artifacts(out_dir):
     summary = rd.write_summary({"final_ppl": 10.0})
     on_disk = json.loads((rd.path / "summary.json").read_text())
     assert on_disk == summary and on_disk["final_ppl"] == 10.0 and on_disk["wall_seconds"] >= 0
+    assert on_disk["status"] == "complete"  # every summary says how the run ended
+    assert rd.write_summary({"status": "stopped"})["status"] == "stopped"  # a caller's own status is kept
     art = rd.artifact("plots/curve.png")
     assert art == rd.path / "plots" / "curve.png" and art.parent.is_dir()
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 
 import numpy as np
 import pytest
@@ -23,6 +22,11 @@ def assert_partition(shards, n):
     flat = np.concatenate(shards)
     assert len(flat) == n
     assert np.array_equal(np.sort(flat), np.arange(n))
+
+
+def histograms(shards, labels):
+    """[K][C] label counts per client (labels are 0..C-1)."""
+    return np.array([np.bincount(labels[s], minlength=labels.max() + 1) for s in shards])
 
 
 @st.composite
@@ -69,18 +73,18 @@ def test_pathological_exact_classes_every_sample_used(data, k, nc, seed):
         shards = shard.pathological(labels, k, nc, seed)
     assert len(shards) == k
     assert_partition(shards, len(labels))
-    stats = shard.statistics(shards, labels)
-    assert stats["classes_per_client"] == [nc] * k
+    hist = histograms(shards, labels)
+    assert (hist > 0).sum(1).tolist() == [nc] * k
     # each class is held by floor or ceil(k*nc/C) clients
-    held_by = (np.array(stats["label_histograms"]) > 0).sum(0)
+    held_by = (hist > 0).sum(0)
     assert held_by.max() - held_by.min() <= 1
 
 
 def test_pathological_not_a_multiple_and_errors():
     labels = np.repeat(np.arange(10), 50)
     shards = shard.pathological(labels, 7, 3, seed=1)        # 21 slots over 10 classes
-    stats = shard.statistics(shards, labels)
-    assert stats["classes_per_client"] == [3] * 7 and stats["total"] == 500 and stats["disjoint"]
+    assert (histograms(shards, labels) > 0).sum(1).tolist() == [3] * 7
+    assert_partition(shards, 500)
     with pytest.raises(UsageError, match="nc=11"):
         shard.pathological(labels, 5, 11, seed=0)
     with pytest.raises(UsageError, match="unused"):
@@ -107,10 +111,9 @@ def test_dirichlet_partitions_with_min_size(data, k, alpha, seed):
 def test_dirichlet_small_alpha_concentrates_labels():
     labels = np.repeat(np.arange(10), 300)
     def mean_classes(alpha):
-        stats = shard.statistics(shard.dirichlet(labels, 20, alpha, seed=3, min_size=5), labels)
-        hist = np.array(stats["label_histograms"], dtype=float)
+        hist = histograms(shard.dirichlet(labels, 20, alpha, seed=3, min_size=5), labels)
         top = (hist.max(1) / hist.sum(1)).mean()       # share of each client's most common label
-        return top, np.mean(stats["classes_per_client"])
+        return top, np.mean((hist > 0).sum(1))
     top_small, classes_small = mean_classes(0.05)
     top_large, classes_large = mean_classes(100.0)
     assert top_small > 0.7 and top_large < 0.2
@@ -134,14 +137,13 @@ def test_overlap_ratio_is_exact_up_to_rounding(n, k, r, seed):
             shard.overlap(n, k, r, seed)
         return
     shards = shard.overlap(n, k, r, seed)
-    stats = shard.statistics(shards, pairwise=True)
-    assert stats["unique_samples"] == n                         # every sample used
-    shared = np.array(stats["shared_counts"])
-    off = shared[~np.eye(k, dtype=bool)]
-    assert np.all(off == m)                                     # any two clients share exactly the pool
-    own = np.array(stats["sizes"]) - m
+    assert len(np.unique(np.concatenate(shards))) == n          # every sample used
+    for a, b in itertools.combinations(shards, 2):              # any two clients share exactly the pool
+        assert len(np.intersect1d(a, b)) == m
+    sizes = np.array([len(s) for s in shards])
+    own = sizes - m
     assert own.max() - own.min() <= 1 and own.sum() == n - m    # private parts disjoint and balanced
-    for size in stats["sizes"]:     # shared fraction = r up to rounding m (half a sample) and o_k (one)
+    for size in sizes:     # shared fraction = r up to rounding m (half a sample) and o_k (one)
         assert abs(m / size - r) <= 2.0 / size
 
 
@@ -208,47 +210,11 @@ def test_large_n_is_fast():
     assert sum(map(len, shards)) == 1_000_000
 
 
-def test_statistics_values():
-    labels = np.array([0, 0, 1, 2, 2, 2])
-    stats = shard.statistics([np.array([0, 1, 2]), np.array([3, 4, 5])], labels, num_classes=4)
-    assert stats["sizes"] == [3, 3] and stats["min_size"] == 3 and stats["mean_size"] == 3.0
-    assert stats["label_histograms"] == [[2, 1, 0, 0], [0, 0, 3, 0]]
-    assert stats["classes_per_client"] == [2, 1] and stats["num_classes"] == 4
-    named = shard.statistics([np.array([0, 1]), np.array([2])], np.array(["b", "a", "b"]))
-    assert named["class_names"] == ["a", "b"] and named["label_histograms"] == [[1, 1], [0, 1]]
-
-
-def test_manifests_round_trip(tmp_path):
-    labels = np.random.default_rng(1).integers(0, 5, 300)
-    shards = shard.dirichlet(labels, 6, 0.5, seed=2)
-    shard.write_manifests(shards, tmp_path / "m", {"partition": "dirichlet", "alpha": 0.5}, labels=labels)
-    back, summary = shard.read_manifests(tmp_path / "m")
-    assert all(np.array_equal(a, b) and b.dtype == np.int64 for a, b in zip(shards, back))
-    assert summary["partition"] == "dirichlet" and summary["num_clients"] == 6
-    assert summary["label_histograms"] == shard.statistics(shards, labels)["label_histograms"]
-    client = json.loads((tmp_path / "m" / "client_0.json").read_text())
-    assert client["indices"] == shards[0].tolist()
-    # a smaller split written over it leaves no stale clients; no temp files remain
-    shard.write_manifests(shard.iid(300, 2, 0), tmp_path / "m")
-    names = sorted(p.name for p in (tmp_path / "m").iterdir())
-    assert names == ["client_0.json", "client_1.json", "summary.json"]
-    assert len(shard.read_manifests(tmp_path / "m")[0]) == 2
-
-
-def test_read_manifests_errors(tmp_path):
-    with pytest.raises(UsageError, match="no shard manifests"):
-        shard.read_manifests(tmp_path)
-    shard.write_manifests(shard.iid(10, 2, 0), tmp_path)
-    (tmp_path / "client_1.json").unlink()
-    with pytest.raises(UsageError, match="client_1.json is missing"):
-        shard.read_manifests(tmp_path)
-    (tmp_path / "client_1.json").write_text("{not json")
-    with pytest.raises(UsageError, match="not a client manifest"):
-        shard.read_manifests(tmp_path)
-    for indices, phrase in ((["3"], r"\[0\] is '3'"), ([1, 2.5], r"\[1\] is 2.5"), ([], "empty")):
-        (tmp_path / "client_1.json").write_text(json.dumps({"indices": indices}))  # NumPy would convert these
-        with pytest.raises(UsageError, match=phrase):
-            shard.read_manifests(tmp_path)
+def test_manifest_indices_are_read_strictly():
+    np.testing.assert_array_equal(shard.manifest_indices([3, 0, 7], "m.json"), [3, 0, 7])
+    for indices, phrase in ((["3"], r"\[0\] is '3'"), ([1, 2.5], r"\[1\] is 2.5"), ([], "empty"), ({}, "a list")):
+        with pytest.raises(UsageError, match=phrase):  # NumPy would convert these
+            shard.manifest_indices(indices, "m.json")
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import struct
 
 import pytest
 
@@ -23,7 +24,8 @@ def test_rundir_rows_reach_tensorboard(tmp_path):
     for row in rows:
         rd.log(row)
     rd.write_summary({"final_val_loss": 1.5})
-    rd.tracker.close()
+    rd.release()  # the end of the run closes its trackers: the event files are complete
+    assert rd.tracker._tb is None and rd.tracker not in tracking._OPEN
     assert tracking.event_files(rd.path)
     got = tracking.read_scalars(rd.path)
     assert got["val_loss"] == [(1, 2.0), (2, 1.5)] and got["w/0"] == [(2, 0.25)]
@@ -67,7 +69,7 @@ def test_report_to_wandb_offline_logs_the_rows_of_metrics_jsonl(tmp_path, monkey
                            "--report-to", "wandb"])  # as the script's __main__: the tracker is closed at the end
     run = tmp_path / "runs" / "wb"
     summary = json.loads((run / runlog.SUMMARY_FILE).read_text())
-    scalars, logged_summary = tracking.read_wandb_offline(run)
+    scalars, logged_summary = read_wandb_offline(run)
     rows = runlog.read_rows(run / runlog.METRICS_FILE)
     expected: dict[str, list] = {}
     for i, row in enumerate(rows, start=1):
@@ -78,3 +80,48 @@ def test_report_to_wandb_offline_logs_the_rows_of_metrics_jsonl(tmp_path, monkey
     for key, value in tracking.flatten(summary).items():
         assert logged_summary[key] == pytest.approx(value), key
     assert (run / "wandb" / "run_id").read_text() in next((run / "wandb").glob("offline-run-*")).name
+
+
+def read_wandb_offline(run_path) -> tuple[dict[str, list[tuple[int, float]]], dict]:
+    """({key: [(step, value), ...]}, summary) from the offline W&B runs of a run directory
+    (``<run>/wandb/offline-run-*/run-*.wandb``), W&B's own bookkeeping keys (``_step``, ``_runtime``, ...)
+    left out. The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks (CRC32C, length,
+    type: 1 full, 2 first, 3 middle, 4 last) holding ``Record`` protobufs; read here because wandb has no
+    public reader of offline files."""
+    from wandb.proto import wandb_internal_pb2
+
+    block, head = 32768, 7
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    summary: dict = {}
+    for f in sorted((run_path / "wandb").glob("offline-run-*/run-*.wandb")):
+        data = f.read_bytes()
+        if data[:4] != b":W&B":
+            raise ValueError(f"{f} is not a W&B run file")
+        pos, record = head, b""
+        while pos + head <= len(data):
+            room = block - pos % block
+            if room < head:  # the rest of a block too short for a chunk header is padding
+                pos += room
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos:pos + head])
+            if kind == 0:  # zero padding up to the next block
+                pos += room
+                continue
+            record += data[pos + head:pos + head + length]
+            pos += head + length
+            if kind not in (1, 4):
+                continue
+            rec = wandb_internal_pb2.Record.FromString(record)
+            record = b""
+            items = {"history": lambda r: r.history.item, "summary": lambda r: r.summary.update}
+            which = rec.WhichOneof("record_type")
+            if which not in items:
+                continue
+            values = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items[which](rec)}
+            values = {k: v for k, v in values.items() if not k.startswith("_")}
+            if which == "history":
+                for key, value in values.items():
+                    scalars.setdefault(key, []).append((int(rec.history.step.num), float(value)))
+            else:
+                summary.update(values)
+    return scalars, summary

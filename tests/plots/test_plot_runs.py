@@ -72,14 +72,6 @@ def test_mean_std_aligned_on_common_rounds(root):
         R.mean_std([], "ppl")
 
 
-def test_summary_stats(root):
-    (_, fedavg), *_ = R.group_runs(R.load_runs(root))
-    mean, std, n = R.summary_stats(fedavg, "final_ppl")
-    assert (mean, std, n) == (pytest.approx(12.0), pytest.approx(2 * np.sqrt(2)), 2)  # unfinished run skipped
-    assert R.summary_stats(fedavg, "nope")[2] == 0
-    assert np.isnan(R.summary_stats(fedavg[:1], "final_ppl")[1])  # one run: no sd, never "± 0.0"
-
-
 def test_seed_summary_and_paired(root):
     runs = R.load_runs(root)
     fedavg = [r for r in runs if r["args"]["method"] == "fedavg"]

@@ -20,7 +20,7 @@ LLM = ["--quick", "--quiet", "--num-rounds", "2", "--max-train-examples", "96", 
        "--max-local-steps", "2"]
 LORA = ["--quick", "--quiet", "--max_eval_samples", "32"]
 
-# the module's fixture trains 21 tiny runs (about 2.5 min of CPU, counted in the first test's time limit)
+# the module's fixture trains 15 tiny runs (about 2 min of CPU, counted in the first test's time limit)
 pytestmark = pytest.mark.timeout(1500)
 
 
@@ -31,7 +31,7 @@ def mixed(tmp_path_factory):
 
 def make_runs(root, cache):
     """One folder: each subproject's quick run with its default name, and a small grid under the grid's names
-    (two seeds of two arms; one cell of another configuration)."""
+    (two seeds of one arm; one cell of another configuration)."""
     from llm_noniid import train
     from lora_glue_fl import fedavg_rounds, main_glue_lora
     from mamba_fl import central, fed_avg
@@ -40,21 +40,18 @@ def make_runs(root, cache):
     out = ["--out-dir", str(root)]
     mamba = [*MAMBA, "--cache-dir", str(cache), *out]
     fed_avg.main([*mamba, "--num-clients", "2", "--rounds", "2", "--save-deltas"])  # the quick start's kind of run
-    for seed in ("0", "1"):  # the grid: central and FedAvg, 1 layer, topic shards
-        central.main([*mamba, "--max-steps", "4", "--batch-size", "4", "--seed", seed,
-                      "--run-name", f"central_L1_synthetic_s{seed}"])
+    central.main([*mamba, "--max-steps", "4", "--batch-size", "4", "--run-name", "central_L1_synthetic_s0"])
+    for seed in ("0", "1"):  # the grid: central and two seeds of FedAvg, 1 layer, topic shards
         fed_avg.main([*mamba, "--num-clients", "2", "--rounds", "2", "--shard", "topic", "--seed", seed,
                       "--run-name", f"fedavg_L1_topic_s{seed}"])
-    for seed in ("0", "1"):
-        train_federated.main([*VIT, *out, "--seed", seed])
+    train_federated.main([*VIT, *out])
     train_federated.main([*VIT, *out, "--sharding", "non_iid", "--nc", "2"])
     train_federated.main([*VIT, *out, "--max-train", "200", "--run-name", "other_suite"])  # drawn apart
     train_centralized.main(["--quick", "--quiet", "--max-train", "300", "--max-test", "60", "--batch-size", "16",
                             "--total-steps", "8", "--warmup-epochs", "0", *out])  # joins the first suite
     train_federated_sparse.main([*VIT, *out, "--mask-strategy", "random", "--sparsity-ratio", "0.5",
                                  "--head-warmup", "1"])
-    for seed in ("0", "1"):
-        train.main([*LLM, *out, "--seed", seed])
+    train.main([*LLM, *out])
     train.main([*LLM, *out, "--num-rounds", "3", "--run-name", "three_rounds"])  # same arm: a line of its own
     train.main([*LLM, *out, "--partition", "topic_skew", "--alpha", "0.1"])
     for seed in ("0", "1"):
@@ -75,10 +72,6 @@ def test_plot_mamba_draws_the_grid_and_the_deltas(mixed, tmp_path, capsys):
     assert names == [f"deltas_{quick}.png", "grid_L1_topic.png", f"spectrum_{quick}.png"]
     text = (tmp_path / "m" / "results.md").read_text(encoding="utf-8")
     assert "| FedAvg (client AdamW" in text and "(n=2)" in text
-    capsys.readouterr()
-    assert plot_mamba.main(["--runs", str(mixed), "--best-other-arm", "--layers", "1", "--shards", "topic"]) \
-        == {"best_other_arm": None}
-    assert _lines(capsys) == ["none"]
 
 
 def test_plot_vit_splits_suites(mixed, tmp_path, capsys):
@@ -91,7 +84,7 @@ def test_plot_vit_splits_suites(mixed, tmp_path, capsys):
     assert "ignored" in out[0] and len(res["figures"]) >= 3
     (_, first), (other, second) = plot_vit.suites(plot_vit.vit_runs(R.load_roots([mixed])))
     assert sorted(r["meta"]["script"].split("/")[1] for r in first) == \
-        ["train_centralized"] + ["train_federated"] * 3 + ["train_federated_sparse"]
+        ["train_centralized"] + ["train_federated"] * 2 + ["train_federated_sparse"]
     assert other == "max_train=200" and len(second) == 1
 
 
@@ -102,7 +95,7 @@ def test_plot_llm_groups_by_configuration(mixed, tmp_path, capsys):
     groups = plot_llm_noniid.grouped(plot_llm_noniid.llm_runs(R.load_roots([mixed], "**/*")),
                                      plot_llm_noniid.default_arm)
     sizes = {k: len(v) for k, v in groups.items()}
-    assert sizes == {("iid", "fedavg [num_rounds=2]"): 2, ("iid", "fedavg [num_rounds=3]"): 1,
+    assert sizes == {("iid", "fedavg [num_rounds=2]"): 1, ("iid", "fedavg [num_rounds=3]"): 1,
                      ("topic a=0.1", "fedavg"): 1}
     # a grid's own labels from --arms; runs not named there are left out
     names = [r["name"] for r in plot_llm_noniid.llm_runs(R.load_roots([mixed], "**/*"))]

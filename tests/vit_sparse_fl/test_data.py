@@ -31,7 +31,6 @@ def test_reads_the_python_pickles(cifar_dir):
     train = cifar.read_split(root, "train")
     assert train.images.dtype == torch.uint8 and train.images.shape == (300, 3, 32, 32)
     assert sorted(train.labels.unique().tolist()) == list(range(100))
-    assert len(cifar.class_names(root)) == 100
     tr, val, test, classes = cifar.load_cifar100(_args(cifar_dir), torch.device("cpu"))
     assert (len(tr), len(val), len(test), classes) == (270, 30, 100, 100)
     _, val2, _, _ = cifar.load_cifar100(_args(cifar_dir), torch.device("cpu"))
@@ -69,13 +68,12 @@ def _copy_with(cifar_dir, tmp_path, split, obj):
     return root
 
 
-@pytest.mark.parametrize("split", ["train", "meta"])
-def test_crafted_pickle_is_refused_without_running_its_payload(cifar_dir, tmp_path, split):
+def test_crafted_pickle_is_refused_without_running_its_payload(cifar_dir, tmp_path):
     marker = tmp_path / "pwned"
     d = {"data": np.zeros((1, 3072), np.uint8), "fine_labels": [0], "x": _Shell(f"touch {marker}")}
-    root = _copy_with(cifar_dir, tmp_path, split, d)
+    root = _copy_with(cifar_dir, tmp_path, "train", d)
     with pytest.raises(cli.UsageError) as e:
-        cifar.read_split(root, "train") if split == "train" else cifar.class_names(root)
+        cifar.read_split(root, "train")
     assert "system" in str(e.value) and "refused" in str(e.value) and "\n" not in str(e.value)
     assert not marker.exists()
 
