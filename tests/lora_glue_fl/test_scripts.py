@@ -48,6 +48,11 @@ def test_fedavg_rounds_quick_outputs(sst2_run):
     assert json.loads((run / "args.json").read_text())["args"]["aggregation"] == "svd"
     for f in (run / "base_model").iterdir():  # safetensors writes through a 0600 temp file; the run's files are not
         assert f.stat().st_mode & 0o777 == checkpoint.usual_mode(), f
+    # <run>/adapter: the final fused adapter in peft format, its base recorded relative to it, modules sorted
+    final, fused = adapters.load(run / "adapter"), adapters.load(run / "round_2/fused_r4/adapter")
+    assert all(torch.equal(final.state_dict()[k], v) for k, v in fused.state_dict().items())
+    cfg = json.loads((run / "adapter/adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "../base_model" and cfg["target_modules"] == sorted(cfg["target_modules"])
 
 
 def test_round_two_clients_train_the_fused_adapter(sst2_run):
