@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli, jobs
+from common import cli, flags, jobs
 from common.checkpoint import atomic_write_text
 
 TASKS = {"sst2": ("sst2", "glue_sst2", 64), "mrpc": ("mrpc", "glue_mrpc", 128)}  # name -> (task, folder, length)
@@ -61,7 +61,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--out-dir", default="runs/lora_glue_minilm", help="parent of all run directories")
     p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(TASKS),
                    help="tasks (mrpc: centralized only by default, see --mrpc_design)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per cell")
+    p.add_argument("--seeds", nargs="+", type=flags.SEED, default=[0, 1, 2], help="seeds per cell")
     p.add_argument("--real_data_dir", default=default_real_data_dir(),
                    help="folder holding glue_sst2/ and glue_mrpc/ (original GLUE TSV files)")
     p.add_argument("--model_size", default="minilm", choices=["minilm", "tiny", "base", "large"],
@@ -206,8 +206,7 @@ def main(argv=None) -> dict:
               "--lora_r, --batch_size and --eval_batch_size must be >= 1, --min_per_label >= 0")
     cli.check(args.learning_rate > 0, f"--learning_rate must be > 0, got {args.learning_rate}")
     cli.check(args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}")
-    cli.check(min(args.seeds) >= 0 and len(set(args.seeds)) == len(args.seeds),
-              f"--seeds must be distinct and >= 0, got {args.seeds}")
+    cli.check(len(set(args.seeds)) == len(args.seeds), f"--seeds must be distinct, got {args.seeds}")
     out = cli.check_out_dir(args.out_dir)
     t0 = time.time()
     cells_ = cells(args)

@@ -296,7 +296,8 @@ def test_fedavg_rounds_compiled_forward_gives_the_same_run(sst2_run, tmp_path):
 @pytest.mark.parametrize("flags,message", [(["--rounds", "0"], "--rounds must be >= 1"),
                                            (["--local_epochs", "0"], "--local_epochs > 0"),
                                            (["--train_samples", "3"], "at least --num_clients"),
-                                           (["--jobs", "0"], "--jobs must be >= 1")])
+                                           (["--jobs", "0"], "--jobs must be >= 1"),
+                                           (["--seeds", "1", "1"], "--seeds must be distinct")])
 def test_run_grid_bad_counts_end_before_anything_is_written(tmp_path, flags, message):
     from lora_glue_fl import run_grid
     with pytest.raises(cli.UsageError, match=message):
