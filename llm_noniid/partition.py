@@ -29,7 +29,6 @@ class Clients:
     shards: list[np.ndarray]
     max_len: list[int | None] = field(default_factory=list)
     vocab: list[torch.Tensor | None] = field(default_factory=list)
-    info: dict = field(default_factory=dict)
 
     def client_tensors(self, c: int, input_ids: torch.Tensor, labels: torch.Tensor):
         """(input_ids [n_c, T], labels [n_c, T]) of client c with its token skew applied."""
@@ -129,8 +128,7 @@ def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_cli
         band = frequency_bands(counts, k)
         share = _group_shares(labels_lm, band, k)
         corpus_share = np.bincount(band, weights=counts.double().numpy(), minlength=k) / max(int(counts.sum()), 1)
-        shards = assign_by_affinity(share / np.maximum(corpus_share, 1e-12), seed)
-        return Clients(shards, info={"band_of_token": band})
+        return Clients(assign_by_affinity(share / np.maximum(corpus_share, 1e-12), seed))
     if token_skew == "truncation":
         seq_len = labels_lm.shape[1]
         max_len = [max(2, round(seq_len * (c + 1) / k)) for c in range(k)]
@@ -143,7 +141,7 @@ def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_cli
         share = _group_shares(labels_lm, np.where(group < 0, 0, group), k)
         shards = assign_by_affinity(share, seed)
         vocab = [torch.as_tensor(group == c) for c in range(k)]
-        return Clients(shards, vocab=vocab, info={"group_of_token": group})
+        return Clients(shards, vocab=vocab)
     raise UsageError(f"--token-skew {token_skew!r} is unknown; expected one of {', '.join(TOKEN_SKEWS)}")
 
 
