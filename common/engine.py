@@ -14,7 +14,7 @@ One round of ``run``, top to bottom:
 A subproject supplies a ``Task``: its model's trainable parameters, client sizes, local training,
 aggregator and evaluation. Client algorithms (``FedAvg``, ``FedProx``, ``Scaffold``) are small objects with
 three hooks (client start, gradient, client end) and a server step. Clustering is which global model a
-client starts from (``Clusters``): IFCA re-assigns the round's clients to the cluster model with the
+client starts from (``Federation.assign``): IFCA re-assigns the round's clients to the cluster model with the
 lowest loss on their own data; ``data`` groups them once by the distribution of their training tokens.
 The shared flags come from ``add_algorithm_args`` and are checked by ``check_algorithm_args``.
 """
@@ -106,8 +106,6 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
                          f"{optimizer_hint}")
         check(args.server_opt == "fedavg", f"SCAFFOLD makes its own server step (x += server_lr mean dy): "
                                            f"--server-opt {args.server_opt} does not apply")
-    check(args.clustering in C.METHODS,
-          f"--clustering {args.clustering!r} is unknown; expected one of {', '.join(C.METHODS)}")
     check(args.clustering != "ifca" or args.num_clusters >= 2, "--clustering ifca needs --num-clusters >= 2")
     check(args.clustering != "none" or args.num_clusters == 0, "--num-clusters needs --clustering data or ifca")
 
@@ -240,11 +238,6 @@ def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign
     return Scaffold(controls)
 
 
-def make_server(args, like) -> SO.ServerOptimizer:
-    return SO.make_server_optimizer(args.server_opt, like, lr=args.server_lr, momentum=args.server_momentum,
-                                    form=args.momentum_form, betas=(args.server_momentum, 0.99))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # what a subproject supplies
 
@@ -332,29 +325,26 @@ class Task:
 # the engine
 
 
-def clusters(task: Task, args) -> tuple[np.ndarray | None, int, dict]:
-    """(assignment or None, number of cluster models, info) of --clustering: data groups the clients once by
-    their ``task.client_features(k)`` distributions (``common.clustering.data_clusters``); ifca starts with
-    --num-clusters models (``Federation.ifca_init_``) and re-assigns every round."""
-    if args.clustering == "data":
-        assign, info = C.data_clusters(np.stack([task.client_features(k) for k in range(len(task.sizes))]),
-                                       args.num_clusters)
-        return assign, int(assign.max()) + 1, info
-    return None, args.num_clusters if args.clustering == "ifca" else 1, {}
-
-
 class Federation:
     """The server's state: one global model per cluster, the client algorithm, the server optimizers, the
     clients' optimizer states and the cluster assignment; ``run`` drives the rounds."""
 
     def __init__(self, task: Task, args):
         self.task, self.args = task, args
-        assign, num_clusters, self.info = clusters(task, args)
-        self.assign = np.zeros(len(task.sizes), dtype=np.int64) if assign is None else assign
+        # --clustering data groups the clients once by their ``task.client_features(k)`` distributions; ifca
+        # starts with --num-clusters models (``ifca_init_``) and re-assigns every round
+        self.assign, num_clusters, self.info = np.zeros(len(task.sizes), dtype=np.int64), 1, {}
+        if args.clustering == "data":
+            self.assign, self.info = C.data_clusters(
+                np.stack([task.client_features(k) for k in range(len(task.sizes))]), args.num_clusters)
+            num_clusters = int(self.assign.max()) + 1
+        elif args.clustering == "ifca":
+            num_clusters = args.num_clusters
         self.models = [P.clone(task.params) for _ in range(num_clusters)]
-        self.algo = make_algorithm(args, self.models, task.sizes,
-                                   assign if args.clustering == "data" else None)
-        self.servers = [make_server(args, x) for x in self.models]
+        self.algo = make_algorithm(args, self.models, task.sizes, self.assign if args.clustering == "data" else None)
+        self.servers = [SO.make_server_optimizer(args.server_opt, x, lr=args.server_lr, momentum=args.server_momentum,
+                                                 form=args.momentum_form, betas=(args.server_momentum, 0.99))
+                        for x in self.models]
         self.aggs = [task.make_aggregator(x) for x in self.models]
         self.opt_states: dict[int, dict] = {}
         # wall-clock seconds of the clients' local training and of whole rounds (evaluation, logging and
@@ -506,11 +496,8 @@ def _opt_state_to_list(state: dict, plist) -> list[dict]:
 
 
 def _opt_state_from_list(states: list[dict], plist, device) -> dict:
-    out = {}
-    for p, s in zip(plist, states):
-        if s:
-            out[p] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in s.items()}
-    return out
+    return {p: {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in s.items()}
+            for p, s in zip(plist, states) if s}
 
 
 def _sync_client_states(fed: Federation, plan: list[list[int]]) -> None:
@@ -528,8 +515,7 @@ def _sync_client_states(fed: Federation, plan: list[list[int]]) -> None:
 
 
 def namespace_defaults(**kw) -> argparse.Namespace:
-    """The shared flags at their defaults, for callers that build arguments by hand."""
-    ns = dict(algorithm="fedavg", mu=0.01, scaffold_weighting="uniform", server_opt="fedavg", server_lr=1.0,
-              server_momentum=0.9, momentum_form="heavy-ball", client_opt_state="reset", clustering="none",
-              num_clusters=0, ifca_init_rounds=5, ifca_batches=2)
-    return argparse.Namespace(**(ns | kw))
+    """The shared flags at their defaults (``add_algorithm_args``'), for callers that build arguments by hand."""
+    parser = argparse.ArgumentParser()
+    add_algorithm_args(parser)
+    return argparse.Namespace(**(vars(parser.parse_args([])) | kw))

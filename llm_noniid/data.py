@@ -114,12 +114,8 @@ def _wikitext_from_lines(lines: list[str], where: str) -> TextData:
 
 # ----------------------------------------------------------------------------- sources
 def load_splits(data: str, data_dir: str | None = None, cache_dir: str | None = None) -> tuple[TextData, TextData]:
-    """(train, valid) for ``--data ag_news | wikitext | synthetic``.
-
-    ag_news: ``--data-dir`` with train.csv / test.csv, else the hub dataset ``ag_news`` (test = valid).
-    wikitext: ``--data-dir`` with wiki.train.raw / wiki.valid.raw, else the hub ``wikitext-2-raw-v1``.
-    synthetic: the embedded topic-structured AG News CSVs from ``common.synthetic`` (offline).
-    """
+    """(train, valid) for ``--data ag_news | wikitext | synthetic``: the original files in ``--data-dir``, else
+    the hub (AG News: test = valid); synthetic: the embedded topic-structured AG News CSVs (offline)."""
     if data == "synthetic":
         from common import synthetic
 

@@ -1,9 +1,6 @@
-"""Causal LMs with LoRA adapters for llm_noniid.
-
-``--model`` takes a short name (distilgpt2, gpt2, tinyllama, qwen-0.5b), any hub name or a local folder
-(loaded with ``AutoModelForCausalLM`` from the HF cache; offline and not cached -> one-line error), or
-``tiny-gpt2``: a randomly initialised 2-layer GPT-2 (n_embd 64, 2 heads) sized to the tokenizer, for
-``--quick``, the tests and from-scratch runs. LoRA targets follow the architecture (``LORA_TARGETS``).
+"""Causal LMs with LoRA adapters for llm_noniid: ``--model`` is a short name (``HUB_NAMES``), any hub name or
+local folder (from the HF cache; offline and not cached -> one-line error), or ``tiny-gpt2`` (``tiny_gpt2``,
+for ``--quick``, the tests and from-scratch runs). LoRA targets follow the architecture (``LORA_TARGETS``).
 """
 from __future__ import annotations
 

@@ -1,20 +1,9 @@
-"""Client partitions for llm_noniid: iid, topic skew, style skew and three kinds of token skew.
+"""Client partitions for llm_noniid: iid, topic skew, style skew and three kinds of token skew (frequency,
+truncation, vocabulary), each defined in the README's partition table.
 
 Each partitioner returns ``Clients``: one index array per client into the training examples, and for the
-token skews a per-client change of what the client actually trains on. The token skews change each
-client's token distribution itself, not just the order of the texts:
-
-* frequency: the vocabulary is ranked by corpus count and cut into K bands of equal token mass (band 0 the
-  most frequent tokens). Each example's affinity to band c is the share of its tokens in band c divided by
-  band c's corpus share; examples are dealt to clients (balanced, greedy on the strongest affinity) so
-  client c holds the texts richest in band c: client 0 sees common-word-heavy text, client K-1 rare-word text.
-* truncation: an iid split, then client c keeps only the first L_c tokens of each example,
-  L_c = round(T (c + 1) / K) (at least 2): clients see different maximum lengths, hence different
-  positional and token statistics (titles vs full descriptions).
-* vocabulary: the tokens seen in training are ranked by count and dealt round robin into K disjoint
-  subsets V_c of similar mass; examples go to the client whose subset covers most of their tokens
-  (balanced) and client c's loss is taken only on tokens in V_c (others are -100 in its labels), so
-  the vocabularies the clients learn to predict are disjoint.
+token skews a per-client change of what the client actually trains on (a truncation length or a vocabulary
+mask): the token skews change each client's token distribution itself, not just the order of the texts.
 """
 from __future__ import annotations
 
@@ -40,7 +29,6 @@ class Clients:
     shards: list[np.ndarray]
     max_len: list[int | None] = field(default_factory=list)
     vocab: list[torch.Tensor | None] = field(default_factory=list)
-    info: dict = field(default_factory=dict)
 
     def client_tensors(self, c: int, input_ids: torch.Tensor, labels: torch.Tensor):
         """(input_ids [n_c, T], labels [n_c, T]) of client c with its token skew applied."""
@@ -140,8 +128,7 @@ def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_cli
         band = frequency_bands(counts, k)
         share = _group_shares(labels_lm, band, k)
         corpus_share = np.bincount(band, weights=counts.double().numpy(), minlength=k) / max(int(counts.sum()), 1)
-        shards = assign_by_affinity(share / np.maximum(corpus_share, 1e-12), seed)
-        return Clients(shards, info={"band_of_token": band})
+        return Clients(assign_by_affinity(share / np.maximum(corpus_share, 1e-12), seed))
     if token_skew == "truncation":
         seq_len = labels_lm.shape[1]
         max_len = [max(2, round(seq_len * (c + 1) / k)) for c in range(k)]
@@ -154,7 +141,7 @@ def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_cli
         share = _group_shares(labels_lm, np.where(group < 0, 0, group), k)
         shards = assign_by_affinity(share, seed)
         vocab = [torch.as_tensor(group == c) for c in range(k)]
-        return Clients(shards, vocab=vocab, info={"group_of_token": group})
+        return Clients(shards, vocab=vocab)
     raise UsageError(f"--token-skew {token_skew!r} is unknown; expected one of {', '.join(TOKEN_SKEWS)}")
 
 

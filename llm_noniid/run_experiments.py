@@ -4,31 +4,13 @@
         --split-csv ../shared/data/ag_news_csv/test.csv
     python llm_noniid/run_experiments.py --mode analyze --out-dir runs/llm_noniid/ag_news
 
-Every grid trains the same study setting (``STUDY``: a 2-layer GPT-2 from scratch, all parameters, 2048-token BPE,
-10 clients, exactly 8 local SGD steps per client per round at lr 1 with clipping at 1, 40 rounds, 10 % of every
-client's texts held out for its personalised perplexity), 3 seeds, so arms differ in one thing only:
-
-  failure   : topic skew alpha 0.01 (equal client sizes) x FedAvg, FedProx mu 0.001 / 0.01 / 0.1 / 1, SCAFFOLD;
-              low participation (2 of 10 clients per round; also for 5x the rounds, the compute of FedAvg) and
-              one client per round (no averaging: the source's failure setting) as their own arms; clustering:
-              data-aware (token distributions, number chosen by silhouette), IFCA with 4 clusters, local training
-              (one cluster per client), and FedAvg for 2 more rounds (IFCA's extra local steps: its equal-compute
-              reference). The iid contrast: FedAvg, FedProx mu 0.1, SCAFFOLD, the low-participation arms, IFCA and
-              its reference.
-  main      : which splits hurt: iid, topic skew alpha 0.1, style skew (length), token skew (frequency) x FedAvg,
-              FedProx mu 0.001 / 0.01 / 0.1 / 1, SCAFFOLD.
-  calibrate : runs whose failure is known by construction, for the detectors' rates: iid FedAvg at lr 8 without
-              clipping (diverges) and topic skew alpha 0.01 with one client per round (oscillates), 3 seeds.
-  quick     : FedAvg / FedProx / SCAFFOLD x the four partitions, a few rounds (a smoke test of the pipeline).
-  analyze   : report.md (tables: mean ± sample sd over seeds, paired differences to FedAvg with 95% intervals,
-              equal-compute comparisons, reference points, detected failure modes, detector rates) and figures.
-All runs of all grids live in <out-dir>/runs, so an arm shared by two grids is trained once (a shorter run of an
-arm is extended). Flags after ``--`` (or any flag this script does not know) go to every train.py run and
-override the study setting. Runs go through ``common.jobs``: ``--jobs`` processes (default 2, of ``--threads`` 1
-torch thread each) train side by side, finished runs are skipped, interrupted ones resumed, a run directory
-holding other arguments is reported and left alone, logs in <out-dir>/logs; a run's numbers do not depend on
---jobs, only on its thread count (float summation order). ``analyze`` writes <out-dir>/report.md and draws
-the figures with plots/plot_llm_noniid.py.
+The grids (``arms``: failure, main, calibrate, quick), the study setting they all train (``STUDY``; arms differ
+in one thing only) and ``analyze``'s report.md and figures are described in the README ("Experiments: commands
+-> figures"). All runs of all grids live in <out-dir>/runs, so an arm shared by two grids is trained once (a
+shorter run of an arm is extended). Flags after ``--`` (or any flag this script does not know) go to every
+train.py run and override the study setting. Runs go through ``common.jobs``: finished runs are skipped,
+interrupted ones resumed, a run directory holding other arguments is reported and left alone, logs in
+<out-dir>/logs; a run's numbers do not depend on --jobs, only on its --threads (float summation order).
 ``--split-csv FILE`` first splits one AG News CSV (e.g. the real test split) 90/10 into <out-dir>/data and trains
 on it; without it the embedded synthetic AG News is used.
 """
@@ -237,13 +219,10 @@ def by_arm(runs: list[dict], rounds: int = ROUNDS) -> dict[tuple, list[dict]]:
     return groups
 
 
-def _finite(runs, key):
-    return [r for r in runs if r.get("summary") and r["summary"].get(key) is not None
-            and math.isfinite(r["summary"][key])]
-
-
 def _by_seed(runs, key):
-    return R.by_seed(_finite(runs, key), key)  # a diverged run's inf is left out (its status column says so)
+    """{seed: value} of the runs with a finite ``key``: a diverged run's inf is left out (its status says so)."""
+    return R.by_seed([r for r in runs if r.get("summary") and r["summary"].get(key) is not None
+                      and math.isfinite(r["summary"][key])], key)
 
 
 def table(runs: list[dict], mode: str, rounds: int = ROUNDS) -> list[str]:
@@ -267,13 +246,8 @@ def table(runs: list[dict], mode: str, rounds: int = ROUNDS) -> list[str]:
         tokens = [r["summary"]["train_tokens"] for r in g if r.get("summary")]
         ref_tokens = [r["summary"]["train_tokens"] for r in ref if r.get("summary")]
         cells.append(f"{np.mean(tokens) / np.mean(ref_tokens):.2f}x" if tokens and ref_tokens else "–")
-        status = {}
-        modes: dict[str, int] = {}
-        for r in g:
-            s = (r.get("summary") or {}).get("status", "running")
-            status[s] = status.get(s, 0) + 1
-            for m in failure.detect(r["rows"]):
-                modes[m] = modes.get(m, 0) + 1
+        status = Counter((r.get("summary") or {}).get("status", "running") for r in g)
+        modes = Counter(m for r in g for m in failure.detect(r["rows"]))
         lines.append(f"| {part} | {arm} | {len(g)} | {' | '.join(cells)} | "
                      f"{', '.join(f'{k} {v}' for k, v in sorted(status.items()))} | "
                      f"{', '.join(f'{k} {v}/{len(g)}' for k, v in sorted(modes.items())) or 'none'} |")

@@ -122,24 +122,17 @@ def validate(args) -> None:
       f"--token-skew {args.token_skew!r} is unknown; expected one of {', '.join(TOKEN_SKEWS)}")
     c(args.style_criterion in ("length", "formality", "complexity"),
       f"--style-criterion {args.style_criterion!r} is unknown; expected length, formality or complexity")
-    c(args.alpha > 0, f"--alpha must be > 0 (Dirichlet concentration), got {args.alpha}")
-    c(0.0 < args.participation_rate <= 1.0, f"--participation-rate must be in (0, 1], got {args.participation_rate}")
-    c(args.num_clients >= 1 and args.num_rounds >= 1, "--num-clients and --num-rounds must be at least 1")
-    c(args.eval_every >= 1 and args.local_epochs >= 1 and args.batch_size >= 1,
-      "--eval-every, --local-epochs and --batch-size must be at least 1")
-    c(args.learning_rate > 0, f"--learning-rate must be > 0, got {args.learning_rate}")
-    c(args.lora_r >= 0 and args.seq_len >= 4, "--lora-r must be >= 0 and --seq-len >= 4")
     c(args.topic_split in TOPIC_SPLITS, f"--topic-split {args.topic_split!r} is unknown; expected mix or labels")
-    c(args.local_steps >= 0 and args.max_local_steps >= 0, "--local-steps and --max-local-steps must be >= 0")
-    c(0.0 <= args.client_holdout < 1.0, f"--client-holdout must be in [0, 1), got {args.client_holdout}")
-    c(args.max_train_examples >= 0 and args.max_eval_examples >= 0,
-      "--max-train-examples and --max-eval-examples must be >= 0 (0: all)")
-    c(args.max_grad_norm >= 0 and args.weight_decay >= 0, "--max-grad-norm and --weight-decay must be >= 0")
-    c(args.lora_alpha > 0 and 0 <= args.lora_dropout < 1, "--lora-alpha must be > 0 and --lora-dropout in [0, 1)")
-    c(args.min_size >= 0, f"--min-size must be >= 0, got {args.min_size}")
     c(args.cluster_features in C.FEATURES,
       f"--cluster-features {args.cluster_features!r} is unknown; expected tokens or topics")
-    c(0 <= args.num_clusters <= args.num_clients,
+    # the counts, --participation-rate and --clients-per-round are bounded by their flags' types
+    c(args.alpha > 0, f"--alpha must be > 0 (Dirichlet concentration), got {args.alpha}")
+    c(args.learning_rate > 0, f"--learning-rate must be > 0, got {args.learning_rate}")
+    c(args.seq_len >= 4, f"--seq-len must be >= 4, got {args.seq_len}")
+    c(0.0 <= args.client_holdout < 1.0, f"--client-holdout must be in [0, 1), got {args.client_holdout}")
+    c(args.max_grad_norm >= 0 and args.weight_decay >= 0, "--max-grad-norm and --weight-decay must be >= 0")
+    c(args.lora_alpha > 0 and 0 <= args.lora_dropout < 1, "--lora-alpha must be > 0 and --lora-dropout in [0, 1)")
+    c(args.num_clusters <= args.num_clients,
       f"--num-clusters must be in 0..--num-clients ({args.num_clients}), got {args.num_clusters}")
 
 
