@@ -61,6 +61,7 @@ def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: 
         model.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+    give_usual_permissions(out)  # safetensors writes 0600 files
     atomic_write_json(out / CARD_FILE, {"run": Path(run_path).name, "format": "transformers",
                                         "class": type(model).__name__, **(info or {})})
     return out
