@@ -34,14 +34,15 @@ def bench(name: str, monkeypatch):
 
 
 def test_llm_timing_totals_continue_on_resume(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "time", FakeClock())
+    monkeypatch.setattr(engine, "time", FakeClock())  # the rounds' timers
     flags = ["--quick", "--quiet", "--algorithm", "scaffold", "--max-train-examples", "64", "--max-local-steps", "2",
              "--run-name", "r"]
     full = train.main([*flags, "--out-dir", str(tmp_path / "full"), "--num-rounds", "3"])
-    monkeypatch.setattr(train, "time", FakeClock())
+    monkeypatch.setattr(engine, "time", FakeClock())
     train.main([*flags, "--out-dir", str(tmp_path / "part"), "--num-rounds", "2"])
-    saved = load_checkpoint(tmp_path / "part" / "r" / "checkpoint.pt", "llm_noniid/train")["timing"]
-    monkeypatch.setattr(train, "time", FakeClock())
+    state = load_checkpoint(tmp_path / "part" / "r" / "checkpoint.pt", "llm_noniid/train")
+    saved = state["timing"] | {"train_tokens": state["task"]["train_tokens"]}
+    monkeypatch.setattr(engine, "time", FakeClock())
     part = train.main([*flags, "--out-dir", str(tmp_path / "part"), "--num-rounds", "3", "--resume", "--extend"])
     # 4 clients x 2 local steps x 8 texts x 32 token positions per round
     assert saved["train_tokens"] == 2 * 4 * 2 * 8 * 32 and part["train_tokens"] == full["train_tokens"] == 3 * 2048
