@@ -35,9 +35,10 @@ from llm_noniid.model import add_lora, hub_name, lm_loss, load_base
 from llm_noniid.partition import PARTITIONS, TOKEN_SKEWS, TOPIC_SPLITS, partition, statistics
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam")
-QUICK = dict(model="tiny-gpt2", data="synthetic", num_rounds=3, num_clients=4, max_train_examples=240,
-             max_eval_examples=48, seq_len=32, batch_size=8, max_local_steps=3, bpe_vocab_size=512,
-             learning_rate=0.5, local_optimizer="sgd", lora_r=0)  # the random tiny model trains from scratch
+# --quick: the random tiny model trains from scratch, long enough to end well below the unigram (about 15 s)
+QUICK = dict(model="tiny-gpt2", data="synthetic", num_rounds=16, num_clients=4, max_train_examples=240,
+             max_eval_examples=48, seq_len=32, batch_size=8, max_local_steps=8, bpe_vocab_size=512,
+             learning_rate=1.0, local_optimizer="sgd", lora_r=0)
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:

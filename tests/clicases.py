@@ -9,6 +9,10 @@ import pytest
 
 from common import cli
 
+# llm_noniid/train.py --quick's budget before it was long enough to learn: the tests that check mechanics, not
+# learning, pin it after --quick (later flags override it)
+LLM_SMOKE = ["--num-rounds", "3", "--max-local-steps", "3", "--learning-rate", "0.5"]
+
 
 def one_line_error(main, argv, capsys) -> str:
     """Run ``main(argv)`` the way a script's ``__main__`` does; assert exit 2 and one line without a traceback;

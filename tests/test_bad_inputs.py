@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clicases import one_line_error
+from clicases import LLM_SMOKE, one_line_error
 
 from common import checkpoint as ck
 from common import runlog
@@ -517,7 +517,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, paths, capsys):
         finish(paths, key)
         main, argv = SCRIPTS[key][0], [*_base(key, paths), *extra]
     elif key == "llm":
-        main, argv = _other_main(key), ["--quick", "--quiet", "--out-dir", str(paths["runs"] / "llm"), *extra]
+        main, argv = _other_main(key), ["--quick", *LLM_SMOKE, "--quiet", "--out-dir", str(paths["runs"] / "llm"),
+                                        *extra]
     else:
         if key == "plot_vit":
             finish(paths, "vit_fed")

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from clicases import LLM_SMOKE
 
 from common import clustering as C
 from common.checkpoint import load_checkpoint
@@ -81,7 +82,7 @@ def two_topic_data(tmp_path_factory):
 
 
 def clustered(out, data_dir, *extra):
-    return train.main(["--quick", "--quiet", "--data", "ag_news", "--data-dir", str(data_dir),
+    return train.main(["--quick", *LLM_SMOKE, "--quiet", "--data", "ag_news", "--data-dir", str(data_dir),
                        "--max-train-examples", "0", "--num-clients", "4", "--partition", "topic_skew",
                        "--alpha", "0.001", "--bpe-vocab-size", "300", "--client-holdout", "0.2",
                        "--out-dir", str(out), *extra])

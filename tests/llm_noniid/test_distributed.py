@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clicases import LLM_SMOKE
 from multirank import run_ranks, torchrun_env
 
 from common.checkpoint import load_checkpoint
@@ -15,7 +16,7 @@ from llm_noniid import train
 
 # SCAFFOLD exercises every reduction: the model average, the dy / dc sums, the per-client stats, the c_i sync.
 # Unequal topic-skewed client sizes make the size-balanced assignment split the clients unevenly.
-FLAGS = ["--quick", "--quiet", "--algorithm", "scaffold", "--partition", "topic_skew", "--alpha", "0.3",
+FLAGS = ["--quick", *LLM_SMOKE, "--quiet", "--algorithm", "scaffold", "--partition", "topic_skew", "--alpha", "0.3",
          "--num-clients", "5", "--max-local-steps", "2", "--max-train-examples", "160", "--max-eval-examples",
          "24", "--run-name", "r"]
 CLOSE = ("val_loss", "train_loss", "client_divergence", "cosine_drift", "update_norm", "grad_norm_mean",

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from clicases import LLM_SMOKE
 
 from common import evaluate, export, tracking
 from llm_noniid import data as D
@@ -29,7 +30,7 @@ def _val_loss(model, run) -> float:
 def test_model_dir_reproduces_the_validation_loss(lora_r, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
-    s = train.main(["--quick", "--out-dir", str(tmp_path), "--run-name", "r", "--rounds", "2", "--lora-r",
+    s = train.main(["--quick", *LLM_SMOKE, "--out-dir", str(tmp_path), "--run-name", "r", "--rounds", "2", "--lora-r",
                     str(lora_r), "--report-to", "tensorboard"])
     run = tmp_path / "r"
     assert abs(_val_loss(AutoModelForCausalLM.from_pretrained(run / "model"), run) - s["final_val_loss"]) \

@@ -6,6 +6,7 @@ import contextlib
 import json
 
 import pytest
+from clicases import LLM_SMOKE
 
 from common import cli
 from llm_noniid import run_experiments as E
@@ -131,7 +132,7 @@ def test_train_on_the_real_ag_news_split(shared_data, tmp_path):
     from llm_noniid.data import split_ag_news_csv
 
     d = split_ag_news_csv(shared_data / "ag_news_csv" / "test.csv", tmp_path / "ag", 0.1, 0)
-    s = train.main(["--quick", "--quiet", "--data", "ag_news", "--data-dir", str(d), "--num-rounds", "1",
+    s = train.main(["--quick", *LLM_SMOKE, "--quiet", "--data", "ag_news", "--data-dir", str(d), "--num-rounds", "1",
                     "--partition", "style_skew", "--style-criterion", "complexity", "--out-dir", str(tmp_path / "r")])
     assert s["status"] == "complete" and s["final_val_ppl"] < s["vocab_size"]
     assert s["unigram_val_ppl"] < s["uniform_ppl"] == s["vocab_size"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clicases import LLM_SMOKE
 
 from common import cli
 from common.checkpoint import load_checkpoint
@@ -25,7 +26,7 @@ def rows(out_dir: Path) -> list[dict]:
 
 
 def quick(out_dir, *extra):
-    return train.main(["--quick", "--quiet", "--out-dir", str(out_dir), *extra])
+    return train.main(["--quick", *LLM_SMOKE, "--quiet", "--out-dir", str(out_dir), *extra])
 
 
 def test_quick_run_writes_every_metric(out_dir):
@@ -82,8 +83,8 @@ def test_resume_reproduces_the_uninterrupted_scaffold_run(tmp_path):
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(out_dir, capsys):
     with pytest.raises(SystemExit) as e:
-        cli.run(train.main, ["--quick", "--quiet", "--out-dir", str(out_dir), "--lora-r", "0", "--learning-rate", "30",
-                             "--num-rounds", "4", "--run-name", "d"])
+        cli.run(train.main, ["--quick", *LLM_SMOKE, "--quiet", "--out-dir", str(out_dir), "--lora-r", "0",
+                             "--learning-rate", "30", "--num-rounds", "4", "--run-name", "d"])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (after save_pretrained's progress bars)
     s = json.loads((out_dir / "d" / "summary.json").read_text())
     at = s["failure_modes"]["divergence"]
@@ -136,7 +137,7 @@ def test_bad_input_fails_with_one_line(case, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("num_rounds: 3\nnum_epochs: 2\n")
     argv = [a.format(yaml=tmp_path / "bad.yaml", missing=tmp_path / "none.yaml") for a in argv]
     with pytest.raises(SystemExit) as e:
-        cli.run(train.main, ["--quick", "--out-dir", str(tmp_path / "runs"), *argv])
+        cli.run(train.main, ["--quick", *LLM_SMOKE, "--out-dir", str(tmp_path / "runs"), *argv])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
@@ -148,7 +149,7 @@ def test_uncached_hub_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants as hc
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     with pytest.raises(SystemExit):
-        cli.run(train.main, ["--quick", "--model", "distilgpt2", "--tokenizer", "bpe", "--cache-dir",
+        cli.run(train.main, ["--quick", *LLM_SMOKE, "--model", "distilgpt2", "--tokenizer", "bpe", "--cache-dir",
                              str(tmp_path / "hf"), "--out-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip()
     assert "'distilgpt2' could not be loaded" in err and len(err.splitlines()) == 1, err
@@ -190,3 +191,10 @@ def test_compiled_forward_gives_the_same_run(tmp_path):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
         assert b["client_divergence"] == pytest.approx(a["client_divergence"], rel=1e-4)
     assert comp["final_val_ppl"] == pytest.approx(eager["final_val_ppl"], rel=1e-5)
+
+
+def test_quick_run_learns_well_past_the_unigram(tmp_path):
+    """The --quick preset itself (no pinned budget) ends well below the unigram it records beside its result."""
+    s = train.main(["--quick", "--quiet", "--out-dir", str(tmp_path)])
+    assert s["status"] == "complete" and s["rounds_done"] == 16
+    assert s["final_val_ppl"] < 0.75 * s["unigram_val_ppl"] < s["uniform_ppl"]

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+from clicases import LLM_SMOKE
 
 from common import cli
 from common import runs as R
@@ -16,8 +17,8 @@ MAMBA = ["--quick", "--quiet", "--layers", "1", "--eval-blocks", "4", "--sample-
          "--lr", "3e-3"]
 VIT = ["--quick", "--quiet", "--num-clients", "10", "--participation-rate", "0.2", "--local-steps", "2",
        "--rounds", "2", "--eval-every", "1", "--max-train", "300", "--max-test", "60", "--batch-size", "16"]
-LLM = ["--quick", "--quiet", "--num-rounds", "2", "--max-train-examples", "96", "--max-eval-examples", "16",
-       "--max-local-steps", "2"]
+LLM = ["--quick", *LLM_SMOKE, "--quiet", "--num-rounds", "2", "--max-train-examples", "96", "--max-eval-examples",
+       "16", "--max-local-steps", "2"]
 LORA = ["--quick", "--quiet", "--max_eval_samples", "32"]
 
 # the module's fixture trains 15 tiny runs (about 2 min of CPU, counted in the first test's time limit)
