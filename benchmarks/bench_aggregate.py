@@ -330,6 +330,8 @@ def copy_floor(dst, srcs):
     (``common.params.threads_for``): the bandwidth the machine gives a copy right now, quiet or busy, sampled
     over about as long as an aggregation of K clients takes (one 83 MiB copy lasts 3-6 ms here, and its
     time moved 1.6x from one repetition to the next)."""
+    if any(src.shape != dst.shape for src in srcs):  # K whole uploads, not the elements of one
+        raise ValueError("copy_floor copies whole uploads of the destination's shape")
     with P.threads_for(dst.numel(), dst.device):
         for src in srcs:
             dst.copy_(src)
@@ -356,7 +358,7 @@ def time_condition(args, c: Clients, device, condition: str) -> dict:
                 if name in args.aggregators and k == args.clients[0]:
                     fns |= {(name, "anchor"): ANCHOR_STEPS[name](c), (name, "flat"): server_step_fn(c, name, True),
                             (name, "tensors"): server_step_fn(c, name, False)}
-            fns[("copy", "floor")] = partial(copy_floor, dst, c.distinct(k)[0])
+            fns[("copy", "floor")] = partial(copy_floor, dst, c.distinct(k))
             t = timeit_many(fns, warmup=args.warmup, repeats=args.repeats, device=device)
             copy_ms = t.pop(("copy", "floor")).ms / k  # per copy of one upload
             for agg in dict.fromkeys(a for a, _ in t):

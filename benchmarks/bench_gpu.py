@@ -119,8 +119,7 @@ def mamba_args(layers: int, size: dict):
     argv = ["--layers", str(layers), "--d-model", str(size["d_model"]), "--d-state", str(size["d_state"]),
             "--head-dim", str(size["head_dim"]), "--sequence-length", str(size["seq"])]
     parser = central.get_args_parser()
-    args = parser.parse_args(argv)
-    federated.finish_args(args, federated.explicit_dests(parser, argv))
+    federated.finish_args(args := parser.parse_args(argv))
     return args
 
 

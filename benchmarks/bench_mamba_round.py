@@ -124,8 +124,7 @@ def _fisher_setup(args, L: int):
             "--head-dim", str(args.head_dim), "--sequence-length", str(args.sequence_length)]
     if args.cache_dir:
         argv += ["--cache-dir", args.cache_dir]
-    a = parser.parse_args(argv)
-    federated.finish_args(a, federated.explicit_dests(parser, argv))
+    federated.finish_args(a := parser.parse_args(argv))
     return a, lmdata.load_lm_data(a)
 
 

@@ -73,3 +73,21 @@ def test_bench_fisher_quick(tmp_path):
     for r in out["results"]:
         assert r["per_example_ms"] > 0 and r["batch_ms"] > 0
         assert r["rel_gap"] < 1e-4  # vmap and the per-example loop compute the same Fisher
+
+
+def test_bench_aggregate_copy_floor_copies_k_whole_uploads(monkeypatch):
+    """The copy floor times K copies of a whole upload: handing it one upload (whose elements it would copy
+    one by one, each broadcast over the destination) is refused, and the timed run gives it K uploads."""
+    import torch
+
+    bench = load("bench_aggregate")
+    dst, ups = torch.zeros(6), [torch.full((6,), float(i)) for i in range(3)]
+    bench.copy_floor(dst, ups)
+    assert torch.equal(dst, ups[-1])
+    with pytest.raises(ValueError, match="whole uploads"):
+        bench.copy_floor(dst, ups[0])
+    seen, real = [], bench.copy_floor
+    monkeypatch.setattr(bench, "copy_floor", lambda d, srcs: (seen.append(len(srcs)), real(d, srcs)))
+    bench.main(["--quick", "--no-memory", "--repeats", "1", "--warmup", "0", "--clients", "3", "4",
+                "--conditions", "quiet", "--aggregators", "WeightedMean"])
+    assert sorted(set(seen)) == [3, 4]
