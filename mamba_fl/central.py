@@ -44,12 +44,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    parser = get_args_parser()
-    args = cli.parse(parser, argv)
-    explicit = federated.explicit_dests(parser, argv)
-    federated.finish_args(args, explicit)
-    if args.quick and "max_steps" not in explicit:
-        args.max_steps, args.val_freq = 64, (16 if "val_freq" not in explicit else args.val_freq)
+    args = cli.parse(get_args_parser(), argv, quick=mmodel.QUICK | {"max_steps": 64, "val_freq": 16})
+    federated.finish_args(args)
     device = cli.resolve_device(args.device)
     mmodel.quiet_kernel_warnings()
     data = lmdata.load_lm_data(args, device)

@@ -20,9 +20,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    parser = get_args_parser()
-    args = cli.parse(parser, argv)
-    return federated.run(args, METHOD, federated.explicit_dests(parser, argv))
+    return federated.run(cli.parse(get_args_parser(), argv, quick=federated.QUICK), METHOD)
 
 
 if __name__ == "__main__":

@@ -61,12 +61,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    parser = get_args_parser()
-    args = cli.parse(parser, argv)
-    if args.quick and "entropy_blocks" not in federated.explicit_dests(parser, argv):
-        args.entropy_blocks = 16
+    args = cli.parse(get_args_parser(), argv, quick=federated.QUICK | {"entropy_blocks": 16})
     cli.check(args.holdout_fraction > 0, "FedEntropy measures entropy on held-out data: --holdout-fraction must be > 0")
-    return federated.run(args, METHOD, federated.explicit_dests(parser, argv))
+    return federated.run(args, METHOD)
 
 
 if __name__ == "__main__":

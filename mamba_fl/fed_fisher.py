@@ -107,17 +107,14 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    parser = get_args_parser()
-    args = cli.parse(parser, argv)
-    if args.quick and "fisher_samples" not in federated.explicit_dests(parser, argv):
-        args.fisher_samples = 4
+    args = cli.parse(get_args_parser(), argv, quick=federated.QUICK | {"fisher_samples": 4})
     cli.check(args.fisher_method != "local" or args.fisher_labels == "empirical",
               "--fisher-method local reuses the training gradients: its labels are the data's (--fisher-labels "
               "empirical)")
     cli.check(args.fisher_method != "local" or args.local_updates >= 2,
               f"--fisher-method local pairs consecutive local steps: needs --local-updates >= 2, "
               f"got {args.local_updates}")
-    return federated.run(args, METHOD, federated.explicit_dests(parser, argv))
+    return federated.run(args, METHOD)
 
 
 if __name__ == "__main__":

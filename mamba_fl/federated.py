@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +41,7 @@ from mamba_fl import model as mmodel
 # how to run, not what runs: the device, compilation and the Mamba2 kernels (runs from before --kernels resume)
 IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", "report_to", "kernels",
                     "kernel_path", *compiled.FLAGS)
+QUICK = mmodel.QUICK | {"rounds": 64, "eval_every": 16}  # --quick (defaults < --quick < YAML < command line)
 
 # ----------------------------------------------------------------------------------------------------------
 # arguments
@@ -72,27 +73,11 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0,
     return p
 
 
-def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
-    """Destinations of the flags present on the command line (so --quick leaves them alone)."""
-    import sys
-
-    tokens = [t.split("=", 1)[0] for t in (sys.argv[1:] if argv is None else argv) if t.startswith("--")]
-    given = {a.dest for a in parser._actions if any(o in tokens for o in a.option_strings)}
-    return given | set(getattr(parser, "config_values", {}))  # values from --config FILE.yaml count as given
-
-
-def finish_args(args: argparse.Namespace, explicit: set[str]) -> None:
-    """--quick sizes, config aliases, and checks that need more than one flag."""
-    mmodel.resolve_model_args(args, explicit)
-    if args.quick:
-        quick = {"eval_blocks": 32, "vocab_size": 2048, "sample_tokens": 8}
-        if hasattr(args, "num_clients"):
-            quick |= {"rounds": 64, "eval_every": 16}
-        for k, v in quick.items():
-            if k not in explicit and hasattr(args, k):
-                setattr(args, k, v)
-    if getattr(args, "algorithm", None) == "scaffold" and "optimizer" not in explicit:
-        args.optimizer = "sgd"  # SCAFFOLD's control variates assume plain SGD steps
+def finish_args(args: argparse.Namespace) -> None:
+    """Config aliases, the optimizer's default, and checks that need more than one flag."""
+    mmodel.resolve_model_args(args)
+    if args.optimizer is None:  # SCAFFOLD's control variates assume plain SGD steps
+        args.optimizer = "sgd" if getattr(args, "algorithm", None) == "scaffold" else "adamw"
     cli.check(args.sequence_length >= 2, f"--sequence-length must be at least 2, got {args.sequence_length}")
     cli.check(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number, got {args.lr}")
     cli.check(args.weight_decay >= 0 and math.isfinite(args.weight_decay),
@@ -225,9 +210,9 @@ def default_rounds(args, shards_train: list[np.ndarray]) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # the run
 
-def run(args: argparse.Namespace, method: Method, explicit: set[str]) -> dict:
+def run(args: argparse.Namespace, method: Method) -> dict:
     """The whole run; under ``torchrun`` (WORLD_SIZE set) joins the process group for its duration."""
-    finish_args(args, explicit)
+    finish_args(args)
     joined = not distributed.is_distributed()
     distributed.init()
     try:

@@ -19,8 +19,10 @@ import torch
 from common import cli, flags
 
 CONFIGS = {f"pure_ssm_{n}_layer": n for n in (1, 2, 4)}
-# --quick: tiny enough that a federated run of a few rounds takes seconds on 2 CPU cores
-QUICK = {"d_model": 64, "d_state": 16, "head_dim": 16, "sequence_length": 64, "lr": 1e-2}
+# --quick: tiny enough that a federated run of a few rounds takes seconds on 2 CPU cores (central.py and the
+# federated scripts add their run lengths)
+QUICK = {"d_model": 64, "d_state": 16, "head_dim": 16, "sequence_length": 64, "lr": 1e-2, "eval_blocks": 32,
+         "vocab_size": 2048, "sample_tokens": 8}
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -69,9 +71,8 @@ def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
                    help="comma-separated layer tensor names saved by --save-deltas (every layer)")
 
 
-def resolve_model_args(args: argparse.Namespace, explicit: set[str]) -> None:
-    """Fill ``args.layers`` from ``--model-config``, apply the --quick sizes to flags the user did not set,
-    and check the shapes. ``explicit``: dest names given on the command line."""
+def resolve_model_args(args: argparse.Namespace) -> None:
+    """Fill ``args.layers`` from ``--model-config`` and check the shapes."""
     if legacy_config(getattr(args, "config", None)):  # parsed without common.config: --config pure_ssm_N_layer
         args.model_config, args.config = args.model_config or args.config, None
     if args.model_config is not None:
@@ -83,10 +84,6 @@ def resolve_model_args(args: argparse.Namespace, explicit: set[str]) -> None:
         args.layers = CONFIGS[args.model_config]
     args.layers = args.layers or 1
     args.model_config = f"pure_ssm_{args.layers}_layer"
-    if args.quick:
-        for k, v in QUICK.items():
-            if k not in explicit and hasattr(args, k):
-                setattr(args, k, v)
     if args.chunk_size is None:
         args.chunk_size = min(256, args.sequence_length)
     for k in ("d_model", "d_state", "head_dim", "expand", "d_conv", "n_groups", "chunk_size"):
@@ -100,8 +97,9 @@ def resolve_model_args(args: argparse.Namespace, explicit: set[str]) -> None:
 
 def add_optimizer_args(group, *, who: str) -> None:
     """--optimizer / --lr / --weight-decay, the same in central.py and the federated scripts."""
-    group.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
-                       help=f"{who} optimizer: adamw (the source) or plain sgd (no momentum, no weight decay)")
+    group.add_argument("--optimizer", choices=("adamw", "sgd"), default=None,
+                       help=f"{who} optimizer: adamw (the source; the default) or plain sgd (no momentum, no "
+                            f"weight decay)")
     group.add_argument("--lr", type=float, default=5e-4,
                        help=f"{who} learning rate (the source's 5e-4 is for d_model 512; --quick: 1e-2)")
     group.add_argument("--weight-decay", type=float, default=0.01, help=f"{who} AdamW weight decay")

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from common import checkpoint, export, params, seed
+from common import checkpoint, cli, export, params, seed
 from mamba_fl import central, fed_avg, fed_entropy, fed_fisher, federated, lmdata
 from mamba_fl import model as mmodel
 
@@ -33,8 +33,8 @@ def _even_split(tiny) -> list[str]:
     """Flags giving two clients equal contiguous shards (so FedAvg's n_k weights are uniform): a block
     length near 64 that cuts the training stream into an even number of blocks."""
     argv = tiny()
-    args = fed_avg.get_args_parser().parse_args(argv)
-    federated.finish_args(args, federated.explicit_dests(fed_avg.get_args_parser(), argv))
+    args = cli.parse(fed_avg.get_args_parser(), argv, quick=federated.QUICK)
+    federated.finish_args(args)
     n_tokens = int((lmdata.load_lm_data(args).train >= 0).sum())
     T = next(t for t in range(64, 96) if -(-n_tokens // t) % 2 == 0)
     return ["--num-clients", "2", "--sequence-length", str(T)]
@@ -49,8 +49,8 @@ def test_one_client_fedavg_equals_centralized_adamw(tiny, out_dir):
 
     # the centralized reference: same init, one AdamW, the batches the client drew, in order
     parser = fed_avg.get_args_parser()
-    args = parser.parse_args(argv)
-    federated.finish_args(args, federated.explicit_dests(parser, argv))
+    args = cli.parse(parser, argv, quick=federated.QUICK)
+    federated.finish_args(args)
     data = lmdata.load_lm_data(args)
     seed.seed_everything(args.seed)
     model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
@@ -151,8 +151,8 @@ def test_fedprox_and_scaffold_match_the_algorithm_by_hand(tiny, out_dir, algorit
                 "--mu", str(mu), "--run-name", algorithm, rounds=2)
     fed_avg.main(argv)
     parser = fed_avg.get_args_parser()
-    args = parser.parse_args(argv)
-    federated.finish_args(args, federated.explicit_dests(parser, argv))
+    args = cli.parse(parser, argv, quick=federated.QUICK)
+    federated.finish_args(args)
     data = lmdata.load_lm_data(args)
     seed.seed_everything(args.seed)
     model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)

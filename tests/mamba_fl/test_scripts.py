@@ -63,10 +63,12 @@ def test_central_quick(tiny, out_dir):
 
 
 def test_config_alias_and_quick_sizes(tiny, out_dir):
-    args = fed_avg.get_args_parser().parse_args(["--config", "pure_ssm_4_layer", "--quick", "--d_model", "32"])
+    from common import cli
     from mamba_fl import federated
 
-    federated.finish_args(args, {"d_model", "config", "quick"})
+    args = cli.parse(fed_avg.get_args_parser(), ["--config", "pure_ssm_4_layer", "--quick", "--d_model", "32"],
+                     quick=federated.QUICK)
+    federated.finish_args(args)
     assert args.layers == 4 and args.d_model == 32 and args.d_state == 16 and args.sequence_length == 64
     assert args.chunk_size == 64  # min(256, sequence length)
 
