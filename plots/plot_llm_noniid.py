@@ -114,8 +114,7 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
         if ref:
             ax.axhline(ref[0], color="k", linestyle="--", linewidth=1, label=ref[1])
         ax.set_title(f"{part}\nlines: mean over seeds; {BAND}", fontsize=9)
-        ax.set_xlabel("local SGD steps, all clients (thousands)")
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel="local SGD steps, all clients (thousands)", ylabel=ylabel)
         if log:
             ax.set_yscale("log")
             lo, hi = ax.get_ylim()

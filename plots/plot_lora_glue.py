@@ -191,10 +191,9 @@ def cost_cell(group: list[dict]) -> tuple[str, str]:
     params, round_bytes = _fused_values(group[0], "client_trainable_params"), _fused_values(group[0], "round_bytes")
     if not params:
         return "", ""
-    first, last, b_first, b_last = params[0], params[-1], round_bytes[0], round_bytes[-1]
-    params = f"{first:,}" if first == last else f"{first:,} → {last:,}"
-    mb = f"{b_first / 1e6:.2f}" if b_first == b_last else f"{b_first / 1e6:.2f} → {b_last / 1e6:.2f}"
-    return params, mb
+    span = lambda first, last: first if first == last else f"{first} → {last}"
+    return (span(f"{params[0]:,}", f"{params[-1]:,}"),
+            span(f"{round_bytes[0] / 1e6:.2f}", f"{round_bytes[-1] / 1e6:.2f}"))
 
 
 def merge_error_cell(group: list[dict]) -> str:
