@@ -3,9 +3,8 @@ train; they and the subprojects share this module, so no subproject imports ``pl
 
     runs = [load_run(p) for p in find_runs("runs", "fedfisher_*")]
     for config, group in group_runs(runs):              # one group per configuration, seeds pooled
-        x, mean, std = mean_std(group, "ppl")           # aligned on "round"
-        ax.plot(x, mean, label=label(config, varying_keys([c for c, _ in groups])))
-        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        x, ys = aligned(group, "ppl")                   # [P], [seeds, P]: the rounds every seed reached
+        draw_seeds(ax, x, ys.T, label(config, varying_keys([c for c, _ in groups])))  # mean line, ± sd band
     savefig(fig, "figures/mamba_ppl.png", pdf=True)
 """
 from __future__ import annotations
@@ -22,7 +21,6 @@ matplotlib.use("Agg")  # files only: works on headless machines, and before pypl
 
 import numpy as np
 
-from common import stats
 from common.errors import UsageError, check, check_out_dir
 from common.runlog import ARGS_FILE, METRICS_FILE, SUMMARY_FILE, read_rows
 
@@ -84,21 +82,20 @@ def load_runs(root: str | os.PathLike, pattern: str = "*") -> list[dict]:
     return [load_run(p) for p in find_runs(root, pattern)]
 
 
-def load_roots(roots: Sequence[str | os.PathLike], pattern: str = "*", flag: str = "--runs",
-               finished: bool = True) -> list[dict]:
+def load_roots(roots: Sequence[str | os.PathLike], pattern: str = "*") -> list[dict]:
     """``load_runs`` of every folder in ``roots`` (a plot script's ``--runs A B ...``), each run once.
 
-    A folder that does not exist is a ``UsageError`` (one line, exit 2). With ``finished`` (default) a run
-    without summary.json is left out with one line saying so.
+    A folder that does not exist is a ``UsageError`` (one line, exit 2); a run without summary.json (unfinished)
+    is left out with one line saying so.
     """
     out, seen = [], set()
     for root in roots:
-        check(Path(root).is_dir(), f"{flag} {root}: no such folder; expected a folder holding run directories")
+        check(Path(root).is_dir(), f"--runs {root}: no such folder; expected a folder holding run directories")
         for run in load_runs(root, pattern):
             if run["path"].resolve() in seen:
                 continue
             seen.add(run["path"].resolve())
-            if finished and run["summary"] is None:
+            if run["summary"] is None:
                 print(f"left out {run['path']}: unfinished (no summary.json)")
                 continue
             out.append(run)
@@ -131,29 +128,15 @@ def _missing(values: dict, wanted: dict, where: str) -> str | None:
             return f"{where} has no {key}"
         types = types if isinstance(types, tuple) else (types,)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            return f"{where}: {key} is {value!r:.30}, not {_type_names(types)}"
+            return f"{where}: {key} is {value!r:.30}, not {'/'.join(t.__name__ for t in types)}"
     return None
 
 
-def _type_names(types: tuple) -> str:
-    return "/".join(t.__name__ for t in types)
-
-
-def value_of(run: dict, key: str):
-    """``key`` from the run's args.json, else from its summary.json (the model id a script resolved, say)."""
-    return run["args"][key] if key in run["args"] else (run.get("summary") or {}).get(key)
-
-
 def split_by(runs: Sequence[dict], keys: Sequence[str]) -> list[tuple[str, list[dict]]]:
-    """Runs partitioned by their values of ``keys`` (``value_of``): [(label, runs)] in first-seen order, the
+    """Runs partitioned by their values of ``keys`` (``group_runs``): [(label, runs)] in first-seen order, the
     label naming the keys whose values differ between the parts ("" when there is one part). What a figure
     draws as separate panels or tables: runs on other data, another model or client count never share one."""
-    parts: dict[str, tuple[dict, list[dict]]] = {}
-    for run in runs:
-        values = {k: value_of(run, k) for k in keys}
-        parts.setdefault(json.dumps(values, sort_keys=True, default=str), (values, []))[1].append(run)
-    shown = varying_keys([v for v, _ in parts.values()])
-    return [(label(values, shown), members) for values, members in parts.values()]
+    return _labelled(group_runs(runs, keys=keys))
 
 
 def split_configs(groups: dict[tuple, list[dict]], ignore: Sequence[str] = DEFAULT_GROUP_IGNORE
@@ -163,25 +146,27 @@ def split_configs(groups: dict[tuple, list[dict]], ignore: Sequence[str] = DEFAU
     the arguments that differ, "FedAvg [num_rounds=2]", so seeds of different runs are never averaged."""
     out: dict[tuple, list[dict]] = {}
     for key, runs in groups.items():
-        parts = group_runs(runs, ignore)
-        if len(parts) == 1:
-            out[key] = runs
-            continue
-        shown = varying_keys([c for c, _ in parts])
-        for config, members in parts:
-            out[key[:-1] + (f"{key[-1]} [{label(config, shown)}]",)] = members
+        for extra, members in _labelled(group_runs(runs, ignore)):  # extra is "" for a single configuration
+            out[key[:-1] + (f"{key[-1]} [{extra}]",) if extra else key] = members
     return out
 
 
-def group_runs(runs: Iterable[dict], ignore: Sequence[str] = DEFAULT_GROUP_IGNORE) -> list[tuple[dict, list[dict]]]:
-    """Group runs whose arguments agree except for ``ignore`` (the seed): [(config, runs)], in the order
-    each configuration first appears."""
+def group_runs(runs: Iterable[dict], ignore: Sequence[str] = DEFAULT_GROUP_IGNORE,
+               keys: Sequence[str] | None = None) -> list[tuple[dict, list[dict]]]:
+    """Group runs whose arguments agree except for ``ignore`` (the seed), or with ``keys`` whose values of these
+    keys agree (from args.json, else summary.json: the model id a script resolved, say): [(config, runs)], in
+    the order each configuration first appears."""
     groups: dict[str, tuple[dict, list[dict]]] = {}
     for run in runs:
-        config = {k: v for k, v in run["args"].items() if k not in ignore}
-        key = json.dumps(config, sort_keys=True)
-        groups.setdefault(key, (config, []))[1].append(run)
+        config = {k: v for k, v in run["args"].items() if k not in ignore} if keys is None else \
+            {k: run["args"][k] if k in run["args"] else (run.get("summary") or {}).get(k) for k in keys}
+        groups.setdefault(json.dumps(config, sort_keys=True, default=str), (config, []))[1].append(run)
     return list(groups.values())
+
+
+def _labelled(parts: list[tuple[dict, list[dict]]]) -> list[tuple[str, list[dict]]]:
+    shown = varying_keys([config for config, _ in parts])
+    return [(label(config, shown), members) for config, members in parts]
 
 
 def varying_keys(configs: Sequence[dict]) -> list[str]:
@@ -207,27 +192,13 @@ def _number(v) -> bool:
 
 
 def aligned(runs: Sequence[dict], key: str, x: str = "round") -> tuple[np.ndarray, np.ndarray]:
-    """(x [P], values [runs, P]) of metric ``key`` at the x values every run reached."""
+    """(x [P], values [runs, P]) of metric ``key`` at the x values every run reached (so a mean over the runs
+    never mixes different numbers of seeds)."""
+    if not runs:
+        raise ValueError(f"no runs to align for {key!r}")
     lookups = [dict(zip(*(a.tolist() for a in series(r, key, x)))) for r in runs]
     common = sorted(set.intersection(*(set(d) for d in lookups)))
     return np.array(common, dtype=np.float64), np.array([[d[v] for v in common] for d in lookups], dtype=np.float64)
-
-
-def mean_std(runs: Sequence[dict], key: str, x: str = "round",
-             ddof: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and standard deviation of metric ``key`` over runs (seeds), aligned on ``x``.
-
-    Only x values that every run reached are kept, so a mean never mixes different numbers of seeds.
-    ``ddof=1`` (default) is the sample sd, as in every table (``common.stats``); one run gives sd 0 here
-    (a band of zero width), and legends should say n. Returns (x [P], mean [P], std [P]).
-    """
-    if not runs:
-        raise ValueError(f"no runs to average for {key!r}")
-    xs, ys = aligned(runs, key, x)  # [P], [runs, P]
-    if xs.size == 0:
-        return xs, np.zeros(0), np.zeros(0)
-    std = ys.std(axis=0, ddof=ddof) if len(runs) > ddof else np.zeros(xs.size)
-    return xs, ys.mean(axis=0), std
 
 
 def by_seed(runs: Sequence[dict], key: str) -> dict:
@@ -245,14 +216,32 @@ def by_seed(runs: Sequence[dict], key: str) -> dict:
     return out
 
 
-def seed_summary(runs: Sequence[dict], key: str) -> stats.Summary:
-    """``common.stats.summarize`` of ``summary[key]`` over the runs (seeds)."""
-    return stats.summarize(by_seed(runs, key).values())
-
-
-def seed_paired(runs_a: Sequence[dict], runs_b: Sequence[dict], key: str) -> stats.Paired:
-    """``common.stats.paired``: ``summary[key]`` of a minus b, matched by seed."""
-    return stats.paired(by_seed(runs_a, key), by_seed(runs_b, key))
+def draw_seeds(ax: Any, at: Sequence[float], values: Iterable[Sequence[float]], label: str | None = None,
+               kind: str = "band", spread: str = "sd", horizontal: bool = False, width: float = 0.8, **kw) -> Any:
+    """The mean over seeds of each ``values[i]`` (the seeds' values at position ``at[i]``) with its spread: the
+    sample sd (ddof=1, as in every table) or with ``spread="range"`` min to max (positive: for a log axis); none
+    for one seed. ``kind`` "band": a line and a band in its colour; "points": markers with error bars; "bars":
+    bars of ``width`` with error bars (``horizontal``: along x). ``label`` gets n, the seeds per position."""
+    vals = [np.asarray(v, dtype=np.float64) for v in values]
+    ns = [v.size for v in vals if v.size]
+    mean = np.array([v.mean() if v.size else np.nan for v in vals])
+    if spread == "range":
+        lo, hi = (np.array([f(v) if v.size else np.nan for v in vals]) for f in (np.min, np.max))
+    else:
+        sd = np.array([v.std(ddof=1) if v.size > 1 else 0.0 for v in vals])
+        lo, hi = mean - sd, mean + sd
+    if label is not None and ns:
+        label += f" (n={min(ns)})" if min(ns) == max(ns) else f" (n={min(ns)}-{max(ns)})"
+    if kind == "band":
+        line, = ax.plot(at, mean, label=label, **kw)
+        if max(ns, default=0) > 1:
+            ax.fill_between(at, lo, hi, alpha=0.15, color=line.get_color())
+        return line
+    err = {"xerr" if horizontal else "yerr": [mean - lo, hi - mean] if max(ns, default=0) > 1 else None}
+    kw = {"capsize": 3, "label": label, **err, **kw}
+    if kind == "bars":
+        return (ax.barh if horizontal else ax.bar)(at, mean, width, **kw)
+    return ax.errorbar(*((mean, at) if horizontal else (at, mean)), **kw)
 
 
 def figure_legend(fig: Any, axes: Iterable[Any], ncol: int = 4, fontsize: int = 8) -> None:

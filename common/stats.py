@@ -6,71 +6,46 @@
                {0: 44.0, 1: 45.1, 2: 49.9})
     fmt_diff(d)                                # '+3.4 [-1.3, +8.2] (n=3), no difference'
     holm({"a-b": d, "c-b": d2})                # Holm-corrected verdicts for the comparisons of one table
+    table_rows({"fedavg": {0: 44.0, 1: 45.1},  # a results table's cells: mean ± sd, and the difference to
+                "fisher": {0: 50.1, 1: 48.0}}, ref="fedavg")  # the reference arm with Holm's verdict
 
 The 95% interval is mean ± t(0.975, n-1) · sd / sqrt(n). A paired difference whose interval contains 0 is
 reported as "no difference"; its interval rules out every effect beyond ``ruled_out(d)`` in size. Several
 comparisons in one table are corrected together with ``holm`` (Holm's step-down method on the paired t-test
 p-values: it keeps the family-wise error rate at 5% whatever the dependence between the comparisons). The
-Student-t quantile is computed here (regularized incomplete beta function by continued fraction, inverted by
-bisection) so the toolkit does not depend on scipy; the tests compare it with ``scipy.stats.t.ppf``.
+Student-t quantile is computed here (the exact distribution function for integer degrees of freedom, inverted
+by bisection) so the toolkit does not depend on scipy; the tests compare it with ``scipy.stats.t.ppf``.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 LEVEL = 0.95
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 400):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
+def t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with an integer ``df`` >= 1 degrees of freedom, exact (Abramowitz & Stegun
+    26.7.3-4: a finite series in cos(theta), theta = atan(|t| / sqrt(df)))."""
+    if df < 1 or df != int(df):
+        raise ValueError(f"t_cdf needs an integer df >= 1 (n - 1 of n seeds), got {df}")
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2, term, total = math.cos(theta) ** 2, 1.0, 1.0
+    for k in range(1, int(df) // 2):  # odd df: 1 + 2/3 c2 + 2*4/(3*5) c2^2 ...; even: 1 + 1/2 c2 + 1*3/(2*4) c2^2 ...
+        term *= c2 * ((2 * k) / (2 * k + 1) if df % 2 else (2 * k - 1) / (2 * k))
+        total += term
+    if df % 2:  # P(|T| <= t)
+        inside = 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0))
+    else:
+        inside = math.sin(theta) * total
+    return 0.5 + 0.5 * inside if t >= 0 else 0.5 - 0.5 * inside
 
 
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def t_quantile(q: float, df: float) -> float:
-    """The ``q`` quantile of Student's t with ``df`` > 0 degrees of freedom (scipy.stats.t.ppf)."""
-    if not 0.0 < q < 1.0 or not df > 0:
-        raise ValueError(f"t_quantile needs 0 < q < 1 and df > 0, got q={q}, df={df}")
+def t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile of Student's t with an integer ``df`` >= 1 degrees of freedom (scipy.stats.t.ppf)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"t_quantile needs 0 < q < 1, got q={q}")
     if q < 0.5:
         return -t_quantile(1.0 - q, df)
     lo, hi = 0.0, 1.0
@@ -219,3 +194,37 @@ def fmt_verdict(d: Paired, v: Verdict, digits: int = 1) -> str:
     if v.significant:
         return f"{head}, p_Holm {v.p_holm:.2g}"
     return f"{head}, no difference after Holm (rules out > {ruled_out(d):.{digits}f})"
+
+
+def fmt_seeds(values: Iterable, digits: int = 1) -> str:
+    """``fmt`` of the finite values over seeds, with ', 2 diverged' when some are not finite numbers."""
+    values = list(values)
+    ok = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return fmt(summarize(ok), digits) + (f", {len(values) - len(ok)} diverged" if len(ok) < len(values) else "")
+
+
+def compare(pairs: Mapping[Hashable, tuple[Mapping, Mapping]], digits: int = 1) -> dict[Hashable, tuple[Paired, str]]:
+    """The comparisons of one table, {name: ({seed: a}, {seed: b})}, as {name: (a - b paired by seed over the
+    finite values, its ``fmt_verdict`` cell)}: the verdicts Holm-corrected together."""
+    diffs = {k: paired(*({s: v for s, v in x.items() if math.isfinite(v)} for x in ab)) for k, ab in pairs.items()}
+    verdicts = holm(diffs)
+    return {k: (d, fmt_verdict(d, verdicts[k], digits)) for k, d in diffs.items()}
+
+
+def table_rows(values: Mapping[Hashable, Mapping], ref: Hashable = None, digits: int = 1,
+               skip: Mapping[Hashable, str] | None = None) -> dict[Hashable, tuple[str, str]]:
+    """{arm: (mean ± sd cell, difference cell)} of a results table from ``values`` {arm: {seed: value}}: the
+    difference to arm ``ref`` paired by seed with its 95% t interval, the verdicts Holm-corrected over the
+    table ('reference' for ``ref`` itself, '–' when ``ref`` has no values). An arm in ``skip`` is not compared:
+    its cell is ``skip[arm]`` (an arm whose every seed diverged is "diverged", not "no difference")."""
+    skip = skip or {}
+    cells = {a: "reference" if a == ref else skip.get(a, "–") for a in values}
+    cells |= {a: cell for a, (_, cell) in compare({a: (v, values[ref]) for a, v in values.items()
+                                                    if ref in values and a != ref and a not in skip}, digits).items()}
+    return {a: (fmt_seeds(v.values(), digits), cells[a]) for a, v in values.items()}
+
+
+def markdown(headers: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
+    """The lines of a Markdown table."""
+    return ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]

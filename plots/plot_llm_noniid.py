@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
 
 from common import cli
 from common import runs as R
-from common import stats as S
 
 # what splits runs into panels of their own (next to the partition); every other difference splits lines
 PANEL_KEYS = ("data", "model", "tokenizer", "bpe_vocab_size", "seq_len", "num_clients", "max_eval_examples")
@@ -59,10 +59,7 @@ def add_local_steps(run: dict) -> dict:
     clients' steps; a round logged twice, as after a resume, counts once)."""
     per_round = {r["round"]: r.get("step", 0) for r in run["rows"]
                  if isinstance(r.get("round"), int) and isinstance(r.get("step", 0), (int, float))}
-    total, cum = 0, {}
-    for rnd in sorted(per_round):
-        total += per_round[rnd]
-        cum[rnd] = total
+    cum = dict(zip(sorted(per_round), accumulate(per_round[rnd] for rnd in sorted(per_round))))
     for r in run["rows"]:
         if r.get("round") in cum:
             r[X] = cum[r["round"]]
@@ -103,28 +100,21 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
     for ax, part in zip(axes[0], parts):
         arms = [a for p, a in groups if p == part]
         for i, arm in enumerate(arms):
-            g = groups[(part, arm)]
-            if not all(R.series(r, key, X)[0].size for r in g):
-                print(f"{part} / {arm}: no {key} in some runs, not drawn in {key}")
-                continue
-            x, m, s = R.mean_std(g, key, X)
-            x = x / 1000
-            ok = np.isfinite(m)
+            x, ys = R.aligned(groups[(part, arm)], key, X)
+            ok = np.isfinite(ys).all(0)
             if not ok.any():
                 print(f"{part} / {arm}: no {key} at a step every run reached, not drawn in {key}")
                 continue
             marker, style = STYLES[i % len(STYLES)]
             color = plt.cm.tab20(i % 20) if len(arms) > 10 else None  # the default cycle repeats after 10
-            line, = ax.plot(x[ok], m[ok], marker=marker, linestyle=style, markersize=3,
-                            markevery=max(1, ok.sum() // 8), label=f"{arm} (n={len(g)})", color=color)
-            ax.fill_between(x[ok], (m - s)[ok], (m + s)[ok], alpha=0.15, color=line.get_color())  # its line's colour
+            R.draw_seeds(ax, x[ok] / 1000, ys[:, ok].T, arm, marker=marker, linestyle=style, markersize=3,
+                         markevery=max(1, ok.sum() // 8), color=color)
             drawn += 1
         ref = _reference([r for a in arms for r in groups[(part, a)]], ref_key) if ref_key else None
         if ref:
             ax.axhline(ref[0], color="k", linestyle="--", linewidth=1, label=ref[1])
         ax.set_title(f"{part}\nlines: mean over seeds; {BAND}", fontsize=9)
-        ax.set_xlabel("local SGD steps, all clients (thousands)")
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel="local SGD steps, all clients (thousands)", ylabel=ylabel)
         if log:
             ax.set_yscale("log")
             lo, hi = ax.get_ylim()
@@ -155,13 +145,11 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
         for j, (key, ref_key, label) in enumerate((("final_val_ppl", "unigram_val_ppl", "global validation"),
                                                    ("final_personal_val_ppl", "personal_unigram_ppl",
                                                     "own held-out texts"))):
-            stats = [S.summarize(R.by_seed([r for r in groups[(part, a)] if _finite(r, key)], key).values())
-                     for a in arms]
-            if not any(s.n for s in stats):  # not measured (no --client-holdout): no empty bars
+            vals = [[v for v in R.by_seed(groups[(part, a)], key).values() if np.isfinite(v)] for a in arms]
+            if not any(vals):  # not measured (no --client-holdout): no empty bars
                 continue
-            y = np.arange(len(arms)) + (0.2 if j else -0.2)
-            ax.barh(y, [s.mean if s.n else 0 for s in stats], 0.4, xerr=[s.sd if s.n > 1 else 0 for s in stats],
-                    label=label, capsize=2, color=f"C{j}")
+            R.draw_seeds(ax, np.arange(len(arms)) + (0.2 if j else -0.2), vals, label, kind="bars", horizontal=True,
+                         width=0.4, color=f"C{j}")
             ref = _reference([r for a in arms for r in groups[(part, a)]], ref_key)
             if ref:
                 ax.axvline(ref[0], color=f"C{j}", linestyle="--", linewidth=1, label=ref[1])
@@ -172,11 +160,6 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.suptitle("bars: mean over seeds; error bars: ± sample sd over seeds", fontsize=9)
     return R.savefig(fig, out / "final_ppl.png")
-
-
-def _finite(run: dict, key: str) -> bool:
-    v = (run.get("summary") or {}).get(key)
-    return v is not None and np.isfinite(v)
 
 
 def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:

@@ -9,9 +9,10 @@ main_glue_lora.py are grouped by their summary). Runs on other data, another mod
 evaluation subset get tables and figures of their own ("sst2 [model=tiny]"); runs of one cell that differ
 in any other argument (rounds, client count, --quick ...) are separate rows, the arguments in their label.
 Statistics over seeds come from ``common.stats``: mean ± sample sd (ddof=1) with n, and the difference to
-centralized LoRA paired by seed with its 95% t interval. The majority-class baseline (the training subset's
-most frequent label predicted for every validation example) and the SVD error per rank are read from the
-runs' summary.json (written by the training scripts); a run too old to hold them is drawn without them.
+centralized LoRA paired by seed with its 95% t interval, the verdicts Holm-corrected over each table. The
+majority-class baseline (the training subset's most frequent label predicted for every validation example) and
+the SVD error per rank are read from the runs' summary.json (written by the training scripts); a run too old to
+hold them is drawn without them.
 Several --runs folders are read together. Writes ``<out>/rounds_<task>.png``, ``svd_error_vs_rank.png``,
 ``summary.png`` and ``results.md`` (the tables of the README; lora_glue_fl/README.md says what each figure shows).
 """
@@ -42,7 +43,7 @@ METHOD_LABEL = {"central": "centralized LoRA", "svd": "FedAvg svd", "naive": "Fe
                 "oneshot": "one-shot svd", "oneshot-naive": "one-shot naive"}
 SHARD_LABEL = {"iid": "iid", "dir1": "Dirichlet α=1", "dir0.1": "Dirichlet α=0.1", "category": "one label per client"}
 LINESTYLE = {"svd": "-", "naive": "--", "exact": ":"}
-MARKER = {"svd": "o", "naive": "s", "exact": "D", "oneshot": "*"}  # per aggregation: colour is the partition
+MARKER = {"svd": "o", "naive": "s", "exact": "D", "oneshot": "*", "oneshot-naive": "x"}  # colour: the partition
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -122,9 +123,10 @@ def _shard_rank(shard: str) -> int:
     return SHARDS.index(shard) if shard in SHARDS else len(SHARDS)
 
 
-def central_of(groups: dict, task: str) -> list[dict] | None:
-    """The centralized runs of ``task``: the reference of its rows, when there is one configuration of them."""
-    cells = [g for k, g in groups.items() if k[0] == task and k[1] == "central"]
+def central_of(groups: dict, task: str) -> tuple | None:
+    """The key of the centralized runs of ``task``: the reference of its rows, when there is one configuration
+    of them."""
+    cells = [k for k in groups if k[0] == task and k[1] == "central"]
     if len(cells) > 1:
         print(f"{task}: {len(cells)} centralized configurations; no centralized reference line or column")
     return cells[0] if len(cells) == 1 else None
@@ -134,19 +136,14 @@ def metric_of(group: list[dict]) -> str:
     return group[0]["summary"]["main_metric"]
 
 
-def final_runs(group: list[dict], metric: str) -> list[dict]:
-    """The runs with their final ``metric`` as a top-level summary value (what common.runs' seed helpers read)."""
-    return [{"path": g["path"], "args": g["args"], "summary": {"value": _number(g["summary"]["final"].get(metric))}}
-            for g in group]
-
-
 def _number(v) -> float | None:
     """``v`` if it is a number (a summary value of another type is not drawn)."""
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def seed_values(group: list[dict], metric: str) -> dict:
-    return R.by_seed(final_runs(group, metric), "value")
+    """{seed: final ``metric``} of the runs that report it as a number."""
+    return R.by_seed([{**g, "summary": {"v": _number(g["summary"]["final"].get(metric))}} for g in group], "v")
 
 
 def label_of(method: str, shard: str) -> str:
@@ -194,10 +191,9 @@ def cost_cell(group: list[dict]) -> tuple[str, str]:
     params, round_bytes = _fused_values(group[0], "client_trainable_params"), _fused_values(group[0], "round_bytes")
     if not params:
         return "", ""
-    first, last, b_first, b_last = params[0], params[-1], round_bytes[0], round_bytes[-1]
-    params = f"{first:,}" if first == last else f"{first:,} → {last:,}"
-    mb = f"{b_first / 1e6:.2f}" if b_first == b_last else f"{b_first / 1e6:.2f} → {b_last / 1e6:.2f}"
-    return params, mb
+    span = lambda first, last: first if first == last else f"{first} → {last}"
+    return (span(f"{params[0]:,}", f"{params[-1]:,}"),
+            span(f"{round_bytes[0] / 1e6:.2f}", f"{round_bytes[-1] / 1e6:.2f}"))
 
 
 def merge_error_cell(group: list[dict]) -> str:
@@ -207,36 +203,24 @@ def merge_error_cell(group: list[dict]) -> str:
     return stats.fmt(stats.summarize(vals), 3) if vals else "–"
 
 
-def markdown_table(headers, rows) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
-
-
 def task_table(task: str, groups: dict, base: dict) -> str:
     mine = {k: g for k, g in groups.items() if k[0] == task}
     any_group = next(iter(mine.values()))
     metric = metric_of(any_group)
     extra = "accuracy" if metric != "accuracy" and "accuracy" in any_group[0]["summary"]["final"] else None
-    central = central_of(groups, task)
+    cells = stats.table_rows({k: seed_values(g, metric) for k, g in mine.items()}, central_of(groups, task), 3)
     headers = ["run", f"{metric} (mean ± sd, n seeds)"] + ([f"{extra} (mean ± sd)"] if extra else []) + [
-        f"{metric} − centralized, paired by seed [95% CI]", "merge error, last round", "trainable params per client",
-        "MB per round (down + up)"]
+        f"{metric} − centralized, paired by seed [95% CI], Holm over the table", "merge error, last round",
+        "trainable params per client", "MB per round (down + up)"]
     majority = "majority-class baseline" + (f" (label {base['label']})" if base.get("label") is not None else "")
     rows = [[majority, f"{base.get(metric, float('nan')):.3f}"]
             + ([f"{base.get(extra, float('nan')):.3f}"] if extra else []) + ["", "", "", ""]] if base else []
-    for (_, method, shard), group in mine.items():
-        vals = seed_values(group, metric)
-        row = [label_of(method, shard), stats.fmt(stats.summarize(vals.values()), 3)]
-        if extra:
-            row.append(stats.fmt(stats.summarize(seed_values(group, extra).values()), 3))
-        row.append("(reference)" if method == "central" or not central
-                   else stats.fmt_diff(stats.paired(vals, seed_values(central, metric)), 3))
-        row.append("–" if method == "central" else merge_error_cell(group))
-        row += list(cost_cell(group))
-        rows.append(row)
+    for key, group in mine.items():
+        rows.append([label_of(*key[1:]), cells[key][0]]
+                    + ([stats.fmt_seeds(seed_values(group, extra).values(), 3)] if extra else [])
+                    + [cells[key][1], "–" if key[1] == "central" else merge_error_cell(group), *cost_cell(group)])
     majority = f"; majority baseline {base[metric]:.3f}" if metric in base else ""
-    return f"**{task}** (validation {metric}{majority})\n\n" + \
-        markdown_table(headers, rows)
+    return f"**{task}** (validation {metric}{majority})\n\n" + "\n".join(stats.markdown(headers, rows))
 
 
 CONTRASTS = [  # (method a, method b, sharding of a, what a - b answers); sharding None: a and b on the same
@@ -254,20 +238,19 @@ def contrast_table(task: str, groups: dict) -> str:
     multi-round vs one-shot, iid vs skewed; '' when no pair of cells exists."""
     metric = metric_of(next(g for k, g in groups.items() if k[0] == task))
     shards = sorted({k[2] for k in groups if k[0] == task and k[2] != "-"}, key=_shard_rank)
-    rows = []
+    pairs = {}
     for ma, mb, sa, what in CONTRASTS:
-        pairs = [(sh, sh) for sh in shards] if sa is None else [(sa, sh) for sh in shards if sh != sa]
-        for a_shard, b_shard in pairs:
+        for a_shard, b_shard in [(sh, sh) for sh in shards] if sa is None else [(sa, sh) for sh in shards if sh != sa]:
             a, b = groups.get((task, ma, a_shard)), groups.get((task, mb, b_shard))
-            if not a or not b:
-                continue
-            d = stats.paired(seed_values(a, metric), seed_values(b, metric))
-            rows.append([what, f"{label_of(ma, a_shard)} vs {label_of(mb, b_shard)}", stats.fmt_diff(d, 3),
-                         " ".join(f"{x:+.3f}" for x in d.diffs)])
-    if not rows:
+            if a and b:
+                pairs[(what, f"{label_of(ma, a_shard)} vs {label_of(mb, b_shard)}")] = \
+                    (seed_values(a, metric), seed_values(b, metric))
+    if not pairs:
         return ""
-    return f"**{task}: paired differences in {metric}** (a − b, matched by seed, 95% t interval)\n\n" + \
-        markdown_table(["question", "a vs b", "a − b [95% CI]", "per seed"], rows)
+    rows = [[*k, cell, " ".join(f"{x:+.3f}" for x in d.diffs)] for k, (d, cell) in stats.compare(pairs, 3).items()]
+    return (f"**{task}: paired differences in {metric}** (a − b, matched by seed, 95% t interval, verdicts "
+            "Holm-corrected over the table)\n\n" + "\n".join(stats.markdown(["question", "a vs b", "a − b [95% CI]",
+                                                                              "per seed"], rows)))
 
 
 def baselines(groups: dict) -> dict:
@@ -293,62 +276,54 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
         else:   # only the last round was scored: the final metric is in summary.png
             fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2))
             ax = None
-        metric, last_round, k = None, 1, 0
-        for (_, method, _shard), group in fed:
-            metric = metric_of(group)
-            if not method.startswith("oneshot"):
-                rows = [r for g in group for r in g["rows"] if r.get("client") is None]
-                last_round = max([last_round] + [r["round"] for r in rows if isinstance(r.get("round"), int)])
+        metric, k = metric_of(fed[0][1]), 0
+        last_round = max([1] + [r["round"] for (_, method, _), group in fed if not method.startswith("oneshot")
+                                for g in group for r in g["rows"] if r.get("client") is None
+                                and isinstance(r.get("round"), int)])
         for (_, method, shard), group in fed:  # validation metric: lines, or points at the last round (offset)
-            color = colors.get(shard) or colors.setdefault(shard, f"C{len(colors)}")
-            n, label, oneshot = len(group), label_of(method, shard), method.startswith("oneshot")
-            style = {"color": color, "marker": MARKER.get(method, "o"), "ms": 4}
-            fused = _fused_rows(group)
+            label, ls, fused = label_of(method, shard), LINESTYLE.get(method, "-"), _fused_rows(group)
+            style = {"color": colors.get(shard) or colors.setdefault(shard, f"C{len(colors)}"),
+                     "marker": MARKER.get(method, "o")}
             if ax is not None:
-                if oneshot:
-                    x, y, e = np.array([last_round]), *(np.array([v]) for v in _mean_sd(seed_values(group, metric)))
+                if method.startswith("oneshot"):
+                    x, vals = np.array([last_round]), [list(seed_values(group, metric).values())]
                 else:
-                    x, y, e = R.mean_std(fused, metric)
+                    x, ys = R.aligned(fused, metric)
+                    vals = ys.T
                 if len(x) > 1:
-                    ax.plot(x, y, LINESTYLE.get(method, "-"), label=f"{label} (n={n})", **style)
-                    ax.fill_between(x, y - e, y + e, alpha=0.10, color=color)
+                    R.draw_seeds(ax, x, vals, label, ls=ls, ms=4, **style)
                 elif len(x):
                     k += 1
-                    ax.errorbar(x + 0.06 * k, y, yerr=e if n > 1 else None, capsize=3, color=color, ms=7,
-                                fmt=MARKER.get(method, "x"), label=f"{label} (n={n})")
-            if oneshot:
+                    R.draw_seeds(ax, x + 0.06 * k, vals, label, kind="points", ms=7, **style)
+            if method.startswith("oneshot"):
                 continue
-            xl, yl, _ = R.mean_std(fused, "train_loss")
-            ax_loss.plot(xl, yl, LINESTYLE.get(method, "-"), label=label, **style)
-            xe, ye, _ = R.mean_std(fused, "merge_rel_error")
-            if len(xe) and np.all(ye > 0):
-                ax_err.plot(xe, ye, LINESTYLE.get(method, "-"), label=label, **style)
+            xl, yl = R.aligned(fused, "train_loss")
+            ax_loss.plot(xl, yl.mean(0), ls, label=label, ms=4, **style)
+            xe, ye = R.aligned(fused, "merge_rel_error")
+            if len(xe) and np.all(ye.mean(0) > 0):
+                ax_err.plot(xe, ye.mean(0), ls, label=label, ms=4, **style)
             elif len(xe):
                 print(f"rounds_{task}.png: {label} left out of the merge-error panel (a zero error has no log)")
-        central = central_of(groups, task)
+        central = groups.get(central_of(groups, task))
         if ax is not None:
             if central:
-                c_mean, _ = _mean_sd(seed_values(central, metric))
+                c_mean = _mean(seed_values(central, metric))
                 ax.axhline(c_mean, color="k", ls="--", lw=1.2,
                            label=f"centralized LoRA ({c_mean:.3f}, n={len(central)})")
             if metric in base.get(task, {}):
                 ax.axhline(base[task][metric], color="0.5", ls=":", lw=1.5,
                            label=f"majority baseline ({base[task][metric]:.3f})")
-            ax.set_xlabel("round (one-shot: 1 round of the same total local epochs, shown at the last round)")
-            ax.set_ylabel(f"{metric} (validation, fused model)")
-            ax.set_title(f"{task}: fused model, mean ± sd over seeds")
+            ax.set(xlabel="round (one-shot: 1 round of the same total local epochs, shown at the last round)",
+                   ylabel=f"{metric} (validation, fused model)", title=f"{task}: fused model, mean ± sd over seeds")
             ax.legend(fontsize=6, loc="best")
         n_labels = num_labels_of([r for _, g in fed for r in g])
         if n_labels and n_labels > 1:  # the loss of a uniform prediction: a client at this line has learned nothing
             ax_loss.axhline(np.log(n_labels), color="0.5", ls=":", lw=1.5,
                             label=f"uniform prediction, ln {n_labels} = {np.log(n_labels):.3f}")
-        ax_loss.set_xlabel("round")
-        ax_loss.set_ylabel("clients' mean training loss in the round")
-        ax_loss.set_title(f"{task}: local training loss (mean over seeds)")
-        ax_err.set_yscale("log")
-        ax_err.set_xlabel("round")
-        ax_err.set_ylabel("relative merge error of dW")
-        ax_err.set_title(f"{task}: merge error per round (mean over seeds)")
+        ax_loss.set(xlabel="round", ylabel="clients' mean training loss in the round",
+                    title=f"{task}: local training loss (mean over seeds)")
+        ax_err.set(yscale="log", xlabel="round", ylabel="relative merge error of dW",
+                   title=f"{task}: merge error per round (mean over seeds)")
         for a in (a for a in (ax, ax_loss, ax_err) if a is not None):
             a.xaxis.get_major_locator().set_params(integer=True)
         fig.tight_layout()
@@ -357,10 +332,8 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
     return written
 
 
-def _mean_sd(values: dict) -> tuple[float, float]:
-    """Mean and sample sd (0 for one value: no band) over seeds, from ``common.stats``."""
-    s = stats.summarize(values.values())
-    return s.mean, (s.sd if s.n > 1 else 0.0)
+def _mean(values: dict) -> float:
+    return stats.summarize(values.values()).mean
 
 
 def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
@@ -390,10 +363,8 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
         plt.close(fig)
         print("skipped svd_error_vs_rank.png: no svd run kept its last round's client adapters")
         return []
-    ax.set_yscale("log")
-    ax.set_xlabel("rank r of the fused adapter")
-    ax.set_ylabel("relative error of the merged dW")
-    ax.set_title("SVD merge of the last round's client adapters")
+    ax.set(yscale="log", xlabel="rank r of the fused adapter", ylabel="relative error of the merged dW",
+           title="SVD merge of the last round's client adapters")
     ax.legend(fontsize=6)
     return R.savefig(fig, out / "svd_error_vs_rank.png")
 
@@ -412,20 +383,19 @@ def plot_summary(groups, base: dict, out: Path) -> list[Path]:
         ypos = np.arange(len(keys))[::-1]
         for y, k, vals in zip(ypos, keys, values):
             color = "k" if k[1] == "central" else f"C{_shard_rank(k[2])}"
-            mean, sd = _mean_sd(vals)
-            ax.errorbar([mean], [y], xerr=[sd], fmt="D", color=color, ms=6, capsize=3, zorder=3)
+            R.draw_seeds(ax, [y], [list(vals.values())], kind="points", horizontal=True, marker="D", color=color,
+                         ms=6, zorder=3)
             ax.scatter(list(vals.values()), [y - 0.18] * len(vals), s=12, color="0.3", zorder=2)
         ax.set_yticks(ypos)
         ax.set_yticklabels([f"{label_of(k[1], k[2])} (n={len(v)})" for k, v in zip(keys, values)], fontsize=7)
         if metric in base.get(task, {}):
             ax.axvline(base[task][metric], color="0.4", ls=":", lw=1.5, label=f"majority ({base[task][metric]:.3f})")
-        central = central_of(groups, task)
+        central = groups.get(central_of(groups, task))
         if central:
-            c_mean, _ = _mean_sd(seed_values(central, metric))
+            c_mean = _mean(seed_values(central, metric))
             ax.axvline(c_mean, color="k", ls="--", lw=1, label=f"centralized ({c_mean:.3f})")
-        ax.set_ylim(-0.7, len(keys) - 0.4)
-        ax.set_xlabel(f"final validation {metric}: seeds (dots), mean ± sample sd (diamond)")
-        ax.set_title(task)
+        ax.set(ylim=(-0.7, len(keys) - 0.4), title=task,
+               xlabel=f"final validation {metric}: seeds (dots), mean ± sample sd (diamond)")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     return R.savefig(fig, out / "summary.png")
 

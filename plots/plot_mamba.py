@@ -17,14 +17,13 @@ Nothing is written when no folder holds a finished grid run or a --save-deltas r
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
+from common import cli, stats
 from common import runs as R
-from common import stats
-from common.curves import _plt, perplexity_curve, reference_lines  # noqa: F401  (perplexity_curve re-exported)
+from common.curves import _plt, reference_lines
 
 
 def rank_at_energy(s: np.ndarray, energy: float = 0.95) -> int:
@@ -41,14 +40,13 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
         return []
     plt, written = _plt(), []
     last = np.load(files[-1])
-    keys = sorted(k for k in last.files if "_delta/" in k and (k.startswith("server_delta/") or k.startswith("client")))
+    keys = sorted(k for k in last.files if "_delta/" in k)  # server_delta/... and client<i>_delta/...
     if keys:
         cols = min(len(keys), 4)
         rows_ = -(-len(keys) // cols)
         fig, axes = plt.subplots(rows_, cols, figsize=(3.2 * cols, 2.6 * rows_), squeeze=False)
         for ax, k in zip(axes.flat, keys):
-            a = last[k]
-            a = a.reshape(a.shape[0], -1)
+            a = _matrix(last[k])
             lim = float(np.abs(a).max()) or 1.0
             im = ax.imshow(a, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
@@ -72,11 +70,9 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
             ax, ax2 = axes[0, j], axes[1, j]
             for i, z in enumerate(snaps):
                 if "server_delta/" + key in z.files:
-                    a = z["server_delta/" + key]
-                    s = np.linalg.svd(a.reshape(a.shape[0], -1), compute_uv=False)
+                    s = np.linalg.svd(_matrix(z["server_delta/" + key]), compute_uv=False)
                     ax.semilogy(s[:64], color=cmap(i / max(len(snaps) - 1, 1)), lw=1)
-            a = last["server/" + key]
-            s = np.linalg.svd(a.reshape(a.shape[0], -1), compute_uv=False)
+            s = np.linalg.svd(_matrix(last["server/" + key]), compute_uv=False)
             r95 = rank_at_energy(s)
             ax2.semilogy(s)
             ax2.axvline(r95, color="r", ls="--", lw=1, label=f"rank@95% = {r95}/{len(s)}")
@@ -94,6 +90,10 @@ def delta_figures(run: dict, out: Path) -> list[Path]:
                 a_.tick_params(labelsize=6)
         written += R.savefig(fig, out / f"spectrum_{run['name']}.png")
     return written
+
+
+def _matrix(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0], -1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -138,10 +138,6 @@ def _select(runs, arm, layers, shard, real=False):
             and (arm.startswith("central") or r["shard"] == shard)]
 
 
-def _finite(runs, key="final_val_ppl"):
-    return [r for r in runs if r["summary"].get(key) is not None and np.isfinite(r["summary"][key])]
-
-
 def plateau(run: dict) -> bool | None:
     """True when the validation perplexity changed by less than PLATEAU (relative) between the evaluation at
     80% of the run and the last one; None with fewer than 3 evaluations."""
@@ -153,15 +149,8 @@ def plateau(run: dict) -> bool | None:
     return bool(abs(ys[min(i, xs.size - 2)] - ys[-1]) / ys[-1] < PLATEAU)
 
 
-def _cell(runs, key="final_val_ppl", digits=1) -> str:
-    ok = _finite(runs, key)
-    txt = stats.fmt(stats.summarize(r["summary"][key] for r in ok), digits)
-    return txt + (f", {len(runs) - len(ok)} diverged" if len(ok) < len(runs) else "")
-
-
-def _refs(runs) -> dict:
-    s = runs[0]["summary"] if runs else {}
-    return {k: s.get(k) for k in ("uniform_ppl", "unigram_ppl", "unigram_ppl_word", "optimal_ppl_word")}
+def _refs(run) -> dict:
+    return {k: run["summary"].get(k) for k in ("uniform_ppl", "unigram_ppl", "unigram_ppl_word", "optimal_ppl_word")}
 
 
 def _extra(arm, runs) -> str:
@@ -190,22 +179,16 @@ def table(runs, arms, layers, shard, real=False, ref_arm="fedavg") -> list[str]:
     (``ref_arm``) with Holm's correction over the block's comparisons, plateau check and arm-specific
     diagnostics; the reference points below. An arm whose every seed ends above the unigram is "diverged",
     not compared."""
-    ref = _select(runs, ref_arm, layers, shard, real)
     groups = {arm: g for arm in arms if (g := _select(runs, arm, layers, shard, real))}
-    diverged = {arm for arm, g in groups.items() if all(_above_unigram(r) for r in g)}
-    diffs = {arm: R.seed_paired(_finite(g), _finite(ref), "final_val_ppl") for arm, g in groups.items()
-             if arm != ref_arm and ref and arm not in diverged}
-    verdicts = stats.holm(diffs)
-    lines = ["| arm | final ppl / token | final ppl / word | − FedAvg (per token), 95% CI, Holm over the block "
-             "| plateau | notes |", "|---|---|---|---|---|---|"]
-    for arm, group in groups.items():
-        flat = [plateau(r) for r in group]
-        diff = ("reference" if arm == ref_arm else "diverged (every seed above the unigram)" if arm in diverged
-                else stats.fmt_verdict(diffs[arm], verdicts[arm]) if arm in diffs else "–")
-        lines.append(f"| {ARM_LABELS.get(arm, arm)} | {_cell(group)} | {_cell(group, 'final_val_ppl_word')} | "
-                     f"{diff} | {sum(bool(f) for f in flat)}/{len(flat)} | {_extra(arm, group)} |")
-    anyrun = next((r for a in arms for r in _select(runs, a, layers, shard, real)), None)
-    f = _refs([anyrun]) if anyrun else {}
+    diverged = {arm: "diverged (every seed above the unigram)" for arm, g in groups.items()
+                if all(_above_unigram(r) for r in g)}
+    cells = stats.table_rows({arm: R.by_seed(g, "final_val_ppl") for arm, g in groups.items()}, ref_arm, skip=diverged)
+    lines = stats.markdown(
+        ["arm", "final ppl / token", "final ppl / word", "− FedAvg (per token), 95% CI, Holm over the block",
+         "plateau", "notes"],
+        [[ARM_LABELS.get(arm, arm), cells[arm][0], stats.fmt_seeds(R.by_seed(g, "final_val_ppl_word").values()),
+          cells[arm][1], f"{sum(bool(plateau(r)) for r in g)}/{len(g)}", _extra(arm, g)] for arm, g in groups.items()])
+    f = _refs(next(iter(groups.values()))[0]) if groups else {}
     if all(isinstance(f.get(k), (int, float)) for k in ("uniform_ppl", "unigram_ppl", "unigram_ppl_word")):
         refs = (f"uniform {f['uniform_ppl']:.0f} / token; unigram (fitted on the training split) "
                 f"{f['unigram_ppl']:.1f} / token, {f['unigram_ppl_word']:.1f} / word")
@@ -221,31 +204,25 @@ def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 4.3))
-    drawn, anyrun = 0, None
+    drawn = []
     for arm in arms:
-        everyone = _select(runs, arm, layers, shard, real)
-        group = _finite(everyone)
-        for r in everyone:
-            if r not in group:
+        group = []
+        for r in _select(runs, arm, layers, shard, real):
+            if np.isfinite(r["summary"]["final_val_ppl"]):
+                group.append(r)
+            else:
                 print(f"{Path(path).name}: left out {r['name']}: its final perplexity is not finite (diverged)")
-        if not group:
-            continue
-        anyrun = group[0]
-        xs, ys = R.aligned(group, "val_ppl", "tokens")
-        if xs.size == 0:
-            continue
-        xs = xs / group[0]["args"]["sequence_length"]
-        marker, ls = _STYLE.get(arm, ("o", "-"))
-        line, = ax.plot(xs, ys.mean(0), marker=marker, ls=ls, ms=4,
-                        label=f"{ARM_LABELS.get(arm, arm)} (n={len(group)})")
-        if len(group) > 1:
-            ax.fill_between(xs, ys.min(0), ys.max(0), alpha=0.15, color=line.get_color())
-        drawn += 1
+        xs, ys = R.aligned(group, "val_ppl", "tokens") if group else ((), ())
+        if len(xs):
+            marker, ls = _STYLE.get(arm, ("o", "-"))
+            R.draw_seeds(ax, xs / group[0]["args"]["sequence_length"], ys.T, ARM_LABELS.get(arm, arm),
+                         spread="range", marker=marker, ls=ls, ms=4)
+            drawn.append(group[0])
     if not drawn:
         plt.close(fig)
         print(f"skipped {Path(path).name}: no finished runs for {title}")
         return None
-    refs = _refs([anyrun])
+    refs = _refs(drawn[-1])
     # per-token references only: the source's optimum is per word and has no place on this axis (results.md)
     reference_lines(ax, {k: refs.get(k) for k in ("uniform_ppl", "unigram_ppl")})
     ax.set_yscale("log")
@@ -269,8 +246,8 @@ def grid_report(root, figures) -> list[Path]:
     clients = f"{'/'.join(counts)} clients"
     md = ["# mamba_fl results grid", "",
           "Final validation perplexity (all validation blocks), mean ± sample sd over seeds (n); paired "
-          "difference to FedAvg over the same seeds with its 95% t interval (\"no difference\" when it contains "
-          f"0); plateau: runs whose perplexity moved < {PLATEAU:.0%} over their last 20% of training.", ""]
+          "difference to FedAvg over the same seeds with its 95% t interval, the verdict Holm-corrected over the "
+          f"block; plateau: runs whose perplexity moved < {PLATEAU:.0%} over their last 20% of training.", ""]
     written = []
 
     def block(heading, arms, L, shard, figure, title, real=False, ref_arm="fedavg"):
@@ -307,20 +284,15 @@ def grid_report(root, figures) -> list[Path]:
     return written
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from common import cli
-
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description="Figures of mamba_fl run directories", add_help=add_help)
     p.add_argument("--runs", nargs="+", default=["runs/mamba_grid"],
                    help="folders holding the run directories (default: where run_grid.py writes)")
-    p.add_argument("--pattern", default="*", help="glob of run directory names to include")
     p.add_argument("--out", default="figures/mamba", help="folder for the PNG files")
     return p
 
 
 def main(argv=None) -> dict:
-    from common import cli
-
     args = cli.parse(get_args_parser(), argv)
     for root in args.runs:
         cli.check(Path(root).is_dir(), f"--runs {root}: no such folder")
@@ -329,7 +301,7 @@ def main(argv=None) -> dict:
     for root in args.runs:
         figures = out if len(args.runs) == 1 else out / Path(root).name  # one results.md per grid
         written += grid_report(root, figures)
-        for run in R.load_runs(root, args.pattern):
+        for run in R.load_runs(root):
             if run["args"].get("save_deltas"):
                 written += delta_figures(run, out)
     cli.check(bool(written), f"no mamba_fl grid or delta runs under {' '.join(args.runs)}: nothing to draw")
@@ -339,6 +311,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from common import cli
-
     cli.run(main)

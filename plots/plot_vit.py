@@ -36,7 +36,6 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         help="folders holding the run directories (default: where run_all_experiments.py writes; "
                              "several are read together)")
     parser.add_argument("--out", default=None, help="folder for the figures (default <first runs-dir>/figures)")
-    parser.add_argument("--pdf", action="store_true", help="also write PDF files")
     return parser
 
 
@@ -52,6 +51,11 @@ def scratch(run: dict) -> bool:
 def strategy(run: dict) -> tuple[str, str]:
     """(mask strategy, sensitivity score) of a sparse run."""
     return run["args"]["mask_strategy"], run["args"].get("fisher_score", "fisher")
+
+
+def strategy_label(name: str, score: str) -> str:
+    """'random', 'least_sensitive (fisher)': the sensitivity score only for the strategies that use it."""
+    return name + (f" ({score})" if "sensitive" in name else "")
 
 
 def log_sweep_axes(ax, x: np.ndarray, xlabel: str, title: str) -> None:
@@ -71,21 +75,16 @@ def groups_by(runs: list[dict], key) -> dict:
     return dict(out)
 
 
-def acc_stats(runs: list[dict], key: str = "test_accuracy") -> tuple[float, float, int]:
-    """(mean, sample sd, n) in points; sd nan for n = 1 (drawn without an error bar)."""
-    s = R.seed_summary(runs, key)
-    return 100 * s.mean, 100 * s.sd, s.n
+def acc(runs: list[dict], key: str = "test_accuracy") -> list[float]:
+    """The runs' ``key`` per seed, in points."""
+    return [100 * v for v in R.by_seed(runs, key).values()]
 
 
-def xy(groups: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    xs = sorted(groups)
-    st = [acc_stats(groups[x]) for x in xs]
-    return np.array(xs, dtype=float), np.array([s[0] for s in st]), np.nan_to_num([s[1] for s in st]), \
-        [s[2] for s in st]
-
-
-def n_label(ns: list[int]) -> str:
-    return f"n={min(ns)}" if min(ns) == max(ns) else f"n={min(ns)}-{max(ns)}"
+def sweep(ax, groups: dict, label: str) -> np.ndarray:
+    """Test accuracy at x = each group's key: mean over seeds, error bars ± sample sd; returns the x values."""
+    x = sorted(groups)
+    R.draw_seeds(ax, x, [acc(groups[k]) for k in x], label, kind="points", marker="o")
+    return np.array(x, dtype=float)
 
 
 def chance_line(ax, runs: list[dict]) -> None:
@@ -109,32 +108,24 @@ def curve(ax, members: list[dict], label: str, **kw) -> None:
     curve of an axes gets its own marker."""
     a = members[0]["args"]
     m = max(1, int(round(a["participation_rate"] * a["num_clients"])))  # with_keys checked both
-    x, mean, sd = R.mean_std(members, "val_accuracy", x="step")
+    x, ys = R.aligned(members, "val_accuracy", x="step")
     if not x.size:
         print(f"left out of the accuracy curves: {label} (its runs logged no val_accuracy)")
         return
-    x = x * m * a["batch_size"] / 1000
     kw.setdefault("marker", MARKERS[len(ax.lines) % len(MARKERS)])
-    line, = ax.plot(x, 100 * mean, ms=4, label=f"{label} (n={len(members)})", **kw)
-    ax.fill_between(x, 100 * (mean - sd), 100 * (mean + sd), alpha=0.15, color=line.get_color())
+    R.draw_seeds(ax, x * m * a["batch_size"] / 1000, 100 * ys.T, label, ms=4, **kw)
 
 
 def vit_runs(runs: list[dict]) -> list[dict]:
     """The finished vit_sparse_fl runs with what the figures read; runs of other scripts are ignored, a
     malformed one left out with a line."""
-    central = R.with_keys([r for r in runs if r["meta"].get("script") == CENTRAL], "the vit figures",
-                          summary={"test_accuracy": R.NUMBER})
-    fed_args = {"sharding": str, "local_steps": int, "participation_rate": R.NUMBER, "num_clients": int,
-                "batch_size": int}
-    fed = R.with_keys([r for r in runs if r["meta"].get("script") == FED], "the vit figures", args=fed_args,
-                      summary={"test_accuracy": R.NUMBER})
-    sparse = R.with_keys([r for r in runs if r["meta"].get("script") == SPARSE], "the vit figures",
-                         args={**fed_args, "mask_strategy": str, "sparsity_ratio": R.NUMBER},
-                         summary={"test_accuracy": R.NUMBER})
-    ignored = len(runs) - sum(r["meta"].get("script") in (FED, SPARSE, CENTRAL) for r in runs)
+    fed = {"sharding": str, "local_steps": int, "participation_rate": R.NUMBER, "num_clients": int, "batch_size": int}
+    wanted = {CENTRAL: {}, FED: fed, SPARSE: {**fed, "mask_strategy": str, "sparsity_ratio": R.NUMBER}}
+    ignored = sum(r["meta"].get("script") not in wanted for r in runs)
     if ignored:
         print(f"ignored {ignored} run(s) of other scripts")
-    return central + fed + sparse
+    return [r for script, args in wanted.items() for r in R.with_keys(
+        [r for r in runs if r["meta"].get("script") == script], "the vit figures", args, {"test_accuracy": R.NUMBER})]
 
 
 def suites(runs: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -158,7 +149,7 @@ def suites(runs: list[dict]) -> list[tuple[str, list[dict]]]:
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     out = cli.check_out_dir(args.out or Path(args.runs_dir[0]) / "figures", "--out")
-    runs = vit_runs(R.load_roots(args.runs_dir, flag="--runs-dir"))
+    runs = vit_runs(R.load_roots(args.runs_dir))
     cli.check(any(r["meta"]["script"] != CENTRAL for r in runs),
               f"--runs-dir {' '.join(args.runs_dir)}: no finished vit_sparse_fl federated runs: nothing to draw")
     written = []
@@ -166,13 +157,13 @@ def main(argv=None) -> dict:
         folder = out if i == 0 else out / f"suite_{i + 1}"
         if i:
             print(f"runs with {label} drawn apart, in {folder}")
-        written += draw_suite(members, folder, args.pdf)
+        written += draw_suite(members, folder)
     for p in written:
         print(p)
     return {"figures": [str(p) for p in written]}
 
 
-def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
+def draw_suite(runs: list[dict], out: Path) -> list[Path]:
     """Every figure of one suite into ``out``."""
     import matplotlib.pyplot as plt
 
@@ -187,7 +178,6 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
     if not based:  # a suite without a pretrained base (--quick): its scratch runs are the comparison
         based, start = fed, "scratch (no pretrained base in these runs)"
     iid = [r for r in based if r["args"]["sharding"] == "iid" and r["args"]["local_steps"] == base_j]
-    iid_acc = acc_stats(iid)[0] if iid else None
 
     # ---------------------------------------------------------------- accuracy vs sample gradients
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -202,8 +192,8 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
     if nc2:
         first = max(r["args"]["sparsity_ratio"] for r in nc2)
         chosen = groups_by([r for r in nc2 if r["args"]["sparsity_ratio"] == first], strategy)
-        for (name, score), members in sorted(chosen.items()):
-            curve(ax, members, name + (f" ({score})" if "sensitive" in name else ""))
+        for key, members in sorted(chosen.items()):
+            curve(ax, members, strategy_label(*key))
         dense = [r for r in based if r["args"]["sharding"] != "iid" and r["args"]["nc"] == 2
                  and r["args"]["local_steps"] == base_j]
         if dense:
@@ -218,33 +208,31 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
         ax.set(xlabel="sample gradients in the main rounds (thousands)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    written += R.savefig(fig, out / "vit_accuracy_vs_rounds.png", pdf=pdf)
+    written += R.savefig(fig, out / "vit_accuracy_vs_rounds.png")
 
     # ---------------------------------------------------------------- accuracy vs Nc
     nonfed = [r for r in based if r["args"]["sharding"] == "non_iid" and r["args"]["local_steps"] == base_j]
     if nonfed:
-        x, m, s, n = xy(groups_by(nonfed, lambda r: r["args"]["nc"]))
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"non-IID (pathological), {n_label(n)}")
-        if iid_acc is not None:
-            ax.axhline(iid_acc, color="gray", ls="--", label=f"IID (n={len(iid)})")
+        x = sweep(ax, groups_by(nonfed, lambda r: r["args"]["nc"]), "non-IID (pathological)")
+        if iid:
+            ax.axhline(np.mean(acc(iid)), color="gray", ls="--", label=f"IID (n={len(iid)})")
         if central:
-            ax.axhline(acc_stats(central)[0], color="tab:green", ls="-.", label=f"centralized (n={len(central)})")
+            ax.axhline(np.mean(acc(central)), color="tab:green", ls="-.", label=f"centralized (n={len(central)})")
         chance_line(ax, nonfed)
         log_sweep_axes(ax, x, "classes per client Nc", f"FedAvg from {start} vs heterogeneity\n(points: {BARS})")
-        written += R.savefig(fig, out / "vit_accuracy_vs_nc.png", pdf=pdf)
+        written += R.savefig(fig, out / "vit_accuracy_vs_nc.png")
 
     # ---------------------------------------------------------------- accuracy vs J
     swept = {k: v for k, v in groups_by(based, shard).items() if len({r["args"]["local_steps"] for r in v}) > 1}
     if swept:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         for name, members in sorted(swept.items(), key=lambda kv: kv[0] != "IID"):
-            x, m, s, n = xy(groups_by(members, lambda r: r["args"]["local_steps"]))
-            ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=f"FedAvg {name}, {n_label(n)}")
+            x = sweep(ax, groups_by(members, lambda r: r["args"]["local_steps"]), f"FedAvg {name}")
         chance_line(ax, based)
         log_sweep_axes(ax, x, "local steps J (rounds x J fixed)",
                        f"FedAvg vs local steps at equal sample gradients\n(points: {BARS})")
-        written += R.savefig(fig, out / "vit_accuracy_vs_j.png", pdf=pdf)
+        written += R.savefig(fig, out / "vit_accuracy_vs_j.png")
 
     # ---------------------------------------------------------------- strategy comparison
     if sparse:
@@ -255,31 +243,23 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
                                              "highest_magnitude", "random")).index(v[0]), v[1] != "talos"))
         fig, axes = plt.subplots(2, len(shards), figsize=(6 * len(shards), 7), squeeze=False)
         width = 0.8 / len(sparsities)
-        all_labels = labels
         for col, sh in enumerate(shards):
-            labels = [lab for lab in all_labels if any(shard(r) == sh and strategy(r) == lab for r in sparse)]
+            here = [lab for lab in labels if any(shard(r) == sh and strategy(r) == lab for r in sparse)]
             dense = [r for r in based if shard(r) == sh and r["args"]["local_steps"] == base_j]
             for row, key in enumerate(("test_accuracy", "interference")):
                 ax = axes[row, col]
                 for i, sp in enumerate(sparsities):
-                    ms, ss, ns, xs = [], [], [], []
-                    for j, lab in enumerate(labels):
-                        members = [r for r in sparse if shard(r) == sh and r["args"]["sparsity_ratio"] == sp
-                                   and strategy(r) == lab]
-                        if members and R.by_seed(members, key):
-                            mean, sd, n = acc_stats(members, key)
-                            ms.append(mean), ss.append(0 if np.isnan(sd) else sd), ns.append(n)
-                            xs.append(j + (i - (len(sparsities) - 1) / 2) * width)
-                    if ms:
-                        ax.bar(xs, ms, width, yerr=ss, capsize=3,
-                               label=f"sparsity {sp:g} ({n_label(ns)})")
-                if dense and R.by_seed(dense, key):
-                    ax.axhline(acc_stats(dense, key)[0], color="k", ls="--", label=f"dense FedAvg (n={len(dense)})")
+                    bars = {j + (i - (len(sparsities) - 1) / 2) * width: v for j, lab in enumerate(here) if (v := acc(
+                        [r for r in sparse if shard(r) == sh and r["args"]["sparsity_ratio"] == sp
+                         and strategy(r) == lab], key))}
+                    if bars:
+                        R.draw_seeds(ax, list(bars), bars.values(), f"sparsity {sp:g}", kind="bars", width=width)
+                if acc(dense, key):
+                    ax.axhline(np.mean(acc(dense, key)), color="k", ls="--", label=f"dense FedAvg (n={len(dense)})")
                 if key == "test_accuracy":
                     chance_line(ax, dense or sparse)
-                ax.set_xticks(range(len(labels)), [f"{s.replace('_', chr(10))}" + (f"\n({sc})" if "sensitive" in s
-                                                                                   else "") for s, sc in labels],
-                              fontsize=7)
+                ax.set_xticks(range(len(here)), [strategy_label(*lab).replace("_", "\n").replace(" (", "\n(")
+                                                 for lab in here], fontsize=7)
                 ax.set(title=f"{sh} shards (bars: {BARS})",
                        ylabel="test accuracy (%)" if key == "test_accuracy"
                        else "interference: own-class accuracy\nlocal - aggregated (points)")
@@ -287,7 +267,7 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
                     ax.text(0.5, 0.5, "not measured (--interference-window 0)", ha="center", transform=ax.transAxes)
         fig.tight_layout()
         R.figure_legend(fig, axes.flat, fontsize=8)
-        written += R.savefig(fig, out / "vit_strategies.png", pdf=pdf)
+        written += R.savefig(fig, out / "vit_strategies.png")
 
         # ------------------------------------------------------------ mask density per layer
         fig, ax = plt.subplots(figsize=(8, 3.8))
@@ -308,22 +288,18 @@ def draw_suite(runs: list[dict], out: Path, pdf: bool) -> list[Path]:
                 total[layer_of(tensor)] += n
             layers = sorted(total, key=lambda k: (k != "embed", k == "final norm",
                                                   int(k.split()[-1]) if "block" in k else 0))
-            name = run["args"]["mask_strategy"]
-            if "sensitive" in name:
-                name += f" ({run['args'].get('fisher_score', 'fisher')})"
             # layers are categories: grouped bars, one per strategy, not lines between them
             ax.bar(np.arange(len(layers)) + (i - (len(pick) - 1) / 2) * bar_w,
                    [100 * kept[k] / total[k] for k in layers], bar_w,
-                   label=f"{name}: {100 * dens['overall']:.1f} % overall")
+                   label=f"{strategy_label(*strategy(run))}: {100 * dens['overall']:.1f} % overall")
             ax.set_xticks(range(len(layers)), layers, fontsize=8)
         ax.axhline(100 * (1 - sparsities[0]), color="k", ls=":", lw=1,
                    label=f"uniform density {100 * (1 - sparsities[0]):.0f} %")
-        ax.set(ylabel="trainable coordinates (%)",
+        ax.set(ylabel="trainable coordinates (%)", xlabel="layer (backbone; the head is never masked)",
                title=f"mask density per layer, sparsity {sparsities[0]:g}, {shards[0]}, seed 0")
-        ax.set_xlabel("layer (backbone; the head is never masked)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            written += R.savefig(fig, out / "vit_mask_density.png", pdf=pdf)
+            written += R.savefig(fig, out / "vit_mask_density.png")
         else:
             plt.close(fig)
             print("skipped vit_mask_density.png: no sparse run of seed 0 has mask_density.json")

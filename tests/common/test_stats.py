@@ -104,3 +104,38 @@ def test_holm_verdicts_and_what_a_null_rules_out():
     p = stats.p_value(borderline["c0"])
     assert 0.05 / 3 < p < 0.05
     assert not any(v.significant for v in stats.holm(borderline).values())
+
+
+def test_t_cdf_matches_scipy_and_needs_integer_df():
+    for df in (1, 2, 3, 6, 7, 30):
+        for t in (-4.0, -0.3, 0.0, 1.1, 12.0):
+            assert stats.t_cdf(t, df) == pytest.approx(sps.t.cdf(t, df), rel=1e-12, abs=1e-15)
+    with pytest.raises(ValueError, match="integer df"):
+        stats.t_cdf(1.0, 2.5)
+
+
+def test_table_rows_holm_over_the_table_and_diverged_arms():
+    values = {"fedavg": {0: 30.0, 1: 31.0, 2: 29.0},
+              "fisher": {0: 40.0, 1: 41.2, 2: 39.1},        # clearly worse
+              "entropy": {0: 30.5, 1: 30.5, 2: 29.1},       # within noise
+              "avgm": {0: 300.0, 1: 301.0, 2: 299.0},       # diverged: not compared
+              "broken": {0: float("nan"), 1: 31.0, 2: 28.0}}
+    rows = stats.table_rows(values, "fedavg", skip={"avgm": "diverged"})
+    assert rows["fedavg"] == ("30.0 ± 1.0 (n=3)", "reference")
+    assert rows["avgm"][1] == "diverged"
+    assert rows["broken"][0] == "29.5 ± 2.1 (n=2), 1 diverged"  # the non-finite seed is left out and counted
+    # Holm over the three comparisons: fisher, entropy and broken (the latter on its 2 finite seeds)
+    diffs = {a: stats.paired({s: v for s, v in values[a].items() if math.isfinite(v)}, values["fedavg"])
+             for a in ("fisher", "entropy", "broken")}
+    verdicts = stats.holm(diffs)
+    for arm in diffs:
+        assert rows[arm][1] == stats.fmt_verdict(diffs[arm], verdicts[arm])
+    assert "p_Holm" in rows["fisher"][1] and "no difference after Holm" in rows["entropy"][1]
+    assert all(cell == "–" for _, cell in stats.table_rows(values, "missing").values())
+    pairs = stats.compare({"a-b": (values["fisher"], values["entropy"])}, digits=2)
+    d, cell = pairs["a-b"]
+    assert d.n == 3 and cell.startswith(f"{d.mean:+.2f} [")
+
+
+def test_markdown_table():
+    assert stats.markdown(["a", "b"], [[1, "x"]]) == ["| a | b |", "|---|---|", "| 1 | x |"]

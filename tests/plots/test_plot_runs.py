@@ -52,35 +52,45 @@ def test_group_runs_pools_seeds_only(root):
     assert [len(g) for _, g in by_k] == [4, 1]
 
 
-def test_mean_std_aligned_on_common_rounds(root):
+def test_aligned_on_common_rounds(root):
     (_, fedavg), *_ = R.group_runs(R.load_runs(root))
-    x, mean, std = R.mean_std(fedavg, "ppl")
+    x, ys = R.aligned(fedavg, "ppl")
     np.testing.assert_array_equal(x, [0, 1])  # seed 2 stopped after round 1
-    np.testing.assert_allclose(mean, [32.0, 22.0])
-    np.testing.assert_allclose(std, [2.0, 2.0])  # sample sd (ddof=1) by default
-    _, _, pop_std = R.mean_std(fedavg, "ppl", ddof=0)
-    np.testing.assert_allclose(pop_std, [np.std([30, 34, 32]), np.std([20, 22, 24])])
-    x_steps, mean_steps, _ = R.mean_std(fedavg[:2], "ppl", x="step")
+    np.testing.assert_allclose(ys, [[30, 20], [34, 22], [32, 24]])
+    x_steps, ys_steps = R.aligned(fedavg[:2], "ppl", x="step")
     np.testing.assert_array_equal(x_steps, [0, 10, 20])
-    np.testing.assert_allclose(mean_steps, [32.0, 21.0, 12.0])
-    x1, m1, s1 = R.mean_std(fedavg[:1], "ppl")
-    np.testing.assert_array_equal(x1, [0, 1, 2])
-    np.testing.assert_allclose(m1, [30.0, 20.0, 10.0])
-    np.testing.assert_array_equal(s1, 0.0)
-    assert R.mean_std(fedavg, "missing_metric")[0].size == 0
+    np.testing.assert_allclose(ys_steps.mean(0), [32.0, 21.0, 12.0])
+    assert R.aligned(fedavg, "missing_metric")[0].size == 0
     with pytest.raises(ValueError):
-        R.mean_std([], "ppl")
+        R.aligned([], "ppl")
 
 
-def test_seed_summary_and_paired(root):
+def test_draw_seeds_bands_points_and_bars(root):
+    import matplotlib.pyplot as plt
+    (_, fedavg), *_ = R.group_runs(R.load_runs(root))
+    x, ys = R.aligned(fedavg, "ppl")
+    fig, ax = plt.subplots()
+    line = R.draw_seeds(ax, x, ys.T, "FedAvg")
+    assert line.get_label() == "FedAvg (n=3)"
+    np.testing.assert_allclose(line.get_ydata(), [32.0, 22.0])
+    band = ax.collections[-1].get_paths()[0].vertices[:, 1]  # mean ± sample sd (ddof=1): 2.0 at both rounds
+    assert band.min() == pytest.approx(20.0) and band.max() == pytest.approx(34.0)
+    R.draw_seeds(ax, x, ys.T, "range", spread="range")
+    band = ax.collections[-1].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(20.0) and band.max() == pytest.approx(34.0)
+    R.draw_seeds(ax, x[:1], [[30.0]], "one seed")
+    assert len(ax.collections) == 2  # no band for one seed
+    bars = R.draw_seeds(ax, [0, 1], [[1.0, 3.0], [5.0]], "bars", kind="bars", width=0.4)
+    assert [b.get_height() for b in bars] == [2.0, 5.0] and bars.get_label() == "bars (n=1-2)"
+    points = R.draw_seeds(ax, [0], [[1.0, 3.0]], kind="points", horizontal=True)
+    assert points.has_xerr and not points.has_yerr
+    plt.close(fig)
+
+
+def test_by_seed_one_run_per_seed(root):
     runs = R.load_runs(root)
     fedavg = [r for r in runs if r["args"]["method"] == "fedavg"]
-    fisher = [r for r in runs if r["args"]["method"] == "fedfisher" and r["args"]["num_clients"] == 4]
     assert R.by_seed(fedavg, "final_ppl") == {0: 10.0, 1: 14.0}
-    s = R.seed_summary(fedavg, "final_ppl")
-    assert (s.n, s.mean) == (2, 12.0) and s.sd == pytest.approx(2 * np.sqrt(2))
-    d = R.seed_paired(fisher, fedavg, "final_ppl")  # only seed 0 is shared
-    assert d.keys == (0,) and d.diffs == (-1.0,) and d.n == 1
     with pytest.raises(ValueError, match="seed 0"):
         R.by_seed(fedavg + fedavg[:1], "final_ppl")
 
