@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -129,7 +130,8 @@ def run(args, lora: bool = True) -> dict:
     main_metric, history = task.main_metric, []
     if args.do_train:
         train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
-        bar = tqdm(total=int(args.num_train_epochs + 0.999), desc="epochs", disable=args.quiet)
+        steps = max(1, math.ceil(args.num_train_epochs * math.ceil(len(train) / args.per_device_train_batch_size)))
+        bar = tqdm(total=steps, desc="steps", disable=args.quiet)  # train_local's step count
 
         def on_epoch(epoch, loss):
             rd.check_finite(f"epoch {round(epoch, 4)}", training_loss=loss,
@@ -140,11 +142,11 @@ def run(args, lora: bool = True) -> dict:
                 bar.set_postfix({main_metric: f"{row[main_metric]:.4f}"})
             rd.log(row)
             history.append(row)
-            bar.update(1)
 
         modeling.train_local(model, train_enc, range(len(train)), epochs=args.num_train_epochs,
                              batch_size=args.per_device_train_batch_size, lr=args.learning_rate, seed=args.seed,
-                             round_idx=0, client=0, device=device, on_epoch=on_epoch, forward=fwd)
+                             round_idx=0, client=0, device=device, on_epoch=on_epoch, forward=fwd,
+                             on_step=lambda: bar.update(1))
         bar.close()
         if lora:
             out = args.adapter_output_dir or rd.artifact("adapter")

@@ -245,7 +245,7 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None
 # ---------------------------------------------------------------------------------------------------------
 def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int, lr: float, seed: int,
                 round_idx: int, client: int, device, max_grad_norm: float = 1.0, on_epoch=None,
-                forward=None, steps: int | None = None, adjust=None) -> dict:
+                forward=None, steps: int | None = None, adjust=None, on_step=None) -> dict:
     """Fine-tune the trainable parameters of ``model`` on ``data[indices]`` for ``epochs`` (may be fractional).
 
     Returns {"steps", "loss"} (mean training loss). Batches and dropout use the (seed, round, client) streams.
@@ -254,6 +254,7 @@ def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int
     (``torch.compile(model)`` with ``--compile``; default ``model``). ``steps``: exactly this many optimizer
     steps instead of ``epochs`` passes (the schedule spans them). ``adjust(params)``: changes the clipped
     gradients before each step (a federated client algorithm's hook, e.g. FedProx's proximal term).
+    ``on_step()`` is called after every optimizer step (a progress bar).
     """
     forward = model if forward is None else forward
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
@@ -281,6 +282,8 @@ def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int
             sched.step()
             opt.zero_grad(set_to_none=True)
             total += loss.detach()
+            if on_step is not None:
+                on_step()
             if on_epoch is not None and ((step + 1) % per_epoch == 0 or step + 1 == steps):
                 on_epoch((step + 1) / per_epoch, float(total) / (step + 1))
                 model.train()
