@@ -250,7 +250,7 @@ CASES = [
     ("vit momentum negative", "vit_fed", ["--momentum", "-1"], "--momentum"),
     ("vit head dropout 1.5", "vit_fed", ["--head-dropout", "1.5"], "--head-dropout"),
     ("vit weight decay negative", "vit_central", ["--weight-decay", "-1"], "--weight-decay"),
-    ("vit lr nan", "vit_fed", ["--lr", "nan"], "finite"),
+    ("vit lr nan", "vit_fed", ["--lr", "nan"], "--lr must be > 0, got nan"),
     ("vit clients zero", "vit_fed", ["--num-clients", "0"], "--num-clients"),
     ("vit rounds zero", "vit_fed", ["--rounds", "0"], "--rounds"),
     ("vit local steps zero", "vit_fed", ["--local-steps", "0"], "--local-steps"),

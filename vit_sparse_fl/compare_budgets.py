@@ -26,7 +26,8 @@ from common.checkpoint import atomic_write_text
 from vit_sparse_fl import run_all_experiments as suite
 
 SETTLED = 1.0  # points: a budget step moving the mean less than this has settled
-WARMUP, M, J, B = suite.WARMUP, suite.M, suite.J, int(suite.TASK[suite.TASK.index("--batch-size") + 1])
+WARMUP, M, J, B = suite.WARMUP, suite.M, suite.J, suite.BATCH
+sample_gradients = suite.sample_gradients
 CHANCE = 100.0 / suite.NUM_CLASSES
 
 
@@ -77,10 +78,6 @@ def label(setting: str) -> str:
         return (f"{m.group(3)}{' (true Fisher)' if m.group(4) else ''}, "
                 f"{'IID' if m.group(1) == 'iid' else 'Nc = 2'}, s = {m.group(2)}")
     return setting
-
-
-def sample_gradients(rounds: int) -> int:
-    return (rounds + WARMUP) * M * J * B
 
 
 def make_table(suites: dict[int, dict[str, dict]]) -> tuple[str, dict]:

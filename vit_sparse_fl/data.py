@@ -227,30 +227,26 @@ def keep_classes(split: Split, first: int, last: int) -> Split:
 
 def add_data_args(parser) -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--data", default=None, choices=["synthetic", "cifar100"],
-                   help="synthetic (default): embedded CIFAR-format data; "
-                        "cifar100: the pickles under --data-dir")
+    g.add_argument("--data", default="synthetic", choices=["synthetic", "cifar100"],
+                   help="synthetic: embedded CIFAR-format data; cifar100: the pickles under --data-dir")
     g.add_argument("--data-dir", default=None, help="folder holding cifar-100-python/{train,test,meta}")
     g.add_argument("--download", action="store_true", help="fetch the CIFAR-100 tarball into --data-dir")
-    g.add_argument("--image-size", type=int, default=None, choices=[224, 160, 32],
-                   help="resize to this many pixels (default 224 as DINO; --quick: 32, no resize)")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of the training set")
+    g.add_argument("--image-size", type=int, default=224, choices=[224, 160, 32],
+                   help="resize to this many pixels (224 as DINO; 32: no resize)")
+    g.add_argument("--val-fraction", type=flags.Number(float, 0.0, 1.0, low_open=True, high_open=True),
+                   default=0.1, help="held-out share of the training set")
     g.add_argument("--split-seed", type=flags.SEED, default=0, help="seed of the validation split")
-    g.add_argument("--num-classes", type=int, default=None,
-                   help="keep only classes 0..N-1 (default 0: all 100; "
-                        "--quick: 10, so a tiny model learns in seconds)")
+    g.add_argument("--num-classes", type=flags.COUNT, default=0,
+                   help="keep only classes 0..N-1 (0: all 100)")
     g.add_argument("--classes", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
                    help="keep classes FIRST..LAST-1, relabelled from 0 (e.g. 10 100 to pretrain on the 90 "
                         "classes a fine-tuning task on 0 10 never sees); replaces --num-classes")
-    g.add_argument("--synthetic-per-class", type=int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
+    g.add_argument("--synthetic-per-class", type=flags.POSITIVE_INT, nargs=2, default=None, metavar=("TRAIN", "TEST"),
                    help="--data synthetic: images per class in the train and test pickles (default 100 20)")
-    g.add_argument("--max-train", type=int, default=None,
-                   help="use only the first N training images (default 0: all; --quick: 2000)")
-    g.add_argument("--max-test", type=int, default=None,
-                   help="use only the first N test images (default 0: all)")
-    g.add_argument("--batch-size", type=int, default=None,
-                   help="training batch size (default 64; --quick: 32)")
-    g.add_argument("--eval-batch-size", type=int, default=None, help="evaluation batch size (default 256)")
+    g.add_argument("--max-train", type=flags.COUNT, default=0, help="use only the first N training images (0: all)")
+    g.add_argument("--max-test", type=flags.COUNT, default=0, help="use only the first N test images (0: all)")
+    g.add_argument("--batch-size", type=flags.POSITIVE_INT, default=64, help="training batch size")
+    g.add_argument("--eval-batch-size", type=flags.POSITIVE_INT, default=256, help="evaluation batch size")
     g.add_argument("--no-augment", action="store_true", help="no random crop / flip during training")
 
 

@@ -1,88 +1,90 @@
-"""What the three training scripts share: model flags, --quick defaults, building the model, the local
+"""What the three training scripts share: the parser with the --quick preset, model flags, building the model, the local
 training loop over a batch iterator, and evaluation.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 
-from common import cli, flags
+from common import cli, config, flags, report
 from common import distributed as D
 from common.evaluate import autocast
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl.vit import VIT_SMALL, VIT_TINY, ViTClassifier, load_backbone_weights
 
 ARCHS = {"vit_small": VIT_SMALL, "vit_tiny": VIT_TINY}
+UNIT = flags.Number(float, 0.0, 1.0, high_open=True)        # [0, 1): dropout, label smoothing, momentum, sparsity
+NON_NEGATIVE = flags.Number(float, 0.0)
 
-# Flags whose default depends on --quick are None in the parser and filled by ``apply_quick``; a flag the
-# user sets is never overridden (``--quick --data cifar100`` reads the real data with the tiny model).
-QUICK = dict(arch="vit_tiny", weights="none", image_size=32, data="synthetic", num_classes=10, max_train=2000,
-             max_test=500, batch_size=32, eval_batch_size=250, lr=0.05)
-FULL = dict(arch="vit_small", weights="dino", image_size=224, data="synthetic", num_classes=0, max_train=0,
-            max_test=0, batch_size=64, eval_batch_size=256)
+# --quick: the tiny ViT on 10 classes of the embedded data, as a ``common.config`` preset (defaults < --quick <
+# YAML --config < command line); each script adds its own rounds / epochs. A flag given keeps its value
+# (``--quick --data cifar100`` reads the real data with the tiny model).
+QUICK = dict(arch="vit_tiny", weights="none", image_size=32, num_classes=10, max_train=2000, max_test=500,
+             batch_size=32, eval_batch_size=250, lr=0.05)
+
+
+def given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the flags set on the command line or in the --config YAML (after a parse)."""
+    tokens = {t.split("=", 1)[0] for t in argv if t.startswith("--")}
+    return ({a.dest for a in parser._actions if tokens & set(a.option_strings)}
+            | set(getattr(parser, "config_values", {})))
+
+
+class ArgumentParser(cli.ArgumentParser):
+    """``cli.ArgumentParser`` whose every parse, ``parse_args`` included (``common.jobs`` reads a suite job's
+    flags with it), is ``common.config.parse_with_config`` with the --quick preset ``self.quick``; --help
+    states both values of a preset flag: ``(default: 300; --quick: 8)``. ``--classes`` chooses the classes
+    instead of --num-classes: --quick's 10 classes give way to it."""
+
+    def __init__(self, *args, quick: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.quick, self._inner = {**QUICK, **quick}, False
+
+    def parse_args(self, args=None, namespace=None):
+        if self._inner:                                       # parse_with_config's own final parse
+            return super().parse_args(args, namespace)
+        argv = sys.argv[1:] if args is None else list(args)
+        self._inner = True
+        try:
+            ns = config.parse_with_config(self, argv, presets={"quick": self.quick})
+        finally:
+            self._inner = False
+        if getattr(ns, "classes", None) and "num_classes" not in given(self, argv):
+            ns.num_classes = 0
+        return ns
+
+    def format_help(self) -> str:
+        for a in self._actions:
+            if a.dest in self.quick and a.default is not argparse.SUPPRESS and "--quick:" not in (a.help or ""):
+                a.help = f"{a.help} (default: {a.default}; --quick: {self.quick[a.dest]})"
+        return super().format_help()
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, lr: float, weight_decay: float) -> None:
     g = parser.add_argument_group("model and optimisation")
-    g.add_argument("--arch", default=None, choices=sorted(ARCHS),
-                   help="vit_small: DINO ViT-S/16 (patch 16, 12 blocks, 6 heads, width 384), the default; "
-                        "vit_tiny (patch 4, width 48, 2 blocks, 3 heads): the --quick default")
-    g.add_argument("--weights", default=None,
-                   help="backbone weights: 'dino' (torch hub cache / download; the default), a path to "
-                        "dino_deitsmall16_pretrain.pth, or 'none' for random initialisation (--quick)")
+    g.add_argument("--arch", default="vit_small", choices=sorted(ARCHS),
+                   help="vit_small: DINO ViT-S/16 (patch 16, 12 blocks, 6 heads, width 384); "
+                        "vit_tiny: patch 4, width 48, 2 blocks, 3 heads")
+    g.add_argument("--weights", default="dino",
+                   help="backbone weights: 'dino' (torch hub cache / download), a path to "
+                        "dino_deitsmall16_pretrain.pth, or 'none' for random initialisation")
     g.add_argument("--freeze-layers", type=flags.COUNT, default=0,
                    help="freeze the patch embedding and the first N transformer blocks")
-    g.add_argument("--head-dropout", type=float, default=0.1, help="dropout before the classifier head")
-    g.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
-    g.add_argument("--lr", type=float, default=None,
-                   help=f"peak learning rate of SGD (default {lr}; --quick: 0.05)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=weight_decay, help="SGD weight decay")
-
-
-def apply_quick(args: argparse.Namespace, quick: dict, full: dict) -> argparse.Namespace:
-    """Fill every flag the user left at None: from the --quick table (tiny ViT, 10 classes of the embedded
-    data, few rounds) or from the full one (ViT-S/16 with DINO weights, all classes, the source's schedule).
-    ``quick`` / ``full`` are the calling script's own entries (rounds, epochs, its learning rate)."""
-    table = {**QUICK, **quick} if args.quick else {**FULL, **full}
-    if getattr(args, "classes", None) and args.num_classes is None:
-        args.num_classes = 0                                 # --classes chooses the classes instead
-    for key, value in table.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    return args
-
-
-def describe_presets(parser, quick: dict, full: dict) -> None:
-    """Append the real defaults of the flags ``apply_quick`` fills (their argparse default is None) to their
-    help: ``(default: 300; --quick: 8)``."""
-    quick, full = {**QUICK, **quick}, {**FULL, **full}
-    for action in parser._actions:
-        if action.dest in full and action.default is None and "default" not in (action.help or ""):
-            action.help = f"{action.help or ''} (default: {full[action.dest]}; --quick: {quick[action.dest]})"
+    g.add_argument("--head-dropout", type=UNIT, default=0.1, help="dropout before the classifier head")
+    g.add_argument("--label-smoothing", type=UNIT, default=0.1, help="label smoothing of the cross-entropy")
+    g.add_argument("--lr", type=flags.POSITIVE, default=lr, help="peak learning rate of SGD")
+    g.add_argument("--momentum", type=UNIT, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=NON_NEGATIVE, default=weight_decay, help="SGD weight decay")
 
 
 def validate_model_args(args) -> None:
+    """What the flags' types cannot check alone (they refuse every number out of its range)."""
     cli.check(args.freeze_layers <= ARCHS[args.arch].depth,
-              f"--freeze-layers {args.freeze_layers} exceeds the {ARCHS[args.arch].depth} blocks "
-              f"of {args.arch}")
-    cli.check(args.lr > 0, f"--lr must be positive, got {args.lr}")
-    cli.check(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
-    cli.check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
-    cli.check(0 <= args.head_dropout < 1, f"--head-dropout must be in [0, 1), got {args.head_dropout}")
-    cli.check(args.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
-    for flag in ("max_train", "max_test", "num_classes"):
-        value = getattr(args, flag, None)
-        cli.check(value is None or value >= 0, f"--{flag.replace('_', '-')} must be >= 0 (0: all), got {value}")
-    per_class = getattr(args, "synthetic_per_class", None)
-    cli.check(not per_class or min(per_class) >= 1, f"--synthetic-per-class must be >= 1, got {per_class}")
-    cli.check(0 <= args.label_smoothing < 1,
-              f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
-    cli.check(0 < args.val_fraction < 1, f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    cli.check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
+              f"--freeze-layers {args.freeze_layers} exceeds the {ARCHS[args.arch].depth} blocks of {args.arch}")
 
 
 def build_model(args, num_classes: int, device: torch.device) -> tuple[ViTClassifier, str]:
@@ -151,6 +153,15 @@ def correct(model, split: cifar.Split, idx: torch.Tensor, args, device: torch.de
         with autocast(device):
             out.append(model(x).float().argmax(-1) == split.labels[sel])
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=device)
+
+
+def end_run(run, args, summary: dict, metric: str, extra: str) -> dict:
+    """Print the run's closing line (``common.report``) and release its directory; the summary with run_dir."""
+    report.print_ending(run.path, metric, summary["test_accuracy"], {"chance": summary["chance_accuracy"]},
+                        extra=extra, figures=f"python plots/plot_vit.py --runs {args.out_dir}",
+                        loader="AutoModelForImageClassification.from_pretrained or vit_sparse_fl.vit.load")
+    run.release()
+    return {**summary, "run_dir": str(run.path)}
 
 
 def plateau(rows: list[dict], x: str, end: float, window: float = 0.2) -> dict:

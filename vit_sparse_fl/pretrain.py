@@ -15,6 +15,7 @@ validation and test accuracy on the pretraining classes, and the training run di
 """
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import json
@@ -24,12 +25,17 @@ from pathlib import Path
 
 from common import cli
 from common.checkpoint import atomic_write_json
+from vit_sparse_fl import experiment as exp
 from vit_sparse_fl import train_centralized
 
 VERSION = 1  # bump when the recipe changes, so stale bases are not reused
 # flags that do not change the trained weights
 IGNORED = ("out_dir", "run_name", "quiet", "resume", "device", "compile", "compile_mode", "compile_backend",
            "cache_dir", "eval_batch_size", "overwrite", "extend", "report_to", "config")
+# the flags whose value --quick chose after parsing before it became a preset: the key reads them as None unless
+# they are given, as it did then, so every base cached since keeps its key
+UNSET_UNLESS_GIVEN = ("arch", "weights", "image_size", "data", "num_classes", "max_train", "max_test", "batch_size",
+                      "lr", "epochs", "warmup_epochs")
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -40,24 +46,31 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     return parser
 
 
-def cache_key(args) -> str:
-    settings = {k: v for k, v in sorted(vars(args).items()) if k not in IGNORED}
+def base_settings(argv: list[str]) -> tuple[argparse.Namespace, dict]:
+    """(the parsed flags, the settings that shape the base: what its key hashes)."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    given = exp.given(parser, argv)
+    return args, {k: None if k in UNSET_UNLESS_GIVEN and k not in given else v
+                  for k, v in sorted(vars(args).items()) if k not in IGNORED}
+
+
+def cache_key(settings: dict) -> str:
     blob = json.dumps({"version": VERSION, **settings}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def pretrained_base(argv: list[str]) -> Path:
     """base.pt for these train_centralized flags (plus --cache-dir), trained on first use; returns its path."""
-    args = cli.parse(get_args_parser(), argv)
-    key = cache_key(args)
+    args, settings = base_settings(argv)
+    key = cache_key(settings)
     root = Path(args.cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
     with open(root / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)        # a concurrent caller with the same key waits, then reuses
         if not (final / "base.pt").is_file():
-            run_argv = [a for a in argv if a not in ("--resume",)]
-            run_argv = _drop_flag(run_argv, "--cache-dir")
+            run_argv = _drop_flag([a for a in argv if a != "--resume"], "--cache-dir")
             # --resume: a base interrupted mid-training continues from its checkpoint (a fresh one starts)
             summary = train_centralized.main([*run_argv, "--out-dir", str(root), "--run-name", f"{key}.run",
                                               "--keep-best", "1", "--resume"])
@@ -67,8 +80,7 @@ def pretrained_base(argv: list[str]) -> Path:
             tmp.mkdir()
             shutil.copyfile(best, tmp / "base.pt")
             atomic_write_json(tmp / "base.json", {"key": key, "version": VERSION, "argv": run_argv,
-                                                  "settings": {k: v for k, v in vars(args).items()
-                                                               if k not in IGNORED},
+                                                  "settings": settings,
                                                   "summary": summary})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -77,18 +89,12 @@ def pretrained_base(argv: list[str]) -> Path:
 
 def _drop_flag(argv: list[str], flag: str) -> list[str]:
     """argv without ``flag VALUE`` / ``flag=VALUE`` (both spellings of the name)."""
-    names = {flag, flag.replace("-", "_").replace("__", "--")}
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
+    names, out, rest = {flag, flag.replace("-", "_").replace("__", "--")}, [], iter(argv)
+    for a in rest:
         if a in names:
-            skip = True
-            continue
-        if a.split("=", 1)[0] in names:
-            continue
-        out.append(a)
+            next(rest, None)                                 # its value
+        elif a.split("=", 1)[0] not in names:
+            out.append(a)
     return out
 
 

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import cli, jobs, stats
+from common import cli, flags, jobs, stats
 from common import runs as R
 from common.checkpoint import atomic_write_json, atomic_write_text
 from vit_sparse_fl import pretrain
@@ -32,9 +32,9 @@ from vit_sparse_fl.sparse import STRATEGIES
 
 SCRIPTS = {"centralized": "vit_sparse_fl.train_centralized", "fedavg": "vit_sparse_fl.train_federated",
            "sparse": "vit_sparse_fl.train_federated_sparse"}
-NUM_CLASSES = 50                                   # the fine-tuning task: classes 0..49
+NUM_CLASSES, BATCH = 50, 16                        # the fine-tuning task: classes 0..49
 TASK = ["--quick", "--quiet", "--classes", "0", str(NUM_CLASSES), "--synthetic-per-class", "200", "100",
-        "--max-train", "0", "--max-test", "2000", "--val-fraction", "0.1", "--batch-size", "16", "--lr", "0.1"]
+        "--max-train", "0", "--max-test", "2000", "--val-fraction", "0.1", "--batch-size", str(BATCH), "--lr", "0.1"]
 BASE = ["--quick", "--quiet", "--classes", str(NUM_CLASSES), "100", "--synthetic-per-class", "200", "100",
         "--max-train", "0", "--max-test", "0", "--total-steps", "2000", "--batch-size", "64",
         "--warmup-epochs", "1", "--patience", "0"]
@@ -44,14 +44,19 @@ SHARD_TITLES = {"iid": "IID", "nc2": "Nc = 2"}
 M = max(1, round(C * K))
 
 
+def sample_gradients(rounds: int) -> int:
+    """What every run of a suite of R rounds evaluates: (R + warm-up) rounds x M clients x J steps x B images."""
+    return (rounds + WARMUP) * M * J * BATCH
+
+
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
     parser.add_argument("--out-dir", default=None,
                         help="parent folder of every run directory (default runs/vit_suite_R<rounds>)")
-    parser.add_argument("--num-runs", type=int, default=3, help="seeds 0..N-1 per setting")
+    parser.add_argument("--num-runs", type=flags.POSITIVE_INT, default=3, help="seeds 0..N-1 per setting")
     parser.add_argument("--rounds", type=int, default=192,
                         help="R: rounds of the J = 4 runs after the warm-up (a multiple of 4, for the J sweep)")
-    parser.add_argument("--j-values", type=int, nargs="+", default=[4, 8, 16],
+    parser.add_argument("--j-values", type=flags.POSITIVE_INT, nargs="+", default=[4, 8, 16],
                         help="J sweep at R * J fixed (J = 4 is the FedAvg run of the shards)")
     parser.add_argument("--j-shards", nargs="+", default=["iid", "nc2"], choices=["iid", "nc2"],
                         help="shards of the J sweep: IID, and Nc = 2 (where local steps cause client drift)")
@@ -61,8 +66,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.add_argument("--only", nargs="+", default=None, metavar="SETTING",
                         help="run only these settings (e.g. fedavg_iid fedavg_nc2 sparse_nc2_s0.9_random); the "
                              "table shows the others as not run")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (worker processes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--jobs", type=flags.POSITIVE_INT, default=2, help="runs at a time (worker processes)")
+    parser.add_argument("--threads", type=flags.POSITIVE_INT, default=1, help="torch threads per worker")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny budget (base 40 steps, 4 rounds, 1 seed) to check the pipeline in minutes")
     parser.add_argument("--table-only", action="store_true", help="no training: table and figures from the runs")
@@ -78,48 +83,36 @@ def out_dir(args) -> Path:
 
 
 def plan(args, base: str) -> list[dict]:
-    """Every run: {name, script, argv, seed}. Seed-major order, so a cut suite has equal n in every cell."""
+    """Every run: {name, setting, script, argv, seed}. Seed-major order, so a cut suite has equal n in every cell."""
     fed = [*TASK, "--num-clients", str(K), "--participation-rate", str(C), "--interference-window", "0.2"]
-    warm = ["--head-warmup", str(WARMUP)]
-    rounds = args.rounds
-    runs = []
-    for seed in range(args.num_runs):
-        s = ["--seed", str(seed)]
 
-        def add(name, script, argv, seed=seed, s=s):
-            runs.append({"name": f"{name}_seed{seed}", "setting": name, "script": script, "seed": seed,
-                         "argv": [*argv, *s]})
+    def fedavg(weights: str) -> list[str]:
+        return [*fed, "--head-warmup", str(WARMUP), "--weights", weights, "--local-steps", str(J),
+                "--rounds", str(args.rounds), "--eval-every", str(EVAL_EVERY)]
 
-        fedavg = [*fed, *warm, "--weights", base, "--local-steps", str(J), "--rounds", str(rounds),
-                  "--eval-every", str(EVAL_EVERY)]
-        add("fedavg_iid", "fedavg", fedavg)
-        add("fedavg_iid_scratch", "fedavg", [*fed, *warm, "--weights", "none", "--local-steps", str(J),
-                                             "--rounds", str(rounds), "--eval-every", str(EVAL_EVERY)])
-        add("centralized", "centralized", [*TASK, "--weights", base, "--patience", "0", "--warmup-epochs", "0",
-                                           "--weight-decay", "1e-4", "--keep-best", "1",
-                                           "--total-steps", str((rounds + WARMUP) * M * J)])
-        for nc in args.nc_values:
-            add(f"fedavg_nc{nc}", "fedavg", [*fedavg, "--sharding", "non_iid", "--nc", str(nc)])
-        for shard in args.j_shards:
-            for j in args.j_values:
-                if j != J:
-                    add(f"fedavg_{shard}_J{j}", "fedavg",
-                        [*fed, *SHARDS[shard], "--weights", base, "--local-steps", str(j),
-                         "--rounds", str(max(1, round(rounds * J / j))),
-                         "--head-warmup", str(max(1, round(WARMUP * J / j))),
-                         "--eval-every", str(max(1, round(EVAL_EVERY * J / j)))])
-        for shard, sh in SHARDS.items():
-            for sp in args.sparsities if shard == "nc2" else args.sparsities[:1]:
-                for strategy in STRATEGIES:
-                    add(f"sparse_{shard}_s{sp:g}_{strategy}", "sparse",
-                        [*fedavg, *sh, "--mask-strategy", strategy, "--sparsity-ratio", f"{sp:g}",
-                         "--fisher-score", "talos", "--calibration-rounds", "4"])
-        add(f"sparse_nc2_s{args.sparsities[0]:g}_least_sensitive_fisher", "sparse",
-            [*fedavg, "--sharding", "non_iid", "--nc", "2", "--mask-strategy", "least_sensitive",
-             "--sparsity-ratio", f"{args.sparsities[0]:g}", "--fisher-score", "fisher", "--calibration-rounds", "4"])
-    if args.only:
-        runs = [r for r in runs if r["setting"] in args.only]
-    return runs
+    def masked(shard: str, sp: float, strategy: str, score: str = "talos") -> tuple[str, str, list[str]]:
+        return (f"sparse_{shard}_s{sp:g}_{strategy}" + ("_fisher" if score == "fisher" else ""), "sparse",
+                [*fedavg(base), *SHARDS[shard], "--mask-strategy", strategy, "--sparsity-ratio", f"{sp:g}",
+                 "--fisher-score", score, "--calibration-rounds", "4"])
+
+    settings = [("fedavg_iid", "fedavg", fedavg(base)), ("fedavg_iid_scratch", "fedavg", fedavg("none")),
+                ("centralized", "centralized", [*TASK, "--weights", base, "--patience", "0", "--warmup-epochs", "0",
+                                                "--weight-decay", "1e-4", "--keep-best", "1",
+                                                "--total-steps", str((args.rounds + WARMUP) * M * J)])]
+    settings += [(f"fedavg_nc{nc}", "fedavg", [*fedavg(base), "--sharding", "non_iid", "--nc", str(nc)])
+                 for nc in args.nc_values]
+    settings += [(f"fedavg_{shard}_J{j}", "fedavg",
+                  [*fed, *SHARDS[shard], "--weights", base, "--local-steps", str(j),
+                   "--rounds", str(max(1, round(args.rounds * J / j))),
+                   "--head-warmup", str(max(1, round(WARMUP * J / j))),
+                   "--eval-every", str(max(1, round(EVAL_EVERY * J / j)))])
+                 for shard in args.j_shards for j in args.j_values if j != J]
+    settings += [masked(shard, sp, strategy) for shard in SHARDS
+                 for sp in (args.sparsities if shard == "nc2" else args.sparsities[:1]) for strategy in STRATEGIES]
+    settings.append(masked("nc2", args.sparsities[0], "least_sensitive", "fisher"))
+    return [{"name": f"{name}_seed{seed}", "setting": name, "script": script, "seed": seed,
+             "argv": [*argv, "--seed", str(seed)]}
+            for seed in range(args.num_runs) for name, script, argv in settings if not args.only or name in args.only]
 
 
 def smoke(args) -> None:
@@ -135,7 +128,7 @@ def base_job(out: Path) -> jobs.Job:
     """The pretrained base (``pretrain.py``): done when its cached base.pt exists (its path is known before it is
     trained: the cache key of its settings)."""
     argv = [*BASE, "--cache-dir", str(out / "base_cache")]
-    key = pretrain.cache_key(cli.parse(pretrain.get_args_parser(), argv))
+    key = pretrain.cache_key(pretrain.base_settings(argv)[1])
     return jobs.Job("base", "vit_sparse_fl.pretrain", argv, output=out / "base_cache" / key / "base.pt",
                     label="pretrained base")
 
@@ -178,67 +171,60 @@ def diff(a: list[dict], b: list[dict], key: str = "test_accuracy") -> str:
 
 def plateau(runs: list[dict]) -> str:
     ok = [r["summary"].get("plateau_reached") for r in runs]
-    return f"{sum(1 for v in ok if v)}/{len(ok)}"
+    return f"{sum(1 for v in ok if v)}/{len(ok)}" if runs else "–"
 
 
 def make_table(args, out: Path, base: str) -> tuple[str, dict]:
-    runs = plan(args, base)
-    g = load_settings(out, runs)
-    chance = 100.0 / NUM_CLASSES
+    g = load_settings(out, plan(args, base))
     lines, record = [], {}
 
-    def section(title: str, ref: str | None, rows: list[tuple[str, str]], interference: bool = False):
-        head = "| setting | n | test accuracy (%) | Δ vs " + (labels.get(ref, ref) if ref else "–") + " | plateau |"
-        sep = "|---|---|---|---|---|"
+    def section(title: str, ref: str, ref_label: str, rows: list[tuple[str, str]], interference: bool = False):
+        head, sep = f"| setting | n | test accuracy (%) | Δ vs {ref_label} | plateau |", "|---|---|---|---|---|"
         if interference:
-            head += " interference (points) | Δ interference vs " + labels.get(ref, ref) + " |"
+            head += f" interference (points) | Δ interference vs {ref_label} |"
             sep += "---|---|"
         lines.extend([f"**{title}**", "", head, sep])
         for key, label in rows:
-            rs = g.get(key, [])
-            row = (f"| {label} | {len(rs)} | {cell(rs)} | "
-                   f"{diff(rs, g.get(ref, [])) if ref and key != ref else '–'} | {plateau(rs) if rs else '–'} |")
+            rs, base_rs = g.get(key, []), g.get(ref, [])
+            row = f"| {label} | {len(rs)} | {cell(rs)} | {diff(rs, base_rs) if key != ref else '–'} | {plateau(rs)} |"
             if interference:
-                row += (f" {cell(rs, 'interference')} | "
-                        f"{diff(rs, g.get(ref, []), 'interference') if key != ref else '–'} |")
+                row += f" {cell(rs, 'interference')} | {diff(rs, base_rs, 'interference') if key != ref else '–'} |"
             lines.append(row)
             record[key] = {"n": len(rs), "test_accuracy": pct(rs, "test_accuracy"),
                            "interference": pct(rs, "interference") if interference else None}
         lines.append("")
 
-    labels = {"fedavg_iid": f"FedAvg IID, J={J}, from the base"}
-
-    budget = (args.rounds + WARMUP) * M * J * int(TASK[TASK.index("--batch-size") + 1])
-    lines.append(f"Chance accuracy: {chance:.1f} % ({NUM_CLASSES} classes). Test set: "
+    iid = f"FedAvg IID, J={J}, from the base"
+    lines.append(f"Chance accuracy: {100.0 / NUM_CLASSES:.1f} % ({NUM_CLASSES} classes). Test set: "
                  f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} images. "
-                 f"Every run: {budget} sample gradients. "
+                 f"Every run: {sample_gradients(args.rounds)} sample gradients. "
                  "Cells: mean ± sample sd over seeds (n); Δ: paired difference by seed, mean [95% t interval], "
                  "'no difference' when it contains 0; plateau: runs whose validation accuracy moved < 1 point "
                  "over the last 20% of the run; interference: own-class test accuracy, local minus aggregated "
                  "model, in points.")
     lines.append("")
-    section("Pretrained base vs random initialisation, and centralized at equal sample gradients", "fedavg_iid",
-            [("fedavg_iid", labels["fedavg_iid"]), ("fedavg_iid_scratch", "FedAvg IID, J=4, from scratch"),
+    section("Pretrained base vs random initialisation, and centralized at equal sample gradients", "fedavg_iid", iid,
+            [("fedavg_iid", iid), ("fedavg_iid_scratch", "FedAvg IID, J=4, from scratch"),
              ("centralized", "Centralized, from the base, same sample gradients")])
-    section("Heterogeneity (pathological shards, Nc classes per client)", "fedavg_iid",
+    section("Heterogeneity (pathological shards, Nc classes per client)", "fedavg_iid", iid,
             [("fedavg_iid", "IID")] + [(f"fedavg_nc{nc}", f"Nc = {nc}") for nc in sorted(args.nc_values, reverse=True)],
             interference=True)
-    labels["fedavg_nc2"] = f"FedAvg Nc = 2, J={J}"
     for shard in args.j_shards:
         ref = f"fedavg_{shard}"
         section(f"Local steps J at equal sample gradients (R x J fixed), {SHARD_TITLES[shard]}", ref,
+                iid if shard == "iid" else f"FedAvg Nc = 2, J={J}",
                 [(ref if j == J else f"fedavg_{shard}_J{j}", f"J = {j}, R = {max(1, round(args.rounds * J / j))}")
                  for j in sorted(args.j_values)], interference=shard != "iid")
     for shard, title in SHARD_TITLES.items():
         dense = f"fedavg_{shard}"
-        labels[dense] = f"dense FedAvg {title}"
         for sp in args.sparsities if shard == "nc2" else args.sparsities[:1]:
             rows = [(dense, f"dense FedAvg ({title})")]
             rows += [(f"sparse_{shard}_s{sp:g}_{s}", s + (" (TaLoS score)" if "sensitive" in s else ""))
                      for s in STRATEGIES]
             if sp == args.sparsities[0] and shard == "nc2":
                 rows.append((f"sparse_{shard}_s{sp:g}_least_sensitive_fisher", "least_sensitive (true-Fisher score)"))
-            section(f"Sparse fine-tuning, {title} shards, sparsity {sp:g}", dense, rows, interference=True)
+            section(f"Sparse fine-tuning, {title} shards, sparsity {sp:g}", dense, f"dense FedAvg {title}", rows,
+                    interference=True)
     return "\n".join(lines) + "\n", record
 
 
@@ -256,12 +242,9 @@ def saved_sessions(path: Path) -> list[dict]:
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    cli.check(args.num_runs >= 1, f"--num-runs must be >= 1, got {args.num_runs}")
-    cli.check(args.jobs >= 1 and args.threads >= 1, "--jobs and --threads must be >= 1")
     cli.check(args.rounds >= 4 and args.rounds % 4 == 0, f"--rounds must be a positive multiple of 4 (the J sweep "
                                                          f"divides it), got {args.rounds}")
     cli.check(J in args.j_values, f"--j-values must contain J = {J} (the FedAvg IID run)")
-    cli.check(min(args.j_values) >= 1, f"--j-values must be >= 1, got {args.j_values}")
     cli.check(2 in args.nc_values, "--nc-values must contain 2 (the non-IID shards of the sparse runs)")
     cli.check(1 <= min(args.nc_values) and max(args.nc_values) <= NUM_CLASSES,
               f"--nc-values must be in [1, {NUM_CLASSES}] (the task's classes), got {args.nc_values}")
@@ -274,11 +257,9 @@ def main(argv=None) -> dict:
         smoke(args)
     out = cli.check_out_dir(out_dir(args))
     t0 = time.perf_counter()
-    previous = out / "results.json"
-    sessions = saved_sessions(previous)
+    sessions = saved_sessions(out / "results.json")
     grid = jobs_of(args, out)
     base = str(grid[0].output)
-    figures = f"python plots/plot_vit.py --runs-dir {out} --out {out / 'figures'}"
     if not args.table_only:
         outcome = jobs.run_plan(grid, parallel=args.jobs, threads=args.threads, log_dir=out / "logs",
                                 title="vit_sparse_fl suite")
@@ -298,9 +279,9 @@ def main(argv=None) -> dict:
               f"{' (--only ' + ' '.join(part['only']) + ')' if part['only'] else ''} in {part['wall_seconds']:.0f} s")
     print(f"results: {out / 'results.md'}, {out / 'results.json'} (rewritten from the run directories)")
     if not args.no_plots:
-        print(f"$ {figures}", flush=True)
-        subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "plots" / "plot_vit.py"),
-                        "--runs-dir", str(out), "--out", str(out / "figures")], check=False)
+        plot = ["plots/plot_vit.py", "--runs-dir", str(out), "--out", str(out / "figures")]
+        print("$ python " + " ".join(plot), flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / plot[0]), *plot[1:]], check=False)
     return {"table": record, "results_md": str(out / "results.md"), "sessions": sessions}
 
 

@@ -45,11 +45,7 @@ def select(scores: Sequence[torch.Tensor], keep: int, largest: bool,
         # a stable sort ranks equal scores by position, so the count is exact even at ties
         order = torch.sort(flat, descending=largest, stable=True).indices
         mask[order[:keep]] = True
-    out, i = [], 0
-    for s in scores:
-        out.append(mask[i:i + s.numel()].view_as(s))
-        i += s.numel()
-    return out
+    return [m.view_as(s) for m, s in zip(mask.split([s.numel() for s in scores]), scores)]
 
 
 def compute_masks(params: Sequence[torch.Tensor], strategy: str, sparsity: float, *,
@@ -95,10 +91,6 @@ def compute_masks(params: Sequence[torch.Tensor], strategy: str, sparsity: float
 def density(masks: Sequence[torch.Tensor]) -> float:
     n = sum(m.numel() for m in masks)
     return sum(int(m.sum()) for m in masks) / max(n, 1)
-
-
-def density_per_tensor(names: Sequence[str], masks: Sequence[torch.Tensor]) -> dict[str, float]:
-    return {n: float(m.float().mean()) for n, m in zip(names, masks)}
 
 
 class SparseSGDM(torch.optim.Optimizer):

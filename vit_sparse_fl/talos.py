@@ -84,8 +84,4 @@ def kthvalue_select(scores: Sequence[torch.Tensor], keep_share: float, eligible:
     k = max(1, min(int(keep_share * flat.numel()), values.numel() - 1))
     threshold = torch.kthvalue(values.cpu(), k).values.to(flat.device)
     keep = ok & (flat <= threshold)
-    out, i = [], 0
-    for s in scores:
-        out.append(keep[i:i + s.numel()].view_as(s))
-        i += s.numel()
-    return out
+    return [m.view_as(s) for m, s in zip(keep.split([s.numel() for s in scores]), scores)]

@@ -13,11 +13,12 @@ reproduces the uninterrupted run.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from common import cli, compiled, flags, report
+from common import cli, compiled, flags
 from common import seed as seeding
 from common.checkpoint import atomic_path
 from common.runlog import RunDir
@@ -25,61 +26,49 @@ from vit_sparse_fl import data as cifar
 from vit_sparse_fl import experiment as exp
 from vit_sparse_fl import vit
 
-FULL = dict(epochs=50, warmup_epochs=5, lr=0.01)
-QUICK = dict(epochs=4, warmup_epochs=1)
 
-
-def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
+    parser = exp.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
+                                quick=dict(epochs=4, warmup_epochs=1))
     cli.add_run_args(parser)
     g = parser.add_argument_group("schedule")
-    g.add_argument("--epochs", type=flags.POSITIVE_INT, default=None, help="training epochs (default 50; --quick: 4)")
+    g.add_argument("--epochs", type=flags.POSITIVE_INT, default=50, help="training epochs")
     flags.alias(g, "--rounds", dest="epochs", of="--epochs (a centralized run's length, in epochs)",
                 type=flags.POSITIVE_INT)
     g.add_argument("--total-steps", type=flags.COUNT, default=0,
                    help="stop after exactly this many SGD steps (the schedule spans them; replaces --epochs): "
                         "to give centralized training the sample-gradient budget of a federated run, "
                         "rounds x clients per round x J (0: --epochs)")
-    g.add_argument("--warmup-epochs", type=flags.COUNT, default=None,
-                   help="linear warmup epochs before the cosine decay (default 5; --quick: 1)")
-    g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine")
+    g.add_argument("--warmup-epochs", type=flags.COUNT, default=5, help="linear warmup epochs before the cosine decay")
+    g.add_argument("--min-lr", type=exp.NON_NEGATIVE, default=0.0, help="learning rate at the end of the cosine")
     g.add_argument("--patience", type=flags.COUNT, default=10,
                    help="stop after this many epochs without a better validation accuracy (0: never)")
     g.add_argument("--keep-best", type=flags.POSITIVE_INT, default=2, help="how many best-model checkpoints to keep")
     cifar.add_data_args(parser)
     exp.add_model_args(parser, lr=0.01, weight_decay=5e-4)
-    exp.describe_presets(parser, QUICK, FULL)
     return parser
-
-
-def save_atomic(obj, path) -> None:
-    with atomic_path(path) as tmp:  # the usual 0644, not tempfile's 0600
-        torch.save(obj, tmp)
 
 
 def keep_best(run_path, best: list[dict], epoch: int, acc: float, model, k: int) -> list[dict]:
     """Insert this epoch if it ranks in the top ``k`` by validation accuracy; delete what falls out."""
-    if k <= 0 or (len(best) >= k and acc <= best[-1]["val_accuracy"]):
+    if len(best) >= k and acc <= best[-1]["val_accuracy"]:
         return best
     path = os.path.join(run_path, f"best_epoch{epoch:03d}.pt")
-    save_atomic({"model": model.state_dict(), "epoch": epoch, "val_accuracy": acc, "config": model.config()},
-                path)
-    best = sorted(best + [{"epoch": epoch, "val_accuracy": acc, "path": path}],
-                  key=lambda b: -b["val_accuracy"])
+    with atomic_path(path) as tmp:  # the usual 0644, not tempfile's 0600
+        torch.save({"model": model.state_dict(), "epoch": epoch, "val_accuracy": acc, "config": model.config()}, tmp)
+    best = sorted(best + [{"epoch": epoch, "val_accuracy": acc, "path": path}], key=lambda b: -b["val_accuracy"])
     for gone in best[k:]:
-        if os.path.exists(gone["path"]):
-            os.remove(gone["path"])
+        Path(gone["path"]).unlink(missing_ok=True)
     return best[:k]
 
 
 def main(argv=None) -> dict:
-    args = cli.parse(get_args_parser(), argv)
-    exp.apply_quick(args, QUICK, FULL)
+    args = get_args_parser().parse_args(argv)
     exp.validate_model_args(args)
-    cli.check(0 <= args.warmup_epochs < args.epochs,
+    cli.check(args.warmup_epochs < args.epochs,
               f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs} "
               f"with --epochs {args.epochs}")
-    cli.check(0 <= args.min_lr <= args.lr, f"--min-lr must be in [0, --lr], got {args.min_lr}")
+    cli.check(args.min_lr <= args.lr, f"--min-lr must be in [0, --lr], got {args.min_lr}")
 
     # ---------------------------------------------------------------- data, model, run directory
     seeding.seed_everything(args.seed)
@@ -92,14 +81,15 @@ def main(argv=None) -> dict:
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                                 foreach=True)                # same arithmetic as the loop, one call per op
     steps_per_epoch = max(1, len(train) // args.batch_size)
+    epochs = args.epochs
     if args.total_steps:                                     # a step budget: the last epoch is cut short
-        args.epochs = -(-args.total_steps // steps_per_epoch)
-        cli.check(args.warmup_epochs < args.epochs, f"--warmup-epochs {args.warmup_epochs} leaves no steps "
-                                                    f"of the {args.total_steps}-step budget")
-    total_steps = args.total_steps or args.epochs * steps_per_epoch
+        epochs = -(-args.total_steps // steps_per_epoch)
+        cli.check(args.warmup_epochs < epochs, f"--warmup-epochs {args.warmup_epochs} leaves no steps "
+                                               f"of the {args.total_steps}-step budget")
+    total_steps = args.total_steps or epochs * steps_per_epoch
     warmup_steps = args.warmup_epochs * steps_per_epoch
     data = "" if args.data == "synthetic" else f"_{args.data}"  # the embedded data keeps the short name
-    run = RunDir(args.out_dir, args.run_name or f"centralized{data}_E{args.epochs}_lr{args.lr:g}_seed{args.seed}",
+    run = RunDir(args.out_dir, args.run_name or f"centralized{data}_E{epochs}_lr{args.lr:g}_seed{args.seed}",
                  vars(args), resume=args.resume, kind="vit_sparse_fl/train_centralized", data=data_fp)
     start, best_acc, stale, best = 0, -1.0, 0, []
     state = run.load_checkpoint() if args.resume else None
@@ -110,7 +100,7 @@ def main(argv=None) -> dict:
         seeding.set_rng_state(state["rng"])
 
     # ---------------------------------------------------------------- epochs
-    bar = tqdm(range(start, args.epochs), disable=args.quiet, desc="centralized", dynamic_ncols=True)
+    bar = tqdm(range(start, epochs), disable=args.quiet, desc="centralized", dynamic_ncols=True)
     stopped_early = False
     for epoch in bar:
         gen = seeding.client_generator(args.seed, epoch, 0, device, purpose="centralized")
@@ -149,31 +139,24 @@ def main(argv=None) -> dict:
     final_test = exp.evaluate(fwd, test, args, device)
     vit.save(model, run.path, image_size=args.image_size,  # the final model
              info={"method": "centralized", "epoch": len(rows), "test_accuracy": final_test["accuracy"]})
-    if best:
-        model.load_state_dict(torch.load(best[0]["path"], map_location=device, weights_only=True)["model"])
-    best_test = exp.evaluate(fwd, test, args, device) if best else final_test
-    steps_done = rows[-1]["step"] if rows else 0
+    # the test accuracy of the best epoch: the first epoch always enters ``best`` (--keep-best >= 1)
+    model.load_state_dict(torch.load(best[0]["path"], map_location=device, weights_only=True)["model"])
+    best_test = exp.evaluate(fwd, test, args, device)
+    steps_done = rows[-1]["step"]
     summary = {"method": "centralized", "seed": args.seed, "weights": source, "epochs_done": len(rows),
                "steps_done": steps_done, "sample_gradients": steps_done * args.batch_size,
                "num_classes": num_classes, "chance_accuracy": 1.0 / num_classes,
                "test_images": final_test["n"], **exp.plateau(rows, "step", total_steps),
                "stopped_early": stopped_early,
-               "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
-               "best_val_accuracy": best_acc, "best_epoch": best[0]["epoch"] if best else None,
+               "final_val_accuracy": rows[-1]["val_accuracy"],
+               "best_val_accuracy": best_acc, "best_epoch": best[0]["epoch"],
                "test_accuracy": best_test["accuracy"], "final_test_accuracy": final_test["accuracy"],
                "best_checkpoints": [os.path.basename(b["path"]) for b in best]}
     summary = run.write_summary(summary)
-    if best:  # the best epoch's model beside the final one
-        vit.save(model, run.path, image_size=args.image_size, name="best_model",
-                 info={"method": "centralized", "epoch": best[0]["epoch"], "test_accuracy": best_test["accuracy"]})
-    report.print_ending(run.path, "test accuracy" + (" (best epoch)" if best else ""), summary["test_accuracy"],
-                        {"chance": summary["chance_accuracy"]},
-                        extra=f"final epoch's test accuracy {summary['final_test_accuracy']}",
-                        figures=f"python plots/plot_vit.py --runs {args.out_dir}",
-                        loader="AutoModelForImageClassification.from_pretrained or vit_sparse_fl.vit.load")
-    summary["run_dir"] = str(run.path)
-    run.release()
-    return summary
+    vit.save(model, run.path, image_size=args.image_size, name="best_model",  # beside the final one
+             info={"method": "centralized", "epoch": best[0]["epoch"], "test_accuracy": best_test["accuracy"]})
+    return exp.end_run(run, args, summary, "test accuracy (best epoch)",
+                       f"final epoch's test accuracy {summary['final_test_accuracy']}")
 
 
 if __name__ == "__main__":

@@ -18,15 +18,14 @@ Under ``torchrun`` each rank trains its share of the round's clients (the README
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
-import copy
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from common import cli, compiled, engine, flags, report, shard
+from common import cli, compiled, engine, flags, shard
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
@@ -37,15 +36,12 @@ from vit_sparse_fl import experiment as exp
 from vit_sparse_fl import vit
 from vit_sparse_fl.sparse import SparseSGDM
 
-FULL = dict(rounds=300, eval_every=10, lr=0.01, num_clients=100, participation_rate=0.1)
-QUICK = dict(rounds=8, eval_every=2, num_clients=20, participation_rate=0.2)
 
-
-def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
+    parser = exp.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
+                                quick=dict(rounds=8, eval_every=2, num_clients=20, participation_rate=0.2))
     cli.add_run_args(parser)
-    cli.add_fed_args(parser, num_clients=100, rounds=None, participation_rate=0.1, eval_every=None)
-    parser.set_defaults(num_clients=None, participation_rate=None)
+    cli.add_fed_args(parser, num_clients=100, rounds=300, participation_rate=0.1, eval_every=10)
     g = parser.add_argument_group("local training and sharding")
     g.add_argument("--local-steps", type=flags.POSITIVE_INT, default=4, help="J: local SGD steps per client per round")
     g.add_argument("--sharding", default="iid", choices=["iid", "non_iid"],
@@ -63,7 +59,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--head-warmup", type=flags.COUNT, default=0,
                    help="federated rounds that train only the head before the main rounds (0: none); with a "
                         "pretrained backbone and a new head, the sparse runs then score a trained head")
-    g.add_argument("--interference-window", type=float, default=0.0,
+    g.add_argument("--interference-window", type=flags.Number(float, 0.0, 1.0), default=0.0,
                    help="share of the final rounds in which every evaluation round also measures "
                         "interference: each client's test accuracy on its own classes with its local model "
                         "minus that of the aggregated model (0: off)")
@@ -73,18 +69,13 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     cifar.add_data_args(parser)
     exp.add_model_args(parser, lr=0.01, weight_decay=1e-4)
     engine.add_algorithm_args(parser, clustering="one global model is evaluated, swept and exported here")
-    exp.describe_presets(parser, QUICK, FULL)
     return parser
 
 
 def finish_args(args) -> None:
-    """--quick / full defaults, then validation of everything that can be checked before loading data."""
-    exp.apply_quick(args, QUICK, FULL)
+    """Validation of everything that can be checked before loading data."""
     flags.resolve_clients_per_round(args)
-    cli.validate_fed_args(args)
     exp.validate_model_args(args)
-    cli.check(0.0 <= args.interference_window <= 1.0,
-              f"--interference-window must be in [0, 1], got {args.interference_window}")
     cli.check(not (args.heterogeneity_experiment and args.local_steps_experiment),
               "choose one of --heterogeneity-experiment and --local-steps-experiment")
     engine.check_algorithm_args(args, plain_sgd=args.momentum == 0,
@@ -200,14 +191,11 @@ class VitTask(engine.Task):
                                    foreach=True)              # same arithmetic, one call per op
         return SparseSGDM(self.params, self.masks, lr=lr, momentum=a.momentum, weight_decay=a.weight_decay)
 
-    def batches(self, k: int, r: int, steps: int, purpose: str, augment: bool):
-        gen = seeding.client_generator(self.seed, r, k, self.device, purpose=purpose)
-        return cifar.batches(self.ctx["train"], self.args.batch_size, steps, gen, self.args.image_size,
-                             augment_train=augment, indices=self.ctx["shards"][k])
-
     def train_client(self, k, r, opt, algo) -> dict:
         a = self.args
-        stream = self.batches(k, r, a.local_steps, self.purpose_, not a.no_augment)
+        gen = seeding.client_generator(a.seed, r, k, self.device, purpose=self.purpose_)
+        stream = cifar.batches(self.ctx["train"], a.batch_size, a.local_steps, gen, a.image_size,
+                               augment_train=not a.no_augment, indices=self.ctx["shards"][k])
         with seeding.client_rng(a.seed, r, k, purpose=self.purpose_ + "_dropout"), no_grad_for(self.frozen):
             loss, _ = exp.train_steps(self.ctx["forward"], opt, stream, label_smoothing=a.label_smoothing,
                                       device=self.device, adjust=algo.adjust_grads)
@@ -231,18 +219,16 @@ class VitTask(engine.Task):
         P.load_(self.params, fed.models[0])
         row = {"round": r + 1, "step": (r + 1) * a.local_steps, "lr": rnd["lr"],
                "train_loss": float(np.mean(list(rnd["losses"].values())))}
+        val = exp.evaluate(ctx["forward"], ctx["val"], a, self.device, shard=True)  # every rank: its share
+        row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
         if self.interference:  # the clients' own-class accuracy: their local models against the aggregate
             chosen = rnd["chosen"]
             local = [rnd["rows"][k]["local_own_accuracy"] for k in chosen]
             union = torch.unique(torch.cat([ctx["own_test"][k] for k in chosen]))      # sorted
             right = exp.correct(ctx["forward"], ctx["test"], union, a, self.device)    # one pass
             glob = [float(right[torch.searchsorted(union, ctx["own_test"][k])].float().mean()) for k in chosen]
-            interference = {"interference": float(np.mean(np.subtract(local, glob))),
-                            "local_own_accuracy": float(np.mean(local)), "global_own_accuracy": float(np.mean(glob))}
-        val = exp.evaluate(ctx["forward"], ctx["val"], a, self.device, shard=True)  # every rank: its share
-        row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
-        if self.interference:
-            row |= interference
+            row |= {"interference": float(np.mean(np.subtract(local, glob))),
+                    "local_own_accuracy": float(np.mean(local)), "global_own_accuracy": float(np.mean(glob))}
         if val["accuracy"] > self.best["val_accuracy"]:
             self.best = {"val_accuracy": val["accuracy"], "round": r + 1}
         return row
@@ -254,18 +240,14 @@ class VitTask(engine.Task):
         self.best = state["best"]
 
 
-def plain_args(args):
-    """``args`` with the shared algorithm flags at plain FedAvg (the head warm-up's rounds)."""
-    return SimpleNamespace(**{**vars(args), **vars(engine.namespace_defaults(client_opt_state="reset"))})
-
-
 def plain_rounds(ctx: dict, global_params: list[torch.Tensor], masks=None, rounds: int = 1, purpose: str = "round",
                  start: int = 0) -> dict:
     """Rounds ``start``..``rounds - 1`` of plain FedAvg on ``global_params`` (updated in place) at the peak lr,
     without a run directory (the head warm-up; tests and benchmarks). Returns the engine's timing."""
     P.load_(ctx["params"], global_params)
     task = VitTask(ctx, masks, purpose=purpose, rounds=rounds)
-    fed = engine.Federation(task, plain_args(ctx["args"]))
+    plain = engine.namespace_defaults(client_opt_state="reset")  # the shared algorithm flags at plain FedAvg
+    fed = engine.Federation(task, argparse.Namespace(**{**vars(ctx["args"]), **vars(plain)}))
     engine.run(task, fed, start=start)
     P.load_(global_params, fed.models[0])
     return fed.timing
@@ -323,14 +305,8 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
     vit.save(ctx["model"], run.path, image_size=args.image_size,  # the final global model
              info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
                    "test_accuracy": summary["test_accuracy"]})
-    report.print_ending(run.path, "test accuracy", summary["test_accuracy"],
-                        {"chance": summary["chance_accuracy"]},
-                        extra=f"final validation accuracy {summary['final_val_accuracy']}",
-                        figures=f"python plots/plot_vit.py --runs {args.out_dir}",
-                        loader="AutoModelForImageClassification.from_pretrained or vit_sparse_fl.vit.load")
-    summary["run_dir"] = str(run.path)
-    run.release()
-    return D.broadcast_object(summary)
+    return D.broadcast_object(exp.end_run(run, args, summary, "test accuracy",
+                                          f"final validation accuracy {summary['final_val_accuracy']}"))
 
 
 def interference_summary(rows: list[dict]) -> dict:
@@ -343,23 +319,22 @@ def interference_summary(rows: list[dict]) -> dict:
         "interference_rounds": len(measured)}
 
 
+def variant(args, **changes):
+    """A copy of ``args`` with ``changes`` and its own default run name (one run of a sweep)."""
+    return argparse.Namespace(**{**vars(args), "run_name": None, **changes})
+
+
 def sweep(args, runner, prefix: str = "fedavg") -> dict:
     """--heterogeneity-experiment / --local-steps-experiment: one run per value, all summaries kept."""
-    results = {}
     if args.heterogeneity_experiment:
-        for nc in args.nc_values:
-            sub = copy.copy(args)
-            sub.sharding, sub.nc, sub.heterogeneity_experiment = "non_iid", nc, False
-            sub.run_name = None
-            results[f"nc={nc}"] = runner(sub)
-    else:
-        for j in args.j_values:
-            sub = copy.copy(args)
-            sub.local_steps, sub.local_steps_experiment = j, False
-            sub.rounds = max(1, int(round(args.rounds * args.local_steps / j)))  # same total local steps
-            sub.run_name = None
-            results[f"J={j}"] = runner(sub)
-    kind = "heterogeneity" if args.heterogeneity_experiment else "local_steps"
+        kind = "heterogeneity"
+        results = {f"nc={nc}": runner(variant(args, sharding="non_iid", nc=nc, heterogeneity_experiment=False))
+                   for nc in args.nc_values}
+    else:  # the same total local steps: rounds x J fixed
+        kind = "local_steps"
+        results = {f"J={j}": runner(variant(args, local_steps=j, local_steps_experiment=False,
+                                            rounds=max(1, int(round(args.rounds * args.local_steps / j)))))
+                   for j in args.j_values}
     out = {"experiment": kind, "results": results}
     if D.is_main():
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -368,7 +343,7 @@ def sweep(args, runner, prefix: str = "fedavg") -> dict:
 
 
 def main(argv=None) -> dict:
-    args = cli.parse(get_args_parser(), argv)
+    args = get_args_parser().parse_args(argv)
     finish_args(args)
     if args.heterogeneity_experiment or args.local_steps_experiment:
         return sweep(args, federate)

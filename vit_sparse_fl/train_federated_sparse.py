@@ -16,7 +16,6 @@ on every client and in the aggregate (the source computed masks but trained dens
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ from common.aggregate import WeightedMean
 from common.checkpoint import atomic_write_json
 from common.fisher import diagonal_fisher
 from vit_sparse_fl import data as cifar
+from vit_sparse_fl import experiment as exp
 from vit_sparse_fl import sparse, talos
 from vit_sparse_fl import train_federated as fed
 
@@ -37,15 +37,15 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = fed.get_args_parser(add_help=add_help)
     parser.description = __doc__.split("\n\n")[0]
     g = parser.add_argument_group("sparse fine-tuning")
-    g.add_argument("--sparsity-ratio", type=float, default=0.9,
+    g.add_argument("--sparsity-ratio", type=exp.UNIT, default=0.9,
                    help="share s of backbone coordinates frozen (density 1 - s); "
                         "raise for fewer updated weights")
     g.add_argument("--mask-strategy", default="least_sensitive", choices=list(sparse.STRATEGIES),
                    help="which coordinates are trained: Fisher-ranked (least/most sensitive), "
                         "by |weight|, or random")
-    g.add_argument("--calibration-rounds", type=flags.COUNT, default=None,
-                   help="R: mask calibration rounds with keep share k_r = (1-s)^((r+1)/R) "
-                        "(default 5; --quick: 3)")
+    g.add_argument("--calibration-rounds", type=flags.POSITIVE_INT, default=5,
+                   help="R: mask calibration rounds with keep share k_r = (1-s)^((r+1)/R)")
+    parser.quick["calibration_rounds"] = 3
     g.add_argument("--calibration-batches", type=flags.POSITIVE_INT, default=1,
                    help="Fisher batches per client and calibration round")
     g.add_argument("--fisher-labels", default="sampled", choices=["sampled", "true"],
@@ -120,47 +120,36 @@ def run_sparse(args) -> dict:
     fed.head_warmup(ctx, global_params)                     # head-only rounds, so the scores see a trained head
     masks = build_masks(ctx, global_params)
     P.load_(params, global_params)
-    names = [n for n, m in zip(ctx["names"], masks) if m is not None]
-    dens = sparse.density_per_tensor(names, [m for m in masks if m is not None])
-    overall = sparse.density([m for m in masks if m is not None])
-    prefix = f"sparse_{args.mask_strategy}_s{args.sparsity_ratio:g}"
-    name = args.run_name or fed.default_run_name(args, prefix)
-    args.run_name = name
+    masked = [(n, m) for n, m in zip(ctx["names"], masks) if m is not None]
+    overall = sparse.density([m for _, m in masked])
+    args.run_name = args.run_name or fed.default_run_name(args, f"sparse_{args.mask_strategy}_s{args.sparsity_ratio:g}")
     extra = {"mask_strategy": args.mask_strategy, "sparsity_ratio": args.sparsity_ratio,
              "mask_density": overall, "calibration_rounds": args.calibration_rounds,
              "fisher_labels": args.fisher_labels, "fisher_score": args.fisher_score}
     summary = fed.federate(args, ctx, masks, extra_summary=extra, prefix=f"sparse_{args.mask_strategy}",
                            kind="vit_sparse_fl/train_federated_sparse", warmed=True)
-    numel = {n: m.numel() for n, m in zip(ctx["names"], masks) if m is not None}
     if D.is_main():
         atomic_write_json(Path(summary["run_dir"], "mask_density.json"),
-                          {"overall": overall, "per_tensor": dens, "numel": numel})
+                          {"overall": overall, "per_tensor": {n: float(m.float().mean()) for n, m in masked},
+                           "numel": {n: m.numel() for n, m in masked}})
     return summary
 
 
-def main(argv=None) -> dict:
-    args = cli.parse(get_args_parser(), argv)
-    fed.finish_args(args)
-    if args.calibration_rounds is None:
-        args.calibration_rounds = 3 if args.quick else 5
-    cli.check(0.0 <= args.sparsity_ratio < 1.0,
-              f"--sparsity-ratio must be in [0, 1), got {args.sparsity_ratio}")
-    cli.check(args.calibration_rounds >= 1,
-              f"--calibration-rounds must be >= 1, got {args.calibration_rounds}")
-    if args.compare_strategies:
-        results = {}
-        for strategy in sparse.STRATEGIES:
-            sub = copy.copy(args)
-            sub.mask_strategy, sub.compare_strategies, sub.run_name = strategy, False, None
-            results[strategy] = main_one(sub)
-        return {"experiment": "strategies", "results": results}
-    return main_one(args)
-
-
-def main_one(args) -> dict:
+def run_one(args) -> dict:
+    """One run, or one run per value of --heterogeneity-experiment / --local-steps-experiment."""
     if args.heterogeneity_experiment or args.local_steps_experiment:
         return fed.sweep(args, run_sparse, prefix=f"sparse_{args.mask_strategy}_s{args.sparsity_ratio:g}")
     return run_sparse(args)
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    fed.finish_args(args)
+    if not args.compare_strategies:
+        return run_one(args)
+    return {"experiment": "strategies",
+            "results": {s: run_one(fed.variant(args, mask_strategy=s, compare_strategies=False))
+                        for s in sparse.STRATEGIES}}
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def test_cache_key_ignores_flags_that_do_not_change_the_base():
     from vit_sparse_fl import run_all_experiments as suite
 
     def key(*extra):
-        return pretrain.cache_key(cli.parse(pretrain.get_args_parser(), [*suite.BASE, "--cache-dir", "c", *extra]))
+        return pretrain.cache_key(pretrain.base_settings([*suite.BASE, "--cache-dir", "c", *extra])[1])
 
     assert key() == key("--overwrite") == key("--report-to", "none") == key("--quiet", "--device", "cpu")
     assert key() != key("--seed", "1")

@@ -28,7 +28,6 @@ SMALL = ["--quick", "--quiet", "--num-clients", "10", "--participation-rate", "0
 def _ctx(out_dir, *extra, script=fed):
     args = script.get_args_parser().parse_args([*SMALL, "--out-dir", str(out_dir), *extra])
     fed.finish_args(args)
-    args.calibration_rounds = getattr(args, "calibration_rounds", None) or 1
     return fed.setup(args)
 
 
@@ -199,6 +198,31 @@ def test_compiled_forward_gives_the_same_run(tiny_runs, tmp_path):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
     assert comp["test_loss"] == pytest.approx(dense["test_loss"], rel=1e-5)
     assert comp["test_accuracy"] == dense["test_accuracy"]
+
+
+def test_quick_is_a_preset_below_the_config_file_and_the_command_line(tmp_path):
+    """defaults < --quick < YAML --config < command line; --help states both values of a preset flag."""
+    def parse(argv):  # a fresh parser each time: a parse leaves the preset and YAML values as its defaults
+        return fed.get_args_parser().parse_args(argv)
+
+    assert parse([]).rounds == 300 and parse(["--quick"]).rounds == 8
+    assert parse(["--quick", "--rounds", "5"]).rounds == 5
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rounds: 6\nlr: 0.2\n")
+    args = parse(["--quick", "--config", str(cfg)])
+    assert (args.rounds, args.lr, args.arch, args.eval_every) == (6, 0.2, "vit_tiny", 2)
+    assert parse(["--quick", "--config", str(cfg), "--rounds", "7"]).rounds == 7
+    cfg.write_text("quick: true\n")
+    assert parse(["--config", str(cfg)]).rounds == 8
+    # --classes chooses the classes instead of --num-classes: --quick's 10 give way, a given number does not
+    assert parse(["--quick", "--classes", "0", "5"]).num_classes == 0
+    assert parse(["--quick", "--classes", "0", "5", "--num-classes", "3"]).num_classes == 3
+    assert fsp.get_args_parser().parse_args(["--quick"]).calibration_rounds == 3
+    text = " ".join(fsp.get_args_parser().format_help().split())
+    assert "(default: 5; --quick: 3)" in text and "(default: 0; --quick: 10)" in text
+    assert "(default: None)" not in text
+    text = " ".join(train_centralized.get_args_parser().format_help().split())
+    assert "training epochs (default: 50; --quick: 4)" in text and "(default: None)" not in text
 
 
 def test_sweep_file_names_carry_the_swept_values():
