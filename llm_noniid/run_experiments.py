@@ -50,10 +50,6 @@ MUS = ("0.001", "0.01", "0.1", "1")  # FedProx's mu sweep, in every grid
 IFCA_EXTRA_ROUNDS = 2
 
 
-def prox(mu: str) -> list[str]:
-    return ["--algorithm", "fedprox", "--mu", mu]
-
-
 def rounds_flags(rounds: int) -> list[str]:
     """--num-rounds, with evaluation as often per round of full compute as the study's (the same number of points)."""
     return ["--num-rounds", str(rounds), "--eval-every", str(max(1, EVAL_EVERY * rounds // ROUNDS))]
@@ -63,15 +59,16 @@ def arms(mode: str, rounds: int = ROUNDS) -> list[tuple[str, str, list[str]]]:
     """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each), for runs
     of ``rounds`` rounds; the equal-compute arms run more (2 of 10 clients: 5x the rounds; FedAvg with IFCA's
     extra local steps: IFCA_EXTRA_ROUNDS more)."""
-    algos = [("FedAvg", FEDAVG), *((f"FedProx mu={mu}", prox(mu)) for mu in MUS), ("SCAFFOLD", SCAFFOLD)]
+    algos = [("FedAvg", FEDAVG), *((f"FedProx mu={mu}", ["--algorithm", "fedprox", "--mu", mu]) for mu in MUS),
+             ("SCAFFOLD", SCAFFOLD)]
     lp, one = ["--participation-rate", "0.2"], ["--participation-rate", "0.1"]
     ifca = ["--clustering", "ifca", "--num-clusters", "4"]
     if mode == "failure":
         # the mu sweep and the clustering arms where they matter (topic skew); on iid the contrast arms only
-        out = [("iid", name, IID + a) for name, a in algos if name in ("FedAvg", "FedProx mu=0.1", "SCAFFOLD")]
+        out = []
         for part, split in (("iid", IID), ("topic a=0.01", TOPIC)):
-            if part != "iid":
-                out += [(part, name, split + a) for name, a in algos]
+            out += [(part, name, split + a) for name, a in algos
+                    if part != "iid" or name in ("FedAvg", "FedProx mu=0.1", "SCAFFOLD")]
             out += [(part, "FedAvg, 2 of 10 clients/round", split + FEDAVG + lp),
                     (part, f"FedAvg, 2 of 10 clients/round, {5 * rounds} rounds",
                      split + FEDAVG + lp + rounds_flags(5 * rounds)),
@@ -186,29 +183,22 @@ def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
 # ----------------------------------------------------------------------------- analyze
 def arm_of(a: dict, rounds: int = ROUNDS) -> tuple[str, str]:
     """(partition label, arm label) of a run from its args.json, as ``arms(mode, rounds)`` names them."""
-    part, arm = _arm_of(a)
-    return part, arm + (f", {a['num_rounds']} rounds" if a.get("num_rounds", rounds) != rounds else "")
-
-
-def _arm_of(a: dict) -> tuple[str, str]:
     part = {"iid": "iid", "style_skew": f"style ({a.get('style_criterion')})",
             "token_skew": f"token ({a.get('token_skew')})"}.get(a["partition"], f"topic a={a.get('alpha'):g}")
-    algo = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD"}.get(a["algorithm"], a["algorithm"])
+    arm = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD"}.get(a["algorithm"], a["algorithm"])
     if a["algorithm"] == "fedprox":
-        algo = f"FedProx mu={a['mu']:g}"
+        arm = f"FedProx mu={a['mu']:g}"
     if a.get("clustering", "none") == "data":
-        return part, ("local only (10 clusters)" if a.get("num_clusters") == a["num_clients"] else
-                      f"{algo} + data clusters")
-    if a.get("clustering") == "ifca":
-        return part, f"{algo} + IFCA ({a['num_clusters']})"
-    if a.get("learning_rate", 1.0) != 1.0:
-        return part, f"{algo} lr {a['learning_rate']:g}, " + ("no clipping" if not a.get("max_grad_norm") else
-                                                            f"clip {a['max_grad_norm']:g}")
-    rate = a.get("participation_rate", 1.0)
-    if rate < 1.0:
+        arm = "local only (10 clusters)" if a.get("num_clusters") == a["num_clients"] else f"{arm} + data clusters"
+    elif a.get("clustering") == "ifca":
+        arm += f" + IFCA ({a['num_clusters']})"
+    elif a.get("learning_rate", 1.0) != 1.0:
+        arm += f" lr {a['learning_rate']:g}, " + (f"clip {a['max_grad_norm']:g}" if a.get("max_grad_norm") else
+                                                   "no clipping")
+    elif (rate := a.get("participation_rate", 1.0)) < 1.0:
         m = max(1, round(rate * a["num_clients"]))
-        return part, f"{algo}, " + ("1 client/round" if m == 1 else f"{m} of {a['num_clients']} clients/round")
-    return part, algo
+        arm += ", 1 client/round" if m == 1 else f", {m} of {a['num_clients']} clients/round"
+    return part, arm + (f", {a['num_rounds']} rounds" if a.get("num_rounds", rounds) != rounds else "")
 
 
 def by_arm(runs: list[dict], rounds: int = ROUNDS) -> dict[tuple, list[dict]]:
@@ -219,39 +209,41 @@ def by_arm(runs: list[dict], rounds: int = ROUNDS) -> dict[tuple, list[dict]]:
     return groups
 
 
-def _by_seed(runs, key):
-    """{seed: value} of the runs with a finite ``key``: a diverged run's inf is left out (its status says so)."""
-    return R.by_seed([r for r in runs if r.get("summary") and r["summary"].get(key) is not None
-                      and math.isfinite(r["summary"][key])], key)
+KEYS = ("final_val_ppl", "final_personal_val_ppl")  # the perplexities every table compares
+
+
+def compare(pairs: dict[tuple, tuple[list, list]]) -> dict[tuple, str]:
+    """{(*name, key): cell} of the paired differences (by seed) runs - reference runs of ``pairs`` {name: (runs,
+    reference runs)} in both ``KEYS``: ``S.compare``'s cells, the verdicts Holm-corrected over them all. An arm
+    whose every seed diverged (non-finite) is "diverged", not compared."""
+    values = {(*k, key): (R.by_seed(g, key), R.by_seed(h, key)) for k, (g, h) in pairs.items() for key in KEYS}
+    diverged = {k for k, (a, _) in values.items() if a and not any(map(math.isfinite, a.values()))}
+    cells = S.compare({k: ab for k, ab in values.items() if k not in diverged})
+    return {k: "diverged" if k in diverged else cells[k][1] for k in values}
+
+
+def compute(g: list[dict], ref: list[dict]) -> str:
+    """Training tokens through forward/backward of runs ``g`` as a multiple of ``ref``'s: '1.00x' ('–' unknown)."""
+    tokens = [[r["summary"]["train_tokens"] for r in x if r.get("summary")] for x in (g, ref)]
+    return f"{np.mean(tokens[0]) / np.mean(tokens[1]):.2f}x" if all(tokens) else "–"
 
 
 def table(runs: list[dict], mode: str, rounds: int = ROUNDS) -> list[str]:
-    """Markdown rows of ``mode``'s arms: global and personalised perplexity (mean ± sd), paired differences
-    to FedAvg on the same partition (95% t interval), compute (training tokens through forward/backward, as a
-    multiple of FedAvg's), run status, detected failure modes."""
+    """Markdown table of ``mode``'s arms: global and personalised perplexity (mean ± sd), paired differences
+    to FedAvg on the same partition (95% t interval, verdicts Holm-corrected over the table), compute (``compute``
+    to FedAvg's), run status, detected failure modes."""
     groups = by_arm(runs, rounds)
-    lines = ["| partition | arm | n | final ppl | Δ vs FedAvg | personalised ppl | Δ vs FedAvg | "
-             "compute | status | failure modes (runs) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for part, arm, _ in arms(mode, rounds):
-        g = groups.get((part, arm), [])
-        if not g:
-            lines.append(f"| {part} | {arm} | 0 | not run | | | | | |")
-            continue
-        ref = groups.get((part, "FedAvg"), [])
-        cells = []
-        for key in ("final_val_ppl", "final_personal_val_ppl"):
-            cells.append(S.fmt(S.summarize(_by_seed(g, key).values())))
-            cells.append("" if arm == "FedAvg" or not ref else
-                         S.fmt_diff(S.paired(_by_seed(g, key), _by_seed(ref, key))))
-        tokens = [r["summary"]["train_tokens"] for r in g if r.get("summary")]
-        ref_tokens = [r["summary"]["train_tokens"] for r in ref if r.get("summary")]
-        cells.append(f"{np.mean(tokens) / np.mean(ref_tokens):.2f}x" if tokens and ref_tokens else "–")
-        status = Counter((r.get("summary") or {}).get("status", "running") for r in g)
-        modes = Counter(m for r in g for m in failure.detect(r["rows"]))
-        lines.append(f"| {part} | {arm} | {len(g)} | {' | '.join(cells)} | "
-                     f"{', '.join(f'{k} {v}' for k, v in sorted(status.items()))} | "
-                     f"{', '.join(f'{k} {v}/{len(g)}' for k, v in sorted(modes.items())) or 'none'} |")
-    return lines
+    rows = [(p, a, groups.get((p, a), []), groups.get((p, "FedAvg"), [])) for p, a, _ in arms(mode, rounds)]
+    diffs = compare({(p, a): (g, ref) for p, a, g, ref in rows if g and ref and a != "FedAvg"})
+    tally = lambda items, of="": ", ".join(f"{k} {v}{of}" for k, v in sorted(Counter(items).items()))
+    ppl_cells = lambda p, a, g: [c for key in KEYS for c in (S.fmt_seeds(R.by_seed(g, key).values()),
+                                                             diffs.get((p, a, key), ""))]
+    return S.markdown(["partition", "arm", "n", "final ppl", "Δ vs FedAvg", "personalised ppl", "Δ vs FedAvg",
+                       "compute", "status", "failure modes (runs)"],
+                      [[p, a, len(g), *ppl_cells(p, a, g), compute(g, ref),
+                        tally((r.get("summary") or {}).get("status", "running") for r in g),
+                        tally((m for r in g for m in failure.detect(r["rows"])), f"/{len(g)}") or "none"]
+                       if g else [p, a, 0, "not run", *[""] * 6] for p, a, g, ref in rows])
 
 
 def references(runs: list[dict]) -> list[str]:
@@ -259,12 +251,12 @@ def references(runs: list[dict]) -> list[str]:
     out = []
     for part in sorted({arm_of(r["args"])[0] for r in runs}):
         g = [r for r in runs if arm_of(r["args"])[0] == part and r.get("summary")]
-        uni = S.summarize(r["summary"]["unigram_val_ppl"] for r in g)
         pers = [r["summary"]["personal_unigram_ppl"] for r in g if r["summary"].get("personal_unigram_ppl")]
-        out.append(f"| {part} | {g[0]['summary']['uniform_ppl']:.0f} | {S.fmt(uni)} | "
-                   f"{S.fmt(S.summarize(pers)) if pers else '–'} |")
-    return ["| partition | uniform ppl | unigram ppl (global validation) | each client's own unigram on its "
-            "held-out texts |", "|---|---|---|---|", *out]
+        out.append([part, f"{g[0]['summary']['uniform_ppl']:.0f}",
+                    S.fmt(S.summarize(r["summary"]["unigram_val_ppl"] for r in g)),
+                    S.fmt(S.summarize(pers)) if pers else "–"])
+    return S.markdown(["partition", "uniform ppl", "unigram ppl (global validation)",
+                       "each client's own unigram on its held-out texts"], out)
 
 
 # runs whose behaviour is known by construction, independent of the detectors (see the README); FedProx mu = 1
@@ -282,51 +274,38 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
     """Share of runs each detector flags (with ``failure.DEFAULT`` thresholds, detected again from the logged
     curves), per class of runs whose behaviour is known by construction: the healthy column is the false-positive
     rate, the matching column the detection rate."""
-    classes = {name: [r for r in runs if r.get("summary") and is_(*arm_of(r["args"], rounds))]  # finished runs only
-               for name, is_ in KNOWN.items()}
-    classes = {k: v for k, v in classes.items() if v}
+    classes = {name: g for name, is_ in KNOWN.items()  # finished runs only
+               if (g := [r for r in runs if r.get("summary") and is_(*arm_of(r["args"], rounds))])}
     if not classes:
         return ["(no runs of a known class yet: run --mode failure and --mode calibrate)"]
-    flagged = {name: [failure.detect(r["rows"]) for r in g] for name, g in classes.items()}
-    lines = ["| detector | " + " | ".join(f"{k} (n={len(v)})" for k, v in classes.items()) + " |",
-             "|---|" + "---|" * len(classes)]
-    for mode in failure.MODES:
-        cells = [f"{sum(mode in f for f in fl)}/{len(fl)}" for fl in flagged.values()]
-        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    share = lambda mode, t=failure.DEFAULT: [f"{sum(mode in failure.detect(r['rows'], t) for r in g)}/{len(g)}"
+                                             for g in classes.values()]
     th = failure.DEFAULT.as_dict()
-    lines += ["", "Thresholds (`llm_noniid/failure.py`, `Thresholds`): " + ", ".join(f"{k} = {v:g}" for k, v in
-                                                                                       th.items()) + ".", ""]
     # the calibration: each detector's key threshold swept, the others at their defaults
     sweeps = {"divergence": ("div_rel_increase", (0.05, 0.1, 0.2, 0.5)),
               "oscillation": ("osc_min_change", (0.0025, 0.005, 0.01, 0.02)),
               "client_drift": ("drift_dispersion", (2.0, 2.5, 3.0, 4.0)),
               "slow_convergence": ("slow_min_improvement", (0.02, 0.05, 0.1))}
-    lines += ["Calibration (share of runs flagged, one threshold varied):", "",
-              "| detector | threshold | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
-    for mode, (key, values) in sweeps.items():
-        for v in values:
-            t = failure.Thresholds(**{**th, key: v})
-            cells = [f"{sum(mode in failure.detect(r['rows'], t) for r in g)}/{len(g)}" for g in classes.values()]
-            mark = " (default)" if v == th[key] else ""
-            lines.append(f"| {mode} | {key} = {v:g}{mark} | " + " | ".join(cells) + " |")
-    return lines
+    return [*S.markdown(["detector", *(f"{k} (n={len(v)})" for k, v in classes.items())],
+                        [[mode, *share(mode)] for mode in failure.MODES]),
+            "", "Thresholds (`llm_noniid/failure.py`, `Thresholds`): " + ", ".join(f"{k} = {v:g}" for k, v in
+                                                                                  th.items()) + ".", "",
+            "Calibration (share of runs flagged, one threshold varied):", "",
+            *S.markdown(["detector", "threshold", *classes],
+                        [[mode, f"{key} = {v:g}" + (" (default)" if v == th[key] else ""),
+                          *share(mode, failure.Thresholds(**{**th, key: v}))]
+                         for mode, (key, values) in sweeps.items() for v in values])]
 
 
 def equal_compute_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
-    """Paired differences between arms that train the same number of tokens (``equal_compute``)."""
+    """Paired differences between arms that train the same number of tokens (``equal_compute``), the verdicts
+    Holm-corrected over the table."""
     groups = by_arm(runs, rounds)
-    lines = ["| partition | arm | reference (same compute) | compute ratio | Δ final ppl | Δ personalised ppl |",
-             "|---|---|---|---|---|---|"]
-    for part, arm, ref in equal_compute(rounds):
-        g, h = groups.get((part, arm), []), groups.get((part, ref), [])
-        if not g or not h:
-            lines.append(f"| {part} | {arm} | {ref} | not run | | |")
-            continue
-        tokens = [np.mean([r["summary"]["train_tokens"] for r in x if r.get("summary")]) for x in (g, h)]
-        cells = [S.fmt_diff(S.paired(_by_seed(g, key), _by_seed(h, key)))
-                 for key in ("final_val_ppl", "final_personal_val_ppl")]
-        lines.append(f"| {part} | {arm} | {ref} | {tokens[0] / tokens[1]:.2f}x | {' | '.join(cells)} |")
-    return lines
+    pairs = {(p, a, ref): (groups.get((p, a), []), groups.get((p, ref), [])) for p, a, ref in equal_compute(rounds)}
+    diffs = compare({k: gh for k, gh in pairs.items() if all(gh)})
+    return S.markdown(["partition", "arm", "reference (same compute)", "compute ratio", "Δ final ppl",
+                       "Δ personalised ppl"], [[*k, compute(*gh), *(diffs[(*k, key)] for key in KEYS)] if all(gh)
+                                               else [*k, "not run", "", ""] for k, gh in pairs.items()])
 
 
 def report(out_dir: Path, title: str | None = None) -> str:
@@ -334,38 +313,39 @@ def report(out_dir: Path, title: str | None = None) -> str:
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
     # the grid's rounds: the most common (equal-compute arms run more)
     rounds = Counter(r["args"]["num_rounds"] for r in runs).most_common(1)[0][0]
-    label = lambda a: arm_of(a, rounds)  # noqa: E731
-    lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", ""]
     a0 = runs[0]["args"]
-    lines += [f"Data {a0.get('data')} ({a0.get('data_dir') or 'embedded'}), model {a0.get('model')} "
-              f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
-              f"{a0.get('local_optimizer')} steps per client per round at lr {a0.get('learning_rate'):g}, "
-              f"{rounds} rounds (arms named '..., N rounds' run N). Mean ± sample sd over seeds; Δ = paired "
-              "difference to FedAvg on the same partition (same seeds), 95% t interval; 'no difference' when it "
-              "contains 0. Compute: training tokens through forward/backward, as a multiple of FedAvg's.", "",
-              "### Reference points", "", *references(runs), ""]
-    for mode in ("failure", "main", "calibrate"):
-        names = {(p, a) for p, a, _ in arms(mode, rounds)}
-        sel = [r for r in runs if label(r["args"]) in names]
+    lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", "",
+             f"Data {a0.get('data')} ({a0.get('data_dir') or 'embedded'}), model {a0.get('model')} "
+             f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
+             f"{a0.get('local_optimizer')} steps per client per round at lr {a0.get('learning_rate'):g}, "
+             f"{rounds} rounds (arms named '..., N rounds' run N). Mean ± sample sd over seeds; Δ = paired "
+             "difference to FedAvg on the same partition (same seeds, diverged ones left out) with its 95% t "
+             "interval, the verdicts Holm-corrected over all the table's comparisons (p_Holm when significant; "
+             "'no difference after Holm (rules out > x)': the interval rules out effects larger than x); an arm "
+             "whose every seed diverged is 'diverged', not compared. Compute: training tokens through "
+             "forward/backward, as a multiple of FedAvg's.", "", "### Reference points", "", *references(runs), ""]
+    groups = by_arm(runs, rounds)
+    for mode in ("failure", "main", "calibrate"):  # each grid's table of its own arms' runs
+        sel = [r for p, a, _ in arms(mode, rounds) for r in groups.get((p, a), [])]
         if not sel:
             continue
         lines += [f"### {mode} grid", "", *table(sel, mode, rounds), ""]
         if mode == "failure":
-            lines += ["Equal compute (paired by seed, 95% t interval):", "", *equal_compute_table(sel, rounds), ""]
+            lines += ["Equal compute (paired by seed, 95% t interval, verdicts Holm-corrected over the table):", "",
+                      *equal_compute_table(sel, rounds), ""]
     lines += ["### Failure detectors", "", *detector_table(runs, rounds), "",
-              f"Figures: `{figure_command(out_dir)}` (in figures/).", ""]
+              f"Figures: `python {' '.join(figure_command(out_dir))}` (in figures/).", ""]
     text = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     return text
 
 
-def figure_command(out_dir: Path) -> str:
-    return f"python plots/plot_llm_noniid.py --runs {out_dir / 'runs'} --out {out_dir / 'figures'}"
+def figure_command(out_dir: Path) -> list[str]:
+    return ["plots/plot_llm_noniid.py", "--runs", str(out_dir / "runs"), "--out", str(out_dir / "figures")]
 
 
 def main(argv=None) -> dict:
-    parser = get_args_parser()
-    args, passthrough = parser.parse_known_args(argv)
+    args, passthrough = get_args_parser().parse_known_args(argv)
     passthrough = [a for a in passthrough if a != "--"]
     cli.check(args.mode in MODES, f"--mode {args.mode!r} is unknown; expected one of {', '.join(MODES)}")
     cli.check(args.jobs >= 1 and args.threads >= 1, "--jobs and --threads must be >= 1")
@@ -375,10 +355,10 @@ def main(argv=None) -> dict:
     if args.mode == "analyze":
         text = report(out, args.title)
         print(text)
-        print(f"$ {figure_command(out)}", flush=True)
-        drawn = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "plots" /
-                                                     "plot_llm_noniid.py"), "--runs", str(out / "runs"),
-                                "--out", str(out / "figures")], check=False).returncode == 0
+        script, *flags = figure_command(out)
+        print(f"$ python {script} {' '.join(flags)}", flush=True)
+        root = Path(__file__).resolve().parents[1]
+        drawn = subprocess.run([sys.executable, str(root / script), *flags], check=False).returncode == 0
         print(f"report: {out / 'report.md'}" + ("" if drawn else " (the figures failed: see the line above)"))
         return {"report": str(out / "report.md"), "figures": drawn}
     cli.check(args.split_csv is None or Path(args.split_csv).is_file(), f"--split-csv {args.split_csv}: no such file")

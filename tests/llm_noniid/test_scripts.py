@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 
 import pytest
 from clicases import LLM_SMOKE
 
 from common import cli
+from common import stats as S
 from llm_noniid import run_experiments as E
 from llm_noniid import train
 from plots import plot_llm_noniid
@@ -97,6 +99,52 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     figs = plot_llm_noniid.main(["--runs", str(root / "runs"), "--out", str(tmp_path / "figs")])["figures"]
     names = {p.rsplit("/", 1)[1] for p in figs}
     assert {"val_ppl_curves.png", "personal_val_ppl_curves.png", "final_ppl.png"} <= names
+
+
+def fake_runs(values: dict) -> list[dict]:
+    """Finished runs of failure-grid arms, {(partition, arm): final ppl per seed} (inf: diverged); the
+    personalised perplexity is the global one minus 1."""
+    flags = {(p, a): f for p, a, f in E.arms("failure")}
+    runs = []
+    for key, ppls in values.items():
+        args = vars(train.parse_with_config(train.get_args_parser(), [*E.STUDY, *flags[key]], {}))
+        runs += [{"args": {**args, "seed": seed}, "rows": [], "summary": {
+            "final_val_ppl": v, "final_personal_val_ppl": v - 1, "train_tokens": 100,
+            "status": "complete" if math.isfinite(v) else "diverged"}} for seed, v in enumerate(ppls)]
+    return runs
+
+
+def test_tables_correct_verdicts_with_holm_and_show_diverged_arms():
+    """Every Δ cell of a table is Holm-corrected over the table's comparisons (both perplexities, all
+    partitions); an arm whose every seed diverged is 'diverged', never 'no difference'."""
+    inf, fedavg = float("inf"), [50.0, 52.0, 51.0]
+    finite = {("iid", "SCAFFOLD"): [40.0, 41.5, 40.5], ("iid", "FedProx mu=0.1"): [50.2, 51.8, 51.3],
+              ("iid", "FedAvg + IFCA (4)"): [45.0, 46.0, 47.0], ("iid", "FedAvg, 42 rounds"): [46.0, 45.5, 47.5],
+              ("topic a=0.01", "SCAFFOLD"): [60.0, 61.0, inf]}
+    runs = fake_runs({("iid", "FedAvg"): fedavg, ("topic a=0.01", "FedAvg"): fedavg, **finite,
+                      ("iid", "FedAvg, 1 client/round"): [inf] * 3,
+                      ("iid", f"FedAvg, 2 of 10 clients/round, {5 * E.ROUNDS} rounds"): [inf] * 3})
+    lines = E.table(runs, "failure")
+    row = lambda arm, part="iid": next(line.split(" | ") for line in lines if f"| {part} | {arm} |" in line)
+    # the family: every arm with finite values against FedAvg, in both perplexities (same shift: same p)
+    diffs = {(*k, i): S.paired({s: v for s, v in enumerate(ppls) if math.isfinite(v)}, dict(enumerate(fedavg)))
+             for k, ppls in finite.items() for i in (0, 1)}
+    holm = S.holm(diffs)
+    assert holm[("iid", "SCAFFOLD", 0)].significant and not holm[("iid", "FedProx mu=0.1", 0)].significant
+    assert row("SCAFFOLD")[4].endswith(f", p_Holm {holm[('iid', 'SCAFFOLD', 0)].p_holm:.2g}")
+    assert row("FedProx mu=0.1")[4].endswith(f"no difference after Holm (rules out > "
+                                             f"{S.ruled_out(diffs[('iid', 'FedProx mu=0.1', 0)]):.1f})")
+    assert row("SCAFFOLD", "topic a=0.01")[3] == "60.5 ± 0.7 (n=2), 1 diverged"
+    assert row("SCAFFOLD", "topic a=0.01")[4].startswith("+9.5 [") and "(n=2)" in row("SCAFFOLD", "topic a=0.01")[4]
+    assert row("FedAvg, 1 client/round")[4] == row("FedAvg, 1 client/round")[6] == "diverged"
+    assert row("FedAvg, 1 client/round")[3] == "–, 3 diverged"
+    assert row("FedProx mu=0.001", "topic a=0.01")[3] == "not run"
+    assert not any("no difference" in line for line in lines if "| diverged |" in line)
+    equal = E.equal_compute_table(runs, E.ROUNDS)
+    assert row(f"FedAvg, 2 of 10 clients/round, {5 * E.ROUNDS} rounds")[4] == "diverged"
+    assert any(line.endswith("| 1.00x | diverged | diverged |") for line in equal)
+    ifca = next(line for line in equal if "| iid | FedAvg + IFCA (4) |" in line)
+    assert ifca.count("after Holm") + ifca.count("p_Holm") == 2
 
 
 @pytest.mark.parametrize("extra,message", [
