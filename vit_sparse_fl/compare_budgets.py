@@ -91,9 +91,13 @@ def make_table(suites: dict[int, dict[str, dict]]) -> tuple[str, dict]:
         + ", ".join(f"R = {r}: {sample_gradients(r)}" for r in budgets) + "). Last step: the change from the "
         "previous budget to the largest one the setting has, paired by seed, mean [95% t interval]. Settled: "
         f"that change is below {SETTLED:g} point. Δ vs reference: paired difference to FedAvg IID (FedAvg "
-        "settings) or dense FedAvg on the same shards (J sweep, masks) at the same budget.",
+        "settings) or dense FedAvg on the same shards (J sweep, masks) at the same budget, verdicts "
+        "Holm-corrected over every Δ of the table.",
         "", head, "|---|" + "---|" * (2 * len(budgets) + 2)]
-    record = {}
+    record, refs = {}, {setting: reference(setting) for setting in order}
+    deltas = {k: c for k, (_, c) in stats.compare({
+        (setting, r): (suites[r][setting], suites[r][ref]) for setting, ref in refs.items() for r in budgets
+        if ref and setting in suites[r] and ref in suites[r]}).items()}
     for setting in order:
         have = [r for r in budgets if setting in suites[r]]
         cells = [stats.fmt(stats.summarize(suites[r][setting].values())) if setting in suites[r] else "–"
@@ -103,12 +107,9 @@ def make_table(suites: dict[int, dict[str, dict]]) -> tuple[str, dict]:
             d = stats.paired(suites[have[-1]][setting], suites[have[-2]][setting])
             step = f"R {have[-2]} → {have[-1]}: {stats.fmt_diff(d)}"
             settled = "yes" if abs(d.mean) < SETTLED else "no"
-        ref = reference(setting)
-        deltas = [stats.fmt_diff(stats.paired(suites[r][setting], suites[r][ref]))
-                  if ref and setting in suites[r] and ref in suites[r] else "–" for r in budgets]
         lines.append(f"| {label(setting)} | " + " | ".join(cells) + f" | {step} | {settled} | "
-                     + " | ".join(deltas) + " |")
-        record[setting] = {"reference": ref, "settled": None if settled == "–" else settled == "yes",
+                     + " | ".join(deltas.get((setting, r), "–") for r in budgets) + " |")
+        record[setting] = {"reference": refs[setting], "settled": None if settled == "–" else settled == "yes",
                            "test_accuracy": {r: suites[r].get(setting, {}) for r in budgets}}
     return "\n".join(lines) + "\n", record
 

@@ -165,10 +165,6 @@ def cell(runs: list[dict], key: str = "test_accuracy") -> str:
     return stats.fmt(stats.summarize(pct(runs, key).values())) if runs else "–"
 
 
-def diff(a: list[dict], b: list[dict], key: str = "test_accuracy") -> str:
-    return stats.fmt_diff(stats.paired(pct(a, key), pct(b, key))) if a and b else "–"
-
-
 def plateau(runs: list[dict]) -> str:
     ok = [r["summary"].get("plateau_reached") for r in runs]
     return f"{sum(1 for v in ok if v)}/{len(ok)}" if runs else "–"
@@ -184,11 +180,16 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
             head += f" interference (points) | Δ interference vs {ref_label} |"
             sep += "---|---|"
         lines.extend([f"**{title}**", "", head, sep])
+        metrics = ("test_accuracy", "interference") if interference else ("test_accuracy",)
+        base_rs = g.get(ref, [])  # every difference of the section in one Holm correction
+        pairs = {(key, m): (pct(g[key], m), pct(base_rs, m)) for key, _ in rows for m in metrics
+                 if key != ref and g.get(key) and base_rs}
+        diffs = {k: c for k, (_, c) in stats.compare(pairs).items()}
         for key, label in rows:
-            rs, base_rs = g.get(key, []), g.get(ref, [])
-            row = f"| {label} | {len(rs)} | {cell(rs)} | {diff(rs, base_rs) if key != ref else '–'} | {plateau(rs)} |"
+            rs = g.get(key, [])
+            row = f"| {label} | {len(rs)} | {cell(rs)} | {diffs.get((key, 'test_accuracy'), '–')} | {plateau(rs)} |"
             if interference:
-                row += f" {cell(rs, 'interference')} | {diff(rs, base_rs, 'interference') if key != ref else '–'} |"
+                row += f" {cell(rs, 'interference')} | {diffs.get((key, 'interference'), '–')} |"
             lines.append(row)
             record[key] = {"n": len(rs), "test_accuracy": pct(rs, "test_accuracy"),
                            "interference": pct(rs, "interference") if interference else None}
@@ -199,7 +200,8 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
                  f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} images. "
                  f"Every run: {sample_gradients(args.rounds)} sample gradients. "
                  "Cells: mean ± sample sd over seeds (n); Δ: paired difference by seed, mean [95% t interval], "
-                 "'no difference' when it contains 0; plateau: runs whose validation accuracy moved < 1 point "
+                 "verdicts Holm-corrected over each table's differences (a 'no difference' names the effect it "
+                 "rules out); plateau: runs whose validation accuracy moved < 1 point "
                  "over the last 20% of the run; interference: own-class test accuracy, local minus aggregated "
                  "model, in points.")
     lines.append("")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,25 @@ def test_saved_sessions_keep_every_part_of_a_suite(tmp_path):
              {"finished_at": "t2", "runs_trained": 9, "only": ["centralized"], "wall_seconds": 1072.0}]
     path.write_text(json.dumps({"sessions": parts, "table": {}}))
     assert suite.saved_sessions(path) == parts
+
+
+def test_results_table_pairs_by_seed_with_holm_over_each_table(monkeypatch):
+    """make_table: cells are mean ± sd over seeds, differences paired by seed against the section's reference,
+    and each section's verdicts Holm-corrected together (accuracy and interference differences)."""
+    def runs(acc, inter=None):
+        return [{"args": {"seed": s}, "summary": {"test_accuracy": a / 100, "test_images": 500,
+                                                  "interference": (inter[s] if inter else 0.0) / 100},
+                 "path": f"run{s}"} for s, a in enumerate(acc)]
+
+    groups = {"fedavg_iid": runs([50, 51, 52]), "fedavg_nc2": runs([40, 41, 42], [10, 11, 12]),
+              "fedavg_nc5": runs([49.9, 51.1, 52.0], [0.0, 0.1, -0.1])}
+    monkeypatch.setattr(suite, "load_settings", lambda out, plan: groups)
+    text, record = suite.make_table(suite.get_args_parser().parse_args([]), Path("unused"), "base.pt")
+    assert record["fedavg_nc2"]["test_accuracy"] == pytest.approx({0: 40.0, 1: 41.0, 2: 42.0})
+    row = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| Nc = 2 |")}
+    nc2 = next(iter(row.values()))
+    # paired by seed: -10 on every seed, sd 0: a difference whatever the correction
+    assert "41.0 ± 1.0 (n=3)" in nc2 and "-10.0 [-10.0, -10.0] (n=3)" in nc2 and "p_Holm" in nc2
+    nc5 = next(line for line in text.splitlines() if line.startswith("| Nc = 5 |"))
+    assert "no difference after Holm" in nc5
+    assert "Holm-corrected over each table" in text
