@@ -152,14 +152,13 @@ def check_numbers(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> No
             setattr(ns, action.dest, fixed[0])
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
-          quick: dict | None = None) -> argparse.Namespace:
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (``sys.argv[1:]`` when None), with ``--config FILE.yaml`` values as defaults when the
-    parser has that flag, and the ``quick`` values when --quick is set (defaults < --quick < YAML < command
-    line: ``common.config.parse_with_config``)."""
+    parser has that flag, and the parser's ``presets`` (``parser.presets = {"quick": {...}}``) when their flag is
+    set: defaults < --quick < YAML < command line (``common.config.parse_with_config``)."""
     from common import config
 
-    return config.parse_with_config(parser, argv, presets={"quick": quick} if quick else None)
+    return config.parse_with_config(parser, argv)
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str = "runs") -> None:

@@ -184,7 +184,10 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
                       presets: dict[str, dict] | None = None) -> argparse.Namespace:
     """Parse ``argv`` with ``--config`` YAML values and flag presets (e.g. ``{"quick": {...}}``, applied
     when that boolean flag is set on the command line or in the YAML) as defaults. The YAML values are
-    kept on ``parser.config_values`` (scripts that tell given flags from defaults count them as given)."""
+    kept on ``parser.config_values`` (scripts that tell given flags from defaults count them as given).
+    ``presets`` default to ``parser.presets``: a script's parser carries its --quick values, so every reader of
+    its flags (the script, ``common.jobs``) applies them alike."""
+    presets = getattr(parser, "presets", None) if presets is None else presets
     argv = list(argv) if argv is not None else sys.argv[1:]
     first, _ = parser.parse_known_args(argv)
     value = getattr(first, "config", None)

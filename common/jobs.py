@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.checkpoint import to_jsonable
+from common.config import parse_with_config
 from common.errors import UsageError, check
 from common.runlog import (
     ALWAYS_IGNORED,
@@ -122,7 +123,8 @@ def script_path(module: str) -> str:
 def expected_args(job: Job) -> tuple[dict, object]:
     """The job's arguments as its script's parser reads them (as args.json would hold them), and the parser."""
     parser = importlib.import_module(job.script).get_args_parser()
-    return json.loads(json.dumps(vars(parser.parse_args(job.argv)), default=to_jsonable)), parser
+    args = parse_with_config(parser, job.argv)  # --config YAML values and --quick presets, as the script reads them
+    return json.loads(json.dumps(vars(args), default=to_jsonable)), parser
 
 
 @dataclasses.dataclass

@@ -160,7 +160,7 @@ def plan(mode: str, args, passthrough: list[str]) -> list[jobs.Job]:
         for part, arm, flags in arms(mode, rounds):
             argv = [*STUDY, *rounds_flags(rounds), *data, *flags, "--seed", str(seed), *passthrough,
                     "--out-dir", str(out / "runs"), "--quiet"]
-            parsed = train.parse_with_config(train.get_args_parser(), argv, {"quick": train.QUICK})
+            parsed = cli.parse(train.get_args_parser(), argv)  # as train.py reads them (its --quick preset too)
             name = train.default_run_name(parsed)
             if parsed.num_rounds != rounds:  # an equal-compute arm: its own directory (names leave rounds out)
                 name += f"_R{parsed.num_rounds}"

@@ -24,7 +24,6 @@ from common import distributed as dist
 from common import params as P
 from common.aggregate import WeightedMean
 from common.checkpoint import atomic_write_json
-from common.config import parse_with_config
 from common.evaluate import autocast, perplexity, unigram_perplexity
 from common.runlog import RunDir, data_fingerprint, run_name
 from common.seed import client_generator, client_rng, numpy_rng, seed_everything
@@ -43,6 +42,7 @@ QUICK = dict(model="tiny-gpt2", data="synthetic", num_rounds=16, num_clients=4, 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p.presets = {"quick": QUICK}
     p.add_argument("--config", default=None, help="YAML file of flag: value lines (command-line flags override it)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="synthetic",
@@ -436,7 +436,7 @@ class LlmTask(engine.Task):
 
 def main(argv=None) -> dict:
     parser = get_args_parser()
-    args = parse_with_config(parser, argv, presets={"quick": QUICK})
+    args = cli.parse(parser, argv)
     validate(args)
     owned = not dist.is_distributed()  # a process group set up by the caller stays the caller's
     rank, world = dist.init()  # (0, 1) without torchrun

@@ -9,7 +9,6 @@ run directory; the fine-tuned model is saved with save_pretrained to <run dir>/m
 from __future__ import annotations
 
 from common import cli
-from common.config import parse_with_config
 from lora_glue_fl import main_glue_lora
 
 
@@ -18,8 +17,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    return main_glue_lora.run(parse_with_config(get_args_parser(), argv, presets={"quick": main_glue_lora.QUICK}),
-                              lora=False)
+    return main_glue_lora.run(cli.parse(get_args_parser(), argv), lora=False)
 
 
 if __name__ == "__main__":

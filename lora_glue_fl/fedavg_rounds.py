@@ -39,7 +39,6 @@ from common import checkpoint, cli, compiled, engine, export, flags, report, run
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
-from common.config import parse_with_config
 from lora_glue_fl import adapters, checks, glue_shards, glue_tasks, modeling
 
 # what the round engine's flags cannot do here, and why (said in --help, refused in one line)
@@ -63,6 +62,7 @@ QUICK = dict(model_size="tiny", max_seq_length=48, max_eval_samples=64, rounds=2
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p.presets = {"quick": QUICK}
     p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
     p.add_argument("--shard_dir", default=None, help="folder of client_<i>.json manifests from make_shards.py "
                                                      "(--quick without it: 3 iid clients)")
@@ -284,7 +284,7 @@ class LoraTask(engine.Task):
 
 def parse_args(argv=None):
     """defaults < --quick < YAML (--config) < command line, then the checks."""
-    return resolve_args(parse_with_config(get_args_parser(), argv, presets={"quick": QUICK}))
+    return resolve_args(cli.parse(get_args_parser(), argv))
 
 
 def main(argv=None) -> dict:

@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 
 from common import checkpoint, cli, compiled, export, flags, report, runlog
 from common import seed as seeding
-from common.config import parse_with_config
 from lora_glue_fl import adapters, checks, glue_tasks, modeling
 
 
 def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p.presets = {"quick": QUICK_LORA if lora else QUICK}
     p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
     p.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
                    help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
@@ -190,7 +190,7 @@ QUICK_LORA = QUICK | dict(lora_r=4, lora_alpha=4)
 
 
 def main(argv=None) -> dict:
-    return run(parse_with_config(get_args_parser(), argv, presets={"quick": QUICK_LORA}), lora=True)
+    return run(cli.parse(get_args_parser(), argv), lora=True)
 
 
 if __name__ == "__main__":

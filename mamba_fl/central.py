@@ -25,6 +25,7 @@ from mamba_fl import model as mmodel
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description="Centralized Mamba2 language model (the baseline)", add_help=add_help)
+    p.presets = {"quick": mmodel.QUICK | {"max_steps": 64, "val_freq": 16}}  # defaults < --quick < YAML < flags
     mmodel.add_model_args(p)
     lmdata.add_data_args(p, batch_size=16, sharding=False)
     g = p.add_argument_group("training")
@@ -44,7 +45,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = cli.parse(get_args_parser(), argv, quick=mmodel.QUICK | {"max_steps": 64, "val_freq": 16})
+    args = cli.parse(get_args_parser(), argv)
     federated.finish_args(args)
     device = cli.resolve_device(args.device)
     mmodel.quiet_kernel_warnings()

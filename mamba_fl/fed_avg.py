@@ -20,7 +20,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    return federated.run(cli.parse(get_args_parser(), argv, quick=federated.QUICK), METHOD)
+    return federated.run(cli.parse(get_args_parser(), argv), METHOD)
 
 
 if __name__ == "__main__":

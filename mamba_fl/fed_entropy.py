@@ -51,7 +51,7 @@ METHOD = federated.Method(name="fedentropy", script="fed_entropy", add_client=ad
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = federated.get_args_parser("FedEntropy", add_help, holdout=0.1)
+    p = federated.get_args_parser("FedEntropy", add_help, holdout=0.1, quick={"entropy_blocks": 16})
     g = p.add_argument_group("entropy weighting")
     g.add_argument("--temperature", type=flags.POSITIVE, default=1.0,
                    help="softmax temperature T of alpha_k = softmax(-H_k / T); lower favours confident clients")
@@ -61,7 +61,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = cli.parse(get_args_parser(), argv, quick=federated.QUICK | {"entropy_blocks": 16})
+    args = cli.parse(get_args_parser(), argv)
     cli.check(args.holdout_fraction > 0, "FedEntropy measures entropy on held-out data: --holdout-fraction must be > 0")
     return federated.run(args, METHOD)
 

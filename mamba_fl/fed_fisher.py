@@ -88,7 +88,7 @@ METHOD = federated.Method(name="fedfisher", script="fed_fisher", add_client=add_
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = federated.get_args_parser("FedFisher", add_help)
+    p = federated.get_args_parser("FedFisher", add_help, quick={"fisher_samples": 4})
     g = p.add_argument_group("Fisher weighting")
     g.add_argument("--fisher-samples", type=flags.POSITIVE_INT, default=32,
                    help="training blocks per client for its Fisher (per-sequence gradients); more is smoother")
@@ -107,7 +107,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = cli.parse(get_args_parser(), argv, quick=federated.QUICK | {"fisher_samples": 4})
+    args = cli.parse(get_args_parser(), argv)
     cli.check(args.fisher_method != "local" or args.fisher_labels == "empirical",
               "--fisher-method local reuses the training gradients: its labels are the data's (--fisher-labels "
               "empirical)")

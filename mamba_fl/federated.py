@@ -46,9 +46,10 @@ QUICK = mmodel.QUICK | {"rounds": 64, "eval_every": 16}  # --quick (defaults < -
 # ----------------------------------------------------------------------------------------------------------
 # arguments
 
-def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0,
-                    server_opt: str = "fedavg") -> cli.ArgumentParser:
+def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0, server_opt: str = "fedavg",
+                    quick: dict | None = None) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=f"Federated Mamba2 language model: {method}", add_help=add_help)
+    p.presets = {"quick": QUICK | (quick or {})}
     mmodel.add_model_args(p)
     lmdata.add_data_args(p, batch_size=4, sharding=True)
     cli.add_fed_args(p, num_clients=4, rounds=None, eval_every=30,

@@ -30,6 +30,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--fail", action="store_true")
     p.add_argument("--diverge", action="store_true")
+    p.presets = {"quick": {"steps": 2, "lr": 0.5}}
     return p
 
 def main(argv=None):
@@ -96,6 +97,20 @@ def test_rerun_skips_finished_resumes_interrupted_and_reports_other_arguments(ti
     assert jobs.classify(job(out, "b")).kind == "other"
     # the log keeps both invocations (appended, with the command)
     assert (out / "logs" / "b.log").read_text().count("=== ") == 2
+
+
+def test_runs_with_quick_presets_or_a_yaml_config_count_as_done(tiny, tmp_path, capsys):
+    """A job's flags are read as its script reads them: --quick's preset values and --config YAML values are in
+    args.json, so the finished runs are done on a rerun (not 'other'), and a changed YAML value is 'other'."""
+    out, cfg = tiny, tmp_path / "c.yaml"
+    cfg.write_text("steps: 4\n")
+    plan = [job(out, "q", "--quick"), job(out, "y", "--config", str(cfg))]
+    assert jobs.run_plan(plan, log_dir=out / "logs").status == {"q": "finished", "y": "finished"}
+    assert json.loads((out / "q" / "summary.json").read_text())["steps"] == 2  # the preset reached the run
+    assert [jobs.classify(j).kind for j in plan] == ["done", "done"]
+    cfg.write_text("steps: 5\n")
+    assert jobs.classify(plan[1]).detail == "--steps saved 4, now 5"
+    capsys.readouterr()
 
 
 def test_failures_divergence_and_prerequisites(tiny, capsys):

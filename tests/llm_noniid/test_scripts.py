@@ -11,6 +11,7 @@ from clicases import LLM_SMOKE
 
 from common import cli
 from common import stats as S
+from common.config import parse_with_config
 from llm_noniid import run_experiments as E
 from llm_noniid import train
 from plots import plot_llm_noniid
@@ -38,7 +39,7 @@ def test_every_arm_is_labelled_back_from_its_arguments(mode):
     the arms of one partition must differ from FedAvg's in one setting group only."""
     seen = set()
     for part, arm, flags in E.arms(mode):
-        args = train.parse_with_config(train.get_args_parser(), [*E.STUDY, *flags], {"quick": train.QUICK})
+        args = parse_with_config(train.get_args_parser(), [*E.STUDY, *flags], {"quick": train.QUICK})
         assert E.arm_of(vars(args)) == (part, arm)
         assert (part, arm) not in seen
         seen.add((part, arm))
@@ -54,7 +55,7 @@ def test_failure_grid_has_every_algorithm_and_averaging_arms():
     for part in ("iid", "topic a=0.1", "style (length)", "token (frequency)"):  # the mu sweep in every grid
         assert sum(arm.startswith("FedProx") for p, arm, _ in E.arms("main") if p == part) == 4
     for _part, arm, flags in E.arms("failure"):
-        args = train.parse_with_config(train.get_args_parser(), [*E.STUDY, *flags], {})
+        args = parse_with_config(train.get_args_parser(), [*E.STUDY, *flags], {})
         m = max(1, round(args.participation_rate * args.num_clients))
         assert m >= 2 or arm.endswith("1 client/round")  # averaging claimed only with >= 2 clients
 
@@ -62,7 +63,7 @@ def test_failure_grid_has_every_algorithm_and_averaging_arms():
 def test_equal_compute_arms_train_as_many_tokens():
     """The equal-compute references really match: IFCA's starting models cost IFCA_EXTRA_ROUNDS full rounds of
     local steps; 2 of 10 clients for 5x the rounds take as many local steps as FedAvg, with as many evaluations."""
-    arms = {(p, a): train.parse_with_config(train.get_args_parser(), [*E.STUDY, *f], {})
+    arms = {(p, a): parse_with_config(train.get_args_parser(), [*E.STUDY, *f], {})
             for p, a, f in E.arms("failure")}
     steps = lambda x: x.num_rounds * max(1, round(x.participation_rate * x.num_clients)) * x.local_steps  # noqa
     for part, arm, ref in E.equal_compute():
@@ -107,7 +108,7 @@ def fake_runs(values: dict) -> list[dict]:
     flags = {(p, a): f for p, a, f in E.arms("failure")}
     runs = []
     for key, ppls in values.items():
-        args = vars(train.parse_with_config(train.get_args_parser(), [*E.STUDY, *flags[key]], {}))
+        args = vars(parse_with_config(train.get_args_parser(), [*E.STUDY, *flags[key]], {}))
         runs += [{"args": {**args, "seed": seed}, "rows": [], "summary": {
             "final_val_ppl": v, "final_personal_val_ppl": v - 1, "train_tokens": 100,
             "status": "complete" if math.isfinite(v) else "diverged"}} for seed, v in enumerate(ppls)]

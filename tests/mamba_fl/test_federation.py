@@ -33,7 +33,7 @@ def _even_split(tiny) -> list[str]:
     """Flags giving two clients equal contiguous shards (so FedAvg's n_k weights are uniform): a block
     length near 64 that cuts the training stream into an even number of blocks."""
     argv = tiny()
-    args = cli.parse(fed_avg.get_args_parser(), argv, quick=federated.QUICK)
+    args = cli.parse(fed_avg.get_args_parser(), argv)
     federated.finish_args(args)
     n_tokens = int((lmdata.load_lm_data(args).train >= 0).sum())
     T = next(t for t in range(64, 96) if -(-n_tokens // t) % 2 == 0)
@@ -49,7 +49,7 @@ def test_one_client_fedavg_equals_centralized_adamw(tiny, out_dir):
 
     # the centralized reference: same init, one AdamW, the batches the client drew, in order
     parser = fed_avg.get_args_parser()
-    args = cli.parse(parser, argv, quick=federated.QUICK)
+    args = cli.parse(parser, argv)
     federated.finish_args(args)
     data = lmdata.load_lm_data(args)
     seed.seed_everything(args.seed)
@@ -151,7 +151,7 @@ def test_fedprox_and_scaffold_match_the_algorithm_by_hand(tiny, out_dir, algorit
                 "--mu", str(mu), "--run-name", algorithm, rounds=2)
     fed_avg.main(argv)
     parser = fed_avg.get_args_parser()
-    args = cli.parse(parser, argv, quick=federated.QUICK)
+    args = cli.parse(parser, argv)
     federated.finish_args(args)
     data = lmdata.load_lm_data(args)
     seed.seed_everything(args.seed)

@@ -66,11 +66,17 @@ def test_config_alias_and_quick_sizes(tiny, out_dir):
     from common import cli
     from mamba_fl import federated
 
-    args = cli.parse(fed_avg.get_args_parser(), ["--config", "pure_ssm_4_layer", "--quick", "--d_model", "32"],
-                     quick=federated.QUICK)
+    args = cli.parse(fed_avg.get_args_parser(), ["--config", "pure_ssm_4_layer", "--quick", "--d_model", "32"])
     federated.finish_args(args)
     assert args.layers == 4 and args.d_model == 32 and args.d_state == 16 and args.sequence_length == 64
     assert args.chunk_size == 64  # min(256, sequence length)
+    # each script's own --quick values ride on its parser (so common.jobs reads a grid job as the script does);
+    # the command line still wins over them
+    quick = {m: vars(cli.parse(m.get_args_parser(), ["--quick"])) for m in (central, fed_fisher, fed_entropy)}
+    assert quick[central]["max_steps"] == 64 and quick[central]["val_freq"] == 16
+    assert quick[fed_fisher]["fisher_samples"] == 4 and quick[fed_fisher]["rounds"] == 64
+    assert quick[fed_entropy]["entropy_blocks"] == 16 and "fisher_samples" not in quick[fed_entropy]
+    assert cli.parse(fed_fisher.get_args_parser(), ["--quick", "--fisher-samples", "2"]).fisher_samples == 2
 
 
 def test_bad_inputs_fail_in_one_line(tiny, tmp_path, capsys):
