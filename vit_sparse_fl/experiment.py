@@ -35,14 +35,14 @@ def given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
 
 
 class ArgumentParser(cli.ArgumentParser):
-    """``cli.ArgumentParser`` whose every parse, ``parse_args`` included (``common.jobs`` reads a suite job's
-    flags with it), is ``common.config.parse_with_config`` with the --quick preset ``self.quick``; --help
+    """``cli.ArgumentParser`` carrying the --quick preset (``self.presets``, as every script's parser does) whose
+    plain ``parse_args`` too is ``common.config.parse_with_config`` (the scripts and tests call it); --help
     states both values of a preset flag: ``(default: 300; --quick: 8)``. ``--classes`` chooses the classes
     instead of --num-classes: --quick's 10 classes give way to it."""
 
     def __init__(self, *args, quick: dict, **kwargs):
         super().__init__(*args, **kwargs)
-        self.quick, self._inner = {**QUICK, **quick}, False
+        self.presets, self._inner = {"quick": {**QUICK, **quick}}, False
 
     def parse_args(self, args=None, namespace=None):
         if self._inner:                                       # parse_with_config's own final parse
@@ -50,7 +50,7 @@ class ArgumentParser(cli.ArgumentParser):
         argv = sys.argv[1:] if args is None else list(args)
         self._inner = True
         try:
-            ns = config.parse_with_config(self, argv, presets={"quick": self.quick})
+            ns = config.parse_with_config(self, argv)
         finally:
             self._inner = False
         if getattr(ns, "classes", None) and "num_classes" not in given(self, argv):
@@ -58,9 +58,10 @@ class ArgumentParser(cli.ArgumentParser):
         return ns
 
     def format_help(self) -> str:
+        quick = self.presets["quick"]
         for a in self._actions:
-            if a.dest in self.quick and a.default is not argparse.SUPPRESS and "--quick:" not in (a.help or ""):
-                a.help = f"{a.help} (default: {a.default}; --quick: {self.quick[a.dest]})"
+            if a.dest in quick and a.default is not argparse.SUPPRESS and "--quick:" not in (a.help or ""):
+                a.help = f"{a.help} (default: {a.default}; --quick: {quick[a.dest]})"
         return super().format_help()
 
 

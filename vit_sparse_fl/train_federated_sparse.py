@@ -45,7 +45,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         "by |weight|, or random")
     g.add_argument("--calibration-rounds", type=flags.POSITIVE_INT, default=5,
                    help="R: mask calibration rounds with keep share k_r = (1-s)^((r+1)/R)")
-    parser.quick["calibration_rounds"] = 3
+    parser.presets["quick"]["calibration_rounds"] = 3
     g.add_argument("--calibration-batches", type=flags.POSITIVE_INT, default=1,
                    help="Fisher batches per client and calibration round")
     g.add_argument("--fisher-labels", default="sampled", choices=["sampled", "true"],
