@@ -12,7 +12,8 @@
 The 95% interval is mean ± t(0.975, n-1) · sd / sqrt(n). A paired difference whose interval contains 0 is
 reported as "no difference"; its interval rules out every effect beyond ``ruled_out(d)`` in size. Several
 comparisons in one table are corrected together with ``holm`` (Holm's step-down method on the paired t-test
-p-values: it keeps the family-wise error rate at 5% whatever the dependence between the comparisons). The
+p-values: it keeps the family-wise error rate at 5% whatever the dependence between the comparisons), and what
+the table's nulls rule out is read from Bonferroni intervals (level 1 - 0.05/m), which hold simultaneously. The
 Student-t quantile is computed here (the exact distribution function for integer degrees of freedom, inverted
 by bisection) so the toolkit does not depend on scipy; the tests compare it with ``scipy.stats.t.ppf``.
 """
@@ -150,10 +151,15 @@ def p_value(d: Paired) -> float:
     return min(1.0, 2.0 * (1.0 - t_cdf(t, d.n - 1)))
 
 
-def ruled_out(d: Paired) -> float:
-    """The size beyond which the 95% interval rules an effect out: max(|lo|, |hi|) (nan for n < 2). A
-    "no difference" is only as strong as this number: [-0.3, +0.4] rules out effects larger than 0.4."""
-    return max(abs(d.lo), abs(d.hi)) if d.n >= 2 else float("nan")
+def ruled_out(d: Paired, m: int = 1) -> float:
+    """The size beyond which the interval rules an effect out: max(|lo|, |hi|) of the 95% interval (nan for
+    n < 2); with ``m`` comparisons in the table, of the Bonferroni interval at level 1 - 0.05/m, so the m
+    statements hold together with 95% confidence. A "no difference" is only as strong as this number:
+    [-0.3, +0.4] rules out effects larger than 0.4."""
+    if d.n < 2:
+        return float("nan")
+    level = 1 - (1 - LEVEL) / max(1, m)
+    return abs(d.mean) + t_quantile(0.5 + level / 2.0, d.n - 1) * d.sd / math.sqrt(d.n)
 
 
 @dataclass(frozen=True)
@@ -185,15 +191,18 @@ def holm(comparisons: Mapping[str, Paired], alpha: float = 1 - LEVEL) -> dict[st
     return {k: Verdict(p, q, (not math.isnan(q)) and q < alpha) for k, p, q in zip(names, raw, adjusted)}
 
 
-def fmt_verdict(d: Paired, v: Verdict, digits: int = 1) -> str:
+def fmt_verdict(d: Paired, v: Verdict, digits: int = 1, m: int = 1) -> str:
     """'+3.4 [+1.3, +5.5] (n=3), p_Holm 0.012' or '+0.2 [-0.3, +0.4] (n=3), no difference after Holm
-    (rules out > 0.4)': the interval is the comparison's own 95% interval, the verdict the corrected one."""
+    (rules out > 0.4)': the interval is the comparison's own 95% interval, the verdict the corrected one; with
+    ``m`` > 1 comparisons in the table the ruled-out size is the simultaneous one (``ruled_out(d, m)``:
+    '(rules out > 0.6, simultaneous over 4)')."""
     if d.n < 2:
         return fmt_diff(d, digits)
     head = f"{d.mean:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}] (n={d.n})"
     if v.significant:
         return f"{head}, p_Holm {v.p_holm:.2g}"
-    return f"{head}, no difference after Holm (rules out > {ruled_out(d):.{digits}f})"
+    over = f", simultaneous over {m}" if m > 1 else ""
+    return f"{head}, no difference after Holm (rules out > {ruled_out(d, m):.{digits}f}{over})"
 
 
 def fmt_seeds(values: Iterable, digits: int = 1) -> str:
@@ -207,8 +216,8 @@ def compare(pairs: Mapping[Hashable, tuple[Mapping, Mapping]], digits: int = 1) 
     """The comparisons of one table, {name: ({seed: a}, {seed: b})}, as {name: (a - b paired by seed over the
     finite values, its ``fmt_verdict`` cell)}: the verdicts Holm-corrected together."""
     diffs = {k: paired(*({s: v for s, v in x.items() if math.isfinite(v)} for x in ab)) for k, ab in pairs.items()}
-    verdicts = holm(diffs)
-    return {k: (d, fmt_verdict(d, verdicts[k], digits)) for k, d in diffs.items()}
+    verdicts, m = holm(diffs), sum(d.n >= 2 for d in diffs.values())
+    return {k: (d, fmt_verdict(d, verdicts[k], digits, m)) for k, d in diffs.items()}
 
 
 def table_rows(values: Mapping[Hashable, Mapping], ref: Hashable = None, digits: int = 1,
@@ -222,6 +231,18 @@ def table_rows(values: Mapping[Hashable, Mapping], ref: Hashable = None, digits:
     cells |= {a: cell for a, (_, cell) in compare({a: (v, values[ref]) for a, v in values.items()
                                                     if ref in values and a != ref and a not in skip}, digits).items()}
     return {a: (fmt_seeds(v.values(), digits), cells[a]) for a, v in values.items()}
+
+
+def plateau_gain(curve: Sequence[float], tail: float = 1 / 3) -> float:
+    """How much a learning curve (values in evaluation order, higher is better: pass -loss for a loss) still
+    gained at its end: the best of its last ``tail`` of points minus the best of the points before them (at least
+    one point on each side; nan with fewer than 3 points). A curve is at its plateau when this is below the
+    tolerance a table states; a negative gain means its end fell below its earlier best."""
+    values = [float(v) for v in curve]
+    if len(values) < 3:
+        return float("nan")
+    cut = min(len(values) - 1, max(1, round(len(values) * (1 - tail))))
+    return max(values[cut:]) - max(values[:cut])
 
 
 def markdown(headers: Sequence[str], rows: Iterable[Sequence]) -> list[str]:

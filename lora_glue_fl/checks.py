@@ -79,7 +79,7 @@ def _fingerprint(task_name: str, data: str, data_dir, splits: dict) -> dict:
             folder = Path(synthetic.ensure(f"glue-{task_name}"))
         else:
             folder = Path(data_dir)
-        files = [folder / glue_tasks.TSV_FILES[s] for s in ("train", *task.eval_splits)]
+        files = [folder / glue_tasks.TSV_FILES[s] for s in ("train", *task.eval_splits, glue_tasks.SELECTION)]
         return runlog.data_fingerprint(data, folder if data != "synthetic" else None,
                                        files=[f for f in files if f.is_file()], splits=sizes)
     texts = {name: "\n".join(f"{a}\t{b}\t{y}" for a, b, y in zip(

@@ -105,6 +105,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_each_round", action="store_true", help="evaluate the fused model after every round "
                                                                    "(the last round is always evaluated)")
+    g.add_argument("--no_validation", action="store_true",
+                   help="never score the validation split, only the selection split (selection.tsv in --data_dir): "
+                        "the runs that choose a learning rate")
     g.add_argument("--eval_clients", action="store_true", help="also evaluate every client's model")
     g.add_argument("--eval_batch_size", type=flags.POSITIVE_INT, default=32, help="evaluation batch size")
     g.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
@@ -166,10 +169,13 @@ class LoraTask(engine.Task):
     """The rounds for ``common.engine``: the one PeftModel (``params``: LoRA factors and classifier head, the base
     frozen), each client's AdamW steps on its shard, the merge of all clients' adapters as the aggregate (the
     server sets the global adapter and head to it), the adapter files, and every round (``eval_every`` 1) its
-    log rows and checkpoint; the fused model is scored with --eval_each_round and in the last round."""
+    log rows and checkpoint; the fused model is scored on the selection split (when the data folder holds one)
+    every round, on the validation split with --eval_each_round and in the last round."""
 
-    def __init__(self, args, base, train_enc, eval_enc, shards, rd, base_path: str, device, rank=None, start=None):
+    def __init__(self, args, base, train_enc, eval_enc, shards, rd, base_path: str, device, rank=None, start=None,
+                 select_enc=None):
         self.args, self.base, self.train_enc, self.eval_enc, self.shards = args, base, train_enc, eval_enc, shards
+        self.select_enc = select_enc  # the selection split ({"selection": Encoded}), scored every round; or None
         self.rd, self.base_path, self.device, self.params = rd, base_path, device, []
         self.sizes, self.rounds, self.eval_every, self.seed = [len(s) for s in shards], args.rounds, 1, args.seed
         self.per_round = len(shards)  # every client takes part in every round
@@ -268,7 +274,10 @@ class LoraTask(engine.Task):
                "round_bytes": self.acc["bytes_up"] + self.acc["bytes_down"] - self.start_bytes,
                "merge_rel_error": self.merge_error,
                "train_loss": sum(rnd["rows"][k]["train_loss"] * self.sizes[k] for k in rnd["chosen"]) / sum(self.sizes)}
-        if a.eval_each_round or n == a.rounds:  # every rank scores its share of the batches
+        if self.select_enc is not None:
+            row.update(modeling.evaluate_selection(a.task_name, self.forward, self.select_enc, self.device,
+                                                   a.eval_batch_size, shard=True))
+        if (a.eval_each_round or n == a.rounds) and not a.no_validation:  # every rank scores its share
             row.update(modeling.evaluate(a.task_name, self.forward, self.eval_enc, self.device, a.eval_batch_size,
                                          shard=True))
         return row
@@ -343,6 +352,10 @@ def main(argv=None) -> dict:
              else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
              for s in task.eval_splits}
     eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
+    select = splits.get(glue_tasks.SELECTION)  # scored every round; then the validation split only at the end
+    select_enc = modeling.encode_selection(tokenizer, select, args.max_seq_length, types)
+    cli.check(select is not None or not args.no_validation, f"--no_validation scores the selection split only, and "
+              f"{args.data_dir or args.data} holds none ({glue_tasks.TSV_FILES[glue_tasks.SELECTION]})")
     base_path = modeling.model_id(args)
     rd.claim()  # every input is validated: from here on the run directory is this run's
     if base_path == "tiny":  # adapters name their base model: save the tiny one next to them
@@ -355,14 +368,16 @@ def main(argv=None) -> dict:
     # ---- rounds: common.engine --------------------------------------------------------------------------
     ckpt = rd.load_checkpoint()
     lora = LoraTask(args, base, train_enc, eval_enc, shards, rd, base_path, device,
-                    rank=ckpt["task"]["rank"] if ckpt is not None else None, start=init)
+                    rank=ckpt["task"]["rank"] if ckpt is not None else None, start=init, select_enc=select_enc)
     fed = engine.Federation(lora, args)  # FedAvg, or FedProx's proximal gradient in the clients' steps
     start = fed.load_state_dict(ckpt, lora.names) if ckpt is not None else 0
     engine.run(lora, fed, rd, lora.names, start)
 
     main_metric, fused, timing = task.main_metric, lora.fused, fed.timing
-    scored = {r["round"]: r for r in (rd.rows() if rd.is_main else []) if r.get("client") is None and main_metric in r}
-    final, best = scored.get(args.rounds, {}), max(scored.values(), key=lambda r: r[main_metric], default={})
+    chooser = modeling.SELECTION_PREFIX + main_metric if select is not None else main_metric
+    rows = [r for r in (rd.rows() if rd.is_main else []) if r.get("client") is None]
+    final = next((r for r in rows if r["round"] == args.rounds), {})
+    best = max((r for r in rows if chooser in r), key=lambda r: r[chooser], default={})
     summary = {"task": args.task_name, "aggregation": args.aggregation, "num_clients": len(shards),
                "shard_mode": shard_info.get("mode"), "client_sizes": lora.sizes, "rounds_done": args.rounds,
                "main_metric": main_metric, "fused_rank": fused.r, "fused_alpha": fused.alpha,
@@ -373,13 +388,15 @@ def main(argv=None) -> dict:
                "svd_error_by_rank": svd_error_by_rank(rd.path / f"round_{args.rounds}", lora.sizes)
                if args.aggregation == "svd" and rd.is_main else None,
                "final": {k: v for k, v in final.items() if k not in ("round", "client")},
-               "best": {"round": best.get("round"), main_metric: best.get(main_metric)},
+               "best": {"round": best.get("round"), chooser: best.get(chooser)},
                "final_adapter": str(rd.path / f"round_{args.rounds}" / fused_dir_name(args.aggregation, fused)
                                     / "adapter"),
                "bytes_up": lora.acc["bytes_up"], "bytes_down": lora.acc["bytes_down"], "model": modeling.model_id(args),
                "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
                "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
                else None}
+    if select is not None:
+        summary["selection_examples"] = len(select)
     if smoke_test(args):
         summary["smoke_test"] = SMOKE
     summary = rd.write_summary(summary)

@@ -61,7 +61,8 @@ TASKS: dict[str, Task] = {
     "wnli": Task(("sentence1", "sentence2"), 2, ("accuracy",), "accuracy", ("sentence1", "sentence2", "label", True)),
 }
 SYNTHETIC_TASKS = ("sst2", "mrpc", "stsb")  # the layouts common.synthetic embeds
-TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv",
+SELECTION = "selection"  # an optional split carved from the training data: every choice is made on it
+TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv", SELECTION: "selection.tsv",
              "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"}
 
 
@@ -178,12 +179,16 @@ def check_labels(labels: np.ndarray, task: Task, where) -> np.ndarray:
 
 
 def read_glue_dir(data_dir, task_name: str, splits=None) -> dict[str, Examples]:
-    """train + validation split(s) from a folder in the original GLUE layout."""
+    """train + validation split(s) from a folder in the original GLUE layout, plus the selection split when the
+    folder holds a ``selection.tsv`` (same columns as train.tsv; examples held out of training, on which the
+    scripts track every epoch / round while the validation split is scored once, at the end)."""
     task = get_task(task_name)
     data_dir = Path(data_dir)
     expected = ", ".join(TSV_FILES[s] for s in ("train", *task.eval_splits))
     out = {}
-    for split in splits or ("train", *task.eval_splits):
+    if splits is None:
+        splits = ("train", *task.eval_splits) + ((SELECTION,) if (data_dir / TSV_FILES[SELECTION]).is_file() else ())
+    for split in splits:
         path = data_dir / TSV_FILES[split]
         cli.check(path.is_file(), f"--data_dir {data_dir}: {path.name} not found; expected the original GLUE "
                                   f"{task_name.upper()} files ({expected})")
@@ -272,7 +277,7 @@ def compute_metrics(task_name: str, outputs: dict[str, tuple[np.ndarray, np.ndar
             out.update(pearson=ev.pearson(s, labels), spearman=ev.spearman(s, labels))
             continue
         pred = logits.argmax(-1)
-        if task_name == "mnli":
+        if task_name == "mnli" and split.startswith("validation_"):
             out["accuracy_" + split.split("_")[1]] = ev.accuracy(pred, labels)
             continue
         out["accuracy"] = ev.accuracy(pred, labels)
@@ -280,6 +285,7 @@ def compute_metrics(task_name: str, outputs: dict[str, tuple[np.ndarray, np.ndar
             out["matthews_corrcoef"] = ev.matthews_corrcoef(pred, labels)
         if "f1" in task.metrics:
             out["f1"] = ev.f1_score(pred, labels)
-    if task_name == "mnli":
-        out["accuracy_mean"] = (out["accuracy_matched"] + out["accuracy_mismatched"]) / 2
+    if task_name == "mnli":  # a selection split of MNLI's training data is one split: its accuracy
+        out["accuracy_mean"] = ((out["accuracy_matched"] + out["accuracy_mismatched"]) / 2
+                                if "accuracy_matched" in out else out["accuracy"])
     return out

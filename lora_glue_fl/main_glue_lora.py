@@ -51,6 +51,10 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
     g.add_argument("--learning_rate", type=float, default=2e-4 if lora else 2e-5,
                    help="AdamW learning rate, linear decay to 0" + (" (LoRA takes larger rates)" if lora else ""))
     g.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (may be fractional)")
+    g.add_argument("--eval_every_epochs", type=flags.POSITIVE, default=1.0,
+                   help="evaluate every this many epochs (and after the last step); with a selection split "
+                        "(selection.tsv in --data_dir) that split is scored then and the validation split only "
+                        "after the last step")
     flags.alias(g, "--rounds", dest="num_train_epochs", of="--num_train_epochs (a centralized run's length, in "
                 "epochs)", type=float)
     if lora:
@@ -109,6 +113,8 @@ def run(args, lora: bool = True) -> dict:
              else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
              for s in task.eval_splits}
     eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
+    select = splits.get(glue_tasks.SELECTION)  # tracked every evaluation; validation then scored once, at the end
+    select_enc = modeling.encode_selection(tokenizer, select, args.max_seq_length, types)
     base_path = modeling.model_id(args)
     rd.claim()  # every input is validated: from here on the run directory is this run's
     if lora:
@@ -130,14 +136,18 @@ def run(args, lora: bool = True) -> dict:
     main_metric, history = task.main_metric, []
     if args.do_train:
         train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
-        steps = max(1, math.ceil(args.num_train_epochs * math.ceil(len(train) / args.per_device_train_batch_size)))
+        per_epoch = math.ceil(len(train) / args.per_device_train_batch_size)
+        steps = max(1, math.ceil(args.num_train_epochs * per_epoch))
         bar = tqdm(total=steps, desc="steps", disable=args.quiet)  # train_local's step count
 
         def on_epoch(epoch, loss):
             rd.check_finite(f"epoch {round(epoch, 4)}", training_loss=loss,
                             parameters=[p for p in model.parameters() if p.requires_grad])
             row = {"epoch": round(epoch, 4), "train_loss": loss}
-            if args.do_eval:
+            if select_enc is not None:
+                row.update(modeling.evaluate_selection(args.task_name, fwd, select_enc, device,
+                                                       args.per_device_eval_batch_size))
+            if args.do_eval and (select_enc is None or round(epoch * per_epoch) == steps):
                 row.update(modeling.evaluate(args.task_name, fwd, eval_enc, device, args.per_device_eval_batch_size))
                 bar.set_postfix({main_metric: f"{row[main_metric]:.4f}"})
             rd.log(row)
@@ -146,7 +156,7 @@ def run(args, lora: bool = True) -> dict:
         modeling.train_local(model, train_enc, range(len(train)), epochs=args.num_train_epochs,
                              batch_size=args.per_device_train_batch_size, lr=args.learning_rate, seed=args.seed,
                              round_idx=0, client=0, device=device, on_epoch=on_epoch, forward=fwd,
-                             on_step=lambda: bar.update(1))
+                             on_step=lambda: bar.update(1), eval_period=args.eval_every_epochs)
         bar.close()
         if lora:
             out = args.adapter_output_dir or rd.artifact("adapter")
@@ -160,8 +170,9 @@ def run(args, lora: bool = True) -> dict:
         history.append(row)
 
     final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
-    evaluated = [h for h in history if main_metric in h]
-    best = max(evaluated, key=lambda h: h[main_metric]) if evaluated else {}
+    chooser = modeling.SELECTION_PREFIX + main_metric if select_enc is not None else main_metric
+    evaluated = [h for h in history if chooser in h]
+    best = max(evaluated, key=lambda h: h[chooser]) if evaluated else {}
     summary = {"task": args.task_name, "method": "central_lora" if lora else "full_finetune",
                "model": modeling.model_id(args), "trainable_params": n_train, "total_params": n_total,
                "train_examples": len(train), "main_metric": main_metric, "final": final,
@@ -169,7 +180,9 @@ def run(args, lora: bool = True) -> dict:
                # what plots/plot_lora_glue.py draws beside the metric (plots read run directories only)
                "majority_label": glue_tasks.majority_label(args.task_name, train.label),
                "num_labels": glue_tasks.get_task(args.task_name).num_labels,
-               "best": {"epoch": best.get("epoch"), main_metric: best.get(main_metric)}}
+               "best": {"epoch": best.get("epoch"), chooser: best.get(chooser)}}
+    if select is not None:
+        summary["selection_examples"] = len(select)
     rd.save_checkpoint({"finished": True})
     summary = rd.write_summary(summary)
     if args.do_train:  # <run>/model: AutoModelForSequenceClassification.from_pretrained reads it

