@@ -203,10 +203,12 @@ def families_of(args, name: str) -> list[str]:
 
 
 def choose(args) -> dict:
-    """{task: {family: rate}} from the selection runs' final selection metric (mean over the selection seeds;
-    ties: the smaller rate); every score in <out-dir>/selection.json."""
+    """{task: {family: rate}} of args.tasks from the selection runs' final selection metric (mean over the
+    selection seeds; ties: the smaller rate); every score in <out-dir>/selection.json (other tasks' kept)."""
     from lora_glue_fl.glue_tasks import get_task
-    out, record = Path(args.out_dir), {"criterion": "", "tasks": {}}
+    out = Path(args.out_dir)
+    old = out / "selection.json"  # a grid run task by task (--tasks mrpc later) keeps the other tasks' choices
+    record = json.loads(old.read_text()) if old.is_file() else {"criterion": "", "tasks": {}}
     for name in args.tasks:
         metric = "selection_" + get_task(TASKS[name][0]).main_metric
         record["criterion"] = (f"the rate with the best final selection-split metric (selection_<main metric>), mean "
@@ -222,7 +224,7 @@ def choose(args) -> dict:
             families[family] = {"metric": metric, "scores": scores, "chosen": best}
         record["tasks"][name] = families
     atomic_write_text(out / "selection.json", json.dumps(record, indent=1) + "\n")
-    return {name: {f: v["chosen"] for f, v in fam.items()} for name, fam in record["tasks"].items()}
+    return {name: {f: v["chosen"] for f, v in record["tasks"][name].items()} for name in args.tasks}
 
 
 def cells(args, rates: dict) -> list[tuple[str, list[tuple[str, list[str]]]]]:

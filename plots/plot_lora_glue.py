@@ -368,7 +368,7 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
         if ax is not None:
             if central and select:
                 x, ys = epochs_of(central, key)
-                R.draw_seeds(ax, x, ys.T, f"centralized LoRA (n={len(central)})", ls="-", ms=3, color="k", marker=".")
+                R.draw_seeds(ax, x, ys.T, "centralized LoRA", ls="-", ms=3, color="k", marker=".")
             elif central:
                 c_mean = _mean(seed_values(central, metric))
                 ax.axhline(c_mean, color="k", ls="--", lw=1.2,

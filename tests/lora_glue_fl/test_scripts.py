@@ -306,6 +306,9 @@ def test_run_grid_cells_and_subsets(tmp_path):
     assert chosen["mrpc"] == {"central": 3e-3, "multi-round": 1e-3}
     record = json.loads((tmp_path / "grid" / "selection.json").read_text())
     assert record["tasks"]["mrpc"]["central"]["scores"] == {"0.001": 0.80, "0.003": 0.82}
+    args.tasks = ["mrpc"]   # a later invocation for one task keeps the other task's choice in selection.json
+    assert run_grid.choose(args) == {"mrpc": chosen["mrpc"]}
+    assert set(json.loads((tmp_path / "grid" / "selection.json").read_text())["tasks"]) == {"sst2", "mrpc"}
     hist = json.loads((tmp_path / "grid/shards/sst2_dir0.1_k4_s1/summary.json").read_text())["label_histograms"]
     assert len(hist) == 4 and all(len(h) == 2 and min(h.values()) >= args.min_per_label for h in hist)
     cat = json.loads((tmp_path / "grid/shards/sst2_category_k4_s0/summary.json").read_text())["label_histograms"]
