@@ -12,7 +12,7 @@ kept whole (<out-dir>/data/<task>_<n>_sel<m>/), so every script reads it through
 Two stages, one command:
 1. **Selection** (skipped with --learning_rate): for each arm family (centralized; multi-round FedAvg, SVD merge;
    one-shot, SVD merge) one run per rate of --lr_grid and seed of --select_seeds on iid shards, scored on the
-   selection split only (every round / --local_epochs of centralized training; the dev set is never read), in
+   selection split only (every round / --local_epochs of centralized training; never on the dev set), in
    <out-dir>/selection/. The rate with the best final selection metric (mean over the selection seeds; ties: the
    smaller rate) is the family's; <out-dir>/selection.json records every score and the choice.
 2. **Reported cells** (run names ``<task>_<method>_<sharding>_s<seed>``), each family at its chosen rate, the

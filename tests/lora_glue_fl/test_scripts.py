@@ -282,7 +282,7 @@ def test_run_grid_cells_and_subsets(tmp_path):
     assert len(train_rows) == 200 and len(select_rows) == 50 and not train_rows & select_rows
     assert not set(sub["selection"].text_a) & set(full["validation"].text_a)
     assert len(glue_tasks.read_glue_dir(tmp_path / "grid" / "data" / "mrpc_120_sel50", "mrpc")["train"]) == 120
-    # the selection stage: every family x rate x selection seed on iid shards, the dev set never read
+    # the selection stage: every family x rate x selection seed on iid shards, no model scored on the dev set
     args.lr_grid, args.select_seeds = [1e-3, 3e-3], [7]
     chooser = dict(run_grid.selection_cells(args))
     assert sorted(chooser) == sorted(f"{t}_{f}_lr{lr:g}_s7" for t, fams in (("sst2", ("central", "multi-round",

@@ -1,5 +1,5 @@
 """The selection split (selection.tsv beside a GLUE folder's train.tsv / dev.tsv): the training scripts track it
-every evaluation and score the validation split only once, at the end; --no_validation never reads it."""
+every evaluation and score the validation split only once, at the end; --no_validation never scores it."""
 from __future__ import annotations
 
 import json
