@@ -140,9 +140,12 @@ def test_output_jobs_and_dry_run(tiny, capsys):
 
 
 DRIVER = '''
+import signal
 import sys
 from pathlib import Path
 from common import jobs
+# a driver started from a backgrounded shell (`cmd &`) inherits SIGINT ignored; this one is a terminal's
+signal.signal(signal.SIGINT, signal.default_int_handler)
 out = Path(sys.argv[1])
 plan = [jobs.Job(n, "tinyjob", ["--steps", "200", "--sleep", "0.1", "--out-dir", str(out), "--run-name", n, "--quiet"])
         for n in ("x", "y")]

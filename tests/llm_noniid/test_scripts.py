@@ -133,8 +133,10 @@ def test_tables_correct_verdicts_with_holm_and_show_diverged_arms():
     holm = S.holm(diffs)
     assert holm[("iid", "SCAFFOLD", 0)].significant and not holm[("iid", "FedProx mu=0.1", 0)].significant
     assert row("SCAFFOLD")[4].endswith(f", p_Holm {holm[('iid', 'SCAFFOLD', 0)].p_holm:.2g}")
+    m = len(diffs)   # what a null rules out: the simultaneous interval over the table's m comparisons
     assert row("FedProx mu=0.1")[4].endswith(f"no difference after Holm (rules out > "
-                                             f"{S.ruled_out(diffs[('iid', 'FedProx mu=0.1', 0)]):.1f})")
+                                             f"{S.ruled_out(diffs[('iid', 'FedProx mu=0.1', 0)], m):.1f}, "
+                                             f"simultaneous over {m})")
     assert row("SCAFFOLD", "topic a=0.01")[3] == "60.5 ± 0.7 (n=2), 1 diverged"
     assert row("SCAFFOLD", "topic a=0.01")[4].startswith("+9.5 [") and "(n=2)" in row("SCAFFOLD", "topic a=0.01")[4]
     assert row("FedAvg, 1 client/round")[4] == row("FedAvg, 1 client/round")[6] == "diverged"
