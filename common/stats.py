@@ -158,8 +158,8 @@ def ruled_out(d: Paired, m: int = 1) -> float:
     [-0.3, +0.4] rules out effects larger than 0.4."""
     if d.n < 2:
         return float("nan")
-    level = 1 - (1 - LEVEL) / max(1, m)
-    return abs(d.mean) + t_quantile(0.5 + level / 2.0, d.n - 1) * d.sd / math.sqrt(d.n)
+    *_, lo, hi = _summary(list(d.diffs), 1 - (1 - LEVEL) / max(1, m))
+    return max(abs(lo), abs(hi))
 
 
 @dataclass(frozen=True)
