@@ -199,7 +199,7 @@ class LoraTask(engine.Task):
             if seed is not None:
                 torch.manual_seed(seed)
             self.model = modeling.attach_lora(copy.deepcopy(self.base), r, alpha, self.args.lora_dropout,
-                                              self.args.target_modules).to(self.device)
+                                              self.args.target_modules, self.args.train_pooler).to(self.device)
         self.forward, self.rank = compiled.maybe_compile(self.model, self.args), (r, alpha)  # forward: --compile
         self.params[:] = [p for p in self.model.parameters() if p.requires_grad]
 

@@ -125,7 +125,8 @@ def run(args, lora: bool = True) -> dict:
             checkpoint.give_usual_permissions(base_path)  # save_pretrained's safetensors are 0600
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeding.stream_seed(args.seed, "lora-init"))
-            model = modeling.attach_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules)
+            model = modeling.attach_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
+                                        args.train_pooler)
     model.to(device)
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and saving
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -69,6 +69,9 @@ def add_model_args(parser, *, tiny_default: bool = False) -> None:
     g.add_argument("--max_seq_length", type=flags.POSITIVE_INT, default=128,
                    help="tokens per example (the source used 128)")
     g.add_argument("--cache_dir", default=None, help="Hugging Face cache for models and datasets")
+    g.add_argument("--train_pooler", action="store_true",
+                   help="train (and, federated, average) the encoder's pooler with the head: BERT's dense + tanh "
+                        "over [CLS], the counterpart of the dense layer RoBERTa's classification head trains")
     g = parser.add_argument_group("masked-LM pretraining of the tiny model (its stand-in for RoBERTa's pretraining)")
     g.add_argument("--pretrain_mlm_steps", type=flags.COUNT, default=0,
                    help="tiny model only: masked-LM steps on unlabelled task texts before fine-tuning "
@@ -226,17 +229,21 @@ def check_tokenizer(tokenizer, model) -> None:
               f"with the model's own tokenizer (default: the one in its folder)")
 
 
-def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None):
+def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None, train_pooler: bool = False):
     """peft LoRA on ``target_modules`` (default: the architecture's query / value) with the head modules
-    (``head_modules``) trainable and saved with the adapter."""
+    (``head_modules``; with ``train_pooler`` also the encoder's ``pooler``) trainable and saved with the adapter."""
     from peft import LoraConfig, TaskType, get_peft_model
     target_modules = list(target_modules) if target_modules else default_target_modules(model)
     linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
     missing = [t for t in target_modules if t not in linear]
     cli.check(not missing, f"--target_modules {missing} not found among the linear layers of this "
                            f"{model.config.model_type} model: {' '.join(linear)}")
+    encoder = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    pooler = ["pooler"] if train_pooler and getattr(encoder, "pooler", None) is not None else []
+    cli.check(pooler or not train_pooler, f"--train_pooler: this {model.config.model_type} model has no pooler "
+                                          f"(its classification head is already all trained)")
     cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=int(r), lora_alpha=alpha, lora_dropout=dropout,
-                     target_modules=target_modules, bias="none", modules_to_save=head_modules(model))
+                     target_modules=target_modules, bias="none", modules_to_save=head_modules(model) + pooler)
     return get_peft_model(model, cfg)
 
 

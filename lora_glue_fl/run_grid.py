@@ -18,15 +18,18 @@ Two stages, one command:
 2. **Reported cells** (run names ``<task>_<method>_<sharding>_s<seed>``), each family at its chosen rate, the
    selection split tracked every round / --local_epochs and the dev set scored once, after training:
    * ``central``                  main_glue_lora.py, --rounds x --local_epochs epochs over all examples;
-   * ``svd|naive|exact`` x sharding fedavg_rounds.py, --rounds rounds of --local_epochs local epochs (naive and
-                                  exact use the multi-round rate chosen with the SVD merge);
+   * ``svd|naive|exact`` x sharding fedavg_rounds.py, --rounds rounds of --local_epochs local epochs (naive uses
+                                  the multi-round rate chosen with the SVD merge; exact, whose stacked adapter
+                                  grows to rank K^t r, capped at full rank, chooses its own from --exact_lr_grid);
    * ``oneshot`` x sharding       fedavg_rounds.py with 1 round of --rounds x --local_epochs local epochs (its fused
                                   adapter is the one-shot SVD merge), then fedavg_merge.py --aggregation naive
                                   --do_eval on the same client adapters (``<task>_oneshot-naive_<sharding>_s<seed>/``).
 Shardings over --num_clients clients: iid (stratified), dir1 / dir0.1 (Dirichlet label skew, alpha 1 / 0.1,
 every client keeps at least --min_per_label examples of each label) and category (one label per client, the
-extreme). SST-2 runs the ``headline`` design (--sst2_design full adds exact, dir1 and one label per client);
-MRPC (--tasks mrpc; pairs cost ~4x more per example) only ``central`` by default (--mrpc_design).
+extreme). SST-2 runs the ``headline`` design (--sst2_design merges adds exact on iid shards; full also dir1 and
+one label per client); MRPC (--tasks mrpc; pairs cost ~2x more per example) ``small`` by default (--mrpc_design):
+centralized, SVD and naive multi-round on iid and dir0.1 shards. --train_pooler names the tasks whose runs also
+train BERT's pooler with the classifier (default MRPC, where a frozen pooler left a seed at the majority class).
 Every compared arm sees the same examples the same number of times with the same batch size (see the README).
 Every script run goes through ``common.jobs``: finished runs are skipped and interrupted ones resumed, so an
 interrupted grid continues by running the same command again; a run directory holding other arguments is reported
@@ -52,13 +55,15 @@ SHARDINGS = {"iid": ["--mode", "iid"], "dir1": ["--mode", "dirichlet", "--alpha"
                                                                                "--category_key", "label"]}
 HEADLINE = [("central", None), ("svd", "iid"), ("naive", "iid"), ("oneshot", "iid"), ("svd", "dir0.1"),  # in order
             ("naive", "dir0.1"), ("oneshot", "dir0.1")]                                               # of priority
-FULL = HEADLINE + [("exact", "iid"), ("svd", "category"), ("svd", "dir1"), ("naive", "dir1")]
+MERGES = HEADLINE + [("exact", "iid")]
+FULL = MERGES + [("svd", "category"), ("svd", "dir1"), ("naive", "dir1")]
 SMALL = [("central", None), ("svd", "iid"), ("naive", "iid"), ("svd", "dir0.1"), ("naive", "dir0.1")]
 CENTRAL = [("central", None)]
-DESIGNS = {"headline": HEADLINE, "full": FULL, "small": SMALL, "central": CENTRAL}
-FAMILY = {"central": "central", "svd": "multi-round", "naive": "multi-round", "exact": "multi-round",
+DESIGNS = {"headline": HEADLINE, "merges": MERGES, "full": FULL, "small": SMALL, "central": CENTRAL}
+FAMILY = {"central": "central", "svd": "multi-round", "naive": "multi-round", "exact": "exact",
           "oneshot": "one-shot"}  # method -> the arm family whose learning rate it uses
-SELECTION_CELL = {"central": ("central", None), "multi-round": ("svd", "iid"), "one-shot": ("oneshot", "iid")}
+SELECTION_CELL = {"central": ("central", None), "multi-round": ("svd", "iid"), "one-shot": ("oneshot", "iid"),
+                  "exact": ("exact", "iid")}
 
 
 def default_real_data_dir() -> str:
@@ -82,8 +87,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--selection_samples", type=flags.POSITIVE_INT, default=500,
                    help="examples after the training ones in the shuffled training file: the selection split")
     p.add_argument("--sst2_design", choices=list(DESIGNS), default="headline", help="SST-2 cells (module doc)")
-    p.add_argument("--mrpc_design", choices=list(DESIGNS), default="central",
-                   help="MRPC cells: central only by default (README); small adds FedAvg iid / dir0.1")
+    p.add_argument("--mrpc_design", choices=list(DESIGNS), default="small",
+                   help="MRPC cells: centralized and SVD / naive FedAvg on iid and dir0.1 shards by default")
+    p.add_argument("--train_pooler", nargs="*", choices=list(TASKS), default=["mrpc"],
+                   help="tasks whose runs also train (and average) the encoder's pooler (module doc)")
     p.add_argument("--num_clients", type=int, default=4, help="clients K")
     p.add_argument("--rounds", type=int, default=6, help="FedAvg rounds of the multi-round runs")
     p.add_argument("--local_epochs", type=float, default=0.5,
@@ -93,6 +100,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--lora_r", type=int, default=8, help="client LoRA rank = svd rank (lora_alpha = rank)")
     p.add_argument("--lr_grid", nargs="+", type=flags.POSITIVE, default=[1e-3, 2e-3, 5e-3],
                    help="AdamW rates (linear decay to 0 in every local run) the selection stage tries per family")
+    p.add_argument("--exact_lr_grid", nargs="+", type=flags.POSITIVE, default=[2e-4, 5e-4, 1e-3, 2e-3, 5e-3],
+                   help="the exact merge's rates: it trains a rank-K^t r adapter, so the grid reaches lower")
     p.add_argument("--select_seeds", nargs="+", type=flags.SEED, default=[100],
                    help="seeds of the selection runs (apart from --seeds: no reported run chose anything)")
     p.add_argument("--learning_rate", type=flags.POSITIVE, default=None,
@@ -147,7 +156,7 @@ def task_data(args, name: str) -> tuple[str, list[str], list[str], int]:
                            args.selection_samples)
     data = ["--data_dir", str(folder)]
     return task, data, data + ["--task_name", task, "--model_size", args.model_size, "--max_seq_length", str(seq),
-                               "--quiet"], seq
+                               "--quiet"] + (["--train_pooler"] if name in args.train_pooler else []), seq
 
 
 def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr: float, run: str,
@@ -189,8 +198,13 @@ def selection_cells(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
     return [(run, cell_steps(args, name, method, sharding, seed, lr, run, select=True))
             for name in args.tasks for family, (method, sharding) in SELECTION_CELL.items()
             if family in families_of(args, name)
-            for lr in args.lr_grid for seed in args.select_seeds
+            for lr in grid_of(args, family) for seed in args.select_seeds
             for run in [f"{name}_{family}_lr{lr:g}_s{seed}"]]
+
+
+def grid_of(args, family: str) -> list[float]:
+    """The selection stage's rates for an arm family."""
+    return args.exact_lr_grid if family == "exact" else args.lr_grid
 
 
 def design(args, name: str) -> list[tuple[str, str | None]]:
@@ -216,11 +230,11 @@ def choose(args) -> dict:
         families = {}
         for family in families_of(args, name):
             scores = {}
-            for lr in args.lr_grid:
+            for lr in grid_of(args, family):
                 vals = [json.loads((out / "selection" / f"{name}_{family}_lr{lr:g}_s{seed}" / "summary.json")
                                    .read_text())["final"][metric] for seed in args.select_seeds]
                 scores[f"{lr:g}"] = float(np.mean(vals))
-            best = max(sorted(args.lr_grid), key=lambda lr: scores[f"{lr:g}"])  # max keeps the first of a tie
+            best = max(sorted(grid_of(args, family)), key=lambda lr: scores[f"{lr:g}"])  # max keeps the first of a tie
             families[family] = {"metric": metric, "scores": scores, "chosen": best}
         record["tasks"][name] = families
     atomic_write_text(out / "selection.json", json.dumps(record, indent=1) + "\n")

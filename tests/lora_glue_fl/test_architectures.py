@@ -135,6 +135,34 @@ def test_fedavg_rounds_on_bert_and_distilbert(fed_run):
     assert all(r["round_bytes"] == 2 * 3 * 4 * n_params for r in fused_rows)
 
 
+def test_train_pooler_trains_and_averages_bert_pooler(folder, tmp_path, capsys):
+    """--train_pooler: BERT's pooler trains with the classifier, is averaged like it and reloads through peft;
+    a model without a pooler (DistilBERT) is refused in one line."""
+    arch, model_dir = folder
+    shard_dir = tmp_path / "shards"
+    make_shards.main(["--quick", "--no_plot", "--task_name", "mrpc", "--k", "2", "--out_dir", str(shard_dir)])
+    argv = COMMON + ["--model_name_or_path", str(model_dir), "--shard_dir", str(shard_dir), "--rounds", "1",
+                     "--local_epochs", "1", "--svd_rank", "4", "--out-dir", str(tmp_path), "--run-name", "p",
+                     "--train_pooler"]
+    if arch != "bert":
+        assert "has no pooler" in one_line_error(fedavg_rounds.main, argv, capsys)
+        return
+    summary = fedavg_rounds.main(argv)
+    clients = [adapters.load(tmp_path / f"p/round_1/client_{i}/adapter") for i in (1, 2)]
+    fused = adapters.load(tmp_path / "p/round_1/fused_r4/adapter")
+    pooler = [k for k in fused.head if ".pooler." in k]
+    assert pooler and "pooler" in fused.head_modules
+    from transformers import AutoModel
+    base = AutoModel.from_pretrained(str(model_dir))
+    w = np.asarray(summary["client_sizes"], dtype=float) / sum(summary["client_sizes"])
+    for k in pooler:
+        torch.testing.assert_close(fused.head[k], sum(wi * c.head[k] for wi, c in zip(w, clients)))
+        start = dict(base.named_parameters())["pooler." + k.split(".pooler.", 1)[1]]
+        assert not torch.allclose(clients[0].head[k], start)   # it trained
+    got = reload_and_score(model_dir, tmp_path / "p/round_1/fused_r4/adapter", arch)
+    assert got["eval_loss"] == pytest.approx(summary["final"]["eval_loss"], rel=1e-5)
+
+
 def test_fedavg_merge_evaluates_through_peft(fed_run, tmp_path):
     """fedavg_merge.py --do_eval of the round-2 clients with the run's own SVD settings reproduces the run's
     final metrics (same fused adapter, reloaded from disk); naive merging gives another adapter."""

@@ -237,7 +237,7 @@ def test_run_grid_cells_and_subsets(tmp_path):
                                                   "--local_epochs", "0.5", "--tasks", "sst2", "mrpc",
                                                   "--mrpc_design", "small", "--min_per_label", "2",
                                                   "--sst2_design", "full", "--selection_samples", "50"])
-    rates = {"sst2": {"central": 1e-3, "multi-round": 2e-3, "one-shot": 5e-3},
+    rates = {"sst2": {"central": 1e-3, "multi-round": 2e-3, "one-shot": 5e-3, "exact": 7e-4},
              "mrpc": {"central": 3e-3, "multi-round": 4e-3, "one-shot": 6e-3}}
     jobs = run_grid.cells(args, rates)
     full, small = len(run_grid.FULL), len(run_grid.SMALL)
@@ -260,6 +260,7 @@ def test_run_grid_cells_and_subsets(tmp_path):
         family = run_grid.FAMILY[name.split("_")[1]]   # each arm family at the rate chosen for it
         assert float(flag(argv, "--learning_rate")) == rates[name.split("_")[0]][family]
         assert "--no_validation" not in argv   # reported runs score the dev set (once, at the end)
+        assert ("--train_pooler" in argv) == name.startswith("mrpc")   # --train_pooler's default: MRPC only
         if script == "fedavg_rounds":
             assert int(flag(argv, "--rounds")) * float(flag(argv, "--local_epochs")) == 2.0
             assert flag(argv, "--batch_size") == flag(central, "--per_device_train_batch_size")
@@ -283,26 +284,28 @@ def test_run_grid_cells_and_subsets(tmp_path):
     assert not set(sub["selection"].text_a) & set(full["validation"].text_a)
     assert len(glue_tasks.read_glue_dir(tmp_path / "grid" / "data" / "mrpc_120_sel50", "mrpc")["train"]) == 120
     # the selection stage: every family x rate x selection seed on iid shards, no model scored on the dev set
-    args.lr_grid, args.select_seeds = [1e-3, 3e-3], [7]
+    args.lr_grid, args.exact_lr_grid, args.select_seeds = [1e-3, 3e-3], [3e-4, 1e-3], [7]
     chooser = dict(run_grid.selection_cells(args))
-    assert sorted(chooser) == sorted(f"{t}_{f}_lr{lr:g}_s7" for t, fams in (("sst2", ("central", "multi-round",
-                                     "one-shot")), ("mrpc", ("central", "multi-round"))) for f in fams
-                                     for lr in (1e-3, 3e-3))
+    assert sorted(chooser) == sorted(
+        [f"{t}_{f}_lr{lr:g}_s7" for t, fams in (("sst2", ("central", "multi-round", "one-shot")),
+                                                ("mrpc", ("central", "multi-round"))) for f in fams
+         for lr in (1e-3, 3e-3)] + [f"sst2_exact_lr{lr:g}_s7" for lr in (3e-4, 1e-3)])  # exact: its own grid
+    assert flag(chooser["sst2_exact_lr0.0003_s7"][0][1], "--aggregation") == "exact"
     for (script, argv), in chooser.values():   # one step each: no one-shot naive merge of the dev set
         assert flag(argv, "--out-dir") == str(tmp_path / "grid" / "selection") and flag(argv, "--seed") == "7"
         assert ("--do_eval" not in argv) if script == "main_glue_lora" else ("--no_validation" in argv)
         assert "_s7" in flag(argv, "--shard_dir") if script == "fedavg_rounds" else True
     # the choice: the best final selection metric per family (ties: the smaller rate), recorded
-    scores = {"central": (0.80, 0.82), "multi-round": (0.85, 0.85), "one-shot": (0.70, 0.60)}
+    scores = {"central": (0.80, 0.82), "multi-round": (0.85, 0.85), "one-shot": (0.70, 0.60), "exact": (0.9, 0.8)}
     for family, pair in scores.items():
         for task in ("sst2", "mrpc"):
-            for lr, v in zip((1e-3, 3e-3), pair):
+            for lr, v in zip((3e-4, 1e-3) if family == "exact" else (1e-3, 3e-3), pair):
                 d = tmp_path / "grid" / "selection" / f"{task}_{family}_lr{lr:g}_s7"
                 d.mkdir(parents=True, exist_ok=True)
                 key = "selection_" + glue_tasks.get_task(task).main_metric
                 (d / "summary.json").write_text(json.dumps({"final": {key: v}}))
     chosen = run_grid.choose(args)
-    assert chosen["sst2"] == {"central": 3e-3, "multi-round": 1e-3, "one-shot": 1e-3}
+    assert chosen["sst2"] == {"central": 3e-3, "multi-round": 1e-3, "one-shot": 1e-3, "exact": 3e-4}
     assert chosen["mrpc"] == {"central": 3e-3, "multi-round": 1e-3}
     record = json.loads((tmp_path / "grid" / "selection.json").read_text())
     assert record["tasks"]["mrpc"]["central"]["scores"] == {"0.001": 0.80, "0.003": 0.82}
