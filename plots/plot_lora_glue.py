@@ -99,13 +99,19 @@ def merge_runs(roots: list[str], runs: list[dict]) -> list[dict]:
 
 def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
     """{(task, method, shard): runs}: task with the panel's distinguishing arguments ("sst2 [model=tiny]"),
-    shard with the row's ("iid [rounds=2]") when one cell holds several configurations."""
-    groups = defaultdict(list)
-    for panel, members in R.split_by(runs, PANEL_KEYS):
-        for run in members:
-            d = describe(run)
-            if d:
-                groups[(d["task"] + (f" [{panel}]" if panel else ""), d["method"], d["shard"])].append(run)
+    shard with the row's ("iid [rounds=2]") when one cell holds several configurations. A panel names only
+    what differs between runs of its own task (MRPC's longer sequences do not relabel SST-2)."""
+    by_task, groups = defaultdict(list), defaultdict(list)
+    for run in runs:
+        d = describe(run)
+        if d:
+            by_task[d["task"]].append((run, d))
+    for task, pairs in by_task.items():
+        described = {id(run): d for run, d in pairs}
+        for panel, members in R.split_by([run for run, _ in pairs], PANEL_KEYS):
+            for run in members:
+                d = described[id(run)]
+                groups[(task + (f" [{panel}]" if panel else ""), d["method"], d["shard"])].append(run)
     groups = R.split_configs(dict(groups), IGNORE)
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "central", _shard_rank(kv[0][2]),
                                                        _method_rank(kv[0][1]), kv[0][2])))

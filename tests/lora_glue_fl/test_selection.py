@@ -96,3 +96,13 @@ def test_plot_draws_selection_curves_the_plateau_check_and_the_chosen_rates(fold
     groups = plot_lora_glue.grouped(plot_lora_glue.lora_runs(R.load_roots([str(root)])))
     x, ys = plot_lora_glue.epochs_of(groups[("sst2", "svd", "iid")], "selection_accuracy")
     assert x.tolist() == [0.5, 1.0, 1.5] and ys.shape == (2, 3)   # rounds x local epochs: central's axis
+    # a panel names only what differs within its own task: another task's longer sequences relabel nothing,
+    # while two lengths within one task are two panels
+    for name, length in (("mrpc_central_s0", 64), ("sst2_central_s5", 96)):
+        shutil.copytree(root / "sst2_central_s0", root / name)
+        saved = json.loads((root / name / "args.json").read_text())
+        saved["args"]["max_seq_length"] = length
+        (root / name / "args.json").write_text(json.dumps(saved))
+    panels = {key[0] for key in plot_lora_glue.grouped(plot_lora_glue.lora_runs(R.load_roots([str(root)])))}
+    assert "mrpc" in panels and {p for p in panels if p.startswith("sst2")} == {
+        "sst2 [max_seq_length=48]", "sst2 [max_seq_length=96]"}, panels
