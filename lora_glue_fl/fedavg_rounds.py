@@ -397,6 +397,7 @@ def main(argv=None) -> dict:
                else None}
     if select is not None:
         summary["selection_examples"] = len(select)
+        summary["selection_majority"] = glue_tasks.majority_metrics(args.task_name, train.label, {"selection": select})
     if smoke_test(args):
         summary["smoke_test"] = SMOKE
     summary = rd.write_summary(summary)

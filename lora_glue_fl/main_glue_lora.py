@@ -184,6 +184,7 @@ def run(args, lora: bool = True) -> dict:
                "best": {"epoch": best.get("epoch"), chooser: best.get(chooser)}}
     if select is not None:
         summary["selection_examples"] = len(select)
+        summary["selection_majority"] = glue_tasks.majority_metrics(args.task_name, train.label, {"selection": select})
     rd.save_checkpoint({"finished": True})
     summary = rd.write_summary(summary)
     if args.do_train:  # <run>/model: AutoModelForSequenceClassification.from_pretrained reads it

@@ -159,19 +159,22 @@ def label_of(method: str, shard: str) -> str:
     return METHOD_LABEL.get(method, method) + ("" if base == "-" else f" / {SHARD_LABEL.get(base, base)}") + extra
 
 
-def majority_baseline(runs: list[dict], task: str) -> dict:
+def majority_baseline(runs: list[dict], task: str, key: str = "majority") -> dict:
     """{metric: value, "label": majority label} of always predicting the most frequent training label, as the
-    training scripts write it into summary.json; {} (said once) when no run holds it or the runs disagree
+    training scripts write it into summary.json (``key``: "majority" on the validation split,
+    "selection_majority" on the selection split); {} (said once) when no run holds it or the runs disagree
     (other training subsets), so no wrong line is drawn."""
-    seen = {json.dumps(s["majority"], sort_keys=True): s for s in (r["summary"] for r in runs)
-            if isinstance(s.get("majority"), dict) and all(_number(v) is not None for v in s["majority"].values())}
+    seen = {json.dumps(s[key], sort_keys=True): s for s in (r["summary"] for r in runs)
+            if isinstance(s.get(key), dict) and all(_number(v) is not None for v in s[key].values())}
+    if key != "majority" and len(seen) != 1:
+        return {}  # the selection split's line is drawn where every run agrees on it; nothing to say otherwise
     if len(seen) != 1:
         print(f"{task}: drawn without the majority-class baseline (" + (
             "no run's summary.json holds it: runs older than the 'majority' key" if not seen else
             f"{len(seen)} different values: the runs trained on different subsets") + ")")
         return {}
     s = next(iter(seen.values()))
-    return {**s["majority"], "label": s.get("majority_label")}
+    return {**s[key], "label": s.get("majority_label")}
 
 
 def num_labels_of(runs: list[dict]) -> int | None:
@@ -379,9 +382,14 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                 c_mean = _mean(seed_values(central, metric))
                 ax.axhline(c_mean, color="k", ls="--", lw=1.2,
                            label=f"centralized LoRA ({c_mean:.3f}, n={len(central)})")
-            if metric in base.get(task, {}):
-                ax.axhline(base[task][metric], color="0.5", ls=":", lw=1.5,
-                           label=f"majority baseline, validation ({base[task][metric]:.3f})")
+            ref, split = base.get(task, {}), "validation"
+            if select:  # the selection split's own majority, where the runs record it
+                sel = majority_baseline([r for _, g in fed for r in g] + list(central or []), task,
+                                        "selection_majority")
+                ref, split = (sel, "selection split") if metric in sel else ({}, "")
+            if metric in ref:
+                ax.axhline(ref[metric], color="0.5", ls=":", lw=1.5,
+                           label=f"majority baseline, {split} ({ref[metric]:.3f})")
             where = "selection split (held out of training)" if select else "validation"
             ax.set(xlabel="epochs of training data processed (federated: round x local epochs; one-shot: its "
                           "single merge)", ylabel=f"{metric} ({where})",

@@ -93,6 +93,12 @@ def test_plot_draws_selection_curves_the_plateau_check_and_the_chosen_rates(fold
     met = sum(g < plot_lora_glue.PLATEAU_TOL for g in gains)
     assert row.rstrip(" |").endswith(f"{sum(gains) / 2:+.3f} ({met}/2 < {plot_lora_glue.PLATEAU_TOL})")
     assert (tmp_path / "fig" / "rounds_sst2.png").is_file()
+    splits = glue_tasks.read_glue_dir(folder, "sst2")   # the selection split's own reference point, in every run
+    top = max(set(splits["train"].label), key=list(splits["train"].label).count)
+    share = sum(y == top for y in splits["selection"].label) / len(splits["selection"])
+    for run in ("sst2_central_s0", "sst2_svd_iid_s1"):
+        saved = json.loads((root / run / "summary.json").read_text())["selection_majority"]
+        assert saved["accuracy"] == pytest.approx(share)
     groups = plot_lora_glue.grouped(plot_lora_glue.lora_runs(R.load_roots([str(root)])))
     x, ys = plot_lora_glue.epochs_of(groups[("sst2", "svd", "iid")], "selection_accuracy")
     assert x.tolist() == [0.5, 1.0, 1.5] and ys.shape == (2, 3)   # rounds x local epochs: central's axis
