@@ -383,10 +383,10 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                 ax.axhline(c_mean, color="k", ls="--", lw=1.2,
                            label=f"centralized LoRA ({c_mean:.3f}, n={len(central)})")
             ref, split = base.get(task, {}), "validation"
-            if select:  # the selection split's own majority, where the runs record it
+            if select:  # the selection split's own majority where the runs record it (older runs: validation's)
                 sel = majority_baseline([r for _, g in fed for r in g] + list(central or []), task,
                                         "selection_majority")
-                ref, split = (sel, "selection split") if metric in sel else ({}, "")
+                ref, split = (sel, "selection split") if metric in sel else (ref, split)
             if metric in ref:
                 ax.axhline(ref[metric], color="0.5", ls=":", lw=1.5,
                            label=f"majority baseline, {split} ({ref[metric]:.3f})")
