@@ -395,9 +395,7 @@ def main(argv=None) -> dict:
                "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
                "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
                else None}
-    if select is not None:
-        summary["selection_examples"] = len(select)
-        summary["selection_majority"] = glue_tasks.majority_metrics(args.task_name, train.label, {"selection": select})
+    summary.update(glue_tasks.selection_summary(args.task_name, train.label, select))
     if smoke_test(args):
         summary["smoke_test"] = SMOKE
     summary = rd.write_summary(summary)

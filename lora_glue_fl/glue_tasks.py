@@ -262,6 +262,15 @@ def majority_metrics(task_name: str, train_labels, eval_sets: dict[str, Examples
     return compute_metrics(task_name, outputs)
 
 
+def selection_summary(task_name: str, train_labels, select: Examples | None) -> dict:
+    """What a run's summary.json says of its selection split: its size and majority-class baseline ({} without
+    one)."""
+    if select is None:
+        return {}
+    return {"selection_examples": len(select),
+            "selection_majority": majority_metrics(task_name, train_labels, {SELECTION: select})}
+
+
 def compute_metrics(task_name: str, outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """outputs: eval split -> (logits [N, C] or scores [N, 1], labels [N]) -> the task's metrics.
 

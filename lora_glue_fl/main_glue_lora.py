@@ -182,9 +182,7 @@ def run(args, lora: bool = True) -> dict:
                "majority_label": glue_tasks.majority_label(args.task_name, train.label),
                "num_labels": glue_tasks.get_task(args.task_name).num_labels,
                "best": {"epoch": best.get("epoch"), chooser: best.get(chooser)}}
-    if select is not None:
-        summary["selection_examples"] = len(select)
-        summary["selection_majority"] = glue_tasks.majority_metrics(args.task_name, train.label, {"selection": select})
+    summary.update(glue_tasks.selection_summary(args.task_name, train.label, select))
     rd.save_checkpoint({"finished": True})
     summary = rd.write_summary(summary)
     if args.do_train:  # <run>/model: AutoModelForSequenceClassification.from_pretrained reads it

@@ -103,14 +103,12 @@ def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
     what differs between runs of its own task (MRPC's longer sequences do not relabel SST-2)."""
     by_task, groups = defaultdict(list), defaultdict(list)
     for run in runs:
-        d = describe(run)
-        if d:
-            by_task[d["task"]].append((run, d))
-    for task, pairs in by_task.items():
-        described = {id(run): d for run, d in pairs}
-        for panel, members in R.split_by([run for run, _ in pairs], PANEL_KEYS):
+        if d := describe(run):
+            by_task[d["task"]].append(run)
+    for task, task_runs in by_task.items():
+        for panel, members in R.split_by(task_runs, PANEL_KEYS):
             for run in members:
-                d = described[id(run)]
+                d = describe(run)
                 groups[(task + (f" [{panel}]" if panel else ""), d["method"], d["shard"])].append(run)
     groups = R.split_configs(dict(groups), IGNORE)
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "central", _shard_rank(kv[0][2]),
