@@ -6,8 +6,10 @@ Writes vit_accuracy_vs_rounds.png, vit_accuracy_vs_nc.png, vit_accuracy_vs_j.png
 vit_mask_density.png (vit_sparse_fl/README.md has a table of what each shows).
 Curves, points and bars are means over seeds; bands and error bars are the sample sd (ddof=1); legends
 give n. Chance accuracy is drawn as a dotted line. FedAvg runs from random initialisation (--weights none)
-appear only as their own curve. Runs that differ in anything but the suite's swept settings (``SWEPT``:
-sharding, Nc, J, weights, mask ...), such as a --quick run next to a suite, form a suite of their own, drawn
+appear only as their own curve; probes (FedAvg with --freeze-layers: head only, or head + last block) as their
+own lines beside the masks. Every setting keeps its own learning rate (the suite chooses one per setting).
+Runs that differ in anything but the suite's swept settings (``SWEPT``: sharding, Nc, J, weights, mask, lr
+...), such as a --quick run next to a suite, form a suite of their own, drawn
 into ``<out>/suite_<i>`` with a line naming what sets it apart. Several --runs-dir folders are read together.
 """
 from __future__ import annotations
@@ -26,7 +28,9 @@ FED, SPARSE, CENTRAL = "vit_sparse_fl/train_federated", "vit_sparse_fl/train_fed
 BASE_J = 4
 # what run_all_experiments.py varies inside one suite (the rest is the suite: data, model, budget, --quick ...)
 SWEPT = ("sharding", "nc", "local_steps", "rounds", "head_warmup", "eval_every", "weights", "mask_strategy",
-         "sparsity_ratio", "fisher_score", "calibration_rounds", "total_steps")
+         "sparsity_ratio", "fisher_score", "calibration_rounds", "total_steps", "lr", "freeze_layers")
+PROBES = {2: "probe: head", 1: "probe: head + last block"}   # --freeze-layers of the suite's probes (depth 2)
+PROBE_COLORS = {2: "tab:purple", 1: "tab:brown"}
 BARS = "mean over seeds; error bars: ± sample sd"
 
 
@@ -46,6 +50,15 @@ def shard(run: dict) -> str:
 
 def scratch(run: dict) -> bool:
     return run["args"].get("weights") in (None, "none", "random")
+
+
+def frozen(run: dict) -> int:
+    """--freeze-layers of a run (0: dense; older runs have no such key)."""
+    return run["args"].get("freeze_layers") or 0
+
+
+def probe_label(run: dict) -> str:
+    return PROBES.get(frozen(run), f"probe: {frozen(run)} blocks frozen")
 
 
 def strategy(run: dict) -> tuple[str, str]:
@@ -167,7 +180,8 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
     """Every figure of one suite into ``out``."""
     import matplotlib.pyplot as plt
 
-    fed = [r for r in runs if r["meta"].get("script") == FED]
+    fed = [r for r in runs if r["meta"].get("script") == FED and not frozen(r)]
+    probes = [r for r in runs if r["meta"].get("script") == FED and frozen(r)]
     sparse = [r for r in runs if r["meta"].get("script") == SPARSE]
     central = [r for r in runs if r["meta"].get("script") == CENTRAL]
     # the suite's J: the grid's (BASE_J) or the one most of its FedAvg runs use, for a suite of other runs
@@ -198,6 +212,8 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                  and r["args"]["local_steps"] == base_j]
         if dense:
             curve(ax, dense, "dense FedAvg", color="k", ls="--")
+        for members in groups_by([r for r in probes if r["args"]["sharding"] != "iid"], frozen).values():
+            curve(ax, members, probe_label(members[0]), color=PROBE_COLORS.get(frozen(members[0]), "0.45"), ls="-.")
         ax.set(title=f"Nc = 2, sparsity {first:g}")
     else:
         ax.text(0.5, 0.5, "no sparse runs on non-IID shards", ha="center", transform=ax.transAxes)
@@ -256,6 +272,10 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                         R.draw_seeds(ax, list(bars), bars.values(), f"sparsity {sp:g}", kind="bars", width=width)
                 if acc(dense, key):
                     ax.axhline(np.mean(acc(dense, key)), color="k", ls="--", label=f"dense FedAvg (n={len(dense)})")
+                for n, members in groups_by([r for r in probes if shard(r) == sh], frozen).items():
+                    if acc(members, key):
+                        ax.axhline(np.mean(acc(members, key)), color=PROBE_COLORS.get(n, "0.45"), ls="-.",
+                                   label=f"{probe_label(members[0])} (n={len(members)})")
                 if key == "test_accuracy":
                     chance_line(ax, dense or sparse)
                 ax.set_xticks(range(len(here)), [strategy_label(*lab).replace("_", "\n").replace(" (", "\n(")

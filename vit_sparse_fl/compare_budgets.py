@@ -60,7 +60,7 @@ def reference(setting: str) -> str | None:
         return None
     if m := re.fullmatch(r"fedavg_(iid|nc2)_J\d+", setting):
         return f"fedavg_{m.group(1)}"
-    if m := re.fullmatch(r"sparse_(iid|nc\d+)_.*", setting):
+    if m := re.fullmatch(r"(?:sparse|probe)_(iid|nc\d+)_.*", setting):
         return f"fedavg_{m.group(1)}"
     return "fedavg_iid"
 
@@ -74,6 +74,9 @@ def label(setting: str) -> str:
         return f"FedAvg Nc = {m.group(1)}"
     if m := re.fullmatch(r"fedavg_(iid|nc2)_J(\d+)", setting):
         return f"FedAvg {'IID' if m.group(1) == 'iid' else 'Nc = 2'}, J = {m.group(2)}"
+    if m := re.fullmatch(r"probe_(iid|nc2)_(head|last)", setting):
+        return (f"probe (head{' + last block' if m.group(2) == 'last' else ''}), "
+                f"{'IID' if m.group(1) == 'iid' else 'Nc = 2'}")
     if m := re.fullmatch(r"sparse_(iid|nc2)_s([\d.]+)_(\w+?)(_fisher)?", setting):
         return (f"{m.group(3)}{' (true Fisher)' if m.group(4) else ''}, "
                 f"{'IID' if m.group(1) == 'iid' else 'Nc = 2'}, s = {m.group(2)}")
@@ -91,7 +94,8 @@ def make_table(suites: dict[int, dict[str, dict]]) -> tuple[str, dict]:
         + ", ".join(f"R = {r}: {sample_gradients(r)}" for r in budgets) + "). Last step: the change from the "
         "previous budget to the largest one the setting has, paired by seed, mean [95% t interval]. Settled: "
         f"that change is below {SETTLED:g} point. Δ vs reference: paired difference to FedAvg IID (FedAvg "
-        "settings) or dense FedAvg on the same shards (J sweep, masks) at the same budget, verdicts "
+        "settings) or dense FedAvg on the same shards (J sweep, masks, probes) at the same budget (each suite "
+        "at its own rates: its selection.json), verdicts "
         "Holm-corrected over every Δ of the table.",
         "", head, "|---|" + "---|" * (2 * len(budgets) + 2)]
     record, refs = {}, {setting: reference(setting) for setting in order}
@@ -119,7 +123,8 @@ PANELS = [("FedAvg vs heterogeneity", ["centralized", "fedavg_iid", "fedavg_iid_
           ("local steps J on Nc = 2 (R x J fixed)", ["fedavg_nc2", "fedavg_nc2_J8", "fedavg_nc2_J16"]),
           ("masks on Nc = 2, sparsity 0.9", ["fedavg_nc2", "sparse_nc2_s0.9_least_sensitive",
                                              "sparse_nc2_s0.9_most_sensitive", "sparse_nc2_s0.9_lowest_magnitude",
-                                             "sparse_nc2_s0.9_highest_magnitude", "sparse_nc2_s0.9_random"])]
+                                             "sparse_nc2_s0.9_highest_magnitude", "sparse_nc2_s0.9_random",
+                                             "probe_nc2_head"])]
 
 
 def plot(suites: dict[int, dict[str, dict]], path: Path) -> list[Path]:

@@ -1,12 +1,19 @@
-"""The whole suite, pretrain-then-federate: one cached base, then every setting for every seed, into one
-results table (mean ± sample sd, paired differences with 95% intervals) and the figures.
+"""The whole suite, pretrain-then-federate: one cached base, a learning rate per setting chosen on validation,
+then every setting for every seed, into one results table (mean ± sample sd, paired differences with 95%
+intervals, Holm-corrected) and the figures.
 
     python vit_sparse_fl/run_all_experiments.py                       # runs/vit_suite_R192, 2 jobs of 1 thread
     python vit_sparse_fl/run_all_experiments.py --table-only          # table and figures from finished runs
     python vit_sparse_fl/run_all_experiments.py --smoke --out-dir /tmp/vit_smoke   # minutes: tiny budget
 
-Design (base, task, federation, compute accounting, plateau criterion, interference, sparse arms, statistics):
-the README's "The suite"; the numbers are the constants below.
+Design (base, task, federation, compute accounting, plateau criterion, interference, sparse arms, probes,
+statistics): the README's "The suite"; the numbers are the constants below.
+
+Two stages. **Selection**: every setting once per rate of --lr-grid, seed --select-seed, at a quarter of the
+budget (R / 4 rounds; the J sweep and centralized scaled alike), in <out-dir>/selection/; a setting's rate is
+the one with the best final validation accuracy (ties: the smaller rate), recorded in <out-dir>/selection.json.
+The validation images are carved from the training classes' training images; the test images are never read
+to choose. **Reported**: every setting at its rate, seeds 0..--num-runs-1, full budget.
 
 Runs go through ``common.jobs``: ``--jobs`` processes of ``--threads`` torch threads each (on a small CPU one
 thread per process is much faster than two for this model). A run whose directory holds a finished run with the
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -34,14 +42,16 @@ SCRIPTS = {"centralized": "vit_sparse_fl.train_centralized", "fedavg": "vit_spar
            "sparse": "vit_sparse_fl.train_federated_sparse"}
 NUM_CLASSES, BATCH = 50, 16                        # the fine-tuning task: classes 0..49
 TASK = ["--quick", "--quiet", "--classes", "0", str(NUM_CLASSES), "--synthetic-per-class", "200", "100",
-        "--max-train", "0", "--max-test", "2000", "--val-fraction", "0.1", "--batch-size", str(BATCH), "--lr", "0.1"]
+        "--max-train", "0", "--max-test", "2000", "--val-fraction", "0.1", "--batch-size", str(BATCH)]
 BASE = ["--quick", "--quiet", "--classes", str(NUM_CLASSES), "100", "--synthetic-per-class", "200", "100",
         "--max-train", "0", "--max-test", "0", "--total-steps", "2000", "--batch-size", "64",
         "--warmup-epochs", "1", "--patience", "0"]
 K, C, J, WARMUP, EVAL_EVERY = 50, 0.1, 4, 4, 6
 SHARDS = {"iid": [], "nc2": ["--sharding", "non_iid", "--nc", "2"]}     # the J sweep's and the masks' shards
 SHARD_TITLES = {"iid": "IID", "nc2": "Nc = 2"}
+PROBES = {"head": ("2", "probe: head + final norm"), "last": ("1", "probe: head + final norm + last block")}
 M = max(1, round(C * K))
+SELECT_FRACTION = 4                                # selection runs: R / 4 rounds
 
 
 def sample_gradients(rounds: int) -> int:
@@ -62,7 +72,13 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         help="shards of the J sweep: IID, and Nc = 2 (where local steps cause client drift)")
     parser.add_argument("--nc-values", type=int, nargs="+", default=[1, 2, 5], help="Nc sweep (classes per client)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.5],
-                        help="sparsity ratios of the mask-strategy comparison on Nc = 2 shards (IID: the first)")
+                        help="sparsity ratios of the mask-strategy comparison (IID and Nc = 2 shards)")
+    parser.add_argument("--lr-grid", type=flags.POSITIVE, nargs="+", default=[0.03, 0.1, 0.3],
+                        help="rates the selection stage tries for every setting")
+    parser.add_argument("--select-seed", type=flags.SEED, default=100,
+                        help="seed of the selection runs (apart from the reported seeds 0..N-1)")
+    parser.add_argument("--lr", type=flags.POSITIVE, default=None,
+                        help="skip the selection stage: this rate for every setting")
     parser.add_argument("--only", nargs="+", default=None, metavar="SETTING",
                         help="run only these settings (e.g. fedavg_iid fedavg_nc2 sparse_nc2_s0.9_random); the "
                              "table shows the others as not run")
@@ -82,37 +98,75 @@ def out_dir(args) -> Path:
     return Path(args.out_dir or f"runs/vit_suite_R{args.rounds}")
 
 
-def plan(args, base: str) -> list[dict]:
-    """Every run: {name, setting, script, argv, seed}. Seed-major order, so a cut suite has equal n in every cell."""
+def settings(args, base: str, rounds: int) -> list[tuple[str, str, list[str]]]:
+    """Every setting of a suite of ``rounds`` rounds: (name, script, argv without --lr and --seed)."""
     fed = [*TASK, "--num-clients", str(K), "--participation-rate", str(C), "--interference-window", "0.2"]
 
     def fedavg(weights: str) -> list[str]:
         return [*fed, "--head-warmup", str(WARMUP), "--weights", weights, "--local-steps", str(J),
-                "--rounds", str(args.rounds), "--eval-every", str(EVAL_EVERY)]
+                "--rounds", str(rounds), "--eval-every", str(EVAL_EVERY)]
 
     def masked(shard: str, sp: float, strategy: str, score: str = "talos") -> tuple[str, str, list[str]]:
         return (f"sparse_{shard}_s{sp:g}_{strategy}" + ("_fisher" if score == "fisher" else ""), "sparse",
                 [*fedavg(base), *SHARDS[shard], "--mask-strategy", strategy, "--sparsity-ratio", f"{sp:g}",
                  "--fisher-score", score, "--calibration-rounds", "4"])
 
-    settings = [("fedavg_iid", "fedavg", fedavg(base)), ("fedavg_iid_scratch", "fedavg", fedavg("none")),
-                ("centralized", "centralized", [*TASK, "--weights", base, "--patience", "0", "--warmup-epochs", "0",
-                                                "--weight-decay", "1e-4", "--keep-best", "1",
-                                                "--total-steps", str((args.rounds + WARMUP) * M * J)])]
-    settings += [(f"fedavg_nc{nc}", "fedavg", [*fedavg(base), "--sharding", "non_iid", "--nc", str(nc)])
-                 for nc in args.nc_values]
-    settings += [(f"fedavg_{shard}_J{j}", "fedavg",
-                  [*fed, *SHARDS[shard], "--weights", base, "--local-steps", str(j),
-                   "--rounds", str(max(1, round(args.rounds * J / j))),
-                   "--head-warmup", str(max(1, round(WARMUP * J / j))),
-                   "--eval-every", str(max(1, round(EVAL_EVERY * J / j)))])
-                 for shard in args.j_shards for j in args.j_values if j != J]
-    settings += [masked(shard, sp, strategy) for shard in SHARDS
-                 for sp in (args.sparsities if shard == "nc2" else args.sparsities[:1]) for strategy in STRATEGIES]
-    settings.append(masked("nc2", args.sparsities[0], "least_sensitive", "fisher"))
-    return [{"name": f"{name}_seed{seed}", "setting": name, "script": script, "seed": seed,
-             "argv": [*argv, "--seed", str(seed)]}
-            for seed in range(args.num_runs) for name, script, argv in settings if not args.only or name in args.only]
+    out = [("fedavg_iid", "fedavg", fedavg(base)), ("fedavg_iid_scratch", "fedavg", fedavg("none")),
+           ("centralized", "centralized", [*TASK, "--weights", base, "--patience", "0", "--warmup-epochs", "0",
+                                           "--weight-decay", "1e-4", "--keep-best", "1",
+                                           "--total-steps", str((rounds + WARMUP) * M * J)])]
+    out += [(f"fedavg_nc{nc}", "fedavg", [*fedavg(base), "--sharding", "non_iid", "--nc", str(nc)])
+            for nc in args.nc_values]
+    out += [(f"fedavg_{shard}_J{j}", "fedavg",
+             [*fed, *SHARDS[shard], "--weights", base, "--local-steps", str(j),
+              "--rounds", str(max(1, round(rounds * J / j))), "--head-warmup", str(max(1, round(WARMUP * J / j))),
+              "--eval-every", str(max(1, round(EVAL_EVERY * J / j)))])
+            for shard in args.j_shards for j in args.j_values if j != J]
+    out += [(f"probe_{shard}_{kind}", "fedavg", [*fedavg(base), *SHARDS[shard], "--freeze-layers", frozen])
+            for shard in SHARDS for kind, (frozen, _) in PROBES.items()]
+    out += [masked(shard, sp, strategy) for shard in SHARDS for sp in args.sparsities for strategy in STRATEGIES]
+    out.append(masked("nc2", args.sparsities[0], "least_sensitive", "fisher"))
+    return [s for s in out if not args.only or s[0] in args.only]
+
+
+def select_rounds(args) -> int:
+    return max(1, args.rounds // SELECT_FRACTION)
+
+
+def plan(args, base: str, rates: dict[str, float] | None = None) -> list[dict]:
+    """Every run: {name, setting, script, argv, seed, lr}. ``rates`` None: the selection stage (every setting x
+    rate of --lr-grid, seed --select-seed, R / 4 rounds); else the reported runs at each setting's rate,
+    seed-major, so a cut suite has equal n in every cell."""
+    if rates is None:
+        return [{"name": f"{name}_lr{lr:g}_seed{args.select_seed}", "setting": name, "script": script,
+                 "seed": args.select_seed, "lr": lr,
+                 "argv": [*argv, "--lr", f"{lr:g}", "--seed", str(args.select_seed)]}
+                for name, script, argv in settings(args, base, select_rounds(args)) for lr in args.lr_grid]
+    return [{"name": f"{name}_seed{seed}", "setting": name, "script": script, "seed": seed, "lr": rates[name],
+             "argv": [*argv, "--lr", f"{rates[name]:g}", "--seed", str(seed)]}
+            for seed in range(args.num_runs) for name, script, argv in settings(args, base, args.rounds)]
+
+
+def choose(args, out: Path, base: str) -> dict[str, float]:
+    """{setting: rate} from the selection runs: the best final validation accuracy, ties the smaller rate (a
+    diverged or missing run scores -inf); every score and the choice in <out>/selection.json (settings not in
+    this call's plan are kept from an earlier one)."""
+    path = out / "selection.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    scores, chosen = record.get("scores", {}), record.get("chosen", {})
+    for run in plan(args, base):
+        f = out / "selection" / run["name"] / "summary.json"
+        val = json.loads(f.read_text()).get("final_val_accuracy") if f.is_file() else None
+        scores.setdefault(run["setting"], {})[f"{run['lr']:g}"] = val
+    for setting, by_rate in scores.items():
+        ok = {float(lr): v for lr, v in by_rate.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if ok:
+            chosen[setting] = min(ok, key=lambda lr: (-ok[lr], lr))
+    atomic_write_json(path, {"criterion": "best final validation accuracy of the selection run (ties: the smaller "
+                                          "rate); validation images from the training classes' training split",
+                             "rounds": select_rounds(args), "seed": args.select_seed, "lr_grid": args.lr_grid,
+                             "scores": scores, "chosen": chosen})
+    return chosen
 
 
 def smoke(args) -> None:
@@ -124,7 +178,7 @@ def smoke(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- running
-def base_job(out: Path) -> jobs.Job:
+def base_job_of(out: Path) -> jobs.Job:
     """The pretrained base (``pretrain.py``): done when its cached base.pt exists (its path is known before it is
     trained: the cache key of its settings)."""
     argv = [*BASE, "--cache-dir", str(out / "base_cache")]
@@ -133,26 +187,25 @@ def base_job(out: Path) -> jobs.Job:
                     label="pretrained base")
 
 
-def jobs_of(args, out: Path) -> list[jobs.Job]:
-    """The base, then every run of the plan (those fine-tuning the base wait for it; the others start while it
-    trains)."""
-    base = base_job(out)
+def jobs_of(base: jobs.Job, runs: list[dict], folder: Path) -> list[jobs.Job]:
+    """The base, then every run (those fine-tuning the base wait for it; the others start while it trains)."""
     grid = [base]
-    for run in plan(args, str(base.output)):
+    for run in runs:
         after = ("base",) if str(base.output) in run["argv"] else ()
         grid.append(jobs.Job(run["name"], SCRIPTS[run["script"]],
-                             [*run["argv"], "--out-dir", str(out), "--run-name", run["name"]], after=after))
+                             [*run["argv"], "--out-dir", str(folder), "--run-name", run["name"]], after=after))
     return grid
 
 
 # ---------------------------------------------------------------------------------------------- table
-def load_settings(out: Path, runs: list[dict]) -> dict[str, list[dict]]:
-    """{setting: [loaded finished run, ...]} over the plan."""
+def load_settings(args, out: Path, base: str) -> dict[str, list[dict]]:
+    """{setting: [loaded finished reported run, ...]}."""
     groups: dict[str, list[dict]] = {}
-    for run in runs:
-        path = out / run["name"]
-        if (path / "summary.json").is_file():
-            groups.setdefault(run["setting"], []).append(R.load_run(path))
+    for seed in range(args.num_runs):
+        for name, _, _ in settings(args, base, args.rounds):
+            path = out / f"{name}_seed{seed}"
+            if (path / "summary.json").is_file():
+                groups.setdefault(name, []).append(R.load_run(path))
     return groups
 
 
@@ -170,63 +223,77 @@ def plateau(runs: list[dict]) -> str:
     return f"{sum(1 for v in ok if v)}/{len(ok)}" if runs else "–"
 
 
+def rate(runs: list[dict]) -> str:
+    """The learning rate of a cell's runs (one per setting; several would say so)."""
+    return "/".join(sorted({f"{r['args']['lr']:g}" for r in runs})) or "–"
+
+
+def compute(runs: list[dict]) -> str:
+    """Sample gradients of a cell, the mask calibration's per-example gradients included."""
+    total = {r["summary"].get("sample_gradients", 0) + r["summary"].get("calibration_sample_gradients", 0)
+             for r in runs}
+    return "/".join(f"{t:,}" for t in sorted(total)) or "–"
+
+
 def make_table(args, out: Path, base: str) -> tuple[str, dict]:
-    g = load_settings(out, plan(args, base))
+    g = load_settings(args, out, base)
     lines, record = [], {}
 
-    def section(title: str, ref: str, ref_label: str, rows: list[tuple[str, str]], interference: bool = False):
-        head, sep = f"| setting | n | test accuracy (%) | Δ vs {ref_label} | plateau |", "|---|---|---|---|---|"
-        if interference:
-            head += f" interference (points) | Δ interference vs {ref_label} |"
-            sep += "---|---|"
-        lines.extend([f"**{title}**", "", head, sep])
+    def section(title: str, refs: list[tuple[str, str]], rows: list[tuple[str, str]], interference: bool = False):
+        """One table: a Δ column per reference, every difference of the table in one Holm correction."""
         metrics = ("test_accuracy", "interference") if interference else ("test_accuracy",)
-        base_rs = g.get(ref, [])  # every difference of the section in one Holm correction
-        pairs = {(key, m): (pct(g[key], m), pct(base_rs, m)) for key, _ in rows for m in metrics
-                 if key != ref and g.get(key) and base_rs}
+        head = ["setting", "lr", "n", "test accuracy (%)", *(f"Δ vs {label}" for _, label in refs), "plateau",
+                "sample gradients"]
+        if interference:
+            head += ["interference (points)", *(f"Δ interference vs {label}" for _, label in refs)]
+        pairs = {(key, ref, m): (pct(g[key], m), pct(g[ref], m)) for key, _ in rows for ref, _ in refs
+                 for m in metrics if key != ref and g.get(key) and g.get(ref)}
         diffs = {k: c for k, (_, c) in stats.compare(pairs).items()}
+        table = []
         for key, label in rows:
             rs = g.get(key, [])
-            row = f"| {label} | {len(rs)} | {cell(rs)} | {diffs.get((key, 'test_accuracy'), '–')} | {plateau(rs)} |"
+            row = [label, rate(rs), len(rs), cell(rs),
+                   *(diffs.get((key, ref, "test_accuracy"), "–") for ref, _ in refs), plateau(rs), compute(rs)]
             if interference:
-                row += f" {cell(rs, 'interference')} | {diffs.get((key, 'interference'), '–')} |"
-            lines.append(row)
-            record[key] = {"n": len(rs), "test_accuracy": pct(rs, "test_accuracy"),
+                row += [cell(rs, "interference"), *(diffs.get((key, ref, "interference"), "–") for ref, _ in refs)]
+            table.append(row)
+            record[key] = {"n": len(rs), "lr": rate(rs), "test_accuracy": pct(rs, "test_accuracy"),
                            "interference": pct(rs, "interference") if interference else None}
-        lines.append("")
+        lines.extend([f"**{title}**", "", *stats.markdown(head, table), ""])
 
     iid = f"FedAvg IID, J={J}, from the base"
     lines.append(f"Chance accuracy: {100.0 / NUM_CLASSES:.1f} % ({NUM_CLASSES} classes). Test set: "
                  f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} images. "
-                 f"Every run: {sample_gradients(args.rounds)} sample gradients. "
                  "Cells: mean ± sample sd over seeds (n); Δ: paired difference by seed, mean [95% t interval], "
                  "verdicts Holm-corrected over each table's differences (a 'no difference' names the effect it "
-                 "rules out); plateau: runs whose validation accuracy moved < 1 point "
-                 "over the last 20% of the run; interference: own-class test accuracy, local minus aggregated "
-                 "model, in points.")
+                 "rules out); lr: the setting's rate, chosen on validation (selection.json); plateau: runs whose "
+                 "validation accuracy moved < 1 point over the last 20% of the run; sample gradients: one per image "
+                 "of every local step, head warm-up and mask calibration included; interference: own-class test "
+                 "accuracy, local minus aggregated model, in points.")
     lines.append("")
-    section("Pretrained base vs random initialisation, and centralized at equal sample gradients", "fedavg_iid", iid,
-            [("fedavg_iid", iid), ("fedavg_iid_scratch", "FedAvg IID, J=4, from scratch"),
+    section("Pretrained base vs random initialisation, and centralized at equal sample gradients",
+            [("fedavg_iid", iid)], [("fedavg_iid", iid), ("fedavg_iid_scratch", "FedAvg IID, J=4, from scratch"),
              ("centralized", "Centralized, from the base, same sample gradients")])
-    section("Heterogeneity (pathological shards, Nc classes per client)", "fedavg_iid", iid,
+    section("Heterogeneity (pathological shards, Nc classes per client)", [("fedavg_iid", iid)],
             [("fedavg_iid", "IID")] + [(f"fedavg_nc{nc}", f"Nc = {nc}") for nc in sorted(args.nc_values, reverse=True)],
             interference=True)
     for shard in args.j_shards:
         ref = f"fedavg_{shard}"
-        section(f"Local steps J at equal sample gradients (R x J fixed), {SHARD_TITLES[shard]}", ref,
-                iid if shard == "iid" else f"FedAvg Nc = 2, J={J}",
+        section(f"Local steps J at equal sample gradients (R x J fixed), {SHARD_TITLES[shard]}",
+                [(ref, iid if shard == "iid" else f"FedAvg Nc = 2, J={J}")],
                 [(ref if j == J else f"fedavg_{shard}_J{j}", f"J = {j}, R = {max(1, round(args.rounds * J / j))}")
                  for j in sorted(args.j_values)], interference=shard != "iid")
     for shard, title in SHARD_TITLES.items():
-        dense = f"fedavg_{shard}"
-        for sp in args.sparsities if shard == "nc2" else args.sparsities[:1]:
+        dense, probe = f"fedavg_{shard}", f"probe_{shard}_head"
+        for sp in args.sparsities:
             rows = [(dense, f"dense FedAvg ({title})")]
+            rows += [(f"probe_{shard}_{kind}", label) for kind, (_, label) in PROBES.items()]
             rows += [(f"sparse_{shard}_s{sp:g}_{s}", s + (" (TaLoS score)" if "sensitive" in s else ""))
                      for s in STRATEGIES]
             if sp == args.sparsities[0] and shard == "nc2":
                 rows.append((f"sparse_{shard}_s{sp:g}_least_sensitive_fisher", "least_sensitive (true-Fisher score)"))
-            section(f"Sparse fine-tuning, {title} shards, sparsity {sp:g}", dense, f"dense FedAvg {title}", rows,
-                    interference=True)
+            section(f"Sparse fine-tuning, {title} shards, sparsity {sp:g}",
+                    [(dense, f"dense {title}"), (probe, "probe (head)")], rows, interference=True)
     return "\n".join(lines) + "\n", record
 
 
@@ -252,7 +319,7 @@ def main(argv=None) -> dict:
               f"--nc-values must be in [1, {NUM_CLASSES}] (the task's classes), got {args.nc_values}")
     cli.check(all(0 < sp < 1 for sp in args.sparsities), f"--sparsities must be in (0, 1), got {args.sparsities}")
     if args.only:
-        known = {r["setting"] for r in plan(argparse.Namespace(**{**vars(args), "only": None}), "BASE")}
+        known = {name for name, _, _ in settings(argparse.Namespace(**{**vars(args), "only": None}), "BASE", 4)}
         cli.check(set(args.only) <= known, f"--only: unknown settings {sorted(set(args.only) - known)}; "
                                            f"the suite's are {', '.join(sorted(known))}")
     if args.smoke:
@@ -260,13 +327,26 @@ def main(argv=None) -> dict:
     out = cli.check_out_dir(out_dir(args))
     t0 = time.perf_counter()
     sessions = saved_sessions(out / "results.json")
-    grid = jobs_of(args, out)
-    base = str(grid[0].output)
+    base_job = base_job_of(out)
+    base = str(base_job.output)
     if not args.table_only:
-        outcome = jobs.run_plan(grid, parallel=args.jobs, threads=args.threads, log_dir=out / "logs",
-                                title="vit_sparse_fl suite")
-        sessions.append({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                         "runs_trained": len(outcome.names("finished", "diverged", "failed")),
+        run = dict(parallel=args.jobs, threads=args.threads, log_dir=out / "logs")
+        trained = 0
+        rates = {name: args.lr for name, _, _ in settings(args, base, args.rounds)} if args.lr else None
+        if rates is None:
+            first = jobs.run_plan(jobs_of(base_job, plan(args, base), out / "selection"),
+                                  title="vit_sparse_fl suite: learning-rate selection", **run)
+            trained += len(first.names("finished", "diverged", "failed"))
+            rates = choose(args, out, base)
+        missing = [name for name, _, _ in settings(args, base, args.rounds) if name not in rates]
+        if missing:
+            print(f"stopped after the selection stage: no finished selection run for {', '.join(missing)} "
+                  f"(logs in {out / 'logs'})")
+        else:
+            outcome = jobs.run_plan(jobs_of(base_job, plan(args, base, rates), out),
+                                    title="vit_sparse_fl suite: reported runs", **run)
+            trained += len(outcome.names("finished", "diverged", "failed"))
+        sessions.append({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs_trained": trained,
                          "only": args.only, "wall_seconds": time.perf_counter() - t0})
     text, record = make_table(args, out, base)
     # derived from the run directories, so rewritten on every call; every invocation that trained is kept in

@@ -100,17 +100,25 @@ def fisher_scores(ctx, global_params, round_idx: int, masks=None) -> list[torch.
     return agg.result()
 
 
-def build_masks(ctx, global_params) -> list[torch.Tensor | None]:
-    """One mask per trainable parameter (None for the head), density exactly 1 - s over the backbone."""
+def build_masks(ctx, global_params) -> tuple[list[torch.Tensor | None], int]:
+    """One mask per trainable parameter (None for the head), density exactly 1 - s over the backbone; and the
+    calibration's sample gradients (one per image scored, every client, every scoring round; 0 for the
+    strategies that score nothing)."""
     args = ctx["args"]
     names, targets = backbone_split(ctx)
     gen = torch.Generator(device=ctx["device"]).manual_seed(seeding.stream_seed(args.seed, "random_mask"))
-    masks = sparse.compute_masks(targets, args.mask_strategy, args.sparsity_ratio,
-                                 fisher_fn=lambda r, m: fisher_scores(ctx, global_params, r, m),
+    calls = []
+
+    def scores(r, m):
+        calls.append(r)
+        return fisher_scores(ctx, global_params, r, m)
+
+    masks = sparse.compute_masks(targets, args.mask_strategy, args.sparsity_ratio, fisher_fn=scores,
                                  rounds=args.calibration_rounds, generator=gen,
                                  threshold="kthvalue" if args.fisher_score == "talos" else "exact")
     by_name = dict(zip(names, masks))
-    return [by_name.get(n) for n in ctx["names"]]
+    per_call = sum(args.calibration_batches * min(args.batch_size, len(s)) for s in ctx["shards"])
+    return [by_name.get(n) for n in ctx["names"]], len(calls) * per_call
 
 
 def run_sparse(args) -> dict:
@@ -118,14 +126,15 @@ def run_sparse(args) -> dict:
     params = ctx["params"]
     global_params = P.clone(params)
     fed.head_warmup(ctx, global_params)                     # head-only rounds, so the scores see a trained head
-    masks = build_masks(ctx, global_params)
+    masks, calibration = build_masks(ctx, global_params)
     P.load_(params, global_params)
     masked = [(n, m) for n, m in zip(ctx["names"], masks) if m is not None]
     overall = sparse.density([m for _, m in masked])
     args.run_name = args.run_name or fed.default_run_name(args, f"sparse_{args.mask_strategy}_s{args.sparsity_ratio:g}")
     extra = {"mask_strategy": args.mask_strategy, "sparsity_ratio": args.sparsity_ratio,
              "mask_density": overall, "calibration_rounds": args.calibration_rounds,
-             "fisher_labels": args.fisher_labels, "fisher_score": args.fisher_score}
+             "fisher_labels": args.fisher_labels, "fisher_score": args.fisher_score,
+             "calibration_sample_gradients": calibration}
     summary = fed.federate(args, ctx, masks, extra_summary=extra, prefix=f"sparse_{args.mask_strategy}",
                            kind="vit_sparse_fl/train_federated_sparse", warmed=True)
     if D.is_main():

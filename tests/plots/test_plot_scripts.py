@@ -47,6 +47,8 @@ def make_runs(root, cache):
                       "--run-name", f"fedavg_L1_topic_s{seed}"])
     train_federated.main([*VIT, *out])
     train_federated.main([*VIT, *out, "--sharding", "non_iid", "--nc", "2"])
+    train_federated.main([*VIT, *out, "--sharding", "non_iid", "--nc", "2", "--freeze-layers", "2",
+                          "--lr", "0.1", "--run-name", "probe_nc2"])  # a probe at its own rate: same suite
     train_federated.main([*VIT, *out, "--max-train", "200", "--run-name", "other_suite"])  # drawn apart
     train_centralized.main(["--quick", "--quiet", "--max-train", "300", "--max-test", "60", "--batch-size", "16",
                             "--total-steps", "8", "--warmup-epochs", "0", *out])  # joins the first suite
@@ -85,7 +87,9 @@ def test_plot_vit_splits_suites(mixed, tmp_path, capsys):
     assert "ignored" in out[0] and len(res["figures"]) >= 3
     (_, first), (other, second) = plot_vit.suites(plot_vit.vit_runs(R.load_roots([mixed])))
     assert sorted(r["meta"]["script"].split("/")[1] for r in first) == \
-        ["train_centralized"] + ["train_federated"] * 2 + ["train_federated_sparse"]
+        ["train_centralized"] + ["train_federated"] * 3 + ["train_federated_sparse"]
+    assert (tmp_path / "v" / "vit_strategies.png").is_file()
+    assert sum(plot_vit.frozen(r) == 2 for r in first) == 1
     assert other == "max_train=200" and len(second) == 1
 
 

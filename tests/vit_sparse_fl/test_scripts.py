@@ -56,6 +56,7 @@ def test_sparse_run_writes_mask_density(tiny_runs):
     assert "backbone.blocks.0.attn.qkv.weight" in dens["per_tensor"]
     assert not any(k.startswith("head") for k in dens["per_tensor"])
     assert s["bytes_up"] < s["bytes_down"] == dense["bytes_down"]
+    assert s["calibration_sample_gradients"] == 0        # a random mask scores nothing
 
 
 def test_plots_read_the_run_directories(tiny_runs, tmp_path):
@@ -80,7 +81,10 @@ def test_masked_parameters_unchanged_after_training_and_strategies_differ(out_di
     masks, models = {}, {}
     for strategy in ("least_sensitive", "most_sensitive"):
         ctx["args"].mask_strategy = strategy
-        masks[strategy] = fsp.build_masks(ctx, start)
+        masks[strategy], calibration = fsp.build_masks(ctx, start)
+        # one calibration round: one batch of every client's shard, one sample gradient per image scored
+        args = ctx["args"]
+        assert calibration == sum(min(args.batch_size, len(s)) for s in ctx["shards"]) > 0
         glob = P.clone(start)
         fed.plain_rounds(ctx, glob, masks[strategy])
         for g, s, m, n in zip(glob, start, masks[strategy], ctx["names"]):

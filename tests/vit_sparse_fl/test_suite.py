@@ -13,8 +13,10 @@ from vit_sparse_fl import run_all_experiments as suite
 from vit_sparse_fl import train_federated as fed
 
 
-def _plan(*argv):
-    return suite.plan(suite.get_args_parser().parse_args(list(argv)), "base.pt")
+def _plan(*argv, select=False):
+    args = suite.get_args_parser().parse_args(list(argv))
+    rates = None if select else {name: 0.1 for name, _, _ in suite.settings(args, "base.pt", args.rounds)}
+    return suite.plan(args, "base.pt", rates)
 
 
 def _flag(run, name, default=None):
@@ -50,9 +52,41 @@ def test_plan_matches_sample_gradients_and_covers_the_grid():
         assert _flag(next(r for r in seed0 if r["setting"] == f"fedavg_nc2_J{j}"), "--nc") == "2"
         assert _flag(next(r for r in seed0 if r["setting"] == f"fedavg_iid_J{j}"), "--sharding", "iid") == "iid"
     sparse = [r for r in seed0 if r["script"] == "sparse"]
-    assert len(sparse) == 5 + 2 * 5 + 1              # IID at 0.9; Nc = 2 at 0.9 and 0.5; true Fisher
+    assert len(sparse) == 2 * 2 * 5 + 1              # IID and Nc = 2, each at 0.9 and 0.5; true Fisher
+    probes = {r["setting"]: _flag(r, "--freeze-layers") for r in seed0 if r["setting"].startswith("probe")}
+    assert probes == {"probe_iid_head": "2", "probe_iid_last": "1", "probe_nc2_head": "2", "probe_nc2_last": "1"}
+    assert all(_flag(r, "--lr") == "0.1" == f"{r['lr']:g}" for r in seed0)
     assert all(_flag(r, "--weights") == "base.pt" for r in seed0 if r["setting"] != "fedavg_iid_scratch")
     assert all(_flag(r, "--head-warmup") for r in seed0 if r["script"] != "centralized")
+
+
+def test_selection_stage_tries_every_rate_at_a_quarter_of_the_budget_on_its_own_seed():
+    runs = _plan("--rounds", "192", "--lr-grid", "0.05", "0.2", select=True)
+    reported = _plan("--rounds", "192")
+    assert {r["setting"] for r in runs} == {r["setting"] for r in reported}
+    assert len(runs) == 2 * len({r["setting"] for r in runs}) and {r["seed"] for r in runs} == {100}
+    assert not {r["name"] for r in runs} & {r["name"] for r in reported}
+    rounds = {r["setting"]: _flag(r, "--rounds") for r in runs}
+    assert rounds["fedavg_iid"] == "48" and rounds["fedavg_nc2_J16"] == "12"
+    central = next(r for r in runs if r["setting"] == "centralized")
+    assert _flag(central, "--total-steps") == str((48 + suite.WARMUP) * suite.M * suite.J)
+    assert {_flag(r, "--lr") for r in runs} == {"0.05", "0.2"}
+
+
+def test_choose_takes_the_best_validation_accuracy_ties_to_the_smaller_rate(tmp_path):
+    args = suite.get_args_parser().parse_args(["--only", "fedavg_iid", "fedavg_nc2", "probe_iid_head"])
+    scores = {"fedavg_iid": {0.03: 0.5, 0.1: 0.7, 0.3: 0.6}, "fedavg_nc2": {0.03: 0.4, 0.1: 0.4, 0.3: None},
+              "probe_iid_head": {}}                 # no selection run finished: no rate
+    for run in suite.plan(args, "base.pt"):
+        val = scores[run["setting"]].get(run["lr"])
+        if run["setting"] != "probe_iid_head":
+            folder = tmp_path / "selection" / run["name"]
+            folder.mkdir(parents=True)
+            (folder / "summary.json").write_text(json.dumps({"final_val_accuracy": val}))
+    chosen = suite.choose(args, tmp_path, "base.pt")
+    assert chosen == {"fedavg_iid": 0.1, "fedavg_nc2": 0.03}
+    saved = json.loads((tmp_path / "selection.json").read_text())
+    assert saved["chosen"] == chosen and saved["rounds"] == 48 and saved["scores"]["fedavg_nc2"]["0.3"] is None
 
 
 def test_only_restricts_the_plan_and_refuses_unknown_settings():
@@ -66,7 +100,9 @@ def test_only_restricts_the_plan_and_refuses_unknown_settings():
 
 def test_finished_runs_are_skipped_only_with_the_same_arguments(tmp_path):
     args = suite.get_args_parser().parse_args(["--num-runs", "1"])
-    grid = {j.name: j for j in suite.jobs_of(args, tmp_path)}
+    base_job = suite.base_job_of(tmp_path)
+    runs = suite.plan(args, str(base_job.output), {name: 0.1 for name, _, _ in suite.settings(args, "", args.rounds)})
+    grid = {j.name: j for j in suite.jobs_of(base_job, runs, tmp_path)}
     base = grid["base"]
     assert base.output.name == "base.pt" and jobs.classify(base).kind == "new"
     job = grid["fedavg_nc2_seed0"]
@@ -112,14 +148,17 @@ def test_saved_sessions_keep_every_part_of_a_suite(tmp_path):
 def test_results_table_pairs_by_seed_with_holm_over_each_table(monkeypatch):
     """make_table: cells are mean ± sd over seeds, differences paired by seed against the section's reference,
     and each section's verdicts Holm-corrected together (accuracy and interference differences)."""
-    def runs(acc, inter=None):
-        return [{"args": {"seed": s}, "summary": {"test_accuracy": a / 100, "test_images": 500,
-                                                  "interference": (inter[s] if inter else 0.0) / 100},
-                 "path": f"run{s}"} for s, a in enumerate(acc)]
+    def runs(acc, inter=None, calibration=0):
+        return [{"args": {"seed": s, "lr": 0.1}, "path": f"run{s}",
+                 "summary": {"test_accuracy": a / 100, "test_images": 500, "sample_gradients": 1000,
+                             "calibration_sample_gradients": calibration,
+                             "interference": (inter[s] if inter else 0.0) / 100}} for s, a in enumerate(acc)]
 
     groups = {"fedavg_iid": runs([50, 51, 52]), "fedavg_nc2": runs([40, 41, 42], [10, 11, 12]),
-              "fedavg_nc5": runs([49.9, 51.1, 52.0], [0.0, 0.1, -0.1])}
-    monkeypatch.setattr(suite, "load_settings", lambda out, plan: groups)
+              "fedavg_nc5": runs([49.9, 51.1, 52.0], [0.0, 0.1, -0.1]),
+              "probe_nc2_head": runs([45, 45, 47], [5, 6, 7]),
+              "sparse_nc2_s0.9_least_sensitive": runs([46, 47, 48], [4, 5, 6], calibration=200)}
+    monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
     text, record = suite.make_table(suite.get_args_parser().parse_args([]), Path("unused"), "base.pt")
     assert record["fedavg_nc2"]["test_accuracy"] == pytest.approx({0: 40.0, 1: 41.0, 2: 42.0})
     row = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| Nc = 2 |")}
@@ -129,3 +168,11 @@ def test_results_table_pairs_by_seed_with_holm_over_each_table(monkeypatch):
     nc5 = next(line for line in text.splitlines() if line.startswith("| Nc = 5 |"))
     assert "no difference after Holm" in nc5
     assert "Holm-corrected over each table" in text
+    # the mask tables: Δ vs dense and vs the probe, the rate, and the compute with the calibration counted
+    table = text.split("**Sparse fine-tuning, Nc = 2 shards, sparsity 0.9**")[1].split("**")[0]
+    assert "| Δ vs dense Nc = 2 | Δ vs probe (head) |" in table
+    least = next(line for line in table.splitlines() if line.startswith("| least_sensitive (TaLoS"))
+    assert "| 0.1 | 3 | 47.0 ± 1.0 (n=3) | +6.0 [+6.0, +6.0] (n=3" in least and "| 1,200 |" in least
+    probe = next(line for line in table.splitlines() if line.startswith("| probe: head + final norm |"))
+    cells = [c.strip() for c in probe.strip("|").split("|")]
+    assert cells[4].startswith("+4.7 [") and cells[5] == "–" and cells[7] == "1,000"   # no Δ vs itself
