@@ -21,9 +21,6 @@ Typical use::
         ...; rd.check_finite(f"round {r}", loss=loss, parameters=global_params)  # exit 3 on NaN / inf
         rd.log({"round": r, "ppl": ppl}); rd.save_checkpoint({"round": r, "params": ...})  # first write claims
     rd.write_summary({"final_ppl": ppl, ...})
-
-Nothing is lost: every protection the README's conventions list (validate then write, never overwritten
-silently, the lock, resume checks, stopping on NaN / inf) is implemented here; ``RunDir`` says where.
 """
 from __future__ import annotations
 
@@ -241,39 +238,31 @@ def data_differences(saved: dict, now: dict) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 # finiteness
 
-def _finite(value: Any) -> bool:
-    if value is None:
-        return True
-    if torch.is_tensor(value):
-        return value.numel() == 0 or not value.is_floating_point() or bool(torch.isfinite(value).all())
-    if isinstance(value, (list, tuple)):
-        tensors = [v for v in value if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
-        others = [v for v in value if not torch.is_tensor(v)]
-        if tensors and not bool(torch.stack([torch.isfinite(t).all().to(tensors[0].device) for t in tensors]).all()):
-            return False
-        return all(_finite(v) for v in others)
+def _leaves(value: Any, path: str = ""):
+    """(path, leaf) of every value inside nested dicts, lists and tuples (e.g. "global[3]"); a checkpoint's
+    "rng" and "runlog" entries are left out."""
     if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, (int, float, np.floating, np.integer)):
-        return math.isfinite(float(value))
-    return True
-
-
-def _nonfinite_key(state: Any, prefix: str = "") -> str | None:
-    """The first path (e.g. "global[3]") in a checkpoint state holding a non-finite float tensor, or None."""
-    if torch.is_tensor(state):
-        return prefix if state.is_floating_point() and state.numel() and not bool(torch.isfinite(state).all()) else None
-    if isinstance(state, dict):
-        items = ((k, v) for k, v in state.items() if k not in ("rng", "runlog"))
-        fmt = "{}.{}" if prefix else "{}{}"
-    elif isinstance(state, (list, tuple)):
-        items, fmt = enumerate(state), "{}[{}]"
+        for k, v in value.items():
+            if k not in ("rng", "runlog"):
+                yield from _leaves(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{path}[{i}]")
     else:
-        return None
-    for k, v in items:
-        found = _nonfinite_key(v, fmt.format(prefix, k))
-        if found is not None:
-            return found
+        yield path, value
+
+
+def _nonfinite(value: Any, numbers: bool = True) -> str | None:
+    """The path of the first non-finite float tensor (or, with ``numbers``, number) in ``value``, or None.
+    Every tensor is checked in one device read."""
+    tensors = [(p, v) for p, v in _leaves(value) if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
+    bad = set()
+    if tensors:
+        ok = torch.stack([torch.isfinite(t).all().to(tensors[0][1].device) for _, t in tensors]).tolist()
+        bad = {p for (p, _), good in zip(tensors, ok) if not good}
+    for p, v in _leaves(value):
+        if p in bad or (numbers and isinstance(v, (int, float, np.floating, np.integer)) and not math.isfinite(v)):
+            return p
     return None
 
 
@@ -282,20 +271,6 @@ def _where(state: dict) -> str | None:
         if key in state and isinstance(state[key], (int, float)):
             return f"{key} {state[key]}"
     return None
-
-
-def check_run_name(name: str, flag: str = "--run-name") -> None:
-    """``name`` can be one folder's name on this file system: not empty, no '/', not '.' / '..', no NUL,
-    and not longer than the file system allows (255 bytes on most)."""
-    check(bool(name) and "/" not in name and "\0" not in name and name not in (".", ".."),
-          f"{flag} {name!r} is not a folder name; expected a name without '/'")
-    limit = 255
-    try:
-        limit = os.pathconf(".", "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        pass
-    size = len(os.fsencode(name))
-    check(size <= limit, f"{flag} is {size} bytes long; file names may be at most {limit} bytes here")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -379,7 +354,6 @@ class RunDir:
         kind: the script writing the run, e.g. "mamba_fl/fed_fisher": saved in args.json and every
             checkpoint, so a run directory written by another script is refused rather than half-loaded.
         device: device the run uses, for args.json (default: ``args["device"]``).
-        overwrite / extend: default ``args["overwrite"]`` / ``args["extend"]`` (``--overwrite``, ``--extend``).
         data: ``data_fingerprint(...)`` of what the run read; compared on resume.
         claim: claim at once (for callers with nothing left to validate).
     """
@@ -388,17 +362,17 @@ class RunDir:
                  kind: str, resume: bool = False, is_main: bool = True,
                  ignore_on_resume: tuple[str, ...] = DEFAULT_IGNORE_ON_RESUME,
                  device: str | torch.device | None = None,
-                 overwrite: bool | None = None, extend: bool | None = None, data: dict | None = None,
-                 claim: bool = False):
-        check_run_name(run_name)
+                 data: dict | None = None, claim: bool = False):
+        # one folder's name (its length is checked with the path, by check_out_dir below)
+        check(bool(run_name) and "/" not in run_name and "\0" not in run_name and run_name not in (".", ".."),
+              f"--run-name {run_name!r} is not a folder name; expected a name without '/'")
         self.path = Path(out_dir) / run_name
         self.args = _normalize_args(args)
         self.is_main = is_main
         self.kind = kind
         self.resumed = False
         self.data = json.loads(json.dumps(data, default=ckpt.to_jsonable)) if data is not None else None
-        self.overwrite = bool(self.args.get("overwrite", False)) if overwrite is None else bool(overwrite)
-        self.extend = bool(self.args.get("extend", False)) if extend is None else bool(extend)
+        self.overwrite, self.extend = bool(self.args.get("overwrite")), bool(self.args.get("extend"))
         self._state: dict | None = None
         self._start = time.monotonic()
         self._wall_offset = 0.0  # wall seconds of earlier sessions, up to their last checkpoint
@@ -467,7 +441,7 @@ class RunDir:
                 raise UsageError(f"cannot resume {self.path}: {CHECKPOINT_FILE} says {key} {value!r}, not a count "
                                  "of completed work (a whole number >= 0); the file is damaged or not of this "
                                  "run: start over with --overwrite")
-        bad = _nonfinite_key(state)
+        bad = _nonfinite(state, numbers=False)
         if bad is not None:
             raise UsageError(f"cannot resume {self.path}: {CHECKPOINT_FILE} holds non-finite values ({bad}), so "
                              "there is no finite state to continue from; start over with --overwrite (with a "
@@ -717,7 +691,7 @@ class RunDir:
         """Stop the run (``diverge``) if any of ``values`` (numbers, tensors, lists of tensors) is not finite.
         Call it on every rank with values every rank holds (the aggregate, reduced losses), so all stop."""
         for name, value in values.items():
-            if not _finite(value):
+            if _nonfinite(value) is not None:
                 self.diverge(where, name.replace("_", " "), summary)
 
     def diverge(self, where: str, what: str, summary: dict | None = None, reason: str | None = None):
@@ -769,7 +743,7 @@ class RunDir:
         global RNG states under "rng" (restore them with ``common.seed.set_rng_state``)."""
         if not self.is_main:
             return
-        bad = _nonfinite_key(state)
+        bad = _nonfinite(state, numbers=False)
         if bad is not None:  # never replace the last finite checkpoint with NaN
             self.diverge(_where(state) or "the checkpoint", f"values in the checkpoint state ({bad})")
         self.claim()

@@ -68,10 +68,10 @@ def test_the_lock_file_is_never_followed_through_a_symbolic_link(tmp_path):
     _finished(runs)
     os.symlink(outside, runs / "r" / ".lock")
     before = _files(tmp_path)
-    for kw in ({}, {"resume": True}, {"overwrite": True}):
+    for args, kw in ((ARGS, {}), (ARGS, {"resume": True}), ({**ARGS, "overwrite": True}, {})):
         with pytest.raises(UsageError, match="symbolic link"):
-            _rd(runs, **kw).claim()
-        assert _files(tmp_path) == before, kw
+            runlog.RunDir(runs, "r", args, kind=KIND, **kw).claim()
+        assert _files(tmp_path) == before, (args, kw)
 
 
 def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays_whole(tmp_path, monkeypatch):
