@@ -28,7 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class Split:
-    images: torch.Tensor   # uint8 [N, 3, 32, 32]
+    images: torch.Tensor   # uint8 [N, 3, 32, 32]; --data ag_news: int64 token ids [N, L]
     labels: torch.Tensor   # int64 [N]
 
     def __len__(self) -> int:
@@ -170,11 +170,15 @@ def data_root(args) -> Path:
 
 
 def fingerprint(args, train: Split, val: Split, test: Split) -> dict:
-    """``common.runlog.data_fingerprint`` of the pickles read and the split sizes used (for --resume)."""
+    """``common.runlog.data_fingerprint`` of the files read and the split sizes used (for --resume)."""
     from common import runlog
-    root = data_root(args)
-    return runlog.data_fingerprint(args.data, root if args.data != "synthetic" else None,
-                                   files=[root / "train", root / "test"],
+    if args.data == "ag_news":
+        from vit_sparse_fl import text
+        root, files = Path(args.data_dir), text.csv_files(args.data_dir)
+    else:
+        root = data_root(args)
+        files = [root / "train", root / "test"]
+    return runlog.data_fingerprint(args.data, root if args.data != "synthetic" else None, files=files,
                                    splits={"train": len(train), "val": len(val), "test": len(test)})
 
 
@@ -184,9 +188,12 @@ def load_cifar100(args, device) -> tuple[Split, Split, Split, int]:
     The validation split is a seeded ``--val-fraction`` of the training set (same for every seed of the
     model, keyed by ``--split-seed``), so runs with different seeds see the same data.
     """
-    # embedded data: default 100 train / 20 test images per class (20 clients each hold a few dozen images)
-    root = data_root(args)
-    full, test = read_split(root, "train"), read_split(root, "test")
+    if args.data == "ag_news":       # token ids in place of the images (vit_sparse_fl/text.py)
+        from vit_sparse_fl import text
+        full, test = text.read_splits(args)
+    else:  # embedded data: default 100 train / 20 test images per class (20 clients each hold a few dozen images)
+        root = data_root(args)
+        full, test = read_split(root, "train"), read_split(root, "test")
     num_classes = int(max(full.labels.max(), test.labels.max())) + 1
     first, last = class_range(args, num_classes)
     if (first, last) != (0, num_classes):
@@ -227,9 +234,13 @@ def keep_classes(split: Split, first: int, last: int) -> Split:
 
 def add_data_args(parser) -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--data", default="synthetic", choices=["synthetic", "cifar100"],
-                   help="synthetic: embedded CIFAR-format data; cifar100: the pickles under --data-dir")
-    g.add_argument("--data-dir", default=None, help="folder holding cifar-100-python/{train,test,meta}")
+    g.add_argument("--data", default="synthetic", choices=["synthetic", "cifar100", "ag_news"],
+                   help="synthetic: embedded CIFAR-format data; cifar100: the pickles under --data-dir; ag_news: "
+                        "the AG News CSV files under --data-dir, as token ids (--arch encoder)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder holding cifar-100-python/{train,test,meta} (ag_news: test.csv, train.csv if any)")
+    g.add_argument("--max-length", type=flags.POSITIVE_INT, default=64,
+                   help="--data ag_news: tokens per text (truncated / padded)")
     g.add_argument("--download", action="store_true", help="fetch the CIFAR-100 tarball into --data-dir")
     g.add_argument("--image-size", type=int, default=224, choices=[224, 160, 32],
                    help="resize to this many pixels (224 as DINO; 32: no resize)")
@@ -252,7 +263,7 @@ def add_data_args(parser) -> None:
 
 def augment(images: torch.Tensor, image_size: int, generator: torch.Generator | None = None,
             train: bool = True) -> torch.Tensor:
-    """uint8 [B, 3, 32, 32] -> normalised float [B, 3, S, S].
+    """uint8 [B, 3, 32, 32] -> normalised float [B, 3, S, S]; token ids (``--data ag_news``) pass through.
 
     Training: random crop with zero padding 4 (per-sample offsets in [0, 8]) and horizontal flip with
     probability 1/2, both drawn from ``generator`` on the images' device, then bilinear resize and
@@ -262,6 +273,8 @@ def augment(images: torch.Tensor, image_size: int, generator: torch.Generator | 
     columns reversed for flipped images): the same pixels as indexing the crop and then flipping, from
     the same draws in the same order (row offsets, column offsets, flips), at a quarter of the cost.
     """
+    if images.dtype != torch.uint8:
+        return images
     B, C, H, W = images.shape
     dev = images.device
     x = images

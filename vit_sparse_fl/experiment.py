@@ -38,7 +38,7 @@ class ArgumentParser(cli.ArgumentParser):
     """``cli.ArgumentParser`` carrying the --quick preset (``self.presets``, as every script's parser does) whose
     plain ``parse_args`` too is ``common.config.parse_with_config`` (the scripts and tests call it); --help
     states both values of a preset flag: ``(default: 300; --quick: 8)``. ``--classes`` chooses the classes
-    instead of --num-classes: --quick's 10 classes give way to it."""
+    instead of --num-classes: --quick's 10 classes give way to it (and to the 4 classes of --data ag_news)."""
 
     def __init__(self, *args, quick: dict, **kwargs):
         super().__init__(*args, **kwargs)
@@ -53,7 +53,8 @@ class ArgumentParser(cli.ArgumentParser):
             ns = config.parse_with_config(self, argv)
         finally:
             self._inner = False
-        if getattr(ns, "classes", None) and "num_classes" not in given(self, argv):
+        if (getattr(ns, "classes", None) or getattr(ns, "data", None) == "ag_news") \
+                and "num_classes" not in given(self, argv):
             ns.num_classes = 0
         return ns
 
@@ -67,14 +68,16 @@ class ArgumentParser(cli.ArgumentParser):
 
 def add_model_args(parser: argparse.ArgumentParser, *, lr: float, weight_decay: float) -> None:
     g = parser.add_argument_group("model and optimisation")
-    g.add_argument("--arch", default="vit_small", choices=sorted(ARCHS),
+    g.add_argument("--arch", default="vit_small", choices=[*sorted(ARCHS), "encoder"],
                    help="vit_small: DINO ViT-S/16 (patch 16, 12 blocks, 6 heads, width 384); "
-                        "vit_tiny: patch 4, width 48, 2 blocks, 3 heads")
+                        "vit_tiny: patch 4, width 48, 2 blocks, 3 heads; encoder: the pretrained text encoder "
+                        "of --weights with mean pooling and a linear head (--data ag_news; vit_sparse_fl/text.py)")
     g.add_argument("--weights", default="dino",
                    help="backbone weights: 'dino' (torch hub cache / download), a path to "
-                        "dino_deitsmall16_pretrain.pth, or 'none' for random initialisation")
+                        "dino_deitsmall16_pretrain.pth, or 'none' for random initialisation; --arch encoder: "
+                        "'minilm' (the 'pretrained' extra) or a Hugging Face encoder folder")
     g.add_argument("--freeze-layers", type=flags.COUNT, default=0,
-                   help="freeze the patch embedding and the first N transformer blocks")
+                   help="freeze the patch embedding (encoder: the embeddings) and the first N transformer blocks")
     g.add_argument("--head-dropout", type=UNIT, default=0.1, help="dropout before the classifier head")
     g.add_argument("--label-smoothing", type=UNIT, default=0.1, help="label smoothing of the cross-entropy")
     g.add_argument("--lr", type=flags.POSITIVE, default=lr, help="peak learning rate of SGD")
@@ -84,12 +87,26 @@ def add_model_args(parser: argparse.ArgumentParser, *, lr: float, weight_decay: 
 
 def validate_model_args(args) -> None:
     """What the flags' types cannot check alone (they refuse every number out of its range)."""
-    cli.check(args.freeze_layers <= ARCHS[args.arch].depth,
-              f"--freeze-layers {args.freeze_layers} exceeds the {ARCHS[args.arch].depth} blocks of {args.arch}")
+    text = args.arch == "encoder"
+    cli.check(text == (args.data == "ag_news"), "--arch encoder and --data ag_news go together (token ids in, "
+                                                f"a text encoder to read them); got --arch {args.arch} --data "
+                                                f"{args.data}")
+    cli.check(not text or args.weights not in ("dino", "none", "random", ""),
+              f"--arch encoder needs --weights minilm or a Hugging Face encoder folder, got {args.weights!r}")
+    cli.check(text or args.freeze_layers <= ARCHS[args.arch].depth,
+              f"--freeze-layers {args.freeze_layers} exceeds the {ARCHS.get(args.arch, VIT_TINY).depth} blocks of "
+              f"{args.arch}")
 
 
 def build_model(args, num_classes: int, device: torch.device) -> tuple[ViTClassifier, str]:
     """The classifier on ``device`` with the requested weights and frozen layers; (model, weights source)."""
+    if args.arch == "encoder":
+        from vit_sparse_fl import text
+        model, source = text.build(args.weights, num_classes, args.head_dropout)
+        cli.check(args.freeze_layers <= model.depth,
+                  f"--freeze-layers {args.freeze_layers} exceeds the {model.depth} layers of {source}")
+        model.freeze_layers(args.freeze_layers)
+        return model.to(device), source
     base = ARCHS[args.arch]
     cfg = type(base)(**{**base.__dict__, "num_classes": num_classes, "head_dropout": args.head_dropout})
     model = ViTClassifier(cfg)
@@ -156,11 +173,23 @@ def correct(model, split: cifar.Split, idx: torch.Tensor, args, device: torch.de
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=device)
 
 
+def save_model(model, run_path, args, *, info: dict, name: str = "model"):
+    """``<run_path>/<name>/``: the ViT as a Hugging Face ViT folder (``vit.save``), a text classifier as its
+    encoder folder plus head (``text.save``)."""
+    if args.arch == "encoder":
+        from vit_sparse_fl import text
+        return text.save(model, run_path, weights=args.weights, info=info, name=name)
+    from vit_sparse_fl import vit
+    return vit.save(model, run_path, image_size=args.image_size, info=info, name=name)
+
+
 def end_run(run, args, summary: dict, metric: str, extra: str) -> dict:
     """Print the run's closing line (``common.report``) and release its directory; the summary with run_dir."""
     report.print_ending(run.path, metric, summary["test_accuracy"], {"chance": summary["chance_accuracy"]},
                         extra=extra, figures=f"python plots/plot_vit.py --runs {args.out_dir}",
-                        loader="AutoModelForImageClassification.from_pretrained or vit_sparse_fl.vit.load")
+                        loader="vit_sparse_fl.text.load (the encoder alone: AutoModel.from_pretrained)"
+                        if args.arch == "encoder" else
+                        "AutoModelForImageClassification.from_pretrained or vit_sparse_fl.vit.load")
     run.release()
     return {**summary, "run_dir": str(run.path)}
 

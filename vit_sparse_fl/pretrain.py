@@ -36,6 +36,8 @@ IGNORED = ("out_dir", "run_name", "quiet", "resume", "device", "compile", "compi
 # they are given, as it did then, so every base cached since keeps its key
 UNSET_UNLESS_GIVEN = ("arch", "weights", "image_size", "data", "num_classes", "max_train", "max_test", "batch_size",
                       "lr", "epochs", "warmup_epochs")
+# flags added after bases were cached: left out of the key at their default, so those bases keep their keys
+ADDED_LATER = ("max_length",)
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -52,7 +54,8 @@ def base_settings(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     args = parser.parse_args(argv)
     given = exp.given(parser, argv)
     return args, {k: None if k in UNSET_UNLESS_GIVEN and k not in given else v
-                  for k, v in sorted(vars(args).items()) if k not in IGNORED}
+                  for k, v in sorted(vars(args).items())
+                  if k not in IGNORED and not (k in ADDED_LATER and v == parser.get_default(k))}
 
 
 def cache_key(settings: dict) -> str:

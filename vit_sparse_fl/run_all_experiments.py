@@ -73,7 +73,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.add_argument("--nc-values", type=int, nargs="+", default=[1, 2, 5], help="Nc sweep (classes per client)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.5],
                         help="sparsity ratios of the mask-strategy comparison (IID and Nc = 2 shards)")
-    parser.add_argument("--lr-grid", type=flags.POSITIVE, nargs="+", default=[0.03, 0.1, 0.3],
+    parser.add_argument("--lr-grid", type=flags.POSITIVE, nargs="+", default=[0.03, 0.1, 0.3, 1.0],
                         help="rates the selection stage tries for every setting")
     parser.add_argument("--select-seed", type=flags.SEED, default=100,
                         help="seed of the selection runs (apart from the reported seeds 0..N-1)")
@@ -149,14 +149,15 @@ def plan(args, base: str, rates: dict[str, float] | None = None) -> list[dict]:
 
 def choose(args, out: Path, base: str) -> dict[str, float]:
     """{setting: rate} from the selection runs: the best final validation accuracy, ties the smaller rate (a
-    diverged or missing run scores -inf); every score and the choice in <out>/selection.json (settings not in
+    diverged or missing run is never chosen); every score and the choice in <out>/selection.json (settings not in
     this call's plan are kept from an earlier one)."""
     path = out / "selection.json"
     record = json.loads(path.read_text()) if path.is_file() else {}
     scores, chosen = record.get("scores", {}), record.get("chosen", {})
     for run in plan(args, base):
         f = out / "selection" / run["name"] / "summary.json"
-        val = json.loads(f.read_text()).get("final_val_accuracy") if f.is_file() else None
+        summary = json.loads(f.read_text()) if f.is_file() else {}
+        val = "diverged" if summary.get("status") == "diverged" else summary.get("final_val_accuracy")
         scores.setdefault(run["setting"], {})[f"{run['lr']:g}"] = val
     for setting, by_rate in scores.items():
         ok = {float(lr): v for lr, v in by_rate.items() if isinstance(v, (int, float)) and math.isfinite(v)}

@@ -24,7 +24,6 @@ from common.checkpoint import atomic_path
 from common.runlog import RunDir
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl import experiment as exp
-from vit_sparse_fl import vit
 
 
 def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
@@ -137,8 +136,8 @@ def main(argv=None) -> dict:
     # ---------------------------------------------------------------- test with the best model
     rows = run.rows()
     final_test = exp.evaluate(fwd, test, args, device)
-    vit.save(model, run.path, image_size=args.image_size,  # the final model
-             info={"method": "centralized", "epoch": len(rows), "test_accuracy": final_test["accuracy"]})
+    exp.save_model(model, run.path, args,  # the final model
+                   info={"method": "centralized", "epoch": len(rows), "test_accuracy": final_test["accuracy"]})
     # the test accuracy of the best epoch: the first epoch always enters ``best`` (--keep-best >= 1)
     model.load_state_dict(torch.load(best[0]["path"], map_location=device, weights_only=True)["model"])
     best_test = exp.evaluate(fwd, test, args, device)
@@ -153,8 +152,8 @@ def main(argv=None) -> dict:
                "test_accuracy": best_test["accuracy"], "final_test_accuracy": final_test["accuracy"],
                "best_checkpoints": [os.path.basename(b["path"]) for b in best]}
     summary = run.write_summary(summary)
-    vit.save(model, run.path, image_size=args.image_size, name="best_model",  # beside the final one
-             info={"method": "centralized", "epoch": best[0]["epoch"], "test_accuracy": best_test["accuracy"]})
+    exp.save_model(model, run.path, args, name="best_model",  # beside the final one
+                   info={"method": "centralized", "epoch": best[0]["epoch"], "test_accuracy": best_test["accuracy"]})
     return exp.end_run(run, args, summary, "test accuracy (best epoch)",
                        f"final epoch's test accuracy {summary['final_test_accuracy']}")
 

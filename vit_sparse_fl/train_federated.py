@@ -33,7 +33,6 @@ from common.checkpoint import atomic_write_json
 from common.runlog import RunDir
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl import experiment as exp
-from vit_sparse_fl import vit
 from vit_sparse_fl.sparse import SparseSGDM
 
 
@@ -302,9 +301,9 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
                "client_seconds": fed.timing["client_seconds"], "loop_seconds": fed.timing["round_seconds"],
                **(extra_summary or {})}
     summary = run.write_summary(summary)
-    vit.save(ctx["model"], run.path, image_size=args.image_size,  # the final global model
-             info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
-                   "test_accuracy": summary["test_accuracy"]})
+    exp.save_model(ctx["model"], run.path, args,  # the final global model
+                   info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
+                         "test_accuracy": summary["test_accuracy"]})
     return D.broadcast_object(exp.end_run(run, args, summary, "test accuracy",
                                           f"final validation accuracy {summary['final_val_accuracy']}"))
 

@@ -79,14 +79,16 @@ def test_choose_takes_the_best_validation_accuracy_ties_to_the_smaller_rate(tmp_
               "probe_iid_head": {}}                 # no selection run finished: no rate
     for run in suite.plan(args, "base.pt"):
         val = scores[run["setting"]].get(run["lr"])
-        if run["setting"] != "probe_iid_head":
+        if run["lr"] in scores[run["setting"]]:        # rate 1.0 of the default grid: never run
             folder = tmp_path / "selection" / run["name"]
             folder.mkdir(parents=True)
-            (folder / "summary.json").write_text(json.dumps({"final_val_accuracy": val}))
+            (folder / "summary.json").write_text(json.dumps({"final_val_accuracy": val} if val is not None else
+                                                            {"status": "diverged", "reason": "non-finite loss"}))
     chosen = suite.choose(args, tmp_path, "base.pt")
     assert chosen == {"fedavg_iid": 0.1, "fedavg_nc2": 0.03}
     saved = json.loads((tmp_path / "selection.json").read_text())
-    assert saved["chosen"] == chosen and saved["rounds"] == 48 and saved["scores"]["fedavg_nc2"]["0.3"] is None
+    assert saved["chosen"] == chosen and saved["rounds"] == 48
+    assert saved["scores"]["fedavg_nc2"]["0.3"] == "diverged" and saved["scores"]["fedavg_nc2"]["1"] is None
 
 
 def test_only_restricts_the_plan_and_refuses_unknown_settings():

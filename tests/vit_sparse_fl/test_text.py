@@ -1,0 +1,124 @@
+"""The text path of vit_sparse_fl: a Hugging Face encoder with mean pooling and a head, on AG News CSV files,
+through the ViT's federated, sparse and probe code (a tiny random BERT and CSV files written here)."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+import torch
+
+from common.cli import UsageError
+from common.fisher import diagonal_fisher
+from vit_sparse_fl import text
+from vit_sparse_fl import train_federated as fed
+from vit_sparse_fl import train_federated_sparse as fsp
+
+WORDS = {0: "vote senate minister election", 1: "goal match coach league", 2: "stocks profit market shares",
+         3: "software chip internet space"}
+FILLER = "the a of in on today new says report after"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(encoder folder, AG News folder): a 2-layer random BERT with a word-level vocabulary, and 4-class CSV
+    rows in the original format (quoted class index 1..4, title, description with an escaped newline)."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    root = tmp_path_factory.mktemp("text")
+    words = sorted({w for v in WORDS.values() for w in v.split()} | set(FILLER.split()))
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    model_dir = root / "encoder"
+    BertTokenizer(vocab=vocab).save_pretrained(model_dir)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(model_dir)
+    data = root / "ag_news"
+    data.mkdir()
+    rng = random.Random(0)
+    with open(data / "test.csv", "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        for i in range(480):
+            pool = (WORDS[i % 4] + " " + FILLER).split()
+            title, first, second = (" ".join(rng.choice(pool) for _ in range(k)) for k in (4, 6, 4))
+            w.writerow([str(i % 4 + 1), title, first + "\\" + second])
+    return model_dir, data
+
+
+def argv(tiny, out, *extra):
+    model_dir, data = tiny
+    return ["--quick", "--quiet", "--arch", "encoder", "--weights", str(model_dir), "--data", "ag_news",
+            "--data-dir", str(data), "--max-length", "16", "--max-test", "0", "--num-clients", "8",
+            "--participation-rate", "0.5", "--rounds", "4", "--eval-every", "2", "--batch-size", "16",
+            "--lr", "0.05", "--out-dir", str(out), *extra]
+
+
+def test_reads_the_csv_format_and_splits_a_seeded_quarter_for_test(tiny):
+    texts, labels = text.read_csv(tiny[1] / "test.csv")
+    assert len(texts) == 480 and labels.tolist()[:4] == [0, 1, 2, 3] and "\\" not in texts[0]
+    args = fed.get_args_parser().parse_args(argv(tiny, "unused"))
+    pool, test = text.read_splits(args)
+    assert (len(pool), len(test)) == (360, 120) and pool.images.dtype == torch.long
+    assert pool.images.shape[1] == 16 and set(test.labels.tolist()) == {0, 1, 2, 3}
+    assert (pool.images > 4).float().mean() > 0.5                               # words, not [UNK] / padding
+
+
+def test_federated_text_run_learns_and_exports_a_loadable_classifier(tiny, tmp_path):
+    s = fed.main(argv(tiny, tmp_path, "--rounds", "24", "--eval-every", "12", "--participation-rate", "0.25"))
+    assert s["chance_accuracy"] == 0.25 and s["test_accuracy"] > 0.5          # well past the 4-class chance
+    folder = tmp_path / s["run_dir"].rsplit("/", 1)[1] / "model"
+    model = text.load(folder)
+    from transformers import AutoModel
+    assert AutoModel.from_pretrained(folder).config.hidden_size == 32        # a plain Hugging Face encoder
+    args = fed.get_args_parser().parse_args(argv(tiny, "unused"))
+    _, test = text.read_splits(args)
+    with torch.no_grad():
+        acc = float((model(test.images).argmax(-1) == test.labels).float().mean())
+    assert acc == pytest.approx(s["test_accuracy"])
+
+
+def test_sparse_text_run_keeps_masked_coordinates_and_probe_trains_only_the_head(tiny, tmp_path):
+    s = fsp.main(argv(tiny, tmp_path, "--mask-strategy", "least_sensitive", "--fisher-score", "talos",
+                      "--calibration-rounds", "2", "--sparsity-ratio", "0.9", "--head-warmup", "1"))
+    assert s["mask_density"] == pytest.approx(0.1, abs=1e-3) and s["calibration_sample_gradients"] == 2 * 8 * 16
+    dens = json.loads((tmp_path / s["run_dir"].rsplit("/", 1)[1] / "mask_density.json").read_text())
+    assert not any("pooler" in k for k in dens["per_tensor"])                 # mean pooling: no unused pooler
+    ctx = fed.setup(fed.get_args_parser().parse_args(argv(tiny, tmp_path, "--freeze-layers", "2")))
+    assert {n.split(".")[0] for n in ctx["names"]} == {"head"}               # the probe: head only
+
+
+def test_per_example_fisher_of_the_text_classifier_runs_under_vmap(tiny, recwarn):
+    model, _ = text.build(str(tiny[0]), 4, 0.0)
+    model.set_fused_attention(False)
+    ids = text.tokenizer(str(tiny[0]))(["vote goal today", "stocks chip"], max_length=8, truncation=True,
+                                       padding="max_length", return_tensors="pt")["input_ids"]
+    y = torch.tensor([0, 2])
+    fisher = diagonal_fisher(model, [(ids, y)], labels="empirical")
+    assert not [w for w in recwarn if "vmap" in str(w.message)]              # no fallback to the loop
+    loop = [torch.zeros_like(p) for p in model.parameters()]
+    model.eval()
+    for i in range(2):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(ids[i:i + 1]), y[i:i + 1]).backward()
+        for acc, p in zip(loop, model.parameters()):
+            acc += p.grad ** 2 / 2
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-8) for a, b in zip(fisher, loop))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--data", "synthetic"], "--arch encoder and --data ag_news go together"),
+    (["--weights", "dino"], "needs --weights minilm or a Hugging Face encoder folder"),
+    (["--freeze-layers", "3"], "exceeds the 2 layers")])
+def test_bad_text_inputs_end_in_one_line(tiny, tmp_path, extra, message):
+    with pytest.raises(UsageError, match=message):
+        fed.main([*argv(tiny, tmp_path), *extra])
+
+
+def test_malformed_csv_and_missing_folder_are_refused(tiny, tmp_path):
+    (tmp_path / "test.csv").write_text('"1","only a title"\n')
+    with pytest.raises(UsageError, match="expected \"class index"):
+        text.read_csv(tmp_path / "test.csv")
+    with pytest.raises(UsageError, match="no test.csv"):
+        text.csv_files(tmp_path / "nothing")

