@@ -190,7 +190,7 @@ def load_cifar100(args, device) -> tuple[Split, Split, Split, int]:
     """
     if args.data == "ag_news":       # token ids in place of the images (vit_sparse_fl/text.py)
         from vit_sparse_fl import text
-        full, test = text.read_splits(args)
+        full, test = (Split(*pair) for pair in text.read_splits(args))
     else:  # embedded data: default 100 train / 20 test images per class (20 clients each hold a few dozen images)
         root = data_root(args)
         full, test = read_split(root, "train"), read_split(root, "test")

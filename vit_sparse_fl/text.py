@@ -147,12 +147,10 @@ def csv_files(data_dir) -> list[Path]:
     return [p for p in (root / "train.csv", root / "test.csv") if p.is_file()]
 
 
-def read_splits(args):
-    """(training pool, test) as ``data.Split`` of token ids. With only test.csv (the copy this project ships
-    beside it), a seeded quarter of it (``--max-test`` rows when given) is the test split and the rest the
-    training pool, split by ``--split-seed``; with train.csv too, the official split."""
-    from vit_sparse_fl.data import Split
-
+def read_splits(args) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """((ids, labels) of the training pool, (ids, labels) of the test split). With only test.csv (the copy this
+    project ships beside it), a seeded quarter of it (``--max-test`` rows when given) is the test split and the
+    rest the training pool, split by ``--split-seed``; with train.csv too, the official split."""
     files = csv_files(args.data_dir)
     tok = tokenizer(args.weights)
 
@@ -162,11 +160,11 @@ def read_splits(args):
 
     if len(files) == 2:
         (a, la), (b, lb) = read_csv(files[0]), read_csv(files[1])
-        return Split(encode(a), la), Split(encode(b), lb)
+        return (encode(a), la), (encode(b), lb)
     texts, labels = read_csv(files[0])
     perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(args.split_seed))
     n_test = args.max_test or len(texts) // 4
     cli.check(n_test < len(texts), f"--max-test {n_test} leaves no training rows of {len(texts)}")
     test, pool = perm[:n_test].sort().values, perm[n_test:].sort().values
     ids = encode(texts)
-    return Split(ids[pool], labels[pool]), Split(ids[test], labels[test])
+    return (ids[pool], labels[pool]), (ids[test], labels[test])

@@ -59,10 +59,10 @@ def test_reads_the_csv_format_and_splits_a_seeded_quarter_for_test(tiny):
     texts, labels = text.read_csv(tiny[1] / "test.csv")
     assert len(texts) == 480 and labels.tolist()[:4] == [0, 1, 2, 3] and "\\" not in texts[0]
     args = fed.get_args_parser().parse_args(argv(tiny, "unused"))
-    pool, test = text.read_splits(args)
-    assert (len(pool), len(test)) == (360, 120) and pool.images.dtype == torch.long
-    assert pool.images.shape[1] == 16 and set(test.labels.tolist()) == {0, 1, 2, 3}
-    assert (pool.images > 4).float().mean() > 0.5                               # words, not [UNK] / padding
+    (pool, _), (test, test_labels) = text.read_splits(args)
+    assert (len(pool), len(test)) == (360, 120) and pool.dtype == torch.long
+    assert pool.shape[1] == 16 and set(test_labels.tolist()) == {0, 1, 2, 3}
+    assert (pool > 4).float().mean() > 0.5                                      # words, not [UNK] / padding
 
 
 def test_federated_text_run_learns_and_exports_a_loadable_classifier(tiny, tmp_path):
@@ -73,9 +73,9 @@ def test_federated_text_run_learns_and_exports_a_loadable_classifier(tiny, tmp_p
     from transformers import AutoModel
     assert AutoModel.from_pretrained(folder).config.hidden_size == 32        # a plain Hugging Face encoder
     args = fed.get_args_parser().parse_args(argv(tiny, "unused"))
-    _, test = text.read_splits(args)
+    _, (ids, labels) = text.read_splits(args)
     with torch.no_grad():
-        acc = float((model(test.images).argmax(-1) == test.labels).float().mean())
+        acc = float((model(ids).argmax(-1) == labels).float().mean())
     assert acc == pytest.approx(s["test_accuracy"])
 
 
