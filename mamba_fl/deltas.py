@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli
+from common import cli, distributed
 
 _LAYER = re.compile(r"^backbone\.layers\.(\d+)\.(.+)$")
 
@@ -61,6 +61,17 @@ class Snapshots:
             for k, v in current.items():
                 self.arrays["server_delta/" + k[len("server/"):]] = v - self.previous[k]
         self.previous = current
+
+    def gather(self, prefix: str = "client") -> None:
+        """Under torchrun: bring the ``<prefix>*`` arrays every rank recorded into rank 0's (the only writer)."""
+        mine = {k: v for k, v in self.arrays.items() if k.startswith(prefix)}
+        parts = distributed.all_gather_object(mine)
+        if distributed.is_main():
+            for part in parts:
+                self.arrays.update(part)
+        else:
+            for k in mine:
+                del self.arrays[k]
 
     def write(self, tag: str) -> Path | None:
         if not self.arrays:

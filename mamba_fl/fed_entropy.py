@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from common import aggregate, cli, evaluate, flags
-from mamba_fl import federated, multiproc
+from mamba_fl import federated
 
 
 def add_entropy_weighted(ctx: federated.Context, agg, client: federated.Client) -> dict:
@@ -33,8 +33,9 @@ def rebase_weights(ctx: federated.Context, agg, rows: dict, chosen: list) -> Non
     by exp(-(H_ref_rank - H_ref) / T), H_ref the round's first chosen client's, so every rank's weights are
     exactly those of the single-process run before the sums are added up."""
     if "h_ref" in ctx.scratch:  # a rank with no client this round has nothing to re-base
-        multiproc.scale_accumulators_(
-            agg, math.exp(-(ctx.scratch["h_ref"] - rows[chosen[0]]["entropy"]) / ctx.args.temperature))
+        factor = math.exp(-(ctx.scratch["h_ref"] - rows[chosen[0]]["entropy"]) / ctx.args.temperature)
+        for t in agg.accumulators():  # the sums and the total weight
+            t.mul_(factor)
 
 
 def entropy_weights(ctx: federated.Context, agg, rows: dict) -> dict:

@@ -1,26 +1,11 @@
 """What fed_avg.py, fed_momentum.py, fed_entropy.py and fed_fisher.py share: their flags and the task the
 federated round engine (``common.engine``) runs.
 
-Each round: sample clients; for each, load its (cluster's) global parameters IN PLACE into the one model
-object (no copy of the model per client), run ``--local-updates`` optimizer steps on batches drawn from the
-client's own stream ``common.seed.client_generator(seed, round, client)`` (with the client algorithm's
-gradient hook: ``--algorithm fedprox`` / ``scaffold``), then add the client's parameters to a streaming
-aggregator through the method's hook (plain weights, entropy weights, or its Fisher). The server then
-moves the global parameters to the aggregate (FedAvg) or applies its optimizer to the pseudo-gradient
-(``--server-opt fedavgm``: FedMomentum; ``fedadam``). Evaluation of the global model every ``--val-freq``
-rounds.
-
-Unlike the source, every selected client starts every round from the global model (the source never
-re-synced clients, so its "aggregation" merged independently trained models and ``local_updates`` had no
-effect).
-
-Client optimizer: ``--optimizer`` (AdamW as in the source; plain SGD with ``--algorithm scaffold``) with
-``--client-opt-state persist`` (each client keeps its AdamW moments across rounds) by default, ``reset`` or
-plain ``sgd``: why, in mamba_fl/README.md ("Client optimizer"). ``--clustering ifca`` / ``data`` keeps one
-model per cluster (the log's val_loss weighted by the clients each serves; <run>/model is cluster 0's).
-
-Under ``torchrun`` each process trains its share of the round's clients (the README's "Distributed
-simulation"); without it this is the plain single-process loop.
+Each selected client loads its (cluster's) global parameters IN PLACE into the one model object, runs
+``--local-updates`` optimizer steps on batches from its own stream ``common.seed.client_generator(seed, round,
+client)`` and is added to the method's streaming aggregator (plain, entropy or Fisher weights); the server
+step is ``--server-opt``'s. mamba_fl/README.md says how this differs from the source, and why the client
+optimizer keeps its state (``--client-opt-state persist``) by default.
 """
 from __future__ import annotations
 
@@ -34,7 +19,7 @@ import torch
 
 from common import aggregate, cli, compiled, distributed, engine, evaluate, export, flags, params, runlog, seed
 from common.clustering import token_distribution
-from mamba_fl import deltas, lmdata, multiproc
+from mamba_fl import deltas, lmdata
 from mamba_fl import model as mmodel
 
 # flags that may differ when a run is resumed (they do not change its results)
@@ -291,7 +276,8 @@ class MambaTask(engine.Task):
         self.acc["bytes_up"] += n * self.bytes_param * self.fed.algo.upload_factor * self.method.upload_factor
         self.acc["bytes_down"] += n * self.bytes_param
         if self.eval_now and distributed.world_size() > 1:
-            multiproc.gather_snapshot_arrays(self.snaps)
+            if self.snaps is not None:
+                self.snaps.gather()
             distributed.all_reduce_sum_([self.train_loss])
 
     def evaluate(self, rnd) -> dict | None:
@@ -394,8 +380,8 @@ def finish(rd, args, method, data, acc, refs, model) -> dict:
     summary = {
         "method": method.name, "config": args.model_config, "layers": args.layers, "rounds_done": args.rounds,
         # client optimizer steps, all clients together (what a compute-matched central run takes)
-        "optimizer_steps": args.rounds * args.local_updates * max(1, round(args.participation_rate
-                                                                             * args.num_clients)),
+        "optimizer_steps": args.rounds * args.local_updates * engine.clients_per_round(args.participation_rate,
+                                                                                       args.num_clients),
         "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
         "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": acc["best_val_ppl"],
         **refs, "words_per_token": data.words_per_token,
