@@ -12,6 +12,7 @@ does not depend on how clients are spread over ranks (up to float summation orde
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import Iterable, Sequence
@@ -105,13 +106,18 @@ def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
     for group in groups.values():
         if len(group) == 1 and group[0].is_contiguous():
             dist.all_reduce(group[0])
-            continue
-        flat = torch.cat([t.reshape(-1) for t in group])
-        dist.all_reduce(flat)
-        i = 0
-        for t in group:
-            t.copy_(flat[i:i + t.numel()].view_as(t))
-            i += t.numel()
+        else:
+            _through_flat(group, dist.all_reduce)
+
+
+def _through_flat(tensors: Sequence[torch.Tensor], op, device=None) -> None:
+    """``op`` on one flat copy of ``tensors`` (on ``device``), written back into them."""
+    flat = torch.cat([t.reshape(-1) for t in tensors]).to(device or tensors[0].device)
+    op(flat)
+    i = 0
+    for t in tensors:
+        t.copy_(flat[i:i + t.numel()].view_as(t))
+        i += t.numel()
 
 
 def reduce_aggregator_(agg) -> None:
@@ -129,13 +135,7 @@ def sync_controls_(scaffold, assignment: Sequence[Sequence[int]]) -> None:
         return
     for src, clients in enumerate(assignment):
         for client in clients:
-            ci = scaffold.control(client)
-            flat = torch.cat([t.reshape(-1) for t in ci]).to(scaffold.c[0].device)
-            dist.broadcast(flat, src=src)
-            i = 0
-            for t in ci:
-                t.copy_(flat[i:i + t.numel()].view_as(t))
-                i += t.numel()
+            _through_flat(scaffold.control(client), functools.partial(dist.broadcast, src=src), scaffold.c[0].device)
 
 
 def broadcast_object(obj=None, src: int = 0):
