@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -33,18 +32,22 @@ def model_dir(run_path: str | os.PathLike, name: str = MODEL_DIR) -> Path:
     return Path(run_path) / name
 
 
-@contextlib.contextmanager
-def _no_progress_bars():
-    """transformers' "Writing model shards" bars are noise in a run's output (and broke --quiet's one line)."""
+def _save_pretrained(model, tokenizer, folder) -> None:
+    """``save_pretrained`` of the model (a ``torch.compile`` wrapper's ``_orig_mod``) and the tokenizer, without
+    transformers' "Writing model shards" bars (noise in a run's output; they broke --quiet's one line); the
+    files get the usual permissions (safetensors writes 0600 files)."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        getattr(model, "_orig_mod", model).save_pretrained(str(folder))
     finally:
         if was:
             hf_logging.enable_progress_bar()
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+    give_usual_permissions(folder)
 
 
 def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: dict | None = None,
@@ -56,14 +59,9 @@ def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: 
     """
     out = model_dir(run_path, name)
     out.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "_orig_mod", model)
-    with _no_progress_bars():
-        model.save_pretrained(str(out))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    give_usual_permissions(out)  # safetensors writes 0600 files
+    _save_pretrained(model, tokenizer, out)
     atomic_write_json(out / CARD_FILE, {"run": Path(run_path).name, "format": "transformers",
-                                        "class": type(model).__name__, **(info or {})})
+                                        "class": type(getattr(model, "_orig_mod", model)).__name__, **(info or {})})
     return out
 
 
@@ -90,17 +88,8 @@ def save_adapter_dir(run_path: str | os.PathLike, peft_model, tokenizer=None, *,
     out.mkdir(parents=True, exist_ok=True)
     if base_model is not None:
         base = str(model_dir(run_path, "base_model"))
-        with _no_progress_bars():
-            getattr(base_model, "_orig_mod", base_model).save_pretrained(base)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(base)
-    peft_model = getattr(peft_model, "_orig_mod", peft_model)
-    with _no_progress_bars():
-        peft_model.save_pretrained(str(out))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    for folder in (out, base) if base_model is not None else (out,):
-        give_usual_permissions(folder)  # safetensors writes 0600 files
+        _save_pretrained(base_model, tokenizer, base)
+    _save_pretrained(peft_model, tokenizer, out)
     cfg_path = out / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["base_model_name_or_path"] = relative_base(out, base)
