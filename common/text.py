@@ -64,53 +64,42 @@ def _files_hash(files: Sequence[str | Path], *extra) -> str:
     return h.hexdigest()[:16]
 
 
-def _wrap(backend, style: str):
-    """A ``PreTrainedTokenizerFast`` around a ``tokenizers.Tokenizer`` with the style's special tokens."""
+def _specials(style: str) -> dict:
+    """The style's special tokens as tokenizer keyword arguments (``bos_token=...``)."""
+    return {k + "_token": _STYLES[style][k] for k in ("bos", "eos", "pad", "unk", "mask") if k in _STYLES[style]}
+
+
+def _train(kind: str, train_files: Sequence[str | Path], vocab_size: int, style: str, cache_dir: Path):
+    """A byte-level BPE (``kind`` "bpe") or word-level vocabulary ("word") trained on ``train_files``, cached
+    by content."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    s = _STYLES[style]
-    kw = {k + "_token": s[k] for k in ("bos", "eos", "pad", "unk", "mask") if k in s}
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **kw)
-
-
-def _train_bpe(train_files: Sequence[str | Path], vocab_size: int, style: str, cache_dir: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    path = cache_dir / "tokenizers" / f"bpe-{style}-{vocab_size}-{_files_hash(train_files, vocab_size, style)}.json"
+    path = cache_dir / "tokenizers" / f"{kind}-{style}-{vocab_size}-{_files_hash(train_files, vocab_size, style)}.json"
     if not path.exists():
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                      special_tokens=_STYLES[style]["specials"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        specials = _STYLES[style]["specials"]
+        if kind == "bpe":
+            tok = Tokenizer(models.BPE())
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            tok.post_processor = processors.ByteLevel(trim_offsets=False)
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                          special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        else:
+            tok = Tokenizer(models.WordLevel(unk_token=_STYLES[style]["unk"]))
+            tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # words as written: "." and "@-@" stay tokens
+            tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins tokens with single spaces
+            trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
+                                                special_tokens=specials)
         tok.train([str(f) for f in train_files], trainer)
         _atomic_write(path, lambda tmp: tok.save(tmp))
-    return _wrap(Tokenizer.from_file(str(path)), style)
-
-
-def _train_word(train_files: Sequence[str | Path], vocab_size: int, style: str, cache_dir: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    path = cache_dir / "tokenizers" / f"word-{style}-{vocab_size}-{_files_hash(train_files, vocab_size, style)}.json"
-    if not path.exists():
-        unk = _STYLES[style]["unk"]
-        tok = Tokenizer(models.WordLevel(unk_token=unk))
-        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # words as written: "." and "@-@" stay tokens
-        tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins tokens with single spaces
-        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
-                                            special_tokens=_STYLES[style]["specials"])
-        tok.train([str(f) for f in train_files], trainer)
-        _atomic_write(path, lambda tmp: tok.save(tmp))
-    return _wrap(Tokenizer.from_file(str(path)), style)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(path)), **_specials(style))
 
 
 def _load_local(folder: Path, style: str):
     from transformers import PreTrainedTokenizerFast
 
-    s = _STYLES[style]
-    kw = {k + "_token": s[k] for k in ("bos", "eos", "pad", "unk", "mask") if k in s}
+    kw = _specials(style)
     if (folder / "tokenizer.json").is_file():
         tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kw)
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
@@ -139,7 +128,7 @@ def load_tokenizer(spec: str, *, train_files: Sequence[str | Path] | None = None
             check(Path(f).is_file(), f"tokenizer training file {f} does not exist")
         check(vocab_size >= 300 or spec == "word",
               f"a byte-level BPE needs vocab_size >= 300 (256 bytes + merges), got {vocab_size}")
-        return (_train_bpe if spec == "bpe" else _train_word)(train_files, vocab_size, style, cache)
+        return _train(spec, train_files, vocab_size, style, cache)
     if Path(spec).expanduser().is_dir():
         return _load_local(Path(spec).expanduser(), style)
     check(not Path(spec).expanduser().exists(), f"tokenizer {spec} is a file; expected a folder or a hub name")
