@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 
 import numpy as np
 import torch
@@ -23,7 +22,7 @@ from common import clustering as C
 from common import distributed as dist
 from common import params as P
 from common.aggregate import WeightedMean
-from common.checkpoint import atomic_write_json
+from common.checkpoint import atomic_write_json, atomic_write_text
 from common.evaluate import autocast, perplexity, unigram_perplexity
 from common.runlog import RunDir, data_fingerprint, run_name
 from common.seed import client_generator, client_rng, numpy_rng, seed_everything
@@ -161,10 +160,7 @@ def build_tokenizer(args, train_texts: list[str]):
     cache = derived_cache_dir(args.cache_dir, args.out_dir)  # --cache-dir, else beside the runs, never ~/.cache
     path = cache / "llm_noniid" / f"train-{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # torchrun ranks may write it at the same time
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, text)  # torchrun ranks may write it at the same time
     return load_tokenizer("bpe", train_files=[path], vocab_size=args.bpe_vocab_size, cache_dir=cache)
 
 
@@ -264,11 +260,6 @@ class LlmTask(engine.Task):
         self.participants = engine.sample_clients(self.seed, r + 1, len(self.sizes), self.per_round, self.purpose)
         return [k for k in self.participants if self.sizes[k]]  # a client without examples sits the round out
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The mean next-token loss of a batch (bf16 autocast on CUDA; the cross-entropy runs in float32)."""
-        with autocast(self.device):
-            return lm_loss(self.fwd, x, y)
-
     def train_client(self, k, r, opt, algo) -> dict:
         """Client k's local steps of round r (its batch order and dropout from the streams keyed (seed, r + 1, k)):
         gradient, clipping to --max-grad-norm, the algorithm's hook, then the SGD or AdamW step."""
@@ -281,7 +272,8 @@ class LlmTask(engine.Task):
                                 exact_steps=a.local_steps):
                 for p in params:
                     p.grad = None
-                loss = self.loss(x, y)
+                with autocast(self.device):  # bf16 on CUDA; the cross-entropy runs in float32
+                    loss = lm_loss(self.fwd, x, y)
                 loss.backward()
                 for p in params:
                     p.grad = torch.zeros_like(p) if p.grad is None else p.grad
