@@ -156,6 +156,8 @@ def choose(args, out: Path, base: str) -> dict[str, float]:
     scores, chosen = record.get("scores", {}), record.get("chosen", {})
     for run in plan(args, base):
         f = out / "selection" / run["name"] / "summary.json"
+        if not f.parent.is_dir():
+            continue                                            # not run (another --only, or not yet)
         summary = json.loads(f.read_text()) if f.is_file() else {}
         val = "diverged" if summary.get("status") == "diverged" else summary.get("final_val_accuracy")
         scores.setdefault(run["setting"], {})[f"{run['lr']:g}"] = val
@@ -330,6 +332,8 @@ def main(argv=None) -> dict:
     sessions = saved_sessions(out / "results.json")
     base_job = base_job_of(out)
     base = str(base_job.output)
+    if args.table_only and (out / "selection").is_dir():
+        choose(args, out, base)                                 # selection.json from the selection runs
     if not args.table_only:
         run = dict(parallel=args.jobs, threads=args.threads, log_dir=out / "logs")
         trained = 0
