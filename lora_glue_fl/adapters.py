@@ -40,6 +40,8 @@ class Adapter:
     dropout: float = 0.0
     extra: dict = field(default_factory=dict)               # config fields kept on save (base model path)
     head_modules: list[str] = field(default_factory=lambda: ["classifier"])  # peft modules_to_save
+    embeddings: list[str] = field(default_factory=list)     # modules of ``factors`` that are nn.Embedding: peft
+    # keys lora_embedding_A [r, vocab] / lora_embedding_B [dim, r], merged as a layer with in = vocab, out = dim
 
     @property
     def scale(self) -> float:
@@ -53,8 +55,8 @@ class Adapter:
         """peft's saved key layout (no adapter name)."""
         sd = {}
         for m, (A, B) in self.factors.items():
-            sd[f"{m}.lora_A.weight"] = A
-            sd[f"{m}.lora_B.weight"] = B
+            a, b = ("embedding_A", "embedding_B") if m in self.embeddings else ("A.weight", "B.weight")
+            sd[f"{m}.lora_{a}"], sd[f"{m}.lora_{b}"] = A, B
         sd.update(self.head)
         return sd
 
@@ -69,15 +71,19 @@ class Adapter:
 def from_state_dict(sd: dict[str, torch.Tensor], r: int, alpha: float, target_modules, use_rslora=False,
                     dropout: float = 0.0, extra: dict | None = None, head_modules=None) -> Adapter:
     """Split a peft state dict (saved key layout) into LoRA factors and head tensors."""
-    factors, head = {}, {}
+    factors, head, embeddings = {}, {}, []
     for key, t in sd.items():
         if key.endswith(".lora_A.weight"):
             m = key[: -len(".lora_A.weight")]
             factors[m] = (t.detach().clone(), sd[f"{m}.lora_B.weight"].detach().clone())
+        elif key.endswith(".lora_embedding_A"):  # LoRA on an nn.Embedding
+            m = key[: -len(".lora_embedding_A")]
+            factors[m] = (t.detach().clone(), sd[f"{m}.lora_embedding_B"].detach().clone())
+            embeddings.append(m)
         elif ".lora_" not in key:
             head[key] = t.detach().clone()
     return Adapter(factors, head, int(r), float(alpha), sorted(target_modules), bool(use_rslora), dropout,
-                   extra or {}, sorted(head_modules or ["classifier"]))
+                   extra or {}, sorted(head_modules or ["classifier"]), embeddings)
 
 
 def from_model(model) -> Adapter:
@@ -241,7 +247,7 @@ def merge(adapters: list[Adapter], weights, method: str = "svd", rank: int | Non
             mean.add([a.head[k].float() for k in keys], wk)
         head = {k: t.to(ref.head[k].dtype) for k, t in zip(keys, mean.result())}
     return Adapter(factors, head, fused_r, fused_alpha, list(ref.target_modules), False, ref.dropout, dict(ref.extra),
-                   list(ref.head_modules))
+                   list(ref.head_modules), list(ref.embeddings))
 
 
 @torch.no_grad()

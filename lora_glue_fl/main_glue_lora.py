@@ -63,8 +63,8 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
         g.add_argument("--lora_alpha", type=float, default=8, help="lora_alpha (scaling alpha / r)")
         g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
         g.add_argument("--target_modules", nargs="+", default=None,
-                       help="linear layers to adapt (default: the architecture's query and value projections, "
-                            "e.g. query value for BERT / RoBERTa, q_lin v_lin for DistilBERT)")
+                       help="linear or embedding layers to adapt (default: the architecture's query and value "
+                            "projections, e.g. query value for BERT / RoBERTa, q_lin v_lin for DistilBERT)")
         g.add_argument("--adapter_output_dir", default=None, help="where the adapter goes (default <run dir>/adapter)")
     cli.add_run_args(p, seed=42)
     p.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="the source's name for --out-dir")

@@ -234,9 +234,10 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None
     (``head_modules``; with ``train_pooler`` also the encoder's ``pooler``) trainable and saved with the adapter."""
     from peft import LoraConfig, TaskType, get_peft_model
     target_modules = list(target_modules) if target_modules else default_target_modules(model)
-    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                     if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))})
     missing = [t for t in target_modules if t not in linear]
-    cli.check(not missing, f"--target_modules {missing} not found among the linear layers of this "
+    cli.check(not missing, f"--target_modules {missing} not found among the linear and embedding layers of this "
                            f"{model.config.model_type} model: {' '.join(linear)}")
     encoder = getattr(model, getattr(model, "base_model_prefix", ""), None)
     pooler = ["pooler"] if train_pooler and getattr(encoder, "pooler", None) is not None else []

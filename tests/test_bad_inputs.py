@@ -42,7 +42,8 @@ SCRIPTS = {
                                                 "--mask-strategy", "random"]),
     "lora_central": (main_glue_lora.main, LORA),
     "lora_full": (baseline_run.main, LORA),
-    "lora_fed": (fedavg_rounds.main, ["--quick", "--quiet", "--rounds", "2", "--max_eval_samples", "16"]),
+    "lora_fed": (fedavg_rounds.main, ["--quick", "--quiet", "--rounds", "2", "--local_epochs", "1",
+                                      "--max_train_samples", "240", "--max_eval_samples", "16"]),
 }
 
 def _base(key: str, paths: dict) -> list[str]:

@@ -38,7 +38,8 @@ def test_model_dir_reproduces_validation_loss(script, tmp_path):
 
 
 def test_fedavg_rounds_model_dir_and_moved_adapter(tmp_path):
-    summary = fedavg_rounds.main(QUICK + ["--task_name", "sst2", "--out-dir", str(tmp_path), "--run-name", "f"])
+    summary = fedavg_rounds.main(QUICK + ["--task_name", "sst2", "--local_epochs", "1", "--max_train_samples", "240",
+                                          "--out-dir", str(tmp_path), "--run-name", "f"])
     run = tmp_path / "f"
     args = json.loads((run / "args.json").read_text())["args"]
     got = _reload_eval(run / "model", args)

@@ -19,7 +19,7 @@ def by_hand(base, data, idx, mu: float) -> dict[str, torch.Tensor]:
     mu (theta - theta_start) to the gradient, AdamW with its linear decay; batches and dropout of round 1, client 0."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.stream_seed(SEED, "lora-init"))
-        model = modeling.attach_lora(copy.deepcopy(base), 4, 4, 0.0, modeling.default_target_modules(base))
+        model = modeling.attach_lora(copy.deepcopy(base), 4, 4, 0.0, fedavg_rounds.QUICK["target_modules"])
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)

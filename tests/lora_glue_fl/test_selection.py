@@ -12,7 +12,7 @@ from common import runs as R
 from common import synthetic
 from lora_glue_fl import fedavg_rounds, glue_tasks, main_glue_lora
 
-QUICK = ["--quick", "--quiet", "--task_name", "sst2"]
+QUICK = ["--quick", "--quiet", "--task_name", "sst2", "--max_train_samples", "240", "--max_eval_samples", "64"]
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +48,15 @@ def test_centralized_tracks_the_selection_split_and_scores_validation_once(folde
 
 
 def test_fedavg_rounds_tracks_the_selection_split_every_round(folder, tmp_path):
-    summary = fedavg_rounds.main(QUICK + ["--data_dir", str(folder), "--rounds", "3", "--out-dir", str(tmp_path),
-                                          "--run-name", "f"])
+    summary = fedavg_rounds.main(QUICK + ["--data_dir", str(folder), "--rounds", "3", "--local_epochs", "1",
+                                          "--out-dir", str(tmp_path), "--run-name", "f"])
     got = rows(tmp_path / "f")
     assert [r["round"] for r in got] == [1, 2, 3] and all("selection_accuracy" in r for r in got)
     assert ["accuracy" in r for r in got] == [False, False, True]
     assert summary["final"]["selection_accuracy"] == got[-1]["selection_accuracy"]
     assert summary["best"]["round"] in (1, 2, 3) and summary["selection_examples"] == 40
     # --no_validation (the selection stage of run_grid.py): the validation split is never scored
-    summary = fedavg_rounds.main(QUICK + ["--data_dir", str(folder), "--rounds", "2", "--out-dir", str(tmp_path),
+    summary = fedavg_rounds.main(QUICK + ["--data_dir", str(folder), "--local_epochs", "1", "--out-dir", str(tmp_path),
                                           "--run-name", "s", "--no_validation"])
     assert not any("accuracy" in r for r in rows(tmp_path / "s")) and "accuracy" not in summary["final"]
     assert "selection_accuracy" in summary["final"]
