@@ -28,12 +28,9 @@ def at_least_one(args, *names: str) -> None:
 
 def common_args(args) -> None:
     """Flags every training script of the subproject shares."""
-    positive(args, "learning_rate", "lora_alpha", "alpha", "pretrain_mlm_lr")
+    positive(args, "learning_rate", "lora_alpha", "alpha")
     at_least_one(args, "max_train_samples", "max_eval_samples", "max_seq_length", "tokenizer_vocab_size",
-                 "per_device_train_batch_size", "per_device_eval_batch_size", "eval_batch_size",
-                 "pretrain_mlm_batch_size", "pretrain_mlm_max_texts")
-    cli.check(getattr(args, "pretrain_mlm_steps", 0) >= 0,
-              f"--pretrain_mlm_steps must be >= 0, got {getattr(args, 'pretrain_mlm_steps', 0)}")
+                 "per_device_train_batch_size", "per_device_eval_batch_size", "eval_batch_size")
     dropout = getattr(args, "lora_dropout", None)
     cli.check(dropout is None or 0.0 <= dropout < 1.0, f"--lora_dropout must be in [0, 1), got {dropout}")
     if getattr(args, "quick", False):  # --quick's tiny model: a rank above its width is refused, not capped

@@ -342,7 +342,7 @@ def main(argv=None) -> dict:
         modeling.quiet_hf()
     with tempfile.TemporaryDirectory() as tmp:  # the tokenizer's training corpus stays out of the run directory
         tokenizer = modeling.build_tokenizer(args, train, Path(tmp))  # cached by content: every rank gets the same
-    base = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
+    base = modeling.build_model(args, tokenizer, task.num_labels, args.seed)
     checks.rank_fits(base, args.lora_r, "--lora_r")
     if args.aggregation == "svd":
         checks.rank_fits(base, args.svd_rank, "--svd_rank")

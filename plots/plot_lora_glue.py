@@ -30,7 +30,7 @@ from common import runs as R
 
 # what splits runs into tables and figures of their own (args.json, else summary.json: "model" is the id a
 # script resolved); everything else that differs splits rows (``R.split_configs``)
-PANEL_KEYS = ("data", "model", "max_seq_length", "max_eval_samples", "pretrain_mlm_steps", "tokenizer")
+PANEL_KEYS = ("data", "model", "max_seq_length", "max_eval_samples", "tokenizer")
 # per-seed paths and bookkeeping: never a difference between configurations
 IGNORE = R.DRAW_IGNORE + ("shard_dir", "adapter_output_dir", "eval_each_round", "eval_clients",
                           "save_client_adapters")
