@@ -271,11 +271,12 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                     if bars:
                         R.draw_seeds(ax, list(bars), bars.values(), f"sparsity {sp:g}", kind="bars", width=width)
                 if acc(dense, key):
-                    ax.axhline(np.mean(acc(dense, key)), color="k", ls="--", label=f"dense FedAvg (n={len(dense)})")
+                    ax.axhline(np.mean(acc(dense, key)), color="k", ls="--",
+                               label=f"dense FedAvg, {sh} (n={len(dense)})")
                 for n, members in groups_by([r for r in probes if shard(r) == sh], frozen).items():
                     if acc(members, key):
                         ax.axhline(np.mean(acc(members, key)), color=PROBE_COLORS.get(n, "0.45"), ls="-.",
-                                   label=f"{probe_label(members[0])} (n={len(members)})")
+                                   label=f"{probe_label(members[0])}, {sh} (n={len(members)})")
                 if key == "test_accuracy":
                     chance_line(ax, dense or sparse)
                 ax.set_xticks(range(len(here)), [strategy_label(*lab).replace("_", "\n").replace(" (", "\n(")

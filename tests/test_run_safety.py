@@ -27,6 +27,7 @@ MAMBA = ["--quick", "--quiet", "--eval-every", "1", "--eval-blocks", "4", "--sam
 VIT = ["--quick", "--quiet", "--num-clients", "10", "--participation-rate", "0.2", "--local-steps", "1",
        "--eval-every", "1", "--max-train", "200", "--max-test", "40", "--batch-size", "16"]
 LORA = ["--quick", "--quiet", "--max_eval_samples", "16"]
+LORA_FED = [*LORA, "--max_train_samples", "240", "--local_epochs", "1"]   # fedavg_rounds: mechanics, not learning
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -104,7 +105,7 @@ def test_vit_huge_learning_rate_diverges_instead_of_reporting_numbers(out_dir, c
 def test_lora_nan_stops_with_exit_3_and_keeps_the_last_finite_checkpoint(out_dir, monkeypatch, capsys):
     # 3 clients per round: the poison starts in round 2
     monkeypatch.setattr(modeling, "train_local", _poison_after(3)(modeling.train_local, lambda a, k: a[0]))
-    err = _diverges(fedavg_rounds.main, [*LORA, "--rounds", "2", "--out-dir", str(out_dir), "--run-name", "r"],
+    err = _diverges(fedavg_rounds.main, [*LORA_FED, "--rounds", "2", "--out-dir", str(out_dir), "--run-name", "r"],
                     capsys)
     assert "round 2" in err
     _assert_kept(out_dir / "r", "lora_glue_fl/fedavg_rounds", "round", 1, _global_tensors)
@@ -175,7 +176,7 @@ def test_resume_with_another_data_folder_is_refused(out_dir, tmp_path, capsys):
 
 
 def test_rerun_is_refused_and_overwrite_leaves_a_clean_directory(out_dir, capsys):
-    argv = [*LORA, "--out-dir", str(out_dir), "--run-name", "r"]
+    argv = [*LORA_FED, "--out-dir", str(out_dir), "--run-name", "r"]
     fedavg_rounds.main([*argv, "--rounds", "2", "--save_client_adapters", "all"])
     run = out_dir / "r"
     assert (run / "round_2").is_dir()
