@@ -260,6 +260,12 @@ class LlmTask(engine.Task):
         self.participants = engine.sample_clients(self.seed, r + 1, len(self.sizes), self.per_round, self.purpose)
         return [k for k in self.participants if self.sizes[k]]  # a client without examples sits the round out
 
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean next-token loss of a batch (bf16 autocast on CUDA; the cross-entropy runs in float32); a test
+        task overrides it to check the client algorithms on a problem solved by hand."""
+        with autocast(self.device):
+            return lm_loss(self.fwd, x, y)
+
     def train_client(self, k, r, opt, algo) -> dict:
         """Client k's local steps of round r (its batch order and dropout from the streams keyed (seed, r + 1, k)):
         gradient, clipping to --max-grad-norm, the algorithm's hook, then the SGD or AdamW step."""
@@ -272,8 +278,7 @@ class LlmTask(engine.Task):
                                 exact_steps=a.local_steps):
                 for p in params:
                     p.grad = None
-                with autocast(self.device):  # bf16 on CUDA; the cross-entropy runs in float32
-                    loss = lm_loss(self.fwd, x, y)
+                loss = self.loss(x, y)
                 loss.backward()
                 for p in params:
                     p.grad = torch.zeros_like(p) if p.grad is None else p.grad
