@@ -129,6 +129,11 @@ def settings(args, base: str, rounds: int) -> list[tuple[str, str, list[str]]]:
     return [s for s in out if not args.only or s[0] in args.only]
 
 
+def reported_name(setting: str, seed: int) -> str:
+    """The run directory of a reported run (its rate is in its args.json, not its name)."""
+    return f"{setting}_seed{seed}"
+
+
 def select_rounds(args) -> int:
     return max(1, args.rounds // SELECT_FRACTION)
 
@@ -142,7 +147,7 @@ def plan(args, base: str, rates: dict[str, float] | None = None) -> list[dict]:
                  "seed": args.select_seed, "lr": lr,
                  "argv": [*argv, "--lr", f"{lr:g}", "--seed", str(args.select_seed)]}
                 for name, script, argv in settings(args, base, select_rounds(args)) for lr in args.lr_grid]
-    return [{"name": f"{name}_seed{seed}", "setting": name, "script": script, "seed": seed, "lr": rates[name],
+    return [{"name": reported_name(name, seed), "setting": name, "script": script, "seed": seed, "lr": rates[name],
              "argv": [*argv, "--lr", f"{rates[name]:g}", "--seed", str(seed)]}
             for seed in range(args.num_runs) for name, script, argv in settings(args, base, args.rounds)]
 
@@ -206,7 +211,7 @@ def load_settings(args, out: Path, base: str) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for seed in range(args.num_runs):
         for name, _, _ in settings(args, base, args.rounds):
-            path = out / f"{name}_seed{seed}"
+            path = out / reported_name(name, seed)
             if (path / "summary.json").is_file():
                 groups.setdefault(name, []).append(R.load_run(path))
     return groups

