@@ -53,8 +53,14 @@ def scratch(run: dict) -> bool:
 
 
 def frozen(run: dict) -> int:
-    """--freeze-layers of a run (0: dense; older runs have no such key)."""
-    return run["args"].get("freeze_layers") or 0
+    """--freeze-layers of a run (0: dense; older runs have no such key); a text run freezing every layer of its
+    encoder is the head-only probe, drawn as the ViT's (2)."""
+    n = run["args"].get("freeze_layers") or 0
+    if n and run["args"].get("arch") == "encoder":
+        config = Path(str(run["summary"].get("weights"))) / "config.json"
+        depth = json.loads(config.read_text()).get("num_hidden_layers") if config.is_file() else None
+        return 2 if depth is not None and n >= depth else n
+    return n
 
 
 def probe_label(run: dict) -> str:

@@ -4,10 +4,11 @@
         --out runs/vit_budgets
 
 Each argument is a suite folder written by ``run_all_experiments.py`` (its ``results.json`` holds every
-setting's per-seed test accuracy and the suite's rounds R; the J sweep's runs scale R by 4 / J, so a suite
-is one budget of sample gradients for every setting). Writes ``<out>/results_budgets.md`` and
-``<out>/vit_accuracy_vs_budget.png`` (accuracy vs budget per setting; the masks' paired difference to dense
-FedAvg per budget), and prints the table.
+setting's per-seed test accuracy, the suite's rounds R and its design: clients per round, local steps, batch,
+warm-up, classes; the J sweep's runs scale R by 4 / J, so a suite is one budget of sample gradients for every
+setting). The ViT suites and the ``--text`` suites (MiniLM on AG News) are compared each with their own kind.
+Writes ``<out>/results_budgets.md`` and ``<out>/{vit,text}_accuracy_vs_budget.png`` (accuracy vs budget per
+setting; the last panel's arms as paired differences to dense FedAvg per budget), and prints the table.
 
 The table's caption (``make_table``) says what each column holds. **Budget criterion**: a setting has
 *settled* when the last budget step (4x the sample gradients between the suites of the README) moves its mean
@@ -17,6 +18,8 @@ flattens at the end, so a run can pass it and still end higher at a larger budge
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -26,9 +29,6 @@ from common.checkpoint import atomic_write_text
 from vit_sparse_fl import run_all_experiments as suite
 
 SETTLED = 1.0  # points: a budget step moving the mean less than this has settled
-WARMUP, M, J, B = suite.WARMUP, suite.M, suite.J, suite.BATCH
-sample_gradients = suite.sample_gradients
-CHANCE = 100.0 / suite.NUM_CLASSES
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -39,8 +39,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     return parser
 
 
-def load_suites(paths: list[str]) -> dict[int, dict[str, dict]]:
-    """{rounds: {setting: {seed: test accuracy in points}}} from each suite's results.json."""
+def load_suites(paths: list[str], designs: list | None = None) -> dict[int, dict[str, dict]]:
+    """{rounds: {setting: {seed: test accuracy in points}}} from each suite's results.json; each suite's
+    ``run_all_experiments.Design`` is appended to ``designs`` when given (a results.json from before designs
+    were recorded is a ViT suite)."""
     suites: dict[int, dict[str, dict]] = {}
     for p in paths:
         f = Path(p) / "results.json"
@@ -48,6 +50,8 @@ def load_suites(paths: list[str]) -> dict[int, dict[str, dict]]:
         cli.check(isinstance(saved, dict) and "rounds" in saved and "table" in saved,
                   f"{f}: not a suite's results.json (no 'rounds' / 'table'; written by run_all_experiments.py)")
         rounds = int(saved["rounds"])
+        if designs is not None:
+            designs.append(suite.Design(**saved["design"]) if "design" in saved else suite.VIT)
         cli.check(rounds not in suites, f"two suites with R = {rounds}: {p} and another")
         suites[rounds] = {k: {int(s): v for s, v in rec["test_accuracy"].items()}
                           for k, rec in saved["table"].items() if rec["test_accuracy"]}
@@ -70,28 +74,28 @@ def label(setting: str) -> str:
              "centralized": "centralized"}
     if setting in names:
         return names[setting]
-    if m := re.fullmatch(r"fedavg_nc(\d+)", setting):
-        return f"FedAvg Nc = {m.group(1)}"
+    title = suite.VIT.shard_title
+    if m := re.fullmatch(r"fedavg_(nc\d+)", setting):
+        return f"FedAvg {title(m.group(1))}"
     if m := re.fullmatch(r"fedavg_(iid|nc2)_J(\d+)", setting):
-        return f"FedAvg {'IID' if m.group(1) == 'iid' else 'Nc = 2'}, J = {m.group(2)}"
-    if m := re.fullmatch(r"probe_(iid|nc2)_(head|last)", setting):
-        return (f"probe (head{' + last block' if m.group(2) == 'last' else ''}), "
-                f"{'IID' if m.group(1) == 'iid' else 'Nc = 2'}")
-    if m := re.fullmatch(r"sparse_(iid|nc2)_s([\d.]+)_(\w+?)(_fisher)?", setting):
-        return (f"{m.group(3)}{' (true Fisher)' if m.group(4) else ''}, "
-                f"{'IID' if m.group(1) == 'iid' else 'Nc = 2'}, s = {m.group(2)}")
+        return f"FedAvg {title(m.group(1))}, J = {m.group(2)}"
+    if m := re.fullmatch(r"probe_(iid|nc\d+)_(head|last)", setting):
+        return f"probe (head{' + last block' if m.group(2) == 'last' else ''}), {title(m.group(1))}"
+    if m := re.fullmatch(r"sparse_(iid|nc\d+)_s([\d.]+)_(\w+?)(_fisher)?", setting):
+        return f"{m.group(3)}{' (true Fisher)' if m.group(4) else ''}, {title(m.group(1))}, s = {m.group(2)}"
     return setting
 
 
-def make_table(suites: dict[int, dict[str, dict]]) -> tuple[str, dict]:
+def make_table(suites: dict[int, dict[str, dict]], d: suite.Design = suite.VIT) -> tuple[str, dict]:
     budgets = list(suites)
     order = list(dict.fromkeys(k for s in suites.values() for k in s))
     head = ("| setting | " + " | ".join(f"R = {r}" for r in budgets) + " | last step: change | settled |"
             + " | ".join(f"Δ vs reference, R = {r}" for r in budgets) + " |")
     lines = [
         "Test accuracy (%) of every setting at each budget: mean ± sample sd over seeds (n). Budget R = rounds of "
-        f"the J = 4 runs; every run of a suite evaluates (R + {WARMUP})·{M}·{J}·{B} sample gradients ("
-        + ", ".join(f"R = {r}: {sample_gradients(r)}" for r in budgets) + "). Last step: the change from the "
+        f"the J = {d.local_steps} runs; every run of a suite evaluates (R + {d.warmup})·{d.per_round}·"
+        f"{d.local_steps}·{d.batch} sample gradients ("
+        + ", ".join(f"R = {r}: {d.sample_gradients(r)}" for r in budgets) + "). Last step: the change from the "
         "previous budget to the largest one the setting has, paired by seed, mean [95% t interval]. Settled: "
         f"that change is below {SETTLED:g} point. Δ vs reference: paired difference to FedAvg IID (FedAvg "
         "settings) or dense FedAvg on the same shards (J sweep, masks, probes) at the same budget (each suite "
@@ -118,28 +122,37 @@ def make_table(suites: dict[int, dict[str, dict]]) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", record
 
 
-PANELS = [("FedAvg vs heterogeneity", ["centralized", "fedavg_iid", "fedavg_iid_scratch", "fedavg_nc5",
-                                        "fedavg_nc2", "fedavg_nc1"]),
-          ("local steps J on Nc = 2 (R x J fixed)", ["fedavg_nc2", "fedavg_nc2_J8", "fedavg_nc2_J16"]),
-          ("masks on Nc = 2, sparsity 0.9", ["fedavg_nc2", "sparse_nc2_s0.9_least_sensitive",
-                                             "sparse_nc2_s0.9_most_sensitive", "sparse_nc2_s0.9_lowest_magnitude",
-                                             "sparse_nc2_s0.9_highest_magnitude", "sparse_nc2_s0.9_random",
-                                             "probe_nc2_head"])]
+def panels(d: suite.Design) -> list[tuple[str, list[str]]]:
+    """(title, settings) of the figure's panels; the last one's masks are also drawn as differences to dense."""
+    if d.name == "ag_news":
+        arms = [f"{sp:g}_{s}" for sp, s in suite.TEXT_MASKS]
+        return [(f"{d.shard_title(shard)}: dense, probe, masks",
+                 [f"fedavg_{shard}", f"probe_{shard}_head", *(f"sparse_{shard}_s{a}" for a in arms)])
+                for shard in ("iid", "nc1", "nc2")]
+    return [("FedAvg vs heterogeneity", ["centralized", "fedavg_iid", "fedavg_iid_scratch", "fedavg_nc5",
+                                         "fedavg_nc2", "fedavg_nc1"]),
+            ("local steps J on Nc = 2 (R x J fixed)", ["fedavg_nc2", "fedavg_nc2_J8", "fedavg_nc2_J16"]),
+            ("masks on Nc = 2, sparsity 0.9", ["fedavg_nc2", "sparse_nc2_s0.9_least_sensitive",
+                                               "sparse_nc2_s0.9_most_sensitive", "sparse_nc2_s0.9_lowest_magnitude",
+                                               "sparse_nc2_s0.9_highest_magnitude", "sparse_nc2_s0.9_random",
+                                               "probe_nc2_head"])]
 
 
-def plot(suites: dict[int, dict[str, dict]], path: Path) -> list[Path]:
+def plot(suites: dict[int, dict[str, dict]], path: Path, d: suite.Design = suite.VIT) -> list[Path]:
     """Test accuracy vs sample gradients, one line per setting, error bars the sample sd; last panel: the
-    masks' paired difference to dense FedAvg on Nc = 2, error bars the 95% t interval."""
+    last panel's arms as paired differences to its dense FedAvg, error bars the 95% t interval."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
-    fig, axes = plt.subplots(1, len(PANELS) + 1, figsize=(5.2 * (len(PANELS) + 1), 4.2), squeeze=False)
-    masks = PANELS[-1][1]
-    for k, (ax, (title, settings)) in enumerate(zip(axes[0], [*PANELS, ("masks − dense FedAvg, Nc = 2, s = 0.9",
-                                                                       masks)])):
-        delta = k == len(PANELS)
+    grid = panels(d)
+    fig, axes = plt.subplots(1, len(grid) + 1, figsize=(5.2 * (len(grid) + 1), 4.2), squeeze=False)
+    masks = grid[-1][1]
+    dense = reference(masks[-1])
+    sample_gradients, chance = d.sample_gradients, 100.0 / d.classes
+    for k, (ax, (title, settings)) in enumerate(zip(axes[0], [*grid, (f"arms − {label(dense)}", masks)])):
+        delta = k == len(grid)
         for i, setting in enumerate(settings):
             ref = reference(setting)
-            if delta and setting == reference(masks[-1]):
+            if delta and setting == dense:
                 continue
             pts = [(sample_gradients(r), stats.paired(s[setting], s[ref]) if delta else
                     stats.summarize(s[setting].values())) for r, s in suites.items()
@@ -153,9 +166,9 @@ def plot(suites: dict[int, dict[str, dict]], path: Path) -> list[Path]:
                         color="k" if setting == reference(settings[-1]) else f"C{i - 1}" if delta else None,
                         label=f"{label(setting)} (n={ns[0]}" + (f"-{ns[-1]})" if len(ns) > 1 else ")"))
         if delta:
-            ax.axhline(0, color="k", lw=1, label="dense FedAvg Nc = 2")
+            ax.axhline(0, color="k", lw=1, label=label(dense))
         else:
-            ax.axhline(CHANCE, color="k", ls=":", lw=1, label=f"chance ({CHANCE:g} %)")
+            ax.axhline(chance, color="k", ls=":", lw=1, label=f"chance ({chance:g} %)")
         ax.set(xscale="log", xlabel="sample gradients per run (suite rounds R)", title=title,
                ylabel="Δ test accuracy (points), 95% interval" if delta else "test accuracy (%)")
         ax.set_xticks([sample_gradients(r) for r in suites], [f"{sample_gradients(r) / 1000:.0f}k\n(R={r})"
@@ -167,14 +180,18 @@ def plot(suites: dict[int, dict[str, dict]], path: Path) -> list[Path]:
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    suites = load_suites(args.suites)
+    designs: list[suite.Design] = []
+    suites = load_suites(args.suites, designs)
     cli.check(len(suites) >= 2, "give at least two suites of different rounds")
-    text, record = make_table(suites)
+    cli.check(len({json.dumps(dataclasses.asdict(d), sort_keys=True) for d in designs}) == 1,
+              "the suites have different designs (task, clients, local steps, batch): compare suites of one kind")
+    text, record = make_table(suites, designs[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results_budgets.md", text)
     print(text)
-    written = [] if args.no_plots else plot(suites, out / "vit_accuracy_vs_budget.png")
+    name = "text" if designs[0].name == "ag_news" else "vit"
+    written = [] if args.no_plots else plot(suites, out / f"{name}_accuracy_vs_budget.png", designs[0])
     return {"table": record, "results_md": str(out / "results_budgets.md"), "figures": [str(p) for p in written]}
 
 

@@ -5,6 +5,12 @@ intervals, Holm-corrected) and the figures.
     python vit_sparse_fl/run_all_experiments.py                       # runs/vit_suite_R192, 2 jobs of 1 thread
     python vit_sparse_fl/run_all_experiments.py --table-only          # table and figures from finished runs
     python vit_sparse_fl/run_all_experiments.py --smoke --out-dir /tmp/vit_smoke   # minutes: tiny budget
+    python vit_sparse_fl/run_all_experiments.py --text              # MiniLM on AG News: runs/text_suite_R24
+
+``--text`` asks the mask question of a real pretrained transformer on real text: all-MiniLM-L6-v2 (the
+``pretrained`` extra) fine-tuned on AG News (``--data-dir``), dense FedAvg, the head-only probe and six masks on
+IID, Nc = 2 and Nc = 1 shards (``TEXT``, ``TEXT_MASKS``), rates per arm family (``TEXT_GRIDS``), 5 seeds; no
+pretraining stage (the encoder is the base).
 
 Design (base, task, federation, compute accounting, plateau criterion, interference, sparse arms, probes,
 statistics): the README's "The suite"; the numbers are the constants below.
@@ -25,6 +31,7 @@ the run directories on every call) and draws <out-dir>/figures/ with plots/plot_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
@@ -40,29 +47,85 @@ from vit_sparse_fl.sparse import STRATEGIES
 
 SCRIPTS = {"centralized": "vit_sparse_fl.train_centralized", "fedavg": "vit_sparse_fl.train_federated",
            "sparse": "vit_sparse_fl.train_federated_sparse"}
-NUM_CLASSES, BATCH = 50, 16                        # the fine-tuning task: classes 0..49
+
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+    """What a suite fixes: its task's flags, the federation (K clients, M per round, J local steps, a head
+    warm-up of W rounds counted in the compute), the shards of the mask tables and the selection budget."""
+    name: str
+    classes: int
+    clients: int                   # K
+    per_round: int                 # M
+    local_steps: int               # J
+    warmup: int                    # head warm-up rounds before the R rounds
+    batch: int
+    shards: dict[str, tuple[str, ...]]
+    select_fraction: int           # selection runs: R / select_fraction rounds
+    out_prefix: str
+
+    def sample_gradients(self, rounds: int) -> int:
+        """What every run of a suite of R rounds evaluates: (R + W) rounds x M clients x J steps x B examples."""
+        return (rounds + self.warmup) * self.per_round * self.local_steps * self.batch
+
+    def shard_title(self, shard: str) -> str:
+        return "IID" if shard == "iid" else f"Nc = {shard[2:]}"
+
+
+NON_IID = ("--sharding", "non_iid", "--nc")
+NUM_CLASSES, BATCH = 50, 16                        # the ViT's fine-tuning task: classes 0..49 of the embedded data
 TASK = ["--quick", "--quiet", "--classes", "0", str(NUM_CLASSES), "--synthetic-per-class", "200", "100",
         "--max-train", "0", "--max-test", "2000", "--val-fraction", "0.1", "--batch-size", str(BATCH)]
 BASE = ["--quick", "--quiet", "--classes", str(NUM_CLASSES), "100", "--synthetic-per-class", "200", "100",
         "--max-train", "0", "--max-test", "0", "--total-steps", "2000", "--batch-size", "64",
         "--warmup-epochs", "1", "--patience", "0"]
-K, C, J, WARMUP, EVAL_EVERY = 50, 0.1, 4, 4, 6
-SHARDS = {"iid": [], "nc2": ["--sharding", "non_iid", "--nc", "2"]}     # the J sweep's and the masks' shards
-SHARD_TITLES = {"iid": "IID", "nc2": "Nc = 2"}
+VIT = Design("vit", NUM_CLASSES, clients=50, per_round=5, local_steps=4, warmup=4, batch=BATCH,
+             shards={"iid": (), "nc2": (*NON_IID, "2")}, select_fraction=4, out_prefix="runs/vit_suite_R")
+EVAL_EVERY = 6
 PROBES = {"head": ("2", "probe: head + final norm"), "last": ("1", "probe: head + final norm + last block")}
-M = max(1, round(C * K))
-SELECT_FRACTION = 4                                # selection runs: R / 4 rounds
+# --text: all-MiniLM-L6-v2 on the real AG News texts (4 classes; 32 tokens: the title and the start of the
+# description), 20 clients of which 5 train per round; interference on 50 test texts of each client's classes
+TEXT_TASK = ["--quiet", "--arch", "encoder", "--data", "ag_news", "--max-length", "32", "--max-test", "1000",
+             "--val-fraction", "0.06", "--batch-size", "8", "--eval-batch-size", "100", "--interference-images", "50"]
+TEXT = Design("ag_news", 4, clients=20, per_round=5, local_steps=4, warmup=2, batch=8,
+              shards={"iid": (), "nc2": (*NON_IID, "2"), "nc1": (*NON_IID, "1")}, select_fraction=2,
+              out_prefix="runs/text_suite_R")
+TEXT_MASKS = [(0.9, s) for s in ("least_sensitive", "most_sensitive", "random", "lowest_magnitude")] + \
+             [(0.5, s) for s in ("least_sensitive", "random")]
+TEXT_PRESET = dict(rounds=24, num_runs=5)
+VIT_GRID = [0.03, 0.1, 0.3, 1.0]
+# --text: SGD with momentum on a pretrained transformer wants rates 10-100x below the head alone's, so each arm
+# family has its own three (dense FedAvg at 0.1 stays at chance on Nc = 2 shards)
+TEXT_GRIDS = {"fedavg": [0.003, 0.01, 0.03], "sparse": [0.01, 0.03, 0.1], "probe": [0.03, 0.1, 0.3]}
+# the ViT suite's names, which compare_budgets and the tests read
+K, J, WARMUP, M, SHARDS = VIT.clients, VIT.local_steps, VIT.warmup, VIT.per_round, VIT.shards
+
+
+def design(args) -> Design:
+    return TEXT if getattr(args, "text", False) else VIT
 
 
 def sample_gradients(rounds: int) -> int:
-    """What every run of a suite of R rounds evaluates: (R + warm-up) rounds x M clients x J steps x B images."""
-    return (rounds + WARMUP) * M * J * BATCH
+    return VIT.sample_gradients(rounds)
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+    parser.add_argument("--text", action="store_true",
+                        help="the mask tables on real text instead: --weights (all-MiniLM-L6-v2) fine-tuned on "
+                             "the AG News CSV files of --data-dir; presets " + ", ".join(
+                                 f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                                 for k, v in TEXT_PRESET.items()))
+    parser.presets = {"text": TEXT_PRESET}
+    parser.add_argument("--weights", default="minilm",
+                        help="--text: the pretrained encoder ('minilm': the 'pretrained' extra; or a Hugging Face "
+                             "encoder folder)")
+    parser.add_argument("--data-dir", default=None,
+                        help="--text: the folder holding AG News test.csv (default: shared/data/ag_news_csv "
+                             "next to the repository)")
     parser.add_argument("--out-dir", default=None,
-                        help="parent folder of every run directory (default runs/vit_suite_R<rounds>)")
+                        help="parent folder of every run directory (default runs/vit_suite_R<rounds>, "
+                             "--text: runs/text_suite_R<rounds>)")
     parser.add_argument("--num-runs", type=flags.POSITIVE_INT, default=3, help="seeds 0..N-1 per setting")
     parser.add_argument("--rounds", type=int, default=192,
                         help="R: rounds of the J = 4 runs after the warm-up (a multiple of 4, for the J sweep)")
@@ -73,8 +136,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.add_argument("--nc-values", type=int, nargs="+", default=[1, 2, 5], help="Nc sweep (classes per client)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.5],
                         help="sparsity ratios of the mask-strategy comparison (IID and Nc = 2 shards)")
-    parser.add_argument("--lr-grid", type=flags.POSITIVE, nargs="+", default=[0.03, 0.1, 0.3, 1.0],
-                        help="rates the selection stage tries for every setting")
+    parser.add_argument("--lr-grid", type=flags.POSITIVE, nargs="+", default=None,
+                        help=f"rates the selection stage tries for every setting (default: {VIT_GRID}; --text: "
+                             f"per arm family, {TEXT_GRIDS})")
     parser.add_argument("--select-seed", type=flags.SEED, default=100,
                         help="seed of the selection runs (apart from the reported seeds 0..N-1)")
     parser.add_argument("--lr", type=flags.POSITIVE, default=None,
@@ -95,12 +159,45 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 def out_dir(args) -> Path:
     """--out-dir, else runs/vit_suite_R<rounds>: suites of different budgets never share run directories (a run's
     name does not carry its rounds)."""
-    return Path(args.out_dir or f"runs/vit_suite_R{args.rounds}")
+    return Path(args.out_dir or f"{design(args).out_prefix}{args.rounds}")
+
+
+def federation(d: Design) -> list[str]:
+    return ["--num-clients", str(d.clients), "--participation-rate", f"{d.per_round / d.clients:g}",
+            "--interference-window", "0.2"]
+
+
+def text_settings(args, rounds: int) -> list[tuple[str, str, list[str]]]:
+    """--text: dense FedAvg, the probe (the head alone) and the masks of ``TEXT_MASKS`` on every shard of
+    ``TEXT``, fine-tuning ``--weights`` on the AG News texts of ``--data-dir``."""
+    from vit_sparse_fl import text
+    depth = json.loads((text.model_folder(args.weights) / "config.json").read_text())["num_hidden_layers"]
+    fed = [*TEXT_TASK, *federation(TEXT), "--data-dir", str(text_data_dir(args)), "--weights", args.weights,
+           "--head-warmup", str(TEXT.warmup), "--local-steps", str(TEXT.local_steps), "--rounds", str(rounds),
+           "--eval-every", str(max(1, rounds // 6))]
+    out = []
+    for shard, flags_ in TEXT.shards.items():
+        out += [(f"fedavg_{shard}", "fedavg", [*fed, *flags_]),
+                (f"probe_{shard}_head", "fedavg", [*fed, *flags_, "--freeze-layers", str(depth)])]
+        out += [(f"sparse_{shard}_s{sp:g}_{strategy}", "sparse",
+                 [*fed, *flags_, "--mask-strategy", strategy, "--sparsity-ratio", f"{sp:g}", "--fisher-score",
+                  "talos", "--calibration-rounds", "2"]) for sp, strategy in TEXT_MASKS]
+    return out
+
+
+def text_data_dir(args) -> Path:
+    """--data-dir, else the AG News folder of a shared/data folder next to the repository."""
+    folder = Path(args.data_dir) if args.data_dir else Path(__file__).resolve().parents[2] / "shared/data/ag_news_csv"
+    cli.check((folder / "test.csv").is_file(), f"--text: {folder} holds no test.csv; pass --data-dir, the folder "
+                                               "of the AG News CSV files")
+    return folder
 
 
 def settings(args, base: str, rounds: int) -> list[tuple[str, str, list[str]]]:
     """Every setting of a suite of ``rounds`` rounds: (name, script, argv without --lr and --seed)."""
-    fed = [*TASK, "--num-clients", str(K), "--participation-rate", str(C), "--interference-window", "0.2"]
+    if getattr(args, "text", False):
+        return [s for s in text_settings(args, rounds) if not args.only or s[0] in args.only]
+    fed = [*TASK, *federation(VIT)]
 
     def fedavg(weights: str) -> list[str]:
         return [*fed, "--head-warmup", str(WARMUP), "--weights", weights, "--local-steps", str(J),
@@ -134,8 +231,15 @@ def reported_name(setting: str, seed: int) -> str:
     return f"{setting}_seed{seed}"
 
 
+def lr_grid(args, setting: str) -> list[float]:
+    """The rates the selection stage tries for ``setting``: --lr-grid, else the suite's default."""
+    if args.lr_grid:
+        return args.lr_grid
+    return TEXT_GRIDS[setting.split("_")[0]] if getattr(args, "text", False) else VIT_GRID
+
+
 def select_rounds(args) -> int:
-    return max(1, args.rounds // SELECT_FRACTION)
+    return max(1, args.rounds // design(args).select_fraction)
 
 
 def plan(args, base: str, rates: dict[str, float] | None = None) -> list[dict]:
@@ -146,7 +250,7 @@ def plan(args, base: str, rates: dict[str, float] | None = None) -> list[dict]:
         return [{"name": f"{name}_lr{lr:g}_seed{args.select_seed}", "setting": name, "script": script,
                  "seed": args.select_seed, "lr": lr,
                  "argv": [*argv, "--lr", f"{lr:g}", "--seed", str(args.select_seed)]}
-                for name, script, argv in settings(args, base, select_rounds(args)) for lr in args.lr_grid]
+                for name, script, argv in settings(args, base, select_rounds(args)) for lr in lr_grid(args, name)]
     return [{"name": reported_name(name, seed), "setting": name, "script": script, "seed": seed, "lr": rates[name],
              "argv": [*argv, "--lr", f"{rates[name]:g}", "--seed", str(seed)]}
             for seed in range(args.num_runs) for name, script, argv in settings(args, base, args.rounds)]
@@ -172,16 +276,18 @@ def choose(args, out: Path, base: str) -> dict[str, float]:
             chosen[setting] = min(ok, key=lambda lr: (-ok[lr], lr))
     atomic_write_json(path, {"criterion": "best final validation accuracy of the selection run (ties: the smaller "
                                           "rate); validation images from the training classes' training split",
-                             "rounds": select_rounds(args), "seed": args.select_seed, "lr_grid": args.lr_grid,
+                             "rounds": select_rounds(args), "seed": args.select_seed,
+                             "lr_grid": args.lr_grid or (TEXT_GRIDS if args.text else VIT_GRID),
                              "scores": scores, "chosen": chosen})
     return chosen
 
 
 def smoke(args) -> None:
     """--smoke: shrink every budget so the pipeline runs in minutes (numbers meaningless)."""
-    global BASE, TASK
+    global BASE, TASK, TEXT_TASK
     BASE = [{"2000": "40", "1": "0"}.get(a, a) for a in BASE]
     TASK = [*TASK, "--max-train", "1000", "--max-test", "500"]
+    TEXT_TASK = [*TEXT_TASK, "--max-train", "400", "--max-test", "200"]
     args.rounds, args.num_runs = 4, 1
 
 
@@ -195,11 +301,12 @@ def base_job_of(out: Path) -> jobs.Job:
                     label="pretrained base")
 
 
-def jobs_of(base: jobs.Job, runs: list[dict], folder: Path) -> list[jobs.Job]:
-    """The base, then every run (those fine-tuning the base wait for it; the others start while it trains)."""
-    grid = [base]
+def jobs_of(base: jobs.Job | None, runs: list[dict], folder: Path) -> list[jobs.Job]:
+    """The base (none for --text), then every run (those fine-tuning the base wait for it; the others start while
+    it trains)."""
+    grid = [base] if base else []
     for run in runs:
-        after = ("base",) if str(base.output) in run["argv"] else ()
+        after = ("base",) if base and str(base.output) in run["argv"] else ()
         grid.append(jobs.Job(run["name"], SCRIPTS[run["script"]],
                              [*run["argv"], "--out-dir", str(folder), "--run-name", run["name"]], after=after))
     return grid
@@ -269,6 +376,26 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
                            "interference": pct(rs, "interference") if interference else None}
         lines.extend([f"**{title}**", "", *stats.markdown(head, table), ""])
 
+    d = design(args)
+    examples = "texts" if d is TEXT else "images"
+    lines.append(f"Chance accuracy: {100.0 / d.classes:.1f} % ({d.classes} classes). Test set: "
+                 f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} {examples}. "
+                 "Cells: mean ± sample sd over seeds (n); Δ: paired difference by seed, mean [95% t interval], "
+                 "verdicts Holm-corrected over each table's differences (a 'no difference' names the effect it "
+                 "rules out); lr: the setting's rate, chosen on validation (selection.json); plateau: runs whose "
+                 f"validation accuracy moved < 1 point over the last 20% of the run; sample gradients: one per "
+                 f"{examples[:-1]} of every local step, head warm-up and mask calibration included; interference: "
+                 "own-class test accuracy, local minus aggregated model, in points.")
+    lines.append("")
+    if d is TEXT:
+        for shard in d.shards:
+            title, dense, probe = d.shard_title(shard), f"fedavg_{shard}", f"probe_{shard}_head"
+            rows = [(dense, f"dense FedAvg ({title})"), (probe, "probe: head")]
+            rows += [(f"sparse_{shard}_s{sp:g}_{s}", f"{s}{' (TaLoS score)' if 'sensitive' in s else ''}, "
+                                                      f"s = {sp:g}") for sp, s in TEXT_MASKS]
+            section(f"Sparse fine-tuning of {args.weights} on AG News, {title} shards",
+                    [(dense, f"dense {title}"), (probe, "probe (head)")], rows, interference=True)
+        return "\n".join(lines) + "\n", record
     iid = f"FedAvg IID, J={J}, from the base"
     lines.append(f"Chance accuracy: {100.0 / NUM_CLASSES:.1f} % ({NUM_CLASSES} classes). Test set: "
                  f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} images. "
@@ -287,11 +414,11 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
             interference=True)
     for shard in args.j_shards:
         ref = f"fedavg_{shard}"
-        section(f"Local steps J at equal sample gradients (R x J fixed), {SHARD_TITLES[shard]}",
+        section(f"Local steps J at equal sample gradients (R x J fixed), {VIT.shard_title(shard)}",
                 [(ref, iid if shard == "iid" else f"FedAvg Nc = 2, J={J}")],
                 [(ref if j == J else f"fedavg_{shard}_J{j}", f"J = {j}, R = {max(1, round(args.rounds * J / j))}")
                  for j in sorted(args.j_values)], interference=shard != "iid")
-    for shard, title in SHARD_TITLES.items():
+    for shard, title in ((shard, VIT.shard_title(shard)) for shard in VIT.shards):
         dense, probe = f"fedavg_{shard}", f"probe_{shard}_head"
         for sp in args.sparsities:
             rows = [(dense, f"dense FedAvg ({title})")]
@@ -335,8 +462,8 @@ def main(argv=None) -> dict:
     out = cli.check_out_dir(out_dir(args))
     t0 = time.perf_counter()
     sessions = saved_sessions(out / "results.json")
-    base_job = base_job_of(out)
-    base = str(base_job.output)
+    base_job = None if args.text else base_job_of(out)
+    base = args.weights if args.text else str(base_job.output)
     if args.table_only and (out / "selection").is_dir():
         choose(args, out, base)                                 # selection.json from the selection runs
     if not args.table_only:
@@ -345,7 +472,7 @@ def main(argv=None) -> dict:
         rates = {name: args.lr for name, _, _ in settings(args, base, args.rounds)} if args.lr else None
         if rates is None:
             first = jobs.run_plan(jobs_of(base_job, plan(args, base), out / "selection"),
-                                  title="vit_sparse_fl suite: learning-rate selection", **run)
+                                  title=f"{design(args).name} suite: learning-rate selection", **run)
             trained += len(first.names("finished", "diverged", "failed"))
             rates = choose(args, out, base)
         missing = [name for name, _, _ in settings(args, base, args.rounds) if name not in rates]
@@ -354,7 +481,7 @@ def main(argv=None) -> dict:
                   f"(logs in {out / 'logs'})")
         else:
             outcome = jobs.run_plan(jobs_of(base_job, plan(args, base, rates), out),
-                                    title="vit_sparse_fl suite: reported runs", **run)
+                                    title=f"{design(args).name} suite: reported runs", **run)
             trained += len(outcome.names("finished", "diverged", "failed"))
         sessions.append({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs_trained": trained,
                          "only": args.only, "wall_seconds": time.perf_counter() - t0})
@@ -364,7 +491,8 @@ def main(argv=None) -> dict:
     # --table-only changes none of them
     atomic_write_text(out / "results.md", text)
     atomic_write_json(out / "results.json", {"base": base, "num_runs": args.num_runs, "rounds": args.rounds,
-                                             "sessions": sessions, "table": record})
+                                             "design": dataclasses.asdict(design(args)), "sessions": sessions,
+                                             "table": record})
     print(text)
     for part in sessions:
         print(f"{part['finished_at']}: {part['runs_trained'] if part['runs_trained'] is not None else '?'} runs trained"

@@ -178,3 +178,61 @@ def test_results_table_pairs_by_seed_with_holm_over_each_table(monkeypatch):
     probe = next(line for line in table.splitlines() if line.startswith("| probe: head + final norm |"))
     cells = [c.strip() for c in probe.strip("|").split("|")]
     assert cells[4].startswith("+4.7 [") and cells[5] == "–" and cells[7] == "1,000"   # no Δ vs itself
+
+
+def _text_args(tiny, *argv):
+    from common import cli
+    model_dir, data = tiny
+    return cli.parse(suite.get_args_parser(), ["--text", "--weights", str(model_dir), "--data-dir", str(data), *argv])
+
+
+def test_text_suite_plans_every_arm_on_every_shard_at_equal_compute(tiny):
+    """--text: dense, the probe (every encoder layer frozen) and six masks on IID, Nc = 2 and Nc = 1 shards of
+    the AG News folder, every arm at the same sample gradients; its presets, out folder and no pretrained base."""
+    args = _text_args(tiny)
+    assert (args.rounds, args.num_runs) == (24, 5) and str(suite.out_dir(args)) == "runs/text_suite_R24"
+    runs = suite.plan(args, args.weights, {name: 0.01 for name, _, _ in suite.settings(args, args.weights, 24)})
+    seed0 = [r for r in runs if r["seed"] == 0]
+    assert len(runs) == 5 * len(seed0) and len(seed0) == 3 * 8
+    assert {_flag(r, "--nc") for r in seed0} == {None, "1", "2"}
+    assert all(_flag(r, "--data-dir") == str(tiny[1]) and _flag(r, "--weights") == str(tiny[0]) for r in seed0)
+    assert all(_flag(r, "--arch") == "encoder" and _flag(r, "--data") == "ag_news" for r in seed0)
+    probes = {_flag(r, "--freeze-layers") for r in seed0 if r["setting"].startswith("probe")}
+    assert probes == {"2"}                                                       # the tiny encoder's depth
+    masks = {(_flag(r, "--sparsity-ratio"), _flag(r, "--mask-strategy")) for r in seed0 if r["script"] == "sparse"}
+    assert masks == {(f"{sp:g}", s) for sp, s in suite.TEXT_MASKS}
+    steps = {(int(_flag(r, "--rounds")) + int(_flag(r, "--head-warmup"))) * int(_flag(r, "--local-steps"))
+             * round(float(_flag(r, "--participation-rate")) * int(_flag(r, "--num-clients")))
+             * int(_flag(r, "--batch-size")) for r in seed0}
+    assert steps == {suite.TEXT.sample_gradients(24)}
+    assert [j.name for j in suite.jobs_of(None, runs[:2], Path("x"))] == [r["name"] for r in runs[:2]]
+
+
+def test_text_selection_tries_each_arm_familys_rates_at_half_the_budget(tiny):
+    runs = suite.plan(_text_args(tiny), str(tiny[0]))
+    grids = {r["setting"].split("_")[0]: set() for r in runs}
+    for r in runs:
+        grids[r["setting"].split("_")[0]].add(r["lr"])
+        assert _flag(r, "--rounds") == "12" and r["seed"] == 100
+    assert grids == {family: set(rates) for family, rates in suite.TEXT_GRIDS.items()}
+    given = suite.plan(_text_args(tiny, "--lr-grid", "0.5"), str(tiny[0]))
+    assert {r["lr"] for r in given} == {0.5}
+
+
+def test_text_table_has_a_section_per_shard_with_probe_and_masks(tiny, monkeypatch):
+    def runs(acc):
+        return [{"args": {"seed": s, "lr": 0.01}, "path": f"r{s}",
+                 "summary": {"test_accuracy": a / 100, "test_images": 1000, "sample_gradients": 4160,
+                             "interference": 0.0}} for s, a in enumerate(acc)]
+
+    groups = {"fedavg_nc1": runs([60, 62, 61]), "probe_nc1_head": runs([80, 81, 82]),
+              "sparse_nc1_s0.9_random": runs([70, 72, 71])}
+    monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
+    text, record = suite.make_table(_text_args(tiny), Path("unused"), str(tiny[0]))
+    assert "Chance accuracy: 25.0 % (4 classes). Test set: 1000 texts." in text
+    assert [line for line in text.splitlines() if line.startswith("**")] == [
+        f"**Sparse fine-tuning of {tiny[0]} on AG News, {t} shards**" for t in ("IID", "Nc = 2", "Nc = 1")]
+    nc1 = text.split("Nc = 1 shards**")[1]
+    random_row = next(line for line in nc1.splitlines() if line.startswith("| random, s = 0.9 |"))
+    assert "+10.0 [+10.0, +10.0] (n=3" in random_row and "-10.0 [-12.5, -7.5] (n=3" in random_row
+    assert record["probe_nc1_head"]["test_accuracy"] == pytest.approx({0: 80.0, 1: 81.0, 2: 82.0})

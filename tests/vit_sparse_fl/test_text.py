@@ -2,9 +2,7 @@
 through the ViT's federated, sparse and probe code (a tiny random BERT and CSV files written here)."""
 from __future__ import annotations
 
-import csv
 import json
-import random
 
 import pytest
 import torch
@@ -14,37 +12,6 @@ from common.fisher import diagonal_fisher
 from vit_sparse_fl import text
 from vit_sparse_fl import train_federated as fed
 from vit_sparse_fl import train_federated_sparse as fsp
-
-WORDS = {0: "vote senate minister election", 1: "goal match coach league", 2: "stocks profit market shares",
-         3: "software chip internet space"}
-FILLER = "the a of in on today new says report after"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(encoder folder, AG News folder): a 2-layer random BERT with a word-level vocabulary, and 4-class CSV
-    rows in the original format (quoted class index 1..4, title, description with an escaped newline)."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    root = tmp_path_factory.mktemp("text")
-    words = sorted({w for v in WORDS.values() for w in v.split()} | set(FILLER.split()))
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    model_dir = root / "encoder"
-    BertTokenizer(vocab=vocab).save_pretrained(model_dir)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    BertModel(cfg).save_pretrained(model_dir)
-    data = root / "ag_news"
-    data.mkdir()
-    rng = random.Random(0)
-    with open(data / "test.csv", "w", newline="") as f:
-        w = csv.writer(f, quoting=csv.QUOTE_ALL)
-        for i in range(480):
-            pool = (WORDS[i % 4] + " " + FILLER).split()
-            title, first, second = (" ".join(rng.choice(pool) for _ in range(k)) for k in (4, 6, 4))
-            w.writerow([str(i % 4 + 1), title, first + "\\" + second])
-    return model_dir, data
 
 
 def argv(tiny, out, *extra):
@@ -122,3 +89,16 @@ def test_malformed_csv_and_missing_folder_are_refused(tiny, tmp_path):
         text.read_csv(tmp_path / "test.csv")
     with pytest.raises(UsageError, match="no test.csv"):
         text.csv_files(tmp_path / "nothing")
+
+
+def test_plot_vit_draws_a_text_run_freezing_every_layer_as_the_head_only_probe(tiny):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("plot_vit", Path(__file__).parents[2] / "plots" / "plot_vit.py")
+    plot_vit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_vit)
+
+    def run(frozen):
+        return {"args": {"arch": "encoder", "freeze_layers": frozen}, "summary": {"weights": str(tiny[0])}}
+    assert [plot_vit.probe_label(run(n)) for n in (2, 1)] == ["probe: head", "probe: head + last block"]
+    assert plot_vit.frozen(run(0)) == 0 and plot_vit.frozen(run(5)) == 2       # depth 2: every layer frozen
