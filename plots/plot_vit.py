@@ -208,19 +208,22 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
         curve(axes[0], members, f"FedAvg {shard(members[0])}" + (", from scratch" if key[0] else ""),
               ls="--" if key[0] else "-")
     ax = axes[1]
-    nc2 = [r for r in sparse if r["args"]["sharding"] != "iid"]
+    skewed = {r["args"]["nc"] for r in sparse if r["args"]["sharding"] != "iid"}
+    nc = 2 if 2 in skewed or not skewed else min(skewed)     # one shard per panel: Nc = 2 where there are runs
+    nc2 = [r for r in sparse if r["args"]["sharding"] != "iid" and r["args"]["nc"] == nc]
     if nc2:
         first = max(r["args"]["sparsity_ratio"] for r in nc2)
         chosen = groups_by([r for r in nc2 if r["args"]["sparsity_ratio"] == first], strategy)
         for key, members in sorted(chosen.items()):
             curve(ax, members, strategy_label(*key))
-        dense = [r for r in based if r["args"]["sharding"] != "iid" and r["args"]["nc"] == 2
+        dense = [r for r in based if r["args"]["sharding"] != "iid" and r["args"]["nc"] == nc
                  and r["args"]["local_steps"] == base_j]
         if dense:
             curve(ax, dense, "dense FedAvg", color="k", ls="--")
-        for members in groups_by([r for r in probes if r["args"]["sharding"] != "iid"], frozen).values():
+        for members in groups_by([r for r in probes if r["args"]["sharding"] != "iid" and r["args"]["nc"] == nc],
+                                 frozen).values():
             curve(ax, members, probe_label(members[0]), color=PROBE_COLORS.get(frozen(members[0]), "0.45"), ls="-.")
-        ax.set(title=f"Nc = 2, sparsity {first:g}")
+        ax.set(title=f"Nc = {nc}, sparsity {first:g}")
     else:
         ax.text(0.5, 0.5, "no sparse runs on non-IID shards", ha="center", transform=ax.transAxes)
     axes[0].set(title=f"FedAvg (J = {base_j})", ylabel="validation accuracy (%)")
