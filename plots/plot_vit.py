@@ -182,6 +182,13 @@ def main(argv=None) -> dict:
     return {"figures": [str(p) for p in written]}
 
 
+def panel_nc(sparse: list[dict]) -> int:
+    """The one non-IID shard whose masks the rounds figure draws: Nc = 2 where it has sparse runs, else the most
+    skewed one (a suite with masks on several shards must not pool them into one line)."""
+    skewed = {r["args"]["nc"] for r in sparse if r["args"]["sharding"] != "iid"}
+    return 2 if 2 in skewed or not skewed else min(skewed)
+
+
 def draw_suite(runs: list[dict], out: Path) -> list[Path]:
     """Every figure of one suite into ``out``."""
     import matplotlib.pyplot as plt
@@ -208,8 +215,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
         curve(axes[0], members, f"FedAvg {shard(members[0])}" + (", from scratch" if key[0] else ""),
               ls="--" if key[0] else "-")
     ax = axes[1]
-    skewed = {r["args"]["nc"] for r in sparse if r["args"]["sharding"] != "iid"}
-    nc = 2 if 2 in skewed or not skewed else min(skewed)     # one shard per panel: Nc = 2 where there are runs
+    nc = panel_nc(sparse)
     nc2 = [r for r in sparse if r["args"]["sharding"] != "iid" and r["args"]["nc"] == nc]
     if nc2:
         first = max(r["args"]["sparsity_ratio"] for r in nc2)

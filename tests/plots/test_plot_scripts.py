@@ -163,3 +163,11 @@ def test_nothing_to_draw_is_one_line_and_writes_nothing(script, tmp_path, capsys
     with pytest.raises(SystemExit) as e:
         cli.run(script.main, ["--runs", str(empty), "--out", str(tmp_path / "file")])
     assert e.value.code == 2 and "is a file" in capsys.readouterr().err
+
+
+def test_plot_vit_draws_the_masks_of_one_shard():
+    def run(sharding, nc):
+        return {"args": {"sharding": sharding, "nc": nc}}
+    assert plot_vit.panel_nc([run("non_iid", 1), run("non_iid", 2), run("iid", 2)]) == 2
+    assert plot_vit.panel_nc([run("non_iid", 5), run("non_iid", 1), run("iid", 2)]) == 1
+    assert plot_vit.panel_nc([run("iid", 2)]) == 2
