@@ -317,8 +317,9 @@ def jobs_of(base: jobs.Job | None, runs: list[dict], folder: Path) -> list[jobs.
 def load_settings(args, out: Path, base: str) -> dict[str, list[dict]]:
     """{setting: [loaded finished reported run, ...]}."""
     groups: dict[str, list[dict]] = {}
+    every = argparse.Namespace(**{**vars(args), "only": None})     # --only limits what trains, not the table
     for seed in range(args.num_runs):
-        for name, _, _ in settings(args, base, args.rounds):
+        for name, _, _ in settings(every, base, args.rounds):
             path = out / reported_name(name, seed)
             if (path / "summary.json").is_file():
                 groups.setdefault(name, []).append(R.load_run(path))
