@@ -51,7 +51,7 @@ SCRIPTS = {"centralized": "vit_sparse_fl.train_centralized", "fedavg": "vit_spar
 
 @dataclasses.dataclass(frozen=True)
 class Design:
-    """What a suite fixes: its task's flags, the federation (K clients, M per round, J local steps, a head
+    """What a suite fixes: its task's classes, the federation (K clients, M per round, J local steps, a head
     warm-up of W rounds counted in the compute), the shards of the mask tables and the selection budget."""
     name: str
     classes: int
@@ -98,16 +98,12 @@ VIT_GRID = [0.03, 0.1, 0.3, 1.0]
 # family has its own three (dense FedAvg at 0.1 stays at chance on Nc = 2 shards; the masks and the probe chose
 # the top of grids one and two steps lower in the first selections at Nc = 2)
 TEXT_GRIDS = {"fedavg": [0.003, 0.01, 0.03], "sparse": [0.1, 0.3, 1.0], "probe": [0.1, 0.3, 1.0]}
-# the ViT suite's names, which compare_budgets and the tests read
-K, J, WARMUP, M, SHARDS = VIT.clients, VIT.local_steps, VIT.warmup, VIT.per_round, VIT.shards
+# the ViT suite's names, which its settings and the tests read
+J, WARMUP, M, SHARDS = VIT.local_steps, VIT.warmup, VIT.per_round, VIT.shards
 
 
 def design(args) -> Design:
     return TEXT if getattr(args, "text", False) else VIT
-
-
-def sample_gradients(rounds: int) -> int:
-    return VIT.sample_gradients(rounds)
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
