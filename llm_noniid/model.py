@@ -1,6 +1,8 @@
 """Causal LMs with LoRA adapters for llm_noniid: ``--model`` is a short name (``HUB_NAMES``), any hub name or
-local folder (from the HF cache; offline and not cached -> one-line error), or ``tiny-gpt2`` (``tiny_gpt2``,
-for ``--quick``, the tests and from-scratch runs). LoRA targets follow the architecture (``LORA_TARGETS``).
+local folder (from the HF cache; offline and not cached -> one-line error; ``pretrain.py`` makes one here), or
+``tiny-gpt2`` (``tiny_gpt2``, for ``--quick``, the tests and from-scratch runs). LoRA targets (attention and MLP
+projections) follow the architecture (``LORA_TARGETS``; ``--lora-targets`` overrides). A model whose prediction
+at one position depends on later tokens (a bidirectional encoder loaded as a causal LM) is refused.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from common.cli import UsageError
+from common.pretrained import quiet_loading
 
 HUB_NAMES = {
     "distilgpt2": "distilgpt2",
@@ -17,12 +20,14 @@ HUB_NAMES = {
     "tinyllama": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
     "qwen-0.5b": "Qwen/Qwen2.5-0.5B",
 }
-# per model_type: the linear layers that get adapters (attention and MLP projections)
+# per model_type: the linear layers that get adapters (attention and MLP projections; names as peft matches them,
+# the last part of a module's name)
+_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA_TARGETS = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "llama": _LLAMA, "qwen2": _LLAMA, "mistral": _LLAMA,
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
 }
 
 
@@ -48,11 +53,14 @@ def load_base(model: str, *, vocab_size: int, seq_len: int, eos_id: int | None, 
 
     name = hub_name(model)
     try:
-        base = AutoModelForCausalLM.from_pretrained(name, cache_dir=cache_dir)
+        with quiet_loading():
+            base = AutoModelForCausalLM.from_pretrained(name, cache_dir=cache_dir)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        where = "folder" if Path(name).exists() else "hub model"
-        raise UsageError(f"{where} {name!r} could not be loaded from the hub or its cache ({first[:160]}); "
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        if Path(name).exists():
+            raise UsageError(f"folder {name!r} holds no causal LM that AutoModelForCausalLM loads ({first}); expected "
+                             f"a save_pretrained folder (config.json and weights)") from None
+        raise UsageError(f"hub model {name!r} could not be loaded from the hub or its cache ({first}); "
                          f"download it once online, give a local folder, or use --model tiny-gpt2") from None
     positions = max_positions(base)
     if positions is not None and seq_len > positions:
@@ -61,7 +69,27 @@ def load_base(model: str, *, vocab_size: int, seq_len: int, eos_id: int | None, 
     if base.get_input_embeddings().weight.shape[0] < vocab_size:
         raise UsageError(f"model {name} has {base.get_input_embeddings().weight.shape[0]} token embeddings, "
                          f"the tokenizer {vocab_size}; use the model's own tokenizer (--tokenizer auto)")
+    check_causal(base, name)
     return base
+
+
+@torch.no_grad()
+def check_causal(base: nn.Module, name: str) -> None:
+    """Refuse a model whose logits at a position change with a later token (not a causal LM: e.g. a BERT folder,
+    which ``AutoModelForCausalLM`` loads with a warning and which would then see the tokens it predicts)."""
+    vocab = base.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (1, 6), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % vocab
+    was = base.training
+    base.eval()
+    try:
+        a, b = (base(input_ids=x).logits[0, :-1].float() for x in (ids, changed))
+    finally:
+        base.train(was)
+    if not torch.allclose(a, b, atol=1e-4, rtol=1e-4):
+        raise UsageError(f"model {name} ({getattr(base.config, 'model_type', '?')}) is not a causal LM: its "
+                         f"predictions depend on later tokens; give a decoder-only model")
 
 
 def max_positions(base: nn.Module) -> int | None:
@@ -74,34 +102,60 @@ def max_positions(base: nn.Module) -> int | None:
     return None
 
 
+def _matrices(base: nn.Module) -> dict[str, list]:
+    """The model's 2-D weight layers (nn.Linear, GPT-2's Conv1D) by the last part of their names."""
+    out: dict[str, list] = {}
+    for name, m in base.named_modules():
+        w = getattr(m, "weight", None)
+        if name and isinstance(w, torch.Tensor) and w.dim() == 2 and not isinstance(m, nn.Embedding):
+            out.setdefault(name.split(".")[-1], []).append(m)
+    return out
+
+
 def max_lora_rank(base: nn.Module, targets: list[str]) -> int:
     """The largest useful LoRA rank: the smallest side of any adapted layer (a rank above it adds parameters
     and compute, never expressiveness: the update B @ A cannot have a higher rank than that side)."""
-    widths = [min(m.weight.shape) for name, m in base.named_modules()
-              if name.split(".")[-1] in targets and getattr(m, "weight", None) is not None and m.weight.dim() == 2]
+    layers = _matrices(base)
+    widths = [min(m.weight.shape) for t in targets for m in layers.get(t, [])]
     if not widths:
         raise UsageError(f"the model has none of the LoRA target layers {', '.join(targets)}")
     return min(widths)
 
 
-def add_lora(base: nn.Module, r: int, alpha: float, dropout: float) -> nn.Module:
-    """Wrap with LoRA adapters on the architecture's targets (only adapters trainable); r = 0: full
-    fine-tuning, every parameter trainable (used to train the tiny model from scratch)."""
+def lora_targets(base: nn.Module, given: list[str] | None = None) -> list[str]:
+    """``given`` (--lora-targets), else the architecture's (``LORA_TARGETS``); every name must be a weight layer
+    of the model."""
+    mtype = getattr(base.config, "model_type", "")
+    if not given and mtype not in LORA_TARGETS:
+        raise UsageError(f"no LoRA targets known for model type {mtype!r} (known: {', '.join(LORA_TARGETS)}); "
+                         f"name its linear layers with --lora-targets")
+    targets = list(given or LORA_TARGETS[mtype])
+    layers = _matrices(base)
+    missing = [t for t in targets if t not in layers]
+    if missing:
+        flag = "--lora-targets" if given else f"the {mtype} targets"
+        raise UsageError(f"{flag} {' '.join(missing)} name no linear layer of this {mtype} model; its linear "
+                         f"layers: {' '.join(sorted(layers))}")
+    return targets
+
+
+def add_lora(base: nn.Module, r: int, alpha: float, dropout: float, targets: list[str] | None = None) -> nn.Module:
+    """Wrap with LoRA adapters on ``targets`` (default: the architecture's; only adapters trainable); r = 0:
+    full fine-tuning, every parameter trainable (used to train the tiny model from scratch)."""
     if r == 0:
         for p in base.parameters():
             p.requires_grad_(True)
         return base
     from peft import LoraConfig, get_peft_model
 
-    mtype = getattr(base.config, "model_type", "")
-    if mtype not in LORA_TARGETS:
-        raise UsageError(f"no LoRA targets known for model type {mtype!r}; known: {', '.join(LORA_TARGETS)}")
-    limit = max_lora_rank(base, LORA_TARGETS[mtype])
+    targets = lora_targets(base, targets)
+    limit = max_lora_rank(base, targets)
     if r > limit:  # refused before the adapters are built: a huge rank would otherwise train on for minutes
         raise UsageError(f"--lora-r {r} exceeds the width {limit} of the model's adapted layers "
-                         f"({', '.join(LORA_TARGETS[mtype])}); use at most {limit}")
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS[mtype],
-                     fan_in_fan_out=(mtype == "gpt2"), bias="none", task_type="CAUSAL_LM")
+                         f"({', '.join(targets)}); use at most {limit}")
+    conv1d = any(type(m).__name__ == "Conv1D" for t in targets for m in _matrices(base)[t])
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                     fan_in_fan_out=conv1d, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(base, cfg)
 
 

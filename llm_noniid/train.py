@@ -63,6 +63,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--model", default="distilgpt2", help="distilgpt2 | gpt2 | tinyllama | qwen-0.5b | hub name | "
                    "local folder | tiny-gpt2 (random 2-layer GPT-2, from scratch)")
     g.add_argument("--lora-r", type=flags.COUNT, default=8, help="LoRA rank (0: train every parameter)")
+    g.add_argument("--lora-targets", nargs="+", default=None, help="names of the linear layers that get adapters "
+                   "(default: the architecture's attention and MLP projections, for gpt2, llama, qwen2, mistral, "
+                   "gpt_neox, opt)")
     g.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling numerator (scale alpha/r)")
     g.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
     g = p.add_argument_group("partition")
@@ -486,7 +489,7 @@ def run(args, rank: int, world: int) -> dict:
     # ------------------------------------------------------------------ model, run directory, state
     base = load_base(args.model, vocab_size=vocab_size, seq_len=args.seq_len, eos_id=tok.eos_token_id,
                      cache_dir=args.cache_dir)
-    model = add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout).to(device)
+    model = add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets).to(device)
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     params = P.trainable(model)
     names = [n for n, _ in P.named_trainable(model)]

@@ -1,0 +1,264 @@
+"""A pretrained causal LM made here, once: a small GPT-2 trained centrally on WikiText text, saved as a Hugging Face
+folder that ``train.py --model <folder>`` fine-tunes with LoRA like any hub model.
+
+    python llm_noniid/pretrain.py                     # about 20 min on 2 cores; prints the folder
+    python llm_noniid/train.py --model <folder> --data ag_news --data-dir <split> --lora-r 8 ...
+
+No pretrained weights can be downloaded here, and the source's question (how federated LoRA fine-tuning of a
+pretrained LM fails under non-IID data) needs a base that already models language. This one is trained on the
+WikiText files given (default: the WikiText-2 raw test and tokenized valid splits of a ``shared/data`` folder
+next to the repository), text the fine-tuning (AG News) never sees. The files are cut into articles (a
+``= Title =`` line opens one; the tokenized split's spacing, ``@-@`` and friends are undone), the articles are
+split 90 / 5 / 5 into train / validation / test, a byte-level BPE is fitted on the training articles, and the
+model trains on random blocks of their token stream with AdamW, a warm-up and a cosine decay. The checkpoint with
+the best validation perplexity is kept; its test perplexity is printed beside the unigram's (fitted on the
+training articles) and the uniform guess.
+
+The folder depends only on the settings and the text, so it is cached under ``<cache-dir>/<key>/`` and a second
+call returns it at once (a file lock makes a concurrent caller wait). It holds ``config.json``,
+``model.safetensors``, the tokenizer files and ``pretrain.json`` (settings, split sizes, perplexities, wall time).
+An interrupted pretraining resumes from ``<key>.run/checkpoint.pt`` at its last evaluation, bit for bit.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from common import cli, export, flags
+from common.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from common.evaluate import perplexity, unigram_perplexity
+from common.seed import get_rng_state, numpy_rng, seed_everything, set_rng_state
+from common.text import lm_batch, lm_blocks, load_tokenizer
+
+VERSION = 1  # bump when the recipe changes, so stale bases are not reused
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_FILES = (SHARED / "wikitext2_raw" / "wiki.test.raw", SHARED / "wikitext2_tokenized" / "valid.txt")
+# flags that do not change the weights
+IGNORED = ("cache_dir", "threads", "text_files", "quiet", "quick")
+CHECKPOINT_KIND = "llm_noniid/pretrain"
+# --quick: a tiny model for the tests (seconds)
+QUICK = dict(n_layer=1, n_embd=32, n_head=2, vocab_size=400, seq_len=32, batch_size=8, steps=40, eval_every=20,
+             warmup_steps=4)
+
+
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+    p.presets = {"quick": QUICK}
+    p.add_argument("--text-files", nargs="+", default=[str(f) for f in DEFAULT_FILES],
+                   help="WikiText files (raw or tokenized layout; a user's full WikiText-2: wiki.train.raw "
+                        "wiki.valid.raw) (default: the WikiText-2 files of shared/data next to the repository)")
+    p.add_argument("--cache-dir", default="runs/llm_base", help="folder of cached bases, one sub-folder per key")
+    p.add_argument("--n-layer", type=flags.POSITIVE_INT, default=4, help="transformer blocks")
+    p.add_argument("--n-embd", type=flags.POSITIVE_INT, default=256, help="width")
+    p.add_argument("--n-head", type=flags.POSITIVE_INT, default=4, help="attention heads (divide --n-embd)")
+    p.add_argument("--vocab-size", type=flags.POSITIVE_INT, default=8192, help="byte-level BPE vocabulary")
+    p.add_argument("--seq-len", type=flags.POSITIVE_INT, default=128, help="block length (the model's positions)")
+    p.add_argument("--dropout", type=float, default=0.1, help="residual, embedding and attention dropout")
+    p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=16, help="blocks per step")
+    p.add_argument("--steps", type=flags.POSITIVE_INT, default=3000, help="optimizer steps")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only)")
+    p.add_argument("--warmup-steps", type=flags.COUNT, default=100, help="linear warm-up, then cosine to 10%%")
+    p.add_argument("--eval-every", type=flags.POSITIVE_INT, default=250, help="validation (and checkpoint) interval")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the article split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, block order and dropout")
+    p.add_argument("--threads", type=flags.COUNT, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="a tiny model for a check in seconds (" +
+                   ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()) + ")")
+    p.add_argument("--quiet", action="store_true", help="print only the folder")
+    return p
+
+
+# ----------------------------------------------------------------------------- text
+_DETOK = [(" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" , ", ", "), (" . ", ". "), (" ; ", "; "),
+          (" : ", ": "), (" 's", "'s"), (" n't", "n't"), ("( ", "("), (" )", ")"), (" ! ", "! "), (" ? ", "? ")]
+
+
+def detokenize(line: str) -> str:
+    """Undo WikiText's tokenized spacing (``a @-@ b`` -> ``a-b``, ``x , y`` -> ``x, y``); ``<unk>`` stays."""
+    for a, b in _DETOK:
+        line = line.replace(a, b)
+    return re.sub(r" ([.,;:!?])$", r"\1", line)
+
+
+def read_articles(files: list[str]) -> list[tuple[str, str]]:
+    """(title, text) of every article of the WikiText files, paragraphs joined by newlines; an article whose title
+    was seen in an earlier file is skipped (the same split given twice, or raw and tokenized copies of it)."""
+    out, seen = [], set()
+    for f in files:
+        path = Path(f)
+        cli.check(path.is_file(), f"--text-files: {path} does not exist; expected WikiText files (wiki.*.raw)")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise cli.UsageError(f"--text-files: {path} is not UTF-8 text (byte {e.start}); "
+                                 f"expected WikiText") from None
+        title, paras = None, []
+        for line in [*lines, " = END = "]:
+            s = line.strip()
+            if re.fullmatch(r"= [^=].*[^=] =", s):  # a top-level heading opens an article
+                if title is not None and paras and title not in seen:
+                    seen.add(title)
+                    out.append((title, "\n".join(paras)))
+                title, paras = s[2:-2].strip(), []
+            elif s and not (s.startswith("= ") and s.endswith(" =")) and title is not None:
+                paras.append(detokenize(s))
+    cli.check(len(out) >= 3, f"--text-files hold {len(out)} articles; the train / validation / test split needs "
+                             f"at least 3 ('= Title =' lines open them)")
+    return out
+
+
+def split_articles(articles: list, seed: int) -> dict[str, list]:
+    """90 / 5 / 5 by article (at least one each), by a seeded permutation."""
+    order = numpy_rng(seed, "articles").permutation(len(articles))
+    n_eval = max(1, round(0.05 * len(articles)))
+    parts = {"valid": order[:n_eval], "test": order[n_eval:2 * n_eval], "train": order[2 * n_eval:]}
+    return {k: [articles[i] for i in sorted(v)] for k, v in parts.items()}
+
+
+def stream(tok, articles: list[tuple[str, str]]) -> torch.Tensor:
+    """The articles' tokens, each followed by the eos token -> LongTensor [n]."""
+    encs = tok.backend_tokenizer.encode_batch([text for _, text in articles], add_special_tokens=False)
+    return torch.tensor([i for e in encs for i in [*e.ids, tok.eos_token_id]], dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------- the base
+def settings(args, texts_hash: str) -> dict:
+    return {"version": VERSION, "text": texts_hash,
+            **{k: v for k, v in sorted(vars(args).items()) if k not in IGNORED}}
+
+
+def pretrained_base(argv: list[str] | None = None) -> Path:
+    """The cached base folder for these flags, pretrained on first use; returns it."""
+    args = cli.parse(get_args_parser(), argv)
+    cli.check(args.n_embd % args.n_head == 0, f"--n-head {args.n_head} must divide --n-embd {args.n_embd}")
+    cli.check(args.vocab_size >= 300, f"--vocab-size must be >= 300 (256 bytes + merges), got {args.vocab_size}")
+    cli.check(0 <= args.dropout < 1 and args.lr > 0, "--dropout must be in [0, 1) and --lr > 0")
+    articles = read_articles(args.text_files)
+    texts_hash = hashlib.sha256("\x00".join(f"{t}\x01{x}" for t, x in articles).encode()).hexdigest()[:16]
+    config = settings(args, texts_hash)
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(args.cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent caller with the same key waits, then reuses
+        if not (final / "pretrain.json").is_file():
+            train_base(args, config, articles, root / f"{key}.run", final)
+    if not args.quiet:
+        info = json.loads((final / "pretrain.json").read_text())
+        print(f"base: {info['params'] / 1e6:.2f} M parameters, {info['train_tokens']:,} training tokens; test "
+              f"perplexity {info['test_ppl']:.1f} (unigram {info['unigram_ppl']:.1f}, uniform "
+              f"{info['uniform_ppl']:.0f}); pretrained in {info['seconds'] / 60:.1f} min")
+    print(final)
+    return final
+
+
+def lr_at(step: int, args) -> float:
+    """Linear warm-up to --lr, then a cosine decay to 10% of it at the last step."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    frac = (step - args.warmup_steps) / max(args.steps - args.warmup_steps, 1)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train_base(args, config: dict, articles: list, work: Path, final: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    parts = split_articles(articles, args.split_seed)
+    work.mkdir(parents=True, exist_ok=True)
+    train_file = work / "train.txt"
+    atomic_write_text(train_file, "\n".join(text for _, text in parts["train"]) + "\n")
+    tok = load_tokenizer("bpe", train_files=[train_file], vocab_size=args.vocab_size, cache_dir=work)
+    tok.model_max_length = args.seq_len
+    tokens = {k: stream(tok, v) for k, v in parts.items()}
+    blocks = {k: lm_blocks(v, args.seq_len) for k, v in tokens.items()}
+    train_blocks = blocks["train"][:-1] if blocks["train"].shape[0] > 1 else blocks["train"]  # full blocks only
+    evals = {k: [lm_batch(blocks[k][i:i + 32], tok.eos_token_id) for i in range(0, blocks[k].shape[0], 32)]
+             for k in ("valid", "test")}
+
+    seed_everything(args.seed)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=args.seq_len, n_embd=args.n_embd, n_layer=args.n_layer,
+                     n_head=args.n_head, resid_pdrop=args.dropout, embd_pdrop=args.dropout,
+                     attn_pdrop=args.dropout, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    model = GPT2LMHeadModel(cfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    other = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    state = {"step": 0, "history": [], "best": None, "best_ppl": math.inf, "seconds": 0.0}
+    ckpt = work / "checkpoint.pt"
+    if ckpt.is_file():  # resume at the last evaluation
+        saved = load_checkpoint(ckpt, CHECKPOINT_KIND)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        set_rng_state(saved["rng"])
+        state = saved["state"]
+    session = time.perf_counter()
+    per_epoch = train_blocks.shape[0] // args.batch_size
+    cli.check(per_epoch >= 1, f"the training articles hold {train_blocks.shape[0]} blocks of {args.seq_len} "
+                              f"tokens, fewer than one batch of --batch-size {args.batch_size}")
+    model.train()
+    for step in range(state["step"], args.steps):
+        epoch, i = divmod(step, per_epoch)
+        order = numpy_rng(args.seed, "blocks", epoch).permutation(train_blocks.shape[0])
+        batch = lm_batch(train_blocks[torch.as_tensor(order[i * args.batch_size:(i + 1) * args.batch_size])])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            val = perplexity(model, evals["valid"])["ppl"]
+            model.train()
+            state["history"].append({"step": step + 1, "train_loss": float(loss.detach()), "val_ppl": val})
+            if val < state["best_ppl"]:
+                state["best_ppl"], state["best"] = val, {k: v.clone() for k, v in model.state_dict().items()}
+            state["step"] = step + 1
+            state["seconds"] += time.perf_counter() - session
+            session = time.perf_counter()
+            if not args.quiet:
+                print(f"  step {step + 1}/{args.steps}: train loss {float(loss.detach()):.3f}, validation perplexity "
+                      f"{val:.1f} ({state['seconds'] / 60:.1f} min)", flush=True)
+            save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "rng": get_rng_state(), "state": state}, CHECKPOINT_KIND)
+
+    model.load_state_dict(state["best"])
+    model.eval()
+    test = perplexity(model, evals["test"])
+    ref = unigram_perplexity(tokens["train"], blocks["test"], len(tok))
+    shutil.rmtree(work / "folder", ignore_errors=True)
+    out = export.save_model_dir(work, model, tok, info={"test_ppl": test["ppl"]}, name="folder")
+    best = min(state["history"], key=lambda h: h["val_ppl"])
+    atomic_write_json(out / "pretrain.json", {
+        "settings": config, "params": sum(p.numel() for p in model.parameters()),
+        "articles": {k: len(v) for k, v in parts.items()}, "train_tokens": int(tokens["train"].numel()),
+        "valid_tokens": int(tokens["valid"].numel()), "test_tokens": test["tokens"],
+        "best_step": best["step"], "valid_ppl": best["val_ppl"], "test_ppl": test["ppl"],
+        "unigram_ppl": ref["unigram_ppl"], "uniform_ppl": ref["uniform_ppl"], "history": state["history"],
+        "seconds": round(state["seconds"], 1), "wall_seconds_last_session": round(time.perf_counter() - started, 1),
+        "test_titles": [t for t, _ in parts["test"]]})
+    shutil.rmtree(final, ignore_errors=True)
+    out.replace(final)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv=None) -> Path:
+    return pretrained_base(argv)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,105 @@
+"""pretrain.py: WikiText articles split by article, a cached Hugging Face folder that transformers loads with no
+project code, learned past the unigram, resumed bit for bit after an interruption, and fine-tuned by train.py."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from clicases import LLM_SMOKE, one_line_error
+
+from llm_noniid import pretrain, train
+
+WORDS = "market team chip price season court vote match share player court law fund goal".split()
+
+
+def wikitext(path, articles: int = 12, seed: int = 0):
+    """A WikiText-layout file (' = Title = ' headings, ' = = Section = = ', paragraphs in tokenized spacing)
+    whose articles each favour a few words, so a model can learn more than their frequencies."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for a in range(articles):
+        favour = rng.choice(WORDS, 3, replace=False)
+        lines += ["", f" = Article {a} = ", ""]
+        for p in range(8):
+            if p == 4:
+                lines += [" = = Section = = ", ""]
+            words = [favour[i % 3] if rng.random() < 0.6 else rng.choice(WORDS) for i in range(40)]
+            lines += [" " + " ".join(words) + " @-@ the end , as said . ", ""]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_articles_split_without_overlap_and_detokenized(tmp_path):
+    arts = pretrain.read_articles([str(wikitext(tmp_path / "a.raw", 20)), str(wikitext(tmp_path / "a.raw", 20))])
+    assert len(arts) == 20  # the same file twice: every article once
+    parts = pretrain.split_articles(arts, seed=0)
+    titles = [{t for t, _ in parts[k]} for k in ("train", "valid", "test")]
+    assert sum(map(len, titles)) == 20 and not (titles[0] & titles[1] or titles[0] & titles[2] or titles[1] & titles[2])
+    assert len(titles[1]) == len(titles[2]) == 1
+    assert pretrain.detokenize("a @-@ b , c ( d ) 5 @.@ 3 end .") == "a-b, c (d) 5.3 end."
+    assert "Section" not in arts[0][1]  # section headings are not text
+
+
+def test_quick_base_loads_without_project_code_learns_and_is_cached(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    argv = ["--quick", "--text-files", str(wikitext(tmp_path / "w.raw")), "--cache-dir", str(tmp_path / "c"),
+            "--steps", "60", "--eval-every", "30", "--lr", "3e-3"]
+    folder = pretrain.main(argv)
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == str(folder)
+    info = json.loads((folder / "pretrain.json").read_text())
+    assert info["test_ppl"] < 0.8 * info["unigram_ppl"] < info["uniform_ppl"]  # clearly past token frequencies
+    assert info["articles"] == {"train": 10, "valid": 1, "test": 1} and info["best_step"] in (30, 60)
+    model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    assert model.config.model_type == "gpt2" and len(tok) <= model.config.vocab_size
+    ids = tok("market team chip", return_tensors="pt").input_ids
+    assert model(ids).logits.shape[-1] == model.config.vocab_size
+    mtime = (folder / "model.safetensors").stat().st_mtime_ns
+    assert pretrain.main(argv) == folder and (folder / "model.safetensors").stat().st_mtime_ns == mtime
+    assert "pretrained in" in capsys.readouterr().out  # the cached base is reported, not retrained
+    assert pretrain.main([*argv, "--seed", "1"]) != folder  # another setting: another key
+
+    s = train.main(["--quick", *LLM_SMOKE, "--num-rounds", "2", "--model", str(folder), "--lora-r", "2",
+                    "--out-dir", str(tmp_path / "runs"), "--run-name", "r"])
+    assert s["status"] == "complete" and s["vocab_size"] == len(tok)
+
+
+def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch):
+    text = str(wikitext(tmp_path / "w.raw"))
+    argv = ["--quick", "--text-files", text, "--steps", "40", "--eval-every", "10", "--quiet"]
+    whole = pretrain.main([*argv, "--cache-dir", str(tmp_path / "a")])
+    saves, real = [], pretrain.save_checkpoint
+
+    def interrupted(*a, **k):
+        real(*a, **k)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "save_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main([*argv, "--cache-dir", str(tmp_path / "b")])
+    monkeypatch.setattr(pretrain, "save_checkpoint", real)
+    resumed = pretrain.main([*argv, "--cache-dir", str(tmp_path / "b")])
+    from safetensors.torch import load_file
+
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = (json.loads((f / "pretrain.json").read_text())["history"] for f in (whole, resumed))
+    assert ha == hb and len(ha) == 4
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--n-head", "3"], "--n-head 3 must divide --n-embd"),
+    (["--text-files", "{missing}"], "does not exist"),
+    (["--text-files", "{no_titles}"], "hold 0 articles"),
+])
+def test_bad_input_fails_in_one_line(extra, expected, tmp_path, capsys):
+    (tmp_path / "plain.txt").write_text("just a line of text\nand another\n")
+    extra = [e.format(missing=tmp_path / "none.raw", no_titles=tmp_path / "plain.txt") for e in extra]
+    line = one_line_error(pretrain.main, ["--quick", "--cache-dir", str(tmp_path / "c"), *extra], capsys)
+    assert expected in line, line
+    assert not (tmp_path / "c").exists()
