@@ -37,6 +37,7 @@ from common.checkpoint import atomic_write_json, atomic_write_text, load_checkpo
 from common.evaluate import perplexity, unigram_perplexity
 from common.seed import get_rng_state, numpy_rng, seed_everything, set_rng_state
 from common.text import lm_batch, lm_blocks, load_tokenizer
+from llm_noniid.model import lm_loss
 
 VERSION = 1  # bump when the recipe changes, so stale bases are not reused
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -57,17 +58,17 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         "wiki.valid.raw) (default: the WikiText-2 files of shared/data next to the repository)")
     p.add_argument("--cache-dir", default="runs/llm_base", help="folder of cached bases, one sub-folder per key")
     p.add_argument("--n-layer", type=flags.POSITIVE_INT, default=4, help="transformer blocks")
-    p.add_argument("--n-embd", type=flags.POSITIVE_INT, default=256, help="width")
-    p.add_argument("--n-head", type=flags.POSITIVE_INT, default=4, help="attention heads (divide --n-embd)")
-    p.add_argument("--vocab-size", type=flags.POSITIVE_INT, default=8192, help="byte-level BPE vocabulary")
+    p.add_argument("--n-embd", type=flags.POSITIVE_INT, default=192, help="width")
+    p.add_argument("--n-head", type=flags.POSITIVE_INT, default=3, help="attention heads (divide --n-embd)")
+    p.add_argument("--vocab-size", type=flags.POSITIVE_INT, default=4096, help="byte-level BPE vocabulary")
     p.add_argument("--seq-len", type=flags.POSITIVE_INT, default=128, help="block length (the model's positions)")
     p.add_argument("--dropout", type=float, default=0.1, help="residual, embedding and attention dropout")
     p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=16, help="blocks per step")
-    p.add_argument("--steps", type=flags.POSITIVE_INT, default=3000, help="optimizer steps")
+    p.add_argument("--steps", type=flags.POSITIVE_INT, default=2000, help="optimizer steps")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only)")
     p.add_argument("--warmup-steps", type=flags.COUNT, default=100, help="linear warm-up, then cosine to 10%%")
-    p.add_argument("--eval-every", type=flags.POSITIVE_INT, default=250, help="validation (and checkpoint) interval")
+    p.add_argument("--eval-every", type=flags.POSITIVE_INT, default=200, help="validation (and checkpoint) interval")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the article split")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, block order and dropout")
     p.add_argument("--threads", type=flags.COUNT, default=0, help="torch threads (0: torch's default)")
@@ -216,7 +217,7 @@ def train_base(args, config: dict, articles: list, work: Path, final: Path) -> N
         batch = lm_batch(train_blocks[torch.as_tensor(order[i * args.batch_size:(i + 1) * args.batch_size])])
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
-        loss = model(**batch).loss
+        loss = lm_loss(model, batch["input_ids"], batch["labels"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -408,6 +408,7 @@ class LlmTask(engine.Task):
             "rounds_done": rows[-1]["round"] if rows else 0, "num_rounds": self.rounds,
             "final_val_loss": last.get("val_loss"), "final_val_ppl": last.get("val_ppl"),
             "best_val_ppl": best["val_ppl"] if best else None, "best_round": best["round"] if best else None,
+            "initial_val_ppl": acc.get("initial_val_ppl"),
             "final_personal_val_ppl": last.get("personal_val_ppl"),
             # reference points: a model not well below the unigram has learned token frequencies only
             "uniform_ppl": info["refs"]["uniform_ppl"], "unigram_val_ppl": info["refs"]["unigram_ppl"],
@@ -504,6 +505,9 @@ def run(args, rank: int, world: int) -> dict:
             "partition_stats": {k: v for k, v in stats.items() if k != "clients"},
             "topics": [train_data.labels[s] for s in clients.shards], "num_topics": train_data.num_classes}
     task = LlmTask(args, rd, fwd, params, device, client_data, client_held, eval_batches, info)
+    # the model before any round (a pretrained base: its zero-shot perplexity on this split); a resumed run keeps
+    # the value its checkpoint recorded
+    task.acc["initial_val_ppl"] = perplexity(fwd, eval_batches, shard=True)["ppl"]
     fed = engine.Federation(task, args)  # --clustering data: each client's own distribution, sent once
     start = fed.start(rd, names)  # the checkpoint's state, else (IFCA) the clusters' starting models
     if rd.is_main:
