@@ -16,6 +16,7 @@ on it; without it the embedded synthetic AG News is used.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -29,10 +30,12 @@ import numpy as np
 from common import cli, jobs
 from common import runs as R
 from common import stats as S
+from common.checkpoint import atomic_write_json
 from llm_noniid import data as D
 from llm_noniid import failure, train
 
-MODES = ("quick", "failure", "main", "calibrate", "analyze")
+MODES = ("quick", "failure", "main", "calibrate", "select", "headline", "analyze")
+REGIMES = ("scratch", "pretrained")
 SEEDS = "0,1,2"
 ROUNDS = 40  # the study's rounds; arms at equal compute run a multiple of them
 EVAL_EVERY = 2
@@ -45,6 +48,16 @@ TOPIC = ["--partition", "topic_skew", "--alpha", "0.01"]
 FEDAVG = ["--algorithm", "fedavg"]
 SCAFFOLD = ["--algorithm", "scaffold"]
 MUS = ("0.001", "0.01", "0.1", "1")  # FedProx's mu sweep, in every grid
+# the source's regime (--regime pretrained): LoRA (r 8, attention and MLP) on pretrain.py's base with its own
+# tokenizer, the same clients, local steps and clipping; --learning-rate and FedProx's mu are chosen by ``select``
+PRETRAINED = ["--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--tokenizer", "auto", "--seq-len", "64",
+              "--max-train-examples", "0", "--max-eval-examples", "300", "--num-clients", "10", "--batch-size", "8",
+              "--local-steps", "8", "--local-optimizer", "sgd", "--max-grad-norm", "1.0", "--client-holdout", "0.1"]
+PRETRAINED_ROUNDS = 30
+LR_GRID = ("0.1", "0.3", "1", "3")  # FedAvg's rate on IID shards, chosen on the selection split
+SELECT_SEED = 100  # the selection runs' seed, apart from the reported seeds
+HEADLINE_PARTS = (("iid", IID), ("topic a=0.01", TOPIC))
+SHARED_AG_NEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_csv" / "test.csv"
 # IFCA's starting models: --ifca-init-rounds (5) rounds' worth of local steps of one client for each of the
 # --num-clusters (4) clusters = 4 * 5 * 8 = 160 local steps = 2 full rounds of 10 clients x 8 steps
 IFCA_EXTRA_ROUNDS = 2
@@ -55,7 +68,7 @@ def rounds_flags(rounds: int) -> list[str]:
     return ["--num-rounds", str(rounds), "--eval-every", str(max(1, EVAL_EVERY * rounds // ROUNDS))]
 
 
-def arms(mode: str, rounds: int = ROUNDS) -> list[tuple[str, str, list[str]]]:
+def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None) -> list[tuple[str, str, list[str]]]:
     """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each), for runs
     of ``rounds`` rounds; the equal-compute arms run more (2 of 10 clients: 5x the rounds; FedAvg with IFCA's
     extra local steps: IFCA_EXTRA_ROUNDS more)."""
@@ -86,6 +99,11 @@ def arms(mode: str, rounds: int = ROUNDS) -> list[tuple[str, str, list[str]]]:
                  ("style (length)", ["--partition", "style_skew", "--style-criterion", "length"]),
                  ("token (frequency)", ["--partition", "token_skew", "--token-skew", "frequency"])]
         return [(p, name, f + a) for p, f in parts for name, a in algos]
+    if mode == "headline":  # FedProx at the mu ``select`` chose for the partition (``mus``)
+        return [(part, name, split + a) for part, split in HEADLINE_PARTS for name, a in (
+            ("FedAvg", FEDAVG), (f"FedProx mu={(mus or {}).get(part, MUS[0])}",
+                                 ["--algorithm", "fedprox", "--mu", str((mus or {}).get(part, MUS[0]))]),
+            ("SCAFFOLD", SCAFFOLD), ("FedAvg + IFCA (4)", FEDAVG + ifca))]
     if mode == "calibrate":
         return [("iid", "FedAvg lr 8, no clipping", IID + FEDAVG + ["--learning-rate", "8", "--max-grad-norm", "0"]),
                 ("topic a=0.01", "FedAvg, 1 client/round", TOPIC + FEDAVG + one)]
@@ -107,10 +125,18 @@ def equal_compute(rounds: int = ROUNDS) -> list[tuple[str, str, str]]:
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     p.add_argument("--mode", required=True, help=" | ".join(MODES))
-    p.add_argument("--out-dir", default="runs/llm_noniid", help="root of the grid's runs, report and figures")
-    p.add_argument("--rounds", type=int, default=None, help="rounds per run (unset: the study's 40; quick 4)")
+    p.add_argument("--regime", default="scratch", help="scratch: tiny-gpt2 trained from scratch, every parameter | "
+                   "pretrained: LoRA on --base, the rate and FedProx's mu chosen on a selection split first")
+    p.add_argument("--base", default=None, help="--regime pretrained: the causal LM folder (default: pretrain.py's "
+                   "base with its default flags, pretrained into runs/llm_base on first use)")
+    p.add_argument("--out-dir", default=None,
+                   help="root of the grid's runs, report and figures (default: runs/llm_noniid, --regime "
+                        "pretrained: runs/llm_noniid_pretrained)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"rounds per run (unset: the study's {ROUNDS}, pretrained {PRETRAINED_ROUNDS}; quick 4)")
     p.add_argument("--seeds", default=SEEDS, help="comma-separated seeds")
-    p.add_argument("--split-csv", default=None, help="one AG News CSV to split 90/10 into train/valid first")
+    p.add_argument("--split-csv", default=None, help="one AG News CSV to split 90/10 into train/valid first "
+                   "(--regime pretrained: default the AG News test.csv of shared/data next to the repository)")
     p.add_argument("--title", default=None, help="heading of the analyze report")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one process each)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -149,17 +175,29 @@ def split_data(csv_path: str, out: Path) -> Path:
     return folder
 
 
-def plan(mode: str, args, passthrough: list[str]) -> list[jobs.Job]:
+def plan(mode: str, args, passthrough: list[str], setting: dict | None = None) -> list[jobs.Job]:
     """One train.py job per arm of ``mode`` and seed, seed-major: runs in <out-dir>/runs, named by train.py's own
-    default name (+ ``_R<rounds>`` for the equal-compute arms that only run longer)."""
+    default name (+ ``_R<rounds>`` for the equal-compute arms that only run longer). ``setting``: the pretrained
+    regime's chosen rate and mus (``select``)."""
     out = Path(args.out_dir)
     data = ["--data", "ag_news", "--data-dir", str(split_data(args.split_csv, out))] if args.split_csv else []
-    rounds = args.rounds or (4 if mode == "quick" else ROUNDS)
+    if args.regime == "pretrained":
+        rounds = args.rounds or PRETRAINED_ROUNDS
+        study = [*PRETRAINED, "--model", base_folder(args), "--learning-rate", str(setting["learning_rate"])]
+    else:
+        rounds, study = args.rounds or (4 if mode == "quick" else ROUNDS), STUDY
+    return jobs_for([(part, arm, [*study, *rounds_flags(rounds), *data, *flags], rounds)
+                     for part, arm, flags in arms(mode, rounds, (setting or {}).get("mu"))],
+                    parse_seeds(args.seeds), passthrough, out / "runs")
+
+
+def jobs_for(arms_: list[tuple[str, str, list[str], int]], seeds: list[int], passthrough: list[str],
+             runs: Path) -> list[jobs.Job]:
+    """The train.py jobs of (partition, arm, flags, the grid's rounds) for every seed, seed-major, into ``runs``."""
     out_jobs = []
-    for seed in parse_seeds(args.seeds):
-        for part, arm, flags in arms(mode, rounds):
-            argv = [*STUDY, *rounds_flags(rounds), *data, *flags, "--seed", str(seed), *passthrough,
-                    "--out-dir", str(out / "runs"), "--quiet"]
+    for seed in seeds:
+        for part, arm, flags, rounds in arms_:
+            argv = [*flags, "--seed", str(seed), *passthrough, "--out-dir", str(runs), "--quiet"]
             parsed = cli.parse(train.get_args_parser(), argv)  # as train.py reads them (its --quick preset too)
             name = train.default_run_name(parsed)
             if parsed.num_rounds != rounds:  # an equal-compute arm: its own directory (names leave rounds out)
@@ -170,19 +208,77 @@ def plan(mode: str, args, passthrough: list[str]) -> list[jobs.Job]:
     return out_jobs
 
 
-def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
-    """Every run of ``mode`` not yet complete, ``--jobs`` at a time (``common.jobs``; processes of ``--threads``
-    torch threads); the summaries of the finished and diverged runs."""
-    grid = plan(mode, args, passthrough)
+def base_folder(args) -> str:
+    """--base, else pretrain.py's cached base with its default flags (pretrained on first use, about 20 min)."""
+    if not args.base:
+        from llm_noniid import pretrain
+
+        args.base = str(pretrain.pretrained_base(["--cache-dir", "runs/llm_base", "--quiet"]))
+    cli.check(Path(args.base).is_dir(), f"--base {args.base}: no such folder; expected a causal LM folder "
+                                        f"(python llm_noniid/pretrain.py prints one)")
+    return args.base
+
+
+def run_jobs(grid: list[jobs.Job], args, title: str) -> list[dict]:
+    """Every job not yet complete, ``--jobs`` at a time (``common.jobs``; processes of ``--threads`` torch
+    threads); the summaries of the finished and diverged runs."""
     out = Path(args.out_dir)
-    jobs.run_plan(grid, parallel=args.jobs, threads=args.threads, log_dir=out / "logs", title=f"{mode} grid",
+    jobs.run_plan(grid, parallel=args.jobs, threads=args.threads, log_dir=out / "logs", title=title,
                   next_step=f"python llm_noniid/run_experiments.py --mode analyze --out-dir {out}")
     return [s for s in map(jobs.summary_of, grid) if s and s.get("status") in ("complete", "diverged")]
 
 
+def select(args, passthrough: list[str]) -> dict:
+    """The pretrained regime's choices, made on a selection split (10% of the training texts held out as its
+    validation; the reported validation texts are never read) at half the rounds with seed ``SELECT_SEED``:
+    FedAvg's rate on IID shards from ``LR_GRID``, then FedProx's mu per headline partition at that rate. Each
+    choice is the lowest final validation perplexity. Written to <out-dir>/selection.json with every score."""
+    out = Path(args.out_dir)
+    done = out / "selection.json"
+    rounds = max(1, (args.rounds or PRETRAINED_ROUNDS) // 2)
+    if done.is_file():
+        chosen = json.loads(done.read_text())
+        if chosen.get("rounds") == rounds and chosen.get("base") == base_folder(args):
+            return chosen
+    data = D.split_ag_news_csv(split_data(args.split_csv, out) / "train.csv", out / "select" / "data", 0.1, seed=1)
+    study = [*PRETRAINED, "--model", base_folder(args), "--data", "ag_news", "--data-dir", str(data),
+             *rounds_flags(rounds)]
+    runs = out / "select" / "runs"
+    score = lambda s: s["final_val_ppl"] if s and s.get("status") == "complete" and s["final_val_ppl"] is not None \
+        and math.isfinite(s["final_val_ppl"]) else math.inf  # noqa: E731
+    lr_jobs = jobs_for([("iid", f"FedAvg lr {lr}", [*study, "--learning-rate", lr, *IID, *FEDAVG], rounds)
+                        for lr in LR_GRID], [SELECT_SEED], passthrough, runs)
+    run_jobs(lr_jobs, args, "selection: learning rate")
+    lr_scores = {lr: score(jobs.summary_of(j)) for lr, j in zip(LR_GRID, lr_jobs)}
+    lr = min(LR_GRID, key=lambda k: lr_scores[k])
+    cli.check(math.isfinite(lr_scores[lr]), f"selection: FedAvg diverged at every rate of {', '.join(LR_GRID)}")
+    mu_arms = [(part, f"FedProx mu={mu}", [*study, "--learning-rate", lr, *split, "--algorithm", "fedprox", "--mu",
+                                           mu], rounds) for part, split in HEADLINE_PARTS for mu in MUS]
+    mu_jobs = jobs_for(mu_arms, [SELECT_SEED], passthrough, runs)
+    run_jobs(mu_jobs, args, "selection: FedProx mu")
+    mu_scores = {part: {} for part, _ in HEADLINE_PARTS}
+    for (part, arm, _, _), j in zip(mu_arms, mu_jobs):
+        mu_scores[part][arm.split("=")[1]] = score(jobs.summary_of(j))
+    chosen = {"base": base_folder(args), "rounds": rounds, "seed": SELECT_SEED, "learning_rate": float(lr),
+              "mu": {part: min(v, key=v.get) for part, v in mu_scores.items()},
+              "scores": {"learning_rate (FedAvg, iid)": lr_scores, "mu (FedProx)": mu_scores}}
+    atomic_write_json(done, chosen)
+    print(f"selection: learning rate {lr}, FedProx mu {chosen['mu']} ({done})", flush=True)
+    return chosen
+
+
+def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
+    """Every run of ``mode`` not yet complete (the pretrained regime's selection first), ``--jobs`` at a time."""
+    setting = select(args, passthrough) if args.regime == "pretrained" else None
+    if mode == "select":
+        return []
+    return run_jobs(plan(mode, args, passthrough, setting), args, f"{mode} grid")
+
+
 # ----------------------------------------------------------------------------- analyze
-def arm_of(a: dict, rounds: int = ROUNDS) -> tuple[str, str]:
-    """(partition label, arm label) of a run from its args.json, as ``arms(mode, rounds)`` names them."""
+def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0) -> tuple[str, str]:
+    """(partition label, arm label) of a run from its args.json, as ``arms(mode, rounds)`` names them (``lr``: the
+    grid's rate; a run at another one is labelled with it)."""
     part = {"iid": "iid", "style_skew": f"style ({a.get('style_criterion')})",
             "token_skew": f"token ({a.get('token_skew')})"}.get(a["partition"], f"topic a={a.get('alpha'):g}")
     arm = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD"}.get(a["algorithm"], a["algorithm"])
@@ -192,7 +288,7 @@ def arm_of(a: dict, rounds: int = ROUNDS) -> tuple[str, str]:
         arm = "local only (10 clusters)" if a.get("num_clusters") == a["num_clients"] else f"{arm} + data clusters"
     elif a.get("clustering") == "ifca":
         arm += f" + IFCA ({a['num_clusters']})"
-    elif a.get("learning_rate", 1.0) != 1.0:
+    elif a.get("learning_rate", 1.0) != lr:
         arm += f" lr {a['learning_rate']:g}, " + (f"clip {a['max_grad_norm']:g}" if a.get("max_grad_norm") else
                                                    "no clipping")
     elif (rate := a.get("participation_rate", 1.0)) < 1.0:
@@ -201,15 +297,26 @@ def arm_of(a: dict, rounds: int = ROUNDS) -> tuple[str, str]:
     return part, arm + (f", {a['num_rounds']} rounds" if a.get("num_rounds", rounds) != rounds else "")
 
 
-def by_arm(runs: list[dict], rounds: int = ROUNDS) -> dict[tuple, list[dict]]:
-    """{(partition, arm): runs} by ``arm_of``."""
+def by_arm(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> dict[tuple, list[dict]]:
+    """{(partition, arm): runs} by ``arm_of`` (``lr``: the grid's rate)."""
     groups: dict[tuple, list] = {}
     for r in runs:
-        groups.setdefault(arm_of(r["args"], rounds), []).append(r)
+        groups.setdefault(arm_of(r["args"], rounds, lr), []).append(r)
     return groups
 
 
 KEYS = ("final_val_ppl", "final_personal_val_ppl")  # the perplexities every table compares
+# the plateau criterion: the last PLATEAU_TAIL of a run's evaluations improve its best validation perplexity by less
+# than PLATEAU_GAIN (relative)
+PLATEAU_TAIL, PLATEAU_GAIN = 0.2, 0.01
+
+
+def at_plateau(run: dict) -> bool:
+    """Whether the run meets the plateau criterion (a diverged or non-finite curve does not)."""
+    ppl = [r["val_ppl"] for r in run.get("rows", []) if "val_ppl" in r]
+    if len(ppl) < 3 or not all(map(math.isfinite, ppl)):
+        return False
+    return S.plateau_gain([-math.log(v) for v in ppl], tail=PLATEAU_TAIL) < math.log1p(PLATEAU_GAIN)
 
 
 def compare(pairs: dict[tuple, tuple[list, list]]) -> dict[tuple, str]:
@@ -228,22 +335,23 @@ def compute(g: list[dict], ref: list[dict]) -> str:
     return f"{np.mean(tokens[0]) / np.mean(tokens[1]):.2f}x" if all(tokens) else "–"
 
 
-def table(runs: list[dict], mode: str, rounds: int = ROUNDS) -> list[str]:
+def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mus: dict | None = None) -> list[str]:
     """Markdown table of ``mode``'s arms: global and personalised perplexity (mean ± sd), paired differences
     to FedAvg on the same partition (95% t interval, verdicts Holm-corrected over the table), compute (``compute``
     to FedAvg's), run status, detected failure modes."""
-    groups = by_arm(runs, rounds)
-    rows = [(p, a, groups.get((p, a), []), groups.get((p, "FedAvg"), [])) for p, a, _ in arms(mode, rounds)]
+    groups = by_arm(runs, rounds, lr)
+    rows = [(p, a, groups.get((p, a), []), groups.get((p, "FedAvg"), [])) for p, a, _ in arms(mode, rounds, mus)]
     diffs = compare({(p, a): (g, ref) for p, a, g, ref in rows if g and ref and a != "FedAvg"})
     tally = lambda items, of="": ", ".join(f"{k} {v}{of}" for k, v in sorted(Counter(items).items()))
     ppl_cells = lambda p, a, g: [c for key in KEYS for c in (S.fmt_seeds(R.by_seed(g, key).values()),
                                                              diffs.get((p, a, key), ""))]
     return S.markdown(["partition", "arm", "n", "final ppl", "Δ vs FedAvg", "personalised ppl", "Δ vs FedAvg",
-                       "compute", "status", "failure modes (runs)"],
+                       "compute", "status", "failure modes (runs)", "at plateau"],
                       [[p, a, len(g), *ppl_cells(p, a, g), compute(g, ref),
                         tally((r.get("summary") or {}).get("status", "running") for r in g),
-                        tally((m for r in g for m in failure.detect(r["rows"])), f"/{len(g)}") or "none"]
-                       if g else [p, a, 0, "not run", *[""] * 6] for p, a, g, ref in rows])
+                        tally((m for r in g for m in failure.detect(r["rows"])), f"/{len(g)}") or "none",
+                        f"{sum(map(at_plateau, g))}/{len(g)}"]
+                       if g else [p, a, 0, "not run", *[""] * 7] for p, a, g, ref in rows])
 
 
 def references(runs: list[dict]) -> list[str]:
@@ -252,11 +360,13 @@ def references(runs: list[dict]) -> list[str]:
     for part in sorted({arm_of(r["args"])[0] for r in runs}):
         g = [r for r in runs if arm_of(r["args"])[0] == part and r.get("summary")]
         pers = [r["summary"]["personal_unigram_ppl"] for r in g if r["summary"].get("personal_unigram_ppl")]
+        before = [r["summary"]["initial_val_ppl"] for r in g if r["summary"].get("initial_val_ppl")]
         out.append([part, f"{g[0]['summary']['uniform_ppl']:.0f}",
                     S.fmt(S.summarize(r["summary"]["unigram_val_ppl"] for r in g)),
-                    S.fmt(S.summarize(pers)) if pers else "–"])
+                    S.fmt(S.summarize(pers)) if pers else "–", S.fmt(S.summarize(before)) if before else "–"])
     return S.markdown(["partition", "uniform ppl", "unigram ppl (global validation)",
-                       "each client's own unigram on its held-out texts"], out)
+                       "each client's own unigram on its held-out texts",
+                       "the model before training (a base: zero-shot)"], out)
 
 
 # runs whose behaviour is known by construction, independent of the detectors (see the README); FedProx mu = 1
@@ -270,12 +380,12 @@ KNOWN = {
 }
 
 
-def detector_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
+def detector_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> list[str]:
     """Share of runs each detector flags (with ``failure.DEFAULT`` thresholds, detected again from the logged
     curves), per class of runs whose behaviour is known by construction: the healthy column is the false-positive
     rate, the matching column the detection rate."""
-    classes = {name: g for name, is_ in KNOWN.items()  # finished runs only
-               if (g := [r for r in runs if r.get("summary") and is_(*arm_of(r["args"], rounds))])}
+    groups = by_arm([r for r in runs if r.get("summary")], rounds, lr)  # finished runs only
+    classes = {name: g for name, is_ in KNOWN.items() if (g := [r for k, rs in groups.items() if is_(*k) for r in rs])}
     if not classes:
         return ["(no runs of a known class yet: run --mode failure and --mode calibrate)"]
     share = lambda mode, t=failure.DEFAULT: [f"{sum(mode in failure.detect(r['rows'], t) for r in g)}/{len(g)}"
@@ -297,10 +407,10 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
                          for mode, (key, values) in sweeps.items() for v in values])]
 
 
-def equal_compute_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
+def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> list[str]:
     """Paired differences between arms that train the same number of tokens (``equal_compute``), the verdicts
     Holm-corrected over the table."""
-    groups = by_arm(runs, rounds)
+    groups = by_arm(runs, rounds, lr)
     pairs = {(p, a, ref): (groups.get((p, a), []), groups.get((p, ref), [])) for p, a, ref in equal_compute(rounds)}
     diffs = compare({k: gh for k, gh in pairs.items() if all(gh)})
     return S.markdown(["partition", "arm", "reference (same compute)", "compute ratio", "Δ final ppl",
@@ -311,8 +421,10 @@ def equal_compute_table(runs: list[dict], rounds: int = ROUNDS) -> list[str]:
 def report(out_dir: Path, title: str | None = None) -> str:
     runs = R.load_runs(out_dir / "runs", "*")
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
-    # the grid's rounds: the most common (equal-compute arms run more)
+    # the grid's rounds: the most common (equal-compute arms run more); the pretrained regime's rate and mus
     rounds = Counter(r["args"]["num_rounds"] for r in runs).most_common(1)[0][0]
+    chosen = json.loads((out_dir / "selection.json").read_text()) if (out_dir / "selection.json").is_file() else {}
+    lr, mus = chosen.get("learning_rate", 1.0), chosen.get("mu")
     a0 = runs[0]["args"]
     lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", "",
              f"Data {a0.get('data')} ({a0.get('data_dir') or 'embedded'}), model {a0.get('model')} "
@@ -323,17 +435,25 @@ def report(out_dir: Path, title: str | None = None) -> str:
              "interval, the verdicts Holm-corrected over all the table's comparisons (p_Holm when significant; "
              "'no difference after Holm (rules out > x)': the interval rules out effects larger than x); an arm "
              "whose every seed diverged is 'diverged', not compared. Compute: training tokens through "
-             "forward/backward, as a multiple of FedAvg's.", "", "### Reference points", "", *references(runs), ""]
-    groups = by_arm(runs, rounds)
-    for mode in ("failure", "main", "calibrate"):  # each grid's table of its own arms' runs
-        sel = [r for p, a, _ in arms(mode, rounds) for r in groups.get((p, a), [])]
-        if not sel:
+             "forward/backward, as a multiple of FedAvg's. At plateau: runs whose last "
+             f"{PLATEAU_TAIL:.0%} of evaluations improve on the best validation perplexity before them by less "
+             f"than {PLATEAU_GAIN:.0%}.", ""]
+    if chosen:
+        lines += [f"Chosen on a selection split (10% of the training texts; seed {chosen['seed']}, "
+                  f"{chosen['rounds']} rounds; `selection.json` holds every score): FedAvg's rate "
+                  f"{chosen['learning_rate']:g} on IID shards, FedProx mu " + ", ".join(
+                      f"{v} ({k})" for k, v in chosen["mu"].items()) + f". Base: `{chosen['base']}`.", ""]
+    lines += ["### Reference points", "", *references(runs), ""]
+    groups = by_arm(runs, rounds, lr)
+    for mode in ("headline", "failure", "main", "calibrate"):  # each grid's table of its own arms' runs
+        sel = list({id(r): r for p, a, _ in arms(mode, rounds, mus) for r in groups.get((p, a), [])}.values())
+        if not sel or (mode == "headline" and not chosen):
             continue
-        lines += [f"### {mode} grid", "", *table(sel, mode, rounds), ""]
+        lines += [f"### {mode} grid", "", *table(sel, mode, rounds, lr, mus), ""]
         if mode == "failure":
             lines += ["Equal compute (paired by seed, 95% t interval, verdicts Holm-corrected over the table):", "",
-                      *equal_compute_table(sel, rounds), ""]
-    lines += ["### Failure detectors", "", *detector_table(runs, rounds), "",
+                      *equal_compute_table(sel, rounds, lr), ""]
+    lines += ["### Failure detectors", "", *detector_table(runs, rounds, lr), "",
               f"Figures: `python {' '.join(figure_command(out_dir))}` (in figures/).", ""]
     text = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(text, encoding="utf-8")
@@ -348,6 +468,12 @@ def main(argv=None) -> dict:
     args, passthrough = get_args_parser().parse_known_args(argv)
     passthrough = [a for a in passthrough if a != "--"]
     cli.check(args.mode in MODES, f"--mode {args.mode!r} is unknown; expected one of {', '.join(MODES)}")
+    cli.check(args.regime in REGIMES, f"--regime {args.regime!r} is unknown; expected one of {', '.join(REGIMES)}")
+    cli.check(args.regime == "pretrained" or args.mode not in ("select", "headline"),
+              f"--mode {args.mode} belongs to --regime pretrained (the from-scratch study keeps its one rate)")
+    args.out_dir = args.out_dir or ("runs/llm_noniid_pretrained" if args.regime == "pretrained" else "runs/llm_noniid")
+    if args.regime == "pretrained" and args.split_csv is None:
+        args.split_csv = str(SHARED_AG_NEWS)
     cli.check(args.jobs >= 1 and args.threads >= 1, "--jobs and --threads must be >= 1")
     cli.check(args.rounds is None or args.rounds >= 1, f"--rounds must be at least 1, got {args.rounds}")
     parse_seeds(args.seeds)

@@ -193,7 +193,7 @@ def test_train_on_the_real_ag_news_split(shared_data, tmp_path):
 def test_equal_compute_arm_gets_its_own_run_directory(tmp_path, monkeypatch):
     """Run names leave the rounds out (so --extend can continue a run): an arm that only runs more rounds must not
     extend the plain arm's run, it gets a directory of its own."""
-    monkeypatch.setattr(E, "arms", lambda mode, rounds=E.ROUNDS: [
+    monkeypatch.setattr(E, "arms", lambda mode, rounds=E.ROUNDS, mus=None: [
         ("iid", "FedAvg", E.IID + E.FEDAVG), ("iid", f"FedAvg, {rounds + 1} rounds",
                                               E.IID + E.FEDAVG + E.rounds_flags(rounds + 1))])
     root = tmp_path / "grid"
