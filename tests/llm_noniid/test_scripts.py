@@ -202,3 +202,39 @@ def test_equal_compute_arm_gets_its_own_run_directory(tmp_path, monkeypatch):
     assert s["runs"] == 2
     rounds = sorted(json.loads(p.read_text())["num_rounds"] for p in (root / "runs").glob("*/summary.json"))
     assert rounds == [1, 2]
+
+
+def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_path, monkeypatch, capsys,
+                                                                          tiny_folder):
+    """--regime pretrained: the rate and FedProx's mu are chosen on a split of the training texts (never the
+    reported validation texts), recorded in selection.json, and the headline grid trains LoRA on the base at
+    them; the report names the choices, the base's zero-shot perplexity and the plateau column."""
+    import csv
+
+    from common import synthetic
+
+    monkeypatch.setattr(E, "LR_GRID", ("0.05", "0.5"))
+    monkeypatch.setattr(E, "MUS", ("0.01", "1"))
+    base = tiny_folder("gpt2")
+    root = tmp_path / "grid"
+    argv = ["--regime", "pretrained", "--base", str(base), "--out-dir", str(root), "--rounds", "4", "--seeds", "0",
+            "--jobs", "2", "--split-csv", str(synthetic.ensure("ag_news") / "test.csv"), "--",
+            "--max-train-examples", "160", "--max-eval-examples", "32", "--num-clients", "4", "--local-steps", "2",
+            "--seq-len", "24"]
+    E.main(["--mode", "headline", *argv])
+    chosen = json.loads((root / "selection.json").read_text())
+    assert chosen["rounds"] == 2 and chosen["learning_rate"] in (0.05, 0.5) and chosen["base"] == str(base)
+    assert set(chosen["mu"]) == {"iid", "topic a=0.01"} and all(m in ("0.01", "1") for m in chosen["mu"].values())
+    texts = lambda f: {tuple(r) for r in csv.reader(open(f, encoding="utf-8"))}  # noqa: E731
+    assert not texts(root / "select" / "data" / "train.csv") & texts(root / "data" / "test.csv")
+    assert not texts(root / "select" / "data" / "test.csv") & texts(root / "data" / "test.csv")
+    runs = [json.loads(p.read_text())["args"] for p in (root / "runs").glob("*/args.json")]
+    assert len(runs) == 8 and {a["model"] for a in runs} == {str(base)} and {a["lora_r"] for a in runs} == {8}
+    assert {a["learning_rate"] for a in runs} == {chosen["learning_rate"]}
+    assert {a["mu"] for a in runs if a["algorithm"] == "fedprox"} == {float(m) for m in chosen["mu"].values()}
+    capsys.readouterr()
+    E.main(["--mode", "analyze", "--out-dir", str(root)])
+    report = (root / "report.md").read_text()
+    assert "### headline grid" in report and f"FedProx mu={chosen['mu']['topic a=0.01']}" in report
+    assert "the model before training" in report and "at plateau" in report and "FedAvg's rate" in report
+    assert "| iid | FedAvg + IFCA (4) | 1 |" in report
