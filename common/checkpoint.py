@@ -21,6 +21,8 @@ get a message about what they are.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import io
 import json
 import os
@@ -264,3 +266,22 @@ def load_checkpoint(path: str | os.PathLike, kind: str) -> dict:
     if not isinstance(payload, dict) or "state" not in payload:
         raise CheckpointError(f"{path} is not a fedlab checkpoint (no state)")
     return payload["state"]
+
+
+def settings_key(settings: dict) -> str:
+    """A 16-hex-digit key of a JSON-able settings dict (key order does not matter; other values by ``str``)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def built_once(root: str | os.PathLike, key: str, ready: str, build: Callable[[Path], None]) -> Path:
+    """``<root>/<key>``, made by ``build(<root>/<key>)`` unless it already holds the file ``ready`` (a cache of
+    expensive artefacts such as a pretrained base). A file lock makes a concurrent caller with the same key wait
+    for the first one, then reuse what it built, instead of building it twice."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (final / ready).is_file():
+            build(final)
+    return final

@@ -21,7 +21,6 @@ An interrupted pretraining resumes from ``<key>.run/checkpoint.pt`` at its last 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -33,7 +32,14 @@ from pathlib import Path
 import torch
 
 from common import cli, export, flags
-from common.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from common.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    built_once,
+    load_checkpoint,
+    save_checkpoint,
+    settings_key,
+)
 from common.evaluate import perplexity, unigram_perplexity
 from common.seed import get_rng_state, numpy_rng, seed_everything, set_rng_state
 from common.text import lm_batch, lm_blocks, load_tokenizer
@@ -146,14 +152,9 @@ def pretrained_base(argv: list[str] | None = None) -> Path:
     articles = read_articles(args.text_files)
     texts_hash = hashlib.sha256("\x00".join(f"{t}\x01{x}" for t, x in articles).encode()).hexdigest()[:16]
     config = settings(args, texts_hash)
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(args.cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent caller with the same key waits, then reuses
-        if not (final / "pretrain.json").is_file():
-            train_base(args, config, articles, root / f"{key}.run", final)
+    key = settings_key(config)
+    final = built_once(args.cache_dir, key, "pretrain.json",
+                       lambda final: train_base(args, config, articles, final.with_name(f"{key}.run"), final))
     if not args.quiet:
         info = json.loads((final / "pretrain.json").read_text())
         print(f"base: {info['params'] / 1e6:.2f} M parameters, {info['train_tokens']:,} training tokens; test "

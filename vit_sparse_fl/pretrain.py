@@ -16,15 +16,13 @@ validation and test accuracy on the pretraining classes, and the training run di
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 from common import cli
-from common.checkpoint import atomic_write_json
+from common.checkpoint import atomic_write_json, built_once, settings_key
 from vit_sparse_fl import experiment as exp
 from vit_sparse_fl import train_centralized
 
@@ -59,8 +57,7 @@ def base_settings(argv: list[str]) -> tuple[argparse.Namespace, dict]:
 
 
 def cache_key(settings: dict) -> str:
-    blob = json.dumps({"version": VERSION, **settings}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return settings_key({"version": VERSION, **settings})
 
 
 def pretrained_base(argv: list[str]) -> Path:
@@ -68,26 +65,23 @@ def pretrained_base(argv: list[str]) -> Path:
     args, settings = base_settings(argv)
     key = cache_key(settings)
     root = Path(args.cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)        # a concurrent caller with the same key waits, then reuses
-        if not (final / "base.pt").is_file():
-            run_argv = _drop_flag([a for a in argv if a != "--resume"], "--cache-dir")
-            # --resume: a base interrupted mid-training continues from its checkpoint (a fresh one starts)
-            summary = train_centralized.main([*run_argv, "--out-dir", str(root), "--run-name", f"{key}.run",
-                                              "--keep-best", "1", "--resume"])
-            best = Path(summary["run_dir"]) / summary["best_checkpoints"][0]
-            tmp = root / f"{key}.tmp{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            shutil.copyfile(best, tmp / "base.pt")
-            atomic_write_json(tmp / "base.json", {"key": key, "version": VERSION, "argv": run_argv,
-                                                  "settings": settings,
-                                                  "summary": summary})
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-    return final / "base.pt"
+
+    def build(final: Path) -> None:
+        run_argv = _drop_flag([a for a in argv if a != "--resume"], "--cache-dir")
+        # --resume: a base interrupted mid-training continues from its checkpoint (a fresh one starts)
+        summary = train_centralized.main([*run_argv, "--out-dir", str(root), "--run-name", f"{key}.run",
+                                          "--keep-best", "1", "--resume"])
+        best = Path(summary["run_dir"]) / summary["best_checkpoints"][0]
+        tmp = root / f"{key}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        shutil.copyfile(best, tmp / "base.pt")
+        atomic_write_json(tmp / "base.json", {"key": key, "version": VERSION, "argv": run_argv,
+                                              "settings": settings, "summary": summary})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+
+    return built_once(root, key, "base.pt", build) / "base.pt"
 
 
 def _drop_flag(argv: list[str], flag: str) -> list[str]:
