@@ -1,7 +1,7 @@
 """A pretrained causal LM made here, once: a small GPT-2 trained centrally on WikiText text, saved as a Hugging Face
 folder that ``train.py --model <folder>`` fine-tunes with LoRA like any hub model.
 
-    python llm_noniid/pretrain.py                     # about 20 min on 2 cores; prints the folder
+    python llm_noniid/pretrain.py                     # about 13 min on 2 idle cores; prints the folder
     python llm_noniid/train.py --model <folder> --data ag_news --data-dir <split> --lora-r 8 ...
 
 No pretrained weights can be downloaded here, and the source's question (how federated LoRA fine-tuning of a
