@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import time
 import weakref
 from collections import defaultdict
@@ -133,6 +134,15 @@ def sample_clients(seed: int, round_idx: int, num_clients: int, m: int, purpose:
 def clients_per_round(rate: float, num_clients: int) -> int:
     """m = max(1, round(C K))."""
     return max(1, int(round(rate * num_clients)))
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int = 0, final: float = 0.0) -> float:
+    """A round's (or step's) learning rate: linear warmup for ``warmup`` steps, then cosine from ``peak`` to
+    ``final`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from common.checkpoint import (
     save_checkpoint,
     settings_key,
 )
+from common.engine import cosine_lr
 from common.evaluate import perplexity, unigram_perplexity
 from common.seed import get_rng_state, numpy_rng, seed_everything, set_rng_state
 from common.text import lm_batch, lm_blocks, load_tokenizer
@@ -164,14 +165,6 @@ def pretrained_base(argv: list[str] | None = None) -> Path:
     return final
 
 
-def lr_at(step: int, args) -> float:
-    """Linear warm-up to --lr, then a cosine decay to 10% of it at the last step."""
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    frac = (step - args.warmup_steps) / max(args.steps - args.warmup_steps, 1)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
 def train_base(args, config: dict, articles: list, work: Path, final: Path) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -217,7 +210,7 @@ def train_base(args, config: dict, articles: list, work: Path, final: Path) -> N
         order = numpy_rng(args.seed, "blocks", epoch).permutation(train_blocks.shape[0])
         batch = lm_batch(train_blocks[torch.as_tensor(order[i * args.batch_size:(i + 1) * args.batch_size])])
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args)
+            g["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup_steps, 0.1 * args.lr)  # to 10% at the end
         loss = lm_loss(model, batch["input_ids"], batch["labels"])
         opt.zero_grad(set_to_none=True)
         loss.backward()

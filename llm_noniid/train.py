@@ -92,6 +92,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    "clients of every size and every split do the same work (0: epochs)")
     g.add_argument("--batch-size", type=flags.POSITIVE_INT, default=8, help="local batch size (examples)")
     g.add_argument("--learning-rate", type=float, default=5e-5, help="local learning rate")
+    g.add_argument("--lr-schedule", default="constant", help="constant | cosine (the rate of round r: cosine from "
+                   "--learning-rate at the first round to 0 after the last, the same for every client of the round)")
     g.add_argument("--local-optimizer", default="adamw", help="adamw | sgd (SCAFFOLD requires sgd)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="local weight decay")
     g.add_argument("--max-grad-norm", type=float, default=0.0, help="clip local gradients to this norm (0: off)")
@@ -115,6 +117,8 @@ def validate(args) -> None:
         c(args.server_opt in ("fedavg", args.algorithm), f"--algorithm {args.algorithm} contradicts --server-opt "
                                                          f"{args.server_opt}")
         args.server_opt = args.algorithm
+    c(args.lr_schedule in ("constant", "cosine"), f"--lr-schedule {args.lr_schedule!r} is unknown; expected "
+                                                   "constant or cosine")
     c(args.local_optimizer in ("sgd", "adamw"), f"--local-optimizer {args.local_optimizer!r} is unknown; expected "
                                                 "sgd or adamw")
     engine.check_algorithm_args(args, plain_sgd=args.local_optimizer == "sgd", algorithms=ALGORITHMS,
@@ -149,7 +153,8 @@ def default_run_name(a) -> str:
                     e=None if a.local_steps else a.local_epochs, j=a.local_steps or None,
                     mu=a.mu if a.algorithm == "fedprox" else None,
                     w="size" if a.algorithm == "scaffold" and a.scaffold_weighting == "size" else None,
-                    so=a.server_opt if a.server_opt not in ("fedavg", a.algorithm) else None, s=a.seed)
+                    so=a.server_opt if a.server_opt not in ("fedavg", a.algorithm) else None,
+                    sched=a.lr_schedule if a.lr_schedule != "constant" else None, s=a.seed)
 
 
 def build_tokenizer(args, train_texts: list[str]):
@@ -250,6 +255,7 @@ class LlmTask(engine.Task):
         self.sizes = [int(cx.shape[0]) for cx, _ in client_data]
         self.rounds, self.eval_every, self.seed = args.num_rounds, 1, args.seed  # a row every round
         self.per_round = engine.clients_per_round(args.participation_rate, args.num_clients)
+        self.round_lr = args.learning_rate  # plain SGD's step size (this round's, set by make_optimizer)
         self.optimizer = None if args.local_optimizer == "sgd" else torch.optim.AdamW(
             params, lr=args.learning_rate, weight_decay=args.weight_decay)
         # params (+ control variate) per client, down and up
@@ -257,7 +263,15 @@ class LlmTask(engine.Task):
         self.acc = {"detected": {}, "bytes_up": 0, "bytes_down": 0, "train_tokens": 0}
 
     def lr(self, r: int) -> float:
-        return self.args.learning_rate
+        a = self.args
+        return engine.cosine_lr(r, a.num_rounds, a.learning_rate) if a.lr_schedule == "cosine" else a.learning_rate
+
+    def make_optimizer(self, lr: float):
+        opt = super().make_optimizer(lr)
+        for group in opt.param_groups if opt is not None else []:
+            group["lr"] = lr
+        self.round_lr = lr
+        return opt
 
     def sample(self, r: int) -> list[int]:
         self.participants = engine.sample_clients(self.seed, r + 1, len(self.sizes), self.per_round, self.purpose)
@@ -296,7 +310,7 @@ class LlmTask(engine.Task):
                     with torch.no_grad():
                         if a.weight_decay:
                             torch._foreach_add_(grads, [p.detach() for p in params], alpha=a.weight_decay)
-                        torch._foreach_add_([p.detach() for p in params], grads, alpha=-a.learning_rate)
+                        torch._foreach_add_([p.detach() for p in params], grads, alpha=-self.round_lr)
                 steps, tokens = steps + 1, tokens + x.numel()
                 loss_sum, gnorm_sum = loss_sum + loss.detach().float(), gnorm_sum + gnorm.detach().float()
         mu = algo.mu if isinstance(algo, engine.FedProx) else 0.0  # (mu/2) ||theta - theta_global||^2 at the end

@@ -4,7 +4,6 @@ training loop over a batch iterator, and evaluation.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import torch
@@ -204,11 +203,3 @@ def plateau(rows: list[dict], x: str, end: float, window: float = 0.2) -> dict:
         return {"plateau_change": None, "plateau_reached": None}
     change = rows[-1]["val_accuracy"] - before[-1]["val_accuracy"]
     return {"plateau_change": change, "plateau_reached": abs(change) < 0.01}
-
-
-def cosine_lr(step: int, total: int, peak: float, warmup: int = 0, final: float = 0.0) -> float:
-    """Linear warmup for ``warmup`` steps, then cosine from ``peak`` to ``final`` at ``total``."""
-    if warmup > 0 and step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common import cli, compiled, flags
+from common import cli, compiled, engine, flags
 from common import seed as seeding
 from common.checkpoint import atomic_path
 from common.runlog import RunDir
@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
         with seeding.client_rng(args.seed, epoch, 0, purpose="centralized_dropout"):
             for i, batch in enumerate(stream):   # one step per batch so the schedule is per step
                 step = epoch * steps_per_epoch + i
-                lr = exp.cosine_lr(step, total_steps, args.lr, warmup_steps, args.min_lr)
+                lr = engine.cosine_lr(step, total_steps, args.lr, warmup_steps, args.min_lr)
                 loss, _ = exp.train_steps(fwd, optimizer, [batch], label_smoothing=args.label_smoothing,
                                           device=device, lr=lr)
                 loss_sum += loss

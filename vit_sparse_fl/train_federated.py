@@ -177,7 +177,7 @@ class VitTask(engine.Task):
         self.best = {"val_accuracy": -1.0, "round": 0}
 
     def lr(self, r: int) -> float:
-        return self.args.lr if self.rd is None else exp.cosine_lr(r, self.args.rounds, self.args.lr)
+        return self.args.lr if self.rd is None else engine.cosine_lr(r, self.args.rounds, self.args.lr)
 
     def round_start(self, r: int) -> None:
         self.interference = (self.rd is not None and self.args.interference_window > 0 and r >= self.window_start

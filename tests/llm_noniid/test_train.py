@@ -198,3 +198,19 @@ def test_quick_run_learns_well_past_the_unigram(tmp_path):
     s = train.main(["--quick", "--quiet", "--out-dir", str(tmp_path)])
     assert s["status"] == "complete" and s["rounds_done"] == 16
     assert s["final_val_ppl"] < 0.75 * s["unigram_val_ppl"] < s["uniform_ppl"]
+
+
+def test_cosine_schedule_sets_each_rounds_sgd_step(tmp_path):
+    """--lr-schedule cosine: round 1 trains at --learning-rate exactly as the constant run does; later rounds at
+    the cosine's smaller rate, so the runs part from round 2 on (the SGD step reads the round's rate)."""
+    from common import engine
+
+    argv = ["--quick", *LLM_SMOKE, "--num-rounds", "3", "--out-dir", str(tmp_path)]
+    runs = {sched: train.main([*argv, "--lr-schedule", sched, "--run-name", sched]) for sched in ("constant", "cosine")}
+    rows = {sched: [json.loads(line) for line in (tmp_path / sched / "metrics.jsonl").read_text().splitlines()]
+            for sched in runs}
+    assert rows["constant"][0]["train_loss"] == rows["cosine"][0]["train_loss"]
+    assert rows["constant"][0]["update_norm"] == rows["cosine"][0]["update_norm"]
+    assert rows["cosine"][1]["update_norm"] != rows["constant"][1]["update_norm"]
+    assert runs["cosine"]["final_val_ppl"] != runs["constant"]["final_val_ppl"]
+    assert engine.cosine_lr(1, 3, 0.5) == pytest.approx(0.375) and engine.cosine_lr(2, 3, 0.5) == pytest.approx(0.125)

@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 from clicases import narrow_files, umask
 
-from common import cli
+from common import cli, engine
 from common import params as P
 from common import seed as seeding
 from common.checkpoint import load_checkpoint
 from common.export import tensors_from_state
 from plots import plot_vit
 from vit_sparse_fl import data as cifar
-from vit_sparse_fl import experiment as exp
 from vit_sparse_fl import sparse, train_centralized
 from vit_sparse_fl import train_federated as fed
 from vit_sparse_fl import train_federated_sparse as fsp
@@ -257,7 +256,7 @@ def test_fedprox_and_scaffold_match_the_algorithm_by_hand(out_dir, algorithm):
     c = [torch.zeros_like(p) for p in plist]
     ci = [[torch.zeros_like(p) for p in plist] for _ in range(3)]
     for r in range(args.rounds):
-        lr = exp.cosine_lr(r, args.rounds, args.lr)
+        lr = engine.cosine_lr(r, args.rounds, args.lr)
         ys = []
         for k in range(3):
             P.load_(plist, x)
