@@ -67,6 +67,9 @@ DEFAULT_IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", 
 ALWAYS_IGNORED = ("resume", "overwrite", "extend")
 # Run lengths: a change is refused on resume unless --extend asks for a longer run on purpose.
 LENGTH_FLAGS = ("rounds", "num_rounds", "epochs", "n_epochs", "max_steps", "total_steps", "num_train_epochs")
+# Flags added after runs were saved, with the value that does what those runs did: a saved run without the flag
+# resumes when it is at that value (llm_noniid's --lr-schedule and --lora-targets).
+ADDED_FLAGS = {"lr_schedule": "constant", "lora_targets": None}
 _PACKAGES = ("torch", "transformers", "peft", "datasets", "numpy")
 
 
@@ -478,7 +481,7 @@ class RunDir:
             if key in ignore or key in ALWAYS_IGNORED:
                 continue
             old, new = saved_args.get(key, "<absent>"), self.args.get(key, "<absent>")
-            if old == new:
+            if old == new or (key not in saved_args and key in ADDED_FLAGS and new == ADDED_FLAGS[key]):
                 continue
             if (key in LENGTH_FLAGS and self.extend and isinstance(old, (int, float))
                     and isinstance(new, (int, float)) and new > old):

@@ -180,6 +180,15 @@ def test_resume_refuses_a_changed_run_length_unless_extended(out_dir):
     assert meta["args"]["rounds"] == 9 and meta["resumes"][-1]["extended"] == {"rounds": [6, 9]}
 
 
+def test_a_run_saved_before_a_flag_existed_resumes_at_the_flags_old_behaviour(out_dir):
+    rd = RunDir(out_dir, "r", ARGS)  # saved without lr_schedule
+    rd.save_checkpoint({"round": 5})
+    rd.release()
+    RunDir(out_dir, "r", {**ARGS, "lr_schedule": "constant"}, resume=True).release()
+    with pytest.raises(UsageError, match="--lr-schedule .saved '<absent>', now 'cosine'"):
+        RunDir(out_dir, "r", {**ARGS, "lr_schedule": "cosine"}, resume=True)
+
+
 def test_stale_temp_files_are_removed_when_the_run_claims_the_directory(out_dir):
     rd = RunDir(out_dir, "r", ARGS)
     rd.save_checkpoint({"round": 0})

@@ -121,6 +121,7 @@ def test_yaml_config_maps_onto_flags_and_cli_overrides(tmp_path):
 BAD = {
     "unknown algorithm": (["--algorithm", "fedsgd"], "--algorithm 'fedsgd' is unknown"),
     "unknown partition": (["--partition", "label_flip"], "--partition 'label_flip' is unknown"),
+    "unknown lr schedule": (["--lr-schedule", "step"], "--lr-schedule 'step' is unknown"),
     "alpha zero": (["--partition", "topic_skew", "--alpha", "0"], "--alpha must be > 0"),
     "alpha negative": (["--alpha", "-1"], "--alpha must be > 0"),
     "participation zero": (["--participation-rate", "0"], "--participation-rate must be in (0, 1]"),
