@@ -138,6 +138,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--split-csv", default=None, help="one AG News CSV to split 90/10 into train/valid first "
                    "(--regime pretrained: default the AG News test.csv of shared/data next to the repository)")
     p.add_argument("--title", default=None, help="heading of the analyze report")
+    p.add_argument("--compare-dir", default=None, help="analyze: the other regime's grid out-dir; the report "
+                   "gains the headline arms of both regimes side by side (and figures/side_by_side.png)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one process each)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     return p
@@ -418,12 +420,63 @@ def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0)
                                                else [*k, "not run", "", ""] for k, gh in pairs.items()])
 
 
-def report(out_dir: Path, title: str | None = None) -> str:
+def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
+    """A grid's runs, its rounds (the most common: the equal-compute arms run more) and ``selection.json`` (the
+    pretrained regime's rate and mus; {} for the from-scratch study)."""
     runs = R.load_runs(out_dir / "runs", "*")
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
-    # the grid's rounds: the most common (equal-compute arms run more); the pretrained regime's rate and mus
     rounds = Counter(r["args"]["num_rounds"] for r in runs).most_common(1)[0][0]
     chosen = json.loads((out_dir / "selection.json").read_text()) if (out_dir / "selection.json").is_file() else {}
+    return runs, rounds, chosen
+
+
+def side_by_side(grids: dict[str, Path], mus: dict) -> tuple[list[str], dict]:
+    """The headline arms (FedAvg, FedProx at ``mus``, SCAFFOLD, IFCA on iid and topic a=0.01) in each regime
+    ({regime label: grid out-dir}): final perplexity (mean ± sd) and each arm's change vs FedAvg on the same
+    partition in percent of FedAvg's perplexity (paired by seed, 95% t interval, Holm over the whole table), so
+    regimes on different perplexity scales read alike. Returns the Markdown and {(regime, part, arm): per-seed %}."""
+    rows, pct, pairs = [], {}, {}
+    for regime, out_dir in grids.items():
+        runs, rounds, chosen = load_grid(out_dir)
+        groups = by_arm(runs, rounds, chosen.get("learning_rate", 1.0))
+        for part, arm, _ in arms("headline", rounds, mus):
+            g, ref = (R.by_seed(groups.get((part, a), []), "final_val_ppl") for a in (arm, "FedAvg"))
+            seeds = [s for s in g if s in ref and math.isfinite(g[s]) and math.isfinite(ref[s])]
+            pct[(regime, part, arm)] = {s: 100 * (g[s] / ref[s] - 1) for s in seeds}
+            plateau = f"{sum(map(at_plateau, groups.get((part, arm), [])))}/{len(g)}"
+            rows.append((regime, part, arm, g, plateau))
+            if arm != "FedAvg" and seeds:
+                pairs[(regime, part, arm)] = (pct[(regime, part, arm)], dict.fromkeys(seeds, 0.0))
+    cells = {k: cell for k, (_, cell) in S.compare(pairs).items()}
+    return S.markdown(["regime", "partition", "arm", "n", "final ppl", "Δ vs FedAvg (% of FedAvg's ppl)",
+                       "at plateau"], [[regime, part, arm, len(g), S.fmt_seeds(g.values()) if g else "not run",
+                                        "reference" if arm == "FedAvg" else cells.get((regime, part, arm), "–"),
+                                        plateau] for regime, part, arm, g, plateau in rows]), pct
+
+
+def draw_side_by_side(pct: dict, out: Path) -> list[Path]:
+    """``side_by_side``'s per-seed % changes as bars (mean, error bar: sample sd over seeds), one panel per regime."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    regimes = list(dict.fromkeys(k[0] for k in pct))
+    labels = list(dict.fromkeys((p, a) for _, p, a in pct if a != "FedAvg"))
+    fig, axes = plt.subplots(1, len(regimes), figsize=(5 * len(regimes), 3.6), sharey=True, squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        for j, part in enumerate(dict.fromkeys(p for p, _ in labels)):
+            at = [i for i, (p, _) in enumerate(labels) if p == part]
+            R.draw_seeds(ax, at, [list(pct.get((regime, *labels[i]), {}).values()) for i in at], label=part,
+                         kind="bars", width=0.8, color=f"C{j}")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(labels)), [a for _, a in labels], rotation=30, ha="right", fontsize=8)
+        ax.set_title(regime, fontsize=10)
+    axes[0][0].set_ylabel("final ppl vs FedAvg (%)\n(bar: mean, error bar: sample sd over seeds)")
+    R.figure_legend(fig, axes[0], ncol=2)
+    return R.savefig(fig, out)
+
+
+def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = None) -> str:
+    runs, rounds, chosen = load_grid(out_dir)
     lr, mus = chosen.get("learning_rate", 1.0), chosen.get("mu")
     a0 = runs[0]["args"]
     lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", "",
@@ -453,6 +506,15 @@ def report(out_dir: Path, title: str | None = None) -> str:
         if mode == "failure":
             lines += ["Equal compute (paired by seed, 95% t interval, verdicts Holm-corrected over the table):", "",
                       *equal_compute_table(sel, rounds, lr), ""]
+    if compare_dir is not None:
+        grids = {"from scratch": compare_dir, "pretrained + LoRA": out_dir} if chosen else \
+            {"from scratch": out_dir, "pretrained + LoRA": compare_dir}
+        mus = mus or load_grid(grids["pretrained + LoRA"])[2].get("mu")
+        md, pct = side_by_side(grids, mus)
+        draw_side_by_side(pct, out_dir / "figures" / "side_by_side.png")
+        lines += ["### Side by side: the headline arms in both regimes", "",
+                  f"FedProx at the mu the pretrained regime's selection chose ({mus}), in both regimes. "
+                  "Figure: `figures/side_by_side.png`.", "", *md, ""]
     lines += ["### Failure detectors", "", *detector_table(runs, rounds, lr), "",
               f"Figures: `python {' '.join(figure_command(out_dir))}` (in figures/).", ""]
     text = "\n".join(lines) + "\n"
@@ -479,7 +541,7 @@ def main(argv=None) -> dict:
     parse_seeds(args.seeds)
     out = cli.check_out_dir(args.out_dir)
     if args.mode == "analyze":
-        text = report(out, args.title)
+        text = report(out, args.title, Path(args.compare_dir) if args.compare_dir else None)
         print(text)
         script, *flags = figure_command(out)
         print(f"$ python {script} {' '.join(flags)}", flush=True)

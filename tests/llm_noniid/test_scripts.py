@@ -238,3 +238,19 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
     assert "### headline grid" in report and f"FedProx mu={chosen['mu']['topic a=0.01']}" in report
     assert "the model before training" in report and "at plateau" in report and "FedAvg's rate" in report
     assert "| iid | FedAvg + IFCA (4) | 1 |" in report
+    # side by side with another regime's grid (here a copy of these runs standing in for the from-scratch grid):
+    # each arm's change is its final perplexity over FedAvg's on the same partition and seed, in percent
+    import shutil
+
+    scratch = tmp_path / "scratch"
+    shutil.copytree(root / "runs", scratch / "runs")
+    (scratch / "selection.json").write_text(json.dumps({"learning_rate": chosen["learning_rate"]}))
+    E.main(["--mode", "analyze", "--out-dir", str(root), "--compare-dir", str(scratch)])
+    report = (root / "report.md").read_text()
+    assert "### Side by side" in report and (root / "figures" / "side_by_side.png").is_file()
+    final = {(a["partition"], a["algorithm"], a["clustering"]): json.loads((p.parent / "summary.json").read_text())[
+        "final_val_ppl"] for p in (root / "runs").glob("*/args.json") for a in [json.loads(p.read_text())["args"]]}
+    change = 100 * (final[("iid", "scaffold", "none")] / final[("iid", "fedavg", "none")] - 1)
+    scaffold = final[("iid", "scaffold", "none")]
+    for regime in ("from scratch", "pretrained + LoRA"):
+        assert f"| {regime} | iid | SCAFFOLD | 1 | {scaffold:.1f} (n=1) | {change:+.1f}" in report
