@@ -6,6 +6,7 @@ at one position depends on later tokens (a bidirectional encoder loaded as a cau
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -156,7 +157,9 @@ def add_lora(base: nn.Module, r: int, alpha: float, dropout: float, targets: lis
     conv1d = any(type(m).__name__ == "Conv1D" for t in targets for m in _matrices(base)[t])
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                      fan_in_fan_out=conv1d, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(base, cfg)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing: not the user's
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return get_peft_model(base, cfg)
 
 
 def lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

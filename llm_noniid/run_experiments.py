@@ -68,9 +68,10 @@ def rounds_flags(rounds: int) -> list[str]:
     return ["--num-rounds", str(rounds), "--eval-every", str(max(1, EVAL_EVERY * rounds // ROUNDS))]
 
 
-def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None) -> list[tuple[str, str, list[str]]]:
+def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1.0) -> list[tuple[str, str, list]]:
     """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each), for runs
-    of ``rounds`` rounds; the equal-compute arms run more (2 of 10 clients: 5x the rounds; FedAvg with IFCA's
+    of ``rounds`` rounds at the grid's rate ``lr`` (calibrate's diverging arm runs at 8x it); the equal-compute arms
+    run more (2 of 10 clients: 5x the rounds; FedAvg with IFCA's
     extra local steps: IFCA_EXTRA_ROUNDS more)."""
     algos = [("FedAvg", FEDAVG), *((f"FedProx mu={mu}", ["--algorithm", "fedprox", "--mu", mu]) for mu in MUS),
              ("SCAFFOLD", SCAFFOLD)]
@@ -105,7 +106,8 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None) -> list[tuple
                                  ["--algorithm", "fedprox", "--mu", str((mus or {}).get(part, MUS[0]))]),
             ("SCAFFOLD", SCAFFOLD), ("FedAvg + IFCA (4)", FEDAVG + ifca))]
     if mode == "calibrate":
-        return [("iid", "FedAvg lr 8, no clipping", IID + FEDAVG + ["--learning-rate", "8", "--max-grad-norm", "0"]),
+        return [("iid", f"FedAvg lr {8 * lr:g}, no clipping", IID + FEDAVG + ["--learning-rate", f"{8 * lr:g}",
+                                                                             "--max-grad-norm", "0"]),
                 ("topic a=0.01", "FedAvg, 1 client/round", TOPIC + FEDAVG + one)]
     if mode == "quick":
         parts = [("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
@@ -188,8 +190,9 @@ def plan(mode: str, args, passthrough: list[str], setting: dict | None = None) -
         study = [*PRETRAINED, "--model", base_folder(args), "--learning-rate", str(setting["learning_rate"])]
     else:
         rounds, study = args.rounds or (4 if mode == "quick" else ROUNDS), STUDY
+    setting = setting or {}
     return jobs_for([(part, arm, [*study, *rounds_flags(rounds), *data, *flags], rounds)
-                     for part, arm, flags in arms(mode, rounds, (setting or {}).get("mu"))],
+                     for part, arm, flags in arms(mode, rounds, setting.get("mu"), setting.get("learning_rate", 1.0))],
                     parse_seeds(args.seeds), passthrough, out / "runs")
 
 
@@ -342,7 +345,7 @@ def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mu
     to FedAvg on the same partition (95% t interval, verdicts Holm-corrected over the table), compute (``compute``
     to FedAvg's), run status, detected failure modes."""
     groups = by_arm(runs, rounds, lr)
-    rows = [(p, a, groups.get((p, a), []), groups.get((p, "FedAvg"), [])) for p, a, _ in arms(mode, rounds, mus)]
+    rows = [(p, a, groups.get((p, a), []), groups.get((p, "FedAvg"), [])) for p, a, _ in arms(mode, rounds, mus, lr)]
     diffs = compare({(p, a): (g, ref) for p, a, g, ref in rows if g and ref and a != "FedAvg"})
     tally = lambda items, of="": ", ".join(f"{k} {v}{of}" for k, v in sorted(Counter(items).items()))
     ppl_cells = lambda p, a, g: [c for key in KEYS for c in (S.fmt_seeds(R.by_seed(g, key).values()),
@@ -376,7 +379,7 @@ def references(runs: list[dict]) -> list[str]:
 HEALTHY_ARMS = ("FedAvg", "FedProx mu=0.001", "FedProx mu=0.01", "FedProx mu=0.1", "SCAFFOLD")
 KNOWN = {
     "healthy (iid, full participation)": lambda p, a: p == "iid" and a in HEALTHY_ARMS,
-    "diverging (lr 8, no clipping)": lambda p, a: a == "FedAvg lr 8, no clipping",
+    "diverging (8x the rate, no clipping)": lambda p, a: a.startswith("FedAvg lr ") and a.endswith(", no clipping"),
     "oscillating (topic skew, 1 client/round)": lambda p, a: p == "topic a=0.01" and a == "FedAvg, 1 client/round",
     "drifting (topic skew, full participation)": lambda p, a: p == "topic a=0.01" and a in HEALTHY_ARMS,
 }
@@ -499,7 +502,7 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
     lines += ["### Reference points", "", *references(runs), ""]
     groups = by_arm(runs, rounds, lr)
     for mode in ("headline", "failure", "main", "calibrate"):  # each grid's table of its own arms' runs
-        sel = list({id(r): r for p, a, _ in arms(mode, rounds, mus) for r in groups.get((p, a), [])}.values())
+        sel = list({id(r): r for p, a, _ in arms(mode, rounds, mus, lr) for r in groups.get((p, a), [])}.values())
         if not sel or (mode == "headline" and not chosen):
             continue
         lines += [f"### {mode} grid", "", *table(sel, mode, rounds, lr, mus), ""]

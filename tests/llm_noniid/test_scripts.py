@@ -193,7 +193,7 @@ def test_train_on_the_real_ag_news_split(shared_data, tmp_path):
 def test_equal_compute_arm_gets_its_own_run_directory(tmp_path, monkeypatch):
     """Run names leave the rounds out (so --extend can continue a run): an arm that only runs more rounds must not
     extend the plain arm's run, it gets a directory of its own."""
-    monkeypatch.setattr(E, "arms", lambda mode, rounds=E.ROUNDS, mus=None: [
+    monkeypatch.setattr(E, "arms", lambda mode, rounds=E.ROUNDS, mus=None, lr=1.0: [
         ("iid", "FedAvg", E.IID + E.FEDAVG), ("iid", f"FedAvg, {rounds + 1} rounds",
                                               E.IID + E.FEDAVG + E.rounds_flags(rounds + 1))])
     root = tmp_path / "grid"
@@ -254,3 +254,15 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
     scaffold = final[("iid", "scaffold", "none")]
     for regime in ("from scratch", "pretrained + LoRA"):
         assert f"| {regime} | iid | SCAFFOLD | 1 | {scaffold:.1f} (n=1) | {change:+.1f}" in report
+
+
+def test_calibrate_diverging_arm_is_eight_times_the_grids_rate():
+    """The built-to-diverge arm scales with the rate the grid runs at (the pretrained regime selects its own),
+    and the detector table still counts it as the diverging class."""
+    for lr, want in ((1.0, "8"), (0.05, "0.4")):
+        (part, arm, flags), = [x for x in E.arms("calibrate", lr=lr) if x[0] == "iid"]
+        assert flags[flags.index("--learning-rate") + 1] == want and arm == f"FedAvg lr {want}, no clipping"
+        assert E.arm_of({"partition": "iid", "alpha": 0.5, "algorithm": "fedavg", "learning_rate": float(want),
+                         "max_grad_norm": 0.0}, lr=lr) == (part, arm)
+        assert E.KNOWN["diverging (8x the rate, no clipping)"](part, arm)
+        assert not E.KNOWN["diverging (8x the rate, no clipping)"]("iid", "FedAvg")
