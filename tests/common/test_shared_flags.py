@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import tbevents
 
-from common import cli, config, runlog, tracking
+from common import cli, config, runlog
 from lora_glue_fl import baseline_run, fedavg_rounds, main_glue_lora, make_shards
 from mamba_fl import central, fed_avg, fed_fisher
 from vit_sparse_fl import train_centralized, train_federated, train_federated_sparse
@@ -56,8 +57,8 @@ def test_rounds_out_dir_report_to(script, tmp_path, capsys):
     assert last.startswith(f"run directory: {run} | ") and " | figures: " in last, last
     assert f"model: {run / 'model'}" in last and ("chance" in last or "majority" in last or "unigram" in last)
     rows = runlog.read_rows(run / runlog.METRICS_FILE)
-    assert rows and tracking.event_files(run), script
-    scalars = tracking.read_scalars(run)
+    assert rows and tbevents.event_files(run), script
+    scalars = tbevents.read_scalars(run)
     numeric = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     assert numeric <= set(scalars), sorted(numeric - set(scalars))
     key = sorted(numeric)[0]

@@ -6,6 +6,7 @@ import json
 import struct
 
 import pytest
+import tbevents
 
 from common import cli, runlog, tracking
 
@@ -26,8 +27,8 @@ def test_rundir_rows_reach_tensorboard(tmp_path):
     rd.write_summary({"final_val_loss": 1.5})
     rd.release()  # the end of the run closes its trackers: the event files are complete
     assert rd.tracker._tb is None and rd.tracker not in tracking._OPEN
-    assert tracking.event_files(rd.path)
-    got = tracking.read_scalars(rd.path)
+    assert tbevents.event_files(rd.path)
+    got = tbevents.read_scalars(rd.path)
     assert got["val_loss"] == [(1, 2.0), (2, 1.5)] and got["w/0"] == [(2, 0.25)]
     assert got["summary/final_val_loss"][0][1] == 1.5
     assert [r["val_loss"] for r in runlog.read_rows(rd.path / runlog.METRICS_FILE)] == [2.0, 1.5]

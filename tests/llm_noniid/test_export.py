@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import tbevents
 import torch
 from clicases import LLM_SMOKE
 
-from common import evaluate, export, tracking
+from common import evaluate, export
 from llm_noniid import data as D
 from llm_noniid import train
 
@@ -37,7 +38,7 @@ def test_model_dir_reproduces_the_validation_loss(lora_r, tmp_path, capsys):
         < 1e-5 * s["final_val_loss"]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith(f"run directory: {run} | final validation perplexity") and "unigram" in last
-    assert "val_loss" in tracking.read_scalars(run)
+    assert "val_loss" in tbevents.read_scalars(run)
     state = torch.load(run / "checkpoint.pt", weights_only=True)["state"]
     assert isinstance(state["global"], dict)
     if lora_r:
