@@ -285,7 +285,7 @@ def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0) -> tuple[str, str]:
     """(partition label, arm label) of a run from its args.json, as ``arms(mode, rounds)`` names them (``lr``: the
     grid's rate; a run at another one is labelled with it)."""
     part = {"iid": "iid", "style_skew": f"style ({a.get('style_criterion')})",
-            "token_skew": f"token ({a.get('token_skew')})"}.get(a["partition"], f"topic a={a.get('alpha'):g}")
+            "token_skew": f"token ({a.get('token_skew')})"}.get(a["partition"]) or f"topic a={a.get('alpha'):g}"
     arm = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD"}.get(a["algorithm"], a["algorithm"])
     if a["algorithm"] == "fedprox":
         arm = f"FedProx mu={a['mu']:g}"

@@ -262,7 +262,7 @@ def test_calibrate_diverging_arm_is_eight_times_the_grids_rate():
     for lr, want in ((1.0, "8"), (0.05, "0.4")):
         (part, arm, flags), = [x for x in E.arms("calibrate", lr=lr) if x[0] == "iid"]
         assert flags[flags.index("--learning-rate") + 1] == want and arm == f"FedAvg lr {want}, no clipping"
-        assert E.arm_of({"partition": "iid", "alpha": 0.5, "algorithm": "fedavg", "learning_rate": float(want),
+        assert E.arm_of({"partition": "iid", "algorithm": "fedavg", "learning_rate": float(want),
                          "max_grad_norm": 0.0}, lr=lr) == (part, arm)
         assert E.KNOWN["diverging (8x the rate, no clipping)"](part, arm)
         assert not E.KNOWN["diverging (8x the rate, no clipping)"]("iid", "FedAvg")
