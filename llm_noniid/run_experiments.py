@@ -71,8 +71,7 @@ def rounds_flags(rounds: int) -> list[str]:
 def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1.0) -> list[tuple[str, str, list]]:
     """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each), for runs
     of ``rounds`` rounds at the grid's rate ``lr`` (calibrate's diverging arm runs at 8x it); the equal-compute arms
-    run more (2 of 10 clients: 5x the rounds; FedAvg with IFCA's
-    extra local steps: IFCA_EXTRA_ROUNDS more)."""
+    run more (2 of 10 clients: 5x the rounds; FedAvg with IFCA's extra local steps: IFCA_EXTRA_ROUNDS more)."""
     algos = [("FedAvg", FEDAVG), *((f"FedProx mu={mu}", ["--algorithm", "fedprox", "--mu", mu]) for mu in MUS),
              ("SCAFFOLD", SCAFFOLD)]
     lp, one = ["--participation-rate", "0.2"], ["--participation-rate", "0.1"]
@@ -433,14 +432,14 @@ def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
     return runs, rounds, chosen
 
 
-def side_by_side(grids: dict[str, Path], mus: dict) -> tuple[list[str], dict]:
+def side_by_side(grids: dict[str, tuple[list[dict], int, dict]], mus: dict) -> tuple[list[str], dict]:
     """The headline arms (FedAvg, FedProx at ``mus``, SCAFFOLD, IFCA on iid and topic a=0.01) in each regime
-    ({regime label: grid out-dir}): final perplexity (mean ± sd) and each arm's change vs FedAvg on the same
-    partition in percent of FedAvg's perplexity (paired by seed, 95% t interval, Holm over the whole table), so
-    regimes on different perplexity scales read alike. Returns the Markdown and {(regime, part, arm): per-seed %}."""
+    ({regime label: ``load_grid``'s runs, rounds, selection}): final perplexity (mean ± sd) and each arm's
+    change vs FedAvg on the same partition in percent of FedAvg's perplexity (paired by seed, 95% t interval, Holm
+    over the whole table), so regimes on different perplexity scales read alike. Returns the Markdown and
+    {(regime, part, arm): per-seed %}."""
     rows, pct, pairs = [], {}, {}
-    for regime, out_dir in grids.items():
-        runs, rounds, chosen = load_grid(out_dir)
+    for regime, (runs, rounds, chosen) in grids.items():
         groups = by_arm(runs, rounds, chosen.get("learning_rate", 1.0))
         for part, arm, _ in arms("headline", rounds, mus):
             g, ref = (R.by_seed(groups.get((part, a), []), "final_val_ppl") for a in (arm, "FedAvg"))
@@ -510,9 +509,10 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
             lines += ["Equal compute (paired by seed, 95% t interval, verdicts Holm-corrected over the table):", "",
                       *equal_compute_table(sel, rounds, lr), ""]
     if compare_dir is not None:
-        grids = {"from scratch": compare_dir, "pretrained + LoRA": out_dir} if chosen else \
-            {"from scratch": out_dir, "pretrained + LoRA": compare_dir}
-        mus = mus or load_grid(grids["pretrained + LoRA"])[2].get("mu")
+        own, other = (runs, rounds, chosen), load_grid(compare_dir)
+        grids = {"from scratch": other, "pretrained + LoRA": own} if "mu" in chosen else \
+            {"from scratch": own, "pretrained + LoRA": other}
+        mus = grids["pretrained + LoRA"][2].get("mu")
         md, pct = side_by_side(grids, mus)
         draw_side_by_side(pct, out_dir / "figures" / "side_by_side.png")
         lines += ["### Side by side: the headline arms in both regimes", "",
