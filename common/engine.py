@@ -95,15 +95,16 @@ def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str
 
 
 def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold: str | None = None,
-                         algorithms=ALGORITHMS) -> None:
-    """One-line refusals (exit 2) of the combinations that make no sense, each naming why."""
+                         algorithms=ALGORITHMS, shifted_scaffold: bool = False) -> None:
+    """One-line refusals (exit 2) of the combinations that make no sense, each naming why (``shifted_scaffold``:
+    the task calls ``algo.after_step``, so SCAFFOLD runs with an adaptive local optimizer too)."""
     check(args.algorithm in algorithms,
           f"--algorithm {args.algorithm!r} is unknown; expected one of {', '.join(algorithms)}")
     check(args.scaffold_weighting in ("uniform", "size"),
           f"--scaffold-weighting {args.scaffold_weighting!r} is unknown; expected uniform or size")
     if args.algorithm == "scaffold":
         check(scaffold is None, f"--algorithm scaffold is refused here: {scaffold}")
-        check(plain_sgd, f"SCAFFOLD needs plain SGD local steps (its control variates assume them): "
+        check(plain_sgd or shifted_scaffold, "SCAFFOLD needs plain SGD local steps (its control variates assume them): "
                          f"{optimizer_hint}")
         check(args.server_opt == "fedavg", f"SCAFFOLD makes its own server step (x += server_lr mean dy): "
                                            f"--server-opt {args.server_opt} does not apply")
@@ -162,6 +163,9 @@ class FedAvg:
     def adjust_grads(self, params: list[torch.Tensor]) -> None:
         """Between backward and the optimizer step: change the gradients in ``p.grad`` in place."""
 
+    def after_step(self, params: list[torch.Tensor], lr: float) -> None:
+        """After each optimizer step at rate ``lr``: change the parameters in place."""
+
     def client_end(self, k: int, params, steps: int, lr: float) -> None:
         """After local training: ``params`` hold the client's model, trained ``steps`` steps at ``lr``."""
 
@@ -198,13 +202,18 @@ class FedProx(FedAvg):
 
 class Scaffold(FedAvg):
     """SCAFFOLD option II (``common.scaffold.Scaffold``, one per cluster): the gradient gets c - c_i; after
-    local training c_i and the round's sums are updated; the server step is x += server_lr mean dy."""
+    local training c_i and the round's sums are updated; the server step is x += server_lr mean dy.
+
+    ``shift``: with an adaptive local optimizer (AdamW) the correction bypasses it, as federated LLM
+    fine-tuning code does: after each optimizer step theta -= lr (c - c_i). c_i's update stays option II,
+    c_i + (x - y_i) / (K lr) - c, so c_i becomes the client's mean step direction. With plain SGD the two
+    forms are the same algorithm."""
 
     name = "scaffold"
     upload_factor = 2
 
-    def __init__(self, controls: list[SC.Scaffold]):
-        self.controls, self.cluster = controls, 0
+    def __init__(self, controls: list[SC.Scaffold], shift: bool = False):
+        self.controls, self.cluster, self.shift = controls, 0, shift
 
     def client_start(self, k, anchor, cluster: int = 0) -> None:
         self.anchor, self.cluster = anchor, cluster
@@ -212,8 +221,14 @@ class Scaffold(FedAvg):
 
     @torch.no_grad()
     def adjust_grads(self, params) -> None:
-        pairs = [(p.grad, c) for p, c in zip(params, self.correction) if p.grad is not None]
-        torch._foreach_add_([g for g, _ in pairs], [c for _, c in pairs])
+        if not self.shift:
+            pairs = [(p.grad, c) for p, c in zip(params, self.correction) if p.grad is not None]
+            torch._foreach_add_([g for g, _ in pairs], [c for _, c in pairs])
+
+    @torch.no_grad()
+    def after_step(self, params, lr: float) -> None:
+        if self.shift:
+            torch._foreach_add_([p.detach() for p in params], self.correction, alpha=-lr)
 
     def client_end(self, k, params, steps, lr) -> None:
         self.controls[self.cluster].client_update(k, self.anchor, params, max(steps, 1), lr)
@@ -232,9 +247,10 @@ class Scaffold(FedAvg):
             sc.load_state_dict(s)
 
 
-def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign=None) -> FedAvg:
+def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign=None,
+                   shift: bool = False) -> FedAvg:
     """The client algorithm of ``--algorithm`` (SCAFFOLD: control variates for every client, per cluster;
-    inside a data cluster its means run over its members only)."""
+    inside a data cluster its means run over its members only; ``shift``: its correction after the step)."""
     if args.algorithm == "fedprox":
         return FedProx(args.mu)
     if args.algorithm != "scaffold":
@@ -245,7 +261,7 @@ def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign
         w = [m * (sizes[k] if args.scaffold_weighting == "size" else 1.0) for k, m in enumerate(member)]
         controls.append(SC.Scaffold(x, len(sizes), server_lr=args.server_lr,
                                     client_weights=None if all(v == 1.0 for v in w) else w))
-    return Scaffold(controls)
+    return Scaffold(controls, shift)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -261,6 +277,7 @@ class Task:
     metric = "val_loss"     # the log row's value the progress bar shows
     purpose = "clients"     # the client-sampling stream's key
     optimizer = None        # the clients' optimizer object (its state is swapped per client), or None
+    adaptive_local = False  # an adaptive local optimizer whose steps call algo.after_step (SCAFFOLD's shift)
 
     def lr(self, r: int) -> float:
         return self.args.lr
@@ -351,7 +368,8 @@ class Federation:
         elif args.clustering == "ifca":
             num_clusters = args.num_clusters
         self.models = [P.clone(task.params) for _ in range(num_clusters)]
-        self.algo = make_algorithm(args, self.models, task.sizes, self.assign if args.clustering == "data" else None)
+        self.algo = make_algorithm(args, self.models, task.sizes, self.assign if args.clustering == "data" else None,
+                                   shift=task.adaptive_local)
         self.servers = [SO.make_server_optimizer(args.server_opt, x, lr=args.server_lr, momentum=args.server_momentum,
                                                  form=args.momentum_form, betas=(args.server_momentum, 0.99))
                         for x in self.models]

@@ -94,7 +94,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--learning-rate", type=float, default=5e-5, help="local learning rate")
     g.add_argument("--lr-schedule", default="constant", help="constant | cosine (the rate of round r: cosine from "
                    "--learning-rate at the first round to 0 after the last, the same for every client of the round)")
-    g.add_argument("--local-optimizer", default="adamw", help="adamw | sgd (SCAFFOLD requires sgd)")
+    g.add_argument("--local-optimizer", default="adamw", help="adamw | sgd (SCAFFOLD with adamw: its correction "
+                   "lr (c - c_i) is subtracted from the parameters after each step, not fed to AdamW)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="local weight decay")
     g.add_argument("--max-grad-norm", type=float, default=0.0, help="clip local gradients to this norm (0: off)")
     g = p.add_argument_group("federation")
@@ -122,7 +123,7 @@ def validate(args) -> None:
     c(args.local_optimizer in ("sgd", "adamw"), f"--local-optimizer {args.local_optimizer!r} is unknown; expected "
                                                 "sgd or adamw")
     engine.check_algorithm_args(args, plain_sgd=args.local_optimizer == "sgd", algorithms=ALGORITHMS,
-                                optimizer_hint="use --local-optimizer sgd")
+                                optimizer_hint="use --local-optimizer sgd", shifted_scaffold=True)
     c(args.partition in PARTITIONS,
       f"--partition {args.partition!r} is unknown; expected one of {', '.join(PARTITIONS)}")
     c(args.token_skew in TOKEN_SKEWS,
@@ -258,6 +259,7 @@ class LlmTask(engine.Task):
         self.round_lr = args.learning_rate  # plain SGD's step size (this round's, set by make_optimizer)
         self.optimizer = None if args.local_optimizer == "sgd" else torch.optim.AdamW(
             params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        self.adaptive_local = self.optimizer is not None
         # params (+ control variate) per client, down and up
         self.client_bytes = 4 * P.numel(params) * (2 if args.algorithm == "scaffold" else 1)
         self.acc = {"detected": {}, "bytes_up": 0, "bytes_down": 0, "train_tokens": 0}
@@ -311,6 +313,7 @@ class LlmTask(engine.Task):
                         if a.weight_decay:
                             torch._foreach_add_(grads, [p.detach() for p in params], alpha=a.weight_decay)
                         torch._foreach_add_([p.detach() for p in params], grads, alpha=-self.round_lr)
+                algo.after_step(params, self.round_lr)  # SCAFFOLD with AdamW: theta -= lr (c - c_i)
                 steps, tokens = steps + 1, tokens + x.numel()
                 loss_sum, gnorm_sum = loss_sum + loss.detach().float(), gnorm_sum + gnorm.detach().float()
         mu = algo.mu if isinstance(algo, engine.FedProx) else 0.0  # (mu/2) ||theta - theta_global||^2 at the end

@@ -126,7 +126,6 @@ BAD = {
     "alpha negative": (["--alpha", "-1"], "--alpha must be > 0"),
     "participation zero": (["--participation-rate", "0"], "--participation-rate must be in (0, 1]"),
     "participation above one": (["--participation-rate", "1.5"], "--participation-rate must be in (0, 1]"),
-    "scaffold with adamw": (["--algorithm", "scaffold", "--local-optimizer", "adamw"], "SCAFFOLD needs plain SGD"),
     "yaml unknown key": (["--config", "{yaml}"], "unknown key 'num_epochs'"),
     "missing yaml": (["--config", "{missing}"], "does not exist"),
 }
