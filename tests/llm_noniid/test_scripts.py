@@ -229,7 +229,12 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
     assert not texts(root / "select" / "data" / "train.csv") & texts(root / "data" / "test.csv")
     assert not texts(root / "select" / "data" / "test.csv") & texts(root / "data" / "test.csv")
     runs = [json.loads(p.read_text())["args"] for p in (root / "runs").glob("*/args.json")]
-    assert len(runs) == 8 and {a["model"] for a in runs} == {str(base)} and {a["lora_r"] for a in runs} == {8}
+    # 4 arms x 2 partitions, and the budget check: FedAvg at twice the rounds on each partition, first seed
+    assert sorted(a["num_rounds"] for a in runs) == [4] * 8 + [8] * 2 and {a["model"] for a in runs} == {str(base)}
+    assert {a["lora_r"] for a in runs} == {8} and {(a["local_optimizer"], a["lr_schedule"]) for a in runs} == {
+        ("adamw", "cosine")}
+    assert {(a["partition"], a["algorithm"]) for a in runs if a["num_rounds"] == 8} == {("iid", "fedavg"),
+                                                                                         ("topic_skew", "fedavg")}
     assert {a["learning_rate"] for a in runs} == {chosen["learning_rate"]}
     assert {a["mu"] for a in runs if a["algorithm"] == "fedprox"} == {float(m) for m in chosen["mu"].values()}
     capsys.readouterr()
@@ -238,6 +243,12 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
     assert "### headline grid" in report and f"FedProx mu={chosen['mu']['topic a=0.01']}" in report
     assert "the model before training" in report and "at plateau" in report and "FedAvg's rate" in report
     assert "| iid | FedAvg + IFCA (4) | 1 |" in report
+    fedavg = {a["num_rounds"]: json.loads((p.parent / "summary.json").read_text())["final_val_ppl"]
+              for p in (root / "runs").glob("*/args.json") for a in [json.loads(p.read_text())["args"]]
+              if (a["partition"], a["algorithm"], a["clustering"]) == ("iid", "fedavg", "none")}
+    short, long = fedavg[4], fedavg[8]
+    assert "Budget check" in report and f"| iid | 0 | {short:.1f} | {long:.1f} | {100 * (1 - long / short):.1f} %" \
+        in report
     # side by side with another regime's grid (here a copy of these runs standing in for the from-scratch grid):
     # each arm's change is its final perplexity over FedAvg's on the same partition and seed, in percent
     import shutil
