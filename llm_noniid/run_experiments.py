@@ -508,7 +508,8 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
     lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", "",
              f"Data {a0.get('data')} ({a0.get('data_dir') or 'embedded'}), model {a0.get('model')} "
              f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
-             f"{a0.get('local_optimizer')} steps per client per round at lr {a0.get('learning_rate'):g}, "
+             f"{a0.get('local_optimizer')} steps per client per round at lr {a0.get('learning_rate'):g}"
+             f"{' (its peak: a cosine over the rounds)' if a0.get('lr_schedule') == 'cosine' else ''}, "
              f"{rounds} rounds (arms named '..., N rounds' run N). Mean ± sample sd over seeds; Δ = paired "
              "difference to FedAvg on the same partition (same seeds, diverged ones left out) with its 95% t "
              "interval, the verdicts Holm-corrected over all the table's comparisons (p_Holm when significant; "
