@@ -57,7 +57,7 @@ PRETRAINED = ["--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--t
               "--local-steps", "8", "--local-optimizer", "adamw", "--lr-schedule", "cosine", "--max-grad-norm", "1.0",
               "--client-holdout", "0.1"]
 PRETRAINED_ROUNDS = 120
-LR_GRID = ("0.001", "0.003", "0.01")  # FedAvg's peak rate on IID shards, chosen on the selection split
+LR_GRID = ("0.001", "0.003", "0.01", "0.03")  # FedAvg's peak rate on IID shards, chosen on the selection split
 SELECT_SEED = 100  # the selection runs' seed, apart from the reported seeds
 HEADLINE_PARTS = (("iid", IID), ("topic a=0.01", TOPIC))
 SHARED_AG_NEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_csv" / "test.csv"
