@@ -104,8 +104,8 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
           f"--scaffold-weighting {args.scaffold_weighting!r} is unknown; expected uniform or size")
     if args.algorithm == "scaffold":
         check(scaffold is None, f"--algorithm scaffold is refused here: {scaffold}")
-        check(plain_sgd or shifted_scaffold, "SCAFFOLD needs plain SGD local steps (its control variates assume them): "
-                         f"{optimizer_hint}")
+        check(plain_sgd or shifted_scaffold,
+              f"SCAFFOLD needs plain SGD local steps (its control variates assume them): {optimizer_hint}")
         check(args.server_opt == "fedavg", f"SCAFFOLD makes its own server step (x += server_lr mean dy): "
                                            f"--server-opt {args.server_opt} does not apply")
     check(args.clustering != "ifca" or args.num_clusters >= 2, "--clustering ifca needs --num-clusters >= 2")
