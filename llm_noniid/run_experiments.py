@@ -369,21 +369,24 @@ def compute(g: list[dict], ref: list[dict]) -> str:
 
 def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mus: dict | None = None) -> list[str]:
     """Markdown table of ``mode``'s arms: global and personalised perplexity (mean ± sd), paired differences
-    to FedAvg on the same partition (95% t interval, verdicts Holm-corrected over the table), compute (``compute``
-    to FedAvg's), run status, detected failure modes."""
+    to FedAvg on the same partition (95% t interval, verdicts Holm-corrected over the table), the best validation
+    perplexity of any evaluated round (an oracle early stop, optimistic: it picks the round on the numbers it
+    reports; beside the final one it shows how much a run overfits), compute (``compute`` to FedAvg's), run status,
+    detected failure modes."""
     groups = by_arm(runs, rounds, lr)
     rows = [(p, a, groups.get((p, a), []), groups.get((p, "FedAvg"), [])) for p, a, _ in arms(mode, rounds, mus, lr)]
     diffs = compare({(p, a): (g, ref) for p, a, g, ref in rows if g and ref and a != "FedAvg"})
     tally = lambda items, of="": ", ".join(f"{k} {v}{of}" for k, v in sorted(Counter(items).items()))
     ppl_cells = lambda p, a, g: [c for key in KEYS for c in (S.fmt_seeds(R.by_seed(g, key).values()),
                                                              diffs.get((p, a, key), ""))]
+    best = lambda g: S.fmt_seeds(R.by_seed(g, "best_val_ppl").values())
     return S.markdown(["partition", "arm", "n", "final ppl", "Δ vs FedAvg", "personalised ppl", "Δ vs FedAvg",
-                       "compute", "status", "failure modes (runs)", "at plateau"],
-                      [[p, a, len(g), *ppl_cells(p, a, g), compute(g, ref),
+                       "best ppl (any round)", "compute", "status", "failure modes (runs)", "at plateau"],
+                      [[p, a, len(g), *ppl_cells(p, a, g), best(g), compute(g, ref),
                         tally((r.get("summary") or {}).get("status", "running") for r in g),
                         tally((m for r in g for m in failure.detect(r["rows"])), f"/{len(g)}") or "none",
                         f"{sum(map(at_plateau, g))}/{len(g)}"]
-                       if g else [p, a, 0, "not run", *[""] * 7] for p, a, g, ref in rows])
+                       if g else [p, a, 0, "not run", *[""] * 8] for p, a, g, ref in rows])
 
 
 def references(runs: list[dict]) -> list[str]:

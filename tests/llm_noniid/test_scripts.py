@@ -104,13 +104,13 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
 
 def fake_runs(values: dict) -> list[dict]:
     """Finished runs of failure-grid arms, {(partition, arm): final ppl per seed} (inf: diverged); the
-    personalised perplexity is the global one minus 1."""
+    personalised perplexity is the global one minus 1, the best of any round the global one minus 0.5."""
     flags = {(p, a): f for p, a, f in E.arms("failure")}
     runs = []
     for key, ppls in values.items():
         args = vars(parse_with_config(train.get_args_parser(), [*E.STUDY, *flags[key]], {}))
         runs += [{"args": {**args, "seed": seed}, "rows": [], "summary": {
-            "final_val_ppl": v, "final_personal_val_ppl": v - 1, "train_tokens": 100,
+            "final_val_ppl": v, "final_personal_val_ppl": v - 1, "best_val_ppl": v - 0.5, "train_tokens": 100,
             "status": "complete" if math.isfinite(v) else "diverged"}} for seed, v in enumerate(ppls)]
     return runs
 
@@ -142,6 +142,7 @@ def test_tables_correct_verdicts_with_holm_and_show_diverged_arms():
     assert row("FedAvg, 1 client/round")[4] == row("FedAvg, 1 client/round")[6] == "diverged"
     assert row("FedAvg, 1 client/round")[3] == "–, 3 diverged"
     assert row("FedProx mu=0.001", "topic a=0.01")[3] == "not run"
+    assert row("FedAvg")[7] == S.fmt_seeds([49.5, 51.5, 50.5])  # the best round's perplexity beside the final one
     assert not any("no difference" in line for line in lines if "| diverged |" in line)
     equal = E.equal_compute_table(runs, E.ROUNDS)
     assert row(f"FedAvg, 2 of 10 clients/round, {5 * E.ROUNDS} rounds")[4] == "diverged"
