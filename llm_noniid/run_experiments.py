@@ -351,11 +351,11 @@ def budget_table(groups: dict[tuple, list[dict]], rounds: int) -> list[str]:
                        "gain from doubling", f"< {BUDGET_GAIN:.0%}"], rows) if rows else ["(not run yet)"]
 
 
-def compare(pairs: dict[tuple, tuple[list, list]]) -> dict[tuple, str]:
+def compare(pairs: dict[tuple, tuple[list, list]], keys: tuple[str, ...] = KEYS) -> dict[tuple, str]:
     """{(*name, key): cell} of the paired differences (by seed) runs - reference runs of ``pairs`` {name: (runs,
-    reference runs)} in both ``KEYS``: ``S.compare``'s cells, the verdicts Holm-corrected over them all. An arm
+    reference runs)} in each of ``keys``: ``S.compare``'s cells, the verdicts Holm-corrected over them all. An arm
     whose every seed diverged (non-finite) is "diverged", not compared."""
-    values = {(*k, key): (R.by_seed(g, key), R.by_seed(h, key)) for k, (g, h) in pairs.items() for key in KEYS}
+    values = {(*k, key): (R.by_seed(g, key), R.by_seed(h, key)) for k, (g, h) in pairs.items() for key in keys}
     diverged = {k for k, (a, _) in values.items() if a and not any(map(math.isfinite, a.values()))}
     cells = S.compare({k: ab for k, ab in values.items() if k not in diverged})
     return {k: "diverged" if k in diverged else cells[k][1] for k in values}
@@ -440,6 +440,21 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> l
                         [[mode, f"{key} = {v:g}" + (" (default)" if v == th[key] else ""),
                           *share(mode, failure.Thresholds(**{**th, key: v}))]
                          for mode, (key, values) in sweeps.items() for v in values])]
+
+
+def split_table(groups: dict[tuple, list[dict]]) -> list[str]:
+    """Does the split hurt: every arm run on a non-iid partition and on iid shards, its final validation perplexity
+    there minus on iid, paired by seed (95% t interval, verdicts Holm-corrected over the table). Only the global
+    validation texts are the same for every partition of a seed; the clients' own held-out texts are not, so the
+    personalised perplexity is not compared across partitions."""
+    pairs = {(p, a): (g, groups[("iid", a)]) for (p, a), g in groups.items() if p != "iid" and ("iid", a) in groups}
+    if not pairs:
+        return ["(no arm run on iid and a non-iid partition yet)"]
+    diffs = compare(pairs, keys=("final_val_ppl",))
+    return S.markdown(["partition", "arm", "final ppl", "on iid", "Δ vs iid (same arm)"],
+                      [[p, a, S.fmt_seeds(R.by_seed(g, "final_val_ppl").values()),
+                        S.fmt_seeds(R.by_seed(ref, "final_val_ppl").values()), diffs[(p, a, "final_val_ppl")]]
+                       for (p, a), (g, ref) in sorted(pairs.items())])
 
 
 def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> list[str]:
@@ -544,6 +559,9 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
         if mode == "failure":
             lines += ["Equal compute (paired by seed, 95% t interval, verdicts Holm-corrected over the table):", "",
                       *equal_compute_table(sel, rounds, lr), ""]
+    lines += ["### Does the split hurt", "", "Each arm on a non-iid partition against the same arm on iid shards "
+              "(global validation perplexity, paired by seed, 95% t interval, verdicts Holm-corrected over the table):",
+              "", *split_table(groups), ""]
     if compare_dir is not None:
         own, other = (runs, rounds, chosen), load_grid(compare_dir)
         grids = {"from scratch": other, "pretrained + LoRA": own} if "mu" in chosen else \

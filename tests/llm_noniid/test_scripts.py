@@ -151,6 +151,23 @@ def test_tables_correct_verdicts_with_holm_and_show_diverged_arms():
     assert ifca.count("after Holm") + ifca.count("p_Holm") == 2
 
 
+def test_split_table_pairs_each_arm_with_itself_on_iid():
+    """'Does the split hurt': an arm on a skewed partition minus the same arm on iid, by seed, Holm over the
+    table; an arm never run on iid has no row."""
+    runs = fake_runs({("iid", "FedAvg"): [50.0, 52.0, 51.0], ("topic a=0.01", "FedAvg"): [55.0, 57.5, 56.0],
+                      ("iid", "SCAFFOLD"): [40.0, 41.0, 42.0], ("topic a=0.01", "SCAFFOLD"): [40.5, 40.5, 42.5],
+                      ("topic a=0.01", "FedProx mu=1"): [90.0, 91.0, 92.0]})
+    lines = E.split_table(E.by_arm(runs))
+    row = lambda arm: next(line.split(" | ") for line in lines if f"| {arm} |" in line)
+    holm = S.holm({"FedAvg": S.paired({0: 55.0, 1: 57.5, 2: 56.0}, {0: 50.0, 1: 52.0, 2: 51.0}),
+                   "SCAFFOLD": S.paired({0: 40.5, 1: 40.5, 2: 42.5}, {0: 40.0, 1: 41.0, 2: 42.0})})
+    assert holm["FedAvg"].significant and not holm["SCAFFOLD"].significant
+    assert row("FedAvg")[4].startswith("+5.2 [") and f"p_Holm {holm['FedAvg'].p_holm:.2g}" in row("FedAvg")[4]
+    assert row("FedAvg")[3] == S.fmt_seeds([50.0, 52.0, 51.0])
+    assert "no difference after Holm" in row("SCAFFOLD")[4]
+    assert not any("FedProx mu=1" in line for line in lines)
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--mode", "quick", "--rounds", "0"], "--rounds must be at least 1"),
     (["--mode", "quick", "--seeds", "a,b"], "expected comma-separated integers"),
