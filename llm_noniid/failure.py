@@ -37,8 +37,11 @@ class Thresholds:
 DEFAULT = Thresholds()
 
 
-def detect_divergence(rounds: list[int], losses: list[float], th: Thresholds = DEFAULT) -> int | None:
-    best, streak_start, streak = math.inf, None, 0
+def detect_divergence(rounds: list[int], losses: list[float], th: Thresholds = DEFAULT,
+                      initial: float = math.inf) -> int | None:
+    """``initial``: the loss before training, the first "best so far" (a run that jumps above its pretrained
+    start and stays there has diverged even if it then falls slowly)."""
+    best, streak_start, streak = initial, None, 0
     for r, loss in zip(rounds, losses):
         if not math.isfinite(loss):
             return r
@@ -91,14 +94,15 @@ def detect_slow_convergence(rounds: list[int], losses: list[float], th: Threshol
     return None
 
 
-def detect(rows: list[dict], th: Thresholds = DEFAULT) -> dict[str, int]:
+def detect(rows: list[dict], th: Thresholds = DEFAULT, initial_ppl: float | None = None) -> dict[str, int]:
     """Detected modes -> first round, from metric rows with ``round``, ``val_loss`` and optionally
-    ``client_divergence`` / ``update_norm`` / ``participants``."""
+    ``client_divergence`` / ``update_norm`` / ``participants``; ``initial_ppl``: the validation perplexity before
+    training (``summary.json``'s ``initial_val_ppl``), divergence's first reference when given."""
     ev = [r for r in rows if "val_loss" in r]
     rounds, losses = [r["round"] for r in ev], [float(r["val_loss"]) for r in ev]
     dr = [(r["round"], dispersion(r)) for r in rows if dispersion(r) is not None]
     found = {
-        "divergence": detect_divergence(rounds, losses, th),
+        "divergence": detect_divergence(rounds, losses, th, math.log(initial_ppl) if initial_ppl else math.inf),
         "oscillation": detect_oscillation(rounds, losses, th),
         "client_drift": detect_client_drift([r for r, _ in dr], [float(d) for _, d in dr], th),
         "slow_convergence": detect_slow_convergence(rounds, losses, th),

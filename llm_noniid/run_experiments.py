@@ -336,6 +336,11 @@ def at_plateau(run: dict) -> bool:
     return S.plateau_gain([-math.log(v) for v in ppl], tail=PLATEAU_TAIL) < math.log1p(PLATEAU_GAIN)
 
 
+def detected(run: dict, th: failure.Thresholds = failure.DEFAULT) -> dict[str, int]:
+    """The failure modes of a run, detected again from its logged curve (and the perplexity before training)."""
+    return failure.detect(run["rows"], th, (run.get("summary") or {}).get("initial_val_ppl"))
+
+
 def budget_table(groups: dict[tuple, list[dict]], rounds: int) -> list[str]:
     """FedAvg's final perplexity at the grid's rounds and at twice them (same seed) on each headline partition, and
     whether doubling the budget gains less than BUDGET_GAIN."""
@@ -384,7 +389,7 @@ def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mu
                        "best ppl (any round)", "compute", "status", "failure modes (runs)", "at plateau"],
                       [[p, a, len(g), *ppl_cells(p, a, g), best(g), compute(g, ref),
                         tally((r.get("summary") or {}).get("status", "running") for r in g),
-                        tally((m for r in g for m in failure.detect(r["rows"])), f"/{len(g)}") or "none",
+                        tally((m for r in g for m in detected(r)), f"/{len(g)}") or "none",
                         f"{sum(map(at_plateau, g))}/{len(g)}"]
                        if g else [p, a, 0, "not run", *[""] * 8] for p, a, g, ref in rows])
 
@@ -423,7 +428,7 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> l
     classes = {name: g for name, is_ in KNOWN.items() if (g := [r for k, rs in groups.items() if is_(*k) for r in rs])}
     if not classes:
         return ["(no runs of a known class yet: run --mode failure and --mode calibrate)"]
-    share = lambda mode, t=failure.DEFAULT: [f"{sum(mode in failure.detect(r['rows'], t) for r in g)}/{len(g)}"
+    share = lambda mode, t=failure.DEFAULT: [f"{sum(mode in detected(r, t) for r in g)}/{len(g)}"
                                              for g in classes.values()]
     th = failure.DEFAULT.as_dict()
     # the calibration: each detector's key threshold swept, the others at their defaults

@@ -404,7 +404,7 @@ class LlmTask(engine.Task):
         before this round's checkpoint, so checkpoint.pt keeps the round before."""
         detected = self.acc["detected"]
         if rd.is_main:
-            for mode, at in failure.detect(rd.rows()).items():
+            for mode, at in failure.detect(rd.rows(), initial_ppl=self.acc.get("initial_val_ppl")).items():
                 detected.setdefault(mode, at)
         self.acc["detected"] = detected = dist.broadcast_object(detected)
         if "divergence" in detected:

@@ -51,7 +51,9 @@ def default_arm(args: dict) -> tuple[str, str]:
 
 
 LOG_TICKS = (20, 30, 50, 70, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 10000)
-X = "local_steps_total"  # the curves' x: local SGD steps summed over clients and rounds (the compute spent)
+X = "local_steps_total"  # the curves' x: local optimizer steps summed over clients and rounds (the compute spent)
+# the reference lines' legend names (other keys: the key with spaces)
+REF_NAMES = {"initial_val_ppl": "before training (a base: zero-shot)"}
 
 
 def add_local_steps(run: dict) -> dict:
@@ -85,12 +87,12 @@ def _reference(runs: list[dict], key: str) -> tuple[float, str] | None:
     if not vals:
         return None
     spread = f", {min(vals):.0f}-{max(vals):.0f} over {len(vals)} runs" if max(vals) > 1.005 * min(vals) else ""
-    return float(np.mean(vals)), f"{key.replace('_', ' ')} {np.mean(vals):.0f}{spread}"
+    return float(np.mean(vals)), f"{REF_NAMES.get(key, key.replace('_', ' '))} {np.mean(vals):.0f}{spread}"
 
 
-def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | None = None,
+def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[str, ...] = (),
                 log: bool = False) -> list[Path]:
-    """Panels = partitions, lines = arms (mean over seeds, band ± sample sd), reference dashed."""
+    """Panels = partitions, lines = arms (mean over seeds, band ± sample sd), references dashed, then dotted."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
@@ -110,11 +112,11 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_key: str | N
             R.draw_seeds(ax, x[ok] / 1000, ys[:, ok].T, arm, marker=marker, linestyle=style, markersize=3,
                          markevery=max(1, ok.sum() // 8), color=color)
             drawn += 1
-        ref = _reference([r for a in arms for r in groups[(part, a)]], ref_key) if ref_key else None
-        if ref:
-            ax.axhline(ref[0], color="k", linestyle="--", linewidth=1, label=ref[1])
+        for ref_key, style in zip(ref_keys, ("--", ":")):
+            if ref := _reference([r for a in arms for r in groups[(part, a)]], ref_key):
+                ax.axhline(ref[0], color="k", linestyle=style, linewidth=1, label=ref[1])
         ax.set_title(f"{part}\nlines: mean over seeds; {BAND}", fontsize=9)
-        ax.set(xlabel="local SGD steps, all clients (thousands)", ylabel=ylabel)
+        ax.set(xlabel="local optimizer steps, all clients (thousands)", ylabel=ylabel)
         if log:
             ax.set_yscale("log")
             lo, hi = ax.get_ylim()
@@ -207,10 +209,10 @@ def make_figures(runs: list[dict], out: str | Path, labels: dict | None = None) 
     out = Path(out)
     groups = grouped(runs, default_arm, labels)
     # log scale: an arm stuck near the unigram (FedProx mu = 1) would otherwise flatten the others' curves
-    written = plot_curves(groups, "val_ppl", "validation perplexity (global, log scale)", out, "unigram_val_ppl",
-                          log=True)
+    written = plot_curves(groups, "val_ppl", "validation perplexity (global, log scale)", out,
+                          ("unigram_val_ppl", "initial_val_ppl"), log=True)
     written += plot_curves(groups, "personal_val_ppl", "perplexity on own held-out texts (log scale)", out,
-                           "personal_unigram_ppl", log=True)
+                           ("personal_unigram_ppl",), log=True)
     written += plot_curves(groups, "client_divergence_rel", "client divergence / ||theta||", out, log=False)
     written += plot_final(groups, out)
     for part in sorted({p for p, _ in groups}):

@@ -37,6 +37,16 @@ def test_non_finite_loss_is_divergence_at_that_round():
     assert failure.detect(rows(list(healthy(4)) + [math.inf]))["divergence"] == 5
 
 
+def test_a_jump_above_the_start_that_stays_is_divergence_from_the_model_before_training():
+    """A pretrained start at loss 5.3 (ppl 200) that jumps to 6.7 and then falls slowly, still far above it: never
+    above its own best after the jump, so only the start as the first reference flags it (at the first
+    evaluation); a run that stays below its start is not flagged."""
+    jumped = [6.7, 6.3, 6.25, 6.2, 6.15, 6.12]
+    assert failure.detect(rows(jumped)) == {}
+    assert failure.detect(rows(jumped), initial_ppl=200.0) == {"divergence": 1}
+    assert failure.detect(rows(list(healthy(12))), initial_ppl=200.0) == {}
+
+
 def test_single_spike_is_not_divergence():
     losses = list(healthy(10))
     losses[5] *= 1.5
@@ -72,8 +82,9 @@ def test_client_drift_needs_a_sustained_excess():
 def rules_table(th: failure.Thresholds = failure.DEFAULT) -> str:
     """The rules as a Markdown table with the thresholds' values: the README's table is this text."""
     rows = [
-        ("divergence", f"a non-finite validation loss, or the loss > {1 + th.div_rel_increase:g} × the best so far for "
-                       f"{th.div_patience} consecutive evaluations (reported at the first of them); the run stops "
+        ("divergence", f"a non-finite validation loss, or the loss > {1 + th.div_rel_increase:g} × the best so far "
+                       f"(the model before training included) for {th.div_patience} consecutive evaluations "
+                       "(reported at the first of them); the run stops "
                        "(`status: diverged`) and the checkpoint stays at the last round before"),
         ("oscillation", f"in a window of {th.osc_window} evaluations, loss changes larger than "
                         f"{100 * th.osc_min_change:g} % of the window's mean loss reverse direction at least "
