@@ -155,11 +155,13 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
             ref = _reference([r for a in arms for r in groups[(part, a)]], ref_key)
             if ref:
                 ax.axvline(ref[0], color=f"C{j}", linestyle="--", linewidth=1, label=ref[1])
+        if ref := _reference([r for a in arms for r in groups[(part, a)]], "initial_val_ppl"):
+            ax.axvline(ref[0], color="k", linestyle=":", linewidth=1, label=ref[1])
         ax.set_yticks(np.arange(len(arms)), arms, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("final perplexity (lower is better)")
         ax.set_title(part, fontsize=10)
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
     fig.suptitle("bars: mean over seeds; error bars: ± sample sd over seeds", fontsize=9)
     return R.savefig(fig, out / "final_ppl.png")
 
