@@ -97,10 +97,8 @@ def main(argv=None) -> dict:
             perm_epoch = epoch
         t0 = time.perf_counter()
         idx = perm[pos * args.batch_size:(pos + 1) * args.batch_size].to(device, non_blocking=True)
-        batch = {k: v.to(device, non_blocking=True)
-                 for k, v in lmdata.text.lm_batch(data.train[idx], data.tokenizer.pad_token_id).items()}
         with evaluate.autocast(device):
-            loss = fwd(**batch).loss
+            loss = fwd(**next(ctx.batches(idx))).loss  # the step's blocks are one batch
         loss.backward()
         # cosine between consecutive steps' gradients: one flat copy per step, dot products on device
         grad = params.flatten([p.grad for p in plist], dtype=torch.float32)
@@ -122,7 +120,6 @@ def main(argv=None) -> dict:
             row |= federated.evaluate_global(ctx, valid)
             rd.check_finite(f"step {step}", training_loss=loss_sum, validation_loss=row["val_loss"],
                             parameters=plist)
-            model.train()
             best = min(best, row["val_ppl"])
             last = {k: v for k, v in row.items() if k != "sample"}
             rd.log(row)
@@ -138,7 +135,7 @@ def main(argv=None) -> dict:
                                 "prev_grad": prev_grad.cpu() if prev_grad is not None else None,
                                 "snapshots": snaps.state_dict() if snaps is not None else None})
     bar.close()
-    summary = rd.write_summary({
+    summary = federated.publish(rd, model, data, refs, {
         "method": "central", "config": args.model_config, "layers": args.layers, "steps_done": step,
         "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
         "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": best, "optimizer_steps": step,
@@ -146,7 +143,6 @@ def main(argv=None) -> dict:
         "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
         "train_tokens": tokens, "train_seconds": round(t_train, 3),
     })
-    federated.publish(rd, model, data, summary, refs)
     rd.release()
     return summary
 

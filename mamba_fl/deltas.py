@@ -62,9 +62,9 @@ class Snapshots:
                 self.arrays["server_delta/" + k[len("server/"):]] = v - self.previous[k]
         self.previous = current
 
-    def gather(self, prefix: str = "client") -> None:
-        """Under torchrun: bring the ``<prefix>*`` arrays every rank recorded into rank 0's (the only writer)."""
-        mine = {k: v for k, v in self.arrays.items() if k.startswith(prefix)}
+    def gather(self) -> None:
+        """Under torchrun: bring the client arrays every rank recorded into rank 0's (the only writer)."""
+        mine = {k: v for k, v in self.arrays.items() if k.startswith("client")}
         parts = distributed.all_gather_object(mine)
         if distributed.is_main():
             for part in parts:
@@ -73,16 +73,14 @@ class Snapshots:
             for k in mine:
                 del self.arrays[k]
 
-    def write(self, tag: str) -> Path | None:
+    def write(self, tag: str) -> None:
         if not self.arrays:
-            return None
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{tag}.npz"
         tmp = self.folder / f".{tag}.tmp.npz"
         np.savez(tmp, **self.arrays)
-        tmp.replace(path)
+        tmp.replace(self.folder / f"{tag}.npz")
         self.arrays = {}
-        return path
 
     def state_dict(self) -> dict:
         """The previous server snapshot as tensors (a checkpoint then loads with ``weights_only=True``)."""

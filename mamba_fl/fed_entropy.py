@@ -22,7 +22,6 @@ def add_entropy_weighted(ctx: federated.Context, agg, client: federated.Client) 
     held = client.holdout[: ctx.args.entropy_blocks] if ctx.args.entropy_blocks > 0 else client.holdout
     h = evaluate.mean_entropy(ctx.forward_model, ctx.batches(held, max(ctx.args.batch_size, 8)),
                               vocab_size=ctx.data.vocab_size, device=ctx.device)
-    ctx.model.train()
     h_ref = ctx.scratch.setdefault("h_ref", h)
     agg.add(ctx.params, weight=math.exp(-(h - h_ref) / ctx.args.temperature))
     return {"entropy": h}

@@ -54,12 +54,10 @@ def local_step_fisher(ctx: federated.Context, client: federated.Client) -> list[
     est = _LOCAL.get(ctx.model)
     if est is None:
         est = _LOCAL[ctx.model] = fisher.LocalStepFisher(ctx.params, ctx.args.batch_size)
-        pad = ctx.data.tokenizer.pad_token_id
         for idx in federated.client_batch_indices(client.train, ctx.args.seed, ctx.round, client.index,
                                                   ctx.args.local_updates, ctx.args.batch_size):
-            batch = lmdata.text.lm_batch(ctx.data.train[torch.as_tensor(idx)], pad)
             with evaluate.autocast(ctx.device):
-                loss = ctx.forward_model(**{k: v.to(ctx.device) for k, v in batch.items()}).loss
+                loss = ctx.forward_model(**next(ctx.batches(idx))).loss  # the step's blocks are one batch
             loss.backward()
             for p in ctx.params:
                 p.grad = None
@@ -76,7 +74,6 @@ def add_fisher_weighted(ctx: federated.Context, agg, client: federated.Client) -
         f = fisher.diagonal_fisher(ctx.model, fisher_batches(ctx, client), labels=ctx.args.fisher_labels,
                                    forward=next_token_logits, params=ctx.params, method=ctx.args.fisher_method,
                                    chunk_size=ctx.args.fisher_batch, generator=g)
-        ctx.model.train()
     agg.add(ctx.params, f, weight=client.weight)
     return {"fisher_mean": float(sum(t.double().sum() for t in f) / sum(t.numel() for t in f))}
 

@@ -95,7 +95,8 @@ class Method:
     """What differs between the federated scripts.
 
     make_aggregator(args, like) -> aggregator; add_client(ctx, agg, client) adds the trained client (the
-    model holds its final parameters) and returns metrics for the log; server: --server-opt's default.
+    model holds its final parameters) and returns metrics for the log (default: FedAvg's theta_k with weight
+    n_k); server: --server-opt's default.
     """
     name: str
     script: str
@@ -110,12 +111,6 @@ class Method:
     # (FedFisher: where its floor decides; FedEntropy: the normalised client weights)
     round_metrics: Callable | None = None
     run_name_extra: Callable[[argparse.Namespace], dict] = lambda args: {}
-
-
-def add_weighted(ctx: Context, agg, client: Client) -> dict:
-    """FedAvg's hook: theta_k with weight n_k."""
-    agg.add(ctx.params, weight=client.weight)
-    return {}
 
 
 @dataclass
@@ -148,10 +143,8 @@ def client_batch_indices(train_idx: np.ndarray, seed_: int, round_idx: int, clie
     """The blocks of each local step of ``client`` in ``round_idx``: a permutation of its shard from its
     own stream, continued with further permutations if the round needs more blocks than the shard has."""
     g = seed.client_generator(seed_, round_idx, client)
-    need, n, order = local_updates * batch_size, len(train_idx), []
-    while sum(len(o) for o in order) < need:
-        order.append(torch.randperm(n, generator=g).numpy())
-    flat = np.concatenate(order)[:need]
+    need, n = local_updates * batch_size, len(train_idx)
+    flat = np.concatenate([torch.randperm(n, generator=g).numpy() for _ in range(math.ceil(need / n))])[:need]
     return [train_idx[flat[u * batch_size:(u + 1) * batch_size]] for u in range(local_updates)]
 
 
@@ -187,12 +180,6 @@ def evaluate_global(ctx: Context, valid: torch.Tensor) -> dict:
     return row
 
 
-def default_rounds(args, shards_train: list[np.ndarray]) -> int:
-    """Rounds for --n-epochs passes of the mean client over its shard."""
-    mean_blocks = float(np.mean([len(s) for s in shards_train]))
-    return max(1, math.ceil(args.n_epochs * mean_blocks / (args.local_updates * args.batch_size)))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # the run
 
@@ -223,10 +210,10 @@ class MambaTask(engine.Task):
     method's aggregator hook, evaluation of the global model (of each cluster's, weighted by the clients
     it serves) every ``--eval-every`` rounds."""
 
-    def __init__(self, args, method: Method, ctx: Context, clients: list[Client], opt, valid, rd, snaps, names):
+    def __init__(self, args, method: Method, ctx: Context, clients: list[Client], opt, valid, rd, snaps):
         self.args, self.method, self.ctx, self.clients = args, method, ctx, clients
         self.params, self.device, self.optimizer, self.valid = ctx.params, ctx.device, opt, valid
-        self.rd, self.snaps, self.names = rd, snaps, names
+        self.rd, self.snaps = rd, snaps
         self.name, self.metric = method.name, "val_ppl"
         self.sizes = [c.weight for c in clients]
         self.rounds, self.eval_every, self.seed = args.rounds, args.eval_every, args.seed
@@ -253,8 +240,7 @@ class MambaTask(engine.Task):
         return evaluate.perplexity(self.ctx.forward_model, self.ctx.batches(blocks), device=self.device)["loss"]
 
     def client_features(self, k: int) -> np.ndarray:
-        return token_distribution(self.ctx.data.train[torch.as_tensor(self.clients[k].train)],
-                                             self.ctx.data.vocab_size)
+        return token_distribution(self.ctx.data.train[torch.as_tensor(self.clients[k].train)], self.ctx.data.vocab_size)
 
     def make_aggregator(self, like):
         return self.method.make_aggregator(self.args, like)
@@ -262,7 +248,9 @@ class MambaTask(engine.Task):
     def add_client(self, agg, k, out) -> dict:
         if self.snaps is not None and self.eval_now:
             self.snaps.add(f"client{k}_delta", self.params, base=self.fed.models[self.fed.assign[k]])
-        return (self.method.add_client or add_weighted)(self.ctx, agg, self.clients[k])
+        if self.method.add_client is None:  # FedAvg: theta_k with weight n_k
+            return super().add_client(agg, k, out)
+        return self.method.add_client(self.ctx, agg, self.clients[k])
 
     def pre_reduce(self, aggs, rows, chosen) -> None:
         if self.method.pre_reduce is not None:
@@ -332,8 +320,9 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
         cli.check(len(idx) > 0, f"client {k} received no training blocks; use fewer clients or --shard contiguous")
         tr, ho = lmdata.split_holdout(idx, args.holdout_fraction)
         clients.append(Client(k, tr, ho, float(len(tr))))
-    if args.rounds is None:
-        args.rounds = default_rounds(args, [c.train for c in clients])
+    if args.rounds is None:  # rounds for --n-epochs passes of the mean client over its shard
+        mean_blocks = float(np.mean([len(c.train) for c in clients]))
+        args.rounds = max(1, math.ceil(args.n_epochs * mean_blocks / (args.local_updates * args.batch_size)))
     args.kernel_path = mmodel.select_kernels(device, args.kernels)
     name = args.run_name or runlog.run_name(
         method.name, args.model_config, args.shard, k=args.num_clients, lu=args.local_updates, r=args.rounds,
@@ -360,7 +349,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     rd.claim()  # everything is validated: from here on the run directory is this run's
     snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
         if args.save_deltas else None
-    task = MambaTask(args, method, ctx, clients, mmodel.make_optimizer(args, plist), valid, rd, snaps, names)
+    task = MambaTask(args, method, ctx, clients, mmodel.make_optimizer(args, plist), valid, rd, snaps)
     fed = engine.Federation(task, args)
     start = fed.start(rd, names)
     if snaps is not None and start == 0 and main:
@@ -390,21 +379,18 @@ def finish(rd, args, method, data, acc, refs, model) -> dict:
         "client_seconds": round(acc["client_seconds"], 3), "round_seconds": round(acc["round_seconds"], 3),
         "overhead_fraction": (1 - acc["client_seconds"] / acc["round_seconds"]) if acc["round_seconds"] else None,
     }
-    summary = rd.write_summary(summary)
-    publish(rd, model, data, summary, refs)
-    return summary
+    return publish(rd, model, data, refs, summary)
 
 
-def publish(rd, model, data, summary: dict, refs: dict) -> None:
-    """The run's model/, its learning curve with the reference points (perplexity.png) and its last line."""
+def publish(rd, model, data, refs: dict, summary: dict) -> dict:
+    """Writes summary.json, the run's model/ (the final model and its tokenizer, which
+    AutoModelForCausalLM.from_pretrained reads), its learning curve with the reference points (perplexity.png)
+    and its last line; returns the summary as written."""
     from common.curves import perplexity_curve
 
-    save_model(rd, model, data, summary)
+    summary = rd.write_summary(summary)
+    export.save_model_dir(rd.path, model, data.tokenizer, info={
+        k: summary.get(k) for k in ("method", "final_val_loss", "final_val_ppl", "unigram_ppl", "uniform_ppl")})
     perplexity_curve(rd.rows(), rd.path / "perplexity.png", title=rd.path.name, refs=refs)
     print(lmdata.final_line(rd.path, summary), flush=True)  # the run's one line, --quiet too
-
-
-def save_model(rd, model, data, summary: dict):
-    """The final model and its tokenizer in <run>/model/ (AutoModelForCausalLM.from_pretrained reads it)."""
-    return export.save_model_dir(rd.path, model, data.tokenizer, info={
-        k: summary.get(k) for k in ("method", "final_val_loss", "final_val_ppl", "unigram_ppl", "uniform_ppl")})
+    return summary

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +56,8 @@ class LMData:
     train: torch.Tensor                    # [N, T] training blocks, -100 padding in the last one
     valid: torch.Tensor                    # [M, T] validation blocks
     words_per_token: float                 # valid split: whitespace words / tokens, for per-word perplexity
-    source: str
-    optimal_ppl: float | None = None       # synthetic source: optimal perplexity per word
+    optimal_ppl: float | None = None       # synthetic source: optimal perplexity per word, exp(mean entropy rate)
     train_topics: np.ndarray | None = None  # [N] topic id of each training block (synthetic only)
-    meta: dict = field(default_factory=dict)
     fingerprint: dict | None = None        # what was read (common.runlog.data_fingerprint): --resume checks it
 
 
@@ -130,22 +128,19 @@ def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = N
     """Read the splits named by the flags, tokenize (cached) and block them; with ``device``, the train and
     validation blocks are moved there once (a few MB for WikiText-2), so no step copies data to the GPU."""
     cache = text.derived_cache_dir(args.cache_dir, getattr(args, "out_dir", None))
-    meta, optimal = {}, None
+    meta = {}
     if args.data_dir:
         folder, source = Path(args.data_dir), "dir"
-        splits = _read_dir(folder)
-        train_files = [folder / SPLIT_FILES["train"]]
     elif args.data == "wikitext2":
-        splits, source = _hf_wikitext2(args.cache_dir), "wikitext2"
+        folder, source, splits = None, "wikitext2", _hf_wikitext2(args.cache_dir)
         train_files = [cache / "wikitext2_train.raw"]
         if not train_files[0].exists():
             train_files[0].parent.mkdir(parents=True, exist_ok=True)
             train_files[0].write_text(splits["train"], encoding="utf-8")
     else:
-        folder, meta = _synthetic_dir(args.cache_dir)
-        splits, source = _read_dir(folder), "synthetic"
-        train_files = [folder / SPLIT_FILES["train"]]
-        optimal = meta.get("optimal_perplexity_mean")  # per word of chain text, exp of the mean entropy rate
+        (folder, meta), source = _synthetic_dir(args.cache_dir), "synthetic"
+    if folder is not None:  # the raw files of --data-dir or of the embedded source
+        splits, train_files = _read_dir(folder), [folder / SPLIT_FILES["train"]]
 
     spec = args.tokenizer
     if spec == "auto":
@@ -171,8 +166,8 @@ def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = N
         fp = runlog.data_fingerprint(source, folder if source == "dir" else None,
                                      files=[folder / n for n in SPLIT_FILES.values()], splits=sizes)
     return LMData(tokenizer=tok, vocab_size=len(tok), train=train, valid=valid,
-                  words_per_token=words / max(int(streams["valid"].numel()), 1), source=source,
-                  optimal_ppl=optimal, train_topics=topics, meta=meta, fingerprint=fp)
+                  words_per_token=words / max(int(streams["valid"].numel()), 1),
+                  optimal_ppl=meta.get("optimal_perplexity_mean"), train_topics=topics, fingerprint=fp)
 
 
 def client_shards(args: argparse.Namespace, data: LMData) -> list[np.ndarray]:

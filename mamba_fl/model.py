@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from common import cli, flags
+from common import cli, evaluate, flags
 
 CONFIGS = {f"pure_ssm_{n}_layer": n for n in (1, 2, 4)}
 # --quick: tiny enough that a federated run of a few rounds takes seconds on 2 CPU cores (central.py and the
@@ -49,14 +49,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="separate output head (the source tied input and output embeddings)")
 
 
-def legacy_config(value) -> bool:
-    """True for the old ``--config pure_ssm_N_layer`` (a model config name, not a YAML file)."""
-    return isinstance(value, str) and value.startswith("pure_ssm_") and not value.endswith((".yaml", ".yml"))
-
-
-def config_legacy(value: str) -> dict | None:
-    """``parser.config_legacy`` for ``common.config``: the old --config spelling means --model-config."""
-    return {"model_config": value} if legacy_config(value) else None
+def config_legacy(value) -> dict | None:
+    """``parser.config_legacy`` for ``common.config``: the old ``--config pure_ssm_N_layer`` (a model config
+    name, not a YAML file) means --model-config."""
+    if isinstance(value, str) and value.startswith("pure_ssm_") and not value.endswith((".yaml", ".yml")):
+        return {"model_config": value}
+    return None
 
 
 def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
@@ -73,7 +71,7 @@ def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
 
 def resolve_model_args(args: argparse.Namespace) -> None:
     """Fill ``args.layers`` from ``--model-config`` and check the shapes."""
-    if legacy_config(getattr(args, "config", None)):  # parsed without common.config: --config pure_ssm_N_layer
+    if config_legacy(getattr(args, "config", None)):  # parsed without common.config: --config pure_ssm_N_layer
         args.model_config, args.config = args.model_config or args.config, None
     if args.model_config is not None:
         cli.check(args.model_config in CONFIGS,
@@ -175,9 +173,7 @@ def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, device: to
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
     if ids.numel() == 0:
         ids = torch.tensor([[tokenizer.eos_token_id]], device=device)
-    was_training = model.training
-    model.eval()
-    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                         pad_token_id=tokenizer.pad_token_id)
-    model.train(was_training)
+    with evaluate.eval_mode(model):
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                             pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:].tolist())

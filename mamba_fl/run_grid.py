@@ -72,7 +72,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def fed_flags(args, arm: str, rounds: int) -> list[str]:
-    script, extra = FEDERATED_ARMS[arm]
+    extra = FEDERATED_ARMS[arm][1]
     every = max(1, rounds * args.eval_every // args.rounds)  # the same number of evaluations in every arm
     flags = ["--num-clients", str(args.clients), "--rounds", str(rounds), "--batch-size", str(args.batch_size),
              "--lr", str(args.lr), "--eval-every", str(every)] + extra
