@@ -26,8 +26,6 @@ from safetensors.torch import load_file, save_file
 
 from common import aggregate, checkpoint, cli, export, lora_merge
 
-PREFIX = "base_model.model."
-
 
 @dataclass
 class Adapter:
@@ -162,7 +160,7 @@ def load(directory) -> Adapter:
                            cfg.get("lora_dropout", 0.0),
                            {"base_model_name_or_path":
                                 export.resolve_base(directory, cfg.get("base_model_name_or_path"))},
-                           _names(cfg.get("modules_to_save")) or ["classifier"])
+                           _names(cfg.get("modules_to_save")))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -263,8 +261,8 @@ def merge_rel_error(clients: list[Adapter], weights, fused: Adapter) -> float:
     return math.sqrt(num / den) if den > 0 else 0.0
 
 
-def error_by_rank(clients: list[Adapter], weights, max_rank: int | None = None) -> list[float]:
-    """``merge_rel_error`` of the SVD merge of ``clients`` at rank 1, 2, ... ``max_rank`` (default: the sum of
-    the client ranks, where the merge is lossless): the curve a run's summary keeps for the plots."""
-    top = max_rank or sum(c.r for c in clients)
+def error_by_rank(clients: list[Adapter], weights) -> list[float]:
+    """``merge_rel_error`` of the SVD merge of ``clients`` at rank 1, 2, ... up to the sum of the client ranks
+    (where the merge is lossless): the curve a run's summary keeps for the plots."""
+    top = sum(c.r for c in clients)
     return [merge_rel_error(clients, weights, merge(clients, weights, "svd", rank=r)) for r in range(1, top + 1)]

@@ -12,25 +12,16 @@ from common import cli, runlog
 from lora_glue_fl import glue_tasks
 
 
-def positive(args, *names: str) -> None:
-    """Each ``--name`` that is set must be > 0."""
-    for name in names:
+def common_args(args) -> None:
+    """Flags every training script of the subproject shares; each is checked where the script has it and it is
+    set (a count of 0 is not "all": it is refused)."""
+    for name in ("learning_rate", "lora_alpha", "alpha"):
         value = getattr(args, name, None)
         cli.check(value is None or value > 0, f"--{name} must be positive, got {value}")
-
-
-def at_least_one(args, *names: str) -> None:
-    """Each ``--name`` that is set must be an integer >= 1 (0 is not "all": it is refused)."""
-    for name in names:
+    for name in ("max_train_samples", "max_eval_samples", "max_seq_length", "tokenizer_vocab_size",
+                 "per_device_train_batch_size", "per_device_eval_batch_size", "eval_batch_size"):
         value = getattr(args, name, None)
         cli.check(value is None or value >= 1, f"--{name} must be at least 1, got {value}")
-
-
-def common_args(args) -> None:
-    """Flags every training script of the subproject shares."""
-    positive(args, "learning_rate", "lora_alpha", "alpha")
-    at_least_one(args, "max_train_samples", "max_eval_samples", "max_seq_length", "tokenizer_vocab_size",
-                 "per_device_train_batch_size", "per_device_eval_batch_size", "eval_batch_size")
     dropout = getattr(args, "lora_dropout", None)
     cli.check(dropout is None or 0.0 <= dropout < 1.0, f"--lora_dropout must be in [0, 1), got {dropout}")
     if getattr(args, "quick", False):  # --quick's tiny model: a rank above its width is refused, not capped

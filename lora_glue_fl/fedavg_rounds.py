@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import checkpoint, cli, compiled, engine, export, flags, report, runlog
+from common import cli, compiled, engine, export, flags, report, runlog
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
@@ -311,8 +311,7 @@ def main(argv=None) -> dict:
     if args.shard_dir is not None:
         shards, shard_info = glue_shards.read_shard_manifests(args.shard_dir)
     else:  # --partition, or --quick: --num-clients (3) clients over the first --max_train_samples examples
-        n_train = args.max_train_samples or len(train)
-        train = splits["train"] = train.subset(range(min(n_train, len(train))))
+        train = splits["train"] = train.head(args.max_train_samples)
         info = glue_shards.make_client_splits(train, args.task_name, args.num_clients, args.partition or "iid",
                                               seed=args.seed)
         shards, shard_info = [np.asarray(c, dtype=np.int64) for c in info["client_indices"]], info
@@ -353,22 +352,14 @@ def main(argv=None) -> dict:
                                                                       f" --target_modules is {args.target_modules}")
     types = modeling.uses_token_types(base)
     train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
-    evals = {s: splits[s] if args.max_eval_samples is None
-             else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
-             for s in task.eval_splits}
+    evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}
     eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
     select = splits.get(glue_tasks.SELECTION)  # scored every round; then the validation split only at the end
     select_enc = modeling.encode_selection(tokenizer, select, args.max_seq_length, types)
     cli.check(select is not None or not args.no_validation, f"--no_validation scores the selection split only, and "
               f"{args.data_dir or args.data} holds none ({glue_tasks.TSV_FILES[glue_tasks.SELECTION]})")
-    base_path = modeling.model_id(args)
     rd.claim()  # every input is validated: from here on the run directory is this run's
-    if base_path == "tiny":  # adapters name their base model: save the tiny one next to them
-        base_path = str(rd.artifact("base_model"))
-        if rd.is_main:
-            base.save_pretrained(base_path)
-            tokenizer.save_pretrained(base_path)
-            checkpoint.give_usual_permissions(base_path)  # safetensors writes through a 0600 temp file
+    base_path = modeling.adapter_base(args, rd, base, tokenizer)
 
     # ---- rounds: common.engine --------------------------------------------------------------------------
     ckpt = rd.load_checkpoint()
@@ -389,7 +380,7 @@ def main(argv=None) -> dict:
                "majority": glue_tasks.majority_metrics(args.task_name, train.label, evals),
                # what plots/plot_lora_glue.py draws beside the metric (plots read run directories only)
                "majority_label": glue_tasks.majority_label(args.task_name, train.label),
-               "num_labels": glue_tasks.get_task(args.task_name).num_labels,
+               "num_labels": task.num_labels,
                "svd_error_by_rank": svd_error_by_rank(rd.path / f"round_{args.rounds}", lora.sizes)
                if args.aggregation == "svd" and rd.is_main else None,
                "final": {k: v for k, v in final.items() if k not in ("round", "client")},

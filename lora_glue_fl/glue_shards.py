@@ -147,7 +147,7 @@ def make_client_splits(train: Examples, task_name: str, k: int, mode: str = "iid
 
 def label_histograms(shards, train: Examples, task_name: str) -> list[dict]:
     """Per client: label (STS-B: score bin) -> count, keys as strings (JSON)."""
-    y = bin_scores(train.label) if task_name == "stsb" else train.label.tolist()
+    y = category_values(train, task_name, "label")
     return [{str(c): n for c, n in sorted(Counter(y[i] for i in s).items())} for s in shards]
 
 

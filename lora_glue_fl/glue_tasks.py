@@ -87,6 +87,10 @@ class Examples:
         pick = lambda xs: None if xs is None else [xs[i] for i in idx]
         return Examples(pick(self.text_a), pick(self.text_b), self.label[idx], pick(self.genre))
 
+    def head(self, n: int | None) -> Examples:
+        """The first ``n`` examples (``--max_train_samples`` / ``--max_eval_samples``); all of them when None."""
+        return self if n is None else self.subset(range(min(n, len(self))))
+
     def column(self, key: str) -> list:
         """A column by name for ``--category_key`` (label, genre)."""
         if key == "label":
@@ -178,7 +182,7 @@ def check_labels(labels: np.ndarray, task: Task, where) -> np.ndarray:
     return labels
 
 
-def read_glue_dir(data_dir, task_name: str, splits=None) -> dict[str, Examples]:
+def read_glue_dir(data_dir, task_name: str) -> dict[str, Examples]:
     """train + validation split(s) from a folder in the original GLUE layout, plus the selection split when the
     folder holds a ``selection.tsv`` (same columns as train.tsv; examples held out of training, on which the
     scripts track every epoch / round while the validation split is scored once, at the end)."""
@@ -186,8 +190,7 @@ def read_glue_dir(data_dir, task_name: str, splits=None) -> dict[str, Examples]:
     data_dir = Path(data_dir)
     expected = ", ".join(TSV_FILES[s] for s in ("train", *task.eval_splits))
     out = {}
-    if splits is None:
-        splits = ("train", *task.eval_splits) + ((SELECTION,) if (data_dir / TSV_FILES[SELECTION]).is_file() else ())
+    splits = ("train", *task.eval_splits) + ((SELECTION,) if (data_dir / TSV_FILES[SELECTION]).is_file() else ())
     for split in splits:
         path = data_dir / TSV_FILES[split]
         cli.check(path.is_file(), f"--data_dir {data_dir}: {path.name} not found; expected the original GLUE "

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common import checkpoint, cli, compiled, export, flags, report, runlog
+from common import cli, compiled, export, flags, report, runlog
 from common import seed as seeding
 from lora_glue_fl import adapters, checks, glue_tasks, modeling
 
@@ -83,8 +83,6 @@ def run(args, lora: bool = True) -> dict:
     task = glue_tasks.get_task(args.task_name)
     args.task_name = args.task_name.lower()
     cli.check(args.num_train_epochs > 0, f"--num_train_epochs must be positive, got {args.num_train_epochs}")
-    if lora:
-        cli.check(args.lora_r >= 1, f"--lora_r must be at least 1, got {args.lora_r}")
     device = cli.resolve_device(args.device)
     name = args.run_name or runlog.run_name("central_lora" if lora else "full_ft", args.task_name,
                                             checks.source_tag(args), r=args.lora_r if lora else None,
@@ -100,8 +98,7 @@ def run(args, lora: bool = True) -> dict:
         modeling.quiet_hf()
     splits = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)
     train = splits["train"]
-    if args.max_train_samples:
-        train = train.subset(range(min(args.max_train_samples, len(train))))
+    train = train.head(args.max_train_samples)
     rd.set_data(checks.fingerprint(args.task_name, args.data, args.data_dir, {**splits, "train": train}))
     with tempfile.TemporaryDirectory() as tmp:  # a BPE's training corpus: nothing in the run directory yet
         tokenizer = modeling.build_tokenizer(args, train, Path(tmp))
@@ -109,20 +106,13 @@ def run(args, lora: bool = True) -> dict:
     if lora:
         checks.rank_fits(model, args.lora_r, "--lora_r")
     types = modeling.uses_token_types(model)
-    evals = {s: splits[s] if not args.max_eval_samples
-             else splits[s].subset(range(min(args.max_eval_samples, len(splits[s]))))
-             for s in task.eval_splits}
+    evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}
     eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
     select = splits.get(glue_tasks.SELECTION)  # tracked every evaluation; validation then scored once, at the end
     select_enc = modeling.encode_selection(tokenizer, select, args.max_seq_length, types)
-    base_path = modeling.model_id(args)
     rd.claim()  # every input is validated: from here on the run directory is this run's
     if lora:
-        if base_path == "tiny":
-            base_path = str(rd.artifact("base_model"))
-            model.save_pretrained(base_path)
-            tokenizer.save_pretrained(base_path)
-            checkpoint.give_usual_permissions(base_path)  # save_pretrained's safetensors are 0600
+        base_path = modeling.adapter_base(args, rd, model, tokenizer)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeding.stream_seed(args.seed, "lora-init"))
             model = modeling.attach_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
@@ -170,15 +160,14 @@ def run(args, lora: bool = True) -> dict:
 
     final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
     chooser = modeling.SELECTION_PREFIX + main_metric if select_enc is not None else main_metric
-    evaluated = [h for h in history if chooser in h]
-    best = max(evaluated, key=lambda h: h[chooser]) if evaluated else {}
+    best = max((h for h in history if chooser in h), key=lambda h: h[chooser], default={})
     summary = {"task": args.task_name, "method": "central_lora" if lora else "full_finetune",
                "model": modeling.model_id(args), "trainable_params": n_train, "total_params": n_total,
                "train_examples": len(train), "main_metric": main_metric, "final": final,
                "majority": glue_tasks.majority_metrics(args.task_name, train.label, evals),
                # what plots/plot_lora_glue.py draws beside the metric (plots read run directories only)
                "majority_label": glue_tasks.majority_label(args.task_name, train.label),
-               "num_labels": glue_tasks.get_task(args.task_name).num_labels,
+               "num_labels": task.num_labels,
                "best": {"epoch": best.get("epoch"), chooser: best.get(chooser)}}
     summary.update(glue_tasks.selection_summary(args.task_name, train.label, select))
     rd.save_checkpoint({"finished": True})

