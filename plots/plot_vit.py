@@ -31,6 +31,7 @@ SWEPT = ("sharding", "nc", "local_steps", "rounds", "head_warmup", "eval_every",
          "sparsity_ratio", "fisher_score", "calibration_rounds", "total_steps", "lr", "freeze_layers")
 PROBES = {2: "probe: head", 1: "probe: head + last block"}   # --freeze-layers of the suite's probes (depth 2)
 PROBE_COLORS = {2: "tab:purple", 1: "tab:brown"}
+STRATEGIES = ("least_sensitive", "most_sensitive", "lowest_magnitude", "highest_magnitude", "random")  # bar order
 BARS = "mean over seeds; error bars: ± sample sd"
 
 
@@ -269,9 +270,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
     if sparse:
         shards = sorted({shard(r) for r in sparse}, key=lambda v: v != "IID")
         sparsities = sorted({r["args"]["sparsity_ratio"] for r in sparse}, reverse=True)
-        labels = sorted({strategy(r) for r in sparse},
-                        key=lambda v: (list(("least_sensitive", "most_sensitive", "lowest_magnitude",
-                                             "highest_magnitude", "random")).index(v[0]), v[1] != "talos"))
+        labels = sorted({strategy(r) for r in sparse}, key=lambda v: (STRATEGIES.index(v[0]), v[1] != "talos"))
         fig, axes = plt.subplots(2, len(shards), figsize=(6 * len(shards), 7), squeeze=False)
         width = 0.8 / len(sparsities)
         for col, sh in enumerate(shards):

@@ -99,8 +99,7 @@ def make_table(suites: dict[int, dict[str, dict]], d: suite.Design = suite.VIT) 
         "previous budget to the largest one the setting has, paired by seed, mean [95% t interval]. Settled: "
         f"that change is below {SETTLED:g} point. Δ vs reference: paired difference to FedAvg IID (FedAvg "
         "settings) or dense FedAvg on the same shards (J sweep, masks, probes) at the same budget (each suite "
-        "at its own rates: its selection.json), verdicts "
-        "Holm-corrected over every Δ of the table.",
+        "at its own rates: its selection.json), verdicts Holm-corrected over every Δ of the table.",
         "", head, "|---|" + "---|" * (2 * len(budgets) + 2)]
     record, refs = {}, {setting: reference(setting) for setting in order}
     deltas = {k: c for k, (_, c) in stats.compare({

@@ -8,6 +8,8 @@ them into normalised floats with one set of tensor ops (no PIL, no per-image Pyt
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -55,10 +57,8 @@ def find_root(data_dir: str | Path) -> Path:
 def download(data_dir: str | Path) -> Path:
     """Fetch and unpack the official tarball into ``data_dir`` (skipped when already there)."""
     data_dir = Path(data_dir)
-    try:
+    with contextlib.suppress(cli.UsageError):
         return find_root(data_dir)
-    except cli.UsageError:
-        pass
     data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / "cifar-100-python.tar.gz"
     try:
@@ -80,8 +80,6 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
 
 def _numpy_private(module: str, name: str):
     """``numpy._core.<module>.<name>`` (NumPy 2), else ``numpy.core.<module>.<name>`` (NumPy 1)."""
-    import importlib
-
     try:
         return getattr(importlib.import_module(f"numpy._core.{module}"), name)
     except ImportError:
@@ -93,10 +91,8 @@ def _numpy_private(module: str, name: str):
 # pickles. Dicts, lists, strings and numbers need no global. Any other name (``os.system``,
 # ``builtins.eval``, ...) is refused before it is looked up.
 _CIFAR_GLOBALS = {
-    **{(f"numpy.{core}.multiarray", "_reconstruct"): _numpy_private("multiarray", "_reconstruct")
-       for core in ("core", "_core")},
-    **{(f"numpy.{core}.numeric", "_frombuffer"): _numpy_private("numeric", "_frombuffer")
-       for core in ("core", "_core")},
+    **{(f"numpy.{core}.{module}", name): _numpy_private(module, name) for core in ("core", "_core")
+       for module, name in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))},
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
@@ -284,36 +280,26 @@ def augment(images: torch.Tensor, image_size: int, generator: torch.Generator | 
         oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
         ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
         flip = torch.rand(B, generator=generator, device=dev) < 0.5
-        row, col = _ramps(H, W, dev)
+        row, col = _made_once(("ramps", H, W, dev), lambda: (torch.arange(H, device=dev), torch.arange(W, device=dev)))
         cols = ox[:, None] + torch.where(flip[:, None], col.flip(0), col)               # [B, W]
         src = (oy[:, None, None] + row[:, None]) * (W + 2 * pad) + cols[:, None, :]      # [B, H, W]
         x = padded.view(B, C, -1).gather(2, src.view(B, 1, H * W).expand(B, C, H * W)).view(B, C, H, W)
     x = x.float().div_(255.0)
     if image_size != H:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    mean, std = _mean_std(dev)
+    mean, std = _made_once(("mean_std", dev), lambda: (torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1),
+                                                       torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)))
     return (x - mean) / std
 
 
 _CONSTANTS: dict = {}
 
 
-def _ramps(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(arange(h), arange(w)) on ``device``, made once."""
-    key = ("ramps", h, w, device)
+def _made_once(key: tuple, make):
+    """``make()`` (tensors such as the ramps and the ImageNet mean and std on a device), made once per ``key``."""
     if key not in _CONSTANTS:
         with torch.inference_mode(False):                    # ordinary tensors, even when first made in eval
-            _CONSTANTS[key] = (torch.arange(h, device=device), torch.arange(w, device=device))
-    return _CONSTANTS[key]
-
-
-def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ImageNet mean and std as float [1, 3, 1, 1] on ``device``, made once."""
-    key = ("mean_std", device)
-    if key not in _CONSTANTS:
-        with torch.inference_mode(False):
-            _CONSTANTS[key] = (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
-                               torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+            _CONSTANTS[key] = make()
     return _CONSTANTS[key]
 
 

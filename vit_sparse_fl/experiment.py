@@ -193,13 +193,12 @@ def end_run(run, args, summary: dict, metric: str, extra: str) -> dict:
     return {**summary, "run_dir": str(run.path)}
 
 
-def plateau(rows: list[dict], x: str, end: float, window: float = 0.2) -> dict:
+def plateau(rows: list[dict], x: str, end: float) -> dict:
     """The plateau check: validation accuracy at the end minus at the last evaluation at or before
-    (1 - window) of the run (``plateau_change``, accuracy in [0, 1]); ``plateau_reached`` when it is
+    80 % of the run (``plateau_change``, accuracy in [0, 1]); ``plateau_reached`` when it is
     under 0.01 in absolute value (1 point)."""
-    start = (1 - window) * end
-    before = [r for r in rows if r[x] <= start]
-    if not rows or not before:
+    before = [r for r in rows if r[x] <= 0.8 * end]
+    if not before:
         return {"plateau_change": None, "plateau_reached": None}
     change = rows[-1]["val_accuracy"] - before[-1]["val_accuracy"]
     return {"plateau_change": change, "plateau_reached": abs(change) < 0.01}

@@ -110,9 +110,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
     parser.add_argument("--text", action="store_true",
                         help="the mask tables on real text instead: --weights (all-MiniLM-L6-v2) fine-tuned on "
-                             "the AG News CSV files of --data-dir; presets " + ", ".join(
-                                 f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                                 for k, v in TEXT_PRESET.items()))
+                             "the AG News CSV files of --data-dir; presets "
+                             + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in TEXT_PRESET.items()))
     parser.presets = {"text": TEXT_PRESET}
     parser.add_argument("--weights", default="minilm",
                         help="--text: the pretrained encoder ('minilm': the 'pretrained' extra; or a Hugging Face "
@@ -376,15 +375,15 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
 
     d = design(args)
     examples = "texts" if d is TEXT else "images"
-    lines.append(f"Chance accuracy: {100.0 / d.classes:.1f} % ({d.classes} classes). Test set: "
-                 f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} {examples}. "
-                 "Cells: mean ± sample sd over seeds (n); Δ: paired difference by seed, mean [95% t interval], "
-                 "verdicts Holm-corrected over each table's differences (a 'no difference' names the effect it "
-                 "rules out); lr: the setting's rate, chosen on validation (selection.json); plateau: runs whose "
-                 f"validation accuracy moved < 1 point over the last 20% of the run; sample gradients: one per "
-                 f"{examples[:-1]} of every local step, head warm-up and mask calibration included; interference: "
-                 "own-class test accuracy, local minus aggregated model, in points.")
-    lines.append("")
+    caption = (f"Chance accuracy: {100.0 / d.classes:.1f} % ({d.classes} classes). Test set: "
+               f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} {examples}. "
+               "Cells: mean ± sample sd over seeds (n); Δ: paired difference by seed, mean [95% t interval], "
+               "verdicts Holm-corrected over each table's differences (a 'no difference' names the effect it "
+               "rules out); lr: the setting's rate, chosen on validation (selection.json); plateau: runs whose "
+               f"validation accuracy moved < 1 point over the last 20% of the run; sample gradients: one per "
+               f"{examples[:-1]} of every local step, head warm-up and mask calibration included; interference: "
+               "own-class test accuracy, local minus aggregated model, in points.")
+    lines += [caption, ""]
     if d is TEXT:
         for shard in d.shards:
             title, dense, probe = d.shard_title(shard), f"fedavg_{shard}", f"probe_{shard}_head"
@@ -395,15 +394,6 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
                     [(dense, f"dense {title}"), (probe, "probe (head)")], rows, interference=True)
         return "\n".join(lines) + "\n", record
     iid = f"FedAvg IID, J={J}, from the base"
-    lines.append(f"Chance accuracy: {100.0 / NUM_CLASSES:.1f} % ({NUM_CLASSES} classes). Test set: "
-                 f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} images. "
-                 "Cells: mean ± sample sd over seeds (n); Δ: paired difference by seed, mean [95% t interval], "
-                 "verdicts Holm-corrected over each table's differences (a 'no difference' names the effect it "
-                 "rules out); lr: the setting's rate, chosen on validation (selection.json); plateau: runs whose "
-                 "validation accuracy moved < 1 point over the last 20% of the run; sample gradients: one per image "
-                 "of every local step, head warm-up and mask calibration included; interference: own-class test "
-                 "accuracy, local minus aggregated model, in points.")
-    lines.append("")
     section("Pretrained base vs random initialisation, and centralized at equal sample gradients",
             [("fedavg_iid", iid)], [("fedavg_iid", iid), ("fedavg_iid_scratch", "FedAvg IID, J=4, from scratch"),
              ("centralized", "Centralized, from the base, same sample gradients")])
@@ -416,8 +406,8 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
                 [(ref, iid if shard == "iid" else f"FedAvg Nc = 2, J={J}")],
                 [(ref if j == J else f"fedavg_{shard}_J{j}", f"J = {j}, R = {max(1, round(args.rounds * J / j))}")
                  for j in sorted(args.j_values)], interference=shard != "iid")
-    for shard, title in ((shard, VIT.shard_title(shard)) for shard in VIT.shards):
-        dense, probe = f"fedavg_{shard}", f"probe_{shard}_head"
+    for shard in VIT.shards:
+        title, dense, probe = VIT.shard_title(shard), f"fedavg_{shard}", f"probe_{shard}_head"
         for sp in args.sparsities:
             rows = [(dense, f"dense FedAvg ({title})")]
             rows += [(f"probe_{shard}_{kind}", label) for kind, (_, label) in PROBES.items()]

@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import cli, export
+from vit_sparse_fl.data import IMAGENET_MEAN, IMAGENET_STD
+
 DINO_VITS16_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"
 
 
@@ -128,15 +131,13 @@ class VisionTransformer(nn.Module):
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         dim = patch_pos.shape[-1]
         grid = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False)
-        grid = grid.to(patch_pos.dtype)
+        grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False).to(patch_pos.dtype)
         return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, gh * gw, dim)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] float -> [B, D]"""
         B, _, H, W = x.shape
-        tokens = self.patch_embed(x)
-        tokens = torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)
+        tokens = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed(x)], dim=1)
         tokens = tokens + self.interpolate_pos_encoding(H, W)
         for blk in self.blocks:
             tokens = blk(tokens)
@@ -173,11 +174,9 @@ class ViTClassifier(nn.Module):
         """Freeze the patch embedding, cls/pos tokens and the first ``n`` blocks (n=0: nothing frozen)."""
         if n <= 0:
             return
-        frozen = [self.backbone.patch_embed, *self.backbone.blocks[:n]]
-        for module in frozen:
-            module.requires_grad_(False)
-        self.backbone.cls_token.requires_grad_(False)
-        self.backbone.pos_embed.requires_grad_(False)
+        b = self.backbone
+        for part in (b.patch_embed, *b.blocks[:n], b.cls_token, b.pos_embed):
+            part.requires_grad_(False)
 
     def set_fused_attention(self, fused: bool) -> None:
         """Fused SDPA (fast for training) or the math form (vmap-friendly, for per-example gradients)."""
@@ -252,8 +251,6 @@ def hf_config(cfg: ViTConfig, image_size: int) -> tuple[dict, dict]:
               "attention_probs_dropout_prob": 0.0, "num_labels": cfg.num_classes,
               "id2label": {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)},
               "label2id": {f"LABEL_{i}": i for i in range(cfg.num_classes)}, "fedlab_vit": asdict(cfg)}
-    from vit_sparse_fl.data import IMAGENET_MEAN, IMAGENET_STD
-
     preprocessor = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "resample": 2,
                     "size": {"height": image_size, "width": image_size}, "do_rescale": True,
                     "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(IMAGENET_MEAN),
@@ -264,8 +261,6 @@ def hf_config(cfg: ViTConfig, image_size: int) -> tuple[dict, dict]:
 def save(model: ViTClassifier, run_path, *, image_size: int, info: dict | None = None,
          name: str = "model") -> Path:
     """``<run_path>/<name>/``: the Hugging Face folder of the module doc; returns it."""
-    from common import export
-
     config, preprocessor = hf_config(model.cfg, image_size)
     return export.save_tensors_dir(run_path, hf_state_dict(model), config, info=info, name=name,
                                    extra={"preprocessor_config.json": preprocessor})
@@ -273,8 +268,6 @@ def save(model: ViTClassifier, run_path, *, image_size: int, info: dict | None =
 
 def load(folder, map_location: str | torch.device = "cpu") -> ViTClassifier:
     """The ``ViTClassifier`` saved by ``save`` in ``folder`` (``<run>/model``), in eval mode."""
-    from common import export
-
     state, config = export.load_tensors_dir(folder)
     model = ViTClassifier(ViTConfig(**config["fedlab_vit"]))
     state = from_hf_state_dict(state)
@@ -292,8 +285,6 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
     (``{"model": state_dict, "config": ...}``, what ``train_centralized`` and ``pretrain`` write): its
     backbone loads with ``strict=True``, and its head too when it has this model's number of classes.
     """
-    from common import cli
-
     if weights in (None, "", "none", "random"):
         return "random"
     if weights == "dino":
@@ -341,8 +332,6 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
 def _load_project_checkpoint(model: ViTClassifier, state: dict, source: str) -> str:
     """Backbone of a project checkpoint with ``strict=True``; the head as well if its shape matches (else the
     model keeps its fresh head, e.g. a 10-class task fine-tuned from a base pretrained on 90 other classes)."""
-    from common import cli
-
     weights = state["model"]
     backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
     try:
