@@ -56,9 +56,8 @@ def _fsync_dir(directory: Path) -> None:
     except OSError:  # e.g. Windows cannot open directories
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -101,10 +100,7 @@ def atomic_path(path: str | os.PathLike):
         os.chmod(tmp, usual_mode())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 
@@ -137,6 +133,11 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=str)
     return str(obj)  # Path, torch.device, torch.dtype, ...
+
+
+def round_trip_json(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists; tensors, arrays and paths as ``to_jsonable``)."""
+    return json.loads(json.dumps(obj, default=to_jsonable))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -201,16 +202,8 @@ def _read_header(pkl: bytes) -> dict:
     return dict(zip(values[0::2], values[1::2]))
 
 
-def peek_kind(path: str | os.PathLike) -> str | None:
-    """The ``kind`` of a fedlab checkpoint, or None when ``path`` is not a complete fedlab checkpoint."""
-    try:
-        return _check_file(Path(path), expect_kind=None)
-    except CheckpointError:
-        return None
-
-
-def _check_file(path: Path, expect_kind: str | None) -> str:
-    """Verify, without unpickling, that ``path`` is a complete fedlab checkpoint; return its kind."""
+def _check_file(path: Path, expect_kind: str) -> None:
+    """Verify, without unpickling, that ``path`` is a complete fedlab checkpoint of ``expect_kind``."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     with open(path, "rb") as f:
@@ -232,18 +225,18 @@ def _check_file(path: Path, expect_kind: str | None) -> str:
     if header.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {header.get('version')!r}; "
                               f"this code reads version {VERSION}")
-    kind = header.get("kind")
-    if expect_kind is not None and kind != expect_kind:
-        raise CheckpointError(f"{path} is a checkpoint of {kind!r}, not of {expect_kind!r}; "
+    if header.get("kind") != expect_kind:
+        raise CheckpointError(f"{path} is a checkpoint of {header.get('kind')!r}, not of {expect_kind!r}; "
                               "use another --run-name or --out-dir")
-    return kind
 
 
-def _first_line(e: Exception) -> str:
-    """The telling line of an exception message (torch's weights-only errors span paragraphs)."""
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    """One line for a file torch cannot read: the telling line of ``e`` (torch's weights-only errors span
+    paragraphs)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
-    return (named or lines or [""])[0]
+    return CheckpointError(f"{path} cannot be read ({type(e).__name__}: {(named or lines or [''])[0]}); "
+                           "delete it and rerun without --resume")
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str) -> dict:
@@ -253,16 +246,14 @@ def load_checkpoint(path: str | os.PathLike, kind: str) -> dict:
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads opcodes, runs nothing
     except Exception as e:  # noqa: BLE001 -- a pickle the scanner cannot read is unusable too
-        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {_first_line(e)}); "
-                              "delete it and rerun without --resume") from None
+        raise _unreadable(path, e) from None
     if unsafe:
         raise CheckpointError(f"{path} asks to import {', '.join(sorted(unsafe))}: a fedlab checkpoint holds "
                               "only tensors and plain values; refused without loading it (was it crafted?)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any unpickling failure means the file is unusable
-        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {_first_line(e)}); "
-                              "delete it and rerun without --resume") from None
+        raise _unreadable(path, e) from None
     if not isinstance(payload, dict) or "state" not in payload:
         raise CheckpointError(f"{path} is not a fedlab checkpoint (no state)")
     return payload["state"]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from common import compiled, tracking
+from common import compiled, config, runlog, tracking
 from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageError)
     EXIT_DIVERGED,
     EXIT_USAGE,
@@ -62,6 +62,11 @@ def _add_argument(original: Callable, *names, **kwargs):
     return original(*names, **kwargs)
 
 
+def _with_both_spellings(group):
+    group.add_argument = functools.partial(_add_argument, group.add_argument)
+    return group
+
+
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``(default: X)`` after each help text, except where X says nothing (None: the script decides, and its
     help says how; False of a switch) or the help already names its default."""
@@ -84,21 +89,17 @@ class ArgumentParser(argparse.ArgumentParser):
         return _add_argument(super().add_argument, *names, **kwargs)
 
     def add_argument_group(self, *args, **kwargs):
-        group = super().add_argument_group(*args, **kwargs)
-        group.add_argument = functools.partial(_add_argument, group.add_argument)
-        return group
+        return _with_both_spellings(super().add_argument_group(*args, **kwargs))
 
     def add_mutually_exclusive_group(self, **kwargs):
-        group = super().add_mutually_exclusive_group(**kwargs)
-        group.add_argument = functools.partial(_add_argument, group.add_argument)
-        return group
+        return _with_both_spellings(super().add_mutually_exclusive_group(**kwargs))
 
     def _get_value(self, action, arg_string):
         try:
             return super()._get_value(action, arg_string)
         except argparse.ArgumentError as e:
             if isinstance(action.type, Number) and e.message.startswith("must be"):  # "--rounds must be ..."
-                raise argparse.ArgumentError(None, f"{_flag_name(action)} {e.message}") from None
+                raise argparse.ArgumentError(None, f"{config.flag_name(action)} {e.message}") from None
             raise
 
     def error(self, message: str):
@@ -110,11 +111,6 @@ class ArgumentParser(argparse.ArgumentParser):
         return ns
 
 
-def _flag_name(action: argparse.Action) -> str:
-    longs = [o for o in action.option_strings if o.startswith("--")]
-    return (longs or action.option_strings or [action.dest])[0]
-
-
 def check_numbers(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
     """Every value of an ``int`` / ``float`` flag is a finite number of that type (values that bypassed the
     type conversion, e.g. YAML config defaults, included); otherwise ``parser.error`` (one line, exit 2)."""
@@ -122,42 +118,36 @@ def check_numbers(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> No
         if action.type not in (int, float) or not hasattr(ns, action.dest):
             continue
         value = getattr(ns, action.dest)
-        is_seq = isinstance(value, (list, tuple))
-        values = value if is_seq else [value]
-        fixed = []
-        for v in values:
-            if v is None:
-                fixed.append(v)
-                continue
-            if isinstance(v, str):  # a string default that argparse did not convert
-                try:
-                    v = action.type(v)
-                except ValueError:
-                    parser.error(f"argument {_flag_name(action)}: invalid {action.type.__name__} value: {v!r}")
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                parser.error(f"argument {_flag_name(action)}: expected a number, got {v!r}")
-            if action.type is int and not isinstance(v, int):
-                if isinstance(v, float) and v.is_integer():
-                    v = int(v)
-                else:
-                    parser.error(f"argument {_flag_name(action)}: expected an integer, got {v!r}")
-            if action.type is float:
-                v = float(v)
-                if not math.isfinite(v):
-                    parser.error(f"argument {_flag_name(action)}: expected a finite number, got {v!r}")
-            fixed.append(v)
-        if is_seq:
-            setattr(ns, action.dest, type(value)(fixed))
-        else:
-            setattr(ns, action.dest, fixed[0])
+        fix = functools.partial(_checked_number, parser, action)
+        setattr(ns, action.dest, type(value)(map(fix, value)) if isinstance(value, (list, tuple)) else fix(value))
+
+
+def _checked_number(parser: argparse.ArgumentParser, action: argparse.Action, v):
+    """One value of ``check_numbers``: None, or a finite number of the flag's type (an integral float made int)."""
+    if v is None:
+        return v
+    if isinstance(v, str):  # a string default that argparse did not convert
+        try:
+            v = action.type(v)
+        except ValueError:
+            parser.error(f"argument {config.flag_name(action)}: invalid {action.type.__name__} value: {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        parser.error(f"argument {config.flag_name(action)}: expected a number, got {v!r}")
+    if action.type is int and not isinstance(v, int):
+        if not (isinstance(v, float) and v.is_integer()):
+            parser.error(f"argument {config.flag_name(action)}: expected an integer, got {v!r}")
+        v = int(v)
+    if action.type is float:
+        v = float(v)
+        if not math.isfinite(v):
+            parser.error(f"argument {config.flag_name(action)}: expected a finite number, got {v!r}")
+    return v
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (``sys.argv[1:]`` when None), with ``--config FILE.yaml`` values as defaults when the
     parser has that flag, and the parser's ``presets`` (``parser.presets = {"quick": {...}}``) when their flag is
     set: defaults < --quick < YAML < command line (``common.config.parse_with_config``)."""
-    from common import config
-
     return config.parse_with_config(parser, argv)
 
 
@@ -178,8 +168,6 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
                    help="with --resume: continue a run, finished or not, to a larger --rounds / --num-rounds / "
                         "--epochs than it was started with (give its --run-name: default names include them)")
     tracking.add_report_args(g)
-    from common import config
-
     config.add_config_arg(g)  # --config FILE.yaml, unless the script has its own --config
     compiled.add_compile_args(g)
 
@@ -217,8 +205,7 @@ def resolve_device(name: str = "auto") -> torch.device:
                                           "expected auto, cpu, cuda or cuda:N")
     check(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
     check(device.type != "cuda" or device.index is None or device.index < torch.cuda.device_count(),
-          f"--device {name}: there are only {torch.cuda.device_count()} CUDA "
-          "devices here (cuda:0 ..)")
+          f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices here (cuda:0 ..)")
     return device
 
 
@@ -227,8 +214,6 @@ def _said_in_words(e: BaseException) -> None:
     own writes already say which checkpoint is kept) and an arithmetic overflow, e.g. a learning rate of 1e38
     that no float32 step can hold (the run diverged: exit 3, ``status: diverged`` in its summary.json, so a
     rerun is told what happened instead of finding an "unfinished" run). Anything else is raised again."""
-    from common import runlog
-
     full = no_space(e)
     if full is not None:
         raise UsageError(f"no space left on the device writing {full.filename or 'a file'}; files written "
@@ -258,7 +243,5 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
         print(f"{prog}: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
-        from common import runlog
-
         tracking.close_all()
         runlog.release_all()

@@ -31,8 +31,7 @@ _SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction)
 
 def add_config_arg(parser) -> None:
     """``--config FILE.yaml`` on a parser or argument group (skipped when the parser already has one)."""
-    actions = getattr(parser, "_option_string_actions", {})
-    if "--config" not in actions:
+    if "--config" not in getattr(parser, "_option_string_actions", {}):
         parser.add_argument("--config", default=None, help=CONFIG_HELP)
 
 
@@ -51,9 +50,10 @@ def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return out
 
 
-def _flag(action: argparse.Action) -> str:
+def flag_name(action: argparse.Action) -> str:
+    """How messages name a flag: its first long spelling (else its first option, else its dest)."""
     longs = [o for o in action.option_strings if o.startswith("--")]
-    return (longs or action.option_strings)[0]
+    return (longs or action.option_strings or [action.dest])[0]
 
 
 def _expects(action: argparse.Action) -> str:
@@ -78,7 +78,7 @@ def _names_flag(action: argparse.Action, name: str) -> bool:
 def _convert(parser: argparse.ArgumentParser, action: argparse.Action, key: str, value, where: str):
     """``value`` as the flag's own argparse conversion makes it (type, range and choices), or UsageError."""
     def refuse(why: str):
-        raise UsageError(f"{where}: {key}: {why}; expected {_expects(action)} for {_flag(action)}")
+        raise UsageError(f"{where}: {key}: {why}; expected {_expects(action)} for {flag_name(action)}")
 
     if isinstance(action, _SWITCHES):
         if not isinstance(value, bool):
@@ -89,13 +89,10 @@ def _convert(parser: argparse.ArgumentParser, action: argparse.Action, key: str,
     if action.nargs == 0:  # store_const and the like: nothing to convert
         refuse("this flag takes no value and cannot be set from a config file")
     several = action.nargs in ("+", "*") or isinstance(action.nargs, int)
-    if isinstance(value, list) and several:
-        items = value
-    elif isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)) and not (several and isinstance(value, list)):
         refuse("a list is not allowed here")
-    else:
-        items = [value] if several else None
-    for v in items if items is not None else [value]:
+    items = value if isinstance(value, list) else [value]
+    for v in items:
         if v is None:
             refuse("null is not a value (leave the key out to keep the default)")
         if isinstance(v, dict):
@@ -106,8 +103,8 @@ def _convert(parser: argparse.ArgumentParser, action: argparse.Action, key: str,
             refuse(f"{v!r} is a boolean (quote it if you mean the text)")
         if not isinstance(v, (str, int, float)):
             refuse(f"{v!r} ({type(v).__name__}) is not a value this flag takes (quote it)")
-    strings = [str(v) for v in items] if items is not None else [str(value)]
-    if items is not None and not strings and action.nargs == "+":
+    strings = [str(v) for v in items]
+    if not strings and action.nargs == "+":
         refuse("an empty list is not allowed")
     if isinstance(action.nargs, int) and len(strings) != action.nargs:
         refuse(f"{len(strings)} values given")
@@ -174,7 +171,7 @@ def read_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
             known = sorted({a.dest for a in actions.values() if a.dest != "config"})
             raise UsageError(f"--config {path}: unknown key {key!r}; expected flag names of this script "
                              f"such as {', '.join(known[:4])}")
-        check(action.dest not in out, f"--config {path}: {key} sets {_flag(action)}, which an earlier key "
+        check(action.dest not in out, f"--config {path}: {key} sets {flag_name(action)}, which an earlier key "
                                       "already set; give each flag once")
         out[action.dest] = _convert(parser, action, str(key), value, f"--config {path}")
     return out

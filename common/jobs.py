@@ -48,20 +48,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.checkpoint import to_jsonable
+from common.checkpoint import round_trip_json
 from common.config import parse_with_config
-from common.errors import UsageError, check
+from common.errors import EXIT_DIVERGED, UsageError, check
 from common.runlog import (
     ALWAYS_IGNORED,
     ARGS_FILE,
     DEFAULT_IGNORE_ON_RESUME,
     LENGTH_FLAGS,
+    LOCK_FILE,
     SUMMARY_FILE,
 )
 
 IGNORED = frozenset(DEFAULT_IGNORE_ON_RESUME) | frozenset(ALWAYS_IGNORED)
-EXIT_DIVERGED = 3          # common.errors.EXIT_DIVERGED: a diverged run is a result of the grid, not a failure
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C, how long running jobs get to stop before they are killed
+_DONE = ("done-before", "finished", "diverged")  # the statuses of a job whose run is a result
+_ENDED = ("finished", "diverged", "failed", "blocked")  # the statuses progress lines count as ended
 
 
 @dataclasses.dataclass
@@ -124,7 +126,7 @@ def expected_args(job: Job) -> tuple[dict, object]:
     """The job's arguments as its script's parser reads them (as args.json would hold them), and the parser."""
     parser = importlib.import_module(job.script).get_args_parser()
     args = parse_with_config(parser, job.argv)  # --config YAML values and --quick presets, as the script reads them
-    return json.loads(json.dumps(vars(args), default=to_jsonable)), parser
+    return round_trip_json(vars(args)), parser
 
 
 @dataclasses.dataclass
@@ -138,7 +140,7 @@ def classify(job: Job) -> State:
     if job.output is not None:
         return State("done") if job.output.is_file() else State("new")
     path = job.run_dir
-    if not path.is_dir() or not any(p.name != ".lock" for p in path.iterdir()):
+    if not path.is_dir() or not any(p.name != LOCK_FILE for p in path.iterdir()):
         return State("new")
     try:
         saved = json.loads((path / ARGS_FILE).read_text(encoding="utf-8"))["args"]
@@ -150,8 +152,7 @@ def classify(job: Job) -> State:
     for key, value in wanted.items():
         if value is None or key in IGNORED:
             continue
-        old = saved.get(key, parser.get_default(key))
-        old = json.loads(json.dumps(old, default=to_jsonable))
+        old = round_trip_json(saved.get(key, parser.get_default(key)))
         if old == value:
             continue
         if (job.extend and key in LENGTH_FLAGS and isinstance(old, (int, float)) and isinstance(value, (int, float))
@@ -161,9 +162,9 @@ def classify(job: Job) -> State:
         diffs.append(f"--{key.replace('_', '-')} saved {old!r}, now {value!r}")
     if diffs:
         return State("other", "; ".join(diffs))
-    summary = _read_summary(path)
     if shorter:
         return State("extend", ", ".join(shorter))
+    summary = _read_summary(path)
     if summary is not None and summary.get("status", "complete") in ("complete", "diverged"):
         return State("done", summary.get("status", "complete"))
     return State("resume")
@@ -250,7 +251,7 @@ class Outcome:
 
     @property
     def complete(self) -> bool:
-        return all(s in ("done-before", "finished", "diverged") for s in self.status.values())
+        return all(s in _DONE for s in self.status.values())
 
 
 def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLike, threads: int = 1,
@@ -278,18 +279,15 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
         elif state.kind == "other":
             status[job.name] = "other"
             messages[job.name] = f"{job.run_dir} holds a run with other arguments ({state.detail}); left as it is"
+        elif job.output is not None:
+            todo.append((job, list(job.again) if _partial(job) else []))
         else:
-            if job.output is not None:
-                extra = list(job.again) if _partial(job) else []
-            else:
-                extra = ["--resume", "--extend"] if state.kind == "extend" else ["--resume"]
-            todo.append((job, extra))
-    counts = {k: sum(v == k for v in status.values()) for k in ("done-before", "other")}
-    print(f"{title}: {len(plan)} runs: {counts['done-before']} done before, {len(todo)} to run"
-          + (f", {counts['other']} holding other arguments (not run)" if counts["other"] else ""), flush=True)
-    for name in status:
-        if status[name] == "other":
-            print(f"  {messages[name]}", flush=True)
+            todo.append((job, ["--resume", "--extend"] if state.kind == "extend" else ["--resume"]))
+    others = [name for name, s in status.items() if s == "other"]  # the rest of status: done-before
+    print(f"{title}: {len(plan)} runs: {len(status) - len(others)} done before, {len(todo)} to run"
+          + (f", {len(others)} holding other arguments (not run)" if others else ""), flush=True)
+    for name in others:
+        print(f"  {messages[name]}", flush=True)
     if dry_run:
         for job, extra in todo:
             status[job.name] = "planned"
@@ -302,9 +300,6 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
     durations: list[float] = []
     total = len(todo)
     last_progress = time.monotonic()
-
-    def ok(name: str) -> bool:
-        return status.get(name) in ("done-before", "finished", "diverged")
 
     previous = signal.getsignal(signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()
@@ -321,7 +316,7 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
                     status[job.name] = "blocked"
                     messages[job.name] = f"not run: it needs {', '.join(job.after)}, which did not finish"
                     continue
-                if all(ok(a) for a in job.after):
+                if all(status.get(a) in _DONE for a in job.after):
                     waiting.remove(item)
                     running[_start(job, extra, log_dir, env)] = (job, time.monotonic())
             if not running and waiting:  # only jobs waiting for ones outside the plan
@@ -334,17 +329,12 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
                 job, started = running.pop(proc)
                 seconds = time.monotonic() - started
                 durations.append(seconds)
-                rc = proc.returncode
-                if rc == 0:
-                    status[job.name] = "finished"
-                elif rc == EXIT_DIVERGED:
-                    status[job.name] = "diverged"
-                else:
-                    status[job.name] = "failed"
+                rc = proc.returncode  # a diverged run is a result of the grid, not a failure
+                status[job.name] = {0: "finished", EXIT_DIVERGED: "diverged"}.get(rc, "failed")
+                if status[job.name] == "failed":
                     messages[job.name] = (f"exit {rc}: {_last_line(log_dir / f'{job.name}.log')} "
                                           f"(log: {log_dir / f'{job.name}.log'})")
-                ended = sum(s in ("finished", "diverged", "failed", "blocked") for s in status.values())
-                print(f"[{ended}/{total}] {job.label or job.name}: {status[job.name]}"
+                print(f"[{_ended(status)}/{total}] {job.label or job.name}: {status[job.name]}"
                       f"{' (' + messages[job.name] + ')' if job.name in messages else ''} in {_minutes(seconds)}"
                       f"{_describe(job)}", flush=True)
                 last_progress = time.monotonic()
@@ -397,8 +387,11 @@ def _describe(job: Job) -> str:
     return ""
 
 
+def _ended(status: dict[str, str]) -> int:
+    return sum(s in _ENDED for s in status.values())
+
+
 def _progress(status, total, running, waiting, durations, parallel, t0) -> str:
-    ended = sum(s in ("finished", "diverged", "failed", "blocked") for s in status.values())
     left = len(waiting) + len(running)
     if durations:  # remaining jobs at the mean duration so far, ``parallel`` at a time
         mean = sum(durations) / len(durations)
@@ -407,22 +400,18 @@ def _progress(status, total, running, waiting, durations, parallel, t0) -> str:
     else:
         eta = "ETA after the first run ends"
     names = ", ".join(j.name for j, _ in list(running.values())[:3]) + (" ..." if len(running) > 3 else "")
-    return (f"  {time.strftime('%H:%M:%S')} {ended}/{total} ended, {len(running)} running ({names}), "
+    return (f"  {time.strftime('%H:%M:%S')} {_ended(status)}/{total} ended, {len(running)} running ({names}), "
             f"{len(waiting)} waiting; {_minutes(time.monotonic() - t0)} so far, {eta}")
 
 
 def _summary(title: str, outcome: Outcome, next_step: str) -> str:
-    parts = []
-    for key, word in (("finished", "finished now"), ("done-before", "done before"), ("diverged", "diverged"),
-                      ("failed", "failed"), ("other", "holding other arguments"), ("blocked", "not run"),
-                      ("interrupted", "interrupted")):
-        n = len(outcome.names(key))
-        if n:
-            parts.append(f"{n} {word}")
+    words = (("finished", "finished now"), ("done-before", "done before"), ("diverged", "diverged"),
+             ("failed", "failed"), ("other", "holding other arguments"), ("blocked", "not run"),
+             ("interrupted", "interrupted"))
+    parts = [f"{len(outcome.names(key))} {word}" for key, word in words if outcome.names(key)]
     lines = [f"{title} summary: {len(outcome.status)} runs: {', '.join(parts) or 'nothing to do'}; "
              f"{_minutes(outcome.seconds)}"]
-    for name in outcome.names("failed", "other", "blocked"):
-        lines.append(f"  {name}: {outcome.messages.get(name, '')}")
+    lines += [f"  {name}: {outcome.messages.get(name, '')}" for name in outcome.names("failed", "other", "blocked")]
     if outcome.complete:
         if next_step:
             lines.append(f"next: {next_step}")

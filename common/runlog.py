@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -40,7 +41,7 @@ import sys
 import time
 import weakref
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,6 @@ from common import checkpoint as ckpt
 from common import tracking
 from common.errors import RUN_FILE, Diverged, UsageError, check, check_out_dir, no_space
 from common.seed import get_rng_state
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks, the directory is not locked
-    fcntl = None
 
 ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = RUN_FILE, "metrics.jsonl", "summary.json", "checkpoint.pt"
 LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; a dead process's lock is free again
@@ -148,13 +144,6 @@ def run_name(prefix: str, *parts: Any, **settings: Any) -> str:
     return "".join(c if c.isalnum() or c in "._-+" else "-" for c in name)
 
 
-def _normalize_args(args: dict | argparse.Namespace) -> dict:
-    """Arguments as they will read back from args.json (tuples -> lists, paths -> strings)."""
-    if isinstance(args, argparse.Namespace):
-        args = vars(args)
-    return json.loads(json.dumps(dict(args), default=ckpt.to_jsonable))
-
-
 def read_rows(path: str | os.PathLike) -> list[dict]:
     """Rows of a metrics.jsonl file; a torn final line (a crash mid-write) is skipped, others must parse."""
     path = Path(path)
@@ -172,10 +161,6 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
                 break
             raise ValueError(f"{path}:{i + 1} is not a JSON object: {line[:80]!r}") from None
     return rows
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,14 +273,11 @@ def release_all() -> None:
         rd.release()
 
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
 def _open_lock(path: Path, flags: int) -> int:
     """``os.open`` of the lock file that never follows a symbolic link (the lock's JSON would otherwise be
     written wherever the link points, outside the run)."""
     try:
-        return os.open(path, flags | _NOFOLLOW, 0o644)
+        return os.open(path, flags | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP or path.is_symlink():
             raise UsageError(f"{path} is a symbolic link, not a lock file; remove it (nothing else in the run "
@@ -312,19 +294,13 @@ def overflowed(message: str) -> None:
     raise Diverged(f"arithmetic overflow ({message}) before anything was written; lower the learning rate")
 
 
-def _lock_holder(path: Path) -> dict:
+def _busy(path: Path) -> UsageError:
+    """The refusal of a run directory whose lock is held, naming the holder its lock file records."""
     try:
-        fd = _open_lock(path, os.O_RDONLY)
-    except (OSError, UsageError):
-        return {}
-    try:
-        with os.fdopen(fd, encoding="utf-8") as f:
-            return json.loads(f.read() or "{}")
-    except (OSError, ValueError):
-        return {}
-
-
-def _busy(path: Path, holder: dict) -> UsageError:
+        with os.fdopen(_open_lock(path / LOCK_FILE, os.O_RDONLY), encoding="utf-8") as f:
+            holder = json.loads(f.read() or "{}")
+    except (OSError, ValueError, UsageError):
+        holder = {}
     who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
     return UsageError(f"{path} is in use by another run ({who}); wait for it to end or choose another "
                       "--run-name / --out-dir")
@@ -358,23 +334,22 @@ class RunDir:
             checkpoint, so a run directory written by another script is refused rather than half-loaded.
         device: device the run uses, for args.json (default: ``args["device"]``).
         data: ``data_fingerprint(...)`` of what the run read; compared on resume.
-        claim: claim at once (for callers with nothing left to validate).
     """
 
     def __init__(self, out_dir: str | os.PathLike, run_name: str, args: dict | argparse.Namespace, *,
                  kind: str, resume: bool = False, is_main: bool = True,
                  ignore_on_resume: tuple[str, ...] = DEFAULT_IGNORE_ON_RESUME,
-                 device: str | torch.device | None = None,
-                 data: dict | None = None, claim: bool = False):
+                 device: str | torch.device | None = None, data: dict | None = None):
         # one folder's name (its length is checked with the path, by check_out_dir below)
         check(bool(run_name) and "/" not in run_name and "\0" not in run_name and run_name not in (".", ".."),
               f"--run-name {run_name!r} is not a folder name; expected a name without '/'")
         self.path = Path(out_dir) / run_name
-        self.args = _normalize_args(args)
+        # as they will read back from args.json (tuples -> lists, paths -> strings)
+        self.args = ckpt.round_trip_json(vars(args) if isinstance(args, argparse.Namespace) else dict(args))
         self.is_main = is_main
         self.kind = kind
         self.resumed = False
-        self.data = json.loads(json.dumps(data, default=ckpt.to_jsonable)) if data is not None else None
+        self.data = ckpt.round_trip_json(data)
         self.overwrite, self.extend = bool(self.args.get("overwrite")), bool(self.args.get("extend"))
         self._state: dict | None = None
         self._start = time.monotonic()
@@ -420,14 +395,12 @@ class RunDir:
                 raise UsageError(f"{self.path} is not empty and holds no run (no {ARGS_FILE}); choose another "
                                  "--run-name or --out-dir (--overwrite only replaces run directories)")
         self._seen = self._files_state() if is_main else None
-        if claim:
-            self.claim()
 
     def set_data(self, data: dict) -> None:
         """The data fingerprint, for scripts that know it only after making the RunDir (before its first
         write): on resume a difference from the saved one is refused here, naming what changed."""
         check(not self._claimed, "RunDir.set_data after the run directory was claimed")
-        self.data = json.loads(json.dumps(data, default=ckpt.to_jsonable))
+        self.data = ckpt.round_trip_json(data)
         if self._state is not None:
             self._check_data(self._state.get("runlog", {}).get("data"), CHECKPOINT_FILE)
         if self._saved_meta is not None:
@@ -475,8 +448,9 @@ class RunDir:
         except (OSError, ValueError):
             return None
 
-    def _arg_diffs(self, saved_args: dict, ignore: tuple[str, ...]) -> tuple[list[str], dict]:
-        diffs, extended = [], {}
+    def _arg_diffs(self, saved_args: dict, ignore: tuple[str, ...]) -> tuple[dict[str, str], dict]:
+        """({name: the difference in words}, {run-length name: [saved, now]} allowed by --extend)."""
+        diffs, extended = {}, {}
         for key in sorted(set(saved_args) | set(self.args)):
             if key in ignore or key in ALWAYS_IGNORED:
                 continue
@@ -487,7 +461,7 @@ class RunDir:
                     and isinstance(new, (int, float)) and new > old):
                 extended[key] = [old, new]
                 continue
-            diffs.append(f"{_flag(key)} (saved {old!r}, now {new!r})")
+            diffs[key] = f"--{key.replace('_', '-')} (saved {old!r}, now {new!r})"
         return diffs, extended
 
     def _occupied_message(self, ignore: tuple[str, ...]) -> str:
@@ -495,17 +469,15 @@ class RunDir:
         finished = (self.path / SUMMARY_FILE).is_file()
         status = None
         if finished:
-            try:
+            with suppress(OSError, ValueError, AttributeError):
                 status = json.loads((self.path / SUMMARY_FILE).read_text(encoding="utf-8")).get("status")
-            except (OSError, ValueError, AttributeError):
-                status = None
         what = f"a {status} run" if status and status != "complete" else ("a finished run" if finished
                                                                           else "an unfinished run")
         script = saved.get("script")
         if script and script != self.kind:
             what += f" of {script}"
         elif saved:
-            diffs, _ = self._arg_diffs(saved.get("args", {}), ignore)
+            diffs = list(self._arg_diffs(saved.get("args", {}), ignore)[0].values())
             if diffs:
                 more = f" and {len(diffs) - 2} more" if len(diffs) > 2 else ""
                 what += f" with other arguments ({'; '.join(diffs[:2])}{more})"
@@ -523,10 +495,8 @@ class RunDir:
                              f"{self.kind}; use another --run-name or --out-dir")
         diffs, self._extended = self._arg_diffs(saved["args"], ignore)
         if diffs:
-            hint = ""
-            if any(d.split(" ", 1)[0].lstrip("-").replace("-", "_") in LENGTH_FLAGS for d in diffs):
-                hint = " (to continue a run for longer on purpose, add --extend)"
-            raise UsageError(f"cannot resume {self.path} with different arguments: {'; '.join(diffs)}{hint}; "
+            hint = " (to continue a run for longer on purpose, add --extend)" if set(diffs) & set(LENGTH_FLAGS) else ""
+            raise UsageError(f"cannot resume {self.path} with different arguments: {'; '.join(diffs.values())}{hint}; "
                              "resume with the saved arguments, or start over with --overwrite")
         self._check_data(saved.get("data"), ARGS_FILE)
         return saved
@@ -556,7 +526,7 @@ class RunDir:
     def _probe_lock(self) -> None:
         """Refuse now (before any work) if a live run holds the directory's lock."""
         lock = self.path / LOCK_FILE
-        if fcntl is None or not os.path.lexists(lock):
+        if not os.path.lexists(lock):
             return
         try:
             fd = _open_lock(lock, os.O_RDONLY)
@@ -567,20 +537,18 @@ class RunDir:
                 return  # nobody holds it: a stale lock file of a dead process
         finally:
             os.close(fd)
-        raise _busy(self.path, _lock_holder(lock))
+        raise _busy(self.path)
 
     # ------------------------------------------------------------------------------------------------------
     # claiming: the lock, then the writes
 
     def _acquire_lock(self) -> None:
-        if fcntl is None:
-            return
         lock = self.path / LOCK_FILE
         for _ in range(4):
             fd = _open_lock(lock, os.O_RDWR | os.O_CREAT)
             if not _try_flock(fd, exclusive=True):
                 os.close(fd)
-                raise _busy(self.path, _lock_holder(lock))
+                raise _busy(self.path)
             try:  # the file may have been released and unlinked between our open and flock: retry
                 same = os.lstat(lock).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -594,7 +562,7 @@ class RunDir:
             self._lock_fd = fd
             _HELD.add(self)
             return
-        raise _busy(self.path, _lock_holder(lock))
+        raise _busy(self.path)
 
     def release(self) -> None:
         """Close the run's trackers (flushed, a W&B run finished) and give the directory's lock back (at the
@@ -615,10 +583,8 @@ class RunDir:
             _HELD.discard(self)
 
     def __del__(self):
-        try:
+        with suppress(Exception):  # interpreter shutdown
             self.release()
-        except Exception:  # noqa: BLE001 -- interpreter shutdown
-            pass
 
     def claim(self) -> RunDir:
         """Create the directory, take its lock, clear it (a fresh run or ``--overwrite``) or trim it
@@ -690,12 +656,12 @@ class RunDir:
     # ------------------------------------------------------------------------------------------------------
     # non-finite values: stop cleanly
 
-    def check_finite(self, where: str, summary: dict | None = None, **values: Any) -> None:
+    def check_finite(self, where: str, **values: Any) -> None:
         """Stop the run (``diverge``) if any of ``values`` (numbers, tensors, lists of tensors) is not finite.
         Call it on every rank with values every rank holds (the aggregate, reduced losses), so all stop."""
         for name, value in values.items():
             if _nonfinite(value) is not None:
-                self.diverge(where, name.replace("_", " "), summary)
+                self.diverge(where, name.replace("_", " "))
 
     def diverge(self, where: str, what: str, summary: dict | None = None, reason: str | None = None):
         """Write summary.json with ``status: diverged`` (the checkpoint on disk is left as it is: the last
@@ -741,18 +707,16 @@ class RunDir:
         """All metric rows logged so far (including those of earlier sessions that were kept)."""
         return read_rows(self.path / METRICS_FILE)
 
-    def save_checkpoint(self, state: dict, rng: bool = True) -> None:
-        """Save ``state`` atomically, plus the metric row count, wall time and (unless ``rng=False``) the
-        global RNG states under "rng" (restore them with ``common.seed.set_rng_state``)."""
+    def save_checkpoint(self, state: dict) -> None:
+        """Save ``state`` atomically, plus the metric row count, wall time and the global RNG states under
+        "rng" (restore them with ``common.seed.set_rng_state``)."""
         if not self.is_main:
             return
         bad = _nonfinite(state, numbers=False)
         if bad is not None:  # never replace the last finite checkpoint with NaN
             self.diverge(_where(state) or "the checkpoint", f"values in the checkpoint state ({bad})")
         self.claim()
-        state = dict(state)
-        if rng:
-            state["rng"] = get_rng_state()
+        state = {**state, "rng": get_rng_state()}
         state["runlog"] = {"rows": self._n_rows, "wall_seconds": self.wall_seconds, "saved_at": _now(),
                            "data": self.data}
         with self._writing(CHECKPOINT_FILE):

@@ -183,8 +183,8 @@ def label(config: dict, keys: Sequence[str]) -> str:
 def series(run: dict, key: str, x: str = "round") -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of one run: the rows that have both ``x`` and ``key``; a repeated x keeps its last value."""
     points = {r[x]: r[key] for r in run["rows"] if _number(r.get(x)) and _number(r.get(key))}  # others: not drawn
-    xs = np.array(sorted(points), dtype=np.float64)
-    return xs, np.array([points[v] for v in sorted(points)], dtype=np.float64)
+    xs = sorted(points)
+    return np.array(xs, dtype=np.float64), np.array([points[v] for v in xs], dtype=np.float64)
 
 
 def _number(v) -> bool:
@@ -256,11 +256,9 @@ def figure_legend(fig: Any, axes: Iterable[Any], ncol: int = 4, fontsize: int = 
                    fontsize=fontsize, bbox_to_anchor=(0.5, 0.0), frameon=False)
 
 
-def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False, dpi: int = 150, close: bool = True) -> list[Path]:
-    """Save ``fig`` as PNG (and PDF with ``pdf=True``) with a tight layout, creating parent folders.
-
-    ``path``'s suffix is replaced by .png / .pdf. Returns the written paths.
-    """
+def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False) -> list[Path]:
+    """Save ``fig`` at 150 dpi with a tight layout as PNG (and PDF with ``pdf=True``), creating parent folders,
+    then close it. ``path``'s suffix is replaced by .png / .pdf. Returns the written paths."""
     path = Path(path)
     check_out_dir(path.parent, "--out")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,9 +266,8 @@ def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False, dpi: int = 150
     written = []
     for suffix in (".png", ".pdf") if pdf else (".png",):
         out = path.with_suffix(suffix)
-        fig.savefig(out, dpi=dpi, bbox_inches="tight")
+        fig.savefig(out, dpi=150, bbox_inches="tight")
         written.append(out)
-    if close:
-        import matplotlib.pyplot as plt
-        plt.close(fig)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
     return written

@@ -95,7 +95,6 @@ def test_checkpoint_round_trip_with_rng_states(tmp_path):
     state = {"round": 4, "params": [torch.randn(2, 3), torch.arange(5)], "opt": {"m": torch.zeros(2)},
              "rng": seed.get_rng_state()}
     path = ck.save_checkpoint(tmp_path / "checkpoint.pt", state, "mamba_fl/fed_fisher")
-    assert ck.peek_kind(path) == "mamba_fl/fed_fisher"
     loaded = ck.load_checkpoint(path, "mamba_fl/fed_fisher")
     assert loaded["round"] == 4
     torch.testing.assert_close(loaded["params"], state["params"])
@@ -124,7 +123,6 @@ def test_truncated_checkpoint_gives_one_line_error(tmp_path, keep):
         ck.load_checkpoint(path, "k")
     assert "truncated" in _one_line(e.value)
     assert isinstance(e.value, cli.UsageError)
-    assert ck.peek_kind(path) is None
 
 
 def test_foreign_files_are_refused(tmp_path):
@@ -187,10 +185,10 @@ def test_crafted_checkpoint_with_our_header_is_refused_without_running_it(tmp_pa
         state["model"]["opt"] = [torch.zeros(1), {"x": payload}]
     path = tmp_path / "checkpoint.pt"
     torch.save({"format": ck.FORMAT, "version": ck.VERSION, "kind": "k", "state": state}, path)
-    assert ck.peek_kind(path) == "k"  # it passes every check that reads without unpickling
     with pytest.raises(ck.CheckpointError) as e:
         ck.load_checkpoint(path, "k")
-    assert "system" in _one_line(e.value) and "refused" in str(e.value)
+    # it passed every check that reads without unpickling: refused by the scan of what it imports
+    assert "system" in _one_line(e.value) and "asks to import" in str(e.value) and "refused" in str(e.value)
     assert not marker.exists()
 
 

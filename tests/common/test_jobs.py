@@ -36,7 +36,7 @@ def get_args_parser(add_help=True):
 def main(argv=None):
     args = cli.parse(get_args_parser(), argv)
     cli.check(not args.fail, "--fail given")
-    rd = runlog.RunDir(args.out_dir, args.run_name, args, resume=args.resume, kind="tinyjob", claim=True)
+    rd = runlog.RunDir(args.out_dir, args.run_name, args, resume=args.resume, kind="tinyjob").claim()
     (rd.path / "pid.txt").write_text(str(os.getpid()))
     state = rd.load_checkpoint()
     start = state["step"] + 1 if state else 0
@@ -45,7 +45,7 @@ def main(argv=None):
         rd.diverge("step 0", "loss")
     for step in range(start, args.steps):
         time.sleep(args.sleep)
-        rd.save_checkpoint({"step": step}, rng=False)
+        rd.save_checkpoint({"step": step})
     return rd.write_summary({"steps": args.steps, "started_at_step": start, "final_ppl": 1.0 + args.lr})
 
 if __name__ == "__main__":
