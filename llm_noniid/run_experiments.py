@@ -39,10 +39,11 @@ REGIMES = ("scratch", "pretrained")
 SEEDS = "0,1,2"
 ROUNDS = 40  # the study's rounds; arms at equal compute run a multiple of them
 EVAL_EVERY = 2
+LOCAL_STEPS = 8  # every grid's local steps per round (calibrate's drifting arm: 8x them)
 STUDY = ["--model", "tiny-gpt2", "--lora-r", "0", "--tokenizer", "bpe", "--bpe-vocab-size", "2048", "--seq-len", "48",
          "--max-train-examples", "0", "--max-eval-examples", "300", "--num-clients", "10", "--batch-size", "8",
-         "--local-steps", "8", "--local-optimizer", "sgd", "--learning-rate", "1.0", "--max-grad-norm", "1.0",
-         "--client-holdout", "0.1", "--eval-every", str(EVAL_EVERY), "--num-rounds", str(ROUNDS)]
+         "--local-steps", str(LOCAL_STEPS), "--local-optimizer", "sgd", "--learning-rate", "1.0", "--max-grad-norm",
+         "1.0", "--client-holdout", "0.1", "--eval-every", str(EVAL_EVERY), "--num-rounds", str(ROUNDS)]
 IID = ["--partition", "iid"]
 TOPIC = ["--partition", "topic_skew", "--alpha", "0.01"]
 FEDAVG = ["--algorithm", "fedavg"]
@@ -58,8 +59,8 @@ MUS = ("0.001", "0.01", "0.1", "1")  # FedProx's mu sweep, in every grid
 BASE_FLAGS = ["--n-layer", "2", "--n-embd", "128", "--n-head", "2", "--vocab-size", "2048"]
 PRETRAINED = ["--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--tokenizer", "auto", "--seq-len", "64",
               "--max-train-examples", "1000", "--max-eval-examples", "300", "--num-clients", "10", "--batch-size",
-              "8", "--local-steps", "8", "--local-optimizer", "adamw", "--lr-schedule", "cosine", "--max-grad-norm",
-              "1.0", "--client-holdout", "0.1"]
+              "8", "--local-steps", str(LOCAL_STEPS), "--local-optimizer", "adamw", "--lr-schedule", "cosine",
+              "--max-grad-norm", "1.0", "--client-holdout", "0.1"]
 PRETRAINED_ROUNDS = 60
 LR_GRID = ("0.001", "0.003", "0.01", "0.03")  # FedAvg's peak rate on IID shards, chosen on the selection split
 SELECT_SEED = 100  # the selection runs' seed, apart from the reported seeds
@@ -111,10 +112,13 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
             ("FedAvg", FEDAVG), (f"FedProx mu={(mus or {}).get(part, MUS[0])}",
                                  ["--algorithm", "fedprox", "--mu", str((mus or {}).get(part, MUS[0]))]),
             ("SCAFFOLD", SCAFFOLD), ("FedAvg + IFCA (4)", FEDAVG + ifca))]
-    if mode == "calibrate":
+    if mode == "calibrate":  # drift by construction: 8x the local steps on topic shards (iid: its control)
+        long = FEDAVG + ["--local-steps", str(8 * LOCAL_STEPS)] + rounds_flags(max(1, rounds // 8))
         return [("iid", f"FedAvg lr {8 * lr:g}, no clipping", IID + FEDAVG + ["--learning-rate", f"{8 * lr:g}",
                                                                              "--max-grad-norm", "0"]),
-                ("topic a=0.01", "FedAvg, 1 client/round", TOPIC + FEDAVG + one)]
+                ("topic a=0.01", "FedAvg, 1 client/round", TOPIC + FEDAVG + one),
+                *((part, f"FedAvg, {8 * LOCAL_STEPS} local steps, {max(1, rounds // 8)} rounds", split + long)
+                  for part, split in HEADLINE_PARTS)]
     if mode == "quick":
         parts = [("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
                  ("style (length)", ["--partition", "style_skew"]),
@@ -292,9 +296,9 @@ def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- analyze
-def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0) -> tuple[str, str]:
-    """(partition label, arm label) of a run from its args.json, as ``arms(mode, rounds)`` names them (``lr``: the
-    grid's rate; a run at another one is labelled with it)."""
+def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0, steps: int = LOCAL_STEPS) -> tuple[str, str]:
+    """(partition label, arm label) of a run from its args.json, as ``arms(mode, rounds)`` names them (``lr``,
+    ``steps``: the grid's rate and local steps; a run at others is labelled with them)."""
     part = {"iid": "iid", "style_skew": f"style ({a.get('style_criterion')})",
             "token_skew": f"token ({a.get('token_skew')})"}.get(a["partition"]) or f"topic a={a.get('alpha'):g}"
     arm = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD"}.get(a["algorithm"], a["algorithm"])
@@ -310,14 +314,17 @@ def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0) -> tuple[str, str]:
     elif (rate := a.get("participation_rate", 1.0)) < 1.0:
         m = max(1, round(rate * a["num_clients"]))
         arm += ", 1 client/round" if m == 1 else f", {m} of {a['num_clients']} clients/round"
+    elif a.get("local_steps", steps) != steps:
+        arm += f", {a['local_steps']} local steps"
     return part, arm + (f", {a['num_rounds']} rounds" if a.get("num_rounds", rounds) != rounds else "")
 
 
 def by_arm(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> dict[tuple, list[dict]]:
-    """{(partition, arm): runs} by ``arm_of`` (``lr``: the grid's rate)."""
+    """{(partition, arm): runs} by ``arm_of`` (``lr``: the grid's rate; its local steps: the most common)."""
     groups: dict[tuple, list] = {}
+    steps = Counter(r["args"].get("local_steps", LOCAL_STEPS) for r in runs).most_common(1)
     for r in runs:
-        groups.setdefault(arm_of(r["args"], rounds, lr), []).append(r)
+        groups.setdefault(arm_of(r["args"], rounds, lr, steps[0][0] if steps else LOCAL_STEPS), []).append(r)
     return groups
 
 
@@ -417,6 +424,9 @@ KNOWN = {
     "diverging (8x the rate, no clipping)": lambda p, a: a.startswith("FedAvg lr ") and a.endswith(", no clipping"),
     "oscillating (topic skew, 1 client/round)": lambda p, a: p == "topic a=0.01" and a == "FedAvg, 1 client/round",
     "drifting (topic skew, full participation)": lambda p, a: p == "topic a=0.01" and a in HEALTHY_ARMS,
+    "iid, 8x the local steps": lambda p, a: p == "iid" and f", {8 * LOCAL_STEPS} local steps" in a,
+    "drifting by construction (topic skew, 8x the local steps)":
+        lambda p, a: p == "topic a=0.01" and f", {8 * LOCAL_STEPS} local steps" in a,
 }
 
 
@@ -474,11 +484,13 @@ def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0)
 
 
 def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
-    """A grid's runs, its rounds (the most common: the equal-compute arms run more) and ``selection.json`` (the
-    pretrained regime's rate and mus; {} for the from-scratch study)."""
+    """A grid's runs, its rounds (the most common, the larger on a tie: the equal-compute arms run more, the
+    drifting arm fewer) and ``selection.json`` (the pretrained regime's rate and mus; {} for the from-scratch
+    study)."""
     runs = R.load_runs(out_dir / "runs", "*")
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
-    rounds = Counter(r["args"]["num_rounds"] for r in runs).most_common(1)[0][0]
+    counts = Counter(r["args"]["num_rounds"] for r in runs)
+    rounds = max(counts, key=lambda k: (counts[k], k))
     chosen = json.loads((out_dir / "selection.json").read_text()) if (out_dir / "selection.json").is_file() else {}
     return runs, rounds, chosen
 

@@ -43,7 +43,8 @@ def test_every_arm_is_labelled_back_from_its_arguments(mode):
         assert E.arm_of(vars(args)) == (part, arm)
         assert (part, arm) not in seen
         seen.add((part, arm))
-        assert args.local_steps == 8 and args.num_clients == 10  # equal local work in every arm
+        # equal local work in every arm but calibrate's drifting one (8x the steps, an eighth of the rounds)
+        assert args.local_steps == (64 if ", 64 local steps" in arm else 8) and args.num_clients == 10
 
 
 def test_failure_grid_has_every_algorithm_and_averaging_arms():
@@ -78,11 +79,11 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     root = tmp_path / "grid"
     argv = ["--mode", "calibrate", "--out-dir", str(root), "--rounds", "2", "--seeds", "0,1"]
     s = E.main([*argv, "--jobs", "2", "--", *TINY])  # 2 processes of 1 thread
-    assert s["runs"] == 4
-    assert "calibrate grid summary: 4 runs: " in capsys.readouterr().out
+    assert s["runs"] == 8
+    assert "calibrate grid summary: 8 runs: " in capsys.readouterr().out
     s = E.main([*argv, "--jobs", "1", "--", *TINY])
     printed = capsys.readouterr().out
-    assert s["runs"] == 4 and "4 runs: 4 done before, 0 to run" in printed
+    assert s["runs"] == 8 and "8 runs: 8 done before, 0 to run" in printed
     assert f"next: python llm_noniid/run_experiments.py --mode analyze --out-dir {root}" in printed
     # the same runs one after another: the same numbers (they depend on the thread count only)
     E.main(["--mode", "calibrate", "--out-dir", str(tmp_path / "serial"), "--rounds", "2", "--seeds", "1",
@@ -289,9 +290,23 @@ def test_calibrate_diverging_arm_is_eight_times_the_grids_rate():
     """The built-to-diverge arm scales with the rate the grid runs at (the pretrained regime selects its own),
     and the detector table still counts it as the diverging class."""
     for lr, want in ((1.0, "8"), (0.05, "0.4")):
-        (part, arm, flags), = [x for x in E.arms("calibrate", lr=lr) if x[0] == "iid"]
+        (part, arm, flags), = [x for x in E.arms("calibrate", lr=lr) if "no clipping" in x[1]]
         assert flags[flags.index("--learning-rate") + 1] == want and arm == f"FedAvg lr {want}, no clipping"
         assert E.arm_of({"partition": "iid", "algorithm": "fedavg", "learning_rate": float(want),
                          "max_grad_norm": 0.0}, lr=lr) == (part, arm)
         assert E.KNOWN["diverging (8x the rate, no clipping)"](part, arm)
         assert not E.KNOWN["diverging (8x the rate, no clipping)"]("iid", "FedAvg")
+
+
+def test_calibrate_drifting_arm_is_topic_skew_with_eight_times_the_local_steps():
+    """Drift by construction: topic shards and 8x the local steps for an eighth of the rounds (about the same
+    local steps in all), beside the same on iid shards as its control; each lands in its own detector class."""
+    arms = {(p, a): parse_with_config(train.get_args_parser(), [*E.STUDY, *E.rounds_flags(60), *f], {})
+            for p, a, f in E.arms("calibrate", rounds=60)}
+    for part, cls in (("iid", "iid, 8x the local steps"),
+                      ("topic a=0.01", "drifting by construction (topic skew, 8x the local steps)")):
+        arm = "FedAvg, 64 local steps, 7 rounds"
+        a = arms[(part, arm)]
+        assert (a.local_steps, a.num_rounds, a.eval_every) == (64, 7, 1)
+        assert E.arm_of(vars(a), rounds=60) == (part, arm)
+        assert [k for k, is_ in E.KNOWN.items() if is_(part, arm)] == [cls]
