@@ -77,6 +77,15 @@ def _read_json(path: Path) -> dict:
     return value
 
 
+def shown(path: str | os.PathLike | None) -> str | None:
+    """``path`` as a report shows it: relative to the working directory when inside it (a report committed from
+    a checkout then names no machine's folders), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve())) if path else path
+    except ValueError:
+        return str(path)
+
+
 def load_runs(root: str | os.PathLike, pattern: str = "*") -> list[dict]:
     """``load_run`` of every ``find_runs(root, pattern)``."""
     return [load_run(p) for p in find_runs(root, pattern)]

@@ -545,7 +545,7 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
     lr, mus = chosen.get("learning_rate", 1.0), chosen.get("mu")
     a0 = runs[0]["args"]
     lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", "",
-             f"Data {a0.get('data')} ({a0.get('data_dir') or 'embedded'}), model {a0.get('model')} "
+             f"Data {a0.get('data')} ({R.shown(a0.get('data_dir')) or 'embedded'}), model {R.shown(a0.get('model'))} "
              f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
              f"{a0.get('local_optimizer')} steps per client per round at lr {a0.get('learning_rate'):g}"
              f"{' (its peak: a cosine over the rounds)' if a0.get('lr_schedule') == 'cosine' else ''}, "
@@ -561,7 +561,7 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
         lines += [f"Chosen on a selection split (10% of the training texts; seed {chosen['seed']}, "
                   f"{chosen['rounds']} rounds; `selection.json` holds every score): FedAvg's rate "
                   f"{chosen['learning_rate']:g} on IID shards, FedProx mu " + ", ".join(
-                      f"{v} ({k})" for k, v in chosen["mu"].items()) + f". Base: `{chosen['base']}`.", ""]
+                      f"{v} ({k})" for k, v in chosen["mu"].items()) + f". Base: `{R.shown(chosen['base'])}`.", ""]
     lines += ["### Reference points", "", *references(runs), ""]
     groups = by_arm(runs, rounds, lr)
     for mode in ("headline", "failure", "main", "calibrate"):  # each grid's table of its own arms' runs

@@ -1,6 +1,8 @@
 """common.runs on run directories written by RunDir: finding, loading, grouping over seeds, mean +- std."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -149,3 +151,13 @@ def test_series_skips_values_that_are_not_numbers(root):
     run["rows"][2]["round"] = None
     x, y = R.series(run, "ppl")
     assert x.tolist() == [0.0] and y.tolist() == [30.0]
+
+
+def test_shown_paths_are_relative_inside_the_working_directory(tmp_path, monkeypatch):
+    """A report committed from a checkout names its folders relative to it, never a machine's absolute path."""
+    monkeypatch.chdir(tmp_path)
+    assert R.shown(tmp_path / "runs" / "base") == str(Path("runs") / "base")
+    assert R.shown("runs/base") == str(Path("runs") / "base")
+    outside = tmp_path.parent / "elsewhere"
+    assert R.shown(outside) == str(outside)
+    assert R.shown(None) is None and R.shown("tiny-gpt2") == "tiny-gpt2"
