@@ -112,13 +112,17 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
             ("FedAvg", FEDAVG), (f"FedProx mu={(mus or {}).get(part, MUS[0])}",
                                  ["--algorithm", "fedprox", "--mu", str((mus or {}).get(part, MUS[0]))]),
             ("SCAFFOLD", SCAFFOLD), ("FedAvg + IFCA (4)", FEDAVG + ifca))]
-    if mode == "calibrate":  # drift by construction: 8x the local steps on topic shards (iid: its control)
-        long = FEDAVG + ["--local-steps", str(8 * LOCAL_STEPS)] + rounds_flags(max(1, rounds // 8))
+    if mode == "calibrate":
+        # built to fail: divergence (8x the rate, no clipping); drift (8x the local steps on topic shards, iid:
+        # its control); oscillation (one topic-skewed client per round, 8x its local steps, half the rounds)
+        k8, r8, r2 = ["--local-steps", str(8 * LOCAL_STEPS)], max(1, rounds // 8), max(1, rounds // 2)
         return [("iid", f"FedAvg lr {8 * lr:g}, no clipping", IID + FEDAVG + ["--learning-rate", f"{8 * lr:g}",
                                                                              "--max-grad-norm", "0"]),
                 ("topic a=0.01", "FedAvg, 1 client/round", TOPIC + FEDAVG + one),
-                *((part, f"FedAvg, {8 * LOCAL_STEPS} local steps, {max(1, rounds // 8)} rounds", split + long)
-                  for part, split in HEADLINE_PARTS)]
+                *((part, f"FedAvg, {8 * LOCAL_STEPS} local steps, {r8} rounds", split + FEDAVG + k8 + rounds_flags(r8))
+                  for part, split in HEADLINE_PARTS),
+                ("topic a=0.01", f"FedAvg, 1 client/round, {8 * LOCAL_STEPS} local steps, {r2} rounds",
+                 TOPIC + FEDAVG + one + k8 + rounds_flags(r2))]
     if mode == "quick":
         parts = [("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
                  ("style (length)", ["--partition", "style_skew"]),
@@ -314,7 +318,7 @@ def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0, steps: int = LOCAL_ST
     elif (rate := a.get("participation_rate", 1.0)) < 1.0:
         m = max(1, round(rate * a["num_clients"]))
         arm += ", 1 client/round" if m == 1 else f", {m} of {a['num_clients']} clients/round"
-    elif a.get("local_steps", steps) != steps:
+    if a.get("local_steps", steps) != steps:
         arm += f", {a['local_steps']} local steps"
     return part, arm + (f", {a['num_rounds']} rounds" if a.get("num_rounds", rounds) != rounds else "")
 
@@ -423,10 +427,12 @@ KNOWN = {
     "healthy (iid, full participation)": lambda p, a: p == "iid" and a in HEALTHY_ARMS,
     "diverging (8x the rate, no clipping)": lambda p, a: a.startswith("FedAvg lr ") and a.endswith(", no clipping"),
     "oscillating (topic skew, 1 client/round)": lambda p, a: p == "topic a=0.01" and a == "FedAvg, 1 client/round",
+    "oscillating by construction (topic skew, 1 client/round, 8x the local steps)":
+        lambda p, a: p == "topic a=0.01" and a.startswith(f"FedAvg, 1 client/round, {8 * LOCAL_STEPS} local steps"),
     "drifting (topic skew, full participation)": lambda p, a: p == "topic a=0.01" and a in HEALTHY_ARMS,
-    "iid, 8x the local steps": lambda p, a: p == "iid" and f", {8 * LOCAL_STEPS} local steps" in a,
+    "iid, 8x the local steps": lambda p, a: p == "iid" and a.startswith(f"FedAvg, {8 * LOCAL_STEPS} local steps"),
     "drifting by construction (topic skew, 8x the local steps)":
-        lambda p, a: p == "topic a=0.01" and f", {8 * LOCAL_STEPS} local steps" in a,
+        lambda p, a: p == "topic a=0.01" and a.startswith(f"FedAvg, {8 * LOCAL_STEPS} local steps"),
 }
 
 

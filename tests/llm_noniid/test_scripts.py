@@ -79,11 +79,11 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     root = tmp_path / "grid"
     argv = ["--mode", "calibrate", "--out-dir", str(root), "--rounds", "2", "--seeds", "0,1"]
     s = E.main([*argv, "--jobs", "2", "--", *TINY])  # 2 processes of 1 thread
-    assert s["runs"] == 8
-    assert "calibrate grid summary: 8 runs: " in capsys.readouterr().out
+    assert s["runs"] == 10
+    assert "calibrate grid summary: 10 runs: " in capsys.readouterr().out
     s = E.main([*argv, "--jobs", "1", "--", *TINY])
     printed = capsys.readouterr().out
-    assert s["runs"] == 8 and "8 runs: 8 done before, 0 to run" in printed
+    assert s["runs"] == 10 and "10 runs: 10 done before, 0 to run" in printed
     assert f"next: python llm_noniid/run_experiments.py --mode analyze --out-dir {root}" in printed
     # the same runs one after another: the same numbers (they depend on the thread count only)
     E.main(["--mode", "calibrate", "--out-dir", str(tmp_path / "serial"), "--rounds", "2", "--seeds", "1",
@@ -298,15 +298,19 @@ def test_calibrate_diverging_arm_is_eight_times_the_grids_rate():
         assert not E.KNOWN["diverging (8x the rate, no clipping)"]("iid", "FedAvg")
 
 
-def test_calibrate_drifting_arm_is_topic_skew_with_eight_times_the_local_steps():
+def test_calibrate_arms_built_to_drift_and_to_oscillate():
     """Drift by construction: topic shards and 8x the local steps for an eighth of the rounds (about the same
-    local steps in all), beside the same on iid shards as its control; each lands in its own detector class."""
+    local steps in all), beside the same on iid shards as its control; oscillation by construction: one
+    topic-skewed client per round with 8x the local steps. Each lands in its own detector class."""
     arms = {(p, a): parse_with_config(train.get_args_parser(), [*E.STUDY, *E.rounds_flags(60), *f], {})
             for p, a, f in E.arms("calibrate", rounds=60)}
-    for part, cls in (("iid", "iid, 8x the local steps"),
-                      ("topic a=0.01", "drifting by construction (topic skew, 8x the local steps)")):
-        arm = "FedAvg, 64 local steps, 7 rounds"
+    for part, arm, cls, want in (
+            ("iid", "FedAvg, 64 local steps, 7 rounds", "iid, 8x the local steps", (64, 7, 1.0)),
+            ("topic a=0.01", "FedAvg, 64 local steps, 7 rounds",
+             "drifting by construction (topic skew, 8x the local steps)", (64, 7, 1.0)),
+            ("topic a=0.01", "FedAvg, 1 client/round, 64 local steps, 30 rounds",
+             "oscillating by construction (topic skew, 1 client/round, 8x the local steps)", (64, 30, 0.1))):
         a = arms[(part, arm)]
-        assert (a.local_steps, a.num_rounds, a.eval_every) == (64, 7, 1)
+        assert (a.local_steps, a.num_rounds, a.participation_rate) == want and a.eval_every == 1
         assert E.arm_of(vars(a), rounds=60) == (part, arm)
         assert [k for k, is_ in E.KNOWN.items() if is_(part, arm)] == [cls]
