@@ -323,12 +323,19 @@ def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0, steps: int = LOCAL_ST
     return part, arm + (f", {a['num_rounds']} rounds" if a.get("num_rounds", rounds) != rounds else "")
 
 
+def grid_steps(runs: list[dict], rounds: int) -> int:
+    """The grid's local steps: the most common among its runs of ``rounds`` rounds (calibrate's drifting and
+    oscillating arms, with 8x the steps, run fewer rounds)."""
+    steps = Counter(r["args"].get("local_steps", LOCAL_STEPS) for r in runs if r["args"].get("num_rounds") == rounds)
+    return steps.most_common(1)[0][0] if steps else LOCAL_STEPS
+
+
 def by_arm(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> dict[tuple, list[dict]]:
-    """{(partition, arm): runs} by ``arm_of`` (``lr``: the grid's rate; its local steps: the most common)."""
+    """{(partition, arm): runs} by ``arm_of`` (``lr``: the grid's rate; its local steps: ``grid_steps``)."""
     groups: dict[tuple, list] = {}
-    steps = Counter(r["args"].get("local_steps", LOCAL_STEPS) for r in runs).most_common(1)
+    steps = grid_steps(runs, rounds)
     for r in runs:
-        groups.setdefault(arm_of(r["args"], rounds, lr, steps[0][0] if steps else LOCAL_STEPS), []).append(r)
+        groups.setdefault(arm_of(r["args"], rounds, lr, steps), []).append(r)
     return groups
 
 
@@ -549,7 +556,9 @@ def draw_side_by_side(pct: dict, out: Path) -> list[Path]:
 def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = None) -> str:
     runs, rounds, chosen = load_grid(out_dir)
     lr, mus = chosen.get("learning_rate", 1.0), chosen.get("mu")
-    a0 = runs[0]["args"]
+    steps = grid_steps(runs, rounds)
+    a0 = next((r["args"] for r in runs if r["args"].get("num_rounds") == rounds and
+               r["args"].get("local_steps", LOCAL_STEPS) == steps), runs[0]["args"])
     lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", "",
              f"Data {a0.get('data')} ({R.shown(a0.get('data_dir')) or 'embedded'}), model {R.shown(a0.get('model'))} "
              f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
