@@ -314,3 +314,14 @@ def test_calibrate_arms_built_to_drift_and_to_oscillate():
         assert (a.local_steps, a.num_rounds, a.participation_rate) == want and a.eval_every == 1
         assert E.arm_of(vars(a), rounds=60) == (part, arm)
         assert [k for k, is_ in E.KNOWN.items() if is_(part, arm)] == [cls]
+
+
+def test_grid_steps_come_from_the_runs_at_the_grids_rounds():
+    """Calibrate's 64-step arms outnumber the rest of a calibrate-only grid; the grid's local steps (and so every
+    other arm's label) still come from its runs at the grid's rounds."""
+    runs = [{"args": {"num_rounds": 60, "local_steps": 8}}] * 2 + [{"args": {"num_rounds": 7, "local_steps": 64}}] * 6
+    assert E.grid_steps(runs, 60) == 8 and E.grid_steps(runs, 7) == 64 and E.grid_steps([], 60) == E.LOCAL_STEPS
+    fedavg = {"partition": "iid", "algorithm": "fedavg", "num_clients": 10, "learning_rate": 0.01}
+    groups = E.by_arm([{"args": {**fedavg, "num_rounds": 60, "local_steps": 8}},
+                       *[{"args": {**fedavg, "num_rounds": 7, "local_steps": 64}}] * 3], 60, 0.01)
+    assert sorted(groups) == [("iid", "FedAvg"), ("iid", "FedAvg, 64 local steps, 7 rounds")]
