@@ -64,6 +64,7 @@ PRETRAINED = ["--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--t
 PRETRAINED_ROUNDS = 60
 LR_GRID = ("0.001", "0.003", "0.01", "0.03")  # FedAvg's peak rate on IID shards, chosen on the selection split
 SELECT_SEED = 100  # the selection runs' seed, apart from the reported seeds
+ARMS_FILE = "arms.json"  # analyze: {run name: [partition, arm]}, the figures' labels
 HEADLINE_PARTS = (("iid", IID), ("topic a=0.01", TOPIC))
 SHARED_AG_NEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_csv" / "test.csv"
 # IFCA's starting models: --ifca-init-rounds (5) rounds' worth of local steps of one client for each of the
@@ -557,8 +558,8 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
     runs, rounds, chosen = load_grid(out_dir)
     lr, mus = chosen.get("learning_rate", 1.0), chosen.get("mu")
     steps = grid_steps(runs, rounds)
-    a0 = next((r["args"] for r in runs if r["args"].get("num_rounds") == rounds and
-               r["args"].get("local_steps", LOCAL_STEPS) == steps), runs[0]["args"])
+    a0 = next((r["args"] for r in runs if (r["args"].get("num_rounds"), r["args"].get("local_steps", LOCAL_STEPS),
+                                           r["args"].get("learning_rate", lr)) == (rounds, steps, lr)), runs[0]["args"])
     lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", "",
              f"Data {a0.get('data')} ({R.shown(a0.get('data_dir')) or 'embedded'}), model {R.shown(a0.get('model'))} "
              f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
@@ -579,6 +580,8 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
                       f"{v} ({k})" for k, v in chosen["mu"].items()) + f". Base: `{R.shown(chosen['base'])}`.", ""]
     lines += ["### Reference points", "", *references(runs), ""]
     groups = by_arm(runs, rounds, lr)
+    # the figures label runs as the tables do (plot_llm_noniid.py --arms)
+    atomic_write_json(out_dir / ARMS_FILE, {r["name"]: list(k) for k, g in groups.items() for r in g if r["summary"]})
     for mode in ("headline", "failure", "main", "calibrate"):  # each grid's table of its own arms' runs
         sel = list({id(r): r for p, a, _ in arms(mode, rounds, mus, lr) for r in groups.get((p, a), [])}.values())
         if not sel or (mode == "headline" and not chosen):
@@ -612,7 +615,8 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
 
 
 def figure_command(out_dir: Path) -> list[str]:
-    return ["plots/plot_llm_noniid.py", "--runs", str(out_dir / "runs"), "--out", str(out_dir / "figures")]
+    return ["plots/plot_llm_noniid.py", "--runs", str(out_dir / "runs"), "--out", str(out_dir / "figures"),
+            "--arms", str(out_dir / ARMS_FILE)]
 
 
 def main(argv=None) -> dict:

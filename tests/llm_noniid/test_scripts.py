@@ -98,6 +98,9 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     report = (root / "report.md").read_text()
     assert "### calibrate grid" in report and "| topic a=0.01 | FedAvg, 1 client/round | 2 |" in report
     assert "unigram" in report and "### Failure detectors" in report and "plots/plot_llm_noniid.py" in report
+    # the figures label runs as the tables do
+    assert ["topic a=0.01", "FedAvg, 1 client/round"] in json.loads((root / "arms.json").read_text()).values()
+    assert f"--arms {root / 'arms.json'}" in report
     figs = plot_llm_noniid.main(["--runs", str(root / "runs"), "--out", str(tmp_path / "figs")])["figures"]
     names = {p.rsplit("/", 1)[1] for p in figs}
     assert {"val_ppl_curves.png", "personal_val_ppl_curves.png", "final_ppl.png"} <= names
