@@ -215,7 +215,9 @@ def make_figures(runs: list[dict], out: str | Path, labels: dict | None = None) 
                           ("unigram_val_ppl", "initial_val_ppl"), log=True)
     written += plot_curves(groups, "personal_val_ppl", "perplexity on own held-out texts (log scale)", out,
                            ("personal_unigram_ppl",), log=True)
-    written += plot_curves(groups, "client_divergence_rel", "client divergence / ||theta||", out, log=False)
+    # one client a round has no spread to measure: those runs' zeros are left out
+    spread = {k: g for k, g in groups.items() if any(len(r.get("participants", ())) > 1 for x in g for r in x["rows"])}
+    written += plot_curves(spread, "client_divergence_rel", "client divergence / ||theta||", out) if spread else []
     written += plot_final(groups, out)
     for part in sorted({p for p, _ in groups}):
         written += plot_partition([r for (p, _), g in groups.items() if p == part for r in g], out, part)

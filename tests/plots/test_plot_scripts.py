@@ -171,3 +171,18 @@ def test_plot_vit_draws_the_masks_of_one_shard():
     assert plot_vit.panel_nc([run("non_iid", 1), run("non_iid", 2), run("iid", 2)]) == 2
     assert plot_vit.panel_nc([run("non_iid", 5), run("non_iid", 1), run("iid", 2)]) == 1
     assert plot_vit.panel_nc([run("iid", 2)]) == 2
+
+
+def test_llm_divergence_figure_leaves_out_one_client_runs(tmp_path):
+    """A round of one client has no spread between clients: its zeros are not drawn as a divergence curve."""
+    def run(name, participants, rate):
+        rows = [{"round": r, "step": 8 * len(participants), "val_ppl": 100.0 - r, "participants": participants,
+                 "client_divergence_rel": 0.0 if len(participants) == 1 else 1.0 / r} for r in range(1, 4)]
+        return {"name": name, "path": tmp_path / name, "meta": {}, "rows": rows,
+                "args": {"partition": "iid", "algorithm": "fedavg", "seed": 0, "participation_rate": rate},
+                "summary": {"final_val_ppl": 97.0, "unigram_val_ppl": 500.0}}
+
+    drawn = plot_llm_noniid.make_figures([run("one", [3], 0.1)], tmp_path / "a")
+    assert drawn and not any(p.name.startswith("client_divergence") for p in drawn)
+    drawn = plot_llm_noniid.make_figures([run("one", [3], 0.1), run("all", [0, 1, 2, 3], 1.0)], tmp_path / "b")
+    assert any(p.name.startswith("client_divergence") for p in drawn)
