@@ -31,7 +31,9 @@ driver prints one line per finished job, a progress line with the count and an E
 seconds while jobs run, and a summary with the next command at the end. Ctrl-C (or SIGTERM) stops the grid:
 running jobs are sent SIGINT (they stop as an interrupted run, resumable), then killed if they linger, and on
 Linux every job is also killed by the kernel when the driver dies without cleaning up (SIGKILL included), so no
-job is left writing after its driver. Rerunning the same command continues the grid.
+job is left writing after its driver. Rerunning the same command continues the grid. A driver started in the
+background by a non-interactive shell (``nohup ... &``) ignores SIGINT, as that shell starts it: stop it with
+SIGTERM (``kill <pid>``).
 """
 from __future__ import annotations
 
