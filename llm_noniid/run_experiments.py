@@ -114,8 +114,9 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
                                  ["--algorithm", "fedprox", "--mu", str((mus or {}).get(part, MUS[0]))]),
             ("SCAFFOLD", SCAFFOLD), ("FedAvg + IFCA (4)", FEDAVG + ifca))]
     if mode == "calibrate":
-        # built to fail: divergence (8x the rate, no clipping); drift (8x the local steps on topic shards, iid:
-        # its control); oscillation (one topic-skewed client per round, 8x its local steps, half the rounds)
+        # built to fail: divergence (8x the rate, no clipping); drift (8x the local steps: every client fits its
+        # own texts for epochs, on iid and topic shards); oscillation (one topic-skewed client per round, 8x its
+        # local steps, half the rounds)
         k8, r8, r2 = ["--local-steps", str(8 * LOCAL_STEPS)], max(1, rounds // 8), max(1, rounds // 2)
         return [("iid", f"FedAvg lr {8 * lr:g}, no clipping", IID + FEDAVG + ["--learning-rate", f"{8 * lr:g}",
                                                                              "--max-grad-norm", "0"]),
@@ -438,7 +439,8 @@ KNOWN = {
     "oscillating by construction (topic skew, 1 client/round, 8x the local steps)":
         lambda p, a: p == "topic a=0.01" and a.startswith(f"FedAvg, 1 client/round, {8 * LOCAL_STEPS} local steps"),
     "drifting (topic skew, full participation)": lambda p, a: p == "topic a=0.01" and a in HEALTHY_ARMS,
-    "iid, 8x the local steps": lambda p, a: p == "iid" and a.startswith(f"FedAvg, {8 * LOCAL_STEPS} local steps"),
+    "drifting by construction (iid, 8x the local steps)":
+        lambda p, a: p == "iid" and a.startswith(f"FedAvg, {8 * LOCAL_STEPS} local steps"),
     "drifting by construction (topic skew, 8x the local steps)":
         lambda p, a: p == "topic a=0.01" and a.startswith(f"FedAvg, {8 * LOCAL_STEPS} local steps"),
 }
@@ -458,7 +460,7 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> l
     # the calibration: each detector's key threshold swept, the others at their defaults
     sweeps = {"divergence": ("div_rel_increase", (0.05, 0.1, 0.2, 0.5)),
               "oscillation": ("osc_min_change", (0.0025, 0.005, 0.01, 0.02)),
-              "client_drift": ("drift_dispersion", (2.0, 2.5, 3.0, 4.0)),
+              "client_drift": ("drift_gap", (0.3, 0.4, 0.5, 0.6, 0.8)),
               "slow_convergence": ("slow_min_improvement", (0.02, 0.05, 0.1))}
     return [*S.markdown(["detector", *(f"{k} (n={len(v)})" for k, v in classes.items())],
                         [[mode, *share(mode)] for mode in failure.MODES]),

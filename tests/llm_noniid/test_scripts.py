@@ -302,13 +302,14 @@ def test_calibrate_diverging_arm_is_eight_times_the_grids_rate():
 
 
 def test_calibrate_arms_built_to_drift_and_to_oscillate():
-    """Drift by construction: topic shards and 8x the local steps for an eighth of the rounds (about the same
-    local steps in all), beside the same on iid shards as its control; oscillation by construction: one
-    topic-skewed client per round with 8x the local steps. Each lands in its own detector class."""
+    """Drift by construction: 8x the local steps for an eighth of the rounds (about the same local steps in all;
+    each client fits its own texts for several epochs a round), on iid and on topic shards; oscillation by
+    construction: one topic-skewed client per round with 8x the local steps. Each lands in its own detector class."""
     arms = {(p, a): parse_with_config(train.get_args_parser(), [*E.STUDY, *E.rounds_flags(60), *f], {})
             for p, a, f in E.arms("calibrate", rounds=60)}
     for part, arm, cls, want in (
-            ("iid", "FedAvg, 64 local steps, 7 rounds", "iid, 8x the local steps", (64, 7, 1.0)),
+            ("iid", "FedAvg, 64 local steps, 7 rounds", "drifting by construction (iid, 8x the local steps)",
+             (64, 7, 1.0)),
             ("topic a=0.01", "FedAvg, 64 local steps, 7 rounds",
              "drifting by construction (topic skew, 8x the local steps)", (64, 7, 1.0)),
             ("topic a=0.01", "FedAvg, 1 client/round, 64 local steps, 30 rounds",
