@@ -108,10 +108,11 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
                  ("style (length)", ["--partition", "style_skew", "--style-criterion", "length"]),
                  ("token (frequency)", ["--partition", "token_skew", "--token-skew", "frequency"])]
         return [(p, name, f + a) for p, f in parts for name, a in algos]
-    if mode == "headline":  # FedProx at the mu ``select`` chose for the partition (``mus``)
+    if mode == "headline":  # FedProx at the mu ``select`` chose for the partition (``mus``); without a
+        # selection (the from-scratch regime) at every mu, all of them arms of its failure and main grids
         return [(part, name, split + a) for part, split in HEADLINE_PARTS for name, a in (
-            ("FedAvg", FEDAVG), (f"FedProx mu={(mus or {}).get(part, MUS[0])}",
-                                 ["--algorithm", "fedprox", "--mu", str((mus or {}).get(part, MUS[0]))]),
+            ("FedAvg", FEDAVG), *((f"FedProx mu={mu}", ["--algorithm", "fedprox", "--mu", str(mu)])
+                                  for mu in ([mus[part]] if mus else MUS)),
             ("SCAFFOLD", SCAFFOLD), ("FedAvg + IFCA (4)", FEDAVG + ifca))]
     if mode == "calibrate":
         # built to fail: divergence (8x the rate, no clipping); drift (8x the local steps: every client fits its
@@ -586,7 +587,7 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
     atomic_write_json(out_dir / ARMS_FILE, {r["name"]: list(k) for k, g in groups.items() for r in g if r["summary"]})
     for mode in ("headline", "failure", "main", "calibrate"):  # each grid's table of its own arms' runs
         sel = list({id(r): r for p, a, _ in arms(mode, rounds, mus, lr) for r in groups.get((p, a), [])}.values())
-        if not sel or (mode == "headline" and not chosen):
+        if not sel:
             continue
         lines += [f"### {mode} grid", "", *table(sel, mode, rounds, lr, mus), ""]
         if mode == "headline":
@@ -626,8 +627,8 @@ def main(argv=None) -> dict:
     passthrough = [a for a in passthrough if a != "--"]
     cli.check(args.mode in MODES, f"--mode {args.mode!r} is unknown; expected one of {', '.join(MODES)}")
     cli.check(args.regime in REGIMES, f"--regime {args.regime!r} is unknown; expected one of {', '.join(REGIMES)}")
-    cli.check(args.regime == "pretrained" or args.mode not in ("select", "headline"),
-              f"--mode {args.mode} belongs to --regime pretrained (the from-scratch study keeps its one rate)")
+    cli.check(args.regime == "pretrained" or args.mode != "select",
+              "--mode select belongs to --regime pretrained (the from-scratch study keeps its one rate)")
     args.out_dir = args.out_dir or ("runs/llm_noniid_pretrained" if args.regime == "pretrained" else "runs/llm_noniid")
     if args.regime == "pretrained" and args.split_csv is None:
         args.split_csv = str(SHARED_AG_NEWS)

@@ -61,6 +61,22 @@ def test_failure_grid_has_every_algorithm_and_averaging_arms():
         assert m >= 2 or arm.endswith("1 client/round")  # averaging claimed only with >= 2 clients
 
 
+def test_from_scratch_headline_is_the_headline_arms_at_every_mu_all_shared_with_its_grids(tmp_path):
+    """Without a selection (the from-scratch regime) the headline trains FedProx at every mu, so the side by side
+    finds the mu the pretrained regime chose; every run is one the failure or main grid trains (same directory)."""
+    args = E.get_args_parser().parse_args(["--mode", "headline", "--out-dir", str(tmp_path)])
+    args.split_csv, args.regime = None, "scratch"
+    names = {j.name for j in E.plan("headline", args, [])}
+    shared = {j.name for mode in ("failure", "main") for j in E.plan(mode, args, [])}
+    labels = [(p, a) for p, a, _ in E.arms("headline")]
+    assert len(labels) == 14 and ("iid", "FedProx mu=0.001") in labels and ("topic a=0.01", "FedProx mu=1") in labels
+    assert len(names) == 14 * 3 + 2 and len(names - shared) == 2  # + FedAvg at twice the rounds on both splits
+    assert all(n.endswith(f"_R{2 * E.ROUNDS}") for n in names - shared)
+    mus = {"iid": "0.01", "topic a=0.01": "0.1"}  # a selection's mu per partition: that mu only
+    assert [a for p, a, _ in E.arms("headline", mus=mus) if a.startswith("FedProx")] == \
+        ["FedProx mu=0.01", "FedProx mu=0.1"]
+
+
 def test_equal_compute_arms_train_as_many_tokens():
     """The equal-compute references really match: IFCA's starting models cost IFCA_EXTRA_ROUNDS full rounds of
     local steps; 2 of 10 clients for 5x the rounds take as many local steps as FedAvg, with as many evaluations."""
