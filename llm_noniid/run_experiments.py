@@ -489,13 +489,15 @@ def split_table(groups: dict[tuple, list[dict]]) -> list[str]:
                        for (p, a), (g, ref) in sorted(pairs.items())])
 
 
-def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> list[str]:
-    """Paired differences between arms that train the same number of tokens (``equal_compute``), the verdicts
-    Holm-corrected over the table."""
+def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0,
+                        arms_: list[tuple[str, str, str]] | None = None) -> list[str]:
+    """Paired differences between arms that train the same number of tokens (``arms_``, default
+    ``equal_compute``; the compute ratio column says how close), the verdicts Holm-corrected over the table."""
     groups = by_arm(runs, rounds, lr)
-    pairs = {(p, a, ref): (groups.get((p, a), []), groups.get((p, ref), [])) for p, a, ref in equal_compute(rounds)}
+    pairs = {(p, a, ref): (groups.get((p, a), []), groups.get((p, ref), []))
+             for p, a, ref in arms_ or equal_compute(rounds)}
     diffs = compare({k: gh for k, gh in pairs.items() if all(gh)})
-    return S.markdown(["partition", "arm", "reference (same compute)", "compute ratio", "Δ final ppl",
+    return S.markdown(["partition", "arm", "reference (about the same compute)", "compute ratio", "Δ final ppl",
                        "Δ personalised ppl"], [[*k, compute(*gh), *(diffs[(*k, key)] for key in KEYS)] if all(gh)
                                                else [*k, "not run", "", ""] for k, gh in pairs.items()])
 
@@ -597,6 +599,11 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
         if mode == "failure":
             lines += ["Equal compute (paired by seed, 95% t interval, verdicts Holm-corrected over the table):", "",
                       *equal_compute_table(sel, rounds, lr), ""]
+        if mode == "calibrate":  # what drift costs: the runs built to drift against FedAvg's as many local steps
+            drift = f"FedAvg, {8 * LOCAL_STEPS} local steps, {max(1, rounds // 8)} rounds"
+            lines += ["The runs built to drift against FedAvg on the same shards, trained for about as many local "
+                      "steps (paired by seed, 95% t interval, Holm over the table):", "", *equal_compute_table(
+                          runs, rounds, lr, [(p, drift, "FedAvg") for p, _ in HEADLINE_PARTS]), ""]
     lines += ["### Does the split hurt", "", "Each arm on a non-iid partition against the same arm on iid shards "
               "(global validation perplexity, paired by seed, 95% t interval, verdicts Holm-corrected over the table):",
               "", *split_table(groups), ""]

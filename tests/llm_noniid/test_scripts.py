@@ -114,6 +114,8 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     report = (root / "report.md").read_text()
     assert "### calibrate grid" in report and "| topic a=0.01 | FedAvg, 1 client/round | 2 |" in report
     assert "unigram" in report and "### Failure detectors" in report and "plots/plot_llm_noniid.py" in report
+    # what drift costs: the drifting arm against FedAvg, which the calibrate grid alone does not train
+    assert "| iid | FedAvg, 64 local steps, 1 rounds | FedAvg | not run |" in report
     # the figures label runs as the tables do
     assert ["topic a=0.01", "FedAvg, 1 client/round"] in json.loads((root / "arms.json").read_text()).values()
     assert f"--arms {root / 'arms.json'}" in report
