@@ -516,26 +516,32 @@ def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
 
 def side_by_side(grids: dict[str, tuple[list[dict], int, dict]], mus: dict) -> tuple[list[str], dict]:
     """The headline arms (FedAvg, FedProx at ``mus``, SCAFFOLD, IFCA on iid and topic a=0.01) in each regime
-    ({regime label: ``load_grid``'s runs, rounds, selection}): final perplexity (mean ± sd) and each arm's
-    change vs FedAvg on the same partition in percent of FedAvg's perplexity (paired by seed, 95% t interval, Holm
-    over the whole table), so regimes on different perplexity scales read alike. Returns the Markdown and
-    {(regime, part, arm): per-seed %}."""
+    ({regime label: ``load_grid``'s runs, rounds, selection}): final perplexity (mean ± sd), each arm's change vs
+    FedAvg on the same partition and each topic-skewed arm's change vs the same arm on iid shards, in percent of
+    the reference's perplexity (paired by seed, 95% t interval, Holm over the whole table), so regimes on
+    different perplexity scales read alike. Returns the Markdown and {(regime, part, arm): per-seed % vs FedAvg}."""
+    def change(g: dict, ref: dict) -> dict:  # per-seed % change of g vs ref, on the seeds finite in both
+        return {s: 100 * (g[s] / ref[s] - 1) for s in g if s in ref and math.isfinite(g[s]) and math.isfinite(ref[s])}
+
     rows, pct, pairs = [], {}, {}
     for regime, (runs, rounds, chosen) in grids.items():
         groups = by_arm(runs, rounds, chosen.get("learning_rate", 1.0))
         for part, arm, _ in arms("headline", rounds, mus):
-            g, ref = (R.by_seed(groups.get((part, a), []), "final_val_ppl") for a in (arm, "FedAvg"))
-            seeds = [s for s in g if s in ref and math.isfinite(g[s]) and math.isfinite(ref[s])]
-            pct[(regime, part, arm)] = {s: 100 * (g[s] / ref[s] - 1) for s in seeds}
-            plateau = f"{sum(map(at_plateau, groups.get((part, arm), [])))}/{len(g)}"
-            rows.append((regime, part, arm, g, plateau))
-            if arm != "FedAvg" and seeds:
-                pairs[(regime, part, arm)] = (pct[(regime, part, arm)], dict.fromkeys(seeds, 0.0))
+            g, ref, iid = (R.by_seed(groups.get(k, []), "final_val_ppl") for k in ((part, arm), (part, "FedAvg"),
+                                                                                  ("iid", arm)))
+            pct[(regime, part, arm)] = change(g, ref)
+            for col, d in (("FedAvg", pct[(regime, part, arm)] if arm != "FedAvg" else {}),
+                           ("iid", change(g, iid) if part != "iid" else {})):
+                if d:
+                    pairs[(regime, part, arm, col)] = (d, dict.fromkeys(d, 0.0))
+            rows.append((regime, part, arm, g, f"{sum(map(at_plateau, groups.get((part, arm), [])))}/{len(g)}"))
     cells = {k: cell for k, (_, cell) in S.compare(pairs).items()}
     return S.markdown(["regime", "partition", "arm", "n", "final ppl", "Δ vs FedAvg (% of FedAvg's ppl)",
-                       "at plateau"], [[regime, part, arm, len(g), S.fmt_seeds(g.values()) if g else "not run",
-                                        "reference" if arm == "FedAvg" else cells.get((regime, part, arm), "–"),
-                                        plateau] for regime, part, arm, g, plateau in rows]), pct
+                       "Δ vs the same arm on iid (% of its ppl)", "at plateau"],
+                      [[regime, part, arm, len(g), S.fmt_seeds(g.values()) if g else "not run",
+                        "reference" if arm == "FedAvg" else cells.get((regime, part, arm, "FedAvg"), "–"),
+                        "" if part == "iid" else cells.get((regime, part, arm, "iid"), "–"), plateau]
+                       for regime, part, arm, g, plateau in rows]), pct
 
 
 def draw_side_by_side(pct: dict, out: Path) -> list[Path]:

@@ -303,8 +303,13 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
         "final_val_ppl"] for p in (root / "runs").glob("*/args.json") for a in [json.loads(p.read_text())["args"]]}
     change = 100 * (final[("iid", "scaffold", "none")] / final[("iid", "fedavg", "none")] - 1)
     scaffold = final[("iid", "scaffold", "none")]
+    # and a topic-skewed arm's change vs the same arm on iid shards
+    topic = final[("topic_skew", "scaffold", "none")]
+    split = 100 * (topic / scaffold - 1)
     for regime in ("from scratch", "pretrained + LoRA"):
         assert f"| {regime} | iid | SCAFFOLD | 1 | {scaffold:.1f} (n=1) | {change:+.1f}" in report
+        row = next(line for line in report.splitlines() if line.startswith(f"| {regime} | topic a=0.01 | SCAFFOLD |"))
+        assert row.split(" | ")[6].startswith(f"{split:+.1f}")
 
 
 def test_calibrate_diverging_arm_is_eight_times_the_grids_rate():
