@@ -97,18 +97,22 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     parts = sorted({p for p, _ in groups})
-    fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.0), squeeze=False)
+    order = list(dict.fromkeys(a for _, a in groups))  # an arm looks the same in every panel
+    most = max(sum(p == part for p, _ in groups) for part in parts)  # legends of 7+ arms go below their panel:
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.0 + (0.13 * (most + 2) if most >= 7 else 0)),
+                             squeeze=False)  # the figure grows by their height rather than squeezing the panels
     drawn = 0
     for ax, part in zip(axes[0], parts):
         arms = [a for p, a in groups if p == part]
-        for i, arm in enumerate(arms):
+        for arm in arms:
             x, ys = R.aligned(groups[(part, arm)], key, X)
             ok = np.isfinite(ys).all(0)
             if not ok.any():
                 print(f"{part} / {arm}: no {key} at a step every run reached, not drawn in {key}")
                 continue
+            i = order.index(arm)
             marker, style = STYLES[i % len(STYLES)]
-            color = plt.cm.tab20(i % 20) if len(arms) > 10 else None  # the default cycle repeats after 10
+            color = plt.cm.tab20(i % 20) if len(order) > 10 else f"C{i}"  # the default cycle repeats after 10
             R.draw_seeds(ax, x[ok] / 1000, ys[:, ok].T, arm, marker=marker, linestyle=style, markersize=3,
                          markevery=max(1, ok.sum() // 8), color=color)
             drawn += 1
@@ -127,8 +131,8 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[
             continue
         if len(arms) < 7:
             ax.legend(fontsize=6)
-        else:  # below the panel: inside it the legend hides curves
-            ax.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+        else:  # below the panel (inside it the legend hides curves), one column: no wider than its panel
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     if not drawn:
         plt.close(fig)
         print(f"no run has {key}: {out / (key + '_curves.png')} not written")
