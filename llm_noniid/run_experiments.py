@@ -606,10 +606,11 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
             lines += ["Equal compute (paired by seed, 95% t interval, verdicts Holm-corrected over the table):", "",
                       *equal_compute_table(sel, rounds, lr), ""]
         if mode == "calibrate":  # what drift costs: the runs built to drift against FedAvg's as many local steps
-            drift = f"FedAvg, {8 * LOCAL_STEPS} local steps, {max(1, rounds // 8)} rounds"
+            drift = [(p, a, "FedAvg") for p, a, _ in arms("calibrate", rounds, lr=lr)
+                     if a.startswith(f"FedAvg, {8 * LOCAL_STEPS} local steps")]
             lines += ["The runs built to drift against FedAvg on the same shards, trained for about as many local "
-                      "steps (paired by seed, 95% t interval, Holm over the table):", "", *equal_compute_table(
-                          runs, rounds, lr, [(p, drift, "FedAvg") for p, _ in HEADLINE_PARTS]), ""]
+                      "steps (paired by seed, 95% t interval, Holm over the table):", "",
+                      *equal_compute_table(runs, rounds, lr, drift), ""]
     lines += ["### Does the split hurt", "", "Each arm on a non-iid partition against the same arm on iid shards "
               "(global validation perplexity, paired by seed, 95% t interval, verdicts Holm-corrected over the table):",
               "", *split_table(groups), ""]

@@ -98,9 +98,10 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[
 
     parts = sorted({p for p, _ in groups})
     order = list(dict.fromkeys(a for _, a in groups))  # an arm looks the same in every panel
-    most = max(sum(p == part for p, _ in groups) for part in parts)  # legends of 7+ arms go below their panel:
-    fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.0 + (0.13 * (most + 2) if most >= 7 else 0)),
-                             squeeze=False)  # the figure grows by their height rather than squeezing the panels
+    below = 7  # a panel of this many arms or more has its legend below it, and the figure grows by its height
+    most = max(sum(p == part for p, _ in groups) for part in parts)
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.0 + (0.13 * (most + 2) if most >= below
+                                                                               else 0)), squeeze=False)
     drawn = 0
     for ax, part in zip(axes[0], parts):
         arms = [a for p, a in groups if p == part]
@@ -129,7 +130,7 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[
             ax.yaxis.set_minor_formatter(NullFormatter())
         if not ax.get_legend_handles_labels()[0]:
             continue
-        if len(arms) < 7:
+        if len(arms) < below:
             ax.legend(fontsize=6)
         else:  # below the panel (inside it the legend hides curves), one column: no wider than its panel
             ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16))
