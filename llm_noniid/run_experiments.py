@@ -66,6 +66,10 @@ LR_GRID = ("0.001", "0.003", "0.01", "0.03")  # FedAvg's peak rate on IID shards
 SELECT_SEED = 100  # the selection runs' seed, apart from the reported seeds
 ARMS_FILE = "arms.json"  # analyze: {run name: [partition, arm]}, the figures' labels
 HEADLINE_PARTS = (("iid", IID), ("topic a=0.01", TOPIC))
+MAIN_PARTS = (("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
+              ("style (length)", ["--partition", "style_skew", "--style-criterion", "length"]),
+              ("token (frequency)", ["--partition", "token_skew", "--token-skew", "frequency"]))
+SELECT_PARTS = (*HEADLINE_PARTS, *MAIN_PARTS[1:])  # the partitions FedProx's mu is chosen for (pretrained regime)
 SHARED_AG_NEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_csv" / "test.csv"
 # IFCA's starting models: --ifca-init-rounds (5) rounds' worth of local steps of one client for each of the
 # --num-clusters (4) clusters = 4 * 5 * 8 = 160 local steps = 2 full rounds of 10 clients x 8 steps
@@ -80,17 +84,23 @@ def rounds_flags(rounds: int) -> list[str]:
 def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1.0) -> list[tuple[str, str, list]]:
     """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each), for runs
     of ``rounds`` rounds at the grid's rate ``lr`` (calibrate's diverging arm runs at 8x it); the equal-compute arms
-    run more (2 of 10 clients: 5x the rounds; FedAvg with IFCA's extra local steps: IFCA_EXTRA_ROUNDS more)."""
-    algos = [("FedAvg", FEDAVG), *((f"FedProx mu={mu}", ["--algorithm", "fedprox", "--mu", mu]) for mu in MUS),
-             ("SCAFFOLD", SCAFFOLD)]
+    run more (2 of 10 clients: 5x the rounds; FedAvg with IFCA's extra local steps: IFCA_EXTRA_ROUNDS more).
+    ``mus`` (the pretrained regime's selection, {partition: mu}): FedProx at the partition's chosen mu, except in
+    the failure grid's mu sweep on topic a=0.01; without a choice (from scratch) at every mu of MUS."""
+    def algos(part: str | None = None, sweep: bool = False) -> list[tuple[str, list[str]]]:
+        chosen = [str(mus[part])] if mus and part in mus and not sweep else MUS
+        return [("FedAvg", FEDAVG), *((f"FedProx mu={mu}", ["--algorithm", "fedprox", "--mu", mu]) for mu in chosen),
+                ("SCAFFOLD", SCAFFOLD)]
+
     lp, one = ["--participation-rate", "0.2"], ["--participation-rate", "0.1"]
     ifca = ["--clustering", "ifca", "--num-clusters", "4"]
     if mode == "failure":
         # the mu sweep and the clustering arms where they matter (topic skew); on iid the contrast arms only
         out = []
         for part, split in (("iid", IID), ("topic a=0.01", TOPIC)):
-            out += [(part, name, split + a) for name, a in algos
-                    if part != "iid" or name in ("FedAvg", "FedProx mu=0.1", "SCAFFOLD")]
+            contrast = ("FedAvg", f"FedProx mu={mus.get('iid', '0.1') if mus else '0.1'}", "SCAFFOLD")
+            out += [(part, name, split + a) for name, a in algos(part, sweep=part != "iid")
+                    if part != "iid" or name in contrast]
             out += [(part, "FedAvg, 2 of 10 clients/round", split + FEDAVG + lp),
                     (part, f"FedAvg, 2 of 10 clients/round, {5 * rounds} rounds",
                      split + FEDAVG + lp + rounds_flags(5 * rounds)),
@@ -104,16 +114,10 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
                      split + FEDAVG + rounds_flags(rounds + IFCA_EXTRA_ROUNDS))]
         return out
     if mode == "main":
-        parts = [("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
-                 ("style (length)", ["--partition", "style_skew", "--style-criterion", "length"]),
-                 ("token (frequency)", ["--partition", "token_skew", "--token-skew", "frequency"])]
-        return [(p, name, f + a) for p, f in parts for name, a in algos]
-    if mode == "headline":  # FedProx at the mu ``select`` chose for the partition (``mus``); without a
-        # selection (the from-scratch regime) at every mu, all of them arms of its failure and main grids
-        return [(part, name, split + a) for part, split in HEADLINE_PARTS for name, a in (
-            ("FedAvg", FEDAVG), *((f"FedProx mu={mu}", ["--algorithm", "fedprox", "--mu", str(mu)])
-                                  for mu in ([mus[part]] if mus else MUS)),
-            ("SCAFFOLD", SCAFFOLD), ("FedAvg + IFCA (4)", FEDAVG + ifca))]
+        return [(p, name, f + a) for p, f in MAIN_PARTS for name, a in algos(p)]
+    if mode == "headline":  # FedProx at the mu ``select`` chose for the partition (at every mu without one)
+        return [(part, name, split + a) for part, split in HEADLINE_PARTS
+                for name, a in (*algos(part), ("FedAvg + IFCA (4)", FEDAVG + ifca))]
     if mode == "calibrate":
         # built to fail: divergence (8x the rate, no clipping); drift (8x the local steps: every client fits its
         # own texts for epochs, on iid and topic shards); oscillation (one topic-skewed client per round, 8x its
@@ -130,7 +134,8 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
         parts = [("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
                  ("style (length)", ["--partition", "style_skew"]),
                  ("token (frequency)", ["--partition", "token_skew"])]
-        return [(p, name, f + a) for p, f in parts for name, a in (algos[0], algos[3], algos[-1])]
+        return [(p, name, f + a) for p, f in parts for name, a in algos(sweep=True)
+                if name in ("FedAvg", "FedProx mu=0.1", "SCAFFOLD")]
     raise cli.UsageError(f"--mode {mode!r} has no runs; expected one of {', '.join(MODES[:-1])}")
 
 
@@ -258,14 +263,16 @@ def run_jobs(grid: list[jobs.Job], args, title: str) -> list[dict]:
 def select(args, passthrough: list[str]) -> dict:
     """The pretrained regime's choices, made on a selection split (10% of the training texts held out as its
     validation; the reported validation texts are never read) at half the rounds with seed ``SELECT_SEED``:
-    FedAvg's rate on IID shards from ``LR_GRID``, then FedProx's mu per headline partition at that rate. Each
+    FedAvg's rate on IID shards from ``LR_GRID``, then FedProx's mu at that rate for each partition the grids
+    train (``SELECT_PARTS``; a selection.json without all of them is completed, its runs kept). Each
     choice is the lowest final validation perplexity. Written to <out-dir>/selection.json with every score."""
     out = Path(args.out_dir)
     done = out / "selection.json"
     rounds = max(1, (args.rounds or PRETRAINED_ROUNDS) // 2)
     if done.is_file():
         chosen = json.loads(done.read_text())
-        if chosen.get("rounds") == rounds and chosen.get("base") == base_folder(args):
+        if chosen.get("rounds") == rounds and chosen.get("base") == base_folder(args) and \
+                set(chosen["mu"]) == {part for part, _ in SELECT_PARTS}:
             return chosen
     data = D.split_ag_news_csv(split_data(args.split_csv, out) / "train.csv", out / "select" / "data", 0.1, seed=1)
     study = [*PRETRAINED, "--model", base_folder(args), "--data", "ag_news", "--data-dir", str(data),
@@ -280,10 +287,10 @@ def select(args, passthrough: list[str]) -> dict:
     lr = min(LR_GRID, key=lambda k: lr_scores[k])
     cli.check(math.isfinite(lr_scores[lr]), f"selection: FedAvg diverged at every rate of {', '.join(LR_GRID)}")
     mu_arms = [(part, f"FedProx mu={mu}", [*study, "--learning-rate", lr, *split, "--algorithm", "fedprox", "--mu",
-                                           mu], rounds) for part, split in HEADLINE_PARTS for mu in MUS]
+                                           mu], rounds) for part, split in SELECT_PARTS for mu in MUS]
     mu_jobs = jobs_for(mu_arms, [SELECT_SEED], passthrough, runs)
     run_jobs(mu_jobs, args, "selection: FedProx mu")
-    mu_scores = {part: {} for part, _ in HEADLINE_PARTS}
+    mu_scores = {part: {} for part, _ in SELECT_PARTS}
     for (part, arm, _, _), j in zip(mu_arms, mu_jobs):
         mu_scores[part][arm.split("=")[1]] = score(jobs.summary_of(j))
     chosen = {"base": base_folder(args), "rounds": rounds, "seed": SELECT_SEED, "learning_rate": float(lr),

@@ -77,6 +77,20 @@ def test_from_scratch_headline_is_the_headline_arms_at_every_mu_all_shared_with_
         ["FedProx mu=0.01", "FedProx mu=0.1"]
 
 
+def test_a_selection_puts_fedprox_at_its_mu_except_in_the_failure_grids_sweep():
+    """With the pretrained regime's choice of mu per partition, the main grid and the failure grid's iid contrast
+    train FedProx at that mu only; the failure grid keeps the whole sweep on topic a=0.01; a partition the
+    selection did not cover gets the sweep."""
+    mus = {"iid": "0.001", "topic a=0.1": "0.01", "style (length)": "1"}
+    prox = lambda mode: [(p, a) for p, a, _ in E.arms(mode, mus=mus) if a.startswith("FedProx")]  # noqa: E731
+    assert [a for p, a in prox("main") if p != "token (frequency)"] == \
+        ["FedProx mu=0.001", "FedProx mu=0.01", "FedProx mu=1"]
+    assert [a for p, a in prox("main") if p == "token (frequency)"] == [f"FedProx mu={m}" for m in E.MUS]
+    assert [a for p, a in prox("failure") if p == "iid"] == ["FedProx mu=0.001"]
+    assert [a for p, a in prox("failure") if p == "topic a=0.01"] == [f"FedProx mu={m}" for m in E.MUS]
+    assert {p for p, _ in E.SELECT_PARTS} == {p for p, _ in (*E.HEADLINE_PARTS, *E.MAIN_PARTS)}
+
+
 def test_equal_compute_arms_train_as_many_tokens():
     """The equal-compute references really match: IFCA's starting models cost IFCA_EXTRA_ROUNDS full rounds of
     local steps; 2 of 10 clients for 5x the rounds take as many local steps as FedAvg, with as many evaluations."""
@@ -255,6 +269,7 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
 
     monkeypatch.setattr(E, "LR_GRID", ("0.05", "0.5"))
     monkeypatch.setattr(E, "MUS", ("0.01", "1"))
+    monkeypatch.setattr(E, "SELECT_PARTS", E.HEADLINE_PARTS)  # (all the grids' partitions: 3 more to choose)
     base = tiny_folder("gpt2")
     root = tmp_path / "grid"
     argv = ["--regime", "pretrained", "--base", str(base), "--out-dir", str(root), "--rounds", "4", "--seeds", "0",
