@@ -578,7 +578,8 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
     steps = grid_steps(runs, rounds)
     a0 = next((r["args"] for r in runs if (r["args"].get("num_rounds"), r["args"].get("local_steps", LOCAL_STEPS),
                                            r["args"].get("learning_rate", lr)) == (rounds, steps, lr)), runs[0]["args"])
-    lines = [f"## {title or 'llm_noniid results: ' + out_dir.name}", "",
+    regime = "a pretrained base fine-tuned with LoRA" if a0.get("lora_r") else "from scratch, every parameter"
+    lines = [f"## {title or f'llm_noniid results, {regime}: {R.shown(out_dir)}'}", "",
              f"Data {a0.get('data')} ({R.shown(a0.get('data_dir')) or 'embedded'}), model {R.shown(a0.get('model'))} "
              f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
              f"{a0.get('local_optimizer')} steps per client per round at lr {a0.get('learning_rate'):g}"
@@ -606,9 +607,11 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
             continue
         lines += [f"### {mode} grid", "", *table(sel, mode, rounds, lr, mus), ""]
         if mode == "headline":
-            lines += [f"Budget check: each run's rate decays to 0 by its last round, so its last {PLATEAU_TAIL:.0%} "
-                      "look flat whatever the budget; the plateau is the budget at which twice the rounds (the rate "
-                      "decaying over all of them) no longer help:", "", *budget_table(groups, rounds), ""]
+            why = (f"each run's rate decays to 0 by its last round, so its last {PLATEAU_TAIL:.0%} look flat "
+                   "whatever the budget; " if a0.get("lr_schedule") == "cosine" else "")
+            lines += [f"Budget check: {why}the plateau is the budget at which twice the rounds"
+                      f"{' (the rate decaying over all of them)' if why else ''} no longer help:", "",
+                      *budget_table(groups, rounds), ""]
         if mode == "failure":
             lines += ["Equal compute (paired by seed, 95% t interval, verdicts Holm-corrected over the table):", "",
                       *equal_compute_table(sel, rounds, lr), ""]
