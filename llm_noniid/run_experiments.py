@@ -98,7 +98,7 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
         # the mu sweep and the clustering arms where they matter (topic skew); on iid the contrast arms only
         out = []
         for part, split in (("iid", IID), ("topic a=0.01", TOPIC)):
-            contrast = ("FedAvg", f"FedProx mu={mus.get('iid', '0.1') if mus else '0.1'}", "SCAFFOLD")
+            contrast = ("FedAvg", f"FedProx mu={(mus or {}).get('iid', '0.1')}", "SCAFFOLD")
             out += [(part, name, split + a) for name, a in algos(part, sweep=part != "iid")
                     if part != "iid" or name in contrast]
             out += [(part, "FedAvg, 2 of 10 clients/round", split + FEDAVG + lp),
@@ -131,10 +131,7 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
                 ("topic a=0.01", f"FedAvg, 1 client/round, {8 * LOCAL_STEPS} local steps, {r2} rounds",
                  TOPIC + FEDAVG + one + k8 + rounds_flags(r2))]
     if mode == "quick":
-        parts = [("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
-                 ("style (length)", ["--partition", "style_skew"]),
-                 ("token (frequency)", ["--partition", "token_skew"])]
-        return [(p, name, f + a) for p, f in parts for name, a in algos(sweep=True)
+        return [(p, name, f + a) for p, f in MAIN_PARTS for name, a in algos(sweep=True)
                 if name in ("FedAvg", "FedProx mu=0.1", "SCAFFOLD")]
     raise cli.UsageError(f"--mode {mode!r} has no runs; expected one of {', '.join(MODES[:-1])}")
 
