@@ -431,7 +431,7 @@ def references(runs: list[dict]) -> list[str]:
                     S.fmt(S.summarize(pers)) if pers else "–", S.fmt(S.summarize(before)) if before else "–"])
     return S.markdown(["partition", "uniform ppl", "unigram ppl (global validation)",
                        "each client's own unigram on its held-out texts",
-                       "the model before training (a base: zero-shot)"], out)
+                       "the model before training (random init, or a base's zero-shot)"], out)
 
 
 # runs whose behaviour is known by construction, independent of the detectors (see the README); FedProx mu = 1

@@ -53,7 +53,7 @@ def default_arm(args: dict) -> tuple[str, str]:
 LOG_TICKS = (20, 30, 50, 70, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 10000)
 X = "local_steps_total"  # the curves' x: local optimizer steps summed over clients and rounds (the compute spent)
 # the reference lines' legend names (other keys: the key with spaces)
-REF_NAMES = {"initial_val_ppl": "before training (a base: zero-shot)"}
+REF_NAMES = {"initial_val_ppl": "before training (random init, or a base's zero-shot)"}
 
 
 def add_local_steps(run: dict) -> dict:
