@@ -334,10 +334,11 @@ class Task:
         """On every rank on evaluation rounds: the log row (rank 0 writes it and the checkpoint)."""
         raise NotImplementedError
 
-    def check(self, rd, rnd: dict) -> None:
+    def check(self, rd, rnd: dict) -> bool | None:
         """After the round's log row, before its checkpoint (every rank): stop the run if it went wrong, through
         ``rd.diverge`` (status diverged in summary.json, exit 3, the checkpoint on disk kept). By default on a
-        non-finite training loss or global model."""
+        non-finite training loss or global model. True ends the rounds after this round's checkpoint (a
+        plateau rule; every rank must say so in the same round)."""
         rd.check_finite(f"round {rnd['round'] + 1}", training_loss=list(rnd["losses"].values()),
                         aggregated_parameters=[t for x in self.fed.models for t in x])
 
@@ -513,9 +514,11 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
         if row is not None and rd.is_main:
             rd.log(row)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k == task.metric})
-        task.check(rd, rnd)  # every rank holds the same round, so every rank stops here (exit 3)
+        stop = task.check(rd, rnd)  # every rank holds the same round, so every rank stops here (exit 3)
         if evaluating and rd.is_main:
             rd.save_checkpoint(fed.state_dict(r + 1, names))
+        if stop:  # the task's plateau rule: the run ends here, after this round's checkpoint
+            break
 
 
 def _opt_state_to_list(state: dict, plist) -> list[dict]:

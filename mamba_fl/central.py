@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common import cli, compiled, evaluate, flags, params, runlog, seed
+from common.early_stop import EarlyStop
 from mamba_fl import deltas, federated, lmdata
 from mamba_fl import model as mmodel
 
@@ -73,11 +74,14 @@ def main(argv=None) -> dict:
     snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
         if args.save_deltas else None
     step, tokens, best, prev_grad, last = 0, 0, float("inf"), None, {}
+    stopper = EarlyStop(args.patience, args.min_improvement) if args.patience or args.test else None
     state = rd.load_checkpoint()
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, tokens, best, last = state["step"], state["tokens"], state["best"], state["last"]
+        if stopper is not None:
+            stopper.load_state_dict(state["early_stop"])
         prev_grad = state["prev_grad"].to(device) if state["prev_grad"] is not None else None
         if snaps is not None:
             snaps.load_state_dict(state["snapshots"])
@@ -90,7 +94,7 @@ def main(argv=None) -> dict:
     loss_sum, cos_sum, n_since, t_train = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0.0
     bar = tqdm(total=total, initial=step, desc="central", disable=args.quiet)
     perm, perm_epoch = None, -1
-    while step < total:
+    while step < total and not (stopper and stopper.stopped_at):
         epoch, pos = divmod(step, per_epoch)
         if epoch != perm_epoch:  # the epoch's order depends on (seed, epoch) only, so resume finds it again
             perm = torch.randperm(n, generator=seed.client_generator(args.seed, epoch, 0, purpose="central"))
@@ -130,18 +134,27 @@ def main(argv=None) -> dict:
             if snaps is not None:
                 snaps.add_server(plist)
                 snaps.write(f"step_{step:06d}")
+            if stopper is not None:
+                stopper.update(row["val_ppl"], step, plist)
             rd.save_checkpoint({"step": step, "tokens": tokens, "model": model.state_dict(),
                                 "opt": opt.state_dict(), "best": best, "last": last,
+                                **({"early_stop": stopper.state_dict()} if stopper is not None else {}),
                                 "prev_grad": prev_grad.cpu() if prev_grad is not None else None,
                                 "snapshots": snaps.state_dict() if snaps is not None else None})
     bar.close()
+    extra = {}
+    if stopper is not None:  # the best-validation model is the one reported, tested and published
+        stopper.restore_(plist)
+        extra = stopper.summary()
+    if args.test:
+        extra |= lmdata.test_scores(args, data, fwd, device)
     summary = federated.publish(rd, model, data, refs, {
         "method": "central", "config": args.model_config, "layers": args.layers, "steps_done": step,
         "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
         "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": best, "optimizer_steps": step,
         **refs, "words_per_token": data.words_per_token,
         "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
-        "train_tokens": tokens, "train_seconds": round(t_train, 3),
+        "train_tokens": tokens, "train_seconds": round(t_train, 3), **extra,
     })
     rd.release()
     return summary

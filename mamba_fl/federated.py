@@ -13,12 +13,14 @@ import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from common import aggregate, cli, compiled, distributed, engine, evaluate, export, flags, params, runlog, seed
 from common.clustering import token_distribution
+from common.early_stop import EarlyStop
 from mamba_fl import deltas, lmdata
 from mamba_fl import model as mmodel
 
@@ -68,6 +70,9 @@ def finish_args(args: argparse.Namespace) -> None:
     cli.check(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number, got {args.lr}")
     cli.check(args.weight_decay >= 0 and math.isfinite(args.weight_decay),
               f"--weight-decay must be a non-negative number, got {args.weight_decay}")
+    if args.test:  # checked now; the file is read only after training
+        cli.check(bool(args.data_dir) and (Path(args.data_dir) / lmdata.TEST_FILE).is_file(),
+                  f"--test needs --data-dir with a {lmdata.TEST_FILE} (split_wikitext.py --test-fraction writes one)")
     if hasattr(args, "num_clients"):
         flags.resolve_clients_per_round(args)
         cli.validate_fed_args(args)
@@ -222,6 +227,7 @@ class MambaTask(engine.Task):
         self.acc = {"best_val_ppl": float("inf"), "bytes_up": 0, "bytes_down": 0, "train_tokens": 0}
         self.train_loss = torch.zeros((), device=self.device)  # summed over the steps since the last evaluation
         self.n_steps = 0
+        self.stopper = EarlyStop(args.patience, args.min_improvement) if args.patience or args.test else None
 
     def round_start(self, r: int) -> None:
         self.ctx.round, self.ctx.scratch = r, {}
@@ -296,15 +302,24 @@ class MambaTask(engine.Task):
             if self.snaps is not None:
                 self.snaps.add_server(fed.models[0])
                 self.snaps.write(f"round_{r + 1:05d}")
+        if self.stopper is not None:  # every rank holds the same (reduced) scores, so all stop together
+            self.stopper.update(scores["val_ppl"], r + 1, [t for x in fed.models for t in x])
         self.train_loss.zero_()
         self.n_steps = 0
         return row
 
+    def check(self, rd, rnd) -> bool:
+        super().check(rd, rnd)
+        return self.stopper is not None and self.stopper.stopped_at == rnd["round"] + 1
+
     def state_dict(self) -> dict:
-        return {"acc": self.acc, "snapshots": self.snaps.state_dict() if self.snaps is not None else None}
+        return {"acc": self.acc, "snapshots": self.snaps.state_dict() if self.snaps is not None else None,
+                **({"early_stop": self.stopper.state_dict()} if self.stopper is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.acc = state["acc"]
+        if self.stopper is not None:
+            self.stopper.load_state_dict(state["early_stop"])
         if self.snaps is not None:
             self.snaps.load_state_dict(state["snapshots"])
 
@@ -355,9 +370,16 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     if snaps is not None and start == 0 and main:
         snaps.add_server(fed.models[0])
         snaps.write("round_00000")
-    engine.run(task, fed, rd, names, start)
-    params.load_(plist, fed.models[0])  # the model holds the final global parameters for <run>/model
+    stopper = task.stopper
+    if not (stopper and stopper.stopped_at):  # a run that stopped at its plateau resumes to its summary
+        engine.run(task, fed, rd, names, start)
     acc = task.acc | {k: fed.timing[k] for k in ("client_seconds", "round_seconds")}
+    if stopper is not None:  # the best-validation global model is the one reported, tested and published
+        stopper.restore_([t for x in fed.models for t in x])
+        acc |= stopper.summary() | {"rounds_done": stopper.stopped_at or args.rounds}
+    params.load_(plist, fed.models[0])  # the model holds the global parameters for <run>/model
+    if args.test:
+        acc |= lmdata.test_scores(args, data, fwd, device)
     summary = finish(rd, args, method, data, acc, refs, model) if main else rd.write_summary({"method": method.name})
     distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     rd.release()
@@ -365,12 +387,12 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
 
 
 def finish(rd, args, method, data, acc, refs, model) -> dict:
-    last = acc.get("last", {})
+    last, done = acc.get("last", {}), acc.get("rounds_done", args.rounds)
     summary = {
-        "method": method.name, "config": args.model_config, "layers": args.layers, "rounds_done": args.rounds,
+        "method": method.name, "config": args.model_config, "layers": args.layers, "rounds_done": done,
         # client optimizer steps, all clients together (what a compute-matched central run takes)
-        "optimizer_steps": args.rounds * args.local_updates * engine.clients_per_round(args.participation_rate,
-                                                                                       args.num_clients),
+        "optimizer_steps": done * args.local_updates * engine.clients_per_round(args.participation_rate,
+                                                                                args.num_clients),
         "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
         "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": acc["best_val_ppl"],
         **refs, "words_per_token": data.words_per_token,
@@ -378,6 +400,7 @@ def finish(rd, args, method, data, acc, refs, model) -> dict:
         "bytes_up": acc["bytes_up"], "bytes_down": acc["bytes_down"], "train_tokens": acc["train_tokens"],
         "client_seconds": round(acc["client_seconds"], 3), "round_seconds": round(acc["round_seconds"], 3),
         "overhead_fraction": (1 - acc["client_seconds"] / acc["round_seconds"]) if acc["round_seconds"] else None,
+        **{k: v for k, v in acc.items() if k.startswith("test_") or k in EarlyStop.SUMMARY_KEYS},
     }
     return publish(rd, model, data, refs, summary)
 

@@ -22,6 +22,7 @@ import torch
 from common import cli, evaluate, flags, runlog, shard, text
 
 SPLIT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw"}
+TEST_FILE = "wiki.test.raw"  # read only after training, by --test (split_wikitext.py writes it)
 _HEADING = re.compile(r"^ = [^=].* = $")  # top-level article title line of the raw format
 
 
@@ -210,6 +211,22 @@ def reference_ppls(data: LMData, valid: torch.Tensor) -> dict:
             "unigram_ppl_word": float(np.exp(ref["unigram_loss"] / wpt)),
             "uniform_ppl_word": float(np.exp(np.log(ref["uniform_ppl"]) / wpt)),
             "optimal_ppl_word": data.optimal_ppl}
+
+
+def test_scores(args: argparse.Namespace, data: LMData, model, device) -> dict:
+    """``--test``: the perplexity of ``model`` on ``--data-dir``'s wiki.test.raw (read here, after training, and
+    nowhere else), per token and per word, beside the same reference points as validation (a unigram fitted
+    on the training split, the uniform guess) scored on the same test positions. Every rank calls it."""
+    raw = (Path(args.data_dir) / TEST_FILE).read_text(encoding="utf-8")
+    stream = text.encode_text(data.tokenizer, raw, cache_dir=text.derived_cache_dir(args.cache_dir, args.out_dir))
+    blocks = text.lm_blocks(stream, args.sequence_length)
+    out = evaluate.perplexity(model, iterate(blocks, max(args.batch_size, 8), data.tokenizer.pad_token_id, device),
+                              device=device, shard=True)
+    ref = evaluate.unigram_perplexity(data.train, blocks, data.vocab_size)
+    wpt = len(raw.split()) / max(int(stream.numel()), 1)
+    return {"test_loss": out["loss"], "test_ppl": out["ppl"], "test_ppl_word": float(np.exp(out["loss"] / wpt)),
+            "test_unigram_ppl": ref["unigram_ppl"], "test_uniform_ppl": ref["uniform_ppl"],
+            "test_tokens": out["tokens"], "test_blocks": int(blocks.shape[0])}
 
 
 def final_line(path, summary: dict) -> str:

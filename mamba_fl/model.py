@@ -64,6 +64,15 @@ def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
                    help="validate on the first N validation blocks (0: all; --quick: 32)")
     g.add_argument("--prompt", default="The", help="prompt of the greedy sample logged at each evaluation")
     g.add_argument("--sample-tokens", type=flags.COUNT, default=30, help="tokens in the greedy sample (0: none)")
+    g.add_argument("--patience", type=flags.COUNT, default=0,
+                   help="stop at the plateau: after this many evaluations in a row without a validation perplexity "
+                        "--min-improvement below the last improvement (0: run the whole budget); the run then "
+                        "reports and publishes its best-validation model")
+    g.add_argument("--min-improvement", type=flags.Number(float, 0, 1, high_open=True), default=0.01,
+                   help="relative improvement of validation perplexity that counts for --patience")
+    g.add_argument("--test", action="store_true",
+                   help="after training, score the best-validation model on --data-dir's wiki.test.raw (read only "
+                        "then; split_wikitext.py --test-fraction writes it)")
     g.add_argument("--save-deltas", action="store_true", help=deltas_help)
     g.add_argument("--delta-tensors", default="mixer.in_proj.weight,mixer.out_proj.weight",
                    help="comma-separated layer tensor names saved by --save-deltas (every layer)")

@@ -1,14 +1,18 @@
-"""Split one raw WikiText file into training and validation files at article boundaries.
+"""Split raw WikiText files into training, validation (and test) files at article boundaries.
 
     python mamba_fl/split_wikitext.py --raw wikitext-2-raw/wiki.test.raw --out-dir data/wikitext2_test_split
-    python mamba_fl/central.py --data-dir data/wikitext2_test_split --layers 1
+    python mamba_fl/split_wikitext.py --raw wikitext2_tokenized/valid.txt wikitext2_tokenized/test.txt \
+        --valid-fraction 0.1 --test-fraction 0.1 --shuffle-seed 0 --out-dir data/wikitext2_real
+    python mamba_fl/central.py --data-dir data/wikitext2_real --layers 1
 
-For readers who have only one split of WikiText-2 (e.g. ``wiki.test.raw`` of the raw distribution): the file
-is cut into articles at its top-level headings (`` = Title = `` lines), the first articles become
-``wiki.train.raw`` and the last ``--valid-fraction`` of the articles (at least one) ``wiki.valid.raw``, both
-in the raw format, so ``--data-dir`` reads them like the real splits. Contiguous, not shuffled: the
-validation articles are ones the model never saw, as in the official splits. ``split.json`` records the
-source file, its size and SHA-256, and the article counts.
+For readers who have only some splits of WikiText-2 (e.g. the valid and test files, raw or tokenized): the
+files are cut into articles at their top-level headings (`` = Title = `` lines) and the articles become
+``wiki.train.raw``, ``wiki.valid.raw`` and, with ``--test-fraction``, ``wiki.test.raw``, in the raw format,
+so ``--data-dir`` reads them like the real splits. Without ``--shuffle-seed`` the cut is contiguous (the last
+articles validate, the very last test); with it, the articles are dealt to the splits in a seeded random
+order (each split keeps the files' order). No article is in two splits. The training scripts read only the
+training and validation files; ``wiki.test.raw`` is read once, after training, by ``--test``. ``split.json``
+records each source file (size, SHA-256) and every split's article titles.
 """
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 from common import cli
-from mamba_fl.lmdata import _HEADING, SPLIT_FILES
+from mamba_fl.lmdata import _HEADING, SPLIT_FILES, TEST_FILE
 
 
 def articles(lines: list[str]) -> list[list[str]]:
@@ -34,46 +40,74 @@ def articles(lines: list[str]) -> list[list[str]]:
     return out if out[0] else []
 
 
-def split(raw: str, valid_fraction: float) -> tuple[str, str, int, int]:
-    """(train text, valid text, train articles, valid articles)."""
-    arts = articles(raw.splitlines(keepends=True))
-    cli.check(len(arts) >= 2, f"found {len(arts)} article(s) (lines like ' = Title = '); need at least 2 to split")
-    n_valid = min(len(arts) - 1, max(1, round(valid_fraction * len(arts))))
-    cut = len(arts) - n_valid
-    return "".join(sum(arts[:cut], [])), "".join(sum(arts[cut:], [])), cut, n_valid
+def title(article: list[str]) -> str:
+    return next((line.strip().strip("=").strip() for line in article if _HEADING.match(line.rstrip("\n"))), "")
+
+
+def split(arts: list[list[str]], valid_fraction: float, test_fraction: float = 0.0,
+          shuffle_seed: int | None = None) -> dict[str, list[int]]:
+    """{split: indices of its articles, in the files' order}: at least one article in every split asked for."""
+    n = len(arts)
+    n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
+    n_valid = max(1, round(valid_fraction * n))
+    cli.check(n - n_valid - n_test >= 1, f"found {n} article(s) (lines like ' = Title = '); need at least "
+                                         f"{n_valid + n_test + 1} for these fractions")
+    order = np.arange(n) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(n)
+    cut = n - n_valid - n_test
+    parts = {"train": order[:cut], "valid": order[cut:cut + n_valid], "test": order[cut + n_valid:]}
+    return {k: sorted(int(i) for i in v) for k, v in parts.items() if len(v)}
 
 
 def main(argv=None) -> dict:
-    p = cli.ArgumentParser(description="Split a raw WikiText file into wiki.train.raw / wiki.valid.raw by article")
-    p.add_argument("--raw", required=True, help="a raw WikiText file, e.g. wiki.test.raw")
-    p.add_argument("--out-dir", required=True, help="folder to write wiki.train.raw, wiki.valid.raw and split.json")
-    p.add_argument("--valid-fraction", type=float, default=0.1,
-                   help="fraction of the articles (the last ones) to validate on")
+    p = cli.ArgumentParser(description="Split raw WikiText files into wiki.train.raw / wiki.valid.raw "
+                                       "(/ wiki.test.raw) by article")
+    p.add_argument("--raw", required=True, nargs="+",
+                   help="raw WikiText files (e.g. wiki.test.raw, or the tokenized valid and test files); their "
+                        "articles are pooled in this order")
+    p.add_argument("--out-dir", required=True, help="folder to write the split files and split.json")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="fraction of the articles to validate on")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="fraction of the articles held out as wiki.test.raw (0: no test file)")
+    p.add_argument("--shuffle-seed", type=int, default=None,
+                   help="deal the articles to the splits in this seed's random order (default: contiguous, the "
+                        "last articles validate)")
     p.add_argument("--overwrite", action="store_true", help="replace existing split files in --out-dir")
     args = cli.parse(p, argv)
     cli.check(0.0 < args.valid_fraction < 1.0, f"--valid-fraction must be in (0, 1), got {args.valid_fraction}")
-    src = Path(args.raw)
-    cli.check(src.is_file(), f"--raw {src}: no such file")
-    data = src.read_bytes()
-    try:
-        raw = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise cli.UsageError(f"--raw {src} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    train, valid, n_train, n_valid = split(raw, args.valid_fraction)
+    cli.check(0.0 <= args.test_fraction < 1.0 - args.valid_fraction,
+              f"--test-fraction must be in [0, 1 - --valid-fraction), got {args.test_fraction}")
+    arts, sources = [], []
+    for name in args.raw:
+        src = Path(name)
+        cli.check(src.is_file(), f"--raw {src}: no such file")
+        data = src.read_bytes()
+        try:
+            raw = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise cli.UsageError(f"--raw {src} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        found = articles(raw.splitlines(keepends=True))
+        arts += found
+        sources.append({"file": str(src.resolve()), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                        "articles": len(found)})
+    cli.check(len(arts) >= 2, f"found {len(arts)} article(s) (lines like ' = Title = '); need at least 2 to split")
+    parts = split(arts, args.valid_fraction, args.test_fraction, args.shuffle_seed)
+    files = {"train": SPLIT_FILES["train"], "valid": SPLIT_FILES["valid"], "test": TEST_FILE}
     out = Path(args.out_dir)
     cli.check(not out.exists() or out.is_dir(), f"--out-dir {out} exists and is not a folder")
-    targets = [out / SPLIT_FILES["train"], out / SPLIT_FILES["valid"]]
-    cli.check(args.overwrite or not any(t.exists() for t in targets),
+    cli.check(args.overwrite or not any((out / f).exists() for f in files.values()),
               f"{out} already holds a split; pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    targets[0].write_text(train, encoding="utf-8")
-    targets[1].write_text(valid, encoding="utf-8")
-    info = {"source": str(src.resolve()), "source_bytes": len(data), "source_sha256": hashlib.sha256(data).hexdigest(),
-            "valid_fraction": args.valid_fraction, "train_articles": n_train, "valid_articles": n_valid,
-            "train_lines": train.count("\n"), "valid_lines": valid.count("\n")}
+    (out / TEST_FILE).unlink(missing_ok=True)  # an --overwrite without a test split leaves no old one behind
+    info = {"sources": sources, "valid_fraction": args.valid_fraction, "test_fraction": args.test_fraction,
+            "shuffle_seed": args.shuffle_seed}
+    for part, idx in parts.items():
+        text = "".join(line for i in idx for line in arts[i])
+        (out / files[part]).write_text(text, encoding="utf-8")
+        info |= {f"{part}_articles": len(idx), f"{part}_lines": text.count("\n"), f"{part}_words": len(text.split()),
+                 f"{part}_titles": [title(arts[i]) for i in idx]}
     (out / "split.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    print(f"{out}: {n_train} training and {n_valid} validation articles "
-          f"({info['train_lines']} / {info['valid_lines']} lines)")
+    print(f"{out}: " + ", ".join(f"{info[f'{k}_articles']} {k} articles ({info[f'{k}_words']:,} words)"
+                                 for k in parts))
     return info
 
 

@@ -1,0 +1,60 @@
+"""The plateau rule: stop training when the validation metric has stopped improving, keep the best model.
+
+A run has plateaued when ``patience`` evaluations in a row fail to improve on the reference by more than
+``min_improvement`` (relative: the value must fall below reference x (1 - min_improvement)); the reference is
+the value at the last such improvement. The best parameters (lowest value at any evaluation, improvement
+large or small) are kept on the CPU: a run that stops, or reaches its budget, reports and publishes them.
+
+    stop = EarlyStop(patience=3, min_improvement=0.01)
+    for each evaluation:
+        if stop.update(val_ppl, step, params):   # True: plateaued
+            break
+    stop.restore_(params)                         # the best-validation parameters
+"""
+from __future__ import annotations
+
+import torch
+
+
+class EarlyStop:
+    SUMMARY_KEYS = ("best_val_ppl", "best_at", "stopped", "stopped_at", "patience", "min_improvement")
+
+    def __init__(self, patience: int, min_improvement: float = 0.01):
+        self.patience, self.min_improvement = int(patience), float(min_improvement)
+        self.reference = float("inf")  # the value at the last improvement that counted
+        self.bad = 0                   # evaluations since then
+        self.best, self.best_at, self.best_params = float("inf"), None, None
+        self.stopped_at = None
+
+    def update(self, value: float, at: int, params: list[torch.Tensor]) -> bool:
+        """Record an evaluation (``at``: its step or round); True when the run has plateaued."""
+        if value < self.best:
+            self.best, self.best_at = float(value), int(at)
+            self.best_params = [p.detach().to("cpu", copy=True) for p in params]
+        if value < self.reference * (1 - self.min_improvement):
+            self.reference, self.bad = float(value), 0
+        else:
+            self.bad += 1
+        if self.patience > 0 and self.bad >= self.patience:
+            self.stopped_at = int(at)
+        return self.stopped_at is not None
+
+    def restore_(self, params: list[torch.Tensor]) -> None:
+        """Load the best parameters seen into ``params`` (in place); nothing when none was recorded."""
+        if self.best_params is not None:
+            with torch.no_grad():
+                for p, b in zip(params, self.best_params):
+                    p.copy_(b)
+
+    def summary(self) -> dict:
+        """What summary.json reports: the best value and where, and whether the rule stopped the run."""
+        return {"best_val_ppl": self.best, "best_at": self.best_at, "stopped": "plateau" if self.stopped_at
+                else "budget", "stopped_at": self.stopped_at, "patience": self.patience,
+                "min_improvement": self.min_improvement}
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("reference", "bad", "best", "best_at", "best_params", "stopped_at")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)

@@ -1,0 +1,106 @@
+"""Real-text mode: the article split (train / validation / test, no article in two), the plateau rule and the
+best-validation model scored once on the test articles after training."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.early_stop import EarlyStop
+from mamba_fl import central, fed_avg, lmdata, split_wikitext
+
+
+def _articles(prefix: str, n: int) -> str:
+    art = " = {p} {i} = \n\n = = Part = = \n\n Words of {p} {i} here .\n\n"
+    return "\n" + "".join(art.format(p=prefix, i=i) for i in range(n))
+
+
+def test_split_pools_files_and_never_puts_an_article_in_two_parts(tmp_path):
+    a, b = tmp_path / "valid.txt", tmp_path / "test.txt"
+    a.write_text(_articles("Alpha", 12), encoding="utf-8")
+    b.write_text(_articles("Beta", 8), encoding="utf-8")
+    argv = ["--raw", str(a), str(b), "--valid-fraction", "0.1", "--test-fraction", "0.2", "--shuffle-seed", "3"]
+    info = split_wikitext.main(argv + ["--out-dir", str(tmp_path / "s")])
+    titles = {k: set(info[f"{k}_titles"]) for k in ("train", "valid", "test")}
+    assert [len(t) for t in titles.values()] == [14, 2, 4]
+    parts = list(titles.values())
+    assert all(not (parts[i] & parts[j]) for i in range(3) for j in range(i + 1, 3))
+    assert set.union(*titles.values()) == {f"Alpha {i}" for i in range(12)} | {f"Beta {i}" for i in range(8)}
+    texts = {k: (tmp_path / "s" / f).read_text(encoding="utf-8") for k, f in
+             (("train", "wiki.train.raw"), ("valid", "wiki.valid.raw"), ("test", "wiki.test.raw"))}
+    for part, names in titles.items():  # each article whole, in the split it was dealt to
+        for t in names:
+            assert f" = {t} = \n\n = = Part = = \n\n Words of {t} here .\n" in texts[part]
+    assert [s["articles"] for s in info["sources"]] == [12, 8]
+    again = split_wikitext.main(argv + ["--out-dir", str(tmp_path / "t")])  # the seed fixes the deal
+    assert again["test_titles"] == info["test_titles"]
+    other = split_wikitext.main(argv[:-1] + ["4", "--out-dir", str(tmp_path / "u")])
+    assert other["test_titles"] != info["test_titles"]
+
+
+def test_early_stop_waits_for_patience_and_keeps_the_best():
+    stop = EarlyStop(patience=3, min_improvement=0.01)
+    p = [torch.zeros(2)]
+    seen = []
+    for at, v in enumerate([10.0, 9.0, 8.95, 8.94, 8.93, 8.0]):
+        p[0].fill_(v)
+        seen.append(stop.update(v, at, p))
+    # 9.0 improves by 10 %; the next three are within 1 % of it: the third of them stops the run
+    assert seen == [False, False, False, False, True, True] and stop.stopped_at == 4
+    assert (stop.best, stop.best_at) == (8.0, 5)
+    q = [torch.ones(2)]
+    stop.restore_(q)
+    assert q[0].tolist() == [8.0, 8.0]
+    again = EarlyStop(3)
+    again.load_state_dict(stop.state_dict())
+    assert again.summary() == stop.summary() and again.summary()["stopped"] == "plateau"
+
+
+@pytest.fixture
+def split_dir(mamba_cache, tmp_path) -> Path:
+    folder, _ = lmdata._synthetic_dir(mamba_cache)
+    split_wikitext.main(["--raw", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"),
+                         "--valid-fraction", "0.1", "--test-fraction", "0.1", "--shuffle-seed", "0",
+                         "--out-dir", str(tmp_path / "split")])
+    return tmp_path / "split"
+
+
+def _never_reads_test(monkeypatch):
+    real = Path.read_text
+
+    def guarded(self, *a, **kw):
+        assert self.name != lmdata.TEST_FILE, "the test split was read during training"
+        return real(self, *a, **kw)
+    monkeypatch.setattr(Path, "read_text", guarded)
+    return real
+
+
+@pytest.mark.parametrize("script", ["central", "fedavg"])
+def test_plateau_stops_and_the_best_model_is_tested_after_training(script, tiny, split_dir, out_dir, monkeypatch):
+    main = central.main if script == "central" else fed_avg.main
+    length = ["--max-steps", "8"] if script == "central" else ["--rounds", "8", "--eval-every", "1"]
+    argv = tiny("--data-dir", str(split_dir), *length, "--patience", "2", "--min-improvement", "0.5", "--lr", "2e-2")
+    real = _never_reads_test(monkeypatch)
+    summary = main(argv)  # without --test the test file is never opened
+    assert "test_ppl" not in summary
+    assert summary["stopped"] == "plateau" and summary["stopped_at"] < 8  # no evaluation halves perplexity
+    rows = [json.loads(line) for line in next(out_dir.iterdir()).joinpath("metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == summary["stopped_at"]
+    assert summary["best_val_ppl"] == min(r["val_ppl"] for r in rows)
+    assert rows[summary["best_at"] - 1]["val_ppl"] == summary["best_val_ppl"]
+    done = summary["steps_done"] if script == "central" else summary["rounds_done"]
+    assert done == summary["stopped_at"]
+
+    monkeypatch.setattr(Path, "read_text", real)
+    tested = main(argv + ["--test", "--out-dir", str(out_dir / "tested")])
+    assert tested["best_val_ppl"] == summary["best_val_ppl"]  # --test changes nothing before the end
+    assert 1 < tested["test_ppl"] < tested["test_uniform_ppl"] and tested["test_unigram_ppl"] > 1
+    assert tested["test_blocks"] > 0 and tested["test_ppl_word"] > 1
+
+
+def test_test_needs_a_test_file(tiny, tmp_path, capsys):
+    from clicases import one_line_error
+
+    assert "wiki.test.raw" in one_line_error(central.main, tiny("--max-steps", "1", "--test"), capsys)
