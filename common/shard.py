@@ -246,6 +246,40 @@ def category(categories: np.ndarray, num_clients: int, seed: int) -> Shards:
     return _sorted_shards(piece for g, a in zip(groups, alloc) for piece in np.array_split(g, a))
 
 
+def document_topics(docs: list[str], num_topics: int, seed: int = 0, max_words: int = 20000) -> np.ndarray:
+    """A topic for each document (e.g. each article of a text corpus), for ``category`` shards of real text:
+    spherical k-means (k-means++ starts from ``seed``) on the documents' tf-idf vectors over their
+    ``max_words`` most frequent whitespace words. tf-idf, not raw frequencies: unigram distributions are
+    dominated by function words and put nearly every article in one group."""
+    check(1 <= num_topics <= len(docs), f"{num_topics} topics need at least as many documents (got {len(docs)})")
+    words = [d.split() for d in docs]
+    vocab: dict[str, int] = {}
+    for w in words:
+        for t in w:
+            vocab[t] = vocab.get(t, 0) + 1
+    index = {t: i for i, t in enumerate(sorted(vocab, key=lambda t: (-vocab[t], t))[:max_words])}
+    x = np.zeros((len(docs), len(index)))
+    for i, w in enumerate(words):
+        ids = [index[t] for t in w if t in index]
+        np.add.at(x[i], ids, 1.0)
+    x = x / np.maximum(x.sum(1, keepdims=True), 1.0) * np.log(len(docs) / np.maximum((x > 0).sum(0), 1))
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    rng = numpy_rng(seed, "shard", "document_topics")
+    centres = [int(rng.integers(len(docs)))]
+    for _ in range(num_topics - 1):  # k-means++: far documents are likelier starts
+        d = np.clip(1 - x @ x[centres].T, 0, None).min(1)
+        centres.append(int(rng.choice(len(docs), p=d / d.sum())) if d.sum() > 0 else int(rng.integers(len(docs))))
+    c = x[centres]
+    for _ in range(100):
+        labels = np.argmax(x @ c.T, axis=1)
+        new = np.stack([x[labels == g].sum(0) if (labels == g).any() else c[g] for g in range(num_topics)])
+        new /= np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
+        if np.allclose(new, c):
+            break
+        c = new
+    return labels
+
+
 def sorted_blocks(scores: np.ndarray, num_clients: int) -> Shards:
     """Sort by a per-example score (stable: ties keep index order) and cut into consecutive blocks of
     sizes within one: client 0 gets the lowest scores (length, formality or complexity skew)."""

@@ -47,7 +47,11 @@ def add_data_args(parser: argparse.ArgumentParser, *, batch_size: int, sharding:
     if sharding:
         g.add_argument("--shard", choices=("contiguous", "iid", "topic"), default="contiguous",
                        help="client split of the training blocks: contiguous (the source), iid, or topic "
-                            "(synthetic data: clients own whole topics, the strongest skew)")
+                            "(clients own whole topics: the synthetic source's, or on real text article "
+                            "clusters, --topic-clusters of them, dealt out largest first)")
+        g.add_argument("--topic-clusters", type=flags.COUNT, default=0,
+                       help="--shard topic on real text: cluster the training articles into this many topics "
+                            "(tf-idf k-means, common.shard.document_topics; 0: twice --num-clients)")
 
 
 @dataclass
@@ -109,6 +113,20 @@ def _read_dir(folder: Path) -> dict[str, str]:
     return out
 
 
+def articles(lines: list[str]) -> list[list[str]]:
+    """Lines grouped into articles, each starting at a top-level heading (text before the first heading is
+    kept with the first article)."""
+    out: list[list[str]] = [[]]
+    seen_heading = False
+    for line in lines:
+        if _HEADING.match(line.rstrip("\n")):
+            if seen_heading:
+                out.append([])
+            seen_heading = True
+        out[-1].append(line)
+    return out if out[0] else []
+
+
 def _article_topics(raw: str, topics_by_article: list[int], seq_len: int, n_blocks: int, tokenizer) -> np.ndarray:
     """Topic of each block: the topic of the article its first token belongs to."""
     lines = raw.splitlines(keepends=True)
@@ -159,8 +177,13 @@ def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = N
         train, valid = train.to(device), valid.to(device)
     words = len(splits["valid"].split())
     topics = None
-    if getattr(args, "shard", None) == "topic" and meta.get("article_topics", {}).get("train") is not None:
-        topics = _article_topics(splits["train"], meta["article_topics"]["train"], T, train.shape[0], tok)
+    if getattr(args, "shard", None) == "topic":
+        by_article = meta.get("article_topics", {}).get("train")
+        if by_article is None and source != "synthetic":  # real text: clusters of the training articles
+            arts = ["".join(a) for a in articles(splits["train"].splitlines(keepends=True))]
+            by_article = shard.document_topics(arts, min(len(arts), args.topic_clusters or 2 * args.num_clients))
+        if by_article is not None:
+            topics = _article_topics(splits["train"], by_article, T, train.shape[0], tok)
     if source == "wikitext2":
         fp = runlog.data_fingerprint(source, texts=splits, splits=sizes)
     else:
@@ -180,7 +203,8 @@ def client_shards(args: argparse.Namespace, data: LMData) -> list[np.ndarray]:
     if args.shard == "iid":
         return shard.iid(n, args.num_clients, args.seed)
     if args.shard == "topic":
-        cli.check(data.train_topics is not None, "--shard topic needs topic labels: only --data synthetic has them")
+        cli.check(data.train_topics is not None,
+                  "--shard topic needs topic labels: this synthetic source has no meta.json with article topics")
         return shard.category(data.train_topics, args.num_clients, args.seed)
     return shard.contiguous(n, args.num_clients)
 

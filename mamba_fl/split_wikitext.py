@@ -23,21 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common import cli
-from mamba_fl.lmdata import _HEADING, SPLIT_FILES, TEST_FILE
-
-
-def articles(lines: list[str]) -> list[list[str]]:
-    """Lines grouped into articles, each starting at a top-level heading (text before the first heading is
-    kept with the first article)."""
-    out: list[list[str]] = [[]]
-    seen_heading = False
-    for line in lines:
-        if _HEADING.match(line.rstrip("\n")):
-            if seen_heading:
-                out.append([])
-            seen_heading = True
-        out[-1].append(line)
-    return out if out[0] else []
+from mamba_fl.lmdata import _HEADING, SPLIT_FILES, TEST_FILE, articles
 
 
 def title(article: list[str]) -> str:

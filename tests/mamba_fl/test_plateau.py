@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,31 @@ def test_test_needs_a_test_file(tiny, tmp_path, capsys):
     from clicases import one_line_error
 
     assert "wiki.test.raw" in one_line_error(central.main, tiny("--max-steps", "1", "--test"), capsys)
+
+
+def test_document_topics_recovers_topics_that_share_function_words():
+    from common.shard import document_topics
+
+    rng = np.random.default_rng(0)
+    fillers = "the of and a in to is was".split()
+    themes = ["storm wind rain coast landfall".split(), "goal season match league club".split(),
+              "song album chart single band".split()]
+    truth = [i % 3 for i in range(30)]
+    docs = [" ".join(rng.choice(fillers + themes[t], size=200)) for t in truth]
+    labels = document_topics(docs, 3, seed=1)
+    assert len({(t, lab) for t, lab in zip(truth, labels)}) == 3  # each theme is one topic, each topic one theme
+    assert (document_topics(docs, 3, seed=1) == labels).all()
+
+
+def test_topic_shards_on_real_text_give_clients_different_articles(tiny, split_dir, out_dir):
+    from common import cli
+    from mamba_fl import federated
+
+    args = cli.parse(fed_avg.get_args_parser(), tiny("--data-dir", str(split_dir), "--shard", "topic",
+                                                     "--num-clients", "3"))
+    federated.finish_args(args)
+    data = lmdata.load_lm_data(args)
+    shards = lmdata.client_shards(args, data)
+    assert sorted(np.concatenate(shards).tolist()) == list(range(data.train.shape[0]))  # a partition
+    topics = [set(data.train_topics[s].tolist()) for s in shards]
+    assert all(topics) and not any(topics[i] & topics[j] for i in range(3) for j in range(i + 1, 3))
