@@ -1,0 +1,215 @@
+"""The source's question on real WikiText-2 text, at the plateau: does federation close the gap to central
+training of Mamba2 LMs, and does any aggregator (FedFisher above all) beat FedAvg?
+
+    python mamba_fl/real_grid.py                  # the headline (1 and 2 layers, contiguous shards)
+    python mamba_fl/real_grid.py --block all      # + topic shards, 16 clients (4 a round), 4 layers (1 seed)
+    python mamba_fl/real_grid.py --dry-run        # the commands, nothing run
+
+Stages, through ``common.jobs`` (finished runs are skipped and interrupted ones resumed: the same command
+continues a grid), into ``--out-dir``:
+
+1. **split** (``split/``): the articles of ``--data``'s WikiText-2 files (by default the tokenized valid and test
+   splits, 122 articles, 455k words) dealt by a seeded shuffle into training, validation and test articles
+   (80 / 10 / 10 %, ``split_wikitext.py``). Every run fits its BPE tokenizer on the training articles only and
+   never reads the test articles; reported runs score their best-validation model on them once, at the end.
+2. **selection** (seed 100, 1 layer, contiguous shards, validation only; ``selection.json``): each candidate
+   value of each arm's free setting runs to the plateau and the lowest best validation perplexity wins:
+   the learning rate of central and FedAvg (the other arms take FedAvg's), FedEntropy's temperature and
+   FedAvgM's server learning rate. A candidate that diverges or never gets below the unigram loses.
+3. **headline**: every arm to the plateau (``PATIENCE`` evaluations in a row without a 1 % gain over the last
+   gain; capped at ``--max-epochs`` passes over the training blocks), seeds ``--seeds`` (FedAvg and FedFisher
+   ``--paired-seeds``: the source's claim gets more), each scored on the test articles.
+4. **equal compute**: central, the 4x-batch central control (as many sequential updates as FedAvg with 4
+   clients) and FedAvg / FedFisher for exactly ``--budget-epochs`` passes each, scored the same way.
+
+Arms: central; ``central-b4`` (4x the batch, a quarter of the steps: the sequential-update confound);
+FedAvg; FedFisher (per-example Fisher; ``fedfisher-local``: ``--fisher-method local``); FedEntropy; FedAvgM
+(heavy-ball server momentum). Every federated arm holds out ``HOLDOUT`` of each client's blocks (FedEntropy
+scores its weights on them; the others leave them unused), so all train on the same blocks.
+``python plots/plot_mamba.py --runs <out-dir> --out mamba_fl/figures/real`` draws the tables and figures.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from common import cli, flags, jobs
+from common.checkpoint import atomic_write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "wikitext2_tokenized"
+MODEL = ["--d-model", "64", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64", "--vocab-size", "4096",
+         "--sample-tokens", "0"]
+PATIENCE, HOLDOUT, SELECTION_SEED = 3, 0.1, 100
+FEDERATED = {  # arm -> (script, flags)
+    "fedavg": ("fed_avg.py", []),
+    "fedfisher": ("fed_fisher.py", ["--fisher-samples", "8"]),
+    "fedfisher-local": ("fed_fisher.py", ["--fisher-method", "local", "--fisher-samples", "8"]),
+    "fedentropy": ("fed_entropy.py", ["--entropy-blocks", "16"]),
+    "fedavgm": ("fed_momentum.py", ["--momentum-form", "heavy-ball", "--server-momentum", "0.9"]),
+}
+# what the selection stage chooses, per arm: (flag, candidates); the second phase at FedAvg's chosen rate
+CHOICES = {"central": ("--lr", [3e-3, 1e-2, 3e-2]), "fedavg": ("--lr", [3e-3, 1e-2, 3e-2]),
+           "fedentropy": ("--temperature", [0.1, 1.0, 10.0]), "fedavgm": ("--server-lr", [0.1, 0.3, 1.0])}
+PHASES = (("central", "fedavg"), ("fedentropy", "fedavgm"))
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = cli.ArgumentParser(description="mamba_fl on real WikiText-2 text at the plateau (runs, selection, tables)",
+                           add_help=add_help)
+    p.add_argument("--data", nargs="+", default=[str(DATA / "valid.txt"), str(DATA / "test.txt")],
+                   help="WikiText files whose articles are split (default: the tokenized valid and test splits "
+                        "beside the repository)")
+    p.add_argument("--out-dir", default="runs/mamba_real", help="folder of the split, the runs and selection.json")
+    p.add_argument("--block", choices=("headline", "all"), default="headline",
+                   help="headline: 1 and 2 layers, contiguous shards; all: + topic shards, 16 clients, 4 layers")
+    p.add_argument("--jobs", type=flags.POSITIVE_INT, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--seeds", type=flags.SEED, nargs="+", default=[0, 1, 2], help="seeds of every arm")
+    p.add_argument("--paired-seeds", type=flags.SEED, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="seeds of FedAvg and FedFisher (the source's claim)")
+    p.add_argument("--clients", type=flags.POSITIVE_INT, default=4, help="clients, all taking part every round")
+    p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=16, help="blocks per optimizer step")
+    p.add_argument("--eval-epochs", type=flags.POSITIVE, default=0.2,
+                   help="passes over the training blocks between evaluations (every arm alike)")
+    p.add_argument("--max-epochs", type=flags.POSITIVE, default=40.0,
+                   help="the cap of a plateau run, in passes over the training blocks")
+    p.add_argument("--budget-epochs", type=flags.POSITIVE, default=4.0, help="the equal-compute budget")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    return p
+
+
+def split_flags(out: Path) -> list[str]:
+    return ["--data-dir", str(out / "split"), "--cache-dir", str(out / "cache")]
+
+
+def train_blocks(out: Path) -> int:
+    """Training blocks of the split, as every run cuts them (the BPE tokenizer fitted here is the runs' cached
+    one): the unit of ``--max-epochs``, ``--budget-epochs`` and ``--eval-epochs``."""
+    from mamba_fl import central, lmdata
+
+    args = cli.parse(central.get_args_parser(), [*MODEL, *split_flags(out), "--out-dir", str(out / "runs")])
+    return int(lmdata.load_lm_data(args).train.shape[0])
+
+
+def steps_for(epochs: float, blocks: int, per_step: int) -> int:
+    return max(1, math.ceil(epochs * blocks / per_step))
+
+
+def arm_flags(args, arm: str, blocks: int, epochs: float, clients: int, per_round: int, plateau: bool,
+              chosen: dict) -> tuple[str, list[str]]:
+    """(script, flags) of one run of ``arm`` for ``epochs`` passes (the cap, with ``plateau``)."""
+    b = args.batch_size
+    stop = ["--patience", str(PATIENCE)] if plateau else []
+    central = arm.startswith("central")
+    lr = ["--lr", str(chosen.get("central" if central else "fedavg", {}).get("--lr", 1e-2))]
+    if central:  # central-b4 takes central's rate
+        batch = b * (4 if arm == "central-b4" else 1)
+        every = steps_for(args.eval_epochs, blocks, batch)
+        return "central.py", ["--batch-size", str(batch), "--max-steps", str(steps_for(epochs, blocks, batch)),
+                              "--val-freq", str(every), *lr, *stop]
+    script, extra = FEDERATED[arm]
+    per = per_round * b  # blocks a round trains on
+    fl = ["--num-clients", str(clients), "--clients-per-round", str(per_round), "--batch-size", str(b),
+          "--rounds", str(steps_for(epochs, blocks, per)), "--eval-every",
+          str(steps_for(args.eval_epochs, blocks, per)), "--holdout-fraction", str(HOLDOUT), *lr, *extra, *stop]
+    for flag, value in chosen.get(arm, {}).items():
+        if flag != "--lr":
+            fl += [flag, str(value)]
+    return script, fl
+
+
+def job(out: Path, name: str, script: str, base: list[str], fl: list[str], test: bool) -> jobs.Job:
+    return jobs.Job(name, f"mamba_fl.{script[:-3]}", [*base, *fl, *(["--test"] if test else []), "--out-dir",
+                                                      str(out / "runs"), "--run-name", name, "--quiet"])
+
+
+def selection_plan(args, out: Path, blocks: int, arms, chosen: dict) -> list[jobs.Job]:
+    base = ["--layers", "1", "--seed", str(SELECTION_SEED), *MODEL, *split_flags(out)]
+    plan = []
+    for arm in arms:
+        flag, values = CHOICES[arm]
+        for v in values:
+            script, fl = arm_flags(args, arm, blocks, args.max_epochs, args.clients, args.clients, True,
+                                   chosen | {arm: {flag: v}})
+            fl += [] if arm.startswith("central") else ["--shard", "contiguous"]
+            plan.append(job(out, f"select_{arm}_{flag[2:]}{v:g}", script, base, fl, test=False))
+    return plan
+
+
+def choose(plan: list[jobs.Job]) -> dict:
+    """{arm: {flag: value}} with the lowest best validation perplexity of the finished selection runs, and every
+    candidate's score; a run that diverged or stayed above its unigram does not count."""
+    scores: dict = {}
+    for j in plan:
+        arm, setting = j.name.split("_")[1:3]
+        flag = CHOICES[arm][0]
+        value = float(setting[len(flag) - 2:])
+        s = jobs.summary_of(j) or {}
+        ok = s.get("status", "complete") == "complete" and s.get("best_val_ppl", math.inf) < s.get("unigram_ppl", 0)
+        scores.setdefault(arm, {})[value] = s.get("best_val_ppl") if ok else None
+    chosen = {}
+    for arm, by_value in scores.items():
+        good = {v: p for v, p in by_value.items() if p is not None}
+        if good:
+            chosen[arm] = {CHOICES[arm][0]: min(good, key=good.get)}
+    return {"chosen": chosen, "scores": {a: {f"{v:g}": p for v, p in d.items()} for a, d in scores.items()}}
+
+
+def reported_plan(args, out: Path, blocks: int, chosen: dict) -> list[jobs.Job]:
+    """The headline (plateau) and equal-compute runs; with ``--block all`` the topic shards, 16 clients and the
+    4-layer model after them."""
+    settings = [(L, "contiguous", args.clients, args.clients) for L in (1, 2)]
+    if args.block == "all":
+        settings += [(1, "topic", args.clients, args.clients), (1, "contiguous", 16, 4), (4, "contiguous", 4, 4)]
+    plan = []
+    for L, shard, k, m in settings:
+        small = (shard, k) != ("contiguous", args.clients) or L == 4
+        seeds = args.seeds[:1] if L == 4 else args.seeds
+        arms = ["fedavg", "fedfisher"] if small else [
+            "central", "central-b4", "fedavg", "fedfisher", "fedfisher-local", "fedentropy", "fedavgm"]
+        for arm in arms:
+            for s in (args.paired_seeds if arm in ("fedavg", "fedfisher") and L != 4 else seeds):
+                base = ["--layers", str(L), "--seed", str(s), *MODEL, *split_flags(out)]
+                if not arm.startswith("central"):
+                    base += ["--shard", shard]
+                tag = f"L{L}_{shard}_k{k}m{m}"
+                script, fl = arm_flags(args, arm, blocks, args.max_epochs, k, m, True, chosen)
+                plan.append(job(out, f"{arm}_{tag}_plateau_s{s}", script, base, fl, test=True))
+                if not small and arm in ("central", "central-b4", "fedavg", "fedfisher"):
+                    script, fl = arm_flags(args, arm, blocks, args.budget_epochs, k, m, False, chosen)
+                    plan.append(job(out, f"{arm}_{tag}_budget_s{s}", script, base, fl, test=True))
+    return plan
+
+
+def main(argv=None) -> dict:
+    args = cli.parse(get_args_parser(), argv)
+    for f in args.data:
+        cli.check(Path(f).is_file(), f"--data {f}: no such file (the WikiText-2 files to split)")
+    out = cli.check_out_dir(args.out_dir)
+    from mamba_fl import split_wikitext
+
+    if not (out / "split" / "split.json").is_file():
+        split_wikitext.main(["--raw", *args.data, "--valid-fraction", "0.1", "--test-fraction", "0.1",
+                             "--shuffle-seed", "0", "--out-dir", str(out / "split")])
+    blocks = train_blocks(out)
+    run = lambda plan, title, nxt="": jobs.run_plan(plan, parallel=args.jobs, log_dir=out / "logs",  # noqa: E731
+                                                    dry_run=args.dry_run, title=title, next_step=nxt)
+    picked: dict = {"chosen": {}, "scores": {}}
+    for i, arms in enumerate(PHASES):
+        sel = selection_plan(args, out, blocks, arms, picked["chosen"])
+        outcome = run(sel, f"mamba_fl real text: selection {i + 1} of {len(PHASES)}")
+        if not args.dry_run and not outcome.complete:
+            return {"selection": outcome.status}
+        if not args.dry_run:
+            found = choose(sel)
+            picked = {k: picked[k] | found[k] for k in picked}
+            atomic_write_json(out / "selection.json", picked)
+            print(f"chosen on validation: {picked['chosen']}", flush=True)
+    draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out mamba_fl/figures/real"
+    outcome = run(reported_plan(args, out, blocks, picked["chosen"]), "mamba_fl real text", draw)
+    return {"chosen": picked["chosen"], "complete": outcome.complete, "status": outcome.status}
+
+
+if __name__ == "__main__":
+    cli.run(main)

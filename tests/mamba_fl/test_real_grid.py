@@ -1,0 +1,59 @@
+"""mamba_fl/real_grid.py: the plan of the real-text grid (selection on validation, plateau and equal-compute runs)
+and the choice it makes from the selection runs, without training."""
+from __future__ import annotations
+
+import json
+
+from common import cli
+from mamba_fl import lmdata, real_grid
+
+
+def _flag(argv, name):
+    return argv[len(argv) - 1 - argv[::-1].index(name) + 1]
+
+
+def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation(mamba_cache, tmp_path, capsys):
+    folder, _ = lmdata._synthetic_dir(mamba_cache)
+    out = tmp_path / "grid"
+    argv = ["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"), "--out-dir", str(out)]
+    args = cli.parse(real_grid.get_args_parser(), argv)
+    real_grid.main(argv + ["--dry-run"])
+    info = json.loads((out / "split" / "split.json").read_text())
+    assert info["test_articles"] > 0 and info["shuffle_seed"] == 0
+    blocks = real_grid.train_blocks(out)
+    sel = real_grid.selection_plan(args, out, blocks, real_grid.PHASES[0], {})
+    assert len(sel) == 6 and all(_flag(j.argv, "--seed") == "100" and "--test" not in j.argv for j in sel)
+    assert {_flag(j.argv, "--lr") for j in sel} == {"0.003", "0.01", "0.03"}
+
+    # the selection: lowest best validation perplexity among runs that finished below their unigram
+    scores = {"select_central_lr0.003": (80.0, "complete"), "select_central_lr0.01": (70.0, "complete"),
+              "select_central_lr0.03": (60.0, "diverged"), "select_fedavg_lr0.003": (90.0, "complete"),
+              "select_fedavg_lr0.01": (5000.0, "complete"), "select_fedavg_lr0.03": (95.0, "complete")}
+    for name, (ppl, status) in scores.items():
+        (out / "runs" / name).mkdir(parents=True)
+        (out / "runs" / name / "summary.json").write_text(json.dumps(
+            {"best_val_ppl": ppl, "unigram_ppl": 1000.0, "status": status}))
+    picked = real_grid.choose(sel)
+    assert picked["chosen"] == {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.003}}
+    assert picked["scores"]["central"]["0.03"] is None  # diverged: not a candidate
+    second = real_grid.selection_plan(args, out, blocks, real_grid.PHASES[1], picked["chosen"])
+    assert all(_flag(j.argv, "--lr") == "0.003" for j in second)  # the second phase at FedAvg's rate
+
+    plan = {j.name: j.argv for j in real_grid.reported_plan(args, out, blocks, picked["chosen"])}
+    assert all("--test" in a for a in plan.values())
+    assert sum(n.startswith("fedfisher_L1_contiguous_k4m4_plateau") for n in plan) == 5  # the paired seeds
+    assert sum(n.startswith("central_L1_contiguous_k4m4_plateau") for n in plan) == 3
+    c, b4 = plan["central_L1_contiguous_k4m4_budget_s0"], plan["central-b4_L1_contiguous_k4m4_budget_s0"]
+    fa = plan["fedavg_L1_contiguous_k4m4_budget_s0"]
+    samples = int(_flag(c, "--max-steps")) * int(_flag(c, "--batch-size"))
+    assert abs(samples - int(_flag(b4, "--max-steps")) * int(_flag(b4, "--batch-size"))) < 64
+    assert abs(samples - int(_flag(fa, "--rounds")) * 4 * int(_flag(fa, "--batch-size"))) < 64
+    assert int(_flag(b4, "--max-steps")) == int(_flag(fa, "--rounds"))  # equal sequential updates
+    assert "--patience" not in fa and _flag(plan["fedavg_L1_contiguous_k4m4_plateau_s0"], "--patience") == "3"
+    assert _flag(c, "--lr") == "0.01" and _flag(fa, "--lr") == "0.003"
+    assert all(_flag(a, "--holdout-fraction") == "0.1" for n, a in plan.items() if not n.startswith("central"))
+    everything = real_grid.reported_plan(cli.parse(real_grid.get_args_parser(), argv + ["--block", "all"]), out,
+                                         blocks, picked["chosen"])
+    names = [j.name for j in everything]
+    assert len(names) == len(set(names)) and any("_topic_" in n for n in names) and any("k16m4" in n for n in names)
+    assert {_flag(j.argv, "--seed") for j in everything if j.name.startswith("fedavg_L4")} == {"0"}
