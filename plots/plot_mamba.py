@@ -2,6 +2,10 @@
 
     python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/figures
 
+For the real-text grid of ``mamba_fl/real_grid.py`` (``<arm>_L<layers>_<shard>_k<K>m<M>_<plateau|budget>_s<seed>``):
+  results_real.md             per setting, the test perplexity of each best-validation model, paired differences
+                              to FedAvg (Holm within a table), the plateau rule's outcome, test reference points
+  real_L<l>_<shard>_<k>_<stage>.png  validation curves, one line per seed, a dot at each run's best model
 For the grid of ``mamba_fl/run_grid.py`` (run directories named ``<arm>_L<layers>_<shard>[_real]_s<seed>``):
   grid_L<layers>_<shard>.png  validation perplexity vs training sequences, every arm (central included), with
                               the uniform, unigram and optimum lines, log y axis, n in the legend
@@ -127,6 +131,8 @@ def grid_runs(root) -> list[dict]:
     for run in R.with_keys(R.load_runs(root, "*_L*_s*"), "the mamba grid", args={"layers": int, "sequence_length": int},
                            summary={"final_val_ppl": R.NUMBER}):
         arm = run["name"].split("_")[0]
+        if real_setting(run["name"]) is not None:  # real_grid.py's runs have their own report
+            continue
         real = "_real_" in run["name"]
         shard = "all" if arm.startswith("central") else run["args"].get("shard")
         out.append(run | {"arm": arm, "layers": run["args"].get("layers"), "shard": shard, "real": real})
@@ -284,6 +290,115 @@ def grid_report(root, figures) -> list[Path]:
     return written
 
 
+# ----------------------------------------------------------------------------------------------------------
+# the real-text grid (mamba_fl/real_grid.py): <arm>_L<layers>_<shard>_k<K>m<M>_<plateau|budget>_s<seed>
+
+REAL_ARMS = ("central", "central-b4", "fedavg", "fedfisher", "fedfisher-local", "fedentropy", "fedavgm")
+REAL_LABELS = ARM_LABELS | {"central": "central AdamW", "central-b4": "central, 4x batch (FedAvg's sequential updates)",
+                            "fedfisher": "FedFisher (per-example Fisher)",
+                            "fedfisher-local": "FedFisher (--fisher-method local)"}
+
+
+def real_setting(name: str) -> tuple | None:
+    """(layers, shard, clients tag, stage) of a real-text grid run name, else None."""
+    parts = name.split("_")
+    if len(parts) == 6 and parts[4] in ("plateau", "budget") and parts[1].startswith("L"):
+        return int(parts[1][1:]), parts[2], parts[3], parts[4]
+    return None
+
+
+def _test_failed(run) -> bool:
+    s = run["summary"]
+    return s.get("status", "complete") != "complete" or not s.get("test_ppl", np.inf) < s.get("test_unigram_ppl", 0)
+
+
+def real_table(groups: dict, plateau_stage: bool) -> list[str]:
+    """One real-text table: test perplexity of the best-validation model per arm, paired differences to FedAvg
+    (Holm over the table), and how each arm got there."""
+    diverged = {a: "diverged (every seed above the test unigram)" for a, g in groups.items()
+                if all(_test_failed(r) for r in g)}
+    cells = stats.table_rows({a: R.by_seed(g, "test_ppl") for a, g in groups.items()}, "fedavg", skip=diverged)
+    rows = []
+    for arm, g in groups.items():
+        unit = "steps" if arm.startswith("central") else "rounds"
+        done = [r["summary"].get("steps_done" if unit == "steps" else "rounds_done") for r in g]
+        best = [r["summary"].get("best_at") for r in g]
+        stopped = sum(r["summary"].get("stopped") == "plateau" for r in g)
+        how = (f"{stopped}/{len(g)} met the rule; best at {unit} {', '.join(str(b) for b in best)}" if plateau_stage
+               else f"{done[0]} {unit}")
+        rows.append([REAL_LABELS.get(arm, arm), cells[arm][0], cells[arm][1],
+                     stats.fmt_seeds(R.by_seed(g, "test_ppl_word").values()),
+                     stats.fmt_seeds(R.by_seed(g, "best_val_ppl").values()), how, _extra(arm, g)])
+    return stats.markdown(["arm", "test ppl / token", "− FedAvg, 95% CI, Holm over the table", "test ppl / word",
+                           "best validation ppl", "plateau rule" if plateau_stage else "length", "notes"], rows)
+
+
+def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
+    """Validation perplexity against sequences seen, one thin line per seed, a dot at each run's best model."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.3))
+    refs = {}
+    for arm, g in groups.items():
+        colour = None
+        for i, r in enumerate(g):
+            x, y = R.series(r, "val_ppl", "tokens")
+            if not x.size:
+                continue
+            line, = ax.plot(x / r["args"]["sequence_length"], y, lw=1, alpha=0.8, color=colour,
+                            label=f"{REAL_LABELS.get(arm, arm)} (n={len(g)})" if i == 0 else None)
+            colour = line.get_color()
+            j = int(np.argmin(y))
+            ax.plot([x[j] / r["args"]["sequence_length"]], [y[j]], "o", ms=4, color=colour)
+            refs = {k: r["summary"].get(k) for k in ("uniform_ppl", "unigram_ppl")}
+    if not refs:
+        plt.close(fig)
+        return None
+    reference_lines(ax, refs)
+    ax.set_yscale("log")
+    ax.set_ylim(0.8 * ax.get_ylim()[0], 1.5 * refs["uniform_ppl"])
+    ax.set_xlabel("training sequences seen (all clients together)")
+    ax.set_ylabel("validation perplexity per token (log)")
+    ax.set_title(f"{title}\none line per seed; dots: each run's best-validation model (the one tested)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    return R.savefig(fig, path)[0]
+
+
+def real_report(root, figures) -> list[Path]:
+    """results_real.md (in ``root`` and ``figures``) and one curve figure per setting of real_grid.py's runs."""
+    root, figures = Path(root), Path(figures)
+    runs = [r | {"arm": r["name"].split("_")[0], "setting": real_setting(r["name"])}
+            for r in R.with_keys(R.load_runs(root, "*_L*_s*"), "the mamba real-text grid",
+                                 summary={"test_ppl": R.NUMBER}) if real_setting(r["name"]) is not None]
+    if not runs:
+        return []
+    md = ["# mamba_fl on real WikiText-2 text", "",
+          "Test perplexity of each run's best-validation model (the test articles are read once, after training), "
+          "mean ± sample sd over seeds (n); paired difference to FedAvg over the same seeds with its 95% t interval, "
+          "verdicts Holm-corrected within each table. Plateau rule: the run stops after "
+          f"{runs[0]['summary'].get('patience') or 3} evaluations in a row without a 1 % gain; a run that never "
+          "met it ran to its cap.", ""]
+    written = []
+    for setting in sorted({r["setting"] for r in runs}):
+        L, shard, clients, stage = setting
+        groups = {a: g for a in REAL_ARMS if (g := [r for r in runs if r["setting"] == setting and r["arm"] == a])}
+        s = next(iter(groups.values()))[0]["summary"]
+        what = "at the plateau" if stage == "plateau" else "at equal compute (the same sequences for every arm)"
+        md += [f"## {L} layer{'s' if L > 1 else ''}, {shard} shards, {clients}: {what}", "",
+               *real_table(groups, stage == "plateau"), "",
+               f"Reference points on the test articles: uniform {s['test_uniform_ppl']:.0f} / token, unigram "
+               f"(fitted on the training articles) {s['test_unigram_ppl']:.1f} / token.", ""]
+        path = _real_curves(groups, figures / f"real_L{L}_{shard}_{clients}_{stage}.png",
+                            f"Mamba2 {L} layer{'s' if L > 1 else ''} on real WikiText-2, {shard} shards, {clients}, "
+                            f"{stage}")
+        written += [path] if path else []
+    text = "\n".join(md) + "\n"
+    for folder in {root, figures}:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results_real.md").write_text(text, encoding="utf-8")
+    print(text)
+    return written
+
+
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description="Figures of mamba_fl run directories", add_help=add_help)
     p.add_argument("--runs", nargs="+", default=["runs/mamba_grid"],
@@ -300,7 +415,7 @@ def main(argv=None) -> dict:
     written = []
     for root in args.runs:
         figures = out if len(args.runs) == 1 else out / Path(root).name  # one results.md per grid
-        written += grid_report(root, figures)
+        written += grid_report(root, figures) + real_report(root, figures)
         for run in R.load_runs(root):
             if run["args"].get("save_deltas"):
                 written += delta_figures(run, out)
