@@ -16,8 +16,8 @@ continues a grid), into ``--out-dir``:
    value of each arm's free setting runs to the plateau and the lowest best validation perplexity wins:
    the learning rate of central and FedAvg (the other arms take FedAvg's), FedEntropy's temperature and
    FedAvgM's server learning rate. A candidate that diverges or never gets below the unigram loses.
-3. **headline**: every arm to the plateau (``PATIENCE`` evaluations in a row without a 1 % gain over the last
-   gain; capped at ``--max-epochs`` passes over the training blocks), seeds ``--seeds`` (FedAvg and FedFisher
+3. **headline**: every arm to the plateau (``PATIENCE`` evaluations in a row, one pass over the training blocks,
+   without a 1 % gain over the last gain; capped at ``--max-epochs`` passes), seeds ``--seeds`` (FedAvg and FedFisher
    ``--paired-seeds``: the source's claim gets more), each scored on the test articles.
 4. **equal compute**: central, the 4x-batch central control (as many sequential updates as FedAvg with 4
    clients) and FedAvg / FedFisher for exactly ``--budget-epochs`` passes each, scored the same way.
@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 from common import cli, flags, jobs
@@ -39,9 +41,9 @@ from common.checkpoint import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2_tokenized"
-MODEL = ["--d-model", "64", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64", "--vocab-size", "4096",
+MODEL = ["--d-model", "64", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64", "--vocab-size", "2048",
          "--sample-tokens", "0"]
-PATIENCE, HOLDOUT, SELECTION_SEED = 3, 0.1, 100
+PATIENCE, HOLDOUT, SELECTION_SEED = 5, 0.1, 100  # 5 evaluations of --eval-epochs 0.2: one epoch
 FEDERATED = {  # arm -> (script, flags)
     "fedavg": ("fed_avg.py", []),
     "fedfisher": ("fed_fisher.py", ["--fisher-samples", "8"]),
@@ -208,6 +210,10 @@ def main(argv=None) -> dict:
             print(f"chosen on validation: {picked['chosen']}", flush=True)
     draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out mamba_fl/figures/real"
     outcome = run(reported_plan(args, out, blocks, picked["chosen"]), "mamba_fl real text", draw)
+    if outcome.complete and not args.dry_run:  # the tables and figures of a complete grid
+        print(f"$ {draw}", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "plots" / "plot_mamba.py"), "--runs", str(out / "runs"),
+                        "--out", "mamba_fl/figures/real"], check=False)
     return {"chosen": picked["chosen"], "complete": outcome.complete, "status": outcome.status}
 
 

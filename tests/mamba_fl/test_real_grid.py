@@ -49,7 +49,7 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     assert abs(samples - int(_flag(b4, "--max-steps")) * int(_flag(b4, "--batch-size"))) < 64
     assert abs(samples - int(_flag(fa, "--rounds")) * 4 * int(_flag(fa, "--batch-size"))) < 64
     assert int(_flag(b4, "--max-steps")) == int(_flag(fa, "--rounds"))  # equal sequential updates
-    assert "--patience" not in fa and _flag(plan["fedavg_L1_contiguous_k4m4_plateau_s0"], "--patience") == "3"
+    assert "--patience" not in fa and _flag(plan["fedavg_L1_contiguous_k4m4_plateau_s0"], "--patience") == "5"
     assert _flag(c, "--lr") == "0.01" and _flag(fa, "--lr") == "0.003"
     assert all(_flag(a, "--holdout-fraction") == "0.1" for n, a in plan.items() if not n.startswith("central"))
     everything = real_grid.reported_plan(cli.parse(real_grid.get_args_parser(), argv + ["--block", "all"]), out,
