@@ -228,16 +228,21 @@ def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
         plt.close(fig)
         print(f"skipped {Path(path).name}: no finished runs for {title}")
         return None
-    refs = _refs(drawn[-1])
-    # per-token references only: the source's optimum is per word and has no place on this axis (results.md)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _finish_curves(fig, ax, _refs(drawn[-1]), f"{title}\nlines: mean over seeds; bands: range over seeds "
+                          "(min to max)", path)
+
+
+def _finish_curves(fig, ax, refs: dict, title: str, path) -> Path:
+    """The per-token reference lines (the source's optimum is per word and has no place on this axis:
+    results.md), a log axis reaching the uniform guess, labels, the legend; saved to ``path``."""
     reference_lines(ax, {k: refs.get(k) for k in ("uniform_ppl", "unigram_ppl")})
     ax.set_yscale("log")
     if refs.get("uniform_ppl"):
         ax.set_ylim(0.8 * ax.get_ylim()[0], 1.5 * refs["uniform_ppl"])
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training sequences seen (all clients together)")
     ax.set_ylabel("validation perplexity per token (log)")
-    ax.set_title(f"{title}\nlines: mean over seeds; bands: range over seeds (min to max)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     return R.savefig(fig, path)[0]
 
@@ -282,12 +287,16 @@ def grid_report(root, figures) -> list[Path]:
               "contiguous", "real_text.png", f"real WikiText text, {L} layer, {clients}, contiguous shards", real=True)
     if not runs:  # nothing to report: no results.md either
         return written
-    text = "\n".join(md) + "\n"
-    for folder in {root, figures}:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "results.md").write_text(text, encoding="utf-8")
-    print(text)
+    _write_report(md, "results.md", root, figures)
     return written
+
+
+def _write_report(md: list[str], name: str, *folders: Path) -> None:
+    text = "\n".join(md) + "\n"
+    for folder in set(folders):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    print(text)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -353,14 +362,8 @@ def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
     if not refs:
         plt.close(fig)
         return None
-    reference_lines(ax, refs)
-    ax.set_yscale("log")
-    ax.set_ylim(0.8 * ax.get_ylim()[0], 1.5 * refs["uniform_ppl"])
-    ax.set_xlabel("training sequences seen (all clients together)")
-    ax.set_ylabel("validation perplexity per token (log)")
-    ax.set_title(f"{title}\none line per seed; dots: each run's best-validation model (the one tested)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
-    return R.savefig(fig, path)[0]
+    return _finish_curves(fig, ax, refs, f"{title}\none line per seed; dots: each run's best-validation model (the "
+                          "one tested)", path)
 
 
 def real_report(root, figures) -> list[Path]:
@@ -391,11 +394,7 @@ def real_report(root, figures) -> list[Path]:
                             f"Mamba2 {L} layer{'s' if L > 1 else ''} on real WikiText-2, {shard} shards, {clients}, "
                             f"{stage}")
         written += [path] if path else []
-    text = "\n".join(md) + "\n"
-    for folder in {root, figures}:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "results_real.md").write_text(text, encoding="utf-8")
-    print(text)
+    _write_report(md, "results_real.md", root, figures)
     return written
 
 
