@@ -13,7 +13,7 @@ continues a grid), into ``--out-dir``:
    (80 / 10 / 10 %, ``split_wikitext.py``). Every run fits its BPE tokenizer on the training articles only and
    never reads the test articles; reported runs score their best-validation model on them once, at the end.
 2. **selection** (seed 100, 1 layer, contiguous shards, validation only; ``selection.json``): each candidate
-   value of each arm's free setting runs to the plateau and the lowest best validation perplexity wins:
+   value of each arm's free setting runs ``--select-epochs`` passes and the lowest best validation perplexity wins:
    the learning rate of central and FedAvg (the other arms take FedAvg's), FedEntropy's temperature and
    FedAvgM's server learning rate. A candidate that diverges or never gets below the unigram loses.
 3. **headline**: every arm to the plateau (``PATIENCE`` evaluations in a row, one pass over the training blocks,
@@ -77,6 +77,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=flags.POSITIVE, default=40.0,
                    help="the cap of a plateau run, in passes over the training blocks")
     p.add_argument("--budget-epochs", type=flags.POSITIVE, default=4.0, help="the equal-compute budget")
+    p.add_argument("--select-epochs", type=flags.POSITIVE, default=4.0,
+                   help="the selection runs' length (a fixed budget: twelve runs to the plateau would take longer "
+                        "than the headline)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     return p
 
@@ -132,7 +135,7 @@ def selection_plan(args, out: Path, blocks: int, arms, chosen: dict) -> list[job
     for arm in arms:
         flag, values = CHOICES[arm]
         for v in values:
-            script, fl = arm_flags(args, arm, blocks, args.max_epochs, args.clients, args.clients, True,
+            script, fl = arm_flags(args, arm, blocks, args.select_epochs, args.clients, args.clients, False,
                                    chosen | {arm: {flag: v}})
             fl += [] if arm.startswith("central") else ["--shard", "contiguous"]
             plan.append(job(out, f"select_{arm}_{flag[2:]}{v:g}", script, base, fl, test=False))
