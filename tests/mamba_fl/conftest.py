@@ -27,3 +27,16 @@ def tiny(mamba_cache, out_dir):
         return argv
     return make
 
+
+
+@pytest.fixture
+def split_dir(mamba_cache, tmp_path) -> Path:
+    """The embedded synthetic text split by article into train / valid / test (split_wikitext.py), as the real-text
+    runs read it; the same split in every test, so its tokenizer is trained once per session."""
+    from mamba_fl import lmdata, split_wikitext
+
+    folder, _ = lmdata._synthetic_dir(mamba_cache)
+    split_wikitext.main(["--raw", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"),
+                         "--valid-fraction", "0.1", "--test-fraction", "0.1", "--shuffle-seed", "0",
+                         "--out-dir", str(tmp_path / "split")])
+    return tmp_path / "split"

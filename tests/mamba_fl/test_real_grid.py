@@ -61,15 +61,12 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     assert {_flag(j.argv, "--seed") for j in everything if j.name.startswith("fedavg_L4")} == {"0"}
 
 
-def test_report_of_real_runs(tiny, mamba_cache, tmp_path, capsys):
+def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys):
     """Runs named as real_grid.py names them (tiny, --quick) give results_real.md and a curve figure."""
-    from mamba_fl import central, fed_avg, fed_fisher, split_wikitext
+    from mamba_fl import central, fed_avg, fed_fisher
     from plots import plot_mamba
 
-    folder, _ = lmdata._synthetic_dir(mamba_cache)
-    split = tmp_path / "split"
-    split_wikitext.main(["--raw", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"), "--test-fraction",
-                         "0.05", "--shuffle-seed", "0", "--out-dir", str(split)])
+    split = split_dir
     runs = tmp_path / "runs"
     common = ["--data-dir", str(split), "--patience", "2", "--test", "--out-dir", str(runs), "--lr", "2e-2"]
     central.main(tiny(*common, "--max-steps", "3", "--run-name", "central_L1_contiguous_k2m2_plateau_s0"))
