@@ -19,7 +19,6 @@ import torch
 from tqdm.auto import tqdm
 
 from common import cli, compiled, evaluate, flags, params, runlog, seed
-from common.early_stop import EarlyStop
 from mamba_fl import deltas, federated, lmdata
 from mamba_fl import model as mmodel
 
@@ -74,7 +73,7 @@ def main(argv=None) -> dict:
     snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
         if args.save_deltas else None
     step, tokens, best, prev_grad, last = 0, 0, float("inf"), None, {}
-    stopper = EarlyStop(args.patience, args.min_improvement) if args.patience or args.test else None
+    stopper = mmodel.make_stopper(args)
     state = rd.load_checkpoint()
     if state is not None:
         model.load_state_dict(state["model"])

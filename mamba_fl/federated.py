@@ -227,7 +227,7 @@ class MambaTask(engine.Task):
         self.acc = {"best_val_ppl": float("inf"), "bytes_up": 0, "bytes_down": 0, "train_tokens": 0}
         self.train_loss = torch.zeros((), device=self.device)  # summed over the steps since the last evaluation
         self.n_steps = 0
-        self.stopper = EarlyStop(args.patience, args.min_improvement) if args.patience or args.test else None
+        self.stopper = mmodel.make_stopper(args)
 
     def round_start(self, r: int) -> None:
         self.ctx.round, self.ctx.scratch = r, {}

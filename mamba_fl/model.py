@@ -17,6 +17,7 @@ import sys
 import torch
 
 from common import cli, evaluate, flags
+from common.early_stop import EarlyStop
 
 CONFIGS = {f"pure_ssm_{n}_layer": n for n in (1, 2, 4)}
 # --quick: tiny enough that a federated run of a few rounds takes seconds on 2 CPU cores (central.py and the
@@ -76,6 +77,12 @@ def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
     g.add_argument("--save-deltas", action="store_true", help=deltas_help)
     g.add_argument("--delta-tensors", default="mixer.in_proj.weight,mixer.out_proj.weight",
                    help="comma-separated layer tensor names saved by --save-deltas (every layer)")
+
+
+def make_stopper(args: argparse.Namespace):
+    """The run's plateau rule (``common.early_stop``) when --patience or --test asks for the best-validation
+    model, else None (the run is then exactly as without these flags)."""
+    return EarlyStop(args.patience, args.min_improvement) if args.patience or args.test else None
 
 
 def resolve_model_args(args: argparse.Namespace) -> None:
