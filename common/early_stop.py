@@ -10,6 +10,11 @@ large or small) are kept on the CPU: a run that stops, or reaches its budget, re
         if stop.update(val_ppl, step, params):   # True: plateaued
             break
     stop.restore_(params)                         # the best-validation parameters
+
+With ``budget_at`` the rule also keeps the best model of the evaluations up to ``budget_at`` (a step or
+round count): one long run then gives the equal-compute result of a shorter one with the same settings (at a
+constant learning rate the shorter run is exactly its prefix). The run never stops before ``budget_at``, so
+every run has that result; ``restore_(params, budget=True)`` loads it.
 """
 from __future__ import annotations
 
@@ -17,10 +22,13 @@ import torch
 
 
 class EarlyStop:
-    SUMMARY_KEYS = ("best_val_ppl", "best_at", "stopped", "stopped_at", "patience", "min_improvement")
+    SUMMARY_KEYS = ("best_val_ppl", "best_at", "stopped", "stopped_at", "patience", "min_improvement", "budget_at",
+                    "budget_best_val_ppl", "budget_best_at")
 
-    def __init__(self, patience: int, min_improvement: float = 0.01):
+    def __init__(self, patience: int, min_improvement: float = 0.01, budget_at: int | None = None):
         self.patience, self.min_improvement = int(patience), float(min_improvement)
+        self.budget_at = None if budget_at is None else int(budget_at)
+        self.budget = None  # (best value, where, parameters) of the evaluations up to budget_at, once reached
         self.reference = float("inf")  # the value at the last improvement that counted
         self.bad = 0                   # evaluations since then
         self.best, self.best_at, self.best_params = float("inf"), None, None
@@ -35,25 +43,32 @@ class EarlyStop:
             self.reference, self.bad = float(value), 0
         else:
             self.bad += 1
-        if self.patience > 0 and self.bad >= self.patience:
+        if self.budget_at is not None and self.budget is None and at >= self.budget_at:
+            self.budget = (self.best, self.best_at, self.best_params)  # best_params is replaced, never written
+        if self.patience > 0 and self.bad >= self.patience and (self.budget_at is None or at >= self.budget_at):
             self.stopped_at = int(at)
         return self.stopped_at is not None
 
-    def restore_(self, params: list[torch.Tensor]) -> None:
-        """Load the best parameters seen into ``params`` (in place); nothing when none was recorded."""
-        if self.best_params is not None:
+    def restore_(self, params: list[torch.Tensor], budget: bool = False) -> None:
+        """Load the best parameters seen (``budget``: up to ``budget_at``) into ``params`` (in place); nothing
+        when none was recorded."""
+        kept = (self.budget[2] if self.budget else None) if budget else self.best_params
+        if kept is not None:
             with torch.no_grad():
-                for p, b in zip(params, self.best_params):
+                for p, b in zip(params, kept):
                     p.copy_(b)
 
     def summary(self) -> dict:
         """What summary.json reports: the best value and where, and whether the rule stopped the run."""
         return {"best_val_ppl": self.best, "best_at": self.best_at, "stopped": "plateau" if self.stopped_at
                 else "budget", "stopped_at": self.stopped_at, "patience": self.patience,
-                "min_improvement": self.min_improvement}
+                "min_improvement": self.min_improvement,
+                **({"budget_at": self.budget_at, "budget_best_val_ppl": self.budget and self.budget[0],
+                    "budget_best_at": self.budget and self.budget[1]} if self.budget_at is not None else {})}
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("reference", "bad", "best", "best_at", "best_params", "stopped_at")}
+        return {k: getattr(self, k) for k in ("reference", "bad", "best", "best_at", "best_params", "stopped_at",
+                                              "budget")}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():

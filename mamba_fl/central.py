@@ -141,12 +141,7 @@ def main(argv=None) -> dict:
                                 "prev_grad": prev_grad.cpu() if prev_grad is not None else None,
                                 "snapshots": snaps.state_dict() if snaps is not None else None})
     bar.close()
-    extra = {}
-    if stopper is not None:  # the best-validation model is the one reported, tested and published
-        stopper.restore_(plist)
-        extra = stopper.summary()
-    if args.test:
-        extra |= lmdata.test_scores(args, data, fwd, device)
+    extra = lmdata.reported_model(args, stopper, plist, data, fwd, device)  # the best-validation model, tested
     summary = federated.publish(rd, model, data, refs, {
         "method": "central", "config": args.model_config, "layers": args.layers, "steps_done": step,
         "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),

@@ -374,12 +374,11 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     if not (stopper and stopper.stopped_at):  # a run that stopped at its plateau resumes to its summary
         engine.run(task, fed, rd, names, start)
     acc = task.acc | {k: fed.timing[k] for k in ("client_seconds", "round_seconds")}
-    if stopper is not None:  # the best-validation global model is the one reported, tested and published
-        stopper.restore_([t for x in fed.models for t in x])
-        acc |= stopper.summary() | {"rounds_done": stopper.stopped_at or args.rounds}
-    params.load_(plist, fed.models[0])  # the model holds the global parameters for <run>/model
-    if args.test:
-        acc |= lmdata.test_scores(args, data, fwd, device)
+    # the best-validation global model is the one reported, tested and published (<run>/model)
+    acc |= lmdata.reported_model(args, stopper, [t for x in fed.models for t in x], data, fwd, device,
+                                 load=lambda: params.load_(plist, fed.models[0]))
+    if stopper is not None:
+        acc["rounds_done"] = stopper.stopped_at or args.rounds
     summary = finish(rd, args, method, data, acc, refs, model) if main else rd.write_summary({"method": method.name})
     distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     rd.release()
@@ -400,7 +399,7 @@ def finish(rd, args, method, data, acc, refs, model) -> dict:
         "bytes_up": acc["bytes_up"], "bytes_down": acc["bytes_down"], "train_tokens": acc["train_tokens"],
         "client_seconds": round(acc["client_seconds"], 3), "round_seconds": round(acc["round_seconds"], 3),
         "overhead_fraction": (1 - acc["client_seconds"] / acc["round_seconds"]) if acc["round_seconds"] else None,
-        **{k: v for k, v in acc.items() if k.startswith("test_") or k in EarlyStop.SUMMARY_KEYS},
+        **{k: v for k, v in acc.items() if k.startswith(("test_", "budget_test_")) or k in EarlyStop.SUMMARY_KEYS},
     }
     return publish(rd, model, data, refs, summary)
 

@@ -253,6 +253,23 @@ def test_scores(args: argparse.Namespace, data: LMData, model, device) -> dict:
             "test_tokens": out["tokens"], "test_blocks": int(blocks.shape[0])}
 
 
+def reported_model(args: argparse.Namespace, stopper, kept: list[torch.Tensor], data: LMData, model, device,
+                   load=lambda: None) -> dict:
+    """Load the model a run reports into ``kept`` (the parameters ``stopper`` watched), then ``load()`` them into
+    ``model``: the best-validation one when ``stopper`` kept it (its summary joins the result), else the last.
+    With --test, its test scores; with --budget-at too, first those of the budget's best model (budget_test_*)."""
+    out = {}
+    if stopper is not None and args.test and stopper.budget is not None:
+        stopper.restore_(kept, budget=True)
+        load()
+        out |= {f"budget_{k}": v for k, v in test_scores(args, data, model, device).items()}
+    if stopper is not None:
+        stopper.restore_(kept)
+        out |= stopper.summary()
+    load()
+    return out | (test_scores(args, data, model, device) if args.test else {})
+
+
 def final_line(path, summary: dict) -> str:
     """The one line a run ends with (``common.report``): where it is, the final perplexity per token with
     the unigram and uniform references, per word against the source's optimum, the figure and the model."""

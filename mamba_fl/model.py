@@ -74,15 +74,21 @@ def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
     g.add_argument("--test", action="store_true",
                    help="after training, score the best-validation model on --data-dir's wiki.test.raw (read only "
                         "then; split_wikitext.py --test-fraction writes it)")
+    g.add_argument("--budget-at", type=flags.POSITIVE_INT, default=None,
+                   help="also keep the best-validation model of the evaluations up to this step (central) or round "
+                        "(federated) and score it too under --test (budget_test_*): the equal-compute result of "
+                        "the shorter run with the same settings, of which this run is the continuation; "
+                        "--patience does not stop a run before it")
     g.add_argument("--save-deltas", action="store_true", help=deltas_help)
     g.add_argument("--delta-tensors", default="mixer.in_proj.weight,mixer.out_proj.weight",
                    help="comma-separated layer tensor names saved by --save-deltas (every layer)")
 
 
 def make_stopper(args: argparse.Namespace):
-    """The run's plateau rule (``common.early_stop``) when --patience or --test asks for the best-validation
+    """The run's plateau rule (``common.early_stop``) when --patience, --test or --budget-at asks for a kept
     model, else None (the run is then exactly as without these flags)."""
-    return EarlyStop(args.patience, args.min_improvement) if args.patience or args.test else None
+    return EarlyStop(args.patience, args.min_improvement, args.budget_at) \
+        if args.patience or args.test or args.budget_at else None
 
 
 def resolve_model_args(args: argparse.Namespace) -> None:

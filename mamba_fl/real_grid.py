@@ -2,7 +2,8 @@
 training of Mamba2 LMs, and does any aggregator (FedFisher above all) beat FedAvg?
 
     python mamba_fl/real_grid.py                  # the headline (1 and 2 layers, contiguous shards)
-    python mamba_fl/real_grid.py --block all      # + topic shards, 16 clients (4 a round), 4 layers (1 seed)
+    python mamba_fl/real_grid.py --block all      # + the other arms, topic shards, 16 clients (4 a round),
+                                                  #   4 layers (1 seed)
     python mamba_fl/real_grid.py --dry-run        # the commands, nothing run
 
 Stages, through ``common.jobs`` (finished runs are skipped and interrupted ones resumed: the same command
@@ -14,18 +15,25 @@ continues a grid), into ``--out-dir``:
    never reads the test articles; reported runs score their best-validation model on them once, at the end.
 2. **selection** (seed 100, 1 layer, contiguous shards, validation only; ``selection.json``): each candidate
    value of each arm's free setting runs ``--select-epochs`` passes and the lowest best validation perplexity wins:
-   the learning rate of central and FedAvg (the other arms take FedAvg's), FedEntropy's temperature and
-   FedAvgM's server learning rate. A candidate that diverges or never gets below the unigram loses.
-3. **headline**: every arm to the plateau (``PATIENCE`` evaluations in a row, one pass over the training blocks,
-   without a 1 % gain over the last gain; capped at ``--max-epochs`` passes), seeds ``--seeds`` (FedAvg and FedFisher
-   ``--paired-seeds``: the source's claim gets more), each scored on the test articles.
-4. **equal compute**: central, the 4x-batch central control (as many sequential updates as FedAvg with 4
-   clients) and FedAvg / FedFisher for exactly ``--budget-epochs`` passes each, scored the same way.
+   the learning rate of central and FedAvg (the other arms take FedAvg's), then FedEntropy's temperature, FedAvgM's
+   server learning rate and FedFisher ``--fisher-method local`` (no free setting). Of those three the one with the
+   lowest score is the headline's "best other arm". A candidate that diverges or never gets below the unigram loses.
+3. **plateau** (the headline): central, central 4x batch, FedAvg and FedFisher (``--paired-seeds``: the source's
+   claim gets more) and the best other arm, each to the plateau (``PATIENCE`` evaluations in a row, one pass over
+   the training blocks, without a 1 % gain over the last gain; capped at ``--max-epochs`` passes), seeds
+   ``--seeds``; ``--block all`` adds the other two arms. Each run's best-validation model is scored on the test
+   articles.
+4. **equal compute**, from the same runs: every arm evaluates after the same number of training blocks, and each
+   plateau run also keeps its best model of the first ``--budget-epochs`` passes (``--budget-at``) and scores it on
+   the test articles: at a constant learning rate that is exactly the run of that length (a test checks it), so the
+   equal-compute table costs no runs of its own. A run never stops before the budget.
 
 Arms: central; ``central-b4`` (4x the batch, a quarter of the steps: the sequential-update confound);
 FedAvg; FedFisher (per-example Fisher; ``fedfisher-local``: ``--fisher-method local``); FedEntropy; FedAvgM
 (heavy-ball server momentum). Every federated arm holds out ``HOLDOUT`` of each client's blocks (FedEntropy
 scores its weights on them; the others leave them unused), so all train on the same blocks.
+The model is the synthetic grid's Mamba2 shrunk to d_model 32 and a 1,024-token BPE (about 41k parameters at
+1 layer) so that the plateau fits the 2-core budget.
 ``python plots/plot_mamba.py --runs <out-dir> --out mamba_fl/figures/real`` draws the tables and figures.
 """
 from __future__ import annotations
@@ -41,7 +49,7 @@ from common.checkpoint import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2_tokenized"
-MODEL = ["--d-model", "64", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64", "--vocab-size", "2048",
+MODEL = ["--d-model", "32", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64", "--vocab-size", "1024",
          "--sample-tokens", "0"]
 PATIENCE, HOLDOUT, SELECTION_SEED = 5, 0.1, 100  # 5 evaluations of --eval-epochs 0.2: one epoch
 FEDERATED = {  # arm -> (script, flags)
@@ -53,8 +61,10 @@ FEDERATED = {  # arm -> (script, flags)
 }
 # what the selection stage chooses, per arm: (flag, candidates); the second phase at FedAvg's chosen rate
 CHOICES = {"central": ("--lr", [3e-3, 1e-2, 3e-2]), "fedavg": ("--lr", [3e-3, 1e-2, 3e-2]),
-           "fedentropy": ("--temperature", [0.1, 1.0, 10.0]), "fedavgm": ("--server-lr", [0.1, 0.3, 1.0])}
-PHASES = (("central", "fedavg"), ("fedentropy", "fedavgm"))
+           "fedentropy": ("--temperature", [0.1, 1.0, 10.0]), "fedavgm": ("--server-lr", [0.1, 0.3, 1.0]),
+    "fedfisher-local": ("--fisher-method", ["local"])}  # no free setting: one candidate, for "the best other arm"
+PHASES = (("central", "fedavg"), ("fedentropy", "fedavgm", "fedfisher-local"))
+OTHERS = PHASES[1]  # the headline runs the best of them (on validation); --block all runs all three
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -103,23 +113,27 @@ def steps_for(epochs: float, blocks: int, per_step: int) -> int:
 
 def arm_flags(args, arm: str, blocks: int, epochs: float, clients: int, per_round: int, plateau: bool,
               chosen: dict) -> tuple[str, list[str]]:
-    """(script, flags) of one run of ``arm`` for ``epochs`` passes (the cap, with ``plateau``)."""
+    """(script, flags) of one run of ``arm`` for ``epochs`` passes (the cap, with ``plateau``: then also
+    ``--budget-at``, the equal-compute point). Every arm of a setting evaluates after the same number of training
+    blocks (a multiple of the largest step, ``per_round`` clients' batches), so equal compute is an evaluation of
+    every arm's curve."""
     b = args.batch_size
-    stop = ["--patience", str(PATIENCE)] if plateau else []
     central = arm.startswith("central")
+    per = b * (4 if arm == "central-b4" else 1) if central else per_round * b  # blocks an update (round) trains on
+    quantum = math.lcm(4, per_round) * b
+    every = steps_for(args.eval_epochs, blocks, quantum) * quantum // per
+    stop = ["--patience", str(PATIENCE), "--budget-at", str(round(args.budget_epochs / args.eval_epochs) * every)] \
+        if plateau else []
     lr = ["--lr", str(chosen.get("central" if central else "fedavg", {}).get("--lr", 1e-2))]
     if central:  # central-b4 takes central's rate
-        batch = b * (4 if arm == "central-b4" else 1)
-        every = steps_for(args.eval_epochs, blocks, batch)
-        return "central.py", ["--batch-size", str(batch), "--max-steps", str(steps_for(epochs, blocks, batch)),
+        return "central.py", ["--batch-size", str(per), "--max-steps", str(steps_for(epochs, blocks, per)),
                               "--val-freq", str(every), *lr, *stop]
     script, extra = FEDERATED[arm]
-    per = per_round * b  # blocks a round trains on
     fl = ["--num-clients", str(clients), "--clients-per-round", str(per_round), "--batch-size", str(b),
-          "--rounds", str(steps_for(epochs, blocks, per)), "--eval-every",
-          str(steps_for(args.eval_epochs, blocks, per)), "--holdout-fraction", str(HOLDOUT), *lr, *extra, *stop]
+          "--rounds", str(steps_for(epochs, blocks, per)), "--eval-every", str(every),
+          "--holdout-fraction", str(HOLDOUT), *lr, *extra, *stop]
     for flag, value in chosen.get(arm, {}).items():
-        if flag != "--lr":
+        if flag not in ("--lr", *extra):
             fl += [flag, str(value)]
     return script, fl
 
@@ -138,32 +152,41 @@ def selection_plan(args, out: Path, blocks: int, arms, chosen: dict) -> list[job
             script, fl = arm_flags(args, arm, blocks, args.select_epochs, args.clients, args.clients, False,
                                    chosen | {arm: {flag: v}})
             fl += [] if arm.startswith("central") else ["--shard", "contiguous"]
-            plan.append(job(out, f"select_{arm}_{flag[2:]}{v:g}", script, base, fl, test=False))
+            plan.append(job(out, f"select_{arm}_{flag[2:]}{v:g}" if isinstance(v, float) else
+                            f"select_{arm}_{flag[2:]}-{v}", script, base, fl, test=False))
     return plan
 
 
 def choose(plan: list[jobs.Job]) -> dict:
-    """{arm: {flag: value}} with the lowest best validation perplexity of the finished selection runs, and every
-    candidate's score; a run that diverged or stayed above its unigram does not count."""
+    """{arm: {flag: value}} with the lowest best validation perplexity of the finished selection runs, every
+    candidate's score, and the best of the ``OTHERS`` (by its chosen candidate's score); a run that diverged or
+    stayed above its unigram does not count."""
     scores: dict = {}
     for j in plan:
         arm, setting = j.name.split("_")[1:3]
-        flag = CHOICES[arm][0]
-        value = float(setting[len(flag) - 2:])
+        flag, values = CHOICES[arm]
+        value = next(v for v in values if setting in (f"{flag[2:]}{v:g}" if isinstance(v, float) else
+                                                      f"{flag[2:]}-{v}",))
         s = jobs.summary_of(j) or {}
         ok = s.get("status", "complete") == "complete" and s.get("best_val_ppl", math.inf) < s.get("unigram_ppl", 0)
         scores.setdefault(arm, {})[value] = s.get("best_val_ppl") if ok else None
-    chosen = {}
+    chosen, best = {}, {}
     for arm, by_value in scores.items():
         good = {v: p for v, p in by_value.items() if p is not None}
         if good:
             chosen[arm] = {CHOICES[arm][0]: min(good, key=good.get)}
-    return {"chosen": chosen, "scores": {a: {f"{v:g}": p for v, p in d.items()} for a, d in scores.items()}}
+            best[arm] = min(good.values())
+    others = {a: best[a] for a in OTHERS if a in best}
+    return {"chosen": chosen, "scores": {a: {f"{v:g}" if isinstance(v, float) else v: p for v, p in d.items()}
+                                         for a, d in scores.items()},
+            **({"best_other": min(others, key=others.get)} if others else {})}
 
 
-def reported_plan(args, out: Path, blocks: int, chosen: dict) -> list[jobs.Job]:
-    """The headline (plateau) and equal-compute runs; with ``--block all`` the topic shards, 16 clients and the
-    4-layer model after them."""
+def reported_plan(args, out: Path, blocks: int, picked: dict) -> list[jobs.Job]:
+    """The plateau runs (each with its equal-compute point): the headline, and with ``--block all`` the other
+    arms, the topic shards, 16 clients and the 4-layer model after them."""
+    chosen = picked.get("chosen", {})
+    others = list(OTHERS) if args.block == "all" else [picked.get("best_other", OTHERS[0])]
     settings = [(L, "contiguous", args.clients, args.clients) for L in (1, 2)]
     if args.block == "all":
         settings += [(1, "topic", args.clients, args.clients), (1, "contiguous", 16, 4), (4, "contiguous", 4, 4)]
@@ -171,19 +194,14 @@ def reported_plan(args, out: Path, blocks: int, chosen: dict) -> list[jobs.Job]:
     for L, shard, k, m in settings:
         small = (shard, k) != ("contiguous", args.clients) or L == 4
         seeds = args.seeds[:1] if L == 4 else args.seeds
-        arms = ["fedavg", "fedfisher"] if small else [
-            "central", "central-b4", "fedavg", "fedfisher", "fedfisher-local", "fedentropy", "fedavgm"]
+        arms = ["fedavg", "fedfisher"] if small else ["central", "central-b4", "fedavg", "fedfisher", *others]
         for arm in arms:
             for s in (args.paired_seeds if arm in ("fedavg", "fedfisher") and L != 4 else seeds):
                 base = ["--layers", str(L), "--seed", str(s), *MODEL, *split_flags(out)]
                 if not arm.startswith("central"):
                     base += ["--shard", shard]
-                tag = f"L{L}_{shard}_k{k}m{m}"
                 script, fl = arm_flags(args, arm, blocks, args.max_epochs, k, m, True, chosen)
-                plan.append(job(out, f"{arm}_{tag}_plateau_s{s}", script, base, fl, test=True))
-                if not small and arm in ("central", "central-b4", "fedavg", "fedfisher"):
-                    script, fl = arm_flags(args, arm, blocks, args.budget_epochs, k, m, False, chosen)
-                    plan.append(job(out, f"{arm}_{tag}_budget_s{s}", script, base, fl, test=True))
+                plan.append(job(out, f"{arm}_L{L}_{shard}_k{k}m{m}_plateau_s{s}", script, base, fl, test=True))
     return plan
 
 
@@ -208,16 +226,19 @@ def main(argv=None) -> dict:
             return {"selection": outcome.status}
         if not args.dry_run:
             found = choose(sel)
-            picked = {k: picked[k] | found[k] for k in picked}
+            picked = {k: picked[k] | found[k] for k in ("chosen", "scores")} | \
+                {k: found[k] for k in ("best_other",) if k in found}
             atomic_write_json(out / "selection.json", picked)
-            print(f"chosen on validation: {picked['chosen']}", flush=True)
+            print(f"chosen on validation: {picked['chosen']}; best other arm: {picked.get('best_other')}",
+                  flush=True)
     draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out mamba_fl/figures/real"
-    outcome = run(reported_plan(args, out, blocks, picked["chosen"]), "mamba_fl real text", draw)
+    outcome = run(reported_plan(args, out, blocks, picked), "mamba_fl real text", draw)
     if outcome.complete and not args.dry_run:  # the tables and figures of a complete grid
         print(f"$ {draw}", flush=True)
         subprocess.run([sys.executable, str(ROOT / "plots" / "plot_mamba.py"), "--runs", str(out / "runs"),
                         "--out", "mamba_fl/figures/real"], check=False)
-    return {"chosen": picked["chosen"], "complete": outcome.complete, "status": outcome.status}
+    return {"chosen": picked["chosen"], "best_other": picked.get("best_other"), "complete": outcome.complete,
+            "status": outcome.status}
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/figures
 
-For the real-text grid of ``mamba_fl/real_grid.py`` (``<arm>_L<layers>_<shard>_k<K>m<M>_<plateau|budget>_s<seed>``):
+For the real-text grid of ``mamba_fl/real_grid.py`` (``<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>``):
   results_real.md             per setting, the test perplexity of each best-validation model, paired differences
                               to FedAvg (Holm within a table), the plateau rule's outcome, test reference points
   real_L<l>_<shard>_<k>_<stage>.png  validation curves, one line per seed, a dot at each run's best model
@@ -300,7 +300,8 @@ def _write_report(md: list[str], name: str, *folders: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the real-text grid (mamba_fl/real_grid.py): <arm>_L<layers>_<shard>_k<K>m<M>_<plateau|budget>_s<seed>
+# the real-text grid (mamba_fl/real_grid.py): <arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>; each plateau run
+# also reports its equal-compute point (--budget-at: budget_test_ppl, ...)
 
 REAL_ARMS = ("central", "central-b4", "fedavg", "fedfisher", "fedfisher-local", "fedentropy", "fedavgm")
 REAL_LABELS = ARM_LABELS | {"central": "central AdamW", "central-b4": "central, 4x batch (FedAvg's sequential updates)",
@@ -311,9 +312,17 @@ REAL_LABELS = ARM_LABELS | {"central": "central AdamW", "central-b4": "central, 
 def real_setting(name: str) -> tuple | None:
     """(layers, shard, clients tag, stage) of a real-text grid run name, else None."""
     parts = name.split("_")
-    if len(parts) == 6 and parts[4] in ("plateau", "budget") and parts[1].startswith("L"):
+    if len(parts) == 6 and parts[4] == "plateau" and parts[1].startswith("L"):
         return int(parts[1][1:]), parts[2], parts[3], parts[4]
     return None
+
+
+def _at_budget(run: dict) -> dict:
+    """The run as its equal-compute point reports it (the best model of its first --budget-at steps or rounds)."""
+    s = run["summary"]
+    done = {"steps_done" if "steps_done" in s else "rounds_done": s["budget_at"]}
+    return run | {"summary": s | {k: s.get(f"budget_{k}") for k in ("test_ppl", "test_ppl_word", "best_val_ppl",
+                                                                    "best_at")} | done}
 
 
 def _test_failed(run) -> bool:
@@ -343,7 +352,8 @@ def real_table(groups: dict, plateau_stage: bool) -> list[str]:
 
 
 def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
-    """Validation perplexity against sequences seen, one thin line per seed, a dot at each run's best model."""
+    """Validation perplexity against sequences seen, one thin line per seed, a dot at each run's best model, a
+    dotted line at the equal-compute point."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 4.3))
     refs = {}
@@ -359,11 +369,22 @@ def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
             j = int(np.argmin(y))
             ax.plot([x[j] / r["args"]["sequence_length"]], [y[j]], "o", ms=4, color=colour)
             refs = {k: r["summary"].get(k) for k in ("uniform_ppl", "unigram_ppl")}
+            at = r["summary"].get("budget_at")
+            unit = "step" if "steps_done" in r["summary"] else "round"
+            budget = [row["tokens"] for row in r["rows"] if row.get(unit) == at and "tokens" in row]
     if not refs:
         plt.close(fig)
         return None
+    if budget:
+        ax.axvline(budget[0] / r["args"]["sequence_length"], ls=":", color="grey", lw=1, label="equal compute")
     return _finish_curves(fig, ax, refs, f"{title}\none line per seed; dots: each run's best-validation model (the "
                           "one tested)", path)
+
+
+def _blocks_per_update(run: dict) -> int:
+    """Training sequences per optimizer step (central) or per round (federated: all its clients)."""
+    s = run["summary"]
+    return round(s["train_tokens"] / (s.get("steps_done") or s["rounds_done"]) / run["args"]["sequence_length"])
 
 
 def real_report(root, figures) -> list[Path]:
@@ -385,11 +406,18 @@ def real_report(root, figures) -> list[Path]:
         L, shard, clients, stage = setting
         groups = {a: g for a in REAL_ARMS if (g := [r for r in runs if r["setting"] == setting and r["arm"] == a])}
         s = next(iter(groups.values()))[0]["summary"]
-        what = "at the plateau" if stage == "plateau" else "at equal compute (the same sequences for every arm)"
-        md += [f"## {L} layer{'s' if L > 1 else ''}, {shard} shards, {clients}: {what}", "",
-               *real_table(groups, stage == "plateau"), "",
+        name = f"{L} layer{'s' if L > 1 else ''}, {shard} shards, {clients}"
+        md += [f"## {name}: at the plateau", "", *real_table(groups, True), "",
                f"Reference points on the test articles: uniform {s['test_uniform_ppl']:.0f} / token, unigram "
                f"(fitted on the training articles) {s['test_unigram_ppl']:.1f} / token.", ""]
+        budget = {a: [_at_budget(r) for r in g if r["summary"].get("budget_test_ppl") is not None]
+                  for a, g in groups.items()}
+        if any(budget.values()):
+            md += [f"## {name}: at equal compute (the same training sequences for every arm: "
+                   f"{s['budget_at'] * _blocks_per_update(next(iter(groups.values()))[0]):,} for the first arm)", "",
+                   "The best-validation model of each run's first part, scored on the test articles (each plateau "
+                   "run keeps it: at a constant rate it is the shorter run exactly).", "",
+                   *real_table({a: g for a, g in budget.items() if g}, False), ""]
         path = _real_curves(groups, figures / f"real_L{L}_{shard}_{clients}_{stage}.png",
                             f"Mamba2 {L} layer{'s' if L > 1 else ''} on real WikiText-2, {shard} shards, {clients}, "
                             f"{stage}")

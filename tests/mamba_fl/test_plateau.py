@@ -59,6 +59,41 @@ def test_early_stop_waits_for_patience_and_keeps_the_best():
     assert again.summary() == stop.summary() and again.summary()["stopped"] == "plateau"
 
 
+def test_early_stop_keeps_the_budgets_best_and_never_stops_before_it():
+    stop = EarlyStop(patience=2, min_improvement=0.01, budget_at=5)
+    p = [torch.zeros(1)]
+    seen = []
+    for at, v in enumerate([10.0, 9.0, 9.5, 9.6, 9.7, 8.0], start=1):
+        p[0].fill_(v)
+        seen.append(stop.update(v, at, p))
+    # patience is spent at evaluation 4, where the run would stop without a budget; it stops at budget_at
+    assert seen == [False, False, False, False, True, True] and stop.stopped_at == 5
+    s = stop.summary()
+    assert (s["budget_at"], s["budget_best_val_ppl"], s["budget_best_at"]) == (5, 9.0, 2)
+    assert (s["best_val_ppl"], s["best_at"]) == (8.0, 6)
+    q = [torch.ones(1)]
+    stop.restore_(q, budget=True)
+    assert q[0].item() == 9.0
+    again = EarlyStop(2, budget_at=5)
+    again.load_state_dict(stop.state_dict())
+    again.restore_(q)
+    assert q[0].item() == 8.0 and again.summary() == s
+    assert "budget_at" not in EarlyStop(2).summary()
+
+
+def test_budget_result_of_a_long_run_is_the_short_runs_result(tiny, split_dir, tmp_path):
+    """--budget-at N in a longer run gives exactly what a run of N rounds reports: its best-validation model, its
+    validation and test perplexity (a constant rate: the short run is the long run's prefix). Federated only: central.py
+    reports through the same lmdata.reported_model and EarlyStop."""
+    base = ["--data-dir", str(split_dir), "--test", "--lr", "2e-2", "--eval-every", "1"]
+    short = fed_avg.main(tiny(*base, "--rounds", "3", "--out-dir", str(tmp_path / "short")))
+    long = fed_avg.main(tiny(*base, "--rounds", "6", "--budget-at", "3", "--out-dir", str(tmp_path / "long")))
+    assert long["budget_best_val_ppl"] == short["best_val_ppl"] and long["budget_best_at"] == short["best_at"]
+    assert long["budget_test_ppl"] == pytest.approx(short["test_ppl"], rel=1e-6)
+    assert long["budget_test_unigram_ppl"] == short["test_unigram_ppl"]
+    assert long["best_val_ppl"] <= short["best_val_ppl"] and long["stopped"] == "budget"
+
+
 def _never_reads_test(monkeypatch):
     real = Path.read_text
 

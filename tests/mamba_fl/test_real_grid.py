@@ -40,23 +40,36 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     assert picked["scores"]["central"]["0.03"] is None  # diverged: not a candidate
     second = real_grid.selection_plan(args, out, blocks, real_grid.PHASES[1], picked["chosen"])
     assert all(_flag(j.argv, "--lr") == "0.003" for j in second)  # the second phase at FedAvg's rate
+    assert len(second) == 7 and sum("--fisher-method" in j.argv for j in second) == 1
+    for j, ppl in zip(second, [70.0, 60.0, 65.0, 62.0, 61.0, 64.0, 59.0]):  # fedentropy x3, fedavgm x3, local
+        (out / "runs" / j.name).mkdir(parents=True)
+        (out / "runs" / j.name / "summary.json").write_text(json.dumps({"best_val_ppl": ppl, "unigram_ppl": 1e3}))
+    found = real_grid.choose(second)
+    assert found["chosen"]["fedentropy"] == {"--temperature": 1.0} and found["best_other"] == "fedfisher-local"
+    picked = {"chosen": picked["chosen"] | found["chosen"], "best_other": found["best_other"]}
 
-    plan = {j.name: j.argv for j in real_grid.reported_plan(args, out, blocks, picked["chosen"])}
-    assert all("--test" in a for a in plan.values())
+    plan = {j.name: j.argv for j in real_grid.reported_plan(args, out, blocks, picked)}
+    assert all("--test" in a and _flag(a, "--patience") == "5" for a in plan.values())
+    assert {n.split("_")[0] for n in plan} == {"central", "central-b4", "fedavg", "fedfisher", "fedfisher-local"}
     assert sum(n.startswith("fedfisher_L1_contiguous_k4m4_plateau") for n in plan) == 5  # the paired seeds
     assert sum(n.startswith("central_L1_contiguous_k4m4_plateau") for n in plan) == 3
-    c, b4 = plan["central_L1_contiguous_k4m4_budget_s0"], plan["central-b4_L1_contiguous_k4m4_budget_s0"]
-    fa = plan["fedavg_L1_contiguous_k4m4_budget_s0"]
-    samples = int(_flag(c, "--max-steps")) * int(_flag(c, "--batch-size"))
-    assert abs(samples - int(_flag(b4, "--max-steps")) * int(_flag(b4, "--batch-size"))) < 64
-    assert abs(samples - int(_flag(fa, "--rounds")) * 4 * int(_flag(fa, "--batch-size"))) < 64
-    assert int(_flag(b4, "--max-steps")) == int(_flag(fa, "--rounds"))  # equal sequential updates
-    assert "--patience" not in fa and _flag(plan["fedavg_L1_contiguous_k4m4_plateau_s0"], "--patience") == "5"
+    c, b4 = plan["central_L1_contiguous_k4m4_plateau_s0"], plan["central-b4_L1_contiguous_k4m4_plateau_s0"]
+    fa = plan["fedavg_L1_contiguous_k4m4_plateau_s0"]
+    # equal compute: every arm's evaluations and its budget point come after exactly the same training blocks
+    runs = {"c": c, "b4": b4, "fa": fa}
+    per = {k: int(_flag(a, "--batch-size")) * (4 if k == "fa" else 1) for k, a in runs.items()}
+    every = {k: int(_flag(a, "--eval-every" if k == "fa" else "--val-freq")) for k, a in runs.items()}
+    budget = {k: int(_flag(a, "--budget-at")) for k, a in runs.items()}
+    assert len({per[k] * every[k] for k in per}) == 1 and len({per[k] * budget[k] for k in per}) == 1
+    evals = args.budget_epochs / args.eval_epochs  # each evaluation rounds up by less than one round's blocks
+    assert 0 <= per["c"] * budget["c"] - args.budget_epochs * blocks < per["fa"] * evals
+    assert budget["b4"] == budget["fa"] == budget["c"] // 4  # equal sequential updates
     assert _flag(c, "--lr") == "0.01" and _flag(fa, "--lr") == "0.003"
     assert all(_flag(a, "--holdout-fraction") == "0.1" for n, a in plan.items() if not n.startswith("central"))
     everything = real_grid.reported_plan(cli.parse(real_grid.get_args_parser(), argv + ["--block", "all"]), out,
-                                         blocks, picked["chosen"])
+                                         blocks, picked)
     names = [j.name for j in everything]
+    assert {"fedentropy", "fedavgm", "fedfisher-local"} <= {n.split("_")[0] for n in names}
     assert len(names) == len(set(names)) and any("_topic_" in n for n in names) and any("k16m4" in n for n in names)
     assert {_flag(j.argv, "--seed") for j in everything if j.name.startswith("fedavg_L4")} == {"0"}
 
@@ -68,7 +81,8 @@ def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys):
 
     split = split_dir
     runs = tmp_path / "runs"
-    common = ["--data-dir", str(split), "--patience", "2", "--test", "--out-dir", str(runs), "--lr", "2e-2"]
+    common = ["--data-dir", str(split), "--patience", "2", "--test", "--out-dir", str(runs), "--lr", "2e-2",
+              "--budget-at", "2"]
     central.main(tiny(*common, "--max-steps", "3", "--run-name", "central_L1_contiguous_k2m2_plateau_s0"))
     for name, script in (("fedavg", fed_avg), ("fedfisher", fed_fisher)):
         script.main(tiny(*common, "--rounds", "3", "--eval-every", "1",
@@ -76,10 +90,13 @@ def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys):
     out = plot_mamba.main(["--runs", str(runs), "--out", str(tmp_path / "fig")])
     text = (tmp_path / "fig" / "results_real.md").read_text()
     assert "## 1 layer, contiguous shards, k2m2: at the plateau" in text
-    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    plateau, budget = text.split("at equal compute")
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in plateau.splitlines() if line.startswith("| ")}
     assert "reference" in lines["FedAvg (client AdamW, persistent moments)"]
     fisher = lines["FedFisher (per-example Fisher)"]
     assert "(n=1)" in fisher and "met the rule" in fisher and "central AdamW" in lines
     assert "unigram (fitted on the training articles)" in text
+    assert "## 1 layer, contiguous shards, k2m2: at equal compute" in text
+    assert "FedFisher (per-example Fisher)" in budget and "2 rounds" in budget and "2 steps" in budget
     assert [p for p in out["figures"] if p.endswith("real_L1_contiguous_k2m2_plateau.png")]
     assert not (tmp_path / "fig" / "results.md").exists()  # no synthetic-grid report of these runs
