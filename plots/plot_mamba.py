@@ -320,7 +320,8 @@ def real_setting(name: str) -> tuple | None:
 def _at_budget(run: dict) -> dict:
     """The run as its equal-compute point reports it (the best model of its first --budget-at steps or rounds)."""
     s = run["summary"]
-    done = {"steps_done" if "steps_done" in s else "rounds_done": s["budget_at"]}
+    done = {"steps_done" if "steps_done" in s else "rounds_done": s["budget_at"],
+            "budget_sequences": s["budget_at"] * _blocks_per_update(run)}
     return run | {"summary": s | {k: s.get(f"budget_{k}") for k in ("test_ppl", "test_ppl_word", "best_val_ppl",
                                                                     "best_at")} | done}
 
@@ -343,7 +344,7 @@ def real_table(groups: dict, plateau_stage: bool) -> list[str]:
         best = [r["summary"].get("best_at") for r in g]
         stopped = sum(r["summary"].get("stopped") == "plateau" for r in g)
         how = (f"{stopped}/{len(g)} met the rule; best at {unit} {', '.join(str(b) for b in best)}" if plateau_stage
-               else f"{done[0]} {unit}")
+               else f"{done[0]} {unit} ({g[0]['summary']['budget_sequences']:,} sequences)")
         rows.append([REAL_LABELS.get(arm, arm), cells[arm][0], cells[arm][1],
                      stats.fmt_seeds(R.by_seed(g, "test_ppl_word").values()),
                      stats.fmt_seeds(R.by_seed(g, "best_val_ppl").values()), how, _extra(arm, g)])
@@ -376,7 +377,8 @@ def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
         plt.close(fig)
         return None
     if budget:
-        ax.axvline(budget[0] / r["args"]["sequence_length"], ls=":", color="grey", lw=1, label="equal compute")
+        ax.axvline(budget[0] / r["args"]["sequence_length"], ls="--", color="0.6", lw=1,
+                   label="equal compute (--budget-at)")
     return _finish_curves(fig, ax, refs, f"{title}\none line per seed; dots: each run's best-validation model (the "
                           "one tested)", path)
 
@@ -413,10 +415,10 @@ def real_report(root, figures) -> list[Path]:
         budget = {a: [_at_budget(r) for r in g if r["summary"].get("budget_test_ppl") is not None]
                   for a, g in groups.items()}
         if any(budget.values()):
-            md += [f"## {name}: at equal compute (the same training sequences for every arm: "
-                   f"{s['budget_at'] * _blocks_per_update(next(iter(groups.values()))[0]):,} for the first arm)", "",
-                   "The best-validation model of each run's first part, scored on the test articles (each plateau "
-                   "run keeps it: at a constant rate it is the shorter run exactly).", "",
+            md += [f"## {name}: at equal compute", "",
+                   "The best-validation model of each run's first part (`--budget-at`: the same training sequences "
+                   "for every arm), scored on the test articles; each plateau run keeps it, and at a constant "
+                   "rate it is exactly the shorter run.", "",
                    *real_table({a: g for a, g in budget.items() if g}, False), ""]
         path = _real_curves(groups, figures / f"real_L{L}_{shard}_{clients}_{stage}.png",
                             f"Mamba2 {L} layer{'s' if L > 1 else ''} on real WikiText-2, {shard} shards, {clients}, "
