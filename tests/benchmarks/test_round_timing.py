@@ -80,16 +80,15 @@ def test_lora_timing_totals_continue_on_resume(tmp_path, monkeypatch):
 def test_bench_llm_round_quick(tmp_path, monkeypatch, capsys):
     out = tmp_path / "llm.json"
     rows = bench("bench_llm_round", monkeypatch).main(
-        ["--quick", "--algorithms", "fedavg", "scaffold", "--lora-r", "0", "4", "--json", str(out)])
-    assert json.loads(out.read_text()) == rows
-    assert [(r["algorithm"], r["lora_r"]) for r in rows] == [("fedavg", 0), ("scaffold", 0), ("fedavg", 4),
-                                                             ("scaffold", 4)]
+        ["--quick", "--algorithms", "scaffold", "--lora-r", "0", "4", "--json", str(out)])  # SCAFFOLD: the most
+    assert json.loads(out.read_text()) == rows                                          # round machinery
+    assert [(r["algorithm"], r["lora_r"]) for r in rows] == [("scaffold", 0), ("scaffold", 4)]
     for r in rows:
         assert r["rounds"] == 2 and r["train_tokens"] == 2 * 96 * 32  # one local epoch over every text
         assert 0 < r["client_s"] <= r["round_s"] and 0 <= r["overhead"] < 1
         assert r["overhead"] == pytest.approx(1 - r["client_s"] / r["round_s"], abs=0.02)
         assert r["tokens_per_s"] == pytest.approx(r["train_tokens"] / (2 * r["round_s"]), rel=1e-6)
-    assert rows[2]["trainable_params"] < rows[0]["trainable_params"]  # LoRA trains only the adapters
+    assert rows[1]["trainable_params"] < rows[0]["trainable_params"]  # LoRA trains only the adapters
     table = capsys.readouterr().out
     assert "| algorithm |" in table and "LoRA r=4" in table and "all parameters" in table
 
