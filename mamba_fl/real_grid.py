@@ -143,6 +143,15 @@ def job(out: Path, name: str, script: str, base: list[str], fl: list[str], test:
                                                       str(out / "runs"), "--run-name", name, "--quiet"])
 
 
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _candidate(flag: str, value) -> str:
+    """A selection run's name for one candidate: ``lr0.01``, ``fisher-method-local``."""
+    return f"{flag[2:]}{_shown(value)}" if isinstance(value, float) else f"{flag[2:]}-{value}"
+
+
 def selection_plan(args, out: Path, blocks: int, arms, chosen: dict) -> list[jobs.Job]:
     base = ["--layers", "1", "--seed", str(SELECTION_SEED), *MODEL, *split_flags(out)]
     plan = []
@@ -152,8 +161,7 @@ def selection_plan(args, out: Path, blocks: int, arms, chosen: dict) -> list[job
             script, fl = arm_flags(args, arm, blocks, args.select_epochs, args.clients, args.clients, False,
                                    chosen | {arm: {flag: v}})
             fl += [] if arm.startswith("central") else ["--shard", "contiguous"]
-            plan.append(job(out, f"select_{arm}_{flag[2:]}{v:g}" if isinstance(v, float) else
-                            f"select_{arm}_{flag[2:]}-{v}", script, base, fl, test=False))
+            plan.append(job(out, f"select_{arm}_{_candidate(flag, v)}", script, base, fl, test=False))
     return plan
 
 
@@ -165,8 +173,7 @@ def choose(plan: list[jobs.Job]) -> dict:
     for j in plan:
         arm, setting = j.name.split("_")[1:3]
         flag, values = CHOICES[arm]
-        value = next(v for v in values if setting in (f"{flag[2:]}{v:g}" if isinstance(v, float) else
-                                                      f"{flag[2:]}-{v}",))
+        value = next(v for v in values if _candidate(flag, v) == setting)
         s = jobs.summary_of(j) or {}
         ok = s.get("status", "complete") == "complete" and s.get("best_val_ppl", math.inf) < s.get("unigram_ppl", 0)
         scores.setdefault(arm, {})[value] = s.get("best_val_ppl") if ok else None
@@ -177,8 +184,7 @@ def choose(plan: list[jobs.Job]) -> dict:
             chosen[arm] = {CHOICES[arm][0]: min(good, key=good.get)}
             best[arm] = min(good.values())
     others = {a: best[a] for a in OTHERS if a in best}
-    return {"chosen": chosen, "scores": {a: {f"{v:g}" if isinstance(v, float) else v: p for v, p in d.items()}
-                                         for a, d in scores.items()},
+    return {"chosen": chosen, "scores": {a: {_shown(v): p for v, p in d.items()} for a, d in scores.items()},
             **({"best_other": min(others, key=others.get)} if others else {})}
 
 
