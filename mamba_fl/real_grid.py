@@ -18,6 +18,8 @@ continues a grid), into ``--out-dir``:
    the learning rate of central and FedAvg (the other arms take FedAvg's), then FedEntropy's temperature, FedAvgM's
    server learning rate and FedFisher ``--fisher-method local`` (no free setting). Of those three the one with the
    lowest score is the headline's "best other arm". A candidate that diverges or never gets below the unigram loses.
+   A winner at the edge of its candidates adds the next value beyond it (``EXTEND`` times at most): the FedAvg rate
+   on WikiText-2 won at 3e-2, the largest of the three, so 9e-2 ran too.
 3. **plateau** (the headline): central, central 4x batch, FedAvg and FedFisher (``--paired-seeds``: the source's
    claim gets more) and the best other arm, each to the plateau (``PATIENCE`` evaluations in a row, one pass over
    the training blocks, without a 1 % gain over the last gain; capped at ``--max-epochs`` passes), seeds
@@ -64,6 +66,7 @@ CHOICES = {"central": ("--lr", [3e-3, 1e-2, 3e-2]), "fedavg": ("--lr", [3e-3, 1e
            "fedentropy": ("--temperature", [0.1, 1.0, 10.0]), "fedavgm": ("--server-lr", [0.1, 0.3, 1.0]),
     "fedfisher-local": ("--fisher-method", ["local"])}  # no free setting: one candidate, for "the best other arm"
 PHASES = (("central", "fedavg"), ("fedentropy", "fedavgm", "fedfisher-local"))
+EXTEND = 2  # a choice at the edge of its candidates adds the next value beyond it, at most this many times
 OTHERS = PHASES[1]  # the headline runs the best of them (on validation); --block all runs all three
 
 
@@ -152,11 +155,12 @@ def _candidate(flag: str, value) -> str:
     return f"{flag[2:]}{_shown(value)}" if isinstance(value, float) else f"{flag[2:]}-{value}"
 
 
-def selection_plan(args, out: Path, blocks: int, arms, chosen: dict) -> list[jobs.Job]:
+def selection_plan(args, out: Path, blocks: int, arms, chosen: dict, candidates: dict | None = None) -> list[jobs.Job]:
+    """The selection runs of ``arms``: one per candidate (``candidates[arm]``, else ``CHOICES``)."""
     base = ["--layers", "1", "--seed", str(SELECTION_SEED), *MODEL, *split_flags(out)]
     plan = []
     for arm in arms:
-        flag, values = CHOICES[arm]
+        flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
         for v in values:
             script, fl = arm_flags(args, arm, blocks, args.select_epochs, args.clients, args.clients, False,
                                    chosen | {arm: {flag: v}})
@@ -165,14 +169,14 @@ def selection_plan(args, out: Path, blocks: int, arms, chosen: dict) -> list[job
     return plan
 
 
-def choose(plan: list[jobs.Job]) -> dict:
+def choose(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
     """{arm: {flag: value}} with the lowest best validation perplexity of the finished selection runs, every
     candidate's score, and the best of the ``OTHERS`` (by its chosen candidate's score); a run that diverged or
     stayed above its unigram does not count."""
     scores: dict = {}
     for j in plan:
         arm, setting = j.name.split("_")[1:3]
-        flag, values = CHOICES[arm]
+        flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
         value = next(v for v in values if _candidate(flag, v) == setting)
         s = jobs.summary_of(j) or {}
         ok = s.get("status", "complete") == "complete" and s.get("best_val_ppl", math.inf) < s.get("unigram_ppl", 0)
@@ -186,6 +190,37 @@ def choose(plan: list[jobs.Job]) -> dict:
     others = {a: best[a] for a in OTHERS if a in best}
     return {"chosen": chosen, "scores": {a: {_shown(v): p for v, p in d.items()} for a, d in scores.items()},
             **({"best_other": min(others, key=others.get)} if others else {})}
+
+
+def beyond_edge(values: list, best) -> list:
+    """``values`` with the next candidate past ``best`` when ``best`` is the smallest or largest of them (the
+    ratio to its neighbour once more: 1e-2, 3e-2 are followed by 9e-2), else unchanged: a choice at the edge of
+    its grid has not been shown to be the best."""
+    numeric = sorted(v for v in values if isinstance(v, float))
+    if len(numeric) < 2 or best not in (numeric[0], numeric[-1]):
+        return values
+    lo, hi = (numeric[0], numeric[1]) if best == numeric[0] else (numeric[-2], numeric[-1])
+    nxt = float(f"{(lo * lo / hi if best == lo else hi * hi / lo):.3g}")
+    return sorted([*values, nxt])
+
+
+def select(args, out: Path, blocks: int, arms, picked: dict, run) -> dict | None:
+    """Run the selection of ``arms`` (at ``picked``'s earlier choices), extending a candidate list whose best
+    value lies at its edge (``EXTEND`` times at most); return what ``choose`` found, or None when runs are
+    missing (a dry run, or an interrupted grid)."""
+    candidates = {a: list(CHOICES[a][1]) for a in arms}
+    for extension in range(EXTEND + 1):
+        sel = selection_plan(args, out, blocks, arms, picked["chosen"], candidates)
+        outcome = run(sel, f"mamba_fl real text: selection of {', '.join(arms)}"
+                           + (f" (extended {extension}x)" if extension else ""))
+        if not outcome.complete:  # a dry run shows the runs still to do, and goes on past finished ones
+            return None
+        found = choose(sel, candidates)
+        wider = {a: beyond_edge(candidates[a], found["chosen"][a][CHOICES[a][0]]) for a in found["chosen"]}
+        if extension == EXTEND or all(wider[a] == candidates[a] for a in wider):
+            return found
+        candidates |= wider
+    return None
 
 
 def reported_plan(args, out: Path, blocks: int, picked: dict) -> list[jobs.Job]:
@@ -225,16 +260,15 @@ def main(argv=None) -> dict:
     run = lambda plan, title, nxt="": jobs.run_plan(plan, parallel=args.jobs, log_dir=out / "logs",  # noqa: E731
                                                     dry_run=args.dry_run, title=title, next_step=nxt)
     picked: dict = {"chosen": {}, "scores": {}}
-    for i, arms in enumerate(PHASES):
-        sel = selection_plan(args, out, blocks, arms, picked["chosen"])
-        outcome = run(sel, f"mamba_fl real text: selection {i + 1} of {len(PHASES)}")
-        if not args.dry_run and not outcome.complete:
-            return {"selection": outcome.status}
-        if not args.dry_run:
-            found = choose(sel)
+    for arms in PHASES:
+        found = select(args, out, blocks, arms, picked, run)
+        if found is None and not args.dry_run:
+            return {"selection": "incomplete"}
+        if found is not None:
             picked = {k: picked[k] | found[k] for k in ("chosen", "scores")} | \
                 {k: found[k] for k in ("best_other",) if k in found}
-            atomic_write_json(out / "selection.json", picked)
+            if not args.dry_run:
+                atomic_write_json(out / "selection.json", picked)
             print(f"chosen on validation: {picked['chosen']}; best other arm: {picked.get('best_other')}",
                   flush=True)
     draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out mamba_fl/figures/real"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from common import cli
+from common import cli, jobs
 from mamba_fl import lmdata, real_grid
 
 
@@ -46,6 +46,10 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
         (out / "runs" / j.name / "summary.json").write_text(json.dumps({"best_val_ppl": ppl, "unigram_ppl": 1e3}))
     found = real_grid.choose(second)
     assert found["chosen"]["fedentropy"] == {"--temperature": 1.0} and found["best_other"] == "fedfisher-local"
+    assert real_grid.beyond_edge([0.1, 0.3, 1.0], 1.0) == [0.1, 0.3, 1.0, 3.33]
+    assert real_grid.beyond_edge([3e-3, 1e-2, 3e-2], 3e-3) == [9e-4, 3e-3, 1e-2, 3e-2]
+    assert real_grid.beyond_edge([0.1, 1.0, 10.0], 1.0) == [0.1, 1.0, 10.0]  # inside: unchanged
+    assert real_grid.beyond_edge(["local"], "local") == ["local"]
     picked = {"chosen": picked["chosen"] | found["chosen"], "best_other": found["best_other"]}
 
     plan = {j.name: j.argv for j in real_grid.reported_plan(args, out, blocks, picked)}
@@ -100,3 +104,34 @@ def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys):
     assert "FedFisher (per-example Fisher)" in budget and "2 rounds" in budget and "2 steps" in budget
     assert [p for p in out["figures"] if p.endswith("real_L1_contiguous_k2m2_plateau.png")]
     assert not (tmp_path / "fig" / "results.md").exists()  # no synthetic-grid report of these runs
+
+
+def test_selection_extends_a_choice_at_the_edge_of_its_grid(mamba_cache, tmp_path):
+    """A winner at the largest (smallest) candidate runs the next value beyond it, until one inside wins or
+    EXTEND extensions were made; the finished runs are not run again."""
+    folder, _ = lmdata._synthetic_dir(mamba_cache)
+    out = tmp_path / "grid"
+    argv = ["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"), "--out-dir", str(out)]
+    args = cli.parse(real_grid.get_args_parser(), argv)
+    real_grid.main(argv + ["--dry-run"])  # the split
+    blocks = real_grid.train_blocks(out)
+    ppl = {"central": {3e-3: 80.0, 1e-2: 70.0, 3e-2: 75.0}, "fedavg": {3e-3: 90.0, 1e-2: 85.0, 3e-2: 80.0,
+                                                                    9e-2: 78.0, 0.27: 79.0}}
+    ran = []
+
+    def run(plan, title):  # stands in for jobs.run_plan: "trains" each run by writing its summary
+        for j in plan:
+            arm, setting = j.name.split("_")[1:3]
+            value = float(setting[2:])
+            path = out / "runs" / j.name / "summary.json"
+            if not path.is_file():
+                ran.append(j.name)
+                path.parent.mkdir(parents=True)
+                path.write_text(json.dumps({"best_val_ppl": ppl[arm][value], "unigram_ppl": 1e3}))
+        return jobs.Outcome(status={j.name: "finished" for j in plan}, messages={}, seconds=0.0)
+
+    found = real_grid.select(args, out, blocks, ("central", "fedavg"), {"chosen": {}, "scores": {}}, run)
+    assert found["chosen"] == {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.09}}
+    assert ran.count("select_fedavg_lr0.09") == 1 and ran.count("select_fedavg_lr0.27") == 1  # 0.09 at the edge
+    assert len(ran) == len(set(ran)) == 8 and not any("central_lr0.1" in n or "0.001" in n for n in ran)
+    assert found["scores"]["fedavg"]["0.27"] == 79.0
