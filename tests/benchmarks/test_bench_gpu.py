@@ -58,3 +58,19 @@ def test_a_failing_compiled_step_becomes_an_error_row(bench_gpu):
         bench_gpu.timed_row(broken, torch.device("cpu"), a, {"compile": False, "items_per_step": 4})
     ok = bench_gpu.timed_row(lambda: None, torch.device("cpu"), a, {"compile": True, "items_per_step": 4})
     assert ok["throughput"] == 4 / ok["step_s"] and "error" not in ok
+
+
+def test_kernel_check_compares_two_processes(tmp_path):
+    """check_mamba_kernels.py runs each path in a process of its own from the same seed: the reference path
+    against itself must agree exactly (a CPU has no kernel path; on CUDA the same code compares mamba-ssm)."""
+    import math
+    import subprocess
+
+    out = tmp_path / "kernels.json"
+    subprocess.run([sys.executable, str(BENCH / "check_mamba_kernels.py"), "--quick", "--device", "cpu", "--paths",
+                    "torch", "torch", "--layers", "1", "--steps", "2", "--warmup", "0", "--json", str(out)], check=True)
+    rows = json.loads(out.read_text())
+    assert [r["path"] for r in rows] == ["torch", "torch"]
+    assert abs(rows[0]["loss_float32"] - math.log(256)) < 0.5  # an untrained model: about a uniform guess
+    assert rows[1]["loss_diff_float32"] == 0.0 and rows[1]["grad_rel_diff_float32"] == 0.0
+    assert all(r["ms"] > 0 and r["tokens_per_s"] > 0 and "loss_bf16" not in r for r in rows)
