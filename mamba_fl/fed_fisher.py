@@ -103,14 +103,19 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     return p
 
 
-def main(argv=None) -> dict:
-    args = cli.parse(get_args_parser(), argv)
+def check_args(args) -> None:
+    """The combinations this script refuses (one line, exit 2), before anything runs."""
     cli.check(args.fisher_method != "local" or args.fisher_labels == "empirical",
               "--fisher-method local reuses the training gradients: its labels are the data's (--fisher-labels "
               "empirical)")
     cli.check(args.fisher_method != "local" or args.local_updates >= 2,
               f"--fisher-method local pairs consecutive local steps: needs --local-updates >= 2, "
               f"got {args.local_updates}")
+
+
+def main(argv=None) -> dict:
+    args = cli.parse(get_args_parser(), argv)
+    check_args(args)
     return federated.run(args, METHOD)
 
 

@@ -61,6 +61,9 @@ FEDERATED = {  # arm -> (script, flags)
     "fedentropy": ("fed_entropy.py", ["--entropy-blocks", "16"]),
     "fedavgm": ("fed_momentum.py", ["--momentum-form", "heavy-ball", "--server-momentum", "0.9"]),
 }
+# FedFisher --fisher-method local estimates the Fisher from pairs of consecutive local steps, so its clients take
+# 2 steps of half the batch a round: the same blocks a round as every other arm, twice the sequential updates
+LOCAL_UPDATES = {"fedfisher-local": 2}
 # what the selection stage chooses, per arm: (flag, candidates); the second phase at FedAvg's chosen rate
 CHOICES = {"central": ("--lr", [3e-3, 1e-2, 3e-2]), "fedavg": ("--lr", [3e-3, 1e-2, 3e-2]),
            "fedentropy": ("--temperature", [0.1, 1.0, 10.0]), "fedavgm": ("--server-lr", [0.1, 0.3, 1.0]),
@@ -132,7 +135,10 @@ def arm_flags(args, arm: str, blocks: int, epochs: float, clients: int, per_roun
         return "central.py", ["--batch-size", str(per), "--max-steps", str(steps_for(epochs, blocks, per)),
                               "--val-freq", str(every), *lr, *stop]
     script, extra = FEDERATED[arm]
-    fl = ["--num-clients", str(clients), "--clients-per-round", str(per_round), "--batch-size", str(b),
+    local = LOCAL_UPDATES.get(arm, 1)  # a client's round trains on b blocks whatever its number of steps
+    cli.check(b % local == 0, f"--batch-size {b} does not split into the {local} local steps of {arm}")
+    fl = ["--num-clients", str(clients), "--clients-per-round", str(per_round), "--batch-size", str(b // local),
+          *(["--local-updates", str(local)] if local > 1 else []),
           "--rounds", str(steps_for(epochs, blocks, per)), "--eval-every", str(every),
           "--holdout-fraction", str(HOLDOUT), *lr, *extra, *stop]
     for flag, value in chosen.get(arm, {}).items():

@@ -135,3 +135,32 @@ def test_selection_extends_a_choice_at_the_edge_of_its_grid(mamba_cache, tmp_pat
     assert ran.count("select_fedavg_lr0.09") == 1 and ran.count("select_fedavg_lr0.27") == 1  # 0.09 at the edge
     assert len(ran) == len(set(ran)) == 8 and not any("central_lr0.1" in n or "0.001" in n for n in ran)
     assert found["scores"]["fedavg"]["0.27"] == 79.0
+
+
+def test_every_planned_command_passes_its_scripts_checks(mamba_cache, tmp_path):
+    """Each selection and plateau command of the whole grid parses with its script's parser and passes the
+    script's own refusals (FedFisher --fisher-method local needs 2 local steps: its clients take 2 of half the
+    batch), and every federated arm trains on the same blocks a round."""
+    import importlib
+
+    folder, _ = lmdata._synthetic_dir(mamba_cache)
+    out = tmp_path / "grid"
+    argv = ["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"), "--out-dir", str(out),
+            "--block", "all"]
+    args = cli.parse(real_grid.get_args_parser(), argv)
+    real_grid.main(argv + ["--dry-run"])
+    blocks = real_grid.train_blocks(out)
+    chosen = {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.03}, "fedentropy": {"--temperature": 1.0},
+              "fedavgm": {"--server-lr": 0.3}}
+    plan = [*(j for arms in real_grid.PHASES for j in real_grid.selection_plan(args, out, blocks, arms, chosen)),
+            *real_grid.reported_plan(args, out, blocks, {"chosen": chosen, "best_other": "fedfisher-local"})]
+    per_round = set()
+    for j in plan:
+        script = importlib.import_module(j.script)
+        parsed = cli.parse(script.get_args_parser(), j.argv)
+        getattr(script, "check_args", lambda a: None)(parsed)
+        if j.name.startswith("fed") and "_k4m4_" in j.name:
+            per_round.add(parsed.local_updates * parsed.batch_size)
+    assert per_round == {args.batch_size}
+    local = [j for j in plan if j.name.startswith(("fedfisher-local", "select_fedfisher-local"))]
+    assert local and all(_flag(j.argv, "--local-updates") == "2" for j in local)
