@@ -14,7 +14,8 @@ continues a grid), into ``--out-dir``:
    (80 / 10 / 10 %, ``split_wikitext.py``). Every run fits its BPE tokenizer on the training articles only and
    never reads the test articles; reported runs score their best-validation model on them once, at the end.
 2. **selection** (seed 100, 1 layer, contiguous shards, validation only; ``selection.json``): each candidate
-   value of each arm's free setting runs ``--select-epochs`` passes and the lowest best validation perplexity wins:
+   value of each arm's free setting runs to the plateau rule of step 3 (``--select-at budget``: a fixed
+   ``--select-epochs`` passes) and the lowest best validation perplexity wins:
    the learning rate of central and FedAvg (the other arms take FedAvg's), then FedEntropy's temperature, FedAvgM's
    server learning rate and FedFisher ``--fisher-method local`` (no free setting). Of those three the one with the
    lowest score is the headline's "best other arm". A candidate that diverges or never gets below the unigram loses.
@@ -93,6 +94,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=flags.POSITIVE, default=40.0,
                    help="the cap of a plateau run, in passes over the training blocks")
     p.add_argument("--budget-epochs", type=flags.POSITIVE, default=4.0, help="the equal-compute budget")
+    p.add_argument("--select-at", choices=("plateau", "budget"), default="plateau",
+                   help="plateau: each selection run stops by the reported runs' plateau rule, so a rate is chosen "
+                        "for where it is reported; budget: a fixed --select-epochs passes (cheaper, but favours "
+                        "rates that learn fast and plateau higher)")
     p.add_argument("--select-epochs", type=flags.POSITIVE, default=4.0,
                    help="the selection runs' length (a fixed budget: twelve runs to the plateau would take longer "
                         "than the headline)")
@@ -168,8 +173,9 @@ def selection_plan(args, out: Path, blocks: int, arms, chosen: dict, candidates:
     for arm in arms:
         flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
         for v in values:
-            script, fl = arm_flags(args, arm, blocks, args.select_epochs, args.clients, args.clients, False,
-                                   chosen | {arm: {flag: v}})
+            plateau = args.select_at == "plateau"
+            script, fl = arm_flags(args, arm, blocks, args.max_epochs if plateau else args.select_epochs,
+                                   args.clients, args.clients, plateau, chosen | {arm: {flag: v}})
             fl += [] if arm.startswith("central") else ["--shard", "contiguous"]
             plan.append(job(out, f"select_{arm}_{_candidate(flag, v)}", script, base, fl, test=False))
     return plan

@@ -24,8 +24,14 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     sel = real_grid.selection_plan(args, out, blocks, real_grid.PHASES[0], {})
     assert len(sel) == 6 and all(_flag(j.argv, "--seed") == "100" and "--test" not in j.argv for j in sel)
     assert {_flag(j.argv, "--lr") for j in sel} == {"0.003", "0.01", "0.03"}
-    assert all("--patience" not in j.argv for j in sel)  # a fixed budget of --select-epochs passes
-    assert _flag(sel[0].argv, "--max-steps") == str(real_grid.steps_for(args.select_epochs, blocks, args.batch_size))
+    # each chosen where it is reported: to the plateau rule of the reported runs, capped alike
+    assert all(_flag(j.argv, "--patience") == "5" for j in sel)
+    assert _flag(sel[0].argv, "--max-steps") == str(real_grid.steps_for(args.max_epochs, blocks, args.batch_size))
+    budget = real_grid.selection_plan(cli.parse(real_grid.get_args_parser(), argv + ["--select-at", "budget"]), out,
+                                      blocks, real_grid.PHASES[0], {})
+    assert all("--patience" not in j.argv for j in budget)  # a fixed budget of --select-epochs passes
+    assert _flag(budget[0].argv, "--max-steps") == str(real_grid.steps_for(args.select_epochs, blocks,
+                                                                           args.batch_size))
 
     # the selection: lowest best validation perplexity among runs that finished below their unigram
     scores = {"select_central_lr0.003": (80.0, "complete"), "select_central_lr0.01": (70.0, "complete"),
