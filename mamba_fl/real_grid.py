@@ -19,8 +19,8 @@ continues a grid), into ``--out-dir``:
    the learning rate of central and FedAvg (the other arms take FedAvg's), then FedEntropy's temperature, FedAvgM's
    server learning rate and FedFisher ``--fisher-method local`` (no free setting). Of those three the one with the
    lowest score is the headline's "best other arm". A candidate that diverges or never gets below the unigram loses.
-   A winner at the edge of its candidates adds the next value beyond it (``EXTEND`` times at most): the FedAvg rate
-   on WikiText-2 won at 3e-2, the largest of the three, so 9e-2 ran too.
+   A winner at the edge of its candidates adds the next value beyond it (``EXTEND`` times at most), so no choice
+   is left at the edge of a grid unless the extensions run out.
 3. **plateau** (the headline): central, central 4x batch, FedAvg and FedFisher (``--paired-seeds``: the source's
    claim gets more) and the best other arm, each to the plateau (``PATIENCE`` evaluations in a row, one pass over
    the training blocks, without a 1 % gain over the last gain; capped at ``--max-epochs`` passes), seeds
@@ -99,8 +99,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "for where it is reported; budget: a fixed --select-epochs passes (cheaper, but favours "
                         "rates that learn fast and plateau higher)")
     p.add_argument("--select-epochs", type=flags.POSITIVE, default=4.0,
-                   help="the selection runs' length (a fixed budget: twelve runs to the plateau would take longer "
-                        "than the headline)")
+                   help="with --select-at budget: the selection runs' length, in passes")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     return p
 
@@ -169,11 +168,10 @@ def _candidate(flag: str, value) -> str:
 def selection_plan(args, out: Path, blocks: int, arms, chosen: dict, candidates: dict | None = None) -> list[jobs.Job]:
     """The selection runs of ``arms``: one per candidate (``candidates[arm]``, else ``CHOICES``)."""
     base = ["--layers", "1", "--seed", str(SELECTION_SEED), *MODEL, *split_flags(out)]
-    plan = []
+    plan, plateau = [], args.select_at == "plateau"
     for arm in arms:
         flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
         for v in values:
-            plateau = args.select_at == "plateau"
             script, fl = arm_flags(args, arm, blocks, args.max_epochs if plateau else args.select_epochs,
                                    args.clients, args.clients, plateau, chosen | {arm: {flag: v}})
             fl += [] if arm.startswith("central") else ["--shard", "contiguous"]
