@@ -233,9 +233,10 @@ def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
                           "(min to max)", path)
 
 
-def _finish_curves(fig, ax, refs: dict, title: str, path) -> Path:
+def _finish_curves(fig, ax, refs: dict, title: str, path, legend_ax=None) -> Path:
     """The per-token reference lines (the source's optimum is per word and has no place on this axis:
-    results.md), a log axis reaching the uniform guess, labels, the legend; saved to ``path``."""
+    results.md), a log axis reaching the uniform guess, labels, the legend (right of ``legend_ax``, default
+    ``ax``); saved to ``path``."""
     reference_lines(ax, {k: refs.get(k) for k in ("uniform_ppl", "unigram_ppl")})
     ax.set_yscale("log")
     if refs.get("uniform_ppl"):
@@ -243,7 +244,9 @@ def _finish_curves(fig, ax, refs: dict, title: str, path) -> Path:
     ax.set_xlabel("training sequences seen (all clients together)")
     ax.set_ylabel("validation perplexity per token (log)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    handles, labels = ax.get_legend_handles_labels()
+    (legend_ax or ax).legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                             framealpha=0.9)
     return R.savefig(fig, path)[0]
 
 
@@ -354,33 +357,43 @@ def real_table(groups: dict, plateau_stage: bool) -> list[str]:
 
 def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
     """Validation perplexity against sequences seen, one thin line per seed, a dot at each run's best model, a
-    dotted line at the equal-compute point."""
+    dotted line at the equal-compute point; left the whole run down from the uniform guess (log), right the
+    plateau on a linear axis (the second half of training, where the arms' gaps are a few percent)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 4.3))
-    refs = {}
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 4.3), gridspec_kw={"width_ratios": [1, 1]})
+    refs, xmax, best, budget = {}, 0.0, [], []
     for arm, g in groups.items():
         colour = None
         for i, r in enumerate(g):
             x, y = R.series(r, "val_ppl", "tokens")
             if not x.size:
                 continue
-            line, = ax.plot(x / r["args"]["sequence_length"], y, lw=1, alpha=0.8, color=colour,
-                            label=f"{REAL_LABELS.get(arm, arm)} (n={len(g)})" if i == 0 else None)
-            colour = line.get_color()
+            x = x / r["args"]["sequence_length"]
             j = int(np.argmin(y))
-            ax.plot([x[j] / r["args"]["sequence_length"]], [y[j]], "o", ms=4, color=colour)
+            for a in (ax, zoom):
+                line, = a.plot(x, y, lw=1, alpha=0.8, color=colour,
+                               label=f"{REAL_LABELS.get(arm, arm)} (n={len(g)})" if i == 0 and a is ax else None)
+                colour = line.get_color()
+                a.plot([x[j]], [y[j]], "o", ms=4, color=colour)
+            xmax, best = max(xmax, float(x[-1])), best + [float(y[j])]
             refs = {k: r["summary"].get(k) for k in ("uniform_ppl", "unigram_ppl")}
             at = r["summary"].get("budget_at")
             unit = "step" if "steps_done" in r["summary"] else "round"
-            budget = [row["tokens"] for row in r["rows"] if row.get(unit) == at and "tokens" in row]
+            budget = [row["tokens"] / r["args"]["sequence_length"] for row in r["rows"]
+                      if row.get(unit) == at and "tokens" in row]
     if not refs:
         plt.close(fig)
         return None
-    if budget:
-        ax.axvline(budget[0] / r["args"]["sequence_length"], ls="--", color="0.6", lw=1,
-                   label="equal compute (--budget-at)")
+    for a in (ax, zoom):
+        if budget:
+            a.axvline(budget[0], ls="--", color="0.6", lw=1, label="equal compute (--budget-at)" if a is ax else None)
+    zoom.set_xlim(xmax / 2, xmax * 1.02)
+    zoom.set_ylim(0.97 * min(best), 1.15 * max(best))
+    zoom.set_xlabel("training sequences seen (all clients together)")
+    zoom.set_ylabel("validation perplexity per token")
+    zoom.set_title("the plateau (second half, linear axis)", fontsize=9)
     return _finish_curves(fig, ax, refs, f"{title}\none line per seed; dots: each run's best-validation model (the "
-                          "one tested)", path)
+                          "one tested)", path, legend_ax=zoom)
 
 
 def _blocks_per_update(run: dict) -> int:
