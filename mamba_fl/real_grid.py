@@ -21,6 +21,8 @@ continues a grid), into ``--out-dir``:
    lowest score is the headline's "best other arm". A candidate that diverges or never gets below the unigram loses.
    A winner at the edge of its candidates adds the next value beyond it (``EXTEND`` times at most), so no choice
    is left at the edge of a grid unless the extensions run out.
+   The reported runs of central, FedAvg and FedFisher (step 3) need only the first phase's rates, so they run
+   between the two phases: the source's question is answered before the other arms are chosen.
 3. **plateau** (the headline): central, central 4x batch, FedAvg and FedFisher (``--paired-seeds``: the source's
    claim gets more) and the best other arm, each to the plateau (``PATIENCE`` evaluations in a row, one pass over
    the training blocks, without a 1 % gain over the last gain; capped at ``--max-epochs`` passes), seeds
@@ -270,7 +272,7 @@ def main(argv=None) -> dict:
     run = lambda plan, title, nxt="": jobs.run_plan(plan, parallel=args.jobs, log_dir=out / "logs",  # noqa: E731
                                                     dry_run=args.dry_run, title=title, next_step=nxt)
     picked: dict = {"chosen": {}, "scores": {}}
-    for arms in PHASES:
+    for phase, arms in enumerate(PHASES):
         found = select(args, out, blocks, arms, picked, run)
         if found is None and not args.dry_run:
             return {"selection": "incomplete"}
@@ -281,6 +283,9 @@ def main(argv=None) -> dict:
                 atomic_write_json(out / "selection.json", picked)
             print(f"chosen on validation: {picked['chosen']}; best other arm: {picked.get('best_other')}",
                   flush=True)
+        if phase == 0:  # the source's arms need only the first phase's rates: they run before the rest is chosen
+            run([j for j in reported_plan(args, out, blocks, picked) if j.name.split("_")[0] not in OTHERS],
+                "mamba_fl real text: central, FedAvg, FedFisher")
     draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out mamba_fl/figures/real"
     outcome = run(reported_plan(args, out, blocks, picked), "mamba_fl real text", draw)
     if outcome.complete and not args.dry_run:  # the tables and figures of a complete grid

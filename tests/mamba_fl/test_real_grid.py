@@ -170,3 +170,32 @@ def test_every_planned_command_passes_its_scripts_checks(mamba_cache, tmp_path):
     assert per_round == {args.batch_size}
     local = [j for j in plan if j.name.startswith(("fedfisher-local", "select_fedfisher-local"))]
     assert local and all(_flag(j.argv, "--local-updates") == "2" for j in local)
+
+
+def test_the_sources_arms_run_between_the_two_selection_phases(mamba_cache, tmp_path, monkeypatch):
+    """central, central-b4, FedAvg and FedFisher need only the first phase's rates: main runs them before the
+    second phase's selection, and the best other arm after it; the whole grid then counts as complete."""
+    folder, _ = lmdata._synthetic_dir(mamba_cache)
+    out = tmp_path / "grid"
+    order = []
+
+    def run_plan(plan, **kw):  # stands in for jobs.run_plan: "trains" each run by writing its summary
+        for j in plan:
+            path = out / "runs" / j.name / "summary.json"
+            if not path.is_file():
+                order.append(j.name)
+                path.parent.mkdir(parents=True)
+                ppl = 50.0 + len(order) % 7 if j.name.startswith("select_") else 60.0
+                path.write_text(json.dumps({"best_val_ppl": ppl, "unigram_ppl": 1e3}))
+        return jobs.Outcome(status={j.name: "finished" for j in plan}, messages={}, seconds=0.0)
+
+    monkeypatch.setattr(real_grid.jobs, "run_plan", run_plan)
+    monkeypatch.setattr(real_grid.subprocess, "run", lambda *a, **k: None)  # no figures of stand-in runs
+    done = real_grid.main(["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"),
+                           "--out-dir", str(out)])
+    assert done["complete"] and done["best_other"] in real_grid.OTHERS
+    first = lambda prefix: next(i for i, n in enumerate(order) if n.startswith(prefix))  # noqa: E731
+    last = lambda prefix: max(i for i, n in enumerate(order) if n.startswith(prefix))  # noqa: E731
+    assert last("select_fedavg_") < first("central_L1") and last("fedfisher_L2") < first("select_fedentropy")
+    assert last("select_fedfisher-local") < first(f"{done['best_other']}_L1")
+    assert len(order) == len(set(order))
