@@ -115,13 +115,19 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert s["runs"] == 5 and "5 runs: 5 done before, 0 to run" in printed
     assert f"next: python llm_noniid/run_experiments.py --mode analyze --out-dir {root}" in printed
-    # the same runs one after another: the same numbers (they depend on the thread count only)
-    E.main(["--mode", "calibrate", "--out-dir", str(tmp_path / "serial"), "--rounds", "2", "--seeds", "0",
-            "--jobs", "1", "--", *TINY])
-    for run in (tmp_path / "serial" / "runs").iterdir():
-        a, b = (json.loads((d / run.name / "summary.json").read_text()) for d in (root / "runs", tmp_path / "serial"
-                                                                                    / "runs"))
-        assert a["final_val_ppl"] == b["final_val_ppl"] or a["status"] == b["status"] == "diverged", run.name
+    # two runs removed and run again one after another: only they run, with the same numbers (they depend on the
+    # thread count only, not on --jobs)
+    import shutil
+
+    again = sorted((root / "runs").iterdir())[:2]
+    before = {run.name: json.loads((run / "summary.json").read_text()) for run in again}
+    for run in again:
+        shutil.rmtree(run)
+    E.main([*argv, "--jobs", "1", "--", *TINY])
+    assert "5 runs: 3 done before, 2 to run" in capsys.readouterr().out
+    for name, a in before.items():
+        b = json.loads((root / "runs" / name / "summary.json").read_text())
+        assert a["final_val_ppl"] == b["final_val_ppl"] or a["status"] == b["status"] == "diverged", name
     capsys.readouterr()
     E.main(["--mode", "analyze", "--out-dir", str(root)])
     assert capsys.readouterr().out.rstrip().endswith(f"report: {root / 'report.md'}")
