@@ -5,6 +5,7 @@ training of Mamba2 LMs, and does any aggregator (FedFisher above all) beat FedAv
     python mamba_fl/real_grid.py --block all      # + the other arms, topic shards, 16 clients (4 a round),
                                                   #   4 layers (1 seed)
     python mamba_fl/real_grid.py --dry-run        # the commands, nothing run
+    python mamba_fl/real_grid.py --only "*_L2_*"  # the selection, then only the 2-layer block
 
 Stages, through ``common.jobs`` (finished runs are skipped and interrupted ones resumed: the same command
 continues a grid), into ``--out-dir``:
@@ -44,6 +45,7 @@ The model is the synthetic grid's Mamba2 shrunk to d_model 32 and a 1,024-token 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import math
 import subprocess
 import sys
@@ -102,6 +104,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "rates that learn fast and plateau higher)")
     p.add_argument("--select-epochs", type=flags.POSITIVE, default=4.0,
                    help="with --select-at budget: the selection runs' length, in passes")
+    p.add_argument("--only", nargs="+", default=None, metavar="PATTERN",
+                   help="train only the reported runs whose names match one of these shell patterns (e.g. "
+                        "'*_L2_*': the 2-layer block); the selection always runs, since the choices depend on it")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     return p
 
@@ -255,7 +260,7 @@ def reported_plan(args, out: Path, blocks: int, picked: dict) -> list[jobs.Job]:
                     base += ["--shard", shard]
                 script, fl = arm_flags(args, arm, blocks, args.max_epochs, k, m, True, chosen)
                 plan.append(job(out, f"{arm}_L{L}_{shard}_k{k}m{m}_plateau_s{s}", script, base, fl, test=True))
-    return plan
+    return plan if args.only is None else [j for j in plan if any(fnmatch.fnmatch(j.name, p) for p in args.only)]
 
 
 def main(argv=None) -> dict:
@@ -288,7 +293,7 @@ def main(argv=None) -> dict:
                 "mamba_fl real text: central, FedAvg, FedFisher")
     draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out mamba_fl/figures/real"
     outcome = run(reported_plan(args, out, blocks, picked), "mamba_fl real text", draw)
-    if outcome.complete and not args.dry_run:  # the tables and figures of a complete grid
+    if outcome.complete and not args.dry_run and args.only is None:  # the tables and figures of a complete grid
         print(f"$ {draw}", flush=True)
         subprocess.run([sys.executable, str(ROOT / "plots" / "plot_mamba.py"), "--runs", str(out / "runs"),
                         "--out", "mamba_fl/figures/real"], check=False)

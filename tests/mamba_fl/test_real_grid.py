@@ -82,6 +82,10 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     assert {"fedentropy", "fedavgm", "fedfisher-local"} <= {n.split("_")[0] for n in names}
     assert len(names) == len(set(names)) and any("_topic_" in n for n in names) and any("k16m4" in n for n in names)
     assert {_flag(j.argv, "--seed") for j in everything if j.name.startswith("fedavg_L4")} == {"0"}
+    only = real_grid.reported_plan(cli.parse(real_grid.get_args_parser(), argv + ["--only", "*_L2_*", "central_*"]),
+                                   out, blocks, picked)  # a part of the grid: the same runs, fewer of them
+    assert [j.name for j in only] == [n for n in plan if "_L2_" in n or n.startswith("central_")]
+    assert all(j.argv == plan[j.name] for j in only) and any(n.startswith("central_L1") for n in plan)
 
 
 def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys):
