@@ -37,6 +37,7 @@ SIGTERM (``kill <pid>``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -50,6 +51,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from common import flags
 from common.checkpoint import round_trip_json
 from common.config import parse_with_config
 from common.errors import EXIT_DIVERGED, UsageError, check
@@ -128,6 +130,9 @@ def expected_args(job: Job) -> tuple[dict, object]:
     """The job's arguments as its script's parser reads them (as args.json would hold them), and the parser."""
     parser = importlib.import_module(job.script).get_args_parser()
     args = parse_with_config(parser, job.argv)  # --config YAML values and --quick presets, as the script reads them
+    if getattr(args, "clients_per_round", None) is not None and hasattr(args, "num_clients"):
+        with contextlib.suppress(UsageError):  # the rate the script derives from the count (a bad count: its error)
+            flags.resolve_clients_per_round(args)
     return round_trip_json(vars(args)), parser
 
 

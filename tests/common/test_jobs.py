@@ -20,7 +20,7 @@ from common import jobs
 # its pid in pid.txt. --fail exits 2 as a bad input would; --diverge exits 3.
 SCRIPT = '''
 import os, sys, time
-from common import cli, runlog
+from common import cli, flags, runlog
 
 def get_args_parser(add_help=True):
     p = cli.ArgumentParser(add_help=add_help)
@@ -30,11 +30,15 @@ def get_args_parser(add_help=True):
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--fail", action="store_true")
     p.add_argument("--diverge", action="store_true")
+    p.add_argument("--num-clients", type=int, default=4)
+    p.add_argument("--participation-rate", type=float, default=1.0)
+    flags.add_clients_per_round(p)
     p.presets = {"quick": {"steps": 2, "lr": 0.5}}
     return p
 
 def main(argv=None):
     args = cli.parse(get_args_parser(), argv)
+    flags.resolve_clients_per_round(args)  # args.json holds the rate derived from --clients-per-round
     cli.check(not args.fail, "--fail given")
     rd = runlog.RunDir(args.out_dir, args.run_name, args, resume=args.resume, kind="tinyjob").claim()
     (rd.path / "pid.txt").write_text(str(os.getpid()))
@@ -110,6 +114,17 @@ def test_runs_with_quick_presets_or_a_yaml_config_count_as_done(tiny, tmp_path, 
     assert [jobs.classify(j).kind for j in plan] == ["done", "done"]
     cfg.write_text("steps: 5\n")
     assert jobs.classify(plan[1]).detail == "--steps saved 4, now 5"
+    capsys.readouterr()
+
+
+def test_a_rate_derived_from_clients_per_round_counts_as_the_same_arguments(tiny, capsys):
+    """--clients-per-round m sets the saved --participation-rate to m / K: a finished run asked for again the same
+    way is done (it was 'other arguments', so a grid with 16 clients, 4 a round, could never be continued)."""
+    plan = [job(tiny, "m", "--num-clients", "8", "--clients-per-round", "2")]
+    assert jobs.run_plan(plan, log_dir=tiny / "logs").status == {"m": "finished"}
+    assert json.loads((tiny / "m" / "args.json").read_text())["args"]["participation_rate"] == 0.25
+    assert jobs.classify(plan[0]).kind == "done"
+    assert jobs.classify(job(tiny, "m", "--num-clients", "8", "--clients-per-round", "4")).kind == "other"
     capsys.readouterr()
 
 
