@@ -268,6 +268,12 @@ def main(argv=None) -> dict:
     for f in args.data:
         cli.check(Path(f).is_file(), f"--data {f}: no such file (the WikiText-2 files to split)")
     out = cli.check_out_dir(args.out_dir)
+    if args.only:  # a pattern that names no run of this grid is a typo, refused before anything is written
+        names = {j.name for other in OTHERS for j in reported_plan(argparse.Namespace(**{**vars(args), "only": None}),
+                                                                   out, 1, {"best_other": other})}
+        unmatched = [p for p in args.only if not fnmatch.filter(names, p)]
+        cli.check(not unmatched, f"--only {' '.join(unmatched)}: no run of this grid (--block {args.block}) has such a "
+                                 f"name; they look like fedavg_L2_contiguous_k4m4_plateau_s0")
     from mamba_fl import split_wikitext
 
     if not (out / "split" / "split.json").is_file():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 
 import pytest
 from clicases import LLM_SMOKE
@@ -117,8 +118,6 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     assert f"next: python llm_noniid/run_experiments.py --mode analyze --out-dir {root}" in printed
     # two runs removed and run again one after another: only they run, with the same numbers (they depend on the
     # thread count only, not on --jobs)
-    import shutil
-
     again = sorted((root / "runs").iterdir())[:2]
     before = {run.name: json.loads((run / "summary.json").read_text()) for run in again}
     for run in again:
@@ -312,8 +311,6 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
         in report
     # side by side with another regime's grid (here a copy of these runs standing in for the from-scratch grid):
     # each arm's change is its final perplexity over FedAvg's on the same partition and seed, in percent
-    import shutil
-
     scratch = tmp_path / "scratch"
     shutil.copytree(root / "runs", scratch / "runs")
     (scratch / "selection.json").write_text(json.dumps({"learning_rate": chosen["learning_rate"]}))

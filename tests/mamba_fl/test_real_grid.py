@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from common import cli, jobs
+from common.errors import UsageError
 from mamba_fl import lmdata, real_grid
 
 
@@ -86,6 +89,12 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
                                    out, blocks, picked)  # a part of the grid: the same runs, fewer of them
     assert [j.name for j in only] == [n for n in plan if "_L2_" in n or n.startswith("central_")]
     assert all(j.argv == plan[j.name] for j in only) and any(n.startswith("central_L1") for n in plan)
+    data = tmp_path / "wiki.txt"
+    data.write_text(" = A = \n")
+    # a typo is refused before anything is written
+    with pytest.raises(UsageError, match="--only \\*_L3_\\*: no run of this grid"):
+        real_grid.main(["--data", str(data), "--out-dir", str(tmp_path / "typo"), "--only", "*_L2_*", "*_L3_*"])
+    assert not (tmp_path / "typo").exists()
 
 
 def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys):
