@@ -347,6 +347,33 @@ def compute(runs: list[dict]) -> str:
     return "/".join(f"{t:,}" for t in sorted(total)) or "–"
 
 
+def skew_table(g: dict[str, list[dict]], d: Design) -> list[str]:
+    """What skew costs each arm: its test accuracy on each non-IID shard minus on IID shards (paired by seed), and
+    that loss minus dense FedAvg's (positive: the arm loses less to skew); one Holm family."""
+    arms = {"dense FedAvg": "fedavg_{}", "probe: head": "probe_{}_head",
+            **{f"{s}, s = {sp:g}": f"sparse_{{}}_s{sp:g}_{s}" for sp, s in TEXT_MASKS}}
+    skewed = [shard for shard in d.shards if shard != "iid"]
+    loss = {}
+    for arm, name in arms.items():
+        iid = pct(g.get(name.format("iid"), []), "test_accuracy")
+        for shard in skewed:
+            acc = pct(g.get(name.format(shard), []), "test_accuracy")
+            if iid and acc:
+                loss[arm, shard] = {seed: v - iid[seed] for seed, v in acc.items() if seed in iid}
+    if not loss:
+        return []
+    pairs = {(arm, shard, "loss"): (v, dict.fromkeys(v, 0.0)) for (arm, shard), v in loss.items()}
+    pairs |= {(arm, shard, "vs dense"): (v, loss["dense FedAvg", shard]) for (arm, shard), v in loss.items()
+              if arm != "dense FedAvg" and ("dense FedAvg", shard) in loss}
+    cells = {k: c for k, (_, c) in stats.compare(pairs).items()}
+    head = ["arm", *(f"{col}, {d.shard_title(shard)}" for shard in skewed for col in ("lost to skew", "minus dense's"))]
+    rows = [[arm, *(cells.get((arm, shard, col), "–") for shard in skewed for col in ("loss", "vs dense"))]
+            for arm in arms if any((arm, shard) in loss for shard in skewed)]
+    return ["**Accuracy lost to skew: test accuracy on the skewed shards minus on IID shards (points, paired by "
+            "seed); minus dense's: that loss minus dense FedAvg's (positive: the arm loses less); Holm over the "
+            "table**", "", *stats.markdown(head, rows), ""]
+
+
 def make_table(args, out: Path, base: str) -> tuple[str, dict]:
     g = load_settings(args, out, base)
     lines, record = [], {}
@@ -392,6 +419,7 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
                                                       f"s = {sp:g}") for sp, s in TEXT_MASKS]
             section(f"Sparse fine-tuning of {args.weights} on AG News, {title} shards",
                     [(dense, f"dense {title}"), (probe, "probe (head)")], rows, interference=True)
+        lines.extend(skew_table(g, d))
         return "\n".join(lines) + "\n", record
     iid = f"FedAvg IID, J={J}, from the base"
     section("Pretrained base vs random initialisation, and centralized at equal sample gradients",

@@ -236,3 +236,24 @@ def test_text_table_has_a_section_per_shard_with_probe_and_masks(tiny, monkeypat
     random_row = next(line for line in nc1.splitlines() if line.startswith("| random, s = 0.9 |"))
     assert "+10.0 [+10.0, +10.0] (n=3" in random_row and "-10.0 [-12.5, -7.5] (n=3" in random_row
     assert record["probe_nc1_head"]["test_accuracy"] == pytest.approx({0: 80.0, 1: 81.0, 2: 82.0})
+
+
+def test_text_table_says_what_skew_costs_each_arm_against_its_own_iid_runs(tiny, monkeypatch):
+    def runs(acc):
+        return [{"args": {"seed": s, "lr": 0.01}, "path": f"r{s}",
+                 "summary": {"test_accuracy": a / 100, "test_images": 1000, "sample_gradients": 4160,
+                             "interference": 0.0}} for s, a in enumerate(acc)]
+
+    groups = {"fedavg_iid": runs([70, 72, 74]), "fedavg_nc1": runs([60, 62, 61]),
+              "probe_iid_head": runs([81, 82, 83]), "probe_nc1_head": runs([80, 81, 82]),
+              "sparse_nc1_s0.9_random": runs([70, 72, 71])}          # no IID runs: no row
+    monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
+    text, _ = suite.make_table(_text_args(tiny), Path("unused"), str(tiny[0]))
+    skew = text.split("**Accuracy lost to skew")[1].splitlines()
+    dense = next(line for line in skew if line.startswith("| dense FedAvg |")).split(" | ")
+    probe = next(line for line in skew if line.startswith("| probe: head |")).split(" | ")
+    assert not any(line.startswith("| random") for line in skew)
+    # columns: arm, Nc = 2 loss, Nc = 2 minus dense's, Nc = 1 loss, Nc = 1 minus dense's (no Nc = 2 runs)
+    assert dense[1] == dense[2] == probe[1] == probe[2] == "–" and dense[4].startswith("–")
+    assert dense[3].startswith("-11.0 [") and probe[3].startswith("-1.0 [-1.0, -1.0] (n=3")
+    assert probe[4].startswith("+10.0 [")                           # (-1) - (-10, -10, -13), paired by seed
