@@ -95,9 +95,11 @@ TEXT_MASKS = [(0.9, s) for s in ("least_sensitive", "most_sensitive", "random", 
 TEXT_PRESET = dict(rounds=24, num_runs=5)
 VIT_GRID = [0.03, 0.1, 0.3, 1.0]
 # --text: SGD with momentum on a pretrained transformer wants rates 10-100x below the head alone's, so each arm
-# family has its own four (the first suite's three-rate grids were widened upwards by one rate: dense IID chose
-# 0.03 and the probe and the least-sensitive masks 1.0, their tops)
-TEXT_GRIDS = {"fedavg": [0.003, 0.01, 0.03, 0.1], "sparse": [0.1, 0.3, 1.0, 3.0], "probe": [0.1, 0.3, 1.0, 3.0]}
+# family has its own grid. The first suite's three-rate grids were widened upwards by one rate (dense IID chose
+# 0.03 and the probe and the least-sensitive masks 1.0, their tops); the masks' grid reaches down to dense's rates
+# too, since a mask of high-score coordinates trains like dense (most_sensitive stays at chance from 0.1 up)
+TEXT_GRIDS = {"fedavg": [0.003, 0.01, 0.03, 0.1], "sparse": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+              "probe": [0.1, 0.3, 1.0, 3.0]}
 # the ViT suite's names, which its settings and the tests read
 J, WARMUP, M, SHARDS = VIT.local_steps, VIT.warmup, VIT.per_round, VIT.shards
 
