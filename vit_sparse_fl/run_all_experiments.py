@@ -63,6 +63,8 @@ class Design:
     shards: dict[str, tuple[str, ...]]
     select_fraction: int           # selection runs: R / select_fraction rounds
     out_prefix: str
+    edge_steps: int = 0            # a setting whose best rate is the smallest or largest tried gets up to this
+                                   # many more rates beyond it, one at a time (edge_rates)
 
     def sample_gradients(self, rounds: int) -> int:
         """What every run of a suite of R rounds evaluates: (R + W) rounds x M clients x J steps x B examples."""
@@ -89,7 +91,7 @@ TEXT_TASK = ["--quiet", "--arch", "encoder", "--data", "ag_news", "--max-length"
              "--val-fraction", "0.06", "--batch-size", "8", "--eval-batch-size", "100", "--interference-images", "50"]
 TEXT = Design("ag_news", 4, clients=20, per_round=5, local_steps=4, warmup=2, batch=8,
               shards={"iid": (), "nc2": (*NON_IID, "2"), "nc1": (*NON_IID, "1")}, select_fraction=2,
-              out_prefix="runs/text_suite_R")
+              out_prefix="runs/text_suite_R", edge_steps=2)
 TEXT_MASKS = [(0.9, s) for s in ("least_sensitive", "most_sensitive", "random", "lowest_magnitude")] + \
              [(0.5, s) for s in ("least_sensitive", "random")]
 TEXT_PRESET = dict(rounds=24, num_runs=5)
@@ -240,15 +242,18 @@ def select_rounds(args) -> int:
     return max(1, args.rounds // design(args).select_fraction)
 
 
-def plan(args, base: str, rates: dict[str, float] | None = None) -> list[dict]:
+def plan(args, base: str, rates: dict[str, float] | None = None, extra: dict[str, float] | None = None) -> list[dict]:
     """Every run: {name, setting, script, argv, seed, lr}. ``rates`` None: the selection stage (every setting x
-    rate of --lr-grid, seed --select-seed, R / 4 rounds); else the reported runs at each setting's rate,
-    seed-major, so a cut suite has equal n in every cell."""
+    rate of --lr-grid, or of ``extra``'s one rate per setting, seed --select-seed, R / 4 rounds); else the
+    reported runs at each setting's rate, seed-major, so a cut suite has equal n in every cell."""
     if rates is None:
+        def tried(name: str) -> list[float]:
+            return lr_grid(args, name) if extra is None else [extra[name]] if name in extra else []
+
         return [{"name": f"{name}_lr{lr:g}_seed{args.select_seed}", "setting": name, "script": script,
                  "seed": args.select_seed, "lr": lr,
                  "argv": [*argv, "--lr", f"{lr:g}", "--seed", str(args.select_seed)]}
-                for name, script, argv in settings(args, base, select_rounds(args)) for lr in lr_grid(args, name)]
+                for name, script, argv in settings(args, base, select_rounds(args)) for lr in tried(name)]
     return [{"name": reported_name(name, seed), "setting": name, "script": script, "seed": seed, "lr": rates[name],
              "argv": [*argv, "--lr", f"{rates[name]:g}", "--seed", str(seed)]}
             for seed in range(args.num_runs) for name, script, argv in settings(args, base, args.rounds)]
@@ -261,13 +266,12 @@ def choose(args, out: Path, base: str) -> dict[str, float]:
     path = out / "selection.json"
     record = json.loads(path.read_text()) if path.is_file() else {}
     scores, chosen = record.get("scores", {}), record.get("chosen", {})
-    for run in plan(args, base):
-        f = out / "selection" / run["name"] / "summary.json"
-        if not f.parent.is_dir():
-            continue                                            # not run (another --only, or not yet)
-        summary = json.loads(f.read_text()) if f.is_file() else {}
-        val = "diverged" if summary.get("status") == "diverged" else summary.get("final_val_accuracy")
-        scores.setdefault(run["setting"], {})[f"{run['lr']:g}"] = val
+    for name, _, _ in settings(args, base, select_rounds(args)):   # every rate tried: the grid's and the edges'
+        for folder in sorted((out / "selection").glob(f"{name}_lr*_seed{args.select_seed}")):
+            f = folder / "summary.json"
+            summary = json.loads(f.read_text()) if f.is_file() else {}
+            val = "diverged" if summary.get("status") == "diverged" else summary.get("final_val_accuracy")
+            scores.setdefault(name, {})[folder.name[len(name) + 3:-len(f"_seed{args.select_seed}")]] = val
     for setting, by_rate in scores.items():
         ok = {float(lr): v for lr, v in by_rate.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if ok:
@@ -278,6 +282,20 @@ def choose(args, out: Path, base: str) -> dict[str, float]:
                              "lr_grid": args.lr_grid or (TEXT_GRIDS if args.text else VIT_GRID),
                              "scores": scores, "chosen": chosen})
     return chosen
+
+
+def edge_rates(args, chosen: dict[str, float], path: Path) -> dict[str, float]:
+    """{setting: the next rate to try}, for each setting of this call whose chosen rate is the smallest or the
+    largest it has tried (a diverged rate counts as tried): one grid step beyond it, the ratio to its neighbour,
+    to one significant digit."""
+    scores = json.loads(path.read_text())["scores"] if path.is_file() else {}
+    out = {}
+    for name, _, _ in settings(args, "", select_rounds(args)):
+        tried = sorted(float(lr) for lr in scores.get(name, {}))
+        if name in chosen and len(tried) >= 2 and chosen[name] in (tried[0], tried[-1]):
+            lr, near = (tried[0], tried[1]) if chosen[name] == tried[0] else (tried[-1], tried[-2])
+            out[name] = float(f"{lr * lr / near:.1g}")
+    return out
 
 
 def smoke(args) -> None:
@@ -493,6 +511,15 @@ def main(argv=None) -> dict:
                                   title=f"{design(args).name} suite: learning-rate selection", **run)
             trained += len(first.names("finished", "diverged", "failed"))
             rates = choose(args, out, base)
+            for step in range(design(args).edge_steps):         # a rate at the grid's edge: one step beyond
+                extra = edge_rates(args, rates, out / "selection.json")
+                if not extra:
+                    break
+                more = jobs.run_plan(jobs_of(base_job, plan(args, base, extra=extra), out / "selection"),
+                                     title=f"{design(args).name} suite: rates beyond the grid's edge ({step + 1})",
+                                     **run)
+                trained += len(more.names("finished", "diverged", "failed"))
+                rates = choose(args, out, base)
         missing = [name for name, _, _ in settings(args, base, args.rounds) if name not in rates]
         if missing:
             print(f"stopped after the selection stage: no finished selection run for {', '.join(missing)} "

@@ -257,3 +257,35 @@ def test_text_table_says_what_skew_costs_each_arm_against_its_own_iid_runs(tiny,
     assert dense[1] == dense[2] == probe[1] == probe[2] == "–" and dense[4].startswith("–")
     assert dense[3].startswith("-11.0 [") and probe[3].startswith("-1.0 [-1.0, -1.0] (n=3")
     assert probe[4].startswith("+10.0 [")                           # (-1) - (-10, -10, -13), paired by seed
+
+
+def test_a_rate_chosen_at_the_grids_edge_gets_the_next_rate_beyond_it(tiny, tmp_path):
+    """--text: a setting whose best validation rate is the largest (or smallest) it has tried is given one grid
+    step beyond it; once that step is tried (here: it diverges) the setting is no longer at an edge, and choose
+    reads the extra rate's run like the grid's."""
+    args = _text_args(tiny, "--only", "probe_nc1_head", "fedavg_nc1", "sparse_nc1_s0.9_random")
+    vals = {"probe_nc1_head": {0.1: 0.5, 0.3: 0.6, 1.0: 0.7, 3.0: 0.8},          # best at the top
+            "fedavg_nc1": {0.003: 0.8, 0.01: 0.7, 0.03: 0.6, 0.1: 0.5},            # best at the bottom
+            "sparse_nc1_s0.9_random": {0.01: 0.5, 0.03: 0.6, 0.1: 0.8, 0.3: 0.7, 1.0: 0.3, 3.0: 0.2}}
+
+    def finish(name, val):
+        folder = tmp_path / "selection" / name
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"final_val_accuracy": val} if val is not None else
+                                                        {"status": "diverged", "reason": "non-finite loss"}))
+
+    for run in suite.plan(args, str(tiny[0])):
+        finish(run["name"], vals[run["setting"]][run["lr"]])
+    chosen = suite.choose(args, tmp_path, str(tiny[0]))
+    assert chosen == {"probe_nc1_head": 3.0, "fedavg_nc1": 0.003, "sparse_nc1_s0.9_random": 0.1}
+    extra = suite.edge_rates(args, chosen, tmp_path / "selection.json")
+    assert extra == {"probe_nc1_head": 9.0, "fedavg_nc1": 0.0009}
+    runs = suite.plan(args, str(tiny[0]), extra=extra)
+    assert sorted(r["name"] for r in runs) == ["fedavg_nc1_lr0.0009_seed100", "probe_nc1_head_lr9_seed100"]
+    assert all(_flag(r, "--rounds") == "12" for r in runs)
+    finish("probe_nc1_head_lr9_seed100", None)
+    finish("fedavg_nc1_lr0.0009_seed100", 0.9)
+    chosen = suite.choose(args, tmp_path, str(tiny[0]))
+    assert chosen["probe_nc1_head"] == 3.0 and chosen["fedavg_nc1"] == 0.0009
+    assert json.loads((tmp_path / "selection.json").read_text())["scores"]["probe_nc1_head"]["9"] == "diverged"
+    assert suite.edge_rates(args, chosen, tmp_path / "selection.json") == {"fedavg_nc1": 0.0003}
