@@ -17,7 +17,8 @@ statistics): the README's "The suite"; the numbers are the constants below.
 
 Two stages. **Selection**: every setting once per rate of --lr-grid, seed --select-seed, at a quarter of the
 budget (R / 4 rounds; the J sweep and centralized scaled alike), in <out-dir>/selection/; a setting's rate is
-the one with the best final validation accuracy (ties: the smaller rate), recorded in <out-dir>/selection.json.
+the one with the best final validation accuracy (ties: the smaller rate), recorded in <out-dir>/selection.json;
+with --text a rate at the edge of those tried gets up to two more rates beyond it (``Design.edge_steps``).
 The validation images are carved from the training classes' training images; the test images are never read
 to choose. **Reported**: every setting at its rate, seeds 0..--num-runs-1, full budget.
 
