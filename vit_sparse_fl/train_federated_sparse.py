@@ -57,13 +57,30 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         "code: squared gradient of the sampled logit summed over images, rescored on the "
                         "model with not-kept weights times 0.1, kthvalue threshold keeping ties "
                         "(vit_sparse_fl/talos.py)")
+    g.add_argument("--mask-embeddings", action="store_true",
+                   help="let the masks reach a text encoder's embedding tables (word, position, token type); by "
+                        "default they stay frozen, as in TaLoS's NLP code: a row of a token the calibration texts "
+                        "never contain scores exactly 0, so a least-sensitive mask would be made of those rows")
     g.add_argument("--compare-strategies", action="store_true", help="one run per mask strategy")
     return parser
 
 
+EMBEDDING_TABLES = ("embeddings.word_embeddings.", "embeddings.position_embeddings.",
+                    "embeddings.token_type_embeddings.")
+
+
+def frozen_tables(ctx) -> set[str]:
+    """A text encoder's embedding tables, frozen and never scored unless --mask-embeddings (the ViT has none)."""
+    if ctx["args"].mask_embeddings:
+        return set()
+    return {n for n in ctx["names"] if any(table in n for table in EMBEDDING_TABLES)}
+
+
 def backbone_split(ctx) -> tuple[list[str], list[torch.Tensor]]:
-    """Names and parameters that get a mask: every trainable backbone tensor (the head is excluded)."""
-    pairs = [(n, p) for n, p in zip(ctx["names"], ctx["params"]) if not n.startswith("head.")]
+    """Names and parameters that get a mask: every trainable backbone tensor (the head and the frozen embedding
+    tables are excluded)."""
+    frozen = frozen_tables(ctx)
+    pairs = [(n, p) for n, p in zip(ctx["names"], ctx["params"]) if not n.startswith("head.") and n not in frozen]
     return [n for n, _ in pairs], [p for _, p in pairs]
 
 
@@ -100,7 +117,8 @@ def fisher_scores(ctx, global_params, round_idx: int, masks=None) -> list[torch.
 
 
 def build_masks(ctx, global_params) -> tuple[list[torch.Tensor | None], int]:
-    """One mask per trainable parameter (None for the head), density exactly 1 - s over the backbone; and the
+    """One mask per trainable parameter (None for the head, all False for a frozen embedding table), density
+    exactly 1 - s over the masked backbone; and the
     calibration's sample gradients (one per image scored, every client, every scoring round; 0 for the
     strategies that score nothing)."""
     args = ctx["args"]
@@ -116,6 +134,8 @@ def build_masks(ctx, global_params) -> tuple[list[torch.Tensor | None], int]:
                                  rounds=args.calibration_rounds, generator=gen,
                                  threshold="kthvalue" if args.fisher_score == "talos" else "exact")
     by_name = dict(zip(names, masks))
+    by_name |= {n: torch.zeros_like(p, dtype=torch.bool) for n, p in zip(ctx["names"], ctx["params"])
+                if n in frozen_tables(ctx)}
     per_call = sum(args.calibration_batches * min(args.batch_size, len(s)) for s in ctx["shards"])
     return [by_name.get(n) for n in ctx["names"]], len(calls) * per_call
 
@@ -127,13 +147,15 @@ def run_sparse(args) -> dict:
     fed.head_warmup(ctx, global_params)                     # head-only rounds, so the scores see a trained head
     masks, calibration = build_masks(ctx, global_params)
     P.load_(params, global_params)
+    frozen = frozen_tables(ctx)
     masked = [(n, m) for n, m in zip(ctx["names"], masks) if m is not None]
-    overall = sparse.density([m for _, m in masked])
+    overall = sparse.density([m for n, m in masked if n not in frozen])      # 1 - s: over what the masks choose from
     args.run_name = args.run_name or fed.default_run_name(args, f"sparse_{args.mask_strategy}_s{args.sparsity_ratio:g}")
     extra = {"mask_strategy": args.mask_strategy, "sparsity_ratio": args.sparsity_ratio,
              "mask_density": overall, "calibration_rounds": args.calibration_rounds,
              "fisher_labels": args.fisher_labels, "fisher_score": args.fisher_score,
-             "calibration_sample_gradients": calibration}
+             "calibration_sample_gradients": calibration, "frozen_tables": sorted(frozen),
+             "trainable_backbone_share": sparse.density([m for _, m in masked])}
     summary = fed.federate(args, ctx, masks, extra_summary=extra, prefix=f"sparse_{args.mask_strategy}",
                            kind="vit_sparse_fl/train_federated_sparse", warmed=True)
     if D.is_main():

@@ -52,6 +52,20 @@ def test_sparse_text_run_keeps_masked_coordinates_and_probe_trains_only_the_head
     assert s["mask_density"] == pytest.approx(0.1, abs=1e-3) and s["calibration_sample_gradients"] == 2 * 8 * 16
     dens = json.loads((tmp_path / s["run_dir"].rsplit("/", 1)[1] / "mask_density.json").read_text())
     assert not any("pooler" in k for k in dens["per_tensor"])                 # mean pooling: no unused pooler
+    tables = [f"backbone.embeddings.{t}_embeddings.weight" for t in ("word", "position", "token_type")]
+    assert s["frozen_tables"] == sorted(tables) and all(dens["per_tensor"][t] == 0.0 for t in tables)
+    assert s["trainable_backbone_share"] < 0.1                                # 10 % of what the masks choose from
+    trained = text.load(tmp_path / s["run_dir"].rsplit("/", 1)[1] / "model")
+    pretrained, _ = text.build(str(tiny[0]), 4, 0.0)
+    assert torch.equal(trained.backbone.embeddings.word_embeddings.weight,
+                       pretrained.backbone.embeddings.word_embeddings.weight)  # frozen, as TaLoS's NLP code
+    after, before = trained.backbone.encoder.state_dict(), pretrained.backbone.encoder.state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in before)          # the masks train the encoder
+    s = fsp.main(argv(tiny, tmp_path, "--mask-strategy", "least_sensitive", "--fisher-score", "talos",
+                      "--calibration-rounds", "2", "--sparsity-ratio", "0.9", "--head-warmup", "1",
+                      "--mask-embeddings", "--run-name", "with_tables"))
+    dens = json.loads((tmp_path / "with_tables" / "mask_density.json").read_text())
+    assert s["frozen_tables"] == [] and dens["per_tensor"][tables[0]] > 0       # the tables are eligible then
     ctx = fed.setup(fed.get_args_parser().parse_args(argv(tiny, tmp_path, "--freeze-layers", "2")))
     assert {n.split(".")[0] for n in ctx["names"]} == {"head"}               # the probe: head only
 
