@@ -219,14 +219,16 @@ def test_text_selection_tries_each_arm_familys_rates_at_half_the_budget(tiny):
     assert {r["lr"] for r in given} == {0.5}
 
 
-def test_text_table_has_a_section_per_shard_with_probe_and_masks(tiny, monkeypatch):
-    def runs(acc):
-        return [{"args": {"seed": s, "lr": 0.01}, "path": f"r{s}",
-                 "summary": {"test_accuracy": a / 100, "test_images": 1000, "sample_gradients": 4160,
-                             "interference": 0.0}} for s, a in enumerate(acc)]
+def _runs(acc):
+    """Finished text runs of seeds 0.. with these test accuracies (%)."""
+    return [{"args": {"seed": s, "lr": 0.01}, "path": f"r{s}",
+             "summary": {"test_accuracy": a / 100, "test_images": 1000, "sample_gradients": 4160,
+                         "interference": 0.0}} for s, a in enumerate(acc)]
 
-    groups = {"fedavg_nc1": runs([60, 62, 61]), "probe_nc1_head": runs([80, 81, 82]),
-              "sparse_nc1_s0.9_random": runs([70, 72, 71])}
+
+def test_text_table_has_a_section_per_shard_with_probe_and_masks(tiny, monkeypatch):
+    groups = {"fedavg_nc1": _runs([60, 62, 61]), "probe_nc1_head": _runs([80, 81, 82]),
+              "sparse_nc1_s0.9_random": _runs([70, 72, 71])}
     monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
     text, record = suite.make_table(_text_args(tiny), Path("unused"), str(tiny[0]))
     assert "Chance accuracy: 25.0 % (4 classes). Test set: 1000 texts." in text
@@ -239,14 +241,9 @@ def test_text_table_has_a_section_per_shard_with_probe_and_masks(tiny, monkeypat
 
 
 def test_text_table_says_what_skew_costs_each_arm_against_its_own_iid_runs(tiny, monkeypatch):
-    def runs(acc):
-        return [{"args": {"seed": s, "lr": 0.01}, "path": f"r{s}",
-                 "summary": {"test_accuracy": a / 100, "test_images": 1000, "sample_gradients": 4160,
-                             "interference": 0.0}} for s, a in enumerate(acc)]
-
-    groups = {"fedavg_iid": runs([70, 72, 74]), "fedavg_nc1": runs([60, 62, 61]),
-              "probe_iid_head": runs([81, 82, 83]), "probe_nc1_head": runs([80, 81, 82]),
-              "sparse_nc1_s0.9_random": runs([70, 72, 71])}          # no IID runs: no row
+    groups = {"fedavg_iid": _runs([70, 72, 74]), "fedavg_nc1": _runs([60, 62, 61]),
+              "probe_iid_head": _runs([81, 82, 83]), "probe_nc1_head": _runs([80, 81, 82]),
+              "sparse_nc1_s0.9_random": _runs([70, 72, 71])}          # no IID runs: no row
     monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
     text, _ = suite.make_table(_text_args(tiny), Path("unused"), str(tiny[0]))
     skew = text.split("**Accuracy lost to skew")[1].splitlines()
