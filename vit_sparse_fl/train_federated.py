@@ -305,7 +305,7 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
                    info={"method": prefix, "final_val_accuracy": summary["final_val_accuracy"],
                          "test_accuracy": summary["test_accuracy"]})
     return D.broadcast_object(exp.end_run(run, args, summary, "test accuracy",
-                                          f"final validation accuracy {summary['final_val_accuracy']}"))
+                                          f"final validation accuracy {summary['final_val_accuracy']:.4g}"))
 
 
 def interference_summary(rows: list[dict]) -> dict:
