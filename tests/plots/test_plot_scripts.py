@@ -186,3 +186,20 @@ def test_llm_divergence_figure_leaves_out_one_client_runs(tmp_path):
     assert drawn and not any(p.name.startswith("client_divergence") for p in drawn)
     drawn = plot_llm_noniid.make_figures([run("one", [3], 0.1), run("all", [0, 1, 2, 3], 1.0)], tmp_path / "b")
     assert any(p.name.startswith("client_divergence") for p in drawn)
+
+
+def test_plot_vit_finds_a_text_probe_from_its_weights_wherever_the_summary_pointed(tmp_path):
+    """A text run that freezes every encoder layer is the head-only probe: the depth comes from --weights (a
+    folder, or a packaged name), else from the summary's folder; a record moved to another machine (the summary's
+    folder gone) is still recognised, and an unreadable depth leaves the count of frozen layers."""
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"num_hidden_layers": 3}')
+
+    def run(weights, recorded, n=3):
+        return {"args": {"arch": "encoder", "freeze_layers": n, "weights": weights},
+                "summary": {"weights": recorded}}
+    assert plot_vit.frozen(run(str(folder), str(tmp_path / "gone"))) == 2
+    assert plot_vit.frozen(run("minilm-not-here", str(folder))) == 2
+    assert plot_vit.frozen(run(str(folder), None, n=1)) == 1  # one block frozen: not the probe
+    assert plot_vit.frozen(run(str(tmp_path / "gone"), str(tmp_path / "gone"))) == 3
