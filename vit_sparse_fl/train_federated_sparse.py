@@ -175,6 +175,8 @@ def run_one(args) -> dict:
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     fed.finish_args(args)
+    cli.check(not args.mask_embeddings or args.arch == "encoder",
+              "--mask-embeddings: only a text encoder (--arch encoder) has embedding tables; a ViT has none")
     if not args.compare_strategies:
         return run_one(args)
     return {"experiment": "strategies",

@@ -116,3 +116,9 @@ def test_plot_vit_draws_a_text_run_freezing_every_layer_as_the_head_only_probe(t
         return {"args": {"arch": "encoder", "freeze_layers": frozen}, "summary": {"weights": str(tiny[0])}}
     assert [plot_vit.probe_label(run(n)) for n in (2, 1)] == ["probe: head", "probe: head + last block"]
     assert plot_vit.frozen(run(0)) == 0 and plot_vit.frozen(run(5)) == 2       # depth 2: every layer frozen
+
+
+def test_mask_embeddings_is_refused_for_a_vit(tmp_path):
+    """The ViT has no embedding tables: --mask-embeddings would change nothing, so it is refused in one line."""
+    with pytest.raises(UsageError, match="--mask-embeddings: only a text encoder"):
+        fsp.main(["--quick", "--out-dir", str(tmp_path), "--mask-embeddings"])
