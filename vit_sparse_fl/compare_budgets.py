@@ -8,7 +8,8 @@ setting's per-seed test accuracy, the suite's rounds R and its design: clients p
 warm-up, classes; the J sweep's runs scale R by 4 / J, so a suite is one budget of sample gradients for every
 setting). The ViT suites and the ``--text`` suites (MiniLM on AG News) are compared each with their own kind.
 Writes ``<out>/results_budgets.md`` and ``<out>/{vit,text}_accuracy_vs_budget.png`` (accuracy vs budget per
-setting; the last panel's arms as paired differences to dense FedAvg per budget), and prints the table.
+setting; the arms of the panel most measured at several budgets as paired differences to dense
+FedAvg per budget), and prints the table.
 
 The table's caption (``make_table``) says what each column holds. **Budget criterion**: a setting has
 *settled* when the last budget step (4x the sample gradients between the suites of the README) moves its mean
@@ -138,13 +139,16 @@ def panels(d: suite.Design) -> list[tuple[str, list[str]]]:
 
 
 def plot(suites: dict[int, dict[str, dict]], path: Path, d: suite.Design = suite.VIT) -> list[Path]:
-    """Test accuracy vs sample gradients, one line per setting, error bars the sample sd; last panel: the
-    last panel's arms as paired differences to its dense FedAvg, error bars the 95% t interval."""
+    """Test accuracy vs sample gradients, one line per setting, error bars the sample sd; last panel: the arms of
+    the panel most measured at several budgets as paired differences to its dense FedAvg, error bars the 95% t
+    interval."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
     grid = panels(d)
     fig, axes = plt.subplots(1, len(grid) + 1, figsize=(5.2 * (len(grid) + 1), 4.2), squeeze=False)
-    masks = grid[-1][1]
+    # the differences panel: the panel with the most settings measured at several budgets (ties: the last)
+    masks = max(reversed(grid), key=lambda panel: sum(sum(st in s for s in suites.values()) > 1
+                                                      for st in panel[1]))[1]
     dense = reference(masks[-1])
     sample_gradients, chance = d.sample_gradients, 100.0 / d.classes
     for k, (ax, (title, settings)) in enumerate(zip(axes[0], [*grid, (f"arms − {label(dense)}", masks)])):
