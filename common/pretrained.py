@@ -25,6 +25,11 @@ def packaged_folder(name: str, flag: str) -> Path:
     return folder
 
 
+def folder(weights: str, flag: str) -> Path:
+    """``weights`` as a model folder: a packaged name (``PACKAGED``, via ``packaged_folder``) or a path."""
+    return packaged_folder(weights, flag) if weights in PACKAGED else Path(weights)
+
+
 @contextlib.contextmanager
 def quiet_loading():
     """No transformers warnings or progress bars inside the block (loading a model prints none of its "Loading

