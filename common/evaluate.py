@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -38,9 +39,11 @@ CHUNK_ROWS = 2048
 # context helpers
 
 def autocast(device: str | torch.device | None):
-    """bf16 autocast on CUDA, a no-op context elsewhere (CPU bf16 autocast is slow and changes results)."""
+    """bf16 autocast on CUDA, a no-op context elsewhere (CPU bf16 autocast is slow and changes results).
+    ``FEDLAB_PRECISION=float32`` in the environment keeps CUDA in float32 too: a GPU run then computes what a CPU
+    run does (up to the order of floating-point sums), so its numbers can stand beside the CPU's in one table."""
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda":
+    if device.type == "cuda" and os.environ.get("FEDLAB_PRECISION", "bf16") != "float32":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -161,7 +161,7 @@ def test_evaluation_restores_mode_after_an_exception():
     assert model.training
 
 
-def test_autocast_is_bf16_on_cuda_only():
+def test_autocast_is_bf16_on_cuda_only(monkeypatch):
     with ev.autocast("cpu"):
         assert not torch.is_autocast_enabled("cpu")
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
@@ -169,6 +169,8 @@ def test_autocast_is_bf16_on_cuda_only():
         warnings.simplefilter("ignore", UserWarning)
         ctx = ev.autocast(torch.device("cuda", 0))
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and ctx.device == "cuda"
+    monkeypatch.setenv("FEDLAB_PRECISION", "float32")              # CUDA kept in float32: no autocast at all
+    assert not isinstance(ev.autocast(torch.device("cuda", 0)), torch.autocast)
 
 
 # ----------------------------------------------------------------------------------------------------------
