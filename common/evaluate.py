@@ -38,12 +38,18 @@ CHUNK_ROWS = 2048
 # ----------------------------------------------------------------------------------------------------------
 # context helpers
 
+def cuda_precision() -> str:
+    """What a CUDA run computes in: "bf16 autocast", or "float32" where ``FEDLAB_PRECISION=float32`` is set in the
+    environment (a GPU run then computes what a CPU run does, up to the order of floating-point sums, so its numbers
+    can stand beside the CPU's in one table)."""
+    return "float32" if os.environ.get("FEDLAB_PRECISION") == "float32" else "bf16 autocast"
+
+
 def autocast(device: str | torch.device | None):
-    """bf16 autocast on CUDA, a no-op context elsewhere (CPU bf16 autocast is slow and changes results).
-    ``FEDLAB_PRECISION=float32`` in the environment keeps CUDA in float32 too: a GPU run then computes what a CPU
-    run does (up to the order of floating-point sums), so its numbers can stand beside the CPU's in one table."""
+    """bf16 autocast on CUDA (unless ``cuda_precision`` says float32), a no-op context elsewhere (CPU bf16 autocast
+    is slow and changes results)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda" and os.environ.get("FEDLAB_PRECISION", "bf16") != "float32":
+    if device.type == "cuda" and cuda_precision() != "float32":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

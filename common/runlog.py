@@ -51,6 +51,7 @@ import torch
 
 from common import checkpoint as ckpt
 from common import tracking
+from common.evaluate import cuda_precision
 from common.errors import RUN_FILE, Diverged, UsageError, check, check_out_dir, no_space
 from common.seed import get_rng_state
 
@@ -96,14 +97,15 @@ def versions() -> dict:
 
 
 def describe_device(device: str | torch.device | None) -> str:
-    """E.g. "cuda:0 (NVIDIA H200)" or "cpu (x86_64, 2 threads)"; "auto" resolves as the scripts do."""
+    """E.g. "cuda:0 (NVIDIA H200, bf16 autocast)" or "cpu (x86_64, 2 threads)"; "auto" resolves as the scripts
+    do."""
     try:
         if device in (None, "auto"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
         if device.type == "cuda" and torch.cuda.is_available():
             index = device.index if device.index is not None else torch.cuda.current_device()
-            return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+            return f"cuda:{index} ({torch.cuda.get_device_name(index)}, {cuda_precision()})"
         if device.type == "cpu":
             return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
         return str(device)

@@ -350,3 +350,14 @@ def test_run_name_is_deterministic_and_safe():
     assert run_name("fedavg", "dirichlet", a=0.5, lr=1e-4, prox=False, bf16=True, mu=None, s=1) == \
         "fedavg_dirichlet_a0.5_lr0.0001_bf16_s1"
     assert run_name("lora", model="roberta/base", task="sst 2") == "lora_modelroberta-base_tasksst-2"
+
+
+def test_describe_device_names_the_cuda_precision(monkeypatch):
+    """A GPU run's args.json says whether it computed in bf16 autocast or, with FEDLAB_PRECISION=float32, in
+    float32 (the two give different numbers, so a table mixing runs must be able to tell them apart)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA H200")
+    monkeypatch.delenv("FEDLAB_PRECISION", raising=False)
+    assert runlog.describe_device("cuda:0") == "cuda:0 (NVIDIA H200, bf16 autocast)"
+    monkeypatch.setenv("FEDLAB_PRECISION", "float32")
+    assert runlog.describe_device("cuda:0") == "cuda:0 (NVIDIA H200, float32)"
