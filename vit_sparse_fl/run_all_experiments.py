@@ -431,7 +431,8 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
                f"validation accuracy moved < 1 point over the last 20% of the run; sample gradients: one per "
                f"{examples[:-1]} of every local step, head warm-up and mask calibration included; interference: "
                "own-class test accuracy, local minus aggregated model, in points.")
-    lines += [caption, ""]
+    devices = sorted({str(r["meta"].get("device", "?")) for rs in g.values() for r in rs})
+    lines += [caption + (f" Runs measured on: {'; '.join(devices)}." if devices else ""), ""]
     if d is TEXT:
         for shard in d.shards:
             title, dense, probe = d.shard_title(shard), f"fedavg_{shard}", f"probe_{shard}_head"

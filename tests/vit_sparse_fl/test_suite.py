@@ -151,7 +151,7 @@ def test_results_table_pairs_by_seed_with_holm_over_each_table(monkeypatch):
     """make_table: cells are mean ± sd over seeds, differences paired by seed against the section's reference,
     and each section's verdicts Holm-corrected together (accuracy and interference differences)."""
     def runs(acc, inter=None, calibration=0):
-        return [{"args": {"seed": s, "lr": 0.1}, "path": f"run{s}",
+        return [{"args": {"seed": s, "lr": 0.1}, "path": f"run{s}", "meta": {"device": "cpu"},
                  "summary": {"test_accuracy": a / 100, "test_images": 500, "sample_gradients": 1000,
                              "calibration_sample_gradients": calibration,
                              "interference": (inter[s] if inter else 0.0) / 100}} for s, a in enumerate(acc)]
@@ -219,19 +219,20 @@ def test_text_selection_tries_each_arm_familys_rates_at_half_the_budget(tiny):
     assert {r["lr"] for r in given} == {0.5}
 
 
-def _runs(acc):
+def _runs(acc, device="cpu (x86_64, 1 threads)"):
     """Finished text runs of seeds 0.. with these test accuracies (%)."""
-    return [{"args": {"seed": s, "lr": 0.01}, "path": f"r{s}",
+    return [{"args": {"seed": s, "lr": 0.01}, "path": f"r{s}", "meta": {"device": device},
              "summary": {"test_accuracy": a / 100, "test_images": 1000, "sample_gradients": 4160,
                          "interference": 0.0}} for s, a in enumerate(acc)]
 
 
 def test_text_table_has_a_section_per_shard_with_probe_and_masks(tiny, monkeypatch):
     groups = {"fedavg_nc1": _runs([60, 62, 61]), "probe_nc1_head": _runs([80, 81, 82]),
-              "sparse_nc1_s0.9_random": _runs([70, 72, 71])}
+              "sparse_nc1_s0.9_random": _runs([70, 72, 71], device="cuda:0 (NVIDIA H200, float32)")}
     monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
     text, record = suite.make_table(_text_args(tiny), Path("unused"), str(tiny[0]))
     assert "Chance accuracy: 25.0 % (4 classes). Test set: 1000 texts." in text
+    assert "Runs measured on: cpu (x86_64, 1 threads); cuda:0 (NVIDIA H200, float32)." in text   # the caption
     assert [line for line in text.splitlines() if line.startswith("**")] == [
         f"**Sparse fine-tuning of {tiny[0]} on AG News, {t} shards**" for t in ("IID", "Nc = 2", "Nc = 1")]
     nc1 = text.split("Nc = 1 shards**")[1]
