@@ -51,8 +51,8 @@ import torch
 
 from common import checkpoint as ckpt
 from common import tracking
-from common.evaluate import cuda_precision
 from common.errors import RUN_FILE, Diverged, UsageError, check, check_out_dir, no_space
+from common.evaluate import cuda_precision
 from common.seed import get_rng_state
 
 ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = RUN_FILE, "metrics.jsonl", "summary.json", "checkpoint.pt"
