@@ -49,6 +49,11 @@ def shard(run: dict) -> str:
     return "IID" if a.get("sharding") == "iid" else f"Nc={a.get('nc')}"
 
 
+def shard_order(name: str) -> tuple[int, int]:
+    """IID first, then from the most classes per client to the fewest (increasing skew)."""
+    return (0, 0) if name == "IID" else (1, -int(name.split("=")[1]))
+
+
 def scratch(run: dict) -> bool:
     return run["args"].get("weights") in (None, "none", "random")
 
@@ -280,7 +285,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
 
     # ---------------------------------------------------------------- strategy comparison
     if sparse:
-        shards = sorted({shard(r) for r in sparse}, key=lambda v: v != "IID")
+        shards = sorted({shard(r) for r in sparse}, key=shard_order)
         sparsities = sorted({r["args"]["sparsity_ratio"] for r in sparse}, reverse=True)
         labels = sorted({strategy(r) for r in sparse}, key=lambda v: (STRATEGIES.index(v[0]), v[1] != "talos"))
         fig, axes = plt.subplots(2, len(shards), figsize=(6 * len(shards), 7), squeeze=False)
@@ -294,7 +299,11 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                     bars = {j + (i - (len(sparsities) - 1) / 2) * width: v for j, lab in enumerate(here) if (v := acc(
                         [r for r in sparse if shard(r) == sh and r["args"]["sparsity_ratio"] == sp
                          and strategy(r) == lab], key))}
-                    if bars:
+                    # accuracy as points, so the axis can fit the data (a bar must start at 0, which hides
+                    # differences of a point or two); interference as bars from 0
+                    if bars and key == "test_accuracy":
+                        R.draw_seeds(ax, list(bars), bars.values(), f"sparsity {sp:g}", kind="points", fmt="o")
+                    elif bars:
                         R.draw_seeds(ax, list(bars), bars.values(), f"sparsity {sp:g}", kind="bars", width=width)
                 if acc(dense, key):
                     ax.axhline(np.mean(acc(dense, key)), color="k", ls="--",
@@ -303,13 +312,12 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                     if acc(members, key):
                         ax.axhline(np.mean(acc(members, key)), color=PROBE_COLORS.get(n, "0.45"), ls="-.",
                                    label=f"{probe_label(members[0])}, {sh} (n={len(members)})")
-                if key == "test_accuracy":
-                    chance_line(ax, dense or sparse)
+                chance = next((c for r in dense or sparse if (c := r["summary"].get("chance_accuracy"))), None)
                 ax.set_xticks(range(len(here)), [strategy_label(*lab).replace("_", "\n").replace(" (", "\n(")
                                                  for lab in here], fontsize=7)
-                ax.set(title=f"{sh} shards (bars: {BARS})",
-                       ylabel="test accuracy (%)" if key == "test_accuracy"
-                       else "interference: own-class accuracy\nlocal - aggregated (points)")
+                ax.set(title=f"{sh} shards ({BARS})",
+                       ylabel="interference: own-class accuracy\nlocal - aggregated (points)" if row else
+                       "test accuracy (%)" + (f"; chance {100 * chance:.0f} %" if chance else ""))
                 if not ax.get_legend_handles_labels()[0]:
                     ax.text(0.5, 0.5, "not measured (--interference-window 0)", ha="center", transform=ax.transAxes)
         fig.tight_layout()
