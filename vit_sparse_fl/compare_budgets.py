@@ -128,7 +128,7 @@ def panels(d: suite.Design) -> list[tuple[str, list[str]]]:
         arms = [f"{sp:g}_{s}" for sp, s in suite.TEXT_MASKS]
         return [(f"{d.shard_title(shard)}: dense, probe, masks",
                  [f"fedavg_{shard}", f"probe_{shard}_head", *(f"sparse_{shard}_s{a}" for a in arms)])
-                for shard in ("iid", "nc1", "nc2")]
+                for shard in d.shards]
     return [("FedAvg vs heterogeneity", ["centralized", "fedavg_iid", "fedavg_iid_scratch", "fedavg_nc5",
                                          "fedavg_nc2", "fedavg_nc1"]),
             ("local steps J on Nc = 2 (R x J fixed)", ["fedavg_nc2", "fedavg_nc2_J8", "fedavg_nc2_J16"]),
