@@ -313,6 +313,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                         ax.axhline(np.mean(acc(members, key)), color=PROBE_COLORS.get(n, "0.45"), ls="-.",
                                    label=f"{probe_label(members[0])}, {sh} (n={len(members)})")
                 chance = next((c for r in dense or sparse if (c := r["summary"].get("chance_accuracy"))), None)
+                ax.set_xlim(-0.5, len(here) - 0.5)           # points, unlike bars, do not pad the axis
                 ax.set_xticks(range(len(here)), [strategy_label(*lab).replace("_", "\n").replace(" (", "\n(")
                                                  for lab in here], fontsize=7)
                 ax.set(title=f"{sh} shards ({BARS})",
