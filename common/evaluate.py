@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import distributed
+from common.errors import check
 
 IGNORE_INDEX = -100
 # Rows of [N, V] logits converted to float32 at a time: bounds the extra memory for a large vocabulary
@@ -42,7 +43,10 @@ def cuda_precision() -> str:
     """What a CUDA run computes in: "bf16 autocast", or "float32" where ``FEDLAB_PRECISION=float32`` is set in the
     environment (a GPU run then computes what a CPU run does, up to the order of floating-point sums, so its numbers
     can stand beside the CPU's in one table)."""
-    return "float32" if os.environ.get("FEDLAB_PRECISION") == "float32" else "bf16 autocast"
+    value = os.environ.get("FEDLAB_PRECISION", "bf16")
+    check(value in ("bf16", "float32"), f"FEDLAB_PRECISION={value!r}: expected 'float32' (CUDA without autocast) "
+                                        "or 'bf16' (the default)")
+    return "float32" if value == "float32" else "bf16 autocast"
 
 
 def autocast(device: str | torch.device | None):

@@ -361,3 +361,6 @@ def test_describe_device_names_the_cuda_precision(monkeypatch):
     assert runlog.describe_device("cuda:0") == "cuda:0 (NVIDIA H200, bf16 autocast)"
     monkeypatch.setenv("FEDLAB_PRECISION", "float32")
     assert runlog.describe_device("cuda:0") == "cuda:0 (NVIDIA H200, float32)"
+    monkeypatch.setenv("FEDLAB_PRECISION", "fp32")                   # a typo is refused, not run in bf16
+    with pytest.raises(UsageError, match="FEDLAB_PRECISION='fp32'"):
+        runlog.describe_device("cuda:0")
