@@ -1,33 +1,20 @@
 """Streaming aggregators of a federated round: weighted mean (FedAvg), Fisher-weighted mean, and FedEntropy's
-softmax weights. What the server then does with the aggregate lives next door:
-``common.server_opt`` (FedAvg / FedAvgM / FedAdam server steps), ``common.scaffold`` (SCAFFOLD control
-variates) and ``common.lora_merge`` (merging LoRA factors).
+softmax weights (server steps: ``common.server_opt``, ``common.scaffold``; LoRA merging: ``common.lora_merge``).
 
-Streaming aggregators (``WeightedMean``, ``FisherMean``) take one client at a time with
-``add(...)``, so memory is O(parameters) whatever the number of clients K. Each keeps its running sums in
-ONE flat buffer per quantity (the per-parameter tensors are views of it), which gives:
+``add(...)`` takes one client at a time (memory O(parameters) for any K). Each quantity's running sum is ONE
+flat buffer (the per-parameter tensors are views of it), so:
 
-* a client given as one flat buffer (``add_flat``, or a list of views tiling one buffer: a client upload
-  ``common.params.unflatten``-ed, or a model after ``common.params.flat_parameters_``) is ONE op per
-  quantity, with every thread; a client given as separate tensors is one fused ``torch._foreach_*`` call
-  whose small tensors run on one thread (``common.params.foreach``). Either way the time of ``add`` does not
-  collapse when other processes keep every core busy (each per-tensor parallel region would wait for a
-  descheduled thread); ``benchmarks/bench_aggregate.py`` measures both against Flower's ``aggregate``;
-* ``accumulators()`` returns those flat buffers: summing them across ranks (``common.distributed``) and
-  then calling ``result()`` gives exactly the aggregate over every rank's clients. The last element of
-  the first buffer holds the total weight, so it is reduced by the same all-reduce;
-* ``state_dict()`` / ``load_state_dict()`` are a few tensors, checkpointable in the middle of a round;
-* ``add_many`` takes K clients already in memory (a server holding the round's uploads, as Flower's
-  ``aggregate`` does): block by block of coordinates, the accumulators' block stays in cache while every
-  upload streams through it once, so each upload is read once and the sums are written once, instead of
-  read and written once per client (a third of the memory traffic of K ``add`` calls for the weighted
-  mean). Same values as ``add`` in the same order, bit for bit (elementwise ops, same per-coordinate order);
-* ``FisherMean`` updates three sums per client: with flat clients, block by block, so a client's theta and F
-  are read from memory once while the block's sums stay in cache (torch ops throughout).
+* a client given as one flat buffer (``add_flat``, or views tiling one: ``common.params.as_flat``) is ONE op
+  per quantity; separate tensors go through one fused ``common.params.foreach`` call. Either way ``add`` stays
+  fast when other processes keep every core busy (``benchmarks/bench_aggregate.py``);
+* ``accumulators()`` are those buffers: summed across ranks, ``result()`` is the aggregate over every rank's
+  clients (the last element of buffer 0 is the total weight, reduced by the same all-reduce);
+* ``add_many`` takes K clients already in memory and goes block by block of coordinates, every upload
+  streaming once through the cached block of sums: the same bits as K ``add`` calls in order, a third of
+  their memory traffic for the weighted mean.
 
-Sums are kept in ``acc_dtype`` (float32, or float64 when asked), whatever the parameters' dtype; ``result``
-returns tensors in the dtypes of ``like``. Shapes: ``like`` and every client list hold the same tensors
-(e.g. ``common.params.trainable(model)``), in the same order.
+Sums are kept in ``acc_dtype``; ``result`` returns tensors in the dtypes of ``like``. ``like`` and every client
+list hold the same tensors in the same order (e.g. ``common.params.trainable(model)``).
 """
 from __future__ import annotations
 
@@ -39,12 +26,6 @@ import torch
 from common import params as P
 
 Tensors = list[torch.Tensor]
-
-
-def _per_tensor_threads(tensors: Sequence[torch.Tensor]):
-    """Threads for a Python loop of per-tensor ops: ``common.params.threads_for`` the largest tensor (one
-    thread when all are small or the machine is busy)."""
-    return P.threads_for(max(t.numel() for t in tensors), tensors[0].device)
 
 
 class _Streaming:
@@ -79,7 +60,6 @@ class _Streaming:
     _zero_pending = False  # the sums are still to be zeroed (after reset: a first add may write them instead)
 
     def _materialize(self) -> None:
-        """Zero the sums if ``reset`` left that pending."""
         if self._zero_pending:
             with self._threads():
                 for f in self._flats:
@@ -92,15 +72,12 @@ class _Streaming:
         return list(self._flats)
 
     def reset(self) -> None:
-        """Start a new round. The sums are not zeroed here: the round's first client, when it goes through a
-        path that can (``WeightedMean`` given one buffer of the sums' dtype), is written
-        (0 + w theta: the same bits) instead of added to zeros, one pass fewer over the sums; anything
-        else zeroes them first (``_materialize``)."""
+        """Start a new round. The sums are zeroed lazily: a first client that can be written instead (0 + w
+        theta: the same bits; ``WeightedMean`` given one buffer of the sums' dtype) saves a pass."""
         self._flats[0][-1] = 0.0
         self._zero_pending = True
 
     def _threads(self):
-        """Threads for one op on the flat buffers (``common.params.threads_for``: one when the machine is busy)."""
         return P.threads_for(self.numel, self.device)
 
     def state_dict(self) -> dict:
@@ -121,14 +98,11 @@ class _Streaming:
         if out is not None:
             return self._check(out, "out")
         if len(set(self.dtypes)) == 1:
-            flat = P.empty_flat(self.numel, self.dtypes[0], self.device)
-            return [flat[i:i + v.numel()].view(v.shape) for i, v in zip(self._offsets(), self._views[0])]
+            return P.unflatten(P.empty_flat(self.numel, self.dtypes[0], self.device), self._views[0])
         return [torch.empty(s, dtype=d, device=self.device) for s, d in zip(self.shapes, self.dtypes)]
 
-    # add_many: accumulator bytes per block of coordinates (all buffers together). Measured on ViT-S/16
-    # shapes, K = 50, 2 threads: 4 MiB for the weighted mean is 1.2x faster than 1 MiB and as fast as 8 and
-    # 16 MiB (benchmarks/bench_aggregate.py); small enough for a shared L3, big enough that the per-op cost
-    # (a Python call and a parallel region, about 10 us) is small against the block's memory traffic.
+    # add_many: accumulator bytes per block of coordinates (all buffers together); on ViT-S/16 shapes, K = 50,
+    # 4 MiB was 1.2x faster than 1 MiB and as fast as 8 or 16 (benchmarks/bench_aggregate.py).
     _BLOCK_BYTES = 4 << 20
 
     def _block(self) -> int:
@@ -137,9 +111,8 @@ class _Streaming:
         return max(64, self._BLOCK_BYTES // per // 64 * 64)
 
     def _add_blocked(self, clients: Sequence[Sequence[torch.Tensor]], weights: Sequence[float], add_block) -> None:
-        """For each block [lo, hi) of coordinates, every client in order: ``add_block(k, accs, xs, w)`` with
-        the accumulators' and the k-th client's 1-D buffers cut to the block. One thread count for the
-        whole call (``_threads``), then the total weight, client by client as ``add`` does."""
+        """For each block of coordinates, every client in order: ``add_block(k, accs, xs, w)`` on the sums' and
+        the k-th client's buffers cut to the block; then the total weight, client by client as ``add`` does."""
         self._materialize()
         with self._threads():
             for lo in range(0, self.numel, self._block()):
@@ -151,8 +124,8 @@ class _Streaming:
             self._flats[0][-1] += w
 
     def _flat_clients(self, *per_client: Sequence) -> list[tuple[torch.Tensor, ...]] | None:
-        """Each client's quantities as 1-D buffers of ``numel`` (a client given as one 1-D tensor, or as a
-        list of tensors tiling one buffer), or None if any is not (then ``add_many`` adds one by one)."""
+        """Each client's quantities as 1-D buffers of ``numel`` (one 1-D tensor, or tensors tiling one buffer),
+        or None if any is not (then ``add_many`` adds one by one)."""
         out = []
         for quantities in zip(*per_client):
             flats = []
@@ -172,8 +145,7 @@ class _Streaming:
         return out
 
     def _add_many_with(self, clients, others, weights, what: str, add_block) -> None:
-        """``add_many`` of an aggregator whose clients carry one more quantity (a Fisher, a mask): blocked when
-        every client's two quantities are flat, else ``add`` one by one."""
+        """``add_many`` of clients that carry one more quantity (a Fisher): blocked when all are flat."""
         if len(others) != len(clients):
             raise ValueError(f"add_many: {len(clients)} clients but {len(others)} {what}")
         weights = self._weights(len(clients), weights)
@@ -194,18 +166,11 @@ class _Streaming:
     _CHUNK = 1 << 19  # scratch chunks: 2 MiB of float32, measured 10% faster per add than 1 << 18 (21.7M params)
 
     def _scratch_chunk(self, i: int = 0) -> torch.Tensor:
-        """The i-th scratch chunk (``_CHUNK`` values of ``acc_dtype``, kept): work space that stays in cache, for
-        results computed chunk by chunk without temporaries of the model's size."""
+        """The i-th kept scratch chunk of ``_CHUNK`` values: cache-sized work space for chunked results."""
         scratch = self.__dict__.setdefault("_scratch", [])
         while len(scratch) <= i:
             scratch.append(torch.empty(min(self._CHUNK, self.numel), dtype=self.acc_dtype, device=self.device))
         return scratch[i]
-
-    def _offsets(self) -> list[int]:
-        """Where each tensor starts in the flat sums (relative to the buffer, which may start inside its
-        storage: ``common.params.empty_flat`` aligns big buffers)."""
-        start = self._flats[0].storage_offset()
-        return [v.storage_offset() - start for v in self._views[0]]
 
     def _total(self) -> float:
         total = self.total_weight
@@ -225,7 +190,7 @@ class WeightedMean(_Streaming):
         tensors = self._check(tensors)
         flat = P.as_flat(tensors)
         if flat is not None:
-            self._add_flat(flat, weight)
+            self.add_flat(flat, weight)
         else:
             self._materialize()
             P.foreach(torch._foreach_add_, self._views[0], tensors, alpha=weight)
@@ -234,15 +199,22 @@ class WeightedMean(_Streaming):
     @torch.no_grad()
     def add_flat(self, flat: torch.Tensor, weight: float = 1.0) -> None:
         """Same as ``add`` for a client given as one 1-D buffer (``common.params.flatten``): one fused op."""
-        self._add_flat(flat, weight)
+        acc = self._flats[0][:self.numel]
+        with self._threads():
+            if self._zero_pending and flat.dtype == acc.dtype:
+                torch.mul(flat, weight, out=acc)  # = 0 + w theta
+                self._zero_pending = False
+            else:
+                self._materialize()
+                acc.add_(flat, alpha=weight)
+        self._flats[0][-1] += weight
 
     @torch.no_grad()
     def add_many(self, clients: Sequence, weights: Sequence[float] | None = None) -> None:
-        """``add(clients[k], weights[k])`` for every k in order, bit for bit, each client a list of tensors
-        or one 1-D buffer; uploads that tile one buffer each are read once, block by block (module docstring)."""
+        """``add(clients[k], weights[k])`` for every k in order, bit for bit (each a tensor list or a 1-D buffer)."""
         weights = self._weights(len(clients), weights)
         flats = self._flat_clients(clients)
-        if flats is None or not flats:
+        if not flats:
             for c, w in zip(clients, weights):
                 self.add_flat(c, w) if isinstance(c, torch.Tensor) else self.add(c, w)
             return
@@ -258,17 +230,6 @@ class WeightedMean(_Streaming):
                 accs[0].add_(xs[0], alpha=w)
         self._add_blocked(flats, weights, add_block)
 
-    def _add_flat(self, flat: torch.Tensor, weight: float) -> None:
-        acc = self._flats[0][:self.numel]
-        with self._threads():
-            if self._zero_pending and flat.dtype == acc.dtype:
-                torch.mul(flat, weight, out=acc)  # = 0 + w theta
-                self._zero_pending = False
-            else:
-                self._materialize()
-                acc.add_(flat, alpha=weight)
-        self._flats[0][-1] += weight
-
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
         """The weighted mean, written into ``out`` (e.g. the global parameters, no allocation) or new tensors."""
@@ -280,7 +241,7 @@ class WeightedMean(_Streaming):
             with self._threads():
                 torch.mul(self._flats[0][:self.numel], scale, out=flat_out)
         else:
-            with _per_tensor_threads(out):
+            with P.threads_for(max(t.numel() for t in out), out[0].device):
                 for o, s in zip(out, self._views[0]):
                     torch.mul(s, scale, out=o)  # one pass, cast to o's dtype on the way
         return out
@@ -293,14 +254,10 @@ class FisherMean(_Streaming):
         theta = (sum_k w_k F_k theta_k + eps * theta_bar) / (sum_k w_k F_k + eps),
         theta_bar = sum_k w_k theta_k / sum_k w_k,   eps = eps_rel * mean_j(sum_k w_k F_kj)
 
-    This is Matena & Raffel's floor (add delta = eps / sum_k w_k to every client's Fisher) with delta scaled to
-    the Fisher's magnitude: where sum w F >> eps it is the Fisher-weighted mean; where it is << eps (a
-    coordinate no client's loss touched, e.g. the embedding row of a token none of them saw) it is FedAvg's
-    weighted mean, never 0. Equal Fisher across clients gives exactly FedAvg on that coordinate. The bare
-    formula sum F theta / (sum F + eps) with an absolute eps pulls every low-Fisher coordinate toward zero.
-
-    ``eps_share`` after ``result``: the fraction of coordinates where eps >= sum w F, i.e. where the floor
-    rather than the Fisher decides the result (at least half the weight on the plain mean).
+    Matena & Raffel's floor (delta = eps / sum_k w_k added to every client's Fisher) scaled to the Fisher's
+    magnitude: a coordinate no client's loss touched gets FedAvg's mean, never 0 (the bare sum F theta /
+    (sum F + eps) pulls every low-Fisher coordinate toward zero). ``eps_share`` after ``result``: the fraction
+    of coordinates where eps >= sum w F (the floor, not the Fisher, decides).
     """
 
     def __init__(self, like, eps: float = 1e-6, acc_dtype: torch.dtype = torch.float32):
@@ -313,14 +270,12 @@ class FisherMean(_Streaming):
 
     @torch.no_grad()
     def add(self, tensors, fisher, weight: float = 1.0) -> None:
-        """A client given as (views of) one buffer for theta and one for F goes block by block, the three
-        sums' ops on a block while its theta and F are in cache: theta and F read once from memory (32
-        bytes per parameter in all, against 40 for three whole passes); else one fused op per quantity."""
+        """theta and F each one buffer (or views of one): block by block, so they are read from memory once
+        while the three sums' block is in cache; else one fused op per quantity."""
         tensors, fisher = self._check(tensors), self._check(fisher, "fisher")
         flat_t, flat_f = P.as_flat(tensors), P.as_flat(fisher)
         if flat_t is not None and flat_f is not None:
-            flats = [(flat_t, flat_f)]
-            self._add_blocked(flats, [weight], self._add_block)
+            self._add_blocked([(flat_t, flat_f)], [weight], self._add_block)
             return
         self._materialize()
         num, den, tot = self._views
@@ -338,16 +293,13 @@ class FisherMean(_Streaming):
 
     @torch.no_grad()
     def add_many(self, clients: Sequence, fishers: Sequence, weights: Sequence[float] | None = None) -> None:
-        """``add(clients[k], fishers[k], weights[k])`` for every k in order, bit for bit; uploads that are
-        one buffer each (or lists tiling one) are read once, block by block (module docstring)."""
+        """``add(clients[k], fishers[k], weights[k])`` for every k in order, bit for bit."""
         self._add_many_with(clients, fishers, weights, "Fisher lists", self._add_block)
 
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
-        """The formula chunk by chunk in three scratch chunks that stay in cache (no temporaries of the model's
-        size; 290 -> 40 ms for 21.7M parameters), with the ops of the formula in its order, so the values are
-        those of the whole-tensor expression ``where(den > 0, (num + eps mean) / (den + eps), mean)`` bit for
-        bit (the select is ``_select_into``)."""
+        """The formula chunk by chunk in cached scratch (290 -> 40 ms for 21.7M parameters), bit for bit the
+        whole-tensor ``where(den > 0, (num + eps mean) / (den + eps), mean)``."""
         total = self._total()
         self._materialize()
         num, den, tot = self._flats[0][:self.numel], self._flats[1], self._flats[2]
@@ -385,9 +337,8 @@ class FisherMean(_Streaming):
 
 
 def _select_into(out: torch.Tensor, cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """out = where(cond, a, b), bit for bit, for 1-D float tensors of one dtype, written as integer bit
-    operations on their bits: b ^ ((b ^ a) & -cond). torch.where's CPU kernel is not vectorized (measured
-    7x slower on 512K float32). ``a`` is overwritten (a scratch); ``out`` may be ``b``."""
+    """out = where(cond, a, b) as bit operations, b ^ ((b ^ a) & -cond): torch.where's CPU kernel is not vectorized
+    (7x slower on 512K float32). 1-D tensors of one float dtype; ``a`` is overwritten; ``out`` may be ``b``."""
     ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[out.element_size()]
     o, x, y = out.view(ints), a.view(ints), b.view(ints)
     x.bitwise_xor_(y).bitwise_and_(cond.to(ints).neg_())
@@ -396,9 +347,7 @@ def _select_into(out: torch.Tensor, cond: torch.Tensor, a: torch.Tensor, b: torc
 
 def entropy_weights(entropies: Sequence[float], temperature: float = 1.0) -> list[float]:
     """FedEntropy weights alpha_k = softmax(-H_k / T): lower entropy (more confident client) weighs more.
-
-    Computed as exp(z_k - max z) / sum, so large H/T neither overflows nor underflows to all zeros.
-    """
+    Computed as exp(z_k - max z) / sum, so large H/T neither overflows nor underflows to all zeros."""
     if not temperature > 0:
         raise ValueError(f"entropy temperature must be > 0, got {temperature}")
     z = [-float(h) / temperature for h in entropies]

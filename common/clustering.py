@@ -1,21 +1,15 @@
 """Client clustering (llm_noniid's fourth question: can grouping similar clients fix the failures of one
-global model?). Every method gives each client a cluster; the round engine (``common.engine``) keeps one
-model per cluster and runs FedAvg / FedProx / SCAFFOLD inside each cluster (``--clustering none`` is one
-cluster).
+global model?): each client gets a cluster; ``common.engine`` keeps one model per cluster and runs the client
+algorithm inside each (``--clustering none``: one cluster).
 
-* ``data`` (data-aware, one-shot): each client computes a statistic of its own training data locally and
-  sends it once before round 1: its token unigram distribution (``--cluster-features tokens``, label-free,
-  works for every skew) or its topic histogram (``topics``). The server groups the clients by average-linkage
-  agglomerative clustering on the Hellinger distance between these distributions, into ``--num-clusters``
-  groups, or (``--num-clusters 0``) into the number in 2..min(K-1, 8) with the best silhouette score, and one
-  cluster when no split reaches ``MIN_SILHOUETTE`` (no structure: do not split). Fixed for the run.
-* ``ifca`` (Ghosh et al. 2020): C cluster models; every round each participating client scores every cluster
-  model on a few batches of its own training data and trains (and is averaged into) the one with the lowest
-  loss. Assignments can change every round. Starting points: identical models would tie and collapse into one
-  cluster (as any start where one model fits every client best), so the C models start k-means++-style
-  (farthest first): cluster 0 is a random client's local model (``--ifca-init-rounds`` rounds' worth of its
-  local steps from the initial model); cluster g is the local model of the client whose best loss under
-  clusters 0..g-1 is the highest.
+* ``data`` (one-shot): each client sends once, before round 1, a distribution computed on its own training
+  data: its token unigrams (``--cluster-features tokens``, label-free) or topic histogram (``topics``). The
+  server clusters them by average linkage on the Hellinger distance into ``--num-clusters`` groups, or (0)
+  into the number in 2..min(K-1, 8) with the best silhouette, one cluster below ``MIN_SILHOUETTE``.
+* ``ifca`` (Ghosh et al. 2020): every round each participant trains the cluster model with the lowest loss on
+  a few of its own batches. Identical starting models would collapse into one cluster, so they start
+  farthest first: a random client's local model (``--ifca-init-rounds`` rounds of its local steps), then the
+  local model of the client whose best loss under the models so far is the highest.
 
 Personalised evaluation: every client's held-out examples are scored by its own cluster's model.
 """
@@ -116,8 +110,4 @@ def farthest_first(loss: np.ndarray, chosen: list[int]) -> int:
 def purity(labels: np.ndarray, truth: np.ndarray) -> float:
     """Share of clients whose cluster's majority planted group is their own group (1 = groups recovered)."""
     labels, truth = np.asarray(labels), np.asarray(truth)
-    hits = 0
-    for g in set(labels.tolist()):
-        members = truth[labels == g]
-        hits += np.bincount(members).max()
-    return hits / len(labels)
+    return sum(np.bincount(truth[labels == g]).max() for g in set(labels.tolist())) / len(labels)

@@ -1,22 +1,16 @@
 """The federated round engine: every subproject's federated script runs its rounds through ``run``.
 
-One round of ``run``, top to bottom:
-  sample the round's clients (``sample_clients``: one stream per (seed, purpose, round)) -> each client
-  starts from its cluster's global model (loaded in place into the task's one model; one cluster unless
-  ``--clustering``) with its optimizer state kept or reset (``--client-opt-state``) -> local training by the
-  task, calling the client algorithm's hook between backward and optimizer step (FedProx's proximal
-  gradient, SCAFFOLD's correction) -> the task adds the client to its cluster's aggregator (weighted mean,
-  FedFisher, FedEntropy, a masked write-back...) -> under torchrun ONE all-reduce of every aggregator and of
-  SCAFFOLD's sums -> the server step of every cluster (plain, FedAvgM, FedAdam; SCAFFOLD's own) -> on
-  evaluation rounds the task's evaluation and log row -> the task's stop check (by default the non-finite
-  stop; exit 3, the checkpoint on disk kept) -> on evaluation rounds the checkpoint.
+One round: sample the clients (``sample_clients``) -> each starts from its cluster's global model, loaded in
+place into the task's one model, its optimizer state kept or reset (``--client-opt-state``) -> the task's
+local training, calling the client algorithm's hooks (FedProx's proximal gradient, SCAFFOLD's correction)
+-> the task adds the client to its cluster's aggregator -> under torchrun ONE all-reduce of every aggregator
+and SCAFFOLD's sums -> every cluster's server step -> on evaluation rounds the task's evaluation and log
+row -> the task's stop check (by default non-finite values: exit 3) -> on evaluation rounds the checkpoint.
 
-A subproject supplies a ``Task``: its model's trainable parameters, client sizes, local training,
-aggregator and evaluation. Client algorithms (``FedAvg``, ``FedProx``, ``Scaffold``) are small objects with
-three hooks (client start, gradient, client end) and a server step. Clustering is which global model a
-client starts from (``Federation.assign``): IFCA re-assigns the round's clients to the cluster model with the
-lowest loss on their own data; ``data`` groups them once by the distribution of their training tokens.
-The shared flags come from ``add_algorithm_args`` and are checked by ``check_algorithm_args``.
+A subproject supplies a ``Task``; client algorithms (``FedAvg``, ``FedProx``, ``Scaffold``) are three hooks
+and a server step. Clustering is which global model a client starts from (``Federation.assign``; IFCA
+re-assigns the round's clients every round, ``data`` once). Shared flags: ``add_algorithm_args``, checked by
+``check_algorithm_args``.
 """
 from __future__ import annotations
 
@@ -52,10 +46,8 @@ SERVER_OPTS = ("fedavg", "fedavgm", "fedadam")
 def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str = "heavy-ball",
                        client_opt_state: str | None = "reset", clustering: str | None = None,
                        scaffold: str | None = None, algorithm_help: str = ""):
-    """--algorithm, --mu, --scaffold-weighting, --server-opt, --server-lr, --server-momentum, --momentum-form,
-    --client-opt-state, --clustering, --num-clusters, --ifca-init-rounds, --ifca-batches. A flag this
-    script cannot honour says so in --help (``clustering`` / ``scaffold``: why not, refused in one line by
-    ``check_algorithm_args``); ``client_opt_state`` None: the clients' optimizer has no state to keep."""
+    """The shared flags (--algorithm ... --ifca-batches). ``clustering`` / ``scaffold``: why this script cannot
+    honour them (said in --help, refused by ``check_algorithm_args``); ``client_opt_state`` None: no state."""
     g = parser.add_argument_group("federated algorithm (common.engine)")
     g.add_argument("--algorithm", default="fedavg", help="client algorithm: fedavg | fedprox (loss + mu/2 "
                    "||w - w_global||^2) | scaffold (control variates; plain SGD local steps)"
@@ -113,8 +105,7 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
 
 
 def run_name_tags(args, server_opt: str = "fedavg") -> dict:
-    """Run-name settings (``common.runlog.run_name``) of the shared flags that differ from the defaults,
-    so runs of other algorithms get their own directories (nothing for a plain FedAvg run)."""
+    """Run-name settings (``common.runlog.run_name``) of the shared flags off their defaults (none for FedAvg)."""
     return {args.algorithm: args.algorithm != "fedavg", "mu": args.mu if args.algorithm == "fedprox" else None,
             "wsize": args.algorithm == "scaffold" and args.scaffold_weighting == "size",
             "so": args.server_opt if args.server_opt != server_opt else None,
@@ -138,8 +129,7 @@ def clients_per_round(rate: float, num_clients: int) -> int:
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int = 0, final: float = 0.0) -> float:
-    """A round's (or step's) learning rate: linear warmup for ``warmup`` steps, then cosine from ``peak`` to
-    ``final`` at ``total``."""
+    """A round's (or step's) learning rate: linear warmup for ``warmup`` steps, then cosine ``peak`` -> ``final``."""
     if warmup > 0 and step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -201,13 +191,10 @@ class FedProx(FedAvg):
 
 
 class Scaffold(FedAvg):
-    """SCAFFOLD option II (``common.scaffold.Scaffold``, one per cluster): the gradient gets c - c_i; after
-    local training c_i and the round's sums are updated; the server step is x += server_lr mean dy.
-
-    ``shift``: with an adaptive local optimizer (AdamW) the correction bypasses it, as federated LLM
-    fine-tuning code does: after each optimizer step theta -= lr (c - c_i). c_i's update stays option II,
-    c_i + (x - y_i) / (K lr) - c, so c_i becomes the client's mean step direction. With plain SGD the two
-    forms are the same algorithm."""
+    """SCAFFOLD option II (``common.scaffold.Scaffold``, one per cluster): the gradient gets c - c_i.
+    ``shift`` (an adaptive local optimizer, as federated LLM fine-tuning code does): theta -= lr (c - c_i)
+    after each optimizer step instead; c_i's update stays option II, so c_i becomes the client's mean step
+    direction. With plain SGD the two forms are the same algorithm."""
 
     name = "scaffold"
     upload_factor = 2
@@ -257,8 +244,8 @@ def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign
         return FedAvg()
     controls = []
     for g, x in enumerate(cluster_models):
-        member = [1.0 if assign is None or assign[k] == g else 0.0 for k in range(len(sizes))]
-        w = [m * (sizes[k] if args.scaffold_weighting == "size" else 1.0) for k, m in enumerate(member)]
+        w = [float(assign is None or assign[k] == g) * (sizes[k] if args.scaffold_weighting == "size" else 1.0)
+             for k in range(len(sizes))]
         controls.append(SC.Scaffold(x, len(sizes), server_lr=args.server_lr,
                                     client_weights=None if all(v == 1.0 for v in w) else w))
     return Scaffold(controls, shift)
@@ -359,8 +346,6 @@ class Federation:
 
     def __init__(self, task: Task, args):
         self.task, self.args = task, args
-        # --clustering data groups the clients once by their ``task.client_features(k)`` distributions; ifca
-        # starts with --num-clusters models (``ifca_init_``) and re-assigns every round
         self.assign, num_clusters, self.info = np.zeros(len(task.sizes), dtype=np.int64), 1, {}
         if args.clustering == "data":
             self.assign, self.info = C.data_clusters(
@@ -376,11 +361,9 @@ class Federation:
                         for x in self.models]
         self.aggs = [task.make_aggregator(x) for x in self.models]
         self.opt_states: dict[int, dict] = {}
-        # wall-clock seconds of the clients' local training and of whole rounds (evaluation, logging and
-        # checkpoints excluded); under torchrun each rank times its own clients
+        # wall-clock seconds of local training and of whole rounds (no evaluation, logging, checkpoints); per rank
         self.timing = {"client_seconds": 0.0, "round_seconds": 0.0}
-        # the task reaches the federation without a reference cycle: an interrupted run's objects (its run
-        # directory's lock with them) go as soon as the last reference does, not at the next garbage collection
+        # no reference cycle: an interrupted run's objects (its run directory's lock) go with the last reference
         task.fed = weakref.proxy(self)
 
     # -- clustering: which global model a client starts from ---------------------------------------------
@@ -394,9 +377,7 @@ class Federation:
         return self.task.client_loss(k)
 
     def ifca_init_(self) -> None:
-        """IFCA's starting points, farthest first: cluster 0 is a random client's local model after
-        --ifca-init-rounds rounds of its local steps (round 0 streams) from the initial model; cluster g the
-        same for the client whose best loss under clusters 0..g-1 is the highest."""
+        """IFCA's starting points, farthest first (``common.clustering``), from round 0's streams."""
         task, sizes = self.task, self.task.sizes
         start = P.clone(task.params)
         seeds = [int(seeding.numpy_rng(task.seed, "ifca-init").choice([k for k in range(len(sizes)) if sizes[k]]))]
@@ -415,8 +396,8 @@ class Federation:
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def start(self, rd, names: list[str], fresh=None) -> int:
-        """The first round to run: the checkpoint's (its whole state restored), else 0 after ``fresh()`` (a
-        warm-up of the global models) and, for IFCA, building its starting models."""
+        """The first round: the checkpoint's (its state restored), else 0 after ``fresh()`` (a warm-up of the
+        global models) and IFCA's starting models."""
         state = rd.load_checkpoint()
         if state is not None:
             return self.load_state_dict(state, names)

@@ -1,19 +1,15 @@
 """Evaluation loops and metrics.
 
-* ``perplexity``: token-weighted, exp(total NLL / total tokens) over the whole split -- not the mean of
-  per-batch perplexities, which over-weights short final batches.
-* ``mean_entropy``: predictive entropy in nats per token over the real vocabulary (models often pad their
-  vocabulary to a multiple of 8 or 16; the padded logits are not real outcomes).
-* Metrics on predictions -- ``accuracy``, ``f1_score``, ``matthews_corrcoef``, ``pearson``, ``spearman`` --
-  in plain NumPy (float64), matching scikit-learn / SciPy on the cases GLUE uses.
+* ``perplexity``: token-weighted, exp(total NLL / total tokens) over the whole split (not the mean of
+  per-batch perplexities, which over-weights short final batches).
+* ``mean_entropy``: predictive entropy in nats per token over the real (unpadded) vocabulary.
+* ``accuracy``, ``f1_score``, ``matthews_corrcoef``, ``pearson``, ``spearman``: NumPy float64, matching
+  scikit-learn / SciPy on the cases GLUE uses.
 
-Every loop runs under ``torch.inference_mode()`` with the model in eval mode, and restores each module's
-previous train/eval flag afterwards. ``shard=True`` under ``torchrun``: every rank scores its share of the
-batches (``common.distributed.my_share``: batches rank, rank + N, ...) and one all-reduce adds up the sums,
-so every rank gets the metrics of the whole split; it must then be called on every rank. Sums are
-accumulated on the device and read once at the end, so there is no host-device sync per batch. (A model
-that lazily caches tensors during its first forward would cache inference tensors here; run one
-training-mode forward first if such a model is trained afterwards.)
+Loops run under ``torch.inference_mode()`` in eval mode (each module's flag restored after) and read their
+device-side sums once at the end. ``shard=True`` under ``torchrun`` (call on every rank): every rank scores
+batches rank, rank + N, ... (``common.distributed.my_share``) and one all-reduce gives all the whole split's
+metrics. (A model that lazily caches tensors in its first forward would cache inference tensors here.)
 """
 from __future__ import annotations
 
@@ -32,17 +28,15 @@ from common import distributed
 from common.errors import check
 
 IGNORE_INDEX = -100
-# Rows of [N, V] logits converted to float32 at a time: bounds the extra memory for a large vocabulary
-# (8192 positions x 50k tokens would be 1.6 GB per float32 copy).
+# Rows of [N, V] logits converted to float32 at a time (8192 positions x 50k tokens would be 1.6 GB).
 CHUNK_ROWS = 2048
 
 # ----------------------------------------------------------------------------------------------------------
 # context helpers
 
 def cuda_precision() -> str:
-    """What a CUDA run computes in: "bf16 autocast", or "float32" where ``FEDLAB_PRECISION=float32`` is set in the
-    environment (a GPU run then computes what a CPU run does, up to the order of floating-point sums, so its numbers
-    can stand beside the CPU's in one table)."""
+    """What a CUDA run computes in: "bf16 autocast", or "float32" with ``FEDLAB_PRECISION=float32`` (then a GPU
+    run computes what a CPU run does, up to the order of floating-point sums)."""
     value = os.environ.get("FEDLAB_PRECISION", "bf16")
     check(value in ("bf16", "float32"), f"FEDLAB_PRECISION={value!r}: expected 'float32' (CUDA without autocast) "
                                         "or 'bf16' (the default)")
@@ -103,12 +97,8 @@ def _logits(out: Any) -> torch.Tensor:
 # language models
 
 def _lm_batch(batch: Any) -> tuple[dict, torch.Tensor]:
-    """Normalize an LM batch to (model inputs, labels [B, T]).
-
-    Accepts a dict with ``input_ids`` [B, T] and optional ``labels`` / ``attention_mask``, a tuple
-    (input_ids, labels), or a bare ``input_ids`` tensor. Without labels, labels are the input ids with
-    padding (attention_mask == 0) ignored.
-    """
+    """(model inputs, labels [B, T]) of a dict with ``input_ids`` [B, T] and optional ``labels`` /
+    ``attention_mask``, an (input_ids, labels) tuple or bare input_ids (labels: the ids, padding ignored)."""
     if torch.is_tensor(batch):
         batch = {"input_ids": batch}
     elif isinstance(batch, (tuple, list)):
@@ -128,11 +118,17 @@ def _default_lm_forward(model: nn.Module, inputs: dict) -> torch.Tensor:
     return _logits(model(**inputs))
 
 
-def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """HF causal-LM convention: position t predicts label t+1. -> logits [N, V], labels [N]."""
-    logits = logits[:, :-1, :]
-    labels = labels[:, 1:]
-    return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+def _lm_logits(model: nn.Module, batches: Iterable[Any], device: torch.device, forward=_default_lm_forward,
+               vocab_size: int | None = None):
+    """Per batch: (logits [N, V], labels [N]), position t scored on label t+1 (HF causal-LM convention), only
+    the first ``vocab_size`` logits when given."""
+    for batch in batches:
+        inputs, labels = _lm_batch(_to(batch, device))
+        with autocast(device):
+            logits = forward(model, inputs)
+        if vocab_size is not None:
+            logits = logits[..., :vocab_size]
+        yield logits[:, :-1, :].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
 
 
 def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
@@ -148,17 +144,11 @@ def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
     Returns {"loss": mean NLL in nats per token, "ppl": exp(loss), "tokens": number of scored tokens}.
     """
     device = _device_of(model, device)
-    forward = forward or _default_lm_forward
     nll = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.int64, device=device)
     with eval_mode(model), torch.inference_mode():
-        for batch in distributed.my_share(batches) if shard else batches:
-            inputs, labels = _lm_batch(_to(batch, device))
-            with autocast(device):
-                logits = forward(model, inputs)
-            if vocab_size is not None:
-                logits = logits[..., :vocab_size]
-            flat_logits, flat_labels = _shifted(logits, labels)
+        for flat_logits, flat_labels in _lm_logits(model, distributed.my_share(batches) if shard else batches,
+                                                   device, forward or _default_lm_forward, vocab_size):
             for lg, lb in zip(flat_logits.split(CHUNK_ROWS), flat_labels.split(CHUNK_ROWS)):
                 nll += F.cross_entropy(lg.float(), lb, ignore_index=IGNORE_INDEX, reduction="sum").double()
             count += (flat_labels != IGNORE_INDEX).sum()
@@ -172,13 +162,9 @@ def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
 
 def unigram_perplexity(train_tokens: torch.Tensor, eval_blocks: torch.Tensor, vocab_size: int,
                        smoothing: float = 1.0) -> dict:
-    """Reference points of a language model: the uniform guess and a unigram model fitted on the training
-    tokens (add-``smoothing`` counts over the vocabulary), scored on exactly the positions ``perplexity``
-    scores in ``eval_blocks`` [M, T] (targets t >= 1 of each block, -100 padding ignored).
-
-    Returns {"uniform_ppl": vocab_size, "unigram_ppl", "unigram_loss" (nats per token), "tokens"}. A model
-    whose perplexity is not well below ``unigram_ppl`` has learned nothing beyond token frequencies.
-    """
+    """Reference points of a language model, scored on the positions ``perplexity`` scores in ``eval_blocks``
+    [M, T]: the uniform guess and a unigram model of the training tokens (add-``smoothing`` counts). Returns
+    {"uniform_ppl": vocab_size, "unigram_ppl", "unigram_loss" (nats per token), "tokens"}."""
     train = train_tokens.reshape(-1)
     train = train[train >= 0].long().cpu()
     counts = torch.bincount(train, minlength=vocab_size)[:vocab_size].double() + smoothing
@@ -191,22 +177,13 @@ def unigram_perplexity(train_tokens: torch.Tensor, eval_blocks: torch.Tensor, vo
 
 
 def mean_entropy(model: nn.Module, batches: Iterable[Any], vocab_size: int | None = None, device=None) -> float:
-    """Mean predictive entropy H(p(. | prefix)) in nats per token, over the positions ``perplexity`` scores.
-
-    Only the first ``vocab_size`` logits are used (softmax renormalized over them), so padded vocabulary
-    entries do not count. Batches as in ``perplexity``.
-    """
+    """Mean predictive entropy H(p(. | prefix)) in nats per token over the positions ``perplexity`` scores
+    (batches as there), softmax over the first ``vocab_size`` logits only (padded entries do not count)."""
     device = _device_of(model, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.int64, device=device)
     with eval_mode(model), torch.inference_mode():
-        for batch in batches:
-            inputs, labels = _lm_batch(_to(batch, device))
-            with autocast(device):
-                logits = _default_lm_forward(model, inputs)
-            if vocab_size is not None:
-                logits = logits[..., :vocab_size]
-            flat_logits, flat_labels = _shifted(logits, labels)
+        for flat_logits, flat_labels in _lm_logits(model, batches, device, vocab_size=vocab_size):
             keep = flat_labels != IGNORE_INDEX
             for chunk in flat_logits[keep].split(CHUNK_ROWS):
                 logp = F.log_softmax(chunk.float(), dim=-1)  # [rows, V]
@@ -244,19 +221,14 @@ def f1_score(pred, target) -> float:
     """Binary F1 of the positive class 1: 2TP / (2TP + FP + FN); 0.0 when there is no positive at all."""
     pred, target = _pair(pred, target)
     p, t = pred == 1, target == 1
-    tp = float(np.sum(p & t))
-    fp = float(np.sum(p & ~t))
-    fn = float(np.sum(~p & t))
+    tp, fp, fn = (float(np.sum(a & b)) for a, b in ((p, t), (p, ~t), (~p, t)))
     denom = 2 * tp + fp + fn
     return 2 * tp / denom if denom else 0.0
 
 
 def matthews_corrcoef(pred, target) -> float:
-    """Matthews correlation (multi-class form of Gorodkin 2004; the usual formula for two classes).
-
-    MCC = (c*s - t.p) / sqrt((s^2 - p.p)(s^2 - t.t)), c correct, s total, t/p per-class true/predicted
-    counts. 0.0 when the denominator is 0 (constant predictions or targets), as scikit-learn does.
-    """
+    """Matthews correlation (Gorodkin 2004's multi-class form): (c*s - t.p) / sqrt((s^2 - p.p)(s^2 - t.t)), c
+    correct, s total, t/p per-class true/predicted counts; 0.0 for a zero denominator, as scikit-learn."""
     pred, target = _pair(pred, target)
     classes, idx = np.unique(np.concatenate([pred, target]), return_inverse=True)
     pi, ti = idx[:pred.size], idx[pred.size:]
@@ -271,8 +243,7 @@ def matthews_corrcoef(pred, target) -> float:
 def pearson(x, y) -> float:
     """Pearson correlation; NaN when either input is constant (as SciPy)."""
     x, y = _pair(x, y, np.float64)
-    x = x - x.mean()
-    y = y - y.mean()
+    x, y = x - x.mean(), y - y.mean()
     denom = np.sqrt((x @ x) * (y @ y))
     return float(np.clip((x @ y) / denom, -1.0, 1.0)) if denom > 0 else float("nan")
 

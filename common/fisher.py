@@ -1,32 +1,19 @@
-"""Diagonal Fisher information from per-example gradients (``torch.func``).
+"""Diagonal Fisher information F = mean over examples i of g_i * g_i, g_i the gradient of example i's loss.
 
-F = mean over examples i of g_i * g_i, g_i = grad of example i's loss at the current parameters.
+* Example loss: mean NLL over the example's non-ignored targets (``ignore_index``). A classifier: logits
+  [B, C], targets [B]. A causal LM: logits [B, T, V] and targets ALREADY ALIGNED (logits[:, t] predicts
+  targets[:, t]: ``lm_targets``); the model must not shift again. Examples without a target are not counted.
+* labels='empirical': the data's targets; 'sampled': y ~ softmax(logits) from ``generator`` (the true
+  Fisher), drawn from one batched forward before any gradient, so every method sees the same labels.
+* method='per_example': vmap(grad(loss)) over chunks of ``chunk_size`` examples (``functional_call``; tied
+  weights are one parameter with both gradients); a model that cannot be vmapped warns once and falls back to
+  'loop', one autograd pass per example (the reference). 'batch': m * g_b**2 of each batch's mean-loss
+  gradient over its m examples, averaged weighted by m: one backward per batch, unbiased with sampled labels,
+  biased by (m - 1) times the squared mean gradient with empirical ones.
+* The model runs in eval mode and gets its previous mode back.
 
-* Example loss: mean negative log-likelihood over the example's non-ignored targets (``ignore_index``,
-  default -100). For a classifier (inputs [B, C, H, W] or [B, D], logits [B, C], targets [B]) that is the
-  usual cross-entropy. For a causal LM (inputs [B, T] token ids, logits [B, T, V]) targets [B, T] must be
-  ALREADY ALIGNED: logits[:, t] predicts targets[:, t], i.e. targets = input_ids shifted left by one with
-  the last position ignored (``lm_targets`` builds them); the model must not shift again.
-  Examples without any non-ignored target have a zero gradient and are not counted.
-* labels='empirical' uses the data's targets; labels='sampled' draws y ~ softmax(logits) at every
-  non-ignored position from ``generator`` (the true Fisher; deterministic for a seeded generator and the
-  same for every method, because labels are drawn from one batched forward before any gradient).
-* method='per_example': vmap(grad(loss)) over chunks of ``chunk_size`` examples with ``functional_call``
-  (tied weights, e.g. an LM's embedding and head, are one parameter and receive both gradients).
-  'loop': a Python loop with autograd, one example at a time (the reference). 'batch': m * g_b**2 for the
-  gradient g_b of each batch's mean loss over its m examples, averaged over batches weighted by m: one
-  backward per batch instead of one per example; with sampled labels its expectation is the Fisher (the
-  cross terms have zero mean), with empirical labels it is biased by (m - 1) times the squared mean gradient.
-  (Before, m * g_b**2 was divided by the example count once more, i.e. the estimate was m times too small.)
-  If a model cannot be vmapped (in-place ops, data-dependent control flow) 'per_example' warns once and
-  falls back to 'loop'.
-* The model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
-
-``LocalStepFisher``: an estimate from the gradients LOCAL TRAINING already computes, at no extra forward or
-backward: hooks on the parameters combine the batch gradients of consecutive local steps into an unbiased
-estimate of the per-example Fisher (needs >= 2 local steps). FedFisher's ``--fisher-method local``
-(mamba_fl/fed_fisher.py) uses it; benchmarks/bench_mamba_round.py reports its relative error against the
-per-example Fisher of many examples.
+``LocalStepFisher`` estimates the Fisher from the gradients local training computes anyway (FedFisher's
+``--fisher-method local``; its error against the per-example Fisher: ``benchmarks/bench_mamba_round.py``).
 """
 from __future__ import annotations
 
@@ -98,8 +85,8 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
                     forward: Callable | None = None, params: Sequence[torch.Tensor] | None = None,
                     method: str = "per_example", chunk_size: int = 16, generator: torch.Generator | None = None,
                     max_examples: int | None = None, ignore_index: int = IGNORE_INDEX) -> list[torch.Tensor]:
-    """Mean over examples of squared per-example gradients, for each parameter in ``params``
-    (default ``common.params.trainable(model)``), as float32 tensors in that order.
+    """Mean over examples of squared per-example gradients, for each parameter in ``params`` (default
+    ``common.params.trainable(model)``), as float32 tensors in that order.
 
     batches: iterable of (inputs, targets): inputs a tensor [B, ...] (or a dict of such tensors, passed
     as keyword arguments), targets [B, ...] (may be None with labels='sampled': every position counts).
@@ -192,20 +179,14 @@ def _loop(model, forward, params, fisher, inputs, targets, ignore_index) -> None
 class LocalStepFisher:
     """Diagonal (empirical) Fisher estimate from the gradients LOCAL TRAINING computes anyway, no extra pass.
 
-    Hooks on the parameters see each backward's gradient g_s (one backward per optimizer step, of the mean
-    loss over the step's m examples; gradients set to None or zeroed between steps). For two consecutive
-    steps on independent batches, with per-example gradients of mean mu and variance sigma^2 (so that the
-    per-example Fisher is F = mu^2 + sigma^2):
-
-        E[g_{s-1} g_s] = mu^2,   E[(g_s - g_{s-1})^2] = 2 sigma^2 / m,
-        F_hat = g_{s-1} g_s + (m / 2) (g_s - g_{s-1})^2   has expectation F,
-
-    (up to the parameter change between the two steps). ``estimate()`` averages F_hat over the consecutive
-    pairs since ``reset()`` (so it needs at least two local steps) and clamps it at 0. The plain m g_s^2 of
-    one step (``diagonal_fisher``'s 'batch') would be biased by (m - 1) mu^2: measured 2.7x the per-example
-    Fisher's norm in error on the mamba_fl benchmark model, against 0.8 for this pair estimate over 4 steps
-    (``benchmarks/bench_mamba_round.py``). Memory: two float32 copies of the parameters (the previous
-    gradient and the sum). ``remove()`` drops the hooks.
+    Hooks see each step's gradient g_s of the mean loss over m examples (one backward per step, gradients
+    cleared between steps). For consecutive steps on independent batches, per-example gradients of mean mu and
+    variance sigma^2 (F = mu^2 + sigma^2):
+    E[g_{s-1} g_s] = mu^2 and E[(g_s - g_{s-1})^2] = 2 sigma^2 / m, so F_hat = g_{s-1} g_s + (m / 2)
+    (g_s - g_{s-1})^2 has expectation F (up to the parameter change between the steps). ``estimate()``
+    averages it over the pairs since ``reset()`` (at least two steps), clamped at 0. One step's m g_s^2 is
+    biased by (m - 1) mu^2: 2.7x the Fisher's norm in error on the mamba_fl benchmark model, against 0.8 for
+    this over 4 steps. Memory: two float32 copies of the parameters. ``remove()`` drops the hooks.
     """
 
     def __init__(self, params: Sequence[torch.Tensor], examples_per_step: int):
@@ -238,8 +219,8 @@ class LocalStepFisher:
 
     @torch.no_grad()
     def estimate(self) -> list[torch.Tensor]:
-        """The mean pair estimate, clamped at 0 (float32, new tensors); zeros for a parameter that fewer than
-        two backward passes reached. Raises when fewer than two passes were recorded."""
+        """The mean pair estimate, clamped at 0 (new float32 tensors; zeros where fewer than two passes reached).
+        Raises when fewer than two passes were recorded."""
         if self.steps < 2:
             raise ValueError(f"LocalStepFisher.estimate(): needs at least 2 backward passes since reset(), "
                              f"got {self.steps}")
@@ -250,12 +231,7 @@ class LocalStepFisher:
 
     def reset(self) -> None:
         for buf in (self.sums, self.prev):
-            flat = P.as_flat(buf)
-            if flat is not None:
-                flat.zero_()
-            else:
-                for t in buf:
-                    t.zero_()
+            P.foreach(torch._foreach_zero_, buf)
         self.passes = [0] * len(self.params)
 
     def remove(self) -> None:

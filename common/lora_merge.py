@@ -34,16 +34,13 @@ def lora_delta(As, Bs, weights, scales) -> torch.Tensor:
 @torch.no_grad()
 def lora_svd_merge(As, Bs, weights, scales, rank: int, out_scale: float = 1.0,
                    compute_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank-r truncated SVD of dW = sum_k w_k s_k B_k A_k (no transpose) as LoRA factors.
+    """Rank-r truncated SVD of dW = sum_k w_k s_k B_k A_k as LoRA factors A [rank, in], B [out, rank] with
+    out_scale * B @ A = U_r S_r V_r^T (Eckart-Young's best rank-r approximation; rows beyond dW's rank are
+    zero). The singular values are split sqrt/sqrt (each over sqrt(out_scale)), so both factors share a scale
+    and stay trainable; for a peft adapter adding (alpha / r) B @ A pass out_scale = alpha / r (its ``scaling``).
 
-    Returns A [rank, in], B [out, rank] with out_scale * B @ A = U_r S_r V_r^T, the best rank-r
-    approximation of dW (Eckart-Young); the singular values are split sqrt/sqrt between B and A (each also
-    divided by sqrt(out_scale)), so both factors have the same scale and stay trainable. To store the result
-    in a peft adapter whose forward adds (alpha / r) * B @ A, pass out_scale = alpha / r (= the adapter's
-    ``scaling``). If dW has rank < r the extra rows/columns are zero.
-
-    dW is never formed: with QR factorisations B_stack = Q_b R_b and A_stack^T = Q_a R_a of the exact stacked
-    factors, dW = Q_b (R_b R_a^T) Q_a^T, so only the small (sum r_k)^2 core is decomposed.
+    dW is never formed: with B_stack = Q_b R_b and A_stack^T = Q_a R_a (QR of the exact stacked factors),
+    dW = Q_b (R_b R_a^T) Q_a^T, so only the small (sum r_k)^2 core is decomposed.
     """
     if rank < 1 or not out_scale > 0:
         raise ValueError(f"rank must be >= 1 and out_scale > 0, got {rank}, {out_scale}")

@@ -1,23 +1,13 @@
-"""Parameter views: a model's trainable parameters as a list of tensors, with in-place math helpers.
+"""Parameter views: a model's trainable parameters as a list of tensors (``trainable(model)`` order; tied
+weights once), with in-place math helpers, so aggregators, Fisher and SCAFFOLD code never see module names.
 
-Every helper takes and returns plain lists of tensors in the order of ``trainable(model)``, so the
-aggregators, Fisher and SCAFFOLD code never see module names. Tied weights (e.g. an LM's embedding
-shared with its output head) appear once, because ``named_parameters`` de-duplicates shared tensors.
-
-Flat lists and the thread count of an op (``foreach``, ``threads_for``). On a CPU every elementwise op over a
-tensor large enough to be split is one OpenMP parallel region, which ends when its SLOWEST thread is done;
-when other processes keep every core busy, each region waits for a descheduled thread (a scheduler time
-slice, milliseconds), whatever the op's size. A model given as 150 separate tensors pays that wait 150
-times per op, and a multi-threaded aggregation becomes slower than a single-threaded numpy one. Hence:
-
-* lists that tile ONE buffer (``as_flat``: ``clone`` / ``zeros_like`` results, a client upload
-  ``unflatten``-ed, a model after ``flat_parameters_``) are handled as ONE op on that buffer;
-* an op on fewer than ``PARALLEL_MIN_NUMEL`` elements runs on one thread (no region, no wait), and so does
-  every op while other threads wait for a core (``machine_busy``: the kernel's count of runnable threads,
-  less this process's own, is at least one); otherwise an op gets every thread.
-
-Elementwise results do not depend on the number of threads or on the grouping, so these choices change
-timings only, never values (reductions are left alone: their summation order may depend on the threads).
+Thread counts (``foreach``, ``threads_for``): on a CPU each elementwise op over a large tensor is an OpenMP
+parallel region that ends when its SLOWEST thread does; while other processes keep every core busy, each
+region waits for a descheduled thread (milliseconds), so a model of 150 separate tensors pays that 150 times
+per op. Hence lists that tile ONE buffer (``as_flat``: ``clone`` / ``zeros_like`` results, ``unflatten``
+views, a model after ``flat_parameters_``) are ONE op, and an op below ``PARALLEL_MIN_NUMEL`` elements, or
+any op while other threads wait for a core (``machine_busy``), runs on one thread. Elementwise results do not
+depend on the threads or the grouping: these choices change timings only (reductions are left alone).
 """
 from __future__ import annotations
 
@@ -31,8 +21,8 @@ from torch import nn
 
 Tensors = list[torch.Tensor]
 
-# Ops on fewer elements run on one thread (see the module docstring): 256K float32 elements are 1 MiB, about
-# 0.1 ms of memory traffic, where starting a parallel region on a quiet machine still pays off.
+# Ops on fewer elements run on one thread: 256K float32 (1 MiB, about 0.1 ms of memory traffic) is where a
+# parallel region on a quiet machine starts to pay off.
 PARALLEL_MIN_NUMEL = 1 << 18
 # False: ops of PARALLEL_MIN_NUMEL elements or more always get every thread, loaded machine or not.
 LOAD_AWARE = True
@@ -52,9 +42,8 @@ def _own_running_threads() -> int:
 
 
 def machine_busy() -> bool:
-    """True when threads of OTHER processes are runnable right now (Linux: the running count of
-    /proc/loadavg less this process's running threads), i.e. a parallel region of ours would have to wait
-    for a core. Cached for 20 ms; False where /proc is not available."""
+    """True when threads of OTHER processes are runnable now (/proc/loadavg's running count less this process's
+    running threads): a parallel region of ours would wait for a core. Cached 20 ms; False without /proc."""
     now = time.monotonic()
     if now - _busy_state["at"] > _BUSY_MAX_AGE_S:
         try:
@@ -85,11 +74,9 @@ def threads_for(numel: int, device: torch.device | str | None = None):
 def as_flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
     """The 1-D view the tensors tile, if they are consecutive contiguous pieces of one buffer (e.g. the
     views ``unflatten`` returns), else None. Lets one op on the buffer replace one op per tensor."""
-    if not tensors:
+    if not tensors or not isinstance(tensors[0], torch.Tensor):
         return None
     first = tensors[0]
-    if not isinstance(first, torch.Tensor):
-        return None
     offset, ptr = first.storage_offset(), first.untyped_storage().data_ptr()
     for t in tensors:
         if (not isinstance(t, torch.Tensor) or not t.is_contiguous() or t.dtype != first.dtype
@@ -115,11 +102,9 @@ def num_threads(n: int):
 
 
 def foreach(fn: Callable, *lists: Sequence[torch.Tensor], **kwargs):
-    """``fn(*lists, **kwargs)`` for a ``torch._foreach_*`` function ``fn`` (in place or not), with the
-    thread count chosen per op size (``op_threads``): when every list tiles one buffer (``as_flat``), ONE
-    call on those buffers (an out-of-place result comes back as views of one buffer, shaped like
-    ``lists[0]``); else tensors below ``PARALLEL_MIN_NUMEL`` elements on one thread and the others with
-    ``op_threads`` of their size. Non-tensor arguments (scalars, a list of scalars) go in ``kwargs``."""
+    """``fn(*lists, **kwargs)`` for a ``torch._foreach_*`` function (in place or not; scalars in ``kwargs``):
+    ONE call when every list tiles one buffer (an out-of-place result is views of one buffer shaped like
+    ``lists[0]``), else small tensors on one thread and the others with ``op_threads``."""
     lists = [list(t) for t in lists]
     in_place = fn.__name__.endswith("_")
     if not lists[0]:
@@ -136,22 +121,19 @@ def foreach(fn: Callable, *lists: Sequence[torch.Tensor], **kwargs):
     if not big:
         with num_threads(1):
             return fn(*lists, **kwargs)
-    small = [i for i in range(len(lists[0])) if i not in set(big)]
     results = [None] * len(lists[0])
+    small = [i for i in range(len(results)) if i not in set(big)]
     for idx, threads in ((small, 1), (big, op_threads(PARALLEL_MIN_NUMEL))):
-        if not idx:
-            continue
-        with num_threads(threads):
-            out = fn(*[[t[i] for i in idx] for t in lists], **kwargs)
-        if out is not None:
-            for i, o in zip(idx, out):
+        if idx:
+            with num_threads(threads):
+                out = fn(*[[t[i] for i in idx] for t in lists], **kwargs)
+            for i, o in zip(idx, out or ()):
                 results[i] = o
     return None if in_place else results
 
 
-# Slices of this many elements (256 KiB of float32 per tensor) keep a multi-op step's operands and
-# temporaries in the L2/L3 caches (``chunked_apply``); measured 3.3x faster than whole-buffer ops for a FedAdam
-# step of 21.7M parameters on one core (and 1.4x for 16K, 2.3x for 256K slices).
+# ``chunked_apply`` slices (256 KiB of float32) keep a multi-op step's operands in cache: a FedAdam step of 21.7M
+# parameters on one core was 3.3x faster than whole-buffer ops (1.4x with 16K, 2.3x with 256K slices).
 CHUNK_NUMEL = 1 << 16
 
 
@@ -160,11 +142,9 @@ def _direct(fn: Callable, *lists, **kwargs):
 
 
 def chunked_apply(body: Callable, *lists: Sequence[torch.Tensor], chunk: int = CHUNK_NUMEL) -> None:
-    """Run ``body(fe, *lists)``, a sequence of elementwise ops each written ``fe(torch._foreach_op, ...)``.
-    When every list tiles one buffer of the same length (CPU), ``body`` runs on consecutive ``chunk``-element
-    slices of those buffers (one-element lists), on one thread and with ``fe`` calling the op directly, so
-    the ops of a piece run while its operands are still in cache; else once on the whole lists with
-    ``fe = foreach``. Values are the same either way (elementwise ops)."""
+    """Run ``body(fe, *lists)``, elementwise ops each written ``fe(torch._foreach_op, ...)``: when every list
+    tiles one CPU buffer of one length, on consecutive ``chunk``-element slices (one-element lists, one
+    thread, ``fe`` calling the op directly: a piece's ops run while it is in cache); else once, ``fe = foreach``."""
     flats = [as_flat(t) for t in lists]
     if any(f is None for f in flats) or len({f.numel() for f in flats}) != 1 or flats[0].device.type != "cpu":
         body(foreach, *[list(t) for t in lists])
@@ -174,9 +154,8 @@ def chunked_apply(body: Callable, *lists: Sequence[torch.Tensor], chunk: int = C
             body(_direct, *[[f[lo:lo + chunk]] for f in flats])
 
 
-# CPU buffers of at least this many bytes are 2 MiB aligned and marked for transparent huge pages (numpy
-# does the same for its large arrays): one TLB entry per 2 MiB instead of per 4 KiB when a pass streams
-# through tens of MiB; measured 9-25% faster per add of 21.7M float32 on this project's 2-core machine.
+# CPU buffers of at least this many bytes are 2 MiB aligned and marked for transparent huge pages (as numpy
+# does): one TLB entry per 2 MiB; measured 9-25% faster per add of 21.7M float32 on a 2-core machine.
 HUGE_PAGE_MIN_BYTES = 4 << 20
 _HUGE_PAGE = 1 << 21
 _MADV_HUGEPAGE = 14  # Linux
@@ -186,13 +165,11 @@ _libc = None
 def _madvise_huge(addr: int, nbytes: int) -> None:
     global _libc
     try:
-        if _libc is None:
-            import ctypes
-            import ctypes.util
-
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         import ctypes
+        import ctypes.util
 
+        if _libc is None:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(nbytes), _MADV_HUGEPAGE)
     except (OSError, AttributeError, TypeError):  # not Linux / no libc: the hint is only a hint
         _libc = False
@@ -214,9 +191,8 @@ def empty_flat(n: int, dtype: torch.dtype = torch.float32, device: torch.device 
 
 
 def flat_empty_like(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> Tensors:
-    """Uninitialised tensors shaped like ``tensors``, as views of ONE new buffer (``empty_flat``) when they
-    share a device and (after ``dtype``) a dtype, so later list ops on them are single ops (``foreach``);
-    else separate tensors."""
+    """Uninitialised tensors shaped like ``tensors``: views of ONE new buffer (``empty_flat``) when they share a
+    device and (after ``dtype``) a dtype, so list ops on them are single ops; else separate tensors."""
     tensors = list(tensors)
     dtypes = {dtype or t.dtype for t in tensors}
     if tensors and len(dtypes) == 1 and len({t.device for t in tensors}) == 1:
@@ -227,13 +203,10 @@ def flat_empty_like(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None =
 
 @torch.no_grad()
 def flat_parameters_(model_or_params: nn.Module | Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    """Make the trainable parameters views of ONE flat buffer, in place (values, Parameter objects, their
-    ``requires_grad`` and any optimizer state keyed by them are kept); returns them in ``trainable`` order.
-
-    Then loading the global model (``load_``), a client's ``add`` to an aggregator and the server step are
-    each one op instead of one per tensor, which keeps them fast when other processes load every core.
-    Call it after ``model.to(device)`` and before ``torch.compile``. Parameters of mixed dtypes or devices
-    are left alone (a no-op). Gradients stay separate tensors."""
+    """Make the trainable parameters views of ONE flat buffer, in place (values, Parameter objects,
+    ``requires_grad`` and optimizer state keyed by them kept), so ``load_``, an aggregator's ``add`` and the
+    server step are one op each; returns them in ``trainable`` order. Call after ``model.to(device)``, before
+    ``torch.compile``; mixed dtypes or devices: a no-op. Gradients stay separate tensors."""
     ps = trainable(model_or_params) if isinstance(model_or_params, nn.Module) else list(model_or_params)
     if not ps or as_flat(ps) is not None or len({(p.dtype, p.device) for p in ps}) != 1:
         return ps
@@ -269,13 +242,7 @@ def clone(tensors: Iterable[torch.Tensor], dtype: torch.dtype | None = None) -> 
 def zeros_like(tensors: Iterable[torch.Tensor], dtype: torch.dtype | None = None) -> Tensors:
     """Zeros shaped like ``tensors``; views of one buffer when they share a device and dtype."""
     out = flat_empty_like(tensors, dtype)
-    flat = as_flat(out)
-    if flat is not None:
-        with threads_for(flat.numel(), flat.device):
-            flat.zero_()
-    else:
-        for t in out:
-            t.zero_()
+    foreach(torch._foreach_zero_, out)
     return out
 
 

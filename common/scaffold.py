@@ -1,8 +1,6 @@
-"""SCAFFOLD control variates (option II of Karimireddy et al. 2020): the per-client and server controls,
-the gradient correction c - c_i, and the server step, with the round's sums in one flat buffer so that a
-single all-reduce combines ranks (``common.distributed``). The controls are views of one buffer each, and the
-list ops go through ``common.params.foreach`` (single ops on flat lists, one thread for small tensors).
-"""
+"""SCAFFOLD control variates (option II of Karimireddy et al. 2020): per-client and server controls (views of
+one buffer each), the gradient correction c - c_i and the server step; the round's sums in one flat buffer,
+so one all-reduce combines ranks (``common.distributed``)."""
 from __future__ import annotations
 
 import torch
@@ -14,18 +12,14 @@ Tensors = list[torch.Tensor]
 
 
 class Scaffold:
-    """SCAFFOLD option II bookkeeping (Karimireddy et al. 2020), x the global parameters, N clients.
+    """SCAFFOLD option II bookkeeping, x the global parameters, N clients.
 
-    Client i trains from y = x with y <- y - lr_l (g(y) + c - c_i)  (``correction(i)`` is c - c_i), then
-    ``client_update(i, x, y, K, lr_l)``: dy = y - x; dc = -c + (x - y) / (K lr_l); c_i <- c_i + dc, and dy,
-    dc are summed into a flat accumulator (reducible across ranks: ``accumulators()``). After the round,
-    ``server_update(x)``: x <- x + lr_g * mean_i dy_i; c <- c + (1/N) sum_i dc_i. Every client's c_i
-    persists across rounds (clients never seen hold zero) and is part of ``state_dict()``.
-
-    One weighting for both means: by default the paper's uniform one (above). With ``client_weights`` (e.g.
-    client sizes n_i, p_i = n_i / sum_j n_j over ALL N clients) the variant is size-weighted throughout:
-    x <- x + lr_g * sum_S n_i dy_i / sum_S n_i and c <- c + sum_S p_i dc_i, which keeps c = sum_i p_i c_i as
-    the uniform version keeps c = mean_i c_i.
+    Client i trains from y = x with y <- y - lr_l (g(y) + c - c_i) (``correction(i)``), then
+    ``client_update(i, x, y, K, lr_l)``: dy = y - x; dc = -c + (x - y) / (K lr_l); c_i <- c_i + dc; dy and dc
+    summed into ``accumulators()``. ``server_update(x)``: x <- x + lr_g mean_i dy_i; c <- c + (1/N) sum_i dc_i.
+    c_i persist across rounds (zero until seen). ``client_weights`` (e.g. sizes n_i, p_i = n_i / sum_j n_j over
+    ALL clients) weight both means instead: x <- x + lr_g sum_S n_i dy_i / sum_S n_i, c <- c + sum_S p_i dc_i,
+    which keeps c = sum_i p_i c_i as the uniform means keep c = mean_i c_i.
     """
 
     def __init__(self, like, num_clients: int, server_lr: float = 1.0, acc_dtype: torch.dtype = torch.float32,
@@ -60,9 +54,8 @@ class Scaffold:
 
     @torch.no_grad()
     def client_update(self, client: int, x, y, local_steps: int, local_lr: float) -> tuple[Tensors, Tensors]:
-        """Record client ``client``'s round (x: global params it started from, y: its final params).
-        Returns (dy, dc) and updates c_i; dy and dc enter the round's sums with this client's weight (1 for
-        the paper's uniform means)."""
+        """Record client ``client``'s round (x: the global params it started from, y: its final ones): updates
+        c_i and adds dy, dc to the round's sums with the client's weight; returns (dy, dc)."""
         if local_steps < 1 or local_lr <= 0:
             raise ValueError(f"SCAFFOLD needs local_steps >= 1 and local_lr > 0, got {local_steps}, {local_lr}")
         dtype = self.c[0].dtype

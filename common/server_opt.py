@@ -1,16 +1,12 @@
-"""Server optimizers: how the global parameters move toward the round's average (the aggregate).
+"""Server optimizers: ``step(global_params, average)`` moves the global parameters toward the round's average IN
+PLACE (the pseudo-gradient is theta - avg): FedAvg with a server learning rate, FedAvgM in the heavy-ball form
+(Hsu et al. 2019, Flower) and the source project's EMA form, and FedAdam (Reddi et al. 2021).
 
-``step(global_params, average)`` works IN PLACE on the parameter list (e.g. ``common.params.trainable(model)``)
-with fused ``torch._foreach_*`` ops through ``common.params.foreach``: when the parameters, the average and
-the state buffers each tile one buffer (``common.params.clone`` / ``zeros_like`` results, an aggregator's
-``result()``), every op of a step is ONE op on those buffers; the pseudo-gradient is theta - avg.
-FedAvgM and FedAdam on parameters and state in ``acc_dtype`` (CPU or CUDA) use torch's fused optimizer
-kernels instead (``torch._fused_sgd_`` / ``torch._fused_adam_``; on flat CPU buffers block by block, the
-pseudo-gradient into a cached scratch block then the kernel: one pass over memory; FedAdam on 21.7M
-parameters 13 ms against 50 ms as foreach ops, same values up to float rounding).
-FedAvg (optionally with a server learning rate), FedAvgM in both the heavy-ball form (Hsu et al. 2019,
-Flower) and the source project's EMA form, and FedAdam (Reddi et al. 2021). State (momentum / moment
-buffers, step count) is kept in ``acc_dtype`` and round-trips through ``state_dict()`` for checkpoints.
+Lists that tile one buffer (``common.params.clone`` / ``zeros_like``, an aggregator's ``result()``) make every
+op of a step ONE op (``common.params.foreach``). FedAvgM and FedAdam on parameters and state in ``acc_dtype``
+use torch's fused kernels (``torch._fused_sgd_`` / ``torch._fused_adam_``; FedAdam on 21.7M parameters 13 ms
+against 50 ms as foreach ops, equal up to float rounding). State (buffers, step count) is in ``acc_dtype``
+and round-trips through ``state_dict()``.
 """
 from __future__ import annotations
 
@@ -22,17 +18,13 @@ import torch
 from common import params as P
 
 Tensors = list[torch.Tensor]
-# the step count given to torch's fused Adam kernel: its bias corrections 1 - b^step are exactly 1 (b^1e9
-# underflows to 0), so the kernel computes the paper's step; Flower's eta_norm goes into lr when asked
+# the step count given to torch's fused Adam kernel: its bias corrections 1 - b^1e9 are exactly 1, so the kernel
+# computes the paper's step (Flower's eta_norm goes into lr when asked)
 _NO_BIAS_CORRECTION_STEP = 1e9
 
 
 class ServerOptimizer:
-    """Moves the global parameters toward the round's average IN PLACE: ``step(global_params, average)``.
-
-    Plain FedAvg server step: theta <- theta + lr (avg - theta) (lr = 1: theta <- avg). Subclasses keep
-    their state in ``acc_dtype`` and expose it through ``state_dict()``.
-    """
+    """Plain FedAvg server step, in place: theta <- theta + lr (avg - theta) (lr = 1: theta <- avg)."""
 
     name = "fedavg"
 
@@ -66,14 +58,10 @@ class ServerOptimizer:
 
     def _fused(self, kernel, params, average, sign: float, state_step: torch.Tensor | None = None,
                **kwargs) -> None:
-        """``kernel(params, grads, *self.buffers, **kwargs)`` (``torch._fused_sgd_`` / ``torch._fused_adam_``)
-        with grads = sign (avg - theta). When the parameters, the average and the state each tile one buffer
-        (on a CPU), block by block of ``_FUSED_BLOCK`` values: the block's grads go to a scratch block that
-        stays in cache and the kernel runs on the block right away, so memory sees one pass (FedAvgM: read
-        theta, avg, m, write theta, m: 20 bytes per parameter; two full passes were 32). Otherwise the grads
-        go to a scratch buffer of the model's size kept between steps, then one kernel call. Values: the
-        kernels' own order of float operations, the same whatever the blocks, so they differ from the
-        foreach ops by float rounding (about 1 ulp; tests/common/test_server_opt.py)."""
+        """``kernel(params, grads, *self.buffers, **kwargs)`` with grads = sign (avg - theta). All lists flat on a
+        CPU: block by block, each block's grads in a cached scratch block and the kernel run on it at once (one
+        pass over memory: FedAvgM 20 bytes per parameter against 32); else a kept model-sized scratch, then one
+        call. The kernels' float order differs from the foreach ops by about 1 ulp, whatever the blocks."""
         lists = [params, list(average), *self.buffers]
         flats = [P.as_flat(t) for t in lists]
         if all(f is not None for f in flats) and len({f.numel() for f in flats}) == 1 and flats[0].device.type == "cpu":
@@ -115,10 +103,9 @@ class ServerOptimizer:
 
 
 class FedAvgM(ServerOptimizer):
-    """Server momentum. form='heavy-ball' (Hsu et al. 2019, Flower): m <- beta m + (theta - avg);
-    theta <- theta - lr m. form='ema' (the source project): v <- beta v + (1 - beta)(avg - theta);
-    theta <- theta + lr v. Both start from a zero buffer; with beta = 0 and lr = 1 both give theta <- avg.
-    """
+    """Server momentum from a zero buffer. form='heavy-ball' (Hsu et al. 2019, Flower): m <- beta m + (theta -
+    avg); theta <- theta - lr m. form='ema' (the source project): v <- beta v + (1 - beta)(avg - theta);
+    theta <- theta + lr v. With beta = 0 and lr = 1 both give theta <- avg."""
 
     name = "fedavgm"
 
@@ -158,10 +145,9 @@ class FedAvgM(ServerOptimizer):
 
 class FedAdam(ServerOptimizer):
     """FedAdam (Reddi et al. 2021, Algorithm 2): delta = avg - theta; m <- b1 m + (1 - b1) delta;
-    v <- b2 v + (1 - b2) delta^2; theta <- theta + lr m / (sqrt(v) + tau). No bias correction in the
-    paper; ``bias_correction=True`` scales lr in round t (1, 2, ...) by sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)),
-    Flower 1.41's ``eta_norm`` (``flwr/server/strategy/fedadam.py``, exponent ``server_round + 1`` with
-    ``server_round`` counting from 1), not Kingma & Ba's sqrt(1 - b2^t) / (1 - b1^t).
+    v <- b2 v + (1 - b2) delta^2; theta <- theta + lr m / (sqrt(v) + tau); no bias correction, as the paper.
+    ``bias_correction=True`` scales lr in round t (1, 2, ...) by sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)): Flower
+    1.41's ``eta_norm`` (``flwr/server/strategy/fedadam.py``), not Kingma & Ba's sqrt(1 - b2^t) / (1 - b1^t).
     """
 
     name = "fedadam"
@@ -188,7 +174,6 @@ class FedAdam(ServerOptimizer):
                         lr=-lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=self.tau, amsgrad=False, maximize=False)
             return
 
-        # the whole step on one cache-sized piece at a time when the lists are flat: 3.3x less memory traffic
         def body(fe, p, a, m, v):
             delta = self._delta(p, a, fe)
             fe(torch._foreach_lerp_, m, delta, weight=1.0 - b1)
@@ -200,7 +185,7 @@ class FedAdam(ServerOptimizer):
 
 
 def _as_dtype(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> Tensors:
-    """The tensors (detached) in ``dtype``; a list tiling one buffer stays one buffer (one cast, not one per tensor)."""
+    """The tensors (detached) in ``dtype``; a list tiling one buffer stays one buffer (one cast)."""
     tensors = [t.detach() for t in tensors]
     flat = P.as_flat(tensors)
     if flat is not None:

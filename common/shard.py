@@ -19,6 +19,8 @@ sorted_blocks  the k-th block of the data sorted by a per-example score (style s
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from common.errors import UsageError, check
@@ -41,6 +43,12 @@ def _labels(labels) -> np.ndarray:
     labels = np.asarray(labels)
     check(labels.ndim == 1, f"labels must be a 1-D array, got shape {labels.shape}")
     return labels
+
+
+def _class_groups(inverse: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> Shards:
+    """Each class's indices in random order (one shuffle, then a stable sort by class)."""
+    perm = rng.permutation(len(inverse))
+    return np.split(perm[np.argsort(inverse[perm], kind="stable")], np.cumsum(counts)[:-1])
 
 
 def iid(n: int, num_clients: int, seed: int) -> Shards:
@@ -74,13 +82,9 @@ def _class_slots(num_classes: int, num_clients: int, nc: int, rng: np.random.Gen
 
 
 def pathological(labels: np.ndarray, num_clients: int, nc: int, seed: int) -> Shards:
-    """Exactly ``nc`` distinct classes per client, every sample used (McMahan et al.'s skew, made exact).
-
-    Each class is held by floor or ceil(K*nc / C) clients (C = classes present in ``labels``) and its
-    samples are shuffled and split into near-equal parts among them, so ``K*nc`` need not be a multiple
-    of C. Impossible when ``nc > C``, when ``K*nc < C`` (some class would go unused) or when a class has
-    fewer samples than the clients that must hold it.
-    """
+    """Exactly ``nc`` distinct classes per client, every sample used (McMahan et al.'s skew, made exact): each
+    class is held by floor or ceil(K*nc / C) clients and its shuffled samples split near-equally among them.
+    Impossible when ``nc > C``, ``K*nc < C`` or a class has fewer samples than the clients holding it."""
     labels = _labels(labels)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     n_cls = len(classes)
@@ -95,11 +99,8 @@ def pathological(labels: np.ndarray, num_clients: int, nc: int, seed: int) -> Sh
     for c, h in enumerate(holders):
         check(counts[c] >= len(h), f"class {classes[c].item()!r} has {counts[c]} samples but must be held by "
                                    f"{len(h)} clients; lower nc or the number of clients")
-    # One shuffle, then a stable sort by class: each class's indices come out in random order.
-    perm = rng.permutation(len(labels))
-    by_class = perm[np.argsort(inverse[perm], kind="stable")]
     parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-    for c, chunk in enumerate(np.split(by_class, np.cumsum(counts)[:-1])):
+    for c, chunk in enumerate(_class_groups(inverse, counts, rng)):
         for client, piece in zip(holders[c], np.array_split(chunk, len(holders[c]))):
             parts[client].append(piece)
     return _sorted_shards(np.concatenate(p) for p in parts)
@@ -107,12 +108,9 @@ def pathological(labels: np.ndarray, num_clients: int, nc: int, seed: int) -> Sh
 
 def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 1,
               max_tries: int = 1000) -> Shards:
-    """Per class, proportions over clients ~ Dir(alpha·1); redraw all classes until every client has
-    at least ``min_size`` samples (Hsu et al. 2019; small alpha: each client sees few classes).
-
-    Class c's shuffled indices are cut at ``floor(cumsum(p_c) * n_c)``. Raises a ``UsageError`` naming
-    alpha and min_size when ``max_tries`` draws all leave some client short.
-    """
+    """Per class, proportions over clients ~ Dir(alpha·1), redrawn until every client has at least ``min_size``
+    samples (Hsu et al. 2019); class c's shuffled indices are cut at ``floor(cumsum(p_c) * n_c)``. A
+    ``UsageError`` when ``max_tries`` draws all leave some client short."""
     labels = _labels(labels)
     _check_k(len(labels), num_clients)
     check(alpha > 0, f"dirichlet alpha must be positive, got {alpha}")
@@ -132,26 +130,16 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min
     else:
         raise UsageError(f"dirichlet split with alpha={alpha} left a client with fewer than min_size={need} "
                          f"samples in {max_tries} tries; raise alpha, lower min_size or use fewer clients")
-    perm = rng.permutation(len(labels))
-    by_class = perm[np.argsort(inverse[perm], kind="stable")]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    owner = np.empty(len(labels), dtype=np.int64)      # owner[j] = client of the j-th index in by_class
-    for c in range(len(counts)):
-        owner[starts[c]:starts[c] + counts[c]] = np.repeat(np.arange(num_clients), sizes[c])
-    order = np.argsort(owner, kind="stable")
-    sizes_per_client = np.bincount(owner, minlength=num_clients)
-    return _sorted_shards(np.split(by_class[order], np.cumsum(sizes_per_client)[:-1]))
+    groups, bounds = _class_groups(inverse, counts, rng), np.concatenate([np.zeros_like(cuts[:, :1]), cuts], axis=1)
+    return _sorted_shards(np.concatenate([g[b[k]:b[k + 1]] for g, b in zip(groups, bounds)])
+                          for k in range(num_clients))
 
 
 def dirichlet_mix(labels: np.ndarray, num_clients: int, alpha: float, seed: int) -> Shards:
-    """Client-wise Dirichlet with equal client sizes: client k's class mix q_k ~ Dir(alpha·1) and its
-    floor/ceil(N/K) samples are drawn from q_k without replacement (Hsu et al. 2019's per-client draw).
-
-    Constructive, so it is valid for every seed and any alpha (no resampling, no empty client): clients are
-    served in a random order; when a class a client wants is used up, its remaining draws go to the classes
-    still available in proportion to q_k, or, when q_k puts no mass there (tiny alpha), to the available
-    class it prefers most. Small alpha makes clients nearly pure in one class; every sample is used once.
-    """
+    """Client-wise Dirichlet with equal sizes: client k's class mix q_k ~ Dir(alpha·1), its floor/ceil(N/K)
+    samples drawn from q_k without replacement (Hsu et al. 2019). Valid for every seed and alpha: clients are
+    served in random order; a client whose classes are used up draws from the available ones in proportion
+    to q_k (where q_k puts no mass there, from the one it prefers most). Every sample is used once."""
     labels = _labels(labels)
     _check_k(len(labels), num_clients)
     check(alpha > 0, f"dirichlet alpha must be positive, got {alpha}")
@@ -190,14 +178,9 @@ def overlap_pool_size(n: int, num_clients: int, overlap_ratio: float) -> int:
 
 
 def overlap(n: int, num_clients: int, overlap_ratio: float, seed: int) -> Shards:
-    """Each client holds its own disjoint part plus one pool of samples shared by every client.
-
-    ``overlap_ratio`` r is the fraction of each client's data that is shared: a random pool of
-    m = ``overlap_pool_size(n, K, r)`` samples goes to every client and the other n - m samples are split
-    iid (sizes within one), so client k holds m + o_k samples with m / (m + o_k) = r up to rounding.
-    Any two clients share exactly m samples; every sample is used. r = 0 is ``iid``; r = 1 gives every
-    client the whole dataset.
-    """
+    """Each client holds its own disjoint part plus one random pool of m = ``overlap_pool_size(n, K, r)``
+    samples shared by every client; the other n - m are split iid, so the shared fraction of each client's
+    data is ``overlap_ratio`` r up to rounding. r = 0 is ``iid``; r = 1 gives every client everything."""
     _check_k(n, num_clients)
     check(0.0 <= overlap_ratio <= 1.0, f"overlap_ratio must be in [0, 1], got {overlap_ratio}")
     m = overlap_pool_size(n, num_clients, overlap_ratio)
@@ -210,19 +193,15 @@ def overlap(n: int, num_clients: int, overlap_ratio: float, seed: int) -> Shards
 
 
 def category(categories: np.ndarray, num_clients: int, seed: int) -> Shards:
-    """Clients grouped by a per-example category (genre, topic, source...).
-
-    K <= G categories: whole categories are dealt out largest first, each to the currently smallest
-    client (ties broken at random), so sizes stay balanced and no category is split. K > G: category g
-    gets a number of clients proportional to its size (largest remainder, at least one, at most its
-    size) and its shuffled samples are split evenly among them, so no client is empty.
-    """
+    """Clients grouped by a per-example category (genre, topic, source...). K <= G categories: whole
+    categories dealt out largest first, each to the currently smallest client (ties at random). K > G: each
+    category gets clients in proportion to its size (largest remainder, between 1 and its size), its
+    shuffled samples split evenly among them."""
     categories = _labels(categories)
     _check_k(len(categories), num_clients)
     _, inverse, counts = np.unique(categories, return_inverse=True, return_counts=True)
     rng = numpy_rng(seed, "shard", "category")
-    perm = rng.permutation(len(categories))
-    groups = np.split(perm[np.argsort(inverse[perm], kind="stable")], np.cumsum(counts)[:-1])
+    groups = _class_groups(inverse, counts, rng)
     n_cat = len(counts)
     if num_clients <= n_cat:
         parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
@@ -253,10 +232,7 @@ def document_topics(docs: list[str], num_topics: int, seed: int = 0, max_words: 
     dominated by function words and put nearly every article in one group."""
     check(1 <= num_topics <= len(docs), f"{num_topics} topics need at least as many documents (got {len(docs)})")
     words = [d.split() for d in docs]
-    vocab: dict[str, int] = {}
-    for w in words:
-        for t in w:
-            vocab[t] = vocab.get(t, 0) + 1
+    vocab = Counter(t for w in words for t in w)
     index = {t: i for i, t in enumerate(sorted(vocab, key=lambda t: (-vocab[t], t))[:max_words])}
     x = np.zeros((len(docs), len(index)))
     for i, w in enumerate(words):

@@ -9,13 +9,11 @@
     table_rows({"fedavg": {0: 44.0, 1: 45.1},  # a results table's cells: mean ± sd, and the difference to
                 "fisher": {0: 50.1, 1: 48.0}}, ref="fedavg")  # the reference arm with Holm's verdict
 
-The 95% interval is mean ± t(0.975, n-1) · sd / sqrt(n). A paired difference whose interval contains 0 is
-reported as "no difference"; its interval rules out every effect beyond ``ruled_out(d)`` in size. Several
-comparisons in one table are corrected together with ``holm`` (Holm's step-down method on the paired t-test
-p-values: it keeps the family-wise error rate at 5% whatever the dependence between the comparisons), and what
-the table's nulls rule out is read from Bonferroni intervals (level 1 - 0.05/m), which hold simultaneously. The
-Student-t quantile is computed here (the exact distribution function for integer degrees of freedom, inverted
-by bisection) so the toolkit does not depend on scipy; the tests compare it with ``scipy.stats.t.ppf``.
+The 95% interval is mean ± t(0.975, n-1) · sd / sqrt(n); a paired difference whose interval contains 0 is
+"no difference", and rules out effects beyond ``ruled_out(d)``. A table's comparisons are corrected together
+by Holm's step-down method (family-wise error 5% under any dependence); what its nulls rule out comes from
+Bonferroni intervals (level 1 - 0.05/m). The Student-t quantile is computed here (exact CDF for integer df,
+inverted by bisection; tested against ``scipy.stats.t.ppf``), so the toolkit does not need scipy.
 """
 from __future__ import annotations
 
@@ -33,7 +31,7 @@ def t_cdf(t: float, df: int) -> float:
         raise ValueError(f"t_cdf needs an integer df >= 1 (n - 1 of n seeds), got {df}")
     theta = math.atan(abs(t) / math.sqrt(df))
     c2, term, total = math.cos(theta) ** 2, 1.0, 1.0
-    for k in range(1, int(df) // 2):  # odd df: 1 + 2/3 c2 + 2*4/(3*5) c2^2 ...; even: 1 + 1/2 c2 + 1*3/(2*4) c2^2 ...
+    for k in range(1, int(df) // 2):  # odd df: 1 + 2/3 c2 + 2*4/(3*5) c2^2 ...; even: 1 + 1/2 c2 + 1*3/(2*4) c2^2
         term *= c2 * ((2 * k) / (2 * k + 1) if df % 2 else (2 * k - 1) / (2 * k))
         total += term
     if df % 2:  # P(|T| <= t)
@@ -99,12 +97,12 @@ def _finite(values: Iterable[float]) -> list[float]:
 
 def _summary(values: list[float], level: float = LEVEL) -> tuple[float, float, int, float, float]:
     n = len(values)
+    nan = float("nan")
     if n == 0:
-        nan = float("nan")
         return nan, nan, 0, nan, nan
     mean = math.fsum(values) / n
     if n < 2:
-        return mean, float("nan"), n, float("nan"), float("nan")
+        return mean, nan, n, nan, nan
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile(0.5 + level / 2.0, n - 1) * sd / math.sqrt(n)
     return mean, sd, n, mean - half, mean + half
@@ -152,10 +150,9 @@ def p_value(d: Paired) -> float:
 
 
 def ruled_out(d: Paired, m: int = 1) -> float:
-    """The size beyond which the interval rules an effect out: max(|lo|, |hi|) of the 95% interval (nan for
-    n < 2); with ``m`` comparisons in the table, of the Bonferroni interval at level 1 - 0.05/m, so the m
-    statements hold together with 95% confidence. A "no difference" is only as strong as this number:
-    [-0.3, +0.4] rules out effects larger than 0.4."""
+    """max(|lo|, |hi|) of the 95% interval (nan for n < 2), or with ``m`` comparisons in the table of the
+    Bonferroni interval at level 1 - 0.05/m (the m statements hold together): the effect sizes a "no
+    difference" rules out ([-0.3, +0.4] rules out effects larger than 0.4)."""
     if d.n < 2:
         return float("nan")
     *_, lo, hi = _summary(list(d.diffs), 1 - (1 - LEVEL) / max(1, m))
@@ -171,9 +168,8 @@ class Verdict:
 
 
 def holm_adjust(pvalues: Iterable[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the input order (statsmodels' ``multipletests(method="holm")``):
-    sorted ascending, p_(i) is multiplied by m - i (i from 0), made non-decreasing and capped at 1. A nan
-    (a comparison with n < 2) stays nan and does not count in m."""
+    """Holm's step-down adjusted p-values in input order (statsmodels' ``multipletests(method="holm")``): sorted
+    ascending, p_(i) times m - i, made non-decreasing, capped at 1. A nan (n < 2) stays nan, not counted in m."""
     ps = [float(p) for p in pvalues]
     tested = sorted((p, i) for i, p in enumerate(ps) if not math.isnan(p))
     m, out, running = len(tested), [float("nan")] * len(ps), 0.0
@@ -192,10 +188,9 @@ def holm(comparisons: Mapping[str, Paired], alpha: float = 1 - LEVEL) -> dict[st
 
 
 def fmt_verdict(d: Paired, v: Verdict, digits: int = 1, m: int = 1) -> str:
-    """'+3.4 [+1.3, +5.5] (n=3), p_Holm 0.012' or '+0.2 [-0.3, +0.4] (n=3), no difference after Holm
-    (rules out > 0.4)': the interval is the comparison's own 95% interval, the verdict the corrected one; with
-    ``m`` > 1 comparisons in the table the ruled-out size is the simultaneous one (``ruled_out(d, m)``:
-    '(rules out > 0.6, simultaneous over 4)')."""
+    """'+3.4 [+1.3, +5.5] (n=3), p_Holm 0.012' or '+0.2 [-0.3, +0.4] (n=3), no difference after Holm (rules
+    out > 0.4)': the comparison's own 95% interval with the corrected verdict; with ``m`` > 1 the ruled-out
+    size is ``ruled_out(d, m)`` ('(rules out > 0.6, simultaneous over 4)')."""
     if d.n < 2:
         return fmt_diff(d, digits)
     head = f"{d.mean:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}] (n={d.n})"
@@ -222,10 +217,9 @@ def compare(pairs: Mapping[Hashable, tuple[Mapping, Mapping]], digits: int = 1) 
 
 def table_rows(values: Mapping[Hashable, Mapping], ref: Hashable = None, digits: int = 1,
                skip: Mapping[Hashable, str] | None = None) -> dict[Hashable, tuple[str, str]]:
-    """{arm: (mean ± sd cell, difference cell)} of a results table from ``values`` {arm: {seed: value}}: the
-    difference to arm ``ref`` paired by seed with its 95% t interval, the verdicts Holm-corrected over the
-    table ('reference' for ``ref`` itself, '–' when ``ref`` has no values). An arm in ``skip`` is not compared:
-    its cell is ``skip[arm]`` (an arm whose every seed diverged is "diverged", not "no difference")."""
+    """{arm: (mean ± sd cell, difference cell)} from ``values`` {arm: {seed: value}}: the difference to arm
+    ``ref`` paired by seed, verdicts Holm-corrected over the table ('reference' for ``ref``, '–' when ``ref``
+    has no values). An arm in ``skip`` gets the cell ``skip[arm]`` (e.g. "diverged"), not a comparison."""
     skip = skip or {}
     cells = {a: "reference" if a == ref else skip.get(a, "–") for a in values}
     cells |= {a: cell for a, (_, cell) in compare({a: (v, values[ref]) for a, v in values.items()
@@ -234,10 +228,9 @@ def table_rows(values: Mapping[Hashable, Mapping], ref: Hashable = None, digits:
 
 
 def plateau_gain(curve: Sequence[float], tail: float = 1 / 3) -> float:
-    """How much a learning curve (values in evaluation order, higher is better: pass -loss for a loss) still
-    gained at its end: the best of its last ``tail`` of points minus the best of the points before them (at least
-    one point on each side; nan with fewer than 3 points). A curve is at its plateau when this is below the
-    tolerance a table states; a negative gain means its end fell below its earlier best."""
+    """What a learning curve (evaluation order, higher is better: pass -loss) still gained at its end: the best
+    of its last ``tail`` of points minus the best before them (at least one point each side; nan below 3
+    points). At its plateau when below a table's tolerance; negative when its end fell below its earlier best."""
     values = [float(v) for v in curve]
     if len(values) < 3:
         return float("nan")

@@ -43,13 +43,9 @@ def default_root() -> Path:
 
 
 def ensure(kind: str, root=None, **params) -> Path:
-    """Generate ``kind`` once into ``root/<kind>-<hash of params and format version>`` and return that folder.
-
-    kinds: wikitext (wiki.*.raw), ag_news (train/test.csv), glue-sst2 / glue-mrpc / glue-stsb (*.tsv),
-    cifar100 (the folder holding cifar-100-python/). ``params`` go to the writer (sizes, seed).
-    The data are written into a temporary sibling folder and renamed into place, so concurrent
-    processes never see a half-written dataset; the loser of a race discards its copy.
-    """
+    """Generate ``kind`` (``KINDS``) once into ``root/<kind>-<hash of params and code>`` and return that folder;
+    ``params`` go to the writer (sizes, seed). Written into a temporary sibling folder and renamed into place:
+    concurrent processes never see half a dataset, and the loser of a race discards its copy."""
     check(kind in KINDS, f"synthetic dataset {kind!r} is unknown; expected one of {', '.join(KINDS)}")
     try:
         inspect.signature(KINDS[kind]).bind("dir", **params)

@@ -89,15 +89,11 @@ def _cifar_images(templates: np.ndarray, fine: np.ndarray, rng: np.random.Genera
 
 
 def write_cifar100(out_dir, n_train_per_class: int = 20, n_test_per_class: int = 5, seed: int = 0) -> Path:
-    """``out_dir/cifar-100-python/{train,test,meta}`` as the real pickles: dicts with b"data" (uint8
-    [N, 3072], channel-major R, G, B planes of 32x32), b"fine_labels", b"coarse_labels", b"filenames",
-    b"batch_label"; meta with b"fine_label_names", b"coarse_label_names" (the real names and superclasses).
-
-    Image = its class template, flipped at random, contrast-scaled, shifted by up to 4 pixels, with a
-    brightness offset and N(0, 50) pixel noise:
-    learnable (a nearest class mean beats the 1% chance level by far), not trivially separable.
-    Returns ``out_dir`` (what torchvision's ``CIFAR100(root)`` expects as root).
-    """
+    """``out_dir/cifar-100-python/{train,test,meta}`` as the real pickles: dicts with b"data" (uint8 [N, 3072],
+    R, G, B planes of 32x32), b"fine_labels", b"coarse_labels", b"filenames", b"batch_label"; meta with the
+    real b"fine_label_names", b"coarse_label_names". Images (``_cifar_images``, N(0, 50) pixel noise) are
+    learnable (a nearest class mean beats 1% chance by far), not trivially separable. Returns ``out_dir``
+    (torchvision's ``CIFAR100`` root)."""
     out = Path(out_dir)
     folder = out / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)

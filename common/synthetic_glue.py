@@ -1,9 +1,6 @@
-"""GLUE TSV files (SST-2, MRPC, STS-B) in the layouts GLUE distributes, with labels a model can learn.
-
-Sentences are chains of the embedded text source (``common.synthetic_text``): SST-2 labels come from
-inserted sentiment words, MRPC pairs are light paraphrases or heavy rewrites, STS-B scores follow the
-fraction of words replaced. Each carries label noise or score noise, so the tasks are learnable but not
-trivially solved.
+"""GLUE TSV files (SST-2, MRPC, STS-B) in the layouts GLUE distributes, from chains of the embedded text source
+(``common.synthetic_text``): SST-2 labels from inserted sentiment words, MRPC pairs light paraphrases or heavy
+rewrites, STS-B scores from the fraction of words replaced; label or score noise keeps them from being trivial.
 """
 from __future__ import annotations
 
@@ -23,9 +20,8 @@ _NEGATIVE = ("bad", "dull", "boring", "tedious", "flat", "awful", "clumsy", "sta
 
 
 def _sst2_row(words: list[str], rng: np.random.Generator, noise: float) -> tuple[str, int]:
-    """Chain filler words with 1-3 sentiment words (each agreeing with the sentence's polarity with
-    probability 0.9), some negated ("not dull"); the label is the sign of the summed polarity (ties go
-    to the sentence's polarity), flipped with probability ``noise``."""
+    """Filler words with 1-3 sentiment words (each of the sentence's polarity with probability 0.9), some
+    negated ("not dull"); label: the summed polarity's sign (ties: the sentence's), flipped with ``noise``."""
     words = [w for w in words if w != "."]
     score, polarity = 0.0, rng.random() < 0.5
     for _ in range(int(rng.integers(1, 4))):
@@ -73,7 +69,7 @@ def _paraphrase(source: TextSource, words: list[str], rng: np.random.Generator) 
 
 def write_glue(out_dir, task: str, n_train: int = 2000, n_dev: int = 300, n_test: int = 300, seed: int = 0,
                noise: float = 0.1, source: TextSource | None = None) -> Path:
-    """train.tsv / dev.tsv / test.tsv in the real GLUE layout of ``task``:
+    """train.tsv / dev.tsv / test.tsv in the real GLUE layout of ``task``.
 
     sst2: ``sentence\\tlabel`` (test ``index\\tsentence``), label from sentiment words (``noise`` flipped);
     mrpc: UTF-8 BOM + ``Quality\\t#1 ID\\t#2 ID\\t#1 String\\t#2 String`` (test: ``index`` first, no BOM),

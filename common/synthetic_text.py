@@ -1,15 +1,13 @@
-"""The embedded text source and the WikiText raw / AG News CSV files written from it.
+"""The embedded text source and the WikiText raw / AG News CSV files written from it (and, through
+``common.synthetic_glue``, the GLUE sentences).
 
-Text comes from ``TextSource``: one first-order Markov chain over pseudo-words per topic (AG News's World,
-Sports, Business, Sci/Tech), each row a sparse Zipfian distribution (exponent varying by row) over
-``branching`` successors plus sentence punctuation. Its entropy rate is exact, so the optimal perplexity is
-known: ``exp(H_t)`` per WORD of topic t, H_t = sum_i pi_t(i) * H(P_t[i, :]) in nats (pi_t the stationary
-distribution). That is the
-unit of a word-level tokenizer, and of a byte-level BPE whose vocabulary holds every pseudo-word (and
-" ," / " .") as one token; a tokenizer that splits words reports a lower per-token number. Chain text
-starts each article from pi_t, so a model that knows the topic can reach exp(H_t) on the article bodies;
-headings and newlines are extra tokens outside the chain. ``write_wikitext`` stores these in meta.json.
-The GLUE writers (``common.synthetic_glue``) draw their sentences from the same source.
+``TextSource``: one first-order Markov chain over pseudo-words per topic (AG News's World, Sports, Business,
+Sci/Tech), each row a sparse Zipfian distribution (exponent varying by row) over ``branching`` successors plus
+punctuation. Its entropy rate is exact, so the optimal perplexity is known: ``exp(H_t)`` per WORD of topic t,
+H_t = sum_i pi_t(i) H(P_t[i, :]) in nats (pi_t stationary): the unit of a word-level tokenizer, or of a BPE
+holding every pseudo-word (and " ," / " .") as one token. Articles start from pi_t, so a model that knows the
+topic can reach exp(H_t) on their bodies (headings and newlines are extra tokens); ``write_wikitext`` stores
+these numbers in meta.json.
 """
 from __future__ import annotations
 
@@ -29,11 +27,9 @@ PUNCT = (".", ",")
 
 # ----------------------------------------------------------------------------- text source
 class TextSource:
-    """Per-topic Markov chains over a shared pseudo-word vocabulary (word ids; 0 = ".", 1 = ",").
-
-    succ, prob: [T, V, branching + 2] successor ids and probabilities of each row (punctuation first).
-    pi: [T, V] stationary distributions. entropy_rate: [T] nats per word. Built in well under a second.
-    """
+    """Per-topic Markov chains over a shared pseudo-word vocabulary (word ids; 0 = ".", 1 = ","). succ, prob:
+    [T, V, branching + 2] each row's successors and probabilities (punctuation first); pi: [T, V] stationary
+    distributions; entropy_rate: [T] nats per word."""
 
     def __init__(self, num_topics: int = 4, vocab_size: int = 1000, branching: int = 12, zipf: float = 1.1,
                  p_end: float = 0.07, p_comma: float = 0.05, seed: int = 0):
@@ -156,13 +152,8 @@ def _stationary(P: np.ndarray) -> np.ndarray:
 def _sentences(source: TextSource, ids: np.ndarray) -> list[list[str]]:
     """Split a chain sample after each "." (the last sentence may be unfinished)."""
     words = [source.words[i] for i in ids]
-    out, cur = [], []
-    for w in words:
-        cur.append(w)
-        if w == ".":
-            out.append(cur)
-            cur = []
-    return out + ([cur] if cur else [])
+    ends = [i + 1 for i, w in enumerate(words) if w == "."]
+    return [words[a:b] for a, b in zip([0] + ends, ends + [len(words)]) if b > a]
 
 
 def prose(sentence: list[str]) -> str:
@@ -185,11 +176,8 @@ def default_source(**config) -> TextSource:
 # ----------------------------------------------------------------------------- WikiText raw
 def write_wikitext(out_dir, n_train: int = 240, n_valid: int = 24, n_test: int = 24,
                    words_per_article: int = 400, seed: int = 0, source: TextSource | None = None) -> Path:
-    """wiki.{train,valid,test}.raw in the raw WikiText layout, one topic per article (topics balanced),
-    plus meta.json (source entropy rates, optimal perplexity, vocabulary, each article's topic).
-
-    Article lengths are uniform in [words/2, 3*words/2] chain words; the chain runs on across paragraphs.
-    """
+    """wiki.{train,valid,test}.raw in the raw WikiText layout, one topic per article (balanced), articles of
+    [words/2, 3*words/2] chain words running on across paragraphs; meta.json (``TextSource.meta``, topics)."""
     source = source or default_source()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,12 +209,9 @@ def write_wikitext(out_dir, n_train: int = 240, n_valid: int = 24, n_test: int =
 # ----------------------------------------------------------------------------- AG News CSV
 def write_ag_news(out_dir, n_train: int = 2000, n_test: int = 400, seed: int = 0,
                   source: TextSource | None = None) -> Path:
-    """train.csv / test.csv exactly as AG News ships them ("class","title","description", every field
-    quoted, "" inside fields, no header, classes 1..4 balanced) and classes.txt.
-
-    Descriptions vary in style so length / formality / complexity scores spread: 1-5 sentences, an
-    agency prefix ("AP - ") or not, informal endings ("!", " ..."), quoted phrases, "\\" joins as in
-    the real files.
+    """train.csv / test.csv as AG News ships them ("class","title","description", all quoted, no header,
+    classes 1..4 balanced) and classes.txt. Descriptions vary in style (1-5 sentences, "AP - " prefixes,
+    "!" / " ..." endings, quoted phrases, "\\" joins) so length / formality / complexity scores spread.
     """
     source = source or default_source()
     out = Path(out_dir)

@@ -1,16 +1,12 @@
 """Tokenizers and token streams shared by the text subprojects.
 
-* ``load_tokenizer(spec, ...)`` gives a ``transformers.PreTrainedTokenizerFast`` from one of
-    - ``"bpe"``: a byte-level BPE trained offline on ``train_files`` (cached by content hash, so the same
-      files give the same tokenizer without retraining); ``style="gpt2"`` has ``<|endoftext|>`` as eos and
-      pad, ``style="roberta"`` has ``<s> </s> <pad> <unk> <mask>``;
-    - ``"word"``: a word-level vocabulary of the whitespace-separated words of ``train_files`` (every word one
-      token, so per-token perplexity is per-word perplexity; unseen words map to ``<unk>``);
-    - a local folder holding ``tokenizer.json`` or ``vocab.json`` + ``merges.txt`` (e.g. the GPT-2 files);
-    - a hub name (``AutoTokenizer``, ``cache_dir``): offline and not cached -> ``UsageError``.
-* ``encode_text(tokenizer, text, cache_dir)`` -> 1-D ``LongTensor`` token stream, tokenized once and cached.
-* ``lm_blocks(tokens, seq_len)`` -> ``LongTensor [N, seq_len]``; the last partial block is padded with -100
-  (never dropped); ``lm_batch(blocks, pad_id)`` turns blocks into ``{input_ids, labels}`` for a causal LM.
+* ``load_tokenizer(spec, ...)``: a ``transformers.PreTrainedTokenizerFast`` from "bpe" (a byte-level BPE
+  trained on ``train_files``, cached by content hash; ``style`` "gpt2": ``<|endoftext|>`` as eos and pad,
+  "roberta": ``<s> </s> <pad> <unk> <mask>``), "word" (every whitespace word of ``train_files`` one token, so
+  per-token perplexity is per-word; unseen words ``<unk>``), a local folder (``tokenizer.json`` or
+  ``vocab.json`` + ``merges.txt``) or a hub name (offline and not cached: ``UsageError``).
+* ``encode_text`` -> a 1-D ``LongTensor`` token stream, cached; ``lm_blocks`` -> ``[N, seq_len]`` blocks, the
+  last partial one padded with -100; ``lm_batch`` -> ``{input_ids, labels}`` for a causal LM.
 """
 from __future__ import annotations
 
@@ -34,14 +30,14 @@ _STYLES = {
 
 
 def default_cache_dir() -> Path:
-    """``$FEDLAB_CACHE`` or ``~/.cache/fedlab``: where tokenizers and token streams are cached."""
+    """``$FEDLAB_CACHE`` or ``~/.cache/fedlab``."""
     return Path(os.environ.get("FEDLAB_CACHE", Path.home() / ".cache" / "fedlab"))
 
 
 def derived_cache_dir(cache_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None) -> Path:
-    """Where data derived from the user's text (trained tokenizers, token streams) goes: ``--cache-dir``, else
-    ``$FEDLAB_CACHE`` when set, else ``<out-dir>/cache`` beside the runs that use it (never a hidden folder in
-    the home directory the user did not name), else ``default_cache_dir()``."""
+    """Where tokenizers and token streams derived from the user's text go: ``--cache-dir``, else
+    ``$FEDLAB_CACHE``, else ``<out-dir>/cache`` beside the runs (not a hidden home folder the user did not
+    name), else ``default_cache_dir()``."""
     if cache_dir:
         return Path(cache_dir)
     if os.environ.get("FEDLAB_CACHE"):
@@ -70,8 +66,7 @@ def _specials(style: str) -> dict:
 
 
 def _train(kind: str, train_files: Sequence[str | Path], vocab_size: int, style: str, cache_dir: Path):
-    """A byte-level BPE (``kind`` "bpe") or word-level vocabulary ("word") trained on ``train_files``, cached
-    by content."""
+    """A byte-level BPE (``kind`` "bpe") or word-level vocabulary ("word"), cached by content."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -116,10 +111,7 @@ def _load_local(folder: Path, style: str):
 
 def load_tokenizer(spec: str, *, train_files: Sequence[str | Path] | None = None, vocab_size: int = 4096,
                    cache_dir: str | Path | None = None, style: str = "gpt2"):
-    """A fast tokenizer from ``spec`` ("bpe", "word", a local folder, or a hub name); see the module doc.
-
-    ``vocab_size`` applies to the trained kinds and includes the special tokens.
-    """
+    """A fast tokenizer from ``spec`` (module docstring); ``vocab_size`` (trained kinds) includes the specials."""
     check(style in _STYLES, f"tokenizer style {style!r} is unknown; expected one of {sorted(_STYLES)}")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if spec in ("bpe", "word"):
@@ -151,12 +143,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def encode_text(tokenizer, text: str, cache_dir: str | Path | None = None) -> torch.Tensor:
-    """Tokenize ``text`` into one stream -> ``LongTensor [n_tokens]`` (no special tokens added).
-
-    The text is encoded line by line in one batched call (the Rust tokenizer runs it in parallel), with each
-    line keeping its newline, so tokens never cross a line break. With ``cache_dir`` the stream is stored as
-    ``streams/<text hash>-<tokenizer hash>.pt`` and later calls load it instead of tokenizing again.
-    """
+    """``text`` as one stream -> ``LongTensor [n_tokens]`` (no special tokens), encoded line by line (newlines
+    kept) in one batched, parallel call, so no token crosses a line break. With ``cache_dir``: stored as
+    ``streams/<text hash>-<tokenizer hash>.pt`` and loaded by later calls."""
     path = None
     if cache_dir is not None:
         key = hashlib.sha256(text.encode()).hexdigest()[:16] + "-" + tokenizer_fingerprint(tokenizer)
@@ -165,8 +154,7 @@ def encode_text(tokenizer, text: str, cache_dir: str | Path | None = None) -> to
             return torch.load(path, weights_only=True).long()
     lines = text.splitlines(keepends=True)
     encs = tokenizer.backend_tokenizer.encode_batch(lines, add_special_tokens=False) if lines else []
-    ids = [i for e in encs for i in e.ids]
-    stream = torch.tensor(ids, dtype=torch.long)
+    stream = torch.tensor([i for e in encs for i in e.ids], dtype=torch.long)
     if path is not None:
         # int32 halves the file; ids of every tokenizer here fit
         _atomic_write(path, lambda tmp: torch.save(stream.to(torch.int32), tmp))
@@ -174,11 +162,8 @@ def encode_text(tokenizer, text: str, cache_dir: str | Path | None = None) -> to
 
 
 def lm_blocks(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Cut a 1-D stream into consecutive blocks -> ``LongTensor [ceil(n / seq_len), seq_len]``.
-
-    The last partial block is kept, padded with -100 (``IGNORE_INDEX``) so its padding never counts as a
-    token; use ``lm_batch`` to get model inputs. A stream shorter than one block gives one padded block.
-    """
+    """A 1-D stream cut into consecutive blocks -> ``LongTensor [ceil(n / seq_len), seq_len]``; the last
+    partial block is kept, padded with -100 (``IGNORE_INDEX``), which never counts as a token."""
     check(seq_len >= 2, f"sequence length must be at least 2, got {seq_len}")
     tokens = tokens.reshape(-1).long()
     check(tokens.numel() > 0, "the token stream is empty; expected text with at least one token")
@@ -189,7 +174,6 @@ def lm_blocks(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
 
 
 def lm_batch(blocks: torch.Tensor, pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Blocks ``[B, T]`` from ``lm_blocks`` -> ``{"input_ids": [B, T], "labels": [B, T]}`` (HF convention:
-    labels aligned with inputs and shifted inside the model; padding is ``pad_id`` in inputs, -100 in labels).
-    """
+    """Blocks ``[B, T]`` -> ``{"input_ids", "labels"}`` (HF convention: labels aligned with the inputs, shifted
+    in the model; padding ``pad_id`` in inputs, -100 in labels)."""
     return {"input_ids": blocks.masked_fill(blocks < 0, pad_id), "labels": blocks}
