@@ -1,22 +1,13 @@
 """Atomic file writes and checkpoint files.
 
-Atomic writes: the data goes to a temporary file in the same directory, is flushed and fsync'ed, and only
-then ``os.replace``s the target, so a crash (or a full disk) leaves either the old file or the new one,
-never a torn mix. The directory is fsync'ed afterwards where the OS allows it, so the rename survives a
-power cut too.
+Atomic writes go to a fsync'ed temporary file that then replaces the target: a crash leaves the old or new file.
 
 Checkpoints are ``torch.save`` archives of ``{"format": "fedlab-checkpoint", "version": 1, "kind": kind,
-"state": state}``. ``kind`` names the script that wrote the file (e.g. ``"mamba_fl/fed_fisher"``), so one
-script never resumes from another's state. ``load_checkpoint`` raises ``CheckpointError`` (a
-``UsageError``: one line, exit status 2) for a missing, truncated, foreign or wrong-kind file.
-
-Checkpoints load with ``torch.load(weights_only=True)``: the state holds only tensors and plain Python
-values (RNG states included: ``common.seed.get_rng_state`` stores NumPy's key array as a tensor), so no
-class needs to be allowed. A file that names any other global (a crafted ``checkpoint.pt`` whose pickle
-would call ``os.system``, say) is refused in one line before unpickling, naming what it asked for; nothing
-in it runs. Before that, ``load_checkpoint`` checks that the file is a complete torch zip archive and reads
-our header from the pickle opcodes *without executing them* (``pickletools``), so files from other tools
-get a message about what they are.
+"state": state}``; ``kind`` names the writing script (e.g. ``"mamba_fl/fed_fisher"``), so one script never
+resumes from another's state. They hold only tensors and plain values and load with ``weights_only=True``;
+before that, ``load_checkpoint`` checks the zip archive, reads our header from the pickle opcodes without
+executing them, and refuses a file naming any global (a crafted pickle) before unpickling. An unusable file is
+a ``CheckpointError`` (a ``UsageError``: one line, exit status 2).
 """
 from __future__ import annotations
 
@@ -47,9 +38,6 @@ class CheckpointError(UsageError):
     """A checkpoint that cannot be used: missing, truncated, foreign, or written by another script."""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# atomic writes
-
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -63,17 +51,15 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def usual_mode(executable: bool = False) -> int:
-    """The mode ``open()`` would give a new file under the current umask (0644 under umask 022). Temp files
-    from ``tempfile`` are 0600 and so are safetensors' files; renamed into place they would keep that, and a
-    shared results folder would hold files only their writer can read."""
+    """The mode ``open()`` gives a new file under the current umask (0644 under 022), for files written through
+    0600 temp files (``tempfile``, safetensors) that would otherwise be readable by their writer only."""
     umask = os.umask(0)
     os.umask(umask)
     return (0o777 if executable else 0o666) & ~umask
 
 
 def give_usual_permissions(folder: str | os.PathLike) -> None:
-    """Files under ``folder`` written by libraries through 0600 temp files (``save_pretrained``'s
-    safetensors) get ``usual_mode``; folders made by ``tempfile.mkdtemp`` (0700) get the usual 0755."""
+    """Every file and folder under ``folder`` (and itself) gets ``usual_mode``."""
     folder = Path(folder)
     for p in [folder, *folder.rglob("*")]:
         if p.is_symlink():
@@ -85,10 +71,7 @@ def give_usual_permissions(folder: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temp path next to ``path`` for a writer that wants a file name (``torch.save``,
-    safetensors, a compiler); when the block ends without an error the file is fsync'ed, given
-    ``usual_mode`` and renamed over ``path``. On an error the temp file is removed and ``path`` is
-    untouched."""
+    """Yield a temp path next to ``path``; after the block it is fsync'ed, given ``usual_mode`` and renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -145,15 +128,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=to_jsonable) + "\n")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# checkpoints
-
 _PLAIN = (str, int, float, bool, complex, bytes, type(None), torch.Size, torch.dtype, torch.device)
 
 
 def _check_plain(value: Any, where: str = "state") -> None:
-    """``value`` is tensors and plain values only, so it loads with ``weights_only=True``: a NumPy array or
-    another object would make a checkpoint that no resume can read, so it is refused when saved."""
+    """Refuse (when saving) anything but tensors and plain values: it would not load with ``weights_only``."""
     if torch.is_tensor(value) or isinstance(value, _PLAIN):
         return
     if isinstance(value, dict):
@@ -169,8 +148,7 @@ def _check_plain(value: Any, where: str = "state") -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict, kind: str) -> Path:
-    """``torch.save`` ``state`` (tensors, numbers, strings, lists, tuples, dicts; see ``_check_plain``) with
-    our header, atomically."""
+    """``torch.save`` ``state`` (tensors and plain values) with our header, atomically."""
     _check_plain(state)
     payload = {"format": FORMAT, "version": VERSION, "kind": kind, "state": state}
     return _atomic_write(path, lambda f: torch.save(payload, f))
@@ -184,11 +162,8 @@ def _read_header(pkl: bytes) -> dict:
     for op, arg, _ in pickletools.genops(io.BytesIO(pkl)):
         if op.name in ("PROTO", "FRAME", "EMPTY_DICT", "MARK"):
             continue
-        if op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
-            memo[int(arg)] = last
-            continue
-        if op.name == "MEMOIZE":
-            memo[len(memo)] = last
+        if op.name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+            memo[len(memo) if op.name == "MEMOIZE" else int(arg)] = last
             continue
         if op.name in ("BINGET", "LONG_BINGET", "GET"):
             last = memo.get(int(arg))
@@ -231,8 +206,7 @@ def _check_file(path: Path, expect_kind: str) -> None:
 
 
 def _unreadable(path: Path, e: Exception) -> CheckpointError:
-    """One line for a file torch cannot read: the telling line of ``e`` (torch's weights-only errors span
-    paragraphs)."""
+    """One line for a file torch cannot read: the telling line of ``e`` (torch's errors span paragraphs)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
     return CheckpointError(f"{path} cannot be read ({type(e).__name__}: {(named or lines or [''])[0]}); "
@@ -265,9 +239,7 @@ def settings_key(settings: dict) -> str:
 
 
 def built_once(root: str | os.PathLike, key: str, ready: str, build: Callable[[Path], None]) -> Path:
-    """``<root>/<key>``, made by ``build(<root>/<key>)`` unless it already holds the file ``ready`` (a cache of
-    expensive artefacts such as a pretrained base). A file lock makes a concurrent caller with the same key wait
-    for the first one, then reuse what it built, instead of building it twice."""
+    """``<root>/<key>``, made by ``build(<root>/<key>)`` unless it holds ``ready``; a concurrent caller waits."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / key

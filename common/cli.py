@@ -1,18 +1,11 @@
-"""Command-line conventions shared by every script.
-
-The conventions of the README (both spellings of every long flag; a bad argument or input is ONE line on
-stderr and exit status 2, a diverged run exit status 3) are implemented here: ``ArgumentParser`` (which also
-checks every int / float flag after parsing, YAML values included: finite floats, integral ints), ``parse``
-and ``run(main)``, which turns ``UsageError`` and ``Diverged`` into those lines. Shared groups: ``add_run_args``
-(seed, device, out-dir, run name, quick, quiet, resume, compile) and ``add_fed_args`` (clients, rounds,
-participation, eval cadence) with per-script defaults.
-
-Script skeleton::
+"""Command-line conventions shared by every script: both spellings of every long flag; a bad argument or input is
+ONE line on stderr and exit status 2, a diverged run exit status 3 (``run(main)``). ``ArgumentParser`` also
+checks every int / float value after parsing (YAML values included); ``add_run_args`` and ``add_fed_args`` are
+the shared flag groups.
 
     def get_args_parser(add_help=True): ...
     def main(argv=None) -> dict:        # returns the summary dict; tests call main([...])
         args = parse(get_args_parser(), argv)
-        ...
     if __name__ == "__main__":
         cli.run(main)
 """
@@ -43,22 +36,16 @@ from common.flags import FRACTION, POSITIVE_INT, SEED, Number
 
 def _both_spellings(names: Sequence[str]) -> list[str]:
     out = list(names)
-    for name in names:
-        if name.startswith("--") and len(name) > 3:
-            body = name[2:]
-            for alt in (body.replace("-", "_"), body.replace("_", "-")):
-                if "--" + alt not in out:
-                    out.append("--" + alt)
-    return out
+    alts = [f"--{n[2:].replace(a, b)}" for n in names if n.startswith("--") and len(n) > 3 for a, b in ("-_", "_-")]
+    return out + [alt for alt in dict.fromkeys(alts) if alt not in out]
 
 
 def _add_argument(original: Callable, *names, **kwargs):
     if names and names[0].startswith("-"):
         names = tuple(_both_spellings(names))
-        if "dest" not in kwargs:
-            long_names = [n for n in names if n.startswith("--")]
-            if long_names:  # dest from the first spelling given, snake_cased
-                kwargs["dest"] = long_names[0][2:].replace("-", "_")
+        first_long = next((n for n in names if n.startswith("--")), None)
+        if "dest" not in kwargs and first_long:  # dest from the first spelling given, snake_cased
+            kwargs["dest"] = first_long[2:].replace("-", "_")
     return original(*names, **kwargs)
 
 
@@ -68,8 +55,7 @@ def _with_both_spellings(group):
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``(default: X)`` after each help text, except where X says nothing (None: the script decides, and its
-    help says how; False of a switch) or the help already names its default."""
+    """``(default: X)`` after each help text, except for None, False and help texts that name their default."""
 
     def _get_help_string(self, action):
         if action.default in (None, False) or "default" in (action.help or ""):
@@ -112,8 +98,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def check_numbers(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
-    """Every value of an ``int`` / ``float`` flag is a finite number of that type (values that bypassed the
-    type conversion, e.g. YAML config defaults, included); otherwise ``parser.error`` (one line, exit 2)."""
+    """Every int / float flag's value (YAML defaults included) is a finite number of its type, else an error."""
     for action in parser._actions:
         if action.type not in (int, float) or not hasattr(ns, action.dest):
             continue
@@ -145,9 +130,7 @@ def _checked_number(parser: argparse.ArgumentParser, action: argparse.Action, v)
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` (``sys.argv[1:]`` when None), with ``--config FILE.yaml`` values as defaults when the
-    parser has that flag, and the parser's ``presets`` (``parser.presets = {"quick": {...}}``) when their flag is
-    set: defaults < --quick < YAML < command line (``common.config.parse_with_config``)."""
+    """Parse ``argv``: defaults < ``parser.presets`` (--quick) < ``--config`` YAML < command line."""
     return config.parse_with_config(parser, argv)
 
 
@@ -199,8 +182,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as e:
         raise UsageError(f"--device {name!r} is not a device ({e}); expected auto, cpu, cuda or cuda:N") from None
-    # torch knows many device types (mps, xpu, meta, ...); the project's kernels, RNG streams and checkpoints
-    # are made for cpu and cuda, and the others fail deep inside a run, so they are refused here
+    # other device types (mps, xpu, ...) would fail deep inside a run: kernels, RNG streams are cpu / cuda only
     check(device.type in ("cpu", "cuda"), f"--device {name!r}: a {device.type} device is not supported; "
                                           "expected auto, cpu, cuda or cuda:N")
     check(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
@@ -210,10 +192,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def _said_in_words(e: BaseException) -> None:
-    """Failures that are not bugs, as ``UsageError`` / ``Diverged``: a full disk (exit 2; the run directory's
-    own writes already say which checkpoint is kept) and an arithmetic overflow, e.g. a learning rate of 1e38
-    that no float32 step can hold (the run diverged: exit 3, ``status: diverged`` in its summary.json, so a
-    rerun is told what happened instead of finding an "unfinished" run). Anything else is raised again."""
+    """Failures that are not bugs: a full disk (``UsageError``) and an arithmetic overflow, e.g. a learning rate
+    no float32 step can hold (the run diverged: ``runlog.overflowed``). Anything else is raised again."""
     full = no_space(e)
     if full is not None:
         raise UsageError(f"no space left on the device writing {full.filename or 'a file'}; files written "
@@ -225,8 +205,7 @@ def _said_in_words(e: BaseException) -> None:
 
 
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Entry point: run ``main``; a ``UsageError`` becomes one line on stderr and exit status 2, ``Diverged``
-    one line and exit status 3. Run-directory locks still held are released either way."""
+    """Run ``main``: ``UsageError`` -> one line on stderr, exit 2; ``Diverged`` -> exit 3; locks released."""
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script"
     try:
         try:

@@ -1,19 +1,13 @@
-"""``--config FILE.yaml`` for every script: YAML files that map onto the same flat flags.
+"""``--config FILE.yaml`` for every script: YAML files of flag: value lines (any spelling the script accepts).
 
-Keys are flag names (``num_rounds``, ``num-rounds`` or ``--num-rounds``: any spelling the script accepts),
-values what the flag would take (lists for flags taking several values). Precedence: parser defaults <
-presets (e.g. ``--quick``'s) < YAML < command line. ``common.cli.parse`` goes through ``parse_with_config``,
-so every script with a ``--config`` flag (``common.cli.add_run_args`` adds it) reads the file the same way.
+Precedence: parser defaults < presets (``--quick``'s) < YAML < command line (``parse_with_config``, which
+``common.cli.parse`` calls). Every value goes through its flag's own argparse conversion (type, range checks,
+choices), so a YAML file cannot hold what the command line would refuse; on/off flags take YAML booleans only,
+a list only where the flag takes several values, null and mappings never. An unknown or repeated key, or a file
+that is not a UTF-8 YAML mapping: one line, exit 2.
 
-Every value goes through the flag's own argparse conversion (its ``type``, with the range checks of
-``common.flags``' number types, and its ``choices``), exactly as if it had been typed on the command line:
-a YAML config cannot hold what the command line would refuse. On/off flags take YAML booleans only (the
-string ``"false"`` is refused, not read as true); a list only where the flag takes several values; null and
-mappings never. An unknown or repeated key, a file that is not UTF-8 YAML or not a mapping: one line, exit 2.
-
-A script whose ``--config`` used to name something else (mamba_fl's model configs ``pure_ssm_N_layer``, now
-``--model-config``) sets ``parser.config_legacy = fn``: ``fn(value)`` returns ``{dest: value}`` for an old-style
-value (applied like a command-line flag) or None for a YAML path.
+A script whose ``--config`` used to name something else (mamba_fl's ``pure_ssm_N_layer``) sets
+``parser.config_legacy = fn``: ``fn(value)`` returns ``{dest: value}`` for an old-style value or None for a path.
 """
 from __future__ import annotations
 
@@ -36,8 +30,7 @@ def add_config_arg(parser) -> None:
 
 
 def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """Every spelling (``num_rounds``, ``num-rounds``) of every flag -> its action (a dest names the first
-    action storing it)."""
+    """Every spelling (``num_rounds``, ``num-rounds``, the dest) of every flag -> its action."""
     out: dict[str, argparse.Action] = {}
     for a in parser._actions:
         if a.dest in ("help", argparse.SUPPRESS) or not a.option_strings:
@@ -76,7 +69,7 @@ def _names_flag(action: argparse.Action, name: str) -> bool:
 
 
 def _convert(parser: argparse.ArgumentParser, action: argparse.Action, key: str, value, where: str):
-    """``value`` as the flag's own argparse conversion makes it (type, range and choices), or UsageError."""
+    """``value`` as the flag's own argparse conversion makes it, or UsageError."""
     def refuse(why: str):
         raise UsageError(f"{where}: {key}: {why}; expected {_expects(action)} for {flag_name(action)}")
 
@@ -141,8 +134,7 @@ def _unique_key_loader():
 
 
 def read_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
-    """The YAML file as {dest: value}: keys checked against the parser's flags, each value converted and
-    checked by its flag's argparse type and choices (as on the command line)."""
+    """The YAML file as {dest: value}, keys checked against the parser's flags, values converted by them."""
     import yaml
 
     path = Path(path)
@@ -179,11 +171,9 @@ def read_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                       presets: dict[str, dict] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` with ``--config`` YAML values and flag presets (e.g. ``{"quick": {...}}``, applied
-    when that boolean flag is set on the command line or in the YAML) as defaults. The YAML values are
-    kept on ``parser.config_values`` (scripts that tell given flags from defaults count them as given).
-    ``presets`` default to ``parser.presets``: a script's parser carries its --quick values, so every reader of
-    its flags (the script, ``common.jobs``) applies them alike."""
+    """Parse ``argv`` with ``--config`` YAML values and ``presets`` (default ``parser.presets``, e.g.
+    ``{"quick": {...}}``, applied when that flag is set on the command line or in the YAML) as defaults. The
+    YAML values are kept on ``parser.config_values`` (scripts that tell given flags from defaults)."""
     presets = getattr(parser, "presets", None) if presets is None else presets
     argv = list(argv) if argv is not None else sys.argv[1:]
     first, _ = parser.parse_known_args(argv)

@@ -1,5 +1,4 @@
-"""A run's learning curve with its reference points: the PNG every language-model training script leaves in its
-run directory (the per-run figure; ``plots/`` draws the figures over many runs and reuses these helpers)."""
+"""A run's learning curve with its reference points: the PNG every language-model script leaves in its run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +10,7 @@ def _plt():
 
 
 def reference_lines(ax, refs: dict | None) -> None:
-    """The reference points of a language model as horizontal lines: uniform guess and unigram (per token),
-    and the source's optimum per word where it is known."""
+    """Horizontal lines at a language model's reference points (uniform, unigram, the optimum per word)."""
     refs = refs or {}
     styles = (("uniform_ppl", "uniform guess", ":", "0.5"), ("unigram_ppl", "unigram (train)", "-.", "0.35"),
               ("optimal_ppl_word", "optimum per word", "--", "k"))
@@ -22,8 +20,7 @@ def reference_lines(ax, refs: dict | None) -> None:
 
 
 def perplexity_curve(rows: list[dict], path, title: str = "", refs: dict | None = None) -> Path:
-    """One run's validation perplexity per evaluation with its reference points: the PNG each script leaves
-    in its run directory. Kept cheap (fixed layout, low dpi): it is drawn at the end of every run."""
+    """One run's validation perplexity per evaluation with its reference points (cheap: drawn after every run)."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 

@@ -1,14 +1,10 @@
 """Splitting a round's clients across ``torchrun`` ranks and combining them with one all-reduce.
 
-Under ``torchrun --nproc-per-node N script.py ...`` every rank builds the same global model, trains its
-share of the round's clients (``assign_clients``) into its own streaming aggregator, and
-``reduce_aggregator_`` sums the aggregators' flat accumulators across ranks in place; every rank then
-holds the aggregate over all clients and applies the same server step. Rank 0 logs and checkpoints
-(``is_main()``). Evaluation of the global model is sharded: every rank scores ``my_share`` of the batches
-and one all-reduce adds up the metric sums (``common.evaluate``, ``shard=True``). Without torchrun (no
-WORLD_SIZE in the environment) everything is a no-op for one process.
-Because client randomness comes from ``common.seed`` streams keyed by (seed, round, client), the result
-does not depend on how clients are spread over ranks (up to float summation order).
+Every rank trains its share of the round's clients (``assign_clients``) into its own aggregator;
+``reduce_aggregator_`` sums the accumulators across ranks, so every rank applies the same server step. Rank 0
+logs and checkpoints (``is_main()``); evaluation is sharded (``my_share``). Without torchrun everything is a
+no-op. Client randomness is keyed by (seed, round, client), so results do not depend on the spread over ranks
+(up to float summation order).
 """
 from __future__ import annotations
 
@@ -19,6 +15,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
+
+from common import params as P
 
 
 def is_distributed() -> bool:
@@ -42,25 +40,18 @@ def is_main() -> bool:
 
 
 def init() -> tuple[int, int]:
-    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
-
-    Backend: nccl when CUDA is available (and each rank takes GPU ``LOCAL_RANK``), gloo otherwise.
-    Returns (rank, world_size); (0, 1) without torchrun.
-    """
+    """Join torchrun's process group (nccl on GPU ``LOCAL_RANK``, else gloo); (rank, world_size)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return rank(), world_size()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return rank(), world_size()
 
 
 def device_for_rank(requested: torch.device) -> torch.device:
     """The rank's own GPU when running distributed on CUDA, else ``requested``."""
-    if requested.type == "cuda" and is_distributed():
-        return torch.device("cuda", local_rank())
-    return requested
+    return torch.device("cuda", local_rank()) if requested.type == "cuda" and is_distributed() else requested
 
 
 def cleanup() -> None:
@@ -74,11 +65,8 @@ def barrier() -> None:
 
 
 def assign_clients(clients: Sequence[int], sizes: Sequence[float], world_size: int) -> list[list[int]]:
-    """Split ``clients`` over ranks so each rank's total ``size`` (a proxy for its training time) is balanced.
-
-    Greedy LPT: clients by decreasing size (ties: order in ``clients``) each go to the least-loaded rank
-    (ties: lowest rank). Deterministic; each rank's list keeps the order of ``clients``.
-    """
+    """Split ``clients`` over ranks balancing their total ``size`` (a proxy for training time): greedy LPT, by
+    decreasing size (ties: order in ``clients``) to the least-loaded rank (ties: lowest). Order kept per rank."""
     if len(clients) != len(sizes):
         raise ValueError(f"{len(clients)} clients but {len(sizes)} sizes")
     if world_size < 1:
@@ -94,10 +82,7 @@ def assign_clients(clients: Sequence[int], sizes: Sequence[float], world_size: i
 
 @torch.no_grad()
 def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
-    """Sum ``tensors`` across ranks in place: one flat all-reduce per (device, dtype) group.
-
-    A single contiguous tensor is reduced directly; several are packed into one buffer and unpacked.
-    """
+    """Sum ``tensors`` across ranks in place: one flat all-reduce per (device, dtype) group."""
     if not is_distributed() or not tensors:
         return
     groups: dict[tuple, list[torch.Tensor]] = {}
@@ -112,25 +97,20 @@ def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
 
 def _through_flat(tensors: Sequence[torch.Tensor], op, device=None) -> None:
     """``op`` on one flat copy of ``tensors`` (on ``device``), written back into them."""
-    flat = torch.cat([t.reshape(-1) for t in tensors]).to(device or tensors[0].device)
+    flat = P.flatten(tensors).to(device or tensors[0].device)
     op(flat)
-    i = 0
-    for t in tensors:
-        t.copy_(flat[i:i + t.numel()].view_as(t))
-        i += t.numel()
+    for t, part in zip(tensors, P.unflatten(flat, tensors)):
+        t.copy_(part)
 
 
 def reduce_aggregator_(agg) -> None:
-    """All-reduce an aggregator's accumulators (``WeightedMean``, ``FisherMean``,
-    ``Scaffold``...) in place, so ``result()`` / ``server_update()`` then covers every rank's clients."""
+    """All-reduce an aggregator's accumulators in place, so its result covers every rank's clients."""
     all_reduce_sum_(agg.accumulators())
 
 
 @torch.no_grad()
 def sync_controls_(scaffold, assignment: Sequence[Sequence[int]]) -> None:
-    """After a SCAFFOLD round, copy each trained client's updated c_i from the rank that trained it
-    (``assignment[r]`` = rank r's clients) to every rank, so every rank (and rank 0's checkpoint) holds
-    all control variates. One broadcast per client, memory O(parameters)."""
+    """After a SCAFFOLD round, broadcast each client's c_i from the rank that trained it (``assignment[r]``)."""
     if not is_distributed():
         return
     for src, clients in enumerate(assignment):
@@ -157,17 +137,14 @@ def all_gather_object(obj) -> list:
 
 
 def my_share(items: Iterable):
-    """This rank's part of ``items`` for sharded evaluation: items rank, rank + N, rank + 2N, ... for N
-    ranks (round-robin, so batches of unequal cost spread evenly); every item in a single process.
-    The skipped items are still produced by ``items``: where batches are cut from an indexable split,
-    ``my_batch_starts`` avoids building them."""
+    """This rank's items rank, rank + N, ... of ``items`` for N ranks (round-robin: unequal costs spread evenly);
+    the skipped items are still produced (``my_batch_starts`` avoids that for an indexable split)."""
     if not is_distributed() or world_size() == 1:
         return iter(items)
     return itertools.islice(items, rank(), None, world_size())
 
 
 def my_batch_starts(n: int, batch_size: int, shard: bool = True) -> range:
-    """Start offsets of this rank's batches of ``batch_size`` over ``n`` items, in the same round-robin
-    order as ``my_share`` (every batch when ``shard`` is False or in a single process)."""
+    """Start offsets of this rank's batches of ``batch_size`` over ``n`` items, round-robin as ``my_share``."""
     r, w = (rank(), world_size()) if shard else (0, 1)
     return range(r * batch_size, n, w * batch_size)

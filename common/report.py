@@ -1,11 +1,7 @@
-"""The one line every training script ends with.
+"""The one line every training script ends with, e.g.
 
     run directory: runs/fedavg_... | final validation perplexity 41.2 (unigram 310.5, uniform 2048) | figures:
     runs/fedavg_.../perplexity.png | model: runs/fedavg_.../model (AutoModelForCausalLM.from_pretrained)
-
-``ending_line`` builds it from the run directory, the headline metric with its baseline(s), where the figures
-are (files in the run, or the plot command that draws them from many runs) and where the trained model is;
-``print_ending`` prints it, with ``--quiet`` too (rank 0 only).
 """
 from __future__ import annotations
 
@@ -18,9 +14,7 @@ from pathlib import Path
 def _fmt(value) -> str:
     if value is None:
         return "n/a"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
+    if isinstance(value, float) and math.isfinite(value):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
     return str(value)
 
@@ -29,10 +23,7 @@ def ending_line(run_path: str | os.PathLike, metric: str, value, baselines: dict
                 figures: str | Sequence[str] | None = None, model: str | os.PathLike | None = None,
                 loader: str | None = None, extra: str | None = None) -> str:
     """``run directory: P | <metric> <value> (<baseline> <b>, ...) | figures: ... | model: ... (<loader>)``.
-
-    ``figures``: file names inside the run directory (shown with its path) or a command (kept as it is);
-    ``model``: the model folder (default ``<run>/model`` when it exists); ``extra``: one more short clause.
-    """
+    ``figures``: files in the run directory or a command; ``model``: default ``<run>/model`` when it exists."""
     run_path = Path(run_path)
     head = f"{metric} {_fmt(value)}"
     if baselines:

@@ -1,25 +1,17 @@
-"""The run directory: the record of one run, and what ``--resume`` continues from.
+"""The run directory ``<out_dir>/<run_name>/``: the record of one run, and what ``--resume`` continues from.
 
-``<out_dir>/<run_name>/`` holds
-
-* ``args.json``     -- {"args": all arguments, "script", "argv", "git_commit", "versions", "device",
-                       "hostname", "started_at", "resumes": [...]}
-* ``metrics.jsonl`` -- one JSON object per evaluation (round, step, metrics), appended as they come
-* ``summary.json``  -- final/best metrics etc., written by the script; ``wall_seconds`` and ``status``
-                       (default "complete") added here
+* ``args.json``     -- {"args", "script", "argv", "git_commit", "versions", "device", "hostname", "started_at",
+                       "resumes": [...], "data"}
+* ``metrics.jsonl`` -- one JSON object per evaluation, appended as they come
+* ``summary.json``  -- written by the script, plus ``wall_seconds`` and ``status`` (default "complete")
 * ``checkpoint.pt`` -- full state for ``--resume`` (see ``common.checkpoint``)
 * artifacts         -- whatever the subproject writes via ``artifact(name)``
 
-Typical use::
-
-    data = load(...); fp = data_fingerprint("dir", folder, files=[...], splits={"train": n})  # validate first
-    rd = RunDir(args.out_dir, args.run_name or run_name("fedavg", k=args.num_clients, s=args.seed),
-                args, resume=args.resume, data=fp)   # checks only: nothing written yet
+    rd = RunDir(args.out_dir, name, args, kind="mamba_fl/fed_avg", resume=args.resume, data=fp)  # checks only
     state = rd.load_checkpoint()            # None unless resuming from a checkpoint
-    if state: params.load_(model_params, state["params"]); seed.set_rng_state(state["rng"]); start = state["round"] + 1
     for r in range(start, rounds):
-        ...; rd.check_finite(f"round {r}", loss=loss, parameters=global_params)  # exit 3 on NaN / inf
-        rd.log({"round": r, "ppl": ppl}); rd.save_checkpoint({"round": r, "params": ...})  # first write claims
+        ...; rd.check_finite(f"round {r}", loss=loss)  # exit 3 on NaN / inf
+        rd.log({"round": r, "ppl": ppl}); rd.save_checkpoint({"round": r, ...})  # the first write claims
     rd.write_summary({"final_ppl": ppl, ...})
 """
 from __future__ import annotations
@@ -60,8 +52,7 @@ LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; a dead pro
 # Flags that may change between a run and its resumption without changing its results.
 DEFAULT_IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "num_workers", "data_dir",
                             "cache_dir", "compile", "compile_mode", "compile_backend", "report_to")
-# Never compared on resume: how to start, not what runs.
-ALWAYS_IGNORED = ("resume", "overwrite", "extend")
+ALWAYS_IGNORED = ("resume", "overwrite", "extend")  # how to start, not what runs
 # Run lengths: a change is refused on resume unless --extend asks for a longer run on purpose.
 LENGTH_FLAGS = ("rounds", "num_rounds", "epochs", "n_epochs", "max_steps", "total_steps", "num_train_epochs")
 # Flags added after runs were saved, with the value that does what those runs did: a saved run without the flag
@@ -69,9 +60,6 @@ LENGTH_FLAGS = ("rounds", "num_rounds", "epochs", "n_epochs", "max_steps", "tota
 ADDED_FLAGS = {"lr_schedule": "constant", "lora_targets": None}
 _PACKAGES = ("torch", "transformers", "peft", "datasets", "numpy")
 
-
-# ----------------------------------------------------------------------------------------------------------
-# environment facts for args.json
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
@@ -97,8 +85,7 @@ def versions() -> dict:
 
 
 def describe_device(device: str | torch.device | None) -> str:
-    """E.g. "cuda:0 (NVIDIA H200, bf16 autocast)" or "cpu (x86_64, 2 threads)"; "auto" resolves as the scripts
-    do."""
+    """E.g. "cuda:0 (NVIDIA H200, bf16 autocast)" or "cpu (x86_64, 2 threads)"."""
     try:
         if device in (None, "auto"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -117,15 +104,9 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# helpers
-
 def run_name(prefix: str, *parts: Any, **settings: Any) -> str:
-    """A run name from a prefix, plain parts and key/value settings, in the order given.
-
-    Each setting becomes ``<key><value>``; True gives the bare key, False and None are left out; floats use
-    the shortest ``g`` form; characters unsafe in file names become "-". Deterministic, so plot scripts
-    can find runs by pattern.
+    """A run name from a prefix, plain parts and settings ``<key><value>`` (True: the bare key; False, None: left
+    out; floats in ``g`` form), in the order given; characters unsafe in file names become "-".
 
     >>> run_name("fedfisher", l=2, k=4, lu=1, s=0)
     'fedfisher_l2_k4_lu1_s0'
@@ -133,15 +114,8 @@ def run_name(prefix: str, *parts: Any, **settings: Any) -> str:
     'fedavg_dirichlet_a0.5_lr0.0001_s1'
     """
     items = [str(prefix)] + [str(p) for p in parts if p is not None and p != ""]
-    for key, value in settings.items():
-        if value is None or value is False:
-            continue
-        if value is True:
-            items.append(key)
-        elif isinstance(value, float):
-            items.append(f"{key}{value:g}")
-        else:
-            items.append(f"{key}{value}")
+    items += [key if value is True else f"{key}{value:g}" if isinstance(value, float) else f"{key}{value}"
+              for key, value in settings.items() if value is not None and value is not False]
     name = "_".join(items)
     return "".join(c if c.isalnum() or c in "._-+" else "-" for c in name)
 
@@ -165,9 +139,6 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-# ----------------------------------------------------------------------------------------------------------
-# data fingerprints
-
 @functools.lru_cache(maxsize=256)
 def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
@@ -182,10 +153,9 @@ def data_fingerprint(source: str, folder: str | os.PathLike | None = None,
                      splits: dict[str, int] | None = None) -> dict:
     """What a run read: ``{"source", "folder", "files": {name: {"bytes", "sha256"}}, "splits": {name: size}}``.
 
-    ``files`` are hashed as read from disk (named relative to ``folder`` when inside it); ``texts`` are
-    in-memory contents (e.g. a Hugging Face split) hashed under their name; ``splits`` the number of
-    examples / blocks / images per split actually used. RunDir stores it in args.json and every checkpoint,
-    and ``--resume`` refuses a run whose fingerprint differs, naming what changed."""
+    ``files`` are hashed from disk (named relative to ``folder`` when inside it), ``texts`` (in-memory contents)
+    under their name; ``splits``: the examples per split used. ``--resume`` refuses a run whose fingerprint
+    differs."""
     folder_path = Path(folder).resolve() if folder else None
     out: dict[str, Any] = {"source": str(source), "folder": str(folder_path) if folder_path else None,
                            "files": {}, "splits": {k: int(v) for k, v in (splits or {}).items()}}
@@ -205,10 +175,8 @@ def data_fingerprint(source: str, folder: str | os.PathLike | None = None,
 
 def data_differences(saved: dict, now: dict) -> list[str]:
     """What differs between two ``data_fingerprint``s, in words (empty when they match)."""
-    diffs = []
-    for key in ("source", "folder"):
-        if saved.get(key) != now.get(key):
-            diffs.append(f"data {key} (saved {saved.get(key)!r}, now {now.get(key)!r})")
+    diffs = [f"data {key} (saved {saved.get(key)!r}, now {now.get(key)!r})" for key in ("source", "folder")
+             if saved.get(key) != now.get(key)]
     old, new = saved.get("files", {}), now.get("files", {})
     for name in sorted(set(old) | set(new)):
         if name not in new:
@@ -219,18 +187,12 @@ def data_differences(saved: dict, now: dict) -> list[str]:
             diffs.append(f"{name} changed ({old[name].get('bytes')} bytes sha256 {str(old[name].get('sha256'))[:12]}, "
                          f"now {new[name].get('bytes')} bytes sha256 {str(new[name].get('sha256'))[:12]})")
     old, new = saved.get("splits", {}), now.get("splits", {})
-    for name in sorted(set(old) | set(new)):
-        if old.get(name) != new.get(name):
-            diffs.append(f"{name} split size (saved {old.get(name)}, now {new.get(name)})")
-    return diffs
+    return diffs + [f"{name} split size (saved {old.get(name)}, now {new.get(name)})"
+                    for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
 
-
-# ----------------------------------------------------------------------------------------------------------
-# finiteness
 
 def _leaves(value: Any, path: str = ""):
-    """(path, leaf) of every value inside nested dicts, lists and tuples (e.g. "global[3]"); a checkpoint's
-    "rng" and "runlog" entries are left out."""
+    """(path, leaf) of every value in nested dicts, lists and tuples (e.g. "global[3]"), without "rng" / "runlog"."""
     if isinstance(value, dict):
         for k, v in value.items():
             if k not in ("rng", "runlog"):
@@ -243,8 +205,7 @@ def _leaves(value: Any, path: str = ""):
 
 
 def _nonfinite(value: Any, numbers: bool = True) -> str | None:
-    """The path of the first non-finite float tensor (or, with ``numbers``, number) in ``value``, or None.
-    Every tensor is checked in one device read."""
+    """The path of the first non-finite float tensor (or, with ``numbers``, number) in ``value``, or None."""
     tensors = [(p, v) for p, v in _leaves(value) if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
     bad = set()
     if tensors:
@@ -263,9 +224,6 @@ def _where(state: dict) -> str | None:
     return None
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the run-directory lock
-
 _HELD: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -276,8 +234,7 @@ def release_all() -> None:
 
 
 def _open_lock(path: Path, flags: int) -> int:
-    """``os.open`` of the lock file that never follows a symbolic link (the lock's JSON would otherwise be
-    written wherever the link points, outside the run)."""
+    """``os.open`` of the lock file, never through a symbolic link (the lock's JSON would land outside the run)."""
     try:
         return os.open(path, flags | os.O_NOFOLLOW, 0o644)
     except OSError as e:
@@ -288,8 +245,7 @@ def _open_lock(path: Path, flags: int) -> int:
 
 
 def overflowed(message: str) -> None:
-    """An arithmetic overflow stopped the run (e.g. a learning rate no float32 step can hold): the run
-    diverged. Every run directory this process has claimed records it (``diverge``); raises ``Diverged``."""
+    """An arithmetic overflow stopped the run: every claimed run directory records it (``diverge``)."""
     for rd in list(_HELD):
         if rd._claimed:
             rd.diverge("the step that overflowed", f"values ({message})")
@@ -317,32 +273,21 @@ def _try_flock(fd: int, exclusive: bool) -> bool:
 
 
 class RunDir:
-    """``<out_dir>/<run_name>/``: args.json, metrics.jsonl, summary.json, checkpoint.pt, artifacts.
+    """``<out_dir>/<run_name>/``. The constructor only CHECKS, writing nothing: the output location, the lock,
+    what the directory holds, and (``resume``) that the saved run matches these arguments and data and that its
+    metrics.jsonl and checkpoint are intact. ``claim()`` (implicit in the first write) takes the lock and writes,
+    so a script that validates its inputs before its first write never touches a run directory for a bad input.
 
-    Two steps. The constructor only CHECKS, writing nothing: the output location, the lock, what the
-    directory already holds, and (``resume``) that the saved run matches these arguments and data and that
-    its metrics.jsonl and checkpoint are intact. ``claim()`` then takes the lock and writes: the first write
-    (``log``, ``save_checkpoint``, ``write_summary``, ``artifact``) claims implicitly, so a script that
-    validates its arguments, data, model and tokenizer before its first write never touches a run directory
-    for a bad input.
-
-    Args:
-        out_dir, run_name: the directory is ``out_dir/run_name``.
-        args: all arguments (argparse Namespace or dict), saved to args.json and compared on resume.
-        resume: continue from ``checkpoint.pt`` if it exists (else start fresh).
-        is_main: False on other ``torchrun`` ranks: they may read the checkpoint, every write is a no-op.
-        ignore_on_resume: argument names that may differ on resume.
-        kind: the script writing the run, e.g. "mamba_fl/fed_fisher": saved in args.json and every
-            checkpoint, so a run directory written by another script is refused rather than half-loaded.
-        device: device the run uses, for args.json (default: ``args["device"]``).
-        data: ``data_fingerprint(...)`` of what the run read; compared on resume.
+    ``args``: all arguments, saved to args.json and compared on resume (except ``ignore_on_resume``);
+    ``is_main``: False on other ``torchrun`` ranks (they may read the checkpoint; writes are no-ops); ``kind``:
+    the script, e.g. "mamba_fl/fed_fisher", saved in args.json and every checkpoint so another script's run is
+    refused; ``device``: for args.json (default ``args["device"]``); ``data``: ``data_fingerprint(...)``.
     """
 
     def __init__(self, out_dir: str | os.PathLike, run_name: str, args: dict | argparse.Namespace, *,
                  kind: str, resume: bool = False, is_main: bool = True,
                  ignore_on_resume: tuple[str, ...] = DEFAULT_IGNORE_ON_RESUME,
                  device: str | torch.device | None = None, data: dict | None = None):
-        # one folder's name (its length is checked with the path, by check_out_dir below)
         check(bool(run_name) and "/" not in run_name and "\0" not in run_name and run_name not in (".", ".."),
               f"--run-name {run_name!r} is not a folder name; expected a name without '/'")
         self.path = Path(out_dir) / run_name
@@ -388,7 +333,7 @@ class RunDir:
             self._state = state
             self.resumed = True
         elif is_main:
-            contents = self._contents()
+            contents = self._has_contents()
             if contents and has_run and resume:  # killed before its first checkpoint: start it again
                 self._check_resumable(ignore_on_resume)
             elif contents and has_run and not self.overwrite:
@@ -399,8 +344,7 @@ class RunDir:
         self._seen = self._files_state() if is_main else None
 
     def set_data(self, data: dict) -> None:
-        """The data fingerprint, for scripts that know it only after making the RunDir (before its first
-        write): on resume a difference from the saved one is refused here, naming what changed."""
+        """The data fingerprint, for scripts that know it only after making the RunDir (before its first write)."""
         check(not self._claimed, "RunDir.set_data after the run directory was claimed")
         self.data = ckpt.round_trip_json(data)
         if self._state is not None:
@@ -408,11 +352,7 @@ class RunDir:
         if self._saved_meta is not None:
             self._check_data(self._saved_meta.get("data"), ARGS_FILE)
 
-    # ------------------------------------------------------------------------------------------------------
-    # checks (nothing written)
-
     def _check_state(self, state: dict) -> None:
-        """A checkpoint that cannot be continued is refused in words, not resumed from a wrong place."""
         for key in ("round", "epoch", "step"):
             value = state.get(key)
             if key in state and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -426,22 +366,18 @@ class RunDir:
                              "lower learning rate)")
 
     def _files_state(self) -> tuple:
-        """What the run files are now (name, inode, size, mtime): compared under the lock to see whether another
-        run wrote the directory between the checks and the claim."""
+        """(name, inode, size, mtime) of the run files: did another run write between the checks and the claim?"""
         out = []
         for name in (ARGS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, METRICS_FILE):
-            try:
+            with suppress(OSError):
                 st = os.stat(self.path / name)
-            except OSError:
-                continue
-            out.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+                out.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
         return tuple(out)
 
-    def _contents(self) -> list[str]:
-        """Names in the directory other than the lock file and temp files of interrupted writes."""
-        if not self.path.is_dir():
-            return []
-        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE and not p.name.endswith(".tmp"))
+    def _has_contents(self) -> bool:
+        """The directory holds more than the lock file and temp files of interrupted writes."""
+        return self.path.is_dir() and any(p.name != LOCK_FILE and not p.name.endswith(".tmp")
+                                          for p in self.path.iterdir())
 
     def _read_saved(self) -> dict | None:
         try:
@@ -470,9 +406,8 @@ class RunDir:
         saved = self._read_saved() or {}
         finished = (self.path / SUMMARY_FILE).is_file()
         status = None
-        if finished:
-            with suppress(OSError, ValueError, AttributeError):
-                status = json.loads((self.path / SUMMARY_FILE).read_text(encoding="utf-8")).get("status")
+        with suppress(OSError, ValueError, AttributeError):
+            status = json.loads((self.path / SUMMARY_FILE).read_text(encoding="utf-8")).get("status")
         what = f"a {status} run" if status and status != "complete" else ("a finished run" if finished
                                                                           else "an unfinished run")
         script = saved.get("script")
@@ -526,12 +461,9 @@ class RunDir:
                              f"was saved after {expected}; restore it, or start over with --overwrite")
 
     def _probe_lock(self) -> None:
-        """Refuse now (before any work) if a live run holds the directory's lock."""
-        lock = self.path / LOCK_FILE
-        if not os.path.lexists(lock):
-            return
-        try:
-            fd = _open_lock(lock, os.O_RDONLY)
+        """Refuse now, before any work, if a live run holds the directory's lock."""
+        try:  # (check_out_dir made sure that no file stands where a folder should)
+            fd = _open_lock(self.path / LOCK_FILE, os.O_RDONLY)
         except FileNotFoundError:
             return
         try:
@@ -540,9 +472,6 @@ class RunDir:
         finally:
             os.close(fd)
         raise _busy(self.path)
-
-    # ------------------------------------------------------------------------------------------------------
-    # claiming: the lock, then the writes
 
     def _acquire_lock(self) -> None:
         lock = self.path / LOCK_FILE
@@ -567,19 +496,16 @@ class RunDir:
         raise _busy(self.path)
 
     def release(self) -> None:
-        """Close the run's trackers (flushed, a W&B run finished) and give the directory's lock back (at the
-        end of the run, or when it stops; ``cli.run`` does it for every script)."""
+        """Close the run's trackers and give the directory's lock back (``cli.run`` does it for every script)."""
         if self._tracker is not None:
             self._tracker.close()
         fd, self._lock_fd = self._lock_fd, None
         if fd is None:
             return
         try:
-            lock = self.path / LOCK_FILE
-            if os.lstat(lock).st_ino == os.fstat(fd).st_ino:
-                lock.unlink()
-        except OSError:
-            pass
+            with suppress(OSError):
+                if os.lstat(self.path / LOCK_FILE).st_ino == os.fstat(fd).st_ino:
+                    (self.path / LOCK_FILE).unlink()
         finally:
             os.close(fd)
             _HELD.discard(self)
@@ -589,9 +515,9 @@ class RunDir:
             self.release()
 
     def claim(self) -> RunDir:
-        """Create the directory, take its lock, clear it (a fresh run or ``--overwrite``) or trim it
-        (``--resume``), remove temp files of interrupted writes, and write args.json. Idempotent; a no-op on
-        ranks other than the main one."""
+        """Create the directory, take its lock, clear it (fresh run, ``--overwrite``) or trim metrics.jsonl to the
+        checkpoint (``--resume``), remove temp files of interrupted writes, write args.json. Idempotent; a no-op
+        on other ranks."""
         if self._claimed or not self.is_main:
             return self
         self.path.mkdir(parents=True, exist_ok=True)
@@ -606,10 +532,10 @@ class RunDir:
                 if tmp.is_file():
                     tmp.unlink(missing_ok=True)
             if self.resumed:
-                rows = read_rows(self.path / METRICS_FILE)
-                self._write_rows(rows[:self._n_rows])
-                meta = dict(self._saved_meta)
-                meta["args"] = self.args  # the ignorable flags (device, quiet, ...) as given now
+                rows = read_rows(self.path / METRICS_FILE)[:self._n_rows]
+                ckpt.atomic_write_text(self.path / METRICS_FILE,
+                                       "".join(json.dumps(r, default=ckpt.to_jsonable) + "\n" for r in rows))
+                meta = {**self._saved_meta, "args": self.args}  # the ignorable flags (device, quiet, ...) as given now
                 if self.data is not None:
                     meta["data"] = self.data
                 resume = {"at": _now(), "git_commit": git_commit(), "device": self._device_name,
@@ -618,9 +544,7 @@ class RunDir:
                     resume["extended"] = self._extended
                 meta.setdefault("resumes", []).append(resume)
             else:
-                for entry in self.path.iterdir():  # a fresh start: nothing of an earlier run may remain
-                    if entry.name == LOCK_FILE:
-                        continue
+                for entry in (e for e in self.path.iterdir() if e.name != LOCK_FILE):  # nothing of an earlier run
                     if entry.is_dir() and not entry.is_symlink():
                         shutil.rmtree(entry)
                     else:
@@ -638,8 +562,7 @@ class RunDir:
 
     @contextmanager
     def _writing(self, what: str):
-        """A full disk while writing ``what`` is said in one line (exit 2), naming what is kept; the atomic
-        writes leave the previous checkpoint / summary / args.json whole."""
+        """A full disk while writing ``what``: one line (exit 2) naming the checkpoint kept (writes are atomic)."""
         try:
             yield
         except (OSError, RuntimeError) as e:
@@ -651,24 +574,15 @@ class RunDir:
             raise UsageError(f"no space left on the device writing {self.path / what}; {kept}; free some space "
                              "and rerun with --resume") from None
 
-    def _write_rows(self, rows: list[dict]) -> None:
-        text = "".join(json.dumps(r, default=ckpt.to_jsonable) + "\n" for r in rows)
-        ckpt.atomic_write_text(self.path / METRICS_FILE, text)
-
-    # ------------------------------------------------------------------------------------------------------
-    # non-finite values: stop cleanly
-
     def check_finite(self, where: str, **values: Any) -> None:
-        """Stop the run (``diverge``) if any of ``values`` (numbers, tensors, lists of tensors) is not finite.
-        Call it on every rank with values every rank holds (the aggregate, reduced losses), so all stop."""
+        """Stop the run (``diverge``) if any of ``values`` is not finite; call it on every rank, so all stop."""
         for name, value in values.items():
             if _nonfinite(value) is not None:
                 self.diverge(where, name.replace("_", " "))
 
     def diverge(self, where: str, what: str, summary: dict | None = None, reason: str | None = None):
-        """Write summary.json with ``status: diverged`` (the checkpoint on disk is left as it is: the last
-        finite state), release the lock and raise ``cli.Diverged`` (one line, exit status 3). ``reason``:
-        why, when it is not a non-finite ``what``."""
+        """Write summary.json with ``status: diverged`` (the checkpoint keeps the last finite state), release the
+        lock and raise ``Diverged`` (exit status 3). ``reason``: why, when it is not a non-finite ``what``."""
         kept = (f"{CHECKPOINT_FILE} keeps the last finite state ({self._checkpoint_at})" if self._checkpoint_at
                 else "no checkpoint had been saved")
         reason = reason or f"non-finite {what}"
@@ -680,7 +594,6 @@ class RunDir:
         raise Diverged(f"{reason} at {where}; the run stopped (status 'diverged' in "
                        f"{self.path / SUMMARY_FILE}), {kept}; lower the learning rate and rerun with --overwrite")
 
-    # ------------------------------------------------------------------------------------------------------
     @property
     def wall_seconds(self) -> float:
         """Wall time of this run so far, including earlier sessions up to their last checkpoint."""
@@ -694,24 +607,22 @@ class RunDir:
         line = json.dumps(row, default=ckpt.to_jsonable)
         with self._writing(METRICS_FILE), open(self.path / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(line + "\n")
-            f.flush()
         self._n_rows += 1
         self.tracker.log(row)
 
     @property
     def tracker(self) -> tracking.Tracker:
-        """The ``--report-to`` trackers (``common.tracking``), fed every row of metrics.jsonl; made on first use."""
+        """The ``--report-to`` trackers (``common.tracking``), fed every metrics row; made on first use."""
         if self._tracker is None:
             self._tracker = tracking.from_args(self.args if self.is_main else {}, self.path, resume=self.resumed)
         return self._tracker
 
     def rows(self) -> list[dict]:
-        """All metric rows logged so far (including those of earlier sessions that were kept)."""
+        """All metric rows logged so far (including kept rows of earlier sessions)."""
         return read_rows(self.path / METRICS_FILE)
 
     def save_checkpoint(self, state: dict) -> None:
-        """Save ``state`` atomically, plus the metric row count, wall time and the global RNG states under
-        "rng" (restore them with ``common.seed.set_rng_state``)."""
+        """Save ``state`` atomically, with the global RNG states ("rng") and row count and wall time ("runlog")."""
         if not self.is_main:
             return
         bad = _nonfinite(state, numbers=False)
@@ -726,15 +637,11 @@ class RunDir:
         self._checkpoint_at = _where(state) or "saved at " + state["runlog"]["saved_at"]
 
     def load_checkpoint(self) -> dict | None:
-        """The state to resume from (with "rng" and "runlog" entries), or None for a fresh run.
-
-        Nothing is restored here: the script loads parameters, optimizer state and RNG states itself.
-        """
+        """The state to resume from (with "rng" and "runlog"; the script restores it), or None for a fresh run."""
         return self._state
 
     def write_summary(self, summary: dict) -> dict:
-        """Write summary.json atomically with ``wall_seconds`` (summed over resumed sessions) and ``status``
-        ("complete" unless the caller says otherwise, e.g. "diverged"); return it."""
+        """Write summary.json atomically with ``wall_seconds`` and ``status`` (default "complete"); return it."""
         summary = dict(summary)
         summary.setdefault("status", "complete")
         summary["wall_seconds"] = round(self.wall_seconds, 3)

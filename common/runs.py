@@ -1,5 +1,5 @@
-"""Reading run directories: the plot scripts and the grid scripts' reports (plots read run directories and never
-train; they and the subprojects share this module, so no subproject imports ``plots/``).
+"""Reading run directories, for the plot scripts and the grid scripts' reports (so no subproject imports
+``plots/``).
 
     runs = [load_run(p) for p in find_runs("runs", "fedfisher_*")]
     for config, group in group_runs(runs):              # one group per configuration, seeds pooled
@@ -33,24 +33,15 @@ DRAW_IGNORE = DEFAULT_GROUP_IGNORE + ("report_to", "overwrite", "extend", "confi
 
 
 def find_runs(root: str | os.PathLike, pattern: str = "*") -> list[Path]:
-    """Run directories under ``root`` whose name matches the glob ``pattern`` and that hold args.json.
-
-    ``pattern`` is relative to ``root`` and may contain ``**`` to search nested folders. Sorted by path.
-    """
-    root = Path(root)
-    return sorted(p for p in root.glob(pattern) if p.is_dir() and (p / ARGS_FILE).is_file())
+    """Run directories (holding args.json) matching the glob ``pattern`` (``**``: nested) under ``root``, sorted."""
+    return sorted(p for p in Path(root).glob(pattern) if p.is_dir() and (p / ARGS_FILE).is_file())
 
 
 def load_run(path: str | os.PathLike) -> dict:
-    """{"path", "name", "args", "meta", "rows", "summary"} of one run directory.
-
-    "summary" is None for a run that has not finished (no summary.json yet); a torn final metrics row is
-    skipped, as after a crash.
-    """
+    """{"path", "name", "args", "meta", "rows", "summary"} of one run directory ("summary": None if unfinished)."""
     path = Path(path)
     meta = _read_json(path / ARGS_FILE)
-    summary_path = path / SUMMARY_FILE
-    summary = _read_json(summary_path) if summary_path.is_file() else None
+    summary = _read_json(path / SUMMARY_FILE) if (path / SUMMARY_FILE).is_file() else None
     try:
         rows = read_rows(path / METRICS_FILE)
     except (ValueError, UnicodeDecodeError, OSError) as e:
@@ -78,8 +69,7 @@ def _read_json(path: Path) -> dict:
 
 
 def shown(path: str | os.PathLike | None) -> str | None:
-    """``path`` as a report shows it: relative to the working directory when inside it (a report committed from
-    a checkout then names no machine's folders), else as given."""
+    """``path`` relative to the working directory when inside it (reports name no machine's folders), else as is."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve())) if path else path
     except ValueError:
@@ -92,11 +82,7 @@ def load_runs(root: str | os.PathLike, pattern: str = "*") -> list[dict]:
 
 
 def load_roots(roots: Sequence[str | os.PathLike], pattern: str = "*") -> list[dict]:
-    """``load_runs`` of every folder in ``roots`` (a plot script's ``--runs A B ...``), each run once.
-
-    A folder that does not exist is a ``UsageError`` (one line, exit 2); a run without summary.json (unfinished)
-    is left out with one line saying so.
-    """
+    """``load_runs`` of every folder in ``roots`` (``--runs A B ...``), each run once, unfinished runs left out."""
     out, seen = [], set()
     for root in roots:
         check(Path(root).is_dir(), f"--runs {root}: no such folder; expected a folder holding run directories")
@@ -115,9 +101,8 @@ NUMBER = (int, float)
 
 
 def with_keys(runs: Iterable[dict], what: str, args: dict | None = None, summary: dict | None = None) -> list[dict]:
-    """The runs whose args.json holds every key of ``args`` and whose summary.json every key of ``summary``
-    with a value of the given type(s) (``NUMBER`` for a number); each other run is left out with one line
-    naming the key (a run of an older version or of another script), so a figure never fails on it."""
+    """The runs whose args.json / summary.json hold every key of ``args`` / ``summary`` with a value of the
+    given type(s) (``NUMBER``: a number); each other run is left out with one line naming the key."""
     kept = []
     for run in runs:
         problem = _missing(run["args"], args or {}, "args.json") or \
@@ -142,17 +127,16 @@ def _missing(values: dict, wanted: dict, where: str) -> str | None:
 
 
 def split_by(runs: Sequence[dict], keys: Sequence[str]) -> list[tuple[str, list[dict]]]:
-    """Runs partitioned by their values of ``keys`` (``group_runs``): [(label, runs)] in first-seen order, the
-    label naming the keys whose values differ between the parts ("" when there is one part). What a figure
-    draws as separate panels or tables: runs on other data, another model or client count never share one."""
+    """Runs partitioned by their values of ``keys``: [(label, runs)] in first-seen order, the label naming the
+    keys whose values differ between the parts ("" for one part): a figure's separate panels or tables."""
     return _labelled(group_runs(runs, keys=keys))
 
 
 def split_configs(groups: dict[tuple, list[dict]], ignore: Sequence[str] = DEFAULT_GROUP_IGNORE
                   ) -> dict[tuple, list[dict]]:
-    """Every group of ``{(..., name): runs}`` split into runs of one configuration (arguments equal except
-    ``ignore``): a group holding several keeps one entry per configuration, its last key element extended by
-    the arguments that differ, "FedAvg [num_rounds=2]", so seeds of different runs are never averaged."""
+    """Every group of ``{(..., name): runs}`` split by configuration (arguments equal except ``ignore``), the last
+    key element extended by the arguments that differ ("FedAvg [num_rounds=2]"): seeds of different runs are
+    never averaged."""
     out: dict[tuple, list[dict]] = {}
     for key, runs in groups.items():
         for extra, members in _labelled(group_runs(runs, ignore)):  # extra is "" for a single configuration
@@ -162,9 +146,8 @@ def split_configs(groups: dict[tuple, list[dict]], ignore: Sequence[str] = DEFAU
 
 def group_runs(runs: Iterable[dict], ignore: Sequence[str] = DEFAULT_GROUP_IGNORE,
                keys: Sequence[str] | None = None) -> list[tuple[dict, list[dict]]]:
-    """Group runs whose arguments agree except for ``ignore`` (the seed), or with ``keys`` whose values of these
-    keys agree (from args.json, else summary.json: the model id a script resolved, say): [(config, runs)], in
-    the order each configuration first appears."""
+    """[(config, runs)] in first-seen order: runs whose arguments agree except ``ignore`` (the seed), or with
+    ``keys`` whose values of these keys agree (from args.json, else summary.json)."""
     groups: dict[str, tuple[dict, list[dict]]] = {}
     for run in runs:
         config = {k: v for k, v in run["args"].items() if k not in ignore} if keys is None else \
@@ -201,8 +184,7 @@ def _number(v) -> bool:
 
 
 def aligned(runs: Sequence[dict], key: str, x: str = "round") -> tuple[np.ndarray, np.ndarray]:
-    """(x [P], values [runs, P]) of metric ``key`` at the x values every run reached (so a mean over the runs
-    never mixes different numbers of seeds)."""
+    """(x [P], values [runs, P]) of metric ``key`` at the x values every run reached."""
     if not runs:
         raise ValueError(f"no runs to align for {key!r}")
     lookups = [dict(zip(*(a.tolist() for a in series(r, key, x)))) for r in runs]
@@ -211,8 +193,7 @@ def aligned(runs: Sequence[dict], key: str, x: str = "round") -> tuple[np.ndarra
 
 
 def by_seed(runs: Sequence[dict], key: str) -> dict:
-    """{seed: summary[key]} over the finished runs that report it; a repeated seed is an error (two runs of
-    one configuration and seed would be silently overwritten in a paired comparison)."""
+    """{seed: summary[key]} over the finished runs that report it; a repeated seed is an error."""
     out: dict = {}
     for r in runs:
         value = (r.get("summary") or {}).get(key)
@@ -227,10 +208,9 @@ def by_seed(runs: Sequence[dict], key: str) -> dict:
 
 def draw_seeds(ax: Any, at: Sequence[float], values: Iterable[Sequence[float]], label: str | None = None,
                kind: str = "band", spread: str = "sd", horizontal: bool = False, width: float = 0.8, **kw) -> Any:
-    """The mean over seeds of each ``values[i]`` (the seeds' values at position ``at[i]``) with its spread: the
-    sample sd (ddof=1, as in every table) or with ``spread="range"`` min to max (positive: for a log axis); none
-    for one seed. ``kind`` "band": a line and a band in its colour; "points": markers with error bars; "bars":
-    bars of ``width`` with error bars (``horizontal``: along x). ``label`` gets n, the seeds per position."""
+    """The mean over seeds of each ``values[i]`` at ``at[i]`` with its spread: sample sd (ddof=1) or, with
+    ``spread="range"``, min to max; none for one seed. ``kind``: "band" (line and band), "points" (markers with
+    error bars), "bars" (of ``width``; ``horizontal``: along x). ``label`` gets n, the seeds per position."""
     vals = [np.asarray(v, dtype=np.float64) for v in values]
     ns = [v.size for v in vals if v.size]
     mean = np.array([v.mean() if v.size else np.nan for v in vals])
@@ -254,8 +234,7 @@ def draw_seeds(ax: Any, at: Sequence[float], values: Iterable[Sequence[float]], 
 
 
 def figure_legend(fig: Any, axes: Iterable[Any], ncol: int = 4, fontsize: int = 8) -> None:
-    """One legend below all panels (every label once), so no legend covers bars or curves (``savefig`` keeps it
-    in the image)."""
+    """One legend below all panels (every label once), so no legend covers bars or curves."""
     handles = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -266,17 +245,14 @@ def figure_legend(fig: Any, axes: Iterable[Any], ncol: int = 4, fontsize: int = 
 
 
 def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False) -> list[Path]:
-    """Save ``fig`` at 150 dpi with a tight layout as PNG (and PDF with ``pdf=True``), creating parent folders,
-    then close it. ``path``'s suffix is replaced by .png / .pdf. Returns the written paths."""
+    """Save ``fig`` (150 dpi, tight) as ``path`` with suffix .png (and .pdf), then close it; the written paths."""
     path = Path(path)
     check_out_dir(path.parent, "--out")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    written = []
-    for suffix in (".png", ".pdf") if pdf else (".png",):
-        out = path.with_suffix(suffix)
+    written = [path.with_suffix(suffix) for suffix in ((".png", ".pdf") if pdf else (".png",))]
+    for out in written:
         fig.savefig(out, dpi=150, bbox_inches="tight")
-        written.append(out)
     import matplotlib.pyplot as plt
     plt.close(fig)
     return written

@@ -1,9 +1,6 @@
-"""Seeding: one global seed, plus independent random streams keyed by (seed, round, client).
-
-A client's batches, dropout masks and sampled labels must not depend on which process trains it or in
-what order clients are visited, so every per-client random decision draws from a stream derived from
-(seed, round, client) alone. Use ``client_generator`` for explicit sampling (``torch.randperm(n,
-generator=g)``) and ``client_rng`` around code that uses the global RNG implicitly (dropout).
+"""Seeding: one global seed, plus independent random streams keyed by (seed, round, client), so a client's
+randomness does not depend on which process trains it or in what order: ``client_generator`` for explicit
+sampling, ``client_rng`` around code using the global RNG (dropout).
 """
 from __future__ import annotations
 
@@ -25,11 +22,7 @@ def seed_everything(seed: int) -> None:
 
 
 def stream_seed(seed: int, *keys: int | str) -> int:
-    """A 63-bit seed derived from ``seed`` and any number of keys, stable across processes and runs.
-
-    >>> stream_seed(0, 3, 7) == stream_seed(0, 3, 7) != stream_seed(0, 7, 3)
-    True
-    """
+    """A 63-bit seed derived from ``seed`` and the keys (their order matters), stable across processes and runs."""
     text = ":".join(str(k) for k in (seed, *keys)).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") & (2**63 - 1)
 
@@ -37,9 +30,7 @@ def stream_seed(seed: int, *keys: int | str) -> int:
 def client_generator(seed: int, round_idx: int, client: int, device: str | torch.device = "cpu",
                      purpose: str = "batches") -> torch.Generator:
     """A ``torch.Generator`` for one client in one round; ``purpose`` separates independent uses."""
-    g = torch.Generator(device=device)
-    g.manual_seed(stream_seed(seed, purpose, round_idx, client))
-    return g
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, purpose, round_idx, client))
 
 
 def numpy_rng(seed: int, *keys: int | str) -> np.random.Generator:
@@ -48,8 +39,7 @@ def numpy_rng(seed: int, *keys: int | str) -> np.random.Generator:
 
 
 def get_rng_state() -> dict:
-    """All global RNG states, for checkpoints: plain Python values and tensors only (NumPy's key array as an
-    int64 tensor), so a checkpoint holding them loads with ``torch.load(weights_only=True)``."""
+    """All global RNG states as plain values and tensors, loadable with ``weights_only=True``."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
@@ -71,10 +61,7 @@ def set_rng_state(state: dict) -> None:
 
 @contextlib.contextmanager
 def client_rng(seed: int, round_idx: int, client: int, purpose: str = "dropout"):
-    """Run a block with the global torch RNG set to the client's stream, then restore the outer state.
-
-    Dropout and other implicit randomness inside the block depend only on (seed, round, client).
-    """
+    """Run a block with the global torch RNG set to the client's stream, then restore the outer state."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
         # the generators this process draws from (CPU, and its own GPU), not torch.manual_seed: that also

@@ -1,19 +1,13 @@
-"""Experiment tracking: ``--report-to none|tensorboard|wandb`` (the Hugging Face scripts' convention).
+"""Experiment tracking: ``--report-to none|tensorboard|wandb`` (several at once allowed).
 
-One logger for every script: ``RunDir.log`` hands each metrics row it appends to ``metrics.jsonl`` to the
-run's ``Tracker`` as well, so the tracker sees exactly the rows of ``metrics.jsonl``; ``RunDir.write_summary``
-adds the summary and flushes. Rows are flattened for the trackers: numbers (and booleans) become scalars,
-nested dicts become ``key/subkey`` (e.g. FedEntropy's per-client ``entropy/0``), strings and lists are left
-to ``metrics.jsonl``. The x axis is the row's ``round``, else its ``step``, else the row's position.
+``RunDir.log`` hands each row it appends to ``metrics.jsonl`` to the run's ``Tracker`` as well, and
+``RunDir.write_summary`` the summary. Rows are flattened: numbers and booleans become scalars, nested dicts
+``key/subkey`` (FedEntropy's ``entropy/0``), strings and lists are left out; the x axis is the row's ``round``,
+else its ``step``, else its position.
 
-* ``tensorboard``: event files in ``<run>/tensorboard/`` through ``torch.utils.tensorboard`` (needs the
-  ``tensorboard`` package: ``pip install -e .[tracking]``); view with ``tensorboard --logdir runs``.
-* ``wandb``: one W&B run named after the run directory, its config the run's arguments, files under
-  ``<run>/wandb/``; needs ``wandb`` installed and logged in (or ``WANDB_MODE=offline``: the run is kept in
-  ``<run>/wandb/offline-run-*/`` for ``wandb sync`` later).
-* ``none`` (default): nothing beyond ``metrics.jsonl``.
-
-Several at once: ``--report-to tensorboard wandb``.
+* ``tensorboard``: event files in ``<run>/tensorboard/`` (``pip install -e .[tracking]``).
+* ``wandb``: one W&B run named after the run directory, its config the arguments, files under ``<run>/wandb/``
+  (with ``WANDB_MODE=offline`` kept there for ``wandb sync``).
 """
 from __future__ import annotations
 
@@ -79,7 +73,7 @@ class Tracker:
     """Feeds metrics rows to the chosen trackers. ``Tracker(path, [])`` does nothing."""
 
     def __init__(self, run_path: str | os.PathLike, report_to: str | Sequence[str] | None,
-                 config: dict | None = None, run_name: str | None = None, resume: bool = False):
+                 config: dict | None = None, resume: bool = False):
         self.path = Path(run_path)
         self.names = requested(report_to)
         self._tb = self._wandb = None
@@ -92,11 +86,10 @@ class Tracker:
             import wandb
 
             (self.path / "wandb").mkdir(parents=True, exist_ok=True)
-            self._wandb = wandb.init(name=run_name or self.path.name, config=config or {}, dir=str(self.path),
+            self._wandb = wandb.init(name=self.path.name, config=config or {}, dir=str(self.path),
                                      id=_wandb_id(self.path) if resume else None,
                                      resume="allow" if resume else None, reinit=True)
             (self.path / "wandb" / "run_id").write_text(self._wandb.id)
-
         if self.names:
             _OPEN.add(self)
 
@@ -118,7 +111,7 @@ class Tracker:
             self._wandb.log(scalars, step=step)
 
     def log_summary(self, summary: dict) -> None:
-        """Final values: W&B's run summary; TensorBoard scalars under ``summary/`` (and a text record)."""
+        """Final values: W&B's run summary; TensorBoard scalars under ``summary/``."""
         scalars = flatten(summary)
         if self._tb is not None:
             for key, value in scalars.items():
@@ -138,8 +131,7 @@ class Tracker:
 
 
 def close_all() -> None:
-    """Close every open tracker: W&B writes the run's last records (and an offline run's file is complete)
-    only when its run is finished, which would otherwise wait for the interpreter's exit."""
+    """Close every open tracker (W&B writes a run's last records only when it is finished)."""
     for tracker in list(_OPEN):
         tracker.close()
 
@@ -151,7 +143,6 @@ def _wandb_id(path: Path) -> str | None:
 
 def from_args(args: dict | Any, run_path: str | os.PathLike, resume: bool = False) -> Tracker:
     """The tracker ``args["report_to"]`` (or ``args.report_to``) asks for; a no-op one when absent."""
-    get = args.get if isinstance(args, dict) else (lambda k, d=None: getattr(args, k, d))
     config = dict(args) if isinstance(args, dict) else dict(vars(args))
-    return Tracker(run_path, get("report_to", None), config=config, resume=resume)
+    return Tracker(run_path, config.get("report_to"), config=config, resume=resume)
 
