@@ -1,20 +1,13 @@
 """Streaming aggregators of a federated round: weighted mean (FedAvg), Fisher-weighted mean, and FedEntropy's
-softmax weights (server steps: ``common.server_opt``, ``common.scaffold``; LoRA merging: ``common.lora_merge``).
+softmax weights (server steps: ``common.server_opt``, ``common.scaffold``; LoRA: ``common.lora_merge``).
 
-``add(...)`` takes one client at a time (memory O(parameters) for any K). Each quantity's running sum is ONE
-flat buffer (the per-parameter tensors are views of it), so:
-
-* a client given as one flat buffer (``add_flat``, or views tiling one: ``common.params.as_flat``) is ONE op
-  per quantity; separate tensors go through one fused ``common.params.foreach`` call. Either way ``add`` stays
-  fast when other processes keep every core busy (``benchmarks/bench_aggregate.py``);
-* ``accumulators()`` are those buffers: summed across ranks, ``result()`` is the aggregate over every rank's
-  clients (the last element of buffer 0 is the total weight, reduced by the same all-reduce);
-* ``add_many`` takes K clients already in memory and goes block by block of coordinates, every upload
-  streaming once through the cached block of sums: the same bits as K ``add`` calls in order, a third of
-  their memory traffic for the weighted mean.
-
-Sums are kept in ``acc_dtype``; ``result`` returns tensors in the dtypes of ``like``. ``like`` and every client
-list hold the same tensors in the same order (e.g. ``common.params.trainable(model)``).
+``add`` takes one client at a time (memory O(parameters) for any K); each running sum is ONE flat buffer, so a
+client that is one buffer (``add_flat``, or views tiling one) is ONE op per quantity, separate tensors one
+fused ``common.params.foreach`` call: fast even while other processes load every core. ``accumulators()`` are
+those buffers (buffer 0's last element: the total weight): summed across ranks, ``result()`` is the aggregate
+over every rank's clients. ``add_many`` takes K uploads in memory block by block of coordinates (the same bits
+as K ``add`` calls, a third of their memory traffic). Sums are in ``acc_dtype``; ``result`` returns the dtypes
+of ``like``, whose tensors every client list holds in the same order (``common.params.trainable(model)``).
 """
 from __future__ import annotations
 
@@ -35,11 +28,8 @@ class _Streaming:
         if not like:
             raise ValueError("an aggregator needs at least one tensor in `like`")
         like = [t.detach() for t in like]
-        self.shapes = [t.shape for t in like]
-        self.dtypes = [t.dtype for t in like]
-        self.device = like[0].device
-        self.numel = P.numel(like)
-        self.acc_dtype = acc_dtype
+        self.shapes, self.dtypes = [t.shape for t in like], [t.dtype for t in like]
+        self.device, self.numel, self.acc_dtype = like[0].device, P.numel(like), acc_dtype
         self._flats = [P.empty_flat(self.numel + (i == 0), acc_dtype, self.device) for i in range(n_buffers)]
         for f in self._flats:  # first touch after the huge-page advice (common.params.empty_flat)
             f.zero_()
@@ -124,8 +114,7 @@ class _Streaming:
             self._flats[0][-1] += w
 
     def _flat_clients(self, *per_client: Sequence) -> list[tuple[torch.Tensor, ...]] | None:
-        """Each client's quantities as 1-D buffers of ``numel`` (one 1-D tensor, or tensors tiling one buffer),
-        or None if any is not (then ``add_many`` adds one by one)."""
+        """Each client's quantities as 1-D buffers of ``numel`` (given so, or tiled by its tensors), else None."""
         out = []
         for quantities in zip(*per_client):
             flats = []
@@ -143,18 +132,6 @@ class _Streaming:
                 flats.append(flat)
             out.append(tuple(flats))
         return out
-
-    def _add_many_with(self, clients, others, weights, what: str, add_block) -> None:
-        """``add_many`` of clients that carry one more quantity (a Fisher): blocked when all are flat."""
-        if len(others) != len(clients):
-            raise ValueError(f"add_many: {len(clients)} clients but {len(others)} {what}")
-        weights = self._weights(len(clients), weights)
-        flats = self._flat_clients(clients, others)
-        if not flats:
-            for c, o, w in zip(clients, others, weights):
-                self.add(*(P.unflatten(x, self._views[0]) if isinstance(x, torch.Tensor) else x for x in (c, o)), w)
-            return
-        self._add_blocked(flats, weights, add_block)
 
     @staticmethod
     def _weights(n_clients: int, weights) -> list[float]:
@@ -294,7 +271,14 @@ class FisherMean(_Streaming):
     @torch.no_grad()
     def add_many(self, clients: Sequence, fishers: Sequence, weights: Sequence[float] | None = None) -> None:
         """``add(clients[k], fishers[k], weights[k])`` for every k in order, bit for bit."""
-        self._add_many_with(clients, fishers, weights, "Fisher lists", self._add_block)
+        if len(fishers) != len(clients):
+            raise ValueError(f"add_many: {len(clients)} clients but {len(fishers)} Fisher lists")
+        weights = self._weights(len(clients), weights)
+        flats = self._flat_clients(clients, fishers)
+        if flats:
+            return self._add_blocked(flats, weights, self._add_block)
+        for c, f, w in zip(clients, fishers, weights):
+            self.add(*(P.unflatten(x, self._views[0]) if isinstance(x, torch.Tensor) else x for x in (c, f)), w)
 
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
@@ -308,18 +292,6 @@ class FisherMean(_Streaming):
         flat_out = P.as_flat(out)
         direct = flat_out is not None and flat_out.numel() == self.numel and flat_out.dtype == self.acc_dtype
         flat = flat_out if direct else P.empty_flat(self.numel, self.acc_dtype, self.device)
-        at_floor = self._result_chunks(num, den, tot, flat, total, eps)
-        self.eps_share = at_floor / self.numel if eps > 0 else 1.0
-        if not direct:
-            if flat_out is not None and flat_out.numel() == self.numel:
-                with self._threads():
-                    flat_out.copy_(flat)
-            else:
-                P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
-        return out
-
-    def _result_chunks(self, num, den, tot, flat, total: float, eps: float) -> int:
-        """The formula as torch ops, chunk by chunk; returns the count of coordinates at the floor."""
         at_floor = 0
         with self._threads():
             for lo in range(0, self.numel, self._CHUNK):
@@ -333,7 +305,14 @@ class FisherMean(_Streaming):
                 torch.div(q, torch.add(den[lo:hi], eps, out=d), out=q)
                 _select_into(flat[lo:hi], den[lo:hi] > 0, q, mean)
                 at_floor += int((den[lo:hi] <= eps).sum())  # an integer count: exact whatever the threads
-        return at_floor
+        self.eps_share = at_floor / self.numel if eps > 0 else 1.0
+        if not direct:
+            if flat_out is not None and flat_out.numel() == self.numel:
+                with self._threads():
+                    flat_out.copy_(flat)
+            else:
+                P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
+        return out
 
 
 def _select_into(out: torch.Tensor, cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:

@@ -1,17 +1,14 @@
-"""Client clustering (llm_noniid's fourth question: can grouping similar clients fix the failures of one
-global model?): each client gets a cluster; ``common.engine`` keeps one model per cluster and runs the client
-algorithm inside each (``--clustering none``: one cluster).
+"""Client clustering (llm_noniid: can grouping similar clients fix the failures of one global model?): each
+client gets a cluster; ``common.engine`` keeps one model per cluster and runs the algorithm inside each.
 
-* ``data`` (one-shot): each client sends once, before round 1, a distribution computed on its own training
-  data: its token unigrams (``--cluster-features tokens``, label-free) or topic histogram (``topics``). The
-  server clusters them by average linkage on the Hellinger distance into ``--num-clusters`` groups, or (0)
-  into the number in 2..min(K-1, 8) with the best silhouette, one cluster below ``MIN_SILHOUETTE``.
+* ``data`` (one-shot): each client sends once its token unigrams (``--cluster-features tokens``) or topic
+  histogram (``topics``); the server clusters them by average linkage on the Hellinger distance into
+  ``--num-clusters`` groups, or (0) the number in 2..min(K-1, 8) with the best silhouette (one cluster below
+  ``MIN_SILHOUETTE``).
 * ``ifca`` (Ghosh et al. 2020): every round each participant trains the cluster model with the lowest loss on
-  a few of its own batches. Identical starting models would collapse into one cluster, so they start
-  farthest first: a random client's local model (``--ifca-init-rounds`` rounds of its local steps), then the
-  local model of the client whose best loss under the models so far is the highest.
-
-Personalised evaluation: every client's held-out examples are scored by its own cluster's model.
+  a few of its own batches. Identical starts would collapse into one cluster, so they start farthest first:
+  a random client's local model (``--ifca-init-rounds`` rounds), then that of the client whose best loss
+  under the models so far is the highest. Evaluation: each client's examples by its own cluster's model.
 """
 from __future__ import annotations
 

@@ -39,7 +39,6 @@ from common.runlog import run_name
 ALGORITHMS = ("fedavg", "fedprox", "scaffold")
 SERVER_OPTS = ("fedavg", "fedavgm", "fedadam")
 
-# ----------------------------------------------------------------------------------------------------------
 # the shared flags
 
 
@@ -88,8 +87,8 @@ def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str
 
 def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold: str | None = None,
                          algorithms=ALGORITHMS, shifted_scaffold: bool = False) -> None:
-    """One-line refusals (exit 2) of the combinations that make no sense, each naming why (``shifted_scaffold``:
-    the task calls ``algo.after_step``, so SCAFFOLD runs with an adaptive local optimizer too)."""
+    """One-line refusals (exit 2) of combinations that make no sense (``shifted_scaffold``: SCAFFOLD is allowed
+    with an adaptive local optimizer, the task calling ``algo.after_step``)."""
     check(args.algorithm in algorithms,
           f"--algorithm {args.algorithm!r} is unknown; expected one of {', '.join(algorithms)}")
     check(args.scaffold_weighting in ("uniform", "size"),
@@ -136,7 +135,6 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 0, final: float 
     return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
 
 
-# ----------------------------------------------------------------------------------------------------------
 # client algorithms: three hooks and a server step
 
 
@@ -251,7 +249,6 @@ def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign
     return Scaffold(controls, shift)
 
 
-# ----------------------------------------------------------------------------------------------------------
 # what a subproject supplies
 
 
@@ -294,8 +291,7 @@ class Task:
         """Under torchrun, before the all-reduce (FedEntropy re-bases its weights here)."""
 
     def average(self, agg, x: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The round's aggregate of a cluster whose global model is ``x`` (a masked write-back keeps x off
-        the mask)."""
+        """The round's aggregate of a cluster whose global model is ``x`` (a masked write-back keeps x off-mask)."""
         return agg.result()
 
     def sample(self, r: int) -> list[int]:
@@ -322,10 +318,9 @@ class Task:
         raise NotImplementedError
 
     def check(self, rd, rnd: dict) -> bool | None:
-        """After the round's log row, before its checkpoint (every rank): stop the run if it went wrong, through
-        ``rd.diverge`` (status diverged in summary.json, exit 3, the checkpoint on disk kept). By default on a
-        non-finite training loss or global model. True ends the rounds after this round's checkpoint (a
-        plateau rule; every rank must say so in the same round)."""
+        """After the log row, before the checkpoint (every rank): ``rd.diverge`` (exit 3) if the run went wrong, by
+        default on non-finite losses or models. True ends the rounds after this round's checkpoint (a plateau
+        rule; every rank must say so in the same round)."""
         rd.check_finite(f"round {rnd['round'] + 1}", training_loss=list(rnd["losses"].values()),
                         aggregated_parameters=[t for x in self.fed.models for t in x])
 
@@ -336,13 +331,8 @@ class Task:
         pass
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the engine
-
-
 class Federation:
-    """The server's state: one global model per cluster, the client algorithm, the server optimizers, the
-    clients' optimizer states and the cluster assignment; ``run`` drives the rounds."""
+    """The server's state: per-cluster global models, algorithm, server optimizers, client optimizer states."""
 
     def __init__(self, task: Task, args):
         self.task, self.args = task, args
@@ -396,8 +386,7 @@ class Federation:
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def start(self, rd, names: list[str], fresh=None) -> int:
-        """The first round: the checkpoint's (its state restored), else 0 after ``fresh()`` (a warm-up of the
-        global models) and IFCA's starting models."""
+        """The first round: the checkpoint's (state restored), else 0 after ``fresh()`` and IFCA's starts."""
         state = rd.load_checkpoint()
         if state is not None:
             return self.load_state_dict(state, names)
@@ -434,8 +423,7 @@ class Federation:
 
 
 def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, start: int = 0) -> None:
-    """Rounds ``start``..``task.rounds - 1`` (0-based; logged as 1-based). ``rd`` (a ``common.runlog.RunDir``):
-    the non-finite stop, the log and the checkpoints; without it (a warm-up phase) none of them."""
+    """Rounds ``start``..``task.rounds - 1`` (logged 1-based); without ``rd`` (a warm-up) no log, checks, saves."""
     args, params, device = fed.args, task.params, task.device
     world, rank = D.world_size(), D.rank()
     timing = fed.timing
@@ -513,8 +501,7 @@ def _opt_state_from_list(states: list[dict], plist, device) -> dict:
 
 
 def _sync_client_states(fed: Federation, plan: list[list[int]]) -> None:
-    """Copy each trained client's optimizer state from the rank that trained it to every rank, so the next
-    round may give that client to any rank and rank 0's checkpoint holds them all (one broadcast per rank)."""
+    """Copy each trained client's optimizer state from its rank to every rank (one broadcast per rank)."""
     if fed.args.client_opt_state != "persist" or fed.task.optimizer is None:
         return
     me, plist = D.rank(), fed.task.params

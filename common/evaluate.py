@@ -31,7 +31,6 @@ IGNORE_INDEX = -100
 # Rows of [N, V] logits converted to float32 at a time (8192 positions x 50k tokens would be 1.6 GB).
 CHUNK_ROWS = 2048
 
-# ----------------------------------------------------------------------------------------------------------
 # context helpers
 
 def cuda_precision() -> str:
@@ -93,7 +92,6 @@ def _logits(out: Any) -> torch.Tensor:
     raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
 
 
-# ----------------------------------------------------------------------------------------------------------
 # language models
 
 def _lm_batch(batch: Any) -> tuple[dict, torch.Tensor]:
@@ -193,7 +191,6 @@ def mean_entropy(model: nn.Module, batches: Iterable[Any], vocab_size: int | Non
     return float(total.item()) / n if n else float("nan")
 
 
-# ----------------------------------------------------------------------------------------------------------
 # metrics on predictions (NumPy, float64)
 
 def _np(x: Any, dtype=None) -> np.ndarray:
@@ -232,10 +229,8 @@ def matthews_corrcoef(pred, target) -> float:
     pred, target = _pair(pred, target)
     classes, idx = np.unique(np.concatenate([pred, target]), return_inverse=True)
     pi, ti = idx[:pred.size], idx[pred.size:]
-    p = np.bincount(pi, minlength=classes.size).astype(np.float64)
-    t = np.bincount(ti, minlength=classes.size).astype(np.float64)
-    c = float(np.sum(pi == ti))
-    s = float(pred.size)
+    p, t = (np.bincount(i, minlength=classes.size).astype(np.float64) for i in (pi, ti))
+    c, s = float(np.sum(pi == ti)), float(pred.size)
     denom = np.sqrt((s * s - p @ p) * (s * s - t @ t))
     return float((c * s - t @ p) / denom) if denom > 0 else 0.0
 
@@ -250,8 +245,7 @@ def pearson(x, y) -> float:
 
 def rankdata(x) -> np.ndarray:
     """Ranks 1..n with ties given their average rank (SciPy's ``rankdata(method="average")``)."""
-    x = _np(x)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(_np(x), return_inverse=True, return_counts=True)
     last = np.cumsum(counts).astype(np.float64)  # rank of the last copy of each distinct value
     return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
 

@@ -1,19 +1,14 @@
-"""Diagonal Fisher information F = mean over examples i of g_i * g_i, g_i the gradient of example i's loss.
+"""Diagonal Fisher information F = mean over examples i of g_i * g_i, g_i the gradient of example i's loss: the
+mean NLL over its non-ignored targets (none: not counted). Classifier: logits [B, C], targets [B]; causal LM:
+logits [B, T, V] with targets ALREADY ALIGNED (``lm_targets``; the model must not shift again).
 
-* Example loss: mean NLL over the example's non-ignored targets (``ignore_index``). A classifier: logits
-  [B, C], targets [B]. A causal LM: logits [B, T, V] and targets ALREADY ALIGNED (logits[:, t] predicts
-  targets[:, t]: ``lm_targets``); the model must not shift again. Examples without a target are not counted.
-* labels='empirical': the data's targets; 'sampled': y ~ softmax(logits) from ``generator`` (the true
-  Fisher), drawn from one batched forward before any gradient, so every method sees the same labels.
-* method='per_example': vmap(grad(loss)) over chunks of ``chunk_size`` examples (``functional_call``; tied
-  weights are one parameter with both gradients); a model that cannot be vmapped warns once and falls back to
-  'loop', one autograd pass per example (the reference). 'batch': m * g_b**2 of each batch's mean-loss
-  gradient over its m examples, averaged weighted by m: one backward per batch, unbiased with sampled labels,
-  biased by (m - 1) times the squared mean gradient with empirical ones.
-* The model runs in eval mode and gets its previous mode back.
-
-``LocalStepFisher`` estimates the Fisher from the gradients local training computes anyway (FedFisher's
-``--fisher-method local``; its error against the per-example Fisher: ``benchmarks/bench_mamba_round.py``).
+labels='empirical': the data's targets; 'sampled': y ~ softmax(logits) from ``generator`` (the true Fisher),
+drawn in one batched forward before any gradient. method='per_example': vmap(grad) over chunks (tied weights
+are one parameter), falling back with a warning to 'loop', one autograd pass per example (the reference);
+'batch': m * g_b**2 of each batch's mean-loss gradient, weighted by m (one backward per batch; unbiased with
+sampled labels, biased by (m - 1) times the squared mean gradient with empirical ones). The model runs in eval
+mode. ``LocalStepFisher`` estimates it from local training's own gradients (FedFisher's ``--fisher-method
+local``; its error: ``benchmarks/bench_mamba_round.py``).
 """
 from __future__ import annotations
 
@@ -74,11 +69,8 @@ def _sample_labels(model, forward, inputs, targets, generator, ignore_index) -> 
     logits = forward(model, inputs).float()
     probs = torch.softmax(logits, -1).reshape(-1, logits.shape[-1])
     g_dev = generator.device if generator is not None else probs.device
-    draws = torch.multinomial(probs.to(g_dev), 1, generator=generator).to(probs.device)
-    draws = draws.view(logits.shape[:-1])
-    if targets is None:
-        return draws
-    return torch.where(targets != ignore_index, draws, torch.full_like(draws, ignore_index))
+    draws = torch.multinomial(probs.to(g_dev), 1, generator=generator).to(probs.device).view(logits.shape[:-1])
+    return draws if targets is None else draws.masked_fill(targets == ignore_index, ignore_index)
 
 
 def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empirical",
@@ -230,8 +222,7 @@ class LocalStepFisher:
         return out
 
     def reset(self) -> None:
-        for buf in (self.sums, self.prev):
-            P.foreach(torch._foreach_zero_, buf)
+        P.foreach(torch._foreach_zero_, self.sums + self.prev)
         self.passes = [0] * len(self.params)
 
     def remove(self) -> None:

@@ -57,8 +57,7 @@ def machine_busy() -> bool:
 
 
 def op_threads(numel: int) -> int:
-    """Threads for one elementwise op on ``numel`` elements: 1 below ``PARALLEL_MIN_NUMEL`` or while the
-    machine is busy (``machine_busy``, when ``LOAD_AWARE``), else ``torch.get_num_threads()``."""
+    """Threads for one elementwise op on ``numel`` elements (the module docstring's rule)."""
     if numel < PARALLEL_MIN_NUMEL or (LOAD_AWARE and machine_busy()):
         return 1
     return torch.get_num_threads()
@@ -72,8 +71,7 @@ def threads_for(numel: int, device: torch.device | str | None = None):
 
 
 def as_flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """The 1-D view the tensors tile, if they are consecutive contiguous pieces of one buffer (e.g. the
-    views ``unflatten`` returns), else None. Lets one op on the buffer replace one op per tensor."""
+    """The 1-D view the tensors tile if they are consecutive contiguous pieces of one buffer, else None."""
     if not tensors or not isinstance(tensors[0], torch.Tensor):
         return None
     first = tensors[0]
@@ -229,8 +227,7 @@ def trainable(model: nn.Module, trainable_only: bool = True) -> list[nn.Paramete
 
 @torch.no_grad()
 def clone(tensors: Iterable[torch.Tensor], dtype: torch.dtype | None = None) -> Tensors:
-    """Detached copies (optionally cast), e.g. a snapshot of the global model; views of one new buffer when
-    the tensors share a device and dtype (``flat_empty_like``), so list ops on the copies are single ops."""
+    """Detached copies (optionally cast), e.g. a snapshot of the global model (``flat_empty_like``'s layout)."""
     tensors = [t.detach() for t in tensors]
     out = flat_empty_like(tensors, dtype)
     if tensors:

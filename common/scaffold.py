@@ -24,12 +24,10 @@ class Scaffold:
 
     def __init__(self, like, num_clients: int, server_lr: float = 1.0, acc_dtype: torch.dtype = torch.float32,
                  control_device: str | torch.device | None = None, client_weights=None):
-        self.num_clients, self.server_lr = num_clients, server_lr
-        if client_weights is not None:
-            w = [float(v) for v in client_weights]
-            if len(w) != num_clients or min(w) < 0 or not sum(w) > 0:
-                raise ValueError(f"client_weights must be {num_clients} non-negative numbers with a positive sum")
-        self.client_weights = None if client_weights is None else w
+        w = None if client_weights is None else [float(v) for v in client_weights]
+        if w is not None and (len(w) != num_clients or min(w) < 0 or not sum(w) > 0):
+            raise ValueError(f"client_weights must be {num_clients} non-negative numbers with a positive sum")
+        self.num_clients, self.server_lr, self.client_weights = num_clients, server_lr, w
         self.c = P.zeros_like(like, dtype=acc_dtype)
         self.control_device = torch.device(control_device) if control_device is not None else self.c[0].device
         self.c_i: dict[int, Tensors] = {}

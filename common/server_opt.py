@@ -40,13 +40,16 @@ class ServerOptimizer:
     def step(self, params: Sequence[torch.Tensor], average: Sequence[torch.Tensor]) -> None:
         params = list(params)
         P._check(params, average)
+        self.steps += 1
+        self._step(params, average)
+
+    def _step(self, params: Tensors, average: Sequence[torch.Tensor]) -> None:
         if self.lr == 1.0:
             P.foreach(torch._foreach_copy_, params, list(average))
         else:
             def body(fe, p, a):  # on cache-sized pieces when the lists are flat
                 fe(torch._foreach_add_, p, self._delta(p, a, fe), alpha=self.lr)
             P.chunked_apply(body, params, average)
-        self.steps += 1
 
     def _fusable(self, params, average) -> bool:
         """torch's fused optimizer kernels apply: parameters and state in acc_dtype on one CPU or CUDA device."""
@@ -117,17 +120,13 @@ class FedAvgM(ServerOptimizer):
         self.momentum, self.form = momentum, form
         self.buffers = [P.zeros_like(like, dtype=acc_dtype)]
 
-    @torch.no_grad()
-    def step(self, params, average) -> None:
-        params = list(params)
-        P._check(params, average)
+    def _step(self, params, average) -> None:
         if self._fusable(params, average):  # SGD momentum: buf <- mu buf + (1 - dampening) grad; p <- p - lr buf
             heavy = self.form == "heavy-ball"  # grad = theta - avg, dampening 0 | grad = avg - theta, dampening beta
             self._fused(torch._fused_sgd_, params, average, -1.0 if heavy else 1.0, weight_decay=0.0,
                         momentum=self.momentum, lr=self.lr if heavy else -self.lr,
                         dampening=0.0 if heavy else self.momentum, nesterov=False, maximize=False,
                         is_first_step=False)
-            self.steps += 1
             return
 
         def body(fe, p, a, buf):  # on cache-sized pieces when the lists are flat
@@ -140,7 +139,6 @@ class FedAvgM(ServerOptimizer):
                 fe(torch._foreach_lerp_, buf, delta, weight=1.0 - self.momentum)  # v <- beta v + (1 - beta) delta
                 fe(torch._foreach_add_, p, buf, alpha=self.lr)
         P.chunked_apply(body, params, average, self.buffers[0])
-        self.steps += 1
 
 
 class FedAdam(ServerOptimizer):
@@ -158,12 +156,8 @@ class FedAdam(ServerOptimizer):
         self.betas, self.tau, self.bias_correction = tuple(betas), tau, bias_correction
         self.buffers = [P.zeros_like(like, dtype=acc_dtype), P.zeros_like(like, dtype=acc_dtype)]
 
-    @torch.no_grad()
-    def step(self, params, average) -> None:
-        params = list(params)
-        P._check(params, average)
+    def _step(self, params, average) -> None:
         b1, b2 = self.betas
-        self.steps += 1
         lr = self.lr
         if self.bias_correction:
             t = self.steps + 1  # Flower's exponent: server_round + 1, server_round = 1 in the first round

@@ -1,8 +1,7 @@
 """Client partitioners: each returns ``list[np.ndarray]``, one sorted int64 index array per client.
 
-Every partitioner is deterministic for its ``seed`` (streams from ``common.seed.numpy_rng``), vectorised
-(n = 1e6 takes well under a second), and raises ``common.cli.UsageError`` with one line naming the
-offending setting when the requested split is impossible. No client is ever empty.
+Deterministic for the ``seed`` (``common.seed.numpy_rng``), vectorised (n = 1e6 well under a second); an
+impossible split is a one-line ``UsageError`` naming the setting. No client is ever empty.
 
 =============  ========================================================================  ==========
 partitioner    what each client gets                                                      disjoint
@@ -162,13 +161,9 @@ def dirichlet_mix(labels: np.ndarray, num_clients: int, alpha: float, seed: int)
             remaining -= draw
             need -= int(draw.sum())
     pools = [rng.permutation(np.flatnonzero(inverse == c)) for c in range(len(classes))]
-    starts = np.zeros(len(classes), dtype=np.int64)
-    shards = []
-    for k in range(num_clients):
-        parts = [pools[c][starts[c]:starts[c] + take[k, c]] for c in range(len(classes))]
-        starts += take[k]
-        shards.append(np.concatenate(parts))
-    return _sorted_shards(shards)
+    ends = np.cumsum(take, axis=0)  # [K, C]: client k takes pools[c][ends[k, c] - take[k, c]:ends[k, c]]
+    return _sorted_shards(np.concatenate([p[e - t:e] for p, e, t in zip(pools, ends[k], take[k])])
+                          for k in range(num_clients))
 
 
 def overlap_pool_size(n: int, num_clients: int, overlap_ratio: float) -> int:
@@ -214,30 +209,23 @@ def category(categories: np.ndarray, num_clients: int, seed: int) -> Shards:
     share = counts / counts.sum() * num_clients
     alloc = np.clip(np.floor(share).astype(np.int64), 1, counts)
     while alloc.sum() != num_clients:      # largest remainder, respecting 1 <= alloc <= count
-        if alloc.sum() < num_clients:
-            room = alloc < counts
-            g = np.flatnonzero(room)[np.argmax((share - alloc)[room])]
-            alloc[g] += 1
-        else:
-            room = alloc > 1
-            g = np.flatnonzero(room)[np.argmin((share - alloc)[room])]
-            alloc[g] -= 1
+        up = alloc.sum() < num_clients
+        room = np.flatnonzero(alloc < counts if up else alloc > 1)
+        alloc[room[(np.argmax if up else np.argmin)((share - alloc)[room])]] += 1 if up else -1
     return _sorted_shards(piece for g, a in zip(groups, alloc) for piece in np.array_split(g, a))
 
 
 def document_topics(docs: list[str], num_topics: int, seed: int = 0, max_words: int = 20000) -> np.ndarray:
-    """A topic for each document (e.g. each article of a text corpus), for ``category`` shards of real text:
-    spherical k-means (k-means++ starts from ``seed``) on the documents' tf-idf vectors over their
-    ``max_words`` most frequent whitespace words. tf-idf, not raw frequencies: unigram distributions are
-    dominated by function words and put nearly every article in one group."""
+    """A topic per document, for ``category`` shards of real text: spherical k-means (k-means++ starts from
+    ``seed``) on tf-idf vectors over the ``max_words`` most frequent whitespace words (raw frequencies are
+    dominated by function words and put nearly every article in one group)."""
     check(1 <= num_topics <= len(docs), f"{num_topics} topics need at least as many documents (got {len(docs)})")
     words = [d.split() for d in docs]
     vocab = Counter(t for w in words for t in w)
     index = {t: i for i, t in enumerate(sorted(vocab, key=lambda t: (-vocab[t], t))[:max_words])}
     x = np.zeros((len(docs), len(index)))
     for i, w in enumerate(words):
-        ids = [index[t] for t in w if t in index]
-        np.add.at(x[i], ids, 1.0)
+        np.add.at(x[i], [index[t] for t in w if t in index], 1.0)
     x = x / np.maximum(x.sum(1, keepdims=True), 1.0) * np.log(len(docs) / np.maximum((x > 0).sum(0), 1))
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     rng = numpy_rng(seed, "shard", "document_topics")
@@ -257,17 +245,16 @@ def document_topics(docs: list[str], num_topics: int, seed: int = 0, max_words: 
 
 
 def sorted_blocks(scores: np.ndarray, num_clients: int) -> Shards:
-    """Sort by a per-example score (stable: ties keep index order) and cut into consecutive blocks of
-    sizes within one: client 0 gets the lowest scores (length, formality or complexity skew)."""
+    """Consecutive blocks (sizes within one) of the data stably sorted by a per-example score: client 0 gets the
+    lowest scores (length, formality or complexity skew)."""
     scores = _labels(scores)
     _check_k(len(scores), num_clients)
     return _sorted_shards(np.array_split(np.argsort(scores, kind="stable"), num_clients))
 
 
 def manifest_indices(value, where: str) -> np.ndarray:
-    """A manifest's ``indices`` as int64, read strictly: a JSON list of non-negative integers. Strings ("3"),
-    fractions (1.5) and booleans are refused in one line naming the first one, not converted (NumPy would
-    turn "3" into 3 and 1.5 into 1)."""
+    """A manifest's ``indices`` as int64, read strictly: strings ("3"), fractions (1.5) and booleans are refused
+    in one line naming the first one, not converted as NumPy would."""
     check(isinstance(value, list), f"{where}: 'indices' must be a list of integers, got {type(value).__name__}")
     bad = next((i for i, v in enumerate(value) if type(v) is not int or v < 0), None)
     if bad is not None:

@@ -86,8 +86,7 @@ def write_glue(out_dir, task: str, n_train: int = 2000, n_dev: int = 300, n_test
         rng = numpy_rng(seed, "glue", task, split)
         test = split == "test"
         lengths = rng.integers(4, 20, size=n) if task == "sst2" else rng.integers(10, 30, size=n)
-        samples = source.sample(rng.integers(0, 4, size=n), lengths, rng)
-        chains = [[source.words[j] for j in c] for c in samples]
+        chains = [[source.words[j] for j in c] for c in source.sample(rng.integers(0, 4, size=n), lengths, rng)]
         rows = []
         for i, chain in enumerate(chains):
             if task == "sst2":
@@ -97,10 +96,7 @@ def write_glue(out_dir, task: str, n_train: int = 2000, n_dev: int = 300, n_test
             s1 = _pair(chain)
             if task == "mrpc":
                 label = int(rng.random() < 0.67)
-                if label:
-                    s2 = _paraphrase(source, s1, rng)
-                else:
-                    s2 = _edit(source, s1, rng.uniform(0.35, 0.75), rng)
+                s2 = _paraphrase(source, s1, rng) if label else _edit(source, s1, rng.uniform(0.35, 0.75), rng)
                 label = 1 - label if rng.random() < noise else label
                 a, b = prose(s1), prose(s2)
                 if rng.random() < 0.03:
@@ -113,15 +109,13 @@ def write_glue(out_dir, task: str, n_train: int = 2000, n_dev: int = 300, n_test
                 score = float(np.clip(5.0 * (1.0 - frac) + rng.normal(0, 0.5), 0.0, 5.0))
                 genre, filename = [("main-captions", "MSRvid"), ("main-news", "headlines"),
                                    ("main-forums", "deft-forum")][int(rng.integers(3))]
-                row = [str(i), genre, filename, "2012test", f"{i:04d}", "none", "none",
-                       prose(s1), prose(s2)]
+                row = [str(i), genre, filename, "2012test", f"{i:04d}", "none", "none", prose(s1), prose(s2)]
                 rows.append(row if test else row + [f"{score:.3f}"])
         header = {"sst2": ["index", "sentence"] if test else ["sentence", "label"],
                   "mrpc": ["index" if test else "Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
                   "stsb": ["index", "genre", "filename", "year", "old_index", "source1", "source2",
                            "sentence1", "sentence2"] + ([] if test else ["score"])}[task]
-        bom = "\ufeff" if task == "mrpc" and not test else ""
-        text = bom + "\n".join("\t".join(r) for r in [header, *rows]) + "\n"
-        (out / f"{split}.tsv").write_text(text, encoding="utf-8")
+        text = "\n".join("\t".join(r) for r in [header, *rows]) + "\n"
+        (out / f"{split}.tsv").write_text(("\ufeff" if task == "mrpc" and not test else "") + text, encoding="utf-8")
     return out
 

@@ -126,16 +126,13 @@ class TextSource:
 def _pseudo_words(n: int, rng: np.random.Generator) -> list[str]:
     """n distinct lowercase pseudo-words: 40 of one syllable (function words) first, then 2-3 syllables."""
     cons, vows = list("bdfghklmnprstvz"), list("aeiou")
-    words: list[str] = []
-    seen = set()
+    words: dict[str, None] = {}  # an insertion-ordered set
     while len(words) < n:
         syl = 1 if len(words) < 40 else int(rng.integers(2, 4))
         w = "".join(rng.choice(cons) + rng.choice(vows) for _ in range(syl))
         w += rng.choice(["", "", "n", "r", "s", "l"]) if syl > 1 or rng.random() < 0.5 else ""
-        if w not in seen:
-            seen.add(w)
-            words.append(w)
-    return words
+        words[w] = None
+    return list(words)
 
 
 def _stationary(P: np.ndarray) -> np.ndarray:
@@ -143,9 +140,7 @@ def _stationary(P: np.ndarray) -> np.ndarray:
     V = len(P)
     A = P.T - np.eye(V)
     A[-1] = 1.0
-    b = np.zeros(V)
-    b[-1] = 1.0
-    pi = np.clip(np.linalg.solve(A, b), 0.0, None)
+    pi = np.clip(np.linalg.solve(A, np.eye(V)[-1]), 0.0, None)
     return pi / pi.sum()
 
 

@@ -47,12 +47,6 @@ def derived_cache_dir(cache_dir: str | os.PathLike | None = None, out_dir: str |
     return default_cache_dir()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same folder, then rename (a crash never leaves half a file)."""
-    with atomic_path(path) as tmp:
-        write(str(tmp))
-
-
 def _files_hash(files: Sequence[str | Path], *extra) -> str:
     h = hashlib.sha256(repr(extra).encode())
     for f in files:
@@ -87,7 +81,8 @@ def _train(kind: str, train_files: Sequence[str | Path], vocab_size: int, style:
             trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
                                                 special_tokens=specials)
         tok.train([str(f) for f in train_files], trainer)
-        _atomic_write(path, lambda tmp: tok.save(tmp))
+        with atomic_path(path) as tmp:  # a crash never leaves half a file
+            tok.save(str(tmp))
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(path)), **_specials(style))
 
 
@@ -104,8 +99,6 @@ def _load_local(folder: Path, style: str):
         tok = cls(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"), **kw)
     else:
         raise UsageError(f"tokenizer folder {folder} has neither tokenizer.json nor vocab.json + merges.txt")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     return tok
 
 
@@ -122,16 +115,17 @@ def load_tokenizer(spec: str, *, train_files: Sequence[str | Path] | None = None
               f"a byte-level BPE needs vocab_size >= 300 (256 bytes + merges), got {vocab_size}")
         return _train(spec, train_files, vocab_size, style, cache)
     if Path(spec).expanduser().is_dir():
-        return _load_local(Path(spec).expanduser(), style)
-    check(not Path(spec).expanduser().exists(), f"tokenizer {spec} is a file; expected a folder or a hub name")
-    from transformers import AutoTokenizer
+        tok = _load_local(Path(spec).expanduser(), style)
+    else:
+        check(not Path(spec).expanduser().exists(), f"tokenizer {spec} is a file; expected a folder or a hub name")
+        from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(spec, cache_dir=cache_dir)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"tokenizer {spec!r} could not be loaded from the hub or its cache ({first}); "
-                         f"give a local folder with vocab.json + merges.txt, or 'bpe'") from None
+        try:
+            tok = AutoTokenizer.from_pretrained(spec, cache_dir=cache_dir)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"tokenizer {spec!r} could not be loaded from the hub or its cache ({first}); "
+                             f"give a local folder with vocab.json + merges.txt, or 'bpe'") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -156,8 +150,8 @@ def encode_text(tokenizer, text: str, cache_dir: str | Path | None = None) -> to
     encs = tokenizer.backend_tokenizer.encode_batch(lines, add_special_tokens=False) if lines else []
     stream = torch.tensor([i for e in encs for i in e.ids], dtype=torch.long)
     if path is not None:
-        # int32 halves the file; ids of every tokenizer here fit
-        _atomic_write(path, lambda tmp: torch.save(stream.to(torch.int32), tmp))
+        with atomic_path(path) as tmp:  # int32 halves the file; ids of every tokenizer here fit
+            torch.save(stream.to(torch.int32), str(tmp))
     return stream
 
 
