@@ -1,9 +1,6 @@
-"""Text sources for llm_noniid: AG News (CSV layout or the hub), WikiText-2 (raw files or the hub), the
-embedded synthetic topic-structured corpus; style scores; per-example tokenization with padding masked.
-
-Every loader returns a ``TextData`` (texts plus integer topic labels). ``encode`` turns texts into a padded
-``input_ids [N, T]`` / ``labels [N, T]`` pair where padding is -100 in the labels, so it never enters the
-loss (the source trained on pad tokens).
+"""Text sources for llm_noniid (``TextData``: texts and topic labels): AG News (CSV layout or the hub), WikiText-2
+(raw files or the hub), the embedded synthetic topic-structured corpus; style scores; per-example tokenization
+(``encode``) with padding -100 in the labels, so it never enters the loss (the source trained on pad tokens).
 """
 from __future__ import annotations
 
@@ -56,18 +53,14 @@ def read_ag_news_csv(path: str | Path) -> TextData:
 
 def split_ag_news_csv(src: str | Path, dst: str | Path, valid_fraction: float = 0.1, seed: int = 0) -> Path:
     """Split one AG News CSV (e.g. the real test split) into ``dst/train.csv`` and ``dst/test.csv``,
-    stratified by class, rows copied verbatim. Used where only one real split is at hand."""
+    stratified by class, rows copied verbatim."""
     src, dst = Path(src), Path(dst)
     check(src.is_file(), f"{src} does not exist; expected an AG News CSV file")
     with open(src, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.reader(f) if r]
-    rng = np.random.default_rng(seed)
-    by_class: dict[str, list[list[str]]] = {}
-    for r in rows:
-        by_class.setdefault(r[0], []).append(r)
-    train, valid = [], []
-    for key in sorted(by_class):
-        group = by_class[key]
+    rng, train, valid = np.random.default_rng(seed), [], []
+    for key in sorted({r[0] for r in rows}):
+        group = [r for r in rows if r[0] == key]
         order = rng.permutation(len(group))
         n_valid = max(1, round(valid_fraction * len(group)))
         valid += [group[i] for i in order[:n_valid]]
@@ -99,15 +92,11 @@ def _wikitext_from_lines(lines: list[str], where: str) -> TextData:
     texts, labels, article = [], [], -1
     for line in lines:
         s = line.strip()
-        if not s:
-            continue
         if re.fullmatch(r"= [^=].*[^=] =", s):  # top-level heading: a new article
             article += 1
-            continue
-        if s.startswith("= ") and s.endswith(" ="):  # section heading
-            continue
-        texts.append(s)
-        labels.append(max(article, 0))
+        elif s and not (s.startswith("= ") and s.endswith(" =")):  # not a section heading
+            texts.append(s)
+            labels.append(max(article, 0))
     check(len(texts) > 0, f"{where}: no paragraphs found; expected WikiText raw text")
     return TextData(texts, np.asarray(labels, dtype=np.int64), max(article, 0) + 1)
 
@@ -119,18 +108,15 @@ def load_splits(data: str, data_dir: str | None = None, cache_dir: str | None = 
     if data == "synthetic":
         from common import synthetic
 
-        folder = Path(synthetic.ensure("ag_news"))
-        return read_ag_news_csv(folder / "train.csv"), read_ag_news_csv(folder / "test.csv")
+        data, data_dir = "ag_news", synthetic.ensure("ag_news")
     if data == "ag_news":
         if data_dir:
-            d = Path(data_dir)
-            return read_ag_news_csv(d / "train.csv"), read_ag_news_csv(d / "test.csv")
+            return tuple(read_ag_news_csv(Path(data_dir) / f"{split}.csv") for split in ("train", "test"))
         ds = _hub_dataset("ag_news", None, cache_dir)
-        return (_from_hub_ag(ds["train"]), _from_hub_ag(ds["test"]))
+        return _from_hub_ag(ds["train"]), _from_hub_ag(ds["test"])
     if data == "wikitext":
         if data_dir:
-            d = Path(data_dir)
-            return read_wikitext_raw(d / "wiki.train.raw"), read_wikitext_raw(d / "wiki.valid.raw")
+            return tuple(read_wikitext_raw(Path(data_dir) / f"wiki.{split}.raw") for split in ("train", "valid"))
         ds = _hub_dataset("wikitext", "wikitext-2-raw-v1", cache_dir)
         return (_wikitext_from_lines(list(ds["train"]["text"]), "wikitext train"),
                 _wikitext_from_lines(list(ds["validation"]["text"]), "wikitext validation"))
@@ -171,13 +157,9 @@ def _syllables(word: str) -> int:
 
 
 def style_scores(texts: list[str], criterion: str) -> np.ndarray:
-    """One score per text for ``--style-criterion`` (higher = longer / more formal / more complex).
-
-    length: number of whitespace-separated words.
-    formality: mean word length in characters minus 5 x the rate of informal markers per word
-        (first/second-person pronouns, contractions, '!' and '?', chat words).
-    complexity: Flesch-Kincaid grade, 0.39 words/sentence + 11.8 syllables/word - 15.59.
-    """
+    """One score per text for ``--style-criterion`` (higher = longer / more formal / more complex). length: the
+    number of words; formality: mean word length minus 5 x the rate of informal markers per word (first/second-person
+    pronouns, contractions, '!' and '?', chat words); complexity: Flesch-Kincaid grade."""
     out = np.zeros(len(texts), dtype=np.float64)
     for i, t in enumerate(texts):
         words = re.findall(r"[A-Za-z']+", t)
@@ -206,8 +188,7 @@ def encode(tokenizer, texts: list[str], seq_len: int) -> tuple[torch.Tensor, tor
     for i, e in enumerate(encs):
         row = (e.ids + ([eos] if eos is not None else []))[:seq_len]
         ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-    labels = ids.clone()
-    return ids.masked_fill(ids < 0, pad), labels
+    return ids.masked_fill(ids < 0, pad), ids
 
 
 def lengths(labels: torch.Tensor) -> torch.Tensor:

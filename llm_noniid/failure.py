@@ -1,15 +1,12 @@
 """Failure-mode detection on per-round curves (validation loss, the clients' local training loss).
 
-Each rule returns the first round where its mode is seen, or None; the rules with the default ``Thresholds``
-are the README's table (tested). Divergence stops ``train.py`` with the checkpoint of the round before.
-Client drift is the gap between the global model's validation loss and the clients' loss during their local
-steps: clients that fit their own texts far beyond what the averaged model keeps have moved toward local optima
-away from the global one. The dispersion of the updates (RMS_k ||theta_k - theta_bar|| / ||theta_bar - x||,
-logged as ``client_divergence_rel``) is not the rule: as a decaying rate reaches the optimum the clients' updates
-become noise of that dispersion on every split, healthy or not (measured: README).
-A healthy curve (steady decrease, small noise) triggers none of them. The defaults are calibrated on runs whose
-behaviour is known by construction (``run_experiments.py --mode failure`` and ``--mode calibrate``; rates in the
-README): the lowest oscillation and drift thresholds that flag no healthy iid run.
+Each rule returns the first round where its mode is seen, or None; with the default ``Thresholds`` they are the
+README's table (tested), calibrated on runs whose behaviour is known by construction (``run_experiments.py --mode
+failure`` and ``calibrate``): the lowest oscillation and drift thresholds that flag no healthy iid run. Divergence
+stops ``train.py`` with the checkpoint of the round before. Client drift is the gap between the global model's
+validation loss and the clients' loss during their local steps (clients fitting their own texts far beyond what the
+average keeps), not the dispersion of the updates (``client_divergence_rel``): as a decaying rate reaches the
+optimum that becomes noise of the same size on every split, healthy or not (measured: README).
 """
 from __future__ import annotations
 

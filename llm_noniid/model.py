@@ -1,8 +1,6 @@
-"""Causal LMs with LoRA adapters for llm_noniid: ``--model`` is a short name (``HUB_NAMES``), any hub name or
-local folder (from the HF cache; offline and not cached -> one-line error; ``pretrain.py`` makes one here), or
-``tiny-gpt2`` (``tiny_gpt2``, for ``--quick``, the tests and from-scratch runs). LoRA targets (attention and MLP
-projections) follow the architecture (``LORA_TARGETS``; ``--lora-targets`` overrides). A model whose prediction
-at one position depends on later tokens (a bidirectional encoder loaded as a causal LM) is refused.
+"""Causal LMs with LoRA adapters for llm_noniid: ``--model`` is a short name (``HUB_NAMES``), a hub name or local
+folder (``pretrain.py`` makes one), or ``tiny-gpt2`` (random, for ``--quick``, the tests and from-scratch runs).
+LoRA targets follow the architecture (``LORA_TARGETS``). A model that is not causal is refused.
 """
 from __future__ import annotations
 
@@ -13,23 +11,16 @@ import torch
 from torch import nn
 
 from common.cli import UsageError
+from common.evaluate import eval_mode
 from common.pretrained import quiet_loading
 
-HUB_NAMES = {
-    "distilgpt2": "distilgpt2",
-    "gpt2": "gpt2",
-    "tinyllama": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
-    "qwen-0.5b": "Qwen/Qwen2.5-0.5B",
-}
-# per model_type: the linear layers that get adapters (attention and MLP projections; names as peft matches them,
-# the last part of a module's name)
+HUB_NAMES = {"distilgpt2": "distilgpt2", "gpt2": "gpt2", "qwen-0.5b": "Qwen/Qwen2.5-0.5B",
+             "tinyllama": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"}
+# per model_type: the attention and MLP projections that get adapters (the last part of a module's name, as peft)
 _LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA_TARGETS = {
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "llama": _LLAMA, "qwen2": _LLAMA, "mistral": _LLAMA,
-    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-}
+LORA_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"], "llama": _LLAMA, "qwen2": _LLAMA, "mistral": _LLAMA,
+                "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+                "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]}
 
 
 def hub_name(model: str) -> str:
@@ -76,18 +67,14 @@ def load_base(model: str, *, vocab_size: int, seq_len: int, eos_id: int | None, 
 
 @torch.no_grad()
 def check_causal(base: nn.Module, name: str) -> None:
-    """Refuse a model whose logits at a position change with a later token (not a causal LM: e.g. a BERT folder,
-    which ``AutoModelForCausalLM`` loads with a warning and which would then see the tokens it predicts)."""
+    """Refuse a model whose logits at a position change with a later token (e.g. a BERT folder, which
+    ``AutoModelForCausalLM`` loads with a warning)."""
     vocab = base.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, 6), generator=torch.Generator().manual_seed(0))
     changed = ids.clone()
     changed[0, -1] = (ids[0, -1] + 1) % vocab
-    was = base.training
-    base.eval()
-    try:
+    with eval_mode(base):
         a, b = (base(input_ids=x).logits[0, :-1].float() for x in (ids, changed))
-    finally:
-        base.train(was)
     if not torch.allclose(a, b, atol=1e-4, rtol=1e-4):
         raise UsageError(f"model {name} ({getattr(base.config, 'model_type', '?')}) is not a causal LM: its "
                          f"predictions depend on later tokens; give a decoder-only model")

@@ -1,9 +1,6 @@
-"""Client partitions for llm_noniid: iid, topic skew, style skew and three kinds of token skew (frequency,
-truncation, vocabulary), each defined in the README's partition table.
-
-Each partitioner returns ``Clients``: one index array per client into the training examples, and for the
-token skews a per-client change of what the client actually trains on (a truncation length or a vocabulary
-mask): the token skews change each client's token distribution itself, not just the order of the texts.
+"""Client partitions for llm_noniid (the README's partition table): iid, topic skew, style skew and three token
+skews (frequency, truncation, vocabulary), as ``Clients``: the token skews change what each client trains on (a
+truncation length or a vocabulary mask), not just which texts it holds.
 """
 from __future__ import annotations
 
@@ -51,8 +48,7 @@ def _pad_of(x: torch.Tensor, y: torch.Tensor) -> int:
 
 def token_counts(labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Corpus count of every token id over real positions -> [V] int64."""
-    y = labels[labels != IGNORE_INDEX]
-    return torch.bincount(y, minlength=vocab_size)
+    return torch.bincount(labels[labels != IGNORE_INDEX], minlength=vocab_size)
 
 
 def assign_by_affinity(affinity: np.ndarray, seed: int) -> list[np.ndarray]:
@@ -60,8 +56,7 @@ def assign_by_affinity(affinity: np.ndarray, seed: int) -> list[np.ndarray]:
     their best client that still has room (capacity ceil(N / K)). Every example used once."""
     n, k = affinity.shape
     capacity = np.full(k, -(-n // k))
-    noise = numpy_rng(seed, "affinity").random((n, k)) * 1e-9  # seeded tie-breaking
-    a = affinity + noise
+    a = affinity + numpy_rng(seed, "affinity").random((n, k)) * 1e-9  # seeded tie-breaking
     owner = np.empty(n, dtype=np.int64)
     for i in np.argsort(-a.max(axis=1), kind="stable"):
         for c in np.argsort(-a[i], kind="stable"):
@@ -78,9 +73,7 @@ def frequency_bands(counts: torch.Tensor, num_bands: int) -> np.ndarray:
     counts = counts.double().numpy()
     order = np.argsort(-counts, kind="stable")
     before = (np.cumsum(counts[order]) - counts[order]) / max(counts.sum(), 1.0)  # mass ranked above the token
-    band_sorted = np.minimum((before * num_bands).astype(np.int64), num_bands - 1)
-    band = np.empty_like(band_sorted)
-    band[order] = band_sorted
+    band = np.minimum((before * num_bands).astype(np.int64), num_bands - 1)[np.argsort(order)]  # back to id order
     band[counts == 0] = num_bands - 1
     return band
 
@@ -89,21 +82,18 @@ def _group_shares(labels: torch.Tensor, group_of_token: np.ndarray, k: int) -> n
     """Share of each example's real tokens in each token group -> [N, K]."""
     g = torch.as_tensor(group_of_token, dtype=torch.long)
     valid = labels != IGNORE_INDEX
-    groups = g[labels.clamp(min=0)]
-    onehot = torch.nn.functional.one_hot(groups, k).double() * valid.unsqueeze(-1)
+    onehot = torch.nn.functional.one_hot(g[labels.clamp(min=0)], k).double() * valid.unsqueeze(-1)
     return (onehot.sum(1) / valid.sum(1, keepdim=True).clamp(min=1)).numpy()
 
 
 def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_clients: int, seed: int,
               vocab_size: int, alpha: float = 0.5, min_size: int = 2, style: np.ndarray | None = None,
               token_skew: str = "frequency", topic_split: str = "mix") -> Clients:
-    """Split the training examples (labels_lm [N, T] LM labels; topics [N] topic labels) over clients.
-
-    topic_skew: ``topic_split="mix"`` gives every client the same number of examples with its topic mix
-    ~ Dir(alpha) (``common.shard.dirichlet_mix``: valid for every seed, so skew is not confounded with client
-    size or local steps); ``"labels"`` splits each topic over the clients ~ Dir(alpha) and redraws until every
-    client has ``min_size`` examples (Flower's ``DirichletPartitioner``; unequal sizes, and impossible at tiny
-    alpha when clients outnumber topics)."""
+    """Split the training examples (labels_lm [N, T] LM labels; topics [N] topic labels) over clients. topic_skew
+    ``"mix"``: equal client sizes, each client's topic mix ~ Dir(alpha) (skew not confounded with size or local
+    steps); ``"labels"``: each topic split over the clients ~ Dir(alpha), redrawn until every client has
+    ``min_size`` examples (Flower's ``DirichletPartitioner``; impossible at tiny alpha with more clients than
+    topics)."""
     n = labels_lm.shape[0]
     check(n >= num_clients, f"{n} training examples cannot be split over {num_clients} clients")
     k = num_clients
@@ -130,8 +120,7 @@ def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_cli
         corpus_share = np.bincount(band, weights=counts.double().numpy(), minlength=k) / max(int(counts.sum()), 1)
         return Clients(assign_by_affinity(share / np.maximum(corpus_share, 1e-12), seed))
     if token_skew == "truncation":
-        seq_len = labels_lm.shape[1]
-        max_len = [max(2, round(seq_len * (c + 1) / k)) for c in range(k)]
+        max_len = [max(2, round(labels_lm.shape[1] * (c + 1) / k)) for c in range(k)]  # 1/k .. all of seq_len
         return Clients(shard.iid(n, k, seed), max_len=max_len)
     if token_skew == "vocabulary":
         seen = np.flatnonzero(counts.numpy() > 0)
@@ -139,9 +128,7 @@ def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_cli
         group = np.full(vocab_size, -1, dtype=np.int64)
         group[order] = np.arange(len(order)) % k  # round robin by rank: subsets of similar mass
         share = _group_shares(labels_lm, np.where(group < 0, 0, group), k)
-        shards = assign_by_affinity(share, seed)
-        vocab = [torch.as_tensor(group == c) for c in range(k)]
-        return Clients(shards, vocab=vocab)
+        return Clients(assign_by_affinity(share, seed), vocab=[torch.as_tensor(group == c) for c in range(k)])
     raise UsageError(f"--token-skew {token_skew!r} is unknown; expected one of {', '.join(TOKEN_SKEWS)}")
 
 
@@ -149,19 +136,16 @@ def statistics(clients: Clients, input_ids: torch.Tensor, labels_lm: torch.Tenso
                num_classes: int, vocab_size: int) -> dict:
     """Per-client statistics for partition.json and the plots: sizes, topic histograms, length
     distribution (trained tokens per example), vocabulary size, and pairwise vocabulary overlap."""
-    per = []
-    vocab_sets = []
+    per, vocab_sets = [], []
     for c in range(len(clients.shards)):
         _, y = clients.client_tensors(c, input_ids, labels_lm)
         ln = lengths(y).numpy()
         hist = np.bincount(topics[clients.shards[c]], minlength=num_classes) if len(clients.shards[c]) else \
             np.zeros(num_classes, dtype=np.int64)
-        toks = torch.unique(y[y != IGNORE_INDEX])
-        vocab_sets.append(set(toks.tolist()))
+        vocab_sets.append(set(torch.unique(y[y != IGNORE_INDEX]).tolist()))
         per.append({"client": c, "size": len(clients.shards[c]),
                     "label_hist": hist.tolist() if num_classes <= 64 else None,
-                    "classes": int((hist > 0).sum()),
-                    "tokens": int(ln.sum()),
+                    "classes": int((hist > 0).sum()), "tokens": int(ln.sum()),
                     "length_mean": float(ln.mean()) if len(ln) else 0.0,
                     "length_quantiles": np.quantile(ln, [0.1, 0.5, 0.9]).tolist() if len(ln) else [0, 0, 0],
                     "length_max": int(ln.max()) if len(ln) else 0,

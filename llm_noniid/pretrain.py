@@ -4,20 +4,18 @@ folder that ``train.py --model <folder>`` fine-tunes with LoRA like any hub mode
     python llm_noniid/pretrain.py                     # about 13 min on 2 idle cores; prints the folder
     python llm_noniid/train.py --model <folder> --data ag_news --data-dir <split> --lora-r 8 ...
 
-No pretrained weights can be downloaded here, and the source's question (how federated LoRA fine-tuning of a
-pretrained LM fails under non-IID data) needs a base that already models language. This one is trained on the
-WikiText files given (default: the WikiText-2 raw test and tokenized valid splits of a ``shared/data`` folder
-next to the repository), text the fine-tuning (AG News) never sees. The files are cut into articles (a
-``= Title =`` line opens one; the tokenized split's spacing, ``@-@`` and friends are undone), the articles are
-split 90 / 5 / 5 into train / validation / test, a byte-level BPE is fitted on the training articles, and the
-model trains on random blocks of their token stream with AdamW, a warm-up and a cosine decay. The checkpoint with
-the best validation perplexity is kept; its test perplexity is printed beside the unigram's (fitted on the
-training articles) and the uniform guess.
+No pretrained weights can be downloaded here, and the source's question (federated LoRA fine-tuning of a pretrained
+LM under non-IID data) needs a base that already models language. It trains on the WikiText files given (default:
+the WikiText-2 raw test and tokenized valid splits of ``shared/data`` next to the repository), text AG News
+fine-tuning never sees: cut into articles (tokenized spacing undone), split 90 / 5 / 5 into train / validation /
+test, a byte-level BPE fitted on the training articles, random blocks of their token stream trained with AdamW,
+warm-up and cosine decay. The best validation checkpoint is kept; its test perplexity is printed beside the
+unigram's and the uniform guess.
 
-The folder depends only on the settings and the text, so it is cached under ``<cache-dir>/<key>/`` and a second
-call returns it at once (a file lock makes a concurrent caller wait). It holds ``config.json``,
-``model.safetensors``, the tokenizer files and ``pretrain.json`` (settings, split sizes, perplexities, wall time).
-An interrupted pretraining resumes from ``<key>.run/checkpoint.pt`` at its last evaluation, bit for bit.
+The folder depends only on the settings and the text: cached under ``<cache-dir>/<key>/`` (a second call returns
+it at once; a file lock makes a concurrent caller wait), with ``config.json``, ``model.safetensors``, the tokenizer
+files and ``pretrain.json`` (settings, split sizes, perplexities, wall time). An interrupted pretraining resumes
+from ``<key>.run/checkpoint.pt`` at its last evaluation, bit for bit.
 """
 from __future__ import annotations
 
@@ -31,15 +29,9 @@ from pathlib import Path
 
 import torch
 
+from common import checkpoint as CK
 from common import cli, export, flags
-from common.checkpoint import (
-    atomic_write_json,
-    atomic_write_text,
-    built_once,
-    load_checkpoint,
-    save_checkpoint,
-    settings_key,
-)
+from common.checkpoint import save_checkpoint  # by name: the tests interrupt it
 from common.engine import cosine_lr
 from common.evaluate import perplexity, unigram_perplexity
 from common.seed import get_rng_state, numpy_rng, seed_everything, set_rng_state
@@ -49,8 +41,7 @@ from llm_noniid.model import lm_loss
 VERSION = 1  # bump when the recipe changes, so stale bases are not reused
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_FILES = (SHARED / "wikitext2_raw" / "wiki.test.raw", SHARED / "wikitext2_tokenized" / "valid.txt")
-# flags that do not change the weights
-IGNORED = ("cache_dir", "threads", "text_files", "quiet", "quick")
+IGNORED = ("cache_dir", "threads", "text_files", "quiet", "quick")  # flags that do not change the weights
 CHECKPOINT_KIND = "llm_noniid/pretrain"
 # --quick: a tiny model for the tests (seconds)
 QUICK = dict(n_layer=1, n_embd=32, n_head=2, vocab_size=400, seq_len=32, batch_size=8, steps=40, eval_every=20,
@@ -153,9 +144,9 @@ def pretrained_base(argv: list[str] | None = None) -> Path:
     articles = read_articles(args.text_files)
     texts_hash = hashlib.sha256("\x00".join(f"{t}\x01{x}" for t, x in articles).encode()).hexdigest()[:16]
     config = settings(args, texts_hash)
-    key = settings_key(config)
-    final = built_once(args.cache_dir, key, "pretrain.json",
-                       lambda final: train_base(args, config, articles, final.with_name(f"{key}.run"), final))
+    key = CK.settings_key(config)
+    final = CK.built_once(args.cache_dir, key, "pretrain.json",
+                          lambda final: train_base(args, config, articles, final.with_name(f"{key}.run"), final))
     if not args.quiet:
         info = json.loads((final / "pretrain.json").read_text())
         print(f"base: {info['params'] / 1e6:.2f} M parameters, {info['train_tokens']:,} training tokens; test "
@@ -173,8 +164,7 @@ def train_base(args, config: dict, articles: list, work: Path, final: Path) -> N
     started = time.perf_counter()
     parts = split_articles(articles, args.split_seed)
     work.mkdir(parents=True, exist_ok=True)
-    train_file = work / "train.txt"
-    atomic_write_text(train_file, "\n".join(text for _, text in parts["train"]) + "\n")
+    train_file = CK.atomic_write_text(work / "train.txt", "\n".join(text for _, text in parts["train"]) + "\n")
     tok = load_tokenizer("bpe", train_files=[train_file], vocab_size=args.vocab_size, cache_dir=work)
     tok.model_max_length = args.seq_len
     tokens = {k: stream(tok, v) for k, v in parts.items()}
@@ -195,7 +185,7 @@ def train_base(args, config: dict, articles: list, work: Path, final: Path) -> N
     state = {"step": 0, "history": [], "best": None, "best_ppl": math.inf, "seconds": 0.0}
     ckpt = work / "checkpoint.pt"
     if ckpt.is_file():  # resume at the last evaluation
-        saved = load_checkpoint(ckpt, CHECKPOINT_KIND)
+        saved = CK.load_checkpoint(ckpt, CHECKPOINT_KIND)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"])
@@ -238,7 +228,7 @@ def train_base(args, config: dict, articles: list, work: Path, final: Path) -> N
     shutil.rmtree(work / "folder", ignore_errors=True)
     out = export.save_model_dir(work, model, tok, info={"test_ppl": test["ppl"]}, name="folder")
     best = min(state["history"], key=lambda h: h["val_ppl"])
-    atomic_write_json(out / "pretrain.json", {
+    CK.atomic_write_json(out / "pretrain.json", {
         "settings": config, "params": sum(p.numel() for p in model.parameters()),
         "articles": {k: len(v) for k, v in parts.items()}, "train_tokens": int(tokens["train"].numel()),
         "valid_tokens": int(tokens["valid"].numel()), "test_tokens": test["tokens"],
@@ -251,8 +241,7 @@ def train_base(args, config: dict, articles: list, work: Path, final: Path) -> N
     shutil.rmtree(work, ignore_errors=True)
 
 
-def main(argv=None) -> Path:
-    return pretrained_base(argv)
+main = pretrained_base
 
 
 if __name__ == "__main__":

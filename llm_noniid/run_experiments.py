@@ -4,15 +4,12 @@
         --split-csv ../shared/data/ag_news_csv/test.csv
     python llm_noniid/run_experiments.py --mode analyze --out-dir runs/llm_noniid/ag_news
 
-The grids (``arms``: failure, main, calibrate, quick), the study setting they all train (``STUDY``; arms differ
-in one thing only) and ``analyze``'s report.md and figures are described in the README ("Experiments: commands
--> figures"). All runs of all grids live in <out-dir>/runs, so an arm shared by two grids is trained once (a
-shorter run of an arm is extended). Flags after ``--`` (or any flag this script does not know) go to every
-train.py run and override the study setting. Runs go through ``common.jobs``: finished runs are skipped,
-interrupted ones resumed, a run directory holding other arguments is reported and left alone, logs in
-<out-dir>/logs; a run's numbers do not depend on --jobs, only on its --threads (float summation order).
-``--split-csv FILE`` first splits one AG News CSV (e.g. the real test split) 90/10 into <out-dir>/data and trains
-on it; without it the embedded synthetic AG News is used.
+The grids (``arms``), the study setting they train (``STUDY``; arms differ in one thing only) and ``analyze``'s
+report and figures: README ("Experiments: commands -> figures"). All runs live in <out-dir>/runs, so an arm of two
+grids trains once (a shorter run of it is extended). Flags after ``--`` (or unknown here) go to every train.py run.
+Runs go through ``common.jobs``: finished ones skipped, interrupted ones resumed, logs in <out-dir>/logs; a run's
+numbers depend on its --threads, not on --jobs. ``--split-csv FILE`` splits one AG News CSV 90/10 into
+<out-dir>/data and trains on it; without it the embedded synthetic AG News is used.
 """
 from __future__ import annotations
 
@@ -49,13 +46,10 @@ TOPIC = ["--partition", "topic_skew", "--alpha", "0.01"]
 FEDAVG = ["--algorithm", "fedavg"]
 SCAFFOLD = ["--algorithm", "scaffold"]
 MUS = ("0.001", "0.01", "0.1", "1")  # FedProx's mu sweep, in every grid
-# the source's regime (--regime pretrained): LoRA (r 8, attention and MLP) on a base pretrained here with its own
-# tokenizer, the same clients, local steps and clipping, local AdamW (fresh each round) at a rate that decays by
-# a cosine over the rounds, as federated LLM fine-tuning runs; --learning-rate and FedProx's mu are chosen by
-# ``select``. Shrunk to reach its plateau on 2 cores (measured on the selection split, see the README): the base is
-# pretrain.py's with BASE_FLAGS (0.68 M parameters, 2.9x cheaper per round than its default) and each seed trains
-# on 1,000 of the training texts, where validation perplexity stops improving within 60 rounds (with every text it
-# still gains 4.7 % from 120 to 240 rounds)
+# --regime pretrained, the source's: LoRA (r 8, attention and MLP) on a base pretrained here (pretrain.py with
+# BASE_FLAGS: 0.68 M parameters) with its own tokenizer, local AdamW at a rate decaying by a cosine over the rounds;
+# --learning-rate and FedProx's mu are chosen by ``select``. Each seed trains on 1,000 training texts, where
+# validation perplexity stops improving within 60 rounds on 2 cores (measured: README)
 BASE_FLAGS = ["--n-layer", "2", "--n-embd", "128", "--n-head", "2", "--vocab-size", "2048"]
 PRETRAINED = ["--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--tokenizer", "auto", "--seq-len", "64",
               "--max-train-examples", "1000", "--max-eval-examples", "300", "--num-clients", "10", "--batch-size",
@@ -82,11 +76,9 @@ def rounds_flags(rounds: int) -> list[str]:
 
 
 def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1.0) -> list[tuple[str, str, list]]:
-    """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each), for runs
-    of ``rounds`` rounds at the grid's rate ``lr`` (calibrate's diverging arm runs at 8x it); the equal-compute arms
-    run more (2 of 10 clients: 5x the rounds; FedAvg with IFCA's extra local steps: IFCA_EXTRA_ROUNDS more).
-    ``mus`` (the pretrained regime's selection, {partition: mu}): FedProx at the partition's chosen mu, except in
-    the failure grid's mu sweep on topic a=0.01; without a choice (from scratch) at every mu of MUS."""
+    """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each) at ``rounds``
+    rounds and the grid's rate ``lr``; the equal-compute arms run more rounds. ``mus`` ({partition: mu}, the
+    pretrained regime's selection): FedProx at that mu, except in the failure grid's sweep; else every mu of MUS."""
     def algos(part: str | None = None, sweep: bool = False) -> list[tuple[str, list[str]]]:
         chosen = [str(mus[part])] if mus and part in mus and not sweep else MUS
         return [("FedAvg", FEDAVG), *((f"FedProx mu={mu}", ["--algorithm", "fedprox", "--mu", mu]) for mu in chosen),
@@ -119,9 +111,8 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
         return [(part, name, split + a) for part, split in HEADLINE_PARTS
                 for name, a in (*algos(part), ("FedAvg + IFCA (4)", FEDAVG + ifca))]
     if mode == "calibrate":
-        # built to fail: divergence (8x the rate, no clipping); drift (8x the local steps: every client fits its
-        # own texts for epochs, on iid and topic shards); oscillation (one topic-skewed client per round, 8x its
-        # local steps, half the rounds)
+        # built to fail: divergence (8x the rate, no clipping); drift (8x the local steps, on iid and topic shards);
+        # oscillation (one topic-skewed client per round, 8x its local steps, half the rounds)
         k8, r8, r2 = ["--local-steps", str(8 * LOCAL_STEPS)], max(1, rounds // 8), max(1, rounds // 2)
         return [("iid", f"FedAvg lr {8 * lr:g}, no clipping", IID + FEDAVG + ["--learning-rate", f"{8 * lr:g}",
                                                                              "--max-grad-norm", "0"]),
@@ -137,7 +128,7 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
 
 
 def equal_compute(rounds: int = ROUNDS) -> list[tuple[str, str, str]]:
-    """(partition, arm, reference arm) pairs at equal training compute, beside the Δ-to-FedAvg column."""
+    """(partition, arm, reference arm) pairs at equal training compute."""
     return [(p, a, r) for p in ("iid", "topic a=0.01") for a, r in (
         ("FedAvg + IFCA (4)", f"FedAvg, {rounds + IFCA_EXTRA_ROUNDS} rounds"),
         (f"FedAvg, 2 of 10 clients/round, {5 * rounds} rounds", "FedAvg"))]
@@ -150,9 +141,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    "pretrained: LoRA on --base, the rate and FedProx's mu chosen on a selection split first")
     p.add_argument("--base", default=None, help="--regime pretrained: the causal LM folder (default: pretrain.py's "
                    "base with its default flags, pretrained into runs/llm_base on first use)")
-    p.add_argument("--out-dir", default=None,
-                   help="root of the grid's runs, report and figures (default: runs/llm_noniid, --regime "
-                        "pretrained: runs/llm_noniid_pretrained)")
+    p.add_argument("--out-dir", default=None, help="root of the grid's runs, report and figures (default: "
+                   "runs/llm_noniid, --regime pretrained: runs/llm_noniid_pretrained)")
     p.add_argument("--rounds", type=int, default=None,
                    help=f"rounds per run (unset: the study's {ROUNDS}, pretrained {PRETRAINED_ROUNDS}; quick 4)")
     p.add_argument("--seeds", default=SEEDS, help="comma-separated seeds")
@@ -179,19 +169,17 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def split_data(csv_path: str, out: Path) -> Path:
-    """``--split-csv``: the CSV read by the training code's own reader first (a file that is not AG News ends in
-    one line), then split 90/10 into ``out/data``; a folder already holding another split is refused, never
-    replaced (runs trained on it would no longer match their data)."""
+    """``--split-csv``, checked by the training code's reader (one line if not AG News), split 90/10 into
+    ``out/data``; a folder holding another split is refused, never replaced (its runs were trained on it)."""
     D.read_ag_news_csv(csv_path)
-    folder = out / "data"
-    tmp = out / f"data.tmp{os.getpid()}"
+    folder, tmp = out / "data", out / f"data.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     D.split_ag_news_csv(csv_path, tmp, valid_fraction=0.1, seed=0)
-    names = ("train.csv", "test.csv")
     if not folder.exists():
         os.replace(tmp, folder)
         return folder
-    same = all((folder / n).is_file() and (folder / n).read_bytes() == (tmp / n).read_bytes() for n in names)
+    same = all((folder / n).is_file() and (folder / n).read_bytes() == (tmp / n).read_bytes()
+               for n in ("train.csv", "test.csv"))
     shutil.rmtree(tmp)
     cli.check(same, f"{folder} holds the split of another CSV than --split-csv {csv_path}; give another --out-dir "
                     "(the runs under it were trained on that split)")
@@ -199,9 +187,7 @@ def split_data(csv_path: str, out: Path) -> Path:
 
 
 def plan(mode: str, args, passthrough: list[str], setting: dict | None = None) -> list[jobs.Job]:
-    """One train.py job per arm of ``mode`` and seed, seed-major: runs in <out-dir>/runs, named by train.py's own
-    default name (+ ``_R<rounds>`` for the equal-compute arms that only run longer). ``setting``: the pretrained
-    regime's chosen rate and mus (``select``)."""
+    """One train.py job per arm of ``mode`` and seed (``jobs_for``); ``setting``: ``select``'s rate and mus."""
     out = Path(args.out_dir)
     data = ["--data", "ag_news", "--data-dir", str(split_data(args.split_csv, out))] if args.split_csv else []
     if args.regime == "pretrained":
@@ -222,14 +208,15 @@ def plan(mode: str, args, passthrough: list[str], setting: dict | None = None) -
 
 def jobs_for(arms_: list[tuple[str, str, list[str], int]], seeds: list[int], passthrough: list[str],
              runs: Path) -> list[jobs.Job]:
-    """The train.py jobs of (partition, arm, flags, the grid's rounds) for every seed, seed-major, into ``runs``."""
+    """The train.py jobs of (partition, arm, flags, the grid's rounds) for every seed, seed-major, into ``runs``,
+    named by train.py's default name (+ ``_R<rounds>`` for an arm that only runs longer: names leave rounds out)."""
     out_jobs = []
     for seed in seeds:
         for part, arm, flags, rounds in arms_:
             argv = [*flags, "--seed", str(seed), *passthrough, "--out-dir", str(runs), "--quiet"]
             parsed = cli.parse(train.get_args_parser(), argv)  # as train.py reads them (its --quick preset too)
             name = train.default_run_name(parsed)
-            if parsed.num_rounds != rounds:  # an equal-compute arm: its own directory (names leave rounds out)
+            if parsed.num_rounds != rounds:
                 name += f"_R{parsed.num_rounds}"
             # a shorter run of the same arm (e.g. of the quick grid) is extended, not redone
             out_jobs.append(jobs.Job(name, "llm_noniid.train", [*argv, "--run-name", name], extend=True,
@@ -249,8 +236,7 @@ def base_folder(args) -> str:
 
 
 def run_jobs(grid: list[jobs.Job], args, title: str) -> list[dict]:
-    """Every job not yet complete, ``--jobs`` at a time (``common.jobs``; processes of ``--threads`` torch
-    threads); the summaries of the finished and diverged runs."""
+    """Every job not yet complete, ``--jobs`` at a time; the summaries of the finished and diverged runs."""
     out = Path(args.out_dir)
     jobs.run_plan(grid, parallel=args.jobs, threads=args.threads, log_dir=out / "logs", title=title,
                   next_step=f"python llm_noniid/run_experiments.py --mode analyze --out-dir {out}")
@@ -258,14 +244,12 @@ def run_jobs(grid: list[jobs.Job], args, title: str) -> list[dict]:
 
 
 def select(args, passthrough: list[str]) -> dict:
-    """The pretrained regime's choices, made on a selection split (10% of the training texts held out as its
-    validation; the reported validation texts are never read) at half the rounds with seed ``SELECT_SEED``:
-    FedAvg's rate on IID shards from ``LR_GRID``, then FedProx's mu at that rate for each partition the grids
-    train (``SELECT_PARTS``; a selection.json without all of them is completed, its runs kept). Each
-    choice is the lowest final validation perplexity. Written to <out-dir>/selection.json with every score."""
+    """The pretrained regime's choices (lowest final validation perplexity) on a selection split (10% of the
+    training texts as its validation; the reported validation texts are never read), at half the rounds with seed
+    ``SELECT_SEED``: FedAvg's rate on IID shards from ``LR_GRID``, then FedProx's mu at that rate for each of
+    ``SELECT_PARTS``. Written to <out-dir>/selection.json with every score (an incomplete one is completed)."""
     out = Path(args.out_dir)
-    done = out / "selection.json"
-    rounds = max(1, (args.rounds or PRETRAINED_ROUNDS) // 2)
+    done, rounds = out / "selection.json", max(1, (args.rounds or PRETRAINED_ROUNDS) // 2)
     if done.is_file():
         chosen = json.loads(done.read_text())
         if chosen.get("rounds") == rounds and chosen.get("base") == base_folder(args) and \
@@ -287,9 +271,8 @@ def select(args, passthrough: list[str]) -> dict:
                                            mu], rounds) for part, split in SELECT_PARTS for mu in MUS]
     mu_jobs = jobs_for(mu_arms, [SELECT_SEED], passthrough, runs)
     run_jobs(mu_jobs, args, "selection: FedProx mu")
-    mu_scores = {part: {} for part, _ in SELECT_PARTS}
-    for (part, arm, _, _), j in zip(mu_arms, mu_jobs):
-        mu_scores[part][arm.split("=")[1]] = score(jobs.summary_of(j))
+    scores = iter([score(jobs.summary_of(j)) for j in mu_jobs])  # in mu_arms' order
+    mu_scores = {part: {mu: next(scores) for mu in MUS} for part, _ in SELECT_PARTS}
     chosen = {"base": base_folder(args), "rounds": rounds, "seed": SELECT_SEED, "learning_rate": float(lr),
               "mu": {part: min(v, key=v.get) for part, v in mu_scores.items()},
               "scores": {"learning_rate (FedAvg, iid)": lr_scores, "mu (FedProx)": mu_scores}}
@@ -308,8 +291,8 @@ def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- analyze
 def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0, steps: int = LOCAL_STEPS) -> tuple[str, str]:
-    """(partition label, arm label) of a run from its args.json, as ``arms(mode, rounds)`` names them (``lr``,
-    ``steps``: the grid's rate and local steps; a run at others is labelled with them)."""
+    """(partition label, arm label) of a run's args.json as ``arms`` names them (a run at another rate ``lr`` or
+    local ``steps`` than the grid's is labelled with them)."""
     part = {"iid": "iid", "style_skew": f"style ({a.get('style_criterion')})",
             "token_skew": f"token ({a.get('token_skew')})"}.get(a["partition"]) or f"topic a={a.get('alpha'):g}"
     arm = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD"}.get(a["algorithm"], a["algorithm"])
@@ -331,8 +314,7 @@ def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0, steps: int = LOCAL_ST
 
 
 def grid_steps(runs: list[dict], rounds: int) -> int:
-    """The grid's local steps: the most common among its runs of ``rounds`` rounds (calibrate's drifting and
-    oscillating arms, with 8x the steps, run fewer rounds)."""
+    """The grid's local steps: the most common among its runs of ``rounds`` rounds."""
     steps = Counter(r["args"].get("local_steps", LOCAL_STEPS) for r in runs if r["args"].get("num_rounds") == rounds)
     return steps.most_common(1)[0][0] if steps else LOCAL_STEPS
 
@@ -347,9 +329,8 @@ def by_arm(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> dict[tupl
 
 
 KEYS = ("final_val_ppl", "final_personal_val_ppl")  # the perplexities every table compares
-# the plateau criterion: the last PLATEAU_TAIL of a run's evaluations improve its best validation perplexity by less
-# than PLATEAU_GAIN (relative); under a decaying rate that holds by construction, so the pretrained headline also
-# checks the budget: FedAvg trained for twice the rounds ends less than BUDGET_GAIN lower
+# at plateau: the last PLATEAU_TAIL of a run's evaluations improve its best validation perplexity by less than
+# PLATEAU_GAIN; a decaying rate meets it by construction, so the budget check: twice the rounds gain < BUDGET_GAIN
 PLATEAU_TAIL, PLATEAU_GAIN, BUDGET_GAIN = 0.2, 0.01, 0.02
 
 
@@ -382,9 +363,8 @@ def budget_table(groups: dict[tuple, list[dict]], rounds: int) -> list[str]:
 
 
 def compare(pairs: dict[tuple, tuple[list, list]], keys: tuple[str, ...] = KEYS) -> dict[tuple, str]:
-    """{(*name, key): cell} of the paired differences (by seed) runs - reference runs of ``pairs`` {name: (runs,
-    reference runs)} in each of ``keys``: ``S.compare``'s cells, the verdicts Holm-corrected over them all. An arm
-    whose every seed diverged (non-finite) is "diverged", not compared."""
+    """{(*name, key): cell} of the paired differences (by seed) of ``pairs`` {name: (runs, reference runs)} in each
+    of ``keys``, Holm-corrected together; an arm whose every seed diverged is "diverged", not compared."""
     values = {(*k, key): (R.by_seed(g, key), R.by_seed(h, key)) for k, (g, h) in pairs.items() for key in keys}
     diverged = {k for k, (a, _) in values.items() if a and not any(map(math.isfinite, a.values()))}
     cells = S.compare({k: ab for k, ab in values.items() if k not in diverged})
@@ -398,11 +378,9 @@ def compute(g: list[dict], ref: list[dict]) -> str:
 
 
 def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mus: dict | None = None) -> list[str]:
-    """Markdown table of ``mode``'s arms: global and personalised perplexity (mean ± sd), paired differences
-    to FedAvg on the same partition (95% t interval, verdicts Holm-corrected over the table), the best validation
-    perplexity of any evaluated round (an oracle early stop, optimistic: it picks the round on the numbers it
-    reports; beside the final one it shows how much a run overfits), compute (``compute`` to FedAvg's), run status,
-    detected failure modes."""
+    """Markdown table of ``mode``'s arms: global and personalised perplexity (mean ± sd) and their paired
+    differences to FedAvg on the same partition (``compare``), the best validation perplexity of any evaluated round
+    (an optimistic oracle early stop; beside the final one it shows overfitting), compute, status, failure modes."""
     groups = by_arm(runs, rounds, lr)
     rows = [(p, a, groups.get((p, a), []), groups.get((p, "FedAvg"), [])) for p, a, _ in arms(mode, rounds, mus, lr)]
     diffs = compare({(p, a): (g, ref) for p, a, g, ref in rows if g and ref and a != "FedAvg"})
@@ -452,9 +430,8 @@ KNOWN = {
 
 
 def detector_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> list[str]:
-    """Share of runs each detector flags (with ``failure.DEFAULT`` thresholds, detected again from the logged
-    curves), per class of runs whose behaviour is known by construction: the healthy column is the false-positive
-    rate, the matching column the detection rate."""
+    """Share of runs each detector flags (``detected``) per class of runs whose behaviour is known by construction:
+    the healthy column is the false-positive rate, the matching column the detection rate."""
     groups = by_arm([r for r in runs if r.get("summary")], rounds, lr)  # finished runs only
     classes = {name: g for name, is_ in KNOWN.items() if (g := [r for k, rs in groups.items() if is_(*k) for r in rs])}
     if not classes:
@@ -479,10 +456,8 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> l
 
 
 def split_table(groups: dict[tuple, list[dict]]) -> list[str]:
-    """Does the split hurt: every arm run on a non-iid partition and on iid shards, its final validation perplexity
-    there minus on iid, paired by seed (95% t interval, verdicts Holm-corrected over the table). Only the global
-    validation texts are the same for every partition of a seed; the clients' own held-out texts are not, so the
-    personalised perplexity is not compared across partitions."""
+    """Does the split hurt: each arm's final validation perplexity on a non-iid partition minus on iid, paired by
+    seed (only the global validation texts are shared across partitions, so not the personalised perplexity)."""
     pairs = {(p, a): (g, groups[("iid", a)]) for (p, a), g in groups.items() if p != "iid" and ("iid", a) in groups}
     if not pairs:
         return ["(no arm run on iid and a non-iid partition yet)"]
@@ -495,8 +470,7 @@ def split_table(groups: dict[tuple, list[dict]]) -> list[str]:
 
 def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0,
                         arms_: list[tuple[str, str, str]] | None = None) -> list[str]:
-    """Paired differences between arms that train the same number of tokens (``arms_``, default
-    ``equal_compute``; the compute ratio column says how close), the verdicts Holm-corrected over the table."""
+    """Paired differences between arms that train about as many tokens (``arms_``, default ``equal_compute``)."""
     groups = by_arm(runs, rounds, lr)
     pairs = {(p, a, ref): (groups.get((p, a), []), groups.get((p, ref), []))
              for p, a, ref in arms_ or equal_compute(rounds)}
@@ -507,9 +481,7 @@ def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0,
 
 
 def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
-    """A grid's runs, its rounds (the most common, the larger on a tie: the equal-compute arms run more, the
-    drifting arm fewer) and ``selection.json`` (the pretrained regime's rate and mus; {} for the from-scratch
-    study)."""
+    """A grid's runs, its rounds (the most common, the larger on a tie) and ``selection.json`` ({} if none)."""
     runs = R.load_runs(out_dir / "runs", "*")
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
     counts = Counter(r["args"]["num_rounds"] for r in runs)
@@ -519,11 +491,10 @@ def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
 
 
 def side_by_side(grids: dict[str, tuple[list[dict], int, dict]], mus: dict) -> tuple[list[str], dict]:
-    """The headline arms (FedAvg, FedProx at ``mus``, SCAFFOLD, IFCA on iid and topic a=0.01) in each regime
-    ({regime label: ``load_grid``'s runs, rounds, selection}): final perplexity (mean ± sd), each arm's change vs
-    FedAvg on the same partition and each topic-skewed arm's change vs the same arm on iid shards, in percent of
-    the reference's perplexity (paired by seed, 95% t interval, Holm over the whole table), so regimes on
-    different perplexity scales read alike. Returns the Markdown and {(regime, part, arm): per-seed % vs FedAvg}."""
+    """The headline arms in each regime ({regime label: ``load_grid``'s result}): final perplexity, each arm's
+    change vs FedAvg on its partition and each topic-skewed arm's vs the same arm on iid, in percent of the
+    reference's perplexity (paired by seed, Holm over the table), so regimes on different scales read alike.
+    Returns the Markdown and {(regime, part, arm): per-seed % vs FedAvg}."""
     def change(g: dict, ref: dict) -> dict:  # per-seed % change of g vs ref, on the seeds finite in both
         return {s: 100 * (g[s] / ref[s] - 1) for s in g if s in ref and math.isfinite(g[s]) and math.isfinite(ref[s])}
 
@@ -549,7 +520,7 @@ def side_by_side(grids: dict[str, tuple[list[dict], int, dict]], mus: dict) -> t
 
 
 def draw_side_by_side(pct: dict, out: Path) -> list[Path]:
-    """``side_by_side``'s per-seed % changes as bars (mean, error bar: sample sd over seeds), one panel per regime."""
+    """``side_by_side``'s per-seed % changes as bars (mean ± sample sd), one panel per regime."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -581,14 +552,13 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
              f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
              f"{a0.get('local_optimizer')} steps per client per round at lr {a0.get('learning_rate'):g}"
              f"{' (its peak: a cosine over the rounds)' if a0.get('lr_schedule') == 'cosine' else ''}, "
-             f"{rounds} rounds (arms named '..., N rounds' run N). Mean ± sample sd over seeds; Δ = paired "
-             "difference to FedAvg on the same partition (same seeds, diverged ones left out) with its 95% t "
-             "interval, the verdicts Holm-corrected over all the table's comparisons (p_Holm when significant; "
-             "'no difference after Holm (rules out > x)': the interval rules out effects larger than x); an arm "
-             "whose every seed diverged is 'diverged', not compared. Compute: training tokens through "
-             "forward/backward, as a multiple of FedAvg's. At plateau: runs whose last "
-             f"{PLATEAU_TAIL:.0%} of evaluations improve on the best validation perplexity before them by less "
-             f"than {PLATEAU_GAIN:.0%}.", ""]
+             f"{rounds} rounds (arms named '..., N rounds' run N). Mean ± sample sd over seeds; Δ = paired difference"
+             " to FedAvg on the same partition (same seeds, diverged ones left out) with its 95% t interval, the "
+             "verdicts Holm-corrected over all the table's comparisons (p_Holm when significant; 'no difference "
+             "after Holm (rules out > x)': the interval rules out effects larger than x); an arm whose every seed "
+             "diverged is 'diverged', not compared. Compute: training tokens through forward/backward, as a multiple "
+             f"of FedAvg's. At plateau: runs whose last {PLATEAU_TAIL:.0%} of evaluations improve on the best "
+             f"validation perplexity before them by less than {PLATEAU_GAIN:.0%}.", ""]
     if chosen:
         lines += [f"Chosen on a selection split (10% of the training texts; seed {chosen['seed']}, "
                   f"{chosen['rounds']} rounds; `selection.json` holds every score): FedAvg's rate "

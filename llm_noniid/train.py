@@ -86,10 +86,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g = p.add_argument_group("local training")
     g.add_argument("--local-epochs", type=flags.POSITIVE_INT, default=1, help="passes over the client's data per round")
     g.add_argument("--max-local-steps", type=flags.COUNT, default=0, help="cap on local steps per round (0: no cap)")
-    g.add_argument("--local-steps", type=flags.COUNT, default=0,
-                   help="exactly this many local steps per client per round "
-                   "(cycling over the client's data as needed; overrides --local-epochs and --max-local-steps), so "
-                   "clients of every size and every split do the same work (0: epochs)")
+    g.add_argument("--local-steps", type=flags.COUNT, default=0, help="exactly this many local steps per client "
+                   "per round (cycling over the client's data as needed; overrides --local-epochs and "
+                   "--max-local-steps), so clients of every size and every split do the same work (0: epochs)")
     g.add_argument("--batch-size", type=flags.POSITIVE_INT, default=8, help="local batch size (examples)")
     g.add_argument("--learning-rate", type=float, default=5e-5, help="local learning rate")
     g.add_argument("--lr-schedule", default="constant", help="constant | cosine (the rate of round r: cosine from "
@@ -191,18 +190,16 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, max_
 
 
 class DriftMean(WeightedMean):
-    """The size-weighted mean of a cluster's clients, plus the drift of their updates d_k = theta_k - x from
-    the round's global model x (captured at ``reset``): the weighted RMS of ||theta_k - theta_bar|| =
-    ||d_k - d_bar|| from sum_k w_k ||d_k||^2 and ||d_bar||^2 (float64), and the cosine drift 1 - cos(theta_k, x)
-    averaged over the clients. Its sums go through the engine's one all-reduce with the mean's."""
+    """The size-weighted mean of a cluster's clients plus the drift of their updates d_k = theta_k - x from the
+    round's global model x (captured at ``reset``): the weighted RMS of ||d_k - d_bar|| (from sum_k w_k ||d_k||^2
+    and ||d_bar||^2) and the mean cosine drift 1 - cos(theta_k, x); its sums join the engine's one all-reduce."""
 
     def __init__(self, x: list[torch.Tensor]):
         super().__init__(x)
         self.x = x
-        # float64 flat copies: ||d_k||^2 is later differenced with ||d_bar||^2, which float32 would not survive
+        # float64: ||d_k||^2 is later differenced with ||d_bar||^2, which float32 would not survive
         self._x64 = P.flatten(x, torch.float64)
-        # one scratch buffer, reused by every client of the round: theta_k, then d_k = theta_k - x in place
-        self._client = torch.empty_like(self._x64)
+        self._client = torch.empty_like(self._x64)  # scratch for every client: theta_k, then d_k in place
         self._client_views = P.unflatten(self._client, x)
         # [sum_k w_k ||d_k||^2, sum_k (1 - cos(theta_k, x)), clients] stay on the device: no host sync per client
         self._sums = torch.zeros(3, dtype=torch.float64, device=self._x64.device)
@@ -242,11 +239,9 @@ class DriftMean(WeightedMean):
 
 
 class LlmTask(engine.Task):
-    """The rounds' task for ``common.engine``: the one LM (LoRA adapters or every parameter), each client's own
-    examples, local steps with the client algorithm's gradient hook after clipping, the drift metrics of the
-    clients' updates (``DriftMean``), a log row and a checkpoint every round, evaluation every --eval-every
-    rounds and the failure-mode rules (``failure.py``) that stop a diverging run. The engine's round r is
-    llm's round r + 1 (its participant, batch-order and dropout streams count rounds from 1)."""
+    """The rounds' task for ``common.engine``: a log row every round (drift: ``DriftMean``), evaluation every
+    --eval-every rounds, the failure-mode rules (``failure.py``). The engine's round r is llm's round r + 1 (its
+    participant, batch-order and dropout streams count rounds from 1)."""
 
     name, metric, purpose = "rounds", "val_ppl", "participants"
 
@@ -260,7 +255,6 @@ class LlmTask(engine.Task):
         self.optimizer = None if args.local_optimizer == "sgd" else torch.optim.AdamW(
             params, lr=args.learning_rate, weight_decay=args.weight_decay)
         self.adaptive_local = self.optimizer is not None
-        # params (+ control variate) per client, down and up
         self.client_bytes = 4 * P.numel(params) * (2 if args.algorithm == "scaffold" else 1)
         self.acc = {"detected": {}, "bytes_up": 0, "bytes_down": 0, "train_tokens": 0}
 
@@ -280,8 +274,7 @@ class LlmTask(engine.Task):
         return [k for k in self.participants if self.sizes[k]]  # a client without examples sits the round out
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The mean next-token loss of a batch (bf16 autocast on CUDA; the cross-entropy runs in float32); a test
-        task overrides it to check the client algorithms on a problem solved by hand."""
+        """The mean next-token loss of a batch (bf16 autocast on CUDA); tests override it."""
         with autocast(self.device):
             return lm_loss(self.fwd, x, y)
 
@@ -340,14 +333,13 @@ class LlmTask(engine.Task):
         return {key: out[key] for key in ("grad_norm", "prox", "steps", "tokens")}
 
     def round_end(self, rnd) -> None:
-        n = len(rnd["chosen"])
-        self.acc["bytes_down"] += self.client_bytes * n
-        self.acc["bytes_up"] += self.client_bytes * n
+        for key in ("bytes_down", "bytes_up"):  # params (+ SCAFFOLD's control variate) per client
+            self.acc[key] += self.client_bytes * len(rnd["chosen"])
         self.acc["train_tokens"] += sum(v["tokens"] for v in rnd["rows"].values())
 
     def evaluate(self, rnd) -> dict:
-        """The round's row (every rank): the drift metrics (each cluster's, weighted by its clients' sizes),
-        the clients' losses and gradient norms, and on evaluation rounds the validation scores."""
+        """The round's row (every rank): drift metrics (clusters weighted by their clients' sizes), the clients'
+        losses and gradient norms, and on evaluation rounds the validation scores."""
         a, fed, r, rows, losses = self.args, self.fed, rnd["round"] + 1, rnd["rows"], rnd["losses"]
         finished = [(g, sum(self.sizes[k] for k in rnd["chosen"] if fed.assign[k] == g), agg.drift())
                     for g, agg in enumerate(fed.aggs) if any(fed.assign[k] == g for k in rnd["chosen"])]
@@ -421,12 +413,10 @@ class LlmTask(engine.Task):
         best = min(finite, key=lambda x: x["val_loss"]) if finite else None
         last = evals[-1] if evals else {}
         return {
-            "status": status,
-            "rounds_done": rows[-1]["round"] if rows else 0, "num_rounds": self.rounds,
+            "status": status, "rounds_done": rows[-1]["round"] if rows else 0, "num_rounds": self.rounds,
             "final_val_loss": last.get("val_loss"), "final_val_ppl": last.get("val_ppl"),
             "best_val_ppl": best["val_ppl"] if best else None, "best_round": best["round"] if best else None,
-            "initial_val_ppl": acc.get("initial_val_ppl"),
-            "final_personal_val_ppl": last.get("personal_val_ppl"),
+            "initial_val_ppl": acc.get("initial_val_ppl"), "final_personal_val_ppl": last.get("personal_val_ppl"),
             # reference points: a model not well below the unigram has learned token frequencies only
             "uniform_ppl": info["refs"]["uniform_ppl"], "unigram_val_ppl": info["refs"]["unigram_ppl"],
             "personal_unigram_ppl": info["personal_refs"],
@@ -436,8 +426,7 @@ class LlmTask(engine.Task):
             "cluster_purity": C.purity(fed.assign, np.array(info["dominant_topic"])) if len(fed.models) > 1
             else None,
             "dominant_topic": info["dominant_topic"],
-            "local_steps_per_round": rows[-1]["step"] if rows else 0,  # rows, not this session's rounds: a
-            # finished run resumed runs none
+            "local_steps_per_round": rows[-1]["step"] if rows else 0,  # from rows: a finished run resumed runs none
             "trainable_params": P.numel(self.params), "bytes_up": acc["bytes_up"], "bytes_down": acc["bytes_down"],
             "client_sizes": self.sizes, "vocab_size": info["vocab_size"], "partition_stats": info["partition_stats"],
             "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
@@ -453,8 +442,7 @@ class LlmTask(engine.Task):
 
 
 def main(argv=None) -> dict:
-    parser = get_args_parser()
-    args = cli.parse(parser, argv)
+    args = cli.parse(get_args_parser(), argv)
     validate(args)
     owned = not dist.is_distributed()  # a process group set up by the caller stays the caller's
     rank, world = dist.init()  # (0, 1) without torchrun
@@ -466,9 +454,8 @@ def main(argv=None) -> dict:
 
 
 def run(args, rank: int, world: int) -> dict:
-    """The federated run, its rounds on ``common.engine``. Under torchrun every rank builds the same model and
-    data, trains its share of each round's clients, and the round's sums are all-reduced, so every rank applies
-    the same server update; every rank scores its share of the validation batches; rank 0 logs and checkpoints."""
+    """The federated run on ``common.engine``. Under torchrun every rank builds the same model and data, trains
+    and scores its share (the round's sums all-reduced: every rank applies the same update); rank 0 writes."""
     device = dist.device_for_rank(cli.resolve_device(args.device))
     seed_everything(args.seed)
 
@@ -489,8 +476,7 @@ def run(args, rank: int, world: int) -> dict:
     clients = partition(args.partition, labels_lm=y_all, topics=train_data.labels, num_clients=args.num_clients,
                         seed=args.seed, vocab_size=vocab_size, alpha=args.alpha, min_size=args.min_size,
                         style=style, token_skew=args.token_skew, topic_split=args.topic_split)
-    # every client's tokens stay on the device for the whole run (a local step copies nothing to it); with
-    # --client-holdout a seeded share of each client's examples is kept for its personalised perplexity
+    # every client's tokens stay on the device for the whole run; --client-holdout: a seeded share held out
     client_data, client_held = [], []
     for k in range(args.num_clients):
         cx, cy = clients.client_tensors(k, x_all, y_all)
@@ -512,8 +498,7 @@ def run(args, rank: int, world: int) -> dict:
     params = P.trainable(model)
     names = [n for n, _ in P.named_trainable(model)]
     rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, kind="llm_noniid/train",
-                resume=args.resume, device=device,
-                is_main=rank == 0, data=fingerprint)  # a longer --num-rounds on resume needs --extend
+                resume=args.resume, device=device, is_main=rank == 0, data=fingerprint)  # more rounds: --extend
     stats = statistics(clients, x_all, y_all, train_data.labels, train_data.num_classes, vocab_size)
 
     eval_batches = [{"input_ids": x_val[i:i + 32].to(device), "labels": y_val[i:i + 32].to(device)}
@@ -522,8 +507,7 @@ def run(args, rank: int, world: int) -> dict:
             "partition_stats": {k: v for k, v in stats.items() if k != "clients"},
             "topics": [train_data.labels[s] for s in clients.shards], "num_topics": train_data.num_classes}
     task = LlmTask(args, rd, fwd, params, device, client_data, client_held, eval_batches, info)
-    # the model before any round (a pretrained base: its zero-shot perplexity on this split); a resumed run keeps
-    # the value its checkpoint recorded
+    # before any round (a base's zero-shot perplexity); a resumed run keeps its checkpoint's value
     task.acc["initial_val_ppl"] = perplexity(fwd, eval_batches, shard=True)["ppl"]
     fed = engine.Federation(task, args)  # --clustering data: each client's own distribution, sent once
     start = fed.start(rd, names)  # the checkpoint's state, else (IFCA) the clusters' starting models
@@ -547,9 +531,8 @@ def run(args, rank: int, world: int) -> dict:
 
 
 def save_models(args, rd, model, params, cluster_params, tok, summary: dict) -> None:
-    """<run>/model: the global model (with clusters, cluster 0's; the others in model_cluster<g>), LoRA merged
-    in, with its tokenizer (AutoModelForCausalLM.from_pretrained); LoRA runs also <run>/adapter (peft format,
-    PeftModel.from_pretrained), naming the hub base or, for the tiny model built in code, <run>/base_model."""
+    """<run>/model (with clusters: cluster 0's, the others' in model_cluster<g>), LoRA merged in, with its tokenizer;
+    LoRA runs also <run>/adapter (peft format) naming the hub base or, for tiny-gpt2, <run>/base_model."""
     info = {k: summary.get(k) for k in ("status", "final_val_loss", "final_val_ppl", "unigram_val_ppl")}
     for g, cp in enumerate(cluster_params):
         P.load_(params, cp)

@@ -3,13 +3,11 @@
     python plots/plot_llm_noniid.py --runs runs/llm_noniid/ag_news/runs --out runs/llm_noniid/ag_news/figures/all
 
 Writes ``val_ppl_curves.png``, ``personal_val_ppl_curves.png``, ``client_divergence_rel_curves.png``,
-``final_ppl.png`` and ``partition_<partition>.png`` (llm_noniid/README.md, ``analyze``, says what they show).
-Runs are grouped by (partition label, arm label): ``default_arm`` from args.json, or the grid's own labels with
-``--arms FILE`` (JSON {run directory name: [partition label, arm label]}; runs not named there are left out).
-Runs on other data, another model, tokenizer or client count get panels of their own ("iid [model=tiny-gpt2]"),
-and runs of one arm that differ in any other argument (rounds, learning rate, --quick ...) are separate lines
-with those arguments in the label; a panel's unigram line is the mean over its runs (their range in the legend).
-Several --runs folders are read together.
+``final_ppl.png`` and ``partition_<partition>.png`` (what they show: llm_noniid/README.md, ``analyze``). Runs are
+grouped by (partition label, arm label): ``default_arm`` from args.json, or the grid's labels with ``--arms FILE``
+(JSON {run directory name: [partition label, arm label]}; other runs are left out). Runs on other data, model,
+tokenizer or client count get panels of their own ("iid [model=tiny-gpt2]"); runs of one arm that differ in any
+other argument are separate lines, labelled with it. Several --runs folders are read together.
 
     python plots/plot_llm_noniid.py --runs runs/llm_noniid/runs --arms arms.json --out runs/llm_noniid/figures/main
 """
@@ -57,8 +55,8 @@ REF_NAMES = {"initial_val_ppl": "before training (random init, or a base's zero-
 
 
 def add_local_steps(run: dict) -> dict:
-    """Adds ``X`` to every row: the run's local steps up to and including that round (a round's "step" is its
-    clients' steps; a round logged twice, as after a resume, counts once)."""
+    """Adds ``X`` to every row: the run's local steps up to and including its round (a round logged twice, as
+    after a resume, counts once)."""
     per_round = {r["round"]: r.get("step", 0) for r in run["rows"]
                  if isinstance(r.get("round"), int) and isinstance(r.get("step", 0), (int, float))}
     cum = dict(zip(sorted(per_round), accumulate(per_round[rnd] for rnd in sorted(per_round))))
@@ -69,9 +67,8 @@ def add_local_steps(run: dict) -> dict:
 
 
 def grouped(runs: list[dict], arm_of, labels: dict | None = None) -> dict[tuple, list[dict]]:
-    """{(panel, arm): runs}: the panel is the partition label with the distinguishing ``PANEL_KEYS`` ("iid
-    [model=tiny-gpt2]"), the arm ``arm_of``'s label (or ``labels[run name]``) with any other argument that
-    differs (``R.split_configs``)."""
+    """{(panel, arm): runs}: the partition label with the distinguishing ``PANEL_KEYS``, the arm label of
+    ``arm_of`` (or ``labels[run name]``) with any other argument that differs (``R.split_configs``)."""
     out: dict[tuple, list[dict]] = defaultdict(list)
     for panel, members in R.split_by(runs, PANEL_KEYS):
         for run in members:
@@ -81,8 +78,7 @@ def grouped(runs: list[dict], arm_of, labels: dict | None = None) -> dict[tuple,
 
 
 def _reference(runs: list[dict], key: str) -> tuple[float, str] | None:
-    """(mean, legend text) of the runs' ``key`` (a unigram perplexity; it varies a little with the seed's
-    training subset, never with data or tokenizer: those are panels of their own); None when no run has it."""
+    """(mean, legend text with the range) of the runs' ``key`` (a reference perplexity); None if no run has it."""
     vals = [r["summary"][key] for r in runs if isinstance((r.get("summary") or {}).get(key), (int, float))]
     if not vals:
         return None
@@ -105,6 +101,7 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[
     drawn = 0
     for ax, part in zip(axes[0], parts):
         arms = [a for p, a in groups if p == part]
+        panel = [r for a in arms for r in groups[(part, a)]]
         for arm in arms:
             x, ys = R.aligned(groups[(part, arm)], key, X)
             ok = np.isfinite(ys).all(0)
@@ -118,7 +115,7 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[
                          markevery=max(1, ok.sum() // 8), color=color)
             drawn += 1
         for ref_key, style in zip(ref_keys, ("--", ":")):
-            if ref := _reference([r for a in arms for r in groups[(part, a)]], ref_key):
+            if ref := _reference(panel, ref_key):
                 ax.axhline(ref[0], color="k", linestyle=style, linewidth=1, label=ref[1])
         ax.set_title(f"{part}\nlines: mean over seeds; {BAND}", fontsize=9)
         ax.set(xlabel="local optimizer steps, all clients (thousands)", ylabel=ylabel)
@@ -149,6 +146,7 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4.8), squeeze=False)
     for ax, part in zip(axes[0], parts):
         arms = [a for p, a in groups if p == part]
+        panel = [r for a in arms for r in groups[(part, a)]]
         for j, (key, ref_key, label) in enumerate((("final_val_ppl", "unigram_val_ppl", "global validation"),
                                                    ("final_personal_val_ppl", "personal_unigram_ppl",
                                                     "own held-out texts"))):
@@ -157,10 +155,9 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
                 continue
             R.draw_seeds(ax, np.arange(len(arms)) + (0.2 if j else -0.2), vals, label, kind="bars", horizontal=True,
                          width=0.4, color=f"C{j}")
-            ref = _reference([r for a in arms for r in groups[(part, a)]], ref_key)
-            if ref:
+            if ref := _reference(panel, ref_key):
                 ax.axvline(ref[0], color=f"C{j}", linestyle="--", linewidth=1, label=ref[1])
-        if ref := _reference([r for a in arms for r in groups[(part, a)]], "initial_val_ppl"):
+        if ref := _reference(panel, "initial_val_ppl"):
             ax.axvline(ref[0], color="k", linestyle=":", linewidth=1, label=ref[1])
         ax.set_yticks(np.arange(len(arms)), arms, fontsize=7)
         ax.invert_yaxis()
@@ -178,12 +175,10 @@ def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
 
     run = runs[0]
     path = Path(run["path"]) / "partition.json"
-    if not path.is_file():
-        print(f"{run['path']}: no partition.json, partition figure skipped")
-        return []
-    clients = json.loads(path.read_text())["clients"]
+    clients = json.loads(path.read_text())["clients"] if path.is_file() else None
     if not clients or clients[0].get("label_hist") is None:
-        print(f"{run['path']}: no topic histogram, partition figure skipped")
+        missing = "partition.json" if clients is None else "topic histogram"
+        print(f"{run['path']}: no {missing}, partition figure skipped")
         return []
     hist = np.array([c["label_hist"] for c in clients])  # [K, topics]
     clustered = [r for r in runs if r.get("summary") and (r["summary"].get("num_clusters") or 1) > 1
@@ -201,10 +196,9 @@ def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
         ax.text(len(clients) - 0.4, top * (1.04 + 0.07 * i), f"{r['args']['clustering']} "
                 f"({r['summary']['num_clusters']} clusters)", fontsize=6, va="center", ha="left")
     ax.set_ylim(0, top * (1.1 + 0.07 * len(clustered)))
-    ax.set_xticks(range(len(clients)))
+    ax.set(xticks=range(len(clients)), ylabel="training texts")
     ax.set_xlabel("client (numbers above: its cluster in each clustered run, seed "
                   f"{run['args'].get('seed')})", fontsize=8)
-    ax.set_ylabel("training texts")
     ax.set_title(f"{label}: topics per client", fontsize=10)
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.0, 0.0))
     name = label.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
@@ -230,8 +224,7 @@ def make_figures(runs: list[dict], out: str | Path, labels: dict | None = None) 
 
 
 def llm_runs(runs: list[dict]) -> list[dict]:
-    """The finished runs of llm_noniid/train.py with what the figures read; runs of other scripts in the same
-    folders are ignored, a malformed one left out with a line."""
+    """The finished runs of llm_noniid/train.py with what the figures read (a malformed one left out with a line)."""
     mine = [r for r in runs if r["meta"].get("script") == "llm_noniid/train"]
     if len(mine) < len(runs):
         print(f"ignored {len(runs) - len(mine)} run(s) of other scripts")
@@ -240,8 +233,7 @@ def llm_runs(runs: list[dict]) -> list[dict]:
 
 
 def arms_from_file(path: str) -> dict:
-    """{run directory name: (partition label, arm label)} from a JSON file (what a grid script writes to have
-    its own labels); runs not named there are left out."""
+    """{run directory name: (partition label, arm label)} from ``--arms`` (a grid script writes it)."""
     arms = cli.read_json(path, f"--arms {path}: no such file")
     cli.check(isinstance(arms, dict) and all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
                                              for v in arms.values()),
