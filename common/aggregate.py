@@ -97,8 +97,7 @@ class _Streaming:
 
     def _block(self) -> int:
         """Coordinates per block: a multiple of 64, so every block but the last is whole SIMD vectors."""
-        per = sum(f.element_size() for f in self._flats)
-        return max(64, self._BLOCK_BYTES // per // 64 * 64)
+        return max(64, self._BLOCK_BYTES // sum(f.element_size() for f in self._flats) // 64 * 64)
 
     def _add_blocked(self, clients: Sequence[Sequence[torch.Tensor]], weights: Sequence[float], add_block) -> None:
         """For each block of coordinates, every client in order: ``add_block(k, accs, xs, w)`` on the sums' and
@@ -225,8 +224,7 @@ class WeightedMean(_Streaming):
 
 
 class FisherMean(_Streaming):
-    """FedFisher: each coordinate averaged with weights w_k F_k (Fisher averaging, Matena & Raffel 2022), and
-    the plain weighted mean where the clients carry no Fisher information:
+    """FedFisher: coordinates averaged with weights w_k F_k (Matena & Raffel 2022), the plain mean without Fisher:
 
         theta = (sum_k w_k F_k theta_k + eps * theta_bar) / (sum_k w_k F_k + eps),
         theta_bar = sum_k w_k theta_k / sum_k w_k,   eps = eps_rel * mean_j(sum_k w_k F_kj)

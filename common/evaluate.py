@@ -45,8 +45,7 @@ def cuda_precision() -> str:
 def autocast(device: str | torch.device | None):
     """bf16 autocast on CUDA (unless ``cuda_precision`` says float32), a no-op context elsewhere (CPU bf16 autocast
     is slow and changes results)."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda" and cuda_precision() != "float32":
+    if device is not None and torch.device(device).type == "cuda" and cuda_precision() != "float32":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -81,8 +80,11 @@ def _to(x: Any, device: torch.device) -> Any:
     return x
 
 
-def _logits(out: Any) -> torch.Tensor:
-    """Logits from a model output: a tensor, an HF ``ModelOutput`` (``.logits``) or a tuple (first item)."""
+# language models
+
+def _default_lm_forward(model: nn.Module, inputs: dict) -> torch.Tensor:
+    """Logits of ``model(**inputs)``: a tensor, an HF ``ModelOutput`` (``.logits``) or a tuple (first item)."""
+    out = model(**inputs)
     if torch.is_tensor(out):
         return out
     if hasattr(out, "logits"):
@@ -91,8 +93,6 @@ def _logits(out: Any) -> torch.Tensor:
         return out[0]
     raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
 
-
-# language models
 
 def _lm_batch(batch: Any) -> tuple[dict, torch.Tensor]:
     """(model inputs, labels [B, T]) of a dict with ``input_ids`` [B, T] and optional ``labels`` /
@@ -112,10 +112,6 @@ def _lm_batch(batch: Any) -> tuple[dict, torch.Tensor]:
     return inputs, labels
 
 
-def _default_lm_forward(model: nn.Module, inputs: dict) -> torch.Tensor:
-    return _logits(model(**inputs))
-
-
 def _lm_logits(model: nn.Module, batches: Iterable[Any], device: torch.device, forward=_default_lm_forward,
                vocab_size: int | None = None):
     """Per batch: (logits [N, V], labels [N]), position t scored on label t+1 (HF causal-LM convention), only
@@ -132,15 +128,12 @@ def _lm_logits(model: nn.Module, batches: Iterable[Any], device: torch.device, f
 def perplexity(model: nn.Module, batches: Iterable[Any], device=None,
                forward: Callable[[nn.Module, dict], torch.Tensor] | None = None,
                vocab_size: int | None = None, shard: bool = False) -> dict:
-    """Token-weighted perplexity of a causal LM.
+    """Token-weighted perplexity of a causal LM -> {"loss": nats per token, "ppl": exp(loss), "tokens"}.
 
-    batches: dicts with ``input_ids`` [B, T] and ``labels`` [B, T] (aligned with input_ids; shifted here;
-        -100 ignored), or (input_ids, labels) tuples, or bare input_ids tensors.
-    forward: ``forward(model, inputs) -> logits [B, T, V]``; default ``model(**inputs).logits``.
-    vocab_size: if given, only the first ``vocab_size`` logits are scored (padded-vocabulary models).
-    shard: under torchrun, split the batches over the ranks (call on every rank; all get the result).
-    Returns {"loss": mean NLL in nats per token, "ppl": exp(loss), "tokens": number of scored tokens}.
-    """
+    batches: dicts with ``input_ids`` and ``labels`` [B, T] (aligned, shifted here, -100 ignored), (input_ids,
+    labels) tuples or bare input_ids. forward: ``forward(model, inputs) -> logits [B, T, V]`` (default
+    ``model(**inputs).logits``). vocab_size: only the first logits are scored (padded vocabularies). shard:
+    under torchrun, the batches split over the ranks (call on every rank; all get the result)."""
     device = _device_of(model, device)
     nll = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.int64, device=device)

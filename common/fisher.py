@@ -77,13 +77,11 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
                     forward: Callable | None = None, params: Sequence[torch.Tensor] | None = None,
                     method: str = "per_example", chunk_size: int = 16, generator: torch.Generator | None = None,
                     max_examples: int | None = None, ignore_index: int = IGNORE_INDEX) -> list[torch.Tensor]:
-    """Mean over examples of squared per-example gradients, for each parameter in ``params`` (default
-    ``common.params.trainable(model)``), as float32 tensors in that order.
+    """Mean squared per-example gradients of ``params`` (default ``common.params.trainable(model)``), float32.
 
-    batches: iterable of (inputs, targets): inputs a tensor [B, ...] (or a dict of such tensors, passed
-    as keyword arguments), targets [B, ...] (may be None with labels='sampled': every position counts).
-    forward(model, inputs) -> logits [B, ..., C]; default ``model(inputs)``, taking ``.logits`` if present.
-    max_examples: stop after this many examples (the last batch is cut).
+    batches: (inputs, targets): inputs [B, ...] (or a dict of them, passed as keyword arguments), targets
+    [B, ...] (None with labels='sampled': every position counts). forward(model, inputs) -> logits [B, ..., C]
+    (default ``model(inputs)``, its ``.logits`` if any). max_examples: stop there (the last batch is cut).
     """
     if labels not in ("empirical", "sampled"):
         raise ValueError(f"labels must be 'empirical' or 'sampled', got {labels!r}")
@@ -141,8 +139,7 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
                 if m:
                     losses = torch.stack([example_loss(lg, t, ignore_index)
                                           for lg, t in zip(forward(model, inputs), targets)])
-                    gs = torch.autograd.grad(losses.sum() / m, params, allow_unused=True)
-                    for f, gb in zip(fisher, gs):
+                    for f, gb in zip(fisher, torch.autograd.grad(losses.sum() / m, params, allow_unused=True)):
                         if gb is not None:
                             f.add_(gb.float() ** 2, alpha=m * m)  # m g_b^2 (estimates F), weighted by m
             count += int(has_target.sum())
@@ -159,8 +156,7 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
 def _loop(model, forward, params, fisher, inputs, targets, ignore_index) -> None:
     """Reference: one autograd pass per example, squared gradients summed into ``fisher``."""
     for i in range(_size(inputs)):
-        x = _take(inputs, slice(i, i + 1))
-        loss = example_loss(forward(model, x)[0], targets[i], ignore_index)
+        loss = example_loss(forward(model, _take(inputs, slice(i, i + 1)))[0], targets[i], ignore_index)
         if not loss.requires_grad:
             continue
         for f, g in zip(fisher, torch.autograd.grad(loss, params, allow_unused=True)):
@@ -169,9 +165,8 @@ def _loop(model, forward, params, fisher, inputs, targets, ignore_index) -> None
 
 
 class LocalStepFisher:
-    """Diagonal (empirical) Fisher estimate from the gradients LOCAL TRAINING computes anyway, no extra pass.
-
-    Hooks see each step's gradient g_s of the mean loss over m examples (one backward per step, gradients
+    """Diagonal (empirical) Fisher estimate from the gradients LOCAL TRAINING computes anyway, no extra pass:
+    hooks see each step's gradient g_s of the mean loss over m examples (one backward per step, gradients
     cleared between steps). For consecutive steps on independent batches, per-example gradients of mean mu and
     variance sigma^2 (F = mu^2 + sigma^2):
     E[g_{s-1} g_s] = mu^2 and E[(g_s - g_{s-1})^2] = 2 sigma^2 / m, so F_hat = g_{s-1} g_s + (m / 2)

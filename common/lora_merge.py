@@ -15,9 +15,7 @@ def lora_exact_merge(As, Bs, weights, scales, out_scale: float = 1.0) -> tuple[t
     """Stacked factors A [sum r_k, in], B [out, sum r_k] with out_scale * B @ A = sum_k w_k s_k B_k A_k
     exactly (the rank grows with the number of clients)."""
     _check_lora(As, Bs, weights, scales, out_scale)
-    A = torch.cat(list(As), 0)
-    B = torch.cat([b * (w * s / out_scale) for b, w, s in zip(Bs, weights, scales)], 1)
-    return A, B
+    return torch.cat(list(As), 0), torch.cat([b * (w * s / out_scale) for b, w, s in zip(Bs, weights, scales)], 1)
 
 
 def lora_naive_merge(As, Bs, weights) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +36,6 @@ def lora_svd_merge(As, Bs, weights, scales, rank: int, out_scale: float = 1.0,
     out_scale * B @ A = U_r S_r V_r^T (Eckart-Young's best rank-r approximation; rows beyond dW's rank are
     zero). The singular values are split sqrt/sqrt (each over sqrt(out_scale)), so both factors share a scale
     and stay trainable; for a peft adapter adding (alpha / r) B @ A pass out_scale = alpha / r (its ``scaling``).
-
     dW is never formed: with B_stack = Q_b R_b and A_stack^T = Q_a R_a (QR of the exact stacked factors),
     dW = Q_b (R_b R_a^T) Q_a^T, so only the small (sum r_k)^2 core is decomposed.
     """

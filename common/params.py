@@ -116,9 +116,6 @@ def foreach(fn: Callable, *lists: Sequence[torch.Tensor], **kwargs):
     if device.type != "cpu":
         return fn(*lists, **kwargs)
     big = [i for i, t in enumerate(lists[0]) if t.numel() >= PARALLEL_MIN_NUMEL]
-    if not big:
-        with num_threads(1):
-            return fn(*lists, **kwargs)
     results = [None] * len(lists[0])
     small = [i for i in range(len(results)) if i not in set(big)]
     for idx, threads in ((small, 1), (big, op_threads(PARALLEL_MIN_NUMEL))):
@@ -180,8 +177,7 @@ def empty_flat(n: int, dtype: torch.dtype = torch.float32, device: torch.device 
     size = torch.empty((), dtype=dtype).element_size()
     if device.type != "cpu" or n * size < HUGE_PAGE_MIN_BYTES or _libc is False or os.name != "posix":
         return torch.empty(n, dtype=dtype, device=device)
-    slack = _HUGE_PAGE // size
-    raw = torch.empty(n + slack, dtype=dtype)
+    raw = torch.empty(n + _HUGE_PAGE // size, dtype=dtype)
     start = (-raw.data_ptr() % _HUGE_PAGE) // size
     flat = raw[start:start + n]
     _madvise_huge(flat.data_ptr(), (n * size) // _HUGE_PAGE * _HUGE_PAGE)
@@ -194,8 +190,7 @@ def flat_empty_like(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None =
     tensors = list(tensors)
     dtypes = {dtype or t.dtype for t in tensors}
     if tensors and len(dtypes) == 1 and len({t.device for t in tensors}) == 1:
-        flat = empty_flat(numel(tensors), dtypes.pop(), tensors[0].device)
-        return unflatten(flat, tensors)
+        return unflatten(empty_flat(numel(tensors), dtypes.pop(), tensors[0].device), tensors)
     return [torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device) for t in tensors]
 
 

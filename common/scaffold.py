@@ -60,8 +60,7 @@ class Scaffold:
         dy = P.foreach(torch._foreach_sub, _as_dtype(y, dtype), _as_dtype(x, dtype))
         dc = P.foreach(torch._foreach_mul, dy, scalar=-1.0 / (local_steps * local_lr))  # (x - y) / (K lr_l)
         P.foreach(torch._foreach_sub_, dc, self.c)
-        ci = self.control(client)
-        P.foreach(torch._foreach_add_, ci, [t.to(self.control_device) for t in dc])
+        P.foreach(torch._foreach_add_, self.control(client), [t.to(self.control_device) for t in dc])
         weight, dc_weight = 1.0, 1.0
         if self.client_weights is not None:  # n_i for dy's mean; N p_i for dc, as server_update divides by N
             weight = self.client_weights[client]

@@ -53,8 +53,7 @@ def _class_groups(inverse: np.ndarray, counts: np.ndarray, rng: np.random.Genera
 def iid(n: int, num_clients: int, seed: int) -> Shards:
     """A random permutation of ``range(n)`` cut into ``num_clients`` parts, sizes within one of each other."""
     _check_k(n, num_clients)
-    perm = numpy_rng(seed, "shard", "iid").permutation(n)
-    return _sorted_shards(np.array_split(perm, num_clients))
+    return _sorted_shards(np.array_split(numpy_rng(seed, "shard", "iid").permutation(n), num_clients))
 
 
 def contiguous(n: int, num_clients: int) -> Shards:
@@ -64,12 +63,9 @@ def contiguous(n: int, num_clients: int) -> Shards:
 
 
 def _class_slots(num_classes: int, num_clients: int, nc: int, rng: np.random.Generator) -> np.ndarray:
-    """[num_clients, nc] class ids: distinct within a row, each class in floor or ceil(K*nc/C) rows.
-
-    The K*nc slots are filled by consecutive random permutations of the classes, read off nc at a time.
-    A row can only repeat a class where it straddles two permutations; there the classes the row already
-    holds are moved to the end of the new permutation (they still occur once in it), which needs nc <= C.
-    """
+    """[num_clients, nc] class ids, distinct within a row, each class in floor or ceil(K*nc/C) rows: consecutive
+    random permutations read off nc at a time; where a row straddles two, the classes it already holds move to
+    the end of the new permutation (needs nc <= C)."""
     total = num_clients * nc
     seq: list[int] = []
     while len(seq) < total:

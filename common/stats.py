@@ -180,8 +180,7 @@ def holm(comparisons: Mapping[str, Paired], alpha: float = 1 - LEVEL) -> dict[st
     """Holm-corrected verdicts for the paired comparisons of one table (keys: the rows' names)."""
     names = list(comparisons)
     raw = [p_value(comparisons[k]) for k in names]
-    adjusted = holm_adjust(raw)
-    return {k: Verdict(p, q, (not math.isnan(q)) and q < alpha) for k, p, q in zip(names, raw, adjusted)}
+    return {k: Verdict(p, q, (not math.isnan(q)) and q < alpha) for k, p, q in zip(names, raw, holm_adjust(raw))}
 
 
 def fmt_verdict(d: Paired, v: Verdict, digits: int = 1, m: int = 1) -> str:

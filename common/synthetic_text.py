@@ -192,8 +192,7 @@ def write_wikitext(out_dir, n_train: int = 240, n_valid: int = 24, n_test: int =
                     lines.append(" " + " ".join(para) + " ")
                     para = []
                     if i < len(sents) - 1 and rng.random() < 0.25:       # a section heading now and then
-                        heading = _title(source, topic, int(rng.integers(1, 3)), rng)
-                        lines += [" ", f" = = {heading} = = ", " "]
+                        lines += [" ", f" = = {_title(source, topic, int(rng.integers(1, 3)), rng)} = = ", " "]
         (out / f"wiki.{split}.raw").write_text("\n".join(lines) + "\n", encoding="utf-8")
         meta["article_topics"][split] = topics.tolist()
         meta["chain_words"][split] = int(lengths.sum())
