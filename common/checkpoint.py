@@ -51,8 +51,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def usual_mode(executable: bool = False) -> int:
-    """The mode ``open()`` gives a new file under the current umask (0644 under 022), for files written through
-    0600 temp files (``tempfile``, safetensors) that would otherwise be readable by their writer only."""
+    """The mode ``open()`` gives a new file under the current umask, for files written through 0600 temp files."""
     umask = os.umask(0)
     os.umask(umask)
     return (0o777 if executable else 0o666) & ~umask

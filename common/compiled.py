@@ -28,9 +28,9 @@ def add_compile_args(group) -> None:
 
 
 def maybe_compile(model: nn.Module, args: argparse.Namespace) -> nn.Module:
-    """``torch.compile(model, ...)`` (sharing its parameters and buffers) when ``args.compile``, else ``model``.
-    ``dynamic=None``: a new shape (a shorter last batch) recompiles once with dynamic shapes, not per shape."""
+    """``torch.compile(model)`` (sharing its parameters and buffers) when ``args.compile``, else ``model``."""
     if not getattr(args, "compile", False):
         return model
     mode = None if args.compile_mode == "default" or args.compile_backend != "inductor" else args.compile_mode
+    # dynamic=None: a new shape (a shorter last batch) recompiles once with dynamic shapes, not once per shape
     return torch.compile(model, mode=mode, backend=args.compile_backend, dynamic=None)

@@ -26,8 +26,7 @@ def model_dir(run_path: str | os.PathLike, name: str = MODEL_DIR) -> Path:
 
 
 def _save_pretrained(model, tokenizer, folder) -> None:
-    """``save_pretrained`` of the model (a compile wrapper's ``_orig_mod``) and tokenizer, without progress bars
-    (they broke --quiet's one line), with the usual permissions (safetensors writes 0600 files)."""
+    """``save_pretrained`` of the model (a compile wrapper's ``_orig_mod``) and tokenizer, no progress bars."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()

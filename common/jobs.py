@@ -48,9 +48,8 @@ _ENDED = ("finished", "diverged", "failed", "blocked")  # the statuses progress 
 
 @dataclasses.dataclass
 class Job:
-    """One script invocation of a plan: ``name`` unique in the plan (the run name for a run directory),
-    ``script`` the module (e.g. "mamba_fl.fed_avg"), ``argv`` its flags; the other fields as the module doc says
-    (``label``: how progress lines name the job, default the name)."""
+    """One script invocation of a plan: ``name`` unique in it, ``script`` the module (e.g. "mamba_fl.fed_avg"),
+    ``argv`` its flags; the other fields as the module doc says (``label``: the name in progress lines)."""
 
     name: str
     script: str
@@ -211,8 +210,7 @@ def _minutes(seconds: float) -> str:
 
 @dataclasses.dataclass
 class Outcome:
-    """How each job of a plan ended: ``status[name]`` is one of done-before, finished, diverged, failed, other,
-    blocked, interrupted (or planned, for a dry run)."""
+    """``status[name]``: done-before, finished, diverged, failed, other, blocked, interrupted or planned (dry run)."""
 
     status: dict[str, str]
     messages: dict[str, str]

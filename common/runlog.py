@@ -218,10 +218,8 @@ def _nonfinite(value: Any, numbers: bool = True) -> str | None:
 
 
 def _where(state: dict) -> str | None:
-    for key in ("round", "epoch", "step"):
-        if key in state and isinstance(state[key], (int, float)):
-            return f"{key} {state[key]}"
-    return None
+    return next((f"{key} {state[key]}" for key in ("round", "epoch", "step")
+                 if key in state and isinstance(state[key], (int, float))), None)
 
 
 _HELD: weakref.WeakSet = weakref.WeakSet()
@@ -246,9 +244,8 @@ def _open_lock(path: Path, flags: int) -> int:
 
 def overflowed(message: str) -> None:
     """An arithmetic overflow stopped the run: every claimed run directory records it (``diverge``)."""
-    for rd in list(_HELD):
-        if rd._claimed:
-            rd.diverge("the step that overflowed", f"values ({message})")
+    for rd in [rd for rd in _HELD if rd._claimed]:
+        rd.diverge("the step that overflowed", f"values ({message})")
     raise Diverged(f"arithmetic overflow ({message}) before anything was written; lower the learning rate")
 
 
@@ -273,15 +270,11 @@ def _try_flock(fd: int, exclusive: bool) -> bool:
 
 
 class RunDir:
-    """``<out_dir>/<run_name>/``. The constructor only CHECKS, writing nothing: the output location, the lock,
-    what the directory holds, and (``resume``) that the saved run matches these arguments and data and that its
-    metrics.jsonl and checkpoint are intact. ``claim()`` (implicit in the first write) takes the lock and writes,
-    so a script that validates its inputs before its first write never touches a run directory for a bad input.
-
-    ``args``: all arguments, saved to args.json and compared on resume (except ``ignore_on_resume``);
-    ``is_main``: False on other ``torchrun`` ranks (they may read the checkpoint; writes are no-ops); ``kind``:
-    the script, e.g. "mamba_fl/fed_fisher", saved in args.json and every checkpoint so another script's run is
-    refused; ``device``: for args.json (default ``args["device"]``); ``data``: ``data_fingerprint(...)``.
+    """``<out_dir>/<run_name>/``. The constructor only CHECKS (the location, the lock, what the directory holds,
+    and on ``resume`` that the saved run matches these arguments and data and is intact); ``claim()``, implicit in
+    the first write, takes the lock and writes: a script that validates its inputs first never touches a run
+    directory for a bad input. ``is_main``: False on other torchrun ranks (writes are no-ops); ``kind``: the
+    script, saved in args.json and every checkpoint so another script's run is refused.
     """
 
     def __init__(self, out_dir: str | os.PathLike, run_name: str, args: dict | argparse.Namespace, *,
@@ -582,7 +575,7 @@ class RunDir:
 
     def diverge(self, where: str, what: str, summary: dict | None = None, reason: str | None = None):
         """Write summary.json with ``status: diverged`` (the checkpoint keeps the last finite state), release the
-        lock and raise ``Diverged`` (exit status 3). ``reason``: why, when it is not a non-finite ``what``."""
+        lock and raise ``Diverged``."""
         kept = (f"{CHECKPOINT_FILE} keeps the last finite state ({self._checkpoint_at})" if self._checkpoint_at
                 else "no checkpoint had been saved")
         reason = reason or f"non-finite {what}"

@@ -146,8 +146,7 @@ def split_configs(groups: dict[tuple, list[dict]], ignore: Sequence[str] = DEFAU
 
 def group_runs(runs: Iterable[dict], ignore: Sequence[str] = DEFAULT_GROUP_IGNORE,
                keys: Sequence[str] | None = None) -> list[tuple[dict, list[dict]]]:
-    """[(config, runs)] in first-seen order: runs whose arguments agree except ``ignore`` (the seed), or with
-    ``keys`` whose values of these keys agree (from args.json, else summary.json)."""
+    """[(config, runs)]: runs whose arguments agree but ``ignore`` (or on ``keys``, from args.json or summary.json)."""
     groups: dict[str, tuple[dict, list[dict]]] = {}
     for run in runs:
         config = {k: v for k, v in run["args"].items() if k not in ignore} if keys is None else \
