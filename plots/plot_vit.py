@@ -3,14 +3,9 @@
     python plots/plot_vit.py --runs-dir runs/vit_suite_R192 --out runs/vit_suite_R192/figures
 
 Writes vit_accuracy_vs_rounds.png, vit_accuracy_vs_nc.png, vit_accuracy_vs_j.png, vit_strategies.png and
-vit_mask_density.png (vit_sparse_fl/README.md has a table of what each shows).
-Curves, points and bars are means over seeds; bands and error bars are the sample sd (ddof=1); legends
-give n. Chance accuracy is drawn as a dotted line. FedAvg runs from random initialisation (--weights none)
-appear only as their own curve; probes (FedAvg with --freeze-layers: head only, or head + last block) as their
-own lines beside the masks. Every setting keeps its own learning rate (the suite chooses one per setting).
-Runs that differ in anything but the suite's swept settings (``SWEPT``: sharding, Nc, J, weights, mask, lr
-...), such as a --quick run next to a suite, form a suite of their own, drawn
-into ``<out>/suite_<i>`` with a line naming what sets it apart. Several --runs-dir folders are read together.
+vit_mask_density.png (vit_sparse_fl/README.md says what each shows): means over seeds, bands and error bars the
+sample sd, n in the legends. Runs that differ in anything but the suite's swept settings (``SWEPT``), such as a
+--quick run next to a suite, form a suite of their own, drawn into ``<out>/suite_<i>``.
 """
 from __future__ import annotations
 
@@ -59,8 +54,8 @@ def scratch(run: dict) -> bool:
 
 
 def frozen(run: dict) -> int:
-    """--freeze-layers of a run (0: dense; older runs have no such key); a text run freezing every layer of its
-    encoder is the head-only probe, drawn as the ViT's (2)."""
+    """--freeze-layers of a run (0: dense); a text run freezing its whole encoder counts as the ViT's head probe
+    (2)."""
     n = run["args"].get("freeze_layers") or 0
     if n and run["args"].get("arch") == "encoder":
         depth = encoder_depth(run)
@@ -69,8 +64,8 @@ def frozen(run: dict) -> int:
 
 
 def encoder_depth(run: dict) -> int | None:
-    """Layers of a text run's encoder: from --weights (a packaged name such as 'minilm', resolved where it is
-    installed here, or a folder), else from the folder its summary recorded; None when neither is readable."""
+    """Layers of a text run's encoder, from --weights or else the folder its summary recorded (None: neither
+    readable here)."""
     for source in (run["args"].get("weights"), run["summary"].get("weights")):
         try:
             folder = pretrained.folder(str(source), "--weights")
@@ -91,14 +86,13 @@ def strategy(run: dict) -> tuple[str, str]:
 
 
 def strategy_label(name: str, score: str) -> str:
-    """'random', 'least_sensitive (fisher)': the sensitivity score only for the strategies that use it."""
+    """'random', 'least_sensitive (fisher)': the score only where it matters."""
     return name + (f" ({score})" if "sensitive" in name else "")
 
 
 def log_sweep_axes(ax, x: np.ndarray, xlabel: str, title: str) -> None:
     """A log x axis labelled with the swept values only, the test-accuracy y label, title and legend."""
     from matplotlib.ticker import NullFormatter
-
     ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (%)", title=title)
     ax.set_xticks(x, [str(int(v)) for v in x])
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -125,9 +119,8 @@ def sweep(ax, groups: dict, label: str) -> np.ndarray:
 
 
 def chance_line(ax, runs: list[dict]) -> None:
-    chance = [r["summary"].get("chance_accuracy") for r in runs if r["summary"].get("chance_accuracy")]
-    if chance:
-        ax.axhline(100 * chance[0], color="k", ls=":", lw=1, label=f"chance ({100 * chance[0]:.0f} %)")
+    if chance := next((c for r in runs if (c := r["summary"].get("chance_accuracy"))), None):
+        ax.axhline(100 * chance, color="k", ls=":", lw=1, label=f"chance ({100 * chance:.0f} %)")
 
 
 def layer_of(name: str) -> str:
@@ -141,8 +134,7 @@ MARKERS = "os^Dv<>pXP*h"
 
 
 def curve(ax, members: list[dict], label: str, **kw) -> None:
-    """Validation accuracy vs sample gradients of the main rounds (round x m x J x batch), mean ± sd; each
-    curve of an axes gets its own marker."""
+    """Validation accuracy vs sample gradients of the main rounds (round x m x J x batch), mean ± sd."""
     a = members[0]["args"]
     m = max(1, int(round(a["participation_rate"] * a["num_clients"])))  # with_keys checked both
     x, ys = R.aligned(members, "val_accuracy", x="step")
@@ -154,21 +146,18 @@ def curve(ax, members: list[dict], label: str, **kw) -> None:
 
 
 def vit_runs(runs: list[dict]) -> list[dict]:
-    """The finished vit_sparse_fl runs with what the figures read; runs of other scripts are ignored, a
-    malformed one left out with a line."""
+    """The finished vit_sparse_fl runs with what the figures read (a malformed one left out with a line)."""
     fed = {"sharding": str, "local_steps": int, "participation_rate": R.NUMBER, "num_clients": int, "batch_size": int}
     wanted = {CENTRAL: {}, FED: fed, SPARSE: {**fed, "mask_strategy": str, "sparsity_ratio": R.NUMBER}}
-    ignored = sum(r["meta"].get("script") not in wanted for r in runs)
-    if ignored:
+    if ignored := sum(r["meta"].get("script") not in wanted for r in runs):
         print(f"ignored {ignored} run(s) of other scripts")
     return [r for script, args in wanted.items() for r in R.with_keys(
         [r for r in runs if r["meta"].get("script") == script], "the vit figures", args, {"test_accuracy": R.NUMBER})]
 
 
 def suites(runs: list[dict]) -> list[tuple[str, list[dict]]]:
-    """Federated runs split by every argument they share outside ``SWEPT`` (``R.split_by``), the largest suite
-    first; each centralized run joins the suite it agrees with on the arguments they share (its weight decay
-    is its own: the grid sets it for the centralized reference only)."""
+    """Federated runs split by their arguments outside ``SWEPT``, the largest suite first; a centralized run joins
+    the suite it agrees with (but for its own weight decay)."""
     fed = [r for r in runs if r["meta"]["script"] != CENTRAL]
     shared = set.intersection(*(set(r["args"]) for r in fed)) - set(SWEPT) - set(R.DRAW_IGNORE)
     parts = sorted(R.split_by(fed, sorted(shared)), key=lambda kv: -len(kv[1]))
@@ -201,8 +190,7 @@ def main(argv=None) -> dict:
 
 
 def panel_nc(sparse: list[dict]) -> int:
-    """The one non-IID shard whose masks the rounds figure draws: Nc = 2 where it has sparse runs, else the most
-    skewed one (a suite with masks on several shards must not pool them into one line)."""
+    """The one non-IID shard whose masks the rounds figure draws (never pooled): Nc = 2, else the most skewed."""
     skewed = {r["args"]["nc"] for r in sparse if r["args"]["sharding"] != "iid"}
     return 2 if 2 in skewed or not skewed else min(skewed)
 
@@ -215,7 +203,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
     probes = [r for r in runs if r["meta"].get("script") == FED and frozen(r)]
     sparse = [r for r in runs if r["meta"].get("script") == SPARSE]
     central = [r for r in runs if r["meta"].get("script") == CENTRAL]
-    # the suite's J: the grid's (BASE_J) or the one most of its FedAvg runs use, for a suite of other runs
+    # the suite's J: the grid's, else the one most of its FedAvg runs use
     counts = Counter(r["args"]["local_steps"] for r in fed)
     base_j = BASE_J if BASE_J in counts or not counts else counts.most_common(1)[0][0]
     written = []
@@ -299,12 +287,10 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                     bars = {j + (i - (len(sparsities) - 1) / 2) * width: v for j, lab in enumerate(here) if (v := acc(
                         [r for r in sparse if shard(r) == sh and r["args"]["sparsity_ratio"] == sp
                          and strategy(r) == lab], key))}
-                    # accuracy as points, so the axis can fit the data (a bar must start at 0, which hides
-                    # differences of a point or two); interference as bars from 0
-                    if bars and key == "test_accuracy":
-                        R.draw_seeds(ax, list(bars), bars.values(), f"sparsity {sp:g}", kind="points", fmt="o")
-                    elif bars:
-                        R.draw_seeds(ax, list(bars), bars.values(), f"sparsity {sp:g}", kind="bars", width=width)
+                    # accuracy as points, whose axis fits the data (bars start at 0); interference as bars
+                    style = dict(kind="bars", width=width) if row else dict(kind="points", fmt="o")
+                    if bars:
+                        R.draw_seeds(ax, list(bars), bars.values(), f"sparsity {sp:g}", **style)
                 if acc(dense, key):
                     ax.axhline(np.mean(acc(dense, key)), color="k", ls="--",
                                label=f"dense FedAvg, {sh} (n={len(dense)})")
@@ -327,9 +313,9 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
 
         # ------------------------------------------------------------ mask density per layer
         fig, ax = plt.subplots(figsize=(8, 3.8))
-        pick = [r for r in sparse if r["args"]["sparsity_ratio"] == sparsities[0] and r["args"]["seed"] == 0
-                and shard(r) == shards[0]]
-        pick = sorted(pick, key=lambda r: (r["args"]["mask_strategy"], r["args"].get("fisher_score", "")))
+        pick = sorted((r for r in sparse if r["args"]["sparsity_ratio"] == sparsities[0] and r["args"]["seed"] == 0
+                       and shard(r) == shards[0]),
+                      key=lambda r: (r["args"]["mask_strategy"], r["args"].get("fisher_score", "")))
         bar_w = 0.8 / max(len(pick), 1)
         for i, run in enumerate(pick):
             path = run["path"] / "mask_density.json"
@@ -344,7 +330,6 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                 total[layer_of(tensor)] += n
             layers = sorted(total, key=lambda k: (k != "embed", k == "final norm",
                                                   int(k.split()[-1]) if "block" in k else 0))
-            # layers are categories: grouped bars, one per strategy, not lines between them
             ax.bar(np.arange(len(layers)) + (i - (len(pick) - 1) / 2) * bar_w,
                    [100 * kept[k] / total[k] for k in layers], bar_w,
                    label=f"{strategy_label(*strategy(run))}: {100 * dens['overall']:.1f} % overall")

@@ -3,19 +3,13 @@
     python vit_sparse_fl/compare_budgets.py runs/vit_suite_R48 runs/vit_suite_R192 runs/vit_suite_R768 \\
         --out runs/vit_budgets
 
-Each argument is a suite folder written by ``run_all_experiments.py`` (its ``results.json`` holds every
-setting's per-seed test accuracy, the suite's rounds R and its design: clients per round, local steps, batch,
-warm-up, classes; the J sweep's runs scale R by 4 / J, so a suite is one budget of sample gradients for every
-setting). The ViT suites and the ``--text`` suites (MiniLM on AG News) are compared each with their own kind.
-Writes ``<out>/results_budgets.md`` and ``<out>/{vit,text}_accuracy_vs_budget.png`` (accuracy vs budget per
-setting; the arms of the panel most measured at several budgets as paired differences to dense
-FedAvg per budget), and prints the table.
+Each argument is a suite folder of ``run_all_experiments.py`` (its ``results.json``: per-seed test accuracies,
+rounds R, design), one budget of sample gradients for every setting; ViT and ``--text`` suites are compared each
+with their own kind. Writes ``<out>/results_budgets.md`` and ``<out>/{vit,text}_accuracy_vs_budget.png``.
 
-The table's caption (``make_table``) says what each column holds. **Budget criterion**: a setting has
-*settled* when the last budget step (4x the sample gradients between the suites of the README) moves its mean
-test accuracy by less than 1 point; a difference between settings is only read as final where both have
-settled. The per-run plateau check of each suite says something else: under a cosine schedule every curve
-flattens at the end, so a run can pass it and still end higher at a larger budget.
+A setting has *settled* when the last budget step moves its mean test accuracy by less than 1 point; a
+difference is read as final only where both settings have settled (under a cosine schedule every curve
+flattens at the end, so a run can pass the per-run plateau check and still end higher at a larger budget).
 """
 from __future__ import annotations
 
@@ -42,8 +36,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 def load_suites(paths: list[str], designs: list | None = None) -> dict[int, dict[str, dict]]:
     """{rounds: {setting: {seed: test accuracy in points}}} from each suite's results.json; each suite's
-    ``run_all_experiments.Design`` is appended to ``designs`` when given (a results.json from before designs
-    were recorded is a ViT suite)."""
+    ``Design`` is appended to ``designs`` when given (none recorded: a ViT suite)."""
     suites: dict[int, dict[str, dict]] = {}
     for p in paths:
         f = Path(p) / "results.json"
@@ -63,10 +56,8 @@ def reference(setting: str) -> str | None:
     """The setting each one is compared with at the same budget (None: it is a reference itself)."""
     if setting == "fedavg_iid":
         return None
-    if m := re.fullmatch(r"fedavg_(iid|nc2)_J\d+", setting):
-        return f"fedavg_{m.group(1)}"
-    if m := re.fullmatch(r"(?:sparse|probe)_(iid|nc\d+)_.*", setting):
-        return f"fedavg_{m.group(1)}"
+    if m := re.fullmatch(r"fedavg_(iid|nc2)_J\d+|(?:sparse|probe)_(iid|nc\d+)_.*", setting):
+        return f"fedavg_{m.group(1) or m.group(2)}"
     return "fedavg_iid"
 
 
@@ -139,9 +130,8 @@ def panels(d: suite.Design) -> list[tuple[str, list[str]]]:
 
 
 def plot(suites: dict[int, dict[str, dict]], path: Path, d: suite.Design = suite.VIT) -> list[Path]:
-    """Test accuracy vs sample gradients, one line per setting, error bars the sample sd; last panel: the arms of
-    the panel most measured at several budgets as paired differences to its dense FedAvg, error bars the 95% t
-    interval."""
+    """Test accuracy vs sample gradients, one line per setting (error bars: sd); last panel: the arms of the panel
+    most measured at several budgets as paired differences to its dense FedAvg (error bars: 95% t interval)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
     grid = panels(d)

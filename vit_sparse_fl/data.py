@@ -1,10 +1,8 @@
 """CIFAR-100 from the python-pickle distribution, kept as uint8 on the device, with batched augmentation.
 
-The distribution (https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz) unpacks to
-``cifar-100-python/{train,test,meta}``: pickled dicts with ``data`` (uint8 [N, 3072], channel-major
-32x32 RGB), ``fine_labels`` and ``coarse_labels``; ``meta`` holds ``fine_label_names``.
-Images stay uint8 [N, 3, 32, 32] on the device (150 MB for the train split); ``augment`` turns a batch of
-them into normalised floats with one set of tensor ops (no PIL, no per-image Python).
+The tarball unpacks to ``cifar-100-python/{train,test,meta}``: pickled dicts with ``data`` (uint8 [N, 3072],
+channel-major 32x32 RGB) and ``fine_labels``. Images stay uint8 [N, 3, 32, 32] on the device; ``augment`` turns
+a batch into normalised floats with tensor ops (no PIL, no per-image Python).
 """
 from __future__ import annotations
 
@@ -55,7 +53,7 @@ def find_root(data_dir: str | Path) -> Path:
 
 
 def download(data_dir: str | Path) -> Path:
-    """Fetch and unpack the official tarball into ``data_dir`` (skipped when already there)."""
+    """Fetch and unpack the official tarball into ``data_dir`` unless already there."""
     data_dir = Path(data_dir)
     with contextlib.suppress(cli.UsageError):
         return find_root(data_dir)
@@ -86,10 +84,8 @@ def _numpy_private(module: str, name: str):
         return getattr(importlib.import_module(f"numpy.core.{module}"), name)
 
 
-# Everything a CIFAR-100 pickle may name: NumPy's array reconstruction (protocols 2-4: _reconstruct; 5:
-# _frombuffer, under their NumPy 1 and 2 module names) and the bytes encoding of Python 3 protocol-2
-# pickles. Dicts, lists, strings and numbers need no global. Any other name (``os.system``,
-# ``builtins.eval``, ...) is refused before it is looked up.
+# Every global a CIFAR-100 pickle may name: NumPy's array reconstruction (protocols 2-4: _reconstruct; 5:
+# _frombuffer; NumPy 1 and 2 module names) and protocol-2 bytes; any other name is refused before it is looked up.
 _CIFAR_GLOBALS = {
     **{(f"numpy.{core}.{module}", name): _numpy_private(module, name) for core in ("core", "_core")
        for module, name in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))},
@@ -100,8 +96,7 @@ _CIFAR_GLOBALS = {
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """An unpickler that builds only containers, strings, numbers and NumPy arrays: a crafted file cannot
-    make it import or call anything else, so reading it runs none of its code."""
+    """Builds only containers, strings, numbers and NumPy arrays: a crafted file runs none of its code."""
 
     def find_class(self, module: str, name: str):
         try:
@@ -166,7 +161,7 @@ def data_root(args) -> Path:
 
 
 def fingerprint(args, train: Split, val: Split, test: Split) -> dict:
-    """``common.runlog.data_fingerprint`` of the files read and the split sizes used (for --resume)."""
+    """``common.runlog.data_fingerprint`` of the files read and the split sizes (for --resume)."""
     from common import runlog
     if args.data == "ag_news":
         from vit_sparse_fl import text
@@ -179,11 +174,8 @@ def fingerprint(args, train: Split, val: Split, test: Split) -> dict:
 
 
 def load_cifar100(args, device) -> tuple[Split, Split, Split, int]:
-    """(train, val, test, num_classes) on ``device`` from ``--data`` / ``--data-dir`` / ``--download``.
-
-    The validation split is a seeded ``--val-fraction`` of the training set (same for every seed of the
-    model, keyed by ``--split-seed``), so runs with different seeds see the same data.
-    """
+    """(train, val, test, num_classes) on ``device``; validation is a ``--val-fraction`` of the training set
+    keyed by ``--split-seed`` (the same for every run seed)."""
     if args.data == "ag_news":       # token ids in place of the images (vit_sparse_fl/text.py)
         from vit_sparse_fl import text
         full, test = (Split(*pair) for pair in text.read_splits(args))
@@ -261,13 +253,9 @@ def augment(images: torch.Tensor, image_size: int, generator: torch.Generator | 
             train: bool = True) -> torch.Tensor:
     """uint8 [B, 3, 32, 32] -> normalised float [B, 3, S, S]; token ids (``--data ag_news``) pass through.
 
-    Training: random crop with zero padding 4 (per-sample offsets in [0, 8]) and horizontal flip with
-    probability 1/2, both drawn from ``generator`` on the images' device, then bilinear resize and
-    ImageNet normalisation. Evaluation (``train=False``): resize and normalise only.
-
-    The crop and the flip are one ``gather`` of the padded uint8 batch (each output pixel's source index,
-    columns reversed for flipped images): the same pixels as indexing the crop and then flipping, from
-    the same draws in the same order (row offsets, column offsets, flips), at a quarter of the cost.
+    Training: random crop with zero padding 4 and horizontal flip with probability 1/2 (from ``generator``),
+    done as one ``gather`` of the padded batch (a quarter of the cost of cropping then flipping; the same
+    pixels from the same draws); then, as in evaluation, bilinear resize and ImageNet normalisation.
     """
     if images.dtype != torch.uint8:
         return images
@@ -296,7 +284,7 @@ _CONSTANTS: dict = {}
 
 
 def _made_once(key: tuple, make):
-    """``make()`` (tensors such as the ramps and the ImageNet mean and std on a device), made once per ``key``."""
+    """``make()``, made once per ``key`` (constant tensors on a device)."""
     if key not in _CONSTANTS:
         with torch.inference_mode(False):                    # ordinary tensors, even when first made in eval
             _CONSTANTS[key] = make()
@@ -305,10 +293,8 @@ def _made_once(key: tuple, make):
 
 def batches(split: Split, batch_size: int, steps: int, generator: torch.Generator, image_size: int,
             augment_train: bool = True, indices: torch.Tensor | None = None):
-    """``steps`` training batches (inputs [B, 3, S, S], labels [B]) drawn by epochs of a seeded permutation.
-
-    ``indices`` (int64 [n] on the split's device) restricts sampling to one client's shard.
-    """
+    """``steps`` training batches (inputs [B, 3, S, S], labels [B]) drawn by epochs of a seeded permutation of
+    the split or of ``indices`` (one client's shard)."""
     dev = split.labels.device
     n = len(split) if indices is None else len(indices)
     perm, pos = torch.randperm(n, generator=generator, device=dev), 0
@@ -323,7 +309,6 @@ def batches(split: Split, batch_size: int, steps: int, generator: torch.Generato
 
 
 def eval_batches(split: Split, batch_size: int, image_size: int, shard: bool = False):
-    """(images, labels) batches in order, without augmentation; with ``shard`` under torchrun only this
-    rank's share (``common.distributed.my_batch_starts``; the others are never built)."""
+    """(images, labels) batches in order, unaugmented; ``shard``: under torchrun only this rank's share."""
     for i in D.my_batch_starts(len(split), batch_size, shard):
         yield augment(split.images[i:i + batch_size], image_size, train=False), split.labels[i:i + batch_size]

@@ -1,5 +1,4 @@
-"""What the three training scripts share: the parser with the --quick preset, model flags, building the model, the local
-training loop over a batch iterator, and evaluation.
+"""What the training scripts share: the parser with the --quick preset, model flags and model, local steps, evaluation.
 """
 from __future__ import annotations
 
@@ -19,9 +18,8 @@ ARCHS = {"vit_small": VIT_SMALL, "vit_tiny": VIT_TINY}
 UNIT = flags.Number(float, 0.0, 1.0, high_open=True)        # [0, 1): dropout, label smoothing, momentum, sparsity
 NON_NEGATIVE = flags.Number(float, 0.0)
 
-# --quick: the tiny ViT on 10 classes of the embedded data, as a ``common.config`` preset (defaults < --quick <
-# YAML --config < command line); each script adds its own rounds / epochs. A flag given keeps its value
-# (``--quick --data cifar100`` reads the real data with the tiny model).
+# --quick: the tiny ViT on 10 classes of the embedded data, a ``common.config`` preset (defaults < --quick < YAML
+# --config < command line); each script adds its own rounds / epochs
 QUICK = dict(arch="vit_tiny", weights="none", image_size=32, num_classes=10, max_train=2000, max_test=500,
              batch_size=32, eval_batch_size=250, lr=0.05)
 
@@ -34,10 +32,8 @@ def given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
 
 
 class ArgumentParser(cli.ArgumentParser):
-    """``cli.ArgumentParser`` carrying the --quick preset (``self.presets``, as every script's parser does) whose
-    plain ``parse_args`` too is ``common.config.parse_with_config`` (the scripts and tests call it); --help
-    states both values of a preset flag: ``(default: 300; --quick: 8)``. ``--classes`` chooses the classes
-    instead of --num-classes: --quick's 10 classes give way to it (and to the 4 classes of --data ag_news)."""
+    """``cli.ArgumentParser`` with the --quick preset whose plain ``parse_args`` is ``config.parse_with_config``;
+    --help states both values of a preset flag. --quick's 10 classes give way to ``--classes`` and ag_news."""
 
     def __init__(self, *args, quick: dict, **kwargs):
         super().__init__(*args, **kwargs)
@@ -116,8 +112,7 @@ def build_model(args, num_classes: int, device: torch.device) -> tuple[ViTClassi
 
 def train_steps(model, optimizer, batch_iter, *, label_smoothing: float, device: torch.device,
                 lr: float | None = None, adjust=None) -> tuple[torch.Tensor, int]:
-    """One optimizer step per batch from ``batch_iter``; returns (mean loss as a 0-d device tensor, images
-    seen). Nothing is read back to the host: the caller reads the losses once, when it logs them.
+    """One optimizer step per batch; (mean loss as a 0-d device tensor, not read back to the host; images seen).
     ``adjust(params)`` changes the gradients before each step (a federated client algorithm's hook)."""
     if lr is not None:
         for group in optimizer.param_groups:
@@ -140,11 +135,8 @@ def train_steps(model, optimizer, batch_iter, *, label_smoothing: float, device:
 
 @torch.inference_mode()
 def evaluate(model, split: cifar.Split, args, device: torch.device, shard: bool = False) -> dict:
-    """{loss, accuracy, n} of ``model`` on ``split`` (no augmentation).
-
-    shard: under torchrun every rank scores every N-th batch (its share) and one all-reduce adds up the
-    sums, so every rank returns the metrics of the whole split; call it on every rank then.
-    """
+    """{loss, accuracy, n} of ``model`` on ``split`` (no augmentation). ``shard``: under torchrun every rank scores
+    its share of the batches and gets the whole split's metrics (call it on every rank)."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -173,8 +165,7 @@ def correct(model, split: cifar.Split, idx: torch.Tensor, args, device: torch.de
 
 
 def save_model(model, run_path, args, *, info: dict, name: str = "model"):
-    """``<run_path>/<name>/``: the ViT as a Hugging Face ViT folder (``vit.save``), a text classifier as its
-    encoder folder plus head (``text.save``)."""
+    """``<run_path>/<name>/`` by ``vit.save`` or ``text.save``."""
     if args.arch == "encoder":
         from vit_sparse_fl import text
         return text.save(model, run_path, weights=args.weights, info=info, name=name)
@@ -194,9 +185,8 @@ def end_run(run, args, summary: dict, metric: str, extra: str) -> dict:
 
 
 def plateau(rows: list[dict], x: str, end: float) -> dict:
-    """The plateau check: validation accuracy at the end minus at the last evaluation at or before
-    80 % of the run (``plateau_change``, accuracy in [0, 1]); ``plateau_reached`` when it is
-    under 0.01 in absolute value (1 point)."""
+    """``plateau_change``: validation accuracy at the end minus at the last evaluation at or before 80 % of the
+    run; ``plateau_reached``: under 0.01 (1 point) in absolute value."""
     before = [r for r in rows if r[x] <= 0.8 * end]
     if not before:
         return {"plateau_change": None, "plateau_reached": None}

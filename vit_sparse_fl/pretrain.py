@@ -4,14 +4,10 @@
         --total-steps 3000 --cache-dir runs/vit_base            # prints the path of base.pt
     python vit_sparse_fl/train_federated.py --quick --weights runs/vit_base/<key>/base.pt ...
 
-The source fine-tunes a DINO ViT-S/16 pretrained on ImageNet; without those weights (and without a GPU) the
-small-scale stand-in is a ViT pretrained here, by ``train_centralized`` on classes the fine-tuning task
-never sees (e.g. classes 10-99 of the embedded CIFAR-100, the task being classes 0-9). The base depends
-only on its settings (every train_centralized flag except run bookkeeping), so it is trained once into
-``<cache-dir>/<key>/`` and reused by every run of a grid; a file lock makes a concurrent caller wait for
-the first one instead of training it twice. ``<key>/base.pt`` is the best-validation model
-(``{"model", "config", ...}``, loadable with ``--weights``); ``<key>/base.json`` records its settings,
-validation and test accuracy on the pretraining classes, and the training run directory.
+The stand-in for DINO's ImageNet weights: a ViT trained by ``train_centralized`` on classes the fine-tuning task
+never sees. It depends only on its settings, so it is trained once into ``<cache-dir>/<key>/`` (a concurrent
+caller waits for it) and reused: ``base.pt`` is the best-validation model (loadable with ``--weights``),
+``base.json`` its settings, accuracies and run directory.
 """
 from __future__ import annotations
 
@@ -30,8 +26,7 @@ VERSION = 1  # bump when the recipe changes, so stale bases are not reused
 # flags that do not change the trained weights
 IGNORED = ("out_dir", "run_name", "quiet", "resume", "device", "compile", "compile_mode", "compile_backend",
            "cache_dir", "eval_batch_size", "overwrite", "extend", "report_to", "config")
-# the flags whose value --quick chose after parsing before it became a preset: the key reads them as None unless
-# they are given, as it did then, so every base cached since keeps its key
+# flags --quick set after parsing before it became a preset: None in the key unless given, so cached bases keep it
 UNSET_UNLESS_GIVEN = ("arch", "weights", "image_size", "data", "num_classes", "max_train", "max_test", "batch_size",
                       "lr", "epochs", "warmup_epochs")
 # flags added after bases were cached: left out of the key at their default, so those bases keep their keys

@@ -7,26 +7,18 @@ intervals, Holm-corrected) and the figures.
     python vit_sparse_fl/run_all_experiments.py --smoke --out-dir /tmp/vit_smoke   # minutes: tiny budget
     python vit_sparse_fl/run_all_experiments.py --text              # MiniLM on AG News: runs/text_suite_R24
 
-``--text`` asks the mask question of a real pretrained transformer on real text: all-MiniLM-L6-v2 (the
-``pretrained`` extra) fine-tuned on AG News (``--data-dir``), dense FedAvg, the head-only probe and six masks on
-IID, Nc = 2 and Nc = 1 shards (``TEXT``, ``TEXT_MASKS``), rates per arm family (``TEXT_GRIDS``), 5 seeds; no
-pretraining stage (the encoder is the base).
+``--text``: all-MiniLM-L6-v2 (the ``pretrained`` extra) fine-tuned on AG News (``--data-dir``): dense FedAvg,
+the head-only probe and the masks of ``TEXT_MASKS`` on the shards of ``TEXT``, rates per arm family
+(``TEXT_GRIDS``); no pretraining stage. The design is the README's "The suite"; the numbers are the constants below.
 
-Design (base, task, federation, compute accounting, plateau criterion, interference, sparse arms, probes,
-statistics): the README's "The suite"; the numbers are the constants below.
+**Selection**: every setting once per rate of --lr-grid, seed --select-seed, R / ``select_fraction`` rounds, in
+<out-dir>/selection/; a setting's rate is the best final validation accuracy (ties: the smaller rate), recorded
+in <out-dir>/selection.json (the test images are never read to choose); with --text a rate at the edge of those
+tried gets up to ``Design.edge_steps`` more beyond it. **Reported**: every setting at its rate, seeds
+0..--num-runs-1, full budget, ordered seed by seed (an interrupted suite leaves every cell with the same n).
 
-Two stages. **Selection**: every setting once per rate of --lr-grid, seed --select-seed, at a quarter of the
-budget (R / 4 rounds; the J sweep and centralized scaled alike), in <out-dir>/selection/; a setting's rate is
-the one with the best final validation accuracy (ties: the smaller rate), recorded in <out-dir>/selection.json;
-with --text a rate at the edge of those tried gets up to two more rates beyond it (``Design.edge_steps``).
-The validation images are carved from the training classes' training images; the test images are never read
-to choose. **Reported**: every setting at its rate, seeds 0..--num-runs-1, full budget.
-
-Runs go through ``common.jobs``: ``--jobs`` processes of ``--threads`` torch threads each (on a small CPU one
-thread per process is much faster than two for this model). A run whose directory holds a finished run with the
-same arguments is skipped, an interrupted one resumes from its checkpoint (so the suite can be restarted), and one
-holding other arguments is reported and left alone; logs in <out-dir>/logs. Runs are ordered seed by seed, so an
-interrupted suite leaves every cell with the same n. Writes <out-dir>/results.md and results.json (rewritten from
+Runs go through ``common.jobs`` (``--jobs`` processes of ``--threads`` torch threads; finished runs are skipped,
+interrupted ones resume; logs in <out-dir>/logs). Writes <out-dir>/results.md and results.json (rewritten from
 the run directories on every call) and draws <out-dir>/figures/ with plots/plot_vit.py.
 """
 from __future__ import annotations
@@ -52,8 +44,7 @@ SCRIPTS = {"centralized": "vit_sparse_fl.train_centralized", "fedavg": "vit_spar
 
 @dataclasses.dataclass(frozen=True)
 class Design:
-    """What a suite fixes: its task's classes, the federation (K clients, M per round, J local steps, a head
-    warm-up of W rounds counted in the compute), the shards of the mask tables and the selection budget."""
+    """What a suite fixes: task, federation, shards of the mask tables and selection budget."""
     name: str
     classes: int
     clients: int                   # K
@@ -64,11 +55,10 @@ class Design:
     shards: dict[str, tuple[str, ...]]
     select_fraction: int           # selection runs: R / select_fraction rounds
     out_prefix: str
-    edge_steps: int = 0            # a setting whose best rate is the smallest or largest tried gets up to this
-                                   # many more rates beyond it, one at a time (edge_rates)
+    edge_steps: int = 0            # more rates beyond a best rate at the edge of those tried (edge_rates)
 
     def sample_gradients(self, rounds: int) -> int:
-        """What every run of a suite of R rounds evaluates: (R + W) rounds x M clients x J steps x B examples."""
+        """(R + W) rounds x M clients x J steps x B examples."""
         return (rounds + self.warmup) * self.per_round * self.local_steps * self.batch
 
     def shard_title(self, shard: str) -> str:
@@ -86,8 +76,7 @@ VIT = Design("vit", NUM_CLASSES, clients=50, per_round=5, local_steps=4, warmup=
              shards={"iid": (), "nc2": (*NON_IID, "2")}, select_fraction=4, out_prefix="runs/vit_suite_R")
 EVAL_EVERY = 6
 PROBES = {"head": ("2", "probe: head + final norm"), "last": ("1", "probe: head + final norm + last block")}
-# --text: all-MiniLM-L6-v2 on the real AG News texts (4 classes; 32 tokens: the title and the start of the
-# description), 20 clients of which 5 train per round; interference on 50 test texts of each client's classes
+# --text: all-MiniLM-L6-v2 on AG News (4 classes, 32 tokens), 5 of 20 clients per round
 TEXT_TASK = ["--quiet", "--arch", "encoder", "--data", "ag_news", "--max-length", "32", "--max-test", "1000",
              "--val-fraction", "0.06", "--batch-size", "8", "--eval-batch-size", "100", "--interference-images", "50"]
 TEXT = Design("ag_news", 4, clients=20, per_round=5, local_steps=4, warmup=2, batch=8,
@@ -97,10 +86,8 @@ TEXT_MASKS = [(0.9, s) for s in ("least_sensitive", "most_sensitive", "random", 
              [(0.5, s) for s in ("least_sensitive", "random")]
 TEXT_PRESET = dict(rounds=24, num_runs=5)
 VIT_GRID = [0.03, 0.1, 0.3, 1.0]
-# --text: SGD with momentum on a pretrained transformer wants rates 10-100x below the head alone's, so each arm
-# family has its own grid. The first suite's three-rate grids were widened upwards by one rate (dense IID chose
-# 0.03 and the probe and the least-sensitive masks 1.0, their tops); the masks' grid reaches down to dense's rates
-# too, since a mask of high-score coordinates trains like dense (most_sensitive stays at chance from 0.1 up)
+# --text: a pretrained transformer wants rates 10-100x below the head alone's, so each arm family has its own
+# grid; the masks' reaches down to dense's (a mask of high-score coordinates trains like dense)
 TEXT_GRIDS = {"fedavg": [0.003, 0.01, 0.03, 0.1], "sparse": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
               "probe": [0.1, 0.3, 1.0, 3.0]}
 # the ViT suite's names, which its settings and the tests read
@@ -158,8 +145,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 # ---------------------------------------------------------------------------------------------- the grid
 def out_dir(args) -> Path:
-    """--out-dir, else runs/vit_suite_R<rounds>: suites of different budgets never share run directories (a run's
-    name does not carry its rounds)."""
+    """--out-dir, else runs/vit_suite_R<rounds> (a run's name does not carry its rounds)."""
     return Path(args.out_dir or f"{design(args).out_prefix}{args.rounds}")
 
 
@@ -169,8 +155,7 @@ def federation(d: Design) -> list[str]:
 
 
 def text_settings(args, rounds: int) -> list[tuple[str, str, list[str]]]:
-    """--text: dense FedAvg, the probe (the head alone) and the masks of ``TEXT_MASKS`` on every shard of
-    ``TEXT``, fine-tuning ``--weights`` on the AG News texts of ``--data-dir``."""
+    """--text: dense FedAvg, the head-only probe and the masks of ``TEXT_MASKS`` on every shard of ``TEXT``."""
     from vit_sparse_fl import text
     depth = json.loads((text.model_folder(args.weights) / "config.json").read_text())["num_hidden_layers"]
     fed = [*TEXT_TASK, *federation(TEXT), "--data-dir", str(text_data_dir(args)), "--weights", args.weights,
@@ -228,15 +213,13 @@ def settings(args, base: str, rounds: int) -> list[tuple[str, str, list[str]]]:
 
 
 def reported_name(setting: str, seed: int) -> str:
-    """The run directory of a reported run (its rate is in its args.json, not its name)."""
+    """The run directory of a reported run (its rate is in its args.json)."""
     return f"{setting}_seed{seed}"
 
 
 def lr_grid(args, setting: str) -> list[float]:
     """The rates the selection stage tries for ``setting``: --lr-grid, else the suite's default."""
-    if args.lr_grid:
-        return args.lr_grid
-    return TEXT_GRIDS[setting.split("_")[0]] if getattr(args, "text", False) else VIT_GRID
+    return args.lr_grid or (TEXT_GRIDS[setting.split("_")[0]] if getattr(args, "text", False) else VIT_GRID)
 
 
 def select_rounds(args) -> int:
@@ -244,9 +227,8 @@ def select_rounds(args) -> int:
 
 
 def plan(args, base: str, rates: dict[str, float] | None = None, extra: dict[str, float] | None = None) -> list[dict]:
-    """Every run: {name, setting, script, argv, seed, lr}. ``rates`` None: the selection stage (every setting x
-    rate of --lr-grid, or of ``extra``'s one rate per setting, seed --select-seed, R / 4 rounds); else the
-    reported runs at each setting's rate, seed-major, so a cut suite has equal n in every cell."""
+    """Every run: {name, setting, script, argv, seed, lr}. ``rates`` None: the selection runs (every rate of
+    --lr-grid, or ``extra``'s one rate per setting); else the reported runs at each setting's rate, seed-major."""
     if rates is None:
         def tried(name: str) -> list[float]:
             return lr_grid(args, name) if extra is None else [extra[name]] if name in extra else []
@@ -261,9 +243,8 @@ def plan(args, base: str, rates: dict[str, float] | None = None, extra: dict[str
 
 
 def choose(args, out: Path, base: str) -> dict[str, float]:
-    """{setting: rate} from the selection runs: the best final validation accuracy, ties the smaller rate (a
-    diverged or missing run is never chosen); every score and the choice in <out>/selection.json (settings not in
-    this call's plan are kept from an earlier one)."""
+    """{setting: rate} from the selection runs (a diverged or missing run is never chosen); scores and choices
+    in <out>/selection.json, keeping those of settings outside this call's plan."""
     path = out / "selection.json"
     record = json.loads(path.read_text()) if path.is_file() else {}
     scores, chosen = record.get("scores", {}), record.get("chosen", {})
@@ -286,9 +267,8 @@ def choose(args, out: Path, base: str) -> dict[str, float]:
 
 
 def edge_rates(args, chosen: dict[str, float], path: Path) -> dict[str, float]:
-    """{setting: the next rate to try}, for each setting of this call whose chosen rate is the smallest or the
-    largest it has tried (a diverged rate counts as tried): one grid step beyond it, the ratio to its neighbour,
-    to one significant digit."""
+    """{setting: the next rate to try} where the chosen rate is the smallest or largest tried (diverged counts):
+    one step beyond it at the ratio to its neighbour, to one significant digit."""
     scores = json.loads(path.read_text())["scores"] if path.is_file() else {}
     out = {}
     for name, _, _ in settings(args, "", select_rounds(args)):
@@ -310,8 +290,7 @@ def smoke(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- running
 def base_job_of(out: Path) -> jobs.Job:
-    """The pretrained base (``pretrain.py``): done when its cached base.pt exists (its path is known before it is
-    trained: the cache key of its settings)."""
+    """The pretrained base (``pretrain.py``), done when base.pt exists at its settings' cache key."""
     argv = [*BASE, "--cache-dir", str(out / "base_cache")]
     key = pretrain.cache_key(pretrain.base_settings(argv)[1])
     return jobs.Job("base", "vit_sparse_fl.pretrain", argv, output=out / "base_cache" / key / "base.pt",
@@ -319,14 +298,11 @@ def base_job_of(out: Path) -> jobs.Job:
 
 
 def jobs_of(base: jobs.Job | None, runs: list[dict], folder: Path) -> list[jobs.Job]:
-    """The base (none for --text), then every run (those fine-tuning the base wait for it; the others start while
-    it trains)."""
-    grid = [base] if base else []
-    for run in runs:
-        after = ("base",) if base and str(base.output) in run["argv"] else ()
-        grid.append(jobs.Job(run["name"], SCRIPTS[run["script"]],
-                             [*run["argv"], "--out-dir", str(folder), "--run-name", run["name"]], after=after))
-    return grid
+    """The base (none for --text), then every run (those fine-tuning the base wait for it)."""
+    return ([base] if base else []) + [jobs.Job(run["name"], SCRIPTS[run["script"]],
+                                                [*run["argv"], "--out-dir", str(folder), "--run-name", run["name"]],
+                                                after=("base",) if base and str(base.output) in run["argv"] else ())
+                                       for run in runs]
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -352,12 +328,11 @@ def cell(runs: list[dict], key: str = "test_accuracy") -> str:
 
 
 def plateau(runs: list[dict]) -> str:
-    ok = [r["summary"].get("plateau_reached") for r in runs]
-    return f"{sum(1 for v in ok if v)}/{len(ok)}" if runs else "–"
+    return f"{sum(bool(r['summary'].get('plateau_reached')) for r in runs)}/{len(runs)}" if runs else "–"
 
 
 def rate(runs: list[dict]) -> str:
-    """The learning rate of a cell's runs (one per setting; several would say so)."""
+    """The learning rate(s) of a cell's runs."""
     return "/".join(sorted({f"{r['args']['lr']:g}" for r in runs})) or "–"
 
 
@@ -369,8 +344,8 @@ def compute(runs: list[dict]) -> str:
 
 
 def skew_table(g: dict[str, list[dict]], d: Design) -> list[str]:
-    """What skew costs each arm: its test accuracy on each non-IID shard minus on IID shards (paired by seed), and
-    that loss minus dense FedAvg's (positive: the arm loses less to skew); one Holm family."""
+    """Each arm's accuracy on each skewed shard minus on IID (paired by seed), and that minus dense's; one Holm
+    family."""
     arms = {"dense FedAvg": "fedavg_{}", "probe: head": "probe_{}_head",
             **{f"{s}, s = {sp:g}": f"sparse_{{}}_s{sp:g}_{s}" for sp, s in TEXT_MASKS}}
     skewed = [shard for shard in d.shards if shard != "iid"]
@@ -471,8 +446,8 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
 
 
 def saved_sessions(path: Path) -> list[dict]:
-    """The training invocations recorded in an earlier results.json (a file from before they were recorded
-    holds one wall time: it becomes one session of unknown size)."""
+    """The training invocations recorded in an earlier results.json (an older file's one wall time becomes one
+    session of unknown size)."""
     if not path.is_file():
         return []
     saved = json.loads(path.read_text())
@@ -505,37 +480,34 @@ def main(argv=None) -> dict:
     if args.table_only and (out / "selection").is_dir():
         choose(args, out, base)                                 # selection.json from the selection runs
     if not args.table_only:
-        run = dict(parallel=args.jobs, threads=args.threads, log_dir=out / "logs")
+        def train(runs: list[dict], folder: Path, stage: str) -> int:
+            """Runs ``runs`` into ``folder``; how many trained."""
+            outcome = jobs.run_plan(jobs_of(base_job, runs, folder), title=f"{design(args).name} suite: {stage}",
+                                    parallel=args.jobs, threads=args.threads, log_dir=out / "logs")
+            return len(outcome.names("finished", "diverged", "failed"))
+
         trained = 0
         rates = {name: args.lr for name, _, _ in settings(args, base, args.rounds)} if args.lr else None
         if rates is None:
-            first = jobs.run_plan(jobs_of(base_job, plan(args, base), out / "selection"),
-                                  title=f"{design(args).name} suite: learning-rate selection", **run)
-            trained += len(first.names("finished", "diverged", "failed"))
+            trained += train(plan(args, base), out / "selection", "learning-rate selection")
             rates = choose(args, out, base)
             for step in range(design(args).edge_steps):         # a rate at the grid's edge: one step beyond
                 extra = edge_rates(args, rates, out / "selection.json")
                 if not extra:
                     break
-                more = jobs.run_plan(jobs_of(base_job, plan(args, base, extra=extra), out / "selection"),
-                                     title=f"{design(args).name} suite: rates beyond the grid's edge ({step + 1})",
-                                     **run)
-                trained += len(more.names("finished", "diverged", "failed"))
+                trained += train(plan(args, base, extra=extra), out / "selection",
+                                 f"rates beyond the grid's edge ({step + 1})")
                 rates = choose(args, out, base)
         missing = [name for name, _, _ in settings(args, base, args.rounds) if name not in rates]
         if missing:
             print(f"stopped after the selection stage: no finished selection run for {', '.join(missing)} "
                   f"(logs in {out / 'logs'})")
         else:
-            outcome = jobs.run_plan(jobs_of(base_job, plan(args, base, rates), out),
-                                    title=f"{design(args).name} suite: reported runs", **run)
-            trained += len(outcome.names("finished", "diverged", "failed"))
+            trained += train(plan(args, base, rates), out, "reported runs")
         sessions.append({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs_trained": trained,
                          "only": args.only, "wall_seconds": time.perf_counter() - t0})
     text, record = make_table(args, out, base)
-    # derived from the run directories, so rewritten on every call; every invocation that trained is kept in
-    # results.json, so a suite finished in parts (--only, interrupted) keeps each part's wall time, and
-    # --table-only changes none of them
+    # rewritten from the run directories on every call; results.json keeps every invocation that trained
     atomic_write_text(out / "results.md", text)
     atomic_write_json(out / "results.json", {"base": base, "num_runs": args.num_runs, "rounds": args.rounds,
                                              "design": dataclasses.asdict(design(args)), "sessions": sessions,

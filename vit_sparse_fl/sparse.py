@@ -1,17 +1,11 @@
 """Sparse fine-tuning: masks from Fisher scores, magnitudes or at random, and the SparseSGDM optimizer.
 
-Mask convention: a bool tensor per parameter, ``True`` = trainable. ``sparsity`` s is the share of the
-masked (backbone) coordinates that are frozen, so a mask has density exactly 1 - s (ties are broken by
-position, never by letting more coordinates through). The classifier head is never masked.
-
-Strategies (scores are ranked over ALL masked tensors together: one global threshold):
-  least_sensitive   train the coordinates with the SMALLEST Fisher scores (TaLoS, Iurada et al. 2025)
-  most_sensitive    train the LARGEST Fisher scores
-  lowest_magnitude / highest_magnitude   |theta| of the pre-trained weights
-  random            uniform, from a seeded generator
-Fisher strategies are calibrated over R rounds with the exponential keep schedule
-k_r = (1 - s)^((r + 1) / R): each round rescores (fresh sampled labels) and keeps the k_r share among the
-coordinates still eligible, so the mask shrinks monotonically to exactly 1 - s.
+A mask is a bool tensor per parameter, ``True`` = trainable, of density exactly 1 - s over the masked (backbone)
+coordinates (ties broken by position); the classifier head is never masked. Scores are ranked over all masked
+tensors together (one global threshold): least_sensitive trains the smallest Fisher scores (TaLoS, Iurada et al.
+2025), most_sensitive the largest, lowest/highest_magnitude rank |theta|, random is uniform. Fisher strategies
+calibrate over R rounds, each rescoring and keeping the k_r = (1 - s)^((r + 1) / R) share of the coordinates
+still eligible.
 """
 from __future__ import annotations
 
@@ -54,11 +48,9 @@ def compute_masks(params: Sequence[torch.Tensor], strategy: str, sparsity: float
                   threshold: str = "exact") -> list[torch.Tensor]:
     """Masks (True = trainable) for ``params``, density exactly 1 - ``sparsity`` over all of them.
 
-    ``fisher_fn(r, masks)`` returns the Fisher scores for calibration round ``r`` (needed for the two
-    *_sensitive strategies); ``masks`` is the current mask, for callers that want to score the masked model.
-    ``threshold``: 'exact' keeps exactly the scheduled count each round (ties broken by position);
-    'kthvalue' is TaLoS's rule (``talos.kthvalue_select``: ties at the threshold are kept, so the density
-    of the *_sensitive masks can exceed 1 - s).
+    ``fisher_fn(r, masks)``: the scores of calibration round ``r`` given the current masks (*_sensitive only).
+    ``threshold``: 'exact' keeps exactly the scheduled count (ties broken by position); 'kthvalue' is TaLoS's
+    rule (``talos.kthvalue_select``: ties kept, so the density can exceed 1 - s).
     """
     if threshold not in ("exact", "kthvalue"):
         raise ValueError(f"threshold must be 'exact' or 'kthvalue', got {threshold!r}")
@@ -94,13 +86,9 @@ def density(masks: Sequence[torch.Tensor]) -> float:
 
 
 class SparseSGDM(torch.optim.Optimizer):
-    """SGD with momentum whose update touches only the coordinates where ``mask`` is True.
-
-    Same arithmetic as ``torch.optim.SGD`` (weight decay added to the gradient, momentum buffer
-    ``b = mu*b + (1 - dampening)*g``, optional Nesterov), but gradient, weight decay and momentum buffer
-    are zero off the mask and the write-back is a ``torch.where``, so masked coordinates keep their exact
-    bits (no -0.0 / NaN leaks). With an all-True mask it reproduces ``torch.optim.SGD`` exactly.
-    ``masks``: one bool tensor per parameter in ``params`` order, or None for a dense parameter.
+    """``torch.optim.SGD``'s arithmetic (exactly, with an all-True mask), updating only where ``mask`` is True:
+    gradient, weight decay and momentum buffer are zero off the mask and the write-back is a ``torch.where``,
+    so masked coordinates keep their exact bits. ``masks``: per parameter, a bool tensor or None (dense).
     """
 
     def __init__(self, params, masks: Sequence[torch.Tensor | None], lr: float, momentum: float = 0.0,
@@ -120,10 +108,7 @@ class SparseSGDM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """One step with ``torch.optim.SGD``'s arithmetic, done as ``torch._foreach_*`` calls over the
-        group's tensors (per tensor, the same elementwise ops as a loop of single-tensor ops, without its
-        per-op overhead). Off the mask, the decayed gradient is selected to +0 (so is the momentum buffer)
-        and the write-back selects the old value."""
+        """One step as ``torch._foreach_*`` calls over each group's tensors (the same elementwise ops)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -1,11 +1,8 @@
 """TaLoS's own mask calibration (Iurada et al. 2025, iurada/talos-task-arithmetic, vision/pruners.py and
 vision/prune_finetune.py), as an alternative to the true-Fisher score of ``common.fisher``.
 
-It reproduces the official score (the squared gradient of the *sampled logit* z_y, not of log softmax), the
-rescoring of a model whose not-kept weights are scaled by 0.1, and the kthvalue threshold that keeps ties;
-vit_sparse_fl/README.md ("Sensitivity scores") gives the details and how they differ from ``--fisher-score
-fisher``. The least-sensitive mask keeps the smallest scores; most_sensitive the largest, by the same rule on
-the negated scores.
+The official score (squared gradient of the *sampled logit* z_y), rescored on the model with not-kept weights
+scaled by 0.1, and the kthvalue threshold that keeps ties; vit_sparse_fl/README.md ("Sensitivity scores").
 """
 from __future__ import annotations
 
@@ -28,10 +25,9 @@ def _sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Te
 def talos_scores(model: nn.Module, batches: Iterable, params: Sequence[torch.Tensor],
                  masks: Sequence[torch.Tensor | None] | None = None, *, generator: torch.Generator | None = None,
                  chunk_size: int = 16) -> list[torch.Tensor]:
-    """Sum over the images of ``batches`` ((inputs, anything) pairs) of (d z_y / d theta)^2 for each of
-    ``params``, y sampled from the model, on the model whose coordinates with ``masks`` False are scaled by
-    0.1 (the weights are restored bit-for-bit afterwards). Float32 tensors in ``params`` order; the model
-    runs in eval mode (no dropout). ``model(inputs)`` must return logits [B, C]."""
+    """Float32 sum over the images of ``batches`` ((inputs, anything) pairs) of (d z_y / d theta)^2 for each
+    of ``params``, y sampled from the model, in eval mode, with the coordinates where ``masks`` is False scaled by
+    0.1 (restored bit-for-bit afterwards). ``model(inputs)`` returns logits [B, C]."""
     params = list(params)
     names_by_id = {id(p): n for n, p in model.named_parameters()}
     names = [names_by_id[id(p)] for p in params]
@@ -71,9 +67,8 @@ def talos_scores(model: nn.Module, batches: Iterable, params: Sequence[torch.Ten
 @torch.no_grad()
 def kthvalue_select(scores: Sequence[torch.Tensor], keep_share: float, eligible: Sequence[torch.Tensor],
                     largest: bool = False) -> list[torch.Tensor]:
-    """The official threshold: keep the eligible coordinates whose score is <= the k-th smallest eligible
-    score, k = min(int(keep_share * N), n_eligible - 1) with N all coordinates (ties at the threshold
-    are all kept). ``largest``: the same on the negated scores (keeps the largest)."""
+    """The official threshold: keep the eligible coordinates scoring <= the k-th smallest eligible score, k =
+    min(int(keep_share * N), n_eligible - 1), N all coordinates (ties kept); ``largest``: on negated scores."""
     flat = torch.cat([s.reshape(-1).float() for s in scores])
     if largest:
         flat = -flat

@@ -1,10 +1,8 @@
-"""Text classification on the sparse fine-tuning path of the ViT: a pretrained Hugging Face encoder (all-MiniLM-L6-v2
-of the optional ``pretrained`` extra, or any BERT-style folder) with mean pooling and a linear head, on the AG News
-CSV files (class index, title, description; classes 1..4).
+"""Text classification on the ViT's sparse fine-tuning path: a pretrained Hugging Face encoder (all-MiniLM-L6-v2 of
+the ``pretrained`` extra, or any BERT-style folder) with mean pooling and a linear head, on AG News CSV files.
 
-Token ids (int64 [N, --max-length], padded) take the place of the images in ``data.Split`` and ``data.augment``
-passes them through, so the round loop, local steps, evaluation, Fisher / TaLoS scores, masks, probes and the
-interference measure are the ViT's code: ``--arch encoder --weights minilm --data ag_news --data-dir DIR``.
+Token ids (int64 [N, --max-length]) take the place of the images in ``data.Split`` (``data.augment`` passes them
+through), so everything else is the ViT's code: ``--arch encoder --weights minilm --data ag_news --data-dir DIR``.
 """
 from __future__ import annotations
 
@@ -23,8 +21,7 @@ HEAD_FILE, META_FILE = "head.safetensors", "fedlab_text.json"
 
 
 def model_folder(weights: str) -> Path:
-    """The encoder folder of ``--weights``: a packaged name (``minilm``), a Hugging Face folder, or a run's
-    ``<run>/model`` written by ``save``."""
+    """The encoder folder of ``--weights``: a packaged name (``minilm``), a Hugging Face folder or a run's model."""
     folder = pretrained.folder(weights, f"--weights {weights}")
     cli.check((folder / "config.json").is_file(), f"--weights {weights}: {folder} holds no config.json; --arch "
                                                   f"encoder needs a Hugging Face encoder folder or one of "
@@ -38,10 +35,8 @@ def tokenizer(weights: str):
 
 
 class TextClassifier(nn.Module):
-    """Encoder -> mean over the non-padding tokens -> dropout -> linear head (``head.*``, never masked).
-
-    The forward pass builds the additive attention mask itself and runs the embeddings and the encoder layers
-    directly, so per-example gradients (``torch.func.vmap``) see no data-dependent branch."""
+    """Encoder -> mean over the non-padding tokens -> dropout -> linear head (``head.*``, never masked). The
+    forward builds the attention mask itself, so ``torch.func.vmap`` sees no data-dependent branch."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, head_dropout: float, pad_id: int):
         super().__init__()
@@ -76,8 +71,7 @@ class TextClassifier(nn.Module):
 
 
 def _encoder(folder: Path) -> nn.Module:
-    """``AutoModel`` of ``folder`` without its pooler: unused (mean pooling), it would get no gradient and a zero
-    score in every mask."""
+    """``AutoModel`` of ``folder`` without its unused pooler (it would score zero in every mask)."""
     from transformers import AutoModel
     encoder = AutoModel.from_pretrained(folder, attn_implementation="sdpa")
     if getattr(encoder, "pooler", None) is not None:
@@ -93,9 +87,8 @@ def build(weights: str, num_classes: int, head_dropout: float) -> tuple[TextClas
 
 
 def save(model: TextClassifier, run_path, *, weights: str, info: dict | None = None, name: str = "model") -> Path:
-    """``<run_path>/<name>/``: the encoder as a Hugging Face folder (``AutoModel.from_pretrained`` reads it; so
-    does ``--weights`` of another run) with its tokenizer, plus ``head.safetensors`` and ``fedlab_text.json``
-    (classes, pooling, padding id); ``load`` rebuilds the classifier."""
+    """``<run_path>/<name>/``: the encoder's Hugging Face folder with its tokenizer, plus ``head.safetensors`` and
+    ``fedlab_text.json``; ``load`` rebuilds the classifier."""
     from safetensors.torch import save_file
 
     folder = Path(run_path) / name
@@ -121,8 +114,7 @@ def load(folder) -> TextClassifier:
 
 # ----------------------------------------------------------------------------------------------------- data
 def read_csv(path: Path) -> tuple[list[str], torch.Tensor]:
-    """(texts, labels 0..C-1) of an AG News CSV: rows of class index (1..C), title, description; the
-    description's backslashes (escaped newlines) become spaces."""
+    """(texts, labels 0..C-1) of an AG News CSV (class index 1..C, title, description; backslashes: spaces)."""
     texts, labels = [], []
     with open(path, newline="", encoding="utf-8") as f:
         for i, row in enumerate(csv.reader(f)):
@@ -143,9 +135,8 @@ def csv_files(data_dir) -> list[Path]:
 
 
 def read_splits(args) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """((ids, labels) of the training pool, (ids, labels) of the test split). With only test.csv (the copy this
-    project ships beside it), a seeded quarter of it (``--max-test`` rows when given) is the test split and the
-    rest the training pool, split by ``--split-seed``; with train.csv too, the official split."""
+    """((ids, labels) of the training pool, of the test split): the official split with train.csv, else test.csv
+    split by ``--split-seed`` (a quarter, or ``--max-test`` rows, for testing)."""
     files = csv_files(args.data_dir)
     tok = tokenizer(args.weights)
 
@@ -154,8 +145,7 @@ def read_splits(args) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Te
                    return_tensors="pt")["input_ids"].long()
 
     if len(files) == 2:
-        (a, la), (b, lb) = read_csv(files[0]), read_csv(files[1])
-        return (encode(a), la), (encode(b), lb)
+        return tuple((encode(texts), labels) for texts, labels in map(read_csv, files))
     texts, labels = read_csv(files[0])
     perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(args.split_seed))
     n_test = args.max_test or len(texts) // 4

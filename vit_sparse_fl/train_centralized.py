@@ -3,12 +3,9 @@
     python vit_sparse_fl/train_centralized.py --quick
     python vit_sparse_fl/train_centralized.py --data cifar100 --data-dir data --weights dino --epochs 50
 
-SGD with momentum and weight decay, a per-step schedule of linear warmup for --warmup-epochs then cosine
-decay, label smoothing, early stopping when validation accuracy has not improved for --patience epochs,
-and a checkpoint manager: <run dir>/checkpoint.pt is the latest full state (for --resume), and the best
---keep-best models by validation accuracy are kept as best_epochNNN.pt (older ones pruned).
-Batches, augmentation and dropout of epoch e draw from streams keyed by (seed, e), so --resume
-reproduces the uninterrupted run.
+SGD with momentum, linear warmup then cosine decay per step, label smoothing, early stopping after --patience
+epochs without a better validation accuracy; checkpoint.pt for --resume (epoch e draws from streams keyed by
+(seed, e), so it reproduces the uninterrupted run) and the --keep-best best models as best_epochNNN.pt.
 """
 from __future__ import annotations
 
@@ -69,7 +66,6 @@ def main(argv=None) -> dict:
               f"with --epochs {args.epochs}")
     cli.check(args.min_lr <= args.lr, f"--min-lr must be in [0, --lr], got {args.min_lr}")
 
-    # ---------------------------------------------------------------- data, model, run directory
     seeding.seed_everything(args.seed)
     device = cli.resolve_device(args.device)
     train, val, test, num_classes = cifar.load_cifar100(args, device)
@@ -98,7 +94,6 @@ def main(argv=None) -> dict:
         start, best_acc, stale, best = state["epoch"], state["best_acc"], state["stale"], state["best"]
         seeding.set_rng_state(state["rng"])
 
-    # ---------------------------------------------------------------- epochs
     bar = tqdm(range(start, epochs), disable=args.quiet, desc="centralized", dynamic_ncols=True)
     stopped_early = False
     for epoch in bar:
@@ -133,7 +128,6 @@ def main(argv=None) -> dict:
             stopped_early = True
             break
 
-    # ---------------------------------------------------------------- test with the best model
     rows = run.rows()
     final_test = exp.evaluate(fwd, test, args, device)
     exp.save_model(model, run.path, args,  # the final model

@@ -6,15 +6,11 @@
     python vit_sparse_fl/train_federated.py --quick --heterogeneity-experiment --nc-values 1 5 10 50
     python vit_sparse_fl/train_federated.py --quick --local-steps-experiment --j-values 4 8 16
 
-Every round: sample m = max(1, round(C*K)) clients without replacement from the stream keyed by
-(seed, round); each starts from the current global model (loaded in place into the one model object),
-takes J SGD-momentum steps on its own shard, and the server sets theta <- sum_k n_k theta_k / sum_k n_k.
-The learning rate follows a cosine over rounds. Every random draw of a client (batches, augmentation,
-dropout) is keyed by (seed, round, client), so --resume reproduces the uninterrupted run exactly.
-The sweeps keep every value's run directory and summary (the source kept only the last value).
-
-Under ``torchrun`` each rank trains its share of the round's clients (the README's "Distributed simulation");
-``--compile`` compiles the forward pass used by training and evaluation (``common.compiled``).
+Every round m = max(1, round(C*K)) sampled clients each take J SGD-momentum steps from the global model on their
+own shards and the server sets theta <- sum_k n_k theta_k / sum_k n_k; cosine learning rate over rounds. Every
+random draw is keyed by (seed, round, client), so --resume reproduces the uninterrupted run exactly. The sweeps
+keep every value's run (the source kept only the last). Under ``torchrun`` each rank trains its share of the
+clients; ``--compile`` compiles the forward pass (``common.compiled``).
 """
 from __future__ import annotations
 
@@ -56,12 +52,11 @@ def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
                    help="one run per --j-values, rounds scaled so that rounds x J stays constant")
     g.add_argument("--j-values", type=flags.POSITIVE_INT, nargs="+", default=[4, 8, 16], help="J values of the sweep")
     g.add_argument("--head-warmup", type=flags.COUNT, default=0,
-                   help="federated rounds that train only the head before the main rounds (0: none); with a "
-                        "pretrained backbone and a new head, the sparse runs then score a trained head")
+                   help="federated rounds that train only the head before the main rounds (0: none), so the "
+                        "sparse runs score a trained head")
     g.add_argument("--interference-window", type=flags.Number(float, 0.0, 1.0), default=0.0,
-                   help="share of the final rounds in which every evaluation round also measures "
-                        "interference: each client's test accuracy on its own classes with its local model "
-                        "minus that of the aggregated model (0: off)")
+                   help="share of the final rounds whose evaluations also measure interference: a client's own-"
+                        "class test accuracy, its local model minus the aggregate (0: off)")
     g.add_argument("--interference-images", type=flags.COUNT, default=400,
                    help="at most this many test images of each client's own classes score interference "
                         "(the first ones in test-set order; 0: all)")
@@ -84,7 +79,7 @@ def finish_args(args) -> None:
 def default_run_name(args, prefix: str = "fedavg", *, shard: str | None = None, steps: str | None = None,
                      seed: bool = True) -> str:
     """<prefix>[_<data>]_<shard>_J<steps>_R<rounds>_lr<lr>_seed<seed>; ``shard`` / ``steps`` replace the run's own
-    tags (a sweep's index names its swept values), ``seed=False`` leaves the seed out."""
+    tags, ``seed=False`` leaves the seed out."""
     shard = shard or ("iid" if args.sharding == "iid" else f"noniid_nc{args.nc}")
     data = "" if args.data == "synthetic" else f"_{args.data}"  # the embedded data keeps the short name
     name = (f"{prefix}{data}_{shard}_J{steps or args.local_steps}_R{args.rounds}_lr{args.lr:g}"
@@ -93,8 +88,7 @@ def default_run_name(args, prefix: str = "fedavg", *, shard: str | None = None, 
 
 
 def sweep_file_name(args, prefix: str, kind: str) -> str:
-    """The sweep's index file, named like its runs with the swept values in place of the one value, so a sweep
-    with other settings (rounds, lr, values) writes its own file instead of overwriting another's."""
+    """The sweep's index file: named like its runs with the swept values in place of the one value."""
     swept = ({"shard": f"noniid_nc{'-'.join(map(str, args.nc_values))}"} if kind == "heterogeneity"
              else {"steps": "-".join(map(str, args.j_values))})
     return f"{default_run_name(args, prefix, seed=False, **swept)}_{kind}_experiment_seed{args.seed}.json"
@@ -132,8 +126,7 @@ def setup(args) -> dict:
 
 
 def untrained(params: list[torch.Tensor], masks: list[torch.Tensor | None] | None) -> list[torch.Tensor]:
-    """The parameters whose mask is all False: none of their coordinates trains (the backbone in the head
-    warm-up)."""
+    """The parameters whose mask is all False (the backbone in the head warm-up)."""
     some = [(p, m) for p, m in zip(params, masks or []) if m is not None and p.requires_grad]
     if not some:
         return []
@@ -145,9 +138,8 @@ def untrained(params: list[torch.Tensor], masks: list[torch.Tensor | None] | Non
 
 @contextlib.contextmanager
 def no_grad_for(frozen: list[torch.Tensor]):
-    """``frozen`` take no gradient inside the block, so backward skips them (the head warm-up back-propagates
-    through the head alone). Their forward is the same, and SparseSGDM leaves a parameter without a gradient
-    exactly as it leaves one whose mask is all False: the results do not change."""
+    """``frozen`` take no gradient inside the block, so backward skips them; SparseSGDM leaves a parameter
+    without a gradient exactly as one whose mask is all False, so the results do not change."""
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -158,9 +150,8 @@ def no_grad_for(frozen: list[torch.Tensor]):
 
 
 class VitTask(engine.Task):
-    """Rounds of federated fine-tuning for ``common.engine``: client k takes J SGD-momentum steps (SparseSGDM
-    on ``masks``: True = trainable, None = dense) from its own streams keyed (seed, round, k, ``purpose``);
-    the aggregate is written back only on the mask, so frozen coordinates keep their bits. With ``rd``
+    """Federated fine-tuning for ``common.engine``: client k takes J SGD-momentum steps (SparseSGDM on ``masks``)
+    from streams keyed (seed, round, k, ``purpose``); the aggregate is written back only on the mask. With ``rd``
     (the main rounds): cosine learning rate, evaluation, interference and best-accuracy tracking."""
 
     def __init__(self, ctx: dict, masks=None, purpose: str = "round", rounds: int | None = None, rd=None):
@@ -241,8 +232,8 @@ class VitTask(engine.Task):
 
 def plain_rounds(ctx: dict, global_params: list[torch.Tensor], masks=None, rounds: int = 1, purpose: str = "round",
                  start: int = 0) -> dict:
-    """Rounds ``start``..``rounds - 1`` of plain FedAvg on ``global_params`` (updated in place) at the peak lr,
-    without a run directory (the head warm-up; tests and benchmarks). Returns the engine's timing."""
+    """Rounds ``start``..``rounds - 1`` of plain FedAvg on ``global_params`` (in place) at the peak lr, without a
+    run directory; the engine's timing."""
     P.load_(ctx["params"], global_params)
     task = VitTask(ctx, masks, purpose=purpose, rounds=rounds)
     plain = engine.namespace_defaults(client_opt_state="reset")  # the shared algorithm flags at plain FedAvg
@@ -253,8 +244,7 @@ def plain_rounds(ctx: dict, global_params: list[torch.Tensor], masks=None, round
 
 
 def head_warmup(ctx: dict, global_params: list[torch.Tensor]) -> None:
-    """--head-warmup rounds in which only the head moves (the backbone mask is all False), with their own
-    client and batch streams."""
+    """--head-warmup rounds in which only the head moves, with their own client and batch streams."""
     if ctx["args"].head_warmup:
         head_only = [None if n.startswith("head.") else torch.zeros_like(p, dtype=torch.bool)
                      for n, p in zip(ctx["names"], ctx["params"])]
@@ -263,8 +253,7 @@ def head_warmup(ctx: dict, global_params: list[torch.Tensor]) -> None:
 
 def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | None = None,
              prefix: str = "fedavg", kind: str = "vit_sparse_fl/train_federated", warmed: bool = False) -> dict:
-    """Run the rounds into the run directory and return the summary (every FedAvg variant's).
-    ``warmed``: the caller already ran --head-warmup on the model (the sparse script, before its masks)."""
+    """Run the rounds into the run directory; the summary. ``warmed``: the caller already ran --head-warmup."""
     ctx = ctx or setup(args)
     params, device = ctx["params"], ctx["device"]
     main_rank = D.is_main()

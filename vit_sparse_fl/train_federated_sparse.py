@@ -5,14 +5,11 @@
     python vit_sparse_fl/train_federated_sparse.py --data cifar100 --data-dir data --weights dino \\
         --sparsity-ratio 0.9 --mask-strategy least_sensitive --calibration-rounds 5 --rounds 300
 
-Before round 1 the server builds one global mask over the backbone (TaLoS, Iurada et al. 2025):
-each client scores its parameters with the diagonal Fisher on its own data (per-example gradients,
-labels sampled from the model by default), the server averages the scores weighted by sample count,
-and over --calibration-rounds rounds keeps the k_r = (1 - s)^((r+1)/R) share of still-eligible
-coordinates under one global threshold. The classifier head is never masked; --head-warmup trains it
-alone for a few federated rounds first, so the Fisher scores are not those of a random head.
-Then train_federated's round loop runs with SparseSGDM: masked coordinates stay bit-for-bit unchanged
-on every client and in the aggregate (the source computed masks but trained densely).
+Before round 1 the server builds one global mask over the backbone (TaLoS, Iurada et al. 2025): the clients'
+Fisher scores on their own data, averaged by sample count, over --calibration-rounds rounds keeping the
+k_r = (1 - s)^((r+1)/R) share of still-eligible coordinates (``sparse.compute_masks``). The head is never masked;
+--head-warmup trains it alone first, so the scores are not those of a random head. Then train_federated's rounds
+run with SparseSGDM: masked coordinates stay bit-for-bit unchanged (the source computed masks but trained densely).
 """
 from __future__ import annotations
 
@@ -38,11 +35,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.description = __doc__.split("\n\n")[0]
     g = parser.add_argument_group("sparse fine-tuning")
     g.add_argument("--sparsity-ratio", type=exp.UNIT, default=0.9,
-                   help="share s of backbone coordinates frozen (density 1 - s); "
-                        "raise for fewer updated weights")
+                   help="share s of backbone coordinates frozen (density 1 - s)")
     g.add_argument("--mask-strategy", default="least_sensitive", choices=list(sparse.STRATEGIES),
-                   help="which coordinates are trained: Fisher-ranked (least/most sensitive), "
-                        "by |weight|, or random")
+                   help="which coordinates train: Fisher-ranked (least/most sensitive), by |weight|, or random")
     g.add_argument("--calibration-rounds", type=flags.POSITIVE_INT, default=5,
                    help="R: mask calibration rounds with keep share k_r = (1-s)^((r+1)/R)")
     parser.presets["quick"]["calibration_rounds"] = 3
@@ -52,15 +47,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="--fisher-score fisher only. sampled: y drawn from the model (the true Fisher); "
                         "true: the ground-truth labels (the empirical Fisher)")
     g.add_argument("--fisher-score", default="fisher", choices=["fisher", "talos"],
-                   help="fisher: mean squared per-example gradient of -log softmax at sampled (or true) "
-                        "labels on the unchanged model, exact-count threshold; talos: the official TaLoS "
-                        "code: squared gradient of the sampled logit summed over images, rescored on the "
-                        "model with not-kept weights times 0.1, kthvalue threshold keeping ties "
-                        "(vit_sparse_fl/talos.py)")
+                   help="fisher: mean squared per-example gradient of -log softmax at sampled (or true) labels, "
+                        "exact-count threshold; talos: the official TaLoS score (vit_sparse_fl/talos.py): squared "
+                        "gradient of the sampled logit, not-kept weights x 0.1, kthvalue threshold keeping ties")
     g.add_argument("--mask-embeddings", action="store_true",
-                   help="let the masks reach a text encoder's embedding tables (word, position, token type); by "
-                        "default they stay frozen, as in TaLoS's NLP code: a row of a token the calibration texts "
-                        "never contain scores exactly 0, so a least-sensitive mask would be made of those rows")
+                   help="let the masks reach a text encoder's embedding tables; by default they stay frozen, as in "
+                        "TaLoS's NLP code (rows of tokens the calibration texts lack score 0: least-sensitive picks)")
     g.add_argument("--compare-strategies", action="store_true", help="one run per mask strategy")
     return parser
 
@@ -70,28 +62,23 @@ EMBEDDING_TABLES = ("embeddings.word_embeddings.", "embeddings.position_embeddin
 
 
 def frozen_tables(ctx) -> set[str]:
-    """A text encoder's embedding tables, frozen and never scored unless --mask-embeddings (the ViT has none)."""
+    """A text encoder's embedding tables, frozen and never scored unless --mask-embeddings."""
     if ctx["args"].mask_embeddings:
         return set()
     return {n for n in ctx["names"] if any(table in n for table in EMBEDDING_TABLES)}
 
 
 def backbone_split(ctx) -> tuple[list[str], list[torch.Tensor]]:
-    """Names and parameters that get a mask: every trainable backbone tensor (the head and the frozen embedding
-    tables are excluded)."""
+    """Names and parameters that get a mask: the trainable backbone but the frozen embedding tables."""
     frozen = frozen_tables(ctx)
     pairs = [(n, p) for n, p in zip(ctx["names"], ctx["params"]) if not n.startswith("head.") and n not in frozen]
     return [n for n, _ in pairs], [p for _, p in pairs]
 
 
 def fisher_scores(ctx, global_params, round_idx: int, masks=None) -> list[torch.Tensor]:
-    """Sample-weighted mean over ALL clients of each client's diagonal Fisher on its own data; with
-    --fisher-score talos, the sum over every client's calibration images of TaLoS's score (squared
-    gradient of the sampled logit) on the model whose not-kept coordinates (``masks`` False) are x 0.1.
-
-    Under torchrun each rank scores its share of the clients (balanced by shard size) and the weighted
-    Fisher sums are all-reduced, so every rank holds the same scores and builds the same mask.
-    """
+    """Sample-weighted mean over all clients of each one's diagonal Fisher on its own data; --fisher-score talos:
+    TaLoS's score (``talos.talos_scores`` with ``masks``) summed over every client's calibration images. Under
+    torchrun each rank scores its share of the clients and the sums are all-reduced."""
     args, model, device = ctx["args"], ctx["model"], ctx["device"]
     _, targets = backbone_split(ctx)
     P.load_(ctx["params"], global_params)
@@ -117,27 +104,21 @@ def fisher_scores(ctx, global_params, round_idx: int, masks=None) -> list[torch.
 
 
 def build_masks(ctx, global_params) -> tuple[list[torch.Tensor | None], int]:
-    """One mask per trainable parameter (None for the head, all False for a frozen embedding table), density
-    exactly 1 - s over the masked backbone; and the
-    calibration's sample gradients (one per image scored, every client, every scoring round; 0 for the
-    strategies that score nothing)."""
+    """(one mask per trainable parameter: None for the head, all False for a frozen embedding table; the
+    calibration's sample gradients: one per image scored, every client, every scoring round)."""
     args = ctx["args"]
     names, targets = backbone_split(ctx)
     gen = torch.Generator(device=ctx["device"]).manual_seed(seeding.stream_seed(args.seed, "random_mask"))
-    calls = []
-
-    def scores(r, m):
-        calls.append(r)
-        return fisher_scores(ctx, global_params, r, m)
-
-    masks = sparse.compute_masks(targets, args.mask_strategy, args.sparsity_ratio, fisher_fn=scores,
+    masks = sparse.compute_masks(targets, args.mask_strategy, args.sparsity_ratio,
+                                 fisher_fn=lambda r, m: fisher_scores(ctx, global_params, r, m),
                                  rounds=args.calibration_rounds, generator=gen,
                                  threshold="kthvalue" if args.fisher_score == "talos" else "exact")
     by_name = dict(zip(names, masks))
     by_name |= {n: torch.zeros_like(p, dtype=torch.bool) for n, p in zip(ctx["names"], ctx["params"])
                 if n in frozen_tables(ctx)}
+    scored = args.calibration_rounds if args.mask_strategy.endswith("_sensitive") else 0  # compute_masks' calls
     per_call = sum(args.calibration_batches * min(args.batch_size, len(s)) for s in ctx["shards"])
-    return [by_name.get(n) for n in ctx["names"]], len(calls) * per_call
+    return [by_name.get(n) for n in ctx["names"]], scored * per_call
 
 
 def run_sparse(args) -> dict:

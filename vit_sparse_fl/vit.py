@@ -1,24 +1,19 @@
 """Vision Transformer with DINO's parameter names, plus a classification head.
 
-The backbone's ``state_dict`` keys are exactly those of facebookresearch/dino ``vision_transformer.py``
-(``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.{i}.norm1/attn.qkv/attn.proj/norm2/mlp.fc1/
-mlp.fc2``, ``norm.*``), so the official ``dino_deitsmall16_pretrain.pth`` loads with ``strict=True``.
-As in DINO, the positional embedding is stored for the pre-training grid (224 px / 16 = 14x14 patches) and
-bicubically interpolated at forward time for other image sizes (160 px, 32 px), so the checkpoint never
-has to be edited.
+The backbone's ``state_dict`` keys are those of facebookresearch/dino ``vision_transformer.py``, so the official
+``dino_deitsmall16_pretrain.pth`` loads with ``strict=True``; as in DINO the positional embedding is stored for
+the pre-training grid and bicubically interpolated at forward time for other image sizes.
 
-A run's trained model is ``<run>/model/``, a Hugging Face ``ViTForImageClassification`` folder:
-``config.json`` (a ``transformers`` ViT config, with this project's ``ViTConfig`` under ``fedlab_vit``),
-``model.safetensors`` (the classic ViT tensor names: the same weights, q/k/v split out of DINO's ``qkv``)
-and ``preprocessor_config.json`` (resize to the run's ``--image-size``, ImageNet normalisation), so
-``AutoModelForImageClassification.from_pretrained("<run>/model")`` gives the same logits as the model here
-(pass ``interpolate_pos_encoding=True`` for images of another size than ``image_size``, the stored grid).
-``load("<run>/model")`` rebuilds the ``ViTClassifier``; ``--weights <run>/model`` starts another run from
-its backbone.
+A run's trained model is ``<run>/model/``, a Hugging Face ``ViTForImageClassification`` folder (``config.json``
+with this project's ``ViTConfig`` under ``fedlab_vit``, ``model.safetensors`` with q/k/v split out of DINO's
+``qkv``, ``preprocessor_config.json``): ``AutoModelForImageClassification.from_pretrained`` gives the same
+logits (``interpolate_pos_encoding=True`` for other image sizes), ``load`` rebuilds the ``ViTClassifier`` and
+``--weights <run>/model`` starts another run from its backbone.
 """
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +29,7 @@ DINO_VITS16_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain
 
 @dataclass
 class ViTConfig:
-    """Flat model config. ``img_size`` is the grid the positional embedding is stored for."""
+    """``img_size``: the grid the positional embedding is stored for."""
     img_size: int = 224
     patch_size: int = 16
     embed_dim: int = 384
@@ -47,16 +42,6 @@ class ViTConfig:
 
 VIT_SMALL = ViTConfig()                                     # DINO ViT-S/16: 21.7 M backbone parameters
 VIT_TINY = ViTConfig(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3)   # --quick
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3):
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, (H/p)(W/p), D]"""
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -80,24 +65,14 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -110,7 +85,9 @@ class VisionTransformer(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.patch_size = cfg.patch_size
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
+        # [B, 3, H, W] -> [B, D, (H/p)(W/p)]
+        self.patch_embed = nn.Sequential(OrderedDict(
+            proj=nn.Conv2d(3, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size), flat=nn.Flatten(2)))
         num_patches = (cfg.img_size // cfg.patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, cfg.embed_dim))
@@ -137,7 +114,7 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] float -> [B, D]"""
         B, _, H, W = x.shape
-        tokens = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed(x)], dim=1)
+        tokens = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed(x).transpose(1, 2)], dim=1)
         tokens = tokens + self.interpolate_pos_encoding(H, W)
         for blk in self.blocks:
             tokens = blk(tokens)
@@ -220,7 +197,7 @@ def hf_state_dict(model: ViTClassifier) -> dict[str, torch.Tensor]:
 
 
 def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``hf_state_dict``'s inverse: DINO names plus ``head.*``."""
+    """``hf_state_dict``'s inverse."""
     back = {hf: dino for dino, hf in _HF_NAMES.items()}
     back_block = {hf: dino for dino, hf in _HF_BLOCK.items()}
     out, qkv = {}, {}
@@ -240,9 +217,8 @@ def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def hf_config(cfg: ViTConfig, image_size: int) -> tuple[dict, dict]:
-    """(``config.json``, ``preprocessor_config.json``) of the Hugging Face folder. Dropout is 0 as in the model
-    here (its head dropout is kept under ``fedlab_vit``); the preprocessor resizes to the run's image size
-    (bilinear) and normalises as the training pipeline does."""
+    """(``config.json``, ``preprocessor_config.json``) of the Hugging Face folder: dropout 0 (the head dropout is
+    under ``fedlab_vit``), resize to the run's image size (bilinear) and normalisation as in training."""
     config = {"model_type": "vit", "architectures": ["ViTForImageClassification"], "image_size": cfg.img_size,
               "patch_size": cfg.patch_size, "num_channels": 3, "hidden_size": cfg.embed_dim,
               "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
@@ -267,23 +243,20 @@ def save(model: ViTClassifier, run_path, *, image_size: int, info: dict | None =
 
 
 def load(folder, map_location: str | torch.device = "cpu") -> ViTClassifier:
-    """The ``ViTClassifier`` saved by ``save`` in ``folder`` (``<run>/model``), in eval mode."""
+    """The ``ViTClassifier`` that ``save`` wrote into ``folder``, in eval mode."""
     state, config = export.load_tensors_dir(folder)
     model = ViTClassifier(ViTConfig(**config["fedlab_vit"]))
-    state = from_hf_state_dict(state)
-    head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
-    model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=True)
-    model.head.load_state_dict(head, strict=True)
+    model.load_state_dict({k if k.startswith("head.") else f"backbone.{k}": v
+                           for k, v in from_hf_state_dict(state).items()}, strict=True)
     return model.to(map_location).eval()
 
 
 def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
-    """Load DINO weights into ``model.backbone`` with ``strict=True``; returns where they came from.
+    """Load ``weights`` into ``model.backbone`` with ``strict=True``; returns where they came from.
 
-    ``weights``: a file path, ``"dino"`` (torch hub cache, downloading ``DINO_VITS16_URL`` when online), or
-    ``None``/``"none"`` (keep the random initialisation). A path may also be this project's own checkpoint
-    (``{"model": state_dict, "config": ...}``, what ``train_centralized`` and ``pretrain`` write): its
-    backbone loads with ``strict=True``, and its head too when it has this model's number of classes.
+    ``weights``: ``"dino"`` (torch hub cache / ``DINO_VITS16_URL``), ``None``/``"none"`` (random initialisation),
+    a DINO checkpoint, a run's model folder, or this project's checkpoint (``train_centralized``, ``pretrain``),
+    whose head loads too when it has this model's number of classes.
     """
     if weights in (None, "", "none", "random"):
         return "random"
@@ -331,7 +304,7 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
 
 def _load_project_checkpoint(model: ViTClassifier, state: dict, source: str) -> str:
     """Backbone of a project checkpoint with ``strict=True``; the head as well if its shape matches (else the
-    model keeps its fresh head, e.g. a 10-class task fine-tuned from a base pretrained on 90 other classes)."""
+    model keeps its fresh head)."""
     weights = state["model"]
     backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
     try:
