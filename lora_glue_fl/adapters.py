@@ -1,18 +1,13 @@
 """LoRA adapters as plain tensors: read from / write to peft's format, load into a model, and merge.
 
-An ``Adapter`` holds, per LoRA module (e.g. ``...layer.3.attention.self.query``), the factors
-``A [r, in]`` and ``B [out, r]``; the module's weight update is ``dW = s * B @ A`` with peft's scaling
-``s = alpha / r`` (``alpha / sqrt(r)`` for rsLoRA). It also holds the classifier head (peft's
-``modules_to_save``), which the server averages with the same weights as the updates.
+An ``Adapter`` holds, per LoRA module, the factors ``A [r, in]`` and ``B [out, r]`` (update ``dW = s * B @ A``,
+peft's scaling ``s = alpha / r``, ``alpha / sqrt(r)`` for rsLoRA) and the classifier head (``modules_to_save``),
+which the server averages with the same weights as the updates.
 
-Merges (the math is in ``common.lora_merge``), weights ``w_k`` = shard sizes, normalised:
-* ``svd``    dW_bar = sum_k w_k s_k B_k A_k, fused factors = its rank-r truncated SVD (Eckart-Young
-             optimal; exact when r >= sum_k r_k), stored so that ``s_f * B_f @ A_f`` reproduces it with
-             the fused scaling ``s_f = alpha_f / r`` (``alpha_f`` = ``--alpha`` or r);
-* ``naive``  A_f = sum_k w_k A_k, B_f = sum_k w_k B_k (the source's ``--skip_svd``; not the mean dW);
-* ``exact``  stacked factors [w_1 s_1 A_1; ...] and [B_1 ... B_K], product = dW_bar exactly, rank sum_k r_k
-             (capped at min(out, in): beyond it a full-rank SVD of dW_bar is already lossless).
-Files: ``adapter_config.json`` + ``adapter_model.safetensors``, loadable with ``PeftModel.from_pretrained``.
+Merges (weights w_k = shard sizes, normalised; the math in ``common.lora_merge``): ``svd`` the rank-r truncated
+SVD of dW_bar = sum_k w_k s_k B_k A_k (Eckart-Young optimal; exact when r >= sum_k r_k) at the fused scaling
+alpha_f / r; ``naive`` A and B averaged separately (the source's ``--skip_svd``; not the mean dW); ``exact`` the
+stacked factors, product = dW_bar, rank sum_k r_k (capped at min(out, in), where a full-rank SVD is lossless).
 """
 from __future__ import annotations
 
@@ -100,7 +95,7 @@ def _names(modules) -> list[str]:
 @torch.no_grad()
 def merged_copy(model):
     """A copy of a ``PeftModel`` with its LoRA update merged into the base weights: a plain ``transformers``
-    model (``save_pretrained`` then writes a folder ``AutoModel*.from_pretrained`` loads without peft)."""
+    model (its ``save_pretrained`` folder loads without peft)."""
     import copy
     return copy.deepcopy(getattr(model, "_orig_mod", model)).merge_and_unload()
 
@@ -135,7 +130,7 @@ def save(adapter: Adapter, directory, base_model_name_or_path: str | None = None
 
 
 def load(directory) -> Adapter:
-    """Read an adapter folder written by peft (or ``save``); one clear line for a missing or foreign folder."""
+    """Read an adapter folder written by peft (or ``save``); one line for a missing or foreign folder."""
     directory = Path(directory)
     cfg_path, w_path = directory / "adapter_config.json", directory / "adapter_model.safetensors"
     cli.check(cfg_path.is_file() and w_path.is_file(), f"{directory} is not a peft adapter folder; expected "
@@ -163,14 +158,11 @@ def load(directory) -> Adapter:
                            _names(cfg.get("modules_to_save")))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Merging
-# ---------------------------------------------------------------------------------------------------------
 METHODS = ("svd", "naive", "exact")
 
 
 def check_compatible(adapters: list[Adapter], names: list[str] | None = None) -> None:
-    """Same LoRA modules (hence target modules) and the same head tensors in every adapter."""
+    """Same LoRA modules, layer shapes and head tensors in every adapter."""
     names = names or [f"adapter {i + 1}" for i in range(len(adapters))]
     ref = adapters[0]
     for a, name in zip(adapters[1:], names[1:]):
@@ -263,6 +255,6 @@ def merge_rel_error(clients: list[Adapter], weights, fused: Adapter) -> float:
 
 def error_by_rank(clients: list[Adapter], weights) -> list[float]:
     """``merge_rel_error`` of the SVD merge of ``clients`` at rank 1, 2, ... up to the sum of the client ranks
-    (where the merge is lossless): the curve a run's summary keeps for the plots."""
+    (lossless there): the curve a run's summary keeps for the plots."""
     top = sum(c.r for c in clients)
     return [merge_rel_error(clients, weights, merge(clients, weights, "svd", rank=r)) for r in range(1, top + 1)]

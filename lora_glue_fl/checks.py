@@ -1,8 +1,5 @@
-"""Checks shared by the subproject's training scripts, run before a run directory is touched, and the data
-fingerprint ``--resume`` compares (``common.runlog.data_fingerprint``).
-
-Nonsense values are refused, never clamped: a rank above the layer size, a zero ``lora_alpha``, a zero or
-negative sample count, a learning rate that is not positive.
+"""Checks shared by the subproject's training scripts, run before a run directory is touched (nonsense values
+are refused, never clamped), and the data fingerprint ``--resume`` compares (``common.runlog.data_fingerprint``).
 """
 from __future__ import annotations
 
@@ -13,8 +10,7 @@ from lora_glue_fl import glue_tasks
 
 
 def common_args(args) -> None:
-    """Flags every training script of the subproject shares; each is checked where the script has it and it is
-    set (a count of 0 is not "all": it is refused)."""
+    """The shared flags, each checked where the script has it and it is set (a count of 0 is refused, not "all")."""
     for name in ("learning_rate", "lora_alpha", "alpha"):
         value = getattr(args, name, None)
         cli.check(value is None or value > 0, f"--{name} must be positive, got {value}")
@@ -49,27 +45,21 @@ def rank_fits(model, rank: int, flag: str) -> None:
 def fingerprint(task_name: str, data: str, data_dir, splits: dict, shard_dir=None) -> dict:
     """What the run read: the task's TSV files (``dir``, ``synthetic``) or the examples' text (``hf``), the
     client manifests of ``shard_dir``, and the size of every split used."""
-    fp = _fingerprint(task_name, data, data_dir, splits)
+    sizes = {name: len(ex) for name, ex in splits.items()}
+    if data in ("dir", "synthetic") or (data == "hf" and data_dir is not None):
+        from common import synthetic
+        folder = Path(synthetic.ensure(f"glue-{task_name}") if data == "synthetic" else data_dir)
+        files = [folder / glue_tasks.TSV_FILES[s]
+                 for s in ("train", *glue_tasks.get_task(task_name).eval_splits, glue_tasks.SELECTION)]
+        fp = runlog.data_fingerprint(data, folder if data != "synthetic" else None,
+                                     files=[f for f in files if f.is_file()], splits=sizes)
+    else:
+        texts = {name: "\n".join(f"{a}\t{b}\t{y}" for a, b, y in zip(
+            ex.text_a, ex.text_b or [""] * len(ex.text_a), [str(v) for v in ex.label])) for name, ex in splits.items()}
+        fp = runlog.data_fingerprint(data, texts=texts, splits=sizes)
     if shard_dir is not None:
         manifests = sorted(Path(shard_dir).glob("client_*.json"))
         fp["files"].update({f"shards/{k}": v for k, v in
                             runlog.data_fingerprint("shards", shard_dir, files=manifests)["files"].items()})
         fp["shard_dir"] = str(Path(shard_dir).resolve())
     return fp
-
-
-def _fingerprint(task_name: str, data: str, data_dir, splits: dict) -> dict:
-    sizes = {name: len(ex) for name, ex in splits.items()}
-    task = glue_tasks.get_task(task_name)
-    if data in ("dir", "synthetic") or (data == "hf" and data_dir is not None):
-        if data == "synthetic":
-            from common import synthetic
-            folder = Path(synthetic.ensure(f"glue-{task_name}"))
-        else:
-            folder = Path(data_dir)
-        files = [folder / glue_tasks.TSV_FILES[s] for s in ("train", *task.eval_splits, glue_tasks.SELECTION)]
-        return runlog.data_fingerprint(data, folder if data != "synthetic" else None,
-                                       files=[f for f in files if f.is_file()], splits=sizes)
-    texts = {name: "\n".join(f"{a}\t{b}\t{y}" for a, b, y in zip(
-        ex.text_a, ex.text_b or [""] * len(ex.text_a), [str(v) for v in ex.label])) for name, ex in splits.items()}
-    return runlog.data_fingerprint(data, texts=texts, splits=sizes)

@@ -5,15 +5,10 @@
     python lora_glue_fl/fedavg_merge.py --adapters out/round_1/client_*/adapter \
         --shard_manifests shards/sst2_iid_k10/client_*.json --svd_rank 8 --save_adapter fused/sst2_r8
 
-Weights: --weights, or the sample counts of --shard_manifests (in the order of --adapters), or equal.
-The fused update is sum_k w_k s_k B_k A_k truncated to --svd_rank (lora_alpha = --alpha or the rank); the
-classifier heads are averaged with the same weights (the source kept a freshly initialised random head).
---aggregation naive (or --skip_svd) averages A and B instead; exact stacks the factors (rank sum r_k).
-Writes the fused adapter in peft format (PeftModel.from_pretrained loads it on the base model) and
-fuse_manifest.json (the source's keys plus the aggregation, head averaging and the merge error).
-The merge needs no model: adapters are read and written as tensors. --do_eval then loads the fused adapter
-with PeftModel.from_pretrained on its base model (the adapters' base_model_name_or_path, or --base_model) and
-records the task's validation metrics in fuse_manifest.json ("final"):
+Weights: --weights, or the sample counts of --shard_manifests (in the order of --adapters), or equal. Writes the
+fused adapter (peft format, heads averaged alike) and fuse_manifest.json; the merge needs no model. --do_eval
+loads the fused adapter on its base model (the adapters' base_model_name_or_path, or --base_model) and records
+the validation metrics ("final"):
 
     python lora_glue_fl/fedavg_merge.py --adapters run/round_1/client_*/adapter --shard_manifests \
         shards/sst2_iid_k4/client_*.json --aggregation naive --save_adapter fused/sst2_naive \
@@ -48,10 +43,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--base_model", default=None, help="base model folder or name (default: the adapters' "
                                                      "base_model_name_or_path)")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder or name (default: the base model's own)")
-    g.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
-                   help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
-                        "(default: dir when --data_dir is given, else hf)")
-    g.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
+    glue_tasks.add_data_args(g, quick=False)
     g.add_argument("--max_seq_length", type=flags.POSITIVE_INT, default=128, help="tokens per example (as in training)")
     g.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
                    help="evaluate on the first N examples only")
@@ -101,7 +93,7 @@ def main(argv=None) -> dict:
     if args.do_eval:
         glue_tasks.get_task(args.task_name)
         args.task_name = args.task_name.lower()
-        args.data = args.data or ("dir" if args.data_dir else "hf")
+        args.data = glue_tasks.data_source(args)
     out = cli.check_out_dir(args.save_adapter, "--save_adapter")
     held = [n for n in ("adapter_config.json", "adapter_model.safetensors", "fuse_manifest.json") if (out / n).exists()]
     cli.check(not held or args.overwrite, f"--save_adapter {out} already holds a fused adapter ({', '.join(held)}); "
@@ -122,11 +114,10 @@ def main(argv=None) -> dict:
                 "alpha": fused.alpha, "target_modules": fused.target_modules, "aggregation": method,
                 "client_ranks": [c.r for c in clients], "heads_averaged": bool(fused.head),
                 "merge_rel_error": adapters.merge_rel_error(clients, weights, fused), "model_size": args.model_size}
-    if args.do_eval:
-        manifest["final"] = evaluate_adapter(args, out, base)
-        manifest["main_metric"] = glue_tasks.get_task(args.task_name).main_metric
-        manifest["num_labels"] = glue_tasks.get_task(args.task_name).num_labels  # for the plots
-        manifest["trainable_params"] = sum(t.numel() for t in fused.state_dict().values())
+    if args.do_eval:  # num_labels, trainable_params: for the plots
+        task, fused_numel = glue_tasks.get_task(args.task_name), sum(t.numel() for t in fused.state_dict().values())
+        manifest.update(final=evaluate_adapter(args, out, base), main_metric=task.main_metric,
+                        num_labels=task.num_labels, trainable_params=fused_numel)
     checkpoint.atomic_write_json(out / "fuse_manifest.json", manifest)
     scored = f", {manifest['main_metric']} {manifest['final'][manifest['main_metric']]:.4f}" if args.do_eval else ""
     print(f"fused {k} adapters ({method}, rank {fused.r}, alpha {fused.alpha:g}, relative error "

@@ -5,23 +5,12 @@
     python lora_glue_fl/fedavg_rounds.py --model_size base --task_name sst2 --shard_dir shards/sst2_iid_k10 \
         --rounds 5 --svd_rank 8 --eval_each_round
 
-Every round every client starts from the fused adapter AND classifier head of the previous round, with the
-adapter trainable (the source loaded it frozen, so rounds after the first trained only the head). The
-server merges the clients' updates dW_k = s_k B_k A_k weighted by shard sizes (lora_glue_fl/adapters.py):
-``--aggregation svd`` (default; truncated SVD to ``--svd_rank``, fused lora_alpha = ``--alpha`` or the rank),
-``naive`` (= ``--skip_svd``: average A and B separately) or ``exact`` (stacked factors, no loss), and
-averages the heads with the same weights. The rounds run on ``common.engine`` (``LoraTask``): the merge is the
-round's aggregate; the clients' algorithm is the engine's FedAvg, or FedProx (``--algorithm fedprox --mu``).
-
-Outputs in <out_dir>/<run_name>/ (the source's layout inside the run directory):
-    round_<k>/client_<i>/adapter/       each client's adapter + head (peft format)
-    round_<k>/fused_r<r>/adapter/       the fused adapter (fused_r<r>_nosvd / fused_exact_r<r> for the others)
-    base_model/                         the tiny base model (tiny runs), so PeftModel.from_pretrained finds it
-    metrics.jsonl, summary.json, checkpoint.pt, args.json
-
-Under ``torchrun --nproc_per_node N`` each rank trains its share of the clients (balanced by shard size) and
-one all-gather per round hands every rank all clients' small LoRA factors and heads, so every rank merges the
-same adapters and holds the same fused adapter; rank 0 logs, saves adapters and checkpoints.
+Every round every client starts from the previous round's fused adapter AND classifier head, the adapter
+trainable (the source loaded it frozen, so later rounds trained only the head); the server merges the clients'
+adapters weighted by shard sizes (``--aggregation svd|naive|exact``, lora_glue_fl/adapters.py) and averages the
+heads alike. The rounds run on ``common.engine`` (``LoraTask``, the merge as the aggregate; FedAvg or FedProx
+clients), also under ``torchrun``. Outputs (round_<k>/client_<i>/adapter/, round_<k>/fused_r<r>/adapter/, ...)
+and the distributed run: lora_glue_fl/README.md.
 """
 from __future__ import annotations
 
@@ -29,7 +18,6 @@ import argparse
 import copy
 import dataclasses
 import math
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +33,8 @@ from lora_glue_fl import adapters, checks, glue_shards, glue_tasks, modeling
 NO_SCAFFOLD = ("its control variates live in the clients' parameter space, which the merge re-factorises "
                "(svd / naive / exact change the LoRA factors)")
 NO_CLUSTERING = "every client takes part in every round and the run keeps one fused adapter"
-# Measured (README): LoRA on the query / value projections of the random tiny RoBERTa stays at chance on the embedded
-# SST-2, a frozen random encoder gives those adapters nothing to adapt; with LoRA on the word embeddings as well the
-# adapters learn a bag-of-words direction and --quick ends well above its majority baseline (0.65-0.70, majority 0.49).
+# Measured (README): LoRA on query / value of the random tiny RoBERTa stays at chance on the embedded SST-2; with LoRA
+# on the word embeddings too the adapters learn a bag-of-words direction (--quick: 0.65-0.70, majority 0.49).
 SMOKE = ("LoRA on a random tiny encoder checks the mechanics, it is not expected to learn (--model_size minilm: a "
          "pretrained encoder)")
 
@@ -57,8 +44,7 @@ def smoke_test(args) -> bool:
     return modeling.model_id(args) == "tiny" and "word_embeddings" not in args.target_modules
 
 
-# --quick: tiny model with LoRA on query, value and the word embeddings, 1,000 embedded SST-2 examples over 3 clients,
-# 2 rounds of 3 local epochs: it learns, in seconds (defaults < --quick < YAML < command line)
+# --quick: it learns, in seconds (defaults < --quick < YAML < command line)
 QUICK = dict(model_size="tiny", max_seq_length=48, max_train_samples=1000, max_eval_samples=300, rounds=2,
              local_epochs=3.0, batch_size=16, learning_rate=2e-2, tokenizer_vocab_size=1000, lora_r=4, lora_alpha=4,
              svd_rank=4, target_modules=["query", "value", "word_embeddings"])
@@ -77,10 +63,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="clients of --partition (--shard_dir: its manifests)")
     p.add_argument("--max_train_samples", type=flags.POSITIVE_INT, default=None,
                    help="use the first N training examples (with --partition or --quick; default --quick: 1000)")
-    p.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
-                   help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
-                        "(default: dir when --data_dir is given, synthetic with --quick, else hf)")
-    p.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
+    glue_tasks.add_data_args(p)
     modeling.add_model_args(p)
     g = p.add_argument_group("federation")
     g.add_argument("--rounds", type=flags.POSITIVE_INT, default=5, help="communication rounds")
@@ -132,8 +115,7 @@ def resolve_args(args):
         args.aggregation = "naive" if args.skip_svd else "svd"
     cli.check(not (args.skip_svd and args.aggregation != "naive"), "--skip_svd contradicts --aggregation "
                                                                    f"{args.aggregation}")
-    if args.data is None:
-        args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
+    args.data = glue_tasks.data_source(args)
     glue_tasks.get_task(args.task_name)
     args.task_name = args.task_name.lower()
     cli.check(args.shard_dir is None or args.partition is None,
@@ -162,8 +144,8 @@ def on_device(adapter: adapters.Adapter, device) -> adapters.Adapter:
 
 
 class Uploads(dict):
-    """The round's aggregator: client -> (adapter, training loss). The merges need every client's factors, not
-    their sum: under torchrun ``LoraTask.pre_reduce`` all-gathers them and the engine's all-reduce sums nothing."""
+    """The round's aggregator: client -> (adapter, training loss). The merges need every client's factors, so
+    ``LoraTask.pre_reduce`` all-gathers them and the engine's all-reduce sums nothing."""
     reset = dict.clear
 
     def accumulators(self) -> list:
@@ -171,11 +153,9 @@ class Uploads(dict):
 
 
 class LoraTask(engine.Task):
-    """The rounds for ``common.engine``: the one PeftModel (``params``: LoRA factors and classifier head, the base
-    frozen), each client's AdamW steps on its shard, the merge of all clients' adapters as the aggregate (the
-    server sets the global adapter and head to it), the adapter files, and every round (``eval_every`` 1) its
-    log rows and checkpoint; the fused model is scored on the selection split (when the data folder holds one)
-    every round, on the validation split with --eval_each_round and in the last round."""
+    """The rounds for ``common.engine``: one PeftModel (``params``: LoRA factors and head), each client's AdamW
+    steps on its shard, the merge of all clients' adapters as the aggregate, the adapter files; every round the
+    fused model is scored on the selection split (if any), on validation with --eval_each_round and at the end."""
 
     def __init__(self, args, base, train_enc, eval_enc, shards, rd, base_path: str, device, rank=None, start=None,
                  select_enc=None):
@@ -198,8 +178,8 @@ class LoraTask(engine.Task):
         self.fused = start  # the global adapter (its LoRA dropout: the model's, --lora_dropout)
 
     def build(self, r: int, alpha: float, seed: int | None = None) -> None:
-        """The one PeftModel at rank r (rebuilt when the merge changes rank or alpha); its trainable parameters
-        replace ``params`` in place (the engine holds that list). peft's draws come from a forked RNG."""
+        """The PeftModel at rank r (rebuilt when the merge changes rank or alpha), its trainable parameters put
+        into ``params`` in place (the engine holds that list); peft draws from a forked RNG."""
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -327,20 +307,17 @@ def main(argv=None) -> dict:
     task = glue_tasks.get_task(args.task_name)
     name = args.run_name or runlog.run_name(
         "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), checks.source_tag(args),
-        **engine.run_name_tags(args),
-        k=len(shards), r=args.svd_rank if args.aggregation == "svd" else None, R=args.rounds, lr=args.learning_rate,
-        s=args.seed)
+        **engine.run_name_tags(args), k=len(shards), r=args.svd_rank if args.aggregation == "svd" else None,
+        R=args.rounds, lr=args.learning_rate, s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/fedavg_rounds", resume=args.resume,
-                       is_main=D.is_main(), device=device,
-                       data=checks.fingerprint(args.task_name, args.data, args.data_dir, splits,
-                                               shard_dir=args.shard_dir))
+                       is_main=D.is_main(), device=device, data=checks.fingerprint(
+                           args.task_name, args.data, args.data_dir, splits, shard_dir=args.shard_dir))
 
     # ---- data and model (built once; the base stays frozen, only LoRA + head train) -----------------------
     seeding.seed_everything(args.seed)
     if args.quiet:
         modeling.quiet_hf()
-    with tempfile.TemporaryDirectory() as tmp:  # the tokenizer's training corpus stays out of the run directory
-        tokenizer = modeling.build_tokenizer(args, train, Path(tmp))  # cached by content: every rank gets the same
+    tokenizer = modeling.build_tokenizer(args, train)
     base = modeling.build_model(args, tokenizer, task.num_labels, args.seed)
     checks.rank_fits(base, args.lora_r, "--lora_r")
     if args.aggregation == "svd":
@@ -395,8 +372,7 @@ def main(argv=None) -> dict:
     if smoke_test(args):
         summary["smoke_test"] = SMOKE
     summary = rd.write_summary(summary)
-    if rd.is_main:  # <run>/model: the final fused adapter merged into the base, plus the tokenizer;
-        # <run>/adapter: that adapter and head in peft format (PeftModel.from_pretrained), as centralized runs
+    if rd.is_main:  # <run>/model: the fused adapter merged into the base; <run>/adapter: it in peft format
         export.save_model_dir(rd.path, adapters.merged_copy(lora.model), tokenizer,
                               info={"method": "fedavg_" + args.aggregation, "task": args.task_name,
                                     "final": summary["final"]})

@@ -1,24 +1,11 @@
 """Client shards of a GLUE training split, and their JSON manifests in the source project's layout.
 
-Modes (``make_client_splits``):
-* ``iid``              stratified: examples grouped by a key, each group shuffled and dealt round-robin, so
-                       every client holds the same label mix. The key is the label; MNLI uses label|genre
-                       when the genre column exists; STS-B uses score bins of width 0.2 (``bin_stsb``).
-* ``overlap``          ``common.shard.overlap``: each client keeps its own disjoint part, and the fraction
-                       ``overlap_ratio`` of each client's data comes from a pool that every client shares.
-* ``category``         ``common.shard.category`` on ``category_key`` (label, genre; STS-B labels binned):
-                       whole categories per client, no empty client when K exceeds the number of categories.
-* ``category_overlap`` ``category`` on the training set minus a shared pool, plus that pool for every
-                       client; the pool size follows ``common.shard.overlap_pool_size`` so that on average the
-                       fraction ``overlap_ratio`` of a client's data is shared.
-* ``dirichlet``        label skew: per label, the proportions over clients ~ Dir(``alpha``) (Hsu et al. 2019,
-                       ``common.shard.dirichlet``), redrawn until every client holds at least ``min_per_label``
-                       examples of every label, so clients see all labels in different proportions (small alpha:
-                       strongly skewed). STS-B uses its score bins as labels.
-
-Manifests (``save_shard_manifests``): ``client_<i>.json`` (i from 1) = {"dataset", "indices"} and
-``summary.json`` with the source keys (client_indices, size_per_client, total_train, task, mode, meta) plus
-``label_histograms`` (per client: label -> count; STS-B: score bin -> count).
+Modes (``make_client_splits``; lora_glue_fl/README.md): ``iid`` (stratified by label; MNLI label|genre, STS-B
+score bins of 0.2), ``overlap`` (``common.shard.overlap``), ``category`` (``common.shard.category`` on
+``category_key``), ``category_overlap`` (``category`` on all but a shared pool, plus the pool) and ``dirichlet``
+(label skew, Hsu et al. 2019: per label, client proportions ~ Dir(``alpha``), redrawn until every client holds
+``min_per_label`` of every label). Manifests: ``client_<i>.json`` (i from 1) = {"dataset", "indices"} and
+``summary.json`` (the source's keys plus ``label_histograms``).
 """
 from __future__ import annotations
 
@@ -60,20 +47,15 @@ def category_values(train: Examples, task_name: str, key: str, bin_stsb: bool = 
 
 
 def stratified_iid(keys: list, num_clients: int, seed: int) -> list[np.ndarray]:
-    """Each stratum shuffled and dealt round-robin, continuing where the previous stratum stopped, so
-    client sizes differ by at most one and every client gets its share of every stratum."""
+    """Each stratum shuffled and dealt round-robin, continuing where the previous one stopped (client sizes
+    differ by at most one)."""
     rng = numpy_rng(seed, "glue-iid")
     buckets = defaultdict(list)
     for i, k in enumerate(keys):
         buckets[k].append(i)
-    out = [[] for _ in range(num_clients)]
-    dealt = 0
-    for k in sorted(buckets, key=str):
-        idx = np.asarray(buckets[k])[rng.permutation(len(buckets[k]))]
-        for j, i in enumerate(idx):
-            out[(dealt + j) % num_clients].append(int(i))
-        dealt += len(idx)
-    return [np.sort(np.asarray(c, dtype=np.int64)) for c in out]
+    dealt = np.concatenate([np.asarray(buckets[k], dtype=np.int64)[rng.permutation(len(buckets[k]))]
+                            for k in sorted(buckets, key=str)])  # example j of the deal goes to client j % K
+    return [np.sort(dealt[c::num_clients]) for c in range(num_clients)]
 
 
 def _codes(values: list) -> np.ndarray:
@@ -83,8 +65,8 @@ def _codes(values: list) -> np.ndarray:
 
 
 def dirichlet_min_per_label(labels: list, k: int, alpha: float, seed: int, min_per_label: int) -> list[np.ndarray]:
-    """``common.shard.dirichlet`` draws (one stream per attempt) until every client holds at least
-    ``min_per_label`` examples of every label; one line when ``DIRICHLET_TRIES`` draws all fail."""
+    """``common.shard.dirichlet`` draws (a stream per attempt) until every client holds ``min_per_label``
+    examples of every label; one line when ``DIRICHLET_TRIES`` draws all fail."""
     codes = _codes(labels)
     n_labels = int(codes.max()) + 1
     cli.check(min_per_label * k <= np.bincount(codes).min(),
@@ -133,16 +115,11 @@ def make_client_splits(train: Examples, task_name: str, k: int, mode: str = "iid
         own = shard.category(cats, k, seed)
         shards = [np.union1d(rest[o], pool) for o in own]
     shards = [np.asarray(s, dtype=np.int64) for s in shards]
-    return {
-        "client_indices": [s.tolist() for s in shards],
-        "size_per_client": [int(s.size) for s in shards],
-        "total_train": n,
-        "task": task_name,
-        "mode": mode,
-        "meta": {"seed": seed, "overlap_ratio": overlap_ratio, "category_key": category_key, "bin_stsb": bin_stsb,
-                 **({"alpha": alpha, "min_per_label": min_per_label} if mode == "dirichlet" else {})},
-        "label_histograms": label_histograms(shards, train, task_name),
-    }
+    return {"client_indices": [s.tolist() for s in shards], "size_per_client": [int(s.size) for s in shards],
+            "total_train": n, "task": task_name, "mode": mode,
+            "meta": {"seed": seed, "overlap_ratio": overlap_ratio, "category_key": category_key, "bin_stsb": bin_stsb,
+                     **({"alpha": alpha, "min_per_label": min_per_label} if mode == "dirichlet" else {})},
+            "label_histograms": label_histograms(shards, train, task_name)}
 
 
 def label_histograms(shards, train: Examples, task_name: str) -> list[dict]:
@@ -164,9 +141,8 @@ def save_shard_manifests(out_dir, info: dict) -> None:
 
 
 def read_shard_manifests(shard_dir) -> tuple[list[np.ndarray], dict]:
-    """(per-client index arrays in client order, summary or {}); one clear line when there is none, when a
-    manifest is malformed, or when the manifests and summary.json name different datasets. The summary's
-    "task" is the manifests' dataset when summary.json is absent, so callers compare it with their task."""
+    """(per-client index arrays in client order, summary or {} with "task" the manifests' dataset); one line
+    when there is none, a manifest is malformed, or the files name different datasets."""
     shard_dir = Path(shard_dir)
     cli.check(shard_dir.is_dir(), f"--shard_dir {shard_dir} does not exist; create it with make_shards.py")
     files = [f for f in shard_dir.iterdir() if re.fullmatch(r"client_\d+\.json", f.name)]
@@ -203,8 +179,7 @@ def _read_client(path: Path) -> dict:
 
 
 def read_manifest(path, task: str | None = None) -> np.ndarray:
-    """The index array of one client manifest ({"indices": [...], "dataset": task}); with ``task``, a
-    manifest made for another dataset is refused."""
+    """The index array of one client manifest; with ``task``, one made for another dataset is refused."""
     m = _read_client(Path(path))
     if task is not None and "dataset" in m:
         cli.check(m["dataset"] == task.lower(), f"{path} was made for {m['dataset']!r}, not {task.lower()!r}")

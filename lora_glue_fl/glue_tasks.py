@@ -1,14 +1,9 @@
 """The nine GLUE tasks: one table, three data sources, and the metrics of each task.
 
-Sources (never a silent fallback from one to another):
-* ``hf``         -- ``datasets.load_dataset("glue", task)`` (``--cache_dir``);
-* ``dir``        -- a local folder in the original GLUE TSV layout (``--data_dir``: train.tsv, dev.tsv,
-                    for MNLI dev_matched.tsv and dev_mismatched.tsv);
-* ``synthetic``  -- the embedded tasks of ``common.synthetic`` (sst2, mrpc, stsb layouts), read by the same
-                    TSV reader as real GLUE folders.
-
-A split is an ``Examples`` record: ``text_a`` / ``text_b`` (lists of str, ``text_b`` None for single-sentence
-tasks), ``label`` (int64 class ids, or float32 scores for STS-B) and ``genre`` (list or None).
+Sources, never a silent fallback from one to another: ``hf`` (``datasets.load_dataset("glue", task)``), ``dir``
+(``--data_dir`` in the original GLUE TSV layout: train.tsv, dev.tsv, for MNLI dev_matched.tsv and
+dev_mismatched.tsv) and ``synthetic`` (the embedded sst2, mrpc and stsb of ``common.synthetic``, read as ``dir``).
+A split is an ``Examples`` record.
 """
 from __future__ import annotations
 
@@ -22,10 +17,8 @@ import numpy as np
 from common import cli
 from common import evaluate as ev
 
-# ---------------------------------------------------------------------------------------------------------
 # The task table. tsv: (column of text_a, column of text_b, column of label, header?) in the GLUE files;
 # names are header names, ints are positions (CoLA has no header). label_map maps TSV strings to HF ids.
-# ---------------------------------------------------------------------------------------------------------
 NLI3 = {"entailment": 0, "neutral": 1, "contradiction": 2}
 NLI2 = {"entailment": 0, "not_entailment": 1}
 
@@ -75,7 +68,7 @@ def get_task(name: str) -> Task:
 @dataclass
 class Examples:
     text_a: list[str]
-    text_b: list[str] | None
+    text_b: list[str] | None   # None for single-sentence tasks
     label: np.ndarray          # [N] int64 class ids, or float32 scores (STS-B)
     genre: list[str] | None = None
 
@@ -101,9 +94,6 @@ class Examples:
                              + (" or genre" if self.genre is not None else ""))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Readers
-# ---------------------------------------------------------------------------------------------------------
 def read_tsv(path: Path, task_name: str) -> Examples:
     """One GLUE TSV file (quotes are literal text in GLUE, so csv quoting is off; a UTF-8 BOM is dropped)."""
     task = get_task(task_name)
@@ -167,9 +157,8 @@ def _labels(raw: list[str], task: Task, path) -> np.ndarray:
 
 
 def check_labels(labels: np.ndarray, task: Task, where) -> np.ndarray:
-    """Labels as the task defines them, whatever the source (TSV, Hugging Face): class ids in
-    0..num_labels-1, or STS-B scores that are finite and within 0..5. A ``nan`` score is bad input (one line
-    here), not a divergence found rounds later."""
+    """Labels as the task defines them, whatever the source: class ids in 0..num_labels-1, or STS-B scores that
+    are finite and within 0..5 (a ``nan`` score is bad input, not a divergence found rounds later)."""
     if task.num_labels == 1:
         lo, hi = STSB_RANGE
         bad = np.flatnonzero(~(np.isfinite(labels) & (labels >= lo) & (labels <= hi)))
@@ -183,9 +172,9 @@ def check_labels(labels: np.ndarray, task: Task, where) -> np.ndarray:
 
 
 def read_glue_dir(data_dir, task_name: str) -> dict[str, Examples]:
-    """train + validation split(s) from a folder in the original GLUE layout, plus the selection split when the
-    folder holds a ``selection.tsv`` (same columns as train.tsv; examples held out of training, on which the
-    scripts track every epoch / round while the validation split is scored once, at the end)."""
+    """train + validation split(s) from a folder in the original GLUE layout, plus the selection split when it
+    holds ``selection.tsv`` (train.tsv's columns; examples held out of training, scored every epoch / round while
+    the validation split is scored once, at the end)."""
     task = get_task(task_name)
     data_dir = Path(data_dir)
     expected = ", ".join(TSV_FILES[s] for s in ("train", *task.eval_splits))
@@ -221,6 +210,19 @@ def read_glue_hf(task_name: str, cache_dir=None) -> dict[str, Examples]:
     return out
 
 
+def add_data_args(parser, quick: bool = True) -> None:
+    """--data and --data_dir, the source ``load_glue`` reads (``quick``: the script's --quick embeds the data)."""
+    parser.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
+                        help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded (default: "
+                             f"dir when --data_dir is given, {'synthetic with --quick, ' if quick else ''}else hf)")
+    parser.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
+
+
+def data_source(args) -> str:
+    """--data, else its default: dir when --data_dir is given, synthetic with --quick, else hf."""
+    return args.data or ("dir" if args.data_dir else ("synthetic" if getattr(args, "quick", False) else "hf"))
+
+
 def load_glue(task_name: str, data: str = "hf", data_dir=None, cache_dir=None) -> dict[str, Examples]:
     """All splits a run needs: ``train`` plus the task's evaluation split(s)."""
     task_name = task_name.lower()
@@ -239,9 +241,7 @@ def load_glue(task_name: str, data: str = "hf", data_dir=None, cache_dir=None) -
     return read_glue_hf(task_name, cache_dir)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Metrics (common.evaluate, plain NumPy: the `evaluate` package would fetch metric code from the hub)
-# ---------------------------------------------------------------------------------------------------------
+# Metrics: common.evaluate, plain NumPy (the `evaluate` package would fetch metric code from the hub)
 def majority_label(task_name: str, train_labels) -> int | None:
     """The most frequent training label (None for STS-B's regression or no labels)."""
     task = get_task(task_name)
@@ -251,23 +251,17 @@ def majority_label(task_name: str, train_labels) -> int | None:
 
 
 def majority_metrics(task_name: str, train_labels, eval_sets: dict[str, Examples]) -> dict[str, float]:
-    """The task's metrics of always predicting the most frequent training label (classification tasks;
-    {} for STS-B's regression): the baseline a fine-tuned model has to beat."""
-    task = get_task(task_name)
+    """The task's metrics of always predicting the most frequent training label ({} for STS-B)."""
     majority = majority_label(task_name, train_labels)
     if majority is None:
         return {}
-    outputs = {}
-    for split, ex in eval_sets.items():
-        logits = np.zeros((len(ex), task.num_labels))
-        logits[:, majority] = 1.0
-        outputs[split] = (logits, np.asarray(ex.label))
-    return compute_metrics(task_name, outputs)
+    one_hot = np.eye(get_task(task_name).num_labels)[majority]  # the logits of every example
+    return compute_metrics(task_name, {split: (np.tile(one_hot, (len(ex), 1)), np.asarray(ex.label))
+                                       for split, ex in eval_sets.items()})
 
 
 def selection_summary(task_name: str, train_labels, select: Examples | None) -> dict:
-    """What a run's summary.json says of its selection split: its size and majority-class baseline ({} without
-    one)."""
+    """A run's summary.json keys of its selection split: size and majority-class baseline ({} without one)."""
     if select is None:
         return {}
     return {"selection_examples": len(select),
@@ -275,11 +269,8 @@ def selection_summary(task_name: str, train_labels, select: Examples | None) -> 
 
 
 def compute_metrics(task_name: str, outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """outputs: eval split -> (logits [N, C] or scores [N, 1], labels [N]) -> the task's metrics.
-
-    CoLA: matthews_corrcoef; STS-B: pearson, spearman; MRPC/QQP: accuracy, f1; MNLI: accuracy_matched,
-    accuracy_mismatched and their mean accuracy_mean; the others: accuracy.
-    """
+    """outputs: eval split -> (logits [N, C] or scores [N, 1], labels [N]) -> the task's metrics (``Task.metrics``;
+    MNLI's accuracy_mean is the mean of matched and mismatched)."""
     task = get_task(task_name)
     out = {}
     for split, (logits, labels) in outputs.items():

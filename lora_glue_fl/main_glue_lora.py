@@ -4,13 +4,9 @@
     python lora_glue_fl/main_glue_lora.py --model_size base --task_name sst2 --do_train --do_eval \
         --lora_r 8 --lora_alpha 8 --target_modules query value --num_train_epochs 3
 
-LoRA on --target_modules (default: the architecture's query and value) plus the classifier head train; the
-base is frozen. The model is evaluated on the task's validation split(s) after every epoch (metrics.jsonl),
-the adapter and head are saved in peft format to <run dir>/adapter (or --adapter_output_dir), naming the base
-model (a hub name, or its folder relative to the adapter folder, so the run directory can move) as
-base_model_name_or_path; <run dir>/model holds the model with the adapter merged in, plus its tokenizer
-(``AutoModelForSequenceClassification.from_pretrained(<run dir>/model)``). baseline_run.py is the same
-run with every parameter trainable and no adapter. With neither --do_train nor --do_eval both are done.
+LoRA on --target_modules and the classifier head train, the base frozen; evaluated after every epoch. Writes
+<run dir>/adapter (peft format, or --adapter_output_dir) and <run dir>/model (the adapter merged in, with the
+tokenizer). baseline_run.py trains every parameter instead. Neither --do_train nor --do_eval: both.
 --resume: a finished run returns its summary; an unfinished one starts over (one training schedule).
 """
 from __future__ import annotations
@@ -18,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import tempfile
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -33,10 +27,7 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     p.presets = {"quick": QUICK_LORA if lora else QUICK}
     p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
-    p.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
-                   help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
-                        "(default: dir when --data_dir is given, synthetic with --quick, else hf)")
-    p.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
+    glue_tasks.add_data_args(p)
     p.add_argument("--max_train_samples", type=flags.POSITIVE_INT, default=None,
                    help="train on the first N examples only")
     p.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
@@ -75,8 +66,7 @@ def run(args, lora: bool = True) -> dict:
     """Train (LoRA or full) and/or evaluate; returns the summary."""
     if not (args.do_train or args.do_eval):
         args.do_train = args.do_eval = True
-    if args.data is None:
-        args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
+    args.data = glue_tasks.data_source(args)
     checks.common_args(args)
     if args.adapter_output_dir if lora else None:
         cli.check_out_dir(args.adapter_output_dir, "--adapter_output_dir")
@@ -97,11 +87,9 @@ def run(args, lora: bool = True) -> dict:
     if args.quiet:
         modeling.quiet_hf()
     splits = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)
-    train = splits["train"]
-    train = train.head(args.max_train_samples)
+    train = splits["train"].head(args.max_train_samples)
     rd.set_data(checks.fingerprint(args.task_name, args.data, args.data_dir, {**splits, "train": train}))
-    with tempfile.TemporaryDirectory() as tmp:  # a BPE's training corpus: nothing in the run directory yet
-        tokenizer = modeling.build_tokenizer(args, train, Path(tmp))
+    tokenizer = modeling.build_tokenizer(args, train)
     model = modeling.build_model(args, tokenizer, task.num_labels, args.seed)
     if lora:
         checks.rank_fits(model, args.lora_r, "--lora_r")
@@ -153,8 +141,7 @@ def run(args, lora: bool = True) -> dict:
             out = args.adapter_output_dir or rd.artifact("adapter")
             adapters.save(adapters.from_model(model), out, base_path)
     elif args.do_eval:  # zero-shot
-        row = {"epoch": 0,
-               **modeling.evaluate(args.task_name, fwd, eval_enc, device, args.per_device_eval_batch_size)}
+        row = {"epoch": 0, **modeling.evaluate(args.task_name, fwd, eval_enc, device, args.per_device_eval_batch_size)}
         rd.log(row)
         history.append(row)
 

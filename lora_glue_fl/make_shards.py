@@ -9,14 +9,8 @@
     python lora_glue_fl/make_shards.py --task_name sst2 --k 4 --mode dirichlet --alpha 0.1 --min_per_label 10 \
         --out_dir shards/sst2_dir0.1_k4
 
-Modes (lora_glue_fl/glue_shards.py): iid (stratified by label; MNLI by label and genre; STS-B by score
-bins of 0.2), overlap (own disjoint part + a pool shared by all, the fraction --overlap_ratio of each
-client's data), category (whole categories of --category_key per client; no empty clients when K exceeds
-the number of categories), category_overlap (category split plus a shared pool), dirichlet (label skew: per
-label, client proportions ~ Dir(--alpha), every client keeping at least --min_per_label examples of every label).
-
-Writes <out_dir>/client_<i>.json ({"dataset", "indices"}, i from 1), summary.json (the source's keys plus
-label_histograms) and label_histograms.png.
+Modes: lora_glue_fl/glue_shards.py. Writes <out_dir>/client_<i>.json ({"dataset", "indices"}, i from 1),
+summary.json and label_histograms.png.
 """
 from __future__ import annotations
 
@@ -44,10 +38,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--no_bin_stsb", dest="bin_stsb", action="store_false",
                    help="stratify / categorise STS-B by raw score instead of bins of width 0.2")
     p.add_argument("--seed", type=flags.SEED, default=42, help="shuffling seed")
-    p.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
-                   help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded "
-                        "(default: dir when --data_dir is given, synthetic with --quick, else hf)")
-    p.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
+    glue_tasks.add_data_args(p)
     p.add_argument("--cache_dir", default=None, help="Hugging Face datasets cache")
     p.add_argument("--out_dir", default=None, help="where the manifests go (default: shards/<task>_<mode>_k<K>)")
     p.add_argument("--quick", action="store_true", help="embedded data (the other flags still apply)")
@@ -63,15 +54,12 @@ def plot_histograms(info: dict, path: Path) -> None:
     hists = info["label_histograms"]
     labels = sorted({c for h in hists for c in h}, key=lambda c: float(c))
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(hists) + 2), 3))
-    bottom = [0] * len(hists)
-    xs = list(range(1, len(hists) + 1))
+    bottom, xs = [0] * len(hists), list(range(1, len(hists) + 1))
     for c in labels:
         ys = [h.get(c, 0) for h in hists]
         ax.bar(xs, ys, bottom=bottom, label=c)
         bottom = [b + y for b, y in zip(bottom, ys)]
-    ax.set_xlabel("client")
-    ax.set_ylabel("examples")
-    ax.set_title(f"{info['task']} {info['mode']} (K={len(hists)})")
+    ax.set(xlabel="client", ylabel="examples", title=f"{info['task']} {info['mode']} (K={len(hists)})")
     if len(labels) <= 12:
         ax.legend(title="label", fontsize=7)
     fig.tight_layout()
@@ -83,8 +71,7 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     args.task_name = args.task_name.lower()
     glue_tasks.get_task(args.task_name)
-    if args.data is None:
-        args.data = "dir" if args.data_dir else ("synthetic" if args.quick else "hf")
+    args.data = glue_tasks.data_source(args)
     cli.check(0.0 <= args.overlap_ratio < 1.0, f"--overlap_ratio must be in [0, 1), got {args.overlap_ratio}")
     cli.check(args.alpha > 0, f"--alpha must be positive, got {args.alpha}")
     out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")

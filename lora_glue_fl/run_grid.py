@@ -3,37 +3,25 @@
     python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir runs/lora_glue_minilm --jobs 2
     python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures
 
-Model: --model_size minilm (all-MiniLM-L6-v2, the optional 'pretrained' extra), LoRA on query/value + the
-classifier head. Data: --real_data_dir holds glue_sst2/ and glue_mrpc/ in the original GLUE TSV layout. Each
-task's GLUE training file is shuffled once (seed 0): the first --train_samples (SST-2) / --mrpc_train_samples
-(MRPC) examples train, the next --selection_samples form the selection split (selection.tsv); the GLUE dev set is
-kept whole (<out-dir>/data/<task>_<n>_sel<m>/), so every script reads it through the normal --data_dir reader.
+Model: --model_size minilm, LoRA on query/value + the classifier head. Each task's GLUE training file in
+--real_data_dir (glue_sst2/, glue_mrpc/) is shuffled once (seed 0): the first --train_samples (MRPC:
+--mrpc_train_samples) train, the next --selection_samples are the selection split; the dev set stays whole
+(<out-dir>/data/<task>_<n>_sel<m>/, read through the scripts' --data_dir).
 
-Two stages, one command:
-1. **Selection** (skipped with --learning_rate): for each arm family (centralized; multi-round FedAvg, SVD merge;
-   one-shot, SVD merge) one run per rate of --lr_grid and seed of --select_seeds on iid shards, scored on the
-   selection split only (every round / --local_epochs of centralized training; never on the dev set), in
-   <out-dir>/selection/. The rate with the best final selection metric (mean over the selection seeds; ties: the
-   smaller rate) is the family's; <out-dir>/selection.json records every score and the choice.
-2. **Reported cells** (run names ``<task>_<method>_<sharding>_s<seed>``), each family at its chosen rate, the
-   selection split tracked every round / --local_epochs and the dev set scored once, after training:
-   * ``central``                  main_glue_lora.py, --rounds x --local_epochs epochs over all examples;
-   * ``svd|naive|exact`` x sharding fedavg_rounds.py, --rounds rounds of --local_epochs local epochs (naive uses
-                                  the multi-round rate chosen with the SVD merge; exact, whose stacked adapter
-                                  grows to rank K^t r, capped at full rank, chooses its own from --exact_lr_grid);
-   * ``oneshot`` x sharding       fedavg_rounds.py with 1 round of --rounds x --local_epochs local epochs (its fused
-                                  adapter is the one-shot SVD merge), then fedavg_merge.py --aggregation naive
-                                  --do_eval on the same client adapters (``<task>_oneshot-naive_<sharding>_s<seed>/``).
-Shardings over --num_clients clients: iid (stratified), dir1 / dir0.1 (Dirichlet label skew, alpha 1 / 0.1,
-every client keeps at least --min_per_label examples of each label) and category (one label per client, the
-extreme). SST-2 runs the ``headline`` design (--sst2_design merges adds exact on iid shards; full also dir1 and
-one label per client); MRPC (--tasks mrpc; pairs cost ~2x more per example) ``small`` by default (--mrpc_design):
-centralized, SVD and naive multi-round on iid and dir0.1 shards. --train_pooler names the tasks whose runs also
-train BERT's pooler with the classifier (default MRPC, where a frozen pooler left a seed at the majority class).
-Every compared arm sees the same examples the same number of times with the same batch size (see the README).
-Every script run goes through ``common.jobs``: finished runs are skipped and interrupted ones resumed, so an
-interrupted grid continues by running the same command again; a run directory holding other arguments is reported
-and left alone; logs in <out-dir>/logs; <out-dir>/grid.json records the wall time of each invocation.
+1. **Selection** (skipped with --learning_rate): per arm family (``SELECTION_CELL``) one run per rate of --lr_grid
+   (exact: --exact_lr_grid) and seed of --select_seeds on iid shards, scored on the selection split only
+   (<out-dir>/selection/); the best final selection metric (mean over seeds; ties: the smaller rate) picks the
+   family's rate (<out-dir>/selection.json).
+2. **Reported cells** ``<task>_<method>_<sharding>_s<seed>`` of --sst2_design / --mrpc_design (``DESIGNS``) at the
+   chosen rates, the dev set scored once, after training: ``central`` (main_glue_lora.py, --rounds x
+   --local_epochs epochs), ``svd|naive|exact`` (fedavg_rounds.py, --rounds rounds of --local_epochs), ``oneshot``
+   (fedavg_rounds.py, 1 round of --rounds x --local_epochs, then fedavg_merge.py --aggregation naive --do_eval on
+   its client adapters: ``<task>_oneshot-naive_<sharding>_s<seed>/``). Shardings over --num_clients clients: iid,
+   dir1 / dir0.1 (Dirichlet, at least --min_per_label of each label), category (one label per client).
+--train_pooler: the tasks whose runs also train BERT's pooler with the classifier (default MRPC, where a frozen
+pooler left a seed at the majority class).
+Every run goes through ``common.jobs``: finished runs are skipped, interrupted ones resumed (run the same command
+again); logs in <out-dir>/logs; <out-dir>/grid.json records the wall time of each invocation.
 """
 from __future__ import annotations
 

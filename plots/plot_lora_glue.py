@@ -2,19 +2,12 @@
 
     python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures
 
-Reads the runs of lora_glue_fl/run_grid.py (names ``<task>_<method>[_<sharding>]_s<seed>``, method central,
-svd, naive, exact or oneshot; one-shot naive merges are read from
-``<task>_oneshot-naive_<sharding>_s<seed>/adapter/fuse_manifest.json``; other runs of fedavg_rounds.py /
-main_glue_lora.py are grouped by their summary). Runs on other data, another model, sequence length or
-evaluation subset get tables and figures of their own ("sst2 [model=tiny]"); runs of one cell that differ
-in any other argument (rounds, client count, --quick ...) are separate rows, the arguments in their label.
-Statistics over seeds come from ``common.stats``: mean ± sample sd (ddof=1) with n, and the difference to
-centralized LoRA paired by seed with its 95% t interval, the verdicts Holm-corrected over each table. The
-majority-class baseline (the training subset's most frequent label predicted for every validation example) and
-the SVD error per rank are read from the runs' summary.json (written by the training scripts); a run too old to
-hold them is drawn without them.
-Several --runs folders are read together. Writes ``<out>/rounds_<task>.png``, ``svd_error_vs_rank.png``,
-``summary.png`` and ``results.md`` (the tables of the README; lora_glue_fl/README.md says what each figure shows).
+Reads the runs of lora_glue_fl/run_grid.py (``<task>_<method>[_<sharding>]_s<seed>``, one-shot naive merges'
+``fuse_manifest.json``) and other runs of the training scripts (grouped by their summary), from several --runs
+folders. Other data, model, sequence length or evaluation subset: a panel of its own ("sst2 [model=tiny]"); any
+other differing argument: a row of its own. Over seeds (``common.stats``): mean ± sample sd, and the difference to
+centralized LoRA paired by seed (95% t interval, Holm over each table). Writes ``<out>/rounds_<task>.png``,
+``svd_error_vs_rank.png``, ``summary.png`` and ``results.md``.
 """
 from __future__ import annotations
 
@@ -28,8 +21,7 @@ import numpy as np
 from common import cli, stats
 from common import runs as R
 
-# what splits runs into tables and figures of their own (args.json, else summary.json: "model" is the id a
-# script resolved); everything else that differs splits rows (``R.split_configs``)
+# what splits runs into panels of their own (args.json, else summary.json); any other difference splits rows
 PANEL_KEYS = ("data", "model", "max_seq_length", "max_eval_samples", "tokenizer")
 # per-seed paths and bookkeeping: never a difference between configurations
 IGNORE = R.DRAW_IGNORE + ("shard_dir", "adapter_output_dir", "eval_each_round", "eval_clients",
@@ -60,8 +52,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 def describe(run: dict) -> dict | None:
     """{task, method, shard} of a finished run, from the grid's run name or else the summary."""
-    s = run["summary"]
-    m = NAME.match(run["name"])
+    s, m = run["summary"], NAME.match(run["name"])
     if m:
         return {"task": m["task"], "method": m["method"], "shard": m["shard"] or "-"}
     if "aggregation" in s:
@@ -96,9 +87,8 @@ def merge_runs(roots: list[str], runs: list[dict]) -> list[dict]:
 
 
 def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
-    """{(task, method, shard): runs}: task with the panel's distinguishing arguments ("sst2 [model=tiny]"),
-    shard with the row's ("iid [rounds=2]") when one cell holds several configurations. A panel names only
-    what differs between runs of its own task (MRPC's longer sequences do not relabel SST-2)."""
+    """{(task, method, shard): runs}: task with its panel's arguments ("sst2 [model=tiny]", only what differs
+    within the task), shard with the row's ("iid [rounds=2]") when one cell holds several configurations."""
     by_task, groups = defaultdict(list), defaultdict(list)
     for run in runs:
         if d := describe(run):
@@ -110,11 +100,11 @@ def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
                 groups[(task + (f" [{panel}]" if panel else ""), d["method"], d["shard"])].append(run)
     groups = R.split_configs(dict(groups), IGNORE)
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "central", _shard_rank(kv[0][2]),
-                                                       _method_rank(kv[0][1]), kv[0][2])))
+                                                       _rank(METHOD_ORDER, kv[0][1]), kv[0][2])))
 
 
-def _method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+def _rank(order: tuple, item: str) -> int:
+    return order.index(item) if item in order else len(order)
 
 
 def base_shard(shard: str) -> str:
@@ -123,13 +113,11 @@ def base_shard(shard: str) -> str:
 
 
 def _shard_rank(shard: str) -> int:
-    shard = base_shard(shard)
-    return SHARDS.index(shard) if shard in SHARDS else len(SHARDS)
+    return _rank(SHARDS, base_shard(shard))
 
 
 def central_of(groups: dict, task: str) -> tuple | None:
-    """The key of the centralized runs of ``task``: the reference of its rows, when there is one configuration
-    of them."""
+    """The key of ``task``'s centralized runs (the rows' reference) when they are one configuration."""
     cells = [k for k in groups if k[0] == task and k[1] == "central"]
     if len(cells) > 1:
         print(f"{task}: {len(cells)} centralized configurations; no centralized reference line or column")
@@ -156,25 +144,23 @@ def label_of(method: str, shard: str) -> str:
 
 
 def majority_baseline(runs: list[dict], task: str, key: str = "majority") -> dict:
-    """{metric: value, "label": majority label} of always predicting the most frequent training label, as the
-    training scripts write it into summary.json (``key``: "majority" on the validation split,
-    "selection_majority" on the selection split); {} (said once) when no run holds it or the runs disagree
-    (other training subsets), so no wrong line is drawn."""
+    """{metric: value, "label": majority label} of predicting the most frequent training label, from summary.json
+    (``key``: "majority" on validation, "selection_majority" on the selection split); {} (said once for
+    validation) when no run holds it or the runs disagree, so no wrong line is drawn."""
     seen = {json.dumps(s[key], sort_keys=True): s for s in (r["summary"] for r in runs)
             if isinstance(s.get(key), dict) and all(_number(v) is not None for v in s[key].values())}
-    if key != "majority" and len(seen) != 1:
-        return {}  # the selection split's line is drawn where every run agrees on it; nothing to say otherwise
     if len(seen) != 1:
-        print(f"{task}: drawn without the majority-class baseline (" + (
-            "no run's summary.json holds it: runs older than the 'majority' key" if not seen else
-            f"{len(seen)} different values: the runs trained on different subsets") + ")")
+        if key == "majority":  # the selection split's line is drawn where every run agrees on it, else left out
+            print(f"{task}: drawn without the majority-class baseline (" + (
+                "no run's summary.json holds it: runs older than the 'majority' key" if not seen else
+                f"{len(seen)} different values: the runs trained on different subsets") + ")")
         return {}
     s = next(iter(seen.values()))
     return {**s[key], "label": s.get("majority_label")}
 
 
 def num_labels_of(runs: list[dict]) -> int | None:
-    """The task's number of labels from summary.json (``num_labels``; None in runs older than that key)."""
+    """``num_labels`` from summary.json (None in older runs)."""
     return next((r["summary"]["num_labels"] for r in runs if isinstance(r["summary"].get("num_labels"), int)), None)
 
 
@@ -191,10 +177,8 @@ def _fused_rows(group: list[dict]) -> list[dict]:
 def cost_cell(group: list[dict]) -> tuple[str, str]:
     """(trainable parameters per client, MB per round) as logged; 'first → last round' when they grow."""
     s = group[0]["summary"]
-    if "trainable_params" in s and "adapters" in s:   # a one-shot merge of the one-shot svd run's clients
-        return f"{s['trainable_params']:,}", "as one-shot svd"
-    if "trainable_params" in s:                        # centralized
-        return f"{s['trainable_params']:,}", "–"
+    if "trainable_params" in s:  # a one-shot merge (of the one-shot svd run's clients: "adapters") or centralized
+        return f"{s['trainable_params']:,}", "as one-shot svd" if "adapters" in s else "–"
     params, round_bytes = _fused_values(group[0], "client_trainable_params"), _fused_values(group[0], "round_bytes")
     if not params:
         return "", ""
@@ -245,8 +229,7 @@ CONTRASTS = [  # (method a, method b, sharding of a, what a - b answers); shardi
 
 
 def contrast_table(task: str, groups: dict) -> str:
-    """Paired differences (matched seeds) between cells of ``task``: svd vs naive per sharding, exact vs svd,
-    multi-round vs one-shot, iid vs skewed; '' when no pair of cells exists."""
+    """Paired differences (matched seeds) between the cells of ``task`` that ``CONTRASTS`` names; '' if none."""
     metric = metric_of(next(g for k, g in groups.items() if k[0] == task))
     shards = sorted({k[2] for k in groups if k[0] == task and k[2] != "-"}, key=_shard_rank)
     pairs = {}
@@ -265,8 +248,8 @@ def contrast_table(task: str, groups: dict) -> str:
 
 
 def selection_table(roots: list[str]) -> str:
-    """The learning rates run_grid.py chose on the selection split (``<root>/selection.json``): every rate's
-    final selection metric per arm family and task, the chosen one in bold; '' when no root holds the file."""
+    """Every rate's final selection metric per task and arm family from run_grid.py's ``<root>/selection.json``,
+    the chosen one in bold; '' when no root holds the file."""
     parts = []
     for root in roots:
         f = Path(root) / "selection.json"
@@ -287,20 +270,14 @@ def selection_table(roots: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-def baselines(groups: dict) -> dict:
-    return {t: majority_baseline([r for k, g in groups.items() if k[0] == t for r in g], t)
-            for t in sorted({k[0] for k in groups})}
-
-
 def has_selection(runs: list[dict], metric: str) -> bool:
-    """Whether the runs were scored on a selection split (``selection_<metric>`` rows, run_grid's data folders)."""
+    """Whether the runs were scored on a selection split (``selection_<metric>`` rows)."""
     return any(SELECT + metric in row for r in runs for row in r["rows"])
 
 
 def epochs_of(group: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x [P], values [seeds, P]) of ``key`` against the epochs of training data processed: a centralized run's
-    epoch, a federated run's round x --local_epochs (each client passes over its shard that often per round), so
-    every arm's curve sits on the same compute axis; a run with --local-steps: its rounds."""
+    """(x [P], values [seeds, P]) of ``key`` against the epochs of training data processed, one compute axis for
+    every arm: a centralized run's epoch, a federated run's round x --local_epochs (--local-steps: its round)."""
     if any("epoch" in row for row in group[0]["rows"]):  # centralized
         return R.aligned(group, key, x="epoch")
     x, ys = R.aligned(_fused_rows(group), key)
@@ -309,8 +286,8 @@ def epochs_of(group: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plateau_cell(group: list[dict], metric: str) -> str:
-    """The plateau check of one cell on the selection split: the gain of the last third of each seed's curve over
-    its best before (``stats.plateau_gain``), mean over seeds, and how many seeds gained less than PLATEAU_TOL."""
+    """One cell's plateau check on the selection split: ``stats.plateau_gain`` per seed, their mean, and how many
+    seeds gained less than PLATEAU_TOL."""
     gains = [v for v in (stats.plateau_gain(epochs_of([g], SELECT + metric)[1][0]) for g in group) if np.isfinite(v)]
     if not gains:
         return "–"
@@ -318,9 +295,8 @@ def plateau_cell(group: list[dict], metric: str) -> str:
 
 
 def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
-    """Per task: the metric per evaluation on the selection split (when the runs were scored on one; else the
-    validation metric per scored round, a single point per cell when only the last round was scored) against the
-    epochs of training data processed, the clients' mean training loss per round, and the merge error per round."""
+    """Per task: the selection metric (else the validation metric; a point per cell when only the last round was
+    scored) against the epochs processed, the clients' mean training loss and the merge error per round."""
     import matplotlib.pyplot as plt
     written = []
     colors = {s: f"C{i}" for i, s in enumerate(SHARDS)}  # per partition; a row with arguments of its own: the next free
@@ -329,9 +305,9 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
         if not fed:
             print(f"skipped rounds_{task}.png: no federated runs of {task} (centralized only)")
             continue
-        metric, k = metric_of(fed[0][1]), 0
+        metric, k, fed_runs = metric_of(fed[0][1]), 0, [r for _, g in fed for r in g]
         central = groups.get(central_of(groups, task))
-        select = has_selection([r for _, g in fed for r in g], metric)
+        select = has_selection(fed_runs, metric)
         key = SELECT + metric if select else metric
         per_round = select or any(len([r for g in grp for r in g["rows"] if r.get("client") is None and metric in r])
                                   > len(grp) for _, grp in fed)   # some cell scored more than its last round
@@ -371,13 +347,12 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                 x, ys = epochs_of(central, key)
                 R.draw_seeds(ax, x, ys.T, "centralized LoRA", ls="-", ms=3, color="k", marker=".")
             elif central:
-                c_mean = _mean(seed_values(central, metric))
+                c_mean = stats.summarize(seed_values(central, metric).values()).mean
                 ax.axhline(c_mean, color="k", ls="--", lw=1.2,
                            label=f"centralized LoRA ({c_mean:.3f}, n={len(central)})")
             ref, split = base.get(task, {}), "validation"
             if select:  # the selection split's own majority where the runs record it (older runs: validation's)
-                sel = majority_baseline([r for _, g in fed for r in g] + list(central or []), task,
-                                        "selection_majority")
+                sel = majority_baseline(fed_runs + list(central or []), task, "selection_majority")
                 ref, split = (sel, "selection split") if metric in sel else (ref, split)
             if metric in ref:
                 ax.axhline(ref[metric], color="0.5", ls=":", lw=1.5,
@@ -387,7 +362,7 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                           "single merge)", ylabel=f"{metric} ({where})",
                    title=f"{task}: mean ± sd over seeds; plateau: last third gains < {PLATEAU_TOL}")
             ax.legend(fontsize=6, loc="best")
-        n_labels = num_labels_of([r for _, g in fed for r in g])
+        n_labels = num_labels_of(fed_runs)
         if n_labels and n_labels > 1:  # the loss of a uniform prediction: a client at this line has learned nothing
             ax_loss.axhline(np.log(n_labels), color="0.5", ls=":", lw=1.5,
                             label=f"uniform prediction, ln {n_labels} = {np.log(n_labels):.3f}")
@@ -403,13 +378,9 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
     return written
 
 
-def _mean(values: dict) -> float:
-    return stats.summarize(values.values()).mean
-
-
 def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
-    """Relative SVD merge error vs rank of each svd run's last-round client adapters (``svd_error_by_rank`` in
-    its summary.json, written by fedavg_rounds.py)."""
+    """Relative SVD merge error vs rank of each svd run's last-round client adapters (its summary's
+    ``svd_error_by_rank``)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -441,8 +412,7 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
 
 
 def plot_summary(groups, base: dict, out: Path) -> list[Path]:
-    """Final main metric per cell: every seed as a dot, the mean ± sample sd as a bar; centralized (dashed) and
-    the majority baseline (dotted) as vertical lines."""
+    """Final main metric per cell: seeds as dots, mean ± sample sd as a bar; centralized and majority as lines."""
     import matplotlib.pyplot as plt
     tasks = sorted({k[0] for k in groups})
     rows = max(sum(1 for k in groups if k[0] == t) for t in tasks)
@@ -463,7 +433,7 @@ def plot_summary(groups, base: dict, out: Path) -> list[Path]:
             ax.axvline(base[task][metric], color="0.4", ls=":", lw=1.5, label=f"majority ({base[task][metric]:.3f})")
         central = groups.get(central_of(groups, task))
         if central:
-            c_mean = _mean(seed_values(central, metric))
+            c_mean = stats.summarize(seed_values(central, metric).values()).mean
             ax.axvline(c_mean, color="k", ls="--", lw=1, label=f"centralized ({c_mean:.3f})")
         ax.set(ylim=(-0.7, len(keys) - 0.4), title=task,
                xlabel=f"final validation {metric}: seeds (dots), mean ± sample sd (diamond)")
@@ -472,8 +442,8 @@ def plot_summary(groups, base: dict, out: Path) -> list[Path]:
 
 
 def lora_runs(runs: list[dict]) -> list[dict]:
-    """The finished runs of lora_glue_fl's training scripts with the summary keys every table needs; others in
-    the same folders (other subprojects) are ignored, a malformed one left out with a line."""
+    """The finished runs of lora_glue_fl's scripts with the summary keys the tables need (others ignored, a
+    malformed one left out with a line)."""
     mine = [r for r in runs if str(r["meta"].get("script", "")).startswith("lora_glue_fl/")]
     if len(mine) < len(runs):
         print(f"ignored {len(runs) - len(mine)} run(s) of other scripts")
@@ -486,8 +456,8 @@ def main(argv=None) -> dict:
     runs = lora_runs(R.load_roots(args.runs))
     groups = grouped(runs + merge_runs(args.runs, runs))
     cli.check(bool(groups), f"--runs {' '.join(args.runs)} holds no finished lora_glue_fl runs: nothing to draw")
-    base = baselines(groups)
     tasks = sorted({k[0] for k in groups})
+    base = {t: majority_baseline([r for k, g in groups.items() if k[0] == t for r in g], t) for t in tasks}
     table = "\n\n".join(part for part in [selection_table(args.runs)] + [
         p for t in tasks for p in (task_table(t, groups, base[t]), contrast_table(t, groups))] if part)
     files = plot_rounds(groups, base, out) + plot_svd_error(groups, out, args.max_rank)
