@@ -4,11 +4,10 @@
     python mamba_fl/central.py --model-config pure_ssm_4_layer --n_epochs 1 --batch_size 16 --sequence_length 256 \
         --data wikitext2 --cache_dir data/cache
 
-Each epoch visits every training block once in an order drawn from (seed, epoch); the last, smaller batch
-is kept. Every --val-freq steps it logs the token-weighted validation loss and perplexity, the mean
-training loss since the last evaluation, the cosine between the gradients of consecutive steps, and a
-greedy sample continuing --prompt (decoded with the recurrent state cache, one step per token).
-Checkpoints at every evaluation; --resume continues mid-epoch and reproduces the uninterrupted run.
+Each epoch visits every training block once in an order drawn from (seed, epoch), the last, smaller batch kept.
+Every --val-freq steps it logs the validation loss and perplexity, the mean training loss and the mean cosine
+between consecutive steps' gradients since the last evaluation, and a greedy sample continuing --prompt; and
+checkpoints (--resume continues mid-epoch and reproduces the uninterrupted run).
 """
 from __future__ import annotations
 
@@ -119,8 +118,7 @@ def main(argv=None) -> dict:
 
         if step % args.val_freq == 0 or step == total:
             row = {"step": step, "epoch": step / per_epoch, "tokens": tokens, "train_loss": loss_sum.item() / n_since,
-                   "grad_cosine": cos_sum.item() / n_since}
-            row |= federated.evaluate_global(ctx, valid)
+                   "grad_cosine": cos_sum.item() / n_since} | federated.evaluate_global(ctx, valid)
             rd.check_finite(f"step {step}", training_loss=loss_sum, validation_loss=row["val_loss"],
                             parameters=plist)
             best = min(best, row["val_ppl"])

@@ -1,9 +1,8 @@
 """Parameter snapshots and deltas of chosen tensors, every layer, saved as ``.npz`` for the plots.
 
-Keys are ``<who>/layer<i>/<tensor>``, e.g. ``server/layer1/mixer.in_proj.weight``,
-``server_delta/layer1/...`` (change since the previous snapshot) and ``client3_delta/layer0/...``
-(a client's update in that round: its final parameters minus the global parameters it started from).
-The source kept only the last layer; every layer is kept here, with its index in the key.
+Keys are ``<who>/layer<i>/<tensor>``: ``server/layer1/mixer.in_proj.weight``, ``server_delta/layer1/...``
+(change since the previous snapshot), ``client3_delta/layer0/...`` (a client's final parameters minus the global
+ones it started from). The source kept only the last layer.
 """
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from common import cli, distributed
+from common.checkpoint import atomic_path
 
 _LAYER = re.compile(r"^backbone\.layers\.(\d+)\.(.+)$")
 
@@ -22,22 +22,16 @@ def select(named_params: list[tuple[str, torch.Tensor]], patterns: str) -> list[
     """(position in the parameter list, key) of every layer tensor whose name ends with one of the
     comma-separated ``patterns``; e.g. 'mixer.in_proj.weight,mixer.out_proj.weight'."""
     wanted = [p.strip() for p in patterns.split(",") if p.strip()]
-    out = []
-    for i, (name, _) in enumerate(named_params):
-        m = _LAYER.match(name)
-        if m and any(m.group(2).endswith(w) for w in wanted):
-            out.append((i, f"layer{m.group(1)}/{m.group(2)}"))
+    out = [(i, f"layer{m.group(1)}/{m.group(2)}") for i, (name, _) in enumerate(named_params)
+           if (m := _LAYER.match(name)) and any(m.group(2).endswith(w) for w in wanted)]
     cli.check(bool(out), f"--delta-tensors {patterns!r} matches no layer tensor; expected names such as "
                          f"mixer.in_proj.weight, mixer.out_proj.weight, mixer.conv1d.weight")
     return out
 
 
 class Snapshots:
-    """Collects arrays for one snapshot and writes ``<folder>/<tag>.npz``.
-
-    Only the chosen tensors are copied (a few MB per snapshot for the full-size model), and only on
-    evaluation rounds, so snapshots do not slow the round loop.
-    """
+    """Collects the chosen tensors' arrays for one snapshot (on evaluation rounds only) and writes
+    ``<folder>/<tag>.npz``."""
 
     def __init__(self, folder: Path, chosen: list[tuple[int, str]]):
         self.folder, self.chosen = Path(folder), chosen
@@ -76,10 +70,8 @@ class Snapshots:
     def write(self, tag: str) -> None:
         if not self.arrays:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{tag}.tmp.npz"
-        np.savez(tmp, **self.arrays)
-        tmp.replace(self.folder / f"{tag}.npz")
+        with atomic_path(self.folder / f"{tag}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **self.arrays)
         self.arrays = {}
 
     def state_dict(self) -> dict:

@@ -4,8 +4,7 @@
     python mamba_fl/fed_avg.py --model-config pure_ssm_4_layer --num_clients 4 --local_updates 8 --data wikitext2
 
 Every round each client starts from the global model, runs --local-updates AdamW steps on its shard, and
-the server sets theta <- sum_k n_k theta_k / sum_k n_k (n_k: the client's training blocks).
-The round loop lives in mamba_fl/federated.py.
+the server sets theta <- sum_k n_k theta_k / sum_k n_k (n_k: the client's training blocks; mamba_fl/federated.py).
 """
 from __future__ import annotations
 

@@ -3,10 +3,9 @@
     python mamba_fl/fed_entropy.py --layers 2 --quick
     python mamba_fl/fed_entropy.py --layers 1 --temperature 1.0 --holdout-fraction 0.1
 
-After local training, client k measures H_k, the mean predictive entropy (nats per token, over the real
-vocabulary) of its model on its held-out 10% (never trained on), and the server averages with
-alpha_k = softmax(-H_k / T): theta <- sum_k alpha_k theta_k. Lower T concentrates the weight on the most
-confident clients; T -> infinity is the uniform mean. The round loop lives in mamba_fl/federated.py.
+After local training, client k measures H_k, the mean predictive entropy (nats per token) of its model on its
+held-out 10%, and the server sets theta <- sum_k alpha_k theta_k, alpha_k = softmax(-H_k / T): lower T favours the
+most confident clients, T -> infinity is the uniform mean.
 """
 from __future__ import annotations
 
@@ -28,9 +27,8 @@ def add_entropy_weighted(ctx: federated.Context, agg, client: federated.Client) 
 
 
 def rebase_weights(ctx: federated.Context, agg, rows: dict, chosen: list) -> None:
-    """Under torchrun: this rank's weights used its own first client's entropy as H_ref; multiply its sums
-    by exp(-(H_ref_rank - H_ref) / T), H_ref the round's first chosen client's, so every rank's weights are
-    exactly those of the single-process run before the sums are added up."""
+    """Under torchrun: re-base this rank's sums (weights relative to its own first client's entropy) to the
+    round's first chosen client's H_ref, so the reduced sums are exactly the single-process run's."""
     if "h_ref" in ctx.scratch:  # a rank with no client this round has nothing to re-base
         factor = math.exp(-(ctx.scratch["h_ref"] - rows[chosen[0]]["entropy"]) / ctx.args.temperature)
         for t in agg.accumulators():  # the sums and the total weight
@@ -38,8 +36,7 @@ def rebase_weights(ctx: federated.Context, agg, rows: dict, chosen: list) -> Non
 
 
 def entropy_weights(ctx: federated.Context, agg, rows: dict) -> dict:
-    """The round's normalised weights alpha_k = softmax(-H_k / T) (logged so a reader sees how far from
-    uniform they are) and the ratio of the largest to the smallest."""
+    """The round's normalised weights alpha_k = softmax(-H_k / T) and the ratio of the largest to the smallest."""
     keys = sorted(rows)
     alpha = aggregate.entropy_weights([rows[k]["entropy"] for k in keys], ctx.args.temperature)
     return {"entropy_weight": {str(k): a for k, a in zip(keys, alpha)}, "entropy_weight_ratio": max(alpha) / min(alpha)}

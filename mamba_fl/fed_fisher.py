@@ -3,17 +3,13 @@
     python mamba_fl/fed_fisher.py --layers 2 --quick
     python mamba_fl/fed_fisher.py --layers 4 --fisher-samples 64 --fisher-labels sampled
 
-After local training, client k computes F_k, the diagonal Fisher at its final parameters from per-example
-(per-sequence) gradients of --fisher-samples of its training blocks, for EVERY parameter including the tied
-embedding (the source lost it to a plain mean), and the server sets
-theta <- (sum_k n_k F_k theta_k + eps theta_bar) / (sum_k n_k F_k + eps), theta_bar the FedAvg mean and eps
---fisher-eps times the mean of sum_k n_k F_k (``common.aggregate.FisherMean``): the Fisher-weighted mean where
-the clients carry Fisher information, FedAvg where they carry none (never a pull toward zero). Each
-evaluation row logs ``fisher_eps_share``, the fraction of coordinates where eps rather than the Fisher
-decides. Clients send their Fisher with their parameters (2x upload). ``--fisher-method local`` instead
-estimates it from the batch gradients of the client's own local steps (no extra pass; needs --local-updates
->= 2; ``common.fisher.LocalStepFisher``).
-The round loop lives in mamba_fl/federated.py; the run writes perplexity.png into its run directory.
+After local training, client k computes F_k, the diagonal Fisher at its final parameters from per-sequence
+gradients of --fisher-samples of its training blocks, for every parameter (the tied embedding too, which the source
+lost to a plain mean), and the server sets theta <- (sum_k n_k F_k theta_k + eps theta_bar) / (sum_k n_k F_k + eps),
+theta_bar the FedAvg mean and eps --fisher-eps times the mean of sum_k n_k F_k (``common.aggregate.FisherMean``):
+FedAvg where the clients carry no Fisher information, never a pull toward zero. Evaluation rows log
+``fisher_eps_share`` (the fraction of coordinates where eps decides). Clients send their Fisher too (2x upload).
+``--fisher-method local`` estimates it from the client's own local steps (``common.fisher.LocalStepFisher``).
 """
 from __future__ import annotations
 
@@ -22,7 +18,7 @@ import weakref
 import torch
 
 from common import aggregate, cli, evaluate, fisher, flags, seed
-from mamba_fl import federated, lmdata
+from mamba_fl import federated
 
 _LOCAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its LocalStepFisher (--fisher-method local)
 
@@ -31,11 +27,8 @@ def fisher_batches(ctx: federated.Context, client: federated.Client):
     """(input_ids, next-token targets) of the client's Fisher sample, drawn from its own stream."""
     g = seed.client_generator(ctx.args.seed, ctx.round, client.index, purpose="fisher")
     pick = torch.randperm(len(client.train), generator=g)[: ctx.args.fisher_samples].numpy()
-    blocks = ctx.data.train[torch.as_tensor(client.train[pick])]
-    for i in range(0, blocks.shape[0], ctx.args.fisher_batch):
-        b = lmdata.text.lm_batch(blocks[i:i + ctx.args.fisher_batch], ctx.data.tokenizer.pad_token_id)
-        # the model's logits at t predict token t+1: shift here, since Fisher sees (logits, targets) pairs
-        yield b["input_ids"].to(ctx.device), b["labels"][:, 1:].to(ctx.device)
+    # the model's logits at t predict token t+1: shift here, since Fisher sees (logits, targets) pairs
+    return ((b["input_ids"], b["labels"][:, 1:]) for b in ctx.batches(client.train[pick], ctx.args.fisher_batch))
 
 
 def next_token_logits(model, input_ids):
@@ -45,12 +38,10 @@ def next_token_logits(model, input_ids):
 
 
 def local_step_fisher(ctx: federated.Context, client: federated.Client) -> list[torch.Tensor]:
-    """--fisher-method local: the per-example Fisher estimated from the batch gradients of the client's own
-    consecutive local steps, g_{s-1} g_s + (m / 2)(g_s - g_{s-1})^2 averaged over the pairs (m = --batch-size),
-    taken from the gradients its training just computed (``common.fisher.LocalStepFisher`` hooks on the
-    model's parameters; no extra forward or backward). The hooks exist from the first call on, so the first
-    client of a run, trained before that, recomputes its steps' gradients at its final parameters on its
-    local batches (one forward and backward each) once."""
+    """--fisher-method local: the per-example Fisher from the batch gradients the client's consecutive local steps
+    just computed, g_{s-1} g_s + (m / 2)(g_s - g_{s-1})^2 averaged over the pairs (m = --batch-size;
+    ``common.fisher.LocalStepFisher`` hooks on the parameters). The hooks exist from the first call on, so the
+    run's first client recomputes its steps' gradients at its final parameters once."""
     est = _LOCAL.get(ctx.model)
     if est is None:
         est = _LOCAL[ctx.model] = fisher.LocalStepFisher(ctx.params, ctx.args.batch_size)

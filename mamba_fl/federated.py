@@ -1,11 +1,8 @@
-"""What fed_avg.py, fed_momentum.py, fed_entropy.py and fed_fisher.py share: their flags and the task the
-federated round engine (``common.engine``) runs.
-
-Each selected client loads its (cluster's) global parameters IN PLACE into the one model object, runs
-``--local-updates`` optimizer steps on batches from its own stream ``common.seed.client_generator(seed, round,
-client)`` and is added to the method's streaming aggregator (plain, entropy or Fisher weights); the server
-step is ``--server-opt``'s. mamba_fl/README.md says how this differs from the source, and why the client
-optimizer keeps its state (``--client-opt-state persist``) by default.
+"""What fed_avg.py, fed_momentum.py, fed_entropy.py and fed_fisher.py share: their flags and the task that
+``common.engine`` runs. Each selected client loads its (cluster's) global parameters in place into the one model,
+runs ``--local-updates`` steps on batches from its own stream ``common.seed.client_generator(seed, round, client)``
+and is added to the method's streaming aggregator; the server step is ``--server-opt``'s. mamba_fl/README.md says
+how this differs from the source, and why the client optimizer keeps its state by default.
 """
 from __future__ import annotations
 
@@ -20,18 +17,16 @@ import torch
 
 from common import aggregate, cli, compiled, distributed, engine, evaluate, export, flags, params, runlog, seed
 from common.clustering import token_distribution
+from common.curves import perplexity_curve
 from common.early_stop import EarlyStop
 from mamba_fl import deltas, lmdata
 from mamba_fl import model as mmodel
 
-# flags that may differ when a run is resumed (they do not change its results)
-# how to run, not what runs: the device, compilation and the Mamba2 kernels (runs from before --kernels resume)
+# flags that may differ when a run is resumed: how it runs (device, compilation, kernels), not its results
 IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", "report_to", "kernels",
                     "kernel_path", *compiled.FLAGS)
 QUICK = mmodel.QUICK | {"rounds": 64, "eval_every": 16}  # --quick (defaults < --quick < YAML < command line)
 
-# ----------------------------------------------------------------------------------------------------------
-# arguments
 
 def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0, server_opt: str = "fedavg",
                     quick: dict | None = None) -> cli.ArgumentParser:
@@ -84,9 +79,6 @@ def finish_args(args: argparse.Namespace) -> None:
                                     optimizer_hint=f"--optimizer {args.optimizer}; use --optimizer sgd")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# methods: an aggregator and one hook
-
 @dataclass
 class Client:
     index: int
@@ -97,23 +89,18 @@ class Client:
 
 @dataclass
 class Method:
-    """What differs between the federated scripts.
-
-    make_aggregator(args, like) -> aggregator; add_client(ctx, agg, client) adds the trained client (the
-    model holds its final parameters) and returns metrics for the log (default: FedAvg's theta_k with weight
-    n_k); server: --server-opt's default.
-    """
+    """What differs between the federated scripts. add_client(ctx, agg, client) adds the trained client (the
+    model holds its final parameters) and returns metrics for the log (default: FedAvg's theta_k, weight n_k);
+    under torchrun, pre_reduce(ctx, agg, client rows, chosen) may re-base this rank's sums before the all-reduce
+    (FedEntropy); round_metrics(ctx, agg, client rows) returns extra values logged after the server step of an
+    evaluated round; server: --server-opt's default; upload_factor: tensors sent up per parameter."""
     name: str
     script: str
     make_aggregator: Callable = lambda args, like: aggregate.WeightedMean(like)
     add_client: Callable | None = None
     server: str = "fedavg"
-    upload_factor: int = 1  # tensors sent up per parameter (FedFisher also sends its Fisher)
-    # under torchrun, before the all-reduce: pre_reduce(ctx, agg, rows of every client, chosen) may
-    # re-base this rank's sums (FedEntropy's weights are relative to the round's first client)
+    upload_factor: int = 1
     pre_reduce: Callable | None = None
-    # after the server step of an evaluated round: round_metrics(ctx, agg, client rows) -> extra logged values
-    # (FedFisher: where its floor decides; FedEntropy: the normalised client weights)
     round_metrics: Callable | None = None
     run_name_extra: Callable[[argparse.Namespace], dict] = lambda args: {}
 
@@ -139,9 +126,6 @@ class Context:
         return lmdata.iterate(self.data.train[torch.as_tensor(idx)], batch_size or self.args.batch_size,
                               self.data.tokenizer.pad_token_id, self.device)
 
-
-# ----------------------------------------------------------------------------------------------------------
-# pieces of the round
 
 def client_batch_indices(train_idx: np.ndarray, seed_: int, round_idx: int, client: int,
                          local_updates: int, batch_size: int) -> list[np.ndarray]:
@@ -184,9 +168,6 @@ def evaluate_global(ctx: Context, valid: torch.Tensor) -> dict:
                                              ctx.args.sample_tokens, ctx.device)
     return row
 
-
-# ----------------------------------------------------------------------------------------------------------
-# the run
 
 def run(args: argparse.Namespace, method: Method) -> dict:
     """The whole run; under ``torchrun`` (WORLD_SIZE set) joins the process group for its duration."""
@@ -408,8 +389,6 @@ def publish(rd, model, data, refs: dict, summary: dict) -> dict:
     """Writes summary.json, the run's model/ (the final model and its tokenizer, which
     AutoModelForCausalLM.from_pretrained reads), its learning curve with the reference points (perplexity.png)
     and its last line; returns the summary as written."""
-    from common.curves import perplexity_curve
-
     summary = rd.write_summary(summary)
     export.save_model_dir(rd.path, model, data.tokenizer, info={
         k: summary.get(k) for k in ("method", "final_val_loss", "final_val_ppl", "unigram_ppl", "uniform_ppl")})

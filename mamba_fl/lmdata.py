@@ -1,12 +1,9 @@
 """WikiText-style language-modelling data: raw splits -> tokenizer -> cached token stream -> blocks -> shards.
 
-Sources (``--data``): ``wikitext2`` (Hugging Face ``wikitext-2-raw-v1``), ``--data-dir DIR`` holding
-``wiki.train.raw`` / ``wiki.valid.raw`` (``wiki.test.raw`` optional) in the raw distribution format, or
-``synthetic`` (the embedded topic-structured source from ``common.synthetic``, whose optimal perplexity per
-word is known). Nothing falls back from real to synthetic data.
-
-Each split is tokenized once (cached by text and tokenizer hash) and cut into ``[N, T]`` blocks; the last
-partial block is padded with -100 labels instead of being dropped, and so is nothing else.
+Sources: ``--data wikitext2`` (Hugging Face ``wikitext-2-raw-v1``), ``--data-dir DIR`` (``wiki.train.raw``,
+``wiki.valid.raw``, optionally ``wiki.test.raw``, raw format) or ``--data synthetic`` (``common.synthetic``'s
+embedded topic-structured source, whose optimal perplexity per word is known); nothing falls back to synthetic.
+Each split is tokenized once (cached) and cut into ``[N, T]`` blocks, the last one padded with -100 labels.
 """
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, evaluate, flags, runlog, shard, text
+from common import cli, evaluate, flags, report, runlog, shard, synthetic, text
 
 SPLIT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw"}
 TEST_FILE = "wiki.test.raw"  # read only after training, by --test (split_wikitext.py writes it)
@@ -74,8 +71,6 @@ def source_tag(args: argparse.Namespace) -> str | None:
 
 
 def _synthetic_dir(cache_dir) -> tuple[Path, dict]:
-    from common import synthetic
-
     root = Path(synthetic.ensure("wikitext", root=Path(cache_dir) / "synthetic" if cache_dir else None))
     meta_file = root / "meta.json"
     return root, (json.loads(meta_file.read_text()) if meta_file.is_file() else {})
@@ -114,8 +109,7 @@ def _read_dir(folder: Path) -> dict[str, str]:
 
 
 def articles(lines: list[str]) -> list[list[str]]:
-    """Lines grouped into articles, each starting at a top-level heading (text before the first heading is
-    kept with the first article)."""
+    """Lines grouped into articles, each starting at a top-level heading (text before the first one joins it)."""
     out: list[list[str]] = [[]]
     seen_heading = False
     for line in lines:
@@ -131,13 +125,8 @@ def _article_topics(raw: str, topics_by_article: list[int], seq_len: int, n_bloc
     """Topic of each block: the topic of the article its first token belongs to."""
     lines = raw.splitlines(keepends=True)
     counts = [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch(lines, add_special_tokens=False)]
-    pos, article = 0, -1
-    token_article = np.zeros(sum(counts), dtype=np.int64)
-    for line, c in zip(lines, counts):
-        if _HEADING.match(line.rstrip("\n")):
-            article += 1
-        token_article[pos:pos + c] = max(article, 0)
-        pos += c
+    article = np.cumsum([bool(_HEADING.match(line.rstrip("\n"))) for line in lines]) - 1  # of each line
+    token_article = np.repeat(np.maximum(article, 0), counts)
     first = np.minimum(np.arange(n_blocks) * seq_len, len(token_article) - 1)
     art = np.minimum(token_article[first], len(topics_by_article) - 1)
     return np.asarray(topics_by_article, dtype=np.int64)[art]
@@ -161,9 +150,7 @@ def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = N
     if folder is not None:  # the raw files of --data-dir or of the embedded source
         splits, train_files = _read_dir(folder), [folder / SPLIT_FILES["train"]]
 
-    spec = args.tokenizer
-    if spec == "auto":
-        spec = "gpt2" if source == "wikitext2" else "bpe"
+    spec = args.tokenizer if args.tokenizer != "auto" else ("gpt2" if source == "wikitext2" else "bpe")
     tok = text.load_tokenizer(spec, train_files=train_files, vocab_size=args.vocab_size, cache_dir=cache)
     streams = {k: text.encode_text(tok, v, cache_dir=cache) for k, v in splits.items()}
     T = args.sequence_length
@@ -175,7 +162,6 @@ def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = N
     sizes = {"train": train.shape[0], "valid": valid.shape[0]}
     if device is not None:
         train, valid = train.to(device), valid.to(device)
-    words = len(splits["valid"].split())
     topics = None
     if getattr(args, "shard", None) == "topic":
         by_article = meta.get("article_topics", {}).get("train")
@@ -190,7 +176,7 @@ def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = N
         fp = runlog.data_fingerprint(source, folder if source == "dir" else None,
                                      files=[folder / n for n in SPLIT_FILES.values()], splits=sizes)
     return LMData(tokenizer=tok, vocab_size=len(tok), train=train, valid=valid,
-                  words_per_token=words / max(int(streams["valid"].numel()), 1),
+                  words_per_token=len(splits["valid"].split()) / max(int(streams["valid"].numel()), 1),
                   optimal_ppl=meta.get("optimal_perplexity_mean"), train_topics=topics, fingerprint=fp)
 
 
@@ -226,9 +212,8 @@ def iterate(blocks: torch.Tensor, batch_size: int, pad_id: int, device):
 
 
 def reference_ppls(data: LMData, valid: torch.Tensor) -> dict:
-    """The reference points every mamba_fl summary reports beside the model: uniform guess (the vocabulary
-    size), a unigram model fitted on the training split and scored on ``valid`` (the blocks the model is
-    validated on), both per token and per word, and the source's optimum per word where it is known."""
+    """The reference points of every summary: the uniform guess and a unigram fitted on the training split, scored
+    on ``valid``, per token and per word, and the source's optimum per word where it is known."""
     ref = evaluate.unigram_perplexity(data.train, valid, data.vocab_size)
     wpt = data.words_per_token
     return {"uniform_ppl": ref["uniform_ppl"], "unigram_ppl": ref["unigram_ppl"],
@@ -239,8 +224,7 @@ def reference_ppls(data: LMData, valid: torch.Tensor) -> dict:
 
 def test_scores(args: argparse.Namespace, data: LMData, model, device) -> dict:
     """``--test``: the perplexity of ``model`` on ``--data-dir``'s wiki.test.raw (read here, after training, and
-    nowhere else), per token and per word, beside the same reference points as validation (a unigram fitted
-    on the training split, the uniform guess) scored on the same test positions. Every rank calls it."""
+    nowhere else), per token and per word, and the unigram and uniform references there. Every rank calls it."""
     raw = (Path(args.data_dir) / TEST_FILE).read_text(encoding="utf-8")
     stream = text.encode_text(data.tokenizer, raw, cache_dir=text.derived_cache_dir(args.cache_dir, args.out_dir))
     blocks = text.lm_blocks(stream, args.sequence_length)
@@ -271,10 +255,7 @@ def reported_model(args: argparse.Namespace, stopper, kept: list[torch.Tensor], 
 
 
 def final_line(path, summary: dict) -> str:
-    """The one line a run ends with (``common.report``): where it is, the final perplexity per token with
-    the unigram and uniform references, per word against the source's optimum, the figure and the model."""
-    from common import report
-
+    """The one line a run ends with (``common.report``): where it is, the final perplexity with its references."""
     opt = summary.get("optimal_ppl_word")
     extra = (f"per word {summary.get('final_val_ppl_word', float('nan')):.2f} vs optimum {opt:.2f}"
              if opt else None)

@@ -1,11 +1,8 @@
 """The Mamba2 language model: ``transformers.Mamba2ForCausalLM`` built from flags, trained from scratch.
 
-Source configs ``pure_ssm_{1,2,4}_layer``: d_model 512, no MLP (Mamba2 blocks are mixer-only), d_state 128,
-head dim 64, expand 2, conv width 4, RMSNorm, tied input/output embeddings; number of heads
-= expand * d_model / head_dim. On CUDA with ``mamba_ssm`` importable, transformers dispatches to the fused
-Triton kernels (and causal-conv1d's CUDA convolution); everywhere else, or with ``--kernels torch``, it runs
-its PyTorch reference path (correct, slower). ``select_kernels`` chooses the path before transformers binds it
-and reports which, without importing ``mamba_ssm`` (that import fails on machines without CUDA).
+Source configs ``pure_ssm_{1,2,4}_layer``: d_model 512, mixer-only Mamba2 blocks, d_state 128, head dim 64, expand
+2, conv width 4, RMSNorm, tied embeddings. On CUDA with ``mamba_ssm`` importable transformers uses the fused
+kernels, elsewhere (or with ``--kernels torch``) its PyTorch reference path (``select_kernels``).
 """
 from __future__ import annotations
 
@@ -20,8 +17,7 @@ from common import cli, evaluate, flags
 from common.early_stop import EarlyStop
 
 CONFIGS = {f"pure_ssm_{n}_layer": n for n in (1, 2, 4)}
-# --quick: tiny enough that a federated run of a few rounds takes seconds on 2 CPU cores (central.py and the
-# federated scripts add their run lengths)
+# --quick: a federated run of a few rounds takes seconds on 2 CPU cores (the scripts add their run lengths)
 QUICK = {"d_model": 64, "d_state": 16, "head_dim": 16, "sequence_length": 64, "lr": 1e-2, "eval_blocks": 32,
          "vocab_size": 2048, "sample_tokens": 8}
 
@@ -51,8 +47,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_legacy(value) -> dict | None:
-    """``parser.config_legacy`` for ``common.config``: the old ``--config pure_ssm_N_layer`` (a model config
-    name, not a YAML file) means --model-config."""
+    """``parser.config_legacy`` for ``common.config``: the old ``--config pure_ssm_N_layer`` means --model-config."""
     if isinstance(value, str) and value.startswith("pure_ssm_") and not value.endswith((".yaml", ".yml")):
         return {"model_config": value}
     return None
@@ -86,7 +81,7 @@ def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
 
 def make_stopper(args: argparse.Namespace):
     """The run's plateau rule (``common.early_stop``) when --patience, --test or --budget-at asks for a kept
-    model, else None (the run is then exactly as without these flags)."""
+    model, else None."""
     return EarlyStop(args.patience, args.min_improvement, args.budget_at) \
         if args.patience or args.test or args.budget_at else None
 
@@ -163,11 +158,9 @@ def kernel_path(device: torch.device, kernels: str = "auto") -> str:
 def select_kernels(device: torch.device, kernels: str = "auto") -> str:
     """Make transformers bind the path ``kernel_path`` names, and return it. Call before building a model.
 
-    transformers binds mamba-ssm and causal-conv1d once, when its Mamba2 module is first imported, and then
-    calls them whatever the device: with the packages installed, a CPU model would fail inside
-    causal-conv1d ("Expected x.is_cuda() to be true"). For the reference path the packages are hidden from
-    that import, and stay hidden: a later CUDA model of the same process takes the reference path too (and
-    this returns "torch" for it). A CPU model after the kernels were bound is refused: it would crash in them.
+    transformers binds mamba-ssm and causal-conv1d once, at its Mamba2 module's first import, and then calls them
+    whatever the device (a CPU model would fail inside causal-conv1d). For the reference path the packages are
+    hidden from that import for the whole process; a CPU model after the kernels were bound is refused.
     """
     path = kernel_path(device, kernels)
     if not _bound and _MODELING in sys.modules:  # imported before anyone chose: it bound what was installed

@@ -7,40 +7,15 @@ training of Mamba2 LMs, and does any aggregator (FedFisher above all) beat FedAv
     python mamba_fl/real_grid.py --dry-run        # the commands, nothing run
     python mamba_fl/real_grid.py --only "*_L2_*"  # the selection, then only the 2-layer block
 
-Stages, through ``common.jobs`` (finished runs are skipped and interrupted ones resumed: the same command
-continues a grid), into ``--out-dir``:
-
-1. **split** (``split/``): the articles of ``--data``'s WikiText-2 files (by default the tokenized valid and test
-   splits, 122 articles, 455k words) dealt by a seeded shuffle into training, validation and test articles
-   (80 / 10 / 10 %, ``split_wikitext.py``). Every run fits its BPE tokenizer on the training articles only and
-   never reads the test articles; reported runs score their best-validation model on them once, at the end.
-2. **selection** (seed 100, 1 layer, contiguous shards, validation only; ``selection.json``): each candidate
-   value of each arm's free setting runs to the plateau rule of step 3 (``--select-at budget``: a fixed
-   ``--select-epochs`` passes) and the lowest best validation perplexity wins:
-   the learning rate of central and FedAvg (the other arms take FedAvg's), then FedEntropy's temperature, FedAvgM's
-   server learning rate and FedFisher ``--fisher-method local`` (no free setting). Of those three the one with the
-   lowest score is the headline's "best other arm". A candidate that diverges or never gets below the unigram loses.
-   A winner at the edge of its candidates adds the next value beyond it (``EXTEND`` times at most), so no choice
-   is left at the edge of a grid unless the extensions run out.
-   The reported runs of central, FedAvg and FedFisher (step 3) need only the first phase's rates, so they run
-   between the two phases: the source's question is answered before the other arms are chosen.
-3. **plateau** (the headline): central, central 4x batch, FedAvg and FedFisher (``--paired-seeds``: the source's
-   claim gets more) and the best other arm, each to the plateau (``PATIENCE`` evaluations in a row, one pass over
-   the training blocks, without a 1 % gain over the last gain; capped at ``--max-epochs`` passes), seeds
-   ``--seeds``; ``--block all`` adds the other two arms. Each run's best-validation model is scored on the test
-   articles.
-4. **equal compute**, from the same runs: every arm evaluates after the same number of training blocks, and each
-   plateau run also keeps its best model of the first ``--budget-epochs`` passes (``--budget-at``) and scores it on
-   the test articles: at a constant learning rate that is exactly the run of that length (a test checks it), so the
-   equal-compute table costs no runs of its own. A run never stops before the budget.
-
-Arms: central; ``central-b4`` (4x the batch, a quarter of the steps: the sequential-update confound);
-FedAvg; FedFisher (per-example Fisher; ``fedfisher-local``: ``--fisher-method local``); FedEntropy; FedAvgM
-(heavy-ball server momentum). Every federated arm holds out ``HOLDOUT`` of each client's blocks (FedEntropy
-scores its weights on them; the others leave them unused), so all train on the same blocks.
-The model is the synthetic grid's Mamba2 shrunk to d_model 32 and a 1,024-token BPE (about 41k parameters at
-1 layer) so that the plateau fits the 2-core budget.
-``python plots/plot_mamba.py --runs <out-dir> --out mamba_fl/figures/real`` draws the tables and figures.
+Stages, through ``common.jobs`` (finished runs are skipped, interrupted ones resumed), into ``--out-dir``:
+**split** (``split_wikitext.py``: 80 / 10 / 10 % of ``--data``'s articles; only reported runs read the test
+articles, once, at the end); **selection** (seed ``SELECTION_SEED``, 1 layer, validation only; ``selection.json``):
+each candidate of ``CHOICES`` runs to the plateau rule, the lowest best validation perplexity wins (a winner at the
+edge of its candidates adds the next value beyond it), and the best of the ``OTHERS`` joins the headline;
+**plateau**: every arm until ``PATIENCE`` evaluations (one pass) bring no 1 % gain, its best-validation model scored
+on the test articles; **equal compute**: each run's best model of its first ``--budget-epochs`` passes
+(``--budget-at``). mamba_fl/README.md has the design and the results; ``python plots/plot_mamba.py --runs
+<out-dir>/runs --out mamba_fl/figures/real`` draws the tables and figures.
 """
 from __future__ import annotations
 
@@ -53,6 +28,7 @@ from pathlib import Path
 
 from common import cli, flags, jobs
 from common.checkpoint import atomic_write_json
+from mamba_fl.run_grid import jobs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2_tokenized"
@@ -134,8 +110,7 @@ def arm_flags(args, arm: str, blocks: int, epochs: float, clients: int, per_roun
     ``--budget-at``, the equal-compute point). Every arm of a setting evaluates after the same number of training
     blocks (a multiple of the largest step, ``per_round`` clients' batches), so equal compute is an evaluation of
     every arm's curve."""
-    b = args.batch_size
-    central = arm.startswith("central")
+    b, central = args.batch_size, arm.startswith("central")
     per = b * (4 if arm == "central-b4" else 1) if central else per_round * b  # blocks an update (round) trains on
     quantum = math.lcm(4, per_round) * b
     every = steps_for(args.eval_epochs, blocks, quantum) * quantum // per
@@ -158,11 +133,6 @@ def arm_flags(args, arm: str, blocks: int, epochs: float, clients: int, per_roun
     return script, fl
 
 
-def job(out: Path, name: str, script: str, base: list[str], fl: list[str], test: bool) -> jobs.Job:
-    return jobs.Job(name, f"mamba_fl.{script[:-3]}", [*base, *fl, *(["--test"] if test else []), "--out-dir",
-                                                      str(out / "runs"), "--run-name", name, "--quiet"])
-
-
 def _shown(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -182,8 +152,8 @@ def selection_plan(args, out: Path, blocks: int, arms, chosen: dict, candidates:
             script, fl = arm_flags(args, arm, blocks, args.max_epochs if plateau else args.select_epochs,
                                    args.clients, args.clients, plateau, chosen | {arm: {flag: v}})
             fl += [] if arm.startswith("central") else ["--shard", "contiguous"]
-            plan.append(job(out, f"select_{arm}_{_candidate(flag, v)}", script, base, fl, test=False))
-    return plan
+            plan.append((f"select_{arm}_{_candidate(flag, v)}", script, [*base, *fl]))
+    return jobs_of(plan, out / "runs")
 
 
 def choose(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
@@ -259,7 +229,8 @@ def reported_plan(args, out: Path, blocks: int, picked: dict) -> list[jobs.Job]:
                 if not arm.startswith("central"):
                     base += ["--shard", shard]
                 script, fl = arm_flags(args, arm, blocks, args.max_epochs, k, m, True, chosen)
-                plan.append(job(out, f"{arm}_L{L}_{shard}_k{k}m{m}_plateau_s{s}", script, base, fl, test=True))
+                plan.append((f"{arm}_L{L}_{shard}_k{k}m{m}_plateau_s{s}", script, [*base, *fl, "--test"]))
+    plan = jobs_of(plan, out / "runs")
     return plan if args.only is None else [j for j in plan if any(fnmatch.fnmatch(j.name, p) for p in args.only)]
 
 

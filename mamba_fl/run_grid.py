@@ -5,15 +5,12 @@ beat FedAvg? One command runs every arm, then writes the table and the figures.
     python mamba_fl/run_grid.py --real-raw wikitext-2-raw/wiki.test.raw   # + the real-text comparison
 
 Design (every number is a flag; mamba_fl/figures/findings.md has the setup and the compute accounting): the
-embedded synthetic source with ``contiguous`` (nearly IID) and ``topic`` client shards; Mamba2 d_model 64 with
-1 and 2 layers; central and the ``FEDERATED_ARMS`` (FedAvgM in Flower's heavy-ball form, FedMomentum in the
-source's EMA form, FedEntropy at a ``--temperature`` low enough that the weights differ, FedFisher), plus the
-FedAvg ``VARIANTS`` on 1 layer and the first shard; every arm takes the same optimizer steps of
-``--batch-size`` blocks (the 8-local-step arm runs rounds / 8); 3 seeds, paired differences to FedAvg.
+embedded synthetic source with ``contiguous`` and ``topic`` client shards, Mamba2 d_model 64 with 1 and 2 layers;
+central, the ``FEDERATED_ARMS`` and the FedAvg ``VARIANTS`` (1 layer, first shard), every arm taking the same
+optimizer steps of ``--batch-size`` blocks; 3 seeds, paired differences to FedAvg.
 
-Runs go to ``--out-dir/<arm>_L<layers>_<shard>_s<seed>``, ``--jobs`` at a time with one thread each, through
-``common.jobs`` (finished runs are skipped and interrupted ones resumed, so the same command continues a grid;
-a directory holding a run with other arguments is reported and left alone); logs in ``--out-dir/logs``. A
+Runs go to ``--out-dir/<arm>_L<layers>_<shard>_s<seed>``, ``--jobs`` at a time through ``common.jobs`` (finished
+runs are skipped, interrupted ones resumed: the same command continues a grid); logs in ``--out-dir/logs``. A
 complete grid then runs ``plots/plot_mamba.py`` for ``results.md`` and the figures (``--figures``).
 """
 from __future__ import annotations
@@ -72,15 +69,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def fed_flags(args, arm: str, rounds: int) -> list[str]:
-    extra = FEDERATED_ARMS[arm][1]
     every = max(1, rounds * args.eval_every // args.rounds)  # the same number of evaluations in every arm
-    flags = ["--num-clients", str(args.clients), "--rounds", str(rounds), "--batch-size", str(args.batch_size),
-             "--lr", str(args.lr), "--eval-every", str(every)] + extra
-    if arm == "fedentropy":
-        flags += ["--temperature", str(args.temperature), "--entropy-blocks", "16"]
-    if arm == "fedfisher":
-        flags += ["--fisher-samples", str(args.fisher_samples)]
-    return flags
+    own = {"fedentropy": ["--temperature", str(args.temperature), "--entropy-blocks", "16"],
+           "fedfisher": ["--fisher-samples", str(args.fisher_samples)]}
+    return ["--num-clients", str(args.clients), "--rounds", str(rounds), "--batch-size", str(args.batch_size),
+            "--lr", str(args.lr), "--eval-every", str(every), *FEDERATED_ARMS[arm][1], *own.get(arm, [])]
 
 
 def central_flags(args, steps: int) -> list[str]:
@@ -106,13 +99,11 @@ def plan(args, data_flags: list[str], tag: str, arms: list[str], layers: list[in
                     name = f"{arm}{suffix}_L{L}_{shard}{'_' + tag if tag != 'synthetic' else ''}_s{seed}"
                     if arm in VARIANTS:
                         rounds = args.rounds // 8 if arm == "fedavg-lu8" else args.rounds
-                        flags = fed_flags(args, "fedavg", rounds) + VARIANTS[arm]
-                        if arm == "fedavg-sgd":
-                            flags += ["--lr", str(args.sgd_lr)]
-                        runs.append((name, "fed_avg.py", base + ["--shard", shard] + flags))
+                        script, flags = "fed_avg.py", fed_flags(args, "fedavg", rounds) + VARIANTS[arm] + (
+                            ["--lr", str(args.sgd_lr)] if arm == "fedavg-sgd" else [])
                     else:
-                        runs.append((name, FEDERATED_ARMS[arm][0], base + ["--shard", shard]
-                                     + fed_flags(args, arm, args.rounds)))
+                        script, flags = FEDERATED_ARMS[arm][0], fed_flags(args, arm, args.rounds)
+                    runs.append((name, script, base + ["--shard", shard] + flags))
     return runs
 
 
@@ -128,8 +119,7 @@ def best_other_arm(plan_jobs: list[jobs.Job], layers: int) -> str | None:
     scores: dict[str, list[float]] = {}
     for job in plan_jobs:
         arm, depth = job.name.split("_")[:2]
-        s = jobs.summary_of(job) or {}
-        ppl = s.get("final_val_ppl")
+        ppl = (jobs.summary_of(job) or {}).get("final_val_ppl")
         if arm in list(FEDERATED_ARMS)[1:] and depth == f"L{layers}" and isinstance(ppl, (int, float)) \
                 and math.isfinite(ppl):
             scores.setdefault(arm, []).append(math.log(ppl))

@@ -5,14 +5,11 @@
         --valid-fraction 0.1 --test-fraction 0.1 --shuffle-seed 0 --out-dir data/wikitext2_real
     python mamba_fl/central.py --data-dir data/wikitext2_real --layers 1
 
-For readers who have only some splits of WikiText-2 (e.g. the valid and test files, raw or tokenized): the
-files are cut into articles at their top-level headings (`` = Title = `` lines) and the articles become
-``wiki.train.raw``, ``wiki.valid.raw`` and, with ``--test-fraction``, ``wiki.test.raw``, in the raw format,
-so ``--data-dir`` reads them like the real splits. Without ``--shuffle-seed`` the cut is contiguous (the last
-articles validate, the very last test); with it, the articles are dealt to the splits in a seeded random
-order (each split keeps the files' order). No article is in two splits. The training scripts read only the
-training and validation files; ``wiki.test.raw`` is read once, after training, by ``--test``. ``split.json``
-records each source file (size, SHA-256) and every split's article titles.
+For readers who have only some splits of WikiText-2 (raw or tokenized): the files are cut into articles at their
+top-level headings (`` = Title = `` lines), which become ``wiki.train.raw``, ``wiki.valid.raw`` and, with
+``--test-fraction``, ``wiki.test.raw`` for ``--data-dir``. Without ``--shuffle-seed`` the cut is contiguous (the
+last articles validate, the very last test); with it, the articles are dealt out in a seeded random order (each
+split keeps the files' order). ``split.json`` records each source file (size, SHA-256) and every split's titles.
 """
 from __future__ import annotations
 
@@ -77,7 +74,7 @@ def main(argv=None) -> dict:
                         "articles": len(found)})
     cli.check(len(arts) >= 2, f"found {len(arts)} article(s) (lines like ' = Title = '); need at least 2 to split")
     parts = split(arts, args.valid_fraction, args.test_fraction, args.shuffle_seed)
-    files = {"train": SPLIT_FILES["train"], "valid": SPLIT_FILES["valid"], "test": TEST_FILE}
+    files = SPLIT_FILES | {"test": TEST_FILE}
     out = Path(args.out_dir)
     cli.check(not out.exists() or out.is_dir(), f"--out-dir {out} exists and is not a folder")
     cli.check(args.overwrite or not any((out / f).exists() for f in files.values()),

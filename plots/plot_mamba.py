@@ -2,22 +2,15 @@
 
     python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/figures
 
-For the real-text grid of ``mamba_fl/real_grid.py`` (``<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>``):
-  results_real.md             per setting, the test perplexity of each best-validation model, paired differences
-                              to FedAvg (Holm within a table), the plateau rule's outcome, test reference points
-  real_L<l>_<shard>_<k>_<stage>.png  validation curves, one line per seed, a dot at each run's best model
-For the grid of ``mamba_fl/run_grid.py`` (run directories named ``<arm>_L<layers>_<shard>[_real]_s<seed>``):
-  grid_L<layers>_<shard>.png  validation perplexity vs training sequences, every arm (central included), with
-                              the uniform, unigram and optimum lines, log y axis, n in the legend
-  variants.png                FedAvg with persistent AdamW / fresh AdamW / SGD / 8 local steps, and central
-  real_text.png               central, FedAvg and the best other method on real WikiText text
-  results.md                  the tables: final perplexity, paired differences to FedAvg with 95% intervals,
-                              plateau check, FedEntropy weight ratios, FedFisher floor share
-and for any run saved with --save-deltas:
-  deltas_<run>.png            heatmaps of the last server and client deltas, every layer, with colour bars
-  spectrum_<run>.png          singular values of the server delta per snapshot, and the final spectrum with the
-                              rank holding 95% of the energy
-Nothing is written when no folder holds a finished grid run or a --save-deltas run (one line, exit 2).
+real_grid.py's runs (``<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>``): results_real.md (test perplexity of
+each best-validation model, paired differences to FedAvg, Holm within a table, the plateau rule's outcome) and
+real_L<l>_<shard>_<k>_<stage>.png (validation curves, one line per seed, a dot at each run's best model).
+run_grid.py's runs (``<arm>_L<layers>_<shard>[_real]_s<seed>``): results.md (final perplexity, paired differences
+to FedAvg with 95% intervals, plateau check, FedEntropy weight ratios, FedFisher floor share) and the curves of
+every arm against training sequences: grid_L<layers>_<shard>.png, variants.png (FedAvg's client optimizers),
+long_budget.png, real_text.png. Any --save-deltas run: deltas_<run>.png (heatmaps of the last deltas, every
+layer) and spectrum_<run>.png (singular values of the server delta per snapshot; the final spectrum's rank at
+95% of the energy). Nothing is written when no folder holds such a run (one line, exit 2).
 """
 from __future__ import annotations
 
@@ -100,9 +93,6 @@ def _matrix(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], -1)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the results grid (mamba_fl/run_grid.py)
-
 ARMS = ("central", "fedavg", "fedavgm", "fedmom-ema", "fedentropy", "fedfisher")
 VARIANT_ARMS = ("central", "fedavg", "fedavg-reset", "fedavg-sgd", "fedavg-lu8")
 ARM_LABELS = {
@@ -130,12 +120,10 @@ def grid_runs(root) -> list[dict]:
     out = []
     for run in R.with_keys(R.load_runs(root, "*_L*_s*"), "the mamba grid", args={"layers": int, "sequence_length": int},
                            summary={"final_val_ppl": R.NUMBER}):
-        arm = run["name"].split("_")[0]
-        if real_setting(run["name"]) is not None:  # real_grid.py's runs have their own report
-            continue
-        real = "_real_" in run["name"]
-        shard = "all" if arm.startswith("central") else run["args"].get("shard")
-        out.append(run | {"arm": arm, "layers": run["args"].get("layers"), "shard": shard, "real": real})
+        if real_setting(run["name"]) is None:  # real_grid.py's runs have their own report
+            arm = run["name"].split("_")[0]
+            out.append(run | {"arm": arm, "layers": run["args"].get("layers"), "real": "_real_" in run["name"],
+                              "shard": "all" if arm.startswith("central") else run["args"].get("shard")})
     return out
 
 
@@ -147,8 +135,7 @@ def _select(runs, arm, layers, shard, real=False):
 def plateau(run: dict) -> bool | None:
     """True when the validation perplexity changed by less than PLATEAU (relative) between the evaluation at
     80% of the run and the last one; None with fewer than 3 evaluations."""
-    x_key = "step" if run["arm"].startswith("central") else "round"
-    xs, ys = R.series(run, "val_ppl", x_key)
+    xs, ys = R.series(run, "val_ppl", "step" if run["arm"].startswith("central") else "round")
     if xs.size < 3 or not np.isfinite(ys[-1]):
         return None
     i = int(np.searchsorted(xs, 0.8 * xs[-1]))
@@ -161,10 +148,8 @@ def _refs(run) -> dict:
 
 def _extra(arm, runs) -> str:
     rows = [r["rows"][-1] for r in runs if r["rows"]]
-    notes = []
-    failed = [r for r in runs if _above_unigram(r)]
-    if failed:
-        notes.append(f"{len(failed)}/{len(runs)} end above the unigram (unstable)")
+    failed = sum(_above_unigram(r) for r in runs)
+    notes = [f"{failed}/{len(runs)} end above the unigram (unstable)"] if failed else []
     if arm == "fedentropy":
         ratios = [x["entropy_weight_ratio"] for x in rows if "entropy_weight_ratio" in x]
         if ratios:
@@ -302,10 +287,6 @@ def _write_report(md: list[str], name: str, *folders: Path) -> None:
     print(text)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the real-text grid (mamba_fl/real_grid.py): <arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>; each plateau run
-# also reports its equal-compute point (--budget-at: budget_test_ppl, ...)
-
 REAL_ARMS = ("central", "central-b4", "fedavg", "fedfisher", "fedfisher-local", "fedentropy", "fedavgm")
 REAL_LABELS = ARM_LABELS | {"central": "central AdamW", "central-b4": "central, 4x batch (FedAvg's sequential updates)",
                             "fedfisher": "FedFisher (per-example Fisher)",
@@ -342,12 +323,11 @@ def real_table(groups: dict, plateau_stage: bool) -> list[str]:
     cells = stats.table_rows({a: R.by_seed(g, "test_ppl") for a, g in groups.items()}, "fedavg", skip=diverged)
     rows = []
     for arm, g in groups.items():
-        unit = "steps" if arm.startswith("central") else "rounds"
-        done = [r["summary"].get("steps_done" if unit == "steps" else "rounds_done") for r in g]
-        best = [r["summary"].get("best_at") for r in g]
+        unit, s = "steps" if arm.startswith("central") else "rounds", g[0]["summary"]
         stopped = sum(r["summary"].get("stopped") == "plateau" for r in g)
-        how = (f"{stopped}/{len(g)} met the rule; best at {unit} {', '.join(str(b) for b in best)}" if plateau_stage
-               else f"{done[0]} {unit} ({g[0]['summary']['budget_sequences']:,} sequences)")
+        best = ", ".join(str(r["summary"].get("best_at")) for r in g)
+        how = (f"{stopped}/{len(g)} met the rule; best at {unit} {best}" if plateau_stage
+               else f"{s.get(unit + '_done')} {unit} ({s['budget_sequences']:,} sequences)")
         rows.append([REAL_LABELS.get(arm, arm), cells[arm][0], cells[arm][1],
                      stats.fmt_seeds(R.by_seed(g, "test_ppl_word").values()),
                      stats.fmt_seeds(R.by_seed(g, "best_val_ppl").values()), how, _extra(arm, g)])
@@ -458,12 +438,9 @@ def main(argv=None) -> dict:
     for root in args.runs:
         figures = out if len(args.runs) == 1 else out / Path(root).name  # one results.md per grid
         written += grid_report(root, figures) + real_report(root, figures)
-        for run in R.load_runs(root):
-            if run["args"].get("save_deltas"):
-                written += delta_figures(run, out)
+        written += [p for run in R.load_runs(root) if run["args"].get("save_deltas") for p in delta_figures(run, out)]
     cli.check(bool(written), f"no mamba_fl grid or delta runs under {' '.join(args.runs)}: nothing to draw")
-    for p in written:
-        print(p)
+    print(*written, sep="\n")
     return {"figures": [str(p) for p in written]}
 
 
