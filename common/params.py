@@ -117,10 +117,10 @@ def foreach(fn: Callable, *lists: Sequence[torch.Tensor], **kwargs):
         return fn(*lists, **kwargs)
     big = [i for i, t in enumerate(lists[0]) if t.numel() >= PARALLEL_MIN_NUMEL]
     results = [None] * len(lists[0])
-    small = [i for i in range(len(results)) if i not in set(big)]
-    for idx, threads in ((small, 1), (big, op_threads(PARALLEL_MIN_NUMEL))):
-        if idx:
-            with num_threads(threads):
+    small = sorted(set(range(len(results))) - set(big))
+    for idx, is_big in ((small, False), (big, True)):
+        if idx:   # the machine's load is read only when there is a big tensor
+            with num_threads(op_threads(PARALLEL_MIN_NUMEL) if is_big else 1):
                 out = fn(*[[t[i] for i in idx] for t in lists], **kwargs)
             for i, o in zip(idx, out or ()):
                 results[i] = o
