@@ -61,6 +61,7 @@ def finish_args(args: argparse.Namespace) -> None:
     mmodel.resolve_model_args(args)
     if args.optimizer is None:  # SCAFFOLD's control variates assume plain SGD steps
         args.optimizer = "sgd" if getattr(args, "algorithm", None) == "scaffold" else "adamw"
+    mmodel.resolve_lr(args)
     cli.check(args.sequence_length >= 2, f"--sequence-length must be at least 2, got {args.sequence_length}")
     cli.check(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number, got {args.lr}")
     cli.check(args.weight_decay >= 0 and math.isfinite(args.weight_decay),

@@ -17,8 +17,9 @@ from common import cli, evaluate, flags
 from common.early_stop import EarlyStop
 
 CONFIGS = {f"pure_ssm_{n}_layer": n for n in (1, 2, 4)}
+SGD_LR = 1.0  # plain SGD's default rate (an AdamW rate leaves SGD near its initial loss)
 # --quick: a federated run of a few rounds takes seconds on 2 CPU cores (the scripts add their run lengths)
-QUICK = {"d_model": 64, "d_state": 16, "head_dim": 16, "sequence_length": 64, "lr": 1e-2, "eval_blocks": 32,
+QUICK = {"d_model": 64, "d_state": 16, "head_dim": 16, "sequence_length": 64, "eval_blocks": 32,
          "vocab_size": 2048, "sample_tokens": 8}
 
 
@@ -115,9 +116,16 @@ def add_optimizer_args(group, *, who: str) -> None:
     group.add_argument("--optimizer", choices=("adamw", "sgd"), default=None,
                        help=f"{who} optimizer: adamw (the source; the default) or plain sgd (no momentum, no "
                             f"weight decay)")
-    group.add_argument("--lr", type=float, default=5e-4,
-                       help=f"{who} learning rate (the source's 5e-4 is for d_model 512; --quick: 1e-2)")
+    group.add_argument("--lr", type=float, default=None,
+                       help=f"{who} learning rate (default: adamw 5e-4, the source's for d_model 512, --quick: "
+                            f"1e-2; sgd {SGD_LR:g}, as the synthetic grid's plain-SGD arm)")
     group.add_argument("--weight-decay", type=float, default=0.01, help=f"{who} AdamW weight decay")
+
+
+def resolve_lr(args: argparse.Namespace) -> None:
+    """--lr's default follows the optimizer: AdamW's rates are far too small for plain SGD."""
+    if args.lr is None:
+        args.lr = SGD_LR if args.optimizer == "sgd" else 1e-2 if args.quick else 5e-4
 
 
 def make_optimizer(args: argparse.Namespace, plist) -> torch.optim.Optimizer:

@@ -77,6 +77,12 @@ def test_config_alias_and_quick_sizes(tiny, out_dir):
     assert quick[fed_fisher]["fisher_samples"] == 4 and quick[fed_fisher]["rounds"] == 64
     assert quick[fed_entropy]["entropy_blocks"] == 16 and "fisher_samples" not in quick[fed_entropy]
     assert cli.parse(fed_fisher.get_args_parser(), ["--quick", "--fisher-samples", "2"]).fisher_samples == 2
+    # --lr's default follows the optimizer (an AdamW rate leaves plain SGD, SCAFFOLD's optimizer, near its start)
+    for argv, lr in (([], 5e-4), (["--quick"], 1e-2), (["--quick", "--algorithm", "scaffold"], 1.0),
+                     (["--optimizer", "sgd"], 1.0), (["--quick", "--optimizer", "sgd", "--lr", "0.3"], 0.3)):
+        args = cli.parse(fed_avg.get_args_parser(), argv)
+        federated.finish_args(args)
+        assert args.lr == lr, argv
 
 
 def test_bad_inputs_fail_in_one_line(tiny, tmp_path, capsys):
