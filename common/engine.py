@@ -38,6 +38,7 @@ from common.runlog import run_name
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold")
 SERVER_OPTS = ("fedavg", "fedavgm", "fedadam")
+SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 1e-2}  # --server-lr's default (FedAdam diverges at 1)
 
 # the shared flags
 
@@ -58,8 +59,9 @@ def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str
     g.add_argument("--server-opt", default=server_opt, choices=SERVER_OPTS,
                    help="server step on the aggregate: fedavg (theta <- theta + server_lr (avg - theta)) | "
                         "fedavgm (server momentum) | fedadam (Reddi et al. 2021)")
-    g.add_argument("--server-lr", type=flags.POSITIVE, default=1.0,
-                   help="server step size: FedAvg / FedAvgM (1 = plain), SCAFFOLD's eta_g; FedAdam wants ~1e-2")
+    g.add_argument("--server-lr", type=flags.POSITIVE, default=None,
+                   help="server step size: FedAvg / FedAvgM (1 = plain), SCAFFOLD's eta_g (default: 1; "
+                        f"fedadam {SERVER_LR['fedadam']:g})")
     g.add_argument("--server-momentum", type=flags.Number(float, 0, 1, high_open=True), default=0.9,
                    help="FedAvgM momentum beta / FedAdam beta1")
     g.add_argument("--momentum-form", choices=("ema", "heavy-ball"), default=momentum_form,
@@ -89,6 +91,7 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
                          algorithms=ALGORITHMS, shifted_scaffold: bool = False) -> None:
     """One-line refusals (exit 2) of combinations that make no sense (``shifted_scaffold``: SCAFFOLD is allowed
     with an adaptive local optimizer, the task calling ``algo.after_step``)."""
+    resolve_server_lr(args)
     check(args.algorithm in algorithms,
           f"--algorithm {args.algorithm!r} is unknown; expected one of {', '.join(algorithms)}")
     check(args.scaffold_weighting in ("uniform", "size"),
@@ -103,12 +106,18 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
     check(args.clustering != "none" or args.num_clusters == 0, "--num-clusters needs --clustering data or ifca")
 
 
+def resolve_server_lr(args) -> None:
+    """--server-lr's default follows --server-opt."""
+    if args.server_lr is None:
+        args.server_lr = SERVER_LR.get(args.server_opt, 1.0)
+
+
 def run_name_tags(args, server_opt: str = "fedavg") -> dict:
     """Run-name settings (``common.runlog.run_name``) of the shared flags off their defaults (none for FedAvg)."""
     return {args.algorithm: args.algorithm != "fedavg", "mu": args.mu if args.algorithm == "fedprox" else None,
             "wsize": args.algorithm == "scaffold" and args.scaffold_weighting == "size",
             "so": args.server_opt if args.server_opt != server_opt else None,
-            "slr": args.server_lr if args.server_lr != 1.0 else None,
+            "slr": args.server_lr if args.server_lr != SERVER_LR.get(args.server_opt, 1.0) else None,
             "cl": None if args.clustering == "none" else f"{args.clustering}{args.num_clusters or ''}"}
 
 
@@ -517,4 +526,6 @@ def namespace_defaults(**kw) -> argparse.Namespace:
     """The shared flags at their defaults (``add_algorithm_args``'), for callers that build arguments by hand."""
     parser = argparse.ArgumentParser()
     add_algorithm_args(parser)
-    return argparse.Namespace(**(vars(parser.parse_args([])) | kw))
+    args = argparse.Namespace(**(vars(parser.parse_args([])) | kw))
+    resolve_server_lr(args)
+    return args

@@ -196,3 +196,16 @@ def test_a_script_that_cannot_run_scaffold_says_why():
         engine.check_algorithm_args(a, plain_sgd=True, optimizer_hint="", scaffold="its merge re-factorises the "
                                     "adapters")
     assert np.isclose(a.mu, 0.01)
+
+
+def test_the_server_lr_default_follows_the_server_optimizer():
+    parser = cli.ArgumentParser()
+    engine.add_algorithm_args(parser)
+    for argv, lr, tag in (([], 1.0, ""), (["--server-opt", "fedavgm"], 1.0, "_sofedavgm"),
+                          (["--server-opt", "fedadam"], 1e-2, "_sofedadam"),
+                          (["--server-opt", "fedadam", "--server-lr", "1"], 1.0, "_sofedadam_slr1"),
+                          (["--server-lr", "0.5"], 0.5, "_slr0.5")):
+        a = parser.parse_args(argv)
+        engine.check_algorithm_args(a, plain_sgd=True, optimizer_hint="")
+        assert a.server_lr == lr and engine.name_suffix(a) == tag, argv
+    assert engine.namespace_defaults(server_opt="fedadam").server_lr == 1e-2
