@@ -245,6 +245,7 @@ def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign
                    shift: bool = False) -> FedAvg:
     """The client algorithm of ``--algorithm`` (SCAFFOLD: control variates for every client, per cluster;
     inside a data cluster its means run over its members only; ``shift``: its correction after the step)."""
+    resolve_server_lr(args)
     if args.algorithm == "fedprox":
         return FedProx(args.mu)
     if args.algorithm != "scaffold":
@@ -345,6 +346,7 @@ class Federation:
 
     def __init__(self, task: Task, args):
         self.task, self.args = task, args
+        resolve_server_lr(args)  # also for arguments parsed without check_algorithm_args
         self.assign, num_clusters, self.info = np.zeros(len(task.sizes), dtype=np.int64), 1, {}
         if args.clustering == "data":
             self.assign, self.info = C.data_clusters(
