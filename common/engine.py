@@ -245,7 +245,6 @@ def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign
                    shift: bool = False) -> FedAvg:
     """The client algorithm of ``--algorithm`` (SCAFFOLD: control variates for every client, per cluster;
     inside a data cluster its means run over its members only; ``shift``: its correction after the step)."""
-    resolve_server_lr(args)
     if args.algorithm == "fedprox":
         return FedProx(args.mu)
     if args.algorithm != "scaffold":
