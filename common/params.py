@@ -24,8 +24,6 @@ Tensors = list[torch.Tensor]
 # Ops on fewer elements run on one thread: 256K float32 (1 MiB, about 0.1 ms of memory traffic) is where a
 # parallel region on a quiet machine starts to pay off.
 PARALLEL_MIN_NUMEL = 1 << 18
-# False: ops of PARALLEL_MIN_NUMEL elements or more always get every thread, loaded machine or not.
-LOAD_AWARE = True
 _BUSY_MAX_AGE_S = 0.02  # machine_busy() reads /proc at most this often
 _busy_state = {"at": -1.0, "busy": False}
 
@@ -58,7 +56,7 @@ def machine_busy() -> bool:
 
 def op_threads(numel: int) -> int:
     """Threads for one elementwise op on ``numel`` elements (the module docstring's rule)."""
-    if numel < PARALLEL_MIN_NUMEL or (LOAD_AWARE and machine_busy()):
+    if numel < PARALLEL_MIN_NUMEL or machine_busy():
         return 1
     return torch.get_num_threads()
 

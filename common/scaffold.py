@@ -23,13 +23,12 @@ class Scaffold:
     """
 
     def __init__(self, like, num_clients: int, server_lr: float = 1.0, acc_dtype: torch.dtype = torch.float32,
-                 control_device: str | torch.device | None = None, client_weights=None):
+                 client_weights=None):
         w = None if client_weights is None else [float(v) for v in client_weights]
         if w is not None and (len(w) != num_clients or min(w) < 0 or not sum(w) > 0):
             raise ValueError(f"client_weights must be {num_clients} non-negative numbers with a positive sum")
         self.num_clients, self.server_lr, self.client_weights = num_clients, server_lr, w
         self.c = P.zeros_like(like, dtype=acc_dtype)
-        self.control_device = torch.device(control_device) if control_device is not None else self.c[0].device
         self.c_i: dict[int, Tensors] = {}
         # one flat buffer: [sum w dy | sum dc | sum w | clients], so a single all-reduce combines ranks
         n = P.numel(self.c)
@@ -40,15 +39,14 @@ class Scaffold:
     def control(self, client: int) -> Tensors:
         """c_i (created as zeros on first use)."""
         if client not in self.c_i:
-            flat = torch.zeros(P.numel(self.c), dtype=self.c[0].dtype, device=self.control_device)
+            flat = torch.zeros(P.numel(self.c), dtype=self.c[0].dtype, device=self.c[0].device)
             self.c_i[client] = P.unflatten(flat, self.c)  # one buffer: the list ops on it are single ops
         return self.c_i[client]
 
     @torch.no_grad()
     def correction(self, client: int) -> Tensors:
         """c - c_i: add it to the client's gradient before every local step."""
-        ci = [t.to(self.c[0].device, non_blocking=True) for t in self.control(client)]
-        return P.foreach(torch._foreach_sub, self.c, ci)
+        return P.foreach(torch._foreach_sub, self.c, self.control(client))
 
     @torch.no_grad()
     def client_update(self, client: int, x, y, local_steps: int, local_lr: float) -> tuple[Tensors, Tensors]:
@@ -60,7 +58,7 @@ class Scaffold:
         dy = P.foreach(torch._foreach_sub, _as_dtype(y, dtype), _as_dtype(x, dtype))
         dc = P.foreach(torch._foreach_mul, dy, scalar=-1.0 / (local_steps * local_lr))  # (x - y) / (K lr_l)
         P.foreach(torch._foreach_sub_, dc, self.c)
-        P.foreach(torch._foreach_add_, self.control(client), [t.to(self.control_device) for t in dc])
+        P.foreach(torch._foreach_add_, self.control(client), dc)
         weight, dc_weight = 1.0, 1.0
         if self.client_weights is not None:  # n_i for dy's mean; N p_i for dc, as server_update divides by N
             weight = self.client_weights[client]
@@ -93,4 +91,4 @@ class Scaffold:
             raise ValueError("SCAFFOLD state is for a different federation or model")
         P.foreach(torch._foreach_copy_, self.c, list(state["c"]))
         self._flat.copy_(state["acc"])
-        self.c_i = {int(k): [t.to(self.control_device).clone() for t in v] for k, v in state["c_i"].items()}
+        self.c_i = {int(k): [t.to(self.c[0].device).clone() for t in v] for k, v in state["c_i"].items()}

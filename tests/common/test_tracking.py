@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import struct
+import time
 
 import pytest
 import tbevents
@@ -70,12 +71,19 @@ def test_report_to_wandb_offline_logs_the_rows_of_metrics_jsonl(tmp_path, monkey
                            "--report-to", "wandb"])  # as the script's __main__: the tracker is closed at the end
     run = tmp_path / "runs" / "wb"
     summary = json.loads((run / runlog.SUMMARY_FILE).read_text())
-    scalars, logged_summary = read_wandb_offline(run)
     rows = runlog.read_rows(run / runlog.METRICS_FILE)
     expected: dict[str, list] = {}
     for i, row in enumerate(rows, start=1):
         for key, value in tracking.flatten(row).items():
             expected.setdefault(key, []).append((tracking._step(row, i), value))
+    for _ in range(60):  # W&B's service process may still be writing the file after finish() on a loaded machine
+        try:
+            if read_wandb_offline(run)[0] == expected:
+                break
+        except Exception:  # a record half written: read again
+            pass
+        time.sleep(0.5)
+    scalars, logged_summary = read_wandb_offline(run)
     assert rows and scalars == expected
     assert len(expected["val_loss" if "val_loss" in expected else next(iter(expected))]) >= 2
     for key, value in tracking.flatten(summary).items():
