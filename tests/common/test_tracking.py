@@ -78,12 +78,12 @@ def test_report_to_wandb_offline_logs_the_rows_of_metrics_jsonl(tmp_path, monkey
             expected.setdefault(key, []).append((tracking._step(row, i), value))
     for _ in range(60):  # W&B's service process may still be writing the file after finish() on a loaded machine
         try:
-            if read_wandb_offline(run)[0] == expected:
+            scalars, logged_summary = read_wandb_offline(run)
+            if scalars == expected and logged_summary:
                 break
         except Exception:  # a record half written: read again
-            pass
+            scalars, logged_summary = {}, {}
         time.sleep(0.5)
-    scalars, logged_summary = read_wandb_offline(run)
     assert rows and scalars == expected
     assert len(expected["val_loss" if "val_loss" in expected else next(iter(expected))]) >= 2
     for key, value in tracking.flatten(summary).items():
