@@ -129,6 +129,7 @@ def mamba_flops_per_block(layers: int, size: dict) -> int:
     from mamba_fl import model as mmodel
 
     mmodel.select_kernels(torch.device("cpu"))
+    mmodel.quiet_kernel_warnings()
     args, vocab, seq = mamba_args(layers, size), size["vocab"], size["seq"]
 
     def build(dev):
