@@ -379,7 +379,7 @@ class Federation:
     def ifca_init_(self) -> None:
         """IFCA's starting points, farthest first (``common.clustering``), from round 0's streams."""
         task, sizes = self.task, self.task.sizes
-        start = P.clone(task.params)
+        start, tokens = P.clone(task.params), 0
         seeds = [int(seeding.numpy_rng(task.seed, "ifca-init").choice([k for k in range(len(sizes)) if sizes[k]]))]
         for g in range(len(self.models)):
             if g:
@@ -389,9 +389,10 @@ class Federation:
             P.load_(task.params, start)
             opt = task.make_optimizer(task.lr(0))
             for _ in range(self.args.ifca_init_rounds):
-                task.train_client(seeds[g], 0, opt, FedAvg())
+                out = task.train_client(seeds[g], 0, opt, FedAvg())
+                tokens += int(out.get("tokens", 0)) if isinstance(out, dict) else 0
             P.load_(self.models[g], task.params)
-        self.info["seed_clients"] = seeds
+        self.info["seed_clients"], self.info["init_tokens"] = seeds, tokens  # the starts' training, for compute
         self.ifca_assign_(range(len(sizes)))
 
     # -- checkpoints ---------------------------------------------------------------------------------------

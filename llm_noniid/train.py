@@ -432,7 +432,7 @@ class LlmTask(engine.Task):
             "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
             "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
             else None,
-            "train_tokens": acc["train_tokens"]}
+            "train_tokens": acc["train_tokens"] + fed.info.get("init_tokens", 0)}  # IFCA's starts included
 
     def state_dict(self) -> dict:
         return self.acc

@@ -124,3 +124,12 @@ def test_local_steps_are_equal_for_unequal_clients(two_topic_data, tmp_path):
     assert len(set(s["client_sizes"])) > 1  # unequal clients
     rows = [json.loads(x) for x in next(tmp_path.iterdir()).joinpath("metrics.jsonl").read_text().splitlines()]
     assert all(r["step"] == 5 * len(r["participants"]) for r in rows)
+
+
+def test_ifca_compute_counts_the_starting_models_training(two_topic_data, tmp_path):
+    """train_tokens includes IFCA's starting models: C clusters x --ifca-init-rounds passes of --local-steps."""
+    s = clustered(tmp_path, two_topic_data, "--clustering", "ifca", "--num-clusters", "2", "--num-rounds", "2",
+                  "--local-steps", "4")
+    init = s["clustering"]["init_tokens"]
+    per_step = (s["train_tokens"] - init) / (2 * 4 * 4)  # 2 rounds x 4 clients x 4 local steps
+    assert per_step > 0 and init == 2 * 5 * 4 * per_step
