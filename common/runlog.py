@@ -1,7 +1,7 @@
 """The run directory ``<out_dir>/<run_name>/``: the record of one run, and what ``--resume`` continues from.
 
-* ``args.json``     -- {"args", "script", "argv", "git_commit", "versions", "device", "hostname", "started_at",
-                       "resumes": [...], "data"}
+* ``args.json``     -- {"args", "script", "argv", "git_commit", "versions", "device", "processor", "hostname",
+                       "started_at", "resumes": [...], "data"}
 * ``metrics.jsonl`` -- one JSON object per evaluation, appended as they come
 * ``summary.json``  -- written by the script, plus ``wall_seconds`` and ``status`` (default "complete")
 * ``checkpoint.pt`` -- full state for ``--resume`` (see ``common.checkpoint``)
@@ -82,6 +82,20 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def processor() -> str:
+    """The CPU's model name (/proc/cpuinfo, else ``platform.processor()``): float results can differ between CPU
+    models (kernels chosen by instruction set), so a record says which one it ran on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def describe_device(device: str | torch.device | None) -> str:
@@ -532,7 +546,8 @@ class RunDir:
                 if self.data is not None:
                     meta["data"] = self.data
                 resume = {"at": _now(), "git_commit": git_commit(), "device": self._device_name,
-                          "hostname": socket.gethostname(), "argv": sys.argv, "from_rows": self._n_rows}
+                          "processor": processor(), "hostname": socket.gethostname(), "argv": sys.argv,
+                          "from_rows": self._n_rows}
                 if self._extended:
                     resume["extended"] = self._extended
                 meta.setdefault("resumes", []).append(resume)
@@ -543,7 +558,8 @@ class RunDir:
                     else:
                         entry.unlink()
                 meta = {"args": self.args, "script": self.kind, "argv": sys.argv, "git_commit": git_commit(),
-                        "versions": versions(), "device": self._device_name, "hostname": socket.gethostname(),
+                        "versions": versions(), "device": self._device_name, "processor": processor(),
+                        "hostname": socket.gethostname(),
                         "started_at": _now(), "resumes": [], "data": self.data}
             with self._writing(ARGS_FILE):
                 ckpt.atomic_write_json(self.path / ARGS_FILE, meta)

@@ -40,6 +40,7 @@ def test_fresh_run_writes_args_json_with_environment(out_dir):
     assert meta["versions"]["torch"] and torch.__version__.startswith(meta["versions"]["torch"])
     assert meta["versions"]["numpy"] == np.__version__ and meta["versions"]["python"]
     assert meta["device"].startswith("cpu") and meta["hostname"] and meta["started_at"]
+    assert meta["processor"] == runlog.processor() != ""
     assert rd.path == out_dir / "fedavg_s0" and rd.load_checkpoint() is None and not rd.resumed
 
 
@@ -237,6 +238,7 @@ def test_resume_trims_rows_logged_after_the_checkpoint(out_dir):
     assert [r["round"] for r in rd2.rows()] == [0, 1, 2, 3]
     meta = json.loads((rd2.path / "args.json").read_text())
     assert len(meta["resumes"]) == 1 and meta["resumes"][0]["from_rows"] == 3
+    assert meta["resumes"][0]["processor"] == runlog.processor()
     assert meta["args"]["quiet"] is True  # ignorable flags updated, the rest as saved
 
 
