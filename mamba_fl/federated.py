@@ -356,6 +356,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     if not (stopper and stopper.stopped_at):  # a run that stopped at its plateau resumes to its summary
         engine.run(task, fed, rd, names, start)
     acc = task.acc | {k: fed.timing[k] for k in ("client_seconds", "round_seconds")}
+    acc["train_tokens"] += fed.info.get("init_steps", 0) * args.batch_size * args.sequence_length  # IFCA's starts
     # the best-validation global model is the one reported, tested and published (<run>/model)
     acc |= lmdata.reported_model(args, stopper, [t for x in fed.models for t in x], data, fwd, device,
                                  load=lambda: params.load_(plist, fed.models[0]))

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from common import checkpoint, cli, export, params, seed
+from common import checkpoint, cli, engine, export, params, seed
 from mamba_fl import central, fed_avg, fed_entropy, fed_fisher, federated, lmdata
 from mamba_fl import model as mmodel
 
@@ -192,8 +192,12 @@ def test_fedprox_and_scaffold_match_the_algorithm_by_hand(tiny, out_dir, algorit
 
 def test_ifca_clusters_in_mamba(tiny, out_dir):
     """--clustering ifca: two cluster models, each evaluated; the log names every client's cluster."""
-    fed_avg.main(tiny("--num-clients", "4", "--clustering", "ifca", "--num-clusters", "2", "--ifca-init-rounds", "1",
-                      "--algorithm", "fedprox", "--run-name", "ifca", rounds=2))
+    summary = fed_avg.main(tiny("--num-clients", "4", "--clustering", "ifca", "--num-clusters", "2",
+                                "--ifca-init-rounds", "1", "--algorithm", "fedprox", "--run-name", "ifca", rounds=2))
+    a = json.loads((out_dir / "ifca" / "args.json").read_text())["args"]
+    per_step = a["batch_size"] * a["sequence_length"]  # compute counts the 2 starting models' local steps too
+    per_round = engine.clients_per_round(a["participation_rate"], a["num_clients"])
+    assert summary["train_tokens"] == (2 * per_round + 2 * 1) * a["local_updates"] * per_step
     rows = [json.loads(x) for x in (out_dir / "ifca" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows[-1]["val_loss_per_cluster"]) == 2 and len(rows[-1]["clusters"]) == 4
     state = checkpoint.load_checkpoint(out_dir / "ifca" / "checkpoint.pt", "mamba_fl/fed_avg")
