@@ -379,7 +379,7 @@ class Federation:
     def ifca_init_(self) -> None:
         """IFCA's starting points, farthest first (``common.clustering``), from round 0's streams."""
         task, sizes = self.task, self.task.sizes
-        start, steps, tokens = P.clone(task.params), 0, 0
+        start, tokens = P.clone(task.params), 0
         seeds = [int(seeding.numpy_rng(task.seed, "ifca-init").choice([k for k in range(len(sizes)) if sizes[k]]))]
         for g in range(len(self.models)):
             if g:
@@ -390,10 +390,10 @@ class Federation:
             opt = task.make_optimizer(task.lr(0))
             for _ in range(self.args.ifca_init_rounds):
                 out = task.train_client(seeds[g], 0, opt, FedAvg())
-                steps, tokens = steps + int(out.get("steps", 0)), tokens + int(out.get("tokens", 0))
+                tokens += int(out.get("tokens", 0))
             P.load_(self.models[g], task.params)
-        # the starts' local training, for a task's compute accounting (tokens where its train_client counts them)
-        self.info |= {"seed_clients": seeds, "init_steps": steps, "init_tokens": tokens}
+        # the starts' training tokens (where a task's train_client counts them), for its compute accounting
+        self.info |= {"seed_clients": seeds, "init_tokens": tokens}
         self.ifca_assign_(range(len(sizes)))
 
     # -- checkpoints ---------------------------------------------------------------------------------------

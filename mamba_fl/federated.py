@@ -221,7 +221,7 @@ class MambaTask(engine.Task):
         loss = train_steps(self.ctx.forward_model, opt, self.ctx.data.train, steps,
                            self.ctx.data.tokenizer.pad_token_id, self.device, adjust=algo.adjust_grads)
         self.train_loss += loss
-        return {"loss": loss, "steps": a.local_updates}
+        return {"loss": loss, "steps": a.local_updates, "tokens": a.local_updates * a.batch_size * a.sequence_length}
 
     def client_loss(self, k: int) -> float:
         blocks = self.clients[k].train[: self.args.ifca_batches * self.args.batch_size]
@@ -356,7 +356,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     if not (stopper and stopper.stopped_at):  # a run that stopped at its plateau resumes to its summary
         engine.run(task, fed, rd, names, start)
     acc = task.acc | {k: fed.timing[k] for k in ("client_seconds", "round_seconds")}
-    acc["train_tokens"] += fed.info.get("init_steps", 0) * args.batch_size * args.sequence_length  # IFCA's starts
+    acc["train_tokens"] += fed.info.get("init_tokens", 0)  # IFCA's starting models
     # the best-validation global model is the one reported, tested and published (<run>/model)
     acc |= lmdata.reported_model(args, stopper, [t for x in fed.models for t in x], data, fwd, device,
                                  load=lambda: params.load_(plist, fed.models[0]))
