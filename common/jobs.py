@@ -100,7 +100,7 @@ def expected_args(job: Job) -> tuple[dict, object]:
     if getattr(args, "clients_per_round", None) is not None and hasattr(args, "num_clients"):
         with contextlib.suppress(UsageError):  # the rate the script derives from the count (a bad count: its error)
             flags.resolve_clients_per_round(args)
-    return round_trip_json(vars(args)), parser
+    return runlog.portable(round_trip_json(vars(args))), parser
 
 
 @dataclasses.dataclass
@@ -126,7 +126,7 @@ def classify(job: Job) -> State:
     for key, value in wanted.items():
         if value is None or key in IGNORED:
             continue
-        old = round_trip_json(saved.get(key, parser.get_default(key)))
+        old = runlog.portable(round_trip_json(saved.get(key, parser.get_default(key))))  # an older record: absolute
         if old == value:
             continue
         if (job.extend and key in runlog.LENGTH_FLAGS and isinstance(old, (int, float))

@@ -114,6 +114,17 @@ def describe_device(device: str | torch.device | None) -> str:
         return str(device)
 
 
+def portable(value: Any) -> Any:
+    """``value`` with every absolute path (a string starting with "/", in nested dicts and lists) relative to the
+    working directory, as records keep them: a run directory names no machine's folders, and reads the same after
+    the checkout and its data move together. Every README command runs from the repository root."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    return os.path.relpath(value) if isinstance(value, str) and os.path.isabs(value) else value
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -167,11 +178,11 @@ def data_fingerprint(source: str, folder: str | os.PathLike | None = None,
                      splits: dict[str, int] | None = None) -> dict:
     """What a run read: ``{"source", "folder", "files": {name: {"bytes", "sha256"}}, "splits": {name: size}}``.
 
-    ``files`` are hashed from disk (named relative to ``folder`` when inside it), ``texts`` (in-memory contents)
-    under their name; ``splits``: the examples per split used. ``--resume`` refuses a run whose fingerprint
-    differs."""
+    ``folder`` is kept relative to the working directory (``portable``); ``files`` are hashed from disk (named
+    relative to ``folder`` when inside it), ``texts`` (in-memory contents) under their name; ``splits``: the
+    examples per split used. ``--resume`` refuses a run whose fingerprint differs."""
     folder_path = Path(folder).resolve() if folder else None
-    out: dict[str, Any] = {"source": str(source), "folder": str(folder_path) if folder_path else None,
+    out: dict[str, Any] = {"source": str(source), "folder": portable(str(folder_path)) if folder_path else None,
                            "files": {}, "splits": {k: int(v) for k, v in (splits or {}).items()}}
     for f in files:
         f = Path(f).resolve()
@@ -189,8 +200,8 @@ def data_fingerprint(source: str, folder: str | os.PathLike | None = None,
 
 def data_differences(saved: dict, now: dict) -> list[str]:
     """What differs between two ``data_fingerprint``s, in words (empty when they match)."""
-    diffs = [f"data {key} (saved {saved.get(key)!r}, now {now.get(key)!r})" for key in ("source", "folder")
-             if saved.get(key) != now.get(key)]
+    diffs = [f"data {key} (saved {portable(saved.get(key))!r}, now {portable(now.get(key))!r})"
+             for key in ("source", "folder") if portable(saved.get(key)) != portable(now.get(key))]
     old, new = saved.get("files", {}), now.get("files", {})
     for name in sorted(set(old) | set(new)):
         if name not in new:
@@ -298,8 +309,8 @@ class RunDir:
         check(bool(run_name) and "/" not in run_name and "\0" not in run_name and run_name not in (".", ".."),
               f"--run-name {run_name!r} is not a folder name; expected a name without '/'")
         self.path = Path(out_dir) / run_name
-        # as they will read back from args.json (tuples -> lists, paths -> strings)
-        self.args = ckpt.round_trip_json(vars(args) if isinstance(args, argparse.Namespace) else dict(args))
+        # as they will read back from args.json (tuples -> lists, paths -> strings, absolute paths -> relative)
+        self.args = portable(ckpt.round_trip_json(vars(args) if isinstance(args, argparse.Namespace) else dict(args)))
         self.is_main = is_main
         self.kind = kind
         self.resumed = False
@@ -399,7 +410,7 @@ class RunDir:
         for key in sorted(set(saved_args) | set(self.args)):
             if key in ignore or key in ALWAYS_IGNORED:
                 continue
-            old, new = saved_args.get(key, "<absent>"), self.args.get(key, "<absent>")
+            old, new = portable(saved_args.get(key, "<absent>")), self.args.get(key, "<absent>")  # older: absolute
             if old == new or (key not in saved_args and key in ADDED_FLAGS and new == ADDED_FLAGS[key]):
                 continue
             if (key in LENGTH_FLAGS and self.extend and isinstance(old, (int, float))
@@ -546,7 +557,7 @@ class RunDir:
                 if self.data is not None:
                     meta["data"] = self.data
                 resume = {"at": _now(), "git_commit": git_commit(), "device": self._device_name,
-                          "processor": processor(), "hostname": socket.gethostname(), "argv": sys.argv,
+                          "processor": processor(), "hostname": socket.gethostname(), "argv": portable(sys.argv),
                           "from_rows": self._n_rows}
                 if self._extended:
                     resume["extended"] = self._extended
@@ -557,7 +568,7 @@ class RunDir:
                         shutil.rmtree(entry)
                     else:
                         entry.unlink()
-                meta = {"args": self.args, "script": self.kind, "argv": sys.argv, "git_commit": git_commit(),
+                meta = {"args": self.args, "script": self.kind, "argv": portable(sys.argv), "git_commit": git_commit(),
                         "versions": versions(), "device": self._device_name, "processor": processor(),
                         "hostname": socket.gethostname(),
                         "started_at": _now(), "resumes": [], "data": self.data}

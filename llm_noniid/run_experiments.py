@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli, jobs
+from common import cli, jobs, runlog
 from common import runs as R
 from common import stats as S
 from common.checkpoint import atomic_write_json
@@ -232,7 +232,7 @@ def base_folder(args) -> str:
         args.base = str(pretrain.pretrained_base([*BASE_FLAGS, "--cache-dir", "runs/llm_base", "--quiet"]))
     cli.check(Path(args.base).is_dir(), f"--base {args.base}: no such folder; expected a causal LM folder "
                                         f"(python llm_noniid/pretrain.py prints one)")
-    return args.base
+    return runlog.portable(args.base)  # as records keep paths
 
 
 def run_jobs(grid: list[jobs.Job], args, title: str) -> list[dict]:
@@ -252,7 +252,7 @@ def select(args, passthrough: list[str]) -> dict:
     done, rounds = out / "selection.json", max(1, (args.rounds or PRETRAINED_ROUNDS) // 2)
     if done.is_file():
         chosen = json.loads(done.read_text())
-        if chosen.get("rounds") == rounds and chosen.get("base") == base_folder(args) and \
+        if chosen.get("rounds") == rounds and runlog.portable(chosen.get("base")) == base_folder(args) and \
                 set(chosen["mu"]) == {part for part, _ in SELECT_PARTS}:
             return chosen
     data = D.split_ag_news_csv(split_data(args.split_csv, out) / "train.csv", out / "select" / "data", 0.1, seed=1)

@@ -138,6 +138,28 @@ def test_a_second_run_into_a_locked_directory_is_refused_and_a_stale_lock_is_tak
     RunDir(out_dir, "r", ARGS, resume=True).claim().release()  # the dead process's lock is free again
 
 
+def test_records_keep_paths_relative_to_the_working_directory(out_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("one")
+    fp = runlog.data_fingerprint("dir", tmp_path / "data", files=[tmp_path / "data" / "a.txt"])
+    args = {**ARGS, "model": str(tmp_path / "base"), "out_dir": str(out_dir)}
+    rd = RunDir(out_dir, "r", args, data=fp)
+    rd.log({"round": 0})
+    rd.save_checkpoint({"round": 0})
+    rd.release()
+    meta = json.loads((rd.path / "args.json").read_text())
+    assert meta["args"]["model"] == "base" and meta["args"]["out_dir"] == "runs" and meta["data"]["folder"] == "data"
+    assert meta["argv"] and not any(os.path.isabs(a) for a in meta["argv"])  # no machine's folders in the record
+    for model in ("base", str(tmp_path / "base")):  # the same folder, written either way: the same run
+        RunDir(out_dir, "r", {**args, "model": model}, resume=True, data=fp).claim().release()
+    meta["args"]["model"], meta["data"]["folder"] = str(tmp_path / "base"), str(tmp_path / "data")  # an older record
+    (rd.path / "args.json").write_text(json.dumps(meta))
+    RunDir(out_dir, "r", args, resume=True, data=fp).claim().release()
+    with pytest.raises(UsageError, match=r"--model \(saved 'base', now 'other'\)"):
+        RunDir(out_dir, "r", {**args, "model": "other"}, resume=True, data=fp)
+
+
 def test_resume_refuses_changed_data_and_damaged_metrics(out_dir, tmp_path):
     (tmp_path / "a.txt").write_text("one")
     fp = runlog.data_fingerprint("dir", tmp_path, files=[tmp_path / "a.txt"], splits={"train": 3})
