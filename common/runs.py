@@ -22,7 +22,7 @@ matplotlib.use("Agg")  # files only: works on headless machines, and before pypl
 import numpy as np
 
 from common.errors import UsageError, check, check_out_dir
-from common.runlog import ARGS_FILE, METRICS_FILE, SUMMARY_FILE, read_rows
+from common.runlog import ARGS_FILE, METRICS_FILE, SUMMARY_FILE, portable, read_rows
 
 # Arguments that do not define a configuration: runs differing only in these are pooled.
 DEFAULT_GROUP_IGNORE = ("seed", "run_name", "out_dir", "resume", "quiet", "device", "num_workers",
@@ -69,11 +69,8 @@ def _read_json(path: Path) -> dict:
 
 
 def shown(path: str | os.PathLike | None) -> str | None:
-    """``path`` relative to the working directory when inside it (reports name no machine's folders), else as is."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve())) if path else path
-    except ValueError:
-        return str(path)
+    """``path`` relative to the working directory, as records keep paths (reports name no machine's folders)."""
+    return portable(str(Path(path).resolve())) if path else path
 
 
 def load_runs(root: str | os.PathLike, pattern: str = "*") -> list[dict]:

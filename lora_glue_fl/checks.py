@@ -61,5 +61,5 @@ def fingerprint(task_name: str, data: str, data_dir, splits: dict, shard_dir=Non
         manifests = sorted(Path(shard_dir).glob("client_*.json"))
         fp["files"].update({f"shards/{k}": v for k, v in
                             runlog.data_fingerprint("shards", shard_dir, files=manifests)["files"].items()})
-        fp["shard_dir"] = str(Path(shard_dir).resolve())
+        fp["shard_dir"] = runlog.portable(str(Path(shard_dir).resolve()))
     return fp
