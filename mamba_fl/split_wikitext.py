@@ -70,8 +70,8 @@ def main(argv=None) -> dict:
             raise cli.UsageError(f"--raw {src} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         found = articles(raw.splitlines(keepends=True))
         arts += found
-        sources.append({"file": runlog.portable(str(src.resolve())), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                        "articles": len(found)})
+        sources.append({"file": runlog.portable(str(src.resolve())), "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(), "articles": len(found)})
     cli.check(len(arts) >= 2, f"found {len(arts)} article(s) (lines like ' = Title = '); need at least 2 to split")
     parts = split(arts, args.valid_fraction, args.test_fraction, args.shuffle_seed)
     files = SPLIT_FILES | {"test": TEST_FILE}
