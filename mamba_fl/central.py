@@ -17,8 +17,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from common import cli, compiled, evaluate, flags, params, runlog, seed
-from mamba_fl import deltas, federated, lmdata
+from common import cli, flags, params, runlog, seed
+from mamba_fl import federated, lmdata
 from mamba_fl import model as mmodel
 
 
@@ -59,18 +59,9 @@ def main(argv=None) -> dict:
     rd = runlog.RunDir(args.out_dir, name, args, kind="mamba_fl/central", resume=args.resume, device=device,
                        ignore_on_resume=federated.IGNORE_ON_RESUME, data=data.fingerprint)
 
-    seed.seed_everything(args.seed)
-    model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
-    model.to(device).train()
-    fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
-    plist = params.trainable(model)
+    ctx, valid, refs, snaps = federated.build_run(args, data, device, rd)
+    model, fwd, plist = ctx.model, ctx.forward_model, ctx.params
     opt = mmodel.make_optimizer(args, plist)
-    valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
-    refs = lmdata.reference_ppls(data, valid)
-    ctx = federated.Context(args, model, plist, data, device, forward_model=fwd)
-    rd.claim()  # everything is validated: from here on the run directory is this run's
-    snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
-        if args.save_deltas else None
     step, tokens, best, prev_grad, last = 0, 0, float("inf"), None, {}
     stopper = mmodel.make_stopper(args)
     state = rd.load_checkpoint()
@@ -92,24 +83,23 @@ def main(argv=None) -> dict:
     loss_sum, cos_sum, n_since, t_train = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0.0
     bar = tqdm(total=total, initial=step, desc="central", disable=args.quiet)
     perm, perm_epoch = None, -1
+
+    def grad_cosine(ps):  # cosine between consecutive steps' gradients: one flat copy per step, dot products on device
+        nonlocal prev_grad
+        grad = params.flatten([p.grad for p in ps], dtype=torch.float32)
+        if prev_grad is not None:
+            cos_sum.add_(torch.nn.functional.cosine_similarity(grad, prev_grad, dim=0))
+        prev_grad = grad
+
     while step < total and not (stopper and stopper.stopped_at):
         epoch, pos = divmod(step, per_epoch)
         if epoch != perm_epoch:  # the epoch's order depends on (seed, epoch) only, so resume finds it again
             perm = torch.randperm(n, generator=seed.client_generator(args.seed, epoch, 0, purpose="central"))
             perm_epoch = epoch
         t0 = time.perf_counter()
-        idx = perm[pos * args.batch_size:(pos + 1) * args.batch_size].to(device, non_blocking=True)
-        with evaluate.autocast(device):
-            loss = fwd(**next(ctx.batches(idx))).loss  # the step's blocks are one batch
-        loss.backward()
-        # cosine between consecutive steps' gradients: one flat copy per step, dot products on device
-        grad = params.flatten([p.grad for p in plist], dtype=torch.float32)
-        if prev_grad is not None:
-            cos_sum += torch.nn.functional.cosine_similarity(grad, prev_grad, dim=0)
-        prev_grad = grad
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss_sum += loss.detach().float()
+        idx = perm[pos * args.batch_size:(pos + 1) * args.batch_size]  # the step's blocks are one batch
+        loss_sum += federated.train_steps(fwd, opt, data.train, [idx], data.tokenizer.pad_token_id, device,
+                                          adjust=grad_cosine)
         n_since += 1
         step += 1
         tokens += int(idx.numel()) * args.sequence_length

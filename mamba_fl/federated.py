@@ -61,11 +61,11 @@ def finish_args(args: argparse.Namespace) -> None:
     mmodel.resolve_model_args(args)
     if args.optimizer is None:  # SCAFFOLD's control variates assume plain SGD steps
         args.optimizer = "sgd" if getattr(args, "algorithm", None) == "scaffold" else "adamw"
-    mmodel.resolve_lr(args)
+    if args.lr is None:  # AdamW's rates are far too small for plain SGD
+        args.lr = mmodel.SGD_LR if args.optimizer == "sgd" else 1e-2 if args.quick else 5e-4
     cli.check(args.sequence_length >= 2, f"--sequence-length must be at least 2, got {args.sequence_length}")
-    cli.check(args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number, got {args.lr}")
-    cli.check(args.weight_decay >= 0 and math.isfinite(args.weight_decay),
-              f"--weight-decay must be a non-negative number, got {args.weight_decay}")
+    cli.check(args.lr > 0, f"--lr must be a positive number, got {args.lr}")  # finite: cli.ArgumentParser
+    cli.check(args.weight_decay >= 0, f"--weight-decay must be a non-negative number, got {args.weight_decay}")
     if args.test:  # checked now; the file is read only after training
         cli.check(bool(args.data_dir) and (Path(args.data_dir) / lmdata.TEST_FILE).is_file(),
                   f"--test needs --data-dir with a {lmdata.TEST_FILE} (split_wikitext.py --test-fraction writes one)")
@@ -198,17 +198,15 @@ class MambaTask(engine.Task):
     it serves) every ``--eval-every`` rounds."""
 
     def __init__(self, args, method: Method, ctx: Context, clients: list[Client], opt, valid, rd, snaps):
-        self.args, self.method, self.ctx, self.clients = args, method, ctx, clients
+        self.args, self.method, self.ctx, self.clients, self.rd, self.snaps = args, method, ctx, clients, rd, snaps
         self.params, self.device, self.optimizer, self.valid = ctx.params, ctx.device, opt, valid
-        self.rd, self.snaps = rd, snaps
         self.name, self.metric = method.name, "val_ppl"
         self.sizes = [c.weight for c in clients]
         self.rounds, self.eval_every, self.seed = args.rounds, args.eval_every, args.seed
         self.per_round = engine.clients_per_round(args.participation_rate, args.num_clients)
         self.bytes_param = sum(p.numel() * p.element_size() for p in self.params)
         self.acc = {"best_val_ppl": float("inf"), "bytes_up": 0, "bytes_down": 0, "train_tokens": 0}
-        self.train_loss = torch.zeros((), device=self.device)  # summed over the steps since the last evaluation
-        self.n_steps = 0
+        self.train_loss, self.n_steps = torch.zeros((), device=self.device), 0  # summed since the last evaluation
         self.stopper = mmodel.make_stopper(args)
 
     def round_start(self, r: int) -> None:
@@ -306,6 +304,24 @@ class MambaTask(engine.Task):
             self.snaps.load_state_dict(state["snapshots"])
 
 
+def build_run(args, data: lmdata.LMData, device, rd, flat: bool = False) -> tuple:
+    """(Context, validation blocks, their reference perplexities, --save-deltas snapshots or None) of a new
+    seeded model on ``device`` (``flat``: its trainable parameters made views of one buffer); claims ``rd``."""
+    seed.seed_everything(args.seed)
+    model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
+    model.to(device).train()
+    if flat:
+        params.flat_parameters_(model)
+    fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
+    ctx = Context(args, model, params.trainable(model), data, device, forward_model=fwd)
+    valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
+    refs = lmdata.reference_ppls(data, valid)
+    snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
+        if args.save_deltas else None
+    rd.claim()  # everything is validated (--delta-tensors included): from here on the run directory is this run's
+    return ctx, valid, refs, snaps
+
+
 def _run(args: argparse.Namespace, method: Method) -> dict:
     device = distributed.device_for_rank(cli.resolve_device(args.device))
     main = distributed.is_main()
@@ -331,21 +347,11 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
         args.out_dir, name, args, resume=args.resume, kind=f"mamba_fl/{method.script}", device=device,
         is_main=main, ignore_on_resume=IGNORE_ON_RESUME, data=data.fingerprint))
 
-    seed.seed_everything(args.seed)
-    model = mmodel.build_model(args, data.vocab_size, data.tokenizer.pad_token_id, data.tokenizer.eos_token_id)
-    model.to(device).train()
     # the trainable parameters as views of one buffer: loading the global model and a client's add to the
     # aggregator are one op each (fast on a busy machine, benchmarks/bench_aggregate.py); values unchanged
-    params.flat_parameters_(model)
-    fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
+    ctx, valid, refs, snaps = build_run(args, data, device, rd, flat=True)
+    model, fwd, plist = ctx.model, ctx.forward_model, ctx.params
     names = [n for n, _ in params.named_trainable(model)]
-    plist = params.trainable(model)
-    valid = data.valid[: args.eval_blocks] if args.eval_blocks > 0 else data.valid
-    refs = lmdata.reference_ppls(data, valid)
-    ctx = Context(args, model, plist, data, device, forward_model=fwd)
-    rd.claim()  # everything is validated: from here on the run directory is this run's
-    snaps = deltas.Snapshots(rd.path / "deltas", deltas.select(params.named_trainable(model), args.delta_tensors)) \
-        if args.save_deltas else None
     task = MambaTask(args, method, ctx, clients, mmodel.make_optimizer(args, plist), valid, rd, snaps)
     fed = engine.Federation(task, args)
     start = fed.start(rd, names)
@@ -362,15 +368,8 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
                                  load=lambda: params.load_(plist, fed.models[0]))
     if stopper is not None:
         acc["rounds_done"] = stopper.stopped_at or args.rounds
-    summary = finish(rd, args, method, data, acc, refs, model) if main else rd.write_summary({"method": method.name})
-    distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
-    rd.release()
-    return summary
-
-
-def finish(rd, args, method, data, acc, refs, model) -> dict:
     last, done = acc.get("last", {}), acc.get("rounds_done", args.rounds)
-    summary = {
+    summary = rd.write_summary({"method": method.name}) if not main else publish(rd, model, data, refs, {
         "method": method.name, "config": args.model_config, "layers": args.layers, "rounds_done": done,
         # client optimizer steps, all clients together (what a compute-matched central run takes)
         "optimizer_steps": done * args.local_updates * engine.clients_per_round(args.participation_rate,
@@ -383,8 +382,10 @@ def finish(rd, args, method, data, acc, refs, model) -> dict:
         "client_seconds": round(acc["client_seconds"], 3), "round_seconds": round(acc["round_seconds"], 3),
         "overhead_fraction": (1 - acc["client_seconds"] / acc["round_seconds"]) if acc["round_seconds"] else None,
         **{k: v for k, v in acc.items() if k.startswith(("test_", "budget_test_")) or k in EarlyStop.SUMMARY_KEYS},
-    }
-    return publish(rd, model, data, refs, summary)
+    })
+    distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
+    rd.release()
+    return summary
 
 
 def publish(rd, model, data, refs: dict, summary: dict) -> dict:

@@ -88,7 +88,7 @@ def make_stopper(args: argparse.Namespace):
 
 
 def resolve_model_args(args: argparse.Namespace) -> None:
-    """Fill ``args.layers`` from ``--model-config`` and check the shapes."""
+    """Fill ``args.layers`` from ``--model-config`` and check the shapes (each size is positive by its flag)."""
     if config_legacy(getattr(args, "config", None)):  # parsed without common.config: --config pure_ssm_N_layer
         args.model_config, args.config = args.model_config or args.config, None
     if args.model_config is not None:
@@ -100,10 +100,7 @@ def resolve_model_args(args: argparse.Namespace) -> None:
         args.layers = CONFIGS[args.model_config]
     args.layers = args.layers or 1
     args.model_config = f"pure_ssm_{args.layers}_layer"
-    if args.chunk_size is None:
-        args.chunk_size = min(256, args.sequence_length)
-    for k in ("d_model", "d_state", "head_dim", "expand", "d_conv", "n_groups", "chunk_size"):
-        cli.check(getattr(args, k) >= 1, f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
+    args.chunk_size = args.chunk_size or min(256, args.sequence_length)
     inner = args.expand * args.d_model
     cli.check(inner % args.head_dim == 0,
               f"expand * d_model = {inner} is not a multiple of --head-dim {args.head_dim}")
@@ -120,12 +117,6 @@ def add_optimizer_args(group, *, who: str) -> None:
                        help=f"{who} learning rate (default: adamw 5e-4, the source's for d_model 512, --quick: "
                             f"1e-2; sgd {SGD_LR:g}, as the synthetic grid's plain-SGD arm)")
     group.add_argument("--weight-decay", type=float, default=0.01, help=f"{who} AdamW weight decay")
-
-
-def resolve_lr(args: argparse.Namespace) -> None:
-    """--lr's default follows the optimizer: AdamW's rates are far too small for plain SGD."""
-    if args.lr is None:
-        args.lr = SGD_LR if args.optimizer == "sgd" else 1e-2 if args.quick else 5e-4
 
 
 def make_optimizer(args: argparse.Namespace, plist) -> torch.optim.Optimizer:

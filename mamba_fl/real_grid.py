@@ -168,13 +168,9 @@ def choose(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
         s = jobs.summary_of(j) or {}
         ok = s.get("status", "complete") == "complete" and s.get("best_val_ppl", math.inf) < s.get("unigram_ppl", 0)
         scores.setdefault(arm, {})[value] = s.get("best_val_ppl") if ok else None
-    chosen, best = {}, {}
-    for arm, by_value in scores.items():
-        good = {v: p for v, p in by_value.items() if p is not None}
-        if good:
-            chosen[arm] = {CHOICES[arm][0]: min(good, key=good.get)}
-            best[arm] = min(good.values())
-    others = {a: best[a] for a in OTHERS if a in best}
+    good = {arm: {v: p for v, p in by_value.items() if p is not None} for arm, by_value in scores.items()}
+    chosen = {arm: {CHOICES[arm][0]: min(g, key=g.get)} for arm, g in good.items() if g}
+    others = {a: min(good[a].values()) for a in OTHERS if good.get(a)}
     return {"chosen": chosen, "scores": {a: {_shown(v): p for v, p in d.items()} for a, d in scores.items()},
             **({"best_other": min(others, key=others.get)} if others else {})}
 

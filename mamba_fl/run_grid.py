@@ -1,5 +1,7 @@
 """The mamba_fl results grid: does federation close the gap to centralized training, and does any aggregator
-beat FedAvg? One command runs every arm, then writes the table and the figures.
+beat FedAvg? One command runs every arm, ``--jobs`` at a time through ``common.jobs`` (finished runs are skipped,
+interrupted ones resumed: the same command continues a grid); a complete grid then gets ``results.md`` and the
+figures (``--figures``) from ``plots/plot_mamba.py``.
 
     python mamba_fl/run_grid.py                                   # synthetic grid + FedAvg variants (~1 h, 2 cores)
     python mamba_fl/run_grid.py --real-raw wikitext-2-raw/wiki.test.raw   # + the real-text comparison
@@ -7,11 +9,8 @@ beat FedAvg? One command runs every arm, then writes the table and the figures.
 Design (every number is a flag; mamba_fl/figures/findings.md has the setup and the compute accounting): the
 embedded synthetic source with ``contiguous`` and ``topic`` client shards, Mamba2 d_model 64 with 1 and 2 layers;
 central, the ``FEDERATED_ARMS`` and the FedAvg ``VARIANTS`` (1 layer, first shard), every arm taking the same
-optimizer steps of ``--batch-size`` blocks; 3 seeds, paired differences to FedAvg.
-
-Runs go to ``--out-dir/<arm>_L<layers>_<shard>_s<seed>``, ``--jobs`` at a time through ``common.jobs`` (finished
-runs are skipped, interrupted ones resumed: the same command continues a grid); logs in ``--out-dir/logs``. A
-complete grid then runs ``plots/plot_mamba.py`` for ``results.md`` and the figures (``--figures``).
+optimizer steps of ``--batch-size`` blocks; 3 seeds, paired differences to FedAvg. Runs go to
+``--out-dir/<arm>_L<layers>_<shard>_s<seed>``, logs to ``--out-dir/logs``.
 """
 from __future__ import annotations
 
@@ -93,9 +92,7 @@ def plan(args, data_flags: list[str], tag: str, arms: list[str], layers: list[in
                 runs.append((f"central{suffix}_L{L}_{tag}_s{seed}", "central.py",
                              base + central_flags(args, args.rounds * args.clients)))
             for shard in shards:
-                for arm in arms:
-                    if arm == "central":
-                        continue
+                for arm in (a for a in arms if a != "central"):
                     name = f"{arm}{suffix}_L{L}_{shard}{'_' + tag if tag != 'synthetic' else ''}_s{seed}"
                     if arm in VARIANTS:
                         rounds = args.rounds // 8 if arm == "fedavg-lu8" else args.rounds

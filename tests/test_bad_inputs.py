@@ -144,6 +144,9 @@ def paths(tmp_path_factory) -> dict:
     cfg = json.loads((broken / "adapter_config.json").read_text())
     cfg.pop("r", None)
     (broken / "adapter_config.json").write_text(json.dumps(cfg))
+    listed = bad / "adapter_config_list"  # a config file holding a JSON list, not an object
+    shutil.copytree(broken, listed)
+    (listed / "adapter_config.json").write_text("[1, 2]")
     (bad / "llm_half_round.yaml").write_text("num_rounds: 2.5\n")
     for name, content in CONFIGS.items():
         (bad / name).write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -238,6 +241,11 @@ CASES = [
     ("mamba central max steps negative", "mamba_central", ["--max-steps", "-1"], "--max-steps"),
     ("mamba central val freq zero", "mamba_central", ["--val-freq", "0"], "--val-freq"),
     ("mamba no cuda", "mamba_fed", ["--device", "cuda:7"], "--device"),
+    # a new run directory is never made for a bad input (the tensor names are checked before the claim)
+    ("mamba bad delta tensors", "mamba_fed", ["--run-name", "new", "--save-deltas", "--delta-tensors", "nope"],
+     "--delta-tensors"),
+    ("mamba central bad delta tensors", "mamba_central", ["--run-name", "new", "--save-deltas", "--delta-tensors",
+                                                          "nope"], "--delta-tensors"),
     # ---- data files (mamba)
     ("mamba data dir missing", "mamba_fed", ["--data-dir", "{bad}/nope"], "is not a folder"),
     ("mamba train not utf-8", "mamba_fed", ["--data-dir", "{bad}/wiki_latin1"], "UTF-8"),
@@ -323,6 +331,8 @@ CASES = [
     # ---- other lora scripts (no run directory of their own: the finished runs must still be untouched)
     ("merge adapter config without r", "fedavg_merge",
      ["--adapters", "{bad}/adapter_no_r", "--save_adapter", "{runs}/merged"], "adapter_config.json"),
+    ("merge adapter config a list", "fedavg_merge",
+     ["--adapters", "{bad}/adapter_config_list", "--save_adapter", "{runs}/merged"], "must hold a JSON object"),
     ("merge weights inf", "fedavg_merge",
      ["--adapters", "{adapter}", "{adapter}", "--weights", "inf", "1", "--save_adapter", "{runs}/merged"], "finite"),
     ("merge weights negative", "fedavg_merge",
