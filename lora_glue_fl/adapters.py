@@ -53,13 +53,6 @@ class Adapter:
         sd.update(self.head)
         return sd
 
-    def config(self, base_model_name_or_path: str | None = None):
-        from peft import LoraConfig, TaskType
-        return LoraConfig(task_type=TaskType.SEQ_CLS, r=int(self.r), lora_alpha=self.alpha,
-                          lora_dropout=self.dropout, target_modules=list(self.target_modules),
-                          use_rslora=self.use_rslora, bias="none", modules_to_save=list(self.head_modules),
-                          base_model_name_or_path=base_model_name_or_path or self.extra.get("base_model_name_or_path"))
-
 
 def from_state_dict(sd: dict[str, torch.Tensor], r: int, alpha: float, target_modules, use_rslora=False,
                     dropout: float = 0.0, extra: dict | None = None, head_modules=None) -> Adapter:
@@ -92,14 +85,6 @@ def _names(modules) -> list[str]:
     return sorted(set([modules] if isinstance(modules, str) else (modules or [])))
 
 
-@torch.no_grad()
-def merged_copy(model):
-    """A copy of a ``PeftModel`` with its LoRA update merged into the base weights: a plain ``transformers``
-    model (its ``save_pretrained`` folder loads without peft)."""
-    import copy
-    return copy.deepcopy(getattr(model, "_orig_mod", model)).merge_and_unload()
-
-
 def load_into(model, adapter: Adapter) -> None:
     """Copy the adapter's factors and head into a ``PeftModel`` of the same rank, in place."""
     from peft import set_peft_model_state_dict
@@ -113,11 +98,14 @@ def load_into(model, adapter: Adapter) -> None:
 
 def save(adapter: Adapter, directory, base_model_name_or_path: str | None = None) -> Path:
     """adapter_config.json + adapter_model.safetensors (peft's format)."""
+    from peft import LoraConfig, TaskType
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # a local base folder is recorded relative to the adapter folder: moving the run directory keeps it valid
     base = export.relative_base(directory, base_model_name_or_path or adapter.extra.get("base_model_name_or_path"))
-    adapter.config(base).save_pretrained(str(directory))
+    LoraConfig(task_type=TaskType.SEQ_CLS, r=int(adapter.r), lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+               target_modules=list(adapter.target_modules), use_rslora=adapter.use_rslora, bias="none",
+               modules_to_save=list(adapter.head_modules), base_model_name_or_path=base).save_pretrained(str(directory))
     cfg_path = directory / "adapter_config.json"  # peft keeps target_modules as a set: written in a fixed order
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     if isinstance(cfg.get("target_modules"), list):
@@ -140,10 +128,10 @@ def load(directory) -> Adapter:
         sd = load_file(str(w_path))
     except Exception as e:  # noqa: BLE001 -- truncated or foreign files raise many types
         raise cli.UsageError(f"{directory}: unreadable adapter ({type(e).__name__}: {e})") from None
+    cli.check(isinstance(cfg, dict), f"{cfg_path} must hold a JSON object (a peft adapter config)")
     cli.check(cfg.get("peft_type", "LORA") == "LORA", f"{directory}: {cfg.get('peft_type')} adapter; expected LORA")
     cli.check(not cfg.get("rank_pattern") and not cfg.get("alpha_pattern"),
               f"{directory}: per-module rank_pattern/alpha_pattern adapters are not supported")
-    cli.check(isinstance(cfg, dict), f"{cfg_path} must hold a JSON object (a peft adapter config)")
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
     cli.check(isinstance(r, int) and not isinstance(r, bool) and r >= 1,
               f"{cfg_path}: 'r' must be a positive integer, got {r!r}")
@@ -179,14 +167,6 @@ def check_compatible(adapters: list[Adapter], names: list[str] | None = None) ->
                   f"{name}: classifier head differs from {names[0]}'s (tasks with different numbers of labels?)")
 
 
-def _pad(A: torch.Tensor, B: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero rows of A / columns of B up to ``rank`` (the product is unchanged)."""
-    extra = rank - A.shape[0]
-    if extra <= 0:
-        return A, B
-    return (torch.cat([A, A.new_zeros(extra, A.shape[1])]), torch.cat([B, B.new_zeros(B.shape[0], extra)], dim=1))
-
-
 @torch.no_grad()
 def merge(adapters: list[Adapter], weights, method: str = "svd", rank: int | None = None,
           alpha: float | None = None, names: list[str] | None = None) -> Adapter:
@@ -205,14 +185,13 @@ def merge(adapters: list[Adapter], weights, method: str = "svd", rank: int | Non
     if method == "naive":
         cli.check(len({(a.r, a.alpha, a.use_rslora) for a in adapters}) == 1,
                   "naive A/B averaging needs adapters of one rank and alpha; use svd or exact")
-        fused_r, fused_alpha = ref.r, ref.alpha
+        fused_r = ref.r
     elif method == "svd":
         fused_r = int(rank if rank is not None else ref.r)
         cli.check(fused_r >= 1, f"--svd_rank must be at least 1, got {fused_r}")
-        fused_alpha = float(alpha) if alpha is not None else float(fused_r)
     else:
         fused_r = min(sum(a.r for a in adapters), max(dims.values()))
-        fused_alpha = float(alpha) if alpha is not None else float(fused_r)
+    fused_alpha = ref.alpha if method == "naive" else float(alpha) if alpha is not None else float(fused_r)
     s_f = fused_alpha / fused_r
 
     factors = {}
@@ -225,7 +204,9 @@ def merge(adapters: list[Adapter], weights, method: str = "svd", rank: int | Non
             A, B = lora_merge.lora_exact_merge(As, Bs, w, scales, out_scale=s_f)
         else:  # svd; or exact beyond full rank, where the SVD of rank >= min(out, in) is lossless
             A, B = lora_merge.lora_svd_merge(As, Bs, w, scales, fused_r, out_scale=s_f)
-        A, B = _pad(A, B, fused_r)
+        pad = fused_r - A.shape[0]  # zero rows of A / columns of B up to the fused rank (the product is unchanged)
+        if pad > 0:
+            A, B = torch.cat([A, A.new_zeros(pad, A.shape[1])]), torch.cat([B, B.new_zeros(B.shape[0], pad)], dim=1)
         dtype = ref.factors[m][0].dtype
         factors[m] = (A.to(dtype).contiguous(), B.to(dtype).contiguous())
 

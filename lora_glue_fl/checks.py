@@ -10,14 +10,11 @@ from lora_glue_fl import glue_tasks
 
 
 def common_args(args) -> None:
-    """The shared flags, each checked where the script has it and it is set (a count of 0 is refused, not "all")."""
+    """The shared flags that their argparse types leave unchecked, each where the script has it and it is set
+    (counts and sizes are ``flags.POSITIVE_INT``: 0 is refused while parsing, not taken as "all")."""
     for name in ("learning_rate", "lora_alpha", "alpha"):
         value = getattr(args, name, None)
         cli.check(value is None or value > 0, f"--{name} must be positive, got {value}")
-    for name in ("max_train_samples", "max_eval_samples", "max_seq_length", "tokenizer_vocab_size",
-                 "per_device_train_batch_size", "per_device_eval_batch_size", "eval_batch_size"):
-        value = getattr(args, name, None)
-        cli.check(value is None or value >= 1, f"--{name} must be at least 1, got {value}")
     dropout = getattr(args, "lora_dropout", None)
     cli.check(dropout is None or 0.0 <= dropout < 1.0, f"--lora_dropout must be in [0, 1), got {dropout}")
     if getattr(args, "quick", False):  # --quick's tiny model: a rank above its width is refused, not capped

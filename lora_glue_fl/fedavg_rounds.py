@@ -82,14 +82,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--svd_rank", type=flags.POSITIVE_INT, default=8, help="rank of the fused adapter (svd)")
     g.add_argument("--alpha", type=float, default=None, help="lora_alpha of the fused adapter (default: its rank)")
     g.add_argument("--init_adapter", default=None, help="adapter folder to broadcast in round 1 (default: fresh LoRA)")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--lora_r", type=flags.POSITIVE_INT, default=8, help="rank of the clients' adapters in round 1")
-    g.add_argument("--lora_alpha", type=float, default=8, help="lora_alpha of the round-1 adapters")
-    g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
-    g.add_argument("--target_modules", nargs="+", default=None,
-                   help="linear or embedding layers to adapt (default: the architecture's query and value "
-                        "projections, e.g. query value for BERT / RoBERTa, q_lin v_lin for DistilBERT; --quick: "
-                        "query value word_embeddings)")
+    modeling.add_lora_args(p, "rank of the clients' adapters in round 1", "lora_alpha of the round-1 adapters",
+                           "; --quick: query value word_embeddings")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_each_round", action="store_true", help="evaluate the fused model after every round "
                                                                    "(the last round is always evaluated)")
@@ -111,8 +105,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 def resolve_args(args):
     """Fill defaults that depend on other flags, then validate (one line per problem)."""
     checks.common_args(args)
-    if args.aggregation is None:
-        args.aggregation = "naive" if args.skip_svd else "svd"
+    args.aggregation = args.aggregation or ("naive" if args.skip_svd else "svd")
     cli.check(not (args.skip_svd and args.aggregation != "naive"), "--skip_svd contradicts --aggregation "
                                                                    f"{args.aggregation}")
     args.data = glue_tasks.data_source(args)
@@ -260,8 +253,8 @@ class LoraTask(engine.Task):
                "merge_rel_error": self.merge_error,
                "train_loss": sum(rnd["rows"][k]["train_loss"] * self.sizes[k] for k in rnd["chosen"]) / sum(self.sizes)}
         if self.select_enc is not None:
-            row.update(modeling.evaluate_selection(a.task_name, self.forward, self.select_enc, self.device,
-                                                   a.eval_batch_size, shard=True))
+            row.update(modeling.evaluate(a.task_name, self.forward, self.select_enc, self.device, a.eval_batch_size,
+                                         shard=True, prefix=modeling.SELECTION_PREFIX))
         if (a.eval_each_round or n == a.rounds) and not a.no_validation:  # every rank scores its share
             row.update(modeling.evaluate(a.task_name, self.forward, self.eval_enc, self.device, a.eval_batch_size,
                                          shard=True))
@@ -295,15 +288,13 @@ def main(argv=None) -> dict:
         info = glue_shards.make_client_splits(train, args.task_name, args.num_clients, args.partition or "iid",
                                               seed=args.seed)
         shards, shard_info = [np.asarray(c, dtype=np.int64) for c in info["client_indices"]], info
-    if args.clients_per_round is not None:
-        cli.check(args.clients_per_round == len(shards), f"--clients-per-round {args.clients_per_round}: every "
-                                                         f"one of the {len(shards)} clients takes part in every round")
+    cli.check(args.clients_per_round in (None, len(shards)), f"--clients-per-round {args.clients_per_round}: "
+              f"every one of the {len(shards)} clients takes part in every round")
     top = max(int(s.max()) for s in shards)
     cli.check(top < len(train), f"--shard_dir {args.shard_dir}: index {top} outside the {len(train)} training "
                                 f"examples of {args.task_name}; the manifests belong to another dataset")
-    if shard_info.get("task"):
-        cli.check(shard_info["task"] == args.task_name, f"--shard_dir was made for task {shard_info['task']!r}, "
-                                                        f"not {args.task_name!r}")
+    cli.check(not shard_info.get("task") or shard_info["task"] == args.task_name, f"--shard_dir was made for task "
+              f"{shard_info.get('task')!r}, not {args.task_name!r}")
     task = glue_tasks.get_task(args.task_name)
     name = args.run_name or runlog.run_name(
         "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), checks.source_tag(args),
@@ -324,9 +315,8 @@ def main(argv=None) -> dict:
         checks.rank_fits(base, args.svd_rank, "--svd_rank")
     init = adapters.load(args.init_adapter) if args.init_adapter else None  # checked before anything is written
     args.target_modules = args.target_modules or modeling.default_target_modules(base)
-    if init is not None:
-        cli.check(init.target_modules == sorted(args.target_modules), f"--init_adapter adapts {init.target_modules},"
-                                                                      f" --target_modules is {args.target_modules}")
+    cli.check(init is None or init.target_modules == sorted(args.target_modules), f"--init_adapter adapts "
+              f"{init and init.target_modules}, --target_modules is {args.target_modules}")
     types = modeling.uses_token_types(base)
     train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
     evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}
@@ -373,7 +363,7 @@ def main(argv=None) -> dict:
         summary["smoke_test"] = SMOKE
     summary = rd.write_summary(summary)
     if rd.is_main:  # <run>/model: the fused adapter merged into the base; <run>/adapter: it in peft format
-        export.save_model_dir(rd.path, adapters.merged_copy(lora.model), tokenizer,
+        export.save_model_dir(rd.path, export.merged(lora.model), tokenizer,
                               info={"method": "fedavg_" + args.aggregation, "task": args.task_name,
                                     "final": summary["final"]})
         adapters.save(fused, rd.artifact("adapter"), base_path)

@@ -32,11 +32,9 @@ def bin_scores(values, bin_width: float = 0.2) -> list[int]:
 
 def strata(train: Examples, task_name: str, bin_stsb: bool = True) -> list:
     """The stratification key of every example for ``--mode iid``."""
-    if task_name == "stsb":
-        return bin_scores(train.label) if bin_stsb else [float(v) for v in train.label]
     if task_name == "mnli" and train.genre is not None:
         return [f"{y}|{g}" for y, g in zip(train.label.tolist(), train.genre)]
-    return train.label.tolist()
+    return category_values(train, task_name, "label", bin_stsb)
 
 
 def category_values(train: Examples, task_name: str, key: str, bin_stsb: bool = True) -> list:

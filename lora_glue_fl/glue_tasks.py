@@ -121,7 +121,7 @@ def read_tsv(path: Path, task_name: str) -> Examples:
     ia, ib, iy = position(col_a), position(col_b), position(col_y)
     ig = header.index("genre") if header and "genre" in header else None
     body = rows[1:] if has_header else rows
-    a, b, y, g = [], [], [], []
+    kept = []  # (row, its label column)
     for line_no, row in enumerate(body, start=2 if has_header else 1):
         if not row or row == [""]:
             continue
@@ -131,13 +131,9 @@ def read_tsv(path: Path, task_name: str) -> Examples:
         if len(row) <= last:
             raise cli.UsageError(f"{path}:{line_no}: {len(row)} columns, expected at least {last + 1} "
                                  f"(original GLUE {task_name.upper()} layout)")
-        a.append(row[ia])
-        if ib is not None:
-            b.append(row[ib])
-        y.append(row[iy].strip())
-        if ig is not None:
-            g.append(row[ig])
-    return Examples(a, b if ib is not None else None, _labels(y, task, path), g if ig is not None else None)
+        kept.append((row, iy))
+    column = lambda i: None if i is None else [row[i] for row, _ in kept]
+    return Examples(column(ia), column(ib), _labels([row[j].strip() for row, j in kept], task, path), column(ig))
 
 
 STSB_RANGE = (0.0, 5.0)  # STS-B similarity scores

@@ -49,13 +49,7 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
     flags.alias(g, "--rounds", dest="num_train_epochs", of="--num_train_epochs (a centralized run's length, in "
                 "epochs)", type=float)
     if lora:
-        g = p.add_argument_group("LoRA")
-        g.add_argument("--lora_r", type=flags.POSITIVE_INT, default=8, help="adapter rank")
-        g.add_argument("--lora_alpha", type=float, default=8, help="lora_alpha (scaling alpha / r)")
-        g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
-        g.add_argument("--target_modules", nargs="+", default=None,
-                       help="linear or embedding layers to adapt (default: the architecture's query and value "
-                            "projections, e.g. query value for BERT / RoBERTa, q_lin v_lin for DistilBERT)")
+        g = modeling.add_lora_args(p, "adapter rank", "lora_alpha (scaling alpha / r)")
         g.add_argument("--adapter_output_dir", default=None, help="where the adapter goes (default <run dir>/adapter)")
     cli.add_run_args(p, seed=42)
     p.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="the source's name for --out-dir")
@@ -124,8 +118,8 @@ def run(args, lora: bool = True) -> dict:
                             parameters=[p for p in model.parameters() if p.requires_grad])
             row = {"epoch": round(epoch, 4), "train_loss": loss}
             if select_enc is not None:
-                row.update(modeling.evaluate_selection(args.task_name, fwd, select_enc, device,
-                                                       args.per_device_eval_batch_size))
+                row.update(modeling.evaluate(args.task_name, fwd, select_enc, device, args.per_device_eval_batch_size,
+                                             prefix=modeling.SELECTION_PREFIX))
             if args.do_eval and (select_enc is None or round(epoch * per_epoch) == steps):
                 row.update(modeling.evaluate(args.task_name, fwd, eval_enc, device, args.per_device_eval_batch_size))
                 bar.set_postfix({main_metric: f"{row[main_metric]:.4f}"})
@@ -161,7 +155,7 @@ def run(args, lora: bool = True) -> dict:
     summary = rd.write_summary(summary)
     if args.do_train:  # <run>/model: AutoModelForSequenceClassification.from_pretrained reads it
         info = {"method": summary["method"], "task": args.task_name, "final": final}
-        export.save_model_dir(rd.path, adapters.merged_copy(model) if lora else model, tokenizer, info=info)
+        export.save_model_dir(rd.path, export.merged(model), tokenizer, info=info)
     report.print_ending(rd.path, f"final validation {main_metric}", final.get(main_metric),
                         {"majority baseline": summary["majority"].get(main_metric)},
                         figures=f"python plots/plot_lora_glue.py --runs {args.out_dir}",

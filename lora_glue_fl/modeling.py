@@ -61,6 +61,18 @@ def add_model_args(parser) -> None:
                         "over [CLS], the counterpart of the dense layer RoBERTa's classification head trains")
 
 
+def add_lora_args(parser, rank_help: str, alpha_help: str, quick_targets: str = ""):
+    """The LoRA flags of the training scripts (group "LoRA", returned); the help texts differ per script."""
+    g = parser.add_argument_group("LoRA")
+    g.add_argument("--lora_r", type=flags.POSITIVE_INT, default=8, help=rank_help)
+    g.add_argument("--lora_alpha", type=float, default=8, help=alpha_help)
+    g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
+    g.add_argument("--target_modules", nargs="+", default=None,
+                   help="linear or embedding layers to adapt (default: the architecture's query and value "
+                        f"projections, e.g. query value for BERT / RoBERTa, q_lin v_lin for DistilBERT{quick_targets})")
+    return g
+
+
 def quiet_hf() -> None:
     """No Hugging Face progress bars or info lines (``--quiet``)."""
     import transformers
@@ -320,34 +332,26 @@ def predict(model, data: Encoded, device, batch_size: int = 64, shard: bool = Fa
     was = model.training
     model.eval()
     order = torch.argsort(data.lengths, stable=True)
-    starts = list(D.my_batch_starts(len(data), batch_size, shard))
-    out = []
+    starts, out = list(D.my_batch_starts(len(data), batch_size, shard)), []
     for s in starts:
         batch = data.batch(order[s:s + batch_size], device)
         batch.pop("labels")
         with autocast(device):
             out.append(model(**batch).logits.float())
     model.train(was)
-    mine = torch.cat(out).cpu().numpy() if out else np.zeros((0, 1), dtype=np.float32)
-    if not shard or D.world_size() == 1:
-        return _unsort(mine, order)
-    parts = D.all_gather_object((starts, [len(o) for o in out], mine))
-    pieces = []
-    for part_starts, lengths, logits in parts:
-        pieces += zip(part_starts, np.split(logits, np.cumsum(lengths)[:-1]) if lengths else [])
-    return _unsort(np.concatenate([p for _, p in sorted(pieces, key=lambda x: x[0])]), order)
-
-
-def _unsort(sorted_logits: np.ndarray, order: torch.Tensor) -> np.ndarray:
-    """Rows in length order -> rows in data order."""
-    out = np.empty_like(sorted_logits)
-    out[order.numpy()] = sorted_logits
-    return out
+    pieces = list(zip(starts, [o.cpu().numpy() for o in out]))  # (first row, logits) per batch, in length order
+    if shard and D.world_size() > 1:  # every rank's batches
+        pieces = sorted((p for part in D.all_gather_object(pieces) for p in part), key=lambda p: p[0])
+    logits = np.concatenate([o for _, o in pieces]) if pieces else np.zeros((0, 1), dtype=np.float32)
+    unsorted = np.empty_like(logits)
+    unsorted[order.numpy()] = logits  # length order -> data order
+    return unsorted
 
 
 def evaluate(task_name: str, model, eval_sets: dict[str, Encoded], device, batch_size: int = 64,
-             shard: bool = False) -> dict:
-    """The task's GLUE metrics on its validation split(s), plus the mean eval loss (``shard``: see ``predict``)."""
+             shard: bool = False, prefix: str = "") -> dict:
+    """The task's GLUE metrics on its validation split(s), plus the mean eval loss (``shard``: see ``predict``),
+    every key prefixed ``prefix`` (``SELECTION_PREFIX`` for the selection split)."""
     outputs, losses = {}, []
     for split, data in eval_sets.items():
         logits = predict(model, data, device, batch_size, shard=shard)
@@ -359,21 +363,13 @@ def evaluate(task_name: str, model, eval_sets: dict[str, Encoded], device, batch
             z = logits - logits.max(-1, keepdims=True)
             logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
             losses.append(float(-logp[np.arange(len(y)), y].mean()))
-    metrics = compute_metrics(task_name, outputs)
-    metrics["eval_loss"] = float(np.mean(losses))
-    return metrics
+    metrics = {**compute_metrics(task_name, outputs), "eval_loss": float(np.mean(losses))}
+    return {prefix + k: v for k, v in metrics.items()}
 
 
 SELECTION_PREFIX = "selection_"  # metrics on the selection split: selection_accuracy, selection_eval_loss, ...
 
 
 def encode_selection(tokenizer, select: Examples | None, max_length: int, token_types: bool) -> dict | None:
-    """The selection split as ``evaluate_selection`` takes it ({"selection": Encoded}); None without one."""
+    """The selection split as ``evaluate`` takes it ({"selection": Encoded}); None without one."""
     return None if select is None else {"selection": encode(tokenizer, select, max_length, token_types)}
-
-
-def evaluate_selection(task_name: str, model, selection: dict[str, Encoded], device, batch_size: int = 64,
-                       shard: bool = False) -> dict:
-    """``evaluate`` on the selection split ({"selection": Encoded}), every key prefixed ``selection_``."""
-    return {SELECTION_PREFIX + k: v for k, v in evaluate(task_name, model, selection, device, batch_size,
-                                                        shard=shard).items()}
