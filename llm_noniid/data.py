@@ -113,13 +113,13 @@ def load_splits(data: str, data_dir: str | None = None, cache_dir: str | None = 
         if data_dir:
             return tuple(read_ag_news_csv(Path(data_dir) / f"{split}.csv") for split in ("train", "test"))
         ds = _hub_dataset("ag_news", None, cache_dir)
-        return _from_hub_ag(ds["train"]), _from_hub_ag(ds["test"])
+        return tuple(TextData([t.replace("\\", " ") for t in ds[s]["text"]], np.asarray(ds[s]["label"], dtype=np.int64),
+                              len(AG_NEWS_CLASSES)) for s in ("train", "test"))
     if data == "wikitext":
         if data_dir:
             return tuple(read_wikitext_raw(Path(data_dir) / f"wiki.{split}.raw") for split in ("train", "valid"))
         ds = _hub_dataset("wikitext", "wikitext-2-raw-v1", cache_dir)
-        return (_wikitext_from_lines(list(ds["train"]["text"]), "wikitext train"),
-                _wikitext_from_lines(list(ds["validation"]["text"]), "wikitext validation"))
+        return tuple(_wikitext_from_lines(list(ds[s]["text"]), f"wikitext {s}") for s in ("train", "validation"))
     raise UsageError(f"--data {data!r} is unknown; expected ag_news, wikitext or synthetic")
 
 
@@ -134,11 +134,6 @@ def _hub_dataset(name: str, config: str | None, cache_dir: str | None):
                          f"give --data-dir with the original files or use --data synthetic") from None
 
 
-def _from_hub_ag(split) -> TextData:
-    texts = [t.replace("\\", " ") for t in split["text"]]
-    return TextData(texts, np.asarray(split["label"], dtype=np.int64), len(AG_NEWS_CLASSES))
-
-
 def subsample(data: TextData, max_examples: int | None, seed: int) -> TextData:
     """A seeded random subset of at most ``max_examples`` (None or 0: all), order kept."""
     if not max_examples or len(data.texts) <= max_examples:
@@ -150,10 +145,6 @@ def subsample(data: TextData, max_examples: int | None, seed: int) -> TextData:
 # ----------------------------------------------------------------------------- style scores
 _INFORMAL = re.compile(r"(!|\?|\b(i|you|we|me|my|your|our|lol|gonna|wanna|yeah|ok|okay)\b|n't\b|'(s|re|ll|ve|d|m)\b)",
                        re.IGNORECASE)
-
-
-def _syllables(word: str) -> int:
-    return max(1, len(re.findall(r"[aeiouy]+", word.lower())))
 
 
 def style_scores(texts: list[str], criterion: str) -> np.ndarray:
@@ -170,7 +161,8 @@ def style_scores(texts: list[str], criterion: str) -> np.ndarray:
             out[i] = sum(len(w) for w in words) / n - 5.0 * len(_INFORMAL.findall(t)) / n
         elif criterion == "complexity":
             sentences = max(1, len(re.findall(r"[.!?]+", t)))
-            out[i] = 0.39 * n / sentences + 11.8 * sum(_syllables(w) for w in words) / n - 15.59
+            syllables = sum(max(1, len(re.findall(r"[aeiouy]+", w.lower()))) for w in words)
+            out[i] = 0.39 * n / sentences + 11.8 * syllables / n - 15.59
         else:
             raise UsageError(f"--style-criterion {criterion!r} is unknown; expected length, formality or complexity")
     return out

@@ -40,17 +40,13 @@ def detect_divergence(rounds: list[int], losses: list[float], th: Thresholds = D
                       initial: float = math.inf) -> int | None:
     """``initial``: the loss before training, the first "best so far" (a run that jumps above its pretrained
     start and stays there has diverged even if it then falls slowly)."""
-    best, streak_start, streak = initial, None, 0
-    for r, loss in zip(rounds, losses):
+    best, streak = initial, 0
+    for i, loss in enumerate(losses):
         if not math.isfinite(loss):
-            return r
-        if loss > best * (1 + th.div_rel_increase):
-            streak_start = r if streak == 0 else streak_start
-            streak += 1
-            if streak >= th.div_patience:
-                return streak_start
-        else:
-            streak = 0
+            return rounds[i]
+        streak = streak + 1 if loss > best * (1 + th.div_rel_increase) else 0
+        if streak >= th.div_patience:
+            return rounds[i - streak + 1]
         best = min(best, loss)
     return None
 
@@ -81,11 +77,9 @@ def detect_client_drift(rounds: list[int], gaps: list[float], th: Thresholds = D
 
 def detect_slow_convergence(rounds: list[int], losses: list[float], th: Thresholds = DEFAULT) -> int | None:
     window = losses[:th.slow_rounds]
-    if len(window) < th.slow_rounds or not all(math.isfinite(v) for v in window):
-        return None
-    if (losses[0] - min(window)) / abs(losses[0]) < th.slow_min_improvement:
-        return rounds[th.slow_rounds - 1]
-    return None
+    slow = len(window) == th.slow_rounds and all(map(math.isfinite, window)) and \
+        (losses[0] - min(window)) / abs(losses[0]) < th.slow_min_improvement
+    return rounds[th.slow_rounds - 1] if slow else None
 
 
 def detect(rows: list[dict], th: Thresholds = DEFAULT, initial_ppl: float | None = None) -> dict[str, int]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.cli import UsageError
+from common.cli import UsageError, check
 from common.evaluate import eval_mode
 from common.pretrained import quiet_loading
 
@@ -54,13 +54,11 @@ def load_base(model: str, *, vocab_size: int, seq_len: int, eos_id: int | None, 
                              f"a save_pretrained folder (config.json and weights)") from None
         raise UsageError(f"hub model {name!r} could not be loaded from the hub or its cache ({first}); "
                          f"download it once online, give a local folder, or use --model tiny-gpt2") from None
-    positions = max_positions(base)
-    if positions is not None and seq_len > positions:
-        raise UsageError(f"--seq-len {seq_len} exceeds the {positions} positions model {name} was built for; "
-                         f"use at most {positions}")
-    if base.get_input_embeddings().weight.shape[0] < vocab_size:
-        raise UsageError(f"model {name} has {base.get_input_embeddings().weight.shape[0]} token embeddings, "
-                         f"the tokenizer {vocab_size}; use the model's own tokenizer (--tokenizer auto)")
+    positions, embeddings = max_positions(base), base.get_input_embeddings().weight.shape[0]
+    check(positions is None or seq_len <= positions, f"--seq-len {seq_len} exceeds the {positions} positions model "
+                                                     f"{name} was built for; use at most {positions}")
+    check(embeddings >= vocab_size, f"model {name} has {embeddings} token embeddings, the tokenizer {vocab_size}; "
+                                    "use the model's own tokenizer (--tokenizer auto)")
     check_causal(base, name)
     return base
 
@@ -75,19 +73,16 @@ def check_causal(base: nn.Module, name: str) -> None:
     changed[0, -1] = (ids[0, -1] + 1) % vocab
     with eval_mode(base):
         a, b = (base(input_ids=x).logits[0, :-1].float() for x in (ids, changed))
-    if not torch.allclose(a, b, atol=1e-4, rtol=1e-4):
-        raise UsageError(f"model {name} ({getattr(base.config, 'model_type', '?')}) is not a causal LM: its "
-                         f"predictions depend on later tokens; give a decoder-only model")
+    check(torch.allclose(a, b, atol=1e-4, rtol=1e-4), f"model {name} ({getattr(base.config, 'model_type', '?')}) "
+                                                       "is not a causal LM: its predictions depend on later tokens; "
+                                                       "give a decoder-only model")
 
 
 def max_positions(base: nn.Module) -> int | None:
     """The longest sequence the model's position embeddings cover (None: not limited or not known)."""
     cfg = getattr(base, "config", None)
-    for key in ("n_positions", "max_position_embeddings"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return next((v for key in ("n_positions", "max_position_embeddings")
+                 if isinstance(v := getattr(cfg, key, None), int) and v > 0), None)
 
 
 def _matrices(base: nn.Module) -> dict[str, list]:
@@ -105,8 +100,7 @@ def max_lora_rank(base: nn.Module, targets: list[str]) -> int:
     and compute, never expressiveness: the update B @ A cannot have a higher rank than that side)."""
     layers = _matrices(base)
     widths = [min(m.weight.shape) for t in targets for m in layers.get(t, [])]
-    if not widths:
-        raise UsageError(f"the model has none of the LoRA target layers {', '.join(targets)}")
+    check(bool(widths), f"the model has none of the LoRA target layers {', '.join(targets)}")
     return min(widths)
 
 
@@ -114,16 +108,13 @@ def lora_targets(base: nn.Module, given: list[str] | None = None) -> list[str]:
     """``given`` (--lora-targets), else the architecture's (``LORA_TARGETS``); every name must be a weight layer
     of the model."""
     mtype = getattr(base.config, "model_type", "")
-    if not given and mtype not in LORA_TARGETS:
-        raise UsageError(f"no LoRA targets known for model type {mtype!r} (known: {', '.join(LORA_TARGETS)}); "
-                         f"name its linear layers with --lora-targets")
+    check(bool(given) or mtype in LORA_TARGETS, f"no LoRA targets known for model type {mtype!r} (known: "
+          f"{', '.join(LORA_TARGETS)}); name its linear layers with --lora-targets")
     targets = list(given or LORA_TARGETS[mtype])
     layers = _matrices(base)
     missing = [t for t in targets if t not in layers]
-    if missing:
-        flag = "--lora-targets" if given else f"the {mtype} targets"
-        raise UsageError(f"{flag} {' '.join(missing)} name no linear layer of this {mtype} model; its linear "
-                         f"layers: {' '.join(sorted(layers))}")
+    check(not missing, f"{'--lora-targets' if given else f'the {mtype} targets'} {' '.join(missing)} name no linear "
+                       f"layer of this {mtype} model; its linear layers: {' '.join(sorted(layers))}")
     return targets
 
 
@@ -137,10 +128,9 @@ def add_lora(base: nn.Module, r: int, alpha: float, dropout: float, targets: lis
     from peft import LoraConfig, get_peft_model
 
     targets = lora_targets(base, targets)
-    limit = max_lora_rank(base, targets)
-    if r > limit:  # refused before the adapters are built: a huge rank would otherwise train on for minutes
-        raise UsageError(f"--lora-r {r} exceeds the width {limit} of the model's adapted layers "
-                         f"({', '.join(targets)}); use at most {limit}")
+    limit = max_lora_rank(base, targets)  # refused before the adapters are built: a huge rank trains for minutes
+    check(r <= limit, f"--lora-r {r} exceeds the width {limit} of the model's adapted layers ({', '.join(targets)}); "
+                      f"use at most {limit}")
     conv1d = any(type(m).__name__ == "Conv1D" for t in targets for m in _matrices(base)[t])
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                      fan_in_fan_out=conv1d, bias="none", task_type="CAUSAL_LM")

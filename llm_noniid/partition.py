@@ -94,9 +94,8 @@ def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_cli
     steps); ``"labels"``: each topic split over the clients ~ Dir(alpha), redrawn until every client has
     ``min_size`` examples (Flower's ``DirichletPartitioner``; impossible at tiny alpha with more clients than
     topics)."""
-    n = labels_lm.shape[0]
-    check(n >= num_clients, f"{n} training examples cannot be split over {num_clients} clients")
-    k = num_clients
+    n, k = labels_lm.shape[0], num_clients
+    check(n >= k, f"{n} training examples cannot be split over {k} clients")
     if kind == "iid":
         return Clients(shard.iid(n, k, seed))
     if kind == "topic_skew":
@@ -111,8 +110,7 @@ def partition(kind: str, *, labels_lm: torch.Tensor, topics: np.ndarray, num_cli
     if kind == "style_skew":
         check(style is not None, "style_skew needs style scores")
         return Clients(shard.sorted_blocks(style, k))
-    if kind != "token_skew":
-        raise UsageError(f"--partition {kind!r} is unknown; expected one of {', '.join(PARTITIONS)}")
+    check(kind == "token_skew", f"--partition {kind!r} is unknown; expected one of {', '.join(PARTITIONS)}")
     counts = token_counts(labels_lm, vocab_size)
     if token_skew == "frequency":
         band = frequency_bands(counts, k)
@@ -140,16 +138,14 @@ def statistics(clients: Clients, input_ids: torch.Tensor, labels_lm: torch.Tenso
     for c in range(len(clients.shards)):
         _, y = clients.client_tensors(c, input_ids, labels_lm)
         ln = lengths(y).numpy()
-        hist = np.bincount(topics[clients.shards[c]], minlength=num_classes) if len(clients.shards[c]) else \
-            np.zeros(num_classes, dtype=np.int64)
+        hist = np.bincount(topics[clients.shards[c]], minlength=num_classes)
         vocab_sets.append(set(torch.unique(y[y != IGNORE_INDEX]).tolist()))
         per.append({"client": c, "size": len(clients.shards[c]),
                     "label_hist": hist.tolist() if num_classes <= 64 else None,
                     "classes": int((hist > 0).sum()), "tokens": int(ln.sum()),
                     "length_mean": float(ln.mean()) if len(ln) else 0.0,
                     "length_quantiles": np.quantile(ln, [0.1, 0.5, 0.9]).tolist() if len(ln) else [0, 0, 0],
-                    "length_max": int(ln.max()) if len(ln) else 0,
-                    "vocab_size": len(vocab_sets[-1])})
+                    "length_max": int(ln.max()) if len(ln) else 0, "vocab_size": len(vocab_sets[-1])})
     jac = [len(a & b) / max(len(a | b), 1) for i, a in enumerate(vocab_sets) for b in vocab_sets[i + 1:]]
     sizes = np.array([p["size"] for p in per])
     return {"clients": per, "num_clients": len(per), "size_min": int(sizes.min()), "size_max": int(sizes.max()),

@@ -130,11 +130,6 @@ def stream(tok, articles: list[tuple[str, str]]) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the base
-def settings(args, texts_hash: str) -> dict:
-    return {"version": VERSION, "text": texts_hash,
-            **{k: v for k, v in sorted(vars(args).items()) if k not in IGNORED}}
-
-
 def pretrained_base(argv: list[str] | None = None) -> Path:
     """The cached base folder for these flags, pretrained on first use; returns it."""
     args = cli.parse(get_args_parser(), argv)
@@ -143,7 +138,8 @@ def pretrained_base(argv: list[str] | None = None) -> Path:
     cli.check(0 <= args.dropout < 1 and args.lr > 0, "--dropout must be in [0, 1) and --lr > 0")
     articles = read_articles(args.text_files)
     texts_hash = hashlib.sha256("\x00".join(f"{t}\x01{x}" for t, x in articles).encode()).hexdigest()[:16]
-    config = settings(args, texts_hash)
+    config = {"version": VERSION, "text": texts_hash,
+              **{k: v for k, v in sorted(vars(args).items()) if k not in IGNORED}}
     key = CK.settings_key(config)
     final = CK.built_once(args.cache_dir, key, "pretrain.json",
                           lambda final: train_base(args, config, articles, final.with_name(f"{key}.run"), final))
@@ -207,8 +203,7 @@ def train_base(args, config: dict, articles: list, work: Path, final: Path) -> N
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            val = perplexity(model, evals["valid"])["ppl"]
-            model.train()
+            val = perplexity(model, evals["valid"])["ppl"]  # in eval mode; the model's own flags restored after
             state["history"].append({"step": step + 1, "train_loss": float(loss.detach()), "val_ppl": val})
             if val < state["best_ppl"]:
                 state["best_ppl"], state["best"] = val, {k: v.clone() for k, v in model.state_dict().items()}

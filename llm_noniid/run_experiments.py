@@ -215,9 +215,7 @@ def jobs_for(arms_: list[tuple[str, str, list[str], int]], seeds: list[int], pas
         for part, arm, flags, rounds in arms_:
             argv = [*flags, "--seed", str(seed), *passthrough, "--out-dir", str(runs), "--quiet"]
             parsed = cli.parse(train.get_args_parser(), argv)  # as train.py reads them (its --quick preset too)
-            name = train.default_run_name(parsed)
-            if parsed.num_rounds != rounds:
-                name += f"_R{parsed.num_rounds}"
+            name = train.default_run_name(parsed) + (f"_R{parsed.num_rounds}" if parsed.num_rounds != rounds else "")
             # a shorter run of the same arm (e.g. of the quick grid) is extended, not redone
             out_jobs.append(jobs.Job(name, "llm_noniid.train", [*argv, "--run-name", name], extend=True,
                                      label=f"{part} / {arm} / seed {seed}"))
@@ -259,13 +257,13 @@ def select(args, passthrough: list[str]) -> dict:
     study = [*PRETRAINED, "--model", base_folder(args), "--data", "ag_news", "--data-dir", str(data),
              *rounds_flags(rounds)]
     runs = out / "select" / "runs"
-    score = lambda s: s["final_val_ppl"] if s and s.get("status") == "complete" and s["final_val_ppl"] is not None \
-        and math.isfinite(s["final_val_ppl"]) else math.inf  # noqa: E731
+    score = lambda s: s["final_val_ppl"] if s and s.get("status") == "complete" and \
+        math.isfinite(s["final_val_ppl"] or math.inf) else math.inf
     lr_jobs = jobs_for([("iid", f"FedAvg lr {lr}", [*study, "--learning-rate", lr, *IID, *FEDAVG], rounds)
                         for lr in LR_GRID], [SELECT_SEED], passthrough, runs)
     run_jobs(lr_jobs, args, "selection: learning rate")
     lr_scores = {lr: score(jobs.summary_of(j)) for lr, j in zip(LR_GRID, lr_jobs)}
-    lr = min(LR_GRID, key=lambda k: lr_scores[k])
+    lr = min(lr_scores, key=lr_scores.get)
     cli.check(math.isfinite(lr_scores[lr]), f"selection: FedAvg diverged at every rate of {', '.join(LR_GRID)}")
     mu_arms = [(part, f"FedProx mu={mu}", [*study, "--learning-rate", lr, *split, "--algorithm", "fedprox", "--mu",
                                            mu], rounds) for part, split in SELECT_PARTS for mu in MUS]
@@ -284,9 +282,7 @@ def select(args, passthrough: list[str]) -> dict:
 def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
     """Every run of ``mode`` not yet complete (the pretrained regime's selection first), ``--jobs`` at a time."""
     setting = select(args, passthrough) if args.regime == "pretrained" else None
-    if mode == "select":
-        return []
-    return run_jobs(plan(mode, args, passthrough, setting), args, f"{mode} grid")
+    return [] if mode == "select" else run_jobs(plan(mode, args, passthrough, setting), args, f"{mode} grid")
 
 
 # ----------------------------------------------------------------------------- analyze
@@ -295,9 +291,8 @@ def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0, steps: int = LOCAL_ST
     local ``steps`` than the grid's is labelled with them)."""
     part = {"iid": "iid", "style_skew": f"style ({a.get('style_criterion')})",
             "token_skew": f"token ({a.get('token_skew')})"}.get(a["partition"]) or f"topic a={a.get('alpha'):g}"
-    arm = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD"}.get(a["algorithm"], a["algorithm"])
-    if a["algorithm"] == "fedprox":
-        arm = f"FedProx mu={a['mu']:g}"
+    arm = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD", "fedprox": f"FedProx mu={a.get('mu', 0):g}"}.get(
+        a["algorithm"], a["algorithm"])
     if a.get("clustering", "none") == "data":
         arm = "local only (10 clusters)" if a.get("num_clusters") == a["num_clients"] else f"{arm} + data clusters"
     elif a.get("clustering") == "ifca":
@@ -521,9 +516,7 @@ def side_by_side(grids: dict[str, tuple[list[dict], int, dict]], mus: dict) -> t
 
 def draw_side_by_side(pct: dict, out: Path) -> list[Path]:
     """``side_by_side``'s per-seed % changes as bars (mean ± sample sd), one panel per regime."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # common.runs has chosen the Agg backend
     regimes = list(dict.fromkeys(k[0] for k in pct))
     labels = list(dict.fromkeys((p, a) for _, p, a in pct if a != "FedAvg"))
     fig, axes = plt.subplots(1, len(regimes), figsize=(5 * len(regimes), 3.6), sharey=True, squeeze=False)
@@ -628,8 +621,7 @@ def main(argv=None) -> dict:
     parse_seeds(args.seeds)
     out = cli.check_out_dir(args.out_dir)
     if args.mode == "analyze":
-        text = report(out, args.title, Path(args.compare_dir) if args.compare_dir else None)
-        print(text)
+        print(report(out, args.title, Path(args.compare_dir) if args.compare_dir else None))
         script, *flags = figure_command(out)
         print(f"$ python {script} {' '.join(flags)}", flush=True)
         root = Path(__file__).resolve().parents[1]

@@ -537,8 +537,7 @@ def save_models(args, rd, model, params, cluster_params, tok, summary: dict) -> 
     for g, cp in enumerate(cluster_params):
         P.load_(params, cp)
         suffix = f"_cluster{g}" if g else ""
-        export.save_model_dir(rd.path, export.merged(model), tok, info=info | {"cluster": g},
-                              name="model" + suffix)
+        export.save_model_dir(rd.path, export.merged(model), tok, info=info | {"cluster": g}, name="model" + suffix)
         if args.lora_r:  # the tiny base exists only in code: saved once, to <run>/base_model
             built = args.model == "tiny-gpt2"
             base_model = copy.deepcopy(model).unload() if built and g == 0 else None  # the base without adapters
