@@ -103,9 +103,9 @@ def make_table(suites: dict[int, dict[str, dict]], d: suite.Design = suite.VIT) 
                  for r in budgets]
         step, settled = "–", "–"
         if len(have) >= 2:
-            d = stats.paired(suites[have[-1]][setting], suites[have[-2]][setting])
-            step = f"R {have[-2]} → {have[-1]}: {stats.fmt_diff(d)}"
-            settled = "yes" if abs(d.mean) < SETTLED else "no"
+            change = stats.paired(suites[have[-1]][setting], suites[have[-2]][setting])
+            step = f"R {have[-2]} → {have[-1]}: {stats.fmt_diff(change)}"
+            settled = "yes" if abs(change.mean) < SETTLED else "no"
         lines.append(f"| {label(setting)} | " + " | ".join(cells) + f" | {step} | {settled} | "
                      + " | ".join(deltas.get((setting, r), "–") for r in budgets) + " |")
         record[setting] = {"reference": refs[setting], "settled": None if settled == "–" else settled == "yes",

@@ -215,9 +215,8 @@ def class_range(args, num_classes: int) -> tuple[int, int]:
 
 def keep_classes(split: Split, first: int, last: int) -> Split:
     """The images of classes first..last-1, relabelled 0..last-first-1 (order kept)."""
-    keep = torch.nonzero((split.labels >= first) & (split.labels < last)).squeeze(1)
-    out = split.subset(keep)
-    return Split(out.images, out.labels - first)
+    keep = (split.labels >= first) & (split.labels < last)
+    return Split(split.images[keep], split.labels[keep] - first)
 
 
 def add_data_args(parser) -> None:

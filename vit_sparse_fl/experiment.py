@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -100,12 +101,9 @@ def build_model(args, num_classes: int, device: torch.device) -> tuple[ViTClassi
         model, source = text.build(args.weights, num_classes, args.head_dropout)
         cli.check(args.freeze_layers <= model.depth,
                   f"--freeze-layers {args.freeze_layers} exceeds the {model.depth} layers of {source}")
-        model.freeze_layers(args.freeze_layers)
-        return model.to(device), source
-    base = ARCHS[args.arch]
-    cfg = type(base)(**{**base.__dict__, "num_classes": num_classes, "head_dropout": args.head_dropout})
-    model = ViTClassifier(cfg)
-    source = load_backbone_weights(model, args.weights)
+    else:
+        model = ViTClassifier(replace(ARCHS[args.arch], num_classes=num_classes, head_dropout=args.head_dropout))
+        source = load_backbone_weights(model, args.weights)
     model.freeze_layers(args.freeze_layers)
     return model.to(device), source
 
@@ -156,11 +154,9 @@ def correct(model, split: cifar.Split, idx: torch.Tensor, args, device: torch.de
     """bool [len(idx)]: whether ``model`` classifies each image ``split[idx]`` right (no augmentation)."""
     model.eval()
     out = []
-    for lo in range(0, len(idx), args.eval_batch_size):
-        sel = idx[lo:lo + args.eval_batch_size]
-        x = cifar.augment(split.images[sel], args.image_size, train=False)
+    for x, y in cifar.eval_batches(split.subset(idx), args.eval_batch_size, args.image_size):
         with autocast(device):
-            out.append(model(x).float().argmax(-1) == split.labels[sel])
+            out.append(model(x).float().argmax(-1) == y)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=device)
 
 

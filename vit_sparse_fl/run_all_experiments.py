@@ -23,7 +23,6 @@ the run directories on every call) and draws <out-dir>/figures/ with plots/plot_
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -95,7 +94,7 @@ J, WARMUP, M, SHARDS = VIT.local_steps, VIT.warmup, VIT.per_round, VIT.shards
 
 
 def design(args) -> Design:
-    return TEXT if getattr(args, "text", False) else VIT
+    return TEXT if args.text else VIT
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -179,10 +178,13 @@ def text_data_dir(args) -> Path:
     return folder
 
 
-def settings(args, base: str, rounds: int) -> list[tuple[str, str, list[str]]]:
-    """Every setting of a suite of ``rounds`` rounds: (name, script, argv without --lr and --seed)."""
-    if getattr(args, "text", False):
-        return [s for s in text_settings(args, rounds) if not args.only or s[0] in args.only]
+def settings(args, base: str, rounds: int, every: bool = False) -> list[tuple[str, str, list[str]]]:
+    """(name, script, argv without --lr and --seed) of the settings of --only (``every``: all), ``rounds`` rounds."""
+    out = text_settings(args, rounds) if args.text else vit_settings(args, base, rounds)
+    return [s for s in out if every or not args.only or s[0] in args.only]
+
+
+def vit_settings(args, base: str, rounds: int) -> list[tuple[str, str, list[str]]]:
     fed = [*TASK, *federation(VIT)]
 
     def fedavg(weights: str) -> list[str]:
@@ -208,8 +210,7 @@ def settings(args, base: str, rounds: int) -> list[tuple[str, str, list[str]]]:
     out += [(f"probe_{shard}_{kind}", "fedavg", [*fedavg(base), *SHARDS[shard], "--freeze-layers", frozen])
             for shard in SHARDS for kind, (frozen, _) in PROBES.items()]
     out += [masked(shard, sp, strategy) for shard in SHARDS for sp in args.sparsities for strategy in STRATEGIES]
-    out.append(masked("nc2", args.sparsities[0], "least_sensitive", "fisher"))
-    return [s for s in out if not args.only or s[0] in args.only]
+    return [*out, masked("nc2", args.sparsities[0], "least_sensitive", "fisher")]
 
 
 def reported_name(setting: str, seed: int) -> str:
@@ -219,7 +220,7 @@ def reported_name(setting: str, seed: int) -> str:
 
 def lr_grid(args, setting: str) -> list[float]:
     """The rates the selection stage tries for ``setting``: --lr-grid, else the suite's default."""
-    return args.lr_grid or (TEXT_GRIDS[setting.split("_")[0]] if getattr(args, "text", False) else VIT_GRID)
+    return args.lr_grid or (TEXT_GRIDS[setting.split("_")[0]] if args.text else VIT_GRID)
 
 
 def select_rounds(args) -> int:
@@ -229,16 +230,16 @@ def select_rounds(args) -> int:
 def plan(args, base: str, rates: dict[str, float] | None = None, extra: dict[str, float] | None = None) -> list[dict]:
     """Every run: {name, setting, script, argv, seed, lr}. ``rates`` None: the selection runs (every rate of
     --lr-grid, or ``extra``'s one rate per setting); else the reported runs at each setting's rate, seed-major."""
-    if rates is None:
-        def tried(name: str) -> list[float]:
-            return lr_grid(args, name) if extra is None else [extra[name]] if name in extra else []
+    def run(name: str, setting: str, script: str, argv: list[str], seed: int, lr: float) -> dict:
+        return {"name": name, "setting": setting, "script": script, "seed": seed, "lr": lr,
+                "argv": [*argv, "--lr", f"{lr:g}", "--seed", str(seed)]}
 
-        return [{"name": f"{name}_lr{lr:g}_seed{args.select_seed}", "setting": name, "script": script,
-                 "seed": args.select_seed, "lr": lr,
-                 "argv": [*argv, "--lr", f"{lr:g}", "--seed", str(args.select_seed)]}
-                for name, script, argv in settings(args, base, select_rounds(args)) for lr in tried(name)]
-    return [{"name": reported_name(name, seed), "setting": name, "script": script, "seed": seed, "lr": rates[name],
-             "argv": [*argv, "--lr", f"{rates[name]:g}", "--seed", str(seed)]}
+    if rates is None:
+        seed = args.select_seed
+        return [run(f"{name}_lr{lr:g}_seed{seed}", name, script, argv, seed, lr)
+                for name, script, argv in settings(args, base, select_rounds(args))
+                for lr in (lr_grid(args, name) if extra is None else [extra[name]] if name in extra else [])]
+    return [run(reported_name(name, seed), name, script, argv, seed, rates[name])
             for seed in range(args.num_runs) for name, script, argv in settings(args, base, args.rounds)]
 
 
@@ -309,9 +310,8 @@ def jobs_of(base: jobs.Job | None, runs: list[dict], folder: Path) -> list[jobs.
 def load_settings(args, out: Path, base: str) -> dict[str, list[dict]]:
     """{setting: [loaded finished reported run, ...]}."""
     groups: dict[str, list[dict]] = {}
-    every = argparse.Namespace(**{**vars(args), "only": None})     # --only limits what trains, not the table
     for seed in range(args.num_runs):
-        for name, _, _ in settings(every, base, args.rounds):
+        for name, _, _ in settings(args, base, args.rounds, every=True):   # --only limits what trains, not the table
             path = out / reported_name(name, seed)
             if (path / "summary.json").is_file():
                 groups.setdefault(name, []).append(R.load_run(path))
@@ -467,7 +467,7 @@ def main(argv=None) -> dict:
               f"--nc-values must be in [1, {NUM_CLASSES}] (the task's classes), got {args.nc_values}")
     cli.check(all(0 < sp < 1 for sp in args.sparsities), f"--sparsities must be in (0, 1), got {args.sparsities}")
     if args.only:
-        known = {name for name, _, _ in settings(argparse.Namespace(**{**vars(args), "only": None}), "BASE", 4)}
+        known = {name for name, _, _ in settings(args, "BASE", 4, every=True)}
         cli.check(set(args.only) <= known, f"--only: unknown settings {sorted(set(args.only) - known)}; "
                                            f"the suite's are {', '.join(sorted(known))}")
     if args.smoke:

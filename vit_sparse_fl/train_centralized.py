@@ -117,10 +117,7 @@ def main(argv=None) -> dict:
                "val_accuracy": ev["accuracy"]}
         run.log(row)
         bar.set_postfix(val_acc=f"{ev['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
-        if ev["accuracy"] > best_acc:
-            best_acc, stale = ev["accuracy"], 0
-        else:
-            stale += 1
+        best_acc, stale = (ev["accuracy"], 0) if ev["accuracy"] > best_acc else (best_acc, stale + 1)
         best = keep_best(str(run.path), best, epoch + 1, ev["accuracy"], model, args.keep_best)
         run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "epoch": epoch + 1, "best_acc": best_acc, "stale": stale, "best": best})

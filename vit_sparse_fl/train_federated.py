@@ -104,7 +104,6 @@ def setup(args) -> dict:
     train, val, test, num_classes = cifar.load_cifar100(args, device)
     if D.is_main():
         D.barrier()
-    data_fp = cifar.fingerprint(args, train, val, test)
     if args.sharding == "non_iid":
         cli.check(args.nc <= num_classes, f"--nc {args.nc} exceeds the {num_classes} classes of the data")
     cli.check(args.num_clients <= len(train),
@@ -113,15 +112,14 @@ def setup(args) -> dict:
     shards = (shard.iid(len(labels), args.num_clients, args.seed) if args.sharding == "iid"
               else shard.pathological(labels, args.num_clients, args.nc, args.seed))
     model, source = exp.build_model(args, num_classes, device)
-    names = [n for n, _ in P.named_trainable(model)]
     test_labels = test.labels.cpu().numpy()
     cap = args.interference_images or len(test_labels)
     own_test = [torch.as_tensor(np.flatnonzero(np.isin(test_labels, np.unique(labels[s])))[:cap], device=device)
                 for s in shards]                             # test images of each client's own classes
     return dict(args=args, device=device, train=train, val=val, test=test, num_classes=num_classes,
                 shards=[torch.as_tensor(s, device=device) for s in shards], own_test=own_test,
-                model=model, weights=source, data_fingerprint=data_fp,
-                names=names, params=P.trainable(model),
+                model=model, weights=source, data_fingerprint=cifar.fingerprint(args, train, val, test),
+                names=[n for n, _ in P.named_trainable(model)], params=P.trainable(model),
                 forward=compiled.maybe_compile(model, args))  # what forward passes call (--compile)
 
 

@@ -96,8 +96,7 @@ def fisher_scores(ctx, global_params, round_idx: int, masks=None) -> list[torch.
             agg.add(talos.talos_scores(model, stream, targets, masks, generator=gen), weight=1.0)
             continue
         labels = "sampled" if args.fisher_labels == "sampled" else "empirical"
-        scores = diagonal_fisher(model, stream, labels=labels, params=targets, generator=gen)
-        agg.add(scores, weight=float(len(idx)))
+        agg.add(diagonal_fisher(model, stream, labels=labels, params=targets, generator=gen), weight=float(len(idx)))
     D.reduce_aggregator_(agg)                               # no-op in one process
     model.set_fused_attention(True)
     return agg.result()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -64,6 +65,18 @@ def test_plots_read_the_run_directories(tiny_runs, tmp_path):
     names = sorted(p.rsplit("/", 1)[1] for p in out["figures"])
     assert names == ["vit_accuracy_vs_rounds.png", "vit_mask_density.png", "vit_strategies.png"]
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+
+
+def test_no_mask_density_figure_without_mask_density_files(tiny_runs, tmp_path, capsys):
+    root, _, _ = tiny_runs
+    copy = tmp_path / "runs"
+    shutil.copytree(root, copy)
+    for f in copy.rglob("mask_density.json"):
+        f.unlink()
+    out = plot_vit.main(["--runs-dir", str(copy), "--out", str(tmp_path / "figs")])
+    assert not any(p.endswith("vit_mask_density.png") for p in out["figures"])
+    assert not (tmp_path / "figs" / "vit_mask_density.png").exists()
+    assert "skipped vit_mask_density.png" in capsys.readouterr().out
 
 
 def test_pathological_shards_have_exactly_nc_classes(out_dir):
