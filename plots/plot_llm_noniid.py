@@ -22,6 +22,7 @@ import numpy as np
 
 from common import cli
 from common import runs as R
+from plots import shared
 
 # what splits runs into panels of their own (next to the partition); every other difference splits lines
 PANEL_KEYS = ("data", "model", "tokenizer", "bpe_vocab_size", "seq_len", "num_clients", "max_eval_examples")
@@ -29,8 +30,7 @@ IGNORE = R.DRAW_IGNORE + ("eval_every",)
 BAND = "band: ± sample sd over seeds"
 
 TOPIC_NAMES = ("World", "Sports", "Business", "Sci/Tech")  # AG News classes 1-4
-STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"), ("X", "-."), ("*", ":"),
-          ("<", "-"), (">", "--"), ("h", "-.")]
+STYLES = list(zip("os^DvPX*<>h", ["-", "--", "-.", ":"] * 3))  # (marker, line style) per arm
 
 
 def default_arm(args: dict) -> tuple[str, str]:
@@ -77,6 +77,14 @@ def grouped(runs: list[dict], arm_of, labels: dict | None = None) -> dict[tuple,
     return R.split_configs(dict(out), IGNORE)
 
 
+def partitions(groups: dict) -> dict[str, dict[str, list[dict]]]:
+    """{partition: {arm: runs}} of ``grouped``'s {(partition, arm): runs}: partitions sorted, arms as they come."""
+    out: dict = {}
+    for (part, arm), runs in groups.items():
+        out.setdefault(part, {})[arm] = runs
+    return dict(sorted(out.items()))
+
+
 def _reference(runs: list[dict], key: str) -> tuple[float, str] | None:
     """(mean, legend text with the range) of the runs' ``key`` (a reference perplexity); None if no run has it."""
     vals = [r["summary"][key] for r in runs if isinstance((r.get("summary") or {}).get(key), (int, float))]
@@ -92,18 +100,16 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    parts = sorted({p for p, _ in groups})
+    parts = partitions(groups)
     order = list(dict.fromkeys(a for _, a in groups))  # an arm looks the same in every panel
     below = 7  # a panel of this many arms or more has its legend below it, and the figure grows by its height
-    most = max(sum(p == part for p, _ in groups) for part in parts)
+    most = max(map(len, parts.values()))
     fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.0 + (0.13 * (most + 2) if most >= below
                                                                                else 0)), squeeze=False)
     drawn = 0
-    for ax, part in zip(axes[0], parts):
-        arms = [a for p, a in groups if p == part]
-        panel = [r for a in arms for r in groups[(part, a)]]
-        for arm in arms:
-            x, ys = R.aligned(groups[(part, arm)], key, X)
+    for ax, (part, arms) in zip(axes[0], parts.items()):
+        for arm, runs in arms.items():
+            x, ys = R.aligned(runs, key, X)
             ok = np.isfinite(ys).all(0)
             if not ok.any():
                 print(f"{part} / {arm}: no {key} at a step every run reached, not drawn in {key}")
@@ -115,7 +121,7 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[
                          markevery=max(1, ok.sum() // 8), color=color)
             drawn += 1
         for ref_key, style in zip(ref_keys, ("--", ":")):
-            if ref := _reference(panel, ref_key):
+            if ref := _reference(sum(arms.values(), []), ref_key):
                 ax.axhline(ref[0], color="k", linestyle=style, linewidth=1, label=ref[1])
         ax.set_title(f"{part}\nlines: mean over seeds; {BAND}", fontsize=9)
         ax.set(xlabel="local optimizer steps, all clients (thousands)", ylabel=ylabel)
@@ -142,15 +148,14 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
     """Final global and personalised perplexity per arm (bars: mean, error bars: sample sd over seeds)."""
     import matplotlib.pyplot as plt
 
-    parts = sorted({p for p, _ in groups})
+    parts = partitions(groups)
     fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4.8), squeeze=False)
-    for ax, part in zip(axes[0], parts):
-        arms = [a for p, a in groups if p == part]
-        panel = [r for a in arms for r in groups[(part, a)]]
+    for ax, (part, arms) in zip(axes[0], parts.items()):
+        panel = sum(arms.values(), [])
         for j, (key, ref_key, label) in enumerate((("final_val_ppl", "unigram_val_ppl", "global validation"),
                                                    ("final_personal_val_ppl", "personal_unigram_ppl",
                                                     "own held-out texts"))):
-            vals = [[v for v in R.by_seed(groups[(part, a)], key).values() if np.isfinite(v)] for a in arms]
+            vals = [[v for v in R.by_seed(runs, key).values() if np.isfinite(v)] for runs in arms.values()]
             if not any(vals):  # not measured (no --client-holdout): no empty bars
                 continue
             R.draw_seeds(ax, np.arange(len(arms)) + (0.2 if j else -0.2), vals, label, kind="bars", horizontal=True,
@@ -159,7 +164,7 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
                 ax.axvline(ref[0], color=f"C{j}", linestyle="--", linewidth=1, label=ref[1])
         if ref := _reference(panel, "initial_val_ppl"):
             ax.axvline(ref[0], color="k", linestyle=":", linewidth=1, label=ref[1])
-        ax.set_yticks(np.arange(len(arms)), arms, fontsize=7)
+        ax.set_yticks(np.arange(len(arms)), list(arms), fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("final perplexity (lower is better)")
         ax.set_title(part, fontsize=10)
@@ -218,18 +223,15 @@ def make_figures(runs: list[dict], out: str | Path, labels: dict | None = None) 
     spread = {k: g for k, g in groups.items() if any(len(r.get("participants", ())) > 1 for x in g for r in x["rows"])}
     written += plot_curves(spread, "client_divergence_rel", "client divergence / ||theta||", out) if spread else []
     written += plot_final(groups, out)
-    for part in sorted({p for p, _ in groups}):
-        written += plot_partition([r for (p, _), g in groups.items() if p == part for r in g], out, part)
+    for part, arms in partitions(groups).items():
+        written += plot_partition(sum(arms.values(), []), out, part)
     return written
 
 
 def llm_runs(runs: list[dict]) -> list[dict]:
     """The finished runs of llm_noniid/train.py with what the figures read (a malformed one left out with a line)."""
-    mine = [r for r in runs if r["meta"].get("script") == "llm_noniid/train"]
-    if len(mine) < len(runs):
-        print(f"ignored {len(runs) - len(mine)} run(s) of other scripts")
-    return R.with_keys(mine, "the llm_noniid figures", args={"partition": str, "algorithm": str},
-                       summary={"final_val_ppl": R.NUMBER})
+    return shared.script_runs(runs, "llm_noniid/train".__eq__, "the llm_noniid figures",
+                              {"partition": str, "algorithm": str}, {"final_val_ppl": R.NUMBER})
 
 
 def arms_from_file(path: str) -> dict:
@@ -260,10 +262,7 @@ def main(argv=None) -> dict:
         runs = [r for r in runs if r["name"] in arms]
         cli.check(bool(runs), f"--arms {args.arms}: none of its runs is a finished run under {' '.join(args.runs)}")
     cli.check(bool(runs), f"no finished llm_noniid runs under {' '.join(args.runs)}: nothing to draw")
-    written = make_figures(runs, args.out, labels=arms)
-    for w in written:
-        print(w)
-    return {"figures": [str(w) for w in written]}
+    return shared.listed(make_figures(runs, args.out, labels=arms))
 
 
 if __name__ == "__main__":

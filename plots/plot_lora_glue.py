@@ -20,6 +20,7 @@ import numpy as np
 
 from common import cli, stats
 from common import runs as R
+from plots import shared
 
 # what splits runs into panels of their own (args.json, else summary.json); any other difference splits rows
 PANEL_KEYS = ("data", "model", "max_seq_length", "max_eval_samples", "tokenizer")
@@ -89,11 +90,8 @@ def merge_runs(roots: list[str], runs: list[dict]) -> list[dict]:
 def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
     """{(task, method, shard): runs}: task with its panel's arguments ("sst2 [model=tiny]", only what differs
     within the task), shard with the row's ("iid [rounds=2]") when one cell holds several configurations."""
-    by_task, groups = defaultdict(list), defaultdict(list)
-    for run in runs:
-        if d := describe(run):
-            by_task[d["task"]].append(run)
-    for task, task_runs in by_task.items():
+    groups = defaultdict(list)
+    for task, task_runs in shared.groups_by([r for r in runs if describe(r)], lambda r: describe(r)["task"]).items():
         for panel, members in R.split_by(task_runs, PANEL_KEYS):
             for run in members:
                 d = describe(run)
@@ -157,11 +155,6 @@ def majority_baseline(runs: list[dict], task: str, key: str = "majority") -> dic
         return {}
     s = next(iter(seen.values()))
     return {**s[key], "label": s.get("majority_label")}
-
-
-def num_labels_of(runs: list[dict]) -> int | None:
-    """``num_labels`` from summary.json (None in older runs)."""
-    return next((r["summary"]["num_labels"] for r in runs if isinstance(r["summary"].get("num_labels"), int)), None)
 
 
 def _fused_values(run: dict, key: str) -> list:
@@ -311,11 +304,10 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
         key = SELECT + metric if select else metric
         per_round = select or any(len([r for g in grp for r in g["rows"] if r.get("client") is None and metric in r])
                                   > len(grp) for _, grp in fed)   # some cell scored more than its last round
-        if per_round:
-            fig, (ax, ax_loss, ax_err) = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [3, 2, 2]})
-        else:   # only the last round was scored: the final metric is in summary.png
-            fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2))
-            ax = None
+        # only the last round scored: no metric panel (the final metric is in summary.png)
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [3, 2, 2]}) if per_round \
+            else plt.subplots(1, 2, figsize=(11, 4.2))
+        ax, ax_loss, ax_err = axes if per_round else (None, *axes)
         last = max([1.0] + [float(epochs_of(g, key)[0].max(initial=0)) for (_, m, _), g in fed
                             if not m.startswith("oneshot") and g[0]["rows"]])
         for (_, method, shard), group in fed:  # the metric: lines, or points at the last round (offset)
@@ -362,7 +354,8 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
                           "single merge)", ylabel=f"{metric} ({where})",
                    title=f"{task}: mean ± sd over seeds; plateau: last third gains < {PLATEAU_TOL}")
             ax.legend(fontsize=6, loc="best")
-        n_labels = num_labels_of(fed_runs)
+        n_labels = next((r["summary"]["num_labels"] for r in fed_runs  # None: older runs
+                         if isinstance(r["summary"].get("num_labels"), int)), None)
         if n_labels and n_labels > 1:  # the loss of a uniform prediction: a client at this line has learned nothing
             ax_loss.axhline(np.log(n_labels), color="0.5", ls=":", lw=1.5,
                             label=f"uniform prediction, ln {n_labels} = {np.log(n_labels):.3f}")
@@ -384,7 +377,6 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    drawn = False
     for (task, method, shard), group in groups.items():
         if method != "svd":
             continue
@@ -397,11 +389,10 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
             ax.plot(range(1, top + 1), np.maximum(y, 1e-8), "-" if base_shard(shard) == "iid" else ":", ms=4,
                     marker="osD^v<>"[len(ax.lines) % 7],
                     label=f"{task} / {label_of('', shard).lstrip(' /')} (n={len(curves)}, mean)")
-            drawn = True
         else:
             print(f"svd_error_vs_rank.png: {task} / {shard} left out (no svd_error_by_rank in its summary.json: "
                   "--save_client_adapters none, or a run older than that key)")
-    if not drawn:
+    if not ax.lines:
         plt.close(fig)
         print("skipped svd_error_vs_rank.png: no svd run kept its last round's client adapters")
         return []
@@ -444,10 +435,8 @@ def plot_summary(groups, base: dict, out: Path) -> list[Path]:
 def lora_runs(runs: list[dict]) -> list[dict]:
     """The finished runs of lora_glue_fl's scripts with the summary keys the tables need (others ignored, a
     malformed one left out with a line)."""
-    mine = [r for r in runs if str(r["meta"].get("script", "")).startswith("lora_glue_fl/")]
-    if len(mine) < len(runs):
-        print(f"ignored {len(runs) - len(mine)} run(s) of other scripts")
-    return R.with_keys(mine, "the lora_glue_fl tables", summary={"task": str, "main_metric": str, "final": dict})
+    return shared.script_runs(runs, lambda script: script.startswith("lora_glue_fl/"), "the lora_glue_fl tables",
+                              summary={"task": str, "main_metric": str, "final": dict})
 
 
 def main(argv=None) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 from common import cli, stats
 from common import runs as R
 from common.curves import _plt, reference_lines
+from plots import shared
 
 
 def rank_at_energy(s: np.ndarray, energy: float = 0.95) -> int:
@@ -150,14 +151,10 @@ def _extra(arm, runs) -> str:
     rows = [r["rows"][-1] for r in runs if r["rows"]]
     failed = sum(_above_unigram(r) for r in runs)
     notes = [f"{failed}/{len(runs)} end above the unigram (unstable)"] if failed else []
-    if arm == "fedentropy":
-        ratios = [x["entropy_weight_ratio"] for x in rows if "entropy_weight_ratio" in x]
-        if ratios:
-            notes.append(f"max/min weight {', '.join(f'{v:.3g}' for v in ratios)} (last round, per seed)")
-    if arm.startswith("fedfisher"):
-        shares = [x["fisher_eps_share"] for x in rows if "fisher_eps_share" in x]
-        if shares:
-            notes.append(f"floor decides {100 * np.mean(shares):.1f}% of coordinates (last round)")
+    if arm == "fedentropy" and (ratios := [x["entropy_weight_ratio"] for x in rows if "entropy_weight_ratio" in x]):
+        notes.append(f"max/min weight {', '.join(f'{v:.3g}' for v in ratios)} (last round, per seed)")
+    if arm.startswith("fedfisher") and (shares := [x["fisher_eps_share"] for x in rows if "fisher_eps_share" in x]):
+        notes.append(f"floor decides {100 * np.mean(shares):.1f}% of coordinates (last round)")
     return "; ".join(notes)
 
 
@@ -273,9 +270,8 @@ def grid_report(root, figures) -> list[Path]:
         arms = ["central", "fedavg"] + sorted({r["arm"] for r in real} - {"central", "fedavg"})
         block(f"Real text: WikiText-2 wiki.test.raw split by article ({L} layer, contiguous shards)", arms, L,
               "contiguous", "real_text.png", f"real WikiText text, {L} layer, {clients}, contiguous shards", real=True)
-    if not runs:  # nothing to report: no results.md either
-        return written
-    _write_report(md, "results.md", root, figures)
+    if runs:  # nothing to report: no results.md either
+        _write_report(md, "results.md", root, figures)
     return written
 
 
@@ -304,22 +300,20 @@ def real_setting(name: str) -> tuple | None:
 def _at_budget(run: dict) -> dict:
     """The run as its equal-compute point reports it (the best model of its first --budget-at steps or rounds)."""
     s = run["summary"]
+    # training sequences per optimizer step (central) or per round (federated: all its clients)
+    per_update = round(s["train_tokens"] / (s.get("steps_done") or s["rounds_done"]) / run["args"]["sequence_length"])
     done = {"steps_done" if "steps_done" in s else "rounds_done": s["budget_at"],
-            "budget_sequences": s["budget_at"] * _blocks_per_update(run)}
+            "budget_sequences": s["budget_at"] * per_update}
     return run | {"summary": s | {k: s.get(f"budget_{k}") for k in ("test_ppl", "test_ppl_word", "best_val_ppl",
                                                                     "best_at")} | done}
-
-
-def _test_failed(run) -> bool:
-    s = run["summary"]
-    return s.get("status", "complete") != "complete" or not s.get("test_ppl", np.inf) < s.get("test_unigram_ppl", 0)
 
 
 def real_table(groups: dict, plateau_stage: bool) -> list[str]:
     """One real-text table: test perplexity of the best-validation model per arm, paired differences to FedAvg
     (Holm over the table), and how each arm got there."""
-    diverged = {a: "diverged (every seed above the test unigram)" for a, g in groups.items()
-                if all(_test_failed(r) for r in g)}
+    diverged = {a: "diverged (every seed above the test unigram)" for a, g in groups.items() if all(
+        s.get("status", "complete") != "complete" or not s.get("test_ppl", np.inf) < s.get("test_unigram_ppl", 0)
+        for s in (r["summary"] for r in g))}
     cells = stats.table_rows({a: R.by_seed(g, "test_ppl") for a, g in groups.items()}, "fedavg", skip=diverged)
     rows = []
     for arm, g in groups.items():
@@ -374,12 +368,6 @@ def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
     zoom.set_title("the plateau (second half, linear axis)", fontsize=9)
     return _finish_curves(fig, ax, refs, f"{title}\none line per seed; dots: each run's best-validation model (the "
                           "one tested)", path, legend_ax=zoom)
-
-
-def _blocks_per_update(run: dict) -> int:
-    """Training sequences per optimizer step (central) or per round (federated: all its clients)."""
-    s = run["summary"]
-    return round(s["train_tokens"] / (s.get("steps_done") or s["rounds_done"]) / run["args"]["sequence_length"])
 
 
 def real_report(root, figures) -> list[Path]:
@@ -440,8 +428,7 @@ def main(argv=None) -> dict:
         written += grid_report(root, figures) + real_report(root, figures)
         written += [p for run in R.load_runs(root) if run["args"].get("save_deltas") for p in delta_figures(run, out)]
     cli.check(bool(written), f"no mamba_fl grid or delta runs under {' '.join(args.runs)}: nothing to draw")
-    print(*written, sep="\n")
-    return {"figures": [str(p) for p in written]}
+    return shared.listed(written)
 
 
 if __name__ == "__main__":

