@@ -8,6 +8,7 @@ no-op. Client randomness is keyed by (seed, round, client), so results do not de
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -57,6 +58,17 @@ def device_for_rank(requested: torch.device) -> torch.device:
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group():
+    """``init`` for the block, yielding (rank, world_size); left after it unless the caller (a test) had set it up."""
+    owned = not is_distributed()
+    try:
+        yield init()
+    finally:
+        if owned:
+            cleanup()
 
 
 def barrier() -> None:

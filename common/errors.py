@@ -26,6 +26,12 @@ def check(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
+def first_line(error: BaseException, limit: int | None = 200) -> str:
+    """An exception's first line (at most ``limit`` characters), or its type's name when it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 def read_json(path: str | os.PathLike, missing: str | None = None) -> object:
     """The JSON in ``path``; a ``UsageError`` for a missing file (message ``missing``) or one that is not JSON."""
     path = Path(path)

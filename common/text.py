@@ -19,6 +19,7 @@ import torch
 
 from common.checkpoint import atomic_path
 from common.cli import UsageError, check
+from common.errors import first_line
 
 IGNORE_INDEX = -100
 _STYLES = {
@@ -123,9 +124,9 @@ def load_tokenizer(spec: str, *, train_files: Sequence[str | Path] | None = None
         try:
             tok = AutoTokenizer.from_pretrained(spec, cache_dir=cache_dir)
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UsageError(f"tokenizer {spec!r} could not be loaded from the hub or its cache ({first}); "
-                             f"give a local folder with vocab.json + merges.txt, or 'bpe'") from None
+            raise UsageError(f"tokenizer {spec!r} could not be loaded from the hub or its cache "
+                             f"({first_line(e, None)}); give a local folder with vocab.json + merges.txt, "
+                             "or 'bpe'") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -444,13 +444,8 @@ class LlmTask(engine.Task):
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     validate(args)
-    owned = not dist.is_distributed()  # a process group set up by the caller stays the caller's
-    rank, world = dist.init()  # (0, 1) without torchrun
-    try:
+    with dist.process_group() as (rank, world):  # (0, 1) without torchrun
         return run(args, rank, world)
-    finally:
-        if owned:
-            dist.cleanup()
 
 
 def run(args, rank: int, world: int) -> dict:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from common import cli
+from common.errors import first_line
 
 MODELS = ("roberta-base", "roberta-large")
 
@@ -35,8 +36,7 @@ def main(argv=None) -> dict:
         try:
             paths[mid] = snapshot_download(repo_id=mid, repo_type="model", revision=args.revision)
         except Exception as e:  # noqa: BLE001 -- offline, unknown repo or revision: many types
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise cli.UsageError(f"cannot download {mid}@{args.revision} ({type(e).__name__}: {first}); "
+            raise cli.UsageError(f"cannot download {mid}@{args.revision} ({type(e).__name__}: {first_line(e)}); "
                                  f"check the network, the model id and --revision") from None
         print(f"cached {mid} at {paths[mid]}")
     return paths

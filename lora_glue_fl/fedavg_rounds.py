@@ -276,8 +276,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    owns_group = not D.is_distributed()  # tests may start the process group themselves
-    D.init()
+    with D.process_group():
+        return run(args)
+
+
+def run(args) -> dict:
+    """The federated run (under torchrun, every rank's share of it)."""
     device = D.device_for_rank(cli.resolve_device(args.device))
     splits = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)
     train = splits["train"]
@@ -375,8 +379,6 @@ def main(argv=None) -> dict:
                             extra=f"smoke test: {SMOKE}" if smoke_test(args) else None)
     summary = D.broadcast_object(summary)  # every rank returns rank 0's summary
     rd.release()
-    if owns_group:
-        D.cleanup()
     return summary
 
 

@@ -19,6 +19,7 @@ import torch
 from common import checkpoint, cli, flags, pretrained, text
 from common import distributed as D
 from common import seed as seeding
+from common.errors import first_line
 from common.evaluate import autocast
 from lora_glue_fl.glue_tasks import Examples, compute_metrics, get_task
 
@@ -117,8 +118,8 @@ def load_tokenizer(spec: str, cache_dir=None):
     try:
         return AutoTokenizer.from_pretrained(spec, cache_dir=cache_dir)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise cli.UsageError(f"tokenizer {spec!r} could not be loaded ({first}); pass --tokenizer DIR") from None
+        raise cli.UsageError(f"tokenizer {spec!r} could not be loaded ({first_line(e)}); "
+                             "pass --tokenizer DIR") from None
 
 
 def build_tokenizer(args, train: Examples):
@@ -155,8 +156,7 @@ def build_model(args, tokenizer, num_labels: int, seed: int):
             model = AutoModelForSequenceClassification.from_pretrained(
                 mid, num_labels=num_labels, problem_type=problem, cache_dir=args.cache_dir)
         except (OSError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise cli.UsageError(f"model {mid!r} could not be loaded as a sequence classifier ({first}); "
+            raise cli.UsageError(f"model {mid!r} could not be loaded as a sequence classifier ({first_line(e)}); "
                                  f"pre-fetch roberta-base/large with lora_glue_fl/download_roberta_models.py, pass "
                                  f"--model_name_or_path DIR, or use --model_size tiny") from None
     check_tokenizer(tokenizer, model)
@@ -170,8 +170,7 @@ def check_architecture(folder: str) -> None:
     try:
         cfg = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise cli.UsageError(f"model folder {folder}: unreadable config.json ({first})") from None
+        raise cli.UsageError(f"model folder {folder}: unreadable config.json ({first_line(e)})") from None
     cli.check(cfg.model_type in NAMES, f"model {folder}: architecture {cfg.model_type!r} has no sequence-"
                                        f"classification model in transformers; use an encoder such as BERT, "
                                        f"RoBERTa, DistilBERT or DeBERTa-v2")

@@ -173,13 +173,8 @@ def evaluate_global(ctx: Context, valid: torch.Tensor) -> dict:
 def run(args: argparse.Namespace, method: Method) -> dict:
     """The whole run; under ``torchrun`` (WORLD_SIZE set) joins the process group for its duration."""
     finish_args(args)
-    joined = not distributed.is_distributed()
-    distributed.init()
-    try:
+    with distributed.process_group():
         return _run(args, method)
-    finally:
-        if joined:
-            distributed.cleanup()
 
 
 def _main_first(fn: Callable):
