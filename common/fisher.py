@@ -65,11 +65,16 @@ def _size(inputs) -> int:
 
 
 @torch.no_grad()
-def _sample_labels(model, forward, inputs, targets, generator, ignore_index) -> torch.Tensor:
-    logits = forward(model, inputs).float()
-    probs = torch.softmax(logits, -1).reshape(-1, logits.shape[-1])
+def sample_labels(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One label per position of ``logits`` [..., C], drawn from their softmax (float32) with ``generator`` on its
+    own device; returned on the logits' device."""
+    probs = torch.softmax(logits.float(), -1).reshape(-1, logits.shape[-1])
     g_dev = generator.device if generator is not None else probs.device
-    draws = torch.multinomial(probs.to(g_dev), 1, generator=generator).to(probs.device).view(logits.shape[:-1])
+    return torch.multinomial(probs.to(g_dev), 1, generator=generator).to(probs.device).view(logits.shape[:-1])
+
+
+def _sample_labels(model, forward, inputs, targets, generator, ignore_index) -> torch.Tensor:
+    draws = sample_labels(forward(model, inputs), generator)
     return draws if targets is None else draws.masked_fill(targets == ignore_index, ignore_index)
 
 

@@ -12,16 +12,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from common.fisher import sample_labels
+
 NOT_KEPT = 0.1          # the official mask value of a coordinate that is not kept
 
 
 @torch.no_grad()
-def _sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    probs = torch.softmax(logits.float(), -1)
-    g_dev = generator.device if generator is not None else probs.device
-    return torch.multinomial(probs.to(g_dev), 1, generator=generator).squeeze(1).to(logits.device)
-
-
 def talos_scores(model: nn.Module, batches: Iterable, params: Sequence[torch.Tensor],
                  masks: Sequence[torch.Tensor | None] | None = None, *, generator: torch.Generator | None = None,
                  chunk_size: int = 16) -> list[torch.Tensor]:
@@ -50,7 +46,7 @@ def talos_scores(model: nn.Module, batches: Iterable, params: Sequence[torch.Ten
         p_dict = {n: p.detach() for n, p in zip(names, params)}
         for inputs, _ in batches:
             with torch.no_grad():
-                y = _sample(model(inputs), generator)
+                y = sample_labels(model(inputs), generator)
             for lo in range(0, len(inputs), chunk_size):
                 g = per_example(p_dict, inputs[lo:lo + chunk_size], y[lo:lo + chunk_size])
                 torch._foreach_add_(scores, [(g[n].float() ** 2).sum(0) for n in names])
