@@ -257,8 +257,8 @@ def select(args, passthrough: list[str]) -> dict:
     study = [*PRETRAINED, "--model", base_folder(args), "--data", "ag_news", "--data-dir", str(data),
              *rounds_flags(rounds)]
     runs = out / "select" / "runs"
-    score = lambda s: s["final_val_ppl"] if s and s.get("status") == "complete" and \
-        math.isfinite(s["final_val_ppl"] or math.inf) else math.inf
+    score = lambda s: s["final_val_ppl"] if s and s.get("status") == "complete" and s["final_val_ppl"] is not None \
+        and math.isfinite(s["final_val_ppl"]) else math.inf  # noqa: E731
     lr_jobs = jobs_for([("iid", f"FedAvg lr {lr}", [*study, "--learning-rate", lr, *IID, *FEDAVG], rounds)
                         for lr in LR_GRID], [SELECT_SEED], passthrough, runs)
     run_jobs(lr_jobs, args, "selection: learning rate")
@@ -291,8 +291,9 @@ def arm_of(a: dict, rounds: int = ROUNDS, lr: float = 1.0, steps: int = LOCAL_ST
     local ``steps`` than the grid's is labelled with them)."""
     part = {"iid": "iid", "style_skew": f"style ({a.get('style_criterion')})",
             "token_skew": f"token ({a.get('token_skew')})"}.get(a["partition"]) or f"topic a={a.get('alpha'):g}"
-    arm = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD", "fedprox": f"FedProx mu={a.get('mu', 0):g}"}.get(
-        a["algorithm"], a["algorithm"])
+    arm = {"fedavg": "FedAvg", "scaffold": "SCAFFOLD"}.get(a["algorithm"], a["algorithm"])
+    if a["algorithm"] == "fedprox":
+        arm = f"FedProx mu={a['mu']:g}"
     if a.get("clustering", "none") == "data":
         arm = "local only (10 clusters)" if a.get("num_clusters") == a["num_clients"] else f"{arm} + data clusters"
     elif a.get("clustering") == "ifca":

@@ -319,8 +319,9 @@ def run(args) -> dict:
         checks.rank_fits(base, args.svd_rank, "--svd_rank")
     init = adapters.load(args.init_adapter) if args.init_adapter else None  # checked before anything is written
     args.target_modules = args.target_modules or modeling.default_target_modules(base)
-    cli.check(init is None or init.target_modules == sorted(args.target_modules), f"--init_adapter adapts "
-              f"{init and init.target_modules}, --target_modules is {args.target_modules}")
+    if init is not None:
+        cli.check(init.target_modules == sorted(args.target_modules), f"--init_adapter adapts {init.target_modules},"
+                                                                      f" --target_modules is {args.target_modules}")
     types = modeling.uses_token_types(base)
     train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
     evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}

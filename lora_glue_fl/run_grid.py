@@ -212,9 +212,11 @@ def choose(args) -> dict:
                                f"over selection seeds {args.select_seeds}; ties: the smaller rate")
         families = {}
         for family in families_of(args, name):
-            scores = {f"{lr:g}": float(np.mean([json.loads((out / "selection" / f"{name}_{family}_lr{lr:g}_s{seed}"
-                                                           / "summary.json").read_text())["final"][metric]
-                                                for seed in args.select_seeds])) for lr in grid_of(args, family)}
+            scores = {}
+            for lr in grid_of(args, family):
+                vals = [json.loads((out / "selection" / f"{name}_{family}_lr{lr:g}_s{seed}" / "summary.json")
+                                   .read_text())["final"][metric] for seed in args.select_seeds]
+                scores[f"{lr:g}"] = float(np.mean(vals))
             best = max(sorted(grid_of(args, family)), key=lambda lr: scores[f"{lr:g}"])  # max keeps the first of a tie
             families[family] = {"metric": metric, "scores": scores, "chosen": best}
         record["tasks"][name] = families

@@ -363,8 +363,16 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
                                  load=lambda: params.load_(plist, fed.models[0]))
     if stopper is not None:
         acc["rounds_done"] = stopper.stopped_at or args.rounds
+    summary = finish(rd, args, method, data, acc, refs, model) if main else rd.write_summary({"method": method.name})
+    distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
+    rd.release()
+    return summary
+
+
+def finish(rd, args, method, data, acc, refs, model) -> dict:
+    """Rank 0's summary of the run, published with its model (``publish``)."""
     last, done = acc.get("last", {}), acc.get("rounds_done", args.rounds)
-    summary = rd.write_summary({"method": method.name}) if not main else publish(rd, model, data, refs, {
+    return publish(rd, model, data, refs, {
         "method": method.name, "config": args.model_config, "layers": args.layers, "rounds_done": done,
         # client optimizer steps, all clients together (what a compute-matched central run takes)
         "optimizer_steps": done * args.local_updates * engine.clients_per_round(args.participation_rate,
@@ -378,9 +386,6 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
         "overhead_fraction": (1 - acc["client_seconds"] / acc["round_seconds"]) if acc["round_seconds"] else None,
         **{k: v for k, v in acc.items() if k.startswith(("test_", "budget_test_")) or k in EarlyStop.SUMMARY_KEYS},
     })
-    distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
-    rd.release()
-    return summary
 
 
 def publish(rd, model, data, refs: dict, summary: dict) -> dict:
