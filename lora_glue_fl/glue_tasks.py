@@ -125,9 +125,9 @@ def read_tsv(path: Path, task_name: str) -> Examples:
     for line_no, row in enumerate(body, start=2 if has_header else 1):
         if not row or row == [""]:
             continue
+        if task_name == "mnli":  # gold_label is the last column whatever the number of annotator columns
+            iy = max(len(row) - 1, ib + 1)  # (and comes after the sentences: a shorter row is refused below)
         last = max(i for i in (ia, ib, iy) if i is not None)
-        if task_name == "mnli":
-            iy = len(row) - 1  # gold_label is the last column whatever the number of annotator columns
         if len(row) <= last:
             raise cli.UsageError(f"{path}:{line_no}: {len(row)} columns, expected at least {last + 1} "
                                  f"(original GLUE {task_name.upper()} layout)")

@@ -45,6 +45,13 @@ def test_readers_for_original_layouts(tmp_path):
     mnli = glue_tasks.read_glue_dir(tmp_path / "mnli", "mnli")
     assert set(mnli) == {"train", "validation_matched", "validation_mismatched"}
     assert mnli["train"].label.tolist() == [1, 2] and mnli["train"].genre == ["fiction", "travel"]
+    # each row's gold_label is its own last column (dev files have five annotator columns, train one)
+    dev_row = f"0\t1\t1n\tslate\t( a )\t( b )\t(a)\t(b)\tA man.\tA person.\tneutral\t\t\t\tentailment\tentailment"
+    write(tmp_path / "mnli_mixed.tsv", [head, dev_row, row("travel", "contradiction")])
+    assert glue_tasks.read_tsv(tmp_path / "mnli_mixed.tsv", "mnli").label.tolist() == [0, 2]
+    write(tmp_path / "mnli_short.tsv", [head, row("travel", "neutral"), row("travel", "neutral").rsplit("\t", 2)[0]])
+    with pytest.raises(cli.UsageError, match=r"mnli_short.tsv:3: 10 columns, expected at least 11"):
+        glue_tasks.read_tsv(tmp_path / "mnli_short.tsv", "mnli")
     # STS-B: float scores; RTE: string labels
     write(tmp_path / "stsb/dev.tsv",
           ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
