@@ -147,10 +147,15 @@ _INFORMAL = re.compile(r"(!|\?|\b(i|you|we|me|my|your|our|lol|gonna|wanna|yeah|o
                        re.IGNORECASE)
 
 
+STYLE_CRITERIA = ("length", "formality", "complexity")
+
+
 def style_scores(texts: list[str], criterion: str) -> np.ndarray:
     """One score per text for ``--style-criterion`` (higher = longer / more formal / more complex). length: the
     number of words; formality: mean word length minus 5 x the rate of informal markers per word (first/second-person
     pronouns, contractions, '!' and '?', chat words); complexity: Flesch-Kincaid grade."""
+    check(criterion in STYLE_CRITERIA,
+          f"--style-criterion {criterion!r} is unknown; expected {', '.join(STYLE_CRITERIA)}")
     out = np.zeros(len(texts), dtype=np.float64)
     for i, t in enumerate(texts):
         words = re.findall(r"[A-Za-z']+", t)
@@ -159,12 +164,10 @@ def style_scores(texts: list[str], criterion: str) -> np.ndarray:
             out[i] = len(t.split())
         elif criterion == "formality":
             out[i] = sum(len(w) for w in words) / n - 5.0 * len(_INFORMAL.findall(t)) / n
-        elif criterion == "complexity":
+        else:  # complexity
             sentences = max(1, len(re.findall(r"[.!?]+", t)))
             syllables = sum(max(1, len(re.findall(r"[aeiouy]+", w.lower()))) for w in words)
             out[i] = 0.39 * n / sentences + 11.8 * syllables / n - 15.59
-        else:
-            raise UsageError(f"--style-criterion {criterion!r} is unknown; expected length, formality or complexity")
     return out
 
 

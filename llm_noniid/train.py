@@ -127,8 +127,8 @@ def validate(args) -> None:
       f"--partition {args.partition!r} is unknown; expected one of {', '.join(PARTITIONS)}")
     c(args.token_skew in TOKEN_SKEWS,
       f"--token-skew {args.token_skew!r} is unknown; expected one of {', '.join(TOKEN_SKEWS)}")
-    c(args.style_criterion in ("length", "formality", "complexity"),
-      f"--style-criterion {args.style_criterion!r} is unknown; expected length, formality or complexity")
+    c(args.style_criterion in D.STYLE_CRITERIA,
+      f"--style-criterion {args.style_criterion!r} is unknown; expected {', '.join(D.STYLE_CRITERIA)}")
     c(args.topic_split in TOPIC_SPLITS, f"--topic-split {args.topic_split!r} is unknown; expected mix or labels")
     c(args.cluster_features in C.FEATURES,
       f"--cluster-features {args.cluster_features!r} is unknown; expected tokens or topics")

@@ -93,8 +93,9 @@ def test_style_scores_rank_as_documented():
                      "administrative coordination across international organizations.")
     cx = D.style_scores(["The cat sat.", long_sentence], "complexity")
     assert cx[1] > cx[0] + 5
-    with pytest.raises(UsageError):
-        D.style_scores(["x"], "loudness")
+    for texts in (["x"], []):  # refused before any text is scored, so also for none
+        with pytest.raises(UsageError, match="--style-criterion 'loudness' is unknown; expected length, formality"):
+            D.style_scores(texts, "loudness")
 
 
 def test_frequency_skew_moves_clients_toward_their_band(corpus):

@@ -46,7 +46,7 @@ def test_readers_for_original_layouts(tmp_path):
     assert set(mnli) == {"train", "validation_matched", "validation_mismatched"}
     assert mnli["train"].label.tolist() == [1, 2] and mnli["train"].genre == ["fiction", "travel"]
     # each row's gold_label is its own last column (dev files have five annotator columns, train one)
-    dev_row = f"0\t1\t1n\tslate\t( a )\t( b )\t(a)\t(b)\tA man.\tA person.\tneutral\t\t\t\tentailment\tentailment"
+    dev_row = "0\t1\t1n\tslate\t( a )\t( b )\t(a)\t(b)\tA man.\tA person.\tneutral\t\t\t\tentailment\tentailment"
     write(tmp_path / "mnli_mixed.tsv", [head, dev_row, row("travel", "contradiction")])
     assert glue_tasks.read_tsv(tmp_path / "mnli_mixed.tsv", "mnli").label.tolist() == [0, 2]
     write(tmp_path / "mnli_short.tsv", [head, row("travel", "neutral"), row("travel", "neutral").rsplit("\t", 2)[0]])
