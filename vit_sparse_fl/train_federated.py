@@ -96,7 +96,7 @@ def sweep_file_name(args, prefix: str, kind: str) -> str:
 
 def setup(args) -> dict:
     """Data, shards, model and run directory: the context every round needs."""
-    D.init()                                                 # no-op without torchrun
+    D.init()                                                 # no-op without torchrun or when main joined
     seeding.seed_everything(args.seed)
     device = D.device_for_rank(cli.resolve_device(args.device))
     if not D.is_main():
@@ -331,9 +331,10 @@ def sweep(args, runner, prefix: str = "fedavg") -> dict:
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     finish_args(args)
-    if args.heterogeneity_experiment or args.local_steps_experiment:
-        return sweep(args, federate)
-    return federate(args)
+    with D.process_group():                                  # under torchrun, left when the run ends
+        if args.heterogeneity_experiment or args.local_steps_experiment:
+            return sweep(args, federate)
+        return federate(args)
 
 
 if __name__ == "__main__":

@@ -157,11 +157,12 @@ def main(argv=None) -> dict:
     fed.finish_args(args)
     cli.check(not args.mask_embeddings or args.arch == "encoder",
               "--mask-embeddings: only a text encoder (--arch encoder) has embedding tables; a ViT has none")
-    if not args.compare_strategies:
-        return run_one(args)
-    return {"experiment": "strategies",
-            "results": {s: run_one(fed.variant(args, mask_strategy=s, compare_strategies=False))
-                        for s in sparse.STRATEGIES}}
+    with D.process_group():                                  # under torchrun, left when the run ends
+        if not args.compare_strategies:
+            return run_one(args)
+        return {"experiment": "strategies",
+                "results": {s: run_one(fed.variant(args, mask_strategy=s, compare_strategies=False))
+                            for s in sparse.STRATEGIES}}
 
 
 if __name__ == "__main__":

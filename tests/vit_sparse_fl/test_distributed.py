@@ -35,6 +35,7 @@ def worker(rank, world, port, out):
     try:
         res = {"dense": fed.main([*SMALL, "--out-dir", out, "--run-name", "dense"]),
                "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", out, "--run-name", "sparse"])}
+        res["left_group"] = not D.is_distributed()           # each script leaves the group it joined
         real = fed.VitTask.train_client
         fed.VitTask.train_client = crash_in_round_3(real)   # both ranks stop before round 3; rank 0 saved round 2
         try:
@@ -72,6 +73,7 @@ def test_two_gloo_ranks_match_the_single_process_run(tmp_path, monkeypatch):
     run_ranks(worker, str(multi), timeout=180)
     r0, r1 = (torch.load(multi / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert r0 == r1                                          # every rank returns rank 0's summary
+    assert r0["left_group"]
     assert_same_run(r0["dense"], ref["dense"])
     assert_same_run(r0["sparse"], ref["sparse"])
     assert_same_run(r0["resumed"], ref["dense"])
