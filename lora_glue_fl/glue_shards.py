@@ -27,7 +27,8 @@ DIRICHLET_TRIES = 10000
 def bin_scores(values, bin_width: float = 0.2) -> list[int]:
     """STS-B scores in [0, 5] -> bin ids: [0, 0.2) -> 0, [0.2, 0.4) -> 1, ... (5.0 joins the top bin)."""
     top = math.floor(5.0 / bin_width) - 1
-    return [min(math.floor(float(v) / bin_width + 1e-9), top) for v in values]
+    # rounded first: the readers' float32 holds 1.4 as 1.3999999, under bin 7's edge (scores have 3 decimals)
+    return [min(math.floor(round(float(v) / bin_width, 4)), top) for v in values]
 
 
 def strata(train: Examples, task_name: str, bin_stsb: bool = True) -> list:

@@ -116,6 +116,8 @@ def test_mnli_stratified_by_label_and_genre_and_stsb_by_bins():
     keys = glue_shards.strata(train, "mnli")
     assert len(set(keys)) == 9 and keys[0] == "0|fiction"
     assert glue_shards.bin_scores([0.0, 0.19, 0.2, 4.99, 5.0]) == [0, 0, 1, 24, 24]
+    grid = np.arange(26) / 5  # scores on the 0.2 edges, as the readers hold them (float32): each opens its bin
+    assert glue_shards.bin_scores(grid.astype(np.float32)) == [*range(25), 24]
     stsb = glue_tasks.Examples(["a"] * 50, ["b"] * 50, np.linspace(0, 5, 50).astype(np.float32))
     info = glue_shards.make_client_splits(stsb, "stsb", 5, "iid", seed=0)
     assert sorted(i for c in info["client_indices"] for i in c) == list(range(50))
