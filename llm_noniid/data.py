@@ -75,6 +75,9 @@ def split_ag_news_csv(src: str | Path, dst: str | Path, valid_fraction: float = 
 
 
 # ----------------------------------------------------------------------------- WikiText
+TITLE = re.compile(r"= [^=](.*[^=])? =")  # a stripped top-level heading ("= Title =", one character or more)
+
+
 def read_wikitext_raw(path: str | Path) -> TextData:
     """WikiText raw file: ``= Title =`` opens an article, ``= = Section = =`` a section, text lines are
     paragraphs. Each paragraph is one example; its label is the article index (topic = article)."""
@@ -92,7 +95,7 @@ def _wikitext_from_lines(lines: list[str], where: str) -> TextData:
     texts, labels, article = [], [], -1
     for line in lines:
         s = line.strip()
-        if re.fullmatch(r"= [^=].*[^=] =", s):  # top-level heading: a new article
+        if TITLE.fullmatch(s):  # top-level heading: a new article
             article += 1
         elif s and not (s.startswith("= ") and s.endswith(" =")):  # not a section heading
             texts.append(s)

@@ -36,6 +36,7 @@ from common.engine import cosine_lr
 from common.evaluate import perplexity, unigram_perplexity
 from common.seed import get_rng_state, numpy_rng, seed_everything, set_rng_state
 from common.text import lm_batch, lm_blocks, load_tokenizer
+from llm_noniid.data import TITLE
 from llm_noniid.model import lm_loss
 
 VERSION = 1  # bump when the recipe changes, so stale bases are not reused
@@ -103,7 +104,7 @@ def read_articles(files: list[str]) -> list[tuple[str, str]]:
         title, paras = None, []
         for line in [*lines, " = END = "]:
             s = line.strip()
-            if re.fullmatch(r"= [^=].*[^=] =", s):  # a top-level heading opens an article
+            if TITLE.fullmatch(s):  # a top-level heading opens an article
                 if title is not None and paras and title not in seen:
                     seen.add(title)
                     out.append((title, "\n".join(paras)))

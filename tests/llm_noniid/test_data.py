@@ -44,7 +44,7 @@ def test_real_ag_news_split_is_stratified(shared_data, tmp_path):
 def test_wikitext_raw_articles_are_topics(tmp_path):
     (tmp_path / "wiki.train.raw").write_text(
         " \n = Alpha = \n \n First paragraph of alpha . \n \n = = Section = = \n \n Second one . \n"
-        " \n = Beta = \n \n Beta text . \n", encoding="utf-8")
+        " \n = B = \n \n Beta text . \n", encoding="utf-8")  # a one-character title opens an article too
     (tmp_path / "wiki.valid.raw").write_text(" = Gamma = \n \n Gamma text . \n", encoding="utf-8")
     train, valid = D.load_splits("wikitext", str(tmp_path))
     assert train.texts == ["First paragraph of alpha .", "Second one .", "Beta text ."]

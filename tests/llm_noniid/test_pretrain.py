@@ -40,6 +40,8 @@ def test_articles_split_without_overlap_and_detokenized(tmp_path):
     assert len(titles[1]) == len(titles[2]) == 1
     assert pretrain.detokenize("a @-@ b , c ( d ) 5 @.@ 3 end .") == "a-b, c (d) 5.3 end."
     assert "Section" not in arts[0][1]  # section headings are not text
+    (tmp_path / "short.raw").write_text(" = A = \n Alpha text . \n = B = \n Beta text . \n = C = \n Gamma . \n")
+    assert [t for t, _ in pretrain.read_articles([str(tmp_path / "short.raw")])] == ["A", "B", "C"]
 
 
 def test_quick_base_loads_without_project_code_learns_and_is_cached(tmp_path, capsys):
