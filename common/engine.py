@@ -513,13 +513,15 @@ def _opt_state_from_list(states: list[dict], plist, device) -> dict:
 
 
 def _sync_client_states(fed: Federation, plan: list[list[int]]) -> None:
-    """Copy each trained client's optimizer state from its rank to every rank (one broadcast per rank)."""
-    if fed.args.client_opt_state != "persist" or fed.task.optimizer is None:
+    """Copy each trained client's optimizer state from its rank to every rank (one broadcast per rank). Decided by
+    the flag alone, which every rank shares: a task may make a new optimizer per client (``make_optimizer``)."""
+    if fed.args.client_opt_state != "persist":
         return
     me, plist = D.rank(), fed.task.params
     for src, clients in enumerate(plan):
         if clients:
-            payload = {k: _opt_state_to_list(fed.opt_states[k], plist) for k in clients} if src == me else None
+            payload = ({k: _opt_state_to_list(fed.opt_states[k], plist) for k in clients if k in fed.opt_states}
+                       if src == me else None)
             payload = D.broadcast_object(payload, src=src)
             if src != me:
                 fed.opt_states.update({k: _opt_state_from_list(v, plist, fed.task.device) for k, v in payload.items()})

@@ -20,6 +20,8 @@ SMALL = ["--quick", "--quiet", "--num-clients", "8", "--participation-rate", "0.
          "--eval-batch-size", "60"]
 SPARSE = ["--mask-strategy", "least_sensitive", "--sparsity-ratio", "0.5", "--calibration-rounds", "1",
           "--head-warmup", "1", "--rounds", "2"]
+# each client's momentum kept across rounds; at seed 1, four times a client trains on the other rank than before
+PERSIST = ["--client-opt-state", "persist", "--rounds", "4", "--seed", "1"]
 
 
 def crash_in_round_3(real):
@@ -36,6 +38,7 @@ def worker(rank, world, port, out):
         res = {"dense": fed.main([*SMALL, "--out-dir", out, "--run-name", "dense"]),
                "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", out, "--run-name", "sparse"])}
         res["left_group"] = not D.is_distributed()           # each script leaves the group it joined
+        res["persist"] = fed.main([*SMALL, *PERSIST, "--out-dir", out, "--run-name", "persist"])
         real = fed.VitTask.train_client
         fed.VitTask.train_client = crash_in_round_3(real)   # both ranks stop before round 3; rank 0 saved round 2
         try:
@@ -69,13 +72,15 @@ def test_two_gloo_ranks_match_the_single_process_run(tmp_path, monkeypatch):
     single, multi = tmp_path / "single", tmp_path / "multi"
     multi.mkdir()
     ref = {"dense": fed.main([*SMALL, "--out-dir", str(single), "--run-name", "dense"]),
-           "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", str(single), "--run-name", "sparse"])}
+           "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", str(single), "--run-name", "sparse"]),
+           "persist": fed.main([*SMALL, *PERSIST, "--out-dir", str(single), "--run-name", "persist"])}
     run_ranks(worker, str(multi), timeout=180)
     r0, r1 = (torch.load(multi / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert r0 == r1                                          # every rank returns rank 0's summary
     assert r0["left_group"]
     assert_same_run(r0["dense"], ref["dense"])
     assert_same_run(r0["sparse"], ref["sparse"])
+    assert_same_run(r0["persist"], ref["persist"])
     assert_same_run(r0["resumed"], ref["dense"])
     assert r0["sparse"]["mask_density"] == pytest.approx(ref["sparse"]["mask_density"], abs=1e-9)
     m_single = json.load(open(single / "sparse" / "mask_density.json"))
@@ -83,5 +88,5 @@ def test_two_gloo_ranks_match_the_single_process_run(tmp_path, monkeypatch):
     assert m_multi["per_tensor"] == pytest.approx(m_single["per_tensor"], abs=1e-9)  # same Fisher mask
     assert r0["dense"]["client_seconds"] > 0                 # summed over the ranks' clients
     # only rank 0 wrote: the run folders hold exactly the single-process files, and nothing else appeared
-    assert sorted(p.name for p in multi.iterdir()) == ["cut", "dense", "rank0.pt", "rank1.pt", "sparse"]
+    assert sorted(p.name for p in multi.iterdir()) == ["cut", "dense", "persist", "rank0.pt", "rank1.pt", "sparse"]
     assert sorted(p.name for p in (multi / "dense").iterdir()) == sorted(p.name for p in (single / "dense").iterdir())
