@@ -90,6 +90,9 @@ def load_into(model, adapter: Adapter) -> None:
     from peft import set_peft_model_state_dict
     cfg = model.peft_config["default"]
     cli.check(int(cfg.r) == adapter.r, f"model LoRA rank {cfg.r} differs from the adapter's {adapter.r}")
+    cli.check((float(cfg.lora_alpha), bool(cfg.use_rslora)) == (adapter.alpha, adapter.use_rslora),
+              f"model LoRA alpha {cfg.lora_alpha} (rsLoRA {cfg.use_rslora}) differs from the adapter's {adapter.alpha} "
+              f"(rsLoRA {adapter.use_rslora}): its update would be scaled differently")
     res = set_peft_model_state_dict(model, adapter.state_dict())
     unexpected = [k for k in res.unexpected_keys if "lora_" in k or any(h in k for h in adapter.head_modules)]
     if unexpected:
@@ -132,6 +135,9 @@ def load(directory) -> Adapter:
     cli.check(cfg.get("peft_type", "LORA") == "LORA", f"{directory}: {cfg.get('peft_type')} adapter; expected LORA")
     cli.check(not cfg.get("rank_pattern") and not cfg.get("alpha_pattern"),
               f"{directory}: per-module rank_pattern/alpha_pattern adapters are not supported")
+    cli.check(not cfg.get("use_dora") and cfg.get("bias", "none") == "none",
+              f"{directory}: a DoRA adapter or one with trained biases (use_dora {cfg.get('use_dora')}, bias "
+              f"{cfg.get('bias')!r}); only plain LoRA factors are merged here, so they are not supported")
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
     cli.check(isinstance(r, int) and not isinstance(r, bool) and r >= 1,
               f"{cfg_path}: 'r' must be a positive integer, got {r!r}")
@@ -217,7 +223,8 @@ def merge(adapters: list[Adapter], weights, method: str = "svd", rank: int | Non
         for a, wk in zip(adapters, w):
             mean.add([a.head[k].float() for k in keys], wk)
         head = {k: t.to(ref.head[k].dtype) for k, t in zip(keys, mean.result())}
-    return Adapter(factors, head, fused_r, fused_alpha, list(ref.target_modules), False, ref.dropout, dict(ref.extra),
+    rslora = ref.use_rslora and method == "naive"  # naive keeps the clients' r, alpha and scaling; the others set s_f
+    return Adapter(factors, head, fused_r, fused_alpha, list(ref.target_modules), rslora, ref.dropout, dict(ref.extra),
                    list(ref.head_modules), list(ref.embeddings))
 
 

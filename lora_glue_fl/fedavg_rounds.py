@@ -322,6 +322,8 @@ def run(args) -> dict:
     if init is not None:
         cli.check(init.target_modules == sorted(args.target_modules), f"--init_adapter adapts {init.target_modules},"
                                                                       f" --target_modules is {args.target_modules}")
+        cli.check(not init.use_rslora, "--init_adapter is an rsLoRA adapter (use_rslora); the rounds train plain "
+                                       "LoRA (scaling alpha / r)")
     types = modeling.uses_token_types(base)
     train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
     evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}

@@ -147,6 +147,10 @@ def paths(tmp_path_factory) -> dict:
     listed = bad / "adapter_config_list"  # a config file holding a JSON list, not an object
     shutil.copytree(broken, listed)
     (listed / "adapter_config.json").write_text("[1, 2]")
+    rslora = bad / "adapter_rslora"  # the run's own adapter, its scaling declared rsLoRA
+    shutil.copytree(adapter, rslora)
+    cfg = json.loads((rslora / "adapter_config.json").read_text())
+    (rslora / "adapter_config.json").write_text(json.dumps(cfg | {"use_rslora": True}))
     (bad / "llm_half_round.yaml").write_text("num_rounds: 2.5\n")
     for name, content in CONFIGS.items():
         (bad / name).write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -315,6 +319,8 @@ CASES = [
     ("lora tokenizer missing", "lora_central", ["--tokenizer", "/nonexistent/tok"], "/nonexistent/tok"),
     ("lora baseline tokenizer missing", "lora_full", ["--tokenizer", "/nonexistent/tok"], "/nonexistent/tok"),
     ("lora init adapter missing", "lora_fed", ["--init_adapter", "/nonexistent/adapter"], "/nonexistent/adapter"),
+    ("lora init adapter rslora", "lora_fed", ["--init_adapter", "{bad}/adapter_rslora", "--run-name", "fresh"],
+     "rsLoRA adapter"),
     ("lora tsv bad header", "lora_central", ["--data_dir", "{bad}/tsv_header", "--run-name", "fresh"], "header"),
     ("lora tsv not utf-8", "lora_fed", ["--data_dir", "{bad}/tsv_latin1", "--run-name", "fresh"], "UTF-8"),
     ("lora tsv bad label", "lora_central", ["--data_dir", "{bad}/tsv_label", "--run-name", "fresh"], "label"),

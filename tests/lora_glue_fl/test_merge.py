@@ -86,6 +86,28 @@ def test_naive_merge_is_product_of_averaged_factors():
         assert not torch.allclose(fused.delta()[m], mean_delta(clients, WEIGHTS)[m], atol=1e-2)
 
 
+def test_naive_merge_keeps_the_rslora_scaling():
+    """Naive averaging keeps the clients' r and alpha, so also their rsLoRA scaling alpha / sqrt(r): merging copies
+    of one adapter gives that adapter's update (with alpha / r it was halved at r = 4)."""
+    one = make_adapter(7, 12, r=4, alpha=8, seed=0)
+    one.use_rslora = True
+    fused = adapters.merge([one, one, one], WEIGHTS, "naive")
+    assert fused.use_rslora and fused.scale == 4.0
+    for m in one.factors:
+        torch.testing.assert_close(fused.delta()[m], one.delta()[m])
+
+
+def test_dora_and_bias_adapters_refused(tmp_path, clients):
+    import json
+    adapters.save(clients[0], tmp_path / "a", "some/base")
+    cfg_path = tmp_path / "a" / "adapter_config.json"
+    plain = json.loads(cfg_path.read_text())
+    for change in ({"use_dora": True}, {"bias": "lora_only"}):
+        cfg_path.write_text(json.dumps(plain | change))
+        with pytest.raises(cli.UsageError, match="DoRA adapter or one with trained biases"):
+            adapters.load(tmp_path / "a")
+
+
 def test_heads_averaged_with_the_same_weights(clients):
     fused = adapters.merge(clients, WEIGHTS, "svd", rank=2)
     key = "base_model.model.classifier.out_proj.weight"
@@ -153,6 +175,11 @@ def test_fused_adapter_loads_in_peft_with_same_logits(tmp_path):
         plain = base(input_ids=ids).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(got, plain, atol=1e-3)   # the adapter does change the model
+    # an adapter is only copied into a model that scales it the same way
+    model = modeling.attach_lora(RobertaForSequenceClassification.from_pretrained(tmp_path / "base"), 6, 5.0, 0.0,
+                                 ["query", "value"])
+    with pytest.raises(cli.UsageError, match="model LoRA alpha 5.0 .* differs from the adapter's 6.0"):
+        adapters.load_into(model, fused)
 
 
 def test_fedprox_local_steps_match_the_proximal_term_by_hand():
