@@ -40,7 +40,9 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0, se
     g.add_argument("--val-freq", dest="eval_every", type=int, default=argparse.SUPPRESS,
                    help="the source's name for --eval-every (rounds between evaluations, default 30)")
     g.add_argument("--n-epochs", type=float, default=1.0,
-                   help="sets --rounds when it is not given: rounds so each client sees its shard this many times")
+                   help="sets --rounds when it is not given: rounds so each client, taking part in the share of "
+                        "rounds that --participation-rate gives it, draws as many blocks as its shard holds this many "
+                        "times (each round's blocks: a fresh permutation of the shard, so a pass in expectation)")
     g.add_argument("--local-updates", type=int, default=1, help="optimizer steps per client per round")
     flags.alias(g, "--local-steps", dest="local_updates", of="--local-updates", type=int)
     flags.alias(g, "--partition", dest="shard", of="--shard", choices=("contiguous", "iid", "topic"))
@@ -126,6 +128,14 @@ class Context:
     def batches(self, idx: np.ndarray, batch_size: int | None = None):
         return lmdata.iterate(self.data.train[torch.as_tensor(idx)], batch_size or self.args.batch_size,
                               self.data.tokenizer.pad_token_id, self.device)
+
+
+def epoch_rounds(args: argparse.Namespace, client_blocks: list[int]) -> int:
+    """The rounds of --n-epochs passes of the mean client over its shard, a client taking part in the share of the
+    rounds that --participation-rate gives it."""
+    share = engine.clients_per_round(args.participation_rate, args.num_clients) / args.num_clients
+    steps = args.n_epochs * float(np.mean(client_blocks)) / (args.local_updates * args.batch_size) / share
+    return max(1, math.ceil(steps))
 
 
 def client_batch_indices(train_idx: np.ndarray, seed_: int, round_idx: int, client: int,
@@ -328,9 +338,8 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
         cli.check(len(idx) > 0, f"client {k} received no training blocks; use fewer clients or --shard contiguous")
         tr, ho = lmdata.split_holdout(idx, args.holdout_fraction)
         clients.append(Client(k, tr, ho, float(len(tr))))
-    if args.rounds is None:  # rounds for --n-epochs passes of the mean client over its shard
-        mean_blocks = float(np.mean([len(c.train) for c in clients]))
-        args.rounds = max(1, math.ceil(args.n_epochs * mean_blocks / (args.local_updates * args.batch_size)))
+    if args.rounds is None:
+        args.rounds = epoch_rounds(args, [len(c.train) for c in clients])
     args.kernel_path = mmodel.select_kernels(device, args.kernels)
     name = args.run_name or runlog.run_name(
         method.name, args.model_config, args.shard, k=args.num_clients, lu=args.local_updates, r=args.rounds,

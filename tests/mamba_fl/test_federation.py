@@ -147,6 +147,14 @@ def test_fedentropy_at_a_small_temperature_is_the_softmax_on_every_rank_split(te
     assert ratio == (math.inf if temperature < 0.01 else pytest.approx(math.exp(2.0 / temperature)))
 
 
+def test_epoch_rounds_count_the_rounds_a_client_sits_out():
+    """--n-epochs without --rounds: 2 passes over 40-block shards in batches of 4 take 20 rounds when every client
+    takes part, 40 when half of them do."""
+    args = SimpleNamespace(n_epochs=2.0, local_updates=1, batch_size=4, num_clients=4, participation_rate=1.0)
+    assert federated.epoch_rounds(args, [40, 40, 30, 50]) == 20
+    assert federated.epoch_rounds(SimpleNamespace(**{**vars(args), "participation_rate": 0.5}), [40] * 4) == 40
+
+
 class _Interrupt:
     """Replaces evaluate_global: raises KeyboardInterrupt at the given call, as Ctrl-C would."""
 
