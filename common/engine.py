@@ -377,7 +377,9 @@ class Federation:
         return self.task.client_loss(k)
 
     def ifca_init_(self) -> None:
-        """IFCA's starting points, farthest first (``common.clustering``), from round 0's streams."""
+        """IFCA's starting points, farthest first (``common.clustering``): each is --ifca-init-rounds rounds of its
+        seed client training alone, on batches of their own (streams of rounds -1, -2, ..., which no round uses),
+        its optimizer state kept between them or reset as --client-opt-state says."""
         task, sizes = self.task, self.task.sizes
         start, tokens = P.clone(task.params), 0
         seeds = [int(seeding.numpy_rng(task.seed, "ifca-init").choice([k for k in range(len(sizes)) if sizes[k]]))]
@@ -388,8 +390,10 @@ class Federation:
                 seeds.append(C.farthest_first(loss, seeds))
             P.load_(task.params, start)
             opt = task.make_optimizer(task.lr(0))
-            for _ in range(self.args.ifca_init_rounds):
-                out = task.train_client(seeds[g], 0, opt, FedAvg())
+            for i in range(self.args.ifca_init_rounds):
+                if i and self.args.client_opt_state != "persist":
+                    opt = task.make_optimizer(task.lr(0))
+                out = task.train_client(seeds[g], -1 - i, opt, FedAvg())
                 tokens += int(out.get("tokens", 0))
             P.load_(self.models[g], task.params)
         # the starts' training tokens (where a task's train_client counts them), for its compute accounting

@@ -157,6 +157,24 @@ def test_ifca_separates_two_planted_groups():
         assert torch.allclose(fed.models[g][0], torch.full((DIM,), target, dtype=torch.float64), atol=0.2)
 
 
+@pytest.mark.parametrize("state,kept", [("reset", [False, False, False]), ("persist", [False, True, True])])
+def test_ifca_starts_are_rounds_of_their_seed_client_on_batches_of_their_own(state, kept):
+    """Each starting model: --ifca-init-rounds rounds of its seed client alone, each on a stream of its own (rounds
+    -1, -2, ...: never a real round's), the optimizer state reset between them unless --client-opt-state persist."""
+    calls = []
+
+    class Recording(Quadratic):
+        def train_client(self, k, r, opt, algo):
+            calls.append((k, r, bool(opt.state)))
+            return super().train_client(k, r, opt, algo)
+
+    task = Recording(*problem(), rounds=1, momentum=0.9)
+    fed = engine.Federation(task, args(clustering="ifca", num_clusters=2, ifca_init_rounds=3, client_opt_state=state))
+    fed.ifca_init_()
+    seeds = fed.info["seed_clients"]
+    assert calls == [(seeds[g], -1 - i, kept[i]) for g in range(2) for i in range(3)]
+
+
 def test_sample_clients_is_seeded_sorted_and_distinct():
     a = engine.sample_clients(3, 5, 20, 7)
     assert a == sorted(set(a)) and len(a) == 7 and a == engine.sample_clients(3, 5, 20, 7)
