@@ -299,13 +299,15 @@ class RunDir:
     and on ``resume`` that the saved run matches these arguments and data and is intact); ``claim()``, implicit in
     the first write, takes the lock and writes: a script that validates its inputs first never touches a run
     directory for a bad input. ``is_main``: False on other torchrun ranks (writes are no-ops); ``kind``: the
-    script, saved in args.json and every checkpoint so another script's run is refused.
+    script, saved in args.json and every checkpoint so another script's run is refused; ``spans_length``: what in
+    this run is laid out over its whole length (a cosine learning rate over --rounds), so --extend is refused: the
+    rounds already run followed the shorter layout.
     """
 
     def __init__(self, out_dir: str | os.PathLike, run_name: str, args: dict | argparse.Namespace, *,
                  kind: str, resume: bool = False, is_main: bool = True,
                  ignore_on_resume: tuple[str, ...] = DEFAULT_IGNORE_ON_RESUME,
-                 device: str | torch.device | None = None, data: dict | None = None):
+                 device: str | torch.device | None = None, data: dict | None = None, spans_length: str | None = None):
         check(bool(run_name) and "/" not in run_name and "\0" not in run_name and run_name not in (".", ".."),
               f"--run-name {run_name!r} is not a folder name; expected a name without '/'")
         self.path = Path(out_dir) / run_name
@@ -332,6 +334,9 @@ class RunDir:
         check(not (resume and self.overwrite), "--resume and --overwrite contradict each other: --resume "
                                                "continues the run in the directory, --overwrite deletes it")
         check(not self.extend or resume, "--extend continues a run for longer: use it with --resume")
+        check(not (self.extend and spans_length), f"--extend: {spans_length} spans the run's length, so the rounds "
+                                                  "already run followed a shorter one; start the longer run afresh "
+                                                  "(another --run-name, or --overwrite)")
         check_out_dir(out_dir, "--out-dir")
         check_out_dir(self.path, "run directory", own_run=True)  # a file, a dangling link or a link loop
         if is_main:  # the other ranks follow rank 0, which may already hold the lock and have claimed

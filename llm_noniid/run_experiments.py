@@ -216,9 +216,10 @@ def jobs_for(arms_: list[tuple[str, str, list[str], int]], seeds: list[int], pas
             argv = [*flags, "--seed", str(seed), *passthrough, "--out-dir", str(runs), "--quiet"]
             parsed = cli.parse(train.get_args_parser(), argv)  # as train.py reads them (its --quick preset too)
             name = train.default_run_name(parsed) + (f"_R{parsed.num_rounds}" if parsed.num_rounds != rounds else "")
-            # a shorter run of the same arm (e.g. of the quick grid) is extended, not redone
-            out_jobs.append(jobs.Job(name, "llm_noniid.train", [*argv, "--run-name", name], extend=True,
-                                     label=f"{part} / {arm} / seed {seed}"))
+            # a shorter run of the same arm (e.g. of the quick grid) is extended, not redone; under a cosine
+            # learning rate (laid out over the run's length) it is not the same run, and is left as it is
+            out_jobs.append(jobs.Job(name, "llm_noniid.train", [*argv, "--run-name", name],
+                                     extend=parsed.lr_schedule == "constant", label=f"{part} / {arm} / seed {seed}"))
     return out_jobs
 
 

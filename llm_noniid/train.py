@@ -493,7 +493,8 @@ def run(args, rank: int, world: int) -> dict:
     params = P.trainable(model)
     names = [n for n, _ in P.named_trainable(model)]
     rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, kind="llm_noniid/train",
-                resume=args.resume, device=device, is_main=rank == 0, data=fingerprint)  # more rounds: --extend
+                resume=args.resume, device=device, is_main=rank == 0, data=fingerprint,  # more rounds: --extend
+                spans_length="the cosine learning rate" if args.lr_schedule == "cosine" else None)
     stats = statistics(clients, x_all, y_all, train_data.labels, train_data.num_classes, vocab_size)
 
     eval_batches = [{"input_ids": x_val[i:i + 32].to(device), "labels": y_val[i:i + 32].to(device)}

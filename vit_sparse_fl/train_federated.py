@@ -256,7 +256,8 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
     params, device = ctx["params"], ctx["device"]
     main_rank = D.is_main()
     run = RunDir(args.out_dir, args.run_name or default_run_name(args, prefix), vars(args),
-                 resume=args.resume, kind=kind, is_main=main_rank, data=ctx["data_fingerprint"])
+                 resume=args.resume, kind=kind, is_main=main_rank, data=ctx["data_fingerprint"],
+                 spans_length="the cosine learning rate over --rounds")
     task = VitTask(ctx, masks, rd=run)
     task.name = prefix
     fed = engine.Federation(task, args)

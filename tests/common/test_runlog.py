@@ -198,6 +198,9 @@ def test_resume_refuses_a_changed_run_length_unless_extended(out_dir):
         RunDir(out_dir, "r", {**ARGS, "rounds": 3, "extend": True}, resume=True)
     with pytest.raises(UsageError, match="with --resume"):
         RunDir(out_dir, "r", {**ARGS, "rounds": 9, "extend": True})
+    with pytest.raises(UsageError, match="--extend: the cosine learning rate spans the run's length"):
+        RunDir(out_dir, "r", {**ARGS, "rounds": 9, "extend": True}, resume=True,
+               spans_length="the cosine learning rate")
     rd2 = RunDir(out_dir, "r", {**ARGS, "rounds": 9, "extend": True}, resume=True).claim()
     meta = json.loads((rd2.path / "args.json").read_text())
     assert meta["args"]["rounds"] == 9 and meta["resumes"][-1]["extended"] == {"rounds": [6, 9]}

@@ -264,6 +264,14 @@ def test_equal_compute_arm_gets_its_own_run_directory(tmp_path, monkeypatch):
     assert rounds == [1, 2]
 
 
+def test_a_shorter_run_is_extended_only_under_a_constant_learning_rate(tmp_path):
+    """A cosine schedule is laid out over the run's length: a shorter run of the arm is not extended (train.py
+    would refuse --extend), the runner reports it as another run instead."""
+    arms_ = [("iid", "FedAvg", E.IID + E.FEDAVG + sched, 1) for sched in ([], ["--lr-schedule", "cosine"])]
+    constant, cosine = E.jobs_for(arms_, [0], TINY, tmp_path)
+    assert constant.extend and not cosine.extend
+
+
 def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_path, monkeypatch, capsys,
                                                                           tiny_folder):
     """--regime pretrained: the rate and FedProx's mu are chosen on a split of the training texts (never the
