@@ -7,9 +7,10 @@
 
 Before round 1 the server builds one global mask over the backbone (TaLoS, Iurada et al. 2025): the clients'
 Fisher scores on their own data, averaged by sample count, over --calibration-rounds rounds keeping the
-k_r = (1 - s)^((r+1)/R) share of all coordinates among those still eligible (``sparse.compute_masks``). The head is never masked;
---head-warmup trains it alone first, so the scores are not those of a random head. Then train_federated's rounds
-run with SparseSGDM: masked coordinates stay bit-for-bit unchanged (the source computed masks but trained densely).
+k_r = (1 - s)^((r+1)/R) share of all coordinates among those still eligible (``sparse.compute_masks``). The head is
+never masked; --head-warmup trains it alone first, so the scores are not those of a random head. Then
+train_federated's rounds run with SparseSGDM: masked coordinates stay bit-for-bit unchanged (the source computed
+masks but trained densely).
 """
 from __future__ import annotations
 
