@@ -488,6 +488,8 @@ def run(args, rank: int, world: int) -> dict:
     # ------------------------------------------------------------------ model, run directory, state
     base = load_base(args.model, vocab_size=vocab_size, seq_len=args.seq_len, eos_id=tok.eos_token_id,
                      cache_dir=args.cache_dir)
+    # a loaded base stays in eval mode, as from_pretrained leaves it: its own dropout is off in the local steps,
+    # while peft's LoRA modules (and their --lora-dropout) train; tiny-gpt2 has no dropout
     model = add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets).to(device)
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     params = P.trainable(model)
