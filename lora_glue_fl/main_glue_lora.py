@@ -18,7 +18,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from common import cli, compiled, export, flags, report, runlog
+from common import checkpoint, cli, compiled, export, flags, report, runlog
 from common import seed as seeding
 from lora_glue_fl import adapters, checks, glue_tasks, modeling
 
@@ -73,9 +73,12 @@ def run(args, lora: bool = True) -> dict:
                                             e=args.num_train_epochs, lr=args.learning_rate, s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/main_glue_lora", resume=args.resume,
                        device=device)
-    done = rd.load_checkpoint()
-    if done is not None and done.get("finished") and (rd.path / runlog.SUMMARY_FILE).is_file():
-        return json.loads((rd.path / runlog.SUMMARY_FILE).read_text())
+    done = rd.load_checkpoint()  # saved once, after the model: a run stopped before it starts over
+    if done is not None and done.get("finished"):
+        if (rd.path / runlog.SUMMARY_FILE).is_file():
+            return json.loads((rd.path / runlog.SUMMARY_FILE).read_text())
+        if "summary" in done:  # stopped between its last checkpoint and its summary
+            return rd.write_summary(done["summary"])
 
     seeding.seed_everything(args.seed)
     if args.quiet:
@@ -151,11 +154,11 @@ def run(args, lora: bool = True) -> dict:
                "num_labels": task.num_labels,
                "best": {"epoch": best.get("epoch"), chooser: best.get(chooser)}}
     summary.update(glue_tasks.selection_summary(args.task_name, train.label, select))
-    rd.save_checkpoint({"finished": True})
-    summary = rd.write_summary(summary)
     if args.do_train:  # <run>/model: AutoModelForSequenceClassification.from_pretrained reads it
         info = {"method": summary["method"], "task": args.task_name, "final": final}
         export.save_model_dir(rd.path, export.merged(model), tokenizer, info=info)
+    rd.save_checkpoint({"finished": True, "summary": checkpoint.round_trip_json(summary)})
+    summary = rd.write_summary(summary)
     report.print_ending(rd.path, f"final validation {main_metric}", final.get(main_metric),
                         {"majority baseline": summary["majority"].get(main_metric)},
                         figures=f"python plots/plot_lora_glue.py --runs {args.out_dir}",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from clicases import one_line_error
 
-from common import checkpoint, cli
+from common import checkpoint, cli, runlog
 from common.config import parse_with_config
 from lora_glue_fl import (
     adapters,
@@ -174,6 +174,31 @@ def test_centralized_scripts_quick(tmp_path, script, task):
         assert adapters.load(run / "adapter").r == 4
     else:
         assert s["trainable_params"] == s["total_params"] and (run / "model/config.json").is_file()
+
+
+@pytest.mark.parametrize("stop_in", ["save_model_dir", "write_summary"])
+def test_central_lora_stopped_at_its_end_resumes_to_the_same_run(tmp_path, monkeypatch, stop_in):
+    """Stopped while exporting its model (it starts over) or before its summary (the last checkpoint holds it):
+    --resume ends with the uninterrupted run's rows, summary and model, no row twice."""
+    argv = QUICK + ["--task_name", "sst2", "--num_train_epochs", "2", "--eval_every_epochs", "1"]
+    ref = main_glue_lora.main(argv + ["--out-dir", str(tmp_path / "ref")])
+    target = (main_glue_lora.export, "save_model_dir") if stop_in == "save_model_dir" else (runlog.RunDir,
+                                                                                              "write_summary")
+
+    def stop(*a, **kw):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(*target, stop)
+        with pytest.raises(KeyboardInterrupt):
+            main_glue_lora.main(argv + ["--out-dir", str(tmp_path / "cut")])
+    runlog.release_all()
+    got = main_glue_lora.main(argv + ["--out-dir", str(tmp_path / "cut"), "--resume"])
+    (a,), (b,) = (list(p.iterdir()) for p in (tmp_path / "ref", tmp_path / "cut"))
+    assert [json.loads(r) for r in (b / "metrics.jsonl").read_text().splitlines()] == \
+        [json.loads(r) for r in (a / "metrics.jsonl").read_text().splitlines()]  # 2 rows, not 4
+    assert {k: v for k, v in got.items() if k != "wall_seconds"} == {k: v for k, v in ref.items() if k != "wall_seconds"}
+    assert (b / "model" / "config.json").is_file()
 
 
 def test_bad_inputs_fail_with_one_line(tmp_path, capsys):
