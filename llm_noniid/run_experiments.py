@@ -263,6 +263,7 @@ def select(args, passthrough: list[str]) -> dict:
     lr_jobs = jobs_for([("iid", f"FedAvg lr {lr}", [*study, "--learning-rate", lr, *IID, *FEDAVG], rounds)
                         for lr in LR_GRID], [SELECT_SEED], passthrough, runs)
     run_jobs(lr_jobs, args, "selection: learning rate")
+    _check_finished(lr_jobs, out)
     lr_scores = {lr: score(jobs.summary_of(j)) for lr, j in zip(LR_GRID, lr_jobs)}
     lr = min(lr_scores, key=lr_scores.get)
     cli.check(math.isfinite(lr_scores[lr]), f"selection: FedAvg diverged at every rate of {', '.join(LR_GRID)}")
@@ -270,6 +271,7 @@ def select(args, passthrough: list[str]) -> dict:
                                            mu], rounds) for part, split in SELECT_PARTS for mu in MUS]
     mu_jobs = jobs_for(mu_arms, [SELECT_SEED], passthrough, runs)
     run_jobs(mu_jobs, args, "selection: FedProx mu")
+    _check_finished(mu_jobs, out)
     scores = iter([score(jobs.summary_of(j)) for j in mu_jobs])  # in mu_arms' order
     mu_scores = {part: {mu: next(scores) for mu in MUS} for part, _ in SELECT_PARTS}
     chosen = {"base": base_folder(args), "rounds": rounds, "seed": SELECT_SEED, "learning_rate": float(lr),
@@ -278,6 +280,14 @@ def select(args, passthrough: list[str]) -> dict:
     atomic_write_json(done, chosen)
     print(f"selection: learning rate {lr}, FedProx mu {chosen['mu']} ({done})", flush=True)
     return chosen
+
+
+def _check_finished(grid: list[jobs.Job], out: Path) -> None:
+    """Stop before choosing if a selection run failed (a diverged run has a summary and scores inf): a choice made
+    without it would be written to selection.json and never revisited."""
+    failed = [j.name for j in grid if jobs.summary_of(j) is None]
+    cli.check(not failed, f"selection: {', '.join(failed)} did not finish (its log in {out / 'logs'}); rerun the "
+                          "same command to complete the selection")
 
 
 def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:

@@ -2,6 +2,7 @@
 and train.py on the real AG News split."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -262,6 +263,22 @@ def test_equal_compute_arm_gets_its_own_run_directory(tmp_path, monkeypatch):
     assert s["runs"] == 2
     rounds = sorted(json.loads(p.read_text())["num_rounds"] for p in (root / "runs").glob("*/summary.json"))
     assert rounds == [1, 2]
+
+
+def test_selection_stops_when_a_run_failed(tmp_path, monkeypatch):
+    """A selection run that failed (no summary; a diverged one has a summary and scores inf) stops the selection
+    before anything is chosen: selection.json is not written, so the same command retries it."""
+    monkeypatch.setattr(E, "base_folder", lambda args: "base")
+    monkeypatch.setattr(E, "split_data", lambda csv, out: out)
+    monkeypatch.setattr(E.D, "split_ag_news_csv", lambda *a, **kw: tmp_path / "select" / "data")
+    monkeypatch.setattr(E.jobs, "run_plan", lambda plan, **kw: None)
+    monkeypatch.setattr(E.jobs, "summary_of", lambda job: None if f"_lr{E.LR_GRID[1]}_" in job.name else
+                        {"status": "complete", "final_val_ppl": 50.0})
+    args = argparse.Namespace(out_dir=str(tmp_path), regime="pretrained", rounds=None, split_csv="x.csv", jobs=1,
+                              threads=1)
+    with pytest.raises(cli.UsageError, match=f"selection: .*_lr{E.LR_GRID[1]}_.* did not finish"):
+        E.select(args, [])
+    assert not (tmp_path / "selection.json").exists()
 
 
 def test_a_shorter_run_is_extended_only_under_a_constant_learning_rate(tmp_path):
