@@ -142,7 +142,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--base", default=None, help="--regime pretrained: the causal LM folder (default: pretrain.py's "
                    "base with its default flags, pretrained into runs/llm_base on first use)")
     p.add_argument("--out-dir", default=None, help="root of the grid's runs, report and figures (default: "
-                   "runs/llm_noniid, --regime pretrained: runs/llm_noniid_pretrained)")
+                   "runs/llm_noniid, --regime pretrained: runs/llm_noniid_pretrained; --mode quick: + _quick)")
     p.add_argument("--rounds", type=int, default=None,
                    help=f"rounds per run (unset: the study's {ROUNDS}, pretrained {PRETRAINED_ROUNDS}; quick 4)")
     p.add_argument("--seeds", default=SEEDS, help="comma-separated seeds")
@@ -216,7 +216,7 @@ def jobs_for(arms_: list[tuple[str, str, list[str], int]], seeds: list[int], pas
             argv = [*flags, "--seed", str(seed), *passthrough, "--out-dir", str(runs), "--quiet"]
             parsed = cli.parse(train.get_args_parser(), argv)  # as train.py reads them (its --quick preset too)
             name = train.default_run_name(parsed) + (f"_R{parsed.num_rounds}" if parsed.num_rounds != rounds else "")
-            # a shorter run of the same arm (e.g. of the quick grid) is extended, not redone; under a cosine
+            # a shorter run of the same arm (--rounds raised) is extended, not redone; under a cosine
             # learning rate (laid out over the run's length) it is not the same run, and is left as it is
             out_jobs.append(jobs.Job(name, "llm_noniid.train", [*argv, "--run-name", name],
                                      extend=parsed.lr_schedule == "constant", label=f"{part} / {arm} / seed {seed}"))
@@ -625,7 +625,10 @@ def main(argv=None) -> dict:
     cli.check(args.regime in REGIMES, f"--regime {args.regime!r} is unknown; expected one of {', '.join(REGIMES)}")
     cli.check(args.regime == "pretrained" or args.mode != "select",
               "--mode select belongs to --regime pretrained (the from-scratch study keeps its one rate)")
-    args.out_dir = args.out_dir or ("runs/llm_noniid_pretrained" if args.regime == "pretrained" else "runs/llm_noniid")
+    if args.out_dir is None:
+        args.out_dir = "runs/llm_noniid_pretrained" if args.regime == "pretrained" else "runs/llm_noniid"
+        if args.mode == "quick":  # its runs have the study's names at other evaluation points: not the same runs
+            args.out_dir += "_quick"
     if args.regime == "pretrained" and args.split_csv is None:
         args.split_csv = str(SHARED_AG_NEWS)
     cli.check(args.jobs >= 1 and args.threads >= 1, "--jobs and --threads must be >= 1")

@@ -265,6 +265,18 @@ def test_equal_compute_arm_gets_its_own_run_directory(tmp_path, monkeypatch):
     assert rounds == [1, 2]
 
 
+def test_the_quick_grid_has_a_folder_of_its_own(monkeypatch, tmp_path):
+    """Its runs share the study's names at other evaluation points: in the study's folder they would stand where
+    the study's runs go, as runs with other arguments."""
+    monkeypatch.chdir(tmp_path)
+    folders = []
+    monkeypatch.setattr(E, "run_grid", lambda mode, args, passthrough: folders.append(args.out_dir) or [])
+    for mode in ("quick", "failure"):
+        E.main(["--mode", mode])
+    E.main(["--mode", "quick", "--out-dir", "mine"])
+    assert folders == ["runs/llm_noniid_quick", "runs/llm_noniid", "mine"]
+
+
 def test_selection_stops_when_a_run_failed(tmp_path, monkeypatch):
     """A selection run that failed (no summary; a diverged one has a summary and scores inf) stops the selection
     before anything is chosen: selection.json is not written, so the same command retries it."""
