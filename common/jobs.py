@@ -40,7 +40,9 @@ from common.checkpoint import round_trip_json
 from common.config import parse_with_config
 from common.errors import EXIT_DIVERGED, UsageError, check
 
-IGNORED = frozenset(runlog.DEFAULT_IGNORE_ON_RESUME) | frozenset(runlog.ALWAYS_IGNORED)
+# what a job may change without changing its run; unlike a resume, not --data-dir: a grid's runs are named by
+# their settings, not by the data folder it made for them (another --train_samples is another subset folder)
+IGNORED = (frozenset(runlog.DEFAULT_IGNORE_ON_RESUME) - {"data_dir"}) | frozenset(runlog.ALWAYS_IGNORED)
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C, how long running jobs get to stop before they are killed
 _DONE = ("done-before", "finished", "diverged")  # the statuses of a job whose run is a result
 _ENDED = ("finished", "diverged", "failed", "blocked")  # the statuses progress lines count as ended

@@ -32,6 +32,7 @@ def get_args_parser(add_help=True):
     p.add_argument("--diverge", action="store_true")
     p.add_argument("--num-clients", type=int, default=4)
     p.add_argument("--participation-rate", type=float, default=1.0)
+    p.add_argument("--data-dir", default=None)
     flags.add_clients_per_round(p)
     p.presets = {"quick": {"steps": 2, "lr": 0.5}}
     return p
@@ -125,6 +126,17 @@ def test_a_rate_derived_from_clients_per_round_counts_as_the_same_arguments(tiny
     assert json.loads((tiny / "m" / "args.json").read_text())["args"]["participation_rate"] == 0.25
     assert jobs.classify(plan[0]).kind == "done"
     assert jobs.classify(job(tiny, "m", "--num-clients", "8", "--clients-per-round", "4")).kind == "other"
+    capsys.readouterr()
+
+
+def test_a_run_on_another_data_folder_is_not_done(tiny, capsys):
+    """--data-dir may change on --resume (the data moved with its fingerprint checked), but a grid names its runs
+    by their settings, not by the data folder it made: a run on another folder is another run."""
+    plan = [job(tiny, "d", "--data-dir", "data/subset_2000")]
+    assert jobs.run_plan(plan, log_dir=tiny / "logs").status == {"d": "finished"}
+    assert jobs.classify(job(tiny, "d", "--data-dir", "data/subset_2000", "--device", "cpu")).kind == "done"
+    assert jobs.classify(job(tiny, "d", "--data-dir", "data/subset_1000")).detail == \
+        "--data-dir saved 'data/subset_2000', now 'data/subset_1000'"
     capsys.readouterr()
 
 
