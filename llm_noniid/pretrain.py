@@ -32,6 +32,7 @@ import torch
 from common import checkpoint as CK
 from common import cli, export, flags
 from common.checkpoint import save_checkpoint  # by name: the tests interrupt it
+from common.config import add_config_arg
 from common.engine import cosine_lr
 from common.evaluate import perplexity, unigram_perplexity
 from common.seed import get_rng_state, numpy_rng, seed_everything, set_rng_state
@@ -42,7 +43,7 @@ from llm_noniid.model import lm_loss
 VERSION = 1  # bump when the recipe changes, so stale bases are not reused
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_FILES = (SHARED / "wikitext2_raw" / "wiki.test.raw", SHARED / "wikitext2_tokenized" / "valid.txt")
-IGNORED = ("cache_dir", "threads", "text_files", "quiet", "quick")  # flags that do not change the weights
+IGNORED = ("cache_dir", "threads", "text_files", "quiet", "quick", "config")  # flags that do not change the weights
 CHECKPOINT_KIND = "llm_noniid/pretrain"
 # --quick: a tiny model for the tests (seconds)
 QUICK = dict(n_layer=1, n_embd=32, n_head=2, vocab_size=400, seq_len=32, batch_size=8, steps=40, eval_every=20,
@@ -56,6 +57,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="WikiText files (raw or tokenized layout; a user's full WikiText-2: wiki.train.raw "
                         "wiki.valid.raw) (default: the WikiText-2 files of shared/data next to the repository)")
     p.add_argument("--cache-dir", default="runs/llm_base", help="folder of cached bases, one sub-folder per key")
+    add_config_arg(p)  # its values are in the key; the file's name is not
     p.add_argument("--n-layer", type=flags.POSITIVE_INT, default=4, help="transformer blocks")
     p.add_argument("--n-embd", type=flags.POSITIVE_INT, default=192, help="width")
     p.add_argument("--n-head", type=flags.POSITIVE_INT, default=3, help="attention heads (divide --n-embd)")

@@ -63,6 +63,9 @@ def test_quick_base_loads_without_project_code_learns_and_is_cached(tmp_path, ca
     assert pretrain.main(argv) == folder and (folder / "model.safetensors").stat().st_mtime_ns == mtime
     assert "pretrained in" in capsys.readouterr().out  # the cached base is reported, not retrained
     assert pretrain.main([*argv, "--seed", "1"]) != folder  # another setting: another key
+    (tmp_path / "lr.yaml").write_text("lr: 3.0e-3\n")  # the same settings from a YAML file: the same base
+    assert pretrain.main([*[a for a in argv if a not in ("--lr", "3e-3")], "--config", str(tmp_path / "lr.yaml")]) \
+        == folder
 
     s = train.main(["--quick", *LLM_SMOKE, "--num-rounds", "2", "--model", str(folder), "--lora-r", "2",
                     "--out-dir", str(tmp_path / "runs"), "--run-name", "r"])
