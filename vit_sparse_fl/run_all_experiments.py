@@ -381,16 +381,26 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
                 "sample gradients"]
         if interference:
             head += ["interference (points)", *(f"Δ interference vs {label}" for _, label in refs)]
+        order, names = [ref for ref, _ in refs], dict(rows)
+
+        def mirror(key: str, ref: str) -> bool:  # (ref, key) is the same comparison, counted once, in ref's row
+            return key in order and order.index(key) < order.index(ref)
+
         pairs = {(key, ref, m): (pct(g[key], m), pct(g[ref], m)) for key, _ in rows for ref, _ in refs
-                 for m in metrics if key != ref and g.get(key) and g.get(ref)}
+                 for m in metrics if key != ref and not mirror(key, ref) and g.get(key) and g.get(ref)}
         diffs = {k: c for k, (_, c) in stats.compare(pairs).items()}
+
+        def delta(key: str, ref: str, m: str) -> str:
+            return f"= −Δ in row '{names.get(ref, ref)}'" if mirror(key, ref) and g.get(key) and g.get(ref) \
+                else diffs.get((key, ref, m), "–")
+
         table = []
         for key, label in rows:
             rs = g.get(key, [])
-            row = [label, rate(rs), len(rs), cell(rs),
-                   *(diffs.get((key, ref, "test_accuracy"), "–") for ref, _ in refs), plateau(rs), compute(rs)]
+            row = [label, rate(rs), len(rs), cell(rs), *(delta(key, ref, "test_accuracy") for ref, _ in refs),
+                   plateau(rs), compute(rs)]
             if interference:
-                row += [cell(rs, "interference"), *(diffs.get((key, ref, "interference"), "–") for ref, _ in refs)]
+                row += [cell(rs, "interference"), *(delta(key, ref, "interference") for ref, _ in refs)]
             table.append(row)
             record[key] = {"n": len(rs), "lr": rate(rs), "test_accuracy": pct(rs, "test_accuracy"),
                            "interference": pct(rs, "interference") if interference else None}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,11 @@ def test_results_table_pairs_by_seed_with_holm_over_each_table(monkeypatch):
     probe = next(line for line in table.splitlines() if line.startswith("| probe: head + final norm |"))
     cells = [c.strip() for c in probe.strip("|").split("|")]
     assert cells[4].startswith("+4.7 [") and cells[5] == "–" and cells[7] == "1,000"   # no Δ vs itself
+    # dense − probe is probe − dense negated: shown as such, and counted once in the table's Holm family
+    dense = next(line for line in table.splitlines() if line.startswith("| dense FedAvg (Nc = 2) |"))
+    assert [c.strip() for c in dense.strip("|").split("|")][5] == "= −Δ in row 'probe: head + final norm'"
+    family = {int(n) for n in re.findall(r"simultaneous over (\d+)", table)}
+    assert family == {6}  # probe and mask vs dense, mask vs probe; accuracy and interference
 
 
 def _text_args(tiny, *argv):
