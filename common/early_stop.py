@@ -29,6 +29,8 @@ class EarlyStop:
 
     def update(self, value: float, at: int, params: list[torch.Tensor]) -> bool:
         """Record an evaluation (``at``: its step or round); True when the run has plateaued."""
+        if self.budget_at is not None and self.budget is None and at > self.budget_at:
+            self.budget = (self.best, self.best_at, self.best_params)  # the budget fell between two evaluations
         if value < self.best:
             self.best, self.best_at = float(value), int(at)
             self.best_params = [p.detach().to("cpu", copy=True) for p in params]

@@ -79,6 +79,11 @@ def test_early_stop_keeps_the_budgets_best_and_never_stops_before_it():
     again.restore_(q)
     assert q[0].item() == 8.0 and again.summary() == s
     assert "budget_at" not in EarlyStop(2).summary()
+    # a budget between two evaluations: the best of those before it, not of the first one after it
+    between = EarlyStop(patience=0, budget_at=25)
+    for at, v in ((10, 5.0), (20, 4.0), (30, 3.0), (40, 2.0)):
+        between.update(v, at, [torch.full((1,), v)])
+    assert (between.summary()["budget_best_val_ppl"], between.summary()["budget_best_at"]) == (4.0, 20)
 
 
 def test_budget_result_of_a_long_run_is_the_short_runs_result(tiny, split_dir, tmp_path):
