@@ -49,9 +49,11 @@ def derived_cache_dir(cache_dir: str | os.PathLike | None = None, out_dir: str |
 
 
 def _files_hash(files: Sequence[str | Path], *extra) -> str:
+    """A key of the files' contents, each with its length (["ab", "c"] is not ["a", "bc"]), and of ``extra``."""
     h = hashlib.sha256(repr(extra).encode())
     for f in files:
-        h.update(Path(f).read_bytes())
+        data = Path(f).read_bytes()
+        h.update(len(data).to_bytes(8, "little") + data)
     return h.hexdigest()[:16]
 
 

@@ -38,6 +38,15 @@ def test_bpe_trained_offline_cached_and_styled(corpus, tmp_path):
         {"<s>", "</s>", "<pad>", "<unk>", "<mask>"}
 
 
+def test_the_cache_key_tells_file_lists_apart(tmp_path):
+    """The same bytes split differently over the files are other training files (each a document), so another
+    tokenizer: the key covers each file's length."""
+    (tmp_path / "a").write_text("ab"), (tmp_path / "b").write_text("c")
+    (tmp_path / "c").write_text("a"), (tmp_path / "d").write_text("bc")
+    assert text._files_hash([tmp_path / "a", tmp_path / "b"]) != text._files_hash([tmp_path / "c", tmp_path / "d"])
+    assert text._files_hash([tmp_path / "a"], 400) == text._files_hash([tmp_path / "a"], 400)
+
+
 def test_word_tokenizer_one_token_per_word(corpus, tmp_path):
     tok = text.load_tokenizer("word", train_files=[corpus], vocab_size=1000, cache_dir=tmp_path)
     line = "the dog sat on the log ."
