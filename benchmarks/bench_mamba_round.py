@@ -38,9 +38,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
-from benchlib import markdown_table
+from benchlib import markdown_table, timeit_many
 
 from common import cli
 
@@ -130,8 +131,6 @@ def _fisher_setup(args, L: int):
 
 def fisher_timing(args, L: int) -> dict:
     """Seconds of diagonal_fisher over --batch-size sequences: vmap vs loop, and their max relative gap."""
-    import time
-
     from common import fisher, seed
     from mamba_fl import fed_fisher, lmdata
     from mamba_fl import model as mmodel
@@ -142,14 +141,16 @@ def fisher_timing(args, L: int) -> dict:
     batch = lmdata.text.lm_batch(data.train[: args.batch_size], data.tokenizer.pad_token_id)
     batches = [(batch["input_ids"], batch["labels"][:, 1:])]
     out = {}
-    for method in ("per_example", "loop"):
-        t = time.perf_counter()
+
+    def run(method):
         out[method] = fisher.diagonal_fisher(model, batches, forward=fed_fisher.next_token_logits, method=method,
                                              chunk_size=args.batch_size)
-        out[method + "_s"] = time.perf_counter() - t
+
+    # one warm-up call of each (vmap's first call traces), then the two round-robin
+    t = timeit_many({m: partial(run, m) for m in ("per_example", "loop")}, warmup=1, repeats=3)
     gap = max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-30))
               for x, y in zip(out["per_example"], out["loop"]))
-    return {"layers": L, "vmap_s": out["per_example_s"], "loop_s": out["loop_s"], "rel_gap": gap}
+    return {"layers": L, "vmap_s": t["per_example"].median_s, "loop_s": t["loop"].median_s, "rel_gap": gap}
 
 
 LOCAL_STEPS = 4  # local steps per client for --fisher-method local (it pairs consecutive steps: >= 2)
@@ -294,6 +295,7 @@ def main(argv=None) -> list[dict]:
          for r in rows]))
     frows = [fisher_timing(args, L) for L in args.layers]
     print()
+    print("Fisher tables: on the CPU whatever --device (the model is built there), 1 warm-up call each")
     print(markdown_table(["layers", f"Fisher of {args.batch_size} seqs: vmap s", "loop s", "speed-up", "max rel. gap"],
                          [[r["layers"], f"{r['vmap_s']:.2f}", f"{r['loop_s']:.2f}", f"{r['loop_s'] / r['vmap_s']:.1f}x",
                            f"{r['rel_gap']:.1e}"] for r in frows]))
