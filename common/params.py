@@ -107,7 +107,8 @@ def foreach(fn: Callable, *lists: Sequence[torch.Tensor], **kwargs):
         return None if in_place else []
     flats = [as_flat(t) for t in lists]
     device = lists[0][0].device
-    if all(f is not None for f in flats) and len({f.numel() for f in flats}) == 1:
+    shapes = [t.shape for t in lists[0]]  # other shapes over one size: the per-tensor call below refuses them
+    if all(f is not None for f in flats) and all([t.shape for t in other] == shapes for other in lists[1:]):
         with threads_for(flats[0].numel(), device):
             out = fn(*[[f] for f in flats], **kwargs)
         return None if in_place else unflatten(out[0], lists[0])

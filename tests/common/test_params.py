@@ -117,6 +117,10 @@ def test_clone_and_zeros_tile_one_buffer_and_foreach_takes_the_flat_path():
         assert all(torch.equal(o, x - y) for o, x, y in zip(out, a, b))
     flat_out = P.foreach(torch._foreach_mul, P.clone(a), P.clone(b))
     assert P.as_flat(flat_out) is not None  # an out-of-place result of flat lists is flat too
+    # two buffers of one size tiled by other shapes are not the same layout: refused, as torch refuses them
+    x, y = P.clone([torch.zeros(3), torch.zeros(5)]), P.clone([torch.arange(5.0), torch.arange(3.0)])
+    with pytest.raises(RuntimeError):
+        P.foreach(torch._foreach_add_, x, y)
 
 
 @pytest.mark.parametrize("busy", [False, True])
