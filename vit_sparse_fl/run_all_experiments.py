@@ -408,12 +408,15 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
 
     d = design(args)
     examples = "texts" if d is TEXT else "images"
+    every = max(1, args.rounds // 6) if d is TEXT else EVAL_EVERY
+    since = int(0.8 * args.rounds) // every * every  # experiment.plateau's reference evaluation
     caption = (f"Chance accuracy: {100.0 / d.classes:.1f} % ({d.classes} classes). Test set: "
                f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} {examples}. "
                "Cells: mean ± sample sd over seeds (n); Δ: paired difference by seed, mean [95% t interval], "
                "verdicts Holm-corrected over each table's differences (a 'no difference' names the effect it "
                "rules out); lr: the setting's rate, chosen on validation (selection.json); plateau: runs whose "
-               f"validation accuracy moved < 1 point over the last 20% of the run; sample gradients: one per "
+               "validation accuracy moved < 1 point since the last evaluation at or before 80 % of the run (in the "
+               f"mask tables: since round {since} of {args.rounds}); sample gradients: one per "
                f"{examples[:-1]} of every local step, head warm-up and mask calibration included; interference: "
                "own-class test accuracy, local minus aggregated model, in points.")
     devices = sorted({str(r["meta"].get("device", "?")) for rs in g.values() for r in rs})
