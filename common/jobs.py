@@ -96,9 +96,13 @@ def script_path(module: str) -> str:
 
 
 def expected_args(job: Job) -> tuple[dict, object]:
-    """The job's arguments as args.json would hold them (its script's parser, presets and YAML), and the parser."""
-    parser = importlib.import_module(job.script).get_args_parser()
+    """The job's arguments as args.json would hold them (its script's parser, presets and YAML, then its
+    ``resolve_args`` where it derives flags from others before recording them), and the parser."""
+    module = importlib.import_module(job.script)
+    parser = module.get_args_parser()
     args = parse_with_config(parser, job.argv)
+    if hasattr(module, "resolve_args"):
+        module.resolve_args(args)
     if getattr(args, "clients_per_round", None) is not None and hasattr(args, "num_clients"):
         with contextlib.suppress(UsageError):  # the rate the script derives from the count (a bad count: its error)
             flags.resolve_clients_per_round(args)

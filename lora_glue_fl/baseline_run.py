@@ -16,6 +16,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     return main_glue_lora.get_args_parser(add_help, lora=False)
 
 
+resolve_args = main_glue_lora.resolve_args
+
+
 def main(argv=None) -> dict:
     return main_glue_lora.run(cli.parse(get_args_parser(), argv), lora=False)
 

@@ -56,10 +56,15 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
     return p
 
 
-def run(args, lora: bool = True) -> dict:
-    """Train (LoRA or full) and/or evaluate; returns the summary."""
+def resolve_args(args) -> None:
+    """Neither --do_train nor --do_eval: both (as args.json records them; ``common.jobs`` reads it too)."""
     if not (args.do_train or args.do_eval):
         args.do_train = args.do_eval = True
+
+
+def run(args, lora: bool = True) -> dict:
+    """Train (LoRA or full) and/or evaluate; returns the summary."""
+    resolve_args(args)
     args.data = glue_tasks.data_source(args)
     checks.common_args(args)
     if args.adapter_output_dir if lora else None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from clicases import one_line_error
 
-from common import checkpoint, cli, runlog
+from common import checkpoint, cli, jobs, runlog
 from common.config import parse_with_config
 from lora_glue_fl import (
     adapters,
@@ -169,6 +169,9 @@ def test_centralized_scripts_quick(tmp_path, script, task):
     s = script.main(QUICK + ["--task_name", task, "--out-dir", str(tmp_path)])
     assert s["main_metric"] in s["final"] and s["train_examples"] == 240
     run = next(tmp_path.iterdir())
+    # asked again by a grid, without --do_train / --do_eval (both, as args.json records): the run is done
+    again = jobs.Job(run.name, script.__name__, QUICK + ["--task_name", task, "--out-dir", str(tmp_path)])
+    assert jobs.classify(again).kind == "done"
     if script is main_glue_lora:
         assert s["trainable_params"] < 0.2 * s["total_params"]
         assert adapters.load(run / "adapter").r == 4
