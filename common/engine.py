@@ -501,7 +501,7 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k == task.metric})
         stop = task.check(rd, rnd)  # every rank holds the same round, so every rank stops here (exit 3)
         if evaluating and rd.is_main:
-            rd.save_checkpoint(fed.state_dict(r + 1, names))
+            rd.save_checkpoint(fed.state_dict(r + 1, names), periodic=True)
         if stop:  # the task's plateau rule: the run ends here, after this round's checkpoint
             break
 

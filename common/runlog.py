@@ -51,7 +51,7 @@ ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = RUN_FILE, "metrics.json
 LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; a dead process's lock is free again
 # Flags that may change between a run and its resumption without changing its results.
 DEFAULT_IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "num_workers", "data_dir",
-                            "cache_dir", "compile", "compile_mode", "compile_backend", "report_to")
+                            "cache_dir", "compile", "compile_mode", "compile_backend", "report_to", "checkpoint_every")
 ALWAYS_IGNORED = ("resume", "overwrite", "extend")  # how to start, not what runs
 # Run lengths: a change is refused on resume unless --extend asks for a longer run on purpose.
 LENGTH_FLAGS = ("rounds", "num_rounds", "epochs", "n_epochs", "max_steps", "total_steps", "num_train_epochs")
@@ -320,6 +320,7 @@ class RunDir:
         self.overwrite, self.extend = bool(self.args.get("overwrite")), bool(self.args.get("extend"))
         self._state: dict | None = None
         self._start = time.monotonic()
+        self._periodic_saves = 0
         self._wall_offset = 0.0  # wall seconds of earlier sessions, up to their last checkpoint
         self._n_rows = 0
         self._claimed = False
@@ -646,10 +647,15 @@ class RunDir:
         """All metric rows logged so far (including kept rows of earlier sessions)."""
         return read_rows(self.path / METRICS_FILE)
 
-    def save_checkpoint(self, state: dict) -> None:
-        """Save ``state`` atomically, with the global RNG states ("rng") and row count and wall time ("runlog")."""
+    def save_checkpoint(self, state: dict, periodic: bool = False) -> None:
+        """Save ``state`` atomically, with the global RNG states ("rng") and row count and wall time ("runlog"). A
+        ``periodic`` save (a training loop's, at each evaluation) happens at every ``--checkpoint-every``-th call."""
         if not self.is_main:
             return
+        if periodic:
+            self._periodic_saves += 1
+            if self._periodic_saves % int(self.args.get("checkpoint_every") or 1):
+                return
         bad = _nonfinite(state, numbers=False)
         if bad is not None:  # never replace the last finite checkpoint with NaN
             self.diverge(_where(state) or "the checkpoint", f"values in the checkpoint state ({bad})")

@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
                                 "opt": opt.state_dict(), "best": best, "last": last,
                                 **({"early_stop": stopper.state_dict()} if stopper is not None else {}),
                                 "prev_grad": prev_grad.cpu() if prev_grad is not None else None,
-                                "snapshots": snaps.state_dict() if snaps is not None else None})
+                                "snapshots": snaps.state_dict() if snaps is not None else None}, periodic=True)
     bar.close()
     extra = lmdata.reported_model(args, stopper, plist, data, fwd, device)  # the best-validation model, tested
     summary = federated.publish(rd, model, data, refs, {

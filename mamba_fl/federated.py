@@ -23,8 +23,7 @@ from mamba_fl import deltas, lmdata
 from mamba_fl import model as mmodel
 
 # flags that may differ when a run is resumed: how it runs (device, compilation, kernels), not its results
-IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", "report_to", "kernels",
-                    "kernel_path", *compiled.FLAGS)
+IGNORE_ON_RESUME = (*runlog.DEFAULT_IGNORE_ON_RESUME, "kernels", "kernel_path")
 QUICK = mmodel.QUICK | {"rounds": 64, "eval_every": 16}  # --quick (defaults < --quick < YAML < command line)
 
 

@@ -32,8 +32,13 @@ from mamba_fl.run_grid import jobs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2_tokenized"
-MODEL = ["--d-model", "32", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64", "--vocab-size", "1024",
-         "--sample-tokens", "0"]
+# --size small: the shrunk model the CPU grid runs; source: the source's (d_model 512, d_state 128, head dim 64: the
+# scripts' defaults) on 256-token blocks of the GPT-2 tokenizer (--tokenizer), a GPU's work; its checkpoints (1.5 GB
+# with 4 clients' AdamW moments) are written once a pass rather than at every evaluation (5 a pass)
+SIZES = {"small": ["--d-model", "32", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64",
+                   "--vocab-size", "1024"],
+         "source": ["--sequence-length", "256", "--checkpoint-every", "5"]}
+GPT2 = ROOT.parent / "shared" / "data" / "gpt2_tokenizer"
 PATIENCE, HOLDOUT, SELECTION_SEED = 5, 0.1, 100  # 5 evaluations of --eval-epochs 0.2: one epoch
 FEDERATED = {  # arm -> (script, flags)
     "fedavg": ("fed_avg.py", []),
@@ -60,7 +65,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", default=[str(DATA / "valid.txt"), str(DATA / "test.txt")],
                    help="WikiText files whose articles are split (default: the tokenized valid and test splits "
                         "beside the repository)")
-    p.add_argument("--out-dir", default="runs/mamba_real", help="folder of the split, the runs and selection.json")
+    p.add_argument("--size", choices=tuple(SIZES), default="small",
+                   help="small: a d_model-32 model on a 1,024-token BPE (the CPU grid); source: the source's "
+                        "d_model-512 model on the GPT-2 tokenizer, 256-token blocks, AdamW rates 10x lower (a GPU's "
+                        "work)")
+    p.add_argument("--tokenizer", default=str(GPT2) if GPT2.is_dir() else "gpt2",
+                   help="with --size source: the GPT-2 tokenizer (a folder with vocab.json + merges.txt, or gpt2 from "
+                        "the hub)")
+    p.add_argument("--out-dir", default=None,
+                   help="folder of the split, the runs and selection.json (default: runs/mamba_real, "
+                        "runs/mamba_real_source with --size source)")
     p.add_argument("--block", choices=("headline", "all"), default="headline",
                    help="headline: 1 and 2 layers, contiguous shards; all: + topic shards, 16 clients, 4 layers")
     p.add_argument("--jobs", type=flags.POSITIVE_INT, default=2, help="runs at a time (one thread each)")
@@ -87,17 +101,34 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def model_flags(args) -> list[str]:
+    """The model and tokenizer flags of every run of ``--size``."""
+    tokenizer = ["--tokenizer", args.tokenizer] if args.size == "source" else []
+    return [*SIZES[args.size], *tokenizer, "--sample-tokens", "0"]
+
+
+def candidates_of(args, arm: str) -> list:
+    """``CHOICES[arm]``'s candidates; the source's size (1,500x the parameters) takes AdamW rates 10x lower."""
+    flag, values = CHOICES[arm]
+    return [v / 10 for v in values] if args.size == "source" and flag == "--lr" else list(values)
+
+
+def figures_dir(args) -> str:
+    return "mamba_fl/figures/real" + ("_source" if args.size == "source" else "")
+
+
 def split_flags(out: Path) -> list[str]:
     return ["--data-dir", str(out / "split"), "--cache-dir", str(out / "cache")]
 
 
-def train_blocks(out: Path) -> int:
+def train_blocks(args, out: Path) -> int:
     """Training blocks of the split, as every run cuts them (the BPE tokenizer fitted here is the runs' cached
     one): the unit of ``--max-epochs``, ``--budget-epochs`` and ``--eval-epochs``."""
     from mamba_fl import central, lmdata
 
-    args = cli.parse(central.get_args_parser(), [*MODEL, *split_flags(out), "--out-dir", str(out / "runs")])
-    return int(lmdata.load_lm_data(args).train.shape[0])
+    run_args = cli.parse(central.get_args_parser(), [*model_flags(args), *split_flags(out), "--out-dir",
+                                                     str(out / "runs")])
+    return int(lmdata.load_lm_data(run_args).train.shape[0])
 
 
 def steps_for(epochs: float, blocks: int, per_step: int) -> int:
@@ -144,10 +175,10 @@ def _candidate(flag: str, value) -> str:
 
 def selection_plan(args, out: Path, blocks: int, arms, chosen: dict, candidates: dict | None = None) -> list[jobs.Job]:
     """The selection runs of ``arms``: one per candidate (``candidates[arm]``, else ``CHOICES``)."""
-    base = ["--layers", "1", "--seed", str(SELECTION_SEED), *MODEL, *split_flags(out)]
+    base = ["--layers", "1", "--seed", str(SELECTION_SEED), *model_flags(args), *split_flags(out)]
     plan, plateau = [], args.select_at == "plateau"
     for arm in arms:
-        flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
+        flag, values = CHOICES[arm][0], (candidates or {}).get(arm, candidates_of(args, arm))
         for v in values:
             script, fl = arm_flags(args, arm, blocks, args.max_epochs if plateau else args.select_epochs,
                                    args.clients, args.clients, plateau, chosen | {arm: {flag: v}})
@@ -191,7 +222,7 @@ def select(args, out: Path, blocks: int, arms, picked: dict, run) -> dict | None
     """Run the selection of ``arms`` (at ``picked``'s earlier choices), extending a candidate list whose best
     value lies at its edge (``EXTEND`` times at most); return what ``choose`` found, or None when runs are
     missing (a dry run, or an interrupted grid)."""
-    candidates = {a: list(CHOICES[a][1]) for a in arms}
+    candidates = {a: candidates_of(args, a) for a in arms}
     for extension in range(EXTEND + 1):
         sel = selection_plan(args, out, blocks, arms, picked["chosen"], candidates)
         outcome = run(sel, f"mamba_fl real text: selection of {', '.join(arms)}"
@@ -221,7 +252,7 @@ def reported_plan(args, out: Path, blocks: int, picked: dict) -> list[jobs.Job]:
         arms = ["fedavg", "fedfisher"] if small else ["central", "central-b4", "fedavg", "fedfisher", *others]
         for arm in arms:
             for s in (args.paired_seeds if arm in ("fedavg", "fedfisher") and L != 4 else seeds):
-                base = ["--layers", str(L), "--seed", str(s), *MODEL, *split_flags(out)]
+                base = ["--layers", str(L), "--seed", str(s), *model_flags(args), *split_flags(out)]
                 if not arm.startswith("central"):
                     base += ["--shard", shard]
                 script, fl = arm_flags(args, arm, blocks, args.max_epochs, k, m, True, chosen)
@@ -234,7 +265,7 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     for f in args.data:
         cli.check(Path(f).is_file(), f"--data {f}: no such file (the WikiText-2 files to split)")
-    out = cli.check_out_dir(args.out_dir)
+    out = cli.check_out_dir(args.out_dir or "runs/mamba_real" + ("_source" if args.size == "source" else ""))
     if args.only:  # a pattern that names no run of this grid is a typo, refused before anything is written
         names = {j.name for other in OTHERS for j in reported_plan(argparse.Namespace(**{**vars(args), "only": None}),
                                                                    out, 1, {"best_other": other})}
@@ -246,7 +277,7 @@ def main(argv=None) -> dict:
     if not (out / "split" / "split.json").is_file():
         split_wikitext.main(["--raw", *args.data, "--valid-fraction", "0.1", "--test-fraction", "0.1",
                              "--shuffle-seed", "0", "--out-dir", str(out / "split")])
-    blocks = train_blocks(out)
+    blocks = train_blocks(args, out)
     run = lambda plan, title, nxt="": jobs.run_plan(plan, parallel=args.jobs, log_dir=out / "logs",  # noqa: E731
                                                     dry_run=args.dry_run, title=title, next_step=nxt)
     picked: dict = {"chosen": {}, "scores": {}}
@@ -264,12 +295,12 @@ def main(argv=None) -> dict:
         if phase == 0:  # the source's arms need only the first phase's rates: they run before the rest is chosen
             run([j for j in reported_plan(args, out, blocks, picked) if j.name.split("_")[0] not in OTHERS],
                 "mamba_fl real text: central, FedAvg, FedFisher")
-    draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out mamba_fl/figures/real"
+    draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out {figures_dir(args)}"
     outcome = run(reported_plan(args, out, blocks, picked), "mamba_fl real text", draw)
     if outcome.complete and not args.dry_run and args.only is None:  # the tables and figures of a complete grid
         print(f"$ {draw}", flush=True)
         subprocess.run([sys.executable, str(ROOT / "plots" / "plot_mamba.py"), "--runs", str(out / "runs"),
-                        "--out", "mamba_fl/figures/real"], check=False)
+                        "--out", figures_dir(args)], check=False)
     return {"chosen": picked["chosen"], "best_other": picked.get("best_other"), "complete": outcome.complete,
             "status": outcome.status}
 

@@ -121,7 +121,8 @@ def main(argv=None) -> dict:
         best_acc, stale = (ev["accuracy"], 0) if ev["accuracy"] > best_acc else (best_acc, stale + 1)
         best = keep_best(str(run.path), best, epoch + 1, ev["accuracy"], model, args.keep_best)
         run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "epoch": epoch + 1, "best_acc": best_acc, "stale": stale, "best": best})
+                             "epoch": epoch + 1, "best_acc": best_acc, "stale": stale, "best": best},
+                            periodic=True)
         if args.patience and stale >= args.patience:
             stopped_early = True
             break

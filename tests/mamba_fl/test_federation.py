@@ -185,6 +185,22 @@ def test_resume_reproduces_the_uninterrupted_run(script, tiny, out_dir, monkeypa
     assert rows["full"] == rows["cut"] and len(rows["full"]) == 3
 
 
+def test_checkpoint_every_saves_every_nth_evaluation_and_resumes_from_the_last(tiny, out_dir, monkeypatch):
+    length = ["--rounds", "4", "--checkpoint-every", "2"]
+    full = fed_avg.main(tiny(*length, "--run-name", "full"))
+    monkeypatch.setattr(federated, "evaluate_global", _Interrupt(at=4))  # dies in the 4th evaluation
+    with pytest.raises(KeyboardInterrupt):
+        fed_avg.main(tiny(*length, "--run-name", "cut"))
+    monkeypatch.undo()
+    saved = torch.load(out_dir / "cut" / "checkpoint.pt", weights_only=False)
+    assert saved["state"]["runlog"]["rows"] == 2  # the 2nd evaluation's checkpoint; the 1st and 3rd were skipped
+    resumed = fed_avg.main(tiny(*length, "--run-name", "cut", "--resume", "--checkpoint-every", "1"))
+    assert resumed["final_val_ppl"] == full["final_val_ppl"]
+    rows = {n: [json.loads(x) for x in (out_dir / n / "metrics.jsonl").read_text().splitlines()]
+            for n in ("full", "cut")}
+    assert rows["full"] == rows["cut"] and len(rows["full"]) == 4
+
+
 @pytest.mark.parametrize("algorithm", ["fedprox", "scaffold"])
 def test_fedprox_and_scaffold_match_the_algorithm_by_hand(tiny, out_dir, algorithm):
     """Two clients, two rounds of two plain SGD steps: FedProx adds mu (theta - theta_global) to every
