@@ -6,6 +6,7 @@ training of Mamba2 LMs, and does any aggregator (FedFisher above all) beat FedAv
                                                   #   4 layers (1 seed)
     python mamba_fl/real_grid.py --dry-run        # the commands, nothing run
     python mamba_fl/real_grid.py --only "*_L2_*"  # the selection, then only the 2-layer block
+    python mamba_fl/real_grid.py --size source --jobs 8   # the source's d_model-512 model (a GPU's work)
 
 Stages, through ``common.jobs`` (finished runs are skipped, interrupted ones resumed), into ``--out-dir``:
 **split** (``split_wikitext.py``: 80 / 10 / 10 % of ``--data``'s articles; only reported runs read the test
@@ -67,8 +68,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "beside the repository)")
     p.add_argument("--size", choices=tuple(SIZES), default="small",
                    help="small: a d_model-32 model on a 1,024-token BPE (the CPU grid); source: the source's "
-                        "d_model-512 model on the GPT-2 tokenizer, 256-token blocks, AdamW rates 10x lower (a GPU's "
-                        "work)")
+                        "d_model-512 model on the GPT-2 tokenizer, 256-token blocks (a GPU's work)")
     p.add_argument("--tokenizer", default=str(GPT2) if GPT2.is_dir() else "gpt2",
                    help="with --size source: the GPT-2 tokenizer (a folder with vocab.json + merges.txt, or gpt2 from "
                         "the hub)")
@@ -105,12 +105,6 @@ def model_flags(args) -> list[str]:
     """The model and tokenizer flags of every run of ``--size``."""
     tokenizer = ["--tokenizer", args.tokenizer] if args.size == "source" else []
     return [*SIZES[args.size], *tokenizer, "--sample-tokens", "0"]
-
-
-def candidates_of(args, arm: str) -> list:
-    """``CHOICES[arm]``'s candidates; the source's size (1,500x the parameters) takes AdamW rates 10x lower."""
-    flag, values = CHOICES[arm]
-    return [v / 10 for v in values] if args.size == "source" and flag == "--lr" else list(values)
 
 
 def figures_dir(args) -> str:
@@ -178,7 +172,7 @@ def selection_plan(args, out: Path, blocks: int, arms, chosen: dict, candidates:
     base = ["--layers", "1", "--seed", str(SELECTION_SEED), *model_flags(args), *split_flags(out)]
     plan, plateau = [], args.select_at == "plateau"
     for arm in arms:
-        flag, values = CHOICES[arm][0], (candidates or {}).get(arm, candidates_of(args, arm))
+        flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
         for v in values:
             script, fl = arm_flags(args, arm, blocks, args.max_epochs if plateau else args.select_epochs,
                                    args.clients, args.clients, plateau, chosen | {arm: {flag: v}})
@@ -222,7 +216,7 @@ def select(args, out: Path, blocks: int, arms, picked: dict, run) -> dict | None
     """Run the selection of ``arms`` (at ``picked``'s earlier choices), extending a candidate list whose best
     value lies at its edge (``EXTEND`` times at most); return what ``choose`` found, or None when runs are
     missing (a dry run, or an interrupted grid)."""
-    candidates = {a: candidates_of(args, a) for a in arms}
+    candidates = {a: list(CHOICES[a][1]) for a in arms}
     for extension in range(EXTEND + 1):
         sel = selection_plan(args, out, blocks, arms, picked["chosen"], candidates)
         outcome = run(sel, f"mamba_fl real text: selection of {', '.join(arms)}"

@@ -23,7 +23,7 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     real_grid.main(argv + ["--dry-run"])
     info = json.loads((out / "split" / "split.json").read_text())
     assert info["test_articles"] > 0 and info["shuffle_seed"] == 0
-    blocks = real_grid.train_blocks(out)
+    blocks = real_grid.train_blocks(args, out)
     sel = real_grid.selection_plan(args, out, blocks, real_grid.PHASES[0], {})
     assert len(sel) == 6 and all(_flag(j.argv, "--seed") == "100" and "--test" not in j.argv for j in sel)
     assert {_flag(j.argv, "--lr") for j in sel} == {"0.003", "0.01", "0.03"}
@@ -133,7 +133,7 @@ def test_selection_extends_a_choice_at_the_edge_of_its_grid(mamba_cache, tmp_pat
     argv = ["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"), "--out-dir", str(out)]
     args = cli.parse(real_grid.get_args_parser(), argv)
     real_grid.main(argv + ["--dry-run"])  # the split
-    blocks = real_grid.train_blocks(out)
+    blocks = real_grid.train_blocks(args, out)
     ppl = {"central": {3e-3: 80.0, 1e-2: 70.0, 3e-2: 75.0}, "fedavg": {3e-3: 90.0, 1e-2: 85.0, 3e-2: 80.0,
                                                                     9e-2: 78.0, 0.27: 79.0}}
     ran = []
@@ -168,7 +168,7 @@ def test_every_planned_command_passes_its_scripts_checks(mamba_cache, tmp_path):
             "--block", "all"]
     args = cli.parse(real_grid.get_args_parser(), argv)
     real_grid.main(argv + ["--dry-run"])
-    blocks = real_grid.train_blocks(out)
+    blocks = real_grid.train_blocks(args, out)
     chosen = {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.03}, "fedentropy": {"--temperature": 1.0},
               "fedavgm": {"--server-lr": 0.3}}
     plan = [*(j for arms in real_grid.PHASES for j in real_grid.selection_plan(args, out, blocks, arms, chosen)),
@@ -212,3 +212,24 @@ def test_the_sources_arms_run_between_the_two_selection_phases(mamba_cache, tmp_
     assert last("select_fedavg_") < first("central_L1") and last("fedfisher_L2") < first("select_fedentropy")
     assert last("select_fedfisher-local") < first(f"{done['best_other']}_L1")
     assert len(order) == len(set(order))
+
+
+def test_source_size_runs_the_sources_model_on_the_gpt2_tokenizer(tmp_path):
+    """--size source: every planned command builds the source's d_model-512 model (the scripts' defaults) on
+    256-token blocks of the given tokenizer, and writes its 1.5 GB checkpoint once a pass (5 evaluations)."""
+    import importlib
+
+    args = cli.parse(real_grid.get_args_parser(), ["--size", "source", "--tokenizer", str(tmp_path / "gpt2"),
+                                                   "--out-dir", str(tmp_path / "grid")])
+    chosen = {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.03}}
+    plan = [*real_grid.selection_plan(args, tmp_path, 1000, real_grid.PHASES[0], {}),
+            *real_grid.reported_plan(args, tmp_path, 1000, {"chosen": chosen})]
+    assert len(plan) == 6 + 2 * (3 + 3 + 5 + 5 + 3)  # 1 and 2 layers: central, 4x batch, FedAvg, FedFisher, other
+    for j in plan:
+        parsed = cli.parse(importlib.import_module(j.script).get_args_parser(), j.argv)
+        assert (parsed.d_model, parsed.d_state, parsed.head_dim) == (512, 128, 64)
+        assert (parsed.sequence_length, parsed.checkpoint_every) == (256, 5)
+        assert parsed.tokenizer == str(tmp_path / "gpt2") and "--vocab-size" not in j.argv
+    small = cli.parse(real_grid.get_args_parser(), ["--out-dir", str(tmp_path / "grid")])
+    assert real_grid.model_flags(small)[:2] == ["--d-model", "32"] and "--checkpoint-every" not in \
+        real_grid.model_flags(small)
