@@ -1,4 +1,5 @@
-"""Centralized baseline: one Mamba2 language model trained from scratch with AdamW on the whole training split.
+"""Centralized baseline: one Mamba2 language model trained from scratch with AdamW on the whole training split
+(or, with --holdout-fraction, on the blocks a federated arm's clients train on).
 
     python mamba_fl/central.py --layers 2 --quick
     python mamba_fl/central.py --model-config pure_ssm_4_layer --n_epochs 1 --batch_size 16 --sequence_length 256 \
@@ -14,10 +15,11 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common import cli, flags, params, runlog, seed
+from common import cli, flags, params, runlog, seed, shard
 from mamba_fl import federated, lmdata
 from mamba_fl import model as mmodel
 
@@ -35,6 +37,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     flags.alias(g, "--rounds", dest="max_steps", of="--max-steps (a centralized run's length, in steps)",
                 type=flags.POSITIVE_INT)
     mmodel.add_optimizer_args(g, who="the")
+    g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=0.0,
+                   help="train only on the blocks --holdout-clients clients on contiguous shards keep after each "
+                        "holds out this fraction of its own (the federated scripts' --holdout-fraction): the data "
+                        "a federated comparison trains on (0: every block)")
+    g.add_argument("--holdout-clients", type=flags.POSITIVE_INT, default=4,
+                   help="the clients of --holdout-fraction (the federated arm's --num-clients)")
     g.add_argument("--val-freq", type=flags.POSITIVE_INT, default=10, help="steps between evaluations")
     mmodel.add_eval_args(p, deltas_help="save .npz parameter snapshots and deltas (since the previous "
                          "evaluation)")
@@ -49,7 +57,11 @@ def main(argv=None) -> dict:
     device = cli.resolve_device(args.device)
     mmodel.quiet_kernel_warnings()
     data = lmdata.load_lm_data(args, device)
-    n = data.train.shape[0]
+    pool = torch.arange(data.train.shape[0])  # the blocks trained on
+    if args.holdout_fraction > 0:  # those the federated arm's clients keep
+        pool = torch.as_tensor(np.concatenate([lmdata.split_holdout(idx, args.holdout_fraction)[0] for idx in
+                                               shard.contiguous(len(pool), args.holdout_clients)]))
+    n = len(pool)
     per_epoch = math.ceil(n / args.batch_size)  # the last, smaller batch is kept
     total = args.max_steps or max(1, math.ceil(args.n_epochs * per_epoch))
     args.kernel_path = mmodel.select_kernels(device, args.kernels)
@@ -94,7 +106,7 @@ def main(argv=None) -> dict:
     while step < total and not (stopper and stopper.stopped_at):
         epoch, pos = divmod(step, per_epoch)
         if epoch != perm_epoch:  # the epoch's order depends on (seed, epoch) only, so resume finds it again
-            perm = torch.randperm(n, generator=seed.client_generator(args.seed, epoch, 0, purpose="central"))
+            perm = pool[torch.randperm(n, generator=seed.client_generator(args.seed, epoch, 0, purpose="central"))]
             perm_epoch = epoch
         t0 = time.perf_counter()
         idx = perm[pos * args.batch_size:(pos + 1) * args.batch_size]  # the step's blocks are one batch

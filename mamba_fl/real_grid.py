@@ -144,7 +144,8 @@ def arm_flags(args, arm: str, blocks: int, epochs: float, clients: int, per_roun
     lr = ["--lr", str(chosen.get("central" if central else "fedavg", {}).get("--lr", 1e-2))]
     if central:  # central-b4 takes central's rate
         return "central.py", ["--batch-size", str(per), "--max-steps", str(steps_for(epochs, blocks, per)),
-                              "--val-freq", str(every), *lr, *stop]
+                              "--val-freq", str(every), "--holdout-fraction", str(HOLDOUT), "--holdout-clients",
+                              str(clients), *lr, *stop]  # the federated clients' training blocks, no more
     script, extra = FEDERATED[arm]
     local = LOCAL_UPDATES.get(arm, 1)  # a client's round trains on b blocks whatever its number of steps
     cli.check(b % local == 0, f"--batch-size {b} does not split into the {local} local steps of {arm}")

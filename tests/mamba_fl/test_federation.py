@@ -12,6 +12,7 @@ import torch
 
 from common import aggregate as aggregate_mod
 from common import checkpoint, cli, engine, export, params, seed
+from common import shard as shard_mod
 from mamba_fl import central, fed_avg, fed_entropy, fed_fisher, federated, lmdata
 from mamba_fl import model as mmodel
 
@@ -262,3 +263,20 @@ def test_ifca_clusters_in_mamba(tiny, out_dir):
     assert len(rows[-1]["val_loss_per_cluster"]) == 2 and len(rows[-1]["clusters"]) == 4
     state = checkpoint.load_checkpoint(out_dir / "ifca" / "checkpoint.pt", "mamba_fl/fed_avg")
     assert len(state["clusters"]) == 1 and state["cluster_info"]["seed_clients"][0] in range(4)
+
+
+def test_central_holdout_trains_on_exactly_the_federated_clients_blocks(tiny, out_dir, monkeypatch):
+    """central --holdout-fraction f --holdout-clients K: a pass visits each block that K contiguous clients keep
+    after holding out f of theirs (fed_avg's training blocks) once, and no held-out block."""
+    seen = []  # the blocks of every step (not trained on: only which blocks is checked)
+    monkeypatch.setattr(federated, "train_steps", lambda fwd, opt, blocks, batches, *a, **kw: (
+        seen.extend(int(i) for b in batches for i in b), torch.zeros(()))[1])
+    argv = tiny("--max-steps", "1000", "--batch-size", "64", "--holdout-fraction", "0.25", "--holdout-clients", "2")
+    args = cli.parse(central.get_args_parser(), argv)
+    federated.finish_args(args)
+    n = lmdata.load_lm_data(args).train.shape[0]
+    kept = [i for idx in shard_mod.contiguous(n, 2) for i in lmdata.split_holdout(idx, 0.25)[0]]
+    steps = -(-len(kept) // 64)  # one pass
+    central.main(tiny("--max-steps", str(steps), "--batch-size", "64", "--holdout-fraction", "0.25",
+                      "--holdout-clients", "2", "--val-freq", str(steps)))
+    assert sorted(seen) == sorted(kept) and len(kept) < n
