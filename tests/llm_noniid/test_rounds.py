@@ -37,7 +37,7 @@ class Rows:
     def rows(self):
         return self.logged
 
-    def save_checkpoint(self, state):
+    def save_checkpoint(self, state, periodic=False):
         pass
 
 
