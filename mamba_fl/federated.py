@@ -23,7 +23,8 @@ from mamba_fl import deltas, lmdata
 from mamba_fl import model as mmodel
 
 # flags that may differ when a run is resumed: how it runs (device, compilation, kernels), not its results
-IGNORE_ON_RESUME = (*runlog.DEFAULT_IGNORE_ON_RESUME, "kernels", "kernel_path")
+IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", "report_to", "kernels",
+                    "kernel_path", "checkpoint_every", *compiled.FLAGS)
 QUICK = mmodel.QUICK | {"rounds": 64, "eval_every": 16}  # --quick (defaults < --quick < YAML < command line)
 
 

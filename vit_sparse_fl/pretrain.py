@@ -25,7 +25,7 @@ from vit_sparse_fl import train_centralized
 VERSION = 1  # bump when the recipe changes, so stale bases are not reused
 # flags that do not change the trained weights
 IGNORED = ("out_dir", "run_name", "quiet", "resume", "device", "compile", "compile_mode", "compile_backend",
-           "cache_dir", "eval_batch_size", "overwrite", "extend", "report_to", "config")
+           "cache_dir", "eval_batch_size", "overwrite", "extend", "report_to", "config", "checkpoint_every")
 # flags --quick set after parsing before it became a preset: None in the key unless given, so cached bases keep it
 UNSET_UNLESS_GIVEN = ("arch", "weights", "image_size", "data", "num_classes", "max_train", "max_test", "batch_size",
                       "lr", "epochs", "warmup_epochs")

@@ -74,6 +74,7 @@ def test_cache_key_ignores_flags_that_do_not_change_the_base():
     def key(*extra):
         return pretrain.cache_key(pretrain.base_settings([*suite.BASE, "--cache-dir", "c", *extra])[1])
 
-    assert key() == key("--overwrite") == key("--report-to", "none") == key("--quiet", "--device", "cpu")
+    assert key() == key("--overwrite") == key("--report-to", "none") == key("--quiet", "--device", "cpu") == \
+        key("--checkpoint-every", "3")
     assert key() != key("--seed", "1")
     assert key() == "5511fd203c3f3718"
