@@ -9,7 +9,7 @@ report and figures: README ("Experiments: commands -> figures"). All runs live i
 grids trains once (a shorter run of it is extended). Flags after ``--`` (or unknown here) go to every train.py run.
 Runs go through ``common.jobs``: finished ones skipped, interrupted ones resumed, logs in <out-dir>/logs; a run's
 numbers depend on its --threads, not on --jobs. ``--split-csv FILE`` splits one AG News CSV 90/10 into
-<out-dir>/data and trains on it; without it the embedded synthetic AG News is used.
+<out-dir>/data and trains on it; without it a grid keeps the split it holds, a new one uses synthetic AG News.
 """
 from __future__ import annotations
 
@@ -189,7 +189,8 @@ def split_data(csv_path: str, out: Path) -> Path:
 def plan(mode: str, args, passthrough: list[str], setting: dict | None = None) -> list[jobs.Job]:
     """One train.py job per arm of ``mode`` and seed (``jobs_for``); ``setting``: ``select``'s rate and mus."""
     out = Path(args.out_dir)
-    data = ["--data", "ag_news", "--data-dir", str(split_data(args.split_csv, out))] if args.split_csv else []
+    folder = split_data(args.split_csv, out) if args.split_csv else out / "data"  # a grid's split stays its data
+    data = ["--data", "ag_news", "--data-dir", str(folder)] if folder.is_dir() else []
     if args.regime == "pretrained":
         rounds = args.rounds or PRETRAINED_ROUNDS
         study = [*PRETRAINED, "--model", base_folder(args), "--learning-rate", str(setting["learning_rate"])]

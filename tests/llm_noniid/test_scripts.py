@@ -238,6 +238,9 @@ def test_split_csv_is_read_by_the_training_reader_and_never_replaced(tmp_path):
         E.split_data(str(tmp_path / "b.csv"), tmp_path / "g")
     assert (folder / "train.csv").read_bytes() == before and sorted(p.name for p in (tmp_path / "g").iterdir()) == [
         "data"]
+    args = E.get_args_parser().parse_args(["--mode", "failure", "--out-dir", str(tmp_path / "g")])
+    args.regime = "scratch"  # a grid resumed without --split-csv trains on the split it holds, not on synthetic data
+    assert all(j.argv[j.argv.index("--data-dir") + 1] == str(folder) for j in E.plan("failure", args, []))
 
 
 def test_train_on_the_real_ag_news_split(shared_data, tmp_path):
