@@ -26,7 +26,7 @@ from common.runlog import ARGS_FILE, METRICS_FILE, SUMMARY_FILE, portable, read_
 
 # Arguments that do not define a configuration: runs differing only in these are pooled.
 DEFAULT_GROUP_IGNORE = ("seed", "run_name", "out_dir", "resume", "quiet", "device", "num_workers",
-                        "data_dir", "cache_dir")
+                        "data_dir", "cache_dir", "checkpoint_every")
 # ... and for a figure also the options that change how a run is logged or executed, not what it computes
 DRAW_IGNORE = DEFAULT_GROUP_IGNORE + ("report_to", "overwrite", "extend", "config", "compile", "compile_mode",
                                       "compile_backend", "eval_batch_size", "per_device_eval_batch_size")

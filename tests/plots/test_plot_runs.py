@@ -52,6 +52,9 @@ def test_group_runs_pools_seeds_only(root):
     assert R.label(configs[2], ["method", "num_clients"]) == "method=fedfisher, num_clients=8"
     by_k = R.group_runs(R.load_runs(root), ignore=R.DEFAULT_GROUP_IGNORE + ("method",))
     assert [len(g) for _, g in by_k] == [4, 1]
+    runs = R.load_runs(root)
+    runs[0]["args"]["checkpoint_every"] = 1  # how often a run saves (a flag newer than the others' runs) pools
+    assert [len(g) for _, g in R.group_runs(runs)] == [3, 1, 1]
 
 
 def test_aligned_on_common_rounds(root):
