@@ -61,12 +61,14 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--n-layer", type=flags.POSITIVE_INT, default=4, help="transformer blocks")
     p.add_argument("--n-embd", type=flags.POSITIVE_INT, default=192, help="width")
     p.add_argument("--n-head", type=flags.POSITIVE_INT, default=3, help="attention heads (divide --n-embd)")
-    p.add_argument("--vocab-size", type=flags.POSITIVE_INT, default=4096, help="byte-level BPE vocabulary")
+    p.add_argument("--vocab-size", type=flags.Number(int, 300), default=4096,
+                   help="byte-level BPE vocabulary (at least 300: 256 bytes + merges)")
     p.add_argument("--seq-len", type=flags.POSITIVE_INT, default=128, help="block length (the model's positions)")
-    p.add_argument("--dropout", type=float, default=0.1, help="residual, embedding and attention dropout")
+    p.add_argument("--dropout", type=flags.Number(float, 0, 1, high_open=True), default=0.1,
+                   help="residual, embedding and attention dropout")
     p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=16, help="blocks per step")
     p.add_argument("--steps", type=flags.POSITIVE_INT, default=2000, help="optimizer steps")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--lr", type=flags.POSITIVE, default=2e-3, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only)")
     p.add_argument("--warmup-steps", type=flags.COUNT, default=100, help="linear warm-up, then cosine to 10%%")
     p.add_argument("--eval-every", type=flags.POSITIVE_INT, default=200, help="validation (and checkpoint) interval")
@@ -137,8 +139,6 @@ def pretrained_base(argv: list[str] | None = None) -> Path:
     """The cached base folder for these flags, pretrained on first use; returns it."""
     args = cli.parse(get_args_parser(), argv)
     cli.check(args.n_embd % args.n_head == 0, f"--n-head {args.n_head} must divide --n-embd {args.n_embd}")
-    cli.check(args.vocab_size >= 300, f"--vocab-size must be >= 300 (256 bytes + merges), got {args.vocab_size}")
-    cli.check(0 <= args.dropout < 1 and args.lr > 0, "--dropout must be in [0, 1) and --lr > 0")
     articles = read_articles(args.text_files)
     texts_hash = hashlib.sha256("\x00".join(f"{t}\x01{x}" for t, x in articles).encode()).hexdigest()[:16]
     config = {"version": VERSION, "text": texts_hash,

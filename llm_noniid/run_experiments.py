@@ -28,6 +28,7 @@ from common import cli, jobs, runlog
 from common import runs as R
 from common import stats as S
 from common.checkpoint import atomic_write_json
+from common.flags import POSITIVE_INT
 from llm_noniid import data as D
 from llm_noniid import failure, train
 
@@ -143,7 +144,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    "base with its default flags, pretrained into runs/llm_base on first use)")
     p.add_argument("--out-dir", default=None, help="root of the grid's runs, report and figures (default: "
                    "runs/llm_noniid, --regime pretrained: runs/llm_noniid_pretrained; --mode quick: + _quick)")
-    p.add_argument("--rounds", type=int, default=None,
+    p.add_argument("--rounds", type=POSITIVE_INT, default=None,
                    help=f"rounds per run (unset: the study's {ROUNDS}, pretrained {PRETRAINED_ROUNDS}; quick 4)")
     p.add_argument("--seeds", default=SEEDS, help="comma-separated seeds")
     p.add_argument("--split-csv", default=None, help="one AG News CSV to split 90/10 into train/valid first "
@@ -151,8 +152,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--title", default=None, help="heading of the analyze report")
     p.add_argument("--compare-dir", default=None, help="analyze: the other regime's grid out-dir; the report "
                    "gains the headline arms of both regimes side by side (and figures/side_by_side.png)")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one process each)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--jobs", type=POSITIVE_INT, default=2, help="runs at a time (one process each)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=1, help="torch threads per run")
     return p
 
 
@@ -632,8 +633,6 @@ def main(argv=None) -> dict:
             args.out_dir += "_quick"
     if args.regime == "pretrained" and args.split_csv is None:
         args.split_csv = str(SHARED_AG_NEWS)
-    cli.check(args.jobs >= 1 and args.threads >= 1, "--jobs and --threads must be >= 1")
-    cli.check(args.rounds is None or args.rounds >= 1, f"--rounds must be at least 1, got {args.rounds}")
     parse_seeds(args.seeds)
     out = cli.check_out_dir(args.out_dir)
     if args.mode == "analyze":

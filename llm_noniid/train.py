@@ -53,7 +53,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="random subset of the training texts (0: all)")
     g.add_argument("--max-eval-examples", type=flags.COUNT, default=1000,
                    help="random subset of validation texts (0: all)")
-    g.add_argument("--seq-len", type=flags.POSITIVE_INT, default=128,
+    g.add_argument("--seq-len", type=flags.Number(int, 4), default=128,
                    help="max tokens per example (eos appended, padding masked)")
     g.add_argument("--tokenizer", default="auto", help="auto (the model's own; bpe for tiny-gpt2) | bpe | a "
                    "folder with vocab.json + merges.txt | a hub name")
@@ -66,11 +66,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--lora-targets", nargs="+", default=None, help="names of the linear layers that get adapters "
                    "(default: the architecture's attention and MLP projections, for gpt2, llama, qwen2, mistral, "
                    "gpt_neox, opt)")
-    g.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling numerator (scale alpha/r)")
-    g.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    g.add_argument("--lora-alpha", type=flags.POSITIVE, default=16.0, help="LoRA scaling numerator (scale alpha/r)")
+    g.add_argument("--lora-dropout", type=flags.Number(float, 0, 1, high_open=True), default=0.05,
+                   help="dropout on the LoRA input")
     g = p.add_argument_group("partition")
     g.add_argument("--partition", default="iid", help="iid | topic_skew | style_skew | token_skew")
-    g.add_argument("--alpha", type=float, default=0.5,
+    g.add_argument("--alpha", type=flags.POSITIVE, default=0.5,
                    help="Dirichlet concentration for topic_skew (lower = more skew)")
     g.add_argument("--topic-split", default="mix", help="topic_skew kind: mix (equal client sizes, each client's "
                    "topic mix ~ Dir(alpha); valid for every seed) | labels (each topic split over clients ~ "
@@ -90,13 +91,14 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    "per round (cycling over the client's data as needed; overrides --local-epochs and "
                    "--max-local-steps), so clients of every size and every split do the same work (0: epochs)")
     g.add_argument("--batch-size", type=flags.POSITIVE_INT, default=8, help="local batch size (examples)")
-    g.add_argument("--learning-rate", type=float, default=5e-5, help="local learning rate")
+    g.add_argument("--learning-rate", type=flags.POSITIVE, default=5e-5, help="local learning rate")
     g.add_argument("--lr-schedule", default="constant", help="constant | cosine (the rate of round r: cosine from "
                    "--learning-rate at the first round to 0 after the last, the same for every client of the round)")
     g.add_argument("--local-optimizer", default="adamw", help="adamw | sgd (SCAFFOLD with adamw: its correction "
                    "lr (c - c_i) is subtracted from the parameters after each step, not fed to AdamW)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="local weight decay")
-    g.add_argument("--max-grad-norm", type=float, default=0.0, help="clip local gradients to this norm (0: off)")
+    g.add_argument("--weight-decay", type=flags.Number(float, 0), default=0.0, help="local weight decay")
+    g.add_argument("--max-grad-norm", type=flags.Number(float, 0), default=0.0,
+                   help="clip local gradients to this norm (0: off)")
     g = p.add_argument_group("federation")
     g.add_argument("--num-rounds", "--rounds", type=flags.POSITIVE_INT, default=50, help="communication rounds")
     g.add_argument("--num-clients", type=flags.POSITIVE_INT, default=10, help="number of clients K")
@@ -104,8 +106,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="fraction of clients per round, in (0, 1]")
     flags.add_clients_per_round(g)
     g.add_argument("--eval-every", type=flags.POSITIVE_INT, default=1, help="evaluate the global model every N rounds")
-    g.add_argument("--client-holdout", type=float, default=0.0, help="fraction of every client's examples held "
-                   "out for its personalised perplexity (scored by its own cluster's model; 0: none)")
+    g.add_argument("--client-holdout", type=flags.Number(float, 0, 1, high_open=True), default=0.0,
+                   help="fraction of every client's examples held out for its personalised perplexity (scored by "
+                        "its own cluster's model; 0: none)")
     cli.add_run_args(p, out_dir="runs/llm_noniid")
     return p
 
@@ -132,13 +135,8 @@ def validate(args) -> None:
     c(args.topic_split in TOPIC_SPLITS, f"--topic-split {args.topic_split!r} is unknown; expected mix or labels")
     c(args.cluster_features in C.FEATURES,
       f"--cluster-features {args.cluster_features!r} is unknown; expected tokens or topics")
-    # the counts, --participation-rate and --clients-per-round are bounded by their flags' types
-    c(args.alpha > 0, f"--alpha must be > 0 (Dirichlet concentration), got {args.alpha}")
-    c(args.learning_rate > 0, f"--learning-rate must be > 0, got {args.learning_rate}")
-    c(args.seq_len >= 4, f"--seq-len must be >= 4, got {args.seq_len}")
-    c(0.0 <= args.client_holdout < 1.0, f"--client-holdout must be in [0, 1), got {args.client_holdout}")
-    c(args.max_grad_norm >= 0 and args.weight_decay >= 0, "--max-grad-norm and --weight-decay must be >= 0")
-    c(args.lora_alpha > 0 and 0 <= args.lora_dropout < 1, "--lora-alpha must be > 0 and --lora-dropout in [0, 1)")
+    # each flag's own range (the counts, rates, fractions, --participation-rate, --clients-per-round) is its
+    # flag's type; what is left needs more than one flag
     c(args.num_clusters <= args.num_clients,
       f"--num-clusters must be in 0..--num-clients ({args.num_clients}), got {args.num_clusters}")
 

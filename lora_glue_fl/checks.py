@@ -10,13 +10,9 @@ from lora_glue_fl import glue_tasks
 
 
 def common_args(args) -> None:
-    """The shared flags that their argparse types leave unchecked, each where the script has it and it is set
-    (counts and sizes are ``flags.POSITIVE_INT``: 0 is refused while parsing, not taken as "all")."""
-    for name in ("learning_rate", "lora_alpha", "alpha"):
-        value = getattr(args, name, None)
-        cli.check(value is None or value > 0, f"--{name} must be positive, got {value}")
-    dropout = getattr(args, "lora_dropout", None)
-    cli.check(dropout is None or 0.0 <= dropout < 1.0, f"--lora_dropout must be in [0, 1), got {dropout}")
+    """What the shared flags' argparse types cannot check, each where the script has it and it is set: a rank
+    within --quick's tiny model. (The ranges are the types': counts and sizes ``flags.POSITIVE_INT``, so 0 is
+    refused while parsing, not taken as "all"; rates and alphas ``flags.POSITIVE``; --lora_dropout in [0, 1).)"""
     if getattr(args, "quick", False):  # --quick's tiny model: a rank above its width is refused, not capped
         from lora_glue_fl.modeling import TINY
         for name in ("lora_r", "svd_rank"):

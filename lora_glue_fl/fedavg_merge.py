@@ -29,7 +29,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--shard_manifests", nargs="+", default=None,
                    help="client_<i>.json per adapter: weights = their sample counts")
     p.add_argument("--svd_rank", type=flags.POSITIVE_INT, default=8, help="rank of the fused adapter (svd)")
-    p.add_argument("--alpha", type=float, default=None, help="lora_alpha of the fused adapter (default: its rank)")
+    p.add_argument("--alpha", type=flags.POSITIVE, default=None,
+                   help="lora_alpha of the fused adapter (default: its rank)")
     p.add_argument("--aggregation", choices=adapters.METHODS, default=None,
                    help="svd (default), naive (average A and B) or exact (stacked factors)")
     p.add_argument("--skip_svd", action="store_true", help="the source's flag for --aggregation naive")
@@ -75,7 +76,6 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     method = args.aggregation or ("naive" if args.skip_svd else "svd")
     cli.check(not (args.skip_svd and method != "naive"), f"--skip_svd contradicts --aggregation {method}")
-    cli.check(args.alpha is None or args.alpha > 0, f"--alpha must be positive, got {args.alpha}")
     cli.check(args.weights is None or args.shard_manifests is None, "give --weights or --shard_manifests, not both")
     k = len(args.adapters)
     if args.weights is not None:

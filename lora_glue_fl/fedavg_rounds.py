@@ -46,7 +46,7 @@ def smoke_test(args) -> bool:
 
 # --quick: it learns, in seconds (defaults < --quick < YAML < command line)
 QUICK = dict(model_size="tiny", max_seq_length=48, max_train_samples=1000, max_eval_samples=300, rounds=2,
-             local_epochs=3.0, batch_size=16, learning_rate=2e-2, tokenizer_vocab_size=1000, lora_r=4, lora_alpha=4,
+             local_epochs=3.0, batch_size=16, learning_rate=2e-2, tokenizer_vocab_size=1000, lora_r=4, lora_alpha=4.0,
              svd_rank=4, target_modules=["query", "value", "word_embeddings"])
 
 
@@ -74,13 +74,15 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="fraction of clients per round: every client takes part in every round here (1 only)")
     flags.add_clients_per_round(g)
     g.add_argument("--batch_size", type=flags.POSITIVE_INT, default=32, help="local batch size")
-    g.add_argument("--learning_rate", type=float, default=2e-4, help="local AdamW learning rate (linear decay)")
+    g.add_argument("--learning_rate", type=flags.POSITIVE, default=2e-4,
+                   help="local AdamW learning rate (linear decay)")
     g.add_argument("--aggregation", choices=adapters.METHODS, default=None,
                    help="svd: truncated SVD of the weighted mean dW; naive: average A and B; exact: stacked "
                         "factors (rank grows to the sum of client ranks). Default svd (naive with --skip_svd)")
     g.add_argument("--skip_svd", action="store_true", help="the source's flag for --aggregation naive")
     g.add_argument("--svd_rank", type=flags.POSITIVE_INT, default=8, help="rank of the fused adapter (svd)")
-    g.add_argument("--alpha", type=float, default=None, help="lora_alpha of the fused adapter (default: its rank)")
+    g.add_argument("--alpha", type=flags.POSITIVE, default=None,
+                   help="lora_alpha of the fused adapter (default: its rank)")
     g.add_argument("--init_adapter", default=None, help="adapter folder to broadcast in round 1 (default: fresh LoRA)")
     modeling.add_lora_args(p, "rank of the clients' adapters in round 1", "lora_alpha of the round-1 adapters",
                            "; --quick: query value word_embeddings")

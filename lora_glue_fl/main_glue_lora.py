@@ -39,15 +39,15 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
                                                           "not training)")
     g.add_argument("--per_device_train_batch_size", type=flags.POSITIVE_INT, default=32, help="training batch size")
     g.add_argument("--per_device_eval_batch_size", type=flags.POSITIVE_INT, default=32, help="evaluation batch size")
-    g.add_argument("--learning_rate", type=float, default=2e-4 if lora else 2e-5,
+    g.add_argument("--learning_rate", type=flags.POSITIVE, default=2e-4 if lora else 2e-5,
                    help="AdamW learning rate, linear decay to 0" + (" (LoRA takes larger rates)" if lora else ""))
-    g.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (may be fractional)")
+    g.add_argument("--num_train_epochs", type=flags.POSITIVE, default=3.0, help="epochs (may be fractional)")
     g.add_argument("--eval_every_epochs", type=flags.POSITIVE, default=1.0,
                    help="evaluate every this many epochs (and after the last step); with a selection split "
                         "(selection.tsv in --data_dir) that split is scored then and the validation split only "
                         "after the last step")
     flags.alias(g, "--rounds", dest="num_train_epochs", of="--num_train_epochs (a centralized run's length, in "
-                "epochs)", type=float)
+                "epochs)", type=flags.POSITIVE)
     if lora:
         g = modeling.add_lora_args(p, "adapter rank", "lora_alpha (scaling alpha / r)")
         g.add_argument("--adapter_output_dir", default=None, help="where the adapter goes (default <run dir>/adapter)")
@@ -71,7 +71,6 @@ def run(args, lora: bool = True) -> dict:
         cli.check_out_dir(args.adapter_output_dir, "--adapter_output_dir")
     task = glue_tasks.get_task(args.task_name)
     args.task_name = args.task_name.lower()
-    cli.check(args.num_train_epochs > 0, f"--num_train_epochs must be positive, got {args.num_train_epochs}")
     device = cli.resolve_device(args.device)
     name = args.run_name or runlog.run_name("central_lora" if lora else "full_ft", args.task_name,
                                             checks.source_tag(args), r=args.lora_r if lora else None,
@@ -175,7 +174,7 @@ def run(args, lora: bool = True) -> dict:
 # --quick: tiny model, short sequences, few examples (defaults < --quick < YAML < command line)
 QUICK = dict(model_size="tiny", max_seq_length=48, num_train_epochs=1.0, max_train_samples=240, max_eval_samples=64,
              tokenizer_vocab_size=1000)
-QUICK_LORA = QUICK | dict(lora_r=4, lora_alpha=4)
+QUICK_LORA = QUICK | dict(lora_r=4, lora_alpha=4.0)
 
 
 def main(argv=None) -> dict:

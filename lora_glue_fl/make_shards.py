@@ -27,11 +27,11 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--mode", choices=glue_shards.MODES, default="iid", help="how to split (see the module doc)")
     flags.alias(p, "--partition", dest="mode", of="--mode", choices=glue_shards.MODES)
     flags.alias(p, "--num-clients", dest="k", of="--k", type=flags.POSITIVE_INT)
-    p.add_argument("--overlap_ratio", type=float, default=0.0,
+    p.add_argument("--overlap_ratio", type=flags.Number(float, 0, 1, high_open=True), default=0.0,
                    help="overlap / category_overlap: fraction of each client's data shared with all, in [0, 1)")
     p.add_argument("--category_key", default=None,
                    help="category / category_overlap: label (or labels; STS-B scores binned) or genre (MNLI, STS-B)")
-    p.add_argument("--alpha", type=float, default=1.0,
+    p.add_argument("--alpha", type=flags.POSITIVE, default=1.0,
                    help="dirichlet: concentration of the per-label client proportions (0.1: strong skew, 1: mild)")
     p.add_argument("--min_per_label", type=flags.COUNT, default=1,
                    help="dirichlet: redraw until every client holds at least this many examples of every label")
@@ -72,8 +72,6 @@ def main(argv=None) -> dict:
     args.task_name = args.task_name.lower()
     glue_tasks.get_task(args.task_name)
     args.data = glue_tasks.data_source(args)
-    cli.check(0.0 <= args.overlap_ratio < 1.0, f"--overlap_ratio must be in [0, 1), got {args.overlap_ratio}")
-    cli.check(args.alpha > 0, f"--alpha must be positive, got {args.alpha}")
     out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")
     cli.check_out_dir(out, "--out_dir")  # the default too: never a file, a link loop or a run directory
     train = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)["train"]

@@ -66,8 +66,9 @@ def add_lora_args(parser, rank_help: str, alpha_help: str, quick_targets: str = 
     """The LoRA flags of the training scripts (group "LoRA", returned); the help texts differ per script."""
     g = parser.add_argument_group("LoRA")
     g.add_argument("--lora_r", type=flags.POSITIVE_INT, default=8, help=rank_help)
-    g.add_argument("--lora_alpha", type=float, default=8, help=alpha_help)
-    g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
+    g.add_argument("--lora_alpha", type=flags.POSITIVE, default=8.0, help=alpha_help)
+    g.add_argument("--lora_dropout", type=flags.Number(float, 0, 1, high_open=True), default=0.0,
+                   help="dropout on the LoRA input")
     g.add_argument("--target_modules", nargs="+", default=None,
                    help="linear or embedding layers to adapt (default: the architecture's query and value "
                         f"projections, e.g. query value for BERT / RoBERTa, q_lin v_lin for DistilBERT{quick_targets})")

@@ -74,13 +74,14 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="MRPC cells: centralized and SVD / naive FedAvg on iid and dir0.1 shards by default")
     p.add_argument("--train_pooler", nargs="*", choices=list(TASKS), default=["mrpc"],
                    help="tasks whose runs also train (and average) the encoder's pooler (module doc)")
-    p.add_argument("--num_clients", type=int, default=4, help="clients K")
-    p.add_argument("--rounds", type=int, default=6, help="FedAvg rounds of the multi-round runs")
-    p.add_argument("--local_epochs", type=float, default=0.5,
+    p.add_argument("--num_clients", type=flags.Number(int, 2), default=4, help="clients K (at least 2: a federation)")
+    p.add_argument("--rounds", type=flags.POSITIVE_INT, default=6, help="FedAvg rounds of the multi-round runs")
+    p.add_argument("--local_epochs", type=flags.POSITIVE, default=0.5,
                    help="local epochs per round; centralized and one-shot runs train rounds x local_epochs epochs")
-    p.add_argument("--min_per_label", type=int, default=5,
+    p.add_argument("--min_per_label", type=flags.COUNT, default=5,
                    help="Dirichlet shards: every client keeps at least this many examples of every label")
-    p.add_argument("--lora_r", type=int, default=8, help="client LoRA rank = svd rank (lora_alpha = rank)")
+    p.add_argument("--lora_r", type=flags.POSITIVE_INT, default=8,
+                   help="client LoRA rank = svd rank (lora_alpha = rank)")
     p.add_argument("--lr_grid", nargs="+", type=flags.POSITIVE, default=[1e-3, 2e-3, 5e-3],
                    help="AdamW rates (linear decay to 0 in every local run) the selection stage tries per family")
     p.add_argument("--exact_lr_grid", nargs="+", type=flags.POSITIVE, default=[2e-4, 5e-4, 1e-3, 2e-3, 5e-3],
@@ -89,10 +90,11 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="seeds of the selection runs (apart from --seeds: no reported run chose anything)")
     p.add_argument("--learning_rate", type=flags.POSITIVE, default=None,
                    help="skip the selection stage: this rate for every family")
-    p.add_argument("--batch_size", type=int, default=4, help="training batch size (clients and centralized)")
-    p.add_argument("--eval_batch_size", type=int, default=64, help="evaluation batch size")
-    p.add_argument("--jobs", "--workers", type=int, default=2, help="script runs at a time (one process of 1 thread "
-                                                                   "each)")
+    p.add_argument("--batch_size", type=flags.POSITIVE_INT, default=4,
+                   help="training batch size (clients and centralized)")
+    p.add_argument("--eval_batch_size", type=flags.POSITIVE_INT, default=64, help="evaluation batch size")
+    p.add_argument("--jobs", "--workers", type=flags.POSITIVE_INT, default=2,
+                   help="script runs at a time (one process of 1 thread each)")
     p.add_argument("--dry_run", action="store_true", help="print the runs and write data and shards, train nothing")
     return p
 
@@ -251,14 +253,8 @@ def jobs_of(cells_: list[tuple[str, list[tuple[str, list[str]]]]]) -> list[jobs.
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    cli.check(args.rounds >= 1 and args.local_epochs > 0, f"--rounds must be >= 1 and --local_epochs > 0, got "
-                                                          f"{args.rounds} and {args.local_epochs}")
-    cli.check(args.num_clients >= 2, f"--num_clients must be >= 2 (a federation), got {args.num_clients}")
     cli.check(min(args.train_samples, args.mrpc_train_samples) >= args.num_clients,
               "--train_samples and --mrpc_train_samples must be at least --num_clients")
-    cli.check(args.lora_r >= 1 and args.batch_size >= 1 and args.eval_batch_size >= 1 and args.min_per_label >= 0,
-              "--lora_r, --batch_size and --eval_batch_size must be >= 1, --min_per_label >= 0")
-    cli.check(args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}")
     cli.check(len(set(args.seeds)) == len(args.seeds) and len(set(args.select_seeds)) == len(args.select_seeds),
               f"--seeds and --select_seeds must be distinct, got {args.seeds} and {args.select_seeds}")
     out = cli.check_out_dir(args.out_dir)

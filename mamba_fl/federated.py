@@ -37,18 +37,18 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0, se
     cli.add_fed_args(p, num_clients=4, rounds=None, eval_every=30,
                      rounds_help=" (default: enough for --n-epochs passes of the mean client over its shard)")
     g = p.add_argument_group("local training")
-    g.add_argument("--val-freq", dest="eval_every", type=int, default=argparse.SUPPRESS,
+    g.add_argument("--val-freq", dest="eval_every", type=flags.POSITIVE_INT, default=argparse.SUPPRESS,
                    help="the source's name for --eval-every (rounds between evaluations, default 30)")
-    g.add_argument("--n-epochs", type=float, default=1.0,
+    g.add_argument("--n-epochs", type=flags.POSITIVE, default=1.0,
                    help="sets --rounds when it is not given: rounds so each client, taking part in the share of "
                         "rounds that --participation-rate gives it, draws as many blocks as its shard holds this many "
                         "times (each round's blocks: a fresh permutation of the shard, so a pass in expectation)")
-    g.add_argument("--local-updates", type=int, default=1, help="optimizer steps per client per round")
-    flags.alias(g, "--local-steps", dest="local_updates", of="--local-updates", type=int)
+    g.add_argument("--local-updates", type=flags.POSITIVE_INT, default=1, help="optimizer steps per client per round")
+    flags.alias(g, "--local-steps", dest="local_updates", of="--local-updates", type=flags.POSITIVE_INT)
     flags.alias(g, "--partition", dest="shard", of="--shard", choices=("contiguous", "iid", "topic"))
     flags.add_clients_per_round(g)
     mmodel.add_optimizer_args(g, who="client (sgd with --algorithm scaffold)")
-    g.add_argument("--holdout-fraction", type=float, default=holdout,
+    g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=holdout,
                    help="fraction of each client's blocks held out of training (FedEntropy measures on it)")
     engine.add_algorithm_args(p, server_opt=server_opt, momentum_form="ema", client_opt_state="persist")
     mmodel.add_eval_args(p, deltas_help="save .npz snapshots (server) and deltas (server, clients) at each "
@@ -59,25 +59,19 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0, se
 
 
 def finish_args(args: argparse.Namespace) -> None:
-    """Config aliases, the optimizer's default, and checks that need more than one flag."""
+    """Config aliases, the optimizer's default, and checks that need more than one flag (each flag's own range is
+    its argparse type's, ``common.flags``)."""
     mmodel.resolve_model_args(args)
     if args.optimizer is None:  # SCAFFOLD's control variates assume plain SGD steps
         args.optimizer = "sgd" if getattr(args, "algorithm", None) == "scaffold" else "adamw"
     if args.lr is None:  # AdamW's rates are far too small for plain SGD
         args.lr = mmodel.SGD_LR if args.optimizer == "sgd" else 1e-2 if args.quick else 5e-4
-    cli.check(args.sequence_length >= 2, f"--sequence-length must be at least 2, got {args.sequence_length}")
-    cli.check(args.lr > 0, f"--lr must be a positive number, got {args.lr}")  # finite: cli.ArgumentParser
-    cli.check(args.weight_decay >= 0, f"--weight-decay must be a non-negative number, got {args.weight_decay}")
     if args.test:  # checked now; the file is read only after training
         cli.check(bool(args.data_dir) and (Path(args.data_dir) / lmdata.TEST_FILE).is_file(),
                   f"--test needs --data-dir with a {lmdata.TEST_FILE} (split_wikitext.py --test-fraction writes one)")
     if hasattr(args, "num_clients"):
         flags.resolve_clients_per_round(args)
         cli.validate_fed_args(args)
-        cli.check(args.local_updates >= 1, f"--local-updates must be at least 1, got {args.local_updates}")
-        cli.check(0.0 <= args.holdout_fraction < 1.0,
-                  f"--holdout-fraction must be in [0, 1), got {args.holdout_fraction}")
-        cli.check(args.n_epochs > 0, f"--n-epochs must be positive, got {args.n_epochs}")
         engine.check_algorithm_args(args, plain_sgd=args.optimizer == "sgd",
                                     optimizer_hint=f"--optimizer {args.optimizer}; use --optimizer sgd")
 

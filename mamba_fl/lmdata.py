@@ -39,7 +39,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, batch_size: int, sharding:
                         "vocab.json + merges.txt")
     g.add_argument("--vocab-size", type=flags.POSITIVE_INT, default=8192,
                    help="vocabulary of a trained bpe/word tokenizer; large enough that words are single tokens")
-    g.add_argument("--sequence-length", type=flags.POSITIVE_INT, default=256, help="tokens per block (--quick: 64)")
+    g.add_argument("--sequence-length", type=flags.Number(int, 2), default=256, help="tokens per block (--quick: 64)")
     g.add_argument("--batch-size", type=flags.POSITIVE_INT, default=batch_size, help="blocks per optimizer step")
     if sharding:
         g.add_argument("--shard", choices=("contiguous", "iid", "topic"), default="contiguous",

@@ -113,10 +113,10 @@ def add_optimizer_args(group, *, who: str) -> None:
     group.add_argument("--optimizer", choices=("adamw", "sgd"), default=None,
                        help=f"{who} optimizer: adamw (the source; the default) or plain sgd (no momentum, no "
                             f"weight decay)")
-    group.add_argument("--lr", type=float, default=None,
+    group.add_argument("--lr", type=flags.POSITIVE, default=None,
                        help=f"{who} learning rate (default: adamw 5e-4, the source's for d_model 512, --quick: "
                             f"1e-2; sgd {SGD_LR:g}, as the synthetic grid's plain-SGD arm)")
-    group.add_argument("--weight-decay", type=float, default=0.01, help=f"{who} AdamW weight decay")
+    group.add_argument("--weight-decay", type=flags.Number(float, 0), default=0.01, help=f"{who} AdamW weight decay")
 
 
 def make_optimizer(args: argparse.Namespace, plist) -> torch.optim.Optimizer:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli, runlog
+from common import cli, flags, runlog
 from mamba_fl.lmdata import _HEADING, SPLIT_FILES, TEST_FILE, articles
 
 
@@ -48,7 +48,8 @@ def main(argv=None) -> dict:
                    help="raw WikiText files (e.g. wiki.test.raw, or the tokenized valid and test files); their "
                         "articles are pooled in this order")
     p.add_argument("--out-dir", required=True, help="folder to write the split files and split.json")
-    p.add_argument("--valid-fraction", type=float, default=0.1, help="fraction of the articles to validate on")
+    p.add_argument("--valid-fraction", type=flags.Number(float, 0, 1, low_open=True, high_open=True), default=0.1,
+                   help="fraction of the articles to validate on")
     p.add_argument("--test-fraction", type=float, default=0.0,
                    help="fraction of the articles held out as wiki.test.raw (0: no test file)")
     p.add_argument("--shuffle-seed", type=int, default=None,
@@ -56,7 +57,6 @@ def main(argv=None) -> dict:
                         "last articles validate)")
     p.add_argument("--overwrite", action="store_true", help="replace existing split files in --out-dir")
     args = cli.parse(p, argv)
-    cli.check(0.0 < args.valid_fraction < 1.0, f"--valid-fraction must be in (0, 1), got {args.valid_fraction}")
     cli.check(0.0 <= args.test_fraction < 1.0 - args.valid_fraction,
               f"--test-fraction must be in [0, 1 - --valid-fraction), got {args.test_fraction}")
     arts, sources = [], []

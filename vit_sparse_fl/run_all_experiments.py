@@ -120,8 +120,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                         help="J sweep at R * J fixed (J = 4 is the FedAvg run of the shards)")
     parser.add_argument("--j-shards", nargs="+", default=["iid", "nc2"], choices=["iid", "nc2"],
                         help="shards of the J sweep: IID, and Nc = 2 (where local steps cause client drift)")
-    parser.add_argument("--nc-values", type=int, nargs="+", default=[1, 2, 5], help="Nc sweep (classes per client)")
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.5],
+    parser.add_argument("--nc-values", type=flags.Number(int, 1, NUM_CLASSES), nargs="+", default=[1, 2, 5],
+                        help=f"Nc sweep (classes per client, at most the task's {NUM_CLASSES})")
+    parser.add_argument("--sparsities", type=flags.Number(float, 0, 1, low_open=True, high_open=True), nargs="+",
+                        default=[0.9, 0.5],
                         help="sparsity ratios of the mask-strategy comparison (IID and Nc = 2 shards)")
     parser.add_argument("--lr-grid", type=flags.POSITIVE, nargs="+", default=None,
                         help=f"rates the selection stage tries for every setting (default: {VIT_GRID}; --text: "
@@ -476,9 +478,6 @@ def main(argv=None) -> dict:
                                                          f"divides it), got {args.rounds}")
     cli.check(J in args.j_values, f"--j-values must contain J = {J} (the FedAvg IID run)")
     cli.check(2 in args.nc_values, "--nc-values must contain 2 (the non-IID shards of the sparse runs)")
-    cli.check(1 <= min(args.nc_values) and max(args.nc_values) <= NUM_CLASSES,
-              f"--nc-values must be in [1, {NUM_CLASSES}] (the task's classes), got {args.nc_values}")
-    cli.check(all(0 < sp < 1 for sp in args.sparsities), f"--sparsities must be in (0, 1), got {args.sparsities}")
     if args.only:
         known = {name for name, _, _ in settings(args, "BASE", 4, every=True)}
         cli.check(set(args.only) <= known, f"--only: unknown settings {sorted(set(args.only) - known)}; "

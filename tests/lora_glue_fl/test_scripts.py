@@ -378,16 +378,18 @@ def test_fedavg_rounds_compiled_forward_gives_the_same_run(sst2_run, tmp_path):
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("flags,message", [(["--rounds", "0"], "--rounds must be >= 1"),
-                                           (["--local_epochs", "0"], "--local_epochs > 0"),
+@pytest.mark.parametrize("flags,message", [(["--rounds", "0"], "--rounds must be at least 1"),
+                                           (["--local_epochs", "0"], "--local_epochs must be > 0"),
+                                           (["--num_clients", "1"], "--num_clients must be at least 2"),
                                            (["--train_samples", "3"], "at least --num_clients"),
-                                           (["--jobs", "0"], "--jobs must be >= 1"),
+                                           (["--jobs", "0"], "--jobs must be at least 1"),
                                            (["--seeds", "1", "1"], "--seeds and --select_seeds must be distinct"),
                                            (["--select_seeds", "2", "2"], "must be distinct")])
-def test_run_grid_bad_counts_end_before_anything_is_written(tmp_path, flags, message):
+def test_run_grid_bad_counts_end_before_anything_is_written(tmp_path, flags, message, capsys):
     from lora_glue_fl import run_grid
-    with pytest.raises(cli.UsageError, match=message):
-        run_grid.main([*flags, "--out-dir", str(tmp_path / "grid"), "--real_data_dir", str(tmp_path)])
+    err = one_line_error(run_grid.main, [*flags, "--out-dir", str(tmp_path / "grid"), "--real_data_dir",
+                                         str(tmp_path)], capsys)
+    assert message in err, err
     assert not (tmp_path / "grid").exists()
 
 
