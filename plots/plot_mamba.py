@@ -5,10 +5,10 @@
 real_grid.py's runs (``<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>``): results_real.md (test perplexity of
 each best-validation model, paired differences to FedAvg, Holm within a table, the plateau rule's outcome) and
 real_L<l>_<shard>_<k>_<stage>.png (validation curves, one line per seed, a dot at each run's best model).
-run_grid.py's runs (``<arm>_L<layers>_<shard>[_real]_s<seed>``): results.md (final perplexity, paired differences
+run_grid.py's runs (``<arm>_L<layers>_<shard>_s<seed>``): results.md (final perplexity, paired differences
 to FedAvg with 95% intervals, plateau check, FedEntropy weight ratios, FedFisher floor share) and the curves of
 every arm against training sequences: grid_L<layers>_<shard>.png, variants.png (FedAvg's client optimizers),
-long_budget.png, real_text.png. Any --save-deltas run: deltas_<run>.png (heatmaps of the last deltas, every
+long_budget.png. Any --save-deltas run: deltas_<run>.png (heatmaps of the last deltas, every
 layer) and spectrum_<run>.png (singular values of the server delta per snapshot; the final spectrum's rank at
 95% of the energy). Nothing is written when no folder holds such a run (one line, exit 2).
 """
@@ -94,10 +94,11 @@ def _matrix(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], -1)
 
 
-ARMS = ("central", "fedavg", "fedavgm", "fedmom-ema", "fedentropy", "fedfisher")
+ARMS = ("central", "central-b4", "fedavg", "fedavgm", "fedmom-ema", "fedentropy", "fedfisher")
 VARIANT_ARMS = ("central", "fedavg", "fedavg-reset", "fedavg-sgd", "fedavg-lu8")
 ARM_LABELS = {
     "central": "central AdamW (same steps and sequences)",
+    "central-b4": "central, 4x batch (FedAvg's sequential updates)",
     "fedavg": "FedAvg (client AdamW, persistent moments)",
     "fedavgm": "FedAvgM heavy-ball (Flower)",
     "fedmom-ema": "FedMomentum EMA (the source)",
@@ -111,26 +112,26 @@ ARM_LABELS = {
     "fedfisher-long": "FedFisher, longer budget",
 }
 LONG_ARMS = ("central-long", "fedavg-long", "fedfisher-long")
-_STYLE = {a: (m, ls) for a, m, ls in zip(ARM_LABELS, "osD^v<>XposD", ["-", "--", "-.", ":"] * 3)}
+_STYLE = {a: (m, ls) for a, m, ls in zip(ARM_LABELS, "osD^v<>XposDh", ["-", "--", "-.", ":"] * 4)}
 PLATEAU = 0.05  # a run is on its plateau when val ppl moved less than 5% over the last 20% of its training
 
 
 def grid_runs(root) -> list[dict]:
-    """The finished runs of a grid folder (named ``<arm>_L<layers>_...``), each with "arm", "layers", "shard" and
-    "real" added; a run without what the tables read (an unfinished one) is left out with a line."""
+    """The finished runs of a grid folder (named ``<arm>_L<layers>_...``), each with "arm", "layers" and "shard"
+    added; a run without what the tables read (an unfinished one) is left out with a line."""
     out = []
     for run in R.with_keys(R.load_runs(root, "*_L*_s*"), "the mamba grid", args={"layers": int, "sequence_length": int},
                            summary={"final_val_ppl": R.NUMBER}):
         if real_setting(run["name"]) is None:  # real_grid.py's runs have their own report
             arm = run["name"].split("_")[0]
-            out.append(run | {"arm": arm, "layers": run["args"].get("layers"), "real": "_real_" in run["name"],
+            out.append(run | {"arm": arm, "layers": run["args"].get("layers"),
                               "shard": "all" if arm.startswith("central") else run["args"].get("shard")})
     return out
 
 
-def _select(runs, arm, layers, shard, real=False):
-    return [r for r in runs if r["arm"] == arm and r["layers"] == layers and r["real"] == real
-            and (arm.startswith("central") or r["shard"] == shard)]
+def _select(runs, arm, layers, shard):
+    return [r for r in runs if r["arm"] == arm and r["layers"] == layers and (arm.startswith("central")
+                                                                             or r["shard"] == shard)]
 
 
 def plateau(run: dict) -> bool | None:
@@ -162,12 +163,12 @@ def _above_unigram(run) -> bool:
     return not run["summary"]["final_val_ppl"] < run["summary"].get("unigram_ppl", float("inf"))
 
 
-def table(runs, arms, layers, shard, real=False, ref_arm="fedavg") -> list[str]:
+def table(runs, arms, layers, shard, ref_arm="fedavg") -> list[str]:
     """Markdown rows of one block: per arm final ppl per token and per word, paired difference to FedAvg
     (``ref_arm``) with Holm's correction over the block's comparisons, plateau check and arm-specific
     diagnostics; the reference points below. An arm whose every seed ends above the unigram is "diverged",
     not compared."""
-    groups = {arm: g for arm in arms if (g := _select(runs, arm, layers, shard, real))}
+    groups = {arm: g for arm in arms if (g := _select(runs, arm, layers, shard))}
     diverged = {arm: "diverged (every seed above the unigram)" for arm, g in groups.items()
                 if all(_above_unigram(r) for r in g)}
     cells = stats.table_rows({arm: R.by_seed(g, "final_val_ppl") for arm, g in groups.items()}, ref_arm, skip=diverged)
@@ -186,7 +187,7 @@ def table(runs, arms, layers, shard, real=False, ref_arm="fedavg") -> list[str]:
     return lines
 
 
-def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
+def _curves(runs, arms, layers, shard, path, title) -> Path | None:
     """Mean over seeds per arm (line) and the range over seeds (band: positive, so a log axis shows it)."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
@@ -195,7 +196,7 @@ def _curves(runs, arms, layers, shard, real, path, title) -> Path | None:
     drawn = []
     for arm in arms:
         group = []
-        for r in _select(runs, arm, layers, shard, real):
+        for r in _select(runs, arm, layers, shard):
             if np.isfinite(r["summary"]["final_val_ppl"]):
                 group.append(r)
             else:
@@ -236,8 +237,8 @@ def grid_report(root, figures) -> list[Path]:
     """results.md (in ``root`` and ``figures``) and the grid figures."""
     root, figures = Path(root), Path(figures)
     runs = grid_runs(root)
-    layers = sorted({r["layers"] for r in runs if not r["real"]})
-    shards = sorted({r["shard"] for r in runs if not r["real"] and not r["arm"].startswith("central")})
+    layers = sorted({r["layers"] for r in runs})
+    shards = sorted({r["shard"] for r in runs if not r["arm"].startswith("central")})
     counts = sorted({str(r["args"].get("num_clients")) for r in runs if not r["arm"].startswith("central")})
     clients = f"{'/'.join(counts)} clients"
     md = ["# mamba_fl results grid", "",
@@ -246,9 +247,9 @@ def grid_report(root, figures) -> list[Path]:
           f"block; plateau: runs whose perplexity moved < {PLATEAU:.0%} over their last 20% of training.", ""]
     written = []
 
-    def block(heading, arms, L, shard, figure, title, real=False, ref_arm="fedavg"):
-        md.extend([f"## {heading}", "", *table(runs, arms, L, shard, real, ref_arm), ""])
-        path = _curves(runs, arms, L, shard, real, figures / figure, title)
+    def block(heading, arms, L, shard, figure, title, ref_arm="fedavg"):
+        md.extend([f"## {heading}", "", *table(runs, arms, L, shard, ref_arm), ""])
+        path = _curves(runs, arms, L, shard, figures / figure, title)
         written.extend([path] if path else [])
 
     for L in layers:
@@ -264,12 +265,6 @@ def grid_report(root, figures) -> list[Path]:
         L = min(r["layers"] for r in runs if r["arm"] in LONG_ARMS)
         block(f"Longer budget ({L} layer, topic shards): do the federated runs close the gap?", LONG_ARMS, L,
               "topic", "long_budget.png", f"longer budget, {L} layer, topic shards", ref_arm="fedavg-long")
-    real = [r for r in runs if r["real"]]
-    if real:
-        L = min(r["layers"] for r in real)
-        arms = ["central", "fedavg"] + sorted({r["arm"] for r in real} - {"central", "fedavg"})
-        block(f"Real text: WikiText-2 wiki.test.raw split by article ({L} layer, contiguous shards)", arms, L,
-              "contiguous", "real_text.png", f"real WikiText text, {L} layer, {clients}, contiguous shards", real=True)
     if runs:  # nothing to report: no results.md either
         _write_report(md, "results.md", root, figures)
     return written
@@ -284,8 +279,7 @@ def _write_report(md: list[str], name: str, *folders: Path) -> None:
 
 
 REAL_ARMS = ("central", "central-b4", "fedavg", "fedfisher", "fedfisher-local", "fedentropy", "fedavgm")
-REAL_LABELS = ARM_LABELS | {"central": "central AdamW", "central-b4": "central, 4x batch (FedAvg's sequential updates)",
-                            "fedfisher": "FedFisher (per-example Fisher)",
+REAL_LABELS = ARM_LABELS | {"central": "central AdamW", "fedfisher": "FedFisher (per-example Fisher)",
                             "fedfisher-local": "FedFisher (--fisher-method local)"}
 
 

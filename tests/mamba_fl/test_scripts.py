@@ -124,8 +124,7 @@ def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys)
 
     args = run_grid.get_args_parser().parse_args(["--rounds", "16", "--seeds", "0", "--layers", "1"])
     runs = {name: flags for name, _, flags in
-            run_grid.plan(args, [], "synthetic", ["central", *run_grid.FEDERATED_ARMS, *run_grid.VARIANTS], [1],
-                          ["topic"])}
+            run_grid.plan(args, [*run_grid.CENTRAL, *run_grid.FEDERATED_ARMS, *run_grid.VARIANTS], [1], ["topic"])}
     flag = lambda flags, f: flags[len(flags) - 1 - flags[::-1].index(f) + 1]  # the last value given for f
     central = runs["central_L1_synthetic_s0"]
     assert int(flag(central, "--max-steps")) == 16 * 4 and flag(central, "--batch-size") == "16"
@@ -135,12 +134,16 @@ def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys)
         steps = int(flag(flags, "--rounds")) * 4 * int(flag(flags, "--local-updates") if "--local-updates" in flags
                                                        else 1)
         assert steps == 64 and flag(flags, "--batch-size") == "16" and flag(flags, "--shard") == "topic", name
+    # the same data in every arm: each client's FedEntropy scoring set is held out of every arm's training blocks
+    assert all(flag(flags, "--holdout-fraction") == "0.1" for flags in runs.values())
+    assert flag(central, "--holdout-clients") == "4"
     assert flag(runs["fedavg-sgd_L1_topic_s0"], "--lr") == "1.0"  # the SGD arm's own rate wins
+    b4 = runs["central-b4_L1_synthetic_s0"]  # FedAvg's 16 sequential updates of 4 clients' batches
+    assert (flag(b4, "--max-steps"), flag(b4, "--batch-size"), flag(b4, "--val-freq")) == ("16", "64", "10")
     out = tmp_path / "grid"
     grid = ["--out-dir", str(out), "--rounds", "16", "--seeds", "0", "--layers", "1", "--shards", "topic",
             "--no-variants", "--long-factor", "1", "--dry-run"]
-    planned = {j.name: j for j in run_grid.jobs_of(run_grid.plan(args, [], "synthetic", ["central",
-                                                                                          *run_grid.FEDERATED_ARMS],
+    planned = {j.name: j for j in run_grid.jobs_of(run_grid.plan(args, [*run_grid.CENTRAL, *run_grid.FEDERATED_ARMS],
                                                                   [1], ["topic"]), out)}
     for name, flags in (("fedavg_L1_topic_s0", []), ("fedentropy_L1_topic_s0", ["--lr", "0.5"])):
         job = planned[name]   # a finished run as the script records it: args.json and summary.json
@@ -150,10 +153,10 @@ def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys)
         (out / name / "summary.json").write_text('{"final_val_ppl": 50.0}')
     run_grid.main(grid)
     printed = capsys.readouterr().out
-    assert "6 runs: 1 done before, 4 to run, 1 holding other arguments" in printed
+    assert "7 runs: 1 done before, 5 to run, 1 holding other arguments" in printed
     assert "fedentropy_L1_topic_s0 holds a run with other arguments (--lr saved 0.5, now 0.01)" in printed
     assert "--run-name fedfisher_L1_topic_s0" in printed and "--run-name fedavg_L1_topic_s0" not in printed
-    with pytest.raises(cli.UsageError):
+    with pytest.raises((SystemExit, cli.UsageError)):
         run_grid.main(["--jobs", "0", "--dry-run", "--out-dir", str(out)])
 
 
@@ -175,21 +178,3 @@ def test_the_default_grid_plans_each_run_once(tmp_path, capsys):
     assert printed.count("--run-name central_L2_synthetic_s0 ") == 1
     assert printed.count("--run-name fedavg_L2_topic_s2 ") == 1 and "--run-name fedavg_L2_contiguous_s2 " in printed
 
-
-def test_run_grid_picks_the_best_other_arm_from_the_first_block(tmp_path):
-    """The real-text block runs the federated arm other than FedAvg with the lowest mean log perplexity over
-    the finished synthetic runs (a diverged run, inf, is left out; FedAvg itself never counts)."""
-    from mamba_fl import run_grid
-
-    args = run_grid.get_args_parser().parse_args(["--rounds", "16", "--seeds", "0", "1", "--layers", "1"])
-    head = run_grid.jobs_of(run_grid.plan(args, [], "synthetic", ["central", *run_grid.FEDERATED_ARMS], [1],
-                                          ["topic"]), tmp_path)
-    assert run_grid.best_other_arm(head, 1) is None                      # nothing finished yet
-    ppl = {"fedavg": 10.0, "fedfisher": 40.0, "fedentropy": 30.0, "fedavgm": float("inf")}
-    for job in head:
-        arm = job.name.split("_")[0]
-        if arm in ppl:
-            job.run_dir.mkdir(parents=True)
-            (job.run_dir / "summary.json").write_text(json.dumps({"final_val_ppl": ppl[arm]}))
-    assert run_grid.best_other_arm(head, 1) == "fedentropy"
-    assert run_grid.best_other_arm(head, 2) is None
