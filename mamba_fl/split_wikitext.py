@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
                    help="fraction of the articles to validate on")
     p.add_argument("--test-fraction", type=float, default=0.0,
                    help="fraction of the articles held out as wiki.test.raw (0: no test file)")
-    p.add_argument("--shuffle-seed", type=int, default=None,
+    p.add_argument("--shuffle-seed", type=flags.SEED, default=None,
                    help="deal the articles to the splits in this seed's random order (default: contiguous, the "
                         "last articles validate)")
     p.add_argument("--overwrite", action="store_true", help="replace existing split files in --out-dir")

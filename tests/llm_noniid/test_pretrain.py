@@ -101,6 +101,8 @@ def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch):
     (["--n-head", "3"], "--n-head 3 must divide --n-embd"),
     (["--text-files", "{missing}"], "does not exist"),
     (["--text-files", "{no_titles}"], "hold 0 articles"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),  # numpy's RNG would raise later
+    (["--weight-decay", "-0.1"], "--weight-decay must be at least 0"),
 ])
 def test_bad_input_fails_in_one_line(extra, expected, tmp_path, capsys):
     (tmp_path / "plain.txt").write_text("just a line of text\nand another\n")

@@ -115,6 +115,9 @@ def test_split_wikitext_cuts_at_article_headings(tmp_path, capsys):
     (tmp_path / "one.raw").write_text(arts[0], encoding="utf-8")
     with pytest.raises(cli.UsageError, match="at least 2"):
         split_wikitext.main(["--raw", str(tmp_path / "one.raw"), "--out-dir", str(tmp_path / "x")])
+    line = _fails(split_wikitext.main, ["--raw", str(raw), "--out-dir", str(tmp_path / "y"), "--shuffle-seed", "-1"],
+                  capsys)
+    assert "--shuffle-seed must be in [0, 4294967295], got -1" in line and not (tmp_path / "y").exists()
 
 
 def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys):
