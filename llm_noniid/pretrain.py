@@ -69,7 +69,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=16, help="blocks per step")
     p.add_argument("--steps", type=flags.POSITIVE_INT, default=2000, help="optimizer steps")
     p.add_argument("--lr", type=flags.POSITIVE, default=2e-3, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=flags.Number(float, 0), default=0.1, help="AdamW weight decay (matrices)")
+    p.add_argument("--weight-decay", type=flags.Number(float, 0), default=0.1,
+                   help="AdamW weight decay (matrices only)")
     p.add_argument("--warmup-steps", type=flags.COUNT, default=100, help="linear warm-up, then cosine to 10%%")
     p.add_argument("--eval-every", type=flags.POSITIVE_INT, default=200, help="validation (and checkpoint) interval")
     p.add_argument("--split-seed", type=flags.SEED, default=0, help="seed of the article split")
