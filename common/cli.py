@@ -171,14 +171,6 @@ def add_fed_args(parser: argparse.ArgumentParser, *, num_clients: int = 10, roun
                    help="evaluate the global model every N rounds")
 
 
-def validate_fed_args(args: argparse.Namespace) -> None:
-    check(args.num_clients >= 1, f"--num-clients must be at least 1, got {args.num_clients}")
-    check(args.rounds is None or args.rounds >= 1, f"--rounds must be at least 1, got {args.rounds}")
-    check(0.0 < args.participation_rate <= 1.0,
-          f"--participation-rate must be in (0, 1], got {args.participation_rate}")
-    check(args.eval_every >= 1, f"--eval-every must be at least 1, got {args.eval_every}")
-
-
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -71,7 +71,6 @@ def finish_args(args: argparse.Namespace) -> None:
                   f"--test needs --data-dir with a {lmdata.TEST_FILE} (split_wikitext.py --test-fraction writes one)")
     if hasattr(args, "num_clients"):
         flags.resolve_clients_per_round(args)
-        cli.validate_fed_args(args)
         engine.check_algorithm_args(args, plain_sgd=args.optimizer == "sgd",
                                     optimizer_hint=f"--optimizer {args.optimizer}; use --optimizer sgd")
 
