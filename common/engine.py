@@ -244,7 +244,8 @@ class Scaffold(FedAvg):
 def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign=None,
                    shift: bool = False) -> FedAvg:
     """The client algorithm of ``--algorithm`` (SCAFFOLD: control variates for every client, per cluster;
-    inside a data cluster its means run over its members only; ``shift``: its correction after the step)."""
+    inside a data cluster its means run over its members only, under IFCA (``assign`` None: membership changes
+    every round) over all N clients; ``shift``: its correction after the step)."""
     if args.algorithm == "fedprox":
         return FedProx(args.mu)
     if args.algorithm != "scaffold":
