@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from benchlib import current_bytes, markdown_table, mib, peak_bytes, reset_peak, run_isolated, timeit_many
 
-from common import cli
+from common import cli, flags
 from common import params as P
 from common.aggregate import FisherMean, WeightedMean
 from common.server_opt import FedAdam, FedAvgM
@@ -92,17 +92,19 @@ SERVER_STEPS = {"FedAdam step": lambda like: FedAdam(like, **FEDADAM),
 def get_args_parser(add_help: bool = True):
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50], help="values of K to time")
+    parser.add_argument("--clients", type=flags.POSITIVE_INT, nargs="+", default=[10, 50], help="values of K to time")
     parser.add_argument("--conditions", nargs="+", default=["quiet", "busy"], choices=["quiet", "busy"],
                         help="quiet: as the machine is; busy: one busy loop per core started by the benchmark")
     parser.add_argument("--aggregators", nargs="+", default=list(BYTES), choices=list(BYTES),
                         help="what to time (WeightedMean always runs: the targets are about it)")
-    parser.add_argument("--busy-loops", type=int, default=0, help="busy loops for `busy` (0: one per core)")
+    parser.add_argument("--busy-loops", type=flags.COUNT, default=0, help="busy loops for `busy` (0: one per core)")
     parser.add_argument("--busy-limit", type=float, default=300.0,
                         help="seconds after which a busy loop ends on its own (the benchmark stops them sooner)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per configuration (median)")
+    parser.add_argument("--repeats", type=flags.POSITIVE_INT, default=3,
+                        help="timed repetitions per configuration (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (touches every buffer)")
-    parser.add_argument("--pool", type=int, default=2, help="distinct client states the K clients cycle through")
+    parser.add_argument("--pool", type=flags.POSITIVE_INT, default=2,
+                        help="distinct client states the K clients cycle through")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--anchor", default="auto", choices=["auto", "flower", "reference"],
                         help="auto: Flower's aggregate when flwr is installed, else the per-key stack reference")
@@ -488,8 +490,6 @@ def main(argv=None) -> dict:
     if args.summarize:
         return summarize(args.summarize)
     device = cli.resolve_device(args.device)
-    cli.check(args.pool >= 1 and args.repeats >= 1 and min(args.clients) >= 1 and args.busy_loops >= 0,
-              "--pool, --repeats and --clients must be >= 1, --busy-loops >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.measure:
@@ -509,9 +509,9 @@ def main(argv=None) -> dict:
         mem_rows = []
         for method in ("anchor", "stream"):
             for k in args.clients:
-                flags = ["--measure", method, "--clients", str(k), "--device", str(device), "--pool", str(args.pool),
-                         "--anchor", args.anchor, "--threads", str(args.threads)] + ["--quick"] * args.quick
-                m = run_isolated([script, *flags])
+                argv = ["--measure", method, "--clients", str(k), "--device", str(device), "--pool", str(args.pool),
+                        "--anchor", args.anchor, "--threads", str(args.threads)] + ["--quick"] * args.quick
+                m = run_isolated([script, *argv])
                 memory.append(m)
                 mem_rows.append([k, method, mib(m["peak_bytes"]), mib(m["peak_bytes"] - m["before_bytes"])])
         print()

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from benchlib import markdown_table, timeit_many
 
-from common import cli, fisher
+from common import cli, fisher, flags
 from common import params as P
 
 TARGET_RATIO = 3.0
@@ -37,12 +37,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     p.add_argument("--models", nargs="+", default=["vit_tiny", "gpt2_tiny"], choices=["vit_tiny", "gpt2_tiny"],
                    help="models to time")
-    p.add_argument("--batch-size", type=int, default=16, help="examples in the batch (one vmap chunk)")
+    p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=16, help="examples in the batch (one vmap chunk)")
     p.add_argument("--sequence-length", type=int, default=64, help="tokens per LM example")
     p.add_argument("--lm-layers", type=int, default=2, help="GPT-2 layers")
     p.add_argument("--lm-width", type=int, default=64, help="GPT-2 hidden size (4 heads)")
     p.add_argument("--vocab-size", type=int, default=512, help="GPT-2 vocabulary size")
-    p.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument("--repeats", type=flags.POSITIVE_INT, default=5, help="timed repetitions (median reported)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--quick", action="store_true", help="batch 8, 2 repeats: a smoke run")
@@ -114,7 +114,6 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     if args.quick:
         args.batch_size, args.repeats = 8, 2
-    cli.check(args.batch_size >= 1 and args.repeats >= 1, "--batch-size and --repeats must be >= 1")
     cli.check(args.lm_width % 4 == 0, f"--lm-width must be a multiple of 4 (4 heads), got {args.lm_width}")
     device = cli.resolve_device(args.device)
     if args.threads:

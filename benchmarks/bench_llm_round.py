@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchlib import markdown_table
 
-from common import cli
+from common import cli, flags
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold")
 
@@ -37,8 +37,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS, help="algorithms to time")
     p.add_argument("--lora-r", type=int, nargs="+", default=[0, 8],
                    help="LoRA ranks to time (0: train every parameter)")
-    p.add_argument("--rounds", type=int, default=10, help="federated rounds per run (more: a steadier number)")
-    p.add_argument("--num-clients", type=int, default=4, help="clients, all taking part every round")
+    p.add_argument("--rounds", type=flags.POSITIVE_INT, default=10,
+                   help="federated rounds per run (more: a steadier number)")
+    p.add_argument("--num-clients", type=flags.POSITIVE_INT, default=4, help="clients, all taking part every round")
     p.add_argument("--max-train-examples", type=int, default=240, help="training texts shared out over the clients")
     p.add_argument("--max-local-steps", type=int, default=0, help="cap on local steps (0: one full local epoch)")
     p.add_argument("--batch-size", type=int, default=8, help="local batch size (texts)")
@@ -75,7 +76,6 @@ def main(argv=None) -> list[dict]:
     args = cli.parse(get_args_parser(), argv)
     if args.quick:
         args.rounds, args.max_train_examples = min(args.rounds, 2), min(args.max_train_examples, 96)
-    cli.check(args.rounds >= 1 and args.num_clients >= 1, "--rounds and --num-clients must be at least 1")
     cli.check(all(r >= 0 for r in args.lora_r), "--lora-r values must be >= 0")
     with tempfile.TemporaryDirectory() as out:
         rows = [run_one(args, a, r, out) for r in args.lora_r for a in args.algorithms]

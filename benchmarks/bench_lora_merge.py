@@ -33,7 +33,7 @@ import tempfile
 import benchlib
 import torch
 
-from common import cli, lora_merge
+from common import cli, flags, lora_merge
 from lora_glue_fl import adapters
 
 
@@ -48,9 +48,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--train_examples", type=int, default=67349, help="examples per round (SST-2 train)")
     p.add_argument("--step_batch", type=int, default=2, help="batch of the timed training step (scaled to 32)")
     p.add_argument("--skip_step", action="store_true", help="do not time the roberta-base training step")
-    p.add_argument("--round_clients", type=int, default=4, help="clients of the measured tiny-RoBERTa rounds")
-    p.add_argument("--round_rounds", type=int, default=4, help="rounds of the measured run (more: steadier)")
-    p.add_argument("--round_epochs", type=float, default=1.0, help="local epochs per client per measured round")
+    p.add_argument("--round_clients", type=flags.POSITIVE_INT, default=4,
+                   help="clients of the measured tiny-RoBERTa rounds")
+    p.add_argument("--round_rounds", type=flags.POSITIVE_INT, default=4,
+                   help="rounds of the measured run (more: steadier)")
+    p.add_argument("--round_epochs", type=flags.POSITIVE, default=1.0,
+                   help="local epochs per client per measured round")
     p.add_argument("--skip_round", action="store_true", help="do not run the measured fedavg_rounds.py rounds")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 layers of 64 x 64, 2 clients, no training "
                                                         "step, 2 measured rounds of a quarter epoch")
@@ -136,8 +139,6 @@ def main(argv=None) -> dict:
     if args.quick:
         args.layers, args.hidden, args.clients, args.repeats, args.skip_step = 2, 64, 2, 1, True
         args.round_clients, args.round_rounds, args.round_epochs = 2, 2, 0.25
-    cli.check(args.round_clients >= 1 and args.round_rounds >= 1 and args.round_epochs > 0,
-              "--round_clients and --round_rounds must be at least 1, --round_epochs > 0")
     device = cli.resolve_device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     clients = client_adapters(args, device)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from benchlib import markdown_table, timeit_many
 
-from common import cli
+from common import cli, flags
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--nproc", type=int, nargs="+", default=None,
                    help="time FedAvg rounds under torchrun with each of these process counts (e.g. 1 2) instead")
-    p.add_argument("--repeats", type=int, default=1,
+    p.add_argument("--repeats", type=flags.POSITIVE_INT, default=1,
                    help="with --nproc: runs per process count, alternating; the median run is reported")
     p.add_argument("--fisher-reference", type=int, default=256,
                    help="blocks of the per-example Fisher the estimators are compared with")
@@ -79,7 +79,6 @@ def nproc_timing(args) -> list[dict]:
     decide the ratio."""
     script = Path(__file__).resolve().parents[1] / "mamba_fl" / "fed_avg.py"
     cli.check(all(n >= 1 for n in args.nproc), f"--nproc values must be at least 1, got {args.nproc}")
-    cli.check(args.repeats >= 1, f"--repeats must be at least 1, got {args.repeats}")
     runs: dict[int, list[dict]] = {n: [] for n in args.nproc}
     with tempfile.TemporaryDirectory() as out:
         for rep, n in [(rep, n) for rep in range(args.repeats) for n in args.nproc]:

@@ -46,7 +46,7 @@ if str(HERE) not in sys.path:  # benchlib lives next to this file; tests import 
 
 from benchlib import markdown_table  # noqa: E402
 
-from common import cli  # noqa: E402
+from common import cli, flags  # noqa: E402
 
 HEADERS = ["benchmark", "setting", "metric", "value", "target", "met?"]
 NO_NPROC = "not measured (run the `processes` benchmark)"
@@ -80,10 +80,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--full", action="store_true", help="the benchmarks' bigger default settings instead of small ones")
     p.add_argument("--only", nargs="+", default=None, choices=sorted(BENCHMARKS), help="run only these benchmarks")
     p.add_argument("--device", default="cpu", help="cpu | cuda: passed to every benchmark")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=flags.COUNT, default=1,
                    help="OMP_NUM_THREADS of each benchmark process, except `aggregate`, which gets every core "
                         "(0: leave the environment alone for all of them)")
-    p.add_argument("--timeout", type=float, default=900, help="seconds allowed to each benchmark")
+    p.add_argument("--timeout", type=flags.POSITIVE, default=900, help="seconds allowed to each benchmark")
     p.add_argument("--output", default=str(HERE / "RESULTS.md"), help="markdown file to write ('' for none)")
     p.add_argument("--json-dir", default=None, help="also keep each benchmark's JSON summary in this folder")
     p.add_argument("--update", action="store_true",
@@ -441,7 +441,6 @@ def run_benchmark(name: str, args, out_dir: str, position: str = "") -> dict | l
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    cli.check(args.threads >= 0 and args.timeout > 0, "--threads must be >= 0 and --timeout > 0")
     names = args.only or [n for n in BENCHMARKS if n not in GPU_ONLY or args.device.startswith("cuda")]
     with tempfile.TemporaryDirectory() as out:
         results = {name: run_benchmark(name, args, args.json_dir or out, f"[{i}/{len(names)}] ")
