@@ -95,6 +95,14 @@ def script_path(module: str) -> str:
         return str(path)
 
 
+def draw(script: str, *flags: str) -> bool:
+    """Run a figure script of the repository (``plots/<name>.py``) as the line it prints first, ``$ python script
+    flags``; False when it failed (its own error is on the lines above)."""
+    print(f"$ python {script} {' '.join(flags)}", flush=True)
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / script), *flags], check=False).returncode == 0
+
+
 def expected_args(job: Job) -> tuple[dict, object]:
     """The job's arguments as args.json would hold them (its script's parser, presets and YAML, then its
     ``resolve_args`` where it derives flags from others before recording them), and the parser."""

@@ -17,8 +17,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -637,10 +635,7 @@ def main(argv=None) -> dict:
     out = cli.check_out_dir(args.out_dir)
     if args.mode == "analyze":
         print(report(out, args.title, Path(args.compare_dir) if args.compare_dir else None))
-        script, *flags = figure_command(out)
-        print(f"$ python {script} {' '.join(flags)}", flush=True)
-        root = Path(__file__).resolve().parents[1]
-        drawn = subprocess.run([sys.executable, str(root / script), *flags], check=False).returncode == 0
+        drawn = jobs.draw(*figure_command(out))
         print(f"report: {out / 'report.md'}" + ("" if drawn else " (the figures failed: see the line above)"))
         return {"report": str(out / "report.md"), "figures": drawn}
     cli.check(args.split_csv is None or Path(args.split_csv).is_file(), f"--split-csv {args.split_csv}: no such file")

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 from common import cli, flags, jobs
@@ -293,9 +291,7 @@ def main(argv=None) -> dict:
     draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out {figures_dir(args)}"
     outcome = run(reported_plan(args, out, blocks, picked), "mamba_fl real text", draw)
     if outcome.complete and not args.dry_run and args.only is None:  # the tables and figures of a complete grid
-        print(f"$ {draw}", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "plots" / "plot_mamba.py"), "--runs", str(out / "runs"),
-                        "--out", figures_dir(args)], check=False)
+        jobs.draw("plots/plot_mamba.py", "--runs", str(out / "runs"), "--out", figures_dir(args))
     return {"chosen": picked["chosen"], "best_other": picked.get("best_other"), "complete": outcome.complete,
             "status": outcome.status}
 

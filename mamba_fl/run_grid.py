@@ -16,13 +16,10 @@ central-b4 (FedAvg's sequential updates); 3 seeds, paired differences to FedAvg.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
 
 from common import cli, flags, jobs
 
-ROOT = Path(__file__).resolve().parents[1]
 HOLDOUT = 0.1  # every arm trains on the blocks FedEntropy's clients keep after scoring-set hold-out
 MODEL = ["--d-model", "64", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64", "--sample-tokens", "0"]
 FEDERATED_ARMS = {  # arm -> (script, extra flags)
@@ -137,9 +134,7 @@ def main(argv=None) -> dict:
     if args.dry_run:
         return {}
     if outcome.complete:  # the table and figures of a complete grid
-        print(f"$ {draw}", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "plots" / "plot_mamba.py"), "--runs", str(out),
-                        "--out", args.figures], check=False)
+        jobs.draw("plots/plot_mamba.py", "--runs", str(out), "--out", args.figures)
     return {"failed": outcome.names("failed", "other", "blocked"), "minutes": outcome.seconds / 60}
 
 

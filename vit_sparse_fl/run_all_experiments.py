@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -530,9 +528,7 @@ def main(argv=None) -> dict:
               f"{' (--only ' + ' '.join(part['only']) + ')' if part['only'] else ''} in {part['wall_seconds']:.0f} s")
     print(f"results: {out / 'results.md'}, {out / 'results.json'} (rewritten from the run directories)")
     if not args.no_plots:
-        plot = ["plots/plot_vit.py", "--runs-dir", str(out), "--out", str(out / "figures")]
-        print("$ python " + " ".join(plot), flush=True)
-        subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / plot[0]), *plot[1:]], check=False)
+        jobs.draw("plots/plot_vit.py", "--runs-dir", str(out), "--out", str(out / "figures"))
     return {"table": record, "results_md": str(out / "results.md"), "sessions": sessions}
 
 

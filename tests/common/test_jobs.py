@@ -223,3 +223,13 @@ def test_jobs_die_with_their_driver(tiny, how):
     written = (out / "x" / "checkpoint.pt").stat().st_mtime_ns   # nobody writes any more
     time.sleep(1.0)
     assert (out / "x" / "checkpoint.pt").stat().st_mtime_ns == written and not (out / "x" / "summary.json").exists()
+
+
+def test_draw_prints_the_command_and_reports_a_failed_figure_script(tmp_path, capsys, monkeypatch):
+    """A grid's figure step: the line a user would type, then the script itself (from any working directory); a
+    folder without runs makes the plot script end with its one-line error, which draw reports as False."""
+    monkeypatch.chdir(tmp_path)
+    assert jobs.draw("plots/plot_mamba.py", "--runs", str(tmp_path), "--out", str(tmp_path / "f")) is False
+    line = f"$ python plots/plot_mamba.py --runs {tmp_path} --out {tmp_path / 'f'}"
+    assert capsys.readouterr().out.splitlines()[0] == line
+    assert not (tmp_path / "f").exists()

@@ -203,7 +203,7 @@ def test_the_sources_arms_run_between_the_two_selection_phases(mamba_cache, tmp_
         return jobs.Outcome(status={j.name: "finished" for j in plan}, messages={}, seconds=0.0)
 
     monkeypatch.setattr(real_grid.jobs, "run_plan", run_plan)
-    monkeypatch.setattr(real_grid.subprocess, "run", lambda *a, **k: None)  # no figures of stand-in runs
+    monkeypatch.setattr(real_grid.jobs, "draw", lambda *a: True)  # no figures of stand-in runs
     done = real_grid.main(["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"),
                            "--out-dir", str(out)])
     assert done["complete"] and done["best_other"] in real_grid.OTHERS
