@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -259,6 +261,11 @@ def main(argv=None) -> dict:
     for f in args.data:
         cli.check(Path(f).is_file(), f"--data {f}: no such file (the WikiText-2 files to split)")
     out = cli.check_out_dir(args.out_dir or "runs/mamba_real" + ("_source" if args.size == "source" else ""))
+    if (out / "split" / "split.json").is_file():  # a grid goes on with its split: cut from these --data files
+        cut = [s["sha256"] for s in json.loads((out / "split" / "split.json").read_text())["sources"]]
+        cli.check(cut == [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in args.data],
+                  f"{out / 'split'} was cut from other files than --data {' '.join(args.data)} (split.json); give "
+                  "those, or another --out-dir")
     if args.only:  # a pattern that names no run of this grid is a typo, refused before anything is written
         names = {j.name for other in OTHERS for j in reported_plan(argparse.Namespace(**{**vars(args), "only": None}),
                                                                    out, 1, {"best_other": other})}

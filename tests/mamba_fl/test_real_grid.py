@@ -23,6 +23,9 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     real_grid.main(argv + ["--dry-run"])
     info = json.loads((out / "split" / "split.json").read_text())
     assert info["test_articles"] > 0 and info["shuffle_seed"] == 0
+    with pytest.raises(UsageError, match="was cut from other files than --data"):  # never silently another split
+        real_grid.main(["--data", str(folder / "wiki.valid.raw"), str(folder / "wiki.train.raw"), "--out-dir",
+                        str(out), "--dry-run"])
     blocks = real_grid.train_blocks(args, out)
     sel = real_grid.selection_plan(args, out, blocks, real_grid.PHASES[0], {})
     assert len(sel) == 6 and all(_flag(j.argv, "--seed") == "100" and "--test" not in j.argv for j in sel)
