@@ -3,7 +3,7 @@ beat FedAvg? One command runs every arm, ``--jobs`` at a time through ``common.j
 interrupted ones resumed: the same command continues a grid); a complete grid then gets ``results.md`` and the
 figures (``--figures``) from ``plots/plot_mamba.py``. Real text: ``real_grid.py``.
 
-    python mamba_fl/run_grid.py           # synthetic grid + FedAvg variants (~40 min, 2 cores)
+    python mamba_fl/run_grid.py           # synthetic grid + FedAvg variants (~45 min, 2 cores)
 
 Design (every number is a flag; mamba_fl/figures/findings.md has the setup and the compute accounting): the
 embedded synthetic source with ``contiguous`` and ``topic`` client shards, Mamba2 d_model 64 with 1 and 2 layers;
@@ -96,11 +96,11 @@ def plan(args, arms: list[str], layers: list[int], shards: list[str], suffix: st
                     name = f"{arm}{suffix}_L{L}_{shard}_s{seed}"
                     if arm in VARIANTS:
                         rounds = args.rounds // 8 if arm == "fedavg-lu8" else args.rounds
-                        script, flags = "fed_avg.py", fed_flags(args, "fedavg", rounds) + VARIANTS[arm] + (
+                        script, argv = "fed_avg.py", fed_flags(args, "fedavg", rounds) + VARIANTS[arm] + (
                             ["--lr", str(args.sgd_lr)] if arm == "fedavg-sgd" else [])
                     else:
-                        script, flags = FEDERATED_ARMS[arm][0], fed_flags(args, arm, args.rounds)
-                    runs.append((name, script, base + ["--shard", shard] + flags))
+                        script, argv = FEDERATED_ARMS[arm][0], fed_flags(args, arm, args.rounds)
+                    runs.append((name, script, base + ["--shard", shard] + argv))
     return runs
 
 
