@@ -32,8 +32,11 @@ class Number:
 
     def __call__(self, text: str):
         value = self.kind(text)  # not a number: argparse's own "invalid int value: 'x'"
-        ok = self.kind is int or math.isfinite(value)
-        if ok and self.low is not None:
+        if not (self.kind is int or math.isfinite(value)):  # inf / nan: say so, not only the bounds
+            bounds = "" if self.bounds == "finite" else f" and {self.bounds}"
+            raise argparse.ArgumentTypeError(f"must be finite{bounds}, got {value}")
+        ok = True
+        if self.low is not None:
             ok = value > self.low if self.low_open else value >= self.low
         if ok and self.high is not None:
             ok = value < self.high if self.high_open else value <= self.high
