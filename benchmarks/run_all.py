@@ -23,6 +23,7 @@ machine's core count, the device, the torch version and the load average. Target
   memory        peak memory flat in clients per round: K=100 within 10% of K=10
   Fisher        per-example (vmap) Fisher <= 3x one batch forward+backward; FedFisher with
                 --fisher-method local <= 25% of a round (issue 17)
+  data          every embedded dataset generated in < 15 s; 1M labels sharded (Dirichlet + pathological) in < 5 s
   processes     2 processes >= 1.6x faster per round than 1 on a 2-core machine (compute-bound model)
 """
 from __future__ import annotations
@@ -61,6 +62,8 @@ BENCHMARKS = {
     "lora_merge": ("bench_lora_merge.py", ["--skip_step", "--repeats", "3"], ["--round_rounds", "8"]),
     # llm_noniid train.py rounds: FedAvg / FedProx / SCAFFOLD, all parameters and LoRA r=8
     "llm_round": ("bench_llm_round.py", ["--rounds", "10"], ["--rounds", "30", "--max-train-examples", "480"]),
+    # embedded dataset generation and sharding of 1M labels (what a run waits for before training)
+    "data": ("bench_data.py", [], ["--repeats", "5"]),
     "fisher": ("bench_fisher.py", ["--repeats", "3"], ["--batch-size", "32", "--lm-layers", "4", "--lm-width", "128"]),
     # FedAvg rounds of a compute-bound Mamba2 under torchrun with 1 and 2 processes
     "processes": ("bench_mamba_round.py",
@@ -266,6 +269,15 @@ def fisher_rows(d: dict) -> list[list[str]]:
     return rows
 
 
+def data_rows(d: dict) -> list[list[str]]:
+    """``bench_data.py``: seconds to generate each embedded dataset, and to shard ``labels`` labels."""
+    gen, shard_s = d["targets"]["generate_s"], d["targets"]["shard_s"]
+    return [*(_row("data", f"synthetic.ensure('{kind}'), default size", "generation time", f"{s:.2f} s",
+                   f"< {gen:g} s", s < gen) for kind, s in d["generate_s"].items()),
+            _row("data", f"{d['labels']:,} labels, 100 classes, 100 clients", "dirichlet + pathological sharding",
+                 f"{d['shard_s']:.2f} s", f"< {shard_s:g} s", d["shard_s"] < shard_s)]
+
+
 def processes_rows(d: list) -> list[list[str]]:
     """``bench_mamba_round.py --nproc 1 2``: seconds per FedAvg round with 1 and 2 processes."""
     by_n = {r["nproc"]: r for r in d}
@@ -299,7 +311,8 @@ def gpu_rows(d: dict) -> list[list[str]]:
 
 
 ROW_BUILDERS = {"aggregate": aggregate_rows, "vit": vit_rows, "mamba": mamba_rows, "lora_merge": lora_rows,
-                "llm_round": llm_rows, "fisher": fisher_rows, "processes": processes_rows, "gpu": gpu_rows}
+                "llm_round": llm_rows, "data": data_rows, "fisher": fisher_rows, "processes": processes_rows,
+                "gpu": gpu_rows}
 
 
 def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> list[list[str]]:

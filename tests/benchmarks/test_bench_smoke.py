@@ -37,6 +37,13 @@ def test_bench_vit_quick(tmp_path):
     assert json.loads((tmp_path / "vit.json").read_text())["results"]["vit_tiny"]["round_s"] == r["round_s"]
 
 
+def test_bench_data_quick(tmp_path):
+    out = load("bench_data").main(["--quick", "--json", str(tmp_path / "data.json")])
+    assert out["labels"] == 100_000 and list(out["generate_s"]) == ["wikitext"]
+    assert out["generate_s"]["wikitext"] > 0 and out["shard_s"] > 0
+    assert json.loads((tmp_path / "data.json").read_text())["shard_s"] == out["shard_s"]
+
+
 def test_bench_aggregate_quick(tmp_path):
     out = load("bench_aggregate").main(["--quick", "--no-memory", "--repeats", "1", "--warmup", "0", "--clients", "3",
                                         "--busy-limit", "30", "--json", str(tmp_path / "agg.json")])

@@ -62,8 +62,10 @@ def fake_aggregate(speedup: float, vs_floor: float, peak_k100: float) -> dict:
 
 
 def fake_results(*, speedup=3.0, copy_fraction=1.2, peak_k100=1.05, vit_other=0.02, fedavg_overhead=0.08,
-                 fisher_ratio=2.5, step_s=None, lora_round=0.024, llm=None) -> dict:
+                 fisher_ratio=2.5, step_s=None, lora_round=0.024, llm=None, shard_s=1.0) -> dict:
     return {
+        "data": {"labels": 1_000_000, "generate_s": {"wikitext": 1.5, "cifar100": 16.0}, "shard_s": shard_s,
+                 "targets": {"generate_s": 15.0, "shard_s": 5.0}},
         "aggregate": fake_aggregate(speedup, copy_fraction, peak_k100),
         "vit": {"clients_per_round": 2, "settings": {"image_size": 32, "batch_size": 8, "local_steps": 1},
                 "results": {"vit_tiny": {"train_img_s": 100.0, "sparse_train_img_s": 90.0, "eval_img_s": 400.0,
@@ -122,6 +124,10 @@ def test_targets_met_and_missed(run_all):
     assert est["Fisher estimator local"] == "0.5% of a 4-step client; 0.85"
     assert est["Fisher estimator per_example"].endswith("(60.0% of a 1-step one); 0.80")
     assert verdicts(rows, "fisher", "per-example (vmap)") == ["yes"]
+    assert verdicts(rows, "data", "generation time") == ["yes", "NO"]      # cifar100's 16 s >= 15 s
+    assert verdicts(rows, "data", "dirichlet + pathological") == ["yes"]
+    assert [r[1] for r in rows if r[0] == "data"][:2] == ["synthetic.ensure('wikitext'), default size",
+                                                          "synthetic.ensure('cifar100'), default size"]
     assert verdicts(rows, "lora_glue_fl", "merge share") == ["n/a"]          # training step skipped
     assert verdicts(rows, "lora_glue_fl", "round overhead (measured") == ["yes"]  # 2.4% < 5%
     llm = [r for r in rows if r[0] == "llm_noniid"]
@@ -131,7 +137,8 @@ def test_targets_met_and_missed(run_all):
 
     bad = run_all.build_table(fake_results(speedup=1.5, copy_fraction=1.4, peak_k100=1.5, vit_other=0.06,
                                            fedavg_overhead=0.01, fisher_ratio=3.5, step_s=1.0, lora_round=0.07,
-                                           llm={("fedavg", 0): 0.049, ("scaffold", 0): 0.05, ("fedprox", 8): 0.2}),
+                                           llm={("fedavg", 0): 0.049, ("scaffold", 0): 0.05, ("fedprox", 8): 0.2},
+                                           shard_s=5.0),
                               cuda=False, device="cpu")
     # 1.5x: NO quiet (< 2.5x), busy 0.75x: NO; 1.4x the floor: NO
     assert verdicts(bad, "aggregate", "WeightedMean.add_many (K uploads in memory) vs Flower") == ["NO"] * 4
@@ -143,6 +150,7 @@ def test_targets_met_and_missed(run_all):
     assert verdicts(bad, "vit_sparse_fl", "round overhead") == ["NO"]
     assert verdicts(bad, "mamba_fl", "FedAvg round overhead") == ["yes"]
     assert verdicts(bad, "fisher", "per-example (vmap)") == ["NO"]
+    assert verdicts(bad, "data", "dirichlet + pathological") == ["NO"]    # 5 s is not < 5 s
     assert verdicts(bad, "lora_glue_fl", "merge share") == ["-"]            # extrapolated: no target
     assert verdicts(bad, "lora_glue_fl", "round overhead (measured") == ["NO"]  # 7% >= 5%
     assert verdicts(bad, "llm_noniid", "round overhead") == ["yes", "NO", "NO"]

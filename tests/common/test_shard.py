@@ -200,14 +200,10 @@ def test_deterministic_for_a_seed():
         assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-def test_large_n_is_fast():
-    import time
+def test_large_n_covers_every_index_once():  # its speed: benchmarks/bench_data.py
     labels = np.random.default_rng(0).integers(0, 100, 1_000_000)
-    t = time.perf_counter()
-    shards = shard.dirichlet(labels, 100, 0.5, seed=0, min_size=10)
-    shard.pathological(labels, 100, 5, seed=0)
-    assert time.perf_counter() - t < 5.0
-    assert sum(map(len, shards)) == 1_000_000
+    for shards in (shard.dirichlet(labels, 100, 0.5, seed=0, min_size=10), shard.pathological(labels, 100, 5, seed=0)):
+        assert np.array_equal(np.sort(np.concatenate(shards)), np.arange(1_000_000))
 
 
 def test_manifest_indices_are_read_strictly():

@@ -32,11 +32,6 @@ def test_every_kind_is_deterministic_for_a_seed(tmp_path, kind, params, name):
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
 
 
-def test_generation_is_fast(synthetic_data):
-    seconds = synthetic_data["seconds"]
-    assert max(seconds.values()) < 15.0, seconds         # 2 shared cores; ~1-2 s alone
-
-
 def test_ensure_caches_and_keys_by_params(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDLAB_DATA", str(tmp_path))
     a = S.ensure("glue-sst2", n_train=20, n_dev=5, n_test=5)
