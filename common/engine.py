@@ -68,12 +68,15 @@ def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str
                    help="FedAvgM: ema: m <- b m + (1-b) d (the mamba source) | heavy-ball: m <- b m + d (Flower)")
     if client_opt_state is None:
         g.add_argument("--client-opt-state", choices=("reset",), default="reset",
+                       type=flags.OnlyHere(("reset",), ("reset", "persist"), "the clients' local optimizer keeps no "
+                                           "state between rounds in this script"),
                        help="the clients' local optimizer keeps no state between rounds here (reset only)")
     else:
         g.add_argument("--client-opt-state", choices=("reset", "persist"), default=client_opt_state,
                        help="persist: each client keeps its optimizer state (moments, momentum) across rounds "
                             "(memory: the state per client); reset: a fresh optimizer per client per round")
     g.add_argument("--clustering", default="none", choices=C.METHODS if clustering is None else ("none",),
+                   type=str if clustering is None else flags.OnlyHere(("none",), C.METHODS, clustering),
                    help="none | ifca (C cluster models; every round each client trains the one with the lowest "
                         "loss on its own data) | data (clients grouped once by their data distribution)"
                         + (f"; only none here: {clustering}" if clustering else ""))

@@ -48,6 +48,19 @@ class Number:
         return f"Number({self.expects})"
 
 
+class OnlyHere:
+    """An argparse ``type`` for a shared flag of which a script honours only ``allowed``: any other of the ``known``
+    values is refused with the script's ``reason`` (the flag's ``choices`` still list what it accepts)."""
+
+    def __init__(self, allowed: tuple[str, ...], known: tuple[str, ...], reason: str):
+        self.allowed, self.known, self.reason, self.__name__ = allowed, known, reason, "choice"
+
+    def __call__(self, text: str) -> str:
+        if text in self.known and text not in self.allowed:
+            raise argparse.ArgumentTypeError(f"{text!r} is refused here: {self.reason}")
+        return text
+
+
 COUNT = Number(int, 0)
 POSITIVE_INT = Number(int, 1)
 SEED = Number(int, 0, 2**32 - 1)

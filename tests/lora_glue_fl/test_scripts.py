@@ -411,5 +411,9 @@ def test_fedprox_rounds_and_the_scaffold_refusal(tmp_path, capsys):
     assert s["rounds_done"] == 1 and "fedprox_mu0.01" in s["final_adapter"]
     err = one_line_error(fedavg_rounds.main, QUICK + ["--algorithm", "scaffold"], capsys)
     assert "--algorithm scaffold is refused here" in err and "re-factorises" in err
+    err = one_line_error(fedavg_rounds.main, QUICK + ["--clustering", "ifca"], capsys)
+    assert "'ifca' is refused here: every client takes part in every round" in err
+    err = one_line_error(fedavg_rounds.main, QUICK + ["--client-opt-state", "persist"], capsys)
+    assert "'persist' is refused here: the clients' local optimizer keeps no state" in err
     err = one_line_error(fedavg_rounds.main, QUICK + ["--server-opt", "fedadam"], capsys)
     assert "has no meaning" in err

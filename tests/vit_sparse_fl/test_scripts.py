@@ -189,7 +189,8 @@ def test_sweep_keeps_every_value(out_dir):
     (fed, ["--algorithm", "scaffold"], "SCAFFOLD needs plain SGD local steps (its control variates assume them): "
                                        "--momentum 0.9; use --momentum 0"),
     (fed, ["--algorithm", "scaffold", "--momentum", "0", "--server-opt", "fedadam"], "its own server step"),
-    (fed, ["--clustering", "ifca"], "invalid choice: 'ifca'"),
+    (fed, ["--clustering", "ifca"], "--clustering: 'ifca' is refused here: one global model is evaluated"),
+    (fed, ["--clustering", "kmeans"], "invalid choice: 'kmeans'"),
     (fed, ["--data", "cifar100", "--data-dir", "EMPTY"], "no CIFAR-100 pickles"),
     (train_centralized, ["--data", "cifar100", "--data-dir", "EMPTY"], "no CIFAR-100 pickles"),
 ])
