@@ -31,6 +31,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--repeats", type=flags.POSITIVE_INT, default=3, help="timed shardings (median reported)")
     p.add_argument("--kinds", nargs="+", default=list(synthetic.KINDS), choices=list(synthetic.KINDS),
                    help="embedded datasets to generate")
+    p.add_argument("--device", default="cpu", help="accepted for run_all.py: generation and sharding run on the CPU")
     p.add_argument("--quick", action="store_true", help="100k labels, one repeat, wikitext only: a smoke run")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p
