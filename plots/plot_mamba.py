@@ -326,10 +326,10 @@ def real_table(groups: dict, plateau_stage: bool) -> list[str]:
 def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
     """Validation perplexity against sequences seen, one thin line per seed, a dot at each run's best model, a
     dotted line at the equal-compute point; left the whole run down from the uniform guess (log), right the
-    plateau on a linear axis (the second half of training, where the arms' gaps are a few percent)."""
+    plateau on a linear axis (from half the shortest run on, where the arms' gaps are a few percent)."""
     plt = _plt()
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 4.3), gridspec_kw={"width_ratios": [1, 1]})
-    refs, xmax, best, budget = {}, 0.0, [], []
+    refs, ends, best, budget = {}, [], [], []
     for arm, g in groups.items():
         colour = None
         for i, r in enumerate(g):
@@ -343,7 +343,7 @@ def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
                                label=f"{REAL_LABELS.get(arm, arm)} (n={len(g)})" if i == 0 and a is ax else None)
                 colour = line.get_color()
                 a.plot([x[j]], [y[j]], "o", ms=4, color=colour)
-            xmax, best = max(xmax, float(x[-1])), best + [float(y[j])]
+            ends, best = ends + [float(x[-1])], best + [float(y[j])]
             refs = {k: r["summary"].get(k) for k in ("uniform_ppl", "unigram_ppl")}
             at = r["summary"].get("budget_at")
             unit = "step" if "steps_done" in r["summary"] else "round"
@@ -355,11 +355,13 @@ def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
     for a in (ax, zoom):
         if budget:
             a.axvline(budget[0], ls="--", color="0.6", lw=1, label="equal compute (--budget-at)" if a is ax else None)
-    zoom.set_xlim(xmax / 2, xmax * 1.02)
+    zoom.set_xlim(min(ends) / 2, max(ends) * 1.02)  # from half the shortest run on: every arm's plateau in view
     zoom.set_ylim(0.97 * min(best), 1.15 * max(best))
     zoom.set_xlabel("training sequences seen (all clients together)")
     zoom.set_ylabel("validation perplexity per token")
-    zoom.set_title("the plateau (second half, linear axis)", fontsize=9)
+    zoom.set_title("the plateau (from half the shortest run on, linear axis)", fontsize=9)
+    for a in (ax, zoom):
+        a.xaxis.set_major_formatter(lambda v, _: f"{v / 1000:g}k")
     return _finish_curves(fig, ax, refs, f"{title}\none line per seed; dots: each run's best-validation model (the "
                           "one tested)", path, legend_ax=zoom)
 
