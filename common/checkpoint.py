@@ -39,15 +39,12 @@ class CheckpointError(UsageError):
 
 
 def _fsync_dir(directory: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # e.g. Windows cannot open directories
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        with contextlib.suppress(OSError):
+        try:
             os.fsync(fd)
-    finally:
-        os.close(fd)
+        finally:
+            os.close(fd)
 
 
 def usual_mode(executable: bool = False) -> int:
@@ -108,9 +105,7 @@ def to_jsonable(obj: Any) -> Any:
     """``json.dumps`` default: tensors and NumPy values become numbers or lists, paths and the rest strings."""
     if torch.is_tensor(obj):
         return obj.item() if obj.numel() == 1 and obj.dim() == 0 else obj.detach().cpu().tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
+    if isinstance(obj, (np.generic, np.ndarray)):
         return obj.tolist()
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=str)

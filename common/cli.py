@@ -34,15 +34,10 @@ from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageEr
 from common.flags import FRACTION, POSITIVE_INT, SEED, Number
 
 
-def _both_spellings(names: Sequence[str]) -> list[str]:
-    out = list(names)
-    alts = [f"--{n[2:].replace(a, b)}" for n in names if n.startswith("--") and len(n) > 3 for a, b in ("-_", "_-")]
-    return out + [alt for alt in dict.fromkeys(alts) if alt not in out]
-
-
 def _add_argument(original: Callable, *names, **kwargs):
-    if names and names[0].startswith("-"):
-        names = tuple(_both_spellings(names))
+    if names and names[0].startswith("-"):  # every long flag in both spellings, the given ones first
+        alts = [f"--{n[2:].replace(a, b)}" for n in names if n.startswith("--") and len(n) > 3 for a, b in ("-_", "_-")]
+        names = (*names, *(alt for alt in dict.fromkeys(alts) if alt not in names))
         first_long = next((n for n in names if n.startswith("--")), None)
         if "dest" not in kwargs and first_long:  # dest from the first spelling given, snake_cased
             kwargs["dest"] = first_long[2:].replace("-", "_")

@@ -64,10 +64,6 @@ def _expects(action: argparse.Action) -> str:
     return what
 
 
-def _names_flag(action: argparse.Action, name: str) -> bool:
-    return any(name in (o[2:], o[2:].replace("-", "_")) for o in action.option_strings if o.startswith("--"))
-
-
 def _convert(parser: argparse.ArgumentParser, action: argparse.Action, key: str, value, where: str):
     """``value`` as the flag's own argparse conversion makes it, or UsageError."""
     def refuse(why: str):
@@ -77,7 +73,9 @@ def _convert(parser: argparse.ArgumentParser, action: argparse.Action, key: str,
         if not isinstance(value, bool):
             refuse(f"{value!r} is not a boolean (write true or false, unquoted)")
         # ``no_x: true`` (the store_false flag's name) sets x to false; ``x: false`` (its dest) too
-        negate = isinstance(action, argparse._StoreFalseAction) and _names_flag(action, key.lstrip("-"))
+        name = key.lstrip("-")
+        negate = isinstance(action, argparse._StoreFalseAction) and any(
+            name in (o[2:], o[2:].replace("-", "_")) for o in action.option_strings if o.startswith("--"))
         return not value if negate else value
     if action.nargs == 0:  # store_const and the like: nothing to convert
         refuse("this flag takes no value and cannot be set from a config file")
@@ -188,7 +186,5 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     parser.config_values = dict(config)
     args = parser.parse_args(argv)
     if old_style is not None:
-        for dest, v in old_style.items():
-            setattr(args, dest, v)
-        args.config = None
+        vars(args).update(old_style, config=None)
     return args

@@ -42,11 +42,10 @@ def is_main() -> bool:
 
 def init() -> tuple[int, int]:
     """Join torchrun's process group (nccl on GPU ``LOCAL_RANK``, else gloo); (rank, world_size)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
-        return rank(), world_size()
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank())
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return rank(), world_size()
 
 

@@ -5,6 +5,7 @@ directory, so they move together.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -54,8 +55,6 @@ def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: 
 
 def merged(model):
     """A copy of a peft model with its LoRA update merged into the base weights; other models as they are."""
-    import copy
-
     model = getattr(model, "_orig_mod", model)
     return copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
 

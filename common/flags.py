@@ -35,12 +35,9 @@ class Number:
         if not (self.kind is int or math.isfinite(value)):  # inf / nan: say so, not only the bounds
             bounds = "" if self.bounds == "finite" else f" and {self.bounds}"
             raise argparse.ArgumentTypeError(f"must be finite{bounds}, got {value}")
-        ok = True
-        if self.low is not None:
-            ok = value > self.low if self.low_open else value >= self.low
-        if ok and self.high is not None:
-            ok = value < self.high if self.high_open else value <= self.high
-        if not ok:
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high:
             raise argparse.ArgumentTypeError(f"must be {self.bounds}, got {value}")
         return value
 

@@ -88,13 +88,10 @@ def versions() -> dict:
 def processor() -> str:
     """The CPU's model name (/proc/cpuinfo, else ``platform.processor()``): float results can differ between CPU
     models (kernels chosen by instruction set), so a record says which one it ran on."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
 
 
@@ -342,11 +339,9 @@ class RunDir:
         check_out_dir(self.path, "run directory", own_run=True)  # a file, a dangling link or a link loop
         if is_main:  # the other ranks follow rank 0, which may already hold the lock and have claimed
             self._probe_lock()
-        ckpt_path = self.path / CHECKPOINT_FILE
-        has_run = (self.path / ARGS_FILE).is_file()
-        if resume and ckpt_path.exists():
+        if resume and (self.path / CHECKPOINT_FILE).exists():
             self._saved_meta = self._check_resumable(ignore_on_resume)  # raises before anything is written
-            state = ckpt.load_checkpoint(ckpt_path, self.kind)
+            state = ckpt.load_checkpoint(self.path / CHECKPOINT_FILE, self.kind)
             self._check_state(state)
             info = state.get("runlog", {})
             self._check_data(info.get("data"), CHECKPOINT_FILE)
@@ -356,13 +351,13 @@ class RunDir:
             self._checkpoint_at = _where(state)
             self._state = state
             self.resumed = True
-        elif is_main:
-            contents = self._has_contents()
-            if contents and has_run and resume:  # killed before its first checkpoint: start it again
+        elif is_main and self._has_contents():
+            has_run = (self.path / ARGS_FILE).is_file()
+            if has_run and resume:  # killed before its first checkpoint: start it again
                 self._check_resumable(ignore_on_resume)
-            elif contents and has_run and not self.overwrite:
+            elif has_run and not self.overwrite:
                 raise UsageError(self._occupied_message(ignore_on_resume))
-            elif contents and not has_run:
+            elif not has_run:
                 raise UsageError(f"{self.path} is not empty and holds no run (no {ARGS_FILE}); choose another "
                                  "--run-name or --out-dir (--overwrite only replaces run directories)")
         self._seen = self._files_state() if is_main else None

@@ -39,13 +39,9 @@ def derived_cache_dir(cache_dir: str | os.PathLike | None = None, out_dir: str |
     """Where tokenizers and token streams derived from the user's text go: ``--cache-dir``, else
     ``$FEDLAB_CACHE``, else ``<out-dir>/cache`` beside the runs (not a hidden home folder the user did not
     name), else ``default_cache_dir()``."""
-    if cache_dir:
-        return Path(cache_dir)
-    if os.environ.get("FEDLAB_CACHE"):
-        return Path(os.environ["FEDLAB_CACHE"])
-    if out_dir:
-        return Path(out_dir) / "cache"
-    return default_cache_dir()
+    if cache_dir or os.environ.get("FEDLAB_CACHE"):
+        return Path(cache_dir or os.environ["FEDLAB_CACHE"])
+    return Path(out_dir) / "cache" if out_dir else default_cache_dir()
 
 
 def _files_hash(files: Sequence[str | Path], *extra) -> str:
@@ -94,15 +90,13 @@ def _load_local(folder: Path, style: str):
 
     kw = _specials(style)
     if (folder / "tokenizer.json").is_file():
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kw)
-    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kw)
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         from transformers import GPT2TokenizerFast, RobertaTokenizerFast
 
         cls = RobertaTokenizerFast if style == "roberta" else GPT2TokenizerFast
-        tok = cls(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"), **kw)
-    else:
-        raise UsageError(f"tokenizer folder {folder} has neither tokenizer.json nor vocab.json + merges.txt")
-    return tok
+        return cls(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"), **kw)
+    raise UsageError(f"tokenizer folder {folder} has neither tokenizer.json nor vocab.json + merges.txt")
 
 
 def load_tokenizer(spec: str, *, train_files: Sequence[str | Path] | None = None, vocab_size: int = 4096,

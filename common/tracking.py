@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.errors import UsageError
+
 REPORT_TO = ("none", "tensorboard", "wandb")
 TENSORBOARD_DIR = "tensorboard"
 _OPEN: set = set()  # trackers not closed yet: ``close_all`` (called by ``common.cli.run``) ends them
@@ -32,8 +34,6 @@ def add_report_args(group) -> None:
 
 def requested(report_to: str | Sequence[str] | None) -> list[str]:
     """The tracker names asked for, ``none`` dropped; raises ``UsageError`` when a package is missing."""
-    from common.errors import UsageError
-
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     names = [n for n in dict.fromkeys(names) if n and n != "none"]
     for n in names:
@@ -85,11 +85,12 @@ class Tracker:
         if "wandb" in self.names:
             import wandb
 
-            (self.path / "wandb").mkdir(parents=True, exist_ok=True)
+            run_id = self.path / "wandb" / "run_id"
+            run_id.parent.mkdir(parents=True, exist_ok=True)
             self._wandb = wandb.init(name=self.path.name, config=config or {}, dir=str(self.path),
-                                     id=_wandb_id(self.path) if resume else None,
+                                     id=run_id.read_text().strip() if resume and run_id.is_file() else None,
                                      resume="allow" if resume else None, reinit=True)
-            (self.path / "wandb" / "run_id").write_text(self._wandb.id)
+            run_id.write_text(self._wandb.id)
         if self.names:
             _OPEN.add(self)
 
@@ -134,11 +135,6 @@ def close_all() -> None:
     """Close every open tracker (W&B writes a run's last records only when it is finished)."""
     for tracker in list(_OPEN):
         tracker.close()
-
-
-def _wandb_id(path: Path) -> str | None:
-    f = path / "wandb" / "run_id"
-    return f.read_text().strip() if f.is_file() else None
 
 
 def from_args(args: dict | Any, run_path: str | os.PathLike, resume: bool = False) -> Tracker:
