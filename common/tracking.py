@@ -39,11 +39,10 @@ def requested(report_to: str | Sequence[str] | None) -> list[str]:
     for n in names:
         if n not in REPORT_TO:
             raise UsageError(f"--report-to {n!r} is unknown; expected one of {', '.join(REPORT_TO)}")
-    if "tensorboard" in names and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError("--report-to tensorboard needs the tensorboard package: pip install tensorboard "
-                         "(or pip install -e .[tracking])")
-    if "wandb" in names and importlib.util.find_spec("wandb") is None:
-        raise UsageError("--report-to wandb needs the wandb package: pip install wandb")
+    install = {"tensorboard": "pip install tensorboard (or pip install -e .[tracking])", "wandb": "pip install wandb"}
+    for n in ("tensorboard", "wandb"):
+        if n in names and importlib.util.find_spec(n) is None:
+            raise UsageError(f"--report-to {n} needs the {n} package: {install[n]}")
     return names
 
 
