@@ -30,9 +30,8 @@ class _Streaming:
         like = [t.detach() for t in like]
         self.shapes, self.dtypes = [t.shape for t in like], [t.dtype for t in like]
         self.device, self.numel, self.acc_dtype = like[0].device, P.numel(like), acc_dtype
-        self._flats = [P.empty_flat(self.numel + (i == 0), acc_dtype, self.device) for i in range(n_buffers)]
-        for f in self._flats:  # first touch after the huge-page advice (common.params.empty_flat)
-            f.zero_()
+        # zeroed: the first touch after the huge-page advice (common.params.empty_flat)
+        self._flats = [P.empty_flat(self.numel + (i == 0), acc_dtype, self.device).zero_() for i in range(n_buffers)]
         self._views = [P.unflatten(f[:self.numel], like) for f in self._flats]
 
     def _check(self, tensors: Sequence[torch.Tensor], what: str = "client tensors") -> list:
@@ -124,8 +123,7 @@ class _Streaming:
                                          f"values (common.params.flatten), got shape {tuple(q.shape)}")
                     flat = q if q.is_contiguous() else None
                 else:
-                    q = self._check(q)
-                    flat = P.as_flat(q) if all(t is not None for t in q) else None
+                    flat = P.as_flat(self._check(q))  # None when some tensor is missing
                 if flat is None or flat.numel() != self.numel or flat.device != self.device:
                     return None
                 flats.append(flat)
@@ -304,12 +302,8 @@ class FisherMean(_Streaming):
                 _select_into(flat[lo:hi], den[lo:hi] > 0, q, mean)
                 at_floor += int((den[lo:hi] <= eps).sum())  # an integer count: exact whatever the threads
         self.eps_share = at_floor / self.numel if eps > 0 else 1.0
-        if not direct:
-            if flat_out is not None and flat_out.numel() == self.numel:
-                with self._threads():
-                    flat_out.copy_(flat)
-            else:
-                P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
+        if not direct:  # one copy when ``out`` tiles one buffer (common.params.foreach)
+            P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
         return out
 
 
