@@ -15,6 +15,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,8 +33,7 @@ def _own_running_threads() -> int:
     n = 0
     for tid in os.listdir("/proc/self/task"):
         try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                n += f.read().rsplit(")", 1)[1].split()[0] == "R"
+            n += Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
         except OSError:  # the thread ended meanwhile
             pass
     return n
@@ -45,8 +45,7 @@ def machine_busy() -> bool:
     now = time.monotonic()
     if now - _busy_state["at"] > _BUSY_MAX_AGE_S:
         try:
-            with open("/proc/loadavg") as f:
-                running = int(f.read().split()[3].split("/")[0])
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
             _busy_state["busy"] = running - _own_running_threads() >= 1
         except (OSError, ValueError, IndexError):
             _busy_state["busy"] = False

@@ -39,8 +39,7 @@ class Scaffold:
     def control(self, client: int) -> Tensors:
         """c_i (created as zeros on first use)."""
         if client not in self.c_i:
-            flat = torch.zeros(P.numel(self.c), dtype=self.c[0].dtype, device=self.c[0].device)
-            self.c_i[client] = P.unflatten(flat, self.c)  # one buffer: the list ops on it are single ops
+            self.c_i[client] = P.zeros_like(self.c)  # one buffer: the list ops on it are single ops
         return self.c_i[client]
 
     @torch.no_grad()
