@@ -17,8 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from common import params as P
-
-Tensors = list[torch.Tensor]
+from common.params import Tensors
 
 
 class _Streaming:
@@ -161,8 +160,7 @@ class WeightedMean(_Streaming):
 
     @torch.no_grad()
     def add(self, tensors: Sequence[torch.Tensor], weight: float = 1.0) -> None:
-        tensors = self._check(tensors)
-        flat = P.as_flat(tensors)
+        flat = P.as_flat(self._check(tensors))
         if flat is not None:
             self.add_flat(flat, weight)
         else:
@@ -238,15 +236,13 @@ class FisherMean(_Streaming):
             raise ValueError(f"FisherMean eps (relative to the mean Fisher) must be > 0, got {eps}")
         # buffer 0: sum w F theta (+ total weight), 1: sum w F, 2: sum w theta
         super().__init__(like, 3, acc_dtype)
-        self.eps = eps
-        self.eps_share = float("nan")
+        self.eps, self.eps_share = eps, float("nan")
 
     @torch.no_grad()
     def add(self, tensors, fisher, weight: float = 1.0) -> None:
         """theta and F each one buffer (or views of one): block by block, so they are read from memory once
         while the three sums' block is in cache; else one fused op per quantity."""
-        tensors, fisher = self._check(tensors), self._check(fisher, "fisher")
-        flat_t, flat_f = P.as_flat(tensors), P.as_flat(fisher)
+        flat_t, flat_f = P.as_flat(self._check(tensors)), P.as_flat(self._check(fisher, "fisher"))
         if flat_t is not None and flat_f is not None:
             self._add_blocked([(flat_t, flat_f)], [weight], self._add_block)
             return

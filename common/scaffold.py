@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 
 from common import params as P
+from common.params import Tensors
 from common.server_opt import _as_dtype
-
-Tensors = list[torch.Tensor]
 
 
 class Scaffold:
