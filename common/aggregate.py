@@ -17,8 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from common import params as P
-
-Tensors = list[torch.Tensor]
+from common.params import Tensors
 
 
 class _Streaming:
@@ -30,9 +29,8 @@ class _Streaming:
         like = [t.detach() for t in like]
         self.shapes, self.dtypes = [t.shape for t in like], [t.dtype for t in like]
         self.device, self.numel, self.acc_dtype = like[0].device, P.numel(like), acc_dtype
-        self._flats = [P.empty_flat(self.numel + (i == 0), acc_dtype, self.device) for i in range(n_buffers)]
-        for f in self._flats:  # first touch after the huge-page advice (common.params.empty_flat)
-            f.zero_()
+        # zeroed: the first touch after the huge-page advice (common.params.empty_flat)
+        self._flats = [P.empty_flat(self.numel + (i == 0), acc_dtype, self.device).zero_() for i in range(n_buffers)]
         self._views = [P.unflatten(f[:self.numel], like) for f in self._flats]
 
     def _check(self, tensors: Sequence[torch.Tensor], what: str = "client tensors") -> list:
@@ -124,8 +122,7 @@ class _Streaming:
                                          f"values (common.params.flatten), got shape {tuple(q.shape)}")
                     flat = q if q.is_contiguous() else None
                 else:
-                    q = self._check(q)
-                    flat = P.as_flat(q) if all(t is not None for t in q) else None
+                    flat = P.as_flat(self._check(q))  # None when some tensor is missing
                 if flat is None or flat.numel() != self.numel or flat.device != self.device:
                     return None
                 flats.append(flat)
@@ -163,8 +160,7 @@ class WeightedMean(_Streaming):
 
     @torch.no_grad()
     def add(self, tensors: Sequence[torch.Tensor], weight: float = 1.0) -> None:
-        tensors = self._check(tensors)
-        flat = P.as_flat(tensors)
+        flat = P.as_flat(self._check(tensors))
         if flat is not None:
             self.add_flat(flat, weight)
         else:
@@ -240,15 +236,13 @@ class FisherMean(_Streaming):
             raise ValueError(f"FisherMean eps (relative to the mean Fisher) must be > 0, got {eps}")
         # buffer 0: sum w F theta (+ total weight), 1: sum w F, 2: sum w theta
         super().__init__(like, 3, acc_dtype)
-        self.eps = eps
-        self.eps_share = float("nan")
+        self.eps, self.eps_share = eps, float("nan")
 
     @torch.no_grad()
     def add(self, tensors, fisher, weight: float = 1.0) -> None:
         """theta and F each one buffer (or views of one): block by block, so they are read from memory once
         while the three sums' block is in cache; else one fused op per quantity."""
-        tensors, fisher = self._check(tensors), self._check(fisher, "fisher")
-        flat_t, flat_f = P.as_flat(tensors), P.as_flat(fisher)
+        flat_t, flat_f = P.as_flat(self._check(tensors)), P.as_flat(self._check(fisher, "fisher"))
         if flat_t is not None and flat_f is not None:
             self._add_blocked([(flat_t, flat_f)], [weight], self._add_block)
             return
@@ -304,12 +298,8 @@ class FisherMean(_Streaming):
                 _select_into(flat[lo:hi], den[lo:hi] > 0, q, mean)
                 at_floor += int((den[lo:hi] <= eps).sum())  # an integer count: exact whatever the threads
         self.eps_share = at_floor / self.numel if eps > 0 else 1.0
-        if not direct:
-            if flat_out is not None and flat_out.numel() == self.numel:
-                with self._threads():
-                    flat_out.copy_(flat)
-            else:
-                P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
+        if not direct:  # one copy when ``out`` tiles one buffer (common.params.foreach)
+            P.foreach(torch._foreach_copy_, out, P.unflatten(flat, self._views[0]))
         return out
 
 

@@ -393,9 +393,8 @@ class Federation:
                                  for k in range(len(sizes))])
                 seeds.append(C.farthest_first(loss, seeds))
             P.load_(task.params, start)
-            opt = task.make_optimizer(task.lr(0))
             for i in range(self.args.ifca_init_rounds):
-                if i and self.args.client_opt_state != "persist":
+                if i == 0 or self.args.client_opt_state != "persist":
                     opt = task.make_optimizer(task.lr(0))
                 out = task.train_client(seeds[g], -1 - i, opt, FedAvg())
                 tokens += int(out.get("tokens", 0))
@@ -444,9 +443,8 @@ class Federation:
 
 def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, start: int = 0) -> None:
     """Rounds ``start``..``task.rounds - 1`` (logged 1-based); without ``rd`` (a warm-up) no log, checks, saves."""
-    args, params, device = fed.args, task.params, task.device
+    args, params, device, timing = fed.args, task.params, task.device, fed.timing
     world, rank = D.world_size(), D.rank()
-    timing = fed.timing
     bar = tqdm(range(start, task.rounds), desc=task.name, initial=start, total=task.rounds,
                disable=rd is None or rank != 0 or args.quiet)
     for r in bar:

@@ -73,11 +73,6 @@ def sample_labels(logits: torch.Tensor, generator: torch.Generator | None = None
     return torch.multinomial(probs.to(g_dev), 1, generator=generator).to(probs.device).view(logits.shape[:-1])
 
 
-def _sample_labels(model, forward, inputs, targets, generator, ignore_index) -> torch.Tensor:
-    draws = sample_labels(forward(model, inputs), generator)
-    return draws if targets is None else draws.masked_fill(targets == ignore_index, ignore_index)
-
-
 def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empirical",
                     forward: Callable | None = None, params: Sequence[torch.Tensor] | None = None,
                     method: str = "per_example", chunk_size: int = 16, generator: torch.Generator | None = None,
@@ -119,7 +114,8 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
                     break
                 inputs, targets = _take(inputs, slice(0, n)), None if targets is None else targets[:n]
             if labels == "sampled":
-                targets = _sample_labels(model, forward, inputs, targets, generator, ignore_index)
+                draws = sample_labels(forward(model, inputs), generator)
+                targets = draws if targets is None else draws.masked_fill(targets == ignore_index, ignore_index)
             elif targets is None:
                 raise ValueError("labels='empirical' needs targets in every batch")
             has_target = (targets != ignore_index).reshape(n, -1).any(1)

@@ -15,6 +15,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,8 +33,7 @@ def _own_running_threads() -> int:
     n = 0
     for tid in os.listdir("/proc/self/task"):
         try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                n += f.read().rsplit(")", 1)[1].split()[0] == "R"
+            n += Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
         except OSError:  # the thread ended meanwhile
             pass
     return n
@@ -45,8 +45,7 @@ def machine_busy() -> bool:
     now = time.monotonic()
     if now - _busy_state["at"] > _BUSY_MAX_AGE_S:
         try:
-            with open("/proc/loadavg") as f:
-                running = int(f.read().split()[3].split("/")[0])
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
             _busy_state["busy"] = running - _own_running_threads() >= 1
         except (OSError, ValueError, IndexError):
             _busy_state["busy"] = False
@@ -56,9 +55,7 @@ def machine_busy() -> bool:
 
 def op_threads(numel: int) -> int:
     """Threads for one elementwise op on ``numel`` elements (the module docstring's rule)."""
-    if numel < PARALLEL_MIN_NUMEL or machine_busy():
-        return 1
-    return torch.get_num_threads()
+    return 1 if numel < PARALLEL_MIN_NUMEL or machine_busy() else torch.get_num_threads()
 
 
 def threads_for(numel: int, device: torch.device | str | None = None):
@@ -131,10 +128,6 @@ def foreach(fn: Callable, *lists: Sequence[torch.Tensor], **kwargs):
 CHUNK_NUMEL = 1 << 16
 
 
-def _direct(fn: Callable, *lists, **kwargs):
-    return fn(*lists, **kwargs)
-
-
 def chunked_apply(body: Callable, *lists: Sequence[torch.Tensor], chunk: int = CHUNK_NUMEL) -> None:
     """Run ``body(fe, *lists)``, elementwise ops each written ``fe(torch._foreach_op, ...)``: when every list
     tiles one CPU buffer of one length, on consecutive ``chunk``-element slices (one-element lists, one
@@ -145,7 +138,7 @@ def chunked_apply(body: Callable, *lists: Sequence[torch.Tensor], chunk: int = C
         return
     with num_threads(1):
         for lo in range(0, flats[0].numel(), chunk):
-            body(_direct, *[[f[lo:lo + chunk]] for f in flats])
+            body(lambda fn, *pieces, **kwargs: fn(*pieces, **kwargs), *[[f[lo:lo + chunk]] for f in flats])
 
 
 # CPU buffers of at least this many bytes are 2 MiB aligned and marked for transparent huge pages (as numpy
@@ -224,8 +217,7 @@ def clone(tensors: Iterable[torch.Tensor], dtype: torch.dtype | None = None) -> 
     """Detached copies (optionally cast), e.g. a snapshot of the global model (``flat_empty_like``'s layout)."""
     tensors = [t.detach() for t in tensors]
     out = flat_empty_like(tensors, dtype)
-    if tensors:
-        foreach(torch._foreach_copy_, out, tensors)
+    foreach(torch._foreach_copy_, out, tensors)
     return out
 
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 
 from common import params as P
+from common.params import Tensors
 from common.server_opt import _as_dtype
-
-Tensors = list[torch.Tensor]
 
 
 class Scaffold:
@@ -39,8 +38,7 @@ class Scaffold:
     def control(self, client: int) -> Tensors:
         """c_i (created as zeros on first use)."""
         if client not in self.c_i:
-            flat = torch.zeros(P.numel(self.c), dtype=self.c[0].dtype, device=self.c[0].device)
-            self.c_i[client] = P.unflatten(flat, self.c)  # one buffer: the list ops on it are single ops
+            self.c_i[client] = P.zeros_like(self.c)  # one buffer: the list ops on it are single ops
         return self.c_i[client]
 
     @torch.no_grad()

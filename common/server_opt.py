@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import torch
 
 from common import params as P
+from common.params import Tensors
 
-Tensors = list[torch.Tensor]
 # the step count given to torch's fused Adam kernel: its bias corrections 1 - b^1e9 are exactly 1, so the kernel
 # computes the paper's step (Flower's eta_norm goes into lr when asked)
 _NO_BIAS_CORRECTION_STEP = 1e9

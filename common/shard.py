@@ -38,9 +38,11 @@ def _check_k(n: int, num_clients: int) -> None:
                             "use fewer clients or more data")
 
 
-def _labels(labels) -> np.ndarray:
+def _labels(labels, num_clients: int) -> np.ndarray:
+    """``labels`` (or categories, scores) as a 1-D array with at least one per client."""
     labels = np.asarray(labels)
     check(labels.ndim == 1, f"labels must be a 1-D array, got shape {labels.shape}")
+    _check_k(len(labels), num_clients)
     return labels
 
 
@@ -80,10 +82,9 @@ def pathological(labels: np.ndarray, num_clients: int, nc: int, seed: int) -> Sh
     """Exactly ``nc`` distinct classes per client, every sample used (McMahan et al.'s skew, made exact): each
     class is held by floor or ceil(K*nc / C) clients and its shuffled samples split near-equally among them.
     Impossible when ``nc > C``, ``K*nc < C`` or a class has fewer samples than the clients holding it."""
-    labels = _labels(labels)
+    labels = _labels(labels, num_clients)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     n_cls = len(classes)
-    _check_k(len(labels), num_clients)
     check(1 <= nc <= n_cls, f"classes per client (nc={nc}) must be between 1 and the number of classes "
                             f"({n_cls})")
     check(num_clients * nc >= n_cls, f"num_clients*nc = {num_clients}*{nc} < {n_cls} classes: some class "
@@ -106,8 +107,7 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min
     """Per class, proportions over clients ~ Dir(alpha·1), redrawn until every client has at least ``min_size``
     samples (Hsu et al. 2019); class c's shuffled indices are cut at ``floor(cumsum(p_c) * n_c)``. A
     ``UsageError`` when ``max_tries`` draws all leave some client short."""
-    labels = _labels(labels)
-    _check_k(len(labels), num_clients)
+    labels = _labels(labels, num_clients)
     check(alpha > 0, f"dirichlet alpha must be positive, got {alpha}")
     check(min_size >= 0 and min_size * num_clients <= len(labels),
           f"min_size={min_size} for {num_clients} clients needs at least {min_size * num_clients} samples, "
@@ -135,8 +135,7 @@ def dirichlet_mix(labels: np.ndarray, num_clients: int, alpha: float, seed: int)
     samples drawn from q_k without replacement (Hsu et al. 2019). Valid for every seed and alpha: clients are
     served in random order; a client whose classes are used up draws from the available ones in proportion
     to q_k (where q_k puts no mass there, from the one it prefers most). Every sample is used once."""
-    labels = _labels(labels)
-    _check_k(len(labels), num_clients)
+    labels = _labels(labels, num_clients)
     check(alpha > 0, f"dirichlet alpha must be positive, got {alpha}")
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     rng = numpy_rng(seed, "shard", "dirichlet_mix")
@@ -188,8 +187,7 @@ def category(categories: np.ndarray, num_clients: int, seed: int) -> Shards:
     categories dealt out largest first, each to the currently smallest client (ties at random). K > G: each
     category gets clients in proportion to its size (largest remainder, between 1 and its size), its
     shuffled samples split evenly among them."""
-    categories = _labels(categories)
-    _check_k(len(categories), num_clients)
+    categories = _labels(categories, num_clients)
     _, inverse, counts = np.unique(categories, return_inverse=True, return_counts=True)
     rng = numpy_rng(seed, "shard", "category")
     groups = _class_groups(inverse, counts, rng)
@@ -243,8 +241,7 @@ def document_topics(docs: list[str], num_topics: int, seed: int = 0, max_words: 
 def sorted_blocks(scores: np.ndarray, num_clients: int) -> Shards:
     """Consecutive blocks (sizes within one) of the data stably sorted by a per-example score: client 0 gets the
     lowest scores (length, formality or complexity skew)."""
-    scores = _labels(scores)
-    _check_k(len(scores), num_clients)
+    scores = _labels(scores, num_clients)
     return _sorted_shards(np.array_split(np.argsort(scores, kind="stable"), num_clients))
 
 

@@ -71,9 +71,8 @@ class TextSource:
         self.pi = np.stack([_stationary(self.dense(t)) for t in range(T)])
         with np.errstate(divide="ignore", invalid="ignore"):
             row_h = -np.where(self.prob > 0, self.prob * np.log(self.prob), 0.0).sum(2)      # [T, V]
-            uni_h = -np.where(self.pi > 0, self.pi * np.log(self.pi), 0.0).sum(1)             # [T]
+            self.unigram_entropy = -np.where(self.pi > 0, self.pi * np.log(self.pi), 0.0).sum(1)  # [T]
         self.entropy_rate = (self.pi * row_h).sum(1)
-        self.unigram_entropy = uni_h
         self.top_content = np.argsort(-self.pi[:, 2 + n_fn:], axis=1)[:, :200] + 2 + n_fn   # for titles
 
     def dense(self, topic: int) -> np.ndarray:
