@@ -44,8 +44,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--holdout-clients", type=flags.POSITIVE_INT, default=4,
                    help="the clients of --holdout-fraction (the federated arm's --num-clients)")
     g.add_argument("--val-freq", type=flags.POSITIVE_INT, default=10, help="steps between evaluations")
-    mmodel.add_eval_args(p, deltas_help="save .npz parameter snapshots and deltas (since the previous "
-                         "evaluation)")
+    mmodel.add_eval_args(p, deltas_help="save .npz parameter snapshots and deltas (since the previous evaluation)")
     cli.add_run_args(p)
     p.config_legacy = mmodel.config_legacy
     return p

@@ -68,8 +68,6 @@ class Snapshots:
                 del self.arrays[k]
 
     def write(self, tag: str) -> None:
-        if not self.arrays:
-            return
         with atomic_path(self.folder / f"{tag}.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, **self.arrays)
         self.arrays = {}
@@ -80,6 +78,5 @@ class Snapshots:
         return {"previous": prev}
 
     def load_state_dict(self, state: dict) -> None:
-        prev = state.get("previous")
-        self.previous = None if prev is None else {
-            k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in prev.items()}
+        prev = state["previous"]  # tensors: the checkpoint loads with weights_only=True
+        self.previous = None if prev is None else {k: v.numpy() for k, v in prev.items()}

@@ -51,8 +51,7 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0, se
     g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=holdout,
                    help="fraction of each client's blocks held out of training (FedEntropy measures on it)")
     engine.add_algorithm_args(p, server_opt=server_opt, momentum_form="ema", client_opt_state="persist")
-    mmodel.add_eval_args(p, deltas_help="save .npz snapshots (server) and deltas (server, clients) at each "
-                         "evaluation")
+    mmodel.add_eval_args(p, deltas_help="save .npz snapshots (server) and deltas (server, clients) at each evaluation")
     cli.add_run_args(p)
     p.config_legacy = mmodel.config_legacy
     return p
@@ -103,8 +102,7 @@ class Method:
 
 @dataclass
 class Context:
-    """What a hook may use: the args, the model (holding the client's final parameters), its trainable
-    parameter list, the data, the device and the current round."""
+    """What a hook may use; ``model`` holds the client's final parameters."""
     args: argparse.Namespace
     model: torch.nn.Module
     params: list

@@ -257,8 +257,7 @@ def reported_model(args: argparse.Namespace, stopper, kept: list[torch.Tensor], 
 def final_line(path, summary: dict) -> str:
     """The one line a run ends with (``common.report``): where it is, the final perplexity with its references."""
     opt = summary.get("optimal_ppl_word")
-    extra = (f"per word {summary.get('final_val_ppl_word', float('nan')):.2f} vs optimum {opt:.2f}"
-             if opt else None)
+    extra = f"per word {summary.get('final_val_ppl_word', float('nan')):.2f} vs optimum {opt:.2f}" if opt else None
     return report.ending_line(path, "final validation perplexity", summary.get("final_val_ppl"),
                               {"unigram": summary["unigram_ppl"], "uniform": summary["uniform_ppl"]}, extra=extra,
                               figures=["perplexity.png"], loader="AutoModelForCausalLM.from_pretrained")

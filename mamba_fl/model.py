@@ -35,8 +35,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--head-dim", type=flags.POSITIVE_INT, default=64, help="SSM head dimension P (--quick: 16)")
     g.add_argument("--expand", type=flags.POSITIVE_INT, default=2, help="inner width = expand * d_model")
     g.add_argument("--d-conv", type=flags.POSITIVE_INT, default=4, help="causal depthwise convolution width")
-    g.add_argument("--n-groups", type=flags.POSITIVE_INT, default=1,
-                   help="groups sharing B and C (mamba-ssm default 1)")
+    g.add_argument("--n-groups", type=flags.POSITIVE_INT, default=1, help="groups sharing B and C (mamba-ssm: 1)")
     g.add_argument("--chunk-size", type=flags.POSITIVE_INT, default=None,
                    help="SSD chunk length (default min(256, sequence length)); the result does not depend on it, "
                         "but the PyTorch path pads each sequence to a multiple and costs O(chunk^2) per chunk")
@@ -81,8 +80,7 @@ def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
 
 
 def make_stopper(args: argparse.Namespace):
-    """The run's plateau rule (``common.early_stop``) when --patience, --test or --budget-at asks for a kept
-    model, else None."""
+    """The plateau rule (``common.early_stop``) if --patience, --test or --budget-at needs a kept model, else None."""
     return EarlyStop(args.patience, args.min_improvement, args.budget_at) \
         if args.patience or args.test or args.budget_at else None
 

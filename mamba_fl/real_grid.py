@@ -229,7 +229,6 @@ def select(args, out: Path, blocks: int, arms, picked: dict, run) -> dict | None
         if extension == EXTEND or all(wider[a] == candidates[a] for a in wider):
             return found
         candidates |= wider
-    return None
 
 
 def reported_plan(args, out: Path, blocks: int, picked: dict) -> list[jobs.Job]:

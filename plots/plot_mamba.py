@@ -355,13 +355,12 @@ def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
     for a in (ax, zoom):
         if budget:
             a.axvline(budget[0], ls="--", color="0.6", lw=1, label="equal compute (--budget-at)" if a is ax else None)
+        a.xaxis.set_major_formatter(lambda v, _: f"{v / 1000:g}k")
     zoom.set_xlim(min(ends) / 2, max(ends) * 1.02)  # from half the shortest run on: every arm's plateau in view
     zoom.set_ylim(0.97 * min(best), 1.15 * max(best))
     zoom.set_xlabel("training sequences seen (all clients together)")
     zoom.set_ylabel("validation perplexity per token")
     zoom.set_title("the plateau (from half the shortest run on, linear axis)", fontsize=9)
-    for a in (ax, zoom):
-        a.xaxis.set_major_formatter(lambda v, _: f"{v / 1000:g}k")
     return _finish_curves(fig, ax, refs, f"{title}\none line per seed; dots: each run's best-validation model (the "
                           "one tested)", path, legend_ax=zoom)
 
