@@ -62,8 +62,7 @@ def reference(setting: str) -> str | None:
 
 
 def label(setting: str) -> str:
-    names = {"fedavg_iid": "FedAvg IID", "fedavg_iid_scratch": "FedAvg IID from scratch",
-             "centralized": "centralized"}
+    names = {"fedavg_iid": "FedAvg IID", "fedavg_iid_scratch": "FedAvg IID from scratch", "centralized": "centralized"}
     if setting in names:
         return names[setting]
     title = suite.VIT.shard_title

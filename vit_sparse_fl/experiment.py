@@ -1,5 +1,4 @@
-"""What the training scripts share: the parser with the --quick preset, model flags and model, local steps, evaluation.
-"""
+"""What the training scripts share: the --quick parser, model flags and model, local steps, evaluation."""
 from __future__ import annotations
 
 import argparse
