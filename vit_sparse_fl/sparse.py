@@ -43,9 +43,8 @@ def select(scores: Sequence[torch.Tensor], keep: int, largest: bool,
 
 
 def compute_masks(params: Sequence[torch.Tensor], strategy: str, sparsity: float, *,
-                  fisher_fn: Callable[[int, list[torch.Tensor]], list[torch.Tensor]] | None = None,
-                  rounds: int = 1, generator: torch.Generator | None = None,
-                  threshold: str = "exact") -> list[torch.Tensor]:
+                  fisher_fn: Callable[[int, list[torch.Tensor]], list[torch.Tensor]] | None = None, rounds: int = 1,
+                  generator: torch.Generator | None = None, threshold: str = "exact") -> list[torch.Tensor]:
     """Masks (True = trainable) for ``params``, density exactly 1 - ``sparsity`` over all of them.
 
     ``fisher_fn(r, masks)``: the scores of calibration round ``r`` given the current masks (*_sensitive only).

@@ -280,8 +280,7 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise cli.UsageError(f"--weights {weights}: not a torch checkpoint "
-                                 f"({type(e).__name__})") from None
+            raise cli.UsageError(f"--weights {weights}: not a torch checkpoint ({type(e).__name__})") from None
         source = str(path)
     if isinstance(state, dict) and "model" in state and "config" in state:   # this project's checkpoint
         return _load_project_checkpoint(model, state, source)
