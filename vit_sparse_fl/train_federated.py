@@ -319,8 +319,7 @@ def sweep(args, runner, prefix: str = "fedavg") -> dict:
                                             rounds=max(1, int(round(args.rounds * args.local_steps / j)))))
                    for j in args.j_values}
     out = {"experiment": kind, "results": results}
-    if D.is_main():
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    if D.is_main():                                          # atomic_write_json makes --out-dir
         atomic_write_json(Path(args.out_dir) / sweep_file_name(args, prefix, kind), out)
     return out
 
