@@ -234,8 +234,7 @@ def add_data_args(parser) -> None:
     g.add_argument("--val-fraction", type=flags.Number(float, 0.0, 1.0, low_open=True, high_open=True),
                    default=0.1, help="held-out share of the training set")
     g.add_argument("--split-seed", type=flags.SEED, default=0, help="seed of the validation split")
-    g.add_argument("--num-classes", type=flags.COUNT, default=0,
-                   help="keep only classes 0..N-1 (0: all 100)")
+    g.add_argument("--num-classes", type=flags.COUNT, default=0, help="keep only classes 0..N-1 (0: all 100)")
     g.add_argument("--classes", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
                    help="keep classes FIRST..LAST-1, relabelled from 0 (e.g. 10 100 to pretrain on the 90 "
                         "classes a fine-tuning task on 0 10 never sees); replaces --num-classes")
@@ -254,8 +253,7 @@ def augment(images: torch.Tensor, image_size: int, generator: torch.Generator | 
 
     Training: random crop with zero padding 4 and horizontal flip with probability 1/2 (from ``generator``),
     done as one ``gather`` of the padded batch (a quarter of the cost of cropping then flipping; the same
-    pixels from the same draws); then, as in evaluation, bilinear resize and ImageNet normalisation.
-    """
+    pixels from the same draws); then, as in evaluation, bilinear resize and ImageNet normalisation."""
     if images.dtype != torch.uint8:
         return images
     B, C, H, W = images.shape

@@ -1,5 +1,4 @@
-"""What the training scripts share: the parser with the --quick preset, model flags and model, local steps, evaluation.
-"""
+"""What the training scripts share: the --quick parser, model flags and model, local steps, evaluation."""
 from __future__ import annotations
 
 import argparse
@@ -84,14 +83,12 @@ def add_model_args(parser: argparse.ArgumentParser, *, lr: float, weight_decay: 
 def validate_model_args(args) -> None:
     """What the flags' types cannot check alone (they refuse every number out of its range)."""
     text = args.arch == "encoder"
-    cli.check(text == (args.data == "ag_news"), "--arch encoder and --data ag_news go together (token ids in, "
-                                                f"a text encoder to read them); got --arch {args.arch} --data "
-                                                f"{args.data}")
+    cli.check(text == (args.data == "ag_news"), "--arch encoder and --data ag_news go together (token ids in, a text "
+                                                f"encoder to read them); got --arch {args.arch} --data {args.data}")
     cli.check(not text or args.weights not in ("dino", "none", "random", ""),
               f"--arch encoder needs --weights minilm or a Hugging Face encoder folder, got {args.weights!r}")
-    cli.check(text or args.freeze_layers <= ARCHS[args.arch].depth,
-              f"--freeze-layers {args.freeze_layers} exceeds the {ARCHS.get(args.arch, VIT_TINY).depth} blocks of "
-              f"{args.arch}")
+    cli.check(text or args.freeze_layers <= ARCHS[args.arch].depth, f"--freeze-layers {args.freeze_layers} exceeds "
+              f"the {ARCHS.get(args.arch, VIT_TINY).depth} blocks of {args.arch}")
 
 
 def build_model(args, num_classes: int, device: torch.device) -> tuple[ViTClassifier, str]:

@@ -43,15 +43,13 @@ def select(scores: Sequence[torch.Tensor], keep: int, largest: bool,
 
 
 def compute_masks(params: Sequence[torch.Tensor], strategy: str, sparsity: float, *,
-                  fisher_fn: Callable[[int, list[torch.Tensor]], list[torch.Tensor]] | None = None,
-                  rounds: int = 1, generator: torch.Generator | None = None,
-                  threshold: str = "exact") -> list[torch.Tensor]:
+                  fisher_fn: Callable[[int, list[torch.Tensor]], list[torch.Tensor]] | None = None, rounds: int = 1,
+                  generator: torch.Generator | None = None, threshold: str = "exact") -> list[torch.Tensor]:
     """Masks (True = trainable) for ``params``, density exactly 1 - ``sparsity`` over all of them.
 
     ``fisher_fn(r, masks)``: the scores of calibration round ``r`` given the current masks (*_sensitive only).
     ``threshold``: 'exact' keeps exactly the scheduled count (ties broken by position); 'kthvalue' is TaLoS's
-    rule (``talos.kthvalue_select``: ties kept, so the density can exceed 1 - s).
-    """
+    rule (``talos.kthvalue_select``: ties kept, so the density can exceed 1 - s)."""
     if threshold not in ("exact", "kthvalue"):
         raise ValueError(f"threshold must be 'exact' or 'kthvalue', got {threshold!r}")
     if strategy not in STRATEGIES:
@@ -88,8 +86,7 @@ def density(masks: Sequence[torch.Tensor]) -> float:
 class SparseSGDM(torch.optim.Optimizer):
     """``torch.optim.SGD``'s arithmetic (exactly, with an all-True mask), updating only where ``mask`` is True:
     gradient, weight decay and momentum buffer are zero off the mask and the write-back is a ``torch.where``,
-    so masked coordinates keep their exact bits. ``masks``: per parameter, a bool tensor or None (dense).
-    """
+    so masked coordinates keep their exact bits. ``masks``: per parameter, a bool tensor or None (dense)."""
 
     def __init__(self, params, masks: Sequence[torch.Tensor | None], lr: float, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):

@@ -37,25 +37,23 @@ def talos_scores(model: nn.Module, batches: Iterable, params: Sequence[torch.Ten
     def sampled_logit(p_dict, x, y):          # one image: the logit of its sampled class
         return functional_call(model, p_dict, (x.unsqueeze(0),))[0].gather(0, y.unsqueeze(0)).squeeze(0)
 
+    # torch.func.grad ignores the decorator's no_grad (a transform sees only the no_grad inside it)
     per_example = vmap(grad(sampled_logit), in_dims=(None, 0, 0))
     try:
-        with torch.no_grad():
-            for p, s in zip(params, scale):
-                if s is not None:
-                    p.mul_(s)                 # the masked forward of the official code: w * mask
+        for p, s in zip(params, scale):
+            if s is not None:
+                p.mul_(s)                     # the masked forward of the official code: w * mask
         p_dict = {n: p.detach() for n, p in zip(names, params)}
         for inputs, _ in batches:
-            with torch.no_grad():
-                y = sample_labels(model(inputs), generator)
+            y = sample_labels(model(inputs), generator)
             for lo in range(0, len(inputs), chunk_size):
                 g = per_example(p_dict, inputs[lo:lo + chunk_size], y[lo:lo + chunk_size])
                 torch._foreach_add_(scores, [(g[n].float() ** 2).sum(0) for n in names])
         # the gradient reaching the weight itself is mask * the gradient of the effective weight
         scores = [sc if s is None else sc * s.float() ** 2 for sc, s in zip(scores, scale)]
     finally:
-        with torch.no_grad():
-            for p, w in zip(params, saved):
-                p.copy_(w)
+        for p, w in zip(params, saved):
+            p.copy_(w)
         model.train(was_training)
     return scores
 

@@ -61,9 +61,8 @@ def keep_best(run_path, best: list[dict], epoch: int, acc: float, model, k: int)
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     exp.validate_model_args(args)
-    cli.check(args.warmup_epochs < args.epochs,
-              f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs} "
-              f"with --epochs {args.epochs}")
+    cli.check(args.warmup_epochs < args.epochs, f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs} "
+                                                f"with --epochs {args.epochs}")
     cli.check(args.min_lr <= args.lr, f"--min-lr must be in [0, --lr], got {args.min_lr}")
 
     seeding.seed_everything(args.seed)
@@ -100,8 +99,7 @@ def main(argv=None) -> dict:
     for epoch in bar:
         gen = seeding.client_generator(args.seed, epoch, 0, device, purpose="centralized")
         steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-        stream = cifar.batches(train, args.batch_size, steps, gen, args.image_size,
-                               augment_train=not args.no_augment)
+        stream = cifar.batches(train, args.batch_size, steps, gen, args.image_size, augment_train=not args.no_augment)
         loss_sum = torch.zeros((), device=device)  # read once per epoch: no host sync per step
         with seeding.client_rng(args.seed, epoch, 0, purpose="centralized_dropout"):
             for i, batch in enumerate(stream):   # one step per batch so the schedule is per step
@@ -111,18 +109,16 @@ def main(argv=None) -> dict:
                                           device=device, lr=lr)
                 loss_sum += loss
         ev = exp.evaluate(fwd, val, args, device)
-        run.check_finite(f"epoch {epoch + 1} (step {epoch * steps_per_epoch + steps})", training_loss=loss_sum,
-                         parameters=params)
-        row = {"epoch": epoch + 1, "step": epoch * steps_per_epoch + steps, "lr": lr,
-               "train_loss": loss_sum.item() / steps, "val_loss": ev["loss"],
-               "val_accuracy": ev["accuracy"]}
+        done = epoch * steps_per_epoch + steps
+        run.check_finite(f"epoch {epoch + 1} (step {done})", training_loss=loss_sum, parameters=params)
+        row = {"epoch": epoch + 1, "step": done, "lr": lr, "train_loss": loss_sum.item() / steps,
+               "val_loss": ev["loss"], "val_accuracy": ev["accuracy"]}
         run.log(row)
         bar.set_postfix(val_acc=f"{ev['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
         best_acc, stale = (ev["accuracy"], 0) if ev["accuracy"] > best_acc else (best_acc, stale + 1)
         best = keep_best(str(run.path), best, epoch + 1, ev["accuracy"], model, args.keep_best)
         run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "epoch": epoch + 1, "best_acc": best_acc, "stale": stale, "best": best},
-                            periodic=True)
+                             "epoch": epoch + 1, "best_acc": best_acc, "stale": stale, "best": best}, periodic=True)
         if args.patience and stale >= args.patience:
             stopped_early = True
             break
@@ -137,12 +133,11 @@ def main(argv=None) -> dict:
     steps_done = rows[-1]["step"]
     summary = {"method": "centralized", "seed": args.seed, "weights": source, "epochs_done": len(rows),
                "steps_done": steps_done, "sample_gradients": steps_done * args.batch_size,
-               "num_classes": num_classes, "chance_accuracy": 1.0 / num_classes,
-               "test_images": final_test["n"], **exp.plateau(rows, "step", total_steps),
-               "stopped_early": stopped_early,
-               "final_val_accuracy": rows[-1]["val_accuracy"],
-               "best_val_accuracy": best_acc, "best_epoch": best[0]["epoch"],
-               "test_accuracy": best_test["accuracy"], "final_test_accuracy": final_test["accuracy"],
+               "num_classes": num_classes, "chance_accuracy": 1.0 / num_classes, "test_images": final_test["n"],
+               **exp.plateau(rows, "step", total_steps), "stopped_early": stopped_early,
+               "final_val_accuracy": rows[-1]["val_accuracy"], "best_val_accuracy": best_acc,
+               "best_epoch": best[0]["epoch"], "test_accuracy": best_test["accuracy"],
+               "final_test_accuracy": final_test["accuracy"],
                "best_checkpoints": [os.path.basename(b["path"]) for b in best]}
     summary = run.write_summary(summary)
     exp.save_model(model, run.path, args, name="best_model",  # beside the final one

@@ -269,20 +269,16 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
         return D.broadcast_object(None)
     rows, best = run.rows(), task.best
     n_coords = sum(p.numel() for p in params)
-    up = n_coords if masks is None else sum(int(m.sum()) if m is not None else p.numel()
-                                            for m, p in zip(masks, params))
+    up = n_coords if masks is None else sum(p.numel() if m is None else int(m.sum()) for m, p in zip(masks, params))
     m = task.per_round
-    summary = {"method": prefix, "sharding": args.sharding,
-               "nc": args.nc if args.sharding == "non_iid" else None, "local_steps": args.local_steps,
-               "rounds": args.rounds, "seed": args.seed, "weights": ctx["weights"],
-               "num_classes": ctx["num_classes"], "chance_accuracy": 1.0 / ctx["num_classes"],
-               "test_images": test["n"],
+    summary = {"method": prefix, "sharding": args.sharding, "nc": args.nc if args.sharding == "non_iid" else None,
+               "local_steps": args.local_steps, "rounds": args.rounds, "seed": args.seed, "weights": ctx["weights"],
+               "num_classes": ctx["num_classes"], "chance_accuracy": 1.0 / ctx["num_classes"], "test_images": test["n"],
                # one sample gradient per image of every local step, head warm-up rounds included
                "sample_gradients": (args.rounds + args.head_warmup) * m * args.local_steps * args.batch_size,
                "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
                "best_val_accuracy": best["val_accuracy"], "best_round": best["round"],
-               **exp.plateau(rows, "round", args.rounds),
-               **interference_summary(rows),
+               **exp.plateau(rows, "round", args.rounds), **interference_summary(rows),
                "test_accuracy": test["accuracy"], "test_loss": test["loss"], "rounds_done": args.rounds,
                "bytes_up": 4 * up * m * args.rounds * fed.algo.upload_factor,
                "bytes_down": 4 * n_coords * m * args.rounds,
@@ -323,8 +319,7 @@ def sweep(args, runner, prefix: str = "fedavg") -> dict:
                                             rounds=max(1, int(round(args.rounds * args.local_steps / j)))))
                    for j in args.j_values}
     out = {"experiment": kind, "results": results}
-    if D.is_main():
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    if D.is_main():                                          # atomic_write_json makes --out-dir
         atomic_write_json(Path(args.out_dir) / sweep_file_name(args, prefix, kind), out)
     return out
 

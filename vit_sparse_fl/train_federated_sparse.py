@@ -87,8 +87,7 @@ def fisher_scores(ctx, global_params, round_idx: int, masks=None) -> list[torch.
     model.set_fused_attention(False)                        # vmap cannot batch fused CPU attention
     agg = WeightedMean(targets)
     shards = ctx["shards"]
-    mine = D.assign_clients(list(range(len(shards))), [len(s) for s in shards], D.world_size())[D.rank()]
-    for k in mine:
+    for k in D.assign_clients(list(range(len(shards))), [len(s) for s in shards], D.world_size())[D.rank()]:
         idx = shards[k]
         gen = seeding.client_generator(args.seed, round_idx, k, device, purpose="calibration")
         stream = list(cifar.batches(ctx["train"], args.batch_size, args.calibration_batches, gen,

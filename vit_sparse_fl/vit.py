@@ -234,8 +234,7 @@ def hf_config(cfg: ViTConfig, image_size: int) -> tuple[dict, dict]:
     return config, preprocessor
 
 
-def save(model: ViTClassifier, run_path, *, image_size: int, info: dict | None = None,
-         name: str = "model") -> Path:
+def save(model: ViTClassifier, run_path, *, image_size: int, info: dict | None = None, name: str = "model") -> Path:
     """``<run_path>/<name>/``: the Hugging Face folder of the module doc; returns it."""
     config, preprocessor = hf_config(model.cfg, image_size)
     return export.save_tensors_dir(run_path, hf_state_dict(model), config, info=info, name=name,
@@ -256,8 +255,7 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
 
     ``weights``: ``"dino"`` (torch hub cache / ``DINO_VITS16_URL``), ``None``/``"none"`` (random initialisation),
     a DINO checkpoint, a run's model folder, or this project's checkpoint (``train_centralized``, ``pretrain``),
-    whose head loads too when it has this model's number of classes.
-    """
+    whose head loads too when it has this model's number of classes."""
     if weights in (None, "", "none", "random"):
         return "random"
     if weights == "dino":
@@ -282,8 +280,7 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise cli.UsageError(f"--weights {weights}: not a torch checkpoint "
-                                 f"({type(e).__name__})") from None
+            raise cli.UsageError(f"--weights {weights}: not a torch checkpoint ({type(e).__name__})") from None
         source = str(path)
     if isinstance(state, dict) and "model" in state and "config" in state:   # this project's checkpoint
         return _load_project_checkpoint(model, state, source)
