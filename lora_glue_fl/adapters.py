@@ -59,14 +59,12 @@ def from_state_dict(sd: dict[str, torch.Tensor], r: int, alpha: float, target_mo
     """Split a peft state dict (saved key layout) into LoRA factors and head tensors."""
     factors, head, embeddings = {}, {}, []
     for key, t in sd.items():
-        if key.endswith(".lora_A.weight"):
-            m = key[: -len(".lora_A.weight")]
-            factors[m] = (t.detach().clone(), sd[f"{m}.lora_B.weight"].detach().clone())
-        elif key.endswith(".lora_embedding_A"):  # LoRA on an nn.Embedding
-            m = key[: -len(".lora_embedding_A")]
-            factors[m] = (t.detach().clone(), sd[f"{m}.lora_embedding_B"].detach().clone())
-            embeddings.append(m)
-        elif ".lora_" not in key:
+        m, lora, kind = key.partition(".lora_")
+        if kind in ("A.weight", "embedding_A"):  # embedding_A: LoRA on an nn.Embedding
+            factors[m] = (t.detach().clone(), sd[f"{m}.lora_{kind.replace('A', 'B')}"].detach().clone())
+            if kind == "embedding_A":
+                embeddings.append(m)
+        elif not lora:
             head[key] = t.detach().clone()
     return Adapter(factors, head, int(r), float(alpha), sorted(target_modules), bool(use_rslora), dropout,
                    extra or {}, sorted(head_modules or ["classifier"]), embeddings)
@@ -81,7 +79,7 @@ def from_model(model) -> Adapter:
 
 
 def _names(modules) -> list[str]:
-    """peft's modules_to_save (a list, a set, a string or None) as a sorted list."""
+    """peft's modules_to_save or target_modules (a list, a set, a string or None) as a sorted list."""
     return sorted(set([modules] if isinstance(modules, str) else (modules or [])))
 
 
@@ -143,13 +141,9 @@ def load(directory) -> Adapter:
               f"{cfg_path}: 'r' must be a positive integer, got {r!r}")
     cli.check(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0,
               f"{cfg_path}: 'lora_alpha' must be a positive number, got {alpha!r}")
-    targets = cfg.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else targets
-    return from_state_dict(sd, cfg["r"], cfg["lora_alpha"], targets, cfg.get("use_rslora", False),
-                           cfg.get("lora_dropout", 0.0),
-                           {"base_model_name_or_path":
-                                export.resolve_base(directory, cfg.get("base_model_name_or_path"))},
-                           _names(cfg.get("modules_to_save")))
+    extra = {"base_model_name_or_path": export.resolve_base(directory, cfg.get("base_model_name_or_path"))}
+    return from_state_dict(sd, r, alpha, _names(cfg.get("target_modules")), cfg.get("use_rslora", False),
+                           cfg.get("lora_dropout", 0.0), extra, _names(cfg.get("modules_to_save")))
 
 
 METHODS = ("svd", "naive", "exact")

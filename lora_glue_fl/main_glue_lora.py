@@ -67,7 +67,7 @@ def run(args, lora: bool = True) -> dict:
     resolve_args(args)
     args.data = glue_tasks.data_source(args)
     checks.common_args(args)
-    if args.adapter_output_dir if lora else None:
+    if lora and args.adapter_output_dir:
         cli.check_out_dir(args.adapter_output_dir, "--adapter_output_dir")
     task = glue_tasks.get_task(args.task_name)
     args.task_name = args.task_name.lower()

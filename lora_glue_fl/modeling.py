@@ -20,7 +20,7 @@ from common import checkpoint, cli, flags, pretrained, text
 from common import distributed as D
 from common import seed as seeding
 from common.errors import first_line
-from common.evaluate import autocast
+from common.evaluate import autocast, eval_mode
 from lora_glue_fl.glue_tasks import Examples, compute_metrics, get_task
 
 MODEL_IDS = {"base": "roberta-base", "large": "roberta-large"}
@@ -137,9 +137,8 @@ def build_tokenizer(args, train: Examples):
 
 
 def build_model(args, tokenizer, num_labels: int, seed: int):
-    """An ``AutoModelForSequenceClassification`` (1 output + MSE for STS-B); one clear line if it is not
-    available, is not an encoder with a classification model, or does not match the tokenizer. The new head
-    (and the random tiny model) is drawn from ``seed``."""
+    """An ``AutoModelForSequenceClassification`` (1 output + MSE for STS-B), its new head (and the random tiny model)
+    drawn from ``seed``; one line if it is unavailable, no encoder with a classifier, or mismatches the tokenizer."""
     from transformers import AutoModelForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
     problem = "regression" if num_labels == 1 else "single_label_classification"
     mid = model_id(args)
@@ -186,9 +185,8 @@ def default_target_modules(model) -> list[str]:
 
 
 def head_modules(model) -> list[str]:
-    """The classification model's modules with parameters outside its encoder (the head that trains and is
-    averaged with the adapter): classifier; pre_classifier + classifier for DistilBERT; pooler + classifier
-    for DeBERTa-v2."""
+    """The classification model's modules with parameters outside its encoder (the head that trains and is averaged
+    with the adapter): classifier; DistilBERT pre_classifier + classifier; DeBERTa-v2 pooler + classifier."""
     encoder = getattr(model, "base_model_prefix", "")
     return [n for n, m in model.named_children() if n != encoder and any(True for _ in m.parameters())]
 
@@ -329,16 +327,14 @@ def predict(model, data: Encoded, device, batch_size: int = 64, shard: bool = Fa
     """Logits [N, C] (scores [N, 1] for regression) in data order, from batches of the examples sorted by length
     (little padding). ``shard``: under torchrun every rank scores every N-th batch and all ranks get all logits;
     call it on every rank then."""
-    was = model.training
-    model.eval()
     order = torch.argsort(data.lengths, stable=True)
     starts, out = list(D.my_batch_starts(len(data), batch_size, shard)), []
-    for s in starts:
-        batch = data.batch(order[s:s + batch_size], device)
-        batch.pop("labels")
-        with autocast(device):
-            out.append(model(**batch).logits.float())
-    model.train(was)
+    with eval_mode(model):
+        for s in starts:
+            batch = data.batch(order[s:s + batch_size], device)
+            batch.pop("labels")
+            with autocast(device):
+                out.append(model(**batch).logits.float())
     pieces = list(zip(starts, [o.cpu().numpy() for o in out]))  # (first row, logits) per batch, in length order
     if shard and D.world_size() > 1:  # every rank's batches
         pieces = sorted((p for part in D.all_gather_object(pieces) for p in part), key=lambda p: p[0])

@@ -380,9 +380,8 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
     for (task, method, shard), group in groups.items():
         if method != "svd":
             continue
-        curves = [g["summary"]["svd_error_by_rank"] for g in group
-                  if isinstance(g["summary"].get("svd_error_by_rank"), list)
-                  and all(_number(v) is not None for v in g["summary"]["svd_error_by_rank"])]
+        curves = [c for c in (g["summary"].get("svd_error_by_rank") for g in group)
+                  if isinstance(c, list) and all(_number(v) is not None for v in c)]
         top = min([len(c) for c in curves] + ([max_rank] if max_rank else []), default=0)
         if curves and top:
             y = np.mean([c[:top] for c in curves], axis=0)
