@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.cli import UsageError, check
+from common.errors import UsageError, check, first_line
 
 IGNORE_INDEX = -100
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
@@ -132,8 +132,7 @@ def _hub_dataset(name: str, config: str | None, cache_dir: str | None):
     try:
         return datasets.load_dataset(name, config, cache_dir=cache_dir)
     except Exception as e:  # offline / not cached: datasets raises several types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"dataset {name!r} could not be loaded from the hub or its cache ({first[:160]}); "
+        raise UsageError(f"dataset {name!r} could not be loaded from the hub or its cache ({first_line(e, 160)}); "
                          f"give --data-dir with the original files or use --data synthetic") from None
 
 
@@ -146,11 +145,9 @@ def subsample(data: TextData, max_examples: int | None, seed: int) -> TextData:
 
 
 # ----------------------------------------------------------------------------- style scores
+STYLE_CRITERIA = ("length", "formality", "complexity")
 _INFORMAL = re.compile(r"(!|\?|\b(i|you|we|me|my|your|our|lol|gonna|wanna|yeah|ok|okay)\b|n't\b|'(s|re|ll|ve|d|m)\b)",
                        re.IGNORECASE)
-
-
-STYLE_CRITERIA = ("length", "formality", "complexity")
 
 
 def style_scores(texts: list[str], criterion: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.cli import UsageError, check
+from common.errors import UsageError, check, first_line
 from common.evaluate import eval_mode
 from common.pretrained import quiet_loading
 
@@ -48,7 +48,7 @@ def load_base(model: str, *, vocab_size: int, seq_len: int, eos_id: int | None, 
         with quiet_loading():
             base = AutoModelForCausalLM.from_pretrained(name, cache_dir=cache_dir)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e, 160)
         if Path(name).exists():
             raise UsageError(f"folder {name!r} holds no causal LM that AutoModelForCausalLM loads ({first}); expected "
                              f"a save_pretrained folder (config.json and weights)") from None

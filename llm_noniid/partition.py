@@ -32,18 +32,13 @@ class Clients:
         idx = torch.as_tensor(self.shards[c], dtype=torch.long)
         x, y = input_ids[idx].clone(), labels[idx].clone()
         if self.max_len and self.max_len[c] is not None:
+            pads = x[labels[idx] == IGNORE_INDEX]  # the pad id in x, or 0 when the rows have no padding
             y[:, self.max_len[c]:] = IGNORE_INDEX
-            x[:, self.max_len[c]:] = _pad_of(x, labels[idx])
+            x[:, self.max_len[c]:] = int(pads[0]) if pads.numel() else 0
         if self.vocab and self.vocab[c] is not None:
             keep = self.vocab[c][y.clamp(min=0)] & (y != IGNORE_INDEX)
             y = torch.where(keep, y, torch.full_like(y, IGNORE_INDEX))
         return x, y
-
-
-def _pad_of(x: torch.Tensor, y: torch.Tensor) -> int:
-    """The pad id used in ``x`` (where the labels are -100), or 0 when the rows have no padding."""
-    pads = x[y == IGNORE_INDEX]
-    return int(pads[0]) if pads.numel() else 0
 
 
 def token_counts(labels: torch.Tensor, vocab_size: int) -> torch.Tensor:

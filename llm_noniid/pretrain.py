@@ -178,8 +178,8 @@ def train_base(args, config: dict, articles: list, work: Path, final: Path) -> N
                      n_head=args.n_head, resid_pdrop=args.dropout, embd_pdrop=args.dropout,
                      attn_pdrop=args.dropout, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     model = GPT2LMHeadModel(cfg)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    other = [p for n, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
     state = {"step": 0, "history": [], "best": None, "best_ppl": math.inf, "seconds": 0.0}

@@ -87,9 +87,8 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
     ifca = ["--clustering", "ifca", "--num-clusters", "4"]
     if mode == "failure":
         # the mu sweep and the clustering arms where they matter (topic skew); on iid the contrast arms only
-        out = []
-        for part, split in (("iid", IID), ("topic a=0.01", TOPIC)):
-            contrast = ("FedAvg", f"FedProx mu={(mus or {}).get('iid', '0.1')}", "SCAFFOLD")
+        out, contrast = [], ("FedAvg", f"FedProx mu={(mus or {}).get('iid', '0.1')}", "SCAFFOLD")
+        for part, split in HEADLINE_PARTS:
             out += [(part, name, split + a) for name, a in algos(part, sweep=part != "iid")
                     if part != "iid" or name in contrast]
             out += [(part, "FedAvg, 2 of 10 clients/round", split + FEDAVG + lp),
@@ -258,21 +257,15 @@ def select(args, passthrough: list[str]) -> dict:
     study = [*PRETRAINED, "--model", base_folder(args), "--data", "ag_news", "--data-dir", str(data),
              *rounds_flags(rounds)]
     runs = out / "select" / "runs"
-    score = lambda s: s["final_val_ppl"] if s and s.get("status") == "complete" and s["final_val_ppl"] is not None \
-        and math.isfinite(s["final_val_ppl"]) else math.inf  # noqa: E731
     lr_jobs = jobs_for([("iid", f"FedAvg lr {lr}", [*study, "--learning-rate", lr, *IID, *FEDAVG], rounds)
                         for lr in LR_GRID], [SELECT_SEED], passthrough, runs)
-    run_jobs(lr_jobs, args, "selection: learning rate")
-    _check_finished(lr_jobs, out)
-    lr_scores = {lr: score(jobs.summary_of(j)) for lr, j in zip(LR_GRID, lr_jobs)}
+    lr_scores = dict(zip(LR_GRID, _selection_scores(lr_jobs, args, "learning rate")))
     lr = min(lr_scores, key=lr_scores.get)
     cli.check(math.isfinite(lr_scores[lr]), f"selection: FedAvg diverged at every rate of {', '.join(LR_GRID)}")
     mu_arms = [(part, f"FedProx mu={mu}", [*study, "--learning-rate", lr, *split, "--algorithm", "fedprox", "--mu",
                                            mu], rounds) for part, split in SELECT_PARTS for mu in MUS]
     mu_jobs = jobs_for(mu_arms, [SELECT_SEED], passthrough, runs)
-    run_jobs(mu_jobs, args, "selection: FedProx mu")
-    _check_finished(mu_jobs, out)
-    scores = iter([score(jobs.summary_of(j)) for j in mu_jobs])  # in mu_arms' order
+    scores = iter(_selection_scores(mu_jobs, args, "FedProx mu"))  # in mu_arms' order
     mu_scores = {part: {mu: next(scores) for mu in MUS} for part, _ in SELECT_PARTS}
     chosen = {"base": base_folder(args), "rounds": rounds, "seed": SELECT_SEED, "learning_rate": float(lr),
               "mu": {part: min(v, key=v.get) for part, v in mu_scores.items()},
@@ -282,12 +275,17 @@ def select(args, passthrough: list[str]) -> dict:
     return chosen
 
 
-def _check_finished(grid: list[jobs.Job], out: Path) -> None:
-    """Stop before choosing if a selection run failed (a diverged run has a summary and scores inf): a choice made
-    without it would be written to selection.json and never revisited."""
-    failed = [j.name for j in grid if jobs.summary_of(j) is None]
-    cli.check(not failed, f"selection: {', '.join(failed)} did not finish (its log in {out / 'logs'}); rerun the "
-                          "same command to complete the selection")
+def _selection_scores(grid: list[jobs.Job], args, title: str) -> list[float]:
+    """Run a selection phase; its runs' final validation perplexity (inf if not complete and finite). Stops before
+    choosing if a run failed (a diverged run has a summary and scores inf): a choice made without it would be
+    written to selection.json and never revisited."""
+    run_jobs(grid, args, f"selection: {title}")
+    summaries = [jobs.summary_of(j) for j in grid]
+    failed = [j.name for j, s in zip(grid, summaries) if s is None]
+    cli.check(not failed, f"selection: {', '.join(failed)} did not finish (its log in {Path(args.out_dir) / 'logs'}); "
+                          "rerun the same command to complete the selection")
+    return [s["final_val_ppl"] if s.get("status") == "complete" and s["final_val_ppl"] is not None
+            and math.isfinite(s["final_val_ppl"]) else math.inf for s in summaries]
 
 
 def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
