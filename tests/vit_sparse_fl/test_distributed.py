@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from multirank import run_ranks, torchrun_env
+from multirank import free_port, run_ranks, torchrun_env
 
 from common import distributed as D
 from vit_sparse_fl import train_federated as fed
@@ -32,22 +32,31 @@ def crash_in_round_3(real):
     return train_client
 
 
-def worker(rank, world, port, out):
+def worker(rank, world, port, out, ports):
+    """Five scripts one after another, each joining a group of its own and leaving it. Each group gets its own
+    port: on the previous one, a rank that left first could reach rank 0's old store before rank 0 has left it,
+    and join a stale group (both ranks then wait at different groups' barriers)."""
     torchrun_env(rank, world, port)
+    group = iter(ports)
+
+    def script(main, argv):
+        os.environ["MASTER_PORT"] = str(next(group))
+        return main(argv)
+
     try:
-        res = {"dense": fed.main([*SMALL, "--out-dir", out, "--run-name", "dense"]),
-               "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", out, "--run-name", "sparse"])}
+        res = {"dense": script(fed.main, [*SMALL, "--out-dir", out, "--run-name", "dense"]),
+               "sparse": script(fsp.main, [*SMALL, *SPARSE, "--out-dir", out, "--run-name", "sparse"])}
         res["left_group"] = not D.is_distributed()           # each script leaves the group it joined
-        res["persist"] = fed.main([*SMALL, *PERSIST, "--out-dir", out, "--run-name", "persist"])
+        res["persist"] = script(fed.main, [*SMALL, *PERSIST, "--out-dir", out, "--run-name", "persist"])
         real = fed.VitTask.train_client
         fed.VitTask.train_client = crash_in_round_3(real)   # both ranks stop before round 3; rank 0 saved round 2
         try:
-            fed.main([*SMALL, "--out-dir", out, "--run-name", "cut"])
+            script(fed.main, [*SMALL, "--out-dir", out, "--run-name", "cut"])
         except KeyboardInterrupt:
             pass
         finally:
             fed.VitTask.train_client = real
-        res["resumed"] = fed.main([*SMALL, "--out-dir", out, "--run-name", "cut", "--resume"])
+        res["resumed"] = script(fed.main, [*SMALL, "--out-dir", out, "--run-name", "cut", "--resume"])
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     finally:
         D.cleanup()
@@ -74,7 +83,7 @@ def test_two_gloo_ranks_match_the_single_process_run(tmp_path, monkeypatch):
     ref = {"dense": fed.main([*SMALL, "--out-dir", str(single), "--run-name", "dense"]),
            "sparse": fsp.main([*SMALL, *SPARSE, "--out-dir", str(single), "--run-name", "sparse"]),
            "persist": fed.main([*SMALL, *PERSIST, "--out-dir", str(single), "--run-name", "persist"])}
-    run_ranks(worker, str(multi), timeout=180)
+    run_ranks(worker, str(multi), [free_port() for _ in range(5)], timeout=180)
     r0, r1 = (torch.load(multi / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert r0 == r1                                          # every rank returns rank 0's summary
     assert r0["left_group"]
