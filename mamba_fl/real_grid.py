@@ -56,7 +56,6 @@ CHOICES = {"central": ("--lr", [3e-3, 1e-2, 3e-2]), "fedavg": ("--lr", [3e-3, 1e
            "fedentropy": ("--temperature", [0.1, 1.0, 10.0]), "fedavgm": ("--server-lr", [0.1, 0.3, 1.0]),
     "fedfisher-local": ("--fisher-method", ["local"])}  # no free setting: one candidate, for "the best other arm"
 PHASES = (("central", "fedavg"), ("fedentropy", "fedavgm", "fedfisher-local"))
-EXTEND = 2  # a choice at the edge of its candidates adds the next value beyond it, at most this many times
 OTHERS = PHASES[1]  # the headline runs the best of them (on validation); --block all runs all three
 
 
@@ -94,6 +93,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "rates that learn fast and plateau higher)")
     p.add_argument("--select-epochs", type=flags.POSITIVE, default=4.0,
                    help="with --select-at budget: the selection runs' length, in passes")
+    p.add_argument("--extend", type=flags.COUNT, default=2,
+                   help="a choice at the edge of its candidates adds the next value beyond it, at most this many times")
     p.add_argument("--only", nargs="+", default=None, metavar="PATTERN",
                    help="train only the reported runs whose names match one of these shell patterns (e.g. "
                         "'*_L2_*': the 2-layer block); the selection always runs, since the choices depend on it")
@@ -215,10 +216,10 @@ def beyond_edge(values: list, best) -> list:
 
 def select(args, out: Path, blocks: int, arms, picked: dict, run) -> dict | None:
     """Run the selection of ``arms`` (at ``picked``'s earlier choices), extending a candidate list whose best
-    value lies at its edge (``EXTEND`` times at most); return what ``choose`` found, or None when runs are
+    value lies at its edge (``--extend`` times at most); return what ``choose`` found, or None when runs are
     missing (a dry run, or an interrupted grid)."""
     candidates = {a: list(CHOICES[a][1]) for a in arms}
-    for extension in range(EXTEND + 1):
+    for extension in range(args.extend + 1):
         sel = selection_plan(args, out, blocks, arms, picked["chosen"], candidates)
         outcome = run(sel, f"mamba_fl real text: selection of {', '.join(arms)}"
                            + (f" (extended {extension}x)" if extension else ""))
@@ -226,7 +227,7 @@ def select(args, out: Path, blocks: int, arms, picked: dict, run) -> dict | None
             return None
         found = choose(sel, candidates)
         wider = {a: beyond_edge(candidates[a], found["chosen"][a][CHOICES[a][0]]) for a in found["chosen"]}
-        if extension == EXTEND or all(wider[a] == candidates[a] for a in wider):
+        if extension == args.extend or all(wider[a] == candidates[a] for a in wider):
             return found
         candidates |= wider
 

@@ -130,7 +130,7 @@ def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys):
 
 def test_selection_extends_a_choice_at_the_edge_of_its_grid(mamba_cache, tmp_path):
     """A winner at the largest (smallest) candidate runs the next value beyond it, until one inside wins or
-    EXTEND extensions were made; the finished runs are not run again."""
+    --extend extensions were made; the finished runs are not run again."""
     folder, _ = lmdata._synthetic_dir(mamba_cache)
     out = tmp_path / "grid"
     argv = ["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"), "--out-dir", str(out)]
@@ -157,6 +157,9 @@ def test_selection_extends_a_choice_at_the_edge_of_its_grid(mamba_cache, tmp_pat
     assert ran.count("select_fedavg_lr0.09") == 1 and ran.count("select_fedavg_lr0.27") == 1  # 0.09 at the edge
     assert len(ran) == len(set(ran)) == 8 and not any("central_lr0.1" in n or "0.001" in n for n in ran)
     assert found["scores"]["fedavg"]["0.27"] == 79.0
+    args.extend, ran[:] = 0, []  # no extension: the grid's own best, at its edge
+    found = real_grid.select(args, out, blocks, ("central", "fedavg"), {"chosen": {}, "scores": {}}, run)
+    assert found["chosen"]["fedavg"] == {"--lr": 0.03} and ran == []
 
 
 def test_every_planned_command_passes_its_scripts_checks(mamba_cache, tmp_path):
