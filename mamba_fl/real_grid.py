@@ -242,11 +242,14 @@ def reported_plan(args, out: Path, blocks: int, picked: dict) -> list[jobs.Job]:
         settings += [(1, "topic", args.clients, args.clients), (1, "contiguous", 16, 4), (4, "contiguous", 4, 4)]
     plan = []
     for L, shard, k, m in settings:
-        small = (shard, k) != ("contiguous", args.clients) or L == 4
-        seeds = args.seeds[:1] if L == 4 else args.seeds
-        arms = ["fedavg", "fedfisher"] if small else ["central", "central-b4", "fedavg", "fedfisher", *others]
+        if L == 4:  # depth: does federation keep up with central training? (the grid's seeds, every arm)
+            arms = ["central", "central-b4", "fedavg", "fedfisher"]
+        elif (shard, k) != ("contiguous", args.clients):
+            arms = ["fedavg", "fedfisher"]
+        else:
+            arms = ["central", "central-b4", "fedavg", "fedfisher", *others]
         for arm in arms:
-            for s in (args.paired_seeds if arm in ("fedavg", "fedfisher") and L != 4 else seeds):
+            for s in (args.paired_seeds if arm in ("fedavg", "fedfisher") and L != 4 else args.seeds):
                 base = ["--layers", str(L), "--seed", str(s), *model_flags(args), *split_flags(out)]
                 if not arm.startswith("central"):
                     base += ["--shard", shard]

@@ -87,7 +87,9 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     names = [j.name for j in everything]
     assert {"fedentropy", "fedavgm", "fedfisher-local"} <= {n.split("_")[0] for n in names}
     assert len(names) == len(set(names)) and any("_topic_" in n for n in names) and any("k16m4" in n for n in names)
-    assert {_flag(j.argv, "--seed") for j in everything if j.name.startswith("fedavg_L4")} == {"0"}
+    l4 = [j.name for j in everything if "_L4_" in j.name]  # every arm of the depth comparison, the grid's seeds
+    assert sorted(l4) == sorted(f"{a}_L4_contiguous_k4m4_plateau_s{s}"
+                                for a in ("central", "central-b4", "fedavg", "fedfisher") for s in (0, 1, 2))
     only = real_grid.reported_plan(cli.parse(real_grid.get_args_parser(), argv + ["--only", "*_L2_*", "central_*"]),
                                    out, blocks, picked)  # a part of the grid: the same runs, fewer of them
     assert [j.name for j in only] == [n for n in plan if "_L2_" in n or n.startswith("central_")]
