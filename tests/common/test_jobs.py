@@ -233,3 +233,13 @@ def test_draw_prints_the_command_and_reports_a_failed_figure_script(tmp_path, ca
     line = f"$ python plots/plot_mamba.py --runs {tmp_path} --out {tmp_path / 'f'}"
     assert capsys.readouterr().out.splitlines()[0] == line
     assert not (tmp_path / "f").exists()
+
+
+def test_a_finished_line_names_the_validation_metric_before_the_test_metric(tmp_path):
+    """A selection stage's progress shows what it chooses on, not the test accuracy its runs also compute."""
+    j = job(tmp_path, "sel")
+    j.run_dir.mkdir(parents=True)
+    (j.run_dir / "summary.json").write_text(json.dumps({"test_accuracy": 0.9, "final_val_accuracy": 0.8}))
+    assert jobs._describe(j) == "; final_val_accuracy 0.8"
+    (j.run_dir / "summary.json").write_text(json.dumps({"test_accuracy": 0.9}))
+    assert jobs._describe(j) == "; test_accuracy 0.9"
