@@ -357,7 +357,7 @@ def _describe(job: Job) -> str:
     metric, final = s.get("main_metric"), s.get("final")
     if isinstance(metric, str) and isinstance(final, dict) and isinstance(final.get(metric), (int, float)):
         return f"; {metric} {final[metric]:.4g}"
-    # validation first: what a selection stage chooses on (its runs' test metrics are never shown while choosing)
+    # validation first: what a selection stage chooses on
     for key in ("final_val_ppl", "final_val_accuracy", "final_ppl", "test_accuracy", "accuracy", "eval_accuracy"):
         if isinstance(s.get(key), (int, float)):
             return f"; {key} {s[key]:.4g}"

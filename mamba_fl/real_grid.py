@@ -79,7 +79,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=flags.POSITIVE_INT, default=2, help="runs at a time (one thread each)")
     p.add_argument("--seeds", type=flags.SEED, nargs="+", default=[0, 1, 2], help="seeds of every arm")
     p.add_argument("--paired-seeds", type=flags.SEED, nargs="+", default=[0, 1, 2, 3, 4],
-                   help="seeds of FedAvg and FedFisher (the source's claim)")
+                   help="seeds of FedAvg and FedFisher at 1 and 2 layers (the source's claim; 4 layers: --seeds)")
     p.add_argument("--clients", type=flags.POSITIVE_INT, default=4, help="clients, all taking part every round")
     p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=16, help="blocks per optimizer step")
     p.add_argument("--eval-epochs", type=flags.POSITIVE, default=0.2,
