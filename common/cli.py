@@ -182,19 +182,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _said_in_words(e: BaseException) -> None:
-    """Failures that are not bugs: a full disk (``UsageError``) and an arithmetic overflow, e.g. a learning rate
-    no float32 step can hold (the run diverged: ``runlog.overflowed``). Anything else is raised again."""
-    full = no_space(e)
-    if full is not None:
-        raise UsageError(f"no space left on the device writing {full.filename or 'a file'}; files written "
-                         "atomically (checkpoints, summaries) keep their last complete version; free some space "
-                         "and rerun") from None
-    if isinstance(e, OverflowError) or "without overflow" in str(e):
-        runlog.overflowed(" ".join(str(e).split())[:120])
-    raise e
-
-
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
     """Run ``main``: ``UsageError`` -> one line on stderr, exit 2; ``Diverged`` -> exit 3; locks released."""
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script"
@@ -202,7 +189,16 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
         try:
             main(argv)
         except (OSError, RuntimeError, OverflowError) as e:
-            _said_in_words(e)
+            # failures that are not bugs: a full disk (UsageError) and an arithmetic overflow, e.g. a learning rate
+            # no float32 step can hold (the run diverged: runlog.overflowed); anything else is raised again
+            full = no_space(e)
+            if full is not None:
+                raise UsageError(f"no space left on the device writing {full.filename or 'a file'}; files written "
+                                 "atomically (checkpoints, summaries) keep their last complete version; free some "
+                                 "space and rerun") from None
+            if isinstance(e, OverflowError) or "without overflow" in str(e):
+                runlog.overflowed(" ".join(str(e).split())[:120])
+            raise
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None

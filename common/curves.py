@@ -11,11 +11,10 @@ def _plt():
 
 def reference_lines(ax, refs: dict | None) -> None:
     """Horizontal lines at a language model's reference points (uniform, unigram, the optimum per word)."""
-    refs = refs or {}
     styles = (("uniform_ppl", "uniform guess", ":", "0.5"), ("unigram_ppl", "unigram (train)", "-.", "0.35"),
               ("optimal_ppl_word", "optimum per word", "--", "k"))
     for key, name, ls, color in styles:
-        if refs.get(key):
+        if refs and refs.get(key):
             ax.axhline(refs[key], color=color, ls=ls, lw=1, label=f"{name} {refs[key]:.1f}")
 
 

@@ -149,8 +149,6 @@ def all_gather_object(obj) -> list:
 
 def my_share(items: Iterable):
     """This rank's items rank, rank + N, ... of ``items`` (the others are produced too: see ``my_batch_starts``)."""
-    if not is_distributed() or world_size() == 1:
-        return iter(items)
     return itertools.islice(items, rank(), None, world_size())
 
 

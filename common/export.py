@@ -22,10 +22,6 @@ CARD_FILE = "fedlab.json"
 TENSORS_FILE = "model.safetensors"
 
 
-def model_dir(run_path: str | os.PathLike, name: str = MODEL_DIR) -> Path:
-    return Path(run_path) / name
-
-
 def _save_pretrained(model, tokenizer, folder) -> None:
     """``save_pretrained`` of the model (a compile wrapper's ``_orig_mod``) and tokenizer, no progress bars."""
     from transformers.utils import logging as hf_logging
@@ -45,8 +41,7 @@ def _save_pretrained(model, tokenizer, folder) -> None:
 def save_model_dir(run_path: str | os.PathLike, model, tokenizer=None, *, info: dict | None = None,
                    name: str = MODEL_DIR) -> Path:
     """``save_pretrained`` into ``<run_path>/<name>/`` (returned), ``info`` (headline metrics) to fedlab.json."""
-    out = model_dir(run_path, name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(run_path) / name
     _save_pretrained(model, tokenizer, out)
     atomic_write_json(out / CARD_FILE, {"run": Path(run_path).name, "format": "transformers",
                                         "class": type(getattr(model, "_orig_mod", model)).__name__, **(info or {})})
@@ -61,14 +56,12 @@ def merged(model):
 
 def save_adapter_dir(run_path: str | os.PathLike, peft_model, tokenizer=None, *, base: str | None = None,
                      base_model=None, info: dict | None = None, name: str = "adapter") -> Path:
-    """A peft model's adapter in ``<run>/<name>/``, ``base`` (hub name or folder) as its
-    ``base_model_name_or_path``; a base built in code is given as ``base_model`` (without adapters) and saved to
-    ``<run>/base_model/``."""
+    """A peft model's adapter in ``<run>/<name>/``, ``base`` (hub name or folder) as its ``base_model_name_or_path``;
+    a base built in code is given as ``base_model`` (without adapters) and saved to ``<run>/base_model/``."""
     run_path = Path(run_path)
-    out = model_dir(run_path, name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_path / name
     if base_model is not None:
-        base = str(model_dir(run_path, "base_model"))
+        base = str(run_path / "base_model")
         _save_pretrained(base_model, tokenizer, base)
     _save_pretrained(peft_model, tokenizer, out)
     cfg_path = out / "adapter_config.json"
@@ -84,8 +77,7 @@ def save_tensors_dir(run_path: str | os.PathLike, tensors: dict[str, torch.Tenso
     """Named tensors in ``<run>/<name>/model.safetensors``, ``config.json`` and the ``extra`` JSON files."""
     from safetensors.torch import save_file
 
-    out = model_dir(run_path, name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(run_path) / name
     with atomic_path(out / TENSORS_FILE) as tmp:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata={"format": "pt"})

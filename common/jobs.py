@@ -89,10 +89,7 @@ def script_path(module: str) -> str:
     spec = importlib.util.find_spec(module)
     check(spec is not None and spec.origin is not None, f"no script {module}")
     path = Path(spec.origin)
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
 
 
 def draw(script: str, *flags: str) -> bool:
@@ -111,7 +108,7 @@ def expected_args(job: Job) -> tuple[dict, object]:
     args = parse_with_config(parser, job.argv)
     if hasattr(module, "resolve_args"):
         module.resolve_args(args)
-    if getattr(args, "clients_per_round", None) is not None and hasattr(args, "num_clients"):
+    if hasattr(args, "num_clients"):
         with contextlib.suppress(UsageError):  # the rate the script derives from the count (a bad count: its error)
             flags.resolve_clients_per_round(args)
     return runlog.portable(round_trip_json(vars(args))), parser
@@ -152,23 +149,21 @@ def classify(job: Job) -> State:
         return State("other", "; ".join(diffs))
     if shorter:
         return State("extend", ", ".join(shorter))
-    summary = _read_summary(path)
+    summary = summary_of(job)
     if summary is not None and summary.get("status", "complete") in ("complete", "diverged"):
         return State("done", summary.get("status", "complete"))
     return State("resume")
 
 
-def _read_summary(path: Path) -> dict | None:
+def summary_of(job: Job) -> dict | None:
+    """The job's summary.json (None for an output job or an unfinished run)."""
+    if job.run_dir is None:
+        return None
     try:
-        value = json.loads((path / runlog.SUMMARY_FILE).read_text(encoding="utf-8"))
+        value = json.loads((job.run_dir / runlog.SUMMARY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def summary_of(job: Job) -> dict | None:
-    """The job's summary.json (None for an output job or an unfinished run)."""
-    return _read_summary(job.run_dir) if job.run_dir is not None else None
 
 
 def _die_with_driver():
@@ -287,17 +282,16 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while waiting or running:
-            for item in list(waiting):
-                job, extra = item
+            for job, extra in list(waiting):
                 if len(running) >= parallel:
                     break
                 if any(status.get(a) in ("failed", "other", "blocked") for a in job.after):
-                    waiting.remove(item)
+                    waiting.remove((job, extra))
                     status[job.name] = "blocked"
                     messages[job.name] = f"not run: it needs {', '.join(job.after)}, which did not finish"
                     continue
                 if all(status.get(a) in _DONE for a in job.after):
-                    waiting.remove(item)
+                    waiting.remove((job, extra))
                     running[_start(job, extra, log_dir, env)] = (job, time.monotonic())
             if not running and waiting:  # only jobs waiting for ones outside the plan
                 for job, _ in waiting:

@@ -58,7 +58,6 @@ LENGTH_FLAGS = ("rounds", "num_rounds", "epochs", "n_epochs", "max_steps", "tota
 # Flags added after runs were saved, with the value that does what those runs did: a saved run without the flag
 # resumes when it is at that value (llm_noniid's --lr-schedule and --lora-targets).
 ADDED_FLAGS = {"lr_schedule": "constant", "lora_targets": None}
-_PACKAGES = ("torch", "transformers", "peft", "datasets", "numpy")
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,7 +75,7 @@ def git_commit() -> str:
 def versions() -> dict:
     """Python and key package versions (read from metadata: nothing is imported)."""
     out = {"python": platform.python_version()}
-    for name in _PACKAGES:
+    for name in ("torch", "transformers", "peft", "datasets", "numpy"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -184,10 +183,7 @@ def data_fingerprint(source: str, folder: str | os.PathLike | None = None,
     for f in files:
         f = Path(f).resolve()
         st = f.stat()
-        try:
-            name = str(f.relative_to(folder_path)) if folder_path else f.name
-        except ValueError:
-            name = f.name
+        name = str(f.relative_to(folder_path)) if folder_path and f.is_relative_to(folder_path) else f.name
         out["files"][name] = {"bytes": st.st_size, "sha256": _sha256_file(str(f), st.st_size, st.st_mtime_ns)}
     for name, content in (texts or {}).items():
         data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
@@ -485,12 +481,10 @@ class RunDir:
             fd = _open_lock(self.path / LOCK_FILE, os.O_RDONLY)
         except FileNotFoundError:
             return
-        try:
-            if _try_flock(fd, exclusive=False):
-                return  # nobody holds it: a stale lock file of a dead process
-        finally:
-            os.close(fd)
-        raise _busy(self.path)
+        free = _try_flock(fd, exclusive=False)  # nobody holds it: a stale lock file of a dead process
+        os.close(fd)
+        if not free:
+            raise _busy(self.path)
 
     def _acquire_lock(self) -> None:
         lock = self.path / LOCK_FILE
@@ -634,8 +628,9 @@ class RunDir:
     @property
     def tracker(self) -> tracking.Tracker:
         """The ``--report-to`` trackers (``common.tracking``), fed every metrics row; made on first use."""
-        if self._tracker is None:
-            self._tracker = tracking.from_args(self.args if self.is_main else {}, self.path, resume=self.resumed)
+        if self._tracker is None:  # configured by the run's arguments (W&B's config too); a no-op on other ranks
+            args = self.args if self.is_main else {}
+            self._tracker = tracking.Tracker(self.path, args.get("report_to"), config=dict(args), resume=self.resumed)
         return self._tracker
 
     def rows(self) -> list[dict]:

@@ -16,9 +16,8 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from common.errors import UsageError
+from common.errors import UsageError, check
 
 REPORT_TO = ("none", "tensorboard", "wandb")
 TENSORBOARD_DIR = "tensorboard"
@@ -37,8 +36,7 @@ def requested(report_to: str | Sequence[str] | None) -> list[str]:
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     names = [n for n in dict.fromkeys(names) if n and n != "none"]
     for n in names:
-        if n not in REPORT_TO:
-            raise UsageError(f"--report-to {n!r} is unknown; expected one of {', '.join(REPORT_TO)}")
+        check(n in REPORT_TO, f"--report-to {n!r} is unknown; expected one of {', '.join(REPORT_TO)}")
     install = {"tensorboard": "pip install tensorboard (or pip install -e .[tracking])", "wandb": "pip install wandb"}
     for n in ("tensorboard", "wandb"):
         if n in names and importlib.util.find_spec(n) is None:
@@ -134,10 +132,4 @@ def close_all() -> None:
     """Close every open tracker (W&B writes a run's last records only when it is finished)."""
     for tracker in list(_OPEN):
         tracker.close()
-
-
-def from_args(args: dict | Any, run_path: str | os.PathLike, resume: bool = False) -> Tracker:
-    """The tracker ``args["report_to"]`` (or ``args.report_to``) asks for; a no-op one when absent."""
-    config = dict(args) if isinstance(args, dict) else dict(vars(args))
-    return Tracker(run_path, config.get("report_to"), config=config, resume=resume)
 
