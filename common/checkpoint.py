@@ -38,15 +38,6 @@ class CheckpointError(UsageError):
     """A checkpoint that cannot be used: missing, truncated, foreign, or written by another script."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # e.g. Windows cannot open directories
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def usual_mode(executable: bool = False) -> int:
     """The mode ``open()`` gives a new file under the current umask, for files written through 0600 temp files."""
     umask = os.umask(0)
@@ -81,7 +72,12 @@ def atomic_path(path: str | os.PathLike):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    with contextlib.suppress(OSError):  # the rename reaches the disk too (Windows cannot open directories)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:

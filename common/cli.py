@@ -146,9 +146,8 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
                    help="with --resume: continue a run, finished or not, to a larger --rounds / --num-rounds / "
                         "--epochs than it was started with (give its --run-name: default names include them)")
     g.add_argument("--checkpoint-every", type=POSITIVE_INT, default=1,
-                   help="save the checkpoint at every N-th evaluation only (a large model's checkpoint can take "
-                        "longer to write than the training between evaluations; a resume then repeats up to N-1 "
-                        "evaluation intervals, with the same result)")
+                   help="save the checkpoint at every N-th evaluation only (a large model's can take longer to write "
+                        "than the training between evaluations; a resume repeats up to N-1 intervals, same result)")
     tracking.add_report_args(g)
     config.add_config_arg(g)  # --config FILE.yaml, unless the script has its own --config
     compiled.add_compile_args(g)

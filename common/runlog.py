@@ -294,8 +294,7 @@ class RunDir:
     directory for a bad input. ``is_main``: False on other torchrun ranks (writes are no-ops); ``kind``: the
     script, saved in args.json and every checkpoint so another script's run is refused; ``spans_length``: what in
     this run is laid out over its whole length (a cosine learning rate over --rounds), so --extend is refused: the
-    rounds already run followed the shorter layout.
-    """
+    rounds already run followed the shorter layout."""
 
     def __init__(self, out_dir: str | os.PathLike, run_name: str, args: dict | argparse.Namespace, *,
                  kind: str, resume: bool = False, is_main: bool = True,
