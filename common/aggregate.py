@@ -162,11 +162,10 @@ class WeightedMean(_Streaming):
     def add(self, tensors: Sequence[torch.Tensor], weight: float = 1.0) -> None:
         flat = P.as_flat(self._check(tensors))
         if flat is not None:
-            self.add_flat(flat, weight)
-        else:
-            self._materialize()
-            P.foreach(torch._foreach_add_, self._views[0], tensors, alpha=weight)
-            self._flats[0][-1] += weight
+            return self.add_flat(flat, weight)
+        self._materialize()
+        P.foreach(torch._foreach_add_, self._views[0], tensors, alpha=weight)
+        self._flats[0][-1] += weight
 
     @torch.no_grad()
     def add_flat(self, flat: torch.Tensor, weight: float = 1.0) -> None:

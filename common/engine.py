@@ -40,9 +40,8 @@ ALGORITHMS = ("fedavg", "fedprox", "scaffold")
 SERVER_OPTS = ("fedavg", "fedavgm", "fedadam")
 SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 1e-2}  # --server-lr's default (FedAdam diverges at 1)
 
+
 # the shared flags
-
-
 def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str = "heavy-ball",
                        client_opt_state: str | None = "reset", clustering: str | None = None,
                        scaffold: str | None = None, algorithm_help: str = ""):
@@ -148,8 +147,6 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 0, final: float 
 
 
 # client algorithms: three hooks and a server step
-
-
 class FedAvg:
     """Plain local training; the server moves the global model to the aggregate (through its optimizer)."""
 
@@ -263,8 +260,6 @@ def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign
 
 
 # what a subproject supplies
-
-
 class Task:
     """A subproject's federated task. Set ``params`` (the one model's trainable parameters, trained in place
     by every client in turn), ``sizes`` (client k's weight n_k), ``rounds``, ``eval_every``, ``per_round``

@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from common import params as P
+from common.evaluate import eval_mode
 
 IGNORE_INDEX = -100
 
@@ -96,8 +97,6 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
     names = [names_by_id[id(p)] for p in params]
     fisher = P.zeros_like(params, dtype=torch.float32)  # views of one buffer: an aggregator adds it in one op
     count = 0
-    was_training = model.training
-    model.eval()
     wrapped = _Wrapped(model, forward)
 
     def loss_one(p_dict, x, t):  # x, t: one example without its batch dim
@@ -105,7 +104,7 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
         return example_loss(logits[0], t, ignore_index)
 
     per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
-    try:
+    with eval_mode(model):
         for inputs, targets in batches:
             n = _size(inputs)
             if max_examples is not None:
@@ -146,8 +145,6 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
             count += int(has_target.sum())
             if max_examples is not None and count >= max_examples:
                 break
-    finally:
-        model.train(was_training)
     if count == 0:
         raise ValueError("diagonal_fisher: no example with a non-ignored target")
     torch._foreach_div_(fisher, float(count))
