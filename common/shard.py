@@ -72,9 +72,8 @@ def _class_slots(num_classes: int, num_clients: int, nc: int, rng: np.random.Gen
     seq: list[int] = []
     while len(seq) < total:
         perm = rng.permutation(num_classes).tolist()
-        held = set(seq[len(seq) - len(seq) % nc:]) if len(seq) % nc else set()
-        perm = [c for c in perm if c not in held] + [c for c in perm if c in held]
-        seq.extend(perm)
+        held = set(seq[len(seq) - len(seq) % nc:])  # the part-filled row's classes (none at a row start)
+        seq += [c for c in perm if c not in held] + [c for c in perm if c in held]
     return np.asarray(seq[:total], dtype=np.int64).reshape(num_clients, nc)
 
 
@@ -176,10 +175,8 @@ def overlap(n: int, num_clients: int, overlap_ratio: float, seed: int) -> Shards
     m = overlap_pool_size(n, num_clients, overlap_ratio)
     check(overlap_ratio == 1.0 or n - m >= num_clients,
           f"overlap_ratio={overlap_ratio} leaves {n - m} private samples for {num_clients} clients; lower it")
-    perm = numpy_rng(seed, "shard", "overlap").permutation(n)
-    pool, rest = perm[:m], perm[m:]
-    own = np.array_split(rest, num_clients) if len(rest) else [rest] * num_clients
-    return _sorted_shards(np.concatenate([pool, o]) for o in own)
+    perm = numpy_rng(seed, "shard", "overlap").permutation(n)  # the pool, then the private parts
+    return _sorted_shards(np.concatenate([perm[:m], own]) for own in np.array_split(perm[m:], num_clients))
 
 
 def category(categories: np.ndarray, num_clients: int, seed: int) -> Shards:
