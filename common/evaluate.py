@@ -211,9 +211,8 @@ def f1_score(pred, target) -> float:
     """Binary F1 of the positive class 1: 2TP / (2TP + FP + FN); 0.0 when there is no positive at all."""
     pred, target = _pair(pred, target)
     p, t = pred == 1, target == 1
-    tp, fp, fn = (float(np.sum(a & b)) for a, b in ((p, t), (p, ~t), (~p, t)))
-    denom = 2 * tp + fp + fn
-    return 2 * tp / denom if denom else 0.0
+    denom = float(p.sum() + t.sum())  # 2 TP + FP + FN
+    return 2 * float(np.sum(p & t)) / denom if denom else 0.0
 
 
 def matthews_corrcoef(pred, target) -> float:
