@@ -120,8 +120,7 @@ def main(argv=None) -> dict:
         if step % args.val_freq == 0 or step == total:
             row = {"step": step, "epoch": step / per_epoch, "tokens": tokens, "train_loss": loss_sum.item() / n_since,
                    "grad_cosine": cos_sum.item() / n_since} | federated.evaluate_global(ctx, valid)
-            rd.check_finite(f"step {step}", training_loss=loss_sum, validation_loss=row["val_loss"],
-                            parameters=plist)
+            rd.check_finite(f"step {step}", training_loss=loss_sum, validation_loss=row["val_loss"], parameters=plist)
             best = min(best, row["val_ppl"])
             last = {k: v for k, v in row.items() if k != "sample"}
             rd.log(row)
@@ -145,8 +144,7 @@ def main(argv=None) -> dict:
         "method": "central", "config": args.model_config, "layers": args.layers, "steps_done": step,
         "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
         "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": best, "optimizer_steps": step,
-        **refs, "words_per_token": data.words_per_token,
-        "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
+        **refs, "words_per_token": data.words_per_token, "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
         "train_tokens": tokens, "train_seconds": round(t_train, 3), **extra,
     })
     rd.release()

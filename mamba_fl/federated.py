@@ -122,8 +122,7 @@ class Context:
 
 
 def epoch_rounds(args: argparse.Namespace, client_blocks: list[int]) -> int:
-    """The rounds of --n-epochs passes of the mean client over its shard, a client taking part in the share of the
-    rounds that --participation-rate gives it."""
+    """Rounds for --n-epochs passes of the mean client over its shard, in its --participation-rate share of rounds."""
     share = engine.clients_per_round(args.participation_rate, args.num_clients) / args.num_clients
     steps = args.n_epochs * float(np.mean(client_blocks)) / (args.local_updates * args.batch_size) / share
     return max(1, math.ceil(steps))
@@ -189,9 +188,8 @@ def _main_first(fn: Callable):
 
 
 class MambaTask(engine.Task):
-    """The rounds' task for ``common.engine``: the one Mamba2 model, each client's own block stream, the
-    method's aggregator hook, evaluation of the global model (of each cluster's, weighted by the clients
-    it serves) every ``--eval-every`` rounds."""
+    """The rounds' task for ``common.engine``: the one Mamba2 model, each client's own block stream, the method's
+    aggregator hook, evaluation of the global model (of each cluster's, weighted by the clients it serves)."""
 
     def __init__(self, args, method: Method, ctx: Context, clients: list[Client], opt, valid, rd, snaps):
         self.args, self.method, self.ctx, self.clients, self.rd, self.snaps = args, method, ctx, clients, rd, snaps
@@ -379,8 +377,7 @@ def finish(rd, args, method, data, acc, refs, model) -> dict:
                                                                                 args.num_clients),
         "final_val_ppl": last.get("val_ppl"), "final_val_loss": last.get("val_loss"),
         "final_val_ppl_word": last.get("val_ppl_word"), "best_val_ppl": acc["best_val_ppl"],
-        **refs, "words_per_token": data.words_per_token,
-        "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
+        **refs, "words_per_token": data.words_per_token, "vocab_size": data.vocab_size, "kernel_path": args.kernel_path,
         "bytes_up": acc["bytes_up"], "bytes_down": acc["bytes_down"], "train_tokens": acc["train_tokens"],
         "client_seconds": round(acc["client_seconds"], 3), "round_seconds": round(acc["round_seconds"], 3),
         "overhead_fraction": (1 - acc["client_seconds"] / acc["round_seconds"]) if acc["round_seconds"] else None,
@@ -389,9 +386,8 @@ def finish(rd, args, method, data, acc, refs, model) -> dict:
 
 
 def publish(rd, model, data, refs: dict, summary: dict) -> dict:
-    """Writes summary.json, the run's model/ (the final model and its tokenizer, which
-    AutoModelForCausalLM.from_pretrained reads), its learning curve with the reference points (perplexity.png)
-    and its last line; returns the summary as written."""
+    """Writes summary.json, the run's model/ (the final model and its tokenizer: AutoModelForCausalLM.from_pretrained),
+    its learning curve with the references (perplexity.png) and its last line; returns the summary as written."""
     summary = rd.write_summary(summary)
     export.save_model_dir(rd.path, model, data.tokenizer, info={
         k: summary.get(k) for k in ("method", "final_val_loss", "final_val_ppl", "unigram_ppl", "uniform_ppl")})

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from common import cli, evaluate, flags, report, runlog, shard, synthetic, text
+from common.checkpoint import atomic_write_text
 
 SPLIT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw"}
 TEST_FILE = "wiki.test.raw"  # read only after training, by --test (split_wikitext.py writes it)
@@ -143,8 +144,7 @@ def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = N
         folder, source, splits = None, "wikitext2", _hf_wikitext2(args.cache_dir)
         train_files = [cache / "wikitext2_train.raw"]
         if not train_files[0].exists():
-            train_files[0].parent.mkdir(parents=True, exist_ok=True)
-            train_files[0].write_text(splits["train"], encoding="utf-8")
+            atomic_write_text(train_files[0], splits["train"])
     else:
         (folder, meta), source = _synthetic_dir(args.cache_dir), "synthetic"
     if folder is not None:  # the raw files of --data-dir or of the embedded source
@@ -170,11 +170,9 @@ def load_lm_data(args: argparse.Namespace, device: torch.device | str | None = N
             by_article = shard.document_topics(arts, min(len(arts), args.topic_clusters or 2 * args.num_clients))
         if by_article is not None:
             topics = _article_topics(splits["train"], by_article, T, train.shape[0], tok)
-    if source == "wikitext2":
-        fp = runlog.data_fingerprint(source, texts=splits, splits=sizes)
-    else:
-        fp = runlog.data_fingerprint(source, folder if source == "dir" else None,
-                                     files=[folder / n for n in SPLIT_FILES.values()], splits=sizes)
+    fp = runlog.data_fingerprint(source, folder if source == "dir" else None, splits=sizes,
+                                 files=[folder / n for n in SPLIT_FILES.values()] if folder else (),
+                                 texts=splits if folder is None else None)
     return LMData(tokenizer=tok, vocab_size=len(tok), train=train, valid=valid,
                   words_per_token=len(splits["valid"].split()) / max(int(streams["valid"].numel()), 1),
                   optimal_ppl=meta.get("optimal_perplexity_mean"), train_topics=topics, fingerprint=fp)

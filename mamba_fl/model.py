@@ -100,8 +100,7 @@ def resolve_model_args(args: argparse.Namespace) -> None:
     args.model_config = f"pure_ssm_{args.layers}_layer"
     args.chunk_size = args.chunk_size or min(256, args.sequence_length)
     inner = args.expand * args.d_model
-    cli.check(inner % args.head_dim == 0,
-              f"expand * d_model = {inner} is not a multiple of --head-dim {args.head_dim}")
+    cli.check(inner % args.head_dim == 0, f"expand * d_model = {inner} is not a multiple of --head-dim {args.head_dim}")
     cli.check((inner // args.head_dim) % args.n_groups == 0,
               f"the {inner // args.head_dim} heads do not split into --n-groups {args.n_groups}")
 

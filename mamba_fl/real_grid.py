@@ -293,8 +293,7 @@ def main(argv=None) -> dict:
                 {k: found[k] for k in ("best_other",) if k in found}
             if not args.dry_run:
                 atomic_write_json(out / "selection.json", picked)
-            print(f"chosen on validation: {picked['chosen']}; best other arm: {picked.get('best_other')}",
-                  flush=True)
+            print(f"chosen on validation: {picked['chosen']}; best other arm: {picked.get('best_other')}", flush=True)
         if phase == 0:  # the source's arms need only the first phase's rates: they run before the rest is chosen
             run([j for j in reported_plan(args, out, blocks, picked) if j.name.split("_")[0] not in OTHERS],
                 "mamba_fl real text: central, FedAvg, FedFisher")

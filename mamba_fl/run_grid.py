@@ -93,14 +93,13 @@ def plan(args, arms: list[str], layers: list[int], shards: list[str], suffix: st
                 runs.append((f"{arm}{suffix}_L{L}_synthetic_s{seed}", "central.py", base + central_flags(args, arm)))
             for shard in shards:
                 for arm in (a for a in arms if a not in CENTRAL):
-                    name = f"{arm}{suffix}_L{L}_{shard}_s{seed}"
                     if arm in VARIANTS:
                         rounds = args.rounds // 8 if arm == "fedavg-lu8" else args.rounds
                         script, argv = "fed_avg.py", fed_flags(args, "fedavg", rounds) + VARIANTS[arm] + (
                             ["--lr", str(args.sgd_lr)] if arm == "fedavg-sgd" else [])
                     else:
                         script, argv = FEDERATED_ARMS[arm][0], fed_flags(args, arm, args.rounds)
-                    runs.append((name, script, base + ["--shard", shard] + argv))
+                    runs.append((f"{arm}{suffix}_L{L}_{shard}_s{seed}", script, base + ["--shard", shard] + argv))
     return runs
 
 
