@@ -35,9 +35,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, batch_size: int, sharding:
                    help="cache for datasets, tokenizers and token streams (default $FEDLAB_CACHE if set, else "
                         "<out-dir>/cache); the run's own tokenizer is also saved in <run>/model")
     g.add_argument("--tokenizer", default="auto",
-                   help="auto (gpt2 for wikitext2, bpe otherwise) | gpt2 (hub/cache) | bpe (byte-level BPE "
-                        "trained on the training split) | word (one token per word) | a local folder with "
-                        "vocab.json + merges.txt")
+                   help="auto (gpt2 for wikitext2, bpe otherwise) | gpt2 (hub/cache) | bpe (byte-level BPE trained on "
+                        "the training split) | word (one token per word) | a local folder with vocab.json + merges.txt")
     g.add_argument("--vocab-size", type=flags.POSITIVE_INT, default=8192,
                    help="vocabulary of a trained bpe/word tokenizer; large enough that words are single tokens")
     g.add_argument("--sequence-length", type=flags.Number(int, 2), default=256, help="tokens per block (--quick: 64)")

@@ -156,8 +156,7 @@ def select_kernels(device: torch.device, kernels: str = "auto") -> str:
 
     transformers binds mamba-ssm and causal-conv1d once, at its Mamba2 module's first import, and then calls them
     whatever the device (a CPU model would fail inside causal-conv1d). For the reference path the packages are
-    hidden from that import for the whole process; a CPU model after the kernels were bound is refused.
-    """
+    hidden from that import for the whole process; a CPU model after the kernels were bound is refused."""
     path = kernel_path(device, kernels)
     if not _bound and _MODELING in sys.modules:  # imported before anyone chose: it bound what was installed
         _bound.append(kernel_path(torch.device("cuda")))

@@ -27,16 +27,15 @@ def title(article: list[str]) -> str:
     return next((line.strip().strip("=").strip() for line in article if _HEADING.match(line.rstrip("\n"))), "")
 
 
-def split(arts: list[list[str]], valid_fraction: float, test_fraction: float = 0.0,
-          shuffle_seed: int | None = None) -> dict[str, list[int]]:
+def split(arts: list[list[str]], valid_fraction: float, test_fraction: float, shuffle_seed: int | None) -> dict:
     """{split: indices of its articles, in the files' order}: at least one article in every split asked for."""
     n = len(arts)
     n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
     n_valid = max(1, round(valid_fraction * n))
-    cli.check(n - n_valid - n_test >= 1, f"found {n} article(s) (lines like ' = Title = '); need at least "
-                                         f"{n_valid + n_test + 1} for these fractions")
-    order = np.arange(n) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(n)
     cut = n - n_valid - n_test
+    cli.check(cut >= 1, f"found {n} article(s) (lines like ' = Title = '); need at least {n_valid + n_test + 1} "
+                        "for these fractions")
+    order = np.arange(n) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(n)
     parts = {"train": order[:cut], "valid": order[cut:cut + n_valid], "test": order[cut + n_valid:]}
     return {k: sorted(int(i) for i in v) for k, v in parts.items() if len(v)}
 
