@@ -136,8 +136,7 @@ def plot(suites: dict[int, dict[str, dict]], path: Path, d: suite.Design = suite
     grid = panels(d)
     fig, axes = plt.subplots(1, len(grid) + 1, figsize=(5.2 * (len(grid) + 1), 4.2), squeeze=False)
     # the differences panel: the panel with the most settings measured at several budgets (ties: the last)
-    masks = max(reversed(grid), key=lambda panel: sum(sum(st in s for s in suites.values()) > 1
-                                                      for st in panel[1]))[1]
+    masks = max(reversed(grid), key=lambda panel: sum(sum(st in s for s in suites.values()) > 1 for st in panel[1]))[1]
     dense = reference(masks[-1])
     sample_gradients, chance = d.sample_gradients, 100.0 / d.classes
     for k, (ax, (title, settings)) in enumerate(zip(axes[0], [*grid, (f"arms − {label(dense)}", masks)])):

@@ -106,16 +106,6 @@ class _CifarUnpickler(pickle.Unpickler):
                                          "refused without running it (was it crafted?)") from None
 
 
-def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            obj = _CifarUnpickler(f, encoding="latin1").load()
-    except Exception as e:  # noqa: BLE001 -- whatever a broken pickle raises, the file is not usable
-        raise cli.UsageError(f"{path}: not a CIFAR-100 pickle ({type(e).__name__}: {e})") from None
-    cli.check(isinstance(obj, dict), f"{path}: not a CIFAR-100 pickle (a {type(obj).__name__}, not a dict)")
-    return obj
-
-
 def _labels(values, path: Path) -> torch.Tensor:
     """``fine_labels`` as int64, refusing what is not an integer (1.5 would otherwise be truncated to 1)."""
     if isinstance(values, np.ndarray):
@@ -134,18 +124,24 @@ def _labels(values, path: Path) -> torch.Tensor:
 
 def read_split(root: Path, name: str) -> Split:
     """``name`` in {train, test} -> Split on the CPU (fine labels)."""
-    d = _unpickle(root / name)
-    cli.check("data" in d and "fine_labels" in d, f"{root / name}: missing 'data' or 'fine_labels'")
+    path = root / name
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # noqa: BLE001 -- whatever a broken pickle raises, the file is not usable
+        raise cli.UsageError(f"{path}: not a CIFAR-100 pickle ({type(e).__name__}: {e})") from None
+    cli.check(isinstance(d, dict), f"{path}: not a CIFAR-100 pickle (a {type(d).__name__}, not a dict)")
+    cli.check("data" in d and "fine_labels" in d, f"{path}: missing 'data' or 'fine_labels'")
     data = d["data"]
     cli.check(isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072,
-              f"{root / name}: 'data' must be a uint8 array [N, 3072], got "
+              f"{path}: 'data' must be a uint8 array [N, 3072], got "
               + (f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__))
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-    labels = _labels(d["fine_labels"], root / name)
-    cli.check(len(labels) == len(images), f"{root / name}: {len(images)} images but {labels.numel()} labels")
-    cli.check(len(labels) > 0, f"{root / name}: no images; expected a CIFAR-100 split")
+    labels = _labels(d["fine_labels"], path)
+    cli.check(len(labels) == len(images), f"{path}: {len(images)} images but {labels.numel()} labels")
+    cli.check(len(labels) > 0, f"{path}: no images; expected a CIFAR-100 split")
     lo, hi = int(labels.min()), int(labels.max())
-    cli.check(0 <= lo and hi < NUM_CLASSES, f"{root / name}: fine label {lo if lo < 0 else hi} is outside "
+    cli.check(0 <= lo and hi < NUM_CLASSES, f"{path}: fine label {lo if lo < 0 else hi} is outside "
                                             f"0..{NUM_CLASSES - 1} (CIFAR-100 has {NUM_CLASSES} classes)")
     return Split(images, labels)
 

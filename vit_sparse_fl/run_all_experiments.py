@@ -103,8 +103,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                              + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in TEXT_PRESET.items()))
     parser.presets = {"text": TEXT_PRESET}
     parser.add_argument("--weights", default="minilm",
-                        help="--text: the pretrained encoder ('minilm': the 'pretrained' extra; or a Hugging Face "
-                             "encoder folder)")
+                        help="--text: the encoder, 'minilm' (the 'pretrained' extra) or a Hugging Face encoder folder")
     parser.add_argument("--data-dir", default=None,
                         help="--text: the folder holding AG News test.csv (default: shared/data/ag_news_csv "
                              "next to the repository)")
@@ -157,7 +156,11 @@ def text_settings(args, rounds: int) -> list[tuple[str, str, list[str]]]:
     """--text: dense FedAvg, the head-only probe and the masks of ``TEXT_MASKS`` on every shard of ``TEXT``."""
     from vit_sparse_fl import text
     depth = json.loads((text.model_folder(args.weights) / "config.json").read_text())["num_hidden_layers"]
-    fed = [*TEXT_TASK, *federation(TEXT), "--data-dir", str(text_data_dir(args)), "--weights", args.weights,
+    # --data-dir, else the AG News folder of a shared/data folder next to the repository
+    data = Path(args.data_dir) if args.data_dir else Path(__file__).resolve().parents[2] / "shared/data/ag_news_csv"
+    cli.check((data / "test.csv").is_file(), f"--text: {data} holds no test.csv; pass --data-dir, the folder of the "
+                                             "AG News CSV files")
+    fed = [*TEXT_TASK, *federation(TEXT), "--data-dir", str(data), "--weights", args.weights,
            "--head-warmup", str(TEXT.warmup), "--local-steps", str(TEXT.local_steps), "--rounds", str(rounds),
            "--eval-every", str(max(1, rounds // 6))]
     out = []
@@ -168,14 +171,6 @@ def text_settings(args, rounds: int) -> list[tuple[str, str, list[str]]]:
                  [*fed, *flags_, "--mask-strategy", strategy, "--sparsity-ratio", f"{sp:g}", "--fisher-score",
                   "talos", "--calibration-rounds", "2"]) for sp, strategy in TEXT_MASKS]
     return out
-
-
-def text_data_dir(args) -> Path:
-    """--data-dir, else the AG News folder of a shared/data folder next to the repository."""
-    folder = Path(args.data_dir) if args.data_dir else Path(__file__).resolve().parents[2] / "shared/data/ag_news_csv"
-    cli.check((folder / "test.csv").is_file(), f"--text: {folder} holds no test.csv; pass --data-dir, the folder "
-                                               "of the AG News CSV files")
-    return folder
 
 
 def settings(args, base: str, rounds: int, every: bool = False) -> list[tuple[str, str, list[str]]]:
@@ -213,11 +208,6 @@ def vit_settings(args, base: str, rounds: int) -> list[tuple[str, str, list[str]
     return [*out, masked("nc2", args.sparsities[0], "least_sensitive", "fisher")]
 
 
-def reported_name(setting: str, seed: int) -> str:
-    """The run directory of a reported run (its rate is in its args.json)."""
-    return f"{setting}_seed{seed}"
-
-
 def lr_grid(args, setting: str) -> list[float]:
     """The rates the selection stage tries for ``setting``: --lr-grid, else the suite's default."""
     return args.lr_grid or (TEXT_GRIDS[setting.split("_")[0]] if args.text else VIT_GRID)
@@ -239,7 +229,7 @@ def plan(args, base: str, rates: dict[str, float] | None = None, extra: dict[str
         return [run(f"{name}_lr{lr:g}_seed{seed}", name, script, argv, seed, lr)
                 for name, script, argv in settings(args, base, select_rounds(args))
                 for lr in (lr_grid(args, name) if extra is None else [extra[name]] if name in extra else [])]
-    return [run(reported_name(name, seed), name, script, argv, seed, rates[name])
+    return [run(f"{name}_seed{seed}", name, script, argv, seed, rates[name])  # the rate is in its args.json
             for seed in range(args.num_runs) for name, script, argv in settings(args, base, args.rounds)]
 
 
@@ -312,7 +302,7 @@ def load_settings(args, out: Path, base: str) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for seed in range(args.num_runs):
         for name, _, _ in settings(args, base, args.rounds, every=True):   # --only limits what trains, not the table
-            path = out / reported_name(name, seed)
+            path = out / f"{name}_seed{seed}"
             if (path / "summary.json").is_file():
                 groups.setdefault(name, []).append(R.load_run(path))
     return groups
@@ -344,8 +334,7 @@ def compute(runs: list[dict]) -> str:
 
 
 def skew_table(g: dict[str, list[dict]], d: Design) -> list[str]:
-    """Each arm's accuracy on each skewed shard minus on IID (paired by seed), and that minus dense's; one Holm
-    family."""
+    """Per arm: accuracy on each skewed shard minus on IID (paired by seed), and that minus dense's; one Holm family."""
     arms = {"dense FedAvg": "fedavg_{}", "probe: head": "probe_{}_head",
             **{f"{s}, s = {sp:g}": f"sparse_{{}}_s{sp:g}_{s}" for sp, s in TEXT_MASKS}}
     skewed = [shard for shard in d.shards if shard != "iid"]
@@ -459,8 +448,7 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
 
 
 def saved_sessions(path: Path) -> list[dict]:
-    """The training invocations recorded in an earlier results.json (an older file's one wall time becomes one
-    session of unknown size)."""
+    """Training invocations of an earlier results.json (an older file's one wall time: one session of unknown size)."""
     if not path.is_file():
         return []
     saved = json.loads(path.read_text())

@@ -35,10 +35,8 @@ def select(scores: Sequence[torch.Tensor], keep: int, largest: bool,
         never = torch.tensor(float("-inf") if largest else float("inf"), device=flat.device)
         flat = torch.where(ok, flat, never)
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    if keep > 0:
-        # a stable sort ranks equal scores by position, so the count is exact even at ties
-        order = torch.sort(flat, descending=largest, stable=True).indices
-        mask[order[:keep]] = True
+    # a stable sort ranks equal scores by position, so the count is exact even at ties
+    mask[torch.sort(flat, descending=largest, stable=True).indices[:keep]] = True
     return [m.view_as(s) for m, s in zip(mask.split([s.numel() for s in scores]), scores)]
 
 
@@ -79,8 +77,7 @@ def compute_masks(params: Sequence[torch.Tensor], strategy: str, sparsity: float
 
 
 def density(masks: Sequence[torch.Tensor]) -> float:
-    n = sum(m.numel() for m in masks)
-    return sum(int(m.sum()) for m in masks) / max(n, 1)
+    return sum(int(m.sum()) for m in masks) / max(sum(m.numel() for m in masks), 1)
 
 
 class SparseSGDM(torch.optim.Optimizer):

@@ -112,9 +112,8 @@ def build_masks(ctx, global_params) -> tuple[list[torch.Tensor | None], int]:
                                  fisher_fn=lambda r, m: fisher_scores(ctx, global_params, r, m),
                                  rounds=args.calibration_rounds, generator=gen,
                                  threshold="kthvalue" if args.fisher_score == "talos" else "exact")
-    by_name = dict(zip(names, masks))
-    by_name |= {n: torch.zeros_like(p, dtype=torch.bool) for n, p in zip(ctx["names"], ctx["params"])
-                if n in frozen_tables(ctx)}
+    by_name = dict(zip(names, masks)) | {n: torch.zeros_like(p, dtype=torch.bool)
+                                         for n, p in zip(ctx["names"], ctx["params"]) if n in frozen_tables(ctx)}
     scored = args.calibration_rounds if args.mask_strategy.endswith("_sensitive") else 0  # compute_masks' calls
     per_call = sum(args.calibration_batches * min(args.batch_size, len(s)) for s in ctx["shards"])
     return [by_name.get(n) for n in ctx["names"]], scored * per_call

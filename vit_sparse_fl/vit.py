@@ -91,8 +91,7 @@ class VisionTransformer(nn.Module):
         num_patches = (cfg.img_size // cfg.patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, cfg.embed_dim))
-        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio)
-                                    for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -216,9 +215,10 @@ def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def hf_config(cfg: ViTConfig, image_size: int) -> tuple[dict, dict]:
-    """(``config.json``, ``preprocessor_config.json``) of the Hugging Face folder: dropout 0 (the head dropout is
-    under ``fedlab_vit``), resize to the run's image size (bilinear) and normalisation as in training."""
+def save(model: ViTClassifier, run_path, *, image_size: int, info: dict | None = None, name: str = "model") -> Path:
+    """``<run_path>/<name>/``: the Hugging Face folder of the module doc (dropout 0: the head dropout is under
+    ``fedlab_vit``; resize to the run's image size, bilinear, and normalisation as in training); returns it."""
+    cfg = model.cfg
     config = {"model_type": "vit", "architectures": ["ViTForImageClassification"], "image_size": cfg.img_size,
               "patch_size": cfg.patch_size, "num_channels": 3, "hidden_size": cfg.embed_dim,
               "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
@@ -231,12 +231,6 @@ def hf_config(cfg: ViTConfig, image_size: int) -> tuple[dict, dict]:
                     "size": {"height": image_size, "width": image_size}, "do_rescale": True,
                     "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(IMAGENET_MEAN),
                     "image_std": list(IMAGENET_STD)}
-    return config, preprocessor
-
-
-def save(model: ViTClassifier, run_path, *, image_size: int, info: dict | None = None, name: str = "model") -> Path:
-    """``<run_path>/<name>/``: the Hugging Face folder of the module doc; returns it."""
-    config, preprocessor = hf_config(model.cfg, image_size)
     return export.save_tensors_dir(run_path, hf_state_dict(model), config, info=info, name=name,
                                    extra={"preprocessor_config.json": preprocessor})
 
@@ -282,8 +276,10 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
         except Exception as e:
             raise cli.UsageError(f"--weights {weights}: not a torch checkpoint ({type(e).__name__})") from None
         source = str(path)
+    saved = None
     if isinstance(state, dict) and "model" in state and "config" in state:   # this project's checkpoint
-        return _load_project_checkpoint(model, state, source)
+        saved, config = state["model"], state["config"]
+        state = {k.removeprefix("backbone."): v for k, v in saved.items() if k.startswith("backbone.")}
     if isinstance(state, dict) and "head.weight" in state and "cls_token" in state:   # a run's model folder
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     if isinstance(state, dict) and "teacher" in state:        # a full DINO training checkpoint
@@ -292,26 +288,17 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
     try:
         model.backbone.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise cli.UsageError(f"--weights {weights}: does not match the ViT config "
-                             f"({first[1].strip() if len(first) > 1 else first[0]}); "
-                             "expected a DINO ViT-S/16 state dict") from None
-    return source
-
-
-def _load_project_checkpoint(model: ViTClassifier, state: dict, source: str) -> str:
-    """Backbone of a project checkpoint with ``strict=True``; the head as well if its shape matches (else the
-    model keeps its fresh head)."""
-    weights = state["model"]
-    backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
-    try:
-        model.backbone.load_state_dict(backbone, strict=True)
-    except RuntimeError as e:
         lines = str(e).strip().splitlines()
-        raise cli.UsageError(f"--weights {source}: a checkpoint of another ViT (its config {state['config']}; "
-                             f"{lines[1].strip() if len(lines) > 1 else lines[0]})") from None
-    head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}
-    if head and head["weight"].shape == model.head.weight.shape:
+        first = lines[1].strip() if len(lines) > 1 else lines[0]
+        if saved is not None:
+            raise cli.UsageError(f"--weights {source}: a checkpoint of another ViT (its config {config}; "
+                                 f"{first})") from None
+        raise cli.UsageError(f"--weights {weights}: does not match the ViT config ({first}); expected a DINO "
+                             "ViT-S/16 state dict") from None
+    if saved is None:
+        return source
+    head = {k.removeprefix("head."): v for k, v in saved.items() if k.startswith("head.")}
+    if head and head["weight"].shape == model.head.weight.shape:   # the head too where its shape matches
         model.head.load_state_dict(head, strict=True)
         return f"{source} (backbone and head)"
     return f"{source} (backbone; new {model.head.out_features}-class head)"
