@@ -90,10 +90,7 @@ def main(argv=None) -> dict:
         weights = [1.0] * k
     cli.check(all(w >= 0 for w in weights) and sum(weights) > 0,
               f"weights must be >= 0 with a positive sum, got {weights}")
-    if args.do_eval:
-        glue_tasks.get_task(args.task_name)
-        args.task_name = args.task_name.lower()
-        args.data = glue_tasks.data_source(args)
+    task = glue_tasks.resolve_task(args) if args.do_eval else None
     out = cli.check_out_dir(args.save_adapter, "--save_adapter")
     held = [n for n in ("adapter_config.json", "adapter_model.safetensors", "fuse_manifest.json") if (out / n).exists()]
     cli.check(not held or args.overwrite, f"--save_adapter {out} already holds a fused adapter ({', '.join(held)}); "
@@ -102,9 +99,8 @@ def main(argv=None) -> dict:
     clients = [adapters.load(a) for a in args.adapters]   # every check before anything is written
     if method == "svd":
         sizes = [min(A.shape[1], B.shape[0]) for A, B in clients[0].factors.values()]
-        cli.check(not sizes or args.svd_rank <= min(sizes),
-                  f"--svd_rank {args.svd_rank} exceeds the size {min(sizes)} of the adapted layers; use at most "
-                  f"{min(sizes)}")
+        cli.check(not sizes or args.svd_rank <= min(sizes), f"--svd_rank {args.svd_rank} exceeds the size "
+                  f"{min(sizes)} of the adapted layers; use at most {min(sizes)}")
     fused = adapters.merge(clients, weights, method, rank=args.svd_rank, alpha=args.alpha, names=list(args.adapters))
     base = args.base_model or clients[0].extra.get("base_model_name_or_path")
     cli.check(not args.do_eval or bool(base), "--do_eval: the adapters name no base model; pass --base_model")
@@ -115,9 +111,9 @@ def main(argv=None) -> dict:
                 "client_ranks": [c.r for c in clients], "heads_averaged": bool(fused.head),
                 "merge_rel_error": adapters.merge_rel_error(clients, weights, fused), "model_size": args.model_size}
     if args.do_eval:  # num_labels, trainable_params: for the plots
-        task, fused_numel = glue_tasks.get_task(args.task_name), sum(t.numel() for t in fused.state_dict().values())
+        numel = sum(t.numel() for t in fused.state_dict().values())
         manifest.update(final=evaluate_adapter(args, out, base), main_metric=task.main_metric,
-                        num_labels=task.num_labels, trainable_params=fused_numel)
+                        num_labels=task.num_labels, trainable_params=numel)
     checkpoint.atomic_write_json(out / "fuse_manifest.json", manifest)
     scored = f", {manifest['main_metric']} {manifest['final'][manifest['main_metric']]:.4f}" if args.do_eval else ""
     print(f"fused {k} adapters ({method}, rank {fused.r}, alpha {fused.alpha:g}, relative error "

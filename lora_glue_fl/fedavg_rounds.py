@@ -110,9 +110,7 @@ def resolve_args(args):
     args.aggregation = args.aggregation or ("naive" if args.skip_svd else "svd")
     cli.check(not (args.skip_svd and args.aggregation != "naive"), "--skip_svd contradicts --aggregation "
                                                                    f"{args.aggregation}")
-    args.data = glue_tasks.data_source(args)
-    glue_tasks.get_task(args.task_name)
-    args.task_name = args.task_name.lower()
+    glue_tasks.resolve_task(args)
     cli.check(args.shard_dir is None or args.partition is None,
               "--partition splits the data here, --shard_dir reads a split: give one of them")
     if args.clients_per_round is not None and args.shard_dir is None:

@@ -67,10 +67,9 @@ def dirichlet_min_per_label(labels: list, k: int, alpha: float, seed: int, min_p
     """``common.shard.dirichlet`` draws (a stream per attempt) until every client holds ``min_per_label``
     examples of every label; one line when ``DIRICHLET_TRIES`` draws all fail."""
     codes = _codes(labels)
-    n_labels = int(codes.max()) + 1
-    cli.check(min_per_label * k <= np.bincount(codes).min(),
-              f"--min_per_label {min_per_label} x {k} clients exceeds the rarest label's {np.bincount(codes).min()} "
-              f"examples")
+    n_labels, rarest = int(codes.max()) + 1, int(np.bincount(codes).min())
+    cli.check(min_per_label * k <= rarest, f"--min_per_label {min_per_label} x {k} clients exceeds the rarest label's "
+                                           f"{rarest} examples")
     for attempt in range(DIRICHLET_TRIES):
         shards = shard.dirichlet(codes, k, alpha, seed=stream_seed(seed, "glue-dirichlet", attempt))
         if min(np.bincount(codes[s], minlength=n_labels).min() for s in shards) >= min_per_label:

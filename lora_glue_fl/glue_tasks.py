@@ -83,9 +83,7 @@ class Examples:
         return self if n is None else self.subset(range(min(n, len(self))))
 
     def column(self, key: str) -> list:
-        """A column by name for ``--category_key`` (label, genre)."""
-        if key == "label":
-            return self.label.tolist()
+        """A text column by name for ``--category_key`` (genre; ``glue_shards.category_values`` reads the labels)."""
         if key == "genre" and self.genre is not None:
             return list(self.genre)
         raise cli.UsageError(f"--category_key {key!r} is not a column of this task; expected label"
@@ -212,9 +210,13 @@ def add_data_args(parser, quick: bool = True) -> None:
     parser.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
 
 
-def data_source(args) -> str:
-    """--data, else its default: dir when --data_dir is given, synthetic with --quick, else hf."""
-    return args.data or ("dir" if args.data_dir else ("synthetic" if getattr(args, "quick", False) else "hf"))
+def resolve_task(args) -> Task:
+    """--task_name checked and lower-cased; --data, else its default: dir when --data_dir is given, synthetic with
+    --quick, else hf."""
+    task = get_task(args.task_name)
+    args.task_name = args.task_name.lower()
+    args.data = args.data or ("dir" if args.data_dir else ("synthetic" if getattr(args, "quick", False) else "hf"))
+    return task
 
 
 def load_glue(task_name: str, data: str = "hf", data_dir=None, cache_dir=None) -> dict[str, Examples]:

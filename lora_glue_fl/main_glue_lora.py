@@ -65,12 +65,10 @@ def resolve_args(args) -> None:
 def run(args, lora: bool = True) -> dict:
     """Train (LoRA or full) and/or evaluate; returns the summary."""
     resolve_args(args)
-    args.data = glue_tasks.data_source(args)
     checks.common_args(args)
     if lora and args.adapter_output_dir:
         cli.check_out_dir(args.adapter_output_dir, "--adapter_output_dir")
-    task = glue_tasks.get_task(args.task_name)
-    args.task_name = args.task_name.lower()
+    task = glue_tasks.resolve_task(args)
     device = cli.resolve_device(args.device)
     name = args.run_name or runlog.run_name("central_lora" if lora else "full_ft", args.task_name,
                                             checks.source_tag(args), r=args.lora_r if lora else None,

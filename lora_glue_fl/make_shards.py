@@ -69,9 +69,7 @@ def plot_histograms(info: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    args.task_name = args.task_name.lower()
-    glue_tasks.get_task(args.task_name)
-    args.data = glue_tasks.data_source(args)
+    glue_tasks.resolve_task(args)
     out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")
     cli.check_out_dir(out, "--out_dir")  # the default too: never a file, a link loop or a run directory
     train = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)["train"]

@@ -29,11 +29,9 @@ TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "in
 # --model_size choices shipped as Python wheels holding a plain HF folder: name -> (module, PyPI distribution)
 PACKAGED = pretrained.PACKAGED
 # default LoRA targets (the attention query and value projections) per config.model_type
-LORA_TARGETS = {
-    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
-    "camembert": ["query", "value"], "electra": ["query", "value"], "albert": ["query", "value"],
-    "distilbert": ["q_lin", "v_lin"], "deberta-v2": ["query_proj", "value_proj"], "mpnet": ["q", "v"],
-}
+_QV = ["query", "value"]
+LORA_TARGETS = {"bert": _QV, "roberta": _QV, "xlm-roberta": _QV, "camembert": _QV, "electra": _QV, "albert": _QV,
+                "distilbert": ["q_lin", "v_lin"], "deberta-v2": ["query_proj", "value_proj"], "mpnet": ["q", "v"]}
 
 
 # ---- tokenizer and model --------------------------------------------------------------------------------
@@ -199,9 +197,8 @@ def uses_token_types(model) -> bool:
 def check_tokenizer(tokenizer, model) -> None:
     """One line when the tokenizer produces ids the model's embedding table does not have."""
     vocab = int(getattr(model.config, "vocab_size", 0) or 0)
-    cli.check(not vocab or len(tokenizer) <= vocab,
-              f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary {vocab}; pass --tokenizer "
-              f"with the model's own tokenizer (default: the one in its folder)")
+    cli.check(not vocab or len(tokenizer) <= vocab, f"the tokenizer has {len(tokenizer)} tokens but the model's "
+              f"vocabulary {vocab}; pass --tokenizer with the model's own tokenizer (default: the one in its folder)")
 
 
 def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None, train_pooler: bool = False):

@@ -39,15 +39,14 @@ from common.checkpoint import atomic_write_text
 
 TASKS = {"sst2": ("sst2", "glue_sst2", 64), "mrpc": ("mrpc", "glue_mrpc", 128)}  # name -> (task, folder, length)
 SHARDINGS = {"iid": ["--mode", "iid"], "dir1": ["--mode", "dirichlet", "--alpha", "1"],
-             "dir0.1": ["--mode", "dirichlet", "--alpha", "0.1"], "category": ["--mode", "category",
-                                                                               "--category_key", "label"]}
+             "dir0.1": ["--mode", "dirichlet", "--alpha", "0.1"],
+             "category": ["--mode", "category", "--category_key", "label"]}
 HEADLINE = [("central", None), ("svd", "iid"), ("naive", "iid"), ("oneshot", "iid"), ("svd", "dir0.1"),  # in order
             ("naive", "dir0.1"), ("oneshot", "dir0.1")]                                               # of priority
 MERGES = HEADLINE + [("exact", "iid")]
 FULL = MERGES + [("svd", "category"), ("svd", "dir1"), ("naive", "dir1")]
 SMALL = [("central", None), ("svd", "iid"), ("naive", "iid"), ("svd", "dir0.1"), ("naive", "dir0.1")]
-CENTRAL = [("central", None)]
-DESIGNS = {"headline": HEADLINE, "merges": MERGES, "full": FULL, "small": SMALL, "central": CENTRAL}
+DESIGNS = {"headline": HEADLINE, "merges": MERGES, "full": FULL, "small": SMALL, "central": [("central", None)]}
 FAMILY = {"central": "central", "svd": "multi-round", "naive": "multi-round", "exact": "exact",
           "oneshot": "one-shot"}  # method -> the arm family whose learning rate it uses
 SELECTION_CELL = {"central": ("central", None), "multi-round": ("svd", "iid"), "one-shot": ("oneshot", "iid"),
@@ -244,8 +243,7 @@ def jobs_of(cells_: list[tuple[str, list[tuple[str, list[str]]]]]) -> list[jobs.
             if script == "fedavg_merge":  # writes no run directory: done when its manifest is written (last)
                 folder = Path(argv[argv.index("--save_adapter") + 1])
                 out.append(jobs.Job(folder.parent.name, f"lora_glue_fl.{script}", argv,
-                                    output=folder / "fuse_manifest.json", again=("--overwrite",),
-                                    after=(name,)))
+                                    output=folder / "fuse_manifest.json", again=("--overwrite",), after=(name,)))
             else:
                 out.append(jobs.Job(name if i == 0 else f"{name}.{i}", f"lora_glue_fl.{script}", argv))
     return out
