@@ -132,9 +132,6 @@ def read_tsv(path: Path, task_name: str) -> Examples:
     return Examples(column(ia), column(ib), _labels([row[j].strip() for row, j in kept], task, path), column(ig))
 
 
-STSB_RANGE = (0.0, 5.0)  # STS-B similarity scores
-
-
 def _labels(raw: list[str], task: Task, path) -> np.ndarray:
     try:
         if task.num_labels == 1:
@@ -152,7 +149,7 @@ def check_labels(labels: np.ndarray, task: Task, where) -> np.ndarray:
     """Labels as the task defines them, whatever the source: class ids in 0..num_labels-1, or STS-B scores that
     are finite and within 0..5 (a ``nan`` score is bad input, not a divergence found rounds later)."""
     if task.num_labels == 1:
-        lo, hi = STSB_RANGE
+        lo, hi = 0.0, 5.0  # STS-B similarity scores
         bad = np.flatnonzero(~(np.isfinite(labels) & (labels >= lo) & (labels <= hi)))
         if bad.size:
             raise cli.UsageError(f"{where}: the score of example {bad[0] + 1} is {labels[bad[0]]}, not a number in "
