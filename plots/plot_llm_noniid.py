@@ -14,7 +14,6 @@ other argument are separate lines, labelled with it. Several --runs folders are 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from itertools import accumulate
 from pathlib import Path
 
@@ -69,12 +68,12 @@ def add_local_steps(run: dict) -> dict:
 def grouped(runs: list[dict], arm_of, labels: dict | None = None) -> dict[tuple, list[dict]]:
     """{(panel, arm): runs}: the partition label with the distinguishing ``PANEL_KEYS``, the arm label of
     ``arm_of`` (or ``labels[run name]``) with any other argument that differs (``R.split_configs``)."""
-    out: dict[tuple, list[dict]] = defaultdict(list)
+    out: dict[tuple, list[dict]] = {}
     for panel, members in R.split_by(runs, PANEL_KEYS):
         for run in members:
             part, arm = labels[run["name"]] if labels else arm_of(run["args"])
-            out[(part + (f" [{panel}]" if panel else ""), arm)].append(add_local_steps(run))
-    return R.split_configs(dict(out), IGNORE)
+            out.setdefault((part + (f" [{panel}]" if panel else ""), arm), []).append(add_local_steps(run))
+    return R.split_configs(out, IGNORE)
 
 
 def partitions(groups: dict) -> dict[str, dict[str, list[dict]]]:
@@ -200,8 +199,7 @@ def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
             ax.text(k, top * (1.04 + 0.07 * i), str(g), ha="center", fontsize=7)
         ax.text(len(clients) - 0.4, top * (1.04 + 0.07 * i), f"{r['args']['clustering']} "
                 f"({r['summary']['num_clusters']} clusters)", fontsize=6, va="center", ha="left")
-    ax.set_ylim(0, top * (1.1 + 0.07 * len(clustered)))
-    ax.set(xticks=range(len(clients)), ylabel="training texts")
+    ax.set(ylim=(0, top * (1.1 + 0.07 * len(clustered))), xticks=range(len(clients)), ylabel="training texts")
     ax.set_xlabel("client (numbers above: its cluster in each clustered run, seed "
                   f"{run['args'].get('seed')})", fontsize=8)
     ax.set_title(f"{label}: topics per client", fontsize=10)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -90,13 +89,13 @@ def merge_runs(roots: list[str], runs: list[dict]) -> list[dict]:
 def grouped(runs: list[dict]) -> dict[tuple, list[dict]]:
     """{(task, method, shard): runs}: task with its panel's arguments ("sst2 [model=tiny]", only what differs
     within the task), shard with the row's ("iid [rounds=2]") when one cell holds several configurations."""
-    groups = defaultdict(list)
+    groups = {}
     for task, task_runs in shared.groups_by([r for r in runs if describe(r)], lambda r: describe(r)["task"]).items():
         for panel, members in R.split_by(task_runs, PANEL_KEYS):
             for run in members:
                 d = describe(run)
-                groups[(task + (f" [{panel}]" if panel else ""), d["method"], d["shard"])].append(run)
-    groups = R.split_configs(dict(groups), IGNORE)
+                groups.setdefault((task + (f" [{panel}]" if panel else ""), d["method"], d["shard"]), []).append(run)
+    groups = R.split_configs(groups, IGNORE)
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "central", _shard_rank(kv[0][2]),
                                                        _rank(METHOD_ORDER, kv[0][1]), kv[0][2])))
 
@@ -279,8 +278,7 @@ def epochs_of(group: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plateau_cell(group: list[dict], metric: str) -> str:
-    """One cell's plateau check on the selection split: ``stats.plateau_gain`` per seed, their mean, and how many
-    seeds gained less than PLATEAU_TOL."""
+    """A cell's plateau check (selection split): mean ``stats.plateau_gain`` of its seeds, how many < PLATEAU_TOL."""
     gains = [v for v in (stats.plateau_gain(epochs_of([g], SELECT + metric)[1][0]) for g in group) if np.isfinite(v)]
     if not gains:
         return "–"
@@ -372,8 +370,7 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
 
 
 def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
-    """Relative SVD merge error vs rank of each svd run's last-round client adapters (its summary's
-    ``svd_error_by_rank``)."""
+    """Relative SVD merge error vs rank of each svd run's last-round client adapters (``svd_error_by_rank``)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -432,8 +429,7 @@ def plot_summary(groups, base: dict, out: Path) -> list[Path]:
 
 
 def lora_runs(runs: list[dict]) -> list[dict]:
-    """The finished runs of lora_glue_fl's scripts with the summary keys the tables need (others ignored, a
-    malformed one left out with a line)."""
+    """The finished lora_glue_fl runs with the summary keys the tables need (a malformed one left out with a line)."""
     return shared.script_runs(runs, lambda script: script.startswith("lora_glue_fl/"), "the lora_glue_fl tables",
                               summary={"task": str, "main_metric": str, "final": dict})
 

@@ -164,10 +164,9 @@ def _above_unigram(run) -> bool:
 
 
 def table(runs, arms, layers, shard, ref_arm="fedavg") -> list[str]:
-    """Markdown rows of one block: per arm final ppl per token and per word, paired difference to FedAvg
-    (``ref_arm``) with Holm's correction over the block's comparisons, plateau check and arm-specific
-    diagnostics; the reference points below. An arm whose every seed ends above the unigram is "diverged",
-    not compared."""
+    """Markdown rows of one block: per arm final ppl per token and per word, paired difference to ``ref_arm``
+    (Holm over the block), plateau check and arm-specific diagnostics; the reference points below. An arm whose
+    every seed ends above the unigram is "diverged", not compared."""
     groups = {arm: g for arm in arms if (g := _select(runs, arm, layers, shard))}
     diverged = {arm: "diverged (every seed above the unigram)" for arm, g in groups.items()
                 if all(_above_unigram(r) for r in g)}
@@ -187,7 +186,7 @@ def table(runs, arms, layers, shard, ref_arm="fedavg") -> list[str]:
     return lines
 
 
-def _curves(runs, arms, layers, shard, path, title) -> Path | None:
+def _curves(runs, arms, layers, shard, path, title) -> list[Path]:
     """Mean over seeds per arm (line) and the range over seeds (band: positive, so a log axis shows it)."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
@@ -210,13 +209,13 @@ def _curves(runs, arms, layers, shard, path, title) -> Path | None:
     if not drawn:
         plt.close(fig)
         print(f"skipped {Path(path).name}: no finished runs for {title}")
-        return None
+        return []
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish_curves(fig, ax, _refs(drawn[-1]), f"{title}\nlines: mean over seeds; bands: range over seeds "
                           "(min to max)", path)
 
 
-def _finish_curves(fig, ax, refs: dict, title: str, path, legend_ax=None) -> Path:
+def _finish_curves(fig, ax, refs: dict, title: str, path, legend_ax=None) -> list[Path]:
     """The per-token reference lines (the source's optimum is per word and has no place on this axis:
     results.md), a log axis reaching the uniform guess, labels, the legend (right of ``legend_ax``, default
     ``ax``); saved to ``path``."""
@@ -230,7 +229,7 @@ def _finish_curves(fig, ax, refs: dict, title: str, path, legend_ax=None) -> Pat
     handles, labels = ax.get_legend_handles_labels()
     (legend_ax or ax).legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                              framealpha=0.9)
-    return R.savefig(fig, path)[0]
+    return R.savefig(fig, path)
 
 
 def grid_report(root, figures) -> list[Path]:
@@ -249,8 +248,7 @@ def grid_report(root, figures) -> list[Path]:
 
     def block(heading, arms, L, shard, figure, title, ref_arm="fedavg"):
         md.extend([f"## {heading}", "", *table(runs, arms, L, shard, ref_arm), ""])
-        path = _curves(runs, arms, L, shard, figures / figure, title)
-        written.extend([path] if path else [])
+        written.extend(_curves(runs, arms, L, shard, figures / figure, title))
 
     for L in layers:
         for shard in shards:
@@ -323,7 +321,7 @@ def real_table(groups: dict, plateau_stage: bool) -> list[str]:
                            "best validation ppl", "plateau rule" if plateau_stage else "length", "notes"], rows)
 
 
-def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
+def _real_curves(groups: dict, path: Path, title: str) -> list[Path]:
     """Validation perplexity against sequences seen, one thin line per seed, a dot at each run's best model, a
     dotted line at the equal-compute point; left the whole run down from the uniform guess (log), right the
     plateau on a linear axis (from half the shortest run on, where the arms' gaps are a few percent)."""
@@ -344,14 +342,14 @@ def _real_curves(groups: dict, path: Path, title: str) -> Path | None:
                 colour = line.get_color()
                 a.plot([x[j]], [y[j]], "o", ms=4, color=colour)
             ends, best = ends + [float(x[-1])], best + [float(y[j])]
-            refs = {k: r["summary"].get(k) for k in ("uniform_ppl", "unigram_ppl")}
+            refs = _refs(r)
             at = r["summary"].get("budget_at")
             unit = "step" if "steps_done" in r["summary"] else "round"
             budget = [row["tokens"] / r["args"]["sequence_length"] for row in r["rows"]
                       if row.get(unit) == at and "tokens" in row]
     if not refs:
         plt.close(fig)
-        return None
+        return []
     for a in (ax, zoom):
         if budget:
             a.axvline(budget[0], ls="--", color="0.6", lw=1, label="equal compute (--budget-at)" if a is ax else None)
@@ -396,10 +394,9 @@ def real_report(root, figures) -> list[Path]:
                    "for every arm), scored on the test articles; each plateau run keeps it, and at a constant "
                    "rate it is exactly the shorter run.", "",
                    *real_table({a: g for a, g in budget.items() if g}, False), ""]
-        path = _real_curves(groups, figures / f"real_L{L}_{shard}_{clients}_{stage}.png",
-                            f"Mamba2 {L} layer{'s' if L > 1 else ''} on real WikiText-2, {shard} shards, {clients}, "
-                            f"{stage}")
-        written += [path] if path else []
+        written += _real_curves(groups, figures / f"real_L{L}_{shard}_{clients}_{stage}.png",
+                                f"Mamba2 {L} layer{'s' if L > 1 else ''} on real WikiText-2, {shard} shards, "
+                                f"{clients}, {stage}")
     _write_report(md, "results_real.md", root, figures)
     return written
 

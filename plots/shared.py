@@ -1,7 +1,6 @@
 """What the plot scripts share: picking their runs out of a folder, grouping them, listing the files written."""
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 from common import runs as R
@@ -19,10 +18,10 @@ def script_runs(runs: list[dict], mine, what: str, args: dict | None = None, sum
 
 def groups_by(runs: list[dict], key) -> dict:
     """{key(run): runs}, keys in first-seen order."""
-    out = defaultdict(list)
+    out: dict = {}
     for r in runs:
-        out[key(r)].append(r)
-    return dict(out)
+        out.setdefault(key(r), []).append(r)
+    return out
 
 
 def listed(written: list[Path]) -> dict:
