@@ -26,7 +26,6 @@ from plots import shared
 # what splits runs into panels of their own (next to the partition); every other difference splits lines
 PANEL_KEYS = ("data", "model", "tokenizer", "bpe_vocab_size", "seq_len", "num_clients", "max_eval_examples")
 IGNORE = R.DRAW_IGNORE + ("eval_every",)
-BAND = "band: ± sample sd over seeds"
 
 TOPIC_NAMES = ("World", "Sports", "Business", "Sci/Tech")  # AG News classes 1-4
 STYLES = list(zip("os^DvPX*<>h", ["-", "--", "-.", ":"] * 3))  # (marker, line style) per arm
@@ -122,7 +121,7 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[
         for ref_key, style in zip(ref_keys, ("--", ":")):
             if ref := _reference(sum(arms.values(), []), ref_key):
                 ax.axhline(ref[0], color="k", linestyle=style, linewidth=1, label=ref[1])
-        ax.set_title(f"{part}\nlines: mean over seeds; {BAND}", fontsize=9)
+        ax.set_title(f"{part}\nlines: mean over seeds; band: ± sample sd over seeds", fontsize=9)
         ax.set(xlabel="local optimizer steps, all clients (thousands)", ylabel=ylabel)
         if log:
             ax.set_yscale("log")
