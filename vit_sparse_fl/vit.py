@@ -276,10 +276,8 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
         except Exception as e:
             raise cli.UsageError(f"--weights {weights}: not a torch checkpoint ({type(e).__name__})") from None
         source = str(path)
-    saved = None
     if isinstance(state, dict) and "model" in state and "config" in state:   # this project's checkpoint
-        saved, config = state["model"], state["config"]
-        state = {k.removeprefix("backbone."): v for k, v in saved.items() if k.startswith("backbone.")}
+        return _load_project_checkpoint(model, state, source)
     if isinstance(state, dict) and "head.weight" in state and "cls_token" in state:   # a run's model folder
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     if isinstance(state, dict) and "teacher" in state:        # a full DINO training checkpoint
@@ -288,17 +286,26 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
     try:
         model.backbone.load_state_dict(state, strict=True)
     except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise cli.UsageError(f"--weights {weights}: does not match the ViT config "
+                             f"({first[1].strip() if len(first) > 1 else first[0]}); "
+                             "expected a DINO ViT-S/16 state dict") from None
+    return source
+
+
+def _load_project_checkpoint(model: ViTClassifier, state: dict, source: str) -> str:
+    """Backbone of a project checkpoint with ``strict=True``; the head as well if its shape matches (else the
+    model keeps its fresh head)."""
+    weights = state["model"]
+    backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+    try:
+        model.backbone.load_state_dict(backbone, strict=True)
+    except RuntimeError as e:
         lines = str(e).strip().splitlines()
-        first = lines[1].strip() if len(lines) > 1 else lines[0]
-        if saved is not None:
-            raise cli.UsageError(f"--weights {source}: a checkpoint of another ViT (its config {config}; "
-                                 f"{first})") from None
-        raise cli.UsageError(f"--weights {weights}: does not match the ViT config ({first}); expected a DINO "
-                             "ViT-S/16 state dict") from None
-    if saved is None:
-        return source
-    head = {k.removeprefix("head."): v for k, v in saved.items() if k.startswith("head.")}
-    if head and head["weight"].shape == model.head.weight.shape:   # the head too where its shape matches
+        raise cli.UsageError(f"--weights {source}: a checkpoint of another ViT (its config {state['config']}; "
+                             f"{lines[1].strip() if len(lines) > 1 else lines[0]})") from None
+    head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}
+    if head and head["weight"].shape == model.head.weight.shape:
         model.head.load_state_dict(head, strict=True)
         return f"{source} (backbone and head)"
     return f"{source} (backbone; new {model.head.out_features}-class head)"
