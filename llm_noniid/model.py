@@ -74,8 +74,7 @@ def check_causal(base: nn.Module, name: str) -> None:
     with eval_mode(base):
         a, b = (base(input_ids=x).logits[0, :-1].float() for x in (ids, changed))
     check(torch.allclose(a, b, atol=1e-4, rtol=1e-4), f"model {name} ({getattr(base.config, 'model_type', '?')}) "
-                                                       "is not a causal LM: its predictions depend on later tokens; "
-                                                       "give a decoder-only model")
+          "is not a causal LM: its predictions depend on later tokens; give a decoder-only model")
 
 
 def max_positions(base: nn.Module) -> int | None:
@@ -105,8 +104,7 @@ def max_lora_rank(base: nn.Module, targets: list[str]) -> int:
 
 
 def lora_targets(base: nn.Module, given: list[str] | None = None) -> list[str]:
-    """``given`` (--lora-targets), else the architecture's (``LORA_TARGETS``); every name must be a weight layer
-    of the model."""
+    """``given`` (--lora-targets), else the architecture's (``LORA_TARGETS``); each must name a weight layer."""
     mtype = getattr(base.config, "model_type", "")
     check(bool(given) or mtype in LORA_TARGETS, f"no LoRA targets known for model type {mtype!r} (known: "
           f"{', '.join(LORA_TARGETS)}); name its linear layers with --lora-targets")

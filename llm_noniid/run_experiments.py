@@ -392,11 +392,10 @@ def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mu
     tally = lambda items, of="": ", ".join(f"{k} {v}{of}" for k, v in sorted(Counter(items).items()))
     ppl_cells = lambda p, a, g: [c for key in KEYS for c in (S.fmt_seeds(R.by_seed(g, key).values()),
                                                              diffs.get((p, a, key), ""))]
-    best = lambda g: S.fmt_seeds(R.by_seed(g, "best_val_ppl").values())
     return S.markdown(["partition", "arm", "n", "final ppl", "Δ vs FedAvg", "personalised ppl", "Δ vs FedAvg",
                        "best ppl (any round)", "compute", "status", "failure modes (runs)", "at plateau"],
-                      [[p, a, len(g), *ppl_cells(p, a, g), best(g), compute(g, ref),
-                        tally((r.get("summary") or {}).get("status", "running") for r in g),
+                      [[p, a, len(g), *ppl_cells(p, a, g), S.fmt_seeds(R.by_seed(g, "best_val_ppl").values()),
+                        compute(g, ref), tally((r.get("summary") or {}).get("status", "running") for r in g),
                         tally((m for r in g for m in detected(r)), f"/{len(g)}") or "none",
                         f"{sum(map(at_plateau, g))}/{len(g)}"]
                        if g else [p, a, 0, "not run", *[""] * 8] for p, a, g, ref in rows])

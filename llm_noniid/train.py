@@ -29,7 +29,7 @@ from common.seed import client_generator, client_rng, numpy_rng, seed_everything
 from common.text import derived_cache_dir, load_tokenizer
 from llm_noniid import data as D
 from llm_noniid import failure
-from llm_noniid.model import add_lora, hub_name, lm_loss, load_base
+from llm_noniid.model import LORA_TARGETS, add_lora, hub_name, lm_loss, load_base
 from llm_noniid.partition import PARTITIONS, TOKEN_SKEWS, TOPIC_SPLITS, partition, statistics
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam")
@@ -64,8 +64,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    "local folder | tiny-gpt2 (random 2-layer GPT-2, from scratch)")
     g.add_argument("--lora-r", type=flags.COUNT, default=8, help="LoRA rank (0: train every parameter)")
     g.add_argument("--lora-targets", nargs="+", default=None, help="names of the linear layers that get adapters "
-                   "(default: the architecture's attention and MLP projections, for gpt2, llama, qwen2, mistral, "
-                   "gpt_neox, opt)")
+                   f"(default: the architecture's attention and MLP projections, for {', '.join(LORA_TARGETS)})")
     g.add_argument("--lora-alpha", type=flags.POSITIVE, default=16.0, help="LoRA scaling numerator (scale alpha/r)")
     g.add_argument("--lora-dropout", type=flags.Number(float, 0, 1, high_open=True), default=0.05,
                    help="dropout on the LoRA input")
@@ -114,27 +113,25 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def validate(args) -> None:
+    def choice(dest: str, choices: tuple, expected: str) -> None:
+        value = getattr(args, dest)
+        c(value in choices, f"--{dest.replace('_', '-')} {value!r} is unknown; expected {expected}")
+
     c = cli.check
     flags.resolve_clients_per_round(args)
     if args.algorithm in ("fedavgm", "fedadam"):  # the source's algorithm names for the server optimizers
         c(args.server_opt in ("fedavg", args.algorithm), f"--algorithm {args.algorithm} contradicts --server-opt "
                                                          f"{args.server_opt}")
         args.server_opt = args.algorithm
-    c(args.lr_schedule in ("constant", "cosine"), f"--lr-schedule {args.lr_schedule!r} is unknown; expected "
-                                                   "constant or cosine")
-    c(args.local_optimizer in ("sgd", "adamw"), f"--local-optimizer {args.local_optimizer!r} is unknown; expected "
-                                                "sgd or adamw")
+    choice("lr_schedule", ("constant", "cosine"), "constant or cosine")
+    choice("local_optimizer", ("sgd", "adamw"), "sgd or adamw")
     engine.check_algorithm_args(args, plain_sgd=args.local_optimizer == "sgd", algorithms=ALGORITHMS,
                                 optimizer_hint="use --local-optimizer sgd", shifted_scaffold=True)
-    c(args.partition in PARTITIONS,
-      f"--partition {args.partition!r} is unknown; expected one of {', '.join(PARTITIONS)}")
-    c(args.token_skew in TOKEN_SKEWS,
-      f"--token-skew {args.token_skew!r} is unknown; expected one of {', '.join(TOKEN_SKEWS)}")
-    c(args.style_criterion in D.STYLE_CRITERIA,
-      f"--style-criterion {args.style_criterion!r} is unknown; expected {', '.join(D.STYLE_CRITERIA)}")
-    c(args.topic_split in TOPIC_SPLITS, f"--topic-split {args.topic_split!r} is unknown; expected mix or labels")
-    c(args.cluster_features in C.FEATURES,
-      f"--cluster-features {args.cluster_features!r} is unknown; expected tokens or topics")
+    choice("partition", PARTITIONS, f"one of {', '.join(PARTITIONS)}")
+    choice("token_skew", TOKEN_SKEWS, f"one of {', '.join(TOKEN_SKEWS)}")
+    choice("style_criterion", D.STYLE_CRITERIA, ", ".join(D.STYLE_CRITERIA))
+    choice("topic_split", TOPIC_SPLITS, "mix or labels")
+    choice("cluster_features", C.FEATURES, "tokens or topics")
     # each flag's own range (the counts, rates, fractions, --participation-rate, --clients-per-round) is its
     # flag's type; what is left needs more than one flag
     c(args.num_clusters <= args.num_clients,
