@@ -91,17 +91,15 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
         for part, split in HEADLINE_PARTS:
             out += [(part, name, split + a) for name, a in algos(part, sweep=part != "iid")
                     if part != "iid" or name in contrast]
-            out += [(part, "FedAvg, 2 of 10 clients/round", split + FEDAVG + lp),
-                    (part, f"FedAvg, 2 of 10 clients/round, {5 * rounds} rounds",
-                     split + FEDAVG + lp + rounds_flags(5 * rounds)),
-                    (part, "FedAvg, 1 client/round", split + FEDAVG + one)]
+            fedavg = [("FedAvg, 2 of 10 clients/round", lp),
+                      (f"FedAvg, 2 of 10 clients/round, {5 * rounds} rounds", lp + rounds_flags(5 * rounds)),
+                      ("FedAvg, 1 client/round", one)]
             if part != "iid":
-                out += [(part, "FedAvg + data clusters", split + FEDAVG + ["--clustering", "data"]),
-                        (part, "local only (10 clusters)", split + FEDAVG + ["--clustering", "data",
-                                                                             "--num-clusters", "10"])]
-            out += [(part, "FedAvg + IFCA (4)", split + FEDAVG + ifca),
-                    (part, f"FedAvg, {rounds + IFCA_EXTRA_ROUNDS} rounds",
-                     split + FEDAVG + rounds_flags(rounds + IFCA_EXTRA_ROUNDS))]
+                fedavg += [("FedAvg + data clusters", ["--clustering", "data"]),
+                           ("local only (10 clusters)", ["--clustering", "data", "--num-clusters", "10"])]
+            fedavg += [("FedAvg + IFCA (4)", ifca),
+                       (f"FedAvg, {rounds + IFCA_EXTRA_ROUNDS} rounds", rounds_flags(rounds + IFCA_EXTRA_ROUNDS))]
+            out += [(part, name, split + FEDAVG + a) for name, a in fedavg]
         return out
     if mode == "main":
         return [(p, name, f + a) for p, f in MAIN_PARTS for name, a in algos(p)]
@@ -256,16 +254,13 @@ def select(args, passthrough: list[str]) -> dict:
     data = D.split_ag_news_csv(split_data(args.split_csv, out) / "train.csv", out / "select" / "data", 0.1, seed=1)
     study = [*PRETRAINED, "--model", base_folder(args), "--data", "ag_news", "--data-dir", str(data),
              *rounds_flags(rounds)]
-    runs = out / "select" / "runs"
-    lr_jobs = jobs_for([("iid", f"FedAvg lr {lr}", [*study, "--learning-rate", lr, *IID, *FEDAVG], rounds)
-                        for lr in LR_GRID], [SELECT_SEED], passthrough, runs)
-    lr_scores = dict(zip(LR_GRID, _selection_scores(lr_jobs, args, "learning rate")))
+    lr_arms = [("iid", f"FedAvg lr {lr}", [*study, "--learning-rate", lr, *IID, *FEDAVG], rounds) for lr in LR_GRID]
+    lr_scores = dict(zip(LR_GRID, _selection_scores(lr_arms, args, passthrough, "learning rate")))
     lr = min(lr_scores, key=lr_scores.get)
     cli.check(math.isfinite(lr_scores[lr]), f"selection: FedAvg diverged at every rate of {', '.join(LR_GRID)}")
     mu_arms = [(part, f"FedProx mu={mu}", [*study, "--learning-rate", lr, *split, "--algorithm", "fedprox", "--mu",
                                            mu], rounds) for part, split in SELECT_PARTS for mu in MUS]
-    mu_jobs = jobs_for(mu_arms, [SELECT_SEED], passthrough, runs)
-    scores = iter(_selection_scores(mu_jobs, args, "FedProx mu"))  # in mu_arms' order
+    scores = iter(_selection_scores(mu_arms, args, passthrough, "FedProx mu"))  # in mu_arms' order
     mu_scores = {part: {mu: next(scores) for mu in MUS} for part, _ in SELECT_PARTS}
     chosen = {"base": base_folder(args), "rounds": rounds, "seed": SELECT_SEED, "learning_rate": float(lr),
               "mu": {part: min(v, key=v.get) for part, v in mu_scores.items()},
@@ -275,10 +270,11 @@ def select(args, passthrough: list[str]) -> dict:
     return chosen
 
 
-def _selection_scores(grid: list[jobs.Job], args, title: str) -> list[float]:
-    """Run a selection phase; its runs' final validation perplexity (inf if not complete and finite). Stops before
-    choosing if a run failed (a diverged run has a summary and scores inf): a choice made without it would be
-    written to selection.json and never revisited."""
+def _selection_scores(arms_: list[tuple], args, passthrough: list[str], title: str) -> list[float]:
+    """Run a selection phase (``jobs_for``'s arms at SELECT_SEED, into <out-dir>/select/runs); its runs' final
+    validation perplexity (inf if not complete and finite). Stops before choosing if a run failed (a diverged run
+    has a summary and scores inf): a choice made without it would be written to selection.json and never revisited."""
+    grid = jobs_for(arms_, [SELECT_SEED], passthrough, Path(args.out_dir) / "select" / "runs")
     run_jobs(grid, args, f"selection: {title}")
     summaries = [jobs.summary_of(j) for j in grid]
     failed = [j.name for j, s in zip(grid, summaries) if s is None]
