@@ -379,9 +379,8 @@ def compute(g: list[dict], ref: list[dict]) -> str:
 
 
 def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mus: dict | None = None) -> list[str]:
-    """Markdown table of ``mode``'s arms: global and personalised perplexity (mean ± sd) and their paired
-    differences to FedAvg on the same partition (``compare``), the best validation perplexity of any evaluated round
-    (an optimistic oracle early stop; beside the final one it shows overfitting), compute, status, failure modes."""
+    """Markdown table of ``mode``'s arms; Δ: the paired difference to FedAvg on its partition (``compare``). The best
+    perplexity of any evaluated round is an optimistic oracle early stop; beside the final one it shows overfitting."""
     groups = by_arm(runs, rounds, lr)
     rows = [(p, a, groups.get((p, a), []), groups.get((p, "FedAvg"), [])) for p, a, _ in arms(mode, rounds, mus, lr)]
     diffs = compare({(p, a): (g, ref) for p, a, g, ref in rows if g and ref and a != "FedAvg"})
