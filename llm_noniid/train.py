@@ -115,7 +115,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 def validate(args) -> None:
     def choice(dest: str, choices: tuple, expected: str) -> None:
         value = getattr(args, dest)
-        c(value in choices, f"--{dest.replace('_', '-')} {value!r} is unknown; expected {expected}")
+        cli.check(value in choices, f"--{dest.replace('_', '-')} {value!r} is unknown; expected {expected}")
 
     c = cli.check
     flags.resolve_clients_per_round(args)
