@@ -282,16 +282,17 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while waiting or running:
-            for job, extra in list(waiting):
+            for item in list(waiting):
+                job, extra = item
                 if len(running) >= parallel:
                     break
                 if any(status.get(a) in ("failed", "other", "blocked") for a in job.after):
-                    waiting.remove((job, extra))
+                    waiting.remove(item)
                     status[job.name] = "blocked"
                     messages[job.name] = f"not run: it needs {', '.join(job.after)}, which did not finish"
                     continue
                 if all(status.get(a) in _DONE for a in job.after):
-                    waiting.remove((job, extra))
+                    waiting.remove(item)
                     running[_start(job, extra, log_dir, env)] = (job, time.monotonic())
             if not running and waiting:  # only jobs waiting for ones outside the plan
                 for job, _ in waiting:
