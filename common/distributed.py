@@ -12,7 +12,7 @@ import contextlib
 import functools
 import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -73,6 +73,17 @@ def process_group():
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def main_first(fn: Callable):
+    """``fn()`` on rank 0 first, then on the others: rank 0 alone downloads data, builds caches and the run
+    directory, which the other ranks then read."""
+    if not is_main():
+        barrier()
+    out = fn()
+    if is_main():
+        barrier()
+    return out
 
 
 def assign_clients(clients: Sequence[int], sizes: Sequence[float], world_size: int) -> list[list[int]]:

@@ -177,16 +177,6 @@ def run(args: argparse.Namespace, method: Method) -> dict:
         return _run(args, method)
 
 
-def _main_first(fn: Callable):
-    """``fn()`` on rank 0 first, then on the others: rank 0 alone builds caches and the run directory."""
-    if not distributed.is_main():
-        distributed.barrier()
-    out = fn()
-    if distributed.is_main():
-        distributed.barrier()
-    return out
-
-
 class MambaTask(engine.Task):
     """The rounds' task for ``common.engine``: the one Mamba2 model, each client's own block stream, the method's
     aggregator hook, evaluation of the global model (of each cluster's, weighted by the clients it serves)."""
@@ -320,7 +310,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     device = distributed.device_for_rank(cli.resolve_device(args.device))
     main = distributed.is_main()
     mmodel.quiet_kernel_warnings()
-    data = _main_first(lambda: lmdata.load_lm_data(args, device))
+    data = distributed.main_first(lambda: lmdata.load_lm_data(args, device))
     shards = lmdata.client_shards(args, data)
     clients = []
     for k, idx in enumerate(shards):
@@ -336,7 +326,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
         **method.run_name_extra(args), **engine.run_name_tags(args, server_opt=method.server),
         data=lmdata.source_tag(args), quick=args.quick, s=args.seed)
     # checks only (arguments, data fingerprint, what the directory holds); claimed once the model is built
-    rd = _main_first(lambda: runlog.RunDir(
+    rd = distributed.main_first(lambda: runlog.RunDir(
         args.out_dir, name, args, resume=args.resume, kind=f"mamba_fl/{method.script}", device=device,
         is_main=main, ignore_on_resume=IGNORE_ON_RESUME, data=data.fingerprint))
 

@@ -99,11 +99,7 @@ def setup(args) -> dict:
     D.init()                                                 # no-op without torchrun or when main joined
     seeding.seed_everything(args.seed)
     device = D.device_for_rank(cli.resolve_device(args.device))
-    if not D.is_main():
-        D.barrier()                                          # rank 0 writes / downloads the data first
-    train, val, test, num_classes = cifar.load_cifar100(args, device)
-    if D.is_main():
-        D.barrier()
+    train, val, test, num_classes = D.main_first(lambda: cifar.load_cifar100(args, device))  # rank 0 downloads first
     if args.sharding == "non_iid":
         cli.check(args.nc <= num_classes, f"--nc {args.nc} exceeds the {num_classes} classes of the data")
     cli.check(args.num_clients <= len(train),
