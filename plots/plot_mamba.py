@@ -329,7 +329,7 @@ def _real_curves(groups: dict, path: Path, title: str) -> list[Path]:
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 4.3), gridspec_kw={"width_ratios": [1, 1]})
     refs, ends, best, budget = {}, [], [], []
     for arm, g in groups.items():
-        colour = None
+        colour = f"C{REAL_ARMS.index(arm)}" if arm in REAL_ARMS else None  # an arm's colour alike in every figure
         for i, r in enumerate(g):
             x, y = R.series(r, "val_ppl", "tokens")
             if not x.size:
