@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.errors import UsageError, check
+from common.errors import UsageError, check, read_text
 
 CONFIG_HELP = "YAML file of flag: value lines (command-line flags override it)"
 # argparse actions that set a boolean and take no value on the command line
@@ -137,13 +137,7 @@ def read_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
 
     path = Path(path)
     check(path.is_file(), f"--config {path} does not exist; expected a YAML file of flag: value lines")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"--config {path} is not UTF-8 text (byte {e.start}); expected a YAML file of "
-                         "flag: value lines") from None
-    except OSError as e:
-        raise UsageError(f"--config {path} cannot be read ({e.strerror})") from None
+    text = read_text(path, "a YAML file of flag: value lines", prefix="--config ")
     try:
         data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 -- a SafeLoader subclass
     except _Repeated as e:

@@ -32,6 +32,18 @@ def first_line(error: BaseException, limit: int | None = 200) -> str:
     return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
+def read_text(path: str | os.PathLike, expected: str, prefix: str = "") -> str:
+    """``path``'s UTF-8 text; a one-line ``UsageError`` (``prefix``, the path, what is ``expected``) when it is not
+    UTF-8 or cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        problem = f"is not UTF-8 text (byte {e.start}: {e.reason})"
+    except OSError as e:
+        problem = f"cannot be read ({e.strerror})"
+    raise UsageError(f"{prefix}{path} {problem}; expected {expected}")
+
+
 def read_json(path: str | os.PathLike, missing: str | None = None) -> object:
     """The JSON in ``path``; a ``UsageError`` for a missing file (message ``missing``) or one that is not JSON."""
     path = Path(path)

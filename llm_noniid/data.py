@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import UsageError, check, first_line
+from common.errors import UsageError, check, first_line, read_text
 
 IGNORE_INDEX = -100
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
@@ -83,10 +83,7 @@ def read_wikitext_raw(path: str | Path) -> TextData:
     paragraphs. Each paragraph is one example; its label is the article index (topic = article)."""
     path = Path(path)
     check(path.is_file(), f"WikiText file {path} does not exist; expected wiki.<split>.raw in --data-dir")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); expected WikiText raw text") from None
+    text = read_text(path, "WikiText raw text")
     check("\x00" not in text, f"{path} holds NUL bytes (a binary file); expected WikiText raw text")
     return _wikitext_from_lines(text.splitlines(), str(path))
 

@@ -34,6 +34,7 @@ from common import cli, export, flags
 from common.checkpoint import save_checkpoint  # by name: the tests interrupt it
 from common.config import add_config_arg
 from common.engine import cosine_lr
+from common.errors import read_text
 from common.evaluate import perplexity, unigram_perplexity
 from common.seed import get_rng_state, numpy_rng, seed_everything, set_rng_state
 from common.text import lm_batch, lm_blocks, load_tokenizer
@@ -101,11 +102,7 @@ def read_articles(files: list[str]) -> list[tuple[str, str]]:
     for f in files:
         path = Path(f)
         cli.check(path.is_file(), f"--text-files: {path} does not exist; expected WikiText files (wiki.*.raw)")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise cli.UsageError(f"--text-files: {path} is not UTF-8 text (byte {e.start}); "
-                                 f"expected WikiText") from None
+        lines = read_text(path, "WikiText", prefix="--text-files: ").splitlines()
         title, paras = None, []
         for line in [*lines, " = END = "]:
             s = line.strip()

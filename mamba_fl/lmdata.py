@@ -18,6 +18,7 @@ import torch
 
 from common import cli, evaluate, flags, report, runlog, shard, synthetic, text
 from common.checkpoint import atomic_write_text
+from common.errors import read_text
 
 SPLIT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw"}
 TEST_FILE = "wiki.test.raw"  # read only after training, by --test (split_wikitext.py writes it)
@@ -95,13 +96,7 @@ def _read_dir(folder: Path) -> dict[str, str]:
     for split, name in SPLIT_FILES.items():
         f = folder / name
         cli.check(f.is_file(), f"--data-dir {folder} has no {name}; expected wiki.train.raw and wiki.valid.raw")
-        try:
-            out[split] = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise cli.UsageError(f"{f} is not UTF-8 text (byte {e.start}: {e.reason}); expected WikiText raw "
-                                 "text in UTF-8") from None
-        except OSError as e:
-            raise cli.UsageError(f"{f} cannot be read ({e.strerror}); expected WikiText raw text") from None
+        out[split] = read_text(f, "WikiText raw text in UTF-8")
         cli.check("\x00" not in out[split],
                   f"{f} holds NUL bytes (a binary file, not UTF-8 text); expected WikiText raw text")
         cli.check(out[split].strip() != "", f"{f} is empty; expected WikiText raw text")
