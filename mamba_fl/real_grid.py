@@ -7,6 +7,8 @@ training of Mamba2 LMs, and does any aggregator (FedFisher above all) beat FedAv
     python mamba_fl/real_grid.py --dry-run        # the commands, nothing run
     python mamba_fl/real_grid.py --only "*_L2_*"  # the selection, then only the 2-layer block
     python mamba_fl/real_grid.py --size source --jobs 8   # the source's d_model-512 model (a GPU's work)
+    python mamba_fl/real_grid.py --size source --selection FILE --only "central-b4_L2_*"
+                                                  # FILE: an earlier grid's selection.json, not selected again
 
 Stages, through ``common.jobs`` (finished runs are skipped, interrupted ones resumed), into ``--out-dir``:
 **split** (``split_wikitext.py``: 80 / 10 / 10 % of ``--data``'s articles; only reported runs read the test
@@ -97,7 +99,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="a choice at the edge of its candidates adds the next value beyond it, at most this many times")
     p.add_argument("--only", nargs="+", default=None, metavar="PATTERN",
                    help="train only the reported runs whose names match one of these shell patterns (e.g. "
-                        "'*_L2_*': the 2-layer block); the selection always runs, since the choices depend on it")
+                        "'*_L2_*': the 2-layer block); the selection runs first, the second phase's only when a "
+                        "pattern names a run of its arms")
+    p.add_argument("--selection", default=None, metavar="FILE",
+                   help="the selection.json of an earlier grid (e.g. mamba_fl/figures/real_source/selection.json): "
+                        "a phase whose arms it chose is not selected again")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     return p
 
@@ -232,6 +238,16 @@ def select(args, out: Path, blocks: int, arms, picked: dict, run) -> dict | None
         candidates |= wider
 
 
+def earlier_choice(given: dict, arms, second_phase: bool) -> dict | None:
+    """What ``choose`` found for ``arms``, from an earlier grid's selection.json (``--selection``); None when it
+    lacks the choice of one of them (or, in the second phase, the best other arm)."""
+    chosen = given.get("chosen", {})
+    if not all(a in chosen for a in arms) or (second_phase and "best_other" not in given):
+        return None
+    return {"chosen": {a: chosen[a] for a in arms}, "scores": {a: given.get("scores", {}).get(a) for a in arms},
+            **({"best_other": given["best_other"]} if second_phase else {})}
+
+
 def reported_plan(args, out: Path, blocks: int, picked: dict) -> list[jobs.Job]:
     """The plateau runs (each with its equal-compute point): the headline, and with ``--block all`` the other
     arms, the topic shards, 16 clients and the 4-layer model after them."""
@@ -269,12 +285,16 @@ def main(argv=None) -> dict:
         cli.check(cut == [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in args.data],
                   f"{out / 'split'} was cut from other files than --data {' '.join(args.data)} (split.json); give "
                   "those, or another --out-dir")
-    if args.only:  # a pattern that names no run of this grid is a typo, refused before anything is written
-        names = {j.name for other in OTHERS for j in reported_plan(argparse.Namespace(**{**vars(args), "only": None}),
-                                                                   out, 1, {"best_other": other})}
-        unmatched = [p for p in args.only if not fnmatch.filter(names, p)]
-        cli.check(not unmatched, f"--only {' '.join(unmatched)}: no run of this grid (--block {args.block}) has such a "
-                                 f"name; they look like fedavg_L2_contiguous_k4m4_plateau_s0")
+    names = {j.name for other in OTHERS for j in reported_plan(argparse.Namespace(**{**vars(args), "only": None}),
+                                                               out, 1, {"best_other": other})}
+    unmatched = [p for p in args.only or [] if not fnmatch.filter(names, p)]  # a typo, refused before any write
+    cli.check(not unmatched, f"--only {' '.join(unmatched)}: no run of this grid (--block {args.block}) has such a "
+                             f"name; they look like fedavg_L2_contiguous_k4m4_plateau_s0")
+    others_needed = args.only is None or any(fnmatch.filter([n for n in names if n.split("_")[0] in OTHERS], p)
+                                             for p in args.only)
+    given = cli.read_json(args.selection) if args.selection else {}
+    cli.check(isinstance(given, dict) and isinstance(given.get("chosen", {}), dict),
+              f"--selection {args.selection}: expected a grid's selection.json, its choices under \"chosen\"")
     from mamba_fl import split_wikitext
 
     if not (out / "split" / "split.json").is_file():
@@ -285,7 +305,9 @@ def main(argv=None) -> dict:
                                                     dry_run=args.dry_run, title=title, next_step=nxt)
     picked: dict = {"chosen": {}, "scores": {}}
     for phase, arms in enumerate(PHASES):
-        found = select(args, out, blocks, arms, picked, run)
+        if phase and not others_needed:  # --only names no run of the second phase's arms
+            break
+        found = earlier_choice(given, arms, phase > 0) or select(args, out, blocks, arms, picked, run)
         if found is None and not args.dry_run:
             return {"selection": "incomplete"}
         if found is not None:

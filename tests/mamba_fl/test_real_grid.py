@@ -222,6 +222,39 @@ def test_the_sources_arms_run_between_the_two_selection_phases(mamba_cache, tmp_
     assert len(order) == len(set(order))
 
 
+def test_selection_file_stands_in_for_the_phases_it_chose(mamba_cache, tmp_path, monkeypatch):
+    """--selection: an earlier grid's choices are used, and the phases they cover are not selected again; --only
+    naming no run of the second phase's arms skips that phase's selection too."""
+    folder, _ = lmdata._synthetic_dir(mamba_cache)
+    ran = {}
+
+    def run_plan(plan, **kw):  # stands in for jobs.run_plan: "trains" each run by writing its summary
+        for j in plan:
+            path = j.run_dir / "summary.json"
+            if not path.is_file():
+                ran[j.name] = j.argv
+                path.parent.mkdir(parents=True)
+                path.write_text(json.dumps({"best_val_ppl": 50.0 + len(ran) % 7, "unigram_ppl": 1e3}))
+        return jobs.Outcome(status={j.name: "finished" for j in plan}, messages={}, seconds=0.0)
+
+    monkeypatch.setattr(real_grid.jobs, "run_plan", run_plan)
+    earlier = tmp_path / "selection.json"
+    earlier.write_text(json.dumps({"chosen": {"central": {"--lr": 0.02}, "fedavg": {"--lr": 0.05}}}))
+    argv = ["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"), "--selection", str(earlier)]
+    done = real_grid.main([*argv, "--out-dir", str(tmp_path / "a"), "--only", "fedfisher_L1_*", "central_L1_*"])
+    assert not [n for n in ran if n.startswith("select_")] and done["chosen"] == json.loads(earlier.read_text())[
+        "chosen"]
+    assert {_flag(a, "--lr") for n, a in ran.items() if n.startswith("fedfisher")} == {"0.05"}
+    assert {_flag(a, "--lr") for n, a in ran.items() if n.startswith("central")} == {"0.02"}
+    ran.clear()  # a run of the second phase's arm needs its selection, at the earlier first-phase choices
+    done = real_grid.main([*argv, "--out-dir", str(tmp_path / "b"), "--only", "fedentropy_L1_*"])
+    assert {n.split("_")[1] for n in ran if n.startswith("select_")} == set(real_grid.OTHERS)
+    assert all(_flag(a, "--lr") == "0.05" for n, a in ran.items() if n.startswith("select_fedentropy"))
+    earlier.write_text("[1, 2]")
+    with pytest.raises(UsageError, match="expected a grid's selection.json"):
+        real_grid.main([*argv, "--out-dir", str(tmp_path / "c")])
+
+
 def test_source_size_runs_the_sources_model_on_the_gpt2_tokenizer(tmp_path):
     """--size source: every planned command builds the source's d_model-512 model (the scripts' defaults) on
     256-token blocks of the given tokenizer, and writes its 1.5 GB checkpoint once a pass (5 evaluations)."""
