@@ -279,6 +279,11 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     for f in args.data:
         cli.check(Path(f).is_file(), f"--data {f}: no such file (the WikiText-2 files to split)")
+    given = cli.read_json(args.selection, f"--selection {args.selection}: no such file") if args.selection else {}
+    chosen = given.get("chosen", {}) if isinstance(given, dict) else None
+    cli.check(isinstance(chosen, dict) and all(isinstance(v, dict) for v in chosen.values()),
+              f"--selection {args.selection}: expected a grid's selection.json, its choices under \"chosen\" as "
+              "{arm: {flag: value}}")
     out = cli.check_out_dir(args.out_dir or "runs/mamba_real" + ("_source" if args.size == "source" else ""))
     if (out / "split" / "split.json").is_file():  # a grid goes on with its split: cut from these --data files
         cut = [s["sha256"] for s in json.loads((out / "split" / "split.json").read_text())["sources"]]
@@ -292,9 +297,6 @@ def main(argv=None) -> dict:
                              f"name; they look like fedavg_L2_contiguous_k4m4_plateau_s0")
     others_needed = args.only is None or any(fnmatch.filter([n for n in names if n.split("_")[0] in OTHERS], p)
                                              for p in args.only)
-    given = cli.read_json(args.selection) if args.selection else {}
-    cli.check(isinstance(given, dict) and isinstance(given.get("chosen", {}), dict),
-              f"--selection {args.selection}: expected a grid's selection.json, its choices under \"chosen\"")
     from mamba_fl import split_wikitext
 
     if not (out / "split" / "split.json").is_file():

@@ -250,9 +250,14 @@ def test_selection_file_stands_in_for_the_phases_it_chose(mamba_cache, tmp_path,
     done = real_grid.main([*argv, "--out-dir", str(tmp_path / "b"), "--only", "fedentropy_L1_*"])
     assert {n.split("_")[1] for n in ran if n.startswith("select_")} == set(real_grid.OTHERS)
     assert all(_flag(a, "--lr") == "0.05" for n, a in ran.items() if n.startswith("select_fedentropy"))
-    earlier.write_text("[1, 2]")
-    with pytest.raises(UsageError, match="expected a grid's selection.json"):
+    for bad in ("[1, 2]", '{"chosen": {"central": 0.02}}'):  # refused in one line before anything is written
+        earlier.write_text(bad)
+        with pytest.raises(UsageError, match="expected a grid's selection.json"):
+            real_grid.main([*argv, "--out-dir", str(tmp_path / "c")])
+    earlier.unlink()
+    with pytest.raises(UsageError, match="--selection .*: no such file"):
         real_grid.main([*argv, "--out-dir", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists()
 
 
 def test_source_size_runs_the_sources_model_on_the_gpt2_tokenizer(tmp_path):
