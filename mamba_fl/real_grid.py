@@ -290,13 +290,15 @@ def main(argv=None) -> dict:
         cli.check(cut == [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in args.data],
                   f"{out / 'split'} was cut from other files than --data {' '.join(args.data)} (split.json); give "
                   "those, or another --out-dir")
-    names = {j.name for other in OTHERS for j in reported_plan(argparse.Namespace(**{**vars(args), "only": None}),
-                                                               out, 1, {"best_other": other})}
-    unmatched = [p for p in args.only or [] if not fnmatch.filter(names, p)]  # a typo, refused before any write
-    cli.check(not unmatched, f"--only {' '.join(unmatched)}: no run of this grid (--block {args.block}) has such a "
-                             f"name; they look like fedavg_L2_contiguous_k4m4_plateau_s0")
-    others_needed = args.only is None or any(fnmatch.filter([n for n in names if n.split("_")[0] in OTHERS], p)
-                                             for p in args.only)
+    others_needed = True  # the second phase's selection: needed unless --only names none of its arms' runs
+    if args.only:  # a pattern that names no run of this grid is a typo, refused before anything is written
+        names = {j.name for other in OTHERS for j in reported_plan(argparse.Namespace(**{**vars(args), "only": None}),
+                                                                   out, 1, {"best_other": other})}
+        unmatched = [p for p in args.only if not fnmatch.filter(names, p)]
+        cli.check(not unmatched, f"--only {' '.join(unmatched)}: no run of this grid (--block {args.block}) has such a "
+                                 f"name; they look like fedavg_L2_contiguous_k4m4_plateau_s0")
+        others = [n for n in names if n.split("_")[0] in OTHERS]
+        others_needed = any(fnmatch.filter(others, p) for p in args.only)
     from mamba_fl import split_wikitext
 
     if not (out / "split" / "split.json").is_file():
@@ -307,7 +309,7 @@ def main(argv=None) -> dict:
                                                     dry_run=args.dry_run, title=title, next_step=nxt)
     picked: dict = {"chosen": {}, "scores": {}}
     for phase, arms in enumerate(PHASES):
-        if phase and not others_needed:  # --only names no run of the second phase's arms
+        if phase and not others_needed:
             break
         found = earlier_choice(given, arms, phase > 0) or select(args, out, blocks, arms, picked, run)
         if found is None and not args.dry_run:
