@@ -49,10 +49,8 @@ def give_usual_permissions(folder: str | os.PathLike) -> None:
     """Every file and folder under ``folder`` (and itself) gets ``usual_mode``."""
     folder = Path(folder)
     for p in [folder, *folder.rglob("*")]:
-        if p.is_symlink():
-            continue
         want = usual_mode(executable=p.is_dir())
-        if p.stat().st_mode & 0o777 != want:
+        if not p.is_symlink() and p.stat().st_mode & 0o777 != want:
             os.chmod(p, want)
 
 
@@ -88,7 +86,6 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
     return _atomic_write(path, lambda f: f.write(data))
 
 

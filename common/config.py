@@ -105,11 +105,7 @@ def _convert(parser: argparse.ArgumentParser, action: argparse.Action, key: str,
         refuse(e.message)
 
 
-class _Repeated(Exception):
-    pass
-
-
-def _unique_key_loader():
+def _unique_key_loader(path: Path):
     """A ``yaml.SafeLoader`` that refuses a key given twice (PyYAML itself silently keeps the last)."""
     import yaml
 
@@ -123,8 +119,8 @@ def _unique_key_loader():
                 except TypeError:  # an unhashable key: the base class reports it
                     break
                 if duplicate:
-                    raise _Repeated(f"key {key!r} is given twice (again on line {key_node.start_mark.line + 1}); "
-                                    "give each flag once")
+                    raise UsageError(f"--config {path}: key {key!r} is given twice (again on line "
+                                     f"{key_node.start_mark.line + 1}); give each flag once")
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
@@ -139,9 +135,7 @@ def read_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
     check(path.is_file(), f"--config {path} does not exist; expected a YAML file of flag: value lines")
     text = read_text(path, "a YAML file of flag: value lines", prefix="--config ")
     try:
-        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 -- a SafeLoader subclass
-    except _Repeated as e:
-        raise UsageError(f"--config {path}: {e}") from None
+        data = yaml.load(text, Loader=_unique_key_loader(path))  # noqa: S506 -- a SafeLoader subclass
     except yaml.YAMLError as e:
         first = " ".join(str(e).split())[:200]
         raise UsageError(f"--config {path} is not valid YAML ({first})") from None

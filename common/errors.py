@@ -21,7 +21,6 @@ RUN_FILE = "args.json"  # a folder holding it is a run directory (``common.runlo
 
 
 def check(condition: bool, message: str) -> None:
-    """Raise ``UsageError(message)`` unless ``condition``."""
     if not condition:
         raise UsageError(message)
 

@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -127,10 +126,8 @@ def classify(job: Job) -> State:
     path = job.run_dir
     if not path.is_dir() or not any(p.name != runlog.LOCK_FILE for p in path.iterdir()):
         return State("new")
-    try:
-        saved = json.loads((path / runlog.ARGS_FILE).read_text(encoding="utf-8"))["args"]
-        check(isinstance(saved, dict), "")
-    except (OSError, ValueError, KeyError, TypeError, UsageError):
+    saved = (runlog.read_object(path / runlog.ARGS_FILE) or {}).get("args")
+    if not isinstance(saved, dict):
         return State("other", f"no readable {runlog.ARGS_FILE} (not a run directory of this grid)")
     wanted, parser = expected_args(job)
     diffs, shorter = [], []
@@ -157,13 +154,7 @@ def classify(job: Job) -> State:
 
 def summary_of(job: Job) -> dict | None:
     """The job's summary.json (None for an output job or an unfinished run)."""
-    if job.run_dir is None:
-        return None
-    try:
-        value = json.loads((job.run_dir / runlog.SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return None if job.run_dir is None else runlog.read_object(job.run_dir / runlog.SUMMARY_FILE)
 
 
 def _die_with_driver():
@@ -254,8 +245,9 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
         elif state.kind == "other":
             status[job.name] = "other"
             messages[job.name] = f"{job.run_dir} holds a run with other arguments ({state.detail}); left as it is"
-        elif job.output is not None:
-            todo.append((job, list(job.again) if _partial(job) else []))
+        elif job.output is not None:  # its folder holding something: a partial output (e.g. an interrupted merge)
+            folder = job.output.parent
+            todo.append((job, list(job.again) if folder.is_dir() and any(folder.iterdir()) else []))
         else:
             todo.append((job, ["--resume", "--extend"] if state.kind == "extend" else ["--resume"]))
     others = [name for name, s in status.items() if s == "other"]  # the rest of status: done-before
@@ -333,12 +325,6 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
     outcome = Outcome(status, messages, time.monotonic() - t0)
     print(_summary(title, outcome, next_step), flush=True)
     return outcome
-
-
-def _partial(job: Job) -> bool:
-    """An output job's folder already holds something (a partial output, e.g. an interrupted merge)."""
-    folder = job.output.parent
-    return folder.is_dir() and any(folder.iterdir())
 
 
 def _raise_interrupt(signum, frame):

@@ -1,11 +1,5 @@
-"""The run directory ``<out_dir>/<run_name>/``: the record of one run, and what ``--resume`` continues from.
-
-* ``args.json``     -- {"args", "script", "argv", "git_commit", "versions", "device", "processor", "hostname",
-                       "started_at", "resumes": [...], "data"}
-* ``metrics.jsonl`` -- one JSON object per evaluation, appended as they come
-* ``summary.json``  -- written by the script, plus ``wall_seconds`` and ``status`` (default "complete")
-* ``checkpoint.pt`` -- full state for ``--resume`` (see ``common.checkpoint``)
-* artifacts         -- whatever the subproject writes via ``artifact(name)``
+"""The run directory ``<out_dir>/<run_name>/`` (args.json, metrics.jsonl, summary.json, checkpoint.pt and the
+``artifact``s: the README's "Run directory"): the record of one run, and what ``--resume`` continues from.
 
     rd = RunDir(args.out_dir, name, args, kind="mamba_fl/fed_avg", resume=args.resume, data=fp)  # checks only
     state = rd.load_checkpoint()            # None unless resuming from a checkpoint
@@ -139,6 +133,15 @@ def run_name(prefix: str, *parts: Any, **settings: Any) -> str:
               for key, value in settings.items() if value is not None and value is not False]
     name = "_".join(items)
     return "".join(c if c.isalnum() or c in "._-+" else "-" for c in name)
+
+
+def read_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
@@ -394,11 +397,8 @@ class RunDir:
                                           for p in self.path.iterdir())
 
     def _read_saved(self) -> dict | None:
-        try:
-            saved = json.loads((self.path / ARGS_FILE).read_text(encoding="utf-8"))
-            return saved if isinstance(saved, dict) and isinstance(saved.get("args"), dict) else None
-        except (OSError, ValueError):
-            return None
+        saved = read_object(self.path / ARGS_FILE)
+        return saved if saved is not None and isinstance(saved.get("args"), dict) else None
 
     def _arg_diffs(self, saved_args: dict, ignore: tuple[str, ...]) -> tuple[dict[str, str], dict]:
         """({name: the difference in words}, {run-length name: [saved, now]} allowed by --extend)."""
@@ -418,12 +418,9 @@ class RunDir:
 
     def _occupied_message(self, ignore: tuple[str, ...]) -> str:
         saved = self._read_saved() or {}
-        finished = (self.path / SUMMARY_FILE).is_file()
-        status = None
-        with suppress(OSError, ValueError, AttributeError):
-            status = json.loads((self.path / SUMMARY_FILE).read_text(encoding="utf-8")).get("status")
-        what = f"a {status} run" if status and status != "complete" else ("a finished run" if finished
-                                                                          else "an unfinished run")
+        status = (read_object(self.path / SUMMARY_FILE) or {}).get("status")
+        what = f"a {status} run" if status and status != "complete" else (
+            "a finished run" if (self.path / SUMMARY_FILE).is_file() else "an unfinished run")
         script = saved.get("script")
         if script and script != self.kind:
             what += f" of {script}"
@@ -662,9 +659,7 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> dict:
         """Write summary.json atomically with ``wall_seconds`` and ``status`` (default "complete"); return it."""
-        summary = dict(summary)
-        summary.setdefault("status", "complete")
-        summary["wall_seconds"] = round(self.wall_seconds, 3)
+        summary = {**summary, "status": summary.get("status", "complete"), "wall_seconds": round(self.wall_seconds, 3)}
         if self.is_main:
             self.claim()
             with self._writing(SUMMARY_FILE):

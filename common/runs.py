@@ -74,7 +74,6 @@ def shown(path: str | os.PathLike | None) -> str | None:
 
 
 def load_runs(root: str | os.PathLike, pattern: str = "*") -> list[dict]:
-    """``load_run`` of every ``find_runs(root, pattern)``."""
     return [load_run(p) for p in find_runs(root, pattern)]
 
 
