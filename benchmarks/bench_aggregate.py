@@ -9,11 +9,11 @@ memory) when ``flwr`` is installed (``pip install -e .[bench]``), else the per-k
 reference of the source projects. Ours, in the same process and the same round-robin (so load from
 elsewhere hits every method alike):
 
-  WeightedMean   ``common.aggregate.WeightedMean``. "add_many": the K uploads in memory, as Flower's
-                 ``aggregate`` receives them, summed block by block (each upload read once, the sums' block
-                 in cache); the K uploads are K distinct buffers (a pool of two would stay in cache block
-                 by block). "streaming": clients arriving one at a time (a simulation training them in
-                 turn), each upload one flat buffer seen as parameter-shaped views
+  WeightedMean   ``common.aggregate.WeightedMean``. "add_many" (``ManyWeightedMean``, defined here): the K
+                 uploads in memory, as Flower's ``aggregate`` receives them, summed block by block (each
+                 upload read once, the sums' block in cache); the K uploads are K distinct buffers (a pool
+                 of two would stay in cache block by block). "streaming": clients arriving one at a time (a
+                 simulation training them in turn), each upload one flat buffer seen as parameter-shaped views
                  (``common.params.unflatten``; a model after ``common.params.flat_parameters_`` is the
                  same), so ``add`` is ONE op. "tensors": streaming, the client as 152 separate tensors
                  (small ones on one thread, ``common.params.foreach``).
@@ -276,13 +276,96 @@ def stream_fn(c: Clients, pool, k: int, kind: str = "WeightedMean"):
     return aggregate
 
 
+def _flat_clients(agg, *per_client: list) -> list[tuple[torch.Tensor, ...]] | None:
+    """Each client's quantities as 1-D buffers of ``agg.numel`` (given so, or tiled by its tensors), else None."""
+    out = []
+    for quantities in zip(*per_client):
+        flats = []
+        for q in quantities:
+            if isinstance(q, torch.Tensor):
+                if q.dim() != 1 or q.numel() != agg.numel:
+                    raise ValueError(f"add_many: an upload given as one tensor must be 1-D with {agg.numel} "
+                                     f"values (common.params.flatten), got shape {tuple(q.shape)}")
+                flat = q if q.is_contiguous() else None
+            else:
+                flat = P.as_flat(agg._check(q))  # None when some tensor is missing
+            if flat is None or flat.numel() != agg.numel or flat.device != agg.device:
+                return None
+            flats.append(flat)
+        out.append(tuple(flats))
+    return out
+
+
+def _weights(n_clients: int, weights) -> list[float]:
+    weights = [1.0] * n_clients if weights is None else [float(w) for w in weights]
+    if len(weights) != n_clients:
+        raise ValueError(f"add_many: {n_clients} clients but {len(weights)} weights")
+    return weights
+
+
+def _add_blocked(agg, clients: list, weights: list[float], add_block) -> None:
+    """For each block of coordinates (``agg._block()``), every client in order: ``add_block(k, accs, xs, w)`` on
+    the sums' and the k-th client's buffers cut to the block; then the total weight, client by client as ``add``
+    does."""
+    agg._materialize()
+    with agg._threads():
+        for lo in range(0, agg.numel, agg._block()):
+            hi = min(agg.numel, lo + agg._block())
+            accs = [f[lo:hi] for f in agg._flats]
+            for k, (xs, w) in enumerate(zip(clients, weights)):
+                add_block(k, accs, [x[lo:hi] for x in xs], w)
+    for w in weights:
+        agg._flats[0][-1] += w
+
+
+class ManyWeightedMean(WeightedMean):
+    """``WeightedMean`` that also takes K uploads in memory (Flower's input), block by block of coordinates."""
+
+    @torch.no_grad()
+    def add_many(self, clients: list, weights: list[float] | None = None) -> None:
+        """``add(clients[k], weights[k])`` for every k in order, bit for bit (each a tensor list or a 1-D buffer)."""
+        weights = _weights(len(clients), weights)
+        flats = _flat_clients(self, clients)
+        if not flats:
+            for c, w in zip(clients, weights):
+                self.add_flat(c, w) if isinstance(c, torch.Tensor) else self.add(c, w)
+            return
+        write_first = self._zero_pending and flats[0][0].dtype == self.acc_dtype
+        if not write_first:
+            self._materialize()
+        self._zero_pending = False
+
+        def add_block(k, accs, xs, w):
+            if k == 0 and write_first:
+                torch.mul(xs[0], w, out=accs[0])  # = 0 + w theta, as add's first client
+            else:
+                accs[0].add_(xs[0], alpha=w)
+        _add_blocked(self, flats, weights, add_block)
+
+
+class ManyFisherMean(FisherMean):
+    """``FisherMean`` that also takes K uploads and their Fishers in memory, block by block of coordinates."""
+
+    @torch.no_grad()
+    def add_many(self, clients: list, fishers: list, weights: list[float] | None = None) -> None:
+        """``add(clients[k], fishers[k], weights[k])`` for every k in order, bit for bit."""
+        if len(fishers) != len(clients):
+            raise ValueError(f"add_many: {len(clients)} clients but {len(fishers)} Fisher lists")
+        weights = _weights(len(clients), weights)
+        flats = _flat_clients(self, clients, fishers)
+        if flats:
+            return _add_blocked(self, flats, weights, lambda k, accs, xs, w: self._add_block(accs, xs, w))
+        for c, f, w in zip(clients, fishers, weights):
+            self.add(*(P.unflatten(x, self._views[0]) if isinstance(x, torch.Tensor) else x for x in (c, f)), w)
+
+
 def many_fn(c: Clients, k: int, kind: str = "WeightedMean"):
     """One aggregation of K distinct uploads held in memory (``add_many``); results written into existing
     tensors."""
     w = weights_for(k)
     out = P.zeros_like(c.base)
     uploads = c.distinct(k)
-    agg = {"WeightedMean": WeightedMean, "FisherMean": FisherMean}[kind](c.base)
+    agg = {"WeightedMean": ManyWeightedMean, "FisherMean": ManyFisherMean}[kind](c.base)
     extra = {"WeightedMean": [], "FisherMean": [uploads[1:] + uploads[:1]]}[kind]
 
     def aggregate():

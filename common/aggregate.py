@@ -5,9 +5,8 @@ softmax weights (server steps: ``common.server_opt``, ``common.scaffold``; LoRA:
 client that is one buffer (``add_flat``, or views tiling one) is ONE op per quantity, separate tensors one
 fused ``common.params.foreach`` call: fast even while other processes load every core. ``accumulators()`` are
 those buffers (buffer 0's last element: the total weight): summed across ranks, ``result()`` is the aggregate
-over every rank's clients. ``add_many`` takes K uploads in memory block by block of coordinates (the same bits
-as K ``add`` calls, a third of their memory traffic). Sums are in ``acc_dtype``; ``result`` returns the dtypes
-of ``like``, whose tensors every client list holds in the same order (``common.params.trainable(model)``).
+over every rank's clients. Sums are in ``acc_dtype``; ``result`` returns the dtypes of ``like``, whose tensors
+every client list holds in the same order (``common.params.trainable(model)``).
 """
 from __future__ import annotations
 
@@ -89,52 +88,13 @@ class _Streaming:
             return P.unflatten(P.empty_flat(self.numel, self.dtypes[0], self.device), self._views[0])
         return [torch.empty(s, dtype=d, device=self.device) for s, d in zip(self.shapes, self.dtypes)]
 
-    # add_many: accumulator bytes per block of coordinates (all buffers together); on ViT-S/16 shapes, K = 50,
-    # 4 MiB was 1.2x faster than 1 MiB and as fast as 8 or 16 (benchmarks/bench_aggregate.py).
+    # accumulator bytes per block of coordinates (all buffers together); on ViT-S/16 shapes, K = 50, 4 MiB was
+    # 1.2x faster than 1 MiB and as fast as 8 or 16 (add_many of benchmarks/bench_aggregate.py).
     _BLOCK_BYTES = 4 << 20
 
     def _block(self) -> int:
         """Coordinates per block: a multiple of 64, so every block but the last is whole SIMD vectors."""
         return max(64, self._BLOCK_BYTES // sum(f.element_size() for f in self._flats) // 64 * 64)
-
-    def _add_blocked(self, clients: Sequence[Sequence[torch.Tensor]], weights: Sequence[float], add_block) -> None:
-        """For each block of coordinates, every client in order: ``add_block(k, accs, xs, w)`` on the sums' and
-        the k-th client's buffers cut to the block; then the total weight, client by client as ``add`` does."""
-        self._materialize()
-        with self._threads():
-            for lo in range(0, self.numel, self._block()):
-                hi = min(self.numel, lo + self._block())
-                accs = [f[lo:hi] for f in self._flats]
-                for k, (xs, w) in enumerate(zip(clients, weights)):
-                    add_block(k, accs, [x[lo:hi] for x in xs], w)
-        for w in weights:
-            self._flats[0][-1] += w
-
-    def _flat_clients(self, *per_client: Sequence) -> list[tuple[torch.Tensor, ...]] | None:
-        """Each client's quantities as 1-D buffers of ``numel`` (given so, or tiled by its tensors), else None."""
-        out = []
-        for quantities in zip(*per_client):
-            flats = []
-            for q in quantities:
-                if isinstance(q, torch.Tensor):
-                    if q.dim() != 1 or q.numel() != self.numel:
-                        raise ValueError(f"add_many: an upload given as one tensor must be 1-D with {self.numel} "
-                                         f"values (common.params.flatten), got shape {tuple(q.shape)}")
-                    flat = q if q.is_contiguous() else None
-                else:
-                    flat = P.as_flat(self._check(q))  # None when some tensor is missing
-                if flat is None or flat.numel() != self.numel or flat.device != self.device:
-                    return None
-                flats.append(flat)
-            out.append(tuple(flats))
-        return out
-
-    @staticmethod
-    def _weights(n_clients: int, weights) -> list[float]:
-        weights = [1.0] * n_clients if weights is None else [float(w) for w in weights]
-        if len(weights) != n_clients:
-            raise ValueError(f"add_many: {n_clients} clients but {len(weights)} weights")
-        return weights
 
     _CHUNK = 1 << 19  # scratch chunks: 2 MiB of float32, measured 10% faster per add than 1 << 18 (21.7M params)
 
@@ -181,27 +141,6 @@ class WeightedMean(_Streaming):
         self._flats[0][-1] += weight
 
     @torch.no_grad()
-    def add_many(self, clients: Sequence, weights: Sequence[float] | None = None) -> None:
-        """``add(clients[k], weights[k])`` for every k in order, bit for bit (each a tensor list or a 1-D buffer)."""
-        weights = self._weights(len(clients), weights)
-        flats = self._flat_clients(clients)
-        if not flats:
-            for c, w in zip(clients, weights):
-                self.add_flat(c, w) if isinstance(c, torch.Tensor) else self.add(c, w)
-            return
-        write_first = self._zero_pending and flats[0][0].dtype == self.acc_dtype
-        if not write_first:
-            self._materialize()
-        self._zero_pending = False
-
-        def add_block(k, accs, xs, w):
-            if k == 0 and write_first:
-                torch.mul(xs[0], w, out=accs[0])  # = 0 + w theta, as add's first client
-            else:
-                accs[0].add_(xs[0], alpha=w)
-        self._add_blocked(flats, weights, add_block)
-
-    @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:
         """The weighted mean, written into ``out`` (e.g. the global parameters, no allocation) or new tensors."""
         self._materialize()
@@ -243,7 +182,12 @@ class FisherMean(_Streaming):
         while the three sums' block is in cache; else one fused op per quantity."""
         flat_t, flat_f = P.as_flat(self._check(tensors)), P.as_flat(self._check(fisher, "fisher"))
         if flat_t is not None and flat_f is not None:
-            self._add_blocked([(flat_t, flat_f)], [weight], self._add_block)
+            self._materialize()
+            with self._threads():
+                for lo in range(0, self.numel, self._block()):
+                    hi = min(self.numel, lo + self._block())
+                    self._add_block([f[lo:hi] for f in self._flats], (flat_t[lo:hi], flat_f[lo:hi]), weight)
+            self._flats[0][-1] += weight
             return
         self._materialize()
         num, den, tot = self._views
@@ -253,23 +197,11 @@ class FisherMean(_Streaming):
         self._flats[0][-1] += weight
 
     @staticmethod
-    def _add_block(k, accs, xs, w) -> None:
+    def _add_block(accs, xs, w) -> None:
         (num, den, tot), (t, f) = accs, xs
         num.addcmul_(f, t, value=w)
         den.add_(f, alpha=w)
         tot.add_(t, alpha=w)
-
-    @torch.no_grad()
-    def add_many(self, clients: Sequence, fishers: Sequence, weights: Sequence[float] | None = None) -> None:
-        """``add(clients[k], fishers[k], weights[k])`` for every k in order, bit for bit."""
-        if len(fishers) != len(clients):
-            raise ValueError(f"add_many: {len(clients)} clients but {len(fishers)} Fisher lists")
-        weights = self._weights(len(clients), weights)
-        flats = self._flat_clients(clients, fishers)
-        if flats:
-            return self._add_blocked(flats, weights, self._add_block)
-        for c, f, w in zip(clients, fishers, weights):
-            self.add(*(P.unflatten(x, self._views[0]) if isinstance(x, torch.Tensor) else x for x in (c, f)), w)
 
     @torch.no_grad()
     def result(self, out: Sequence[torch.Tensor] | None = None) -> Tensors:

@@ -391,8 +391,7 @@ class Federation:
             for i in range(self.args.ifca_init_rounds):
                 if i == 0 or self.args.client_opt_state != "persist":
                     opt = task.make_optimizer(task.lr(0))
-                out = task.train_client(seeds[g], -1 - i, opt, FedAvg())
-                tokens += int(out.get("tokens", 0))
+                tokens += int(task.train_client(seeds[g], -1 - i, opt, FedAvg()).get("tokens", 0))
             P.load_(self.models[g], task.params)
         # the starts' training tokens (where a task's train_client counts them), for its compute accounting
         self.info |= {"seed_clients": seeds, "init_tokens": tokens}

@@ -20,9 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from common import params as P
-from common.evaluate import eval_mode
-
-IGNORE_INDEX = -100
+from common.evaluate import IGNORE_INDEX, eval_mode
 
 
 def lm_targets(input_ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -117,7 +115,7 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
                 targets = draws if targets is None else draws.masked_fill(targets == ignore_index, ignore_index)
             elif targets is None:
                 raise ValueError("labels='empirical' needs targets in every batch")
-            has_target = (targets != ignore_index).reshape(n, -1).any(1)
+            m = int((targets != ignore_index).reshape(n, -1).any(1).sum())  # examples with a target
             if method == "per_example":
                 p_dict = {"model." + k: p.detach() for k, p in zip(names, params)}
                 for lo in range(0, n, chunk_size):
@@ -134,15 +132,13 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
                         torch._foreach_add_(fisher, [(gi.float() ** 2).sum(0) for gi in g.values()])
             elif method == "loop":
                 _loop(model, forward, params, fisher, inputs, targets, ignore_index)
-            else:
-                m = int(has_target.sum())
-                if m:
-                    losses = torch.stack([example_loss(lg, t, ignore_index)
-                                          for lg, t in zip(forward(model, inputs), targets)])
-                    for f, gb in zip(fisher, torch.autograd.grad(losses.sum() / m, params, allow_unused=True)):
-                        if gb is not None:
-                            f.add_(gb.float() ** 2, alpha=m * m)  # m g_b^2 (estimates F), weighted by m
-            count += int(has_target.sum())
+            elif m:  # batch
+                losses = torch.stack([example_loss(lg, t, ignore_index)
+                                      for lg, t in zip(forward(model, inputs), targets)])
+                for f, gb in zip(fisher, torch.autograd.grad(losses.sum() / m, params, allow_unused=True)):
+                    if gb is not None:
+                        f.add_(gb.float() ** 2, alpha=m * m)  # m g_b^2 (estimates F), weighted by m
+            count += m
             if max_examples is not None and count >= max_examples:
                 break
     if count == 0:
@@ -177,10 +173,8 @@ class LocalStepFisher:
     def __init__(self, params: Sequence[torch.Tensor], examples_per_step: int):
         if examples_per_step < 1:
             raise ValueError(f"examples_per_step must be >= 1, got {examples_per_step}")
-        self.params = list(params)
-        self.examples_per_step = examples_per_step
-        self.sums = P.zeros_like(self.params, dtype=torch.float32)
-        self.prev = P.zeros_like(self.params, dtype=torch.float32)
+        self.params, self.examples_per_step = list(params), examples_per_step
+        self.sums, self.prev = (P.zeros_like(self.params, dtype=torch.float32) for _ in range(2))
         self.passes = [0] * len(self.params)
         self._handles = [p.register_post_accumulate_grad_hook(self._hook(i)) for i, p in enumerate(self.params)]
 

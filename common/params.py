@@ -111,10 +111,9 @@ def foreach(fn: Callable, *lists: Sequence[torch.Tensor], **kwargs):
         return None if in_place else unflatten(out[0], lists[0])
     if device.type != "cpu":
         return fn(*lists, **kwargs)
-    big = [i for i, t in enumerate(lists[0]) if t.numel() >= PARALLEL_MIN_NUMEL]
     results = [None] * len(lists[0])
-    small = sorted(set(range(len(results))) - set(big))
-    for idx, is_big in ((small, False), (big, True)):
+    for is_big in (False, True):
+        idx = [i for i, t in enumerate(lists[0]) if (t.numel() >= PARALLEL_MIN_NUMEL) == is_big]
         if idx:   # the machine's load is read only when there is a big tensor
             with num_threads(op_threads(PARALLEL_MIN_NUMEL) if is_big else 1):
                 out = fn(*[[t[i] for i in idx] for t in lists], **kwargs)
@@ -240,7 +239,7 @@ def load_(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> None:
 def sub(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> Tensors:
     """a - b, new tensors."""
     _check(a, b)
-    return list(foreach(torch._foreach_sub, [t.detach() for t in a], [t.detach() for t in b]))
+    return foreach(torch._foreach_sub, [t.detach() for t in a], [t.detach() for t in b])
 
 
 @torch.no_grad()
@@ -276,13 +275,10 @@ def flatten(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -
 
 def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> Tensors:
     """Views of ``flat`` shaped like ``like``."""
-    out, i = [], 0
-    for t in like:
-        out.append(flat[i:i + t.numel()].view_as(t))
-        i += t.numel()
-    if i != flat.numel():
-        raise ValueError(f"flat buffer has {flat.numel()} elements, tensors need {i}")
-    return out
+    sizes = [t.numel() for t in like]
+    if sum(sizes) != flat.numel():
+        raise ValueError(f"flat buffer has {flat.numel()} elements, tensors need {sum(sizes)}")
+    return [piece.view_as(t) for piece, t in zip(flat.split(sizes), like)]
 
 
 def _check(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> None:

@@ -65,29 +65,27 @@ class ServerOptimizer:
         block by block, each block's grads in a cached scratch block and the kernel run on it at once (one pass over
         memory: FedAvgM 20 bytes per parameter against 32), elsewhere as one block; else a kept model-sized scratch and
         one call. The kernels' float order differs from the foreach ops by about 1 ulp, whatever the blocks."""
+        def call(ps, avgs, bufs, grads):
+            for g, a, p in zip(grads, avgs, ps):
+                torch.sub(a, p, out=g) if sign > 0 else torch.sub(p, a, out=g)
+            steps = {} if state_step is None else {"state_steps": [state_step] * len(ps)}  # Adam's, one per tensor
+            kernel(ps, grads, *bufs, **kwargs, **steps)
+
         flats = [P.as_flat(t) for t in (params, list(average), *self.buffers)]
         if all(f is not None for f in flats) and len({f.numel() for f in flats}) == 1:
             (p, a, *bufs), n = flats, flats[0].numel()
             block = self._FUSED_BLOCK if p.device.type == "cpu" else n
             if getattr(self, "_scratch_block", None) is None:
                 self._scratch_block = torch.empty(min(n, block), dtype=self.acc_dtype, device=p.device)
-            if state_step is not None:
-                kwargs["state_steps"] = [state_step]
             with P.threads_for(n, p.device):
                 for lo in range(0, n, block):
                     hi = min(n, lo + block)
-                    g = self._scratch_block[:hi - lo]
-                    torch.sub(a[lo:hi], p[lo:hi], out=g) if sign > 0 else torch.sub(p[lo:hi], a[lo:hi], out=g)
-                    kernel([p[lo:hi]], [g], *[[b[lo:hi]] for b in bufs], **kwargs)
+                    call([p[lo:hi]], [a[lo:hi]], [[b[lo:hi]] for b in bufs], [self._scratch_block[:hi - lo]])
             return
         if getattr(self, "_scratch", None) is None:
             self._scratch = P.zeros_like(params, dtype=self.acc_dtype)
-        if state_step is not None:  # Adam's step count, one per tensor
-            kwargs["state_steps"] = [state_step] * len(params)
         with P.threads_for(max(t.numel() for t in params), params[0].device):
-            for g, a, p in zip(self._scratch, average, params):
-                torch.sub(a, p, out=g) if sign > 0 else torch.sub(p, a, out=g)
-            kernel(params, self._scratch, *self.buffers, **kwargs)
+            call(params, average, self.buffers, self._scratch)
 
     def state_dict(self) -> dict:
         return {"name": self.name, "steps": self.steps, "buffers": [[t.clone() for t in b] for b in self.buffers]}

@@ -31,9 +31,7 @@ def _sst2_row(words: list[str], rng: np.random.Generator, noise: float) -> tuple
         score += (1 if positive else -1) * (-1 if negated else 1)
         pos = int(rng.integers(len(words) + 1))
         words[pos:pos] = ["not", word] if negated else [word]
-    label = int(score > 0 or (score == 0 and polarity))
-    if rng.random() < noise:
-        label = 1 - label
+    label = int(score > 0 or (score == 0 and polarity)) ^ int(rng.random() < noise)  # flipped with ``noise``
     words = [w for i, w in enumerate(words) if w != "," or 0 < i < len(words) - 1 and words[i + 1] != ","]
     return " ".join(words + (["."] if rng.random() < 0.4 else [])) + " ", label
 

@@ -59,8 +59,7 @@ class TextSource:
             cand = np.argpartition(-keys, branching, axis=1)[:, :branching]
             top[t] = np.take_along_axis(cand, np.argsort(-np.take_along_axis(keys, cand, 1), axis=1), 1)
         # Zipf exponents vary by row around `zipf` so rows (and topics) differ in predictability.
-        expo = rng.uniform(0.6 * zipf, 1.4 * zipf, size=(T, V, 1))
-        zipf_p = 1.0 / np.arange(1, branching + 1) ** expo
+        zipf_p = 1.0 / np.arange(1, branching + 1) ** rng.uniform(0.6 * zipf, 1.4 * zipf, size=(T, V, 1))
         zipf_p /= zipf_p.sum(2, keepdims=True)
         punct = np.broadcast_to(np.array([p_end, p_comma]), (T, V, 2)).copy()
         punct[:, :2] = 0.0                                       # no "." or "," right after punctuation

@@ -23,8 +23,7 @@ from common.errors import first_line
 
 IGNORE_INDEX = -100
 _STYLES = {
-    "gpt2": {"specials": ["<|endoftext|>"], "bos": "<|endoftext|>", "eos": "<|endoftext|>",
-             "pad": "<|endoftext|>", "unk": "<|endoftext|>"},
+    "gpt2": {"specials": ["<|endoftext|>"], **dict.fromkeys(("bos", "eos", "pad", "unk"), "<|endoftext|>")},
     "roberta": {"specials": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "bos": "<s>", "eos": "</s>",
                 "pad": "<pad>", "unk": "<unk>", "mask": "<mask>"},
 }
@@ -128,18 +127,14 @@ def load_tokenizer(spec: str, *, train_files: Sequence[str | Path] | None = None
     return tok
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A short hash of the tokenizer's full definition (vocabulary, merges, normalisation)."""
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-
-
 def encode_text(tokenizer, text: str, cache_dir: str | Path | None = None) -> torch.Tensor:
     """``text`` as one stream -> ``LongTensor [n_tokens]`` (no special tokens), encoded line by line (newlines
     kept) in one batched, parallel call, so no token crosses a line break. With ``cache_dir``: stored as
     ``streams/<text hash>-<tokenizer hash>.pt`` and loaded by later calls."""
     path = None
     if cache_dir is not None:
-        key = hashlib.sha256(text.encode()).hexdigest()[:16] + "-" + tokenizer_fingerprint(tokenizer)
+        spec = tokenizer.backend_tokenizer.to_str()  # its full definition (vocabulary, merges, normalisation)
+        key = "-".join(hashlib.sha256(x.encode()).hexdigest()[:16] for x in (text, spec))
         path = Path(cache_dir) / "streams" / f"{key}.pt"
         if path.exists():
             return torch.load(path, weights_only=True).long()
