@@ -42,8 +42,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def shard(run: dict) -> str:
-    a = run["args"]
-    return "IID" if a.get("sharding") == "iid" else f"Nc={a.get('nc')}"
+    return "IID" if run["args"].get("sharding") == "iid" else f"Nc={run['args'].get('nc')}"
 
 
 def scratch(run: dict) -> bool:

@@ -254,18 +254,17 @@ def augment(images: torch.Tensor, image_size: int, generator: torch.Generator | 
         return images
     B, C, H, W = images.shape
     dev = images.device
-    x = images
     if train:
         pad = 4
-        padded = F.pad(x, (pad, pad, pad, pad))                     # [B, C, H+8, W+8], zeros
+        padded = F.pad(images, (pad, pad, pad, pad))                     # [B, C, H+8, W+8], zeros
         oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
         ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
         flip = torch.rand(B, generator=generator, device=dev) < 0.5
         row, col = _made_once(("ramps", H, W, dev), lambda: (torch.arange(H, device=dev), torch.arange(W, device=dev)))
         cols = ox[:, None] + torch.where(flip[:, None], col.flip(0), col)               # [B, W]
         src = (oy[:, None, None] + row[:, None]) * (W + 2 * pad) + cols[:, None, :]      # [B, H, W]
-        x = padded.view(B, C, -1).gather(2, src.view(B, 1, H * W).expand(B, C, H * W)).view(B, C, H, W)
-    x = x.float().div_(255.0)
+        images = padded.view(B, C, -1).gather(2, src.view(B, 1, H * W).expand(B, C, H * W)).view(B, C, H, W)
+    x = images.float().div_(255.0)
     if image_size != H:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     mean, std = _made_once(("mean_std", dev), lambda: (torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1),

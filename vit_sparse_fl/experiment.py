@@ -106,14 +106,14 @@ def build_model(args, num_classes: int, device: torch.device) -> tuple[ViTClassi
 
 
 def train_steps(model, optimizer, batch_iter, *, label_smoothing: float, device: torch.device,
-                lr: float | None = None, adjust=None) -> tuple[torch.Tensor, int]:
-    """One optimizer step per batch; (mean loss as a 0-d device tensor, not read back to the host; images seen).
+                lr: float | None = None, adjust=None) -> torch.Tensor:
+    """One optimizer step per batch; the mean loss as a 0-d device tensor (not read back to the host).
     ``adjust(params)`` changes the gradients before each step (a federated client algorithm's hook)."""
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
     model.train()
-    total, n, steps = torch.zeros((), device=device), 0, 0
+    total, steps = torch.zeros((), device=device), 0
     for x, y in batch_iter:
         with autocast(device):
             loss = F.cross_entropy(model(x).float(), y, label_smoothing=label_smoothing)
@@ -123,9 +123,8 @@ def train_steps(model, optimizer, batch_iter, *, label_smoothing: float, device:
             adjust([p for g in optimizer.param_groups for p in g["params"]])
         optimizer.step()
         total += loss.detach()
-        n += len(y)
         steps += 1
-    return total / max(steps, 1), n
+    return total / max(steps, 1)
 
 
 @torch.inference_mode()

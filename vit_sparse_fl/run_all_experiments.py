@@ -7,19 +7,10 @@ intervals, Holm-corrected) and the figures.
     python vit_sparse_fl/run_all_experiments.py --smoke --out-dir /tmp/vit_smoke   # minutes: tiny budget
     python vit_sparse_fl/run_all_experiments.py --text              # MiniLM on AG News: runs/text_suite_R24
 
-``--text``: all-MiniLM-L6-v2 (the ``pretrained`` extra) fine-tuned on AG News (``--data-dir``): dense FedAvg,
-the head-only probe and the masks of ``TEXT_MASKS`` on the shards of ``TEXT``, rates per arm family
-(``TEXT_GRIDS``); no pretraining stage. The design is the README's "The suite"; the numbers are the constants below.
-
-**Selection**: every setting once per rate of --lr-grid, seed --select-seed, R / ``select_fraction`` rounds, in
-<out-dir>/selection/; a setting's rate is the best final validation accuracy (ties: the smaller rate), recorded
-in <out-dir>/selection.json (the test images are never read to choose); with --text a rate at the edge of those
-tried gets up to ``Design.edge_steps`` more beyond it. **Reported**: every setting at its rate, seeds
-0..--num-runs-1, full budget, ordered seed by seed (an interrupted suite leaves every cell with the same n).
-
-Runs go through ``common.jobs`` (``--jobs`` processes of ``--threads`` torch threads; finished runs are skipped,
-interrupted ones resume; logs in <out-dir>/logs). Writes <out-dir>/results.md and results.json (rewritten from
-the run directories on every call) and draws <out-dir>/figures/ with plots/plot_vit.py.
+The design (``--text``: all-MiniLM-L6-v2 on AG News, no pretraining stage; the selection stage; the reported
+seeds, ordered seed by seed) is vit_sparse_fl/README.md's "The suite"; the numbers are the constants below. Runs
+go through ``common.jobs`` (finished runs skipped, interrupted ones resumed; logs in <out-dir>/logs);
+<out-dir>/results.md and results.json are rewritten from the run directories on every call.
 """
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """Sparse fine-tuning: masks from Fisher scores, magnitudes or at random, and the SparseSGDM optimizer.
 
-A mask is a bool tensor per parameter, ``True`` = trainable, of density exactly 1 - s over the masked (backbone)
-coordinates (ties broken by position); the classifier head is never masked. Scores are ranked over all masked
-tensors together (one global threshold): least_sensitive trains the smallest Fisher scores (TaLoS, Iurada et al.
-2025), most_sensitive the largest, lowest/highest_magnitude rank |theta|, random is uniform. Fisher strategies
-calibrate over R rounds, each rescoring the coordinates still eligible and keeping k_r = (1 - s)^((r + 1) / R) of
-all of them (not of those still eligible), so the last round keeps 1 - s.
+A mask is a bool tensor per parameter, ``True`` = trainable; the classifier head is never masked. Scores are ranked
+over all masked tensors together (one global threshold): least_sensitive trains the smallest Fisher scores (TaLoS,
+Iurada et al. 2025), most_sensitive the largest, lowest/highest_magnitude rank |theta|, random is uniform.
+Fisher strategies calibrate over R rounds, each rescoring the coordinates still eligible and keeping
+k_r = (1 - s)^((r + 1) / R) of all of them (not of those still eligible), so the last round keeps 1 - s.
 """
 from __future__ import annotations
 

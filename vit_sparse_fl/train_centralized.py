@@ -81,7 +81,6 @@ def main(argv=None) -> dict:
         cli.check(args.warmup_epochs < epochs, f"--warmup-epochs {args.warmup_epochs} leaves no steps "
                                                f"of the {args.total_steps}-step budget")
     total_steps = args.total_steps or epochs * steps_per_epoch
-    warmup_steps = args.warmup_epochs * steps_per_epoch
     data = "" if args.data == "synthetic" else f"_{args.data}"  # the embedded data keeps the short name
     run = RunDir(args.out_dir, args.run_name or f"centralized{data}_E{epochs}_lr{args.lr:g}_seed{args.seed}",
                  vars(args), resume=args.resume, kind="vit_sparse_fl/train_centralized", data=data_fp,
@@ -104,8 +103,8 @@ def main(argv=None) -> dict:
         with seeding.client_rng(args.seed, epoch, 0, purpose="centralized_dropout"):
             for i, batch in enumerate(stream):   # one step per batch so the schedule is per step
                 step = epoch * steps_per_epoch + i
-                lr = engine.cosine_lr(step, total_steps, args.lr, warmup_steps, args.min_lr)
-                loss, _ = exp.train_steps(fwd, optimizer, [batch], label_smoothing=args.label_smoothing,
+                lr = engine.cosine_lr(step, total_steps, args.lr, args.warmup_epochs * steps_per_epoch, args.min_lr)
+                loss = exp.train_steps(fwd, optimizer, [batch], label_smoothing=args.label_smoothing,
                                           device=device, lr=lr)
                 loss_sum += loss
         ev = exp.evaluate(fwd, val, args, device)

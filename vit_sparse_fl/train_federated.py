@@ -6,11 +6,8 @@
     python vit_sparse_fl/train_federated.py --quick --heterogeneity-experiment --nc-values 1 5 10 50
     python vit_sparse_fl/train_federated.py --quick --local-steps-experiment --j-values 4 8 16
 
-Every round m = max(1, round(C*K)) sampled clients each take J SGD-momentum steps from the global model on their
-own shards and the server sets theta <- sum_k n_k theta_k / sum_k n_k; cosine learning rate over rounds. Every
-random draw is keyed by (seed, round, client), so --resume reproduces the uninterrupted run exactly. The sweeps
-keep every value's run (the source kept only the last). Under ``torchrun`` each rank trains its share of the
-clients; ``--compile`` compiles the forward pass (``common.compiled``).
+FedAvg as vit_sparse_fl/README.md describes it. Every random draw is keyed by (seed, round, client), so --resume
+reproduces the uninterrupted run exactly; under ``torchrun`` each rank trains its share of the clients.
 """
 from __future__ import annotations
 
@@ -181,7 +178,7 @@ class VitTask(engine.Task):
         stream = cifar.batches(self.ctx["train"], a.batch_size, a.local_steps, gen, a.image_size,
                                augment_train=not a.no_augment, indices=self.ctx["shards"][k])
         with seeding.client_rng(a.seed, r, k, purpose=self.purpose_ + "_dropout"), no_grad_for(self.frozen):
-            loss, _ = exp.train_steps(self.ctx["forward"], opt, stream, label_smoothing=a.label_smoothing,
+            loss = exp.train_steps(self.ctx["forward"], opt, stream, label_smoothing=a.label_smoothing,
                                       device=self.device, adjust=algo.adjust_grads)
         return {"loss": loss, "steps": a.local_steps}
 

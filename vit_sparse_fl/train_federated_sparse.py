@@ -5,12 +5,9 @@
     python vit_sparse_fl/train_federated_sparse.py --data cifar100 --data-dir data --weights dino \\
         --sparsity-ratio 0.9 --mask-strategy least_sensitive --calibration-rounds 5 --rounds 300
 
-Before round 1 the server builds one global mask over the backbone (TaLoS, Iurada et al. 2025): the clients'
-Fisher scores on their own data, averaged by sample count, over --calibration-rounds rounds keeping the
-k_r = (1 - s)^((r+1)/R) share of all coordinates among those still eligible (``sparse.compute_masks``). The head is
-never masked; --head-warmup trains it alone first, so the scores are not those of a random head. Then
-train_federated's rounds run with SparseSGDM: masked coordinates stay bit-for-bit unchanged (the source computed
-masks but trained densely).
+Before round 1 the server builds one global mask over the backbone from every client's scores on its own data
+(``sparse.compute_masks``; vit_sparse_fl/README.md, "Sensitivity scores"); the head is never masked. Then
+train_federated's rounds run with SparseSGDM: masked coordinates stay bit-for-bit unchanged.
 """
 from __future__ import annotations
 
@@ -64,9 +61,7 @@ EMBEDDING_TABLES = ("embeddings.word_embeddings.", "embeddings.position_embeddin
 
 def frozen_tables(ctx) -> set[str]:
     """A text encoder's embedding tables, frozen and never scored unless --mask-embeddings."""
-    if ctx["args"].mask_embeddings:
-        return set()
-    return {n for n in ctx["names"] if any(table in n for table in EMBEDDING_TABLES)}
+    return set() if ctx["args"].mask_embeddings else {n for n in ctx["names"] if any(t in n for t in EMBEDDING_TABLES)}
 
 
 def backbone_split(ctx) -> tuple[list[str], list[torch.Tensor]]:

@@ -13,6 +13,7 @@ logits (``interpolate_pos_encoding=True`` for other image sizes), ``load`` rebui
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -168,50 +169,42 @@ def export_state_dict(model: ViTClassifier) -> dict[str, torch.Tensor]:
     return {k.removeprefix("backbone."): v for k, v in model.state_dict().items()}
 
 
-# DINO name -> the classic Hugging Face ViT name (per block: prefix blocks.{i}. -> vit.encoder.layer.{i}.)
-_HF_NAMES = {"cls_token": "vit.embeddings.cls_token", "pos_embed": "vit.embeddings.position_embeddings",
-             "patch_embed.proj": "vit.embeddings.patch_embeddings.projection", "norm": "vit.layernorm",
-             "head": "classifier"}
-_HF_BLOCK = {"attn.proj": "attention.output.dense", "norm1": "layernorm_before", "norm2": "layernorm_after",
-             "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+# DINO name prefix -> the classic Hugging Face ViT one ({}: a block index); DINO's fused qkv is split in three
 _QKV = ("query", "key", "value")
+_HF_NAMES = {"cls_token": "vit.embeddings.cls_token", "pos_embed": "vit.embeddings.position_embeddings",
+             "patch_embed.proj.": "vit.embeddings.patch_embeddings.projection.", "norm.": "vit.layernorm.",
+             "head.": "classifier.",
+             **{f"blocks.{{}}.{dino}.": f"vit.encoder.layer.{{}}.{hf}." for dino, hf in (
+                 ("attn.proj", "attention.output.dense"), ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
+                 ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense"),
+                 *((f"attn.{n}", f"attention.attention.{n}") for n in _QKV))}}
+
+
+def _renamed(name: str, prefixes: dict[str, str]) -> str:
+    """``name`` with its prefix in ``prefixes`` replaced by that prefix's value (``{}``: the same block index)."""
+    for old, new in prefixes.items():
+        if m := re.match(re.escape(old).replace(r"\{\}", r"(\d+)"), name):
+            return new.format(*m.groups()) + name[m.end():]
+    raise KeyError(name)
 
 
 def hf_state_dict(model: ViTClassifier) -> dict[str, torch.Tensor]:
     """The weights under ``transformers``' ViT names (DINO's fused ``qkv`` split into query, key, value)."""
     out = {}
     for name, t in export_state_dict(model).items():
-        stem, kind = name.rsplit(".", 1) if name.endswith(("weight", "bias")) else (name, "")
-        if stem.startswith("blocks."):
-            _, i, part = stem.split(".", 2)
-            prefix = f"vit.encoder.layer.{i}."
-            if part == "attn.qkv":
-                out.update({f"{prefix}attention.attention.{n}.{kind}": c for n, c in zip(_QKV, t.chunk(3))})
-                continue
-            stem = prefix + _HF_BLOCK[part]
+        if ".attn.qkv." in name:
+            out |= {_renamed(name.replace(".qkv.", f".{n}."), _HF_NAMES): c for n, c in zip(_QKV, t.chunk(3))}
         else:
-            stem = _HF_NAMES[stem]
-        out[f"{stem}.{kind}" if kind else stem] = t
+            out[_renamed(name, _HF_NAMES)] = t
     return out
 
 
 def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``hf_state_dict``'s inverse."""
     back = {hf: dino for dino, hf in _HF_NAMES.items()}
-    back_block = {hf: dino for dino, hf in _HF_BLOCK.items()}
-    out, qkv = {}, {}
-    for name, t in state.items():
-        stem, kind = name.rsplit(".", 1) if name.endswith(("weight", "bias")) else (name, "")
-        if stem.startswith("vit.encoder.layer."):
-            i, part = stem.removeprefix("vit.encoder.layer.").split(".", 1)
-            if part.startswith("attention.attention."):
-                qkv.setdefault(f"blocks.{i}.attn.qkv.{kind}", {})[part.rsplit(".", 1)[1]] = t
-                continue
-            stem = f"blocks.{i}.{back_block[part]}"
-        else:
-            stem = back[stem]
-        out[f"{stem}.{kind}" if kind else stem] = t
-    out.update({name: torch.cat([parts[n] for n in _QKV]) for name, parts in qkv.items()})
+    out = {_renamed(name, back): t for name, t in state.items()}
+    for query in [k for k in out if ".attn.query." in k]:
+        out[query.replace(".query.", ".qkv.")] = torch.cat([out.pop(query.replace(".query.", f".{n}.")) for n in _QKV])
     return out
 
 
