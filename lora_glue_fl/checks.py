@@ -10,10 +10,9 @@ from lora_glue_fl import glue_tasks
 
 
 def common_args(args) -> None:
-    """What the shared flags' argparse types cannot check, each where the script has it and it is set: a rank
-    within --quick's tiny model. (The ranges are the types': counts and sizes ``flags.POSITIVE_INT``, so 0 is
-    refused while parsing, not taken as "all"; rates and alphas ``flags.POSITIVE``; --lora_dropout in [0, 1).)"""
-    if getattr(args, "quick", False):  # --quick's tiny model: a rank above its width is refused, not capped
+    """What the shared flags' argparse types (``flags.POSITIVE_INT``: 0 is refused, not taken as "all") cannot
+    check: with --quick, a --lora_r / --svd_rank above the tiny model's width is refused, not capped."""
+    if getattr(args, "quick", False):
         from lora_glue_fl.modeling import TINY
         for name in ("lora_r", "svd_rank"):
             value = getattr(args, name, None)

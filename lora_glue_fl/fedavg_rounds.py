@@ -5,12 +5,10 @@
     python lora_glue_fl/fedavg_rounds.py --model_size base --task_name sst2 --shard_dir shards/sst2_iid_k10 \
         --rounds 5 --svd_rank 8 --eval_each_round
 
-Every round every client starts from the previous round's fused adapter AND classifier head, the adapter
-trainable (the source loaded it frozen, so later rounds trained only the head); the server merges the clients'
-adapters weighted by shard sizes (``--aggregation svd|naive|exact``, lora_glue_fl/adapters.py) and averages the
-heads alike. The rounds run on ``common.engine`` (``LoraTask``, the merge as the aggregate; FedAvg or FedProx
-clients), also under ``torchrun``. Outputs (round_<k>/client_<i>/adapter/, round_<k>/fused_r<r>/adapter/, ...)
-and the distributed run: lora_glue_fl/README.md.
+Every round every client trains the previous round's fused adapter (trainable: the source froze it) and head;
+the server merges the adapters (lora_glue_fl/adapters.py) and averages the heads, weighted by shard sizes. The
+rounds run on ``common.engine`` (``LoraTask``), also under ``torchrun``. The algorithm, the outputs and the
+distributed run: lora_glue_fl/README.md.
 """
 from __future__ import annotations
 
@@ -172,12 +170,9 @@ class LoraTask(engine.Task):
 
     def build(self, r: int, alpha: float, seed: int | None = None) -> None:
         """The PeftModel at rank r (rebuilt when the merge changes rank or alpha), its trainable parameters put
-        into ``params`` in place (the engine holds that list); peft draws from a forked RNG."""
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            self.model = modeling.attach_lora(copy.deepcopy(self.base), r, alpha, self.args.lora_dropout,
-                                              self.args.target_modules, self.args.train_pooler).to(self.device)
+        into ``params`` in place (the engine holds that list)."""
+        self.model = modeling.attach_lora(copy.deepcopy(self.base), r, alpha, self.args.lora_dropout,
+                                          self.args.target_modules, self.args.train_pooler, seed).to(self.device)
         self.forward, self.rank = compiled.maybe_compile(self.model, self.args), (r, alpha)  # forward: --compile
         self.params[:] = [p for p in self.model.parameters() if p.requires_grad]
 
@@ -326,10 +321,8 @@ def run(args) -> dict:
                                        "LoRA (scaling alpha / r)")
     types = modeling.uses_token_types(base)
     train_enc = modeling.encode(tokenizer, train, args.max_seq_length, types)
-    evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}
-    eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
-    select = splits.get(glue_tasks.SELECTION)  # scored every round; then the validation split only at the end
-    select_enc = modeling.encode_selection(tokenizer, select, args.max_seq_length, types)
+    # the selection split is scored every round, the validation split then only at the end
+    evals, eval_enc, select, select_enc = modeling.encode_evals(tokenizer, splits, task, args, types)
     cli.check(select is not None or not args.no_validation, f"--no_validation scores the selection split only, and "
               f"{args.data_dir or args.data} holds none ({glue_tasks.TSV_FILES[glue_tasks.SELECTION]})")
     rd.claim()  # every input is validated: from here on the run directory is this run's
@@ -351,10 +344,7 @@ def run(args) -> dict:
     summary = {"task": args.task_name, "aggregation": args.aggregation, "num_clients": len(shards),
                "shard_mode": shard_info.get("mode"), "client_sizes": lora.sizes, "rounds_done": args.rounds,
                "main_metric": main_metric, "fused_rank": fused.r, "fused_alpha": fused.alpha,
-               "majority": glue_tasks.majority_metrics(args.task_name, train.label, evals),
-               # what plots/plot_lora_glue.py draws beside the metric (plots read run directories only)
-               "majority_label": glue_tasks.majority_label(args.task_name, train.label),
-               "num_labels": task.num_labels,
+               **glue_tasks.baselines(args.task_name, train.label, evals, select),
                "svd_error_by_rank": svd_error_by_rank(rd.path / f"round_{args.rounds}", lora.sizes)
                if args.aggregation == "svd" and rd.is_main else None,
                "final": {k: v for k, v in final.items() if k not in ("round", "client")},
@@ -365,7 +355,6 @@ def run(args) -> dict:
                "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
                "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
                else None}
-    summary.update(glue_tasks.selection_summary(args.task_name, train.label, select))
     if smoke_test(args):
         summary["smoke_test"] = SMOKE
     summary = rd.write_summary(summary)
@@ -389,9 +378,7 @@ def svd_error_by_rank(last_round: Path, sizes: list[int]) -> list[float] | None:
     """The SVD merge error of the last round's client adapters at every rank (``adapters.error_by_rank``), from
     the adapters saved there; None when they were not kept (--save_client_adapters none)."""
     dirs = sorted(Path(last_round).glob("client_*/adapter"), key=lambda p: int(p.parent.name.split("_")[1]))
-    if len(dirs) != len(sizes):
-        return None
-    return adapters.error_by_rank([adapters.load(d) for d in dirs], sizes)
+    return adapters.error_by_rank([adapters.load(d) for d in dirs], sizes) if len(dirs) == len(sizes) else None
 
 
 if __name__ == "__main__":

@@ -89,8 +89,8 @@ def make_client_splits(train: Examples, task_name: str, k: int, mode: str = "iid
     cli.check(0.0 <= overlap_ratio < 1.0, f"--overlap_ratio must be in [0, 1), got {overlap_ratio}")
     n = len(train)
     cli.check(n >= k, f"{n} training examples cannot fill {k} clients")
-    if mode in ("category", "category_overlap"):
-        cli.check(category_key is not None, f"--mode {mode} needs --category_key (label or genre)")
+    cli.check(category_key is not None or mode not in ("category", "category_overlap"),
+              f"--mode {mode} needs --category_key (label or genre)")
 
     if mode == "iid":
         shards = stratified_iid(strata(train, task_name, bin_stsb), k, seed)

@@ -109,9 +109,8 @@ def read_tsv(path: Path, task_name: str) -> Examples:
     def position(col):
         if col is None or isinstance(col, int):
             return col
-        if col not in header:
-            raise cli.UsageError(f"{path}: column {col!r} missing from the header {header}; "
-                                 f"expected the original GLUE {task_name.upper()} layout")
+        cli.check(col in header, f"{path}: column {col!r} missing from the header {header}; "
+                                  f"expected the original GLUE {task_name.upper()} layout")
         return header.index(col)
 
     ia, ib, iy = position(col_a), position(col_b), position(col_y)
@@ -253,12 +252,16 @@ def majority_metrics(task_name: str, train_labels, eval_sets: dict[str, Examples
                                        for split, ex in eval_sets.items()})
 
 
-def selection_summary(task_name: str, train_labels, select: Examples | None) -> dict:
-    """A run's summary.json keys of its selection split: size and majority-class baseline ({} without one)."""
-    if select is None:
-        return {}
-    return {"selection_examples": len(select),
-            "selection_majority": majority_metrics(task_name, train_labels, {SELECTION: select})}
+def baselines(task_name: str, train_labels, eval_sets: dict[str, Examples], select: Examples | None) -> dict:
+    """A run's summary.json keys that plots/plot_lora_glue.py draws beside the metric (plots read run directories
+    only): the majority-class baseline on ``eval_sets``, its label, the number of labels and, with a selection
+    split, its size and majority-class baseline."""
+    out = {"majority": majority_metrics(task_name, train_labels, eval_sets),
+           "majority_label": majority_label(task_name, train_labels), "num_labels": get_task(task_name).num_labels}
+    if select is not None:
+        out.update(selection_examples=len(select),
+                   selection_majority=majority_metrics(task_name, train_labels, {SELECTION: select}))
+    return out
 
 
 def compute_metrics(task_name: str, outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 
-import torch
 from tqdm.auto import tqdm
 
 from common import checkpoint, cli, compiled, export, flags, report, runlog
@@ -73,8 +72,7 @@ def run(args, lora: bool = True) -> dict:
     name = args.run_name or runlog.run_name("central_lora" if lora else "full_ft", args.task_name,
                                             checks.source_tag(args), r=args.lora_r if lora else None,
                                             e=args.num_train_epochs, lr=args.learning_rate, s=args.seed)
-    rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/main_glue_lora", resume=args.resume,
-                       device=device)
+    rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/main_glue_lora", resume=args.resume, device=device)
     done = rd.load_checkpoint()  # saved once, after the model: a run stopped before it starts over
     if done is not None and done.get("finished"):
         if (rd.path / runlog.SUMMARY_FILE).is_file():
@@ -93,17 +91,13 @@ def run(args, lora: bool = True) -> dict:
     if lora:
         checks.rank_fits(model, args.lora_r, "--lora_r")
     types = modeling.uses_token_types(model)
-    evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}
-    eval_enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
-    select = splits.get(glue_tasks.SELECTION)  # tracked every evaluation; validation then scored once, at the end
-    select_enc = modeling.encode_selection(tokenizer, select, args.max_seq_length, types)
+    # the selection split is tracked every evaluation, the validation split then scored once, at the end
+    evals, eval_enc, select, select_enc = modeling.encode_evals(tokenizer, splits, task, args, types)
     rd.claim()  # every input is validated: from here on the run directory is this run's
     if lora:
         base_path = modeling.adapter_base(args, rd, model, tokenizer)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeding.stream_seed(args.seed, "lora-init"))
-            model = modeling.attach_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
-                                        args.train_pooler)
+        model = modeling.attach_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
+                                     args.train_pooler, seed=seeding.stream_seed(args.seed, "lora-init"))
     model.to(device)
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and saving
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -150,12 +144,8 @@ def run(args, lora: bool = True) -> dict:
     summary = {"task": args.task_name, "method": "central_lora" if lora else "full_finetune",
                "model": modeling.model_id(args), "trainable_params": n_train, "total_params": n_total,
                "train_examples": len(train), "main_metric": main_metric, "final": final,
-               "majority": glue_tasks.majority_metrics(args.task_name, train.label, evals),
-               # what plots/plot_lora_glue.py draws beside the metric (plots read run directories only)
-               "majority_label": glue_tasks.majority_label(args.task_name, train.label),
-               "num_labels": task.num_labels,
+               **glue_tasks.baselines(args.task_name, train.label, evals, select),
                "best": {"epoch": best.get("epoch"), chooser: best.get(chooser)}}
-    summary.update(glue_tasks.selection_summary(args.task_name, train.label, select))
     if args.do_train:  # <run>/model: AutoModelForSequenceClassification.from_pretrained reads it
         info = {"method": summary["method"], "task": args.task_name, "final": final}
         export.save_model_dir(rd.path, export.merged(model), tokenizer, info=info)

@@ -21,7 +21,7 @@ from common import distributed as D
 from common import seed as seeding
 from common.errors import first_line
 from common.evaluate import autocast, eval_mode
-from lora_glue_fl.glue_tasks import Examples, compute_metrics, get_task
+from lora_glue_fl.glue_tasks import SELECTION, Examples, compute_metrics, get_task
 
 MODEL_IDS = {"base": "roberta-base", "large": "roberta-large"}
 # the tiny model of --quick: a 2-layer RoBERTa initialised from the seed
@@ -201,9 +201,11 @@ def check_tokenizer(tokenizer, model) -> None:
               f"vocabulary {vocab}; pass --tokenizer with the model's own tokenizer (default: the one in its folder)")
 
 
-def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None, train_pooler: bool = False):
+def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None, train_pooler: bool = False,
+                seed: int | None = None):
     """peft LoRA on ``target_modules`` (default: the architecture's query / value) with the head modules
-    (``head_modules``; with ``train_pooler`` also the encoder's ``pooler``) trainable and saved with the adapter."""
+    (``head_modules``; with ``train_pooler`` also the encoder's ``pooler``) trainable and saved with the adapter;
+    peft draws its initialisation from a forked RNG (seeded with ``seed`` when given)."""
     from peft import LoraConfig, TaskType, get_peft_model
     target_modules = list(target_modules) if target_modules else default_target_modules(model)
     linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
@@ -217,7 +219,10 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target_modules=None
                                           f"(its classification head is already all trained)")
     cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=int(r), lora_alpha=alpha, lora_dropout=dropout,
                      target_modules=target_modules, bias="none", modules_to_save=head_modules(model) + pooler)
-    return get_peft_model(model, cfg)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return get_peft_model(model, cfg)
 
 
 # ---- encoding -------------------------------------------------------------------------------------------
@@ -272,6 +277,15 @@ def encode(tokenizer, ex: Examples, max_length: int, token_types: bool = False) 
             types[i, :len(x)] = torch.tensor(enc["token_type_ids"][i], dtype=torch.long)
     labels = torch.from_numpy(np.asarray(ex.label))
     return Encoded(out, lengths, labels.float() if labels.is_floating_point() else labels.long(), types)
+
+
+def encode_evals(tokenizer, splits: dict[str, Examples], task, args, token_types: bool) -> tuple:
+    """A run's evaluation data: (the validation split(s), their first --max_eval_samples; those encoded to
+    --max_seq_length; the selection split or None; it as ``evaluate`` takes it, {"selection": Encoded}, or None)."""
+    evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}
+    select = splits.get(SELECTION)
+    return (evals, {s: encode(tokenizer, e, args.max_seq_length, token_types) for s, e in evals.items()}, select,
+            None if select is None else {"selection": encode(tokenizer, select, args.max_seq_length, token_types)})
 
 
 # ---- training and evaluation ----------------------------------------------------------------------------
@@ -361,8 +375,3 @@ def evaluate(task_name: str, model, eval_sets: dict[str, Encoded], device, batch
 
 
 SELECTION_PREFIX = "selection_"  # metrics on the selection split: selection_accuracy, selection_eval_loss, ...
-
-
-def encode_selection(tokenizer, select: Examples | None, max_length: int, token_types: bool) -> dict | None:
-    """The selection split as ``evaluate`` takes it ({"selection": Encoded}); None without one."""
-    return None if select is None else {"selection": encode(tokenizer, select, max_length, token_types)}

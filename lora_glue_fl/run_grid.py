@@ -179,9 +179,8 @@ def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr
 
 def selection_cells(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
     """(run name, steps) of the selection stage: every family x rate x selection seed, on iid shards."""
-    return [(run, cell_steps(args, name, method, sharding, seed, lr, run, select=True))
-            for name in args.tasks for family, (method, sharding) in SELECTION_CELL.items()
-            if family in families_of(args, name)
+    return [(run, cell_steps(args, name, *SELECTION_CELL[family], seed, lr, run, select=True))
+            for name in args.tasks for family in families_of(args, name)
             for lr in grid_of(args, family) for seed in args.select_seeds
             for run in [f"{name}_{family}_lr{lr:g}_s{seed}"]]
 
@@ -211,7 +210,7 @@ def choose(args) -> dict:
         metric = "selection_" + get_task(TASKS[name][0]).main_metric
         record["criterion"] = (f"the rate with the best final selection-split metric (selection_<main metric>), mean "
                                f"over selection seeds {args.select_seeds}; ties: the smaller rate")
-        families = {}
+        record["tasks"][name] = families = {}
         for family in families_of(args, name):
             scores = {}
             for lr in grid_of(args, family):
@@ -220,7 +219,6 @@ def choose(args) -> dict:
                 scores[f"{lr:g}"] = float(np.mean(vals))
             best = max(sorted(grid_of(args, family)), key=lambda lr: scores[f"{lr:g}"])  # max keeps the first of a tie
             families[family] = {"metric": metric, "scores": scores, "chosen": best}
-        record["tasks"][name] = families
     atomic_write_text(out / "selection.json", json.dumps(record, indent=1) + "\n")
     return {name: {f: v["chosen"] for f, v in record["tasks"][name].items()} for name in args.tasks}
 

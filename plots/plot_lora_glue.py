@@ -24,8 +24,7 @@ from plots import shared
 # what splits runs into panels of their own (args.json, else summary.json); any other difference splits rows
 PANEL_KEYS = ("data", "model", "max_seq_length", "max_eval_samples", "tokenizer")
 # per-seed paths and bookkeeping: never a difference between configurations
-IGNORE = R.DRAW_IGNORE + ("shard_dir", "adapter_output_dir", "eval_each_round", "eval_clients",
-                          "save_client_adapters")
+IGNORE = R.DRAW_IGNORE + ("shard_dir", "adapter_output_dir", "eval_each_round", "eval_clients", "save_client_adapters")
 
 SHARDS = ("iid", "dir1", "dir0.1", "category", "overlap", "category_overlap")
 NAME = re.compile(r"^(?P<task>[^_]+)_(?P<method>central|svd|naive|exact|oneshot|oneshot-naive)"
@@ -280,9 +279,8 @@ def epochs_of(group: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 def plateau_cell(group: list[dict], metric: str) -> str:
     """A cell's plateau check (selection split): mean ``stats.plateau_gain`` of its seeds, how many < PLATEAU_TOL."""
     gains = [v for v in (stats.plateau_gain(epochs_of([g], SELECT + metric)[1][0]) for g in group) if np.isfinite(v)]
-    if not gains:
-        return "–"
-    return f"{np.mean(gains):+.3f} ({sum(v < PLATEAU_TOL for v in gains)}/{len(gains)} < {PLATEAU_TOL})"
+    met = sum(v < PLATEAU_TOL for v in gains)
+    return f"{np.mean(gains):+.3f} ({met}/{len(gains)} < {PLATEAU_TOL})" if gains else "–"
 
 
 def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
