@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.checkpoint import atomic_path
 from common.errors import UsageError, check, first_line, read_text
 
 IGNORE_INDEX = -100
@@ -26,7 +27,6 @@ class TextData:
     num_classes: int
 
 
-# ----------------------------------------------------------------------------- AG News
 def read_ag_news_csv(path: str | Path) -> TextData:
     """Original AG News CSV: rows ``"class","title","description"`` with class 1..4, no header."""
     path = Path(path)
@@ -65,16 +65,12 @@ def split_ag_news_csv(src: str | Path, dst: str | Path, valid_fraction: float = 
         n_valid = max(1, round(valid_fraction * len(group)))
         valid += [group[i] for i in order[:n_valid]]
         train += [group[i] for i in order[n_valid:]]
-    dst.mkdir(parents=True, exist_ok=True)
     for name, part in (("train.csv", train), ("test.csv", valid)):
-        tmp = dst / (name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(dst / name) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             csv.writer(f, quoting=csv.QUOTE_ALL).writerows(part)
-        tmp.replace(dst / name)
     return dst
 
 
-# ----------------------------------------------------------------------------- WikiText
 TITLE = re.compile(r"= [^=](.*[^=])? =")  # a stripped top-level heading ("= Title =", one character or more)
 
 
@@ -101,7 +97,6 @@ def _wikitext_from_lines(lines: list[str], where: str) -> TextData:
     return TextData(texts, np.asarray(labels, dtype=np.int64), max(article, 0) + 1)
 
 
-# ----------------------------------------------------------------------------- sources
 def load_splits(data: str, data_dir: str | None = None, cache_dir: str | None = None) -> tuple[TextData, TextData]:
     """(train, valid) for ``--data ag_news | wikitext | synthetic``: the original files in ``--data-dir``, else
     the hub (AG News: test = valid); synthetic: the embedded topic-structured AG News CSVs (offline)."""
@@ -141,7 +136,6 @@ def subsample(data: TextData, max_examples: int | None, seed: int) -> TextData:
     return TextData([data.texts[i] for i in keep], data.labels[keep], data.num_classes)
 
 
-# ----------------------------------------------------------------------------- style scores
 STYLE_CRITERIA = ("length", "formality", "complexity")
 _INFORMAL = re.compile(r"(!|\?|\b(i|you|we|me|my|your|our|lol|gonna|wanna|yeah|ok|okay)\b|n't\b|'(s|re|ll|ve|d|m)\b)",
                        re.IGNORECASE)
@@ -168,7 +162,6 @@ def style_scores(texts: list[str], criterion: str) -> np.ndarray:
     return out
 
 
-# ----------------------------------------------------------------------------- tokenization
 def encode(tokenizer, texts: list[str], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Texts -> (input_ids [N, T], labels [N, T]), T = seq_len, each text followed by the eos token and
     truncated to T; padding is the pad id in the inputs and -100 in the labels (right padding, so a

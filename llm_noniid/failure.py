@@ -11,7 +11,7 @@ optimum that becomes noise of the same size on every split, healthy or not (meas
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import pairwise
 
 MODES = ("divergence", "oscillation", "client_drift", "slow_convergence")
@@ -28,9 +28,6 @@ class Thresholds:
     drift_patience: int = 3
     slow_rounds: int = 10
     slow_min_improvement: float = 0.05
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 DEFAULT = Thresholds()

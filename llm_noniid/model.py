@@ -120,9 +120,7 @@ def add_lora(base: nn.Module, r: int, alpha: float, dropout: float, targets: lis
     """Wrap with LoRA adapters on ``targets`` (default: the architecture's; only adapters trainable); r = 0:
     full fine-tuning, every parameter trainable (used to train the tiny model from scratch)."""
     if r == 0:
-        for p in base.parameters():
-            p.requires_grad_(True)
-        return base
+        return base.requires_grad_(True)
     from peft import LoraConfig, get_peft_model
 
     targets = lora_targets(base, targets)
@@ -141,7 +139,6 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> 
     """Mean next-token cross-entropy over the non -100 targets; 0 (with a graph) when a batch has none."""
     logits = model(input_ids=input_ids).logits[:, :-1]
     target = labels[:, 1:]
-    n = (target != -100).sum()
     total = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
                                         ignore_index=-100, reduction="sum")
-    return total / n.clamp(min=1)
+    return total / (target != -100).sum().clamp(min=1)

@@ -54,11 +54,9 @@ def assign_by_affinity(affinity: np.ndarray, seed: int) -> list[np.ndarray]:
     a = affinity + numpy_rng(seed, "affinity").random((n, k)) * 1e-9  # seeded tie-breaking
     owner = np.empty(n, dtype=np.int64)
     for i in np.argsort(-a.max(axis=1), kind="stable"):
-        for c in np.argsort(-a[i], kind="stable"):
-            if capacity[c] > 0:
-                owner[i] = c
-                capacity[c] -= 1
-                break
+        c = next(j for j in np.argsort(-a[i], kind="stable") if capacity[j] > 0)
+        owner[i] = c
+        capacity[c] -= 1
     return [np.flatnonzero(owner == c).astype(np.int64) for c in range(k)]
 
 
@@ -142,8 +140,8 @@ def statistics(clients: Clients, input_ids: torch.Tensor, labels_lm: torch.Tenso
                     "length_quantiles": np.quantile(ln, [0.1, 0.5, 0.9]).tolist() if len(ln) else [0, 0, 0],
                     "length_max": int(ln.max()) if len(ln) else 0, "vocab_size": len(vocab_sets[-1])})
     jac = [len(a & b) / max(len(a | b), 1) for i, a in enumerate(vocab_sets) for b in vocab_sets[i + 1:]]
-    sizes = np.array([p["size"] for p in per])
-    return {"clients": per, "num_clients": len(per), "size_min": int(sizes.min()), "size_max": int(sizes.max()),
+    sizes = [p["size"] for p in per]
+    return {"clients": per, "num_clients": len(per), "size_min": min(sizes), "size_max": max(sizes),
             "mean_classes_per_client": float(np.mean([p["classes"] for p in per])),
             "mean_vocab_jaccard": float(np.mean(jac)) if jac else 1.0,
             "max_len": clients.max_len or None}

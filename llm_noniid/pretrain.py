@@ -4,18 +4,11 @@ folder that ``train.py --model <folder>`` fine-tunes with LoRA like any hub mode
     python llm_noniid/pretrain.py                     # about 13 min on 2 idle cores; prints the folder
     python llm_noniid/train.py --model <folder> --data ag_news --data-dir <split> --lora-r 8 ...
 
-No pretrained weights can be downloaded here, and the source's question (federated LoRA fine-tuning of a pretrained
-LM under non-IID data) needs a base that already models language. It trains on the WikiText files given (default:
-the WikiText-2 raw test and tokenized valid splits of ``shared/data`` next to the repository), text AG News
-fine-tuning never sees: cut into articles (tokenized spacing undone), split 90 / 5 / 5 into train / validation /
-test, a byte-level BPE fitted on the training articles, random blocks of their token stream trained with AdamW,
-warm-up and cosine decay. The best validation checkpoint is kept; its test perplexity is printed beside the
-unigram's and the uniform guess.
-
-The folder depends only on the settings and the text: cached under ``<cache-dir>/<key>/`` (a second call returns
-it at once; a file lock makes a concurrent caller wait), with ``config.json``, ``model.safetensors``, the tokenizer
-files and ``pretrain.json`` (settings, split sizes, perplexities, wall time). An interrupted pretraining resumes
-from ``<key>.run/checkpoint.pt`` at its last evaluation, bit for bit.
+No pretrained weights can be downloaded here. The recipe (WikiText articles split 90 / 5 / 5, a byte-level BPE
+fitted on the training articles, AdamW with warm-up and cosine decay, the best validation checkpoint kept): README.
+The folder is cached under ``<cache-dir>/<key>/`` by a key of the settings and the text (a file lock makes a
+concurrent caller wait), ``pretrain.json`` beside the weights; an interrupted pretraining resumes from
+``<key>.run/checkpoint.pt`` at its last evaluation, bit for bit.
 """
 from __future__ import annotations
 

@@ -4,12 +4,11 @@
         --split-csv ../shared/data/ag_news_csv/test.csv
     python llm_noniid/run_experiments.py --mode analyze --out-dir runs/llm_noniid/ag_news
 
-The grids (``arms``), the study setting they train (``STUDY``; arms differ in one thing only) and ``analyze``'s
-report and figures: README ("Experiments: commands -> figures"). All runs live in <out-dir>/runs, so an arm of two
-grids trains once (a shorter run of it is extended). Flags after ``--`` (or unknown here) go to every train.py run.
-Runs go through ``common.jobs``: finished ones skipped, interrupted ones resumed, logs in <out-dir>/logs; a run's
-numbers depend on its --threads, not on --jobs. ``--split-csv FILE`` splits one AG News CSV 90/10 into
-<out-dir>/data and trains on it; without it a grid keeps the split it holds, a new one uses synthetic AG News.
+The grids (``arms``), the study setting they train (``STUDY``; arms differ in one thing only), how runs are
+shared, skipped and resumed (``common.jobs``, logs in <out-dir>/logs) and ``analyze``'s report and figures: README
+("Experiments: commands -> figures"). Flags after ``--`` (or unknown here) go to every train.py run.
+``--split-csv FILE`` splits one AG News CSV 90/10 into <out-dir>/data and trains on it; without it a grid keeps
+the split it holds, a new one uses synthetic AG News.
 """
 from __future__ import annotations
 
@@ -437,7 +436,7 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> l
         return ["(no runs of a known class yet: run --mode failure and --mode calibrate)"]
     share = lambda mode, t=failure.DEFAULT: [f"{sum(mode in detected(r, t) for r in g)}/{len(g)}"
                                              for g in classes.values()]
-    th = failure.DEFAULT.as_dict()
+    th = vars(failure.Thresholds())
     # the calibration: each detector's key threshold swept, the others at their defaults
     sweeps = {"divergence": ("div_rel_increase", (0.05, 0.1, 0.2, 0.5)),
               "oscillation": ("osc_min_change", (0.0025, 0.005, 0.01, 0.02)),

@@ -404,8 +404,7 @@ class LlmTask(engine.Task):
     def summary(self, status: str) -> dict:
         rows, fed, acc, info, timing = self.rd.rows(), self.fed, self.acc, self.info, self.fed.timing
         evals = [x for x in rows if "val_loss" in x]
-        finite = [x for x in evals if math.isfinite(x["val_loss"])]
-        best = min(finite, key=lambda x: x["val_loss"]) if finite else None
+        best = min((x for x in evals if math.isfinite(x["val_loss"])), key=lambda x: x["val_loss"], default=None)
         last = evals[-1] if evals else {}
         return {
             "status": status, "rounds_done": rows[-1]["round"] if rows else 0, "num_rounds": self.rounds,
@@ -416,7 +415,7 @@ class LlmTask(engine.Task):
             "uniform_ppl": info["refs"]["uniform_ppl"], "unigram_val_ppl": info["refs"]["unigram_ppl"],
             "personal_unigram_ppl": info["personal_refs"],
             "final_client_divergence_rel": rows[-1]["client_divergence_rel"] if rows else None,
-            "failure_modes": acc["detected"], "thresholds": failure.Thresholds().as_dict(),
+            "failure_modes": acc["detected"], "thresholds": vars(failure.Thresholds()),
             "num_clusters": len(fed.models), "clusters": fed.assign.tolist(), "clustering": fed.info,
             "cluster_purity": C.purity(fed.assign, np.array(info["dominant_topic"])) if len(fed.models) > 1
             else None,
