@@ -2,16 +2,14 @@
 (or, with --holdout-fraction, on the blocks a federated arm's clients train on).
 
     python mamba_fl/central.py --layers 2 --quick
-    python mamba_fl/central.py --model-config pure_ssm_4_layer --n_epochs 1 --batch_size 16 --sequence_length 256 \
-        --data wikitext2 --cache_dir data/cache
+    python mamba_fl/central.py --model-config pure_ssm_4_layer --data wikitext2 --cache_dir data/cache
 
-Each epoch visits every training block once in an order drawn from (seed, epoch), the last, smaller batch kept.
-Every --val-freq steps it logs the validation loss and perplexity, the mean training loss and the mean cosine
-between consecutive steps' gradients since the last evaluation, and a greedy sample continuing --prompt; and
-checkpoints (--resume continues mid-epoch and reproduces the uninterrupted run).
+Each epoch visits every training block once in an order drawn from (seed, epoch), the last, smaller batch kept;
+what each evaluation logs is in mamba_fl/README.md. --resume continues mid-epoch and reproduces the uninterrupted run.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -75,25 +73,25 @@ def main(argv=None) -> dict:
     opt = mmodel.make_optimizer(args, plist)
     step, tokens, best, prev_grad, last = 0, 0, float("inf"), None, {}
     stopper = mmodel.make_stopper(args)
+    stateful = {"model": model, "opt": opt, "early_stop": stopper, "snapshots": snaps}  # None: not in this run
     state = rd.load_checkpoint()
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        for k, x in stateful.items():
+            if x is not None:
+                x.load_state_dict(state[k])
         step, tokens, best, last = state["step"], state["tokens"], state["best"], state["last"]
-        if stopper is not None:
-            stopper.load_state_dict(state["early_stop"])
         prev_grad = state["prev_grad"].to(device) if state["prev_grad"] is not None else None
-        if snaps is not None:
-            snaps.load_state_dict(state["snapshots"])
         seed.set_rng_state(state["rng"])
     elif snaps is not None:
-        snaps.add_server(plist)
-        snaps.write("step_000000")
+        snaps.write_server(plist, "step_000000")
 
     # running sums stay on the device: no host-device sync per step
     loss_sum, cos_sum, n_since, t_train = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0.0
     bar = tqdm(total=total, initial=step, desc="central", disable=args.quiet)
-    perm, perm_epoch = None, -1
+
+    @functools.lru_cache(maxsize=1)
+    def order(epoch):  # the epoch's order depends on (seed, epoch) only, so resume finds it again
+        return pool[torch.randperm(n, generator=seed.client_generator(args.seed, epoch, 0, purpose="central"))]
 
     def grad_cosine(ps):  # cosine between consecutive steps' gradients: one flat copy per step, dot products on device
         nonlocal prev_grad
@@ -104,11 +102,8 @@ def main(argv=None) -> dict:
 
     while step < total and not (stopper and stopper.stopped_at):
         epoch, pos = divmod(step, per_epoch)
-        if epoch != perm_epoch:  # the epoch's order depends on (seed, epoch) only, so resume finds it again
-            perm = pool[torch.randperm(n, generator=seed.client_generator(args.seed, epoch, 0, purpose="central"))]
-            perm_epoch = epoch
+        idx = order(epoch)[pos * args.batch_size:(pos + 1) * args.batch_size]  # the step's blocks are one batch
         t0 = time.perf_counter()
-        idx = perm[pos * args.batch_size:(pos + 1) * args.batch_size]  # the step's blocks are one batch
         loss_sum += federated.train_steps(fwd, opt, data.train, [idx], data.tokenizer.pad_token_id, device,
                                           adjust=grad_cosine)
         n_since += 1
@@ -129,15 +124,12 @@ def main(argv=None) -> dict:
             n_since = 0
             bar.set_postfix(val_ppl=f"{row['val_ppl']:.2f}")
             if snaps is not None:
-                snaps.add_server(plist)
-                snaps.write(f"step_{step:06d}")
+                snaps.write_server(plist, f"step_{step:06d}")
             if stopper is not None:
                 stopper.update(row["val_ppl"], step, plist)
-            rd.save_checkpoint({"step": step, "tokens": tokens, "model": model.state_dict(),
-                                "opt": opt.state_dict(), "best": best, "last": last,
-                                **({"early_stop": stopper.state_dict()} if stopper is not None else {}),
+            rd.save_checkpoint({"step": step, "tokens": tokens, "best": best, "last": last,
                                 "prev_grad": prev_grad.cpu() if prev_grad is not None else None,
-                                "snapshots": snaps.state_dict() if snaps is not None else None}, periodic=True)
+                                **{k: x.state_dict() for k, x in stateful.items() if x is not None}}, periodic=True)
     bar.close()
     extra = lmdata.reported_model(args, stopper, plist, data, fwd, device)  # the best-validation model, tested
     summary = federated.publish(rd, model, data, refs, {

@@ -47,14 +47,15 @@ class Snapshots:
             # a copy: on CPU .float().numpy() would be a view of the live parameter
             self.arrays[f"{who}/{key}"] = t.cpu().numpy().copy()
 
-    def add_server(self, tensors) -> None:
-        """The global parameters and their change since the previous server snapshot."""
+    def write_server(self, tensors, tag: str) -> None:
+        """Add the global parameters and their change since the previous server snapshot, and write the snapshot."""
         self.add("server", tensors)
         current = {k: v for k, v in self.arrays.items() if k.startswith("server/")}
         if self.previous is not None:
             for k, v in current.items():
                 self.arrays["server_delta/" + k[len("server/"):]] = v - self.previous[k]
         self.previous = current
+        self.write(tag)
 
     def gather(self) -> None:
         """Under torchrun: bring the client arrays every rank recorded into rank 0's (the only writer)."""

@@ -95,8 +95,8 @@ class Method:
     add_client: Callable | None = None
     server: str = "fedavg"
     upload_factor: int = 1
-    pre_reduce: Callable | None = None
-    round_metrics: Callable | None = None
+    pre_reduce: Callable = lambda ctx, agg, rows, chosen: None
+    round_metrics: Callable = lambda ctx, agg, rows: {}
     run_name_extra: Callable[[argparse.Namespace], dict] = lambda args: {}
 
 
@@ -223,8 +223,7 @@ class MambaTask(engine.Task):
         return self.method.add_client(self.ctx, agg, self.clients[k])
 
     def pre_reduce(self, aggs, rows, chosen) -> None:
-        if self.method.pre_reduce is not None:
-            self.method.pre_reduce(self.ctx, aggs[0], rows, chosen)
+        self.method.pre_reduce(self.ctx, aggs[0], rows, chosen)
 
     def round_end(self, rnd) -> None:
         # every client runs exactly local_updates steps of batch_size blocks, whichever rank trains it
@@ -256,16 +255,14 @@ class MambaTask(engine.Task):
         if distributed.is_main():  # rank 0 logs and checkpoints
             row = {"round": r + 1, "step": (r + 1) * self.args.local_updates, "tokens": self.acc["train_tokens"],
                    "train_loss": self.train_loss.item() / max(self.n_steps, 1)} | scores
-            if self.method.round_metrics is not None:
-                row |= self.method.round_metrics(self.ctx, fed.aggs[0], rnd["rows"])
+            row |= self.method.round_metrics(self.ctx, fed.aggs[0], rnd["rows"])
             for k, cr in rnd["rows"].items():
                 for key, v in cr.items():
                     row.setdefault(key, {})[str(k)] = v
             self.acc["best_val_ppl"] = min(self.acc["best_val_ppl"], row["val_ppl"])
             self.acc["last"] = {k: v for k, v in row.items() if k != "sample"}
             if self.snaps is not None:
-                self.snaps.add_server(fed.models[0])
-                self.snaps.write(f"round_{r + 1:05d}")
+                self.snaps.write_server(fed.models[0], f"round_{r + 1:05d}")
         if self.stopper is not None:  # every rank holds the same (reduced) scores, so all stop together
             self.stopper.update(scores["val_ppl"], r + 1, [t for x in fed.models for t in x])
         self.train_loss.zero_()
@@ -339,8 +336,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     fed = engine.Federation(task, args)
     start = fed.start(rd, names)
     if snaps is not None and start == 0 and main:
-        snaps.add_server(fed.models[0])
-        snaps.write("round_00000")
+        snaps.write_server(fed.models[0], "round_00000")
     stopper = task.stopper
     if not (stopper and stopper.stopped_at):  # a run that stopped at its plateau resumes to its summary
         engine.run(task, fed, rd, names, start)

@@ -8,6 +8,7 @@ Each split is tokenized once (cached) and cut into ``[N, T]`` blocks, the last o
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -103,25 +104,22 @@ def _read_dir(folder: Path) -> dict[str, str]:
     return out
 
 
+def _article_of(lines: list[str]) -> np.ndarray:
+    """The article of each line: top-level headings up to it, less one (text before the first one joins it)."""
+    return np.maximum(np.cumsum([bool(_HEADING.match(line.rstrip("\n"))) for line in lines], dtype=np.int64) - 1, 0)
+
+
 def articles(lines: list[str]) -> list[list[str]]:
     """Lines grouped into articles, each starting at a top-level heading (text before the first one joins it)."""
-    out: list[list[str]] = [[]]
-    seen_heading = False
-    for line in lines:
-        if _HEADING.match(line.rstrip("\n")):
-            if seen_heading:
-                out.append([])
-            seen_heading = True
-        out[-1].append(line)
-    return out if out[0] else []
+    groups = itertools.groupby(zip(_article_of(lines), lines), key=lambda pair: pair[0])
+    return [[line for _, line in group] for _, group in groups]
 
 
 def _article_topics(raw: str, topics_by_article: list[int], seq_len: int, n_blocks: int, tokenizer) -> np.ndarray:
     """Topic of each block: the topic of the article its first token belongs to."""
     lines = raw.splitlines(keepends=True)
     counts = [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch(lines, add_special_tokens=False)]
-    article = np.cumsum([bool(_HEADING.match(line.rstrip("\n"))) for line in lines]) - 1  # of each line
-    token_article = np.repeat(np.maximum(article, 0), counts)
+    token_article = np.repeat(_article_of(lines), counts)
     first = np.minimum(np.arange(n_blocks) * seq_len, len(token_article) - 1)
     art = np.minimum(token_article[first], len(topics_by_article) - 1)
     return np.asarray(topics_by_article, dtype=np.int64)[art]

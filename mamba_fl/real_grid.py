@@ -2,13 +2,8 @@
 training of Mamba2 LMs, and does any aggregator (FedFisher above all) beat FedAvg?
 
     python mamba_fl/real_grid.py                  # the headline (1 and 2 layers, contiguous shards)
-    python mamba_fl/real_grid.py --block all      # + the other arms, topic shards, 16 clients (4 a round),
-                                                  #   4 layers (1 seed)
+    python mamba_fl/real_grid.py --block all      # + the other arms, topic shards, 16 clients, 4 layers
     python mamba_fl/real_grid.py --dry-run        # the commands, nothing run
-    python mamba_fl/real_grid.py --only "*_L2_*"  # the selection, then only the 2-layer block
-    python mamba_fl/real_grid.py --size source --jobs 8   # the source's d_model-512 model (a GPU's work)
-    python mamba_fl/real_grid.py --size source --selection FILE --only "central-b4_L2_*"
-                                                  # FILE: an earlier grid's selection.json, not selected again
 
 Stages, through ``common.jobs`` (finished runs are skipped, interrupted ones resumed), into ``--out-dir``:
 **split** (``split_wikitext.py``: 80 / 10 / 10 % of ``--data``'s articles; only reported runs read the test
@@ -17,8 +12,8 @@ each candidate of ``CHOICES`` runs to the plateau rule, the lowest best validati
 edge of its candidates adds the next value beyond it), and the best of the ``OTHERS`` joins the headline;
 **plateau**: every arm until ``PATIENCE`` evaluations (one pass) bring no 1 % gain, its best-validation model scored
 on the test articles; **equal compute**: each run's best model of its first ``--budget-epochs`` passes
-(``--budget-at``). mamba_fl/README.md has the design and the results; ``python plots/plot_mamba.py --runs
-<out-dir>/runs --out mamba_fl/figures/real`` draws the tables and figures.
+(``--budget-at``); then ``plots/plot_mamba.py`` draws the tables and figures. mamba_fl/README.md has the design, the
+results and the other commands (``--only``, ``--size source``, ``--selection``).
 """
 from __future__ import annotations
 
@@ -112,10 +107,6 @@ def model_flags(args) -> list[str]:
     """The model and tokenizer flags of every run of ``--size``."""
     tokenizer = ["--tokenizer", args.tokenizer] if args.size == "source" else []
     return [*SIZES[args.size], *tokenizer, "--sample-tokens", "0"]
-
-
-def figures_dir(args) -> str:
-    return "mamba_fl/figures/real" + ("_source" if args.size == "source" else "")
 
 
 def split_flags(out: Path) -> list[str]:
@@ -284,7 +275,8 @@ def main(argv=None) -> dict:
     cli.check(isinstance(chosen, dict) and all(isinstance(v, dict) for v in chosen.values()),
               f"--selection {args.selection}: expected a grid's selection.json, its choices under \"chosen\" as "
               "{arm: {flag: value}}")
-    out = cli.check_out_dir(args.out_dir or "runs/mamba_real" + ("_source" if args.size == "source" else ""))
+    suffix = "_source" if args.size == "source" else ""  # the folders of --size source
+    out, figures = cli.check_out_dir(args.out_dir or "runs/mamba_real" + suffix), "mamba_fl/figures/real" + suffix
     if (out / "split" / "split.json").is_file():  # a grid goes on with its split: cut from these --data files
         cut = [s["sha256"] for s in json.loads((out / "split" / "split.json").read_text())["sources"]]
         cli.check(cut == [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in args.data],
@@ -323,10 +315,10 @@ def main(argv=None) -> dict:
         if phase == 0:  # the source's arms need only the first phase's rates: they run before the rest is chosen
             run([j for j in reported_plan(args, out, blocks, picked) if j.name.split("_")[0] not in OTHERS],
                 "mamba_fl real text: central, FedAvg, FedFisher")
-    draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out {figures_dir(args)}"
+    draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out {figures}"
     outcome = run(reported_plan(args, out, blocks, picked), "mamba_fl real text", draw)
     if outcome.complete and not args.dry_run and args.only is None:  # the tables and figures of a complete grid
-        jobs.draw("plots/plot_mamba.py", "--runs", str(out / "runs"), "--out", figures_dir(args))
+        jobs.draw("plots/plot_mamba.py", "--runs", str(out / "runs"), "--out", figures)
     return {"chosen": picked["chosen"], "best_other": picked.get("best_other"), "complete": outcome.complete,
             "status": outcome.status}
 

@@ -1,16 +1,13 @@
-"""The mamba_fl results grid: does federation close the gap to centralized training, and does any aggregator
-beat FedAvg? One command runs every arm, ``--jobs`` at a time through ``common.jobs`` (finished runs are skipped,
-interrupted ones resumed: the same command continues a grid); a complete grid then gets ``results.md`` and the
-figures (``--figures``) from ``plots/plot_mamba.py``. Real text: ``real_grid.py``.
+"""The mamba_fl results grid on the embedded synthetic text: does federation close the gap to centralized
+training, and does any aggregator beat FedAvg? One command runs every arm, ``--jobs`` at a time through
+``common.jobs`` (finished runs are skipped, interrupted ones resumed: the same command continues a grid); a complete
+grid then gets ``results.md`` and the figures (``--figures``) from ``plots/plot_mamba.py``. Real text: ``real_grid.py``.
 
     python mamba_fl/run_grid.py           # synthetic grid + FedAvg variants (~45 min, 2 cores)
 
-Design (every number is a flag; mamba_fl/figures/findings.md has the setup and the compute accounting): the
-embedded synthetic source with ``contiguous`` and ``topic`` client shards, Mamba2 d_model 64 with 1 and 2 layers;
-the ``CENTRAL`` arms, the ``FEDERATED_ARMS`` and the FedAvg ``VARIANTS`` (1 layer, first shard), every arm training
-on the same sequences of the same data (every client holds out ``HOLDOUT`` of its blocks, FedEntropy's scoring set;
-central trains on what the contiguous clients keep), in the same optimizer steps of ``--batch-size`` blocks but
-central-b4 (FedAvg's sequential updates); 3 seeds, paired differences to FedAvg. Runs go to
+Every arm trains on the same sequences (each client holds out ``HOLDOUT`` of its blocks; central trains on what the
+contiguous clients keep) in the same optimizer steps of ``--batch-size`` blocks, but central-b4 (FedAvg's sequential
+updates); mamba_fl/figures/findings.md has the design and the compute accounting. Runs go to
 ``--out-dir/<arm>_L<layers>_<shard>_s<seed>``, logs to ``--out-dir/logs``.
 """
 from __future__ import annotations

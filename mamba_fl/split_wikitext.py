@@ -1,13 +1,10 @@
-"""Split raw WikiText files into training, validation (and test) files at article boundaries.
+"""Split raw WikiText files into training, validation (and test) files at article boundaries, for ``--data-dir``.
 
-    python mamba_fl/split_wikitext.py --raw wikitext-2-raw/wiki.test.raw --out-dir data/wikitext2_test_split
     python mamba_fl/split_wikitext.py --raw wikitext2_tokenized/valid.txt wikitext2_tokenized/test.txt \
         --valid-fraction 0.1 --test-fraction 0.1 --shuffle-seed 0 --out-dir data/wikitext2_real
     python mamba_fl/central.py --data-dir data/wikitext2_real --layers 1
 
-For readers who have only some splits of WikiText-2 (raw or tokenized): the files are cut into articles at their
-top-level headings (`` = Title = `` lines), which become ``wiki.train.raw``, ``wiki.valid.raw`` and, with
-``--test-fraction``, ``wiki.test.raw`` for ``--data-dir``. Without ``--shuffle-seed`` the cut is contiguous (the
+Articles start at top-level headings (`` = Title = `` lines). Without ``--shuffle-seed`` the cut is contiguous (the
 last articles validate, the very last test); with it, the articles are dealt out in a seeded random order (each
 split keeps the files' order). ``split.json`` records each source file (size, SHA-256) and every split's titles.
 """
