@@ -18,3 +18,13 @@ def close(a, b, tol: float = 1e-6) -> None:
     for x, y in zip(a, b):
         assert x.shape == y.shape
         torch.testing.assert_close(x.double(), y.double(), rtol=tol, atol=tol)
+
+
+BIG = [(257, 129), (1000,), (3, 5, 7), (1,)]  # 34,259 values: many blocks at a small aggregation block size
+
+
+def big_clients(k: int, seed: int, dtype=torch.float32, positive: bool = False) -> list[list[torch.Tensor]]:
+    """``k`` clients' parameter lists shaped like BIG (``positive``: absolute values, e.g. Fisher diagonals)."""
+    g = torch.Generator().manual_seed(seed)
+    return [[(t.abs() if positive else t).to(dtype) for t in (torch.randn(s, generator=g) for s in BIG)]
+            for _ in range(k)]

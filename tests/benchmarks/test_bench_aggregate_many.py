@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorcases import close
+from tensorcases import BIG, big_clients, close
 
 from common import aggregate as A
 from common import params as P
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-BIG = [(257, 129), (1000,), (3, 5, 7), (1,)]  # 34,259 values: many blocks at the small block size below
 
 
 @pytest.fixture
@@ -31,15 +30,6 @@ def as_views(ts):
     return P.unflatten(P.flatten(ts), ts)
 
 
-def _uploads(k, seed, dtype=torch.float32, positive=False):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(k):
-        ts = [torch.randn(s, generator=g) for s in BIG]
-        out.append([(t.abs() if positive else t).to(dtype) for t in ts])
-    return out
-
-
 def _same(agg_a, agg_b, *result_args):
     for x, y in zip(agg_a.accumulators(), agg_b.accumulators()):
         assert torch.equal(x, y)
@@ -54,7 +44,7 @@ def test_weighted_mean_add_many_is_add_bit_for_bit(bench, monkeypatch, block_byt
     """Blocked accumulation (each upload read once, the sums' block kept in cache) must give exactly the
     values of add() client by client: same elementwise ops in the same order per coordinate."""
     monkeypatch.setattr(A._Streaming, "_BLOCK_BYTES", block_bytes)
-    cs = _uploads(7, seed=3, dtype=dtype)
+    cs = big_clients(7, seed=3, dtype=dtype)
     w = [3.0, 1.0, 0.37, 2.0, 11.0, 0.5, 1.25]
     ups = {"flat": [P.flatten(c) for c in cs], "views": [as_views(c) for c in cs], "tensors": cs}[given]
     like = [t.float() for t in cs[0]]
@@ -78,7 +68,7 @@ def test_weighted_mean_add_many_takes_several_blocks_with_a_ragged_end(bench, mo
     agg = bench.ManyWeightedMean([torch.zeros(s) for s in BIG])
     numel = P.numel(agg._views[0])
     assert agg._block() % 64 == 0 and numel % agg._block() != 0 and numel // agg._block() >= 10
-    cs = _uploads(3, seed=5)
+    cs = big_clients(3, seed=5)
     agg.add_many([P.flatten(c) for c in cs])  # default weights 1: the plain mean
     ref = [torch.stack([c[i] for c in cs]).mean(0) for i in range(len(BIG))]
     close(agg.result(), ref)
@@ -87,7 +77,7 @@ def test_weighted_mean_add_many_takes_several_blocks_with_a_ragged_end(bench, mo
 @pytest.mark.parametrize("given", ["flat", "tensors"])
 def test_fisher_mean_add_many_is_add_bit_for_bit(bench, monkeypatch, given):
     monkeypatch.setattr(A._Streaming, "_BLOCK_BYTES", 4096 * 5 + 12)
-    cs, fs = _uploads(6, seed=7), _uploads(6, seed=8, positive=True)
+    cs, fs = big_clients(6, seed=7), big_clients(6, seed=8, positive=True)
     w = [1.0, 4.0, 0.3, 2.5, 7.0, 1.5]
     pack = (lambda c: P.flatten(c)) if given == "flat" else (lambda c: c)
     one, many = A.FisherMean(cs[0], eps=1e-3), bench.ManyFisherMean(cs[0], eps=1e-3)
@@ -99,7 +89,7 @@ def test_fisher_mean_add_many_is_add_bit_for_bit(bench, monkeypatch, given):
 
 
 def test_add_many_refuses_mismatched_lists(bench):
-    cs = _uploads(3, seed=1)
+    cs = big_clients(3, seed=1)
     with pytest.raises(ValueError, match="3 clients but 2 weights"):
         bench.ManyWeightedMean(cs[0]).add_many(cs, [1.0, 2.0])
     with pytest.raises(ValueError, match="3 clients but 2 Fisher"):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tensorcases import SHAPES, clients, close
+from tensorcases import BIG, SHAPES, big_clients, clients, close
 
 from common import aggregate as A
 from common import params as P
@@ -238,32 +238,13 @@ def test_flat_separate_busy_or_quiet_all_bit_equal_to_the_previous_implementatio
 
 
 # ----------------------------------------------------------------------------- big shapes
-BIG = [(257, 129), (1000,), (3, 5, 7), (1,)]  # 34,259 values: many blocks at the small block size below
-
-
-def _uploads(k, seed, dtype=torch.float32, positive=False):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(k):
-        ts = [torch.randn(s, generator=g) for s in BIG]
-        out.append([(t.abs() if positive else t).to(dtype) for t in ts])
-    return out
-
-
-def _same(agg_a, agg_b, *result_args):
-    for x, y in zip(agg_a.accumulators(), agg_b.accumulators()):
-        assert torch.equal(x, y)
-    for x, y in zip(agg_a.result(*result_args), agg_b.result(*result_args)):
-        assert torch.equal(x, y)
-
-
 @pytest.mark.parametrize("chunk", [A._Streaming._CHUNK, 1000])
 @pytest.mark.parametrize("out_kind", ["new", "flat", "separate", "bf16"])
 def test_fisher_mean_result_is_the_whole_tensor_formula_bit_for_bit(monkeypatch, chunk, out_kind):
     """result() works chunk by chunk in scratch space; its values must be those of the whole-tensor
     expression where(den > 0, (num + eps mean) / (den + eps), mean), and eps_share the count of den <= eps."""
     monkeypatch.setattr(A._Streaming, "_CHUNK", chunk)
-    cs, fs = _uploads(4, seed=21), _uploads(4, seed=22, positive=True)
+    cs, fs = big_clients(4, seed=21), big_clients(4, seed=22, positive=True)
     for f in fs:  # coordinates no client's loss touched (den = 0) and tiny ones (below the eps floor)
         f[1][:300] = 0.0
         f[0][:5] *= 1e-12
