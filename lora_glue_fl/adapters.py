@@ -142,8 +142,10 @@ def load(directory) -> Adapter:
     cli.check(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0,
               f"{cfg_path}: 'lora_alpha' must be a positive number, got {alpha!r}")
     extra = {"base_model_name_or_path": export.resolve_base(directory, cfg.get("base_model_name_or_path"))}
-    return from_state_dict(sd, r, alpha, _names(cfg.get("target_modules")), cfg.get("use_rslora", False),
-                           cfg.get("lora_dropout", 0.0), extra, _names(cfg.get("modules_to_save")))
+    adapter = from_state_dict(sd, r, alpha, _names(cfg.get("target_modules")), cfg.get("use_rslora", False),
+                              cfg.get("lora_dropout", 0.0), extra, _names(cfg.get("modules_to_save")))
+    cli.check(bool(adapter.factors), f"{w_path} holds no LoRA factors (lora_A / lora_B); nothing to merge")
+    return adapter
 
 
 METHODS = ("svd", "naive", "exact")

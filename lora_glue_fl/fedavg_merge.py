@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
     clients = [adapters.load(a) for a in args.adapters]   # every check before anything is written
     if method == "svd":
         sizes = [min(A.shape[1], B.shape[0]) for A, B in clients[0].factors.values()]
-        cli.check(not sizes or args.svd_rank <= min(sizes), f"--svd_rank {args.svd_rank} exceeds the size "
+        cli.check(args.svd_rank <= min(sizes), f"--svd_rank {args.svd_rank} exceeds the size "
                   f"{min(sizes)} of the adapted layers; use at most {min(sizes)}")
     fused = adapters.merge(clients, weights, method, rank=args.svd_rank, alpha=args.alpha, names=list(args.adapters))
     base = args.base_model or clients[0].extra.get("base_model_name_or_path")

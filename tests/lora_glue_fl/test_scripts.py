@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -116,6 +117,14 @@ def test_fedavg_merge_end_to_end(sst2_run, tmp_path):
     key = next(iter(fused.head))
     torch.testing.assert_close(fused.head[key],
                                (2 * loaded[0].head[key] + loaded[1].head[key] + loaded[2].head[key]) / 4)
+    # an adapter folder without LoRA factors (heads only) is refused in one line, not a ValueError
+    from safetensors.torch import load_file, save_file
+    heads = tmp_path / "heads_only"
+    shutil.copytree(clients[0], heads)
+    weights = heads / "adapter_model.safetensors"
+    save_file({k: v for k, v in load_file(str(weights)).items() if ".lora_" not in k}, str(weights))
+    with pytest.raises(cli.UsageError, match="holds no LoRA factors"):
+        fedavg_merge.main(["--adapters", str(heads), *clients[1:], "--save_adapter", str(tmp_path / "f2")])
 
 
 def test_fedavg_rounds_resume_reproduces_uninterrupted_run(sst2_run, tmp_path, monkeypatch):
