@@ -68,21 +68,6 @@ def timeit_many(fns: dict[str, Callable[[], object]], *, warmup: int = 1, repeat
     return {name: Timing(statistics.median(t), min(t), t) for name, t in times.items()}
 
 
-def copy_bandwidth(numel: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                   repeats: int = 5) -> float:
-    """Measured ``dst.copy_(src)`` bandwidth in GB/s, counting the bytes read plus written (2 x size).
-
-    Both buffers are touched first, so page faults are not timed."""
-    src = torch.randn(numel, device=device).to(dtype)
-    dst = torch.zeros_like(src)
-    t = timeit(lambda: dst.copy_(src), warmup=2, repeats=repeats, device=device)
-    return 2 * src.numel() * src.element_size() / t.median_s / 1e9
-
-
-def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
