@@ -125,10 +125,11 @@ def run_isolated(argv: Sequence[str], timeout: float = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub markdown table; floats keep the formatting they were given as strings."""
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], padded: bool = True) -> str:
+    """A GitHub markdown table; floats keep the formatting they were given as strings. ``padded=False``: cells
+    not padded to their column's width (a file then changes only in the rows whose cells change)."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    widths = [max(len(r[i]) for r in cells) if padded else 1 for i in range(len(headers))]
     lines = ["| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |" for r in cells]
     return "\n".join([lines[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *lines[1:]])
 

@@ -472,12 +472,11 @@ def main(argv=None) -> dict:
         dates |= {r[0]: now for r in rows if r[0] in mine or r[0] in names}
         kept = [f"- rows re-measured by this command: {', '.join(names)}; the others are kept from earlier runs "
                 "of this file (their commands are in its history)", measured_line(dates)]
-    text = "\n".join(["# Benchmark results", "", *header, f"- command: `{command}`", *kept, "",
-                      markdown_table(HEADERS, rows), ""])
+    head = ["# Benchmark results", "", *header, f"- command: `{command}`", *kept, ""]
     print()
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text)
+    print("\n".join([*head, markdown_table(HEADERS, rows), ""]))
+    if args.output:  # unpadded: an --update changes the lines of the rows it re-measured only
+        Path(args.output).write_text("\n".join([*head, markdown_table(HEADERS, rows, padded=False), ""]))
     return {"rows": rows, "results": results}
 
 

@@ -322,3 +322,18 @@ def test_update_records_when_each_benchmarks_rows_were_measured(run_all):
     updated = full.replace("- date: 2026-01-01 00:00 UTC", "- date: 2026-01-02 09:30 UTC\n" + line)
     again = run_all.measured_dates(updated, "2026-01-02 09:30 UTC")  # read back from the updated file
     assert again == dates
+
+
+def test_update_rewrites_only_the_lines_of_the_rerun_benchmark(run_all, tmp_path, monkeypatch):
+    """RESULTS.md's cells are not padded to column widths, so a one-benchmark --update with longer cells leaves
+    every other row's line byte for byte (a padded table re-aligned the whole file)."""
+    out, results = tmp_path / "RESULTS.md", fake_results()
+    monkeypatch.setattr(run_all, "run_benchmark", lambda name, *_: results[name])
+    run_all.main(["--only", *results, "--output", str(out)])
+    before = out.read_text().splitlines()
+    results["data"] = {**results["data"], "shard_s": 123456.789}  # a much wider cell than any before
+    run_all.main(["--only", "data", "--update", "--output", str(out)])
+    after = out.read_text().splitlines()
+    kept = [ln for ln in before if ln.startswith("|") and not ln.startswith("| data |")]
+    assert kept and all(ln in after for ln in kept)
+    assert [ln for ln in after if ln.startswith("| data |")] != [ln for ln in before if ln.startswith("| data |")]
