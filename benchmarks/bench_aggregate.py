@@ -550,7 +550,7 @@ def summarize(paths: list[str]) -> dict:
     """The targeted ratios of several runs side by side: min, median, max and runs that met the target."""
     runs = []
     for p in paths:
-        saved = cli.read_json(p)
+        saved = cli.read_json(p, allow_nan=True)  # as the benchmark wrote it
         cli.check(isinstance(saved, dict) and "conditions" in saved,
                   f"{p}: not a bench_aggregate.py --json summary (no 'conditions')")
         runs.append(target_ratios(saved))

@@ -43,14 +43,29 @@ def read_text(path: str | os.PathLike, expected: str, prefix: str = "") -> str:
     raise UsageError(f"{prefix}{path} {problem}; expected {expected}")
 
 
-def read_json(path: str | os.PathLike, missing: str | None = None) -> object:
-    """The JSON in ``path``; a ``UsageError`` for a missing file (message ``missing``) or one that is not JSON."""
+JSON_MAX_BYTES = 64 << 20  # an input file of a grid or a plot: a selection, an arm list, a results table
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_json(path: str | os.PathLike, missing: str | None = None, *, allow_nan: bool = False,
+              max_bytes: int = JSON_MAX_BYTES) -> object:
+    """The JSON in ``path``; a one-line ``UsageError`` for a missing file (message ``missing``), one larger than
+    ``max_bytes``, one that is not UTF-8 JSON, is nested too deeply to read or (unless ``allow_nan``: a record
+    the project wrote, where NaN marks an undefined statistic) holds NaN / Infinity, which JSON has not."""
     path = Path(path)
     check(path.is_file(), missing or f"{path}: no such file")
+    size = path.stat().st_size
+    check(size <= max_bytes, f"{path}: {size:,} bytes, more than the {max_bytes:,} a JSON input may hold")
+    text = read_text(path, "a JSON file")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not JSON ({e})") from None
+        return json.loads(text, parse_constant=None if allow_nan else _no_constant)
+    except ValueError as e:  # json.JSONDecodeError is one
+        raise UsageError(f"{path}: not JSON ({first_line(e)})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: nested too deeply to be read as JSON") from None
 
 
 def no_space(error: BaseException) -> OSError | None:

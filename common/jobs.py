@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
+import io
 import os
 import signal
 import subprocess
@@ -111,6 +112,41 @@ def expected_args(job: Job) -> tuple[dict, object]:
         with contextlib.suppress(UsageError):  # the rate the script derives from the count (a bad count: its error)
             flags.resolve_clients_per_round(args)
     return runlog.portable(round_trip_json(vars(args))), parser
+
+
+def check_job(job: Job) -> None:
+    """``job``'s arguments checked as its script checks them before it reads data or writes anything: its parser
+    (presets, YAML, every number finite and in its range), then its ``resolve_args`` and ``check_args`` where it
+    has them (a script's checks of its arguments alone). In this process: nothing runs, nothing is written; a
+    ``UsageError`` with the script's own message otherwise."""
+    module = importlib.import_module(job.script)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+            args = parse_with_config(module.get_args_parser(), job.argv)
+    except SystemExit:  # argparse's error: "prog: error: what", printed
+        lines = [ln for ln in said.getvalue().splitlines() if ln.strip()]
+        raise UsageError(lines[-1].split(": error: ", 1)[-1] if lines else "its arguments are refused") from None
+    for hook in ("resolve_args", "check_args"):
+        if hasattr(module, hook):
+            getattr(module, hook)(args)
+
+
+def check_plan(plan: Sequence[Job], title: str = "grid") -> None:
+    """Every job of ``plan`` checked (``check_job``) before any runs: the first refused one ends the grid in one
+    line naming it (``UsageError``). A grid calls it on each stage's plan (``run_plan`` does) and, before its first
+    stage, on the later stages' runs as they can be planned (a choice still to be made: at each candidate)."""
+    seen = set()
+    for job in plan:
+        same = (job.script, tuple(job.argv))  # a job planned twice (at two candidates of another arm's choice)
+        if same in seen:
+            continue
+        seen.add(same)
+        try:
+            check_job(job)
+        except UsageError as e:
+            raise UsageError(f"{title}: run {job.name} ({job.script}) would be refused: {e}; nothing was run") \
+                from None
 
 
 @dataclasses.dataclass
@@ -233,6 +269,7 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
     names = [j.name for j in plan]
     twice = sorted({n for n in names if names.count(n) > 1})
     check(not twice, f"the plan names a run twice: {twice}")
+    check_plan(plan, title)
     log_dir = Path(log_dir)
     t0 = time.monotonic()
     status: dict[str, str] = {}

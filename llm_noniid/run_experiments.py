@@ -12,7 +12,6 @@ the split it holds, a new one uses synthetic AG News.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -181,14 +180,16 @@ def split_data(csv_path: str, out: Path) -> Path:
     return folder
 
 
-def plan(mode: str, args, passthrough: list[str], setting: dict | None = None) -> list[jobs.Job]:
-    """One train.py job per arm of ``mode`` and seed (``jobs_for``); ``setting``: ``select``'s rate and mus."""
+def plan(mode: str, args, passthrough: list[str], setting: dict | None = None, prepare: bool = True) -> list[jobs.Job]:
+    """One train.py job per arm of ``mode`` and seed (``jobs_for``); ``setting``: ``select``'s rate and mus.
+    ``prepare`` False: the jobs as checked before the selection trains (no data split, no base pretrained)."""
     out = Path(args.out_dir)
-    folder = split_data(args.split_csv, out) if args.split_csv else out / "data"  # a grid's split stays its data
-    data = ["--data", "ag_news", "--data-dir", str(folder)] if folder.is_dir() else []
+    folder = split_data(args.split_csv, out) if args.split_csv and prepare else out / "data"  # a grid's split stays
+    data = ["--data", "ag_news", "--data-dir", str(folder)] if folder.is_dir() or not prepare else []  # its data
     if args.regime == "pretrained":
         rounds = args.rounds or PRETRAINED_ROUNDS
-        study = [*PRETRAINED, "--model", base_folder(args), "--learning-rate", str(setting["learning_rate"])]
+        base = base_folder(args) if prepare else runlog.portable(args.base or "runs/llm_base")
+        study = [*PRETRAINED, "--model", base, "--learning-rate", str(setting["learning_rate"])]
     else:
         rounds, study = args.rounds or (4 if mode == "quick" else ROUNDS), STUDY
     setting, seeds = setting or {}, parse_seeds(args.seeds)
@@ -246,7 +247,9 @@ def select(args, passthrough: list[str]) -> dict:
     out = Path(args.out_dir)
     done, rounds = out / "selection.json", max(1, (args.rounds or PRETRAINED_ROUNDS) // 2)
     if done.is_file():
-        chosen = json.loads(done.read_text())
+        chosen = cli.read_json(done, allow_nan=True)  # its scores: inf for a diverged run
+        cli.check(isinstance(chosen, dict) and isinstance(chosen.get("mu"), dict), f"{done} is not a selection.json "
+                  "of this grid (an object with the chosen \"mu\"); remove it to select again")
         if chosen.get("rounds") == rounds and runlog.portable(chosen.get("base")) == base_folder(args) and \
                 set(chosen["mu"]) == {part for part, _ in SELECT_PARTS}:
             return chosen
@@ -285,6 +288,10 @@ def _selection_scores(arms_: list[tuple], args, passthrough: list[str], title: s
 
 def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
     """Every run of ``mode`` not yet complete (the pretrained regime's selection first), ``--jobs`` at a time."""
+    if args.regime == "pretrained" and mode != "select":  # the grid's runs at every rate select may choose (and
+        # every mu: none chosen yet), checked before the selection trains
+        jobs.check_plan([j for lr in LR_GRID for j in plan(mode, args, passthrough, {"learning_rate": float(lr)},
+                                                           prepare=False)], f"{mode} grid")
     setting = select(args, passthrough) if args.regime == "pretrained" else None
     return [] if mode == "select" else run_jobs(plan(mode, args, passthrough, setting), args, f"{mode} grid")
 
@@ -484,7 +491,9 @@ def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
     counts = Counter(r["args"]["num_rounds"] for r in runs)
     rounds = max(counts, key=lambda k: (counts[k], k))
-    chosen = json.loads((out_dir / "selection.json").read_text()) if (out_dir / "selection.json").is_file() else {}
+    chosen = cli.read_json(out_dir / "selection.json", allow_nan=True) if (out_dir / "selection.json").is_file() \
+        else {}
+    cli.check(isinstance(chosen, dict), f"{out_dir / 'selection.json'} is not a selection.json of this grid")
     return runs, rounds, chosen
 
 

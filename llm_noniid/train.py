@@ -138,6 +138,9 @@ def validate(args) -> None:
       f"--num-clusters must be in 0..--num-clients ({args.num_clients}), got {args.num_clusters}")
 
 
+check_args = validate  # the checks of its arguments alone (common.jobs: a grid checks its runs)
+
+
 def default_run_name(a) -> str:
     part = {"topic_skew": f"topic_a{a.alpha:g}", "style_skew": f"style_{a.style_criterion}",
             "token_skew": f"token_{a.token_skew}"}.get(a.partition, a.partition)

@@ -61,10 +61,16 @@ def resolve_args(args) -> None:
         args.do_train = args.do_eval = True
 
 
+def check_args(args) -> None:
+    """The checks of the arguments alone (``common.jobs`` checks a grid's runs with them)."""
+    checks.common_args(args)
+    glue_tasks.resolve_task(args)
+
+
 def run(args, lora: bool = True) -> dict:
     """Train (LoRA or full) and/or evaluate; returns the summary."""
     resolve_args(args)
-    checks.common_args(args)
+    check_args(args)
     if lora and args.adapter_output_dir:
         cli.check_out_dir(args.adapter_output_dir, "--adapter_output_dir")
     task = glue_tasks.resolve_task(args)

@@ -14,6 +14,7 @@ summary.json and label_histograms.png.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from common import cli, flags
@@ -67,7 +68,8 @@ def plot_histograms(info: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
+def client_splits(argv) -> tuple[argparse.Namespace, Path, dict]:
+    """(flags, output folder, the split): every check made, nothing written (a grid checks its shards with it)."""
     args = cli.parse(get_args_parser(), argv)
     glue_tasks.resolve_task(args)
     out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")
@@ -75,6 +77,11 @@ def main(argv=None) -> dict:
     train = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)["train"]
     info = glue_shards.make_client_splits(train, args.task_name, args.k, args.mode, args.seed, args.overlap_ratio,
                                           args.category_key, args.bin_stsb, args.alpha, args.min_per_label)
+    return args, out, info
+
+
+def main(argv=None) -> dict:
+    args, out, info = client_splits(argv)
     glue_shards.save_shard_manifests(out, info)
     if not args.no_plot:
         plot_histograms(info, out / "label_histograms.png")

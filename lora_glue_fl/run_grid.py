@@ -26,6 +26,7 @@ again); logs in <out-dir>/logs; <out-dir>/grid.json records the wall time of eac
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import sys
@@ -120,14 +121,21 @@ def subset_folder(src: Path, dst: Path, n: int, n_select: int) -> Path:
     return dst
 
 
-def make_shard_dir(args, name: str, task: str, data: list[str], sharding: str, seed: int) -> Path:
+def make_shard_dir(args, name: str, task: str, data: list[str], sharding: str, seed: int, write: bool = True) -> Path:
+    """The shard folder of a cell, made on first use (``write`` False: only checked, ``make_shards.client_splits``)."""
     from lora_glue_fl import make_shards
     shard_dir = Path(args.out_dir) / "shards" / f"{name}_{sharding}_k{args.num_clients}_s{seed}"
     if not (shard_dir / "summary.json").is_file():
-        make_shards.main(data + ["--no_plot", "--task_name", task, "--k", str(args.num_clients), "--seed", str(seed),
-                                 "--min_per_label", str(args.min_per_label), "--out_dir", str(shard_dir)]
-                         + SHARDINGS[sharding])
+        argv = data + ["--no_plot", "--task_name", task, "--k", str(args.num_clients), "--seed", str(seed),
+                       "--min_per_label", str(args.min_per_label), "--out_dir", str(shard_dir)] + SHARDINGS[sharding]
+        make_shards.main(argv) if write else _checked_shards(tuple(argv))
     return shard_dir
+
+
+@functools.cache
+def _checked_shards(argv: tuple[str, ...]) -> None:
+    from lora_glue_fl import make_shards
+    make_shards.client_splits(list(argv))
 
 
 def task_data(args, name: str) -> tuple[str, list[str], list[str], int]:
@@ -144,9 +152,9 @@ def task_data(args, name: str) -> tuple[str, list[str], list[str], int]:
 
 
 def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr: float, run: str,
-               select: bool = False) -> list[tuple[str, list[str]]]:
+               select: bool = False, write: bool = True) -> list[tuple[str, list[str]]]:
     """The script runs of one cell: (script, argv), in order. ``select``: a selection run (in <out-dir>/selection,
-    scored on the selection split only, no one-shot naive merge)."""
+    scored on the selection split only, no one-shot naive merge); ``write`` False: its shards checked, not made."""
     task, data, common_args, seq = task_data(args, name)
     out = Path(args.out_dir) / "selection" if select else Path(args.out_dir)
     common_args = common_args + ["--out-dir", str(out), "--seed", str(seed), "--run-name", run,
@@ -158,7 +166,7 @@ def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr
             "--do_train", *([] if select else ["--do_eval"]), "--num_train_epochs", str(total_epochs),
             "--eval_every_epochs", str(args.local_epochs), "--per_device_train_batch_size", str(args.batch_size),
             "--per_device_eval_batch_size", str(args.eval_batch_size)])]
-    shard_dir = make_shard_dir(args, name, task, data, sharding, seed)
+    shard_dir = make_shard_dir(args, name, task, data, sharding, seed, write)
     fed = common_args + ["--svd_rank", str(args.lora_r), "--batch_size", str(args.batch_size), "--eval_batch_size",
                          str(args.eval_batch_size), "--shard_dir", str(shard_dir), "--save_client_adapters", "last"] \
         + (["--no_validation"] if select else [])
@@ -223,13 +231,23 @@ def choose(args) -> dict:
     return {name: {f: v["chosen"] for f, v in record["tasks"][name].items()} for name in args.tasks}
 
 
-def cells(args, rates: dict) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+def cells(args, rates: dict, write: bool = True) -> list[tuple[str, list[tuple[str, list[str]]]]]:
     """(run name, [(script, argv), ...]) of every reported cell at the chosen rates ({task: {family: rate}}):
     cell by cell in the design's order of priority, the seeds of a cell together (an interrupted grid has every
-    seed of its first cells)."""
-    return [(run, cell_steps(args, name, method, sharding, seed, rates[name][FAMILY[method]], run))
+    seed of its first cells). ``write`` False: the shards checked, not made."""
+    return [(run, cell_steps(args, name, method, sharding, seed, rates[name][FAMILY[method]], run, write=write))
             for name in args.tasks for method, sharding in design(args, name) for seed in args.seeds
             for run in [f"{name}_{method}_s{seed}" if method == "central" else f"{name}_{method}_{sharding}_s{seed}"]]
+
+
+def check_cells(args) -> None:
+    """The reported cells at every rate the selection may choose, checked before the selection trains
+    (``jobs.check_plan``; their shards split in memory, not written): a setting only they use (a Dirichlet shard's
+    --min_per_label) is refused now, not after the selection stage."""
+    width = max(len(grid_of(args, family)) for family in SELECTION_CELL)
+    candidates = [{name: {f: grid_of(args, f)[min(i, len(grid_of(args, f)) - 1)] for f in SELECTION_CELL}
+                   for name in args.tasks} for i in range(width)]
+    jobs.check_plan([j for rates in candidates for j in jobs_of(cells(args, rates, write=False))], "lora_glue_fl grid")
 
 
 def jobs_of(cells_: list[tuple[str, list[tuple[str, list[str]]]]]) -> list[jobs.Job]:
@@ -260,6 +278,7 @@ def main(argv=None) -> dict:
         statuses = {}
     else:
         chooser = selection_cells(args)
+        check_cells(args)
         print(f"selection stage: {len(chooser)} runs (rates {args.lr_grid}, seeds {args.select_seeds})", flush=True)
         first = jobs.run_plan(jobs_of(chooser), title="lora_glue_fl selection stage", **plan)
         statuses = first.status

@@ -47,10 +47,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.config_legacy = mmodel.config_legacy
     return p
 
+check_args = federated.finish_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
+
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    federated.finish_args(args)
+    check_args(args)
     device = cli.resolve_device(args.device)
     mmodel.quiet_kernel_warnings()
     data = lmdata.load_lm_data(args, device)

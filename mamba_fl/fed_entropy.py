@@ -72,9 +72,15 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     return p
 
 
+def check_args(args) -> None:
+    """The combinations this script refuses (one line, exit 2), before anything runs."""
+    cli.check(args.holdout_fraction > 0, "FedEntropy measures entropy on held-out data: --holdout-fraction must be > 0")
+    federated.finish_args(args)
+
+
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    cli.check(args.holdout_fraction > 0, "FedEntropy measures entropy on held-out data: --holdout-fraction must be > 0")
+    check_args(args)
     return federated.run(args, METHOD)
 
 

@@ -102,6 +102,7 @@ def check_args(args) -> None:
     cli.check(args.fisher_method != "local" or args.local_updates >= 2,
               f"--fisher-method local pairs consecutive local steps: needs --local-updates >= 2, "
               f"got {args.local_updates}")
+    federated.finish_args(args)
 
 
 def main(argv=None) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -239,6 +238,44 @@ def earlier_choice(given: dict, arms, second_phase: bool) -> dict | None:
             **({"best_other": given["best_other"]} if second_phase else {})}
 
 
+def read_selection(path: str) -> dict:
+    """``--selection``: an earlier grid's selection.json, read strictly (``cli.read_json``: no NaN, no nesting
+    beyond reason): each chosen arm one of this grid's, with its one choice flag (``CHOICES``) at a finite number
+    (a name for --fisher-method), ``best_other`` one of ``OTHERS``; the values are then checked by the scripts
+    with every run (``check_runs``). A ``UsageError`` naming the first problem otherwise."""
+    given = cli.read_json(path, f"--selection {path}: no such file")
+    expected = (f"--selection {path}: expected a grid's selection.json, its choices under \"chosen\" as "
+                "{arm: {flag: value}}")
+    chosen = given.get("chosen", {}) if isinstance(given, dict) else None
+    cli.check(isinstance(chosen, dict) and all(isinstance(v, dict) for v in chosen.values()), expected)
+    for arm, setting in chosen.items():
+        cli.check(arm in CHOICES, f"{expected}; {arm!r} is no arm this grid chooses for ({', '.join(CHOICES)})")
+        flag, values = CHOICES[arm]
+        value = setting.get(flag)
+        kind = (str,) if isinstance(values[0], str) else (int, float)
+        cli.check(set(setting) == {flag} and type(value) in kind, f"{expected}; {arm} chooses {flag} only, as a "
+                                                                   f"{'name' if kind == (str,) else 'number'}, got "
+                                                                   f"{setting!r}")
+    cli.check(given.get("best_other", OTHERS[0]) in OTHERS,
+              f"{expected}; best_other {given.get('best_other')!r} is not one of {', '.join(OTHERS)}")
+    cli.check(isinstance(given.get("scores", {}), dict), f"{expected}; its \"scores\" are not an object")
+    return given
+
+
+def check_runs(args, out: Path, blocks: int, given: dict) -> None:
+    """Every run this grid may start, checked by its script before the first one starts (``jobs.check_plan``):
+    the selection runs of both phases and the reported runs, at each candidate of every arm (or --selection's
+    choice) and each best other arm; a problem that only a later stage's runs have is refused now, not after the
+    earlier stages trained."""
+    width = max(len(values) for _, values in CHOICES.values())
+    picks = [{arm: {flag: values[min(i, len(values) - 1)]} for arm, (flag, values) in CHOICES.items()}
+             | given.get("chosen", {}) for i in range(width)]
+    plan = [j for chosen in picks for arms in PHASES for j in selection_plan(args, out, blocks, arms, chosen)]
+    plan += [j for chosen in picks for other in OTHERS
+             for j in reported_plan(args, out, blocks, {"chosen": chosen, "best_other": other})]
+    jobs.check_plan(plan, "mamba_fl real text")
+
+
 def reported_plan(args, out: Path, blocks: int, picked: dict) -> list[jobs.Job]:
     """The plateau runs (each with its equal-compute point): the headline, and with ``--block all`` the other
     arms, the topic shards, 16 clients and the 4-layer model after them."""
@@ -270,15 +307,16 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     for f in args.data:
         cli.check(Path(f).is_file(), f"--data {f}: no such file (the WikiText-2 files to split)")
-    given = cli.read_json(args.selection, f"--selection {args.selection}: no such file") if args.selection else {}
-    chosen = given.get("chosen", {}) if isinstance(given, dict) else None
-    cli.check(isinstance(chosen, dict) and all(isinstance(v, dict) for v in chosen.values()),
-              f"--selection {args.selection}: expected a grid's selection.json, its choices under \"chosen\" as "
-              "{arm: {flag: value}}")
+    given = read_selection(args.selection) if args.selection else {}
     suffix = "_source" if args.size == "source" else ""  # the folders of --size source
     out, figures = cli.check_out_dir(args.out_dir or "runs/mamba_real" + suffix), "mamba_fl/figures/real" + suffix
     if (out / "split" / "split.json").is_file():  # a grid goes on with its split: cut from these --data files
-        cut = [s["sha256"] for s in json.loads((out / "split" / "split.json").read_text())["sources"]]
+        split = cli.read_json(out / "split" / "split.json")
+        sources = split.get("sources") if isinstance(split, dict) else None
+        cli.check(isinstance(sources, list) and all(isinstance(s, dict) and "sha256" in s for s in sources),
+                  f"{out / 'split' / 'split.json'} is not split_wikitext.py's record; remove {out / 'split'} to split "
+                  "again")
+        cut = [s["sha256"] for s in sources]
         cli.check(cut == [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in args.data],
                   f"{out / 'split'} was cut from other files than --data {' '.join(args.data)} (split.json); give "
                   "those, or another --out-dir")
@@ -297,6 +335,7 @@ def main(argv=None) -> dict:
         split_wikitext.main(["--raw", *args.data, "--valid-fraction", "0.1", "--test-fraction", "0.1",
                              "--shuffle-seed", "0", "--out-dir", str(out / "split")])
     blocks = train_blocks(args, out)
+    check_runs(args, out, blocks, given)
     run = lambda plan, title, nxt="": jobs.run_plan(plan, parallel=args.jobs, log_dir=out / "logs",  # noqa: E731
                                                     dry_run=args.dry_run, title=title, next_step=nxt)
     picked: dict = {"chosen": {}, "scores": {}}

@@ -40,16 +40,36 @@ def load_suites(paths: list[str], designs: list | None = None) -> dict[int, dict
     suites: dict[int, dict[str, dict]] = {}
     for p in paths:
         f = Path(p) / "results.json"
-        saved = cli.read_json(f, f"{p}: no results.json (run vit_sparse_fl/run_all_experiments.py there first)")
-        cli.check(isinstance(saved, dict) and "rounds" in saved and "table" in saved,
-                  f"{f}: not a suite's results.json (no 'rounds' / 'table'; written by run_all_experiments.py)")
-        rounds = int(saved["rounds"])
+        saved = cli.read_json(f, f"{p}: no results.json (run vit_sparse_fl/run_all_experiments.py there first)",
+                              allow_nan=True)  # its table: nan for a statistic of one seed
+        rounds, design, table = _suite_record(f, saved)
         if designs is not None:
-            designs.append(suite.Design(**saved["design"]) if "design" in saved else suite.VIT)
+            designs.append(design)
         cli.check(rounds not in suites, f"two suites with R = {rounds}: {p} and another")
-        suites[rounds] = {k: {int(s): v for s, v in rec["test_accuracy"].items()}
-                          for k, rec in saved["table"].items() if rec["test_accuracy"]}
+        suites[rounds] = table
     return dict(sorted(suites.items()))
+
+
+def _suite_record(f: Path, saved) -> tuple[int, suite.Design, dict[str, dict]]:
+    """(rounds, design, {setting: {seed: test accuracy}}) of a results.json, its shape checked (one line naming
+    the file otherwise; no design recorded: a ViT suite)."""
+    problem = f"{f}: not a suite's results.json (written by run_all_experiments.py): "
+    cli.check(isinstance(saved, dict) and "rounds" in saved and "table" in saved, problem + "no 'rounds' / 'table'")
+    rounds, table, design = saved["rounds"], saved["table"], saved.get("design")
+    cli.check(type(rounds) is int and rounds > 0, problem + f"'rounds' {rounds!r} is not a positive integer")
+    fields = {fl.name: {"int": int, "str": str}.get(fl.type, dict) for fl in dataclasses.fields(suite.Design)}
+    required = {fl.name for fl in dataclasses.fields(suite.Design) if fl.default is dataclasses.MISSING}
+    cli.check(design is None or isinstance(design, dict) and required <= set(design) <= set(fields)
+              and all(type(v) is fields[k] for k, v in design.items()),
+              problem + f"'design' is not an object of {', '.join(sorted(fields))}")
+    cli.check(isinstance(table, dict) and all(isinstance(rec, dict) and isinstance(rec.get("test_accuracy"), dict)
+                                              for rec in table.values()),
+              problem + "'table' is not {setting: {\"test_accuracy\": {seed: accuracy}}}")
+    accuracies = {k: rec["test_accuracy"] for k, rec in table.items() if rec["test_accuracy"]}
+    cli.check(all(s.isdigit() and type(v) in (int, float) for acc in accuracies.values() for s, v in acc.items()),
+              problem + "a test accuracy is not {seed: number}")
+    return (rounds, suite.Design(**design) if design else suite.VIT,
+            {k: {int(s): v for s, v in acc.items()} for k, acc in accuracies.items()})
 
 
 def reference(setting: str) -> str | None:
@@ -171,13 +191,13 @@ def plot(suites: dict[int, dict[str, dict]], path: Path, d: suite.Design = suite
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    out = cli.check_out_dir(args.out, "--out")
     designs: list[suite.Design] = []
     suites = load_suites(args.suites, designs)
     cli.check(len(suites) >= 2, "give at least two suites of different rounds")
     cli.check(len({json.dumps(dataclasses.asdict(d), sort_keys=True) for d in designs}) == 1,
               "the suites have different designs (task, clients, local steps, batch): compare suites of one kind")
     text, record = make_table(suites, designs[0])
-    out = Path(args.out)
     atomic_write_text(out / "results_budgets.md", text)  # makes the folder
     print(text)
     name = "text" if designs[0].name == "ag_news" else "vit"

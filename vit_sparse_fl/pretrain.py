@@ -41,6 +41,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     return parser
 
 
+check_args = train_centralized.check_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
+
+
 def base_settings(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     """(the parsed flags, the settings that shape the base: what its key hashes)."""
     parser = get_args_parser()

@@ -224,6 +224,16 @@ def plan(args, base: str, rates: dict[str, float] | None = None, extra: dict[str
             for seed in range(args.num_runs) for name, script, argv in settings(args, base, args.rounds)]
 
 
+def check_runs(args, out: Path, base: str, rates: dict[str, float] | None) -> None:
+    """Every run of the suite checked by its script before the first one starts (``jobs.check_plan``): the
+    selection runs and the reported runs at each rate the selection may choose (``rates``: --lr's, no selection)."""
+    names = [name for name, _, _ in settings(args, base, args.rounds)]
+    picks = [rates] if rates else [{n: lr_grid(args, n)[min(i, len(lr_grid(args, n)) - 1)] for n in names}
+                                   for i in range(max(len(lr_grid(args, n)) for n in names))]
+    runs = ([] if rates else plan(args, base)) + [r for pick in picks for r in plan(args, base, pick)]
+    jobs.check_plan(jobs_of(None, runs, out), f"{design(args).name} suite")
+
+
 def choose(args, out: Path, base: str) -> dict[str, float]:
     """{setting: rate} from the selection runs (a diverged or missing run is never chosen); scores and choices
     in <out>/selection.json, keeping those of settings outside this call's plan."""
@@ -477,6 +487,7 @@ def main(argv=None) -> dict:
 
         trained = 0
         rates = {name: args.lr for name, _, _ in settings(args, base, args.rounds)} if args.lr else None
+        check_runs(args, out, base, rates)
         if rates is None:
             trained += train(plan(args, base), out / "selection", "learning-rate selection")
             rates = choose(args, out, base)

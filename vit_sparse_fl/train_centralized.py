@@ -58,12 +58,17 @@ def keep_best(run_path, best: list[dict], epoch: int, acc: float, model, k: int)
     return best[:k]
 
 
-def main(argv=None) -> dict:
-    args = get_args_parser().parse_args(argv)
+def check_args(args) -> None:
+    """Validation of everything that can be checked before loading data."""
     exp.validate_model_args(args)
     cli.check(args.warmup_epochs < args.epochs, f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs} "
                                                 f"with --epochs {args.epochs}")
     cli.check(args.min_lr <= args.lr, f"--min-lr must be in [0, --lr], got {args.min_lr}")
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    check_args(args)
 
     seeding.seed_everything(args.seed)
     device = cli.resolve_device(args.device)

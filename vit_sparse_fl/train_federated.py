@@ -73,6 +73,9 @@ def finish_args(args) -> None:
                                 optimizer_hint=f"--momentum {args.momentum}; use --momentum 0")
 
 
+check_args = finish_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
+
+
 def default_run_name(args, prefix: str = "fedavg", *, shard: str | None = None, steps: str | None = None,
                      seed: bool = True) -> str:
     """<prefix>[_<data>]_<shard>_J<steps>_R<rounds>_lr<lr>_seed<seed>; ``shard`` / ``steps`` replace the run's own

@@ -146,11 +146,16 @@ def run_one(args) -> dict:
     return run_sparse(args)
 
 
-def main(argv=None) -> dict:
-    args = get_args_parser().parse_args(argv)
+def check_args(args) -> None:
+    """Validation of everything that can be checked before loading data."""
     fed.finish_args(args)
     cli.check(not args.mask_embeddings or args.arch == "encoder",
               "--mask-embeddings: only a text encoder (--arch encoder) has embedding tables; a ViT has none")
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    check_args(args)
     with D.process_group():                                  # under torchrun, left when the run ends
         if not args.compare_strategies:
             return run_one(args)
