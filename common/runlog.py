@@ -238,6 +238,17 @@ def _nonfinite(value: Any, numbers: bool = True) -> str | None:
     return None
 
 
+def divergence(path: Path, where: str, reason: str, checkpoint_at: str | None,
+               rerun: str = "rerun with --overwrite") -> tuple[dict, Diverged]:
+    """A run in ``path`` stopped at ``where`` on a non-finite value: the fields its summary.json gets (``status:
+    diverged``) and the ``Diverged`` to raise (exit 3), naming the last finite checkpoint (``checkpoint_at``)."""
+    kept = (f"{CHECKPOINT_FILE} keeps the last finite state ({checkpoint_at})" if checkpoint_at
+            else "no checkpoint had been saved")
+    fields = {"status": "diverged", "diverged_at": where, "reason": reason, "checkpoint": checkpoint_at}
+    return fields, Diverged(f"{reason} at {where}; the run stopped (status 'diverged' in {path / SUMMARY_FILE}), "
+                            f"{kept}; lower the learning rate and {rerun}")
+
+
 def _where(state: dict) -> str | None:
     return next((f"{key} {state[key]}" for key in ("round", "epoch", "step")
                  if key in state and isinstance(state[key], (int, float))), None)
@@ -594,16 +605,12 @@ class RunDir:
     def diverge(self, where: str, what: str, summary: dict | None = None, reason: str | None = None):
         """Write summary.json with ``status: diverged`` (the checkpoint keeps the last finite state), release the
         lock and raise ``Diverged``."""
-        kept = (f"{CHECKPOINT_FILE} keeps the last finite state ({self._checkpoint_at})" if self._checkpoint_at
-                else "no checkpoint had been saved")
-        reason = reason or f"non-finite {what}"
+        fields, error = divergence(self.path, where, reason or f"non-finite {what}", self._checkpoint_at)
         if self.is_main:
             self.claim()
-            self.write_summary({**(summary or {}), "status": "diverged", "diverged_at": where,
-                                "reason": reason, "checkpoint": self._checkpoint_at})
+            self.write_summary({**(summary or {}), **fields})
         self.release()
-        raise Diverged(f"{reason} at {where}; the run stopped (status 'diverged' in "
-                       f"{self.path / SUMMARY_FILE}), {kept}; lower the learning rate and rerun with --overwrite")
+        raise error
 
     @property
     def wall_seconds(self) -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from common import checkpoint as CK
-from common import cli, export, flags
+from common import cli, export, flags, runlog
 from common.checkpoint import save_checkpoint  # by name: the tests interrupt it
 from common.config import add_config_arg
 from common.engine import cosine_lr
@@ -146,6 +146,16 @@ def pretrained_base(argv: list[str] | None = None) -> Path:
     return final
 
 
+def stop_diverged(work: Path, step: int, state: dict, saved: bool) -> None:
+    """A non-finite loss or validation perplexity at ``step``: summary.json ``status: diverged`` in the work folder
+    (``runlog.divergence``, as every training run), whose checkpoint keeps the last finite evaluation; exit 3."""
+    fields, error = runlog.divergence(work, f"step {step}", "non-finite training loss or validation perplexity",
+                                      f"step {state['step']}" if saved else None,
+                                      rerun="rerun with another --lr (another base)")
+    CK.atomic_write_json(work / runlog.SUMMARY_FILE, {**fields, "history": state["history"]})
+    raise error
+
+
 def train_base(args, config: dict, articles: list, work: Path, final: Path) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -198,6 +208,8 @@ def train_base(args, config: dict, articles: list, work: Path, final: Path) -> N
         opt.step()
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             val = perplexity(model, evals["valid"])["ppl"]  # in eval mode; the model's own flags restored after
+            if not (math.isfinite(val) and math.isfinite(float(loss.detach()))):
+                stop_diverged(work, step + 1, state, ckpt.is_file())
             state["history"].append({"step": step + 1, "train_loss": float(loss.detach()), "val_ppl": val})
             if val < state["best_ppl"]:
                 state["best_ppl"], state["best"] = val, {k: v.clone() for k, v in model.state_dict().items()}

@@ -110,3 +110,20 @@ def test_bad_input_fails_in_one_line(extra, expected, tmp_path, capsys):
     line = one_line_error(pretrain.main, ["--quick", "--cache-dir", str(tmp_path / "c"), *extra], capsys)
     assert expected in line, line
     assert not (tmp_path / "c").exists()
+
+
+def test_a_diverged_pretraining_exits_3_with_a_diverged_summary(tmp_path, capsys):
+    """Every validation perplexity NaN (a rate of 1e30): exit 3 in one line, summary.json ``status: diverged`` in
+    the work folder, no base made (before: best model None, a TypeError traceback)."""
+    from common import cli
+
+    argv = ["--quick", "--quiet", "--lr", "1e30", "--text-files", str(wikitext(tmp_path / "w.raw")),
+            "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit) as e:
+        cli.run(pretrain.main, argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 3 and "\n" not in err and "Traceback" not in err and "diverged" in err, err
+    (summary,) = (tmp_path / "cache").glob("*.run/summary.json")
+    record = json.loads(summary.read_text())
+    assert record["status"] == "diverged" and record["diverged_at"] == "step 20"
+    assert not list((tmp_path / "cache").glob("*/pretrain.json"))

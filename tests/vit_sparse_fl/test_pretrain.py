@@ -78,3 +78,16 @@ def test_cache_key_ignores_flags_that_do_not_change_the_base():
         key("--checkpoint-every", "3")
     assert key() != key("--seed", "1")
     assert key() == "5511fd203c3f3718"
+
+
+def test_a_diverged_pretraining_exits_3_with_a_diverged_summary(tmp_path, capsys):
+    """A rate of 1e30: the base's run stops as every training run does (exit 3, one line, status diverged)."""
+    import json
+
+    with pytest.raises(SystemExit) as e:
+        cli.run(pretrain.main, [*TINY, "--classes", "10", "20", "--lr", "1e30", "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 3 and "\n" not in err and "Traceback" not in err, err
+    (summary,) = tmp_path.glob("*.run/summary.json")
+    assert json.loads(summary.read_text())["status"] == "diverged"
+    assert not list(tmp_path.glob("*/base.pt"))
