@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from common import compiled, config, runlog, tracking
+from common import caches, compiled, config, runlog, tracking
 from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageError)
     EXIT_DIVERGED,
     EXIT_USAGE,
@@ -31,7 +31,7 @@ from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageEr
     no_space,
     read_json,
 )
-from common.flags import FRACTION, POSITIVE_INT, SEED, Number
+from common.flags import FOLDER, FRACTION, POSITIVE_INT, SEED, Folder, Number
 
 
 def _add_argument(original: Callable, *names, **kwargs):
@@ -89,6 +89,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         ns = super().parse_args(args, namespace)
         check_numbers(self, ns)
+        check_folders(self, ns)
         return ns
 
 
@@ -100,6 +101,23 @@ def check_numbers(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> No
         value = getattr(ns, action.dest)
         fix = functools.partial(_checked_number, parser, action)
         setattr(ns, action.dest, type(value)(map(fix, value)) if isinstance(value, (list, tuple)) else fix(value))
+
+
+def check_folders(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    """Every folder the script will write in (its ``flags.Folder`` flags; the text cache's default, derived from
+    ``--out-dir``, last) checked by ``check_out_dir`` now, before the script reads or writes anything: validate,
+    then write."""
+    folders, derived = {}, []
+    for action in parser._actions:
+        if isinstance(action.type, Folder) and action.dest not in folders and hasattr(ns, action.dest):
+            value = getattr(ns, action.dest)
+            folders[action.dest] = (value, config.flag_name(action))
+            if value is None and action.type.derived:
+                out_dir = getattr(ns, "out_dir", None)
+                derived.append((caches.derived_cache_dir(None, out_dir), caches.derived_cache_name(out_dir)))
+    for value, flag in [*folders.values(), *derived]:
+        if value is not None:
+            check_out_dir(value, flag)
 
 
 def _checked_number(parser: argparse.ArgumentParser, action: argparse.Action, v):
@@ -133,7 +151,7 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
     g = parser.add_argument_group("run")
     g.add_argument("--seed", type=SEED, default=seed, help="global seed; client streams derive from it")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--out-dir", default=out_dir, help="parent folder of run directories")
+    g.add_argument("--out-dir", type=FOLDER, default=out_dir, help="parent folder of run directories")
     g.add_argument("--run-name", default=None, help="run directory name (default: derived from the settings)")
     g.add_argument("--quick", action="store_true", help="tiny model, few rounds, embedded data: a smoke run")
     g.add_argument("--quiet", action="store_true", help="no progress bar")

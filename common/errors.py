@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -88,9 +89,11 @@ def run_holding(path: str | os.PathLike) -> Path | None:
 
 
 def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir", own_run: bool = False) -> Path:
-    """``path`` can be (or become) a folder we may write in: not a file, no name too long, no broken or looping
-    link, the nearest existing ancestor writable, and (unless ``own_run``: the run directory itself) not inside
-    a run directory (only the run itself writes there). Nothing is created; ``UsageError`` otherwise."""
+    """``path`` can be (or become) a folder we may write in: not empty (an empty path would write into the current
+    folder, never what a user means), not a file, no name too long, no broken or looping link, the nearest existing
+    ancestor writable (``_writable``), and (unless ``own_run``: the run directory itself) not inside a run directory
+    (only the run itself writes there). Nothing is left behind; ``UsageError`` otherwise."""
+    check(os.fspath(path) != "", f"{flag} is an empty path; expected a folder (. for the current one)")
     path = Path(path)
     try:
         limit = os.pathconf(".", "PC_NAME_MAX")
@@ -114,10 +117,30 @@ def check_out_dir(path: str | os.PathLike, flag: str = "--out-dir", own_run: boo
             break
         probe = probe.parent
     if probe == path:
-        check(path.is_dir(), f"{flag} {path} is a file; expected a folder")
-    check(probe.is_dir(), f"{flag} {path}: {probe} is a file, not a folder; expected a folder path")
-    check(os.access(probe, os.W_OK | os.X_OK), f"{flag} {path}: {probe} is not writable; choose a writable folder")
+        check(path.is_dir(), f"{flag} {path} is {_what(path)}; expected a folder")
+    check(probe.is_dir(), f"{flag} {path}: {probe} is {_what(probe)}, not a folder; expected a folder path")
+    check(_writable(probe, try_it=not (own_run and probe == path)),
+          f"{flag} {path}: {probe} is not writable; choose a writable folder")
     run = None if own_run else run_holding(path)
     check(run is None, f"{flag} {path} is inside the run directory {run} (it holds {RUN_FILE}); writing there "
                        "would change that run; choose a folder outside it")
     return path
+
+
+def _what(path: Path) -> str:
+    return "a file" if path.is_file() else "not a folder (a device or other special file)"
+
+
+def _writable(folder: Path, try_it: bool = True) -> bool:
+    """Whether we can create in ``folder``. Permission bits do not bind root, and /proc or a read-only mount
+    refuses what they allow, so (with ``try_it``) a folder is made in it and removed at once; never inside a run
+    directory, whose entries another run's ``--overwrite`` may be deleting (``os.access`` there)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    if not try_it:
+        return True
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fedlab-write-probe-", dir=folder))
+    except OSError:
+        return False
+    return True

@@ -1,7 +1,7 @@
 """The shared flag vocabulary (one name per idea in every script, beside the source projects' own names) and
 the argparse number types: ``Number`` and ``COUNT`` (>= 0), ``POSITIVE_INT`` (>= 1), ``SEED`` (0 .. 2**32 - 1:
 what every RNG we seed accepts), ``FRACTION`` (in (0, 1]), ``POSITIVE`` (finite, > 0). Being types, they apply
-to command-line and ``--config`` values alike.
+to command-line and ``--config`` values alike. ``FOLDER`` / ``CACHE_FOLDER`` mark the folders a script writes in.
 """
 from __future__ import annotations
 
@@ -58,6 +58,19 @@ class OnlyHere:
         return text
 
 
+class Folder:
+    """An argparse ``type`` marking a folder the script writes in (``--out-dir``, ``--cache-dir``): after parsing,
+    ``common.cli.check_folders`` checks it (``common.errors.check_out_dir``) before anything is written. ``derived``:
+    the flag is the text cache, whose default is ``common.caches.derived_cache_dir`` (beside the runs)."""
+
+    def __init__(self, derived: bool = False):
+        self.derived, self.__name__, self.expects = derived, "folder path", "a folder path"
+
+    def __call__(self, text: str) -> str:
+        return text
+
+
+FOLDER, CACHE_FOLDER = Folder(), Folder(derived=True)
 COUNT = Number(int, 0)
 POSITIVE_INT = Number(int, 1)
 SEED = Number(int, 0, 2**32 - 1)

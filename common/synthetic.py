@@ -16,9 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common import synthetic_cifar, synthetic_glue, synthetic_text
+from common import caches, synthetic_cifar, synthetic_glue, synthetic_text
 from common.checkpoint import give_usual_permissions
-from common.cli import UsageError, check
+from common.cli import UsageError, check, check_out_dir
 
 FORMAT_VERSION = 1      # part of every cache key, with a hash of the generators' code
 _GENERATORS = (synthetic_text, synthetic_glue, synthetic_cifar)
@@ -37,9 +37,7 @@ def _code_digest() -> str:
     return h.hexdigest()[:12]
 
 
-def default_root() -> Path:
-    """$FEDLAB_DATA, else ~/.cache/fedlab/synthetic."""
-    return Path(os.environ.get("FEDLAB_DATA") or Path.home() / ".cache" / "fedlab" / "synthetic")
+default_root = caches.data_root  # $FEDLAB_DATA, else ~/.cache/fedlab/synthetic
 
 
 def ensure(kind: str, root=None, **params) -> Path:
@@ -57,6 +55,8 @@ def ensure(kind: str, root=None, **params) -> Path:
     final = root / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (final / ".complete").is_file():
         return final
+    check_out_dir(root, "the embedded-data folder" if root != default_root() else
+                  "the embedded-data folder ($FEDLAB_DATA, else ~/.cache/fedlab/synthetic)")
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{kind}-tmp-"))
     try:

@@ -11,14 +11,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from common.caches import default_cache_dir, derived_cache_dir  # noqa: F401  (re-exported)
 from common.checkpoint import atomic_path
-from common.cli import UsageError, check
+from common.cli import UsageError, check, check_out_dir
 from common.errors import first_line
 
 IGNORE_INDEX = -100
@@ -27,20 +27,6 @@ _STYLES = {
     "roberta": {"specials": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "bos": "<s>", "eos": "</s>",
                 "pad": "<pad>", "unk": "<unk>", "mask": "<mask>"},
 }
-
-
-def default_cache_dir() -> Path:
-    """``$FEDLAB_CACHE`` or ``~/.cache/fedlab``."""
-    return Path(os.environ.get("FEDLAB_CACHE", Path.home() / ".cache" / "fedlab"))
-
-
-def derived_cache_dir(cache_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None) -> Path:
-    """Where tokenizers and token streams derived from the user's text go: ``--cache-dir``, else
-    ``$FEDLAB_CACHE``, else ``<out-dir>/cache`` beside the runs (not a hidden home folder the user did not
-    name), else ``default_cache_dir()``."""
-    if cache_dir or os.environ.get("FEDLAB_CACHE"):
-        return Path(cache_dir or os.environ["FEDLAB_CACHE"])
-    return Path(out_dir) / "cache" if out_dir else default_cache_dir()
 
 
 def _files_hash(files: Sequence[str | Path], *extra) -> str:
@@ -64,6 +50,7 @@ def _train(kind: str, train_files: Sequence[str | Path], vocab_size: int, style:
 
     path = cache_dir / "tokenizers" / f"{kind}-{style}-{vocab_size}-{_files_hash(train_files, vocab_size, style)}.json"
     if not path.exists():
+        check_out_dir(cache_dir, "the tokenizer cache")  # e.g. ~/.cache/fedlab a file: one line, nothing written
         specials = _STYLES[style]["specials"]
         if kind == "bpe":
             tok = Tokenizer(models.BPE())

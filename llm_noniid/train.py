@@ -48,7 +48,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="ag_news | wikitext | synthetic (embedded topic-structured AG News)")
     g.add_argument("--data-dir", default=None, help="folder with the original files (AG News train.csv/test.csv, "
                    "WikiText wiki.train.raw/wiki.valid.raw); default: the Hugging Face hub")
-    g.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for models and datasets")
+    g.add_argument("--cache-dir", type=flags.CACHE_FOLDER, default=None,
+                   help="Hugging Face cache folder for models and datasets")
     g.add_argument("--max-train-examples", type=flags.COUNT, default=0,
                    help="random subset of the training texts (0: all)")
     g.add_argument("--max-eval-examples", type=flags.COUNT, default=1000,

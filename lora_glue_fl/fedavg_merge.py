@@ -34,7 +34,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--aggregation", choices=adapters.METHODS, default=None,
                    help="svd (default), naive (average A and B) or exact (stacked factors)")
     p.add_argument("--skip_svd", action="store_true", help="the source's flag for --aggregation naive")
-    p.add_argument("--save_adapter", required=True, help="output folder of the fused adapter")
+    p.add_argument("--save_adapter", type=flags.FOLDER, required=True, help="output folder of the fused adapter")
     p.add_argument("--overwrite", "--overwrite_output_dir", action="store_true",
                    help="replace an adapter already in --save_adapter (refused without it)")
     p.add_argument("--task_name", default="glue", help="recorded in fuse_manifest.json; the task --do_eval scores")
@@ -49,7 +49,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
                    help="evaluate on the first N examples only")
     g.add_argument("--eval_batch_size", type=flags.POSITIVE_INT, default=32, help="evaluation batch size")
-    g.add_argument("--cache_dir", default=None, help="Hugging Face cache for models and datasets")
+    g.add_argument("--cache_dir", type=flags.FOLDER, default=None, help="Hugging Face cache for models and datasets")
     return p
 
 

@@ -49,7 +49,8 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
                 "epochs)", type=flags.POSITIVE)
     if lora:
         g = modeling.add_lora_args(p, "adapter rank", "lora_alpha (scaling alpha / r)")
-        g.add_argument("--adapter_output_dir", default=None, help="where the adapter goes (default <run dir>/adapter)")
+        g.add_argument("--adapter_output_dir", type=flags.FOLDER, default=None,
+                       help="where the adapter goes (default <run dir>/adapter)")
     cli.add_run_args(p, seed=42)
     p.add_argument("--output_dir", dest="out_dir", default=argparse.SUPPRESS, help="the source's name for --out-dir")
     return p

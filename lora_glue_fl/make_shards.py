@@ -40,8 +40,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="stratify / categorise STS-B by raw score instead of bins of width 0.2")
     p.add_argument("--seed", type=flags.SEED, default=42, help="shuffling seed")
     glue_tasks.add_data_args(p)
-    p.add_argument("--cache_dir", default=None, help="Hugging Face datasets cache")
-    p.add_argument("--out_dir", default=None, help="where the manifests go (default: shards/<task>_<mode>_k<K>)")
+    p.add_argument("--cache_dir", type=flags.FOLDER, default=None, help="Hugging Face datasets cache")
+    p.add_argument("--out_dir", type=flags.FOLDER, default=None,
+                   help="where the manifests go (default: shards/<task>_<mode>_k<K>)")
     p.add_argument("--quick", action="store_true", help="embedded data (the other flags still apply)")
     p.add_argument("--no_plot", action="store_true", help="skip label_histograms.png")
     return p

@@ -54,7 +54,7 @@ def add_model_args(parser) -> None:
                    help="vocabulary of a trained 'bpe' tokenizer")
     g.add_argument("--max_seq_length", type=flags.POSITIVE_INT, default=128,
                    help="tokens per example (the source used 128)")
-    g.add_argument("--cache_dir", default=None, help="Hugging Face cache for models and datasets")
+    g.add_argument("--cache_dir", type=flags.FOLDER, default=None, help="Hugging Face cache for models and datasets")
     g.add_argument("--train_pooler", action="store_true",
                    help="train (and, federated, average) the encoder's pooler with the head: BERT's dense + tanh "
                         "over [CLS], the counterpart of the dense layer RoBERTa's classification head trains")

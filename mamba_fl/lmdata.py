@@ -33,7 +33,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, batch_size: int, sharding:
                         "wikitext2: Hugging Face wikitext-2-raw-v1 (needs the hub or --cache-dir)")
     g.add_argument("--data-dir", default=None,
                    help="folder with wiki.train.raw and wiki.valid.raw (raw WikiText format); overrides --data")
-    g.add_argument("--cache-dir", default=None,
+    g.add_argument("--cache-dir", type=flags.CACHE_FOLDER, default=None,
                    help="cache for datasets, tokenizers and token streams (default $FEDLAB_CACHE if set, else "
                         "<out-dir>/cache); the run's own tokenizer is also saved in <run>/model")
     g.add_argument("--tokenizer", default="auto",

@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from common import cli
+from common import cli, flags
 from common.checkpoint import atomic_write_json, built_once, settings_key
 from vit_sparse_fl import experiment as exp
 from vit_sparse_fl import train_centralized
@@ -36,7 +36,7 @@ ADDED_LATER = ("max_length",)
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = train_centralized.get_args_parser(add_help=add_help)
     parser.description = __doc__.split("\n\n")[0]
-    parser.add_argument("--cache-dir", default="runs/vit_base",
+    parser.add_argument("--cache-dir", type=flags.FOLDER, default="runs/vit_base",
                         help="folder of cached bases, one sub-folder per settings key")
     return parser
 
