@@ -6,9 +6,9 @@ folder that ``train.py --model <folder>`` fine-tunes with LoRA like any hub mode
 
 No pretrained weights can be downloaded here. The recipe (WikiText articles split 90 / 5 / 5, a byte-level BPE
 fitted on the training articles, AdamW with warm-up and cosine decay, the best validation checkpoint kept): README.
-The folder is cached under ``<cache-dir>/<key>/`` by a key of the settings and the text (a file lock makes a
-concurrent caller wait), ``pretrain.json`` beside the weights; an interrupted pretraining resumes from
-``<key>.run/checkpoint.pt`` at its last evaluation, bit for bit.
+The folder is cached under ``<cache-dir>/<key>/`` by a key of the settings, the text and the torch threads (their
+count changes the float sums); a file lock makes a concurrent caller wait; ``pretrain.json`` beside the weights; an
+interrupted pretraining resumes from ``<key>.run/checkpoint.pt`` at its last evaluation, bit for bit.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ from llm_noniid.model import lm_loss
 VERSION = 1  # bump when the recipe changes, so stale bases are not reused
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_FILES = (SHARED / "wikitext2_raw" / "wiki.test.raw", SHARED / "wikitext2_tokenized" / "valid.txt")
-IGNORED = ("cache_dir", "threads", "text_files", "quiet", "quick", "config")  # flags that do not change the weights
+# flags that do not change the weights (--threads does, in the last bits: the key holds the threads used instead)
+IGNORED = ("cache_dir", "threads", "text_files", "quiet", "quick", "config")
 CHECKPOINT_KIND = "llm_noniid/pretrain"
 # --quick: a tiny model for the tests (seconds)
 QUICK = dict(n_layer=1, n_embd=32, n_head=2, vocab_size=400, seq_len=32, batch_size=8, steps=40, eval_every=20,
@@ -50,7 +51,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--text-files", nargs="+", default=[str(f) for f in DEFAULT_FILES],
                    help="WikiText files (raw or tokenized layout; a user's full WikiText-2: wiki.train.raw "
                         "wiki.valid.raw) (default: the WikiText-2 files of shared/data next to the repository)")
-    p.add_argument("--cache-dir", default="runs/llm_base", help="folder of cached bases, one sub-folder per key")
+    p.add_argument("--cache-dir", type=flags.FOLDER, default="runs/llm_base",
+                   help="folder of cached bases, one sub-folder per key")
     add_config_arg(p)  # its values are in the key; the file's name is not
     p.add_argument("--n-layer", type=flags.POSITIVE_INT, default=4, help="transformer blocks")
     p.add_argument("--n-embd", type=flags.POSITIVE_INT, default=192, help="width")
@@ -132,7 +134,10 @@ def pretrained_base(argv: list[str] | None = None) -> Path:
     cli.check(args.n_embd % args.n_head == 0, f"--n-head {args.n_head} must divide --n-embd {args.n_embd}")
     articles = read_articles(args.text_files)
     texts_hash = hashlib.sha256("\x00".join(f"{t}\x01{x}" for t, x in articles).encode()).hexdigest()[:16]
-    config = {"version": VERSION, "text": texts_hash,
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # the threads split the float sums, so two thread counts make two bases: each its own folder
+    config = {"version": VERSION, "text": texts_hash, "torch_threads": torch.get_num_threads(),
               **{k: v for k, v in sorted(vars(args).items()) if k not in IGNORED}}
     key = CK.settings_key(config)
     final = CK.built_once(args.cache_dir, key, "pretrain.json",
@@ -159,8 +164,6 @@ def stop_diverged(work: Path, step: int, state: dict, saved: bool) -> None:
 def train_base(args, config: dict, articles: list, work: Path, final: Path) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     parts = split_articles(articles, args.split_seed)
     work.mkdir(parents=True, exist_ok=True)
