@@ -31,7 +31,7 @@ from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageEr
     no_space,
     read_json,
 )
-from common.flags import FOLDER, FRACTION, POSITIVE_INT, SEED, Folder, Number
+from common.flags import FOLDER, FRACTION, POSITIVE_INT, SEED, Folder, Number  # noqa: F401  (FOLDER re-exported)
 
 
 def _add_argument(original: Callable, *names, **kwargs):

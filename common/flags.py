@@ -67,6 +67,8 @@ class Folder:
         self.derived, self.__name__, self.expects = derived, "folder path", "a folder path"
 
     def __call__(self, text: str) -> str:
+        if not text:  # refused here too for parse_known_args, which stops short of check_folders
+            raise argparse.ArgumentTypeError("an empty path is not a folder (. is the current one)")
         return text
 
 

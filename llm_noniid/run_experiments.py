@@ -24,7 +24,7 @@ from common import cli, jobs, runlog
 from common import runs as R
 from common import stats as S
 from common.checkpoint import atomic_write_json
-from common.flags import POSITIVE_INT
+from common.flags import FOLDER, POSITIVE_INT
 from llm_noniid import data as D
 from llm_noniid import failure, train
 
@@ -135,7 +135,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    "pretrained: LoRA on --base, the rate and FedProx's mu chosen on a selection split first")
     p.add_argument("--base", default=None, help="--regime pretrained: the causal LM folder (default: pretrain.py's "
                    "base with its default flags, pretrained into runs/llm_base on first use)")
-    p.add_argument("--out-dir", default=None, help="root of the grid's runs, report and figures (default: "
+    p.add_argument("--out-dir", type=FOLDER, default=None, help="root of the grid's runs, report and figures (default: "
                    "runs/llm_noniid, --regime pretrained: runs/llm_noniid_pretrained; --mode quick: + _quick)")
     p.add_argument("--rounds", type=POSITIVE_INT, default=None,
                    help=f"rounds per run (unset: the study's {ROUNDS}, pretrained {PRETRAINED_ROUNDS}; quick 4)")

@@ -67,7 +67,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=str(GPT2) if GPT2.is_dir() else "gpt2",
                    help="with --size source: the GPT-2 tokenizer (a folder with vocab.json + merges.txt, or gpt2 from "
                         "the hub)")
-    p.add_argument("--out-dir", default=None,
+    p.add_argument("--out-dir", type=flags.FOLDER, default=None,
                    help="folder of the split, the runs and selection.json (default: runs/mamba_real, "
                         "runs/mamba_real_source with --size source)")
     p.add_argument("--block", choices=("headline", "all"), default="headline",

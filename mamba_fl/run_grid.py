@@ -36,8 +36,10 @@ VARIANTS = {  # FedAvg with other client optimizers / local work: 1 layer, conti
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = cli.ArgumentParser(description="mamba_fl results grid (runs, table, figures)", add_help=add_help)
-    p.add_argument("--out-dir", default="runs/mamba_grid", help="folder of the run directories and results.md")
-    p.add_argument("--figures", default="mamba_fl/figures", help="folder for the figures and a copy of results.md")
+    p.add_argument("--out-dir", type=flags.FOLDER, default="runs/mamba_grid",
+                   help="folder of the run directories and results.md")
+    p.add_argument("--figures", type=flags.FOLDER, default="mamba_fl/figures",
+                   help="folder for the figures and a copy of results.md")
     p.add_argument("--jobs", type=flags.POSITIVE_INT, default=3, help="runs at a time (one thread each)")
     p.add_argument("--seeds", type=flags.SEED, nargs="+", default=[0, 1, 2], help="seeds of every arm")
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2], choices=(1, 2, 4), help="model depths")

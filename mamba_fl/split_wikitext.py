@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     p.add_argument("--raw", required=True, nargs="+",
                    help="raw WikiText files (e.g. wiki.test.raw, or the tokenized valid and test files); their "
                         "articles are pooled in this order")
-    p.add_argument("--out-dir", required=True, help="folder to write the split files and split.json")
+    p.add_argument("--out-dir", type=flags.FOLDER, required=True, help="folder to write the split files and split.json")
     p.add_argument("--valid-fraction", type=flags.Number(float, 0, 1, low_open=True, high_open=True), default=0.1,
                    help="fraction of the articles to validate on")
     p.add_argument("--test-fraction", type=float, default=0.0,

@@ -244,7 +244,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     p.add_argument("--runs", nargs="+", default=["runs/llm_noniid"],
                    help="folders holding llm_noniid run directories (searched recursively; several are read together)")
-    p.add_argument("--out", default="figures/llm_noniid", help="folder for the PNG figures")
+    p.add_argument("--out", type=cli.FOLDER, default="figures/llm_noniid", help="folder for the PNG figures")
     p.add_argument("--arms", default=None, help="JSON file {run directory name: [partition label, arm label]}: "
                                                 "draw only these runs, under these labels (a grid's own arms)")
     return p

@@ -43,7 +43,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
     p.add_argument("--runs", nargs="+", default=["runs/lora_glue_minilm"],
                    help="folders holding the run directories (several are read together)")
-    p.add_argument("--out", default="figures/lora_glue", help="output folder for figures and results.md")
+    p.add_argument("--out", type=cli.FOLDER, default="figures/lora_glue",
+                   help="output folder for figures and results.md")
     p.add_argument("--max_rank", type=int, default=None, help="largest rank of the error-vs-rank curve "
                                                                "(default: the sum of the client ranks)")
     return p

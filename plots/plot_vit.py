@@ -37,7 +37,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.add_argument("--runs-dir", "--runs", nargs="+", default=["runs/vit_suite_R192"],
                         help="folders holding the run directories (default: where run_all_experiments.py writes; "
                              "several are read together)")
-    parser.add_argument("--out", default=None, help="folder for the figures (default <first runs-dir>/figures)")
+    parser.add_argument("--out", type=cli.FOLDER, default=None,
+                        help="folder for the figures (default <first runs-dir>/figures)")
     return parser
 
 

@@ -29,7 +29,8 @@ SETTLED = 1.0  # points: a budget step moving the mean less than this has settle
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
     parser.add_argument("suites", nargs="+", help="suite folders holding results.json (any order)")
-    parser.add_argument("--out", default="runs/vit_budgets", help="folder for the table and the figure")
+    parser.add_argument("--out", type=cli.FOLDER, default="runs/vit_budgets",
+                        help="folder for the table and the figure")
     parser.add_argument("--no-plots", action="store_true", help="skip the figure")
     return parser
 

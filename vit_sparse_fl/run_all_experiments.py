@@ -98,7 +98,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.add_argument("--data-dir", default=None,
                         help="--text: the folder holding AG News test.csv (default: shared/data/ag_news_csv "
                              "next to the repository)")
-    parser.add_argument("--out-dir", default=None,
+    parser.add_argument("--out-dir", type=flags.FOLDER, default=None,
                         help="parent folder of every run directory (default runs/vit_suite_R<rounds>, "
                              "--text: runs/text_suite_R<rounds>)")
     parser.add_argument("--num-runs", type=flags.POSITIVE_INT, default=3, help="seeds 0..N-1 per setting")
