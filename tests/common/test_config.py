@@ -36,7 +36,7 @@ def test_a_store_false_flag_reads_as_its_flag_or_its_destination(tmp_path):
     ('overwrite: "false"\n', "overwrite: 'false' is not a boolean"),
     ("overwrite: 0\n", "expected true or false for --overwrite"),
     ("lr: [0.1, 0.2]\n", "lr: a list is not allowed here; expected a number > 0 for --lr"),
-    ("out_dir: [a, b]\n", "expected a string for --out-dir"),
+    ("out_dir: [a, b]\n", "expected a folder path for --out-dir"),
     ("model_config: {name: x}\n", "model_config: a mapping is not allowed here"),
     ("report_to: [[tensorboard]]\n", "a nested list"),
     ("lr: null\n", "null is not a value"),

@@ -127,3 +127,18 @@ def test_a_diverged_pretraining_exits_3_with_a_diverged_summary(tmp_path, capsys
     record = json.loads(summary.read_text())
     assert record["status"] == "diverged" and record["diverged_at"] == "step 20"
     assert not list((tmp_path / "cache").glob("*/pretrain.json"))
+
+
+def test_the_cache_key_holds_the_torch_threads(tmp_path, monkeypatch):
+    """Two thread counts split the float sums differently, so they make two bases (different in the last bits): each
+    its own folder, never one folder for both."""
+    keys = []
+    monkeypatch.setattr(pretrain.CK, "built_once", lambda root, key, ready, build: keys.append(key) or tmp_path / key)
+    argv = ["--quick", "--quiet", "--text-files", str(wikitext(tmp_path / "w.raw")), "--cache-dir", str(tmp_path)]
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 1):
+            pretrain.main([*argv, "--threads", str(n)])
+    finally:
+        torch.set_num_threads(threads)
+    assert keys[0] != keys[1] and keys[0] == keys[2], keys
