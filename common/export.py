@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from common import pretrained
 from common.checkpoint import atomic_path, atomic_write_json, give_usual_permissions
 from common.errors import run_holding
 
@@ -92,7 +93,10 @@ def load_tensors_dir(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    return load_file(folder / TENSORS_FILE), json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    pretrained.check_folder(folder)  # JSON objects, safetensors headers that fit their files
+    with pretrained.loading(folder / TENSORS_FILE):
+        tensors = load_file(folder / TENSORS_FILE)
+    return tensors, pretrained.json_object(folder / "config.json")
 
 
 def relative_base(adapter_dir: str | os.PathLike, base: str | None) -> str | None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from common import pretrained
 from common.caches import default_cache_dir, derived_cache_dir  # noqa: F401  (re-exported)
 from common.checkpoint import atomic_path
 from common.cli import UsageError, check, check_out_dir
-from common.errors import first_line
 
 IGNORE_INDEX = -100
 _STYLES = {
@@ -75,13 +75,17 @@ def _load_local(folder: Path, style: str):
     from transformers import PreTrainedTokenizerFast
 
     kw = _specials(style)
+    pretrained.check_folder(folder)
     if (folder / "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kw)
+        with pretrained.loading(folder / "tokenizer.json"):
+            return pretrained.probed(PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kw))
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         from transformers import GPT2TokenizerFast, RobertaTokenizerFast
 
         cls = RobertaTokenizerFast if style == "roberta" else GPT2TokenizerFast
-        return cls(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"), **kw)
+        with pretrained.loading(f"{folder}/vocab.json + merges.txt"):
+            return pretrained.probed(cls(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"),
+                                         **kw))
     raise UsageError(f"tokenizer folder {folder} has neither tokenizer.json nor vocab.json + merges.txt")
 
 
@@ -104,10 +108,10 @@ def load_tokenizer(spec: str, *, train_files: Sequence[str | Path] | None = None
         from transformers import AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(spec, cache_dir=cache_dir)
-        except (OSError, ValueError) as e:
+            tok = pretrained.load(AutoTokenizer, spec, cache_dir=cache_dir)
+        except pretrained.NotLoaded as e:
             raise UsageError(f"tokenizer {spec!r} could not be loaded from the hub or its cache "
-                             f"({first_line(e, None)}); give a local folder with vocab.json + merges.txt, "
+                             f"({e.reason}); give a local folder with vocab.json + merges.txt, "
                              "or 'bpe'") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.errors import UsageError, check, first_line
+from common import pretrained
+from common.errors import UsageError, check
 from common.evaluate import eval_mode
-from common.pretrained import quiet_loading
 
 HUB_NAMES = {"distilgpt2": "distilgpt2", "gpt2": "gpt2", "qwen-0.5b": "Qwen/Qwen2.5-0.5B",
              "tinyllama": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"}
@@ -45,10 +45,10 @@ def load_base(model: str, *, vocab_size: int, seq_len: int, eos_id: int | None, 
 
     name = hub_name(model)
     try:
-        with quiet_loading():
-            base = AutoModelForCausalLM.from_pretrained(name, cache_dir=cache_dir)
-    except (OSError, ValueError) as e:
-        first = first_line(e, 160)
+        with pretrained.quiet_loading():
+            base = pretrained.load(AutoModelForCausalLM, name, cache_dir=cache_dir)
+    except pretrained.NotLoaded as e:
+        first = e.reason
         if Path(name).exists():
             raise UsageError(f"folder {name!r} holds no causal LM that AutoModelForCausalLM loads ({first}); expected "
                              f"a save_pretrained folder (config.json and weights)") from None

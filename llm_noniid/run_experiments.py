@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli, jobs, runlog
+from common import cli, jobs, pretrained, runlog
 from common import runs as R
 from common import stats as S
 from common.checkpoint import atomic_write_json
@@ -228,6 +228,7 @@ def base_folder(args) -> str:
         args.base = str(pretrain.pretrained_base([*BASE_FLAGS, "--cache-dir", "runs/llm_base", "--quiet"]))
     cli.check(Path(args.base).is_dir(), f"--base {args.base}: no such folder; expected a causal LM folder "
                                         f"(python llm_noniid/pretrain.py prints one)")
+    pretrained.check_folder(args.base)  # refused here, before any run, not in every run of the grid
     return runlog.portable(args.base)  # as records keep paths
 
 
@@ -639,6 +640,8 @@ def main(argv=None) -> dict:
         print(f"report: {out / 'report.md'}" + ("" if drawn else " (the figures failed: see the line above)"))
         return {"report": str(out / "report.md"), "figures": drawn}
     cli.check(args.split_csv is None or Path(args.split_csv).is_file(), f"--split-csv {args.split_csv}: no such file")
+    if args.regime == "pretrained" and args.base:
+        base_folder(args)  # a missing or unsafe --base is refused before the grid writes anything
     summaries = run_grid(args.mode, args, passthrough)
     return {"runs": len(summaries), "complete": sum(s["status"] == "complete" for s in summaries),
             "diverged": sum(s["status"] == "diverged" for s in summaries)}

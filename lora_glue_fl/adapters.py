@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from common import aggregate, checkpoint, cli, export, lora_merge
+from common import aggregate, checkpoint, cli, export, lora_merge, pretrained
 
 
 @dataclass
@@ -124,12 +124,10 @@ def load(directory) -> Adapter:
     cfg_path, w_path = directory / "adapter_config.json", directory / "adapter_model.safetensors"
     cli.check(cfg_path.is_file() and w_path.is_file(), f"{directory} is not a peft adapter folder; expected "
                                                        f"adapter_config.json and adapter_model.safetensors")
-    try:
-        cfg = json.loads(cfg_path.read_text())
+    pretrained.check_folder(directory)  # JSON objects, no code named, safetensors headers that fit their files
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    with pretrained.loading(w_path):
         sd = load_file(str(w_path))
-    except Exception as e:  # noqa: BLE001 -- truncated or foreign files raise many types
-        raise cli.UsageError(f"{directory}: unreadable adapter ({type(e).__name__}: {e})") from None
-    cli.check(isinstance(cfg, dict), f"{cfg_path} must hold a JSON object (a peft adapter config)")
     cli.check(cfg.get("peft_type", "LORA") == "LORA", f"{directory}: {cfg.get('peft_type')} adapter; expected LORA")
     cli.check(not cfg.get("rank_pattern") and not cfg.get("alpha_pattern"),
               f"{directory}: per-module rank_pattern/alpha_pattern adapters are not supported")

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import cli, runlog
+from common import cli, pretrained, runlog
 from lora_glue_fl import glue_tasks
 
 
 def common_args(args) -> None:
     """What the shared flags' argparse types (``flags.POSITIVE_INT``: 0 is refused, not taken as "all") cannot
-    check: with --quick, a --lora_r / --svd_rank above the tiny model's width is refused, not capped."""
+    check: with --quick, a --lora_r / --svd_rank above the tiny model's width is refused, not capped; a model or
+    tokenizer folder that names code or holds corrupt files (``pretrained.check_folder``) is refused."""
     if getattr(args, "quick", False):
         from lora_glue_fl.modeling import TINY
         for name in ("lora_r", "svd_rank"):
             value = getattr(args, name, None)
             cli.check(value is None or value <= TINY["hidden_size"], f"--{name} {value} exceeds the hidden size "
                       f"{TINY['hidden_size']} of --quick's tiny model; use at most {TINY['hidden_size']}")
+    for folder in (getattr(args, "model_name_or_path", None), getattr(args, "tokenizer", None)):
+        if folder and Path(folder).is_dir():
+            pretrained.check_folder(folder)  # refused before the run directory is made
 
 
 def source_tag(args) -> str | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import checkpoint, cli, flags
+from common import checkpoint, cli, flags, pretrained
 from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling
 
 
@@ -62,11 +62,13 @@ def evaluate_adapter(args, adapter_dir: Path, base: str) -> dict:
     splits = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)
     tokenizer = modeling.load_tokenizer(args.tokenizer or base, args.cache_dir)
     problem = "regression" if task.num_labels == 1 else "single_label_classification"
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=task.num_labels, problem_type=problem,
-                                                               cache_dir=args.cache_dir)
+    model = pretrained.load(AutoModelForSequenceClassification, base, num_labels=task.num_labels,
+                            problem_type=problem, cache_dir=args.cache_dir)
     modeling.check_tokenizer(tokenizer, model)
     types = modeling.uses_token_types(model)
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    pretrained.check_folder(adapter_dir)
+    with pretrained.loading(adapter_dir):
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}
     enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
     return modeling.evaluate(args.task_name, model, enc, "cpu", args.eval_batch_size)
@@ -104,6 +106,8 @@ def main(argv=None) -> dict:
     fused = adapters.merge(clients, weights, method, rank=args.svd_rank, alpha=args.alpha, names=list(args.adapters))
     base = args.base_model or clients[0].extra.get("base_model_name_or_path")
     cli.check(not args.do_eval or bool(base), "--do_eval: the adapters name no base model; pass --base_model")
+    if args.do_eval and Path(base).is_dir():
+        pretrained.check_folder(base)  # before the fused adapter is written
     adapters.save(fused, out, base)
     manifest = {"dataset": args.task_name, "model_id": base, "task": args.task_name, "k_adapters": k,
                 "adapters": [str(a) for a in args.adapters], "weights": weights, "svd_rank": fused.r,

@@ -19,7 +19,6 @@ import torch
 from common import checkpoint, cli, flags, pretrained, text
 from common import distributed as D
 from common import seed as seeding
-from common.errors import first_line
 from common.evaluate import autocast, eval_mode
 from lora_glue_fl.glue_tasks import SELECTION, Examples, compute_metrics, get_task
 
@@ -115,9 +114,9 @@ def load_tokenizer(spec: str, cache_dir=None):
         return text.load_tokenizer(str(folder), cache_dir=cache_dir, style="roberta")
     from transformers import AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(spec, cache_dir=cache_dir)
-    except (OSError, ValueError) as e:
-        raise cli.UsageError(f"tokenizer {spec!r} could not be loaded ({first_line(e)}); "
+        return pretrained.load(AutoTokenizer, spec, cache_dir=cache_dir)
+    except pretrained.NotLoaded as e:
+        raise cli.UsageError(f"tokenizer {spec!r} could not be loaded ({e.reason}); "
                              "pass --tokenizer DIR") from None
 
 
@@ -151,10 +150,10 @@ def build_model(args, tokenizer, num_labels: int, seed: int):
         if Path(mid).is_dir():
             check_architecture(mid)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                mid, num_labels=num_labels, problem_type=problem, cache_dir=args.cache_dir)
-        except (OSError, ValueError, KeyError) as e:
-            raise cli.UsageError(f"model {mid!r} could not be loaded as a sequence classifier ({first_line(e)}); "
+            model = pretrained.load(AutoModelForSequenceClassification, mid, num_labels=num_labels,
+                                    problem_type=problem, cache_dir=args.cache_dir)
+        except pretrained.NotLoaded as e:
+            raise cli.UsageError(f"model {mid!r} could not be loaded as a sequence classifier ({e.reason}); "
                                  f"pre-fetch roberta-base/large with lora_glue_fl/download_roberta_models.py, pass "
                                  f"--model_name_or_path DIR, or use --model_size tiny") from None
     check_tokenizer(tokenizer, model)
@@ -166,9 +165,9 @@ def check_architecture(folder: str) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as NAMES
     try:
-        cfg = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as e:
-        raise cli.UsageError(f"model folder {folder}: unreadable config.json ({first_line(e)})") from None
+        cfg = pretrained.load(AutoConfig, folder)
+    except pretrained.NotLoaded as e:
+        raise cli.UsageError(f"model folder {folder}: unreadable config.json ({e.reason})") from None
     cli.check(cfg.model_type in NAMES, f"model {folder}: architecture {cfg.model_type!r} has no sequence-"
                                        f"classification model in transformers; use an encoder such as BERT, "
                                        f"RoBERTa, DistilBERT or DeBERTa-v2")

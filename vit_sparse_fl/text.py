@@ -31,7 +31,7 @@ def model_folder(weights: str) -> Path:
 
 def tokenizer(weights: str):
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(model_folder(weights))
+    return pretrained.load(AutoTokenizer, model_folder(weights))
 
 
 class TextClassifier(nn.Module):
@@ -73,7 +73,7 @@ class TextClassifier(nn.Module):
 def _encoder(folder: Path) -> nn.Module:
     """``AutoModel`` of ``folder`` without its unused pooler (it would score zero in every mask)."""
     from transformers import AutoModel
-    encoder = AutoModel.from_pretrained(folder, attn_implementation="sdpa")
+    encoder = pretrained.load(AutoModel, folder, attn_implementation="sdpa")
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None
     return encoder
@@ -108,7 +108,8 @@ def load(folder) -> TextClassifier:
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text())
     model = TextClassifier(_encoder(folder), meta["num_classes"], meta["head_dropout"], meta["pad_id"])
-    model.head.load_state_dict(load_file(folder / HEAD_FILE), strict=True)
+    with pretrained.loading(folder / HEAD_FILE):
+        model.head.load_state_dict(load_file(folder / HEAD_FILE), strict=True)
     return model.eval()
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import cli, export
+from common import cli, export, pretrained
 from vit_sparse_fl.data import IMAGENET_MEAN, IMAGENET_STD
 
 DINO_VITS16_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"
@@ -263,6 +263,7 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
             if path.suffix == ".safetensors":
                 from safetensors.torch import load_file
 
+                pretrained.check_safetensors(path)
                 state = from_hf_state_dict(load_file(path))
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)

@@ -78,7 +78,7 @@ def test_bad_specs_are_usage_errors(tmp_path, monkeypatch):
 
     class OfflineAuto:  # what AutoTokenizer raises offline without a cached copy (importing it is slow)
         @staticmethod
-        def from_pretrained(name, cache_dir=None):
+        def from_pretrained(name, cache_dir=None, **kwargs):
             raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {name}")
 
     monkeypatch.setattr(transformers, "AutoTokenizer", OfflineAuto)
