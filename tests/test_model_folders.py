@@ -352,3 +352,17 @@ def test_valid_safetensors_of_every_shape_and_dtype_pass_the_header_check(tmp_pa
     (tmp_path / "tiny.safetensors").write_bytes(data[:5])
     with pytest.raises(pretrained.UsageError, match="not a safetensors file"):
         pretrained.check_safetensors(tmp_path / "tiny.safetensors")
+
+
+@pytest.mark.parametrize("alter", [huge_header, header_not_json, truncated])
+def test_vit_weights_and_exported_model_folders_with_corrupt_safetensors_are_one_line(alter, tmp_path):
+    """vit_sparse_fl's --weights FILE.safetensors / a run's model folder, and ``vit.load`` of that folder."""
+    from common.cli import UsageError
+    from vit_sparse_fl import vit
+
+    model = vit.ViTClassifier(vit.VIT_TINY)
+    folder = vit.save(model, tmp_path, image_size=32, info={})
+    alter(folder)
+    for read in (lambda: vit.load_backbone_weights(model, str(folder)), lambda: vit.load(folder)):
+        with pytest.raises(UsageError, match=f"{folder / 'model.safetensors'}: "):
+            read()

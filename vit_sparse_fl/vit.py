@@ -259,11 +259,12 @@ def load_backbone_weights(model: ViTClassifier, weights: str | None) -> str:
         cli.check(path.is_file(), f"--weights {weights}: no such file; expected "
                                   "dino_deitsmall16_pretrain.pth, a run's model folder or 'dino' to use the "
                                   "torch hub cache")
+        if path.suffix == ".safetensors":
+            pretrained.check_safetensors(path)  # a header that does not fit the file: one line naming it
         try:
             if path.suffix == ".safetensors":
                 from safetensors.torch import load_file
 
-                pretrained.check_safetensors(path)
                 state = from_hf_state_dict(load_file(path))
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
