@@ -40,3 +40,11 @@ def narrow_files(root) -> list[str]:
     folders): the 0600 that temp files and safetensors carry, say."""
     return [f"{p.relative_to(root)} {oct(p.stat().st_mode & 0o777)}" for p in Path(root).rglob("*")
             if not p.is_symlink() and p.stat().st_mode & 0o777 != (0o755 if p.is_dir() else 0o644)]
+
+
+def the_run(folder) -> Path:
+    """The one run directory (a folder holding args.json) in ``folder``, which may also hold the default
+    ``<out-dir>/cache`` a run derives when no cache is named."""
+    runs = [p for p in Path(folder).iterdir() if (p / "args.json").is_file()]
+    assert len(runs) == 1, f"expected one run directory in {folder}, found {[p.name for p in runs]}"
+    return runs[0]

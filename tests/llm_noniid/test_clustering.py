@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from clicases import LLM_SMOKE
+from clicases import LLM_SMOKE, the_run
 
 from common import clustering as C
 from common.checkpoint import load_checkpoint
@@ -122,7 +122,7 @@ def test_local_steps_are_equal_for_unequal_clients(two_topic_data, tmp_path):
     s = clustered(tmp_path, two_topic_data, "--topic-split", "labels", "--alpha", "0.3", "--min-size", "5",
                   "--local-steps", "5", "--num-rounds", "2")
     assert len(set(s["client_sizes"])) > 1  # unequal clients
-    rows = [json.loads(x) for x in next(tmp_path.iterdir()).joinpath("metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in the_run(tmp_path).joinpath("metrics.jsonl").read_text().splitlines()]
     assert all(r["step"] == 5 * len(r["participants"]) for r in rows)
 
 

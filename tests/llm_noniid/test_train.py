@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from clicases import LLM_SMOKE
+from clicases import LLM_SMOKE, the_run
 
 from common import cli
 from common.checkpoint import load_checkpoint
@@ -37,7 +37,7 @@ def test_quick_run_writes_every_metric(out_dir):
     assert all(math.isfinite(x["val_loss"]) for x in r)
     assert r[-1]["val_loss"] < r[0]["val_loss"]  # it learns
     assert s["final_val_ppl"] < s["vocab_size"]  # better than uniform over the vocabulary
-    run = next(out_dir.iterdir())
+    run = the_run(out_dir)
     stats = json.loads((run / "partition.json").read_text())
     assert stats["mean_classes_per_client"] < 4 and len(stats["clients"]) == 4
     assert s["bytes_up"] == s["bytes_down"] == 3 * 4 * 4 * s["trainable_params"]

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from clicases import one_line_error
+from clicases import one_line_error, the_run
 
 from common import checkpoint, cli, jobs, runlog
 from common.config import parse_with_config
@@ -177,7 +177,7 @@ def test_make_shards_then_fedavg_rounds_with_shard_dir(tmp_path):
 def test_centralized_scripts_quick(tmp_path, script, task):
     s = script.main(QUICK + ["--task_name", task, "--out-dir", str(tmp_path)])
     assert s["main_metric"] in s["final"] and s["train_examples"] == 240
-    run = next(tmp_path.iterdir())
+    run = the_run(tmp_path)
     # asked again by a grid, without --do_train / --do_eval (both, as args.json records): the run is done
     again = jobs.Job(run.name, script.__name__, QUICK + ["--task_name", task, "--out-dir", str(tmp_path)])
     assert jobs.classify(again).kind == "done"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clicases import the_run
 
 from common.early_stop import EarlyStop
 from mamba_fl import central, fed_avg, lmdata, split_wikitext
@@ -119,7 +120,7 @@ def test_plateau_stops_and_the_best_model_is_tested_after_training(script, tiny,
         _never_reads_test(monkeypatch)
     summary = main(argv + (["--test"] if script == "central" else []))
     assert summary["stopped"] == "plateau" and summary["stopped_at"] < 8  # no evaluation halves perplexity
-    rows = [json.loads(line) for line in next(out_dir.iterdir()).joinpath("metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in the_run(out_dir).joinpath("metrics.jsonl").read_text().splitlines()]
     assert len(rows) == summary["stopped_at"]
     assert summary["best_val_ppl"] == min(r["val_ppl"] for r in rows)
     assert rows[summary["best_at"] - 1]["val_ppl"] == summary["best_val_ppl"]
