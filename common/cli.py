@@ -31,7 +31,7 @@ from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageEr
     no_space,
     read_json,
 )
-from common.flags import FOLDER, FRACTION, POSITIVE_INT, SEED, Folder, Number  # noqa: F401  (FOLDER re-exported)
+from common.flags import FOLDER, FRACTION, MAX_COUNT, POSITIVE_INT, SEED, WHY_MAX, Folder, Number  # noqa: F401  (FOLDER re-exported)
 
 
 def _add_argument(original: Callable, *names, **kwargs):
@@ -135,6 +135,8 @@ def _checked_number(parser: argparse.ArgumentParser, action: argparse.Action, v)
         if not (isinstance(v, float) and v.is_integer()):
             parser.error(f"argument {config.flag_name(action)}: expected an integer, got {v!r}")
         v = int(v)
+    if action.type is int and abs(v) > MAX_COUNT:  # a plain int flag: bounded as every Number(int) is
+        parser.error(f"argument {config.flag_name(action)}: must be at most {MAX_COUNT}, got {v} ({WHY_MAX})")
     if action.type is float:
         v = float(v)
         if not math.isfinite(v):

@@ -12,6 +12,7 @@ A script whose ``--config`` used to name something else (mamba_fl's ``pure_ssm_N
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,8 +106,30 @@ def _convert(parser: argparse.ArgumentParser, action: argparse.Action, key: str,
         refuse(e.message)
 
 
+# YAML 1.1 (PyYAML) reads 010 as 8, 0x10 as 16, 0b1 as 1, 1_000 as 1000, 1:20 as 80 and yes / no / on / off as
+# booleans; numbers and booleans are taken only in their plain YAML 1.2 / JSON spelling, the rest is refused
+_PLAIN = {"int": re.compile(r"[-+]?(0|[1-9][0-9]*)"),
+          "float": re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"
+                              r"|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"),
+          "bool": re.compile(r"true|True|TRUE|false|False|FALSE")}
+
+
+def _plain_scalar(path: Path, kind: str):
+    """A constructor of YAML 1.1 ``kind`` scalars that refuses every spelling but the plain one."""
+    def construct(loader, node):
+        value = getattr(loader, f"construct_yaml_{kind}")(node)
+        if node.style is None and not _PLAIN[kind].fullmatch(node.value):
+            what = "a boolean" if kind == "bool" else "an octal, hex, binary, base-60 or _-grouped number"
+            raise UsageError(f"--config {path}: line {node.start_mark.line + 1}: {node.value} reads as {value!r} "
+                             f"in YAML 1.1 ({what}); "
+                             "write the plain number (10, 0.5, 1e-3) or true / false, or quote it for text")
+        return value
+    return construct
+
+
 def _unique_key_loader(path: Path):
-    """A ``yaml.SafeLoader`` that refuses a key given twice (PyYAML itself silently keeps the last)."""
+    """A ``yaml.SafeLoader`` that refuses a key given twice (PyYAML itself silently keeps the last) and numbers or
+    booleans in YAML 1.1's surprising spellings (``_PLAIN``)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -124,6 +147,8 @@ def _unique_key_loader(path: Path):
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+    for kind in _PLAIN:
+        Loader.add_constructor(f"tag:yaml.org,2002:{kind}", _plain_scalar(path, kind))
     return Loader
 
 
@@ -172,7 +197,23 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
             parser.set_defaults(**values)
     parser.set_defaults(**config)
     parser.config_values = dict(config)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv, Parsed())
+    args.given = frozenset(config) | _on_command_line(parser, argv)
     if old_style is not None:
         vars(args).update(old_style, config=None)
     return args
+
+
+class Parsed(argparse.Namespace):
+    """The parsed arguments; ``given`` (a slot, so not in ``vars(args)``, args.json or resume checks): the
+    destinations set on the command line or in ``--config`` (``common.flags.refuse_unused``)."""
+    __slots__ = ("given",)
+
+
+def _on_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
+    """Destinations the command line sets: parsed again over a namespace holding a marker for every destination,
+    so argparse sets no defaults (the markers left are the flags not given)."""
+    marker = object()
+    ns = argparse.Namespace(**{a.dest: marker for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_known_args(argv, ns)
+    return frozenset(dest for dest, value in vars(ns).items() if value is not marker)

@@ -106,6 +106,33 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
                                            f"--server-opt {args.server_opt} does not apply")
     check(args.clustering != "ifca" or args.num_clusters >= 2, "--clustering ifca needs --num-clusters >= 2")
     check(args.clustering != "none" or args.num_clusters == 0, "--num-clusters needs --clustering data or ifca")
+    k = getattr(args, "num_clients", None)
+    check(k is None or args.num_clusters <= k, f"--num-clusters {args.num_clusters} exceeds the {k} clients "
+                                               "(each cluster starts from a client of its own); expected at most "
+                                               f"{k}")
+    check_participation(getattr(args, "participation_rate", None), k)
+    refuse_unused_algorithm_args(args)
+
+
+def check_participation(rate: float | None, num_clients: int | None) -> None:
+    """A rate for which round(C K) is 0 samples no client: ``clients_per_round`` would quietly take one."""
+    if rate is None or num_clients is None:
+        return
+    check(round(rate * num_clients) >= 1, f"--participation-rate {rate:g} samples round({rate:g} x {num_clients}) "
+                                          f"= 0 of the {num_clients} clients per round; the smallest rate that "
+                                          f"samples one is {0.5 / num_clients:g} (or give --clients-per-round 1)")
+
+
+def refuse_unused_algorithm_args(args) -> None:
+    """The shared flags that only some settings read, given with none of them (``common.flags.refuse_unused``)."""
+    alg, sopt, cl = args.algorithm, args.server_opt, args.clustering
+    flags.refuse_unused(args, [
+        ("mu", alg == "fedprox", f"without --algorithm fedprox (here {alg})"),
+        ("scaffold_weighting", alg == "scaffold", f"without --algorithm scaffold (here {alg})"),
+        ("server_momentum", sopt in ("fedavgm", "fedadam"), f"without --server-opt fedavgm or fedadam (here {sopt})"),
+        ("momentum_form", sopt == "fedavgm", f"without --server-opt fedavgm (here {sopt})"),
+        ("ifca_init_rounds", cl == "ifca", f"without --clustering ifca (here {cl})"),
+        ("ifca_batches", cl == "ifca", f"without --clustering ifca (here {cl})")])
 
 
 def resolve_server_lr(args) -> None:
@@ -352,6 +379,9 @@ class Federation:
             num_clusters = int(self.assign.max()) + 1
         elif args.clustering == "ifca":
             num_clusters = args.num_clusters
+            holding = sum(1 for n in task.sizes if n)
+            check(num_clusters <= holding, f"--num-clusters {num_clusters}: IFCA starts each cluster from a client of "
+                                           f"its own, and only {holding} clients hold data; expected at most {holding}")
         self.models = [P.clone(task.params) for _ in range(num_clusters)]
         self.algo = make_algorithm(args, self.models, task.sizes, self.assign if args.clustering == "data" else None,
                                    shift=task.adaptive_local)

@@ -2,6 +2,11 @@
 the argparse number types: ``Number`` and ``COUNT`` (>= 0), ``POSITIVE_INT`` (>= 1), ``SEED`` (0 .. 2**32 - 1:
 what every RNG we seed accepts), ``FRACTION`` (in (0, 1]), ``POSITIVE`` (finite, > 0). Being types, they apply
 to command-line and ``--config`` values alike. ``FOLDER`` / ``CACHE_FOLDER`` mark the folders a script writes in.
+An integer flag without an upper bound of its own is bounded by ``MAX_COUNT`` (no count, size or length of this
+project comes near it; a run of that many rounds, steps or examples could not finish), so a typo like ``--rounds 10000000000`` is refused instead of running until killed.
+
+``refuse_unused``: a flag given (on the command line or in ``--config``; ``common.config`` records which) that
+changes nothing in this run, e.g. ``--mu`` without FedProx, is refused in one line.
 """
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ import argparse
 import math
 
 from common.errors import check
+
+MAX_COUNT = 10**7  # rounds, steps, epochs, examples, sizes: 10^7 rounds of even 3 s each take a year
+WHY_MAX = "larger counts could not finish (10^7 rounds of 3 s each take a year) or allocate"
 
 
 class Number:
@@ -29,6 +37,7 @@ class Number:
         else:
             self.bounds = "finite"
         self.expects = f"{'an integer' if kind is int else 'a number'} {self.bounds}"
+        self.cap = MAX_COUNT if kind is int and high is None else None  # every integer flag is bounded
 
     def __call__(self, text: str):
         value = self.kind(text)  # not a number: argparse's own "invalid int value: 'x'"
@@ -39,6 +48,8 @@ class Number:
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         if too_low or too_high:
             raise argparse.ArgumentTypeError(f"must be {self.bounds}, got {value}")
+        if self.cap is not None and value > self.cap:
+            raise argparse.ArgumentTypeError(f"must be at most {self.cap}, got {value} ({WHY_MAX})")
         return value
 
     def __repr__(self) -> str:
@@ -78,6 +89,8 @@ POSITIVE_INT = Number(int, 1)
 SEED = Number(int, 0, 2**32 - 1)
 FRACTION = Number(float, 0.0, 1.0, low_open=True)
 POSITIVE = Number(float, 0.0, low_open=True)
+EPOCHS = Number(float, 0.0, low_open=True)  # a run length in (fractional) epochs: MAX_COUNT at most
+EPOCHS.cap = MAX_COUNT
 
 
 def alias(group, *names: str, dest: str, of: str, **kwargs) -> None:
@@ -98,3 +111,22 @@ def resolve_clients_per_round(args: argparse.Namespace) -> None:
     k = args.num_clients
     check(1 <= m <= k, f"--clients-per-round must be between 1 and the {k} clients, got {m}")
     args.participation_rate = m / k
+
+
+def given(args: argparse.Namespace) -> frozenset[str] | None:
+    """Destinations of the flags set on the command line or in ``--config`` (``common.config`` records them on the
+    namespace it parses, outside ``vars(args)``); None for a namespace built otherwise (nothing is refused then)."""
+    return getattr(args, "given", None)
+
+
+def display(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def refuse_unused(args: argparse.Namespace, rules) -> None:
+    """``rules``: (dest, used, when) triples; a flag given explicitly whose value this run never reads (``used``
+    false) is refused: "--mu changes nothing without --algorithm fedprox (here fedavg); leave it out"."""
+    chosen = given(args)
+    for dest, used, when in rules:
+        check(used or chosen is None or dest not in chosen,
+              f"{display(dest)} changes nothing {when}; leave it out (or set what it applies to)")

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import unicodedata
 import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager, suppress
@@ -133,6 +134,21 @@ def run_name(prefix: str, *parts: Any, **settings: Any) -> str:
               for key, value in settings.items() if value is not None and value is not False]
     name = "_".join(items)
     return "".join(c if c.isalnum() or c in "._-+" else "-" for c in name)
+
+
+# control characters (newline, tab, ...), format characters (the bidi overrides U+202E ..., zero-width ones), line
+# and paragraph separators, surrogates and unassigned code points: a folder name holding one misleads every listing
+_UNSAFE = ("Cc", "Cf", "Zl", "Zp", "Cs", "Cn")
+
+
+def check_run_name(name: str) -> None:
+    """A run name (given, or made from flags) is one plain folder name: not empty, '.' or '..', no path separator,
+    no character of ``_UNSAFE``; else one line naming the first offending character."""
+    bad = next((c for c in name if c in "/\\" or unicodedata.category(c) in _UNSAFE), None)
+    what = f"U+{ord(bad):04X} {unicodedata.name(bad, 'a control character')}" if bad else None
+    check(bool(name) and name not in (".", "..") and bad is None,
+          f"--run-name {name!r} is not a plain folder name" + (f" (it holds {what})" if what else "")
+          + "; expected one folder name without path separators, control or bidi characters")
 
 
 def read_object(path: str | os.PathLike) -> dict | None:
@@ -314,8 +330,7 @@ class RunDir:
                  kind: str, resume: bool = False, is_main: bool = True,
                  ignore_on_resume: tuple[str, ...] = DEFAULT_IGNORE_ON_RESUME,
                  device: str | torch.device | None = None, data: dict | None = None, spans_length: str | None = None):
-        check(bool(run_name) and "/" not in run_name and "\0" not in run_name and run_name not in (".", ".."),
-              f"--run-name {run_name!r} is not a folder name; expected a name without '/'")
+        check_run_name(run_name)
         self.path = Path(out_dir) / run_name
         # as they will read back from args.json (tuples -> lists, paths -> strings, absolute paths -> relative)
         self.args = portable(ckpt.round_trip_json(vars(args) if isinstance(args, argparse.Namespace) else dict(args)))

@@ -134,9 +134,18 @@ def validate(args) -> None:
     choice("topic_split", TOPIC_SPLITS, "mix or labels")
     choice("cluster_features", C.FEATURES, "tokens or topics")
     # each flag's own range (the counts, rates, fractions, --participation-rate, --clients-per-round) is its
-    # flag's type; what is left needs more than one flag
-    c(args.num_clusters <= args.num_clients,
-      f"--num-clusters must be in 0..--num-clients ({args.num_clients}), got {args.num_clusters}")
+    # flag's type; what needs more than one flag: --num-clusters against the clients is engine's, and flags that
+    # only some settings read
+    lora, part = "with --lora-r 0 (every parameter trains, no adapters)", f"(here --partition {args.partition})"
+    topic = args.partition == "topic_skew"
+    flags.refuse_unused(args, [
+        *((dest, args.lora_r > 0, lora) for dest in ("lora_targets", "lora_alpha", "lora_dropout")),
+        ("alpha", topic, f"without --partition topic_skew {part}"),
+        ("topic_split", topic, f"without --partition topic_skew {part}"),
+        ("min_size", topic and args.topic_split == "labels", "without --partition topic_skew --topic-split labels"),
+        ("style_criterion", args.partition == "style_skew", f"without --partition style_skew {part}"),
+        ("token_skew", args.partition == "token_skew", f"without --partition token_skew {part}"),
+        ("cluster_features", args.clustering == "data", f"without --clustering data (here {args.clustering})")])
 
 
 check_args = validate  # the checks of its arguments alone (common.jobs: a grid checks its runs)

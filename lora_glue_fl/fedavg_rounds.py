@@ -65,7 +65,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     modeling.add_model_args(p)
     g = p.add_argument_group("federation")
     g.add_argument("--rounds", type=flags.POSITIVE_INT, default=5, help="communication rounds")
-    g.add_argument("--local_epochs", type=flags.POSITIVE, default=1.0, help="epochs over its shard per client a round")
+    g.add_argument("--local_epochs", type=flags.EPOCHS, default=1.0, help="epochs over its shard per client a round")
     g.add_argument("--local-steps", type=flags.POSITIVE_INT, default=None,
                    help="exactly this many optimizer steps per client per round instead of --local_epochs")
     g.add_argument("--participation-rate", type=flags.FRACTION, default=1.0,

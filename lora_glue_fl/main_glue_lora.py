@@ -40,13 +40,13 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
     g.add_argument("--per_device_eval_batch_size", type=flags.POSITIVE_INT, default=32, help="evaluation batch size")
     g.add_argument("--learning_rate", type=flags.POSITIVE, default=2e-4 if lora else 2e-5,
                    help="AdamW learning rate, linear decay to 0" + (" (LoRA takes larger rates)" if lora else ""))
-    g.add_argument("--num_train_epochs", type=flags.POSITIVE, default=3.0, help="epochs (may be fractional)")
-    g.add_argument("--eval_every_epochs", type=flags.POSITIVE, default=1.0,
+    g.add_argument("--num_train_epochs", type=flags.EPOCHS, default=3.0, help="epochs (may be fractional)")
+    g.add_argument("--eval_every_epochs", type=flags.EPOCHS, default=1.0,
                    help="evaluate every this many epochs (and after the last step); with a selection split "
                         "(selection.tsv in --data_dir) that split is scored then and the validation split only "
                         "after the last step")
     flags.alias(g, "--rounds", dest="num_train_epochs", of="--num_train_epochs (a centralized run's length, in "
-                "epochs)", type=flags.POSITIVE)
+                "epochs)", type=flags.EPOCHS)
     if lora:
         g = modeling.add_lora_args(p, "adapter rank", "lora_alpha (scaling alpha / r)")
         g.add_argument("--adapter_output_dir", type=flags.FOLDER, default=None,

@@ -77,7 +77,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="tasks whose runs also train (and average) the encoder's pooler (module doc)")
     p.add_argument("--num_clients", type=flags.Number(int, 2), default=4, help="clients K (at least 2: a federation)")
     p.add_argument("--rounds", type=flags.POSITIVE_INT, default=6, help="FedAvg rounds of the multi-round runs")
-    p.add_argument("--local_epochs", type=flags.POSITIVE, default=0.5,
+    p.add_argument("--local_epochs", type=flags.EPOCHS, default=0.5,
                    help="local epochs per round; centralized and one-shot runs train rounds x local_epochs epochs")
     p.add_argument("--min_per_label", type=flags.COUNT, default=5,
                    help="Dirichlet shards: every client keeps at least this many examples of every label")

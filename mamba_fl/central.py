@@ -28,7 +28,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     mmodel.add_model_args(p)
     lmdata.add_data_args(p, batch_size=16, sharding=False)
     g = p.add_argument_group("training")
-    g.add_argument("--n-epochs", type=flags.POSITIVE, default=1.0,
+    g.add_argument("--n-epochs", type=flags.EPOCHS, default=1.0,
                    help="passes over the training split (fractions allowed)")
     g.add_argument("--max-steps", type=flags.POSITIVE_INT, default=None,
                    help="stop after this many steps (default: --n-epochs)")

@@ -39,7 +39,7 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0, se
     g = p.add_argument_group("local training")
     g.add_argument("--val-freq", dest="eval_every", type=flags.POSITIVE_INT, default=argparse.SUPPRESS,
                    help="the source's name for --eval-every (rounds between evaluations, default 30)")
-    g.add_argument("--n-epochs", type=flags.POSITIVE, default=1.0,
+    g.add_argument("--n-epochs", type=flags.EPOCHS, default=1.0,
                    help="sets --rounds when it is not given: rounds so each client, taking part in the share of "
                         "rounds that --participation-rate gives it, draws as many blocks as its shard holds this many "
                         "times (each round's blocks: a fresh permutation of the shard, so a pass in expectation)")

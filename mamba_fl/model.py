@@ -103,6 +103,10 @@ def resolve_model_args(args: argparse.Namespace) -> None:
     cli.check(inner % args.head_dim == 0, f"expand * d_model = {inner} is not a multiple of --head-dim {args.head_dim}")
     cli.check((inner // args.head_dim) % args.n_groups == 0,
               f"the {inner // args.head_dim} heads do not split into --n-groups {args.n_groups}")
+    flags.refuse_unused(args, [
+        ("delta_tensors", args.save_deltas, "without --save-deltas"),
+        ("prompt", args.sample_tokens > 0, "with --sample-tokens 0 (no sample is drawn)"),
+        ("min_improvement", args.patience > 0, "without --patience (no plateau rule)")])
 
 
 def add_optimizer_args(group, *, who: str) -> None:

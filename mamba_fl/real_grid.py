@@ -78,16 +78,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="seeds of FedAvg and FedFisher at 1 and 2 layers (the source's claim; 4 layers: --seeds)")
     p.add_argument("--clients", type=flags.POSITIVE_INT, default=4, help="clients, all taking part every round")
     p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=16, help="blocks per optimizer step")
-    p.add_argument("--eval-epochs", type=flags.POSITIVE, default=0.2,
+    p.add_argument("--eval-epochs", type=flags.EPOCHS, default=0.2,
                    help="passes over the training blocks between evaluations (every arm alike)")
-    p.add_argument("--max-epochs", type=flags.POSITIVE, default=40.0,
+    p.add_argument("--max-epochs", type=flags.EPOCHS, default=40.0,
                    help="the cap of a plateau run, in passes over the training blocks")
-    p.add_argument("--budget-epochs", type=flags.POSITIVE, default=4.0, help="the equal-compute budget")
+    p.add_argument("--budget-epochs", type=flags.EPOCHS, default=4.0, help="the equal-compute budget")
     p.add_argument("--select-at", choices=("plateau", "budget"), default="plateau",
                    help="plateau: each selection run stops by the reported runs' plateau rule, so a rate is chosen "
                         "for where it is reported; budget: a fixed --select-epochs passes (cheaper, but favours "
                         "rates that learn fast and plateau higher)")
-    p.add_argument("--select-epochs", type=flags.POSITIVE, default=4.0,
+    p.add_argument("--select-epochs", type=flags.EPOCHS, default=4.0,
                    help="with --select-at budget: the selection runs' length, in passes")
     p.add_argument("--extend", type=flags.COUNT, default=2,
                    help="a choice at the edge of its candidates adds the next value beyond it, at most this many times")
