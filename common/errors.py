@@ -44,6 +44,12 @@ def read_text(path: str | os.PathLike, expected: str, prefix: str = "") -> str:
     raise UsageError(f"{prefix}{path} {problem}; expected {expected}")
 
 
+def check_no_nul(path: str | os.PathLike, line: int, fields: list[str]) -> None:
+    """A data file's row holds no NUL character (a binary or truncated file; text readers would take it as text)."""
+    check(not any("\0" in f for f in fields), f"{path}:{line}: a NUL byte in the row; expected a text file (is it "
+                                              "binary, or cut short by a failed copy?)")
+
+
 JSON_MAX_BYTES = 64 << 20  # an input file of a grid or a plot: a selection, an arm list, a results table
 
 

@@ -3,7 +3,8 @@ the argparse number types: ``Number`` and ``COUNT`` (>= 0), ``POSITIVE_INT`` (>=
 what every RNG we seed accepts), ``FRACTION`` (in (0, 1]), ``POSITIVE`` (finite, > 0). Being types, they apply
 to command-line and ``--config`` values alike. ``FOLDER`` / ``CACHE_FOLDER`` mark the folders a script writes in.
 An integer flag without an upper bound of its own is bounded by ``MAX_COUNT`` (no count, size or length of this
-project comes near it; a run of that many rounds, steps or examples could not finish), so a typo like ``--rounds 10000000000`` is refused instead of running until killed.
+project comes near it; a run of that many rounds, steps or examples could not finish), so a typo like
+``--rounds 10000000000`` is refused instead of running until killed.
 
 ``refuse_unused``: a flag given (on the command line or in ``--config``; ``common.config`` records which) that
 changes nothing in this run, e.g. ``--mu`` without FedProx, is refused in one line.

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import atomic_path
-from common.errors import UsageError, check, first_line, read_text
+from common.errors import UsageError, check, check_no_nul, first_line, read_text
 
 IGNORE_INDEX = -100
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
@@ -37,6 +37,7 @@ def read_ag_news_csv(path: str | Path) -> TextData:
             for lineno, row in enumerate(csv.reader(f), 1):
                 if not row:
                     continue
+                check_no_nul(path, lineno, row)
                 if len(row) != 3 or not row[0].strip().isdigit() or not 1 <= int(row[0]) <= len(AG_NEWS_CLASSES):
                     raise UsageError(f"{path}:{lineno}: expected \"class\",\"title\",\"description\" with "
                                      f"class 1..{len(AG_NEWS_CLASSES)}, got {row[:3]!r}")
@@ -58,6 +59,8 @@ def split_ag_news_csv(src: str | Path, dst: str | Path, valid_fraction: float = 
     check(src.is_file(), f"{src} does not exist; expected an AG News CSV file")
     with open(src, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.reader(f) if r]
+    for lineno, row in enumerate(rows, 1):
+        check_no_nul(src, lineno, row)
     rng, train, valid = np.random.default_rng(seed), [], []
     for key in sorted({r[0] for r in rows}):
         group = [r for r in rows if r[0] == key]

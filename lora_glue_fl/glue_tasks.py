@@ -16,6 +16,7 @@ import numpy as np
 
 from common import cli
 from common import evaluate as ev
+from common.errors import check_no_nul
 
 # The task table. tsv: (column of text_a, column of text_b, column of label, header?) in the GLUE files;
 # names are header names, ints are positions (CoLA has no header). label_map maps TSV strings to HF ids.
@@ -103,6 +104,8 @@ def read_tsv(path: Path, task_name: str) -> Examples:
                              f"GLUE {task_name.upper()} TSV file") from None
     except (OSError, csv.Error) as e:
         raise cli.UsageError(f"{path} cannot be read as a TSV file ({type(e).__name__}: {e})") from None
+    for line_no, row in enumerate(rows, start=1):  # QUOTE_NONE: one row a line
+        check_no_nul(path, line_no, row)
     cli.check(len(rows) > int(has_header), f"{path} holds no examples")
     header = [h.strip() for h in rows[0]] if has_header else None
 

