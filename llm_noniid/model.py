@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import pretrained
+from common import memory, pretrained
 from common.errors import UsageError, check
 from common.evaluate import eval_mode
 
@@ -27,12 +27,25 @@ def hub_name(model: str) -> str:
     return HUB_NAMES.get(model, model)
 
 
+TINY = {"n_embd": 64, "n_layer": 2, "n_head": 2}  # tiny-gpt2's shape
+
+
+def check_memory(args, vocab: int, device, examples: int, base: nn.Module | None = None) -> None:
+    """``base`` (None: tiny-gpt2, before it is built) and one training step at --seq-len and --batch-size fit in
+    ``device``'s memory (``common.memory``); LoRA's adapters are left out (the estimate stays a lower bound)."""
+    memory.check_model(TINY if base is None else base.config, seq=("--seq-len", args.seq_len),
+                       batch=("--batch-size", args.batch_size), vocab=vocab, device=device,
+                       params=None if base is None else sum(p.numel() for p in base.parameters()),
+                       trainable_all=args.lora_r == 0, examples=examples,
+                       what=f"--model {args.model} (vocabulary {vocab})")
+
+
 def tiny_gpt2(vocab_size: int, seq_len: int, eos_id: int | None) -> nn.Module:
     """A random 2-layer GPT-2 (n_embd 64, n_head 2) with tied embeddings and no dropout (a model this small,
     trained for a few hundred steps, does not overfit; dropout only slowed it down)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(vocab_size=vocab_size, n_positions=max(seq_len, 8), n_embd=64, n_layer=2, n_head=2,
+    cfg = GPT2Config(vocab_size=vocab_size, n_positions=max(seq_len, 8), **TINY,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos_id, eos_token_id=eos_id)
     return GPT2LMHeadModel(cfg)
 

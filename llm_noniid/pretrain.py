@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from common import checkpoint as CK
-from common import cli, export, flags, runlog
+from common import cli, export, flags, memory, runlog
 from common.checkpoint import save_checkpoint  # by name: the tests interrupt it
 from common.config import add_config_arg
 from common.engine import cosine_lr
@@ -132,6 +132,7 @@ def pretrained_base(argv: list[str] | None = None) -> Path:
     """The cached base folder for these flags, pretrained on first use; returns it."""
     args = cli.parse(get_args_parser(), argv)
     cli.check(args.n_embd % args.n_head == 0, f"--n-head {args.n_head} must divide --n-embd {args.n_embd}")
+    check_memory(args)
     articles = read_articles(args.text_files)
     texts_hash = hashlib.sha256("\x00".join(f"{t}\x01{x}" for t, x in articles).encode()).hexdigest()[:16]
     if args.threads:
@@ -159,6 +160,19 @@ def stop_diverged(work: Path, step: int, state: dict, saved: bool) -> None:
                                       rerun="rerun with another --lr (another base)")
     CK.atomic_write_json(work / runlog.SUMMARY_FILE, {**fields, "history": state["history"]})
     raise error
+
+
+def check_memory(args) -> None:
+    """The GPT-2 of these flags and one AdamW step fit in memory (``common.memory``), before any work."""
+    def estimate(size: dict) -> dict:
+        w, seq = size["--n-embd"], size["--seq-len"]
+        params = (size["--vocab-size"] + seq) * w + size["--n-layer"] * 12 * w * w
+        return memory.transformer(params=params, batch=size["--batch-size"], seq=seq, width=w, layers=size["--n-layer"],
+                                  heads=args.n_head, vocab=size["--vocab-size"], inner=4 * w)
+
+    memory.check_fits(estimate, {"--seq-len": args.seq_len, "--batch-size": args.batch_size, "--n-embd": args.n_embd,
+                                 "--n-layer": args.n_layer, "--vocab-size": args.vocab_size}, "cpu",
+                      what="the GPT-2 base")
 
 
 def train_base(args, config: dict, articles: list, work: Path, final: Path) -> None:

@@ -29,7 +29,7 @@ from common.seed import client_generator, client_rng, numpy_rng, seed_everything
 from common.text import derived_cache_dir, load_tokenizer
 from llm_noniid import data as D
 from llm_noniid import failure
-from llm_noniid.model import LORA_TARGETS, add_lora, hub_name, lm_loss, load_base
+from llm_noniid.model import LORA_TARGETS, add_lora, check_memory, hub_name, lm_loss, load_base
 from llm_noniid.partition import PARTITIONS, TOKEN_SKEWS, TOPIC_SPLITS, partition, statistics
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam")
@@ -467,6 +467,9 @@ def run(args, rank: int, world: int) -> dict:
     valid_data = D.subsample(valid_data, args.max_eval_examples, args.seed + 1)
     tok = build_tokenizer(args, train_data.texts)
     vocab_size = len(tok)
+    examples = max(len(train_data.texts), len(valid_data.texts))  # the most any batch takes
+    if args.model == "tiny-gpt2":  # its shape is known before it is built (another model's once loaded, below)
+        check_memory(args, vocab_size, device, examples)
     x_all, y_all = D.encode(tok, train_data.texts, args.seq_len)
     x_val, y_val = D.encode(tok, valid_data.texts, args.seq_len)
     fingerprint = data_fingerprint(args.data, args.data_dir, texts={"train": "\n".join(train_data.texts),
@@ -495,6 +498,8 @@ def run(args, rank: int, world: int) -> dict:
     # ------------------------------------------------------------------ model, run directory, state
     base = load_base(args.model, vocab_size=vocab_size, seq_len=args.seq_len, eos_id=tok.eos_token_id,
                      cache_dir=args.cache_dir)
+    if args.model != "tiny-gpt2":
+        check_memory(args, vocab_size, device, examples, base)
     # a loaded base stays in eval mode, as from_pretrained leaves it: its own dropout is off in the local steps,
     # while peft's LoRA modules (and their --lora-dropout) train; tiny-gpt2 has no dropout
     model = add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets).to(device)

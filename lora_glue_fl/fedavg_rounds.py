@@ -308,7 +308,7 @@ def run(args) -> dict:
     if args.quiet:
         modeling.quiet_hf()
     tokenizer = modeling.build_tokenizer(args, train)
-    base = modeling.build_model(args, tokenizer, task.num_labels, args.seed)
+    base = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
     checks.rank_fits(base, args.lora_r, "--lora_r")
     if args.aggregation == "svd":
         checks.rank_fits(base, args.svd_rank, "--svd_rank")

@@ -94,7 +94,7 @@ def run(args, lora: bool = True) -> dict:
     train = splits["train"].head(args.max_train_samples)
     rd.set_data(checks.fingerprint(args.task_name, args.data, args.data_dir, {**splits, "train": train}))
     tokenizer = modeling.build_tokenizer(args, train)
-    model = modeling.build_model(args, tokenizer, task.num_labels, args.seed)
+    model = modeling.build_model(args, tokenizer, task.num_labels, args.seed, train)
     if lora:
         checks.rank_fits(model, args.lora_r, "--lora_r")
     types = modeling.uses_token_types(model)

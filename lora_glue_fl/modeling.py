@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import checkpoint, cli, flags, pretrained, text
+from common import checkpoint, cli, flags, memory, pretrained, text
 from common import distributed as D
 from common import seed as seeding
 from common.evaluate import autocast, eval_mode
@@ -133,7 +133,7 @@ def build_tokenizer(args, train: Examples):
         return text.load_tokenizer("bpe", train_files=[corpus], vocab_size=args.tokenizer_vocab_size, style="roberta")
 
 
-def build_model(args, tokenizer, num_labels: int, seed: int):
+def build_model(args, tokenizer, num_labels: int, seed: int, train: Examples | None = None):
     """An ``AutoModelForSequenceClassification`` (1 output + MSE for STS-B), its new head (and the random tiny model)
     drawn from ``seed``; one line if it is unavailable, no encoder with a classifier, or mismatches the tokenizer."""
     from transformers import AutoModelForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
@@ -142,6 +142,7 @@ def build_model(args, tokenizer, num_labels: int, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.stream_seed(seed, "base-model"))  # the tiny base (and new heads) per seed
         if mid == "tiny":  # positions for max_seq_length tokens
+            check_memory(args, TINY, len(tokenizer), num_labels, train)
             return RobertaForSequenceClassification(RobertaConfig(
                 vocab_size=len(tokenizer), max_position_embeddings=args.max_seq_length + 2 + 1,
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
@@ -157,7 +158,22 @@ def build_model(args, tokenizer, num_labels: int, seed: int):
                                  f"pre-fetch roberta-base/large with lora_glue_fl/download_roberta_models.py, pass "
                                  f"--model_name_or_path DIR, or use --model_size tiny") from None
     check_tokenizer(tokenizer, model)
+    check_memory(args, model.config, len(tokenizer), num_labels, train, sum(p.numel() for p in model.parameters()))
     return model
+
+
+def check_memory(args, config, vocab: int, num_labels: int, train: Examples | None, params: int | None = None) -> None:
+    """The model of ``config`` and one training step at --max_seq_length and the training batch fit in the memory
+    of --device (``common.memory``; on CPU until it is moved); a batch holds at most ``train``'s examples, trimmed
+    to the longest (a token has at least one character: its characters bound its tokens)."""
+    longest = None if train is None else 4 + max(len(a) + len(b) for a, b in zip(
+        train.text_a, train.text_b or [""] * len(train), strict=True), default=0)
+    flag = "--batch_size" if hasattr(args, "batch_size") else "--per_device_train_batch_size"
+    memory.check_model(config, seq=("--max_seq_length", args.max_seq_length),
+                       batch=(flag, getattr(args, flag[2:])), vocab=vocab, params=params,
+                       device=cli.resolve_device(args.device), trainable_all=not getattr(args, "lora_r", 0),
+                       examples=None if train is None else len(train), longest=longest, outputs=num_labels,
+                       what=f"the model ({model_id(args)})")
 
 
 def check_architecture(folder: str) -> None:

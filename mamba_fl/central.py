@@ -67,6 +67,7 @@ def main(argv=None) -> dict:
     name = args.run_name or runlog.run_name("central", args.model_config, b=args.batch_size, steps=total,
                                             lr=args.lr, sgd=args.optimizer == "sgd", data=lmdata.source_tag(args),
                                             quick=args.quick, s=args.seed)
+    mmodel.check_memory(args, data.vocab_size, device, max(data.train.shape[0], data.valid.shape[0]))
     rd = runlog.RunDir(args.out_dir, name, args, kind="mamba_fl/central", resume=args.resume, device=device,
                        ignore_on_resume=federated.IGNORE_ON_RESUME, data=data.fingerprint)
 

@@ -322,6 +322,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
         lr=args.lr, sgd=args.optimizer == "sgd", reset=args.client_opt_state == "reset",
         **method.run_name_extra(args), **engine.run_name_tags(args, server_opt=method.server),
         data=lmdata.source_tag(args), quick=args.quick, s=args.seed)
+    mmodel.check_memory(args, data.vocab_size, device, max(data.train.shape[0], data.valid.shape[0]))
     # checks only (arguments, data fingerprint, what the directory holds); claimed once the model is built
     rd = distributed.main_first(lambda: runlog.RunDir(
         args.out_dir, name, args, resume=args.resume, kind=f"mamba_fl/{method.script}", device=device,

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from common import cli, evaluate, flags
+from common import cli, evaluate, flags, memory
 from common.early_stop import EarlyStop
 
 CONFIGS = {f"pure_ssm_{n}_layer": n for n in (1, 2, 4)}
@@ -107,6 +107,21 @@ def resolve_model_args(args: argparse.Namespace) -> None:
         ("delta_tensors", args.save_deltas, "without --save-deltas"),
         ("prompt", args.sample_tokens > 0, "with --sample-tokens 0 (no sample is drawn)"),
         ("min_improvement", args.patience > 0, "without --patience (no plateau rule)")])
+
+
+def check_memory(args: argparse.Namespace, vocab: int, device, blocks: int) -> None:
+    """The model and one training step fit in ``device``'s memory (``common.memory``), before anything is built;
+    a batch takes at most the ``blocks`` there are."""
+    def estimate(size: dict) -> dict:
+        d, inner = size["--d-model"], args.expand * size["--d-model"]
+        heads, bc = inner // args.head_dim, 2 * args.n_groups * args.d_state
+        layer = d * (2 * inner + bc + heads) + (inner + bc) * args.d_conv + inner * d + 2 * d
+        params = vocab * d * (1 if not args.no_tie_embeddings else 2) + args.layers * layer
+        return memory.transformer(params=params, batch=min(size["--batch-size"], blocks), seq=size["--sequence-length"],
+                                  width=d, layers=args.layers, heads=0, vocab=vocab, inner=2 * inner + bc)
+
+    memory.check_fits(estimate, {"--sequence-length": args.sequence_length, "--batch-size": args.batch_size,
+                                 "--d-model": args.d_model}, device, what=f"this Mamba2 (vocabulary {vocab})")
 
 
 def add_optimizer_args(group, *, who: str) -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from common import cli, config, flags, report
+from common import cli, config, flags, memory, report
 from common import distributed as D
 from common.evaluate import autocast
 from vit_sparse_fl import data as cifar
@@ -89,6 +89,20 @@ def validate_model_args(args) -> None:
               f"--arch encoder needs --weights minilm or a Hugging Face encoder folder, got {args.weights!r}")
     cli.check(text or args.freeze_layers <= ARCHS[args.arch].depth, f"--freeze-layers {args.freeze_layers} exceeds "
               f"the {ARCHS.get(args.arch, VIT_TINY).depth} blocks of {args.arch}")
+
+
+def check_memory(args, num_classes: int, device: torch.device, examples: int) -> None:
+    """A ViT of --arch and one training step fit in ``device``'s memory (``common.memory``); a batch takes at most
+    the ``examples`` it draws from (``data.batches`` stops at the data)."""
+    cfg = ARCHS[args.arch]
+    w, tokens = cfg.embed_dim, (args.image_size // cfg.patch_size) ** 2 + 1
+
+    def estimate(size: dict) -> dict:
+        params = 3 * cfg.patch_size ** 2 * w + tokens * w + cfg.depth * 12 * w * w + w * num_classes
+        return memory.transformer(params=params, batch=min(size["--batch-size"], examples), seq=tokens, width=w,
+                                  layers=cfg.depth, heads=cfg.num_heads, vocab=num_classes, inner=4 * w)
+
+    memory.check_fits(estimate, {"--batch-size": args.batch_size}, device, what=f"--arch {args.arch}")
 
 
 def build_model(args, num_classes: int, device: torch.device) -> tuple[ViTClassifier, str]:

@@ -74,6 +74,8 @@ def main(argv=None) -> dict:
     device = cli.resolve_device(args.device)
     train, val, test, num_classes = cifar.load_cifar100(args, device)
     data_fp = cifar.fingerprint(args, train, val, test)
+    if args.arch != "encoder":
+        exp.check_memory(args, num_classes, device, len(train))
     model, source = exp.build_model(args, num_classes, device)
     fwd = compiled.maybe_compile(model, args)  # forward passes only; `model` for parameters and state
     params = [p for p in model.parameters() if p.requires_grad]

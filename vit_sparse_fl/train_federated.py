@@ -107,6 +107,8 @@ def setup(args) -> dict:
     labels = train.labels.cpu().numpy()
     shards = (shard.iid(len(labels), args.num_clients, args.seed) if args.sharding == "iid"
               else shard.pathological(labels, args.num_clients, args.nc, args.seed))
+    if args.arch != "encoder":
+        exp.check_memory(args, num_classes, device, max(len(s) for s in shards))
     model, source = exp.build_model(args, num_classes, device)
     test_labels = test.labels.cpu().numpy()
     cap = args.interference_images or len(test_labels)
