@@ -166,8 +166,8 @@ def check_memory(args, config, vocab: int, num_labels: int, train: Examples | No
     """The model of ``config`` and one training step at --max_seq_length and the training batch fit in the memory
     of --device (``common.memory``; on CPU until it is moved); a batch holds at most ``train``'s examples, trimmed
     to the longest (a token has at least one character: its characters bound its tokens)."""
-    longest = None if train is None else 4 + max(len(a) + len(b) for a, b in zip(
-        train.text_a, train.text_b or [""] * len(train), strict=True), default=0)
+    pairs = [] if train is None else zip(train.text_a, train.text_b or [""] * len(train), strict=True)
+    longest = None if train is None else 4 + max((len(a) + len(b) for a, b in pairs), default=0)
     flag = "--batch_size" if hasattr(args, "batch_size") else "--per_device_train_batch_size"
     memory.check_model(config, seq=("--max_seq_length", args.max_seq_length),
                        batch=(flag, getattr(args, flag[2:])), vocab=vocab, params=params,
