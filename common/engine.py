@@ -119,8 +119,8 @@ def check_participation(rate: float | None, num_clients: int | None) -> None:
     if rate is None or num_clients is None:
         return
     check(round(rate * num_clients) >= 1, f"--participation-rate {rate:g} samples round({rate:g} x {num_clients}) "
-                                          f"= 0 of the {num_clients} clients per round; the smallest rate that "
-                                          f"samples one is {0.5 / num_clients:g} (or give --clients-per-round 1)")
+                                          f"= 0 of the {num_clients} clients per round; a rate that samples one "
+                                          f"is above {0.5 / num_clients:g} (or give --clients-per-round 1)")
 
 
 def refuse_unused_algorithm_args(args) -> None:
