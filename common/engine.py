@@ -110,12 +110,14 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
     check(k is None or args.num_clusters <= k, f"--num-clusters {args.num_clusters} exceeds the {k} clients "
                                                "(each cluster starts from a client of its own); expected at most "
                                                f"{k}")
-    check_participation(getattr(args, "participation_rate", None), k)
+    if "participation_rate" in (flags.given(args) or ()):  # a rate chosen, not a default or --quick's
+        check_participation(args.participation_rate, k)
     refuse_unused_algorithm_args(args)
 
 
 def check_participation(rate: float | None, num_clients: int | None) -> None:
-    """A rate for which round(C K) is 0 samples no client: ``clients_per_round`` would quietly take one."""
+    """A rate given for which round(C K) is 0 samples no client: ``clients_per_round`` would quietly take one (as
+    it does for a default or preset rate with few clients)."""
     if rate is None or num_clients is None:
         return
     check(round(rate * num_clients) >= 1, f"--participation-rate {rate:g} samples round({rate:g} x {num_clients}) "

@@ -9,7 +9,7 @@ import pytest
 from clicases import one_line_error
 
 from common import runlog
-from llm_noniid import pretrain, train
+from llm_noniid import train
 from lora_glue_fl import fedavg_rounds, main_glue_lora
 from mamba_fl import central, fed_avg, fed_momentum
 from vit_sparse_fl import train_centralized, train_federated
@@ -148,11 +148,3 @@ def test_a_glue_file_without_nul_still_reads(tmp_path):
 def test_plain_run_names_are_taken(name):
     runlog.check_run_name(name)
 
-
-def test_pretrain_sizes_that_cannot_fit(tmp_path, capsys, monkeypatch):
-    from common import memory
-    monkeypatch.setattr(memory, "available", lambda device="cpu": 2**30)
-    err = one_line_error(pretrain.main, ["--quick", "--n-embd", "96000", "--n-head", "3",
-                                         "--cache-dir", str(tmp_path / "c")], capsys)
-    assert "needs at least" in err and "1 GiB is available" in err and "--n-embd" in err
-    assert not (tmp_path / "c").exists()
