@@ -109,6 +109,7 @@ def resolve_clients_per_round(args: argparse.Namespace) -> None:
     m = getattr(args, "clients_per_round", None)
     if m is None:
         return
+    refuse_unused(args, [("participation_rate", False, f"with --clients-per-round {m}, which sets the rate")])
     k = args.num_clients
     check(1 <= m <= k, f"--clients-per-round must be between 1 and the {k} clients, got {m}")
     args.participation_rate = m / k

@@ -145,7 +145,9 @@ def validate(args) -> None:
         ("min_size", topic and args.topic_split == "labels", "without --partition topic_skew --topic-split labels"),
         ("style_criterion", args.partition == "style_skew", f"without --partition style_skew {part}"),
         ("token_skew", args.partition == "token_skew", f"without --partition token_skew {part}"),
-        ("cluster_features", args.clustering == "data", f"without --clustering data (here {args.clustering})")])
+        ("cluster_features", args.clustering == "data", f"without --clustering data (here {args.clustering})"),
+        ("bpe_vocab_size", args.tokenizer == "bpe" or args.tokenizer == "auto" and args.model == "tiny-gpt2",
+         "without --tokenizer bpe (the offline BPE; --model tiny-gpt2's own)")])
 
 
 check_args = validate  # the checks of its arguments alone (common.jobs: a grid checks its runs)

@@ -119,6 +119,8 @@ def resolve_args(args):
     cli.check(args.shard_dir is not None or args.quick or args.partition is not None,
               "--shard_dir (make it with make_shards.py) or --partition is required")
     engine.check_algorithm_args(args, plain_sgd=False, optimizer_hint="", scaffold=NO_SCAFFOLD)
+    flags.refuse_unused(args, [("svd_rank", args.aggregation == "svd", f"without --aggregation svd (here "
+                                                                        f"{args.aggregation})")])
     cli.check(args.server_opt == "fedavg" and args.server_lr == 1.0, "--server-opt / --server-lr: the server "
               "sets the fused adapter to the merge (a server step on re-factorised adapters has no meaning)")
     return args

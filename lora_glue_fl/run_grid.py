@@ -171,7 +171,8 @@ def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr
             "--eval_every_epochs", str(args.local_epochs), "--per_device_train_batch_size", str(args.batch_size),
             "--per_device_eval_batch_size", str(args.eval_batch_size)])]
     shard_dir = make_shard_dir(args, name, task, data, sharding, seed, write)
-    fed = common_args + ["--svd_rank", str(args.lora_r), "--batch_size", str(args.batch_size), "--eval_batch_size",
+    rank = ["--svd_rank", str(args.lora_r)] if method in ("svd", "oneshot") else []  # only SVD fusion reads it
+    fed = common_args + [*rank, "--batch_size", str(args.batch_size), "--eval_batch_size",
                          str(args.eval_batch_size), "--shard_dir", str(shard_dir), "--save_client_adapters", "last"] \
         + (["--no_validation"] if select else [])
     if method != "oneshot":

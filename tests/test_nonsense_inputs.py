@@ -47,6 +47,14 @@ UNUSED = [
     ("llm cluster features without data clusters", "llm", ["--cluster-features", "topics"],
      "without --clustering data"),
     ("yaml mu without fedprox", "llm", ["--config", "{tmp}/mu.yaml"], "--mu changes nothing"),
+    *[(f"{s} participation rate and clients per round", s, ["--participation-rate", "0.5", "--clients-per-round",
+                                                             "1"], "--participation-rate changes nothing with")
+      for s in ("mamba", "vit", "llm")],
+    ("vit nc on iid shards", "vit", ["--nc", "3"], "--nc changes nothing without --sharding non_iid"),
+    ("lora fed svd rank with naive merging", "lora_fed", ["--aggregation", "naive", "--svd_rank", "2"],
+     "--svd-rank changes nothing without --aggregation svd"),
+    ("llm bpe vocabulary with a hub tokenizer", "llm", ["--model", "distilgpt2", "--bpe-vocab-size", "300"],
+     "--bpe-vocab-size changes nothing without --tokenizer bpe"),
 ]
 COUNTS = [
     *[(f"{s} rounds 10**11", s, ["--rounds", str(10**11)], "must be at most 10000000")

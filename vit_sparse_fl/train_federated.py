@@ -71,6 +71,9 @@ def finish_args(args) -> None:
               "choose one of --heterogeneity-experiment and --local-steps-experiment")
     engine.check_algorithm_args(args, plain_sgd=args.momentum == 0,
                                 optimizer_hint=f"--momentum {args.momentum}; use --momentum 0")
+    flags.refuse_unused(args, [("nc", args.sharding == "non_iid" and not args.heterogeneity_experiment,
+                                f"without --sharding non_iid (here {args.sharding}; --heterogeneity-experiment "
+                                "takes --nc-values)")])
 
 
 check_args = finish_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
