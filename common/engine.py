@@ -115,14 +115,15 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
     refuse_unused_algorithm_args(args)
 
 
-def check_participation(rate: float | None, num_clients: int | None) -> None:
-    """A rate given for which round(C K) is 0 samples no client: ``clients_per_round`` would quietly take one (as
-    it does for a default or preset rate with few clients)."""
-    if rate is None or num_clients is None:
+def check_participation(rate: float, num_clients: int | None) -> None:
+    """A rate asking for less than a tenth of a client per round: ``clients_per_round`` (max(1, round(C K))) would
+    quietly sample one, ten times (or, for 1e-300, infinitely many times) what was asked. A rate under one client
+    (0.1 of 4 clients, an arm's "one client per round") keeps the engine's rule."""
+    if num_clients is None:
         return
-    check(round(rate * num_clients) >= 1, f"--participation-rate {rate:g} samples round({rate:g} x {num_clients}) "
-                                          f"= 0 of the {num_clients} clients per round; a rate that samples one "
-                                          f"is above {0.5 / num_clients:g} (or give --clients-per-round 1)")
+    check(rate * num_clients >= 0.1, f"--participation-rate {rate:g} asks for {rate * num_clients:.3g} of the "
+                                     f"{num_clients} clients per round, less than a tenth of one (the engine would "
+                                     f"sample one); give at least {0.1 / num_clients:.3g}, or --clients-per-round 1")
 
 
 def refuse_unused_algorithm_args(args) -> None:

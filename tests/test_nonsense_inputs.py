@@ -77,7 +77,7 @@ NONSENSE = [
       for s, name in (("mamba", "octal.yaml"), ("vit", "grouped.yaml"), ("llm", "hex.yaml"),
                       ("lora_fed", "binary.yaml"), ("mamba_central", "base60.yaml"), ("vit_central", "yes.yaml"),
                       ("mamba", "float_grouped.yaml"))],
-    *[(f"{s} participation 1e-300", s, ["--participation-rate", "1e-300"], "= 0 of the")
+    *[(f"{s} participation 1e-300", s, ["--participation-rate", "1e-300"], "less than a tenth of one")
       for s in ("mamba", "vit", "llm")],
     ("mamba ifca more clusters than clients", "mamba", ["--clustering", "ifca", "--num-clusters", "9"],
      "--num-clusters 9 exceeds the 4 clients"),
@@ -131,7 +131,7 @@ def test_the_tables_are_distinct():
                                   ["--partition", "topic_skew", "--topic-split", "labels", "--min-size", "1"],
                                   ["--clustering", "ifca", "--num-clusters", "4", "--ifca-init-rounds", "2"],
                                   ["--clustering", "data", "--cluster-features", "topics"],
-                                  ["--participation-rate", "0.25"]])
+                                  ["--participation-rate", "0.1"]])  # 0.4 of 4 clients: one
 def test_flags_where_they_apply_are_taken(argv):
     """The same flags with what they apply to pass validation (the --quick presets are defaults, not given)."""
     train.validate(train.cli.parse(train.get_args_parser(), ["--quick", *argv]))

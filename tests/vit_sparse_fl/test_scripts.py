@@ -262,7 +262,7 @@ def test_fedprox_and_scaffold_match_the_algorithm_by_hand(out_dir, algorithm):
     x += mean_k dy_k, c += sum_k dc_k / N. The reference is written out here on the same model and batches."""
     mu = 0.5
     flags = ["--num-clients", "3", "--participation-rate", "1", "--momentum", "0", "--weight-decay", "0",
-             "--algorithm", algorithm, "--mu", str(mu), "--no-augment"]
+             "--algorithm", algorithm, *(["--mu", str(mu)] if algorithm == "fedprox" else []), "--no-augment"]
     fed.main([*SMALL, *flags, "--out-dir", str(out_dir), "--run-name", algorithm])
     ctx = _ctx(out_dir / "ref", *flags)
     args, plist, model = ctx["args"], ctx["params"], ctx["model"]
