@@ -21,8 +21,7 @@ ROUND_KEYS = {"round", "val_loss", "val_ppl", "train_loss", "client_train_loss",
 
 
 def rows(out_dir: Path) -> list[dict]:
-    (run,) = [p for p in out_dir.iterdir() if p.is_dir()]
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (the_run(out_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def quick(out_dir, *extra):

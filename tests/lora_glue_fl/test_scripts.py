@@ -380,7 +380,7 @@ def test_fedavg_rounds_compiled_forward_gives_the_same_run(sst2_run, tmp_path):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
     assert summary["final"]["eval_loss"] == pytest.approx(ref_summary["final"]["eval_loss"], rel=1e-4)
     assert summary["final"]["accuracy"] == ref_summary["final"]["accuracy"]
-    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    run = the_run(tmp_path)
     got = adapters.load(run / "round_2/fused_r4/adapter").state_dict()
     want = adapters.load(ref_run / "round_2/fused_r4/adapter").state_dict()
     for k in want:
