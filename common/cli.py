@@ -31,7 +31,7 @@ from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageEr
     no_space,
     read_json,
 )
-from common.flags import FOLDER, FRACTION, MAX_COUNT, POSITIVE_INT, SEED, WHY_MAX, Folder, Number  # noqa: F401  (FOLDER re-exported)
+from common.flags import FOLDER, FRACTION, MAX_COUNT, POSITIVE_INT, RUN_NAME, SEED, WHY_MAX, Folder, Number  # noqa: F401  (FOLDER re-exported)
 
 
 def _add_argument(original: Callable, *names, **kwargs):
@@ -154,7 +154,8 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
     g.add_argument("--seed", type=SEED, default=seed, help="global seed; client streams derive from it")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--out-dir", type=FOLDER, default=out_dir, help="parent folder of run directories")
-    g.add_argument("--run-name", default=None, help="run directory name (default: derived from the settings)")
+    g.add_argument("--run-name", type=RUN_NAME, default=None,
+                   help="run directory name (default: derived from the settings)")
     g.add_argument("--quick", action="store_true", help="tiny model, few rounds, embedded data: a smoke run")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--resume", action="store_true",

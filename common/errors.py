@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import tempfile
+import unicodedata
 from pathlib import Path
 
 
@@ -150,3 +151,18 @@ def _writable(folder: Path, try_it: bool = True) -> bool:
     except OSError:
         return False
     return True
+
+
+# control characters (newline, tab, ...), format characters (the bidi overrides U+202E ..., zero-width ones), line
+# and paragraph separators, surrogates and unassigned code points: a folder name holding one misleads every listing
+_UNSAFE = ("Cc", "Cf", "Zl", "Zp", "Cs", "Cn")
+
+
+def check_run_name(name: str) -> None:
+    """A run name (given, or made from flags) is one plain folder name: not empty, '.' or '..', no path separator,
+    no character of ``_UNSAFE``; else one line naming the first offending character."""
+    bad = next((c for c in name if c in "/\\" or unicodedata.category(c) in _UNSAFE), None)
+    what = f"U+{ord(bad):04X} {unicodedata.name(bad, 'a control character')}" if bad else None
+    check(bool(name) and name not in (".", "..") and bad is None,
+          f"--run-name {name!r} is not a plain folder name" + (f" (it holds {what})" if what else "")
+          + "; expected one folder name without path separators, control or bidi characters")

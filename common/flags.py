@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from common.errors import check
+from common.errors import UsageError, check, check_run_name
 
 MAX_COUNT = 10**7  # rounds, steps, epochs, examples, sizes: 10^7 rounds of even 3 s each take a year
 WHY_MAX = "larger counts could not finish (10^7 rounds of 3 s each take a year) or allocate"
@@ -85,6 +85,19 @@ class Folder:
 
 
 FOLDER, CACHE_FOLDER = Folder(), Folder(derived=True)
+
+
+def RUN_NAME(text: str) -> str:  # noqa: N802 (an argparse type, named like the others)
+    """An argparse ``type``: ``--run-name`` is one plain folder name (``common.errors.check_run_name``), checked at
+    parsing, before a script reads or caches its data."""
+    try:
+        check_run_name(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--run-name ")) from None
+    return text
+
+
+RUN_NAME.expects = "a plain folder name"
 COUNT = Number(int, 0)
 POSITIVE_INT = Number(int, 1)
 SEED = Number(int, 0, 2**32 - 1)

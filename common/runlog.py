@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-import unicodedata
 import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager, suppress
@@ -38,7 +37,7 @@ import torch
 
 from common import checkpoint as ckpt
 from common import tracking
-from common.errors import RUN_FILE, Diverged, UsageError, check, check_out_dir, no_space
+from common.errors import RUN_FILE, Diverged, UsageError, check, check_out_dir, check_run_name, no_space
 from common.evaluate import cuda_precision
 from common.seed import get_rng_state
 
@@ -134,21 +133,6 @@ def run_name(prefix: str, *parts: Any, **settings: Any) -> str:
               for key, value in settings.items() if value is not None and value is not False]
     name = "_".join(items)
     return "".join(c if c.isalnum() or c in "._-+" else "-" for c in name)
-
-
-# control characters (newline, tab, ...), format characters (the bidi overrides U+202E ..., zero-width ones), line
-# and paragraph separators, surrogates and unassigned code points: a folder name holding one misleads every listing
-_UNSAFE = ("Cc", "Cf", "Zl", "Zp", "Cs", "Cn")
-
-
-def check_run_name(name: str) -> None:
-    """A run name (given, or made from flags) is one plain folder name: not empty, '.' or '..', no path separator,
-    no character of ``_UNSAFE``; else one line naming the first offending character."""
-    bad = next((c for c in name if c in "/\\" or unicodedata.category(c) in _UNSAFE), None)
-    what = f"U+{ord(bad):04X} {unicodedata.name(bad, 'a control character')}" if bad else None
-    check(bool(name) and name not in (".", "..") and bad is None,
-          f"--run-name {name!r} is not a plain folder name" + (f" (it holds {what})" if what else "")
-          + "; expected one folder name without path separators, control or bidi characters")
 
 
 def read_object(path: str | os.PathLike) -> dict | None:
