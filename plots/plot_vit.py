@@ -122,15 +122,23 @@ MARKERS = "os^Dv<>pXP*h"
 
 
 def curve(ax, members: list[dict], label: str, **kw) -> None:
-    """Validation accuracy vs sample gradients of the main rounds (round x m x J x batch), mean ± sd."""
-    a = members[0]["args"]
-    m = max(1, int(round(a["participation_rate"] * a["num_clients"])))  # with_keys checked both
-    x, ys = R.aligned(members, "val_accuracy", x="step")
+    """Validation accuracy per main round (after any head warm-up and mask calibration), mean ± sd."""
+    x, ys = R.aligned(members, "val_accuracy", x="round")
     if not x.size:
         print(f"left out of the accuracy curves: {label} (its runs logged no val_accuracy)")
         return
     kw.setdefault("marker", MARKERS[len(ax.lines) % len(MARKERS)])
-    R.draw_seeds(ax, x * m * a["batch_size"] / 1000, 100 * ys.T, label, ms=4, **kw)
+    R.draw_seeds(ax, x, 100 * ys.T, label, ms=4, **kw)
+
+
+def round_label(runs: list[dict]) -> str:
+    """The x label of the accuracy curves: a round's sample gradients when every run agrees on them."""
+    work = {(max(1, int(round(a["participation_rate"] * a["num_clients"]))), a["local_steps"], a["batch_size"])
+            for a in (r["args"] for r in runs)}  # with_keys checked these
+    if len(work) != 1:
+        return "main round"
+    m, j, b = work.pop()
+    return f"main round ({m} clients x {j} local steps x batch {b})"
 
 
 def vit_runs(runs: list[dict]) -> list[dict]:
@@ -197,32 +205,38 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
         based, start = fed, "scratch (no pretrained base in these runs)"
     iid = [r for r in based if r["args"]["sharding"] == "iid" and r["args"]["local_steps"] == base_j]
 
-    # ---------------------------------------------------------------- accuracy vs sample gradients
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    # ---------------------------------------------------------------- accuracy per round
+    nc = panel_nc(sparse)
+    at_nc = lambda group: [r for r in group if shard(r) == f"Nc={nc}"]
+    nc2 = at_nc(sparse)  # no sparse runs on that shard: one panel, never an empty one
+    fig, axes = plt.subplots(1, 2 if nc2 else 1, figsize=(12, 4.4) if nc2 else (8, 4.4), sharey=True,
+                             squeeze=False)
+    axes, drawn = axes[0], []
     settings = groups_by([r for r in fed if r["args"]["local_steps"] == base_j],
                          lambda r: (scratch(r), r["args"]["sharding"] != "iid", -(r["args"].get("nc") or 0)))
     for key, members in sorted(settings.items()):
         curve(axes[0], members, f"FedAvg {shard(members[0])}" + (", from scratch" if key[0] else ""),
               ls="--" if key[0] else "-")
-    ax, nc = axes[1], panel_nc(sparse)
-    at_nc = lambda group: [r for r in group if shard(r) == f"Nc={nc}"]
-    if nc2 := at_nc(sparse):
+        drawn.append(members)
+    if nc2:
+        ax = axes[1]
         first = max(r["args"]["sparsity_ratio"] for r in nc2)
         for key, members in sorted(groups_by([r for r in nc2 if r["args"]["sparsity_ratio"] == first],
                                              strategy).items()):
             curve(ax, members, strategy_label(*key))
+            drawn.append(members)
         if dense := [r for r in at_nc(based) if r["args"]["local_steps"] == base_j]:
             curve(ax, dense, "dense FedAvg", color="k", ls="--")
+            drawn.append(dense)
         for members in groups_by(at_nc(probes), frozen).values():
             curve(ax, members, probe_label(members[0]), color=PROBE_COLORS.get(frozen(members[0]), "0.45"), ls="-.")
+            drawn.append(members)
         ax.set(title=f"Nc = {nc}, sparsity {first:g}")
-    else:
-        ax.text(0.5, 0.5, "no sparse runs on non-IID shards", ha="center", transform=ax.transAxes)
     axes[0].set(title=f"FedAvg (J = {base_j})", ylabel="validation accuracy (%)")
-    fig.suptitle("lines: mean over seeds; bands: ± sample sd over seeds", fontsize=9)
+    fig.suptitle(f"lines: mean over seeds; {R.spread_note(drawn, 'bands: ± sample sd over seeds')}", fontsize=9)
     for ax in axes:
         chance_line(ax, fed)
-        ax.set(xlabel="sample gradients in the main rounds (thousands)")
+        ax.set(xlabel=round_label(sum(drawn, [])))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     written += R.savefig(fig, out / "vit_accuracy_vs_rounds.png")
