@@ -39,4 +39,4 @@ def perplexity_curve(rows: list[dict], path, title: str = "", refs: dict | None 
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     from common import runs as R  # the one place figures are saved (150 dpi, at least 1,000 px wide)
 
-    return R.savefig(fig, path)[0]
+    return R.savefig(fig, path, own_run=True)[0]

@@ -257,13 +257,15 @@ def spread_note(groups: Iterable[Sequence], spread: str) -> str:
     return spread if any(len(g) > 1 for g in groups) else "one seed each: no spread drawn"
 
 
-def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False) -> list[Path]:
+def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False, own_run: bool = False) -> list[Path]:
     """Save ``fig`` (tight, 150 dpi, more where that leaves it under MIN_WIDTH_PX wide) as ``path`` with suffix
     .png (and .pdf), its name made safe by ``file_name``, then close it; the written paths. The one place every
-    figure is saved: tests check each figure's layout here."""
+    figure is saved: tests check each figure's layout here. ``own_run``: a run's own figure, written into its run
+    directory (elsewhere --out never may be inside one)."""
     path = Path(path)
     path = path.with_name(file_name(path.stem) + path.suffix)
-    check_out_dir(path.parent, "--out")
+    if not own_run:
+        check_out_dir(path.parent, "--out")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     width = fig.get_tightbbox(fig.canvas.get_renderer()).width  # inches, as bbox_inches="tight" saves it
