@@ -194,7 +194,7 @@ def _curves(runs, arms, layers, shard, path, title) -> list[Path]:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 4.3))
-    drawn = []
+    drawn, seeds = [], []  # the first run and the [seeds, points] values of each arm drawn
     for arm in arms:
         group = []
         for r in _select(runs, arm, layers, shard):
@@ -208,13 +208,14 @@ def _curves(runs, arms, layers, shard, path, title) -> list[Path]:
             R.draw_seeds(ax, xs / group[0]["args"]["sequence_length"], ys.T, ARM_LABELS.get(arm, arm),
                          spread="range", marker=marker, ls=ls, ms=4)
             drawn.append(group[0])
+            seeds.append(ys)
     if not drawn:
         plt.close(fig)
         print(f"skipped {Path(path).name}: no finished runs for {title}")
         return []
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _finish_curves(fig, ax, _refs(drawn[-1]), f"{title}\nlines: mean over seeds; bands: range over seeds "
-                          "(min to max)", path)
+    spread = R.spread_note(seeds, "bands: range over seeds (min to max)")
+    return _finish_curves(fig, ax, _refs(drawn[-1]), f"{title}\nlines: mean over seeds; {spread}", path)
 
 
 def _finish_curves(fig, ax, refs: dict, title: str, path, legend_ax=None) -> list[Path]:

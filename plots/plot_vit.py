@@ -29,7 +29,11 @@ SWEPT = ("sharding", "nc", "local_steps", "rounds", "head_warmup", "eval_every",
 PROBES = {2: "probe: head", 1: "probe: head + last block"}   # --freeze-layers of the suite's probes (depth 2)
 PROBE_COLORS = {2: "tab:purple", 1: "tab:brown"}
 STRATEGIES = ("least_sensitive", "most_sensitive", "lowest_magnitude", "highest_magnitude", "random")  # bar order
-BARS = "mean over seeds; error bars: ± sample sd"
+
+
+def bars(groups) -> str:
+    """What a point or bar of ``groups`` (of runs, one per seed) shows: the sd only where some group has seeds."""
+    return f"mean over seeds; {R.spread_note(groups, 'error bars: ± sample sd')}"
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -89,8 +93,8 @@ def acc(runs: list[dict], key: str = "test_accuracy") -> list[float]:
 
 def sweep_figure(path: Path, sweeps: dict, runs: list[dict], xlabel: str, title: str, lines=()) -> list[Path]:
     """Test accuracy against a swept setting: per {label: {x: runs}} of ``sweeps`` the mean over seeds with error
-    bars ± sample sd; horizontal ``lines`` ((y, style) each) and chance (from ``runs``); a log x axis labelled
-    with the (last sweep's) swept values only."""
+    bars ± sample sd (named below ``title`` where drawn); horizontal ``lines`` ((y, style) each) and chance (from
+    ``runs``); a log x axis labelled with the (last sweep's) swept values only."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
@@ -101,6 +105,7 @@ def sweep_figure(path: Path, sweeps: dict, runs: list[dict], xlabel: str, title:
     for y, style in lines:
         ax.axhline(y, **style)
     chance_line(ax, runs)
+    title += f"\n(points: {bars([g for groups in sweeps.values() for g in groups.values()])})"
     ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (%)", title=title)
     ax.set_xticks(np.array(x, dtype=float), [str(int(v)) for v in x])
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -248,7 +253,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                  ((iid, "IID", "gray", "--"), (central, "centralized", "tab:green", "-.")) if g]
         written += sweep_figure(out / "vit_accuracy_vs_nc.png", {"non-IID (pathological)": groups_by(
             nonfed, lambda r: r["args"]["nc"])}, nonfed, "classes per client Nc",
-            f"FedAvg from {start} vs heterogeneity\n(points: {BARS})", lines)
+            f"FedAvg from {start} vs heterogeneity", lines)
 
     # ---------------------------------------------------------------- accuracy vs J
     swept = {k: v for k, v in groups_by(based, shard).items() if len({r["args"]["local_steps"] for r in v}) > 1}
@@ -256,7 +261,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
         written += sweep_figure(out / "vit_accuracy_vs_j.png", {
             f"FedAvg {name}": groups_by(members, lambda r: r["args"]["local_steps"])
             for name, members in sorted(swept.items(), key=lambda kv: kv[0] != "IID")}, based,
-            "local steps J (rounds x J fixed)", f"FedAvg vs local steps at equal sample gradients\n(points: {BARS})")
+            "local steps J (rounds x J fixed)", "FedAvg vs local steps at equal sample gradients")
 
     # ---------------------------------------------------------------- strategy comparison
     if sparse:
@@ -266,6 +271,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
         labels = sorted({strategy(r) for r in sparse}, key=lambda v: (STRATEGIES.index(v[0]), v[1] != "talos"))
         fig, axes = plt.subplots(2, len(shards), figsize=(6 * len(shards), 7), squeeze=False)
         width = 0.8 / len(sparsities)
+        cells = groups_by(sparse, lambda r: (shard(r), r["args"]["sparsity_ratio"], strategy(r))).values()
         for col, sh in enumerate(shards):
             here = [lab for lab in labels if any(shard(r) == sh and strategy(r) == lab for r in sparse)]
             dense = [r for r in based if shard(r) == sh and r["args"]["local_steps"] == base_j]
@@ -288,7 +294,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                 ax.set_xlim(-0.5, len(here) - 0.5)           # points, unlike bars, do not pad the axis
                 ax.set_xticks(range(len(here)), [strategy_label(*lab).replace("_", "\n").replace(" (", "\n(")
                                                  for lab in here], fontsize=7)
-                ax.set(title=f"{sh} shards ({BARS})",
+                ax.set(title=f"{sh} shards ({bars(cells)})",
                        ylabel="interference: own-class accuracy\nlocal - aggregated (points)" if row else
                        "test accuracy (%)" + (f"; chance {100 * chance:.0f} %" if chance else ""))
                 if not ax.get_legend_handles_labels()[0]:
