@@ -31,7 +31,7 @@ PROBE_COLORS = {2: "tab:purple", 1: "tab:brown"}
 STRATEGIES = ("least_sensitive", "most_sensitive", "lowest_magnitude", "highest_magnitude", "random")  # bar order
 
 
-def bars(groups) -> str:
+def spread_of(groups) -> str:
     """What a point or bar of ``groups`` (of runs, one per seed) shows: the sd only where some group has seeds."""
     return f"mean over seeds; {R.spread_note(groups, 'error bars: ± sample sd')}"
 
@@ -105,7 +105,7 @@ def sweep_figure(path: Path, sweeps: dict, runs: list[dict], xlabel: str, title:
     for y, style in lines:
         ax.axhline(y, **style)
     chance_line(ax, runs)
-    title += f"\n(points: {bars([g for groups in sweeps.values() for g in groups.values()])})"
+    title += f"\n(points: {spread_of([g for groups in sweeps.values() for g in groups.values()])})"
     ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (%)", title=title)
     ax.set_xticks(np.array(x, dtype=float), [str(int(v)) for v in x])
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -269,13 +269,17 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
         shards = sorted({shard(r) for r in sparse}, key=lambda s: (0, 0) if s == "IID" else (1, -int(s[3:])))
         sparsities = sorted({r["args"]["sparsity_ratio"] for r in sparse}, reverse=True)
         labels = sorted({strategy(r) for r in sparse}, key=lambda v: (STRATEGIES.index(v[0]), v[1] != "talos"))
-        fig, axes = plt.subplots(2, len(shards), figsize=(6 * len(shards), 7), squeeze=False)
+        # the interference row only where some run measured it (--interference-window): no empty panels
+        rows = ("test_accuracy",) + (("interference",) if any(
+            isinstance(r["summary"].get("interference"), R.NUMBER) for r in sparse) else ())
+        fig, axes = plt.subplots(len(rows), len(shards), figsize=(6 * len(shards), 3.6 * len(rows) - 0.2),
+                                 squeeze=False)
         width = 0.8 / len(sparsities)
         cells = groups_by(sparse, lambda r: (shard(r), r["args"]["sparsity_ratio"], strategy(r))).values()
         for col, sh in enumerate(shards):
             here = [lab for lab in labels if any(shard(r) == sh and strategy(r) == lab for r in sparse)]
             dense = [r for r in based if shard(r) == sh and r["args"]["local_steps"] == base_j]
-            for row, key in enumerate(("test_accuracy", "interference")):
+            for row, key in enumerate(rows):
                 ax = axes[row, col]
                 for i, sp in enumerate(sparsities):
                     bars = {j + (i - (len(sparsities) - 1) / 2) * width: v for j, lab in enumerate(here) if (v := acc(
@@ -294,11 +298,9 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                 ax.set_xlim(-0.5, len(here) - 0.5)           # points, unlike bars, do not pad the axis
                 ax.set_xticks(range(len(here)), [strategy_label(*lab).replace("_", "\n").replace(" (", "\n(")
                                                  for lab in here], fontsize=7)
-                ax.set(title=f"{sh} shards ({bars(cells)})",
+                ax.set(title=f"{sh} shards ({spread_of(cells)})",
                        ylabel="interference: own-class accuracy\nlocal - aggregated (points)" if row else
                        "test accuracy (%)" + (f"; chance {100 * chance:.0f} %" if chance else ""))
-                if not ax.get_legend_handles_labels()[0]:
-                    ax.text(0.5, 0.5, "not measured (--interference-window 0)", ha="center", transform=ax.transAxes)
         fig.tight_layout()
         R.figure_legend(fig, axes.flat, fontsize=8)
         written += R.savefig(fig, out / "vit_strategies.png")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from figurecheck import checked_figures, figure_problems
+from figurecheck import checked_figures, figure_problems, saved_problems
 
 from common import runs as R
 from common.curves import perplexity_curve
@@ -42,6 +42,9 @@ def test_figures_of_the_quick_runs_alone_read_at_a_glance(project, mixed, tmp_pa
         for run in sorted(mixed.glob(pattern))[:1]:
             shutil.copytree(run, root / run.name, ignore=shutil.ignore_patterns("model", "checkpoint*", "*.pt"))
     assert root.is_dir()
+    if project == "lora_glue_fl":  # as the README's quick runs: the two score evaluation sets of their own size
+        central = next(root.glob("central_lora_*")) / "args.json"
+        central.write_text(central.read_text().replace('"max_eval_samples": 32', '"max_eval_samples": 64'))
     problems, saved = _draw(SCRIPTS[project], root, tmp_path / "figs", monkeypatch)
     assert saved and problems == []
 
@@ -70,3 +73,17 @@ def test_the_checks_see_what_they_check(tmp_path):
     b.set_title("")
     assert not any("spread" in p or "empty" in p for p in figure_problems(fig, "f.png"))
     plt.close(fig)
+
+
+def test_the_saved_file_checks_see_what_they_check(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1], [0, 1])
+    path = tmp_path / "rounds_sst2 [max_eval_samples=300].png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    problems = saved_problems([path])
+    assert any("spaces, quotes or brackets" in p for p in problems) and any("400 px wide" in p for p in problems)
+    written = R.savefig(plt.subplots(figsize=(4, 3))[0], path)  # the shared save: a safe name, 1,000 px or more
+    assert [p.name for p in written] == ["rounds_sst2_max_eval_samples-300.png"] and saved_problems(written) == []
