@@ -26,20 +26,17 @@ def perplexity_curve(rows: list[dict], path, title: str = "", refs: dict | None 
     x_key = "round" if rows and "round" in rows[0] else "step"
     evals = [r for r in rows if "val_ppl" in r]
     xs = [r[x_key] for r in evals]
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot(xs, [r["val_ppl"] for r in evals], marker="o", ms=3, label="model, per token")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(xs, [r["val_ppl"] for r in evals], marker="o", ms=4, label="model, per token")
     if evals and "val_ppl_word" in evals[0]:
-        ax.plot(xs, [r["val_ppl_word"] for r in evals], marker="s", ms=3, ls="--", label="model, per word")
+        ax.plot(xs, [r["val_ppl_word"] for r in evals], marker="s", ms=4, ls="--", label="model, per word")
     reference_lines(ax, refs)
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(x_key)
     ax.set_ylabel("validation perplexity (log)")
-    ax.set_title(title, fontsize=7)
-    ax.legend(fontsize=6)
-    fig.subplots_adjust(left=0.16, bottom=0.15, right=0.97, top=0.9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    from common import runs as R  # the one place figures are saved (150 dpi, at least 1,000 px wide)
+
+    return R.savefig(fig, path, own_run=True)[0]

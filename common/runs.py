@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -239,15 +240,39 @@ def figure_legend(fig: Any, axes: Iterable[Any], ncol: int = 4, fontsize: int = 
                    fontsize=fontsize, bbox_to_anchor=(0.5, 0.0), frameon=False)
 
 
-def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False) -> list[Path]:
-    """Save ``fig`` (150 dpi, tight) as ``path`` with suffix .png (and .pdf), then close it; the written paths."""
+MIN_WIDTH_PX = 1000  # every saved figure at least this wide: it reads on a screen without zooming
+DPI = 150
+
+
+def file_name(stem: str) -> str:
+    """``stem`` as a file name without spaces, brackets or other shell-unfriendly characters:
+    'rounds_sst2 [max_eval_samples=300]' -> 'rounds_sst2_max_eval_samples-300'."""
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", stem.replace("=", "-")).strip("_")
+    return re.sub(r"_+", "_", name) or "figure"
+
+
+def spread_note(groups: Iterable[Sequence], spread: str) -> str:
+    """``spread`` (what a band or error bar shows, e.g. "bands: ± sample sd over seeds") when some group has two
+    or more seeds, else "one seed each: no spread drawn"; a figure never claims a spread it does not draw."""
+    return spread if any(len(g) > 1 for g in groups) else "one seed each: no spread drawn"
+
+
+def savefig(fig: Any, path: str | os.PathLike, pdf: bool = False, own_run: bool = False) -> list[Path]:
+    """Save ``fig`` (tight, 150 dpi, more where that leaves it under MIN_WIDTH_PX wide) as ``path`` with suffix
+    .png (and .pdf), its name made safe by ``file_name``, then close it; the written paths. The one place every
+    figure is saved: tests check each figure's layout here. ``own_run``: a run's own figure, written into its run
+    directory (elsewhere --out never may be inside one)."""
     path = Path(path)
-    check_out_dir(path.parent, "--out")
+    path = path.with_name(file_name(path.stem) + path.suffix)
+    if not own_run:
+        check_out_dir(path.parent, "--out")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
+    width = fig.get_tightbbox(fig.canvas.get_renderer()).width  # inches, as bbox_inches="tight" saves it
+    dpi = max(DPI, int(np.ceil(MIN_WIDTH_PX / max(width, 1e-3))) + 1)
     written = [path.with_suffix(suffix) for suffix in ((".png", ".pdf") if pdf else (".png",))]
     for out in written:
-        fig.savefig(out, dpi=150, bbox_inches="tight")
+        fig.savefig(out, dpi=dpi, bbox_inches="tight")
     import matplotlib.pyplot as plt
     plt.close(fig)
     return written

@@ -121,7 +121,8 @@ def plot_curves(groups: dict, key: str, ylabel: str, out: Path, ref_keys: tuple[
         for ref_key, style in zip(ref_keys, ("--", ":")):
             if ref := _reference(sum(arms.values(), []), ref_key):
                 ax.axhline(ref[0], color="k", linestyle=style, linewidth=1, label=ref[1])
-        ax.set_title(f"{part}\nlines: mean over seeds; band: ± sample sd over seeds", fontsize=9)
+        ax.set_title(f"{part}\nlines: mean over seeds; {R.spread_note(arms.values(), 'band: ± sample sd over seeds')}",
+                     fontsize=9)
         ax.set(xlabel="local optimizer steps, all clients (thousands)", ylabel=ylabel)
         if log:
             ax.set_yscale("log")
@@ -167,7 +168,8 @@ def plot_final(groups: dict, out: Path) -> list[Path]:
         ax.set_xlabel("final perplexity (lower is better)")
         ax.set_title(part, fontsize=10)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
-    fig.suptitle("bars: mean over seeds; error bars: ± sample sd over seeds", fontsize=9)
+    spread = R.spread_note([g for arms in parts.values() for g in arms.values()], "error bars: ± sample sd over seeds")
+    fig.suptitle(f"bars: mean over seeds; {spread}", fontsize=9)
     return R.savefig(fig, out / "final_ppl.png")
 
 
@@ -199,8 +201,8 @@ def plot_partition(runs: list[dict], out: Path, label: str) -> list[Path]:
         ax.text(len(clients) - 0.4, top * (1.04 + 0.07 * i), f"{r['args']['clustering']} "
                 f"({r['summary']['num_clusters']} clusters)", fontsize=6, va="center", ha="left")
     ax.set(ylim=(0, top * (1.1 + 0.07 * len(clustered))), xticks=range(len(clients)), ylabel="training texts")
-    ax.set_xlabel("client (numbers above: its cluster in each clustered run, seed "
-                  f"{run['args'].get('seed')})", fontsize=8)
+    ax.set_xlabel("client" + (f" (numbers above: its cluster in each clustered run, seed {run['args'].get('seed')})"
+                              if clustered else ""), fontsize=8)
     ax.set_title(f"{label}: topics per client", fontsize=10)
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.0, 0.0))
     name = label.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")

@@ -349,17 +349,20 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
             where = "selection split (held out of training)" if select else "validation"
             ax.set(xlabel="epochs of training data processed (federated: round x local epochs; one-shot: its "
                           "single merge)", ylabel=f"{metric} ({where})",
-                   title=f"{task}: mean ± sd over seeds; plateau: last third gains < {PLATEAU_TOL}")
+                   title=f"{metric} per epoch: mean over seeds; {R.spread_note([g for _, g in fed], 'band: ± sd')}"
+                         f"\nplateau (table): its last third gains < {PLATEAU_TOL}")
+            ax.title.set_fontsize(9)
             ax.legend(fontsize=6, loc="best")
         n_labels = next((r["summary"]["num_labels"] for r in fed_runs  # None: older runs
                          if isinstance(r["summary"].get("num_labels"), int)), None)
         if n_labels and n_labels > 1:  # the loss of a uniform prediction: a client at this line has learned nothing
             ax_loss.axhline(np.log(n_labels), color="0.5", ls=":", lw=1.5,
                             label=f"uniform prediction, ln {n_labels} = {np.log(n_labels):.3f}")
-        ax_loss.set(xlabel="round", ylabel="clients' mean training loss in the round",
-                    title=f"{task}: local training loss (mean over seeds)")
-        ax_err.set(yscale="log", xlabel="round", ylabel="relative merge error of dW",
-                   title=f"{task}: merge error per round (mean over seeds)")
+        ax_loss.set(xlabel="round", ylabel="clients' mean training loss in the round")
+        ax_loss.set_title("local training loss (mean over seeds)", fontsize=9)
+        ax_err.set(yscale="log", xlabel="round", ylabel="relative merge error of dW")
+        ax_err.set_title("merge error per round (mean over seeds)", fontsize=9)
+        fig.suptitle(task, fontsize=11)
         for a in (ax_loss, ax_err):
             a.xaxis.get_major_locator().set_params(integer=True)
         fig.tight_layout()
@@ -422,7 +425,8 @@ def plot_summary(groups, base: dict, out: Path) -> list[Path]:
             c_mean = stats.summarize(seed_values(central, metric).values()).mean
             ax.axvline(c_mean, color="k", ls="--", lw=1, label=f"centralized ({c_mean:.3f})")
         ax.set(ylim=(-0.7, len(keys) - 0.4), title=task,
-               xlabel=f"final validation {metric}: seeds (dots), mean ± sample sd (diamond)")
+               xlabel=f"final validation {metric}: seeds (dots), mean (diamond); "
+                      f"{R.spread_note(values, 'error bars: ± sample sd')}")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     return R.savefig(fig, out / "summary.png")
 

@@ -10,7 +10,9 @@ to FedAvg with 95% intervals, plateau check, FedEntropy weight ratios, FedFisher
 every arm against training sequences: grid_L<layers>_<shard>.png, variants.png (FedAvg's client optimizers),
 long_budget.png. Any --save-deltas run: deltas_<run>.png (heatmaps of the last deltas, every
 layer) and spectrum_<run>.png (singular values of the server delta per snapshot; the final spectrum's rank at
-95% of the energy). Nothing is written when no folder holds such a run (one line, exit 2).
+95% of the energy). Every other finished run (a --quick run, a run of its own): runs.png, its validation
+perplexity against training sequences, one line per run, with its reference points. Nothing is written when no
+folder holds a finished mamba_fl run (one line, exit 2).
 """
 from __future__ import annotations
 
@@ -192,7 +194,7 @@ def _curves(runs, arms, layers, shard, path, title) -> list[Path]:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 4.3))
-    drawn = []
+    drawn, seeds = [], []  # the first run and the [seeds, points] values of each arm drawn
     for arm in arms:
         group = []
         for r in _select(runs, arm, layers, shard):
@@ -206,13 +208,14 @@ def _curves(runs, arms, layers, shard, path, title) -> list[Path]:
             R.draw_seeds(ax, xs / group[0]["args"]["sequence_length"], ys.T, ARM_LABELS.get(arm, arm),
                          spread="range", marker=marker, ls=ls, ms=4)
             drawn.append(group[0])
+            seeds.append(ys)
     if not drawn:
         plt.close(fig)
         print(f"skipped {Path(path).name}: no finished runs for {title}")
         return []
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _finish_curves(fig, ax, _refs(drawn[-1]), f"{title}\nlines: mean over seeds; bands: range over seeds "
-                          "(min to max)", path)
+    spread = R.spread_note(seeds, "bands: range over seeds (min to max)")
+    return _finish_curves(fig, ax, _refs(drawn[-1]), f"{title}\nlines: mean over seeds; {spread}", path)
 
 
 def _finish_curves(fig, ax, refs: dict, title: str, path, legend_ax=None) -> list[Path]:
@@ -401,6 +404,32 @@ def real_report(root, figures) -> list[Path]:
     return written
 
 
+def single_runs(root, taken: set[str]) -> list[dict]:
+    """The finished mamba_fl runs of ``root`` that no grid report reads (a --quick run, a run of its own)."""
+    runs = [r for r in R.load_runs(root) if r["name"] not in taken and real_setting(r["name"]) is None]
+    return shared.script_runs(runs, lambda script: script.startswith("mamba_fl/"), "the mamba_fl run curves",
+                              args={"sequence_length": int}, summary={"final_val_ppl": R.NUMBER})
+
+
+def run_curves(runs: list[dict], path: Path) -> list[Path]:
+    """Validation perplexity per token of each run (one line each, a point per evaluation) against training
+    sequences seen, with the reference points of its data (drawn when every run shares them)."""
+    drawn = [r for r in runs if R.series(r, "val_ppl", "tokens")[0].size]
+    if not drawn:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.3))
+    for i, r in enumerate(drawn):
+        x, y = R.series(r, "val_ppl", "tokens")
+        marker, ls = list(_STYLE.values())[i % len(_STYLE)]
+        ax.plot(x / r["args"]["sequence_length"], y, marker=marker, ls=ls, ms=4,
+                label=f"{r['name']}: {r['summary']['final_val_ppl']:.1f}")
+    refs = [_refs(r) for r in drawn]
+    n = f"{len(drawn)} run{'s' if len(drawn) > 1 else ''}"
+    return _finish_curves(fig, ax, refs[0] if all(f == refs[0] for f in refs) else {},
+                          f"mamba_fl, {n}: validation perplexity per evaluation (final value in the legend)", path)
+
+
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p = cli.ArgumentParser(description="Figures of mamba_fl run directories", add_help=add_help)
     p.add_argument("--runs", nargs="+", default=["runs/mamba_grid"],
@@ -418,8 +447,10 @@ def main(argv=None) -> dict:
     for root in args.runs:
         figures = out if len(args.runs) == 1 else out / Path(root).name  # one results.md per grid
         written += grid_report(root, figures) + real_report(root, figures)
+        grid = {p.name for p in R.find_runs(root, "*_L*_s*")}  # grid_report's and real_report's runs
+        written += run_curves(single_runs(root, grid), figures / "runs.png")
         written += [p for run in R.load_runs(root) if run["args"].get("save_deltas") for p in delta_figures(run, out)]
-    cli.check(bool(written), f"no mamba_fl grid or delta runs under {' '.join(args.runs)}: nothing to draw")
+    cli.check(bool(written), f"no finished mamba_fl runs under {' '.join(args.runs)}: nothing to draw")
     return shared.listed(written)
 
 

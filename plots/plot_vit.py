@@ -29,7 +29,11 @@ SWEPT = ("sharding", "nc", "local_steps", "rounds", "head_warmup", "eval_every",
 PROBES = {2: "probe: head", 1: "probe: head + last block"}   # --freeze-layers of the suite's probes (depth 2)
 PROBE_COLORS = {2: "tab:purple", 1: "tab:brown"}
 STRATEGIES = ("least_sensitive", "most_sensitive", "lowest_magnitude", "highest_magnitude", "random")  # bar order
-BARS = "mean over seeds; error bars: ± sample sd"
+
+
+def spread_of(groups) -> str:
+    """What a point or bar of ``groups`` (of runs, one per seed) shows: the sd only where some group has seeds."""
+    return f"mean over seeds; {R.spread_note(groups, 'error bars: ± sample sd')}"
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -89,8 +93,8 @@ def acc(runs: list[dict], key: str = "test_accuracy") -> list[float]:
 
 def sweep_figure(path: Path, sweeps: dict, runs: list[dict], xlabel: str, title: str, lines=()) -> list[Path]:
     """Test accuracy against a swept setting: per {label: {x: runs}} of ``sweeps`` the mean over seeds with error
-    bars ± sample sd; horizontal ``lines`` ((y, style) each) and chance (from ``runs``); a log x axis labelled
-    with the (last sweep's) swept values only."""
+    bars ± sample sd (named below ``title`` where drawn); horizontal ``lines`` ((y, style) each) and chance (from
+    ``runs``); a log x axis labelled with the (last sweep's) swept values only."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
@@ -101,6 +105,7 @@ def sweep_figure(path: Path, sweeps: dict, runs: list[dict], xlabel: str, title:
     for y, style in lines:
         ax.axhline(y, **style)
     chance_line(ax, runs)
+    title += f"\n(points: {spread_of([g for groups in sweeps.values() for g in groups.values()])})"
     ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (%)", title=title)
     ax.set_xticks(np.array(x, dtype=float), [str(int(v)) for v in x])
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -122,15 +127,23 @@ MARKERS = "os^Dv<>pXP*h"
 
 
 def curve(ax, members: list[dict], label: str, **kw) -> None:
-    """Validation accuracy vs sample gradients of the main rounds (round x m x J x batch), mean ± sd."""
-    a = members[0]["args"]
-    m = max(1, int(round(a["participation_rate"] * a["num_clients"])))  # with_keys checked both
-    x, ys = R.aligned(members, "val_accuracy", x="step")
+    """Validation accuracy per main round (after any head warm-up and mask calibration), mean ± sd."""
+    x, ys = R.aligned(members, "val_accuracy", x="round")
     if not x.size:
         print(f"left out of the accuracy curves: {label} (its runs logged no val_accuracy)")
         return
     kw.setdefault("marker", MARKERS[len(ax.lines) % len(MARKERS)])
-    R.draw_seeds(ax, x * m * a["batch_size"] / 1000, 100 * ys.T, label, ms=4, **kw)
+    R.draw_seeds(ax, x, 100 * ys.T, label, ms=4, **kw)
+
+
+def round_label(runs: list[dict]) -> str:
+    """The x label of the accuracy curves: a round's sample gradients when every run agrees on them."""
+    work = {(max(1, int(round(a["participation_rate"] * a["num_clients"]))), a["local_steps"], a["batch_size"])
+            for a in (r["args"] for r in runs)}  # with_keys checked these
+    if len(work) != 1:
+        return "main round"
+    m, j, b = work.pop()
+    return f"main round ({m} clients x {j} local steps x batch {b})"
 
 
 def vit_runs(runs: list[dict]) -> list[dict]:
@@ -197,32 +210,38 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
         based, start = fed, "scratch (no pretrained base in these runs)"
     iid = [r for r in based if r["args"]["sharding"] == "iid" and r["args"]["local_steps"] == base_j]
 
-    # ---------------------------------------------------------------- accuracy vs sample gradients
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    # ---------------------------------------------------------------- accuracy per round
+    nc = panel_nc(sparse)
+    at_nc = lambda group: [r for r in group if shard(r) == f"Nc={nc}"]
+    nc2 = at_nc(sparse)  # no sparse runs on that shard: one panel, never an empty one
+    fig, axes = plt.subplots(1, 2 if nc2 else 1, figsize=(12, 4.4) if nc2 else (8, 4.4), sharey=True,
+                             squeeze=False)
+    axes, drawn = axes[0], []
     settings = groups_by([r for r in fed if r["args"]["local_steps"] == base_j],
                          lambda r: (scratch(r), r["args"]["sharding"] != "iid", -(r["args"].get("nc") or 0)))
     for key, members in sorted(settings.items()):
         curve(axes[0], members, f"FedAvg {shard(members[0])}" + (", from scratch" if key[0] else ""),
               ls="--" if key[0] else "-")
-    ax, nc = axes[1], panel_nc(sparse)
-    at_nc = lambda group: [r for r in group if shard(r) == f"Nc={nc}"]
-    if nc2 := at_nc(sparse):
+        drawn.append(members)
+    if nc2:
+        ax = axes[1]
         first = max(r["args"]["sparsity_ratio"] for r in nc2)
         for key, members in sorted(groups_by([r for r in nc2 if r["args"]["sparsity_ratio"] == first],
                                              strategy).items()):
             curve(ax, members, strategy_label(*key))
+            drawn.append(members)
         if dense := [r for r in at_nc(based) if r["args"]["local_steps"] == base_j]:
             curve(ax, dense, "dense FedAvg", color="k", ls="--")
+            drawn.append(dense)
         for members in groups_by(at_nc(probes), frozen).values():
             curve(ax, members, probe_label(members[0]), color=PROBE_COLORS.get(frozen(members[0]), "0.45"), ls="-.")
+            drawn.append(members)
         ax.set(title=f"Nc = {nc}, sparsity {first:g}")
-    else:
-        ax.text(0.5, 0.5, "no sparse runs on non-IID shards", ha="center", transform=ax.transAxes)
     axes[0].set(title=f"FedAvg (J = {base_j})", ylabel="validation accuracy (%)")
-    fig.suptitle("lines: mean over seeds; bands: ± sample sd over seeds", fontsize=9)
+    fig.suptitle(f"lines: mean over seeds; {R.spread_note(drawn, 'bands: ± sample sd over seeds')}", fontsize=9)
     for ax in axes:
         chance_line(ax, fed)
-        ax.set(xlabel="sample gradients in the main rounds (thousands)")
+        ax.set(xlabel=round_label(sum(drawn, [])))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     written += R.savefig(fig, out / "vit_accuracy_vs_rounds.png")
@@ -234,7 +253,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                  ((iid, "IID", "gray", "--"), (central, "centralized", "tab:green", "-.")) if g]
         written += sweep_figure(out / "vit_accuracy_vs_nc.png", {"non-IID (pathological)": groups_by(
             nonfed, lambda r: r["args"]["nc"])}, nonfed, "classes per client Nc",
-            f"FedAvg from {start} vs heterogeneity\n(points: {BARS})", lines)
+            f"FedAvg from {start} vs heterogeneity", lines)
 
     # ---------------------------------------------------------------- accuracy vs J
     swept = {k: v for k, v in groups_by(based, shard).items() if len({r["args"]["local_steps"] for r in v}) > 1}
@@ -242,7 +261,7 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
         written += sweep_figure(out / "vit_accuracy_vs_j.png", {
             f"FedAvg {name}": groups_by(members, lambda r: r["args"]["local_steps"])
             for name, members in sorted(swept.items(), key=lambda kv: kv[0] != "IID")}, based,
-            "local steps J (rounds x J fixed)", f"FedAvg vs local steps at equal sample gradients\n(points: {BARS})")
+            "local steps J (rounds x J fixed)", "FedAvg vs local steps at equal sample gradients")
 
     # ---------------------------------------------------------------- strategy comparison
     if sparse:
@@ -250,12 +269,17 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
         shards = sorted({shard(r) for r in sparse}, key=lambda s: (0, 0) if s == "IID" else (1, -int(s[3:])))
         sparsities = sorted({r["args"]["sparsity_ratio"] for r in sparse}, reverse=True)
         labels = sorted({strategy(r) for r in sparse}, key=lambda v: (STRATEGIES.index(v[0]), v[1] != "talos"))
-        fig, axes = plt.subplots(2, len(shards), figsize=(6 * len(shards), 7), squeeze=False)
+        # the interference row only where some run measured it (--interference-window): no empty panels
+        rows = ("test_accuracy",) + (("interference",) if any(
+            isinstance(r["summary"].get("interference"), R.NUMBER) for r in sparse) else ())
+        fig, axes = plt.subplots(len(rows), len(shards), figsize=(6 * len(shards), 3.6 * len(rows) - 0.2),
+                                 squeeze=False)
         width = 0.8 / len(sparsities)
+        cells = groups_by(sparse, lambda r: (shard(r), r["args"]["sparsity_ratio"], strategy(r))).values()
         for col, sh in enumerate(shards):
             here = [lab for lab in labels if any(shard(r) == sh and strategy(r) == lab for r in sparse)]
             dense = [r for r in based if shard(r) == sh and r["args"]["local_steps"] == base_j]
-            for row, key in enumerate(("test_accuracy", "interference")):
+            for row, key in enumerate(rows):
                 ax = axes[row, col]
                 for i, sp in enumerate(sparsities):
                     bars = {j + (i - (len(sparsities) - 1) / 2) * width: v for j, lab in enumerate(here) if (v := acc(
@@ -274,11 +298,9 @@ def draw_suite(runs: list[dict], out: Path) -> list[Path]:
                 ax.set_xlim(-0.5, len(here) - 0.5)           # points, unlike bars, do not pad the axis
                 ax.set_xticks(range(len(here)), [strategy_label(*lab).replace("_", "\n").replace(" (", "\n(")
                                                  for lab in here], fontsize=7)
-                ax.set(title=f"{sh} shards ({BARS})",
+                ax.set(title=f"{sh} shards ({spread_of(cells)})",
                        ylabel="interference: own-class accuracy\nlocal - aggregated (points)" if row else
                        "test accuracy (%)" + (f"; chance {100 * chance:.0f} %" if chance else ""))
-                if not ax.get_legend_handles_labels()[0]:
-                    ax.text(0.5, 0.5, "not measured (--interference-window 0)", ha="center", transform=ax.transAxes)
         fig.tight_layout()
         R.figure_legend(fig, axes.flat, fontsize=8)
         written += R.savefig(fig, out / "vit_strategies.png")

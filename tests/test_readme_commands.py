@@ -1,0 +1,57 @@
+"""Every README's quick commands, exactly as a user reads them (the fenced bash block after its
+``<!-- quick-commands ... -->`` line), run in order in a fresh folder: each exits 0, and its plot command draws
+figures from what the commands before it made. The test suite's own command is the one line left out (the suite
+cannot run itself)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+READMES = ["README.md", "mamba_fl/README.md", "vit_sparse_fl/README.md", "lora_glue_fl/README.md",
+           "llm_noniid/README.md"]
+MARK = "<!-- quick-commands"
+FOLDERS = ("common", "plots", "mamba_fl", "vit_sparse_fl", "lora_glue_fl", "llm_noniid")  # what commands name
+
+# about 20-60 s a README on 2 idle cores (a quick run or two, then the plot)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+def quick_commands(readme: Path) -> list[str]:
+    """The commands of the fenced block after the README's quick-commands mark: continuation lines joined,
+    comments and the test suite's own command left out."""
+    text = readme.read_text(encoding="utf-8")
+    at = text.find(MARK)
+    assert at >= 0, f"{readme}: no {MARK} mark before its quick commands"
+    block = re.search(r"```bash\n(.*?)```", text[at:], re.S)
+    assert block and text[at:block.start() + at].count("\n") == 1, f"{readme}: the mark is not right above a bash block"
+    commands = re.sub(r"\\\n\s*", " ", block.group(1)).splitlines()
+    commands = [c.split(" #", 1)[0].strip() for c in commands]
+    return [c for c in commands if c and not c.startswith("#") and "pytest" not in c]
+
+
+def test_every_readme_has_quick_commands_and_a_plot():
+    for name in READMES:
+        commands = quick_commands(REPO / name)
+        assert commands and commands[-1].startswith("python plots/plot_"), (name, commands)
+
+
+@pytest.mark.parametrize("name", READMES)
+def test_readme_quick_commands_run_in_a_fresh_folder(name, tmp_path):
+    """In a folder that holds only links to the code, as a fresh clone would: each command exits 0, the plot
+    command last, drawing figures from the runs the commands before it made."""
+    for folder in FOLDERS:
+        (tmp_path / folder).symlink_to(REPO / folder, target_is_directory=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    commands = quick_commands(REPO / name)
+    for command in commands:
+        cmd = re.sub(r"^python\b", sys.executable, command)
+        done = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, f"{name}: `{command}` exited {done.returncode}:\n{done.stderr[-3000:]}"
+    assert list((tmp_path / "figures").rglob("*.png")), f"{name}: `{commands[-1]}` drew nothing:\n{done.stdout}"
