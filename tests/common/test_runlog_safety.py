@@ -129,7 +129,7 @@ def test_run_names_and_directories_the_file_system_cannot_hold(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
     for name, expect in (("x" * 300, "300 bytes"), ("loop", "symbolic links"), ("gone", "symbolic link to nothing"),
-                         ("a\0b", "not a folder name")):
+                         ("a\0b", "not a plain folder name")):
         with pytest.raises(UsageError, match=expect):
             _rd(tmp_path, name)
     with pytest.raises(UsageError, match="symbolic links"):

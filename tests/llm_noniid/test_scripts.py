@@ -10,7 +10,7 @@ import os
 import shutil
 
 import pytest
-from clicases import LLM_SMOKE, one_line_error
+from clicases import LLM_SMOKE, one_line_error, the_run
 
 from common import cli
 from common import stats as S
@@ -120,7 +120,7 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     assert f"next: python llm_noniid/run_experiments.py --mode analyze --out-dir {root}" in printed
     # two runs removed and run again one after another: only they run, with the same numbers (they depend on the
     # thread count only, not on --jobs)
-    again = sorted((root / "runs").iterdir())[:2]
+    again = sorted(p for p in (root / "runs").iterdir() if (p / "args.json").is_file())[:2]  # not the shared cache
     before = {run.name: json.loads((run / "summary.json").read_text()) for run in again}
     for run in again:
         shutil.rmtree(run)
@@ -252,7 +252,7 @@ def test_train_on_the_real_ag_news_split(shared_data, tmp_path):
                     "--partition", "style_skew", "--style-criterion", "complexity", "--out-dir", str(tmp_path / "r")])
     assert s["status"] == "complete" and s["final_val_ppl"] < s["vocab_size"]
     assert s["unigram_val_ppl"] < s["uniform_ppl"] == s["vocab_size"]
-    json.loads((tmp_path / "r" / next((tmp_path / "r").iterdir()).name / "partition.json").read_text())
+    json.loads((the_run(tmp_path / "r") / "partition.json").read_text())
 
 
 def test_equal_compute_arm_gets_its_own_run_directory(tmp_path, monkeypatch):
