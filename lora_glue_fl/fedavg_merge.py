@@ -67,7 +67,7 @@ def evaluate_adapter(args, adapter_dir: Path, base: str) -> dict:
     modeling.check_tokenizer(tokenizer, model)
     types = modeling.uses_token_types(model)
     pretrained.check_folder(adapter_dir)
-    with pretrained.loading(adapter_dir):
+    with pretrained.loading(adapter_dir):  # peft picks its config class from a fixed table: no folder code runs
         model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}
     enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}

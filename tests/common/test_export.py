@@ -25,7 +25,7 @@ def test_model_dir_loads_with_auto_class(tmp_path):
     model = _tiny_gpt2().eval()
     out = export.save_model_dir(tmp_path / "run", model, info={"final_val_loss": 1.5})
     ids = torch.arange(10).unsqueeze(0)
-    again = AutoModelForCausalLM.from_pretrained(out).eval()
+    again = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=False).eval()
     torch.testing.assert_close(again(ids).logits, model(ids).logits)
     assert json.loads((out / export.CARD_FILE).read_text())["final_val_loss"] == 1.5
 
@@ -49,9 +49,10 @@ def test_adapter_dir_with_a_base_built_in_code_survives_a_move(tmp_path):
     moved = tmp_path / "moved" / "adapter"
     base_path = export.resolve_base(moved, "../base_model")
     assert base_path == str((tmp_path / "moved" / "base_model").resolve())
-    again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), moved).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_path, trust_remote_code=False)
+    again = PeftModel.from_pretrained(base, moved).eval()
     torch.testing.assert_close(again(ids).logits, want)
-    flat = AutoModelForCausalLM.from_pretrained(tmp_path / "moved" / merged_dir.name).eval()
+    flat = AutoModelForCausalLM.from_pretrained(tmp_path / "moved" / merged_dir.name, trust_remote_code=False).eval()
     torch.testing.assert_close(flat(ids).logits, want, atol=1e-5, rtol=1e-5)
 
 

@@ -73,10 +73,11 @@ def reload_and_score(model_dir, adapter_dir, arch):
     """PeftModel.from_pretrained on the base folder; the same 48 validation pairs as the scripts."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    base = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=2)
+    base = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=2, trust_remote_code=False)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     dev = glue_tasks.load_glue("mrpc", "synthetic")["validation"].subset(range(48))
-    enc = modeling.encode(AutoTokenizer.from_pretrained(str(model_dir)), dev, 48, token_types=arch == "bert")
+    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    enc = modeling.encode(tok, dev, 48, token_types=arch == "bert")
     return modeling.evaluate("mrpc", model, {"validation": enc}, "cpu")
 
 
@@ -96,10 +97,10 @@ def test_centralized_lora_on_bert_and_distilbert(folder, tmp_path):
 def test_pairs_carry_token_types_only_for_models_that_have_them(folder):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     arch, model_dir = folder
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=2, trust_remote_code=False)
     assert modeling.uses_token_types(model) == (arch == "bert")
     dev = glue_tasks.load_glue("mrpc", "synthetic")["validation"].subset(range(8))
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     enc = modeling.encode(tok, dev, 256, modeling.uses_token_types(model))   # long enough: nothing truncated
     batch = enc.batch(torch.arange(8), "cpu")
     if arch == "bert":   # [CLS] a [SEP] -> 0, b [SEP] -> 1, padding 0
@@ -153,7 +154,7 @@ def test_train_pooler_trains_and_averages_bert_pooler(folder, tmp_path, capsys):
     pooler = [k for k in fused.head if ".pooler." in k]
     assert pooler and "pooler" in fused.head_modules
     from transformers import AutoModel
-    base = AutoModel.from_pretrained(str(model_dir))
+    base = AutoModel.from_pretrained(str(model_dir), trust_remote_code=False)
     w = np.asarray(summary["client_sizes"], dtype=float) / sum(summary["client_sizes"])
     for k in pooler:
         torch.testing.assert_close(fused.head[k], sum(wi * c.head[k] for wi, c in zip(w, clients)))

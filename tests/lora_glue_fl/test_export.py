@@ -16,8 +16,8 @@ QUICK = ["--quick", "--quiet"]
 def _reload_eval(model_dir, args: dict) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=False).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     dev = glue_tasks.load_glue(args["task_name"], "synthetic")["validation"].subset(range(args["max_eval_samples"]))
     enc = modeling.encode(tok, dev, args["max_seq_length"], modeling.uses_token_types(model))
     return modeling.evaluate(args["task_name"], model, {"validation": enc}, "cpu")

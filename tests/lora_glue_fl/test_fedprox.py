@@ -45,7 +45,7 @@ def test_fedprox_client_matches_the_proximal_steps_written_out(tmp_path):
                         "--algorithm", "fedprox", "--mu", str(MU), "--out-dir", str(tmp_path), "--run-name", "r"])
     run = tmp_path / "r"
     got = adapters.load(run / "round_1/client_1/adapter").state_dict()
-    base = AutoModelForSequenceClassification.from_pretrained(run / "base_model")
+    base = AutoModelForSequenceClassification.from_pretrained(run / "base_model", trust_remote_code=False)
     tokenizer = modeling.load_tokenizer(str(run / "base_model"))
     train = glue_tasks.load_glue("sst2", "synthetic", None, None)["train"].subset(range(N))
     idx = torch.as_tensor(glue_shards.make_client_splits(train, "sst2", 1, "iid", seed=SEED)["client_indices"][0])

@@ -147,10 +147,13 @@ def test_fused_adapter_loads_in_peft_with_same_logits(tmp_path):
                         num_labels=3)
     base = RobertaForSequenceClassification(cfg).eval()
     base.save_pretrained(tmp_path / "base")
+
+    def load_base():  # as a user reads a model folder: never its own code
+        return RobertaForSequenceClassification.from_pretrained(tmp_path / "base", trust_remote_code=False)
+
     clients = []
     for r, alpha in [(2, 4.0), (4, 4.0)]:
-        m = modeling.attach_lora(RobertaForSequenceClassification.from_pretrained(tmp_path / "base"), r, alpha,
-                                 0.0, ["query", "value"])
+        m = modeling.attach_lora(load_base(), r, alpha, 0.0, ["query", "value"])
         with torch.no_grad():
             for p in m.parameters():
                 if p.requires_grad:
@@ -160,11 +163,10 @@ def test_fused_adapter_loads_in_peft_with_same_logits(tmp_path):
     adapters.save(fused, tmp_path / "fused", str(tmp_path / "base"))
 
     ids = torch.randint(3, 50, (4, 9), generator=torch.Generator().manual_seed(1))
-    peft_model = PeftModel.from_pretrained(RobertaForSequenceClassification.from_pretrained(tmp_path / "base"),
-                                           tmp_path / "fused").eval()
+    peft_model = PeftModel.from_pretrained(load_base(), tmp_path / "fused").eval()
     with torch.no_grad():
         got = peft_model(input_ids=ids).logits
-        ref = RobertaForSequenceClassification.from_pretrained(tmp_path / "base").eval()
+        ref = load_base().eval()
         sd = ref.state_dict()
         for name, dW in mean_delta(clients, [3, 1]).items():
             sd[name.removeprefix("base_model.model.") + ".weight"] += dW
@@ -176,8 +178,7 @@ def test_fused_adapter_loads_in_peft_with_same_logits(tmp_path):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(got, plain, atol=1e-3)   # the adapter does change the model
     # an adapter is only copied into a model that scales it the same way
-    model = modeling.attach_lora(RobertaForSequenceClassification.from_pretrained(tmp_path / "base"), 6, 5.0, 0.0,
-                                 ["query", "value"])
+    model = modeling.attach_lora(load_base(), 6, 5.0, 0.0, ["query", "value"])
     with pytest.raises(cli.UsageError, match="model LoRA alpha 5.0 .* differs from the adapter's 6.0"):
         adapters.load_into(model, fused)
 

@@ -94,9 +94,9 @@ def test_final_adapter_loads_with_peft_and_reproduces_metrics(sst2_run):
     from lora_glue_fl import glue_tasks
     run, summary = sst2_run
     base_dir = run / "base_model"
-    model = PeftModel.from_pretrained(RobertaForSequenceClassification.from_pretrained(base_dir),
-                                      summary["final_adapter"]).eval()
-    tok = AutoTokenizer.from_pretrained(base_dir)
+    base = RobertaForSequenceClassification.from_pretrained(base_dir, trust_remote_code=False)
+    model = PeftModel.from_pretrained(base, summary["final_adapter"]).eval()
+    tok = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
     args = json.loads((run / "args.json").read_text())["args"]
     dev = glue_tasks.load_glue("sst2", "synthetic")["validation"].subset(range(args["max_eval_samples"]))
     enc = modeling.encode(tok, dev, args["max_seq_length"])

@@ -15,8 +15,8 @@ from mamba_fl import central, fed_avg, lmdata
 def _reload_loss(run) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(run / "model")
-    tok = AutoTokenizer.from_pretrained(run / "model")
+    model = AutoModelForCausalLM.from_pretrained(run / "model", trust_remote_code=False)
+    tok = AutoTokenizer.from_pretrained(run / "model", trust_remote_code=False)
     args = argparse.Namespace(**json.loads((run / "args.json").read_text())["args"])
     data = lmdata.load_lm_data(args)
     assert tok.get_vocab() == data.tokenizer.get_vocab()  # the run's own tokenizer travels with the model
