@@ -47,6 +47,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.config_legacy = mmodel.config_legacy
     return p
 
+
 check_args = federated.finish_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
 
 

@@ -17,11 +17,14 @@ METHOD = federated.Method(name="fedavg", script="fed_avg")
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     return federated.get_args_parser("FedAvg", add_help)
 
+
 check_args = federated.finish_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
 
 
 def main(argv=None) -> dict:
-    return federated.run(cli.parse(get_args_parser(), argv), METHOD)
+    args = cli.parse(get_args_parser(), argv)
+    check_args(args)
+    return federated.run(args, METHOD)
 
 
 if __name__ == "__main__":

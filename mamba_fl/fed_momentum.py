@@ -19,11 +19,14 @@ METHOD = federated.Method(name="fedmomentum", script="fed_momentum", server="fed
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     return federated.get_args_parser("FedMomentum", add_help, server_opt="fedavgm")
 
+
 check_args = federated.finish_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
 
 
 def main(argv=None) -> dict:
-    return federated.run(cli.parse(get_args_parser(), argv), METHOD)
+    args = cli.parse(get_args_parser(), argv)
+    check_args(args)
+    return federated.run(args, METHOD)
 
 
 if __name__ == "__main__":

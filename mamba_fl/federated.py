@@ -171,8 +171,8 @@ def evaluate_global(ctx: Context, valid: torch.Tensor) -> dict:
 
 
 def run(args: argparse.Namespace, method: Method) -> dict:
-    """The whole run; under ``torchrun`` (WORLD_SIZE set) joins the process group for its duration."""
-    finish_args(args)
+    """The whole run of arguments a script's ``check_args`` has finished (``finish_args``); under ``torchrun``
+    (WORLD_SIZE set) joins the process group for its duration."""
     with distributed.process_group():
         return _run(args, method)
 
