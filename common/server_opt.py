@@ -1,6 +1,7 @@
 """Server optimizers: ``step(global_params, average)`` moves the global parameters toward the round's average IN
 PLACE (the pseudo-gradient is theta - avg): FedAvg with a server learning rate, FedAvgM in the heavy-ball form
-(Hsu et al. 2019, Flower) and the source project's EMA form, and FedAdam (Reddi et al. 2021).
+(Hsu et al. 2019, Flower) and the source project's EMA form, and FedAdam, FedYogi and FedAdagrad (Reddi et al.
+2021, Algorithm 2).
 
 Lists that tile one buffer (``common.params.clone`` / ``zeros_like``, an aggregator's ``result()``) make every
 op of a step ONE op (``common.params.foreach``). FedAvgM and FedAdam on parameters and state in ``acc_dtype``
@@ -138,16 +139,18 @@ class FedAdam(ServerOptimizer):
     """FedAdam (Reddi et al. 2021, Algorithm 2): delta = avg - theta; m <- b1 m + (1 - b1) delta;
     v <- b2 v + (1 - b2) delta^2; theta <- theta + lr m / (sqrt(v) + tau); no bias correction, as the paper.
     ``bias_correction=True`` scales lr in round t (1, 2, ...) by sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)): Flower
-    1.41's ``eta_norm`` (``flwr/server/strategy/fedadam.py``), not Kingma & Ba's sqrt(1 - b2^t) / (1 - b1^t).
+    1.41's ``eta_norm`` (``flwr/server/strategy/fedadam.py``; the same in 1.42), not Kingma & Ba's
+    sqrt(1 - b2^t) / (1 - b1^t). ``initial_v``: v's start, 0 as Flower; the paper's Algorithm 2 asks
+    v_{-1} >= tau^2 (``tau ** 2``).
     """
 
     name = "fedadam"
 
     def __init__(self, like, lr: float = 1e-2, betas=(0.9, 0.99), tau: float = 1e-3,
-                 bias_correction: bool = False, acc_dtype=torch.float32):
+                 bias_correction: bool = False, acc_dtype=torch.float32, initial_v: float = 0.0):
         super().__init__(like, lr, acc_dtype)
         self.betas, self.tau, self.bias_correction = tuple(betas), tau, bias_correction
-        self.buffers = [P.zeros_like(like, dtype=acc_dtype), P.zeros_like(like, dtype=acc_dtype)]
+        self.buffers = [P.zeros_like(like, dtype=acc_dtype), _filled(like, initial_v, acc_dtype)]
 
     def _step(self, params, average) -> None:
         b1, b2 = self.betas
@@ -171,6 +174,66 @@ class FedAdam(ServerOptimizer):
         P.chunked_apply(body, params, average, *self.buffers)
 
 
+class FedYogi(ServerOptimizer):
+    """FedYogi (Reddi et al. 2021, Algorithm 2): delta = avg - theta; m <- b1 m + (1 - b1) delta;
+    v <- v - (1 - b2) delta^2 sign(v - delta^2); theta <- theta + lr m / (sqrt(v) + tau). No bias correction, in
+    the paper and in Flower 1.42 (``flwr/server/strategy/fedyogi.py``), which start v at 0; the paper asks
+    v_{-1} >= tau^2 (``initial_v=tau ** 2``). v stays >= 0: from v >= 0 it moves toward delta^2 by at most
+    (1 - b2) |v - delta^2|, so sqrt(v) is real."""
+
+    name = "fedyogi"
+
+    def __init__(self, like, lr: float = 1e-2, betas=(0.9, 0.99), tau: float = 1e-3, acc_dtype=torch.float32,
+                 initial_v: float = 0.0):
+        super().__init__(like, lr, acc_dtype)
+        self.betas, self.tau = tuple(betas), tau
+        self.buffers = [P.zeros_like(like, dtype=acc_dtype), _filled(like, initial_v, acc_dtype)]
+
+    def _second_moment(self, fe, v, sq) -> None:
+        """v <- v - (1 - b2) sq sign(v - sq), sq = delta^2 (overwritten)."""
+        sign = fe(torch._foreach_sub, v, sq)
+        fe(torch._foreach_sign_, sign)
+        fe(torch._foreach_mul_, sq, sign)
+        fe(torch._foreach_add_, v, sq, alpha=-(1.0 - self.betas[1]))
+
+    def _step(self, params, average) -> None:
+        b1 = self.betas[0]
+
+        def body(fe, p, a, m, v):  # on cache-sized pieces when the lists are flat
+            delta = self._delta(p, a, fe)
+            fe(torch._foreach_lerp_, m, delta, weight=1.0 - b1)
+            self._second_moment(fe, v, fe(torch._foreach_mul, delta, delta))
+            denom = fe(torch._foreach_sqrt, v)
+            fe(torch._foreach_add_, denom, scalar=self.tau)
+            fe(torch._foreach_addcdiv_, p, m, denom, value=self.lr)
+        P.chunked_apply(body, params, average, *self.buffers)
+
+
+class FedAdagrad(FedYogi):
+    """FedAdagrad (Reddi et al. 2021, Algorithm 2): delta = avg - theta; m <- b1 m + (1 - b1) delta;
+    v <- v + delta^2; theta <- theta + lr m / (sqrt(v) + tau). The paper's Algorithm 2 keeps the momentum m for
+    every adaptive optimizer; Flower 1.42 (``flwr/server/strategy/fedadagrad.py``) fixes b1 = 0 (m = delta), its
+    defaults lr 0.1, tau 1e-9, and starts v at 0 (the paper: v_{-1} >= tau^2, ``initial_v=tau ** 2``). b2 is
+    not used."""
+
+    name = "fedadagrad"
+
+    def __init__(self, like, lr: float = 1e-1, momentum: float = 0.0, tau: float = 1e-9, acc_dtype=torch.float32,
+                 initial_v: float = 0.0):
+        super().__init__(like, lr, (momentum, 0.0), tau, acc_dtype, initial_v)
+
+    def _second_moment(self, fe, v, sq) -> None:
+        fe(torch._foreach_add_, v, sq)
+
+
+def _filled(like, value: float, dtype: torch.dtype) -> Tensors:
+    """A state buffer shaped like ``like`` (one flat buffer), every value ``value``."""
+    out = P.zeros_like(like, dtype=dtype)
+    if value:
+        P.foreach(torch._foreach_add_, out, scalar=float(value))
+    return out
+
+
 def _as_dtype(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> Tensors:
     """The tensors (detached) in ``dtype``; a list tiling one buffer stays one buffer (one cast)."""
     tensors = [t.detach() for t in tensors]
@@ -182,12 +245,18 @@ def _as_dtype(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> Tensors:
 
 def make_server_optimizer(name: str, like, lr: float = 1.0, momentum: float = 0.9, form: str = "ema",
                           betas=(0.9, 0.99), tau: float = 1e-3, bias_correction: bool = False,
-                          acc_dtype: torch.dtype = torch.float32) -> ServerOptimizer:
-    """name: fedavg | fedavgm | fedadam. form for fedavgm: 'heavy-ball' (Flower) or 'ema' (source)."""
+                          acc_dtype: torch.dtype = torch.float32, initial_v: float = 0.0) -> ServerOptimizer:
+    """name: fedavg | fedavgm | fedadam | fedyogi | fedadagrad. form for fedavgm: 'heavy-ball' (Flower) or 'ema'
+    (source). betas = (b1, b2) for the adaptive ones (fedadagrad: b1 only); ``initial_v``: their v's start
+    (0 as Flower; the paper: >= tau^2); ``bias_correction``: FedAdam's Flower eta_norm."""
     if name == "fedavg":
         return ServerOptimizer(like, lr, acc_dtype)
     if name == "fedavgm":
         return FedAvgM(like, lr, momentum, form, acc_dtype)
     if name == "fedadam":
-        return FedAdam(like, lr, betas, tau, bias_correction, acc_dtype)
-    raise ValueError(f"unknown server optimizer {name!r}; expected fedavg, fedavgm or fedadam")
+        return FedAdam(like, lr, betas, tau, bias_correction, acc_dtype, initial_v)
+    if name == "fedyogi":
+        return FedYogi(like, lr, betas, tau, acc_dtype, initial_v)
+    if name == "fedadagrad":
+        return FedAdagrad(like, lr, betas[0], tau, acc_dtype, initial_v)
+    raise ValueError(f"unknown server optimizer {name!r}; expected fedavg, fedavgm, fedadam, fedyogi or fedadagrad")

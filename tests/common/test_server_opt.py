@@ -1,7 +1,11 @@
-"""Server optimizers (FedAvg with a server lr, FedAvgM in both forms, FedAdam) against the formulas by hand."""
+"""Server optimizers (FedAvg with a server lr, FedAvgM in both forms, FedAdam, FedYogi, FedAdagrad) against the
+formulas by hand, and the adaptive ones against Flower's own updates (tests/data/flower_reference.json, written by
+benchmarks/flower_reference.py)."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,6 +70,62 @@ def test_fedadam_by_hand(bias_correction):
     close(theta, ref, tol=1e-5)
 
 
+@pytest.mark.parametrize("initial_v", [0.0, 1e-3 ** 2])
+@pytest.mark.parametrize("name", ["fedyogi", "fedadagrad"])
+def test_fedyogi_fedadagrad_by_hand(name, initial_v):
+    """Reddi et al. 2021, Algorithm 2, written out: m <- b1 m + (1 - b1) d; Yogi v <- v - (1 - b2) d^2
+    sign(v - d^2), Adagrad v <- v + d^2; theta <- theta + lr m / (sqrt(v) + tau); v from ``initial_v``."""
+    lr, (b1, b2), tau = 0.05, (0.8, 0.9), 1e-3
+    opt = O.make_server_optimizer(name, clients(1)[0], lr=lr, betas=(b1, b2), tau=tau, initial_v=initial_v)
+    theta, avgs = run_rounds(opt, 4)
+    ref = clients(1, seed=7)[0]
+    m, v = [torch.zeros(s) for s in SHAPES], [torch.full(s, initial_v) for s in SHAPES]
+    for avg in avgs:
+        d = [a - t for a, t in zip(avg, ref)]
+        m = [b1 * mi + (1 - b1) * di for mi, di in zip(m, d)]
+        if name == "fedyogi":
+            v = [vi - (1 - b2) * di * di * torch.sign(vi - di * di) for vi, di in zip(v, d)]
+        else:
+            v = [vi + di * di for vi, di in zip(v, d)]
+        ref = [t + lr * mi / (vi.sqrt() + tau) for t, mi, vi in zip(ref, m, v)]
+    close(theta, ref, tol=1e-5)
+    close(opt.buffers[0], m, tol=1e-6)
+    close(opt.buffers[1], v, tol=1e-6)
+    assert all(float(b.min()) >= 0 for b in opt.buffers[1])
+
+
+def test_yogi_moves_v_less_than_adam_on_a_jump():
+    """Yogi's additive v update: after a large delta v is (1 - b2) d^2 as Adam's, but on a small delta that
+    follows, Adam's v decays multiplicatively (to b2 v + (1 - b2) d^2) while Yogi's falls by (1 - b2) d^2 only."""
+    like = [torch.zeros(1)]
+    yogi, adam = (O.make_server_optimizer(n, like, lr=0.1, betas=(0.0, 0.5), tau=1e-3) for n in ("fedyogi", "fedadam"))
+    for opt in (yogi, adam):
+        theta = [torch.zeros(1)]
+        opt.step(theta, [torch.full((1,), 10.0)])
+        opt.step(theta, [theta[0] + 0.01])
+    assert float(yogi.buffers[1][0]) == pytest.approx(50.0 - 0.5 * 1e-4)
+    assert float(adam.buffers[1][0]) == pytest.approx(0.5 * 50.0 + 0.5 * 1e-4)
+
+
+FLOWER = json.loads((Path(__file__).resolve().parents[1] / "data" / "flower_reference.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
+def test_adaptive_steps_match_flower_fixture(name):
+    """Flower's FedAdam (with its eta_norm: bias_correction=True), FedYogi and FedAdagrad (b1 = 0, as Flower
+    fixes it) over 4 rounds on the fixture's float64 inputs, to 1e-6."""
+    server = FLOWER["server"]
+    case = server["cases"][name]
+    kw = case["kwargs"]
+    theta = [torch.tensor(t, dtype=torch.float64) for t in server["theta"]]
+    opt = O.make_server_optimizer(name, theta, lr=kw["eta"], betas=(kw.get("beta_1", 0.0), kw.get("beta_2", 0.99)),
+                                  tau=kw["tau"], bias_correction=name == "fedadam", acc_dtype=torch.float64)
+    for avg, flower in zip(server["averages"], case["rounds"]):
+        opt.step(theta, [torch.tensor(a, dtype=torch.float64) for a in avg])
+        close(theta, [torch.tensor(f, dtype=torch.float64) for f in flower], tol=1e-6)
+    assert len(case["rounds"]) == 4, FLOWER["flwr_version"]
+
+
 def test_fedadam_bias_correction_matches_flower_strategy():
     """bias_correction=True against Flower's own FedAdam.aggregate_fit (float64, one client per round)."""
     flwr = pytest.importorskip("flwr")
@@ -88,15 +148,16 @@ def test_fedadam_bias_correction_matches_flower_strategy():
         assert max(float(np.abs(t.numpy() - f).max()) for t, f in zip(theta, flower)) < 1e-12, flwr.__version__
 
 
-def test_server_optimizer_state_round_trip_and_errors():
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
+def test_server_optimizer_state_round_trip_and_errors(name):
     like = clients(1)[0]
-    full = O.make_server_optimizer("fedadam", like, lr=0.1)
+    full = O.make_server_optimizer(name, like, lr=0.1)
     theta_full, avgs = run_rounds(full, 4)
-    first = O.make_server_optimizer("fedadam", like, lr=0.1)
+    first = O.make_server_optimizer(name, like, lr=0.1)
     theta = clients(1, seed=7)[0]
     for avg in avgs[:2]:
         first.step(theta, avg)
-    second = O.make_server_optimizer("fedadam", like, lr=0.1)
+    second = O.make_server_optimizer(name, like, lr=0.1)
     second.load_state_dict(first.state_dict())
     for avg in avgs[2:]:
         second.step(theta, avg)
@@ -104,6 +165,9 @@ def test_server_optimizer_state_round_trip_and_errors():
     assert second.steps == 4
     with pytest.raises(ValueError, match="fedavgm"):
         O.make_server_optimizer("fedavgm", like).load_state_dict(first.state_dict())
+    other = "fedyogi" if name == "fedadagrad" else "fedadagrad"  # FedAdagrad's buffers are FedYogi's
+    with pytest.raises(ValueError, match=other):
+        O.make_server_optimizer(other, like).load_state_dict(first.state_dict())
     with pytest.raises(ValueError, match="unknown server optimizer"):
         O.make_server_optimizer("fedsgd", like)
     with pytest.raises(ValueError, match="form"):
@@ -112,7 +176,7 @@ def test_server_optimizer_state_round_trip_and_errors():
 
 
 STEPS = [("fedavg", {"lr": 0.7}), ("fedavgm", {"form": "heavy-ball"}), ("fedavgm", {"form": "ema"}),
-         ("fedadam", {"bias_correction": True})]
+         ("fedadam", {"bias_correction": True}), ("fedyogi", {}), ("fedadagrad", {"betas": (0.9, 0.0)})]
 
 
 @pytest.mark.parametrize("fused", [True, "small blocks", False])
@@ -143,7 +207,7 @@ def test_flat_chunked_step_is_bit_equal_to_the_per_tensor_step(monkeypatch, name
         assert all(torch.equal(x, y) for x, y in zip(b_flat, b_sep))
 
 
-@pytest.mark.parametrize("name,kwargs", STEPS[1:])
+@pytest.mark.parametrize("name,kwargs", STEPS[1:4])
 def test_fused_kernels_match_the_foreach_step(monkeypatch, name, kwargs):
     """torch's fused SGD-momentum / Adam kernels against the foreach ops they replace: the same step up to
     float rounding, state included, over several rounds."""
