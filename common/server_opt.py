@@ -6,8 +6,9 @@ PLACE (the pseudo-gradient is theta - avg): FedAvg with a server learning rate, 
 Lists that tile one buffer (``common.params.clone`` / ``zeros_like``, an aggregator's ``result()``) make every
 op of a step ONE op (``common.params.foreach``). FedAvgM and FedAdam on parameters and state in ``acc_dtype``
 use torch's fused kernels (``torch._fused_sgd_`` / ``torch._fused_adam_``; FedAdam on 21.7M parameters 13 ms
-against 50 ms as foreach ops, equal up to float rounding). State (buffers, step count) is in ``acc_dtype``
-and round-trips through ``state_dict()``.
+against 50 ms as foreach ops, equal up to float rounding); FedYogi and FedAdagrad, which torch has no fused
+kernel for, run as foreach ops on cache-sized pieces. State (buffers, step count) is in ``acc_dtype`` and
+round-trips through ``state_dict()``.
 """
 from __future__ import annotations
 
