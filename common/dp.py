@@ -318,6 +318,8 @@ class DPMean:
 REFUSALS = {
     "scaffold": "SCAFFOLD sends per-client control variates, data-dependent state the DP mean neither clips nor "
                 "noises; run DP with fedavg or fedprox",
+    "feddyn": "FedDyn's server state h sums the clients' own updates, unclipped and unnoised, beside the DP mean; "
+              "run DP with fedavg or fedprox",
     "fednova": "FedNova weighs clients by their data size and step count, data-dependent weights the DP mean's "
                "unweighted clipped sum cannot carry; run DP with fedavg or fedprox",
     "fisher": "FedFisher weighs each coordinate by the client's Fisher information, data-dependent weights sent "

@@ -248,6 +248,8 @@ def test_refusals_and_compositions():
     for opt in ("fedavgm", "fedadam", "fedyogi"):
         assert dp.refusal(server_opt=opt) is None  # noise before the server optimizer: post-processing
     assert "control variates" in dp.refusal(algorithm="scaffold")
+    assert "unnoised" in dp.refusal(algorithm="feddyn") and "step count" in dp.refusal(algorithm="fednova")
+    assert "features" in dp.refusal(clustering="data")
     assert "Fisher" in dp.refusal(aggregator="fisher")
     assert "entropy" in dp.refusal(aggregator="entropy")
     assert "robust" in dp.refusal(aggregator="krum")
