@@ -183,17 +183,64 @@ def holm(comparisons: Mapping[str, Paired], alpha: float = 1 - LEVEL) -> dict[st
     return {k: Verdict(p, q, (not math.isnan(q)) and q < alpha) for k, p, q in zip(names, raw, holm_adjust(raw))}
 
 
+def fmt_p(p: float) -> str:
+    """A p-value as every table and sentence prints it: 2 significant digits ('0.0049', '0.05'), '< 0.001'
+    below 0.001, 'n/a' for nan (fewer than 2 seeds)."""
+    if math.isnan(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
 def fmt_verdict(d: Paired, v: Verdict, digits: int = 1, m: int = 1) -> str:
-    """'+3.4 [+1.3, +5.5] (n=3), p_Holm 0.012' or '+0.2 [-0.3, +0.4] (n=3), no difference after Holm (rules
-    out > 0.4)': the comparison's own 95% interval with the corrected verdict; with ``m`` > 1 the ruled-out
-    size is ``ruled_out(d, m)`` ('(rules out > 0.6, simultaneous over 4)')."""
+    """A table cell: '+3.4 [+1.3, +5.5] (n=3), p_Holm 0.012' or '+0.2 [-0.3, +0.4] (n=3), no difference after
+    Holm (rules out > 0.6, simultaneous over 4)': the comparison's own 95% interval with the verdict corrected
+    over the table's ``m`` comparisons (the ruled-out size is ``ruled_out(d, m)``). A table of one comparison
+    corrects nothing and says so: 'p = 0.012 (a single comparison; no correction)'."""
     if d.n < 2:
         return fmt_diff(d, digits)
     head = f"{d.mean:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}] (n={d.n})"
+    if m < 2:
+        verdict = "" if v.significant else "no difference, "
+        return f"{head}, {verdict}p {_is(v.p)} (a single comparison; no correction" + \
+            ("" if v.significant else f"; rules out > {ruled_out(d):.{digits}f}") + ")"
     if v.significant:
-        return f"{head}, p_Holm {v.p_holm:.2g}"
-    over = f", simultaneous over {m}" if m > 1 else ""
-    return f"{head}, no difference after Holm (rules out > {ruled_out(d, m):.{digits}f}{over})"
+        return f"{head}, p_Holm {fmt_p(v.p_holm)}"
+    return f"{head}, no difference after Holm (rules out > {ruled_out(d, m):.{digits}f}, simultaneous over {m})"
+
+
+def claim(d: Paired, v: Verdict, m: int, digits: int = 1, unit: str = "") -> str:
+    """The one vocabulary of a sentence about a comparison, from its family of ``m`` (Holm) comparisons:
+    '+1.6 [+1.2, +2.0] (n=5; p_Holm = 0.011 over 6)', '+0.6 [+0.5, +0.8] (n=3; no difference after Holm over 30;
+    rules out > 1.4)' (the simultaneous interval), or with m = 1 '(n=5; p = 0.004, a single comparison; no
+    correction)'. ``unit`` follows every number ('%', ' points')."""
+    if d.n < 2:
+        return f"{d.mean:+.{digits}f}{unit} (n={d.n}, no interval)"
+    head = f"{d.mean:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}]{unit}"
+    if m < 2:
+        what = "" if v.significant else "no difference, "
+        return f"{head} (n={d.n}; {what}p {_is(v.p)}, a single comparison; no correction)"
+    if v.significant:
+        return f"{head} (n={d.n}; p_Holm {_is(v.p_holm)} over {m})"
+    return (f"{head} (n={d.n}; no difference after Holm over {m}; rules out > "
+            f"{ruled_out(d, m):.{digits}f}{unit})")
+
+
+def _is(p: float) -> str:
+    """'= 0.011' or '< 0.001'."""
+    text = fmt_p(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
+def explained(remainder: Paired, gap: float, m: int = 1) -> float:
+    """How much of a ``gap`` (a mean difference ref - other, in its sign) a control accounts for, at least, when
+    ``remainder`` is what is left of it (ref - control paired by seed): 1 - (the simultaneous interval's end in the
+    gap's direction) / gap, clipped to [0, 1]. 0: the remainder's interval reaches the whole gap (nothing is
+    explained); 1: it excludes any remainder in the gap's direction (all of it)."""
+    if remainder.n < 2 or gap == 0:
+        return 0.0
+    *_, lo, hi = _summary(list(remainder.diffs), 1 - (1 - LEVEL) / max(1, m))
+    far = hi if gap > 0 else -lo   # the largest remainder in the gap's direction the data allow
+    return min(1.0, max(0.0, 1.0 - far / abs(gap)))
 
 
 def fmt_seeds(values: Iterable, digits: int = 1) -> str:
@@ -209,6 +256,18 @@ def compare(pairs: Mapping[Hashable, tuple[Mapping, Mapping]], digits: int = 1) 
     diffs = {k: paired(*({s: v for s, v in x.items() if math.isfinite(v)} for x in ab)) for k, ab in pairs.items()}
     verdicts, m = holm(diffs), sum(d.n >= 2 for d in diffs.values())
     return {k: (d, fmt_verdict(d, verdicts[k], digits, m)) for k, d in diffs.items()}
+
+
+def ref_pairs(keys: Sequence, refs: Sequence, metrics: Sequence, values) -> dict:
+    """The comparisons of a table with several reference columns, {(key, ref, metric): (a, b)} with
+    ``values(key, metric)`` -> {seed: value} (falsy: no runs): every row against every reference, except a row
+    against itself and a reference row against a later reference (that pair is counted once, in the later one's
+    row). One Holm family for ``compare``."""
+    def mirror(key, ref) -> bool:
+        return key in refs and list(refs).index(key) < list(refs).index(ref)
+
+    return {(key, ref, m): (values(key, m), values(ref, m)) for key in keys for ref in refs for m in metrics
+            if key != ref and not mirror(key, ref) and values(key, m) and values(ref, m)}
 
 
 def table_rows(values: Mapping[Hashable, Mapping], ref: Hashable = None, digits: int = 1,

@@ -376,8 +376,8 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
         def mirror(key: str, ref: str) -> bool:  # (ref, key) is the same comparison, counted once, in ref's row
             return key in order and order.index(key) < order.index(ref)
 
-        pairs = {(key, ref, m): (pct(g[key], m), pct(g[ref], m)) for key, _ in rows for ref, _ in refs
-                 for m in metrics if key != ref and not mirror(key, ref) and g.get(key) and g.get(ref)}
+        pairs = stats.ref_pairs([key for key, _ in rows], order, metrics,
+                                lambda key, m: pct(g[key], m) if g.get(key) else {})
         diffs = {k: c for k, (_, c) in stats.compare(pairs).items()}
 
         def delta(key: str, ref: str, m: str) -> str:

@@ -97,8 +97,10 @@ def test_holm_verdicts_and_what_a_null_rules_out():
     assert verdicts["clear"].significant and not verdicts["null"].significant
     assert verdicts["clear"].p_holm == pytest.approx(min(1.0, 2 * stats.p_value(clear)))  # smallest p times m=2
     assert stats.ruled_out(null) == pytest.approx(max(abs(null.lo), abs(null.hi)))
-    text = stats.fmt_verdict(null, verdicts["null"], digits=2)
-    assert text.endswith(f"no difference after Holm (rules out > {stats.ruled_out(null):.2f})")
+    text = stats.fmt_verdict(null, verdicts["null"], digits=2, m=2)
+    assert text.endswith(f"no difference after Holm (rules out > {stats.ruled_out(null, 2):.2f}, simultaneous over 2)")
+    alone = stats.fmt_verdict(null, verdicts["null"], digits=2)  # a table of one comparison corrects nothing
+    assert "a single comparison; no correction" in alone and alone.endswith(f"{stats.ruled_out(null):.2f})")
     # in a table of m comparisons the nulls rule out what the Bonferroni (simultaneous) interval does: wider
     half = stats.t_quantile(1 - 0.05 / 4, null.n - 1) * null.sd / null.n ** 0.5
     assert stats.ruled_out(null, m=2) == pytest.approx(abs(null.mean) + half)
