@@ -1,0 +1,157 @@
+"""The numbers a README states, generated from committed records: every result paragraph or table of a README
+sits between markers and is rewritten from the records by the function of its name.
+
+    python -m common.results --check     # regenerate every block; exit 1 naming each block that differs
+    python -m common.results --write     # rewrite every block in place (after new records are committed)
+
+A block in a README:
+
+    <!-- results:mamba_fl.real-table -->
+    ... (generated: do not edit by hand) ...
+    <!-- /results:mamba_fl.real-table -->
+
+(indented markers, inside a list item, indent every generated line alike)
+Its name is ``<subproject>.<block>``: the subproject's ``results`` module (``mamba_fl/results.py``, ...) holds
+``BLOCKS``, {block: function() -> the block's Markdown}, each reading the subproject's committed record folder (one
+constant there, ``RECORDS``). The subproject modules are looked up by name (``SUBPROJECTS``), so ``common`` imports
+no subproject; they import only ``common``. The same block may appear in several READMEs (a study's line in the
+top README and in its subproject's). Sentences use one vocabulary: ``common.stats.claim`` and ``fmt_p``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+from common import stats
+from common.errors import UsageError, check
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBPROJECTS = ("mamba_fl", "vit_sparse_fl", "lora_glue_fl", "llm_noniid")
+READMES = ("README.md", *(f"{s}/README.md" for s in SUBPROJECTS))
+BLOCK = re.compile(r"^(?P<indent>[ ]*)<!-- results:(?P<name>[\w.-]+) -->\n(?P<body>.*?)^(?P=indent)"
+                   r"<!-- /results:(?P=name) -->", re.S | re.M)
+OPENING = re.compile(r"<!-- (/?)results:([\w.-]+) -->")
+
+
+# ------------------------------------------------------------------------------------- reading records
+def record(path: Path) -> dict:
+    """One run directory's args and summary (metrics.jsonl is not read: blocks state final numbers), with the
+    run's "name"; a summary-less (unfinished) run has "summary" None."""
+    meta = json.loads((path / "args.json").read_text(encoding="utf-8"))
+    summary = path / "summary.json"
+    return {"name": path.name, "path": path, "args": meta.get("args", {}),
+            "summary": json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None}
+
+
+def records(folder: str | Path, pattern: str = "*") -> list[dict]:
+    """The finished runs (summary.json present) of a committed record folder, sorted by name."""
+    folder = ROOT / folder
+    check(folder.is_dir(), f"{folder}: no such record folder (a results block reads its committed records)")
+    runs = (record(p) for p in sorted(folder.glob(pattern)) if (p / "args.json").is_file())
+    return [r for r in runs if r["summary"] is not None]
+
+
+def by_seed(runs: Iterable[dict], key: str, scale: float = 1.0) -> dict:
+    """{seed: scale * summary[key]} over the runs that have the key."""
+    return {r["args"]["seed"]: scale * r["summary"][key] for r in runs if r["summary"].get(key) is not None}
+
+
+def family(pairs: Mapping, digits: int = 1, unit: str = "") -> dict:
+    """{name: (Paired, claim sentence)} of comparisons {name: ({seed: a}, {seed: b})} corrected together by Holm:
+    the family the sentences name ("over m")."""
+    diffs = {k: stats.paired(a, b) for k, (a, b) in pairs.items()}
+    verdicts, m = stats.holm(diffs), sum(d.n >= 2 for d in diffs.values())
+    return {k: (d, stats.claim(d, verdicts[k], m, digits, unit)) for k, d in diffs.items()}
+
+
+def range_of(values: Iterable[float], digits: int = 1, sep: str = "-") -> str:
+    """'6.2-7.2': the smallest and largest value (one value alone)."""
+    values = sorted(values)
+    lo, hi = f"{values[0]:.{digits}f}", f"{values[-1]:.{digits}f}"
+    return lo if lo == hi else f"{lo}{sep}{hi}"
+
+
+# ------------------------------------------------------------------------------------------ the blocks
+def generators(subprojects: Iterable[str] = SUBPROJECTS) -> dict[str, Callable[[], str]]:
+    """{"<subproject>.<block>": function} over the subprojects' ``results`` modules (a subproject without one has no
+    blocks)."""
+    out = {}
+    for sub in subprojects:
+        if not (ROOT / sub / "results.py").is_file():
+            continue
+        module = importlib.import_module(f"{sub}.results")
+        out |= {f"{sub}.{name}": fn for name, fn in module.BLOCKS.items()}
+    return out
+
+
+def blocks_in(text: str, where: str = "README") -> list[str]:
+    """The block names of ``text`` in order; an opening marker without its closing one (or the reverse) is refused."""
+    names = [m["name"] for m in BLOCK.finditer(text)]
+    markers = OPENING.findall(text)
+    check(len(markers) == 2 * len(names), f"{where}: a results marker without its pair (each "
+          "'<!-- results:NAME -->' needs a '<!-- /results:NAME -->' after it, nothing nested)")
+    return names
+
+
+def render(text: str, made: Mapping[str, str], where: str = "README") -> str:
+    """``text`` with every block's body replaced by ``made[name]`` (a name with no generator is refused)."""
+    unknown = [n for n in blocks_in(text, where) if n not in made]
+    check(not unknown, f"{where}: no generator for results block(s) {', '.join(unknown)} (known: "
+          f"{', '.join(sorted(made))})")
+    def body(m: re.Match) -> str:
+        pad, name = m["indent"], m["name"]
+        lines = [pad + line if line else line for line in made[name].rstrip("\n").split("\n")]
+        return f"{pad}<!-- results:{name} -->\n" + "\n".join(lines) + f"\n{pad}<!-- /results:{name} -->"
+
+    return BLOCK.sub(body, text)
+
+
+def regenerate(readmes: Iterable[str | Path] = READMES, root: Path = ROOT) -> dict[Path, tuple[str, str, list[str]]]:
+    """{README path: (current text, regenerated text, names of the blocks that differ)}; every generator that a
+    README names runs once."""
+    texts = {root / p: (root / p).read_text(encoding="utf-8") for p in readmes if (root / p).is_file()}
+    wanted = {n for path, t in texts.items() for n in blocks_in(t, str(path))}
+    gens = generators()
+    made = {n: gens[n]() for n in sorted(wanted) if n in gens}
+    out = {}
+    for path, text in texts.items():
+        new = render(text, made, str(path))
+        old_bodies = {m["name"]: m["body"] for m in BLOCK.finditer(text)}
+        new_bodies = {m["name"]: m["body"] for m in BLOCK.finditer(new)}
+        out[path] = (text, new, [n for n in old_bodies if old_bodies[n] != new_bodies[n]])
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="exit 1 naming every block that differs from its records")
+    mode.add_argument("--write", action="store_true", help="rewrite every block in place from its records")
+    parser.add_argument("readmes", nargs="*", help="README files (default: the top README and each subproject's)")
+    args = parser.parse_args(argv)
+    try:
+        result = regenerate(args.readmes or READMES, Path.cwd() if args.readmes else ROOT)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stale = [(path, n) for path, (_, _, names) in result.items() for n in names]
+    if args.write:
+        for path, (old, new, _) in result.items():
+            if new != old:
+                path.write_text(new, encoding="utf-8")
+        print(f"rewrote {len(stale)} block(s)" + "".join(f"\n  {p}: {n}" for p, n in stale))
+        return 0
+    for path, name in stale:
+        print(f"{path}: results block {name} differs from its records (python -m common.results --write)")
+    count = sum(len(blocks_in(old)) for old, _, _ in result.values())
+    print(f"{count} results block(s) checked, {len(stale)} differ")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

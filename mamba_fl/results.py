@@ -1,0 +1,181 @@
+"""The README blocks of mamba_fl's results, generated from the committed records of real_grid.py
+(``python -m common.results --write`` rewrites them; ``--check`` fails when one differs).
+
+Records: ``RECORDS/runs/<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>`` (args.json, summary.json), the
+headline's d_model-32 grid, and ``SOURCE/runs/...`` the same grid at the source's d_model 512. Each table's
+comparisons to FedAvg are one Holm family, as in plots/plot_mamba.py's results_real.md; a sentence that draws a
+conclusion across tables names the family that spans them (``FISHER_FAMILY``).
+"""
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from common import results as RS
+from common import stats
+
+RECORDS = "mamba_fl/figures/real"          # the d_model-32 real-text grid
+SOURCE = "mamba_fl/figures/real_source"    # the same grid at the source's size (one GPU)
+BUDGET_PASSES = 4  # real_grid.py's --budget-epochs default: the equal-compute point is 4 passes over the blocks
+ARMS = ("central", "central-b4", "fedavg", "fedfisher", "fedfisher-local", "fedentropy", "fedavgm")
+LABELS = {"central": "central (AdamW, batch 16)", "central-b4": "central, 4x batch (FedAvg's sequential updates)",
+          "fedavg": "FedAvg (client AdamW, moments kept)", "fedfisher": "FedFisher (per-example Fisher)",
+          "fedfisher-local": "FedFisher (--fisher-method local)", "fedentropy": "FedEntropy",
+          "fedavgm": "FedAvgM (heavy ball)"}
+
+
+@cache
+def grid(folder: str) -> dict:
+    """{(layers, shard, clients): {arm: [runs]}} of a real-text record folder; each run also carries its
+    equal-compute point as "budget" (the summary's budget_* values)."""
+    out: dict = {}
+    for r in RS.records(f"{folder}/runs", "*_L*_plateau_s*"):
+        arm, layers, shard, clients, *_ = r["name"].split("_")
+        s = r["summary"]
+        r["budget"] = {k: s.get(f"budget_{k}") for k in ("test_ppl", "best_val_ppl", "best_at")}
+        out.setdefault((int(layers[1:]), shard, clients), {}).setdefault(arm, []).append(r)
+    return {k: {a: v[a] for a in ARMS if a in v} for k, v in sorted(out.items())}
+
+
+def values(runs: list[dict], stage: str) -> dict:
+    """{seed: test perplexity per token} at the plateau ("plateau") or at equal compute ("budget")."""
+    return {r["args"]["seed"]: (r["summary"]["test_ppl"] if stage == "plateau" else r["budget"]["test_ppl"])
+            for r in runs}
+
+
+def table_family(arms: dict, stage: str) -> dict:
+    """{arm: (Paired, claim)} of arm − FedAvg over one table (Holm over the table's comparisons)."""
+    ref = values(arms["fedavg"], stage)
+    return RS.family({a: (values(g, stage), ref) for a, g in arms.items() if a != "fedavg"})
+
+
+def short(d: stats.Paired, claim: str) -> str:
+    """A table cell: the interval, and the verdict only where it is not 'no difference'."""
+    cell = f"{d.mean:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}]"
+    if d.n >= 2 and "no difference" not in claim:
+        cell += ", " + claim.split("; ", 1)[1].rstrip(")")
+    return minus(cell)
+
+
+def minus(text: str) -> str:
+    """Prose's minus sign (U+2212) for a negative number ('-1.7' and '[-2.2', not '6.2-7.2' or 'central-b4')."""
+    return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
+
+
+def cell(runs: list[dict], stage: str) -> str:
+    s = stats.summarize(values(runs, stage).values())
+    return f"{s.mean:.1f} ± {s.sd:.1f}" + (f" (n={s.n})" if s.n != 5 else "")
+
+
+def passes(runs: list[dict]) -> str:
+    """The passes over the training blocks at which the plateau rule stopped each run (min-max)."""
+    return RS.range_of(BUDGET_PASSES * r["summary"]["stopped_at"] / r["summary"]["budget_at"] for r in runs)
+
+
+def real_table() -> str:
+    """The headline table: 1 and 2 layers, 4 clients on contiguous shards, at the plateau and at equal compute."""
+    rows = []
+    for (layers, shard, clients), arms in grid(RECORDS).items():
+        if shard != "contiguous" or clients != "k4m4" or layers > 2:
+            continue
+        plateau, budget = table_family(arms, "plateau"), table_family(arms, "budget")
+        for arm, g in arms.items():
+            ref = arm == "fedavg"
+            rows.append([layers, LABELS[arm], cell(g, "plateau"), "reference" if ref else short(*plateau[arm]),
+                         passes(g), cell(g, "budget"), "reference" if ref else short(*budget[arm])])
+    return "\n".join(stats.markdown(["layers", "arm", "at the plateau", "− FedAvg [95% CI]", "passes at the stop",
+                                     f"at equal compute ({BUDGET_PASSES} passes)", "− FedAvg [95% CI]"], rows))
+
+
+def fisher_family() -> dict:
+    """{(setting, stage): (Paired, claim)}: every FedFisher − FedAvg comparison of the d_model-32 grid (each
+    setting, at the plateau and at equal compute) corrected together, the family a conclusion across its tables
+    needs."""
+    pairs = {(k, stage): (values(arms["fedfisher"], stage), values(arms["fedavg"], stage))
+             for k, arms in grid(RECORDS).items() if "fedfisher" in arms for stage in ("plateau", "budget")}
+    return RS.family(pairs)
+
+
+def setting_name(layers: int, shard: str, clients: str) -> str:
+    k, m = clients[1:].split("m")
+    who = f"{k} clients" if k == m else f"{k} clients, {m} a round"
+    return f"{who}, {shard} shards" + (f", {layers} layers" if layers > 1 else "")
+
+
+def harder_table() -> str:
+    """FedFisher − FedAvg at 1 layer where the clients differ more, with Holm over each table (one comparison
+    for the topic and 16-client settings) and over all of the grid's FedFisher − FedAvg comparisons."""
+    fam, rows = fisher_family(), []
+    for (layers, shard, clients), arms in grid(RECORDS).items():
+        if layers != 1 or "fedfisher" not in arms:
+            continue
+        per_table = {stage: table_family(arms, stage)["fedfisher"] for stage in ("plateau", "budget")}
+        rows.append([setting_name(layers, shard, clients), cell(arms["fedavg"], "plateau"),
+                     short(*per_table["plateau"]), cell(arms["fedavg"], "budget"), short(*per_table["budget"])])
+    m = len(fam)
+    across = [f"{setting_name(*k)} {'at equal compute' if stage == 'budget' else 'at the plateau'} "
+              f"{minus(c)}" for (k, stage), (d, c) in fam.items() if "p_Holm" in c and "no difference" not in c]
+    lines = stats.markdown(["setting", "FedAvg at the plateau", "FedFisher − FedAvg", "FedAvg at equal compute",
+                            "FedFisher − FedAvg"], rows)
+    return "\n".join([*lines, "", f"Over all {m} FedFisher − FedAvg comparisons of the grid corrected together "
+                      f"(every setting and depth, at the plateau and at equal compute), these survive Holm: "
+                      + ("; ".join(across) if across else "none") + "."])
+
+
+def momentum() -> str:
+    """FedAvgM's place against FedAvg, with each table's verdict."""
+    parts = []
+    for (layers, *_), arms in grid(RECORDS).items():
+        if "fedavgm" not in arms:
+            continue
+        p, b = (table_family(arms, st)["fedavgm"][1] for st in ("plateau", "budget"))
+        parts.append(f"{layers} layer{'s' if layers > 1 else ''}: {minus(p)} at the plateau, {minus(b)} at equal "
+                     "compute")
+    return ("FedAvgM (heavy-ball server momentum 0.9, 3 seeds) − FedAvg, test perplexity per token, Holm over "
+            "each table: " + "; ".join(parts) + ".")
+
+
+def source_gap() -> str:
+    """The d_model-512 gap at 1 layer and how much of it FedAvg's fewer sequential updates account for."""
+    arms = grid(SOURCE)[(1, "contiguous", "k4m4")]
+    fam, m = table_family(arms, "plateau"), len(arms) - 1
+    gap = fam["central"][0]
+    share = stats.explained(stats.paired(values(arms["fedavg"], "plateau"), values(arms["central-b4"], "plateau")),
+                            -gap.mean, m)
+    c, f, b4 = (stats.summarize(values(arms[a], "plateau").values()) for a in ("central", "fedavg", "central-b4"))
+    account = (f"the 4x fewer sequential updates account for at least {100 * share:.0f} % of the gap" if share > 0
+               else "how much of the gap the 4x fewer sequential updates account for is not resolved")
+    return (f"At 1 layer FedAvg ends {100 * (f.mean / c.mean - 1):.0f} % behind central ({f.mean:.1f} ± {f.sd:.1f} "
+            f"against {c.mean:.1f} ± {c.sd:.1f}; central − FedAvg {minus(fam['central'][1])}). Central given "
+            f"FedAvg's sequential updates (a 4x batch) ends at {b4.mean:.1f} ± {b4.sd:.1f}, "
+            f"{minus(fam['central-b4'][1])} from FedAvg: {account} (the simultaneous interval over the table's {m} "
+            f"comparisons bounds what is left of it), and it may be more than the whole gap.")
+
+
+def study_real() -> str:
+    """The top README's line for the d_model-32 real-text study."""
+    arms = grid(RECORDS)[(1, "contiguous", "k4m4")]
+    two = grid(RECORDS)[(2, "contiguous", "k4m4")]
+    fam1, fam2 = table_family(arms, "plateau"), table_family(two, "plateau")
+    fisher = fisher_family()
+    topic = fisher[((1, "topic", "k4m4"), "budget")][1]
+    k16 = fisher[((1, "contiguous", "k16m4"), "budget")][1]
+    return (f"central − FedAvg at the plateau {minus(fam1['central'][1])} (1 layer) and "
+            f"{minus(fam2['central'][1])} (2 layers); FedFisher − FedAvg {minus(fam1['fedfisher'][1])} (1 layer), "
+            f"but where the clients differ more, at equal compute and over all {len(fisher)} FedFisher − FedAvg "
+            f"comparisons, {minus(topic)} on topic shards and {minus(k16)} with 16 clients (4 a round)")
+
+
+def study_source() -> str:
+    """The top README's line for the d_model-512 study."""
+    arms = grid(SOURCE)[(1, "contiguous", "k4m4")]
+    two = grid(SOURCE)[(2, "contiguous", "k4m4")]
+    budget2 = table_family(two, "budget")["fedfisher"][1]
+    diffs = [x for a in (arms, two) for x in table_family(a, "plateau")["fedfisher"][0].diffs]
+    return (source_gap() + f" FedFisher − FedAvg at 2 layers and equal compute: {minus(budget2)}; "
+            f"FedFisher is behind FedAvg in {sum(x > 0 for x in diffs)} of {len(diffs)} paired seeds at 1 and 2 "
+            "layers (at the plateau)")
+
+
+BLOCKS = {"real-table": real_table, "harder-table": harder_table, "momentum": momentum, "source-gap": source_gap,
+          "study-real": study_real, "study-source": study_source}

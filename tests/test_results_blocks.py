@@ -1,0 +1,74 @@
+"""Every number a README states in a results block is what its committed records give: ``python -m common.results
+--check`` passes on the checkout, and fails, naming the block, once a number inside a block is edited by hand."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from common import results, stats
+
+ROOT = results.ROOT
+
+
+def test_every_block_matches_its_records():
+    run = subprocess.run([sys.executable, "-m", "common.results", "--check"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert " 0 differ" in run.stdout
+
+
+def test_an_edited_number_fails_naming_its_block(tmp_path):
+    copy = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", copy)
+    text = copy.read_text(encoding="utf-8")
+    block = next(m for m in results.BLOCK.finditer(text) if m["name"] == "vit_sparse_fl.study-r192")
+    edited = re.sub(r"\+8\.3", "+9.3", block["body"], count=1)
+    assert edited != block["body"]
+    copy.write_text(text.replace(block["body"], edited), encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "common.results", "--check", str(copy)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
+    assert run.returncode == 1
+    assert "vit_sparse_fl.study-r192" in run.stdout and "1 differ" in run.stdout
+    fixed = subprocess.run([sys.executable, "-m", "common.results", "--write", str(copy)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
+    assert fixed.returncode == 0 and copy.read_text(encoding="utf-8") == text
+
+
+def test_markers_are_refused_unpaired_or_unknown():
+    with pytest.raises(results.UsageError, match="without its pair"):
+        results.blocks_in("<!-- results:a.b -->\ntext\n")
+    with pytest.raises(results.UsageError, match="no generator for results block"):
+        results.render("<!-- results:a.b -->\nold\n<!-- /results:a.b -->\n", {})
+    # an indented block (inside a list item) keeps its indentation on every generated line
+    text = "- item\n  <!-- results:a.b -->\n  old\n  <!-- /results:a.b -->\n"
+    assert results.render(text, {"a.b": "new\nlines"}) == \
+        "- item\n  <!-- results:a.b -->\n  new\n  lines\n  <!-- /results:a.b -->\n"
+
+
+def test_the_vocabulary_names_the_family_and_its_size():
+    clear = stats.paired({0: 10.0, 1: 11.0, 2: 12.0}, {0: 5.0, 1: 5.5, 2: 6.2})
+    null = stats.paired({0: 1.0, 1: 2.0, 2: 1.5}, {0: 1.2, 1: 1.7, 2: 1.5})
+    v = stats.holm({"clear": clear, "null": null})
+    assert stats.claim(clear, v["clear"], 2).endswith(f"(n=3; p_Holm = {stats.fmt_p(v['clear'].p_holm)} over 2)")
+    assert stats.claim(null, v["null"], 2).endswith(f"no difference after Holm over 2; rules out > "
+                                                    f"{stats.ruled_out(null, 2):.1f})")
+    alone = stats.holm({"clear": clear})["clear"]
+    assert "a single comparison; no correction" in stats.claim(clear, alone, 1)
+    assert "Holm" not in stats.claim(clear, alone, 1)
+    assert "a single comparison; no correction" in stats.fmt_verdict(clear, alone, m=1)
+    assert [stats.fmt_p(p) for p in (0.00017, 0.0028, 0.05, 0.4321)] == ["< 0.001", "0.0028", "0.05", "0.43"]
+
+
+def test_explained_share_comes_from_the_remainders_interval():
+    # gap 10; the remainder (ref - control) is 0 +- 1: nearly all of the gap is explained, never more than all
+    tight = stats.paired({0: 1.0, 1: -1.0, 2: 0.5, 3: -0.5}, {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0})
+    assert 0.7 < stats.explained(tight, 10.0) <= 1.0
+    # a remainder whose interval reaches the whole gap explains nothing
+    wide = stats.paired({0: 12.0, 1: -8.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert stats.explained(wide, 10.0) == 0.0
+    # the gap's sign decides which end of the interval bounds the remainder
+    assert stats.explained(tight, -10.0) == stats.explained(tight, 10.0)
