@@ -3,19 +3,23 @@
 One round: sample the clients (``sample_clients``) -> each starts from its cluster's global model, loaded in
 place into the task's one model, its optimizer state kept or reset (``--client-opt-state``) -> the task's
 local training, calling the client algorithm's hooks (FedProx's proximal gradient, SCAFFOLD's correction)
--> the task adds the client to its cluster's aggregator -> under torchrun ONE all-reduce of every aggregator
-and SCAFFOLD's sums -> every cluster's server step -> on evaluation rounds the task's evaluation and log
-row -> the task's stop check (by default non-finite values: exit 3) -> on evaluation rounds the checkpoint.
+-> the client's model and the statistics its aggregator asks the task for (``Task.client_stat``) go to its
+cluster's aggregator (``common.aggregators``) -> under torchrun ONE all-reduce of every aggregator's and the
+algorithm's sums -> every cluster's server step on the task's projection of the aggregate (``Task.project``,
+``common.algorithms``) -> on evaluation rounds the task's evaluation and log row -> the task's stop check (by
+default non-finite values: exit 3) -> on evaluation rounds the checkpoint. Communication is counted here,
+once: per round and chosen client, ``algorithm.down`` messages down and ``algorithm.up + aggregator.up`` up
+(``Federation.comm``, in bytes, checkpointed; every script writes it into summary.json).
 
-A subproject supplies a ``Task``; client algorithms (``FedAvg``, ``FedProx``, ``Scaffold``) are three hooks
-and a server step. Clustering is which global model a client starts from (``Federation.assign``; IFCA
+A subproject supplies a ``Task``; client algorithms and aggregators are registries (``--algorithm``,
+``--aggregator``). Clustering is which global model a client starts from (``Federation.assign``; IFCA
 re-assigns the round's clients every round, ``data`` once). Shared flags: ``add_algorithm_args``, checked by
-``check_algorithm_args``.
+``check_algorithm_args``: every combination of algorithm, aggregator, server optimizer and clustering either
+runs or is refused there in one line.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import time
 import weakref
@@ -25,18 +29,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common import aggregators as AG
+from common import algorithms as AL
 from common import clustering as C
 from common import distributed as D
 from common import export, flags
 from common import params as P
-from common import scaffold as SC
 from common import seed as seeding
 from common import server_opt as SO
-from common.aggregate import WeightedMean
 from common.errors import UsageError, check
 from common.runlog import run_name
 
-ALGORITHMS = ("fedavg", "fedprox", "scaffold")
+# aggregators and algorithms defined in modules of their own register on import: one line each here
+
 SERVER_OPTS = ("fedavg", "fedavgm", "fedadam")
 SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 1e-2}  # --server-lr's default (FedAdam diverges at 1)
 
@@ -44,17 +49,21 @@ SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 1e-2}  # --server-lr's de
 # the shared flags
 def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str = "heavy-ball",
                        client_opt_state: str | None = "reset", clustering: str | None = None,
-                       scaffold: str | None = None, algorithm_help: str = ""):
-    """The shared flags (--algorithm ... --ifca-batches). ``clustering`` / ``scaffold``: why this script cannot
-    honour them (said in --help, refused by ``check_algorithm_args``); ``client_opt_state`` None: no state."""
+                       scaffold: str | None = None, algorithm_help: str = "", aggregator: str = "mean"):
+    """The shared flags (--algorithm ... --ifca-batches, the algorithms' and aggregators' own flags).
+    ``clustering`` / ``scaffold``: why this script cannot honour them (said in --help, refused by
+    ``check_algorithm_args``); ``client_opt_state`` None: no state; ``aggregator``: the script's default."""
     g = parser.add_argument_group("federated algorithm (common.engine)")
-    g.add_argument("--algorithm", default="fedavg", help="client algorithm: fedavg | fedprox (loss + mu/2 "
-                   "||w - w_global||^2) | scaffold (control variates; plain SGD local steps)"
+    g.add_argument("--algorithm", default="fedavg", help="client algorithm: " + " | ".join(
+        f"{name} ({cls.help})" for name, cls in AL.REGISTRY.items())
                    + (f"; scaffold is refused here: {scaffold}" if scaffold else "") + algorithm_help)
-    g.add_argument("--mu", type=flags.Number(float, 0), default=0.01,
-                   help="FedProx proximal weight (--algorithm fedprox)")
-    g.add_argument("--scaffold-weighting", default="uniform", help="SCAFFOLD's means of dy and dc: uniform (the "
-                   "paper's Algorithm 1) | size (both weighted by client size, c = sum_i p_i c_i)")
+    for cls in AL.REGISTRY.values():
+        cls.add_args(g)
+    g.add_argument("--aggregator", default=aggregator, choices=tuple(AG.REGISTRY), help="the server's aggregate of "
+                   "the round's client models: " + " | ".join(f"{name} ({cls.help})"
+                                                             for name, cls in AG.REGISTRY.items()))
+    for cls in AG.REGISTRY.values():
+        cls.add_args(g)
     g.add_argument("--server-opt", default=server_opt, choices=SERVER_OPTS,
                    help="server step on the aggregate: fedavg (theta <- theta + server_lr (avg - theta)) | "
                         "fedavgm (server momentum) | fedadam (Reddi et al. 2021)")
@@ -90,20 +99,34 @@ def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str
 
 
 def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold: str | None = None,
-                         algorithms=ALGORITHMS, shifted_scaffold: bool = False) -> None:
-    """One-line refusals (exit 2) of combinations that make no sense (``shifted_scaffold``: SCAFFOLD is allowed
-    with an adaptive local optimizer, the task calling ``algo.after_step``)."""
+                         algorithms=None, shifted_scaffold: bool = False, stats: tuple[str, ...] = (),
+                         aggregator: str | None = None) -> None:
+    """One-line refusals (exit 2) of combinations that cannot run, before anything is written: the algorithm's
+    and the aggregator's own (``refuse``), an aggregator asking for statistics the script's task does not
+    compute (``stats``: its ``Task.supported_stats``), ``aggregator``: why only mean runs here.
+    ``shifted_scaffold``: SCAFFOLD is allowed with an adaptive local optimizer, the task calling
+    ``algo.after_step``; ``algorithms``: the names this script accepts (default: the registry's)."""
     resolve_server_lr(args)
+    algorithms = tuple(AL.REGISTRY) if algorithms is None else algorithms
     check(args.algorithm in algorithms,
           f"--algorithm {args.algorithm!r} is unknown; expected one of {', '.join(algorithms)}")
-    check(args.scaffold_weighting in ("uniform", "size"),
-          f"--scaffold-weighting {args.scaffold_weighting!r} is unknown; expected uniform or size")
+    algo = AL.REGISTRY.get(args.algorithm, AL.FedAvg)
     if args.algorithm == "scaffold":
         check(scaffold is None, f"--algorithm scaffold is refused here: {scaffold}")
-        check(plain_sgd or shifted_scaffold,
-              f"SCAFFOLD needs plain SGD local steps (its control variates assume them): {optimizer_hint}")
-        check(args.server_opt == "fedavg", f"SCAFFOLD makes its own server step (x += server_lr mean dy): "
-                                           f"--server-opt {args.server_opt} does not apply")
+    if algo.plain_sgd:
+        check(plain_sgd or (shifted_scaffold and args.algorithm == "scaffold"),
+              f"{algo.title} needs plain SGD local steps ({algo.plain_sgd_reason}): {optimizer_hint}")
+    why = algo.refuse(args)
+    check(why is None, why)
+    agg = AG.REGISTRY[args.aggregator]
+    check(aggregator is None or args.aggregator == "mean", f"--aggregator {args.aggregator} is refused here: "
+                                                          f"{aggregator}")
+    missing = [s for s in agg.stats if s not in stats]
+    check(not missing, f"--aggregator {args.aggregator} needs each client's {' and '.join(missing)}, which this "
+                       f"script does not compute; expected one of: "
+                       f"{', '.join(n for n, c in AG.REGISTRY.items() if set(c.stats) <= set(stats))}")
+    why = agg.refuse(args)
+    check(why is None, why)
     check(args.clustering != "ifca" or args.num_clusters >= 2, "--clustering ifca needs --num-clusters >= 2")
     check(args.clustering != "none" or args.num_clusters == 0, "--num-clusters needs --clustering data or ifca")
     k = getattr(args, "num_clients", None)
@@ -128,10 +151,12 @@ def check_participation(rate: float, num_clients: int | None) -> None:
 
 def refuse_unused_algorithm_args(args) -> None:
     """The shared flags that only some settings read, given with none of them (``common.flags.refuse_unused``)."""
-    alg, sopt, cl = args.algorithm, args.server_opt, args.clustering
+    alg, agg, sopt, cl = args.algorithm, args.aggregator, args.server_opt, args.clustering
     flags.refuse_unused(args, [
-        ("mu", alg == "fedprox", f"without --algorithm fedprox (here {alg})"),
-        ("scaffold_weighting", alg == "scaffold", f"without --algorithm scaffold (here {alg})"),
+        *((dest, alg == name, f"without --algorithm {name} (here {alg})")
+          for name, cls in AL.REGISTRY.items() for dest in cls.flags),
+        *((dest, agg == name, f"without --aggregator {name} (here {agg})")
+          for name, cls in AG.REGISTRY.items() for dest in cls.flags),
         ("server_momentum", sopt in ("fedavgm", "fedadam"), f"without --server-opt fedavgm or fedadam (here {sopt})"),
         ("momentum_form", sopt == "fedavgm", f"without --server-opt fedavgm (here {sopt})"),
         ("ifca_init_rounds", cl == "ifca", f"without --clustering ifca (here {cl})"),
@@ -144,18 +169,21 @@ def resolve_server_lr(args) -> None:
         args.server_lr = SERVER_LR.get(args.server_opt, 1.0)
 
 
-def run_name_tags(args, server_opt: str = "fedavg") -> dict:
-    """Run-name settings (``common.runlog.run_name``) of the shared flags off their defaults (none for FedAvg)."""
-    return {args.algorithm: args.algorithm != "fedavg", "mu": args.mu if args.algorithm == "fedprox" else None,
+def run_name_tags(args, server_opt: str = "fedavg", aggregator: str = "mean") -> dict:
+    """Run-name settings (``common.runlog.run_name``) of the shared flags off the script's defaults (none for FedAvg):
+    the aggregator and its own settings first, then the algorithm's, the server optimizer's, the clustering."""
+    agg = AG.REGISTRY[args.aggregator]
+    return {args.aggregator: args.aggregator != aggregator, **agg.run_name_tags(args),
+            args.algorithm: args.algorithm != "fedavg", "mu": args.mu if args.algorithm == "fedprox" else None,
             "wsize": args.algorithm == "scaffold" and args.scaffold_weighting == "size",
             "so": args.server_opt if args.server_opt != server_opt else None,
             "slr": args.server_lr if args.server_lr != SERVER_LR.get(args.server_opt, 1.0) else None,
             "cl": None if args.clustering == "none" else f"{args.clustering}{args.num_clusters or ''}"}
 
 
-def name_suffix(args, server_opt: str = "fedavg") -> str:
+def name_suffix(args, server_opt: str = "fedavg", aggregator: str = "mean") -> str:
     """``run_name_tags`` as a run-name suffix ("" for plain FedAvg, e.g. "_fedprox_mu0.01")."""
-    return run_name("", **run_name_tags(args, server_opt))
+    return run_name("", **run_name_tags(args, server_opt, aggregator))
 
 
 def sample_clients(seed: int, round_idx: int, num_clients: int, m: int, purpose: str = "clients") -> list[int]:
@@ -174,119 +202,6 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 0, final: float 
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
-
-
-# client algorithms: three hooks and a server step
-class FedAvg:
-    """Plain local training; the server moves the global model to the aggregate (through its optimizer)."""
-
-    name = "fedavg"
-    upload_factor = 1  # model-sized tensors a client sends up (SCAFFOLD also sends dc)
-
-    def client_start(self, k: int, anchor: list[torch.Tensor], cluster: int = 0) -> None:
-        """Client k starts its round from ``anchor`` (its cluster's global model, already loaded)."""
-        self.anchor = anchor
-
-    def adjust_grads(self, params: list[torch.Tensor]) -> None:
-        """Between backward and the optimizer step: change the gradients in ``p.grad`` in place."""
-
-    def after_step(self, params: list[torch.Tensor], lr: float) -> None:
-        """After each optimizer step at rate ``lr``: change the parameters in place."""
-
-    def client_end(self, k: int, params, steps: int, lr: float) -> None:
-        """After local training: ``params`` hold the client's model, trained ``steps`` steps at ``lr``."""
-
-    def accumulators(self) -> list[torch.Tensor]:
-        return []
-
-    def server_step(self, x: list[torch.Tensor], average, server, cluster: int = 0) -> None:
-        """x <- the server optimizer's step toward the aggregate (``average()`` computes it)."""
-        server.step(x, average())
-
-    def state_dict(self):
-        return None
-
-    def load_state_dict(self, state) -> None:
-        pass
-
-
-class FedProx(FedAvg):
-    """FedProx: the local loss gets + (mu/2) ||theta - theta_global||^2, i.e. mu (theta - theta_global) is
-    added to the gradient (after any clipping); mu = 0 is exactly FedAvg."""
-
-    name = "fedprox"
-
-    def __init__(self, mu: float):
-        self.mu = mu
-
-    @torch.no_grad()
-    def adjust_grads(self, params) -> None:
-        if self.mu > 0:  # parameters without a gradient (frozen this step) stay without one
-            pairs = [(p, a) for p, a in zip(params, self.anchor) if p.grad is not None]
-            torch._foreach_add_([p.grad for p, _ in pairs], torch._foreach_sub([p.detach() for p, _ in pairs],
-                                                                               [a for _, a in pairs]), alpha=self.mu)
-
-
-class Scaffold(FedAvg):
-    """SCAFFOLD option II (``common.scaffold.Scaffold``, one per cluster): the gradient gets c - c_i.
-    ``shift`` (an adaptive local optimizer, as federated LLM fine-tuning code does): theta -= lr (c - c_i)
-    after each optimizer step instead; c_i's update stays option II, so c_i becomes the client's mean step
-    direction. With plain SGD the two forms are the same algorithm."""
-
-    name = "scaffold"
-    upload_factor = 2
-
-    def __init__(self, controls: list[SC.Scaffold], shift: bool = False):
-        self.controls, self.cluster, self.shift = controls, 0, shift
-
-    def client_start(self, k, anchor, cluster: int = 0) -> None:
-        self.anchor, self.cluster = anchor, cluster
-        self.correction = self.controls[cluster].correction(k)
-
-    @torch.no_grad()
-    def adjust_grads(self, params) -> None:
-        if not self.shift:
-            pairs = [(p.grad, c) for p, c in zip(params, self.correction) if p.grad is not None]
-            torch._foreach_add_([g for g, _ in pairs], [c for _, c in pairs])
-
-    @torch.no_grad()
-    def after_step(self, params, lr: float) -> None:
-        if self.shift:
-            torch._foreach_add_([p.detach() for p in params], self.correction, alpha=-lr)
-
-    def client_end(self, k, params, steps, lr) -> None:
-        self.controls[self.cluster].client_update(k, self.anchor, params, max(steps, 1), lr)
-
-    def accumulators(self):
-        return [t for sc in self.controls for t in sc.accumulators()]
-
-    def server_step(self, x, average, server, cluster: int = 0) -> None:
-        self.controls[cluster].server_update(x)
-
-    def state_dict(self):
-        return [sc.state_dict() for sc in self.controls]
-
-    def load_state_dict(self, state) -> None:
-        for sc, s in zip(self.controls, state):
-            sc.load_state_dict(s)
-
-
-def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign=None,
-                   shift: bool = False) -> FedAvg:
-    """The client algorithm of ``--algorithm`` (SCAFFOLD: control variates for every client, per cluster;
-    inside a data cluster its means run over its members only, under IFCA (``assign`` None: membership changes
-    every round) over all N clients; ``shift``: its correction after the step)."""
-    if args.algorithm == "fedprox":
-        return FedProx(args.mu)
-    if args.algorithm != "scaffold":
-        return FedAvg()
-    controls = []
-    for g, x in enumerate(cluster_models):
-        w = [float(assign is None or assign[k] == g) * (sizes[k] if args.scaffold_weighting == "size" else 1.0)
-             for k in range(len(sizes))]
-        controls.append(SC.Scaffold(x, len(sizes), server_lr=args.server_lr,
-                                    client_weights=None if all(v == 1.0 for v in w) else w))
-    return Scaffold(controls, shift)
 
 
 # what a subproject supplies
@@ -311,26 +226,42 @@ class Task:
             self.optimizer.state = defaultdict(dict)
         return self.optimizer
 
-    def train_client(self, k: int, r: int, opt, algo: FedAvg) -> dict:
+    def train_client(self, k: int, r: int, opt, algo: AL.FedAvg) -> dict:
         """Local training of client k in round r on ``self.params`` (which hold its start), calling
         ``algo.adjust_grads(self.params)`` between every backward and optimizer step. Returns at least
         {"loss": a 0-d tensor, "steps": optimizer steps}."""
         raise NotImplementedError
 
-    def make_aggregator(self, like):
-        return WeightedMean(like)
+    # -- aggregation: what the task supplies to the aggregators (common.aggregators) ------------------------
+    supported_stats: tuple[str, ...] = ()  # the statistics ``client_stat`` computes ("fisher", "entropy")
 
-    def add_client(self, agg, k: int, out: dict) -> dict:
-        """Add the trained client (in ``self.params``) to ``agg``; returns metrics for the log."""
-        agg.add(self.params, weight=self.sizes[k])
+    def client_stat(self, name: str, k: int, out: dict):
+        """Statistic ``name`` of client k, trained (its model in ``self.params``; ``out``: ``train_client``'s):
+        "fisher" the diagonal Fisher (tensors shaped like ``params``), "entropy" the mean predictive entropy on
+        its held-out data (a float)."""
+        raise UsageError(f"--aggregator needs each client's {name}, which this script does not compute")
+
+    def aggregator(self, like: list[torch.Tensor], args) -> AG.Aggregator:
+        """A cluster's aggregator: ``--aggregator``'s from the registry. Override only where the task's
+        parametrisation has no mean of its own (lora_glue_fl's adapter merge)."""
+        return AG.make(args.aggregator, like, args)
+
+    def project(self, new: list[torch.Tensor], x: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The aggregate ``new`` as a global model of the task's parametrisation, x the cluster's model now (a
+        sparse mask: off-mask coordinates keep x's bits). Default: ``new`` (the server step casts to x's dtypes)."""
+        return new
+
+    def message_numel(self) -> int:
+        """Values in one model-sized message (the engine's communication count); default: all of ``params``."""
+        return P.numel(self.params)
+
+    def client_metrics(self, k: int, out: dict) -> dict:
+        """Client k's log metrics (after its aggregator's add, whose row it extends)."""
         return {}
 
-    def pre_reduce(self, aggs, rows: dict, chosen: list[int]) -> None:
-        """Under torchrun, before the all-reduce (FedEntropy re-bases its weights here)."""
-
-    def average(self, agg, x: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The round's aggregate of a cluster whose global model is ``x`` (a masked write-back keeps x off-mask)."""
-        return agg.result()
+    def accumulators(self) -> list[torch.Tensor]:
+        """The task's own flat sums, joining the engine's one all-reduce (llm_noniid's drift)."""
+        return []
 
     def sample(self, r: int) -> list[int]:
         """Round r's clients, sorted: ``per_round`` of them from the stream keyed by (seed, purpose, r)."""
@@ -348,8 +279,9 @@ class Task:
         """Before round r's first client (every rank)."""
 
     def round_end(self, rnd: dict) -> None:
-        """After the server step (every rank). ``rnd``: {"round", "chosen", "rows" (every chosen client's
-        ``add_client`` metrics), "losses" (its "loss" as a float), "lr"}."""
+        """After the server step (every rank). ``rnd``: {"round", "chosen", "rows" (every chosen client's metrics:
+        its aggregator's and ``client_metrics``), "losses" (its "loss" as a float), "lr", "aggregator" (the
+        aggregators' ``round_metrics``, ``Federation.round_metrics``)}."""
 
     def evaluate(self, rnd: dict) -> dict | None:
         """On every rank on evaluation rounds: the log row (rank 0 writes it and the checkpoint)."""
@@ -386,12 +318,20 @@ class Federation:
             check(num_clusters <= holding, f"--num-clusters {num_clusters}: IFCA starts each cluster from a client of "
                                            f"its own, and only {holding} clients hold data; expected at most {holding}")
         self.models = [P.clone(task.params) for _ in range(num_clusters)]
-        self.algo = make_algorithm(args, self.models, task.sizes, self.assign if args.clustering == "data" else None,
-                                   shift=task.adaptive_local)
+        self.algo = AL.make_algorithm(args, self.models, task.sizes,
+                                      self.assign if args.clustering == "data" else None, shift=task.adaptive_local)
         self.servers = [SO.make_server_optimizer(args.server_opt, x, lr=args.server_lr, momentum=args.server_momentum,
                                                  form=args.momentum_form, betas=(args.server_momentum, 0.99))
                         for x in self.models]
-        self.aggs = [task.make_aggregator(x) for x in self.models]
+        # one aggregator per cluster; none where the algorithm keeps its own sums (SCAFFOLD with the mean)
+        agg = getattr(args, "aggregator", "mean")
+        missing = [s for s in AG.REGISTRY[agg].stats if s not in task.supported_stats]
+        check(not missing, f"--aggregator {agg} needs each client's {' and '.join(missing)}, which this script "
+                           "does not compute")
+        self.aggs = [task.aggregator(x, args) if self.algo.uses_aggregate else None for x in self.models]
+        # bytes sent per round and chosen client: algorithm.down messages down, algorithm.up + aggregator.up up
+        self.comm = {"bytes_up": 0, "bytes_down": 0}
+        self.messages = (self.algo.up + (AG.REGISTRY[agg].up if self.algo.uses_aggregate else 0), self.algo.down)
         self.opt_states: dict[int, dict] = {}
         # wall-clock seconds of local training and of whole rounds (no evaluation, logging, checkpoints); per rank
         self.timing = {"client_seconds": 0.0, "round_seconds": 0.0}
@@ -424,11 +364,36 @@ class Federation:
             for i in range(self.args.ifca_init_rounds):
                 if i == 0 or self.args.client_opt_state != "persist":
                     opt = task.make_optimizer(task.lr(0))
-                tokens += int(task.train_client(seeds[g], -1 - i, opt, FedAvg()).get("tokens", 0))
+                tokens += int(task.train_client(seeds[g], -1 - i, opt, AL.FedAvg()).get("tokens", 0))
             P.load_(self.models[g], task.params)
         # the starts' training tokens (where a task's train_client counts them), for its compute accounting
         self.info |= {"seed_clients": seeds, "init_tokens": tokens}
         self.ifca_assign_(range(len(sizes)))
+
+    # -- aggregation and communication ---------------------------------------------------------------------
+    def count_comm(self, clients: int) -> None:
+        """A round's traffic of ``clients`` chosen clients (bytes: the task's message size x the values' width)."""
+        size = self.task.message_numel() * self.task.params[0].element_size()
+        up, down = self.messages
+        self.comm["bytes_up"] += clients * up * size
+        self.comm["bytes_down"] += clients * down * size
+
+    def add(self, k: int, g: int, out: dict) -> dict:
+        """Client k (trained, its model in the task's params) into cluster g's aggregator, with the statistics the
+        aggregator asks of the task; the client's log metrics."""
+        task, agg, row = self.task, self.aggs[g], {}
+        if agg is not None:
+            stats = {name: task.client_stat(name, k, out) for name in agg.stats}
+            row = agg.add(k, task.params, self.algo.client_weight(k, task.sizes[k], out["steps"]), stats)
+        return row | task.client_metrics(k, out)
+
+    def round_metrics(self, members: list[list[int]]) -> dict:
+        """The aggregators' round metrics: one cluster's as they are; with several, each key a list over the
+        clusters (None where a cluster had no client this round)."""
+        per = [agg.round_metrics() if agg is not None and ks else {} for agg, ks in zip(self.aggs, members)]
+        if len(per) == 1:
+            return per[0]
+        return {key: [m.get(key) for m in per] for key in dict.fromkeys(k for m in per for k in m)}
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def start(self, rd, names: list[str], fresh=None) -> int:
@@ -450,6 +415,7 @@ class Federation:
                 "server": [s.state_dict() for s in self.servers], "algorithm": self.algo.state_dict(),
                 "client_opt": {int(k): _opt_state_to_list(v, self.task.params) for k, v in self.opt_states.items()},
                 "assign": self.assign.tolist(), "cluster_info": self.info, "timing": self.timing,
+                "comm": self.comm, "aggregators": [a.state_dict() if a is not None else None for a in self.aggs],
                 "task": self.task.state_dict()}
 
     def load_state_dict(self, state: dict, names: list[str]) -> int:
@@ -463,6 +429,10 @@ class Federation:
                            for k, v in state["client_opt"].items()}
         self.assign[:] = state["assign"]
         self.info, self.timing = state["cluster_info"], state["timing"]
+        self.comm = dict(state.get("comm", self.comm))
+        for a, saved in zip(self.aggs, state.get("aggregators", ())):
+            if a is not None:
+                a.load_state_dict(saved)
         self.task.load_state_dict(state["task"])
         seeding.set_rng_state(state["rng"])
         return state["round"]
@@ -479,10 +449,13 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
         chosen = task.sample(r)
         if args.clustering == "ifca":
             fed.ifca_assign_(chosen)  # every participant takes the cluster model that fits its data best
-        for agg in fed.aggs:
-            agg.reset()
+        members = [[k for k in chosen if fed.assign[k] == g] for g in range(len(fed.models))]  # sorted, as chosen
+        for x, agg, ks in zip(fed.models, fed.aggs, members):
+            if agg is not None:
+                agg.reset(x, ks)
         lr = task.lr(r)
         task.round_start(r)
+        fed.count_comm(len(chosen))
         rows, losses = {}, []
         # this rank's share, balanced by client size; one process: every chosen client, in order
         plan = D.assign_clients(chosen, [task.sizes[k] for k in chosen], world)
@@ -501,24 +474,26 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
             if opt is not None and args.client_opt_state == "persist":
                 fed.opt_states[k] = opt.state
             fed.algo.client_end(k, params, out["steps"], lr)
-            rows[k] = task.add_client(fed.aggs[g], k, out)
+            rows[k] = fed.add(k, g, out)
             losses.append(out["loss"])
         losses = dict(zip(plan[rank], torch.stack(losses).tolist() if losses else []))  # one read per round
         if world > 1:  # the small exchanges, then ONE all-reduce of every aggregator's sums
             parts = D.all_gather_object((rows, losses))
             rows = {k: v for part, _ in parts for k, v in part.items()}
             losses = {k: v for _, part in parts for k, v in part.items()}
-            task.pre_reduce(fed.aggs, rows, chosen)
-            D.all_reduce_sum_([t for agg in fed.aggs for t in agg.accumulators()] + fed.algo.accumulators())
+            for agg, ks in zip(fed.aggs, members):
+                if agg is not None:
+                    agg.pre_reduce(rows, ks)
+            D.all_reduce_sum_([t for agg in fed.aggs if agg is not None for t in agg.accumulators()]
+                              + fed.algo.accumulators() + task.accumulators())
             _sync_client_states(fed, plan)
-            if isinstance(fed.algo, Scaffold):
-                for sc in fed.algo.controls:
-                    D.sync_controls_(sc, plan)  # every rank (and rank 0's checkpoint) holds every c_i
+            fed.algo.after_reduce(plan)
         rows, losses = {k: rows[k] for k in chosen}, {k: losses[k] for k in chosen}
-        for g, (x, agg, server) in enumerate(zip(fed.models, fed.aggs, fed.servers)):
-            if any(fed.assign[k] == g for k in chosen):
-                fed.algo.server_step(x, functools.partial(task.average, agg, x), server, g)
-        rnd = {"round": r, "chosen": chosen, "rows": rows, "losses": losses, "lr": lr}
+        for x, agg, server, ks, g in zip(fed.models, fed.aggs, fed.servers, members, range(len(members))):
+            if ks:
+                fed.algo.server_step(x, None if agg is None else task.project(agg.result(), x), server, g)
+        rnd = {"round": r, "chosen": chosen, "rows": rows, "losses": losses, "lr": lr,
+               "aggregator": fed.round_metrics(members)}
         task.round_end(rnd)
         timing["round_seconds"] += time.perf_counter() - t_round
         if rd is None:

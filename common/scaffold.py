@@ -16,6 +16,7 @@ class Scaffold:
     Client i trains from y = x with y <- y - lr_l (g(y) + c - c_i) (``correction(i)``), then
     ``client_update(i, x, y, K, lr_l)``: dy = y - x; dc = -c + (x - y) / (K lr_l); c_i <- c_i + dc; dy and dc
     summed into ``accumulators()``. ``server_update(x)``: x <- x + lr_g mean_i dy_i; c <- c + (1/N) sum_i dc_i.
+    ``sum_dy`` False (x moved by another aggregator): dy is not summed and ``server_update(None)`` updates c only.
     c_i persist across rounds (zero until seen). ``client_weights`` (e.g. sizes n_i, p_i = n_i / sum_j n_j over
     ALL clients) weight both means instead: x <- x + lr_g sum_S n_i dy_i / sum_S n_i, c <- c + sum_S p_i dc_i,
     which keeps c = sum_i p_i c_i as the uniform means keep c = mean_i c_i.
@@ -27,6 +28,7 @@ class Scaffold:
         if w is not None and (len(w) != num_clients or min(w) < 0 or not sum(w) > 0):
             raise ValueError(f"client_weights must be {num_clients} non-negative numbers with a positive sum")
         self.num_clients, self.server_lr, self.client_weights = num_clients, server_lr, w
+        self.sum_dy = True
         self.c = P.zeros_like(like, dtype=acc_dtype)
         self.c_i: dict[int, Tensors] = {}
         # one flat buffer: [sum w dy | sum dc | sum w | clients], so a single all-reduce combines ranks
@@ -61,7 +63,8 @@ class Scaffold:
         if self.client_weights is not None:  # n_i for dy's mean; N p_i for dc, as server_update divides by N
             weight = self.client_weights[client]
             dc_weight = self.num_clients * weight / sum(self.client_weights)
-        P.foreach(torch._foreach_add_, self._sum_dy, dy, alpha=weight)
+        if self.sum_dy:
+            P.foreach(torch._foreach_add_, self._sum_dy, dy, alpha=weight)
         P.foreach(torch._foreach_add_, self._sum_dc, dc, alpha=dc_weight)
         self._flat[-2] += weight
         self._flat[-1] += 1
@@ -72,11 +75,13 @@ class Scaffold:
 
     @torch.no_grad()
     def server_update(self, x) -> None:
-        """x <- x + lr_g mean dy; c <- c + sum dc / N from the round's accumulators; then clears them."""
+        """x <- x + lr_g mean dy (x None: x was moved elsewhere); c <- c + sum dc / N from the round's
+        accumulators; then clears them."""
         total = float(self._flat[-2])
         if not total > 0:
             raise ValueError("Scaffold.server_update(): no client_update() this round")
-        P.foreach(torch._foreach_add_, list(x), self._sum_dy, alpha=self.server_lr / total)
+        if x is not None:
+            P.foreach(torch._foreach_add_, list(x), self._sum_dy, alpha=self.server_lr / total)
         P.foreach(torch._foreach_add_, self.c, self._sum_dc, alpha=1.0 / self.num_clients)
         self._flat.zero_()
 

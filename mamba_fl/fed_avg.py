@@ -5,13 +5,14 @@
 
 Every round each client starts from the global model, runs --local-updates AdamW steps on its shard, and
 the server sets theta <- sum_k n_k theta_k / sum_k n_k (n_k: the client's training blocks; mamba_fl/federated.py).
+``--aggregator fisher`` / ``entropy`` are fed_fisher.py's and fed_entropy.py's aggregates.
 """
 from __future__ import annotations
 
 from common import cli
 from mamba_fl import federated
 
-METHOD = federated.Method(name="fedavg", script="fed_avg")
+SCRIPT = federated.Script(name="fedavg", script="fed_avg")
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -24,7 +25,7 @@ check_args = federated.finish_args  # the checks of its arguments alone (common.
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     check_args(args)
-    return federated.run(args, METHOD)
+    return federated.run(args, SCRIPT)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,16 @@
 
 The clients train as in FedAvg; with the pseudo-gradient d = theta - mean_k theta_k the server steps
 theta <- theta - server_lr * m, m <- beta m + (1 - beta) d (ema, the source's default) or m <- beta m + d
-(heavy-ball, Hsu et al. 2019, Flower; ``common.server_opt.make_server_optimizer``).
+(heavy-ball, Hsu et al. 2019, Flower; ``common.server_opt.make_server_optimizer``). fed_avg.py with
+``--server-opt fedavgm`` is the same run under another name.
 """
 from __future__ import annotations
 
 from common import cli
 from mamba_fl import federated
 
-METHOD = federated.Method(name="fedmomentum", script="fed_momentum", server="fedavgm",
-                          run_name_extra=lambda a: {"m": a.server_momentum, a.momentum_form: True})
+SCRIPT = federated.Script(name="fedmomentum", script="fed_momentum", server="fedavgm",
+                          tags=lambda a: {"m": a.server_momentum, a.momentum_form: True})
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -26,7 +27,7 @@ check_args = federated.finish_args  # the checks of its arguments alone (common.
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     check_args(args)
-    return federated.run(args, METHOD)
+    return federated.run(args, SCRIPT)
 
 
 if __name__ == "__main__":

@@ -1,37 +1,40 @@
 """What fed_avg.py, fed_momentum.py, fed_entropy.py and fed_fisher.py share: their flags and the task that
 ``common.engine`` runs. Each selected client loads its (cluster's) global parameters in place into the one model,
 runs ``--local-updates`` steps on batches from its own stream ``common.seed.client_generator(seed, round, client)``
-and is added to the method's streaming aggregator; the server step is ``--server-opt``'s. mamba_fl/README.md says
-how this differs from the source, and why the client optimizer keeps its state by default.
+and goes to ``--aggregator``'s aggregator (``common.aggregators``: mean, fisher, entropy, ...; the Fisher and
+entropy it asks for: ``mamba_fl.client_stats``); the server step is ``--server-opt``'s. The scripts differ only in
+their defaults (``--aggregator``, ``--server-opt``) and run names. mamba_fl/README.md says how this differs from
+the source, and why the client optimizer keeps its state by default.
 """
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import aggregate, cli, compiled, distributed, engine, evaluate, export, flags, params, runlog, seed
+from common import cli, compiled, distributed, engine, evaluate, export, flags, params, runlog, seed
 from common.clustering import token_distribution
 from common.curves import perplexity_curve
 from common.early_stop import EarlyStop
-from mamba_fl import deltas, lmdata
+from mamba_fl import client_stats, deltas, lmdata
 from mamba_fl import model as mmodel
 
 # flags that may differ when a run is resumed: how it runs (device, compilation, kernels), not its results
 IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", "report_to", "kernels",
                     "kernel_path", "checkpoint_every", *compiled.FLAGS)
-QUICK = mmodel.QUICK | {"rounds": 64, "eval_every": 16}  # --quick (defaults < --quick < YAML < command line)
+# --quick (defaults < --quick < YAML < command line); the Fisher and entropy samples too, read only by those
+QUICK = mmodel.QUICK | {"rounds": 64, "eval_every": 16, "fisher_samples": 4, "entropy_blocks": 16}
 
 
-def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0, server_opt: str = "fedavg",
-                    quick: dict | None = None) -> cli.ArgumentParser:
+def get_args_parser(method: str, add_help: bool = True, server_opt: str = "fedavg",
+                    aggregator: str = "mean") -> cli.ArgumentParser:
     p = cli.ArgumentParser(description=f"Federated Mamba2 language model: {method}", add_help=add_help)
-    p.presets = {"quick": QUICK | (quick or {})}
+    p.presets = {"quick": QUICK}
     mmodel.add_model_args(p)
     lmdata.add_data_args(p, batch_size=4, sharding=True)
     cli.add_fed_args(p, num_clients=4, rounds=None, eval_every=30,
@@ -48,9 +51,14 @@ def get_args_parser(method: str, add_help: bool = True, holdout: float = 0.0, se
     flags.alias(g, "--partition", dest="shard", of="--shard", choices=("contiguous", "iid", "topic"))
     flags.add_clients_per_round(g)
     mmodel.add_optimizer_args(g, who="client (sgd with --algorithm scaffold)")
-    g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=holdout,
-                   help="fraction of each client's blocks held out of training (FedEntropy measures on it)")
-    engine.add_algorithm_args(p, server_opt=server_opt, momentum_form="ema", client_opt_state="persist")
+    g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=None,
+                   help="fraction of each client's blocks held out of training (--aggregator entropy measures on "
+                        "it; default 0.1 with it, else 0)")
+    g.add_argument("--entropy-blocks", type=flags.COUNT, default=0,
+                   help="--aggregator entropy: measure H_k on the first N held-out blocks of each client (0: all; "
+                        "--quick: 16)")
+    engine.add_algorithm_args(p, server_opt=server_opt, momentum_form="ema", client_opt_state="persist",
+                              aggregator=aggregator)
     mmodel.add_eval_args(p, deltas_help="save .npz snapshots (server) and deltas (server, clients) at each evaluation")
     cli.add_run_args(p)
     p.config_legacy = mmodel.config_legacy
@@ -70,8 +78,18 @@ def finish_args(args: argparse.Namespace) -> None:
                   f"--test needs --data-dir with a {lmdata.TEST_FILE} (split_wikitext.py --test-fraction writes one)")
     if hasattr(args, "num_clients"):
         flags.resolve_clients_per_round(args)
-        engine.check_algorithm_args(args, plain_sgd=args.optimizer == "sgd",
+        engine.check_algorithm_args(args, plain_sgd=args.optimizer == "sgd", stats=MambaTask.supported_stats,
                                     optimizer_hint=f"--optimizer {args.optimizer}; use --optimizer sgd")
+        entropy = args.aggregator == "entropy"
+        if args.holdout_fraction is None:
+            args.holdout_fraction = 0.1 if entropy else 0.0
+        cli.check(not entropy or args.holdout_fraction > 0, "--aggregator entropy measures entropy on held-out "
+                                                            "data: --holdout-fraction must be > 0")
+        cli.check(args.aggregator != "fisher" or args.fisher_method != "local" or args.local_updates >= 2,
+                  f"--fisher-method local pairs consecutive local steps: needs --local-updates >= 2, "
+                  f"got {args.local_updates}")
+        flags.refuse_unused(args, [("entropy_blocks", entropy, f"without --aggregator entropy (here "
+                                                               f"{args.aggregator})")])
 
 
 @dataclass
@@ -83,33 +101,14 @@ class Client:
 
 
 @dataclass
-class Method:
-    """What differs between the federated scripts. add_client(ctx, agg, client) adds the trained client (the
-    model holds its final parameters) and returns metrics for the log (default: FedAvg's theta_k, weight n_k);
-    under torchrun, pre_reduce(ctx, agg, client rows, chosen) may re-base this rank's sums before the all-reduce
-    (FedEntropy); round_metrics(ctx, agg, client rows) returns extra values logged after the server step of an
-    evaluated round; server: --server-opt's default; upload_factor: tensors sent up per parameter."""
-    name: str
-    script: str
-    make_aggregator: Callable = lambda args, like: aggregate.WeightedMean(like)
-    add_client: Callable | None = None
-    server: str = "fedavg"
-    upload_factor: int = 1
-    pre_reduce: Callable = lambda ctx, agg, rows, chosen: None
-    round_metrics: Callable = lambda ctx, agg, rows: {}
-    run_name_extra: Callable[[argparse.Namespace], dict] = lambda args: {}
-
-
-@dataclass
 class Context:
-    """What a hook may use; ``model`` holds the client's final parameters."""
+    """What the task and its client statistics use; ``model`` holds the client's final parameters."""
     args: argparse.Namespace
     model: torch.nn.Module
     params: list
     data: lmdata.LMData
     device: torch.device
     round: int = 0
-    scratch: dict = field(default_factory=dict)  # per-round state of a hook (e.g. a reference entropy)
     forward_model: torch.nn.Module | None = None  # what forward passes call: torch.compile(model) or model
 
     def __post_init__(self):
@@ -170,31 +169,44 @@ def evaluate_global(ctx: Context, valid: torch.Tensor) -> dict:
     return row
 
 
-def run(args: argparse.Namespace, method: Method) -> dict:
+@dataclass(frozen=True)
+class Script:
+    """A script's name for its runs and kind, and the defaults its run names leave out (``engine.run_name_tags``);
+    ``tags``: run-name settings of its own, before the shared ones."""
+    name: str
+    script: str
+    server: str = "fedavg"
+    aggregator: str = "mean"
+    tags: Callable[[argparse.Namespace], dict] = lambda args: {}
+
+
+def run(args: argparse.Namespace, script: Script) -> dict:
     """The whole run of arguments a script's ``check_args`` has finished (``finish_args``); under ``torchrun``
     (WORLD_SIZE set) joins the process group for its duration."""
     with distributed.process_group():
-        return _run(args, method)
+        return _run(args, script)
 
 
 class MambaTask(engine.Task):
-    """The rounds' task for ``common.engine``: the one Mamba2 model, each client's own block stream, the method's
-    aggregator hook, evaluation of the global model (of each cluster's, weighted by the clients it serves)."""
+    """The rounds' task for ``common.engine``: the one Mamba2 model, each client's own block stream, the Fisher and
+    entropy the aggregators ask for (``client_stats``), evaluation of the global model (of each cluster's, weighted
+    by the clients it serves)."""
 
-    def __init__(self, args, method: Method, ctx: Context, clients: list[Client], opt, valid, rd, snaps):
-        self.args, self.method, self.ctx, self.clients, self.rd, self.snaps = args, method, ctx, clients, rd, snaps
+    supported_stats = ("fisher", "entropy")
+
+    def __init__(self, args, name: str, ctx: Context, clients: list[Client], opt, valid, rd, snaps):
+        self.args, self.ctx, self.clients, self.rd, self.snaps = args, ctx, clients, rd, snaps
         self.params, self.device, self.optimizer, self.valid = ctx.params, ctx.device, opt, valid
-        self.name, self.metric = method.name, "val_ppl"
+        self.name, self.metric = name, "val_ppl"
         self.sizes = [c.weight for c in clients]
         self.rounds, self.eval_every, self.seed = args.rounds, args.eval_every, args.seed
         self.per_round = engine.clients_per_round(args.participation_rate, args.num_clients)
-        self.bytes_param = sum(p.numel() * p.element_size() for p in self.params)
-        self.acc = {"best_val_ppl": float("inf"), "bytes_up": 0, "bytes_down": 0, "train_tokens": 0}
+        self.acc = {"best_val_ppl": float("inf"), "train_tokens": 0}  # bytes sent: the engine's (fed.comm)
         self.train_loss, self.n_steps = torch.zeros((), device=self.device), 0  # summed since the last evaluation
         self.stopper = mmodel.make_stopper(args)
 
     def round_start(self, r: int) -> None:
-        self.ctx.round, self.ctx.scratch = r, {}
+        self.ctx.round = r
         self.eval_now = (r + 1) % self.eval_every == 0 or r + 1 == self.rounds
 
     def train_client(self, k, r, opt, algo) -> dict:
@@ -212,26 +224,26 @@ class MambaTask(engine.Task):
     def client_features(self, k: int) -> np.ndarray:
         return token_distribution(self.ctx.data.train[torch.as_tensor(self.clients[k].train)], self.ctx.data.vocab_size)
 
-    def make_aggregator(self, like):
-        return self.method.make_aggregator(self.args, like)
+    def client_stat(self, name: str, k: int, out: dict):
+        if name == "fisher":
+            a = self.args
+            steps = client_batch_indices(self.clients[k].train, a.seed, self.ctx.round, k, a.local_updates,
+                                         a.batch_size)
+            return client_stats.client_fisher(self.ctx, self.clients[k], steps)
+        if name == "entropy":
+            return client_stats.client_entropy(self.ctx, self.clients[k])
+        return super().client_stat(name, k, out)
 
-    def add_client(self, agg, k, out) -> dict:
+    def client_metrics(self, k, out) -> dict:
         if self.snaps is not None and self.eval_now:
             self.snaps.add(f"client{k}_delta", self.params, base=self.fed.models[self.fed.assign[k]])
-        if self.method.add_client is None:  # FedAvg: theta_k with weight n_k
-            return super().add_client(agg, k, out)
-        return self.method.add_client(self.ctx, agg, self.clients[k])
-
-    def pre_reduce(self, aggs, rows, chosen) -> None:
-        self.method.pre_reduce(self.ctx, aggs[0], rows, chosen)
+        return {}
 
     def round_end(self, rnd) -> None:
         # every client runs exactly local_updates steps of batch_size blocks, whichever rank trains it
         a, n = self.args, len(rnd["chosen"])
         self.n_steps += n * a.local_updates
         self.acc["train_tokens"] += n * a.local_updates * a.batch_size * a.sequence_length
-        self.acc["bytes_up"] += n * self.bytes_param * self.fed.algo.upload_factor * self.method.upload_factor
-        self.acc["bytes_down"] += n * self.bytes_param
         if self.eval_now and distributed.world_size() > 1:
             if self.snaps is not None:
                 self.snaps.gather()
@@ -255,7 +267,7 @@ class MambaTask(engine.Task):
         if distributed.is_main():  # rank 0 logs and checkpoints
             row = {"round": r + 1, "step": (r + 1) * self.args.local_updates, "tokens": self.acc["train_tokens"],
                    "train_loss": self.train_loss.item() / max(self.n_steps, 1)} | scores
-            row |= self.method.round_metrics(self.ctx, fed.aggs[0], rnd["rows"])
+            row |= rnd["aggregator"]
             for k, cr in rnd["rows"].items():
                 for key, v in cr.items():
                     row.setdefault(key, {})[str(k)] = v
@@ -303,7 +315,7 @@ def build_run(args, data: lmdata.LMData, device, rd, flat: bool = False) -> tupl
     return ctx, valid, refs, snaps
 
 
-def _run(args: argparse.Namespace, method: Method) -> dict:
+def _run(args: argparse.Namespace, method: Script) -> dict:
     device = distributed.device_for_rank(cli.resolve_device(args.device))
     main = distributed.is_main()
     mmodel.quiet_kernel_warnings()
@@ -320,7 +332,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     name = args.run_name or runlog.run_name(
         method.name, args.model_config, args.shard, k=args.num_clients, lu=args.local_updates, r=args.rounds,
         lr=args.lr, sgd=args.optimizer == "sgd", reset=args.client_opt_state == "reset",
-        **method.run_name_extra(args), **engine.run_name_tags(args, server_opt=method.server),
+        **method.tags(args), **engine.run_name_tags(args, server_opt=method.server, aggregator=method.aggregator),
         data=lmdata.source_tag(args), quick=args.quick, s=args.seed)
     mmodel.check_memory(args, data.vocab_size, device, max(data.train.shape[0], data.valid.shape[0]))
     # checks only (arguments, data fingerprint, what the directory holds); claimed once the model is built
@@ -333,7 +345,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     ctx, valid, refs, snaps = build_run(args, data, device, rd, flat=True)
     model, fwd, plist = ctx.model, ctx.forward_model, ctx.params
     names = [n for n, _ in params.named_trainable(model)]
-    task = MambaTask(args, method, ctx, clients, mmodel.make_optimizer(args, plist), valid, rd, snaps)
+    task = MambaTask(args, method.name, ctx, clients, mmodel.make_optimizer(args, plist), valid, rd, snaps)
     fed = engine.Federation(task, args)
     start = fed.start(rd, names)
     if snaps is not None and start == 0 and main:
@@ -341,7 +353,7 @@ def _run(args: argparse.Namespace, method: Method) -> dict:
     stopper = task.stopper
     if not (stopper and stopper.stopped_at):  # a run that stopped at its plateau resumes to its summary
         engine.run(task, fed, rd, names, start)
-    acc = task.acc | {k: fed.timing[k] for k in ("client_seconds", "round_seconds")}
+    acc = task.acc | fed.comm | {k: fed.timing[k] for k in ("client_seconds", "round_seconds")}
     acc["train_tokens"] += fed.info.get("init_tokens", 0)  # IFCA's starting models
     # the best-validation global model is the one reported, tested and published (<run>/model)
     acc |= lmdata.reported_model(args, stopper, [t for x in fed.models for t in x], data, fwd, device,
