@@ -131,7 +131,7 @@ def _fisher_setup(args, L: int):
 def fisher_timing(args, L: int) -> dict:
     """Seconds of diagonal_fisher over --batch-size sequences: vmap vs loop, and their max relative gap."""
     from common import fisher, seed
-    from mamba_fl import fed_fisher, lmdata
+    from mamba_fl import client_stats, lmdata
     from mamba_fl import model as mmodel
 
     a, data = _fisher_setup(args, L)
@@ -142,7 +142,7 @@ def fisher_timing(args, L: int) -> dict:
     out = {}
 
     def run(method):
-        out[method] = fisher.diagonal_fisher(model, batches, forward=fed_fisher.next_token_logits, method=method,
+        out[method] = fisher.diagonal_fisher(model, batches, forward=client_stats.next_token_logits, method=method,
                                              chunk_size=args.batch_size)
 
     # one warm-up call of each (vmap's first call traces), then the two round-robin
@@ -165,7 +165,7 @@ def fisher_estimators(args, L: int) -> dict:
 
     from common import fisher, seed
     from common import params as P
-    from mamba_fl import fed_fisher, lmdata
+    from mamba_fl import client_stats, lmdata
     from mamba_fl import model as mmodel
 
     a, data = _fisher_setup(args, L)
@@ -185,7 +185,7 @@ def fisher_estimators(args, L: int) -> dict:
 
     def per_example(idx, method="per_example"):
         blocks = [(b["input_ids"], b["labels"][:, 1:]) for b in (batch(idx[i:i + B]) for i in range(0, len(idx), B))]
-        return fisher.diagonal_fisher(model, blocks, forward=fed_fisher.next_token_logits, params=ps, method=method,
+        return fisher.diagonal_fisher(model, blocks, forward=client_stats.next_token_logits, params=ps, method=method,
                                       chunk_size=B)
 
     warm = torch.optim.AdamW(ps, lr=1e-2)

@@ -128,7 +128,7 @@ class Fisher(Aggregator):
 
     name, help = "fisher", "Fisher-weighted coordinates (FedFisher)"
     stats, up = ("fisher",), 1
-    flags = ("fisher_eps", "fisher_samples", "fisher_batch", "fisher_labels", "fisher_method")
+    flags = ("fisher_eps",)
     EPS = 1e-6
 
     def __init__(self, like, args=None):
@@ -140,21 +140,10 @@ class Fisher(Aggregator):
         group.add_argument("--fisher-eps", type=flags.POSITIVE, default=cls.EPS,
                            help="FedFisher's floor relative to the mean Fisher: coordinates whose summed Fisher is "
                                 "below this fraction of the mean get (mostly) the FedAvg mean; raise toward FedAvg")
-        group.add_argument("--fisher-samples", type=flags.POSITIVE_INT, default=32,
-                           help="FedFisher: training examples per client for its Fisher (per-example gradients)")
-        group.add_argument("--fisher-batch", type=flags.POSITIVE_INT, default=8,
-                           help="FedFisher: examples per vectorised gradient chunk")
-        group.add_argument("--fisher-labels", choices=("empirical", "sampled"), default="empirical",
-                           help="FedFisher: empirical: targets from the data; sampled: y ~ model (true Fisher)")
-        group.add_argument("--fisher-method", choices=("per_example", "loop", "batch", "local"), default="per_example",
-                           help="FedFisher: per_example: torch.func vmap over --fisher-samples examples; loop: "
-                                "reference; batch: squared batch gradients (biased); local: from the batch gradients "
-                                "of the client's own consecutive local steps (no extra pass; needs 2+ local steps; "
-                                "empirical labels)")
 
     @classmethod
     def refuse(cls, args) -> str | None:
-        if args.fisher_method == "local" and args.fisher_labels != "empirical":
+        if getattr(args, "fisher_method", None) == "local" and args.fisher_labels != "empirical":
             return ("--fisher-method local reuses the training gradients: its labels are the data's "
                     "(--fisher-labels empirical)")
         return None
@@ -180,6 +169,26 @@ class Fisher(Aggregator):
 
     def round_metrics(self) -> dict:
         return {"fisher_eps_share": self.mean.eps_share}
+
+
+FISHER_STAT_FLAGS = ("fisher_samples", "fisher_batch", "fisher_labels", "fisher_method")
+
+
+def add_fisher_stat_args(group) -> None:
+    """How a task estimates the per-client Fisher ``Fisher`` asks for: flags of the scripts whose task computes it
+    (its ``supported_stats`` holds "fisher"), refused there without ``--aggregator fisher``."""
+    group.add_argument("--fisher-samples", type=flags.POSITIVE_INT, default=32,
+                       help="FedFisher: training examples per client for its Fisher (per-example gradients); more is "
+                            "smoother")
+    group.add_argument("--fisher-batch", type=flags.POSITIVE_INT, default=8,
+                       help="FedFisher: examples per vectorised gradient chunk")
+    group.add_argument("--fisher-labels", choices=("empirical", "sampled"), default="empirical",
+                       help="FedFisher: empirical: targets from the data; sampled: y ~ model (true Fisher)")
+    group.add_argument("--fisher-method", choices=("per_example", "loop", "batch", "local"), default="per_example",
+                       help="FedFisher: per_example: torch.func vmap over --fisher-samples examples; loop: reference; "
+                            "batch: squared batch gradients of those examples (biased); local: from the batch "
+                            "gradients of the client's own consecutive local steps, reused from training (no extra "
+                            "pass; needs 2+ local steps; empirical labels)")
 
 
 MOVE_REF = 30.0  # a client more confident than H_ref by this many T becomes the reference: no weight exceeds e^30

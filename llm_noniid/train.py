@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from common import cli, compiled, engine, export, flags, report
+from common import algorithms, cli, compiled, engine, export, flags, report
 from common import clustering as C
 from common import distributed as dist
 from common import params as P
@@ -202,7 +202,9 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, max_
 class DriftMean(WeightedMean):
     """The size-weighted mean of a cluster's clients plus the drift of their updates d_k = theta_k - x from the
     round's global model x (captured at ``reset``): the weighted RMS of ||d_k - d_bar|| (from sum_k w_k ||d_k||^2
-    and ||d_bar||^2) and the mean cosine drift 1 - cos(theta_k, x); its sums join the engine's one all-reduce."""
+    and ||d_bar||^2) and the mean cosine drift 1 - cos(theta_k, x); its sums join the engine's one all-reduce
+    (``LlmTask.accumulators``). The task keeps one per cluster beside the aggregator, whichever that is: drift
+    measures the clients' updates, not the aggregate."""
 
     def __init__(self, x: list[torch.Tensor]):
         super().__init__(x)
@@ -249,7 +251,8 @@ class DriftMean(WeightedMean):
 
 
 class LlmTask(engine.Task):
-    """The rounds' task for ``common.engine``: a log row every round (drift: ``DriftMean``), evaluation every
+    """The rounds' task for ``common.engine``: a log row every round (drift: ``DriftMean``, one per cluster, fed by
+    ``client_metrics``), evaluation every
     --eval-every rounds, the failure-mode rules (``failure.py``). The engine's round r is llm's round r + 1 (its
     participant, batch-order and dropout streams count rounds from 1)."""
 
@@ -265,8 +268,8 @@ class LlmTask(engine.Task):
         self.optimizer = None if args.local_optimizer == "sgd" else torch.optim.AdamW(
             params, lr=args.learning_rate, weight_decay=args.weight_decay)
         self.adaptive_local = self.optimizer is not None
-        self.client_bytes = 4 * P.numel(params) * (2 if args.algorithm == "scaffold" else 1)
-        self.acc = {"detected": {}, "bytes_up": 0, "bytes_down": 0, "train_tokens": 0}
+        self.acc = {"detected": {}, "train_tokens": 0}  # bytes sent: the engine's (fed.comm)
+        self.drift: list[DriftMean] = []  # per cluster, built at the first round
 
     def lr(self, r: int) -> float:
         a = self.args
@@ -319,7 +322,7 @@ class LlmTask(engine.Task):
                 algo.after_step(params, self.round_lr)  # SCAFFOLD with AdamW: theta -= lr (c - c_i)
                 steps, tokens = steps + 1, tokens + x.numel()
                 loss_sum, gnorm_sum = loss_sum + loss.detach().float(), gnorm_sum + gnorm.detach().float()
-        mu = algo.mu if isinstance(algo, engine.FedProx) else 0.0  # (mu/2) ||theta - theta_global||^2 at the end
+        mu = algo.mu if isinstance(algo, algorithms.FedProx) else 0.0  # (mu/2) ||theta - theta_global||^2 at the end
         prox = 0.5 * mu * P.norm(P.sub(params, algo.anchor)) ** 2 if mu > 0 else 0.0
         loss = torch.as_tensor(loss_sum, dtype=torch.float64, device=self.device) / max(steps, 1)
         return {"loss": loss, "steps": steps, "tokens": tokens, "prox": prox,
@@ -335,16 +338,20 @@ class LlmTask(engine.Task):
             return C.token_distribution(self.client_data[k][1], self.info["vocab_size"])
         return C.topic_distribution(self.info["topics"][k], self.info["num_topics"])
 
-    def make_aggregator(self, like):
-        return DriftMean(like)
+    def round_start(self, r: int) -> None:
+        if not self.drift:
+            self.drift = [DriftMean(x) for x in self.fed.models]
+        for d in self.drift:
+            d.reset()
 
-    def add_client(self, agg, k, out) -> dict:
-        agg.add(self.params, float(self.sizes[k]))
+    def client_metrics(self, k, out) -> dict:
+        self.drift[self.fed.assign[k]].add(self.params, float(self.sizes[k]))
         return {key: out[key] for key in ("grad_norm", "prox", "steps", "tokens")}
 
+    def accumulators(self) -> list[torch.Tensor]:
+        return [t for d in self.drift for t in d.accumulators()]
+
     def round_end(self, rnd) -> None:
-        for key in ("bytes_down", "bytes_up"):  # params (+ SCAFFOLD's control variate) per client
-            self.acc[key] += self.client_bytes * len(rnd["chosen"])
         self.acc["train_tokens"] += sum(v["tokens"] for v in rnd["rows"].values())
 
     def evaluate(self, rnd) -> dict:
@@ -352,7 +359,7 @@ class LlmTask(engine.Task):
         losses and gradient norms, and on evaluation rounds the validation scores."""
         a, fed, r, rows, losses = self.args, self.fed, rnd["round"] + 1, rnd["rows"], rnd["losses"]
         finished = [(g, sum(self.sizes[k] for k in rnd["chosen"] if fed.assign[k] == g), agg.drift())
-                    for g, agg in enumerate(fed.aggs) if any(fed.assign[k] == g for k in rnd["chosen"])]
+                    for g, agg in enumerate(self.drift) if any(fed.assign[k] == g for k in rnd["chosen"])]
         cw = np.array([n for _, n, _ in finished], dtype=np.float64)
         gnorms = [v["grad_norm"] for v in rows.values()]
         row = {"round": r, "step": int(sum(v["steps"] for v in rows.values())), "participants": self.participants,
@@ -436,7 +443,7 @@ class LlmTask(engine.Task):
             else None,
             "dominant_topic": info["dominant_topic"],
             "local_steps_per_round": rows[-1]["step"] if rows else 0,  # from rows: a finished run resumed runs none
-            "trainable_params": P.numel(self.params), "bytes_up": acc["bytes_up"], "bytes_down": acc["bytes_down"],
+            "trainable_params": P.numel(self.params), **fed.comm,  # bytes_up, bytes_down: the engine's count
             "client_sizes": self.sizes, "vocab_size": info["vocab_size"], "partition_stats": info["partition_stats"],
             "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
             "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, compiled, engine, export, flags, report, runlog
+from common import aggregators, cli, compiled, engine, export, flags, report, runlog
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
@@ -31,6 +31,8 @@ from lora_glue_fl import adapters, checks, glue_shards, glue_tasks, modeling
 NO_SCAFFOLD = ("its control variates live in the clients' parameter space, which the merge re-factorises "
                "(svd / naive / exact change the LoRA factors)")
 NO_CLUSTERING = "every client takes part in every round and the run keeps one fused adapter"
+ONLY_MERGE = ("the server merges the clients' adapters (--aggregation svd / naive / exact), a mean of their factors "
+              "would not be the mean of their products")
 # Measured (README): LoRA on query / value of the random tiny RoBERTa stays at chance on the embedded SST-2; with LoRA
 # on the word embeddings too the adapters learn a bag-of-words direction (--quick: 0.65-0.70, majority 0.49).
 SMOKE = ("LoRA on a random tiny encoder checks the mechanics, it is not expected to learn (--model_size minilm: a "
@@ -118,7 +120,7 @@ def resolve_args(args):
               f"{args.participation_rate} / --clients-per-round {args.clients_per_round} is not supported")
     cli.check(args.shard_dir is not None or args.quick or args.partition is not None,
               "--shard_dir (make it with make_shards.py) or --partition is required")
-    engine.check_algorithm_args(args, plain_sgd=False, optimizer_hint="", scaffold=NO_SCAFFOLD)
+    engine.check_algorithm_args(args, plain_sgd=False, optimizer_hint="", scaffold=NO_SCAFFOLD, aggregator=ONLY_MERGE)
     flags.refuse_unused(args, [("svd_rank", args.aggregation == "svd", f"without --aggregation svd (here "
                                                                         f"{args.aggregation})")])
     cli.check(args.server_opt == "fedavg" and args.server_lr == 1.0, "--server-opt / --server-lr: the server "
@@ -136,13 +138,50 @@ def on_device(adapter: adapters.Adapter, device) -> adapters.Adapter:
     return dataclasses.replace(adapter, factors=factors, head={k: t.to(device) for k, t in adapter.head.items()})
 
 
-class Uploads(dict):
-    """The round's aggregator: client -> (adapter, training loss). The merges need every client's factors, so
-    ``LoraTask.pre_reduce`` all-gathers them and the engine's all-reduce sums nothing."""
-    reset = dict.clear
+class Merge(aggregators.Aggregator):
+    """The round's aggregator (``--aggregator mean`` here): every client's adapter and training loss, merged by
+    --aggregation (``adapters.merge``, weights: shard sizes) and loaded into the task's model. The merges need
+    every client's factors, so ``pre_reduce`` all-gathers them and the engine's all-reduce sums nothing."""
 
-    def accumulators(self) -> list:
-        return []
+    name, holds_clients = "merge", True
+
+    def __init__(self, task: LoraTask):
+        super().__init__([], task.args)
+        self.task, self.uploads = task, {}
+
+    def reset(self, x, chosen) -> None:
+        self.x, self.uploads = x, {}
+
+    def add(self, k, params, weight, stats) -> dict:
+        task, fused = self.task, self.task.fused
+        client = adapters.from_model(task.model)
+        moved = math.sqrt(float(sum((client.factors[m][j].float() - fused.factors[m][j].float()).pow(2).sum()
+                                    for m in fused.factors for j in (0, 1))))  # one read per client
+        row = {"round": task.r + 1, "client": k + 1, "n": task.sizes[k], "train_loss": task.last_loss,
+               "steps": task.last_steps, "adapter_change": moved}
+        self.uploads[k] = (client, row["train_loss"])
+        return row
+
+    def pre_reduce(self, rows, chosen) -> None:
+        parts = D.all_gather_object({k: (on_device(c, "cpu"), loss) for k, (c, loss) in self.uploads.items()})
+        dev = self.task.device
+        self.uploads.update({k: (on_device(c, dev), loss) for part in parts for k, (c, loss) in part.items()})
+
+    def result(self) -> list[torch.Tensor]:
+        """The merge, loaded into the model; the cluster's model takes its shapes (exact grows the rank)."""
+        task, x = self.task, self.x
+        a, where, ks = task.args, f"round {task.r + 1}", sorted(self.uploads)  # every client, in order
+        task.clients = [self.uploads[k][0] for k in ks]
+        task.rd.check_finite(where, training_loss=[self.uploads[k][1] for k in ks],  # every rank holds them all
+                             client_adapters=[t for c in task.clients for t in c.state_dict().values()])
+        fused = task.fused = adapters.merge(task.clients, task.sizes, a.aggregation, rank=a.svd_rank, alpha=a.alpha)
+        task.rd.check_finite(where, aggregated_adapter=list(fused.state_dict().values()))
+        if (fused.r, fused.alpha) != task.rank:
+            task.build(fused.r, fused.alpha)
+        adapters.load_into(task.model, fused)
+        if [t.shape for t in x] != [p.shape for p in task.params]:
+            x[:] = P.clone(task.params)
+        return task.params
 
 
 class LoraTask(engine.Task):
@@ -158,7 +197,6 @@ class LoraTask(engine.Task):
         self.sizes, self.rounds, self.eval_every, self.seed = [len(s) for s in shards], args.rounds, 1, args.seed
         self.per_round = len(shards)  # every client takes part in every round
         self.metric = glue_tasks.get_task(args.task_name).main_metric
-        self.acc = {"bytes_up": 0, "bytes_down": 0}  # float32 factors + head, sent down and up
         if rank is not None:  # resuming: load_state_dict loads the checkpoint's global adapter
             self.build(*rank)
         elif start is not None:  # --init_adapter
@@ -182,8 +220,12 @@ class LoraTask(engine.Task):
         return self.args.learning_rate
 
     def round_start(self, r: int) -> None:
-        self.r, self.start_bytes = r, self.acc["bytes_up"] + self.acc["bytes_down"]
+        self.r, self.start_bytes = r, sum(self.fed.comm.values())  # before the engine counts this round
         self.start_numel = sum(t.numel() for t in self.fused.state_dict().values())  # what every client trains
+
+    def message_numel(self) -> int:
+        """The fused adapter's factors and head: what every client receives and sends back (float32)."""
+        return self.start_numel
 
     def train_client(self, k, r, opt, algo) -> dict:
         a = self.args
@@ -191,43 +233,17 @@ class LoraTask(engine.Task):
                                      batch_size=a.batch_size, lr=a.learning_rate, seed=a.seed, round_idx=r + 1,
                                      client=k, device=self.device, forward=self.forward, steps=a.local_steps,
                                      adjust=algo.adjust_grads)
+        self.last_loss, self.last_steps = float(stats["loss"]), stats["steps"]  # for the merge's client row
         return stats | {"loss": torch.tensor(stats["loss"], dtype=torch.float64)}  # float64: the float it logs
 
-    def make_aggregator(self, like):
-        return Uploads()
+    def aggregator(self, like, args) -> Merge:
+        return Merge(self)
 
-    def add_client(self, agg, k, out) -> dict:
-        client, fused = adapters.from_model(self.model), self.fused
-        moved = math.sqrt(float(sum((client.factors[m][j].float() - fused.factors[m][j].float()).pow(2).sum()
-                                    for m in fused.factors for j in (0, 1))))  # one read per client
-        row = {"round": self.r + 1, "client": k + 1, "n": self.sizes[k], "train_loss": out["loss"].item(),
-               "steps": out["steps"], "adapter_change": moved}
-        if self.args.eval_clients:
-            row.update(modeling.evaluate(self.args.task_name, self.forward, self.eval_enc, self.device,
-                                         self.args.eval_batch_size))
-        agg[k] = (client, row["train_loss"])
-        return row
-
-    def pre_reduce(self, aggs, rows, chosen) -> None:
-        parts = D.all_gather_object({k: (on_device(c, "cpu"), loss) for k, (c, loss) in aggs[0].items()})
-        aggs[0].update({k: (on_device(c, self.device), loss) for part in parts for k, (c, loss) in part.items()})
-
-    def average(self, agg, x) -> list[torch.Tensor]:
-        """The merge (weights: shard sizes), loaded into the model; ``x`` takes its shapes (exact grows the rank)."""
-        a, where, ks = self.args, f"round {self.r + 1}", sorted(agg)  # every client, in order
-        self.clients = [agg[k][0] for k in ks]
-        self.rd.check_finite(where, training_loss=[agg[k][1] for k in ks],  # every rank holds them all
-                             client_adapters=[t for c in self.clients for t in c.state_dict().values()])
-        self.acc["bytes_down"] += 4 * self.start_numel * len(ks)
-        self.acc["bytes_up"] += 4 * sum(t.numel() for c in self.clients for t in c.state_dict().values())
-        fused = self.fused = adapters.merge(self.clients, self.sizes, a.aggregation, rank=a.svd_rank, alpha=a.alpha)
-        self.rd.check_finite(where, aggregated_adapter=list(fused.state_dict().values()))
-        if (fused.r, fused.alpha) != self.rank:
-            self.build(fused.r, fused.alpha)
-        adapters.load_into(self.model, fused)
-        if [t.shape for t in x] != [p.shape for p in self.params]:
-            x[:] = P.clone(self.params)
-        return self.params
+    def client_metrics(self, k, out) -> dict:
+        if not self.args.eval_clients:
+            return {}
+        return modeling.evaluate(self.args.task_name, self.forward, self.eval_enc, self.device,
+                                 self.args.eval_batch_size)
 
     def round_end(self, rnd) -> None:
         """Rank 0 writes the round's adapters and measures the merge error (both inside the round's time)."""
@@ -246,7 +262,7 @@ class LoraTask(engine.Task):
         for k in rnd["chosen"]:
             self.rd.log(rnd["rows"][k])
         row = {"round": n, "client": None, "fused_rank": self.fused.r, "client_trainable_params": self.start_numel,
-               "round_bytes": self.acc["bytes_up"] + self.acc["bytes_down"] - self.start_bytes,
+               "round_bytes": sum(self.fed.comm.values()) - self.start_bytes,
                "merge_rel_error": self.merge_error,
                "train_loss": sum(rnd["rows"][k]["train_loss"] * self.sizes[k] for k in rnd["chosen"]) / sum(self.sizes)}
         if self.select_enc is not None:
@@ -258,10 +274,9 @@ class LoraTask(engine.Task):
         return row
 
     def state_dict(self) -> dict:
-        return {"acc": self.acc, "rank": [self.fused.r, self.fused.alpha]}
+        return {"rank": [self.fused.r, self.fused.alpha]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.acc = state["acc"]
         P.load_(self.params, self.fed.models[0])
         self.fused = adapters.from_model(self.model)
 
@@ -353,7 +368,7 @@ def run(args) -> dict:
                "best": {"round": best.get("round"), chooser: best.get(chooser)},
                "final_adapter": str(rd.path / f"round_{args.rounds}" / fused_dir_name(args.aggregation, fused)
                                     / "adapter"),
-               "bytes_up": lora.acc["bytes_up"], "bytes_down": lora.acc["bytes_down"], "model": modeling.model_id(args),
+               **fed.comm, "model": modeling.model_id(args),  # bytes_up, bytes_down: the engine's count
                "client_seconds": round(timing["client_seconds"], 3), "round_seconds": round(timing["round_seconds"], 3),
                "overhead_fraction": (1 - timing["client_seconds"] / timing["round_seconds"]) if timing["round_seconds"]
                else None}

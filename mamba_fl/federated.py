@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, compiled, distributed, engine, evaluate, export, flags, params, runlog, seed
+from common import aggregators, cli, compiled, distributed, engine, evaluate, export, flags, params, runlog, seed
 from common.clustering import token_distribution
 from common.curves import perplexity_curve
 from common.early_stop import EarlyStop
@@ -57,8 +57,9 @@ def get_args_parser(method: str, add_help: bool = True, server_opt: str = "fedav
     g.add_argument("--entropy-blocks", type=flags.COUNT, default=0,
                    help="--aggregator entropy: measure H_k on the first N held-out blocks of each client (0: all; "
                         "--quick: 16)")
-    engine.add_algorithm_args(p, server_opt=server_opt, momentum_form="ema", client_opt_state="persist",
-                              aggregator=aggregator)
+    g = engine.add_algorithm_args(p, server_opt=server_opt, momentum_form="ema", client_opt_state="persist",
+                                  aggregator=aggregator)
+    aggregators.add_fisher_stat_args(g)
     mmodel.add_eval_args(p, deltas_help="save .npz snapshots (server) and deltas (server, clients) at each evaluation")
     cli.add_run_args(p)
     p.config_legacy = mmodel.config_legacy
@@ -88,8 +89,11 @@ def finish_args(args: argparse.Namespace) -> None:
         cli.check(args.aggregator != "fisher" or args.fisher_method != "local" or args.local_updates >= 2,
                   f"--fisher-method local pairs consecutive local steps: needs --local-updates >= 2, "
                   f"got {args.local_updates}")
-        flags.refuse_unused(args, [("entropy_blocks", entropy, f"without --aggregator entropy (here "
-                                                               f"{args.aggregator})")])
+        fisher = args.aggregator == "fisher"
+        flags.refuse_unused(args, [
+            ("entropy_blocks", entropy, f"without --aggregator entropy (here {args.aggregator})"),
+            *((dest, fisher, f"without --aggregator fisher (here {args.aggregator})")
+              for dest in aggregators.FISHER_STAT_FLAGS)])
 
 
 @dataclass

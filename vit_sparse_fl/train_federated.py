@@ -163,6 +163,8 @@ class VitTask(engine.Task):
         self.eval_every = args.eval_every
         self.per_round = engine.clients_per_round(args.participation_rate, args.num_clients)
         self.frozen = untrained(self.params, masks)
+        self.up = P.numel(self.params) if masks is None else sum(
+            p.numel() if m is None else int(m.sum()) for m, p in zip(masks, self.params))
         self.window_start = args.rounds - int(round(args.interference_window * args.rounds))
         self.best = {"val_accuracy": -1.0, "round": 0}
 
@@ -190,18 +192,21 @@ class VitTask(engine.Task):
                                       device=self.device, adjust=algo.adjust_grads)
         return {"loss": loss, "steps": a.local_steps}
 
-    def add_client(self, agg, k, out) -> dict:
-        agg.add(self.params, weight=self.sizes[k])
+    def client_metrics(self, k, out) -> dict:
         if not self.interference:
             return {}
         return {"local_own_accuracy": float(exp.correct(self.ctx["forward"], self.ctx["test"], self.ctx["own_test"][k],
                                                         self.args, self.device).float().mean())}
 
-    def average(self, agg, x):
-        new = agg.result()
+    def project(self, new, x):
         if self.masks is not None:  # frozen coordinates keep the global model's bits
             new = [n if m is None else torch.where(m, n.to(g.dtype), g) for n, m, g in zip(new, self.masks, x)]
         return [n.to(g.dtype) for n, g in zip(new, x)]
+
+    def message_numel(self) -> int:
+        """The coordinates a client trains and sends (the mask's); the frozen ones never change, so the clients
+        hold them from the start."""
+        return self.up
 
     def evaluate(self, rnd) -> dict | None:
         a, ctx, fed, r = self.args, self.ctx, self.fed, rnd["round"]
@@ -269,8 +274,6 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
     if not main_rank:                                        # rank 0 writes the summary
         return D.broadcast_object(None)
     rows, best = run.rows(), task.best
-    n_coords = sum(p.numel() for p in params)
-    up = n_coords if masks is None else sum(p.numel() if m is None else int(m.sum()) for m, p in zip(masks, params))
     m = task.per_round
     summary = {"method": prefix, "sharding": args.sharding, "nc": args.nc if args.sharding == "non_iid" else None,
                "local_steps": args.local_steps, "rounds": args.rounds, "seed": args.seed, "weights": ctx["weights"],
@@ -281,8 +284,7 @@ def federate(args, ctx: dict | None = None, masks=None, extra_summary: dict | No
                "best_val_accuracy": best["val_accuracy"], "best_round": best["round"],
                **exp.plateau(rows, "round", args.rounds), **interference_summary(rows),
                "test_accuracy": test["accuracy"], "test_loss": test["loss"], "rounds_done": args.rounds,
-               "bytes_up": 4 * up * m * args.rounds * fed.algo.upload_factor,
-               "bytes_down": 4 * n_coords * m * args.rounds,
+               **fed.comm,  # the engine's count: bytes_up, bytes_down
                "client_seconds": fed.timing["client_seconds"], "loop_seconds": fed.timing["round_seconds"],
                **(extra_summary or {})}
     summary = run.write_summary(summary)

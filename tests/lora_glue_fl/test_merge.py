@@ -188,7 +188,7 @@ def test_fedprox_local_steps_match_the_proximal_term_by_hand():
     mu (theta - theta_global), the proximal term written out here (same batches, same optimizer)."""
     from types import SimpleNamespace
 
-    from common import engine
+    from common import algorithms
     from common import seed as seeding
     from lora_glue_fl import modeling
 
@@ -207,7 +207,7 @@ def test_fedprox_local_steps_match_the_proximal_term_by_hand():
     torch.manual_seed(1)
     model = Tiny()
     start = [p.detach().clone() for p in model.parameters()]
-    prox = engine.FedProx(mu)
+    prox = algorithms.FedProx(mu)
     prox.client_start(0, start)
     modeling.train_local(model, data, idx, epochs=2, batch_size=4, lr=lr, seed=3, round_idx=1, client=2,
                          device=torch.device("cpu"), adjust=prox.adjust_grads)

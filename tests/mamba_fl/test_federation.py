@@ -4,16 +4,14 @@ batches; FedFisher with identical Fishers == FedAvg; FedEntropy with equal entro
 from __future__ import annotations
 
 import json
-import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from common import aggregate as aggregate_mod
 from common import checkpoint, cli, engine, export, params, seed
 from common import shard as shard_mod
-from mamba_fl import central, fed_avg, fed_entropy, fed_fisher, federated, lmdata
+from mamba_fl import central, client_stats, fed_avg, fed_entropy, fed_fisher, federated, lmdata
 from mamba_fl import model as mmodel
 
 
@@ -75,7 +73,7 @@ def test_one_client_fedavg_equals_centralized_adamw(tiny, out_dir):
 
 def test_fedfisher_with_identical_fishers_equals_fedavg(tiny, out_dir, monkeypatch):
     even = _even_split(tiny)
-    monkeypatch.setattr(fed_fisher.fisher, "diagonal_fisher",
+    monkeypatch.setattr(client_stats.fisher, "diagonal_fisher",
                         lambda model, batches, params, **kw: [torch.full_like(p, 0.5) for p in params])
     # one round: the two aggregates then differ only by float rounding (training would amplify it)
     fed_fisher.main(tiny(*even, "--run-name", "fisher", rounds=1))
@@ -85,67 +83,13 @@ def test_fedfisher_with_identical_fishers_equals_fedavg(tiny, out_dir, monkeypat
 
 def test_fedentropy_with_equal_entropies_is_the_uniform_mean(tiny, out_dir, monkeypatch):
     even = _even_split(tiny)
-    monkeypatch.setattr(fed_entropy.evaluate, "mean_entropy", lambda *a, **kw: 3.0)
+    monkeypatch.setattr(client_stats.evaluate, "mean_entropy", lambda *a, **kw: 3.0)
     fed_entropy.main(tiny(*even, "--run-name", "entropy", rounds=1))
     # equal shards, equal held-out splits: FedAvg's n_k weights are uniform too
     fed_avg.main(tiny(*even, "--holdout-fraction", "0.1", "--run-name", "avg", rounds=1))
     _assert_same(global_params(out_dir / "entropy", "fed_entropy"), global_params(out_dir / "avg"), tol=1e-6)
     rows = [json.loads(x) for x in (out_dir / "entropy" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["entropy"] == {"0": 3.0, "1": 3.0}
-
-
-def test_fedentropy_weights_follow_the_softmax(tiny, out_dir, monkeypatch):
-    """Unequal entropies: the streaming weights exp(-(H_k - H_0)/T) normalise to softmax(-H/T)."""
-    seen = []
-
-    class Agg:
-        def add(self, tensors, weight):
-            seen.append(weight)
-
-    ctx = federated.Context(args=SimpleNamespace(temperature=0.5, entropy_blocks=0, batch_size=2),
-                            model=torch.nn.Linear(1, 1), params=[], data=SimpleNamespace(vocab_size=10),
-                            device=torch.device("cpu"))
-    monkeypatch.setattr(federated.Context, "batches", lambda self, idx, bs=None: [])
-    hs = iter([2.0, 1.0, 3.0])
-    monkeypatch.setattr(fed_entropy.evaluate, "mean_entropy", lambda *a, **kw: next(hs))
-    for i in range(3):
-        fed_entropy.add_entropy_weighted(ctx, Agg(), federated.Client(i, [], [], 1.0))
-    w = torch.tensor(seen) / sum(seen)
-    torch.testing.assert_close(w, torch.softmax(-torch.tensor([2.0, 1.0, 3.0]) / 0.5, 0))
-
-
-@pytest.mark.parametrize("temperature", [0.5, 1e-3])
-def test_fedentropy_at_a_small_temperature_is_the_softmax_on_every_rank_split(temperature, monkeypatch):
-    """The streaming sums (in order, and split over two ranks then re-based) give softmax(-H/T)'s mean, also where
-    exp(-(H_k - H_first)/T) overflows a float (T = 1e-3: a client 1 nat more confident than the first)."""
-    hs, thetas = [5.0, 4.0, 4.0004, 6.0], torch.randn(4, 7, generator=torch.Generator().manual_seed(0))
-    rows = {k: {"entropy": h} for k, h in enumerate(hs)}
-    args = SimpleNamespace(temperature=temperature, entropy_blocks=0, batch_size=2)
-    expected = torch.softmax(-torch.tensor(hs, dtype=torch.float64) / temperature, 0) @ thetas.double()
-    monkeypatch.setattr(federated.Context, "batches", lambda self, idx, bs=None: [])
-    current = {}
-    monkeypatch.setattr(fed_entropy.evaluate, "mean_entropy", lambda *a, **kw: current["h"])
-
-    def aggregate(clients):
-        ctx = federated.Context(args=args, model=torch.nn.Linear(1, 1), params=[], data=SimpleNamespace(vocab_size=10),
-                                device=torch.device("cpu"))
-        agg = aggregate_mod.WeightedMean([thetas[0]])
-        agg.reset()
-        for k in clients:
-            ctx.params, current["h"] = [thetas[k]], hs[k]
-            fed_entropy.add_entropy_weighted(ctx, agg, federated.Client(k, [], [], 1.0))
-        return ctx, agg
-
-    _, single = aggregate(range(4))
-    torch.testing.assert_close(single.result()[0].double(), expected, rtol=1e-5, atol=1e-6)
-    ranks = [aggregate(part) for part in ([1, 3], [0, 2])]  # each rank its own reference first
-    for ctx, agg in ranks:
-        fed_entropy.rebase_weights(ctx, agg, rows, list(range(4)))
-    for t0, t1 in zip(ranks[0][1].accumulators(), ranks[1][1].accumulators()):
-        t0.add_(t1)  # the all-reduce
-    torch.testing.assert_close(ranks[0][1].result()[0].double(), expected, rtol=1e-5, atol=1e-6)
-    ratio = fed_entropy.entropy_weights(SimpleNamespace(args=args), None, rows)["entropy_weight_ratio"]
-    assert ratio == (math.inf if temperature < 0.01 else pytest.approx(math.exp(2.0 / temperature)))
 
 
 def test_epoch_rounds_count_the_rounds_a_client_sits_out():
