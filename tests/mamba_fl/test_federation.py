@@ -4,6 +4,7 @@ batches; FedFisher with identical Fishers == FedAvg; FedEntropy with equal entro
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -90,6 +91,29 @@ def test_fedentropy_with_equal_entropies_is_the_uniform_mean(tiny, out_dir, monk
     _assert_same(global_params(out_dir / "entropy", "fed_entropy"), global_params(out_dir / "avg"), tol=1e-6)
     rows = [json.loads(x) for x in (out_dir / "entropy" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["entropy"] == {"0": 3.0, "1": 3.0}
+
+
+def test_fedfisher_with_scaffold_applies_the_fisher_aggregate(tiny, out_dir):
+    """fed_fisher.py --algorithm scaffold: the server moves to the Fisher aggregate (a finite fisher_eps_share; not
+    SCAFFOLD's own mean, which the same run with --aggregator mean takes), the Fisher counted in the upload."""
+    sgd = ("--algorithm", "scaffold", "--optimizer", "sgd", "--lr", "0.05")
+    fisher = fed_fisher.main(tiny(*sgd, "--run-name", "fisher", rounds=1))
+    mean = fed_fisher.main(tiny(*sgd, "--aggregator", "mean", "--run-name", "mean", rounds=1))
+    rows = [json.loads(x) for x in (out_dir / "fisher" / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(rows[-1]["fisher_eps_share"]) and "fisher_eps_share" not in json.loads(
+        (out_dir / "mean" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert any(not torch.equal(a, b) for a, b in zip(global_params(out_dir / "fisher", "fed_fisher"),
+                                                     global_params(out_dir / "mean", "fed_fisher")))
+    # per client and round: x and c down; y, dc (and the Fisher) up
+    assert fisher["bytes_down"] == mean["bytes_down"] == mean["bytes_up"]
+    assert fisher["bytes_up"] == 1.5 * mean["bytes_up"]
+
+
+@pytest.mark.parametrize("aggregator", ["fisher", "entropy"])
+def test_fed_avg_runs_the_other_aggregators(aggregator, tiny, out_dir):
+    summary = fed_avg.main(tiny("--aggregator", aggregator, "--run-name", aggregator, rounds=1))
+    row = json.loads((out_dir / aggregator / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(summary["final_val_ppl"]) and ("fisher_eps_share" in row or "entropy_weight" in row)
 
 
 def test_epoch_rounds_count_the_rounds_a_client_sits_out():
