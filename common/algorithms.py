@@ -30,11 +30,11 @@ def register(cls):
 class FedAvg:
     """Plain local training; the server moves the global model to the aggregate (through its optimizer)."""
 
-    name, title = "fedavg", "FedAvg"
+    name, title = "fedavg", ""  # title: how refusals name it (default "--algorithm <name>")
     help = "plain local training"
     up, down = 1, 1        # model-sized tensors per client per round: sent up (the model) and down (the model)
     plain_sgd = False      # needs plain SGD local steps (its algebra assumes them), for the reason below
-    plain_sgd_reason = ""
+    plain_sgd_reason = "its update assumes them"
     flags: tuple[str, ...] = ()   # the destinations of its own flags (``add_args``): refused under another algorithm
     uses_aggregate = True  # the engine builds the aggregator and passes its result to ``server_step``
 
@@ -49,7 +49,7 @@ class FedAvg:
         return None
 
     @classmethod
-    def build(cls, args, cluster_models, sizes, assign=None, shift: bool = False) -> FedAvg:
+    def from_args(cls, args, cluster_models, sizes, assign=None, shift: bool = False) -> FedAvg:
         """The algorithm for a run (``make_algorithm``'s arguments)."""
         return cls()
 
@@ -106,7 +106,7 @@ class FedProx(FedAvg):
                            help="FedProx proximal weight (--algorithm fedprox)")
 
     @classmethod
-    def build(cls, args, cluster_models, sizes, assign=None, shift=False) -> FedProx:
+    def from_args(cls, args, cluster_models, sizes, assign=None, shift=False) -> FedProx:
         return cls(args.mu)
 
     @torch.no_grad()
@@ -153,7 +153,7 @@ class Scaffold(FedAvg):
         return None
 
     @classmethod
-    def build(cls, args, cluster_models, sizes, assign=None, shift=False) -> Scaffold:
+    def from_args(cls, args, cluster_models, sizes, assign=None, shift=False) -> Scaffold:
         """Control variates for every client, per cluster: inside a data cluster its means run over its members
         only, under IFCA (``assign`` None: membership changes every round) over all N clients."""
         controls = []
@@ -207,4 +207,4 @@ def make_algorithm(args, cluster_models: list[list[torch.Tensor]], sizes, assign
     """The client algorithm of ``--algorithm`` (``shift``: SCAFFOLD's correction after the step). A name outside
     the registry is a script's own name for FedAvg with a server optimizer (llm_noniid's fedavgm / fedadam,
     accepted by its ``check_algorithm_args``)."""
-    return REGISTRY.get(args.algorithm, FedAvg).build(args, cluster_models, sizes, assign, shift)
+    return REGISTRY.get(args.algorithm, FedAvg).from_args(args, cluster_models, sizes, assign, shift)

@@ -34,16 +34,18 @@ from common import algorithms as AL
 from common import clustering as C
 from common import distributed as D
 from common import export, flags
+from common import feddyn as _feddyn  # noqa: F401  (registers --algorithm feddyn: modules that register, one line each)
+from common import fednova as _fednova  # noqa: F401  (registers --algorithm fednova)
 from common import params as P
+from common import robust as _robust  # noqa: F401  (registers --aggregator median, trimmed_mean, krum, multikrum)
 from common import seed as seeding
 from common import server_opt as SO
 from common.errors import UsageError, check
 from common.runlog import run_name
 
-# aggregators and algorithms defined in modules of their own register on import: one line each here
-
-SERVER_OPTS = ("fedavg", "fedavgm", "fedadam")
-SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 1e-2}  # --server-lr's default (FedAdam diverges at 1)
+SERVER_OPTS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+# --server-lr's default (FedAdam diverges at 1; FedYogi / FedAdagrad: Flower's defaults)
+SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 1e-2, "fedyogi": 1e-2, "fedadagrad": 1e-1}
 
 
 # the shared flags
@@ -66,12 +68,16 @@ def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str
         cls.add_args(g)
     g.add_argument("--server-opt", default=server_opt, choices=SERVER_OPTS,
                    help="server step on the aggregate: fedavg (theta <- theta + server_lr (avg - theta)) | "
-                        "fedavgm (server momentum) | fedadam (Reddi et al. 2021)")
+                        "fedavgm (server momentum) | fedadam | fedyogi | fedadagrad (Reddi et al. 2021)")
     g.add_argument("--server-lr", type=flags.POSITIVE, default=None,
                    help="server step size: FedAvg / FedAvgM (1 = plain), SCAFFOLD's eta_g (default: 1; "
                         f"fedadam {SERVER_LR['fedadam']:g})")
     g.add_argument("--server-momentum", type=flags.Number(float, 0, 1, high_open=True), default=0.9,
-                   help="FedAvgM momentum beta / FedAdam beta1")
+                   help="FedAvgM momentum beta / FedAdam, FedYogi, FedAdagrad beta1")
+    g.add_argument("--server-beta2", type=flags.Number(float, 0, 1, high_open=True), default=0.99,
+                   help="FedAdam / FedYogi beta2 (second-moment decay)")
+    g.add_argument("--server-tau", type=flags.POSITIVE, default=None,
+                   help="FedAdam / FedYogi / FedAdagrad adaptivity tau (default 1e-3; fedadagrad 1e-9)")
     g.add_argument("--momentum-form", choices=("ema", "heavy-ball"), default=momentum_form,
                    help="FedAvgM: ema: m <- b m + (1-b) d (the mamba source) | heavy-ball: m <- b m + d (Flower)")
     if client_opt_state is None:
@@ -115,7 +121,8 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
         check(scaffold is None, f"--algorithm scaffold is refused here: {scaffold}")
     if algo.plain_sgd:
         check(plain_sgd or (shifted_scaffold and args.algorithm == "scaffold"),
-              f"{algo.title} needs plain SGD local steps ({algo.plain_sgd_reason}): {optimizer_hint}")
+              f"{algo.title or '--algorithm ' + args.algorithm} needs plain SGD local steps "
+              f"({algo.plain_sgd_reason}): {optimizer_hint}")
     why = algo.refuse(args)
     check(why is None, why)
     agg = AG.REGISTRY[args.aggregator]
@@ -153,14 +160,24 @@ def refuse_unused_algorithm_args(args) -> None:
     """The shared flags that only some settings read, given with none of them (``common.flags.refuse_unused``)."""
     alg, agg, sopt, cl = args.algorithm, args.aggregator, args.server_opt, args.clustering
     flags.refuse_unused(args, [
-        *((dest, alg == name, f"without --algorithm {name} (here {alg})")
-          for name, cls in AL.REGISTRY.items() for dest in cls.flags),
-        *((dest, agg == name, f"without --aggregator {name} (here {agg})")
-          for name, cls in AG.REGISTRY.items() for dest in cls.flags),
-        ("server_momentum", sopt in ("fedavgm", "fedadam"), f"without --server-opt fedavgm or fedadam (here {sopt})"),
+        *_own_flags(AL.REGISTRY, alg, "--algorithm"), *_own_flags(AG.REGISTRY, agg, "--aggregator"),
+        ("server_momentum", sopt != "fedavg", f"without a server optimizer other than fedavg (here {sopt})"),
+        ("server_beta2", sopt in ("fedadam", "fedyogi"), f"without --server-opt fedadam or fedyogi (here {sopt})"),
+        ("server_tau", sopt in ("fedadam", "fedyogi", "fedadagrad"),
+         f"without --server-opt fedadam, fedyogi or fedadagrad (here {sopt})"),
         ("momentum_form", sopt == "fedavgm", f"without --server-opt fedavgm (here {sopt})"),
         ("ifca_init_rounds", cl == "ifca", f"without --clustering ifca (here {cl})"),
         ("ifca_batches", cl == "ifca", f"without --clustering ifca (here {cl})")])
+
+
+def _own_flags(registry: dict, chosen: str, flag: str) -> list:
+    """``refuse_unused`` rules of the registered classes' own flags: each read only by the classes naming it."""
+    readers: dict[str, list[str]] = {}
+    for name, cls in registry.items():
+        for dest in cls.flags:
+            readers.setdefault(dest, []).append(name)
+    return [(dest, chosen in names, f"without {flag} {' or '.join(names)} (here {chosen})")
+            for dest, names in readers.items()]
 
 
 def resolve_server_lr(args) -> None:
@@ -320,8 +337,14 @@ class Federation:
         self.models = [P.clone(task.params) for _ in range(num_clusters)]
         self.algo = AL.make_algorithm(args, self.models, task.sizes,
                                       self.assign if args.clustering == "data" else None, shift=task.adaptive_local)
+        tau = getattr(args, "server_tau", None)
+        tau = {} if tau is None else {"tau": tau}  # the optimizer's own default otherwise
+        if tau == {} and args.server_opt == "fedadagrad":
+            tau = {"tau": 1e-9}
         self.servers = [SO.make_server_optimizer(args.server_opt, x, lr=args.server_lr, momentum=args.server_momentum,
-                                                 form=args.momentum_form, betas=(args.server_momentum, 0.99))
+                                                 form=args.momentum_form, betas=(args.server_momentum,
+                                                                                 getattr(args, "server_beta2", 0.99)),
+                                                 **tau)
                         for x in self.models]
         # one aggregator per cluster; none where the algorithm keeps its own sums (SCAFFOLD with the mean)
         agg = getattr(args, "aggregator", "mean")

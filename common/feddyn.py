@@ -18,13 +18,14 @@ import torch.distributed as dist
 from common import distributed as D
 from common import flags
 from common import params as P
-from common.engine import FedAvg
+from common.algorithms import FedAvg, register
 from common.params import Tensors
 from common.server_opt import _as_dtype
 
 DEFAULT_ALPHA = 0.01  # the paper's grid is {0.1, 0.01, 0.001}; FL-bench's default
 
 
+@register
 class FedDyn(FedAvg):
     """FedDyn, one h per cluster model; g_k per client (memory: one model per client ever chosen, in float32).
 
@@ -34,7 +35,7 @@ class FedDyn(FedAvg):
     fixed point stays the same). Only the mean aggregator: h is a mean of every client's drift, so a robust or
     Fisher aggregate beside it would be neither FedDyn nor robust (``refuse``)."""
 
-    name = "feddyn"
+    name, help, flags = "feddyn", "dynamic regularization (Acar et al. 2021)", ("feddyn_alpha",)
     up, down = 1, 1        # theta_k up, x down: g_k stays with its client
     plain_sgd = False      # the regularizer is a gradient term: any local optimizer applies it
 
@@ -112,6 +113,9 @@ class FedDyn(FedAvg):
 
     def accumulators(self) -> Tensors:
         return list(self._sums)
+
+    def after_reduce(self, plan: Sequence[Sequence[int]]) -> None:
+        self.sync_clients_(plan)
 
     def sync_clients_(self, plan: Sequence[Sequence[int]]) -> None:
         """Under torchrun after a round: each trained client's g_k broadcast from its rank (``plan[r]``), so every

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from common import params as P
-from common.engine import FedAvg
+from common.algorithms import FedAvg, register
 from common.params import Tensors
 from common.server_opt import _as_dtype
 
@@ -40,6 +40,7 @@ def normalized_average(x: Sequence[torch.Tensor], thetas: Sequence[Sequence[torc
     return out
 
 
+@register
 class FedNova(FedAvg):
     """FedNova's normalized averaging over the mean aggregator (``client_weight`` n_k / tau_k, then the server
     step's extrapolation factor s); per cluster the round's sums [sum n, sum n tau, sum n / tau] in one float64
@@ -47,7 +48,7 @@ class FedNova(FedAvg):
     normalizer a_k is no longer tau_k. The server optimizer then steps toward x + s (A - x) (fedavg, server lr 1:
     the paper's step)."""
 
-    name = "fednova"
+    name, help, flags = "fednova", "normalized averaging (Wang et al. 2020); plain SGD local steps", ()
     up, down = 1, 1        # theta_k (and the scalar tau_k) up, x down
     plain_sgd = True
 

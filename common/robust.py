@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
+from common import flags
 from common import params as P
+from common.aggregators import Aggregator, register
 from common.errors import check
 from common.params import Tensors
 
@@ -78,7 +80,7 @@ def _column_blocks(rows: torch.Tensor):
     return [(lo, min(numel, lo + step)) for lo in range(0, numel, step)]
 
 
-class RobustAggregator:
+class RobustAggregator(Aggregator):
     """One slot per chosen client (the Aggregator interface of ``common.aggregators``); subclasses say how the
     [n, numel] rows combine (``combine``). The settings come from ``args`` (argparse flags, or None: defaults)."""
 
@@ -86,6 +88,18 @@ class RobustAggregator:
     stats: tuple[str, ...] = ()
     up = 0
     holds_clients = True
+
+    @classmethod
+    def add_args(cls, group) -> None:
+        """The robust aggregators' flags, added once (by the first of them in the registry)."""
+        if cls is not CoordinateMedian:
+            return
+        group.add_argument("--trim-fraction", type=flags.Number(float, 0, 0.5, high_open=True), default=0.2,
+                           help="--aggregator trimmed_mean: share of clients dropped at EACH end of every coordinate")
+        group.add_argument("--krum-byzantine", type=flags.COUNT, default=0,
+                           help="--aggregator krum / multikrum: f, the Byzantine clients tolerated")
+        group.add_argument("--multikrum-keep", type=flags.COUNT, default=0,
+                           help="--aggregator multikrum: clients averaged (0: n - f)")
 
     def __init__(self, like: Sequence[torch.Tensor], args=None):
         like = [t.detach() for t in like]
@@ -178,22 +192,24 @@ class RobustAggregator:
             raise ValueError(f"aggregator state is for {state.get('name')!r}, this is {self.name!r}")
 
 
+@register
 class CoordinateMedian(RobustAggregator):
     """Coordinate-wise median of the round's client models (Flower's FedMedian; Yin et al. 2018). Weights are
     ignored, as Flower ignores num_examples."""
 
-    name = "median"
+    name, help = "median", "coordinate-wise median (FedMedian)"
 
     def combine(self, rows, weights):
         return coordinate_median(rows)
 
 
+@register
 class TrimmedMean(RobustAggregator):
     """Coordinate-wise trimmed mean (Flower's FedTrimmedAvg; Yin et al. 2018): drop the int(beta n) lowest and
     highest values of each coordinate, average the rest unweighted (Flower ignores num_examples).
     ``args.trim_fraction`` beta in [0, 0.5), default 0.2 (Flower's ``beta``)."""
 
-    name = "trimmed_mean"
+    name, help, flags = "trimmed_mean", "coordinate-wise trimmed mean (FedTrimmedAvg)", ("trim_fraction",)
 
     def __init__(self, like, args=None):
         super().__init__(like, args)
@@ -205,12 +221,13 @@ class TrimmedMean(RobustAggregator):
         return trimmed_mean(rows, self.fraction)
 
 
+@register
 class Krum(RobustAggregator):
     """Krum (Blanchard et al. 2017): the one client model with the smallest sum of squared distances to its
     n - f - 2 nearest others (``krum_scores``), weights ignored (as Flower). ``args.krum_byzantine`` f, default 0
     (Flower's ``num_malicious_clients`` default). Logs the chosen clients (``krum_selected``)."""
 
-    name = "krum"
+    name, help, flags = "krum", "the client closest to its neighbours (Krum)", ("krum_byzantine",)
 
     def __init__(self, like, args=None):
         super().__init__(like, args)
@@ -234,12 +251,13 @@ class Krum(RobustAggregator):
         return (w.to(rows.dtype) @ rows[best]) / w.sum().to(rows.dtype)
 
 
+@register
 class MultiKrum(Krum):
     """Multi-Krum (Blanchard et al. 2017): the m clients of lowest Krum score, averaged with their client weights
     (as Flower's Krum with ``num_clients_to_keep`` m, which weighs by num_examples; uniform weights give the
     paper's plain average). ``args.multikrum_keep`` m, default 0 = n - f (the paper's choice)."""
 
-    name = "multikrum"
+    name, help, flags = "multikrum", "mean of the m clients of lowest Krum score", ("krum_byzantine", "multikrum_keep")
 
     def __init__(self, like, args=None):
         super().__init__(like, args)

@@ -12,7 +12,7 @@ import torch
 from common import params as P
 from common import server_opt as SO
 from common.aggregate import WeightedMean
-from common.engine import FedAvg
+from common.algorithms import FedAvg
 from common.feddyn import FedDyn
 from common.fednova import FedNova, normalized_average
 
