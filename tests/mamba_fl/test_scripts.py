@@ -70,12 +70,13 @@ def test_config_alias_and_quick_sizes(tiny, out_dir):
     federated.finish_args(args)
     assert args.layers == 4 and args.d_model == 32 and args.d_state == 16 and args.sequence_length == 64
     assert args.chunk_size == 64  # min(256, sequence length)
-    # each script's own --quick values ride on its parser (so common.jobs reads a grid job as the script does);
-    # the command line still wins over them
+    # the scripts' --quick values ride on their parser (so common.jobs reads a grid job as the script does), the
+    # Fisher and entropy samples in every script (any of them takes --aggregator fisher / entropy); the command
+    # line still wins over them
     quick = {m: vars(cli.parse(m.get_args_parser(), ["--quick"])) for m in (central, fed_fisher, fed_entropy)}
     assert quick[central]["max_steps"] == 64 and quick[central]["val_freq"] == 16
     assert quick[fed_fisher]["fisher_samples"] == 4 and quick[fed_fisher]["rounds"] == 64
-    assert quick[fed_entropy]["entropy_blocks"] == 16 and "fisher_samples" not in quick[fed_entropy]
+    assert quick[fed_entropy]["entropy_blocks"] == 16 and quick[fed_entropy]["aggregator"] == "entropy"
     assert cli.parse(fed_fisher.get_args_parser(), ["--quick", "--fisher-samples", "2"]).fisher_samples == 2
     # --lr's default follows the optimizer (an AdamW rate leaves plain SGD, SCAFFOLD's optimizer, near its start)
     for argv, lr in (([], 5e-4), (["--quick"], 1e-2), (["--quick", "--algorithm", "scaffold"], 1.0),
