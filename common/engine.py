@@ -161,7 +161,8 @@ def refuse_unused_algorithm_args(args) -> None:
     alg, agg, sopt, cl = args.algorithm, args.aggregator, args.server_opt, args.clustering
     flags.refuse_unused(args, [
         *_own_flags(AL.REGISTRY, alg, "--algorithm"), *_own_flags(AG.REGISTRY, agg, "--aggregator"),
-        ("server_momentum", sopt != "fedavg", f"without a server optimizer other than fedavg (here {sopt})"),
+        ("server_momentum", sopt != "fedavg", f"without --server-opt fedavgm or fedadam or fedyogi or fedadagrad "
+                                              f"(here {sopt})"),
         ("server_beta2", sopt in ("fedadam", "fedyogi"), f"without --server-opt fedadam or fedyogi (here {sopt})"),
         ("server_tau", sopt in ("fedadam", "fedyogi", "fedadagrad"),
          f"without --server-opt fedadam, fedyogi or fedadagrad (here {sopt})"),
