@@ -44,3 +44,74 @@ def out_dir(tmp_path: Path) -> Path:
     d = tmp_path / "runs"
     d.mkdir()
     return d
+
+
+# ---- the quick subset: `python -m pytest -m quick` (the README's test command; CI runs the whole suite) ----------
+# Chosen in this one table rather than by markers spread over the files, so what the subset covers reads in one
+# place. Budget: under 2 minutes on 2 idle cores, collection included. It holds the core's tests against references
+# (the math every subproject shares: aggregation, server optimizers, the round engine, SCAFFOLD, LoRA merging,
+# Fisher, partitions, statistics, metrics) and the --quick path of every subproject end to end: a federated run (the
+# README's first command, FedFisher, among them), a centralized one where it takes seconds, the summary, the model
+# folder and the plots they feed. Left to the full suite: resume, bad inputs, torchrun, --compile, grids, the
+# README commands and the longer learning checks, which take most of its 10 minutes.
+# A file alone: all its tests; "file": [names]: those tests (a name with [id]: that parametrization alone).
+QUICK = {
+    "tests/test_import_graph.py": None,
+    "tests/common/test_names.py": None,
+    "tests/common/test_aggregate.py": None,
+    "tests/common/test_server_opt.py": None,
+    "tests/common/test_engine.py": None,
+    "tests/common/test_scaffold.py": None,
+    "tests/common/test_lora_merge.py": None,
+    "tests/common/test_fisher.py": None,
+    "tests/common/test_shard.py": None,
+    "tests/common/test_stats.py": None,
+    "tests/common/test_evaluate.py": None,
+    "tests/common/test_seed.py": None,
+    "tests/common/test_params.py": None,
+    "tests/mamba_fl/test_scripts.py": ["test_federated_script_quick[fedfisher]", "test_federated_script_quick[fedavg]",
+                                       "test_central_quick"],
+    "tests/vit_sparse_fl/test_scripts.py": ["test_federated_quick_run", "test_sparse_run_writes_mask_density",
+                                            "test_plots_read_the_run_directories"],
+    "tests/lora_glue_fl/test_scripts.py": ["test_fedavg_rounds_quick_outputs",
+                                           "test_final_adapter_loads_with_peft_and_reproduces_metrics",
+                                           "test_centralized_scripts_quick"],
+    "tests/llm_noniid/test_train.py": ["test_quick_run_writes_every_metric"],
+}
+# inside the files above, left out: 13 s on idle cores for one convergence check
+QUICK_SKIP = {"tests/common/test_fisher.py": ["test_local_step_fisher_pairs_by_hand_and_converges_to_the_per_example_"
+                                              "fisher"]}
+
+
+def _relpath(item) -> str:
+    return Path(str(item.path)).resolve().relative_to(REPO).as_posix()
+
+
+def _listed(table: dict, path: str, item) -> bool:
+    """Whether ``table`` names ``item`` of the file ``path`` (a file mapped to None: every test in it)."""
+    names = table.get(path, ())
+    return names is None or getattr(item, "originalname", item.name) in names or item.name in names
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With exactly `-m quick`, files outside QUICK are not even imported (importing them costs seconds)."""
+    if (config.getoption("markexpr") or "").strip() == "quick" and collection_path.suffix == ".py" \
+            and collection_path.name.startswith("test_"):
+        return collection_path.resolve().relative_to(REPO).as_posix() not in QUICK or None
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
+def pytest_collection_modifyitems(config, items):
+    """Mark QUICK's tests `quick`; an entry naming a test its file no longer defines is an error."""
+    modules = {}
+    for item in items:
+        path = _relpath(item)
+        modules.setdefault(path, getattr(item, "module", None))
+        if _listed(QUICK, path, item) and not _listed(QUICK_SKIP, path, item):
+            item.add_marker(pytest.mark.quick)
+    missing = [f"{path}::{name}" for table in (QUICK, QUICK_SKIP) for path, names in table.items()
+               if modules.get(path) is not None for name in names or ()
+               if not hasattr(modules[path], name.split("[")[0])]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py QUICK names tests that do not exist: {', '.join(missing)}")

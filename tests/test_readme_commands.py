@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,6 @@ def test_readme_quick_commands_run_in_a_fresh_folder(name, tmp_path):
     commands = quick_commands(REPO / name)
     for command in commands:
         cmd = re.sub(r"^python\b", sys.executable, command)
-        done = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=900)
+        done = procs.run(["bash", "-c", cmd], f"{name}: `{command}`", 420, cwd=tmp_path, env=env)
         assert done.returncode == 0, f"{name}: `{command}` exited {done.returncode}:\n{done.stderr[-3000:]}"
     assert list((tmp_path / "figures").rglob("*.png")), f"{name}: `{commands[-1]}` drew nothing:\n{done.stdout}"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,11 +65,15 @@ def test_kernel_check_compares_two_processes(tmp_path):
     """check_mamba_kernels.py runs each path in a process of its own from the same seed: the reference path
     against itself must agree exactly (a CPU has no kernel path; on CUDA the same code compares mamba-ssm)."""
     import math
-    import subprocess
+
+    import procs
 
     out = tmp_path / "kernels.json"
-    subprocess.run([sys.executable, str(BENCH / "check_mamba_kernels.py"), "--quick", "--device", "cpu", "--paths",
-                    "torch", "torch", "--layers", "1", "--steps", "2", "--warmup", "0", "--json", str(out)], check=True)
+    done = procs.run([sys.executable, str(BENCH / "check_mamba_kernels.py"), "--quick", "--device", "cpu", "--paths",
+                      "torch", "torch", "--layers", "1", "--steps", "2", "--warmup", "0", "--json", str(out)],
+                     "check_mamba_kernels.py (two child processes, each importing torch and transformers)", 240,
+                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [r["path"] for r in rows] == ["torch", "torch"]
     assert abs(rows[0]["loss_float32"] - math.log(256)) < 0.5  # an untrained model: about a uniform guess
