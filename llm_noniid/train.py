@@ -164,7 +164,7 @@ def default_run_name(a) -> str:
                     mu=a.mu if a.algorithm == "fedprox" else None,
                     w="size" if a.algorithm == "scaffold" and a.scaffold_weighting == "size" else None,
                     so=a.server_opt if a.server_opt not in ("fedavg", a.algorithm) else None,
-                    sched=a.lr_schedule if a.lr_schedule != "constant" else None, s=a.seed)
+                    sched=a.lr_schedule if a.lr_schedule != "constant" else None, quick=a.quick, s=a.seed)
 
 
 def build_tokenizer(args, train_texts: list[str]):

@@ -315,7 +315,7 @@ def run(args) -> dict:
     name = args.run_name or runlog.run_name(
         "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), checks.source_tag(args),
         **engine.run_name_tags(args), k=len(shards), r=args.svd_rank if args.aggregation == "svd" else None,
-        R=args.rounds, lr=args.learning_rate, s=args.seed)
+        R=args.rounds, lr=args.learning_rate, quick=args.quick, s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/fedavg_rounds", resume=args.resume,
                        is_main=D.is_main(), device=device, data=checks.fingerprint(
                            args.task_name, args.data, args.data_dir, splits, shard_dir=args.shard_dir))

@@ -78,7 +78,8 @@ def run(args, lora: bool = True) -> dict:
     device = cli.resolve_device(args.device)
     name = args.run_name or runlog.run_name("central_lora" if lora else "full_ft", args.task_name,
                                             checks.source_tag(args), r=args.lora_r if lora else None,
-                                            e=args.num_train_epochs, lr=args.learning_rate, s=args.seed)
+                                            e=args.num_train_epochs, lr=args.learning_rate, quick=args.quick,
+                                            s=args.seed)
     rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/main_glue_lora", resume=args.resume, device=device)
     done = rd.load_checkpoint()  # saved once, after the model: a run stopped before it starts over
     if done is not None and done.get("finished"):

@@ -89,7 +89,8 @@ def main(argv=None) -> dict:
                                                f"of the {args.total_steps}-step budget")
     total_steps = args.total_steps or epochs * steps_per_epoch
     data = "" if args.data == "synthetic" else f"_{args.data}"  # the embedded data keeps the short name
-    run = RunDir(args.out_dir, args.run_name or f"centralized{data}_E{epochs}_lr{args.lr:g}_seed{args.seed}",
+    run = RunDir(args.out_dir, args.run_name or f"centralized{data}_E{epochs}_lr{args.lr:g}"
+                 f"{'_quick' if args.quick else ''}_s{args.seed}",
                  vars(args), resume=args.resume, kind="vit_sparse_fl/train_centralized", data=data_fp,
                  spans_length="the warm-up and cosine learning rate over --epochs")
     start, best_acc, stale, best = 0, -1.0, 0, []

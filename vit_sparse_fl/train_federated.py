@@ -81,20 +81,20 @@ check_args = finish_args  # the checks of its arguments alone (common.jobs: a gr
 
 def default_run_name(args, prefix: str = "fedavg", *, shard: str | None = None, steps: str | None = None,
                      seed: bool = True) -> str:
-    """<prefix>[_<data>]_<shard>_J<steps>_R<rounds>_lr<lr>_seed<seed>; ``shard`` / ``steps`` replace the run's own
-    tags, ``seed=False`` leaves the seed out."""
+    """<prefix>[_<data>]_<shard>_J<steps>_R<rounds>_lr<lr>[_quick]_s<seed>, the seed last as in every subproject;
+    ``shard`` / ``steps`` replace the run's own tags, ``seed=False`` leaves the seed out."""
     shard = shard or ("iid" if args.sharding == "iid" else f"noniid_nc{args.nc}")
     data = "" if args.data == "synthetic" else f"_{args.data}"  # the embedded data keeps the short name
     name = (f"{prefix}{data}_{shard}_J{steps or args.local_steps}_R{args.rounds}_lr{args.lr:g}"
             + engine.name_suffix(args))  # the client algorithm, when not plain FedAvg
-    return f"{name}_seed{args.seed}" if seed else name
+    return f"{name}{'_quick' if args.quick else ''}_s{args.seed}" if seed else name
 
 
 def sweep_file_name(args, prefix: str, kind: str) -> str:
     """The sweep's index file: named like its runs with the swept values in place of the one value."""
     swept = ({"shard": f"noniid_nc{'-'.join(map(str, args.nc_values))}"} if kind == "heterogeneity"
              else {"steps": "-".join(map(str, args.j_values))})
-    return f"{default_run_name(args, prefix, seed=False, **swept)}_{kind}_experiment_seed{args.seed}.json"
+    return f"{default_run_name(args, prefix, seed=False, **swept)}_{kind}_experiment_s{args.seed}.json"
 
 
 def setup(args) -> dict:

@@ -171,13 +171,13 @@ def test_sweep_keeps_every_value(out_dir):
                     "--local-steps-experiment", "--j-values", "1", "2"])
     assert set(out["results"]) == {"J=1", "J=2"}
     assert [out["results"][k]["rounds"] for k in ("J=1", "J=2")] == [2, 1]     # rounds x J constant
-    index = out_dir / "fedavg_iid_J1-2_R2_lr0.05_local_steps_experiment_seed0.json"
+    index = out_dir / "fedavg_iid_J1-2_R2_lr0.05_local_steps_experiment_s0.json"
     assert json.loads(index.read_text())["results"]["J=2"]["rounds"] == 1
     # a sweep with other settings writes its own index: the first one is still there, unchanged
     fed.main([*SMALL, "--rounds", "1", "--local-steps", "1", "--out-dir", str(out_dir),
               "--local-steps-experiment", "--j-values", "1"])
     assert json.loads(index.read_text())["results"]["J=2"]["rounds"] == 1
-    assert (out_dir / "fedavg_iid_J1_R1_lr0.05_local_steps_experiment_seed0.json").is_file()
+    assert (out_dir / "fedavg_iid_J1_R1_lr0.05_local_steps_experiment_s0.json").is_file()
 
 
 @pytest.mark.parametrize("script,extra,message", [
@@ -248,12 +248,12 @@ def test_sweep_file_names_carry_the_swept_values():
                                              "--heterogeneity-experiment", "--seed", "3"])
     fed.finish_args(args)
     assert fed.sweep_file_name(args, "fedavg", "heterogeneity") == \
-        "fedavg_noniid_nc1-2_J4_R30_lr0.1_heterogeneity_experiment_seed3.json"
+        "fedavg_noniid_nc1-2_J4_R30_lr0.1_heterogeneity_experiment_s3.json"
     args = fed.get_args_parser().parse_args(["--sharding", "non_iid", "--nc", "2", "--j-values", "4", "16",
                                              "--data", "cifar100"])
     fed.finish_args(args)
     assert fed.sweep_file_name(args, "sparse_random_s0.9", "local_steps") == \
-        "sparse_random_s0.9_cifar100_noniid_nc2_J4-16_R300_lr0.01_local_steps_experiment_seed0.json"
+        "sparse_random_s0.9_cifar100_noniid_nc2_J4-16_R300_lr0.01_local_steps_experiment_s0.json"
 
 
 @pytest.mark.parametrize("algorithm", ["fedprox", "scaffold"])
