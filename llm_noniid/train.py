@@ -473,7 +473,9 @@ def run(args, rank: int, world: int) -> dict:
     # ------------------------------------------------------------------ data and tokenizer
     train_data, valid_data = D.load_splits(args.data, args.data_dir, args.cache_dir)
     train_data = D.subsample(train_data, args.max_train_examples, args.seed)
+    total = len(valid_data.texts)
     valid_data = D.subsample(valid_data, args.max_eval_examples, args.seed + 1)
+    scored = f"{len(valid_data.texts)} of {total} texts"  # what the run's last line says it scored
     tok = build_tokenizer(args, train_data.texts)
     vocab_size = len(tok)
     examples = max(len(train_data.texts), len(valid_data.texts))  # the most any batch takes
@@ -541,7 +543,7 @@ def run(args, rank: int, world: int) -> dict:
     if rd.is_main:
         save_models(args, rd, model, params, fed.models, tok, summary)
         report.print_ending(rd.path, "final validation perplexity", summary["final_val_ppl"],
-                            {"unigram": refs["unigram_ppl"], "uniform": refs["uniform_ppl"]},
+                            {"unigram": refs["unigram_ppl"], "uniform": refs["uniform_ppl"]}, scored=scored,
                             figures=f"python plots/plot_llm_noniid.py --runs {args.out_dir}",
                             loader="AutoModelForCausalLM.from_pretrained"
                             + ("; LoRA adapter in adapter/: PeftModel.from_pretrained" if args.lora_r else ""))

@@ -382,6 +382,7 @@ def run(args) -> dict:
         adapters.save(fused, rd.artifact("adapter"), base_path)
         report.print_ending(rd.path, f"final validation {main_metric}", summary["final"].get(main_metric),
                             {"majority baseline": summary["majority"].get(main_metric)},
+                            scored=modeling.scored(splits, evals, task),
                             figures=f"python plots/plot_lora_glue.py --runs {args.out_dir}",
                             loader="AutoModelForSequenceClassification.from_pretrained; "
                                    "adapter/: PeftModel.from_pretrained",

@@ -161,6 +161,7 @@ def run(args, lora: bool = True) -> dict:
     summary = rd.write_summary(summary)
     report.print_ending(rd.path, f"final validation {main_metric}", final.get(main_metric),
                         {"majority baseline": summary["majority"].get(main_metric)},
+                        scored=modeling.scored(splits, evals, task),
                         figures=f"python plots/plot_lora_glue.py --runs {args.out_dir}",
                         loader="AutoModelForSequenceClassification.from_pretrained" if args.do_train else None)
     rd.release()

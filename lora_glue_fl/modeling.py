@@ -303,6 +303,12 @@ def encode_evals(tokenizer, splits: dict[str, Examples], task, args, token_types
             None if select is None else {"selection": encode(tokenizer, select, args.max_seq_length, token_types)})
 
 
+def scored(splits: dict[str, Examples], evals: dict[str, Examples], task) -> str:
+    """What the metric of a run's last line is measured on, e.g. "300 of 872 validation rows" (the first split)."""
+    s = task.eval_splits[0]
+    return f"{len(evals[s])} of {len(splits[s])} {s} rows"
+
+
 # ---- training and evaluation ----------------------------------------------------------------------------
 def train_local(model, data: Encoded, indices, *, epochs: float, batch_size: int, lr: float, seed: int,
                 round_idx: int, client: int, device, on_epoch=None, forward=None, steps: int | None = None,

@@ -203,13 +203,15 @@ def iterate(blocks: torch.Tensor, batch_size: int, pad_id: int, device):
 
 def reference_ppls(data: LMData, valid: torch.Tensor) -> dict:
     """The reference points of every summary: the uniform guess and a unigram fitted on the training split, scored
-    on ``valid``, per token and per word, and the source's optimum per word where it is known."""
+    on ``valid``, per token and per word, the source's optimum per word where it is known, and how many of the
+    validation split's blocks ``valid`` holds (``--eval-blocks``: the blocks every perplexity is scored on)."""
     ref = evaluate.unigram_perplexity(data.train, valid, data.vocab_size)
     wpt = data.words_per_token
     return {"uniform_ppl": ref["uniform_ppl"], "unigram_ppl": ref["unigram_ppl"],
             "unigram_ppl_word": float(np.exp(ref["unigram_loss"] / wpt)),
             "uniform_ppl_word": float(np.exp(np.log(ref["uniform_ppl"]) / wpt)),
-            "optimal_ppl_word": data.optimal_ppl}
+            "optimal_ppl_word": data.optimal_ppl, "eval_blocks": int(valid.shape[0]),
+            "valid_blocks": int(data.valid.shape[0])}
 
 
 def test_scores(args: argparse.Namespace, data: LMData, model, device) -> dict:
@@ -248,6 +250,8 @@ def final_line(path, summary: dict) -> str:
     """The one line a run ends with (``common.report``): where it is, the final perplexity with its references."""
     opt = summary.get("optimal_ppl_word")
     extra = f"per word {summary.get('final_val_ppl_word', float('nan')):.2f} vs optimum {opt:.2f}" if opt else None
+    scored = f"{summary['eval_blocks']} of {summary['valid_blocks']} blocks" if "eval_blocks" in summary else None
     return report.ending_line(path, "final validation perplexity", summary.get("final_val_ppl"),
                               {"unigram": summary["unigram_ppl"], "uniform": summary["uniform_ppl"]}, extra=extra,
+                              scored=scored,
                               figures=["perplexity.png"], loader="AutoModelForCausalLM.from_pretrained")

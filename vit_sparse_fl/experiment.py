@@ -181,8 +181,9 @@ def save_model(model, run_path, args, *, info: dict, name: str = "model"):
 
 def end_run(run, args, summary: dict, metric: str, extra: str) -> dict:
     """Print the run's closing line (``common.report``) and release its directory; the summary with run_dir."""
+    scored = f"{summary['test_images']} test {'texts' if args.arch == 'encoder' else 'images'}"
     report.print_ending(run.path, metric, summary["test_accuracy"], {"chance": summary["chance_accuracy"]},
-                        extra=extra, figures=f"python plots/plot_vit.py --runs {args.out_dir}",
+                        extra=extra, scored=scored, figures=f"python plots/plot_vit.py --runs {args.out_dir}",
                         loader="vit_sparse_fl.text.load (the encoder alone: AutoModel.from_pretrained)"
                         if args.arch == "encoder" else
                         "AutoModelForImageClassification.from_pretrained or vit_sparse_fl.vit.load")

@@ -3,7 +3,9 @@ files holding the rows of metrics.jsonl), the shared names beside the source nam
 through common.config."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,6 @@ from common import cli, config, runlog
 from lora_glue_fl import baseline_run, fedavg_rounds, main_glue_lora, make_shards
 from mamba_fl import central, fed_avg, fed_fisher
 from vit_sparse_fl import train_centralized, train_federated, train_federated_sparse
-
-pytest.importorskip("tensorboard")
 
 MAMBA = ["--quick", "--layers", "1", "--quiet", "--eval-blocks", "4", "--sample-tokens", "0", "--lr", "3e-3"]
 VIT = ["--quick", "--quiet", "--max-train", "120", "--max-test", "40", "--batch-size", "16"]
@@ -44,6 +44,8 @@ def _scripts(cache: Path) -> dict:
 SCRIPTS = list(_scripts(Path(".")))
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                    reason="--report-to tensorboard needs the tracking extra (pip install -e .[tracking])")
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_rounds_out_dir_report_to(script, tmp_path, capsys):
     main, argv = _scripts(tmp_path / "cache")[script]
@@ -56,6 +58,8 @@ def test_rounds_out_dir_report_to(script, tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith(f"run directory: {run} | ") and " | figures: " in last, last
     assert f"model: {run / 'model'}" in last and ("chance" in last or "majority" in last or "unigram" in last)
+    # the metric names what it was scored on: "on 4 of 20 blocks", "on 64 of 300 validation rows", "on 40 test images"
+    assert re.search(r" on \d+ (of \d+ )?(blocks|validation rows|test images) \(", last), last
     rows = runlog.read_rows(run / runlog.METRICS_FILE)
     assert rows and tbevents.event_files(run), script
     scalars = tbevents.read_scalars(run)
