@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from common import caches, compiled, config, runlog, tracking
+from common import caches, compiled, config, runlog, threads, tracking
 from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageError)
     EXIT_DIVERGED,
     EXIT_USAGE,
@@ -32,6 +32,8 @@ from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageEr
     read_json,
 )
 from common.flags import FOLDER, FRACTION, MAX_COUNT, POSITIVE_INT, RUN_NAME, SEED, WHY_MAX, Folder, Number  # noqa: F401  (FOLDER re-exported)
+
+_from_command_line = False  # set by ``run``: a script's own process, not a test or a grid calling main()
 
 
 def _add_argument(original: Callable, *names, **kwargs):
@@ -145,8 +147,12 @@ def _checked_number(parser: argparse.ArgumentParser, action: argparse.Action, v)
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv``: defaults < ``parser.presets`` (--quick) < ``--config`` YAML < command line."""
-    return config.parse_with_config(parser, argv)
+    """Parse ``argv``: defaults < ``parser.presets`` (--quick) < ``--config`` YAML < command line. Under ``run``
+    (a script started from the command line), once the arguments are valid: ``threads.say_once``."""
+    args = config.parse_with_config(parser, argv)
+    if _from_command_line:
+        threads.say_once()
+    return args
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str = "runs") -> None:
@@ -204,7 +210,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
     """Run ``main``: ``UsageError`` -> one line on stderr, exit 2; ``Diverged`` -> exit 3; locks released."""
+    global _from_command_line
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script"
+    _from_command_line = True
     try:
         try:
             main(argv)

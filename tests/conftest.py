@@ -25,6 +25,9 @@ atexit.register(shutil.rmtree, HOME, ignore_errors=True)
 os.environ["HOME"] = str(HOME)
 for _name in ("FEDLAB_CACHE", "FEDLAB_DATA", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR"):
     os.environ.pop(_name, None)  # what a user's shell does not set, or what would move a folder out of HOME
+# Child processes (scripts run as a user runs them) take one thread each, beside the test process's: with
+# OMP_NUM_THREADS set they also print no load hint (common.threads), so their output does not depend on the load.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # No hub is reachable from the test machines: fail fast instead of waiting on connection timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
