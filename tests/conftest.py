@@ -61,6 +61,7 @@ def out_dir(tmp_path: Path) -> Path:
 QUICK = {
     "tests/test_import_graph.py": None,
     "tests/common/test_names.py": None,
+    "tests/common/test_threads.py": None,
     "tests/common/test_aggregate.py": None,
     "tests/common/test_server_opt.py": None,
     "tests/common/test_engine.py": None,

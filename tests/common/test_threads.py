@@ -18,9 +18,10 @@ def test_free_cores(n_cores, load, free):
 def test_hint_only_when_busy_and_unchosen():
     assert threads.hint(2, 2, 0.3, environ={}) is None                       # idle: torch's two threads fit
     line = threads.hint(2, 2, 6.0, environ={})
-    assert line.startswith("note: load average 6.0 on 2 cores leaves 1 free for torch's 2 threads")
+    assert line.startswith("note: load average 6.0 on 2 cores: torch's 2 threads will contend for them")
     assert "OMP_NUM_THREADS=1" in line and "\n" not in line
     assert threads.hint(2, 2, 6.0, environ={"OMP_NUM_THREADS": "2"}) is None  # the user chose
+    assert "OMP_NUM_THREADS=12 " in threads.hint(16, 16, 4.2, environ={})   # what the load leaves free
 
 
 def test_said_once_and_the_thread_count_is_left_alone(monkeypatch):
