@@ -53,9 +53,9 @@ def out_dir(tmp_path: Path) -> Path:
 # Chosen in this one table rather than by markers spread over the files, so what the subset covers reads in one
 # place. Budget: under 2 minutes on 2 idle cores, collection included. It holds the core's tests against references
 # (the math every subproject shares: aggregation, server optimizers, the round engine, SCAFFOLD, LoRA merging,
-# Fisher, partitions, statistics, metrics) and the --quick path of every subproject end to end: a federated run (the
-# README's first command, FedFisher, among them), a centralized one where it takes seconds, the summary, the model
-# folder and the plots they feed. Left to the full suite: resume, bad inputs, torchrun, --compile, grids, the
+# Fisher, partitions, statistics, metrics) and the --quick path of every subproject end to end: its federated runs
+# (the README's first command, FedFisher, among them), a centralized one, the summary, the model folder and the plots
+# they feed. Left to the full suite: resume, bad inputs, torchrun, --compile, grids, the
 # README commands and the longer learning checks, which take most of its 10 minutes.
 # A file alone: all its tests; "file": [names]: those tests (a name with [id]: that parametrization alone).
 QUICK = {
@@ -73,11 +73,10 @@ QUICK = {
     "tests/common/test_evaluate.py": None,
     "tests/common/test_seed.py": None,
     "tests/common/test_params.py": None,
-    "tests/mamba_fl/test_scripts.py": ["test_federated_script_quick[fedfisher]", "test_federated_script_quick[fedavg]",
-                                       "test_central_quick"],
+    "tests/mamba_fl/test_scripts.py": ["test_federated_script_quick", "test_central_quick"],
     "tests/vit_sparse_fl/test_scripts.py": ["test_federated_quick_run", "test_sparse_run_writes_mask_density",
                                             "test_plots_read_the_run_directories"],
-    "tests/lora_glue_fl/test_scripts.py": ["test_fedavg_rounds_quick_outputs",
+    "tests/lora_glue_fl/test_scripts.py": ["test_fedavg_rounds_quick_learns", "test_fedavg_rounds_quick_outputs",
                                            "test_final_adapter_loads_with_peft_and_reproduces_metrics",
                                            "test_centralized_scripts_quick"],
     "tests/llm_noniid/test_train.py": ["test_quick_run_writes_every_metric"],
