@@ -33,7 +33,7 @@ from common import aggregators as AG
 from common import algorithms as AL
 from common import clustering as C
 from common import distributed as D
-from common import export, flags
+from common import export, flags, privacy
 from common import feddyn as _feddyn  # noqa: F401  (registers --algorithm feddyn: modules that register, one line each)
 from common import fednova as _fednova  # noqa: F401  (registers --algorithm fednova)
 from common import params as P
@@ -52,7 +52,8 @@ SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 1e-2, "fedyogi": 1e-2, "f
 def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str = "heavy-ball",
                        client_opt_state: str | None = "reset", clustering: str | None = None,
                        scaffold: str | None = None, algorithm_help: str = "", aggregator: str = "mean"):
-    """The shared flags (--algorithm ... --ifca-batches, the algorithms' and aggregators' own flags).
+    """The shared flags (--algorithm ... --ifca-batches, the algorithms' and aggregators' own flags, the
+    --dp-* flags of ``common.privacy`` in a group of their own).
     ``clustering`` / ``scaffold``: why this script cannot honour them (said in --help, refused by
     ``check_algorithm_args``); ``client_opt_state`` None: no state; ``aggregator``: the script's default."""
     g = parser.add_argument_group("federated algorithm (common.engine)")
@@ -101,17 +102,19 @@ def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str
                         "client from the initial model")
     g.add_argument("--ifca-batches", type=flags.POSITIVE_INT, default=2,
                    help="IFCA: batches of a client's own training data on which it scores every cluster model")
+    privacy.add_dp_args(parser)
     return g
 
 
 def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold: str | None = None,
                          algorithms=None, shifted_scaffold: bool = False, stats: tuple[str, ...] = (),
-                         aggregator: str | None = None) -> None:
+                         aggregator: str | None = None, dp: str | None = None) -> None:
     """One-line refusals (exit 2) of combinations that cannot run, before anything is written: the algorithm's
     and the aggregator's own (``refuse``), an aggregator asking for statistics the script's task does not
     compute (``stats``: its ``Task.supported_stats``), ``aggregator``: why only mean runs here.
     ``shifted_scaffold``: SCAFFOLD is allowed with an adaptive local optimizer, the task calling
-    ``algo.after_step``; ``algorithms``: the names this script accepts (default: the registry's)."""
+    ``algo.after_step``; ``algorithms``: the names this script accepts (default: the registry's); ``dp``: why
+    this script refuses --dp-clip (``common.privacy.check_dp_args``)."""
     resolve_server_lr(args)
     algorithms = tuple(AL.REGISTRY) if algorithms is None else algorithms
     check(args.algorithm in algorithms,
@@ -143,6 +146,7 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
     if "participation_rate" in (flags.given(args) or ()):  # a rate chosen, not a default or --quick's
         check_participation(args.participation_rate, k)
     refuse_unused_algorithm_args(args)
+    privacy.check_dp_args(args, dp)
 
 
 def check_participation(rate: float, num_clients: int | None) -> None:
@@ -285,6 +289,10 @@ class Task:
         """Round r's clients, sorted: ``per_round`` of them from the stream keyed by (seed, purpose, r)."""
         return sample_clients(self.seed, r, len(self.sizes), self.per_round, self.purpose)
 
+    def admit(self, r: int, cohort: list[int]) -> list[int]:
+        """Which of round r's sampled clients (sorted; DP's Poisson cohort, maybe empty) train: default all."""
+        return cohort
+
     def client_loss(self, k: int) -> float:
         """IFCA's choice: the loss of the model in ``self.params`` on client k's first batches."""
         raise UsageError("--clustering ifca is not available for this script")
@@ -353,6 +361,11 @@ class Federation:
         check(not missing, f"--aggregator {agg} needs each client's {' and '.join(missing)}, which this script "
                            "does not compute")
         self.aggs = [task.aggregator(x, args) if self.algo.uses_aggregate else None for x in self.models]
+        # --dp-clip: every cluster's aggregator is DP-FedAvg's clipped, noised mean (common.privacy)
+        self.dp = (privacy.PrivateRounds(args, len(task.sizes), task.per_round, task.rounds, task.seed)
+                   if privacy.enabled(args) else None)
+        if self.dp is not None:
+            self.aggs = self.dp.aggregators(self.models)
         # bytes sent per round and chosen client: algorithm.down messages down, algorithm.up + aggregator.up up
         self.comm = {"bytes_up": 0, "bytes_down": 0}
         self.messages = (self.algo.up + (AG.REGISTRY[agg].up if self.algo.uses_aggregate else 0), self.algo.down)
@@ -422,6 +435,8 @@ class Federation:
     # -- checkpoints ---------------------------------------------------------------------------------------
     def start(self, rd, names: list[str], fresh=None) -> int:
         """The first round: the checkpoint's (state restored), else 0 after ``fresh()`` and IFCA's starts."""
+        if self.dp is not None:  # every summary.json of the run holds epsilon at delta so far
+            rd.summary_sources.append(self.dp.summary)
         state = rd.load_checkpoint()
         if state is not None:
             return self.load_state_dict(state, names)
@@ -440,7 +455,7 @@ class Federation:
                 "client_opt": {int(k): _opt_state_to_list(v, self.task.params) for k, v in self.opt_states.items()},
                 "assign": self.assign.tolist(), "cluster_info": self.info, "timing": self.timing,
                 "comm": self.comm, "aggregators": [a.state_dict() if a is not None else None for a in self.aggs],
-                "task": self.task.state_dict()}
+                "task": self.task.state_dict(), **({"dp": self.dp.state_dict()} if self.dp is not None else {})}
 
     def load_state_dict(self, state: dict, names: list[str]) -> int:
         dev = self.models[0][0].device
@@ -458,6 +473,9 @@ class Federation:
             if a is not None:
                 a.load_state_dict(saved)
         self.task.load_state_dict(state["task"])
+        if self.dp is not None:
+            check("dp" in state, "the checkpoint is of a run without --dp-clip: resume with its flags")
+            self.dp.load_state_dict(state["dp"])
         seeding.set_rng_state(state["rng"])
         return state["round"]
 
@@ -470,13 +488,15 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
                disable=rd is None or rank != 0 or args.quiet)
     for r in bar:
         t_round = time.perf_counter()
-        chosen = task.sample(r)
+        chosen = task.sample(r) if fed.dp is None else fed.dp.sample(task, r)
         if args.clustering == "ifca":
             fed.ifca_assign_(chosen)  # every participant takes the cluster model that fits its data best
         members = [[k for k in chosen if fed.assign[k] == g] for g in range(len(fed.models))]  # sorted, as chosen
         for x, agg, ks in zip(fed.models, fed.aggs, members):
-            if agg is not None:
+            if agg is not None and fed.dp is None:
                 agg.reset(x, ks)
+            elif agg is not None:  # DP: the round and cluster keying the noise, explicitly
+                agg.reset(x, ks, round_idx=r)
         lr = task.lr(r)
         task.round_start(r)
         fed.count_comm(len(chosen))
@@ -514,8 +534,10 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
             fed.algo.after_reduce(plan)
         rows, losses = {k: rows[k] for k in chosen}, {k: losses[k] for k in chosen}
         for x, agg, server, ks, g in zip(fed.models, fed.aggs, fed.servers, members, range(len(members))):
-            if ks:
+            if ks or fed.dp is not None:  # DP: an empty cohort's noised mean too (skipping tells who took part)
                 fed.algo.server_step(x, None if agg is None else task.project(agg.result(), x), server, g)
+        if fed.dp is not None:
+            fed.dp.accountant.step()  # once per round: a round any client could have been sampled in
         rnd = {"round": r, "chosen": chosen, "rows": rows, "losses": losses, "lr": lr,
                "aggregator": fed.round_metrics(members)}
         task.round_end(rnd)
@@ -524,6 +546,8 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
             continue
         evaluating = (r + 1) % task.eval_every == 0 or r + 1 == task.rounds
         row = task.evaluate(rnd) if evaluating else None  # every rank scores its share; rank 0 logs
+        if row is not None and fed.dp is not None:
+            row |= fed.dp.row(rnd, fed.aggs)  # epsilon at delta after this round, the clients' norms
         if row is not None and rd.is_main:
             rd.log(row)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k == task.metric})

@@ -50,8 +50,10 @@ ALWAYS_IGNORED = ("resume", "overwrite", "extend")  # how to start, not what run
 # Run lengths: a change is refused on resume unless --extend asks for a longer run on purpose.
 LENGTH_FLAGS = ("rounds", "num_rounds", "epochs", "n_epochs", "max_steps", "total_steps", "num_train_epochs")
 # Flags added after runs were saved, with the value that does what those runs did: a saved run without the flag
-# resumes when it is at that value (llm_noniid's --lr-schedule and --lora-targets).
-ADDED_FLAGS = {"lr_schedule": "constant", "lora_targets": None}
+# resumes when it is at that value (llm_noniid's --lr-schedule and --lora-targets; the --dp-* flags: DP off).
+ADDED_FLAGS = {"lr_schedule": "constant", "lora_targets": None, "dp_clip": None, "dp_noise": None, "dp_epsilon": None,
+               "dp_delta": None, "dp_sampling": "poisson", "dp_quantile": None, "dp_clip_lr": 0.2,
+               "dp_count_noise": None, "dp_accountant": "rdp"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -335,6 +337,7 @@ class RunDir:
         self._checkpoint_at: str | None = None  # where the last checkpoint on disk was saved
         self._device_name = describe_device(device if device is not None else self.args.get("device"))
         self._tracker = None
+        self.summary_sources: list = []  # callables whose fields every summary.json gets (a DP run's epsilon)
         tracking.requested(self.args.get("report_to"))  # a missing tracker package: one line, nothing written
 
         check(not (resume and self.overwrite), "--resume and --overwrite contradict each other: --resume "
@@ -665,6 +668,8 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> dict:
         """Write summary.json atomically with ``wall_seconds`` and ``status`` (default "complete"); return it."""
+        for source in self.summary_sources:
+            summary = {**summary, **source()}
         summary = {**summary, "status": summary.get("status", "complete"), "wall_seconds": round(self.wall_seconds, 3)}
         if self.is_main:
             self.claim()
