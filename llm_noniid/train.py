@@ -283,8 +283,11 @@ class LlmTask(engine.Task):
         return opt
 
     def sample(self, r: int) -> list[int]:
-        self.participants = engine.sample_clients(self.seed, r + 1, len(self.sizes), self.per_round, self.purpose)
-        return [k for k in self.participants if self.sizes[k]]  # a client without examples sits the round out
+        return self.admit(r, engine.sample_clients(self.seed, r + 1, len(self.sizes), self.per_round, self.purpose))
+
+    def admit(self, r: int, cohort: list[int]) -> list[int]:
+        self.participants = cohort
+        return [k for k in cohort if self.sizes[k]]  # a client without examples sits the round out
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mean next-token loss of a batch (bf16 autocast on CUDA); tests override it."""
@@ -356,22 +359,25 @@ class LlmTask(engine.Task):
 
     def evaluate(self, rnd) -> dict:
         """The round's row (every rank): drift metrics (clusters weighted by their clients' sizes), the clients'
-        losses and gradient norms, and on evaluation rounds the validation scores."""
+        losses and gradient norms (none in a round without clients: DP's Poisson cohort may be empty), and on
+        evaluation rounds the validation scores."""
         a, fed, r, rows, losses = self.args, self.fed, rnd["round"] + 1, rnd["rows"], rnd["losses"]
         finished = [(g, sum(self.sizes[k] for k in rnd["chosen"] if fed.assign[k] == g), agg.drift())
                     for g, agg in enumerate(self.drift) if any(fed.assign[k] == g for k in rnd["chosen"])]
         cw = np.array([n for _, n, _ in finished], dtype=np.float64)
         gnorms = [v["grad_norm"] for v in rows.values()]
         row = {"round": r, "step": int(sum(v["steps"] for v in rows.values())), "participants": self.participants,
-               **{key: float(np.dot(cw, [met[key] for _, _, met in finished]) / cw.sum()) for key in finished[0][2]}}
+               **{key: float(np.dot(cw, [met[key] for _, _, met in finished]) / cw.sum())
+                  for key in (finished[0][2] if finished else ())}}
         if len(fed.models) > 1:
             row.update(clusters=fed.assign.tolist(), client_divergence_rel_per_cluster={
                 str(g): met["client_divergence_rel"] for g, _, met in finished})
         w = np.array([self.sizes[k] for k in losses], dtype=np.float64)
-        row.update(train_loss=float(np.dot(w, list(losses.values())) / w.sum()),
-                   client_train_loss={str(k): v for k, v in losses.items()},
-                   grad_norm_mean=float(np.mean(gnorms)), grad_norm_var=float(np.var(gnorms)),
-                   prox_term=float(np.mean([v["prox"] for v in rows.values()])))
+        if losses:
+            row.update(train_loss=float(np.dot(w, list(losses.values())) / w.sum()),
+                       client_train_loss={str(k): v for k, v in losses.items()},
+                       grad_norm_mean=float(np.mean(gnorms)), grad_norm_var=float(np.var(gnorms)),
+                       prox_term=float(np.mean([v["prox"] for v in rows.values()])))
         if a.algorithm == "scaffold":
             controls = fed.algo.controls
             row.update(cv_norm=float(np.mean([P.norm(sc.c) for sc in controls])),
@@ -436,7 +442,7 @@ class LlmTask(engine.Task):
             # reference points: a model not well below the unigram has learned token frequencies only
             "uniform_ppl": info["refs"]["uniform_ppl"], "unigram_val_ppl": info["refs"]["unigram_ppl"],
             "personal_unigram_ppl": info["personal_refs"],
-            "final_client_divergence_rel": rows[-1]["client_divergence_rel"] if rows else None,
+            "final_client_divergence_rel": rows[-1].get("client_divergence_rel") if rows else None,
             "failure_modes": acc["detected"], "thresholds": vars(failure.Thresholds()),
             "num_clusters": len(fed.models), "clusters": fed.assign.tolist(), "clustering": fed.info,
             "cluster_purity": C.purity(fed.assign, np.array(info["dominant_topic"])) if len(fed.models) > 1

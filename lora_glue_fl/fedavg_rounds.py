@@ -33,6 +33,9 @@ NO_SCAFFOLD = ("its control variates live in the clients' parameter space, which
 NO_CLUSTERING = "every client takes part in every round and the run keeps one fused adapter"
 ONLY_MERGE = ("the server merges the clients' adapters (--aggregation svd / naive / exact), a mean of their factors "
               "would not be the mean of their products")
+NO_DP = ("the server merges the clients' adapter factors (--aggregation svd / naive / exact, re-factorised every "
+         "round), not a mean of their updates that DP-FedAvg could clip and noise, and every client takes part in "
+         "every round")
 # Measured (README): LoRA on query / value of the random tiny RoBERTa stays at chance on the embedded SST-2; with LoRA
 # on the word embeddings too the adapters learn a bag-of-words direction (--quick: 0.65-0.70, majority 0.49).
 SMOKE = ("LoRA on a random tiny encoder checks the mechanics, it is not expected to learn (--model_size minilm: a "
@@ -120,7 +123,8 @@ def resolve_args(args):
               f"{args.participation_rate} / --clients-per-round {args.clients_per_round} is not supported")
     cli.check(args.shard_dir is not None or args.quick or args.partition is not None,
               "--shard_dir (make it with make_shards.py) or --partition is required")
-    engine.check_algorithm_args(args, plain_sgd=False, optimizer_hint="", scaffold=NO_SCAFFOLD, aggregator=ONLY_MERGE)
+    engine.check_algorithm_args(args, plain_sgd=False, optimizer_hint="", scaffold=NO_SCAFFOLD, aggregator=ONLY_MERGE,
+                                dp=NO_DP)
     flags.refuse_unused(args, [("svd_rank", args.aggregation == "svd", f"without --aggregation svd (here "
                                                                         f"{args.aggregation})")])
     cli.check(args.server_opt == "fedavg" and args.server_lr == 1.0, "--server-opt / --server-lr: the server "

@@ -70,7 +70,9 @@ def finish_args(args) -> None:
     cli.check(not (args.heterogeneity_experiment and args.local_steps_experiment),
               "choose one of --heterogeneity-experiment and --local-steps-experiment")
     engine.check_algorithm_args(args, plain_sgd=args.momentum == 0,
-                                optimizer_hint=f"--momentum {args.momentum}; use --momentum 0")
+                                optimizer_hint=f"--momentum {args.momentum}; use --momentum 0",
+                                dp=None if not args.head_warmup else "--head-warmup's rounds are plain FedAvg on the "
+                                "clients' data, unclipped and unnoised; leave --head-warmup at 0")
     flags.refuse_unused(args, [("nc", args.sharding == "non_iid" and not args.heterogeneity_experiment,
                                 f"without --sharding non_iid (here {args.sharding}; --heterogeneity-experiment "
                                 "takes --nc-values)")])
@@ -211,11 +213,11 @@ class VitTask(engine.Task):
     def evaluate(self, rnd) -> dict | None:
         a, ctx, fed, r = self.args, self.ctx, self.fed, rnd["round"]
         P.load_(self.params, fed.models[0])
-        row = {"round": r + 1, "step": (r + 1) * a.local_steps, "lr": rnd["lr"],
-               "train_loss": float(np.mean(list(rnd["losses"].values())))}
+        row = {"round": r + 1, "step": (r + 1) * a.local_steps, "lr": rnd["lr"],  # no client (DP's Poisson
+               "train_loss": float(np.mean(list(rnd["losses"].values()))) if rnd["losses"] else None}  # cohort)
         val = exp.evaluate(ctx["forward"], ctx["val"], a, self.device, shard=True)  # every rank: its share
         row |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
-        if self.interference:  # the clients' own-class accuracy: their local models against the aggregate
+        if self.interference and rnd["chosen"]:  # the clients' own-class accuracy: local models against the aggregate
             chosen = rnd["chosen"]
             local = [rnd["rows"][k]["local_own_accuracy"] for k in chosen]
             union = torch.unique(torch.cat([ctx["own_test"][k] for k in chosen]))      # sorted

@@ -151,6 +151,10 @@ def check_args(args) -> None:
     fed.finish_args(args)
     cli.check(not args.mask_embeddings or args.arch == "encoder",
               "--mask-embeddings: only a text encoder (--arch encoder) has embedding tables; a ViT has none")
+    scored = args.compare_strategies or args.mask_strategy.endswith("_sensitive")
+    cli.check(args.dp_clip is None or not scored, f"--dp-clip with --mask-strategy {args.mask_strategy}"
+              f"{' (--compare-strategies)' if args.compare_strategies else ''}: the mask is chosen from every client's "
+              "sensitivity scores on its own data, unclipped and unnoised; use a magnitude or random mask")
 
 
 def main(argv=None) -> dict:
