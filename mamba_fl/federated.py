@@ -270,7 +270,8 @@ class MambaTask(engine.Task):
         row = None
         if distributed.is_main():  # rank 0 logs and checkpoints
             row = {"round": r + 1, "step": (r + 1) * self.args.local_updates, "tokens": self.acc["train_tokens"],
-                   "train_loss": self.train_loss.item() / max(self.n_steps, 1)} | scores
+                   # None: no client trained since the last evaluation (DP's Poisson cohorts may be empty)
+                   "train_loss": self.train_loss.item() / self.n_steps if self.n_steps else None} | scores
             row |= rnd["aggregator"]
             for k, cr in rnd["rows"].items():
                 for key, v in cr.items():
