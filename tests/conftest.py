@@ -65,6 +65,7 @@ QUICK = {
     "tests/common/test_aggregate.py": None,
     "tests/common/test_server_opt.py": None,
     "tests/common/test_engine.py": None,
+    "tests/common/test_privacy.py": None,
     "tests/common/test_scaffold.py": None,
     "tests/common/test_lora_merge.py": None,
     "tests/common/test_fisher.py": None,
