@@ -81,10 +81,10 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_plays(sdist: str | Path, sha256: str = SDIST_SHA256) -> list[tuple[str, str, str]]:
+def read_plays(sdist: str | Path, sha256: str | None = None) -> list[tuple[str, str, str]]:
     """(key, title, text) of every play of the edition in the sdist, sorted by key; refused unless the file's
-    SHA-256 is ``sha256`` (the published sdist's)."""
-    sdist = Path(sdist)
+    SHA-256 is ``sha256`` (default: the published sdist's, ``SDIST_SHA256``)."""
+    sdist, sha256 = Path(sdist), sha256 or SDIST_SHA256
     check(sdist.is_file(), f"--sdist {sdist}: no such file")
     got = sha256_of(sdist)
     check(got == sha256, f"--sdist {sdist}: SHA-256 {got} is not the {SDIST} sdist's {sha256}; expected the file "
@@ -221,9 +221,10 @@ def write(folder: str | Path, clients: list[dict], info: dict) -> dict:
 
 
 def build_folder(sdist: str | Path, out: str | Path, min_samples: int = 0, train_fraction: float = 0.8,
-                 seed: int = 0, sha256: str = SDIST_SHA256, keep: int = 0, keep_max: int = 0) -> dict:
+                 seed: int = 0, sha256: str | None = None, keep: int = 0, keep_max: int = 0) -> dict:
     """The sdist -> ``out``; ``keep`` N > 0: only the first N roles with at most ``keep_max`` samples (a sample
     for tests); the manifest."""
+    sha256 = sha256 or SDIST_SHA256
     clients, dropped = build(read_plays(sdist, sha256), min_samples, train_fraction, seed)
     if keep:
         clients = [c for c in clients if not keep_max or c["samples"] <= keep_max][:keep]
