@@ -237,7 +237,8 @@ def run(args) -> dict:
         "best_test_accuracy": task.best["test_accuracy"], "best_round": task.best["round"], **refs,
         "uniform_loss": math.log(len(data.vocab)), "data_fingerprint": data.manifest["fingerprint"],
         "wall_seconds_this_session": round(time.perf_counter() - t0, 3), **fed.comm,
-        "client_seconds": round(fed.timing["client_seconds"], 3), "round_seconds": round(fed.timing["round_seconds"], 3)})
+        "client_seconds": round(fed.timing["client_seconds"], 3),
+        "round_seconds": round(fed.timing["round_seconds"], 3)})
     report.print_ending(rd.path, "final test accuracy", summary["final_test_accuracy"],
                         {"majority character": refs["majority_accuracy"], "uniform": refs["uniform_accuracy"]})
     rd.release()

@@ -12,7 +12,6 @@ from clicases import one_line_error, the_run
 from llm_noniid import shakespeare as SH
 
 
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """The LSTM's small steps run fastest on one thread (two contend on a busy 2-core machine)."""
@@ -42,7 +41,8 @@ def test_a_quick_run_learns_below_the_uniform_loss(tmp_path):
 
 def test_the_tiny_causal_lm_trains_through_the_same_task(tmp_path):
     s = SH.main(["--quick", "--quiet", "--model", "tiny-gpt2", "--rounds", "1", "--clients-per-round", "2",
-                 "--max-local-steps", "2", "--learning-rate", "0.1", "--max-eval-samples", "50", "--out-dir", str(tmp_path)])
+                 "--max-local-steps", "2", "--learning-rate", "0.1", "--max-eval-samples", "50",
+                 "--out-dir", str(tmp_path)])
     assert s["rounds_done"] == 1 and math.isfinite(s["final_test_loss"])
 
 
