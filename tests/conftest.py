@@ -74,6 +74,7 @@ QUICK = {
     "tests/common/test_evaluate.py": None,
     "tests/common/test_seed.py": None,
     "tests/common/test_params.py": None,
+    "tests/common/test_shakespeare.py": None,
     "tests/mamba_fl/test_scripts.py": ["test_federated_script_quick", "test_central_quick"],
     "tests/vit_sparse_fl/test_scripts.py": ["test_federated_quick_run", "test_sparse_run_writes_mask_density",
                                             "test_plots_read_the_run_directories"],
