@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from common import distributed as D
 from common import flags
 from common import scaffold as SC
 
@@ -76,6 +75,10 @@ class FedAvg:
 
     def after_reduce(self, plan: list[list[int]]) -> None:
         """Under torchrun after the all-reduce (``plan[r]``: the clients rank r trained)."""
+
+    def use_store(self, store) -> None:
+        """Keep per-client state in ``store``'s tables (``common.client_store``: the run's, on disk once the
+        engine opens it); an algorithm without per-client state ignores it."""
 
     def server_step(self, x: list[torch.Tensor], aggregate, server, cluster: int = 0) -> None:
         """x <- the server optimizer's step toward ``aggregate`` (the aggregator's result, projected by the task)."""
@@ -185,9 +188,11 @@ class Scaffold(FedAvg):
     def accumulators(self):
         return [t for sc in self.controls for t in sc.accumulators()]
 
-    def after_reduce(self, plan) -> None:
-        for sc in self.controls:
-            D.sync_controls_(sc, plan)  # every rank (and rank 0's checkpoint) holds every c_i
+    def use_store(self, store) -> None:
+        """Cluster g's c_i in table scaffold_c<g> (under torchrun every rank reads and writes its own clients' rows
+        there: nothing is broadcast)."""
+        for g, sc in enumerate(self.controls):
+            sc.use_table(store.table(f"scaffold_c{g}"))
 
     def server_step(self, x, aggregate, server, cluster: int = 0) -> None:
         if aggregate is not None:  # another aggregator's result: the server optimizer is plain FedAvg at server_lr

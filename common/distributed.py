@@ -9,7 +9,6 @@ no-op. Client randomness is keyed by (seed, round, client), so results do not de
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -128,16 +127,6 @@ def _through_flat(tensors: Sequence[torch.Tensor], op, device=None) -> None:
 def reduce_aggregator_(agg) -> None:
     """All-reduce an aggregator's accumulators in place, so its result covers every rank's clients."""
     all_reduce_sum_(agg.accumulators())
-
-
-@torch.no_grad()
-def sync_controls_(scaffold, assignment: Sequence[Sequence[int]]) -> None:
-    """After a SCAFFOLD round, broadcast each client's c_i from the rank that trained it (``assignment[r]``)."""
-    if not is_distributed():
-        return
-    for src, clients in enumerate(assignment):
-        for client in clients:
-            _through_flat(scaffold.control(client), functools.partial(dist.broadcast, src=src), scaffold.c[0].device)
 
 
 def broadcast_object(obj=None, src: int = 0):

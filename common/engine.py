@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from common import aggregators as AG
 from common import algorithms as AL
+from common import client_store as CS
 from common import clustering as C
 from common import distributed as D
 from common import export, flags, privacy
@@ -369,7 +370,11 @@ class Federation:
         # bytes sent per round and chosen client: algorithm.down messages down, algorithm.up + aggregator.up up
         self.comm = {"bytes_up": 0, "bytes_down": 0}
         self.messages = (self.algo.up + (AG.REGISTRY[agg].up if self.algo.uses_aggregate else 0), self.algo.down)
-        self.opt_states: dict[int, dict] = {}
+        # per-client state (optimizer state under persist, the algorithm's): on disk in the run directory
+        # (``common.client_store``) once ``start`` opens it, in memory before (a warm-up run has no directory)
+        self.store = CS.ClientStore()
+        self.client_opt = self.store.table("client_opt") if args.client_opt_state == "persist" else None
+        self.algo.use_store(self.store)
         # wall-clock seconds of local training and of whole rounds (no evaluation, logging, checkpoints); per rank
         self.timing = {"client_seconds": 0.0, "round_seconds": 0.0}
         # no reference cycle: an interrupted run's objects (its run directory's lock) go with the last reference
@@ -407,6 +412,18 @@ class Federation:
         self.info |= {"seed_clients": seeds, "init_tokens": tokens}
         self.ifca_assign_(range(len(sizes)))
 
+    # -- per-client optimizer state (--client-opt-state persist) -------------------------------------------
+    def opt_state(self, k: int) -> dict:
+        """Client k's optimizer state ({} for a client never trained), read from the store."""
+        row = self.client_opt.get(k)
+        return {} if row is None else _opt_state_from_row(self.client_opt.names, row, self.task.params)
+
+    def put_opt_state(self, k: int, state: dict) -> None:
+        """Client k's optimizer state into the store (an empty state, an optimizer without any, is a fresh one)."""
+        names, values = _opt_row(state, self.task.params)
+        if values:
+            self.client_opt.put(k, values, names)
+
     # -- aggregation and communication ---------------------------------------------------------------------
     def count_comm(self, clients: int) -> None:
         """A round's traffic of ``clients`` chosen clients (bytes: the task's message size x the values' width)."""
@@ -438,6 +455,12 @@ class Federation:
         if self.dp is not None:  # every summary.json of the run holds epsilon at delta so far
             rd.summary_sources.append(self.dp.summary)
         state = rd.load_checkpoint()
+        if self.store.tables:  # the rows live in the run directory, claimed first (a fresh run clears it)
+            if rd.is_main:
+                rd.claim()
+            self.store.open(rd.path / STORE_DIR, None if state is None else state.get("client_store"),
+                            clean=rd.is_main)
+            D.barrier()  # no rank writes a row before rank 0 has cleared a fresh run's folder
         if state is not None:
             return self.load_state_dict(state, names)
         if fresh is not None:
@@ -452,7 +475,7 @@ class Federation:
         return {"round": round_done, "global": export.named_state(names, self.models[0]),  # cluster 0's
                 "clusters": [export.named_state(names, x) for x in self.models[1:]],  # the other clusters
                 "server": [s.state_dict() for s in self.servers], "algorithm": self.algo.state_dict(),
-                "client_opt": {int(k): _opt_state_to_list(v, self.task.params) for k, v in self.opt_states.items()},
+                "client_store": self.store.state_dict(),
                 "assign": self.assign.tolist(), "cluster_info": self.info, "timing": self.timing,
                 "comm": self.comm, "aggregators": [a.state_dict() if a is not None else None for a in self.aggs],
                 "task": self.task.state_dict(), **({"dp": self.dp.state_dict()} if self.dp is not None else {})}
@@ -464,8 +487,8 @@ class Federation:
         for s, saved in zip(self.servers, state["server"]):
             s.load_state_dict(saved)
         self.algo.load_state_dict(state["algorithm"])
-        self.opt_states = {int(k): _opt_state_from_list(v, self.task.params, dev)
-                           for k, v in state["client_opt"].items()}
+        for k, v in state.get("client_opt", {}).items():  # a checkpoint from before the store: the states inline
+            self.put_opt_state(int(k), _opt_state_from_list(v, self.task.params, dev))
         self.assign[:] = state["assign"]
         self.info, self.timing = state["cluster_info"], state["timing"]
         self.comm = dict(state.get("comm", self.comm))
@@ -480,10 +503,15 @@ class Federation:
         return state["round"]
 
 
+STORE_DIR = "client_state"  # the client store's folder in the run directory
+
+
 def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, start: int = 0) -> None:
     """Rounds ``start``..``task.rounds - 1`` (logged 1-based); without ``rd`` (a warm-up) no log, checks, saves."""
     args, params, device, timing = fed.args, task.params, task.device, fed.timing
     world, rank = D.world_size(), D.rank()
+    if world > 1 and fed.store.tables and fed.store.folder is None:
+        raise ValueError("per-client state under torchrun needs the run directory (Federation.start) to share it")
     bar = tqdm(range(start, task.rounds), desc=task.name, initial=start, total=task.rounds,
                disable=rd is None or rank != 0 or args.quiet)
     for r in bar:
@@ -507,30 +535,31 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
             g = int(fed.assign[k])
             P.load_(params, fed.models[g])  # every client starts from its cluster's global model
             opt = task.make_optimizer(lr)  # with a fresh state
-            if args.client_opt_state == "persist" and k in fed.opt_states:  # the client's own (moments, momentum)
-                opt.state = defaultdict(dict, fed.opt_states[k])
+            if opt is not None and fed.client_opt is not None:  # the client's own (moments, momentum)
+                opt.state = defaultdict(dict, fed.opt_state(k))
             fed.algo.client_start(k, fed.models[g], g)
             t0 = time.perf_counter()
             out = task.train_client(k, r, opt, fed.algo)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timing["client_seconds"] += time.perf_counter() - t0
-            if opt is not None and args.client_opt_state == "persist":
-                fed.opt_states[k] = opt.state
+            if opt is not None and fed.client_opt is not None:
+                fed.put_opt_state(k, opt.state)
             fed.algo.client_end(k, params, out["steps"], lr)
             rows[k] = fed.add(k, g, out)
             losses.append(out["loss"])
         losses = dict(zip(plan[rank], torch.stack(losses).tolist() if losses else []))  # one read per round
         if world > 1:  # the small exchanges, then ONE all-reduce of every aggregator's sums
-            parts = D.all_gather_object((rows, losses))
-            rows = {k: v for part, _ in parts for k, v in part.items()}
-            losses = {k: v for _, part in parts for k, v in part.items()}
+            fed.store.sync()  # this rank's rows on disk before rank 0's checkpoint names them
+            parts = D.all_gather_object((rows, losses, fed.store.written()))
+            rows = {k: v for part, _, _ in parts for k, v in part.items()}
+            losses = {k: v for _, part, _ in parts for k, v in part.items()}
+            fed.store.mark([part for _, _, part in parts])  # which client rows the other ranks wrote
             for agg, ks in zip(fed.aggs, members):
                 if agg is not None:
                     agg.pre_reduce(rows, ks)
             D.all_reduce_sum_([t for agg in fed.aggs if agg is not None for t in agg.accumulators()]
                               + fed.algo.accumulators() + task.accumulators())
-            _sync_client_states(fed, plan)
             fed.algo.after_reduce(plan)
         rows, losses = {k: rows[k] for k in chosen}, {k: losses[k] for k in chosen}
         for x, agg, server, ks, g in zip(fed.models, fed.aggs, fed.servers, members, range(len(members))):
@@ -552,35 +581,41 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
             rd.log(row)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k == task.metric})
         stop = task.check(rd, rnd)  # every rank holds the same round, so every rank stops here (exit 3)
-        if evaluating and rd.is_main:
-            rd.save_checkpoint(fed.state_dict(r + 1, names), periodic=True)
+        if evaluating:
+            saved = rd.is_main and rd.save_checkpoint(fed.state_dict(r + 1, names), periodic=True)
+            if fed.store.tables:  # the rows the checkpoint names are kept from now on, on every rank
+                if D.broadcast_object(saved):
+                    fed.store.commit()
         if stop:  # the task's plateau rule: the run ends here, after this round's checkpoint
             break
 
 
-def _opt_state_to_list(state: dict, plist) -> list[dict]:
-    """An optimizer's per-parameter state keyed by position (parameter objects do not pickle by identity)."""
-    return [{k: (v.cpu().clone() if torch.is_tensor(v) else v) for k, v in state.get(p, {}).items()} for p in plist]
+def _opt_row(state: dict, plist) -> tuple[list[str], list[torch.Tensor]]:
+    """An optimizer's per-parameter state as a client-store row: names "<param index>/<key>/<param|cpu>" (where
+    the tensor lives: with its parameter, or on the CPU as Adam's step counts) and the tensors."""
+    names, values = [], []
+    for i, p in enumerate(plist):
+        for key, v in state.get(p, {}).items():
+            check(torch.is_tensor(v), f"--client-opt-state persist keeps tensor optimizer state only; the optimizer's "
+                                      f"{key!r} is a {type(v).__name__}")
+            names.append(f"{i}/{key}/{'param' if v.device == p.device else 'cpu'}")
+            values.append(v)
+    return names, values
+
+
+def _opt_state_from_row(names: list[str], values: list[torch.Tensor], plist) -> dict:
+    state: dict = {}
+    for name, v in zip(names, values):
+        i, key, where = name.rsplit("/", 2)
+        p = plist[int(i)]
+        state.setdefault(p, {})[key] = v.to(p.device) if where == "param" else v
+    return state
 
 
 def _opt_state_from_list(states: list[dict], plist, device) -> dict:
+    """A checkpoint's optimizer state from before the client store: per parameter position, inline."""
     return {p: {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in s.items()}
             for p, s in zip(plist, states) if s}
-
-
-def _sync_client_states(fed: Federation, plan: list[list[int]]) -> None:
-    """Copy each trained client's optimizer state from its rank to every rank (one broadcast per rank). Decided by
-    the flag alone, which every rank shares: a task may make a new optimizer per client (``make_optimizer``)."""
-    if fed.args.client_opt_state != "persist":
-        return
-    me, plist = D.rank(), fed.task.params
-    for src, clients in enumerate(plan):
-        if clients:
-            payload = ({k: _opt_state_to_list(fed.opt_states[k], plist) for k in clients if k in fed.opt_states}
-                       if src == me else None)
-            payload = D.broadcast_object(payload, src=src)
-            if src != me:
-                fed.opt_states.update({k: _opt_state_from_list(v, plist, fed.task.device) for k, v in payload.items()})
 
 
 def namespace_defaults(**kw) -> argparse.Namespace:

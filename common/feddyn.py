@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 
-from common import distributed as D
+from common import client_store as CS
 from common import flags
 from common import params as P
 from common.algorithms import FedAvg, register
@@ -27,7 +26,8 @@ DEFAULT_ALPHA = 0.01  # the paper's grid is {0.1, 0.01, 0.001}; FL-bench's defau
 
 @register
 class FedDyn(FedAvg):
-    """FedDyn, one h per cluster model; g_k per client (memory: one model per client ever chosen, in float32).
+    """FedDyn, one h per cluster model; g_k per client (one model per client ever chosen, in float32: in a
+    client-store table, its own in memory or a run's on disk, ``use_store``).
 
     The server step goes through the aggregate: x <- server.step(x, aggregate - h / alpha), the aggregate the
     round's UNWEIGHTED mean of theta_k (``client_weight`` 1, as the paper's mean over S). With --server-opt fedavg
@@ -47,7 +47,7 @@ class FedDyn(FedAvg):
         self.alpha, self.num_clients, self.acc_dtype = float(alpha), int(num_clients), acc_dtype
         self.members = [int(m) for m in (members or [num_clients] * len(cluster_models))]
         self.h = [P.zeros_like(x, dtype=acc_dtype) for x in cluster_models]
-        self.grads: dict[int, Tensors] = {}  # g_k, created as zeros on first use
+        self.grads, self._owns_table = CS.ClientStore().table("g"), True  # g_k, zeros until first written
         # per cluster one flat buffer [sum_S (theta_k - x) | clients]: one all-reduce combines ranks
         self._sums = [torch.zeros(P.numel(x) + 1, dtype=acc_dtype, device=x[0].device) for x in cluster_models]
         self.cluster = 0
@@ -78,15 +78,21 @@ class FedDyn(FedAvg):
         return 1.0
 
     # -- client hooks ---------------------------------------------------------------------------------------
+    def use_store(self, store) -> None:
+        """The g_k in the run's client store, table feddyn_g (under torchrun each rank reads and writes its own
+        clients' rows: nothing is broadcast)."""
+        self.grads, self._owns_table = store.table("feddyn_g"), False
+
     def state(self, k: int) -> Tensors:
-        """g_k (zeros until client k is first chosen)."""
-        if k not in self.grads:
-            self.grads[k] = P.zeros_like(self.h[0])
-        return self.grads[k]
+        """A copy of g_k (zeros until client k is first chosen), on the parameters' device."""
+        row = self.grads.get(k)
+        if row is None:
+            return P.zeros_like(self.h[0])
+        return P.clone([t.to(self.h[0][0].device) for t in row])
 
     def client_start(self, k: int, anchor, cluster: int = 0) -> None:
         self.anchor, self.cluster = anchor, cluster
-        g = self.state(k)  # in the parameters' dtypes for the per-step update (the same tensors when they agree)
+        self._g = g = self.state(k)  # the per-step update's in the parameters' dtypes (the same when they agree)
         self._g_local = g if all(a.dtype == t.dtype for a, t in zip(anchor, g)) else \
             [t.to(a.dtype) for a, t in zip(anchor, g)]
 
@@ -106,25 +112,14 @@ class FedDyn(FedAvg):
         """g_k <- g_k - alpha (theta_k - x); theta_k - x into the cluster's round sums."""
         drift = P.foreach(torch._foreach_sub, _as_dtype(list(params), self.acc_dtype),
                           _as_dtype(self.anchor, self.acc_dtype))
-        P.foreach(torch._foreach_add_, self.state(k), drift, alpha=-self.alpha)
+        P.foreach(torch._foreach_add_, self._g, drift, alpha=-self.alpha)
+        self.grads.put(k, self._g)
         sums = self._sums[self.cluster]
         P.foreach(torch._foreach_add_, P.unflatten(sums[:-1], drift), drift)
         sums[-1] += 1
 
     def accumulators(self) -> Tensors:
         return list(self._sums)
-
-    def after_reduce(self, plan: Sequence[Sequence[int]]) -> None:
-        self.sync_clients_(plan)
-
-    def sync_clients_(self, plan: Sequence[Sequence[int]]) -> None:
-        """Under torchrun after a round: each trained client's g_k broadcast from its rank (``plan[r]``), so every
-        rank can train it in a later round and rank 0's checkpoint holds every g_k."""
-        if not D.is_distributed():
-            return
-        for src, clients in enumerate(plan):
-            for k in clients:
-                dist.broadcast(P.as_flat(self.state(k)), src=src)  # g_k is one flat buffer
 
     # -- server ---------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -143,7 +138,7 @@ class FedDyn(FedAvg):
     def state_dict(self) -> dict:
         return {"name": self.name, "alpha": self.alpha, "num_clients": self.num_clients, "members": self.members,
                 "h": [[t.clone() for t in h] for h in self.h], "sums": [s.clone() for s in self._sums],
-                "grads": {k: [t.clone() for t in g] for k, g in self.grads.items()}}
+                **({"grads": self.grads.state_dict()} if self._owns_table else {})}
 
     def load_state_dict(self, state) -> None:
         if (not isinstance(state, dict) or state.get("name") != self.name or state["num_clients"] != self.num_clients
@@ -154,6 +149,9 @@ class FedDyn(FedAvg):
             P.foreach(torch._foreach_copy_, dst, list(src))
         for dst, src in zip(self._sums, state["sums"]):
             dst.copy_(src)
-        self.grads = {}
-        for k, g in state["grads"].items():
-            P.foreach(torch._foreach_copy_, self.state(int(k)), list(g))
+        saved = state.get("grads", {})
+        if "schema" in saved:  # its own table's state
+            self.grads.load_state_dict(saved)
+        else:  # a checkpoint from before the client store: {client: g_k}
+            for k, g in saved.items():
+                self.grads.put(int(k), list(g))

@@ -642,15 +642,16 @@ class RunDir:
         """All metric rows logged so far (including kept rows of earlier sessions)."""
         return read_rows(self.path / METRICS_FILE)
 
-    def save_checkpoint(self, state: dict, periodic: bool = False) -> None:
+    def save_checkpoint(self, state: dict, periodic: bool = False) -> bool:
         """Save ``state`` atomically, with the global RNG states ("rng") and row count and wall time ("runlog"). A
-        ``periodic`` save (a training loop's, at each evaluation) happens at every ``--checkpoint-every``-th call."""
+        ``periodic`` save (a training loop's, at each evaluation) happens at every ``--checkpoint-every``-th call.
+        True when the file was written (False: another rank, or a periodic save skipped)."""
         if not self.is_main:
-            return
+            return False
         if periodic:
             self._periodic_saves += 1
             if self._periodic_saves % int(self.args.get("checkpoint_every") or 1):
-                return
+                return False
         bad = _nonfinite(state, numbers=False)
         if bad is not None:  # never replace the last finite checkpoint with NaN
             self.diverge(_where(state) or "the checkpoint", f"values in the checkpoint state ({bad})")
@@ -661,6 +662,7 @@ class RunDir:
         with self._writing(CHECKPOINT_FILE):
             ckpt.save_checkpoint(self.path / CHECKPOINT_FILE, state, self.kind)
         self._checkpoint_at = _where(state) or "saved at " + state["runlog"]["saved_at"]
+        return True
 
     def load_checkpoint(self) -> dict | None:
         """The state to resume from (with "rng" and "runlog"; the script restores it), or None for a fresh run."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from common import client_store as CS
 from common import params as P
 from common.params import Tensors
 from common.server_opt import _as_dtype
@@ -17,7 +18,9 @@ class Scaffold:
     ``client_update(i, x, y, K, lr_l)``: dy = y - x; dc = -c + (x - y) / (K lr_l); c_i <- c_i + dc; dy and dc
     summed into ``accumulators()``. ``server_update(x)``: x <- x + lr_g mean_i dy_i; c <- c + (1/N) sum_i dc_i.
     ``sum_dy`` False (x moved by another aggregator): dy is not summed and ``server_update(None)`` updates c only.
-    c_i persist across rounds (zero until seen). ``client_weights`` (e.g. sizes n_i, p_i = n_i / sum_j n_j over
+    c_i persist across rounds (zero until seen) in a client-store table (``common.client_store``): its own in
+    memory (its ``state_dict`` then holds them), or a run's on disk (``use_table``; its store checkpoints them).
+    ``client_weights`` (e.g. sizes n_i, p_i = n_i / sum_j n_j over
     ALL clients) weight both means instead: x <- x + lr_g sum_S n_i dy_i / sum_S n_i, c <- c + sum_S p_i dc_i,
     which keeps c = sum_i p_i c_i as the uniform means keep c = mean_i c_i.
     """
@@ -30,18 +33,23 @@ class Scaffold:
         self.num_clients, self.server_lr, self.client_weights = num_clients, server_lr, w
         self.sum_dy = True
         self.c = P.zeros_like(like, dtype=acc_dtype)
-        self.c_i: dict[int, Tensors] = {}
+        self.c_i, self._owns_table = CS.ClientStore().table("c_i"), True
         # one flat buffer: [sum w dy | sum dc | sum w | clients], so a single all-reduce combines ranks
         n = P.numel(self.c)
         self._flat = torch.zeros(2 * n + 2, dtype=acc_dtype, device=self.c[0].device)
         self._sum_dy = P.unflatten(self._flat[:n], self.c)
         self._sum_dc = P.unflatten(self._flat[n:2 * n], self.c)
 
+    def use_table(self, table: CS.Table) -> None:
+        """Keep the c_i in ``table`` (a run's client store) from now on."""
+        self.c_i, self._owns_table = table, False
+
     def control(self, client: int) -> Tensors:
-        """c_i (created as zeros on first use)."""
-        if client not in self.c_i:
-            self.c_i[client] = P.zeros_like(self.c)  # one buffer: the list ops on it are single ops
-        return self.c_i[client]
+        """A copy of c_i (zeros for a client never updated), on the controls' device."""
+        row = self.c_i.get(client)
+        if row is None:
+            return P.zeros_like(self.c)  # one buffer: the list ops on it are single ops
+        return P.clone([t.to(self.c[0].device) for t in row])
 
     @torch.no_grad()
     def correction(self, client: int) -> Tensors:
@@ -58,7 +66,9 @@ class Scaffold:
         dy = P.foreach(torch._foreach_sub, _as_dtype(y, dtype), _as_dtype(x, dtype))
         dc = P.foreach(torch._foreach_mul, dy, scalar=-1.0 / (local_steps * local_lr))  # (x - y) / (K lr_l)
         P.foreach(torch._foreach_sub_, dc, self.c)
-        P.foreach(torch._foreach_add_, self.control(client), dc)
+        c_i = self.control(client)
+        P.foreach(torch._foreach_add_, c_i, dc)
+        self.c_i.put(client, c_i)
         weight, dc_weight = 1.0, 1.0
         if self.client_weights is not None:  # n_i for dy's mean; N p_i for dc, as server_update divides by N
             weight = self.client_weights[client]
@@ -86,12 +96,18 @@ class Scaffold:
         self._flat.zero_()
 
     def state_dict(self) -> dict:
+        """c, the round's sums, and the c_i only when they are its own (a run's store checkpoints its table)."""
         return {"num_clients": self.num_clients, "c": [t.clone() for t in self.c], "acc": self._flat.clone(),
-                "c_i": {k: [t.clone() for t in v] for k, v in self.c_i.items()}}
+                **({"c_i": self.c_i.state_dict()} if self._owns_table else {})}
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_clients"] != self.num_clients or len(state["c"]) != len(self.c):
             raise ValueError("SCAFFOLD state is for a different federation or model")
         P.foreach(torch._foreach_copy_, self.c, list(state["c"]))
         self._flat.copy_(state["acc"])
-        self.c_i = {int(k): [t.to(self.c[0].device).clone() for t in v] for k, v in state["c_i"].items()}
+        saved = state.get("c_i", {})
+        if "schema" in saved:  # its own table's state
+            self.c_i.load_state_dict(saved)
+        else:  # a checkpoint from before the client store: {client: c_i}
+            for k, v in saved.items():
+                self.c_i.put(int(k), list(v))
