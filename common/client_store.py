@@ -194,7 +194,9 @@ class ClientStore:
     def __init__(self):
         self.folder: Path | None = None
         self.tables: dict[str, Table] = {}
-        self.before_write = lambda table, k: None  # a hook (tests: a process killed at a chosen write)
+
+    def before_write(self, table: Table, k: int) -> None:
+        """Called before every row written to disk (tests: a process killed at a chosen write)."""
 
     def table(self, name: str) -> Table:
         if name not in self.tables:

@@ -1,5 +1,6 @@
 """torchrun helpers: client assignment, and a real 2-process gloo all-reduce that must reproduce the
-single-process aggregates."""
+single-process aggregates, SCAFFOLD's c_i shared through one client store that each rank writes its clients' rows
+of."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ import torch
 from multirank import run_ranks, torchrun_env
 
 from common import aggregate as A
+from common import client_store as CS
 from common import distributed as D
 from common.scaffold import Scaffold
 
@@ -36,29 +38,35 @@ def train_share(clients, wm, fm, sc, x):
         sc.client_update(k, x, params, local_steps=4, local_lr=0.05)
 
 
-def worker(rank, world, port, out):
+def worker(rank, world, port, out, folder):
     torchrun_env(rank, world, port)
     try:
         assert D.init() == (rank, world) and D.is_main() == (rank == 0)
         plan = D.broadcast_object(D.assign_clients(list(range(len(SIZES))), SIZES, world) if rank == 0 else None)
         wm, fm, sc = build()
+        store = CS.ClientStore()
+        sc.use_table(store.table("scaffold_c0"))
+        store.open(folder, clean=rank == 0)
+        D.barrier()
         x = [torch.zeros(s) for s in SHAPES]
         train_share(plan[rank], wm, fm, sc, x)
         for agg in (wm, fm, sc):
             D.reduce_aggregator_(agg)
-        D.sync_controls_(sc, plan)
+        store.sync()
+        store.mark(D.all_gather_object(store.written()))  # the rows the other rank wrote, read from its slots
         sc.server_update(x)
         mixed = [torch.full((2,), float(rank + 1)), torch.full((3,), rank + 1, dtype=torch.float64)]
         D.all_reduce_sum_(mixed)
         D.barrier()
-        torch.save({"wm": wm.result(), "fm": fm.result(), "x": x, "c": sc.c, "c_i": sc.state_dict()["c_i"],
+        torch.save({"wm": wm.result(), "fm": fm.result(), "x": x, "c": sc.c,
+                    "c_i": {k: sc.control(k) for k in store.table("scaffold_c0").clients()},
                     "mixed": mixed, "plan": plan}, os.path.join(out, f"rank{rank}.pt"))
     finally:
         D.cleanup()
 
 
 def test_two_gloo_ranks_reproduce_the_single_process_aggregate(tmp_path):
-    run_ranks(worker, str(tmp_path), timeout=120)
+    run_ranks(worker, str(tmp_path), str(tmp_path / "store"), timeout=120)
     wm, fm, sc = build()
     x = [torch.zeros(s) for s in SHAPES]
     train_share(range(len(SIZES)), wm, fm, sc, x)
