@@ -98,3 +98,15 @@ def test_bench_aggregate_copy_floor_copies_k_whole_uploads(monkeypatch):
     bench.main(["--quick", "--no-memory", "--repeats", "1", "--warmup", "0", "--clients", "3", "4",
                 "--conditions", "quiet", "--aggregators", "WeightedMean"])
     assert sorted(set(seen)) == [3, 4]
+
+
+def test_bench_client_store_quick(tmp_path):
+    """Peak RSS, checkpoint size and the store's rows at 100 vs 1,000 (FedAvg) / 300 (SCAFFOLD) clients: measured,
+    and the checkpoint holds no client's row (its size does not grow with the clients)."""
+    out = load("bench_client_store").main(["--quick", "--json", str(tmp_path / "store.json")])
+    rows = {(r["algorithm"], r["clients"]): r for r in out["results"]}
+    assert set(rows) == {("fedavg", 100), ("fedavg", 1000), ("scaffold", 100), ("scaffold", 300)}
+    for r in rows.values():
+        assert r["peak_rss_mb"] > 0 and r["save_ms"] > 0 and r["rows"] >= 10 and r["store_disk_kb"] > 0
+        assert r["checkpoint_kb"] < r["rows"] * r["row_kb"] / 4
+    assert rows[("fedavg", 1000)]["checkpoint_kb"] < 1.1 * rows[("fedavg", 100)]["checkpoint_kb"]
