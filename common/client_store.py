@@ -270,3 +270,15 @@ class ClientStore:
             self.close()
         except Exception:  # noqa: BLE001 -- interpreter shutdown
             pass
+
+
+def committed_rows(folder: str | os.PathLike, state: dict, name: str) -> dict[int, list[torch.Tensor]]:
+    """{client: row} of table ``name`` as a checkpoint's client-store ``state`` names them, read from ``folder``
+    (the run directory's store folder): what a run resumed from that checkpoint would read."""
+    store = ClientStore()
+    store.open(folder, state, clean=False)
+    table = store.table(name)
+    try:
+        return {k: [t.clone() for t in table.get(k)] for k in table.clients()}
+    finally:
+        store.close()

@@ -67,6 +67,7 @@ QUICK = {
     "tests/common/test_engine.py": None,
     "tests/common/test_privacy.py": None,
     "tests/common/test_scaffold.py": None,
+    "tests/common/test_client_store.py": None,
     "tests/common/test_lora_merge.py": None,
     "tests/common/test_fisher.py": None,
     "tests/common/test_shard.py": None,

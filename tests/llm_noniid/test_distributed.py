@@ -12,6 +12,8 @@ from clicases import LLM_SMOKE
 from multirank import run_ranks, torchrun_env
 
 from common.checkpoint import load_checkpoint
+from common.client_store import committed_rows
+from common.engine import STORE_DIR
 from llm_noniid import train
 
 # SCAFFOLD exercises every reduction: the model average, the dy / dc sums, the per-client stats, the c_i sync.
@@ -57,12 +59,15 @@ def test_two_ranks_with_a_restart_reproduce_the_single_process_run(tmp_path):
         assert summary[key] == pytest.approx(single[key], rel=1e-5), key
     assert summary["bytes_up"] == single["bytes_up"] and summary["rounds_done"] == 2
 
-    # rank 0's checkpoint holds every client's control variate, equal to the single-process ones
-    ca = load_checkpoint(tmp_path / "one" / "r" / "checkpoint.pt", "llm_noniid/train")["algorithm"][0]
-    cb = load_checkpoint(tmp_path / "two" / "r" / "checkpoint.pt", "llm_noniid/train")["algorithm"][0]
-    assert sorted(cb["c_i"]) == sorted(ca["c_i"]) == list(range(5))
-    for k in ca["c_i"]:
-        for u, v in zip(ca["c_i"][k], cb["c_i"][k]):
+    # rank 0's checkpoint names every client's control variate (the rows each rank wrote), equal to the
+    # single-process ones
+    sa, sb = (load_checkpoint(tmp_path / run / "r" / "checkpoint.pt", "llm_noniid/train") for run in ("one", "two"))
+    ca, cb = sa["algorithm"][0], sb["algorithm"][0]
+    ra, rb = (committed_rows(tmp_path / run / "r" / STORE_DIR, s["client_store"], "scaffold_c0")
+              for run, s in (("one", sa), ("two", sb)))
+    assert sorted(rb) == sorted(ra) == list(range(5))
+    for k in ra:
+        for u, v in zip(ra[k], rb[k]):
             torch.testing.assert_close(v, u, rtol=1e-5, atol=1e-6)
     for u, v in zip(ca["c"], cb["c"]):
         torch.testing.assert_close(v, u, rtol=1e-5, atol=1e-6)

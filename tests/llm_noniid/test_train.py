@@ -12,7 +12,9 @@ from clicases import LLM_SMOKE, the_run
 
 from common import cli
 from common.checkpoint import load_checkpoint
+from common.client_store import committed_rows
 from common.config import parse_with_config
+from common.engine import STORE_DIR
 from llm_noniid import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,10 +75,11 @@ def test_resume_reproduces_the_uninterrupted_scaffold_run(tmp_path):
     ca = load_checkpoint(tmp_path / "full" / "r" / "checkpoint.pt", "llm_noniid/train")
     cb = load_checkpoint(tmp_path / "part" / "r" / "checkpoint.pt", "llm_noniid/train")
     assert ca["round"] == cb["round"] == 3
-    sa, sb = ca["algorithm"][0], cb["algorithm"][0]  # one SCAFFOLD state per cluster (one cluster here)
-    assert sorted(sa["c_i"]) == sorted(sb["c_i"]) and len(sa["c_i"]) >= 2
-    for k in sa["c_i"]:
-        assert all(torch.equal(u, v) for u, v in zip(sa["c_i"][k], sb["c_i"][k]))
+    sa, sb = (committed_rows(tmp_path / run / "r" / STORE_DIR, c["client_store"], "scaffold_c0")  # one cluster
+              for run, c in (("full", ca), ("part", cb)))
+    assert sorted(sa) == sorted(sb) and len(sa) >= 2
+    for k in sa:
+        assert all(torch.equal(u, v) for u, v in zip(sa[k], sb[k]))
     assert all(torch.equal(ca["global"][n], cb["global"][n]) for n in ca["global"])
 
 
