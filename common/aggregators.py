@@ -143,7 +143,7 @@ class Fisher(Aggregator):
 
     @classmethod
     def refuse(cls, args) -> str | None:
-        if getattr(args, "fisher_method", None) == "local" and args.fisher_labels != "empirical":
+        if getattr(args, "fisher_method", None) == "local" and args.fisher_labels == "sampled":
             return ("--fisher-method local reuses the training gradients: its labels are the data's "
                     "(--fisher-labels empirical)")
         return None
@@ -174,21 +174,27 @@ class Fisher(Aggregator):
 FISHER_STAT_FLAGS = ("fisher_samples", "fisher_batch", "fisher_labels", "fisher_method")
 
 
-def add_fisher_stat_args(group) -> None:
-    """How a task estimates the per-client Fisher ``Fisher`` asks for: flags of the scripts whose task computes it
-    (its ``supported_stats`` holds "fisher"), refused there without ``--aggregator fisher``."""
+def add_fisher_stat_args(group, *, labels: str = "empirical", labels_help: str = "", local: bool = True) -> None:
+    """How a task estimates the per-client Fisher ``Fisher`` asks for (``common.fisher.client_fisher``): flags of the
+    scripts whose task computes it (its ``supported_stats`` holds "fisher"), refused there without ``--aggregator
+    fisher``. ``labels``: --fisher-labels' default (a script whose masks read the flag too keeps its own, with
+    ``labels_help``; "true" is the data's labels' older name); ``local``: the task's local steps feed
+    ``common.fisher.LocalStepFisher`` (--fisher-method local)."""
     group.add_argument("--fisher-samples", type=flags.POSITIVE_INT, default=32,
                        help="FedFisher: training examples per client for its Fisher (per-example gradients); more is "
                             "smoother")
     group.add_argument("--fisher-batch", type=flags.POSITIVE_INT, default=8,
                        help="FedFisher: examples per vectorised gradient chunk")
-    group.add_argument("--fisher-labels", choices=("empirical", "sampled"), default="empirical",
-                       help="FedFisher: empirical: targets from the data; sampled: y ~ model (true Fisher)")
-    group.add_argument("--fisher-method", choices=("per_example", "loop", "batch", "local"), default="per_example",
+    group.add_argument("--fisher-labels", choices=("empirical", "sampled", "true"), default=labels,
+                       help="labels of the Fisher diagonals: empirical (or true): targets from the data; sampled: "
+                            f"y ~ model (true Fisher); default {labels}" + labels_help)
+    group.add_argument("--fisher-method", choices=("per_example", "loop", "batch", "local")[:4 if local else 3],
+                       default="per_example",
                        help="FedFisher: per_example: torch.func vmap over --fisher-samples examples; loop: reference; "
-                            "batch: squared batch gradients of those examples (biased); local: from the batch "
-                            "gradients of the client's own consecutive local steps, reused from training (no extra "
-                            "pass; needs 2+ local steps; empirical labels)")
+                            "batch: squared batch gradients of those examples (biased)" + (
+                                "; local: from the batch gradients of the client's own consecutive local steps, "
+                                "reused from training (no extra pass; needs 2+ local steps; empirical labels)"
+                                if local else ""))
 
 
 MOVE_REF = 30.0  # a client more confident than H_ref by this many T becomes the reference: no weight exceeds e^30

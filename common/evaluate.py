@@ -184,6 +184,23 @@ def mean_entropy(model: nn.Module, batches: Iterable[Any], vocab_size: int | Non
     return float(total.item()) / n if n else float("nan")
 
 
+def mean_class_entropy(model: nn.Module, batches: Iterable[Any], device=None) -> float:
+    """Mean predictive entropy H(p(. | x)) in nats per example of a classifier: ``batches`` of inputs or (inputs,
+    labels) (labels unused), ``model(inputs)`` logits [B, C] (or an output with ``.logits``)."""
+    device = _device_of(model, device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    with eval_mode(model), torch.inference_mode():
+        for batch in batches:
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            with autocast(device):
+                out = model(inputs)
+            logp = F.log_softmax(getattr(out, "logits", out).float(), dim=-1)  # [B, C]
+            total += -(logp.exp() * logp).sum().double()
+            count += logp.shape[0]
+    return float(total.item()) / count if count else float("nan")
+
+
 # metrics on predictions (NumPy, float64)
 
 def _np(x: Any, dtype=None) -> np.ndarray:

@@ -20,7 +20,11 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from common import params as P
+from common import seed as seeding
 from common.evaluate import IGNORE_INDEX, eval_mode
+
+# --fisher-labels' values: "true" is vit_sparse_fl's name for the data's labels (its masks' documented flag)
+LABELS = {"empirical": "empirical", "true": "empirical", "sampled": "sampled"}
 
 
 def lm_targets(input_ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -145,6 +149,22 @@ def diagonal_fisher(model: nn.Module, batches: Iterable, *, labels: str = "empir
         raise ValueError("diagonal_fisher: no example with a non-ignored target")
     torch._foreach_div_(fisher, float(count))
     return fisher
+
+
+def client_fisher(model: nn.Module, examples: int, batches_of: Callable[[torch.Tensor], Iterable], args, round_idx: int,
+                  client: int, *, forward: Callable | None = None,
+                  params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """FedFisher's F_k (``--aggregator fisher``, a task's ``client_stat("fisher")``) at the model's parameters now:
+    the diagonal Fisher of --fisher-samples of the client's ``examples`` training examples, drawn without
+    replacement from the stream keyed (seed, round, client, "fisher"); ``batches_of(indices)``: their (inputs,
+    targets) batches of --fisher-batch examples (targets aligned with the logits). --fisher-method and
+    --fisher-labels as ``diagonal_fisher`` (sampled labels from the stream (seed, round, client, "fisher-labels")).
+    Every task computes it here, so one flag means one thing in every script."""
+    pick = torch.randperm(examples, generator=seeding.client_generator(args.seed, round_idx, client,
+                                                                       purpose="fisher"))[: args.fisher_samples]
+    labels = seeding.client_generator(args.seed, round_idx, client, purpose="fisher-labels")
+    return diagonal_fisher(model, batches_of(pick), labels=LABELS[args.fisher_labels], forward=forward, params=params,
+                           method=args.fisher_method, chunk_size=args.fisher_batch, generator=labels)
 
 
 def _loop(model, forward, params, fisher, inputs, targets, ignore_index) -> None:

@@ -15,17 +15,16 @@ import weakref
 
 import torch
 
-from common import evaluate, fisher, seed
+from common import evaluate, fisher
 
 _LOCAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its LocalStepFisher (--fisher-method local)
 
 
-def fisher_batches(ctx, client):
-    """(input_ids, next-token targets) of the client's Fisher sample, drawn from its own stream."""
-    g = seed.client_generator(ctx.args.seed, ctx.round, client.index, purpose="fisher")
-    pick = torch.randperm(len(client.train), generator=g)[: ctx.args.fisher_samples].numpy()
+def fisher_batches(ctx, client, pick):
+    """(input_ids, next-token targets) batches of the client's training blocks ``pick`` (positions in its shard)."""
     # the model's logits at t predict token t+1: shift here, since Fisher sees (logits, targets) pairs
-    return ((b["input_ids"], b["labels"][:, 1:]) for b in ctx.batches(client.train[pick], ctx.args.fisher_batch))
+    return ((b["input_ids"], b["labels"][:, 1:])
+            for b in ctx.batches(client.train[pick.numpy()], ctx.args.fisher_batch))
 
 
 def next_token_logits(model, input_ids):
@@ -59,10 +58,8 @@ def client_fisher(ctx, client, steps) -> list[torch.Tensor]:
     local steps, which --fisher-method local reuses)."""
     if ctx.args.fisher_method == "local":
         return local_step_fisher(ctx, client, steps)
-    g = seed.client_generator(ctx.args.seed, ctx.round, client.index, purpose="fisher-labels")
-    return fisher.diagonal_fisher(ctx.model, fisher_batches(ctx, client), labels=ctx.args.fisher_labels,
-                                  forward=next_token_logits, params=ctx.params, method=ctx.args.fisher_method,
-                                  chunk_size=ctx.args.fisher_batch, generator=g)
+    return fisher.client_fisher(ctx.model, len(client.train), lambda pick: fisher_batches(ctx, client, pick), ctx.args,
+                                ctx.round, client.index, forward=next_token_logits, params=ctx.params)
 
 
 def client_entropy(ctx, client) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, compiled, engine, flags, shard
+from common import aggregators, cli, compiled, engine, evaluate, fisher, flags, shard
 from common import distributed as D
 from common import params as P
 from common import seed as seeding
@@ -29,7 +29,9 @@ from vit_sparse_fl import experiment as exp
 from vit_sparse_fl.sparse import SparseSGDM
 
 
-def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
+def get_args_parser(add_help: bool = True, fisher_labels: str = "empirical",
+                    fisher_labels_help: str = "") -> exp.ArgumentParser:
+    """The flags; ``fisher_labels``: --fisher-labels' default (train_federated_sparse.py's masks read it too)."""
     parser = exp.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
                                 quick=dict(rounds=8, eval_every=2, num_clients=20, participation_rate=0.2))
     cli.add_run_args(parser)
@@ -59,7 +61,11 @@ def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
                         "(the first ones in test-set order; 0: all)")
     cifar.add_data_args(parser)
     exp.add_model_args(parser, lr=0.01, weight_decay=1e-4)
-    engine.add_algorithm_args(parser, clustering="one global model is evaluated, swept and exported here")
+    g = engine.add_algorithm_args(parser, clustering="one global model is evaluated, swept and exported here")
+    aggregators.add_fisher_stat_args(g, labels=fisher_labels, labels_help=fisher_labels_help, local=False)
+    g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=None,
+                   help="fraction of each client's shard held out of training (--aggregator entropy measures on it; "
+                        "default 0.1 with it, else 0)")
     return parser
 
 
@@ -69,10 +75,19 @@ def finish_args(args) -> None:
     exp.validate_model_args(args)
     cli.check(not (args.heterogeneity_experiment and args.local_steps_experiment),
               "choose one of --heterogeneity-experiment and --local-steps-experiment")
-    engine.check_algorithm_args(args, plain_sgd=args.momentum == 0,
+    engine.check_algorithm_args(args, plain_sgd=args.momentum == 0, stats=VitTask.supported_stats,
                                 optimizer_hint=f"--momentum {args.momentum}; use --momentum 0",
                                 dp=None if not args.head_warmup else "--head-warmup's rounds are plain FedAvg on the "
                                 "clients' data, unclipped and unnoised; leave --head-warmup at 0")
+    entropy, fisher = args.aggregator == "entropy", args.aggregator == "fisher"
+    if args.holdout_fraction is None:
+        args.holdout_fraction = 0.1 if entropy else 0.0
+    cli.check(not entropy or args.holdout_fraction > 0, "--aggregator entropy measures entropy on held-out images: "
+                                                        "--holdout-fraction must be > 0")
+    masks = hasattr(args, "fisher_score")  # train_federated_sparse.py: its masks read --fisher-labels
+    flags.refuse_unused(args, [(dest, fisher or masks and dest == "fisher_labels",
+                                f"without --aggregator fisher (here {args.aggregator})")
+                               for dest in aggregators.FISHER_STAT_FLAGS])
     flags.refuse_unused(args, [("nc", args.sharding == "non_iid" and not args.heterogeneity_experiment,
                                 f"without --sharding non_iid (here {args.sharding}; --heterogeneity-experiment "
                                 "takes --nc-values)")])
@@ -112,6 +127,10 @@ def setup(args) -> dict:
     labels = train.labels.cpu().numpy()
     shards = (shard.iid(len(labels), args.num_clients, args.seed) if args.sharding == "iid"
               else shard.pathological(labels, args.num_clients, args.nc, args.seed))
+    held = [s[:0] for s in shards]
+    if args.holdout_fraction > 0:  # a seeded share of each shard, out of training (0: the shards unchanged)
+        shards, held = zip(*(holdout(s, args.holdout_fraction, seeding.numpy_rng(args.seed, "holdout", k))
+                             for k, s in enumerate(shards)))
     if args.arch != "encoder":
         exp.check_memory(args, num_classes, device, max(len(s) for s in shards))
     model, source = exp.build_model(args, num_classes, device)
@@ -121,9 +140,19 @@ def setup(args) -> dict:
                 for s in shards]                             # test images of each client's own classes
     return dict(args=args, device=device, train=train, val=val, test=test, num_classes=num_classes,
                 shards=[torch.as_tensor(s, device=device) for s in shards], own_test=own_test,
+                held=[torch.as_tensor(h, device=device) for h in held],
                 model=model, weights=source, data_fingerprint=cifar.fingerprint(args, train, val, test),
                 names=[n for n, _ in P.named_trainable(model)], params=P.trainable(model),
                 forward=compiled.maybe_compile(model, args))  # what forward passes call (--compile)
+
+
+def holdout(idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) of a client's shard: a random ``fraction`` of it (at least one image) held out."""
+    n = max(1, int(round(len(idx) * fraction)))
+    cli.check(len(idx) > n, f"a client with {len(idx)} images cannot hold out {fraction:g} of them and still train; "
+                            "use fewer clients or a smaller --holdout-fraction")
+    order = rng.permutation(len(idx))
+    return idx[np.sort(order[n:])], idx[np.sort(order[:n])]
 
 
 def untrained(params: list[torch.Tensor], masks: list[torch.Tensor | None] | None) -> list[torch.Tensor]:
@@ -153,7 +182,11 @@ def no_grad_for(frozen: list[torch.Tensor]):
 class VitTask(engine.Task):
     """Federated fine-tuning for ``common.engine``: client k takes J SGD-momentum steps (SparseSGDM on ``masks``)
     from streams keyed (seed, round, k, ``purpose``); the aggregate is written back only on the mask. With ``rd``
-    (the main rounds): cosine learning rate, evaluation, interference and best-accuracy tracking."""
+    (the main rounds): cosine learning rate, evaluation, interference and best-accuracy tracking. The statistics
+    the aggregators ask for: the Fisher diagonal on the client's training images, the predictive entropy on its
+    held-out ones (--holdout-fraction)."""
+
+    supported_stats = ("fisher", "entropy")
 
     def __init__(self, ctx: dict, masks=None, purpose: str = "round", rounds: int | None = None, rd=None):
         args = self.args = ctx["args"]
@@ -174,6 +207,7 @@ class VitTask(engine.Task):
         return self.args.lr if self.rd is None else engine.cosine_lr(r, self.args.rounds, self.args.lr)
 
     def round_start(self, r: int) -> None:
+        self.r = r
         self.interference = (self.rd is not None and self.args.interference_window > 0 and r >= self.window_start
                              and ((r + 1) % self.eval_every == 0 or r + 1 == self.rounds))
 
@@ -193,6 +227,24 @@ class VitTask(engine.Task):
             loss = exp.train_steps(self.ctx["forward"], opt, stream, label_smoothing=a.label_smoothing,
                                       device=self.device, adjust=algo.adjust_grads)
         return {"loss": loss, "steps": a.local_steps}
+
+    def client_stat(self, name: str, k: int, out: dict):
+        a, ctx = self.args, self.ctx
+        if name == "fisher":  # unaugmented images of the client's shard; vmap cannot batch fused CPU attention
+            shard, model = ctx["shards"][k], ctx["model"]
+
+            def batches(pick):
+                return cifar.eval_batches(ctx["train"].subset(shard[pick.to(shard.device)]), a.fisher_batch,
+                                          a.image_size)
+            model.set_fused_attention(False)
+            try:
+                return fisher.client_fisher(model, len(shard), batches, a, self.r, k, params=self.params)
+            finally:
+                model.set_fused_attention(True)
+        if name == "entropy":
+            held = cifar.eval_batches(ctx["train"].subset(ctx["held"][k]), a.eval_batch_size, a.image_size)
+            return evaluate.mean_class_entropy(ctx["forward"], held, device=self.device)
+        return super().client_stat(name, k, out)
 
     def client_metrics(self, k, out) -> dict:
         if not self.interference:

@@ -21,7 +21,7 @@ from common import params as P
 from common import seed as seeding
 from common.aggregate import WeightedMean
 from common.checkpoint import atomic_write_json
-from common.fisher import diagonal_fisher
+from common.fisher import LABELS, diagonal_fisher
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl import experiment as exp
 from vit_sparse_fl import sparse, talos
@@ -29,7 +29,8 @@ from vit_sparse_fl import train_federated as fed
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    parser = fed.get_args_parser(add_help=add_help)
+    parser = fed.get_args_parser(add_help=add_help, fisher_labels="sampled", fisher_labels_help=(
+        "; also the masks' (--fisher-score fisher): sampled, the true Fisher; true, the empirical one"))
     parser.description = __doc__.split("\n\n")[0]
     g = parser.add_argument_group("sparse fine-tuning")
     g.add_argument("--sparsity-ratio", type=exp.UNIT, default=0.9,
@@ -41,9 +42,6 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser.presets["quick"]["calibration_rounds"] = 3
     g.add_argument("--calibration-batches", type=flags.POSITIVE_INT, default=1,
                    help="Fisher batches per client and calibration round")
-    g.add_argument("--fisher-labels", default="sampled", choices=["sampled", "true"],
-                   help="--fisher-score fisher only. sampled: y drawn from the model (the true Fisher); "
-                        "true: the ground-truth labels (the empirical Fisher)")
     g.add_argument("--fisher-score", default="fisher", choices=["fisher", "talos"],
                    help="fisher: mean squared per-example gradient of -log softmax at sampled (or true) labels, "
                         "exact-count threshold; talos: the official TaLoS score (vit_sparse_fl/talos.py): squared "
@@ -90,8 +88,8 @@ def fisher_scores(ctx, global_params, round_idx: int, masks=None) -> list[torch.
         if args.fisher_score == "talos":   # a sum over images: every client weighs 1, the mean is sum / K
             agg.add(talos.talos_scores(model, stream, targets, masks, generator=gen), weight=1.0)
             continue
-        labels = "sampled" if args.fisher_labels == "sampled" else "empirical"
-        agg.add(diagonal_fisher(model, stream, labels=labels, params=targets, generator=gen), weight=float(len(idx)))
+        agg.add(diagonal_fisher(model, stream, labels=LABELS[args.fisher_labels], params=targets, generator=gen),
+                weight=float(len(idx)))
     D.reduce_aggregator_(agg)                               # no-op in one process
     model.set_fused_attention(True)
     return agg.result()
