@@ -17,13 +17,13 @@ import math
 import numpy as np
 import torch
 
-from common import algorithms, cli, compiled, engine, export, flags, report
+from common import aggregators, algorithms, cli, compiled, engine, export, fisher, flags, report
 from common import clustering as C
 from common import distributed as dist
 from common import params as P
 from common.aggregate import WeightedMean
 from common.checkpoint import atomic_write_json, atomic_write_text
-from common.evaluate import autocast, perplexity, unigram_perplexity
+from common.evaluate import autocast, mean_entropy, perplexity, unigram_perplexity
 from common.runlog import RunDir, data_fingerprint, run_name
 from common.seed import client_generator, client_rng, numpy_rng, seed_everything
 from common.text import derived_cache_dir, load_tokenizer
@@ -32,7 +32,7 @@ from llm_noniid import failure
 from llm_noniid.model import LORA_TARGETS, add_lora, check_memory, hub_name, lm_loss, load_base
 from llm_noniid.partition import PARTITIONS, TOKEN_SKEWS, TOPIC_SPLITS, partition, statistics
 
-ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam")
+SOURCE_ALGORITHMS = ("fedavgm", "fedadam")  # the source's names for FedAvg with a server optimizer
 # --quick: the random tiny model trains from scratch, long enough to end well below the unigram (about 15 s)
 QUICK = dict(model="tiny-gpt2", data="synthetic", num_rounds=16, num_clients=4, max_train_examples=240,
              max_eval_examples=48, seq_len=32, batch_size=8, max_local_steps=8, bpe_vocab_size=512,
@@ -80,8 +80,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="minimum examples per client for --topic-split labels")
     g.add_argument("--style-criterion", default="length", help="style_skew score: length | formality | complexity")
     g.add_argument("--token-skew", default="frequency", help="token_skew kind: frequency | truncation | vocabulary")
-    g = engine.add_algorithm_args(p, momentum_form="heavy-ball", client_opt_state=None, algorithm_help="; fedavgm "
+    g = engine.add_algorithm_args(p, momentum_form="heavy-ball", client_opt_state="reset", algorithm_help="; fedavgm "
                                   "| fedadam: the source's names for fedavg with --server-opt fedavgm / fedadam")
+    aggregators.add_fisher_stat_args(g, local=False)
     g.add_argument("--cluster-features", default="tokens", help="data clustering statistic: tokens (unigram "
                    "distribution of the client's training tokens) | topics (its topic histogram)")
     g = p.add_argument_group("local training")
@@ -106,9 +107,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="fraction of clients per round, in (0, 1]")
     flags.add_clients_per_round(g)
     g.add_argument("--eval-every", type=flags.POSITIVE_INT, default=1, help="evaluate the global model every N rounds")
-    g.add_argument("--client-holdout", type=flags.Number(float, 0, 1, high_open=True), default=0.0,
+    g.add_argument("--client-holdout", type=flags.Number(float, 0, 1, high_open=True), default=None,
                    help="fraction of every client's examples held out for its personalised perplexity (scored by "
-                        "its own cluster's model; 0: none)")
+                        "its own cluster's model) and --aggregator entropy's entropy (default 0.1 with it, else 0: "
+                        "none)")
     cli.add_run_args(p, out_dir="runs/llm_noniid")
     return p
 
@@ -120,14 +122,22 @@ def validate(args) -> None:
 
     c = cli.check
     flags.resolve_clients_per_round(args)
-    if args.algorithm in ("fedavgm", "fedadam"):  # the source's algorithm names for the server optimizers
+    if args.algorithm in SOURCE_ALGORITHMS:  # the source's algorithm names for the server optimizers
         c(args.server_opt in ("fedavg", args.algorithm), f"--algorithm {args.algorithm} contradicts --server-opt "
                                                          f"{args.server_opt}")
         args.server_opt = args.algorithm
     choice("lr_schedule", ("constant", "cosine"), "constant or cosine")
     choice("local_optimizer", ("sgd", "adamw"), "sgd or adamw")
-    engine.check_algorithm_args(args, plain_sgd=args.local_optimizer == "sgd", algorithms=ALGORITHMS,
-                                optimizer_hint="use --local-optimizer sgd", shifted_scaffold=True)
+    engine.check_algorithm_args(args, plain_sgd=args.local_optimizer == "sgd", shifted_scaffold=True,
+                                algorithms=(*algorithms.REGISTRY, *SOURCE_ALGORITHMS), stats=LlmTask.supported_stats,
+                                optimizer_hint="use --local-optimizer sgd")
+    c(args.client_opt_state == "reset" or args.local_optimizer != "sgd", "--client-opt-state persist: the local "
+      "optimizer --local-optimizer sgd keeps no state between steps; persist keeps AdamW's moments (adamw)")
+    entropy = args.aggregator == "entropy"
+    if args.client_holdout is None:
+        args.client_holdout = 0.1 if entropy else 0.0
+    c(not entropy or args.client_holdout > 0, "--aggregator entropy measures entropy on the clients' held-out "
+                                              "examples: --client-holdout must be > 0")
     choice("partition", PARTITIONS, f"one of {', '.join(PARTITIONS)}")
     choice("token_skew", TOKEN_SKEWS, f"one of {', '.join(TOKEN_SKEWS)}")
     choice("style_criterion", D.STYLE_CRITERIA, ", ".join(D.STYLE_CRITERIA))
@@ -147,23 +157,29 @@ def validate(args) -> None:
         ("token_skew", args.partition == "token_skew", f"without --partition token_skew {part}"),
         ("cluster_features", args.clustering == "data", f"without --clustering data (here {args.clustering})"),
         ("bpe_vocab_size", args.tokenizer == "bpe" or args.tokenizer == "auto" and args.model == "tiny-gpt2",
-         "without --tokenizer bpe (the offline BPE; --model tiny-gpt2's own)")])
+         "without --tokenizer bpe (the offline BPE; --model tiny-gpt2's own)"),
+        *((dest, args.aggregator == "fisher", f"without --aggregator fisher (here {args.aggregator})")
+          for dest in aggregators.FISHER_STAT_FLAGS)])
 
 
 check_args = validate  # the checks of its arguments alone (common.jobs: a grid checks its runs)
 
 
 def default_run_name(a) -> str:
+    """<algorithm>_<partition>[_<clustering>]_k.._p.._lr.._(e|j).._<the shared flags' tags>[_sched.._]s<seed>: the
+    shared flags (aggregator, algorithm settings, server optimizer, clustering) tagged by ``common.engine``."""
     part = {"topic_skew": f"topic_a{a.alpha:g}", "style_skew": f"style_{a.style_criterion}",
             "token_skew": f"token_{a.token_skew}"}.get(a.partition, a.partition)
     if a.partition == "topic_skew" and a.topic_split != "mix":
         part += f"_{a.topic_split}"
-    cluster = None if a.clustering == "none" else f"{a.clustering}{a.num_clusters or ''}"
+    shared = engine.run_name_tags(a)
+    cluster = shared.pop("cl")
+    shared.pop(a.algorithm, None)  # the name's prefix
+    if a.algorithm in SOURCE_ALGORITHMS:  # the prefix names the server optimizer
+        shared["so"] = None
     return run_name(a.algorithm, part, cluster, k=a.num_clients, p=a.participation_rate, lr=a.learning_rate,
-                    e=None if a.local_steps else a.local_epochs, j=a.local_steps or None,
-                    mu=a.mu if a.algorithm == "fedprox" else None,
-                    w="size" if a.algorithm == "scaffold" and a.scaffold_weighting == "size" else None,
-                    so=a.server_opt if a.server_opt not in ("fedavg", a.algorithm) else None,
+                    e=None if a.local_steps else a.local_epochs, j=a.local_steps or None, **shared,
+                    persist=a.client_opt_state == "persist",
                     sched=a.lr_schedule if a.lr_schedule != "constant" else None, quick=a.quick, s=a.seed)
 
 
@@ -197,6 +213,11 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, max_
             idx = order[i:i + batch_size].to(x.device, non_blocking=True)
             yield x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
             steps += 1
+
+
+def next_token_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T-1, V]: position t predicts token t+1 (the Fisher's targets are shifted to match)."""
+    return model(input_ids=input_ids, use_cache=False).logits[:, :-1]
 
 
 class DriftMean(WeightedMean):
@@ -257,6 +278,7 @@ class LlmTask(engine.Task):
     participant, batch-order and dropout streams count rounds from 1)."""
 
     name, metric, purpose = "rounds", "val_ppl", "participants"
+    supported_stats = ("fisher", "entropy")  # on the client's training examples / its --client-holdout examples
 
     def __init__(self, args, rd, fwd, params, device, client_data, client_held, eval_batches, info: dict):
         self.args, self.rd, self.fwd, self.params, self.device = args, rd, fwd, params, device
@@ -342,10 +364,28 @@ class LlmTask(engine.Task):
         return C.topic_distribution(self.info["topics"][k], self.info["num_topics"])
 
     def round_start(self, r: int) -> None:
+        self.r = r
         if not self.drift:
             self.drift = [DriftMean(x) for x in self.fed.models]
         for d in self.drift:
             d.reset()
+
+    def client_stat(self, name: str, k: int, out: dict):
+        """FedFisher's Fisher diagonal on --fisher-samples of the client's training examples (next-token targets),
+        FedEntropy's mean next-token entropy on its held-out examples (--client-holdout)."""
+        if name == "fisher":
+            (cx, cy), bs = self.client_data[k], self.args.fisher_batch
+
+            def batches(pick):
+                pick = pick.to(cx.device)
+                return [(cx[pick[i:i + bs]], cy[pick[i:i + bs]][:, 1:]) for i in range(0, len(pick), bs)]
+            return fisher.client_fisher(getattr(self.fwd, "_orig_mod", self.fwd), cx.shape[0], batches, self.args,
+                                        self.r + 1, k, forward=next_token_logits, params=self.params)
+        if name == "entropy":
+            hx, hy = self.client_held[k]
+            return mean_entropy(self.fwd, [(hx[i:i + 32], hy[i:i + 32]) for i in range(0, hx.shape[0], 32)],
+                                vocab_size=self.info["vocab_size"], device=self.device)
+        return super().client_stat(name, k, out)
 
     def client_metrics(self, k, out) -> dict:
         self.drift[self.fed.assign[k]].add(self.params, float(self.sizes[k]))
