@@ -17,7 +17,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import aggregators, cli, compiled, distributed, engine, evaluate, export, flags, params, runlog, seed
+from common import (
+    aggregators,
+    algorithms,
+    cli,
+    compiled,
+    distributed,
+    engine,
+    evaluate,
+    export,
+    flags,
+    params,
+    runlog,
+    seed,
+)
 from common.clustering import token_distribution
 from common.curves import perplexity_curve
 from common.early_stop import EarlyStop
@@ -50,7 +63,7 @@ def get_args_parser(method: str, add_help: bool = True, server_opt: str = "fedav
     flags.alias(g, "--local-steps", dest="local_updates", of="--local-updates", type=flags.POSITIVE_INT)
     flags.alias(g, "--partition", dest="shard", of="--shard", choices=("contiguous", "iid", "topic"))
     flags.add_clients_per_round(g)
-    mmodel.add_optimizer_args(g, who="client (sgd with --algorithm scaffold)")
+    mmodel.add_optimizer_args(g, who="client (sgd with --algorithm scaffold or fednova)")
     g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=None,
                    help="fraction of each client's blocks held out of training (--aggregator entropy measures on "
                         "it; default 0.1 with it, else 0)")
@@ -70,8 +83,9 @@ def finish_args(args: argparse.Namespace) -> None:
     """Config aliases, the optimizer's default, and checks that need more than one flag (each flag's own range is
     its argparse type's, ``common.flags``)."""
     mmodel.resolve_model_args(args)
-    if args.optimizer is None:  # SCAFFOLD's control variates assume plain SGD steps
-        args.optimizer = "sgd" if getattr(args, "algorithm", None) == "scaffold" else "adamw"
+    if args.optimizer is None:  # SCAFFOLD's control variates and FedNova's normalizer assume plain SGD steps
+        plain = getattr(algorithms.REGISTRY.get(getattr(args, "algorithm", None)), "plain_sgd", False)
+        args.optimizer = "sgd" if plain else "adamw"
     if args.lr is None:  # AdamW's rates are far too small for plain SGD
         args.lr = mmodel.SGD_LR if args.optimizer == "sgd" else 1e-2 if args.quick else 5e-4
     if args.test:  # checked now; the file is read only after training
