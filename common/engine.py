@@ -109,20 +109,26 @@ def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str
 
 def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold: str | None = None,
                          algorithms=None, shifted_scaffold: bool = False, stats: tuple[str, ...] = (),
-                         aggregator: str | None = None, dp: str | None = None) -> None:
+                         aggregator: str | None = None, refused: dict[str, str] | None = None,
+                         server_opt: str | None = None, dp: str | None = None) -> None:
     """One-line refusals (exit 2) of combinations that cannot run, before anything is written: the algorithm's
     and the aggregator's own (``refuse``), an aggregator asking for statistics the script's task does not
-    compute (``stats``: its ``Task.supported_stats``), ``aggregator``: why only mean runs here.
-    ``shifted_scaffold``: SCAFFOLD is allowed with an adaptive local optimizer, the task calling
-    ``algo.after_step``; ``algorithms``: the names this script accepts (default: the registry's); ``dp``: why
-    this script refuses --dp-clip (``common.privacy.check_dp_args``)."""
+    compute (``stats``: its ``Task.supported_stats``). What the script declares it cannot serve, each with its
+    reason: ``refused`` {algorithm: why} (``scaffold``: SCAFFOLD's), ``aggregator`` why only mean runs,
+    ``server_opt`` why only --server-opt fedavg at --server-lr 1 runs, ``dp`` why it refuses --dp-clip
+    (``common.privacy.check_dp_args``). ``shifted_scaffold``: SCAFFOLD is allowed with an adaptive local optimizer,
+    the task calling ``algo.after_step``; ``algorithms``: the names this script accepts (default: the registry's)."""
     resolve_server_lr(args)
     algorithms = tuple(AL.REGISTRY) if algorithms is None else algorithms
     check(args.algorithm in algorithms,
           f"--algorithm {args.algorithm!r} is unknown; expected one of {', '.join(algorithms)}")
     algo = AL.REGISTRY.get(args.algorithm, AL.FedAvg)
-    if args.algorithm == "scaffold":
-        check(scaffold is None, f"--algorithm scaffold is refused here: {scaffold}")
+    refused = {**({"scaffold": scaffold} if scaffold else {}), **(refused or {})}
+    check(args.algorithm not in refused, f"--algorithm {args.algorithm} is refused here: {refused.get(args.algorithm)}")
+    check(server_opt is None or args.server_opt == "fedavg", f"--server-opt {args.server_opt} is refused here: "
+                                                            f"{server_opt}")
+    check(server_opt is None or args.server_lr == 1.0, f"--server-lr {args.server_lr:g} is refused here (only 1): "
+                                                       f"{server_opt}")
     if algo.plain_sgd:
         check(plain_sgd or (shifted_scaffold and args.algorithm == "scaffold"),
               f"{algo.title or '--algorithm ' + args.algorithm} needs plain SGD local steps "

@@ -31,8 +31,16 @@ from lora_glue_fl import adapters, checks, glue_shards, glue_tasks, modeling
 NO_SCAFFOLD = ("its control variates live in the clients' parameter space, which the merge re-factorises "
                "(svd / naive / exact change the LoRA factors)")
 NO_CLUSTERING = "every client takes part in every round and the run keeps one fused adapter"
-ONLY_MERGE = ("the server merges the clients' adapters (--aggregation svd / naive / exact), a mean of their factors "
-              "would not be the mean of their products")
+ONLY_MERGE = ("the server merges the clients' adapters by --aggregation svd / naive / exact, weighted by shard size; "
+              "a coordinate-wise aggregate of LoRA factors (Fisher-weighted, median, Krum) is not that aggregate of "
+              "the adapters' products B A, and no client holds out the data FedEntropy's weights need")
+REFUSED = {  # the client algorithms whose state or step lives in the factors the merge re-factorises
+    "feddyn": "its regularizer state (h, each client's g_k) lives in the clients' LoRA factors, which the merge "
+              "re-factorises every round",
+    "fednova": "its normalized averaging extrapolates the mean of the clients' factors (weights n_k / tau_k); the "
+               "merge re-factorises the adapters, weighted by shard size"}
+NO_SERVER_OPT = ("the server sets the fused adapter to the merge (a server step on re-factorised adapters has no "
+                 "meaning)")
 NO_DP = ("the server merges the clients' adapter factors (--aggregation svd / naive / exact, re-factorised every "
          "round), not a mean of their updates that DP-FedAvg could clip and noise, and every client takes part in "
          "every round")
@@ -124,11 +132,9 @@ def resolve_args(args):
     cli.check(args.shard_dir is not None or args.quick or args.partition is not None,
               "--shard_dir (make it with make_shards.py) or --partition is required")
     engine.check_algorithm_args(args, plain_sgd=False, optimizer_hint="", scaffold=NO_SCAFFOLD, aggregator=ONLY_MERGE,
-                                dp=NO_DP)
+                                refused=REFUSED, server_opt=NO_SERVER_OPT, dp=NO_DP)
     flags.refuse_unused(args, [("svd_rank", args.aggregation == "svd", f"without --aggregation svd (here "
                                                                         f"{args.aggregation})")])
-    cli.check(args.server_opt == "fedavg" and args.server_lr == 1.0, "--server-opt / --server-lr: the server "
-              "sets the fused adapter to the merge (a server step on re-factorised adapters has no meaning)")
     return args
 
 
