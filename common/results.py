@@ -13,7 +13,8 @@ A block in a README:
 (indented markers, inside a list item, indent every generated line alike)
 Its name is ``<subproject>.<block>``: the subproject's ``results`` module (``mamba_fl/results.py``, ...) holds
 ``BLOCKS``, {block: function() -> the block's Markdown}, each reading the subproject's committed record folder (one
-constant there, ``RECORDS``). The subproject modules are looked up by name (``SUBPROJECTS``), so ``common`` imports
+constant there, ``RECORDS``); ``common.<block>`` blocks come from code (``COMMON``: common/combinations.py's table of
+what runs where). The subproject modules are looked up by name (``SUBPROJECTS``), so ``common`` imports
 no subproject; they import only ``common``. The same block may appear in several READMEs (a study's line in the
 top README and in its subproject's). Sentences use one vocabulary: ``common.stats.claim`` and ``fmt_p``.
 """
@@ -32,7 +33,8 @@ from common.errors import UsageError, check
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPROJECTS = ("mamba_fl", "vit_sparse_fl", "lora_glue_fl", "llm_noniid")
-READMES = ("README.md", *(f"{s}/README.md" for s in SUBPROJECTS))
+READMES = ("README.md", "common/README.md", *(f"{s}/README.md" for s in SUBPROJECTS))
+COMMON = ("combinations",)  # common's modules with blocks generated from code, not records (``common.<block>``)
 BLOCK = re.compile(r"^(?P<indent>[ ]*)<!-- results:(?P<name>[\w.-]+) -->\n(?P<body>.*?)^(?P=indent)"
                    r"<!-- /results:(?P=name) -->", re.S | re.M)
 OPENING = re.compile(r"<!-- (/?)results:([\w.-]+) -->")
@@ -80,7 +82,8 @@ def range_of(values: Iterable[float], digits: int = 1, sep: str = "-") -> str:
 def generators(subprojects: Iterable[str] = SUBPROJECTS) -> dict[str, Callable[[], str]]:
     """{"<subproject>.<block>": function} over the subprojects' ``results`` modules (a subproject without one has no
     blocks)."""
-    out = {}
+    out = {f"common.{name}": fn for mod in COMMON
+           for name, fn in importlib.import_module(f"common.{mod}").BLOCKS.items()}
     for sub in subprojects:
         if not (ROOT / sub / "results.py").is_file():
             continue

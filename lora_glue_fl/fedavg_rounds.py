@@ -31,9 +31,9 @@ from lora_glue_fl import adapters, checks, glue_shards, glue_tasks, modeling
 NO_SCAFFOLD = ("its control variates live in the clients' parameter space, which the merge re-factorises "
                "(svd / naive / exact change the LoRA factors)")
 NO_CLUSTERING = "every client takes part in every round and the run keeps one fused adapter"
-ONLY_MERGE = ("the server merges the clients' adapters by --aggregation svd / naive / exact, weighted by shard size; "
-              "a coordinate-wise aggregate of LoRA factors (Fisher-weighted, median, Krum) is not that aggregate of "
-              "the adapters' products B A, and no client holds out the data FedEntropy's weights need")
+ONLY_MERGE = ("the server merges the clients' adapters (--aggregation svd / naive / exact, weighted by shard size); "
+              "another aggregate of their LoRA factors (Fisher- or entropy-weighted, robust) is not that aggregate "
+              "of the adapters B A")
 REFUSED = {  # the client algorithms whose state or step lives in the factors the merge re-factorises
     "feddyn": "its regularizer state (h, each client's g_k) lives in the clients' LoRA factors, which the merge "
               "re-factorises every round",
@@ -256,8 +256,14 @@ class LoraTask(engine.Task):
                                  self.args.eval_batch_size)
 
     def round_end(self, rnd) -> None:
-        """Rank 0 writes the round's adapters and measures the merge error (both inside the round's time)."""
+        """The global adapter is the engine's model after the server step (the merge itself under FedAvg's step, an
+        algorithm's own step otherwise); rank 0 writes the round's adapters and measures the merge error (both
+        inside the round's time)."""
         a, n, self.merge_error = self.args, rnd["round"] + 1, None
+        x = self.fed.models[0]
+        if not all(torch.equal(t, p) for t, p in zip(x, self.params)):
+            P.load_(self.params, x)
+            self.fused = adapters.from_model(self.model)
         if self.rd.is_main:
             folder = self.rd.artifact(f"round_{n}")
             if a.save_client_adapters == "all" or (a.save_client_adapters == "last" and n == a.rounds):

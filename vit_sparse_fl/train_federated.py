@@ -28,6 +28,8 @@ from vit_sparse_fl import data as cifar
 from vit_sparse_fl import experiment as exp
 from vit_sparse_fl.sparse import SparseSGDM
 
+PLAIN_SGD_ARGS = ("--momentum", "0")  # plain SGD local steps (SCAFFOLD, FedNova; common.combinations asks with them)
+
 
 def get_args_parser(add_help: bool = True, fisher_labels: str = "empirical",
                     fisher_labels_help: str = "") -> exp.ArgumentParser:
