@@ -33,10 +33,11 @@ from llm_noniid.model import LORA_TARGETS, add_lora, check_memory, hub_name, lm_
 from llm_noniid.partition import PARTITIONS, TOKEN_SKEWS, TOPIC_SPLITS, partition, statistics
 
 SOURCE_ALGORITHMS = ("fedavgm", "fedadam")  # the source's names for FedAvg with a server optimizer
-# --quick: the random tiny model trains from scratch, long enough to end well below the unigram (about 15 s)
+# --quick: the random tiny model trains from scratch, long enough to end well below the unigram (about 15 s);
+# FedFisher's sample (read only with --aggregator fisher) small
 QUICK = dict(model="tiny-gpt2", data="synthetic", num_rounds=16, num_clients=4, max_train_examples=240,
              max_eval_examples=48, seq_len=32, batch_size=8, max_local_steps=8, bpe_vocab_size=512,
-             learning_rate=1.0, local_optimizer="sgd", lora_r=0)
+             learning_rate=1.0, local_optimizer="sgd", lora_r=0, fisher_samples=8)
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -427,6 +428,7 @@ class LlmTask(engine.Task):
         elif not all(bool(torch.isfinite(t).all()) for x in fed.models for t in x):
             # a non-finite model between evaluations scores NaN: the divergence rule stops the run this round
             row.update(val_loss=math.nan, val_ppl=math.inf)
+        row.update(rnd["aggregator"])  # the aggregator's own round metrics (fisher_eps_share, entropy weights)
         self.row = row
         return row
 

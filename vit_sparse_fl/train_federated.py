@@ -35,7 +35,8 @@ def get_args_parser(add_help: bool = True, fisher_labels: str = "empirical",
                     fisher_labels_help: str = "") -> exp.ArgumentParser:
     """The flags; ``fisher_labels``: --fisher-labels' default (train_federated_sparse.py's masks read it too)."""
     parser = exp.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
-                                quick=dict(rounds=8, eval_every=2, num_clients=20, participation_rate=0.2))
+                                quick=dict(rounds=8, eval_every=2, num_clients=20, participation_rate=0.2,
+                                           fisher_samples=8))  # FedFisher's sample: read only by it
     cli.add_run_args(parser)
     cli.add_fed_args(parser, num_clients=100, rounds=300, participation_rate=0.1, eval_every=10)
     g = parser.add_argument_group("local training and sharding")
@@ -279,6 +280,7 @@ class VitTask(engine.Task):
             glob = [float(right[torch.searchsorted(union, ctx["own_test"][k])].float().mean()) for k in chosen]
             row |= {"interference": float(np.mean(np.subtract(local, glob))),
                     "local_own_accuracy": float(np.mean(local)), "global_own_accuracy": float(np.mean(glob))}
+        row |= rnd["aggregator"]  # the aggregator's own round metrics (fisher_eps_share, entropy weights)
         if val["accuracy"] > self.best["val_accuracy"]:
             self.best = {"val_accuracy": val["accuracy"], "round": r + 1}
         return row
