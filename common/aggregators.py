@@ -188,8 +188,8 @@ def add_fisher_stat_args(group, *, labels: str = "empirical", labels_help: str =
     group.add_argument("--fisher-labels", choices=("empirical", "sampled", "true"), default=labels,
                        help="labels of the Fisher diagonals: empirical (or true): targets from the data; sampled: "
                             f"y ~ model (true Fisher); default {labels}" + labels_help)
-    group.add_argument("--fisher-method", choices=("per_example", "loop", "batch", "local")[:4 if local else 3],
-                       default="per_example",
+    methods = ("per_example", "loop", "batch", *(("local",) if local else ()))
+    group.add_argument("--fisher-method", choices=methods, default="per_example",
                        help="FedFisher: per_example: torch.func vmap over --fisher-samples examples; loop: reference; "
                             "batch: squared batch gradients of those examples (biased)" + (
                                 "; local: from the batch gradients of the client's own consecutive local steps, "

@@ -31,9 +31,7 @@ from vit_sparse_fl.sparse import SparseSGDM
 PLAIN_SGD_ARGS = ("--momentum", "0")  # plain SGD local steps (SCAFFOLD, FedNova; common.combinations asks with them)
 
 
-def get_args_parser(add_help: bool = True, fisher_labels: str = "empirical",
-                    fisher_labels_help: str = "") -> exp.ArgumentParser:
-    """The flags; ``fisher_labels``: --fisher-labels' default (train_federated_sparse.py's masks read it too)."""
+def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
     parser = exp.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
                                 quick=dict(rounds=8, eval_every=2, num_clients=20, participation_rate=0.2,
                                            fisher_samples=8))  # FedFisher's sample: read only by it
@@ -65,7 +63,10 @@ def get_args_parser(add_help: bool = True, fisher_labels: str = "empirical",
     cifar.add_data_args(parser)
     exp.add_model_args(parser, lr=0.01, weight_decay=1e-4)
     g = engine.add_algorithm_args(parser, clustering="one global model is evaluated, swept and exported here")
-    aggregators.add_fisher_stat_args(g, labels=fisher_labels, labels_help=fisher_labels_help, local=False)
+    # one --fisher-labels for every Fisher of the subproject: FedFisher's here, the sparse masks' too (sampled: the
+    # true Fisher, their documented default; true: the data's labels, the empirical Fisher)
+    aggregators.add_fisher_stat_args(g, labels="sampled", labels_help="; train_federated_sparse.py's masks read it "
+                                     "too (--fisher-score fisher)", local=False)
     g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=None,
                    help="fraction of each client's shard held out of training (--aggregator entropy measures on it; "
                         "default 0.1 with it, else 0)")

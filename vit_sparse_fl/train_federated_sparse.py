@@ -29,8 +29,7 @@ from vit_sparse_fl import train_federated as fed
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    parser = fed.get_args_parser(add_help=add_help, fisher_labels="sampled", fisher_labels_help=(
-        "; also the masks' (--fisher-score fisher): sampled, the true Fisher; true, the empirical one"))
+    parser = fed.get_args_parser(add_help=add_help)  # its --fisher-labels: the masks' (sampled) and FedFisher's
     parser.description = __doc__.split("\n\n")[0]
     g = parser.add_argument_group("sparse fine-tuning")
     g.add_argument("--sparsity-ratio", type=exp.UNIT, default=0.9,
