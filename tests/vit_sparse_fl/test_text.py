@@ -66,7 +66,9 @@ def test_sparse_text_run_keeps_masked_coordinates_and_probe_trains_only_the_head
                       "--mask-embeddings", "--run-name", "with_tables"))
     dens = json.loads((tmp_path / "with_tables" / "mask_density.json").read_text())
     assert s["frozen_tables"] == [] and dens["per_tensor"][tables[0]] > 0       # the tables are eligible then
-    ctx = fed.setup(fed.get_args_parser().parse_args(argv(tiny, tmp_path, "--freeze-layers", "2")))
+    probe = fed.get_args_parser().parse_args(argv(tiny, tmp_path, "--freeze-layers", "2"))
+    fed.finish_args(probe)  # as main does: defaults that follow other flags (--holdout-fraction)
+    ctx = fed.setup(probe)
     assert {n.split(".")[0] for n in ctx["names"]} == {"head"}               # the probe: head only
 
 
