@@ -296,6 +296,56 @@ def load(folder: str | Path) -> Shakespeare:
     return Shakespeare(manifest, vocab, stream, train, test)
 
 
+# ---------------------------------------------------------------- a synthetic population
+@dataclass
+class Population:
+    """N synthetic clients cut from real roles: client i holds the contiguous slice ``train[role[i]][start[i] :
+    start[i] + length[i]]`` of one role's training samples (positions in ``Shakespeare.stream``). Several clients
+    may share a speaker, and their slices may overlap: a stand-in for a larger population of users with the real
+    roles' sizes and styles, not more data. Three integers a client ([N] arrays), whatever N."""
+
+    role: np.ndarray    # int32 [N]: the real role (index into ``Shakespeare.train``) a client's slice comes from
+    start: np.ndarray   # int64 [N]: the slice's first training sample (index into that role's ``train``)
+    length: np.ndarray  # int64 [N]: the slice's length in samples (>= 1)
+
+    def __len__(self) -> int:
+        return len(self.role)
+
+    def positions(self, train: list[np.ndarray], i: int) -> np.ndarray:
+        """Client i's training samples as positions in the stream (a view of the role's array)."""
+        r, s = int(self.role[i]), int(self.start[i])
+        return train[r][s:s + int(self.length[i])]
+
+
+def population(sizes, n: int, seed: int = 0) -> Population:
+    """``n`` synthetic clients over roles of ``sizes`` training samples, seeded by (seed, "shakespeare-population"):
+    each client's role drawn in proportion to the role's size (so every training sample is equally likely to start
+    a draw), its slice length drawn from the real roles' sizes (capped at its role's), its start uniform over the
+    role's training samples that leave room for the slice."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    check(n >= 1, f"a synthetic population needs at least 1 client, got {n}")
+    check(len(sizes) > 0 and int(sizes.sum()) > 0, "a synthetic population needs roles with training samples")
+    rng = numpy_rng(seed, "shakespeare-population")
+    role = rng.choice(len(sizes), n, p=sizes / sizes.sum())
+    length = np.minimum(rng.choice(sizes[sizes > 0], n), sizes[role])
+    start = np.minimum((rng.random(n) * (sizes[role] - length + 1)).astype(np.int64), sizes[role] - length)
+    return Population(role.astype(np.int32), start, length.astype(np.int64))
+
+
+def hold_out(train: list[np.ndarray], fraction: float, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(kept, held) per role: floor(fraction n) of role k's n training samples held out at random, seeded by (seed,
+    "shakespeare-validation", k), as LEAF draws the test split; both sorted. A validation split for choosing settings
+    that never reads the test split."""
+    check(0 < fraction < 1, f"validation fraction {fraction}: expected a fraction in (0, 1)")
+    kept, held = [], []
+    for k, pos in enumerate(train):
+        out = np.zeros(len(pos), dtype=bool)
+        out[numpy_rng(seed, "shakespeare-validation", k).permutation(len(pos))[:int(fraction * len(pos))]] = True
+        kept.append(pos[~out])
+        held.append(pos[out])
+    return kept, held
+
+
 # ---------------------------------------------------------------- command line
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -10,12 +10,24 @@ A task of its own rather than train.py's ``--data``: LEAF's task is one predicti
 by accuracy, on ~1,100 clients fixed by the data, where train.py tokenizes a text pool, partitions it into a few
 clients, scores perplexity of whole sequences and keeps per-client tensors and drift sums whose cost grows with the
 clients. Here a client's windows are cut from one shared character stream per batch, so a round costs its clients'
-samples whatever the population. Writes <out-dir>/<run-name>/ with args.json, metrics.jsonl (one row per evaluation:
+samples whatever the population.
+
+``--population N``: N synthetic clients instead of the roles, for populations larger than the 1,166 real ones (a
+cross-device setting, DP's sampling). Client i is a contiguous slice of ONE real role's training samples, its role
+drawn in proportion to the role's size and its length from the real roles' sizes (``common.shakespeare.population``,
+seeded by --population-seed): several synthetic clients share a speaker and may overlap, so this is a population of
+the real roles' sizes and styles, not more data. Evaluation stays on the real test split. A client costs three
+integers; a round costs its clients' samples.
+
+``--eval-split validation``: 10% of every role's training samples held out at random (seeded) and scored instead
+of the test split (the rest trains, and a population is cut from the rest): for choosing settings without looking
+at the test numbers. Writes <out-dir>/<run-name>/ with args.json, metrics.jsonl (one row per evaluation:
 test accuracy and loss), summary.json (final and best accuracy beside the majority-character and uniform
 references), checkpoint.pt.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -34,6 +46,7 @@ from llm_noniid.model import tiny_gpt2
 
 SAMPLE = Path(__file__).resolve().parents[1] / "common" / "data" / "shakespeare_sample"
 # --quick: the committed 12-role sample, 10 of them a round; the LSTM learns past the majority character in seconds
+VALIDATION_FRACTION = 0.1  # --eval-split validation: each role's training samples held out
 QUICK = dict(data_dir=str(SAMPLE), rounds=6, clients_per_round=10, local_epochs=1, batch_size=10,
              learning_rate=2.0, hidden=64, max_eval_samples=0)
 
@@ -71,6 +84,12 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--data-dir", default=None, help="a folder built by `python -m common.shakespeare --out DIR` "
                    "(--quick: the committed 12-role sample, common/data/shakespeare_sample)")
     g.add_argument("--max-clients", type=flags.COUNT, default=0, help="only the first N roles (0: every role)")
+    g.add_argument("--population", type=flags.COUNT, default=0, help="N synthetic clients, each a contiguous "
+                   "slice of one real role's training samples (several share a speaker); 0: the roles themselves")
+    g.add_argument("--population-seed", type=flags.SEED, default=0, help="seed of the synthetic population (fixed "
+                   "across --seed: the data, not the run)")
+    g.add_argument("--eval-split", choices=("test", "validation"), default="test", help="test: the roles' test "
+                   "split | validation: 10%% of each role's training samples held out (choose settings on it)")
     g.add_argument("--max-eval-samples", type=flags.COUNT, default=20000, help="test samples scored, a seeded "
                    "subset of every role's test samples (0: all; the full build holds ~845,000)")
     g = p.add_argument_group("model")
@@ -98,15 +117,17 @@ def validate(args) -> None:
     cli.check(args.data_dir is not None, "--data-dir is needed: build one with python -m common.shakespeare --out "
                                          "DIR, or run --quick (the committed sample)")
     engine.check_algorithm_args(args, plain_sgd=True, optimizer_hint="")
-    flags.refuse_unused(args, [(dest, args.model == "lstm", f"with --model {args.model}")
-                               for dest in ("embed_dim", "hidden", "layers")])
+    flags.refuse_unused(args, [*((dest, args.model == "lstm", f"with --model {args.model}")
+                                 for dest in ("embed_dim", "hidden", "layers")),
+                               ("population_seed", args.population > 0, "without --population")])
 
 
 check_args = validate
 
 
 def default_run_name(a) -> str:
-    return run_name("shakespeare", a.model, engine.name_suffix(a).lstrip("_") or None, m=a.clients_per_round,
+    return run_name("shakespeare", a.model, engine.name_suffix(a).lstrip("_") or None, n=a.population or None,
+                    val=a.eval_split == "validation", m=a.clients_per_round,
                     e=a.local_epochs, b=a.batch_size, lr=a.learning_rate, s=a.seed)
 
 
@@ -117,15 +138,16 @@ def build_model(args, vocab: int) -> nn.Module:
 
 
 class ShakespeareTask(engine.Task):
-    """Client k: ``--local-epochs`` passes of SGD over its training windows in batches of ``--batch-size``, drawn
-    from its own stream (seed, round, k); evaluation: accuracy and loss of the global model on the test subset."""
+    """Client k: ``--local-epochs`` passes of SGD over its training windows (``train_of(k)``: positions in the
+    stream) in batches of ``--batch-size``, drawn from its own stream (seed, round, k); evaluation: accuracy and
+    loss of the global model on ``eval_pos`` (the test or validation subset)."""
 
     name, metric = "shakespeare", "test_accuracy"
 
-    def __init__(self, args, data: S.Shakespeare, model: nn.Module, device, eval_pos: np.ndarray):
+    def __init__(self, args, data: S.Shakespeare, model: nn.Module, device, eval_pos: np.ndarray, sizes, train_of):
         self.args, self.data, self.model, self.device = args, data, model, device
         self.params, self.seed = P.trainable(model), args.seed
-        self.sizes = [float(len(t)) for t in data.train]
+        self.sizes, self.train_of = sizes, train_of
         self.rounds, self.eval_every = args.rounds, args.eval_every
         self.per_round = min(args.clients_per_round, len(self.sizes))
         self.eval_pos = eval_pos
@@ -141,7 +163,7 @@ class ShakespeareTask(engine.Task):
         return super().make_optimizer(lr)
 
     def train_client(self, k, r, opt, algo) -> dict:
-        a, pos = self.args, self.data.train[k]
+        a, pos = self.args, self.train_of(k)
         gen = client_generator(a.seed, r, k)
         total, steps = torch.zeros((), device=self.device), 0
         self.model.train()
@@ -199,6 +221,15 @@ def references(data: S.Shakespeare, eval_pos: np.ndarray, clients: int) -> dict:
             "uniform_accuracy": 1.0 / len(data.vocab)}
 
 
+def clients(args, data: S.Shakespeare) -> tuple[np.ndarray, object]:
+    """The clients' sizes n_k ([N] float64, the engine's weights) and ``train_of(k)``, client k's training positions:
+    the roles themselves, or ``--population`` synthetic clients cut from them (three integers each)."""
+    if not args.population:
+        return np.array([len(t) for t in data.train], dtype=np.float64), data.train.__getitem__
+    pop = S.population([len(t) for t in data.train], args.population, args.population_seed)
+    return pop.length.astype(np.float64), functools.partial(pop.positions, data.train)
+
+
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     validate(args)
@@ -211,18 +242,22 @@ def run(args) -> dict:
     data = S.load(args.data_dir)
     k = len(data.train) if not args.max_clients else min(args.max_clients, len(data.train))
     data.train, data.test = data.train[:k], data.test[:k]
+    if args.eval_split == "validation":
+        data.train, data.test = S.hold_out(data.train, VALIDATION_FRACTION)
     test = np.concatenate(data.test)
     eval_pos = test if not args.max_eval_samples or args.max_eval_samples >= len(test) else np.sort(
         numpy_rng(args.seed, "shakespeare-eval").choice(test, args.max_eval_samples, replace=False))
     refs = references(data, eval_pos, k)
+    sizes, train_of = clients(args, data)
     folder = Path(args.data_dir)
     fingerprint = data_fingerprint("shakespeare", folder, files=[folder / "manifest.json", folder / "clients.jsonl"],
-                                   splits={"clients": k, "eval": len(eval_pos)})
+                                   splits={"clients": k, "eval": len(eval_pos),
+                                           **({"population": len(sizes)} if args.population else {})})
     model = build_model(args, len(data.vocab)).to(device)
     names = [n for n, _ in P.named_trainable(model)]
     rd = RunDir(args.out_dir, args.run_name or default_run_name(args), args, kind="llm_noniid/shakespeare",
                 resume=args.resume, device=device, data=fingerprint)
-    task = ShakespeareTask(args, data, model, device, eval_pos)
+    task = ShakespeareTask(args, data, model, device, eval_pos, sizes, train_of)
     fed = engine.Federation(task, args)
     start = fed.start(rd, names)
     t0 = time.perf_counter()
@@ -230,7 +265,8 @@ def run(args) -> dict:
     rows = rd.rows()
     last = rows[-1] if rows else {}
     summary = rd.write_summary({
-        "status": "complete", "rounds_done": last.get("round", 0), "clients": k, "clients_per_round": task.per_round,
+        "status": "complete", "rounds_done": last.get("round", 0), "clients": len(sizes), "roles": k,
+        "population": args.population, "eval_split": args.eval_split, "clients_per_round": task.per_round,
         "model": args.model, "trainable_params": P.numel(task.params), "vocab_size": len(data.vocab),
         "train_samples": int(sum(task.sizes)), "eval_samples": len(eval_pos),
         "final_test_accuracy": last.get("test_accuracy"), "final_test_loss": last.get("test_loss"),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from clicases import one_line_error, the_run
 
+from common import shakespeare as S
 from llm_noniid import shakespeare as SH
 
 
@@ -53,3 +55,35 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path, capsys):
     assert "no manifest.json" in err
     err = one_line_error(SH.main, ["--quick", "--model", "tiny-gpt2", "--layers", "3"], capsys)
     assert "--layers changes nothing with --model tiny-gpt2" in err
+
+
+def test_a_synthetic_population_is_contiguous_slices_of_real_roles_three_integers_a_client():
+    data = S.load(SH.SAMPLE)
+    sizes = np.array([len(t) for t in data.train])
+    pop = S.population(sizes, 5000, seed=0)
+    assert len(pop) == 5000 and pop.role.nbytes + pop.start.nbytes + pop.length.nbytes == 5000 * 20
+    assert (pop.length >= 1).all() and (pop.start >= 0).all() and (pop.start + pop.length <= sizes[pop.role]).all()
+    for i in (0, 1, 4999):  # a client's samples: one role's training samples, a contiguous run of them
+        r, s, n = int(pop.role[i]), int(pop.start[i]), int(pop.length[i])
+        assert np.array_equal(pop.positions(data.train, i), data.train[r][s:s + n])
+    share = np.bincount(pop.role, minlength=len(sizes)) / 5000  # roles drawn in proportion to their size
+    assert np.abs(share - sizes / sizes.sum()).max() < 0.03
+    assert set(pop.length[pop.length < sizes[pop.role]]) <= set(sizes)  # lengths are the real sizes, capped
+    again, other = S.population(sizes, 5000, seed=0), S.population(sizes, 5000, seed=1)
+    assert np.array_equal(again.start, pop.start) and not np.array_equal(other.role, pop.role)
+
+
+def test_a_population_run_trains_its_synthetic_clients_and_scores_the_real_test_split(tmp_path, capsys):
+    s = SH.main(SMALL + ["--population", "300", "--out-dir", str(tmp_path)])
+    assert s["clients"] == 300 and s["roles"] == 12 and s["population"] == 300 and s["eval_samples"] == 1012
+    assert s["rounds_done"] == 2 and s["final_test_loss"] < s["uniform_loss"]
+    err = one_line_error(SH.main, SMALL + ["--population-seed", "3", "--out-dir", str(tmp_path)], capsys)
+    assert "--population-seed" in err and "without --population" in err
+
+
+def test_the_validation_split_holds_out_a_tenth_of_each_roles_training_samples_never_the_test():
+    data = S.load(SH.SAMPLE)
+    kept, held = S.hold_out(data.train, SH.VALIDATION_FRACTION)
+    for t, k, h, test in zip(data.train, kept, held, data.test):
+        assert len(h) == int(0.1 * len(t)) and np.array_equal(np.sort(np.concatenate([k, h])), t)
+        assert not set(h) & set(test) and not set(h) & set(k)
