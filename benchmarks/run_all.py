@@ -25,6 +25,9 @@ machine's core count, the device, the torch version and the load average. Target
                 --fisher-method local <= 25% of a round (issue 17)
   data          every embedded dataset generated in < 15 s; 1M labels sharded (Dirichlet + pathological) in < 5 s
   processes     2 processes >= 1.6x faster per round than 1 on a 2-core machine (compute-bound model)
+  cross-device  (issue 80) on one workload, one thread each: this engine's sequential rounds within 5% of a plain
+                PyTorch loop per sample, its batched mode >= 2x faster per round than pfl-research, peak memory at
+                most pfl-research's (bench_cross_device.py; judged on CPU seconds, wall seconds beside)
 """
 from __future__ import annotations
 
@@ -72,6 +75,10 @@ BENCHMARKS = {
     # the source's full sizes on a GPU (Mamba2 d_model 512 / GPT-2 vocabulary / sequence 256, ViT-S/16 224 px):
     # tokens/s, images/s, TFLOP/s against the measured bf16 matmul rate, peak memory. Runs with --device cuda
     "gpu": ("bench_gpu.py", [], ["--compile"]),
+    # one cross-device FedAvg workload (LEAF Shakespeare roles, character LSTM) in this engine, a plain loop, Flower
+    # and pfl-research (the `bench` extra); small: the committed 12-role sample (offline, no targets judged);
+    # --full: 1,000 roles of the full build in data/shakespeare (python -m common.shakespeare --out data/shakespeare)
+    "cross_device": ("bench_cross_device.py", ["--quick"], []),
 }
 GPU_ONLY = {"gpu"}  # left out of a CPU run unless named with --only (then in its --quick form)
 # benchmarks that get every core instead of --threads (they run alone, so nothing competes for the cores)
@@ -89,6 +96,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--timeout", type=flags.POSITIVE, default=900, help="seconds allowed to each benchmark")
     p.add_argument("--output", default=str(HERE / "RESULTS.md"), help="markdown file to write ('' for none)")
     p.add_argument("--json-dir", default=None, help="also keep each benchmark's JSON summary in this folder")
+    p.add_argument("--reuse", action="store_true", help="with --json-dir: a benchmark whose JSON summary is in that "
+                   "folder already is not run again; its rows are built from the file (a long run, tabled later)")
     p.add_argument("--update", action="store_true",
                    help="with --only: keep the rows of the other benchmarks from the existing --output file "
                         "(the header says which rows are kept and from when)")
@@ -310,9 +319,41 @@ def gpu_rows(d: dict) -> list[list[str]]:
     return rows
 
 
+def cross_device_rows(d: dict) -> list[list[str]]:
+    """``bench_cross_device.py``: per model variant one row per engine (CPU and wall seconds per 1,000 samples,
+    start-up, peak RSS of its process tree, held-out loss; or why it did not run), then issue 80's goals. The --quick
+    sample is too small to judge a goal: its rows carry no verdict."""
+    rows = []
+    for v in d["variants"]:
+        w = v["workload"]
+        setting = (f"LSTM {w['hidden']}, {w['clients']:,} roles{' (--quick sample)' if d.get('quick') else ''}, "
+                   f"{w['per_round']}/round, {w['rounds']} rounds, <= {w['local_steps'] or 'all'} local steps, "
+                   f"B={w['batch_size']}, 1 thread")
+        for name, r in v["rows"].items():
+            metric = f"{CROSS_DEVICE_TITLES.get(name, name)}: CPU / wall s per 1k samples; start-up; peak RSS; loss"
+            if "reason" in r:
+                rows.append(_missing("cross_device", setting, metric, f"not run: {r['reason']}"))
+                continue
+            rows.append(_row("cross_device", setting, metric,
+                             f"{r['cpu_per_1k']:.2f} / {r['s_per_1k']:.2f} s; {r['startup_s']:.1f} s; "
+                             f"{r['peak_rss'] / 2**20:,.0f} MiB; {r['heldout_loss']:.4f}"))
+        judged = {g["goal"] for g in v["goals"]}
+        for g in v["goals"]:
+            rows.append(_row("cross_device", setting, g["goal"], g["value"], g["target"],
+                             None if d.get("quick") else g["met"]))
+        batched = v["rows"].get("engine-batched", {})
+        if "reason" in batched and not any(g.startswith("batched") for g in judged):
+            rows.append(_missing("cross_device", setting, "batched engine vs pfl-research, time per round",
+                                 f"not measured: {batched['reason']}", ">= 2x"))
+    return rows
+
+
+CROSS_DEVICE_TITLES = {"engine": "this engine, sequential", "engine-batched": "this engine, batched",
+                       "loop": "plain PyTorch loop", "flower": "Flower (simulation, Ray)", "pfl": "pfl-research"}
+
 ROW_BUILDERS = {"aggregate": aggregate_rows, "vit": vit_rows, "mamba": mamba_rows, "lora_merge": lora_rows,
                 "llm_round": llm_rows, "data": data_rows, "fisher": fisher_rows, "processes": processes_rows,
-                "gpu": gpu_rows}
+                "gpu": gpu_rows, "cross_device": cross_device_rows}
 
 
 def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> list[list[str]]:
@@ -429,6 +470,10 @@ def run_benchmark(name: str, args, out_dir: str, position: str = "") -> dict | l
     """Run one benchmark script (a progress line before and after it); its JSON, or why there is none."""
     script, small, full = BENCHMARKS[name]
     path = os.path.join(out_dir, name + ".json")
+    if args.reuse and args.json_dir and os.path.exists(path):
+        print(f"{position}{name}: rows from {path} (--reuse)", flush=True)
+        with open(path) as f:
+            return json.load(f)
     extra = ["--quick"] if name in GPU_ONLY and not args.device.startswith("cuda") else []
     cmd = [sys.executable, str(HERE / script), *(full if args.full else small), *extra, "--device", args.device,
            "--json", path]

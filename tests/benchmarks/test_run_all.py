@@ -337,3 +337,30 @@ def test_update_rewrites_only_the_lines_of_the_rerun_benchmark(run_all, tmp_path
     kept = [ln for ln in before if ln.startswith("|") and not ln.startswith("| data |")]
     assert kept and all(ln in after for ln in kept)
     assert [ln for ln in after if ln.startswith("| data |")] != [ln for ln in before if ln.startswith("| data |")]
+
+
+def test_cross_device_rows(run_all):
+    """bench_cross_device.py's summary: a row per engine (or why it did not run), the goals judged except on the
+    --quick sample, and the batched goal named as unmeasured while that mode is missing."""
+    ran = {"cpu_per_1k": 5.0, "s_per_1k": 5.5, "startup_s": 3.0, "peak_rss": 420 * 2**20, "heldout_loss": 3.2}
+    variant = {"workload": {"hidden": 256, "clients": 1000, "per_round": 10, "rounds": 4, "local_steps": 20,
+                            "batch_size": 10},
+               "rows": {"engine": ran, "engine-batched": {"reason": "no batched mode yet"}, "loop": ran,
+                        "flower": {"reason": "not installed"}},
+               "goals": [{"goal": "sequential engine vs plain loop, time per sample", "value": "1.000x (wall 1.000x)",
+                          "target": "<= 1.05x", "met": True}]}
+    for quick, verdict in ((False, "yes"), (True, "-")):
+        rows = run_all.build_table({"cross_device": {"variants": [variant], "quick": quick}}, cuda=False, device="cpu")
+        mine = [r for r in rows if r[0] == "cross_device"]
+        assert len(mine) == 6 and all(len(r) == len(run_all.HEADERS) for r in mine)
+        assert mine[0][3] == "5.00 / 5.50 s; 3.0 s; 420 MiB; 3.2000" and ("--quick" in mine[0][1]) == quick
+        assert mine[1][3] == "not run: no batched mode yet" and mine[1][5] == "n/a"
+        assert mine[4][2].startswith("sequential engine") and mine[4][5] == verdict
+        assert mine[5][2].startswith("batched engine") and mine[5][3] == "not measured: no batched mode yet"
+
+
+def test_reuse_reads_a_kept_summary(run_all, tmp_path, monkeypatch):
+    (tmp_path / "fisher.json").write_text(json.dumps(fake_results()["fisher"]))
+    monkeypatch.setattr(run_all.subprocess, "run", lambda *a, **k: pytest.fail("ran the benchmark again"))
+    out = run_all.main(["--only", "fisher", "--json-dir", str(tmp_path), "--reuse", "--output", ""])
+    assert out["results"]["fisher"] == fake_results()["fisher"]
