@@ -129,7 +129,8 @@ def worker(name: str, workload_json: str, launched: float, result: str) -> None:
     cli.check(clock.rounds == w.rounds, f"{name}: {clock.rounds} rounds timed, expected {w.rounds}")
     out = {"engine": name, "startup_s": clock.first_start - launched, "round_s": clock.durations(),
            "round_cpu_s": clock.cpu_durations(),
-           "samples": X.samples_per_round(w, data), "threads": torch.get_num_threads(), **X.heldout(model, data)}
+           "samples": X.samples_per_round(w, data), "threads": torch.get_num_threads(), **X.heldout(model, data),
+           **clock.notes}
     with open("/proc/self/status") as f:
         out["own_peak_rss"] = next(1024 * int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     Path(result).write_text(json.dumps(out))
@@ -215,7 +216,9 @@ def table(rows: dict) -> str:
         rate = [f"{r[k]:.2f}" + (f" ({r[k] / loop[k]:.2f}x)" if k in loop else "") for k in ("cpu_per_1k", "s_per_1k")]
         body.append([TITLES[name], *rate, f"{r['startup_s']:.1f}", f"{r['first_round_s']:.1f}",
                      f"{r['peak_rss'] / 2**20:,.0f}", f"{r['heldout_loss']:.4f}", f"{r['heldout_accuracy']:.4f}",
-                     f"{r['processes']} process(es), {r['wall_s']:.0f} s in all"])
+                     f"{r['processes']} process(es), {r['wall_s']:.0f} s in all" + (
+                         f"; {100 * r['outside_local_training']:.1f}% of its rounds outside local training"
+                         if "outside_local_training" in r else "")])
     return markdown_table(["engine", "CPU s / 1k samples (vs loop)", "wall s / 1k samples (vs loop)", "start-up s",
                            "first round s", "peak RSS MiB", "held-out loss", "accuracy", "note"], body)
 

@@ -62,6 +62,7 @@ class Clock:
     def __init__(self):
         self.wall: list[float] = []
         self.cpu: list[float] = []
+        self.notes: dict = {}  # what an engine reports of itself (this engine: its time outside local training)
 
     def start(self) -> None:
         if not self.wall:
@@ -216,6 +217,8 @@ def run_engine(w: Workload, clock: Clock, data: Data, extra: tuple[str, ...] = (
     fed = engine.Federation(task, args)
     engine.run(task, fed)
     P.load_(task.params, fed.models[0])
+    t = fed.timing  # the engine's own timers: whole rounds, and the clients' train_client calls within them
+    clock.notes["outside_local_training"] = 1 - t["client_seconds"] / t["round_seconds"]
     return model
 
 
