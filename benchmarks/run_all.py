@@ -500,6 +500,8 @@ def run_benchmark(name: str, args, out_dir: str, position: str = "") -> dict | l
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     names = args.only or [n for n in BENCHMARKS if n not in GPU_ONLY or args.device.startswith("cuda")]
+    reused = [n for n in names if args.reuse and args.json_dir and os.path.exists(os.path.join(args.json_dir,
+                                                                                                n + ".json"))]
     with tempfile.TemporaryDirectory() as out:
         results = {name: run_benchmark(name, args, args.json_dir or out, f"[{i}/{len(names)}] ")
                    for i, name in enumerate(names, start=1)}
@@ -517,6 +519,11 @@ def main(argv=None) -> dict:
         dates |= {r[0]: now for r in rows if r[0] in mine or r[0] in names}
         kept = [f"- rows re-measured by this command: {', '.join(names)}; the others are kept from earlier runs "
                 "of this file (their commands are in its history)", measured_line(dates)]
+    for name in reused:  # what measured them, where the summary says (bench_cross_device.py's does)
+        d = results[name]
+        said = (f": measured by `{d['command']}`" + (f" in {d['wall_s']:.0f} s" if "wall_s" in d else "")
+                if isinstance(d, dict) and "command" in d else "")
+        kept.append(f"- rows of {name} tabled from a kept summary (--reuse), not re-run{said}")
     head = ["# Benchmark results", "", *header, f"- command: `{command}`", *kept, ""]
     print()
     print("\n".join([*head, markdown_table(HEADERS, rows), ""]))

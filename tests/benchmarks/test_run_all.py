@@ -362,5 +362,10 @@ def test_cross_device_rows(run_all):
 def test_reuse_reads_a_kept_summary(run_all, tmp_path, monkeypatch):
     (tmp_path / "fisher.json").write_text(json.dumps(fake_results()["fisher"]))
     monkeypatch.setattr(run_all.subprocess, "run", lambda *a, **k: pytest.fail("ran the benchmark again"))
-    out = run_all.main(["--only", "fisher", "--json-dir", str(tmp_path), "--reuse", "--output", ""])
+    (tmp_path / "cross_device.json").write_text(json.dumps({"variants": [], "command": "python b.py", "wall_s": 7}))
+    out = run_all.main(["--only", "fisher", "cross_device", "--json-dir", str(tmp_path), "--reuse", "--output",
+                        str(tmp_path / "R.md")])
     assert out["results"]["fisher"] == fake_results()["fisher"]
+    text = (tmp_path / "R.md").read_text()
+    assert "- rows of fisher tabled from a kept summary (--reuse), not re-run\n" in text
+    assert "cross_device tabled from a kept summary (--reuse), not re-run: measured by `python b.py` in 7 s" in text
