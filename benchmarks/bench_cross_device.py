@@ -16,12 +16,15 @@ LSTM at each ``--hidden``; the same initial weights, cohorts, batches and weight
   flower           Flower's simulation engine (run_simulation, Ray), one ClientApp actor of one CPU
   pfl              pfl-research's SimulatedBackend + FederatedAveraging, one process
 
-Per row: seconds per 1,000 training samples over the rounds after the first (start-up and the first round, where
-lazy set-up lands, apart), start-up (process launch to the first round), peak RSS (the sum over the engine's process
-tree, sampled every 0.2 s: Ray's processes count), the held-out loss and accuracy after the last round. An engine
-that is not installed or fails gives one line saying so; the others still run. Goals (issue 80): the sequential
-engine within 5% of the loop per sample; batched at least 2x faster per round than pfl-research; peak memory at most
-pfl-research's.
+Per row: CPU seconds (user + system of the engine's whole process tree: Ray's daemons and actors count) and wall
+seconds per 1,000 training samples over the rounds after the first (start-up and the first round, where lazy set-up
+lands, apart); start-up (process launch to the first round: imports, data, framework); peak RSS (the sum over the
+process tree, sampled every 0.2 s); the held-out loss and accuracy after the last round (equal across engines up to
+float summation order: the same work). An engine that is not installed or fails gives one line saying so; the others
+still run. Goals (issue 80), judged on CPU seconds, which a machine shared with other work disturbs far less than wall
+time (a single-threaded engine's two agree on an idle one): the sequential engine within 5% of the loop per sample;
+batched at least 2x faster per round than pfl-research; peak memory at most pfl-research's. The engine's row also
+gives its own timers' share of the rounds spent outside local training: its overhead, measured without a second run.
 """
 from __future__ import annotations
 
