@@ -214,7 +214,8 @@ def run_engine(w: Workload, clock: Clock, data: Data, extra: tuple[str, ...] = (
 
     model = build_model(w, data.vocab)
     data.shk.train, data.shk.test = data.train, data.shk.test[:len(data.train)]
-    task = Timed(args, data.shk, model, torch.device("cpu"), data.eval_pos)
+    sizes, train_of = SH.clients(args, data.shk)  # the roles themselves (no --population)
+    task = Timed(args, data.shk, model, torch.device("cpu"), data.eval_pos, sizes, train_of)
     fed = engine.Federation(task, args)
     engine.run(task, fed)
     P.load_(task.params, fed.models[0])
