@@ -3,10 +3,14 @@
 
 Records: ``RECORDS/runs/<algorithm>_<partition>_k10_p1_lr0.01_j8_schedcosine_s<seed>/`` (args.json,
 summary.json), the pretrained-LoRA regime's grid. A sentence about one method on every split is one Holm family
-over those splits (``SPLITS``), declared here.
+over those splits (``SPLITS``), declared here. ``PRIVACY/<population>_eps<epsilon>_s<seed>/`` (args.json,
+summary.json, metrics.jsonl): privacy_study.py's runs, one table whose comparisons to epsilon = inf are one Holm
+family.
 """
 from __future__ import annotations
 
+import json
+import math
 import re
 from functools import cache
 
@@ -14,6 +18,10 @@ from common import results as RS
 from common import stats
 
 RECORDS = "llm_noniid/figures/pretrained/grid"
+PRIVACY = "llm_noniid/results/privacy"
+PRIVACY_VALIDATION = "llm_noniid/results/privacy_validation"  # the runs that chose the study's settings
+POPULATIONS = {"roles": "1,166 roles", "synthetic10k": "10,000 synthetic", "few12": "12 roles (sample)"}
+PLATEAU_TOL = 0.5  # accuracy points: a run whose last third of evaluations gains more than this is still improving
 SPLITS = {"iid": "iid", "topic_a0.01": "topic α = 0.01", "topic_a0.1": "topic α = 0.1",
           "style_length": "style", "token_frequency": "token skew"}
 SETTING = "k10_p1_lr0.01_j8_schedcosine"   # 10 clients, all in every round, the selected rate, 8 local steps
@@ -43,4 +51,87 @@ def study() -> str:
     return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
 
 
-BLOCKS = {"scaffold": scaffold, "study": study}
+def curve(run: dict) -> list[float]:
+    """A run's test accuracy at each evaluation (percent), from its metrics.jsonl."""
+    rows = (run["path"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [100 * json.loads(r)["test_accuracy"] for r in rows if r.strip()]
+
+
+def still_improving(acc: list[float]) -> bool:
+    """The plateau rule, which a run can fail: its best point is its last, or its last third of evaluations gains
+    more than ``PLATEAU_TOL`` points over its best before (``stats.plateau_gain``)."""
+    return acc.index(max(acc)) == len(acc) - 1 or not stats.plateau_gain(acc) <= PLATEAU_TOL
+
+
+def privacy_runs(folder: str = PRIVACY) -> dict:
+    """{(population, epsilon): [runs]} of the study's records, each run with its accuracy curve ("curve")."""
+    out: dict = {}
+    for r in RS.records(folder, "*_eps*_s*"):
+        pop, eps, _ = r["name"].rsplit("_", 2)
+        r["curve"] = curve(r)
+        out.setdefault((pop, math.inf if eps == "epsinf" else float(eps[3:])), []).append(r)
+    return {k: out[k] for k in sorted(out, key=lambda k: (list(POPULATIONS).index(k[0]), k[1]))}
+
+
+def eps_cell(runs: list[dict]) -> str:
+    """'3.00 (δ 4.2e-04)': the epsilon the accountant reached at the run's end (its largest over seeds) at delta."""
+    s = runs[0]["summary"]
+    eps = max(r["summary"]["dp_epsilon"] for r in runs)
+    return ("∞" if math.isinf(eps) else f"{eps:.2f}") + f" (δ {s['dp_delta']:.1e})"
+
+
+def privacy_table(folder: str = PRIVACY) -> str:
+    """The privacy-utility table: per population and epsilon the noise multiplier, expected cohort, rounds, final
+    test accuracy over seeds, its paired difference to epsilon = inf (Holm over the table), best - last and the
+    plateau rule; the references below."""
+    runs = privacy_runs(folder)
+    acc = {k: {r["args"]["seed"]: 100 * r["summary"]["final_test_accuracy"] for r in g} for k, g in runs.items()}
+    fam = stats.compare({k: (v, acc[(k[0], math.inf)]) for k, v in acc.items()
+                         if not math.isinf(k[1]) and (k[0], math.inf) in acc})
+    rows = []
+    for (pop, eps), g in runs.items():
+        s = g[0]["summary"]
+        gap = stats.summarize(max(r["curve"]) - r["curve"][-1] for r in g)
+        improving = sum(still_improving(r["curve"]) for r in g)
+        rows.append([POPULATIONS.get(pop, pop), eps_cell(g), f"{s['dp_noise']:.3g}",
+                     f"{s['dp_expected_cohort']:.0f} (q {s['dp_rate']:.2g})", s["rounds_done"],
+                     stats.fmt_seeds(acc[(pop, eps)].values()),
+                     "reference" if math.isinf(eps) else fam[(pop, eps)][1] if (pop, eps) in fam else "–",
+                     f"{gap.mean:.1f}", f"{len(g) - improving}/{len(g)}" + (f" ({improving} still improving)"
+                                                                           if improving else "")])
+    refs = {pop: g[0]["summary"] for (pop, _), g in runs.items()}
+    lines = stats.markdown(["clients", "ε (δ)", "noise z", "expected cohort", "rounds", "test accuracy %",
+                            "− ε = ∞, points [95% CI]", "best − last", "at plateau"], rows)
+    ref = "; ".join(f"{POPULATIONS.get(p, p)}: majority character {100 * s['majority_accuracy']:.1f} %, "
+                    f"uniform {100 * s['uniform_accuracy']:.1f} %" for p, s in refs.items())
+    return minus("\n".join(lines) + f"\n\nReferences on each test set: {ref}. Differences paired by seed, Holm over "
+                 f"the table's {sum(d.n >= 2 for d, _ in fam.values())} comparisons; at plateau: the last third of "
+                 f"evaluations gains at most {PLATEAU_TOL} points over the best before and the best is not the last.")
+
+
+def minus(text: str) -> str:
+    return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
+
+
+def privacy_validation(folder: str = PRIVACY_VALIDATION) -> str:
+    """The runs on the validation split (``shakespeare.py --eval-split validation``, seed 0, the 1,166 roles) that
+    chose the study's clip, server step, cohort and local steps: their settings, validation accuracy every 10
+    rounds, and the median pre-clip update norm at the last evaluation. Runs stopped by hand (no summary) count:
+    what they showed by then decided."""
+    rows = []
+    for path in sorted((RS.ROOT / folder).iterdir()):
+        a = json.loads((path / "args.json").read_text(encoding="utf-8"))["args"]
+        log = [json.loads(x) for x in (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+        server = a["server_opt"] + (f" β {a['server_momentum']:g}" if a["server_opt"] == "fedavgm" else "")
+        dp = "no noise" if a.get("dp_noise") == 0 else f"ε {a['dp_epsilon']:g}"
+        norms = sorted(log[-1]["dp_norm"].values())
+        curve = ", ".join(f"{100 * r['test_accuracy']:.1f}" for r in log if r["round"] % 10 == 0)
+        rows.append([path.name, f"{server}, lr {a['server_lr']:g}", a["clients_per_round"], a["max_local_steps"],
+                     f"C {a['dp_clip']:g}, {dp}", f"{log[-1]['round']}/{a['rounds']}", curve,
+                     f"{norms[len(norms) // 2]:.2f}"])
+    return minus("\n".join(stats.markdown(["run", "server step", "expected cohort", "local steps", "DP",
+                                           "rounds run", "validation accuracy % every 10 rounds",
+                                           "median update norm"], rows)))
+
+
+BLOCKS = {"scaffold": scaffold, "study": study, "privacy": privacy_table, "privacy-validation": privacy_validation}

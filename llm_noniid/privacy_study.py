@@ -1,0 +1,134 @@
+"""The privacy-utility study of user-level DP-FedAvg (``common.privacy``) on LEAF's Shakespeare: what accuracy a
+federation keeps at epsilon 1, 3 and 8 (delta = 1 / N^1.1) against the same run without noise, with the 1,166 real
+roles as clients, with a synthetic population of 10,000 (``shakespeare.py --population``), and with the 12 roles of
+the committed sample (the few-client case).
+
+    python llm_noniid/privacy_study.py --data-dir data/shakespeare     # the grid (~75 min, one core)
+    python llm_noniid/privacy_study.py --report                          # the table from the committed records
+
+The grid runs one job at a time through ``common.jobs`` (finished runs are skipped, interrupted ones resumed: the
+same command continues it) into ``--out-dir``, then copies each finished run's args.json, summary.json and
+metrics.jsonl (no checkpoint) to ``--records`` (``RECORDS``, committed), which ``--report`` and the README's
+``llm_noniid.privacy`` block read (``llm_noniid/results.py``).
+
+Every arm is the same mechanism: Poisson sampling of rate q = cohort / N (the accountant's assumption), each update
+clipped to L2 <= ``CLIP``, Gaussian noise z C on the sum, the sum over the expected cohort, FedAvgM on the result;
+``--dp-epsilon`` solves z for the run's rounds. epsilon = inf is that run with z = 0: non-private FedAvg at the same
+rounds, sampling, clip and server step, so a difference is the noise's cost alone. The settings (``SETTINGS``) were
+chosen on the validation split (``shakespeare.py --eval-split validation``), never on the test numbers reported;
+llm_noniid/README.md says how. The model is a stand-in for the paper's: a 2-layer LSTM of ``HIDDEN`` units (LEAF's
+has 256) with a few local steps a round, sized to one CPU core.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from pathlib import Path
+
+from common import cli, flags, jobs
+from common.errors import UsageError
+
+RECORDS = "llm_noniid/results/privacy"
+EPSILONS = (1.0, 3.0, 8.0, math.inf)
+SEEDS = (0, 1, 2)
+HIDDEN = 64
+POPULATIONS = {"roles": 0, "synthetic10k": 10000}  # --population (0: the real roles)
+# chosen on the validation split (README, "Privacy-utility"): the expected cohort and rounds the CPU allows, the
+# clip below the update norms' median (1.5-2.3), the server step that learns under noise without diverging
+COHORT = 50            # expected clients a round (q = COHORT / N)
+CLIP = 1.0             # C
+SETTINGS = ["--hidden", str(HIDDEN), "--max-local-steps", "2", "--batch-size", "10", "--learning-rate", "2",
+            "--server-opt", "fedavgm", "--server-momentum", "0.9", "--server-lr", "0.3"]
+ROUNDS = 40
+EVAL_EVERY = 5
+EVAL_SAMPLES = 4000
+# the few-client case: the committed 12-role sample (shakespeare.py --quick), 10 expected a round, equal rounds
+FEW_COHORT, FEW_ROUNDS, FEW_EPSILONS = 10, ROUNDS, (8.0, math.inf)
+RECORD_FILES = ("args.json", "summary.json", "metrics.jsonl")
+
+
+def eps_tag(eps: float) -> str:
+    return "inf" if math.isinf(eps) else f"{eps:g}"
+
+
+def dp_flags(eps: float) -> list[str]:
+    """The DP flags of one arm: the clip always, z solved for epsilon (or 0: no noise)."""
+    noise = ["--dp-noise", "0"] if math.isinf(eps) else ["--dp-epsilon", f"{eps:g}"]
+    return ["--dp-clip", f"{CLIP:g}", *noise]
+
+
+def plan(args) -> list[jobs.Job]:
+    """Every run of the study: population x epsilon x seed, and the few-client case."""
+    common = ["--quiet", "--out-dir", str(args.out_dir)]
+    plan = []
+    for seed in args.seeds:  # seed-major: a grid cut short still has whole seeds
+        for pop, n in POPULATIONS.items():
+            cohort = COHORT / (n or args.roles)
+            for eps in EPSILONS:
+                name = f"{pop}_eps{eps_tag(eps)}_s{seed}"
+                argv = ["--data-dir", args.data_dir, *SETTINGS, "--rounds", str(args.rounds), "--eval-every",
+                        str(EVAL_EVERY), "--max-eval-samples", str(EVAL_SAMPLES), "--clients-per-round",
+                        str(COHORT), *(["--population", str(n)] if n else []), *dp_flags(eps),
+                        "--seed", str(seed), "--run-name", name, *common]
+                plan.append(jobs.Job(name, "llm_noniid.shakespeare", argv, label=f"{name} (q={cohort:.4f})"))
+        for eps in FEW_EPSILONS:
+            name = f"few12_eps{eps_tag(eps)}_s{seed}"
+            argv = ["--quick", *SETTINGS, "--rounds", str(FEW_ROUNDS), "--eval-every", str(EVAL_EVERY),
+                    "--clients-per-round", str(FEW_COHORT), *dp_flags(eps), "--seed", str(seed), "--run-name", name,
+                    *common]
+            plan.append(jobs.Job(name, "llm_noniid.shakespeare", argv))
+    return plan
+
+
+def collect(out_dir: Path, records: Path, names: list[str]) -> int:
+    """Copy each finished run's record files (no checkpoint) from ``out_dir`` to ``records``; how many runs."""
+    done = 0
+    for name in names:
+        run = out_dir / name
+        if not (run / "summary.json").is_file():
+            continue
+        (records / name).mkdir(parents=True, exist_ok=True)
+        for f in RECORD_FILES:
+            shutil.copyfile(run / f, records / name / f)
+        done += 1
+    return done
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p.add_argument("--data-dir", default="data/shakespeare", help="the full build (python -m common.shakespeare "
+                   "--out DIR); the few-client case reads the committed sample")
+    p.add_argument("--out-dir", type=flags.FOLDER, default="runs/privacy", help="folder of the run directories")
+    p.add_argument("--records", type=flags.FOLDER, default=RECORDS, help="where finished runs' records are copied "
+                   "(args.json, summary.json, metrics.jsonl) and --report reads them")
+    p.add_argument("--seeds", type=flags.SEED, nargs="+", default=list(SEEDS), help="seeds of every arm")
+    p.add_argument("--rounds", type=flags.POSITIVE_INT, default=ROUNDS, help="rounds of every large-population run")
+    p.add_argument("--roles", type=flags.POSITIVE_INT, default=1166, help="roles in --data-dir (the labels' q)")
+    p.add_argument("--report", action="store_true", help="print the table from --records and exit (no runs)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands that would run")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        if args.report:
+            from llm_noniid import results  # the table's one definition, shared with the README block
+            print(results.privacy_table(args.records))
+            return 0
+        runs = plan(args)
+        outcome = jobs.run_plan(runs, parallel=1, log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run,
+                                title="privacy study", next_step="python llm_noniid/privacy_study.py --report")
+        if not args.dry_run:
+            n = collect(Path(args.out_dir), Path(args.records), [j.name for j in runs])
+            print(f"{n} finished runs' records in {args.records}")
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if not args.dry_run and all(s in jobs._DONE for s in outcome.status.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

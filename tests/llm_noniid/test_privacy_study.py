@@ -1,0 +1,60 @@
+"""llm_noniid/privacy_study.py: the plan (every arm the same mechanism, epsilon = inf its noiseless twin) and the
+privacy-utility table from a fabricated record set (llm_noniid/results.py), the plateau rule included."""
+from __future__ import annotations
+
+import json
+import math
+
+from common import stats
+from llm_noniid import privacy_study as PS
+from llm_noniid import results as R
+
+
+def fabricate(folder, name: str, seed: int, curve: list[float], eps: float, noise: float, n: int) -> None:
+    run = folder / name
+    run.mkdir(parents=True)
+    (run / "args.json").write_text(json.dumps({"args": {"seed": seed}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"round": 10 * (i + 1), "test_accuracy": a}) + "\n"
+                                               for i, a in enumerate(curve)))
+    (run / "summary.json").write_text(json.dumps({
+        "final_test_accuracy": curve[-1], "dp_epsilon": eps, "dp_delta": 1 / n ** 1.1, "dp_noise": noise,
+        "dp_expected_cohort": 20.0, "dp_rate": 20 / n, "rounds_done": 10 * len(curve), "majority_accuracy": 0.16,
+        "uniform_accuracy": 1 / 82}))
+
+
+def test_the_table_pairs_each_epsilon_with_its_noiseless_twin_and_flags_a_still_improving_run(tmp_path):
+    for s in range(3):
+        fabricate(tmp_path, f"roles_epsinf_s{s}", s, [0.20, 0.30, 0.34 + 0.01 * s, 0.34], math.inf, 0.0, 1166)
+        fabricate(tmp_path, f"roles_eps3_s{s}", s, [0.15, 0.20, 0.25, 0.24 + 0.004 * s], 2.999, 0.9, 1166)
+        late = [0.10, 0.12, 0.14, 0.19] if s == 0 else [0.10, 0.16, 0.17, 0.165]  # seed 0 still climbing
+        fabricate(tmp_path, f"synthetic10k_eps1_s{s}", s, late, 0.998, 0.8, 10000)
+        fabricate(tmp_path, f"synthetic10k_epsinf_s{s}", s, [0.2, 0.3, 0.35, 0.35], math.inf, 0.0, 10000)
+    table = R.privacy_table(str(tmp_path))
+    lines = table.split("\n")
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in lines[2:6]}
+    eps3 = rows[("1,166 roles", "3.00 (δ 4.2e-04)")]
+    d = stats.paired({s: 24 + 0.4 * s for s in range(3)}, {s: 34.0 for s in range(3)})
+    assert f"\u2212{-d.mean:.1f} [\u2212{-d.lo:.1f}, \u2212{-d.hi:.1f}]" in eps3 and "p_Holm" in eps3
+    assert "| 0.9 | 20 (q 0.017) | 40 |" in eps3 and "24.4 ± 0.4 (n=3)" in eps3 and "| 3/3 |" in eps3
+    assert "reference" in rows[("1,166 roles", "∞ (δ 4.2e-04)")]
+    assert "2/3 (1 still improving)" in rows[("10,000 synthetic", "1.00 (δ 4.0e-05)")]
+    assert "Holm over the table's 2 comparisons" in table and "majority character 16.0 %" in table
+
+
+def test_the_plateau_rule_fails_a_run_whose_best_is_its_last_or_whose_end_still_gains():
+    assert R.still_improving([10, 20, 30]) and R.still_improving([10, 20, 21, 22.1, 22.0, 23.0])
+    assert not R.still_improving([10, 30, 30.2, 29.9]) and not R.still_improving([10, 20, 30, 29])
+
+
+def test_every_arm_is_the_same_mechanism_and_infinity_is_its_noiseless_twin():
+    args = PS.get_args_parser().parse_args(["--data-dir", "d", "--out-dir", "o", "--seeds", "0", "1"])
+    plan = {j.name: j.argv for j in PS.plan(args)}
+    assert len(plan) == 2 * (len(PS.POPULATIONS) * len(PS.EPSILONS) + len(PS.FEW_EPSILONS))
+    inf, one = plan["synthetic10k_epsinf_s1"], plan["synthetic10k_eps1_s1"]
+    assert inf[inf.index("--dp-noise") + 1] == "0" and one[one.index("--dp-epsilon") + 1] == "1"
+    def without(argv, flag):
+        i = argv.index(flag)
+        return argv[:i] + argv[i + 2:]
+
+    assert without(one, "--dp-epsilon") == [a.replace("epsinf", "eps1") for a in without(inf, "--dp-noise")]
+    assert "--population" in one and "--population" not in plan["roles_eps3_s0"] and "--quick" in plan["few12_eps8_s0"]
