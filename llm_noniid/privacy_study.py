@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0 if not args.dry_run and all(s in jobs._DONE for s in outcome.status.values()) else 1
+    return 0 if args.dry_run or outcome.complete else 1
 
 
 if __name__ == "__main__":

@@ -113,6 +113,33 @@ def minus(text: str) -> str:
     return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
 
 
+def noise_ratio(s: dict) -> float:
+    """The noise's L2 norm on the mean, z C sqrt(d) / (q N), in units of C (the largest a mean of clipped updates
+    can be): above 1 a round's noise outweighs any update."""
+    return s["dp_noise"] * math.sqrt(s["trainable_params"]) / s["dp_expected_cohort"]
+
+
+def privacy_findings(folder: str = PRIVACY) -> str:
+    """The study's sentences: per population the noise against the signal, the seeds above the majority
+    character, and the few-client case's delta."""
+    runs = privacy_runs(folder)
+    parts = []
+    for pop in POPULATIONS:
+        private = [(eps, g) for (p, eps), g in runs.items() if p == pop and not math.isinf(eps)]
+        if not private:
+            continue
+        s0 = private[0][1][0]["summary"]
+        n = s0["clients"]
+        ratios = ", ".join(f"{noise_ratio(g[0]['summary']):.1f} at ε = {eps:g}" for eps, g in private)
+        above = ", ".join(f"{sum(r['summary']['final_test_accuracy'] > r['summary']['majority_accuracy'] for r in g)}"
+                          f"/{len(g)} at ε = {'∞' if math.isinf(eps) else f'{eps:g}'}"
+                          for (p, eps), g in runs.items() if p == pop)
+        parts.append(f"{POPULATIONS[pop]} (N = {n:,}, δ = 1/N^1.1 = {s0['dp_delta']:.1e}): the noise's norm on the "
+                     f"mean is {ratios} times C (d = {s0['trainable_params']:,} parameters, expected cohort "
+                     f"{s0['dp_expected_cohort']:.0f}); seeds ending above the majority character: {above}.")
+    return minus(" ".join(parts))
+
+
 def privacy_validation(folder: str = PRIVACY_VALIDATION) -> str:
     """The runs on the validation split (``shakespeare.py --eval-split validation``, seed 0, the 1,166 roles) that
     chose the study's clip, server step, cohort and local steps: their settings, validation accuracy every 10
@@ -134,4 +161,5 @@ def privacy_validation(folder: str = PRIVACY_VALIDATION) -> str:
                                            "median update norm"], rows)))
 
 
-BLOCKS = {"scaffold": scaffold, "study": study, "privacy": privacy_table, "privacy-validation": privacy_validation}
+BLOCKS = {"scaffold": scaffold, "study": study, "privacy": privacy_table, "privacy-findings": privacy_findings,
+          "privacy-validation": privacy_validation}
