@@ -41,6 +41,7 @@ COHORT = 50            # expected clients a round (q = COHORT / N)
 CLIP = 1.0             # C
 SETTINGS = ["--hidden", str(HIDDEN), "--max-local-steps", "2", "--batch-size", "10", "--learning-rate", "2",
             "--server-opt", "fedavgm", "--server-momentum", "0.9", "--server-lr", "0.3"]
+NONPRIVATE_SERVER_LR = "1"  # the non-private validation run's server rate (noise made it diverge)
 ROUNDS = 40
 EVAL_EVERY = 5
 EVAL_SAMPLES = 4000
@@ -60,25 +61,30 @@ def dp_flags(eps: float) -> list[str]:
 
 
 def plan(args) -> list[jobs.Job]:
-    """Every run of the study: population x epsilon x seed, and the few-client case."""
+    """Every run of the study: population x epsilon x seed, the few-client case, and non-private FedAvgM at its own
+    server rate on the real roles."""
     common = ["--quiet", "--out-dir", str(args.out_dir)]
+
+    def large(name: str, n: int, eps: float, seed: int, settings: list[str]) -> jobs.Job:
+        argv = ["--data-dir", args.data_dir, *settings, "--rounds", str(args.rounds), "--eval-every", str(EVAL_EVERY),
+                "--max-eval-samples", str(EVAL_SAMPLES), "--clients-per-round", str(COHORT),
+                *(["--population", str(n)] if n else []), *dp_flags(eps), "--seed", str(seed), "--run-name", name,
+                *common]
+        return jobs.Job(name, "llm_noniid.shakespeare", argv, label=f"{name} (q={COHORT / (n or args.roles):.4f})")
+
     plan = []
     for seed in args.seeds:  # seed-major: a grid cut short still has whole seeds
         for pop, n in POPULATIONS.items():
-            cohort = COHORT / (n or args.roles)
-            for eps in EPSILONS:
-                name = f"{pop}_eps{eps_tag(eps)}_s{seed}"
-                argv = ["--data-dir", args.data_dir, *SETTINGS, "--rounds", str(args.rounds), "--eval-every",
-                        str(EVAL_EVERY), "--max-eval-samples", str(EVAL_SAMPLES), "--clients-per-round",
-                        str(COHORT), *(["--population", str(n)] if n else []), *dp_flags(eps),
-                        "--seed", str(seed), "--run-name", name, *common]
-                plan.append(jobs.Job(name, "llm_noniid.shakespeare", argv, label=f"{name} (q={cohort:.4f})"))
+            plan += [large(f"{pop}_eps{eps_tag(eps)}_s{seed}", n, eps, seed, SETTINGS) for eps in EPSILONS]
         for eps in FEW_EPSILONS:
             name = f"few12_eps{eps_tag(eps)}_s{seed}"
             argv = ["--quick", *SETTINGS, "--rounds", str(FEW_ROUNDS), "--eval-every", str(EVAL_EVERY),
                     "--clients-per-round", str(FEW_COHORT), *dp_flags(eps), "--seed", str(seed), "--run-name", name,
                     *common]
             plan.append(jobs.Job(name, "llm_noniid.shakespeare", argv))
+    # the noiseless run at the server rate validated without noise: what DP's smaller server step costs on its own
+    own = SETTINGS[:SETTINGS.index("--server-lr")] + ["--server-lr", NONPRIVATE_SERVER_LR]
+    plan += [large(f"roles-lr{NONPRIVATE_SERVER_LR}_epsinf_s{seed}", 0, math.inf, seed, own) for seed in args.seeds]
     return plan
 
 

@@ -20,7 +20,9 @@ from common import stats
 RECORDS = "llm_noniid/figures/pretrained/grid"
 PRIVACY = "llm_noniid/results/privacy"
 PRIVACY_VALIDATION = "llm_noniid/results/privacy_validation"  # the runs that chose the study's settings
-POPULATIONS = {"roles": "1,166 roles", "synthetic10k": "10,000 synthetic", "few12": "12 roles (sample)"}
+POPULATIONS = {"roles": "1,166 roles", "synthetic10k": "10,000 synthetic", "few12": "12 roles (sample)",
+               "roles-lr1": "1,166 roles, server rate 1"}
+OWN_RATE = {"roles": "roles-lr1"}  # a population's noiseless run at the server rate validated without noise
 PLATEAU_TOL = 0.5  # accuracy points: a run whose last third of evaluations gains more than this is still improving
 SPLITS = {"iid": "iid", "topic_a0.01": "topic α = 0.01", "topic_a0.1": "topic α = 0.1",
           "style_length": "style", "token_frequency": "token skew"}
@@ -86,8 +88,16 @@ def privacy_table(folder: str = PRIVACY) -> str:
     plateau rule; the references below."""
     runs = privacy_runs(folder)
     acc = {k: {r["args"]["seed"]: 100 * r["summary"]["final_test_accuracy"] for r in g} for k, g in runs.items()}
-    fam = stats.compare({k: (v, acc[(k[0], math.inf)]) for k, v in acc.items()
-                         if not math.isinf(k[1]) and (k[0], math.inf) in acc})
+    pairs = {}  # one Holm family: each epsilon against its population's noiseless twin (and own-rate run)
+    for pop, eps in acc:
+        refs = [(pop, math.inf), (OWN_RATE.get(pop), math.inf)]
+        pairs |= {(pop, eps, ref[0]): (acc[(pop, eps)], acc[ref]) for ref in refs
+                  if ref in acc and ref != (pop, eps) and not (math.isinf(eps) and ref[0] == pop)}
+    fam = stats.compare(pairs)
+
+    def diff(pop: str, eps: float, ref: str | None) -> str:
+        return fam[(pop, eps, ref)][1] if (pop, eps, ref) in fam else "reference" if ref == pop else "–"
+
     rows = []
     for (pop, eps), g in runs.items():
         s = g[0]["summary"]
@@ -95,13 +105,13 @@ def privacy_table(folder: str = PRIVACY) -> str:
         improving = sum(still_improving(r["curve"]) for r in g)
         rows.append([POPULATIONS.get(pop, pop), eps_cell(g), f"{s['dp_noise']:.3g}",
                      f"{s['dp_expected_cohort']:.0f} (q {s['dp_rate']:.2g})", s["rounds_done"],
-                     stats.fmt_seeds(acc[(pop, eps)].values()),
-                     "reference" if math.isinf(eps) else fam[(pop, eps)][1] if (pop, eps) in fam else "–",
-                     f"{gap.mean:.1f}", f"{len(g) - improving}/{len(g)}" + (f" ({improving} still improving)"
-                                                                           if improving else "")])
-    refs = {pop: g[0]["summary"] for (pop, _), g in runs.items()}
+                     stats.fmt_seeds(acc[(pop, eps)].values()), diff(pop, eps, pop),
+                     diff(pop, eps, OWN_RATE.get(pop)), f"{gap.mean:.1f}",
+                     f"{len(g) - improving}/{len(g)}" + (f" ({improving} still improving)" if improving else "")])
+    refs = {pop: g[0]["summary"] for (pop, _), g in runs.items() if pop not in OWN_RATE.values()}
     lines = stats.markdown(["clients", "ε (δ)", "noise z", "expected cohort", "rounds", "test accuracy %",
-                            "− ε = ∞, points [95% CI]", "best − last", "at plateau"], rows)
+                            "− ε = ∞, points [95% CI]", "− ε = ∞ at server rate 1", "best − last", "at plateau"],
+                           rows)
     ref = "; ".join(f"{POPULATIONS.get(p, p)}: majority character {100 * s['majority_accuracy']:.1f} %, "
                     f"uniform {100 * s['uniform_accuracy']:.1f} %" for p, s in refs.items())
     return minus("\n".join(lines) + f"\n\nReferences on each test set: {ref}. Differences paired by seed, Holm over "

@@ -29,16 +29,20 @@ def test_the_table_pairs_each_epsilon_with_its_noiseless_twin_and_flags_a_still_
         late = [0.10, 0.12, 0.14, 0.19] if s == 0 else [0.10, 0.16, 0.17, 0.155]  # seed 0 still climbing
         fabricate(tmp_path, f"synthetic10k_eps1_s{s}", s, late, 0.998, 0.8, 10000)
         fabricate(tmp_path, f"synthetic10k_epsinf_s{s}", s, [0.2, 0.3, 0.35, 0.35], math.inf, 0.0, 10000)
+        fabricate(tmp_path, f"roles-lr1_epsinf_s{s}", s, [0.2, 0.3, 0.4, 0.4 + 0.001 * s], math.inf, 0.0, 1166)
     table = R.privacy_table(str(tmp_path))
     lines = table.split("\n")
-    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in lines[2:6]}
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in lines[2:7]}
+    assert "| reference | – |" in rows[("1,166 roles, server rate 1", "∞ (δ 4.2e-04)")]
+    assert rows[("10,000 synthetic", "1.00 (δ 4.0e-05)")].split("|")[8].strip() == "–"  # no own-rate run there
     eps3 = rows[("1,166 roles", "3.00 (δ 4.2e-04)")]
     d = stats.paired({s: 24 + 0.4 * s for s in range(3)}, {s: 34.0 for s in range(3)})
     assert f"\u2212{-d.mean:.1f} [\u2212{-d.lo:.1f}, \u2212{-d.hi:.1f}]" in eps3 and "p_Holm" in eps3
+    assert eps3.count("p_Holm") == 2 and "| reference |" in rows[("1,166 roles", "∞ (δ 4.2e-04)")]
     assert "| 0.9 | 20 (q 0.017) | 40 |" in eps3 and "24.4 ± 0.4 (n=3)" in eps3 and "| 3/3 |" in eps3
     assert "reference" in rows[("1,166 roles", "∞ (δ 4.2e-04)")]
     assert "2/3 (1 still improving)" in rows[("10,000 synthetic", "1.00 (δ 4.0e-05)")]
-    assert "Holm over the table's 2 comparisons" in table and "majority character 16.0 %" in table
+    assert "Holm over the table's 4 comparisons" in table and "majority character 16.0 %" in table
     said = R.privacy_findings(str(tmp_path))  # noise norm z sqrt(d) / cohort = 0.9 x 100 / 20 in units of C
     assert "1,166 roles (N = 1,166" in said and "4.5 at ε = 3 times C" in said and "3/3 at ε = 3, 3/3 at ε = ∞" in said
     assert "10,000 synthetic (N = 10,000" in said and "4.0 at ε = 1" in said and "1/3 at ε = 1" in said
@@ -52,7 +56,9 @@ def test_the_plateau_rule_fails_a_run_whose_best_is_its_last_or_whose_end_still_
 def test_every_arm_is_the_same_mechanism_and_infinity_is_its_noiseless_twin():
     args = PS.get_args_parser().parse_args(["--data-dir", "d", "--out-dir", "o", "--seeds", "0", "1"])
     plan = {j.name: j.argv for j in PS.plan(args)}
-    assert len(plan) == 2 * (len(PS.POPULATIONS) * len(PS.EPSILONS) + len(PS.FEW_EPSILONS))
+    assert len(plan) == 2 * (len(PS.POPULATIONS) * len(PS.EPSILONS) + len(PS.FEW_EPSILONS) + 1)
+    own, inf0 = plan["roles-lr1_epsinf_s0"], plan["roles_epsinf_s0"]  # the noiseless run at its own server rate
+    assert [a for a, b in zip(own, inf0) if a != b] == ["1", "roles-lr1_epsinf_s0"] and len(own) == len(inf0)
     inf, one = plan["synthetic10k_epsinf_s1"], plan["synthetic10k_eps1_s1"]
     assert inf[inf.index("--dp-noise") + 1] == "0" and one[one.index("--dp-epsilon") + 1] == "1"
     def without(argv, flag):
