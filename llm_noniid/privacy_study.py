@@ -1,9 +1,10 @@
 """The privacy-utility study of user-level DP-FedAvg (``common.privacy``) on LEAF's Shakespeare: what accuracy a
 federation keeps at epsilon 1, 3 and 8 (delta = 1 / N^1.1) against the same run without noise, with the 1,166 real
 roles as clients, with a synthetic population of 10,000 (``shakespeare.py --population``), and with the 12 roles of
-the committed sample (the few-client case).
+the committed sample (the few-client case: epsilon 1 and 8); and non-private FedAvgM on the real roles at the server
+rate validated without noise (``NONPRIVATE_SERVER_LR``), since the noise needed a smaller one.
 
-    python llm_noniid/privacy_study.py --data-dir data/shakespeare     # the grid (~75 min, one core)
+    python llm_noniid/privacy_study.py --data-dir data/shakespeare     # the grid (36 runs, one core)
     python llm_noniid/privacy_study.py --report                          # the table from the committed records
 
 The grid runs one job at a time through ``common.jobs`` (finished runs are skipped, interrupted ones resumed: the
@@ -46,7 +47,7 @@ ROUNDS = 40
 EVAL_EVERY = 5
 EVAL_SAMPLES = 4000
 # the few-client case: the committed 12-role sample (shakespeare.py --quick), 10 expected a round, equal rounds
-FEW_COHORT, FEW_ROUNDS, FEW_EPSILONS = 10, ROUNDS, (8.0, math.inf)
+FEW_COHORT, FEW_ROUNDS, FEW_EPSILONS = 10, ROUNDS, (1.0, 8.0, math.inf)
 RECORD_FILES = ("args.json", "summary.json", "metrics.jsonl")
 
 
