@@ -90,15 +90,18 @@ def plan(args) -> list[jobs.Job]:
 
 
 def collect(out_dir: Path, records: Path, names: list[str]) -> int:
-    """Copy each finished run's record files (no checkpoint) from ``out_dir`` to ``records``; how many runs."""
+    """Copy the record files (no checkpoint) of the runs ``names`` (finished or diverged) from ``out_dir`` to
+    ``records``; how many runs. A run that diverged inside a client's update has no summary.json: its args.json and
+    metrics.jsonl go, and the table counts it as diverged."""
     done = 0
     for name in names:
         run = out_dir / name
-        if not (run / "summary.json").is_file():
+        if not (run / "args.json").is_file():
             continue
         (records / name).mkdir(parents=True, exist_ok=True)
         for f in RECORD_FILES:
-            shutil.copyfile(run / f, records / name / f)
+            if (run / f).is_file():
+                shutil.copyfile(run / f, records / name / f)
         done += 1
     return done
 
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
         outcome = jobs.run_plan(runs, parallel=1, log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run,
                                 title="privacy study", next_step="python llm_noniid/privacy_study.py --report")
         if not args.dry_run:
-            n = collect(Path(args.out_dir), Path(args.records), [j.name for j in runs])
+            n = collect(Path(args.out_dir), Path(args.records), outcome.names("done-before", "finished", "diverged"))
             print(f"{n} finished runs' records in {args.records}")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -68,11 +68,17 @@ def still_improving(acc: list[float]) -> bool:
 def privacy_runs(folder: str = PRIVACY) -> dict:
     """{(population, epsilon): [runs]} of the study's records, each run with its accuracy curve ("curve")."""
     out: dict = {}
-    for r in RS.records(folder, "*_eps*_s*"):
+    for path in sorted((RS.ROOT / folder).glob("*_eps*_s*")):
+        r = RS.record(path)  # summary None: the run diverged inside a client's update (its rows up to there kept)
         pop, eps, _ = r["name"].rsplit("_", 2)
         r["curve"] = curve(r)
         out.setdefault((pop, math.inf if eps == "epsinf" else float(eps[3:])), []).append(r)
     return {k: out[k] for k in sorted(out, key=lambda k: (list(POPULATIONS).index(k[0]), k[1]))}
+
+
+def final(run: dict) -> float:
+    """A run's final test accuracy (a fraction); nan for a diverged run."""
+    return math.nan if run["summary"] is None else run["summary"]["final_test_accuracy"]
 
 
 def eps_cell(runs: list[dict]) -> str:
@@ -87,7 +93,7 @@ def privacy_table(folder: str = PRIVACY) -> str:
     test accuracy over seeds, its paired difference to epsilon = inf (Holm over the table), best - last and the
     plateau rule; the references below."""
     runs = privacy_runs(folder)
-    acc = {k: {r["args"]["seed"]: 100 * r["summary"]["final_test_accuracy"] for r in g} for k, g in runs.items()}
+    acc = {k: {r["args"]["seed"]: 100 * final(r) for r in g} for k, g in runs.items()}
     pairs = {}  # one Holm family: each epsilon against its population's noiseless twin (and own-rate run)
     for pop, eps in acc:
         refs = [(pop, math.inf), (OWN_RATE.get(pop), math.inf)]
@@ -99,7 +105,12 @@ def privacy_table(folder: str = PRIVACY) -> str:
         return fam[(pop, eps, ref)][1] if (pop, eps, ref) in fam else "reference" if ref == pop else "–"
 
     rows = []
-    for (pop, eps), g in runs.items():
+    for (pop, eps), all_runs in runs.items():
+        g = [r for r in all_runs if r["summary"] is not None]  # the diverged ones count in the accuracy cell
+        if not g:
+            rows.append([POPULATIONS.get(pop, pop), f"{eps:g}", *["–"] * 3, stats.fmt_seeds(acc[(pop, eps)].values()),
+                         "–", "–", "–", f"0/{len(all_runs)} ({len(all_runs)} diverged)"])
+            continue
         s = g[0]["summary"]
         gap = stats.summarize(max(r["curve"]) - r["curve"][-1] for r in g)
         flat = sum(r["summary"]["final_test_accuracy"] <= r["summary"]["majority_accuracy"] for r in g)
@@ -109,12 +120,14 @@ def privacy_table(folder: str = PRIVACY) -> str:
                      f"{s['dp_expected_cohort']:.0f} (q {s['dp_rate']:.2g})", s["rounds_done"],
                      stats.fmt_seeds(acc[(pop, eps)].values()), diff(pop, eps, pop),
                      diff(pop, eps, OWN_RATE.get(pop)), f"{gap.mean:.1f}",
-                     f"{len(g) - improving - flat}/{len(g)}" + (f" ({improving} still improving)" if improving else "")
-                     + (f" ({flat} not above the majority character)" if flat else "")])
+                     f"{len(g) - improving - flat}/{len(all_runs)}"
+                     + (f" ({improving} still improving)" if improving else "")
+                     + (f" ({flat} not above the majority character)" if flat else "")
+                     + (f" ({len(all_runs) - len(g)} diverged)" if len(g) < len(all_runs) else "")])
     refs: dict = {}  # each seed scores its own test subset: the references' mean over a population's runs
     for (pop, _), g in runs.items():
         if pop not in OWN_RATE.values():
-            refs.setdefault(pop, []).extend(r["summary"] for r in g)
+            refs.setdefault(pop, []).extend(r["summary"] for r in g if r["summary"] is not None)
     refs = {p: {k: sum(s[k] for s in ss) / len(ss) for k in ("majority_accuracy", "uniform_accuracy")}
             for p, ss in refs.items()}
     lines = stats.markdown(["clients", "ε (δ)", "noise z", "expected cohort", "rounds", "test accuracy %",
@@ -141,7 +154,8 @@ def noise_ratio(s: dict) -> float:
 def privacy_findings(folder: str = PRIVACY) -> str:
     """The study's sentences: per population the noise against the signal, the seeds above the majority
     character, and the few-client case's delta."""
-    runs = privacy_runs(folder)
+    runs = {k: [r for r in g if r["summary"] is not None] for k, g in privacy_runs(folder).items()}
+    runs = {k: g for k, g in runs.items() if g}
     parts = []
     for pop in POPULATIONS:
         private = [(eps, g) for (p, eps), g in runs.items() if p == pop and not math.isinf(eps)]
