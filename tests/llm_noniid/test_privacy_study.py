@@ -69,3 +69,12 @@ def test_every_arm_is_the_same_mechanism_and_infinity_is_its_noiseless_twin():
 
     assert without(one, "--dp-epsilon") == [a.replace("epsinf", "eps1") for a in without(inf, "--dp-noise")]
     assert "--population" in one and "--population" not in plan["roles_eps3_s0"] and "--quick" in plan["few12_eps8_s0"]
+
+
+def test_a_run_that_diverged_inside_a_clients_update_is_counted_not_dropped(tmp_path):
+    for s in range(2):
+        fabricate(tmp_path, f"few12_eps1_s{s}", s, [0.05, 0.02, 0.015], 0.99, 8.0, 12)
+        fabricate(tmp_path, f"few12_epsinf_s{s}", s, [0.15, 0.16, 0.17], math.inf, 0.0, 12)
+    (tmp_path / "few12_eps1_s1" / "summary.json").unlink()  # what a non-finite update norm leaves
+    row = next(line for line in R.privacy_table(str(tmp_path)).split("\n") if "| 0.99 (" in line)
+    assert "1.5 (n=1), 1 diverged" in row and "0/2 (1 not above the majority character) (1 diverged)" in row
