@@ -21,7 +21,7 @@ RoBERTa (2 layers, hidden 64, LoRA r=4 on query/value + head, the --quick model)
 --round_epochs local epochs, SVD merge to rank 4, evaluation only after the last round. Its summary.json gives
 the round time and the clients' share (forward, backward, AdamW step); the rest is the round's overhead:
 loading the fused adapter into the one PeftModel, reading the clients' adapters back, the SVD merge and its
-error, and writing every client's and the fused adapter's files (--save_client_adapters all, the default).
+error, and writing every client's and the fused adapter's files (--save_client_adapters all).
 Target: < 5% of the round.
 """
 from __future__ import annotations
@@ -127,7 +127,7 @@ def measured_round(args, device) -> dict:
             "--max_seq_length", "48", "--tokenizer_vocab_size", "1000", "--max_eval_samples", "64",
             "--lora_r", "4", "--lora_alpha", "4", "--svd_rank", "4", "--rounds", str(args.round_rounds),
             "--local_epochs", str(args.round_epochs), "--device", str(device), "--out-dir", out,
-            "--run-name", "round", "--quiet"])
+            "--run-name", "round", "--save_client_adapters", "all", "--quiet"])
     return {"clients": args.round_clients, "rounds": args.round_rounds, "local_epochs": args.round_epochs,
             "examples_per_client": shards["size_per_client"], "round_s": s["round_seconds"] / args.round_rounds,
             "client_s": s["client_seconds"] / args.round_rounds, "overhead": s["overhead_fraction"],

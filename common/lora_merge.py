@@ -43,9 +43,7 @@ def lora_svd_merge(As, Bs, weights, scales, rank: int, out_scale: float = 1.0,
         raise ValueError(f"rank must be >= 1 and out_scale > 0, got {rank}, {out_scale}")
     A_stack, B_stack = lora_exact_merge(As, Bs, weights, scales)
     out_dtype = As[0].dtype
-    q_b, r_b = torch.linalg.qr(B_stack.to(compute_dtype))  # [out, m], [m, R]
-    q_a, r_a = torch.linalg.qr(A_stack.to(compute_dtype).T)  # [in, n], [n, R]
-    u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)  # core [m, n]
+    q_b, u, s, vh, q_a = _core_svd(A_stack, B_stack, compute_dtype)
     k = min(rank, s.numel())
     root = s[:k].sqrt() / math.sqrt(out_scale)
     B = torch.zeros(B_stack.shape[0], rank, dtype=compute_dtype, device=B_stack.device)
@@ -53,6 +51,23 @@ def lora_svd_merge(As, Bs, weights, scales, rank: int, out_scale: float = 1.0,
     B[:, :k] = (q_b @ u[:, :k]) * root
     A[:k] = root[:, None] * (vh[:k] @ q_a.T)
     return A.to(out_dtype), B.to(out_dtype)
+
+
+@torch.no_grad()
+def lora_singular_values(As, Bs, weights, scales, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The singular values of dW = sum_k w_k s_k B_k A_k, descending (min(out, in, sum r_k) of them), from the
+    same (sum r_k)^2 core as ``lora_svd_merge``: the rank-r merge drops exactly s[r:], so its squared Frobenius
+    error is sum s[r:]^2 (Eckart-Young), for every r at once."""
+    A_stack, B_stack = lora_exact_merge(As, Bs, weights, scales)
+    return _core_svd(A_stack, B_stack, compute_dtype)[2]
+
+
+def _core_svd(A_stack, B_stack, compute_dtype):
+    """(Q_b, U, S, V^T, Q_a) with B_stack A_stack = Q_b U diag(S) V^T Q_a^T: the SVD of the small core only."""
+    q_b, r_b = torch.linalg.qr(B_stack.to(compute_dtype))  # [out, m], [m, R]
+    q_a, r_a = torch.linalg.qr(A_stack.to(compute_dtype).T)  # [in, n], [n, R]
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)  # core [m, n]
+    return q_b, u, s, vh, q_a
 
 
 def _check_lora(As, Bs, weights, scales, out_scale) -> None:

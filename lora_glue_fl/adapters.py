@@ -235,8 +235,22 @@ def merge_rel_error(clients: list[Adapter], weights, fused: Adapter) -> float:
     return math.sqrt(num / den) if den > 0 else 0.0
 
 
+@torch.no_grad()
 def error_by_rank(clients: list[Adapter], weights) -> list[float]:
-    """``merge_rel_error`` of the SVD merge of ``clients`` at rank 1, 2, ... up to the sum of the client ranks
-    (lossless there): the curve a run's summary keeps for the plots."""
-    top = sum(c.r for c in clients)
-    return [merge_rel_error(clients, weights, merge(clients, weights, "svd", rank=r)) for r in range(1, top + 1)]
+    """``merge_rel_error`` of the SVD merge of ``clients`` at rank 1, 2, ... up to the sum of the client ranks or
+    the widest module's min(out, in), whichever is smaller (lossless there): the curve a run's summary keeps for
+    the plots. One pass: per module the singular values s of dW_bar (``lora_merge.lora_singular_values``, float64),
+    the rank-r merge dropping s[r:], so error(r)^2 = sum_m sum s_m[r:]^2 / sum_m sum s_m^2."""
+    check_compatible(clients)
+    total = float(sum(weights))
+    w, scales = [float(x) / total for x in weights], [c.scale for c in clients]
+    dims = {m: min(A.shape[1], B.shape[0]) for m, (A, B) in clients[0].factors.items()}
+    top = min(sum(c.r for c in clients), max(dims.values()))
+    tail = torch.zeros(top + 1, dtype=torch.float64)  # tail[r]: sum over modules of the squares beyond rank r
+    for m in dims:
+        s2 = lora_merge.lora_singular_values([c.factors[m][0] for c in clients], [c.factors[m][1] for c in clients],
+                                             w, scales, compute_dtype=torch.float64).pow(2)
+        after = s2.flip(0).cumsum(0).flip(0)  # after[i] = sum s2[i:]
+        tail[:after.numel()] += after
+    den = float(tail[0])
+    return [math.sqrt(float(tail[r]) / den) if den > 0 else 0.0 for r in range(1, top + 1)]

@@ -5,10 +5,11 @@
     python lora_glue_fl/fedavg_rounds.py --model_size base --task_name sst2 --shard_dir shards/sst2_iid_k10 \
         --rounds 5 --svd_rank 8 --eval_each_round
 
-Every round every client trains the previous round's fused adapter (trainable: the source froze it) and head;
-the server merges the adapters (lora_glue_fl/adapters.py) and averages the heads, weighted by shard sizes. The
-rounds run on ``common.engine`` (``LoraTask``), also under ``torchrun``. The algorithm, the outputs and the
-distributed run: lora_glue_fl/README.md.
+Every round the sampled clients (--participation-rate / --clients-per-round; default every client) train the
+previous round's fused adapter (trainable: the source froze it) and head; the server merges their adapters
+(lora_glue_fl/adapters.py) and averages the heads, weighted by shard sizes. A round holds, merges and (when asked)
+writes only its own clients' adapters. The rounds run on ``common.engine`` (``LoraTask``), also under ``torchrun``.
+The algorithm, the outputs and the distributed run: lora_glue_fl/README.md.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from lora_glue_fl import adapters, checks, glue_shards, glue_tasks, modeling
 # what the round engine's flags cannot do here, and why (said in --help, refused in one line)
 NO_SCAFFOLD = ("its control variates live in the clients' parameter space, which the merge re-factorises "
                "(svd / naive / exact change the LoRA factors)")
-NO_CLUSTERING = "every client takes part in every round and the run keeps one fused adapter"
+NO_CLUSTERING = "the run keeps one fused adapter"
 ONLY_MERGE = ("the server merges the clients' adapters (--aggregation svd / naive / exact, weighted by shard size); "
               "another aggregate of their LoRA factors (Fisher- or entropy-weighted, robust) is not that aggregate "
               "of the adapters B A")
@@ -42,8 +43,7 @@ REFUSED = {  # the client algorithms whose state or step lives in the factors th
 NO_SERVER_OPT = ("the server sets the fused adapter to the merge (a server step on re-factorised adapters has no "
                  "meaning)")
 NO_DP = ("the server merges the clients' adapter factors (--aggregation svd / naive / exact, re-factorised every "
-         "round), not a mean of their updates that DP-FedAvg could clip and noise, and every client takes part in "
-         "every round")
+         "round), not a mean of their updates that DP-FedAvg could clip and noise")
 # Measured (README): LoRA on query / value of the random tiny RoBERTa stays at chance on the embedded SST-2; with LoRA
 # on the word embeddings too the adapters learn a bag-of-words direction (--quick: 0.65-0.70, majority 0.49).
 SMOKE = ("LoRA on a random tiny encoder checks the mechanics, it is not expected to learn (--model_size minilm: a "
@@ -70,8 +70,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--partition", choices=glue_shards.MODES, default=None,
                    help="split the training split here instead of reading --shard_dir: make_shards.py's --mode "
                         "(with --num-clients clients, default 3; --quick alone: iid)")
-    p.add_argument("--num-clients", type=flags.POSITIVE_INT, default=3,
-                   help="clients of --partition (--shard_dir: its manifests)")
+    p.add_argument("--num-clients", type=flags.POSITIVE_INT, default=None,
+                   help="clients of --partition (default 3; with --shard_dir its manifests are the clients)")
     p.add_argument("--max_train_samples", type=flags.POSITIVE_INT, default=None,
                    help="use the first N training examples (with --partition or --quick; default --quick: 1000)")
     glue_tasks.add_data_args(p)
@@ -82,7 +82,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--local-steps", type=flags.POSITIVE_INT, default=None,
                    help="exactly this many optimizer steps per client per round instead of --local_epochs")
     g.add_argument("--participation-rate", type=flags.FRACTION, default=1.0,
-                   help="fraction of clients per round: every client takes part in every round here (1 only)")
+                   help="fraction of the clients sampled each round (max(1, round(C K)) of them, from the seed's "
+                        "stream); a round's cost follows its clients, not the population")
     flags.add_clients_per_round(g)
     g.add_argument("--batch_size", type=flags.POSITIVE_INT, default=32, help="local batch size")
     g.add_argument("--learning_rate", type=flags.POSITIVE, default=2e-4,
@@ -107,8 +108,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--eval_batch_size", type=flags.POSITIVE_INT, default=32, help="evaluation batch size")
     g.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
                    help="evaluate on the first N validation examples")
-    g.add_argument("--save_client_adapters", choices=["all", "last", "none"], default="all",
-                   help="which rounds keep round_<k>/client_<i>/adapter (fused adapters are always kept)")
+    g.add_argument("--save_client_adapters", choices=["all", "last", "none"], default="none",
+                   help="which rounds write their clients' adapters, round_<k>/client_<i>/adapter (i: the client's "
+                        "number; fused adapters are always kept): all, the last (fedavg_merge.py's input), or none")
     engine.add_algorithm_args(p, client_opt_state=None, scaffold=NO_SCAFFOLD, clustering=NO_CLUSTERING)
     cli.add_run_args(p, seed=42)
     p.add_argument("--output_root", dest="out_dir", default=argparse.SUPPRESS, help="the source's name for --out-dir")
@@ -124,11 +126,11 @@ def resolve_args(args):
     glue_tasks.resolve_task(args)
     cli.check(args.shard_dir is None or args.partition is None,
               "--partition splits the data here, --shard_dir reads a split: give one of them")
-    if args.clients_per_round is not None and args.shard_dir is None:
+    flags.refuse_unused(args, [("num_clients", args.shard_dir is None, "with --shard_dir (its manifests are the "
+                                                                       "clients)")])
+    if args.shard_dir is None:  # with --shard_dir the clients are known once its manifests are read (per_round)
+        args.num_clients = 3 if args.num_clients is None else args.num_clients
         flags.resolve_clients_per_round(args)
-    cli.check(args.participation_rate == 1.0 or args.clients_per_round is not None and args.shard_dir is not None,
-              f"every client takes part in every round of fedavg_rounds.py; --participation-rate "
-              f"{args.participation_rate} / --clients-per-round {args.clients_per_round} is not supported")
     cli.check(args.shard_dir is not None or args.quick or args.partition is not None,
               "--shard_dir (make it with make_shards.py) or --partition is required")
     engine.check_algorithm_args(args, plain_sgd=False, optimizer_hint="", scaffold=NO_SCAFFOLD, aggregator=ONLY_MERGE,
@@ -149,9 +151,10 @@ def on_device(adapter: adapters.Adapter, device) -> adapters.Adapter:
 
 
 class Merge(aggregators.Aggregator):
-    """The round's aggregator (``--aggregator mean`` here): every client's adapter and training loss, merged by
-    --aggregation (``adapters.merge``, weights: shard sizes) and loaded into the task's model. The merges need
-    every client's factors, so ``pre_reduce`` all-gathers them and the engine's all-reduce sums nothing."""
+    """The round's aggregator (``--aggregator mean`` here): the round's clients' adapters and training losses,
+    merged by --aggregation (``adapters.merge``, weights: shard sizes) and loaded into the task's model. The merges
+    need every such client's factors, so ``pre_reduce`` all-gathers them and the engine's all-reduce sums nothing;
+    nothing of a client outlives the round (``reset``)."""
 
     name, holds_clients = "merge", True
 
@@ -180,11 +183,12 @@ class Merge(aggregators.Aggregator):
     def result(self) -> list[torch.Tensor]:
         """The merge, loaded into the model; the cluster's model takes its shapes (exact grows the rank)."""
         task, x = self.task, self.x
-        a, where, ks = task.args, f"round {task.r + 1}", sorted(self.uploads)  # every client, in order
-        task.clients = [self.uploads[k][0] for k in ks]
+        a, where, ks = task.args, f"round {task.r + 1}", sorted(self.uploads)  # the round's clients, in order
+        task.round_clients, task.clients = ks, [self.uploads[k][0] for k in ks]
         task.rd.check_finite(where, training_loss=[self.uploads[k][1] for k in ks],  # every rank holds them all
                              client_adapters=[t for c in task.clients for t in c.state_dict().values()])
-        fused = task.fused = adapters.merge(task.clients, task.sizes, a.aggregation, rank=a.svd_rank, alpha=a.alpha)
+        fused = task.fused = adapters.merge(task.clients, task.round_sizes(), a.aggregation, rank=a.svd_rank,
+                                            alpha=a.alpha)
         task.rd.check_finite(where, aggregated_adapter=list(fused.state_dict().values()))
         if (fused.r, fused.alpha) != task.rank:
             task.build(fused.r, fused.alpha)
@@ -195,17 +199,18 @@ class Merge(aggregators.Aggregator):
 
 
 class LoraTask(engine.Task):
-    """The rounds for ``common.engine``: one PeftModel (``params``: LoRA factors and head), each client's AdamW
-    steps on its shard, the merge of all clients' adapters as the aggregate, the adapter files; every round the
+    """The rounds for ``common.engine``: one PeftModel (``params``: LoRA factors and head), each sampled client's
+    AdamW steps on its shard, the merge of the round's adapters as the aggregate, the adapter files; every round the
     fused model is scored on the selection split (if any), on validation with --eval_each_round and at the end."""
 
-    def __init__(self, args, base, train_enc, eval_enc, shards, rd, base_path: str, device, rank=None, start=None,
-                 select_enc=None):
+    def __init__(self, args, base, train_enc, eval_enc, shards, rd, base_path: str, device, per_round: int,
+                 rank=None, start=None, select_enc=None):
         self.args, self.base, self.train_enc, self.eval_enc, self.shards = args, base, train_enc, eval_enc, shards
         self.select_enc = select_enc  # the selection split ({"selection": Encoded}), scored every round; or None
         self.rd, self.base_path, self.device, self.params = rd, base_path, device, []
         self.sizes, self.rounds, self.eval_every, self.seed = [len(s) for s in shards], args.rounds, 1, args.seed
-        self.per_round = len(shards)  # every client takes part in every round
+        self.per_round = per_round  # clients sampled a round (engine.Task.sample: all of them at rate 1)
+        self.error_curve = None  # the last round's svd_error_by_rank (rank 0), kept in the checkpoint
         self.metric = glue_tasks.get_task(args.task_name).main_metric
         if rank is not None:  # resuming: load_state_dict loads the checkpoint's global adapter
             self.build(*rank)
@@ -228,6 +233,10 @@ class LoraTask(engine.Task):
 
     def lr(self, r: int) -> float:
         return self.args.learning_rate
+
+    def round_sizes(self) -> list[int]:
+        """The merge weights of the round's clients (``round_clients``, in order): their shard sizes."""
+        return [self.sizes[k] for k in self.round_clients]
 
     def round_start(self, r: int) -> None:
         self.r, self.start_bytes = r, sum(self.fed.comm.values())  # before the engine counts this round
@@ -257,8 +266,9 @@ class LoraTask(engine.Task):
 
     def round_end(self, rnd) -> None:
         """The global adapter is the engine's model after the server step (the merge itself under FedAvg's step, an
-        algorithm's own step otherwise); rank 0 writes the round's adapters and measures the merge error (both
-        inside the round's time)."""
+        algorithm's own step otherwise); rank 0 writes the round's adapters (--save_client_adapters), measures the
+        merge error and, after the last round of an SVD merge, its error at every rank (``adapters.error_by_rank``:
+        one SVD per module of the round's stacked adapters), all inside the round's time."""
         a, n, self.merge_error = self.args, rnd["round"] + 1, None
         x = self.fed.models[0]
         if not all(torch.equal(t, p) for t, p in zip(x, self.params)):
@@ -267,10 +277,12 @@ class LoraTask(engine.Task):
         if self.rd.is_main:
             folder = self.rd.artifact(f"round_{n}")
             if a.save_client_adapters == "all" or (a.save_client_adapters == "last" and n == a.rounds):
-                for i, c in enumerate(self.clients):
-                    adapters.save(c, folder / f"client_{i + 1}" / "adapter", self.base_path)
+                for k, c in zip(self.round_clients, self.clients):
+                    adapters.save(c, folder / f"client_{k + 1}" / "adapter", self.base_path)
             adapters.save(self.fused, folder / fused_dir_name(a.aggregation, self.fused) / "adapter", self.base_path)
-            self.merge_error = adapters.merge_rel_error(self.clients, self.sizes, self.fused)
+            self.merge_error = adapters.merge_rel_error(self.clients, self.round_sizes(), self.fused)
+            if a.aggregation == "svd" and n == a.rounds:
+                self.error_curve = adapters.error_by_rank(self.clients, self.round_sizes())
 
     def evaluate(self, rnd) -> dict:
         """Logs the client rows and returns the fused row (the model holds the fused adapter)."""
@@ -280,7 +292,8 @@ class LoraTask(engine.Task):
         row = {"round": n, "client": None, "fused_rank": self.fused.r, "client_trainable_params": self.start_numel,
                "round_bytes": sum(self.fed.comm.values()) - self.start_bytes,
                "merge_rel_error": self.merge_error,
-               "train_loss": sum(rnd["rows"][k]["train_loss"] * self.sizes[k] for k in rnd["chosen"]) / sum(self.sizes)}
+               "train_loss": sum(rnd["rows"][k]["train_loss"] * self.sizes[k] for k in rnd["chosen"])
+               / sum(self.sizes[k] for k in rnd["chosen"])}
         if self.select_enc is not None:
             row.update(modeling.evaluate(a.task_name, self.forward, self.select_enc, self.device, a.eval_batch_size,
                                          shard=True, prefix=modeling.SELECTION_PREFIX))
@@ -290,11 +303,12 @@ class LoraTask(engine.Task):
         return row
 
     def state_dict(self) -> dict:
-        return {"rank": [self.fused.r, self.fused.alpha]}
+        return {"rank": [self.fused.r, self.fused.alpha], "svd_error_by_rank": self.error_curve}
 
     def load_state_dict(self, state: dict) -> None:
         P.load_(self.params, self.fed.models[0])
         self.fused = adapters.from_model(self.model)
+        self.error_curve = state.get("svd_error_by_rank")
 
 
 def parse_args(argv=None):
@@ -320,8 +334,7 @@ def run(args) -> dict:
         info = glue_shards.make_client_splits(train, args.task_name, args.num_clients, args.partition or "iid",
                                               seed=args.seed)
         shards, shard_info = [np.asarray(c, dtype=np.int64) for c in info["client_indices"]], info
-    cli.check(args.clients_per_round in (None, len(shards)), f"--clients-per-round {args.clients_per_round}: "
-              f"every one of the {len(shards)} clients takes part in every round")
+    per_round = per_round_of(args, len(shards))
     top = max(int(s.max()) for s in shards)
     cli.check(top < len(train), f"--shard_dir {args.shard_dir}: index {top} outside the {len(train)} training "
                                 f"examples of {args.task_name}; the manifests belong to another dataset")
@@ -330,10 +343,14 @@ def run(args) -> dict:
     task = glue_tasks.get_task(args.task_name)
     name = args.run_name or runlog.run_name(
         "fedavg", args.task_name, args.aggregation, shard_info.get("mode", "shards"), checks.source_tag(args),
-        **engine.run_name_tags(args), k=len(shards), r=args.svd_rank if args.aggregation == "svd" else None,
+        **engine.run_name_tags(args), k=len(shards), m=per_round if per_round < len(shards) else None,
+        r=args.svd_rank if args.aggregation == "svd" else None,
         R=args.rounds, lr=args.learning_rate, quick=args.quick, s=args.seed)
+    # which adapter files a round writes changes no result; with --shard_dir the manifests (fingerprinted) are the
+    # clients, --num-clients is None (older runs recorded its unused default)
+    ignore = runlog.DEFAULT_IGNORE_ON_RESUME + ("save_client_adapters",) + (("num_clients",) if args.shard_dir else ())
     rd = runlog.RunDir(args.out_dir, name, args, kind="lora_glue_fl/fedavg_rounds", resume=args.resume,
-                       is_main=D.is_main(), device=device, data=checks.fingerprint(
+                       ignore_on_resume=ignore, is_main=D.is_main(), device=device, data=checks.fingerprint(
                            args.task_name, args.data, args.data_dir, splits, shard_dir=args.shard_dir))
 
     # ---- data and model (built once; the base stays frozen, only LoRA + head train) -----------------------
@@ -363,7 +380,7 @@ def run(args) -> dict:
 
     # ---- rounds: common.engine --------------------------------------------------------------------------
     ckpt = rd.load_checkpoint()
-    lora = LoraTask(args, base, train_enc, eval_enc, shards, rd, base_path, device,
+    lora = LoraTask(args, base, train_enc, eval_enc, shards, rd, base_path, device, per_round,
                     rank=ckpt["task"]["rank"] if ckpt is not None else None, start=init, select_enc=select_enc)
     fed = engine.Federation(lora, args)  # FedAvg, or FedProx's proximal gradient in the clients' steps
     start = fed.load_state_dict(ckpt, lora.names) if ckpt is not None else 0
@@ -375,10 +392,12 @@ def run(args) -> dict:
     final = next((r for r in rows if r["round"] == args.rounds), {})
     best = max((r for r in rows if chooser in r), key=lambda r: r[chooser], default={})
     summary = {"task": args.task_name, "aggregation": args.aggregation, "num_clients": len(shards),
+               "clients_per_round": per_round,
                "shard_mode": shard_info.get("mode"), "client_sizes": lora.sizes, "rounds_done": args.rounds,
                "main_metric": main_metric, "fused_rank": fused.r, "fused_alpha": fused.alpha,
                **glue_tasks.baselines(args.task_name, train.label, evals, select),
-               "svd_error_by_rank": svd_error_by_rank(rd.path / f"round_{args.rounds}", lora.sizes)
+               "svd_error_by_rank": (lora.error_curve or svd_error_by_rank(rd.path / f"round_{args.rounds}",
+                                                                           lora.sizes))
                if args.aggregation == "svd" and rd.is_main else None,
                "final": {k: v for k, v in final.items() if k not in ("round", "client")},
                "best": {"round": best.get("round"), chooser: best.get(chooser)},
@@ -408,9 +427,19 @@ def run(args) -> dict:
     return summary
 
 
+def per_round_of(args, num_clients: int) -> int:
+    """The clients a round samples: --clients-per-round, else max(1, round(C K)) of --participation-rate C."""
+    m = args.clients_per_round
+    cli.check(m is None or m <= num_clients, f"--clients-per-round {m} exceeds the {num_clients} clients")
+    if m is None:
+        engine.check_participation(args.participation_rate, num_clients)
+        m = engine.clients_per_round(args.participation_rate, num_clients)
+    return m
+
+
 def svd_error_by_rank(last_round: Path, sizes: list[int]) -> list[float] | None:
-    """The SVD merge error of the last round's client adapters at every rank (``adapters.error_by_rank``), from
-    the adapters saved there; None when they were not kept (--save_client_adapters none)."""
+    """A checkpoint from before the curve was kept in it: the curve from the last round's client adapters saved
+    there (``adapters.error_by_rank``); None when they were not all kept."""
     dirs = sorted(Path(last_round).glob("client_*/adapter"), key=lambda p: int(p.parent.name.split("_")[1]))
     return adapters.error_by_rank([adapters.load(d) for d in dirs], sizes) if len(dirs) == len(sizes) else None
 

@@ -389,10 +389,10 @@ def plot_svd_error(groups, out: Path, max_rank: int | None) -> list[Path]:
                     label=f"{task} / {label_of('', shard).lstrip(' /')} (n={len(curves)}, mean)")
         else:
             print(f"svd_error_vs_rank.png: {task} / {shard} left out (no svd_error_by_rank in its summary.json: "
-                  "--save_client_adapters none, or a run older than that key)")
+                  "a run older than that key, or resumed from one that kept no client adapters)")
     if not ax.lines:
         plt.close(fig)
-        print("skipped svd_error_vs_rank.png: no svd run kept its last round's client adapters")
+        print("skipped svd_error_vs_rank.png: no svd run has svd_error_by_rank in its summary.json")
         return []
     ax.set(yscale="log", xlabel="rank r of the fused adapter", ylabel="relative error of the merged dW",
            title="SVD merge of the last round's client adapters")

@@ -398,7 +398,7 @@ CASES += [
     ("config null", "vit_central", ["--config", "{bad}/lr_null.yaml"], "null is not a value"),
     ("config value outside choices", "vit_fed", ["--config", "{bad}/shard_bogus.yaml"], "invalid choice: 'bogus'"),
     ("config value this script refuses", "lora_fed", ["--config", "{bad}/clustering_ifca.yaml"],
-     "'ifca' is refused here: every client takes part"),
+     "'ifca' is refused here: the run keeps one fused adapter"),
     ("config duplicate key", "vit_sparse", ["--config", "{bad}/dup_key.yaml"], "given twice"),
     ("config binary file", "lora_central", ["--config", "{bad}/binary.yaml"], "not UTF-8"),
     ("config latin-1 file", "lora_fed", ["--config", "{bad}/latin1.yaml"], "not UTF-8"),

@@ -42,7 +42,8 @@ def by_hand(base, data, idx, mu: float) -> dict[str, torch.Tensor]:
 def test_fedprox_client_matches_the_proximal_steps_written_out(tmp_path):
     fedavg_rounds.main(["--quick", "--quiet", "--num-clients", "1", "--max_train_samples", str(N), "--rounds", "1",
                         "--local-steps", str(STEPS), "--batch_size", str(BATCH), "--learning_rate", str(LR),
-                        "--algorithm", "fedprox", "--mu", str(MU), "--out-dir", str(tmp_path), "--run-name", "r"])
+                        "--algorithm", "fedprox", "--mu", str(MU), "--save_client_adapters", "last",
+                        "--out-dir", str(tmp_path), "--run-name", "r"])
     run = tmp_path / "r"
     got = adapters.load(run / "round_1/client_1/adapter").state_dict()
     base = AutoModelForSequenceClassification.from_pretrained(run / "base_model", trust_remote_code=False)

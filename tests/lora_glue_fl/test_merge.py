@@ -48,6 +48,19 @@ def test_svd_merge_is_best_rank_r_approximation(clients, rank, alpha):
         assert err == pytest.approx(float(S[rank:].pow(2).sum().sqrt()), rel=1e-3, abs=1e-5)
 
 
+def test_error_by_rank_is_the_merge_error_of_every_rank(clients):
+    """The one-pass curve (singular values of dW_bar) against its definition: one merge per rank, each scored by
+    merge_rel_error; lossless from the widest module's min(out, in) = 7 on (here also the sum of the ranks, 7)."""
+    curve = adapters.error_by_rank(clients, WEIGHTS)
+    want = [adapters.merge_rel_error(clients, WEIGHTS, adapters.merge(clients, WEIGHTS, "svd", rank=r))
+            for r in range(1, 8)]
+    assert len(curve) == 7 and curve[-1] == 0.0 and all(a > b for a, b in zip(curve, curve[1:]))
+    assert curve == pytest.approx(want, rel=1e-4, abs=1e-6)
+    # more clients than the layers are wide: the curve stops where the merge is lossless (min(out, in) = 7)
+    many = [make_adapter(7, 12, 2, 2, seed) for seed in range(6)]
+    assert len(adapters.error_by_rank(many, [1.0] * 6)) == 7
+
+
 def test_svd_merge_exact_when_rank_covers_all_clients(clients):
     rank = sum(c["r"] for c in CLIENTS)          # 7 = sum of client ranks
     fused = adapters.merge(clients, WEIGHTS, "svd", rank=rank)

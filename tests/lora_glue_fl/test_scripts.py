@@ -33,7 +33,8 @@ def sst2_run(tmp_path_factory):
     over 240 examples): 3 iid clients, SVD merge, LoRA on query, value and the word embeddings."""
     out = tmp_path_factory.mktemp("runs")
     summary = fedavg_rounds.main(QUICK + SMALL + ["--task_name", "sst2", "--learning_rate", "3e-3", "--eval_each_round",
-                                                  "--out-dir", str(out), "--run-name", "ref"])
+                                                  "--save_client_adapters", "all", "--out-dir", str(out), "--run-name",
+                                                  "ref"])
     return out / "ref", summary
 
 
@@ -171,6 +172,42 @@ def test_make_shards_then_fedavg_rounds_with_shard_dir(tmp_path):
     assert (shards / "label_histograms.png").is_file() and (shards / "client_4.json").is_file()
     summary = json.loads((shards / "summary.json").read_text())
     assert summary["mode"] == "category" and summary["meta"]["category_key"] == "label"
+
+
+def test_partial_participation_merges_only_the_round_s_clients(tmp_path, capsys):
+    """--clients-per-round 2 of 6: each round trains the engine's sample, merges those two adapters weighted by their
+    shard sizes, writes them as client_<k> (--save_client_adapters last) and the error curve covers their 8 ranks."""
+    from common import engine
+    s = fedavg_rounds.main(QUICK + SMALL + ["--num-clients", "6", "--clients-per-round", "2", "--rounds", "2",
+                                            "--save_client_adapters", "last", "--out-dir", str(tmp_path),
+                                            "--run-name", "p"])
+    run = tmp_path / "p"
+    assert (s["num_clients"], s["clients_per_round"]) == (6, 2) and len(s["svd_error_by_rank"]) == 8
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in (1, 2):
+        want = [k + 1 for k in engine.sample_clients(42, r - 1, 6, 2)]
+        assert [row["client"] for row in rows if row["round"] == r and row["client"] is not None] == want
+    assert not list((run / "round_1").glob("client_*"))
+    saved = sorted((run / "round_2").glob("client_*"))
+    assert [p.name for p in saved] == [f"client_{k}" for k in want]
+    fused = adapters.merge([adapters.load(p / "adapter") for p in saved], [s["client_sizes"][k - 1] for k in want],
+                           "svd", rank=4)
+    got = adapters.load(run / "round_2/fused_r4/adapter").state_dict()
+    for key, t in fused.state_dict().items():
+        torch.testing.assert_close(got[key], t, rtol=1e-5, atol=1e-6)
+    # the rate as a fraction: 0.5 of 6 clients is 3 a round
+    s = fedavg_rounds.main(QUICK + SMALL + ["--num-clients", "6", "--participation-rate", "0.5", "--rounds", "1",
+                                            "--out-dir", str(tmp_path), "--run-name", "half"])
+    assert s["clients_per_round"] == 3 and len(s["svd_error_by_rank"]) == 12
+    shards = tmp_path / "shards"
+    make_shards.main(["--quick", "--task_name", "sst2", "--k", "4", "--mode", "iid", "--out_dir", str(shards),
+                      "--no_plot"])
+    for flags_, message in [(["--clients-per-round", "5"], "--clients-per-round 5 exceeds the 4 clients"),
+                            (["--participation-rate", "0.02"], "less than a tenth of one"),
+                            (["--num-clients", "4"], "--num-clients changes nothing with --shard_dir")]:
+        err = one_line_error(fedavg_rounds.main, QUICK + ["--shard_dir", str(shards), "--out-dir", str(tmp_path),
+                                                          *flags_], capsys)
+        assert message in err, err
 
 
 @pytest.mark.parametrize("script,task", [(main_glue_lora, "sst2"), (baseline_run, "stsb")])
@@ -421,7 +458,7 @@ def test_fedprox_rounds_and_the_scaffold_refusal(tmp_path, capsys):
     err = one_line_error(fedavg_rounds.main, QUICK + ["--algorithm", "scaffold"], capsys)
     assert "--algorithm scaffold is refused here" in err and "re-factorises" in err
     err = one_line_error(fedavg_rounds.main, QUICK + ["--clustering", "ifca"], capsys)
-    assert "'ifca' is refused here: every client takes part in every round" in err
+    assert "'ifca' is refused here: the run keeps one fused adapter" in err
     err = one_line_error(fedavg_rounds.main, QUICK + ["--client-opt-state", "persist"], capsys)
     assert "'persist' is refused here: the clients' local optimizer keeps no state" in err
     err = one_line_error(fedavg_rounds.main, QUICK + ["--server-opt", "fedadam"], capsys)
