@@ -49,7 +49,7 @@ UNUSED = [
     ("yaml mu without fedprox", "llm", ["--config", "{tmp}/mu.yaml"], "--mu changes nothing"),
     *[(f"{s} participation rate and clients per round", s, ["--participation-rate", "0.5", "--clients-per-round",
                                                              "1"], "--participation-rate changes nothing with")
-      for s in ("mamba", "vit", "llm")],
+      for s in ("mamba", "vit", "llm", "lora_fed")],
     ("vit nc on iid shards", "vit", ["--nc", "3"], "--nc changes nothing without --sharding non_iid"),
     ("lora fed svd rank with naive merging", "lora_fed", ["--aggregation", "naive", "--svd_rank", "2"],
      "--svd-rank changes nothing without --aggregation svd"),
@@ -78,7 +78,7 @@ NONSENSE = [
                       ("lora_fed", "binary.yaml"), ("mamba_central", "base60.yaml"), ("vit_central", "yes.yaml"),
                       ("mamba", "float_grouped.yaml"))],
     *[(f"{s} participation 1e-300", s, ["--participation-rate", "1e-300"], "less than a tenth of one")
-      for s in ("mamba", "vit", "llm")],
+      for s in ("mamba", "vit", "llm", "lora_fed")],
     ("mamba ifca more clusters than clients", "mamba", ["--clustering", "ifca", "--num-clusters", "9"],
      "--num-clusters 9 exceeds the 4 clients"),
     ("llm ifca more clusters than clients", "llm", ["--clustering", "ifca", "--num-clusters", "9"],

@@ -65,7 +65,8 @@ def fed_run(folder, tmp_path_factory):
     make_shards.main(["--quick", "--no_plot", "--task_name", "mrpc", "--k", "3", "--out_dir", str(shard_dir)])
     summary = fedavg_rounds.main(COMMON + ["--model_name_or_path", str(model_dir), "--shard_dir", str(shard_dir),
                                            "--rounds", "2", "--local_epochs", "1", "--svd_rank", "4",
-                                           "--eval_each_round", "--out-dir", str(out), "--run-name", "fed"])
+                                           "--eval_each_round", "--save_client_adapters", "all", "--out-dir",
+                                           str(out), "--run-name", "fed"])
     return arch, model_dir, out / "fed", shard_dir, summary
 
 
@@ -144,7 +145,7 @@ def test_train_pooler_trains_and_averages_bert_pooler(folder, tmp_path, capsys):
     make_shards.main(["--quick", "--no_plot", "--task_name", "mrpc", "--k", "2", "--out_dir", str(shard_dir)])
     argv = COMMON + ["--model_name_or_path", str(model_dir), "--shard_dir", str(shard_dir), "--rounds", "1",
                      "--local_epochs", "1", "--svd_rank", "4", "--out-dir", str(tmp_path), "--run-name", "p",
-                     "--train_pooler"]
+                     "--train_pooler", "--save_client_adapters", "last"]
     if arch != "bert":
         assert "has no pooler" in one_line_error(fedavg_rounds.main, argv, capsys)
         return

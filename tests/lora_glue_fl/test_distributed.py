@@ -13,7 +13,8 @@ from common import distributed as D
 from lora_glue_fl import adapters, fedavg_rounds, modeling
 
 ARGV = ["--quick", "--quiet", "--task_name", "sst2", "--learning_rate", "3e-3", "--eval_each_round",
-        "--local_epochs", "1", "--max_train_samples", "240", "--max_eval_samples", "64"]
+        "--local_epochs", "1", "--max_train_samples", "240", "--max_eval_samples", "64",
+        "--save_client_adapters", "all"]
 
 
 def worker(rank, world, port, out):
