@@ -4,7 +4,7 @@ per-client state in the client store (common.client_store): FedAvg, SCAFFOLD and
 each stateful run at its largest N killed (SIGKILL) in its second round and resumed, against the uninterrupted
 run: metrics rows and the final global model bit for bit.
 
-    python benchmarks/bench_scale.py                      # the measurement (about 20 minutes on 2 cores)
+    python benchmarks/bench_scale.py                      # the measurement (5 CPU-minutes; 40 min on busy cores)
     python benchmarks/bench_scale.py --quick              # 100 vs 300 clients, no kill (about 2 minutes)
     python benchmarks/bench_scale.py --rows persist --json out.json
 
@@ -58,35 +58,37 @@ def mamba(n: int) -> list[str]:
             "--eval-every", "1"]
 
 
-# row -> (script module, its run kind, argv for N clients, the N measured, --quick's N)
+SHAKESPEARE = "llm_noniid/shakespeare.py --quick --population N (LSTM 64)"
+# row -> (script module, its run kind, argv for N clients, the N measured, --quick's N, the task in words)
 ROWS = {
     "fedavg": ("llm_noniid.shakespeare", "llm_noniid/shakespeare", lambda n: shakespeare(n, "fedavg"),
-               (100, 1000, 10_000), (100, 300)),
+               (100, 1000, 10_000), (100, 300), SHAKESPEARE + ", 10 a round"),
     "scaffold": ("llm_noniid.shakespeare", "llm_noniid/shakespeare", lambda n: shakespeare(n, "scaffold"),
-                 (100, 1000), (100, 300)),
-    "persist": ("mamba_fl.fed_avg", "mamba_fl/fed_avg", mamba, (100, 1000), (100, 300)),
+                 (100, 1000), (100, 300), SHAKESPEARE + ", N/3 a round"),
+    "persist": ("mamba_fl.fed_avg", "mamba_fl/fed_avg", mamba, (100, 1000), (100, 300),
+                "mamba_fl/fed_avg.py --quick --num-clients N (AdamW persist), N/3 a round"),
 }
 KILLED = {"scaffold": 1000, "persist": 1000}  # the stateful runs killed and resumed (at their largest N)
 
 
-def argv_of(row: str, n: int, out_dir: str, name: str) -> list[str]:
-    return [*ROWS[row][2](n), "--quiet", "--out-dir", out_dir, "--run-name", name]
+def argv_of(row: str, n: int, out_dir: str, name: str, device: str) -> list[str]:
+    return [*ROWS[row][2](n), "--quiet", "--out-dir", out_dir, "--run-name", name, "--device", device]
 
 
-def one_run(row: str, n: int, out_dir: str, name: str, resume: bool) -> dict:
+def one_run(row: str, n: int, out_dir: str, name: str, resume: bool, device: str = "cpu") -> dict:
     """Run ``row`` at ``n`` clients in this process; what it measured."""
     import importlib
     torch.set_num_threads(1)
     script = importlib.import_module(ROWS[row][0])
     t0 = time.perf_counter()
-    summary = script.main(argv_of(row, n, out_dir, name) + (["--resume"] if resume else []))
+    summary = script.main(argv_of(row, n, out_dir, name, device) + (["--resume"] if resume else []))
     wall = time.perf_counter() - t0
     path = Path(out_dir) / name
     state = checkpoint.load_checkpoint(path / runlog.CHECKPOINT_FILE, ROWS[row][1])
     tables = state["client_store"]["tables"]
     store = path / "client_state"
     trained = ROUNDS * (10 if row == "fedavg" else -(-n // 3))
-    return {"row": row, "clients": n, "peak_rss_mb": peak_rss_bytes() / 2**20, "wall_s": wall,
+    return {"row": row, "task": ROWS[row][5], "clients": n, "peak_rss_mb": peak_rss_bytes() / 2**20, "wall_s": wall,
             "round_s": summary["round_seconds"] / ROUNDS, "per_client_ms": 1e3 * summary["round_seconds"] / trained,
             "checkpoint_kb": (path / runlog.CHECKPOINT_FILE).stat().st_size / 1024,
             "store_mb": sum(f.stat().st_blocks * 512 for f in store.iterdir()) / 2**20 if store.is_dir() else 0.0,
@@ -102,14 +104,14 @@ def global_model(path: Path, kind: str) -> dict:
     return checkpoint.load_checkpoint(path / runlog.CHECKPOINT_FILE, kind)["global"]
 
 
-def kill_and_resume(row: str, n: int, out_dir: str, full: dict, timeout: float) -> dict:
+def kill_and_resume(row: str, n: int, out_dir: str, full: dict, timeout: float, device: str) -> dict:
     """Start the run in a child, SIGKILL it halfway through its second round (after round 1's row, so after or
     while its checkpoint is written), resume it in a fresh process; compare with the uninterrupted run "full"."""
     name = f"{row}_{n}_killed"
     path, kind = Path(out_dir) / name, ROWS[row][1]
     log = Path(out_dir) / f"{name}.stderr"
     with open(log, "w") as err:
-        child = subprocess.Popen([sys.executable, __file__, "--one", row, str(n), out_dir, name],
+        child = subprocess.Popen([sys.executable, __file__, "--one", row, str(n), out_dir, name, "--device", device],
                                  stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + timeout
     while not ((path / runlog.METRICS_FILE).is_file() and rows_of(path)):
@@ -122,7 +124,8 @@ def kill_and_resume(row: str, n: int, out_dir: str, full: dict, timeout: float) 
     child.wait()
     saved = path / runlog.CHECKPOINT_FILE
     at = checkpoint.load_checkpoint(saved, kind)["round"] if saved.is_file() else 0  # 0: it starts over
-    resumed = run_isolated([__file__, "--one", row, str(n), out_dir, name, "--resume"], timeout=timeout)
+    resumed = run_isolated([__file__, "--one", row, str(n), out_dir, name, "--resume", "--device", device],
+                           timeout=timeout)
     ref = Path(out_dir) / f"{row}_{n}"
     want, got = global_model(ref, kind), global_model(path, kind)
     same_model = want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
@@ -137,21 +140,23 @@ def main(argv=None) -> dict:
     p.add_argument("--no-kill", action="store_true", help="leave out the killed and resumed runs")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
     p.add_argument("--json", default=None, help="write the results here too")
+    p.add_argument("--device", default="cpu", help="the scripts' --device (run_all.py passes it)")
     p.add_argument("--one", nargs=4, metavar=("ROW", "N", "OUT_DIR", "NAME"), help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one:  # a child process: one run, its JSON on the last line
-        print(json.dumps(one_run(a.one[0], int(a.one[1]), a.one[2], a.one[3], a.resume)))
+        print(json.dumps(one_run(a.one[0], int(a.one[1]), a.one[2], a.one[3], a.resume, a.device)))
         return {}
-    results, kills = [], []
+    results, kills, t0 = [], [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for row in a.rows:
             for n in ROWS[row][4] if a.quick else ROWS[row][3]:
-                results.append(run_isolated([__file__, "--one", row, str(n), tmp, f"{row}_{n}"], timeout=a.timeout))
+                results.append(run_isolated([__file__, "--one", row, str(n), tmp, f"{row}_{n}", "--device", a.device],
+                                            timeout=a.timeout))
                 print(json.dumps(results[-1]), flush=True)
             if row in KILLED and not (a.quick or a.no_kill):
                 full = next(r for r in results if r["row"] == row and r["clients"] == KILLED[row])
-                kills.append(kill_and_resume(row, KILLED[row], tmp, full, a.timeout))
+                kills.append(kill_and_resume(row, KILLED[row], tmp, full, a.timeout, a.device))
                 print(json.dumps(kills[-1]), flush=True)
     for r in results:
         base = next(b for b in results if b["row"] == r["row"] and b["clients"] == min(ROWS[r["row"]][3]))
@@ -166,7 +171,9 @@ def main(argv=None) -> dict:
         print(markdown_table(["row", "clients", "killed after round", "metrics equal", "model equal", "resume s"],
                              [[k["row"], f"{k['clients']:,}", k["killed_after_round"], k["metrics_equal"],
                                k["model_equal"], f"{k['resume_wall_s']:.1f}"] for k in kills]))
-    out = {"results": results, "kills": kills, "rounds": ROUNDS, "threads": 1, "cpu": runlog.processor()}
+    command = " ".join(["python benchmarks/bench_scale.py", *(sys.argv[1:] if argv is None else argv)])
+    out = {"results": results, "kills": kills, "rounds": ROUNDS, "threads": 1, "cpu": runlog.processor(),
+           "command": command, "wall_s": time.perf_counter() - t0}  # run_all --reuse says what measured its rows
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
     return out

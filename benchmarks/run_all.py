@@ -28,6 +28,10 @@ machine's core count, the device, the torch version and the load average. Target
   cross-device  (issue 80) on one workload, one thread each: this engine's sequential rounds within 5% of a plain
                 PyTorch loop per sample, its batched mode >= 2x faster per round than pfl-research, peak memory at
                 most pfl-research's (bench_cross_device.py; judged on CPU seconds, wall seconds beside)
+  scale         (issue 80) the real scripts at 1,000 / 10,000 clients peak within 10% of the same run at 100
+                (FedAvg, SCAFFOLD, persistent client AdamW; bench_scale.py); a run SIGKILLed in its second round
+                resumes to the uninterrupted run's metrics and model bit for bit. About 40 minutes on 2 cores:
+                run only when named (``--only scale --update --timeout 3600``)
 """
 from __future__ import annotations
 
@@ -79,8 +83,11 @@ BENCHMARKS = {
     # and pfl-research (the `bench` extra); small: the committed 12-role sample (offline, no targets judged);
     # --full: 1,000 roles of the full build in data/shakespeare (python -m common.shakespeare --out data/shakespeare)
     "cross_device": ("bench_cross_device.py", ["--quick"], []),
+    # the real scripts at 100 / 1,000 / 10,000 clients: peak RSS, checkpoint, client store, round time; kill + resume
+    "scale": ("bench_scale.py", [], []),
 }
 GPU_ONLY = {"gpu"}  # left out of a CPU run unless named with --only (then in its --quick form)
+NAMED_ONLY = {"scale"}  # left out unless named with --only (tens of minutes)
 # benchmarks that get every core instead of --threads (they run alone, so nothing competes for the cores)
 ALL_CORES = {"aggregate"}
 
@@ -351,9 +358,33 @@ def cross_device_rows(d: dict) -> list[list[str]]:
 CROSS_DEVICE_TITLES = {"engine": "this engine, sequential", "engine-batched": "this engine, batched",
                        "loop": "plain PyTorch loop", "flower": "Flower (simulation, Ray)", "pfl": "pfl-research"}
 
+
+def scale_rows(d: dict) -> list[list[str]]:
+    """``bench_scale.py``: per row and N, peak RSS against the same row at 100 clients (target: within 10%),
+    round time, checkpoint and store size; the killed and resumed runs against the uninterrupted ones."""
+    rows = []
+    for r in d["results"]:
+        setting = f"{r['task']}, {r['clients']:,} clients ({r['with_state']:,} holding state), {d['rounds']} rounds"
+        base = r["clients"] == min(b["clients"] for b in d["results"] if b["row"] == r["row"])
+        rows.append(_row("scale", setting, f"{r['row']}: peak RSS" + ("" if base else " vs 100 clients"),
+                         f"{r['peak_rss_mb']:,.1f} MiB" + ("" if base else f" ({r['rss_vs_100']:.3f}x)"),
+                         "-" if base else "<= 1.10x", None if base else r["rss_vs_100"] <= 1.10))
+        rows.append(_row("scale", setting, f"{r['row']}: s / round; checkpoint; client store on disk",
+                         f"{r['round_s']:.2f} s ({r['per_client_ms']:.0f} ms / client); {r['checkpoint_kb']:,.0f} KiB; "
+                         f"{r['store_mb']:,.1f} MiB"))
+    for k in d["kills"]:
+        ok = k["metrics_equal"] and k["model_equal"]
+        rows.append(_row("scale", f"{k['row']}, {k['clients']:,} clients, SIGKILL in round 2 (checkpoint of round "
+                                  f"{k['killed_after_round']}), resumed",
+                         f"{k['row']}: metrics and final model vs the uninterrupted run",
+                         "bit-equal" if ok else f"differ (metrics equal {k['metrics_equal']}, model equal "
+                                                f"{k['model_equal']})", "bit-equal", ok))
+    return rows
+
+
 ROW_BUILDERS = {"aggregate": aggregate_rows, "vit": vit_rows, "mamba": mamba_rows, "lora_merge": lora_rows,
                 "llm_round": llm_rows, "data": data_rows, "fisher": fisher_rows, "processes": processes_rows,
-                "gpu": gpu_rows, "cross_device": cross_device_rows}
+                "gpu": gpu_rows, "cross_device": cross_device_rows, "scale": scale_rows}
 
 
 def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> list[list[str]]:
@@ -499,7 +530,8 @@ def run_benchmark(name: str, args, out_dir: str, position: str = "") -> dict | l
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    names = args.only or [n for n in BENCHMARKS if n not in GPU_ONLY or args.device.startswith("cuda")]
+    names = args.only or [n for n in BENCHMARKS
+                          if n not in NAMED_ONLY and (n not in GPU_ONLY or args.device.startswith("cuda"))]
     reused = [n for n in names if args.reuse and args.json_dir and os.path.exists(os.path.join(args.json_dir,
                                                                                                 n + ".json"))]
     with tempfile.TemporaryDirectory() as out:
