@@ -369,3 +369,27 @@ def test_reuse_reads_a_kept_summary(run_all, tmp_path, monkeypatch):
     text = (tmp_path / "R.md").read_text()
     assert "- rows of fisher tabled from a kept summary (--reuse), not re-run\n" in text
     assert "cross_device tabled from a kept summary (--reuse), not re-run: measured by `python b.py` in 7 s" in text
+
+
+def test_scale_rows_hold_memory_to_the_100_client_run_and_runs_only_when_named(run_all, monkeypatch):
+    """bench_scale.py's rows: peak RSS against the same row at 100 clients (<= 1.10x met, 1.2x missed), and a
+    killed run's verdict; a default run leaves the tens-of-minutes benchmark out."""
+    def result(row, n, rss, ratio):
+        return {"row": row, "task": "t", "clients": n, "with_state": n // 2, "peak_rss_mb": rss, "rss_vs_100": ratio,
+                "round_s": 1.0, "per_client_ms": 10.0, "checkpoint_kb": 100.0, "store_mb": 1.0}
+    d = {"rounds": 3, "results": [result("persist", 100, 400.0, 1.0), result("persist", 1000, 404.0, 1.01),
+                                  result("scaffold", 100, 400.0, 1.0), result("scaffold", 1000, 480.0, 1.2)],
+         "kills": [{"row": "persist", "clients": 1000, "killed_after_round": 1, "metrics_equal": True,
+                    "model_equal": False}]}
+    rows = run_all.scale_rows(d)
+    verdicts = {r[2]: r[5] for r in rows if r[4] != "-"}
+    assert verdicts == {"persist: peak RSS vs 100 clients": "yes", "scaffold: peak RSS vs 100 clients": "NO",
+                        "persist: metrics and final model vs the uninterrupted run": "NO"}
+    assert all("1,000 clients (500 holding state)" in r[1] for r in rows if "vs 100 clients" in r[2])
+    ran = []
+    monkeypatch.setattr(run_all, "run_benchmark", lambda name, args, out, *_: ran.append(name) or "skipped")
+    run_all.main(["--output", ""])
+    assert "scale" not in ran and "aggregate" in ran
+    ran.clear()
+    run_all.main(["--only", "scale", "--output", ""])
+    assert ran == ["scale"]
