@@ -113,10 +113,10 @@ def test_bench_client_store_quick(tmp_path):
 
 
 def test_bench_scale_one_run_reads_its_store(tmp_path):
-    """One bench_scale run in this process (SCAFFOLD on 30 synthetic Shakespeare clients, 10 a round, 3 rounds):
+    """One bench_scale run in this process (SCAFFOLD on 12 synthetic Shakespeare clients, 4 a round, 3 rounds):
     every client trained holds a c_i in the store the checkpoint names, and the checkpoint holds none of their rows."""
     bench = load("bench_scale")
-    r = bench.one_run("scaffold", 30, str(tmp_path), "s", resume=False)
-    assert r["tables"] == ["scaffold_c0"] and 10 <= r["with_state"] <= 30 and r["round_s"] > 0
+    r = bench.one_run("scaffold", 12, str(tmp_path), "s", resume=False)
+    assert r["tables"] == ["scaffold_c0"] and 4 <= r["with_state"] <= 12 and r["round_s"] > 0
     row_mb = r["store_mb"] / r["with_state"] / 2  # at most two slots a client
     assert r["checkpoint_kb"] / 1024 < r["with_state"] * row_mb
