@@ -41,14 +41,23 @@ def test_every_readme_has_quick_commands_and_a_plot():
         assert commands and commands[-1].startswith("python plots/plot_"), (name, commands)
 
 
-@pytest.mark.parametrize("name", READMES)
+def command_lists() -> dict[str, list[str]]:
+    """{README names joined by ' + ': their quick commands}, one entry per distinct list: READMEs that give the same
+    commands (the top README repeats mamba_fl's quick start) share one run of them, under all their names."""
+    by_commands: dict[tuple[str, ...], list[str]] = {}
+    for name in READMES:
+        by_commands.setdefault(tuple(quick_commands(REPO / name)), []).append(name)
+    return {" + ".join(names): list(commands) for commands, names in by_commands.items()}
+
+
+@pytest.mark.parametrize("name", list(command_lists()))
 def test_readme_quick_commands_run_in_a_fresh_folder(name, tmp_path):
     """In a folder that holds only links to the code, as a fresh clone would: each command exits 0, the plot
     command last, drawing figures from the runs the commands before it made."""
     for folder in FOLDERS:
         (tmp_path / folder).symlink_to(REPO / folder, target_is_directory=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    commands = quick_commands(REPO / name)
+    commands = command_lists()[name]
     for command in commands:
         cmd = re.sub(r"^python\b", sys.executable, command)
         done = procs.run(["bash", "-c", cmd], f"{name}: `{command}`", 420, cwd=tmp_path, env=env)
