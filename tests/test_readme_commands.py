@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import procs
@@ -41,16 +42,45 @@ def test_every_readme_has_quick_commands_and_a_plot():
         assert commands and commands[-1].startswith("python plots/plot_"), (name, commands)
 
 
-@pytest.mark.parametrize("name", READMES)
-def test_readme_quick_commands_run_in_a_fresh_folder(name, tmp_path):
-    """In a folder that holds only links to the code, as a fresh clone would: each command exits 0, the plot
-    command last, drawing figures from the runs the commands before it made."""
-    for folder in FOLDERS:
-        (tmp_path / folder).symlink_to(REPO / folder, target_is_directory=True)
+def command_lists() -> dict[str, list[str]]:
+    """{README names joined by ' + ': their quick commands}, one entry per distinct list: READMEs that give the same
+    commands (the top README repeats mamba_fl's quick start) share one run of them, under all their names."""
+    by_commands: dict[tuple[str, ...], list[str]] = {}
+    for name in READMES:
+        by_commands.setdefault(tuple(quick_commands(REPO / name)), []).append(name)
+    return {" + ".join(names): list(commands) for commands, names in by_commands.items()}
+
+
+def run_in_a_fresh_folder(name: str, folder: Path) -> None:
+    """``name``'s quick commands in order in ``folder``, which holds only links to the code, as a fresh clone
+    would: each exits 0, the plot command last, drawing figures from the runs the commands before it made."""
+    for code in FOLDERS:
+        (folder / code).symlink_to(REPO / code, target_is_directory=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    commands = quick_commands(REPO / name)
+    commands = command_lists()[name]
     for command in commands:
         cmd = re.sub(r"^python\b", sys.executable, command)
-        done = procs.run(["bash", "-c", cmd], f"{name}: `{command}`", 420, cwd=tmp_path, env=env)
+        done = procs.run(["bash", "-c", cmd], f"{name}: `{command}`", 420, cwd=folder, env=env)
         assert done.returncode == 0, f"{name}: `{command}` exited {done.returncode}:\n{done.stderr[-3000:]}"
-    assert list((tmp_path / "figures").rglob("*.png")), f"{name}: `{commands[-1]}` drew nothing:\n{done.stdout}"
+    assert list((folder / "figures").rglob("*.png")), f"{name}: `{commands[-1]}` drew nothing:\n{done.stdout}"
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory):
+    """{name: the future of ``run_in_a_fresh_folder``} for the lists this session tests, started together and run
+    two at a time (each command is one process of one thread: a second core would otherwise wait idle)."""
+    names = [item.callspec.params["name"] for item in request.session.items
+             if getattr(item, "originalname", "") == "test_readme_quick_commands_run_in_a_fresh_folder"]
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        futures = {name: pool.submit(run_in_a_fresh_folder, name, tmp_path_factory.mktemp("readme"))
+                   for name in names}
+        yield futures
+        for future in futures.values():  # a test interrupted early: the lists not started yet are not run
+            future.cancel()
+
+
+@pytest.mark.parametrize("name", list(command_lists()))
+def test_readme_quick_commands_run_in_a_fresh_folder(name, runs):
+    """Each command of the README exits 0 in a fresh folder, the plot command last drawing figures
+    (``run_in_a_fresh_folder``)."""
+    runs[name].result()

@@ -42,10 +42,20 @@ def kernel_packages(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_python(code: str, packages: Path) -> subprocess.CompletedProcess:
+def run_python(packages: Path, *codes: str) -> list[subprocess.CompletedProcess]:
+    """Each of ``codes`` in a fresh interpreter that finds the stand-in packages, all at once (each process one
+    thread, importing torch and transformers for seconds); their results in order."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(packages), str(REPO)])}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=300)
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) for code in codes]
+    try:
+        printed = [p.communicate(timeout=300) for p in procs]
+        return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, printed)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 FORWARD = """
@@ -64,20 +74,18 @@ FORWARD = """
 
 
 def test_cpu_model_takes_the_reference_path_with_kernels_installed(kernel_packages):
-    chosen = run_python(FORWARD.format(select="print('path', mmodel.select_kernels(torch.device('cpu')))"),
-                        kernel_packages)
+    # and without the choice, transformers binds the installed packages and the CPU forward reaches a kernel
+    chosen, unchosen = run_python(kernel_packages, FORWARD.format(
+        select="print('path', mmodel.select_kernels(torch.device('cpu')))"), FORWARD.format(select=""))
     assert chosen.returncode == 0, chosen.stderr[-2000:]
     assert "path torch" in chosen.stdout and "loss" in chosen.stdout
-
-    # without the choice, transformers binds the installed packages and the CPU forward reaches a kernel
-    unchosen = run_python(FORWARD.format(select=""), kernel_packages)
     assert unchosen.returncode != 0 and "stand-in kernel" in unchosen.stderr
 
 
 def test_one_path_per_process(kernel_packages):
     """Kernels bound first: a later CPU model is refused (it would crash in them). Reference path first: the
     packages stay hidden, so a later CUDA model takes the reference path too, and says so."""
-    out = run_python("""
+    kernels_first, reference_first = run_python(kernel_packages, """
         import torch
         from common import cli
         from mamba_fl import model as mmodel
@@ -86,19 +94,18 @@ def test_one_path_per_process(kernel_packages):
             mmodel.select_kernels(torch.device("cpu"))
         except cli.UsageError as e:
             print("refused:", e)
-    """, kernel_packages)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    assert lines[0] == "mamba-ssm"
-    assert lines[1].startswith("refused: this process already runs Mamba2 on the mamba-ssm path; the torch path")
-
-    out = run_python("""
+    """, """
         import torch
         from mamba_fl import model as mmodel
         print(mmodel.select_kernels(torch.device("cpu")), mmodel.select_kernels(torch.device("cuda")))
-    """, kernel_packages)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["torch", "torch"]
+    """)
+    assert kernels_first.returncode == 0, kernels_first.stderr[-2000:]
+    lines = kernels_first.stdout.splitlines()
+    assert lines[0] == "mamba-ssm"
+    assert lines[1].startswith("refused: this process already runs Mamba2 on the mamba-ssm path; the torch path")
+
+    assert reference_first.returncode == 0, reference_first.stderr[-2000:]
+    assert reference_first.stdout.split() == ["torch", "torch"]
 
 
 def test_kernel_path_names_the_packages(kernel_packages, monkeypatch):
