@@ -26,7 +26,7 @@ from common import stats as S
 from common.checkpoint import atomic_write_json
 from common.flags import FOLDER, POSITIVE_INT
 from llm_noniid import data as D
-from llm_noniid import failure, train
+from llm_noniid import failure, federated, train
 
 MODES = ("quick", "failure", "main", "calibrate", "select", "headline", "analyze")
 REGIMES = ("scratch", "pretrained")
@@ -212,7 +212,8 @@ def jobs_for(arms_: list[tuple[str, str, list[str], int]], seeds: list[int], pas
         for part, arm, flags, rounds in arms_:
             argv = [*flags, "--seed", str(seed), *passthrough, "--out-dir", str(runs), "--quiet"]
             parsed = cli.parse(train.get_args_parser(), argv)  # as train.py reads them (its --quick preset too)
-            name = train.default_run_name(parsed) + (f"_R{parsed.num_rounds}" if parsed.num_rounds != rounds else "")
+            name = federated.default_run_name(parsed) + (f"_R{parsed.num_rounds}" if parsed.num_rounds != rounds
+                                                         else "")
             # a shorter run of the same arm (--rounds raised) is extended, not redone; under a cosine
             # learning rate (laid out over the run's length) it is not the same run, and is left as it is
             out_jobs.append(jobs.Job(name, "llm_noniid.train", [*argv, "--run-name", name],

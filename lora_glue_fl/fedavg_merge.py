@@ -19,11 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from common import checkpoint, cli, flags, pretrained
-from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling
+from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling, options
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
     p.add_argument("--adapters", nargs="+", required=True, help="adapter folders (peft format), K >= 1")
     p.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per adapter (normalised)")
     p.add_argument("--shard_manifests", nargs="+", default=None,
@@ -31,7 +31,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--svd_rank", type=flags.POSITIVE_INT, default=8, help="rank of the fused adapter (svd)")
     p.add_argument("--alpha", type=flags.POSITIVE, default=None,
                    help="lora_alpha of the fused adapter (default: its rank)")
-    p.add_argument("--aggregation", choices=adapters.METHODS, default=None,
+    p.add_argument("--aggregation", choices=options.MERGES, default=None,
                    help="svd (default), naive (average A and B) or exact (stacked factors)")
     p.add_argument("--skip_svd", action="store_true", help="the source's flag for --aggregation naive")
     p.add_argument("--save_adapter", type=flags.FOLDER, required=True, help="output folder of the fused adapter")
@@ -44,7 +44,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--base_model", default=None, help="base model folder or name (default: the adapters' "
                                                      "base_model_name_or_path)")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder or name (default: the base model's own)")
-    glue_tasks.add_data_args(g, quick=False)
+    options.add_data_args(g, quick=False)
     g.add_argument("--max_seq_length", type=flags.POSITIVE_INT, default=128, help="tokens per example (as in training)")
     g.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
                    help="evaluate on the first N examples only")

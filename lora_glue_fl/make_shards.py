@@ -18,15 +18,15 @@ import argparse
 from pathlib import Path
 
 from common import cli, flags
-from lora_glue_fl import glue_shards, glue_tasks
+from lora_glue_fl import glue_shards, glue_tasks, options
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
-    p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
+    options.add_task_arg(p)
     p.add_argument("--k", type=flags.POSITIVE_INT, default=10, help="number of clients")
-    p.add_argument("--mode", choices=glue_shards.MODES, default="iid", help="how to split (see the module doc)")
-    flags.alias(p, "--partition", dest="mode", of="--mode", choices=glue_shards.MODES)
+    p.add_argument("--mode", choices=options.SHARD_MODES, default="iid", help="how to split (see the module doc)")
+    flags.alias(p, "--partition", dest="mode", of="--mode", choices=options.SHARD_MODES)
     flags.alias(p, "--num-clients", dest="k", of="--k", type=flags.POSITIVE_INT)
     p.add_argument("--overlap_ratio", type=flags.Number(float, 0, 1, high_open=True), default=0.0,
                    help="overlap / category_overlap: fraction of each client's data shared with all, in [0, 1)")
@@ -39,7 +39,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--no_bin_stsb", dest="bin_stsb", action="store_false",
                    help="stratify / categorise STS-B by raw score instead of bins of width 0.2")
     p.add_argument("--seed", type=flags.SEED, default=42, help="shuffling seed")
-    glue_tasks.add_data_args(p)
+    options.add_data_args(p)
     p.add_argument("--cache_dir", type=flags.FOLDER, default=None, help="Hugging Face datasets cache")
     p.add_argument("--out_dir", type=flags.FOLDER, default=None,
                    help="where the manifests go (default: shards/<task>_<mode>_k<K>)")

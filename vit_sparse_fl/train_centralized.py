@@ -21,11 +21,12 @@ from common.checkpoint import atomic_path
 from common.runlog import RunDir
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl import experiment as exp
+from vit_sparse_fl import options
 
 
-def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
-    parser = exp.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
-                                quick=dict(epochs=4, warmup_epochs=1))
+def get_args_parser(add_help: bool = True) -> options.ArgumentParser:
+    parser = options.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
+                                    epilog=cli.examples(__doc__), quick=dict(epochs=4, warmup_epochs=1))
     cli.add_run_args(parser)
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=flags.POSITIVE_INT, default=50, help="training epochs")
@@ -36,12 +37,12 @@ def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
                         "to give centralized training the sample-gradient budget of a federated run, "
                         "rounds x clients per round x J (0: --epochs)")
     g.add_argument("--warmup-epochs", type=flags.COUNT, default=5, help="linear warmup epochs before the cosine decay")
-    g.add_argument("--min-lr", type=exp.NON_NEGATIVE, default=0.0, help="learning rate at the end of the cosine")
+    g.add_argument("--min-lr", type=options.NON_NEGATIVE, default=0.0, help="learning rate at the end of the cosine")
     g.add_argument("--patience", type=flags.COUNT, default=10,
                    help="stop after this many epochs without a better validation accuracy (0: never)")
     g.add_argument("--keep-best", type=flags.POSITIVE_INT, default=2, help="how many best-model checkpoints to keep")
-    cifar.add_data_args(parser)
-    exp.add_model_args(parser, lr=0.01, weight_decay=5e-4)
+    options.add_data_args(parser)
+    options.add_model_args(parser, lr=0.01, weight_decay=5e-4)
     return parser
 
 

@@ -23,16 +23,16 @@ from common.aggregate import WeightedMean
 from common.checkpoint import atomic_write_json
 from common.fisher import LABELS, diagonal_fisher
 from vit_sparse_fl import data as cifar
-from vit_sparse_fl import experiment as exp
-from vit_sparse_fl import sparse, talos
-from vit_sparse_fl import train_federated as fed
+from vit_sparse_fl import federated as fed
+from vit_sparse_fl import options, sparse, talos, train_federated
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    parser = fed.get_args_parser(add_help=add_help)  # its --fisher-labels: the masks' (sampled) and FedFisher's
-    parser.description = __doc__.split("\n\n")[0]
+    # its --fisher-labels: the masks' (sampled) and FedFisher's
+    parser = train_federated.get_args_parser(add_help=add_help)
+    parser.description, parser.epilog = __doc__.split("\n\n")[0], cli.examples(__doc__)
     g = parser.add_argument_group("sparse fine-tuning")
-    g.add_argument("--sparsity-ratio", type=exp.UNIT, default=0.9,
+    g.add_argument("--sparsity-ratio", type=options.UNIT, default=0.9,
                    help="share s of backbone coordinates frozen (density 1 - s)")
     g.add_argument("--mask-strategy", default="least_sensitive", choices=list(sparse.STRATEGIES),
                    help="which coordinates train: Fisher-ranked (least/most sensitive), by |weight|, or random")
