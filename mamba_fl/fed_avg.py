@@ -1,6 +1,7 @@
 """FedAvg of a Mamba2 language model trained from scratch.
 
     python mamba_fl/fed_avg.py --layers 2 --quick
+    python mamba_fl/fed_avg.py --quick --shard topic --algorithm fedprox --mu 0.01
     python mamba_fl/fed_avg.py --model-config pure_ssm_4_layer --num_clients 4 --local_updates 8 --data wikitext2
 
 Every round each client starts from the global model, runs --local-updates AdamW steps on its shard, and
