@@ -25,8 +25,7 @@ from common import runs as R
 from common import stats as S
 from common.checkpoint import atomic_write_json
 from common.flags import FOLDER, POSITIVE_INT
-from llm_noniid import data as D
-from llm_noniid import failure, federated, train
+from llm_noniid import failure, train
 
 MODES = ("quick", "failure", "main", "calibrate", "select", "headline", "analyze")
 REGIMES = ("scratch", "pretrained")
@@ -165,6 +164,8 @@ def parse_seeds(text: str) -> list[int]:
 def split_data(csv_path: str, out: Path) -> Path:
     """``--split-csv``, checked by the training code's reader (one line if not AG News), split 90/10 into
     ``out/data``; a folder holding another split is refused, never replaced (its runs were trained on it)."""
+    from llm_noniid import data as D  # the data readers load torch: not before the grid runs (--help)
+
     D.read_ag_news_csv(csv_path)
     folder, tmp = out / "data", out / f"data.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -207,6 +208,8 @@ def jobs_for(arms_: list[tuple[str, str, list[str], int]], seeds: list[int], pas
              runs: Path) -> list[jobs.Job]:
     """The train.py jobs of (partition, arm, flags, the grid's rounds) for every seed, seed-major, into ``runs``,
     named by train.py's default name (+ ``_R<rounds>`` for an arm that only runs longer: names leave rounds out)."""
+    from llm_noniid import federated  # train.py's run names: its run module, loaded by the grid, not by --help
+
     out_jobs = []
     for seed in seeds:
         for part, arm, flags, rounds in arms_:
@@ -255,6 +258,8 @@ def select(args, passthrough: list[str]) -> dict:
         if chosen.get("rounds") == rounds and runlog.portable(chosen.get("base")) == base_folder(args) and \
                 set(chosen["mu"]) == {part for part, _ in SELECT_PARTS}:
             return chosen
+    from llm_noniid import data as D
+
     data = D.split_ag_news_csv(split_data(args.split_csv, out) / "train.csv", out / "select" / "data", 0.1, seed=1)
     study = [*PRETRAINED, "--model", base_folder(args), "--data", "ag_news", "--data-dir", str(data),
              *rounds_flags(rounds)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common import checkpoint, cli, flags, pretrained
-from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling, options
+from lora_glue_fl import options
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -58,6 +58,8 @@ def evaluate_adapter(args, adapter_dir: Path, base: str) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
+    from lora_glue_fl import glue_tasks, modeling
+
     task = glue_tasks.get_task(args.task_name)
     splits = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)
     tokenizer = modeling.load_tokenizer(args.tokenizer or base, args.cache_dir)
@@ -76,6 +78,8 @@ def evaluate_adapter(args, adapter_dir: Path, base: str) -> dict:
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    from lora_glue_fl import adapters, glue_shards, glue_tasks  # torch loads here, after parsing
+
     method = args.aggregation or ("naive" if args.skip_svd else "svd")
     cli.check(not (args.skip_svd and method != "naive"), f"--skip_svd contradicts --aggregation {method}")
     cli.check(args.weights is None or args.shard_manifests is None, "give --weights or --shard_manifests, not both")

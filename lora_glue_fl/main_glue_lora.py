@@ -1,7 +1,7 @@
 """Centralized LoRA fine-tuning of an encoder on one GLUE task (the federated runs' reference point).
 
     python lora_glue_fl/main_glue_lora.py --quick
-    python lora_glue_fl/main_glue_lora.py --model_size base --task_name sst2 --do_train --do_eval \
+    python lora_glue_fl/main_glue_lora.py --model_size base --task_name sst2 --do_train --do_eval \\
         --lora_r 8 --lora_alpha 8 --target_modules query value --num_train_epochs 3
 
 LoRA on --target_modules and the classifier head train, the base frozen; evaluated after every epoch. Writes
@@ -15,11 +15,8 @@ import argparse
 import json
 import math
 
-from tqdm.auto import tqdm
-
-from common import checkpoint, cli, compiled, export, flags, report, runlog
-from common import seed as seeding
-from lora_glue_fl import adapters, checks, glue_tasks, modeling, options
+from common import cli, flags
+from lora_glue_fl import options
 
 
 def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentParser:
@@ -64,12 +61,21 @@ def resolve_args(args) -> None:
 
 def check_args(args) -> None:
     """The checks of the arguments alone (``common.jobs`` checks a grid's runs with them)."""
+    from lora_glue_fl import checks, glue_tasks
+
     checks.common_args(args)
     glue_tasks.resolve_task(args)
 
 
 def run(args, lora: bool = True) -> dict:
     """Train (LoRA or full) and/or evaluate; returns the summary."""
+    # the run's modules load once the arguments are parsed (--help and a usage error need none of them)
+    from tqdm.auto import tqdm
+
+    from common import checkpoint, compiled, export, report, runlog
+    from common import seed as seeding
+    from lora_glue_fl import adapters, checks, glue_tasks, modeling
+
     resolve_args(args)
     check_args(args)
     if lora and args.adapter_output_dir:

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from common import cli, flags
-from lora_glue_fl import glue_shards, glue_tasks, options
+from lora_glue_fl import options
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -72,6 +72,8 @@ def plot_histograms(info: dict, path: Path) -> None:
 def client_splits(argv) -> tuple[argparse.Namespace, Path, dict]:
     """(flags, output folder, the split): every check made, nothing written (a grid checks its shards with it)."""
     args = cli.parse(get_args_parser(), argv)
+    from lora_glue_fl import glue_shards, glue_tasks  # the data modules load torch: after parsing
+
     glue_tasks.resolve_task(args)
     out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")
     cli.check_out_dir(out, "--out_dir")  # the default too: never a file, a link loop or a run directory
@@ -83,6 +85,8 @@ def client_splits(argv) -> tuple[argparse.Namespace, Path, dict]:
 
 def main(argv=None) -> dict:
     args, out, info = client_splits(argv)
+    from lora_glue_fl import glue_shards
+
     glue_shards.save_shard_manifests(out, info)
     if not args.no_plot:
         plot_histograms(info, out / "label_histograms.png")

@@ -91,10 +91,10 @@ def test_the_flag_names_equal_the_runs_own():
     from llm_noniid import options as llm_options
     from lora_glue_fl import adapters, glue_shards, glue_tasks
     from lora_glue_fl import options as lora_options
-    from vit_sparse_fl import experiment
+    from vit_sparse_fl import experiment, sparse
     from vit_sparse_fl import options as vit_options
 
-    assert vit_options.ARCHS == tuple(experiment.ARCHS)
+    assert vit_options.ARCHS == tuple(experiment.ARCHS) and vit_options.MASK_STRATEGIES == sparse.STRATEGIES
     assert lora_options.TASKS == tuple(glue_tasks.TASKS)
     assert lora_options.SHARD_MODES == glue_shards.MODES and lora_options.MERGES == adapters.METHODS
     assert llm_options.LORA_ARCHITECTURES == tuple(llm_model.LORA_TARGETS)

@@ -10,6 +10,7 @@ import sys
 from common import cli, config, flags
 
 ARCHS = ("vit_small", "vit_tiny")  # experiment.ARCHS' configurations
+MASK_STRATEGIES = ("least_sensitive", "most_sensitive", "lowest_magnitude", "highest_magnitude", "random")  # sparse
 UNIT = flags.Number(float, 0.0, 1.0, high_open=True)        # [0, 1): dropout, label smoothing, momentum, sparsity
 NON_NEGATIVE = flags.Number(float, 0.0)
 

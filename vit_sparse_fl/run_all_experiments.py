@@ -24,7 +24,7 @@ from common import cli, flags, jobs, stats
 from common import runs as R
 from common.checkpoint import atomic_write_json, atomic_write_text
 from vit_sparse_fl import pretrain
-from vit_sparse_fl.sparse import STRATEGIES
+from vit_sparse_fl.options import MASK_STRATEGIES as STRATEGIES
 
 SCRIPTS = {"centralized": "vit_sparse_fl.train_centralized", "fedavg": "vit_sparse_fl.train_federated",
            "sparse": "vit_sparse_fl.train_federated_sparse"}

@@ -12,15 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from common import cli, compiled, engine, flags
-from common import seed as seeding
-from common.checkpoint import atomic_path
-from common.runlog import RunDir
-from vit_sparse_fl import data as cifar
-from vit_sparse_fl import experiment as exp
+from common import cli, flags
 from vit_sparse_fl import options
 
 
@@ -48,6 +40,10 @@ def get_args_parser(add_help: bool = True) -> options.ArgumentParser:
 
 def keep_best(run_path, best: list[dict], epoch: int, acc: float, model, k: int) -> list[dict]:
     """Insert this epoch if it ranks in the top ``k`` by validation accuracy; delete what falls out."""
+    import torch
+
+    from common.checkpoint import atomic_path
+
     if len(best) >= k and acc <= best[-1]["val_accuracy"]:
         return best
     path = os.path.join(run_path, f"best_epoch{epoch:03d}.pt")
@@ -61,6 +57,8 @@ def keep_best(run_path, best: list[dict], epoch: int, acc: float, model, k: int)
 
 def check_args(args) -> None:
     """Validation of everything that can be checked before loading data."""
+    from vit_sparse_fl import experiment as exp
+
     exp.validate_model_args(args)
     cli.check(args.warmup_epochs < args.epochs, f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs} "
                                                 f"with --epochs {args.epochs}")
@@ -69,6 +67,16 @@ def check_args(args) -> None:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    # the run's modules load once the arguments are parsed (--help and a usage error need none of them)
+    import torch
+    from tqdm import tqdm
+
+    from common import compiled, engine
+    from common import seed as seeding
+    from common.runlog import RunDir
+    from vit_sparse_fl import data as cifar
+    from vit_sparse_fl import experiment as exp
+
     check_args(args)
 
     seeding.seed_everything(args.seed)

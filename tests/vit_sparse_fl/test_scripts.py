@@ -16,7 +16,7 @@ from common.checkpoint import load_checkpoint
 from common.export import tensors_from_state
 from plots import plot_vit
 from vit_sparse_fl import data as cifar
-from vit_sparse_fl import federated, sparse, train_centralized
+from vit_sparse_fl import federated, federated_sparse, sparse, train_centralized
 from vit_sparse_fl import train_federated as fed
 from vit_sparse_fl import train_federated_sparse as fsp
 
@@ -94,7 +94,7 @@ def test_masked_parameters_unchanged_after_training_and_strategies_differ(out_di
     masks, models = {}, {}
     for strategy in ("least_sensitive", "most_sensitive"):
         ctx["args"].mask_strategy = strategy
-        masks[strategy], calibration = fsp.build_masks(ctx, start)
+        masks[strategy], calibration = federated_sparse.build_masks(ctx, start)
         # one calibration round: one batch of every client's shard, one sample gradient per image scored
         args = ctx["args"]
         assert calibration == sum(min(args.batch_size, len(s)) for s in ctx["shards"]) > 0
