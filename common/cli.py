@@ -103,7 +103,7 @@ _EXAMPLE = re.compile(r"^ {4}python (?:.*\\\n)*.*", re.M)  # an indented command
 def examples(doc: str | None) -> str:
     """A script's epilog: the example commands of its docstring (its lines indented by 4 that start with ``python``,
     with their continuation lines), then ``SPELLINGS``."""
-    commands = ["\n      ".join(" ".join(line.split()) for line in m.group().split("\n"))
+    commands = ["\n      ".join(line.strip() for line in m.group().split("\n"))
                 for m in _EXAMPLE.finditer(doc or "")]
     return "".join(["examples:\n", *(f"  {c}\n" for c in commands), "\n"] if commands else []) + SPELLINGS
 

@@ -1,6 +1,6 @@
 """Experiment grids for llm_noniid: every run not yet complete, ``--jobs`` at a time, then a report.
 
-    python llm_noniid/run_experiments.py --mode failure --out-dir runs/llm_noniid/ag_news \
+    python llm_noniid/run_experiments.py --mode failure --out-dir runs/llm_noniid/ag_news \\
         --split-csv ../shared/data/ag_news_csv/test.csv
     python llm_noniid/run_experiments.py --mode analyze --out-dir runs/llm_noniid/ag_news
 
@@ -128,7 +128,8 @@ def equal_compute(rounds: int = ROUNDS) -> list[tuple[str, str, str]]:
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help,
+                           epilog=cli.examples(__doc__))
     p.add_argument("--mode", required=True, help=" | ".join(MODES))
     p.add_argument("--regime", default="scratch", help="scratch: tiny-gpt2 trained from scratch, every parameter | "
                    "pretrained: LoRA on --base, the rate and FedProx's mu chosen on a selection split first")

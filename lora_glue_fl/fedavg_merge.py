@@ -1,8 +1,8 @@
 """One-shot FedAvg of K LoRA adapters: weighted mean of their updates, SVD back to rank r, heads averaged.
 
-    python lora_glue_fl/fedavg_merge.py --adapters runs/A/adapter runs/B/adapter --weights 3 1 \
+    python lora_glue_fl/fedavg_merge.py --adapters runs/A/adapter runs/B/adapter --weights 3 1 \\
         --svd_rank 8 --save_adapter fused/sst2_r8
-    python lora_glue_fl/fedavg_merge.py --adapters out/round_1/client_*/adapter \
+    python lora_glue_fl/fedavg_merge.py --adapters out/round_1/client_*/adapter \\
         --shard_manifests shards/sst2_iid_k10/client_*.json --svd_rank 8 --save_adapter fused/sst2_r8
 
 Weights: --weights, or the sample counts of --shard_manifests (in the order of --adapters), or equal. Writes the
@@ -10,8 +10,8 @@ fused adapter (peft format, heads averaged alike) and fuse_manifest.json; the me
 loads the fused adapter on its base model (the adapters' base_model_name_or_path, or --base_model) and records
 the validation metrics ("final"):
 
-    python lora_glue_fl/fedavg_merge.py --adapters run/round_1/client_*/adapter --shard_manifests \
-        shards/sst2_iid_k4/client_*.json --aggregation naive --save_adapter fused/sst2_naive \
+    python lora_glue_fl/fedavg_merge.py --adapters run/round_1/client_*/adapter --shard_manifests \\
+        shards/sst2_iid_k4/client_*.json --aggregation naive --save_adapter fused/sst2_naive \\
         --do_eval --task_name sst2 --data_dir ../shared/data/glue_sst2 --max_seq_length 64
 """
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
     python lora_glue_fl/make_shards.py --quick                                  # embedded SST-2-like task
     python lora_glue_fl/make_shards.py --task_name sst2 --k 10 --mode iid --out_dir shards/sst2_iid_k10
-    python lora_glue_fl/make_shards.py --task_name mrpc --data_dir ../shared/data/glue_mrpc --k 4 \
+    python lora_glue_fl/make_shards.py --task_name mrpc --data_dir ../shared/data/glue_mrpc --k 4 \\
         --mode category --category_key label --out_dir shards/mrpc_cat_k4
-    python lora_glue_fl/make_shards.py --task_name sst2 --k 2 --mode category_overlap --category_key label \
+    python lora_glue_fl/make_shards.py --task_name sst2 --k 2 --mode category_overlap --category_key label \\
         --overlap_ratio 0.15 --seed 123 --out_dir shards/sst2_catov_k2       # the source's create_clients.py
-    python lora_glue_fl/make_shards.py --task_name sst2 --k 4 --mode dirichlet --alpha 0.1 --min_per_label 10 \
+    python lora_glue_fl/make_shards.py --task_name sst2 --k 4 --mode dirichlet --alpha 0.1 --min_per_label 10 \\
         --out_dir shards/sst2_dir0.1_k4
 
 Modes: lora_glue_fl/glue_shards.py. Writes <out_dir>/client_<i>.json ({"dataset", "indices"}, i from 1),

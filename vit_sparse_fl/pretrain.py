@@ -34,7 +34,7 @@ ADDED_LATER = ("max_length",)
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = train_centralized.get_args_parser(add_help=add_help)
-    parser.description = __doc__.split("\n\n")[0]
+    parser.description, parser.epilog = __doc__.split("\n\n")[0], cli.examples(__doc__)
     parser.add_argument("--cache-dir", type=flags.FOLDER, default="runs/vit_base",
                         help="folder of cached bases, one sub-folder per settings key")
     return parser
