@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from common import caches, compiled, config, threads, tracking
+from common import caches, compiled, config, runlog, threads, tracking
 from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageError)
     EXIT_DIVERGED,
     EXIT_USAGE,
@@ -69,7 +69,7 @@ def _with_both_spellings(group):
     return group
 
 
-class _DefaultsFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """``(default: X)`` after each help text, except for None, False and help texts that name their default; each
     flag by the spellings it was declared with; a usage line that leaves the flags to the list below it; the
     description and epilog (examples) as written."""
@@ -113,7 +113,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *names, **kwargs):
@@ -279,8 +279,6 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
                                  "atomically (checkpoints, summaries) keep their last complete version; free some "
                                  "space and rerun") from None
             if isinstance(e, OverflowError) or "without overflow" in str(e):
-                from common import runlog
-
                 runlog.overflowed(" ".join(str(e).split())[:120])
             raise
     except UsageError as e:
@@ -294,6 +292,4 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
         raise SystemExit(130) from None
     finally:
         tracking.close_all()
-        runlog = sys.modules.get("common.runlog")  # not imported (--help, a usage error): no run directory to release
-        if runlog is not None:
-            runlog.release_all()
+        runlog.release_all()
