@@ -22,7 +22,6 @@ def get_args_parser(add_help: bool = True) -> options.ArgumentParser:
                                     epilog=cli.examples(__doc__),
                                     quick=dict(rounds=8, eval_every=2, num_clients=20, participation_rate=0.2,
                                                fisher_samples=8))  # FedFisher's sample: read only by it
-    cli.add_run_args(parser)
     cli.add_fed_args(parser, num_clients=100, rounds=300, participation_rate=0.1, eval_every=10)
     g = parser.add_argument_group("local training and sharding")
     g.add_argument("--local-steps", type=flags.POSITIVE_INT, default=4, help="J: local SGD steps per client per round")
@@ -57,6 +56,7 @@ def get_args_parser(add_help: bool = True) -> options.ArgumentParser:
     g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=None,
                    help="fraction of each client's shard held out of training (--aggregator entropy measures on it; "
                         "default 0.1 with it, else 0)")
+    cli.add_run_args(parser)
     return parser
 
 
