@@ -188,12 +188,13 @@ def bench_mamba(layers: int, size: dict, batch: int, device, a) -> dict:
 def bench_vit(batch: int, device, a) -> list[dict]:
     from vit_sparse_fl import data as cifar
     from vit_sparse_fl import experiment as exp
+    from vit_sparse_fl import federated
     from vit_sparse_fl import train_federated as fed
 
     argv = ["--arch", "vit_tiny" if a.quick else "vit_small", "--weights", "none",
             "--image-size", "32" if a.quick else "224", "--num-classes", "100", "--data", "synthetic"]
     args = fed.get_args_parser().parse_args(argv)
-    fed.finish_args(args)
+    federated.finish_args(args)
     g = torch.Generator().manual_seed(2)
 
     def split_on(dev, n):

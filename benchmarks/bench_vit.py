@@ -8,7 +8,7 @@ the clients' compute and everything else (loading the global model, optimizer se
 Training images/s: J SGD-momentum steps through ``experiment.train_steps`` on uint8 images held on the
 device, including the batched augmentation (crop, flip, resize, normalisation). Evaluation images/s:
 ``experiment.evaluate`` (inference mode, no augmentation). Both sparse (SparseSGDM with a 10 % mask) and
-dense optimizers are timed. Round split: ``train_federated.fed_round`` on random data with K clients,
+dense optimizers are timed. Round split: ``federated.plain_rounds`` on random data with K clients,
 m of them per round, J local steps; client compute is the time inside the clients' training loops, the
 rest is the round's own overhead. Target: everything else under 5 % of the round.
 """
@@ -25,8 +25,7 @@ from common import cli
 from common import params as P
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl import experiment as exp
-from vit_sparse_fl import sparse
-from vit_sparse_fl import train_federated as fed
+from vit_sparse_fl import federated, sparse
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -98,10 +97,10 @@ def main(argv=None) -> dict:
 
         # ------------------------------------------------------------ one round: client compute vs the rest
         glob = P.clone(params)
-        fed.plain_rounds(ctx, glob)                                           # warm-up
+        federated.plain_rounds(ctx, glob)                                           # warm-up
         splits = []
         for r in range(args.repeats):  # the engine's own clocks: the round, not building the task around it
-            timing = fed.plain_rounds(ctx, glob, rounds=r + 2, start=r + 1)   # round r + 1 alone
+            timing = federated.plain_rounds(ctx, glob, rounds=r + 2, start=r + 1)   # round r + 1 alone
             splits.append((timing["round_seconds"], timing["client_seconds"]))
         total, client = sorted(splits)[len(splits) // 2]
         other = total - client

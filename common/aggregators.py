@@ -11,8 +11,9 @@ for the log. ``up``: model-sized tensors a client sends for it besides its model
 - ``entropy``: FedEntropy, alpha_k = softmax(-H_k / T) over the cluster's clients (H_k: the client's mean
   predictive entropy on held-out data), streamed with a re-based reference entropy.
 
-Adding one: subclass ``Aggregator`` in a module of its own, decorate it with ``@register``, and import that
-module in ``common.engine`` (one line).
+Adding one: subclass ``Aggregator`` in a module of its own, decorate it with ``@register``, import that module
+in ``common.engine`` (one line), and list its name, one-line description and own flags in
+``common.algorithm_flags`` (torch-free: every parser is built without loading torch).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import math
 import torch
 
 from common import aggregate as A
-from common import flags
+from common.algorithm_flags import FISHER_EPS
 
 REGISTRY: dict[str, type[Aggregator]] = {}
 
@@ -45,18 +46,13 @@ class Aggregator:
     """The interface, and ``mean``'s bookkeeping. ``like``: the cluster's global model x."""
 
     name = "mean"
-    help = ""
     stats: tuple[str, ...] = ()   # per-client statistics asked of the task: "fisher" (tensors like params), "entropy"
     up = 0                        # model-sized tensors a client sends for it besides its model
     holds_clients = False         # keeps every client's upload (memory O(clients per round))
-    flags: tuple[str, ...] = ()   # destinations of its own flags (``add_args``): refused under another aggregator
+    flags: tuple[str, ...] = ()   # destinations of its own flags (common.algorithm_flags): refused under another one
 
     def __init__(self, like: list[torch.Tensor], args=None):
         self.args = args
-
-    @classmethod
-    def add_args(cls, group) -> None:
-        """Its own flags, in the shared group (``common.engine.add_algorithm_args``)."""
 
     @classmethod
     def refuse(cls, args) -> str | None:
@@ -100,7 +96,7 @@ class Aggregator:
 class Mean(Aggregator):
     """FedAvg: sum_k w_k theta_k / sum_k w_k (w_k: the algorithm's client weight, usually n_k)."""
 
-    name, help = "mean", "the weighted mean (FedAvg)"
+    name = "mean"
 
     def __init__(self, like, args=None):
         super().__init__(like, args)
@@ -126,20 +122,14 @@ class Fisher(Aggregator):
     --fisher-eps times the mean of sum w F. Each client sends its Fisher diagonal too (up 1). Logs the client's
     mean Fisher and ``fisher_eps_share`` (the fraction of coordinates where eps decides)."""
 
-    name, help = "fisher", "Fisher-weighted coordinates (FedFisher)"
+    name = "fisher"
     stats, up = ("fisher",), 1
     flags = ("fisher_eps",)
-    EPS = 1e-6
+    EPS = FISHER_EPS
 
     def __init__(self, like, args=None):
         super().__init__(like, args)
         self.mean = A.FisherMean(like, eps=getattr(args, "fisher_eps", self.EPS), acc_dtype=acc_dtype(like))
-
-    @classmethod
-    def add_args(cls, group) -> None:
-        group.add_argument("--fisher-eps", type=flags.POSITIVE, default=cls.EPS,
-                           help="FedFisher's floor relative to the mean Fisher: coordinates whose summed Fisher is "
-                                "below this fraction of the mean get (mostly) the FedAvg mean; raise toward FedAvg")
 
     @classmethod
     def refuse(cls, args) -> str | None:
@@ -171,32 +161,6 @@ class Fisher(Aggregator):
         return {"fisher_eps_share": self.mean.eps_share}
 
 
-FISHER_STAT_FLAGS = ("fisher_samples", "fisher_batch", "fisher_labels", "fisher_method")
-
-
-def add_fisher_stat_args(group, *, labels: str = "empirical", labels_help: str = "", local: bool = True) -> None:
-    """How a task estimates the per-client Fisher ``Fisher`` asks for (``common.fisher.client_fisher``): flags of the
-    scripts whose task computes it (its ``supported_stats`` holds "fisher"), refused there without ``--aggregator
-    fisher``. ``labels``: --fisher-labels' default (a script whose masks read the flag too keeps its own, with
-    ``labels_help``; "true" is the data's labels' older name); ``local``: the task's local steps feed
-    ``common.fisher.LocalStepFisher`` (--fisher-method local)."""
-    group.add_argument("--fisher-samples", type=flags.POSITIVE_INT, default=32,
-                       help="FedFisher: training examples per client for its Fisher (per-example gradients); more is "
-                            "smoother")
-    group.add_argument("--fisher-batch", type=flags.POSITIVE_INT, default=8,
-                       help="FedFisher: examples per vectorised gradient chunk")
-    group.add_argument("--fisher-labels", choices=("empirical", "sampled", "true"), default=labels,
-                       help="labels of the Fisher diagonals: empirical (or true): targets from the data; sampled: "
-                            f"y ~ model (true Fisher); default {labels}" + labels_help)
-    methods = ("per_example", "loop", "batch", *(("local",) if local else ()))
-    group.add_argument("--fisher-method", choices=methods, default="per_example",
-                       help="FedFisher: per_example: torch.func vmap over --fisher-samples examples; loop: reference; "
-                            "batch: squared batch gradients of those examples (biased)" + (
-                                "; local: from the batch gradients of the client's own consecutive local steps, "
-                                "reused from training (no extra pass; needs 2+ local steps; empirical labels)"
-                                if local else ""))
-
-
 MOVE_REF = 30.0  # a client more confident than H_ref by this many T becomes the reference: no weight exceeds e^30
 
 
@@ -213,7 +177,7 @@ class Entropy(Aggregator):
     the weight sum completes the softmax. Under torchrun ``pre_reduce`` re-bases each rank's sums to the H_ref a
     single process ends the round with, so the reduced sums are the single-process run's."""
 
-    name, help = "entropy", "softmax(-H_k / T) of the clients' held-out entropies (FedEntropy)"
+    name = "entropy"
     stats, flags = ("entropy",), ("temperature",)
 
     def __init__(self, like, args=None):
@@ -221,12 +185,6 @@ class Entropy(Aggregator):
         self.temperature = getattr(args, "temperature", 1.0)
         self.mean = A.WeightedMean(like, acc_dtype=acc_dtype(like))
         self.h_ref, self.entropies = None, {}
-
-    @classmethod
-    def add_args(cls, group) -> None:
-        group.add_argument("--temperature", type=flags.POSITIVE, default=1.0,
-                           help="FedEntropy's softmax temperature T of alpha_k = softmax(-H_k / T); lower favours "
-                                "confident clients")
 
     @classmethod
     def run_name_tags(cls, args) -> dict:

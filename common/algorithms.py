@@ -6,14 +6,14 @@ engine), the weight the aggregator gives a client (``client_weight``) and the se
 aggregate (``server_step``). ``refuse(args)`` says in one line why a combination (aggregator, server
 optimizer, clustering) cannot run; ``check_algorithm_args`` asks every algorithm before anything is written.
 
-Adding one: subclass ``FedAvg`` in a module of its own, decorate it with ``@register``, and import that module
-in ``common.engine`` (one line) so the registry holds it wherever the shared flags are parsed.
+Adding one: subclass ``FedAvg`` in a module of its own, decorate it with ``@register``, import that module in
+``common.engine`` (one line) so the registry holds it wherever the shared flags are parsed, and list its name,
+one-line description and own flags in ``common.algorithm_flags`` (torch-free: --help builds without torch).
 """
 from __future__ import annotations
 
 import torch
 
-from common import flags
 from common import scaffold as SC
 
 REGISTRY: dict[str, type[FedAvg]] = {}
@@ -30,16 +30,11 @@ class FedAvg:
     """Plain local training; the server moves the global model to the aggregate (through its optimizer)."""
 
     name, title = "fedavg", ""  # title: how refusals name it (default "--algorithm <name>")
-    help = "plain local training"
     up, down = 1, 1        # model-sized tensors per client per round: sent up (the model) and down (the model)
     plain_sgd = False      # needs plain SGD local steps (its algebra assumes them), for the reason below
     plain_sgd_reason = "its update assumes them"
-    flags: tuple[str, ...] = ()   # the destinations of its own flags (``add_args``): refused under another algorithm
+    flags: tuple[str, ...] = ()   # the destinations of its own flags (common.algorithm_flags): refused under another
     uses_aggregate = True  # the engine builds the aggregator and passes its result to ``server_step``
-
-    @classmethod
-    def add_args(cls, group) -> None:
-        """Its own flags, in the shared group (``common.engine.add_algorithm_args``)."""
 
     @classmethod
     def refuse(cls, args) -> str | None:
@@ -97,16 +92,10 @@ class FedProx(FedAvg):
     added to the gradient (after any clipping); mu = 0 is exactly FedAvg."""
 
     name, title = "fedprox", "FedProx"
-    help = "loss + mu/2 ||w - w_global||^2"
     flags = ("mu",)
 
     def __init__(self, mu: float):
         self.mu = mu
-
-    @classmethod
-    def add_args(cls, group) -> None:
-        group.add_argument("--mu", type=flags.Number(float, 0), default=0.01,
-                           help="FedProx proximal weight (--algorithm fedprox)")
 
     @classmethod
     def from_args(cls, args, cluster_models, sizes, assign=None, shift=False) -> FedProx:
@@ -132,7 +121,6 @@ class Scaffold(FedAvg):
     way c <- c + mean dc. A client sends y and dc (up 2) and receives x and c (down 2)."""
 
     name, title = "scaffold", "SCAFFOLD"
-    help = "control variates; plain SGD local steps"
     up, down, plain_sgd, plain_sgd_reason = 2, 2, True, "its control variates assume them"
     flags = ("scaffold_weighting",)
 
@@ -140,11 +128,6 @@ class Scaffold(FedAvg):
         self.controls, self.cluster, self.shift, self.uses_aggregate = controls, 0, shift, not own_mean
         for sc in controls:
             sc.sum_dy = own_mean
-
-    @classmethod
-    def add_args(cls, group) -> None:
-        group.add_argument("--scaffold-weighting", default="uniform", help="SCAFFOLD's means of dy and dc: uniform "
-                           "(the paper's Algorithm 1) | size (both weighted by client size, c = sum_i p_i c_i)")
 
     @classmethod
     def refuse(cls, args) -> str | None:

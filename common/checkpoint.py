@@ -7,7 +7,8 @@ Checkpoints are ``torch.save`` archives of ``{"format": "fedlab-checkpoint", "ve
 resumes from another's state. They hold only tensors and plain values and load with ``weights_only=True``;
 before that, ``load_checkpoint`` checks the zip archive, reads our header from the pickle opcodes without
 executing them, and refuses a file naming any global (a crafted pickle) before unpickling. An unusable file is
-a ``CheckpointError`` (a ``UsageError``: one line, exit status 2).
+a ``CheckpointError`` (a ``UsageError``: one line, exit status 2). Torch is imported by the checkpoint functions
+only: the atomic writes and the JSON helpers also serve parsers, grids and plots, which never load it.
 """
 from __future__ import annotations
 
@@ -18,14 +19,12 @@ import io
 import json
 import os
 import pickletools
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
-
-import numpy as np
-import torch
 
 from common.errors import UsageError
 
@@ -96,9 +95,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def to_jsonable(obj: Any) -> Any:
     """``json.dumps`` default: tensors and NumPy values become numbers or lists, paths and the rest strings."""
-    if torch.is_tensor(obj):
+    torch, np = sys.modules.get("torch"), sys.modules.get("numpy")  # a tensor or an array exists once they loaded
+    if torch is not None and torch.is_tensor(obj):
         return obj.item() if obj.numel() == 1 and obj.dim() == 0 else obj.detach().cpu().tolist()
-    if isinstance(obj, (np.generic, np.ndarray)):
+    if np is not None and isinstance(obj, (np.generic, np.ndarray)):
         return obj.tolist()
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=str)
@@ -115,12 +115,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=to_jsonable) + "\n")
 
 
-_PLAIN = (str, int, float, bool, complex, bytes, type(None), torch.Size, torch.dtype, torch.device)
+_PLAIN = (str, int, float, bool, complex, bytes, type(None))
 
 
 def _check_plain(value: Any, where: str = "state") -> None:
     """Refuse (when saving) anything but tensors and plain values: it would not load with ``weights_only``."""
-    if torch.is_tensor(value) or isinstance(value, _PLAIN):
+    import torch
+
+    if torch.is_tensor(value) or isinstance(value, (*_PLAIN, torch.Size, torch.dtype, torch.device)):
         return
     if isinstance(value, dict):
         for k, v in value.items():
@@ -136,6 +138,8 @@ def _check_plain(value: Any, where: str = "state") -> None:
 
 def save_checkpoint(path: str | os.PathLike, state: dict, kind: str) -> Path:
     """``torch.save`` ``state`` (tensors and plain values) with our header, atomically."""
+    import torch
+
     _check_plain(state)
     payload = {"format": FORMAT, "version": VERSION, "kind": kind, "state": state}
     return _atomic_write(path, lambda f: torch.save(payload, f))
@@ -202,6 +206,8 @@ def _unreadable(path: Path, e: Exception) -> CheckpointError:
 
 def load_checkpoint(path: str | os.PathLike, kind: str) -> dict:
     """The ``state`` saved by ``save_checkpoint(path, state, kind)``; ``CheckpointError`` if unusable."""
+    import torch
+
     path = Path(path)
     _check_file(path, kind)
     try:

@@ -3,9 +3,16 @@ ONE line on stderr and exit status 2, a diverged run exit status 3 (``run(main)`
 checks every int / float value after parsing (YAML values included); ``add_run_args`` and ``add_fed_args`` are
 the shared flag groups.
 
+--help answers at once: this module and every flag declaration a parser is built from import no torch,
+transformers, numpy or matplotlib (``common.algorithm_flags``, each subproject's ``options``), and a script
+imports what its run needs after parsing, so ``--help`` (and a usage error) exits before any of it loads
+(tests/test_help.py). --help lists each flag once, by its first spelling, its metavar named after it, and ends
+with the examples of the script's docstring (``examples``).
+
     def get_args_parser(add_help=True): ...
     def main(argv=None) -> dict:        # returns the summary dict; tests call main([...])
         args = parse(get_args_parser(), argv)
+        from <subproject> import <the run's module>   # torch and the rest load here, after parsing
     if __name__ == "__main__":
         cli.run(main)
 """
@@ -15,10 +22,10 @@ import argparse
 import functools
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from common import caches, compiled, config, runlog, threads, tracking
 from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageError)
@@ -33,17 +40,28 @@ from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageEr
 )
 from common.flags import FOLDER, FRACTION, MAX_COUNT, POSITIVE_INT, RUN_NAME, SEED, WHY_MAX, Folder, Number  # noqa: F401  (FOLDER re-exported)
 
+if TYPE_CHECKING:
+    import torch
+
 _from_command_line = False  # set by ``run``: a script's own process, not a test or a grid calling main()
 
 
+_TAKES_VALUE = (None, "store", "append", "extend")  # the actions whose flag is followed by a value
+
+
 def _add_argument(original: Callable, *names, **kwargs):
+    given = names
     if names and names[0].startswith("-"):  # every long flag in both spellings, the given ones first
         alts = [f"--{n[2:].replace(a, b)}" for n in names if n.startswith("--") and len(n) > 3 for a, b in ("-_", "_-")]
         names = (*names, *(alt for alt in dict.fromkeys(alts) if alt not in names))
         first_long = next((n for n in names if n.startswith("--")), None)
         if "dest" not in kwargs and first_long:  # dest from the first spelling given, snake_cased
             kwargs["dest"] = first_long[2:].replace("-", "_")
-    return original(*names, **kwargs)
+        if first_long and kwargs.get("action") in _TAKES_VALUE and "choices" not in kwargs:
+            kwargs.setdefault("metavar", first_long[2:].replace("-", "_").upper())  # --val-freq VAL_FREQ, not its dest
+    action = original(*names, **kwargs)
+    action.shown = given  # --help lists the spellings given, not the other spelling of each
+    return action
 
 
 def _with_both_spellings(group):
@@ -51,13 +69,43 @@ def _with_both_spellings(group):
     return group
 
 
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``(default: X)`` after each help text, except for None, False and help texts that name their default."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after each help text, except for None, False and help texts that name their default; each
+    flag by the spellings it was declared with; a usage line that leaves the flags to the list below it; the
+    description and epilog (examples) as written."""
 
     def _get_help_string(self, action):
         if action.default in (None, False) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action):
+        shown = getattr(action, "shown", None)
+        if not shown or not action.option_strings:
+            return super()._format_action_invocation(action)
+        strings = [*shown]
+        if action.nargs != 0:
+            strings[-1] += " " + self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(strings)
+
+    def _format_usage(self, usage, actions, groups, prefix):
+        if usage is None:  # every flag is listed below the usage line: it names the positional arguments only
+            positionals = [self._format_args(a, self._get_default_metavar_for_positional(a))
+                           for a in actions if not a.option_strings]
+            usage = " ".join(["%(prog)s [options]", *positionals])
+        return super()._format_usage(usage, actions, groups, prefix)
+
+
+SPELLINGS = "Every --flag-name is also accepted as --flag_name (and the other way round)."
+_EXAMPLE = re.compile(r"^ {4}python (?:.*\\\n)*.*", re.M)  # an indented command and its continuation lines
+
+
+def examples(doc: str | None) -> str:
+    """A script's epilog: the example commands of its docstring (its lines indented by 4 that start with ``python``,
+    with their continuation lines), then ``SPELLINGS``."""
+    commands = ["\n      ".join(line.strip() for line in m.group().split("\n"))
+                for m in _EXAMPLE.finditer(doc or "")]
+    return "".join(["examples:\n", *(f"  {c}\n" for c in commands), "\n"] if commands else []) + SPELLINGS
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -65,7 +113,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *names, **kwargs):
@@ -155,7 +203,8 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) ->
     return args
 
 
-def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str = "runs") -> None:
+def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str = "runs"):
+    """The flags of how a run runs and where it writes; returns their group, for a script's own."""
     g = parser.add_argument_group("run")
     g.add_argument("--seed", type=SEED, default=seed, help="global seed; client streams derive from it")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -178,11 +227,13 @@ def add_run_args(parser: argparse.ArgumentParser, *, seed: int = 0, out_dir: str
     tracking.add_report_args(g)
     config.add_config_arg(g)  # --config FILE.yaml, unless the script has its own --config
     compiled.add_compile_args(g)
+    return g
 
 
 def add_fed_args(parser: argparse.ArgumentParser, *, num_clients: int = 10, rounds: int | None = None,
-                 participation_rate: float = 1.0, eval_every: int = 1, rounds_help: str = "") -> None:
-    """``rounds_help``: what decides the rounds when ``rounds`` is None (said in --help)."""
+                 participation_rate: float = 1.0, eval_every: int = 1, rounds_help: str = ""):
+    """``rounds_help``: what decides the rounds when ``rounds`` is None (said in --help). Returns the group, for a
+    script's own federation flags."""
     g = parser.add_argument_group("federation")
     g.add_argument("--num-clients", type=POSITIVE_INT, default=num_clients, help="number of clients K")
     g.add_argument("--rounds", type=POSITIVE_INT, default=rounds, help="communication rounds" + rounds_help)
@@ -190,9 +241,12 @@ def add_fed_args(parser: argparse.ArgumentParser, *, num_clients: int = 10, roun
                    help="fraction C of clients sampled each round (without replacement)")
     g.add_argument("--eval-every", type=POSITIVE_INT, default=eval_every,
                    help="evaluate the global model every N rounds")
+    return g
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

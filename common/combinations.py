@@ -21,8 +21,9 @@ import sys
 from functools import cache
 
 from common import aggregators as AG
+from common import algorithm_flags, jobs
 from common import algorithms as AL
-from common import engine, jobs
+from common import engine as _engine  # noqa: F401  (registers every algorithm and aggregator)
 from common.errors import UsageError
 
 SCRIPTS = {"mamba_fl": "mamba_fl.fed_avg", "vit_sparse_fl": "vit_sparse_fl.train_federated",
@@ -33,8 +34,8 @@ DIMENSIONS = ("algorithm", "aggregator", "server_opt", "clustering")
 
 def values() -> dict[str, tuple[str, ...]]:
     """Every dimension's values: the registries' (at call time, so a class registered later counts)."""
-    return {"algorithm": tuple(AL.REGISTRY), "aggregator": tuple(AG.REGISTRY), "server_opt": engine.SERVER_OPTS,
-            "clustering": CLUSTERINGS}
+    return {"algorithm": tuple(AL.REGISTRY), "aggregator": tuple(AG.REGISTRY),
+            "server_opt": algorithm_flags.SERVER_OPTS, "clustering": CLUSTERINGS}
 
 
 def argv(subproject: str, combo: dict) -> list[str]:

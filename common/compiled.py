@@ -5,13 +5,15 @@ parameters (loaded in place, so no recompilation), ``state_dict`` and checkpoint
 ``torch.func`` Fisher (no vmap over a compiled module) and ``generate``. It pays on CUDA; on a CPU the tiny
 models compile for about a minute without faster steps, so it is off by default (``aot_eager`` checks that a
 model compiles). Results differ only by float rounding, so ``--resume`` accepts a changed ``--compile``.
+Torch is imported by ``maybe_compile`` only: the flags are part of every parser, built before torch loads.
 """
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BACKENDS = ("inductor", "aot_eager", "eager")
@@ -27,10 +29,12 @@ def add_compile_args(group) -> None:
                        help="torch.compile backend; aot_eager traces without code generation (a quick check)")
 
 
-def maybe_compile(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+def maybe_compile(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
     """``torch.compile(model)`` (sharing its parameters and buffers) when ``args.compile``, else ``model``."""
     if not getattr(args, "compile", False):
         return model
+    import torch
+
     mode = None if args.compile_mode == "default" or args.compile_backend != "inductor" else args.compile_mode
     # dynamic=None: a new shape (a shorter last batch) recompiles once with dynamic shapes, not once per shape
     return torch.compile(model, mode=mode, backend=args.compile_backend, dynamic=None)

@@ -13,7 +13,7 @@ once: per round and chosen client, ``algorithm.down`` messages down and ``algori
 
 A subproject supplies a ``Task``; client algorithms and aggregators are registries (``--algorithm``,
 ``--aggregator``). Clustering is which global model a client starts from (``Federation.assign``; IFCA
-re-assigns the round's clients every round, ``data`` once). Shared flags: ``add_algorithm_args``, checked by
+re-assigns the round's clients every round, ``data`` once). Shared flags: ``common.algorithm_flags``, checked by
 ``check_algorithm_args``: every combination of algorithm, aggregator, server optimizer and clustering either
 runs or is refused there in one line.
 """
@@ -30,81 +30,20 @@ import torch
 from tqdm.auto import tqdm
 
 from common import aggregators as AG
+from common import algorithm_flags, export, flags, privacy
 from common import algorithms as AL
 from common import client_store as CS
 from common import clustering as C
 from common import distributed as D
-from common import export, flags, privacy
 from common import feddyn as _feddyn  # noqa: F401  (registers --algorithm feddyn: modules that register, one line each)
 from common import fednova as _fednova  # noqa: F401  (registers --algorithm fednova)
 from common import params as P
 from common import robust as _robust  # noqa: F401  (registers --aggregator median, trimmed_mean, krum, multikrum)
 from common import seed as seeding
 from common import server_opt as SO
+from common.algorithm_flags import SERVER_LR
 from common.errors import UsageError, check
 from common.runlog import run_name
-
-SERVER_OPTS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
-# --server-lr's default (FedAdam diverges at 1; FedYogi / FedAdagrad: Flower's defaults)
-SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 1e-2, "fedyogi": 1e-2, "fedadagrad": 1e-1}
-
-
-# the shared flags
-def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str = "heavy-ball",
-                       client_opt_state: str | None = "reset", clustering: str | None = None,
-                       scaffold: str | None = None, algorithm_help: str = "", aggregator: str = "mean"):
-    """The shared flags (--algorithm ... --ifca-batches, the algorithms' and aggregators' own flags, the
-    --dp-* flags of ``common.privacy`` in a group of their own).
-    ``clustering`` / ``scaffold``: why this script cannot honour them (said in --help, refused by
-    ``check_algorithm_args``); ``client_opt_state`` None: no state; ``aggregator``: the script's default."""
-    g = parser.add_argument_group("federated algorithm (common.engine)")
-    g.add_argument("--algorithm", default="fedavg", help="client algorithm: " + " | ".join(
-        f"{name} ({cls.help})" for name, cls in AL.REGISTRY.items())
-                   + (f"; scaffold is refused here: {scaffold}" if scaffold else "") + algorithm_help)
-    for cls in AL.REGISTRY.values():
-        cls.add_args(g)
-    g.add_argument("--aggregator", default=aggregator, choices=tuple(AG.REGISTRY), help="the server's aggregate of "
-                   "the round's client models: " + " | ".join(f"{name} ({cls.help})"
-                                                             for name, cls in AG.REGISTRY.items()))
-    for cls in AG.REGISTRY.values():
-        cls.add_args(g)
-    g.add_argument("--server-opt", default=server_opt, choices=SERVER_OPTS,
-                   help="server step on the aggregate: fedavg (theta <- theta + server_lr (avg - theta)) | "
-                        "fedavgm (server momentum) | fedadam | fedyogi | fedadagrad (Reddi et al. 2021)")
-    g.add_argument("--server-lr", type=flags.POSITIVE, default=None,
-                   help="server step size: FedAvg / FedAvgM (1 = plain), SCAFFOLD's eta_g (default: 1; "
-                        f"fedadam {SERVER_LR['fedadam']:g})")
-    g.add_argument("--server-momentum", type=flags.Number(float, 0, 1, high_open=True), default=0.9,
-                   help="FedAvgM momentum beta / FedAdam, FedYogi, FedAdagrad beta1")
-    g.add_argument("--server-beta2", type=flags.Number(float, 0, 1, high_open=True), default=0.99,
-                   help="FedAdam / FedYogi beta2 (second-moment decay)")
-    g.add_argument("--server-tau", type=flags.POSITIVE, default=None,
-                   help="FedAdam / FedYogi / FedAdagrad adaptivity tau (default 1e-3; fedadagrad 1e-9)")
-    g.add_argument("--momentum-form", choices=("ema", "heavy-ball"), default=momentum_form,
-                   help="FedAvgM: ema: m <- b m + (1-b) d (the mamba source) | heavy-ball: m <- b m + d (Flower)")
-    if client_opt_state is None:
-        g.add_argument("--client-opt-state", choices=("reset",), default="reset",
-                       type=flags.OnlyHere(("reset",), ("reset", "persist"), "the clients' local optimizer keeps no "
-                                           "state between rounds in this script"),
-                       help="the clients' local optimizer keeps no state between rounds here (reset only)")
-    else:
-        g.add_argument("--client-opt-state", choices=("reset", "persist"), default=client_opt_state,
-                       help="persist: each client keeps its optimizer state (moments, momentum) across rounds "
-                            "(memory: the state per client); reset: a fresh optimizer per client per round")
-    g.add_argument("--clustering", default="none", choices=C.METHODS if clustering is None else ("none",),
-                   type=str if clustering is None else flags.OnlyHere(("none",), C.METHODS, clustering),
-                   help="none | ifca (C cluster models; every round each client trains the one with the lowest "
-                        "loss on its own data) | data (clients grouped once by their data distribution)"
-                        + (f"; only none here: {clustering}" if clustering else ""))
-    g.add_argument("--num-clusters", type=flags.COUNT, default=0,
-                   help="clusters (ifca: >= 2; data: 0 = chosen by silhouette)")
-    g.add_argument("--ifca-init-rounds", type=flags.POSITIVE_INT, default=5,
-                   help="IFCA: each starting model is this many rounds' worth of local steps of its seed "
-                        "client from the initial model")
-    g.add_argument("--ifca-batches", type=flags.POSITIVE_INT, default=2,
-                   help="IFCA: batches of a client's own training data on which it scores every cluster model")
-    privacy.add_dp_args(parser)
-    return g
 
 
 def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold: str | None = None,
@@ -625,9 +564,9 @@ def _opt_state_from_list(states: list[dict], plist, device) -> dict:
 
 
 def namespace_defaults(**kw) -> argparse.Namespace:
-    """The shared flags at their defaults (``add_algorithm_args``'), for callers that build arguments by hand."""
+    """The shared flags at their defaults (``common.algorithm_flags``'), for callers that build arguments by hand."""
     parser = argparse.ArgumentParser()
-    add_algorithm_args(parser)
+    algorithm_flags.add_algorithm_args(parser)
     args = argparse.Namespace(**(vars(parser.parse_args([])) | kw))
     resolve_server_lr(args)
     return args

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 import torch
 
 from common import client_store as CS
-from common import flags
 from common import params as P
+from common.algorithm_flags import FEDDYN_ALPHA
 from common.algorithms import FedAvg, register
 from common.params import Tensors
 from common.server_opt import _as_dtype
 
-DEFAULT_ALPHA = 0.01  # the paper's grid is {0.1, 0.01, 0.001}; FL-bench's default
+DEFAULT_ALPHA = FEDDYN_ALPHA  # --feddyn-alpha's default
 
 
 @register
@@ -35,7 +35,7 @@ class FedDyn(FedAvg):
     fixed point stays the same). Only the mean aggregator: h is a mean of every client's drift, so a robust or
     Fisher aggregate beside it would be neither FedDyn nor robust (``refuse``)."""
 
-    name, help, flags = "feddyn", "dynamic regularization (Acar et al. 2021)", ("feddyn_alpha",)
+    name, flags = "feddyn", ("feddyn_alpha",)
     up, down = 1, 1        # theta_k up, x down: g_k stays with its client
     plain_sgd = False      # the regularizer is a gradient term: any local optimizer applies it
 
@@ -53,12 +53,6 @@ class FedDyn(FedAvg):
         self.cluster = 0
 
     # -- construction and refusals ------------------------------------------------------------------------
-    @classmethod
-    def add_args(cls, group) -> None:
-        group.add_argument("--feddyn-alpha", type=flags.POSITIVE, default=DEFAULT_ALPHA,
-                           help="FedDyn's regularizer weight alpha (--algorithm feddyn; the paper tries 0.1, 0.01, "
-                                "0.001: larger pulls clients harder toward the global model)")
-
     @classmethod
     def from_args(cls, args, cluster_models, sizes, assign=None, shift: bool = False) -> FedDyn:
         """Per cluster m = its member count under data clustering (``assign``), else every client."""

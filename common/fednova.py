@@ -48,7 +48,7 @@ class FedNova(FedAvg):
     normalizer a_k is no longer tau_k. The server optimizer then steps toward x + s (A - x) (fedavg, server lr 1:
     the paper's step)."""
 
-    name, help, flags = "fednova", "normalized averaging (Wang et al. 2020); plain SGD local steps", ()
+    name, flags = "fednova", ()
     up, down = 1, 1        # theta_k (and the scalar tau_k) up, x down
     plain_sgd = True
 

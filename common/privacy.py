@@ -19,40 +19,9 @@ import argparse
 from common import dp, flags
 from common.errors import check
 
-DEFAULT_CLIP_LR = 0.2  # Andrew et al. 2021's eta_C for the geometric clip update
-
 
 def enabled(args) -> bool:
     return getattr(args, "dp_clip", None) is not None
-
-
-def add_dp_args(parser) -> None:
-    """The shared DP flags (every federated script, through ``common.engine.add_algorithm_args``)."""
-    g = parser.add_argument_group("differential privacy (common.privacy, user-level DP-FedAvg)")
-    g.add_argument("--dp-clip", type=flags.POSITIVE, default=None,
-                   help="turns DP on: each client's update clipped to this L2 norm C (the initial C with "
-                        "--dp-quantile); lower clips more updates and adds less noise (z C)")
-    g.add_argument("--dp-noise", type=flags.Number(float, 0), default=None,
-                   help="noise multiplier z: Gaussian noise of std z C on the clipped sum (0: clipping alone, "
-                        "epsilon infinite); or give --dp-epsilon")
-    g.add_argument("--dp-epsilon", type=flags.POSITIVE, default=None,
-                   help="target epsilon at the run's end: z is solved for the run's rounds (dp.noise_for_epsilon)")
-    g.add_argument("--dp-delta", type=flags.Number(float, 0, 1, low_open=True, high_open=True), default=None,
-                   help="delta of the reported epsilon (default 1 / N^1.1, N the number of clients)")
-    g.add_argument("--dp-sampling", choices=dp.SAMPLINGS, default="poisson",
-                   help="poisson: each client takes part independently with probability q = --participation-rate "
-                        "(cohorts vary, may be empty; add/remove-one privacy) | fixed: the script's fixed-size "
-                        "cohorts, accounted as sampling without replacement (replace-one privacy; RDP only)")
-    g.add_argument("--dp-quantile", type=flags.Number(float, 0, 1, low_open=True, high_open=True), default=None,
-                   help="adaptive clipping (Andrew et al. 2021): C tracks this quantile of the update norms "
-                        "(0.5: the median); off by default")
-    g.add_argument("--dp-clip-lr", type=flags.POSITIVE, default=DEFAULT_CLIP_LR,
-                   help="adaptive clipping: geometric step eta_C of C <- C exp(-eta_C (b - quantile))")
-    g.add_argument("--dp-count-noise", type=flags.POSITIVE, default=None,
-                   help="adaptive clipping: std sigma_b of the noised count of unclipped updates (default expected "
-                        "cohort / 20; must exceed z / 2: it takes a share of the budget z)")
-    g.add_argument("--dp-accountant", choices=dp.ACCOUNTANTS, default="rdp",
-                   help="dp-accounting's RDP or PLD accountant (PLD: tighter, Poisson sampling only)")
 
 
 def check_dp_args(args, refused: str | None = None) -> None:

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import torch
 
-from common import flags
 from common import params as P
 from common.aggregators import Aggregator, register
 from common.errors import check
@@ -88,18 +87,6 @@ class RobustAggregator(Aggregator):
     stats: tuple[str, ...] = ()
     up = 0
     holds_clients = True
-
-    @classmethod
-    def add_args(cls, group) -> None:
-        """The robust aggregators' flags, added once (by the first of them in the registry)."""
-        if cls is not CoordinateMedian:
-            return
-        group.add_argument("--trim-fraction", type=flags.Number(float, 0, 0.5, high_open=True), default=0.2,
-                           help="--aggregator trimmed_mean: share of clients dropped at EACH end of every coordinate")
-        group.add_argument("--krum-byzantine", type=flags.COUNT, default=0,
-                           help="--aggregator krum / multikrum: f, the Byzantine clients tolerated")
-        group.add_argument("--multikrum-keep", type=flags.COUNT, default=0,
-                           help="--aggregator multikrum: clients averaged (0: n - f)")
 
     def __init__(self, like: Sequence[torch.Tensor], args=None):
         like = [t.detach() for t in like]
@@ -197,7 +184,7 @@ class CoordinateMedian(RobustAggregator):
     """Coordinate-wise median of the round's client models (Flower's FedMedian; Yin et al. 2018). Weights are
     ignored, as Flower ignores num_examples."""
 
-    name, help = "median", "coordinate-wise median (FedMedian)"
+    name = "median"
 
     def combine(self, rows, weights):
         return coordinate_median(rows)
@@ -209,7 +196,7 @@ class TrimmedMean(RobustAggregator):
     highest values of each coordinate, average the rest unweighted (Flower ignores num_examples).
     ``args.trim_fraction`` beta in [0, 0.5), default 0.2 (Flower's ``beta``)."""
 
-    name, help, flags = "trimmed_mean", "coordinate-wise trimmed mean (FedTrimmedAvg)", ("trim_fraction",)
+    name, flags = "trimmed_mean", ("trim_fraction",)
 
     def __init__(self, like, args=None):
         super().__init__(like, args)
@@ -227,7 +214,7 @@ class Krum(RobustAggregator):
     n - f - 2 nearest others (``krum_scores``), weights ignored (as Flower). ``args.krum_byzantine`` f, default 0
     (Flower's ``num_malicious_clients`` default). Logs the chosen clients (``krum_selected``)."""
 
-    name, help, flags = "krum", "the client closest to its neighbours (Krum)", ("krum_byzantine",)
+    name, flags = "krum", ("krum_byzantine",)
 
     def __init__(self, like, args=None):
         super().__init__(like, args)
@@ -257,7 +244,7 @@ class MultiKrum(Krum):
     (as Flower's Krum with ``num_clients_to_keep`` m, which weighs by num_examples; uniform weights give the
     paper's plain average). ``args.multikrum_keep`` m, default 0 = n - f (the paper's choice)."""
 
-    name, help, flags = "multikrum", "mean of the m clients of lowest Krum score", ("krum_byzantine", "multikrum_keep")
+    name, flags = "multikrum", ("krum_byzantine", "multikrum_keep")
 
     def __init__(self, like, args=None):
         super().__init__(like, args)

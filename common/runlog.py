@@ -30,16 +30,14 @@ from collections.abc import Sequence
 from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from common import checkpoint as ckpt
 from common import tracking
 from common.errors import RUN_FILE, Diverged, UsageError, check, check_out_dir, check_run_name, no_space
-from common.evaluate import cuda_precision
-from common.seed import get_rng_state
+
+if TYPE_CHECKING:  # torch loads with a run's first tensor: grids and plots read run directories without it
+    import torch
 
 ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = RUN_FILE, "metrics.jsonl", "summary.json", "checkpoint.pt"
 LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; a dead process's lock is free again
@@ -92,6 +90,10 @@ def processor() -> str:
 
 def describe_device(device: str | torch.device | None) -> str:
     """E.g. "cuda:0 (NVIDIA H200, bf16 autocast)" or "cpu (x86_64, 2 threads)"."""
+    import torch
+
+    from common.evaluate import cuda_precision
+
     try:
         if device in (None, "auto"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -229,6 +231,9 @@ def _leaves(value: Any, path: str = ""):
 
 def _nonfinite(value: Any, numbers: bool = True) -> str | None:
     """The path of the first non-finite float tensor (or, with ``numbers``, number) in ``value``, or None."""
+    import numpy as np
+    import torch
+
     tensors = [(p, v) for p, v in _leaves(value) if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
     bad = set()
     if tensors:
@@ -656,6 +661,8 @@ class RunDir:
         if bad is not None:  # never replace the last finite checkpoint with NaN
             self.diverge(_where(state) or "the checkpoint", f"values in the checkpoint state ({bad})")
         self.claim()
+        from common.seed import get_rng_state
+
         state = {**state, "rng": get_rng_state()}
         state["runlog"] = {"rows": self._n_rows, "wall_seconds": self.wall_seconds, "saved_at": _now(),
                            "data": self.data}

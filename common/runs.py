@@ -12,18 +12,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only: works on headless machines, and before pyplot is first imported
 
 import numpy as np
 
 from common.errors import UsageError, check, check_out_dir
 from common.runlog import ARGS_FILE, METRICS_FILE, SUMMARY_FILE, portable, read_rows
+
+# figures as files only, on headless machines too: the backend matplotlib takes when it first loads (an environment
+# variable, so a script's --help, which draws nothing, does not load matplotlib), or now if it is loaded already
+os.environ["MPLBACKEND"] = "Agg"
+if "matplotlib" in sys.modules:
+    sys.modules["matplotlib"].use("Agg")
 
 # Arguments that do not define a configuration: runs differing only in these are pooled.
 DEFAULT_GROUP_IGNORE = ("seed", "run_name", "out_dir", "resume", "quiet", "device", "num_workers",

@@ -46,7 +46,8 @@ QUICK = dict(n_layer=1, n_embd=32, n_head=2, vocab_size=400, seq_len=32, batch_s
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
+                           epilog=cli.examples(__doc__))
     p.presets = {"quick": QUICK}
     p.add_argument("--text-files", nargs="+", default=[str(f) for f in DEFAULT_FILES],
                    help="WikiText files (raw or tokenized layout; a user's full WikiText-2: wiki.train.raw "

@@ -1,6 +1,6 @@
 """Experiment grids for llm_noniid: every run not yet complete, ``--jobs`` at a time, then a report.
 
-    python llm_noniid/run_experiments.py --mode failure --out-dir runs/llm_noniid/ag_news \
+    python llm_noniid/run_experiments.py --mode failure --out-dir runs/llm_noniid/ag_news \\
         --split-csv ../shared/data/ag_news_csv/test.csv
     python llm_noniid/run_experiments.py --mode analyze --out-dir runs/llm_noniid/ag_news
 
@@ -25,7 +25,6 @@ from common import runs as R
 from common import stats as S
 from common.checkpoint import atomic_write_json
 from common.flags import FOLDER, POSITIVE_INT
-from llm_noniid import data as D
 from llm_noniid import failure, train
 
 MODES = ("quick", "failure", "main", "calibrate", "select", "headline", "analyze")
@@ -129,7 +128,8 @@ def equal_compute(rounds: int = ROUNDS) -> list[tuple[str, str, str]]:
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help,
+                           epilog=cli.examples(__doc__))
     p.add_argument("--mode", required=True, help=" | ".join(MODES))
     p.add_argument("--regime", default="scratch", help="scratch: tiny-gpt2 trained from scratch, every parameter | "
                    "pretrained: LoRA on --base, the rate and FedProx's mu chosen on a selection split first")
@@ -165,6 +165,8 @@ def parse_seeds(text: str) -> list[int]:
 def split_data(csv_path: str, out: Path) -> Path:
     """``--split-csv``, checked by the training code's reader (one line if not AG News), split 90/10 into
     ``out/data``; a folder holding another split is refused, never replaced (its runs were trained on it)."""
+    from llm_noniid import data as D  # the data readers load torch: not before the grid runs (--help)
+
     D.read_ag_news_csv(csv_path)
     folder, tmp = out / "data", out / f"data.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -207,12 +209,15 @@ def jobs_for(arms_: list[tuple[str, str, list[str], int]], seeds: list[int], pas
              runs: Path) -> list[jobs.Job]:
     """The train.py jobs of (partition, arm, flags, the grid's rounds) for every seed, seed-major, into ``runs``,
     named by train.py's default name (+ ``_R<rounds>`` for an arm that only runs longer: names leave rounds out)."""
+    from llm_noniid import federated  # train.py's run names: its run module, loaded by the grid, not by --help
+
     out_jobs = []
     for seed in seeds:
         for part, arm, flags, rounds in arms_:
             argv = [*flags, "--seed", str(seed), *passthrough, "--out-dir", str(runs), "--quiet"]
             parsed = cli.parse(train.get_args_parser(), argv)  # as train.py reads them (its --quick preset too)
-            name = train.default_run_name(parsed) + (f"_R{parsed.num_rounds}" if parsed.num_rounds != rounds else "")
+            name = federated.default_run_name(parsed) + (f"_R{parsed.num_rounds}" if parsed.num_rounds != rounds
+                                                         else "")
             # a shorter run of the same arm (--rounds raised) is extended, not redone; under a cosine
             # learning rate (laid out over the run's length) it is not the same run, and is left as it is
             out_jobs.append(jobs.Job(name, "llm_noniid.train", [*argv, "--run-name", name],
@@ -254,6 +259,8 @@ def select(args, passthrough: list[str]) -> dict:
         if chosen.get("rounds") == rounds and runlog.portable(chosen.get("base")) == base_folder(args) and \
                 set(chosen["mu"]) == {part for part, _ in SELECT_PARTS}:
             return chosen
+    from llm_noniid import data as D
+
     data = D.split_ag_news_csv(split_data(args.split_csv, out) / "train.csv", out / "select" / "data", 0.1, seed=1)
     study = [*PRETRAINED, "--model", base_folder(args), "--data", "ag_news", "--data-dir", str(data),
              *rounds_flags(rounds)]

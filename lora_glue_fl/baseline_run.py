@@ -13,7 +13,9 @@ from lora_glue_fl import main_glue_lora
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    return main_glue_lora.get_args_parser(add_help, lora=False)
+    p = main_glue_lora.get_args_parser(add_help, lora=False)
+    p.description, p.epilog = __doc__.split("\n")[0], cli.examples(__doc__)
+    return p
 
 
 resolve_args = main_glue_lora.resolve_args

@@ -17,7 +17,8 @@ MODELS = ("roberta-base", "roberta-large")
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help,
+                           epilog=cli.examples(__doc__))
     p.add_argument("--hf_home", default=None, help="cache root (sets HF_HOME); default: the usual HF cache")
     p.add_argument("--revision", default="main", help="model revision / branch / tag")
     p.add_argument("--models", nargs="+", default=list(MODELS), help="hub ids to fetch")

@@ -1,8 +1,8 @@
 """One-shot FedAvg of K LoRA adapters: weighted mean of their updates, SVD back to rank r, heads averaged.
 
-    python lora_glue_fl/fedavg_merge.py --adapters runs/A/adapter runs/B/adapter --weights 3 1 \
+    python lora_glue_fl/fedavg_merge.py --adapters runs/A/adapter runs/B/adapter --weights 3 1 \\
         --svd_rank 8 --save_adapter fused/sst2_r8
-    python lora_glue_fl/fedavg_merge.py --adapters out/round_1/client_*/adapter \
+    python lora_glue_fl/fedavg_merge.py --adapters out/round_1/client_*/adapter \\
         --shard_manifests shards/sst2_iid_k10/client_*.json --svd_rank 8 --save_adapter fused/sst2_r8
 
 Weights: --weights, or the sample counts of --shard_manifests (in the order of --adapters), or equal. Writes the
@@ -10,8 +10,8 @@ fused adapter (peft format, heads averaged alike) and fuse_manifest.json; the me
 loads the fused adapter on its base model (the adapters' base_model_name_or_path, or --base_model) and records
 the validation metrics ("final"):
 
-    python lora_glue_fl/fedavg_merge.py --adapters run/round_1/client_*/adapter --shard_manifests \
-        shards/sst2_iid_k4/client_*.json --aggregation naive --save_adapter fused/sst2_naive \
+    python lora_glue_fl/fedavg_merge.py --adapters run/round_1/client_*/adapter --shard_manifests \\
+        shards/sst2_iid_k4/client_*.json --aggregation naive --save_adapter fused/sst2_naive \\
         --do_eval --task_name sst2 --data_dir ../shared/data/glue_sst2 --max_seq_length 64
 """
 from __future__ import annotations
@@ -19,11 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from common import checkpoint, cli, flags, pretrained
-from lora_glue_fl import adapters, glue_shards, glue_tasks, modeling
+from lora_glue_fl import options
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
     p.add_argument("--adapters", nargs="+", required=True, help="adapter folders (peft format), K >= 1")
     p.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per adapter (normalised)")
     p.add_argument("--shard_manifests", nargs="+", default=None,
@@ -31,7 +31,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--svd_rank", type=flags.POSITIVE_INT, default=8, help="rank of the fused adapter (svd)")
     p.add_argument("--alpha", type=flags.POSITIVE, default=None,
                    help="lora_alpha of the fused adapter (default: its rank)")
-    p.add_argument("--aggregation", choices=adapters.METHODS, default=None,
+    p.add_argument("--aggregation", choices=options.MERGES, default=None,
                    help="svd (default), naive (average A and B) or exact (stacked factors)")
     p.add_argument("--skip_svd", action="store_true", help="the source's flag for --aggregation naive")
     p.add_argument("--save_adapter", type=flags.FOLDER, required=True, help="output folder of the fused adapter")
@@ -44,7 +44,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--base_model", default=None, help="base model folder or name (default: the adapters' "
                                                      "base_model_name_or_path)")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder or name (default: the base model's own)")
-    glue_tasks.add_data_args(g, quick=False)
+    options.add_data_args(g, quick=False)
     g.add_argument("--max_seq_length", type=flags.POSITIVE_INT, default=128, help="tokens per example (as in training)")
     g.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
                    help="evaluate on the first N examples only")
@@ -57,6 +57,8 @@ def evaluate_adapter(args, adapter_dir: Path, base: str) -> dict:
     """The task's validation metrics of ``PeftModel.from_pretrained(base, adapter_dir)`` on the CPU."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
+
+    from lora_glue_fl import glue_tasks, modeling
 
     task = glue_tasks.get_task(args.task_name)
     splits = glue_tasks.load_glue(args.task_name, args.data, args.data_dir, args.cache_dir)
@@ -76,6 +78,8 @@ def evaluate_adapter(args, adapter_dir: Path, base: str) -> dict:
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    from lora_glue_fl import adapters, glue_shards, glue_tasks  # torch loads here, after parsing
+
     method = args.aggregation or ("naive" if args.skip_svd else "svd")
     cli.check(not (args.skip_svd and method != "naive"), f"--skip_svd contradicts --aggregation {method}")
     cli.check(args.weights is None or args.shard_manifests is None, "give --weights or --shard_manifests, not both")

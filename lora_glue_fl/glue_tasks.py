@@ -201,14 +201,6 @@ def read_glue_hf(task_name: str, cache_dir=None) -> dict[str, Examples]:
     return out
 
 
-def add_data_args(parser, quick: bool = True) -> None:
-    """--data and --data_dir, the source ``load_glue`` reads (``quick``: the script's --quick embeds the data)."""
-    parser.add_argument("--data", choices=["hf", "dir", "synthetic"], default=None,
-                        help="hf: datasets.load_dataset('glue', task); dir: --data_dir; synthetic: embedded (default: "
-                             f"dir when --data_dir is given, {'synthetic with --quick, ' if quick else ''}else hf)")
-    parser.add_argument("--data_dir", default=None, help="folder with the original GLUE TSV files of the task")
-
-
 def resolve_task(args) -> Task:
     """--task_name checked and lower-cased; --data, else its default: dir when --data_dir is given, synthetic with
     --quick, else hf."""

@@ -1,7 +1,7 @@
 """Centralized LoRA fine-tuning of an encoder on one GLUE task (the federated runs' reference point).
 
     python lora_glue_fl/main_glue_lora.py --quick
-    python lora_glue_fl/main_glue_lora.py --model_size base --task_name sst2 --do_train --do_eval \
+    python lora_glue_fl/main_glue_lora.py --model_size base --task_name sst2 --do_train --do_eval \\
         --lora_r 8 --lora_alpha 8 --target_modules query value --num_train_epochs 3
 
 LoRA on --target_modules and the classifier head train, the base frozen; evaluated after every epoch. Writes
@@ -15,23 +15,20 @@ import argparse
 import json
 import math
 
-from tqdm.auto import tqdm
-
-from common import checkpoint, cli, compiled, export, flags, report, runlog
-from common import seed as seeding
-from lora_glue_fl import adapters, checks, glue_tasks, modeling
+from common import cli, flags
+from lora_glue_fl import options
 
 
 def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
     p.presets = {"quick": QUICK_LORA if lora else QUICK}
-    p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
-    glue_tasks.add_data_args(p)
+    options.add_task_arg(p)
+    options.add_data_args(p)
     p.add_argument("--max_train_samples", type=flags.POSITIVE_INT, default=None,
                    help="train on the first N examples only")
     p.add_argument("--max_eval_samples", type=flags.POSITIVE_INT, default=None,
                    help="evaluate on the first N examples only")
-    modeling.add_model_args(p)
+    options.add_model_args(p)
     g = p.add_argument_group("training")
     g.add_argument("--do_train", action="store_true", help="fine-tune on the training split")
     g.add_argument("--do_eval", action="store_true", help="evaluate on the validation split(s) (zero-shot if "
@@ -48,7 +45,7 @@ def get_args_parser(add_help: bool = True, lora: bool = True) -> cli.ArgumentPar
     flags.alias(g, "--rounds", dest="num_train_epochs", of="--num_train_epochs (a centralized run's length, in "
                 "epochs)", type=flags.EPOCHS)
     if lora:
-        g = modeling.add_lora_args(p, "adapter rank", "lora_alpha (scaling alpha / r)")
+        g = options.add_lora_args(p, "adapter rank", "lora_alpha (scaling alpha / r)")
         g.add_argument("--adapter_output_dir", type=flags.FOLDER, default=None,
                        help="where the adapter goes (default <run dir>/adapter)")
     cli.add_run_args(p, seed=42)
@@ -64,12 +61,21 @@ def resolve_args(args) -> None:
 
 def check_args(args) -> None:
     """The checks of the arguments alone (``common.jobs`` checks a grid's runs with them)."""
+    from lora_glue_fl import checks, glue_tasks
+
     checks.common_args(args)
     glue_tasks.resolve_task(args)
 
 
 def run(args, lora: bool = True) -> dict:
     """Train (LoRA or full) and/or evaluate; returns the summary."""
+    # the run's modules load once the arguments are parsed (--help and a usage error need none of them)
+    from tqdm.auto import tqdm
+
+    from common import checkpoint, compiled, export, report, runlog
+    from common import seed as seeding
+    from lora_glue_fl import adapters, checks, glue_tasks, modeling
+
     resolve_args(args)
     check_args(args)
     if lora and args.adapter_output_dir:

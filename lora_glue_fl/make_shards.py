@@ -2,11 +2,11 @@
 
     python lora_glue_fl/make_shards.py --quick                                  # embedded SST-2-like task
     python lora_glue_fl/make_shards.py --task_name sst2 --k 10 --mode iid --out_dir shards/sst2_iid_k10
-    python lora_glue_fl/make_shards.py --task_name mrpc --data_dir ../shared/data/glue_mrpc --k 4 \
+    python lora_glue_fl/make_shards.py --task_name mrpc --data_dir ../shared/data/glue_mrpc --k 4 \\
         --mode category --category_key label --out_dir shards/mrpc_cat_k4
-    python lora_glue_fl/make_shards.py --task_name sst2 --k 2 --mode category_overlap --category_key label \
+    python lora_glue_fl/make_shards.py --task_name sst2 --k 2 --mode category_overlap --category_key label \\
         --overlap_ratio 0.15 --seed 123 --out_dir shards/sst2_catov_k2       # the source's create_clients.py
-    python lora_glue_fl/make_shards.py --task_name sst2 --k 4 --mode dirichlet --alpha 0.1 --min_per_label 10 \
+    python lora_glue_fl/make_shards.py --task_name sst2 --k 4 --mode dirichlet --alpha 0.1 --min_per_label 10 \\
         --out_dir shards/sst2_dir0.1_k4
 
 Modes: lora_glue_fl/glue_shards.py. Writes <out_dir>/client_<i>.json ({"dataset", "indices"}, i from 1),
@@ -18,15 +18,15 @@ import argparse
 from pathlib import Path
 
 from common import cli, flags
-from lora_glue_fl import glue_shards, glue_tasks
+from lora_glue_fl import options
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
-    p.add_argument("--task_name", default="sst2", help=f"GLUE task: {', '.join(glue_tasks.TASKS)}")
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
+    options.add_task_arg(p)
     p.add_argument("--k", type=flags.POSITIVE_INT, default=10, help="number of clients")
-    p.add_argument("--mode", choices=glue_shards.MODES, default="iid", help="how to split (see the module doc)")
-    flags.alias(p, "--partition", dest="mode", of="--mode", choices=glue_shards.MODES)
+    p.add_argument("--mode", choices=options.SHARD_MODES, default="iid", help="how to split (see the module doc)")
+    flags.alias(p, "--partition", dest="mode", of="--mode", choices=options.SHARD_MODES)
     flags.alias(p, "--num-clients", dest="k", of="--k", type=flags.POSITIVE_INT)
     p.add_argument("--overlap_ratio", type=flags.Number(float, 0, 1, high_open=True), default=0.0,
                    help="overlap / category_overlap: fraction of each client's data shared with all, in [0, 1)")
@@ -39,7 +39,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--no_bin_stsb", dest="bin_stsb", action="store_false",
                    help="stratify / categorise STS-B by raw score instead of bins of width 0.2")
     p.add_argument("--seed", type=flags.SEED, default=42, help="shuffling seed")
-    glue_tasks.add_data_args(p)
+    options.add_data_args(p)
     p.add_argument("--cache_dir", type=flags.FOLDER, default=None, help="Hugging Face datasets cache")
     p.add_argument("--out_dir", type=flags.FOLDER, default=None,
                    help="where the manifests go (default: shards/<task>_<mode>_k<K>)")
@@ -72,6 +72,8 @@ def plot_histograms(info: dict, path: Path) -> None:
 def client_splits(argv) -> tuple[argparse.Namespace, Path, dict]:
     """(flags, output folder, the split): every check made, nothing written (a grid checks its shards with it)."""
     args = cli.parse(get_args_parser(), argv)
+    from lora_glue_fl import glue_shards, glue_tasks  # the data modules load torch: after parsing
+
     glue_tasks.resolve_task(args)
     out = Path(args.out_dir or f"shards/{args.task_name}_{args.mode}_k{args.k}")
     cli.check_out_dir(out, "--out_dir")  # the default too: never a file, a link loop or a run directory
@@ -83,6 +85,8 @@ def client_splits(argv) -> tuple[argparse.Namespace, Path, dict]:
 
 def main(argv=None) -> dict:
     args, out, info = client_splits(argv)
+    from lora_glue_fl import glue_shards
+
     glue_shards.save_shard_manifests(out, info)
     if not args.no_plot:
         plot_histograms(info, out / "label_histograms.png")

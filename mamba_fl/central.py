@@ -13,20 +13,16 @@ import functools
 import math
 import time
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
-from common import cli, flags, params, runlog, seed, shard
-from mamba_fl import federated, lmdata
-from mamba_fl import model as mmodel
+from common import cli, flags
+from mamba_fl import options
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description="Centralized Mamba2 language model (the baseline)", add_help=add_help)
-    p.presets = {"quick": mmodel.QUICK | {"max_steps": 64, "val_freq": 16}}  # defaults < --quick < YAML < flags
-    mmodel.add_model_args(p)
-    lmdata.add_data_args(p, batch_size=16, sharding=False)
+    p = cli.ArgumentParser(description="Centralized Mamba2 language model (the baseline)", add_help=add_help,
+                           epilog=cli.examples(__doc__))
+    p.presets = {"quick": options.MODEL_QUICK | {"max_steps": 64, "val_freq": 16}}  # defaults < --quick < YAML < flags
+    options.add_model_args(p)
+    options.add_data_args(p, batch_size=16, sharding=False)
     g = p.add_argument_group("training")
     g.add_argument("--n-epochs", type=flags.EPOCHS, default=1.0,
                    help="passes over the training split (fractions allowed)")
@@ -34,7 +30,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="stop after this many steps (default: --n-epochs)")
     flags.alias(g, "--rounds", dest="max_steps", of="--max-steps (a centralized run's length, in steps)",
                 type=flags.POSITIVE_INT)
-    mmodel.add_optimizer_args(g, who="the")
+    options.add_optimizer_args(g, who="the")
     g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=0.0,
                    help="train only on the blocks --holdout-clients clients on contiguous shards keep after each "
                         "holds out this fraction of its own (the federated scripts' --holdout-fraction): the data "
@@ -42,18 +38,31 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--holdout-clients", type=flags.POSITIVE_INT, default=4,
                    help="the clients of --holdout-fraction (the federated arm's --num-clients)")
     g.add_argument("--val-freq", type=flags.POSITIVE_INT, default=10, help="steps between evaluations")
-    mmodel.add_eval_args(p, deltas_help="save .npz parameter snapshots and deltas (since the previous evaluation)")
+    options.add_eval_args(p, deltas_help="save .npz parameter snapshots and deltas (since the previous evaluation)")
     cli.add_run_args(p)
-    p.config_legacy = mmodel.config_legacy
+    p.config_legacy = options.config_legacy
     return p
 
 
-check_args = federated.finish_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
+def check_args(args) -> None:
+    """The checks of its arguments alone (common.jobs: a grid checks its runs)."""
+    from mamba_fl import federated
+
+    federated.finish_args(args)
 
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    check_args(args)
+    # the run's modules load once the arguments are parsed (--help and a usage error need none of them)
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from common import params, runlog, seed, shard
+    from mamba_fl import federated, lmdata
+    from mamba_fl import model as mmodel
+
+    federated.finish_args(args)
     device = cli.resolve_device(args.device)
     mmodel.quiet_kernel_warnings()
     data = lmdata.load_lm_data(args, device)

@@ -11,21 +11,27 @@ most confident clients, T -> infinity is the uniform mean. fed_avg.py ``--aggreg
 from __future__ import annotations
 
 from common import cli
-from mamba_fl import federated
+from mamba_fl import options
 
-SCRIPT = federated.Script(name="fedentropy", script="fed_entropy", aggregator="entropy")
+SCRIPT = options.Script(name="fedentropy", script="fed_entropy", aggregator="entropy")
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    return federated.get_args_parser("FedEntropy", add_help, aggregator="entropy")
+    return options.federated_parser("FedEntropy", __doc__, add_help, aggregator="entropy")
 
 
-check_args = federated.finish_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
+def check_args(args) -> None:
+    """The checks of its arguments alone (common.jobs: a grid checks its runs)."""
+    from mamba_fl import federated
+
+    federated.finish_args(args)
 
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    check_args(args)
+    from mamba_fl import federated  # torch and the run's modules load once the arguments are parsed
+
+    federated.finish_args(args)
     return federated.run(args, SCRIPT)
 
 

@@ -17,21 +17,27 @@ moves x <- x + server_lr (Fisher aggregate - x) and updates SCAFFOLD's control v
 from __future__ import annotations
 
 from common import cli
-from mamba_fl import federated
+from mamba_fl import options
 
-SCRIPT = federated.Script(name="fedfisher", script="fed_fisher", aggregator="fisher")
+SCRIPT = options.Script(name="fedfisher", script="fed_fisher", aggregator="fisher")
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    return federated.get_args_parser("FedFisher", add_help, aggregator="fisher")
+    return options.federated_parser("FedFisher", __doc__, add_help, aggregator="fisher")
 
 
-check_args = federated.finish_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
+def check_args(args) -> None:
+    """The checks of its arguments alone (common.jobs: a grid checks its runs)."""
+    from mamba_fl import federated
+
+    federated.finish_args(args)
 
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    check_args(args)
+    from mamba_fl import federated  # torch and the run's modules load once the arguments are parsed
+
+    federated.finish_args(args)
     return federated.run(args, SCRIPT)
 
 

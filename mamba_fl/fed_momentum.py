@@ -11,22 +11,28 @@ theta <- theta - server_lr * m, m <- beta m + (1 - beta) d (ema, the source's de
 from __future__ import annotations
 
 from common import cli
-from mamba_fl import federated
+from mamba_fl import options
 
-SCRIPT = federated.Script(name="fedmomentum", script="fed_momentum", server="fedavgm",
-                          tags=lambda a: {"m": a.server_momentum, a.momentum_form: True})
+SCRIPT = options.Script(name="fedmomentum", script="fed_momentum", server="fedavgm",
+                         tags=lambda a: {"m": a.server_momentum, a.momentum_form: True})
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    return federated.get_args_parser("FedMomentum", add_help, server_opt="fedavgm")
+    return options.federated_parser("FedMomentum", __doc__, add_help, server_opt="fedavgm")
 
 
-check_args = federated.finish_args  # the checks of its arguments alone (common.jobs: a grid checks its runs)
+def check_args(args) -> None:
+    """The checks of its arguments alone (common.jobs: a grid checks its runs)."""
+    from mamba_fl import federated
+
+    federated.finish_args(args)
 
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
-    check_args(args)
+    from mamba_fl import federated  # torch and the run's modules load once the arguments are parsed
+
+    federated.finish_args(args)
     return federated.run(args, SCRIPT)
 
 

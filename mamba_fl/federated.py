@@ -1,10 +1,11 @@
-"""What fed_avg.py, fed_momentum.py, fed_entropy.py and fed_fisher.py share: their flags and the task that
-``common.engine`` runs. Each selected client loads its (cluster's) global parameters in place into the one model,
-runs ``--local-updates`` steps on batches from its own stream ``common.seed.client_generator(seed, round, client)``
-and goes to ``--aggregator``'s aggregator (``common.aggregators``: mean, fisher, entropy, ...; the Fisher and
-entropy it asks for: ``mamba_fl.client_stats``); the server step is ``--server-opt``'s. The scripts differ only in
-their defaults (``--aggregator``, ``--server-opt``) and run names. mamba_fl/README.md says how this differs from
-the source, and why the client optimizer keeps its state by default.
+"""What fed_avg.py, fed_momentum.py, fed_entropy.py and fed_fisher.py run once their flags (``mamba_fl.options``)
+are parsed: the checks of their arguments and the task that ``common.engine`` runs. Each selected client loads its
+(cluster's) global parameters in place into the one model, runs ``--local-updates`` steps on batches from its own
+stream ``common.seed.client_generator(seed, round, client)`` and goes to ``--aggregator``'s aggregator
+(``common.aggregators``: mean, fisher, entropy, ...; the Fisher and entropy it asks for: ``mamba_fl.client_stats``);
+the server step is ``--server-opt``'s. The scripts differ only in their defaults (``--aggregator``, ``--server-opt``)
+and run names. mamba_fl/README.md says how this differs from the source, and why the client optimizer keeps its
+state by default.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from common import (
-    aggregators,
+    algorithm_flags,
     algorithms,
     cli,
     compiled,
@@ -34,51 +35,12 @@ from common import (
 from common.clustering import token_distribution
 from common.curves import perplexity_curve
 from common.early_stop import EarlyStop
-from mamba_fl import client_stats, deltas, lmdata
+from mamba_fl import client_stats, deltas, lmdata, options
 from mamba_fl import model as mmodel
 
 # flags that may differ when a run is resumed: how it runs (device, compilation, kernels), not its results
 IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "cache_dir", "report_to", "kernels",
                     "kernel_path", "checkpoint_every", *compiled.FLAGS)
-# --quick (defaults < --quick < YAML < command line); the Fisher and entropy samples too, read only by those
-QUICK = mmodel.QUICK | {"rounds": 64, "eval_every": 16, "fisher_samples": 4, "entropy_blocks": 16}
-
-
-def get_args_parser(method: str, add_help: bool = True, server_opt: str = "fedavg",
-                    aggregator: str = "mean") -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=f"Federated Mamba2 language model: {method}", add_help=add_help)
-    p.presets = {"quick": QUICK}
-    mmodel.add_model_args(p)
-    lmdata.add_data_args(p, batch_size=4, sharding=True)
-    cli.add_fed_args(p, num_clients=4, rounds=None, eval_every=30,
-                     rounds_help=" (default: enough for --n-epochs passes of the mean client over its shard)")
-    g = p.add_argument_group("local training")
-    g.add_argument("--val-freq", dest="eval_every", type=flags.POSITIVE_INT, default=argparse.SUPPRESS,
-                   help="the source's name for --eval-every (rounds between evaluations, default 30)")
-    g.add_argument("--n-epochs", type=flags.EPOCHS, default=1.0,
-                   help="sets --rounds when it is not given: rounds so each client, taking part in the share of "
-                        "rounds that --participation-rate gives it, draws as many blocks as its shard holds this many "
-                        "times (each round's blocks: a fresh permutation of the shard, so a pass in expectation)")
-    g.add_argument("--local-updates", type=flags.POSITIVE_INT, default=1, help="optimizer steps per client per round")
-    flags.alias(g, "--local-steps", dest="local_updates", of="--local-updates", type=flags.POSITIVE_INT)
-    flags.alias(g, "--partition", dest="shard", of="--shard", choices=("contiguous", "iid", "topic"))
-    flags.add_clients_per_round(g)
-    mmodel.add_optimizer_args(g, who="client (sgd with --algorithm scaffold or fednova)")
-    g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=None,
-                   help="fraction of each client's blocks held out of training (--aggregator entropy measures on "
-                        "it; default 0.1 with it, else 0)")
-    g.add_argument("--entropy-blocks", type=flags.COUNT, default=0,
-                   help="--aggregator entropy: measure H_k on the first N held-out blocks of each client (0: all; "
-                        "--quick: 16)")
-    g = engine.add_algorithm_args(p, server_opt=server_opt, momentum_form="ema", client_opt_state="persist",
-                                  aggregator=aggregator)
-    aggregators.add_fisher_stat_args(g)
-    mmodel.add_eval_args(p, deltas_help="save .npz snapshots (server) and deltas (server, clients) at each evaluation")
-    cli.add_run_args(p)
-    p.config_legacy = mmodel.config_legacy
-    return p
-
-
 def finish_args(args: argparse.Namespace) -> None:
     """Config aliases, the optimizer's default, and checks that need more than one flag (each flag's own range is
     its argparse type's, ``common.flags``)."""
@@ -87,7 +49,7 @@ def finish_args(args: argparse.Namespace) -> None:
         plain = getattr(algorithms.REGISTRY.get(getattr(args, "algorithm", None)), "plain_sgd", False)
         args.optimizer = "sgd" if plain else "adamw"
     if args.lr is None:  # AdamW's rates are far too small for plain SGD
-        args.lr = mmodel.SGD_LR if args.optimizer == "sgd" else 1e-2 if args.quick else 5e-4
+        args.lr = options.SGD_LR if args.optimizer == "sgd" else 1e-2 if args.quick else 5e-4
     if args.test:  # checked now; the file is read only after training
         cli.check(bool(args.data_dir) and (Path(args.data_dir) / lmdata.TEST_FILE).is_file(),
                   f"--test needs --data-dir with a {lmdata.TEST_FILE} (split_wikitext.py --test-fraction writes one)")
@@ -107,7 +69,7 @@ def finish_args(args: argparse.Namespace) -> None:
         flags.refuse_unused(args, [
             ("entropy_blocks", entropy, f"without --aggregator entropy (here {args.aggregator})"),
             *((dest, fisher, f"without --aggregator fisher (here {args.aggregator})")
-              for dest in aggregators.FISHER_STAT_FLAGS)])
+              for dest in algorithm_flags.FISHER_STAT_FLAGS)])
 
 
 @dataclass
@@ -187,18 +149,7 @@ def evaluate_global(ctx: Context, valid: torch.Tensor) -> dict:
     return row
 
 
-@dataclass(frozen=True)
-class Script:
-    """A script's name for its runs and kind, and the defaults its run names leave out (``engine.run_name_tags``);
-    ``tags``: run-name settings of its own, before the shared ones."""
-    name: str
-    script: str
-    server: str = "fedavg"
-    aggregator: str = "mean"
-    tags: Callable[[argparse.Namespace], dict] = lambda args: {}
-
-
-def run(args: argparse.Namespace, script: Script) -> dict:
+def run(args: argparse.Namespace, script: options.Script) -> dict:
     """The whole run of arguments a script's ``check_args`` has finished (``finish_args``); under ``torchrun``
     (WORLD_SIZE set) joins the process group for its duration."""
     with distributed.process_group():
@@ -334,7 +285,7 @@ def build_run(args, data: lmdata.LMData, device, rd, flat: bool = False) -> tupl
     return ctx, valid, refs, snaps
 
 
-def _run(args: argparse.Namespace, method: Script) -> dict:
+def _run(args: argparse.Namespace, method: options.Script) -> dict:
     device = distributed.device_for_rank(cli.resolve_device(args.device))
     main = distributed.is_main()
     mmodel.quiet_kernel_warnings()

@@ -17,40 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, evaluate, flags, report, runlog, shard, synthetic, text
+from common import cli, evaluate, report, runlog, shard, synthetic, text
 from common.checkpoint import atomic_write_text
 from common.errors import read_text
 
 SPLIT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw"}
 TEST_FILE = "wiki.test.raw"  # read only after training, by --test (split_wikitext.py writes it)
 _HEADING = re.compile(r"^ = [^=].* = $")  # top-level article title line of the raw format
-
-
-def add_data_args(parser: argparse.ArgumentParser, *, batch_size: int, sharding: bool) -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument("--data", choices=("synthetic", "wikitext2"), default="synthetic",
-                   help="synthetic: the embedded topic-structured WikiText-format source (offline); "
-                        "wikitext2: Hugging Face wikitext-2-raw-v1 (needs the hub or --cache-dir)")
-    g.add_argument("--data-dir", default=None,
-                   help="folder with wiki.train.raw and wiki.valid.raw (raw WikiText format); overrides --data")
-    g.add_argument("--cache-dir", type=flags.CACHE_FOLDER, default=None,
-                   help="cache for datasets, tokenizers and token streams (default $FEDLAB_CACHE if set, else "
-                        "<out-dir>/cache); the run's own tokenizer is also saved in <run>/model")
-    g.add_argument("--tokenizer", default="auto",
-                   help="auto (gpt2 for wikitext2, bpe otherwise) | gpt2 (hub/cache) | bpe (byte-level BPE trained on "
-                        "the training split) | word (one token per word) | a local folder with vocab.json + merges.txt")
-    g.add_argument("--vocab-size", type=flags.POSITIVE_INT, default=8192,
-                   help="vocabulary of a trained bpe/word tokenizer; large enough that words are single tokens")
-    g.add_argument("--sequence-length", type=flags.Number(int, 2), default=256, help="tokens per block (--quick: 64)")
-    g.add_argument("--batch-size", type=flags.POSITIVE_INT, default=batch_size, help="blocks per optimizer step")
-    if sharding:
-        g.add_argument("--shard", choices=("contiguous", "iid", "topic"), default="contiguous",
-                       help="client split of the training blocks: contiguous (the source), iid, or topic "
-                            "(clients own whole topics: the synthetic source's, or on real text article "
-                            "clusters, --topic-clusters of them, dealt out largest first)")
-        g.add_argument("--topic-clusters", type=flags.COUNT, default=0,
-                       help="--shard topic on real text: cluster the training articles into this many topics "
-                            "(tf-idf k-means, common.shard.document_topics; 0: twice --num-clients)")
 
 
 @dataclass

@@ -15,68 +15,7 @@ import torch
 
 from common import cli, evaluate, flags, memory
 from common.early_stop import EarlyStop
-
-CONFIGS = {f"pure_ssm_{n}_layer": n for n in (1, 2, 4)}
-SGD_LR = 1.0  # plain SGD's default rate (an AdamW rate leaves SGD near its initial loss)
-# --quick: a federated run of a few rounds takes seconds on 2 CPU cores (the scripts add their run lengths)
-QUICK = {"d_model": 64, "d_state": 16, "head_dim": 16, "sequence_length": 64, "eval_blocks": 32,
-         "vocab_size": 2048, "sample_tokens": 8}
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("model (Mamba2, trained from scratch)")
-    g.add_argument("--layers", type=int, choices=(1, 2, 4), default=None,
-                   help="number of Mamba2 blocks (the source compared 1, 2 and 4); default 1")
-    g.add_argument("--model-config", default=None,
-                   help="source config name, pure_ssm_{1,2,4}_layer; same as --layers N (the old spelling "
-                        "--config pure_ssm_N_layer still works; --config FILE.yaml reads flag values)")
-    g.add_argument("--d-model", type=flags.POSITIVE_INT, default=512, help="hidden size (--quick: 64)")
-    g.add_argument("--d-state", type=flags.POSITIVE_INT, default=128, help="SSM state size N (--quick: 16)")
-    g.add_argument("--head-dim", type=flags.POSITIVE_INT, default=64, help="SSM head dimension P (--quick: 16)")
-    g.add_argument("--expand", type=flags.POSITIVE_INT, default=2, help="inner width = expand * d_model")
-    g.add_argument("--d-conv", type=flags.POSITIVE_INT, default=4, help="causal depthwise convolution width")
-    g.add_argument("--n-groups", type=flags.POSITIVE_INT, default=1, help="groups sharing B and C (mamba-ssm: 1)")
-    g.add_argument("--chunk-size", type=flags.POSITIVE_INT, default=None,
-                   help="SSD chunk length (default min(256, sequence length)); the result does not depend on it, "
-                        "but the PyTorch path pads each sequence to a multiple and costs O(chunk^2) per chunk")
-    g.add_argument("--kernels", choices=("auto", "torch"), default="auto",
-                   help="auto: the mamba-ssm / causal-conv1d kernels on CUDA when installed; torch: the PyTorch "
-                        "reference path everywhere (to compare the two)")
-    g.add_argument("--no-tie-embeddings", action="store_true",
-                   help="separate output head (the source tied input and output embeddings)")
-
-
-def config_legacy(value) -> dict | None:
-    """``parser.config_legacy`` for ``common.config``: the old ``--config pure_ssm_N_layer`` means --model-config."""
-    if isinstance(value, str) and value.startswith("pure_ssm_") and not value.endswith((".yaml", ".yml")):
-        return {"model_config": value}
-    return None
-
-
-def add_eval_args(parser: argparse.ArgumentParser, *, deltas_help: str) -> None:
-    """Evaluation and artifact flags shared by central.py and the federated driver."""
-    g = parser.add_argument_group("evaluation and artifacts")
-    g.add_argument("--eval-blocks", type=flags.COUNT, default=0,
-                   help="validate on the first N validation blocks (0: all; --quick: 32)")
-    g.add_argument("--prompt", default="The", help="prompt of the greedy sample logged at each evaluation")
-    g.add_argument("--sample-tokens", type=flags.COUNT, default=30, help="tokens in the greedy sample (0: none)")
-    g.add_argument("--patience", type=flags.COUNT, default=0,
-                   help="stop at the plateau: after this many evaluations in a row without a validation perplexity "
-                        "--min-improvement below the last improvement (0: run the whole budget); the run then "
-                        "reports and publishes its best-validation model")
-    g.add_argument("--min-improvement", type=flags.Number(float, 0, 1, high_open=True), default=0.01,
-                   help="relative improvement of validation perplexity that counts for --patience")
-    g.add_argument("--test", action="store_true",
-                   help="after training, score the best-validation model on --data-dir's wiki.test.raw (read only "
-                        "then; split_wikitext.py --test-fraction writes it)")
-    g.add_argument("--budget-at", type=flags.POSITIVE_INT, default=None,
-                   help="also keep the best-validation model of the evaluations up to this step (central) or round "
-                        "(federated) and score it too under --test (budget_test_*): the equal-compute result of "
-                        "the shorter run with the same settings, of which this run is the continuation; "
-                        "--patience does not stop a run before it")
-    g.add_argument("--save-deltas", action="store_true", help=deltas_help)
-    g.add_argument("--delta-tensors", default="mixer.in_proj.weight,mixer.out_proj.weight",
-                   help="comma-separated layer tensor names saved by --save-deltas (every layer)")
+from mamba_fl.options import CONFIGS, config_legacy
 
 
 def make_stopper(args: argparse.Namespace):
@@ -122,17 +61,6 @@ def check_memory(args: argparse.Namespace, vocab: int, device, blocks: int) -> N
 
     memory.check_fits(estimate, {"--sequence-length": args.sequence_length, "--batch-size": args.batch_size,
                                  "--d-model": args.d_model}, device, what=f"this Mamba2 (vocabulary {vocab})")
-
-
-def add_optimizer_args(group, *, who: str) -> None:
-    """--optimizer / --lr / --weight-decay, the same in central.py and the federated scripts."""
-    group.add_argument("--optimizer", choices=("adamw", "sgd"), default=None,
-                       help=f"{who} optimizer: adamw (the source; the default) or plain sgd (no momentum, no "
-                            f"weight decay)")
-    group.add_argument("--lr", type=flags.POSITIVE, default=None,
-                       help=f"{who} learning rate (default: adamw 5e-4, the source's for d_model 512, --quick: "
-                            f"1e-2; sgd {SGD_LR:g}, as the synthetic grid's plain-SGD arm)")
-    group.add_argument("--weight-decay", type=flags.Number(float, 0), default=0.01, help=f"{who} AdamW weight decay")
 
 
 def make_optimizer(args: argparse.Namespace, plist) -> torch.optim.Optimizer:

@@ -57,7 +57,7 @@ OTHERS = PHASES[1]  # the headline runs the best of them (on validation); --bloc
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = cli.ArgumentParser(description="mamba_fl on real WikiText-2 text at the plateau (runs, selection, tables)",
-                           add_help=add_help)
+                           add_help=add_help, epilog=cli.examples(__doc__))
     p.add_argument("--data", nargs="+", default=[str(DATA / "valid.txt"), str(DATA / "test.txt")],
                    help="WikiText files whose articles are split (default: the tokenized valid and test splits "
                         "beside the repository)")

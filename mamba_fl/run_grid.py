@@ -35,7 +35,8 @@ VARIANTS = {  # FedAvg with other client optimizers / local work: 1 layer, conti
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(description="mamba_fl results grid (runs, table, figures)", add_help=add_help)
+    p = cli.ArgumentParser(description="mamba_fl results grid (runs, table, figures)", add_help=add_help,
+                           epilog=cli.examples(__doc__))
     p.add_argument("--out-dir", type=flags.FOLDER, default="runs/mamba_grid",
                    help="folder of the run directories and results.md")
     p.add_argument("--figures", type=flags.FOLDER, default="mamba_fl/figures",

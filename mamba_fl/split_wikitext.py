@@ -1,6 +1,6 @@
 """Split raw WikiText files into training, validation (and test) files at article boundaries, for ``--data-dir``.
 
-    python mamba_fl/split_wikitext.py --raw wikitext2_tokenized/valid.txt wikitext2_tokenized/test.txt \
+    python mamba_fl/split_wikitext.py --raw wikitext2_tokenized/valid.txt wikitext2_tokenized/test.txt \\
         --valid-fraction 0.1 --test-fraction 0.1 --shuffle-seed 0 --out-dir data/wikitext2_real
     python mamba_fl/central.py --data-dir data/wikitext2_real --layers 1
 
@@ -14,18 +14,19 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
-
 from common import cli, flags, runlog
-from mamba_fl.lmdata import _HEADING, SPLIT_FILES, TEST_FILE, articles
 
 
 def title(article: list[str]) -> str:
+    from mamba_fl.lmdata import _HEADING
+
     return next((line.strip().strip("=").strip() for line in article if _HEADING.match(line.rstrip("\n"))), "")
 
 
 def split(arts: list[list[str]], valid_fraction: float, test_fraction: float, shuffle_seed: int | None) -> dict:
     """{split: indices of its articles, in the files' order}: at least one article in every split asked for."""
+    import numpy as np
+
     n = len(arts)
     n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
     n_valid = max(1, round(valid_fraction * n))
@@ -39,7 +40,7 @@ def split(arts: list[list[str]], valid_fraction: float, test_fraction: float, sh
 
 def main(argv=None) -> dict:
     p = cli.ArgumentParser(description="Split raw WikiText files into wiki.train.raw / wiki.valid.raw "
-                                       "(/ wiki.test.raw) by article")
+                                       "(/ wiki.test.raw) by article", epilog=cli.examples(__doc__))
     p.add_argument("--raw", required=True, nargs="+",
                    help="raw WikiText files (e.g. wiki.test.raw, or the tokenized valid and test files); their "
                         "articles are pooled in this order")
@@ -53,6 +54,8 @@ def main(argv=None) -> dict:
                         "last articles validate)")
     p.add_argument("--overwrite", action="store_true", help="replace existing split files in --out-dir")
     args = cli.parse(p, argv)
+    from mamba_fl.lmdata import SPLIT_FILES, TEST_FILE, articles  # the data module loads torch: after parsing
+
     cli.check(0.0 <= args.test_fraction < 1.0 - args.valid_fraction,
               f"--test-fraction must be in [0, 1 - --valid-fraction), got {args.test_fraction}")
     arts, sources = [], []

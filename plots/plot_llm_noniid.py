@@ -243,7 +243,8 @@ def arms_from_file(path: str) -> dict:
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help,
+                           epilog=cli.examples(__doc__))
     p.add_argument("--runs", nargs="+", default=["runs/llm_noniid"],
                    help="folders holding llm_noniid run directories (searched recursively; several are read together)")
     p.add_argument("--out", type=cli.FOLDER, default="figures/llm_noniid", help="folder for the PNG figures")

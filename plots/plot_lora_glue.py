@@ -40,7 +40,8 @@ MARKER = {"svd": "o", "naive": "s", "exact": "D", "oneshot": "*", "oneshot-naive
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help,
+                           epilog=cli.examples(__doc__))
     p.add_argument("--runs", nargs="+", default=["runs/lora_glue_minilm"],
                    help="folders holding the run directories (several are read together)")
     p.add_argument("--out", type=cli.FOLDER, default="figures/lora_glue",

@@ -431,7 +431,8 @@ def run_curves(runs: list[dict], path: Path) -> list[Path]:
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description="Figures of mamba_fl run directories", add_help=add_help)
+    p = cli.ArgumentParser(description="Figures of mamba_fl run directories", add_help=add_help,
+                           epilog=cli.examples(__doc__))
     p.add_argument("--runs", nargs="+", default=["runs/mamba_grid"],
                    help="folders holding the run directories (default: where run_grid.py writes)")
     p.add_argument("--out", type=cli.FOLDER, default="figures/mamba", help="folder for the PNG files")

@@ -37,7 +37,8 @@ def spread_of(groups) -> str:
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
+                           epilog=cli.examples(__doc__))
     parser.add_argument("--runs-dir", "--runs", nargs="+", default=["runs/vit_suite_R192"],
                         help="folders holding the run directories (default: where run_all_experiments.py writes; "
                              "several are read together)")

@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+from common import algorithm_flags
 from common import algorithms as AL
 from common import params as P
 
@@ -59,8 +60,10 @@ class ToyScaled(AL.FedAvg):
 
 @pytest.fixture
 def toy(monkeypatch):
-    """``--algorithm toy_scaled`` registered for this test only (``common.algorithms.register`` does the same)."""
+    """``--algorithm toy_scaled`` registered for this test only (``common.algorithms.register`` does the same) and
+    listed among the flag's values (``common.algorithm_flags.ALGORITHMS``, as common/README.md's recipe says)."""
     monkeypatch.setitem(AL.REGISTRY, ToyScaled.name, ToyScaled)
+    monkeypatch.setitem(algorithm_flags.ALGORITHMS, ToyScaled.name, ToyScaled.help)
     ToyScaled.made = []
     return ToyScaled
 

@@ -9,7 +9,7 @@ import pytest
 from clicases import one_line_error
 
 from common import runlog
-from llm_noniid import train
+from llm_noniid import federated, train
 from lora_glue_fl import fedavg_rounds, main_glue_lora
 from mamba_fl import central, fed_avg, fed_momentum
 from vit_sparse_fl import train_centralized, train_federated
@@ -134,7 +134,7 @@ def test_the_tables_are_distinct():
                                   ["--participation-rate", "0.1"]])  # 0.4 of 4 clients: one
 def test_flags_where_they_apply_are_taken(argv):
     """The same flags with what they apply to pass validation (the --quick presets are defaults, not given)."""
-    train.validate(train.cli.parse(train.get_args_parser(), ["--quick", *argv]))
+    federated.validate(train.cli.parse(train.get_args_parser(), ["--quick", *argv]))
 
 
 def test_given_is_command_line_and_config_not_defaults_or_presets(tmp_path):

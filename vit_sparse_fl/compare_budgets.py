@@ -27,7 +27,8 @@ SETTLED = 1.0  # points: a budget step moving the mean less than this has settle
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
+                           epilog=cli.examples(__doc__))
     parser.add_argument("suites", nargs="+", help="suite folders holding results.json (any order)")
     parser.add_argument("--out", type=cli.FOLDER, default="runs/vit_budgets",
                         help="folder for the table and the figure")

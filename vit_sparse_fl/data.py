@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import cli, flags
+from common import cli
 from common import distributed as D
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -213,34 +213,6 @@ def keep_classes(split: Split, first: int, last: int) -> Split:
     """The images of classes first..last-1, relabelled 0..last-first-1 (order kept)."""
     keep = (split.labels >= first) & (split.labels < last)
     return Split(split.images[keep], split.labels[keep] - first)
-
-
-def add_data_args(parser) -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument("--data", default="synthetic", choices=["synthetic", "cifar100", "ag_news"],
-                   help="synthetic: embedded CIFAR-format data; cifar100: the pickles under --data-dir; ag_news: "
-                        "the AG News CSV files under --data-dir, as token ids (--arch encoder)")
-    g.add_argument("--data-dir", default=None,
-                   help="folder holding cifar-100-python/{train,test,meta} (ag_news: test.csv, train.csv if any)")
-    g.add_argument("--max-length", type=flags.POSITIVE_INT, default=64,
-                   help="--data ag_news: tokens per text (truncated / padded)")
-    g.add_argument("--download", action="store_true", help="fetch the CIFAR-100 tarball into --data-dir")
-    g.add_argument("--image-size", type=int, default=224, choices=[224, 160, 32],
-                   help="resize to this many pixels (224 as DINO; 32: no resize)")
-    g.add_argument("--val-fraction", type=flags.Number(float, 0.0, 1.0, low_open=True, high_open=True),
-                   default=0.1, help="held-out share of the training set")
-    g.add_argument("--split-seed", type=flags.SEED, default=0, help="seed of the validation split")
-    g.add_argument("--num-classes", type=flags.COUNT, default=0, help="keep only classes 0..N-1 (0: all 100)")
-    g.add_argument("--classes", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
-                   help="keep classes FIRST..LAST-1, relabelled from 0 (e.g. 10 100 to pretrain on the 90 "
-                        "classes a fine-tuning task on 0 10 never sees); replaces --num-classes")
-    g.add_argument("--synthetic-per-class", type=flags.POSITIVE_INT, nargs=2, default=None, metavar=("TRAIN", "TEST"),
-                   help="--data synthetic: images per class in the train and test pickles (default 100 20)")
-    g.add_argument("--max-train", type=flags.COUNT, default=0, help="use only the first N training images (0: all)")
-    g.add_argument("--max-test", type=flags.COUNT, default=0, help="use only the first N test images (0: all)")
-    g.add_argument("--batch-size", type=flags.POSITIVE_INT, default=64, help="training batch size")
-    g.add_argument("--eval-batch-size", type=flags.POSITIVE_INT, default=256, help="evaluation batch size")
-    g.add_argument("--no-augment", action="store_true", help="no random crop / flip during training")
 
 
 def augment(images: torch.Tensor, image_size: int, generator: torch.Generator | None = None,

@@ -1,85 +1,19 @@
-"""What the training scripts share: the --quick parser, model flags and model, local steps, evaluation."""
+"""What the training scripts share once their flags (``vit_sparse_fl.options``) are parsed: the model, local steps,
+evaluation."""
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from common import cli, config, flags, memory, report
+from common import cli, memory, report
 from common import distributed as D
 from common.evaluate import autocast
 from vit_sparse_fl import data as cifar
 from vit_sparse_fl.vit import VIT_SMALL, VIT_TINY, ViTClassifier, load_backbone_weights
 
 ARCHS = {"vit_small": VIT_SMALL, "vit_tiny": VIT_TINY}
-UNIT = flags.Number(float, 0.0, 1.0, high_open=True)        # [0, 1): dropout, label smoothing, momentum, sparsity
-NON_NEGATIVE = flags.Number(float, 0.0)
-
-# --quick: the tiny ViT on 10 classes of the embedded data, a ``common.config`` preset (defaults < --quick < YAML
-# --config < command line); each script adds its own rounds / epochs
-QUICK = dict(arch="vit_tiny", weights="none", image_size=32, num_classes=10, max_train=2000, max_test=500,
-             batch_size=32, eval_batch_size=250, lr=0.05)
-
-
-def given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """Destinations of the flags set on the command line or in the --config YAML (after a parse)."""
-    tokens = {t.split("=", 1)[0] for t in argv if t.startswith("--")}
-    return ({a.dest for a in parser._actions if tokens & set(a.option_strings)}
-            | set(getattr(parser, "config_values", {})))
-
-
-class ArgumentParser(cli.ArgumentParser):
-    """``cli.ArgumentParser`` with the --quick preset whose plain ``parse_args`` is ``config.parse_with_config``;
-    --help states both values of a preset flag. --quick's 10 classes give way to ``--classes`` and ag_news."""
-
-    def __init__(self, *args, quick: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.presets, self._inner = {"quick": {**QUICK, **quick}}, False
-
-    def parse_args(self, args=None, namespace=None):
-        if self._inner:                                       # parse_with_config's own final parse
-            return super().parse_args(args, namespace)
-        argv = sys.argv[1:] if args is None else list(args)
-        self._inner = True
-        try:
-            ns = config.parse_with_config(self, argv)
-        finally:
-            self._inner = False
-        if (getattr(ns, "classes", None) or getattr(ns, "data", None) == "ag_news") \
-                and "num_classes" not in given(self, argv):
-            ns.num_classes = 0
-        return ns
-
-    def format_help(self) -> str:
-        quick = self.presets["quick"]
-        for a in self._actions:
-            if a.dest in quick and a.default is not argparse.SUPPRESS and "--quick:" not in (a.help or ""):
-                a.help = f"{a.help} (default: {a.default}; --quick: {quick[a.dest]})"
-        return super().format_help()
-
-
-def add_model_args(parser: argparse.ArgumentParser, *, lr: float, weight_decay: float) -> None:
-    g = parser.add_argument_group("model and optimisation")
-    g.add_argument("--arch", default="vit_small", choices=[*sorted(ARCHS), "encoder"],
-                   help="vit_small: DINO ViT-S/16 (patch 16, 12 blocks, 6 heads, width 384); "
-                        "vit_tiny: patch 4, width 48, 2 blocks, 3 heads; encoder: the pretrained text encoder "
-                        "of --weights with mean pooling and a linear head (--data ag_news; vit_sparse_fl/text.py)")
-    g.add_argument("--weights", default="dino",
-                   help="backbone weights: 'dino' (torch hub cache / download), a path to "
-                        "dino_deitsmall16_pretrain.pth, or 'none' for random initialisation; --arch encoder: "
-                        "'minilm' (the 'pretrained' extra) or a Hugging Face encoder folder")
-    g.add_argument("--freeze-layers", type=flags.COUNT, default=0,
-                   help="freeze the patch embedding (encoder: the embeddings) and the first N transformer blocks")
-    g.add_argument("--head-dropout", type=UNIT, default=0.1, help="dropout before the classifier head")
-    g.add_argument("--label-smoothing", type=UNIT, default=0.1, help="label smoothing of the cross-entropy")
-    g.add_argument("--lr", type=flags.POSITIVE, default=lr, help="peak learning rate of SGD")
-    g.add_argument("--momentum", type=UNIT, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=NON_NEGATIVE, default=weight_decay, help="SGD weight decay")
-
-
 def validate_model_args(args) -> None:
     """What the flags' types cannot check alone (they refuse every number out of its range)."""
     text = args.arch == "encoder"

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from common import cli, flags
 from common.checkpoint import atomic_write_json, built_once, settings_key
-from vit_sparse_fl import experiment as exp
-from vit_sparse_fl import train_centralized
+from vit_sparse_fl import options, train_centralized
 
 VERSION = 1  # bump when the recipe changes, so stale bases are not reused
 # flags that do not change the trained weights
@@ -35,7 +34,7 @@ ADDED_LATER = ("max_length",)
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     parser = train_centralized.get_args_parser(add_help=add_help)
-    parser.description = __doc__.split("\n\n")[0]
+    parser.description, parser.epilog = __doc__.split("\n\n")[0], cli.examples(__doc__)
     parser.add_argument("--cache-dir", type=flags.FOLDER, default="runs/vit_base",
                         help="folder of cached bases, one sub-folder per settings key")
     return parser
@@ -48,7 +47,7 @@ def base_settings(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     """(the parsed flags, the settings that shape the base: what its key hashes)."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    given = exp.given(parser, argv)
+    given = options.given(parser, argv)
     return args, {k: None if k in UNSET_UNLESS_GIVEN and k not in given else v
                   for k, v in sorted(vars(args).items())
                   if k not in IGNORED and not (k in ADDED_LATER and v == parser.get_default(k))}

@@ -24,7 +24,7 @@ from common import cli, flags, jobs, stats
 from common import runs as R
 from common.checkpoint import atomic_write_json, atomic_write_text
 from vit_sparse_fl import pretrain
-from vit_sparse_fl.sparse import STRATEGIES
+from vit_sparse_fl.options import MASK_STRATEGIES as STRATEGIES
 
 SCRIPTS = {"centralized": "vit_sparse_fl.train_centralized", "fedavg": "vit_sparse_fl.train_federated",
            "sparse": "vit_sparse_fl.train_federated_sparse"}
@@ -87,7 +87,8 @@ def design(args) -> Design:
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
+                           epilog=cli.examples(__doc__))
     parser.add_argument("--text", action="store_true",
                         help="the mask tables on real text instead: --weights (all-MiniLM-L6-v2) fine-tuned on "
                              "the AG News CSV files of --data-dir; presets "

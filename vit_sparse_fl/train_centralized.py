@@ -12,20 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from common import cli, compiled, engine, flags
-from common import seed as seeding
-from common.checkpoint import atomic_path
-from common.runlog import RunDir
-from vit_sparse_fl import data as cifar
-from vit_sparse_fl import experiment as exp
+from common import cli, flags
+from vit_sparse_fl import options
 
 
-def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
-    parser = exp.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
-                                quick=dict(epochs=4, warmup_epochs=1))
+def get_args_parser(add_help: bool = True) -> options.ArgumentParser:
+    parser = options.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
+                                    epilog=cli.examples(__doc__), quick=dict(epochs=4, warmup_epochs=1))
     cli.add_run_args(parser)
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=flags.POSITIVE_INT, default=50, help="training epochs")
@@ -36,17 +29,21 @@ def get_args_parser(add_help: bool = True) -> exp.ArgumentParser:
                         "to give centralized training the sample-gradient budget of a federated run, "
                         "rounds x clients per round x J (0: --epochs)")
     g.add_argument("--warmup-epochs", type=flags.COUNT, default=5, help="linear warmup epochs before the cosine decay")
-    g.add_argument("--min-lr", type=exp.NON_NEGATIVE, default=0.0, help="learning rate at the end of the cosine")
+    g.add_argument("--min-lr", type=options.NON_NEGATIVE, default=0.0, help="learning rate at the end of the cosine")
     g.add_argument("--patience", type=flags.COUNT, default=10,
                    help="stop after this many epochs without a better validation accuracy (0: never)")
     g.add_argument("--keep-best", type=flags.POSITIVE_INT, default=2, help="how many best-model checkpoints to keep")
-    cifar.add_data_args(parser)
-    exp.add_model_args(parser, lr=0.01, weight_decay=5e-4)
+    options.add_data_args(parser)
+    options.add_model_args(parser, lr=0.01, weight_decay=5e-4)
     return parser
 
 
 def keep_best(run_path, best: list[dict], epoch: int, acc: float, model, k: int) -> list[dict]:
     """Insert this epoch if it ranks in the top ``k`` by validation accuracy; delete what falls out."""
+    import torch
+
+    from common.checkpoint import atomic_path
+
     if len(best) >= k and acc <= best[-1]["val_accuracy"]:
         return best
     path = os.path.join(run_path, f"best_epoch{epoch:03d}.pt")
@@ -60,6 +57,8 @@ def keep_best(run_path, best: list[dict], epoch: int, acc: float, model, k: int)
 
 def check_args(args) -> None:
     """Validation of everything that can be checked before loading data."""
+    from vit_sparse_fl import experiment as exp
+
     exp.validate_model_args(args)
     cli.check(args.warmup_epochs < args.epochs, f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs} "
                                                 f"with --epochs {args.epochs}")
@@ -68,6 +67,16 @@ def check_args(args) -> None:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    # the run's modules load once the arguments are parsed (--help and a usage error need none of them)
+    import torch
+    from tqdm import tqdm
+
+    from common import compiled, engine
+    from common import seed as seeding
+    from common.runlog import RunDir
+    from vit_sparse_fl import data as cifar
+    from vit_sparse_fl import experiment as exp
+
     check_args(args)
 
     seeding.seed_everything(args.seed)

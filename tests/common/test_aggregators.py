@@ -9,7 +9,7 @@ import pytest
 import torch
 from enginecases import DIM, K, Quadratic, grad, problem
 
-from common import aggregators, algorithms, cli, engine
+from common import aggregators, algorithm_flags, algorithms, cli, engine
 from common.errors import UsageError
 
 FISHER = [torch.tensor([1.0, 0.1, 3.0], dtype=torch.float64) * (k + 1) for k in range(K)]
@@ -39,7 +39,7 @@ def test_the_registries_hold_the_built_in_rules_and_the_flags_list_them():
     assert {"mean", "fisher", "entropy"} <= set(aggregators.REGISTRY)
     assert {"fedavg", "fedprox", "scaffold"} <= set(algorithms.REGISTRY)
     parser = cli.ArgumentParser()
-    engine.add_algorithm_args(parser, aggregator="fisher")
+    algorithm_flags.add_algorithm_args(parser, aggregator="fisher")
     a = parser.parse_args([])
     assert (a.aggregator, a.fisher_eps, a.temperature) == ("fisher", 1e-6, 1.0)
     with pytest.raises(SystemExit):
@@ -154,7 +154,7 @@ def test_combinations_that_cannot_run_are_refused_in_one_line(kw, check_kw, why)
                                       (["--scaffold-weighting", "size"], "without --algorithm scaffold")])
 def test_an_aggregators_or_algorithms_own_flag_is_refused_without_it(argv, why):
     parser = cli.ArgumentParser()
-    engine.add_algorithm_args(parser)
+    algorithm_flags.add_algorithm_args(parser)
     a = cli.parse(parser, argv)
     with pytest.raises(UsageError, match=why):
         engine.check_algorithm_args(a, plain_sgd=True, optimizer_hint="")

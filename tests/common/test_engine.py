@@ -7,7 +7,7 @@ import pytest
 import torch
 from enginecases import DIM, K, Quadratic, grad, problem
 
-from common import cli, engine
+from common import algorithm_flags, cli, engine
 from common.errors import UsageError
 
 
@@ -154,7 +154,7 @@ def test_nonsense_combinations_are_refused_in_one_line(kw, why):
                                         ("--num-clusters", "-2"), ("--ifca-batches", "0")])
 def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, capsys):
     parser = cli.ArgumentParser()
-    engine.add_algorithm_args(parser)
+    algorithm_flags.add_algorithm_args(parser)
     with pytest.raises(SystemExit) as e:
         parser.parse_args([flag, value])
     assert e.value.code == 2 and f"{flag} must be" in capsys.readouterr().err
@@ -162,7 +162,7 @@ def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, capsys):
 
 def test_a_script_that_cannot_run_scaffold_says_why():
     parser = cli.ArgumentParser()
-    engine.add_algorithm_args(parser, scaffold="its merge re-factorises the adapters")
+    algorithm_flags.add_algorithm_args(parser, scaffold="its merge re-factorises the adapters")
     a = parser.parse_args(["--algorithm", "scaffold"])
     with pytest.raises(UsageError, match="re-factorises"):
         engine.check_algorithm_args(a, plain_sgd=True, optimizer_hint="", scaffold="its merge re-factorises the "
@@ -172,7 +172,7 @@ def test_a_script_that_cannot_run_scaffold_says_why():
 
 def test_the_server_lr_default_follows_the_server_optimizer():
     parser = cli.ArgumentParser()
-    engine.add_algorithm_args(parser)
+    algorithm_flags.add_algorithm_args(parser)
     for argv, lr, tag in (([], 1.0, ""), (["--server-opt", "fedavgm"], 1.0, "_sofedavgm"),
                           (["--server-opt", "fedadam"], 1e-2, "_sofedadam"),
                           (["--server-opt", "fedadam", "--server-lr", "1"], 1.0, "_sofedadam_slr1"),

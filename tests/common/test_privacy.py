@@ -8,7 +8,7 @@ import torch
 from clicases import one_line_error
 from enginecases import K, Quadratic, problem
 
-from common import cli, dp, engine, privacy
+from common import algorithm_flags, cli, dp, engine
 from common import params as P
 
 pytest.importorskip("dp_accounting")
@@ -134,5 +134,5 @@ def test_refused_combinations_say_why_in_one_line(case, why, out_dir, capsys):
 
 def test_help_names_the_default_delta():
     parser = cli.ArgumentParser()
-    privacy.add_dp_args(parser)
+    algorithm_flags.add_dp_args(parser)
     assert "default 1 / N^1.1, N the number of clients" in " ".join(parser.format_help().split())

@@ -10,7 +10,7 @@ import torch
 from common import engine
 from common import params as P
 from common.seed import client_generator
-from llm_noniid import train
+from llm_noniid import federated, train
 from llm_noniid.model import lm_loss, tiny_gpt2
 
 D, K = 6, 4
@@ -41,7 +41,7 @@ class Rows:
         pass
 
 
-class Quadratics(train.LlmTask):
+class Quadratics(federated.LlmTask):
     """train.py's task with client k's loss f_k on one parameter tensor: a client of n examples holds n copies
     of its index (its size is n); every local step's batch gives the same loss."""
 
@@ -145,7 +145,7 @@ def test_scaffold_with_unequal_sizes_is_the_papers_algorithm(weighting):
 
 def test_drift_metrics_are_the_rms_distance_to_the_mean_and_the_cosine_drift():
     x = [torch.tensor([1.0, 1.0, 0.0])]
-    agg = train.DriftMean(x)
+    agg = federated.DriftMean(x)
     agg.reset()
     clients = [torch.tensor([2.0, 1, 0]), torch.tensor([0.0, 1, 0]), torch.tensor([1.0, 4, 0])]
     for c in clients:
@@ -191,7 +191,7 @@ def tiny_run(algorithm, rounds=2, optimizer="sgd", lr=LR):
     args = train.get_args_parser().parse_args(
         ["--algorithm", algorithm, "--mu", str(MU), "--num-rounds", str(rounds), "--num-clients", "2",
          "--batch-size", "4", "--learning-rate", str(lr), "--local-optimizer", optimizer, "--max-grad-norm", str(CLIP)])
-    task = train.LlmTask(args, None, model, P.trainable(model), torch.device("cpu"), data, data, [], {})
+    task = federated.LlmTask(args, None, model, P.trainable(model), torch.device("cpu"), data, data, [], {})
     fed = engine.Federation(task, args)
     engine.run(task, fed)
     return fed.models[0], start, model, data
@@ -213,7 +213,7 @@ def by_hand(algorithm, start, model, data, rounds=2, optimizer="sgd", lr=LR):
             y = [t.clone() for t in x]
             adam = torch.optim.AdamW(y, lr=lr, weight_decay=0.0) if optimizer == "adamw" else None
             steps = 0
-            for xb, yb in train.batches(cx, cy, 4, 1, 0, client_generator(0, r + 1, k), torch.device("cpu")):
+            for xb, yb in federated.batches(cx, cy, 4, 1, 0, client_generator(0, r + 1, k), torch.device("cpu")):
                 with torch.no_grad():
                     for p, t in zip(params, y):
                         p.copy_(t)

@@ -16,6 +16,7 @@ from clicases import LLM_SMOKE, one_line_error, the_run
 from common import cli
 from common import stats as S
 from common.config import parse_with_config
+from llm_noniid import data as llm_data
 from llm_noniid import run_experiments as E
 from llm_noniid import train
 
@@ -285,7 +286,7 @@ def test_selection_stops_when_a_run_failed(tmp_path, monkeypatch):
     before anything is chosen: selection.json is not written, so the same command retries it."""
     monkeypatch.setattr(E, "base_folder", lambda args: "base")
     monkeypatch.setattr(E, "split_data", lambda csv, out: out)
-    monkeypatch.setattr(E.D, "split_ag_news_csv", lambda *a, **kw: tmp_path / "select" / "data")
+    monkeypatch.setattr(llm_data, "split_ag_news_csv", lambda *a, **kw: tmp_path / "select" / "data")
     monkeypatch.setattr(E.jobs, "run_plan", lambda plan, **kw: None)
     monkeypatch.setattr(E.jobs, "summary_of", lambda job: None if f"_lr{E.LR_GRID[1]}_" in job.name else
                         {"status": "complete", "final_val_ppl": 50.0})

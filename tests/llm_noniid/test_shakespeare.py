@@ -11,7 +11,9 @@ import torch
 from clicases import one_line_error, the_run
 
 from common import shakespeare as S
+from llm_noniid import options as llm_options
 from llm_noniid import shakespeare as SH
+from llm_noniid import shakespeare_task
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +29,7 @@ SMALL = ["--quick", "--quiet", "--hidden", "32", "--rounds", "2", "--clients-per
 
 
 def test_the_leaf_model_is_an_8_dim_embedding_and_two_lstm_layers_of_256():
-    m = SH.CharLSTM(57)
+    m = shakespeare_task.CharLSTM(57)
     assert m.embed.weight.shape == (57, 8) and m.lstm.num_layers == 2 and m.lstm.hidden_size == 256
     assert m(torch.zeros(3, 80, dtype=torch.long)).shape == (3, 57)
 
@@ -83,7 +85,7 @@ def test_a_population_run_trains_its_synthetic_clients_and_scores_the_real_test_
 
 def test_the_validation_split_holds_out_a_tenth_of_each_roles_training_samples_never_the_test():
     data = S.load(SH.SAMPLE)
-    kept, held = S.hold_out(data.train, SH.VALIDATION_FRACTION)
+    kept, held = S.hold_out(data.train, llm_options.VALIDATION_FRACTION)
     for t, k, h, test in zip(data.train, kept, held, data.test):
         assert len(h) == int(0.1 * len(t)) and np.array_equal(np.sort(np.concatenate([k, h])), t)
         assert not set(h) & set(test) and not set(h) & set(k)

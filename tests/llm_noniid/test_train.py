@@ -15,7 +15,7 @@ from common.checkpoint import load_checkpoint
 from common.client_store import committed_rows
 from common.config import parse_with_config
 from common.engine import STORE_DIR
-from llm_noniid import train
+from llm_noniid import federated, train
 
 REPO = Path(__file__).resolve().parents[2]
 ROUND_KEYS = {"round", "val_loss", "val_ppl", "train_loss", "client_train_loss", "grad_norm_var",
@@ -91,18 +91,18 @@ def test_an_interrupted_adamw_cosine_run_resumes_bit_for_bit(tmp_path, monkeypat
              "--partition", "topic_skew", "--clustering", "ifca", "--num-clusters", "2", "--num-rounds", "4",
              "--run-name", "r"]
     quick(tmp_path / "full", *flags)
-    end = train.LlmTask.round_end
+    end = federated.LlmTask.round_end
 
     def stop_after_two(self, rnd):
         end(self, rnd)
         if rnd["round"] == 2:  # round 3 of 4 trained, not yet logged: the checkpoint holds round 2
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.LlmTask, "round_end", stop_after_two)
+    monkeypatch.setattr(federated.LlmTask, "round_end", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         quick(tmp_path / "part", *flags)
     assert len(rows(tmp_path / "part")) == 2
-    monkeypatch.setattr(train.LlmTask, "round_end", end)
+    monkeypatch.setattr(federated.LlmTask, "round_end", end)
     s = quick(tmp_path / "part", *flags, "--resume")
     full, part = rows(tmp_path / "full"), rows(tmp_path / "part")
     assert len(part) == 4 and s["rounds_done"] == 4
@@ -149,7 +149,7 @@ def test_yaml_config_maps_onto_flags_and_cli_overrides(tmp_path):
 
 
 BAD = {
-    "unknown algorithm": (["--algorithm", "fedsgd"], "--algorithm 'fedsgd' is unknown"),
+    "unknown algorithm": (["--algorithm", "fedsgd"], "--algorithm: invalid choice: 'fedsgd'"),
     "unknown partition": (["--partition", "label_flip"], "--partition 'label_flip' is unknown"),
     "unknown lr schedule": (["--lr-schedule", "step"], "--lr-schedule 'step' is unknown"),
     "alpha zero": (["--partition", "topic_skew", "--alpha", "0"], "--alpha must be > 0"),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from clicases import one_line_error, the_run
 
-from common import checkpoint, cli, jobs, runlog
+from common import checkpoint, cli, export, jobs, runlog
 from common.config import parse_with_config
 from lora_glue_fl import (
     adapters,
@@ -231,7 +231,7 @@ def test_central_lora_stopped_at_its_end_resumes_to_the_same_run(tmp_path, monke
     --resume ends with the uninterrupted run's rows, summary and model, no row twice."""
     argv = QUICK + ["--task_name", "sst2", "--num_train_epochs", "2", "--eval_every_epochs", "1"]
     ref = main_glue_lora.main(argv + ["--out-dir", str(tmp_path / "ref")])
-    target = (main_glue_lora.export, "save_model_dir") if stop_in == "save_model_dir" else (runlog.RunDir,
+    target = (export, "save_model_dir") if stop_in == "save_model_dir" else (runlog.RunDir,
                                                                                               "write_summary")
 
     def stop(*a, **kw):

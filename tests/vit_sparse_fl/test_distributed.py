@@ -11,6 +11,7 @@ import torch
 from multirank import free_port, run_ranks, torchrun_env
 
 from common import distributed as D
+from vit_sparse_fl import federated
 from vit_sparse_fl import train_federated as fed
 from vit_sparse_fl import train_federated_sparse as fsp
 
@@ -48,14 +49,14 @@ def worker(rank, world, port, out, ports):
                "sparse": script(fsp.main, [*SMALL, *SPARSE, "--out-dir", out, "--run-name", "sparse"])}
         res["left_group"] = not D.is_distributed()           # each script leaves the group it joined
         res["persist"] = script(fed.main, [*SMALL, *PERSIST, "--out-dir", out, "--run-name", "persist"])
-        real = fed.VitTask.train_client
-        fed.VitTask.train_client = crash_in_round_3(real)   # both ranks stop before round 3; rank 0 saved round 2
+        real = federated.VitTask.train_client
+        federated.VitTask.train_client = crash_in_round_3(real)   # both ranks stop before round 3; rank 0 saved round 2
         try:
             script(fed.main, [*SMALL, "--out-dir", out, "--run-name", "cut"])
         except KeyboardInterrupt:
             pass
         finally:
-            fed.VitTask.train_client = real
+            federated.VitTask.train_client = real
         res["resumed"] = script(fed.main, [*SMALL, "--out-dir", out, "--run-name", "cut", "--resume"])
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     finally:

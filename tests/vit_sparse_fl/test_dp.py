@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from dpcases import check_run, log_clips
 
+from vit_sparse_fl import federated
 from vit_sparse_fl import train_federated as fed
 
 pytest.importorskip("dp_accounting")
@@ -22,17 +23,17 @@ def test_clips_accounts_and_resumes_bit_equal(out_dir, monkeypatch):
     rows = check_run(out_dir / "full", log, 0.2, 10)
     assert [r["round"] for r in rows] == [2, 4] and [len(r["dp_norm"]) for r in rows] == [1, 1]
     assert full["dp_epsilon"] == rows[-1]["dp_epsilon"] and full["dp_sampling"] == "poisson"
-    real = fed.VitTask.round_start
+    real = federated.VitTask.round_start
 
     def crash_in_round_3(self, r):  # after round 2's evaluation and checkpoint; round 3's cohort is empty
         if r == 2:
             raise KeyboardInterrupt
         return real(self, r)
 
-    monkeypatch.setattr(fed.VitTask, "round_start", crash_in_round_3)
+    monkeypatch.setattr(federated.VitTask, "round_start", crash_in_round_3)
     with pytest.raises(KeyboardInterrupt):
         fed.main([*argv, "--run-name", "cut"])
-    monkeypatch.setattr(fed.VitTask, "round_start", real)
+    monkeypatch.setattr(federated.VitTask, "round_start", real)
     resumed = fed.main([*argv, "--run-name", "cut", "--resume"])
     read = lambda name: (out_dir / name / "metrics.jsonl").read_text()  # noqa: E731
     assert read("full") == read("cut")

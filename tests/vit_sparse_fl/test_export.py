@@ -8,8 +8,8 @@ import json
 import torch
 
 from vit_sparse_fl import experiment as exp
+from vit_sparse_fl import federated, vit
 from vit_sparse_fl import train_federated as fed
-from vit_sparse_fl import vit
 
 SMALL = ["--quick", "--quiet", "--num-clients", "10", "--participation-rate", "0.2", "--local-steps", "2",
          "--rounds", "2", "--eval-every", "1", "--max-train", "300", "--max-test", "60", "--batch-size", "16"]
@@ -23,8 +23,8 @@ def test_federated_model_dir_reloads_and_checkpoint_is_weights_only(tmp_path):
     assert (run / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
     model = vit.load(run / "model")
     args = fed.get_args_parser().parse_args([*SMALL, "--out-dir", str(tmp_path)])
-    fed.finish_args(args)
-    ctx = fed.setup(args)
+    federated.finish_args(args)
+    ctx = federated.setup(args)
     got = exp.evaluate(model, ctx["test"], args, torch.device("cpu"))
     assert got["accuracy"] == summary["test_accuracy"]
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)["state"]

@@ -6,7 +6,7 @@ import torch
 
 from common import cli
 from vit_sparse_fl import experiment as exp
-from vit_sparse_fl import pretrain, train_centralized
+from vit_sparse_fl import federated, pretrain, train_centralized
 from vit_sparse_fl import train_federated as fed
 
 TINY = ["--quick", "--quiet", "--epochs", "1", "--warmup-epochs", "0", "--max-train", "64", "--max-test", "40",
@@ -35,8 +35,8 @@ def test_pretrained_base_is_trained_once_and_reused(tmp_path, monkeypatch):
 
 def _model_and_test(out_dir, *extra):
     args = fed.get_args_parser().parse_args([*TINY[:2], "--max-test", "40", "--out-dir", str(out_dir), *extra])
-    fed.finish_args(args)
-    ctx = fed.setup(args)
+    federated.finish_args(args)
+    ctx = federated.setup(args)
     return ctx
 
 

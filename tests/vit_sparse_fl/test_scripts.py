@@ -16,7 +16,7 @@ from common.checkpoint import load_checkpoint
 from common.export import tensors_from_state
 from plots import plot_vit
 from vit_sparse_fl import data as cifar
-from vit_sparse_fl import sparse, train_centralized
+from vit_sparse_fl import federated, federated_sparse, sparse, train_centralized
 from vit_sparse_fl import train_federated as fed
 from vit_sparse_fl import train_federated_sparse as fsp
 
@@ -27,8 +27,8 @@ SMALL = ["--quick", "--quiet", "--num-clients", "10", "--participation-rate", "0
 
 def _ctx(out_dir, *extra, script=fed):
     args = script.get_args_parser().parse_args([*SMALL, "--out-dir", str(out_dir), *extra])
-    fed.finish_args(args)
-    return fed.setup(args)
+    federated.finish_args(args)
+    return federated.setup(args)
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +94,12 @@ def test_masked_parameters_unchanged_after_training_and_strategies_differ(out_di
     masks, models = {}, {}
     for strategy in ("least_sensitive", "most_sensitive"):
         ctx["args"].mask_strategy = strategy
-        masks[strategy], calibration = fsp.build_masks(ctx, start)
+        masks[strategy], calibration = federated_sparse.build_masks(ctx, start)
         # one calibration round: one batch of every client's shard, one sample gradient per image scored
         args = ctx["args"]
         assert calibration == sum(min(args.batch_size, len(s)) for s in ctx["shards"]) > 0
         glob = P.clone(start)
-        fed.plain_rounds(ctx, glob, masks[strategy])
+        federated.plain_rounds(ctx, glob, masks[strategy])
         for g, s, m, n in zip(glob, start, masks[strategy], ctx["names"]):
             if m is None:
                 assert n.startswith("head.") and not torch.equal(g, s)        # the head is trained densely
@@ -123,17 +123,17 @@ def test_masked_parameters_unchanged_after_training_and_strategies_differ(out_di
 def test_resume_reproduces_the_uninterrupted_run(out_dir, monkeypatch):
     argv = [*SMALL, "--rounds", "4", "--eval-every", "2", "--local-steps", "1", "--out-dir", str(out_dir)]
     full = fed.main([*argv, "--run-name", "full"])
-    real_train = fed.VitTask.train_client
+    real_train = federated.VitTask.train_client
 
     def crash_in_round_3(self, k, r, *a, **kw):
         if r == 2:
             raise KeyboardInterrupt
         return real_train(self, k, r, *a, **kw)
 
-    monkeypatch.setattr(fed.VitTask, "train_client", crash_in_round_3)
+    monkeypatch.setattr(federated.VitTask, "train_client", crash_in_round_3)
     with pytest.raises(KeyboardInterrupt):
         fed.main([*argv, "--run-name", "cut"])
-    monkeypatch.setattr(fed.VitTask, "train_client", real_train)
+    monkeypatch.setattr(federated.VitTask, "train_client", real_train)
     resumed = fed.main([*argv, "--run-name", "cut", "--resume"])
     rows = lambda name: [json.loads(x) for x in open(out_dir / name / "metrics.jsonl")]
     assert rows("full") == rows("cut") and len(rows("cut")) == 2
@@ -246,13 +246,13 @@ def test_quick_is_a_preset_below_the_config_file_and_the_command_line(tmp_path):
 def test_sweep_file_names_carry_the_swept_values():
     args = fed.get_args_parser().parse_args(["--rounds", "30", "--lr", "0.1", "--nc-values", "1", "2",
                                              "--heterogeneity-experiment", "--seed", "3"])
-    fed.finish_args(args)
-    assert fed.sweep_file_name(args, "fedavg", "heterogeneity") == \
+    federated.finish_args(args)
+    assert federated.sweep_file_name(args, "fedavg", "heterogeneity") == \
         "fedavg_noniid_nc1-2_J4_R30_lr0.1_heterogeneity_experiment_s3.json"
     args = fed.get_args_parser().parse_args(["--sharding", "non_iid", "--nc", "2", "--j-values", "4", "16",
                                              "--data", "cifar100"])
-    fed.finish_args(args)
-    assert fed.sweep_file_name(args, "sparse_random_s0.9", "local_steps") == \
+    federated.finish_args(args)
+    assert federated.sweep_file_name(args, "sparse_random_s0.9", "local_steps") == \
         "sparse_random_s0.9_cifar100_noniid_nc2_J4-16_R300_lr0.01_local_steps_experiment_s0.json"
 
 

@@ -163,16 +163,15 @@ def test_parameters_with_all_false_masks_skip_backward_with_the_same_result():
     """The head warm-up: the backbone's masks are all False, so fed_round lets it take no gradient."""
     import torch.nn.functional as F
 
-    from vit_sparse_fl import train_federated as fed
-    from vit_sparse_fl import vit
+    from vit_sparse_fl import federated, vit
 
     torch.manual_seed(0)
     model = vit.ViTClassifier(vit.ViTConfig(**{**vit.VIT_TINY.__dict__, "num_classes": 5}))
     names, params = zip(*model.named_parameters())
     head_only = [None if n.startswith("head.") else torch.zeros_like(p, dtype=torch.bool)
                  for n, p in zip(names, params)]
-    assert fed.untrained(list(params), None) == []
-    frozen = fed.untrained(list(params), head_only)
+    assert federated.untrained(list(params), None) == []
+    frozen = federated.untrained(list(params), head_only)
     assert len(frozen) == len(params) - 2                     # all but head.weight / head.bias
     start = [p.detach().clone() for p in params]
     x = torch.randn(3, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -184,7 +183,7 @@ def test_parameters_with_all_false_masks_skip_backward_with_the_same_result():
                 p.copy_(s)
         opt = sparse.SparseSGDM(params, head_only, lr=0.1, momentum=0.9, weight_decay=1e-4)
         torch.manual_seed(3)                                    # the same dropout masks
-        with fed.no_grad_for(frozen if skip else []):
+        with federated.no_grad_for(frozen if skip else []):
             for xb, yb in zip(x, y):
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(xb), yb, label_smoothing=0.1).backward()

@@ -11,6 +11,7 @@ from clicases import one_line_error
 from common import jobs
 from common.checkpoint import to_jsonable
 from common.cli import UsageError
+from vit_sparse_fl import federated
 from vit_sparse_fl import run_all_experiments as suite
 from vit_sparse_fl import train_federated as fed
 
@@ -113,7 +114,7 @@ def test_finished_runs_are_skipped_only_with_the_same_arguments(tmp_path):
     assert job.after == ("base",) and grid["fedavg_iid_scratch_seed0"].after == ()   # scratch runs need no base
     assert jobs.classify(job).kind == "new"
     parsed = fed.get_args_parser().parse_args(job.argv)
-    fed.finish_args(parsed)
+    federated.finish_args(parsed)
     folder = tmp_path / job.name
     folder.mkdir()
     (folder / "args.json").write_text(json.dumps({"args": vars(parsed)}, default=to_jsonable))

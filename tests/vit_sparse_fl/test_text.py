@@ -9,7 +9,7 @@ import torch
 
 from common.cli import UsageError
 from common.fisher import diagonal_fisher
-from vit_sparse_fl import text
+from vit_sparse_fl import federated, text
 from vit_sparse_fl import train_federated as fed
 from vit_sparse_fl import train_federated_sparse as fsp
 
@@ -67,8 +67,8 @@ def test_sparse_text_run_keeps_masked_coordinates_and_probe_trains_only_the_head
     dens = json.loads((tmp_path / "with_tables" / "mask_density.json").read_text())
     assert s["frozen_tables"] == [] and dens["per_tensor"][tables[0]] > 0       # the tables are eligible then
     probe = fed.get_args_parser().parse_args(argv(tiny, tmp_path, "--freeze-layers", "2"))
-    fed.finish_args(probe)  # as main does: defaults that follow other flags (--holdout-fraction)
-    ctx = fed.setup(probe)
+    federated.finish_args(probe)  # as main does: defaults that follow other flags (--holdout-fraction)
+    ctx = federated.setup(probe)
     assert {n.split(".")[0] for n in ctx["names"]} == {"head"}               # the probe: head only
 
 
