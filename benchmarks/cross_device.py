@@ -2,7 +2,7 @@
 engine (sequential, and batched where that mode exists), a plain PyTorch loop, Flower's simulation engine and
 pfl-research. Each ``run_*`` trains the same thing and stamps its round boundaries on a ``Clock``:
 
-  model     llm_noniid.shakespeare.CharLSTM (LEAF / McMahan et al.: 8-dim embedding, 2-layer LSTM), built after
+  model     llm_noniid.shakespeare_task.CharLSTM (LEAF / McMahan et al.: 8-dim embedding, 2-layer LSTM), built after
             ``seed_everything(seed)``: the same initial weights in every engine
   data      common.shakespeare: the first ``clients`` roles; round r's cohort ``engine.sample_clients(seed, r, ...)``;
             client k's samples in round r: its training windows in the order ``client_generator(seed, r, k)``
@@ -13,7 +13,7 @@ pfl-research. Each ``run_*`` trains the same thing and stamps its round boundari
   scored    after the last round, outside the timing, by the same function (``heldout``): loss and accuracy of
             the global model on a seeded subset of the roles' held-out windows
 
-The engine runs ``common.engine.run`` on ``llm_noniid.shakespeare.ShakespeareTask`` without a run directory (no log
+The engine runs ``common.engine.run`` on ``llm_noniid.shakespeare_task.ShakespeareTask`` without a run directory (no log
 rows or checkpoints: nothing but rounds). Flower's ClientApp (``flower_train``) and the plain loop share one client
 function (``local_sgd``); pfl-research trains with its own loop on the same batches (its ``Dataset.iter`` does not
 shuffle). Flower and pfl-research are imported only by their own runners.
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from common import engine
 from common import shakespeare as S
 from common.seed import client_generator, numpy_rng, seed_everything
-from llm_noniid.shakespeare import CharLSTM
+from llm_noniid.shakespeare_task import CharLSTM
 
 
 @dataclass(frozen=True)
@@ -198,12 +198,12 @@ def run_engine(w: Workload, clock: Clock, data: Data, extra: tuple[str, ...] = (
     """``common.engine.run`` over ShakespeareTask (``extra``: more flags, the batched mode's)."""
     from common import cli
     from common import params as P
-    from llm_noniid import shakespeare as SH
+    from llm_noniid import shakespeare, shakespeare_task
 
-    args = cli.parse(SH.get_args_parser(), [*engine_argv(w), *extra])
-    SH.validate(args)
+    args = cli.parse(shakespeare.get_args_parser(), [*engine_argv(w), *extra])
+    shakespeare_task.validate(args)
 
-    class Timed(SH.ShakespeareTask):
+    class Timed(shakespeare_task.ShakespeareTask):
         def round_start(self, r):
             clock.start()
             super().round_start(r)
@@ -214,7 +214,7 @@ def run_engine(w: Workload, clock: Clock, data: Data, extra: tuple[str, ...] = (
 
     model = build_model(w, data.vocab)
     data.shk.train, data.shk.test = data.train, data.shk.test[:len(data.train)]
-    sizes, train_of = SH.clients(args, data.shk)  # the roles themselves (no --population)
+    sizes, train_of = shakespeare_task.clients(args, data.shk)  # the roles themselves (no --population)
     task = Timed(args, data.shk, model, torch.device("cpu"), data.eval_pos, sizes, train_of)
     fed = engine.Federation(task, args)
     engine.run(task, fed)

@@ -215,11 +215,12 @@ class LoraTask(engine.Task):
         return row
 
     def state_dict(self) -> dict:
-        return {"rank": [self.fused.r, self.fused.alpha]}
+        return {"rank": [self.fused.r, self.fused.alpha], "svd_error_by_rank": self.error_curve}
 
     def load_state_dict(self, state: dict) -> None:
         P.load_(self.params, self.fed.models[0])
         self.fused = adapters.from_model(self.model)
+        self.error_curve = state.get("svd_error_by_rank")
 
 
 def run(args) -> dict:
