@@ -38,6 +38,7 @@ FEDDYN_ALPHA = 0.01   # --feddyn-alpha: the paper's grid is {0.1, 0.01, 0.001}; 
 FISHER_STAT_FLAGS = ("fisher_samples", "fisher_batch", "fisher_labels", "fisher_method")
 DP_SAMPLINGS = ("poisson", "fixed")  # common.dp.SAMPLINGS
 DP_ACCOUNTANTS = ("rdp", "pld")      # common.dp.ACCOUNTANTS
+CLIENT_BATCHING = ("off", "stacked")  # --client-batching (common.batched)
 DP_CLIP_LR = 0.2  # Andrew et al. 2021's eta_C for the geometric clip update
 
 
@@ -115,6 +116,15 @@ def add_algorithm_args(parser, *, server_opt: str = "fedavg", momentum_form: str
                    help="IFCA: batches of a client's own training data on which it scores every cluster model")
     add_dp_args(parser)
     return g
+
+
+def add_client_batching_arg(group) -> None:
+    """--client-batching (``common.batched`` runs it), in a script's own group: a script adds it where its task has
+    the hooks (``Task.client_batches``, ``Task.stacked_losses``)."""
+    group.add_argument("--client-batching", default="off", choices=CLIENT_BATCHING,
+                       help="off: the round's clients train one after another | stacked: together, their models "
+                            "stacked, one forward/backward per local step for all (FedAvg / FedProx with plain SGD; "
+                            "the same run up to float summation order; it pays where a step's kernels are small)")
 
 
 def add_fisher_stat_args(group, *, labels: str = "empirical", labels_help: str = "", local: bool = True) -> None:

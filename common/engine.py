@@ -9,7 +9,9 @@ algorithm's sums -> every cluster's server step on the task's projection of the 
 ``common.algorithms``) -> on evaluation rounds the task's evaluation and log row -> the task's stop check (by
 default non-finite values: exit 3) -> on evaluation rounds the checkpoint. Communication is counted here,
 once: per round and chosen client, ``algorithm.down`` messages down and ``algorithm.up + aggregator.up`` up
-(``Federation.comm``, in bytes, checkpointed; every script writes it into summary.json).
+(``Federation.comm``, in bytes, checkpointed; every script writes it into summary.json). The round's clients train
+one after another (``one_at_a_time``) or, with ``--client-batching stacked`` where a script offers it, together
+(``common.batched``); either way the aggregators get the same clients in the same order.
 
 A subproject supplies a ``Task``; client algorithms and aggregators are registries (``--algorithm``,
 ``--aggregator``). Clustering is which global model a client starts from (``Federation.assign``; IFCA
@@ -30,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common import aggregators as AG
-from common import algorithm_flags, export, flags, privacy
+from common import algorithm_flags, batched, export, flags, privacy
 from common import algorithms as AL
 from common import client_store as CS
 from common import clustering as C
@@ -93,6 +95,7 @@ def check_algorithm_args(args, *, plain_sgd: bool, optimizer_hint: str, scaffold
         check_participation(args.participation_rate, k)
     refuse_unused_algorithm_args(args)
     privacy.check_dp_args(args, dp)
+    batched.check_args(args)  # --client-batching, where the script has it
 
 
 def check_participation(rate: float, num_clients: int | None) -> None:
@@ -199,6 +202,18 @@ class Task:
         ``algo.adjust_grads(self.params)`` between every backward and optimizer step. Returns at least
         {"loss": a 0-d tensor, "steps": optimizer steps}."""
         raise NotImplementedError
+
+    # -- --client-batching stacked (common.batched): the round's clients trained together --------------------
+    def client_batches(self, k: int, r: int):
+        """Client k's local batches in round r, a sequence (``common.batched.Batches``) of (inputs [b, ...],
+        targets [b, ...]) in the order its ``train_client`` steps through them (the same random streams), one
+        optimizer step each."""
+        raise UsageError("--client-batching stacked is not available for this script")
+
+    def stacked_losses(self, params: list[torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample training losses [n, B] of n models, each on its own batch: ``params`` the tensors of
+        ``self.params`` stacked ([n, *shape]), inputs [n, B, ...], targets [n, B, ...]; differentiable in ``params``."""
+        raise UsageError("--client-batching stacked is not available for this script")
 
     # -- aggregation: what the task supplies to the aggregators (common.aggregators) ------------------------
     supported_stats: tuple[str, ...] = ()  # the statistics ``client_stat`` computes ("fisher", "entropy")
@@ -320,6 +335,10 @@ class Federation:
         self.store = CS.ClientStore()
         self.client_opt = self.store.table("client_opt") if args.client_opt_state == "persist" else None
         self.algo.use_store(self.store)
+        # --client-batching stacked: the round's clients trained together (common.batched)
+        self.stacked = batched.enabled(args)
+        if self.stacked:
+            batched.check_task(task)
         # wall-clock seconds of local training and of whole rounds (no evaluation, logging, checkpoints); per rank
         self.timing = {"client_seconds": 0.0, "round_seconds": 0.0}
         # no reference cycle: an interrupted run's objects (its run directory's lock) go with the last reference
@@ -453,7 +472,7 @@ STORE_DIR = "client_state"  # the client store's folder in the run directory
 
 def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, start: int = 0) -> None:
     """Rounds ``start``..``task.rounds - 1`` (logged 1-based); without ``rd`` (a warm-up) no log, checks, saves."""
-    args, params, device, timing = fed.args, task.params, task.device, fed.timing
+    args, params, timing = fed.args, task.params, fed.timing
     world, rank = D.world_size(), D.rank()
     if world > 1 and fed.store.tables and fed.store.folder is None:
         raise ValueError("per-client state under torchrun needs the run directory (Federation.start) to share it")
@@ -476,22 +495,11 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
         rows, losses = {}, []
         # this rank's share, balanced by client size; one process: every chosen client, in order
         plan = D.assign_clients(chosen, [task.sizes[k] for k in chosen], world)
-        for k in plan[rank]:
-            g = int(fed.assign[k])
-            P.load_(params, fed.models[g])  # every client starts from its cluster's global model
-            opt = task.make_optimizer(lr)  # with a fresh state
-            if opt is not None and fed.client_opt is not None:  # the client's own (moments, momentum)
-                opt.state = defaultdict(dict, fed.opt_state(k))
-            fed.algo.client_start(k, fed.models[g], g)
-            t0 = time.perf_counter()
-            out = task.train_client(k, r, opt, fed.algo)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            timing["client_seconds"] += time.perf_counter() - t0
-            if opt is not None and fed.client_opt is not None:
-                fed.put_opt_state(k, opt.state)
+        trained = (batched.train_round(task, fed, plan[rank], r, lr) if fed.stacked  # --client-batching stacked
+                   else one_at_a_time(task, fed, plan[rank], r, lr))
+        for k, out in trained:  # the task's params hold client k's trained model
             fed.algo.client_end(k, params, out["steps"], lr)
-            rows[k] = fed.add(k, g, out)
+            rows[k] = fed.add(k, int(fed.assign[k]), out)
             losses.append(out["loss"])
         losses = dict(zip(plan[rank], torch.stack(losses).tolist() if losses else []))  # one read per round
         if world > 1:  # the small exchanges, then ONE all-reduce of every aggregator's sums
@@ -533,6 +541,27 @@ def run(task: Task, fed: Federation, rd=None, names: list[str] | None = None, st
                     fed.store.commit()
         if stop:  # the task's plateau rule: the run ends here, after this round's checkpoint
             break
+
+
+def one_at_a_time(task: Task, fed: Federation, ks: list[int], r: int, lr: float):
+    """Local training of clients ``ks`` in round r, one after another in the task's one model: each from its
+    cluster's global model, with a fresh optimizer state or its own (--client-opt-state). A generator: yields
+    (k, ``train_client``'s result) after client k's training, its model in ``task.params``."""
+    for k in ks:
+        g = int(fed.assign[k])
+        P.load_(task.params, fed.models[g])  # every client starts from its cluster's global model
+        opt = task.make_optimizer(lr)  # with a fresh state
+        if opt is not None and fed.client_opt is not None:  # the client's own (moments, momentum)
+            opt.state = defaultdict(dict, fed.opt_state(k))
+        fed.algo.client_start(k, fed.models[g], g)
+        t0 = time.perf_counter()
+        out = task.train_client(k, r, opt, fed.algo)
+        if task.device.type == "cuda":
+            torch.cuda.synchronize(task.device)
+        fed.timing["client_seconds"] += time.perf_counter() - t0
+        if opt is not None and fed.client_opt is not None:
+            fed.put_opt_state(k, opt.state)
+        yield k, out
 
 
 def _opt_row(state: dict, plist) -> tuple[list[str], list[torch.Tensor]]:

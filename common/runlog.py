@@ -41,9 +41,11 @@ if TYPE_CHECKING:  # torch loads with a run's first tensor: grids and plots read
 
 ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = RUN_FILE, "metrics.jsonl", "summary.json", "checkpoint.pt"
 LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; a dead process's lock is free again
-# Flags that may change between a run and its resumption without changing its results.
+# Flags that may change between a run and its resumption without changing its results (--compile and
+# --client-batching: up to float summation order).
 DEFAULT_IGNORE_ON_RESUME = ("resume", "quiet", "out_dir", "run_name", "device", "num_workers", "data_dir",
-                            "cache_dir", "compile", "compile_mode", "compile_backend", "report_to", "checkpoint_every")
+                            "cache_dir", "compile", "compile_mode", "compile_backend", "report_to", "checkpoint_every",
+                            "client_batching")
 ALWAYS_IGNORED = ("resume", "overwrite", "extend")  # how to start, not what runs
 # Run lengths: a change is refused on resume unless --extend asks for a longer run on purpose.
 LENGTH_FLAGS = ("rounds", "num_rounds", "epochs", "n_epochs", "max_steps", "total_steps", "num_train_epochs")
