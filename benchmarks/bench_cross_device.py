@@ -52,9 +52,8 @@ SAMPLE = ROOT / "common" / "data" / "shakespeare_sample"
 ENGINES = ("engine", "engine-batched", "loop", "flower", "pfl")
 TITLES = {"engine": "this engine, sequential", "engine-batched": "this engine, batched", "loop": "plain PyTorch loop",
           "flower": "Flower (simulation, Ray)", "pfl": "pfl-research"}
-# this engine's batched mode (issue 80, item 5): its row runs once common/batched.py exists and
-# llm_noniid/shakespeare.py accepts these flags; until then one line says why
-BATCHED_MODULE, BATCHED_ARGV = "common.batched", ("--batched",)
+# this engine's batched mode (issue 80, item 5): common/batched.py, llm_noniid/shakespeare.py's flags below
+BATCHED_MODULE, BATCHED_ARGV = "common.batched", ("--client-batching", "stacked")
 QUICK = dict(data_dir=str(SAMPLE), clients=12, per_round=4, rounds=3, local_steps=5, hidden=[64], eval_samples=0)
 SAMPLE_EVERY = 0.2  # seconds between two readings of the process tree's memory
 

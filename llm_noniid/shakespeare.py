@@ -67,6 +67,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--rounds", type=flags.POSITIVE_INT, default=20, help="communication rounds")
     g.add_argument("--clients-per-round", type=flags.POSITIVE_INT, default=10, help="clients sampled each round")
     g.add_argument("--eval-every", type=flags.POSITIVE_INT, default=1, help="evaluate every N rounds")
+    algorithm_flags.add_client_batching_arg(g)
     algorithm_flags.add_algorithm_args(p, client_opt_state=None, clustering="one global model is scored here")
     cli.add_run_args(p, out_dir="runs/shakespeare")
     return p

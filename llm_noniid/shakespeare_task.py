@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import cli, engine, flags, report
+from common import batched, cli, engine, flags, report
 from common import params as P
 from common import shakespeare as S
+from common import stacked_lstm as SL
 from common.runlog import RunDir, data_fingerprint, run_name
 from common.seed import client_generator, client_rng, numpy_rng, seed_everything
 from llm_noniid.model import tiny_gpt2
@@ -37,6 +38,13 @@ class CharLSTM(nn.Module):
         out, _ = self.lstm(self.embed(x))
         return self.head(out[:, -1])
 
+    def stacked(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """n copies at once (``p``: name -> [n, *shape]): [n, B, T] ids -> [n, B, vocab] (``common.stacked_lstm``)."""
+        rows = torch.arange(len(x), device=x.device)[:, None, None]
+        lstm = {k.removeprefix("lstm."): v for k, v in p.items() if k.startswith("lstm.")}
+        h = SL.lstm(self.lstm, lstm, p["embed.weight"][rows, x])[:, :, -1]
+        return torch.baddbmm(p["head.bias"].unsqueeze(1), h, p["head.weight"].transpose(1, 2))
+
 
 class LastToken(nn.Module):
     """A causal LM (``llm_noniid.model.tiny_gpt2`` over characters) scored on its last position only."""
@@ -47,6 +55,10 @@ class LastToken(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm(input_ids=x).logits[:, -1]
+
+    def stacked(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """n copies at once (``p``: name -> [n, *shape]): [n, B, T] ids -> [n, B, vocab] (``common.batched``)."""
+        return batched.stacked_forward(self, p, x)
 
 
 def validate(args) -> None:
@@ -81,6 +93,7 @@ class ShakespeareTask(engine.Task):
     def __init__(self, args, data: S.Shakespeare, model: nn.Module, device, eval_pos: np.ndarray, sizes, train_of):
         self.args, self.data, self.model, self.device = args, data, model, device
         self.params, self.seed = P.trainable(model), args.seed
+        self.names = [n for n, _ in P.named_trainable(model)]
         self.sizes, self.train_of = sizes, train_of
         self.rounds, self.eval_every = args.rounds, args.eval_every
         self.per_round = min(args.clients_per_round, len(self.sizes))
@@ -96,26 +109,33 @@ class ShakespeareTask(engine.Task):
             group["lr"] = lr
         return super().make_optimizer(lr)
 
-    def train_client(self, k, r, opt, algo) -> dict:
+    def client_batches(self, k, r) -> batched.Batches:
+        """Client k's batches in round r: --local-epochs shuffles (its stream (seed, round, k)) in batches of
+        --batch-size, at most --max-local-steps of them; each batch's windows cut when it is taken."""
         a, pos = self.args, self.train_of(k)
-        gen = client_generator(a.seed, r, k)
+        gen, picks = client_generator(a.seed, r, k), []
+        for _ in range(a.local_epochs):
+            order = torch.randperm(len(pos), generator=gen).numpy()
+            picks += [pos[order[i:i + a.batch_size]] for i in range(0, len(pos), a.batch_size)]
+        return batched.Batches(picks[:a.max_local_steps] if a.max_local_steps else picks, self.data.windows)
+
+    def train_client(self, k, r, opt, algo) -> dict:
         total, steps = torch.zeros((), device=self.device), 0
         self.model.train()
-        with client_rng(a.seed, r, k):
-            for _ in range(a.local_epochs):
-                order = torch.randperm(len(pos), generator=gen).numpy()
-                for i in range(0, len(pos), a.batch_size):
-                    if a.max_local_steps and steps >= a.max_local_steps:
-                        break
-                    x, y = self.data.windows(pos[order[i:i + a.batch_size]])
-                    opt.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(self.model(x.to(self.device)), y.to(self.device))
-                    loss.backward()
-                    algo.adjust_grads(self.params)
-                    opt.step()
-                    total += loss.detach()
-                    steps += 1
+        with client_rng(self.args.seed, r, k):
+            for x, y in self.client_batches(k, r):
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(self.model(x.to(self.device)), y.to(self.device))
+                loss.backward()
+                algo.adjust_grads(self.params)
+                opt.step()
+                total += loss.detach()
+                steps += 1
         return {"loss": total / max(steps, 1), "steps": steps}
+
+    def stacked_losses(self, params, x, y) -> torch.Tensor:
+        logits = self.model.stacked(dict(zip(self.names, params)), x)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
 
     @torch.no_grad()
     def scores(self) -> dict:
