@@ -14,12 +14,13 @@ import procs
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-READMES = ["README.md", "mamba_fl/README.md", "vit_sparse_fl/README.md", "lora_glue_fl/README.md",
-           "llm_noniid/README.md"]
+# the longest lists first (they start first when two run at a time): about 37, 29, 18 and 13 s on 2 idle cores
+READMES = ["README.md", "mamba_fl/README.md", "lora_glue_fl/README.md", "llm_noniid/README.md",
+           "vit_sparse_fl/README.md"]
 MARK = "<!-- quick-commands"
 FOLDERS = ("common", "plots", "mamba_fl", "vit_sparse_fl", "lora_glue_fl", "llm_noniid")  # what commands name
 
-# about 20-60 s a README on 2 idle cores (a quick run or two, then the plot)
+# about 15-40 s a README on 2 idle cores (a quick run or two, then the plot); two READMEs at a time
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 

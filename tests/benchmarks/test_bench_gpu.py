@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,19 +61,19 @@ def test_a_failing_compiled_step_becomes_an_error_row(bench_gpu):
     assert ok["throughput"] == 4 / ok["step_s"] and "error" not in ok
 
 
-def test_kernel_check_compares_two_processes(bench_gpu, tmp_path, monkeypatch):
+def test_kernel_check_compares_two_processes(tmp_path):
     """check_mamba_kernels.py runs each path in a process of its own from the same seed: the reference path
-    against itself must agree exactly (a CPU has no kernel path; on CUDA the same code compares mamba-ssm). Its
-    main runs here (as bench_gpu's does); the two paths in the child processes it starts."""
+    against itself must agree exactly (a CPU has no kernel path; on CUDA the same code compares mamba-ssm)."""
     import math
 
-    spec = importlib.util.spec_from_file_location("check_mamba_kernels", BENCH / "check_mamba_kernels.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)  # bench_gpu's fixture put benchmarks/ on the path: its imports resolve
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    import procs
+
     out = tmp_path / "kernels.json"
-    check.main(["--quick", "--device", "cpu", "--paths", "torch", "torch", "--layers", "1", "--steps", "2",
-                "--warmup", "0", "--json", str(out)])
+    done = procs.run([sys.executable, str(BENCH / "check_mamba_kernels.py"), "--quick", "--device", "cpu", "--paths",
+                      "torch", "torch", "--layers", "1", "--steps", "2", "--warmup", "0", "--json", str(out)],
+                     "check_mamba_kernels.py (two child processes, each importing torch and transformers)", 240,
+                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [r["path"] for r in rows] == ["torch", "torch"]
     assert abs(rows[0]["loss_float32"] - math.log(256)) < 0.5  # an untrained model: about a uniform guess
