@@ -30,7 +30,7 @@ import torch
 
 from common import params as P
 from common import seed as seeding
-from common.errors import Diverged, UsageError, check
+from common.errors import UsageError, check
 
 SAMPLINGS = ("poisson", "fixed")
 ACCOUNTANTS = ("rdp", "pld")
@@ -185,10 +185,13 @@ def update_noise_multiplier(z: float, count_noise: float) -> float:
 @torch.no_grad()
 def clip_(flat: torch.Tensor, clip: float) -> float:
     """Scale ``flat`` in place to L2 norm <= ``clip`` (norms in float64, so rounding never leaves it above);
-    returns its norm before clipping. A vector already within the bound is not touched."""
+    returns its norm before clipping. A vector already within the bound is not touched. A non-finite vector (a
+    client that diverged) is filled with NaN: the round's sum, and so the global model, turn non-finite, and the
+    engine's check stops the run on every rank with status "diverged" in summary.json."""
     norm = float(torch.linalg.vector_norm(flat, dtype=torch.float64))
     if not math.isfinite(norm):
-        raise Diverged(f"a client's update has a non-finite norm ({norm}); nothing to clip")
+        flat.fill_(math.nan)
+        return norm
     if norm <= clip:
         return norm
     scale, now = clip / norm, norm

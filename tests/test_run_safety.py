@@ -75,10 +75,14 @@ def _global_tensors(state: dict) -> list:
     return list(state["global"].values()) if isinstance(state["global"], dict) else state["global"]
 
 
-def test_mamba_nan_stops_with_exit_3_and_keeps_the_last_finite_checkpoint(out_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("dp", [[], ["--dp-clip", "1", "--dp-noise", "0.5", "--dp-sampling", "fixed"]],
+                         ids=["plain", "dp"])
+def test_mamba_nan_stops_with_exit_3_and_keeps_the_last_finite_checkpoint(out_dir, monkeypatch, capsys, dp):
+    """Also under DP, where the client's non-finite update meets the clipping first."""
     # 2 clients per round: the poison starts in round 3, after the round-2 checkpoint
     monkeypatch.setattr(federated, "train_steps", _poison_after(4)(federated.train_steps, lambda a, k: a[0]))
-    err = _diverges(fed_avg.main, [*MAMBA, "--rounds", "5", "--out-dir", str(out_dir), "--run-name", "r"], capsys)
+    err = _diverges(fed_avg.main, [*MAMBA, *dp, "--rounds", "5", "--out-dir", str(out_dir), "--run-name", "r"],
+                    capsys)
     assert "round 3" in err and "keeps the last finite state (round 2)" in err
     _assert_kept(out_dir / "r", "mamba_fl/fed_avg", "round", 2,
                  _global_tensors)
