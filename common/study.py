@@ -131,21 +131,24 @@ class Grid:
                       self.direction, self.digits)
 
 
-def extended(grid: Grid, run: Callable[[list], Mapping[object, Sequence[Mapping | None]] | None],
-             values: Sequence | None = None) -> Pick | None:
-    """Select with ``grid``, extending it: ``run(candidates)`` trains what is not finished and returns their
-    records (None when the runs are not all done: a dry run, an interrupted grid; then None is returned); a pick
-    at the edge adds ``beyond`` and runs again, at most ``grid.extend`` times."""
-    values = list(values if values is not None else grid.values)
-    for extension in range(grid.extend + 1):
+def extended(grids: Mapping[str, Grid], run: Callable[[dict[str, list]], Mapping | None]) -> dict[str, Pick] | None:
+    """Select with every grid of ``grids`` {name: grid} together, extending them: ``run({name: candidates})``
+    trains the runs not finished (all grids' at once: one plan) and returns their records {name: {candidate:
+    [summary of each selection seed's run]}}, or None when they are not all done (a dry run, an interrupted grid;
+    then None is returned); a pick at the edge adds its ``beyond`` and all run again, each grid at most its
+    ``extend`` times."""
+    values = {name: list(g.values) for name, g in grids.items()}
+    for extension in range(max((g.extend for g in grids.values()), default=0) + 1):
         records = run(values)
         if records is None:
             return None
-        pick = grid.pick(records)
-        if extension == grid.extend or pick.beyond is None:
-            return pick
-        values = sorted([*values, pick.beyond])
-    return None  # unreachable: the last pass returns
+        picks = {name: g.pick(records[name]) for name, g in grids.items()}
+        wider = {name: sorted([*values[name], p.beyond]) for name, p in picks.items()
+                 if p.beyond is not None and extension < grids[name].extend}
+        if not wider:
+            return picks
+        values |= wider
+    return None  # unreachable: a pass past every grid's extend widens nothing
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ import hashlib
 import math
 from pathlib import Path
 
-from common import cli, flags, jobs
+from common import cli, flags, jobs, study
 from common.checkpoint import atomic_write_json
 from mamba_fl.run_grid import jobs_of
 
@@ -179,53 +179,69 @@ def selection_plan(args, out: Path, blocks: int, arms, chosen: dict, candidates:
     return jobs_of(plan, out / "runs")
 
 
-def choose(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
-    """{arm: {flag: value}} with the lowest best validation perplexity of the finished selection runs, every
-    candidate's score, and the best of the ``OTHERS`` (by its chosen candidate's score); a run that diverged or
-    stayed above its unigram does not count."""
-    scores: dict = {}
+def _below_unigram(summary: dict) -> bool:
+    """A selection run that stayed above its unigram perplexity learned nothing worth choosing."""
+    return summary["best_val_ppl"] < summary.get("unigram_ppl", 0)
+
+
+def grid_of(arm: str, candidates: dict | None = None, extend: int = 0) -> study.Grid:
+    """The selection of ``arm``: ``CHOICES``' flag at its candidates (``candidates[arm]`` once extended), the
+    lowest best validation perplexity of the seed-``SELECTION_SEED`` run."""
+    flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
+    return study.Grid(flag, tuple(values), "best_val_ppl", "min", split="validation", extend=extend,
+                      valid=_below_unigram)
+
+
+def records_of(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
+    """{arm: {candidate: [its run's summary.json, None if unfinished]}} of a selection plan."""
+    records: dict = {}
     for j in plan:
         arm, setting = j.name.split("_")[1:3]
         flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
         value = next(v for v in values if _candidate(flag, v) == setting)
-        s = jobs.summary_of(j) or {}
-        ok = s.get("status", "complete") == "complete" and s.get("best_val_ppl", math.inf) < s.get("unigram_ppl", 0)
-        scores.setdefault(arm, {})[value] = s.get("best_val_ppl") if ok else None
-    good = {arm: {v: p for v, p in by_value.items() if p is not None} for arm, by_value in scores.items()}
-    chosen = {arm: {CHOICES[arm][0]: min(g, key=g.get)} for arm, g in good.items() if g}
-    others = {a: min(good[a].values()) for a in OTHERS if good.get(a)}
-    return {"chosen": chosen, "scores": {a: {_shown(v): p for v, p in d.items()} for a, d in scores.items()},
+        records.setdefault(arm, {})[value] = [jobs.summary_of(j)]
+    return records
+
+
+def recorded(picks: dict[str, study.Pick]) -> dict:
+    """selection.json's part of ``picks``: {arm: {flag: value}}, every candidate's score (None: diverged or above
+    its unigram), the arms whose choice is still at an edge of its candidates ("low" or "high": --extend ran out),
+    and the best of the ``OTHERS`` by its chosen candidate's score (specific to this grid: the headline runs one
+    other arm)."""
+    chosen = {arm: {CHOICES[arm][0]: p.value} for arm, p in picks.items() if p.value is not None}
+    others = {a: picks[a].scores[picks[a].value] for a in OTHERS if a in chosen}
+    return {"chosen": chosen, "scores": {a: {_shown(v): s for v, s in p.scores.items()} for a, p in picks.items()},
+            "edge": {a: p.edge for a, p in picks.items() if p.at_edge},
             **({"best_other": min(others, key=others.get)} if others else {})}
 
 
+def choose(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
+    """``recorded`` of the finished selection runs of ``plan``, each arm chosen by ``study.choose``."""
+    return recorded({arm: grid_of(arm).pick(r) for arm, r in records_of(plan, candidates).items()})
+
+
 def beyond_edge(values: list, best) -> list:
-    """``values`` with the next candidate past ``best`` when ``best`` is the smallest or largest of them (the
-    ratio to its neighbour once more: 1e-2, 3e-2 are followed by 9e-2), else unchanged: a choice at the edge of
-    its grid has not been shown to be the best."""
-    numeric = sorted(v for v in values if isinstance(v, float))
-    if len(numeric) < 2 or best not in (numeric[0], numeric[-1]):
-        return values
-    lo, hi = (numeric[0], numeric[1]) if best == numeric[0] else (numeric[-2], numeric[-1])
-    nxt = float(f"{(lo * lo / hi if best == lo else hi * hi / lo):.3g}")
-    return sorted([*values, nxt])
+    """``values`` with the next candidate past ``best`` when ``best`` is at their edge (``study.beyond_edge``)."""
+    nxt = study.beyond_edge(values, best)[1]
+    return values if nxt is None else sorted([*values, nxt])
 
 
 def select(args, out: Path, blocks: int, arms, picked: dict, run) -> dict | None:
     """Run the selection of ``arms`` (at ``picked``'s earlier choices), extending a candidate list whose best
-    value lies at its edge (``--extend`` times at most); return what ``choose`` found, or None when runs are
-    missing (a dry run, or an interrupted grid)."""
-    candidates = {a: list(CHOICES[a][1]) for a in arms}
-    for extension in range(args.extend + 1):
+    value lies at its edge (``--extend`` times at most, ``study.extended``); return what ``recorded`` makes of it, or
+    None when runs are missing (a dry run, or an interrupted grid)."""
+    grids, passes = {a: grid_of(a, extend=args.extend) for a in arms}, []
+
+    def trained(candidates: dict) -> dict | None:
         sel = selection_plan(args, out, blocks, arms, picked["chosen"], candidates)
         outcome = run(sel, f"mamba_fl real text: selection of {', '.join(arms)}"
-                           + (f" (extended {extension}x)" if extension else ""))
-        if not outcome.complete:  # a dry run shows the runs still to do, and goes on past finished ones
-            return None
-        found = choose(sel, candidates)
-        wider = {a: beyond_edge(candidates[a], found["chosen"][a][CHOICES[a][0]]) for a in found["chosen"]}
-        if extension == args.extend or all(wider[a] == candidates[a] for a in wider):
-            return found
-        candidates |= wider
+                           + (f" (extended {len(passes)}x)" if passes else ""))
+        passes.append(candidates)
+        # a dry run shows the runs still to do, and goes on past finished ones
+        return records_of(sel, candidates) if outcome.complete else None
+
+    picks = study.extended(grids, trained)
+    return None if picks is None else recorded(picks)
 
 
 def earlier_choice(given: dict, arms, second_phase: bool) -> dict | None:
@@ -338,7 +354,7 @@ def main(argv=None) -> dict:
     check_runs(args, out, blocks, given)
     run = lambda plan, title, nxt="": jobs.run_plan(plan, parallel=args.jobs, log_dir=out / "logs",  # noqa: E731
                                                     dry_run=args.dry_run, title=title, next_step=nxt)
-    picked: dict = {"chosen": {}, "scores": {}}
+    picked: dict = {"chosen": {}, "scores": {}, "edge": {}}
     for phase, arms in enumerate(PHASES):
         if phase and not others_needed:
             break
@@ -346,11 +362,13 @@ def main(argv=None) -> dict:
         if found is None and not args.dry_run:
             return {"selection": "incomplete"}
         if found is not None:
-            picked = {k: picked[k] | found[k] for k in ("chosen", "scores")} | \
+            picked = {k: picked[k] | found.get(k, {}) for k in ("chosen", "scores", "edge")} | \
                 {k: found[k] for k in ("best_other",) if k in found}
             if not args.dry_run:
                 atomic_write_json(out / "selection.json", picked)
-            print(f"chosen on validation: {picked['chosen']}; best other arm: {picked.get('best_other')}", flush=True)
+            print(f"chosen on validation: {picked['chosen']}; best other arm: {picked.get('best_other')}"
+                  + "".join(f"; {a}'s choice is at the {e} edge of its candidates (raise --extend)"
+                            for a, e in picked["edge"].items()), flush=True)
         if phase == 0:  # the source's arms need only the first phase's rates: they run before the rest is chosen
             run([j for j in reported_plan(args, out, blocks, picked) if j.name.split("_")[0] not in OTHERS],
                 "mamba_fl real text: central, FedAvg, FedFisher")

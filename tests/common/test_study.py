@@ -2,6 +2,7 @@
 diverged runs, the edge of a grid and its extension) and the jobs a declared study plans."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -68,22 +69,23 @@ def test_a_pick_at_the_edge_says_so_and_names_the_next_value():
 
 
 def test_extension_runs_past_the_edge_at_most_extend_times():
-    truth = {3e-3: 90.0, 1e-2: 85.0, 3e-2: 80.0, 9e-2: 78.0, 0.27: 77.0, 0.81: 76.0}
+    ppl = {"up": lambda v: 100 - v, "inside": lambda v: abs(math.log(v / 1e-2))}  # up: the largest rate always wins
     asked = []
 
-    def run(values):
-        asked.append(list(values))
-        return {v: [{"best_val_ppl": truth[v]}] for v in values}
+    def run(values):  # one plan for every grid: what each is asked to try now
+        asked.append({k: list(v) for k, v in values.items()})
+        return {k: {v: [{"best_val_ppl": ppl[k](v)}] for v in vs} for k, vs in values.items()}
 
-    grid = Grid("--lr", (3e-3, 1e-2, 3e-2), "best_val_ppl", "min", extend=2)
-    pick = study.extended(grid, run)
-    assert asked == [[3e-3, 1e-2, 3e-2], [3e-3, 1e-2, 3e-2, 9e-2], [3e-3, 1e-2, 3e-2, 9e-2, 0.27]]
-    assert pick.value == 0.27 and pick.edge == "high" and pick.beyond == 0.81  # still at the edge: said, not run
-    inside = Grid("--lr", (3e-3, 1e-2, 3e-2), "best_val_ppl", "min", extend=2)
-    truth[3e-2] = 95.0
+    grids = {"up": Grid("--lr", (0.1, 0.3, 1.0), "best_val_ppl", "min", extend=2),
+             "inside": Grid("--lr", (3e-3, 1e-2, 3e-2), "best_val_ppl", "min", extend=2)}
+    picks = study.extended(grids, run)
+    assert [a["up"] for a in asked] == [[0.1, 0.3, 1.0], [0.1, 0.3, 1.0, 3.33], [0.1, 0.3, 1.0, 3.33, 11.1]]
+    assert all(a["inside"] == [3e-3, 1e-2, 3e-2] for a in asked) and picks["inside"].value == 1e-2
+    assert picks["up"].value == 11.1 and picks["up"].edge == "high" and picks["up"].beyond == 37.0  # said, not run
     asked.clear()
-    assert study.extended(inside, run).value == 1e-2 and len(asked) == 1
-    assert study.extended(inside, lambda values: None) is None  # runs not finished: nothing chosen
+    once = study.extended({"up": dataclasses.replace(grids["up"], extend=0)}, run)
+    assert len(asked) == 1 and once["up"].value == 1.0 and once["up"].beyond == 3.33
+    assert study.extended(grids, lambda values: None) is None  # runs not finished: nothing chosen
 
 
 def _study(**extra):

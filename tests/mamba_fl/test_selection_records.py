@@ -34,3 +34,5 @@ def test_committed_selection_is_chosen_again(grid):
     assert found["chosen"] == committed["chosen"]
     assert found["scores"] == committed["scores"]
     assert found.get("best_other") == committed.get("best_other")
+    # the source-size grid's rates stopped at the top of their extended candidates: said, not hidden
+    assert found["edge"] == ({"central": "high", "fedavg": "high"} if grid == "real_source" else {})
