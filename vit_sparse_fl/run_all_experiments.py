@@ -20,7 +20,7 @@ import math
 import time
 from pathlib import Path
 
-from common import cli, flags, jobs, stats
+from common import cli, flags, jobs, stats, study
 from common import runs as R
 from common.checkpoint import atomic_write_json, atomic_write_text
 from vit_sparse_fl import pretrain
@@ -247,29 +247,26 @@ def choose(args, out: Path, base: str) -> dict[str, float]:
             summary = json.loads(f.read_text()) if f.is_file() else {}
             val = "diverged" if summary.get("status") == "diverged" else summary.get("final_val_accuracy")
             scores.setdefault(name, {})[folder.name[len(name) + 3:-len(f"_seed{args.select_seed}")]] = val
-    for setting, by_rate in scores.items():
-        ok = {float(lr): v for lr, v in by_rate.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        if ok:
-            chosen[setting] = min(ok, key=lambda lr: (-ok[lr], lr))
+    picks = {setting: study.choose({float(lr): [v if isinstance(v, (int, float)) else math.nan]  # "diverged"
+                                    for lr, v in by_rate.items()}, "max", digits=1)
+             for setting, by_rate in scores.items()}
+    chosen |= {setting: p.value for setting, p in picks.items() if p.value is not None}
     atomic_write_json(path, {"criterion": "best final validation accuracy of the selection run (ties: the smaller "
                                           "rate); validation images from the training classes' training split",
                              "rounds": select_rounds(args), "seed": args.select_seed,
                              "lr_grid": args.lr_grid or (TEXT_GRIDS if args.text else VIT_GRID),
-                             "scores": scores, "chosen": chosen})
+                             "scores": scores, "chosen": chosen,
+                             "edge": {setting: p.edge for setting, p in picks.items() if p.at_edge}})
     return chosen
 
 
 def edge_rates(args, chosen: dict[str, float], path: Path) -> dict[str, float]:
     """{setting: the next rate to try} where the chosen rate is the smallest or largest tried (diverged counts):
-    one step beyond it at the ratio to its neighbour, to one significant digit."""
+    one step beyond it at the ratio to its neighbour, to one significant digit (``study.beyond_edge``)."""
     scores = json.loads(path.read_text())["scores"] if path.is_file() else {}
-    out = {}
-    for name, _, _ in settings(args, "", select_rounds(args)):
-        tried = sorted(float(lr) for lr in scores.get(name, {}))
-        if name in chosen and len(tried) >= 2 and chosen[name] in (tried[0], tried[-1]):
-            lr, near = (tried[0], tried[1]) if chosen[name] == tried[0] else (tried[-1], tried[-2])
-            out[name] = float(f"{lr * lr / near:.1g}")
-    return out
+    beyond = {name: study.beyond_edge([float(lr) for lr in scores.get(name, {})], chosen[name], digits=1)[1]
+              for name, _, _ in settings(args, "", select_rounds(args)) if name in chosen}
+    return {name: lr for name, lr in beyond.items() if lr is not None}
 
 
 def smoke(args) -> None:

@@ -28,5 +28,7 @@ def test_committed_selection_is_chosen_again(name, tmp_path, monkeypatch):
     (tmp_path / "selection").symlink_to(FIGURES / name / "selection")
     chosen = suite.choose(args, tmp_path, "base.pt")
     assert chosen == committed["chosen"]
-    assert json.loads((tmp_path / "selection.json").read_text())["scores"] == committed["scores"]
+    saved = json.loads((tmp_path / "selection.json").read_text())
+    assert saved["scores"] == committed["scores"]
     assert suite.edge_rates(args, chosen, tmp_path / "selection.json") == EDGES[name]
+    assert saved["edge"] == dict.fromkeys(EDGES[name], "high")  # selection.json says which picks are at an edge
