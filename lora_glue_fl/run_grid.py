@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli, flags, jobs
+from common import cli, flags, jobs, runlog, study
 from common.checkpoint import atomic_write_text
 from common.errors import check_no_nul
 
@@ -214,8 +214,9 @@ def families_of(args, name: str) -> list[str]:
 
 
 def choose(args) -> dict:
-    """{task: {family: rate}} of args.tasks from the selection runs' final selection metric (mean over the
-    selection seeds; ties: the smaller rate); every score in <out-dir>/selection.json (other tasks' kept)."""
+    """{task: {family: rate}} of args.tasks from the selection runs' final selection metric (``study.choose``: mean
+    over the selection seeds; ties: the smaller rate; a rate with a diverged run is not chosen); every score in
+    <out-dir>/selection.json (other tasks' kept), with the edge ("low" or "high") of a choice at one."""
     from lora_glue_fl.glue_tasks import get_task
     out = Path(args.out_dir)
     old = out / "selection.json"  # a grid run task by task (--tasks mrpc later) keeps the other tasks' choices
@@ -226,13 +227,13 @@ def choose(args) -> dict:
                                f"over selection seeds {args.select_seeds}; ties: the smaller rate")
         record["tasks"][name] = families = {}
         for family in families_of(args, name):
-            scores = {}
-            for lr in grid_of(args, family):
-                vals = [json.loads((out / "selection" / f"{name}_{family}_lr{lr:g}_s{seed}" / "summary.json")
-                                   .read_text())["final"][metric] for seed in args.select_seeds]
-                scores[f"{lr:g}"] = float(np.mean(vals))
-            best = max(sorted(grid_of(args, family)), key=lambda lr: scores[f"{lr:g}"])  # max keeps the first of a tie
-            families[family] = {"metric": metric, "scores": scores, "chosen": best}
+            grid = study.Grid("--learning_rate", tuple(grid_of(args, family)), "final." + metric, "max",
+                              split="selection")
+            pick = grid.pick({lr: [runlog.read_object(out / "selection" / f"{name}_{family}_lr{lr:g}_s{seed}"
+                                                      / runlog.SUMMARY_FILE) for seed in args.select_seeds]
+                              for lr in grid.values})
+            families[family] = {"metric": metric, "scores": {f"{lr:g}": v for lr, v in pick.scores.items()},
+                                "chosen": pick.value, **({"edge": pick.edge} if pick.at_edge else {})}
     atomic_write_text(out / "selection.json", json.dumps(record, indent=1) + "\n")
     return {name: {f: v["chosen"] for f, v in record["tasks"][name].items()} for name in args.tasks}
 

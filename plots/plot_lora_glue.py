@@ -254,9 +254,15 @@ def selection_table(roots: list[str]) -> str:
         if not isinstance(record, dict) or not isinstance(record.get("tasks"), dict):
             continue
         rates = sorted({float(r) for fam in record["tasks"].values() for v in fam.values() for r in v["scores"]})
-        rows = [[task, family] + [(f"**{v['scores'][f'{r:g}']:.3f}**" if r == v["chosen"] else
-                                   f"{v['scores'][f'{r:g}']:.3f}") if f"{r:g}" in v["scores"] else "–" for r in rates]
-                + [f"{v['chosen']:g}"] for task, fam in record["tasks"].items() for family, v in fam.items()]
+        def score(v: dict, r: float) -> str:  # None: a rate whose run diverged (never chosen)
+            s = v["scores"].get(f"{r:g}", "–")
+            text = "–" if s == "–" else "diverged" if s is None else f"{s:.3f}"
+            return f"**{text}**" if r == v["chosen"] else text
+
+        rows = [[task, family] + [score(v, r) for r in rates]
+                + [(f"{v['chosen']:g}" if v["chosen"] is not None else "none")
+                   + (f" ({v['edge']} edge of its rates)" if v.get("edge") else "")]
+                for task, fam in record["tasks"].items() for family, v in fam.items()]
         parts.append(f"**Learning rates chosen on the selection split** ({f}; {record.get('criterion', '')})\n\n"
                      + "\n".join(stats.markdown(["task", "arm family"] + [f"AdamW {r:g}" for r in rates]
                                                  + ["chosen"], rows)))

@@ -31,3 +31,5 @@ def test_the_mean_over_selection_seeds_picks_each_familys_rate(tmp_path):
                       "mrpc": {"central": 2e-3, "multi-round": 1e-3}}
     record = json.loads((tmp_path / "selection.json").read_text())["tasks"]
     assert record["sst2"]["exact"]["scores"]["0.0005"] == 0.75 and record["mrpc"]["central"]["chosen"] == 2e-3
+    # the multi-round rate is the smallest tried: selection.json says so (the grid does not extend)
+    assert record["sst2"]["multi-round"]["edge"] == "low" and "edge" not in record["sst2"]["central"]
