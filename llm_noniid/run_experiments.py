@@ -25,6 +25,7 @@ from common import runs as R
 from common import stats as S
 from common.checkpoint import atomic_write_json
 from common.flags import FOLDER, POSITIVE_INT
+from common.study import Pick, choose
 from llm_noniid import failure, train
 
 MODES = ("quick", "failure", "main", "calibrate", "select", "headline", "analyze")
@@ -266,18 +267,31 @@ def select(args, passthrough: list[str]) -> dict:
              *rounds_flags(rounds)]
     lr_arms = [("iid", f"FedAvg lr {lr}", [*study, "--learning-rate", lr, *IID, *FEDAVG], rounds) for lr in LR_GRID]
     lr_scores = dict(zip(LR_GRID, _selection_scores(lr_arms, args, passthrough, "learning rate")))
-    lr = min(lr_scores, key=lr_scores.get)
-    cli.check(math.isfinite(lr_scores[lr]), f"selection: FedAvg diverged at every rate of {', '.join(LR_GRID)}")
+    lr, lr_pick = lowest(lr_scores)
+    cli.check(lr is not None, f"selection: FedAvg diverged at every rate of {', '.join(LR_GRID)}")
     mu_arms = [(part, f"FedProx mu={mu}", [*study, "--learning-rate", lr, *split, "--algorithm", "fedprox", "--mu",
                                            mu], rounds) for part, split in SELECT_PARTS for mu in MUS]
     scores = iter(_selection_scores(mu_arms, args, passthrough, "FedProx mu"))  # in mu_arms' order
     mu_scores = {part: {mu: next(scores) for mu in MUS} for part, _ in SELECT_PARTS}
+    mu_picks = {part: lowest(v) for part, v in mu_scores.items()}
+    failed = [part for part, (mu, _) in mu_picks.items() if mu is None]
+    cli.check(not failed, f"selection: FedProx diverged at every mu of {', '.join(MUS)} on {', '.join(failed)}")
+    edge = {"learning_rate": lr_pick.edge, **{f"mu ({part})": p.edge for part, (_, p) in mu_picks.items()}}
     chosen = {"base": base_folder(args), "rounds": rounds, "seed": SELECT_SEED, "learning_rate": float(lr),
-              "mu": {part: min(v, key=v.get) for part, v in mu_scores.items()},
-              "scores": {"learning_rate (FedAvg, iid)": lr_scores, "mu (FedProx)": mu_scores}}
+              "mu": {part: mu for part, (mu, _) in mu_picks.items()},
+              "scores": {"learning_rate (FedAvg, iid)": lr_scores, "mu (FedProx)": mu_scores},
+              "edge": {k: e for k, e in edge.items() if e}}
     atomic_write_json(done, chosen)
-    print(f"selection: learning rate {lr}, FedProx mu {chosen['mu']} ({done})", flush=True)
+    print(f"selection: learning rate {lr}, FedProx mu {chosen['mu']} ({done})"
+          + "".join(f"; {k} chosen at the {e} edge of its grid" for k, e in chosen["edge"].items()), flush=True)
     return chosen
+
+
+def lowest(scores: dict[str, float]) -> tuple[str | None, Pick]:
+    """The grid value (as its flag spells it) with the lowest final validation perplexity of ``scores`` (inf: a
+    run that diverged; ties: the smaller value), by ``common.study``; None when every run diverged."""
+    pick = choose({float(v): [s] for v, s in scores.items()}, "min")
+    return next((v for v in scores if float(v) == pick.value), None), pick
 
 
 def _selection_scores(arms_: list[tuple], args, passthrough: list[str], title: str) -> list[float]:

@@ -27,3 +27,5 @@ def test_committed_selection_is_chosen_again(tmp_path, monkeypatch):
     chosen = E.select(args, [])
     assert chosen["learning_rate"] == committed["learning_rate"] and chosen["mu"] == committed["mu"]
     assert chosen["scores"]["learning_rate (FedAvg, iid)"]["0.03"] == math.inf
+    # the diverged 0.03 was tried: the rate is inside its grid; every mu is the smallest tried, and is said to be
+    assert chosen["edge"] == {f"mu ({part})": "low" for part, _ in E.SELECT_PARTS}
