@@ -164,12 +164,13 @@ class Arm:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """``arm`` minus ``reference``, paired by seed, Holm-corrected with every comparison of its ``family`` (a
-    conclusion drawn across tables needs a family that spans them)."""
+    """``arm`` minus ``reference`` in ``metric``, paired by seed, Holm-corrected with every comparison of its
+    ``family`` (a conclusion drawn across tables needs a family that spans them)."""
 
     arm: str
     reference: str
     family: str
+    metric: str = ""   # which of the arms' values (e.g. "plateau" or "budget"), where a table shows several
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,11 +8,13 @@ conclusion across tables names the family that spans them (``FISHER_FAMILY``).
 """
 from __future__ import annotations
 
+import json
 import re
 from functools import cache
 
 from common import results as RS
-from common import stats
+from common import stats, study, study_report
+from mamba_fl.real_grid import FEDERATED
 
 RECORDS = "mamba_fl/figures/real"          # the d_model-32 real-text grid
 SOURCE = "mamba_fl/figures/real_source"    # the same grid at the source's size (one GPU)
@@ -72,19 +74,73 @@ def passes(runs: list[dict]) -> str:
     return RS.range_of(BUDGET_PASSES * r["summary"]["stopped_at"] / r["summary"]["budget_at"] for r in runs)
 
 
+def _arm(arm: str, layers: int) -> str:
+    return f"{arm}_L{layers}"
+
+
+def _script(arm: str) -> tuple[str, tuple[str, ...]]:
+    script, flags = ("central.py", []) if arm.startswith("central") else FEDERATED[arm]
+    return f"mamba_fl.{script[:-3]}", (*flags, *(("--batch-size", "64") if arm == "central-b4" else ()))
+
+
+# the headline study (real_table): every arm against FedAvg at 1 and 2 layers, 4 clients on contiguous shards, at
+# the plateau and at equal compute; each (depth, stage) table is one Holm family, as in results_real.md
+HEADLINE = ((1, "contiguous", "k4m4"), (2, "contiguous", "k4m4"))
+REAL = study.Study(
+    "real", arms=tuple(study.Arm(_arm(a, L), *_script(a)) for L, *_ in HEADLINE for a in ARMS), seeds=(0, 1, 2, 3, 4),
+    comparisons=tuple(study.Comparison(_arm(a, L), _arm("fedavg", L), f"{L} layer(s), {stage}", stage)
+                      for L, *_ in HEADLINE for stage in ("plateau", "budget") for a in ARMS if a != "fedavg"))
+
+
+@cache
+def selection_notes(folder: str = RECORDS) -> dict:
+    """{arm: 'lr at the high edge of its grid'} for each arm whose chosen setting (selection.json) is at an edge
+    of the candidates it tried."""
+    record = json.loads((RS.ROOT / folder / "selection.json").read_text(encoding="utf-8"))
+    notes = {arm: study_report.edge_note(record["scores"][arm], value, flag[2:])
+             for arm, choice in record["chosen"].items() for flag, value in choice.items()}
+    return {arm: note for arm, note in notes.items() if note}
+
+
+def real_notes(name: str, stage: str) -> list[str]:
+    """What a reader must know of arm ``name``'s runs beside its verdict: at the plateau, the runs whose best
+    evaluation was their last (stopped by the rule while still improving); its selection at an edge."""
+    arm, layers = name.rsplit("_L", 1)
+    runs = grid(RECORDS)[(int(layers), *HEADLINE[0][1:])].get(arm, [])
+    plateau = study_report.still_improving(runs, lambda r: r["summary"]["best_at"],
+                                           lambda r: r["summary"]["stopped_at"]) if stage == "plateau" else None
+    return [n for n in (plateau, selection_notes().get(arm)) if n]
+
+
 def real_table() -> str:
-    """The headline table: 1 and 2 layers, 4 clients on contiguous shards, at the plateau and at equal compute."""
+    """The headline table: 1 and 2 layers, 4 clients on contiguous shards, at the plateau and at equal compute
+    (``REAL``'s comparisons through ``common.study_report``: each verdict with its warnings)."""
+    def runs(name: str) -> list[dict]:
+        arm, layers = name.rsplit("_L", 1)
+        return grid(RECORDS).get((int(layers), *HEADLINE[0][1:]), {}).get(arm, [])
+
+    found = study_report.compare(REAL, lambda name, stage: values(runs(name), stage) if runs(name) else {}, real_notes)
+    by_arm = {(c.arm, c.metric): f for c, f in found.items()}
+
+    def verdict(name: str, stage: str) -> str:
+        if name.rsplit("_L", 1)[0] == "fedavg":
+            return minus(study_report.warned("reference", real_notes(name, stage)))
+        if (name, stage) not in by_arm:  # FedAvg has no runs of this seed set
+            return "–"
+        d, claim, warnings = by_arm[name, stage]
+        return study_report.warned(short(d, claim), warnings)
+
     rows = []
     for (layers, shard, clients), arms in grid(RECORDS).items():
-        if shard != "contiguous" or clients != "k4m4" or layers > 2:
+        if (layers, shard, clients) not in HEADLINE:
             continue
-        plateau, budget = table_family(arms, "plateau"), table_family(arms, "budget")
         for arm, g in arms.items():
-            ref = arm == "fedavg"
-            rows.append([layers, LABELS[arm], cell(g, "plateau"), "reference" if ref else short(*plateau[arm]),
-                         passes(g), cell(g, "budget"), "reference" if ref else short(*budget[arm])])
-    return "\n".join(stats.markdown(["layers", "arm", "at the plateau", "− FedAvg [95% CI]", "passes at the stop",
-                                     f"at equal compute ({BUDGET_PASSES} passes)", "− FedAvg [95% CI]"], rows))
+            rows.append([layers, LABELS[arm], cell(g, "plateau"), verdict(_arm(arm, layers), "plateau"), passes(g),
+                         cell(g, "budget"), verdict(_arm(arm, layers), "budget")])
+    table = stats.markdown(["layers", "arm", "at the plateau", "− FedAvg [95% CI]", "passes at the stop",
+                            f"at equal compute ({BUDGET_PASSES} passes)", "− FedAvg [95% CI]"], rows)
+    return "\n".join([*table, "", "k/n still improving: k of the arm's n runs had their best validation point at "
+                       "their last evaluation, where the rule stopped them; they are not shown to be at a plateau."])
 
 
 def fisher_family() -> dict:

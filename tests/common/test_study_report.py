@@ -1,0 +1,50 @@
+"""common/study_report.py: a study's comparisons Holm-corrected over the family it declares (not the table), with
+the seed count, plateau and selection warnings beside each verdict."""
+from __future__ import annotations
+
+from common import stats, study_report
+from common.study import Arm, Comparison, Study
+
+VALUES = {"fedavg": {0: 50.0, 1: 51.0, 2: 52.0, 3: 50.5}, "fisher": {0: 48.0, 1: 49.5, 2: 49.0, 3: 48.5},
+          "central": {0: 45.0, 1: 45.5}, "scaffold": {0: 50.2, 1: 50.9, 2: 52.3, 3: 50.4}}
+
+
+def _study(family_of):
+    arms = tuple(Arm(a, "mamba_fl.fed_avg") for a in VALUES)
+    return Study("toy", arms, seeds=(0, 1, 2, 3),
+                 comparisons=tuple(Comparison(a, "fedavg", family_of(a)) for a in VALUES if a != "fedavg"))
+
+
+def test_holm_runs_over_the_declared_family_not_the_table():
+    one = study_report.compare(_study(lambda a: "all"), lambda arm, metric: VALUES[arm])
+    apart = study_report.compare(_study(lambda a: a), lambda arm, metric: VALUES[arm])
+    diffs = {c.arm: stats.paired(VALUES[c.arm], VALUES["fedavg"]) for c in one}
+    holm = stats.holm(diffs)
+    for c, (d, claim, _) in one.items():
+        assert d == diffs[c.arm] and claim == stats.claim(d, holm[c.arm], 3)
+        assert "over 3" in claim or "no difference" in claim
+    assert all("over" not in claim or "p_Holm" not in claim for _, claim, _ in apart.values())  # a family of one
+    assert [c.arm for c in one] == ["fisher", "central", "scaffold"]
+
+
+def test_warnings_name_few_seeds_and_the_arms_own_notes():
+    notes = {"fisher": ["2/4 still improving"], "central": ["lr at the high edge of its grid"]}
+    found = study_report.compare(_study(lambda a: "all"), lambda arm, metric: VALUES[arm],
+                                 lambda arm, metric: notes.get(arm, []))
+    by_arm = {c.arm: f for c, f in found.items()}
+    assert by_arm["central"].warnings == ("2 seeds", "lr at the high edge of its grid")
+    assert by_arm["fisher"].warnings == ("2/4 still improving",) and by_arm["scaffold"].warnings == ()
+    assert study_report.warned("+1.0 [-0.5, +2.5]", by_arm["central"].warnings) == \
+        "+1.0 [-0.5, +2.5]; 2 seeds; lr at the high edge of its grid"
+    missing = study_report.compare(_study(lambda a: "all"), lambda arm, metric: {} if arm == "central" else VALUES[arm])
+    assert {c.arm for c in missing} == {"fisher", "scaffold"}  # an arm without runs: not compared, not counted
+
+
+def test_still_improving_and_edge_notes():
+    runs = [{"best": 10, "stop": 10}, {"best": 8, "stop": 10}, {"best": 12, "stop": 12}]
+    assert study_report.still_improving(runs, lambda r: r["best"], lambda r: r["stop"]) == "2/3 still improving"
+    assert study_report.still_improving(runs[1:2], lambda r: r["best"], lambda r: r["stop"]) is None
+    scores = {"0.003": 50.0, "0.01": 49.0, "0.03": 48.0}
+    assert study_report.edge_note(scores, 0.03, "lr") == "lr at the high edge of its grid"
+    assert study_report.edge_note(scores, 0.01, "lr") is None
+    assert study_report.edge_note({"local": 52.8}, "local", "fisher-method") is None
