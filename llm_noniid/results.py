@@ -15,7 +15,7 @@ import re
 from functools import cache
 
 from common import results as RS
-from common import stats
+from common import stats, study, study_report
 
 RECORDS = "llm_noniid/figures/pretrained/grid"
 PRIVACY = "llm_noniid/results/privacy"
@@ -35,11 +35,26 @@ def arm(algorithm: str, split: str) -> dict:
     return RS.by_seed(RS.records(f"{RECORDS}/runs", f"{algorithm}_{split}_{SETTING}_s[0-9]"), "final_val_ppl")
 
 
+# run_experiments.py's partition flags of each split
+PARTITIONS = {"iid": ("--partition", "iid"), "topic_a0.01": ("--partition", "topic_skew", "--alpha", "0.01"),
+              "topic_a0.1": ("--partition", "topic_skew", "--alpha", "0.1"),
+              "style_length": ("--partition", "style_skew", "--style-criterion", "length"),
+              "token_frequency": ("--partition", "token_skew", "--token-skew", "frequency")}
+# the pretrained regime's SCAFFOLD question: one family over the splits, since the sentence concludes across them
+PRETRAINED = study.Study(
+    "pretrained", arms=tuple(study.Arm(f"{a}_{s}", "llm_noniid.train", ("--algorithm", a, *PARTITIONS[s]))
+                             for s in SPLITS for a in ("fedavg", "scaffold")), seeds=(0, 1, 2),
+    comparisons=tuple(study.Comparison(f"scaffold_{s}", f"fedavg_{s}", "SCAFFOLD − FedAvg over the splits")
+                      for s in SPLITS))
+
+
 def scaffold() -> str:
-    """SCAFFOLD − FedAvg on every split, one Holm family over the splits."""
-    fam = RS.family({s: (arm("scaffold", s), arm("fedavg", s)) for s in SPLITS}, unit=" ppl")
-    parts = [f"{name} {c}" for s, name in SPLITS.items() for _, c in [fam[s]]]
-    text = (f"SCAFFOLD − FedAvg, final perplexity, Holm over the {len(fam)} splits together: "
+    """SCAFFOLD − FedAvg on every split, one Holm family over the splits (``PRETRAINED``'s, through
+    ``common.study_report``: a warning beside a comparison with fewer than 3 seeds)."""
+    found = study_report.compare(PRETRAINED, lambda name, _: arm(*name.split("_", 1)), unit=" ppl")
+    parts = [f"{SPLITS[c.arm.split('_', 1)[1]]} {study_report.warned(claim, warnings)}"
+             for c, (_, claim, warnings) in found.items()]
+    text = (f"SCAFFOLD − FedAvg, final perplexity, Holm over the {len(found)} splits together: "
             + "; ".join(parts))
     return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
 
