@@ -148,7 +148,7 @@ def extended(grids: Mapping[str, Grid], run: Callable[[dict[str, list]], Mapping
         if not wider:
             return picks
         values |= wider
-    return None  # unreachable: a pass past every grid's extend widens nothing
+    return None  # not reached: the pass after every grid's last extension widens nothing and returns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +205,9 @@ class Study:
         self.check()
 
     def arm(self, name: str) -> Arm:
-        return next(a for a in self.arms if a.name == name)
+        found = [a for a in self.arms if a.name == name]
+        check(bool(found), f"study {self.name}: no arm {name!r} (its arms: {', '.join(a.name for a in self.arms)})")
+        return found[0]
 
     def check(self) -> None:
         """The study's names agree: arms distinct, each arm's grid declared, each comparison between two arms,

@@ -123,3 +123,15 @@ def test_a_study_whose_names_disagree_is_refused(change, message):
         _study(**change)
     with pytest.raises(UsageError, match="distinct candidates"):
         Grid("--lr", (0.1, 0.1), "m", "min")
+
+
+def test_the_planned_jobs_pass_their_scripts_checks_and_go_to_the_runner(tmp_path, capsys):
+    from common import jobs
+
+    s = _study()
+    plan = study.selection_jobs(s, "lr", tmp_path / "select") + study.reported_jobs(s, tmp_path / "runs", {"lr": 0.1})
+    outcome = jobs.run_plan(plan, log_dir=tmp_path / "logs", dry_run=True, title="toy")  # each script's parser too
+    assert list(outcome.status.values()) == ["planned"] * 6 and "toy: 6 runs: 0 done before, 6 to run" in \
+        capsys.readouterr().out
+    with pytest.raises(UsageError, match="no arm 'fedprox'"):
+        s.arm("fedprox")
