@@ -74,8 +74,16 @@ def passes(runs: list[dict]) -> str:
     return RS.range_of(BUDGET_PASSES * r["summary"]["stopped_at"] / r["summary"]["budget_at"] for r in runs)
 
 
-def _arm(arm: str, layers: int) -> str:
-    return f"{arm}_L{layers}"
+def _arm(arm: str, setting: tuple) -> str:
+    """An arm of one setting, named as its runs are less ``_plateau_s<seed>``: ``fedavg_L1_contiguous_k4m4``."""
+    layers, shard, clients = setting
+    return f"{arm}_L{layers}_{shard}_{clients}"
+
+
+def _runs(name: str) -> list[dict]:
+    """The committed runs of ``_arm``'s ``name`` (none when the grid lacks them)."""
+    arm, layers, shard, clients = name.split("_")
+    return grid(RECORDS).get((int(layers[1:]), shard, clients), {}).get(arm, [])
 
 
 def _script(arm: str) -> tuple[str, tuple[str, ...]]:
@@ -83,13 +91,21 @@ def _script(arm: str) -> tuple[str, tuple[str, ...]]:
     return f"mamba_fl.{script[:-3]}", (*flags, *(("--batch-size", "64") if arm == "central-b4" else ()))
 
 
+STAGES = ("plateau", "budget")
 # the headline study (real_table): every arm against FedAvg at 1 and 2 layers, 4 clients on contiguous shards, at
 # the plateau and at equal compute; each (depth, stage) table is one Holm family, as in results_real.md
 HEADLINE = ((1, "contiguous", "k4m4"), (2, "contiguous", "k4m4"))
 REAL = study.Study(
-    "real", arms=tuple(study.Arm(_arm(a, L), *_script(a)) for L, *_ in HEADLINE for a in ARMS), seeds=(0, 1, 2, 3, 4),
-    comparisons=tuple(study.Comparison(_arm(a, L), _arm("fedavg", L), f"{L} layer(s), {stage}", stage)
-                      for L, *_ in HEADLINE for stage in ("plateau", "budget") for a in ARMS if a != "fedavg"))
+    "real", arms=tuple(study.Arm(_arm(a, k), *_script(a)) for k in HEADLINE for a in ARMS), seeds=(0, 1, 2, 3, 4),
+    comparisons=tuple(study.Comparison(_arm(a, k), _arm("fedavg", k), f"{k[0]} layer(s), {stage}", stage)
+                      for k in HEADLINE for stage in STAGES for a in ARMS if a != "fedavg"))
+# FedFisher − FedAvg in every setting of the grid, at the plateau and at equal compute: one family, the one a
+# conclusion across its tables needs (harder_table, study_real)
+SETTINGS = (*HEADLINE, (1, "topic", "k4m4"), (1, "contiguous", "k16m4"), (4, "contiguous", "k4m4"))
+FISHER = study.Study(
+    "fedfisher", arms=tuple(study.Arm(_arm(a, k), *_script(a)) for k in SETTINGS for a in ("fedavg", "fedfisher")),
+    seeds=(0, 1, 2, 3, 4), comparisons=tuple(study.Comparison(_arm("fedfisher", k), _arm("fedavg", k), "grid", stage)
+                                             for k in SETTINGS for stage in STAGES))
 
 
 @cache
@@ -105,38 +121,31 @@ def selection_notes(folder: str = RECORDS) -> dict:
 def real_notes(name: str, stage: str) -> list[str]:
     """What a reader must know of arm ``name``'s runs beside its verdict: at the plateau, the runs whose best
     evaluation was their last (stopped by the rule while still improving); its selection at an edge."""
-    arm, layers = name.rsplit("_L", 1)
-    runs = grid(RECORDS)[(int(layers), *HEADLINE[0][1:])].get(arm, [])
-    plateau = study_report.still_improving(runs, lambda r: r["summary"]["best_at"],
+    plateau = study_report.still_improving(_runs(name), lambda r: r["summary"]["best_at"],
                                            lambda r: r["summary"]["stopped_at"]) if stage == "plateau" else None
-    return [n for n in (plateau, selection_notes().get(arm)) if n]
+    return [n for n in (plateau, selection_notes().get(name.split("_")[0])) if n]
+
+
+def _values(name: str, stage: str) -> dict:
+    return values(_runs(name), stage)
 
 
 def real_table() -> str:
     """The headline table: 1 and 2 layers, 4 clients on contiguous shards, at the plateau and at equal compute
     (``REAL``'s comparisons through ``common.study_report``: each verdict with its warnings)."""
-    def runs(name: str) -> list[dict]:
-        arm, layers = name.rsplit("_L", 1)
-        return grid(RECORDS).get((int(layers), *HEADLINE[0][1:]), {}).get(arm, [])
-
-    found = study_report.compare(REAL, lambda name, stage: values(runs(name), stage) if runs(name) else {}, real_notes)
-    by_arm = {(c.arm, c.metric): f for c, f in found.items()}
+    found = {(c.arm, c.metric): f for c, f in study_report.compare(REAL, _values, real_notes).items()}
 
     def verdict(name: str, stage: str) -> str:
-        if name.rsplit("_L", 1)[0] == "fedavg":
+        if name.startswith("fedavg_"):
             return minus(study_report.warned("reference", real_notes(name, stage)))
-        if (name, stage) not in by_arm:  # FedAvg has no runs of this seed set
+        if (name, stage) not in found:  # FedAvg has no runs here
             return "–"
-        d, claim, warnings = by_arm[name, stage]
+        d, claim, warnings = found[name, stage]
         return study_report.warned(short(d, claim), warnings)
 
-    rows = []
-    for (layers, shard, clients), arms in grid(RECORDS).items():
-        if (layers, shard, clients) not in HEADLINE:
-            continue
-        for arm, g in arms.items():
-            rows.append([layers, LABELS[arm], cell(g, "plateau"), verdict(_arm(arm, layers), "plateau"), passes(g),
-                         cell(g, "budget"), verdict(_arm(arm, layers), "budget")])
+    rows = [[k[0], LABELS[arm], cell(g, "plateau"), verdict(_arm(arm, k), "plateau"), passes(g), cell(g, "budget"),
+             verdict(_arm(arm, k), "budget")] for k, arms in grid(RECORDS).items() if k in HEADLINE
+            for arm, g in arms.items()]
     table = stats.markdown(["layers", "arm", "at the plateau", "− FedAvg [95% CI]", "passes at the stop",
                             f"at equal compute ({BUDGET_PASSES} passes)", "− FedAvg [95% CI]"], rows)
     return "\n".join([*table, "", "k/n still improving: k of the arm's n runs had their best validation point at "
@@ -145,11 +154,10 @@ def real_table() -> str:
 
 def fisher_family() -> dict:
     """{(setting, stage): (Paired, claim)}: every FedFisher − FedAvg comparison of the d_model-32 grid (each
-    setting, at the plateau and at equal compute) corrected together, the family a conclusion across its tables
-    needs."""
-    pairs = {(k, stage): (values(arms["fedfisher"], stage), values(arms["fedavg"], stage))
-             for k, arms in grid(RECORDS).items() if "fedfisher" in arms for stage in ("plateau", "budget")}
-    return RS.family(pairs)
+    setting, at the plateau and at equal compute) corrected together, ``FISHER``'s family."""
+    found = {(c.arm, c.metric): f for c, f in study_report.compare(FISHER, _values).items()}
+    return {(k, stage): (f.paired, f.claim) for k in sorted(SETTINGS) for stage in STAGES
+            for f in [found.get((_arm("fedfisher", k), stage))] if f}
 
 
 def setting_name(layers: int, shard: str, clients: str) -> str:

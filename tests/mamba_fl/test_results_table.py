@@ -23,3 +23,15 @@ def test_real_table_keeps_each_tables_verdicts_and_adds_the_plateau_warnings():
             assert warnings == ([f"{still}/{len(arms[arm])} still improving"] if still and stage == "plateau" else [])
             warned += bool(warnings)
     assert len(rows) == 14 and warned == 12
+
+
+def test_the_fedfisher_family_spans_every_setting_as_declared():
+    """FISHER declares one family over every FedFisher − FedAvg comparison of the grid: the claims of the
+    comparisons corrected together (``common.results.family`` over the same pairs), 'over 10' in each."""
+    from common import results as RS
+
+    pairs = {(k, stage): (results.values(arms["fedfisher"], stage), results.values(arms["fedavg"], stage))
+             for k, arms in results.grid(results.RECORDS).items() if "fedfisher" in arms
+             for stage in ("plateau", "budget")}
+    assert len(pairs) == 10 and results.fisher_family() == RS.family(pairs)
+    assert list(results.fisher_family()) == list(pairs)
