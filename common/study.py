@@ -127,8 +127,11 @@ class Grid:
 
     def pick(self, records: Mapping[object, Sequence[Mapping | None]]) -> Pick:
         """``choose`` over ``records`` {candidate: [summary.json of each selection seed's run, None if missing]}."""
-        return choose({v: [score_of(s, self.metric, self.valid) for s in runs] for v, runs in records.items()},
-                      self.direction, self.digits)
+        return self.choose({v: [score_of(s, self.metric, self.valid) for s in runs] for v, runs in records.items()})
+
+    def choose(self, per_seed: Mapping[object, Sequence[float | None]]) -> Pick:
+        """``choose`` by this grid's direction and digits over scores already read (a selection.json's)."""
+        return choose(per_seed, self.direction, self.digits)
 
 
 def extended(grids: Mapping[str, Grid], run: Callable[[dict[str, list]], Mapping | None]) -> dict[str, Pick] | None:

@@ -25,7 +25,7 @@ from common import runs as R
 from common import stats as S
 from common.checkpoint import atomic_write_json
 from common.flags import FOLDER, POSITIVE_INT
-from common.study import Pick, choose
+from common.study import Grid, Pick
 from llm_noniid import failure, train
 
 MODES = ("quick", "failure", "main", "calibrate", "select", "headline", "analyze")
@@ -55,6 +55,10 @@ PRETRAINED = ["--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--t
 PRETRAINED_ROUNDS = 60
 LR_GRID = ("0.001", "0.003", "0.01", "0.03")  # FedAvg's peak rate on IID shards, chosen on the selection split
 SELECT_SEED = 100  # the selection runs' seed, apart from the reported seeds
+# select's rule: the lowest final validation perplexity of one run (seed SELECT_SEED, half the rounds) on the
+# selection split, ties to the smaller value; a choice at the edge of its grid is recorded, not extended
+LR_SELECTION = Grid("--learning-rate", tuple(map(float, LR_GRID)), "final_val_ppl", "min", split="selection")
+MU_SELECTION = Grid("--mu", tuple(map(float, MUS)), "final_val_ppl", "min", split="selection")
 ARMS_FILE = "arms.json"  # analyze: {run name: [partition, arm]}, the figures' labels
 HEADLINE_PARTS = (("iid", IID), ("topic a=0.01", TOPIC))
 MAIN_PARTS = (("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
@@ -267,13 +271,13 @@ def select(args, passthrough: list[str]) -> dict:
              *rounds_flags(rounds)]
     lr_arms = [("iid", f"FedAvg lr {lr}", [*study, "--learning-rate", lr, *IID, *FEDAVG], rounds) for lr in LR_GRID]
     lr_scores = dict(zip(LR_GRID, _selection_scores(lr_arms, args, passthrough, "learning rate")))
-    lr, lr_pick = lowest(lr_scores)
+    lr, lr_pick = lowest(lr_scores, LR_SELECTION)
     cli.check(lr is not None, f"selection: FedAvg diverged at every rate of {', '.join(LR_GRID)}")
     mu_arms = [(part, f"FedProx mu={mu}", [*study, "--learning-rate", lr, *split, "--algorithm", "fedprox", "--mu",
                                            mu], rounds) for part, split in SELECT_PARTS for mu in MUS]
     scores = iter(_selection_scores(mu_arms, args, passthrough, "FedProx mu"))  # in mu_arms' order
     mu_scores = {part: {mu: next(scores) for mu in MUS} for part, _ in SELECT_PARTS}
-    mu_picks = {part: lowest(v) for part, v in mu_scores.items()}
+    mu_picks = {part: lowest(v, MU_SELECTION) for part, v in mu_scores.items()}
     failed = [part for part, (mu, _) in mu_picks.items() if mu is None]
     cli.check(not failed, f"selection: FedProx diverged at every mu of {', '.join(MUS)} on {', '.join(failed)}")
     edge = {"learning_rate": lr_pick.edge, **{f"mu ({part})": p.edge for part, (_, p) in mu_picks.items()}}
@@ -287,10 +291,10 @@ def select(args, passthrough: list[str]) -> dict:
     return chosen
 
 
-def lowest(scores: dict[str, float]) -> tuple[str | None, Pick]:
-    """The grid value (as its flag spells it) with the lowest final validation perplexity of ``scores`` (inf: a
-    run that diverged; ties: the smaller value), by ``common.study``; None when every run diverged."""
-    pick = choose({float(v): [s] for v, s in scores.items()}, "min")
+def lowest(scores: dict[str, float], grid: Grid) -> tuple[str | None, Pick]:
+    """The value of ``grid`` (as its flag spells it) chosen from ``scores`` {value: final validation perplexity of
+    its run, inf if it diverged} by ``grid``'s rule (``common.study``); None when every run diverged."""
+    pick = grid.choose({float(v): [s] for v, s in scores.items()})
     return next((v for v in scores if float(v) == pick.value), None), pick
 
 

@@ -78,6 +78,10 @@ VIT_GRID = [0.03, 0.1, 0.3, 1.0]
 # grid; the masks' reaches down to dense's (a mask of high-score coordinates trains like dense)
 TEXT_GRIDS = {"fedavg": [0.003, 0.01, 0.03, 0.1], "sparse": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
               "probe": [0.1, 0.3, 1.0, 3.0]}
+# how a setting's rate is chosen (choose): the best final validation accuracy of its one selection run (seed
+# --select-seed, validation examples from the training classes' training split), ties to the smaller rate; a rate
+# at the edge of those tried adds one beyond it (to one significant digit), Design.edge_steps times
+SELECTION = study.Grid("--lr", tuple(VIT_GRID), "final_val_accuracy", "max", split="validation", digits=1)
 # the ViT suite's names, which its settings and the tests read
 J, WARMUP, M, SHARDS = VIT.local_steps, VIT.warmup, VIT.per_round, VIT.shards
 
@@ -247,9 +251,8 @@ def choose(args, out: Path, base: str) -> dict[str, float]:
             summary = json.loads(f.read_text()) if f.is_file() else {}
             val = "diverged" if summary.get("status") == "diverged" else summary.get("final_val_accuracy")
             scores.setdefault(name, {})[folder.name[len(name) + 3:-len(f"_seed{args.select_seed}")]] = val
-    picks = {setting: study.choose({float(lr): [v if isinstance(v, (int, float)) else math.nan]  # "diverged"
-                                    for lr, v in by_rate.items()}, "max", digits=1)
-             for setting, by_rate in scores.items()}
+    picks = {setting: SELECTION.choose({float(lr): [v if isinstance(v, (int, float)) else math.nan]  # "diverged"
+                                        for lr, v in by_rate.items()}) for setting, by_rate in scores.items()}
     chosen |= {setting: p.value for setting, p in picks.items() if p.value is not None}
     atomic_write_json(path, {"criterion": "best final validation accuracy of the selection run (ties: the smaller "
                                           "rate); validation images from the training classes' training split",
@@ -264,7 +267,7 @@ def edge_rates(args, chosen: dict[str, float], path: Path) -> dict[str, float]:
     """{setting: the next rate to try} where the chosen rate is the smallest or largest tried (diverged counts):
     one step beyond it at the ratio to its neighbour, to one significant digit (``study.beyond_edge``)."""
     scores = json.loads(path.read_text())["scores"] if path.is_file() else {}
-    beyond = {name: study.beyond_edge([float(lr) for lr in scores.get(name, {})], chosen[name], digits=1)[1]
+    beyond = {name: study.beyond_edge([float(lr) for lr in scores.get(name, {})], chosen[name], SELECTION.digits)[1]
               for name, _, _ in settings(args, "", select_rounds(args)) if name in chosen}
     return {name: lr for name, lr in beyond.items() if lr is not None}
 
