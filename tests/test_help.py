@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 # the main script of each subproject and the other scripts whose --help is as light (module name: path)
 SCRIPTS = {m: m.replace(".", "/") + ".py" for m in (
     "mamba_fl.fed_avg", "mamba_fl.fed_fisher", "mamba_fl.fed_entropy", "mamba_fl.fed_momentum", "mamba_fl.central",
-    "vit_sparse_fl.train_federated", "lora_glue_fl.fedavg_rounds", "llm_noniid.train", "llm_noniid.shakespeare")}
-FEDERATED = [m for m in SCRIPTS if m != "mamba_fl.central"]
+    "vit_sparse_fl.train_federated", "lora_glue_fl.fedavg_rounds", "llm_noniid.train", "llm_noniid.shakespeare",
+    "llm_noniid.pretrain")}
+FEDERATED = [m for m in SCRIPTS if m not in ("mamba_fl.central", "llm_noniid.pretrain")]
 # the other user-facing scripts: centralized and helper scripts, grids and plots (these two read numbers with NumPy)
 OTHERS = ("mamba_fl/split_wikitext.py", "mamba_fl/run_grid.py", "mamba_fl/real_grid.py",
           "vit_sparse_fl/train_centralized.py", "vit_sparse_fl/train_federated_sparse.py", "vit_sparse_fl/pretrain.py",

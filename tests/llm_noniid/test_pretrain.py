@@ -9,7 +9,7 @@ import pytest
 import torch
 from clicases import LLM_SMOKE, one_line_error
 
-from llm_noniid import pretrain, train
+from llm_noniid import pretrain, pretraining, train
 
 WORDS = "market team chip price season court vote match share player court law fund goal".split()
 
@@ -32,16 +32,16 @@ def wikitext(path, articles: int = 12, seed: int = 0):
 
 
 def test_articles_split_without_overlap_and_detokenized(tmp_path):
-    arts = pretrain.read_articles([str(wikitext(tmp_path / "a.raw", 20)), str(wikitext(tmp_path / "a.raw", 20))])
+    arts = pretraining.read_articles([str(wikitext(tmp_path / "a.raw", 20)), str(wikitext(tmp_path / "a.raw", 20))])
     assert len(arts) == 20  # the same file twice: every article once
-    parts = pretrain.split_articles(arts, seed=0)
+    parts = pretraining.split_articles(arts, seed=0)
     titles = [{t for t, _ in parts[k]} for k in ("train", "valid", "test")]
     assert sum(map(len, titles)) == 20 and not (titles[0] & titles[1] or titles[0] & titles[2] or titles[1] & titles[2])
     assert len(titles[1]) == len(titles[2]) == 1
-    assert pretrain.detokenize("a @-@ b , c ( d ) 5 @.@ 3 end .") == "a-b, c (d) 5.3 end."
+    assert pretraining.detokenize("a @-@ b , c ( d ) 5 @.@ 3 end .") == "a-b, c (d) 5.3 end."
     assert "Section" not in arts[0][1]  # section headings are not text
     (tmp_path / "short.raw").write_text(" = A = \n Alpha text . \n = B = \n Beta text . \n = C = \n Gamma . \n")
-    assert [t for t, _ in pretrain.read_articles([str(tmp_path / "short.raw")])] == ["A", "B", "C"]
+    assert [t for t, _ in pretraining.read_articles([str(tmp_path / "short.raw")])] == ["A", "B", "C"]
 
 
 def test_quick_base_loads_without_project_code_learns_and_is_cached(tmp_path, capsys):
@@ -76,7 +76,7 @@ def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch):
     text = str(wikitext(tmp_path / "w.raw"))
     argv = ["--quick", "--text-files", text, "--steps", "40", "--eval-every", "10", "--quiet"]
     whole = pretrain.main([*argv, "--cache-dir", str(tmp_path / "a")])
-    saves, real = [], pretrain.save_checkpoint
+    saves, real = [], pretraining.save_checkpoint
 
     def interrupted(*a, **k):
         real(*a, **k)
@@ -84,10 +84,10 @@ def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch):
         if len(saves) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pretrain, "save_checkpoint", interrupted)
+    monkeypatch.setattr(pretraining, "save_checkpoint", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pretrain.main([*argv, "--cache-dir", str(tmp_path / "b")])
-    monkeypatch.setattr(pretrain, "save_checkpoint", real)
+    monkeypatch.setattr(pretraining, "save_checkpoint", real)
     resumed = pretrain.main([*argv, "--cache-dir", str(tmp_path / "b")])
     from safetensors.torch import load_file
 
@@ -133,7 +133,8 @@ def test_the_cache_key_holds_the_torch_threads(tmp_path, monkeypatch):
     """Two thread counts split the float sums differently, so they make two bases (different in the last bits): each
     its own folder, never one folder for both."""
     keys = []
-    monkeypatch.setattr(pretrain.CK, "built_once", lambda root, key, ready, build: keys.append(key) or tmp_path / key)
+    monkeypatch.setattr(pretraining.CK, "built_once",
+                        lambda root, key, ready, build: keys.append(key) or tmp_path / key)
     argv = ["--quick", "--quiet", "--text-files", str(wikitext(tmp_path / "w.raw")), "--cache-dir", str(tmp_path)]
     threads = torch.get_num_threads()
     try:
