@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -40,6 +41,9 @@ if TYPE_CHECKING:  # torch loads with a run's first tensor: grids and plots read
     import torch
 
 ARGS_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = RUN_FILE, "metrics.jsonl", "summary.json", "checkpoint.pt"
+# summary.json's record of what its time was measured under (``write_summary``): two runs of the same settings differ
+# in these alone
+TIMING_KEYS = ("wall_seconds", "cpu_seconds", "load_start", "load_end")
 LOCK_FILE = ".lock"  # held (flock) by the run writing the directory; a dead process's lock is free again
 # Flags that may change between a run and its resumption without changing its results (--compile and
 # --client-batching: up to float summation order).
@@ -119,6 +123,21 @@ def portable(value: Any) -> Any:
     if isinstance(value, list):
         return [portable(v) for v in value]
     return os.path.relpath(value) if isinstance(value, str) and os.path.isabs(value) else value
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended, so far: with ``wall_seconds``
+    and the load what a stated time needs, since a run's wall time on a busy machine says little by itself."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable processes, of all users), None where the platform has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _now() -> str:
@@ -334,8 +353,10 @@ class RunDir:
         self.overwrite, self.extend = bool(self.args.get("overwrite")), bool(self.args.get("extend"))
         self._state: dict | None = None
         self._start = time.monotonic()
+        self._cpu_start, self._load_start = cpu_seconds(), load_average()
         self._periodic_saves = 0
         self._wall_offset = 0.0  # wall seconds of earlier sessions, up to their last checkpoint
+        self._cpu_offset: float | None = 0.0  # their CPU seconds; None: a checkpoint from before CPU was recorded
         self._n_rows = 0
         self._claimed = False
         self._lock_fd: int | None = None
@@ -366,6 +387,7 @@ class RunDir:
             self._n_rows = int(info.get("rows", 0))
             self._check_rows(self._n_rows)
             self._wall_offset = float(info.get("wall_seconds", 0.0))
+            self._cpu_offset = float(info["cpu_seconds"]) if info.get("cpu_seconds") is not None else None
             self._checkpoint_at = _where(state)
             self._state = state
             self.resumed = True
@@ -626,6 +648,12 @@ class RunDir:
         """Wall time of this run so far, including earlier sessions up to their last checkpoint."""
         return self._wall_offset + (time.monotonic() - self._start)
 
+    @property
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds of this run so far (this process and its ended children; on torchrun, rank 0's alone), earlier
+        sessions included up to their last checkpoint; None when resumed from a checkpoint that did not record it."""
+        return None if self._cpu_offset is None else self._cpu_offset + (cpu_seconds() - self._cpu_start)
+
     def log(self, row: dict) -> None:
         """Append one metrics row (a JSON object) to metrics.jsonl and flush it."""
         if not self.is_main:
@@ -666,8 +694,8 @@ class RunDir:
         from common.seed import get_rng_state
 
         state = {**state, "rng": get_rng_state()}
-        state["runlog"] = {"rows": self._n_rows, "wall_seconds": self.wall_seconds, "saved_at": _now(),
-                           "data": self.data}
+        state["runlog"] = {"rows": self._n_rows, "wall_seconds": self.wall_seconds, "cpu_seconds": self.cpu_seconds,
+                           "saved_at": _now(), "data": self.data}
         with self._writing(CHECKPOINT_FILE):
             ckpt.save_checkpoint(self.path / CHECKPOINT_FILE, state, self.kind)
         self._checkpoint_at = _where(state) or "saved at " + state["runlog"]["saved_at"]
@@ -678,10 +706,15 @@ class RunDir:
         return self._state
 
     def write_summary(self, summary: dict) -> dict:
-        """Write summary.json atomically with ``wall_seconds`` and ``status`` (default "complete"); return it."""
+        """Write summary.json atomically with ``status`` (default "complete") and what its time was measured under:
+        ``wall_seconds``, ``cpu_seconds`` (None after resuming a checkpoint that did not record it) and the 1-minute
+        load average when this session started and now (``load_start``, ``load_end``); return it."""
         for source in self.summary_sources:
             summary = {**summary, **source()}
-        summary = {**summary, "status": summary.get("status", "complete"), "wall_seconds": round(self.wall_seconds, 3)}
+        cpu = self.cpu_seconds
+        summary = {**summary, "status": summary.get("status", "complete"), "wall_seconds": round(self.wall_seconds, 3),
+                   "cpu_seconds": None if cpu is None else round(cpu, 3), "load_start": self._load_start,
+                   "load_end": load_average()}
         if self.is_main:
             self.claim()
             with self._writing(SUMMARY_FILE):

@@ -130,7 +130,7 @@ def check_memory(args) -> None:
 def train_base(args, config: dict, articles: list, work: Path, final: Path) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    started = time.perf_counter()
+    started, cpu_started, load_started = time.perf_counter(), runlog.cpu_seconds(), runlog.load_average()
     parts = split_articles(articles, args.split_seed)
     work.mkdir(parents=True, exist_ok=True)
     train_file = CK.atomic_write_text(work / "train.txt", "\n".join(text for _, text in parts["train"]) + "\n")
@@ -205,6 +205,8 @@ def train_base(args, config: dict, articles: list, work: Path, final: Path) -> N
         "best_step": best["step"], "valid_ppl": best["val_ppl"], "test_ppl": test["ppl"],
         "unigram_ppl": ref["unigram_ppl"], "uniform_ppl": ref["uniform_ppl"], "history": state["history"],
         "seconds": round(state["seconds"], 1), "wall_seconds_last_session": round(time.perf_counter() - started, 1),
+        "cpu_seconds_last_session": round(runlog.cpu_seconds() - cpu_started, 1), "load_start": load_started,
+        "load_end": runlog.load_average(),
         "test_titles": [t for t, _ in parts["test"]]})
     shutil.rmtree(final, ignore_errors=True)
     out.replace(final)

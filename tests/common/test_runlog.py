@@ -323,6 +323,46 @@ def test_wall_seconds_accumulate_across_resumes(out_dir, monkeypatch):
     assert json.loads((rd2.path / "summary.json").read_text())["wall_seconds"] == pytest.approx(13.0)
 
 
+def test_cpu_seconds_accumulate_across_resumes_and_the_load_is_recorded(out_dir, monkeypatch):
+    """summary.json says what its wall time was measured under: the run's CPU seconds (earlier sessions up to their
+    last checkpoint included, as wall_seconds) and the load average when the session started and ended."""
+    cpu, load = [200.0], [3.0]
+    monkeypatch.setattr(runlog, "cpu_seconds", lambda: cpu[0])
+    monkeypatch.setattr(runlog, "load_average", lambda: load[0])
+    rd = RunDir(out_dir, "r", ARGS)
+    cpu[0] += 8.0
+    rd.save_checkpoint({"round": 0})
+    rd.release()
+    cpu[0] += 4.0  # then killed: work after the last checkpoint is redone on resume, so it is not counted
+    cpu[0], load[0] = 1.0, 5.5  # a new process, at another load
+    rd2 = RunDir(out_dir, "r", ARGS, resume=True)
+    cpu[0], load[0] = 3.0, 6.25
+    summary = rd2.write_summary({"x": 1})
+    assert summary["cpu_seconds"] == pytest.approx(10.0) and (summary["load_start"], summary["load_end"]) == (5.5, 6.25)
+    assert json.loads((rd2.path / "summary.json").read_text()) == summary
+
+
+def test_cpu_seconds_count_this_process_and_its_ended_children(out_dir):
+    rd = RunDir(out_dir, "r", ARGS)
+    before = rd.cpu_seconds
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() < t + 0.3: pass"  # 0.3 CPU seconds
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    summary = rd.write_summary({})
+    assert summary["cpu_seconds"] >= before + 0.3 and summary["wall_seconds"] > 0
+    assert isinstance(summary["load_start"], float) and summary["load_end"] >= 0  # Linux has a load average
+
+
+def test_a_checkpoint_from_before_cpu_was_recorded_resumes_without_a_cpu_time(out_dir):
+    rd = RunDir(out_dir, "r", ARGS)
+    rd.save_checkpoint({"round": 0})
+    rd.release()
+    state = ck.load_checkpoint(rd.path / "checkpoint.pt", KIND)
+    del state["runlog"]["cpu_seconds"]
+    ck.save_checkpoint(rd.path / "checkpoint.pt", state, KIND)
+    summary = RunDir(out_dir, "r", ARGS, resume=True).write_summary({})
+    assert summary["cpu_seconds"] is None and summary["wall_seconds"] >= 0  # unknown, not undercounted
+
+
 def test_non_main_rank_writes_nothing_but_can_read_the_checkpoint(out_dir):
     other = RunDir(out_dir, "r", ARGS, is_main=False)
     other.log({"round": 0})
