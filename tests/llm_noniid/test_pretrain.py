@@ -55,6 +55,7 @@ def test_quick_base_loads_without_project_code_learns_and_is_cached(tmp_path, ca
     info = json.loads((folder / "pretrain.json").read_text())
     assert info["test_ppl"] < 0.8 * info["unigram_ppl"] < info["uniform_ppl"]  # clearly past token frequencies
     assert info["articles"] == {"train": 10, "valid": 1, "test": 1} and info["best_step"] in (30, 60)
+    assert info["cpu_seconds_last_session"] > 0 and info["load_start"] >= 0 and info["load_end"] >= 0
     model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     assert model.config.model_type == "gpt2" and len(tok) <= model.config.vocab_size
     ids = tok("market team chip", return_tensors="pt").input_ids
