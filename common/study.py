@@ -17,6 +17,7 @@ shown to be the best, and ``beyond`` is the next value past it, at the ratio to 
 are followed by 9e-4 below), rounded to ``digits`` significant digits. A study whose ``extend`` is above 0 runs
 that value and chooses again, at most ``extend`` times (``extended``); the others say the pick is at the edge.
 
+A study's ``plateau`` is ``common.plateau.Plateau``: a rule checked from each run's records, which can fail.
 The names a study declares are checked together (``Study.check``); the jobs it plans go to ``common.jobs``, which
 skips finished runs and resumes interrupted ones.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from common import jobs
 from common.errors import check
+from common.plateau import Plateau  # the plateau rule: declared with the study, checked from its records
 
 DIRECTIONS = ("min", "max")
 
@@ -174,18 +176,6 @@ class Comparison:
     reference: str
     family: str
     metric: str = ""   # which of the arms' values (e.g. "plateau" or "budget"), where a table shows several
-
-
-@dataclasses.dataclass(frozen=True)
-class Plateau:
-    """The plateau rule, stated: ``rule`` in words; ``check_budget``: the longer budget whose runs (of
-    ``check_seeds``, all seeds when empty) show whether an arm still gains; ``tolerance`` against the split's
-    noise, in the metric's unit."""
-
-    rule: str
-    check_budget: str | None = None
-    check_seeds: tuple[int, ...] = ()
-    tolerance: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

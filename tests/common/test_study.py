@@ -96,7 +96,8 @@ def _study(**extra):
 
 
 def test_a_study_plans_selection_then_reported_jobs(tmp_path):
-    s = _study(budgets={"R4": (), "R8": ("--rounds", "8")}, plateau=Plateau("2x the rounds gain < 1 point", "R8"))
+    rule = Plateau("2x the rounds gain < 0.5 sd", "R8", tolerance=0.5, value="final_val_accuracy")
+    s = _study(budgets={"R4": (), "R8": ("--rounds", "8")}, plateau=rule)
     sel = study.selection_jobs(s, "lr", tmp_path / "select")
     assert [j.name for j in sel] == ["select_fedavg_R4_lr0.01_s100", "select_fedavg_R4_lr0.1_s100"]
     assert sel[1].argv[-6:] == ["--seed", "100", "--out-dir", str(tmp_path / "select"), "--run-name", sel[1].name]
@@ -117,7 +118,8 @@ def test_a_study_plans_selection_then_reported_jobs(tmp_path):
 @pytest.mark.parametrize("change, message", [
     (dict(seeds=(0, 0)), "must be distinct"), (dict(seeds=(100,)), "apart from the selection seeds"),
     (dict(comparisons=(Comparison("fedavg", "fedprox", "f"),)), "names an arm it lacks"),
-    (dict(plateau=Plateau("rule", "R999")), "plateau's budget"), (dict(selection_seeds=()), "selection seeds")])
+    (dict(plateau=Plateau("rule", "R999", tolerance=1, value="v")), "plateau's budget"),
+    (dict(selection_seeds=()), "selection seeds")])
 def test_a_study_whose_names_disagree_is_refused(change, message):
     with pytest.raises(UsageError, match=message):
         _study(**change)
