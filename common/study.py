@@ -33,6 +33,7 @@ from common.errors import check
 from common.plateau import Plateau  # the plateau rule: declared with the study, checked from its records
 
 DIRECTIONS = ("min", "max")
+COMPUTE = ("equal steps", "equal samples", "equal sequential updates")  # what a study's compared arms share
 
 
 def _number(value) -> bool:
@@ -182,7 +183,8 @@ class Comparison:
 class Study:
     """What a study fixes: arms, reported seeds, selection grids (run at ``selection_seeds``, apart from the
     reported ones), budgets {name: flags} (one run per arm, budget and seed; one unnamed budget by default), the
-    plateau rule and the comparisons; ``seed_flag`` is the scripts' seed flag."""
+    plateau rule and the comparisons; ``compute``: what two compared arms are matched on (one of ``COMPUTE``;
+    empty: not stated, e.g. each arm run to its own plateau); ``seed_flag`` is the scripts' seed flag."""
 
     name: str
     arms: tuple[Arm, ...]
@@ -192,6 +194,7 @@ class Study:
     budgets: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=lambda: {"": ()})
     plateau: Plateau | None = None
     comparisons: tuple[Comparison, ...] = ()
+    compute: str = ""
     seed_flag: str = "--seed"
 
     def __post_init__(self):
@@ -220,6 +223,8 @@ class Study:
         for c in self.comparisons:
             check(c.arm in names and c.reference in names, f"study {self.name}: comparison {c.arm} - "
                                                            f"{c.reference} names an arm it lacks ({names})")
+        check(self.compute in ("", *COMPUTE), f"study {self.name}: compute is one of {', '.join(COMPUTE)}, got "
+                                              f"{self.compute!r}")
         check(self.plateau is None or self.plateau.check_budget in (None, *self.budgets),
               f"study {self.name}: the plateau's budget is not one of {list(self.budgets)}")
 

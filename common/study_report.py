@@ -1,11 +1,13 @@
 """A study's comparisons as its tables state them: each comparison the study declares, paired by seed and
 Holm-corrected over the family the study declares for it (not over whatever table it lands in), with the reasons
-not to take it at its word next to the verdict: fewer than ``MIN_SEEDS`` seeds, an arm short of its plateau, a
-selected value at the edge of its grid.
+not to take it at its word next to the verdict: fewer than ``MIN_SEEDS`` seeds, compute not matched as the study
+states (``Study.compute``), an arm short of its plateau or not checked (``common.plateau``), a selected value at the
+edge of its grid.
 
-    found = compare(study, values, notes)     # values(arm, metric) -> {seed: value}; notes(arm, metric) -> [reason]
-    d, claim, warnings = found[comparison]    # Paired, "p_Holm = 0.029 over 6" sentence, ("2/5 still improving",)
-    cell = warned(f"{d.mean:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}]", warnings)
+    found = compare(study, values, notes, spent)  # values(arm, metric) -> {seed: value}; notes(arm, metric) ->
+    d, claim, warnings = found[comparison]        # [reason]; spent(arm, metric) -> {seed: steps, samples...}
+    cell = warned(f"{d.mean:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}]", warnings)   # '...; 2/5 still improving'
+    common, each = shared(found.values())         # a sentence over several: the warnings they all share once
 
 The verdict sentences are ``common.stats.claim``'s (one vocabulary: "p_Holm = x over m" names its family's size);
 the notes of an arm come from its records (``still_improving``) and from the selection (``edge_note``).
@@ -19,6 +21,7 @@ from common import stats
 from common.study import Comparison, Study, beyond_edge
 
 MIN_SEEDS = 3  # fewer paired seeds than this: the interval says little, and the table says so
+MATCHED = 0.01  # compute differing by more than this fraction (means over seeds) is not matched
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +36,23 @@ class Finding:
         return iter((self.paired, self.claim, self.warnings))
 
 
+def unmatched(study: Study, arm: Mapping, reference: Mapping) -> str | None:
+    """'unmatched compute (equal steps: 1.4e+03 vs 720)' when the two arms' compute {seed: amount} differ by more
+    than ``MATCHED`` (means over seeds) in what ``study.compute`` says they share; None when matched or unknown."""
+    if not study.compute or not arm or not reference:
+        return None
+    a, b = (sum(x.values()) / len(x) for x in (arm, reference))
+    return None if abs(a - b) <= MATCHED * max(abs(a), abs(b)) else \
+        f"unmatched compute ({study.compute}: {a:.3g} vs {b:.3g})"
+
+
 def compare(study: Study, values: Callable[[str, str], Mapping], notes: Callable[[str, str], Sequence[str]]
-            | None = None, digits: int = 1, unit: str = "") -> dict[Comparison, Finding]:
+            | None = None, digits: int = 1, unit: str = "", spent: Callable[[str, str], Mapping] | None = None) \
+        -> dict[Comparison, Finding]:
     """{comparison: Finding} of every comparison of ``study`` whose two arms have values (``values(arm, metric)``
     -> {seed: value}), Holm-corrected over each declared family; the warnings: the seed count when below
-    ``MIN_SEEDS``, then ``notes(arm, metric)`` of the compared arm (its plateau, its selection)."""
+    ``MIN_SEEDS``, compute not matched (``unmatched`` of ``spent(arm, metric)`` -> {seed: amount}), then
+    ``notes(arm, metric)`` of the compared arm (its plateau, its selection)."""
     out = {}
     for comparisons in study.families().values():
         pairs = {c: (values(c.arm, c.metric), values(c.reference, c.metric)) for c in comparisons}
@@ -45,9 +60,18 @@ def compare(study: Study, values: Callable[[str, str], Mapping], notes: Callable
         verdicts, m = stats.holm(diffs), sum(d.n >= 2 for d in diffs.values())
         for c, d in diffs.items():
             seeds = [f"{d.n} seed{'s' if d.n != 1 else ''}"] if d.n < MIN_SEEDS else []
+            compute = unmatched(study, spent(c.arm, c.metric), spent(c.reference, c.metric)) if spent else None
             out[c] = Finding(d, stats.claim(d, verdicts[c], m, digits, unit),
-                             (*seeds, *(notes(c.arm, c.metric) if notes else ())))
+                             (*seeds, *([compute] if compute else []), *(notes(c.arm, c.metric) if notes else ())))
     return out
+
+
+def shared(findings: Sequence[Finding]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """(the warnings every one of ``findings`` has, in order; each one's other warnings): a sentence over several
+    comparisons states what they share once."""
+    findings = list(findings)
+    common = tuple(w for w in findings[0].warnings if all(w in f.warnings for f in findings)) if findings else ()
+    return common, [tuple(w for w in f.warnings if w not in common) for f in findings]
 
 
 def warned(cell: str, warnings: Sequence[str]) -> str:

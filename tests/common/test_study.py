@@ -119,7 +119,7 @@ def test_a_study_plans_selection_then_reported_jobs(tmp_path):
     (dict(seeds=(0, 0)), "must be distinct"), (dict(seeds=(100,)), "apart from the selection seeds"),
     (dict(comparisons=(Comparison("fedavg", "fedprox", "f"),)), "names an arm it lacks"),
     (dict(plateau=Plateau("rule", "R999", tolerance=1, value="v")), "plateau's budget"),
-    (dict(selection_seeds=()), "selection seeds")])
+    (dict(selection_seeds=()), "selection seeds"), (dict(compute="equal flops"), "compute is one of")])
 def test_a_study_whose_names_disagree_is_refused(change, message):
     with pytest.raises(UsageError, match=message):
         _study(**change)

@@ -48,3 +48,21 @@ def test_still_improving_and_edge_notes():
     assert study_report.edge_note(scores, 0.03, "lr") == "lr at the high edge of its grid"
     assert study_report.edge_note(scores, 0.01, "lr") is None
     assert study_report.edge_note({"local": 52.8}, "local", "fisher-method") is None
+
+
+def test_unmatched_compute_is_named_as_the_study_states_it_and_shared_warnings_once():
+    spent = {"fedavg": {0: 720, 1: 720}, "fisher": {0: 720, 1: 724}, "central": {0: 1404, 1: 1404},
+             "scaffold": {0: 720}}
+    s = Study("toy", tuple(Arm(a, "mamba_fl.fed_avg") for a in VALUES), seeds=(0, 1, 2, 3), compute="equal steps",
+              comparisons=tuple(Comparison(a, "fedavg", "all") for a in VALUES if a != "fedavg"))
+    found = study_report.compare(s, lambda arm, metric: VALUES[arm], lambda arm, metric: ["not checked"],
+                                 spent=lambda arm, metric: spent[arm])
+    by_arm = {c.arm: f.warnings for c, f in found.items()}
+    assert by_arm["central"] == ("2 seeds", "unmatched compute (equal steps: 1.4e+03 vs 720)", "not checked")
+    assert by_arm["fisher"] == by_arm["scaffold"] == ("not checked",)   # within 1 %: matched
+    unstated = study_report.compare(_study(lambda a: "all"), lambda arm, metric: VALUES[arm],
+                                    spent=lambda arm, metric: spent[arm])
+    assert all("unmatched" not in w for f in unstated.values() for w in f.warnings)  # no compute declared
+    common, each = study_report.shared(found.values())
+    assert common == ("not checked",) and each == [(), ("2 seeds", "unmatched compute (equal steps: 1.4e+03 vs 720)"),
+                                                   ()]
