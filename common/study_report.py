@@ -7,6 +7,7 @@ edge of its grid.
     found = compare(study, values, notes, spent)  # values(arm, metric) -> {seed: value}; notes(arm, metric) ->
     d, claim, warnings = found[comparison]        # [reason]; spent(arm, metric) -> {seed: steps, samples...}
     cell = warned(f"{d.mean:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}]", warnings)   # '...; 2/5 still improving'
+    clause = said(found[comparison])              # the claim, its warnings inside its parenthesis
     common, each = shared(found.values())         # a sentence over several: the warnings they all share once
 
 The verdict sentences are ``common.stats.claim``'s (one vocabulary: "p_Holm = x over m" names its family's size);
@@ -64,6 +65,18 @@ def compare(study: Study, values: Callable[[str, str], Mapping], notes: Callable
             out[c] = Finding(d, stats.claim(d, verdicts[c], m, digits, unit),
                              (*seeds, *([compute] if compute else []), *(notes(c.arm, c.metric) if notes else ())))
     return out
+
+
+def said(finding: Finding, warnings: Sequence[str] | None = None) -> str:
+    """A sentence's clause: the claim with its warnings (``finding.warnings`` unless given) inside its closing
+    parenthesis: '+8.3 [+6.1, +10.5] (n=3; no difference after Holm over 30; rules out > 20.8; 3/3 still
+    improving)'."""
+    warnings = finding.warnings if warnings is None else warnings
+    if not warnings:
+        return finding.claim
+    if finding.claim.endswith(")"):
+        return f"{finding.claim[:-1]}; {'; '.join(warnings)})"
+    return f"{finding.claim} ({'; '.join(warnings)})"
 
 
 def shared(findings: Sequence[Finding]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:

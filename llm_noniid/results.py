@@ -14,8 +14,8 @@ import math
 import re
 from functools import cache
 
+from common import plateau, stats, study, study_report
 from common import results as RS
-from common import stats, study, study_report
 
 RECORDS = "llm_noniid/figures/pretrained/grid"
 PRIVACY = "llm_noniid/results/privacy"
@@ -32,7 +32,13 @@ SETTING = "k10_p1_lr0.01_j8_schedcosine"   # 10 clients, all in every round, the
 @cache
 def arm(algorithm: str, split: str) -> dict:
     """{seed: final validation perplexity} of an arm's reported runs (not the longer _R300 continuations)."""
-    return RS.by_seed(RS.records(f"{RECORDS}/runs", f"{algorithm}_{split}_{SETTING}_s[0-9]"), "final_val_ppl")
+    return RS.by_seed(runs(algorithm, split), "final_val_ppl")
+
+
+@cache
+def runs(algorithm: str, split: str, budget: str = "") -> list[dict]:
+    """An arm's reported runs, or at ``budget`` its continuations of the same seeds (``_R120``: twice the rounds)."""
+    return RS.records(f"{RECORDS}/runs", f"{algorithm}_{split}_{SETTING}_s[0-9]" + (f"_{budget}" if budget else ""))
 
 
 # run_experiments.py's partition flags of each split
@@ -40,31 +46,64 @@ PARTITIONS = {"iid": ("--partition", "iid"), "topic_a0.01": ("--partition", "top
               "topic_a0.1": ("--partition", "topic_skew", "--alpha", "0.1"),
               "style_length": ("--partition", "style_skew", "--style-criterion", "length"),
               "token_frequency": ("--partition", "token_skew", "--token-skew", "frequency")}
-# the pretrained regime's SCAFFOLD question: one family over the splits, since the sentence concludes across them
+# the rate decays to 0 by a cosine, so a last-fraction rule holds by construction: a run is judged only against its
+# 120-round continuation (run for FedAvg seed 0 on iid and topic α = 0.01 shards alone), within half the seeds'
+# sd of the final perplexity
+PLATEAU = study.Plateau("twice the rounds lower the final validation perplexity by at most 0.5 sd of the seeds",
+                        "R120", tolerance=0.5, metric="val_ppl", value="final_val_ppl", direction="min",
+                        schedule="decayed")
+# the pretrained regime: SCAFFOLD against FedAvg, one family over the splits, since the sentence concludes across
+# them; FedAvg on topic skew against iid shards, a family of its own
 PRETRAINED = study.Study(
     "pretrained", arms=tuple(study.Arm(f"{a}_{s}", "llm_noniid.train", ("--algorithm", a, *PARTITIONS[s]))
                              for s in SPLITS for a in ("fedavg", "scaffold")), seeds=(0, 1, 2),
-    comparisons=tuple(study.Comparison(f"scaffold_{s}", f"fedavg_{s}", "SCAFFOLD − FedAvg over the splits")
-                      for s in SPLITS))
+    budgets={"": (), "R120": ("--rounds", "120")}, plateau=PLATEAU, compute="equal steps",
+    comparisons=(*(study.Comparison(f"scaffold_{s}", f"fedavg_{s}", "SCAFFOLD − FedAvg over the splits")
+                   for s in SPLITS), study.Comparison("fedavg_topic_a0.01", "fedavg_iid", "topic skew")))
+
+
+def _runs(name: str, budget: str = "") -> list[dict]:
+    return runs(*name.split("_", 1), budget)
+
+
+def plateau_note(name: str, _: str = "") -> list[str]:
+    """Arm ``name``'s plateau by ``PLATEAU`` (its runs against their R120 continuations where they exist)."""
+    found = {r["args"]["seed"]: r["path"] for r in _runs(name)}
+    longer = {r["args"]["seed"]: r["path"] for r in _runs(name, "R120")}
+    return [n for n in [plateau.arm_note(PLATEAU, found, longer)] if n]
+
+
+def steps(name: str, _: str = "") -> dict:
+    """{seed: local steps a client took over the run} (rounds times local steps a round): what the arms share."""
+    return {r["args"]["seed"]: r["summary"]["rounds_done"] * r["summary"]["local_steps_per_round"]
+            for r in _runs(name)}
+
+
+@cache
+def findings() -> dict:
+    """{comparison: Finding} of ``PRETRAINED`` through ``common.study_report`` (each with its warnings)."""
+    return study_report.compare(PRETRAINED, lambda name, _: arm(*name.split("_", 1)), plateau_note, unit=" ppl",
+                                spent=steps)
 
 
 def scaffold() -> str:
-    """SCAFFOLD − FedAvg on every split, one Holm family over the splits (``PRETRAINED``'s, through
-    ``common.study_report``: a warning beside a comparison with fewer than 3 seeds)."""
-    found = study_report.compare(PRETRAINED, lambda name, _: arm(*name.split("_", 1)), unit=" ppl")
-    parts = [f"{SPLITS[c.arm.split('_', 1)[1]]} {study_report.warned(claim, warnings)}"
-             for c, (_, claim, warnings) in found.items()]
+    """SCAFFOLD − FedAvg on every split, one Holm family over the splits (``PRETRAINED``'s): a warning beside a
+    comparison (fewer than 3 seeds, compute, plateau), those every split shares said once."""
+    found = {c: f for c, f in findings().items() if c.family != "topic skew"}
+    common, each = study_report.shared(found.values())
+    parts = [f"{SPLITS[c.arm.split('_', 1)[1]]} {study_report.said(f, w)}" for (c, f), w in
+             zip(found.items(), each)]
     text = (f"SCAFFOLD − FedAvg, final perplexity, Holm over the {len(found)} splits together: "
-            + "; ".join(parts))
+            + "; ".join(parts) + (f"; every split: {'; '.join(common)}" if common else ""))
     return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
 
 
 def study() -> str:
     """The top README's line for the pretrained-LoRA regime."""
     iid, topic = (stats.summarize(arm("fedavg", s).values()) for s in ("iid", "topic_a0.01"))
-    skew = RS.family({"topic": (arm("fedavg", "topic_a0.01"), arm("fedavg", "iid"))}, unit=" ppl")["topic"][1]
+    skew = next(f for c, f in findings().items() if c.family == "topic skew")
     text = (f"FedAvg on topic skew α = 0.01 {topic.mean:.1f} ± {topic.sd:.1f} against {iid.mean:.1f} ± {iid.sd:.1f} "
-            f"on iid shards (paired by seed: {skew}); " + scaffold())
+            f"on iid shards (paired by seed: {study_report.said(skew)}); " + scaffold())
     return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
 
 

@@ -1,17 +1,20 @@
 """The README blocks of vit_sparse_fl's results, generated from the committed records of run_all_experiments.py
 (``python -m common.results --write`` rewrites them; ``--check`` fails when one differs).
 
-Records: ``RECORDS/runs_R<rounds>/<setting>_seed<seed>/`` (args.json, summary.json). A mask table's family is
-the one run_all_experiments.py's table corrects together: every row against dense FedAvg and against the
-head-only probe, test accuracy and interference (``common.stats.ref_pairs``).
+Records: ``RECORDS/runs_R<rounds>/<setting>_seed<seed>/`` (args.json, summary.json, metrics.jsonl). A mask
+table is a study (``mask_study``) whose one Holm family is the one run_all_experiments.py's table corrects
+together: every row against dense FedAvg and against the head-only probe, test accuracy and interference
+(``common.stats.ref_pairs``); its verdicts go through ``common.study_report``, with each arm's plateau (``PLATEAU``)
+and selection (``selection_R<rounds>.json``) beside them.
 """
 from __future__ import annotations
 
+import json
 import re
 from functools import cache
 
+from common import plateau, stats, study, study_report
 from common import results as RS
-from common import stats
 
 RECORDS = "vit_sparse_fl/figures"
 PROBE = "probe: head + final norm"
@@ -31,15 +34,62 @@ def pct(runs: list[dict], metric: str) -> dict:
     return RS.by_seed(runs, metric, 100.0 if metric == "test_accuracy" else 1.0)
 
 
-def mask_family(rounds: int, shard: str, sparsity: float) -> dict:
-    """{(setting, ref, metric): (Paired, claim)} of one mask table (Holm over all its differences)."""
+# every arm's rate decays by a cosine, so its last evaluations are flat by construction: a run is judged against
+# the same setting at 4x the rounds (runs_R768_rates, its rate chosen again there), within half the seeds' sd of
+# the final validation accuracy (the selection split's noise)
+PLATEAU = plateau.Plateau("4x the rounds raise the final validation accuracy by at most 0.5 sd of the seeds",
+                          "R768", tolerance=0.5, metric="val_accuracy", value="final_val_accuracy", direction="max",
+                          schedule="decayed")
+LONGER = {192: "runs_R768_rates"}  # a budget's second budget: the folder of its longer runs
+
+
+def mask_study(rounds: int, shard: str, sparsity: float) -> study.Study:
+    """One mask table as a study: its arms (the settings with runs), each against dense FedAvg and the head-only
+    probe in test accuracy and interference, one Holm family; equal steps (rounds times local steps)."""
     g = suite(rounds)
     dense, probe = f"fedavg_{shard}", f"probe_{shard}_head"
     keys = [dense, probe, f"probe_{shard}_last", *(f"sparse_{shard}_s{sparsity:g}_{s}" for s in STRATEGIES)]
     keys += [k for k in (f"sparse_{shard}_s{sparsity:g}_least_sensitive_fisher",) if k in g]
     pairs = stats.ref_pairs(keys, [dense, probe], ("test_accuracy", "interference"),
                             lambda key, m: pct(g[key], m) if g.get(key) else {})
-    return RS.family(pairs)
+    script = {k: "vit_sparse_fl.train_federated" + ("_sparse" if k.startswith("sparse") else "") for k in keys}
+    return study.Study(f"masks_R{rounds}_{shard}_s{sparsity:g}", arms=tuple(study.Arm(k, script[k]) for k in keys),
+                       seeds=(0, 1, 2), budgets={f"R{rounds}": (), "R768": ("--rounds", "768")}, plateau=PLATEAU,
+                       compute="equal steps", comparisons=tuple(study.Comparison(k, ref, "mask table", m)
+                                                                for k, ref, m in pairs))
+
+
+@cache
+def selection(rounds: int) -> dict:
+    return json.loads((RS.ROOT / RECORDS / f"selection_R{rounds}.json").read_text(encoding="utf-8"))
+
+
+def notes(rounds: int):
+    """notes(setting, metric) -> [its plateau (against ``LONGER``'s runs), its rate at an edge of the grid]."""
+    def of(key: str, _: str) -> list[str]:
+        longer = {r["args"]["seed"]: r["path"] for r in RS.records(f"{RECORDS}/{LONGER[rounds]}", f"{key}_seed*")} \
+            if rounds in LONGER else {}
+        found = {r["args"]["seed"]: r["path"] for r in suite(rounds)[key]}
+        chosen = selection(rounds)
+        edge = study_report.edge_note(chosen["scores"][key], chosen["chosen"][key], "rate") \
+            if key in chosen["chosen"] else None
+        return [n for n in (plateau.arm_note(PLATEAU, found, longer), edge) if n]
+    return of
+
+
+def steps(rounds: int):
+    """spent(setting, metric) -> {seed: client steps a round times rounds}: what the table's arms share."""
+    return lambda key, _: {r["args"]["seed"]: r["summary"]["rounds_done"] * r["summary"]["local_steps"]
+                           for r in suite(rounds)[key]}
+
+
+@cache
+def mask_family(rounds: int, shard: str, sparsity: float) -> dict:
+    """{(setting, ref, metric): Finding} of one mask table (Holm over all its differences), with warnings."""
+    g = suite(rounds)
+    found = study_report.compare(mask_study(rounds, shard, sparsity), lambda key, m: pct(g[key], m),
+                                 notes(rounds), spent=steps(rounds))
+    return {(c.arm, c.reference, c.metric): f for c, f in found.items()}
 
 
 def minus(text: str) -> str:
@@ -50,18 +100,24 @@ def r192_nc2() -> str:
     """The masks against dense FedAvg and against the head-only probe at Nc = 2, s = 0.9, R = 192."""
     fam = mask_family(192, "nc2", 0.9)
     m = len(fam)
-    acc = {(k, ref): c for (k, ref, metric), (_, c) in fam.items() if metric == "test_accuracy"}
+    common, each = study_report.shared(fam.values())
+    acc = {(k, ref): study_report.said(f, w) for ((k, ref, metric), f), w in zip(fam.items(), each)
+           if metric == "test_accuracy"}
     dense, probe = "fedavg_nc2", "probe_nc2_head"
     ls, rnd, fisher = "sparse_nc2_s0.9_least_sensitive", "sparse_nc2_s0.9_random", \
         "sparse_nc2_s0.9_least_sensitive_fisher"
-    over_probe = fam[ls, probe, "test_accuracy"][0]
+    over_probe = fam[ls, probe, "test_accuracy"].paired
     return minus(
-        f"- Test accuracy minus dense FedAvg's (points, Holm over the table's {m} differences, 3 seeds): "
+        f"- Test accuracy minus dense FedAvg's (points, Holm over the table's {m} differences, 3 seeds"
+        + (f"; every row: {'; '.join(common)}" if common else "")
+        + "".join(f"; dense FedAvg itself: {n}" for n in notes(192)(dense, "test_accuracy")) + "): "
         f"least_sensitive {acc[ls, dense]}; random {acc[rnd, dense]}; least_sensitive with the true-Fisher score "
         f"{acc[fisher, dense]}; the head-only probe ({PROBE}) {acc[probe, dense]}.\n"
         f"- least_sensitive − probe: {acc[ls, probe]}; random − probe {acc[rnd, probe]}. So over training the "
         f"head and the final norm alone, a least-sensitive mask buys at most "
-        f"{stats.ruled_out(over_probe, m):.1f} points here.")
+        f"{stats.ruled_out(over_probe, m):.1f} points here.\n"
+        f"- Plateau (the rate decays by a cosine, so a run is checked against the same setting at R = 768): "
+        f"k/3 still improving: k seeds fail \"{PLATEAU.rule}\".")
 
 
 def study_r192() -> str:
@@ -73,8 +129,8 @@ def study_r192() -> str:
     return minus(
         f"at Nc = 2 (R = 192, each arm at its own rate, 3 seeds) a 90 %-sparse least-sensitive mask ends at "
         f"{mean[ls]:.1f} % against dense FedAvg's {mean[dense]:.1f} % "
-        f"({fam[ls, dense, 'test_accuracy'][1]}) and the probe's ({PROBE}) {mean[probe]:.1f} % "
-        f"({fam[ls, probe, 'test_accuracy'][1]})")
+        f"({study_report.said(fam[ls, dense, 'test_accuracy'])}) and the probe's ({PROBE}) {mean[probe]:.1f} % "
+        f"({study_report.said(fam[ls, probe, 'test_accuracy'])})")
 
 
 BLOCKS = {"r192-nc2": r192_nc2, "study-r192": study_r192}

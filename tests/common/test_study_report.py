@@ -66,3 +66,12 @@ def test_unmatched_compute_is_named_as_the_study_states_it_and_shared_warnings_o
     common, each = study_report.shared(found.values())
     assert common == ("not checked",) and each == [(), ("2 seeds", "unmatched compute (equal steps: 1.4e+03 vs 720)"),
                                                    ()]
+
+
+def test_a_sentence_puts_the_warnings_inside_the_claims_parenthesis():
+    d = stats.paired(VALUES["fisher"], VALUES["fedavg"])
+    f = study_report.Finding(d, "-2.1 [-3.0, -1.2] (n=4; p_Holm = 0.01 over 3)", ("3/4 still improving",))
+    assert study_report.said(f) == "-2.1 [-3.0, -1.2] (n=4; p_Holm = 0.01 over 3; 3/4 still improving)"
+    assert study_report.said(f, ()) == f.claim
+    assert study_report.said(study_report.Finding(d, "-2.1 (n=1, no interval", ("1 seed",))) == \
+        "-2.1 (n=1, no interval (1 seed)"
