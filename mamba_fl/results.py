@@ -12,8 +12,8 @@ import json
 import re
 from functools import cache
 
+from common import plateau, stats, study, study_report
 from common import results as RS
-from common import stats, study, study_report
 from mamba_fl.real_grid import FEDERATED
 
 RECORDS = "mamba_fl/figures/real"          # the d_model-32 real-text grid
@@ -45,12 +45,6 @@ def values(runs: list[dict], stage: str) -> dict:
             for r in runs}
 
 
-def table_family(arms: dict, stage: str) -> dict:
-    """{arm: (Paired, claim)} of arm − FedAvg over one table (Holm over the table's comparisons)."""
-    ref = values(arms["fedavg"], stage)
-    return RS.family({a: (values(g, stage), ref) for a, g in arms.items() if a != "fedavg"})
-
-
 def short(d: stats.Paired, claim: str) -> str:
     """A table cell: the interval, and the verdict only where it is not 'no difference'."""
     cell = f"{d.mean:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}]"
@@ -80,10 +74,10 @@ def _arm(arm: str, setting: tuple) -> str:
     return f"{arm}_L{layers}_{shard}_{clients}"
 
 
-def _runs(name: str) -> list[dict]:
-    """The committed runs of ``_arm``'s ``name`` (none when the grid lacks them)."""
+def _runs(name: str, folder: str = RECORDS) -> list[dict]:
+    """The committed runs of ``_arm``'s ``name`` in ``folder`` (none when the grid lacks them)."""
     arm, layers, shard, clients = name.split("_")
-    return grid(RECORDS).get((int(layers[1:]), shard, clients), {}).get(arm, [])
+    return grid(folder).get((int(layers[1:]), shard, clients), {}).get(arm, [])
 
 
 def _script(arm: str) -> tuple[str, tuple[str, ...]]:
@@ -92,6 +86,10 @@ def _script(arm: str) -> tuple[str, tuple[str, ...]]:
 
 
 STAGES = ("plateau", "budget")
+# real_grid.py stops a run at a constant rate after a pass without a 1 % gain: a run whose best validation point is
+# its last evaluation was stopped while still improving (not shown to be at a plateau)
+PLATEAU = plateau.Plateau("the best validation perplexity is not the last evaluation", metric="val_ppl",
+                          direction="min", schedule="constant")
 # the headline study (real_table): every arm against FedAvg at 1 and 2 layers, 4 clients on contiguous shards, at
 # the plateau and at equal compute; each (depth, stage) table is one Holm family, as in results_real.md
 HEADLINE = ((1, "contiguous", "k4m4"), (2, "contiguous", "k4m4"))
@@ -108,6 +106,26 @@ FISHER = study.Study(
                                              for k in SETTINGS for stage in STAGES))
 
 
+def table_study(folder: str, setting: tuple) -> study.Study:
+    """One table of a record folder as a study: every arm of ``setting`` against FedAvg, at the plateau and at
+    equal compute, each stage one Holm family (plots/plot_mamba.py's results_real.md)."""
+    arms = grid(folder).get(setting, {})
+    seeds = sorted({r["args"]["seed"] for runs in arms.values() for r in runs})
+    return study.Study(f"{folder} {_arm('', setting)}", arms=tuple(study.Arm(_arm(a, setting), *_script(a))
+                                                                   for a in arms), seeds=tuple(seeds),
+                       plateau=PLATEAU, comparisons=tuple(
+                           study.Comparison(_arm(a, setting), _arm("fedavg", setting), f"{setting}, {stage}", stage)
+                           for stage in STAGES for a in arms if a != "fedavg"))
+
+
+@cache
+def table(folder: str, setting: tuple) -> dict:
+    """{(arm, stage): Finding} of ``table_study`` through ``common.study_report``, with each arm's notes."""
+    found = study_report.compare(table_study(folder, setting), lambda n, stage: values(_runs(n, folder), stage),
+                                 lambda n, stage: real_notes(n, stage, folder))
+    return {(c.arm.split("_")[0], c.metric): f for c, f in found.items()}
+
+
 @cache
 def selection_notes(folder: str = RECORDS) -> dict:
     """{arm: 'lr at the high edge of its grid'} for each arm whose chosen setting (selection.json) is at an edge
@@ -118,12 +136,13 @@ def selection_notes(folder: str = RECORDS) -> dict:
     return {arm: note for arm, note in notes.items() if note}
 
 
-def real_notes(name: str, stage: str) -> list[str]:
+def real_notes(name: str, stage: str, folder: str = RECORDS) -> list[str]:
     """What a reader must know of arm ``name``'s runs beside its verdict: at the plateau, the runs whose best
-    evaluation was their last (stopped by the rule while still improving); its selection at an edge."""
-    plateau = study_report.still_improving(_runs(name), lambda r: r["summary"]["best_at"],
-                                           lambda r: r["summary"]["stopped_at"]) if stage == "plateau" else None
-    return [n for n in (plateau, selection_notes().get(name.split("_")[0])) if n]
+    evaluation was their last (``PLATEAU`` from their metrics.jsonl: stopped by the rule while still improving);
+    its selection at an edge."""
+    short = plateau.arm_note(PLATEAU, {r["args"]["seed"]: r["path"] for r in _runs(name, folder)}) \
+        if stage == "plateau" else None
+    return [n for n in (short, selection_notes(folder).get(name.split("_")[0])) if n]
 
 
 def _values(name: str, stage: str) -> dict:
@@ -153,11 +172,16 @@ def real_table() -> str:
 
 
 def fisher_family() -> dict:
-    """{(setting, stage): (Paired, claim)}: every FedFisher − FedAvg comparison of the d_model-32 grid (each
-    setting, at the plateau and at equal compute) corrected together, ``FISHER``'s family."""
-    found = {(c.arm, c.metric): f for c, f in study_report.compare(FISHER, _values).items()}
-    return {(k, stage): (f.paired, f.claim) for k in sorted(SETTINGS) for stage in STAGES
+    """{(setting, stage): Finding}: every FedFisher − FedAvg comparison of the d_model-32 grid (each setting, at the
+    plateau and at equal compute) corrected together, ``FISHER``'s family, with FedFisher's notes."""
+    found = {(c.arm, c.metric): f for c, f in study_report.compare(FISHER, _values, real_notes).items()}
+    return {(k, stage): f for k in sorted(SETTINGS) for stage in STAGES
             for f in [found.get((_arm("fedfisher", k), stage))] if f}
+
+
+def said(f: study_report.Finding) -> str:
+    """A sentence's clause: the claim with its warnings, in prose's minus signs."""
+    return minus(study_report.said(f))
 
 
 def setting_name(layers: int, shard: str, clients: str) -> str:
@@ -170,15 +194,17 @@ def harder_table() -> str:
     """FedFisher − FedAvg at 1 layer where the clients differ more, with Holm over each table (one comparison
     for the topic and 16-client settings) and over all of the grid's FedFisher − FedAvg comparisons."""
     fam, rows = fisher_family(), []
-    for (layers, shard, clients), arms in grid(RECORDS).items():
-        if layers != 1 or "fedfisher" not in arms:
+    for setting, arms in grid(RECORDS).items():
+        if setting[0] != 1 or "fedfisher" not in arms:
             continue
-        per_table = {stage: table_family(arms, stage)["fedfisher"] for stage in ("plateau", "budget")}
-        rows.append([setting_name(layers, shard, clients), cell(arms["fedavg"], "plateau"),
-                     short(*per_table["plateau"]), cell(arms["fedavg"], "budget"), short(*per_table["budget"])])
+        found = table(RECORDS, setting)
+        verdict = {stage: study_report.warned(short(found["fedfisher", stage].paired, found["fedfisher", stage].claim),
+                                              found["fedfisher", stage].warnings) for stage in STAGES}
+        rows.append([setting_name(*setting), cell(arms["fedavg"], "plateau"), verdict["plateau"],
+                     cell(arms["fedavg"], "budget"), verdict["budget"]])
     m = len(fam)
-    across = [f"{setting_name(*k)} {'at equal compute' if stage == 'budget' else 'at the plateau'} "
-              f"{minus(c)}" for (k, stage), (d, c) in fam.items() if "p_Holm" in c and "no difference" not in c]
+    across = [f"{setting_name(*k)} {'at equal compute' if stage == 'budget' else 'at the plateau'} {said(f)}"
+              for (k, stage), f in fam.items() if "p_Holm" in f.claim and "no difference" not in f.claim]
     lines = stats.markdown(["setting", "FedAvg at the plateau", "FedFisher − FedAvg", "FedAvg at equal compute",
                             "FedFisher − FedAvg"], rows)
     return "\n".join([*lines, "", f"Over all {m} FedFisher − FedAvg comparisons of the grid corrected together "
@@ -189,54 +215,51 @@ def harder_table() -> str:
 def momentum() -> str:
     """FedAvgM's place against FedAvg, with each table's verdict."""
     parts = []
-    for (layers, *_), arms in grid(RECORDS).items():
+    for setting, arms in grid(RECORDS).items():
         if "fedavgm" not in arms:
             continue
-        p, b = (table_family(arms, st)["fedavgm"][1] for st in ("plateau", "budget"))
-        parts.append(f"{layers} layer{'s' if layers > 1 else ''}: {minus(p)} at the plateau, {minus(b)} at equal "
-                     "compute")
+        found, layers = table(RECORDS, setting), setting[0]
+        parts.append(f"{layers} layer{'s' if layers > 1 else ''}: {said(found['fedavgm', 'plateau'])} at the "
+                     f"plateau, {said(found['fedavgm', 'budget'])} at equal compute")
     return ("FedAvgM (heavy-ball server momentum 0.9, 3 seeds) − FedAvg, test perplexity per token, Holm over "
             "each table: " + "; ".join(parts) + ".")
 
 
 def source_gap() -> str:
     """The d_model-512 gap at 1 layer and how much of it FedAvg's fewer sequential updates account for."""
-    arms = grid(SOURCE)[(1, "contiguous", "k4m4")]
-    fam, m = table_family(arms, "plateau"), len(arms) - 1
-    gap = fam["central"][0]
+    setting = (1, "contiguous", "k4m4")
+    arms, fam = grid(SOURCE)[setting], table(SOURCE, setting)
+    m = len(arms) - 1
+    gap = fam["central", "plateau"].paired
     share = stats.explained(stats.paired(values(arms["fedavg"], "plateau"), values(arms["central-b4"], "plateau")),
                             -gap.mean, m)
     c, f, b4 = (stats.summarize(values(arms[a], "plateau").values()) for a in ("central", "fedavg", "central-b4"))
     account = (f"the 4x fewer sequential updates account for at least {100 * share:.0f} % of the gap" if share > 0
                else "how much of the gap the 4x fewer sequential updates account for is not resolved")
     return (f"At 1 layer FedAvg ends {100 * (f.mean / c.mean - 1):.0f} % behind central ({f.mean:.1f} ± {f.sd:.1f} "
-            f"against {c.mean:.1f} ± {c.sd:.1f}; central − FedAvg {minus(fam['central'][1])}). Central given "
+            f"against {c.mean:.1f} ± {c.sd:.1f}; central − FedAvg {said(fam['central', 'plateau'])}). Central given "
             f"FedAvg's sequential updates (a 4x batch) ends at {b4.mean:.1f} ± {b4.sd:.1f}, "
-            f"{minus(fam['central-b4'][1])} from FedAvg: {account} (the simultaneous interval over the table's {m} "
-            f"comparisons bounds what is left of it), and it may be more than the whole gap.")
+            f"{said(fam['central-b4', 'plateau'])} from FedAvg: {account} (the simultaneous interval over the "
+            f"table's {m} comparisons bounds what is left of it), and it may be more than the whole gap.")
 
 
 def study_real() -> str:
     """The top README's line for the d_model-32 real-text study."""
-    arms = grid(RECORDS)[(1, "contiguous", "k4m4")]
-    two = grid(RECORDS)[(2, "contiguous", "k4m4")]
-    fam1, fam2 = table_family(arms, "plateau"), table_family(two, "plateau")
+    one, two = (table(RECORDS, (layers, "contiguous", "k4m4")) for layers in (1, 2))
     fisher = fisher_family()
-    topic = fisher[((1, "topic", "k4m4"), "budget")][1]
-    k16 = fisher[((1, "contiguous", "k16m4"), "budget")][1]
-    return (f"central − FedAvg at the plateau {minus(fam1['central'][1])} (1 layer) and "
-            f"{minus(fam2['central'][1])} (2 layers); FedFisher − FedAvg {minus(fam1['fedfisher'][1])} (1 layer), "
-            f"but where the clients differ more, at equal compute and over all {len(fisher)} FedFisher − FedAvg "
-            f"comparisons, {minus(topic)} on topic shards and {minus(k16)} with 16 clients (4 a round)")
+    topic = fisher[((1, "topic", "k4m4"), "budget")]
+    k16 = fisher[((1, "contiguous", "k16m4"), "budget")]
+    return (f"central − FedAvg at the plateau {said(one['central', 'plateau'])} (1 layer) and "
+            f"{said(two['central', 'plateau'])} (2 layers); FedFisher − FedAvg {said(one['fedfisher', 'plateau'])} "
+            f"(1 layer), but where the clients differ more, at equal compute and over all {len(fisher)} FedFisher − "
+            f"FedAvg comparisons, {said(topic)} on topic shards and {said(k16)} with 16 clients (4 a round)")
 
 
 def study_source() -> str:
     """The top README's line for the d_model-512 study."""
-    arms = grid(SOURCE)[(1, "contiguous", "k4m4")]
-    two = grid(SOURCE)[(2, "contiguous", "k4m4")]
-    budget2 = table_family(two, "budget")["fedfisher"][1]
-    diffs = [x for a in (arms, two) for x in table_family(a, "plateau")["fedfisher"][0].diffs]
-    return (source_gap() + f" FedFisher − FedAvg at 2 layers and equal compute: {minus(budget2)}; "
+    one, two = (table(SOURCE, (layers, "contiguous", "k4m4")) for layers in (1, 2))
+    diffs = [x for t in (one, two) for x in t["fedfisher", "plateau"].paired.diffs]
+    return (source_gap() + f" FedFisher − FedAvg at 2 layers and equal compute: {said(two['fedfisher', 'budget'])}; "
             f"FedFisher is behind FedAvg in {sum(x > 0 for x in diffs)} of {len(diffs)} paired seeds at 1 and 2 "
             "layers (at the plateau)")
 

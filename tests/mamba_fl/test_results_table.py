@@ -1,8 +1,18 @@
 """mamba_fl/results.py's headline table through common.study_report: the declared study's per-table Holm families
-give the verdicts the per-table computation gives (``table_family``), the warnings only added beside them."""
+give the verdicts the per-table computation gives (``per_table``), the warnings only added beside them; the other
+blocks' tables (``results.table``, both record folders) the same."""
 from __future__ import annotations
 
+import pytest
+
+from common import results as RS
 from mamba_fl import results
+
+
+def per_table(arms: dict, stage: str) -> dict:
+    """{arm: (Paired, claim)} of arm − FedAvg over one table, Holm over the table's comparisons, computed apart."""
+    ref = results.values(arms["fedavg"], stage)
+    return RS.family({a: (results.values(g, stage), ref) for a, g in arms.items() if a != "fedavg"})
 
 
 def test_real_table_keeps_each_tables_verdicts_and_adds_the_plateau_warnings():
@@ -16,7 +26,7 @@ def test_real_table_keeps_each_tables_verdicts_and_adds_the_plateau_warnings():
         arms = results.grid(results.RECORDS)[(layers, "contiguous", "k4m4")]
         for stage, text in (("plateau", row[3]), ("budget", row[6].rstrip(" |"))):
             verdict, *warnings = text.split("; ")
-            expected = "reference" if arm == "fedavg" else results.short(*results.table_family(arms, stage)[arm])
+            expected = "reference" if arm == "fedavg" else results.short(*per_table(arms, stage)[arm])
             assert verdict == expected
             assert stage == "plateau" or not warnings  # equal compute: no plateau to be short of
             still = sum(r["summary"]["best_at"] == r["summary"]["stopped_at"] for r in arms[arm])
@@ -28,10 +38,21 @@ def test_real_table_keeps_each_tables_verdicts_and_adds_the_plateau_warnings():
 def test_the_fedfisher_family_spans_every_setting_as_declared():
     """FISHER declares one family over every FedFisher − FedAvg comparison of the grid: the claims of the
     comparisons corrected together (``common.results.family`` over the same pairs), 'over 10' in each."""
-    from common import results as RS
-
     pairs = {(k, stage): (results.values(arms["fedfisher"], stage), results.values(arms["fedavg"], stage))
              for k, arms in results.grid(results.RECORDS).items() if "fedfisher" in arms
              for stage in ("plateau", "budget")}
-    assert len(pairs) == 10 and results.fisher_family() == RS.family(pairs)
-    assert list(results.fisher_family()) == list(pairs)
+    found = results.fisher_family()
+    assert len(pairs) == 10 and {k: (f.paired, f.claim) for k, f in found.items()} == RS.family(pairs)
+    assert list(found) == list(pairs)
+
+
+@pytest.mark.parametrize("folder", [results.RECORDS, results.SOURCE])
+def test_every_table_keeps_its_verdicts_and_warns_of_runs_stopped_while_improving(folder):
+    for setting, arms in results.grid(folder).items():
+        found = results.table(folder, setting)
+        for stage in results.STAGES:
+            for arm, (d, claim) in per_table(arms, stage).items():
+                f = found[arm, stage]
+                assert (f.paired, f.claim) == (d, claim)
+                still = sum(r["summary"]["best_at"] == r["summary"]["stopped_at"] for r in arms[arm])
+                assert (f"{still}/{len(arms[arm])} still improving" in f.warnings) == (still > 0 and stage == "plateau")
