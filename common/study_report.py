@@ -11,7 +11,7 @@ edge of its grid.
     common, each = shared(found.values())         # a sentence over several: the warnings they all share once
 
 The verdict sentences are ``common.stats.claim``'s (one vocabulary: "p_Holm = x over m" names its family's size);
-the notes of an arm come from its records (``still_improving``) and from the selection (``edge_note``).
+the notes of an arm come from its records (``common.plateau.arm_note``) and from the selection (``edge_note``).
 """
 from __future__ import annotations
 
@@ -90,14 +90,6 @@ def shared(findings: Sequence[Finding]) -> tuple[tuple[str, ...], list[tuple[str
 def warned(cell: str, warnings: Sequence[str]) -> str:
     """A table cell with its warnings after it: '+3.1 [-0.0, +6.3]; 2/3 still improving'."""
     return "; ".join([cell, *warnings])
-
-
-def still_improving(runs: Sequence[Mapping], best: Callable[[Mapping], object], last: Callable[[Mapping], object]) \
-        -> str | None:
-    """'2/5 still improving' when some of an arm's runs had their best evaluation at their last one (``best(run)``
-    == ``last(run)``): a run stopped there has not been shown to be at its plateau; None when none did."""
-    short = sum(best(r) == last(r) for r in runs)
-    return f"{short}/{len(runs)} still improving" if short else None
 
 
 def edge_note(scores: Mapping[str, object], chosen, flag: str = "rate") -> str | None:

@@ -40,10 +40,7 @@ def test_warnings_name_few_seeds_and_the_arms_own_notes():
     assert {c.arm for c in missing} == {"fisher", "scaffold"}  # an arm without runs: not compared, not counted
 
 
-def test_still_improving_and_edge_notes():
-    runs = [{"best": 10, "stop": 10}, {"best": 8, "stop": 10}, {"best": 12, "stop": 12}]
-    assert study_report.still_improving(runs, lambda r: r["best"], lambda r: r["stop"]) == "2/3 still improving"
-    assert study_report.still_improving(runs[1:2], lambda r: r["best"], lambda r: r["stop"]) is None
+def test_edge_notes():
     scores = {"0.003": 50.0, "0.01": 49.0, "0.03": 48.0}
     assert study_report.edge_note(scores, 0.03, "lr") == "lr at the high edge of its grid"
     assert study_report.edge_note(scores, 0.01, "lr") is None
