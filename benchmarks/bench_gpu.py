@@ -24,18 +24,21 @@ import argparse
 import json
 import multiprocessing
 import time
+from typing import TYPE_CHECKING
 
-import torch
 from benchlib import markdown_table, peak_bytes, reset_peak, sync
 
 from common import cli, compiled
+
+if TYPE_CHECKING:
+    import torch
 
 MAMBA_FULL = dict(d_model=512, d_state=128, head_dim=64, vocab=50257, seq=256)
 MAMBA_QUICK = dict(d_model=64, d_state=16, head_dim=16, vocab=512, seq=64)
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4], help="Mamba2 depths")
     p.add_argument("--mamba-batch", type=int, default=16, help="blocks per Mamba2 step")
@@ -53,6 +56,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 # ----------------------------------------------------------------------------- the ceiling
 def matmul_rate(device: torch.device, n: int, repeats: int = 10) -> dict:
     """Measured rate of an n x n x n product (bf16 on CUDA, float32 on a CPU) in TFLOP/s."""
+    import torch
+
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(0)
     sets = [(torch.randn(n, n, device=device, generator=g).to(dtype),
@@ -75,6 +80,7 @@ def matmul_rate(device: torch.device, n: int, repeats: int = 10) -> dict:
 # ----------------------------------------------------------------------------- FLOPs of one step
 def count_flops(build, run_step) -> int:
     """FLOPs of forward + backward of ONE example, counted on a CPU copy (the PyTorch reference path)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     model = build(torch.device("cpu"))
@@ -125,6 +131,8 @@ def mamba_args(layers: int, size: dict):
 
 def mamba_flops_per_block(layers: int, size: dict) -> int:
     """FLOPs of one block's forward + backward on the PyTorch path, counted on the CPU (a process of its own)."""
+    import torch
+
     from mamba_fl import federated
     from mamba_fl import model as mmodel
 
@@ -144,6 +152,8 @@ def mamba_flops_per_block(layers: int, size: dict) -> int:
 
 
 def bench_mamba(layers: int, size: dict, batch: int, device, a) -> dict:
+    import torch
+
     from mamba_fl import federated
     from mamba_fl import model as mmodel
 
@@ -186,6 +196,8 @@ def bench_mamba(layers: int, size: dict, batch: int, device, a) -> dict:
 
 # ----------------------------------------------------------------------------- ViT-S/16 (vit_sparse_fl)
 def bench_vit(batch: int, device, a) -> list[dict]:
+    import torch
+
     from vit_sparse_fl import data as cifar
     from vit_sparse_fl import experiment as exp
     from vit_sparse_fl import federated
@@ -227,6 +239,8 @@ def bench_vit(batch: int, device, a) -> list[dict]:
 
 def main(argv=None) -> dict:
     a = cli.parse(get_args_parser(), argv)
+    import torch  # after parsing: --help and a usage error answer before it loads
+
     device = cli.resolve_device(a.device)
     if a.quick:
         a.steps, a.warmup, a.layers = min(a.steps, 3), min(a.warmup, 1), a.layers[:1]

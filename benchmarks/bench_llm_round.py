@@ -33,7 +33,7 @@ ALGORITHMS = ("fedavg", "fedprox", "scaffold")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(description="llm_noniid round overhead", add_help=add_help)
+    p = cli.ArgumentParser(description="llm_noniid round overhead", add_help=add_help, epilog=cli.examples(__doc__))
     p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS, help="algorithms to time")
     p.add_argument("--lora-r", type=int, nargs="+", default=[0, 8],
                    help="LoRA ranks to time (0: train every parameter)")

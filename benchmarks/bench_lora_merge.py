@@ -29,39 +29,49 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from typing import TYPE_CHECKING
 
 import benchlib
-import torch
 
-from common import cli, flags, lora_merge
-from lora_glue_fl import adapters
+from common import cli, flags
+
+if TYPE_CHECKING:
+    from lora_glue_fl import adapters
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
-    p.add_argument("--clients", type=int, default=10, help="number of client adapters K")
-    p.add_argument("--rank", type=int, default=8, help="client LoRA rank = fused SVD rank")
-    p.add_argument("--layers", type=int, default=12, help="transformer layers (roberta-base: 12)")
-    p.add_argument("--hidden", type=int, default=768, help="hidden size (roberta-base: 768)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--train_examples", type=int, default=67349, help="examples per round (SST-2 train)")
-    p.add_argument("--step_batch", type=int, default=2, help="batch of the timed training step (scaled to 32)")
-    p.add_argument("--skip_step", action="store_true", help="do not time the roberta-base training step")
-    p.add_argument("--round_clients", type=flags.POSITIVE_INT, default=4,
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
+    g = p.add_argument_group("merge")
+    g.add_argument("--clients", type=int, default=10, help="number of client adapters K")
+    g.add_argument("--rank", type=int, default=8, help="client LoRA rank = fused SVD rank")
+    g.add_argument("--layers", type=int, default=12, help="transformer layers (roberta-base: 12)")
+    g.add_argument("--hidden", type=int, default=768, help="hidden size (roberta-base: 768)")
+    g.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    g = p.add_argument_group("share of a round (a roberta-base training step)")
+    g.add_argument("--train_examples", type=int, default=67349, help="examples per round (SST-2 train)")
+    g.add_argument("--step_batch", type=int, default=2, help="batch of the timed training step (scaled to 32)")
+    g.add_argument("--skip_step", action="store_true", help="do not time the roberta-base training step")
+    g = p.add_argument_group("measured round (fedavg_rounds.py, tiny RoBERTa)")
+    g.add_argument("--round_clients", type=flags.POSITIVE_INT, default=4,
                    help="clients of the measured tiny-RoBERTa rounds")
-    p.add_argument("--round_rounds", type=flags.POSITIVE_INT, default=4,
+    g.add_argument("--round_rounds", type=flags.POSITIVE_INT, default=4,
                    help="rounds of the measured run (more: steadier)")
-    p.add_argument("--round_epochs", type=flags.POSITIVE, default=1.0,
+    g.add_argument("--round_epochs", type=flags.POSITIVE, default=1.0,
                    help="local epochs per client per measured round")
-    p.add_argument("--skip_round", action="store_true", help="do not run the measured fedavg_rounds.py rounds")
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 layers of 64 x 64, 2 clients, no training "
+    g.add_argument("--skip_round", action="store_true", help="do not run the measured fedavg_rounds.py rounds")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="cpu", help="cpu | cuda")
+    g.add_argument("--quick", action="store_true", help="smoke run: 2 layers of 64 x 64, 2 clients, no training "
                                                         "step, 2 measured rounds of a quarter epoch")
-    p.add_argument("--json", default=None, help="also write the summary to this JSON file")
+    g.add_argument("--json", default=None, help="also write the summary to this JSON file")
     return p
 
 
 def client_adapters(args, device) -> list[adapters.Adapter]:
+    import torch
+
+    from lora_glue_fl import adapters
+
     g = torch.Generator().manual_seed(0)
     out = []
     for _ in range(args.clients):
@@ -80,6 +90,10 @@ def client_adapters(args, device) -> list[adapters.Adapter]:
 
 def dense_svd_merge(clients, weights, rank):
     """The source's way: dW_bar per module, then a full SVD of the out x in matrix."""
+    import torch
+
+    from common import lora_merge
+
     out = {}
     total = sum(weights)
     for m in clients[0].factors:
@@ -92,6 +106,7 @@ def dense_svd_merge(clients, weights, rank):
 
 def time_training_step(args, device) -> float:
     """Seconds of one LoRA step (forward + backward + AdamW) of a random roberta-base, scaled to batch 32."""
+    import torch
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     from lora_glue_fl import modeling
@@ -136,6 +151,10 @@ def measured_round(args, device) -> dict:
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    import torch  # after parsing: --help and a usage error answer before it loads
+
+    from lora_glue_fl import adapters
+
     if args.quick:
         args.layers, args.hidden, args.clients, args.repeats, args.skip_step = 2, 64, 2, 1, True
         args.round_clients, args.round_rounds, args.round_epochs = 2, 2, 0.25

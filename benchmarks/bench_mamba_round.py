@@ -47,26 +47,30 @@ from common import cli, flags
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(description="mamba_fl round-loop speed", add_help=add_help)
-    p.add_argument("--layers", type=int, nargs="+", default=[1, 2], help="depths to measure")
-    p.add_argument("--d-model", type=int, default=64, help="hidden size")
-    p.add_argument("--d-state", type=int, default=16, help="SSM state size")
-    p.add_argument("--head-dim", type=int, default=16, help="SSM head dimension")
-    p.add_argument("--sequence-length", type=int, default=64, help="tokens per block")
-    p.add_argument("--batch-size", type=int, default=8, help="blocks per step, central and per client")
-    p.add_argument("--num-clients", type=int, default=4, help="clients per round")
-    p.add_argument("--rounds", type=int, default=20, help="federated rounds (central runs rounds x clients steps)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--cache-dir", default=None, help="data/tokenizer cache (default ~/.cache/fedlab)")
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    p.add_argument("--nproc", type=int, nargs="+", default=None,
+    p = cli.ArgumentParser(description="mamba_fl round-loop speed", add_help=add_help, epilog=cli.examples(__doc__))
+    g = p.add_argument_group("model")
+    g.add_argument("--layers", type=int, nargs="+", default=[1, 2], help="depths to measure")
+    g.add_argument("--d-model", type=int, default=64, help="hidden size")
+    g.add_argument("--d-state", type=int, default=16, help="SSM state size")
+    g.add_argument("--head-dim", type=int, default=16, help="SSM head dimension")
+    g.add_argument("--sequence-length", type=int, default=64, help="tokens per block")
+    g = p.add_argument_group("rounds")
+    g.add_argument("--batch-size", type=int, default=8, help="blocks per step, central and per client")
+    g.add_argument("--num-clients", type=int, default=4, help="clients per round")
+    g.add_argument("--rounds", type=int, default=20, help="federated rounds (central runs rounds x clients steps)")
+    g.add_argument("--nproc", type=int, nargs="+", default=None,
                    help="time FedAvg rounds under torchrun with each of these process counts (e.g. 1 2) instead")
-    p.add_argument("--repeats", type=flags.POSITIVE_INT, default=1,
+    g.add_argument("--repeats", type=flags.POSITIVE_INT, default=1,
                    help="with --nproc: runs per process count, alternating; the median run is reported")
-    p.add_argument("--fisher-reference", type=int, default=256,
+    g = p.add_argument_group("Fisher estimators")
+    g.add_argument("--fisher-reference", type=int, default=256,
                    help="blocks of the per-example Fisher the estimators are compared with")
-    p.add_argument("--fisher-draws", type=int, default=3, help="clients (with their own draws) averaged over")
-    p.add_argument("--no-estimators", action="store_true", help="skip the Fisher estimator table")
+    g.add_argument("--fisher-draws", type=int, default=3, help="clients (with their own draws) averaged over")
+    g.add_argument("--no-estimators", action="store_true", help="skip the Fisher estimator table")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="cpu", help="cpu | cuda")
+    g.add_argument("--cache-dir", default=None, help="data/tokenizer cache (default ~/.cache/fedlab)")
+    g.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return p
 
 

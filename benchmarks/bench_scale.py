@@ -37,10 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from benchlib import markdown_table, peak_rss_bytes, run_isolated
 
-from common import checkpoint, runlog
+from common import checkpoint, cli, runlog
 
 ROUNDS = 3
 LOCAL_STEPS = 5  # Shakespeare's local SGD steps per client (uncapped, a client's epoch: ~1 s of the --quick LSTM)
@@ -78,6 +77,9 @@ def argv_of(row: str, n: int, out_dir: str, name: str, device: str) -> list[str]
 def one_run(row: str, n: int, out_dir: str, name: str, resume: bool, device: str = "cpu") -> dict:
     """Run ``row`` at ``n`` clients in this process; what it measured."""
     import importlib
+
+    import torch
+
     torch.set_num_threads(1)
     script = importlib.import_module(ROWS[row][0])
     t0 = time.perf_counter()
@@ -107,6 +109,8 @@ def global_model(path: Path, kind: str) -> dict:
 def kill_and_resume(row: str, n: int, out_dir: str, full: dict, timeout: float, device: str) -> dict:
     """Start the run in a child, SIGKILL it halfway through its second round (after round 1's row, so after or
     while its checkpoint is written), resume it in a fresh process; compare with the uninterrupted run "full"."""
+    import torch
+
     name = f"{row}_{n}_killed"
     path, kind = Path(out_dir) / name, ROWS[row][1]
     log = Path(out_dir) / f"{name}.stderr"
@@ -133,8 +137,8 @@ def kill_and_resume(row: str, n: int, out_dir: str, full: dict, timeout: float, 
             "model_equal": same_model, "resume_wall_s": resumed["wall_s"]}
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
     p.add_argument("--quick", action="store_true", help="100 vs 300 clients per row, no kill")
     p.add_argument("--rows", nargs="+", choices=tuple(ROWS), default=list(ROWS), help="which rows")
     p.add_argument("--no-kill", action="store_true", help="leave out the killed and resumed runs")
@@ -143,7 +147,11 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu", help="the scripts' --device (run_all.py passes it)")
     p.add_argument("--one", nargs=4, metavar=("ROW", "N", "OUT_DIR", "NAME"), help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    a = cli.parse(get_args_parser(), argv)
     if a.one:  # a child process: one run, its JSON on the last line
         print(json.dumps(one_run(a.one[0], int(a.one[1]), a.one[2], a.one[3], a.resume, a.device)))
         return {}

@@ -17,20 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 from functools import partial
+from typing import TYPE_CHECKING
 
-import torch
 from benchlib import markdown_table, timeit
 
 from common import cli
-from common import params as P
-from vit_sparse_fl import data as cifar
-from vit_sparse_fl import experiment as exp
-from vit_sparse_fl import federated, sparse
+from vit_sparse_fl import options
+
+if TYPE_CHECKING:
+    import torch
+
+    from vit_sparse_fl import data as cifar
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
-    parser.add_argument("--archs", nargs="+", default=["vit_tiny", "vit_small"], choices=sorted(exp.ARCHS),
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
+    parser.add_argument("--archs", nargs="+", default=["vit_tiny", "vit_small"], choices=sorted(options.ARCHS),
                         help="models to time")
     parser.add_argument("--image-size", type=int, default=32, choices=[32, 160, 224], help="model input size")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch size")
@@ -46,6 +48,11 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 def local_train(model, optimizer, train: cifar.Split, indices: torch.Tensor, args, device) -> None:
     """One client's J local steps over its shard ``indices`` (long, (n,)), the same batches every call."""
+    import torch
+
+    from vit_sparse_fl import data as cifar
+    from vit_sparse_fl import experiment as exp
+
     gen = torch.Generator(device=device).manual_seed(1)
     stream = cifar.batches(train, args.batch_size, args.local_steps, gen, args.image_size, indices=indices)
     exp.train_steps(model, optimizer, stream, label_smoothing=0.1, device=device)
@@ -62,6 +69,13 @@ def round_args(args, arch: str) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    import torch  # the run's modules load after parsing: --help and a usage error answer before them
+
+    from common import params as P
+    from vit_sparse_fl import data as cifar
+    from vit_sparse_fl import experiment as exp
+    from vit_sparse_fl import federated, sparse
+
     if args.quick:
         args.archs, args.local_steps, args.num_clients = ["vit_tiny"], 1, 20
         args.batch_size, args.repeats = 8, 1

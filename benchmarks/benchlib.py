@@ -3,7 +3,8 @@
 Peak memory on CPU: ``tracemalloc`` does not see torch's allocations, so the peak resident set of the
 process (``VmHWM`` in /proc/self/status) is used; it can be reset with ``reset_peak_rss`` (Linux
 clear_refs) but is most trustworthy when each configuration runs in a fresh process (``run_isolated``).
-On CUDA, ``torch.cuda.max_memory_allocated``.
+On CUDA, ``torch.cuda.max_memory_allocated``. torch loads in the functions that need it, so a script that imports
+this module still answers ``--help`` before torch loads (tests/test_help.py).
 """
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def sync(device: torch.device | str | None) -> None:
     """Wait for queued kernels, so a timer measures the work and not its launch."""
+    import torch
+
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -97,12 +102,16 @@ def reset_peak_rss() -> bool:
 
 def current_bytes(device: torch.device | str) -> int:
     """Memory in use now: CUDA allocator bytes on a GPU, resident set on CPU."""
+    import torch
+
     if torch.device(device).type == "cuda":
         return torch.cuda.memory_allocated(device)
     return rss_bytes()
 
 
 def reset_peak(device: torch.device | str) -> None:
+    import torch
+
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
@@ -111,6 +120,8 @@ def reset_peak(device: torch.device | str) -> None:
 
 def peak_bytes(device: torch.device | str) -> int:
     """Peak memory since ``reset_peak``: CUDA allocator peak on a GPU, peak RSS on CPU."""
+    import torch
+
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return peak_rss_bytes()

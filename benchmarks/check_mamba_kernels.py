@@ -20,7 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from bench_gpu import mamba_args
 from benchlib import markdown_table, peak_bytes, reset_peak, sync, timeit
 
@@ -31,7 +30,7 @@ QUICK = dict(d_model=32, d_state=16, head_dim=16, vocab=256, seq=32)
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--layers", type=int, default=2, help="Mamba2 depth")
     p.add_argument("--batch", type=int, default=16, help="blocks per timed step (the loss check uses half)")
@@ -48,6 +47,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 def run_path(path: str, a, out: Path) -> None:
     """In a process of its own: losses and gradients of one batch, and the step's time, on ``path``."""
+    import torch
+
     from mamba_fl import federated
     from mamba_fl import model as mmodel
 
@@ -83,6 +84,8 @@ def run_path(path: str, a, out: Path) -> None:
 
 def main(argv=None) -> list[dict]:
     a = cli.parse(get_args_parser(), argv)
+    import torch  # after parsing: --help and a usage error answer before it loads
+
     if a.child:
         run_path(a.child, a, Path(a.child_dir))
         return []

@@ -46,8 +46,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # benchlib lives next to this file; tests import run_all from elsewhere
     sys.path.insert(0, str(HERE))
@@ -93,7 +91,7 @@ ALL_CORES = {"aggregate"}
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
     p.add_argument("--full", action="store_true", help="the benchmarks' bigger default settings instead of small ones")
     p.add_argument("--only", nargs="+", default=None, choices=sorted(BENCHMARKS), help="run only these benchmarks")
     p.add_argument("--device", default="cpu", help="cpu | cuda: passed to every benchmark")
@@ -390,6 +388,8 @@ ROW_BUILDERS = {"aggregate": aggregate_rows, "vit": vit_rows, "mamba": mamba_row
 def fixed_rows(cuda: bool, device: str, measured: set[str] = frozenset()) -> list[list[str]]:
     """Rows nothing in this run measures: the llm_noniid overhead and 1 vs 2 processes unless their benchmarks
     ran, and the GPU figures."""
+    import torch
+
     rows = []
     if "llm_round" not in measured:
         rows.append(_missing("llm_noniid", "-", "round overhead", "not measured (run the `llm_round` benchmark)",
@@ -477,6 +477,8 @@ def build_table(results: dict[str, object], *, cuda: bool, device: str) -> list[
 
 
 def header_lines(device: str, threads: int, full: bool) -> list[str]:
+    import torch
+
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
     own = f" ({', '.join(sorted(ALL_CORES))}: {os.cpu_count()}, every core)" if threads else ""
     return [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -530,6 +532,8 @@ def run_benchmark(name: str, args, out_dir: str, position: str = "") -> dict | l
 
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
+    import torch  # after parsing: --help and a usage error answer before it loads
+
     names = args.only or [n for n in BENCHMARKS
                           if n not in NAMED_ONLY and (n not in GPU_ONLY or args.device.startswith("cuda"))]
     reused = [n for n in names if args.reuse and args.json_dir and os.path.exists(os.path.join(args.json_dir,

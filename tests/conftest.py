@@ -76,14 +76,16 @@ QUICK = {
     "tests/common/test_seed.py": None,
     "tests/common/test_params.py": None,
     "tests/common/test_shakespeare.py": None,
-    # --help: the parsers in-process (a second), the torch-free check in a child for each subproject's main script
-    # and the README's plot script (about a second each idle; the full suite checks every user-facing script)
+    # --help: the parsers in-process (a second), the torch-free check in a child for each subproject's main script,
+    # the README's plot script and the benchmarks' runner (about a second each idle; the full suite checks every
+    # user-facing script)
     "tests/test_help.py": ["test_help_shows_the_algorithm_choices", "test_every_metavar_is_named_after_its_flag",
                            "test_help_lists_each_flag_once_and_a_short_usage", "test_the_examples_parse",
                            "test_the_flag_names_equal_the_runs_own",
                            *(f"test_help_imports_no_heavy_package[{s}]" for s in (
                                "mamba_fl/fed_fisher.py", "vit_sparse_fl/train_federated.py",
-                               "lora_glue_fl/fedavg_rounds.py", "llm_noniid/train.py", "plots/plot_mamba.py"))],
+                               "lora_glue_fl/fedavg_rounds.py", "llm_noniid/train.py", "plots/plot_mamba.py",
+                               "benchmarks/run_all.py"))],
     "tests/mamba_fl/test_scripts.py": ["test_federated_script_quick", "test_central_quick"],
     "tests/vit_sparse_fl/test_scripts.py": ["test_federated_quick_run", "test_sparse_run_writes_mask_density",
                                             "test_plots_read_the_run_directories"],

@@ -1,10 +1,11 @@
-"""--help at once (common.cli): each main script answers `python <script> --help` without importing torch,
-transformers, peft, datasets, numpy or matplotlib (checked in the child's `-X importtime` record, so the check does
-not depend on how busy the machine is); its help lists --algorithm's choices, names every metavar after its flag and
-ends with examples that its own parser accepts. The torch-free names the parsers list equal the run's own."""
+"""--help at once (common.cli): each main script, and each benchmark a README names, answers `python <script> --help`
+without importing torch, transformers, peft, datasets, numpy or matplotlib (checked in the child's `-X importtime`
+record, so the check does not depend on how busy the machine is); its help lists --algorithm's choices, names every
+metavar after its flag and ends with examples that its own parser accepts. The torch-free names the parsers list equal
+the run's own."""
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 import re
 import shlex
@@ -30,6 +31,11 @@ OTHERS = ("mamba_fl/split_wikitext.py", "mamba_fl/run_grid.py", "mamba_fl/real_g
           "lora_glue_fl/baseline_run.py", "lora_glue_fl/make_shards.py", "lora_glue_fl/fedavg_merge.py",
           "lora_glue_fl/download_roberta_models.py", "lora_glue_fl/run_grid.py", "llm_noniid/run_experiments.py",
           "plots/plot_mamba.py", "plots/plot_vit.py", "plots/plot_lora_glue.py", "plots/plot_llm_noniid.py")
+# the benchmarks the READMEs name (benchmarks/ is no package: a benchmark imports benchlib from its own folder)
+BENCH = REPO / "benchmarks"
+BENCHMARKS = tuple(f"benchmarks/{name}.py" for name in (
+    "run_all", "bench_aggregate", "bench_cross_device", "bench_gpu", "bench_llm_round", "bench_lora_merge",
+    "bench_mamba_round", "bench_scale", "bench_vit", "check_mamba_kernels"))
 HEAVY = ("torch", "transformers", "peft", "datasets", "numpy", "matplotlib", "scipy", "sklearn", "safetensors",
          "tokenizers", "tqdm")
 
@@ -40,7 +46,7 @@ def imported(importtime: str) -> set[str]:
             if line.startswith("import time:") and line.count("|") == 2}
 
 
-@pytest.mark.parametrize("script", [*SCRIPTS.values(), *OTHERS])
+@pytest.mark.parametrize("script", [*SCRIPTS.values(), *OTHERS, *BENCHMARKS])
 def test_help_imports_no_heavy_package(script):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = run([sys.executable, "-X", "importtime", script, "--help"], f"{script} --help", 120, cwd=REPO, env=env)
@@ -53,7 +59,25 @@ def test_help_imports_no_heavy_package(script):
 
 
 def parser(module: str):
-    return importlib.import_module(module).get_args_parser()
+    """The parser of a subproject's script (its module's name) or of a benchmark (its path)."""
+    return benchmark_parser(module) if module in BENCHMARKS else importlib.import_module(module).get_args_parser()
+
+
+def benchmark_parser(script: str):
+    """A benchmark's parser, its file loaded with benchmarks/ on the path; the path and the modules loaded from
+    benchmarks/ are put back as they were."""
+    path, modules = list(sys.path), set(sys.modules)
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"help_{Path(script).stem}", REPO / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_args_parser()
+    finally:
+        sys.path[:] = path
+        for name in set(sys.modules) - modules:
+            if Path(getattr(sys.modules[name], "__file__", None) or "/").parent == BENCH:
+                del sys.modules[name]
 
 
 @pytest.mark.parametrize("module", FEDERATED)
@@ -63,7 +87,7 @@ def test_help_shows_the_algorithm_choices(module):
     assert "--aggregator {mean,fisher,entropy," in text and "--server-opt {fedavg,fedavgm," in text
 
 
-@pytest.mark.parametrize("module", SCRIPTS)
+@pytest.mark.parametrize("module", [*SCRIPTS, *BENCHMARKS])
 def test_every_metavar_is_named_after_its_flag(module):
     for action in parser(module)._actions:
         if not action.option_strings or action.nargs == 0 or action.choices is not None \
@@ -73,7 +97,7 @@ def test_every_metavar_is_named_after_its_flag(module):
         assert action.metavar == first[2:].replace("-", "_").upper(), (first, action.metavar)
 
 
-@pytest.mark.parametrize("module", SCRIPTS)
+@pytest.mark.parametrize("module", [*SCRIPTS, *BENCHMARKS])
 def test_help_lists_each_flag_once_and_a_short_usage(module):
     text, examples = parser(module).format_help().split("\nexamples:\n")
     assert text.splitlines()[0] == f"usage: {parser(module).prog} [options]"
@@ -81,13 +105,13 @@ def test_help_lists_each_flag_once_and_a_short_usage(module):
     assert cli.SPELLINGS in examples
 
 
-@pytest.mark.parametrize("module", SCRIPTS)
+@pytest.mark.parametrize("module", [*SCRIPTS, *BENCHMARKS])
 def test_the_examples_parse(module, monkeypatch):
     """Every example command of the script's --help is accepted by its parser (flags, values, the YAML it names)."""
     monkeypatch.chdir(REPO)
     commands = [shlex.split(c.replace("\\\n", " ").split("#")[0])
                 for c in re.findall(r"^  (python (?:.*\\\n)*.*)", parser(module).epilog, re.M)]
-    own = [c[2:] for c in commands if c[1] == SCRIPTS[module]]
+    own = [c[2:] for c in commands if c[1] == SCRIPTS.get(module, module)]
     assert len(own) >= 2, commands
     for argv in own:
         cli.parse(parser(module), argv)

@@ -1,9 +1,8 @@
-"""``add_many`` of benchmarks/bench_aggregate.py (K uploads in memory, Flower's input, summed block by block of
-coordinates) against ``common.aggregate``'s ``add``, client by client."""
+"""``add_many`` of benchmarks/aggregation.py (bench_aggregate.py's K uploads in memory, Flower's input, summed block
+by block of coordinates) against ``common.aggregate``'s ``add``, client by client."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,11 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # the script imports benchlib from its own folder
-    spec = importlib.util.spec_from_file_location("bench_aggregate_many", BENCH / "bench_aggregate.py")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_aggregate_many", BENCH / "aggregation.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("benchlib", None)
+    return module
 
 
 def as_views(ts):
