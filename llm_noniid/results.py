@@ -17,7 +17,7 @@ from functools import cache
 from common import plateau, stats, study, study_report
 from common import results as RS
 
-RECORDS = "llm_noniid/figures/pretrained/grid"
+RECORDS = "llm_noniid/results/pretrained/grid"
 PRIVACY = "llm_noniid/results/privacy"
 PRIVACY_VALIDATION = "llm_noniid/results/privacy_validation"  # the runs that chose the study's settings
 POPULATIONS = {"roles": "1,166 roles", "synthetic10k": "10,000 synthetic", "few12": "12 roles (sample)",

@@ -96,7 +96,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "'*_L2_*': the 2-layer block); the selection runs first, the second phase's only when a "
                         "pattern names a run of its arms")
     p.add_argument("--selection", default=None, metavar="FILE",
-                   help="the selection.json of an earlier grid (e.g. mamba_fl/figures/real_source/selection.json): "
+                   help="the selection.json of an earlier grid (e.g. mamba_fl/results/real_source/selection.json): "
                         "a phase whose arms it chose is not selected again")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     return p
@@ -325,7 +325,7 @@ def main(argv=None) -> dict:
         cli.check(Path(f).is_file(), f"--data {f}: no such file (the WikiText-2 files to split)")
     given = read_selection(args.selection) if args.selection else {}
     suffix = "_source" if args.size == "source" else ""  # the folders of --size source
-    out, figures = cli.check_out_dir(args.out_dir or "runs/mamba_real" + suffix), "mamba_fl/figures/real" + suffix
+    out, figures = cli.check_out_dir(args.out_dir or "runs/mamba_real" + suffix), "mamba_fl/results/real" + suffix
     if (out / "split" / "split.json").is_file():  # a grid goes on with its split: cut from these --data files
         split = cli.read_json(out / "split" / "split.json")
         sources = split.get("sources") if isinstance(split, dict) else None

@@ -16,8 +16,8 @@ from common import plateau, stats, study, study_report
 from common import results as RS
 from mamba_fl.real_grid import FEDERATED
 
-RECORDS = "mamba_fl/figures/real"          # the d_model-32 real-text grid
-SOURCE = "mamba_fl/figures/real_source"    # the same grid at the source's size (one GPU)
+RECORDS = "mamba_fl/results/real"          # the d_model-32 real-text grid
+SOURCE = "mamba_fl/results/real_source"    # the same grid at the source's size (one GPU)
 BUDGET_PASSES = 4  # real_grid.py's --budget-epochs default: the equal-compute point is 4 passes over the blocks
 ARMS = ("central", "central-b4", "fedavg", "fedfisher", "fedfisher-local", "fedentropy", "fedavgm")
 LABELS = {"central": "central (AdamW, batch 16)", "central-b4": "central, 4x batch (FedAvg's sequential updates)",

@@ -7,7 +7,7 @@ grid then gets ``results.md`` and the figures (``--figures``) from ``plots/plot_
 
 Every arm trains on the same sequences (each client holds out ``HOLDOUT`` of its blocks; central trains on what the
 contiguous clients keep) in the same optimizer steps of ``--batch-size`` blocks, but central-b4 (FedAvg's sequential
-updates); mamba_fl/figures/findings.md has the design and the compute accounting. Runs go to
+updates); mamba_fl/results/synthetic_grid/findings.md has the design and the compute accounting. Runs go to
 ``--out-dir/<arm>_L<layers>_<shard>_s<seed>``, logs to ``--out-dir/logs``.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            epilog=cli.examples(__doc__))
     p.add_argument("--out-dir", type=flags.FOLDER, default="runs/mamba_grid",
                    help="folder of the run directories and results.md")
-    p.add_argument("--figures", type=flags.FOLDER, default="mamba_fl/figures",
+    p.add_argument("--figures", type=flags.FOLDER, default="mamba_fl/results/synthetic_grid",
                    help="folder for the figures and a copy of results.md")
     p.add_argument("--jobs", type=flags.POSITIVE_INT, default=3, help="runs at a time (one thread each)")
     p.add_argument("--seeds", type=flags.SEED, nargs="+", default=[0, 1, 2], help="seeds of every arm")

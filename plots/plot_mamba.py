@@ -1,6 +1,6 @@
 """Figures and tables of the mamba_fl runs, read from run directories (mean ± sample sd over seeds).
 
-    python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/figures
+    python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/results/synthetic_grid
 
 real_grid.py's runs (``<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>``): results_real.md (test perplexity of
 each best-validation model, paired differences to FedAvg, Holm within a table, the plateau rule's outcome) and

@@ -1,11 +1,11 @@
 """The README blocks of vit_sparse_fl's results, generated from the committed records of run_all_experiments.py
 (``python -m common.results --write`` rewrites them; ``--check`` fails when one differs).
 
-Records: ``RECORDS/runs_R<rounds>/<setting>_seed<seed>/`` (args.json, summary.json, metrics.jsonl). A mask
+Records: ``RECORDS/r<rounds>/runs/<setting>_seed<seed>/`` (args.json, summary.json, metrics.jsonl). A mask
 table is a study (``mask_study``) whose one Holm family is the one run_all_experiments.py's table corrects
 together: every row against dense FedAvg and against the head-only probe, test accuracy and interference
 (``common.stats.ref_pairs``); its verdicts go through ``common.study_report``, with each arm's plateau (``PLATEAU``)
-and selection (``selection_R<rounds>.json``) beside them.
+and selection (``r<rounds>/selection_R<rounds>.json``) beside them.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from functools import cache
 from common import plateau, stats, study, study_report
 from common import results as RS
 
-RECORDS = "vit_sparse_fl/figures"
+RECORDS = "vit_sparse_fl/results"  # one folder a suite: r<rounds>/ with its runs/, tables and selection
 PROBE = "probe: head + final norm"
 STRATEGIES = ("least_sensitive", "most_sensitive", "lowest_magnitude", "highest_magnitude", "random")
 
@@ -25,7 +25,7 @@ STRATEGIES = ("least_sensitive", "most_sensitive", "lowest_magnitude", "highest_
 def suite(rounds: int) -> dict:
     """{setting: [runs]} of the synthetic-CIFAR suite at R = ``rounds``."""
     out: dict = {}
-    for r in RS.records(f"{RECORDS}/runs_R{rounds}", "*_seed*"):
+    for r in RS.records(f"{RECORDS}/r{rounds}/runs", "*_seed*"):
         out.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
     return out
 
@@ -35,12 +35,12 @@ def pct(runs: list[dict], metric: str) -> dict:
 
 
 # every arm's rate decays by a cosine, so its last evaluations are flat by construction: a run is judged against
-# the same setting at 4x the rounds (runs_R768_rates, its rate chosen again there), within half the seeds' sd of
+# the same setting at 4x the rounds (r768_rates/runs, its rate chosen again there), within half the seeds' sd of
 # the final validation accuracy (the selection split's noise)
 PLATEAU = plateau.Plateau("4x the rounds raise the final validation accuracy by at most 0.5 sd of the seeds",
                           "R768", tolerance=0.5, metric="val_accuracy", value="final_val_accuracy", direction="max",
                           schedule="decayed")
-LONGER = {192: "runs_R768_rates"}  # a budget's second budget: the folder of its longer runs
+LONGER = {192: "r768_rates/runs"}  # a budget's second budget: the folder of its longer runs
 
 
 def mask_study(rounds: int, shard: str, sparsity: float) -> study.Study:
@@ -61,7 +61,7 @@ def mask_study(rounds: int, shard: str, sparsity: float) -> study.Study:
 
 @cache
 def selection(rounds: int) -> dict:
-    return json.loads((RS.ROOT / RECORDS / f"selection_R{rounds}.json").read_text(encoding="utf-8"))
+    return json.loads((RS.ROOT / RECORDS / f"r{rounds}" / f"selection_R{rounds}.json").read_text(encoding="utf-8"))
 
 
 def notes(rounds: int):

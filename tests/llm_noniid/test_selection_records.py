@@ -1,5 +1,5 @@
 """run_experiments.py's choice (the pretrained regime's rate, then FedProx's mu per partition) on the committed
-selection scores (llm_noniid/figures/pretrained/grid/selection.json: its runs are not committed): the same rate and
+selection scores (llm_noniid/results/pretrained/grid/selection.json: its runs are not committed): the same rate and
 mus again, whatever implementation chooses."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from llm_noniid import data as D
 from llm_noniid import run_experiments as E
 
-COMMITTED = Path(__file__).resolve().parents[2] / "llm_noniid" / "figures" / "pretrained" / "grid" / "selection.json"
+COMMITTED = Path(__file__).resolve().parents[2] / "llm_noniid" / "results" / "pretrained" / "grid" / "selection.json"
 
 
 def test_committed_selection_is_chosen_again(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""real_grid.py's choice on the committed selection runs (mamba_fl/figures/real*/runs/select_*): the same values,
+"""real_grid.py's choice on the committed selection runs (mamba_fl/results/real*/runs/select_*): the same values,
 scores and best other arm as the committed selection.json, whatever implementation chooses."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from common import jobs
 from mamba_fl import real_grid
 
-FIGURES = Path(__file__).resolve().parents[2] / "mamba_fl" / "figures"
+RESULTS = Path(__file__).resolve().parents[2] / "mamba_fl" / "results"
 
 
 def _plan(runs: Path) -> tuple[list[jobs.Job], dict]:
@@ -27,8 +27,8 @@ def _plan(runs: Path) -> tuple[list[jobs.Job], dict]:
 
 @pytest.mark.parametrize("grid", ["real", "real_source"])
 def test_committed_selection_is_chosen_again(grid):
-    committed = json.loads((FIGURES / grid / "selection.json").read_text())
-    plan, candidates = _plan(FIGURES / grid / "runs")
+    committed = json.loads((RESULTS / grid / "selection.json").read_text())
+    plan, candidates = _plan(RESULTS / grid / "runs")
     assert len(plan) >= 10
     found = real_grid.choose(plan, candidates)
     assert found["chosen"] == committed["chosen"]
