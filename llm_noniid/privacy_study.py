@@ -23,13 +23,14 @@ has 256) with a few local steps a round, sized to one CPU core.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import math
 import shutil
 import sys
 from pathlib import Path
 
 from common import cli, flags, jobs
-from common.errors import UsageError
+from common.errors import UsageError, check
 
 RECORDS = "llm_noniid/results/privacy"
 EPSILONS = (1.0, 3.0, 8.0, math.inf)
@@ -46,6 +47,16 @@ NONPRIVATE_SERVER_LR = "1"  # the non-private validation run's server rate (nois
 ROUNDS = 40
 EVAL_EVERY = 5
 EVAL_SAMPLES = 4000
+# the headline population's longer budget, every epsilon and seed, the rates constant (no decay); a DP arm is a new
+# run (z is solved for its length), not the 40-round one extended
+LONG_ROUNDS, LONG_POPULATIONS = 120, ("roles",)
+# The plateau rule (llm_noniid/results.py applies it): a run is still improving when its best evaluation is its last,
+# or when the best of its last third of evaluations beats the best before by more than PLATEAU_TOL points. Against
+# the evaluation's noise: one evaluation scores EVAL_SAMPLES = 4,000 test characters, a binomial sd of
+# sqrt(p (1 - p) / 4000) = 0.6 points at p = 0.2 (0.9 points for a difference of two independent ones); a gain
+# within 1 point is within that noise. The same characters are scored at every evaluation, so the noise between
+# two evaluations of one run is smaller, and a gain above 1 point is not noise.
+PLATEAU_TAIL, PLATEAU_TOL = 1 / 3, 1.0
 # the few-client case: the committed 12-role sample (shakespeare.py --quick), 10 expected a round, equal rounds
 FEW_COHORT, FEW_ROUNDS, FEW_EPSILONS = 10, ROUNDS, (1.0, 8.0, math.inf)
 RECORD_FILES = ("args.json", "summary.json", "metrics.jsonl")
@@ -61,13 +72,19 @@ def dp_flags(eps: float) -> list[str]:
     return ["--dp-clip", f"{CLIP:g}", *noise]
 
 
+def long_name(pop: str, eps: float, rounds: int, seed: int) -> str:
+    return f"{pop}_eps{eps_tag(eps)}_R{rounds}_s{seed}"
+
+
 def plan(args) -> list[jobs.Job]:
-    """Every run of the study: population x epsilon x seed, the few-client case, and non-private FedAvgM at its own
-    server rate on the real roles."""
+    """Every run of the study: population x epsilon x seed, the few-client case, non-private FedAvgM at its own
+    server rate on the real roles, and the long-budget runs (``LONG_POPULATIONS`` x epsilon x seed); only those
+    matching ``--select`` when given."""
     common = ["--quiet", "--out-dir", str(args.out_dir)]
 
-    def large(name: str, n: int, eps: float, seed: int, settings: list[str]) -> jobs.Job:
-        argv = ["--data-dir", args.data_dir, *settings, "--rounds", str(args.rounds), "--eval-every", str(EVAL_EVERY),
+    def large(name: str, n: int, eps: float, seed: int, settings: list[str], rounds: int | None = None) -> jobs.Job:
+        argv = ["--data-dir", args.data_dir, *settings, "--rounds", str(rounds or args.rounds),
+                "--eval-every", str(EVAL_EVERY),
                 "--max-eval-samples", str(EVAL_SAMPLES), "--clients-per-round", str(COHORT),
                 *(["--population", str(n)] if n else []), *dp_flags(eps), "--seed", str(seed), "--run-name", name,
                 *common]
@@ -86,6 +103,11 @@ def plan(args) -> list[jobs.Job]:
     # the noiseless run at the server rate validated without noise: what DP's smaller server step costs on its own
     own = SETTINGS[:SETTINGS.index("--server-lr")] + ["--server-lr", NONPRIVATE_SERVER_LR]
     plan += [large(f"roles-lr{NONPRIVATE_SERVER_LR}_epsinf_s{seed}", 0, math.inf, seed, own) for seed in args.seeds]
+    plan += [large(long_name(pop, eps, args.long_rounds, seed), POPULATIONS[pop], eps, seed, SETTINGS,
+                   args.long_rounds) for seed in args.seeds for pop in LONG_POPULATIONS for eps in EPSILONS]
+    if args.select:
+        plan = [j for j in plan if any(fnmatch.fnmatchcase(j.name, pat) for pat in args.select)]
+        check(plan, f"--select {' '.join(args.select)} matches no run of the study")
     return plan
 
 
@@ -115,6 +137,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "(args.json, summary.json, metrics.jsonl) and --report reads them")
     p.add_argument("--seeds", type=flags.SEED, nargs="+", default=list(SEEDS), help="seeds of every arm")
     p.add_argument("--rounds", type=flags.POSITIVE_INT, default=ROUNDS, help="rounds of every large-population run")
+    p.add_argument("--long-rounds", type=flags.POSITIVE_INT, default=LONG_ROUNDS, help="rounds of the long-budget "
+                   "runs (named <population>_eps<epsilon>_R<rounds>_s<seed>)")
+    p.add_argument("--select", nargs="+", metavar="PATTERN", help="only the runs whose names match one of these "
+                   "shell patterns (e.g. 'roles_eps*_R120_s*')")
     p.add_argument("--roles", type=flags.POSITIVE_INT, default=1166, help="roles in --data-dir (the labels' q)")
     p.add_argument("--report", action="store_true", help="print the table from --records and exit (no runs)")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run")

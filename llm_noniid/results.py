@@ -16,6 +16,7 @@ from functools import cache
 
 from common import plateau, stats, study, study_report
 from common import results as RS
+from llm_noniid import privacy_study as PS
 
 RECORDS = "llm_noniid/results/pretrained/grid"
 PRIVACY = "llm_noniid/results/privacy"
@@ -23,7 +24,6 @@ PRIVACY_VALIDATION = "llm_noniid/results/privacy_validation"  # the runs that ch
 POPULATIONS = {"roles": "1,166 roles", "synthetic10k": "10,000 synthetic", "few12": "12 roles (sample)",
                "roles-lr1": "1,166 roles, server rate 1"}
 OWN_RATE = {"roles": "roles-lr1"}  # a population's noiseless run at the server rate validated without noise
-PLATEAU_TOL = 0.5  # accuracy points: a run whose last third of evaluations gains more than this is still improving
 SPLITS = {"iid": "iid", "topic_a0.01": "topic α = 0.01", "topic_a0.1": "topic α = 0.1",
           "style_length": "style", "token_frequency": "token skew"}
 SETTING = "k10_p1_lr0.01_j8_schedcosine"   # 10 clients, all in every round, the selected rate, 8 local steps
@@ -109,25 +109,39 @@ def study() -> str:
 
 def curve(run: dict) -> list[float]:
     """A run's test accuracy at each evaluation (percent), from its metrics.jsonl."""
-    rows = (run["path"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [100 * json.loads(r)["test_accuracy"] for r in rows if r.strip()]
+    return [100 * r["test_accuracy"] for r in rows(run)]
+
+
+def rows(run: dict) -> list[dict]:
+    """A run's metrics.jsonl rows."""
+    return [json.loads(x) for x in (run["path"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+            if x.strip()]
 
 
 def still_improving(acc: list[float]) -> bool:
-    """The plateau rule, which a run can fail: its best point is its last, or its last third of evaluations gains
-    more than ``PLATEAU_TOL`` points over its best before (``stats.plateau_gain``)."""
-    return acc.index(max(acc)) == len(acc) - 1 or not stats.plateau_gain(acc) <= PLATEAU_TOL
+    """The plateau rule (declared in privacy_study.py), which a run can fail: its best evaluation is its last, or
+    its last ``PLATEAU_TAIL`` of evaluations gains more than ``PLATEAU_TOL`` points over its best before."""
+    return (acc.index(max(acc)) == len(acc) - 1
+            or not stats.plateau_gain(acc, PS.PLATEAU_TAIL) <= PS.PLATEAU_TOL)
+
+
+NAME = re.compile(r"(?P<pop>.+)_eps(?P<eps>[^_]+)(?:_R(?P<rounds>\d+))?_s(?P<seed>\d+)")
 
 
 def privacy_runs(folder: str = PRIVACY) -> dict:
-    """{(population, epsilon): [runs]} of the study's records, each run with its accuracy curve ("curve")."""
+    """{(population, epsilon, rounds): [runs]} of the study's records
+    (``<population>_eps<epsilon>[_R<rounds>]_s<seed>``, no R: ``privacy_study.ROUNDS``), each run with its accuracy
+    curve ("curve"); a diverged run's "summary" is None (its summary.json says so, or an older record has none)."""
     out: dict = {}
     for path in sorted((RS.ROOT / folder).glob("*_eps*_s*")):
-        r = RS.record(path)  # summary None: the run diverged inside a client's update (its rows up to there kept)
-        pop, eps, _ = r["name"].rsplit("_", 2)
+        r = RS.record(path)
+        if r["summary"] is not None and r["summary"].get("status") == "diverged":
+            r["summary"] = None  # diverged: summary.json says where, and has no final accuracy (rows up to there kept)
+        m = NAME.fullmatch(r["name"])
         r["curve"] = curve(r)
-        out.setdefault((pop, math.inf if eps == "epsinf" else float(eps[3:])), []).append(r)
-    return {k: out[k] for k in sorted(out, key=lambda k: (list(POPULATIONS).index(k[0]), k[1]))}
+        eps = math.inf if m["eps"] == "inf" else float(m["eps"])
+        out.setdefault((m["pop"], eps, int(m["rounds"] or PS.ROUNDS)), []).append(r)
+    return {k: out[k] for k in sorted(out, key=lambda k: (list(POPULATIONS).index(k[0]), k[1], k[2]))}
 
 
 def final(run: dict) -> float:
@@ -142,57 +156,80 @@ def eps_cell(runs: list[dict]) -> str:
     return ("∞" if math.isinf(eps) else f"{eps:.2f}") + f" (δ {s['dp_delta']:.1e})"
 
 
-def privacy_table(folder: str = PRIVACY) -> str:
-    """The privacy-utility table: per population and epsilon the noise multiplier, expected cohort, rounds, final
-    test accuracy over seeds, its paired difference to epsilon = inf (Holm over the table), best - last and the
-    plateau rule; the references below."""
-    runs = privacy_runs(folder)
-    acc = {k: {r["args"]["seed"]: 100 * final(r) for r in g} for k, g in runs.items()}
-    pairs = {}  # one Holm family: each epsilon against its population's noiseless twin (and own-rate run)
-    for pop, eps in acc:
-        refs = [(pop, math.inf), (OWN_RATE.get(pop), math.inf)]
-        pairs |= {(pop, eps, ref[0]): (acc[(pop, eps)], acc[ref]) for ref in refs
-                  if ref in acc and ref != (pop, eps) and not (math.isinf(eps) and ref[0] == pop)}
-    fam = stats.compare(pairs)
+def accuracies(runs: dict) -> dict:
+    """{(population, epsilon, rounds): {seed: final test accuracy %}} (nan: diverged)."""
+    return {k: {r["args"]["seed"]: 100 * final(r) for r in g} for k, g in runs.items()}
 
-    def diff(pop: str, eps: float, ref: str | None) -> str:
-        return fam[(pop, eps, ref)][1] if (pop, eps, ref) in fam else "reference" if ref == pop else "–"
+
+def budget_pairs(acc: dict) -> dict:
+    """{(population, epsilon, rounds): (accuracy at rounds, the same arm's at ``privacy_study.ROUNDS``)} for every
+    longer budget: the longer budget's gain, one Holm family of its own."""
+    return {(pop, eps, n): (a, acc[(pop, eps, PS.ROUNDS)]) for (pop, eps, n), a in acc.items()
+            if n != PS.ROUNDS and (pop, eps, PS.ROUNDS) in acc}
+
+
+def plateau_cell(all_runs: list[dict]) -> str:
+    """'1/3 (2 still improving)': how many runs are at their plateau, the others by why not."""
+    g = [r for r in all_runs if r["summary"] is not None]
+    flat = sum(r["summary"]["final_test_accuracy"] <= r["summary"]["majority_accuracy"] for r in g)
+    improving = sum(still_improving(r["curve"]) for r in g
+                    if r["summary"]["final_test_accuracy"] > r["summary"]["majority_accuracy"])
+    return (f"{len(g) - improving - flat}/{len(all_runs)}" + (f" ({improving} still improving)" if improving else "")
+            + (f" ({flat} not above the majority character)" if flat else "")
+            + (f" ({len(all_runs) - len(g)} diverged)" if len(g) < len(all_runs) else ""))
+
+
+def privacy_table(folder: str = PRIVACY) -> str:
+    """The privacy-utility table: per population, epsilon and budget the noise multiplier, expected cohort, rounds,
+    final test accuracy over seeds, its paired difference to epsilon = inf at the same budget (one Holm family), a
+    longer budget's gain over the same arm at ``privacy_study.ROUNDS`` (another), best - last and the plateau rule;
+    the references below."""
+    runs = privacy_runs(folder)
+    acc = accuracies(runs)
+    pairs = {}  # one Holm family: each epsilon against its population's noiseless twin (and own-rate run)
+    for pop, eps, n in acc:
+        refs = [(pop, math.inf, n), (OWN_RATE.get(pop), math.inf, n)]
+        pairs |= {(pop, eps, n, ref[0]): (acc[(pop, eps, n)], acc[ref]) for ref in refs
+                  if ref in acc and ref != (pop, eps, n) and not (math.isinf(eps) and ref[0] == pop)}
+    fam, longer = stats.compare(pairs), stats.compare(budget_pairs(acc))
+
+    def diff(pop: str, eps: float, n: int, ref: str | None) -> str:
+        return fam[(pop, eps, n, ref)][1] if (pop, eps, n, ref) in fam else "reference" if ref == pop else "–"
 
     rows = []
-    for (pop, eps), all_runs in runs.items():
+    for (pop, eps, n), all_runs in runs.items():
         g = [r for r in all_runs if r["summary"] is not None]  # the diverged ones count in the accuracy cell
+        gain = longer[(pop, eps, n)][1] if (pop, eps, n) in longer else "–"
         if not g:
-            rows.append([POPULATIONS.get(pop, pop), f"{eps:g}", *["–"] * 3, stats.fmt_seeds(acc[(pop, eps)].values()),
-                         "–", "–", "–", f"0/{len(all_runs)} ({len(all_runs)} diverged)"])
+            rows.append([POPULATIONS.get(pop, pop), f"{eps:g}", *["–"] * 2, n,
+                         stats.fmt_seeds(acc[(pop, eps, n)].values()), "–", "–", gain, "–", plateau_cell(all_runs)])
             continue
         s = g[0]["summary"]
-        gap = stats.summarize(max(r["curve"]) - r["curve"][-1] for r in g)
-        flat = sum(r["summary"]["final_test_accuracy"] <= r["summary"]["majority_accuracy"] for r in g)
-        improving = sum(still_improving(r["curve"]) for r in g
-                        if r["summary"]["final_test_accuracy"] > r["summary"]["majority_accuracy"])
+        best_gap = stats.summarize(max(r["curve"]) - r["curve"][-1] for r in g)
         rows.append([POPULATIONS.get(pop, pop), eps_cell(g), f"{s['dp_noise']:.3g}",
-                     f"{s['dp_expected_cohort']:.0f} (q {s['dp_rate']:.2g})", s["rounds_done"],
-                     stats.fmt_seeds(acc[(pop, eps)].values()), diff(pop, eps, pop),
-                     diff(pop, eps, OWN_RATE.get(pop)), f"{gap.mean:.1f}",
-                     f"{len(g) - improving - flat}/{len(all_runs)}"
-                     + (f" ({improving} still improving)" if improving else "")
-                     + (f" ({flat} not above the majority character)" if flat else "")
-                     + (f" ({len(all_runs) - len(g)} diverged)" if len(g) < len(all_runs) else "")])
+                     f"{s['dp_expected_cohort']:.0f} (q {s['dp_rate']:.2g})", n,
+                     stats.fmt_seeds(acc[(pop, eps, n)].values()), diff(pop, eps, n, pop),
+                     diff(pop, eps, n, OWN_RATE.get(pop)), gain, f"{best_gap.mean:.1f}", plateau_cell(all_runs)])
     refs: dict = {}  # each seed scores its own test subset: the references' mean over a population's runs
-    for (pop, _), g in runs.items():
+    for (pop, *_), g in runs.items():
         if pop not in OWN_RATE.values():
             refs.setdefault(pop, []).extend(r["summary"] for r in g if r["summary"] is not None)
     refs = {p: {k: sum(s[k] for s in ss) / len(ss) for k in ("majority_accuracy", "uniform_accuracy")}
             for p, ss in refs.items()}
     lines = stats.markdown(["clients", "ε (δ)", "noise z", "expected cohort", "rounds", "test accuracy %",
-                            "− ε = ∞, points [95% CI]", "− ε = ∞ at server rate 1", "best − last", "at plateau"],
-                           rows)
+                            "− ε = ∞, points [95% CI]", "− ε = ∞ at server rate 1",
+                            f"− same arm at {PS.ROUNDS} rounds", "best − last", "at plateau"], rows)
     ref = "; ".join(f"{POPULATIONS.get(p, p)}: majority character {100 * s['majority_accuracy']:.1f} %, "
                     f"uniform {100 * s['uniform_accuracy']:.1f} %" for p, s in refs.items())
-    return minus("\n".join(lines) + f"\n\nReferences on each test set: {ref}. Differences paired by seed, Holm over "
-                 f"the table's {sum(d.n >= 2 for d, _ in fam.values())} comparisons; at plateau: the last third of "
-                 f"evaluations gains at most {PLATEAU_TOL} points over the best before, the best is not the last, and "
-                 "the run ends above the majority character (a flat run at the reference has not started to learn).")
+    m = sum(d.n >= 2 for d, _ in fam.values())
+    budget = (f"; the longer budgets against {PS.ROUNDS} rounds, paired by seed, Holm over their "
+              f"{sum(d.n >= 2 for d, _ in longer.values())} comparisons" if longer else "")
+    return minus("\n".join(lines) + f"\n\nReferences on each test set: {ref}. Differences to ε = ∞ paired by seed at "
+                 f"equal rounds, Holm over the table's {m} comparisons{budget}; at plateau: the best evaluation is "
+                 f"not the last, the last third of evaluations gains at most {PS.PLATEAU_TOL:g} point over the best "
+                 f"before (one evaluation's binomial sd on {PS.EVAL_SAMPLES:,} test characters at 20 % accuracy: "
+                 f"{100 * math.sqrt(0.2 * 0.8 / PS.EVAL_SAMPLES):.1f} points), and the run ends above the majority "
+                 "character (a flat run at the reference has not started to learn).")
 
 
 def minus(text: str) -> str:
@@ -205,26 +242,97 @@ def noise_ratio(s: dict) -> float:
     return s["dp_noise"] * math.sqrt(s["trainable_params"]) / s["dp_expected_cohort"]
 
 
+def eps_name(eps: float) -> str:
+    return "∞" if math.isinf(eps) else f"{eps:g}"
+
+
 def privacy_findings(folder: str = PRIVACY) -> str:
-    """The study's sentences: per population the noise against the signal, the seeds above the majority
-    character, and the few-client case's delta."""
-    runs = {k: [r for r in g if r["summary"] is not None] for k, g in privacy_runs(folder).items()}
+    """The study's sentences: per population the noise against the signal and the seeds above the majority
+    character at ``privacy_study.ROUNDS``; then per longer budget what it gained, which arms reached their plateau,
+    and, when the noiseless arm did not, that no difference in the table is one at the plateau."""
+    every = privacy_runs(folder)
+    runs = {k: [r for r in g if r["summary"] is not None] for k, g in every.items()}
     runs = {k: g for k, g in runs.items() if g}
     parts = []
     for pop in POPULATIONS:
-        private = [(eps, g) for (p, eps), g in runs.items() if p == pop and not math.isinf(eps)]
+        private = [(eps, g) for (p, eps, n), g in runs.items() if p == pop and n == PS.ROUNDS and not math.isinf(eps)]
         if not private:
             continue
         s0 = private[0][1][0]["summary"]
         n = s0["clients"]
         ratios = ", ".join(f"{noise_ratio(g[0]['summary']):.1f} at ε = {eps:g}" for eps, g in private)
         above = ", ".join(f"{sum(r['summary']['final_test_accuracy'] > r['summary']['majority_accuracy'] for r in g)}"
-                          f"/{len(g)} at ε = {'∞' if math.isinf(eps) else f'{eps:g}'}"
-                          for (p, eps), g in runs.items() if p == pop)
+                          f"/{len(g)} at ε = {eps_name(eps)}"
+                          for (p, eps, rounds), g in runs.items() if p == pop and rounds == PS.ROUNDS)
         parts.append(f"{POPULATIONS[pop]} (N = {n:,}, δ = 1/N^1.1 = {s0['dp_delta']:.1e}): the noise's norm on the "
                      f"mean is {ratios} times C (d = {s0['trainable_params']:,} parameters, expected cohort "
-                     f"{s0['dp_expected_cohort']:.0f}); seeds ending above the majority character: {above}.")
+                     f"{s0['dp_expected_cohort']:.0f}); seeds ending above the majority character at {PS.ROUNDS} "
+                     f"rounds: {above}.")
+    acc = accuracies(every)
+    longer = stats.compare(budget_pairs(acc))
+    m = sum(d.n >= 2 for d, _ in longer.values())
+    for pop, rounds in dict.fromkeys((p, n) for p, _, n in longer):
+        arms = [(eps, runs.get((p, eps, n), []), every[(p, eps, n)]) for p, eps, n in longer
+                if (p, n) == (pop, rounds)]
+        at = ", ".join(f"ε = {eps_name(eps)} {stats.fmt_seeds(acc[(pop, eps, rounds)].values())}" for eps, *_ in arms)
+        gains = "; ".join(f"ε = {eps_name(eps)} "
+                          f"{stats.claim(*stats_verdict(longer, (pop, eps, rounds)), m, unit=' points')}"
+                          for eps, *_ in arms)
+        plateau = ", ".join(f"{plateau_cell(all_runs)} at ε = {eps_name(eps)}" for eps, _, all_runs in arms)
+        z = ", ".join(f"{g[0]['summary']['dp_noise']:.3g} at ε = {eps:g}" for eps, g, _ in arms
+                      if g and not math.isinf(eps))
+        text = (f"At {rounds} rounds on the {POPULATIONS[pop]} (every rate held constant; a private arm is a new run, "
+                f"z solved for {rounds} rounds: {z}): final test accuracy % {at}; against the same arm at "
+                f"{PS.ROUNDS} rounds, paired by seed: {gains}. At their plateau at {rounds} rounds: {plateau}.")
+        same = repeats(runs.get((pop, math.inf, rounds), []), runs.get((pop, math.inf, PS.ROUNDS), []))
+        if same is not None:
+            text += (f" The noiseless runs at {rounds} rounds repeat the {PS.ROUNDS}-round ones' evaluations exactly "
+                     f"up to round {PS.ROUNDS} ({same[0]}/{same[1]} seeds), so for ε = ∞ the two budgets are one run "
+                     "read at two lengths.")
+        inf = runs.get((pop, math.inf, rounds), [])
+        climbing = [r for r in inf if still_improving(r["curve"])]
+        if climbing:
+            gain = stats.summarize(stats.plateau_gain(r["curve"], PS.PLATEAU_TAIL) for r in climbing)
+            secs = stats.summarize(r["summary"]["wall_seconds"] / r["summary"]["rounds_done"]
+                                   for e, g, _ in arms for r in g)
+            own = runs.get((OWN_RATE.get(pop), math.inf, PS.ROUNDS), [])
+            ref = stats.summarize(100 * r["summary"]["final_test_accuracy"] for r in own)
+            text += (f" The non-private arm is still improving at {rounds} rounds ({len(climbing)}/{len(inf)} seeds; "
+                     f"its last third of evaluations beat the best before by {gain.mean:.1f} points on average): the "
+                     f"reference is not at a plateau, so each difference to ε = ∞ at {rounds} rounds compares how far "
+                     "the arms have climbed, not where they end, and what DP costs at the plateau is not measured "
+                     f"here. It needs a longer budget at these rates (the runs took {secs.mean:.1f} ± {secs.sd:.1f} s "
+                     f"a round on a shared core: {secs.mean * 100 / 60:.0f} minutes a run per further 100 rounds)"
+                     + (f" or a larger server rate (non-private at rate 1 reached {ref.mean:.1f} ± {ref.sd:.1f} % in "
+                        f"{PS.ROUNDS} rounds, but under noise rate 1 diverged on the validation split)" if own else "")
+                     + ".")
+        elif inf:
+            text += (f" The non-private arm is at its plateau at {rounds} rounds in every seed, so its row and the "
+                     "private arms' that are too compare plateaus.")
+        parts.append(text)
     return minus(" ".join(parts))
+
+
+def stats_verdict(fam: dict, key) -> tuple:
+    """(Paired, Verdict) of one comparison of a ``stats.compare`` family, for ``stats.claim``."""
+    d = fam[key][0]
+    diffs = {k: v[0] for k, v in fam.items()}
+    return d, stats.holm(diffs)[key]
+
+
+def repeats(long: list[dict], short: list[dict]) -> tuple[int, int] | None:
+    """(how many seeds' long runs score exactly what their short run scored at each of its evaluations, how many
+    seeds both have); None when none has both."""
+    by_seed = {r["args"]["seed"]: r for r in short}
+    pairs = [(r, by_seed[r["args"]["seed"]]) for r in long if r["args"]["seed"] in by_seed]
+    if not pairs:
+        return None
+    last = PS.ROUNDS
+
+    def head(run):
+        return [(x["round"], x["test_accuracy"], x.get("test_loss")) for x in rows(run) if x["round"] <= last]
+
+    return sum(head(a) == head(b) for a, b in pairs), len(pairs)
 
 
 def privacy_validation(folder: str = PRIVACY_VALIDATION) -> str:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from common import stats
+from common.errors import UsageError
 from llm_noniid import privacy_study as PS
 from llm_noniid import results as R
 
@@ -19,7 +22,8 @@ def fabricate(folder, name: str, seed: int, curve: list[float], eps: float, nois
     (run / "summary.json").write_text(json.dumps({
         "final_test_accuracy": curve[-1], "dp_epsilon": eps, "dp_delta": 1 / n ** 1.1, "dp_noise": noise,
         "dp_expected_cohort": 20.0, "dp_rate": 20 / n, "rounds_done": 10 * len(curve), "majority_accuracy": 0.16,
-        "uniform_accuracy": 1 / 82, "clients": n, "trainable_params": 10000}))
+        "uniform_accuracy": 1 / 82, "clients": n, "trainable_params": 10000,
+        "wall_seconds": 3.0 * 10 * len(curve)}))
 
 
 def test_the_table_pairs_each_epsilon_with_its_noiseless_twin_and_flags_a_still_improving_run(tmp_path):
@@ -52,13 +56,15 @@ def test_the_table_pairs_each_epsilon_with_its_noiseless_twin_and_flags_a_still_
 
 def test_the_plateau_rule_fails_a_run_whose_best_is_its_last_or_whose_end_still_gains():
     assert R.still_improving([10, 20, 30]) and R.still_improving([10, 20, 21, 22.1, 22.0, 23.0])
+    assert R.still_improving([10, 20, 21, 20.0, 22.5, 22.0]) and not R.still_improving([10, 20, 21, 20.0, 21.9, 21.0])
     assert not R.still_improving([10, 30, 30.2, 29.9]) and not R.still_improving([10, 20, 30, 29])
 
 
 def test_every_arm_is_the_same_mechanism_and_infinity_is_its_noiseless_twin():
     args = PS.get_args_parser().parse_args(["--data-dir", "d", "--out-dir", "o", "--seeds", "0", "1"])
     plan = {j.name: j.argv for j in PS.plan(args)}
-    assert len(plan) == 2 * (len(PS.POPULATIONS) * len(PS.EPSILONS) + len(PS.FEW_EPSILONS) + 1)
+    assert len(plan) == 2 * (len(PS.POPULATIONS) * len(PS.EPSILONS) + len(PS.FEW_EPSILONS) + 1
+                             + len(PS.LONG_POPULATIONS) * len(PS.EPSILONS))
     own, inf0 = plan["roles-lr1_epsinf_s0"], plan["roles_epsinf_s0"]  # the noiseless run at its own server rate
     assert [a for a, b in zip(own, inf0) if a != b] == ["1", "roles-lr1_epsinf_s0"] and len(own) == len(inf0)
     inf, one = plan["synthetic10k_epsinf_s1"], plan["synthetic10k_eps1_s1"]
@@ -69,12 +75,51 @@ def test_every_arm_is_the_same_mechanism_and_infinity_is_its_noiseless_twin():
 
     assert without(one, "--dp-epsilon") == [a.replace("epsinf", "eps1") for a in without(inf, "--dp-noise")]
     assert "--population" in one and "--population" not in plan["roles_eps3_s0"] and "--quick" in plan["few12_eps8_s0"]
+    long, short = plan[f"roles_eps3_R{PS.LONG_ROUNDS}_s1"], plan["roles_eps3_s1"]  # only the length and name differ
+    assert [(a, b) for a, b in zip(long, short) if a != b] == [(str(PS.LONG_ROUNDS), str(PS.ROUNDS)),
+                                                               (f"roles_eps3_R{PS.LONG_ROUNDS}_s1", "roles_eps3_s1")]
 
 
-def test_a_run_that_diverged_inside_a_clients_update_is_counted_not_dropped(tmp_path):
-    for s in range(2):
+def test_select_runs_only_the_named_runs_and_refuses_a_pattern_matching_none():
+    args = PS.get_args_parser().parse_args(["--data-dir", "d", "--select", "few12_eps1_s0", "roles_eps*_R120_s*",
+                                            "--long-rounds", "120"])
+    names = [j.name for j in PS.plan(args)]
+    assert names[0] == "few12_eps1_s0" and len(names) == 1 + len(PS.EPSILONS) * len(PS.SEEDS)
+    assert all(n.startswith("roles_eps") and "_R120_" in n for n in names[1:])
+    with pytest.raises(UsageError, match="matches no run"):
+        PS.plan(PS.get_args_parser().parse_args(["--select", "nothing*"]))
+
+
+def test_a_longer_budget_is_paired_with_the_same_arm_and_a_run_whose_last_evaluation_is_best_is_still_improving(
+        tmp_path):
+    for s in range(3):
+        fabricate(tmp_path, f"roles_epsinf_s{s}", s, [0.16, 0.17, 0.18, 0.19 + 0.01 * s], math.inf, 0.0, 1166)
+        fabricate(tmp_path, f"roles_eps1_s{s}", s, [0.16, 0.17, 0.18, 0.185], 0.999, 1.3, 1166)
+        # the noiseless arm keeps climbing to its last evaluation; the private arm peaked before its end
+        fabricate(tmp_path, f"roles_epsinf_R120_s{s}", s, [0.16, 0.17, 0.18, 0.19 + 0.01 * s, 0.22, 0.24, 0.25,
+                                                           0.26, 0.27, 0.28, 0.29, 0.30 + 0.002 * s],
+                  math.inf, 0.0, 1166)
+        fabricate(tmp_path, f"roles_eps1_R120_s{s}", s, [0.16, 0.18, 0.20, 0.22, 0.23, 0.24, 0.245, 0.246, 0.247,
+                                                         0.248, 0.246, 0.244 + 0.001 * s], 0.999, 2.1, 1166)
+    table = R.privacy_table(str(tmp_path))
+    rows = [line for line in table.split("\n") if line.startswith("| 1,166")]
+    assert [r.split("|")[5].strip() for r in rows] == ["40", "120", "40", "120"]
+    inf_long, eps1_long = rows[3], rows[1]
+    assert inf_long.endswith("| 0/3 (3 still improving) |") and eps1_long.endswith("| 3/3 |")
+    d = stats.paired({s: 30 + 0.2 * s for s in range(3)}, {s: 19.0 + s for s in range(3)})
+    assert f"+{d.mean:.1f} [+{d.lo:.1f}, +{d.hi:.1f}]" in inf_long.split("|")[9]
+    assert rows[0].split("|")[9].strip() == "–" and "over their 2 comparisons" in table
+    said = R.privacy_findings(str(tmp_path))
+    assert "The non-private arm is still improving at 120 rounds (3/3 seeds" in said
+    assert "0/3 (3 still improving) at ε = ∞" in said and "3/3 at ε = 1" in said and "5 minutes a run per" in said
+
+
+def test_a_run_that_diverged_is_counted_not_dropped(tmp_path):
+    for s in range(3):
         fabricate(tmp_path, f"few12_eps1_s{s}", s, [0.05, 0.02, 0.015], 0.99, 8.0, 12)
         fabricate(tmp_path, f"few12_epsinf_s{s}", s, [0.15, 0.16, 0.17], math.inf, 0.0, 12)
-    (tmp_path / "few12_eps1_s1" / "summary.json").unlink()  # what a non-finite update norm leaves
+    (tmp_path / "few12_eps1_s1" / "summary.json").unlink()  # an older record: no summary at all
+    (tmp_path / "few12_eps1_s2" / "summary.json").write_text(json.dumps({  # what the engine writes now
+        "status": "diverged", "diverged_at": "round 35", "dp_epsilon": 0.9, "dp_delta": 0.065, "dp_noise": 8.0}))
     row = next(line for line in R.privacy_table(str(tmp_path)).split("\n") if "| 0.99 (" in line)
-    assert "1.5 (n=1), 1 diverged" in row and "0/2 (1 not above the majority character) (1 diverged)" in row
+    assert "1.5 (n=1), 2 diverged" in row and "0/3 (1 not above the majority character) (2 diverged)" in row
