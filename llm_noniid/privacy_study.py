@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from common import cli, flags, jobs
+from common import results as RS
 from common.errors import UsageError, check
 
 RECORDS = "llm_noniid/results/privacy"
@@ -142,7 +143,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--select", nargs="+", metavar="PATTERN", help="only the runs whose names match one of these "
                    "shell patterns (e.g. 'roles_eps*_R120_s*')")
     p.add_argument("--roles", type=flags.POSITIVE_INT, default=1166, help="roles in --data-dir (the labels' q)")
-    p.add_argument("--report", action="store_true", help="print the table from --records and exit (no runs)")
+    p.add_argument("--report", action="store_true", help="print the README's table and findings from the committed "
+                   "records and exit (no runs)")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run")
     return p
 
@@ -150,9 +152,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        if args.report:
-            from llm_noniid import results  # the table's one definition, shared with the README block
-            print(results.privacy_table(args.records))
+        if args.report:  # the README's blocks (llm_noniid/results.py, which reads this module's settings)
+            check(Path(args.records).resolve() == (RS.ROOT / RECORDS).resolve(),
+                  f"--report prints the README's blocks, from the committed records {RECORDS}")
+            blocks = RS.generators(["llm_noniid"])
+            print(blocks["llm_noniid.privacy"](), blocks["llm_noniid.privacy-findings"](), sep="\n\n")
             return 0
         runs = plan(args)
         outcome = jobs.run_plan(runs, parallel=1, log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run,
