@@ -1,24 +1,31 @@
 """The privacy-utility study of user-level DP-FedAvg (``common.privacy``) on LEAF's Shakespeare: what accuracy a
 federation keeps at epsilon 1, 3 and 8 (delta = 1 / N^1.1) against the same run without noise, with the 1,166 real
 roles as clients, with a synthetic population of 10,000 (``shakespeare.py --population``), and with the 12 roles of
-the committed sample (the few-client case: epsilon 1 and 8); and non-private FedAvgM on the real roles at the server
-rate validated without noise (``NONPRIVATE_SERVER_LR``), since the noise needed a smaller one.
+the committed sample (the few-client case: epsilon 1 and 8); non-private FedAvgM on the real roles at the server
+rate validated without noise (``NONPRIVATE_SERVER_LR``), since the noise needed a smaller one; and the real roles at a
+longer budget (``LONG_ROUNDS``, every epsilon and seed), to say whether ``ROUNDS`` is a plateau (``PLATEAU_TOL``).
 
-    python llm_noniid/privacy_study.py --data-dir data/shakespeare     # the grid (36 runs, one core)
-    python llm_noniid/privacy_study.py --report                          # the table from the committed records
+    python llm_noniid/privacy_study.py --data-dir data/shakespeare     # the grid (48 runs, one core)
+    python llm_noniid/privacy_study.py --select 'roles_eps*_R120_s*'   # only the long-budget runs
+    python llm_noniid/privacy_study.py --report                          # the README's blocks from the records
 
 The grid runs one job at a time through ``common.jobs`` (finished runs are skipped, interrupted ones resumed: the
 same command continues it) into ``--out-dir``, then copies each finished run's args.json, summary.json and
 metrics.jsonl (no checkpoint) to ``--records`` (``RECORDS``, committed), which ``--report`` and the README's
-``llm_noniid.privacy`` block read (``llm_noniid/results.py``).
+``llm_noniid.privacy`` blocks read (``llm_noniid/results.py``).
+
+COST_PLACEHOLDER
 
 Every arm is the same mechanism: Poisson sampling of rate q = cohort / N (the accountant's assumption), each update
 clipped to L2 <= ``CLIP``, Gaussian noise z C on the sum, the sum over the expected cohort, FedAvgM on the result;
 ``--dp-epsilon`` solves z for the run's rounds. epsilon = inf is that run with z = 0: non-private FedAvg at the same
-rounds, sampling, clip and server step, so a difference is the noise's cost alone. The settings (``SETTINGS``) were
-chosen on the validation split (``shakespeare.py --eval-split validation``), never on the test numbers reported;
-llm_noniid/README.md says how. The model is a stand-in for the paper's: a 2-layer LSTM of ``HIDDEN`` units (LEAF's
-has 256) with a few local steps a round, sized to one CPU core.
+rounds, sampling, clip and server step, so a difference is the noise's cost alone. At ``LONG_ROUNDS`` a private arm
+is a new run (z solved for the longer run is larger), while a noiseless one repeats the ``ROUNDS``-round run exactly
+up to there (the README's findings check it on the records), so ``--resume --extend`` of a noiseless run would give
+the same run. Every rate is constant over the run (no decay), so a plateau rule over its last evaluations can fail.
+The settings (``SETTINGS``) were chosen on the validation split (``shakespeare.py --eval-split validation``), never
+on the test numbers reported; llm_noniid/README.md says how. The model is a stand-in for the paper's: a 2-layer LSTM
+of ``HIDDEN`` units (LEAF's has 256) with a few local steps a round, sized to one CPU core.
 """
 from __future__ import annotations
 
@@ -104,8 +111,10 @@ def plan(args) -> list[jobs.Job]:
     # the noiseless run at the server rate validated without noise: what DP's smaller server step costs on its own
     own = SETTINGS[:SETTINGS.index("--server-lr")] + ["--server-lr", NONPRIVATE_SERVER_LR]
     plan += [large(f"roles-lr{NONPRIVATE_SERVER_LR}_epsinf_s{seed}", 0, math.inf, seed, own) for seed in args.seeds]
+    # each seed's noiseless reference first: a long grid cut short still pairs the private arms it ran
     plan += [large(long_name(pop, eps, args.long_rounds, seed), POPULATIONS[pop], eps, seed, SETTINGS,
-                   args.long_rounds) for seed in args.seeds for pop in LONG_POPULATIONS for eps in EPSILONS]
+                   args.long_rounds) for seed in args.seeds for pop in LONG_POPULATIONS
+             for eps in sorted(EPSILONS, key=math.isfinite)]
     if args.select:
         plan = [j for j in plan if any(fnmatch.fnmatchcase(j.name, pat) for pat in args.select)]
         check(plan, f"--select {' '.join(args.select)} matches no run of the study")

@@ -279,8 +279,8 @@ def privacy_findings(folder: str = PRIVACY) -> str:
                           f"{stats.claim(*stats_verdict(longer, (pop, eps, rounds)), m, unit=' points')}"
                           for eps, *_ in arms)
         plateau = ", ".join(f"{plateau_cell(all_runs)} at ε = {eps_name(eps)}" for eps, _, all_runs in arms)
-        z = ", ".join(f"{g[0]['summary']['dp_noise']:.3g} at ε = {eps:g}" for eps, g, _ in arms
-                      if g and not math.isinf(eps))
+        z = ", ".join(f"{g[0]['summary']['dp_noise']:.3g} at ε = {eps:g} (noise norm on the mean "
+                      f"{noise_ratio(g[0]['summary']):.1f} C)" for eps, g, _ in arms if g and not math.isinf(eps))
         text = (f"At {rounds} rounds on the {POPULATIONS[pop]} (every rate held constant; a private arm is a new run, "
                 f"z solved for {rounds} rounds: {z}): final test accuracy % {at}; against the same arm at "
                 f"{PS.ROUNDS} rounds, paired by seed: {gains}. At their plateau at {rounds} rounds: {plateau}.")
@@ -302,7 +302,8 @@ def privacy_findings(folder: str = PRIVACY) -> str:
                      f"reference is not at a plateau, so each difference to ε = ∞ at {rounds} rounds compares how far "
                      "the arms have climbed, not where they end, and what DP costs at the plateau is not measured "
                      f"here. It needs a longer budget at these rates (the runs took {secs.mean:.1f} ± {secs.sd:.1f} s "
-                     f"a round on a shared core: {secs.mean * 100 / 60:.0f} minutes a run per further 100 rounds)"
+                     f"of wall time a round on a shared core: {secs.mean * 100 / 60:.0f} minutes a run per further 100 "
+                     "rounds)"
                      + (f" or a larger server rate (non-private at rate 1 reached {ref.mean:.1f} ± {ref.sd:.1f} % in "
                         f"{PS.ROUNDS} rounds, but under noise rate 1 diverged on the validation split)" if own else "")
                      + ".")
