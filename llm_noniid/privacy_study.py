@@ -14,7 +14,13 @@ same command continues it) into ``--out-dir``, then copies each finished run's a
 metrics.jsonl (no checkpoint) to ``--records`` (``RECORDS``, committed), which ``--report`` and the README's
 ``llm_noniid.privacy`` blocks read (``llm_noniid/results.py``).
 
-COST_PLACEHOLDER
+Cost, measured (one job at a time, OMP_NUM_THREADS=1, on a 2-core machine shared with other work, its 1-minute load
+average 1.5-7.5 by ``uptime`` during the runs): the 12 runs at ``LONG_ROUNDS`` = 120 took 4,043 s of wall time in
+all (157-571 s each, 337 s on average) and 2,087 s of CPU time (utime + stime sampled every 2 s: 138-239 s each, 174
+s on average, 1.45 s a round; the longest, roles_eps1_R120_s0, was stopped and resumed once); the wall time is about
+twice the CPU time because the core was shared. The 36 runs at ``ROUNDS`` = 40 took 4,376 s of wall time in all
+(summary.json; CPU time not recorded), the 12-role ones about a minute each (the rerun of few12_eps1_s0: 58 s wall,
+27 s CPU).
 
 Every arm is the same mechanism: Poisson sampling of rate q = cohort / N (the accountant's assumption), each update
 clipped to L2 <= ``CLIP``, Gaussian noise z C on the sum, the sum over the expected cohort, FedAvgM on the result;
