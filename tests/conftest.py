@@ -14,7 +14,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FEDLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (the full suite: ``-n 2``) the workers share the cores: one torch thread each.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 
 # The environment a user has, on a fresh machine: a new empty home folder per test session, so the scripts' own
 # default folders (~/.cache/fedlab, <out-dir>/cache) are the ones exercised, cold, and nothing of the real home
