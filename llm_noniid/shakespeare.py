@@ -19,6 +19,11 @@ seeded by --population-seed): several synthetic clients share a speaker and may 
 the real roles' sizes and styles, not more data. Evaluation stays on the real test split. A client costs three
 integers; a round costs its clients' samples.
 
+``--batch-size 0`` is B = inf: a client's whole training set in one batch, so ``--local-epochs 1 --batch-size 0`` is
+McMahan et al.'s FedSGD (one full-batch gradient step per client, the server's weighted average of the steps is
+one step on the cohort's gradient). ``--max-client-samples N`` keeps at most N of each role's training samples (a
+seeded subset, the same for every --seed): a smaller round for a CPU, at the cost of less data per role.
+
 ``--eval-split validation``: 10% of every role's training samples held out at random (seeded) and scored instead
 of the test split (the rest trains, and a population is cut from the rest): for choosing settings without looking
 at the test numbers. Writes <out-dir>/<run-name>/ with args.json, metrics.jsonl (one row per evaluation:
@@ -50,6 +55,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    "across --seed: the data, not the run)")
     g.add_argument("--eval-split", choices=("test", "validation"), default="test", help="test: the roles' test "
                    "split | validation: 10%% of each role's training samples held out (choose settings on it)")
+    g.add_argument("--max-client-samples", type=flags.COUNT, default=0, help="each role keeps at most N of its "
+                   "training samples, a seeded random subset fixed across --seed and rounds (0: all; shrinks a "
+                   "round's work for a CPU: the paper's roles hold ~3,600)")
     g.add_argument("--max-eval-samples", type=flags.COUNT, default=20000, help="test samples scored, a seeded "
                    "subset of every role's test samples (0: all; the full build holds ~845,000)")
     g = p.add_argument_group("model")
@@ -60,7 +68,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     g.add_argument("--layers", type=flags.POSITIVE_INT, default=2, help="lstm: LSTM layers")
     g = p.add_argument_group("local training")
     g.add_argument("--local-epochs", type=flags.POSITIVE_INT, default=1, help="E: passes over the client's samples")
-    g.add_argument("--batch-size", type=flags.POSITIVE_INT, default=10, help="B: local batch size (samples)")
+    g.add_argument("--batch-size", type=flags.COUNT, default=10, help="B: local batch size (samples); 0: B = inf, "
+                   "the client's whole training set in one batch (with E = 1: FedSGD, McMahan et al. 2017)")
     g.add_argument("--max-local-steps", type=flags.COUNT, default=0, help="cap on local SGD steps (0: no cap)")
     g.add_argument("--learning-rate", type=flags.POSITIVE, default=0.8, help="local SGD learning rate (LEAF: 0.8)")
     g = p.add_argument_group("federation")

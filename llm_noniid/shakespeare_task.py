@@ -69,12 +69,15 @@ def validate(args) -> None:
     flags.refuse_unused(args, [*((dest, args.model == "lstm", f"with --model {args.model}")
                                  for dest in ("embed_dim", "hidden", "layers")),
                                ("population_seed", args.population > 0, "without --population")])
+    cli.check(not (args.population and args.max_client_samples), "--max-client-samples caps the roles; a "
+              "--population's clients take their sizes from the roles' (drop one of the two)")
 
 
 def default_run_name(a) -> str:
     return run_name("shakespeare", a.model, engine.name_suffix(a).lstrip("_") or None, n=a.population or None,
                     val=a.eval_split == "validation", m=a.clients_per_round,
-                    e=a.local_epochs, b=a.batch_size, lr=a.learning_rate, s=a.seed)
+                    cap=a.max_client_samples or None, e=a.local_epochs, b=a.batch_size or "inf",
+                    lr=a.learning_rate, s=a.seed)
 
 
 def build_model(args, vocab: int) -> nn.Module:
@@ -111,12 +114,14 @@ class ShakespeareTask(engine.Task):
 
     def client_batches(self, k, r) -> batched.Batches:
         """Client k's batches in round r: --local-epochs shuffles (its stream (seed, round, k)) in batches of
-        --batch-size, at most --max-local-steps of them; each batch's windows cut when it is taken."""
+        --batch-size (0: all its samples in one), at most --max-local-steps of them; each batch's windows cut when
+        it is taken."""
         a, pos = self.args, self.train_of(k)
+        size = a.batch_size or max(len(pos), 1)
         gen, picks = client_generator(a.seed, r, k), []
         for _ in range(a.local_epochs):
             order = torch.randperm(len(pos), generator=gen).numpy()
-            picks += [pos[order[i:i + a.batch_size]] for i in range(0, len(pos), a.batch_size)]
+            picks += [pos[order[i:i + size]] for i in range(0, len(pos), size)]
         return batched.Batches(picks[:a.max_local_steps] if a.max_local_steps else picks, self.data.windows)
 
     def train_client(self, k, r, opt, algo) -> dict:
@@ -175,11 +180,20 @@ def references(data: S.Shakespeare, eval_pos: np.ndarray, clients: int) -> dict:
             "uniform_accuracy": 1.0 / len(data.vocab)}
 
 
+def cap_samples(train: list[np.ndarray], n: int, seed: int = 0) -> list[np.ndarray]:
+    """Each role's training positions, at most ``n`` of them: a role with more keeps a random subset of n, seeded by
+    (seed, "shakespeare-cap", k) and sorted, so every --seed and round sees the same clients."""
+    return [pos if len(pos) <= n else np.sort(numpy_rng(seed, "shakespeare-cap", k).choice(pos, n, replace=False))
+            for k, pos in enumerate(train)]
+
+
 def clients(args, data: S.Shakespeare) -> tuple[np.ndarray, object]:
     """The clients' sizes n_k ([N] float64, the engine's weights) and ``train_of(k)``, client k's training positions:
-    the roles themselves, or ``--population`` synthetic clients cut from them (three integers each)."""
+    the roles themselves (at most ``--max-client-samples`` each), or ``--population`` synthetic clients cut from them
+    (three integers each)."""
     if not args.population:
-        return np.array([len(t) for t in data.train], dtype=np.float64), data.train.__getitem__
+        train = cap_samples(data.train, args.max_client_samples) if args.max_client_samples else data.train
+        return np.array([len(t) for t in train], dtype=np.float64), train.__getitem__
     pop = S.population([len(t) for t in data.train], args.population, args.population_seed)
     return pop.length.astype(np.float64), functools.partial(pop.positions, data.train)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from clicases import one_line_error, the_run
 
+from common import cli
 from common import shakespeare as S
 from llm_noniid import options as llm_options
 from llm_noniid import shakespeare as SH
@@ -89,3 +90,42 @@ def test_the_validation_split_holds_out_a_tenth_of_each_roles_training_samples_n
     for t, k, h, test in zip(data.train, kept, held, data.test):
         assert len(h) == int(0.1 * len(t)) and np.array_equal(np.sort(np.concatenate([k, h])), t)
         assert not set(h) & set(test) and not set(h) & set(k)
+
+
+def _task(argv):
+    """The task of ``shakespeare.py --quick <argv>`` over the committed sample, without running it."""
+    args = cli.parse(SH.get_args_parser(), ["--quick", "--hidden", "8", *argv])
+    data = S.load(args.data_dir)
+    sizes, train_of = shakespeare_task.clients(args, data)
+    model = shakespeare_task.build_model(args, len(data.vocab))
+    return shakespeare_task.ShakespeareTask(args, data, model, torch.device("cpu"), np.arange(4), sizes, train_of)
+
+
+def test_batch_size_0_is_fedsgd_one_step_on_the_clients_whole_set_per_epoch():
+    task = _task(["--batch-size", "0"])
+    for k in (0, 5):
+        batches = task.client_batches(k, 0)
+        assert len(batches) == 1 and sorted(batches.picks[0]) == sorted(task.train_of(k))
+        assert len(batches[0][1]) == task.sizes[k]
+    five = _task(["--batch-size", "0", "--local-epochs", "5"]).client_batches(3, 2)
+    assert len(five) == 5 and all(sorted(p) == sorted(task.train_of(3)) for p in five.picks)
+    capped = _task(["--batch-size", "0", "--local-epochs", "5", "--max-local-steps", "2"]).client_batches(3, 2)
+    assert len(capped) == 2 and all(np.array_equal(a, b) for a, b in zip(capped.picks, five.picks))
+
+
+def test_max_client_samples_keeps_a_fixed_random_subset_of_each_role():
+    full, capped = _task([]), _task(["--max-client-samples", "30"])
+    assert capped.sizes.max() == 30 and (capped.sizes == np.minimum(full.sizes, 30)).all()
+    for k in range(len(full.sizes)):
+        kept, every = capped.train_of(k), full.train_of(k)
+        assert set(kept) <= set(every) and (full.sizes[k] <= 30) == np.array_equal(kept, every)
+    big = int(np.argmax(full.sizes))
+    assert not np.array_equal(capped.train_of(big), full.train_of(big)[:30])  # a random subset, not the first
+    other_seed = _task(["--max-client-samples", "30", "--seed", "4"])       # the data, not the run
+    assert np.array_equal(other_seed.train_of(big), capped.train_of(big))
+    assert len(capped.client_batches(big, 0)) == 3  # B = 10
+
+
+def test_max_client_samples_is_refused_with_a_population(capsys):
+    err = one_line_error(SH.main, SMALL + ["--population", "50", "--max-client-samples", "10"], capsys)
+    assert "--max-client-samples caps the roles" in err
