@@ -424,7 +424,7 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
                 "FedSGD" if key == (1, 0) else f"{paper[(1, 0)][1] / paper[key][1]:.1f}x"] if key in paper else [
             "–"] * 3
         if key not in here:
-            rows.append([e, "∞" if not b else b, *left, *["not run"] + ["–"] * 7])
+            rows.append([e, "∞" if not b else b, *left, *["not run"] + ["–"] * 8])
             continue
         name, g = here[key]
         a, s = g[0]["args"], g[0]["summary"]
@@ -440,10 +440,12 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
         rows.append([e, "∞" if not b else b, *left, f"{u:.1f}", f"{a['learning_rate']:g}", s["rounds_done"], cell,
                      "FedSGD" if key == (1, 0) else speedup(base, reach[key]),
                      stats.fmt_seeds(100 * r["summary"]["final_test_accuracy"] for r in g), f"{gap.mean:.1f}",
+                     f"{sum(r['summary']['round_seconds'] / r['summary']['rounds_done'] for r in g) / len(g):.2f}",
                      f"{len(g) - improving}/{len(g)}" + (f" ({improving} still improving)" if improving else "")])
     lines = stats.markdown(["E", "B", "paper u", f"paper rounds to {PAPER_TARGET} %, roles (IID)", "paper speed-up",
                             "here u", "here η", "rounds run", f"here rounds to {target:g} % (per seed)",
-                            "speed-up [95% CI]", "test accuracy % at the end", "best − last", "at plateau"], rows)
+                            "speed-up [95% CI]", "test accuracy % at the end", "best − last", "s a round",
+                            "at plateau"], rows)
     summaries = [r["summary"] for g in runs.values() for r in g]
     refs = ""
     if summaries:
@@ -452,8 +454,10 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
                 f"{100 * summaries[0]['uniform_accuracy']:.1f} %. ")
     return minus("\n".join(lines) + f"\n\n{refs}Rounds to target: the first evaluation at or above it (a seed that "
                  "never reached it: > its rounds); speed-up: FedSGD's rounds over the arm's, paired by seed (same "
-                 "initial model, same cohorts), geometric mean and 95 % t interval; at plateau: the last third of "
-                 f"evaluations gains at most {PLATEAU_TOL} points over the best before and the best is not the last.")
+                 "initial model, same cohorts), geometric mean and 95 % t interval; s a round: a round's wall time "
+                 "without evaluation (local training and aggregation) on a shared 2-core machine; at plateau: the "
+                 f"last third of evaluations gains at most {PLATEAU_TOL} points over the best before and the best is "
+                 "not the last.")
 
 
 def mcmahan_validation(folder: str = MCMAHAN_VALIDATION) -> str:

@@ -47,7 +47,8 @@ def fabricate(folder, name: str, seed: int, e: int, b: int, every: int, curve: l
                                                for i, a in enumerate(curve)))
     (run / "summary.json").write_text(json.dumps({
         "final_test_accuracy": curve[-1], "rounds_done": every * len(curve), "majority_accuracy": 0.16,
-        "uniform_accuracy": 1 / 82, "train_samples": 40 * 1000, "clients": 1000}))
+        "uniform_accuracy": 1 / 82, "train_samples": 40 * 1000, "clients": 1000,
+        "round_seconds": 0.5 * every * len(curve)}))
 
 
 def test_the_table_sets_the_paper_beside_the_arms_and_marks_a_still_improving_arm(tmp_path, monkeypatch):
@@ -65,10 +66,10 @@ def test_the_table_sets_the_paper_beside_the_arms_and_marks_a_still_improving_ar
     sgd, e1, e5 = rows[("1", "∞")], rows[("1", "10")], rows[("5", "10")]
     assert sgd[2:5] == ["1", "3,906 (2,488)", "FedSGD"] and e1[2:5] == ["7.4", "164 (460)", "23.8x"]
     assert e5[4] == "95.3x" and rows[("5", "50")][5] == "not run" and rows[("1", "50")][3] == "549 (1,635)"
-    assert sgd[8] == "50 ± 10 (40, 50, 60)" and sgd[12] == "0/3 (3 still improving)"
-    assert e1[5] == "4.0" and e1[8] == "10 ± 0 (10, 10, 10)" and e1[12] == "3/3"
+    assert sgd[8] == "50 ± 10 (40, 50, 60)" and sgd[13] == "0/3 (3 still improving)" and sgd[12] == "0.50"
+    assert e1[5] == "4.0" and e1[8] == "10 ± 0 (10, 10, 10)" and e1[13] == "3/3"
     g = math.exp(sum(math.log(x) for x in (4, 5, 6)) / 3)
     assert e1[9].startswith(f"{g:.1f}x [") and e1[9].endswith("(n=3)")
-    assert e5[8] == "3 ± 1 (2, 4, > 8)" and e5[12] == "2/3 (1 still improving)"
+    assert e5[8] == "3 ± 1 (2, 4, > 8)" and e5[13] == "2/3 (1 still improving)"
     assert e5[9].startswith(f"{math.sqrt(20 * 12.5):.1f}x [")  # seeds 0, 1: 40 / 2 and 50 / 4
     assert "majority character 16.0 %" in table and "uniform 1.2 %" in table
