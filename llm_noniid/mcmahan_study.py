@@ -57,9 +57,9 @@ class Arm:
 # chosen on the validation split (README, "McMahan et al. 2017's table"): each arm's rate, rounds the core allows
 ARMS = {
     "fedsgd": Arm(epochs=1, batch=0, lr=10.0, rounds=300, eval_every=10),
-    "fedavg_e5_binf": Arm(epochs=5, batch=0, lr=5.0, rounds=80, eval_every=4),
-    "fedavg_e1_b10": Arm(epochs=1, batch=10, lr=4.0, rounds=160, eval_every=5),
-    "fedavg_e5_b10": Arm(epochs=5, batch=10, lr=2.0, rounds=50, eval_every=2),
+    "fedavg_e5_binf": Arm(epochs=5, batch=0, lr=10.0, rounds=120, eval_every=4),
+    "fedavg_e1_b10": Arm(epochs=1, batch=10, lr=8.0, rounds=240, eval_every=5),
+    "fedavg_e5_b10": Arm(epochs=5, batch=10, lr=4.0, rounds=80, eval_every=2),
 }
 
 
