@@ -436,12 +436,16 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
             m = stats.summarize(got)
             cell = f"{m.mean:.0f} ± {m.sd:.0f} ({cell})"
         gap = stats.summarize(max(a for _, a in r["points"]) - r["points"][-1][1] for r in g)
-        improving = sum(still_improving([a for _, a in r["points"]]) for r in g)
+        fell = [r for r in g if r["points"][-1][1] <= 100 * r["summary"]["majority_accuracy"]
+                < max(a for _, a in r["points"])]  # learned, then lost it
+        improving = sum(still_improving([a for _, a in r["points"]]) for r in g if r not in fell)
         rows.append([e, "∞" if not b else b, *left, f"{u:.1f}", f"{a['learning_rate']:g}", s["rounds_done"], cell,
                      "FedSGD" if key == (1, 0) else speedup(base, reach[key]),
                      stats.fmt_seeds(100 * r["summary"]["final_test_accuracy"] for r in g), f"{gap.mean:.1f}",
                      f"{sum(r['summary']['round_seconds'] / r['summary']['rounds_done'] for r in g) / len(g):.2f}",
-                     f"{len(g) - improving}/{len(g)}" + (f" ({improving} still improving)" if improving else "")])
+                     f"{len(g) - improving - len(fell)}/{len(g)}"
+                     + (f" ({improving} still improving)" if improving else "")
+                     + (f" ({len(fell)} fell to the majority character or below)" if fell else "")])
     lines = stats.markdown(["E", "B", "paper u", f"paper rounds to {PAPER_TARGET} %, roles (IID)", "paper speed-up",
                             "here u", "here η", "rounds run", f"here rounds to {target:g} % (per seed)",
                             "speed-up [95% CI]", "test accuracy % at the end", "best − last", "s a round",
@@ -457,7 +461,8 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
                  "initial model, same cohorts), geometric mean and 95 % t interval; s a round: a round's wall time "
                  "without evaluation (local training and aggregation) on a shared 2-core machine; at plateau: the "
                  f"last third of evaluations gains at most {PLATEAU_TOL} points over the best before and the best is "
-                 "not the last.")
+                 "not the last; a run that ends at or below the majority character after learning has fallen, not "
+                 "plateaued.")
 
 
 def mcmahan_validation(folder: str = MCMAHAN_VALIDATION) -> str:
