@@ -5,7 +5,8 @@ Records: ``RECORDS/runs/<algorithm>_<partition>_k10_p1_lr0.01_j8_schedcosine_s<s
 summary.json), the pretrained-LoRA regime's grid. A sentence about one method on every split is one Holm family
 over those splits (``SPLITS``), declared here. ``PRIVACY/<population>_eps<epsilon>_s<seed>/`` (args.json,
 summary.json, metrics.jsonl): privacy_study.py's runs, one table whose comparisons to epsilon = inf are one Holm
-family.
+family. ``MCMAHAN/<arm>_s<seed>/``: mcmahan_study.py's runs, one table beside McMahan et al. 2017's Table 2 rows
+(``PAPER``), its rates chosen by the runs in ``MCMAHAN_VALIDATION``.
 """
 from __future__ import annotations
 
