@@ -461,9 +461,9 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
                  "never reached it: > its rounds); speed-up: FedSGD's rounds over the arm's, paired by seed (same "
                  "initial model, same cohorts), geometric mean and 95 % t interval; s a round: a round's wall time "
                  "without evaluation (local training and aggregation) on a shared 2-core machine; at plateau: the "
-                 f"last third of evaluations gains at most {PLATEAU_TOL} points over the best before and the best is "
-                 "not the last; a run that ends at or below the majority character after learning has fallen, not "
-                 "plateaued.")
+                 f"last third of evaluations gains at most {PS.PLATEAU_TOL:g} points over the best before and the "
+                 "best is not the last; a run that ends at or below the majority character after learning has "
+                 "fallen, not plateaued.")
 
 
 def mcmahan_validation(folder: str = MCMAHAN_VALIDATION) -> str:
