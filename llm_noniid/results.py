@@ -483,6 +483,30 @@ def mcmahan_validation(folder: str = MCMAHAN_VALIDATION) -> str:
                                            "best", f"rounds to {MCMAHAN_TARGET} %"], rows)))
 
 
-BLOCKS = {"scaffold": scaffold, "study": study, "privacy": privacy_table, "privacy-findings": privacy_findings,
+BASE = "llm_noniid/results/pretrained/base"  # pretrain.json of the pretrained regime's base (run_experiments.BASE_FLAGS)
+
+
+def base() -> str:
+    """The pretrained regime's base: its size and test perplexity beside the unigram and uniform guesses, from the
+    committed pretrain.json (``python llm_noniid/pretrain.py --n-layer 2 --n-embd 128 --n-head 2 --vocab-size 2048``
+    with one torch thread rebuilds it), and whether its best validation point is its last."""
+    info = json.loads((RS.ROOT / BASE / "pretrain.json").read_text(encoding="utf-8"))
+    s, hist = info["settings"], info["history"]
+    last = hist[-1]["step"] == info["best_step"]
+    gain = (hist[-2]["val_ppl"] - hist[-1]["val_ppl"]) / hist[-2]["val_ppl"] * 100 if len(hist) > 1 else 0.0
+    return (f"The base ([`{BASE.split('/', 1)[1]}/pretrain.json`]({BASE.split('/', 1)[1]}/pretrain.json)): a "
+            f"{s['n_layer']}-layer GPT-2 of width {s['n_embd']}, BPE {s['vocab_size']:,} ({info['params'] / 1e6:.2f} M "
+            f"parameters), {s['steps']:,} steps on {info['train_tokens']:,} training tokens of "
+            f"{info['articles']['train']} WikiText-2 articles; test perplexity {info['test_ppl']:.1f} on its "
+            f"{info['articles']['test']} test articles (unigram {info['unigram_ppl']:.1f}, uniform "
+            f"{info['uniform_ppl']:,.0f}). "
+            + (f"Its best validation point is its last step (−{gain:.1f} % over the last {s['eval_every']} steps): "
+               "the base is still improving, and the study fine-tunes it as it is. " if last else "")
+            + f"Pretrained with {s['torch_threads']} torch thread in {info['wall_seconds_last_session'] / 60:.1f} min "
+            f"wall, {info['cpu_seconds_last_session']:.0f} s CPU (load {info['load_start']:.1f} to "
+            f"{info['load_end']:.1f}).")
+
+
+BLOCKS = {"base": base, "scaffold": scaffold, "study": study, "privacy": privacy_table, "privacy-findings": privacy_findings,
           "privacy-validation": privacy_validation, "mcmahan": mcmahan_table,
           "mcmahan-validation": mcmahan_validation}
