@@ -483,7 +483,7 @@ def mcmahan_validation(folder: str = MCMAHAN_VALIDATION) -> str:
                                            "best", f"rounds to {MCMAHAN_TARGET} %"], rows)))
 
 
-BASE = "llm_noniid/results/pretrained/base"  # pretrain.json of the pretrained regime's base (run_experiments.BASE_FLAGS)
+BASE = "llm_noniid/results/pretrained/base"  # pretrain.json of the regime's base (run_experiments.BASE_FLAGS)
 
 
 def base() -> str:
@@ -507,6 +507,7 @@ def base() -> str:
             f"{info['load_end']:.1f}).")
 
 
-BLOCKS = {"base": base, "scaffold": scaffold, "study": study, "privacy": privacy_table, "privacy-findings": privacy_findings,
+BLOCKS = {"base": base, "scaffold": scaffold, "study": study, "privacy": privacy_table,
+          "privacy-findings": privacy_findings,
           "privacy-validation": privacy_validation, "mcmahan": mcmahan_table,
           "mcmahan-validation": mcmahan_validation}
