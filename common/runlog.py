@@ -54,10 +54,11 @@ ALWAYS_IGNORED = ("resume", "overwrite", "extend")  # how to start, not what run
 # Run lengths: a change is refused on resume unless --extend asks for a longer run on purpose.
 LENGTH_FLAGS = ("rounds", "num_rounds", "epochs", "n_epochs", "max_steps", "total_steps", "num_train_epochs")
 # Flags added after runs were saved, with the value that does what those runs did: a saved run without the flag
-# resumes when it is at that value (llm_noniid's --lr-schedule and --lora-targets; the --dp-* flags: DP off).
+# resumes when it is at that value (llm_noniid's --lr-schedule and --lora-targets; the --dp-* flags: DP off;
+# shakespeare.py's --max-client-samples: every window).
 ADDED_FLAGS = {"lr_schedule": "constant", "lora_targets": None, "dp_clip": None, "dp_noise": None, "dp_epsilon": None,
                "dp_delta": None, "dp_sampling": "poisson", "dp_quantile": None, "dp_clip_lr": 0.2,
-               "dp_count_noise": None, "dp_accountant": "rdp"}
+               "dp_count_noise": None, "dp_accountant": "rdp", "max_client_samples": 0}
 
 
 @functools.lru_cache(maxsize=1)
