@@ -282,8 +282,10 @@ def privacy_findings(folder: str = PRIVACY) -> str:
         plateau = ", ".join(f"{plateau_cell(all_runs)} at ε = {eps_name(eps)}" for eps, _, all_runs in arms)
         z = ", ".join(f"{g[0]['summary']['dp_noise']:.3g} at ε = {eps:g} (noise norm on the mean "
                       f"{noise_ratio(g[0]['summary']):.1f} C)" for eps, g, _ in arms if g and not math.isinf(eps))
-        text = (f"At {rounds} rounds on the {POPULATIONS[pop]} (every rate held constant; a private arm is a new run, "
-                f"z solved for {rounds} rounds: {z}): final test accuracy % {at}; against the same arm at "
+        private = (f"; a private arm is a new run, z solved for {rounds} rounds: {z}" if z
+                   else "; the noiseless arm only, its runs continued with --extend")
+        text = (f"At {rounds} rounds on the {POPULATIONS[pop]} (every rate held constant{private}): final test "
+                f"accuracy % {at}; against the same arm at "
                 f"{PS.ROUNDS} rounds, paired by seed: {gains}. At their plateau at {rounds} rounds: {plateau}.")
         same = repeats(runs.get((pop, math.inf, rounds), []), runs.get((pop, math.inf, PS.ROUNDS), []))
         if same is not None:
