@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,27 @@ class Job:
 
     def command(self, extra: Sequence[str] = ()) -> list[str]:
         return [sys.executable, script_path(self.script), *self.argv, *extra]
+
+
+RECORD_FILES = ("args.json", "summary.json", "metrics.jsonl")  # what a study commits of a run: no checkpoint
+
+
+def copy_records(out_dir: str | os.PathLike, records: str | os.PathLike, names: Sequence[str], *,
+                 unfinished: bool = False) -> int:
+    """Copy the record files (``RECORD_FILES``) of the runs ``names`` from ``out_dir`` to ``records``, a study's
+    committed folder; how many runs. Only runs with a summary.json, or with ``unfinished`` every run with an
+    args.json (a run that stopped without writing its summary keeps its arguments and metrics)."""
+    done = 0
+    for name in names:
+        run, dest = Path(out_dir) / name, Path(records) / name
+        if not (run / ("args.json" if unfinished else "summary.json")).is_file():
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in RECORD_FILES:
+            if (run / f).is_file():
+                shutil.copyfile(run / f, dest / f)
+        done += 1
+    return done
 
 
 def _flag_value(argv: Sequence[str], flag: str, default: str) -> str:

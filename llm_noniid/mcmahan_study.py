@@ -24,7 +24,6 @@ those runs), never on the test numbers reported.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ HIDDEN = 32
 COHORT = 10
 CAP = 50
 EVAL_SAMPLES = 4000
-RECORD_FILES = ("args.json", "summary.json", "metrics.jsonl")
 
 
 @dataclass(frozen=True)
@@ -82,19 +80,6 @@ def plan(args) -> list[jobs.Job]:
             for seed in args.seeds for name, arm in ARMS.items() if name in args.arms]
 
 
-def collect(out_dir: Path, records: Path, names: list[str]) -> int:
-    """Copy the record files (no checkpoint) of the runs ``names`` from ``out_dir`` to ``records``; how many."""
-    done = 0
-    for name in names:
-        run = out_dir / name
-        if not (run / "summary.json").is_file():
-            continue
-        (records / name).mkdir(parents=True, exist_ok=True)
-        for f in RECORD_FILES:
-            shutil.copyfile(run / f, records / name / f)
-        done += 1
-    return done
-
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
@@ -121,7 +106,7 @@ def main(argv=None) -> int:
                                 title="McMahan et al. 2017 study",
                                 next_step="python llm_noniid/mcmahan_study.py --report")
         if not args.dry_run:
-            n = collect(Path(args.out_dir), Path(args.records), outcome.names("done-before", "finished"))
+            n = jobs.copy_records(args.out_dir, args.records, outcome.names("done-before", "finished"))
             print(f"{n} finished runs' records in {args.records}")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -73,7 +72,6 @@ LONG_ROUNDS, LONG_POPULATIONS = 120, ("roles",)
 PLATEAU_TAIL, PLATEAU_TOL = 1 / 3, 1.0
 # the few-client case: the committed 12-role sample (shakespeare.py --quick), 10 expected a round, equal rounds
 FEW_COHORT, FEW_ROUNDS, FEW_EPSILONS = 10, ROUNDS, (1.0, 8.0, math.inf)
-RECORD_FILES = ("args.json", "summary.json", "metrics.jsonl")
 
 
 def eps_tag(eps: float) -> str:
@@ -127,22 +125,6 @@ def plan(args) -> list[jobs.Job]:
     return plan
 
 
-def collect(out_dir: Path, records: Path, names: list[str]) -> int:
-    """Copy the record files (no checkpoint) of the runs ``names`` (finished or diverged) from ``out_dir`` to
-    ``records``; how many runs. A run that diverged inside a client's update has no summary.json: its args.json and
-    metrics.jsonl go, and the table counts it as diverged."""
-    done = 0
-    for name in names:
-        run = out_dir / name
-        if not (run / "args.json").is_file():
-            continue
-        (records / name).mkdir(parents=True, exist_ok=True)
-        for f in RECORD_FILES:
-            if (run / f).is_file():
-                shutil.copyfile(run / f, records / name / f)
-        done += 1
-    return done
-
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
@@ -177,7 +159,8 @@ def main(argv=None) -> int:
         outcome = jobs.run_plan(runs, parallel=1, log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run,
                                 title="privacy study", next_step="python llm_noniid/privacy_study.py --report")
         if not args.dry_run:
-            n = collect(Path(args.out_dir), Path(args.records), outcome.names("done-before", "finished", "diverged"))
+            n = jobs.copy_records(args.out_dir, args.records, outcome.names("done-before", "finished", "diverged"),
+                                  unfinished=True)  # a diverged run's records too
             print(f"{n} finished runs' records in {args.records}")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

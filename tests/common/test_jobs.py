@@ -243,3 +243,18 @@ def test_a_finished_line_names_the_validation_metric_before_the_test_metric(tmp_
     assert jobs._describe(j) == "; final_val_accuracy 0.8"
     (j.run_dir / "summary.json").write_text(json.dumps({"test_accuracy": 0.9}))
     assert jobs._describe(j) == "; test_accuracy 0.9"
+
+
+def test_copy_records_copies_the_record_files_of_finished_runs_or_also_unfinished_ones(tmp_path):
+    out, records = tmp_path / "out", tmp_path / "records"
+    for name, files in {"done": ("args.json", "summary.json", "metrics.jsonl", "checkpoint.pt"),
+                        "stopped": ("args.json", "metrics.jsonl", "checkpoint.pt"), "empty": ()}.items():
+        (out / name).mkdir(parents=True)
+        for f in files:
+            (out / name / f).write_text(f"{name}/{f}")
+    assert jobs.copy_records(out, records, ["done", "stopped", "empty", "missing"]) == 1
+    assert sorted(p.name for p in (records / "done").iterdir()) == ["args.json", "metrics.jsonl", "summary.json"]
+    assert not (records / "stopped").exists()
+    assert jobs.copy_records(out, records, ["stopped", "empty"], unfinished=True) == 1
+    assert sorted(p.name for p in (records / "stopped").iterdir()) == ["args.json", "metrics.jsonl"]
+    assert (records / "done" / "summary.json").read_text() == "done/summary.json"
