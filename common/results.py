@@ -17,6 +17,13 @@ constant there, ``RECORDS``); ``common.<block>`` blocks come from code (``COMMON
 what runs where). The subproject modules are looked up by name (``SUBPROJECTS``), so ``common`` imports
 no subproject; they import only ``common``. The same block may appear in several READMEs (a study's line in the
 top README and in its subproject's). Sentences use one vocabulary: ``common.stats.claim`` and ``fmt_p``.
+
+The same blocks from your own runs (a grid's out-dir in place of a committed record folder):
+
+    python -m common.results --show lora_glue_fl.sst2 --records lora_glue_fl/results/minilm_glue=runs/lora_glue_minilm
+
+``--records COMMITTED=YOURS`` makes every block read ``YOURS`` wherever it would read the committed folder (or a
+folder inside it), so a table of your runs is written by the code that writes the README's.
 """
 from __future__ import annotations
 
@@ -41,6 +48,21 @@ OPENING = re.compile(r"<!-- (/?)results:([\w.-]+) -->")
 
 
 # ------------------------------------------------------------------------------------- reading records
+REDIRECTS: dict[str, Path] = {}  # committed record folder (relative to ROOT) -> the folder read in its place
+
+
+def path(folder: str | Path) -> Path:
+    """Where a block reads the committed record folder ``folder`` (relative to the repository root): the folder
+    itself, or what ``--records`` put in its place (``REDIRECTS``; a folder inside a redirected one moves with it)."""
+    rel = Path(folder)
+    for committed, mine in REDIRECTS.items():
+        try:
+            return mine / rel.relative_to(committed)
+        except ValueError:
+            continue
+    return ROOT / rel
+
+
 def record(path: Path) -> dict:
     """One run directory's args and summary (metrics.jsonl is not read: blocks state final numbers), with the
     run's "name"; a summary-less (unfinished) run has "summary" None."""
@@ -52,7 +74,7 @@ def record(path: Path) -> dict:
 
 def records(folder: str | Path, pattern: str = "*") -> list[dict]:
     """The finished runs (summary.json present) of a committed record folder, sorted by name."""
-    folder = ROOT / folder
+    folder = path(folder)
     check(folder.is_dir(), f"{folder}: no such record folder (a results block reads its committed records)")
     runs = (record(p) for p in sorted(folder.glob(pattern)) if (p / "args.json").is_file())
     return [r for r in runs if r["summary"] is not None]
@@ -135,9 +157,16 @@ def main(argv=None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--check", action="store_true", help="exit 1 naming every block that differs from its records")
     mode.add_argument("--write", action="store_true", help="rewrite every block in place from its records")
+    mode.add_argument("--show", nargs="+", metavar="BLOCK", help="print these blocks (e.g. mamba_fl.real-table)")
+    parser.add_argument("--records", nargs="+", default=[], metavar="COMMITTED=YOURS",
+                        help="with --show: read folder YOURS (a grid's out-dir) wherever a block reads the committed "
+                             "record folder COMMITTED (relative to the repository root)")
     parser.add_argument("readmes", nargs="*", help="README files (default: the top README and each subproject's)")
     args = parser.parse_args(argv)
     try:
+        if args.show:
+            return show(args.show, args.records)
+        check(not args.records, "--records goes with --show: --check and --write read the committed records")
         result = regenerate(args.readmes or READMES, Path.cwd() if args.readmes else ROOT)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -154,6 +183,22 @@ def main(argv=None) -> int:
     count = sum(len(blocks_in(old)) for old, _, _ in result.values())
     print(f"{count} results block(s) checked, {len(stale)} differ")
     return 1 if stale else 0
+
+
+def show(names: Iterable[str], redirects: Iterable[str] = ()) -> int:
+    """Print blocks ``names``, reading each ``COMMITTED=YOURS`` folder in place of the committed one."""
+    own = importlib.import_module("common.results").REDIRECTS  # the blocks' module, also under ``python -m``
+    for item in redirects:
+        committed, sep, mine = item.partition("=")
+        check(sep and committed and mine, f"--records {item!r}: expected COMMITTED=YOURS")
+        check(Path(mine).is_dir(), f"--records {item!r}: {mine} is not a folder")
+        own[committed.rstrip("/")] = Path(mine).resolve()
+    gens = generators()
+    unknown = [n for n in names if n not in gens]
+    check(not unknown, f"no results block {', '.join(unknown)} (known: {', '.join(sorted(gens))})")
+    for name in names:
+        print(f"<!-- {name} -->\n{gens[name]().rstrip()}\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def privacy_runs(folder: str = PRIVACY) -> dict:
     (``<population>_eps<epsilon>[_R<rounds>]_s<seed>``, no R: ``privacy_study.ROUNDS``), each run with its accuracy
     curve ("curve"); a diverged run's "summary" is None (its summary.json says so, or an older record has none)."""
     out: dict = {}
-    for path in sorted((RS.ROOT / folder).glob("*_eps*_s*")):
+    for path in sorted(RS.path(folder).glob("*_eps*_s*")):
         r = RS.record(path)
         if r["summary"] is not None and r["summary"].get("status") == "diverged":
             r["summary"] = None  # diverged: summary.json says where, and has no final accuracy (rows up to there kept)
@@ -345,7 +345,7 @@ def privacy_validation(folder: str = PRIVACY_VALIDATION) -> str:
     rounds, and the median pre-clip update norm at the last evaluation. Runs stopped by hand (no summary) count:
     what they showed by then decided."""
     rows = []
-    for path in sorted((RS.ROOT / folder).iterdir()):
+    for path in sorted(RS.path(folder).iterdir()):
         a = json.loads((path / "args.json").read_text(encoding="utf-8"))["args"]
         log = [json.loads(x) for x in (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
         server = a["server_opt"] + (f" β {a['server_momentum']:g}" if a["server_opt"] == "fedavgm" else "")
@@ -472,7 +472,7 @@ def mcmahan_validation(folder: str = MCMAHAN_VALIDATION) -> str:
     """The runs on the validation split (seed 0) that chose each arm's rate and the target: E, B, rate, rounds,
     validation accuracy at up to 8 evaluations (the last included), its best, and the rounds to the target."""
     rows = []
-    for path in sorted((RS.ROOT / folder).iterdir()):
+    for path in sorted(RS.path(folder).iterdir()):
         a = json.loads((path / "args.json").read_text(encoding="utf-8"))["args"]
         log = [json.loads(x) for x in (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
         step = max(1, -(-len(log) // 8))
@@ -492,7 +492,7 @@ def base() -> str:
     """The pretrained regime's base: its size and test perplexity beside the unigram and uniform guesses, from the
     committed pretrain.json (``python llm_noniid/pretrain.py --n-layer 2 --n-embd 128 --n-head 2 --vocab-size 2048``
     with one torch thread rebuilds it), and whether its best validation point is its last."""
-    info = json.loads((RS.ROOT / BASE / "pretrain.json").read_text(encoding="utf-8"))
+    info = json.loads((RS.path(BASE) / "pretrain.json").read_text(encoding="utf-8"))
     s, hist = info["settings"], info["history"]
     last = hist[-1]["step"] == info["best_step"]
     gain = (hist[-2]["val_ppl"] - hist[-1]["val_ppl"]) / hist[-2]["val_ppl"] * 100 if len(hist) > 1 else 0.0

@@ -130,7 +130,7 @@ def table(folder: str, setting: tuple) -> dict:
 def selection_notes(folder: str = RECORDS) -> dict:
     """{arm: 'lr at the high edge of its grid'} for each arm whose chosen setting (selection.json) is at an edge
     of the candidates it tried."""
-    record = json.loads((RS.ROOT / folder / "selection.json").read_text(encoding="utf-8"))
+    record = json.loads((RS.path(folder) / "selection.json").read_text(encoding="utf-8"))
     notes = {arm: study_report.edge_note(record["scores"][arm], value, flag[2:])
              for arm, choice in record["chosen"].items() for flag, value in choice.items()}
     return {arm: note for arm, note in notes.items() if note}

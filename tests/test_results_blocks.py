@@ -72,3 +72,33 @@ def test_explained_share_comes_from_the_remainders_interval():
     assert stats.explained(wide, 10.0) == 0.0
     # the gap's sign decides which end of the interval bounds the remainder
     assert stats.explained(tight, -10.0) == stats.explained(tight, 10.0)
+
+
+def test_show_reads_your_runs_in_place_of_the_committed_records(tmp_path):
+    """``--show NAME --records COMMITTED=YOURS``: the same block, written by the same code, from another folder."""
+    mine = tmp_path / "base"
+    shutil.copytree(ROOT / "llm_noniid/results/pretrained/base", mine)
+    info = (mine / "pretrain.json").read_text(encoding="utf-8")
+    committed = subprocess.run([sys.executable, "-m", "common.results", "--show", "llm_noniid.base"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
+    assert committed.returncode == 0 and "test perplexity 80.7" in committed.stdout, committed.stderr
+    (mine / "pretrain.json").write_text(re.sub(r'("test_ppl": )[0-9.]+', r"\g<1>99.94", info, count=1),
+                                        encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "common.results", "--show", "llm_noniid.base", "--records",
+                          f"llm_noniid/results/pretrained/base={mine}"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr
+    assert "test perplexity 99.9" in run.stdout and "80.7" not in run.stdout
+    bad = subprocess.run([sys.executable, "-m", "common.results", "--check", "--records", f"x={mine}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
+    assert bad.returncode == 2 and "--records goes with --show" in bad.stderr
+
+
+def test_a_redirect_moves_the_folders_inside_it(tmp_path):
+    results.REDIRECTS["a/results"] = tmp_path
+    try:
+        assert results.path("a/results/r192/x.json") == tmp_path / "r192/x.json"
+        assert results.path("a/results") == tmp_path
+        assert results.path("b/results") == ROOT / "b/results"
+    finally:
+        results.REDIRECTS.clear()

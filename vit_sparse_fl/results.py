@@ -61,7 +61,7 @@ def mask_study(rounds: int, shard: str, sparsity: float) -> study.Study:
 
 @cache
 def selection(rounds: int) -> dict:
-    return json.loads((RS.ROOT / RECORDS / f"r{rounds}" / f"selection_R{rounds}.json").read_text(encoding="utf-8"))
+    return json.loads((RS.path(RECORDS) / f"r{rounds}" / f"selection_R{rounds}.json").read_text(encoding="utf-8"))
 
 
 def notes(rounds: int):
