@@ -4,6 +4,9 @@ sits between markers and is rewritten from the records by the function of its na
     python -m common.results --check     # regenerate every block; exit 1 naming each block that differs
     python -m common.results --write     # rewrite every block in place (after new records are committed)
 
+Checked: the top README, common's and each subproject's, and every ``<subproject>/results/**/findings.md`` (a
+study's reading, committed beside its records).
+
 A block in a README:
 
     <!-- results:mamba_fl.real-table -->
@@ -40,7 +43,9 @@ from common.errors import UsageError, check
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPROJECTS = ("mamba_fl", "vit_sparse_fl", "lora_glue_fl", "llm_noniid")
-READMES = ("README.md", "common/README.md", *(f"{s}/README.md" for s in SUBPROJECTS))
+FINDINGS = tuple(sorted(p.relative_to(ROOT).as_posix() for s in SUBPROJECTS  # a study's reading beside its records
+                        for p in (ROOT / s / "results").rglob("findings.md")))
+READMES = ("README.md", "common/README.md", *(f"{s}/README.md" for s in SUBPROJECTS), *FINDINGS)
 COMMON = ("combinations",)  # common's modules with blocks generated from code, not records (``common.<block>``)
 BLOCK = re.compile(r"^(?P<indent>[ ]*)<!-- results:(?P<name>[\w.-]+) -->\n(?P<body>.*?)^(?P=indent)"
                    r"<!-- /results:(?P=name) -->", re.S | re.M)
@@ -91,6 +96,12 @@ def family(pairs: Mapping, digits: int = 1, unit: str = "") -> dict:
     diffs = {k: stats.paired(a, b) for k, (a, b) in pairs.items()}
     verdicts, m = stats.holm(diffs), sum(d.n >= 2 for d in diffs.values())
     return {k: (d, stats.claim(d, verdicts[k], m, digits, unit)) for k, d in diffs.items()}
+
+
+def minus(text: str) -> str:
+    """Prose's minus sign (U+2212) for a negative number ('-1.7' and '[-2.2', not '6.2-7.2', '1e-3' or
+    'central-b4')."""
+    return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
 
 
 def range_of(values: Iterable[float], digits: int = 1, sep: str = "-") -> str:

@@ -1,7 +1,10 @@
 """The README results grid: centralized LoRA vs FedAvg of LoRA adapters on real SST-2 and MRPC, pretrained MiniLM.
 
-    python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir runs/lora_glue_minilm --jobs 2
-    python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures
+    python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir runs/lora_glue_minilm --jobs 2 \
+        --sst2_design merges        # the README's SST-2 grid: 72.9 min on 2 idle cores (2026-11-27)
+    python -m common.results --show lora_glue_fl.sst2-table lora_glue_fl.sst2-contrasts lora_glue_fl.selection \
+        lora_glue_fl.plateau --records lora_glue_fl/results/minilm_glue=runs/lora_glue_minilm   # its tables
+    python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures   # figures
 
 Model: --model_size minilm, LoRA on query/value + the classifier head. Each task's GLUE training file in
 --real_data_dir (glue_sst2/, glue_mrpc/) is shuffled once (seed 0): the first --train_samples (MRPC:
@@ -22,6 +25,10 @@ Model: --model_size minilm, LoRA on query/value + the classifier head. Each task
 pooler left a seed at the majority class).
 Every run goes through ``common.jobs``: finished runs are skipped, interrupted ones resumed (run the same command
 again); logs in <out-dir>/logs; <out-dir>/grid.json records the wall time of each invocation.
+--records DIR (the committed lora_glue_fl/results/minilm_glue): once every run is done, their records are copied there
+(``copy_records``: args, summary and metrics of each run, the one-shot merges' manifests, selection.json, grid.json
+and the shards' label mixes; no adapter or checkpoint), which lora_glue_fl/results.py reads; rerunning a finished
+grid's command with it only copies.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import csv
 import functools
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -99,6 +107,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--jobs", "--workers", type=flags.POSITIVE_INT, default=2,
                    help="script runs at a time (one process of 1 thread each)")
     p.add_argument("--dry_run", action="store_true", help="print the runs and write data and shards, train nothing")
+    p.add_argument("--records", type=flags.FOLDER, default=None,
+                   help="once every run is done, copy their records here (module doc; the committed folder is "
+                        "lora_glue_fl/results/minilm_glue)")
     return p
 
 
@@ -311,7 +322,41 @@ def main(argv=None) -> dict:
                     "rates": rates, "runs": {k: sum(v == k for v in statuses.values())
                                              for k in ("finished", "done-before", "failed", "other")}})
     atomic_write_text(log, json.dumps(history, indent=1) + "\n")
+    if args.records:
+        if outcome.complete and all(s in ("finished", "done-before") for s in statuses.values()):
+            n = copy_records(out, Path(args.records), cells_, [] if args.learning_rate is not None
+                             else selection_cells(args))
+            print(f"{n} runs' records in {args.records} (python -m common.results --write rewrites the README blocks)")
+        else:
+            print(f"records not copied to {args.records}: not every run finished (a partial grid is not a record)")
     return {"cells": len(cells_), "out_dir": args.out_dir, "wall_seconds": wall, "status": statuses, "rates": rates}
+
+
+def copy_records(out: Path, records: Path, cells_: list, chooser: list) -> int:
+    """Copy what the README's tables read of a finished grid from ``out`` to ``records`` (the out-dir's layout):
+    each reported and selection run's args, summary and metrics (``jobs.copy_records``), each one-shot naive merge's
+    fuse_manifest.json, selection.json and grid.json, and every shard folder's summary.json without its example
+    indices (the label mix per client); no adapter, model or checkpoint. How many runs."""
+    n = jobs.copy_records(out, records, [name for name, _ in cells_])
+    n += jobs.copy_records(out / "selection", records / "selection", [name for name, _ in chooser])
+    for _, steps in cells_ + chooser:
+        for script, argv in steps:
+            if script == "fedavg_merge":
+                manifest = Path(argv[argv.index("--save_adapter") + 1]) / "fuse_manifest.json"
+                dest = records / manifest.parent.parent.name / "adapter" / manifest.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(manifest, dest)
+                n += 1
+            elif "--shard_dir" in argv:
+                shard = Path(argv[argv.index("--shard_dir") + 1])
+                mix = json.loads((shard / "summary.json").read_text(encoding="utf-8"))
+                mix.pop("client_indices", None)
+                (records / "shards" / shard.name).mkdir(parents=True, exist_ok=True)
+                atomic_write_text(records / "shards" / shard.name / "summary.json", json.dumps(mix, indent=1) + "\n")
+    for name in ("selection.json", "grid.json"):
+        if (out / name).is_file():
+            shutil.copyfile(out / name, records / name)
+    return n
 
 
 if __name__ == "__main__":

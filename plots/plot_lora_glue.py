@@ -1,13 +1,13 @@
-"""Figures and the results table of lora_glue_fl, from run directories (nothing is trained here).
+"""Figures of lora_glue_fl, from run directories (nothing is trained here).
 
     python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures
 
 Reads the runs of lora_glue_fl/run_grid.py (``<task>_<method>[_<sharding>]_s<seed>``, one-shot naive merges'
 ``fuse_manifest.json``) and other runs of the training scripts (grouped by their summary), from several --runs
 folders. Other data, model, sequence length or evaluation subset: a panel of its own ("sst2 [model=tiny]"); any
-other differing argument: a row of its own. Over seeds (``common.stats``): mean ± sample sd, and the difference to
-centralized LoRA paired by seed (95% t interval, Holm over each table). Writes ``<out>/rounds_<task>.png``,
-``svd_error_vs_rank.png``, ``summary.png`` and ``results.md``.
+other differing argument: a row of its own. Writes ``<out>/rounds_<task>.png``, ``svd_error_vs_rank.png`` and
+``summary.png``. The tables are lora_glue_fl/results.py's README blocks, written by the same code from a grid's
+out-dir (``TABLES``).
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ METHOD_LABEL = {"central": "centralized LoRA", "svd": "FedAvg svd", "naive": "Fe
 SHARD_LABEL = {"iid": "iid", "dir1": "Dirichlet α=1", "dir0.1": "Dirichlet α=0.1", "category": "one label per client"}
 LINESTYLE = {"svd": "-", "naive": "--", "exact": ":"}
 SELECT = "selection_"  # the training scripts' prefix of metrics on the selection split
-PLATEAU_TOL = 0.01  # a curve is at its plateau when its last third gains less than this on the best before it
+TABLES = ("python -m common.results --show lora_glue_fl.sst2-table lora_glue_fl.sst2-contrasts lora_glue_fl.selection "
+          "lora_glue_fl.plateau --records lora_glue_fl/results/minilm_glue={runs}")  # a grid's tables
 MARKER = {"svd": "o", "naive": "s", "exact": "D", "oneshot": "*", "oneshot-naive": "x"}  # colour: the partition
 
 
@@ -44,8 +45,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                            epilog=cli.examples(__doc__))
     p.add_argument("--runs", nargs="+", default=["runs/lora_glue_minilm"],
                    help="folders holding the run directories (several are read together)")
-    p.add_argument("--out", type=cli.FOLDER, default="figures/lora_glue",
-                   help="output folder for figures and results.md")
+    p.add_argument("--out", type=cli.FOLDER, default="figures/lora_glue", help="output folder for the figures")
     p.add_argument("--max_rank", type=int, default=None, help="largest rank of the error-vs-rank curve "
                                                                "(default: the sum of the client ranks)")
     return p
@@ -157,116 +157,9 @@ def majority_baseline(runs: list[dict], task: str, key: str = "majority") -> dic
     return {**s[key], "label": s.get("majority_label")}
 
 
-def _fused_values(run: dict, key: str) -> list:
-    """``key`` of the fused model's rows (not the clients'), in order."""
-    return [r[key] for r in run["rows"] if r.get("client") is None and r.get(key) is not None]
-
-
 def _fused_rows(group: list[dict]) -> list[dict]:
     """The runs with only the fused model's rows."""
     return [{**g, "rows": [r for r in g["rows"] if r.get("client") is None]} for g in group]
-
-
-def cost_cell(group: list[dict]) -> tuple[str, str]:
-    """(trainable parameters per client, MB per round) as logged; 'first → last round' when they grow."""
-    s = group[0]["summary"]
-    if "trainable_params" in s:  # a one-shot merge (of the one-shot svd run's clients: "adapters") or centralized
-        return f"{s['trainable_params']:,}", "as one-shot svd" if "adapters" in s else "–"
-    params, round_bytes = _fused_values(group[0], "client_trainable_params"), _fused_values(group[0], "round_bytes")
-    if not params:
-        return "", ""
-    span = lambda first, last: first if first == last else f"{first} → {last}"
-    return (span(f"{params[0]:,}", f"{params[-1]:,}"),
-            span(f"{round_bytes[0] / 1e6:.2f}", f"{round_bytes[-1] / 1e6:.2f}"))
-
-
-def merge_error_cell(group: list[dict]) -> str:
-    vals = [v[-1] for v in (_fused_values(g, "merge_rel_error") for g in group) if v]
-    if not vals and "merge_rel_error" in group[0]["summary"]:
-        vals = [g["summary"]["merge_rel_error"] for g in group]
-    return stats.fmt(stats.summarize(vals), 3) if vals else "–"
-
-
-def task_table(task: str, groups: dict, base: dict) -> str:
-    mine = {k: g for k, g in groups.items() if k[0] == task}
-    any_group = next(iter(mine.values()))
-    metric = metric_of(any_group)
-    extra = "accuracy" if metric != "accuracy" and "accuracy" in any_group[0]["summary"]["final"] else None
-    cells = stats.table_rows({k: seed_values(g, metric) for k, g in mine.items()}, central_of(groups, task), 3)
-    select = has_selection([r for g in mine.values() for r in g], metric)
-    headers = ["run", f"{metric} (mean ± sd, n seeds)"] + ([f"{extra} (mean ± sd)"] if extra else []) + [
-        f"{metric} − centralized, paired by seed [95% CI], Holm over the table", "merge error, last round",
-        "trainable params per client", "MB per round (down + up)"] + (
-        [f"plateau: selection {metric}, last third − best before (seeds < {PLATEAU_TOL})"] if select else [])
-    majority = "majority-class baseline" + (f" (label {base['label']})" if base.get("label") is not None else "")
-    rows = [[majority, f"{base.get(metric, float('nan')):.3f}"]
-            + ([f"{base.get(extra, float('nan')):.3f}"] if extra else []) + [""] * (4 + select)] if base else []
-    for key, group in mine.items():
-        rows.append([label_of(*key[1:]), cells[key][0]]
-                    + ([stats.fmt_seeds(seed_values(group, extra).values(), 3)] if extra else [])
-                    + [cells[key][1], "–" if key[1] == "central" else merge_error_cell(group), *cost_cell(group)]
-                    + ([plateau_cell(group, metric) if key[1] in ("central", "svd", "naive", "exact") else "one merge"]
-                       if select else []))
-    majority = f"; majority baseline {base[metric]:.3f}" if metric in base else ""
-    return f"**{task}** (validation {metric}{majority})\n\n" + "\n".join(stats.markdown(headers, rows))
-
-
-CONTRASTS = [  # (method a, method b, sharding of a, what a - b answers); sharding None: a and b on the same
-    ("svd", "naive", None, "SVD merge − naive A/B averaging"),  # sharding; else a on it, b on each other one
-    ("oneshot", "oneshot-naive", None, "SVD merge − naive A/B averaging, one-shot"),
-    ("exact", "svd", None, "exact (rank grows) − SVD (rank 8)"),
-    ("svd", "oneshot", None, "multi-round − one-shot, SVD merge"),
-    ("naive", "oneshot-naive", None, "multi-round − one-shot, naive merge"),
-    ("svd", "svd", "iid", "iid − label-skewed shards, SVD merge"),
-]
-
-
-def contrast_table(task: str, groups: dict) -> str:
-    """Paired differences (matched seeds) between the cells of ``task`` that ``CONTRASTS`` names; '' if none."""
-    metric = metric_of(next(g for k, g in groups.items() if k[0] == task))
-    shards = sorted({k[2] for k in groups if k[0] == task and k[2] != "-"}, key=_shard_rank)
-    pairs = {}
-    for ma, mb, sa, what in CONTRASTS:
-        for a_shard, b_shard in [(sh, sh) for sh in shards] if sa is None else [(sa, sh) for sh in shards if sh != sa]:
-            a, b = groups.get((task, ma, a_shard)), groups.get((task, mb, b_shard))
-            if a and b:
-                pairs[(what, f"{label_of(ma, a_shard)} vs {label_of(mb, b_shard)}")] = \
-                    (seed_values(a, metric), seed_values(b, metric))
-    if not pairs:
-        return ""
-    rows = [[*k, cell, " ".join(f"{x:+.3f}" for x in d.diffs)] for k, (d, cell) in stats.compare(pairs, 3).items()]
-    return (f"**{task}: paired differences in {metric}** (a − b, matched by seed, 95% t interval, verdicts "
-            "Holm-corrected over the table)\n\n" + "\n".join(stats.markdown(["question", "a vs b", "a − b [95% CI]",
-                                                                              "per seed"], rows)))
-
-
-def selection_table(roots: list[str]) -> str:
-    """Every rate's final selection metric per task and arm family from run_grid.py's ``<root>/selection.json``,
-    the chosen one in bold; '' when no root holds the file."""
-    parts = []
-    for root in roots:
-        f = Path(root) / "selection.json"
-        try:
-            record = json.loads(f.read_text()) if f.is_file() else None
-        except ValueError:
-            print(f"left out {f}: not readable JSON")
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("tasks"), dict):
-            continue
-        rates = sorted({float(r) for fam in record["tasks"].values() for v in fam.values() for r in v["scores"]})
-        def score(v: dict, r: float) -> str:  # None: a rate whose run diverged (never chosen)
-            s = v["scores"].get(f"{r:g}", "–")
-            text = "–" if s == "–" else "diverged" if s is None else f"{s:.3f}"
-            return f"**{text}**" if r == v["chosen"] else text
-
-        rows = [[task, family] + [score(v, r) for r in rates]
-                + [(f"{v['chosen']:g}" if v["chosen"] is not None else "none")
-                   + (f" ({v['edge']} edge of its rates)" if v.get("edge") else "")]
-                for task, fam in record["tasks"].items() for family, v in fam.items()]
-        parts.append(f"**Learning rates chosen on the selection split** ({f}; {record.get('criterion', '')})\n\n"
-                     + "\n".join(stats.markdown(["task", "arm family"] + [f"AdamW {r:g}" for r in rates]
-                                                 + ["chosen"], rows)))
-    return "\n\n".join(parts)
 
 
 def has_selection(runs: list[dict], metric: str) -> bool:
@@ -282,13 +175,6 @@ def epochs_of(group: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     x, ys = R.aligned(_fused_rows(group), key)
     a = group[0]["args"]
     return x * ((a.get("local_epochs") or 1.0) if a.get("local_steps") is None else 1.0), ys
-
-
-def plateau_cell(group: list[dict], metric: str) -> str:
-    """A cell's plateau check (selection split): mean ``stats.plateau_gain`` of its seeds, how many < PLATEAU_TOL."""
-    gains = [v for v in (stats.plateau_gain(epochs_of([g], SELECT + metric)[1][0]) for g in group) if np.isfinite(v)]
-    met = sum(v < PLATEAU_TOL for v in gains)
-    return f"{np.mean(gains):+.3f} ({met}/{len(gains)} < {PLATEAU_TOL})" if gains else "–"
 
 
 def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
@@ -356,8 +242,7 @@ def plot_rounds(groups: dict, base: dict, out: Path) -> list[Path]:
             where = "selection split (held out of training)" if select else "validation"
             ax.set(xlabel="epochs of training data processed (federated: round x local epochs; one-shot: its "
                           "single merge)", ylabel=f"{metric} ({where})",
-                   title=f"{metric} per epoch: mean over seeds; {R.spread_note([g for _, g in fed], 'band: ± sd')}"
-                         f"\nplateau (table): its last third gains < {PLATEAU_TOL}")
+                   title=f"{metric} per epoch: mean over seeds; {R.spread_note([g for _, g in fed], 'band: ± sd')}")
             ax.title.set_fontsize(9)
             ax.legend(fontsize=6, loc="best")
         n_labels = next((r["summary"]["num_labels"] for r in fed_runs  # None: older runs
@@ -452,13 +337,10 @@ def main(argv=None) -> dict:
     cli.check(bool(groups), f"--runs {' '.join(args.runs)} holds no finished lora_glue_fl runs: nothing to draw")
     tasks = sorted({k[0] for k in groups})
     base = {t: majority_baseline([r for k, g in groups.items() if k[0] == t for r in g], t) for t in tasks}
-    table = "\n\n".join(part for part in [selection_table(args.runs)] + [
-        p for t in tasks for p in (task_table(t, groups, base[t]), contrast_table(t, groups))] if part)
     files = plot_rounds(groups, base, out) + plot_svd_error(groups, out, args.max_rank)
     files += plot_summary(groups, base, out)
-    (out / "results.md").write_text(table + "\n", encoding="utf-8")
-    print(table)
-    return {"table": table, "baselines": base, "files": [str(f) for f in files] + [str(out / "results.md")]}
+    print(f"tables of a run_grid.py out-dir: {TABLES.format(runs=args.runs[0])}")
+    return {"baselines": base, "files": [str(f) for f in files]}
 
 
 if __name__ == "__main__":

@@ -68,10 +68,12 @@ def test_no_validation_without_a_selection_split_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_plot_draws_selection_curves_the_plateau_check_and_the_chosen_rates(folder, tmp_path):
-    """The grid's reading of selection runs: each curve's plateau check (its last third over its best before)
-    in the results table, the rates chosen in selection.json as a table, the curves in rounds_sst2.png."""
-    from common import stats
+def test_the_grid_reading_of_real_runs_curves_plateau_and_chosen_rates(folder, tmp_path):
+    """The grid's reading of runs named as run_grid.py names them: each multi-round run's plateau check (its last
+    third of rounds over the same run at two thirds) and the rates chosen in selection.json in
+    lora_glue_fl/results.py's blocks (read through --records), the curves in rounds_sst2.png."""
+    from common import results as RS
+    from lora_glue_fl import results as LR
     from plots import plot_lora_glue
     root = tmp_path / "grid"
     for seed in ("0", "1"):
@@ -84,14 +86,20 @@ def test_plot_draws_selection_curves_the_plateau_check_and_the_chosen_rates(fold
         "sst2": {"central": {"metric": "selection_accuracy", "scores": {"0.001": 0.7, "0.002": 0.8}, "chosen": 0.002},
                  "multi-round": {"metric": "selection_accuracy", "scores": {"0.001": 0.9, "0.002": 0.8},
                                  "chosen": 0.001}}}}))
-    res = plot_lora_glue.main(["--runs", str(root), "--out", str(tmp_path / "fig")])
-    lines = res["table"].splitlines()
-    assert "| sst2 | central | 0.700 | **0.800** | 0.002 |" in lines
-    assert "| sst2 | multi-round | **0.900** | 0.800 | 0.001 |" in lines
-    gains = [stats.plateau_gain([r["selection_accuracy"] for r in rows(root / f"sst2_svd_iid_s{s}")]) for s in "01"]
-    row = next(line for line in lines if line.startswith("| FedAvg svd / iid |"))
-    met = sum(g < plot_lora_glue.PLATEAU_TOL for g in gains)
-    assert row.rstrip(" |").endswith(f"{sum(gains) / 2:+.3f} ({met}/2 < {plot_lora_glue.PLATEAU_TOL})")
+    plot_lora_glue.main(["--runs", str(root), "--out", str(tmp_path / "fig")])
+    RS.REDIRECTS[LR.RECORDS] = root
+    try:
+        table, plateau = LR.sst2_table(), LR.plateau_table()
+        sst2_iid = LR.runs("svd_iid")
+    finally:
+        RS.REDIRECTS.clear()
+    row = next(line for line in table.splitlines() if line.startswith("| FedAvg, SVD merge, iid shards |"))
+    assert "(n=2)" in row and "rate at the low edge of its grid" in row     # multi-round: 1e-3, the smallest
+    curves = {s: [r["selection_accuracy"] for r in rows(root / f"sst2_svd_iid_s{s}")] for s in (0, 1)}
+    assert set(sst2_iid) == {0, 1}
+    gains = " ".join(f"{c[2] - c[1]:+.3f}" for c in curves.values()).replace("-", "\u2212")  # round 3 over round 2
+    row = next(line for line in plateau.splitlines() if line.startswith("| FedAvg, SVD merge, iid shards |"))
+    assert f"| {gains} |" in row
     assert (tmp_path / "fig" / "rounds_sst2.png").is_file()
     splits = glue_tasks.read_glue_dir(folder, "sst2")   # the selection split's own reference point, in every run
     top = max(set(splits["train"].label), key=list(splits["train"].label).count)

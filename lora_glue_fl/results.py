@@ -1,0 +1,459 @@
+"""The README blocks of lora_glue_fl's results, generated from the committed records of run_grid.py
+(``python -m common.results --write`` rewrites them; ``--check`` fails when one differs; ``--show
+lora_glue_fl.sst2-table --records lora_glue_fl/results/minilm_glue=runs/lora_glue_minilm`` prints one from your own
+grid's out-dir).
+
+Records (``RECORDS``, the out-dir's layout, written by ``run_grid.py --records``):
+``<task>_<method>[_<shard>]_s<seed>/`` (args.json, summary.json, metrics.jsonl) of every reported run,
+``<task>_oneshot-naive_<shard>_s<seed>/adapter/fuse_manifest.json`` of each one-shot naive merge,
+``selection/<task>_<family>_lr<rate>_s<seed>/`` of the selection runs, ``selection.json`` (every rate's score and the
+choice), ``grid.json`` (each invocation's wall time) and ``shards/<name>/summary.json`` (each shard folder's label
+mix, without the example indices).
+
+The study (``SST2``) is declared from run_grid.py's ``merges`` design: every arm against centralized LoRA is one Holm
+family (the table's), the merge contrasts (``CONTRASTS``) another. Compute is matched in total optimizer steps
+(batches of 4 over all clients), checked from the records. The plateau rule (``PLATEAU``) reads the selection split.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+from pathlib import Path
+
+from common import plateau, stats, study, study_report
+from common import results as RS
+from common.errors import check
+from lora_glue_fl import run_grid
+
+RECORDS = "lora_glue_fl/results/minilm_glue"
+TASK = "sst2"
+METHODS = {"central": "centralized LoRA", "svd": "FedAvg, SVD merge", "naive": "FedAvg, naive A/B averaging",
+           "exact": "FedAvg, exact merge", "oneshot": "one-shot, SVD merge", "oneshot-naive": "one-shot, naive merge"}
+SHARDS = {"iid": "iid shards", "dir0.1": "Dirichlet α = 0.1", "dir1": "Dirichlet α = 1",
+          "category": "one label per client"}
+SCRIPTS = {"central": "lora_glue_fl.main_glue_lora", "oneshot-naive": "lora_glue_fl.fedavg_merge"}
+DIGITS = 3  # accuracies are fractions: 3 decimals, as the dev set's 872 sentences resolve about 0.001
+
+
+def arm_name(method: str, shard: str | None) -> str:
+    """An arm as its runs are named less the task and seed: ``central``, ``svd_iid``, ``oneshot-naive_dir0.1``."""
+    return method if shard is None else f"{method}_{shard}"
+
+
+def split(arm: str) -> tuple[str, str | None]:
+    method, _, shard = arm.partition("_")
+    return method, shard or None
+
+
+def label(arm: str) -> str:
+    """'FedAvg, SVD merge, iid shards'."""
+    method, shard = split(arm)
+    return METHODS.get(method, method) + (f", {SHARDS.get(shard, shard)}" if shard else "")
+
+
+def family(arm: str) -> str:
+    """The arm family whose selected rate the arm uses (run_grid.FAMILY; a one-shot naive merge: one-shot's)."""
+    return run_grid.FAMILY[split(arm)[0].replace("oneshot-naive", "oneshot")]
+
+
+def design_arms(cells=run_grid.MERGES) -> tuple[str, ...]:
+    """The arms of a run_grid design, in the table's order: centralized, then per sharding its methods (a one-shot
+    cell also reports its naive merge)."""
+    arms = [arm_name(m, s) for m, s in cells] + [arm_name("oneshot-naive", s) for m, s in cells if m == "oneshot"]
+    order = list(METHODS)
+    shards = [s for s in SHARDS if any(split(a)[1] == s for a in arms)]
+    return tuple(sorted(arms, key=lambda a: (split(a)[1] is not None, shards.index(split(a)[1]) if split(a)[1] else 0,
+                                             order.index(split(a)[0]))))
+
+
+ARMS = design_arms()
+# (arm a, arm b, what a − b answers): the merge contrasts, one Holm family
+CONTRASTS = (
+    *((f"svd_{s}", f"naive_{s}", "SVD merge − naive A/B averaging") for s in ("iid", "dir0.1")),
+    *((f"oneshot_{s}", f"oneshot-naive_{s}", "SVD merge − naive A/B averaging, one-shot") for s in ("iid", "dir0.1")),
+    ("exact_iid", "svd_iid", "exact (rank grows) − SVD (rank 8)"),
+    *((f"svd_{s}", f"oneshot_{s}", "multi-round − one-shot, SVD merge") for s in ("iid", "dir0.1")),
+    *((f"naive_{s}", f"oneshot-naive_{s}", "multi-round − one-shot, naive merge") for s in ("iid", "dir0.1")),
+    ("svd_iid", "svd_dir0.1", "iid − label-skewed shards, SVD merge"),
+)
+VS_CENTRAL = "− centralized"
+MERGE_FAMILY = "merge contrasts"
+SST2 = study.Study(
+    "minilm_sst2", arms=tuple(study.Arm(a, SCRIPTS.get(split(a)[0], "lora_glue_fl.fedavg_rounds"),
+                                        () if a == "central" else ("--aggregation", split(a)[0].replace(
+                                            "oneshot-naive", "naive").replace("oneshot", "svd")))
+                              for a in ARMS),
+    seeds=(0, 1, 2, 3, 4), selection_seeds=(100,), compute="equal steps",
+    comparisons=(*(study.Comparison(a, "central", VS_CENTRAL) for a in ARMS if a != "central"),
+                 *(study.Comparison(a, b, MERGE_FAMILY, what) for a, b, what in CONTRASTS)))
+
+# The plateau. Every local run (centralized, or a client's round) decays its rate linearly to 0, so a rule on the last
+# part of one decayed run holds by construction: centralized and one-shot runs (one local run each) are not checked.
+# A multi-round run restarts the rate every round, and its state after round 4 is exactly that of a 4-round run
+# (schedules, batches and dropout depend on the seed, round and client, not on --rounds): its last third (rounds 5-6)
+# is a second budget, and the run is still improving when it gained more than 1 sd of the selection split's own
+# sampling noise (binomial, at the arm's accuracy) over it. It cannot say whether more rounds would still gain.
+CHECK_AT = 2 / 3  # the second budget: this fraction of the rounds
+PLATEAU = plateau.Plateau("the last third of the rounds gains at most 1 sd of the selection split's sampling noise "
+                          "over the same run at two thirds of them", check_budget="the last third", tolerance=1.0,
+                          metric="selection_accuracy", value="selection_accuracy", direction="max")
+DECAYED = plateau.Plateau("one local run, its rate decayed to 0: not checked", schedule="decayed",
+                          metric="selection_accuracy", direction="max")
+
+
+# ------------------------------------------------------------------------------------------------- records
+def _rows(path: Path) -> list[dict]:
+    f = path / "metrics.jsonl"
+    return [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()] if f.is_file() else []
+
+
+@cache
+def _load(folder: Path, task: str) -> dict:
+    """{arm: {seed: run}} of a record folder (``RS.record`` dicts with "rows", the fused model's metrics.jsonl rows
+    and a centralized run's epochs; "clients", a federated run's client rows); a one-shot naive merge is its
+    manifest as "summary", the args and clients of the one-shot run whose client adapters it merged."""
+    out: dict = {}
+    for r in RS.records(folder, f"{task}_*_s*"):
+        rows = _rows(r["path"])
+        r["rows"] = [x for x in rows if x.get("client") is None]
+        r["clients"] = [x for x in rows if x.get("client") is not None]
+        out.setdefault(r["name"][len(task) + 1:].rsplit("_s", 1)[0], {})[r["args"]["seed"]] = r
+    for f in sorted(folder.glob(f"{task}_oneshot-naive_*_s*/adapter/fuse_manifest.json")):
+        name = f.parents[1].name
+        arm, seed = name[len(task) + 1:].rsplit("_s", 1)
+        source = out.get(arm.replace("oneshot-naive", "oneshot"), {}).get(int(seed))
+        if source is not None:
+            out.setdefault(arm, {})[int(seed)] = {**source, "name": name, "path": f.parents[1], "rows": [],
+                                                  "summary": json.loads(f.read_text(encoding="utf-8"))}
+    return out
+
+
+def runs(arm: str, task: str = TASK) -> dict:
+    """{seed: run} of an arm of the committed records (or of what ``--records`` put in their place)."""
+    return _load(RS.path(RECORDS), task).get(arm, {})
+
+
+def dev(arm: str, metric: str = "accuracy") -> dict:
+    """{seed: the final dev-set ``metric``} of an arm."""
+    return {s: r["summary"]["final"][metric] for s, r in runs(arm).items()
+            if r["summary"].get("final", {}).get(metric) is not None}
+
+
+def reported(arms=ARMS) -> list[str]:
+    """The arms with records, in the table's order."""
+    return [a for a in arms if runs(a)]
+
+
+def steps(arm: str, _: str = "") -> dict:
+    """{seed: optimizer steps over all clients} (batches of --batch_size): what the compared arms share."""
+    return {s: _steps(r)[0] for s, r in runs(arm).items()}
+
+
+def _steps(run: dict) -> tuple[int, int]:
+    """(optimizer steps in all, sequential steps: a client's per round, the most of a round's clients, summed)."""
+    if not run["clients"]:  # centralized: ceil(epochs x batches an epoch)
+        a = run["args"]
+        per_epoch = math.ceil(run["summary"]["train_examples"] / a["per_device_train_batch_size"])
+        n = max(1, math.ceil(a["num_train_epochs"] * per_epoch))
+        return n, n
+    rounds: dict = {}
+    for c in run["clients"]:
+        rounds.setdefault(c["round"], []).append(c["steps"])
+    return sum(map(sum, rounds.values())), sum(map(max, rounds.values()))
+
+
+def majority(metric: str = "accuracy", key: str = "majority") -> float:
+    """The majority-class baseline of the dev set (``key`` "selection_majority": of the selection split), the same
+    in every run (refused otherwise: the runs would not share their data)."""
+    seen = {r["summary"][key][metric] for arm in ARMS if split(arm)[0] != "oneshot-naive"
+            for r in runs(arm).values() if key in r["summary"]}
+    check(len(seen) == 1, f"{RECORDS}: the runs disagree on the {key} baseline ({sorted(seen)}): not one grid")
+    return seen.pop()
+
+
+@cache
+def _selection(folder: Path) -> dict:
+    return json.loads((folder / "selection.json").read_text(encoding="utf-8"))
+
+
+def selection() -> dict:
+    """run_grid.py's selection.json: {"criterion", "tasks": {task: {family: {metric, scores, chosen, edge?}}}}."""
+    return _selection(RS.path(RECORDS))
+
+
+def selection_runs(task: str = TASK) -> list[dict]:
+    return RS.records(RS.path(RECORDS) / "selection", f"{task}_*_lr*_s*")
+
+
+def edge(fam: str, task: str = TASK) -> str | None:
+    """'rate at the high edge of its grid' when the family's chosen rate is the smallest or largest it tried."""
+    v = selection()["tasks"][task].get(fam)
+    return study_report.edge_note(v["scores"], v["chosen"], "rate") if v else None
+
+
+# ------------------------------------------------------------------------------------------------- plateau
+def noise(p: float, n: int) -> float:
+    """The sampling sd of an accuracy ``p`` measured on ``n`` examples (binomial): the selection split's noise."""
+    return math.sqrt(p * (1 - p) / n)
+
+
+def plateau_of(arm: str) -> dict[int, tuple[plateau.Judged, float | None]]:
+    """{seed: (the plateau verdict, the last third's gain or None)} of an arm's runs (``PLATEAU``; ``DECAYED``
+    for centralized and one-shot runs)."""
+    out = {}
+    judged = runs(arm)
+    for seed, r in sorted(judged.items()):
+        curve = [x["selection_accuracy"] for x in r["rows"] if "selection_accuracy" in x]
+        if split(arm)[0] in ("central", "oneshot", "oneshot-naive") or len(curve) < 3:
+            out[seed] = (DECAYED.judge(curve or [math.nan]), None)
+            continue
+        cut = round(len(curve) * CHECK_AT)
+        out[seed] = (PLATEAU.judge(curve, value=curve[cut - 1], longer=curve[-1], noise=tolerance(arm)),
+                     curve[-1] - curve[cut - 1])
+    return out
+
+
+def tolerance(arm: str) -> float:
+    """``PLATEAU``'s tolerance for an arm (its ``tolerance`` sds): the selection split's sampling sd at the arm's
+    mean final selection accuracy."""
+    group = [r for r in runs(arm).values() if r["rows"]]
+    p = sum(r["rows"][-1]["selection_accuracy"] for r in group) / len(group)
+    return PLATEAU.tolerance * noise(p, group[0]["summary"]["selection_examples"])
+
+
+def notes(arm: str, _: str = "") -> list[str]:
+    """What a reader must know beside an arm's verdict: its plateau (``plateau.note``), its rate at an edge."""
+    return [n for n in (plateau.note({s: j for s, (j, _) in plateau_of(arm).items()}), edge(family(arm))) if n]
+
+
+@cache
+def _findings(folder: Path) -> dict:
+    return study_report.compare(SST2, lambda a, _: dev(a), notes, DIGITS, spent=steps)
+
+
+def findings() -> dict[tuple[str, str], study_report.Finding]:
+    """{(arm, reference): Finding} of every comparison of ``SST2`` (Holm over each declared family)."""
+    return {(c.arm, c.reference): f for c, f in _findings(RS.path(RECORDS)).items()}
+
+
+def said(arm: str, reference: str = "central") -> str:
+    return RS.minus(study_report.said(findings()[arm, reference]))
+
+
+# ------------------------------------------------------------------------------------------------- blocks
+def summary_cell(values: dict) -> str:
+    s = stats.summarize(values.values())
+    return f"{s.mean:.3f} ± {s.sd:.3f}" + (f" (n={s.n})" if s.n != len(SST2.seeds) else "")
+
+
+def cost(arm: str) -> tuple[str, str, str]:
+    """(merge error of the last round, trainable parameters per client, MB a round) as the runs logged them; 'first
+    → last' where they grow."""
+    group = list(runs(arm).values())
+    s = group[0]["summary"]
+    if split(arm)[0] == "central":
+        return "–", f"{s['trainable_params']:,}", "–"
+    errors = [r["rows"][-1]["merge_rel_error"] if r["rows"] else r["summary"]["merge_rel_error"] for r in group]
+    error = f"{stats.summarize(errors).mean:.3f} ± {stats.summarize(errors).sd:.3f}"
+    if split(arm)[0] == "oneshot-naive":
+        return error, f"{s['trainable_params']:,}", "as one-shot SVD"
+    rows = group[0]["rows"]
+    span = lambda a, b: a if a == b else f"{a} → {b}"  # noqa: E731
+    return (error, span(f"{rows[0]['client_trainable_params']:,}", f"{rows[-1]['client_trainable_params']:,}"),
+            span(f"{rows[0]['round_bytes'] / 1e6:.2f}", f"{rows[-1]['round_bytes'] / 1e6:.2f}"))
+
+
+def sst2_table() -> str:
+    """SST-2 dev accuracy of every arm against centralized LoRA, one Holm family, with each arm's compute and
+    cost; the majority baseline first."""
+    found = findings()
+    rows = [["majority-class baseline", f"{majority():.3f}", "", "", "", "", ""]]
+    for arm in reported():
+        total, seq = _steps(next(iter(runs(arm).values())))
+        verdict = study_report.warned("reference", notes(arm)) if arm == "central" else \
+            study_report.said(found[arm, "central"])
+        rows.append([label(arm), summary_cell(dev(arm)), verdict, *cost(arm), f"{total:,} ({seq:,})"])
+    m = sum(1 for c in SST2.comparisons if c.family == VS_CENTRAL and runs(c.arm))
+    return RS.minus("\n".join(stats.markdown(
+        ["SST-2 dev accuracy", f"mean ± sd (n = {len(SST2.seeds)})",
+         f"− centralized, paired by seed [95% CI], Holm over the {m} arms", "merge error, last round",
+         "trainable params per client", "MB per round (down + up)", "optimizer steps (sequential)"], rows)))
+
+
+def contrast_table() -> str:
+    """The merge contrasts, paired by seed, one Holm family (``CONTRASTS``)."""
+    found, rows = findings(), []
+    for a, b, what in CONTRASTS:
+        if (a, b) in found:
+            d = found[a, b].paired
+            rows.append([what, f"{label(a)} − {label(b)}", study_report.said(found[a, b]),
+                         " ".join(f"{x:+.3f}" for x in d.diffs)])
+    return RS.minus(f"SST-2 dev accuracy, a − b paired by seed, Holm over the {len(rows)} contrasts together; "
+                    "'rules out' from their simultaneous interval:\n\n"
+                    + "\n".join(stats.markdown(["question", "a − b", "[95% CI]", "per seed"], rows)))
+
+
+def seeds_table() -> str:
+    """Every arm's dev accuracy per seed."""
+    seeds = sorted({s for a in reported() for s in dev(a)})
+    rows = [[label(a), *(f"{dev(a)[s]:.3f}" if s in dev(a) else "–" for s in seeds)] for a in reported()]
+    return "\n".join(stats.markdown(["SST-2 dev accuracy", *(f"seed {s}" for s in seeds)], rows))
+
+
+def selection_table(task: str = TASK) -> str:
+    """Each family's rates and their final selection-split accuracy (selection.json), the choice in bold, its
+    margin over the next best against the split's sampling noise, a choice at the edge of its grid marked."""
+    record = selection()["tasks"][task]
+    rates = sorted({float(r) for v in record.values() for r in v["scores"]})
+    size = {r["summary"]["selection_examples"] for r in selection_runs(task)}
+    check(len(size) == 1, f"{RECORDS}/selection: the selection runs disagree on the split's size ({size})")
+    n, rows = size.pop(), []
+    for fam, v in record.items():
+        scores = {float(r): s for r, s in v["scores"].items()}
+        cells = ["–" if r not in scores else "diverged" if scores[r] is None else
+                 (f"**{scores[r]:.3f}**" if r == v["chosen"] else f"{scores[r]:.3f}") for r in rates]
+        best = scores[v["chosen"]]
+        runner = max((s for r, s in scores.items() if r != v["chosen"] and s is not None), default=None)
+        margin = "–" if runner is None else f"{best - runner:+.3f} ({(best - runner) / noise(best, n):.1f} sd)"
+        rows.append([fam, *cells, f"{v['chosen']:g}", margin, edge(fam, task) or ""])
+    seeds = sorted({r["args"]["seed"] for r in selection_runs(task)})
+    return RS.minus(
+        f"Final selection-split accuracy of every rate ({n} sentences held out of training; selection seed"
+        f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, never a reported one), the chosen rate in "
+        f"bold; its margin over the next best in units of the split's sampling sd (binomial at the chosen accuracy, "
+        f"{noise(0.86, n):.3f} near 0.86):\n\n" + "\n".join(stats.markdown(
+            ["arm family", *(f"AdamW {r:g}" for r in rates), "chosen", "margin over the next best", "note"], rows)))
+
+
+def plateau_table() -> str:
+    """Every arm's plateau verdict: the last third's gain per seed against the tolerance, or why it is not checked."""
+    rows = []
+    for arm in reported():
+        judged = plateau_of(arm)
+        gains = [g for _, g in judged.values() if g is not None]
+        if not gains:
+            rows.append([label(arm), "–", "–", "not checked: " + ("its single merge of one local run, decayed to 0"
+                                                                  if "oneshot" in arm else
+                                                                  "one local run, its rate decayed to 0")])
+            continue
+        verdict = plateau.note({s: j for s, (j, _) in judged.items()}) or \
+            f"at plateau by this rule ({len(gains)}/{len(gains)})"
+        rows.append([label(arm), " ".join(f"{g:+.3f}" for g in gains), f"{tolerance(arm):.3f}", verdict])
+    return RS.minus(
+        "Selection-split accuracy gained in the last third of the rounds (rounds 5–6 over the same run after round "
+        "4, a complete 4-round run: each round's local rate restarts and decays to 0) per seed; still improving "
+        "when the gain exceeds 1 sd of the split's sampling noise at the arm's accuracy. A run whose rate decayed "
+        "once to 0 (centralized, one-shot) satisfies any last-part rule by construction and is not checked; no arm "
+        "was run past its budget, so none is shown to be at its plateau beyond it.\n\n"
+        + "\n".join(stats.markdown(["arm", "gain per seed", "tolerance (1 sd)", "verdict"], rows)))
+
+
+def _mean_sd(values: dict) -> str:
+    s = stats.summarize(values.values())
+    return f"{s.mean:.3f} ± {s.sd:.3f}"
+
+
+def _per_seed(values: dict) -> str:
+    return " / ".join(f"{values[s]:.3f}" for s in sorted(values))
+
+
+def _ahead(a: str, b: str) -> str:
+    d = findings()[a, b].paired
+    return f"{sum(x > 0 for x in d.diffs)} of {d.n}"
+
+
+def _last(arm: str, key: str) -> list:
+    """``key`` of each run's last fused row (a one-shot naive merge: its manifest)."""
+    return [r["rows"][-1][key] if r["rows"] else r["summary"][key] for r in runs(arm).values()]
+
+
+def skewed_client(run: dict) -> tuple[int, dict]:
+    """(client, {label: count}) of a run's most label-skewed client (the smallest share of its rarer label), from
+    the committed label mix of its shard folder (shards/<name>/summary.json)."""
+    f = RS.path(RECORDS) / "shards" / Path(run["args"]["shard_dir"]).name / "summary.json"
+    mixes = json.loads(f.read_text(encoding="utf-8"))["label_histograms"]
+    k = min(range(len(mixes)), key=lambda i: min(mixes[i].values()) / sum(mixes[i].values()))
+    return k + 1, mixes[k]
+
+
+def sst2_findings() -> str:
+    """The reading of the SST-2 table, each number from the records, each verdict over its declared family."""
+    central, fed = (next(iter(runs(a).values())) for a in ("central", "svd_iid"))
+    (c_total, c_seq), (f_total, f_seq) = _steps(central), _steps(fed)
+    rounds = fed["summary"]["rounds_done"]
+    out = [f"- **Federation at equal compute** ({f_total:,} optimizer steps of FedAvg's clients against centralized's "
+           f"{c_total:,}), iid shards: FedAvg − centralized {said('svd_iid')} with the SVD merge, "
+           f"{said('naive_iid')} naive; FedAvg (SVD) is below its centralized twin in "
+           f"{sum(x < 0 for x in findings()['svd_iid', 'central'].paired.diffs)} of "
+           f"{findings()['svd_iid', 'central'].paired.n} seeds. A FedAvg client makes {f_seq:,} sequential steps, "
+           f"centralized {c_seq:,}: the gap mixes the cost of averaging with fewer sequential updates, and this grid "
+           "does not separate the two."]
+    if runs("exact_iid"):
+        ex = runs("exact_iid")[min(runs("exact_iid"))]["rows"]
+        out.append(f"- **Which merge, {rounds} rounds, iid shards**: SVD − naive {said('svd_iid', 'naive_iid')}; "
+                   f"exact − SVD {said('exact_iid', 'svd_iid')}, its adapter grown to rank {ex[-1]['fused_rank']}: "
+                   f"{ex[-1]['client_trainable_params'] / ex[0]['client_trainable_params']:.0f}x the client "
+                   f"parameters and {ex[-1]['round_bytes'] / ex[0]['round_bytes']:.0f}x the bytes of a round by its "
+                   f"last (merge error {RS.range_of(_last('exact_iid', 'merge_rel_error'), 3, '–')} against SVD's "
+                   f"{RS.range_of(_last('svd_iid', 'merge_rel_error'), 3, '–')}).")
+    shots = [s for s in SHARDS if runs(f"oneshot_{s}") and runs(f"oneshot-naive_{s}")]
+    if shots:
+        out.append("- **One-shot, SVD − naive merge**: " + "; ".join(
+            f"{SHARDS[s]} {said(f'oneshot_{s}', f'oneshot-naive_{s}')}, SVD ahead in "
+            f"{_ahead(f'oneshot_{s}', f'oneshot-naive_{s}')} seeds (merge error naive "
+            f"{RS.range_of(_last(f'oneshot-naive_{s}', 'merge_rel_error'), 2, '–')}, SVD "
+            f"{RS.range_of(_last(f'oneshot_{s}', 'merge_rel_error'), 2, '–')})" for s in shots) + ".")
+    if runs("svd_dir0.1"):
+        skew, iid = dev("svd_dir0.1"), dev("svd_iid")
+        worst = min(skew, key=skew.get)
+        client, mix = skewed_client(runs("svd_dir0.1")[worst])
+        out.append(f"- **Label skew** (Dirichlet α = 0.1): FedAvg SVD {_mean_sd(skew)} against {_mean_sd(iid)} on "
+                   f"iid shards, iid − skew {said('svd_iid', 'svd_dir0.1')}; per seed {_per_seed(skew)} against "
+                   f"{_per_seed(iid)}. The lowest, seed {worst} ({skew[worst]:.3f}), holds a client with "
+                   + " and ".join(f"{n} of label {k}" for k, n in sorted(mix.items())) + f" (client {client}).")
+    checked = {a: plateau_of(a) for a in reported() if any(g is not None for _, g in plateau_of(a).values())}
+    short = [f"{label(a)} ({plateau.note({s: j for s, (j, _) in v.items()})})" for a, v in checked.items()
+             if any(j.state == "still improving" for j, _ in v.values())]
+    flat = [label(a) for a, v in checked.items() if all(j.state == "at plateau" for j, _ in v.values())]
+    out.append(f"- **Plateau** (rounds {round(rounds * CHECK_AT) + 1}–{rounds} against round "
+               f"{round(rounds * CHECK_AT)}, tolerance 1 sd of the selection split's noise): at it by this rule: "
+               + ("; ".join(flat) if flat else "none") + "; still improving: " + ("; ".join(short) if short else "none")
+               + ". Centralized and one-shot runs (one local run decayed to 0) are not checked, and no arm ran past "
+               "its budget.")
+    return RS.minus("\n".join(out))
+
+
+def study_line() -> str:
+    """The top README's line for the SST-2 study."""
+    parts = [f"FedAvg (SVD merge, iid shards) − centralized at equal compute {said('svd_iid')}",
+             f"SVD − naive merging {said('svd_iid', 'naive_iid')}"]
+    if runs("exact_iid"):
+        parts.append(f"exact − SVD {said('exact_iid', 'svd_iid')}")
+    if runs("oneshot-naive_iid"):
+        parts.append(f"one-shot SVD − naive {said('oneshot_iid', 'oneshot-naive_iid')} (iid)")
+    return RS.minus("; ".join(parts))
+
+
+def grid_time() -> str:
+    """The grid's wall time (grid.json: each invocation) and its runs' own CPU time and load (summary.json)."""
+    record = json.loads((RS.path(RECORDS) / "grid.json").read_text(encoding="utf-8"))
+    mine = [r for a in ARMS if split(a)[0] != "oneshot-naive" for r in runs(a).values()]
+    chooser = selection_runs()
+    def total(group: list[dict], key: str) -> float:
+        return sum(r["summary"].get(key) or 0 for r in group) / 60
+
+    loads = [r["summary"][k] for r in mine + chooser for k in ("load_start", "load_end") if k in r["summary"]]
+    calls = "; ".join(f"`{' '.join(g['argv'])}` {g['wall_seconds'] / 60:.1f} min wall, finished "
+                      f"{g['finished_at'][:10]}" for g in record)
+    return (f"Grid wall time (grid.json, each invocation): {calls}. Its runs' own time (summary.json): the "
+            f"{len(chooser)} selection runs {total(chooser, 'wall_seconds'):.1f} min wall, "
+            f"{total(chooser, 'cpu_seconds'):.1f} min CPU; the {len(mine)} reported training runs "
+            f"{total(mine, 'wall_seconds'):.1f} min wall, {total(mine, 'cpu_seconds'):.1f} min CPU (the one-shot "
+            f"naive merges not timed)" + (f"; load {RS.range_of(loads, 1, '–')} at their starts and ends" if loads
+                                           else "") + ".")
+
+
+BLOCKS = {"sst2-table": sst2_table, "sst2-contrasts": contrast_table, "sst2-seeds": seeds_table,
+          "selection": selection_table, "plateau": plateau_table, "sst2-findings": sst2_findings,
+          "study": study_line, "grid-time": grid_time}
