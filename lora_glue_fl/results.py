@@ -16,6 +16,7 @@ family (the table's), the merge contrasts (``CONTRASTS``) another. Compute is ma
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from functools import cache
@@ -264,16 +265,23 @@ def cost(arm: str) -> tuple[str, str, str]:
             span(f"{rows[0]['round_bytes'] / 1e6:.2f}", f"{rows[-1]['round_bytes'] / 1e6:.2f}"))
 
 
+def _span(values: list[int]) -> str:
+    """'1,512', or '1,500–1,512' when the seeds differ."""
+    lo, hi = min(values), max(values)
+    return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
+
+
 def sst2_table() -> str:
     """SST-2 dev accuracy of every arm against centralized LoRA, one Holm family, with each arm's compute and
     cost; the majority baseline first."""
     found = findings()
     rows = [["majority-class baseline", f"{majority():.3f}", "", "", "", "", ""]]
     for arm in reported():
-        total, seq = _steps(next(iter(runs(arm).values())))
+        spent = [_steps(r) for r in runs(arm).values()]
         verdict = study_report.warned("reference", notes(arm)) if arm == "central" else \
             study_report.said(found[arm, "central"])
-        rows.append([label(arm), summary_cell(dev(arm)), verdict, *cost(arm), f"{total:,} ({seq:,})"])
+        rows.append([label(arm), summary_cell(dev(arm)), verdict, *cost(arm),
+                     f"{_span([t for t, _ in spent])} ({_span([q for _, q in spent])})"])
     m = sum(1 for c in SST2.comparisons if c.family == VS_CENTRAL and runs(c.arm))
     return RS.minus("\n".join(stats.markdown(
         ["SST-2 dev accuracy", f"mean ± sd (n = {len(SST2.seeds)})",
@@ -318,12 +326,18 @@ def selection_table(task: str = TASK) -> str:
         margin = "–" if runner is None else f"{best - runner:+.3f} ({(best - runner) / noise(best, n):.1f} sd)"
         rows.append([fam, *cells, f"{v['chosen']:g}", margin, edge(fam, task) or ""])
     seeds = sorted({r["args"]["seed"] for r in selection_runs(task)})
+    base = {r["summary"]["selection_majority"]["accuracy"] for r in selection_runs(task)}
+    flat = [f"{fam} {float(r):g}" for fam, v in record.items() for r, x in v["scores"].items()
+            if x is not None and base and abs(x - min(base)) < 1e-9]
+    majority_line = (f" The selection split's majority class scores {min(base):.3f}" + (
+        f"; rates that end there (a constant prediction): {', '.join(flat)}." if flat else ".")) if base else ""
     return RS.minus(
         f"Final selection-split accuracy of every rate ({n} sentences held out of training; selection seed"
         f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, never a reported one), the chosen rate in "
         f"bold; its margin over the next best in units of the split's sampling sd (binomial at the chosen accuracy, "
         f"{noise(0.86, n):.3f} near 0.86):\n\n" + "\n".join(stats.markdown(
-            ["arm family", *(f"AdamW {r:g}" for r in rates), "chosen", "margin over the next best", "note"], rows)))
+            ["arm family", *(f"AdamW {r:g}" for r in rates), "chosen", "margin over the next best", "note"], rows))
+        + ("\n\n" + majority_line.strip() if majority_line else ""))
 
 
 def plateau_table() -> str:
@@ -382,7 +396,11 @@ def sst2_findings() -> str:
     central, fed = (next(iter(runs(a).values())) for a in ("central", "svd_iid"))
     (c_total, c_seq), (f_total, f_seq) = _steps(central), _steps(fed)
     rounds = fed["summary"]["rounds_done"]
-    out = [f"- **Federation at equal compute** ({f_total:,} optimizer steps of FedAvg's clients against centralized's "
+    base, low = majority(), min(((v, a, s) for a in reported() for s, v in dev(a).items()))
+    means = [stats.summarize(dev(a).values()).mean - base for a in reported()]
+    out = [f"- **Every arm has learned**: each arm's mean is {RS.range_of(means, 3, '–')} above the majority class "
+           f"({base:.3f}) on the dev set; the lowest single run is {low[0]:.3f} ({label(low[1])}, seed {low[2]}).",
+           f"- **Federation at equal compute** ({f_total:,} optimizer steps of FedAvg's clients against centralized's "
            f"{c_total:,}), iid shards: FedAvg − centralized {said('svd_iid')} with the SVD merge, "
            f"{said('naive_iid')} naive; FedAvg (SVD) is below its centralized twin in "
            f"{sum(x < 0 for x in findings()['svd_iid', 'central'].paired.diffs)} of "
@@ -391,8 +409,12 @@ def sst2_findings() -> str:
            "does not separate the two."]
     if runs("exact_iid"):
         ex = runs("exact_iid")[min(runs("exact_iid"))]["rows"]
+        full = next(x["round"] for x in ex if x["fused_rank"] == ex[-1]["fused_rank"])
+        first = stats.summarize(r["rows"][0]["selection_accuracy"] for r in runs("exact_iid").values()).mean
         out.append(f"- **Which merge, {rounds} rounds, iid shards**: SVD − naive {said('svd_iid', 'naive_iid')}; "
-                   f"exact − SVD {said('exact_iid', 'svd_iid')}, its adapter grown to rank {ex[-1]['fused_rank']}: "
+                   f"exact − SVD {said('exact_iid', 'svd_iid')}; the exact adapter reaches rank "
+                   f"{ex[-1]['fused_rank']} by round {full} (selection accuracy {first:.3f} after round 1, the mean "
+                   f"over seeds): "
                    f"{ex[-1]['client_trainable_params'] / ex[0]['client_trainable_params']:.0f}x the client "
                    f"parameters and {ex[-1]['round_bytes'] / ex[0]['round_bytes']:.0f}x the bytes of a round by its "
                    f"last (merge error {RS.range_of(_last('exact_iid', 'merge_rel_error'), 3, '–')} against SVD's "
@@ -408,10 +430,17 @@ def sst2_findings() -> str:
         skew, iid = dev("svd_dir0.1"), dev("svd_iid")
         worst = min(skew, key=skew.get)
         client, mix = skewed_client(runs("svd_dir0.1")[worst])
+        curve = [x["selection_accuracy"] for x in runs("svd_dir0.1")[worst]["rows"]]
+        steady = {a: stats.summarize(dev(a).values()).sd for a in reported() if split(a)[1] == "dir0.1"}
+        calm = min(steady, key=steady.get)
         out.append(f"- **Label skew** (Dirichlet α = 0.1): FedAvg SVD {_mean_sd(skew)} against {_mean_sd(iid)} on "
                    f"iid shards, iid − skew {said('svd_iid', 'svd_dir0.1')}; per seed {_per_seed(skew)} against "
-                   f"{_per_seed(iid)}. The lowest, seed {worst} ({skew[worst]:.3f}), holds a client with "
-                   + " and ".join(f"{n} of label {k}" for k, n in sorted(mix.items())) + f" (client {client}).")
+                   f"{_per_seed(iid)}. The lowest, seed {worst} ({skew[worst]:.3f}; its iid twin "
+                   f"{iid.get(worst, math.nan):.3f}), holds a client with "
+                   + " and ".join(f"{n} of label {k}" for k, n in sorted(mix.items()))
+                   + f" (client {client}); its selection accuracy by round: "
+                   + " → ".join(f"{v:.3f}" for v in curve) + f". The steadiest skewed arm: {label(calm)}, "
+                   f"{_mean_sd(dev(calm))}.")
     checked = {a: plateau_of(a) for a in reported() if any(g is not None for _, g in plateau_of(a).values())}
     short = [f"{label(a)} ({plateau.note({s: j for s, (j, _) in v.items()})})" for a, v in checked.items()
              if any(j.state == "still improving" for j, _ in v.values())]
@@ -437,23 +466,54 @@ def study_line() -> str:
 
 def grid_time() -> str:
     """The grid's wall time (grid.json: each invocation) and its runs' own CPU time and load (summary.json)."""
-    record = json.loads((RS.path(RECORDS) / "grid.json").read_text(encoding="utf-8"))
+    f = RS.path(RECORDS) / "grid.json"
+    record = [g for g in (json.loads(f.read_text(encoding="utf-8")) if f.is_file() else [])
+              if g.get("runs", {}).get("finished", 1)]  # an invocation that found every run done ran nothing
     mine = [r for a in ARMS if split(a)[0] != "oneshot-naive" for r in runs(a).values()]
     chooser = selection_runs()
-    def total(group: list[dict], key: str) -> float:
-        return sum(r["summary"].get(key) or 0 for r in group) / 60
+
+    def minutes(group: list[dict], key: str) -> str:
+        return f"{sum(r['summary'].get(key) or 0 for r in group) / 60:.1f} min"
 
     loads = [r["summary"][k] for r in mine + chooser for k in ("load_start", "load_end") if k in r["summary"]]
     calls = "; ".join(f"`{' '.join(g['argv'])}` {g['wall_seconds'] / 60:.1f} min wall, finished "
-                      f"{g['finished_at'][:10]}" for g in record)
-    return (f"Grid wall time (grid.json, each invocation): {calls}. Its runs' own time (summary.json): the "
-            f"{len(chooser)} selection runs {total(chooser, 'wall_seconds'):.1f} min wall, "
-            f"{total(chooser, 'cpu_seconds'):.1f} min CPU; the {len(mine)} reported training runs "
-            f"{total(mine, 'wall_seconds'):.1f} min wall, {total(mine, 'cpu_seconds'):.1f} min CPU (the one-shot "
-            f"naive merges not timed)" + (f"; load {RS.range_of(loads, 1, '–')} at their starts and ends" if loads
-                                           else "") + ".")
+                      f"{g['finished_at'][:10]}" for g in record) or "not finished"
+    return (f"Grid wall time (grid.json, each invocation that ran something): {calls}. Its runs' own time "
+            f"(summary.json): the {len(chooser)} selection runs {minutes(chooser, 'wall_seconds')} wall, "
+            f"{minutes(chooser, 'cpu_seconds')} CPU; the {len(mine)} reported training runs "
+            f"{minutes(mine, 'wall_seconds')} wall, {minutes(mine, 'cpu_seconds')} CPU (the one-shot naive merges "
+            "not timed)" + (f"; load {RS.range_of(loads, 1, '–')} at their starts and ends" if loads else "") + ".")
 
 
-BLOCKS = {"sst2-table": sst2_table, "sst2-contrasts": contrast_table, "sst2-seeds": seeds_table,
-          "selection": selection_table, "plateau": plateau_table, "sst2-findings": sst2_findings,
-          "study": study_line, "grid-time": grid_time}
+def shards_table() -> str:
+    """Each skewed sharding's label mix per client and seed (label 0 / label 1), from the shard folders' records."""
+    rows = []
+    for shard in SHARDS:
+        if shard == "iid" or not runs(f"svd_{shard}"):
+            continue
+        for seed, r in sorted(runs(f"svd_{shard}").items()):
+            f = RS.path(RECORDS) / "shards" / Path(r["args"]["shard_dir"]).name / "summary.json"
+            mixes = json.loads(f.read_text(encoding="utf-8"))["label_histograms"]
+            rows.append([SHARDS[shard], seed, *(" / ".join(str(m.get(k, 0)) for k in ("0", "1")) for m in mixes)])
+    width = max((len(r) for r in rows), default=2) - 2
+    return "\n".join(stats.markdown(["shards (label 0 / label 1 per client)", "seed",
+                                      *(f"client {k + 1}" for k in range(width))], rows))
+
+
+NOT_YET = ("Records not committed yet: `python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir "
+           "runs/lora_glue_minilm --sst2_design merges --records lora_glue_fl/results/minilm_glue`, then `python -m "
+           "common.results --write`.")
+
+
+def committed(block):
+    """``block``, or ``NOT_YET`` while the record folder holds no grid (no selection.json)."""
+    @functools.wraps(block)
+    def written() -> str:
+        return block() if (RS.path(RECORDS) / "selection.json").is_file() else NOT_YET
+    return written
+
+
+BLOCKS = {name: committed(fn) for name, fn in {
+    "sst2-table": sst2_table, "sst2-contrasts": contrast_table, "sst2-seeds": seeds_table, "shards": shards_table,
+    "selection": selection_table, "plateau": plateau_table, "sst2-findings": sst2_findings, "study": study_line,
+    "grid-time": grid_time}.items()}

@@ -228,3 +228,14 @@ def test_the_grid_copies_what_the_tables_read_and_nothing_else(tmp_path):
         assert {name: fn() for name, fn in LR.BLOCKS.items()} == mine
     finally:
         RS.REDIRECTS.clear()
+
+
+def test_without_records_every_block_says_so(tmp_path):
+    """A record folder without a grid (no selection.json): each block says the records are not committed yet and
+    names the commands that commit them, so the README never states numbers that have no record."""
+    RS.REDIRECTS[LR.RECORDS] = tmp_path
+    try:
+        assert {fn() for fn in LR.BLOCKS.values()} == {LR.NOT_YET}
+    finally:
+        RS.REDIRECTS.clear()
+    assert "--records lora_glue_fl/results/minilm_glue" in LR.NOT_YET and "common.results --write" in LR.NOT_YET
