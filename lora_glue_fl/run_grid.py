@@ -343,11 +343,13 @@ def copy_records(out: Path, records: Path, cells_: list, chooser: list) -> int:
         for script, argv in steps:
             if script == "fedavg_merge":
                 manifest = Path(argv[argv.index("--save_adapter") + 1]) / "fuse_manifest.json"
+                if not manifest.is_file():  # a merge not run: no record
+                    continue
                 dest = records / manifest.parent.parent.name / "adapter" / manifest.name
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(manifest, dest)
                 n += 1
-            elif "--shard_dir" in argv:
+            elif "--shard_dir" in argv and (Path(argv[argv.index("--shard_dir") + 1]) / "summary.json").is_file():
                 shard = Path(argv[argv.index("--shard_dir") + 1])
                 mix = json.loads((shard / "summary.json").read_text(encoding="utf-8"))
                 mix.pop("client_indices", None)
