@@ -28,7 +28,7 @@ again); logs in <out-dir>/logs; <out-dir>/grid.json records the wall time of eac
 --records DIR (the committed lora_glue_fl/results/minilm_glue): once every run is done, their records are copied there
 (``copy_records``: args, summary and metrics of each run, the one-shot merges' manifests, selection.json, grid.json
 and the shards' label mixes; no adapter or checkpoint), which lora_glue_fl/results.py reads; rerunning a finished
-grid's command with it only copies.
+grid's command with it, from the folder it ran in (the runs record paths relative to it), only copies.
 """
 from __future__ import annotations
 
