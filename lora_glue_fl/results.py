@@ -210,17 +210,21 @@ def plateau_of(arm: str) -> dict[int, tuple[plateau.Judged, float | None]]:
             out[seed] = (DECAYED.judge(curve or [math.nan]), None)
             continue
         cut = round(len(curve) * CHECK_AT)
-        out[seed] = (PLATEAU.judge(curve, value=curve[cut - 1], longer=curve[-1], noise=tolerance(arm)),
+        out[seed] = (PLATEAU.judge(curve, value=curve[cut - 1], longer=curve[-1], noise=split_sd(arm)),
                      curve[-1] - curve[cut - 1])
     return out
 
 
-def tolerance(arm: str) -> float:
-    """``PLATEAU``'s tolerance for an arm (its ``tolerance`` sds): the selection split's sampling sd at the arm's
-    mean final selection accuracy."""
+def split_sd(arm: str) -> float:
+    """The selection split's sampling sd at the arm's mean final selection accuracy: the noise ``PLATEAU`` reads."""
     group = [r for r in runs(arm).values() if r["rows"]]
     p = sum(r["rows"][-1]["selection_accuracy"] for r in group) / len(group)
-    return PLATEAU.tolerance * noise(p, group[0]["summary"]["selection_examples"])
+    return noise(p, group[0]["summary"]["selection_examples"])
+
+
+def tolerance(arm: str) -> float:
+    """``PLATEAU``'s tolerance for an arm: its ``tolerance`` sds of the split's noise."""
+    return PLATEAU.tolerance * split_sd(arm)
 
 
 def notes(arm: str, _: str = "") -> list[str]:
