@@ -23,7 +23,8 @@ top README and in its subproject's). Sentences use one vocabulary: ``common.stat
 
 The same blocks from your own runs (a grid's out-dir in place of a committed record folder):
 
-    python -m common.results --show lora_glue_fl.sst2 --records lora_glue_fl/results/minilm_glue=runs/lora_glue_minilm
+    python -m common.results --show lora_glue_fl.sst2-table \
+        --records lora_glue_fl/results/minilm_glue=runs/lora_glue_minilm
 
 ``--records COMMITTED=YOURS`` makes every block read ``YOURS`` wherever it would read the committed folder (or a
 folder inside it), so a table of your runs is written by the code that writes the README's.
