@@ -9,13 +9,17 @@ edge of its grid.
     cell = warned(f"{d.mean:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}]", warnings)   # '...; 2/5 still improving'
     clause = said(found[comparison])              # the claim, its warnings inside its parenthesis
     common, each = shared(found.values())         # a sentence over several: the warnings they all share once
+    lines = table(study, values, [Text("arm", str), Value("acc %", "acc"), Delta("− FedAvg", "acc", "fedavg")])
 
 The verdict sentences are ``common.stats.claim``'s (one vocabulary: "p_Holm = x over m" names its family's size);
 the notes of an arm come from its records (``common.plateau.arm_note``) and from the selection (``edge_note``).
+``table`` is every comparison table's writer: a row per arm, its columns its values (mean ± sd over seeds), its
+declared comparisons (the claim and warnings above) and the caller's own cells.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 from common import stats
@@ -104,3 +108,86 @@ def edge_note(scores: Mapping[str, object], chosen, flag: str = "rate") -> str |
     tried = [v for v in map(number, scores) if v is not None]
     edge, _ = beyond_edge(tried, chosen)
     return f"{flag} at the {edge} edge of its grid" if edge else None
+
+
+# ------------------------------------------------------------------------------------------------ tables
+@dataclasses.dataclass(frozen=True)
+class Value:
+    """A column of the values in ``metric`` of the arm ``of(row)`` (default: the row's own): mean ± sample sd over
+    its seeds, '(n=2)' when not the study's seed count, ', 1 diverged' for the values that are not finite."""
+
+    header: str
+    metric: str = ""
+    of: Callable[[str], str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """A column of comparisons in ``metric``: the one the study declares of the arm ``of(row)`` (default: the
+    row's own) against ``reference`` (an arm, or ``reference(row)``; None: any) within ``family`` (None: any),
+    as its claim over its family with its warnings after it; '= −Δ in row ...' where the study declares the
+    comparison the other way round, '–' where it declares none or one side has no values."""
+
+    header: str
+    metric: str = ""
+    reference: str | Callable[[str], str] | None = None
+    family: str | None = None
+    of: Callable[[str], str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    """A column the table's caller fills: ``cell(row)`` (a rate, a compute ratio, a plateau count)."""
+
+    header: str
+    cell: Callable[[str], object]
+
+
+def seeds_cell(values: Sequence[float], seeds: int, digits: int = 1) -> str:
+    """'49.8 ± 2.4' over the finite ``values``, '(n=2)' after it when they are not ``seeds`` many, ', 1 diverged'
+    for those that are not finite; '–' for none."""
+    values = list(values)
+    ok = [v for v in values if math.isfinite(v)]
+    s = stats.summarize(ok)
+    cell = "–" if not ok else f"{s.mean:.{digits}f}" + (f" ± {s.sd:.{digits}f}" if s.n > 1 else "") + \
+        (f" (n={s.n})" if s.n != seeds else "")
+    return cell + (f", {len(values) - len(ok)} diverged" if len(ok) < len(values) else "")
+
+
+def table(study: Study, values: Callable[[str, str], Mapping], columns: Sequence[Value | Delta | Text],
+          rows: Sequence[str] | None = None, notes: Callable[[str, str], Sequence[str]] | None = None,
+          spent: Callable[[str, str], Mapping] | None = None, labels: Mapping[str, str] | None = None,
+          digits: int = 1, skip: Mapping[str, str] | None = None) -> list[str]:
+    """The Markdown lines of a comparison table of ``study``: one line per row (default: the study's arms), one
+    cell per column. Every comparison is ``compare``'s over its declared family (its verdict in ``stats.claim``'s
+    words, its warnings beside it: seeds, compute from ``spent``, ``notes``) on the finite values of ``values(arm,
+    metric)`` -> {seed: value}; an arm in ``skip`` {arm: text} (e.g. "diverged") is compared with nothing and its
+    comparisons' cells say ``skip[arm]``. ``labels`` {arm: label} name the row a reversed comparison points to."""
+    skip, labels = skip or {}, labels or {}
+
+    def finite(arm: str, metric: str) -> dict:
+        return {} if arm in skip else {s: v for s, v in values(arm, metric).items() if math.isfinite(v)}
+
+    found = compare(study, finite, notes, digits, spent=spent)
+
+    def declared(column: Delta, arm: str, ref: str | None) -> Comparison | None:
+        return next((c for c in study.comparisons if c.arm == arm and c.metric == column.metric
+                     and ref in (None, c.reference) and column.family in (None, c.family)), None)
+
+    def cell(column, row: str) -> object:
+        if isinstance(column, Text):
+            return column.cell(row)
+        arm = column.of(row) if column.of else row
+        if isinstance(column, Value):
+            return seeds_cell(values(arm, column.metric).values(), len(study.seeds), digits)
+        ref = column.reference(row) if callable(column.reference) else column.reference
+        c = declared(column, arm, ref)
+        if c is not None and arm in skip:
+            return skip[arm]
+        if c in found:
+            return warned(found[c].claim, found[c].warnings)
+        back = declared(column, ref, arm) if ref is not None and c is None else None
+        return f"= −Δ in row '{labels.get(ref, ref)}'" if back in found else "–"
+
+    return stats.markdown([c.header for c in columns],
+                          [[cell(c, row) for c in columns] for row in (rows or [a.name for a in study.arms])])

@@ -72,3 +72,50 @@ def test_a_sentence_puts_the_warnings_inside_the_claims_parenthesis():
     assert study_report.said(f, ()) == f.claim
     assert study_report.said(study_report.Finding(d, "-2.1 (n=1, no interval", ("1 seed",))) == \
         "-2.1 (n=1, no interval (1 seed)"
+
+
+def _cells(lines, row):
+    return next([c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith(f"| {row} |"))
+
+
+def test_a_table_shows_each_arm_and_its_declared_comparisons_in_the_one_vocabulary():
+    s = _study(lambda a: "all")
+    values = {**VALUES, "scaffold": {**VALUES["scaffold"], 3: float("nan")}}   # one seed diverged
+    notes = {"central": ["lr at the high edge of its grid"]}
+    lines = study_report.table(s, lambda arm, metric: values[arm],
+                               [study_report.Text("arm", str), study_report.Value("accuracy"),
+                                study_report.Delta("− FedAvg", reference="fedavg")],
+                               notes=lambda arm, metric: notes.get(arm, []))
+    assert lines[:2] == ["| arm | accuracy | − FedAvg |", "|---|---|---|"] and len(lines) == 2 + len(VALUES)
+    found = study_report.compare(s, lambda arm, metric: {k: v for k, v in values[arm].items() if v == v})
+    by_arm = {c.arm: f for c, f in found.items()}
+    fedavg, central, scaffold = (_cells(lines, a) for a in ("fedavg", "central", "scaffold"))
+    assert fedavg == ["fedavg", stats.fmt(stats.summarize(VALUES["fedavg"].values())).split(" (")[0], "–"]
+    assert central[1] == "45.2 ± 0.4 (n=2)"                     # n only where it is not the study's 4 seeds
+    assert central[2] == f"{by_arm['central'].claim}; 2 seeds; lr at the high edge of its grid"
+    assert "over 3" in by_arm["fisher"].claim and _cells(lines, "fisher")[2] == by_arm["fisher"].claim
+    assert scaffold[1].endswith("(n=3), 1 diverged") and "(n=3;" in scaffold[2]     # the finite seeds paired
+
+
+def test_a_table_skips_diverged_arms_points_to_reversed_comparisons_and_picks_by_family():
+    arms = ("dense", "probe", "mask", "lost")
+    vals = {"dense": {0: 80.0, 1: 81.0, 2: 83.0}, "probe": {0: 78.0, 1: 78.5, 2: 80.0},
+            "mask": {0: 79.0, 1: 80.5, 2: 82.0}, "lost": {0: float("inf")} | {1: 20.0, 2: 21.0}}
+    s = Study("masks", tuple(Arm(a, "vit_sparse_fl.train_federated") for a in arms), seeds=(0, 1, 2),
+              comparisons=(Comparison("probe", "dense", "table"), Comparison("mask", "dense", "table"),
+                           Comparison("mask", "probe", "table"), Comparison("lost", "dense", "table"),
+                           Comparison("mask", "probe", "alone")))
+    cols = [study_report.Text("arm", str), study_report.Delta("Δ dense", reference="dense"),
+            study_report.Delta("Δ probe", reference="probe", family="table"),
+            study_report.Delta("alone", family="alone")]
+    lines = study_report.table(s, lambda arm, metric: vals[arm], cols, labels={"probe": "probe: head"},
+                               skip={"lost": "diverged"})
+    found = study_report.compare(s, lambda arm, metric: vals[arm] if arm != "lost" else {})
+    assert _cells(lines, "dense")[1:3] == ["–", "= −Δ in row 'probe: head'"]
+    assert _cells(lines, "lost")[1:] == ["diverged", "–", "–"]        # declared, skipped: not counted in Holm
+    mask = _cells(lines, "mask")
+    assert mask[2] == found[Comparison("mask", "probe", "table")].claim and "over 3" in mask[2]
+    assert mask[3] == found[Comparison("mask", "probe", "alone")].claim and "a single comparison" in mask[3]
+    rows = study_report.table(s, lambda arm, metric: vals[arm], [study_report.Value("dense", of=lambda r: "dense")],
+                              rows=["probe"])
+    assert rows[2] == "| 81.3 ± 1.5 |"                               # a column about another arm than the row
