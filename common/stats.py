@@ -258,18 +258,6 @@ def compare(pairs: Mapping[Hashable, tuple[Mapping, Mapping]], digits: int = 1) 
     return {k: (d, fmt_verdict(d, verdicts[k], digits, m)) for k, d in diffs.items()}
 
 
-def ref_pairs(keys: Sequence, refs: Sequence, metrics: Sequence, values) -> dict:
-    """The comparisons of a table with several reference columns, {(key, ref, metric): (a, b)} with
-    ``values(key, metric)`` -> {seed: value} (falsy: no runs): every row against every reference, except a row
-    against itself and a reference row against a later reference (that pair is counted once, in the later one's
-    row). One Holm family for ``compare``."""
-    def mirror(key, ref) -> bool:
-        return key in refs and list(refs).index(key) < list(refs).index(ref)
-
-    return {(key, ref, m): (values(key, m), values(ref, m)) for key in keys for ref in refs for m in metrics
-            if key != ref and not mirror(key, ref) and values(key, m) and values(ref, m)}
-
-
 def table_rows(values: Mapping[Hashable, Mapping], ref: Hashable = None, digits: int = 1,
                skip: Mapping[Hashable, str] | None = None) -> dict[Hashable, tuple[str, str]]:
     """{arm: (mean ± sd cell, difference cell)} from ``values`` {arm: {seed: value}}: the difference to arm

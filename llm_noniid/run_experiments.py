@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli, jobs, pretrained, runlog
+from common import cli, jobs, pretrained, runlog, study_report
 from common import runs as R
 from common import stats as S
 from common.checkpoint import atomic_write_json
 from common.flags import FOLDER, POSITIVE_INT
-from common.study import Grid, Pick
+from common.study import Arm, Comparison, Grid, Pick, Study
 from llm_noniid import failure, train
 
 MODES = ("quick", "failure", "main", "calibrate", "select", "headline", "analyze")
@@ -395,13 +395,38 @@ def budget_table(groups: dict[tuple, list[dict]], rounds: int) -> list[str]:
                        "gain from doubling", f"< {BUDGET_GAIN:.0%}"], rows) if rows else ["(not run yet)"]
 
 
-def compare(pairs: dict[tuple, tuple[list, list]], keys: tuple[str, ...] = KEYS) -> dict[tuple, str]:
-    """{(*name, key): cell} of the paired differences (by seed) of ``pairs`` {name: (runs, reference runs)} in each
-    of ``keys``, Holm-corrected together; an arm whose every seed diverged is "diverged", not compared."""
-    values = {(*k, key): (R.by_seed(g, key), R.by_seed(h, key)) for k, (g, h) in pairs.items() for key in keys}
-    diverged = {k for k, (a, _) in values.items() if a and not any(map(math.isfinite, a.values()))}
-    cells = S.compare({k: ab for k, ab in values.items() if k not in diverged})
-    return {k: "diverged" if k in diverged else cells[k][1] for k in values}
+def name(*key: str) -> str:
+    """A table's arm, its labels as one name: 'topic a=0.01 / SCAFFOLD' (an arm's label holds no ' / ')."""
+    return " / ".join(key)
+
+
+def grid_study(family: str, refs: dict[tuple, tuple], keys: tuple[str, ...], seeds, compute: str = "") -> Study:
+    """A table's comparisons as a study: each arm of ``refs`` {arm: its reference} (keys of ``by_arm``) against its
+    reference in each of ``keys``, one Holm family ``family``; ``compute``: what each pair is matched on
+    (training tokens: ``spent``)."""
+    arms_ = dict.fromkeys(name(*k) for pair in refs.items() for k in pair)
+    return Study(family, tuple(Arm(a, "llm_noniid.train") for a in arms_), tuple(sorted(seeds)), compute=compute,
+                 comparisons=tuple(Comparison(name(*k), name(*ref), family, key) for k, ref in refs.items()
+                                   for key in keys))
+
+
+def grid_table(s: Study, groups: dict[tuple, list[dict]], columns: list, rows: list[tuple]) -> list[str]:
+    """``common.study_report.table`` of study ``s`` over ``groups`` {key: runs} (arms named by ``name``), one line per
+    key of ``rows``: an arm whose every seed diverged is "diverged", compared with nothing; compute from the runs'
+    training tokens where ``s`` states what its pairs are matched on."""
+    runs = {name(*k): g for k, g in groups.items()}
+    values = lambda arm, key: R.by_seed(runs.get(arm, []), key)  # noqa: E731
+    diverged = {a: "diverged" for a in (a.name for a in s.arms) if (v := values(a, "final_val_ppl"))
+                and not any(map(math.isfinite, v.values()))}
+    tokens = lambda arm, _: {r["args"]["seed"]: r["summary"]["train_tokens"] for r in runs.get(arm, [])  # noqa: E731
+                             if r.get("summary")}
+    return study_report.table(s, values, columns, [name(*k) for k in rows], spent=tokens if s.compute else None,
+                              skip=diverged)
+
+
+def labels(*headers: str) -> list[study_report.Text]:
+    """The columns of a row's labels (partition, arm, ...): its name's parts."""
+    return [study_report.Text(h, lambda row, i=i: row.split(" / ")[i]) for i, h in enumerate(headers)]
 
 
 def compute(g: list[dict], ref: list[dict]) -> str:
@@ -410,22 +435,35 @@ def compute(g: list[dict], ref: list[dict]) -> str:
     return f"{np.mean(tokens[0]) / np.mean(tokens[1]):.2f}x" if all(tokens) else "–"
 
 
+def seeds_of(runs: list[dict]) -> set:
+    return {r["args"]["seed"] for r in runs}
+
+
 def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mus: dict | None = None) -> list[str]:
-    """Markdown table of ``mode``'s arms; Δ: the paired difference to FedAvg on its partition (``compare``). The best
-    perplexity of any evaluated round is an optimistic oracle early stop; beside the final one it shows overfitting."""
+    """Markdown table of ``mode``'s arms; Δ: the paired difference to FedAvg on its partition, both perplexities in
+    one Holm family (the grid's). The best perplexity of any evaluated round is an optimistic oracle early stop;
+    beside the final one it shows overfitting."""
     groups = by_arm(runs, rounds, lr)
-    rows = [(p, a, groups.get((p, a), []), groups.get((p, "FedAvg"), [])) for p, a, _ in arms(mode, rounds, mus, lr)]
-    diffs = compare({(p, a): (g, ref) for p, a, g, ref in rows if g and ref and a != "FedAvg"})
-    tally = lambda items, of="": ", ".join(f"{k} {v}{of}" for k, v in sorted(Counter(items).items()))
-    ppl_cells = lambda p, a, g: [c for key in KEYS for c in (S.fmt_seeds(R.by_seed(g, key).values()),
-                                                             diffs.get((p, a, key), ""))]
-    return S.markdown(["partition", "arm", "n", "final ppl", "Δ vs FedAvg", "personalised ppl", "Δ vs FedAvg",
-                       "best ppl (any round)", "compute", "status", "failure modes (runs)", "at plateau"],
-                      [[p, a, len(g), *ppl_cells(p, a, g), S.fmt_seeds(R.by_seed(g, "best_val_ppl").values()),
-                        compute(g, ref), tally((r.get("summary") or {}).get("status", "running") for r in g),
-                        tally((m for r in g for m in detected(r)), f"/{len(g)}") or "none",
-                        f"{sum(map(at_plateau, g))}/{len(g)}"]
-                       if g else [p, a, 0, "not run", *[""] * 8] for p, a, g, ref in rows])
+    rows = [(p, a) for p, a, _ in arms(mode, rounds, mus, lr)]
+    s = grid_study(f"{mode} grid", {(p, a): (p, "FedAvg") for p, a in rows if a != "FedAvg"}, KEYS, seeds_of(runs))
+    of = lambda row: groups.get(tuple(row.split(" / ")), [])  # noqa: E731
+    tally = lambda items, of="": ", ".join(f"{k} {v}{of}" for k, v in sorted(Counter(items).items()))  # noqa: E731
+
+    def run(cell):  # a column of the caller's, "–" in a row without runs
+        return lambda row: cell(of(row), row.split(" / ")[0]) if of(row) else "–"
+
+    columns = [*labels("partition", "arm"), study_report.Text("n", lambda row: len(of(row))),
+               study_report.Value("final ppl", "final_val_ppl"), study_report.Delta("Δ vs FedAvg", "final_val_ppl"),
+               study_report.Value("personalised ppl", "final_personal_val_ppl"),
+               study_report.Delta("Δ vs FedAvg", "final_personal_val_ppl"),
+               study_report.Value("best ppl (any round)", "best_val_ppl"),
+               study_report.Text("compute", run(lambda g, p: compute(g, groups.get((p, "FedAvg"), [])))),
+               study_report.Text("status", run(lambda g, p: tally((r.get("summary") or {}).get("status", "running")
+                                                                  for r in g))),
+               study_report.Text("failure modes (runs)", run(lambda g, p: tally((m for r in g for m in detected(r)),
+                                                                                f"/{len(g)}") or "none")),
+               study_report.Text("at plateau", run(lambda g, p: f"{sum(map(at_plateau, g))}/{len(g)}"))]
+    return grid_table(s, groups, columns, rows)
 
 
 def references(runs: list[dict]) -> list[str]:
@@ -488,27 +526,35 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> l
 
 def split_table(groups: dict[tuple, list[dict]]) -> list[str]:
     """Does the split hurt: each arm's final validation perplexity on a non-iid partition minus on iid, paired by
-    seed (only the global validation texts are shared across partitions, so not the personalised perplexity)."""
-    pairs = {(p, a): (g, groups[("iid", a)]) for (p, a), g in groups.items() if p != "iid" and ("iid", a) in groups}
-    if not pairs:
+    seed (only the global validation texts are shared across partitions, so not the personalised perplexity); one
+    Holm family over the table."""
+    rows = sorted((p, a) for p, a in groups if p != "iid" and ("iid", a) in groups)
+    if not rows:
         return ["(no arm run on iid and a non-iid partition yet)"]
-    diffs = compare(pairs, keys=("final_val_ppl",))
-    return S.markdown(["partition", "arm", "final ppl", "on iid", "Δ vs iid (same arm)"],
-                      [[p, a, S.fmt_seeds(R.by_seed(g, "final_val_ppl").values()),
-                        S.fmt_seeds(R.by_seed(ref, "final_val_ppl").values()), diffs[(p, a, "final_val_ppl")]]
-                       for (p, a), (g, ref) in sorted(pairs.items())])
+    runs = [r for g in groups.values() for r in g]
+    s = grid_study("does the split hurt", {(p, a): ("iid", a) for p, a in rows}, ("final_val_ppl",), seeds_of(runs))
+    return grid_table(s, groups, [*labels("partition", "arm"), study_report.Value("final ppl", "final_val_ppl"),
+                                  study_report.Value("on iid", "final_val_ppl", lambda row: name("iid", row.split(
+                                      " / ")[1])),
+                                  study_report.Delta("Δ vs iid (same arm)", "final_val_ppl")], rows)
 
 
 def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0,
                         arms_: list[tuple[str, str, str]] | None = None) -> list[str]:
-    """Paired differences between arms that train about as many tokens (``arms_``, default ``equal_compute``)."""
+    """Paired differences between arms that train about as many tokens (``arms_``, default ``equal_compute``), both
+    perplexities in one Holm family; a pair whose tokens differ by more than 1 % says so."""
     groups = by_arm(runs, rounds, lr)
-    pairs = {(p, a, ref): (groups.get((p, a), []), groups.get((p, ref), []))
-             for p, a, ref in arms_ or equal_compute(rounds)}
-    diffs = compare({k: gh for k, gh in pairs.items() if all(gh)})
-    return S.markdown(["partition", "arm", "reference (about the same compute)", "compute ratio", "Δ final ppl",
-                       "Δ personalised ppl"], [[*k, compute(*gh), *(diffs[(*k, key)] for key in KEYS)] if all(gh)
-                                               else [*k, "not run", "", ""] for k, gh in pairs.items()])
+    pairs = {(p, a): (p, ref) for p, a, ref in arms_ or equal_compute(rounds)}
+    s = grid_study("equal compute", pairs, KEYS, seeds_of(runs), compute="equal samples")
+
+    def ratio(row: str) -> str:
+        g, ref = groups.get(tuple(row.split(" / ")), []), groups.get(pairs[tuple(row.split(" / "))], [])
+        return compute(g, ref) if g and ref else "not run"
+
+    return grid_table(s, groups, [*labels("partition", "arm"), study_report.Text(
+        "reference (about the same compute)", lambda row: pairs[tuple(row.split(" / "))][1]),
+        study_report.Text("compute ratio", ratio), study_report.Delta("Δ final ppl", "final_val_ppl"),
+        study_report.Delta("Δ personalised ppl", "final_personal_val_ppl")], list(pairs))
 
 
 def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
@@ -526,30 +572,33 @@ def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
 def side_by_side(grids: dict[str, tuple[list[dict], int, dict]], mus: dict) -> tuple[list[str], dict]:
     """The headline arms in each regime ({regime label: ``load_grid``'s result}): final perplexity, each arm's
     change vs FedAvg on its partition and each topic-skewed arm's vs the same arm on iid, in percent of the
-    reference's perplexity (paired by seed, Holm over the table), so regimes on different scales read alike.
-    Returns the Markdown and {(regime, part, arm): per-seed % vs FedAvg}."""
+    reference's perplexity (paired by seed, one Holm family over the table), so regimes on different scales read
+    alike. Returns the Markdown and {(regime, part, arm): per-seed % vs FedAvg}."""
     def change(g: dict, ref: dict) -> dict:  # per-seed % change of g vs ref, on the seeds finite in both
         return {s: 100 * (g[s] / ref[s] - 1) for s in g if s in ref and math.isfinite(g[s]) and math.isfinite(ref[s])}
 
-    rows, pct, pairs = [], {}, {}
+    final, plateau = {}, {}
     for regime, (runs, rounds, chosen) in grids.items():
         groups = by_arm(runs, rounds, chosen.get("learning_rate", 1.0))
         for part, arm, _ in arms("headline", rounds, mus):
-            g, ref, iid = (R.by_seed(groups.get(k, []), "final_val_ppl") for k in ((part, arm), (part, "FedAvg"),
-                                                                                  ("iid", arm)))
-            pct[(regime, part, arm)] = change(g, ref)
-            for col, d in (("FedAvg", pct[(regime, part, arm)] if arm != "FedAvg" else {}),
-                           ("iid", change(g, iid) if part != "iid" else {})):
-                if d:
-                    pairs[(regime, part, arm, col)] = (d, dict.fromkeys(d, 0.0))
-            rows.append((regime, part, arm, g, f"{sum(map(at_plateau, groups.get((part, arm), [])))}/{len(g)}"))
-    cells = {k: cell for k, (_, cell) in S.compare(pairs).items()}
-    return S.markdown(["regime", "partition", "arm", "n", "final ppl", "Δ vs FedAvg (% of FedAvg's ppl)",
-                       "Δ vs the same arm on iid (% of its ppl)", "at plateau"],
-                      [[regime, part, arm, len(g), S.fmt_seeds(g.values()) if g else "not run",
-                        "reference" if arm == "FedAvg" else cells.get((regime, part, arm, "FedAvg"), "–"),
-                        "" if part == "iid" else cells.get((regime, part, arm, "iid"), "–"), plateau]
-                       for regime, part, arm, g, plateau in rows]), pct
+            g = groups.get((part, arm), [])
+            final[(regime, part, arm)] = R.by_seed(g, "final_val_ppl")
+            plateau[name(regime, part, arm)] = f"{sum(map(at_plateau, g))}/{len(final[(regime, part, arm)])}"
+    # each metric's reference; its own change is 0 at each finite seed, so the pair is the arm's change against 0
+    refs = {"% vs FedAvg": lambda r, p, a: (r, p, "FedAvg"), "% vs iid": lambda r, p, a: (r, "iid", a)}
+    values = {name(*k): {"final_val_ppl": g, **{m: change(g, final.get(ref(*k), {})) for m, ref in refs.items()}}
+              for k, g in final.items()}
+    s = Study("side by side", tuple(Arm(name(*k), "llm_noniid.train") for k in final),
+              tuple(sorted(seeds_of([r for runs, _, _ in grids.values() for r in runs]))),
+              comparisons=tuple(Comparison(name(*k), name(*ref(*k)), "side by side", m) for k in final
+                                for m, ref in refs.items() if ref(*k) != k and ref(*k) in final))
+    table_ = study_report.table(s, lambda arm, metric: values[arm][metric], [
+        *labels("regime", "partition", "arm"), study_report.Text("n", lambda row: len(values[row]["final_val_ppl"])),
+        study_report.Value("final ppl", "final_val_ppl"),
+        study_report.Delta("Δ vs FedAvg (% of FedAvg's ppl)", "% vs FedAvg"),
+        study_report.Delta("Δ vs the same arm on iid (% of its ppl)", "% vs iid"),
+        study_report.Text("at plateau", plateau.get)], [name(*k) for k in final])
+    return table_, {k: values[name(*k)]["% vs FedAvg"] for k in final}
 
 
 def draw_side_by_side(pct: dict, out: Path) -> list[Path]:
@@ -571,7 +620,8 @@ def draw_side_by_side(pct: dict, out: Path) -> list[Path]:
     return R.savefig(fig, out)
 
 
-def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = None) -> str:
+def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = None, write: bool = True) -> str:
+    """The grid's report (its Markdown); ``write``: also report.md, arms.json and the side-by-side figure there."""
     runs, rounds, chosen = load_grid(out_dir)
     lr, mus = chosen.get("learning_rate", 1.0), chosen.get("mu")
     steps = grid_steps(runs, rounds)
@@ -583,11 +633,12 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
              f"(lora_r {a0.get('lora_r')}), {a0.get('num_clients')} clients, {a0.get('local_steps')} local "
              f"{a0.get('local_optimizer')} steps per client per round at lr {a0.get('learning_rate'):g}"
              f"{' (its peak: a cosine over the rounds)' if a0.get('lr_schedule') == 'cosine' else ''}, "
-             f"{rounds} rounds (arms named '..., N rounds' run N). Mean ± sample sd over seeds; Δ = paired difference"
-             " to FedAvg on the same partition (same seeds, diverged ones left out) with its 95% t interval, the "
-             "verdicts Holm-corrected over all the table's comparisons (p_Holm when significant; 'no difference "
-             "after Holm (rules out > x)': the interval rules out effects larger than x); an arm whose every seed "
-             "diverged is 'diverged', not compared. Compute: training tokens through forward/backward, as a multiple "
+             f"{rounds} rounds (arms named '..., N rounds' run N). Mean ± sample sd over seeds (n when not every "
+             "seed); Δ = paired difference to FedAvg on the same partition (same seeds, diverged ones left out) with "
+             "its 95% t interval, the verdicts Holm-corrected over all the table's comparisons ('p_Holm = x over m'; "
+             "'no difference after Holm over m; rules out > x': the simultaneous interval rules out effects larger "
+             "than x; fewer than 3 seeds said after it); an arm whose every seed diverged is 'diverged', not "
+             "compared. Compute: training tokens through forward/backward, as a multiple "
              f"of FedAvg's. At plateau: runs whose last {PLATEAU_TAIL:.0%} of evaluations improve on the best "
              f"validation perplexity before them by less than {PLATEAU_GAIN:.0%}.", ""]
     if chosen:
@@ -598,7 +649,9 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
     lines += ["### Reference points", "", *references(runs), ""]
     groups = by_arm(runs, rounds, lr)
     # the figures label runs as the tables do (plot_llm_noniid.py --arms)
-    atomic_write_json(out_dir / ARMS_FILE, {r["name"]: list(k) for k, g in groups.items() for r in g if r["summary"]})
+    if write:
+        atomic_write_json(out_dir / ARMS_FILE, {r["name"]: list(k) for k, g in groups.items() for r in g
+                                                if r["summary"]})
     for mode in ("headline", "failure", "main", "calibrate"):  # each grid's table of its own arms' runs
         sel = list({id(r): r for p, a, _ in arms(mode, rounds, mus, lr) for r in groups.get((p, a), [])}.values())
         if not sel:
@@ -611,7 +664,8 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
                       f"{' (the rate decaying over all of them)' if why else ''} no longer help:", "",
                       *budget_table(groups, rounds), ""]
         if mode == "failure":
-            lines += ["Equal compute (paired by seed, 95% t interval, verdicts Holm-corrected over the table):", "",
+            lines += ["Equal compute (paired by seed, 95% t interval, verdicts Holm-corrected over the table; training "
+                      "tokens more than 1 % apart are said after the verdict):", "",
                       *equal_compute_table(sel, rounds, lr), ""]
         if mode == "calibrate":  # what drift costs: the runs built to drift against FedAvg's as many local steps
             drift = [(p, a, "FedAvg") for p, a, _ in arms("calibrate", rounds, lr=lr)
@@ -628,14 +682,16 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
             {"from scratch": own, "pretrained + LoRA": other}
         mus = grids["pretrained + LoRA"][2].get("mu")
         md, pct = side_by_side(grids, mus)
-        draw_side_by_side(pct, out_dir / "figures" / "side_by_side.png")
+        if write:
+            draw_side_by_side(pct, out_dir / "figures" / "side_by_side.png")
         lines += ["### Side by side: the headline arms in both regimes", "",
                   f"FedProx at the mu the pretrained regime's selection chose ({mus}), in both regimes. "
                   "Figure: `figures/side_by_side.png`.", "", *md, ""]
     lines += ["### Failure detectors", "", *detector_table(runs, rounds, lr), "",
               f"Figures: `python {' '.join(figure_command(out_dir))}` (in figures/).", ""]
     text = "\n".join(lines) + "\n"
-    (out_dir / "report.md").write_text(text, encoding="utf-8")
+    if write:
+        (out_dir / "report.md").write_text(text, encoding="utf-8")
     return text
 
 

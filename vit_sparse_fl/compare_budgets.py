@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from common import cli, stats
+from common import cli, stats, study, study_report
 from common import runs as R
 from common.checkpoint import atomic_write_text
 from vit_sparse_fl import run_all_experiments as suite
@@ -99,38 +99,64 @@ def label(setting: str) -> str:
     return setting
 
 
+def budget_study(suites: dict[int, dict[str, dict]], order: list[str]) -> study.Study:
+    """The table's comparisons: every setting at every budget against its reference there (``reference``), one Holm
+    family; every setting's last budget step (its largest budget against the one before), another: a conclusion
+    about what still moves spans the settings. An arm is a setting at a budget (``at``)."""
+    budgets = list(suites)
+    have = {setting: [r for r in budgets if setting in suites[r]] for setting in order}
+    vs = [study.Comparison(at(setting, r), at(reference(setting), r), "vs reference") for setting in order
+          for r in have[setting] if reference(setting) and reference(setting) in suites[r]]
+    steps = [study.Comparison(at(setting, have[setting][-1]), at(setting, have[setting][-2]), "last step")
+             for setting in order if len(have[setting]) >= 2]
+    names = dict.fromkeys(c for cmp in (*vs, *steps) for c in (cmp.arm, cmp.reference))
+    names |= dict.fromkeys(at(setting, r) for setting in order for r in have[setting])
+    return study.Study("budgets", arms=tuple(study.Arm(a, suite.script_of(a.rsplit("@", 1)[0])) for a in names),
+                       seeds=tuple(sorted({s for table in suites.values() for v in table.values() for s in v})),
+                       comparisons=(*vs, *steps))
+
+
+def at(setting: str, rounds: int) -> str:
+    """The arm of a setting at a budget: 'fedavg_iid@192'."""
+    return f"{setting}@{rounds}"
+
+
 def make_table(suites: dict[int, dict[str, dict]], d: suite.Design = suite.VIT) -> tuple[str, dict]:
     budgets = list(suites)
     order = list(dict.fromkeys(k for s in suites.values() for k in s))
-    head = ("| setting | " + " | ".join(f"R = {r}" for r in budgets) + " | last step: change | settled |"
-            + " | ".join(f"Δ vs reference, R = {r}" for r in budgets) + " |")
+    have = {setting: [r for r in budgets if setting in suites[r]] for setting in order}
+
+    def values(arm: str, _: str = "") -> dict:
+        setting, rounds = arm.rsplit("@", 1)
+        return suites[int(rounds)].get(setting, {})
+
+    def settled(setting: str) -> str:
+        if len(have[setting]) < 2:
+            return "–"
+        step = stats.paired(*(values(at(setting, r)) for r in have[setting][-1:-3:-1]))
+        return "yes" if abs(step.mean) < SETTLED else "no"
+
+    last = lambda setting: at(setting, have[setting][-1])  # noqa: E731
+    columns = [study_report.Text("setting", label),
+               *(study_report.Value(f"R = {r}", of=lambda s, r=r: at(s, r)) for r in budgets),
+               study_report.Text("last step", lambda s: f"R {have[s][-2]} → {have[s][-1]}" if have[s][1:] else "–"),
+               study_report.Delta("change", family="last step", of=last), study_report.Text("settled", settled),
+               *(study_report.Delta(f"Δ vs reference, R = {r}", family="vs reference", of=lambda s, r=r: at(s, r))
+                 for r in budgets)]
+    s = budget_study(suites, order)
     lines = [
-        "Test accuracy (%) of every setting at each budget: mean ± sample sd over seeds (n). Budget R = rounds of "
-        f"the J = {d.local_steps} runs; every run of a suite evaluates (R + {d.warmup})·{d.per_round}·"
-        f"{d.local_steps}·{d.batch} sample gradients ("
+        "Test accuracy (%) of every setting at each budget: mean ± sample sd over seeds (n when not every seed). "
+        f"Budget R = rounds of the J = {d.local_steps} runs; every run of a suite evaluates (R + {d.warmup})·"
+        f"{d.per_round}·{d.local_steps}·{d.batch} sample gradients ("
         + ", ".join(f"R = {r}: {d.sample_gradients(r)}" for r in budgets) + "). Last step: the change from the "
-        "previous budget to the largest one the setting has, paired by seed, mean [95% t interval]. Settled: "
-        f"that change is below {SETTLED:g} point. Δ vs reference: paired difference to FedAvg IID (FedAvg "
-        "settings) or dense FedAvg on the same shards (J sweep, masks, probes) at the same budget (each suite "
-        "at its own rates: its selection.json), verdicts Holm-corrected over every Δ of the table.",
-        "", head, "|---|" + "---|" * (2 * len(budgets) + 2)]
-    record, refs = {}, {setting: reference(setting) for setting in order}
-    deltas = {k: c for k, (_, c) in stats.compare({
-        (setting, r): (suites[r][setting], suites[r][ref]) for setting, ref in refs.items() for r in budgets
-        if ref and setting in suites[r] and ref in suites[r]}).items()}
-    for setting in order:
-        have = [r for r in budgets if setting in suites[r]]
-        cells = [stats.fmt(stats.summarize(suites[r][setting].values())) if setting in suites[r] else "–"
-                 for r in budgets]
-        step, settled = "–", "–"
-        if len(have) >= 2:
-            change = stats.paired(suites[have[-1]][setting], suites[have[-2]][setting])
-            step = f"R {have[-2]} → {have[-1]}: {stats.fmt_diff(change)}"
-            settled = "yes" if abs(change.mean) < SETTLED else "no"
-        lines.append(f"| {label(setting)} | " + " | ".join(cells) + f" | {step} | {settled} | "
-                     + " | ".join(deltas.get((setting, r), "–") for r in budgets) + " |")
-        record[setting] = {"reference": refs[setting], "settled": None if settled == "–" else settled == "yes",
-                           "test_accuracy": {r: suites[r].get(setting, {}) for r in budgets}}
+        "previous budget to the largest one the setting has, paired by seed, mean [95% t interval], its verdict "
+        f"Holm-corrected over every setting's last step. Settled: that change is below {SETTLED:g} point. Δ vs "
+        "reference: paired difference to FedAvg IID (FedAvg settings) or dense FedAvg on the same shards (J sweep, "
+        "masks, probes) at the same budget (each suite at its own rates: its selection.json), verdicts "
+        "Holm-corrected over every Δ of the table; fewer than 3 seeds are said after a verdict.",
+        "", *study_report.table(s, values, columns, order)]
+    record = {setting: {"reference": reference(setting), "settled": {"yes": True, "no": False}.get(settled(setting)),
+                        "test_accuracy": {r: suites[r].get(setting, {}) for r in budgets}} for setting in order}
     return "\n".join(lines) + "\n", record
 
 

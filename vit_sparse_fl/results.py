@@ -2,23 +2,24 @@
 (``python -m common.results --write`` rewrites them; ``--check`` fails when one differs).
 
 Records: ``RECORDS/r<rounds>/runs/<setting>_seed<seed>/`` (args.json, summary.json, metrics.jsonl). A mask
-table is a study (``mask_study``) whose one Holm family is the one run_all_experiments.py's table corrects
-together: every row against dense FedAvg and against the head-only probe, test accuracy and interference
-(``common.stats.ref_pairs``); its verdicts go through ``common.study_report``, with each arm's plateau (``PLATEAU``)
-and selection (``r<rounds>/selection_R<rounds>.json``) beside them.
+table is the study run_all_experiments.py's table declares (``mask_study``: its ``table_study``), one Holm family:
+every row against dense FedAvg and against the head-only probe, test accuracy and interference; its verdicts go
+through ``common.study_report``, with each arm's plateau (``PLATEAU``, against the longer runs the suite's table does
+not know of) and selection (``r<rounds>/selection_R<rounds>.json``) beside them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from functools import cache
 
 from common import plateau, stats, study, study_report
 from common import results as RS
+from vit_sparse_fl import run_all_experiments as suite_script
 
 RECORDS = "vit_sparse_fl/results"  # one folder a suite: r<rounds>/ with its runs/, tables and selection
 PROBE = "probe: head + final norm"
-STRATEGIES = ("least_sensitive", "most_sensitive", "lowest_magnitude", "highest_magnitude", "random")
 
 
 @cache
@@ -44,19 +45,14 @@ LONGER = {192: "r768_rates/runs"}  # a budget's second budget: the folder of its
 
 
 def mask_study(rounds: int, shard: str, sparsity: float) -> study.Study:
-    """One mask table as a study: its arms (the settings with runs), each against dense FedAvg and the head-only
-    probe in test accuracy and interference, one Holm family; equal steps (rounds times local steps)."""
-    g = suite(rounds)
-    dense, probe = f"fedavg_{shard}", f"probe_{shard}_head"
-    keys = [dense, probe, f"probe_{shard}_last", *(f"sparse_{shard}_s{sparsity:g}_{s}" for s in STRATEGIES)]
-    keys += [k for k in (f"sparse_{shard}_s{sparsity:g}_least_sensitive_fisher",) if k in g]
-    pairs = stats.ref_pairs(keys, [dense, probe], ("test_accuracy", "interference"),
-                            lambda key, m: pct(g[key], m) if g.get(key) else {})
-    script = {k: "vit_sparse_fl.train_federated" + ("_sparse" if k.startswith("sparse") else "") for k in keys}
-    return study.Study(f"masks_R{rounds}_{shard}_s{sparsity:g}", arms=tuple(study.Arm(k, script[k]) for k in keys),
-                       seeds=(0, 1, 2), budgets={f"R{rounds}": (), "R768": ("--rounds", "768")}, plateau=PLATEAU,
-                       compute="equal steps", comparisons=tuple(study.Comparison(k, ref, "mask table", m)
-                                                                for k, ref, m in pairs))
+    """One mask table of the suite at R = ``rounds`` as run_all_experiments.py declares it (``table_study``): each
+    row against dense FedAvg and the head-only probe in test accuracy and interference, one Holm family; equal steps
+    (rounds times local steps); with the plateau's second budget, R = 768."""
+    rows = [key for key, _ in suite_script.mask_rows(shard, sparsity, sparsity == 0.9)]
+    s = suite_script.table_study(f"masks_R{rounds}_{shard}_s{sparsity:g}", rows,
+                                 [f"fedavg_{shard}", f"probe_{shard}_head"], ("test_accuracy", "interference"),
+                                 "equal steps", (0, 1, 2))
+    return dataclasses.replace(s, budgets={f"R{rounds}": (), "R768": ("--rounds", "768")}, plateau=PLATEAU)
 
 
 @cache
@@ -66,29 +62,21 @@ def selection(rounds: int) -> dict:
 
 def notes(rounds: int):
     """notes(setting, metric) -> [its plateau (against ``LONGER``'s runs), its rate at an edge of the grid]."""
-    def of(key: str, _: str) -> list[str]:
+    def of(key: str, metric: str) -> list[str]:
         longer = {r["args"]["seed"]: r["path"] for r in RS.records(f"{RECORDS}/{LONGER[rounds]}", f"{key}_seed*")} \
             if rounds in LONGER else {}
         found = {r["args"]["seed"]: r["path"] for r in suite(rounds)[key]}
-        chosen = selection(rounds)
-        edge = study_report.edge_note(chosen["scores"][key], chosen["chosen"][key], "rate") \
-            if key in chosen["chosen"] else None
-        return [n for n in (plateau.arm_note(PLATEAU, found, longer), edge) if n]
+        return [n for n in [plateau.arm_note(PLATEAU, found, longer)] if n] + \
+            suite_script.rate_notes(selection(rounds))(key, metric)
     return of
-
-
-def steps(rounds: int):
-    """spent(setting, metric) -> {seed: client steps a round times rounds}: what the table's arms share."""
-    return lambda key, _: {r["args"]["seed"]: r["summary"]["rounds_done"] * r["summary"]["local_steps"]
-                           for r in suite(rounds)[key]}
 
 
 @cache
 def mask_family(rounds: int, shard: str, sparsity: float) -> dict:
     """{(setting, ref, metric): Finding} of one mask table (Holm over all its differences), with warnings."""
     g = suite(rounds)
-    found = study_report.compare(mask_study(rounds, shard, sparsity), lambda key, m: pct(g[key], m),
-                                 notes(rounds), spent=steps(rounds))
+    found = study_report.compare(mask_study(rounds, shard, sparsity), lambda key, m: pct(g.get(key, []), m),
+                                 notes(rounds), spent=suite_script.spent(g, "equal steps"))
     return {(c.arm, c.reference, c.metric): f for c, f in found.items()}
 
 

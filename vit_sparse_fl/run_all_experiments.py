@@ -20,7 +20,7 @@ import math
 import time
 from pathlib import Path
 
-from common import cli, flags, jobs, stats, study
+from common import cli, flags, jobs, study, study_report
 from common import runs as R
 from common.checkpoint import atomic_write_json, atomic_write_text
 from vit_sparse_fl import pretrain
@@ -148,8 +148,13 @@ def federation(d: Design) -> list[str]:
             "--interference-window", "0.2"]
 
 
+def text_names(shard: str) -> list[str]:
+    """--text: the settings of one shard: dense FedAvg, the head-only probe, then the masks of ``TEXT_MASKS``."""
+    return [f"fedavg_{shard}", f"probe_{shard}_head", *(f"sparse_{shard}_s{sp:g}_{s}" for sp, s in TEXT_MASKS)]
+
+
 def text_settings(args, rounds: int) -> list[tuple[str, str, list[str]]]:
-    """--text: dense FedAvg, the head-only probe and the masks of ``TEXT_MASKS`` on every shard of ``TEXT``."""
+    """--text: ``text_names`` of every shard of ``TEXT`` with their scripts and flags."""
     from vit_sparse_fl import text
     depth = json.loads((text.model_folder(args.weights) / "config.json").read_text())["num_hidden_layers"]
     # --data-dir, else the AG News folder of a shared/data folder next to the repository
@@ -161,11 +166,11 @@ def text_settings(args, rounds: int) -> list[tuple[str, str, list[str]]]:
            "--eval-every", str(max(1, rounds // 6))]
     out = []
     for shard, flags_ in TEXT.shards.items():
-        out += [(f"fedavg_{shard}", "fedavg", [*fed, *flags_]),
-                (f"probe_{shard}_head", "fedavg", [*fed, *flags_, "--freeze-layers", str(depth)])]
-        out += [(f"sparse_{shard}_s{sp:g}_{strategy}", "sparse",
-                 [*fed, *flags_, "--mask-strategy", strategy, "--sparsity-ratio", f"{sp:g}", "--fisher-score",
-                  "talos", "--calibration-rounds", "2"]) for sp, strategy in TEXT_MASKS]
+        dense, probe, *masks = text_names(shard)
+        out += [(dense, "fedavg", [*fed, *flags_]), (probe, "fedavg", [*fed, *flags_, "--freeze-layers", str(depth)])]
+        out += [(name, "sparse", [*fed, *flags_, "--mask-strategy", strategy, "--sparsity-ratio", f"{sp:g}",
+                                  "--fisher-score", "talos", "--calibration-rounds", "2"])
+                for name, (sp, strategy) in zip(masks, TEXT_MASKS)]
     return out
 
 
@@ -299,11 +304,18 @@ def jobs_of(base: jobs.Job | None, runs: list[dict], folder: Path) -> list[jobs.
 
 
 # ---------------------------------------------------------------------------------------------- table
+def setting_names(args) -> list[str]:
+    """Every setting of the suite, in the plan's order (no file read: the table needs only the names)."""
+    if args.text:
+        return [name for shard in TEXT.shards for name in text_names(shard)]
+    return [name for name, _, _ in vit_settings(args, "", args.rounds)]
+
+
 def load_settings(args, out: Path, base: str) -> dict[str, list[dict]]:
     """{setting: [loaded finished reported run, ...]}."""
     groups: dict[str, list[dict]] = {}
     for seed in range(args.num_runs):
-        for name, _, _ in settings(args, base, args.rounds, every=True):   # --only limits what trains, not the table
+        for name in setting_names(args):   # --only limits what trains, not the table
             path = out / f"{name}_seed{seed}"
             if (path / "summary.json").is_file():
                 groups.setdefault(name, []).append(R.load_run(path))
@@ -313,10 +325,6 @@ def load_settings(args, out: Path, base: str) -> dict[str, list[dict]]:
 def pct(runs: list[dict], key: str) -> dict:
     """{seed: 100 * summary[key]}"""
     return {s: 100 * v for s, v in R.by_seed(runs, key).items()}
-
-
-def cell(runs: list[dict], key: str = "test_accuracy") -> str:
-    return stats.fmt(stats.summarize(pct(runs, key).values())) if runs else "–"
 
 
 def plateau(runs: list[dict]) -> str:
@@ -335,67 +343,116 @@ def compute(runs: list[dict]) -> str:
     return "/".join(f"{t:,}" for t in sorted(total)) or "–"
 
 
-def skew_table(g: dict[str, list[dict]], d: Design) -> list[str]:
+def spent(groups: dict[str, list[dict]], matched: str):
+    """spent(setting, metric) -> {seed: compute} in what a table's arms are matched on (``matched``, one of
+    ``study.COMPUTE``): client steps (rounds times local steps), or sample gradients with the calibration's."""
+    def amount(s: dict) -> float | None:
+        if matched == "equal steps":
+            return s["rounds_done"] * s["local_steps"] if "rounds_done" in s and "local_steps" in s else None
+        return s["sample_gradients"] + s.get("calibration_sample_gradients", 0) if "sample_gradients" in s else None
+
+    return lambda key, _: {r["args"]["seed"]: a for r in groups.get(key, []) if (a := amount(r["summary"])) is not None}
+
+
+def rate_notes(selection: dict):
+    """notes(setting, metric) -> ['rate at the high edge of its grid'] where the suite's selection (selection.json:
+    its "scores" and "chosen") chose the smallest or largest rate it tried; [] inside the grid or not selected."""
+    def of(key: str, _: str = "") -> list[str]:
+        if key not in selection.get("chosen", {}):
+            return []
+        edge = study_report.edge_note(selection["scores"].get(key, {}), selection["chosen"][key], "rate")
+        return [edge] if edge else []
+    return of
+
+
+def script_of(setting: str) -> str:
+    return SCRIPTS["centralized" if setting == "centralized" else "sparse" if setting.startswith("sparse")
+                   else "fedavg"]
+
+
+def table_study(name: str, keys: list[str], refs: list[str], metrics: tuple[str, ...], compute: str,
+                seeds: tuple[int, ...]) -> study.Study:
+    """One table of the suite as a study: every row ``keys`` against every reference ``refs`` (rows themselves) in
+    every metric, one Holm family; a reference against a later reference is counted once, in the later one's row
+    (the earlier one's points to it). ``compute``: what the table's arms are matched on (``study.COMPUTE``)."""
+    def mirror(key: str, ref: str) -> bool:
+        return key in refs and refs.index(key) < refs.index(ref)
+
+    return study.Study(name, arms=tuple(study.Arm(k, script_of(k)) for k in keys), seeds=seeds, compute=compute,
+                       comparisons=tuple(study.Comparison(k, ref, name, m) for k in keys for ref in refs
+                                         for m in metrics if k != ref and not mirror(k, ref)))
+
+
+def mask_rows(shard: str, sp: float, first: bool) -> list[tuple[str, str]]:
+    """(setting, label) of a ViT mask table: dense FedAvg, the probes, every strategy; the true-Fisher score's mask
+    in the first sparsity's Nc = 2 table (``first``)."""
+    rows = [(f"fedavg_{shard}", f"dense FedAvg ({VIT.shard_title(shard)})")]
+    rows += [(f"probe_{shard}_{kind}", label) for kind, (_, label) in PROBES.items()]
+    rows += [(f"sparse_{shard}_s{sp:g}_{s}", s + (" (TaLoS score)" if "sensitive" in s else "")) for s in STRATEGIES]
+    if first and shard == "nc2":
+        rows.append((f"sparse_{shard}_s{sp:g}_least_sensitive_fisher", "least_sensitive (true-Fisher score)"))
+    return rows
+
+
+def skew_table(g: dict[str, list[dict]], d: Design, seeds: tuple[int, ...]) -> list[str]:
     """Per arm: accuracy on each skewed shard minus on IID (paired by seed), and that minus dense's; one Holm family."""
     arms = {"dense FedAvg": "fedavg_{}", "probe: head": "probe_{}_head",
             **{f"{s}, s = {sp:g}": f"sparse_{{}}_s{sp:g}_{s}" for sp, s in TEXT_MASKS}}
     skewed = [shard for shard in d.shards if shard != "iid"]
-    loss = {}
-    for arm, name in arms.items():
-        iid = pct(g.get(name.format("iid"), []), "test_accuracy")
-        for shard in skewed:
-            acc = pct(g.get(name.format(shard), []), "test_accuracy")
-            if iid and acc:
-                loss[arm, shard] = {seed: v - iid[seed] for seed, v in acc.items() if seed in iid}
-    if not loss:
+    rows = [arm for arm, name in arms.items() if g.get(name.format("iid")) and any(g.get(name.format(shard))
+                                                                                for shard in skewed)]
+    if not rows:
         return []
-    pairs = {(arm, shard, "loss"): (v, dict.fromkeys(v, 0.0)) for (arm, shard), v in loss.items()}
-    pairs |= {(arm, shard, "vs dense"): (v, loss["dense FedAvg", shard]) for (arm, shard), v in loss.items()
-              if arm != "dense FedAvg" and ("dense FedAvg", shard) in loss}
-    cells = {k: c for k, (_, c) in stats.compare(pairs).items()}
-    head = ["arm", *(f"{col}, {d.shard_title(shard)}" for shard in skewed for col in ("lost to skew", "minus dense's"))]
-    rows = [[arm, *(cells.get((arm, shard, col), "–") for shard in skewed for col in ("loss", "vs dense"))]
-            for arm in arms if any((arm, shard) in loss for shard in skewed)]
+    iid = {name.format(shard): name.format("iid") for name in arms.values() for shard in d.shards}
+
+    def values(key: str, metric: str) -> dict:   # "skew": accuracy minus the same arm's on IID shards, by seed
+        acc, ref = pct(g.get(key, []), "test_accuracy"), pct(g.get(iid[key], []), "test_accuracy")
+        return acc if metric == "test_accuracy" else {seed: v - ref[seed] for seed, v in acc.items() if seed in ref}
+
+    s = study.Study("skew", arms=tuple(study.Arm(k, script_of(k)) for k in iid), seeds=seeds, comparisons=tuple(
+        c for shard in skewed for arm in rows for c in (
+            study.Comparison(arms[arm].format(shard), arms[arm].format("iid"), "skew", "test_accuracy"),
+            *([study.Comparison(arms[arm].format(shard), f"fedavg_{shard}", "skew", "skew")]
+              if arm != "dense FedAvg" else []))))
+    columns = [study_report.Text("arm", str)]
+    for shard in skewed:
+        at = lambda arm, shard=shard: arms[arm].format(shard)  # noqa: E731
+        columns += [study_report.Delta(f"lost to skew, {d.shard_title(shard)}", "test_accuracy", lambda arm: arms[
+                        arm].format("iid"), of=at),
+                    study_report.Delta(f"minus dense's, {d.shard_title(shard)}", "skew", f"fedavg_{shard}", of=at)]
     return ["**Accuracy lost to skew: test accuracy on the skewed shards minus on IID shards (points, paired by "
             "seed); minus dense's: that loss minus dense FedAvg's (positive: the arm loses less); Holm over the "
-            "table**", "", *stats.markdown(head, rows), ""]
+            "table**", "", *study_report.table(s, values, columns, rows), ""]
 
 
 def make_table(args, out: Path, base: str) -> tuple[str, dict]:
     g = load_settings(args, out, base)
-    lines, record = [], {}
+    lines, record, seeds = [], {}, tuple(range(args.num_runs))
+    path = out / "selection.json"
+    notes = rate_notes(json.loads(path.read_text()) if path.is_file() else {})
 
-    def section(title: str, refs: list[tuple[str, str]], rows: list[tuple[str, str]], interference: bool = False):
-        """One table: a Δ column per reference, every difference of the table in one Holm correction."""
+    def section(title: str, refs: list[tuple[str, str]], rows: list[tuple[str, str]], interference: bool = False,
+                matched: str = "equal samples"):
+        """One table: a Δ column per reference, every difference of the table in one Holm family."""
         metrics = ("test_accuracy", "interference") if interference else ("test_accuracy",)
-        head = ["setting", "lr", "n", "test accuracy (%)", *(f"Δ vs {label}" for _, label in refs), "plateau",
-                "sample gradients"]
+        names = dict(rows)
+        s = table_study(title, list(names), [ref for ref, _ in refs], metrics, matched, seeds)
+        runs = lambda key: g.get(key, [])  # noqa: E731
+        columns = [study_report.Text("setting", names.get), study_report.Text("lr", lambda k: rate(runs(k))),
+                   study_report.Text("n", lambda k: len(runs(k))),
+                   study_report.Value("test accuracy (%)", "test_accuracy"),
+                   *(study_report.Delta(f"Δ vs {label}", "test_accuracy", ref) for ref, label in refs),
+                   study_report.Text("plateau", lambda k: plateau(runs(k))),
+                   study_report.Text("sample gradients", lambda k: compute(runs(k)))]
         if interference:
-            head += ["interference (points)", *(f"Δ interference vs {label}" for _, label in refs)]
-        order, names = [ref for ref, _ in refs], dict(rows)
-
-        def mirror(key: str, ref: str) -> bool:  # (ref, key) is the same comparison, counted once, in ref's row
-            return key in order and order.index(key) < order.index(ref)
-
-        pairs = stats.ref_pairs([key for key, _ in rows], order, metrics,
-                                lambda key, m: pct(g[key], m) if g.get(key) else {})
-        diffs = {k: c for k, (_, c) in stats.compare(pairs).items()}
-
-        def delta(key: str, ref: str, m: str) -> str:
-            return f"= −Δ in row '{names.get(ref, ref)}'" if mirror(key, ref) and g.get(key) and g.get(ref) \
-                else diffs.get((key, ref, m), "–")
-
-        table = []
-        for key, label in rows:
-            rs = g.get(key, [])
-            row = [label, rate(rs), len(rs), cell(rs), *(delta(key, ref, "test_accuracy") for ref, _ in refs),
-                   plateau(rs), compute(rs)]
-            if interference:
-                row += [cell(rs, "interference"), *(delta(key, ref, "interference") for ref, _ in refs)]
-            table.append(row)
-            record[key] = {"n": len(rs), "lr": rate(rs), "test_accuracy": pct(rs, "test_accuracy"),
-                           "interference": pct(rs, "interference") if interference else None}
-        lines.extend([f"**{title}**", "", *stats.markdown(head, table), ""])
+            columns += [study_report.Value("interference (points)", "interference"),
+                        *(study_report.Delta(f"Δ interference vs {label}", "interference", ref) for ref, label in refs)]
+        lines.extend([f"**{title}**", "", *study_report.table(s, lambda key, m: pct(runs(key), m), columns,
+                                                               notes=notes, spent=spent(g, matched), labels=names),
+                      ""])
+        for key in names:
+            record[key] = {"n": len(runs(key)), "lr": rate(runs(key)), "test_accuracy": pct(runs(key), "test_accuracy"),
+                           "interference": pct(runs(key), "interference") if interference else None}
 
     d = design(args)
     examples = "texts" if d is TEXT else "images"
@@ -403,24 +460,27 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
     since = int(0.8 * args.rounds) // every * every  # experiment.plateau's reference evaluation
     caption = (f"Chance accuracy: {100.0 / d.classes:.1f} % ({d.classes} classes). Test set: "
                f"{next(iter(g.values()))[0]['summary']['test_images'] if g else '?'} {examples}. "
-               "Cells: mean ± sample sd over seeds (n); Δ: paired difference by seed, mean [95% t interval], "
-               "verdicts Holm-corrected over each table's differences (a 'no difference' names the effect it "
-               "rules out); lr: the setting's rate, chosen on validation (selection.json); plateau: runs whose "
-               "validation accuracy moved < 1 point since the last evaluation at or before 80 % of the run (in the "
-               f"mask tables: since round {since} of {args.rounds}); sample gradients: one per "
+               f"Cells: mean ± sample sd over seeds (n when not all {args.num_runs}); Δ: paired difference by seed, "
+               "mean [95% t interval], verdicts Holm-corrected over each table's differences ('no difference after "
+               "Holm over m' names the effect the simultaneous interval rules out), warnings after a verdict: fewer "
+               "than 3 seeds, compute not matched (sample gradients; in the mask tables client steps), a rate at the "
+               "edge of the grid it was chosen from; lr: the setting's rate, chosen on validation (selection.json); "
+               "plateau: runs whose validation accuracy moved < 1 point since the last evaluation at or before 80 % "
+               f"of the run (in the mask tables: since round {since} of {args.rounds}); sample gradients: one per "
                f"{examples[:-1]} of every local step, head warm-up and mask calibration included; interference: "
                "own-class test accuracy, local minus aggregated model, in points.")
     devices = sorted({str(r["meta"].get("device", "?")) for rs in g.values() for r in rs})
     lines += [caption + (f" Runs measured on: {'; '.join(devices)}." if devices else ""), ""]
     if d is TEXT:
         for shard in d.shards:
-            title, dense, probe = d.shard_title(shard), f"fedavg_{shard}", f"probe_{shard}_head"
+            title, (dense, probe, *masks) = d.shard_title(shard), text_names(shard)
             rows = [(dense, f"dense FedAvg ({title})"), (probe, "probe: head")]
-            rows += [(f"sparse_{shard}_s{sp:g}_{s}", f"{s}{' (TaLoS score)' if 'sensitive' in s else ''}, "
-                                                      f"s = {sp:g}") for sp, s in TEXT_MASKS]
+            rows += [(name, f"{s}{' (TaLoS score)' if 'sensitive' in s else ''}, s = {sp:g}")
+                     for name, (sp, s) in zip(masks, TEXT_MASKS)]
             section(f"Sparse fine-tuning of {args.weights} on AG News, {title} shards",
-                    [(dense, f"dense {title}"), (probe, "probe (head)")], rows, interference=True)
-        lines.extend(skew_table(g, d))
+                    [(dense, f"dense {title}"), (probe, "probe (head)")], rows, interference=True,
+                    matched="equal steps")
+        lines.extend(skew_table(g, d, seeds))
         return "\n".join(lines) + "\n", record
     iid = f"FedAvg IID, J={J}, from the base"
     section("Pretrained base vs random initialisation, and centralized at equal sample gradients",
@@ -438,14 +498,9 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
     for shard in VIT.shards:
         title, dense, probe = VIT.shard_title(shard), f"fedavg_{shard}", f"probe_{shard}_head"
         for sp in args.sparsities:
-            rows = [(dense, f"dense FedAvg ({title})")]
-            rows += [(f"probe_{shard}_{kind}", label) for kind, (_, label) in PROBES.items()]
-            rows += [(f"sparse_{shard}_s{sp:g}_{s}", s + (" (TaLoS score)" if "sensitive" in s else ""))
-                     for s in STRATEGIES]
-            if sp == args.sparsities[0] and shard == "nc2":
-                rows.append((f"sparse_{shard}_s{sp:g}_least_sensitive_fisher", "least_sensitive (true-Fisher score)"))
-            section(f"Sparse fine-tuning, {title} shards, sparsity {sp:g}",
-                    [(dense, f"dense {title}"), (probe, "probe (head)")], rows, interference=True)
+            section(f"Sparse fine-tuning, {title} shards, sparsity {sp:g}", [(dense, f"dense {title}"),
+                                                                             (probe, "probe (head)")],
+                    mask_rows(shard, sp, sp == args.sparsities[0]), interference=True, matched="equal steps")
     return "\n".join(lines) + "\n", record
 
 

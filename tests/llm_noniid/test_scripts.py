@@ -174,23 +174,41 @@ def test_tables_correct_verdicts_with_holm_and_show_diverged_arms():
              for k, ppls in finite.items() for i in (0, 1)}
     holm = S.holm(diffs)
     assert holm[("iid", "SCAFFOLD", 0)].significant and not holm[("iid", "FedProx mu=0.1", 0)].significant
-    assert row("SCAFFOLD")[4].endswith(f", p_Holm {holm[('iid', 'SCAFFOLD', 0)].p_holm:.2g}")
-    m = len(diffs)   # what a null rules out: the simultaneous interval over the table's m comparisons
-    assert row("FedProx mu=0.1")[4].endswith(f"no difference after Holm (rules out > "
-                                             f"{S.ruled_out(diffs[('iid', 'FedProx mu=0.1', 0)], m):.1f}, "
-                                             f"simultaneous over {m})")
-    assert row("SCAFFOLD", "topic a=0.01")[3] == "60.5 ± 0.7 (n=2), 1 diverged"
-    assert row("SCAFFOLD", "topic a=0.01")[4].startswith("+9.5 [") and "(n=2)" in row("SCAFFOLD", "topic a=0.01")[4]
+    m = len(diffs)   # the family: "over m"; what a null rules out: the simultaneous interval over m comparisons
+    assert row("SCAFFOLD")[4].endswith(f"(n=3; p_Holm = {S.fmt_p(holm[('iid', 'SCAFFOLD', 0)].p_holm)} over {m})")
+    assert row("FedProx mu=0.1")[4].endswith(f"(n=3; no difference after Holm over {m}; rules out > "
+                                             f"{S.ruled_out(diffs[('iid', 'FedProx mu=0.1', 0)], m):.1f})")
+    assert row("SCAFFOLD", "topic a=0.01")[3] == "60.5 ± 0.7 (n=2), 1 diverged"   # n: not all 3 seeds
+    topic = S.ruled_out(diffs[("topic a=0.01", "SCAFFOLD", 0)], m)   # its two finite seeds, said beside it
+    cell = row("SCAFFOLD", "topic a=0.01")[4]
+    assert cell.startswith("+9.5 [") and cell.endswith(f"(n=2; no difference after Holm over {m}; rules out > "
+                                                       f"{topic:.1f}); 2 seeds")
     assert row("FedAvg, 1 client/round")[4] == row("FedAvg, 1 client/round")[6] == "diverged"
     assert row("FedAvg, 1 client/round")[3] == "–, 3 diverged"
-    assert row("FedProx mu=0.001", "topic a=0.01")[3] == "not run"
-    assert row("FedAvg")[7] == S.fmt_seeds([49.5, 51.5, 50.5])  # the best round's perplexity beside the final one
+    assert row("FedProx mu=0.001", "topic a=0.01")[2:4] == ["0", "–"]   # not run
+    assert row("FedAvg")[3] == "51.0 ± 1.0" and row("FedAvg")[4] == "–"
+    assert row("FedAvg")[7] == "50.5 ± 1.0"  # the best round's perplexity beside the final one
     assert not any("no difference" in line for line in lines if "| diverged |" in line)
     equal = E.equal_compute_table(runs, E.ROUNDS)
     assert row(f"FedAvg, 2 of 10 clients/round, {5 * E.ROUNDS} rounds")[4] == "diverged"
     assert any(line.endswith("| 1.00x | diverged | diverged |") for line in equal)
     ifca = next(line for line in equal if "| iid | FedAvg + IFCA (4) |" in line)
     assert ifca.count("after Holm") + ifca.count("p_Holm") == 2
+
+
+def test_equal_compute_table_says_when_the_tokens_are_not_matched():
+    """The equal-compute pairs are matched on training tokens: a pair more than 1 % apart says so beside its
+    verdict, a matched one does not."""
+    runs = fake_runs({(p, a): ppl for p in ("iid", "topic a=0.01") for a, ppl in (
+        ("FedAvg + IFCA (4)", [45.0, 46.0, 47.0]), ("FedAvg, 42 rounds", [46.0, 45.5, 47.5]))})
+    for r in runs:
+        if r["args"]["partition"] == "iid" and r["args"]["clustering"] == "ifca":
+            r["summary"]["train_tokens"] = 110
+    equal = E.equal_compute_table(runs, E.ROUNDS)
+    iid, topic = (next(line for line in equal if line.startswith(f"| {p} | FedAvg + IFCA (4) |"))
+                  for p in ("iid", "topic a=0.01"))
+    assert "| 1.10x |" in iid and iid.count("; unmatched compute (equal samples: 110 vs 100)") == 2
+    assert "| 1.00x |" in topic and "unmatched" not in topic
 
 
 def test_split_table_pairs_each_arm_with_itself_on_iid():
@@ -204,8 +222,9 @@ def test_split_table_pairs_each_arm_with_itself_on_iid():
     holm = S.holm({"FedAvg": S.paired({0: 55.0, 1: 57.5, 2: 56.0}, {0: 50.0, 1: 52.0, 2: 51.0}),
                    "SCAFFOLD": S.paired({0: 40.5, 1: 40.5, 2: 42.5}, {0: 40.0, 1: 41.0, 2: 42.0})})
     assert holm["FedAvg"].significant and not holm["SCAFFOLD"].significant
-    assert row("FedAvg")[4].startswith("+5.2 [") and f"p_Holm {holm['FedAvg'].p_holm:.2g}" in row("FedAvg")[4]
-    assert row("FedAvg")[3] == S.fmt_seeds([50.0, 52.0, 51.0])
+    assert row("FedAvg")[4].startswith("+5.2 [") and f"p_Holm = {S.fmt_p(holm['FedAvg'].p_holm)} over 2" in \
+        row("FedAvg")[4]
+    assert row("FedAvg")[2:4] == ["56.2 ± 1.3", "51.0 ± 1.0"]   # the arm, and the same arm on iid
     assert "no difference after Holm" in row("SCAFFOLD")[4]
     assert not any("FedProx mu=1" in line for line in lines)
 

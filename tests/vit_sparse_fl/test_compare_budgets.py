@@ -43,13 +43,15 @@ def test_last_step_is_paired_by_seed_and_settled_is_below_one_point(suites, tmp_
     assert list(t["fedavg_iid"]["test_accuracy"]) == [48, 192]
     md = (tmp_path / "out" / "results_budgets.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| FedAvg Nc = 2 |"))
-    # change 192 - 48 per seed: 10, 11, 12 -> mean 11, sd 1, t(0.975, 2) = 4.303: [8.5, 13.5]
-    assert "R 48 → 192: +11.0 [+8.5, +13.5] (n=3)" in row and "| no |" in row
-    # Δ vs FedAvg IID at R = 48: -30, -29, -28 -> -29.0 [-31.5, -26.5]
-    assert "-29.0 [-31.5, -26.5] (n=3)" in row
+    # change 192 - 48 per seed: 10, 11, 12 -> mean 11, sd 1, t(0.975, 2) = 4.303: [8.5, 13.5]; Holm over the 3
+    # settings' last steps
+    assert "| R 48 → 192 | +11.0 [+8.5, +13.5] (n=3; p_Holm = " in row and " over 3) | no |" in row
+    # Δ vs FedAvg IID at R = 48: -30, -29, -28 -> -29.0 [-31.5, -26.5]; Holm over the table's 4 Δ
+    assert "| -29.0 [-31.5, -26.5] (n=3; p_Holm = " in row
+    assert row.startswith("| FedAvg Nc = 2 | 52.0 ± 2.0 | 63.0 ± 3.0 |")   # every seed: no n
     masks = next(line for line in md.splitlines() if line.startswith("| random, Nc = 2, s = 0.9 |"))
     # vs dense Nc = 2 at R = 192: -1, +1, 0 -> no difference
-    assert "+0.0 [-2.5, +2.5] (n=3), no difference" in masks
+    assert "+0.0 [-2.5, +2.5] (n=3; no difference after Holm over 4; rules out > " in masks
 
 
 def test_figure_and_refusals(suites, tmp_path):

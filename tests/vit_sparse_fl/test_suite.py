@@ -150,41 +150,47 @@ def test_saved_sessions_keep_every_part_of_a_suite(tmp_path):
     assert suite.saved_sessions(path) == parts
 
 
-def test_results_table_pairs_by_seed_with_holm_over_each_table(monkeypatch):
+def test_results_table_pairs_by_seed_with_holm_over_each_table(monkeypatch, tmp_path):
     """make_table: cells are mean ± sd over seeds, differences paired by seed against the section's reference,
-    and each section's verdicts Holm-corrected together (accuracy and interference differences)."""
-    def runs(acc, inter=None, calibration=0):
+    and each section's verdicts Holm-corrected together (accuracy and interference differences), with a rate at
+    the edge of its grid and compute not matched as the section states said beside the verdict."""
+    def runs(acc, inter=None, calibration=0, samples=1000):
         return [{"args": {"seed": s, "lr": 0.1}, "path": f"run{s}", "meta": {"device": "cpu"},
-                 "summary": {"test_accuracy": a / 100, "test_images": 500, "sample_gradients": 1000,
+                 "summary": {"test_accuracy": a / 100, "test_images": 500, "sample_gradients": samples,
                              "calibration_sample_gradients": calibration,
                              "interference": (inter[s] if inter else 0.0) / 100}} for s, a in enumerate(acc)]
 
     groups = {"fedavg_iid": runs([50, 51, 52]), "fedavg_nc2": runs([40, 41, 42], [10, 11, 12]),
-              "fedavg_nc5": runs([49.9, 51.1, 52.0], [0.0, 0.1, -0.1]),
+              "fedavg_nc5": runs([49.9, 51.1, 52.0], [0.0, 0.1, -0.1], samples=1200),
               "probe_nc2_head": runs([45, 45, 47], [5, 6, 7]),
               "sparse_nc2_s0.9_least_sensitive": runs([46, 47, 48], [4, 5, 6], calibration=200)}
     monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
-    text, record = suite.make_table(suite.get_args_parser().parse_args([]), Path("unused"), "base.pt")
+    (tmp_path / "selection.json").write_text(json.dumps({"scores": {"fedavg_nc2": {"0.03": 0.5, "0.1": 0.6}},
+                                                         "chosen": {"fedavg_nc2": 0.1}}))
+    text, record = suite.make_table(suite.get_args_parser().parse_args([]), tmp_path, "base.pt")
     assert record["fedavg_nc2"]["test_accuracy"] == pytest.approx({0: 40.0, 1: 41.0, 2: 42.0})
     row = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| Nc = 2 |")}
     nc2 = next(iter(row.values()))
-    # paired by seed: -10 on every seed, sd 0: a difference whatever the correction
-    assert "41.0 ± 1.0 (n=3)" in nc2 and "-10.0 [-10.0, -10.0] (n=3)" in nc2 and "p_Holm" in nc2
+    # paired by seed: -10 on every seed, sd 0: a difference whatever the correction; its rate the grid's largest
+    assert "| 41.0 ± 1.0 | -10.0 [-10.0, -10.0] (n=3; p_Holm < 0.001 over 4); rate at the high edge of its grid |" \
+        in nc2  # n: every seed; the family: accuracy and interference of Nc = 5 and 2
+
     nc5 = next(line for line in text.splitlines() if line.startswith("| Nc = 5 |"))
-    assert "no difference after Holm" in nc5
+    assert "no difference after Holm over 4" in nc5 and "; unmatched compute (equal samples: 1.2e+03 vs 1e+03)" in nc5
     assert "Holm-corrected over each table" in text
     # the mask tables: Δ vs dense and vs the probe, the rate, and the compute with the calibration counted
     table = text.split("**Sparse fine-tuning, Nc = 2 shards, sparsity 0.9**")[1].split("**")[0]
     assert "| Δ vs dense Nc = 2 | Δ vs probe (head) |" in table
     least = next(line for line in table.splitlines() if line.startswith("| least_sensitive (TaLoS"))
-    assert "| 0.1 | 3 | 47.0 ± 1.0 (n=3) | +6.0 [+6.0, +6.0] (n=3" in least and "| 1,200 |" in least
+    assert "| 0.1 | 3 | 47.0 ± 1.0 | +6.0 [+6.0, +6.0] (n=3" in least and "| 1,200 |" in least
+    assert "unmatched" not in least   # the mask tables are matched on client steps, the calibration aside
     probe = next(line for line in table.splitlines() if line.startswith("| probe: head + final norm |"))
     cells = [c.strip() for c in probe.strip("|").split("|")]
     assert cells[4].startswith("+4.7 [") and cells[5] == "–" and cells[7] == "1,000"   # no Δ vs itself
     # dense − probe is probe − dense negated: shown as such, and counted once in the table's Holm family
     dense = next(line for line in table.splitlines() if line.startswith("| dense FedAvg (Nc = 2) |"))
     assert [c.strip() for c in dense.strip("|").split("|")][5] == "= −Δ in row 'probe: head + final norm'"
-    family = {int(n) for n in re.findall(r"simultaneous over (\d+)", table)}
+    family = {int(n) for n in re.findall(r"over (\d+)", table)}
     assert family == {6}  # probe and mask vs dense, mask vs probe; accuracy and interference
 
 
