@@ -400,31 +400,28 @@ def name(*key: str) -> str:
     return " / ".join(key)
 
 
-def grid_study(family: str, refs: dict[tuple, tuple], keys: tuple[str, ...], seeds, compute: str = "") -> Study:
-    """A table's comparisons as a study: each arm of ``refs`` {arm: its reference} (keys of ``by_arm``) against its
-    reference in each of ``keys``, one Holm family ``family``; ``compute``: what each pair is matched on
-    (training tokens: ``spent``)."""
-    arms_ = dict.fromkeys(name(*k) for pair in refs.items() for k in pair)
-    return Study(family, tuple(Arm(a, "llm_noniid.train") for a in arms_), tuple(sorted(seeds)), compute=compute,
-                 comparisons=tuple(Comparison(name(*k), name(*ref), family, key) for k, ref in refs.items()
-                                   for key in keys))
-
-
-def grid_table(s: Study, groups: dict[tuple, list[dict]], columns: list, rows: list[tuple]) -> list[str]:
-    """``common.study_report.table`` of study ``s`` over ``groups`` {key: runs} (arms named by ``name``), one line per
-    key of ``rows``: an arm whose every seed diverged is "diverged", compared with nothing; compute from the runs'
-    training tokens where ``s`` states what its pairs are matched on."""
+def grid_table(family: str, groups: dict[tuple, list[dict]], refs: dict[tuple, tuple], keys: tuple[str, ...],
+               columns: list, rows: list[tuple], compute: str = "") -> list[str]:
+    """``common.study_report.table`` over a grid's runs ``groups`` {(partition, arm): runs}: its study compares each
+    arm of ``refs`` {arm: its reference} with its reference in each of ``keys``, one Holm family ``family``, arms
+    named by ``name``; one line per arm of ``rows``. An arm whose every seed diverged is "diverged", compared with
+    nothing; ``compute``: what each pair is matched on (training tokens, said beside a verdict where they differ)."""
     runs = {name(*k): g for k, g in groups.items()}
+    arms_ = dict.fromkeys(name(*k) for pair in refs.items() for k in pair)
+    s = Study(family, tuple(Arm(a, "llm_noniid.train") for a in arms_),
+              tuple(sorted({r["args"]["seed"] for g in groups.values() for r in g})), compute=compute,
+              comparisons=tuple(Comparison(name(*k), name(*ref), family, key) for k, ref in refs.items()
+                                for key in keys))
     values = lambda arm, key: R.by_seed(runs.get(arm, []), key)  # noqa: E731
     diverged = {a: "diverged" for a in (a.name for a in s.arms) if (v := values(a, "final_val_ppl"))
                 and not any(map(math.isfinite, v.values()))}
     tokens = lambda arm, _: {r["args"]["seed"]: r["summary"]["train_tokens"] for r in runs.get(arm, [])  # noqa: E731
                              if r.get("summary")}
-    return study_report.table(s, values, columns, [name(*k) for k in rows], spent=tokens if s.compute else None,
+    return study_report.table(s, values, columns, [name(*k) for k in rows], spent=tokens if compute else None,
                               skip=diverged)
 
 
-def labels(*headers: str) -> list[study_report.Text]:
+def label_columns(*headers: str) -> list[study_report.Text]:
     """The columns of a row's labels (partition, arm, ...): its name's parts."""
     return [study_report.Text(h, lambda row, i=i: row.split(" / ")[i]) for i, h in enumerate(headers)]
 
@@ -435,24 +432,19 @@ def compute(g: list[dict], ref: list[dict]) -> str:
     return f"{np.mean(tokens[0]) / np.mean(tokens[1]):.2f}x" if all(tokens) else "–"
 
 
-def seeds_of(runs: list[dict]) -> set:
-    return {r["args"]["seed"] for r in runs}
-
-
 def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mus: dict | None = None) -> list[str]:
     """Markdown table of ``mode``'s arms; Δ: the paired difference to FedAvg on its partition, both perplexities in
     one Holm family (the grid's). The best perplexity of any evaluated round is an optimistic oracle early stop;
     beside the final one it shows overfitting."""
     groups = by_arm(runs, rounds, lr)
     rows = [(p, a) for p, a, _ in arms(mode, rounds, mus, lr)]
-    s = grid_study(f"{mode} grid", {(p, a): (p, "FedAvg") for p, a in rows if a != "FedAvg"}, KEYS, seeds_of(runs))
     of = lambda row: groups.get(tuple(row.split(" / ")), [])  # noqa: E731
     tally = lambda items, of="": ", ".join(f"{k} {v}{of}" for k, v in sorted(Counter(items).items()))  # noqa: E731
 
     def run(cell):  # a column of the caller's, "–" in a row without runs
         return lambda row: cell(of(row), row.split(" / ")[0]) if of(row) else "–"
 
-    columns = [*labels("partition", "arm"), study_report.Text("n", lambda row: len(of(row))),
+    columns = [*label_columns("partition", "arm"), study_report.Text("n", lambda row: len(of(row))),
                study_report.Value("final ppl", "final_val_ppl"), study_report.Delta("Δ vs FedAvg", "final_val_ppl"),
                study_report.Value("personalised ppl", "final_personal_val_ppl"),
                study_report.Delta("Δ vs FedAvg", "final_personal_val_ppl"),
@@ -463,7 +455,8 @@ def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mu
                study_report.Text("failure modes (runs)", run(lambda g, p: tally((m for r in g for m in detected(r)),
                                                                                 f"/{len(g)}") or "none")),
                study_report.Text("at plateau", run(lambda g, p: f"{sum(map(at_plateau, g))}/{len(g)}"))]
-    return grid_table(s, groups, columns, rows)
+    return grid_table(f"{mode} grid", groups, {(p, a): (p, "FedAvg") for p, a in rows if a != "FedAvg"}, KEYS,
+                      columns, rows)
 
 
 def references(runs: list[dict]) -> list[str]:
@@ -531,12 +524,10 @@ def split_table(groups: dict[tuple, list[dict]]) -> list[str]:
     rows = sorted((p, a) for p, a in groups if p != "iid" and ("iid", a) in groups)
     if not rows:
         return ["(no arm run on iid and a non-iid partition yet)"]
-    runs = [r for g in groups.values() for r in g]
-    s = grid_study("does the split hurt", {(p, a): ("iid", a) for p, a in rows}, ("final_val_ppl",), seeds_of(runs))
-    return grid_table(s, groups, [*labels("partition", "arm"), study_report.Value("final ppl", "final_val_ppl"),
-                                  study_report.Value("on iid", "final_val_ppl", lambda row: name("iid", row.split(
-                                      " / ")[1])),
-                                  study_report.Delta("Δ vs iid (same arm)", "final_val_ppl")], rows)
+    on_iid = study_report.Value("on iid", "final_val_ppl", lambda row: name("iid", row.split(" / ")[1]))
+    return grid_table("does the split hurt", groups, {(p, a): ("iid", a) for p, a in rows}, ("final_val_ppl",),
+                      [*label_columns("partition", "arm"), study_report.Value("final ppl", "final_val_ppl"), on_iid,
+                       study_report.Delta("Δ vs iid (same arm)", "final_val_ppl")], rows)
 
 
 def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0,
@@ -545,16 +536,17 @@ def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0,
     perplexities in one Holm family; a pair whose tokens differ by more than 1 % says so."""
     groups = by_arm(runs, rounds, lr)
     pairs = {(p, a): (p, ref) for p, a, ref in arms_ or equal_compute(rounds)}
-    s = grid_study("equal compute", pairs, KEYS, seeds_of(runs), compute="equal samples")
+    of = lambda row: tuple(row.split(" / "))  # noqa: E731
 
     def ratio(row: str) -> str:
-        g, ref = groups.get(tuple(row.split(" / ")), []), groups.get(pairs[tuple(row.split(" / "))], [])
+        g, ref = groups.get(of(row), []), groups.get(pairs[of(row)], [])
         return compute(g, ref) if g and ref else "not run"
 
-    return grid_table(s, groups, [*labels("partition", "arm"), study_report.Text(
-        "reference (about the same compute)", lambda row: pairs[tuple(row.split(" / "))][1]),
+    return grid_table("equal compute", groups, pairs, KEYS, [
+        *label_columns("partition", "arm"),
+        study_report.Text("reference (about the same compute)", lambda row: pairs[of(row)][1]),
         study_report.Text("compute ratio", ratio), study_report.Delta("Δ final ppl", "final_val_ppl"),
-        study_report.Delta("Δ personalised ppl", "final_personal_val_ppl")], list(pairs))
+        study_report.Delta("Δ personalised ppl", "final_personal_val_ppl")], list(pairs), compute="equal samples")
 
 
 def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
@@ -589,11 +581,12 @@ def side_by_side(grids: dict[str, tuple[list[dict], int, dict]], mus: dict) -> t
     values = {name(*k): {"final_val_ppl": g, **{m: change(g, final.get(ref(*k), {})) for m, ref in refs.items()}}
               for k, g in final.items()}
     s = Study("side by side", tuple(Arm(name(*k), "llm_noniid.train") for k in final),
-              tuple(sorted(seeds_of([r for runs, _, _ in grids.values() for r in runs]))),
+              tuple(sorted({r["args"]["seed"] for runs, _, _ in grids.values() for r in runs})),
               comparisons=tuple(Comparison(name(*k), name(*ref(*k)), "side by side", m) for k in final
                                 for m, ref in refs.items() if ref(*k) != k and ref(*k) in final))
     table_ = study_report.table(s, lambda arm, metric: values[arm][metric], [
-        *labels("regime", "partition", "arm"), study_report.Text("n", lambda row: len(values[row]["final_val_ppl"])),
+        *label_columns("regime", "partition", "arm"),
+        study_report.Text("n", lambda row: len(values[row]["final_val_ppl"])),
         study_report.Value("final ppl", "final_val_ppl"),
         study_report.Delta("Δ vs FedAvg (% of FedAvg's ppl)", "% vs FedAvg"),
         study_report.Delta("Δ vs the same arm on iid (% of its ppl)", "% vs iid"),
