@@ -126,6 +126,22 @@ def portable(value: Any) -> Any:
     return os.path.relpath(value) if isinstance(value, str) and os.path.isabs(value) else value
 
 
+def working_dir(run_path: str | os.PathLike) -> str:
+    """This working directory relative to the run directory ``run_path``, as records keep it ("cwd"): the folder the
+    record's relative paths start from, without naming the machine's folders."""
+    return os.path.relpath(os.getcwd(), os.path.realpath(run_path))
+
+
+def same_place(saved: Any, now: Any, saved_cwd: str | None) -> bool:
+    """Whether ``saved`` (a path relative to the absolute folder ``saved_cwd``, where a record was written) and
+    ``now`` (relative to this working directory) name the same file or folder: a run resumed from another working
+    directory gives its paths relative to that one. False for anything but two strings, or without ``saved_cwd``
+    (a record from before the working directory was kept: it resumes from the one it was written in)."""
+    if not (isinstance(saved, str) and isinstance(now, str) and saved and now and saved_cwd):
+        return False
+    return os.path.realpath(os.path.join(saved_cwd, saved)) == os.path.realpath(now)
+
+
 def cpu_seconds() -> float:
     """CPU seconds (user + system) of this process and of its children that have ended, so far: with ``wall_seconds``
     and the load what a stated time needs, since a run's wall time on a busy machine says little by itself."""
@@ -220,10 +236,12 @@ def data_fingerprint(source: str, folder: str | os.PathLike | None = None,
     return out
 
 
-def data_differences(saved: dict, now: dict) -> list[str]:
-    """What differs between two ``data_fingerprint``s, in words (empty when they match)."""
+def data_differences(saved: dict, now: dict, saved_cwd: str | None = None) -> list[str]:
+    """What differs between two ``data_fingerprint``s, in words (empty when they match); ``saved_cwd``: the absolute
+    folder ``saved`` was written from (``same_place``), so the same data folder reached from elsewhere matches."""
     diffs = [f"data {key} (saved {portable(saved.get(key))!r}, now {portable(now.get(key))!r})"
-             for key in ("source", "folder") if portable(saved.get(key)) != portable(now.get(key))]
+             for key in ("source", "folder") if portable(saved.get(key)) != portable(now.get(key))
+             and not (key == "folder" and same_place(saved.get(key), now.get(key), saved_cwd))]
     old, new = saved.get("files", {}), now.get("files", {})
     for name in sorted(set(old) | set(new)):
         if name not in new:
@@ -365,6 +383,7 @@ class RunDir:
         self._extended: dict = {}
         self._checkpoint_at: str | None = None  # where the last checkpoint on disk was saved
         self._device_name = describe_device(device if device is not None else self.args.get("device"))
+        self._cwd = working_dir(self.path)  # what this session's relative paths start from, as records keep it
         self._tracker = None
         self.summary_sources: list = []  # callables whose fields every summary.json gets (a DP run's epsilon)
         tracking.requested(self.args.get("report_to"))  # a missing tracker package: one line, nothing written
@@ -384,7 +403,7 @@ class RunDir:
             state = ckpt.load_checkpoint(self.path / CHECKPOINT_FILE, self.kind)
             self._check_state(state)
             info = state.get("runlog", {})
-            self._check_data(info.get("data"), CHECKPOINT_FILE)
+            self._check_data(info.get("data"), CHECKPOINT_FILE, self._saved_cwd(info))
             self._n_rows = int(info.get("rows", 0))
             self._check_rows(self._n_rows)
             self._wall_offset = float(info.get("wall_seconds", 0.0))
@@ -408,9 +427,10 @@ class RunDir:
         check(not self._claimed, "RunDir.set_data after the run directory was claimed")
         self.data = ckpt.round_trip_json(data)
         if self._state is not None:
-            self._check_data(self._state.get("runlog", {}).get("data"), CHECKPOINT_FILE)
+            info = self._state.get("runlog", {})
+            self._check_data(info.get("data"), CHECKPOINT_FILE, self._saved_cwd(info))
         if self._saved_meta is not None:
-            self._check_data(self._saved_meta.get("data"), ARGS_FILE)
+            self._check_data(self._saved_meta.get("data"), ARGS_FILE, self._saved_cwd(self._saved_meta))
 
     def _check_state(self, state: dict) -> None:
         for key in ("round", "epoch", "step"):
@@ -443,14 +463,23 @@ class RunDir:
         saved = read_object(self.path / ARGS_FILE)
         return saved if saved is not None and isinstance(saved.get("args"), dict) else None
 
-    def _arg_diffs(self, saved_args: dict, ignore: tuple[str, ...]) -> tuple[dict[str, str], dict]:
-        """({name: the difference in words}, {run-length name: [saved, now]} allowed by --extend)."""
+    def _saved_cwd(self, record: dict) -> str | None:
+        """The absolute working directory a record (args.json, a checkpoint's "runlog") was written from; None for
+        one written before it was kept (its relative paths then start from this working directory, as they did)."""
+        cwd = record.get("cwd")
+        return os.path.normpath(os.path.join(os.path.realpath(self.path), cwd)) if isinstance(cwd, str) else None
+
+    def _arg_diffs(self, saved_args: dict, ignore: tuple[str, ...],
+                   saved_cwd: str | None = None) -> tuple[dict[str, str], dict]:
+        """({name: the difference in words}, {run-length name: [saved, now]} allowed by --extend); a path saved
+        relative to ``saved_cwd`` matches the same file given relative to this working directory."""
         diffs, extended = {}, {}
         for key in sorted(set(saved_args) | set(self.args)):
             if key in ignore or key in ALWAYS_IGNORED:
                 continue
             old, new = portable(saved_args.get(key, "<absent>")), self.args.get(key, "<absent>")  # older: absolute
-            if old == new or (key not in saved_args and key in ADDED_FLAGS and new == ADDED_FLAGS[key]):
+            if (old == new or (key not in saved_args and key in ADDED_FLAGS and new == ADDED_FLAGS[key])
+                    or same_place(saved_args.get(key), new, saved_cwd)):
                 continue
             if (key in LENGTH_FLAGS and self.extend and isinstance(old, (int, float))
                     and isinstance(new, (int, float)) and new > old):
@@ -468,7 +497,7 @@ class RunDir:
         if script and script != self.kind:
             what += f" of {script}"
         elif saved:
-            diffs = list(self._arg_diffs(saved.get("args", {}), ignore)[0].values())
+            diffs = list(self._arg_diffs(saved.get("args", {}), ignore, self._saved_cwd(saved))[0].values())
             if diffs:
                 more = f" and {len(diffs) - 2} more" if len(diffs) > 2 else ""
                 what += f" with other arguments ({'; '.join(diffs[:2])}{more})"
@@ -484,18 +513,18 @@ class RunDir:
         if saved.get("script", self.kind) != self.kind:
             raise UsageError(f"cannot resume {self.path}: it holds a run of {saved.get('script')}, not of "
                              f"{self.kind}; use another --run-name or --out-dir")
-        diffs, self._extended = self._arg_diffs(saved["args"], ignore)
+        diffs, self._extended = self._arg_diffs(saved["args"], ignore, self._saved_cwd(saved))
         if diffs:
             hint = " (to continue a run for longer on purpose, add --extend)" if set(diffs) & set(LENGTH_FLAGS) else ""
             raise UsageError(f"cannot resume {self.path} with different arguments: {'; '.join(diffs.values())}{hint}; "
                              "resume with the saved arguments, or start over with --overwrite")
-        self._check_data(saved.get("data"), ARGS_FILE)
+        self._check_data(saved.get("data"), ARGS_FILE, self._saved_cwd(saved))
         return saved
 
-    def _check_data(self, saved: dict | None, where: str) -> None:
+    def _check_data(self, saved: dict | None, where: str, saved_cwd: str | None) -> None:
         if saved is None or self.data is None:
             return
-        diffs = data_differences(saved, self.data)
+        diffs = data_differences(saved, self.data, saved_cwd)
         if diffs:
             raise UsageError(f"cannot resume {self.path}: the data differ from those of the run ({where}): "
                              f"{'; '.join(diffs)}; resume with the run's data, or start over with --overwrite")
@@ -587,7 +616,8 @@ class RunDir:
                 rows = read_rows(self.path / METRICS_FILE)[:self._n_rows]
                 ckpt.atomic_write_text(self.path / METRICS_FILE,
                                        "".join(json.dumps(r, default=ckpt.to_jsonable) + "\n" for r in rows))
-                meta = {**self._saved_meta, "args": self.args}  # the ignorable flags (device, quiet, ...) as given now
+                # the ignorable flags (device, quiet, ...) as given now, and the paths relative to this "cwd"
+                meta = {**self._saved_meta, "args": self.args, "cwd": self._cwd}
                 if self.data is not None:
                     meta["data"] = self.data
                 resume = {"at": _now(), "git_commit": git_commit(), "device": self._device_name,
@@ -605,7 +635,7 @@ class RunDir:
                 meta = {"args": self.args, "script": self.kind, "argv": portable(sys.argv), "git_commit": git_commit(),
                         "versions": versions(), "device": self._device_name, "processor": processor(),
                         "hostname": socket.gethostname(),
-                        "started_at": _now(), "resumes": [], "data": self.data}
+                        "started_at": _now(), "resumes": [], "data": self.data, "cwd": self._cwd}
             with self._writing(ARGS_FILE):
                 ckpt.atomic_write_json(self.path / ARGS_FILE, meta)
         except BaseException:
@@ -696,7 +726,7 @@ class RunDir:
 
         state = {**state, "rng": get_rng_state()}
         state["runlog"] = {"rows": self._n_rows, "wall_seconds": self.wall_seconds, "cpu_seconds": self.cpu_seconds,
-                           "saved_at": _now(), "data": self.data}
+                           "saved_at": _now(), "data": self.data, "cwd": self._cwd}
         with self._writing(CHECKPOINT_FILE):
             ckpt.save_checkpoint(self.path / CHECKPOINT_FILE, state, self.kind)
         self._checkpoint_at = _where(state) or "saved at " + state["runlog"]["saved_at"]

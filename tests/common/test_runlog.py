@@ -160,6 +160,30 @@ def test_records_keep_paths_relative_to_the_working_directory(out_dir, tmp_path,
         RunDir(out_dir, "r", {**args, "model": "other"}, resume=True, data=fp)
 
 
+def test_a_run_resumes_from_another_working_directory_with_paths_relative_to_it(out_dir, tmp_path, monkeypatch):
+    """Relative paths are recorded relative to the working directory; resumed from another one, the same folder
+    written relative to the new one is the same run, and another folder is still refused."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("one")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+
+    def start(cwd, rel, resume=False):  # the data folder and --model given relative to ``cwd``
+        monkeypatch.chdir(cwd)
+        fp = runlog.data_fingerprint("dir", rel, files=[os.path.join(rel, "a.txt")])
+        return RunDir(os.path.relpath(out_dir), "r", {**ARGS, "model": rel}, resume=resume, data=fp)
+
+    rd = start(tmp_path / "a", "../data")
+    rd.log({"round": 0})
+    rd.save_checkpoint({"round": 0})
+    rd.release()
+    start(tmp_path / "a" / "b", "../../data", resume=True).claim().release()  # the same folder from elsewhere
+    start(tmp_path, "data", resume=True).claim().release()  # (and the record now says it relative to here)
+    (tmp_path / "a" / "data").mkdir()
+    (tmp_path / "a" / "data" / "a.txt").write_text("one")
+    with pytest.raises(UsageError, match="data folder"):  # the same string, another folder
+        start(tmp_path / "a", "data", resume=True)
+
+
 def test_resume_refuses_changed_data_and_damaged_metrics(out_dir, tmp_path):
     (tmp_path / "a.txt").write_text("one")
     fp = runlog.data_fingerprint("dir", tmp_path, files=[tmp_path / "a.txt"], splits={"train": 3})
