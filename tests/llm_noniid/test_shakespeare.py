@@ -12,6 +12,7 @@ from clicases import one_line_error, the_run
 
 from common import cli
 from common import shakespeare as S
+from common.checkpoint import load_checkpoint
 from llm_noniid import options as llm_options
 from llm_noniid import shakespeare as SH
 from llm_noniid import shakespeare_task
@@ -129,3 +130,46 @@ def test_max_client_samples_keeps_a_fixed_random_subset_of_each_role():
 def test_max_client_samples_is_refused_with_a_population(capsys):
     err = one_line_error(SH.main, SMALL + ["--population", "50", "--max-client-samples", "10"], capsys)
     assert "--max-client-samples caps the roles" in err
+
+
+def _interrupt(at: int):
+    """A ShakespeareTask.evaluate that raises KeyboardInterrupt at its ``at``-th call, as Ctrl-C would (the round is
+    trained, not yet logged or checkpointed)."""
+    calls, real = [0], shakespeare_task.ShakespeareTask.evaluate
+
+    def evaluate(task, rnd):
+        calls[0] += 1
+        if calls[0] == at:
+            raise KeyboardInterrupt
+        return real(task, rnd)
+    return evaluate
+
+
+@pytest.mark.parametrize("flags", [[], ["--algorithm", "feddyn", "--server-opt", "fedavgm"],
+                                   ["--dp-clip", "1", "--dp-noise", "1", "--server-opt", "fedadam"]],
+                         ids=["fedavg", "feddyn-fedavgm", "dp-fedadam"])
+def test_a_run_stopped_after_some_rounds_resumes_bit_equal_to_the_uninterrupted_run(tmp_path, monkeypatch, flags):
+    """Stopped in round 3's evaluation (2 rounds checkpointed), ``--resume`` redoes round 3 and ends with the
+    uninterrupted run's metrics, summary and global model bit for bit: the client sampling, FedDyn's g_k, the
+    server optimizer's moments and the DP noise and accountant all continue where they were."""
+    argv = ["--quick", "--quiet", "--hidden", "16", "--rounds", "4", "--clients-per-round", "4",
+            "--max-local-steps", "3", "--max-eval-samples", "200", *flags, "--out-dir", str(tmp_path)]
+
+    def record(name):
+        path = tmp_path / name
+        rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+        return rows, load_checkpoint(path / "checkpoint.pt", "llm_noniid/shakespeare")["global"]
+
+    full = SH.main([*argv, "--run-name", "full"])
+    monkeypatch.setattr(shakespeare_task.ShakespeareTask, "evaluate", _interrupt(at=3))
+    with pytest.raises(KeyboardInterrupt):
+        SH.main([*argv, "--run-name", "cut"])
+    monkeypatch.undo()
+    assert len(record("cut")[0]) == 2
+    resumed = SH.main([*argv, "--run-name", "cut", "--resume"])
+    (rows_full, x_full), (rows_cut, x_cut) = record("full"), record("cut")
+    assert [r["round"] for r in rows_cut] == [1, 2, 3, 4] and rows_cut == rows_full
+    assert x_cut.keys() == x_full.keys() and all(torch.equal(x_cut[n], x_full[n]) for n in x_full)
+    timing = {"wall_seconds", "cpu_seconds", "load_start", "load_end", "wall_seconds_this_session",
+              "client_seconds", "round_seconds"}
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in full.items() if k not in timing}
