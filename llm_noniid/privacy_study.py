@@ -3,7 +3,7 @@ federation keeps at epsilon 1, 3 and 8 (delta = 1 / N^1.1) against the same run 
 roles as clients, with a synthetic population of 10,000 (``shakespeare.py --population``), and with the 12 roles of
 the committed sample (the few-client case: epsilon 1 and 8); non-private FedAvgM on the real roles at the server
 rate validated without noise (``NONPRIVATE_SERVER_LR``), since the noise needed a smaller one; and the real roles at a
-longer budget (``LONG_ROUNDS``, every epsilon and seed), to say whether ``ROUNDS`` is a plateau (``PLATEAU_TOL``).
+longer budget (``LONG_ROUNDS``, every epsilon and seed), to say whether ``ROUNDS`` is a plateau (``PLATEAU``).
 
     python llm_noniid/privacy_study.py --data-dir data/shakespeare     # the grid (48 runs, one core)
     python llm_noniid/privacy_study.py --select 'roles_eps*_R120_s*'   # only the long-budget runs
@@ -28,7 +28,7 @@ clipped to L2 <= ``CLIP``, Gaussian noise z C on the sum, the sum over the expec
 rounds, sampling, clip and server step, so a difference is the noise's cost alone. At ``LONG_ROUNDS`` a private arm
 is a new run (z solved for the longer run is larger), while a noiseless one repeats the ``ROUNDS``-round run exactly
 up to there (the README's findings check it on the records), so ``--resume --extend`` of a noiseless run would give
-the same run. Every rate is constant over the run (no decay), so a plateau rule over its last evaluations can fail.
+the same run. Every rate is constant over the run (no decay), so a plateau rule over its evaluations can fail.
 The settings (``SETTINGS``) were chosen on the validation split (``shakespeare.py --eval-split validation``), never
 on the test numbers reported; llm_noniid/README.md says how. The model is a stand-in for the paper's: a 2-layer LSTM
 of ``HIDDEN`` units (LEAF's has 256) with a few local steps a round, sized to one CPU core.
@@ -41,7 +41,7 @@ import math
 import sys
 from pathlib import Path
 
-from common import cli, flags, jobs
+from common import cli, flags, jobs, plateau
 from common import results as RS
 from common.errors import UsageError, check
 
@@ -63,13 +63,14 @@ EVAL_SAMPLES = 4000
 # the headline population's longer budget, every epsilon and seed, the rates constant (no decay); a DP arm is a new
 # run (z is solved for its length), not the 40-round one extended
 LONG_ROUNDS, LONG_POPULATIONS = 120, ("roles",)
-# The plateau rule (llm_noniid/results.py applies it): a run is still improving when its best evaluation is its last,
-# or when the best of its last third of evaluations beats the best before by more than PLATEAU_TOL points. Against
-# the evaluation's noise: one evaluation scores EVAL_SAMPLES = 4,000 test characters, a binomial sd of
-# sqrt(p (1 - p) / 4000) = 0.6 points at p = 0.2 (0.9 points for a difference of two independent ones); a gain
-# within 1 point is within that noise. The same characters are scored at every evaluation, so the noise between
-# two evaluations of one run is smaller, and a gain above 1 point is not noise.
-PLATEAU_TAIL, PLATEAU_TOL = 1 / 3, 1.0
+# The plateau rule (common.plateau; llm_noniid/results.py applies it). Every rate is constant, so a run whose best
+# test accuracy is its last evaluation was stopped while still improving. A noiseless run continued to a longer
+# budget (--extend: the same run read longer, which the findings check) is judged by that record instead: still
+# improving when the continuation ends more than PLATEAU_SD sds of the seeds' final accuracy above it. A private
+# run at a longer budget is a new run (z solved for its length), not a continuation, so it judges no shorter one.
+PLATEAU = plateau.Plateau("the best test accuracy is not the last evaluation", metric="test_accuracy",
+                          value="final_test_accuracy", direction="max", schedule="constant")
+PLATEAU_SD = 0.5
 # the few-client case: the committed 12-role sample (shakespeare.py --quick), 10 expected a round, equal rounds
 FEW_COHORT, FEW_ROUNDS, FEW_EPSILONS = 10, ROUNDS, (1.0, 8.0, math.inf)
 

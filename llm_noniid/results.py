@@ -10,6 +10,7 @@ family. ``MCMAHAN/<arm>_s<seed>/``: mcmahan_study.py's runs, one table beside Mc
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -119,13 +120,6 @@ def rows(run: dict) -> list[dict]:
             if x.strip()]
 
 
-def still_improving(acc: list[float]) -> bool:
-    """The plateau rule (declared in privacy_study.py), which a run can fail: its best evaluation is its last, or
-    its last ``PLATEAU_TAIL`` of evaluations gains more than ``PLATEAU_TOL`` points over its best before."""
-    return (acc.index(max(acc)) == len(acc) - 1
-            or not stats.plateau_gain(acc, PS.PLATEAU_TAIL) <= PS.PLATEAU_TOL)
-
-
 NAME = re.compile(r"(?P<pop>.+)_eps(?P<eps>[^_]+)(?:_R(?P<rounds>\d+))?_s(?P<seed>\d+)")
 
 
@@ -169,11 +163,39 @@ def budget_pairs(acc: dict) -> dict:
             if n != PS.ROUNDS and (pop, eps, PS.ROUNDS) in acc}
 
 
-def plateau_cell(all_runs: list[dict]) -> str:
-    """'1/3 (2 still improving)': how many runs are at their plateau, the others by why not."""
+def continuation(runs: dict, key: tuple) -> int | None:
+    """The rounds of the noiseless arm ``key``'s next longer budget (the same run read longer), None when it has
+    none or is private (a longer private run is a new run, its z solved for its length: ``privacy_study.PLATEAU``)."""
+    pop, eps, n = key
+    longer = sorted(m for p, e, m in runs if (p, e) == (pop, eps) and m > n)
+    return longer[0] if longer and math.isinf(eps) else None
+
+
+def judged_by(runs: dict, key: tuple) -> int | None:
+    """The rounds of the continuation that ``verdicts`` judged arm ``key`` by; None when it judged by the best
+    evaluation's place."""
+    rounds = continuation(runs, key)
+    return rounds if rounds is not None and sum(r["summary"] is not None for r in runs[key]) >= 2 else None
+
+
+def verdicts(runs: dict, key: tuple) -> dict[int, plateau.Judged]:
+    """{seed: the plateau verdict} of arm ``key``'s runs that did not diverge, by ``privacy_study.PLATEAU``: against
+    the same run continued to the next longer budget where one was recorded, else by where its best evaluation is."""
+    g = {r["args"]["seed"]: r["path"] for r in runs[key] if r["summary"] is not None}
+    rounds = judged_by(runs, key)
+    if rounds is None:
+        return plateau.judge_arm(PS.PLATEAU, g)
+    rule = dataclasses.replace(PS.PLATEAU, check_budget=f"{rounds} rounds", tolerance=PS.PLATEAU_SD)
+    longer = {r["args"]["seed"]: r["path"] for r in runs[(key[0], key[1], rounds)] if r["summary"] is not None}
+    return plateau.judge_arm(rule, g, longer)
+
+
+def plateau_cell(all_runs: list[dict], judged: dict[int, plateau.Judged]) -> str:
+    """'1/3 (2 still improving)': how many runs are at their plateau (``judged``: ``verdicts``), the others by why
+    not: still improving, not above the majority character (a flat run has not started to learn), diverged."""
     g = [r for r in all_runs if r["summary"] is not None]
     flat = sum(r["summary"]["final_test_accuracy"] <= r["summary"]["majority_accuracy"] for r in g)
-    improving = sum(still_improving(r["curve"]) for r in g
+    improving = sum(judged[r["args"]["seed"]].state == "still improving" for r in g
                     if r["summary"]["final_test_accuracy"] > r["summary"]["majority_accuracy"])
     return (f"{len(g) - improving - flat}/{len(all_runs)}" + (f" ({improving} still improving)" if improving else "")
             + (f" ({flat} not above the majority character)" if flat else "")
@@ -203,14 +225,15 @@ def privacy_table(folder: str = PRIVACY) -> str:
         gain = longer[(pop, eps, n)][1] if (pop, eps, n) in longer else "–"
         if not g:
             rows.append([POPULATIONS.get(pop, pop), f"{eps:g}", *["–"] * 2, n,
-                         stats.fmt_seeds(acc[(pop, eps, n)].values()), "–", "–", gain, "–", plateau_cell(all_runs)])
+                         stats.fmt_seeds(acc[(pop, eps, n)].values()), "–", "–", gain, "–", plateau_cell(all_runs, {})])
             continue
         s = g[0]["summary"]
         best_gap = stats.summarize(max(r["curve"]) - r["curve"][-1] for r in g)
         rows.append([POPULATIONS.get(pop, pop), eps_cell(g), f"{s['dp_noise']:.3g}",
                      f"{s['dp_expected_cohort']:.0f} (q {s['dp_rate']:.2g})", n,
                      stats.fmt_seeds(acc[(pop, eps, n)].values()), diff(pop, eps, n, pop),
-                     diff(pop, eps, n, OWN_RATE.get(pop)), gain, f"{best_gap.mean:.1f}", plateau_cell(all_runs)])
+                     diff(pop, eps, n, OWN_RATE.get(pop)), gain, f"{best_gap.mean:.1f}",
+                     plateau_cell(all_runs, verdicts(runs, (pop, eps, n)))])
     refs: dict = {}  # each seed scores its own test subset: the references' mean over a population's runs
     for (pop, *_), g in runs.items():
         if pop not in OWN_RATE.values():
@@ -226,11 +249,11 @@ def privacy_table(folder: str = PRIVACY) -> str:
     budget = (f"; the longer budgets against {PS.ROUNDS} rounds, paired by seed, Holm over their "
               f"{sum(d.n >= 2 for d, _ in longer.values())} comparisons" if longer else "")
     return minus("\n".join(lines) + f"\n\nReferences on each test set: {ref}. Differences to ε = ∞ paired by seed at "
-                 f"equal rounds, Holm over the table's {m} comparisons{budget}; at plateau: the best evaluation is "
-                 f"not the last, the last third of evaluations gains at most {PS.PLATEAU_TOL:g} point over the best "
-                 f"before (one evaluation's binomial sd on {PS.EVAL_SAMPLES:,} test characters at 20 % accuracy: "
-                 f"{100 * math.sqrt(0.2 * 0.8 / PS.EVAL_SAMPLES):.1f} points), and the run ends above the majority "
-                 "character (a flat run at the reference has not started to learn).")
+                 f"equal rounds, Holm over the table's {m} comparisons{budget}; at plateau: every rate is constant, "
+                 "so a run is still improving when its best evaluation is its last, except that a noiseless run "
+                 "continued to a longer budget is judged by that record: still improving when it ends more than "
+                 f"{PS.PLATEAU_SD:g} sd of the seeds' final accuracy higher there; and the run ends above the "
+                 "majority character (a flat run at the reference has not started to learn).")
 
 
 def minus(text: str) -> str:
@@ -279,29 +302,30 @@ def privacy_findings(folder: str = PRIVACY) -> str:
         gains = "; ".join(f"ε = {eps_name(eps)} "
                           f"{stats.claim(*stats_verdict(longer, (pop, eps, rounds)), m, unit=' points')}"
                           for eps, *_ in arms)
-        plateau = ", ".join(f"{plateau_cell(all_runs)} at ε = {eps_name(eps)}" for eps, _, all_runs in arms)
+        at_plateau = ", ".join(f"{plateau_cell(all_runs, verdicts(every, (pop, eps, rounds)))} at ε = {eps_name(eps)}"
+                               for eps, _, all_runs in arms)
         z = ", ".join(f"{g[0]['summary']['dp_noise']:.3g} at ε = {eps:g} (noise norm on the mean "
                       f"{noise_ratio(g[0]['summary']):.1f} C)" for eps, g, _ in arms if g and not math.isinf(eps))
         private = (f"; a private arm is a new run, z solved for {rounds} rounds: {z}" if z
                    else "; the noiseless arm only, its runs continued with --extend")
         text = (f"At {rounds} rounds on the {POPULATIONS[pop]} (every rate held constant{private}): final test "
                 f"accuracy % {at}; against the same arm at "
-                f"{PS.ROUNDS} rounds, paired by seed: {gains}. At their plateau at {rounds} rounds: {plateau}.")
+                f"{PS.ROUNDS} rounds, paired by seed: {gains}. At their plateau at {rounds} rounds: {at_plateau}.")
         same = repeats(runs.get((pop, math.inf, rounds), []), runs.get((pop, math.inf, PS.ROUNDS), []))
         if same is not None:
             text += (f" The noiseless runs at {rounds} rounds repeat the {PS.ROUNDS}-round ones' evaluations exactly "
                      f"up to round {PS.ROUNDS} ({same[0]}/{same[1]} seeds), so for ε = ∞ the two budgets are one run "
                      "read at two lengths.")
         inf = runs.get((pop, math.inf, rounds), [])
-        climbing = [r for r in inf if still_improving(r["curve"])]
+        judged = verdicts(every, (pop, math.inf, rounds)) if inf else {}
+        climbing = [r for r in inf if judged[r["args"]["seed"]].state == "still improving"]
         if climbing:
-            gain = stats.summarize(stats.plateau_gain(r["curve"], PS.PLATEAU_TAIL) for r in climbing)
             secs = stats.summarize(r["summary"]["wall_seconds"] / r["summary"]["rounds_done"]
                                    for e, g, _ in arms for r in g)
             own = runs.get((OWN_RATE.get(pop), math.inf, PS.ROUNDS), [])
             ref = stats.summarize(100 * r["summary"]["final_test_accuracy"] for r in own)
             text += (f" The non-private arm is still improving at {rounds} rounds ({len(climbing)}/{len(inf)} seeds; "
-                     f"its last third of evaluations beat the best before by {gain.mean:.1f} points on average): the "
+                     f"{why_improving(every, (pop, math.inf, rounds), climbing)}): the "
                      f"reference is not at a plateau, so each difference to ε = ∞ at {rounds} rounds compares how far "
                      "the arms have climbed, not where they end, and what DP costs at the plateau is not measured "
                      f"here. It needs a longer budget at these rates (the runs took {secs.mean:.1f} ± {secs.sd:.1f} s "
@@ -310,11 +334,30 @@ def privacy_findings(folder: str = PRIVACY) -> str:
                      + (f" or a larger server rate (non-private at rate 1 reached {ref.mean:.1f} ± {ref.sd:.1f} % in "
                         f"{PS.ROUNDS} rounds, but under noise rate 1 diverged on the validation split)" if own else "")
                      + ".")
-        elif inf:
+        elif inf and z:
             text += (f" The non-private arm is at its plateau at {rounds} rounds in every seed, so its row and the "
                      "private arms' that are too compare plateaus.")
+        elif inf:
+            later = judged_by(every, (pop, math.inf, rounds))
+            why = ("its best evaluation comes before its last" if later is None else
+                   f"continued to {later} rounds, it ends within {PS.PLATEAU_SD:g} sd of the seeds")
+            text += (f" The non-private arm is at its plateau at {rounds} rounds in every seed ({why}); no private "
+                     "arm ran this long, so what DP costs at that plateau is not measured here.")
         parts.append(text)
     return minus(" ".join(parts))
+
+
+def why_improving(runs: dict, key: tuple, climbing: list[dict]) -> str:
+    """Why the ``climbing`` runs of arm ``key`` are still improving, in words: how much higher their continuation
+    ends, or that their best evaluation is their last."""
+    rounds = judged_by(runs, key)
+    if rounds is None:
+        return "its best evaluation is its last" if len(climbing) == 1 else "each one's best evaluation is its last"
+    later = {r["args"]["seed"]: r for r in runs[(key[0], key[1], rounds)] if r["summary"] is not None}
+    gain = stats.summarize(100 * (final(later[r["args"]["seed"]]) - final(r)) for r in climbing)
+    noise = stats.summarize(100 * final(r) for r in runs[key] if r["summary"] is not None)
+    return (f"continued to {rounds} rounds, the same runs end {gain.mean:.1f} points higher on average, above "
+            f"{PS.PLATEAU_SD:g} sd of the seeds ({PS.PLATEAU_SD * noise.sd:.1f} points)")
 
 
 def stats_verdict(fam: dict, key) -> tuple:
@@ -405,6 +448,19 @@ def speedup(base: dict, arm: dict) -> str:
     return text
 
 
+# The McMahan table's plateau rule (its rates are constant): a run is still improving when its best evaluation is
+# its last, or when the best of its last MCMAHAN_TAIL of evaluations beats the best before by more than MCMAHAN_TOL
+# points (one evaluation's binomial sd on 4,000 test characters at 20 % accuracy is 0.6 points)
+MCMAHAN_TAIL, MCMAHAN_TOL = 1 / 3, 1.0
+
+
+def still_improving(acc: list[float]) -> bool:
+    """The McMahan table's plateau rule, which a run can fail: its best evaluation is its last, or its last
+    ``MCMAHAN_TAIL`` of evaluations gains more than ``MCMAHAN_TOL`` points over its best before."""
+    return (acc.index(max(acc)) == len(acc) - 1
+            or not stats.plateau_gain(acc, MCMAHAN_TAIL) <= MCMAHAN_TOL)
+
+
 def mcmahan_table(folder: str = MCMAHAN) -> str:
     """The paper's rows beside this project's: per (E, B) the paper's u, rounds to 54 % and speed-up, and here the
     arm's u, rate, rounds run, rounds to the study's target per seed, speed-up over FedSGD, final accuracy, best -
@@ -463,7 +519,7 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
                  "never reached it: > its rounds); speed-up: FedSGD's rounds over the arm's, paired by seed (same "
                  "initial model, same cohorts), geometric mean and 95 % t interval; s a round: a round's wall time "
                  "without evaluation (local training and aggregation) on a shared 2-core machine; at plateau: the "
-                 f"last third of evaluations gains at most {PS.PLATEAU_TOL:g} points over the best before and the "
+                 f"last third of evaluations gains at most {MCMAHAN_TOL:g} points over the best before and the "
                  "best is not the last; a run that ends at or below the majority character after learning has "
                  "fallen, not plateaued.")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -54,10 +55,44 @@ def test_the_table_pairs_each_epsilon_with_its_noiseless_twin_and_flags_a_still_
     assert "10,000 synthetic (N = 10,000" in said and "4.0 at ε = 1" in said and "2/3 at ε = 1" in said
 
 
-def test_the_plateau_rule_fails_a_run_whose_best_is_its_last_or_whose_end_still_gains():
+def test_the_mcmahan_tables_rule_fails_a_run_whose_best_is_its_last_or_whose_end_still_gains():
     assert R.still_improving([10, 20, 30]) and R.still_improving([10, 20, 21, 22.1, 22.0, 23.0])
     assert R.still_improving([10, 20, 21, 20.0, 22.5, 22.0]) and not R.still_improving([10, 20, 21, 20.0, 21.9, 21.0])
     assert not R.still_improving([10, 30, 30.2, 29.9]) and not R.still_improving([10, 20, 30, 29])
+
+
+def test_the_plateau_rule_is_common_plateau_and_a_noiseless_run_is_judged_by_its_continuation(tmp_path):
+    """privacy_study.PLATEAU: a noiseless run is judged by the same run continued (at plateau when the continuation
+    ends within 0.5 sd of the seeds above it, though its best is its last), a run without one by where its best
+    evaluation is (at plateau when before the last, though its last third still gained), and a private run's
+    longer budget, a new run, judges nothing."""
+    for s in range(3):
+        fabricate(tmp_path, f"roles_epsinf_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s], math.inf, 0.0, 1166)
+        fabricate(tmp_path, f"roles_epsinf_R120_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s, 0.205, 0.22, 0.23,
+                                                           0.201 + 0.01 * s], math.inf, 0.0, 1166)
+        fabricate(tmp_path, f"roles_eps3_s{s}", s, [0.16, 0.17, 0.18, 0.19 + 0.01 * s], 2.999, 0.9, 1166)
+    table = R.privacy_table(str(tmp_path))
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[1:5:3]): line for line in table.split("\n")
+            if line.startswith("| 1,166")}
+    assert rows[("∞ (δ 4.2e-04)", "40")].endswith("| 3/3 |")  # its best is its last, its continuation no higher
+    assert rows[("∞ (δ 4.2e-04)", "120")].endswith("| 3/3 |")  # the last third gained 2.5 points, the best before
+    assert rows[("3.00 (δ 4.2e-04)", "40")].endswith("| 0/3 (3 still improving) |")
+    assert "a noiseless run continued to a longer budget is judged by that record" in table
+    said = R.privacy_findings(str(tmp_path))
+    assert ("The non-private arm is at its plateau at 120 rounds in every seed (its best evaluation comes before its "
+            "last); no private arm ran this long") in said
+    for s in range(3):  # continuations 3 points higher: 40 and 120 rounds still improving, 480 by its best
+        shutil.rmtree(tmp_path / f"roles_epsinf_R120_s{s}")
+        fabricate(tmp_path, f"roles_epsinf_R120_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s, 0.22, 0.21 + 0.01 * s],
+                  math.inf, 0.0, 1166)
+        fabricate(tmp_path, f"roles_epsinf_R480_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s, 0.22, 0.21 + 0.01 * s,
+                                                           0.28, 0.24 + 0.01 * s], math.inf, 0.0, 1166)
+    table = R.privacy_table(str(tmp_path))
+    inf = [line for line in table.split("\n") if line.startswith("| 1,166 roles | ∞")]
+    assert [line.rsplit("|", 2)[1].strip() for line in inf] == ["0/3 (3 still improving)"] * 2 + ["3/3"]
+    said = R.privacy_findings(str(tmp_path))
+    assert ("still improving at 120 rounds (3/3 seeds; continued to 480 rounds, the same runs end 3.0 points higher "
+            "on average, above 0.5 sd of the seeds (0.5 points))") in said
 
 
 def test_every_arm_is_the_same_mechanism_and_infinity_is_its_noiseless_twin():
