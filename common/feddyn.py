@@ -65,6 +65,14 @@ class FedDyn(FedAvg):
         if agg != "mean":
             return (f"--algorithm feddyn needs --aggregator mean (here {agg}): its correction h is a mean of every "
                     "client's drift, which a robust or weighted aggregate beside it would not make robust")
+        # the local optimizer's flag: mamba_fl's --optimizer, llm_noniid's --local-optimizer
+        adamw = "adamw" in (getattr(args, "optimizer", None), getattr(args, "local_optimizer", None))
+        if adamw and getattr(args, "client_opt_state", "reset") == "persist":
+            return ("--algorithm feddyn with AdamW and --client-opt-state persist diverges (mamba_fl --quick: "
+                    "validation perplexity 3.5e12, 74 with plain SGD): its g_k update takes the client's drift for its "
+                    "gradient, true of plain gradient steps, and the server adds every past drift back (h / alpha); "
+                    "AdamW's normalized steps, their moments kept across rounds, keep that sum growing at every "
+                    "alpha; use plain SGD local steps or --client-opt-state reset")
         return None
 
     def client_weight(self, k: int, size: float, steps: int) -> float:

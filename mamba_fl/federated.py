@@ -45,8 +45,11 @@ def finish_args(args: argparse.Namespace) -> None:
     """Config aliases, the optimizer's default, and checks that need more than one flag (each flag's own range is
     its argparse type's, ``common.flags``)."""
     mmodel.resolve_model_args(args)
-    if args.optimizer is None:  # SCAFFOLD's control variates and FedNova's normalizer assume plain SGD steps
-        plain = getattr(algorithms.REGISTRY.get(getattr(args, "algorithm", None)), "plain_sgd", False)
+    if args.optimizer is None:  # SCAFFOLD's control variates and FedNova's normalizer assume plain SGD steps, and
+        # FedDyn diverges with AdamW's moments kept across rounds (--client-opt-state persist, the default: its refuse)
+        algorithm = getattr(args, "algorithm", None)
+        plain = getattr(algorithms.REGISTRY.get(algorithm), "plain_sgd", False) or (
+            algorithm == "feddyn" and getattr(args, "client_opt_state", "reset") == "persist")
         args.optimizer = "sgd" if plain else "adamw"
     if args.lr is None:  # AdamW's rates are far too small for plain SGD
         args.lr = options.SGD_LR if args.optimizer == "sgd" else 1e-2 if args.quick else 5e-4

@@ -135,7 +135,8 @@ def federated_parser(method: str, doc: str, add_help: bool = True, server_opt: s
     g = p.add_argument_group("local training")
     g.add_argument("--local-updates", type=flags.POSITIVE_INT, default=1, help="optimizer steps per client per round")
     flags.alias(g, "--local-steps", dest="local_updates", of="--local-updates", type=flags.POSITIVE_INT)
-    add_optimizer_args(g, who="client (sgd with --algorithm scaffold or fednova)")
+    add_optimizer_args(g, who="client (sgd with --algorithm scaffold, fednova, or feddyn under --client-opt-state "
+                                "persist)")
     g.add_argument("--holdout-fraction", type=flags.Number(float, 0, 1, high_open=True), default=None,
                    help="fraction of each client's blocks held out of training (--aggregator entropy measures on "
                         "it; default 0.1 with it, else 0)")

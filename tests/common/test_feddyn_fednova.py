@@ -119,6 +119,47 @@ def test_feddyn_reaches_the_global_optimum_where_fedavg_does_not():
     assert errors["feddyn"] < 1e-9 and errors["fedavg"] > 0.1, errors
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw fresh", "adamw kept"])
+def test_feddyn_diverges_only_with_adamw_moments_kept_across_rounds(optimizer):
+    """One local step a round: with plain SGD FedDyn reaches the mean loss's minimizer; with AdamW its drift is a
+    normalized step, not lr times a gradient, so g_k and h / alpha (the sum of every past drift) stop meaning
+    gradients: a fresh AdamW each round stalls near the optimum, one whose moments are kept across rounds drives
+    the sum ever further (what ``FedDyn.refuse`` refuses), for a large alpha and a small one alike."""
+    a, c, x0 = problem(3)
+    optimum = [sum(a[k][i] * c[k][i] for k in range(K)) / sum(a[k][i] for k in range(K)) for i in range(len(SHAPES))]
+    errors = {}
+    for alpha in (0.1, 0.001):
+        x = [t.clone() for t in x0]
+        algo, server = FedDyn([x], K, alpha, acc_dtype=torch.float64), fedavg_server(x)
+        params = [[t.clone().requires_grad_(True) for t in x] for _ in range(K)]  # client k's model, reused
+        make = (lambda ps: torch.optim.SGD(ps, lr=0.2)) if optimizer == "sgd" else (
+            lambda ps: torch.optim.AdamW(ps, lr=0.05, weight_decay=0.0))
+        kept = [make(ps) for ps in params]  # its optimizer, with its moments
+        for r in range(80):
+            for k in range(K):
+                opt = kept[k] if optimizer == "adamw kept" else make(params[k])
+                with torch.no_grad():
+                    for p, xi, ak, ck in zip(params[k], x, a[k], c[k]):
+                        p.copy_(xi)
+                        p.grad = ak * (p - ck)
+                algo.client_start(k, x, 0)
+                algo.adjust_grads(params[k])
+                opt.step()
+                algo.client_end(k, params[k], 1, 0.05)
+            mean = [sum(params[k][i].detach() for k in range(K)) / K for i in range(len(SHAPES))]
+            algo.server_step(x, mean, server, 0)
+            if r in (29, 79):
+                errors[alpha, r] = max(float((xi - oi).abs().max()) for xi, oi in zip(x, optimum))
+    for alpha in (0.1, 0.001):
+        early, late = errors[alpha, 29], errors[alpha, 79]
+        if optimizer == "sgd":  # converging to the optimum
+            assert late < 0.01 and late < early / 20, errors
+        elif optimizer == "adamw fresh":  # oscillating at a distance, not growing
+            assert late < min(early, 2.0), errors
+        else:  # the distance grows from round to round
+            assert late > 10 and late > 3 * early, errors
+
+
 def test_feddyn_state_round_trip_resumes_bit_equal():
     a, c, x0 = problem(3, torch.float32)
     steps, lr, sizes, rounds = [2, 4, 3, 5, 1], 0.05, [1] * K, [[0, 1], [2, 3, 4], [1, 4], [0, 2, 3]]
@@ -238,6 +279,11 @@ def test_refusals_counts_and_state():
         assert "--aggregator mean (here median)" in cls.refuse(SimpleNamespace(aggregator="median"))
         assert (cls.up, cls.down) == (1, 1)
     assert FedNova.plain_sgd and not FedDyn.plain_sgd
+    adamw = SimpleNamespace(optimizer="adamw", client_opt_state="persist")  # mamba_fl's flag; llm_noniid's below
+    assert "diverges" in FedDyn.refuse(adamw) and "--client-opt-state reset" in FedDyn.refuse(adamw)
+    assert FedDyn.refuse(SimpleNamespace(local_optimizer="adamw", client_opt_state="persist")) is not None
+    for fine in (dict(optimizer="sgd", client_opt_state="persist"), dict(optimizer="adamw", client_opt_state="reset")):
+        assert FedDyn.refuse(SimpleNamespace(**fine)) is None
     nova = FedNova.from_args(SimpleNamespace(), [x, x], [2.0, 3.0])
     assert nova.client_weight(0, 6.0, 3) == 2.0 and nova.client_weight(1, 0.0, 0) == 0.0
     nova.client_start(1, x, 1)

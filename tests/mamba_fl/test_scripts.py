@@ -86,6 +86,23 @@ def test_config_alias_and_quick_sizes(tiny, out_dir):
         assert args.lr == lr, argv
 
 
+def test_feddyn_takes_plain_sgd_by_default_and_refuses_adamw_moments_kept_across_rounds(capsys):
+    """FedDyn with AdamW and --client-opt-state persist (the default here) diverges (tests/common/
+    test_feddyn_fednova.py): --algorithm feddyn alone runs plain SGD, AdamW with persist is refused in one line, a
+    fresh AdamW each round runs."""
+    from common import cli
+    from mamba_fl import federated
+
+    for argv, optimizer in (([], "sgd"), (["--client-opt-state", "reset"], "adamw"),
+                            (["--client-opt-state", "persist", "--optimizer", "sgd"], "sgd")):
+        args = cli.parse(fed_avg.get_args_parser(), ["--quick", "--algorithm", "feddyn", *argv])
+        federated.finish_args(args)
+        assert args.optimizer == optimizer, argv
+    err = _fails(fed_avg.main, ["--quick", "--algorithm", "feddyn", "--optimizer", "adamw"], capsys)
+    assert "--algorithm feddyn with AdamW and --client-opt-state persist diverges" in err
+    assert "--client-opt-state reset" in err
+
+
 def test_bad_inputs_fail_in_one_line(tiny, tmp_path, capsys):
     assert "pure_ssm_3_layer" in _fails(fed_avg.main, tiny("--config", "pure_ssm_3_layer"), capsys)
     assert "--layers" in _fails(fed_avg.main, ["--layers", "3"], capsys)
