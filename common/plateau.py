@@ -13,9 +13,25 @@ A run is judged by the first of these that applies:
   times the split's noise (the sd over seeds of the arm's value on the split the rule reads), "at plateau"
   otherwise;
 - the rate was constant (``schedule`` "constant"): the run is "still improving" when its best evaluation is its
-  last (strictly better than every one before), "at plateau" otherwise;
+  last (strictly better than every one before), "at plateau" otherwise; with ``trend_z`` set, also "still
+  improving" when its curve still trends (below), and "not checked" when the curve is too short to tell;
 - the rate decayed to about 0 (a cosine): a last-fraction rule holds by construction there, so the run is "not
   checked" ("plateau not checked (decayed schedule)").
+
+The trend check (``trend``, opt-in by ``trend_z``). On a noisy curve "best evaluation before the last" is met by one
+dip at the end, however steep the rise before it. So the curve's last third is set against the third before it:
+the difference of their means (k = ceil(n / 3) evaluations each, in the rule's direction), in standard errors
+sigma sqrt(2 / k), where sigma, one evaluation's noise, is estimated from the curve itself: the sd of the successive
+differences over those 2k evaluations, over sqrt(2) (a smooth trend shifts every difference alike and drops out of
+their sd). A run is "still improving" when that difference exceeds ``trend_z`` standard errors. So the check fails a
+curve that still rises over its last two thirds, dip or no dip (a dip of d at the last evaluation lowers the last
+third's mean by d / k only), and passes one whose last two thirds are flat; a curve of fewer than ``TREND_MIN``
+evaluations is "not checked", unless its best is its last. What it cannot tell: a curve that flattened only within
+its last two thirds still reads as improving (the check errs to "still improving", never to a plateau it has not
+seen); a curve flat before it started to learn reads as at plateau (a table says when a run never left its
+reference); fluctuations that persist over several evaluations (a model's state carries from round to round) are
+not in sigma and can read as a trend; and with many evaluations sigma sqrt(2 / k) is small, so a slow rise that
+no table would care about still counts as improving.
 """
 from __future__ import annotations
 
@@ -29,6 +45,23 @@ from common.errors import check
 
 SCHEDULES = ("constant", "decayed")
 STATES = ("at plateau", "still improving", "not checked")
+TREND_MIN = 6  # evaluations the trend check needs: thirds of 2 or more, the noise from 3 or more differences
+
+
+def trend(curve: Sequence[float], direction: str = "max") -> tuple[float, float] | None:
+    """(gain, its standard error) of a curve's last third over the third before (k = ceil(n / 3) points each, the
+    gain in ``direction``: "max" higher is better, "min" lower), the noise from the sd of successive differences
+    over those 2k points; None below ``TREND_MIN`` points."""
+    points = [float(v) for v in curve]
+    if len(points) < TREND_MIN:
+        return None
+    k = -(-len(points) // 3)
+    window = points[-2 * k:]
+    before, last = sum(window[:k]) / k, sum(window[k:]) / k
+    steps = [b - a for a, b in zip(window, window[1:])]
+    mean = sum(steps) / len(steps)
+    sigma = math.sqrt(sum((d - mean) ** 2 for d in steps) / (len(steps) - 1) / 2)
+    return (last - before if direction == "max" else before - last), sigma * math.sqrt(2 / k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +79,8 @@ class Plateau:
     and the run still count as at its plateau, in sds of the split's seed-to-seed noise; ``metric``: the
     metrics.jsonl column of the run's evaluations (its curve); ``value``: the summary.json key compared across
     budgets; ``direction``: "min" a loss or perplexity, "max" an accuracy; ``schedule``: "constant" or "decayed"
-    (the learning rate over the run)."""
+    (the learning rate over the run); ``trend_z``: with a constant rate, also call a run still improving when its
+    last third beats the third before by more than this many standard errors (``trend``; None: not checked)."""
 
     rule: str
     check_budget: str | None = None
@@ -56,6 +90,7 @@ class Plateau:
     value: str = ""
     direction: str = "min"
     schedule: str = "constant"
+    trend_z: float | None = None
 
     def __post_init__(self):
         check(self.direction in ("min", "max"), f"plateau: direction is min or max, got {self.direction!r}")
@@ -63,6 +98,8 @@ class Plateau:
                                           f"{self.schedule!r}")
         check(self.check_budget is None or (self.tolerance is not None and self.tolerance >= 0 and self.value),
               "plateau: a second budget needs a tolerance >= 0 (in sds of the split's noise) and the value compared")
+        check(self.trend_z is None or self.trend_z >= 0, f"plateau: trend_z is >= 0 standard errors, got "
+                                                         f"{self.trend_z}")
 
     def better(self, a: float, b: float) -> float:
         """How much better ``a`` is than ``b`` in the rule's direction (negative: worse)."""
@@ -86,7 +123,17 @@ class Plateau:
         check(bool(points), "plateau: a run without evaluations cannot be judged")
         if len(points) > 1 and all(self.better(points[-1], p) > 0 for p in points[:-1]):
             return Judged("still improving", "best evaluation is the last")
-        return Judged("at plateau", "best evaluation before the last")
+        if self.trend_z is None:
+            return Judged("at plateau", "best evaluation before the last")
+        found = trend(points, self.direction)
+        if found is None:
+            return Judged("not checked", f"fewer than {TREND_MIN} evaluations for the trend check")
+        gain, se = found
+        where = f"last third {gain:+.3g} over the third before"
+        if gain > self.trend_z * se:
+            return Judged("still improving", f"{where} > {self.trend_z:g} se ({self.trend_z * se:.3g})")
+        return Judged("at plateau", f"best evaluation before the last; {where} <= {self.trend_z:g} se "
+                                    f"({self.trend_z * se:.3g})")
 
 
 def curve(run_dir: str | Path, metric: str) -> list[float]:
