@@ -64,12 +64,17 @@ EVAL_SAMPLES = 4000
 # run (z is solved for its length), not the 40-round one extended
 LONG_ROUNDS, LONG_POPULATIONS = 120, ("roles",)
 # The plateau rule (common.plateau; llm_noniid/results.py applies it). Every rate is constant, so a run whose best
-# test accuracy is its last evaluation was stopped while still improving. A noiseless run continued to a longer
-# budget (--extend: the same run read longer, which the findings check) is judged by that record instead: still
-# improving when the continuation ends more than PLATEAU_SD sds of the seeds' final accuracy above it. A private
-# run at a longer budget is a new run (z solved for its length), not a continuation, so it judges no shorter one.
-PLATEAU = plateau.Plateau("the best test accuracy is not the last evaluation", metric="test_accuracy",
-                          value="final_test_accuracy", direction="max", schedule="constant")
+# test accuracy is its last evaluation was stopped while still improving; and since test accuracy moves between
+# evaluations by chance (the sampled cohorts, the DP noise), a dip at the end does not make a plateau: a run is
+# also still improving when its last third of evaluations beats the third before by more than PLATEAU_Z standard
+# errors of its own noise (common.plateau's trend check). A noiseless run continued to a longer budget (--extend:
+# the same run read longer, which the findings check) is judged by that record instead: still improving when the
+# continuation ends more than PLATEAU_SD sds of the seeds' final accuracy above it. A private run at a longer
+# budget is a new run (z solved for its length), not a continuation, so it judges no shorter one.
+PLATEAU_Z = 2.0
+PLATEAU = plateau.Plateau("the best test accuracy is not the last evaluation and the last third of the evaluations "
+                          f"is within {PLATEAU_Z:g} se of the third before", metric="test_accuracy",
+                          value="final_test_accuracy", direction="max", schedule="constant", trend_z=PLATEAU_Z)
 PLATEAU_SD = 0.5
 # the few-client case: the committed 12-role sample (shakespeare.py --quick), 10 expected a round, equal rounds
 FEW_COHORT, FEW_ROUNDS, FEW_EPSILONS = 10, ROUNDS, (1.0, 8.0, math.inf)

@@ -192,12 +192,15 @@ def verdicts(runs: dict, key: tuple) -> dict[int, plateau.Judged]:
 
 def plateau_cell(all_runs: list[dict], judged: dict[int, plateau.Judged]) -> str:
     """'1/3 (2 still improving)': how many runs are at their plateau (``judged``: ``verdicts``), the others by why
-    not: still improving, not above the majority character (a flat run has not started to learn), diverged."""
+    not: still improving, not checked (too few evaluations), not above the majority character (a flat run has not
+    started to learn), diverged."""
     g = [r for r in all_runs if r["summary"] is not None]
     flat = sum(r["summary"]["final_test_accuracy"] <= r["summary"]["majority_accuracy"] for r in g)
-    improving = sum(judged[r["args"]["seed"]].state == "still improving" for r in g
-                    if r["summary"]["final_test_accuracy"] > r["summary"]["majority_accuracy"])
-    return (f"{len(g) - improving - flat}/{len(all_runs)}" + (f" ({improving} still improving)" if improving else "")
+    states = [judged[r["args"]["seed"]].state for r in g
+              if r["summary"]["final_test_accuracy"] > r["summary"]["majority_accuracy"]]
+    improving, unchecked = states.count("still improving"), states.count("not checked")
+    return (f"{states.count('at plateau')}/{len(all_runs)}" + (f" ({improving} still improving)" if improving else "")
+            + (f" ({unchecked} not checked)" if unchecked else "")
             + (f" ({flat} not above the majority character)" if flat else "")
             + (f" ({len(all_runs) - len(g)} diverged)" if len(g) < len(all_runs) else ""))
 
@@ -250,10 +253,13 @@ def privacy_table(folder: str = PRIVACY) -> str:
               f"{sum(d.n >= 2 for d, _ in longer.values())} comparisons" if longer else "")
     return minus("\n".join(lines) + f"\n\nReferences on each test set: {ref}. Differences to ε = ∞ paired by seed at "
                  f"equal rounds, Holm over the table's {m} comparisons{budget}; at plateau: every rate is constant, "
-                 "so a run is still improving when its best evaluation is its last, except that a noiseless run "
-                 "continued to a longer budget is judged by that record: still improving when it ends more than "
-                 f"{PS.PLATEAU_SD:g} sd of the seeds' final accuracy higher there; and the run ends above the "
-                 "majority character (a flat run at the reference has not started to learn).")
+                 "so a run is still improving when its best evaluation is its last or when the mean of its last "
+                 "third of evaluations is above the third before's by more than "
+                 f"{PS.PLATEAU_Z:g} standard errors (the noise of one evaluation from the sd of successive "
+                 "differences), except that a noiseless run continued to a longer budget is judged by that record: "
+                 f"still improving when it ends more than {PS.PLATEAU_SD:g} sd of the seeds' final accuracy higher "
+                 "there; and the run ends above the majority character (a flat run at the reference has not started "
+                 "to learn).")
 
 
 def minus(text: str) -> str:
@@ -325,10 +331,12 @@ def privacy_findings(folder: str = PRIVACY) -> str:
             own = runs.get((OWN_RATE.get(pop), math.inf, PS.ROUNDS), [])
             ref = stats.summarize(100 * r["summary"]["final_test_accuracy"] for r in own)
             text += (f" The non-private arm is still improving at {rounds} rounds ({len(climbing)}/{len(inf)} seeds; "
-                     f"{why_improving(every, (pop, math.inf, rounds), climbing)}): the "
-                     f"reference is not at a plateau, so each difference to ε = ∞ at {rounds} rounds compares how far "
-                     "the arms have climbed, not where they end, and what DP costs at the plateau is not measured "
-                     f"here. It needs a longer budget at these rates (the runs took {secs.mean:.1f} ± {secs.sd:.1f} s "
+                     f"{why_improving(every, (pop, math.inf, rounds), climbing)}): the reference is not at a "
+                     + (f"plateau, so each difference to ε = ∞ at {rounds} rounds compares how far the arms have "
+                        "climbed, not where they end, and what DP costs at the plateau is not measured here." if z else
+                        "plateau even here, and no private arm ran this long, so what DP costs at the plateau is not "
+                        "measured here.")
+                     + f" It needs a longer budget at these rates (the runs took {secs.mean:.1f} ± {secs.sd:.1f} s "
                      f"of wall time a round on a shared core: {secs.mean * 100 / 60:.0f} minutes a run per further 100 "
                      "rounds)"
                      + (f" or a larger server rate (non-private at rate 1 reached {ref.mean:.1f} ± {ref.sd:.1f} % in "
@@ -339,7 +347,8 @@ def privacy_findings(folder: str = PRIVACY) -> str:
                      "private arms' that are too compare plateaus.")
         elif inf:
             later = judged_by(every, (pop, math.inf, rounds))
-            why = ("its best evaluation comes before its last" if later is None else
+            why = (f"its best evaluation comes before its last and its last third is within {PS.PLATEAU_Z:g} se of "
+                   "the third before" if later is None else
                    f"continued to {later} rounds, it ends within {PS.PLATEAU_SD:g} sd of the seeds")
             text += (f" The non-private arm is at its plateau at {rounds} rounds in every seed ({why}); no private "
                      "arm ran this long, so what DP costs at that plateau is not measured here.")
@@ -349,10 +358,20 @@ def privacy_findings(folder: str = PRIVACY) -> str:
 
 def why_improving(runs: dict, key: tuple, climbing: list[dict]) -> str:
     """Why the ``climbing`` runs of arm ``key`` are still improving, in words: how much higher their continuation
-    ends, or that their best evaluation is their last."""
+    ends, or that their best evaluation is their last or their last third's mean beats the third before's."""
     rounds = judged_by(runs, key)
     if rounds is None:
-        return "its best evaluation is its last" if len(climbing) == 1 else "each one's best evaluation is its last"
+        judged = verdicts(runs, key)
+        last = sum(judged[r["args"]["seed"]].reason == "best evaluation is the last" for r in climbing)
+        gain = stats.summarize(plateau.trend(r["curve"])[0] for r in climbing
+                               if judged[r["args"]["seed"]].reason != "best evaluation is the last")
+        trend = (f"last third's mean above the third before's by more than {PS.PLATEAU_Z:g} se ({gain.mean:.1f} "
+                 f"points{' on average' if gain.n > 1 else ''})")
+        if last == len(climbing):
+            return "its best evaluation is its last" if last == 1 else "each one's best evaluation is its last"
+        if not last:
+            return ("its " if len(climbing) == 1 else "each one's ") + trend
+        return f"{last} by a best evaluation that is its last, {len(climbing) - last} by a {trend}"
     later = {r["args"]["seed"]: r for r in runs[(key[0], key[1], rounds)] if r["summary"] is not None}
     gain = stats.summarize(100 * (final(later[r["args"]["seed"]]) - final(r)) for r in climbing)
     noise = stats.summarize(100 * final(r) for r in runs[key] if r["summary"] is not None)
@@ -448,17 +467,13 @@ def speedup(base: dict, arm: dict) -> str:
     return text
 
 
-# The McMahan table's plateau rule (its rates are constant): a run is still improving when its best evaluation is
-# its last, or when the best of its last MCMAHAN_TAIL of evaluations beats the best before by more than MCMAHAN_TOL
-# points (one evaluation's binomial sd on 4,000 test characters at 20 % accuracy is 0.6 points)
-MCMAHAN_TAIL, MCMAHAN_TOL = 1 / 3, 1.0
-
-
-def still_improving(acc: list[float]) -> bool:
-    """The McMahan table's plateau rule, which a run can fail: its best evaluation is its last, or its last
-    ``MCMAHAN_TAIL`` of evaluations gains more than ``MCMAHAN_TOL`` points over its best before."""
-    return (acc.index(max(acc)) == len(acc) - 1
-            or not stats.plateau_gain(acc, MCMAHAN_TAIL) <= MCMAHAN_TOL)
+# The McMahan table's plateau rule (common.plateau; its rates are constant): a run is still improving when its best
+# evaluation is its last, or when the mean of its last third of evaluations beats the third before's by more than
+# MCMAHAN_Z standard errors of the curve's own noise (the trend check: the curves move by a point or more from one
+# evaluation to the next, so no one evaluation, the last or the best of the last third, decides)
+MCMAHAN_Z = 2.0
+MCMAHAN_PLATEAU = plateau.Plateau(f"the best is not the last and the last third is within {MCMAHAN_Z:g} se of the "
+                                  "third before", metric="test_accuracy", direction="max", trend_z=MCMAHAN_Z)
 
 
 def mcmahan_table(folder: str = MCMAHAN) -> str:
@@ -497,13 +512,15 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
         gap = stats.summarize(max(a for _, a in r["points"]) - r["points"][-1][1] for r in g)
         fell = [r for r in g if r["points"][-1][1] <= 100 * r["summary"]["majority_accuracy"]
                 < max(a for _, a in r["points"])]  # learned, then lost it
-        improving = sum(still_improving([a for _, a in r["points"]]) for r in g if r not in fell)
+        judged = [MCMAHAN_PLATEAU.judge([a for _, a in r["points"]]).state for r in g if r not in fell]
+        improving, unchecked = judged.count("still improving"), judged.count("not checked")
         rows.append([e, "∞" if not b else b, *left, f"{u:.1f}", f"{a['learning_rate']:g}", s["rounds_done"], cell,
                      "FedSGD" if key == (1, 0) else speedup(base, reach[key]),
                      stats.fmt_seeds(100 * r["summary"]["final_test_accuracy"] for r in g), f"{gap.mean:.1f}",
                      f"{sum(r['summary']['round_seconds'] / r['summary']['rounds_done'] for r in g) / len(g):.2f}",
-                     f"{len(g) - improving - len(fell)}/{len(g)}"
+                     f"{judged.count('at plateau')}/{len(g)}"
                      + (f" ({improving} still improving)" if improving else "")
+                     + (f" ({unchecked} not checked)" if unchecked else "")
                      + (f" ({len(fell)} fell to the majority character or below)" if fell else "")])
     lines = stats.markdown(["E", "B", "paper u", f"paper rounds to {PAPER_TARGET} %, roles (IID)", "paper speed-up",
                             "here u", "here η", "rounds run", f"here rounds to {target:g} % (per seed)",
@@ -519,8 +536,9 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
                  "never reached it: > its rounds); speed-up: FedSGD's rounds over the arm's, paired by seed (same "
                  "initial model, same cohorts), geometric mean and 95 % t interval; s a round: a round's wall time "
                  "without evaluation (local training and aggregation) on a shared 2-core machine; at plateau: the "
-                 f"last third of evaluations gains at most {MCMAHAN_TOL:g} points over the best before and the "
-                 "best is not the last; a run that ends at or below the majority character after learning has "
+                 "best evaluation is not the last and the mean of the last third of evaluations is within "
+                 f"{MCMAHAN_Z:g} standard errors of the third before's (the noise of one evaluation from the sd of "
+                 "successive differences); a run that ends at or below the majority character after learning has "
                  "fallen, not plateaued.")
 
 

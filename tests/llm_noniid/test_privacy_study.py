@@ -30,9 +30,11 @@ def fabricate(folder, name: str, seed: int, curve: list[float], eps: float, nois
 def test_the_table_pairs_each_epsilon_with_its_noiseless_twin_and_flags_a_still_improving_run(tmp_path):
     for s in range(3):
         fabricate(tmp_path, f"roles_epsinf_s{s}", s, [0.20, 0.30, 0.34 + 0.01 * s, 0.34], math.inf, 0.0, 1166)
-        fabricate(tmp_path, f"roles_eps3_s{s}", s, [0.15, 0.20, 0.25, 0.24 + 0.004 * s], 2.999, 0.9, 1166)
+        # flat over its last two thirds, a last evaluation below its best: at its plateau
+        fabricate(tmp_path, f"roles_eps3_s{s}", s, [0.15, 0.20, 0.25, 0.25, 0.24, 0.25, 0.245, 0.24 + 0.004 * s],
+                  2.999, 0.9, 1166)
         # seed 0 still climbing, seed 1 at its plateau, seed 2 ends below the majority character
-        late = [[0.10, 0.12, 0.14, 0.19], [0.10, 0.16, 0.17, 0.165], [0.10, 0.16, 0.17, 0.155]][s]
+        late = [[0.10, 0.12, 0.14, 0.19], [0.10, 0.16, 0.17, 0.168, 0.17, 0.165], [0.10, 0.16, 0.17, 0.155]][s]
         fabricate(tmp_path, f"synthetic10k_eps1_s{s}", s, late, 0.998, 0.8, 10000)
         fabricate(tmp_path, f"synthetic10k_epsinf_s{s}", s, [0.2, 0.3, 0.35, 0.35], math.inf, 0.0, 10000)
         fabricate(tmp_path, f"roles-lr1_epsinf_s{s}", s, [0.2, 0.3, 0.4, 0.4 + 0.001 * s], math.inf, 0.0, 1166)
@@ -49,44 +51,55 @@ def test_the_table_pairs_each_epsilon_with_its_noiseless_twin_and_flags_a_still_
     assert "reference" in rows[("1,166 roles", "∞ (δ 4.2e-04)")]
     assert "1/3 (1 still improving) (1 not above the majority character)" in rows[("10,000 synthetic",
                                                                                     "1.00 (δ 4.0e-05)")]
+    # seed 0's 4 evaluations end level with the best: too few for the trend check; seeds 1, 2 end at their best
+    assert rows[("1,166 roles, server rate 1", "∞ (δ 4.2e-04)")].endswith("| 0/3 (2 still improving) (1 not checked) |")
     assert "Holm over the table's 4 comparisons" in table and "majority character 16.0 %" in table
     said = R.privacy_findings(str(tmp_path))  # noise norm z sqrt(d) / cohort = 0.9 x 100 / 20 in units of C
     assert "1,166 roles (N = 1,166" in said and "4.5 at ε = 3 times C" in said and "3/3 at ε = 3, 3/3 at ε = ∞" in said
     assert "10,000 synthetic (N = 10,000" in said and "4.0 at ε = 1" in said and "2/3 at ε = 1" in said
 
 
-def test_the_mcmahan_tables_rule_fails_a_run_whose_best_is_its_last_or_whose_end_still_gains():
-    assert R.still_improving([10, 20, 30]) and R.still_improving([10, 20, 21, 22.1, 22.0, 23.0])
-    assert R.still_improving([10, 20, 21, 20.0, 22.5, 22.0]) and not R.still_improving([10, 20, 21, 20.0, 21.9, 21.0])
-    assert not R.still_improving([10, 30, 30.2, 29.9]) and not R.still_improving([10, 20, 30, 29])
+def test_the_mcmahan_tables_rule_is_common_plateaus_with_the_trend_check():
+    rule = R.MCMAHAN_PLATEAU
+    assert (rule.schedule, rule.trend_z, rule.direction) == ("constant", R.MCMAHAN_Z, "max")
+
+    def state(curve):
+        return rule.judge(curve).state
+
+    assert state([10, 20, 30]) == "still improving" and state([10, 20, 21, 22.1, 22.0, 23.0]) == "still improving"
+    assert state([20, 21, 22, 23, 24, 25, 26, 27, 28, 24]) == "still improving"   # a rise, one dip of 4 at the end
+    assert state([30, 31, 30.5, 31.2, 30.8, 31.0, 30.6, 31.1, 30.9]) == "at plateau"   # flat, best before the last
+    assert state([10, 30, 30.2, 29.9]) == "not checked"   # too few evaluations to tell a trend from a dip
 
 
 def test_the_plateau_rule_is_common_plateau_and_a_noiseless_run_is_judged_by_its_continuation(tmp_path):
     """privacy_study.PLATEAU: a noiseless run is judged by the same run continued (at plateau when the continuation
     ends within 0.5 sd of the seeds above it, though its best is its last), a run without one by where its best
-    evaluation is (at plateau when before the last, though its last third still gained), and a private run's
-    longer budget, a new run, judges nothing."""
+    evaluation is and by its trend (at plateau when its best is before its last and its last two thirds are flat),
+    and a private run's longer budget, a new run, judges nothing."""
     for s in range(3):
         fabricate(tmp_path, f"roles_epsinf_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s], math.inf, 0.0, 1166)
-        fabricate(tmp_path, f"roles_epsinf_R120_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s, 0.205, 0.22, 0.23,
-                                                           0.201 + 0.01 * s], math.inf, 0.0, 1166)
+        tail = [0.205, 0.199, 0.203, 0.200, 0.204, 0.198, 0.203, 0.201]   # flat after round 40, noisy
+        fabricate(tmp_path, f"roles_epsinf_R120_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s]
+                  + [a + 0.01 * s for a in tail], math.inf, 0.0, 1166)
         fabricate(tmp_path, f"roles_eps3_s{s}", s, [0.16, 0.17, 0.18, 0.19 + 0.01 * s], 2.999, 0.9, 1166)
     table = R.privacy_table(str(tmp_path))
     rows = {tuple(c.strip() for c in line.strip("|").split("|")[1:5:3]): line for line in table.split("\n")
             if line.startswith("| 1,166")}
     assert rows[("∞ (δ 4.2e-04)", "40")].endswith("| 3/3 |")  # its best is its last, its continuation no higher
-    assert rows[("∞ (δ 4.2e-04)", "120")].endswith("| 3/3 |")  # the last third gained 2.5 points, the best before
+    assert rows[("∞ (δ 4.2e-04)", "120")].endswith("| 3/3 |")  # best before the last, the last two thirds flat
     assert rows[("3.00 (δ 4.2e-04)", "40")].endswith("| 0/3 (3 still improving) |")
     assert "a noiseless run continued to a longer budget is judged by that record" in table
     said = R.privacy_findings(str(tmp_path))
     assert ("The non-private arm is at its plateau at 120 rounds in every seed (its best evaluation comes before its "
-            "last); no private arm ran this long") in said
-    for s in range(3):  # continuations 3 points higher: 40 and 120 rounds still improving, 480 by its best
+            "last and its last third is within 2 se of the third before); no private arm ran this long") in said
+    tail = [0.245, 0.238, 0.243, 0.239, 0.244, 0.237, 0.242, 0.239, 0.243, 0.238, 0.241, 0.240]   # flat, noisy
+    for s in range(3):  # continuations 3 points higher: 40 and 120 rounds still improving, 480 by its best and trend
         shutil.rmtree(tmp_path / f"roles_epsinf_R120_s{s}")
         fabricate(tmp_path, f"roles_epsinf_R120_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s, 0.22, 0.21 + 0.01 * s],
                   math.inf, 0.0, 1166)
-        fabricate(tmp_path, f"roles_epsinf_R480_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s, 0.22, 0.21 + 0.01 * s,
-                                                           0.28, 0.24 + 0.01 * s], math.inf, 0.0, 1166)
+        fabricate(tmp_path, f"roles_epsinf_R480_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s, 0.22, 0.21 + 0.01 * s]
+                  + [a + 0.01 * s for a in tail], math.inf, 0.0, 1166)
     table = R.privacy_table(str(tmp_path))
     inf = [line for line in table.split("\n") if line.startswith("| 1,166 roles | ∞")]
     assert [line.rsplit("|", 2)[1].strip() for line in inf] == ["0/3 (3 still improving)"] * 2 + ["3/3"]
@@ -130,12 +143,13 @@ def test_a_longer_budget_is_paired_with_the_same_arm_and_a_run_whose_last_evalua
     for s in range(3):
         fabricate(tmp_path, f"roles_epsinf_s{s}", s, [0.16, 0.17, 0.18, 0.19 + 0.01 * s], math.inf, 0.0, 1166)
         fabricate(tmp_path, f"roles_eps1_s{s}", s, [0.16, 0.17, 0.18, 0.185], 0.999, 1.3, 1166)
-        # the noiseless arm keeps climbing to its last evaluation; the private arm peaked before its end
+        # the noiseless arm keeps climbing, to its last evaluation but in seed 1 (one dip at the end); the private
+        # arm flat over its last two thirds
         fabricate(tmp_path, f"roles_epsinf_R120_s{s}", s, [0.16, 0.17, 0.18, 0.19 + 0.01 * s, 0.22, 0.24, 0.25,
-                                                           0.26, 0.27, 0.28, 0.29, 0.30 + 0.002 * s],
-                  math.inf, 0.0, 1166)
-        fabricate(tmp_path, f"roles_eps1_R120_s{s}", s, [0.16, 0.18, 0.20, 0.22, 0.23, 0.24, 0.245, 0.246, 0.247,
-                                                         0.248, 0.246, 0.244 + 0.001 * s], 0.999, 2.1, 1166)
+                                                           0.26, 0.27, 0.28, 0.31 if s == 1 else 0.29,
+                                                           0.30 + 0.002 * s], math.inf, 0.0, 1166)
+        fabricate(tmp_path, f"roles_eps1_R120_s{s}", s, [0.16, 0.18, 0.20, 0.22, 0.246, 0.243, 0.247, 0.244, 0.248,
+                                                         0.245, 0.247, 0.244 + 0.001 * s], 0.999, 2.1, 1166)
     table = R.privacy_table(str(tmp_path))
     rows = [line for line in table.split("\n") if line.startswith("| 1,166")]
     assert [r.split("|")[5].strip() for r in rows] == ["40", "120", "40", "120"]
@@ -145,7 +159,8 @@ def test_a_longer_budget_is_paired_with_the_same_arm_and_a_run_whose_last_evalua
     assert f"+{d.mean:.1f} [+{d.lo:.1f}, +{d.hi:.1f}]" in inf_long.split("|")[9]
     assert rows[0].split("|")[9].strip() == "–" and "over their 2 comparisons" in table
     said = R.privacy_findings(str(tmp_path))
-    assert "The non-private arm is still improving at 120 rounds (3/3 seeds" in said
+    assert ("The non-private arm is still improving at 120 rounds (3/3 seeds; 2 by a best evaluation that is its "
+            "last, 1 by a last third's mean above the third before's by more than 2 se (4.8 points))") in said
     assert "0/3 (3 still improving) at ε = ∞" in said and "3/3 at ε = 1" in said and "5 minutes a run per" in said
 
 
