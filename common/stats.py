@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 LEVEL = 0.95
 
@@ -279,6 +280,28 @@ def plateau_gain(curve: Sequence[float], tail: float = 1 / 3) -> float:
         return float("nan")
     cut = min(len(values) - 1, max(1, round(len(values) * (1 - tail))))
     return max(values[cut:]) - max(values[:cut])
+
+
+def proportion(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n (``scipy.stats.binomtest(k, n).proportion_ci(method=
+    "wilson")``, tested against it): inside [0, 1] and not empty at k = 0 or k = n, where the normal interval
+    collapses to a point; (nan, nan) for n = 0."""
+    if n == 0:
+        return math.nan, math.nan
+    if not 0 <= k <= n:
+        raise ValueError(f"a proportion needs 0 <= k <= n, got {k}/{n}")
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    p, z2 = k / n, z * z / n
+    centre, half = (p + z2 / 2) / (1 + z2), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n)) / (1 + z2)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def fmt_proportion(k: int, n: int, level: float = LEVEL) -> str:
+    """'2/9 [6 %, 55 %]': the count and its Wilson interval in percent ('–' for n = 0)."""
+    if n == 0:
+        return "–"
+    lo, hi = proportion(k, n, level)
+    return f"{k}/{n} [{100 * lo:.0f} %, {100 * hi:.0f} %]"
 
 
 def markdown(headers: Sequence[str], rows: Iterable[Sequence]) -> list[str]:

@@ -155,3 +155,18 @@ def test_plateau_gain_is_the_last_third_over_the_best_before():
     assert stats.plateau_gain([0.5, 0.9, 0.8, 0.85, 0.84, 0.86]) == pytest.approx(0.86 - 0.9)   # fell back: < 0
     assert stats.plateau_gain([0.1, 0.2, 0.6]) == pytest.approx(0.6 - 0.2)
     assert math.isnan(stats.plateau_gain([0.1, 0.2]))
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (0, 6), (3, 6), (6, 6), (1, 9), (9, 9), (17, 40)])
+def test_proportion_is_scipys_wilson_interval(k, n):
+    want = sps.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert stats.proportion(k, n) == pytest.approx((want.low, want.high), abs=1e-12)
+    lo, hi = stats.proportion(k, n)
+    assert 0 <= lo <= k / n <= hi <= 1 and hi - lo > 0.1  # never a point, even at 0/n or n/n
+
+
+def test_fmt_proportion_and_what_is_refused():
+    assert stats.fmt_proportion(0, 6) == "0/6 [0 %, 39 %]" and stats.fmt_proportion(0, 0) == "–"
+    assert all(math.isnan(v) for v in stats.proportion(0, 0))
+    with pytest.raises(ValueError):
+        stats.proportion(4, 3)
