@@ -33,6 +33,23 @@ class Thresholds:
 DEFAULT = Thresholds()
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """A detector's key threshold (a ``Thresholds`` field) and the values its calibration tries, the most sensitive
+    (the one that flags the most runs) first."""
+
+    key: str
+    values: tuple[float, ...]
+
+
+# what the calibration tries (run_experiments.py's report, detector_study.choose); a rise, a change, a gap flag more
+# runs the smaller they are, a least improvement the larger it is
+SWEEPS = {"divergence": Sweep("div_rel_increase", (0.05, 0.1, 0.2, 0.5)),
+          "oscillation": Sweep("osc_min_change", (0.0025, 0.005, 0.01, 0.02)),
+          "client_drift": Sweep("drift_gap", (0.3, 0.4, 0.5, 0.6, 0.8)),
+          "slow_convergence": Sweep("slow_min_improvement", (0.1, 0.05, 0.02))}
+
+
 def detect_divergence(rounds: list[int], losses: list[float], th: Thresholds = DEFAULT,
                       initial: float = math.inf) -> int | None:
     """``initial``: the loss before training, the first "best so far" (a run that jumps above its pretrained

@@ -18,6 +18,7 @@ from functools import cache
 
 from common import plateau, stats, study, study_report
 from common import results as RS
+from llm_noniid import detector_study as DS
 from llm_noniid import privacy_study as PS
 
 RECORDS = "llm_noniid/results/pretrained/grid"
@@ -583,7 +584,13 @@ def base() -> str:
             f"{info['load_end']:.1f}).")
 
 
-BLOCKS = {"base": base, "scaffold": scaffold, "study": study, "privacy": privacy_table,
+def detectors() -> str:
+    """The failure detectors out of sample (``detector_study.report``): thresholds chosen on the pretrained grid's
+    runs, hit and false-alarm rates on the held-out seeds' records."""
+    return minus(DS.report())
+
+
+BLOCKS = {"base": base, "detectors": detectors, "scaffold": scaffold, "study": study, "privacy": privacy_table,
           "privacy-findings": privacy_findings,
           "privacy-validation": privacy_validation, "mcmahan": mcmahan_table,
           "mcmahan-validation": mcmahan_validation}

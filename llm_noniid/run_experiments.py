@@ -501,11 +501,8 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> l
     share = lambda mode, t=failure.DEFAULT: [f"{sum(mode in detected(r, t) for r in g)}/{len(g)}"
                                              for g in classes.values()]
     th = vars(failure.Thresholds())
-    # the calibration: each detector's key threshold swept, the others at their defaults
-    sweeps = {"divergence": ("div_rel_increase", (0.05, 0.1, 0.2, 0.5)),
-              "oscillation": ("osc_min_change", (0.0025, 0.005, 0.01, 0.02)),
-              "client_drift": ("drift_gap", (0.3, 0.4, 0.5, 0.6, 0.8)),
-              "slow_convergence": ("slow_min_improvement", (0.02, 0.05, 0.1))}
+    # the calibration: each detector's key threshold swept (``failure.SWEEPS``), the others at their defaults
+    sweeps = {mode: (s.key, sorted(s.values)) for mode, s in failure.SWEEPS.items()}
     return [*S.markdown(["detector", *(f"{k} (n={len(v)})" for k, v in classes.items())],
                         [[mode, *share(mode)] for mode in failure.MODES]),
             "", "Thresholds (`llm_noniid/failure.py`, `Thresholds`): " + ", ".join(f"{k} = {v:g}" for k, v in
