@@ -131,9 +131,8 @@ def table(calibration: dict[str, list[dict]], held_out: dict[str, list[dict]]) -
         sweep, choice = failure.SWEEPS[mode], choose(calibration, mode)
         default = getattr(failure.DEFAULT, sweep.key)
         grid = f"{sweep.key} ∈ {{{', '.join(f'{v:g}' for v in sorted(sweep.values))}}}"
-        values = {} if choice.value is None else {choice.value: "chosen" + (
-            ", edge" if choice.edge else "") + (", the default" if choice.value == default
-                                                                           else "")}
+        said = ["chosen", *(["edge"] if choice.edge else []), *(["the default"] if choice.value == default else [])]
+        values = {} if choice.value is None else {choice.value: ", ".join(said)}
         if choice.value is None:
             rows.append([mode, grid, "none chosen: every value flags a healthy run", *["–"] * 4])
         if default != choice.value:

@@ -2,11 +2,13 @@
 
 Each rule returns the first round where its mode is seen, or None; with the default ``Thresholds`` they are the
 README's table (tested), calibrated on runs whose behaviour is known by construction (``run_experiments.py --mode
-failure`` and ``calibrate``): the lowest oscillation and drift thresholds that flag no healthy iid run. Divergence
-stops ``train.py`` with the checkpoint of the round before. Client drift is the gap between the global model's
-validation loss and the clients' loss during their local steps (clients fitting their own texts far beyond what the
-average keeps), not the dispersion of the updates (``client_divergence_rel``): as a decaying rate reaches the
-optimum that becomes noise of the same size on every split, healthy or not (measured: README).
+failure`` and ``calibrate``): the lowest oscillation and drift thresholds that flag no healthy iid run.
+``detector_study.py`` chooses each threshold from ``SWEEPS`` by that rule on those runs and counts hits and false
+alarms on runs of other seeds. Divergence stops ``train.py`` with the checkpoint of the round before. Client drift
+is the gap between the global model's validation loss and the clients' loss during their local steps (clients
+fitting their own texts far beyond what the average keeps), not the dispersion of the updates
+(``client_divergence_rel``): as a decaying rate reaches the optimum that becomes noise of the same size on every
+split, healthy or not (measured: README).
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 --check`` passes on the checkout, and fails, naming the block, once a number inside a block is edited by hand."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -102,3 +103,27 @@ def test_a_redirect_moves_the_folders_inside_it(tmp_path):
         assert results.path("b/results") == ROOT / "b/results"
     finally:
         results.REDIRECTS.clear()
+
+
+def test_the_detectors_block_chooses_on_the_calibration_runs_and_counts_on_the_held_out_ones(tmp_path):
+    """A held-out healthy run made to drift (its clients' loss 0.9 nats under the validation loss) is one more false
+    alarm in the block's drift row, and the threshold the calibration runs chose stays where it was."""
+    held = "llm_noniid/results/pretrained/detectors"
+    mine = tmp_path / "detectors"
+    shutil.copytree(ROOT / held, mine)
+    run = next(p for p in sorted(mine.iterdir()) if p.name.startswith("fedavg_iid_k10_p1_lr0.01_j8_"))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({**r, "train_loss": r["val_loss"] - 0.9} if "val_loss" in r
+                                                          and "train_loss" in r else r) + "\n" for r in rows))
+
+    def drift_row(*extra: str) -> list[str]:
+        shown = subprocess.run([sys.executable, "-m", "common.results", "--show", "llm_noniid.detectors", *extra],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
+        assert shown.returncode == 0, shown.stderr
+        row = next(line for line in shown.stdout.splitlines() if line.startswith("| client_drift |"))
+        return row.split(" | ")
+
+    before, after = drift_row(), drift_row("--records", f"{held}={mine}")
+    assert after[2:5] == before[2:5] and "(chosen" in before[2]  # chosen on seeds 0-2, as flagged there
+    k, n = (int(x) for x in before[5].split(" ")[0].split("/"))
+    assert after[5].startswith(f"{k + 1}/{n} ")
