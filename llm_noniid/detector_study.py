@@ -1,6 +1,8 @@
-"""The failure detectors validated out of sample (pretrained regime): each detector's threshold is chosen by
-``choose`` on the calibration runs (the committed grid's seeds 0-2, ``CALIBRATION``), and its hit and false-alarm
-rates are counted on runs of new seeds (``RECORDS``) that took no part in the choice.
+"""The failure detectors validated out of sample: thresholds chosen on the calibration runs, rates on new seeds.
+
+In the pretrained regime, each detector's threshold is chosen by ``choose`` on the calibration runs (the committed
+grid's seeds 0-2, ``CALIBRATION``), and its hit and false-alarm rates are counted on runs of new seeds (``RECORDS``)
+that took no part in the choice.
 
     python llm_noniid/detector_study.py --seeds 3 4 5 --split-csv ../shared/data/ag_news_csv/test.csv
     python llm_noniid/detector_study.py --report                  # the held-out table (the README's block)
@@ -126,7 +128,7 @@ def table(calibration: dict[str, list[dict]], held_out: dict[str, list[dict]]) -
     cal, new = seeds(calibration), seeds(held_out)
     check(not set(cal) & set(new), f"held-out seeds {new} overlap the calibration seeds {cal}: the rates would be "
                                    "measured on runs that chose the thresholds")
-    rows = []
+    rows, held = [], {}
     for mode in failure.MODES:
         sweep, choice = failure.SWEEPS[mode], choose(calibration, mode)
         default = getattr(failure.DEFAULT, sweep.key)
@@ -137,6 +139,8 @@ def table(calibration: dict[str, list[dict]], held_out: dict[str, list[dict]]) -
             rows.append([mode, grid, "none chosen: every value flags a healthy run", *["–"] * 4])
         if default != choice.value:
             values[default] = "the default, not the rule's choice"
+        if choice.value is not None:
+            held[mode] = (rates(calibration, mode, choice.value), rates(held_out, mode, choice.value))
         for value, why in values.items():
             fit, test = rates(calibration, mode, value), rates(held_out, mode, value)
             rows.append([mode, grid, f"{value:g} ({why})", f"{fit['hit'][0]}/{fit['hit'][1]} of its classes, "
@@ -150,7 +154,21 @@ def table(calibration: dict[str, list[dict]], held_out: dict[str, list[dict]]) -
                         or ("nothing (healthy)" if c == HEALTHY else "none of the four"),
                         len(calibration.get(c, [])), len(held_out.get(c, [])) or "not run"]
                        for c in E.KNOWN if c in calibration or c in held_out])
-    return "\n".join([*lines, "", *runs])
+    return "\n".join([*lines, "", verdict(held), "", *runs])
+
+
+def verdict(held: dict[str, tuple[dict, dict]]) -> str:
+    """One sentence on the held-out rates at the chosen values ({mode: (calibration rates, held-out rates)}): the
+    detectors that flag every held-out run of their classes and nothing else, then each other one as it fared."""
+    clean = [m for m, (_, t) in held.items() if t["hit"][0] == t["hit"][1] > 0 and not t["healthy"][0]
+             and not t["other"][0]]
+    text = (f"At the chosen values, on the held-out runs, {', '.join(clean)} flag every run of their classes and "
+            "no other run" if clean else "At the chosen values no detector flags every held-out run of its classes "
+            "and no other run")
+    rest = [f"{m} flags {t['hit'][0]}/{t['hit'][1]} of its classes' runs (on the calibration runs "
+            f"{f['hit'][0]}/{f['hit'][1]}), {t['healthy'][0]}/{t['healthy'][1]} healthy and {t['other'][0]}/"
+            f"{t['other'][1]} of the other classes'" for m, (f, t) in held.items() if m not in clean]
+    return text + ("; " + "; ".join(rest) if rest else "") + "."
 
 
 def _seeds(values: list[int]) -> str:
@@ -178,7 +196,9 @@ def report(calibration: str = CALIBRATION, held_out: str = RECORDS) -> str:
             "one was not tried), every other threshold at its default. Rates on the held-out runs "
             f"([`{last}`]({last}), seeds {_seeds(seeds(new))}), which took no part in the choice: hits are the runs "
             "of the classes a detector is built to find that it flags, false alarms the healthy runs and the runs of "
-            "every other class that it flags; k/n with a 95 % Wilson interval.")
+            "every other class that it flags; k/n with a 95 % Wilson interval. The held-out runs took "
+            f"{sum(r['summary'].get('cpu_seconds') or 0 for g in new.values() for r in g) / 60:.1f} CPU minutes "
+            "(their summaries' cpu_seconds).")
 
 
 # ----------------------------------------------------------------------------- the runs

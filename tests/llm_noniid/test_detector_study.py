@@ -68,6 +68,8 @@ def test_held_out_rates_never_choose_and_overlapping_seeds_are_refused():
     assert "6/6 of its classes, 0/3 healthy" in drift[0]  # the calibration runs, as chosen
     assert S.fmt_proportion(4, 4) in drift[0] and S.fmt_proportion(1, 2) in drift[0]  # held out: hits, healthy
     assert "| oscillating (topic skew, 1 client/round) | slow_convergence | 3 | 2 |" in text
+    assert "client_drift flags 4/4 of its classes' runs (on the calibration runs 6/6), 1/2 healthy and 0/2" in text
+    assert "on the held-out runs, slow_convergence flag every run of their classes and no other run;" in text
     with pytest.raises(UsageError, match="overlap the calibration seeds"):
         DS.table(cal, classes([2, 3]))
 
