@@ -162,7 +162,8 @@ def verdict(held: dict[str, tuple[dict, dict]]) -> str:
     detectors that flag every held-out run of their classes and nothing else, then each other one as it fared."""
     clean = [m for m, (_, t) in held.items() if t["hit"][0] == t["hit"][1] > 0 and not t["healthy"][0]
              and not t["other"][0]]
-    text = (f"At the chosen values, on the held-out runs, {', '.join(clean)} flag every run of their classes and "
+    names = ", ".join(clean[:-1]) + (" and " if len(clean) > 1 else "") + (clean[-1] if clean else "")
+    text = (f"At the chosen values, on the held-out runs, {names} flag every run of their classes and "
             "no other run" if clean else "At the chosen values no detector flags every held-out run of its classes "
             "and no other run")
     rest = [f"{m} flags {t['hit'][0]}/{t['hit'][1]} of its classes' runs (on the calibration runs "
