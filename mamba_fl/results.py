@@ -1,5 +1,6 @@
 """The README blocks of mamba_fl's results, generated from the committed records of real_grid.py
-(``python -m common.results --write`` rewrites them; ``--check`` fails when one differs).
+(``python -m common.results --write`` rewrites them; ``--check`` fails when one differs), and those of the synthetic
+grid (run_grid.py's records: ``mamba_fl/results_synthetic.py``, listed here).
 
 Records: ``RECORDS/runs/<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>`` (args.json, summary.json), the
 headline's d_model-32 grid, and ``SOURCE/runs/...`` the same grid at the source's d_model 512. Each table's
@@ -14,6 +15,7 @@ from functools import cache
 
 from common import plateau, stats, study, study_report
 from common import results as RS
+from mamba_fl import results_synthetic
 from mamba_fl.real_grid import FEDERATED
 
 RECORDS = "mamba_fl/results/real"          # the d_model-32 real-text grid
@@ -265,4 +267,4 @@ def study_source() -> str:
 
 
 BLOCKS = {"real-table": real_table, "harder-table": harder_table, "momentum": momentum, "source-gap": source_gap,
-          "study-real": study_real, "study-source": study_source}
+          "study-real": study_real, "study-source": study_source, **results_synthetic.BLOCKS}

@@ -1,10 +1,15 @@
 """The mamba_fl results grid on the embedded synthetic text: does federation close the gap to centralized
 training, and does any aggregator beat FedAvg? One command runs every arm, ``--jobs`` at a time through
 ``common.jobs`` (finished runs are skipped, interrupted ones resumed: the same command continues a grid); a complete
-grid then gets ``results.md`` and the figures (``--figures``) from ``plots/plot_mamba.py``. Real text: ``real_grid.py``.
+grid then gets its figures (``--figures``) from ``plots/plot_mamba.py``, and ``--records`` copies every finished run's
+records (args.json, summary.json, metrics.jsonl; no checkpoint) to a study folder. Real text: ``real_grid.py``.
 
     python mamba_fl/run_grid.py           # synthetic grid + FedAvg variants (~45 min, 2 cores)
+    python mamba_fl/run_grid.py --records mamba_fl/results/synthetic_grid/runs   # + the committed records
 
+The tables are mamba_fl/results_synthetic.py's README blocks; ``python -m common.results --show
+mamba_fl.synthetic-tables --records mamba_fl/results/synthetic_grid/runs=runs/mamba_grid`` writes them from your
+out-dir.
 Every arm trains on the same sequences (each client holds out ``HOLDOUT`` of its blocks; central trains on what the
 contiguous clients keep) in the same optimizer steps of ``--batch-size`` blocks, but central-b4 (FedAvg's sequential
 updates); mamba_fl/results/synthetic_grid/findings.md has the design and the compute accounting. Runs go to
@@ -38,9 +43,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = cli.ArgumentParser(description="mamba_fl results grid (runs, table, figures)", add_help=add_help,
                            epilog=cli.examples(__doc__))
     p.add_argument("--out-dir", type=flags.FOLDER, default="runs/mamba_grid",
-                   help="folder of the run directories and results.md")
+                   help="folder of the run directories")
     p.add_argument("--figures", type=flags.FOLDER, default="mamba_fl/results/synthetic_grid",
-                   help="folder for the figures and a copy of results.md")
+                   help="folder for the figures (drawn when the grid is complete)")
+    p.add_argument("--records", type=flags.FOLDER, default=None,
+                   help="copy every finished run's records (args.json, summary.json, metrics.jsonl) here after the "
+                        "grid: mamba_fl/results/synthetic_grid/runs is the committed folder the README's blocks read")
     p.add_argument("--jobs", type=flags.POSITIVE_INT, default=3, help="runs at a time (one thread each)")
     p.add_argument("--seeds", type=flags.SEED, nargs="+", default=[0, 1, 2], help="seeds of every arm")
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2], choices=(1, 2, 4), help="model depths")
@@ -109,32 +117,42 @@ def jobs_of(runs: list, out: Path) -> list[jobs.Job]:
             for name, script, flags in runs]
 
 
+def grid_plan(args) -> list:
+    """[(run name, script, flags)] of the whole grid, in order of priority, so an interrupted grid has whole blocks:
+    the shallowest model first, then the FedAvg variants, the longer budget, and the deeper models last."""
+    arms, first = [*CENTRAL, *FEDERATED_ARMS], min(args.layers)
+    runs = plan(args, arms, [first], args.shards)
+    if not args.no_variants:
+        runs += plan(args, list(VARIANTS), [first], [args.shards[0]])
+    if args.long_factor > 1 and "topic" in args.shards:
+        long = argparse.Namespace(**{**vars(args), "rounds": args.rounds * args.long_factor})
+        long.eval_every = args.eval_every * args.long_factor
+        runs += plan(long, ["central", "fedavg", "fedfisher"], [first], ["topic"], suffix="-long")
+    for i, shard in enumerate(sorted(args.shards, key=lambda s: s != "topic")):  # the non-IID shards first
+        block = arms if i == 0 else list(FEDERATED_ARMS)  # one central run per depth: it has no shards
+        runs += plan(args, block, [L for L in args.layers if L != first], [shard])
+    return runs
+
+
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     cli.check(len(set(args.seeds)) == len(args.seeds), f"--seeds must be distinct, got {args.seeds}")
     out = cli.check_out_dir(args.out_dir)
     cli.check_out_dir(args.figures, "--figures")
-    arms, first = [*CENTRAL, *FEDERATED_ARMS], min(args.layers)
-    # in order of priority, so an interrupted grid has whole blocks: the shallowest model first, then the
-    # FedAvg variants, the longer budget, and the deeper models last
-    grid = jobs_of(plan(args, arms, [first], args.shards), out)
-    if not args.no_variants:
-        grid += jobs_of(plan(args, list(VARIANTS), [first], [args.shards[0]]), out)
-    if args.long_factor > 1 and "topic" in args.shards:
-        long = argparse.Namespace(**{**vars(args), "rounds": args.rounds * args.long_factor})
-        long.eval_every = args.eval_every * args.long_factor
-        grid += jobs_of(plan(long, ["central", "fedavg", "fedfisher"], [first], ["topic"], suffix="-long"), out)
-    for i, shard in enumerate(sorted(args.shards, key=lambda s: s != "topic")):  # the non-IID shards first
-        block = arms if i == 0 else list(FEDERATED_ARMS)  # one central run per depth: it has no shards
-        grid += jobs_of(plan(args, block, [L for L in args.layers if L != first], [shard]), out)
+    grid = jobs_of(grid_plan(args), out)
     draw = f"python plots/plot_mamba.py --runs {out} --out {args.figures}"
     outcome = jobs.run_plan(grid, parallel=args.jobs, log_dir=out / "logs", dry_run=args.dry_run,
                             title="mamba_fl grid", next_step=draw)
     if args.dry_run:
         return {}
-    if outcome.complete:  # the table and figures of a complete grid
+    if outcome.complete:  # the figures of a complete grid
         jobs.draw("plots/plot_mamba.py", "--runs", str(out), "--out", args.figures)
-    return {"failed": outcome.names("failed", "other", "blocked"), "minutes": outcome.seconds / 60}
+    copied = {}
+    if args.records:
+        copied = {"records": jobs.copy_records(out, args.records, outcome.names("done-before", "finished",
+                                                                                "diverged"))}
+        print(f"{copied['records']} finished runs' records in {args.records}")
+    return {"failed": outcome.names("failed", "other", "blocked"), "minutes": outcome.seconds / 60, **copied}
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@
 real_grid.py's runs (``<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>``): results_real.md (test perplexity of
 each best-validation model, paired differences to FedAvg, Holm within a table, the plateau rule's outcome) and
 real_L<l>_<shard>_<k>_<stage>.png (validation curves, one line per seed, a dot at each run's best model).
-run_grid.py's runs (``<arm>_L<layers>_<shard>_s<seed>``): results.md (final perplexity, paired differences
-to FedAvg with 95% intervals, plateau check, FedEntropy weight ratios, FedFisher floor share) and the curves of
-every arm against training sequences: grid_L<layers>_<shard>.png, variants.png (FedAvg's client optimizers),
-long_budget.png. Any --save-deltas run: deltas_<run>.png (heatmaps of the last deltas, every
-layer) and spectrum_<run>.png (singular values of the server delta per snapshot; the final spectrum's rank at
-95% of the energy). Every other finished run (a --quick run, a run of its own): runs.png, its validation
-perplexity against training sequences, one line per run, with its reference points. Nothing is written when no
-folder holds a finished mamba_fl run (one line, exit 2).
+run_grid.py's runs (``<arm>_L<layers>_<shard>_s<seed>``): the curves of every arm against training sequences,
+grid_L<layers>_<shard>.png, variants.png (FedAvg's client optimizers), long_budget.png; their tables are
+mamba_fl/results_synthetic.py's README blocks (``python -m common.results --show mamba_fl.synthetic-tables
+--records mamba_fl/results/synthetic_grid/runs=<the runs' folder>``). Any --save-deltas run: deltas_<run>.png
+(heatmaps of the last deltas, every layer) and spectrum_<run>.png (singular values of the server delta per snapshot;
+the final spectrum's rank at 95% of the energy). Every other finished run (a --quick run, a run of its own):
+runs.png, its validation perplexity against training sequences, one line per run, with its reference points.
+Nothing is written when no folder holds a finished mamba_fl run (one line, exit 2).
 """
 from __future__ import annotations
 
@@ -115,7 +115,6 @@ ARM_LABELS = {
 }
 LONG_ARMS = ("central-long", "fedavg-long", "fedfisher-long")
 _STYLE = {a: (m, ls) for a, m, ls in zip(ARM_LABELS, "osD^v<>XposDh", ["-", "--", "-.", ":"] * 4)}
-PLATEAU = 0.05  # a run is on its plateau when val ppl moved less than 5% over the last 20% of its training
 
 
 def grid_runs(root) -> list[dict]:
@@ -136,16 +135,6 @@ def _select(runs, arm, layers, shard):
                                                                              or r["shard"] == shard)]
 
 
-def plateau(run: dict) -> bool | None:
-    """True when the validation perplexity changed by less than PLATEAU (relative) between the evaluation at
-    80% of the run and the last one; None with fewer than 3 evaluations."""
-    xs, ys = R.series(run, "val_ppl", "step" if run["arm"].startswith("central") else "round")
-    if xs.size < 3 or not np.isfinite(ys[-1]):
-        return None
-    i = int(np.searchsorted(xs, 0.8 * xs[-1]))
-    return bool(abs(ys[min(i, xs.size - 2)] - ys[-1]) / ys[-1] < PLATEAU)
-
-
 def _refs(run) -> dict:
     return {k: run["summary"].get(k) for k in ("uniform_ppl", "unigram_ppl", "unigram_ppl_word", "optimal_ppl_word")}
 
@@ -163,29 +152,6 @@ def _extra(arm, runs) -> str:
 
 def _above_unigram(run) -> bool:
     return not run["summary"]["final_val_ppl"] < run["summary"].get("unigram_ppl", float("inf"))
-
-
-def table(runs, arms, layers, shard, ref_arm="fedavg") -> list[str]:
-    """Markdown rows of one block: per arm final ppl per token and per word, paired difference to ``ref_arm``
-    (Holm over the block), plateau check and arm-specific diagnostics; the reference points below. An arm whose
-    every seed ends above the unigram is "diverged", not compared."""
-    groups = {arm: g for arm in arms if (g := _select(runs, arm, layers, shard))}
-    diverged = {arm: "diverged (every seed above the unigram)" for arm, g in groups.items()
-                if all(_above_unigram(r) for r in g)}
-    cells = stats.table_rows({arm: R.by_seed(g, "final_val_ppl") for arm, g in groups.items()}, ref_arm, skip=diverged)
-    lines = stats.markdown(
-        ["arm", "final ppl / token", "final ppl / word", "− FedAvg (per token), 95% CI, Holm over the block",
-         "plateau", "notes"],
-        [[ARM_LABELS.get(arm, arm), cells[arm][0], stats.fmt_seeds(R.by_seed(g, "final_val_ppl_word").values()),
-          cells[arm][1], f"{sum(bool(plateau(r)) for r in g)}/{len(g)}", _extra(arm, g)] for arm, g in groups.items()])
-    f = _refs(next(iter(groups.values()))[0]) if groups else {}
-    if all(isinstance(f.get(k), (int, float)) for k in ("uniform_ppl", "unigram_ppl", "unigram_ppl_word")):
-        refs = (f"uniform {f['uniform_ppl']:.0f} / token; unigram (fitted on the training split) "
-                f"{f['unigram_ppl']:.1f} / token, {f['unigram_ppl_word']:.1f} / word")
-        if f.get("optimal_ppl_word"):
-            refs += f"; optimum of the source {f['optimal_ppl_word']:.2f} / word"
-        lines.append(f"\nReference points: {refs}.")
-    return lines
 
 
 def _curves(runs, arms, layers, shard, path, title) -> list[Path]:
@@ -219,8 +185,8 @@ def _curves(runs, arms, layers, shard, path, title) -> list[Path]:
 
 
 def _finish_curves(fig, ax, refs: dict, title: str, path, legend_ax=None) -> list[Path]:
-    """The per-token reference lines (the source's optimum is per word and has no place on this axis:
-    results.md), a log axis reaching the uniform guess, labels, the legend (right of ``legend_ax``, default
+    """The per-token reference lines (the source's optimum is per word and has no place on this axis: the
+    tables state it), a log axis reaching the uniform guess, labels, the legend (right of ``legend_ax``, default
     ``ax``); saved to ``path``."""
     reference_lines(ax, {k: refs.get(k) for k in ("uniform_ppl", "unigram_ppl")})
     ax.set_yscale("log")
@@ -235,39 +201,28 @@ def _finish_curves(fig, ax, refs: dict, title: str, path, legend_ax=None) -> lis
     return R.savefig(fig, path)
 
 
-def grid_report(root, figures) -> list[Path]:
-    """results.md (in ``root`` and ``figures``) and the grid figures."""
+def grid_figures(root, figures) -> list[Path]:
+    """The grid's figures, into ``figures``: one per depth and shard, FedAvg's variants, the longer budget."""
     root, figures = Path(root), Path(figures)
     runs = grid_runs(root)
     layers = sorted({r["layers"] for r in runs})
     shards = sorted({r["shard"] for r in runs if not r["arm"].startswith("central")})
     counts = sorted({str(r["args"].get("num_clients")) for r in runs if not r["arm"].startswith("central")})
     clients = f"{'/'.join(counts)} clients"
-    md = ["# mamba_fl results grid", "",
-          "Final validation perplexity (all validation blocks), mean ± sample sd over seeds (n); paired "
-          "difference to FedAvg over the same seeds with its 95% t interval, the verdict Holm-corrected over the "
-          f"block; plateau: runs whose perplexity moved < {PLATEAU:.0%} over their last 20% of training.", ""]
     written = []
-
-    def block(heading, arms, L, shard, figure, title, ref_arm="fedavg"):
-        md.extend([f"## {heading}", "", *table(runs, arms, L, shard, ref_arm), ""])
-        written.extend(_curves(runs, arms, L, shard, figures / figure, title))
-
     for L in layers:
         for shard in shards:
-            block(f"{L} layer{'s' if L > 1 else ''}, {shard} shards", ARMS, L, shard, f"grid_L{L}_{shard}.png",
-                  f"Mamba2 {L} layer{'s' if L > 1 else ''}, {clients}, {shard} shards (synthetic WikiText)")
+            title = f"Mamba2 {L} layer{'s' if L > 1 else ''}, {clients}, {shard} shards (synthetic WikiText)"
+            written += _curves(runs, ARMS, L, shard, figures / f"grid_L{L}_{shard}.png", title)
     if any(r["arm"] in VARIANT_ARMS[2:] for r in runs):
         L, shard = min(layers), next((s for s in shards if any(
             r["arm"] in VARIANT_ARMS[2:] and r["shard"] == s for r in runs)), shards[0])
-        block(f"Client optimizer and local work ({L} layer, {shard} shards)", VARIANT_ARMS, L, shard, "variants.png",
-              f"FedAvg client optimizers, {L} layer, {shard} shards, same sequences and steps")
+        written += _curves(runs, VARIANT_ARMS, L, shard, figures / "variants.png",
+                           f"FedAvg's client optimizer and local work, {L} layer, {shard} shards")
     if any(r["arm"] in LONG_ARMS for r in runs):
         L = min(r["layers"] for r in runs if r["arm"] in LONG_ARMS)
-        block(f"Longer budget ({L} layer, topic shards): do the federated runs close the gap?", LONG_ARMS, L,
-              "topic", "long_budget.png", f"longer budget, {L} layer, topic shards", ref_arm="fedavg-long")
-    if runs:  # nothing to report: no results.md either
-        _write_report(md, "results.md", root, figures)
+        written += _curves(runs, LONG_ARMS, L, "topic", figures / "long_budget.png",
+                           f"longer budget, {L} layer, topic shards")
     return written
 
 
@@ -446,9 +401,9 @@ def main(argv=None) -> dict:
     out = cli.check_out_dir(args.out, "--out")
     written = []
     for root in args.runs:
-        figures = out if len(args.runs) == 1 else out / Path(root).name  # one results.md per grid
-        written += grid_report(root, figures) + real_report(root, figures)
-        grid = {p.name for p in R.find_runs(root, "*_L*_s*")}  # grid_report's and real_report's runs
+        figures = out if len(args.runs) == 1 else out / Path(root).name  # one results_real.md per grid
+        written += grid_figures(root, figures) + real_report(root, figures)
+        grid = {p.name for p in R.find_runs(root, "*_L*_s*")}  # grid_figures' and real_report's runs
         written += run_curves(single_runs(root, grid), figures / "runs.png")
         written += [p for run in R.load_runs(root) if run["args"].get("save_deltas") for p in delta_figures(run, out)]
     cli.check(bool(written), f"no finished mamba_fl runs under {' '.join(args.runs)}: nothing to draw")

@@ -181,6 +181,31 @@ def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys)
         run_grid.main(["--jobs", "0", "--dry-run", "--out-dir", str(out)])
 
 
+def test_run_grid_copies_the_finished_runs_records(tmp_path, capsys, monkeypatch):
+    """--records: every finished run's args.json, summary.json and metrics.jsonl (no checkpoint) copied to the study
+    folder once the grid has run; the figures of a complete grid are drawn first."""
+    from mamba_fl import run_grid
+
+    out, records = tmp_path / "grid", tmp_path / "records"
+    argv = ["--out-dir", str(out), "--seeds", "0", "--layers", "1", "--shards", "topic", "--no-variants",
+            "--long-factor", "1", "--rounds", "16", "--figures", str(tmp_path / "fig")]
+    plan = run_grid.jobs_of(run_grid.grid_plan(run_grid.get_args_parser().parse_args(argv)), out)
+    for job in plan:  # every run finished, as the scripts record it
+        saved = vars(importlib.import_module(job.script).get_args_parser().parse_args(job.argv))
+        (out / job.name).mkdir(parents=True)
+        (out / job.name / "args.json").write_text(json.dumps({"args": saved}))
+        (out / job.name / "summary.json").write_text('{"final_val_ppl": 50.0}')
+        (out / job.name / "metrics.jsonl").write_text('{"round": 1, "val_ppl": 50.0}\n')
+        (out / job.name / "checkpoint.pt").write_bytes(b"0")
+    drawn = []
+    monkeypatch.setattr(run_grid.jobs, "draw", lambda *a: drawn.append(a))
+    result = run_grid.main([*argv, "--records", str(records)])
+    assert result["records"] == len(plan) == 7 and drawn and f"7 finished runs' records in {records}" in \
+        capsys.readouterr().out
+    assert sorted(p.name for p in (records / "fedavg_L1_topic_s0").iterdir()) == \
+        ["args.json", "metrics.jsonl", "summary.json"]
+
+
 @pytest.mark.parametrize("seeds,message", [(["-1"], "--seeds must be in [0, 4294967295], got -1"),
                                            (["4294967296"], "got 4294967296"),
                                            (["1", "1"], "--seeds must be distinct")])

@@ -1,0 +1,370 @@
+"""The README blocks of mamba_fl's synthetic-text grid (run_grid.py), generated from its committed records;
+``mamba_fl/results.py`` lists them with the real-text blocks (``python -m common.results --write`` rewrites them).
+
+Records: ``RECORDS/<arm>_L<layers>_<shard>_s<seed>`` (args.json, summary.json, metrics.jsonl; a central run's shard
+is "synthetic"), copied by ``run_grid.py --records``. A run's value is its final validation perplexity per token:
+every run ends at a constant rate, after the fixed budget run_grid.py gives it. The study (``SYNTHETIC``, its arms
+run_grid.py's plan) declares three Holm families, each spanning the tables its conclusion is drawn across:
+
+- "gap": central and central-b4 minus FedAvg at 1 and 2 layers on both shards, and central minus FedAvg with the
+  longer budget (how much of federation's gap FedAvg's fewer sequential updates account for);
+- "aggregators": FedFisher, FedEntropy and both server-momentum forms minus FedAvg at 1 and 2 layers on both
+  shards, and FedFisher with the longer budget (does any aggregator beat FedAvg);
+- "client optimizer": FedAvg's variants (fresh AdamW, plain SGD, 8 local steps) minus FedAvg.
+
+An arm whose every seed ends above the unigram has learned less than token frequencies: it is reported as such and
+not compared (its comparison leaves its family). Compute: equal samples (``Study.compute``), the training sequences
+of each run's summary; central-b4 also takes FedAvg's number of sequential updates (its optimizer steps are FedAvg's
+rounds).
+"""
+from __future__ import annotations
+
+import math
+import re
+from functools import cache
+
+from common import plateau, stats, study, study_report
+from common import results as RS
+from mamba_fl import run_grid
+
+RECORDS = "mamba_fl/results/synthetic_grid/runs"
+DEFAULTS = run_grid.get_args_parser().parse_args([])  # the grid the records come from: run_grid.py's defaults
+SHARDS, LAYERS = ("contiguous", "topic"), (1, 2)
+AGGREGATORS = ("fedfisher", "fedentropy", "fedmom-ema", "fedavgm")
+VARIANTS = tuple(run_grid.VARIANTS)
+LABELS = {"central": "central", "central-b4": "central, 4x batch", "fedavg": "FedAvg",
+          "fedfisher": "FedFisher", "fedentropy": f"FedEntropy (T = {DEFAULTS.temperature:g})",
+          "fedmom-ema": "FedMomentum EMA (the source's form)", "fedavgm": "FedAvgM heavy ball (Flower's form)",
+          "fedavg-reset": "FedAvg, fresh AdamW every round", "fedavg-sgd": "FedAvg, plain local SGD",
+          "fedavg-lu8": "FedAvg, 8 local steps a round", "central-long": "central, longer budget",
+          "fedavg-long": "FedAvg, longer budget", "fedfisher-long": "FedFisher, longer budget"}
+# every run keeps a constant rate to its end: one whose last evaluation is its best was still improving there
+PLATEAU = plateau.Plateau("the final evaluation is not the run's best (a constant rate: a last-is-best run is still "
+                          "improving)", metric="val_ppl", direction="min", schedule="constant")
+
+
+def name(arm: str, layers: int, shard: str) -> str:
+    """An arm of the grid as its runs are named less ``_s<seed>``: ``fedavg_L1_topic``, ``central_L2_synthetic``."""
+    return f"{arm}_L{layers}_{'synthetic' if arm.startswith('central') else shard}"
+
+
+def _arms() -> tuple[study.Arm, ...]:
+    """run_grid.py's plan as the study's arms: each run of the first seed, less its seed."""
+    out = []
+    for run, script, argv in run_grid.grid_plan(DEFAULTS):
+        arm, seed = run.rsplit("_s", 1)
+        if seed == str(DEFAULTS.seeds[0]):
+            at = argv.index("--seed")
+            out.append(study.Arm(arm, f"mamba_fl.{script[:-3]}", tuple(argv[:at] + argv[at + 2:])))
+    return tuple(out)
+
+
+LONG = ("central-long_L1_synthetic", "fedavg-long_L1_topic", "fedfisher-long_L1_topic")
+SYNTHETIC = study.Study(
+    "synthetic", arms=_arms(), seeds=tuple(DEFAULTS.seeds), plateau=PLATEAU, compute="equal samples",
+    comparisons=(*(study.Comparison(name(a, L, s), name("fedavg", L, s), "gap") for L in LAYERS for s in SHARDS
+                   for a in ("central", "central-b4")),
+                 study.Comparison(LONG[0], LONG[1], "gap"),
+                 *(study.Comparison(name(a, L, s), name("fedavg", L, s), "aggregators") for L in LAYERS
+                   for s in SHARDS for a in AGGREGATORS),
+                 study.Comparison(LONG[2], LONG[1], "aggregators"),
+                 *(study.Comparison(name(a, 1, "contiguous"), name("fedavg", 1, "contiguous"), "client optimizer")
+                   for a in VARIANTS)))
+
+
+# ------------------------------------------------------------------------------------------------ records
+@cache
+def grid() -> dict[str, list[dict]]:
+    """{arm (``name``): its finished runs} of the committed records (or what ``--records`` puts in their place)."""
+    out: dict[str, list[dict]] = {}
+    for r in RS.records(RECORDS, "*_L*_s*"):
+        out.setdefault(r["name"].rsplit("_s", 1)[0], []).append(r)
+    return out
+
+
+def runs(arm: str) -> list[dict]:
+    return grid().get(arm, [])
+
+
+def finals(arm: str, key: str = "final_val_ppl") -> dict:
+    """{seed: summary[key]} of the arm's runs that ended at a finite value."""
+    return {s: v for s, v in RS.by_seed(runs(arm), key).items() if math.isfinite(v)}
+
+
+def above_unigram(arm: str) -> int:
+    """How many of the arm's runs ended at or above their unigram perplexity (or not at a finite value)."""
+    return sum(not r["summary"].get("final_val_ppl", math.inf) < r["summary"]["unigram_ppl"] for r in runs(arm))
+
+
+def values(arm: str, _: str = "") -> dict:
+    """{seed: final validation perplexity per token}, empty for an arm whose every run ended above the unigram
+    (not compared)."""
+    return {} if runs(arm) and above_unigram(arm) == len(runs(arm)) else finals(arm)
+
+
+def sequences(arm: str, _: str = "") -> dict:
+    """{seed: training sequences} of the arm's runs: the compute the study's arms share."""
+    return {r["args"]["seed"]: r["summary"]["train_tokens"] / r["args"]["sequence_length"] for r in runs(arm)}
+
+
+def plateau_note(arm: str) -> str | None:
+    """'k/n still improving' (``PLATEAU`` from each run's metrics.jsonl), None when every run is at its plateau."""
+    return plateau.arm_note(PLATEAU, {r["args"]["seed"]: r["path"] for r in runs(arm)})
+
+
+def notes(arm: str, _: str = "") -> list[str]:
+    """What a reader must know of the arm's runs beside a verdict: its plateau, its runs above the unigram."""
+    high = above_unigram(arm)
+    return [n for n in (plateau_note(arm), f"{high}/{len(runs(arm))} end above the unigram" if high else None) if n]
+
+
+@cache
+def findings() -> dict[tuple[str, str], study_report.Finding]:
+    """{(arm, reference): Finding} of every comparison of ``SYNTHETIC`` with values on both sides."""
+    found = study_report.compare(SYNTHETIC, values, notes, spent=sequences)
+    return {(c.arm, c.reference): f for c, f in found.items()}
+
+
+def family_size(family: str) -> int:
+    """How many of ``family``'s comparisons were made (both arms compared, at least 2 paired seeds): its "over m"."""
+    return sum(1 for c in SYNTHETIC.families()[family] if (c.arm, c.reference) in findings()
+               and findings()[c.arm, c.reference].paired.n >= 2)
+
+
+# ------------------------------------------------------------------------------------------------- words
+def minus(text: str) -> str:
+    """Prose's minus sign (U+2212) for a negative number ('-1.7', '[-2.2'; not 'central-b4')."""
+    return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
+
+
+def said(arm: str, ref: str) -> str:
+    """The comparison's clause with its warnings; 'not compared (k/n end above the unigram)' for a failed arm."""
+    if (arm, ref) not in findings():
+        return f"not compared ({above_unigram(arm)}/{len(runs(arm))} end above the unigram)" if runs(arm) else "–"
+    return minus(study_report.said(findings()[arm, ref]))
+
+
+def mean_sd(arm: str, key: str = "final_val_ppl") -> str:
+    s = stats.summarize(finals(arm, key).values())
+    return "–" if s.n == 0 else f"{s.mean:.1f}" if s.n == 1 else f"{s.mean:.1f} ± {s.sd:.1f}"
+
+
+def share(layers: int, shard: str) -> str:
+    """How much of central − FedAvg the fewer sequential updates account for, at least: from the simultaneous
+    interval (over the gap family) of what they leave, FedAvg − central-b4 (``common.stats.explained``)."""
+    fed, central, b4 = (values(name(a, layers, shard)) for a in ("fedavg", "central", "central-b4"))
+    gap = stats.paired(fed, central).mean
+    part = stats.explained(stats.paired(fed, b4), gap, family_size("gap"))
+    return "all" if part >= 1 else f"at least {100 * part:.0f} %" if part > 0 else "an unresolved part"
+
+
+def first(arm: str, key: str):
+    """The summary value ``key`` of the arm's first run (a setting every seed shares)."""
+    return runs(arm)[0]["summary"][key]
+
+
+def setup() -> dict:
+    """What the sentences state of the setting, read from the records: steps, batches, sequences per arm."""
+    fed, central, b4 = (name(a, 1, "contiguous") for a in ("fedavg", "central", "central-b4"))
+    seq = {a: stats.summarize(sequences(a).values()).mean for a in (fed, central, b4)}
+    args = runs(fed)[0]["args"]
+    return {"rounds": first(fed, "rounds_done"), "clients": args["num_clients"], "batch": args["batch_size"],
+            "steps": first(central, "steps_done"), "b4_steps": first(b4, "steps_done"),
+            "b4_batch": runs(b4)[0]["args"]["batch_size"], "seq": seq, "fed": fed, "central": central, "b4": b4}
+
+
+# ------------------------------------------------------------------------------------------------ blocks
+def synthetic_table() -> str:
+    """The headline: 1 layer, contiguous and topic shards, central, central-b4 and FedAvg, and the differences."""
+    k = setup()
+    rows = [[f"central ({k['steps']} steps of {k['batch']} blocks)", *(warned("central", 1, s) for s in SHARDS)],
+            [f"central, 4x batch ({k['b4_steps']} steps of {k['b4_batch']} blocks: FedAvg's sequential updates)",
+             *(warned("central-b4", 1, s) for s in SHARDS)],
+            [f"FedAvg ({k['rounds']} rounds of {k['clients']} clients' {k['batch']}-block steps)",
+             *(warned("fedavg", 1, s) for s in SHARDS)]]
+    for arm, label in (("central", "central − FedAvg"), ("central-b4", "central, 4x batch − FedAvg"),
+                       ("fedfisher", "FedFisher − FedAvg")):
+        rows.append([label, *(said(name(arm, 1, s), name("fedavg", 1, s)) for s in SHARDS)])
+    run = runs(k["fed"])[0]["summary"]
+    seq = {a: f"{v:,.0f}" for a, v in k["seq"].items()}
+    full = k["b4_steps"] * k["b4_batch"]  # what central-b4's steps would take were every batch full
+    partial = f" ({k['b4_steps']} full batches would be {full:,}: the last batch of each of its epochs is partial)" \
+        if k["seq"][k["b4"]] < full else ""
+    return "\n".join([*stats.markdown(["1 layer", "contiguous shards", "topic shards (one topic a client)"], rows), "",
+                      f"Final validation perplexity per token (all {run['eval_blocks']} validation blocks), mean ± "
+                      f"sample sd over {len(runs(k['fed']))} seeds; a difference is paired by seed with its 95 % "
+                      f"interval, Holm over the family of the study it belongs to: central and central-b4 over the "
+                      f"{family_size('gap')} comparisons of the gap (1 and 2 layers, both shards, the longer budget), "
+                      f"FedFisher over the {family_size('aggregators')} aggregator comparisons. Reference points: "
+                      f"unigram {run['unigram_ppl']:.1f} / token ({run['unigram_ppl_word']:.1f} / word), uniform "
+                      f"{run['uniform_ppl']:.0f} / token, the source's optimum {run['optimal_ppl_word']:.2f} / word. "
+                      f"Compute: equal samples, FedAvg {seq[k['fed']]} training sequences, central {seq[k['central']]}"
+                      f", central-b4 {seq[k['b4']]}{partial}; compute apart by more than "
+                      f"{100 * study_report.MATCHED:.0f} % is marked. k/n still improving: k of the n "
+                      "runs had their best evaluation last, at a constant rate; they are not shown to be at a "
+                      "plateau."])
+
+
+def warned(arm: str, layers: int, shard: str) -> str:
+    """An arm's cell: mean ± sd with its notes (its plateau, its runs above the unigram)."""
+    key = name(arm, layers, shard)
+    return study_report.warned(mean_sd(key), notes(key))
+
+
+def synthetic_gap() -> str:
+    """Federation's gap to central at equal samples, what FedAvg's fewer sequential updates account for of it, at 1
+    and 2 layers, and with the longer budget."""
+    m = family_size("gap")
+    parts = []
+    for L in LAYERS:
+        gap = " and ".join(f"{said(name('central', L, s), name('fedavg', L, s))} ({s})" for s in SHARDS)
+        b4 = " and ".join(f"{said(name('central-b4', L, s), name('fedavg', L, s))} ({s})" for s in SHARDS)
+        fed = " and ".join(f"{mean_sd(name('fedavg', L, s))} ({s})" for s in SHARDS)
+        parts.append(
+            f"{L} layer{'s' if L > 1 else ''}: FedAvg ends at {fed} against central's {mean_sd(name('central', L, ''))}"
+            f" and central-b4's {mean_sd(name('central-b4', L, ''))}; central − FedAvg {gap}; central-b4 − FedAvg "
+            f"{b4}. The fewer sequential updates account for "
+            + " and ".join(f"{share(L, s)} of the gap on {s} shards" for s in SHARDS) + ".")
+    long = runs(LONG[1])
+    factor = round(long[0]["summary"]["rounds_done"] / first(name("fedavg", 1, "topic"), "rounds_done")) if long \
+        else DEFAULTS.long_factor
+    parts.append(f"With {factor}x the rounds (1 layer, topic shards): central {mean_sd(LONG[0])}, FedAvg "
+                 f"{mean_sd(LONG[1])}, central − FedAvg {said(LONG[0], LONG[1])}.")
+    fedavg = {a: plateau_note(a) for a in (*(name("fedavg", L, s) for L in LAYERS for s in SHARDS), LONG[1])}
+    states = sorted({n or "at its plateau" for n in fedavg.values()})
+    own = (f"FedAvg's runs, the reference: {states[0]} in every setting" if len(states) == 1 else
+           "FedAvg's runs, the reference: " + "; ".join(f"{n or 'at its plateau'} at {where(a)}"
+                                                       for a, n in fedavg.items()))
+    return minus(f"Gap to central at equal samples, Holm over the study's {m} gap comparisons (the share accounted "
+                 f"for: 1 − the end of the simultaneous interval of FedAvg − central-b4 over the {m}, divided by the "
+                 f"gap; {own}). " + " ".join(parts))
+
+
+def arm_rows(arms, settings, reference) -> list[list[str]]:
+    return [[LABELS[a.split("_")[0] if "_" in a else a], *(said(name(a, L, s), reference(L, s))
+                                                           for L, s in settings)] for a in arms]
+
+
+def synthetic_arms() -> str:
+    """Every aggregator and FedAvg variant against FedAvg, Holm over its family, and the verdict across them."""
+    settings = [(L, s) for L in LAYERS for s in SHARDS]
+    ref = lambda L, s: name("fedavg", L, s)  # noqa: E731
+    rows = arm_rows(AGGREGATORS, settings, ref)
+    rows[0].append(said(LONG[2], LONG[1]))
+    for row in rows[1:]:
+        row.append("–")
+    better = below_fedavg()
+    heads = [f"{L} layer{'s' if L > 1 else ''}, {s}" for L, s in settings] + ["1 layer, topic, longer budget"]
+    variants = [[LABELS[a], *(said(name(a, 1, "contiguous"), name("fedavg", 1, "contiguous")),)] for a in VARIANTS]
+    return minus("\n".join([
+        *stats.markdown(["− FedAvg", *heads], rows), "",
+        f"Holm over the study's {family_size('aggregators')} aggregator comparisons (the table); "
+        + (f"below FedAvg after it: {'; '.join(better)}." if better else "none is below FedAvg after it.")
+        + " An arm whose every seed ends above the unigram is not compared.", "",
+        *stats.markdown(["1 layer, contiguous shards", "− FedAvg"], variants), "",
+        f"The client optimizer and local work: Holm over these {family_size('client optimizer')}."]))
+
+
+def study_synthetic() -> str:
+    """The top README's line for the synthetic grid."""
+    k = setup()
+    line = {a: " and ".join(f"{said(name(a, 1, s), name('fedavg', 1, s))} ({s})" for s in SHARDS)
+            for a in ("central", "central-b4", "fedfisher")}
+    better = below_fedavg()
+    return minus(f"1 layer, equal samples ({k['seq'][k['fed']]:,.0f} training sequences): central − FedAvg "
+                 f"{line['central']}; central with FedAvg's {k['rounds']} sequential updates − FedAvg "
+                 f"{line['central-b4']}; FedFisher − FedAvg {line['fedfisher']}; "
+                 f"{len(better) or 'none'} of the {family_size('aggregators')} aggregator comparisons below FedAvg "
+                 "after Holm" + (f" ({', '.join(better)})" if better else ""))
+
+
+def below_fedavg() -> list[str]:
+    """The aggregator comparisons below FedAvg after Holm over their family, as 'FedFisher at 1 layer on topic
+    shards'."""
+    return [f"{LABELS[c.arm.split('_')[0]]} at {where(c.reference)}" for c in SYNTHETIC.families()["aggregators"]
+            if (f := findings().get((c.arm, c.reference))) and "p_Holm" in f.claim and f.paired.mean < 0]
+
+
+def where(arm: str) -> str:
+    """'1 layer on topic shards' of an arm's name (``name``)."""
+    _, layers, shard = arm.split("_")
+    depth = f"{layers[1:]} layer{'s' if layers != 'L1' else ''}"
+    return depth if shard == "synthetic" else f"{depth} on {shard} shards"
+
+
+# ------------------------------------------------------------------------------------ the full tables
+TABLE_ARMS = ("central", "central-b4", "fedavg", "fedavgm", "fedmom-ema", "fedentropy", "fedfisher")
+
+
+def diagnostics(arm: str) -> str:
+    """A table's notes: runs above the unigram; FedEntropy's max/min client weight and FedFisher's floor share at the
+    last round (metrics.jsonl)."""
+    out, group = [], runs(arm)
+    if high := above_unigram(arm):
+        out.append(f"{high}/{len(group)} end above the unigram")
+    last = lambda key: [c[-1] for r in group if (c := plateau.curve(r["path"], key))]  # noqa: E731
+    if ratios := last("entropy_weight_ratio"):
+        out.append(f"max/min weight {', '.join(f'{v:.3g}' for v in ratios)} (last round, per seed)")
+    if shares := last("fisher_eps_share"):
+        out.append(f"floor decides {100 * sum(shares) / len(shares):.1f} % of coordinates (last round)")
+    return "; ".join(out)
+
+
+def full_table(arms: list[str], ref: str) -> list[str]:
+    """One table: every arm of ``arms`` with runs, its perplexity per token and per word, the difference to ``ref``
+    (Holm over the comparison's family; the warnings other than the columns'), plateau, sequences, notes."""
+    rows = []
+    for arm in (a for a in arms if runs(a)):
+        if arm == ref:
+            diff = "reference"
+        elif (arm, ref) in findings():
+            f = findings()[arm, ref]
+            diff = minus(study_report.said(f, [w for w in f.warnings if w not in notes(arm)]))
+        else:
+            diff = said(arm, ref)
+        rows.append([LABELS[arm.split("_")[0]], mean_sd(arm), mean_sd(arm, "final_val_ppl_word"), diff,
+                     plateau_note(arm) or "at plateau", f"{stats.summarize(sequences(arm).values()).mean:,.0f}",
+                     diagnostics(arm)])
+    return stats.markdown(["arm", "final ppl / token", "final ppl / word", "− FedAvg [95% CI], Holm over its family",
+                           "plateau (the rule)", "training sequences", "notes"], rows)
+
+
+def synthetic_tables() -> str:
+    """Every table of the grid (what run_grid.py's results.md held): each depth and shard, FedAvg's variants, the
+    longer budget."""
+    out = []
+    for L in LAYERS:
+        for s in SHARDS:
+            out += [f"**{L} layer{'s' if L > 1 else ''}, {s} shards**", "",
+                    *full_table([name(a, L, s) for a in TABLE_ARMS], name("fedavg", L, s)), ""]
+    fed = name("fedavg", 1, "contiguous")
+    out += ["**FedAvg's client optimizer and local work (1 layer, contiguous shards)**", "",
+            *full_table([name("central", 1, ""), fed, *(name(a, 1, "contiguous") for a in VARIANTS)], fed), "",
+            f"**Longer budget ({DEFAULTS.long_factor}x the rounds; 1 layer, topic shards)**", "",
+            *full_table(list(LONG), LONG[1]), "",
+            "Families (Holm): " + "; ".join(f"{fam}, {family_size(fam)} comparisons" for fam in SYNTHETIC.families())
+            + f". Plateau: {PLATEAU.rule}."]
+    return minus("\n".join(out))
+
+
+# ------------------------------------------------------------------------------------------- wall time
+TIME = "mamba_fl/results/synthetic_grid/time.txt"  # /usr/bin/time -v's report of the grid's command
+
+
+def synthetic_time() -> str:
+    """The grid's wall time: /usr/bin/time's (``TIME``) and the runs' own clocks and load averages."""
+    group = [r["summary"] for rs in grid().values() for r in rs]
+    wall, cpu = (sum(s[k] for s in group) / 60 for k in ("wall_seconds", "cpu_seconds"))
+    loads = [s[k] for s in group for k in ("load_start", "load_end")]
+    report = dict(line.strip().rsplit(": ", 1) for line in RS.path(TIME).read_text(encoding="utf-8").splitlines()
+                  if ": " in line)
+    clock = [float(x) for x in report["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":")]
+    minutes = sum(x * 60 ** (len(clock) - 2 - i) for i, x in enumerate(clock))
+    return (f"{len(group)} runs in {minutes:.1f} min (`/usr/bin/time -v` around the command: "
+            f"{report['Percent of CPU this job got']} CPU; {TIME.rsplit('/', 1)[1]}); the runs' own clocks "
+            f"(summary.json, one thread each) add up to {wall:.1f} min of wall time and {cpu:.1f} min of CPU, the "
+            f"load average {RS.range_of(loads, 2, '–')} at their starts and ends")
+
+
+BLOCKS = {"synthetic-table": synthetic_table, "synthetic-gap": synthetic_gap, "synthetic-arms": synthetic_arms,
+          "synthetic-tables": synthetic_tables, "synthetic-time": synthetic_time, "study-synthetic": study_synthetic}
