@@ -104,7 +104,8 @@ def values(arm: str, _: str = "") -> dict:
 
 def sequences(arm: str, _: str = "") -> dict:
     """{seed: training sequences} of the arm's runs: the compute the study's arms share."""
-    return {r["args"]["seed"]: r["summary"]["train_tokens"] / r["args"]["sequence_length"] for r in runs(arm)}
+    return {r["args"]["seed"]: r["summary"]["train_tokens"] / r["args"]["sequence_length"] for r in runs(arm)
+            if r["summary"].get("train_tokens") is not None}
 
 
 def plateau_note(arm: str) -> str | None:
@@ -281,7 +282,12 @@ def study_synthetic() -> str:
 def below_fedavg() -> list[str]:
     """The aggregator comparisons below FedAvg after Holm over their family, as 'FedFisher at 1 layer on topic
     shards'."""
-    return [f"{LABELS[c.arm.split('_')[0]]} at {where(c.reference)}" for c in SYNTHETIC.families()["aggregators"]
+    def said_of(arm: str) -> str:
+        kind = arm.split("_")[0]
+        return f"{LABELS[kind.removesuffix('-long')]} at {where(arm)}" + (", longer budget" if kind.endswith("-long")
+                                                                           else "")
+
+    return [said_of(c.arm) for c in SYNTHETIC.families()["aggregators"]
             if (f := findings().get((c.arm, c.reference))) and "p_Holm" in f.claim and f.paired.mean < 0]
 
 
@@ -332,17 +338,17 @@ def full_table(arms: list[str], ref: str) -> list[str]:
 def synthetic_tables() -> str:
     """Every table of the grid (what run_grid.py's results.md held): each depth and shard, FedAvg's variants, the
     longer budget."""
-    out = []
-    for L in LAYERS:
-        for s in SHARDS:
-            out += [f"**{L} layer{'s' if L > 1 else ''}, {s} shards**", "",
-                    *full_table([name(a, L, s) for a in TABLE_ARMS], name("fedavg", L, s)), ""]
     fed = name("fedavg", 1, "contiguous")
-    out += ["**FedAvg's client optimizer and local work (1 layer, contiguous shards)**", "",
-            *full_table([name("central", 1, ""), fed, *(name(a, 1, "contiguous") for a in VARIANTS)], fed), "",
-            f"**Longer budget ({DEFAULTS.long_factor}x the rounds; 1 layer, topic shards)**", "",
-            *full_table(list(LONG), LONG[1]), "",
-            "Families (Holm): " + "; ".join(f"{fam}, {family_size(fam)} comparisons" for fam in SYNTHETIC.families())
+    tables = [*((f"{L} layer{'s' if L > 1 else ''}, {s} shards", [name(a, L, s) for a in TABLE_ARMS],
+                 name("fedavg", L, s)) for L in LAYERS for s in SHARDS),
+              ("FedAvg's client optimizer and local work (1 layer, contiguous shards)",
+               [name("central", 1, ""), fed, *(name(a, 1, "contiguous") for a in VARIANTS)], fed),
+              (f"Longer budget ({DEFAULTS.long_factor}x the rounds; 1 layer, topic shards)", list(LONG), LONG[1])]
+    out = []
+    for title, arms, ref in tables:
+        if any(runs(a) for a in arms):  # a grid still running: the tables with runs so far
+            out += [f"**{title}**", "", *full_table(arms, ref), ""]
+    out += ["Families (Holm): " + "; ".join(f"{fam}, {family_size(fam)} comparisons" for fam in SYNTHETIC.families())
             + f". Plateau: {PLATEAU.rule}."]
     return minus("\n".join(out))
 

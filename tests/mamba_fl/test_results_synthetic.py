@@ -137,12 +137,13 @@ def test_the_arms_block_names_what_beats_fedavg_after_holm(records):
     assert "over 11" in text and "over 3" in text and "not compared (3/3 end above the unigram)" in text
     # FedFisher on topic shards: 33.0 against 34.3 in every seed, a difference Holm keeps over 11
     fisher = SY.findings()["fedfisher_L1_topic", "fedavg_L1_topic"]
-    assert "p_Holm" in fisher.claim and "FedFisher (L1_topic)" in SY.below_fedavg()
-    assert "below FedAvg after it: FedFisher (L1_topic)" in text
+    assert "p_Holm" in fisher.claim and "FedFisher at 1 layer on topic shards" in SY.below_fedavg()
+    assert "below FedAvg after it: FedFisher at 1 layer on topic shards;" in text
+    assert "FedFisher at 1 layer on topic shards, longer budget" in SY.below_fedavg()
     assert "unmatched compute" in SY.said("fedavg-lu8_L1_contiguous", "fedavg_L1_contiguous")
     line = SY.study_synthetic()
     assert line.startswith("1 layer, equal samples (6,400 training sequences)")
-    assert line.endswith(f"{len(SY.below_fedavg())} of the 11 aggregator comparisons below FedAvg after Holm")
+    assert line.endswith(f"3 of the 11 aggregator comparisons below FedAvg after Holm ({', '.join(SY.below_fedavg())})")
 
 
 def test_the_full_tables_and_the_wall_time(records):
