@@ -178,12 +178,13 @@ def setup() -> dict:
 def synthetic_table() -> str:
     """The headline: 1 layer, contiguous and topic shards, central, central-b4 and FedAvg, and the differences."""
     k = setup()
+    times = f"{k['b4_batch'] // k['batch']}x"
     rows = [[f"central ({k['steps']} steps of {k['batch']} blocks)", *(warned("central", 1, s) for s in SHARDS)],
-            [f"central, 4x batch ({k['b4_steps']} steps of {k['b4_batch']} blocks: FedAvg's sequential updates)",
+            [f"central, {times} batch ({k['b4_steps']} steps of {k['b4_batch']} blocks: FedAvg's sequential updates)",
              *(warned("central-b4", 1, s) for s in SHARDS)],
             [f"FedAvg ({k['rounds']} rounds of {k['clients']} clients' {k['batch']}-block steps)",
              *(warned("fedavg", 1, s) for s in SHARDS)]]
-    for arm, label in (("central", "central − FedAvg"), ("central-b4", "central, 4x batch − FedAvg"),
+    for arm, label in (("central", "central − FedAvg"), ("central-b4", f"central, {times} batch − FedAvg"),
                        ("fedfisher", "FedFisher − FedAvg")):
         rows.append([label, *(said(name(arm, 1, s), name("fedavg", 1, s)) for s in SHARDS)])
     run = runs(k["fed"])[0]["summary"]
@@ -354,22 +355,28 @@ def synthetic_tables() -> str:
 
 
 # ------------------------------------------------------------------------------------------- wall time
-TIME = "mamba_fl/results/synthetic_grid/time.txt"  # /usr/bin/time -v's report of the grid's command
+# the grid command's own first line ("mamba_fl grid: 90 runs: 18 done before, 72 to run") and /usr/bin/time -v's
+# report of that command, as its log ends
+TIME = "mamba_fl/results/synthetic_grid/time.txt"
 
 
 def synthetic_time() -> str:
-    """The grid's wall time: /usr/bin/time's (``TIME``) and the runs' own clocks and load averages."""
+    """The grid's wall time: the runs' own clocks and load averages (summary.json), and /usr/bin/time's report of
+    the command that ran them (``TIME``; the runs done before it by an earlier command are named)."""
     group = [r["summary"] for rs in grid().values() for r in rs]
     wall, cpu = (sum(s[k] for s in group) / 60 for k in ("wall_seconds", "cpu_seconds"))
     loads = [s[k] for s in group for k in ("load_start", "load_end")]
-    report = dict(line.strip().rsplit(": ", 1) for line in RS.path(TIME).read_text(encoding="utf-8").splitlines()
-                  if ": " in line)
+    text = RS.path(TIME).read_text(encoding="utf-8")
+    report = dict(line.strip().rsplit(": ", 1) for line in text.splitlines() if line.startswith("\t"))
     clock = [float(x) for x in report["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":")]
     minutes = sum(x * 60 ** (len(clock) - 2 - i) for i, x in enumerate(clock))
-    return (f"{len(group)} runs in {minutes:.1f} min (`/usr/bin/time -v` around the command: "
-            f"{report['Percent of CPU this job got']} CPU; {TIME.rsplit('/', 1)[1]}); the runs' own clocks "
-            f"(summary.json, one thread each) add up to {wall:.1f} min of wall time and {cpu:.1f} min of CPU, the "
-            f"load average {RS.range_of(loads, 2, '–')} at their starts and ends")
+    before, ran = (int(x) for x in re.search(r"(\d+) done before, (\d+) to run", text).groups())
+    jobs = re.search(r"--jobs[ =](\d+)", report["Command being timed"])
+    return (f"{len(group)} runs, one thread each: their own clocks (summary.json) add up to {wall:.1f} min of wall "
+            f"time and {cpu:.1f} min of CPU, the 1-minute load average {RS.range_of(loads, 2, '–')} at their starts "
+            f"and ends. The command that ran {f'the last {ran} of them ({before} done before it)' if before else ran}"
+            f"{f', {jobs[1]} at a time,' if jobs else ''} took {minutes:.1f} min (`/usr/bin/time -v`: "
+            f"{report['Percent of CPU this job got']} CPU; {TIME.rsplit('/', 1)[1]})")
 
 
 BLOCKS = {"synthetic-table": synthetic_table, "synthetic-gap": synthetic_gap, "synthetic-arms": synthetic_arms,

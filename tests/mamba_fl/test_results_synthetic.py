@@ -20,7 +20,8 @@ FINAL = {"central": 22.8, "central-b4": 29.0, "fedavg": 28.4, "fedfisher": 28.9,
          "central-long": 22.7, "fedavg-long": 26.5, "fedfisher-long": 24.7}
 TOPIC = {"fedavg": 34.3, "fedfisher": 33.0, "fedentropy": 380.0, "fedmom-ema": 185.0}  # topic shards
 NOISE = (0.0, 0.3, -0.2)
-TIME = """\tCommand being timed: "python mamba_fl/run_grid.py --jobs 1"
+TIME = """mamba_fl grid: 90 runs: 18 done before, 72 to run
+\tCommand being timed: "python mamba_fl/run_grid.py --jobs 2"
 \tPercent of CPU this job got: 97%
 \tElapsed (wall clock) time (h:mm:ss or m:ss): 1:35:06
 """
@@ -153,8 +154,10 @@ def test_the_full_tables_and_the_wall_time(records):
     assert "max/min weight 0.28, 0.28, 0.28 (last round, per seed)" in entropy
     assert "floor decides 28.0 % of coordinates (last round)" in text
     assert "Families (Holm): gap, 9 comparisons; aggregators, 11 comparisons; client optimizer, 3 comparisons" in text
-    assert SY.synthetic_time().startswith("90 runs in 95.1 min (`/usr/bin/time -v` around the command: 97% CPU")
-    assert "90.0 min of wall time and 67.5 min of CPU, the load average 1.50–2.25" in SY.synthetic_time()
+    assert SY.synthetic_time() == (
+        "90 runs, one thread each: their own clocks (summary.json) add up to 90.0 min of wall time and 67.5 min of "
+        "CPU, the 1-minute load average 1.50–2.25 at their starts and ends. The command that ran the last 72 of them "
+        "(18 done before it), 2 at a time, took 95.1 min (`/usr/bin/time -v`: 97% CPU; time.txt)")
 
 
 def test_show_writes_the_blocks_from_your_runs(tmp_path, fresh, capsys):
