@@ -139,10 +139,15 @@ def minus(text: str) -> str:
 
 
 def said(arm: str, ref: str) -> str:
-    """The comparison's clause with its warnings; 'not compared (k/n end above the unigram)' for a failed arm."""
-    if (arm, ref) not in findings():
-        return f"not compared ({above_unigram(arm)}/{len(runs(arm))} end above the unigram)" if runs(arm) else "–"
-    return minus(study_report.said(findings()[arm, ref]))
+    """The comparison's clause with its warnings; 'not compared (k/n end above the unigram)' for a failed arm (or
+    reference), '–' where either has no runs."""
+    if (arm, ref) in findings():
+        return minus(study_report.said(findings()[arm, ref]))
+    if not runs(arm) or not runs(ref):
+        return "–"
+    failed = arm if not values(arm) else ref
+    return f"not compared ({'' if failed == arm else 'FedAvg: '}{above_unigram(failed)}/{len(runs(failed))} end " \
+           "above the unigram)"
 
 
 def mean_sd(arm: str, key: str = "final_val_ppl") -> str:
@@ -150,13 +155,25 @@ def mean_sd(arm: str, key: str = "final_val_ppl") -> str:
     return "–" if s.n == 0 else f"{s.mean:.1f}" if s.n == 1 else f"{s.mean:.1f} ± {s.sd:.1f}"
 
 
-def share(layers: int, shard: str) -> str:
-    """How much of central − FedAvg the fewer sequential updates account for, at least: from the simultaneous
-    interval (over the gap family) of what they leave, FedAvg − central-b4 (``common.stats.explained``)."""
+def share(layers: int, shard: str) -> float:
+    """How much of central − FedAvg the fewer sequential updates account for, at least (0 to 1): from the
+    simultaneous interval (over the gap family) of what they leave, FedAvg − central-b4 (``common.stats.explained``)."""
     fed, central, b4 = (values(name(a, layers, shard)) for a in ("fedavg", "central", "central-b4"))
-    gap = stats.paired(fed, central).mean
-    part = stats.explained(stats.paired(fed, b4), gap, family_size("gap"))
-    return "all" if part >= 1 else f"at least {100 * part:.0f} %" if part > 0 else "an unresolved part"
+    return stats.explained(stats.paired(fed, b4), stats.paired(fed, central).mean, family_size("gap"))
+
+
+def accounted(layers: int) -> str:
+    """The sentence of ``share`` on both shards: 'The fewer sequential updates account for all of the gap on
+    contiguous shards and at least 19 % of it on topic shards; how much on ... is not resolved'."""
+    parts = {s: share(layers, s) for s in SHARDS}
+    said_ = [("all of the gap" if v >= 1 else f"at least {100 * v:.0f} % of the gap") + f" on {s} shards"
+             for s, v in parts.items() if v > 0]
+    open_ = [s for s, v in parts.items() if v <= 0]
+    text = ("The fewer sequential updates account for " + " and ".join(said_)) if said_ else ""
+    if open_:
+        text += ("; how much" if text else "How much of the gap the fewer sequential updates account for") + \
+            f" on {' and '.join(open_)} shards is not resolved (what they leave reaches the whole gap)"
+    return text + "."
 
 
 def first(arm: str, key: str):
@@ -225,8 +242,7 @@ def synthetic_gap() -> str:
         parts.append(
             f"{L} layer{'s' if L > 1 else ''}: FedAvg ends at {fed} against central's {mean_sd(name('central', L, ''))}"
             f" and central-b4's {mean_sd(name('central-b4', L, ''))}; central − FedAvg {gap}; central-b4 − FedAvg "
-            f"{b4}. The fewer sequential updates account for "
-            + " and ".join(f"{share(L, s)} of the gap on {s} shards" for s in SHARDS) + ".")
+            f"{b4}. {accounted(L)}")
     long = runs(LONG[1])
     factor = round(long[0]["summary"]["rounds_done"] / first(name("fedavg", 1, "topic"), "rounds_done")) if long \
         else DEFAULTS.long_factor
@@ -283,20 +299,17 @@ def study_synthetic() -> str:
 def below_fedavg() -> list[str]:
     """The aggregator comparisons below FedAvg after Holm over their family, as 'FedFisher at 1 layer on topic
     shards'."""
-    def said_of(arm: str) -> str:
-        kind = arm.split("_")[0]
-        return f"{LABELS[kind.removesuffix('-long')]} at {where(arm)}" + (", longer budget" if kind.endswith("-long")
-                                                                           else "")
-
-    return [said_of(c.arm) for c in SYNTHETIC.families()["aggregators"]
+    return [f"{LABELS[c.arm.split('_')[0].removesuffix('-long')]} at {where(c.arm)}"
+            for c in SYNTHETIC.families()["aggregators"]
             if (f := findings().get((c.arm, c.reference))) and "p_Holm" in f.claim and f.paired.mean < 0]
 
 
 def where(arm: str) -> str:
-    """'1 layer on topic shards' of an arm's name (``name``)."""
-    _, layers, shard = arm.split("_")
+    """'1 layer on topic shards' of an arm's name (``name``), '..., longer budget' of a longer-budget arm."""
+    kind, layers, shard = arm.split("_")
     depth = f"{layers[1:]} layer{'s' if layers != 'L1' else ''}"
-    return depth if shard == "synthetic" else f"{depth} on {shard} shards"
+    return (depth if shard == "synthetic" else f"{depth} on {shard} shards") + \
+        (", longer budget" if kind.endswith("-long") else "")
 
 
 # ------------------------------------------------------------------------------------ the full tables
@@ -329,16 +342,16 @@ def full_table(arms: list[str], ref: str) -> list[str]:
             diff = minus(study_report.said(f, [w for w in f.warnings if w not in notes(arm)]))
         else:
             diff = said(arm, ref)
-        rows.append([LABELS[arm.split("_")[0]], mean_sd(arm), mean_sd(arm, "final_val_ppl_word"), diff,
-                     plateau_note(arm) or "at plateau", f"{stats.summarize(sequences(arm).values()).mean:,.0f}",
+        state = "–" if not values(arm) else plateau_note(arm) or "at plateau"  # a failed arm has no plateau
+        rows.append([LABELS[arm.split("_")[0]], mean_sd(arm), mean_sd(arm, "final_val_ppl_word"), diff, state,
+                     f"{stats.summarize(sequences(arm).values()).mean:,.0f}",
                      diagnostics(arm)])
     return stats.markdown(["arm", "final ppl / token", "final ppl / word", "− FedAvg [95% CI], Holm over its family",
                            "plateau (the rule)", "training sequences", "notes"], rows)
 
 
 def synthetic_tables() -> str:
-    """Every table of the grid (what run_grid.py's results.md held): each depth and shard, FedAvg's variants, the
-    longer budget."""
+    """Every table of the grid: each depth and shard, FedAvg's variants, the longer budget."""
     fed = name("fedavg", 1, "contiguous")
     tables = [*((f"{L} layer{'s' if L > 1 else ''}, {s} shards", [name(a, L, s) for a in TABLE_ARMS],
                  name("fedavg", L, s)) for L in LAYERS for s in SHARDS),
@@ -361,8 +374,8 @@ TIME = "mamba_fl/results/synthetic_grid/time.txt"
 
 
 def synthetic_time() -> str:
-    """The grid's wall time: the runs' own clocks and load averages (summary.json), and /usr/bin/time's report of
-    the command that ran them (``TIME``; the runs done before it by an earlier command are named)."""
+    """The grid's cost: the runs' own clocks and load averages (summary.json), /usr/bin/time's report of the command
+    that ran them (``TIME``; the runs done before it by an earlier command are named), and its records' size."""
     group = [r["summary"] for rs in grid().values() for r in rs]
     wall, cpu = (sum(s[k] for s in group) / 60 for k in ("wall_seconds", "cpu_seconds"))
     loads = [s[k] for s in group for k in ("load_start", "load_end")]
@@ -372,11 +385,14 @@ def synthetic_time() -> str:
     minutes = sum(x * 60 ** (len(clock) - 2 - i) for i, x in enumerate(clock))
     before, ran = (int(x) for x in re.search(r"(\d+) done before, (\d+) to run", text).groups())
     jobs = re.search(r"--jobs[ =](\d+)", report["Command being timed"])
+    files = [f for f in RS.path(RECORDS).rglob("*") if f.is_file()]
+    size = sum(f.stat().st_size for f in files) / 1e6
     return (f"{len(group)} runs, one thread each: their own clocks (summary.json) add up to {wall:.1f} min of wall "
             f"time and {cpu:.1f} min of CPU, the 1-minute load average {RS.range_of(loads, 2, '–')} at their starts "
             f"and ends. The command that ran {f'the last {ran} of them ({before} done before it)' if before else ran}"
             f"{f', {jobs[1]} at a time,' if jobs else ''} took {minutes:.1f} min (`/usr/bin/time -v`: "
-            f"{report['Percent of CPU this job got']} CPU; {TIME.rsplit('/', 1)[1]})")
+            f"{report['Percent of CPU this job got']} CPU; {TIME.rsplit('/', 1)[1]}). Their records: {len(files)} "
+            f"files, {size:.1f} MB")
 
 
 BLOCKS = {"synthetic-table": synthetic_table, "synthetic-gap": synthetic_gap, "synthetic-arms": synthetic_arms,

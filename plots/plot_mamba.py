@@ -99,7 +99,7 @@ def _matrix(a: np.ndarray) -> np.ndarray:
 ARMS = ("central", "central-b4", "fedavg", "fedavgm", "fedmom-ema", "fedentropy", "fedfisher")
 VARIANT_ARMS = ("central", "fedavg", "fedavg-reset", "fedavg-sgd", "fedavg-lu8")
 ARM_LABELS = {
-    "central": "central AdamW (same steps and sequences)",
+    "central": "central AdamW (FedAvg's optimizer steps, in sequence)",
     "central-b4": "central, 4x batch (FedAvg's sequential updates)",
     "fedavg": "FedAvg (client AdamW, persistent moments)",
     "fedavgm": "FedAvgM heavy-ball (Flower)",
@@ -325,8 +325,8 @@ def real_report(root, figures) -> list[Path]:
     """results_real.md (in ``root`` and ``figures``) and one curve figure per setting of real_grid.py's runs."""
     root, figures = Path(root), Path(figures)
     runs = [r | {"arm": r["name"].split("_")[0], "setting": real_setting(r["name"])}
-            for r in R.with_keys(R.load_runs(root, "*_L*_s*"), "the mamba real-text grid",
-                                 summary={"test_ppl": R.NUMBER}) if real_setting(r["name"]) is not None]
+            for r in R.with_keys([r for r in R.load_runs(root, "*_L*_s*") if real_setting(r["name"]) is not None],
+                                 "the mamba real-text grid", summary={"test_ppl": R.NUMBER})]
     if not runs:
         return []
     md = ["# mamba_fl on real WikiText-2 text", "",
