@@ -96,10 +96,21 @@ def above_unigram(arm: str) -> int:
     return sum(not r["summary"].get("final_val_ppl", math.inf) < r["summary"]["unigram_ppl"] for r in runs(arm))
 
 
-def values(arm: str, _: str = "") -> dict:
-    """{seed: final validation perplexity per token}, empty for an arm whose every run ended above the unigram
-    (not compared)."""
-    return {} if runs(arm) and above_unigram(arm) == len(runs(arm)) else finals(arm)
+def values(arm: str, metric: str = "") -> dict:
+    """{seed: final validation perplexity} per token (``metric`` ""), per word ("word")."""
+    return finals(arm, "final_val_ppl_word" if metric == "word" else "final_val_ppl")
+
+
+def failed() -> dict[str, str]:
+    """{arm: 'not compared (k/n end above the unigram)'} of the arms whose every run ended above the unigram: they
+    leave their comparisons' families (``study_report`` ``skip``)."""
+    return {a: f"not compared ({above_unigram(a)}/{len(rs)} end above the unigram)" for a, rs in grid().items()
+            if above_unigram(a) == len(rs)}
+
+
+def compared(arm: str, metric: str = "") -> dict:
+    """``values`` of an arm that is compared, {} of a failed one."""
+    return {} if arm in failed() else values(arm, metric)
 
 
 def sequences(arm: str, _: str = "") -> dict:
@@ -122,7 +133,7 @@ def notes(arm: str, _: str = "") -> list[str]:
 @cache
 def findings() -> dict[tuple[str, str], study_report.Finding]:
     """{(arm, reference): Finding} of every comparison of ``SYNTHETIC`` with values on both sides."""
-    found = study_report.compare(SYNTHETIC, values, notes, spent=sequences)
+    found = study_report.compare(SYNTHETIC, compared, notes, spent=sequences)
     return {(c.arm, c.reference): f for c, f in found.items()}
 
 
@@ -145,9 +156,7 @@ def said(arm: str, ref: str) -> str:
         return minus(study_report.said(findings()[arm, ref]))
     if not runs(arm) or not runs(ref):
         return "–"
-    failed = arm if not values(arm) else ref
-    return f"not compared ({'' if failed == arm else 'FedAvg: '}{above_unigram(failed)}/{len(runs(failed))} end " \
-           "above the unigram)"
+    return failed().get(arm) or f"not compared (FedAvg: {failed()[ref].split('(', 1)[1]}"
 
 
 def mean_sd(arm: str, key: str = "final_val_ppl") -> str:
@@ -158,7 +167,7 @@ def mean_sd(arm: str, key: str = "final_val_ppl") -> str:
 def share(layers: int, shard: str) -> float:
     """How much of central − FedAvg the fewer sequential updates account for, at least (0 to 1): from the
     simultaneous interval (over the gap family) of what they leave, FedAvg − central-b4 (``common.stats.explained``)."""
-    fed, central, b4 = (values(name(a, layers, shard)) for a in ("fedavg", "central", "central-b4"))
+    fed, central, b4 = (compared(name(a, layers, shard)) for a in ("fedavg", "central", "central-b4"))
     return stats.explained(stats.paired(fed, b4), stats.paired(fed, central).mean, family_size("gap"))
 
 
@@ -203,7 +212,7 @@ def synthetic_table() -> str:
              *(warned("fedavg", 1, s) for s in SHARDS)]]
     for arm, label in (("central", "central − FedAvg"), ("central-b4", f"central, {times} batch − FedAvg"),
                        ("fedfisher", "FedFisher − FedAvg")):
-        rows.append([label, *(said(name(arm, 1, s), name("fedavg", 1, s)) for s in SHARDS)])
+        rows.append([label, *(cell(name(arm, 1, s), name("fedavg", 1, s)) for s in SHARDS)])
     run = runs(k["fed"])[0]["summary"]
     seq = {a: f"{v:,.0f}" for a, v in k["seq"].items()}
     full = k["b4_steps"] * k["b4_batch"]  # what central-b4's steps would take were every batch full
@@ -222,6 +231,12 @@ def synthetic_table() -> str:
                       f"{100 * study_report.MATCHED:.0f} % is marked. k/n still improving: k of the n "
                       "runs had their best evaluation last, at a constant rate; they are not shown to be at a "
                       "plateau."])
+
+
+def cell(arm: str, ref: str) -> str:
+    """A table's comparison cell: the claim with its warnings after it (``study_report.warned``)."""
+    f = findings().get((arm, ref))
+    return minus(study_report.warned(f.claim, f.warnings)) if f else said(arm, ref)
 
 
 def warned(arm: str, layers: int, shard: str) -> str:
@@ -258,28 +273,31 @@ def synthetic_gap() -> str:
                  f"gap; {own}). " + " ".join(parts))
 
 
-def arm_rows(arms, settings, reference) -> list[list[str]]:
-    return [[LABELS[a.split("_")[0] if "_" in a else a], *(said(name(a, L, s), reference(L, s))
-                                                           for L, s in settings)] for a in arms]
+def comparisons(rows, columns: list[tuple[str, str, str]], header: str) -> list[str]:
+    """A table of ``rows`` (arm kinds: "fedfisher") against FedAvg through ``common.study_report.table``, one column
+    per (header, the compared arm's name with "{}" for the kind, reference arm): each cell the declared comparison
+    over its family with its warnings after it, '–' where the study declares none."""
+    def column(head: str, arm: str, ref: str) -> study_report.Delta:
+        return study_report.Delta(head, reference=ref, of=arm.format)
+
+    return study_report.table(SYNTHETIC, values, [study_report.Text(header, lambda kind: LABELS[kind]),
+                                                  *(column(*c) for c in columns)], rows=list(rows), notes=notes,
+                              spent=sequences, skip=failed())
 
 
 def synthetic_arms() -> str:
     """Every aggregator and FedAvg variant against FedAvg, Holm over its family, and the verdict across them."""
-    settings = [(L, s) for L in LAYERS for s in SHARDS]
-    ref = lambda L, s: name("fedavg", L, s)  # noqa: E731
-    rows = arm_rows(AGGREGATORS, settings, ref)
-    rows[0].append(said(LONG[2], LONG[1]))
-    for row in rows[1:]:
-        row.append("–")
+    settings = [(f"{L} layer{'s' if L > 1 else ''}, {s}", f"{{}}_L{L}_{s}", name("fedavg", L, s)) for L in LAYERS
+                for s in SHARDS]
+    longer = ("1 layer, topic, longer budget", "{}-long_L1_topic", LONG[1])
     better = below_fedavg()
-    heads = [f"{L} layer{'s' if L > 1 else ''}, {s}" for L, s in settings] + ["1 layer, topic, longer budget"]
-    variants = [[LABELS[a], *(said(name(a, 1, "contiguous"), name("fedavg", 1, "contiguous")),)] for a in VARIANTS]
     return minus("\n".join([
-        *stats.markdown(["− FedAvg", *heads], rows), "",
+        *comparisons(AGGREGATORS, [*settings, longer], "− FedAvg"), "",
         f"Holm over the study's {family_size('aggregators')} aggregator comparisons (the table); "
         + (f"below FedAvg after it: {'; '.join(better)}." if better else "none is below FedAvg after it.")
         + " An arm whose every seed ends above the unigram is not compared.", "",
-        *stats.markdown(["1 layer, contiguous shards", "− FedAvg"], variants), "",
+        *comparisons(VARIANTS, [("− FedAvg", "{}_L1_contiguous", name("fedavg", 1, "contiguous"))],
+                     "1 layer, contiguous shards"), "",
         f"The client optimizer and local work: Holm over these {family_size('client optimizer')}."]))
 
 
@@ -331,23 +349,20 @@ def diagnostics(arm: str) -> str:
 
 
 def full_table(arms: list[str], ref: str) -> list[str]:
-    """One table: every arm of ``arms`` with runs, its perplexity per token and per word, the difference to ``ref``
-    (Holm over the comparison's family; the warnings other than the columns'), plateau, sequences, notes."""
-    rows = []
-    for arm in (a for a in arms if runs(a)):
-        if arm == ref:
-            diff = "reference"
-        elif (arm, ref) in findings():
-            f = findings()[arm, ref]
-            diff = minus(study_report.said(f, [w for w in f.warnings if w not in notes(arm)]))
-        else:
-            diff = said(arm, ref)
-        state = "–" if not values(arm) else plateau_note(arm) or "at plateau"  # a failed arm has no plateau
-        rows.append([LABELS[arm.split("_")[0]], mean_sd(arm), mean_sd(arm, "final_val_ppl_word"), diff, state,
-                     f"{stats.summarize(sequences(arm).values()).mean:,.0f}",
-                     diagnostics(arm)])
-    return stats.markdown(["arm", "final ppl / token", "final ppl / word", "− FedAvg [95% CI], Holm over its family",
-                           "plateau (the rule)", "training sequences", "notes"], rows)
+    """One table (``common.study_report.table``): every arm of ``arms`` with runs, its perplexity per token and per
+    word, its declared comparison to ``ref`` over its family (the warnings other than the columns': seeds, compute),
+    plateau, training sequences, notes."""
+    def state(arm: str) -> str:
+        return "–" if arm in failed() else plateau_note(arm) or "at plateau"  # a failed arm has no plateau
+
+    columns = [study_report.Text("arm", lambda a: LABELS[a.split("_")[0]] + (" (the reference)" if a == ref else "")),
+               study_report.Value("final ppl / token"), study_report.Value("final ppl / word", "word"),
+               study_report.Delta("− FedAvg [95% CI], Holm over its family", reference=ref),
+               study_report.Text("plateau (the rule)", state),
+               study_report.Text("training sequences", lambda a: f"{stats.summarize(sequences(a).values()).mean:,.0f}"),
+               study_report.Text("notes", diagnostics)]
+    return study_report.table(SYNTHETIC, values, columns, rows=[a for a in arms if runs(a)], spent=sequences,
+                              skip=failed())
 
 
 def synthetic_tables() -> str:

@@ -97,8 +97,8 @@ def test_each_verdict_is_corrected_over_its_declared_family(records):
     (``common.results.family``); FedAvgM and FedEntropy on topic shards, above the unigram in every seed, leave the
     aggregators' family."""
     for family, comparisons in SY.SYNTHETIC.families().items():
-        pairs = {(c.arm, c.reference): (SY.values(c.arm), SY.values(c.reference)) for c in comparisons
-                 if SY.values(c.arm)}
+        pairs = {(c.arm, c.reference): (SY.compared(c.arm), SY.compared(c.reference)) for c in comparisons
+                 if SY.compared(c.arm)}
         expected = RS.family(pairs)
         assert {k: (SY.findings()[k].paired, SY.findings()[k].claim) for k in pairs} == expected
         assert SY.family_size(family) == len(pairs)
@@ -159,7 +159,10 @@ def test_the_arms_block_names_what_beats_fedavg_after_holm(records):
 
 def test_the_full_tables_and_the_wall_time(records):
     text = SY.synthetic_tables()
-    assert text.count("| FedAvg | ") == 5 and text.count("| reference |") == 6
+    assert text.count("| FedAvg (the reference) | ") == 5
+    assert text.count("| FedAvg, longer budget (the reference) |") == 1
+    for arm, ref in (("fedfisher_L2_topic", "fedavg_L2_topic"), ("central-b4_L1_synthetic", "fedavg_L1_topic")):
+        assert SY.minus(SY.findings()[arm, ref].claim) in text  # study_report.table's claims are the blocks'
     entropy = next(line for line in text.splitlines() if line.startswith("| FedEntropy"))
     assert "max/min weight 0.28, 0.28, 0.28 (last round, per seed)" in entropy
     assert "floor decides 28.0 % of coordinates (last round)" in text
