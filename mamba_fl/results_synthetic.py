@@ -263,11 +263,12 @@ def synthetic_gap() -> str:
         else DEFAULTS.long_factor
     parts.append(f"With {factor}x the rounds (1 layer, topic shards): central {mean_sd(LONG[0])}, FedAvg "
                  f"{mean_sd(LONG[1])}, central − FedAvg {said(LONG[0], LONG[1])}.")
-    fedavg = {a: plateau_note(a) for a in (*(name("fedavg", L, s) for L in LAYERS for s in SHARDS), LONG[1])}
-    states = sorted({n or "at its plateau" for n in fedavg.values()})
-    own = (f"FedAvg's runs, the reference: {states[0]} in every setting" if len(states) == 1 else
-           "FedAvg's runs, the reference: " + "; ".join(f"{n or 'at its plateau'} at {where(a)}"
-                                                       for a, n in fedavg.items()))
+    base = {a: plateau_note(a) or "at its plateau" for a in (name("fedavg", L, s) for L in LAYERS for s in SHARDS)}
+    states = set(base.values())
+    own = "FedAvg's runs, the reference: " + (
+        f"{states.pop()} at both depths on both shards" if len(states) == 1 else
+        "; ".join(f"{n} at {where(a)}" for a, n in base.items())) + \
+        f", {plateau_note(LONG[1]) or 'at its plateau'} with the longer budget"
     return minus(f"Gap to central at equal samples, Holm over the study's {m} gap comparisons (the share accounted "
                  f"for: 1 − the end of the simultaneous interval of FedAvg − central-b4 over the {m}, divided by the "
                  f"gap; {own}). " + " ".join(parts))

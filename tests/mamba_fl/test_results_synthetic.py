@@ -132,6 +132,8 @@ def test_the_share_of_the_gap_comes_from_the_remainders_simultaneous_interval(re
     assert f"account for all of the gap on contiguous shards and at least {100 * part:.0f} % of the gap on topic " \
         "shards." in text
     assert "Holm over the study's 9 gap comparisons" in text and "With 3x the rounds" in text
+    assert "FedAvg's runs, the reference: 3/3 still improving at both depths on both shards, 3/3 still improving " \
+        "with the longer budget" in text
 
 
 def test_a_share_not_resolved_is_said_so(monkeypatch):
