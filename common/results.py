@@ -4,8 +4,11 @@ sits between markers and is rewritten from the records by the function of its na
     python -m common.results --check     # regenerate every block; exit 1 naming each block that differs
     python -m common.results --write     # rewrite every block in place (after new records are committed)
 
-Checked: the top README, common's and each subproject's, and every ``<subproject>/results/**/findings.md`` (a
-study's reading, committed beside its records).
+Checked: the top README, common's and each subproject's, every ``<subproject>/results/**/findings.md`` (a
+study's reading, committed beside its records) and every other Markdown file there that holds a block (a report).
+
+A statistic stated outside a block is a number nobody regenerates: ``loose`` finds them (a ± between numbers, an
+interval ``[a, b]``, a p-value, ``n=``), outside code and outside blocks, and ``--check`` names each one.
 
 A block in a README:
 
@@ -44,8 +47,9 @@ from common.errors import UsageError, check
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPROJECTS = ("mamba_fl", "vit_sparse_fl", "lora_glue_fl", "llm_noniid")
-FINDINGS = tuple(sorted(p.relative_to(ROOT).as_posix() for s in SUBPROJECTS  # a study's reading beside its records
-                        for p in (ROOT / s / "results").rglob("findings.md")))
+FINDINGS = tuple(sorted(p.relative_to(ROOT).as_posix() for s in SUBPROJECTS  # a study's reading or report beside
+                        for p in (ROOT / s / "results").rglob("*.md")      # its records, once it holds a block
+                        if p.name == "findings.md" or "<!-- results:" in p.read_text(encoding="utf-8")))
 READMES = ("README.md", "common/README.md", *(f"{s}/README.md" for s in SUBPROJECTS), *FINDINGS)
 COMMON = ("combinations",)  # common's modules with blocks generated from code, not records (``common.<block>``)
 BLOCK = re.compile(r"^(?P<indent>[ ]*)<!-- results:(?P<name>[\w.-]+) -->\n(?P<body>.*?)^(?P=indent)"
@@ -112,6 +116,33 @@ def range_of(values: Iterable[float], digits: int = 1, sep: str = "-") -> str:
     return lo if lo == hi else f"{lo}{sep}{hi}"
 
 
+# ------------------------------------------------------------------------------ statistics outside blocks
+STATISTIC = re.compile(r"\d\s*±\s*\d"                                    # mean ± sd
+                       r"|\[\s*[+\-−]?\d[\d.,]*\s*[,;…]\s*[+\-−]?\d[\d.,]*\s*\]"  # an interval [a, b]
+                       r"|\bp(?:_Holm)?\s*(?:=|<|≤)\s*0?\.\d"                # a p-value
+                       r"|\(n\s*=\s*\d")                                       # a seed count beside a verdict
+FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def loose(text: str) -> list[tuple[int, str]]:
+    """[(line number, line)] of ``text``'s lines that state a statistic (``STATISTIC``) outside every results block,
+    code fence and inline code span: numbers a reader would cite that nothing regenerates."""
+    inside = set()
+    for m in BLOCK.finditer(text):
+        first = text.count("\n", 0, m.start())
+        inside.update(range(first, first + m.group(0).count("\n") + 1))
+    out, fenced = [], False
+    for i, line in enumerate(text.split("\n")):
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        if fenced or i in inside:
+            continue
+        if STATISTIC.search(re.sub(r"`[^`]*`", "", line)):
+            out.append((i + 1, line.strip()))
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the blocks
 def generators(subprojects: Iterable[str] = SUBPROJECTS) -> dict[str, Callable[[], str]]:
     """{"<subproject>.<block>": function} over the subprojects' ``results`` modules (a subproject without one has no
@@ -170,6 +201,8 @@ def main(argv=None) -> int:
     mode.add_argument("--check", action="store_true", help="exit 1 naming every block that differs from its records")
     mode.add_argument("--write", action="store_true", help="rewrite every block in place from its records")
     mode.add_argument("--show", nargs="+", metavar="BLOCK", help="print these blocks (e.g. mamba_fl.real-table)")
+    mode.add_argument("--loose", action="store_true", help="list every statistic stated outside a block (``loose``); "
+                      "exit 1 when there is one")
     parser.add_argument("--records", nargs="+", default=[], metavar="COMMITTED=YOURS",
                         help="with --show: read folder YOURS (a grid's out-dir) wherever a block reads the committed "
                              "record folder COMMITTED (relative to the repository root)")
@@ -179,6 +212,8 @@ def main(argv=None) -> int:
         if args.show:
             return show(args.show, args.records)
         check(not args.records, "--records goes with --show: --check and --write read the committed records")
+        if args.loose:
+            return report_loose(args.readmes or READMES, Path.cwd() if args.readmes else ROOT)
         result = regenerate(args.readmes or READMES, Path.cwd() if args.readmes else ROOT)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -195,6 +230,16 @@ def main(argv=None) -> int:
     count = sum(len(blocks_in(old)) for old, _, _ in result.values())
     print(f"{count} results block(s) checked, {len(stale)} differ")
     return 1 if stale else 0
+
+
+def report_loose(readmes: Iterable[str | Path] = READMES, root: Path = ROOT) -> int:
+    """Print each statistic outside a block as ``path:line: text``; 1 when there is one."""
+    found = [(p, n, line) for p in readmes if (root / p).is_file()
+             for n, line in loose((root / p).read_text(encoding="utf-8"))]
+    for p, n, line in found:
+        print(f"{p}:{n}: {line[:160]}")
+    print(f"{len(found)} statistic(s) outside a results block")
+    return 1 if found else 0
 
 
 def show(names: Iterable[str], redirects: Iterable[str] = ()) -> int:

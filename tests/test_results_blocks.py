@@ -127,3 +127,14 @@ def test_the_detectors_block_chooses_on_the_calibration_runs_and_counts_on_the_h
     assert after[2:5] == before[2:5] and "(chosen" in before[2]  # chosen on seeds 0-2, as flagged there
     k, n = (int(x) for x in before[5].split(" ")[0].split("/"))
     assert after[5].startswith(f"{k + 1}/{n} ")
+
+
+def test_a_statistic_outside_a_block_is_found():
+    text = ("Setup: K = 50 clients, 3 seeds.\n"
+            "<!-- results:a.b -->\nFedAvg 93.7 ± 0.2, +8.3 [+6.1, +10.5] (n=3; p_Holm = 0.04 over 30)\n"
+            "<!-- /results:a.b -->\n"
+            "```\npython x.py  # 1.0 ± 0.1\n```\n"
+            "`mean ± sd` is the format; dense 80.3 ± 1.6.\n"
+            "the gap +2.4 [+1.2, +3.5], p_Holm = 0.0042 over 14\n")
+    assert [n for n, _ in results.loose(text)] == [8, 9]
+    assert results.report_loose(["README.md"], ROOT) == 0  # the top README states no statistic by hand
