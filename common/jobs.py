@@ -268,11 +268,13 @@ def _minutes(seconds: float) -> str:
 
 @dataclasses.dataclass
 class Outcome:
-    """``status[name]``: done-before, finished, diverged, failed, other, blocked, interrupted or planned (dry run)."""
+    """``status[name]``: done-before, finished, diverged, failed, other, blocked, interrupted or planned (dry run);
+    ``copied``: how many runs' records ``run_study`` copied to the study's folder."""
 
     status: dict[str, str]
     messages: dict[str, str]
     seconds: float
+    copied: int | None = None  # runs whose records ``run_study`` copied to the study's folder
 
     def names(self, *statuses: str) -> list[str]:
         return [n for n, s in self.status.items() if s in statuses]
@@ -280,6 +282,26 @@ class Outcome:
     @property
     def complete(self) -> bool:
         return all(s in _DONE for s in self.status.values())
+
+    def exit_code(self, dry_run: bool = False) -> int:
+        """A study script's exit status: 0 when every run is a result (or nothing ran: a dry run), else 1."""
+        return 0 if dry_run or self.complete else 1
+
+
+def run_study(plan: Sequence[Job], records: str | os.PathLike | None, *, dry_run: bool = False,
+              unfinished: bool = False, **run) -> Outcome:
+    """A study's runs from start to committed records: ``run_plan(plan, dry_run=dry_run, **run)``, then (not in a
+    dry run) the records of every run that is a result (finished, diverged or done before) copied to ``records``,
+    its committed folder (``copy_records``; ``unfinished``: also a run that stopped without a summary), with a line
+    saying how many. ``records`` None copies nothing."""
+    outcome = run_plan(plan, dry_run=dry_run, **run)
+    if dry_run or records is None:
+        return outcome
+    ended = {j.name: j for j in plan if outcome.status.get(j.name) in _DONE}
+    n = sum(copy_records(j.run_dir.parent, records, [name], unfinished=unfinished) for name, j in ended.items()
+            if j.run_dir is not None)
+    print(f"{n} finished runs' records in {records}", flush=True)
+    return dataclasses.replace(outcome, copied=n)
 
 
 def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLike, threads: int = 1,

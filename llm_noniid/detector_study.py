@@ -254,16 +254,13 @@ def main(argv=None) -> int:
         if args.split_csv is None:
             args.split_csv = str(E.SHARED_AG_NEWS)
         out = Path(args.out_dir)
-        outcome = jobs.run_plan(plan(args, prepare=not args.dry_run), parallel=args.jobs, log_dir=out / "logs",
-                                dry_run=args.dry_run, title="detector study",
-                                next_step="python llm_noniid/detector_study.py --report")
-        if not args.dry_run:
-            n = jobs.copy_records(out / "runs", args.records, outcome.names("done-before", "finished", "diverged"))
-            print(f"{n} finished runs' records in {args.records}")
+        outcome = jobs.run_study(plan(args, prepare=not args.dry_run), args.records, parallel=args.jobs,
+                                 log_dir=out / "logs", dry_run=args.dry_run, title="detector study",
+                                 next_step="python llm_noniid/detector_study.py --report")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0 if args.dry_run or outcome.complete else 1
+    return outcome.exit_code(args.dry_run)
 
 
 if __name__ == "__main__":

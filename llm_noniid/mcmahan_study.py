@@ -102,16 +102,13 @@ def main(argv=None) -> int:
             from llm_noniid import results  # the table's one definition, shared with the README block
             print(results.mcmahan_table(args.records))
             return 0
-        outcome = jobs.run_plan(plan(args), parallel=1, log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run,
-                                title="McMahan et al. 2017 study",
-                                next_step="python llm_noniid/mcmahan_study.py --report")
-        if not args.dry_run:
-            n = jobs.copy_records(args.out_dir, args.records, outcome.names("done-before", "finished"))
-            print(f"{n} finished runs' records in {args.records}")
+        outcome = jobs.run_study(plan(args), args.records, log_dir=Path(args.out_dir) / "logs",
+                                 dry_run=args.dry_run, title="McMahan et al. 2017 study",
+                                 next_step="python llm_noniid/mcmahan_study.py --report")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0 if args.dry_run or outcome.complete else 1
+    return outcome.exit_code(args.dry_run)
 
 
 if __name__ == "__main__":

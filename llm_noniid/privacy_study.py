@@ -162,16 +162,13 @@ def main(argv=None) -> int:
             print(blocks["llm_noniid.privacy"](), blocks["llm_noniid.privacy-findings"](), sep="\n\n")
             return 0
         runs = plan(args)
-        outcome = jobs.run_plan(runs, parallel=1, log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run,
-                                title="privacy study", next_step="python llm_noniid/privacy_study.py --report")
-        if not args.dry_run:
-            n = jobs.copy_records(args.out_dir, args.records, outcome.names("done-before", "finished", "diverged"),
-                                  unfinished=True)  # a diverged run's records too
-            print(f"{n} finished runs' records in {args.records}")
+        outcome = jobs.run_study(runs, args.records, unfinished=True,  # a diverged run's records too
+                                 log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run, title="privacy study",
+                                 next_step="python llm_noniid/privacy_study.py --report")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0 if args.dry_run or outcome.complete else 1
+    return outcome.exit_code(args.dry_run)
 
 
 if __name__ == "__main__":

@@ -141,17 +141,13 @@ def main(argv=None) -> dict:
     cli.check_out_dir(args.figures, "--figures")
     grid = jobs_of(grid_plan(args), out)
     draw = f"python plots/plot_mamba.py --runs {out} --out {args.figures}"
-    outcome = jobs.run_plan(grid, parallel=args.jobs, log_dir=out / "logs", dry_run=args.dry_run,
-                            title="mamba_fl grid", next_step=draw)
+    outcome = jobs.run_study(grid, args.records, parallel=args.jobs, log_dir=out / "logs", dry_run=args.dry_run,
+                             title="mamba_fl grid", next_step=draw)
     if args.dry_run:
         return {}
     if outcome.complete:  # the figures of a complete grid
         jobs.draw("plots/plot_mamba.py", "--runs", str(out), "--out", args.figures)
-    copied = {}
-    if args.records:
-        copied = {"records": jobs.copy_records(out, args.records, outcome.names("done-before", "finished",
-                                                                                "diverged"))}
-        print(f"{copied['records']} finished runs' records in {args.records}")
+    copied = {} if outcome.copied is None else {"records": outcome.copied}
     return {"failed": outcome.names("failed", "other", "blocked"), "minutes": outcome.seconds / 60, **copied}
 
 

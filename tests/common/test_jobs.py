@@ -258,3 +258,19 @@ def test_copy_records_copies_the_record_files_of_finished_runs_or_also_unfinishe
     assert jobs.copy_records(out, records, ["stopped", "empty"], unfinished=True) == 1
     assert sorted(p.name for p in (records / "stopped").iterdir()) == ["args.json", "metrics.jsonl"]
     assert (records / "done" / "summary.json").read_text() == "done/summary.json"
+
+
+def test_run_study_copies_the_records_of_the_runs_that_are_results(tiny, tmp_path, capsys):
+    out, records = tiny, tmp_path / "records"
+    plan = [job(out, "ok"), job(out, "blew", "--diverge"), job(out, "bad", "--fail")]
+    assert jobs.run_study(plan, records, dry_run=True, log_dir=out / "logs").exit_code(dry_run=True) == 0
+    assert not records.exists()                                          # a dry run copies nothing
+    outcome = jobs.run_study(plan, records, log_dir=out / "logs", title="study")
+    assert outcome.status == {"ok": "finished", "blew": "diverged", "bad": "failed"}
+    assert outcome.copied == 2 and outcome.exit_code() == 1              # a failed run: not complete
+    assert sorted(p.name for p in records.iterdir()) == ["blew", "ok"]
+    assert sorted(p.name for p in (records / "ok").iterdir()) == ["args.json", "metrics.jsonl", "summary.json"]
+    assert f"2 finished runs' records in {records}" in capsys.readouterr().out
+    again = jobs.run_study(plan[:2], records, log_dir=out / "logs")     # done before: copied again, exit 0
+    assert again.copied == 2 and again.exit_code() == 0
+    assert jobs.run_study(plan[:1], None, log_dir=out / "logs").copied is None
