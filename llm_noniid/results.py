@@ -16,10 +16,12 @@ import math
 import re
 from functools import cache
 
-from common import plateau, stats, study, study_report
+from common import clustering, plateau, stats, study, study_report
 from common import results as RS
+from common.errors import check
 from llm_noniid import detector_study as DS
 from llm_noniid import privacy_study as PS
+from llm_noniid import run_experiments as E
 
 RECORDS = "llm_noniid/results/pretrained/grid"
 PRIVACY = "llm_noniid/results/privacy"
@@ -590,7 +592,453 @@ def detectors() -> str:
     return minus(DS.report())
 
 
+# ------------------------------------------------------------------------ the grids' reports (run_experiments.py)
+SCRATCH = "llm_noniid/results/ag_news/grid"  # the from-scratch study's headline arms: the records kept of its grids
+SCRATCH_REPORT = "results/ag_news/report.md"  # its full failure, main and calibrate grids (their records not kept)
+IID, TOPIC, IFCA = "iid", "topic a=0.01", "FedAvg + IFCA (4)"
+REGIMES = {"from scratch": SCRATCH, "pretrained + LoRA": RECORDS}  # the side by side's regimes and their grids
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """One Markdown table of a report as written: its headers and its rows of cells."""
+
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    def cell(self, header: str, *labels: str, nth: int = 0) -> str:
+        """The cell under the ``nth`` column named ``header`` (a grid table has two 'Δ vs FedAvg') of the first row
+        whose leading cells are ``labels``."""
+        cols = [i for i, h in enumerate(self.headers) if h == header]
+        rows = [r for r in self.rows if r[:len(labels)] == labels]
+        check(len(cols) > nth and bool(rows), f"no cell {header!r} in row {' / '.join(labels)} of the report's "
+              f"table ({', '.join(self.headers)})")
+        return rows[0][cols[nth]]
+
+    def arms(self, partition: str) -> list[str]:
+        """The arms (second column) of a grid table's rows on ``partition``, in the table's order."""
+        return [r[1] for r in self.rows if r[0] == partition]
+
+
+def tables(lines: list[str]) -> list[Table]:
+    """The Markdown tables among ``lines``, in order."""
+    out, block = [], []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            block.append(tuple(c.strip() for c in line.strip()[1:-1].split("|")))
+        elif block:
+            out.append(Table(block[0], tuple(block[2:])))
+            block = []
+    return out
+
+
+@cache
+def report(grid: str) -> dict[str, list[Table]]:
+    """{section title: its tables} of ``run_experiments.report`` over a committed grid (the text of its report.md,
+    which tests/test_committed_tables.py holds to it; the pretrained grid's with the side by side against the
+    from-scratch one): a block states the report's own cells, its verdicts over the report's families."""
+    compare = RS.path(SCRATCH) if grid == RECORDS else None
+    text = E.report(RS.path(grid), compare_dir=compare, write=False)
+    out, title, lines = {}, "", []
+    for line in [*text.split("\n"), "### "]:
+        if line.startswith("### "):
+            out[title] = tables(lines)
+            title, lines = line[4:], []
+        else:
+            lines.append(line)
+    return out
+
+
+@cache
+def groups(grid: str) -> dict[tuple, list[dict]]:
+    """{(partition, arm): runs} of a committed grid, labelled as its report labels them (with their metric rows)."""
+    runs, rounds, chosen = E.load_grid(RS.path(grid))
+    return E.by_arm(runs, rounds, chosen.get("learning_rate", 1.0))
+
+
+def label(text: str) -> str:
+    """A report's label in prose: 'topic a=0.01' -> 'topic α = 0.01', 'FedProx mu=0.001' -> 'FedProx μ = 0.001'."""
+    return text.replace("mu=", "μ = ").replace(" a=", " α = ")
+
+
+def value(cell: str) -> float:
+    """The leading number of a cell ('94.3 ± 2.2' -> 94.3)."""
+    return float(cell.split()[0].replace("\u2212", "-"))
+
+
+def interval(cell: str) -> tuple[float, float, float]:
+    """(mean, low, high) of a comparison cell ('-1.0 [-1.1, -1.0] (n=3; ...)')."""
+    m = re.match(r"\s*([+\-−]?[\d.]+) \[([+\-−]?[\d.]+), ([+\-−]?[\d.]+)\]", cell)
+    check(m is not None, f"not a comparison cell: {cell!r}")
+    return tuple(float(x.replace("\u2212", "-")) for x in m.groups())
+
+
+def over(cells) -> str:
+    """'12': the family size the verdict cells name (one size, or the sizes joined)."""
+    return " / ".join(dict.fromkeys(m for c in cells for m in re.findall(r"over (\d+)", c)))
+
+
+def holm_count(cells) -> str:
+    """'1 of 16': how many of the comparison cells are significant after Holm, of how many."""
+    cells = [c for c in cells if "[" in c]
+    return f"{sum('p_Holm' in c for c in cells)} of {len(cells)}"
+
+
+def span(values, digits: int = 1, sign: str = "") -> str:
+    """'−1.2 to −1.0' over the values ('−1.0' when they print alike; ``sign`` '+': '+0.0 to +0.1')."""
+    values = sorted(values)
+    lo, hi = (f"{v:{sign}.{digits}f}" for v in (values[0], values[-1]))
+    return minus(lo if lo == hi else f"{lo} to {hi}")
+
+
+def budget(grid: str) -> tuple[str, bool]:
+    """('+1.2 % (iid) and +0.9 % (topic α = 0.01), seed 0', whether every one is under the rule's gain): FedAvg's
+    final perplexity at twice the rounds against the grid's, from the report's budget check."""
+    t = report(grid)["headline grid"][1]
+    seeds = sorted({r[1] for r in t.rows})
+    change = [f"{-value(r[4]):+.1f} % ({label(r[0])})" for r in t.rows]
+    return (" and ".join(change) + f", seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)} only",
+            all(r[5] == "yes" for r in t.rows))
+
+
+def last_gain(runs: list[dict]) -> float:
+    """The mean over ``runs`` of the validation perplexity's relative fall a round between their last two
+    evaluations (percent)."""
+    gains = []
+    for r in runs:
+        ev = [(x["round"], x["val_ppl"]) for x in r["rows"] if "val_ppl" in x]
+        (r0, p0), (r1, p1) = ev[-2:]
+        gains.append(100 * (1 - p1 / p0) / (r1 - r0))
+    return sum(gains) / len(gains)
+
+
+def clusters_used(run: dict) -> int:
+    """How many of a clustered run's clusters serve a client at its end."""
+    return len(set(run["summary"]["clusters"]))
+
+
+# ------------------------------------------------------------------------------------------ from scratch
+def scratch_headline() -> str:
+    """The from-scratch study's headline: FedAvg against its references and its budget check, topic skew against
+    iid shards, and the methods against FedAvg, in the report's cells."""
+    r = report(SCRATCH)
+    grid, refs, split = r["headline grid"][0], r["Reference points"][0], r["Does the split hurt"][0]
+    change, flat = budget(SCRATCH)
+    ifca_p = [grid.cell("personalised ppl", TOPIC, a) for a in (IFCA, "FedAvg")]
+    text = (f"FedAvg ends at {grid.cell('final ppl', IID, 'FedAvg')} on iid shards and "
+            f"{grid.cell('final ppl', TOPIC, 'FedAvg')} on topic α = 0.01 (final validation perplexity, mean ± sample "
+            f"sd over {grid.cell('n', IID, 'FedAvg')} seeds; the unigram "
+            f"{refs.cell('unigram ppl (global validation)', IID)}, "
+            f"the uniform guess {refs.cell('uniform ppl', IID)}) and still falls "
+            f"{last_gain(groups(SCRATCH)[(IID, 'FedAvg')]):.1f} % a round at its last evaluations; at twice the rounds "
+            f"its perplexity changes by {change}: {'at' if flat else 'far from'} a plateau. Topic skew minus iid, "
+            f"FedAvg, paired by seed (the report's \"Does the split hurt\"): "
+            f"{split.cell('Δ vs iid (same arm)', TOPIC, 'FedAvg')}. Against FedAvg on the same shards (the report's "
+            f"headline grid, both perplexities one Holm family): SCAFFOLD {grid.cell('Δ vs FedAvg', IID, 'SCAFFOLD')} "
+            f"(iid), {grid.cell('Δ vs FedAvg', TOPIC, 'SCAFFOLD')} (topic); IFCA (4) on the clients' own held-out "
+            "texts "
+            f"of topic shards {ifca_p[0]} against {ifca_p[1]}, {grid.cell('Δ vs FedAvg', TOPIC, IFCA, nth=1)}.")
+    return minus(text)
+
+
+def scratch_methods() -> str:
+    """FedProx's μ sweep and IFCA against FedAvg in the from-scratch report's headline grid, with IFCA's clusters."""
+    r = report(SCRATCH)
+    grid, refs = r["headline grid"][0], r["Reference points"][0]
+    mus = [a for a in grid.arms(TOPIC) if a.startswith("FedProx")]
+    prox = "; ".join(f"{label(p)}: " + ", ".join(f"{label(a).removeprefix('FedProx ')} "
+                                                 f"{grid.cell('Δ vs FedAvg', p, a)}" for a in mus if a in grid.arms(p))
+                     for p in (IID, TOPIC))
+    top = mus[-1]
+    ifca = {p: groups(SCRATCH)[(p, IFCA)] for p in (IID, TOPIC)}
+    used = {p: ", ".join(str(clusters_used(x)) for x in sorted(g, key=lambda x: x["args"]["seed"]))
+            for p, g in ifca.items()}
+    purity = ", ".join(f"{x['summary']['cluster_purity']:.1f}" for x in sorted(ifca[TOPIC],
+                                                                                key=lambda x: x["args"]["seed"]))
+    text = (f"FedProx against FedAvg on the same shards (final validation perplexity, the headline grid's Holm "
+            f"family): {prox}. {label(top)} ends at {grid.cell('final ppl', IID, top)} (iid) and "
+            f"{grid.cell('final ppl', TOPIC, top)} (topic) against the unigram's "
+            f"{refs.cell('unigram ppl (global validation)', IID)}; failure modes flagged: "
+            f"{grid.cell('failure modes (runs)', IID, top)} (iid), {grid.cell('failure modes (runs)', TOPIC, top)} "
+            f"(topic). IFCA (4) against FedAvg, global validation: {grid.cell('Δ vs FedAvg', IID, IFCA)} (iid), "
+            f"{grid.cell('Δ vs FedAvg', TOPIC, IFCA)} (topic); the clients' own held-out texts on iid shards: "
+            f"{grid.cell('Δ vs FedAvg', IID, IFCA, nth=1)}; its compute {grid.cell('compute', IID, IFCA)} FedAvg's "
+            f"(its starting models). Clusters serving a client at the end, per seed: {used[IID]} of 4 (iid), "
+            f"{used[TOPIC]} (topic; purity against the clients' dominant topics {purity}).")
+    return minus(text)
+
+
+
+# ------------------------------------------------------------------------------------- the pretrained regime
+def selection() -> str:
+    """What the selection split chose (selection.json): FedAvg's peak rate with every rate's score, FedProx's μ per
+    partition with iid's scores and how far the other partitions' are from them."""
+    s = json.loads((RS.path(RECORDS) / "selection.json").read_text(encoding="utf-8"))
+    rates = "; ".join(f"{k} → " + (f"{v:.1f}" if math.isfinite(v) else "diverged")
+                      for k, v in s["scores"]["learning_rate (FedAvg, iid)"].items())
+    mu = s["scores"]["mu (FedProx)"]
+    chosen = set(s["mu"].values())
+    spread = max(abs(mu[p][m] - mu[IID][m]) for p in mu for m in mu[p])
+    which = (f"μ = {chosen.pop()} on every partition" if len(chosen) == 1 else
+             "μ " + ", ".join(f"{v} ({label(k)})" for k, v in s["mu"].items()))
+    return minus(f"Chosen on the selection split (seed {s['seed']}, {s['rounds']} rounds; final validation perplexity, "
+                 f"never the numbers below): peak rate {s['learning_rate']:g} ({rates}), FedProx {which} (iid "
+                 + " / ".join(f"{v:.2f}" for v in mu[IID].values()) + " for μ = " + " / ".join(mu[IID])
+                 + f"; every other partition within {spread:.1f} ppl of these at every μ).")
+
+
+def pretrained_headline() -> str:
+    """The pretrained regime's headline: the report's headline grid as arms by partition (final validation
+    perplexity and the difference to FedAvg), the references, the budget check and topic skew against iid."""
+    r = report(RECORDS)
+    grid, refs, split = r["headline grid"][0], r["Reference points"][0], r["Does the split hurt"][0]
+    parts = (IID, TOPIC)
+    rows = [[label(a), *(grid.cell("final ppl", p, a) for p in parts),
+             *(grid.cell("Δ vs FedAvg", p, a) for p in parts)] for a in grid.arms(IID)]
+    table = stats.markdown(["arm", *map(label, parts), *(f"Δ vs FedAvg, {label(p)}" for p in parts)], rows)
+    ref = [refs.cell(k, IID) for k in ("the model before training (random init, or a base's zero-shot)",
+                                       "unigram ppl (global validation)", "uniform ppl")]
+    below = max(value(grid.cell("final ppl", p, a)) for p in parts for a in grid.arms(p)) < min(map(value, ref))
+    change, flat = budget(RECORDS)
+    text = (f"Final validation perplexity, mean ± sample sd over {grid.cell('n', IID, 'FedAvg')} seeds; Δ paired by "
+            "seed with its 95 % t interval, the verdicts Holm-corrected over the report's headline grid (both "
+            f"perplexities). Reference points (iid shards): the base before fine-tuning {ref[0]} (zero-shot), the "
+            f"unigram {ref[1]}, the uniform guess {ref[2]}; every headline arm ends "
+            f"{'below all three' if below else 'above one of them'}. "
+            f"Budget check: at twice the rounds (the rate decaying over all of them) FedAvg's perplexity changes by "
+            f"{change}: {'at' if flat else 'not at'} its plateau by that check. Topic skew minus iid, FedAvg, paired "
+            f"by seed (the report's \"Does the split hurt\"): {split.cell('Δ vs iid (same arm)', TOPIC, 'FedAvg')}.")
+    return minus("\n".join(table) + "\n\n" + text)
+
+
+
+def pretrained_skew() -> str:
+    """Topic skew against iid shards for FedProx and SCAFFOLD (FedAvg's is the headline's), and FedAvg's
+    personalised perplexity on each partition."""
+    r = report(RECORDS)
+    grid, split = r["headline grid"][0], r["Does the split hurt"][0]
+    arms = [a for a in grid.arms(TOPIC) if a != "FedAvg" and a != IFCA]
+    return minus("Topic α = 0.01 minus iid, same arm, paired by seed (Holm over the report's \"Does the split "
+                 "hurt\"): " + "; ".join(f"{label(a)} {split.cell('Δ vs iid (same arm)', TOPIC, a)}" for a in arms)
+                 + f". FedAvg's clients' own held-out perplexity: {grid.cell('personalised ppl', TOPIC, 'FedAvg')} on "
+                 f"topic shards, {grid.cell('personalised ppl', IID, 'FedAvg')} on iid shards (not a paired "
+                 "comparison: the held-out texts differ by partition).")
+
+
+def moved(run: dict) -> bool:
+    """Whether a clustered run's assignment changes after its first round."""
+    seen = [tuple(x["clusters"]) for x in run["rows"] if "clusters" in x]
+    return len(set(seen)) > 1
+
+
+def by_seed_runs(runs: list[dict]) -> list[dict]:
+    return sorted(runs, key=lambda x: x["args"]["seed"])
+
+
+def ifca() -> str:
+    """IFCA (4) in both regimes, per seed: the clusters its clients use, its change from FedAvg in percent; at the
+    pretrained plateau also whether clients move and where its best round comes."""
+    g, h = groups(SCRATCH), groups(RECORDS)
+    grid = report(RECORDS)["headline grid"][0]
+
+    def pct(arm: list[dict], ref: list[dict], key: str) -> str:
+        a, b = RS.by_seed(arm, key), RS.by_seed(ref, key)
+        return ", ".join(f"{100 * (a[s] / b[s] - 1):+.1f}" for s in sorted(a) if s in b)
+
+    def used(runs: list[dict]) -> str:
+        return ", ".join(str(clusters_used(x)) for x in by_seed_runs(runs))
+
+    ifca_p = [h[(p, IFCA)] for p in (IID, TOPIC)]
+    best = [x["summary"]["best_round"] for runs in ifca_p for x in runs]
+    text = (f"From scratch ({g[(IID, IFCA)][0]['args']['num_rounds']} rounds), per seed: IFCA's clients use "
+            f"{used(g[(IID, IFCA)])} "
+            f"of its 4 clusters on iid shards and {used(g[(TOPIC, IFCA)])} on topic shards; there its global "
+            f"validation perplexity is {pct(g[(TOPIC, IFCA)], g[(TOPIC, 'FedAvg')], 'final_val_ppl')} % from FedAvg's "
+            f"and its clients' own held-out perplexity "
+            f"{pct(g[(TOPIC, IFCA)], g[(TOPIC, 'FedAvg')], 'final_personal_val_ppl')} %. At the pretrained plateau: "
+            f"{used(ifca_p[0])} clusters (iid) and {used(ifca_p[1])} (topic); runs in which a client changes cluster "
+            f"after the first round: {sum(map(moved, ifca_p[0] + ifca_p[1]))} of {len(best)}; its best validation "
+            f"perplexity ({grid.cell('best ppl (any round)', IID, IFCA)} iid, "
+            f"{grid.cell('best ppl (any round)', TOPIC, IFCA)} topic) comes at round {span(best, 0)} of "
+            f"{ifca_p[0][0]['summary']['rounds_done']}, its final one is {grid.cell('final ppl', IID, IFCA)} and "
+            f"{grid.cell('final ppl', TOPIC, IFCA)}; on topic shards the clients' own held-out perplexity is "
+            f"{grid.cell('personalised ppl', TOPIC, IFCA)} against FedAvg's "
+            f"{grid.cell('personalised ppl', TOPIC, 'FedAvg')}, "
+            f"{grid.cell('Δ vs FedAvg', TOPIC, IFCA, nth=1)} (the headline grid's family), "
+            f"{pct(ifca_p[1], h[(TOPIC, 'FedAvg')], 'final_personal_val_ppl')} % per seed.")
+    return minus(text)
+
+
+@cache
+def failure_findings() -> dict[str, str]:
+    """The failure grid's sentences, each a block ``failure-<key>``: the report's failure grid (Holm over its
+    comparisons) and its equal-compute table (Holm over its own)."""
+    r, h = report(RECORDS), groups(RECORDS)
+    grid, equal = r["failure grid"]
+    d = lambda p, a, nth=0: grid.cell("Δ vs FedAvg", p, a, nth=nth)  # noqa: E731
+    mus = [a for a in grid.arms(TOPIC) if a.startswith("FedProx")]
+    fedavg = value(grid.cell("final ppl", TOPIC, "FedAvg"))
+    top = mus[-1]
+    few = [a for a in grid.arms(IID) if a.endswith("/round")]
+    two, one = [a for a in few if "2 of" in a][0], [a for a in few if "1 client" in a][0]
+    long = [a for a in grid.arms(IID) if a.startswith("FedAvg, 2 of") and a.endswith("rounds")][0]
+    local = "local only (10 clusters)"
+    data = "FedAvg + data clusters"
+    ref62 = [a for a in grid.arms(IID) if a.startswith("FedAvg, ") and a.endswith("rounds") and "clients" not in a][0]
+    out = {}
+    out["fedprox"] = ("On topic α = 0.01 against FedAvg (the report's failure grid, Holm over its comparisons): "
+                      + ", ".join(f"{label(a).removeprefix('FedProx ')} {d(TOPIC, a)}" for a in mus)
+                      + f"; {label(top)} costs {100 * value(d(TOPIC, top)) / fedavg:.0f} % of FedAvg's perplexity, "
+                      f"{grid.cell('at plateau', TOPIC, top)} of its runs at their plateau.")
+    out["participation"] = (
+        f"{label(two)} for {E.PRETRAINED_ROUNDS} rounds (compute {grid.cell('compute', IID, two)}): {d(IID, two)} "
+        f"(iid), {d(TOPIC, two)} (topic), at their plateau {grid.cell('at plateau', IID, two)} and "
+        f"{grid.cell('at plateau', TOPIC, two)}. At equal client steps ({long.rsplit(', ', 1)[1]}; the report's "
+        f"equal-compute table, Holm over its own comparisons): {equal.cell('Δ final ppl', IID, long)} (iid), "
+        f"{equal.cell('Δ final ppl', TOPIC, long)} (topic). {label(one)} (compute {grid.cell('compute', IID, one)}): "
+        f"{d(IID, one)} (iid), {d(TOPIC, one)} (topic).")
+    runs = by_seed_runs(h[(TOPIC, local)])
+    out["local"] = (
+        f"Local training alone: the global validation perplexity is best at round "
+        f"{span([x['summary']['best_round'] for x in runs], 0)} ({grid.cell('best ppl (any round)', TOPIC, local)}); "
+        f"the divergence rule stops every seed at round {span([x['summary']['rounds_done'] for x in runs], 0)} "
+        f"({grid.cell('status', TOPIC, local)}) at {grid.cell('final ppl', TOPIC, local)}; the clients' own held-out "
+        f"texts {grid.cell('personalised ppl', TOPIC, local)}, FedAvg's "
+        f"{grid.cell('personalised ppl', TOPIC, 'FedAvg')}.")
+    runs = h[(TOPIC, data)]
+    sil = [max(x["summary"]["clustering"]["silhouette_by_num_clusters"].items(), key=lambda kv: kv[1]) for x in runs]
+    k, best = max(sil, key=lambda kv: kv[1])
+    out["clusters"] = (
+        f"Data-aware clustering keeps {span([x['summary']['num_clusters'] for x in runs], 0)} cluster in every seed "
+        f"(best silhouette {best:.3f} at k = {k}, under the rule's {clustering.MIN_SILHOUETTE:g}; mean Hellinger "
+        f"distance {span([x['summary']['clustering']['mean_distance'] for x in runs], 2)}) and is FedAvg: "
+        f"{d(TOPIC, data)}. IFCA (4) against FedAvg: {d(IID, IFCA)} (iid), {d(TOPIC, IFCA)} (topic); against "
+        f"{label(ref62)} at equal compute (training tokens {equal.cell('compute ratio', IID, IFCA)} of it, "
+        f"{grid.cell('compute', IID, IFCA)} of FedAvg's): {equal.cell('Δ final ppl', IID, IFCA)} (iid), "
+        f"{equal.cell('Δ final ppl', TOPIC, IFCA)} (topic).")
+    out["scaffold"] = f"SCAFFOLD against FedAvg: {d(IID, 'SCAFFOLD')} (iid), {d(TOPIC, 'SCAFFOLD')} (topic)."
+    flagged = [f"{label(row[1])} ({label(row[0])}): {grid.cell('failure modes (runs)', row[0], row[1])}"
+               for row in grid.rows if grid.cell("failure modes (runs)", row[0], row[1]) != "none"]
+    out["detectors"] = "Failure modes flagged (runs of each arm): " + "; ".join(flagged) + "."
+    return {k: minus(v) for k, v in out.items()}
+
+
+def pretrained_main() -> str:
+    """The main grid in the pretrained regime: per split FedAvg, FedProx and SCAFFOLD against FedAvg and FedAvg
+    against iid shards (the report's main grid and "Does the split hurt"), then what they add up to."""
+    r = report(RECORDS)
+    grid, split = r["main grid"][0], r["Does the split hurt"][0]
+    parts = list(dict.fromkeys(row[0] for row in grid.rows))
+    prox = [a for a in grid.arms(IID) if a.startswith("FedProx")][0]
+    rows = [[label(p), grid.cell("final ppl", p, "FedAvg"), grid.cell("Δ vs FedAvg", p, prox),
+             grid.cell("Δ vs FedAvg", p, "SCAFFOLD"),
+             split.cell("Δ vs iid (same arm)", p, "FedAvg") if p != IID else "–"] for p in parts]
+    table = stats.markdown(["partition", "FedAvg", f"{label(prox)} − FedAvg", "SCAFFOLD − FedAvg",
+                            "FedAvg − FedAvg on iid"], rows)
+    skewed = [row for row in split.rows if row[0] in parts]
+    sca = [grid.cell("Δ vs FedAvg", p, "SCAFFOLD") for p in parts]
+    per = {a: [grid.cell("Δ vs FedAvg", p, a, nth=1) for p in parts] for a in (prox, "SCAFFOLD")}
+    counts = [grid.cell("at plateau", *row[:2]).split("/") for row in grid.rows if row[0] != IID]
+    plateau = [sum(int(c[i]) for c in counts) for i in (0, 1)]
+    text = (f"Every arm on a skewed split of this grid against the same arm on iid shards (the report's \"Does the "
+            f"split hurt\", Holm over its {over(row[4] for row in split.rows)}): "
+            f"{holm_count(row[4] for row in skewed)} differ; FedAvg is within "
+            f"{max(abs(value(split.cell('Δ vs iid (same arm)', p, 'FedAvg'))) for p in parts if p != IID):.1f} ppl "
+            f"of its iid value on every split. SCAFFOLD against FedAvg: {span(map(value, sca))} ppl, "
+            f"{holm_count(sca)} significant after Holm over the main grid's {over(sca)} ("
+            + ", ".join(label(p) for p, c in zip(parts, sca) if "p_Holm" in c)
+            + f"); every interval within [{min(interval(c)[1] for c in sca):+.1f}, "
+            f"{max(interval(c)[2] for c in sca):+.1f}]. The clients' own held-out perplexity against "
+            f"FedAvg's: {label(prox)} {span(map(value, per[prox]), sign='+')}, SCAFFOLD "
+            f"{span(map(value, per['SCAFFOLD']), sign='+')} "
+            f"on every split. At plateau: {plateau[0]}/{plateau[1]} runs beyond the iid ones.")
+    return minus("\n".join(table) + "\n\n" + text)
+
+
+
+def gaps(run: dict) -> list[float]:
+    """The drift detector's statistic at each evaluation: validation loss minus the clients' mean local loss."""
+    return [x["val_loss"] - x["train_loss"] for x in run["rows"] if "val_loss" in x and "train_loss" in x]
+
+
+def calibration() -> str:
+    """The calibrate grid's runs as the detectors see them (the runs that chose the thresholds): what each class
+    built to fail does, beside the healthy headline runs (FedAvg, FedProx, SCAFFOLD on iid and topic shards)."""
+    r, h = report(RECORDS), groups(RECORDS)
+    cal, drift_t = r["calibrate grid"]
+    fail, split = r["failure grid"][0], r["Does the split hurt"][0]
+    th = E.failure.DEFAULT
+    refs = r["Reference points"][0]
+    zero = refs.cell(refs.headers[-1], IID)
+    diverging = [k for k in h if k[1].endswith("no clipping")][0]
+    osc = [k for k in h if k[0] == TOPIC and k[1].startswith("FedAvg, 1 client/round, ")][0]
+    one = (TOPIC, "FedAvg, 1 client/round")
+    drift = sorted(k for k in h if k[1].startswith(f"FedAvg, {8 * E.LOCAL_STEPS} local steps"))
+    healthy = [x for k, g in h.items() if k[0] in (IID, TOPIC) and k[1] in ("FedAvg", "FedProx mu=0.001", "SCAFFOLD")
+               for x in g]
+    first = [next(x["val_ppl"] for x in run["rows"] if "val_ppl" in x) for run in h[diverging]]
+    flagged = [E.detected(run).get("oscillation") for run in h[osc]]
+    dg = [gaps(run) for k in drift for run in h[k]]
+    top = [max(gaps(run)) for run in healthy]
+
+    def improve(runs: list[dict]) -> list[float]:  # slow convergence's statistic: the first evaluations' gain, %
+        out = []
+        for run in runs:
+            loss = [x["val_loss"] for x in run["rows"] if "val_loss" in x][:th.slow_rounds]
+            out.append(100 * (loss[0] - min(loss)) / abs(loss[0]))
+        return out
+
+    text = [
+        f"Divergence: the diverging arm ({label(diverging[1])}) is at perplexity {span(first, 0)} at its first "
+        f"evaluation, against the base's zero-shot {zero}; "
+        f"it ends {cal.cell('final ppl', *diverging)} ({cal.cell('status', *diverging)}).",
+        f"Oscillation: {label(one[1])} on topic shards ends at {cal.cell('final ppl', *one)} with "
+        f"{fail.cell('compute', *one)} FedAvg's compute, failure modes {cal.cell('failure modes (runs)', *one)}; "
+        f"built to oscillate ({label(osc[1])}) the rule first flags its runs at round "
+        f"{span([f for f in flagged if f is not None], 0)} ({sum(f is not None for f in flagged)} of {len(flagged)}).",
+        "Client drift: built to drift, " + "; ".join(
+            f"{label(p)} {cal.cell('final ppl', p, a)} ({drift_t.cell('compute ratio', p, a)} FedAvg's training "
+            f"tokens), against FedAvg on the same shards and seeds {drift_t.cell('Δ final ppl', p, a)}"
+            for p, a in drift)
+        + f"; topic minus iid {split.cell('Δ vs iid (same arm)', TOPIC, drift[0][1])}. The detector's gap (validation "
+        f"loss minus the clients' loss over their local steps): {span([g[0] for g in dg], 2)} nats at the first "
+        f"evaluation of these runs and {span([g[min(4, len(g) - 1)] for g in dg], 2)} by the fifth; the "
+        f"{len(healthy)} healthy headline runs' highest {span(top, 2)} ({th.drift_gap - max(top):.2f} nats under the "
+        f"threshold of {th.drift_gap:g}).",
+        f"Slow convergence: the loss's gain over the first {th.slow_rounds} evaluations is "
+        f"{span(improve(healthy), 1)} % "
+        f"on the healthy headline runs and {span(improve(h[(IID, IFCA)] + h[(TOPIC, IFCA)]), 1)} % on IFCA's "
+        f"(the rule asks {100 * th.slow_min_improvement:g} %).",
+    ]
+    return minus("\n\n".join(f"- {t}" for t in text))
+
+
+def side_by_side() -> str:
+    """The report's side by side as one column per regime: FedAvg's perplexity, topic skew against iid, each method
+    against FedAvg (in % of the reference's perplexity, Holm over the side by side), the budget check."""
+    t = report(RECORDS)["Side by side: the headline arms in both regimes"][0]
+    regimes = list(dict.fromkeys(row[0] for row in t.rows))
+    arms = [row[2] for row in t.rows if row[0] == regimes[0] and row[1] == IID and row[2] != "FedAvg"]
+
+    def pair(regime: str, header: str, arm: str) -> str:
+        return " / ".join(t.cell(header, regime, p, arm) for p in (IID, TOPIC))
+
+    rows = [[f"FedAvg, iid / {label(TOPIC)} (ppl)", *(pair(g, "final ppl", "FedAvg") for g in regimes)],
+            ["topic skew vs iid, FedAvg (%)", *(t.cell("Δ vs the same arm on iid (% of its ppl)", g, TOPIC, "FedAvg")
+                                                for g in regimes)],
+            *([f"{label(a)} vs FedAvg, iid / topic (%)", *(pair(g, "Δ vs FedAvg (% of FedAvg's ppl)", a)
+                                                            for g in regimes)] for a in arms),
+            ["budget check: FedAvg at twice the rounds", *(budget(REGIMES[g])[0] for g in regimes)],
+            ["at plateau, FedAvg iid / topic (runs)", *(pair(g, "at plateau", "FedAvg") for g in regimes)]]
+    return minus("\n".join(stats.markdown(["", *regimes], rows)))
+
+
 BLOCKS = {"base": base, "detectors": detectors, "scaffold": scaffold, "study": study, "privacy": privacy_table,
           "privacy-findings": privacy_findings,
           "privacy-validation": privacy_validation, "mcmahan": mcmahan_table,
-          "mcmahan-validation": mcmahan_validation}
+          "mcmahan-validation": mcmahan_validation, "scratch-headline": scratch_headline,
+          "scratch-methods": scratch_methods, "selection": selection,
+          "pretrained-headline": pretrained_headline, "pretrained-skew": pretrained_skew, "ifca": ifca,
+          "pretrained-main": pretrained_main, "calibration": calibration, "side-by-side": side_by_side,
+          **{f"failure-{k}": (lambda k=k: failure_findings()[k])
+             for k in ("fedprox", "participation", "local", "clusters", "scaffold", "detectors")}}
