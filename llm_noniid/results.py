@@ -939,7 +939,7 @@ def pretrained_main() -> str:
     sca = [grid.cell("Δ vs FedAvg", p, "SCAFFOLD") for p in parts]
     per = {a: [grid.cell("Δ vs FedAvg", p, a, nth=1) for p in parts] for a in (prox, "SCAFFOLD")}
     counts = [grid.cell("at plateau", *row[:2]).split("/") for row in grid.rows if row[0] != IID]
-    plateau = [sum(int(c[i]) for c in counts) for i in (0, 1)]
+    flat = [sum(int(c[i]) for c in counts) for i in (0, 1)]
     text = (f"Every arm on a skewed split of this grid against the same arm on iid shards (the report's \"Does the "
             f"split hurt\", Holm over its {over(row[4] for row in split.rows)}): "
             f"{holm_count(row[4] for row in skewed)} differ; FedAvg is within "
@@ -951,7 +951,7 @@ def pretrained_main() -> str:
             f"{max(interval(c)[2] for c in sca):+.1f}]. The clients' own held-out perplexity against "
             f"FedAvg's: {label(prox)} {span(map(value, per[prox]), sign='+')}, SCAFFOLD "
             f"{span(map(value, per['SCAFFOLD']), sign='+')} "
-            f"on every split. At plateau: {plateau[0]}/{plateau[1]} runs beyond the iid ones.")
+            f"on every split. At plateau: {flat[0]}/{flat[1]} runs beyond the iid ones.")
     return minus("\n".join(table) + "\n\n" + text)
 
 
