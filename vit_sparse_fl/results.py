@@ -16,6 +16,7 @@ from functools import cache
 
 from common import plateau, stats, study, study_report
 from common import results as RS
+from vit_sparse_fl import compare_budgets as budgets_script
 from vit_sparse_fl import run_all_experiments as suite_script
 
 RECORDS = "vit_sparse_fl/results"  # one folder a suite: r<rounds>/ with its runs/, tables and selection
@@ -23,16 +24,22 @@ PROBE = "probe: head + final norm"
 
 
 @cache
-def suite(rounds: int) -> dict:
-    """{setting: [runs]} of the synthetic-CIFAR suite at R = ``rounds``."""
+def groups(folder: str) -> dict:
+    """{setting: [runs]} of the committed suite ``RECORDS/<folder>/runs`` (``r192``, ``text_r24``, ...)."""
     out: dict = {}
-    for r in RS.records(f"{RECORDS}/r{rounds}/runs", "*_seed*"):
+    for r in RS.records(f"{RECORDS}/{folder}/runs", "*_seed*"):
         out.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
     return out
 
 
+def suite(rounds: int) -> dict:
+    """{setting: [runs]} of the synthetic-CIFAR suite at R = ``rounds``."""
+    return groups(f"r{rounds}")
+
+
 def pct(runs: list[dict], metric: str) -> dict:
-    return RS.by_seed(runs, metric, 100.0 if metric == "test_accuracy" else 1.0)
+    """{seed: 100 * summary[metric]}: accuracy in %, interference in points (as the suite's tables)."""
+    return RS.by_seed(runs, metric, 100.0)
 
 
 # every arm's rate decays by a cosine, so its last evaluations are flat by construction: a run is judged against
@@ -82,6 +89,84 @@ def mask_family(rounds: int, shard: str, sparsity: float) -> dict:
 
 def minus(text: str) -> str:
     return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
+
+
+# ------------------------------------------------------------------- any committed suite, as its table states it
+def seeds_of(folder: str) -> tuple[int, ...]:
+    """The reported seeds of a suite: 0-4 for the text suites (``--num-runs 5``), 0-2 for the ViT's."""
+    return tuple(range(5 if folder.startswith("text") else 3))
+
+
+@cache
+def picked(folder: str) -> dict:
+    """The suite's selection.json (every selection score and the rate chosen per setting)."""
+    return json.loads((RS.path(RECORDS) / folder / "runs" / "selection.json").read_text(encoding="utf-8"))
+
+
+def values(folder: str, key: str, metric: str = "test_accuracy") -> dict:
+    """{seed: value} of a setting of a suite (accuracy in %, interference in points)."""
+    return pct(groups(folder).get(key, []), metric)
+
+
+def cell(folder: str, key: str, metric: str = "test_accuracy") -> str:
+    """'88.6 ± 1.1': mean ± sample sd over the setting's seeds, as the suite's table writes it."""
+    return study_report.seeds_cell(values(folder, key, metric).values(), len(seeds_of(folder)))
+
+
+def mean(folder: str, key: str, metric: str = "test_accuracy") -> float:
+    return stats.summarize(values(folder, key, metric).values()).mean
+
+
+def rate(folder: str, key: str) -> str:
+    """The setting's learning rate, as its table's lr column writes it."""
+    return suite_script.rate(groups(folder).get(key, []))
+
+
+@cache
+def table_family(folder: str, shard: str, sparsity: float | None = None) -> dict:
+    """{(setting, ref, metric): Finding} of one mask table of a suite as run_all_experiments.py writes it
+    (``make_table``: every row against dense FedAvg and the head-only probe in test accuracy and interference, one
+    Holm family, equal steps; warnings: a rate at the edge of its grid). ``sparsity``: the ViT table's (its
+    s = 0.9 table holds the true-Fisher score's row); the text tables hold every mask of their shard."""
+    rows = suite_script.text_names(shard) if folder.startswith("text") else \
+        [key for key, _ in suite_script.mask_rows(shard, sparsity, sparsity == 0.9)]
+    s = suite_script.table_study(f"{folder}_{shard}_{sparsity}", rows, [f"fedavg_{shard}", f"probe_{shard}_head"],
+                                 ("test_accuracy", "interference"), "equal steps", seeds_of(folder))
+    g = groups(folder)
+    found = study_report.compare(s, lambda key, m: values(folder, key, m), suite_script.rate_notes(picked(folder)),
+                                 spent=suite_script.spent(g, "equal steps"))
+    return {(c.arm, c.reference, c.metric): f for c, f in found.items()}
+
+
+def m_of(family: dict) -> int:
+    """The size of a family (its comparisons with an interval), as its verdicts name it ("over m")."""
+    return sum(f.paired.n >= 2 for f in family.values())
+
+
+@cache
+def budget_family() -> dict:
+    """{(arm, ref): Finding} of the text budgets table as compare_budgets.py writes it (``make_table``): every setting
+    against dense FedAvg at each budget ("vs reference", one Holm family) and every setting's last budget step
+    (another); an arm is ``setting@rounds``."""
+    designs: list = []
+    suites = budgets_script.load_suites([str(RS.path(f"{RECORDS}/{f}/runs")) for f in TEXT_BUDGETS], designs)
+    order = list(dict.fromkeys(k for s in suites.values() for k in s))
+
+    def of(arm: str, _: str = "") -> dict:
+        setting, rounds = arm.rsplit("@", 1)
+        return suites[int(rounds)].get(setting, {})
+
+    found = study_report.compare(budgets_script.budget_study(suites, order), of)
+    return {(c.arm, c.reference): f for c, f in found.items()}
+
+
+TEXT_BUDGETS = ("text_r12", "text_r24", "text_r48", "text_r96")
+
+
+def contrasts(pairs: dict, digits: int = 1) -> dict:
+    """{name: claim} of comparisons no table declares, {name: (a {seed: v}, b {seed: v})}, Holm-corrected together:
+    the family the sentences name."""
+    return {k: claim for k, (_, claim) in RS.family(pairs, digits).items()}
 
 
 def r192_nc2() -> str:

@@ -394,16 +394,20 @@ def mask_rows(shard: str, sp: float, first: bool) -> list[tuple[str, str]]:
     return rows
 
 
-def skew_table(g: dict[str, list[dict]], d: Design, seeds: tuple[int, ...]) -> list[str]:
-    """Per arm: accuracy on each skewed shard minus on IID (paired by seed), and that minus dense's; one Holm family."""
-    arms = {"dense FedAvg": "fedavg_{}", "probe: head": "probe_{}_head",
-            **{f"{s}, s = {sp:g}": f"sparse_{{}}_s{sp:g}_{s}" for sp, s in TEXT_MASKS}}
+SKEW_ARMS = {"dense FedAvg": "fedavg_{}", "probe: head": "probe_{}_head",
+             **{f"{s}, s = {sp:g}": f"sparse_{{}}_s{sp:g}_{s}" for sp, s in TEXT_MASKS}}
+
+
+def skew_study(g: dict[str, list[dict]], d: Design, seeds: tuple[int, ...]):
+    """(study, values, rows) of the skew table: per arm (``SKEW_ARMS``' rows that ran on IID and a skewed shard),
+    accuracy on each skewed shard minus on IID (paired by seed) and that minus dense's, one Holm family; values(key,
+    metric) -> {seed: value}, metric "skew" the accuracy lost to skew. None when no arm ran on both."""
     skewed = [shard for shard in d.shards if shard != "iid"]
-    rows = [arm for arm, name in arms.items() if g.get(name.format("iid")) and any(g.get(name.format(shard))
-                                                                                for shard in skewed)]
+    rows = [arm for arm, name in SKEW_ARMS.items() if g.get(name.format("iid")) and any(g.get(name.format(shard))
+                                                                                     for shard in skewed)]
     if not rows:
-        return []
-    iid = {name.format(shard): name.format("iid") for name in arms.values() for shard in d.shards}
+        return None
+    iid = {name.format(shard): name.format("iid") for name in SKEW_ARMS.values() for shard in d.shards}
 
     def values(key: str, metric: str) -> dict:   # "skew": accuracy minus the same arm's on IID shards, by seed
         acc, ref = pct(g.get(key, []), "test_accuracy"), pct(g.get(iid[key], []), "test_accuracy")
@@ -411,13 +415,22 @@ def skew_table(g: dict[str, list[dict]], d: Design, seeds: tuple[int, ...]) -> l
 
     s = study.Study("skew", arms=tuple(study.Arm(k, script_of(k)) for k in iid), seeds=seeds, comparisons=tuple(
         c for shard in skewed for arm in rows for c in (
-            study.Comparison(arms[arm].format(shard), arms[arm].format("iid"), "skew", "test_accuracy"),
-            *([study.Comparison(arms[arm].format(shard), f"fedavg_{shard}", "skew", "skew")]
+            study.Comparison(SKEW_ARMS[arm].format(shard), SKEW_ARMS[arm].format("iid"), "skew", "test_accuracy"),
+            *([study.Comparison(SKEW_ARMS[arm].format(shard), f"fedavg_{shard}", "skew", "skew")]
               if arm != "dense FedAvg" else []))))
+    return s, values, rows
+
+
+def skew_table(g: dict[str, list[dict]], d: Design, seeds: tuple[int, ...]) -> list[str]:
+    """``skew_study``'s table: per arm and skewed shard, the accuracy lost to skew and that minus dense's."""
+    found = skew_study(g, d, seeds)
+    if found is None:
+        return []
+    s, values, rows = found
     columns = [study_report.Text("arm", str)]
-    for shard in skewed:
-        at = lambda arm, shard=shard: arms[arm].format(shard)  # noqa: E731
-        columns += [study_report.Delta(f"lost to skew, {d.shard_title(shard)}", "test_accuracy", lambda arm: arms[
+    for shard in (shard for shard in d.shards if shard != "iid"):
+        at = lambda arm, shard=shard: SKEW_ARMS[arm].format(shard)  # noqa: E731
+        columns += [study_report.Delta(f"lost to skew, {d.shard_title(shard)}", "test_accuracy", lambda arm: SKEW_ARMS[
                         arm].format("iid"), of=at),
                     study_report.Delta(f"minus dense's, {d.shard_title(shard)}", "skew", f"fedavg_{shard}", of=at)]
     return ["**Accuracy lost to skew: test accuracy on the skewed shards minus on IID shards (points, paired by "
