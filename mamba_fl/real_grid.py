@@ -12,7 +12,8 @@ each candidate of ``CHOICES`` runs to the plateau rule, the lowest best validati
 edge of its candidates adds the next value beyond it), and the best of the ``OTHERS`` joins the headline;
 **plateau**: every arm until ``PATIENCE`` evaluations (one pass) bring no 1 % gain, its best-validation model scored
 on the test articles; **equal compute**: each run's best model of its first ``--budget-epochs`` passes
-(``--budget-at``); then ``plots/plot_mamba.py`` draws the tables and figures. mamba_fl/README.md has the design, the
+(``--budget-at``); then ``plots/plot_mamba.py`` draws the figures (the tables: ``python -m common.results --show
+mamba_fl.real-report --records mamba_fl/results/real=<out-dir>``). mamba_fl/README.md has the design, the
 results and the other commands (``--only``, ``--size source``, ``--selection``).
 """
 from __future__ import annotations
@@ -372,10 +373,13 @@ def main(argv=None) -> dict:
         if phase == 0:  # the source's arms need only the first phase's rates: they run before the rest is chosen
             run([j for j in reported_plan(args, out, blocks, picked) if j.name.split("_")[0] not in OTHERS],
                 "mamba_fl real text: central, FedAvg, FedFisher")
-    draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out {figures}"
+    block = "mamba_fl.source-report" if suffix else "mamba_fl.real-report"  # mamba_fl/results.py's tables
+    tables = f"python -m common.results --show {block} --records {figures}={out}"
+    draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out {figures}; {tables}"
     outcome = run(reported_plan(args, out, blocks, picked), "mamba_fl real text", draw)
-    if outcome.complete and not args.dry_run and args.only is None:  # the tables and figures of a complete grid
+    if outcome.complete and not args.dry_run and args.only is None:  # the figures of a complete grid; its tables:
         jobs.draw("plots/plot_mamba.py", "--runs", str(out / "runs"), "--out", figures)
+        print(f"tables: {tables}", flush=True)
     return {"chosen": picked["chosen"], "best_other": picked.get("best_other"), "complete": outcome.complete,
             "status": outcome.status}
 

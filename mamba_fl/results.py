@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import re
 from functools import cache
+from pathlib import Path
 
 from common import plateau, stats, study, study_report
 from common import results as RS
+from common.errors import check
 from mamba_fl import results_synthetic
 from mamba_fl.real_grid import FEDERATED
 
@@ -28,23 +30,31 @@ LABELS = {"central": "central (AdamW, batch 16)", "central-b4": "central, 4x bat
           "fedavgm": "FedAvgM (heavy ball)"}
 
 
-@cache
 def grid(folder: str) -> dict:
-    """{(layers, shard, clients): {arm: [runs]}} of a real-text record folder; each run also carries its
-    equal-compute point as "budget" (the summary's budget_* values)."""
+    """{(layers, shard, clients): {arm: [runs]}} of a real-text record folder (or what ``--records`` puts in its
+    place)."""
+    return _grid(RS.path(f"{folder}/runs"))
+
+
+@cache
+def _grid(where: Path) -> dict:
     out: dict = {}
-    for r in RS.records(f"{folder}/runs", "*_L*_plateau_s*"):
+    for r in RS.records(where, "*_L*_plateau_s*"):
         arm, layers, shard, clients, *_ = r["name"].split("_")
-        s = r["summary"]
-        r["budget"] = {k: s.get(f"budget_{k}") for k in ("test_ppl", "best_val_ppl", "best_at")}
         out.setdefault((int(layers[1:]), shard, clients), {}).setdefault(arm, []).append(r)
     return {k: {a: v[a] for a in ARMS if a in v} for k, v in sorted(out.items())}
 
 
-def values(runs: list[dict], stage: str) -> dict:
-    """{seed: test perplexity per token} at the plateau ("plateau") or at equal compute ("budget")."""
-    return {r["args"]["seed"]: (r["summary"]["test_ppl"] if stage == "plateau" else r["budget"]["test_ppl"])
-            for r in runs}
+KEYS = {"": "test_ppl", "word": "test_ppl_word", "val": "best_val_ppl"}
+
+
+def values(runs: list[dict], metric: str) -> dict:
+    """{seed: value} of ``metric``: "<stage>" the test perplexity per token, "<stage> word" per word, "<stage> val"
+    the best validation perplexity per token; at the plateau (stage "plateau") or at equal compute ("budget": the
+    summary's budget_* values)."""
+    stage, _, what = metric.partition(" ")
+    key = KEYS[what] if stage == "plateau" else f"budget_{KEYS[what]}"
+    return {r["args"]["seed"]: r["summary"][key] for r in runs if r["summary"].get(key) is not None}
 
 
 def short(d: stats.Paired, claim: str) -> str:
@@ -120,19 +130,44 @@ def table_study(folder: str, setting: tuple) -> study.Study:
                            for stage in STAGES for a in arms if a != "fedavg"))
 
 
-@cache
 def table(folder: str, setting: tuple) -> dict:
-    """{(arm, stage): Finding} of ``table_study`` through ``common.study_report``, with each arm's notes."""
-    found = study_report.compare(table_study(folder, setting), lambda n, stage: values(_runs(n, folder), stage),
+    """{(arm, stage): Finding} of ``table_study`` through ``common.study_report``, with each arm's notes; an arm
+    whose every run ends at or above the test unigram (``unlearned``) is compared with nothing."""
+    return _table(RS.path(folder), folder, setting)
+
+
+@cache
+def _table(where: Path, folder: str, setting: tuple) -> dict:
+    found = study_report.compare(table_study(folder, setting), compared(folder, setting),
                                  lambda n, stage: real_notes(n, stage, folder))
     return {(c.arm.split("_")[0], c.metric): f for c, f in found.items()}
 
 
-@cache
+def unlearned(folder: str, setting: tuple) -> dict[str, str]:
+    """{arm name: 'not compared (...)'} of the arms of ``setting`` whose every run ends at or above its test
+    unigram (or did not complete): they learned less than token frequencies and leave their table's family."""
+    return {_arm(a, setting): "not compared (every seed at or above the test unigram)"
+            for a, runs in grid(folder).get(setting, {}).items()
+            if all(r["summary"].get("status", "complete") != "complete"
+                   or not r["summary"]["test_ppl"] < r["summary"]["test_unigram_ppl"] for r in runs)}
+
+
+def compared(folder: str, setting: tuple):
+    """``values`` of the arms of one table by name (``_arm``), {} of an ``unlearned`` one."""
+    skip = unlearned(folder, setting)
+    return lambda name, metric: {} if name in skip else values(_runs(name, folder), metric)
+
+
 def selection_notes(folder: str = RECORDS) -> dict:
-    """{arm: 'lr at the high edge of its grid'} for each arm whose chosen setting (selection.json) is at an edge
-    of the candidates it tried."""
-    record = json.loads((RS.path(folder) / "selection.json").read_text(encoding="utf-8"))
+    """{arm: 'lr at the high edge of its grid'} for each arm whose chosen setting (selection.json, beside the runs)
+    is at an edge of the candidates it tried."""
+    return _selection_notes(RS.path(folder) / "selection.json")
+
+
+@cache
+def _selection_notes(path: Path) -> dict:
+    check(path.is_file(), f"{path}: no such file (real_grid.py writes the selection beside runs/ in its out-dir)")
+    record = json.loads(path.read_text(encoding="utf-8"))
     notes = {arm: study_report.edge_note(record["scores"][arm], value, flag[2:])
              for arm, choice in record["chosen"].items() for flag, value in choice.items()}
     return {arm: note for arm, note in notes.items() if note}
@@ -266,5 +301,99 @@ def study_source() -> str:
             "layers (at the plateau)")
 
 
-BLOCKS = {"real-table": real_table, "harder-table": harder_table, "momentum": momentum, "source-gap": source_gap,
-          "study-real": study_real, "study-source": study_source, **results_synthetic.BLOCKS}
+# ------------------------------------------------------------------------------ results_real.md, every table
+def _depth(layers: int) -> str:
+    return f"{layers} layer{'s' if layers > 1 else ''}"
+
+
+def how_far(runs: list[dict], stage: str) -> str:
+    """The plateau rule's outcome ('5/5 met the rule; best at rounds 756, 792, ...') or the equal-compute point's
+    length ('720 rounds (46,080 sequences)') of one arm's runs."""
+    s = runs[0]["summary"]
+    unit = "steps" if "steps_done" in s else "rounds"
+    if stage == "plateau":
+        met = sum(r["summary"].get("stopped") == "plateau" for r in runs)
+        return f"{met}/{len(runs)} met the rule; best at {unit} " + ", ".join(str(r["summary"]["best_at"])
+                                                                              for r in runs)
+    # training sequences per optimizer step (central) or per round (federated: all its clients)
+    per = round(s["train_tokens"] / s[f"{unit}_done"] / runs[0]["args"]["sequence_length"])
+    return f"{s['budget_at']} {unit} ({s['budget_at'] * per:,} sequences)"
+
+
+def diagnostics(runs: list[dict]) -> str:
+    """A table's notes: runs whose final validation perplexity is not below the unigram; FedEntropy's max/min client
+    weight and FedFisher's floor share at the last round (metrics.jsonl)."""
+    out = []
+    if high := sum(not r["summary"]["final_val_ppl"] < r["summary"]["unigram_ppl"] for r in runs):
+        out.append(f"{high}/{len(runs)} end above the unigram (unstable)")
+    last = lambda key: [c[-1] for r in runs if (c := plateau.curve(r["path"], key))]  # noqa: E731
+    if ratios := last("entropy_weight_ratio"):
+        out.append(f"max/min weight {', '.join(f'{v:.3g}' for v in ratios)} (last round, per seed)")
+    if shares := last("fisher_eps_share"):
+        out.append(f"floor decides {100 * sum(shares) / len(shares):.1f} % of coordinates (last round)")
+    return "; ".join(out)
+
+
+def stage_table(folder: str, setting: tuple, stage: str) -> list[str]:
+    """One table of results_real.md (``common.study_report.table``): every arm of ``setting``, its test perplexity
+    per token and per word and best validation perplexity, its comparison to FedAvg over the table's family with
+    its warnings, the plateau rule's outcome or the equal-compute length, its notes."""
+    arms = grid(folder)[setting]
+    ref = _arm("fedavg", setting)
+
+    def label(name: str) -> str:
+        text = LABELS[name.split("_")[0]]
+        return text[:-1] + "; the reference)" if name == ref else text
+
+    def group(name: str) -> list[dict]:
+        return _runs(name, folder)
+
+    columns = [study_report.Text("arm", label), study_report.Value("test ppl / token", stage),
+               study_report.Delta("− FedAvg [95% CI], Holm over the table", stage, reference=ref),
+               study_report.Value("test ppl / word", f"{stage} word"),
+               study_report.Value("best validation ppl", f"{stage} val"),
+               study_report.Text("plateau rule" if stage == "plateau" else "length",
+                                 lambda n: how_far(group(n), stage)),
+               study_report.Text("notes", lambda n: diagnostics(group(n)))]
+    return study_report.table(table_study(folder, setting), lambda n, metric: values(group(n), metric), columns,
+                              rows=[_arm(a, setting) for a in arms], notes=lambda n, m: real_notes(n, m, folder),
+                              skip=unlearned(folder, setting))
+
+
+def report(folder: str) -> str:
+    """results_real.md's tables of a real-text record folder: each setting at the plateau and at equal compute,
+    the test's reference points."""
+    first = next(iter(grid(folder).values()))
+    patience = next(iter(first.values()))[0]["summary"].get("patience")
+    out = ["Test perplexity of each run's best-validation model (the test articles are read once, after training), "
+           "mean ± sample sd over seeds ((n=k): k seeds where the table has more); paired difference to FedAvg over "
+           "the same seeds with its 95 % t interval, Holm over each table's comparisons (at the plateau and at "
+           f"equal compute: a family each). Plateau rule: a run stops after {patience} evaluations in a row "
+           "without a 1 % gain; a run that never met it ran to its cap. k/n still improving: k of the arm's n runs "
+           "had their best validation point at their last evaluation, where the rule stopped them.", ""]
+    for setting, arms in grid(folder).items():
+        s = next(iter(arms.values()))[0]["summary"]
+        name = f"{_depth(setting[0])}, {setting_name(1, *setting[1:])}"
+        out += [f"## {name}: at the plateau", "", *stage_table(folder, setting, "plateau"), "",
+                f"Reference points on the test articles: uniform {s['test_uniform_ppl']:,.0f} / token, unigram "
+                f"(fitted on the training articles) {s['test_unigram_ppl']:.1f} / token.", "",
+                f"## {name}: at equal compute", "",
+                "The best-validation model of each run's first part (`--budget-at`: the same training sequences "
+                "for every arm), scored on the test articles; each plateau run keeps it, and at a constant rate it "
+                "is exactly the shorter run.", "", *stage_table(folder, setting, "budget"), ""]
+    return minus("\n".join(out))
+
+
+def real_report() -> str:
+    """mamba_fl/results/real/results_real.md: every table of the d_model-32 grid."""
+    return report(RECORDS)
+
+
+def source_report() -> str:
+    """mamba_fl/results/real_source/results_real.md: every table of the source-size grid."""
+    return report(SOURCE)
+
+
+BLOCKS = {"real-report": real_report, "source-report": source_report, "real-table": real_table,
+          "harder-table": harder_table, "momentum": momentum, "source-gap": source_gap, "study-real": study_real,
+          "study-source": study_source, **results_synthetic.BLOCKS}

@@ -1,10 +1,14 @@
-"""Figures and tables of the mamba_fl runs, read from run directories (mean ± sample sd over seeds).
+"""Figures of the mamba_fl runs, read from run directories (mean ± sample sd over seeds); their tables are
+mamba_fl/results.py's results blocks, written from the same run directories by ``common.results``.
 
     python plots/plot_mamba.py --runs runs/mamba_grid --out mamba_fl/results/synthetic_grid
 
-real_grid.py's runs (``<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>``): results_real.md (test perplexity of
-each best-validation model, paired differences to FedAvg, Holm within a table, the plateau rule's outcome) and
-real_L<l>_<shard>_<k>_<stage>.png (validation curves, one line per seed, a dot at each run's best model).
+real_grid.py's runs (``<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>``): real_L<l>_<shard>_<k>_<stage>.png
+(validation curves, one line per seed, a dot at each run's best model); their tables (test perplexity of each
+best-validation model, paired differences to FedAvg, Holm within a table, the plateau rule's outcome) are
+results_real.md's block: ``python -m common.results --show mamba_fl.real-report --records
+mamba_fl/results/real=<real_grid.py's out-dir>`` (``mamba_fl.source-report`` and ``mamba_fl/results/real_source``
+for a ``--size source`` grid).
 run_grid.py's runs (``<arm>_L<layers>_<shard>_s<seed>``): the curves of every arm against training sequences,
 grid_L<layers>_<shard>.png, variants.png (FedAvg's client optimizers), long_budget.png; their tables are
 mamba_fl/results_synthetic.py's README blocks (``python -m common.results --show mamba_fl.synthetic-tables
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli, stats
+from common import cli
 from common import runs as R
 from common.curves import _plt, reference_lines
 from plots import shared
@@ -139,21 +143,6 @@ def _refs(run) -> dict:
     return {k: run["summary"].get(k) for k in ("uniform_ppl", "unigram_ppl", "unigram_ppl_word", "optimal_ppl_word")}
 
 
-def _extra(arm, runs) -> str:
-    rows = [r["rows"][-1] for r in runs if r["rows"]]
-    failed = sum(_above_unigram(r) for r in runs)
-    notes = [f"{failed}/{len(runs)} end above the unigram (unstable)"] if failed else []
-    if arm == "fedentropy" and (ratios := [x["entropy_weight_ratio"] for x in rows if "entropy_weight_ratio" in x]):
-        notes.append(f"max/min weight {', '.join(f'{v:.3g}' for v in ratios)} (last round, per seed)")
-    if arm.startswith("fedfisher") and (shares := [x["fisher_eps_share"] for x in rows if "fisher_eps_share" in x]):
-        notes.append(f"floor decides {100 * np.mean(shares):.1f}% of coordinates (last round)")
-    return "; ".join(notes)
-
-
-def _above_unigram(run) -> bool:
-    return not run["summary"]["final_val_ppl"] < run["summary"].get("unigram_ppl", float("inf"))
-
-
 def _curves(runs, arms, layers, shard, path, title) -> list[Path]:
     """Mean over seeds per arm (line) and the range over seeds (band: positive, so a log axis shows it)."""
     plt = _plt()
@@ -226,14 +215,6 @@ def grid_figures(root, figures) -> list[Path]:
     return written
 
 
-def _write_report(md: list[str], name: str, *folders: Path) -> None:
-    text = "\n".join(md) + "\n"
-    for folder in set(folders):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(text, encoding="utf-8")
-    print(text)
-
-
 REAL_ARMS = ("central", "central-b4", "fedavg", "fedfisher", "fedfisher-local", "fedentropy", "fedavgm")
 REAL_LABELS = ARM_LABELS | {"central": "central AdamW", "fedfisher": "FedFisher (per-example Fisher)",
                             "fedfisher-local": "FedFisher (--fisher-method local)"}
@@ -245,38 +226,6 @@ def real_setting(name: str) -> tuple | None:
     if len(parts) == 6 and parts[4] == "plateau" and parts[1].startswith("L"):
         return int(parts[1][1:]), parts[2], parts[3], parts[4]
     return None
-
-
-def _at_budget(run: dict) -> dict:
-    """The run as its equal-compute point reports it (the best model of its first --budget-at steps or rounds)."""
-    s = run["summary"]
-    # training sequences per optimizer step (central) or per round (federated: all its clients)
-    per_update = round(s["train_tokens"] / (s.get("steps_done") or s["rounds_done"]) / run["args"]["sequence_length"])
-    done = {"steps_done" if "steps_done" in s else "rounds_done": s["budget_at"],
-            "budget_sequences": s["budget_at"] * per_update}
-    return run | {"summary": s | {k: s.get(f"budget_{k}") for k in ("test_ppl", "test_ppl_word", "best_val_ppl",
-                                                                    "best_at")} | done}
-
-
-def real_table(groups: dict, plateau_stage: bool) -> list[str]:
-    """One real-text table: test perplexity of the best-validation model per arm, paired differences to FedAvg
-    (Holm over the table), and how each arm got there."""
-    diverged = {a: "diverged (every seed above the test unigram)" for a, g in groups.items() if all(
-        s.get("status", "complete") != "complete" or not s.get("test_ppl", np.inf) < s.get("test_unigram_ppl", 0)
-        for s in (r["summary"] for r in g))}
-    cells = stats.table_rows({a: R.by_seed(g, "test_ppl") for a, g in groups.items()}, "fedavg", skip=diverged)
-    rows = []
-    for arm, g in groups.items():
-        unit, s = "steps" if arm.startswith("central") else "rounds", g[0]["summary"]
-        stopped = sum(r["summary"].get("stopped") == "plateau" for r in g)
-        best = ", ".join(str(r["summary"].get("best_at")) for r in g)
-        how = (f"{stopped}/{len(g)} met the rule; best at {unit} {best}" if plateau_stage
-               else f"{s.get(unit + '_done')} {unit} ({s['budget_sequences']:,} sequences)")
-        rows.append([REAL_LABELS.get(arm, arm), cells[arm][0], cells[arm][1],
-                     stats.fmt_seeds(R.by_seed(g, "test_ppl_word").values()),
-                     stats.fmt_seeds(R.by_seed(g, "best_val_ppl").values()), how, _extra(arm, g)])
-    return stats.markdown(["arm", "test ppl / token", "− FedAvg, 95% CI, Holm over the table", "test ppl / word",
-                           "best validation ppl", "plateau rule" if plateau_stage else "length", "notes"], rows)
 
 
 def _real_curves(groups: dict, path: Path, title: str) -> list[Path]:
@@ -322,40 +271,19 @@ def _real_curves(groups: dict, path: Path, title: str) -> list[Path]:
 
 
 def real_report(root, figures) -> list[Path]:
-    """results_real.md (in ``root`` and ``figures``) and one curve figure per setting of real_grid.py's runs."""
+    """One curve figure per setting of real_grid.py's runs in ``root`` (their tables: mamba_fl/results.py's
+    blocks, ``python -m common.results --show mamba_fl.real-report --records mamba_fl/results/real=<out-dir>``)."""
     root, figures = Path(root), Path(figures)
     runs = [r | {"arm": r["name"].split("_")[0], "setting": real_setting(r["name"])}
             for r in R.with_keys([r for r in R.load_runs(root, "*_L*_s*") if real_setting(r["name"]) is not None],
                                  "the mamba real-text grid", summary={"test_ppl": R.NUMBER})]
-    if not runs:
-        return []
-    md = ["# mamba_fl on real WikiText-2 text", "",
-          "Test perplexity of each run's best-validation model (the test articles are read once, after training), "
-          "mean ± sample sd over seeds (n); paired difference to FedAvg over the same seeds with its 95% t interval, "
-          "verdicts Holm-corrected within each table. Plateau rule: the run stops after "
-          f"{runs[0]['summary'].get('patience') or 3} evaluations in a row without a 1 % gain; a run that never "
-          "met it ran to its cap.", ""]
     written = []
     for setting in sorted({r["setting"] for r in runs}):
         L, shard, clients, stage = setting
         groups = {a: g for a in REAL_ARMS if (g := [r for r in runs if r["setting"] == setting and r["arm"] == a])}
-        s = next(iter(groups.values()))[0]["summary"]
-        name = f"{L} layer{'s' if L > 1 else ''}, {shard} shards, {clients}"
-        md += [f"## {name}: at the plateau", "", *real_table(groups, True), "",
-               f"Reference points on the test articles: uniform {s['test_uniform_ppl']:.0f} / token, unigram "
-               f"(fitted on the training articles) {s['test_unigram_ppl']:.1f} / token.", ""]
-        budget = {a: [_at_budget(r) for r in g if r["summary"].get("budget_test_ppl") is not None]
-                  for a, g in groups.items()}
-        if any(budget.values()):
-            md += [f"## {name}: at equal compute", "",
-                   "The best-validation model of each run's first part (`--budget-at`: the same training sequences "
-                   "for every arm), scored on the test articles; each plateau run keeps it, and at a constant "
-                   "rate it is exactly the shorter run.", "",
-                   *real_table({a: g for a, g in budget.items() if g}, False), ""]
         written += _real_curves(groups, figures / f"real_L{L}_{shard}_{clients}_{stage}.png",
                                 f"Mamba2 {L} layer{'s' if L > 1 else ''} on real WikiText-2, {shard} shards, "
                                 f"{clients}, {stage}")
-    _write_report(md, "results_real.md", root, figures)
     return written
 
 
@@ -386,7 +314,8 @@ def run_curves(runs: list[dict], path: Path) -> list[Path]:
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
-    p = cli.ArgumentParser(description="Figures of mamba_fl run directories", add_help=add_help,
+    p = cli.ArgumentParser(description="Figures of mamba_fl run directories (their tables: python -m common.results "
+                           "--show mamba_fl.real-report --records mamba_fl/results/real=OUT_DIR)", add_help=add_help,
                            epilog=cli.examples(__doc__))
     p.add_argument("--runs", nargs="+", default=["runs/mamba_grid"],
                    help="folders holding the run directories (default: where run_grid.py writes)")
@@ -401,7 +330,7 @@ def main(argv=None) -> dict:
     out = cli.check_out_dir(args.out, "--out")
     written = []
     for root in args.runs:
-        figures = out if len(args.runs) == 1 else out / Path(root).name  # one results_real.md per grid
+        figures = out if len(args.runs) == 1 else out / Path(root).name  # one folder of figures per grid
         written += grid_figures(root, figures) + real_report(root, figures)
         grid = {p.name for p in R.find_runs(root, "*_L*_s*")}  # grid_figures' and real_report's runs
         written += run_curves(single_runs(root, grid), figures / "runs.png")

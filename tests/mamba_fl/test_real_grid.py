@@ -102,32 +102,49 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     assert not (tmp_path / "typo").exists()
 
 
-def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys):
-    """Runs named as real_grid.py names them (tiny, --quick) give results_real.md and a curve figure."""
+def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys, monkeypatch):
+    """Runs named as real_grid.py names them (tiny, --quick) in a grid's out-dir give results_real.md's tables
+    through mamba_fl/results.py's block (``--show ... --records``) and a curve figure through plot_mamba."""
+    from common import results
     from mamba_fl import central, fed_avg, fed_fisher
     from plots import plot_mamba
 
-    split = split_dir
-    runs = tmp_path / "runs"
-    common = ["--data-dir", str(split), "--patience", "2", "--test", "--out-dir", str(runs), "--lr", "2e-2",
+    grid = tmp_path / "grid"
+    runs = grid / "runs"
+    common = ["--data-dir", str(split_dir), "--patience", "2", "--test", "--out-dir", str(runs), "--lr", "2e-2",
               "--budget-at", "2"]
     central.main(tiny(*common, "--max-steps", "3", "--run-name", "central_L1_contiguous_k2m2_plateau_s0"))
     for name, script in (("fedavg", fed_avg), ("fedfisher", fed_fisher)):
         script.main(tiny(*common, "--rounds", "3", "--eval-every", "1",
                          "--run-name", f"{name}_L1_contiguous_k2m2_plateau_s0"))
-    out = plot_mamba.main(["--runs", str(runs), "--out", str(tmp_path / "fig")])
-    text = (tmp_path / "fig" / "results_real.md").read_text()
-    assert "## 1 layer, contiguous shards, k2m2: at the plateau" in text
-    plateau, budget = text.split("at equal compute")
+    # the selection beside runs/: central's rate at the top of its candidates, FedAvg's inside
+    (grid / "selection.json").write_text(json.dumps({"chosen": {"central": {"--lr": 0.02}, "fedavg": {"--lr": 0.02}},
+                                                     "scores": {"central": {"0.006": 90.0, "0.02": 80.0},
+                                                                "fedavg": {"0.006": 90.0, "0.02": 80.0,
+                                                                           "0.06": 85.0}}}))
+    monkeypatch.setattr(results, "REDIRECTS", {})  # what --records sets, for this test only
+    capsys.readouterr()
+    assert results.main(["--show", "mamba_fl.real-report", "--records", f"mamba_fl/results/real={grid}"]) == 0
+    text = capsys.readouterr().out
+    assert "## 1 layer, 2 clients, contiguous shards: at the plateau" in text
+    assert "## 1 layer, 2 clients, contiguous shards: at equal compute" in text
+    plateau, budget = text.split("at equal compute\n")
     lines = {line.split(" | ")[0].lstrip("| "): line for line in plateau.splitlines() if line.startswith("| ")}
-    assert "reference" in lines["FedAvg (client AdamW, persistent moments)"]
-    fisher = lines["FedFisher (per-example Fisher)"]
-    assert "(n=1)" in fisher and "met the rule" in fisher and "central AdamW" in lines
-    assert "unigram (fitted on the training articles)" in text
-    assert "## 1 layer, contiguous shards, k2m2: at equal compute" in text
+    assert set(lines) == {"arm", "central (AdamW, batch 16)", "FedAvg (client AdamW, moments kept; the reference)",
+                          "FedFisher (per-example Fisher)"}
+    fisher, first = lines["FedFisher (per-example Fisher)"], lines["central (AdamW, batch 16)"]
+    # one seed: no interval to state, so a comparison says so (or that the arm learned less than the unigram)
+    assert "1 seed" in fisher or "not compared" in fisher
+    assert "met the rule; best at rounds" in fisher and "best at steps" in first
+    assert ("lr at the high edge of its grid" in first) != ("not compared" in first)  # the selection's edge
+    assert "floor decides" in fisher  # its Fisher's floor share, from metrics.jsonl
+    assert "unigram (fitted on the training articles)" in plateau
     assert "FedFisher (per-example Fisher)" in budget and "2 rounds" in budget and "2 steps" in budget
+    assert not (grid / "results_real.md").exists()  # tables are the block's, not a file in the out-dir
+
+    out = plot_mamba.main(["--runs", str(runs), "--out", str(tmp_path / "fig")])
     assert [p for p in out["figures"] if p.endswith("real_L1_contiguous_k2m2_plateau.png")]
-    assert not (tmp_path / "fig" / "results.md").exists()  # no synthetic-grid report of these runs
+    assert not list((tmp_path / "fig").glob("*.md"))  # figures only: no report, no synthetic-grid one
 
 
 def test_selection_extends_a_choice_at_the_edge_of_its_grid(mamba_cache, tmp_path):
