@@ -4,8 +4,8 @@ grid (run_grid.py's records: ``mamba_fl/results_synthetic.py``, listed here).
 
 Records: ``RECORDS/runs/<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>`` (args.json, summary.json), the
 headline's d_model-32 grid, and ``SOURCE/runs/...`` the same grid at the source's d_model 512. Each table's
-comparisons to FedAvg are one Holm family, as in plots/plot_mamba.py's results_real.md; a sentence that draws a
-conclusion across tables names the family that spans them (``FISHER_FAMILY``).
+comparisons to FedAvg are one Holm family (``table_study``, results_real.md's tables); a sentence that draws a
+conclusion across tables names the family that spans them (``FISHER``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from common import plateau, stats, study, study_report
 from common import results as RS
 from common.errors import check
-from mamba_fl import results_synthetic
+from mamba_fl import real_grid, results_synthetic
 from mamba_fl.real_grid import FEDERATED
 
 RECORDS = "mamba_fl/results/real"          # the d_model-32 real-text grid
@@ -28,6 +28,8 @@ LABELS = {"central": "central (AdamW, batch 16)", "central-b4": "central, 4x bat
           "fedavg": "FedAvg (client AdamW, moments kept)", "fedfisher": "FedFisher (per-example Fisher)",
           "fedfisher-local": "FedFisher (--fisher-method local)", "fedentropy": "FedEntropy",
           "fedavgm": "FedAvgM (heavy ball)"}
+SHORT = {"central": "central", "central-b4": "central at 4x batch", "fedavg": "FedAvg", "fedfisher": "FedFisher",
+         "fedfisher-local": "FedFisher-local", "fedentropy": "FedEntropy", "fedavgm": "FedAvgM"}  # in sentences
 
 
 def grid(folder: str) -> dict:
@@ -70,9 +72,10 @@ def minus(text: str) -> str:
     return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
 
 
-def cell(runs: list[dict], stage: str) -> str:
+def cell(runs: list[dict], stage: str, seeds: int = 5) -> str:
+    """'57.1 ± 1.1', with '(n=3)' where the arm has fewer seeds than its table."""
     s = stats.summarize(values(runs, stage).values())
-    return f"{s.mean:.1f} ± {s.sd:.1f}" + (f" (n={s.n})" if s.n != 5 else "")
+    return f"{s.mean:.1f} ± {s.sd:.1f}" + (f" (n={s.n})" if s.n != seeds else "")
 
 
 def passes(runs: list[dict]) -> str:
@@ -102,13 +105,9 @@ STAGES = ("plateau", "budget")
 # its last evaluation was stopped while still improving (not shown to be at a plateau)
 PLATEAU = plateau.Plateau("the best validation perplexity is not the last evaluation", metric="val_ppl",
                           direction="min", schedule="constant")
-# the headline study (real_table): every arm against FedAvg at 1 and 2 layers, 4 clients on contiguous shards, at
-# the plateau and at equal compute; each (depth, stage) table is one Holm family, as in results_real.md
+# the headline (real_table): every arm against FedAvg at 1 and 2 layers, 4 clients on contiguous shards, at the
+# plateau and at equal compute; each (depth, stage) table is one Holm family (``table_study``), as in results_real.md
 HEADLINE = ((1, "contiguous", "k4m4"), (2, "contiguous", "k4m4"))
-REAL = study.Study(
-    "real", arms=tuple(study.Arm(_arm(a, k), *_script(a)) for k in HEADLINE for a in ARMS), seeds=(0, 1, 2, 3, 4),
-    comparisons=tuple(study.Comparison(_arm(a, k), _arm("fedavg", k), f"{k[0]} layer(s), {stage}", stage)
-                      for k in HEADLINE for stage in STAGES for a in ARMS if a != "fedavg"))
 # FedFisher − FedAvg in every setting of the grid, at the plateau and at equal compute: one family, the one a
 # conclusion across its tables needs (harder_table, study_real)
 SETTINGS = (*HEADLINE, (1, "topic", "k4m4"), (1, "contiguous", "k16m4"), (4, "contiguous", "k4m4"))
@@ -120,7 +119,7 @@ FISHER = study.Study(
 
 def table_study(folder: str, setting: tuple) -> study.Study:
     """One table of a record folder as a study: every arm of ``setting`` against FedAvg, at the plateau and at
-    equal compute, each stage one Holm family (plots/plot_mamba.py's results_real.md)."""
+    equal compute, each stage one Holm family (results_real.md's tables: ``report``)."""
     arms = grid(folder).get(setting, {})
     seeds = sorted({r["args"]["seed"] for runs in arms.values() for r in runs})
     return study.Study(f"{folder} {_arm('', setting)}", arms=tuple(study.Arm(_arm(a, setting), *_script(a))
@@ -186,26 +185,44 @@ def _values(name: str, stage: str) -> dict:
     return values(_runs(name), stage)
 
 
-def real_table() -> str:
-    """The headline table: 1 and 2 layers, 4 clients on contiguous shards, at the plateau and at equal compute
-    (``REAL``'s comparisons through ``common.study_report``: each verdict with its warnings)."""
-    found = {(c.arm, c.metric): f for c, f in study_report.compare(REAL, _values, real_notes).items()}
+def headline_table(folder: str, settings: tuple) -> str:
+    """A headline table: every arm of ``settings`` (one row each, by depth) at the plateau and at equal compute,
+    each verdict its table's (``table``: Holm over the table, with its warnings), the passes at the stop, and the
+    test's reference points."""
+    rows, runs = [], []
+    for k in settings:
+        found, arms = table(folder, k), grid(folder)[k]
+        n = len(table_study(folder, k).seeds)
 
-    def verdict(name: str, stage: str) -> str:
-        if name.startswith("fedavg_"):
-            return minus(study_report.warned("reference", real_notes(name, stage)))
-        if (name, stage) not in found:  # FedAvg has no runs here
-            return "–"
-        d, claim, warnings = found[name, stage]
-        return study_report.warned(short(d, claim), warnings)
+        def verdict(arm: str, stage: str, k: tuple = k, found: dict = found) -> str:
+            if arm == "fedavg":
+                return minus(study_report.warned("reference", real_notes(_arm(arm, k), stage, folder)))
+            if (arm, stage) not in found:  # FedAvg has no runs here
+                return "–"
+            d, claim, warnings = found[arm, stage]
+            return study_report.warned(short(d, claim), warnings)
 
-    rows = [[k[0], LABELS[arm], cell(g, "plateau"), verdict(_arm(arm, k), "plateau"), passes(g), cell(g, "budget"),
-             verdict(_arm(arm, k), "budget")] for k, arms in grid(RECORDS).items() if k in HEADLINE
-            for arm, g in arms.items()]
-    table = stats.markdown(["layers", "arm", "at the plateau", "− FedAvg [95% CI]", "passes at the stop",
+        rows += [[k[0], LABELS[arm], cell(g, "plateau", n), verdict(arm, "plateau"), passes(g), cell(g, "budget", n),
+                  verdict(arm, "budget")] for arm, g in arms.items()]
+        runs += [r["summary"] for g in arms.values() for r in g]
+    lines = stats.markdown(["layers", "arm", "at the plateau", "− FedAvg [95% CI]", "passes at the stop",
                             f"at equal compute ({BUDGET_PASSES} passes)", "− FedAvg [95% CI]"], rows)
-    return "\n".join([*table, "", "k/n still improving: k of the arm's n runs had their best validation point at "
-                       "their last evaluation, where the rule stopped them; they are not shown to be at a plateau."])
+    below = RS.range_of((s["test_unigram_ppl"] / s["test_ppl"] for s in runs), 1)
+    return "\n".join([*lines, "", "k/n still improving: k of the arm's n runs had their best validation point at "
+                       "their last evaluation, where the rule stopped them; they are not shown to be at a plateau. "
+                       f"Reference points on the test articles: uniform {runs[0]['test_uniform_ppl']:,.0f}, unigram "
+                       f"(fitted on the training articles) {runs[0]['test_unigram_ppl']:.1f} per token; every run "
+                       f"of the table ends {below}x below the unigram."])
+
+
+def real_table() -> str:
+    """The headline table: 1 and 2 layers, 4 clients on contiguous shards."""
+    return headline_table(RECORDS, HEADLINE)
+
+
+def source_table() -> str:
+    """The source-size grid's table: 1 and 2 layers, 4 clients on contiguous shards."""
+    return headline_table(SOURCE, tuple(k for k in grid(SOURCE) if k[1:] == ("contiguous", "k4m4")))
 
 
 def fisher_family() -> dict:
@@ -394,6 +411,234 @@ def source_report() -> str:
     return report(SOURCE)
 
 
+# ---------------------------------------------------------------------------- the README's sentences
+def mean(folder: str, setting: tuple, arm: str, metric: str = "plateau") -> stats.Summary:
+    """An arm's ``metric`` (``values``) over its seeds."""
+    return stats.summarize(values(grid(folder)[setting][arm], metric).values())
+
+
+def pct(a: float, b: float) -> str:
+    """How far ``a`` is above ``b`` in percent ('2.3')."""
+    return f"{100 * (a / b - 1):.1f}"
+
+
+def mean_passes(runs: list[dict]) -> float:
+    return stats.summarize(BUDGET_PASSES * r["summary"]["stopped_at"] / r["summary"]["budget_at"] for r in runs).mean
+
+
+def central_gap() -> str:
+    """Central against FedAvg on the same blocks at 1 and 2 layers, and what the second layer does."""
+    plateau_, budget, = [], []
+    for k in HEADLINE:
+        t, c, f = table(RECORDS, k), mean(RECORDS, k, "central"), mean(RECORDS, k, "fedavg")
+        side = "above" if f.mean >= c.mean else "below"
+        plateau_.append(f"{abs(f.mean - c.mean):.1f} points ({pct(f.mean, c.mean)} %) {side} central's at "
+                        f"{_depth(k[0])}, central − FedAvg {said(t['central', 'plateau'])} over their shared seeds")
+        budget.append(f"{said(t['central', 'budget'])} at {_depth(k[0])}")
+    one, two = (grid(RECORDS)[k] for k in HEADLINE)
+    drops = [100 * (1 - mean(RECORDS, HEADLINE[1], a).mean / mean(RECORDS, HEADLINE[0], a).mean)
+             for a in one if a in two]
+    verb = "falls" if min(drops) > 0 else "changes"
+    return minus(f"At the plateau FedAvg's mean is {'; and '.join(plateau_)}. At equal compute ({BUDGET_PASSES} "
+                 f"passes) central − FedAvg is {' and '.join(budget)}. From 1 to 2 layers every arm's mean test "
+                 f"perplexity at the plateau {verb} by {RS.range_of(drops, 0)} %.")
+
+
+def b4_control() -> str:
+    """Central at FedAvg's number of sequential updates (a 4x batch) against FedAvg and against central."""
+    parts, behind = [], []
+    for k in HEADLINE:
+        t = table(RECORDS, k)
+        b4, f = ({st: mean(RECORDS, k, a, st).mean for st in STAGES} for a in ("central-b4", "fedavg"))
+        parts.append(f"{_depth(k[0])}: {b4['plateau']:.1f} against FedAvg's {f['plateau']:.1f} at the plateau, "
+                     f"{said(t['central-b4', 'plateau'])}; {b4['budget']:.1f} against {f['budget']:.1f} at equal "
+                     f"compute, {said(t['central-b4', 'budget'])}")
+        behind.append(b4["budget"] - mean(RECORDS, k, "central", "budget").mean)
+    return minus("Central with a 4x batch − FedAvg, " + "; ".join(parts) + ". At equal compute its mean is "
+                 f"{RS.range_of(behind)} points above central's at 1 and 2 layers (a difference of means: central-b4 "
+                 "− central is not among the tables' comparisons).")
+
+
+def fisher_headline() -> str:
+    """FedFisher against FedAvg at 1 and 2 layers, how much longer it runs, and its best validation point cut at
+    FedAvg's stop (metrics.jsonl)."""
+    one, two = (table(RECORDS, k) for k in HEADLINE)
+    arms = grid(RECORDS)[HEADLINE[1]]
+    fed = {r["args"]["seed"]: r for r in arms["fedavg"]}
+    cut, own = [], []
+    for r in arms["fedfisher"]:
+        ref = fed[r["args"]["seed"]]
+        rows = [json.loads(x) for x in (r["path"] / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
+        cut.append(min(x["val_ppl"] for x in rows if "val_ppl" in x and x["round"] <= ref["summary"]["stopped_at"])
+                   - ref["summary"]["best_val_ppl"])
+        own.append(r["summary"]["best_val_ppl"] - ref["summary"]["best_val_ppl"])
+    cut_, own_ = (stats.summarize(x).mean for x in (cut, own))
+    f2 = mean(RECORDS, HEADLINE[1], "fedavg").mean
+    per_round = {L: stats.summarize(r["summary"]["wall_seconds"] / r["summary"]["rounds_done"]
+                                    for r in grid(RECORDS)[k]["fedfisher"]).mean /
+                 stats.summarize(r["summary"]["wall_seconds"] / r["summary"]["rounds_done"]
+                                 for r in grid(RECORDS)[k]["fedavg"]).mean for L, k in ((k[0], k) for k in HEADLINE)}
+    return minus(f"FedFisher − FedAvg at 1 layer: {said(one['fedfisher', 'plateau'])} at the plateau, "
+                 f"{said(one['fedfisher', 'budget'])} at equal compute. At 2 layers, at the plateau: "
+                 f"{said(two['fedfisher', 'plateau'])}, {100 * abs(two['fedfisher', 'plateau'].paired.mean) / f2:.0f} "
+                 f"% of FedAvg's mean, where FedFisher runs longer before the rule stops it "
+                 f"({passes(arms['fedfisher'])} passes, mean {mean_passes(arms['fedfisher']):.1f}, against FedAvg's "
+                 f"{passes(arms['fedavg'])}, mean {mean_passes(arms['fedavg']):.1f}): cut at the round where FedAvg's "
+                 f"run of the same seed stopped, FedFisher's best validation perplexity is {cut_:+.1f} from FedAvg's "
+                 f"on average ({own_:+.1f} at its own stop); at equal compute {said(two['fedfisher', 'budget'])}. A "
+                 f"FedFisher round takes {RS.range_of(per_round.values())}x FedAvg's wall time (1 and 2 layers, "
+                 "summary.json; the runs shared the machine unevenly).")
+
+
+def selection() -> dict:
+    return json.loads((RS.path(RECORDS) / "selection.json").read_text(encoding="utf-8"))
+
+
+def entropy() -> str:
+    """FedEntropy's chosen temperature, its client weights there (metrics.jsonl of the reported runs) and at the
+    other temperatures (the selection runs), and its verdicts at equal compute."""
+    record = selection()
+    chosen = record["chosen"]["fedentropy"]["--temperature"]
+    scores = record["scores"]["fedentropy"]
+    weights, ratios = [], []
+    for k in HEADLINE:
+        for r in grid(RECORDS)[k]["fedentropy"]:
+            for row in map(json.loads, filter(str.strip, (r["path"] / "metrics.jsonl").read_text(
+                    encoding="utf-8").splitlines())):
+                if "entropy_weight" in row:
+                    weights += row["entropy_weight"].values()
+                    ratios.append(row["entropy_weight_ratio"])
+    others = {t: plateau.curve(RS.path(f"{RECORDS}/runs") / f"select_fedentropy_temperature{t}",
+                               "entropy_weight_ratio") for t in scores if float(t) < chosen}
+    one, two = (table(RECORDS, k) for k in HEADLINE)
+    return minus(f"Its temperature, chosen on validation, is {chosen:g} (best validation perplexity per temperature: "
+                 + ", ".join(f"{t}: {v:.2f}" for t, v in scores.items()) + f"): there its weights stay within "
+                 f"{min(weights):.3f}-{max(weights):.3f} (largest / smallest at most {max(ratios):.3f} in any "
+                 f"evaluation of any reported run), and FedEntropy − FedAvg at equal compute is "
+                 f"{said(one['fedentropy', 'budget'])} at 1 layer and {said(two['fedentropy', 'budget'])} at 2 "
+                 "layers. The largest / smallest weight at a lower temperature (its selection run): "
+                 + "; ".join(f"T = {t}: {RS.range_of(c)}" for t, c in others.items()) + ".")
+
+
+def fisher_local() -> str:
+    """FedFisher with the local Fisher against FedAvg at 1 and 2 layers."""
+    one, two = (table(RECORDS, k) for k in HEADLINE)
+    arms = [grid(RECORDS)[k] for k in HEADLINE]
+    local, fed = (passes([r for a in arms for r in a[arm]]) for arm in ("fedfisher-local", "fedavg"))
+    return minus(f"At the plateau {' and '.join(cell(a['fedfisher-local'], 'plateau', 5) for a in arms)} at 1 and "
+                 f"2 layers; FedFisher-local − FedAvg {said(one['fedfisher-local', 'plateau'])} and "
+                 f"{said(two['fedfisher-local', 'plateau'])}, the rule stopping it after {local} passes (FedAvg "
+                 f"{fed}); at equal compute {said(one['fedfisher-local', 'budget'])} and "
+                 f"{said(two['fedfisher-local', 'budget'])}.")
+
+
+def hand_check() -> str:
+    """The selection's FedAvg run against the reported seeds' best validation perplexity (1 layer)."""
+    record, k = selection(), HEADLINE[0]
+    lr = record["chosen"]["fedavg"]["--lr"]
+    won = next(v for c, v in record["scores"]["fedavg"].items() if float(c) == lr)
+    best = values(grid(RECORDS)[k]["fedavg"], "plateau val")
+    return (f"Its FedAvg run (seed {real_grid.SELECTION_SEED}, the selection's winner at lr {lr:g}) reached {won:.2f} "
+            f"on validation; the {len(best)} reported seeds reach {RS.range_of(best.values())} (mean "
+            f"{stats.summarize(best.values()).mean:.1f}, against central's "
+            f"{mean(RECORDS, k, 'central', 'plateau val').mean:.1f}).")
+
+
+TOPIC, K16, L4 = (1, "topic", "k4m4"), (1, "contiguous", "k16m4"), (4, "contiguous", "k4m4")
+
+
+def heterogeneity() -> str:
+    """What topic shards and 16 clients (4 a round) cost FedAvg at 1 layer, and FedFisher − FedAvg as a share of
+    FedAvg's mean in each setting."""
+    base = HEADLINE[0]
+    fed = {k: mean(RECORDS, k, "fedavg").mean for k in (base, TOPIC, K16)}
+    costs = [f"{fed[k] - fed[base]:.1f} points ({pct(fed[k], fed[base])} %) higher {what}" for k, what in
+             ((TOPIC, "on topic shards"), (K16, "with 16 clients, 4 a round"))]
+    share = {st: ", ".join(f"{100 * table(RECORDS, k)['fedfisher', st].paired.mean / mean(RECORDS, k, 'fedavg', st).mean:+.1f} % ({what})"  # noqa: E501
+                           for k, what in ((base, "4 contiguous shards"), (TOPIC, "topic"), (K16, "16 clients")))
+             for st in STAGES}
+    return minus(f"FedAvg's mean at the plateau, against its {fed[base]:.1f} on 4 contiguous shards, is "
+                 f"{' and '.join(costs)}. FedFisher − FedAvg as a share of FedAvg's mean: {share['plateau']} "
+                 f"at the plateau; {share['budget']} at equal compute (their verdicts: the table above).")
+
+
+def depth() -> str:
+    """4 layers, 3 seeds: every arm at the plateau, central and FedFisher against FedAvg, depth across the grid,
+    and FedFisher's largest rise on validation after its best round."""
+    t, arms = table(RECORDS, L4), grid(RECORDS)[L4]
+    at = ", ".join(f"{SHORT[a]} {cell(g, 'plateau', len(g))}" for a, g in arms.items())
+    best = " / ".join(f"{mean(RECORDS, L4, a, 'plateau val').mean:.1f}" for a in arms)
+    chain = [k for k in sorted(grid(RECORDS)) if k[1:] == ("contiguous", "k4m4")]
+    fed = " → ".join(f"{mean(RECORDS, k, 'fedavg').mean:.1f}" for k in chain)
+    gaps = [pct(mean(RECORDS, k, "fedavg").mean, mean(RECORDS, k, "central").mean) for k in chain]
+    paired = ", ".join(f"{table(RECORDS, k)['central', 'plateau'].paired.mean:+.1f}" for k in chain)
+    rise = max(((min(c), max(c[c.index(min(c)):])) for r in arms["fedfisher"]
+                if (c := plateau.curve(r["path"], "val_ppl"))), key=lambda x: x[1] - x[0])
+    layers = ", ".join(str(k[0]) for k in chain)
+    return minus(f"At the plateau {at} test perplexity per token (best validation {best}). Central − FedAvg "
+                 f"{said(t['central', 'plateau'])} at the plateau and {said(t['central', 'budget'])} at equal "
+                 f"compute, where central with a 4x batch − FedAvg is {said(t['central-b4', 'budget'])}. FedAvg's "
+                 f"mean from {layers} layers: {fed}; FedAvg's mean is {', '.join(gaps)} % above central's at the "
+                 f"plateau (paired central − FedAvg {paired}). FedFisher − FedAvg: {said(t['fedfisher', 'plateau'])} "
+                 f"at the plateau and {said(t['fedfisher', 'budget'])} at equal compute; one of its seeds rose from "
+                 f"{rise[0]:.1f} to {rise[1]:.1f} on validation after its best round, before the rule stopped it.")
+
+
+def source_fisher() -> str:
+    """FedFisher against FedAvg at the source's size: every paired seed, each table's verdicts, and the floor's
+    share at the last round beside the d_model-32 headline's."""
+    settings = [k for k in grid(SOURCE) if k[1:] == ("contiguous", "k4m4")]
+    diffs, rel, verdicts = [], [], []
+    for k in settings:
+        arms, t = grid(SOURCE)[k], table(SOURCE, k)
+        f, r = (values(arms[a], "plateau") for a in ("fedfisher", "fedavg"))
+        diffs += [f[s] - r[s] for s in f if s in r]
+        rel += [100 * (f[s] / r[s] - 1) for s in f if s in r]
+        verdicts.append(f"{_depth(k[0])}: {said(t['fedfisher', 'plateau'])} at the plateau, "
+                        f"{said(t['fedfisher', 'budget'])} at equal compute")
+    worst = max(values(grid(SOURCE)[settings[0]]["fedfisher"], "plateau").values())
+
+    def floor(folder: str) -> str:
+        return RS.range_of((100 * c[-1] for k in grid(folder) if k[1:] == ("contiguous", "k4m4")
+                            for r in grid(folder)[k].get("fedfisher", ()) if (c := plateau.curve(r["path"],
+                                                                                                "fisher_eps_share"))),
+                           0)
+
+    above = sum(d > 0 for d in diffs)
+    return minus(f"FedFisher's test perplexity is above FedAvg's in {above} of {len(diffs)} paired seeds (1 and 2 "
+                 f"layers, at the plateau), by {RS.range_of(diffs, 0)} ({RS.range_of(rel, 0)} %); FedFisher − FedAvg "
+                 f"{'; '.join(verdicts)}; at 1 layer its worst seed ends at {worst:.0f}. At the last round the floor "
+                 f"decides {floor(SOURCE)} % of the coordinates at this size, {floor(RECORDS)} % in the d_model-32 "
+                 "headline's 4-client runs on contiguous shards.")
+
+
+def source_depth() -> str:
+    """Each arm's mean at the plateau at 1 and 2 layers of the source-size grid."""
+    one, two = ((1, "contiguous", "k4m4"), (2, "contiguous", "k4m4"))
+    arms = [a for a in grid(SOURCE)[one] if a in grid(SOURCE).get(two, {})]
+    return minus("From 1 to 2 layers at the plateau: " + ", ".join(
+        f"{SHORT[a]} {mean(SOURCE, one, a).mean:.1f} → {mean(SOURCE, two, a).mean:.1f}" for a in arms)
+        + f" (means over {len(table_study(SOURCE, one).seeds)} seeds; the grid declares no comparison across depths).")
+
+
+def source_caveats() -> str:
+    """The source-size selection at the edge of its candidates, and central's best validation steps."""
+    record = json.loads((RS.path(SOURCE) / "selection.json").read_text(encoding="utf-8"))
+    parts = []
+    for arm, choice in record["chosen"].items():
+        (flag, value), = choice.items()
+        scores = {float(c): v for c, v in record["scores"][arm].items() if v is not None}
+        near = max((c for c in scores if c != value), key=lambda c: -abs(c - value))
+        parts.append(f"{SHORT[arm]} {scores[value]:.1f} at {value:g} against {scores[near]:.1f} at {near:g}")
+    steps = sorted({r["summary"]["best_at"] for r in grid(SOURCE)[(1, "contiguous", "k4m4")]["central"]})
+    return (f"Best validation perplexity of the selection runs: {'; '.join(parts)}. Central's best validation point "
+            f"at 1 layer is at step {' / '.join(map(str, steps))} in each of its seeds.")
+
+
 BLOCKS = {"real-report": real_report, "source-report": source_report, "real-table": real_table,
-          "harder-table": harder_table, "momentum": momentum, "source-gap": source_gap, "study-real": study_real,
-          "study-source": study_source, **results_synthetic.BLOCKS}
+          "source-table": source_table, "harder-table": harder_table, "momentum": momentum, "source-gap": source_gap,
+          "study-real": study_real, "study-source": study_source, "central-gap": central_gap,
+          "b4-control": b4_control, "fisher-headline": fisher_headline, "entropy": entropy,
+          "fisher-local": fisher_local, "hand-check": hand_check, "heterogeneity": heterogeneity, "depth": depth,
+          "source-fisher": source_fisher, "source-depth": source_depth, "source-caveats": source_caveats,
+          **results_synthetic.BLOCKS}
