@@ -10,9 +10,13 @@ Records (``RECORDS``, the out-dir's layout, written by ``run_grid.py --records``
 choice), ``grid.json`` (each invocation's wall time) and ``shards/<name>/summary.json`` (each shard folder's label
 mix, without the example indices).
 
-The study (``SST2``) is declared from run_grid.py's ``merges`` design: every arm against centralized LoRA is one Holm
-family (the table's), the merge contrasts (``CONTRASTS``) another. Compute is matched in total optimizer steps
-(batches of 4 over all clients), checked from the records. The plateau rule (``PLATEAU``) reads the selection split.
+A study per task (``STUDIES``), each declared from one of run_grid.py's designs: SST-2 (``SST2``, ``merges``, 5
+seeds, dev accuracy) and MRPC (``MRPC``, ``small``, 3 seeds, dev F1 with accuracy beside it). In each, every arm
+against centralized LoRA is one Holm family (the table's), the merge contrasts among its arms (``CONTRASTS``)
+another. Compute is matched in total optimizer steps (batches of 4 over all clients), checked from the records. The
+plateau rule (``PLATEAU``) reads the selection split's accuracy in both (its sampling noise is binomial; F1's is
+not). Every table is one function of the task; a task's blocks say its records are not committed yet until
+selection.json holds the task.
 """
 from __future__ import annotations
 
@@ -28,7 +32,14 @@ from common.errors import check
 from lora_glue_fl import run_grid
 
 RECORDS = "lora_glue_fl/results/minilm_glue"
-TASK = "sst2"
+TASK = "sst2"  # the task a function reads when none is named: the first study's
+TITLE = {"sst2": "SST-2", "mrpc": "MRPC"}
+METRIC = {"sst2": "accuracy", "mrpc": "f1"}  # the dev metric of every verdict: the task's main metric (glue_tasks)
+BESIDE = {"sst2": (), "mrpc": ("accuracy",)}  # the dev metrics shown beside it
+NAMES = {"accuracy": "accuracy", "f1": "F1"}
+EXAMPLES = {"sst2": "sentences", "mrpc": "pairs"}
+CLASSES = {"sst2": {0: "negative", 1: "positive"}, "mrpc": {0: "not a paraphrase", 1: "paraphrase"}}
+COMMANDS = {"sst2": "--sst2_design merges", "mrpc": "--tasks mrpc --seeds 0 1 2"}  # run_grid.py's, out-dir aside
 METHODS = {"central": "centralized LoRA", "svd": "FedAvg, SVD merge", "naive": "FedAvg, naive A/B averaging",
            "exact": "FedAvg, exact merge", "oneshot": "one-shot, SVD merge", "oneshot-naive": "one-shot, naive merge"}
 SHARDS = {"iid": "iid shards", "dir0.1": "Dirichlet α = 0.1", "dir1": "Dirichlet α = 1",
@@ -69,7 +80,7 @@ def design_arms(cells=run_grid.MERGES) -> tuple[str, ...]:
 
 
 ARMS = design_arms()
-# (arm a, arm b, what a − b answers): the merge contrasts, one Holm family
+# (arm a, arm b, what a − b answers): the merge contrasts; a study's are those between two of its arms, one Holm family
 CONTRASTS = (
     *((f"svd_{s}", f"naive_{s}", "SVD merge − naive A/B averaging") for s in ("iid", "dir0.1")),
     *((f"oneshot_{s}", f"oneshot-naive_{s}", "SVD merge − naive A/B averaging, one-shot") for s in ("iid", "dir0.1")),
@@ -80,14 +91,40 @@ CONTRASTS = (
 )
 VS_CENTRAL = "− centralized"
 MERGE_FAMILY = "merge contrasts"
-SST2 = study.Study(
-    "minilm_sst2", arms=tuple(study.Arm(a, SCRIPTS.get(split(a)[0], "lora_glue_fl.fedavg_rounds"),
-                                        () if a == "central" else ("--aggregation", split(a)[0].replace(
-                                            "oneshot-naive", "naive").replace("oneshot", "svd")))
-                              for a in ARMS),
-    seeds=(0, 1, 2, 3, 4), selection_seeds=(100,), compute="equal steps",
-    comparisons=(*(study.Comparison(a, "central", VS_CENTRAL) for a in ARMS if a != "central"),
-                 *(study.Comparison(a, b, MERGE_FAMILY, what) for a, b, what in CONTRASTS)))
+
+
+def declare(name: str, arms: tuple[str, ...], seeds: tuple[int, ...], flags: tuple[str, ...] = ()) -> study.Study:
+    """A task's study: its arms (``flags``: what every run of the task adds), every arm against centralized LoRA
+    one Holm family, the merge contrasts between two of its arms (``CONTRASTS``, the question as the comparison's
+    metric) another; compute matched in optimizer steps."""
+    def aggregation(arm: str) -> tuple[str, ...]:
+        method = split(arm)[0].replace("oneshot-naive", "naive").replace("oneshot", "svd")
+        return () if arm == "central" else ("--aggregation", method)
+
+    return study.Study(
+        name, arms=tuple(study.Arm(a, SCRIPTS.get(split(a)[0], "lora_glue_fl.fedavg_rounds"), aggregation(a) + flags)
+                         for a in arms),
+        seeds=seeds, selection_seeds=(100,), compute="equal steps",
+        comparisons=(*(study.Comparison(a, "central", VS_CENTRAL) for a in arms if a != "central"),
+                     *(study.Comparison(a, b, MERGE_FAMILY, what) for a, b, what in CONTRASTS
+                       if a in arms and b in arms)))
+
+
+SST2 = declare("minilm_sst2", ARMS, (0, 1, 2, 3, 4))
+# run_grid.py trains the pooler for MRPC (its --train_pooler default): a frozen one left a seed at the majority class
+MRPC = declare("minilm_mrpc", design_arms(run_grid.SMALL), (0, 1, 2), ("--train_pooler",))
+STUDIES = {"sst2": SST2, "mrpc": MRPC}
+
+
+def arms(task: str = TASK) -> tuple[str, ...]:
+    """The task's arms, in the table's order."""
+    return tuple(a.name for a in STUDIES[task].arms)
+
+
+def contrasts(task: str = TASK) -> list[tuple[str, str, str]]:
+    """(arm a, arm b, what a − b answers) of the task's merge contrasts, in ``CONTRASTS``' order."""
+    return [(c.arm, c.reference, c.metric) for c in STUDIES[task].comparisons if c.family == MERGE_FAMILY]
+
 
 # The plateau. Every local run (centralized, or a client's round) decays its rate linearly to 0, so a rule on the last
 # part of one decayed run holds by construction: centralized and one-shot runs (one local run each) are not checked.
@@ -95,6 +132,7 @@ SST2 = study.Study(
 # (schedules, batches and dropout depend on the seed, round and client, not on --rounds): its last third (rounds 5-6)
 # is a second budget, and the run is still improving when it gained more than 1 sd of the selection split's own
 # sampling noise (binomial, at the arm's accuracy) over it. It cannot say whether more rounds would still gain.
+# MRPC's too reads accuracy, not its reported F1: F1's sampling noise has no such closed form.
 CHECK_AT = 2 / 3  # the second budget: this fraction of the rounds
 PLATEAU = plateau.Plateau("the last third of the rounds gains at most 1 sd of the selection split's sampling noise "
                           "over the same run at two thirds of them", check_budget="the last third", tolerance=1.0,
@@ -135,20 +173,21 @@ def runs(arm: str, task: str = TASK) -> dict:
     return _load(RS.path(RECORDS), task).get(arm, {})
 
 
-def dev(arm: str, metric: str = "accuracy") -> dict:
-    """{seed: the final dev-set ``metric``} of an arm."""
-    return {s: r["summary"]["final"][metric] for s, r in runs(arm).items()
+def dev(arm: str, metric: str | None = None, task: str = TASK) -> dict:
+    """{seed: the final dev-set ``metric``} of an arm (default: the task's ``METRIC``)."""
+    metric = metric or METRIC[task]
+    return {s: r["summary"]["final"][metric] for s, r in runs(arm, task).items()
             if r["summary"].get("final", {}).get(metric) is not None}
 
 
-def reported(arms=ARMS) -> list[str]:
-    """The arms with records, in the table's order."""
-    return [a for a in arms if runs(a)]
+def reported(task: str = TASK) -> list[str]:
+    """The task's arms with records, in the table's order."""
+    return [a for a in arms(task) if runs(a, task)]
 
 
-def steps(arm: str, _: str = "") -> dict:
+def steps(arm: str, _: str = "", task: str = TASK) -> dict:
     """{seed: optimizer steps over all clients} (batches of --batch_size): what the compared arms share."""
-    return {s: _steps(r)[0] for s, r in runs(arm).items()}
+    return {s: _steps(r)[0] for s, r in runs(arm, task).items()}
 
 
 def _steps(run: dict) -> tuple[int, int]:
@@ -164,13 +203,27 @@ def _steps(run: dict) -> tuple[int, int]:
     return sum(map(sum, rounds.values())), sum(map(max, rounds.values()))
 
 
-def majority(metric: str = "accuracy", key: str = "majority") -> float:
-    """The majority-class baseline of the dev set (``key`` "selection_majority": of the selection split), the same
-    in every run (refused otherwise: the runs would not share their data)."""
-    seen = {r["summary"][key][metric] for arm in ARMS if split(arm)[0] != "oneshot-naive"
-            for r in runs(arm).values() if key in r["summary"]}
+def _trained(task: str) -> list[dict]:
+    """The task's training runs (every arm's but a one-shot naive merge, which trains nothing)."""
+    return [r for a in arms(task) if split(a)[0] != "oneshot-naive" for r in runs(a, task).values()]
+
+
+def majority(metric: str | None = None, key: str = "majority", task: str = TASK) -> float:
+    """The majority-class baseline in ``metric`` (default: the task's) of the dev set (``key``
+    "selection_majority": of the selection split), the same in every run (refused otherwise: the runs would not
+    share their data)."""
+    metric = metric or METRIC[task]
+    seen = {r["summary"][key][metric] for r in _trained(task) if key in r["summary"]}
     check(len(seen) <= 1, f"{RECORDS}: the runs disagree on the {key} baseline ({sorted(seen)}): not one grid")
     return seen.pop() if seen else math.nan
+
+
+def majority_class(task: str = TASK) -> str:
+    """The class the majority baseline always predicts (the training split's most frequent), by its name."""
+    seen = {r["summary"]["majority_label"] for r in _trained(task) if "majority_label" in r["summary"]}
+    check(len(seen) == 1, f"{RECORDS}: the {task} runs disagree on the majority class ({sorted(seen)})")
+    k = seen.pop()
+    return CLASSES[task].get(k, f"label {k}")
 
 
 @cache
@@ -199,65 +252,78 @@ def noise(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
-def plateau_of(arm: str) -> dict[int, tuple[plateau.Judged, float | None]]:
+def plateau_of(arm: str, task: str = TASK) -> dict[int, tuple[plateau.Judged, float | None]]:
     """{seed: (the plateau verdict, the last third's gain or None)} of an arm's runs (``PLATEAU``; ``DECAYED``
     for centralized and one-shot runs)."""
     out = {}
-    judged = runs(arm)
-    for seed, r in sorted(judged.items()):
+    for seed, r in sorted(runs(arm, task).items()):
         curve = [x["selection_accuracy"] for x in r["rows"] if "selection_accuracy" in x]
         if split(arm)[0] in ("central", "oneshot", "oneshot-naive") or len(curve) < 3:
             out[seed] = (DECAYED.judge(curve or [math.nan]), None)
             continue
         cut = round(len(curve) * CHECK_AT)
-        out[seed] = (PLATEAU.judge(curve, value=curve[cut - 1], longer=curve[-1], noise=split_sd(arm)),
+        out[seed] = (PLATEAU.judge(curve, value=curve[cut - 1], longer=curve[-1], noise=split_sd(arm, task)),
                      curve[-1] - curve[cut - 1])
     return out
 
 
-def split_sd(arm: str) -> float:
+def split_sd(arm: str, task: str = TASK) -> float:
     """The selection split's sampling sd at the arm's mean final selection accuracy: the noise ``PLATEAU`` reads."""
-    group = [r for r in runs(arm).values() if r["rows"]]
+    group = [r for r in runs(arm, task).values() if r["rows"]]
     p = sum(r["rows"][-1]["selection_accuracy"] for r in group) / len(group)
     return noise(p, group[0]["summary"]["selection_examples"])
 
 
-def tolerance(arm: str) -> float:
+def tolerance(arm: str, task: str = TASK) -> float:
     """``PLATEAU``'s tolerance for an arm: its ``tolerance`` sds of the split's noise."""
-    return PLATEAU.tolerance * split_sd(arm)
+    return PLATEAU.tolerance * split_sd(arm, task)
 
 
-def notes(arm: str, _: str = "") -> list[str]:
+def notes(arm: str, _: str = "", task: str = TASK) -> list[str]:
     """What a reader must know beside an arm's verdict: its plateau (``plateau.note``), its rate at an edge."""
-    return [n for n in (plateau.note({s: j for s, (j, _) in plateau_of(arm).items()}), edge(family(arm))) if n]
+    return [n for n in (plateau.note({s: j for s, (j, _) in plateau_of(arm, task).items()}),
+                        edge(family(arm), task)) if n]
+
+
+def _decayed(task: str, sep: str = ", ") -> str:
+    """The kinds of runs of the task that ``PLATEAU`` does not check (one local run, decayed once)."""
+    return sep.join(["Centralized", *(["one-shot"] if any(split(a)[0] == "oneshot" for a in arms(task)) else [])])
+
+
+def _accuracy_note(task: str) -> str:
+    """Why the plateau reads accuracy where the task reports another metric ('' where it reports accuracy)."""
+    name = NAMES[METRIC[task]]
+    return "" if METRIC[task] == "accuracy" else \
+        f" The rule reads accuracy, not the reported {name}: accuracy's sampling noise is binomial, {name}'s is not."
 
 
 @cache
-def _findings(folder: Path) -> dict:
-    return study_report.compare(SST2, lambda a, _: dev(a), notes, DIGITS, spent=steps)
+def _findings(folder: Path, task: str) -> dict:
+    return study_report.compare(STUDIES[task], lambda a, _: dev(a, task=task), lambda a, _: notes(a, task=task),
+                                DIGITS, spent=lambda a, _: steps(a, task=task))
 
 
-def findings() -> dict[tuple[str, str], study_report.Finding]:
-    """{(arm, reference): Finding} of every comparison of ``SST2`` (Holm over each declared family)."""
-    return {(c.arm, c.reference): f for c, f in _findings(RS.path(RECORDS)).items()}
+def findings(task: str = TASK) -> dict[tuple[str, str], study_report.Finding]:
+    """{(arm, reference): Finding} of every comparison of the task's study (Holm over each declared family)."""
+    return {(c.arm, c.reference): f for c, f in _findings(RS.path(RECORDS), task).items()}
 
 
-def said(arm: str, reference: str = "central") -> str:
+def said(arm: str, reference: str = "central", task: str = TASK) -> str:
     """The comparison's clause (its claim and warnings); '(not run)' while a grid lacks one of the two arms."""
-    found = findings().get((arm, reference))
+    found = findings(task).get((arm, reference))
     return RS.minus(study_report.said(found)) if found else "(not run)"
 
 
 # ------------------------------------------------------------------------------------------------- blocks
-def summary_cell(values: dict) -> str:
+def summary_cell(values: dict, task: str = TASK) -> str:
     s = stats.summarize(values.values())
-    return f"{s.mean:.3f} ± {s.sd:.3f}" + (f" (n={s.n})" if s.n != len(SST2.seeds) else "")
+    return f"{s.mean:.3f} ± {s.sd:.3f}" + (f" (n={s.n})" if s.n != len(STUDIES[task].seeds) else "")
 
 
-def cost(arm: str) -> tuple[str, str, str]:
+def cost(arm: str, task: str = TASK) -> tuple[str, str, str]:
     """(merge error of the last round, trainable parameters per client, MB a round) as the runs logged them; 'first
     → last' where they grow."""
-    group = list(runs(arm).values())
+    group = list(runs(arm, task).values())
     s = group[0]["summary"]
     if split(arm)[0] == "central":
         return "–", f"{s['trainable_params']:,}", "–"
@@ -277,53 +343,70 @@ def _span(values: list[int]) -> str:
     return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
 
 
-def sst2_table() -> str:
-    """SST-2 dev accuracy of every arm against centralized LoRA, one Holm family, with each arm's compute and
-    cost; the majority baseline first."""
-    found = findings()
-    if not reported():
+def _dev_name(task: str) -> str:
+    """'SST-2 dev accuracy', 'MRPC dev F1'."""
+    return f"{TITLE[task]} dev {NAMES[METRIC[task]]}"
+
+
+def dev_table(task: str = TASK) -> str:
+    """The task's dev metric (and those ``BESIDE`` it) of every arm against centralized LoRA, one Holm family, with
+    each arm's compute and cost; the majority baseline first."""
+    found = findings(task)
+    if not reported(task):
         return "No reported run has finished yet."
-    rows = [["majority-class baseline", f"{majority():.3f}", "", "", "", "", ""]]
-    for arm in reported():
-        spent = [_steps(r) for r in runs(arm).values()]
-        verdict = study_report.warned("reference", notes(arm)) if arm == "central" else \
-            said(arm) if (arm, "central") in found else "–"
-        rows.append([label(arm), summary_cell(dev(arm)), verdict, *cost(arm),
+    rows = [["majority-class baseline", f"{majority(task=task):.3f}",
+             *(f"{majority(m, task=task):.3f}" for m in BESIDE[task]), "", "", "", "", ""]]
+    for arm in reported(task):
+        spent = [_steps(r) for r in runs(arm, task).values()]
+        verdict = study_report.warned("reference", notes(arm, task=task)) if arm == "central" else \
+            said(arm, task=task) if (arm, "central") in found else "–"
+        rows.append([label(arm), summary_cell(dev(arm, task=task), task),
+                     *(summary_cell(dev(arm, m, task), task) for m in BESIDE[task]), verdict, *cost(arm, task),
                      f"{_span([t for t, _ in spent])} ({_span([q for _, q in spent])})"])
     m = sum(f.paired.n >= 2 for (_, ref), f in found.items() if ref == "central")  # the family's size in its claims
     return RS.minus("\n".join(stats.markdown(
-        ["SST-2 dev accuracy", f"mean ± sd (n = {len(SST2.seeds)})",
+        [_dev_name(task), f"mean ± sd (n = {len(STUDIES[task].seeds)})",
+         *(f"{NAMES[m]}, mean ± sd" for m in BESIDE[task]),
          f"− centralized, paired by seed [95% CI], Holm over the {m} arms", "merge error, last round",
          "trainable params per client", "MB per round (down + up)", "optimizer steps (sequential)"], rows)))
 
 
-def contrast_table() -> str:
-    """The merge contrasts, paired by seed, one Holm family (``CONTRASTS``)."""
-    found, rows = findings(), []
-    for a, b, what in CONTRASTS:
+def contrast_table(task: str = TASK) -> str:
+    """The task's merge contrasts, paired by seed, one Holm family (``contrasts``)."""
+    found, rows = findings(task), []
+    for a, b, what in contrasts(task):
         if (a, b) in found:
             d = found[a, b].paired
             rows.append([what, f"{label(a)} − {label(b)}", study_report.said(found[a, b]),
                          " ".join(f"{x:+.3f}" for x in d.diffs)])
-    return RS.minus(f"SST-2 dev accuracy, a − b paired by seed, Holm over the {len(rows)} contrasts together; "
+    return RS.minus(f"{_dev_name(task)}, a − b paired by seed, Holm over the {len(rows)} contrasts together; "
                     "'rules out' from their simultaneous interval:\n\n"
                     + "\n".join(stats.markdown(["question", "a − b", "[95% CI]", "per seed"], rows)))
 
 
-def seeds_table() -> str:
-    """Every arm's dev accuracy per seed."""
-    seeds = sorted({s for a in reported() for s in dev(a)})
-    rows = [[label(a), *(f"{dev(a)[s]:.3f}" if s in dev(a) else "–" for s in seeds)] for a in reported()]
-    return "\n".join(stats.markdown(["SST-2 dev accuracy", *(f"seed {s}" for s in seeds)], rows))
+def seeds_table(task: str = TASK) -> str:
+    """Every arm's dev metric per seed (those ``BESIDE`` it in parentheses)."""
+    values = {a: [dev(a, m, task) for m in (METRIC[task], *BESIDE[task])] for a in reported(task)}
+    seeds = sorted({s for v in values.values() for s in v[0]})
+    cell = lambda v, s: f"{v[0][s]:.3f}" + "".join(f" ({x[s]:.3f})" for x in v[1:] if s in x)  # noqa: E731
+    rows = [[label(a), *(cell(v, s) if s in v[0] else "–" for s in seeds)] for a, v in values.items()]
+    beside = "".join(f" ({NAMES[m]})" for m in BESIDE[task])
+    return "\n".join(stats.markdown([_dev_name(task) + beside, *(f"seed {s}" for s in seeds)], rows))
 
 
 def selection_table(task: str = TASK) -> str:
-    """Each family's rates and their final selection-split accuracy (selection.json), the choice in bold, its
-    margin over the next best against the split's sampling noise, a choice at the edge of its grid marked."""
+    """Each family's rates and their final selection-split score (selection.json), the choice in bold, its margin
+    over the next best (against the split's sampling noise where the score is an accuracy), a choice at the edge of
+    its grid marked."""
     record = selection()["tasks"][task]
     rates = sorted({float(r) for v in record.values() for r in v["scores"]})
     size = {r["summary"]["selection_examples"] for r in selection_runs(task)}
     check(len(size) == 1, f"{RECORDS}/selection: the selection runs disagree on the split's size ({size})")
+    metric = {v["metric"] for v in record.values()}
+    check(len(metric) == 1, f"{RECORDS}/selection.json: the {task} families were chosen on different metrics "
+                            f"({sorted(metric)})")
+    metric = metric.pop().removeprefix("selection_")
+    binomial = metric == "accuracy"  # an accuracy's sampling sd is binomial; an F1's has no such form
     n, rows = size.pop(), []
     for fam, v in record.items():
         scores = {float(r): s for r, s in v["scores"].items()}
@@ -331,28 +414,30 @@ def selection_table(task: str = TASK) -> str:
                  (f"**{scores[r]:.3f}**" if r == v["chosen"] else f"{scores[r]:.3f}") for r in rates]
         best = scores[v["chosen"]]
         runner = max((s for r, s in scores.items() if r != v["chosen"] and s is not None), default=None)
-        margin = "–" if runner is None else f"{best - runner:+.3f} ({(best - runner) / noise(best, n):.1f} sd)"
+        margin = "–" if runner is None else f"{best - runner:+.3f}" + (
+            f" ({(best - runner) / noise(best, n):.1f} sd)" if binomial else "")
         rows.append([fam, *cells, f"{v['chosen']:g}", margin, edge(fam, task) or ""])
     seeds = sorted({r["args"]["seed"] for r in selection_runs(task)})
-    base = {r["summary"]["selection_majority"]["accuracy"] for r in selection_runs(task)}
+    base = {r["summary"]["selection_majority"][metric] for r in selection_runs(task)}
     flat = [f"{fam} {float(r):g}" for fam, v in record.items() for r, x in v["scores"].items()
             if x is not None and base and abs(x - min(base)) < 1e-9]
     majority_line = (f" The selection split's majority class scores {min(base):.3f}" + (
         f"; rates that end there (a constant prediction): {', '.join(flat)}." if flat else ".")) if base else ""
+    scale = (f"in units of the split's sampling sd (binomial at the chosen accuracy, {noise(0.86, n):.3f} near 0.86)"
+             if binomial else f"in {NAMES.get(metric, metric)} (its sampling noise is not binomial: no sd is given)")
     return RS.minus(
-        f"Final selection-split accuracy of every rate ({n} sentences held out of training; selection seed"
-        f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, never a reported one), the chosen rate in "
-        f"bold; its margin over the next best in units of the split's sampling sd (binomial at the chosen accuracy, "
-        f"{noise(0.86, n):.3f} near 0.86):\n\n" + "\n".join(stats.markdown(
+        f"Final selection-split {NAMES.get(metric, metric)} of every rate ({n} {EXAMPLES[task]} held out of training; "
+        f"selection seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, never a reported one), the "
+        f"chosen rate in bold; its margin over the next best {scale}:\n\n" + "\n".join(stats.markdown(
             ["arm family", *(f"AdamW {r:g}" for r in rates), "chosen", "margin over the next best", "note"], rows))
         + ("\n\n" + majority_line.strip() if majority_line else ""))
 
 
-def plateau_table() -> str:
+def plateau_table(task: str = TASK) -> str:
     """Every arm's plateau verdict: the last third's gain per seed against the tolerance, or why it is not checked."""
     rows = []
-    for arm in reported():
-        judged = plateau_of(arm)
+    for arm in reported(task):
+        judged = plateau_of(arm, task)
         gains = [g for _, g in judged.values() if g is not None]
         if not gains:
             rows.append([label(arm), "–", "–", "not checked: " + ("its single merge of one local run, decayed to 0"
@@ -361,13 +446,14 @@ def plateau_table() -> str:
             continue
         verdict = plateau.note({s: j for s, (j, _) in judged.items()}) or \
             f"at plateau by this rule ({len(gains)}/{len(gains)})"
-        rows.append([label(arm), " ".join(f"{g:+.3f}" for g in gains), f"{tolerance(arm):.3f}", verdict])
+        rows.append([label(arm), " ".join(f"{g:+.3f}" for g in gains), f"{tolerance(arm, task):.3f}", verdict])
     return RS.minus(
         "Selection-split accuracy gained in the last third of the rounds (rounds 5–6 over the same run after round "
         "4, a complete 4-round run: each round's local rate restarts and decays to 0) per seed; still improving "
-        "when the gain exceeds 1 sd of the split's sampling noise at the arm's accuracy. A run whose rate decayed "
-        "once to 0 (centralized, one-shot) satisfies any last-part rule by construction and is not checked; no arm "
-        "was run past its budget, so none is shown to be at its plateau beyond it.\n\n"
+        "when the gain exceeds 1 sd of the split's sampling noise at the arm's accuracy." + _accuracy_note(task)
+        + f" A run whose rate decayed once to 0 ({_decayed(task).lower()}) satisfies any last-part rule by "
+        "construction and is not checked; no arm was run past its budget, so none is shown to be at its plateau "
+        "beyond it.\n\n"
         + "\n".join(stats.markdown(["arm", "gain per seed", "tolerance (1 sd)", "verdict"], rows)))
 
 
@@ -380,14 +466,14 @@ def _per_seed(values: dict) -> str:
     return " / ".join(f"{values[s]:.3f}" for s in sorted(values))
 
 
-def _ahead(a: str, b: str) -> str:
-    d = findings()[a, b].paired
+def _ahead(a: str, b: str, task: str = TASK) -> str:
+    d = findings(task)[a, b].paired
     return f"{sum(x > 0 for x in d.diffs)} of {d.n}"
 
 
-def _last(arm: str, key: str) -> list:
+def _last(arm: str, key: str, task: str = TASK) -> list:
     """``key`` of each run's last fused row (a one-shot naive merge: its manifest)."""
-    return [r["rows"][-1][key] if r["rows"] else r["summary"][key] for r in runs(arm).values()]
+    return [r["rows"][-1][key] if r["rows"] else r["summary"][key] for r in runs(arm, task).values()]
 
 
 def skewed_client(run: dict) -> tuple[int, dict]:
@@ -399,24 +485,66 @@ def skewed_client(run: dict) -> tuple[int, dict]:
     return k + 1, mixes[k]
 
 
+def _federation(task: str = TASK) -> str:
+    """The reading's line on federation at equal compute, iid shards: FedAvg − centralized with each merge, the
+    seeds below, and the sequential steps that differ."""
+    central, fed = (next(iter(runs(a, task).values())) for a in ("central", "svd_iid"))
+    (c_total, c_seq), (f_total, f_seq) = _steps(central), _steps(fed)
+    below = findings(task)["svd_iid", "central"].paired
+    return (f"- **Federation at equal compute** ({f_total:,} optimizer steps of FedAvg's clients against "
+            f"centralized's {c_total:,}), iid shards: FedAvg − centralized {said('svd_iid', task=task)} with the SVD "
+            f"merge, {said('naive_iid', task=task)} naive; FedAvg (SVD) is below its centralized twin in "
+            f"{sum(x < 0 for x in below.diffs)} of {below.n} seeds. A FedAvg client makes {f_seq:,} sequential steps, "
+            f"centralized {c_seq:,}: the gap mixes the cost of averaging with fewer sequential updates, and this grid "
+            "does not separate the two.")
+
+
+def _merges(kind: str = "multi-round", task: str = TASK) -> str:
+    """The reading's line on SVD − naive merging (``kind`` "multi-round" or "one-shot") on each sharding that has
+    both arms: the verdict, the seeds SVD is ahead in, each merge's error of the last round; '' when none has."""
+    svd, naive = ("oneshot", "oneshot-naive") if kind == "one-shot" else ("svd", "naive")
+    pairs = [(s, f"{svd}_{s}", f"{naive}_{s}") for s in SHARDS
+             if runs(f"{svd}_{s}", task) and runs(f"{naive}_{s}", task)]
+    head = "One-shot, SVD − naive merge" if kind == "one-shot" else "Which merge, SVD − naive"
+    return f"- **{head}**: " + "; ".join(
+        f"{SHARDS[s]} {said(a, b, task)}, SVD ahead in {_ahead(a, b, task)} seeds (merge error naive "
+        f"{RS.range_of(_last(b, 'merge_rel_error', task), 2, '–')}, SVD "
+        f"{RS.range_of(_last(a, 'merge_rel_error', task), 2, '–')})" for s, a, b in pairs) + "." if pairs else ""
+
+
+def _skew(task: str = TASK) -> str:
+    """The reading's first sentence on label skew: FedAvg SVD on Dirichlet against iid shards, per seed."""
+    skew, iid = dev("svd_dir0.1", task=task), dev("svd_iid", task=task)
+    return (f"- **Label skew** (Dirichlet α = 0.1): FedAvg SVD {_mean_sd(skew)} against {_mean_sd(iid)} on iid "
+            f"shards, iid − skew {said('svd_iid', 'svd_dir0.1', task)}; per seed {_per_seed(skew)} against "
+            f"{_per_seed(iid)}.")
+
+
+def _plateau_line(task: str = TASK) -> str:
+    """The reading's plateau line: the arms at it and those still improving by ``PLATEAU``."""
+    rounds = next(iter(runs("svd_iid", task).values()))["summary"]["rounds_done"]
+    checked = {a: plateau_of(a, task) for a in reported(task)
+               if any(g is not None for _, g in plateau_of(a, task).values())}
+    short = [f"{label(a)} ({plateau.note({s: j for s, (j, _) in v.items()})})" for a, v in checked.items()
+             if any(j.state == "still improving" for j, _ in v.values())]
+    flat = [label(a) for a, v in checked.items() if all(j.state == "at plateau" for j, _ in v.values())]
+    return (f"- **Plateau** (rounds {round(rounds * CHECK_AT) + 1}–{rounds} against round "
+            f"{round(rounds * CHECK_AT)}, tolerance 1 sd of the selection split's noise): at it by this rule: "
+            + ("; ".join(flat) if flat else "none") + "; still improving: " + ("; ".join(short) if short else "none")
+            + f". {_decayed(task, ' and ')} runs (one local run decayed to 0) are not checked, and no arm ran past "
+            "its budget." + _accuracy_note(task))
+
+
 def sst2_findings() -> str:
     """The reading of the SST-2 table, each number from the records, each verdict over its declared family."""
     if not (runs("central") and runs("svd_iid")):
         return "The grid has not run its centralized and FedAvg SVD iid cells yet."
-    central, fed = (next(iter(runs(a).values())) for a in ("central", "svd_iid"))
-    (c_total, c_seq), (f_total, f_seq) = _steps(central), _steps(fed)
-    rounds = fed["summary"]["rounds_done"]
+    rounds = next(iter(runs("svd_iid").values()))["summary"]["rounds_done"]
     base, low = majority(), min(((v, a, s) for a in reported() for s, v in dev(a).items()))
     means = [stats.summarize(dev(a).values()).mean - base for a in reported()]
     out = [f"- **Every arm has learned**: each arm's mean is {RS.range_of(means, 3, '–')} above the majority class "
            f"({base:.3f}) on the dev set; the lowest single run is {low[0]:.3f} ({label(low[1])}, seed {low[2]}).",
-           f"- **Federation at equal compute** ({f_total:,} optimizer steps of FedAvg's clients against centralized's "
-           f"{c_total:,}), iid shards: FedAvg − centralized {said('svd_iid')} with the SVD merge, "
-           f"{said('naive_iid')} naive; FedAvg (SVD) is below its centralized twin in "
-           f"{sum(x < 0 for x in findings()['svd_iid', 'central'].paired.diffs)} of "
-           f"{findings()['svd_iid', 'central'].paired.n} seeds. A FedAvg client makes {f_seq:,} sequential steps, "
-           f"centralized {c_seq:,}: the gap mixes the cost of averaging with fewer sequential updates, and this grid "
-           "does not separate the two."]
+           _federation()]
     if runs("exact_iid"):
         ex = runs("exact_iid")[min(runs("exact_iid"))]["rows"]
         full = next(x["round"] for x in ex if x["fused_rank"] == ex[-1]["fused_rank"])
@@ -429,13 +557,8 @@ def sst2_findings() -> str:
                    f"parameters and {ex[-1]['round_bytes'] / ex[0]['round_bytes']:.0f}x the bytes of a round by its "
                    f"last (merge error {RS.range_of(_last('exact_iid', 'merge_rel_error'), 3, '–')} against SVD's "
                    f"{RS.range_of(_last('svd_iid', 'merge_rel_error'), 3, '–')}).")
-    shots = [s for s in SHARDS if runs(f"oneshot_{s}") and runs(f"oneshot-naive_{s}")]
-    if shots:
-        out.append("- **One-shot, SVD − naive merge**: " + "; ".join(
-            f"{SHARDS[s]} {said(f'oneshot_{s}', f'oneshot-naive_{s}')}, SVD ahead in "
-            f"{_ahead(f'oneshot_{s}', f'oneshot-naive_{s}')} seeds (merge error naive "
-            f"{RS.range_of(_last(f'oneshot-naive_{s}', 'merge_rel_error'), 2, '–')}, SVD "
-            f"{RS.range_of(_last(f'oneshot_{s}', 'merge_rel_error'), 2, '–')})" for s in shots) + ".")
+    if _merges("one-shot"):
+        out.append(_merges("one-shot"))
     if runs("svd_dir0.1"):
         skew, iid = dev("svd_dir0.1"), dev("svd_iid")
         worst = min(skew, key=skew.get)
@@ -443,23 +566,49 @@ def sst2_findings() -> str:
         curve = [x["selection_accuracy"] for x in runs("svd_dir0.1")[worst]["rows"]]
         steady = {a: stats.summarize(dev(a).values()).sd for a in reported() if split(a)[1] == "dir0.1"}
         calm = min(steady, key=steady.get)
-        out.append(f"- **Label skew** (Dirichlet α = 0.1): FedAvg SVD {_mean_sd(skew)} against {_mean_sd(iid)} on "
-                   f"iid shards, iid − skew {said('svd_iid', 'svd_dir0.1')}; per seed {_per_seed(skew)} against "
-                   f"{_per_seed(iid)}. The lowest, seed {worst} ({skew[worst]:.3f}; its iid twin "
+        out.append(_skew() + f" The lowest, seed {worst} ({skew[worst]:.3f}; its iid twin "
                    f"{iid.get(worst, math.nan):.3f}), holds a client with "
                    + " and ".join(f"{n} of label {k}" for k, n in sorted(mix.items()))
                    + f" (client {client}); its selection accuracy by round: "
                    + " → ".join(f"{v:.3f}" for v in curve) + f". The steadiest skewed arm: {label(calm)}, "
                    f"{_mean_sd(dev(calm))}.")
-    checked = {a: plateau_of(a) for a in reported() if any(g is not None for _, g in plateau_of(a).values())}
-    short = [f"{label(a)} ({plateau.note({s: j for s, (j, _) in v.items()})})" for a, v in checked.items()
-             if any(j.state == "still improving" for j, _ in v.values())]
-    flat = [label(a) for a, v in checked.items() if all(j.state == "at plateau" for j, _ in v.values())]
-    out.append(f"- **Plateau** (rounds {round(rounds * CHECK_AT) + 1}–{rounds} against round "
-               f"{round(rounds * CHECK_AT)}, tolerance 1 sd of the selection split's noise): at it by this rule: "
-               + ("; ".join(flat) if flat else "none") + "; still improving: " + ("; ".join(short) if short else "none")
-               + ". Centralized and one-shot runs (one local run decayed to 0) are not checked, and no arm ran past "
-               "its budget.")
+    out.append(_plateau_line())
+    return RS.minus("\n".join(out))
+
+
+def mrpc_findings() -> str:
+    """The reading of the MRPC table: every arm's F1 and accuracy against the majority class (whether it learned),
+    federation at equal compute, which merge, label skew and the plateau, each verdict over its declared family."""
+    task = "mrpc"
+    if not (runs("central", task) and runs("svd_iid", task)):
+        return "The grid has not run its centralized and FedAvg SVD iid cells yet."
+    metrics = (METRIC[task], *BESIDE[task])
+    base = {m: majority(m, task=task) for m in metrics}
+    per_arm, learned = [], {}
+    for arm in reported(task):
+        values = {m: dev(arm, m, task) for m in metrics}
+        seeds = sorted(values[METRIC[task]])
+        learned[arm] = sum(all(values[m].get(s, -math.inf) > base[m] for m in metrics) for s in seeds), len(seeds)
+        per_arm.append(f"{label(arm)} " + ", ".join(f"{NAMES[m]} {_mean_sd(values[m])}" for m in metrics)
+                       + f", {learned[arm][0]} of {learned[arm][1]}")
+    every = [label(a) for a, (k, n) in learned.items() if k == n]
+    short = [label(a) for a, (k, n) in learned.items() if k < n]
+    out = [f"- **Against the majority class** (always predicting “{majority_class(task)}”, the training split's "
+           "majority: dev " + ", ".join(f"{NAMES[m]} {base[m]:.3f}" for m in metrics) + "); each arm's "
+           + " and ".join(NAMES[m] for m in metrics) + ", mean ± sd over seeds, and the seeds above the majority in "
+           "both: " + "; ".join(per_arm) + ". Above it in both in every seed: " + ("; ".join(every) or "none")
+           + "; not in every seed: " + ("; ".join(short) or "none") + f". Every verdict below is in dev "
+           f"{NAMES[METRIC[task]]}.", _federation(task)]
+    skewed = [s for s in SHARDS if s != "iid" and runs(f"svd_{s}", task)]
+    if skewed:
+        out[-1] += " " + " ".join(
+            f"On {SHARDS[s]}: FedAvg − centralized {said(f'svd_{s}', task=task)} with the SVD merge, "
+            f"{said(f'naive_{s}', task=task)} naive." for s in skewed)
+    if _merges(task=task):
+        out.append(_merges(task=task))
+    if runs("svd_dir0.1", task):
+        out.append(_skew(task))
+    out.append(_plateau_line(task))
     return RS.minus("\n".join(out))
 
 
@@ -475,33 +624,41 @@ def study_line() -> str:
 
 
 def grid_time() -> str:
-    """The grid's wall time (grid.json: each invocation) and its runs' own CPU time and load (summary.json)."""
+    """The grid's wall time (grid.json: each invocation) and, per task, its runs' own time and load
+    (summary.json)."""
     f = RS.path(RECORDS) / "grid.json"
     record = [g for g in (json.loads(f.read_text(encoding="utf-8")) if f.is_file() else [])
               if g.get("runs", {}).get("finished", 1)]  # an invocation that found every run done ran nothing
-    mine = [r for a in ARMS if split(a)[0] != "oneshot-naive" for r in runs(a).values()]
-    chooser = selection_runs()
+    tasks = [t for t in STUDIES if recorded(t)]
 
     def minutes(group: list[dict], key: str) -> str:
         return f"{sum(r['summary'].get(key) or 0 for r in group) / 60:.1f} min"
 
-    loads = [r["summary"][k] for r in mine + chooser for k in ("load_start", "load_end") if k in r["summary"]]
+    def own(task: str, sep: str = "; ") -> str:
+        mine, chooser = _trained(task), selection_runs(task)
+        return (f"the {len(chooser)} selection runs {minutes(chooser, 'wall_seconds')} wall, "
+                f"{minutes(chooser, 'cpu_seconds')} CPU{sep}the {len(mine)} reported training runs "
+                f"{minutes(mine, 'wall_seconds')} wall, {minutes(mine, 'cpu_seconds')} CPU"
+                + (" (the one-shot naive merges not timed)" if any(split(a)[0] == "oneshot-naive" for a in arms(task))
+                   else ""))
+
+    loads = [r["summary"][k] for t in tasks for r in _trained(t) + selection_runs(t)
+             for k in ("load_start", "load_end") if k in r["summary"]]
     calls = "; ".join(f"`{' '.join(g['argv'])}` {g['wall_seconds'] / 60:.1f} min wall, finished "
                       f"{g['finished_at'][:10]}" for g in record) or "not finished"
     return (f"Grid wall time (grid.json, each invocation that ran something): {calls}. Its runs' own time "
-            f"(summary.json): the {len(chooser)} selection runs {minutes(chooser, 'wall_seconds')} wall, "
-            f"{minutes(chooser, 'cpu_seconds')} CPU; the {len(mine)} reported training runs "
-            f"{minutes(mine, 'wall_seconds')} wall, {minutes(mine, 'cpu_seconds')} CPU (the one-shot naive merges "
-            "not timed)" + (f"; load {RS.range_of(loads, 1, '–')} at their starts and ends" if loads else "") + ".")
+            "(summary.json): " + (own(TASK) if tasks == [TASK] else "; ".join(f"{TITLE[t]}, {own(t, ', ')}"
+                                                                               for t in tasks))
+            + (f"; load {RS.range_of(loads, 1, '–')} at their starts and ends" if loads else "") + ".")
 
 
-def shards_table() -> str:
+def shards_table(task: str = TASK) -> str:
     """Each skewed sharding's label mix per client and seed (label 0 / label 1), from the shard folders' records."""
     rows = []
     for shard in SHARDS:
-        if shard == "iid" or not runs(f"svd_{shard}"):
+        if shard == "iid" or not runs(f"svd_{shard}", task):
             continue
-        for seed, r in sorted(runs(f"svd_{shard}").items()):
+        for seed, r in sorted(runs(f"svd_{shard}", task).items()):
             f = RS.path(RECORDS) / "shards" / Path(r["args"]["shard_dir"]).name / "summary.json"
             mixes = json.loads(f.read_text(encoding="utf-8"))["label_histograms"]
             rows.append([SHARDS[shard], seed, *(" / ".join(str(m.get(k, 0)) for k in ("0", "1")) for m in mixes)])
@@ -510,20 +667,34 @@ def shards_table() -> str:
                                       *(f"client {k + 1}" for k in range(width))], rows))
 
 
-NOT_YET = ("Records not committed yet: `python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir "
-           "runs/lora_glue_minilm --sst2_design merges --records lora_glue_fl/results/minilm_glue`, then `python -m "
-           "common.results --write`.")
+def not_yet(task: str = TASK) -> str:
+    """What a task's blocks print until its records are committed: the commands that commit them."""
+    return ("Records not committed yet: `python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir "
+            f"runs/lora_glue_minilm {COMMANDS[task]} --records lora_glue_fl/results/minilm_glue`, then `python -m "
+            "common.results --write`.")
 
 
-def committed(block):
-    """``block``, or ``NOT_YET`` while the record folder holds no grid (no selection.json)."""
+NOT_YET = not_yet()
+
+
+def recorded(task: str = TASK) -> bool:
+    """Whether the record folder holds the task's grid (selection.json names it)."""
+    return (RS.path(RECORDS) / "selection.json").is_file() and task in selection()["tasks"]
+
+
+def committed(block, task: str = TASK):
+    """``block``, or ``not_yet(task)`` while the record folder holds no grid of the task."""
     @functools.wraps(block)
     def written() -> str:
-        return block() if (RS.path(RECORDS) / "selection.json").is_file() else NOT_YET
+        return block() if recorded(task) else not_yet(task)
     return written
 
 
+PER_TASK = {"table": dev_table, "contrasts": contrast_table, "seeds": seeds_table, "selection": selection_table,
+            "plateau": plateau_table, "shards": shards_table}  # one function per table, of the task
 BLOCKS = {name: committed(fn) for name, fn in {
-    "sst2-table": sst2_table, "sst2-contrasts": contrast_table, "sst2-seeds": seeds_table, "shards": shards_table,
+    "sst2-table": dev_table, "sst2-contrasts": contrast_table, "sst2-seeds": seeds_table, "shards": shards_table,
     "selection": selection_table, "plateau": plateau_table, "sst2-findings": sst2_findings, "study": study_line,
-    "grid-time": grid_time}.items()}
+    "grid-time": grid_time}.items()} | {
+    **{f"mrpc-{name}": committed(functools.partial(fn, "mrpc"), "mrpc") for name, fn in PER_TASK.items()},
+    "mrpc-findings": committed(mrpc_findings, "mrpc")}

@@ -1,7 +1,9 @@
 """lora_glue_fl/results.py on a small grid of records written here in run_grid.py's format (args.json, summary.json,
 metrics.jsonl, the one-shot naive merges' fuse_manifest.json, selection.json, grid.json, the shards' label mixes):
 the tables' numbers are the records' (paired differences, Holm over each declared family, the plateau rule, the
-selection's edge), read through ``--records`` as from a grid's out-dir."""
+selection's edge, the majority baseline), read through ``--records`` as from a grid's out-dir. The grid holds both
+studies: SST-2 (run_grid.py's ``merges`` design, dev accuracy) and MRPC (``small``, dev F1 and accuracy, the summary
+keys main_glue_lora.py and fedavg_rounds.py write for it: final.f1, majority.f1, selection_f1)."""
 from __future__ import annotations
 
 import json
@@ -29,6 +31,30 @@ DEV = {"central": (0.84, 0.002), "svd_iid": (0.81, 0.003), "naive_iid": (0.812, 
        "naive_dir0.1": (0.79, -0.01), "oneshot_dir0.1": (0.79, 0.002), "oneshot-naive_dir0.1": (0.71, 0.02)}
 CLIMB = {"exact_iid": 0.03}  # exact still climbs: its last third gains 0.06 > 1 sd (0.016)
 SELECTION_N = 500
+# MRPC: per arm and dev metric, seed s scores base + step * s; the majority class (always "paraphrase") scores
+# F1 0.812, accuracy 0.684: centralized and the Dirichlet arms beat it in both in every seed, the iid arms' F1 in one
+MRPC_RATES = {"central": 0.001, "multi-round": 0.002}
+MRPC_SCORES = {"central": {"0.001": 0.829, "0.002": 0.806, "0.005": 0.802},
+               "multi-round": {"0.001": 0.804, "0.002": 0.805, "0.005": 0.780}}
+MRPC_DEV = {"central": {"f1": (0.838, 0.004), "accuracy": (0.760, 0.006)},
+            "svd_iid": {"f1": (0.805, 0.004), "accuracy": (0.700, 0.002)},
+            "naive_iid": {"f1": (0.814, -0.003), "accuracy": (0.690, 0.004)},
+            "svd_dir0.1": {"f1": (0.820, 0.003), "accuracy": (0.720, 0.001)},
+            "naive_dir0.1": {"f1": (0.818, 0.006), "accuracy": (0.710, 0.006)}}
+MRPC_CLIMB = {"naive_dir0.1": 0.02}  # its last third gains 0.04 > 1 sd (0.015)
+GRID = ({"argv": ["--sst2_design", "merges"], "cells": 40, "wall_seconds": 4371, "finished_at": "2026-11-29T00:50:00Z",
+         "rates": {"sst2": RATES}, "runs": {"finished": 64, "done-before": 0, "failed": 0, "other": 0}},
+        {"argv": ["--tasks", "mrpc", "--seeds", "0", "1", "2"], "cells": 15, "wall_seconds": 4410,
+         "finished_at": "2026-11-30T00:10:00Z", "rates": {"mrpc": MRPC_RATES},
+         "runs": {"finished": 21, "done-before": 0, "failed": 0, "other": 0}})  # grid.json: one invocation a task
+MAJORITY = {"sst2": ({"accuracy": 0.509}, {"accuracy": 0.578}),  # (dev, selection split)
+            "mrpc": ({"accuracy": 0.684, "f1": 0.812}, {"accuracy": 0.67, "f1": 0.802})}
+
+
+def dev_of(task: str, arm: str, seed: int) -> dict:
+    """{metric: the fake run's final dev score}."""
+    spec = {m: DEV[arm] for m in ("accuracy",)} if task == "sst2" else MRPC_DEV[arm]
+    return {m: round(base + step * seed, 4) for m, (base, step) in spec.items()}
 
 
 def _write(path, obj):
@@ -42,75 +68,85 @@ def _run(folder, name, script, args, summary, rows):
     (folder / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def _common(seed: int, acc: float) -> dict:
-    return {"task": "sst2", "main_metric": "accuracy", "majority": {"accuracy": 0.509}, "majority_label": 1,
-            "selection_examples": SELECTION_N, "selection_majority": {"accuracy": 0.578}, "num_labels": 2,
+def _common(task: str, seed: int) -> dict:
+    dev, select = MAJORITY[task]
+    return {"task": task, "main_metric": LR.METRIC[task], "majority": dev, "majority_label": 1,
+            "selection_examples": SELECTION_N, "selection_majority": select, "num_labels": 2,
             "cpu_seconds": 100.0 + seed, "wall_seconds": 120.0 + seed, "load_start": 1.0, "load_end": 1.5}
 
 
-def write_grid(root, seeds=SEEDS) -> None:
-    """A grid's out-dir in run_grid.py's layout and formats: the ``merges`` design at ``seeds``."""
-    for arm, (base, step) in DEV.items():
-        method, shard = LR.split(arm)
-        for seed in seeds:
-            acc = round(base + step * seed, 4)
-            name = f"sst2_{arm}_s{seed}"
-            if method == "central":
-                rows = [{"epoch": e / 2, "train_loss": 0.5, "selection_accuracy": 0.85 + 0.004 * (e % 2)}
-                        for e in range(1, 7)]
-                rows[-1] |= {"accuracy": acc, "eval_loss": 0.4}
-                _run(root, name, "lora_glue_fl/main_glue_lora",
-                     {"seed": seed, "learning_rate": RATES["central"], "num_train_epochs": 3.0,
-                      "per_device_train_batch_size": 4, "eval_every_epochs": 0.5},
-                     {**_common(seed, acc), "method": "central_lora", "trainable_params": 74498,
-                      "train_examples": 2000, "final": {k: v for k, v in rows[-1].items() if k != "epoch"}}, rows)
-                continue
-            if method == "oneshot-naive":
-                _write(root / name / "adapter" / "fuse_manifest.json",
-                       {"task": "sst2", "aggregation": "naive", "merge_rel_error": 0.55 + 0.01 * seed,
-                        "final": {"accuracy": acc, "eval_loss": 0.5}, "main_metric": "accuracy",
-                        "num_labels": 2, "trainable_params": 74498,
-                        "adapters": [str(root / f"sst2_oneshot_{shard}_s{seed}/round_1/client_1/adapter")]})
-                continue
-            rounds, local = (1, 3.0) if method == "oneshot" else (6, 0.5)
-            per_client = 375 if method == "oneshot" else 63
-            shard_dir = root / "shards" / f"sst2_{shard}_k4_s{seed}"
-            _write(shard_dir / "summary.json", {"client_indices": [list(range(500))] * 4,
-                                                "size_per_client": [500] * 4, "total_train": 2000, "mode": shard,
-                                                "label_histograms": [{"0": 546 if seed == 2 and "dir" in shard
-                                                                      else 227, "1": 7 + 266 * (seed != 2)}] * 4})
-            rows = []
-            for r in range(1, rounds + 1):
-                rows += [{"round": r, "client": k, "n": 500, "train_loss": 0.4, "steps": per_client,
-                          "adapter_change": 0.1} for k in range(1, 5)]
-                exact = method == "exact"
-                rows.append({"round": r, "client": None, "fused_rank": 8 * 4 ** (r - 1) if exact else 8,
-                             "client_trainable_params": 74498 if r == 1 or not exact else 3539714,
-                             "round_bytes": 2_383_936 if r == 1 or not exact else 113_270_848,
-                             "merge_rel_error": 0.0 if exact else 0.09, "train_loss": 0.4,
-                             "selection_accuracy": round(0.84 + 0.002 * (r % 2) + CLIMB.get(arm, 0) * max(0, r - 4),
-                                                         4)})
-            rows[-1] |= {"accuracy": acc, "eval_loss": 0.4}
-            final = {k: v for k, v in rows[-1].items() if k not in ("round", "client")}
-            _run(root, name, "lora_glue_fl/fedavg_rounds",
-                 {"seed": seed, "learning_rate": RATES[run_grid.FAMILY[method]], "aggregation": method if
-                  method != "oneshot" else "svd", "rounds": rounds, "local_epochs": local, "batch_size": 4,
-                  "shard_dir": str(shard_dir)},
-                 {**_common(seed, acc), "aggregation": method, "num_clients": 4, "rounds_done": rounds,
-                  "client_sizes": [500] * 4, "fused_rank": rows[-1]["fused_rank"], "final": final}, rows)
-    for fam, scores in SCORES.items():
-        for rate, score in scores.items():
-            _run(root / "selection", f"sst2_{fam}_lr{rate}_s100", "lora_glue_fl/fedavg_rounds",
-                 {"seed": 100, "learning_rate": float(rate)},
-                 {**_common(100, 0), "final": {"selection_accuracy": score}}, [{"round": 1, "client": None,
-                                                                                 "selection_accuracy": score}])
-    picks = {fam: {"metric": "selection_accuracy", "scores": scores, "chosen": RATES[fam]} for fam, scores in
-             SCORES.items()}
-    picks["central"]["edge"], picks["multi-round"]["edge"] = "low", "high"
-    _write(root / "selection.json", {"criterion": "best final selection accuracy", "tasks": {"sst2": picks}})
-    _write(root / "grid.json", [{"argv": ["--sst2_design", "merges"], "cells": 40, "wall_seconds": 4371,
-                                 "finished_at": "2026-11-29T00:50:00Z", "rates": {"sst2": RATES},
-                                 "runs": {"finished": 64, "done-before": 0, "failed": 0, "other": 0}}])
+def write_grid(root, seeds=SEEDS, tasks=("sst2", "mrpc")) -> None:
+    """A grid's out-dir in run_grid.py's layout and formats: SST-2's ``merges`` design at ``seeds``, MRPC's
+    ``small`` design at seeds 0-2 (``tasks``: which of the two)."""
+    picked = {}
+    for task in tasks:
+        sst2 = task == "sst2"
+        params = 74498 if sst2 else 222338  # MRPC trains the pooler too
+        rates, grids = (RATES, SCORES) if sst2 else (MRPC_RATES, MRPC_SCORES)
+        for arm in (DEV if sst2 else MRPC_DEV):
+            method, shard = LR.split(arm)
+            for seed in (seeds if sst2 else SEEDS):
+                final = dev_of(task, arm, seed)
+                name = f"{task}_{arm}_s{seed}"
+                if method == "central":
+                    rows = [{"epoch": e / 2, "train_loss": 0.5, "selection_accuracy": 0.85 + 0.004 * (e % 2)}
+                            | ({} if sst2 else {"selection_f1": 0.83}) for e in range(1, 7)]
+                    rows[-1] |= {**final, "eval_loss": 0.4}
+                    _run(root, name, "lora_glue_fl/main_glue_lora",
+                         {"seed": seed, "learning_rate": rates["central"], "num_train_epochs": 3.0,
+                          "per_device_train_batch_size": 4, "eval_every_epochs": 0.5},
+                         {**_common(task, seed), "method": "central_lora", "trainable_params": params,
+                          "train_examples": 2000, "final": {k: v for k, v in rows[-1].items() if k != "epoch"}},
+                         rows)
+                    continue
+                if method == "oneshot-naive":
+                    _write(root / name / "adapter" / "fuse_manifest.json",
+                           {"task": task, "aggregation": "naive", "merge_rel_error": 0.55 + 0.01 * seed,
+                            "final": {**final, "eval_loss": 0.5}, "main_metric": LR.METRIC[task],
+                            "num_labels": 2, "trainable_params": params,
+                            "adapters": [str(root / f"{task}_oneshot_{shard}_s{seed}/round_1/client_1/adapter")]})
+                    continue
+                rounds, local = (1, 3.0) if method == "oneshot" else (6, 0.5)
+                per_client = 375 if method == "oneshot" else 63
+                shard_dir = root / "shards" / f"{task}_{shard}_k4_s{seed}"
+                mix = ({"0": 546 if seed == 2 and "dir" in shard else 227, "1": 7 + 266 * (seed != 2)} if sst2 else
+                       {"0": 198 if "dir" in shard else 170, "1": 376 if "dir" in shard else 330})
+                _write(shard_dir / "summary.json", {"client_indices": [list(range(500))] * 4,
+                                                    "size_per_client": [500] * 4, "total_train": 2000, "mode": shard,
+                                                    "label_histograms": [mix] * 4})
+                climb = (CLIMB if sst2 else MRPC_CLIMB).get(arm, 0)
+                rows = []
+                for r in range(1, rounds + 1):
+                    rows += [{"round": r, "client": k, "n": 500, "train_loss": 0.4, "steps": per_client,
+                              "adapter_change": 0.1} for k in range(1, 5)]
+                    exact = method == "exact"
+                    rows.append({"round": r, "client": None, "fused_rank": 8 * 4 ** (r - 1) if exact else 8,
+                                 "client_trainable_params": params if r == 1 or not exact else 3539714,
+                                 "round_bytes": 2_383_936 if r == 1 or not exact else 113_270_848,
+                                 "merge_rel_error": 0.0 if exact else 0.09, "train_loss": 0.4,
+                                 "selection_accuracy": round(0.84 + 0.002 * (r % 2) + climb * max(0, r - 4), 4)}
+                                | ({} if sst2 else {"selection_f1": 0.81}))
+                rows[-1] |= {**final, "eval_loss": 0.4}
+                _run(root, name, "lora_glue_fl/fedavg_rounds",
+                     {"seed": seed, "learning_rate": rates[run_grid.FAMILY[method]],
+                      "aggregation": method if method != "oneshot" else "svd", "rounds": rounds,
+                      "local_epochs": local, "batch_size": 4, "shard_dir": str(shard_dir)},
+                     {**_common(task, seed), "aggregation": method, "num_clients": 4, "rounds_done": rounds,
+                      "client_sizes": [500] * 4, "fused_rank": rows[-1]["fused_rank"],
+                      "final": {k: v for k, v in rows[-1].items() if k not in ("round", "client")}}, rows)
+        metric = "selection_" + LR.METRIC[task]
+        for fam, scores in grids.items():
+            for rate, score in scores.items():
+                _run(root / "selection", f"{task}_{fam}_lr{rate}_s100", "lora_glue_fl/fedavg_rounds",
+                     {"seed": 100, "learning_rate": float(rate)},
+                     {**_common(task, 100), "final": {metric: score}}, [{"round": 1, "client": None, metric: score}])
+        picked[task] = {fam: {"metric": metric, "scores": scores, "chosen": rates[fam]}
+                        for fam, scores in grids.items()}
+        picked[task]["central"]["edge"] = "low"
+        if sst2:
+            picked[task]["multi-round"]["edge"] = "high"
+    _write(root / "selection.json", {"criterion": "best final selection metric", "tasks": picked})
+    _write(root / "grid.json", [g for g in GRID if set(g["rates"]) <= set(tasks)])
 
 
 @pytest.fixture
@@ -123,7 +159,7 @@ def grid(tmp_path):
 
 
 def test_the_table_is_the_records_paired_differences_holm_over_the_declared_family(grid):
-    table = LR.sst2_table()
+    table = LR.dev_table()
     lines = table.splitlines()
     assert lines[2].startswith("| majority-class baseline | 0.509 |")
     assert [line.split(" | ")[0][2:] for line in lines[3:]] == [LR.label(a) for a in LR.ARMS]
@@ -200,26 +236,28 @@ def test_a_grid_out_dir_shows_through_records(tmp_path):
 
 def test_the_grid_copies_what_the_tables_read_and_nothing_else(tmp_path):
     """``run_grid.py --records``: each run's args, summary and metrics, the merges' manifests, selection.json,
-    grid.json and the shards' label mixes, no adapter or checkpoint; the tables read from the copy equal the
-    out-dir's."""
+    grid.json and the shards' label mixes, no adapter or checkpoint; the tables read from the copy (SST-2's and
+    MRPC's) equal the out-dir's."""
     from common import synthetic
     out, records, data = tmp_path / "out", tmp_path / "records", tmp_path / "data"
-    shutil.copytree(synthetic.ensure("glue-sst2"), data / "glue_sst2")
+    for task in ("sst2", "mrpc"):
+        shutil.copytree(synthetic.ensure(f"glue-{task}"), data / f"glue_{task}")
     args = run_grid.get_args_parser().parse_args(
         ["--out-dir", str(out), "--real_data_dir", str(data), "--sst2_design", "merges", "--train_samples", "200",
-         "--selection_samples", "40", "--seeds", *map(str, SEEDS)])
+         "--mrpc_train_samples", "200", "--selection_samples", "40", "--seeds", *map(str, SEEDS), "--tasks", "sst2",
+         "mrpc"])
     write_grid(out)
     for junk in ("checkpoint.pt", "adapter/adapter_model.safetensors", "round_1/client_1/adapter/x.bin"):
         (out / "sst2_svd_iid_s0" / junk).parent.mkdir(parents=True, exist_ok=True)
         (out / "sst2_svd_iid_s0" / junk).write_bytes(b"\0" * 64)
     (out / "sst2_oneshot-naive_iid_s0" / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 64)
-    cells = run_grid.cells(args, {"sst2": RATES}, write=False)
+    cells = run_grid.cells(args, {"sst2": RATES, "mrpc": MRPC_RATES}, write=False)
     n = run_grid.copy_records(out, records, cells, run_grid.selection_cells(args))
-    assert n == 24 + 6 + 14    # the training runs, the one-shot naive merges, the selection runs
+    assert n == 24 + 6 + 14 + 15 + 6   # SST-2's training runs, one-shot naive merges and selection runs; MRPC's
     files = {p.relative_to(records).as_posix() for p in records.rglob("*") if p.is_file()}
     assert {f.rsplit("/", 1)[-1] for f in files} == {"args.json", "summary.json", "metrics.jsonl",
                                                      "fuse_manifest.json", "selection.json", "grid.json"}
-    assert "sst2_oneshot-naive_iid_s0/adapter/fuse_manifest.json" in files
+    assert {"sst2_oneshot-naive_iid_s0/adapter/fuse_manifest.json", "mrpc_naive_dir0.1_s2/summary.json"} <= files
     mix = json.loads((records / "shards" / "sst2_dir0.1_k4_s2" / "summary.json").read_text())
     assert "client_indices" not in mix and mix["label_histograms"][0] == {"0": 546, "1": 7}
     RS.REDIRECTS[LR.RECORDS] = out
@@ -229,14 +267,112 @@ def test_the_grid_copies_what_the_tables_read_and_nothing_else(tmp_path):
         assert {name: fn() for name, fn in LR.BLOCKS.items()} == mine
     finally:
         RS.REDIRECTS.clear()
+    assert "MRPC dev F1" in mine["mrpc-table"] and "SST-2 dev accuracy" in mine["sst2-table"]
 
 
 def test_without_records_every_block_says_so(tmp_path):
     """A record folder without a grid (no selection.json): each block says the records are not committed yet and
-    names the commands that commit them, so the README never states numbers that have no record."""
+    names the commands that commit them, so the README never states numbers that have no record; MRPC's blocks say
+    so, with MRPC's command, until selection.json holds MRPC."""
     RS.REDIRECTS[LR.RECORDS] = tmp_path
     try:
-        assert {fn() for fn in LR.BLOCKS.values()} == {LR.NOT_YET}
+        said = {name: fn() for name, fn in LR.BLOCKS.items()}
+        assert {v for k, v in said.items() if not k.startswith("mrpc-")} == {LR.NOT_YET}
+        assert {v for k, v in said.items() if k.startswith("mrpc-")} == {LR.not_yet("mrpc")}
+        write_grid(tmp_path, tasks=("sst2",))
+        said = {name: fn() for name, fn in LR.BLOCKS.items()}
+        assert {v for k, v in said.items() if k.startswith("mrpc-")} == {LR.not_yet("mrpc")}
+        assert LR.NOT_YET not in said.values() and len(LR.BLOCKS) == 9 + 7
     finally:
         RS.REDIRECTS.clear()
     assert "--records lora_glue_fl/results/minilm_glue" in LR.NOT_YET and "common.results --write" in LR.NOT_YET
+    assert "--tasks mrpc --seeds 0 1 2 --records" in LR.not_yet("mrpc")
+
+
+# ------------------------------------------------------------------------------------------------- MRPC
+def mrpc(arm: str, metric: str = "f1") -> dict:
+    return {s: dev_of("mrpc", arm, s)[metric] for s in SEEDS}
+
+
+def test_mrpc_table_is_f1_against_centralized_holm_over_its_four_arms_with_the_majority_first(grid):
+    lines = LR.dev_table("mrpc").splitlines()
+    assert lines[0].startswith("| MRPC dev F1 | mean ± sd (n = 3) | accuracy, mean ± sd | − centralized, paired by "
+                               "seed [95% CI], Holm over the 4 arms |")
+    assert lines[2].startswith("| majority-class baseline | 0.812 | 0.684 |")   # F1, then accuracy
+    assert [line.split(" | ")[0][2:] for line in lines[3:]] == [LR.label(a) for a in LR.arms("mrpc")]
+    fed = [a for a in LR.arms("mrpc") if a != "central"]
+    assert fed == ["svd_iid", "naive_iid", "svd_dir0.1", "naive_dir0.1"]          # run_grid.SMALL
+    diffs = {a: stats.paired(mrpc(a), mrpc("central")) for a in fed}
+    holm = stats.holm(diffs)
+    for a in fed:
+        found = LR.findings("mrpc")[a, "central"]
+        assert found.paired.mean == pytest.approx(diffs[a].mean)
+        assert found.claim == stats.claim(diffs[a], holm[a], 4, 3)              # not over SST-2's 9 arms
+    row = next(line for line in lines if line.startswith("| FedAvg, naive A/B averaging, iid shards |"))
+    acc = stats.summarize(mrpc("naive_iid", "accuracy").values())
+    assert f"| {acc.mean:.3f} ± {acc.sd:.3f} |" in row and "1,512 (378)" in row and "222,338" in row
+    assert RS.minus(stats.claim(diffs["naive_iid"], holm["naive_iid"], 4, 3)[:-1]) in row
+    assert "rate at the low edge" in lines[3] and "edge" not in row            # central 1e-3; multi-round 2e-3
+    assert "3/3 still improving" in next(line for line in lines if "naive A/B averaging, Dirichlet" in line)
+
+
+def test_mrpc_contrasts_are_their_own_family_svd_naive_and_skew(grid):
+    assert [(a, b) for a, b, _ in LR.contrasts("mrpc")] == [("svd_iid", "naive_iid"), ("svd_dir0.1", "naive_dir0.1"),
+                                                            ("svd_iid", "svd_dir0.1")]
+    diffs = {(a, b): stats.paired(mrpc(a), mrpc(b)) for a, b, _ in LR.contrasts("mrpc")}
+    holm = stats.holm(diffs)
+    text = LR.contrast_table("mrpc")
+    assert text.startswith("MRPC dev F1, a − b paired by seed, Holm over the 3 contrasts together")
+    for k, d in diffs.items():
+        claim = stats.claim(d, holm[k], 3, 3)
+        assert LR.findings("mrpc")[k].claim == claim and RS.minus(claim[:-1]) in text
+        if "no difference" in claim:
+            assert f"rules out > {stats.ruled_out(d, 3):.3f}" in claim
+    assert "no difference after Holm over 3" in text                            # SVD − naive: within 0.01
+    per_seed = [mrpc("svd_iid")[s] - mrpc("svd_dir0.1")[s] for s in SEEDS]
+    assert " ".join(f"{x:+.3f}" for x in per_seed).replace("-", "\u2212") in text
+
+
+def test_mrpc_findings_put_every_arm_against_the_majority_in_f1_and_accuracy(grid):
+    text = LR.mrpc_findings()
+    first = text.splitlines()[0]
+    assert "always predicting “paraphrase”" in first and "dev F1 0.812, accuracy 0.684" in first
+    central = stats.summarize(mrpc("central").values())
+    assert f"centralized LoRA F1 {central.mean:.3f} ± {central.sd:.3f}" in first
+    # above the majority in both metrics: centralized and the Dirichlet arms in every seed, the iid arms' F1 in one
+    assert "centralized LoRA F1" in first and ", 3 of 3;" in first
+    assert first.count(", 1 of 3") == 2
+    assert first.endswith("not in every seed: FedAvg, SVD merge, iid shards; FedAvg, naive A/B averaging, iid "
+                          "shards. Every verdict below is in dev F1.")
+    assert LR.said("svd_dir0.1", task="mrpc") in text and LR.said("svd_iid", "naive_iid", "mrpc") in text
+    assert "**Label skew**" in text and LR.said("svd_iid", "svd_dir0.1", "mrpc") in text
+    assert "Centralized runs (one local run decayed to 0)" in text and "reads accuracy, not the reported F1" in text
+    assert "one-shot" not in text.lower()                                        # MRPC's design has none
+
+
+def test_mrpc_plateau_reads_selection_accuracy_and_its_binomial_noise(grid):
+    judged = LR.plateau_of("naive_dir0.1", "mrpc")
+    assert {j.state for j, _ in judged.values()} == {"still improving"}
+    assert all(g == pytest.approx(0.04) for _, g in judged.values())
+    assert LR.tolerance("naive_dir0.1", "mrpc") == pytest.approx(math.sqrt(0.88 * 0.12 / SELECTION_N))
+    assert {j.state for j, _ in LR.plateau_of("svd_iid", "mrpc").values()} == {"at plateau"}
+    text = LR.plateau_table("mrpc")
+    assert "The rule reads accuracy, not the reported F1" in text and "(centralized) satisfies" in text
+    assert "reads accuracy" not in LR.plateau_table()                             # SST-2 reports accuracy
+
+
+def test_mrpc_selection_is_on_f1_without_a_binomial_sd(grid):
+    text = LR.selection_table("mrpc")
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert text.startswith("Final selection-split F1 of every rate (500 pairs held out of training")
+    assert "**0.829**" in rows["central"] and "| +0.023 |" in rows["central"] and " sd)" not in text
+    assert "**0.805**" in rows["multi-round"] and "| +0.001 |" in rows["multi-round"]
+    assert text.endswith("The selection split's majority class scores 0.802; rates that end there (a constant "
+                         "prediction): central 0.005.")
+
+
+def test_grid_time_says_each_tasks_runs(grid):
+    text = LR.grid_time()
+    assert "`--tasks mrpc --seeds 0 1 2` 73.5 min wall" in text
+    assert "SST-2, the 14 selection runs" in text and "MRPC, the 6 selection runs" in text
+    assert "the 15 reported training runs" in text and "the 24 reported training runs" in text
