@@ -89,7 +89,7 @@ def test_the_grid_reading_of_real_runs_curves_plateau_and_chosen_rates(folder, t
     plot_lora_glue.main(["--runs", str(root), "--out", str(tmp_path / "fig")])
     RS.REDIRECTS[LR.RECORDS] = root
     try:
-        table, plateau = LR.sst2_table(), LR.plateau_table()
+        table, plateau = LR.dev_table(), LR.plateau_table()
         sst2_iid = LR.runs("svd_iid")
     finally:
         RS.REDIRECTS.clear()
