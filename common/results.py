@@ -1,7 +1,8 @@
 """The numbers a README states, generated from committed records: every result paragraph or table of a README
 sits between markers and is rewritten from the records by the function of its name.
 
-    python -m common.results --check     # regenerate every block; exit 1 naming each block that differs
+    python -m common.results --check     # regenerate every block; exit 1 naming each block that differs, and
+                                         # each statistic stated outside a block
     python -m common.results --write     # rewrite every block in place (after new records are committed)
 
 Checked: the top README, common's and each subproject's, every ``<subproject>/results/**/findings.md`` (a
@@ -227,9 +228,12 @@ def main(argv=None) -> int:
         return 0
     for path, name in stale:
         print(f"{path}: results block {name} differs from its records (python -m common.results --write)")
+    hand = [(path, n, line) for path, (old, _, _) in result.items() for n, line in loose(old)]
+    for path, n, line in hand:
+        print(f"{path}:{n}: a statistic outside a results block (generate it, or drop it): {line[:120]}")
     count = sum(len(blocks_in(old)) for old, _, _ in result.values())
-    print(f"{count} results block(s) checked, {len(stale)} differ")
-    return 1 if stale else 0
+    print(f"{count} results block(s) checked, {len(stale)} differ; {len(hand)} statistic(s) outside a block")
+    return 1 if stale or hand else 0
 
 
 def report_loose(readmes: Iterable[str | Path] = READMES, root: Path = ROOT) -> int:

@@ -17,9 +17,9 @@ ROOT = results.ROOT
 
 def test_every_block_matches_its_records():
     run = subprocess.run([sys.executable, "-m", "common.results", "--check"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=600)  # about 20 s idle; minutes on a loaded machine
     assert run.returncode == 0, run.stdout + run.stderr
-    assert " 0 differ" in run.stdout
+    assert " 0 differ; 0 statistic(s) outside a block" in run.stdout
 
 
 def test_an_edited_number_fails_naming_its_block(tmp_path):
@@ -138,3 +138,12 @@ def test_a_statistic_outside_a_block_is_found():
             "the gap +2.4 [+1.2, +3.5], p_Holm = 0.0042 over 14\n")
     assert [n for n, _ in results.loose(text)] == [8, 9]
     assert results.report_loose(["README.md"], ROOT) == 0  # the top README states no statistic by hand
+
+
+def test_check_fails_on_a_statistic_stated_by_hand(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# a study\n\nFedAvg reached 93.7 ± 0.2 on the test set.\n", encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "common.results", "--check", str(readme)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
+    assert run.returncode == 1
+    assert "README.md:3: a statistic outside a results block" in run.stdout and "1 statistic(s)" in run.stdout
