@@ -542,8 +542,12 @@ def sst2_findings() -> str:
     rounds = next(iter(runs("svd_iid").values()))["summary"]["rounds_done"]
     base, low = majority(), min(((v, a, s) for a in reported() for s, v in dev(a).items()))
     means = [stats.summarize(dev(a).values()).mean - base for a in reported()]
-    out = [f"- **Every arm has learned**: each arm's mean is {RS.range_of(means, 3, '–')} above the majority class "
-           f"({base:.3f}) on the dev set; the lowest single run is {low[0]:.3f} ({label(low[1])}, seed {low[2]}).",
+    flat = [(a, s) for a in reported() for s, v in dev(a).items() if v <= base + 1e-9]  # a constant prediction
+    head = ("Every arm's mean is above the majority class" if flat else "Every run has learned")
+    out = [f"- **{head}**: each arm's mean is {RS.range_of(means, 3, '–')} above the majority class "
+           f"({base:.3f}) on the dev set; the lowest single run is {low[0]:.3f} ({label(low[1])}, seed {low[2]})"
+           + (f"; {len(flat)} run{'s' if len(flat) > 1 else ''} ended at the majority class (a constant prediction: "
+              "not learned): " + ", ".join(f"{label(a)} seed {s}" for a, s in flat) if flat else "") + ".",
            _federation()]
     if runs("exact_iid"):
         ex = runs("exact_iid")[min(runs("exact_iid"))]["rows"]
@@ -623,6 +627,14 @@ def study_line() -> str:
     return RS.minus("; ".join(parts))
 
 
+def _portable(argv: list[str]) -> list[str]:
+    """An invocation's flags as a reader would type them: the machine's folders (--out-dir, --real_data_dir and
+    --records values) as the README's command names them."""
+    shown = {"--out-dir": "runs/lora_glue_minilm", "--out_dir": "runs/lora_glue_minilm",
+             "--real_data_dir": "../shared/data", "--real-data-dir": "../shared/data", "--records": RECORDS}
+    return [shown.get(argv[i - 1], a) if i else a for i, a in enumerate(argv)]
+
+
 def grid_time() -> str:
     """The grid's wall time (grid.json: each invocation) and, per task, its runs' own time and load
     (summary.json)."""
@@ -644,7 +656,7 @@ def grid_time() -> str:
 
     loads = [r["summary"][k] for t in tasks for r in _trained(t) + selection_runs(t)
              for k in ("load_start", "load_end") if k in r["summary"]]
-    calls = "; ".join(f"`{' '.join(g['argv'])}` {g['wall_seconds'] / 60:.1f} min wall, finished "
+    calls = "; ".join(f"`{' '.join(_portable(g['argv']))}` {g['wall_seconds'] / 60:.1f} min wall, finished "
                       f"{g['finished_at'][:10]}" for g in record) or "not finished"
     return (f"Grid wall time (grid.json, each invocation that ran something): {calls}. Its runs' own time "
             "(summary.json): " + (own(TASK) if tasks == [TASK] else "; ".join(f"{TITLE[t]}, {own(t, ', ')}"
