@@ -343,12 +343,7 @@ def diagnostics(runs: list[dict]) -> str:
     out = []
     if high := sum(not r["summary"]["final_val_ppl"] < r["summary"]["unigram_ppl"] for r in runs):
         out.append(f"{high}/{len(runs)} end above the unigram (unstable)")
-    last = lambda key: [c[-1] for r in runs if (c := plateau.curve(r["path"], key))]  # noqa: E731
-    if ratios := last("entropy_weight_ratio"):
-        out.append(f"max/min weight {', '.join(f'{v:.3g}' for v in ratios)} (last round, per seed)")
-    if shares := last("fisher_eps_share"):
-        out.append(f"floor decides {100 * sum(shares) / len(shares):.1f} % of coordinates (last round)")
-    return "; ".join(out)
+    return "; ".join(out + results_synthetic.last_round_notes(runs))
 
 
 def stage_table(folder: str, setting: tuple, stage: str) -> list[str]:

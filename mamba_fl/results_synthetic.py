@@ -341,12 +341,19 @@ def diagnostics(arm: str) -> str:
     out, group = [], runs(arm)
     if high := above_unigram(arm):
         out.append(f"{high}/{len(group)} end above the unigram")
-    last = lambda key: [c[-1] for r in group if (c := plateau.curve(r["path"], key))]  # noqa: E731
+    return "; ".join(out + last_round_notes(group))
+
+
+def last_round_notes(runs: list[dict]) -> list[str]:
+    """FedEntropy's max/min client weight per seed and FedFisher's floor share (mean over seeds) at the last round
+    of ``runs`` (their metrics.jsonl), where the arm logs them."""
+    out = []
+    last = lambda key: [c[-1] for r in runs if (c := plateau.curve(r["path"], key))]  # noqa: E731
     if ratios := last("entropy_weight_ratio"):
         out.append(f"max/min weight {', '.join(f'{v:.3g}' for v in ratios)} (last round, per seed)")
     if shares := last("fisher_eps_share"):
         out.append(f"floor decides {100 * sum(shares) / len(shares):.1f} % of coordinates (last round)")
-    return "; ".join(out)
+    return out
 
 
 def full_table(arms: list[str], ref: str) -> list[str]:
