@@ -14,7 +14,8 @@ Model: --model_size minilm, LoRA on query/value + the classifier head. Each task
 1. **Selection** (skipped with --learning_rate): per arm family (``SELECTION_CELL``) one run per rate of --lr_grid
    (exact: --exact_lr_grid) and seed of --select_seeds on iid shards, scored on the selection split only
    (<out-dir>/selection/); the best final selection metric (mean over seeds; ties: the smaller rate) picks the
-   family's rate (<out-dir>/selection.json).
+   family's rate (<out-dir>/selection.json). A rate chosen at the edge of its grid has not been shown best: the
+   next rate past it is run and the family chooses again, --extend times at most (``study.extended``).
 2. **Reported cells** ``<task>_<method>_<sharding>_s<seed>`` of --sst2_design / --mrpc_design (``DESIGNS``) at the
    chosen rates, the dev set scored once, after training: ``central`` (main_glue_lora.py, --rounds x
    --local_epochs epochs), ``svd|naive|exact`` (fedavg_rounds.py, --rounds rounds of --local_epochs), ``oneshot``
@@ -97,6 +98,9 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                    help="AdamW rates (linear decay to 0 in every local run) the selection stage tries per family")
     p.add_argument("--exact_lr_grid", nargs="+", type=flags.POSITIVE, default=[2e-4, 5e-4, 1e-3, 2e-3, 5e-3],
                    help="the exact merge's rates: it trains a rank-K^t r adapter, so the grid reaches lower")
+    p.add_argument("--extend", type=flags.COUNT, default=1,
+                   help="times a rate chosen at the edge of its grid adds the next rate past it (at the ratio of the "
+                        "edge to its neighbour) and the family chooses again (0: the edge is only reported)")
     p.add_argument("--select_seeds", nargs="+", type=flags.SEED, default=[100],
                    help="seeds of the selection runs (apart from --seeds: no reported run chose anything)")
     p.add_argument("--learning_rate", type=flags.POSITIVE, default=None,
@@ -202,11 +206,12 @@ def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr
         str(args.eval_batch_size)] + data)]
 
 
-def selection_cells(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
-    """(run name, steps) of the selection stage: every family x rate x selection seed, on iid shards."""
+def selection_cells(args, values: dict | None = None) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """(run name, steps) of the selection stage: every family x rate x selection seed, on iid shards; ``values``:
+    {(task, family): rates} (default: each family's grid)."""
+    values = values or {key: g.values for key, g in grids(args).items()}
     return [(run, cell_steps(args, name, *SELECTION_CELL[family], seed, lr, run, select=True))
-            for name in args.tasks for family in families_of(args, name)
-            for lr in grid_of(args, family) for seed in args.select_seeds
+            for (name, family), rates in values.items() for lr in rates for seed in args.select_seeds
             for run in [f"{name}_{family}_lr{lr:g}_s{seed}"]]
 
 
@@ -224,27 +229,57 @@ def families_of(args, name: str) -> list[str]:
     return [f for f in SELECTION_CELL if f in {FAMILY[m] for m, _ in design(args, name)}]
 
 
-def choose(args) -> dict:
-    """{task: {family: rate}} of args.tasks from the selection runs' final selection metric (``study.choose``: mean
-    over the selection seeds; ties: the smaller rate; a rate with a diverged run is not chosen); every score in
-    <out-dir>/selection.json (other tasks' kept), with the edge ("low" or "high") of a choice at one."""
+def grids(args) -> dict[tuple[str, str], study.Grid]:
+    """{(task, family): its rate selection}: the family's grid (``grid_of``) scored by the final selection-split
+    main metric of each run, the highest best, extended past an edge --extend times."""
     from lora_glue_fl.glue_tasks import get_task
+    return {(name, family): study.Grid("--learning_rate", tuple(grid_of(args, family)),
+                                       "final.selection_" + get_task(TASKS[name][0]).main_metric, "max",
+                                       split="selection", extend=args.extend)
+            for name in args.tasks for family in families_of(args, name)}
+
+
+def selection_records(args, values: dict) -> dict:
+    """{(task, family): {rate: [summary.json of each selection seed's run, None when not finished]}}."""
+    folder = Path(args.out_dir) / "selection"
+    return {(name, family): {lr: [runlog.read_object(folder / f"{name}_{family}_lr{lr:g}_s{seed}"
+                                                     / runlog.SUMMARY_FILE) for seed in args.select_seeds]
+                             for lr in rates}
+            for (name, family), rates in values.items()}
+
+
+def tried(args) -> dict:
+    """{(task, family): every rate its selection ran}: its grid and the rates an extension added, as
+    <out-dir>/selection.json records them (the grid alone before the selection chose)."""
+    old = Path(args.out_dir) / "selection.json"
+    record = json.loads(old.read_text()) if old.is_file() else {"tasks": {}}
+    return {key: sorted({*g.values, *map(float, record["tasks"].get(key[0], {}).get(key[1], {}).get("scores", {}))})
+            for key, g in grids(args).items()}
+
+
+def choose(args, values: dict | None = None) -> dict:
+    """{task: {family: rate}} of args.tasks from the selection runs at ``values`` ({(task, family): rates}; default:
+    each family's grid) by ``study.choose`` (the best final selection metric, mean over the selection seeds; ties:
+    the smaller rate; a rate with a diverged run is not chosen); every score in <out-dir>/selection.json (other
+    tasks' kept), with the edge ("low" or "high") of a choice at one and the rates an extension added."""
     out = Path(args.out_dir)
     old = out / "selection.json"  # a grid run task by task (--tasks mrpc later) keeps the other tasks' choices
     record = json.loads(old.read_text()) if old.is_file() else {"criterion": "", "tasks": {}}
+    record["criterion"] = (f"the rate with the best final selection-split metric (selection_<main metric>), mean "
+                           f"over selection seeds {args.select_seeds}; ties: the smaller rate; a rate at the edge "
+                           f"of its grid extended past it {args.extend} time(s) at most")
+    grids_ = grids(args)
+    values = {key: list(g.values) for key, g in grids_.items()} | (values or {})
+    records = selection_records(args, values)
     for name in args.tasks:
-        metric = "selection_" + get_task(TASKS[name][0]).main_metric
-        record["criterion"] = (f"the rate with the best final selection-split metric (selection_<main metric>), mean "
-                               f"over selection seeds {args.select_seeds}; ties: the smaller rate")
-        record["tasks"][name] = families = {}
-        for family in families_of(args, name):
-            grid = study.Grid("--learning_rate", tuple(grid_of(args, family)), "final." + metric, "max",
-                              split="selection")
-            pick = grid.pick({lr: [runlog.read_object(out / "selection" / f"{name}_{family}_lr{lr:g}_s{seed}"
-                                                      / runlog.SUMMARY_FILE) for seed in args.select_seeds]
-                              for lr in grid.values})
-            families[family] = {"metric": metric, "scores": {f"{lr:g}": v for lr, v in pick.scores.items()},
-                                "chosen": pick.value, **({"edge": pick.edge} if pick.at_edge else {})}
+        record["tasks"][name] = {}
+    for (name, family), grid in grids_.items():
+        pick = grid.pick(records[name, family])
+        added = sorted(set(values[name, family]) - set(grid.values))
+        record["tasks"][name][family] = {
+            "metric": grid.metric.split(".")[-1], "scores": {f"{lr:g}": v for lr, v in sorted(pick.scores.items())},
+            "chosen": pick.value, **({"edge": pick.edge} if pick.at_edge else {}),
+            **({"extended": added} if added else {})}
     atomic_write_text(out / "selection.json", json.dumps(record, indent=1) + "\n")
     return {name: {f: v["chosen"] for f, v in record["tasks"][name].items()} for name in args.tasks}
 
@@ -295,16 +330,25 @@ def main(argv=None) -> dict:
         rates = {name: dict.fromkeys(FAMILY.values(), args.learning_rate) for name in args.tasks}
         statuses = {}
     else:
-        chooser = selection_cells(args)
         check_cells(args)
-        print(f"selection stage: {len(chooser)} runs (rates {args.lr_grid}, seeds {args.select_seeds})", flush=True)
-        first = jobs.run_plan(jobs_of(chooser), title="lora_glue_fl selection stage", **plan)
-        statuses = first.status
-        if args.dry_run or not first.complete:
+        statuses, ran = {}, {}
+
+        def trained(values: dict) -> dict | None:  # the selection runs at ``values``, then their records
+            chooser = selection_cells(args, values)
+            added = {f"{t} {f}": [f"{r:g}" for r in v if r not in grid_of(args, f)] for (t, f), v in values.items()}
+            print(f"selection stage: {len(chooser)} runs (rates {args.lr_grid}, exact {args.exact_lr_grid}, seeds "
+                  f"{args.select_seeds}" + "".join(f"; {k} extended to {', '.join(v)}" for k, v in added.items() if v)
+                  + ")", flush=True)
+            first = jobs.run_plan(jobs_of(chooser), title="lora_glue_fl selection stage", **plan)
+            statuses.update(first.status)
+            ran.update(values)
+            return None if args.dry_run or not first.complete else selection_records(args, values)
+
+        if study.extended(grids(args), trained) is None:
             print("the reported cells are planned once every selection run is done" if args.dry_run else
                   "stopped after the selection stage: not every selection run finished (logs above)")
             return {"cells": 0, "out_dir": args.out_dir, "status": statuses}
-        rates = choose(args)
+        rates = choose(args, ran)
         print(f"chosen on the selection split ({out / 'selection.json'}): {rates}", flush=True)
     cells_ = cells(args, rates)
     grid = jobs_of(cells_)
@@ -325,7 +369,7 @@ def main(argv=None) -> dict:
     if args.records:
         if outcome.complete and all(s in ("finished", "done-before") for s in statuses.values()):
             n = copy_records(out, Path(args.records), cells_, [] if args.learning_rate is not None
-                             else selection_cells(args))
+                             else selection_cells(args, tried(args)))
             print(f"{n} runs' records in {args.records} (python -m common.results --write rewrites the README blocks)")
         else:
             print(f"records not copied to {args.records}: not every run finished (a partial grid is not a record)")

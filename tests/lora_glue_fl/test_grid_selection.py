@@ -33,3 +33,42 @@ def test_the_mean_over_selection_seeds_picks_each_familys_rate(tmp_path):
     assert record["sst2"]["exact"]["scores"]["0.0005"] == 0.75 and record["mrpc"]["central"]["chosen"] == 2e-3
     # the multi-round rate is the smallest tried: selection.json says so (the grid does not extend)
     assert record["sst2"]["multi-round"]["edge"] == "low" and "edge" not in record["sst2"]["central"]
+
+
+def test_a_rate_at_the_edge_is_extended_past_it_and_chosen_again(tmp_path, monkeypatch):
+    """--extend 1: a family whose best rate is the smallest of its grid runs the rate below (at the ratio of the
+    edge to its neighbour) and chooses again; once the extension is spent an edge is recorded, not extended again,
+    and rerunning the command replays the same choice from the finished runs."""
+    import shutil
+
+    from common import jobs, synthetic
+    real = tmp_path / "real"
+    shutil.copytree(synthetic.ensure("glue-mrpc"), real / "glue_mrpc")
+    ran = []
+
+    def fake_plan(plan, **_):   # each selection run "scores" higher the lower its rate; reported runs just end
+        status = {}
+        for job in plan:
+            if job.run_dir is not None and "selection" in job.run_dir.parts:
+                lr = float(job.argv[job.argv.index("--learning_rate") + 1])
+                job.run_dir.mkdir(parents=True, exist_ok=True)
+                if not (job.run_dir / "summary.json").is_file():
+                    ran.append(job.name)
+                    (job.run_dir / "summary.json").write_text(json.dumps({"final": {"selection_f1": 1 - lr}}))
+            status[job.name] = "finished"
+        return jobs.Outcome(status, {}, 0.0)
+
+    monkeypatch.setattr(run_grid.jobs, "run_plan", fake_plan)
+    argv = ["--out-dir", str(tmp_path / "grid"), "--real_data_dir", str(real), "--tasks", "mrpc",
+            "--mrpc_design", "central", "--lr_grid", "1e-3", "2e-3", "--mrpc_train_samples", "100",
+            "--selection_samples", "20", "--seeds", "0"]
+    result = run_grid.main(argv)
+    assert ran == ["mrpc_central_lr0.001_s100", "mrpc_central_lr0.002_s100", "mrpc_central_lr0.0005_s100"]
+    assert result["rates"] == {"mrpc": {"central": 5e-4}}
+    record = json.loads((tmp_path / "grid" / "selection.json").read_text())["tasks"]["mrpc"]["central"]
+    assert record["extended"] == [5e-4] and record["edge"] == "low" and record["chosen"] == 5e-4
+    assert sorted(record["scores"]) == ["0.0005", "0.001", "0.002"]
+    assert run_grid.tried(run_grid.get_args_parser().parse_args(argv)) == {("mrpc", "central"): [5e-4, 1e-3, 2e-3]}
+    ran.clear()
+    assert run_grid.main(argv)["rates"] == {"mrpc": {"central": 5e-4}} and ran == []   # replayed, not extended
+    assert run_grid.main([*argv, "--extend", "0"])["rates"] == {"mrpc": {"central": 1e-3}}   # the edge reported
