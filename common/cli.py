@@ -263,13 +263,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Run ``main``: ``UsageError`` -> one line on stderr, exit 2; ``Diverged`` -> exit 3; locks released."""
+    """Run ``main``: ``UsageError`` -> one line on stderr, exit 2; ``Diverged`` -> exit 3; an int it returns other
+    than 0 is the exit status (a study whose runs did not all finish: 1); locks released."""
     global _from_command_line
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script"
     _from_command_line = True
     try:
         try:
-            main(argv)
+            status = main(argv)
+            if type(status) is int and status:
+                raise SystemExit(status)
         except (OSError, RuntimeError, OverflowError) as e:
             # failures that are not bugs: a full disk (UsageError) and an arithmetic overflow, e.g. a learning rate
             # no float32 step can hold (the run diverged: runlog.overflowed); anything else is raised again

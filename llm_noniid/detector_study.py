@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import cli, flags, jobs
 from common import results as RS
 from common import stats as S
-from common.errors import UsageError, check
+from common.errors import check
 from llm_noniid import failure, train
 from llm_noniid import run_experiments as E
 
@@ -246,22 +245,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        if args.report:
-            print(report())  # the README block's text
-            return 0
-        check(not set(args.seeds) & {0, 1, 2}, f"--seeds {args.seeds}: seeds 0, 1, 2 are the calibration runs")
-        if args.split_csv is None:
-            args.split_csv = str(E.SHARED_AG_NEWS)
-        out = Path(args.out_dir)
-        outcome = jobs.run_study(plan(args, prepare=not args.dry_run), args.records, parallel=args.jobs,
-                                 log_dir=out / "logs", dry_run=args.dry_run, title="detector study",
-                                 next_step="python llm_noniid/detector_study.py --report")
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.report:
+        print(report())  # the README block's text
+        return 0
+    check(not set(args.seeds) & {0, 1, 2}, f"--seeds {args.seeds}: seeds 0, 1, 2 are the calibration runs")
+    if args.split_csv is None:
+        args.split_csv = str(E.SHARED_AG_NEWS)
+    out = Path(args.out_dir)
+    outcome = jobs.run_study(plan(args, prepare=not args.dry_run), args.records, parallel=args.jobs,
+                             log_dir=out / "logs", dry_run=args.dry_run, title="detector study",
+                             next_step="python llm_noniid/detector_study.py --report")
     return outcome.exit_code(args.dry_run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -24,12 +24,10 @@ those runs), never on the test numbers reported.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import cli, flags, jobs
-from common.errors import UsageError
 
 RECORDS = "llm_noniid/results/mcmahan"
 VALIDATION = "llm_noniid/results/mcmahan_validation"  # the runs that chose the rates (seed 0, validation split)
@@ -97,19 +95,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        if args.report:
-            from llm_noniid import results  # the table's one definition, shared with the README block
-            print(results.mcmahan_table(args.records))
-            return 0
-        outcome = jobs.run_study(plan(args), args.records, log_dir=Path(args.out_dir) / "logs",
-                                 dry_run=args.dry_run, title="McMahan et al. 2017 study",
-                                 next_step="python llm_noniid/mcmahan_study.py --report")
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.report:
+        from llm_noniid import results  # the table's one definition, shared with the README block
+        print(results.mcmahan_table(args.records))
+        return 0
+    outcome = jobs.run_study(plan(args), args.records, log_dir=Path(args.out_dir) / "logs",
+                             dry_run=args.dry_run, title="McMahan et al. 2017 study",
+                             next_step="python llm_noniid/mcmahan_study.py --report")
     return outcome.exit_code(args.dry_run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -38,12 +38,11 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import math
-import sys
 from pathlib import Path
 
 from common import cli, flags, jobs, plateau
 from common import results as RS
-from common.errors import UsageError, check
+from common.errors import check
 
 RECORDS = "llm_noniid/results/privacy"
 EPSILONS = (1.0, 3.0, 8.0, math.inf)
@@ -154,22 +153,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        if args.report:  # the README's blocks (llm_noniid/results.py, which reads this module's settings)
-            check(Path(args.records).resolve() == (RS.ROOT / RECORDS).resolve(),
-                  f"--report prints the README's blocks, from the committed records {RECORDS}")
-            blocks = RS.generators(["llm_noniid"])
-            print(blocks["llm_noniid.privacy"](), blocks["llm_noniid.privacy-findings"](), sep="\n\n")
-            return 0
-        runs = plan(args)
-        outcome = jobs.run_study(runs, args.records, unfinished=True,  # a diverged run's records too
-                                 log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run, title="privacy study",
-                                 next_step="python llm_noniid/privacy_study.py --report")
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.report:  # the README's blocks (llm_noniid/results.py, which reads this module's settings)
+        check(Path(args.records).resolve() == (RS.ROOT / RECORDS).resolve(),
+              f"--report prints the README's blocks, from the committed records {RECORDS}")
+        blocks = RS.generators(["llm_noniid"])
+        print(blocks["llm_noniid.privacy"](), blocks["llm_noniid.privacy-findings"](), sep="\n\n")
+        return 0
+    runs = plan(args)
+    outcome = jobs.run_study(runs, args.records, unfinished=True,  # a diverged run's records too
+                             log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run, title="privacy study",
+                             next_step="python llm_noniid/privacy_study.py --report")
     return outcome.exit_code(args.dry_run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

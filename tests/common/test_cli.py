@@ -116,6 +116,16 @@ def test_run_passes_argv_and_reports_interrupts(capsys):
     assert e.value.code == 130 and "--resume" in capsys.readouterr().err
 
 
+def test_run_exits_with_the_status_main_returns():
+    """A study's main returns 1 when not every run finished: the script's exit status; 0, None or a result
+    (a dict, a bool) end normally."""
+    for result in (0, None, {"cells": 3}, True):
+        cli.run(lambda argv, r=result: r)
+    with pytest.raises(SystemExit) as e:
+        cli.run(lambda argv: 1)
+    assert e.value.code == 1
+
+
 SCRIPT = textwrap.dedent("""
     from common import cli
     def get_args_parser():

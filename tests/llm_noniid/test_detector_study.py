@@ -97,8 +97,9 @@ def test_the_planned_runs_are_the_pretrained_grids_arms_of_each_class(tmp_path):
 
 
 def test_calibration_seeds_are_refused_as_new_seeds(capsys):
-    assert DS.main(["--seeds", "2", "3", "--dry-run"]) == 2
-    assert "seeds 0, 1, 2 are the calibration runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:   # as the script's __main__ runs it: one line, exit 2
+        cli.run(DS.main, ["--seeds", "2", "3", "--dry-run"])
+    assert stop.value.code == 2 and "seeds 0, 1, 2 are the calibration runs" in capsys.readouterr().err
 
 
 def test_the_chosen_thresholds_are_thresholds():
