@@ -247,6 +247,16 @@ def survive(fam: dict, metric: str, ref: str | None = None, arms: str = "") -> s
 
 
 # ------------------------------------------------------------------------------ ViT, R = 192: the reading
+def base() -> str:
+    """The pretrained base every fine-tuning run of the committed suites loads: its test accuracy on its own 50
+    classes against chance, from its record (``r192/runs/base_cache/<key>.run``)."""
+    (run,) = RS.records(f"{RECORDS}/r192/runs/base_cache", "*.run")
+    s = run["summary"]
+    return (f"It reaches {100 * s['test_accuracy']:.1f} % test accuracy on those 50 classes ({s['test_images']:,} "
+            f"test images; chance {100 * s['chance_accuracy']:.0f} %) after {s['steps_done']:,} steps, "
+            f"{s['wall_seconds']:.0f} s on one core (its record: `results/r192/runs/base_cache/`).")
+
+
 def r192_selection() -> str:
     """The selection stage of R = 192: each named setting's validation accuracy at every rate and its pick."""
     sel = selection(192)
@@ -519,7 +529,7 @@ def budgets_more() -> str:
         f"IID at R = 48: the probe − dense {said(iid_48, 'probe_iid_head', 'fedavg_iid')}.")
 
 
-BLOCKS = {"r192-nc2": r192_nc2, "study-r192": study_r192, "r192-selection": r192_selection, "r192-more": r192_more,
+BLOCKS = {"base": base, "r192-nc2": r192_nc2, "study-r192": study_r192, "r192-selection": r192_selection, "r192-more": r192_more,
           "r768-headline": r768_headline, "r768-more": r768_more,
           "text-headline": text_headline, "text-more": text_more,
           "budgets-headline": budgets_headline, "budgets-more": budgets_more}
