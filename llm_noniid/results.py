@@ -19,6 +19,7 @@ from functools import cache
 from common import clustering, plateau, stats, study, study_report
 from common import results as RS
 from common.errors import check
+from common.study import choose
 from llm_noniid import detector_study as DS
 from llm_noniid import privacy_study as PS
 from llm_noniid import run_experiments as E
@@ -562,6 +563,30 @@ def mcmahan_validation(folder: str = MCMAHAN_VALIDATION) -> str:
                                            "best", f"rounds to {MCMAHAN_TARGET} %"], rows)))
 
 
+def mcmahan_choice(folder: str = MCMAHAN_VALIDATION) -> str:
+    """Each arm's rate as the validation runs chose it (``study.choose``: the fewest rounds to the target, a run
+    that never reached it scoring nothing), every rate tried with its rounds, and whether the choice is inside the
+    rates tried or at their edge."""
+    arms: dict = {}
+    for path in sorted(RS.path(folder).iterdir()):
+        a = json.loads((path / "args.json").read_text(encoding="utf-8"))["args"]
+        log = [json.loads(x) for x in (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+        hit = rounds_to([(r["round"], 100 * r["test_accuracy"]) for r in log], MCMAHAN_TARGET)
+        fell = log[-1]["round"] < a["rounds"]  # stopped by hand
+        arms.setdefault((a["local_epochs"], a["batch_size"]), {})[a["learning_rate"]] = (hit, log[-1]["round"], fell)
+    parts = []
+    for (e, b), tried in sorted(arms.items(), key=lambda kv: (kv[0][1] != 0 or kv[0][0] != 1, kv[0])):
+        pick = choose({lr: [math.nan if hit is None else float(hit)] for lr, (hit, _, _) in tried.items()}, "min")
+        name = "FedSGD" if (e, b) == (1, 0) else f"FedAvg E = {e}, B = {'∞' if not b else b}"
+        where = {None: "inside the rates tried", "high": "the largest rate tried", "low": "the smallest rate tried"}
+        others = "; ".join(f"{lr:g}: " + (f"{hit}" if hit is not None else f"not reached in {last}"
+                                           + (", stopped by hand" if fell else ""))
+                           for lr, (hit, last, fell) in sorted(tried.items()) if lr != pick.value)
+        parts.append(f"{name}: {pick.value:g} ({tried[pick.value][0]} rounds to {MCMAHAN_TARGET} %; {others}), "
+                     f"{where[pick.edge]}")
+    return minus(". ".join(parts) + ".")
+
+
 BASE = "llm_noniid/results/pretrained/base"  # pretrain.json of the regime's base (run_experiments.BASE_FLAGS)
 
 
@@ -1036,7 +1061,8 @@ def side_by_side() -> str:
 BLOCKS = {"base": base, "detectors": detectors, "scaffold": scaffold, "study": study, "privacy": privacy_table,
           "privacy-findings": privacy_findings,
           "privacy-validation": privacy_validation, "mcmahan": mcmahan_table,
-          "mcmahan-validation": mcmahan_validation, "scratch-headline": scratch_headline,
+          "mcmahan-validation": mcmahan_validation, "mcmahan-choice": mcmahan_choice,
+          "scratch-headline": scratch_headline,
           "scratch-methods": scratch_methods, "selection": selection,
           "pretrained-headline": pretrained_headline, "pretrained-skew": pretrained_skew, "ifca": ifca,
           "pretrained-main": pretrained_main, "calibration": calibration, "side-by-side": side_by_side,
