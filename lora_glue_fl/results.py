@@ -616,14 +616,16 @@ def mrpc_findings() -> str:
     return RS.minus("\n".join(out))
 
 
-def study_line() -> str:
-    """The top README's line for the SST-2 study."""
-    parts = [f"FedAvg (SVD merge, iid shards) − centralized at equal compute {said('svd_iid')}",
-             f"SVD − naive merging {said('svd_iid', 'naive_iid')}"]
-    if runs("exact_iid"):
-        parts.append(f"exact − SVD {said('exact_iid', 'svd_iid')}")
-    if runs("oneshot-naive_iid"):
-        parts.append(f"one-shot SVD − naive {said('oneshot_iid', 'oneshot-naive_iid')} (iid)")
+def study_line(task: str = TASK) -> str:
+    """The top README's line for a task's study: federation against centralized, the merges, label skew."""
+    parts = [f"FedAvg (SVD merge, iid shards) − centralized at equal compute {said('svd_iid', task=task)}",
+             f"SVD − naive merging {said('svd_iid', 'naive_iid', task)}"]
+    if runs("exact_iid", task):
+        parts.append(f"exact − SVD {said('exact_iid', 'svd_iid', task)}")
+    if runs("oneshot-naive_iid", task):
+        parts.append(f"one-shot SVD − naive {said('oneshot_iid', 'oneshot-naive_iid', task)} (iid)")
+    if task != TASK and runs("svd_dir0.1", task):
+        parts.append(f"iid − Dirichlet α = 0.1 (SVD) {said('svd_iid', 'svd_dir0.1', task)}")
     return RS.minus("; ".join(parts))
 
 
@@ -709,4 +711,5 @@ BLOCKS = {name: committed(fn) for name, fn in {
     "selection": selection_table, "plateau": plateau_table, "sst2-findings": sst2_findings, "study": study_line,
     "grid-time": grid_time}.items()} | {
     **{f"mrpc-{name}": committed(functools.partial(fn, "mrpc"), "mrpc") for name, fn in PER_TASK.items()},
-    "mrpc-findings": committed(mrpc_findings, "mrpc")}
+    "mrpc-findings": committed(mrpc_findings, "mrpc"), "mrpc-study": committed(functools.partial(study_line, "mrpc"),
+                                                                             "mrpc")}
