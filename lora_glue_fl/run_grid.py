@@ -1,7 +1,7 @@
 """The README results grid: centralized LoRA vs FedAvg of LoRA adapters on real SST-2 and MRPC, pretrained MiniLM.
 
     python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir runs/lora_glue_minilm --jobs 2 \
-        --sst2_design merges        # the README's SST-2 grid: 72.9 min on 2 idle cores (2026-11-27)
+        --sst2_design merges        # the README's SST-2 grid (its wall time: the README's grid-time block)
     python -m common.results --show lora_glue_fl.sst2-table lora_glue_fl.sst2-contrasts lora_glue_fl.selection \
         lora_glue_fl.plateau --records lora_glue_fl/results/minilm_glue=runs/lora_glue_minilm   # its tables
     python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures   # figures
