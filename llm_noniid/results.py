@@ -716,14 +716,16 @@ def span(values, digits: int = 1, sign: str = "") -> str:
     return minus(lo if lo == hi else f"{lo} to {hi}")
 
 
-def budget(grid: str) -> tuple[str, bool]:
-    """('+1.2 % (iid) and +0.9 % (topic α = 0.01), seed 0', whether every one is under the rule's gain): FedAvg's
-    final perplexity at twice the rounds against the grid's, from the report's budget check."""
-    t = report(grid)["headline grid"][1]
-    seeds = sorted({r[1] for r in t.rows})
-    change = [f"{-value(r[4]):+.1f} % ({label(r[0])})" for r in t.rows]
-    return (" and ".join(change) + f", seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)} only",
-            all(r[5] == "yes" for r in t.rows))
+def budget(grid: str, arm: str = "FedAvg") -> tuple[str, bool]:
+    """('+1.2 % (iid) and +0.9 % (topic α = 0.01), seed 0 only', whether every one is under the rule's gain): an
+    arm's final perplexity at twice the rounds against the grid's, per partition over the seeds that ran it, from
+    the report's budget check (partition, arm, seed, the two perplexities, the gain, the verdict)."""
+    rows = [r for r in report(grid)["headline grid"][1].rows if r[1] == arm]
+    seeds = sorted({r[2] for r in rows}, key=int)
+    change = [f"{span([-value(r[5]) for r in rows if r[0] == part], sign='+')} % ({label(part)})"
+              for part in dict.fromkeys(r[0] for r in rows)]
+    return (" and ".join(change) + (f", seed {seeds[0]} only" if len(seeds) == 1 else
+                                    f" over seeds {', '.join(seeds)}"), all(r[6] == "yes" for r in rows))
 
 
 def last_gain(runs: list[dict]) -> float:

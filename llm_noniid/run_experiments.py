@@ -61,6 +61,7 @@ LR_SELECTION = Grid("--learning-rate", tuple(map(float, LR_GRID)), "final_val_pp
 MU_SELECTION = Grid("--mu", tuple(map(float, MUS)), "final_val_ppl", "min", split="selection")
 ARMS_FILE = "arms.json"  # analyze: {run name: [partition, arm]}, the figures' labels
 HEADLINE_PARTS = (("iid", IID), ("topic a=0.01", TOPIC))
+BUDGET_ARMS = (("FedAvg", FEDAVG), ("SCAFFOLD", SCAFFOLD))  # run at twice the rounds by --mode headline
 MAIN_PARTS = (("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
               ("style (length)", ["--partition", "style_skew", "--style-criterion", "length"]),
               ("token (frequency)", ["--partition", "token_skew", "--token-skew", "frequency"]))
@@ -203,10 +204,12 @@ def plan(mode: str, args, passthrough: list[str], setting: dict | None = None, p
     grid = jobs_for([(part, arm, [*study, *rounds_flags(rounds), *data, *flags], rounds)
                      for part, arm, flags in arms(mode, rounds, setting.get("mu"), setting.get("learning_rate", 1.0))],
                     seeds, passthrough, out / "runs")
-    if mode == "headline":  # the plateau's budget check: FedAvg at twice the rounds, first seed (``budget_table``)
-        grid += jobs_for([(part, f"FedAvg, {2 * rounds} rounds", [*study, *data, *split, *FEDAVG,
-                                                                  *rounds_flags(2 * rounds)], rounds)
-                          for part, split in HEADLINE_PARTS], seeds[:1], passthrough, out / "runs")
+    if mode == "headline":  # the plateau's budget check: FedAvg and SCAFFOLD (the headline's arms) on the headline
+        # partitions at twice the rounds, every seed (``budget_table``; the other splits' arms are not checked)
+        grid += jobs_for([(part, f"{label}, {2 * rounds} rounds", [*study, *data, *split, *algo,
+                                                                   *rounds_flags(2 * rounds)], rounds)
+                          for part, split in HEADLINE_PARTS for label, algo in BUDGET_ARMS], seeds, passthrough,
+                         out / "runs")
     return grid
 
 
@@ -381,17 +384,18 @@ def detected(run: dict, th: failure.Thresholds = failure.DEFAULT) -> dict[str, i
 
 
 def budget_table(groups: dict[tuple, list[dict]], rounds: int) -> list[str]:
-    """FedAvg's final perplexity at the grid's rounds and at twice them (same seed) on each headline partition, and
-    whether doubling the budget gains less than BUDGET_GAIN."""
+    """FedAvg's and SCAFFOLD's final perplexity at the grid's rounds and at twice them (same seed) on each headline
+    partition, and whether doubling the budget gains less than BUDGET_GAIN."""
     rows = []
     for part, _ in HEADLINE_PARTS:
-        short, long = (R.by_seed(groups.get((part, a), []), "final_val_ppl")
-                       for a in ("FedAvg", f"FedAvg, {2 * rounds} rounds"))
-        for seed in sorted(set(short) & set(long)):
-            gain = 1 - long[seed] / short[seed]
-            rows.append([part, seed, f"{short[seed]:.1f}", f"{long[seed]:.1f}", f"{100 * gain:.1f} %",
-                         "yes" if gain < BUDGET_GAIN else "no"])
-    return S.markdown(["partition", "seed", f"FedAvg, {rounds} rounds", f"FedAvg, {2 * rounds} rounds",
+        for label, _ in BUDGET_ARMS:
+            short, long = (R.by_seed(groups.get((part, a), []), "final_val_ppl")
+                           for a in (label, f"{label}, {2 * rounds} rounds"))
+            for seed in sorted(set(short) & set(long)):
+                gain = 1 - long[seed] / short[seed]
+                rows.append([part, label, seed, f"{short[seed]:.1f}", f"{long[seed]:.1f}", f"{100 * gain:.1f} %",
+                             "yes" if gain < BUDGET_GAIN else "no"])
+    return S.markdown(["partition", "arm", "seed", f"{rounds} rounds", f"{2 * rounds} rounds",
                        "gain from doubling", f"< {BUDGET_GAIN:.0%}"], rows) if rows else ["(not run yet)"]
 
 

@@ -74,7 +74,8 @@ def test_from_scratch_headline_is_the_headline_arms_at_every_mu_all_shared_with_
     shared = {j.name for mode in ("failure", "main") for j in E.plan(mode, args, [])}
     labels = [(p, a) for p, a, _ in E.arms("headline")]
     assert len(labels) == 14 and ("iid", "FedProx mu=0.001") in labels and ("topic a=0.01", "FedProx mu=1") in labels
-    assert len(names) == 14 * 3 + 2 and len(names - shared) == 2  # + FedAvg at twice the rounds on both splits
+    # + FedAvg and SCAFFOLD at twice the rounds on both splits, every seed (the plateau's second budget)
+    assert len(names) == 14 * 3 + 2 * 2 * 3 and len(names - shared) == 2 * 2 * 3
     assert all(n.endswith(f"_R{2 * E.ROUNDS}") for n in names - shared)
     mus = {"iid": "0.01", "topic a=0.01": "0.1"}  # a selection's mu per partition: that mu only
     assert [a for p, a, _ in E.arms("headline", mus=mus) if a.startswith("FedProx")] == \
@@ -352,13 +353,13 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
     assert not texts(root / "select" / "data" / "train.csv") & texts(root / "data" / "test.csv")
     assert not texts(root / "select" / "data" / "test.csv") & texts(root / "data" / "test.csv")
     runs = [json.loads(p.read_text())["args"] for p in (root / "runs").glob("*/args.json")]
-    # 4 arms x 2 partitions, and the budget check: FedAvg at twice the rounds on each partition, first seed
-    assert sorted(a["num_rounds"] for a in runs) == [4] * 8 + [8] * 2
+    # 4 arms x 2 partitions, and the budget check: FedAvg and SCAFFOLD at twice the rounds on each partition
+    assert sorted(a["num_rounds"] for a in runs) == [4] * 8 + [8] * 4
     assert {a["model"] for a in runs} == {os.path.relpath(base)}
     assert {a["lora_r"] for a in runs} == {8} and {(a["local_optimizer"], a["lr_schedule"]) for a in runs} == {
         ("adamw", "cosine")}
-    assert {(a["partition"], a["algorithm"]) for a in runs if a["num_rounds"] == 8} == {("iid", "fedavg"),
-                                                                                         ("topic_skew", "fedavg")}
+    assert {(a["partition"], a["algorithm"]) for a in runs if a["num_rounds"] == 8} == {
+        (p, algo) for p in ("iid", "topic_skew") for algo in ("fedavg", "scaffold")}
     assert {a["learning_rate"] for a in runs} == {chosen["learning_rate"]}
     assert {a["mu"] for a in runs if a["algorithm"] == "fedprox"} == {float(m) for m in chosen["mu"].values()}
     capsys.readouterr()
@@ -371,8 +372,8 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
               for p in (root / "runs").glob("*/args.json") for a in [json.loads(p.read_text())["args"]]
               if (a["partition"], a["algorithm"], a["clustering"]) == ("iid", "fedavg", "none")}
     short, long = fedavg[4], fedavg[8]
-    assert "Budget check" in report and f"| iid | 0 | {short:.1f} | {long:.1f} | {100 * (1 - long / short):.1f} %" \
-        in report
+    assert "Budget check" in report and \
+        f"| iid | FedAvg | 0 | {short:.1f} | {long:.1f} | {100 * (1 - long / short):.1f} %" in report
     # side by side with another regime's grid (here a copy of these runs standing in for the from-scratch grid):
     # each arm's change is its final perplexity over FedAvg's on the same partition and seed, in percent
     scratch = tmp_path / "scratch"
@@ -382,7 +383,8 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
     report = (root / "report.md").read_text()
     assert "### Side by side" in report and (root / "figures" / "side_by_side.png").is_file()
     final = {(a["partition"], a["algorithm"], a["clustering"]): json.loads((p.parent / "summary.json").read_text())[
-        "final_val_ppl"] for p in (root / "runs").glob("*/args.json") for a in [json.loads(p.read_text())["args"]]}
+        "final_val_ppl"] for p in (root / "runs").glob("*/args.json") for a in [json.loads(p.read_text())["args"]]
+        if a["num_rounds"] == 4}   # the grid's runs, not their twice-the-rounds twins
     change = 100 * (final[("iid", "scaffold", "none")] / final[("iid", "fedavg", "none")] - 1)
     scaffold = final[("iid", "scaffold", "none")]
     # and a topic-skewed arm's change vs the same arm on iid shards
