@@ -53,8 +53,8 @@ PARTITIONS = {"iid": ("--partition", "iid"), "topic_a0.01": ("--partition", "top
               "style_length": ("--partition", "style_skew", "--style-criterion", "length"),
               "token_frequency": ("--partition", "token_skew", "--token-skew", "frequency")}
 # the rate decays to 0 by a cosine, so a last-fraction rule holds by construction: a run is judged only against its
-# 120-round continuation (run for FedAvg seed 0 on iid and topic α = 0.01 shards alone), within half the seeds'
-# sd of the final perplexity
+# 120-round twin (run_experiments --mode headline: FedAvg and SCAFFOLD, every seed, on the headline partitions iid
+# and topic α = 0.01; the other splits' arms have none), within half the seeds' sd of the final perplexity
 PLATEAU = study.Plateau("twice the rounds lower the final validation perplexity by at most 0.5 sd of the seeds",
                         "R120", tolerance=0.5, metric="val_ppl", value="final_val_ppl", direction="min",
                         schedule="decayed")
