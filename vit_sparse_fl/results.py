@@ -529,7 +529,8 @@ def budgets_more() -> str:
         f"IID at R = 48: the probe − dense {said(iid_48, 'probe_iid_head', 'fedavg_iid')}.")
 
 
-BLOCKS = {"base": base, "r192-nc2": r192_nc2, "study-r192": study_r192, "r192-selection": r192_selection, "r192-more": r192_more,
+BLOCKS = {"base": base, "r192-nc2": r192_nc2, "study-r192": study_r192, "r192-selection": r192_selection,
+          "r192-more": r192_more,
           "r768-headline": r768_headline, "r768-more": r768_more,
           "text-headline": text_headline, "text-more": text_more,
           "budgets-headline": budgets_headline, "budgets-more": budgets_more}
