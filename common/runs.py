@@ -146,11 +146,22 @@ def split_configs(groups: dict[tuple, list[dict]], ignore: Sequence[str] = DEFAU
 
 def group_runs(runs: Iterable[dict], ignore: Sequence[str] = DEFAULT_GROUP_IGNORE,
                keys: Sequence[str] | None = None) -> list[tuple[dict, list[dict]]]:
-    """[(config, runs)]: runs whose arguments agree but ``ignore`` (or on ``keys``, from args.json or summary.json)."""
+    """[(config, runs)]: runs whose arguments agree but ``ignore`` (or on ``keys``, from args.json or summary.json).
+    An argument a run does not record (its script predates the flag) takes the value every run that records it
+    agrees on: a new flag's default keeps the old behaviour. Where those runs disagree it stays a difference."""
+    runs = list(runs)
+    configs = [{k: v for k, v in run["args"].items() if k not in ignore} if keys is None else
+               {k: run["args"][k] if k in run["args"] else (run.get("summary") or {}).get(k) for k in keys}
+               for run in runs]
+    if keys is None:
+        for key in {k for c in configs for k in c}:
+            values = {json.dumps(c[key], sort_keys=True, default=str) for c in configs if key in c}
+            if len(values) == 1:
+                agreed = next(c[key] for c in configs if key in c)
+                for c in configs:
+                    c.setdefault(key, agreed)
     groups: dict[str, tuple[dict, list[dict]]] = {}
-    for run in runs:
-        config = {k: v for k, v in run["args"].items() if k not in ignore} if keys is None else \
-            {k: run["args"][k] if k in run["args"] else (run.get("summary") or {}).get(k) for k in keys}
+    for config, run in zip(configs, runs):
         groups.setdefault(json.dumps(config, sort_keys=True, default=str), (config, []))[1].append(run)
     return list(groups.values())
 

@@ -55,6 +55,11 @@ def test_group_runs_pools_seeds_only(root):
     runs = R.load_runs(root)
     runs[0]["args"]["checkpoint_every"] = 1  # how often a run saves (a flag newer than the others' runs) pools
     assert [len(g) for _, g in R.group_runs(runs)] == [3, 1, 1]
+    for run in runs[1:]:  # a flag the first run's script did not have yet, at one value in every later run: pools
+        run["args"]["aggregator"] = "mean"
+    assert [len(g) for _, g in R.group_runs(runs)] == [3, 1, 1]
+    runs[-1]["args"]["aggregator"] = "fisher"  # later runs disagree: the run without it is its own configuration
+    assert [len(g) for _, g in R.group_runs(runs)] == [1, 2, 1, 1]
 
 
 def test_aligned_on_common_rounds(root):
