@@ -20,7 +20,8 @@ A block in a README:
 (indented markers, inside a list item, indent every generated line alike)
 Its name is ``<subproject>.<block>``: the subproject's ``results`` module (``mamba_fl/results.py``, ...) holds
 ``BLOCKS``, {block: function() -> the block's Markdown}, each reading the subproject's committed record folder (one
-constant there, ``RECORDS``); ``common.<block>`` blocks come from code (``COMMON``: common/combinations.py's table of
+constant there, ``RECORDS``); ``benchmarks.<block>`` blocks from ``benchmarks/results.py`` (the benchmark record,
+``benchmarks/RESULTS.md``); ``common.<block>`` blocks come from code (``COMMON``: common/combinations.py's table of
 what runs where). The subproject modules are looked up by name (``SUBPROJECTS``), so ``common`` imports
 no subproject; they import only ``common``. The same block may appear in several READMEs (a study's line in the
 top README and in its subproject's). Sentences use one vocabulary: ``common.stats.claim`` and ``fmt_p``.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import re
 import sys
@@ -155,6 +157,12 @@ def generators(subprojects: Iterable[str] = SUBPROJECTS) -> dict[str, Callable[[
             continue
         module = importlib.import_module(f"{sub}.results")
         out |= {f"{sub}.{name}": fn for name, fn in module.BLOCKS.items()}
+    # the benchmark record's blocks (benchmarks/ is a folder of scripts, not a package: loaded by its path)
+    spec = importlib.util.spec_from_file_location("benchmarks_results", ROOT / "benchmarks" / "results.py")
+    if spec and spec.loader and (ROOT / "benchmarks" / "results.py").is_file():
+        module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+        spec.loader.exec_module(module)  # registered first: its dataclasses look their module up
+        out |= {f"benchmarks.{name}": fn for name, fn in module.BLOCKS.items()}
     return out
 
 

@@ -147,3 +147,28 @@ def test_check_fails_on_a_statistic_stated_by_hand(tmp_path):
                          capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)})
     assert run.returncode == 1
     assert "README.md:3: a statistic outside a results block" in run.stdout and "1 statistic(s)" in run.stdout
+
+
+def test_the_benchmarks_summary_reads_the_record(tmp_path):
+    """``benchmarks.summary`` states the record's numbers: a changed row changes the sentence, a missed target is
+    named with its value and target, and a record without the rows it reads is refused."""
+    head = "| benchmark | setting | metric | value | target | met? |\n|---|---|---|---|---|---|\n"
+    rows = ["| llm_noniid | fedavg | round overhead (outside local steps) | 2.5% of 0.2 s | < 5% | yes |",
+            "| mamba_fl | 1 layer | FedFisher round overhead (includes its Fisher) | 62.7% | - | - |",
+            "| mamba_fl | 1 layer | FedAvg round overhead | 0.9% | < 5% | yes |",
+            "| aggregate | quiet, load 1 | FedAvgM step vs Flower | 2.93x faster (11 vs 33 ms) | >= 2.5x | yes |",
+            "| aggregate | quiet, load 1 | FedAdam step vs Flower | 2.42x faster (27 vs 64 ms) | >= 2.5x | NO |",
+            "| aggregate | busy (2 busy loops) | FedAdam step vs Flower | 3.19x faster (42 vs 135 ms) | >= 1x | yes |"]
+    (tmp_path / "RESULTS.md").write_text("# Benchmark results\n\n" + head + "\n".join(rows) + "\n", encoding="utf-8")
+    gens = results.generators()
+    results.REDIRECTS["benchmarks"] = tmp_path
+    try:
+        text = gens["benchmarks.summary"]()
+        assert "is 0.9 to 2.5 % of a round" in text  # FedFisher's Fisher is the method's work, not overhead
+        assert "(2.4x to 2.9x quiet, 3.2x with every core busy)" in text
+        assert "1 quiet target is missed (FedAdam step vs Flower 2.42x faster, target >= 2.5x)" in text
+        (tmp_path / "RESULTS.md").write_text("# Benchmark results\n\n" + head, encoding="utf-8")
+        with pytest.raises(results.UsageError, match="no overhead or aggregate rows"):
+            gens["benchmarks.summary"]()
+    finally:
+        results.REDIRECTS.clear()
