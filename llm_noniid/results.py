@@ -480,18 +480,30 @@ MCMAHAN_PLATEAU = plateau.Plateau(f"the best is not the last and the last third 
                                   "third before", metric="test_accuracy", direction="max", trend_z=MCMAHAN_Z)
 
 
+def mcmahan_arms(folder: str = MCMAHAN) -> tuple[dict, dict]:
+    """({(E, B): (arm name, runs)}, {(E, B): {seed: (rounds to the target or None, rounds run)}}) of the records."""
+    here = {}
+    for name, g in mcmahan_runs(folder).items():
+        a = g[0]["args"]
+        here[(a["local_epochs"], a["batch_size"])] = (name, g)
+    reach = {key: {r["args"]["seed"]: (rounds_to(r["points"], MCMAHAN_TARGET), r["summary"]["rounds_done"])
+                   for r in g} for key, (_, g) in here.items()}
+    return here, reach
+
+
+def fallen(g: list[dict]) -> list[dict]:
+    """The runs that learned, then ended at or below the majority character."""
+    return [r for r in g if r["points"][-1][1] <= 100 * r["summary"]["majority_accuracy"]
+            < max(a for _, a in r["points"])]
+
+
 def mcmahan_table(folder: str = MCMAHAN) -> str:
     """The paper's rows beside this project's: per (E, B) the paper's u, rounds to 54 % and speed-up, and here the
     arm's u, rate, rounds run, rounds to the study's target per seed, speed-up over FedSGD, final accuracy, best -
     last and the plateau rule; the references and the target below."""
     runs = mcmahan_runs(folder)
-    here = {}
-    for name, g in runs.items():
-        a = g[0]["args"]
-        here[(a["local_epochs"], a["batch_size"])] = (name, g)
+    here, reach = mcmahan_arms(folder)
     target = MCMAHAN_TARGET
-    reach = {key: {r["args"]["seed"]: (rounds_to(r["points"], target), r["summary"]["rounds_done"]) for r in g}
-             for key, (_, g) in here.items()}
     base = reach.get((1, 0), {})
     keys = [(e, b) for e, b, *_ in PAPER] + sorted(k for k in here if k not in [(e, b) for e, b, *_ in PAPER])
     paper = {(e, b): (u, non, iid) for e, b, u, non, iid in PAPER}
@@ -514,8 +526,7 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
             m = stats.summarize(got)
             cell = f"{m.mean:.0f} ± {m.sd:.0f} ({cell})"
         gap = stats.summarize(max(a for _, a in r["points"]) - r["points"][-1][1] for r in g)
-        fell = [r for r in g if r["points"][-1][1] <= 100 * r["summary"]["majority_accuracy"]
-                < max(a for _, a in r["points"])]  # learned, then lost it
+        fell = fallen(g)
         judged = [MCMAHAN_PLATEAU.judge([a for _, a in r["points"]]).state for r in g if r not in fell]
         improving, unchecked = judged.count("still improving"), judged.count("not checked")
         rows.append([e, "∞" if not b else b, *left, f"{u:.1f}", f"{a['learning_rate']:g}", s["rounds_done"], cell,
@@ -544,6 +555,58 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
                  f"{MCMAHAN_Z:g} standard errors of the third before's (the noise of one evaluation from the sd of "
                  "successive differences); a run that ends at or below the majority character after learning has "
                  "fallen, not plateaued.")
+
+
+def arm_name(key: tuple[int, int]) -> str:
+    e, b = key
+    return "FedSGD" if key == (1, 0) else f"E = {e}, B = {'∞' if not b else b}"
+
+
+def mcmahan_findings(folder: str = MCMAHAN) -> str:
+    """The reading's numbers, from the same records as the table: FedSGD's spread of rounds to the target, each
+    FedAvg arm's speed-up and whether its interval excludes 1, the paper's speed-ups for the rows run, the plateau
+    rule's outcome per arm, the runs that fell, and the runs' wall time (summary.json)."""
+    here, reach = mcmahan_arms(folder)
+    if (1, 0) not in here:
+        return "(records not committed yet)"
+    base = reach[(1, 0)]
+    sgd = sorted(v for v, _ in base.values() if v is not None)
+    paper = {(e, b): non for e, b, _, non, _ in PAPER}
+    text = [f"FedSGD reaches {MCMAHAN_TARGET} % in {sgd[0]} to {sgd[-1]} rounds over its {len(base)} seeds"
+            + (f" ({len(base) - len(sgd)} never)" if len(sgd) < len(base) else "") + "."]
+    faster = []
+    for key in sorted(k for k in here if k != (1, 0)):
+        ratios = [base[s][0] / v for s, (v, _) in reach[key].items() if v and base.get(s, (None,))[0]]
+        if len(ratios) < 2:
+            continue
+        g = stats.summarize(math.log(v) for v in ratios)
+        faster.append((math.exp(g.mean), key, g.lo > 0))
+    if faster:
+        text.append("Speed-up over FedSGD (geometric mean over seeds): " + "; ".join(
+            f"{arm_name(k)} {m:.1f}x, its 95 % interval " + ("above 1" if above else "including 1")
+            for m, k, above in sorted(faster, reverse=True)) + f". Fastest: {arm_name(max(faster)[1])}.")
+        shown = [paper[(1, 0)] / paper[k] for _, k, _ in faster if k in paper]
+        if shown:
+            text.append(f"The paper's speed-ups for the rows run here: {min(shown):.1f}x to {max(shown):.1f}x.")
+    plateau_parts, fell_parts = [], []
+    for key in sorted(here, key=lambda k: (k != (1, 0), k)):
+        _, g = here[key]
+        fell = fallen(g)
+        states = [MCMAHAN_PLATEAU.judge([a for _, a in r["points"]]).state for r in g if r not in fell]
+        rounds = g[0]["summary"]["rounds_done"]
+        plateau_parts.append(f"{arm_name(key)} {states.count('at plateau')}/{len(g)} at {rounds} rounds")
+        if fell:
+            fell_parts.append(f"{arm_name(key)} seed {', '.join(str(r['args']['seed']) for r in fell)}")
+    text.append("At plateau by the rule: " + "; ".join(plateau_parts) + ".")
+    text.append("Fell to the majority character or below after learning: "
+                + ("; ".join(fell_parts) if fell_parts else "none") + ".")
+    wall = {k: sum(r["summary"]["wall_seconds"] for r in g) / 60 for k, (_, g) in here.items()}
+    count = {k: len(g) for k, (_, g) in here.items()}
+    text.append(f"Wall time (the runs' summaries, one run at a time with one thread on a shared 2-core machine): "
+                f"the {sum(c for k, c in count.items() if k != (1, 0))} FedAvg runs "
+                f"{sum(w for k, w in wall.items() if k != (1, 0)):.1f} min, the {count[(1, 0)]} FedSGD runs "
+                f"{wall[(1, 0)]:.1f} min.")
+    return minus(" ".join(text))
 
 
 def mcmahan_validation(folder: str = MCMAHAN_VALIDATION) -> str:
@@ -1063,6 +1126,7 @@ def side_by_side() -> str:
 BLOCKS = {"base": base, "detectors": detectors, "scaffold": scaffold, "study": study, "privacy": privacy_table,
           "privacy-findings": privacy_findings,
           "privacy-validation": privacy_validation, "mcmahan": mcmahan_table,
+          "mcmahan-findings": mcmahan_findings,
           "mcmahan-validation": mcmahan_validation, "mcmahan-choice": mcmahan_choice,
           "scratch-headline": scratch_headline,
           "scratch-methods": scratch_methods, "selection": selection,
