@@ -21,6 +21,7 @@ from common import results as RS
 from common.errors import check
 from common.study import choose
 from llm_noniid import detector_study as DS
+from llm_noniid import mcmahan_study as MS
 from llm_noniid import privacy_study as PS
 from llm_noniid import run_experiments as E
 
@@ -598,12 +599,28 @@ def mcmahan_findings(folder: str = MCMAHAN) -> str:
         if fell:
             fell_parts.append(f"{arm_name(key)} seed {', '.join(str(r['args']['seed']) for r in fell)}")
     text.append("At plateau by the rule: " + "; ".join(plateau_parts) + ".")
+    longer = []  # the second budget: the same runs read at the first grid's rounds (a constant rate repeats them)
+    for key in sorted(here, key=lambda k: (k != (1, 0), k)):
+        name, g = here[key]
+        arm = MS.ARMS.get(name)
+        if arm is None or any(r["summary"]["rounds_done"] != arm.rounds for r in g):
+            continue  # records of another grid than the one declared
+        short = arm.rounds // MS.LONGER
+        at = {r["args"]["seed"]: next((a for rnd, a in r["points"] if rnd == short), None) for r in g}
+        gain = [r["points"][-1][1] - at[r["args"]["seed"]] for r in g if at[r["args"]["seed"]] is not None]
+        if MS.LONGER > 1 and len(gain) >= 2:
+            m = stats.summarize(gain)
+            longer.append(f"{arm_name(key)} {stats.fmt_seeds(at.values())} at {short} rounds, "
+                          f"{m.mean:+.1f} [{m.lo:+.1f}, {m.hi:+.1f}] points by {short * MS.LONGER}")
+    if longer:
+        text.append(f"Test accuracy % at the first grid's rounds and its change at {MS.LONGER}x them (the same "
+                    "runs, paired by seed): " + "; ".join(longer) + ".")
     text.append("Fell to the majority character or below after learning: "
                 + ("; ".join(fell_parts) if fell_parts else "none") + ".")
     wall = {k: sum(r["summary"]["wall_seconds"] for r in g) / 60 for k, (_, g) in here.items()}
     count = {k: len(g) for k, (_, g) in here.items()}
-    text.append(f"Wall time (the runs' summaries, one run at a time with one thread on a shared 2-core machine): "
-                f"the {sum(c for k, c in count.items() if k != (1, 0))} FedAvg runs "
+    text.append(f"Wall time, summed over the runs' summaries (one thread a run, on a 2-core machine shared with "
+                f"other work): the {sum(c for k, c in count.items() if k != (1, 0))} FedAvg runs "
                 f"{sum(w for k, w in wall.items() if k != (1, 0)):.1f} min, the {count[(1, 0)]} FedSGD runs "
                 f"{wall[(1, 0)]:.1f} min.")
     return minus(" ".join(text))
