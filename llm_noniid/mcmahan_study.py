@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import cli, flags, jobs
+from common import results as RS
 
 RECORDS = "llm_noniid/results/mcmahan"
 VALIDATION = "llm_noniid/results/mcmahan_validation"  # the runs that chose the rates (seed 0, validation split)
@@ -99,8 +100,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.report:
-        from llm_noniid import results  # the table's one definition, shared with the README block
-        print(results.mcmahan_table(args.records))
+        # the README block's own code (llm_noniid/results.py, found by name as common.results finds it: that module
+        # reads this one's arms), reading --records in place of the committed folder
+        RS.REDIRECTS[RECORDS] = Path(args.records).resolve()
+        print(RS.generators(["llm_noniid"])["llm_noniid.mcmahan"]())
         return 0
     outcome = jobs.run_study(plan(args), args.records, log_dir=Path(args.out_dir) / "logs",
                              dry_run=args.dry_run, title="McMahan et al. 2017 study",
