@@ -132,7 +132,7 @@ def plan(args) -> list[jobs.Job]:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help, epilog=cli.examples(__doc__))
     p.add_argument("--data-dir", default="data/shakespeare", help="the full build (python -m common.shakespeare "
                    "--out DIR); the few-client case reads the committed sample")
     p.add_argument("--out-dir", type=flags.FOLDER, default="runs/privacy", help="folder of the run directories")

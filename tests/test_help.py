@@ -30,7 +30,7 @@ OTHERS = ("mamba_fl/split_wikitext.py", "mamba_fl/run_grid.py", "mamba_fl/real_g
           "vit_sparse_fl/run_all_experiments.py", "vit_sparse_fl/compare_budgets.py", "lora_glue_fl/main_glue_lora.py",
           "lora_glue_fl/baseline_run.py", "lora_glue_fl/make_shards.py", "lora_glue_fl/fedavg_merge.py",
           "lora_glue_fl/download_roberta_models.py", "lora_glue_fl/run_grid.py", "llm_noniid/run_experiments.py",
-          "llm_noniid/detector_study.py",
+          "llm_noniid/detector_study.py", "llm_noniid/mcmahan_study.py", "llm_noniid/privacy_study.py",
           "plots/plot_mamba.py", "plots/plot_vit.py", "plots/plot_lora_glue.py", "plots/plot_llm_noniid.py")
 # the benchmarks the READMEs name (benchmarks/ is no package: a benchmark imports benchlib from its own folder)
 BENCH = REPO / "benchmarks"
