@@ -52,12 +52,6 @@ def pick(all_rows: list[Row], benchmark: str, metric: str, setting: str = "") ->
     return [r for r in all_rows if r.benchmark == benchmark and r.metric.startswith(metric) and setting in r.setting]
 
 
-def span(values: list[float], fmt: str, unit: str = "") -> str:
-    """"a to b" (or "a" when they agree) with ``fmt``."""
-    lo, hi = format(min(values), fmt), format(max(values), fmt)
-    return f"{lo}{unit}" if lo == hi else f"{lo}{unit} to {hi}{unit}"
-
-
 def summary(folder: str = RECORDS) -> str:
     """The top README's summary: the round overhead outside local training in every subproject, the aggregators
     against Flower's ``aggregate()`` quiet and busy, the aggregation targets missed, and the cross-device rows
@@ -68,10 +62,11 @@ def summary(folder: str = RECORDS) -> str:
                      and mood in r.setting] for mood in ("quiet", "busy")}
     missed = [r for r in all_rows if r.benchmark == "aggregate" and r.met == "NO" and "quiet" in r.setting]
     check(overhead and all(flower.values()), f"benchmarks/{RESULTS}: no overhead or aggregate rows")
-    text = (f"everything outside local training, aggregation included, is {span(overhead, '.1f')} % of a round in "
-            f"every subproject (FedFisher's Fisher aside: it is the method's work); the aggregators beat Flower's "
-            f"`aggregate()` on ViT-S/16-sized uploads in every row ({span(flower['quiet'], '.1f', 'x')} quiet, "
-            f"{span(flower['busy'], '.1f', 'x')} with every core busy), and "
+    quiet, busy = (RS.range_of(flower[mood], 1, " to ", "x") for mood in ("quiet", "busy"))
+    text = (f"everything outside local training, aggregation included, is {RS.range_of(overhead, 1, ' to ')} % of "
+            f"a round in every subproject (FedFisher's Fisher aside: it is the method's work); the aggregators beat "
+            f"Flower's `aggregate()` on ViT-S/16-sized uploads in every row ({quiet} quiet, {busy} with every core "
+            f"busy), and "
             + (f"{len(missed)} quiet targets are missed" if len(missed) != 1 else "1 quiet target is missed"))
     text += (" (" + "; ".join(f"{r.metric} {r.value.split(' (')[0]}, target {r.target}"
                               + (f" at {k[0]}" if (k := re.findall(r"K=\d+", r.setting)) else "")

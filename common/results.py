@@ -112,10 +112,10 @@ def minus(text: str) -> str:
     return re.sub(r"(?<![\w.])-(?=\d)", "\u2212", text)
 
 
-def range_of(values: Iterable[float], digits: int = 1, sep: str = "-") -> str:
-    """'6.2-7.2': the smallest and largest value (one value alone)."""
+def range_of(values: Iterable[float], digits: int = 1, sep: str = "-", unit: str = "") -> str:
+    """'6.2-7.2': the smallest and largest value (one value alone), each followed by ``unit`` ('1.7x to 6.1x')."""
     values = sorted(values)
-    lo, hi = f"{values[0]:.{digits}f}", f"{values[-1]:.{digits}f}"
+    lo, hi = f"{values[0]:.{digits}f}{unit}", f"{values[-1]:.{digits}f}{unit}"
     return lo if lo == hi else f"{lo}{sep}{hi}"
 
 
