@@ -17,6 +17,15 @@ shown to be the best, and ``beyond`` is the next value past it, at the ratio to 
 are followed by 9e-4 below), rounded to ``digits`` significant digits. A study whose ``extend`` is above 0 runs
 that value and chooses again, at most ``extend`` times (``extended``); the others say the pick is at the edge.
 
+What a selection chose is written once, in one layout for every study (``write_selection`` / ``read_selection``,
+``selection.json``): the study, the rule in words, what the selection runs shared (``runs``: seeds, rounds, ...), and
+per setting (``choice_record``) the flag, split, metric and direction, every candidate's score (a number, or a word
+saying why it is none: "diverged", "missing"), the value chosen, its edge and the values added past an edge.
+
+    write_selection(out / "selection.json", "real", "the lowest best validation perplexity ...",
+                    {"fedavg": choice_record(lr, pick)}, seeds=[100], rounds=3)
+    read_selection(out / "selection.json")["choices"]["fedavg"]["chosen"]          # 0.01
+
 A study's ``plateau`` is ``common.plateau.Plateau``: a rule checked from each run's records, which can fail.
 The names a study declares are checked together (``Study.check``); the jobs it plans go to ``common.jobs``, which
 skips finished runs and resumes interrupted ones.
@@ -24,12 +33,14 @@ skips finished runs and resumes interrupted ones.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from common import jobs
-from common.errors import check
+from common.checkpoint import atomic_write_text
+from common.errors import UsageError, check, read_json
 from common.plateau import Plateau  # the plateau rule: declared with the study, checked from its records
 
 DIRECTIONS = ("min", "max")
@@ -280,3 +291,91 @@ def reported_jobs(study: Study, folder: Path, chosen: Mapping[str, object]) -> l
                 picked = [study.grids[arm.select].flag, _shown(chosen[arm.select])] if arm.select else []
                 out.append(_job(study, arm, [*flags, *picked], seed, folder, run_name(arm.name, seed, budget)))
     return out
+
+
+# ------------------------------------------------------------------------------------------ the selection record
+SELECTION_FILE = "selection.json"
+SELECTION_KEYS = ("study", "criterion", "runs", "choices")
+CHOICE_KEYS = ("flag", "split", "metric", "direction", "scores", "chosen", "edge", "beyond", "extended")
+EDGES = (None, "low", "high")
+
+
+def candidate_key(value) -> str:
+    """A candidate as selection.json spells it: 0.01 -> "0.01", 1.0 -> "1", "local" -> "local"."""
+    return _shown(value)
+
+
+def choice_record(grid: Grid, pick: Pick, extended: Sequence = (), why: Mapping | None = None,
+                  setting_flag: str | None = None) -> dict:
+    """One setting's entry of selection.json from ``grid`` and what it chose (``pick``): every candidate's score, a
+    number, or ``why`` {candidate: word} it is none (default "missing" for a run not finished, else "not a
+    result": it diverged or failed the study's test); ``extended``: the values added past an edge."""
+    why = dict(why or {})
+    scores = {}
+    for value, score in pick.scores.items():
+        scores[candidate_key(value)] = (score if score is not None else why.get(value) or why.get(candidate_key(value))
+                                        or ("missing" if value in pick.missing else "not a result"))
+    return {"flag": setting_flag or grid.flag, "split": grid.split, "metric": grid.metric, "direction": grid.direction,
+            "scores": scores, "chosen": pick.value, "edge": pick.edge, "beyond": pick.beyond,
+            "extended": list(extended)}
+
+
+def _valid_choice(where: str, choice) -> None:
+    check(isinstance(choice, dict) and set(CHOICE_KEYS) <= set(choice),
+          f"{where}: expected an object with {', '.join(CHOICE_KEYS)}")
+    check(choice["direction"] in DIRECTIONS and choice["edge"] in EDGES and isinstance(choice["extended"], list),
+          f"{where}: direction one of {', '.join(DIRECTIONS)}, edge one of low, high or null, extended a list")
+    scores = choice["scores"]
+    check(isinstance(scores, dict) and all(isinstance(v, str) or (_number(v) and math.isfinite(v))
+                                           for v in scores.values()),
+          f"{where}: scores maps each candidate to a finite number or a word saying why it has none")
+    check(choice["chosen"] is None or candidate_key(choice["chosen"]) in scores,
+          f"{where}: chosen {choice['chosen']!r} is not one of its candidates {list(scores)}")
+
+
+def selection_record(study: str, criterion: str, choices: Mapping[str, dict], **runs) -> dict:
+    """selection.json's content: ``study``, the rule in words, what the selection runs shared (``runs``: seeds,
+    rounds, the base model ...) and {setting: ``choice_record``}; checked as ``read_selection`` checks it."""
+    record = {"study": study, "criterion": criterion, "runs": dict(runs), "choices": dict(choices)}
+    for setting, choice in record["choices"].items():
+        _valid_choice(f"selection of {study}, setting {setting!r}", choice)
+    return record
+
+
+def write_selection(path: str | Path, study: str, criterion: str, choices: Mapping[str, dict],
+                    keep: bool = False, **runs) -> dict:
+    """Write selection.json (atomically) and return it; ``keep``: settings already in ``path`` that ``choices``
+    lacks stay (a grid run part by part keeps the other parts' choices)."""
+    old = read_selection(path)["choices"] if keep and Path(path).is_file() else {}
+    record = selection_record(study, criterion, {**old, **choices}, **runs)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def read_selection(path: str | Path, missing: str | None = None) -> dict:
+    """A selection.json, checked: a one-line ``UsageError`` naming the file when it is not one (an older layout, a
+    hand edit that broke it)."""
+    record = read_json(path, missing)
+    try:
+        check(isinstance(record, dict) and set(SELECTION_KEYS) <= set(record) and isinstance(record["choices"], dict)
+              and isinstance(record["runs"], dict), f"expected an object with {', '.join(SELECTION_KEYS)}")
+        for setting, choice in record["choices"].items():
+            _valid_choice(f"setting {setting!r}", choice)
+    except UsageError as e:
+        raise UsageError(f"{path}: not a selection record ({e})") from None
+    return record
+
+
+def chosen(record: Mapping, prefix: str = "") -> dict:
+    """{setting: value chosen} of a selection record, the settings under ``prefix`` ("sst2/") without it."""
+    return {k.removeprefix(prefix): c["chosen"] for k, c in record["choices"].items() if k.startswith(prefix)}
+
+
+def numeric_scores(choice: Mapping) -> dict:
+    """{candidate as a number where it is one: score} of a choice's candidates that scored (the words left out)."""
+    def key(text: str):
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return {key(k): v for k, v in choice["scores"].items() if not isinstance(v, str)}

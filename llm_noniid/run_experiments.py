@@ -61,7 +61,9 @@ LR_SELECTION = Grid("--learning-rate", tuple(map(float, LR_GRID)), "final_val_pp
 MU_SELECTION = Grid("--mu", tuple(map(float, MUS)), "final_val_ppl", "min", split="selection")
 ARMS_FILE = "arms.json"  # analyze: {run name: [partition, arm]}, the figures' labels
 HEADLINE_PARTS = (("iid", IID), ("topic a=0.01", TOPIC))
-BUDGET_ARMS = (("FedAvg", FEDAVG), ("SCAFFOLD", SCAFFOLD))  # run at twice the rounds by --mode headline
+# the headline's arms run again at twice the rounds by --mode headline (FedProx at the mu ``select`` chose; a grid
+# without a choice, the from-scratch regime's, has no FedProx twin)
+BUDGET_ARMS = ("FedAvg", "FedProx", "SCAFFOLD")
 MAIN_PARTS = (("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
               ("style (length)", ["--partition", "style_skew", "--style-criterion", "length"]),
               ("token (frequency)", ["--partition", "token_skew", "--token-skew", "frequency"]))
@@ -77,14 +79,26 @@ def rounds_flags(rounds: int) -> list[str]:
     return ["--num-rounds", str(rounds), "--eval-every", str(max(1, EVAL_EVERY * rounds // ROUNDS))]
 
 
+def algorithms(mus: dict | None, part: str | None = None, sweep: bool = False) -> list[tuple[str, list[str]]]:
+    """(arm label, flags) of FedAvg, FedProx and SCAFFOLD on partition ``part``: FedProx at the mu ``mus`` ({partition:
+    mu}, the pretrained regime's selection) chose for it, except in a ``sweep``; else at every mu of MUS."""
+    chosen = [str(mus[part])] if mus and part in mus and not sweep else MUS
+    return [("FedAvg", FEDAVG), *((f"FedProx mu={mu}", ["--algorithm", "fedprox", "--mu", mu]) for mu in chosen),
+            ("SCAFFOLD", SCAFFOLD)]
+
+
+def budget_arms(mus: dict | None, part: str) -> list[tuple[str, list[str]]]:
+    """The arms of ``BUDGET_ARMS`` on partition ``part`` that run again at twice the rounds (FedProx only at a
+    chosen mu)."""
+    return [(label, a) for label, a in algorithms(mus, part) if label.split()[0] in BUDGET_ARMS
+            and (not label.startswith("FedProx") or (mus and part in mus))]
+
+
 def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1.0) -> list[tuple[str, str, list]]:
     """(partition label, arm label, train.py flags) of every arm of ``mode`` (one run per seed each) at ``rounds``
     rounds and the grid's rate ``lr``; the equal-compute arms run more rounds. ``mus`` ({partition: mu}, the
     pretrained regime's selection): FedProx at that mu, except in the failure grid's sweep; else every mu of MUS."""
-    def algos(part: str | None = None, sweep: bool = False) -> list[tuple[str, list[str]]]:
-        chosen = [str(mus[part])] if mus and part in mus and not sweep else MUS
-        return [("FedAvg", FEDAVG), *((f"FedProx mu={mu}", ["--algorithm", "fedprox", "--mu", mu]) for mu in chosen),
-                ("SCAFFOLD", SCAFFOLD)]
+    algos = lambda part=None, sweep=False: algorithms(mus, part, sweep)  # noqa: E731
 
     lp, one = ["--participation-rate", "0.2"], ["--participation-rate", "0.1"]
     ifca = ["--clustering", "ifca", "--num-clusters", "4"]
@@ -204,12 +218,12 @@ def plan(mode: str, args, passthrough: list[str], setting: dict | None = None, p
     grid = jobs_for([(part, arm, [*study, *rounds_flags(rounds), *data, *flags], rounds)
                      for part, arm, flags in arms(mode, rounds, setting.get("mu"), setting.get("learning_rate", 1.0))],
                     seeds, passthrough, out / "runs")
-    if mode == "headline":  # the plateau's budget check: FedAvg and SCAFFOLD (the headline's arms) on the headline
+    if mode == "headline":  # the plateau's budget check: the headline's arms (``budget_arms``) on the headline
         # partitions at twice the rounds, every seed (``budget_table``; the other splits' arms are not checked)
-        grid += jobs_for([(part, f"{label}, {2 * rounds} rounds", [*study, *data, *split, *algo,
-                                                                   *rounds_flags(2 * rounds)], rounds)
-                          for part, split in HEADLINE_PARTS for label, algo in BUDGET_ARMS], seeds, passthrough,
-                         out / "runs")
+        twice = [*study, *data, *rounds_flags(2 * rounds)]
+        grid += jobs_for([(part, f"{label}, {2 * rounds} rounds", [*twice, *split, *algo], rounds)
+                          for part, split in HEADLINE_PARTS for label, algo in budget_arms(setting.get("mu"), part)],
+                         seeds, passthrough, out / "runs")
     return grid
 
 
@@ -384,11 +398,11 @@ def detected(run: dict, th: failure.Thresholds = failure.DEFAULT) -> dict[str, i
 
 
 def budget_table(groups: dict[tuple, list[dict]], rounds: int) -> list[str]:
-    """FedAvg's and SCAFFOLD's final perplexity at the grid's rounds and at twice them (same seed) on each headline
-    partition, and whether doubling the budget gains less than BUDGET_GAIN."""
+    """The final perplexity of each arm with a twice-the-rounds twin (``budget_arms``) at the grid's rounds and at
+    twice them (same seed) on each headline partition, and whether doubling the budget gains less than BUDGET_GAIN."""
     rows = []
     for part, _ in HEADLINE_PARTS:
-        for label, _ in BUDGET_ARMS:
+        for label in [a for p, a in groups if p == part and (part, f"{a}, {2 * rounds} rounds") in groups]:
             short, long = (R.by_seed(groups.get((part, a), []), "final_val_ppl")
                            for a in (label, f"{label}, {2 * rounds} rounds"))
             for seed in sorted(set(short) & set(long)):

@@ -137,3 +137,41 @@ def test_the_planned_jobs_pass_their_scripts_checks_and_go_to_the_runner(tmp_pat
         capsys.readouterr().out
     with pytest.raises(UsageError, match="no arm 'fedprox'"):
         s.arm("fedprox")
+
+
+def test_a_selection_record_round_trips_every_score_and_why_a_candidate_has_none(tmp_path):
+    lr = Grid("--lr", (0.003, 0.01, 0.03, 0.1), "best_val_ppl", "min")
+    pick = lr.choose({0.003: [50.0], 0.01: [45.0], 0.03: [math.nan], 0.1: [None]})
+    path = tmp_path / study.SELECTION_FILE
+    study.write_selection(path, "real", "the lowest best validation perplexity", {"fedavg": study.choice_record(
+        lr, pick, why={0.03: "diverged"})}, seeds=[100], rounds=3)
+    record = study.read_selection(path)
+    assert record["runs"] == {"seeds": [100], "rounds": 3} and record["study"] == "real"
+    choice = record["choices"]["fedavg"]
+    assert choice["scores"] == {"0.003": 50.0, "0.01": 45.0, "0.03": "diverged", "0.1": "missing"}
+    assert choice["chosen"] == 0.01 and choice["edge"] is None and choice["split"] == "validation"
+    assert study.chosen(record) == {"fedavg": 0.01} and study.numeric_scores(choice) == {0.003: 50.0, 0.01: 45.0}
+
+
+def test_a_selection_written_part_by_part_keeps_the_other_parts_and_prefixes_group_them(tmp_path):
+    g = Grid("--lr", (1e-3, 2e-3), "final.selection_accuracy", "max", split="selection")
+    path = tmp_path / study.SELECTION_FILE
+    study.write_selection(path, "glue", "best", {"sst2/central": study.choice_record(g, g.choose({1e-3: [0.8],
+                                                                                                 2e-3: [0.7]}))})
+    study.write_selection(path, "glue", "best", {"mrpc/central": study.choice_record(g, g.choose({1e-3: [0.6],
+                                                                                                 2e-3: [0.7]}))},
+                          keep=True)
+    record = study.read_selection(path)
+    assert study.chosen(record, "sst2/") == {"central": 1e-3} and study.chosen(record, "mrpc/") == {"central": 2e-3}
+    assert record["choices"]["sst2/central"]["edge"] == "low" and record["choices"]["sst2/central"]["beyond"] == 5e-4
+
+
+@pytest.mark.parametrize("text", ['{"chosen": {"fedavg": {"--lr": 0.01}}}',           # an older layout
+                                  '{"study": "s", "criterion": "", "runs": {}, "choices": {"a": {"flag": "--lr", '
+                                  '"split": "v", "metric": "m", "direction": "min", "scores": {"0.1": 1.0}, '
+                                  '"chosen": 0.3, "edge": null, "beyond": null, "extended": []}}}'])  # chosen untried
+def test_a_file_that_is_not_a_selection_record_is_refused_naming_it(tmp_path, text):
+    path = tmp_path / "selection.json"
+    path.write_text(text)
+    with pytest.raises(UsageError, match="selection.json: not a selection record"):
+        study.read_selection(path)
