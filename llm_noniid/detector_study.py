@@ -27,6 +27,7 @@ from common import cli, flags, jobs
 from common import results as RS
 from common import stats as S
 from common.errors import check
+from common.study import SELECTION_FILE, read_selection
 from llm_noniid import failure, train
 from llm_noniid import run_experiments as E
 
@@ -203,8 +204,9 @@ def report(calibration: str = CALIBRATION, held_out: str = RECORDS) -> str:
 
 # ----------------------------------------------------------------------------- the runs
 def selection(calibration: str = CALIBRATION) -> dict:
-    """The committed grid's selection.json: the rate and mu every run of this study trains at."""
-    return cli.read_json(RS.path(calibration) / "selection.json", allow_nan=True)
+    """What the committed grid's selection.json chose (``run_experiments.setting_of``): the rate and mu every run of
+    this study trains at."""
+    return E.setting_of(read_selection(RS.path(calibration) / SELECTION_FILE))
 
 
 def plan(args, prepare: bool = True) -> list[jobs.Job]:

@@ -19,7 +19,8 @@ from functools import cache
 from common import clustering, plateau, stats, study, study_report
 from common import results as RS
 from common.errors import check
-from common.study import choose
+from common.study import SELECTION_FILE, candidate_key, choose, read_selection
+from common.study import chosen as chosen_in
 from llm_noniid import detector_study as DS
 from llm_noniid import mcmahan_study as MS
 from llm_noniid import privacy_study as PS
@@ -757,8 +758,8 @@ def report(grid: str) -> dict[str, list[Table]]:
 @cache
 def groups(grid: str) -> dict[tuple, list[dict]]:
     """{(partition, arm): runs} of a committed grid, labelled as its report labels them (with their metric rows)."""
-    runs, rounds, chosen = E.load_grid(RS.path(grid))
-    return E.by_arm(runs, rounds, chosen.get("learning_rate", 1.0))
+    runs, rounds, record = E.load_grid(RS.path(grid))
+    return E.by_arm(runs, rounds, E.setting_of(record).get("learning_rate", 1.0))
 
 
 def label(text: str) -> str:
@@ -880,17 +881,21 @@ def scratch_methods() -> str:
 def selection() -> str:
     """What the selection split chose (selection.json): FedAvg's peak rate with every rate's score, FedProx's μ per
     partition with iid's scores and how far the other partitions' are from them."""
-    s = json.loads((RS.path(RECORDS) / "selection.json").read_text(encoding="utf-8"))
-    rates = "; ".join(f"{k} → " + (f"{v:.1f}" if math.isfinite(v) else "diverged")
-                      for k, v in s["scores"]["learning_rate (FedAvg, iid)"].items())
-    mu = s["scores"]["mu (FedProx)"]
-    chosen = set(s["mu"].values())
-    spread = max(abs(mu[p][m] - mu[IID][m]) for p in mu for m in mu[p])
+    s = read_selection(RS.path(RECORDS) / SELECTION_FILE)
+    lr = s["choices"]["learning_rate"]
+    rates = "; ".join(f"{k} → " + (f"{v:.1f}" if not isinstance(v, str) else v) for k, v in lr["scores"].items())
+    mu = {part: s["choices"][f"mu/{part}"]["scores"] for part in chosen_in(s, "mu/")}
+    picked = {part: candidate_key(v) for part, v in chosen_in(s, "mu/").items()}
+    chosen = set(picked.values())
+    spread = max(abs(mu[p][m] - mu[IID][m]) for p in mu for m in mu[p]  # over the mus that scored on both
+                 if not isinstance(mu[p][m], str) and not isinstance(mu[IID].get(m, ""), str))
     which = (f"μ = {chosen.pop()} on every partition" if len(chosen) == 1 else
-             "μ " + ", ".join(f"{v} ({label(k)})" for k, v in s["mu"].items()))
-    return minus(f"Chosen on the selection split (seed {s['seed']}, {s['rounds']} rounds; final validation perplexity, "
-                 f"never the numbers below): peak rate {s['learning_rate']:g} ({rates}), FedProx {which} (iid "
-                 + " / ".join(f"{v:.2f}" for v in mu[IID].values()) + " for μ = " + " / ".join(mu[IID])
+             "μ " + ", ".join(f"{v} ({label(k)})" for k, v in picked.items()))
+    seeds = ", ".join(map(str, s["runs"]["seeds"]))
+    return minus(f"Chosen on the selection split (seed {seeds}, {s['runs']['rounds']} rounds; final validation "
+                 f"perplexity, never the numbers below): peak rate {lr['chosen']:g} ({rates}), FedProx {which} (iid "
+                 + " / ".join(v if isinstance(v, str) else f"{v:.2f}" for v in mu[IID].values()) + " for μ = "
+                 + " / ".join(mu[IID])
                  + f"; every other partition within {spread:.1f} ppl of these at every μ).")
 
 

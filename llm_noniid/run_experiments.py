@@ -23,6 +23,7 @@ import numpy as np
 from common import cli, jobs, pretrained, runlog, study_report
 from common import runs as R
 from common import stats as S
+from common import study as SD
 from common.checkpoint import atomic_write_json
 from common.flags import FOLDER, POSITIVE_INT
 from common.study import Arm, Comparison, Grid, Pick, Study
@@ -59,6 +60,12 @@ SELECT_SEED = 100  # the selection runs' seed, apart from the reported seeds
 # selection split, ties to the smaller value; a choice at the edge of its grid is recorded, not extended
 LR_SELECTION = Grid("--learning-rate", tuple(map(float, LR_GRID)), "final_val_ppl", "min", split="selection")
 MU_SELECTION = Grid("--mu", tuple(map(float, MUS)), "final_val_ppl", "min", split="selection")
+SELECTION_STUDY = "llm_noniid pretrained"  # selection.json (``common.study``'s record): "learning_rate" (FedAvg on
+# iid shards), then "mu/<partition>" (FedProx at that rate) for each of SELECT_PARTS; runs: base, rounds, seeds
+CRITERION = ("the lowest final validation perplexity on the selection split (10% of the training texts) of one run "
+             f"(seed {SELECT_SEED}, half the rounds), ties to the smaller value: FedAvg's peak rate on iid shards, "
+             "then FedProx's mu at that rate on each partition; a choice at the edge of its grid is recorded, not "
+             "extended")
 ARMS_FILE = "arms.json"  # analyze: {run name: [partition, arm]}, the figures' labels
 HEADLINE_PARTS = (("iid", IID), ("topic a=0.01", TOPIC))
 # the headline's arms run again at twice the rounds by --mode headline (FedProx at the mu ``select`` chose; a grid
@@ -271,16 +278,19 @@ def select(args, passthrough: list[str]) -> dict:
     """The pretrained regime's choices (lowest final validation perplexity) on a selection split (10% of the
     training texts as its validation; the reported validation texts are never read), at half the rounds with seed
     ``SELECT_SEED``: FedAvg's rate on IID shards from ``LR_GRID``, then FedProx's mu at that rate for each of
-    ``SELECT_PARTS``. Written to <out-dir>/selection.json with every score (an incomplete one is completed)."""
+    ``SELECT_PARTS``. Written to <out-dir>/selection.json (``common.study``'s record, every score; an incomplete
+    one is completed); returns ``setting_of`` it."""
     out = Path(args.out_dir)
-    done, rounds = out / "selection.json", max(1, (args.rounds or PRETRAINED_ROUNDS) // 2)
+    done, rounds = out / SD.SELECTION_FILE, max(1, (args.rounds or PRETRAINED_ROUNDS) // 2)
     if done.is_file():
-        chosen = cli.read_json(done, allow_nan=True)  # its scores: inf for a diverged run
-        cli.check(isinstance(chosen, dict) and isinstance(chosen.get("mu"), dict), f"{done} is not a selection.json "
-                  "of this grid (an object with the chosen \"mu\"); remove it to select again")
-        if chosen.get("rounds") == rounds and runlog.portable(chosen.get("base")) == base_folder(args) and \
-                set(chosen["mu"]) == {part for part, _ in SELECT_PARTS}:
-            return chosen
+        try:
+            record = SD.read_selection(done)
+        except cli.UsageError as e:
+            raise cli.UsageError(f"{e}; remove it to select again") from None
+        ran = record["runs"]
+        if ran.get("rounds") == rounds and runlog.portable(ran.get("base")) == base_folder(args) and \
+                "learning_rate" in record["choices"] and set(SD.chosen(record, "mu/")) == {p for p, _ in SELECT_PARTS}:
+            return setting_of(record)
     from llm_noniid import data as D
 
     data = D.split_ag_news_csv(split_data(args.split_csv, out) / "train.csv", out / "select" / "data", 0.1, seed=1)
@@ -297,36 +307,61 @@ def select(args, passthrough: list[str]) -> dict:
     mu_picks = {part: lowest(v, MU_SELECTION) for part, v in mu_scores.items()}
     failed = [part for part, (mu, _) in mu_picks.items() if mu is None]
     cli.check(not failed, f"selection: FedProx diverged at every mu of {', '.join(MUS)} on {', '.join(failed)}")
-    edge = {"learning_rate": lr_pick.edge, **{f"mu ({part})": p.edge for part, (_, p) in mu_picks.items()}}
-    chosen = {"base": base_folder(args), "rounds": rounds, "seed": SELECT_SEED, "learning_rate": float(lr),
-              "mu": {part: mu for part, (mu, _) in mu_picks.items()},
-              "scores": {"learning_rate (FedAvg, iid)": lr_scores, "mu (FedProx)": mu_scores},
-              "edge": {k: e for k, e in edge.items() if e}}
-    atomic_write_json(done, chosen)
-    print(f"selection: learning rate {lr}, FedProx mu {chosen['mu']} ({done})"
-          + "".join(f"; {k} chosen at the {e} edge of its grid" for k, e in chosen["edge"].items()), flush=True)
-    return chosen
+    choices = {"learning_rate": SD.choice_record(LR_SELECTION, lr_pick, why=words(lr_scores)),
+               **{f"mu/{part}": SD.choice_record(MU_SELECTION, pick, why=words(mu_scores[part]))
+                  for part, (_, pick) in mu_picks.items()}}
+    record = SD.write_selection(done, SELECTION_STUDY, CRITERION, choices, base=base_folder(args), rounds=rounds,
+                                seeds=[SELECT_SEED])
+    setting = setting_of(record)
+    print(f"selection: learning rate {lr}, FedProx mu {setting['mu']} ({done})"
+          + "".join(f"; {k} chosen at the {c['edge']} edge of its grid" for k, c in choices.items() if c["edge"]),
+          flush=True)
+    return setting
 
 
-def lowest(scores: dict[str, float], grid: Grid) -> tuple[str | None, Pick]:
+def setting_of(record: dict) -> dict:
+    """What a selection record (``select``'s) sets for the grids: {"learning_rate": the rate, "mu": {partition: mu
+    as MUS spell it, the flag and run names' spelling}}, each only where chosen ({} for no record: the from-scratch
+    regime keeps its one rate)."""
+    out = {}
+    if record and record["choices"].get("learning_rate", {}).get("chosen") is not None:
+        out["learning_rate"] = float(record["choices"]["learning_rate"]["chosen"])
+    mus = {part: SD.candidate_key(mu) for part, mu in (SD.chosen(record, "mu/") if record else {}).items()
+           if mu is not None}
+    return {**out, "mu": mus} if mus else out
+
+
+def lowest(scores: dict[str, float | str], grid: Grid) -> tuple[str | None, Pick]:
     """The value of ``grid`` (as its flag spells it) chosen from ``scores`` {value: final validation perplexity of
-    its run, inf if it diverged} by ``grid``'s rule (``common.study``); None when every run diverged."""
-    pick = grid.choose({float(v): [s] for v, s in scores.items()})
+    its run, or a word saying why it has none} by ``grid``'s rule (``common.study``); None when no run scored."""
+    pick = grid.choose({float(v): [math.nan if isinstance(s, str) else s] for v, s in scores.items()})
     return next((v for v in scores if float(v) == pick.value), None), pick
 
 
-def _selection_scores(arms_: list[tuple], args, passthrough: list[str], title: str) -> list[float]:
+def words(scores: dict[str, float | str]) -> dict[str, str]:
+    """{value: why it has no score} of ``scores`` (``common.study.choice_record``'s ``why``)."""
+    return {v: s for v, s in scores.items() if isinstance(s, str)}
+
+
+def _selection_scores(arms_: list[tuple], args, passthrough: list[str], title: str) -> list[float | str]:
     """Run a selection phase (``jobs_for``'s arms at SELECT_SEED, into <out-dir>/select/runs); its runs' final
-    validation perplexity (inf if not complete and finite). Stops before choosing if a run failed (a diverged run
-    has a summary and scores inf): a choice made without it would be written to selection.json and never revisited."""
+    validation perplexity, or "diverged" (a diverged run, or one without a finite perplexity) or "not a result" (a
+    run that ended otherwise). Stops before choosing if a run failed (no summary): a choice made without it would be
+    written to selection.json and never revisited."""
     grid = jobs_for(arms_, [SELECT_SEED], passthrough, Path(args.out_dir) / "select" / "runs")
     run_jobs(grid, args, f"selection: {title}")
     summaries = [jobs.summary_of(j) for j in grid]
     failed = [j.name for j, s in zip(grid, summaries) if s is None]
     cli.check(not failed, f"selection: {', '.join(failed)} did not finish (its log in {Path(args.out_dir) / 'logs'}); "
                           "rerun the same command to complete the selection")
-    return [s["final_val_ppl"] if s.get("status") == "complete" and s["final_val_ppl"] is not None
-            and math.isfinite(s["final_val_ppl"]) else math.inf for s in summaries]
+
+    def score(s: dict) -> float | str:
+        ppl, status = s.get("final_val_ppl"), s.get("status", "complete")
+        if status == "complete" and isinstance(ppl, (int, float)) and math.isfinite(ppl):
+            return ppl
+        return "diverged" if status in ("complete", "diverged") else "not a result"
+
+    return [score(s) for s in summaries]
 
 
 def run_grid(mode: str, args, passthrough: list[str]) -> list[dict]:
@@ -565,15 +600,14 @@ def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0,
 
 
 def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
-    """A grid's runs, its rounds (the most common, the larger on a tie) and ``selection.json`` ({} if none)."""
+    """A grid's runs, its rounds (the most common, the larger on a tie) and its ``selection.json``, the record
+    ``select`` wrote ({} if none)."""
     runs = R.load_runs(out_dir / "runs", "*")
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
     counts = Counter(r["args"]["num_rounds"] for r in runs)
     rounds = max(counts, key=lambda k: (counts[k], k))
-    chosen = cli.read_json(out_dir / "selection.json", allow_nan=True) if (out_dir / "selection.json").is_file() \
-        else {}
-    cli.check(isinstance(chosen, dict), f"{out_dir / 'selection.json'} is not a selection.json of this grid")
-    return runs, rounds, chosen
+    record = SD.read_selection(out_dir / SD.SELECTION_FILE) if (out_dir / SD.SELECTION_FILE).is_file() else {}
+    return runs, rounds, record
 
 
 def side_by_side(grids: dict[str, tuple[list[dict], int, dict]], mus: dict) -> tuple[list[str], dict]:
@@ -585,8 +619,8 @@ def side_by_side(grids: dict[str, tuple[list[dict], int, dict]], mus: dict) -> t
         return {s: 100 * (g[s] / ref[s] - 1) for s in g if s in ref and math.isfinite(g[s]) and math.isfinite(ref[s])}
 
     final, plateau = {}, {}
-    for regime, (runs, rounds, chosen) in grids.items():
-        groups = by_arm(runs, rounds, chosen.get("learning_rate", 1.0))
+    for regime, (runs, rounds, record) in grids.items():
+        groups = by_arm(runs, rounds, setting_of(record).get("learning_rate", 1.0))
         for part, arm, _ in arms("headline", rounds, mus):
             g = groups.get((part, arm), [])
             final[(regime, part, arm)] = R.by_seed(g, "final_val_ppl")
@@ -630,7 +664,8 @@ def draw_side_by_side(pct: dict, out: Path) -> list[Path]:
 
 def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = None, write: bool = True) -> str:
     """The grid's report (its Markdown); ``write``: also report.md, arms.json and the side-by-side figure there."""
-    runs, rounds, chosen = load_grid(out_dir)
+    runs, rounds, record = load_grid(out_dir)
+    chosen = setting_of(record)
     lr, mus = chosen.get("learning_rate", 1.0), chosen.get("mu")
     steps = grid_steps(runs, rounds)
     a0 = next((r["args"] for r in runs if (r["args"].get("num_rounds"), r["args"].get("local_steps", LOCAL_STEPS),
@@ -649,11 +684,12 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
              "compared. Compute: training tokens through forward/backward, as a multiple "
              f"of FedAvg's. At plateau: runs whose last {PLATEAU_TAIL:.0%} of evaluations improve on the best "
              f"validation perplexity before them by less than {PLATEAU_GAIN:.0%}.", ""]
-    if chosen:
-        lines += [f"Chosen on a selection split (10% of the training texts; seed {chosen['seed']}, "
-                  f"{chosen['rounds']} rounds; `selection.json` holds every score): FedAvg's rate "
+    if "learning_rate" in chosen and mus:
+        ran = record["runs"]
+        lines += [f"Chosen on a selection split (10% of the training texts; seed {', '.join(map(str, ran['seeds']))}, "
+                  f"{ran['rounds']} rounds; `selection.json` holds every score): FedAvg's rate "
                   f"{chosen['learning_rate']:g} on IID shards, FedProx mu " + ", ".join(
-                      f"{v} ({k})" for k, v in chosen["mu"].items()) + f". Base: `{R.shown(chosen['base'])}`.", ""]
+                      f"{v} ({k})" for k, v in mus.items()) + f". Base: `{R.shown(ran['base'])}`.", ""]
     lines += ["### Reference points", "", *references(runs), ""]
     groups = by_arm(runs, rounds, lr)
     # the figures label runs as the tables do (plot_llm_noniid.py --arms)
@@ -685,10 +721,10 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
               "(global validation perplexity, paired by seed, 95% t interval, verdicts Holm-corrected over the table):",
               "", *split_table(groups), ""]
     if compare_dir is not None:
-        own, other = (runs, rounds, chosen), load_grid(compare_dir)
+        own, other = (runs, rounds, record), load_grid(compare_dir)
         grids = {"from scratch": other, "pretrained + LoRA": own} if "mu" in chosen else \
             {"from scratch": own, "pretrained + LoRA": other}
-        mus = grids["pretrained + LoRA"][2].get("mu")
+        mus = setting_of(grids["pretrained + LoRA"][2]).get("mu")
         md, pct = side_by_side(grids, mus)
         if write:
             draw_side_by_side(pct, out_dir / "figures" / "side_by_side.png")

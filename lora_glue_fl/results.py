@@ -228,12 +228,15 @@ def majority_class(task: str = TASK) -> str:
 
 @cache
 def _selection(folder: Path) -> dict:
-    return json.loads((folder / "selection.json").read_text(encoding="utf-8"))
+    return study.read_selection(folder / study.SELECTION_FILE)
 
 
-def selection() -> dict:
-    """run_grid.py's selection.json: {"criterion", "tasks": {task: {family: {metric, scores, chosen, edge?}}}}."""
-    return _selection(RS.path(RECORDS))
+def selection(task: str = TASK) -> dict:
+    """{family: its choice} of the task in run_grid.py's selection.json (``study.read_selection``; its settings
+    "<task>/<family>", each {metric, scores, chosen, edge, extended, ...})."""
+    prefix = f"{task}/"
+    return {k.removeprefix(prefix): c for k, c in _selection(RS.path(RECORDS))["choices"].items()
+            if k.startswith(prefix)}
 
 
 def selection_runs(task: str = TASK) -> list[dict]:
@@ -242,7 +245,7 @@ def selection_runs(task: str = TASK) -> list[dict]:
 
 def edge(fam: str, task: str = TASK) -> str | None:
     """'rate at the high edge of its grid' when the family's chosen rate is the smallest or largest it tried."""
-    v = selection()["tasks"][task].get(fam)
+    v = selection(task).get(fam)
     return study_report.edge_note(v["scores"], v["chosen"], "rate") if v else None
 
 
@@ -398,11 +401,11 @@ def selection_table(task: str = TASK) -> str:
     """Each family's rates and their final selection-split score (selection.json), the choice in bold, its margin
     over the next best (against the split's sampling noise where the score is an accuracy), a choice at the edge of
     its grid marked."""
-    record = selection()["tasks"][task]
+    record = selection(task)
     rates = sorted({float(r) for v in record.values() for r in v["scores"]})
     size = {r["summary"]["selection_examples"] for r in selection_runs(task)}
     check(len(size) == 1, f"{RECORDS}/selection: the selection runs disagree on the split's size ({size})")
-    metric = {v["metric"] for v in record.values()}
+    metric = {v["metric"].split(".")[-1] for v in record.values()}  # the summary's key: final.selection_f1
     check(len(metric) == 1, f"{RECORDS}/selection.json: the {task} families were chosen on different metrics "
                             f"({sorted(metric)})")
     metric = metric.pop().removeprefix("selection_")
@@ -410,17 +413,17 @@ def selection_table(task: str = TASK) -> str:
     n, rows = size.pop(), []
     for fam, v in record.items():
         scores = {float(r): s for r, s in v["scores"].items()}
-        cells = ["–" if r not in scores else "diverged" if scores[r] is None else
+        cells = ["–" if r not in scores else scores[r] if isinstance(scores[r], str) else  # why it has none
                  (f"**{scores[r]:.3f}**" if r == v["chosen"] else f"{scores[r]:.3f}") for r in rates]
         best = scores[v["chosen"]]
-        runner = max((s for r, s in scores.items() if r != v["chosen"] and s is not None), default=None)
+        runner = max((s for r, s in scores.items() if r != v["chosen"] and not isinstance(s, str)), default=None)
         margin = "–" if runner is None else f"{best - runner:+.3f}" + (
             f" ({(best - runner) / noise(best, n):.1f} sd)" if binomial else "")
         rows.append([fam, *cells, f"{v['chosen']:g}", margin, edge(fam, task) or ""])
     seeds = sorted({r["args"]["seed"] for r in selection_runs(task)})
     base = {r["summary"]["selection_majority"][metric] for r in selection_runs(task)}
     flat = [f"{fam} {float(r):g}" for fam, v in record.items() for r, x in v["scores"].items()
-            if x is not None and base and abs(x - min(base)) < 1e-9]
+            if not isinstance(x, str) and base and abs(x - min(base)) < 1e-9]
     majority_line = (f" The selection split's majority class scores {min(base):.3f}" + (
         f"; rates that end there (a constant prediction): {', '.join(flat)}." if flat else ".")) if base else ""
     scale = (f"in units of the split's sampling sd (binomial at the chosen accuracy, {noise(0.86, n):.3f} near 0.86)"
@@ -711,7 +714,7 @@ NOT_YET = not_yet()
 
 def recorded(task: str = TASK) -> bool:
     """Whether the record folder holds the task's grid (selection.json names it)."""
-    return (RS.path(RECORDS) / "selection.json").is_file() and task in selection()["tasks"]
+    return (RS.path(RECORDS) / study.SELECTION_FILE).is_file() and bool(selection(task))
 
 
 def committed(block, task: str = TASK):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -248,40 +249,67 @@ def selection_records(args, values: dict) -> dict:
             for (name, family), rates in values.items()}
 
 
+def setting(name: str, family: str) -> str:
+    """A family's setting in selection.json: "<task>/<family>" ("sst2/central", "mrpc/multi-round")."""
+    return f"{name}/{family}"
+
+
+def recorded_choices(args) -> dict:
+    """{setting: choice} of <out-dir>/selection.json (``study.read_selection``), {} before the selection chose."""
+    path = Path(args.out_dir) / study.SELECTION_FILE
+    return study.read_selection(path)["choices"] if path.is_file() else {}
+
+
+def selection_shared(args) -> dict:
+    """What every selection run shares (selection.json's ``runs``): seeds, base model, data, clients, schedule."""
+    return {"seeds": list(args.select_seeds), "model_size": args.model_size, "train_samples": args.train_samples,
+            "mrpc_train_samples": args.mrpc_train_samples, "selection_samples": args.selection_samples,
+            "sharding": "iid", "num_clients": args.num_clients, "rounds": args.rounds,
+            "local_epochs": args.local_epochs, "batch_size": args.batch_size, "lora_r": args.lora_r}
+
+
 def tried(args) -> dict:
     """{(task, family): every rate its selection ran}: its grid and the rates an extension added, as
     <out-dir>/selection.json records them (the grid alone before the selection chose)."""
-    old = Path(args.out_dir) / "selection.json"
-    record = json.loads(old.read_text()) if old.is_file() else {"tasks": {}}
-    return {key: sorted({*g.values, *map(float, record["tasks"].get(key[0], {}).get(key[1], {}).get("scores", {}))})
+    choices = recorded_choices(args)
+    return {key: sorted({*g.values, *map(float, choices.get(setting(*key), {}).get("scores", {}))})
             for key, g in grids(args).items()}
+
+
+def _why(grid: study.Grid, runs: dict) -> dict:
+    """{rate: "diverged"} of the rates a finished run of which ended at a metric that is not a finite number."""
+    def value(summary):
+        for key in grid.metric.split("."):
+            summary = summary.get(key) if isinstance(summary, dict) else None
+        return summary
+
+    return {lr: "diverged" for lr, summaries in runs.items()
+            if any(isinstance(v, float) and not math.isfinite(v) for v in map(value, filter(None, summaries)))}
 
 
 def choose(args, values: dict | None = None) -> dict:
     """{task: {family: rate}} of args.tasks from the selection runs at ``values`` ({(task, family): rates}; default:
     each family's grid) by ``study.choose`` (the best final selection metric, mean over the selection seeds; ties:
-    the smaller rate; a rate with a diverged run is not chosen); every score in <out-dir>/selection.json (other
-    tasks' kept), with the edge ("low" or "high") of a choice at one and the rates an extension added."""
-    out = Path(args.out_dir)
-    old = out / "selection.json"  # a grid run task by task (--tasks mrpc later) keeps the other tasks' choices
-    record = json.loads(old.read_text()) if old.is_file() else {"criterion": "", "tasks": {}}
-    record["criterion"] = (f"the rate with the best final selection-split metric (selection_<main metric>), mean "
-                           f"over selection seeds {args.select_seeds}; ties: the smaller rate; a rate at the edge "
-                           f"of its grid extended past it {args.extend} time(s) at most")
+    the smaller rate; a rate with a diverged run is not chosen); every score in <out-dir>/selection.json
+    (``study.write_selection``: a setting "<task>/<family>" each, with the edge of a choice at one and the rates an
+    extension added; other tasks' settings kept, those of a task chosen again replaced)."""
+    criterion = (f"the rate with the best final selection-split metric (selection_<main metric>), mean over "
+                 f"selection seeds {args.select_seeds}; ties: the smaller rate; a rate at the edge of its grid "
+                 f"extended past it {args.extend} time(s) at most")
     grids_ = grids(args)
     values = {key: list(g.values) for key, g in grids_.items()} | (values or {})
     records = selection_records(args, values)
-    for name in args.tasks:
-        record["tasks"][name] = {}
+    choices = {}
     for (name, family), grid in grids_.items():
-        pick = grid.pick(records[name, family])
+        runs = dict(sorted(records[name, family].items()))
         added = sorted(set(values[name, family]) - set(grid.values))
-        record["tasks"][name][family] = {
-            "metric": grid.metric.split(".")[-1], "scores": {f"{lr:g}": v for lr, v in sorted(pick.scores.items())},
-            "chosen": pick.value, **({"edge": pick.edge} if pick.at_edge else {}),
-            **({"extended": added} if added else {})}
-    atomic_write_text(out / "selection.json", json.dumps(record, indent=1) + "\n")
-    return {name: {f: v["chosen"] for f, v in record["tasks"][name].items()} for name in args.tasks}
+        choices[setting(name, family)] = study.choice_record(grid, grid.pick(runs), added, why=_why(grid, runs))
+    # a grid run task by task (--tasks mrpc later) keeps the other tasks' choices; a task chosen again is replaced
+    # whole (a family its design no longer has is not left behind), hence the kept settings passed, not keep=True
+    kept = {k: c for k, c in recorded_choices(args).items() if k.split("/")[0] not in args.tasks}
+    record = study.write_selection(Path(args.out_dir) / study.SELECTION_FILE, f"{args.model_size}_glue", criterion,
+                                   {**kept, **choices}, **selection_shared(args))
+    return {name: study.chosen(record, f"{name}/") for name in args.tasks}
 
 
 def cells(args, rates: dict, write: bool = True) -> list[tuple[str, list[tuple[str, list[str]]]]]:

@@ -25,7 +25,6 @@ import math
 from pathlib import Path
 
 from common import cli, flags, jobs, study
-from common.checkpoint import atomic_write_json
 from mamba_fl.run_grid import jobs_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +53,7 @@ CHOICES = {"central": ("--lr", [3e-3, 1e-2, 3e-2]), "fedavg": ("--lr", [3e-3, 1e
     "fedfisher-local": ("--fisher-method", ["local"])}  # no free setting: one candidate, for "the best other arm"
 PHASES = (("central", "fedavg"), ("fedentropy", "fedavgm", "fedfisher-local"))
 OTHERS = PHASES[1]  # the headline runs the best of them (on validation); --block all runs all three
+BEST_OTHER = "best_other"  # selection.json's setting that names it (its candidates: OTHERS), beside one per arm
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -204,21 +204,81 @@ def records_of(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
     return records
 
 
-def recorded(picks: dict[str, study.Pick]) -> dict:
-    """selection.json's part of ``picks``: {arm: {flag: value}}, every candidate's score (None: diverged or above
-    its unigram), the arms whose choice is still at an edge of its candidates ("low" or "high": --extend ran out),
-    and the best of the ``OTHERS`` by its chosen candidate's score (specific to this grid: the headline runs one
-    other arm)."""
-    chosen = {arm: {CHOICES[arm][0]: p.value} for arm, p in picks.items() if p.value is not None}
-    others = {a: picks[a].scores[picks[a].value] for a in OTHERS if a in chosen}
-    return {"chosen": chosen, "scores": {a: {_shown(v): s for v, s in p.scores.items()} for a, p in picks.items()},
-            "edge": {a: p.edge for a, p in picks.items() if p.at_edge},
-            **({"best_other": min(others, key=others.get)} if others else {})}
+def _why(summaries: list) -> str | None:
+    """Why one candidate's selection run has no score (``choice_record``'s words): "missing" (not finished), its
+    status ("diverged"), "diverged" for a perplexity that is not finite, "at or above the unigram" (refused by
+    ``_below_unigram``); None for a run that scored."""
+    s = summaries[0] if summaries else None
+    if s is None:
+        return "missing"
+    if s.get("status", "complete") != "complete":
+        return str(s["status"])
+    ppl = s.get("best_val_ppl")
+    if not (isinstance(ppl, (int, float)) and math.isfinite(ppl)):
+        return "diverged"
+    return None if _below_unigram(s) else "at or above the unigram"
 
 
-def choose(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
-    """``recorded`` of the finished selection runs of ``plan``, each arm chosen by ``study.choose``."""
-    return recorded({arm: grid_of(arm).pick(r) for arm, r in records_of(plan, candidates).items()})
+def other_grid() -> study.Grid:
+    """The choice of the headline's other arm among ``OTHERS``, each scored by its own chosen candidate's best
+    validation perplexity (ties: the earlier of ``OTHERS``). Its "flag" "arm" is no command-line flag: the
+    candidates are arms, the one chosen runs in the headline (``reported_plan``)."""
+    return study.Grid("arm", OTHERS, "best_val_ppl", "min", split="validation")
+
+
+def choices_of(picks: dict[str, study.Pick], records: dict, first: dict | None = None) -> dict:
+    """selection.json's choices of ``picks`` {arm: its pick}, ``records`` the selection runs they were picked from
+    (``records_of``): one setting per arm (its ``CHOICES`` flag; ``extended``: the candidates that are not
+    ``first[arm]``'s, by default ``CHOICES``', i.e. added past an edge), and ``BEST_OTHER`` once every arm of
+    ``OTHERS`` was picked: the best of them by its chosen candidate's score (``other_grid``; an arm with no choice
+    cannot win)."""
+    choices = {}
+    for arm, p in picks.items():
+        start = (first or {}).get(arm, CHOICES[arm][1])
+        why = {v: w for v, runs in records[arm].items() if (w := _why(runs))}
+        choices[arm] = study.choice_record(grid_of(arm), p, [v for v in p.scores if v not in start], why)
+    if all(a in picks for a in OTHERS):
+        scores = {a: [math.nan if picks[a].value is None else picks[a].scores[picks[a].value]] for a in OTHERS}
+        choices[BEST_OTHER] = study.choice_record(other_grid(), other_grid().choose(scores),
+                                                  why={a: "no candidate scored" for a in OTHERS
+                                                       if picks[a].value is None})
+    return choices
+
+
+def chosen_flags(choices: dict) -> dict:
+    """{arm: {flag: value}} of selection.json's ``choices`` (the arms that chose a value): what ``arm_flags`` takes."""
+    return {a: {CHOICES[a][0]: c["chosen"]} for a, c in choices.items() if a in CHOICES and c["chosen"] is not None}
+
+
+def best_other(choices: dict) -> str | None:
+    """The other arm the headline runs, as ``choices`` chose it (None: not chosen yet)."""
+    return choices.get(BEST_OTHER, {}).get("chosen")
+
+
+def choose(plan: list[jobs.Job], candidates: dict | None = None, first: dict | None = None) -> dict:
+    """``choices_of`` the finished selection runs of ``plan``, each arm chosen by ``study.choose``."""
+    records = records_of(plan, candidates)
+    return choices_of({arm: grid_of(arm).pick(r) for arm, r in records.items()}, records, first)
+
+
+def criterion(args) -> str:
+    """``select``'s rule in words: selection.json's ``criterion``."""
+    length = (f"to the plateau rule ({PATIENCE} evaluations without a 1 % gain, at most {args.max_epochs:g} passes)"
+              if args.select_at == "plateau" else f"for {args.select_epochs:g} passes")
+    return (f"the lowest best validation perplexity per token of one run per candidate (seed {SELECTION_SEED}, 1 "
+            f"layer, run {length}), ties to the smaller value; a run that diverged or whose best stayed at or above "
+            f"its unigram perplexity cannot win; a winner at the edge of its candidates adds the next value beyond it "
+            f"at the same ratio, at most {args.extend} time(s); central's and FedAvg's learning rates first, then "
+            f"{', '.join(OTHERS)} at FedAvg's rate; {BEST_OTHER}: the one of those whose chosen candidate scored "
+            "lowest")
+
+
+def selection_runs(args) -> dict:
+    """What every selection run shared: selection.json's ``runs``."""
+    plateau = args.select_at == "plateau"
+    return {"seeds": [SELECTION_SEED], "layers": 1, "size": args.size, "clients": args.clients, "shard": "contiguous",
+            "batch_size": args.batch_size, "eval_epochs": args.eval_epochs, "select_at": args.select_at,
+            **({"max_epochs": args.max_epochs, "patience": PATIENCE} if plateau else {"epochs": args.select_epochs})}
 
 
 def beyond_edge(values: list, best) -> list:
@@ -227,56 +287,57 @@ def beyond_edge(values: list, best) -> list:
     return values if nxt is None else sorted([*values, nxt])
 
 
-def select(args, out: Path, blocks: int, arms, picked: dict, run) -> dict | None:
-    """Run the selection of ``arms`` (at ``picked``'s earlier choices), extending a candidate list whose best
-    value lies at its edge (``--extend`` times at most, ``study.extended``); return what ``recorded`` makes of it, or
-    None when runs are missing (a dry run, or an interrupted grid)."""
-    grids, passes = {a: grid_of(a, extend=args.extend) for a in arms}, []
+def select(args, out: Path, blocks: int, arms, chosen: dict, run) -> dict | None:
+    """Run the selection of ``arms`` (at ``chosen``'s earlier choices, ``chosen_flags``), extending a candidate list
+    whose best value lies at its edge (``--extend`` times at most, ``study.extended``); return its ``choices_of``,
+    or None when runs are missing (a dry run, or an interrupted grid)."""
+    grids, passes, records = {a: grid_of(a, extend=args.extend) for a in arms}, [], {}
 
     def trained(candidates: dict) -> dict | None:
-        sel = selection_plan(args, out, blocks, arms, picked["chosen"], candidates)
+        sel = selection_plan(args, out, blocks, arms, chosen, candidates)
         outcome = run(sel, f"mamba_fl real text: selection of {', '.join(arms)}"
                            + (f" (extended {len(passes)}x)" if passes else ""))
         passes.append(candidates)
         # a dry run shows the runs still to do, and goes on past finished ones
-        return records_of(sel, candidates) if outcome.complete else None
+        records.update(records_of(sel, candidates) if outcome.complete else {})
+        return records if outcome.complete else None
 
     picks = study.extended(grids, trained)
-    return None if picks is None else recorded(picks)
+    return None if picks is None else choices_of(picks, records)
 
 
 def earlier_choice(given: dict, arms, second_phase: bool) -> dict | None:
-    """What ``choose`` found for ``arms``, from an earlier grid's selection.json (``--selection``); None when it
-    lacks the choice of one of them (or, in the second phase, the best other arm)."""
-    chosen = given.get("chosen", {})
-    if not all(a in chosen for a in arms) or (second_phase and "best_other" not in given):
+    """The choices of ``arms`` in an earlier grid's selection.json (``--selection``, its checked ``choices``); None
+    when it lacks the choice of one of them (or, in the second phase, the best other arm)."""
+    settings = [*arms, *([BEST_OTHER] if second_phase else [])]
+    if not all(given.get(s, {}).get("chosen") is not None for s in settings):
         return None
-    return {"chosen": {a: chosen[a] for a in arms}, "scores": {a: given.get("scores", {}).get(a) for a in arms},
-            **({"best_other": given["best_other"]} if second_phase else {})}
+    return {s: given[s] for s in settings}
 
 
 def read_selection(path: str) -> dict:
-    """``--selection``: an earlier grid's selection.json, read strictly (``cli.read_json``: no NaN, no nesting
-    beyond reason): each chosen arm one of this grid's, with its one choice flag (``CHOICES``) at a finite number
-    (a name for --fisher-method), ``best_other`` one of ``OTHERS``; the values are then checked by the scripts
-    with every run (``check_runs``). A ``UsageError`` naming the first problem otherwise."""
-    given = cli.read_json(path, f"--selection {path}: no such file")
-    expected = (f"--selection {path}: expected a grid's selection.json, its choices under \"chosen\" as "
-                "{arm: {flag: value}}")
-    chosen = given.get("chosen", {}) if isinstance(given, dict) else None
-    cli.check(isinstance(chosen, dict) and all(isinstance(v, dict) for v in chosen.values()), expected)
-    for arm, setting in chosen.items():
-        cli.check(arm in CHOICES, f"{expected}; {arm!r} is no arm this grid chooses for ({', '.join(CHOICES)})")
-        flag, values = CHOICES[arm]
-        value = setting.get(flag)
+    """``--selection``: an earlier grid's selection.json (``study.read_selection``: read strictly, no NaN, the one
+    selection record's layout), its ``choices``: each setting an arm this grid chooses for, with that arm's
+    ``CHOICES`` flag, a value chosen that is a finite number (a name for --fisher-method), and ``BEST_OTHER`` one of
+    ``OTHERS``; the values are then checked by the scripts with every run (``check_runs``). A one-line
+    ``UsageError`` naming the first problem otherwise."""
+    try:
+        record = study.read_selection(path, f"{path}: no such file")
+    except cli.UsageError as e:
+        raise cli.UsageError(f"--selection {e}") from None
+    expected = f"--selection {path}: expected a selection.json of this grid"
+    for setting, choice in record["choices"].items():
+        cli.check(setting in (*CHOICES, BEST_OTHER), f"{expected}; {setting!r} is no arm this grid chooses for "
+                                                     f"({', '.join(CHOICES)}, or {BEST_OTHER})")
+        flag, values = CHOICES[setting] if setting in CHOICES else (other_grid().flag, OTHERS)
+        value = choice["chosen"]
         kind = (str,) if isinstance(values[0], str) else (int, float)
-        cli.check(set(setting) == {flag} and type(value) in kind, f"{expected}; {arm} chooses {flag} only, as a "
-                                                                   f"{'name' if kind == (str,) else 'number'}, got "
-                                                                   f"{setting!r}")
-    cli.check(given.get("best_other", OTHERS[0]) in OTHERS,
-              f"{expected}; best_other {given.get('best_other')!r} is not one of {', '.join(OTHERS)}")
-    cli.check(isinstance(given.get("scores", {}), dict), f"{expected}; its \"scores\" are not an object")
-    return given
+        cli.check(choice["flag"] == flag and (value is None or type(value) in kind),
+                  f"{expected}; {setting} chooses {flag} only, as a {'name' if kind == (str,) else 'number'}, got "
+                  f"{choice['flag']} {value!r}")
+        cli.check(setting != BEST_OTHER or value in (None, *OTHERS),
+                  f"{expected}; {BEST_OTHER} {value!r} is not one of {', '.join(OTHERS)}")
+    return record["choices"]
 
 
 def check_runs(args, out: Path, blocks: int, given: dict) -> None:
@@ -286,18 +347,17 @@ def check_runs(args, out: Path, blocks: int, given: dict) -> None:
     earlier stages trained."""
     width = max(len(values) for _, values in CHOICES.values())
     picks = [{arm: {flag: values[min(i, len(values) - 1)]} for arm, (flag, values) in CHOICES.items()}
-             | given.get("chosen", {}) for i in range(width)]
+             | chosen_flags(given) for i in range(width)]
     plan = [j for chosen in picks for arms in PHASES for j in selection_plan(args, out, blocks, arms, chosen)]
-    plan += [j for chosen in picks for other in OTHERS
-             for j in reported_plan(args, out, blocks, {"chosen": chosen, "best_other": other})]
+    plan += [j for chosen in picks for other in OTHERS for j in reported_plan(args, out, blocks, chosen, other)]
     jobs.check_plan(plan, "mamba_fl real text")
 
 
-def reported_plan(args, out: Path, blocks: int, picked: dict) -> list[jobs.Job]:
-    """The plateau runs (each with its equal-compute point): the headline, and with ``--block all`` the other
-    arms, the topic shards, 16 clients and the 4-layer model after them."""
-    chosen = picked.get("chosen", {})
-    others = list(OTHERS) if args.block == "all" else [picked.get("best_other", OTHERS[0])]
+def reported_plan(args, out: Path, blocks: int, chosen: dict, other: str | None = None) -> list[jobs.Job]:
+    """The plateau runs (each with its equal-compute point) at ``chosen`` (``chosen_flags``): the headline with the
+    best ``other`` arm (default the first of ``OTHERS``), and with ``--block all`` every other arm, the topic
+    shards, 16 clients and the 4-layer model after them."""
+    others = list(OTHERS) if args.block == "all" else [other or OTHERS[0]]
     settings = [(L, "contiguous", args.clients, args.clients) for L in (1, 2)]
     if args.block == "all":
         settings += [(1, "topic", args.clients, args.clients), (1, "contiguous", 16, 4), (4, "contiguous", 4, 4)]
@@ -340,7 +400,7 @@ def main(argv=None) -> dict:
     others_needed = True  # the second phase's selection: needed unless --only names none of its arms' runs
     if args.only:  # a pattern that names no run of this grid is a typo, refused before anything is written
         names = {j.name for other in OTHERS for j in reported_plan(argparse.Namespace(**{**vars(args), "only": None}),
-                                                                   out, 1, {"best_other": other})}
+                                                                   out, 1, {}, other)}
         unmatched = [p for p in args.only if not fnmatch.filter(names, p)]
         cli.check(not unmatched, f"--only {' '.join(unmatched)}: no run of this grid (--block {args.block}) has such a "
                                  f"name; they look like fedavg_L2_contiguous_k4m4_plateau_s0")
@@ -355,32 +415,36 @@ def main(argv=None) -> dict:
     check_runs(args, out, blocks, given)
     run = lambda plan, title, nxt="": jobs.run_plan(plan, parallel=args.jobs, log_dir=out / "logs",  # noqa: E731
                                                     dry_run=args.dry_run, title=title, next_step=nxt)
-    picked: dict = {"chosen": {}, "scores": {}, "edge": {}}
+    choices: dict = {}  # selection.json's: {arm or BEST_OTHER: study.choice_record}
+    copied: dict = {}   # what the choices of an earlier grid's --selection add to its runs
     for phase, arms in enumerate(PHASES):
         if phase and not others_needed:
             break
-        found = earlier_choice(given, arms, phase > 0) or select(args, out, blocks, arms, picked, run)
+        earlier = earlier_choice(given, arms, phase > 0)
+        copied |= {"copied_from": args.selection} if earlier else {}
+        found = earlier or select(args, out, blocks, arms, chosen_flags(choices), run)
         if found is None and not args.dry_run:
             return {"selection": "incomplete"}
         if found is not None:
-            picked = {k: picked[k] | found.get(k, {}) for k in ("chosen", "scores", "edge")} | \
-                {k: found[k] for k in ("best_other",) if k in found}
+            choices |= found
             if not args.dry_run:
-                atomic_write_json(out / "selection.json", picked)
-            print(f"chosen on validation: {picked['chosen']}; best other arm: {picked.get('best_other')}"
-                  + "".join(f"; {a}'s choice is at the {e} edge of its candidates (raise --extend)"
-                            for a, e in picked["edge"].items()), flush=True)
+                study.write_selection(out / study.SELECTION_FILE, f"mamba_fl real{suffix}", criterion(args), choices,
+                                      **selection_runs(args), **copied)
+            print(f"chosen on validation: {chosen_flags(choices)}; best other arm: {best_other(choices)}"
+                  + "".join(f"; {a}'s choice is at the {c['edge']} edge of its candidates (raise --extend)"
+                            for a, c in choices.items() if c["edge"]), flush=True)
         if phase == 0:  # the source's arms need only the first phase's rates: they run before the rest is chosen
-            run([j for j in reported_plan(args, out, blocks, picked) if j.name.split("_")[0] not in OTHERS],
-                "mamba_fl real text: central, FedAvg, FedFisher")
+            run([j for j in reported_plan(args, out, blocks, chosen_flags(choices)) if j.name.split("_")[0]
+                 not in OTHERS], "mamba_fl real text: central, FedAvg, FedFisher")
     block = "mamba_fl.source-report" if suffix else "mamba_fl.real-report"  # mamba_fl/results.py's tables
     tables = f"python -m common.results --show {block} --records {figures}={out}"
     draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out {figures}; {tables}"
-    outcome = run(reported_plan(args, out, blocks, picked), "mamba_fl real text", draw)
+    outcome = run(reported_plan(args, out, blocks, chosen_flags(choices), best_other(choices)), "mamba_fl real text",
+                  draw)
     if outcome.complete and not args.dry_run and args.only is None:  # the figures of a complete grid; its tables:
         jobs.draw("plots/plot_mamba.py", "--runs", str(out / "runs"), "--out", figures)
         print(f"tables: {tables}", flush=True)
-    return {"chosen": picked["chosen"], "best_other": picked.get("best_other"), "complete": outcome.complete,
+    return {"chosen": chosen_flags(choices), BEST_OTHER: best_other(choices), "complete": outcome.complete,
             "status": outcome.status}
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from common import plateau, stats, study, study_report
 from common import results as RS
-from common.errors import check
 from mamba_fl import real_grid, results_synthetic
 from mamba_fl.real_grid import FEDERATED
 
@@ -165,11 +164,20 @@ def selection_notes(folder: str = RECORDS) -> dict:
 
 @cache
 def _selection_notes(path: Path) -> dict:
-    check(path.is_file(), f"{path}: no such file (real_grid.py writes the selection beside runs/ in its out-dir)")
-    record = json.loads(path.read_text(encoding="utf-8"))
-    notes = {arm: study_report.edge_note(record["scores"][arm], value, flag[2:])
-             for arm, choice in record["chosen"].items() for flag, value in choice.items()}
-    return {arm: note for arm, note in notes.items() if note}
+    record = study.read_selection(path, f"{path}: no such file (real_grid.py writes the selection beside runs/ in its "
+                                        "out-dir)")
+    return {arm: f"{choice['flag'][2:]} at the {choice['edge']} edge of its grid"
+            for arm, choice in _arms(record).items() if choice["edge"]}
+
+
+def _arms(record: dict) -> dict:
+    """{arm: its choice} of a selection record of real_grid.py: every setting but ``BEST_OTHER``."""
+    return {arm: choice for arm, choice in record["choices"].items() if arm in real_grid.CHOICES}
+
+
+def _score(value, digits: int = 2) -> str:
+    """A selection score as a table shows it: the number, or the word saying why there is none ("diverged")."""
+    return value if isinstance(value, str) else f"{value:.{digits}f}"
 
 
 def real_notes(name: str, stage: str, folder: str = RECORDS) -> list[str]:
@@ -485,16 +493,16 @@ def fisher_headline() -> str:
                  "summary.json; the runs shared the machine unevenly).")
 
 
-def selection() -> dict:
-    return json.loads((RS.path(RECORDS) / "selection.json").read_text(encoding="utf-8"))
+def selection(folder: str = RECORDS) -> dict:
+    """The selection record beside ``folder``'s runs (``study.read_selection``)."""
+    return study.read_selection(RS.path(folder) / study.SELECTION_FILE)
 
 
 def entropy() -> str:
     """FedEntropy's chosen temperature, its client weights there (metrics.jsonl of the reported runs) and at the
     other temperatures (the selection runs), and its verdicts at equal compute."""
-    record = selection()
-    chosen = record["chosen"]["fedentropy"]["--temperature"]
-    scores = record["scores"]["fedentropy"]
+    choice = selection()["choices"]["fedentropy"]
+    chosen, scores = choice["chosen"], choice["scores"]
     weights, ratios = [], []
     for k in HEADLINE:
         for r in grid(RECORDS)[k]["fedentropy"]:
@@ -507,7 +515,7 @@ def entropy() -> str:
                                "entropy_weight_ratio") for t in scores if float(t) < chosen}
     one, two = (table(RECORDS, k) for k in HEADLINE)
     return minus(f"Its temperature, chosen on validation, is {chosen:g} (best validation perplexity per temperature: "
-                 + ", ".join(f"{t}: {v:.2f}" for t, v in scores.items()) + f"): there its weights stay within "
+                 + ", ".join(f"{t}: {_score(v)}" for t, v in scores.items()) + f"): there its weights stay within "
                  f"{min(weights):.3f}-{max(weights):.3f} (largest / smallest at most {max(ratios):.3f} in any "
                  f"evaluation of any reported run), and FedEntropy − FedAvg at equal compute is "
                  f"{said(one['fedentropy', 'budget'])} at 1 layer and {said(two['fedentropy', 'budget'])} at 2 "
@@ -529,9 +537,9 @@ def fisher_local() -> str:
 
 def hand_check() -> str:
     """The selection's FedAvg run against the reported seeds' best validation perplexity (1 layer)."""
-    record, k = selection(), HEADLINE[0]
-    lr = record["chosen"]["fedavg"]["--lr"]
-    won = next(v for c, v in record["scores"]["fedavg"].items() if float(c) == lr)
+    choice, k = selection()["choices"]["fedavg"], HEADLINE[0]
+    lr = choice["chosen"]
+    won = study.numeric_scores(choice)[lr]
     best = values(grid(RECORDS)[k]["fedavg"], "plateau val")
     return (f"Its FedAvg run (seed {real_grid.SELECTION_SEED}, the selection's winner at lr {lr:g}) reached {won:.2f} "
             f"on validation; the {len(best)} reported seeds reach {RS.range_of(best.values())} (mean "
@@ -557,27 +565,25 @@ def real_selection() -> str:
     stopped the run, the choice, and how many extensions past an edge it took (selection.json and select_*)."""
     record = selection()
     rows = ["| arm, setting | candidates: best validation ppl (where the rule stopped it) | chosen |", "|---|---|---|"]
-    for arm, scores in record["scores"].items():
-        flag, grid_values = real_grid.CHOICES[arm]
-        (chosen,) = record["chosen"][arm].values()
-        named = isinstance(grid_values[0], str)  # a name (--fisher-method), not a number
-        shown = chosen if named else f"{chosen:g}"
-        cells = [f"{c}: {scores[c]:.2f} ({_stop(selection_run(arm, c))})"
-                 for c in (scores if named else sorted(scores, key=float))]
+    for arm, choice in _arms(record).items():
+        scores, chosen = choice["scores"], choice["chosen"]
+        named = isinstance(real_grid.CHOICES[arm][1][0], str)  # a name (--fisher-method), not a number
+        shown = study.candidate_key(chosen)
+        cells = [f"{c}: {scores[c]:.2f} ({_stop(selection_run(arm, c))})" if not isinstance(scores[c], str) else
+                 f"{c}: {scores[c]}" for c in (scores if named else sorted(scores, key=float))]
         cells = [f"**{text}**" if text.split(":")[0] == shown else text for text in cells]
-        added = 0 if named else sum(float(c) not in grid_values for c in scores)
+        added = len(choice["extended"])
         if len(scores) < 2:
             where = "– (one candidate)"
         else:
-            edge = study_report.edge_note(scores, chosen, "")
-            where = f"{shown}, {'at the edge' if edge else 'inside'}" + (
+            where = f"{shown}, {'at the edge' if choice['edge'] else 'inside'}" + (
                 f" after {added} extension{'s' if added > 1 else ''}" if added else "")
-        rows.append(f"| {SHORT[arm]}, `{flag}` | {', '.join(cells)} | {where} |")
-    other = record["best_other"]
-    best = {a: min(record["scores"][a].values()) for a in real_grid.OTHERS}
+        rows.append(f"| {SHORT[arm]}, `{choice['flag']}` | {', '.join(cells)} | {where} |")
+    other = record["choices"][real_grid.BEST_OTHER]
+    best = other["scores"]  # each other arm's chosen candidate's score
     return "\n".join(rows) + (
-        f"\n\nThe best other arm is {SHORT[other]} ({best[other]:.2f}, against "
-        + " and ".join(f"{SHORT[a]}'s {best[a]:.2f}" for a in real_grid.OTHERS if a != other) + ").")
+        f"\n\nThe best other arm is {SHORT[other['chosen']]} ({_score(best[other['chosen']])}, against "
+        + " and ".join(f"{SHORT[a]}'s {_score(best[a])}" for a in real_grid.OTHERS if a != other["chosen"]) + ").")
 
 
 def above(a: float, b: float) -> str:
@@ -687,11 +693,9 @@ def source_depth() -> str:
 
 def source_caveats() -> str:
     """The source-size selection at the edge of its candidates, and central's best validation steps."""
-    record = json.loads((RS.path(SOURCE) / "selection.json").read_text(encoding="utf-8"))
     parts = []
-    for arm, choice in record["chosen"].items():
-        (flag, value), = choice.items()
-        scores = {float(c): v for c, v in record["scores"][arm].items() if v is not None}
+    for arm, choice in _arms(selection(SOURCE)).items():
+        value, scores = choice["chosen"], study.numeric_scores(choice)
         near = max((c for c in scores if c != value), key=lambda c: -abs(c - value))
         parts.append(f"{SHORT[arm]} {scores[value]:.1f} at {value:g} against {scores[near]:.1f} at {near:g}")
     steps = sorted({r["summary"]["best_at"] for r in grid(SOURCE)[(1, "contiguous", "k4m4")]["central"]})

@@ -30,10 +30,26 @@ def test_read_json_refuses_nan_infinity_and_deep_nesting(tmp_path, kind):
         read_json(path)
 
 
-SELECTIONS = {**BAD_JSON, "unknown-arm": '{"chosen": {"fedprox": {"--lr": 0.01}}}',
-              "other-flag": '{"chosen": {"fedavg": {"--out-dir": "/tmp"}}}',
-              "string-rate": '{"chosen": {"fedavg": {"--lr": "nan"}}}',
-              "best-other": '{"chosen": {}, "best_other": "central"}', "scores": '{"chosen": {}, "scores": 3}'}
+def _selection(**choices) -> str:
+    """A selection.json of common.study's layout holding ``choices`` {setting: (flag, chosen, scores)}."""
+    return json.dumps({"study": "mamba_fl real", "criterion": "", "runs": {"seeds": [100]}, "choices": {
+        setting: {"flag": flag, "split": "validation", "metric": "best_val_ppl", "direction": "min", "scores": scores,
+                  "chosen": chosen, "edge": None, "beyond": None, "extended": []}
+        for setting, (flag, chosen, scores) in choices.items()}})
+
+
+# real_grid.py --selection: each a bad input of the selection record's layout, and the words of its refusal
+SELECTIONS = {**{k: (BAD_JSON[k], "nested too deeply" if k == "deep" else "not JSON") for k in ("deep", "not-json")},
+              "array": (BAD_JSON["array"], "not a selection record"),
+              "nan": (_selection(fedavg=("--lr", 0.01, {"0.01": float("nan")})), "NaN is not a JSON number"),
+              "infinity": (_selection(fedavg=("--lr", float("inf"), {"inf": 50.0})), "Infinity is not a JSON number"),
+              "old-layout": ('{"chosen": {"fedavg": {"--lr": 0.01}}, "scores": {"fedavg": {"0.01": 50.0}}}',
+                             "not a selection record"),
+              "unknown-arm": (_selection(fedprox=("--lr", 0.01, {"0.01": 50.0})), "'fedprox' is no arm"),
+              "other-flag": (_selection(fedavg=("--out-dir", "/tmp", {"/tmp": 50.0})), "fedavg chooses --lr only"),
+              "string-rate": (_selection(fedavg=("--lr", "nan", {"nan": 50.0})), "--lr only, as a number"),
+              "best-other": (_selection(best_other=("arm", "central", {"central": 50.0})), "'central' is not one of"),
+              "scores": (_selection(fedavg=("--lr", 0.01, 3)), "not a selection record")}
 
 
 @pytest.mark.parametrize("kind", list(SELECTIONS))
@@ -42,10 +58,11 @@ def test_real_grid_refuses_a_bad_selection_file_before_any_work(tmp_path, capsys
     for f in data:
         f.write_text(" = A = \n text \n")
     selection = tmp_path / "selection.json"
-    selection.write_text(SELECTIONS[kind])
+    text, why = SELECTIONS[kind]
+    selection.write_text(text)
     err = one_line_error(real_grid.main, ["--data", *map(str, data), "--selection", str(selection), "--out-dir",
                                           str(tmp_path / "grid")], capsys)
-    assert "--selection" in err or "selection.json" in err, err
+    assert f"--selection {selection}" in err and why in err, err
     assert not (tmp_path / "grid").exists()
 
 

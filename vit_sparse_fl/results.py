@@ -5,12 +5,11 @@ Records: ``RECORDS/r<rounds>/runs/<setting>_seed<seed>/`` (args.json, summary.js
 table is the study run_all_experiments.py's table declares (``mask_study``: its ``table_study``), one Holm family:
 every row against dense FedAvg and against the head-only probe, test accuracy and interference; its verdicts go
 through ``common.study_report``, with each arm's plateau (``PLATEAU``, against the longer runs the suite's table does
-not know of) and selection (``r<rounds>/selection_R<rounds>.json``) beside them.
+not know of) and selection (``r<rounds>/runs/selection.json``, ``common.study``'s selection record) beside them.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from functools import cache
 
@@ -62,9 +61,9 @@ def mask_study(rounds: int, shard: str, sparsity: float) -> study.Study:
     return dataclasses.replace(s, budgets={f"R{rounds}": (), "R768": ("--rounds", "768")}, plateau=PLATEAU)
 
 
-@cache
 def selection(rounds: int) -> dict:
-    return json.loads((RS.path(RECORDS) / f"r{rounds}" / f"selection_R{rounds}.json").read_text(encoding="utf-8"))
+    """The selection record of the synthetic-CIFAR suite at R = ``rounds``."""
+    return picked(f"r{rounds}")
 
 
 def notes(rounds: int):
@@ -99,8 +98,9 @@ def seeds_of(folder: str) -> tuple[int, ...]:
 
 @cache
 def picked(folder: str) -> dict:
-    """The suite's selection.json (every selection score and the rate chosen per setting)."""
-    return json.loads((RS.path(RECORDS) / folder / "runs" / "selection.json").read_text(encoding="utf-8"))
+    """The suite's selection.json (``study.read_selection``: every selection score and the rate chosen per
+    setting)."""
+    return study.read_selection(RS.path(RECORDS) / folder / "runs" / "selection.json")
 
 
 def values(folder: str, key: str, metric: str = "test_accuracy") -> dict:
@@ -260,20 +260,22 @@ def base() -> str:
 def r192_selection() -> str:
     """The selection stage of R = 192: each named setting's validation accuracy at every rate and its pick."""
     sel = selection(192)
+    choices, chosen = sel["choices"], study.chosen(sel)
 
     def scores(key: str) -> str:
-        shown = ", ".join(f"{lr} → {v if isinstance(v, str) else f'{v:.2f}'}" for lr, v in sel["scores"][key].items())
-        return f"{key} chose {sel['chosen'][key]:g} ({shown})"
+        shown = ", ".join(f"{lr} → {v if isinstance(v, str) else f'{v:.2f}'}"
+                          for lr, v in choices[key]["scores"].items())
+        return f"{key} chose {chosen[key]:g} ({shown})"
 
     keys = ["fedavg_nc2", "fedavg_iid", "probe_nc2_head", "probe_iid_head"]
-    top = [k for k in sel["scores"] if k.startswith("sparse_nc2") and not isinstance(sel["scores"][k].get("1"), str)]
-    high = sorted(k for k in sel["chosen"] if k.startswith("sparse_nc2") and sel["chosen"][k] == 0.1)
+    top = [k for k in choices if k.startswith("sparse_nc2") and 1.0 in study.numeric_scores(choices[k])]
+    high = sorted(k for k, lr in chosen.items() if k.startswith("sparse_nc2") and lr == 0.1)
     return minus(
-        f"- Selection runs (R = {sel['rounds']}, seed {sel['seed']}; final validation accuracy by rate): "
-        + "; ".join(scores(k) for k in keys) + ".\n"
+        f"- Selection runs (R = {sel['runs']['rounds']}, seed {', '.join(map(str, sel['runs']['seeds']))}; final "
+        "validation accuracy by rate): " + "; ".join(scores(k) for k in keys) + ".\n"
         f"- At Nc = 2 and rate 1.0 the masks reach at most "
-        f"{max(sel['scores'][k]['1'] for k in top):.2f} on validation (or diverge); the Nc = 2 masks that chose 0.1: "
-        f"{', '.join(label(k) for k in high)}.")
+        f"{max(study.numeric_scores(choices[k])[1.0] for k in top):.2f} on validation (or diverge); the Nc = 2 masks "
+        f"that chose 0.1: {', '.join(label(k) for k in high)}.")
 
 
 def r192_more() -> str:
@@ -505,7 +507,7 @@ def budgets_more() -> str:
     inter = lambda fam, f: "; ".join(  # noqa: E731
         f"{label(k)} − dense {said(fam, k, dense, 'interference')}" for k in (ls, probe))
     seeds = lambda f, k: ", ".join(f"{v:.1f}" for _, v in sorted(values(f, k).items()))  # noqa: E731
-    sel48 = picked("text_r48")
+    sel48 = study.chosen(picked("text_r48"))
     return minus(
         f"- R = 96, random s = 0.9 {cell('text_r96', rnd)} (rate {rate('text_r96', rnd)}): − dense "
         f"{said(r96, rnd, dense)}, − the probe {said(r96, rnd, probe)}, interference "
@@ -522,7 +524,7 @@ def budgets_more() -> str:
         "- R = 48, the two cells with a collapsed seed: dense FedAvg at Nc = 2 (rate "
         f"{rate('text_r48', 'fedavg_nc2')}, at R = 24 {rate(TEXT, 'fedavg_nc2')}) {cell('text_r48', 'fedavg_nc2')}, "
         f"by seed {seeds('text_r48', 'fedavg_nc2')}; "
-        f"least_sensitive on IID shards (rate {sel48['chosen']['sparse_iid_s0.9_least_sensitive']:g}) by seed "
+        f"least_sensitive on IID shards (rate {sel48['sparse_iid_s0.9_least_sensitive']:g}) by seed "
         f"{seeds('text_r48', 'sparse_iid_s0.9_least_sensitive')}. The rest of Nc = 2 at R = 48: least_sensitive "
         f"{cell('text_r48', 'sparse_nc2_s0.9_least_sensitive')}, the probe {cell('text_r48', 'probe_nc2_head')}, "
         f"least_sensitive − the probe {said(nc2_48, 'sparse_nc2_s0.9_least_sensitive', 'probe_nc2_head')}; "

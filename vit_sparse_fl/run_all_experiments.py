@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -82,6 +81,8 @@ TEXT_GRIDS = {"fedavg": [0.003, 0.01, 0.03, 0.1], "sparse": [0.01, 0.03, 0.1, 0.
 # --select-seed, validation examples from the training classes' training split), ties to the smaller rate; a rate
 # at the edge of those tried adds one beyond it (to one significant digit), Design.edge_steps times
 SELECTION = study.Grid("--lr", tuple(VIT_GRID), "final_val_accuracy", "max", split="validation", digits=1)
+CRITERION = ("best final validation accuracy of the selection run (ties: the smaller rate); validation images from "
+             "the training classes' training split")
 # the ViT suite's names, which its settings and the tests read
 J, WARMUP, M, SHARDS = VIT.local_steps, VIT.warmup, VIT.per_round, VIT.shards
 
@@ -214,6 +215,11 @@ def lr_grid(args, setting: str) -> list[float]:
     return args.lr_grid or (TEXT_GRIDS[setting.split("_")[0]] if args.text else VIT_GRID)
 
 
+def study_name(args) -> str:
+    """The suite as its selection.json names it: 'vit_sparse_fl vit_suite_R192' (its default out-dir's name)."""
+    return f"vit_sparse_fl {Path(design(args).out_prefix).name}{args.rounds}"
+
+
 def select_rounds(args) -> int:
     return max(1, args.rounds // design(args).select_fraction)
 
@@ -245,35 +251,37 @@ def check_runs(args, out: Path, base: str, rates: dict[str, float] | None) -> No
 
 
 def choose(args, out: Path, base: str) -> dict[str, float]:
-    """{setting: rate} from the selection runs (a diverged or missing run is never chosen); scores and choices
-    in <out>/selection.json, keeping those of settings outside this call's plan."""
-    path = out / "selection.json"
-    record = json.loads(path.read_text()) if path.is_file() else {}
-    scores, chosen = record.get("scores", {}), record.get("chosen", {})
+    """{setting: rate} from the selection runs (``SELECTION``'s rule: a diverged or missing run is never chosen); every
+    rate's score, the choice, its edge and the rates tried beyond the setting's grid in <out>/selection.json
+    (``study.write_selection``), keeping the choices of settings outside this call's plan."""
+    choices = {}
     for name, _, _ in settings(args, base, select_rounds(args)):   # every rate tried: the grid's and the edges'
-        for folder in sorted((out / "selection").glob(f"{name}_lr*_seed{args.select_seed}")):
+        summaries = {}
+        for folder in (out / "selection").glob(f"{name}_lr*_seed{args.select_seed}"):
             f = folder / "summary.json"
-            summary = json.loads(f.read_text()) if f.is_file() else {}
-            val = "diverged" if summary.get("status") == "diverged" else summary.get("final_val_accuracy")
-            scores.setdefault(name, {})[folder.name[len(name) + 3:-len(f"_seed{args.select_seed}")]] = val
-    picks = {setting: SELECTION.choose({float(lr): [v if isinstance(v, (int, float)) else math.nan]  # "diverged"
-                                        for lr, v in by_rate.items()}) for setting, by_rate in scores.items()}
-    chosen |= {setting: p.value for setting, p in picks.items() if p.value is not None}
-    atomic_write_json(path, {"criterion": "best final validation accuracy of the selection run (ties: the smaller "
-                                          "rate); validation images from the training classes' training split",
-                             "rounds": select_rounds(args), "seed": args.select_seed,
-                             "lr_grid": args.lr_grid or (TEXT_GRIDS if args.text else VIT_GRID),
-                             "scores": scores, "chosen": chosen,
-                             "edge": {setting: p.edge for setting, p in picks.items() if p.at_edge}})
-    return chosen
+            summaries[float(folder.name[len(name) + 3:-len(f"_seed{args.select_seed}")])] = \
+                json.loads(f.read_text()) if f.is_file() else None
+        if not summaries:
+            continue
+        summaries = dict(sorted(summaries.items()))
+        grid = dataclasses.replace(SELECTION, values=tuple(lr_grid(args, name)))
+        why = {lr: s["status"] for lr, s in summaries.items() if s and s.get("status", "complete") != "complete"}
+        choices[name] = study.choice_record(grid, grid.pick({lr: [s] for lr, s in summaries.items()}),
+                                            extended=[lr for lr in summaries if lr not in grid.values], why=why)
+    record = study.write_selection(
+        out / "selection.json", study_name(args), CRITERION, choices, keep=True,
+        rounds=select_rounds(args), seeds=[args.select_seed],
+        grid=args.lr_grid or (TEXT_GRIDS if args.text else VIT_GRID))
+    return {name: rate for name, rate in study.chosen(record).items() if rate is not None}
 
 
-def edge_rates(args, chosen: dict[str, float], path: Path) -> dict[str, float]:
-    """{setting: the next rate to try} where the chosen rate is the smallest or largest tried (diverged counts):
-    one step beyond it at the ratio to its neighbour, to one significant digit (``study.beyond_edge``)."""
-    scores = json.loads(path.read_text())["scores"] if path.is_file() else {}
-    beyond = {name: study.beyond_edge([float(lr) for lr in scores.get(name, {})], chosen[name], SELECTION.digits)[1]
-              for name, _, _ in settings(args, "", select_rounds(args)) if name in chosen}
+def edge_rates(args, path: Path) -> dict[str, float]:
+    """{setting of the plan: the next rate to try} where selection.json's choice is the smallest or largest rate
+    tried (diverged counts): its "beyond", one step past it at the ratio to its neighbour, to one significant digit
+    (``SELECTION.digits``, ``study.beyond_edge``)."""
+    choices = study.read_selection(path)["choices"] if path.is_file() else {}
+    beyond = {name: choices[name]["beyond"] for name, _, _ in settings(args, "", select_rounds(args))
+              if name in choices}
     return {name: lr for name, lr in beyond.items() if lr is not None}
 
 
@@ -355,12 +363,14 @@ def spent(groups: dict[str, list[dict]], matched: str):
 
 
 def rate_notes(selection: dict):
-    """notes(setting, metric) -> ['rate at the high edge of its grid'] where the suite's selection (selection.json:
-    its "scores" and "chosen") chose the smallest or largest rate it tried; [] inside the grid or not selected."""
+    """notes(setting, metric) -> ['rate at the high edge of its grid'] where the suite's selection (a selection.json,
+    ``study.read_selection``; {} none) chose the smallest or largest rate it tried; [] inside the grid or not
+    selected."""
     def of(key: str, _: str = "") -> list[str]:
-        if key not in selection.get("chosen", {}):
+        choice = selection.get("choices", {}).get(key)
+        if choice is None or choice["chosen"] is None:
             return []
-        edge = study_report.edge_note(selection["scores"].get(key, {}), selection["chosen"][key], "rate")
+        edge = study_report.edge_note(choice["scores"], choice["chosen"], "rate")
         return [edge] if edge else []
     return of
 
@@ -442,7 +452,7 @@ def make_table(args, out: Path, base: str) -> tuple[str, dict]:
     g = load_settings(args, out, base)
     lines, record, seeds = [], {}, tuple(range(args.num_runs))
     path = out / "selection.json"
-    notes = rate_notes(json.loads(path.read_text()) if path.is_file() else {})
+    notes = rate_notes(study.read_selection(path) if path.is_file() else {})
 
     def section(title: str, refs: list[tuple[str, str]], rows: list[tuple[str, str]], interference: bool = False,
                 matched: str = "equal samples"):
@@ -561,7 +571,7 @@ def main(argv=None) -> dict:
             trained += train(plan(args, base), out / "selection", "learning-rate selection")
             rates = choose(args, out, base)
             for step in range(design(args).edge_steps):         # a rate at the grid's edge: one step beyond
-                extra = edge_rates(args, rates, out / "selection.json")
+                extra = edge_rates(args, out / "selection.json")
                 if not extra:
                     break
                 trained += train(plan(args, base, extra=extra), out / "selection",

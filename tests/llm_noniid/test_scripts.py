@@ -13,7 +13,7 @@ import procs
 import pytest
 from clicases import LLM_SMOKE, one_line_error, the_run
 
-from common import cli
+from common import cli, study
 from common import stats as S
 from common.config import parse_with_config
 from llm_noniid import data as llm_data
@@ -317,6 +317,46 @@ def test_selection_stops_when_a_run_failed(tmp_path, monkeypatch):
     assert not (tmp_path / "selection.json").exists()
 
 
+def test_a_selection_json_of_another_layout_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A selection.json not in ``common.study``'s layout (the one written before it) is refused naming the file,
+    never read as a choice; removing it selects again."""
+    monkeypatch.setattr(E, "base_folder", lambda args: "base")
+    (tmp_path / "selection.json").write_text(json.dumps({"base": "base", "rounds": 30, "seed": 100,
+                                                         "learning_rate": 0.01, "mu": {"iid": "0.001"}}))
+    args = argparse.Namespace(out_dir=str(tmp_path), regime="pretrained", rounds=None, split_csv="x.csv", jobs=1,
+                              threads=1)
+    with pytest.raises(cli.UsageError, match="selection.json: not a selection record .*remove it to select again"):
+        E.select(args, [])
+
+
+def test_a_diverged_selection_run_is_recorded_as_diverged(tmp_path, monkeypatch):
+    """A diverged selection run scores the word "diverged" in selection.json (valid JSON, no Infinity) and is never
+    chosen; the rate and mus are written as the grids take them."""
+    monkeypatch.setattr(E, "base_folder", lambda args: "base")
+    monkeypatch.setattr(E, "split_data", lambda csv, out: out)
+    monkeypatch.setattr(llm_data, "split_ag_news_csv", lambda *a, **kw: tmp_path / "select" / "data")
+    monkeypatch.setattr(E.jobs, "run_plan", lambda plan, **kw: None)
+    def summary_of(job):  # FedAvg diverges at the largest rate; FedProx is best at the largest mu
+        flag = lambda name: job.argv[job.argv.index(name) + 1] if name in job.argv else None  # noqa: E731
+        if flag("--mu") is None:
+            return {"status": "diverged", "final_val_ppl": math.inf} if flag("--learning-rate") == E.LR_GRID[-1] \
+                else {"status": "complete", "final_val_ppl": 60.0 - E.LR_GRID.index(flag("--learning-rate"))}
+        return {"status": "complete", "final_val_ppl": 50.0 - E.MUS.index(flag("--mu"))}
+
+    monkeypatch.setattr(E.jobs, "summary_of", summary_of)
+    args = argparse.Namespace(out_dir=str(tmp_path), regime="pretrained", rounds=None, split_csv="x.csv", jobs=1,
+                              threads=1)
+    setting = E.select(args, [])
+    text = (tmp_path / "selection.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    record = study.read_selection(tmp_path / "selection.json")
+    assert record["choices"]["learning_rate"]["scores"][E.LR_GRID[-1]] == "diverged"
+    assert record["runs"] == {"base": "base", "rounds": E.PRETRAINED_ROUNDS // 2, "seeds": [E.SELECT_SEED]}
+    assert record["choices"]["learning_rate"]["chosen"] == float(E.LR_GRID[-2])  # the best that did not diverge
+    assert record["choices"]["mu/iid"]["edge"] == "high"
+    assert setting == {"learning_rate": float(E.LR_GRID[-2]), "mu": {p: E.MUS[-1] for p, _ in E.SELECT_PARTS}}
+
+
 def test_a_shorter_run_is_extended_only_under_a_constant_learning_rate(tmp_path):
     """A cosine schedule is laid out over the run's length: a shorter run of the arm is not extended (train.py
     would refuse --extend), the runner reports it as another run instead."""
@@ -345,21 +385,25 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
             "--max-train-examples", "160", "--max-eval-examples", "32", "--num-clients", "4", "--local-steps", "2",
             "--seq-len", "24"]
     E.main(["--mode", "headline", *argv])
-    chosen = json.loads((root / "selection.json").read_text())
-    assert chosen["rounds"] == 2 and chosen["learning_rate"] in (0.05, 0.5)
-    assert chosen["base"] == os.path.relpath(base)  # records keep paths relative to the working directory
+    record = study.read_selection(root / "selection.json")  # common.study's record
+    chosen = E.setting_of(record)
+    assert record["runs"]["rounds"] == 2 and chosen["learning_rate"] in (0.05, 0.5)
+    assert record["runs"]["base"] == os.path.relpath(base)  # records keep paths relative to the working directory
+    assert list(record["choices"]) == ["learning_rate", "mu/iid", "mu/topic a=0.01"]
+    assert list(record["choices"]["learning_rate"]["scores"]) == ["0.05", "0.5"]
     assert set(chosen["mu"]) == {"iid", "topic a=0.01"} and all(m in ("0.01", "1") for m in chosen["mu"].values())
     texts = lambda f: {tuple(r) for r in csv.reader(open(f, encoding="utf-8"))}  # noqa: E731
     assert not texts(root / "select" / "data" / "train.csv") & texts(root / "data" / "test.csv")
     assert not texts(root / "select" / "data" / "test.csv") & texts(root / "data" / "test.csv")
     runs = [json.loads(p.read_text())["args"] for p in (root / "runs").glob("*/args.json")]
-    # 4 arms x 2 partitions, and the budget check: FedAvg and SCAFFOLD at twice the rounds on each partition
-    assert sorted(a["num_rounds"] for a in runs) == [4] * 8 + [8] * 4
+    # 4 arms x 2 partitions, and the budget check: FedAvg, FedProx (at its chosen mu) and SCAFFOLD at twice the
+    # rounds on each partition
+    assert sorted(a["num_rounds"] for a in runs) == [4] * 8 + [8] * 6
     assert {a["model"] for a in runs} == {os.path.relpath(base)}
     assert {a["lora_r"] for a in runs} == {8} and {(a["local_optimizer"], a["lr_schedule"]) for a in runs} == {
         ("adamw", "cosine")}
     assert {(a["partition"], a["algorithm"]) for a in runs if a["num_rounds"] == 8} == {
-        (p, algo) for p in ("iid", "topic_skew") for algo in ("fedavg", "scaffold")}
+        (p, algo) for p in ("iid", "topic_skew") for algo in ("fedavg", "fedprox", "scaffold")}
     assert {a["learning_rate"] for a in runs} == {chosen["learning_rate"]}
     assert {a["mu"] for a in runs if a["algorithm"] == "fedprox"} == {float(m) for m in chosen["mu"].values()}
     capsys.readouterr()
@@ -378,7 +422,8 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
     # each arm's change is its final perplexity over FedAvg's on the same partition and seed, in percent
     scratch = tmp_path / "scratch"
     shutil.copytree(root / "runs", scratch / "runs")
-    (scratch / "selection.json").write_text(json.dumps({"learning_rate": chosen["learning_rate"]}))
+    study.write_selection(scratch / "selection.json", "stand-in", "its rate", {
+        "learning_rate": record["choices"]["learning_rate"]}, **record["runs"])
     E.main(["--mode", "analyze", "--out-dir", str(root), "--compare-dir", str(scratch)])
     report = (root / "report.md").read_text()
     assert "### Side by side" in report and (root / "figures" / "side_by_side.png").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from common import study
 from lora_glue_fl import glue_tasks, run_grid
 
 
@@ -29,10 +30,15 @@ def test_the_mean_over_selection_seeds_picks_each_familys_rate(tmp_path):
     chosen = run_grid.choose(args)
     assert chosen == {"sst2": {"central": 2e-3, "multi-round": 1e-3, "one-shot": 2e-3, "exact": 5e-4},
                       "mrpc": {"central": 2e-3, "multi-round": 1e-3}}
-    record = json.loads((tmp_path / "selection.json").read_text())["tasks"]
-    assert record["sst2"]["exact"]["scores"]["0.0005"] == 0.75 and record["mrpc"]["central"]["chosen"] == 2e-3
+    record = study.read_selection(tmp_path / "selection.json")   # common.study's record, a setting per task/family
+    assert {study.chosen(record, f"{task}/") == chosen[task] for task in args.tasks} == {True}
+    assert record["runs"]["seeds"] == [100, 101] and record["study"] == "minilm_glue"
+    choices = record["choices"]
+    assert choices["sst2/exact"]["scores"]["0.0005"] == 0.75 and choices["mrpc/central"]["chosen"] == 2e-3
+    assert choices["sst2/central"]["metric"] == "final.selection_accuracy" and choices["mrpc/central"]["split"] == \
+        "selection"
     # the multi-round rate is the smallest tried: selection.json says so (the grid does not extend)
-    assert record["sst2"]["multi-round"]["edge"] == "low" and "edge" not in record["sst2"]["central"]
+    assert choices["sst2/multi-round"]["edge"] == "low" and choices["sst2/central"]["edge"] is None
 
 
 def test_a_rate_at_the_edge_is_extended_past_it_and_chosen_again(tmp_path, monkeypatch):
@@ -65,10 +71,47 @@ def test_a_rate_at_the_edge_is_extended_past_it_and_chosen_again(tmp_path, monke
     result = run_grid.main(argv)
     assert ran == ["mrpc_central_lr0.001_s100", "mrpc_central_lr0.002_s100", "mrpc_central_lr0.0005_s100"]
     assert result["rates"] == {"mrpc": {"central": 5e-4}}
-    record = json.loads((tmp_path / "grid" / "selection.json").read_text())["tasks"]["mrpc"]["central"]
+    record = study.read_selection(tmp_path / "grid" / "selection.json")["choices"]["mrpc/central"]
     assert record["extended"] == [5e-4] and record["edge"] == "low" and record["chosen"] == 5e-4
     assert sorted(record["scores"]) == ["0.0005", "0.001", "0.002"]
     assert run_grid.tried(run_grid.get_args_parser().parse_args(argv)) == {("mrpc", "central"): [5e-4, 1e-3, 2e-3]}
     ran.clear()
     assert run_grid.main(argv)["rates"] == {"mrpc": {"central": 5e-4}} and ran == []   # replayed, not extended
     assert run_grid.main([*argv, "--extend", "0"])["rates"] == {"mrpc": {"central": 1e-3}}   # the edge reported
+
+
+def test_a_task_chosen_again_replaces_its_settings_and_a_diverged_rate_is_named(tmp_path):
+    """selection.json keeps the other tasks' choices and replaces the re-chosen task's whole (a family its new design
+    lacks is not left behind); a rate whose run ended at nan is "diverged", not a score; the old layout is refused
+    in one line naming the file."""
+    import pytest
+
+    from common.errors import UsageError
+
+    def summaries(task, family, scores):
+        key = "selection_" + glue_tasks.get_task(task).main_metric
+        for lr, v in scores.items():
+            folder = tmp_path / "selection" / f"{task}_{family}_lr{lr:g}_s100"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "summary.json").write_text(json.dumps({"final": {key: v}}))
+
+    argv = ["--out-dir", str(tmp_path), "--lr_grid", "1e-3", "2e-3", "5e-3", "--tasks"]
+    for family in ("central", "multi-round", "one-shot", "exact"):
+        summaries("sst2", family, {1e-3: 0.8, 2e-3: 0.9, 5e-3: float("nan")} if family == "central" else
+                  {2e-4: 0.7, 5e-4: 0.8, 1e-3: 0.7, 2e-3: 0.7, 5e-3: 0.7} if family == "exact" else
+                  {1e-3: 0.7, 2e-3: 0.8, 5e-3: 0.7})
+    summaries("mrpc", "central", {1e-3: 0.7, 2e-3: 0.8, 5e-3: 0.7})
+    summaries("mrpc", "multi-round", {1e-3: 0.7, 2e-3: 0.8, 5e-3: 0.7})
+    run_grid.choose(run_grid.get_args_parser().parse_args([*argv, "sst2", "--sst2_design", "merges"]))
+    run_grid.choose(run_grid.get_args_parser().parse_args([*argv, "mrpc"]))
+    record = study.read_selection(tmp_path / "selection.json")
+    assert sorted(record["choices"]) == ["mrpc/central", "mrpc/multi-round", "sst2/central", "sst2/exact",
+                                         "sst2/multi-round", "sst2/one-shot"]
+    assert record["choices"]["sst2/central"]["scores"] == {"0.001": 0.8, "0.002": 0.9, "0.005": "diverged"}
+    assert run_grid.choose(run_grid.get_args_parser().parse_args([*argv, "sst2", "--sst2_design", "small"])) == \
+        {"sst2": {"central": 2e-3, "multi-round": 2e-3}}
+    record = study.read_selection(tmp_path / "selection.json")
+    assert sorted(record["choices"]) == ["mrpc/central", "mrpc/multi-round", "sst2/central", "sst2/multi-round"]
+    (tmp_path / "selection.json").write_text(json.dumps({"criterion": "", "tasks": {}}))   # the layout before
+    with pytest.raises(UsageError, match="selection.json: not a selection record"):
+        run_grid.tried(run_grid.get_args_parser().parse_args([*argv, "sst2"]))

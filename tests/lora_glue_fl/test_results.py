@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from common import results as RS
-from common import stats
+from common import stats, study
 from lora_glue_fl import results as LR
 from lora_glue_fl import run_grid
 
@@ -140,12 +140,13 @@ def write_grid(root, seeds=SEEDS, tasks=("sst2", "mrpc")) -> None:
                 _run(root / "selection", f"{task}_{fam}_lr{rate}_s100", "lora_glue_fl/fedavg_rounds",
                      {"seed": 100, "learning_rate": float(rate)},
                      {**_common(task, 100), "final": {metric: score}}, [{"round": 1, "client": None, metric: score}])
-        picked[task] = {fam: {"metric": metric, "scores": scores, "chosen": rates[fam]}
-                        for fam, scores in grids.items()}
-        picked[task]["central"]["edge"] = "low"
-        if sst2:
-            picked[task]["multi-round"]["edge"] = "high"
-    _write(root / "selection.json", {"criterion": "best final selection metric", "tasks": picked})
+        for fam, scores in grids.items():   # run_grid.py's record: a setting per task/family, its edge (if any)
+            g = study.Grid("--learning_rate", tuple(map(float, scores)), "final." + metric, "max", split="selection")
+            pick = g.choose({float(r): [x] for r, x in scores.items()})
+            assert pick.value == rates[fam]
+            picked[f"{task}/{fam}"] = study.choice_record(g, pick)
+    _write(root / "selection.json", study.selection_record("minilm_glue", "best final selection metric", picked,
+                                                           seeds=[100]))
     _write(root / "grid.json", [g for g in GRID if set(g["rates"]) <= set(tasks)])
 
 
@@ -206,6 +207,17 @@ def test_the_selection_marks_the_edge_and_the_noise(grid):
     sd = math.sqrt(0.854 * 0.146 / SELECTION_N)
     assert f"+0.020 ({0.020 / sd:.1f} sd)" in rows["exact"]          # 0.854 over 0.834
     assert "500 sentences" in text and "| – |" in rows["central"]    # 2e-4: not in the central grid
+
+
+def test_a_rate_without_a_score_shows_why(grid):
+    """A candidate selection.json scores with a word (a diverged run) shows the word, and no margin counts it."""
+    path = grid / study.SELECTION_FILE
+    record = study.read_selection(path)
+    record["choices"]["sst2/exact"]["scores"]["0.0005"] = "diverged"
+    _write(path, record)
+    rows = {line.split(" | ")[0][2:]: line for line in LR.selection_table().splitlines() if line.startswith("| ")}
+    assert "| diverged |" in rows["exact"] and "| +0.028 (" in rows["exact"]   # 0.854 over 0.826, 5e-4 left out
+    assert study.chosen(study.read_selection(path), "mrpc/") == MRPC_RATES
 
 
 def test_the_plateau_rule_can_fail_and_says_what_it_cannot_check(grid):

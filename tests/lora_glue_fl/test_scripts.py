@@ -11,7 +11,7 @@ import pytest
 import torch
 from clicases import one_line_error, the_run
 
-from common import checkpoint, cli, export, jobs, runlog
+from common import checkpoint, cli, export, jobs, runlog, study
 from common.config import parse_with_config
 from lora_glue_fl import (
     adapters,
@@ -393,11 +393,14 @@ def test_run_grid_cells_and_subsets(tmp_path):
     chosen = run_grid.choose(args)
     assert chosen["sst2"] == {"central": 3e-3, "multi-round": 1e-3, "one-shot": 1e-3, "exact": 3e-4}
     assert chosen["mrpc"] == {"central": 3e-3, "multi-round": 1e-3}
-    record = json.loads((tmp_path / "grid" / "selection.json").read_text())
-    assert record["tasks"]["mrpc"]["central"]["scores"] == {"0.001": 0.80, "0.003": 0.82}
+    record = study.read_selection(tmp_path / "grid" / "selection.json")
+    assert record["choices"]["mrpc/central"]["scores"] == {"0.001": 0.80, "0.003": 0.82}
+    assert record["runs"]["seeds"] == [7]
     args.tasks = ["mrpc"]   # a later invocation for one task keeps the other task's choice in selection.json
     assert run_grid.choose(args) == {"mrpc": chosen["mrpc"]}
-    assert set(json.loads((tmp_path / "grid" / "selection.json").read_text())["tasks"]) == {"sst2", "mrpc"}
+    record = study.read_selection(tmp_path / "grid" / "selection.json")
+    assert {k.split("/")[0] for k in record["choices"]} == {"sst2", "mrpc"}
+    assert study.chosen(record, "sst2/") == chosen["sst2"]
     hist = json.loads((tmp_path / "grid/shards/sst2_dir0.1_k4_s1/summary.json").read_text())["label_histograms"]
     assert len(hist) == 4 and all(len(h) == 2 and min(h.values()) >= args.min_per_label for h in hist)
     cat = json.loads((tmp_path / "grid/shards/sst2_category_k4_s0/summary.json").read_text())["label_histograms"]

@@ -9,7 +9,7 @@ import pytest
 from clicases import one_line_error
 
 from common import runs as R
-from common import synthetic
+from common import study, synthetic
 from lora_glue_fl import fedavg_rounds, glue_tasks, main_glue_lora
 
 QUICK = ["--quick", "--quiet", "--task_name", "sst2", "--max_train_samples", "240", "--max_eval_samples", "64"]
@@ -82,10 +82,10 @@ def test_the_grid_reading_of_real_runs_curves_plateau_and_chosen_rates(folder, t
                                      "--seed", seed])
         fedavg_rounds.main(QUICK + ["--data_dir", str(folder), "--rounds", "3", "--local_epochs", "0.5",
                                     "--out-dir", str(root), "--run-name", f"sst2_svd_iid_s{seed}", "--seed", seed])
-    (root / "selection.json").write_text(json.dumps({"criterion": "best final selection accuracy", "tasks": {
-        "sst2": {"central": {"metric": "selection_accuracy", "scores": {"0.001": 0.7, "0.002": 0.8}, "chosen": 0.002},
-                 "multi-round": {"metric": "selection_accuracy", "scores": {"0.001": 0.9, "0.002": 0.8},
-                                 "chosen": 0.001}}}}))
+    g = study.Grid("--learning_rate", (1e-3, 2e-3), "final.selection_accuracy", "max", split="selection")
+    study.write_selection(root / "selection.json", "minilm_glue", "best final selection accuracy", {
+        "sst2/central": study.choice_record(g, g.choose({1e-3: [0.7], 2e-3: [0.8]})),
+        "sst2/multi-round": study.choice_record(g, g.choose({1e-3: [0.9], 2e-3: [0.8]}))}, seeds=[100])
     plot_lora_glue.main(["--runs", str(root), "--out", str(tmp_path / "fig")])
     RS.REDIRECTS[LR.RECORDS] = root
     try:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from common import cli, jobs
+from common import cli, jobs, study
 from common.errors import UsageError
 from mamba_fl import lmdata, real_grid
 
@@ -48,23 +48,30 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
         (out / "runs" / name / "summary.json").write_text(json.dumps(
             {"best_val_ppl": ppl, "unigram_ppl": 1000.0, "status": status}))
     picked = real_grid.choose(sel)
-    assert picked["chosen"] == {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.003}}
-    assert picked["scores"]["central"]["0.03"] is None  # diverged: not a candidate
-    second = real_grid.selection_plan(args, out, blocks, real_grid.PHASES[1], picked["chosen"])
+    chosen = real_grid.chosen_flags(picked)
+    assert chosen == {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.003}}
+    # not candidates, each saying why: diverged, or learned less than token frequencies
+    assert picked["central"]["scores"]["0.03"] == "diverged"
+    assert picked["fedavg"]["scores"]["0.01"] == "at or above the unigram"
+    assert picked["fedavg"]["edge"] == "low" and picked["fedavg"]["beyond"] == 0.0009  # no extension here
+    assert real_grid.BEST_OTHER not in picked  # the second phase's
+    second = real_grid.selection_plan(args, out, blocks, real_grid.PHASES[1], chosen)
     assert all(_flag(j.argv, "--lr") == "0.003" for j in second)  # the second phase at FedAvg's rate
     assert len(second) == 7 and sum("--fisher-method" in j.argv for j in second) == 1
     for j, ppl in zip(second, [70.0, 60.0, 65.0, 62.0, 61.0, 64.0, 59.0]):  # fedentropy x3, fedavgm x3, local
         (out / "runs" / j.name).mkdir(parents=True)
         (out / "runs" / j.name / "summary.json").write_text(json.dumps({"best_val_ppl": ppl, "unigram_ppl": 1e3}))
     found = real_grid.choose(second)
-    assert found["chosen"]["fedentropy"] == {"--temperature": 1.0} and found["best_other"] == "fedfisher-local"
+    assert real_grid.chosen_flags(found)["fedentropy"] == {"--temperature": 1.0}
+    assert found[real_grid.BEST_OTHER]["chosen"] == real_grid.best_other(found) == "fedfisher-local"
+    assert found[real_grid.BEST_OTHER]["scores"] == {"fedentropy": 60.0, "fedavgm": 61.0, "fedfisher-local": 59.0}
     assert real_grid.beyond_edge([0.1, 0.3, 1.0], 1.0) == [0.1, 0.3, 1.0, 3.33]
     assert real_grid.beyond_edge([3e-3, 1e-2, 3e-2], 3e-3) == [9e-4, 3e-3, 1e-2, 3e-2]
     assert real_grid.beyond_edge([0.1, 1.0, 10.0], 1.0) == [0.1, 1.0, 10.0]  # inside: unchanged
     assert real_grid.beyond_edge(["local"], "local") == ["local"]
-    picked = {"chosen": picked["chosen"] | found["chosen"], "best_other": found["best_other"]}
+    chosen, other = chosen | real_grid.chosen_flags(found), real_grid.best_other(found)
 
-    plan = {j.name: j.argv for j in real_grid.reported_plan(args, out, blocks, picked)}
+    plan = {j.name: j.argv for j in real_grid.reported_plan(args, out, blocks, chosen, other)}
     assert all("--test" in a and _flag(a, "--patience") == "5" for a in plan.values())
     assert {n.split("_")[0] for n in plan} == {"central", "central-b4", "fedavg", "fedfisher", "fedfisher-local"}
     assert sum(n.startswith("fedfisher_L1_contiguous_k4m4_plateau") for n in plan) == 5  # the paired seeds
@@ -83,7 +90,7 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     assert _flag(c, "--lr") == "0.01" and _flag(fa, "--lr") == "0.003"
     assert all(_flag(a, "--holdout-fraction") == "0.1" for n, a in plan.items() if not n.startswith("central"))
     everything = real_grid.reported_plan(cli.parse(real_grid.get_args_parser(), argv + ["--block", "all"]), out,
-                                         blocks, picked)
+                                         blocks, chosen, other)
     names = [j.name for j in everything]
     assert {"fedentropy", "fedavgm", "fedfisher-local"} <= {n.split("_")[0] for n in names}
     assert len(names) == len(set(names)) and any("_topic_" in n for n in names) and any("k16m4" in n for n in names)
@@ -91,7 +98,7 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     assert sorted(l4) == sorted(f"{a}_L4_contiguous_k4m4_plateau_s{s}"
                                 for a in ("central", "central-b4", "fedavg", "fedfisher") for s in (0, 1, 2))
     only = real_grid.reported_plan(cli.parse(real_grid.get_args_parser(), argv + ["--only", "*_L2_*", "central_*"]),
-                                   out, blocks, picked)  # a part of the grid: the same runs, fewer of them
+                                   out, blocks, chosen, other)  # a part of the grid: the same runs, fewer of them
     assert [j.name for j in only] == [n for n in plan if "_L2_" in n or n.startswith("central_")]
     assert all(j.argv == plan[j.name] for j in only) and any(n.startswith("central_L1") for n in plan)
     data = tmp_path / "wiki.txt"
@@ -118,10 +125,10 @@ def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys, monkeypatch):
         script.main(tiny(*common, "--rounds", "3", "--eval-every", "1",
                          "--run-name", f"{name}_L1_contiguous_k2m2_plateau_s0"))
     # the selection beside runs/: central's rate at the top of its candidates, FedAvg's inside
-    (grid / "selection.json").write_text(json.dumps({"chosen": {"central": {"--lr": 0.02}, "fedavg": {"--lr": 0.02}},
-                                                     "scores": {"central": {"0.006": 90.0, "0.02": 80.0},
-                                                                "fedavg": {"0.006": 90.0, "0.02": 80.0,
-                                                                           "0.06": 85.0}}}))
+    scores = {"central": {0.006: [90.0], 0.02: [80.0]}, "fedavg": {0.006: [90.0], 0.02: [80.0], 0.06: [85.0]}}
+    study.write_selection(grid / "selection.json", "mamba_fl real", "test", {
+        arm: study.choice_record(real_grid.grid_of(arm), real_grid.grid_of(arm).choose(s))
+        for arm, s in scores.items()})
     monkeypatch.setattr(results, "REDIRECTS", {})  # what --records sets, for this test only
     capsys.readouterr()
     assert results.main(["--show", "mamba_fl.real-report", "--records", f"mamba_fl/results/real={grid}"]) == 0
@@ -171,14 +178,16 @@ def test_selection_extends_a_choice_at_the_edge_of_its_grid(mamba_cache, tmp_pat
                 path.write_text(json.dumps({"best_val_ppl": ppl[arm][value], "unigram_ppl": 1e3}))
         return jobs.Outcome(status={j.name: "finished" for j in plan}, messages={}, seconds=0.0)
 
-    found = real_grid.select(args, out, blocks, ("central", "fedavg"), {"chosen": {}, "scores": {}}, run)
-    assert found["chosen"] == {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.09}}
+    found = real_grid.select(args, out, blocks, ("central", "fedavg"), {}, run)
+    assert real_grid.chosen_flags(found) == {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.09}}
     assert ran.count("select_fedavg_lr0.09") == 1 and ran.count("select_fedavg_lr0.27") == 1  # 0.09 at the edge
     assert len(ran) == len(set(ran)) == 8 and not any("central_lr0.1" in n or "0.001" in n for n in ran)
-    assert found["scores"]["fedavg"]["0.27"] == 79.0
+    assert found["fedavg"]["scores"]["0.27"] == 79.0 and found["fedavg"]["extended"] == [0.09, 0.27]
+    assert found["fedavg"]["edge"] is None and found["central"]["extended"] == []
     args.extend, ran[:] = 0, []  # no extension: the grid's own best, at its edge
-    found = real_grid.select(args, out, blocks, ("central", "fedavg"), {"chosen": {}, "scores": {}}, run)
-    assert found["chosen"]["fedavg"] == {"--lr": 0.03} and ran == []
+    found = real_grid.select(args, out, blocks, ("central", "fedavg"), {}, run)
+    assert real_grid.chosen_flags(found)["fedavg"] == {"--lr": 0.03} and ran == []
+    assert (found["fedavg"]["edge"], found["fedavg"]["beyond"], found["fedavg"]["extended"]) == ("high", 0.09, [])
 
 
 def test_every_planned_command_passes_its_scripts_checks(mamba_cache, tmp_path):
@@ -197,7 +206,7 @@ def test_every_planned_command_passes_its_scripts_checks(mamba_cache, tmp_path):
     chosen = {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.03}, "fedentropy": {"--temperature": 1.0},
               "fedavgm": {"--server-lr": 0.3}}
     plan = [*(j for arms in real_grid.PHASES for j in real_grid.selection_plan(args, out, blocks, arms, chosen)),
-            *real_grid.reported_plan(args, out, blocks, {"chosen": chosen, "best_other": "fedfisher-local"})]
+            *real_grid.reported_plan(args, out, blocks, chosen, "fedfisher-local")]
     per_round = set()
     for j in plan:
         script = importlib.import_module(j.script)
@@ -231,11 +240,15 @@ def test_the_sources_arms_run_between_the_two_selection_phases(mamba_cache, tmp_
     monkeypatch.setattr(real_grid.jobs, "draw", lambda *a: True)  # no figures of stand-in runs
     done = real_grid.main(["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"),
                            "--out-dir", str(out)])
-    assert done["complete"] and done["best_other"] in real_grid.OTHERS
+    assert done["complete"] and done[real_grid.BEST_OTHER] in real_grid.OTHERS
+    record = study.read_selection(out / "selection.json")  # every arm's choice and the best other arm, with why
+    assert set(record["choices"]) == {*real_grid.CHOICES, real_grid.BEST_OTHER}
+    assert record["choices"][real_grid.BEST_OTHER]["chosen"] == done[real_grid.BEST_OTHER]
+    assert record["runs"]["seeds"] == [real_grid.SELECTION_SEED] and "plateau rule" in record["criterion"]
     first = lambda prefix: next(i for i, n in enumerate(order) if n.startswith(prefix))  # noqa: E731
     last = lambda prefix: max(i for i, n in enumerate(order) if n.startswith(prefix))  # noqa: E731
     assert last("select_fedavg_") < first("central_L1") and last("fedfisher_L2") < first("select_fedentropy")
-    assert last("select_fedfisher-local") < first(f"{done['best_other']}_L1")
+    assert last("select_fedfisher-local") < first(f"{done[real_grid.BEST_OTHER]}_L1")
     assert len(order) == len(set(order))
 
 
@@ -256,20 +269,27 @@ def test_selection_file_stands_in_for_the_phases_it_chose(mamba_cache, tmp_path,
 
     monkeypatch.setattr(real_grid.jobs, "run_plan", run_plan)
     earlier = tmp_path / "selection.json"
-    earlier.write_text(json.dumps({"chosen": {"central": {"--lr": 0.02}, "fedavg": {"--lr": 0.05}}}))
+    given = {arm: study.choice_record(real_grid.grid_of(arm), real_grid.grid_of(arm).choose({lr: [50.0]}))
+             for arm, lr in (("central", 0.02), ("fedavg", 0.05))}
+    study.write_selection(earlier, "mamba_fl real", "an earlier grid's", given, seeds=[100])
     argv = ["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"), "--selection", str(earlier)]
     done = real_grid.main([*argv, "--out-dir", str(tmp_path / "a"), "--only", "fedfisher_L1_*", "central_L1_*"])
-    assert not [n for n in ran if n.startswith("select_")] and done["chosen"] == json.loads(earlier.read_text())[
-        "chosen"]
+    assert not [n for n in ran if n.startswith("select_")]
+    assert done["chosen"] == {"central": {"--lr": 0.02}, "fedavg": {"--lr": 0.05}}
+    copied = study.read_selection(tmp_path / "a" / "selection.json")  # the grid's own record says where they came from
+    assert copied["choices"] == given and copied["runs"]["copied_from"] == str(earlier)
     assert {_flag(a, "--lr") for n, a in ran.items() if n.startswith("fedfisher")} == {"0.05"}
     assert {_flag(a, "--lr") for n, a in ran.items() if n.startswith("central")} == {"0.02"}
     ran.clear()  # a run of the second phase's arm needs its selection, at the earlier first-phase choices
     done = real_grid.main([*argv, "--out-dir", str(tmp_path / "b"), "--only", "fedentropy_L1_*"])
     assert {n.split("_")[1] for n in ran if n.startswith("select_")} == set(real_grid.OTHERS)
     assert all(_flag(a, "--lr") == "0.05" for n, a in ran.items() if n.startswith("select_fedentropy"))
-    for bad in ("[1, 2]", '{"chosen": {"central": 0.02}}'):  # refused in one line before anything is written
+    # refused in one line before anything is written: not a record, the old layout, another study's setting
+    for bad, why in (("[1, 2]", "not a selection record"), ('{"chosen": {"central": {"--lr": 0.02}}}',
+                                                            "not a selection record"),
+                     (earlier.read_text().replace('"fedavg"', '"sst2/central"'), "no arm this grid chooses for")):
         earlier.write_text(bad)
-        with pytest.raises(UsageError, match="expected a grid's selection.json"):
+        with pytest.raises(UsageError, match=f"--selection .*{why}"):
             real_grid.main([*argv, "--out-dir", str(tmp_path / "c")])
     earlier.unlink()
     with pytest.raises(UsageError, match="--selection .*: no such file"):
@@ -286,7 +306,7 @@ def test_source_size_runs_the_sources_model_on_the_gpt2_tokenizer(tmp_path):
                                                    "--out-dir", str(tmp_path / "grid")])
     chosen = {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.03}}
     plan = [*real_grid.selection_plan(args, tmp_path, 1000, real_grid.PHASES[0], {}),
-            *real_grid.reported_plan(args, tmp_path, 1000, {"chosen": chosen})]
+            *real_grid.reported_plan(args, tmp_path, 1000, chosen)]
     assert len(plan) == 6 + 2 * (3 + 3 + 5 + 5 + 3)  # 1 and 2 layers: central, 4x batch, FedAvg, FedFisher, other
     for j in plan:
         parsed = cli.parse(importlib.import_module(j.script).get_args_parser(), j.argv)

@@ -1,5 +1,6 @@
-"""real_grid.py's choice on the committed selection runs (mamba_fl/results/real*/runs/select_*): the same values,
-scores and best other arm as the committed selection.json, whatever implementation chooses."""
+"""real_grid.py's choice on the committed selection runs (mamba_fl/results/real*/runs/select_*): the selection run
+again from its first candidates, extended as real_grid.py extends it, gives the committed selection.json's every
+choice (scores, value, edge, the values added past an edge, the best other arm), whatever implementation chooses."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from common import jobs
+from common import jobs, study
 from mamba_fl import real_grid
 
 RESULTS = Path(__file__).resolve().parents[2] / "mamba_fl" / "results"
+# the source-size grid started from an earlier list than CHOICES' (mamba_fl/README.md: "from 3e-4")
+FIRST = {"real": {}, "real_source": {"central": [3e-4, 1e-3, 3e-3], "fedavg": [3e-4, 1e-3, 3e-3]}}
+EXTEND = {"real": {"fedavgm": 3}, "real_source": {}}  # --extend: 2, FedAvgM's server rate given a third
 
 
 def _plan(runs: Path) -> tuple[list[jobs.Job], dict]:
@@ -27,12 +31,33 @@ def _plan(runs: Path) -> tuple[list[jobs.Job], dict]:
 
 @pytest.mark.parametrize("grid", ["real", "real_source"])
 def test_committed_selection_is_chosen_again(grid):
-    committed = json.loads((RESULTS / grid / "selection.json").read_text())
+    committed = study.read_selection(RESULTS / grid / "selection.json")
     plan, candidates = _plan(RESULTS / grid / "runs")
     assert len(plan) >= 10
-    found = real_grid.choose(plan, candidates)
-    assert found["chosen"] == committed["chosen"]
-    assert found["scores"] == committed["scores"]
-    assert found.get("best_other") == committed.get("best_other")
+    records = real_grid.records_of(plan, candidates)
+
+    def trained(values: dict) -> dict:  # study.extended's runs: the committed ones (a KeyError for one not there)
+        return {arm: {v: records[arm][v] for v in values[arm]} for arm in values}
+
+    picks = {}
+    for phase in real_grid.PHASES:  # phase by phase, as real_grid.select runs them
+        arms = [a for a in phase if a in records]
+        if arms:
+            picks |= study.extended({a: real_grid.grid_of(a, FIRST[grid], EXTEND[grid].get(a, 2)) for a in arms},
+                                    trained)
+    found = real_grid.choices_of(picks, records, FIRST[grid])
+    assert found == committed["choices"]
+    assert real_grid.choose(plan, candidates, FIRST[grid]) == found  # the candidates all at once: the same
+    for arm, choice in found.items():  # every committed run was asked for: none left out of the choice
+        assert arm == real_grid.BEST_OTHER or list(choice["scores"]) == [study.candidate_key(v)
+                                                                         for v in candidates[arm]]
     # the source-size grid's rates stopped at the top of their extended candidates: said, not hidden
-    assert found["edge"] == ({"central": "high", "fedavg": "high"} if grid == "real_source" else {})
+    assert {a: c["edge"] for a, c in found.items() if c["edge"]} == (
+        {"central": "high", "fedavg": "high"} if grid == "real_source" else {})
+    assert (real_grid.BEST_OTHER in found) == (grid == "real")
+    # what the selection runs shared, as their args.json have it; the second phase at FedAvg's chosen rate
+    args = {j.name: json.loads((j.run_dir / "args.json").read_text())["args"] for j in plan}
+    assert {a["seed"] for a in args.values()} == set(committed["runs"]["seeds"]) == {real_grid.SELECTION_SEED}
+    assert {a["layers"] for a in args.values()} == {committed["runs"]["layers"]}
+    assert {a["patience"] for a in args.values()} == {committed["runs"]["patience"]}
+    assert {a["lr"] for n, a in args.items() if n.split("_")[1] in real_grid.OTHERS} <= {found["fedavg"]["chosen"]}

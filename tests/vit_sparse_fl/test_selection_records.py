@@ -1,13 +1,14 @@
 """run_all_experiments.py's choice on the committed selection runs (vit_sparse_fl/results/<suite>/runs/selection/): the
-same rates and scores as the committed selection.json, and the same rates beyond a grid's edge, whatever
+committed selection.json (``common.study``'s selection record) written again whole, every rate's score, the rates
+chosen, their edges and the rates tried beyond a grid, and the same rates beyond a grid's edge to try next, whatever
 implementation chooses."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from common import study
 from vit_sparse_fl import run_all_experiments as suite
 
 RESULTS = Path(__file__).resolve().parents[2] / "vit_sparse_fl" / "results"
@@ -17,18 +18,39 @@ SUITES = sorted(p.parent.parent.name for p in RESULTS.glob("*/runs/selection.jso
 EDGES = {"r192": {"probe_iid_head": 3.0, "sparse_iid_s0.9_lowest_magnitude": 3.0, "sparse_iid_s0.9_random": 3.0},
          "r768_rates": {"probe_iid_head": 3.0, "sparse_iid_s0.5_least_sensitive": 3.0},
          "text_r12": {}, "text_r24": {}, "text_r48": {}, "text_r96": {}}
+# the rates tried past a setting's grid (its "extended"): r768_rates' 0.03 below its --lr-grid 0.1 0.3 1, text_r48's
+# rate 9 above the masks' grid
+EXTENDED = {"r768_rates": {"fedavg_nc2": [0.03], "sparse_nc2_s0.9_most_sensitive": [0.03]},
+            "text_r48": {"sparse_iid_s0.9_least_sensitive": [9.0]}}
+
+
+def test_every_suite_has_its_committed_selection():
+    assert SUITES == sorted(EDGES)
 
 
 @pytest.mark.parametrize("name", SUITES)
 def test_committed_selection_is_chosen_again(name, tmp_path, monkeypatch):
-    committed = json.loads((RESULTS / name / "runs" / "selection.json").read_text())
-    rounds = committed["rounds"] * (suite.TEXT if name.startswith("text_") else suite.VIT).select_fraction
-    args = suite.get_args_parser().parse_args(["--rounds", str(rounds)] + (["--text"] if "text" in name else []))
-    monkeypatch.setattr(suite, "settings", lambda *a, **k: [(s, "", []) for s in committed["scores"]])
+    committed = study.read_selection(RESULTS / name / "runs" / "selection.json")
+    runs = committed["runs"]
+    text = name.startswith("text_")
+    rounds = runs["rounds"] * (suite.TEXT if text else suite.VIT).select_fraction
+    argv = ["--rounds", str(rounds), "--select-seed", str(*runs["seeds"])] + (["--text"] if text else [])
+    if not text and runs["grid"] != suite.VIT_GRID:      # a suite run with its own --lr-grid
+        argv += ["--lr-grid", *map(str, runs["grid"])]
+    args = suite.get_args_parser().parse_args(argv)
+    assert (args.lr_grid or (suite.TEXT_GRIDS if text else suite.VIT_GRID)) == runs["grid"]
+    monkeypatch.setattr(suite, "settings", lambda *a, **k: [(s, "", []) for s in committed["choices"]])
     (tmp_path / "selection").symlink_to(RESULTS / name / "runs" / "selection")
     chosen = suite.choose(args, tmp_path, "base.pt")
-    assert chosen == committed["chosen"]
-    saved = json.loads((tmp_path / "selection.json").read_text())
-    assert saved["scores"] == committed["scores"]
-    assert suite.edge_rates(args, chosen, tmp_path / "selection.json") == EDGES[name]
-    assert saved["edge"] == dict.fromkeys(EDGES[name], "high")  # selection.json says which picks are at an edge
+    assert chosen == study.chosen(committed) and None not in chosen.values()
+    saved = study.read_selection(tmp_path / "selection.json")
+    assert saved == committed                       # study, criterion, runs and every setting's choice whole
+    assert (tmp_path / "selection.json").read_text() == (RESULTS / name / "runs" / "selection.json").read_text()
+    for choice in saved["choices"].values():        # every run finished; a diverged one is named so
+        assert all(isinstance(v, float) or v == "diverged" for v in choice["scores"].values())
+        assert {study.candidate_key(lr) for lr in choice["extended"]} <= set(choice["scores"])
+    assert {s: c["extended"] for s, c in saved["choices"].items() if c["extended"]} == EXTENDED.get(name, {})
+    assert suite.edge_rates(args, tmp_path / "selection.json") == EDGES[name]
+    # selection.json says which picks are at an edge, and the rate beyond it
+    assert {s: (c["edge"], c["beyond"]) for s, c in saved["choices"].items() if c["edge"]} == \
+        {s: ("high", lr) for s, lr in EDGES[name].items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from clicases import one_line_error
 
-from common import jobs
+from common import jobs, study
 from common.checkpoint import to_jsonable
 from common.cli import UsageError
 from vit_sparse_fl import federated
@@ -89,9 +89,22 @@ def test_choose_takes_the_best_validation_accuracy_ties_to_the_smaller_rate(tmp_
                                                             {"status": "diverged", "reason": "non-finite loss"}))
     chosen = suite.choose(args, tmp_path, "base.pt")
     assert chosen == {"fedavg_iid": 0.1, "fedavg_nc2": 0.03}
-    saved = json.loads((tmp_path / "selection.json").read_text())
-    assert saved["chosen"] == chosen and saved["rounds"] == 48
-    assert saved["scores"]["fedavg_nc2"]["0.3"] == "diverged" and "1" not in saved["scores"]["fedavg_nc2"]
+    saved = study.read_selection(tmp_path / "selection.json")        # common.study's one layout
+    assert study.chosen(saved) == chosen and saved["runs"] == {"rounds": 48, "seeds": [100], "grid": suite.VIT_GRID}
+    assert saved["study"] == "vit_sparse_fl vit_suite_R192" and saved["criterion"] == suite.CRITERION
+    nc2 = saved["choices"]["fedavg_nc2"]
+    assert nc2["scores"] == {"0.03": 0.4, "0.1": 0.4, "0.3": "diverged"}        # rate 1 never ran
+    assert (nc2["flag"], nc2["metric"], nc2["direction"], nc2["split"]) == ("--lr", "final_val_accuracy", "max",
+                                                                            "validation")
+    assert (nc2["edge"], nc2["beyond"], nc2["extended"]) == ("low", 0.009, [])   # 0.03 is the smallest tried
+    assert saved["choices"]["fedavg_iid"]["edge"] is None
+    # a second call for one setting keeps the others' choices; a selection run without its summary is "missing"
+    (tmp_path / "selection" / "fedavg_iid_lr1_seed100").mkdir()
+    only = suite.get_args_parser().parse_args(["--only", "fedavg_iid"])
+    assert suite.choose(only, tmp_path, "base.pt") == chosen
+    again = study.read_selection(tmp_path / "selection.json")
+    assert again["choices"]["fedavg_nc2"] == nc2 and again["choices"]["fedavg_iid"]["scores"]["1"] == "missing"
+    assert again["choices"]["fedavg_iid"]["chosen"] == 0.1
 
 
 def test_only_restricts_the_plan_and_refuses_unknown_settings():
@@ -165,8 +178,9 @@ def test_results_table_pairs_by_seed_with_holm_over_each_table(monkeypatch, tmp_
               "probe_nc2_head": runs([45, 45, 47], [5, 6, 7]),
               "sparse_nc2_s0.9_least_sensitive": runs([46, 47, 48], [4, 5, 6], calibration=200)}
     monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
-    (tmp_path / "selection.json").write_text(json.dumps({"scores": {"fedavg_nc2": {"0.03": 0.5, "0.1": 0.6}},
-                                                         "chosen": {"fedavg_nc2": 0.1}}))
+    grid = suite.SELECTION
+    study.write_selection(tmp_path / "selection.json", "vit", "best", {"fedavg_nc2": study.choice_record(
+        grid, grid.choose({0.03: [0.5], 0.1: [0.6]}))}, seeds=[100], rounds=48)
     text, record = suite.make_table(suite.get_args_parser().parse_args([]), tmp_path, "base.pt")
     assert record["fedavg_nc2"]["test_accuracy"] == pytest.approx({0: 40.0, 1: 41.0, 2: 42.0})
     row = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| Nc = 2 |")}
@@ -290,7 +304,7 @@ def test_a_rate_chosen_at_the_grids_edge_gets_the_next_rate_beyond_it(tiny, tmp_
         finish(run["name"], vals[run["setting"]][run["lr"]])
     chosen = suite.choose(args, tmp_path, str(tiny[0]))
     assert chosen == {"probe_nc1_head": 3.0, "fedavg_nc1": 0.003, "sparse_nc1_s0.9_random": 0.1}
-    extra = suite.edge_rates(args, chosen, tmp_path / "selection.json")
+    extra = suite.edge_rates(args, tmp_path / "selection.json")
     assert extra == {"probe_nc1_head": 9.0, "fedavg_nc1": 0.0009}
     runs = suite.plan(args, str(tiny[0]), extra=extra)
     assert sorted(r["name"] for r in runs) == ["fedavg_nc1_lr0.0009_seed100", "probe_nc1_head_lr9_seed100"]
@@ -299,5 +313,11 @@ def test_a_rate_chosen_at_the_grids_edge_gets_the_next_rate_beyond_it(tiny, tmp_
     finish("fedavg_nc1_lr0.0009_seed100", 0.9)
     chosen = suite.choose(args, tmp_path, str(tiny[0]))
     assert chosen["probe_nc1_head"] == 3.0 and chosen["fedavg_nc1"] == 0.0009
-    assert json.loads((tmp_path / "selection.json").read_text())["scores"]["probe_nc1_head"]["9"] == "diverged"
-    assert suite.edge_rates(args, chosen, tmp_path / "selection.json") == {"fedavg_nc1": 0.0003}
+    choices = study.read_selection(tmp_path / "selection.json")["choices"]
+    assert choices["probe_nc1_head"]["scores"]["9"] == "diverged" and choices["probe_nc1_head"]["extended"] == [9.0]
+    assert choices["probe_nc1_head"]["edge"] is None                 # 9 was tried: 3 is inside the rates tried
+    assert (choices["fedavg_nc1"]["edge"], choices["fedavg_nc1"]["extended"]) == ("low", [0.0009])
+    assert suite.edge_rates(args, tmp_path / "selection.json") == {"fedavg_nc1": 0.0003}
+    (tmp_path / "selection.json").write_text(json.dumps({"scores": {}, "chosen": {}}))   # the layout before
+    with pytest.raises(UsageError, match="selection.json: not a selection record"):
+        suite.edge_rates(args, tmp_path / "selection.json")
