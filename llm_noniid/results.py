@@ -911,14 +911,21 @@ def pretrained_headline() -> str:
     ref = [refs.cell(k, IID) for k in ("the model before training (random init, or a base's zero-shot)",
                                        "unigram ppl (global validation)", "uniform ppl")]
     below = max(value(grid.cell("final ppl", p, a)) for p in parts for a in grid.arms(p)) < min(map(value, ref))
-    change, flat = budget(RECORDS)
+    checked = dict.fromkeys(r[1] for r in report(RECORDS)["headline grid"][1].rows)  # the arms with a twin
+    budgets = {arm: budget(RECORDS, arm) for arm in checked}
+    flat = [arm for arm, (_, ok) in budgets.items() if ok]
+    unchecked = [a for a in grid.arms(IID) if a not in checked]
+    verdict = ("every one at its plateau by that check" if len(flat) == len(budgets) else
+               f"at the plateau by that check: {', '.join(map(label, flat)) or 'none'}")
     text = (f"Final validation perplexity, mean ± sample sd over {grid.cell('n', IID, 'FedAvg')} seeds; Δ paired by "
             "seed with its 95 % t interval, the verdicts Holm-corrected over the report's headline grid (both "
             f"perplexities). Reference points (iid shards): the base before fine-tuning {ref[0]} (zero-shot), the "
             f"unigram {ref[1]}, the uniform guess {ref[2]}; every headline arm ends "
             f"{'below all three' if below else 'above one of them'}. "
-            f"Budget check: at twice the rounds (the rate decaying over all of them) FedAvg's perplexity changes by "
-            f"{change}: {'at' if flat else 'not at'} its plateau by that check. Topic skew minus iid, FedAvg, paired "
+            "Budget check: at twice the rounds (the rate decaying over all of them) the final perplexity changes by "
+            + "; ".join(f"{label(arm)} {change}" for arm, (change, _) in budgets.items())
+            + f": {verdict}" + (f"; no second budget for {' or '.join(map(label, unchecked))}" if unchecked else "")
+            + ". Topic skew minus iid, FedAvg, paired "
             f"by seed (the report's \"Does the split hurt\"): {split.cell('Δ vs iid (same arm)', TOPIC, 'FedAvg')}.")
     return minus("\n".join(table) + "\n\n" + text)
 
