@@ -68,9 +68,7 @@ CRITERION = ("the lowest final validation perplexity on the selection split (10%
              "extended")
 ARMS_FILE = "arms.json"  # analyze: {run name: [partition, arm]}, the figures' labels
 HEADLINE_PARTS = (("iid", IID), ("topic a=0.01", TOPIC))
-# the headline's arms run again at twice the rounds by --mode headline (FedProx at the mu ``select`` chose; a grid
-# without a choice, the from-scratch regime's, has no FedProx twin)
-BUDGET_ARMS = ("FedAvg", "FedProx", "SCAFFOLD")
+IFCA = ["--clustering", "ifca", "--num-clusters", "4"]  # the headline's clustered arm
 MAIN_PARTS = (("iid", IID), ("topic a=0.1", ["--partition", "topic_skew", "--alpha", "0.1"]),
               ("style (length)", ["--partition", "style_skew", "--style-criterion", "length"]),
               ("token (frequency)", ["--partition", "token_skew", "--token-skew", "frequency"]))
@@ -94,11 +92,17 @@ def algorithms(mus: dict | None, part: str | None = None, sweep: bool = False) -
             ("SCAFFOLD", SCAFFOLD)]
 
 
+def headline_arms(mus: dict | None, part: str) -> list[tuple[str, list[str]]]:
+    """(arm label, flags) of the headline's arms on partition ``part``: ``algorithms`` and FedAvg + IFCA (4)."""
+    return [*algorithms(mus, part), ("FedAvg + IFCA (4)", FEDAVG + IFCA)]
+
+
 def budget_arms(mus: dict | None, part: str) -> list[tuple[str, list[str]]]:
-    """The arms of ``BUDGET_ARMS`` on partition ``part`` that run again at twice the rounds (FedProx only at a
-    chosen mu)."""
-    return [(label, a) for label, a in algorithms(mus, part) if label.split()[0] in BUDGET_ARMS
-            and (not label.startswith("FedProx") or (mus and part in mus))]
+    """The headline's arms that --mode headline runs again at twice the rounds (the plateau's budget check): every
+    one, FedProx only at the mu ``select`` chose (a grid without a choice, the from-scratch regime's, has no FedProx
+    twin)."""
+    return [(label, a) for label, a in headline_arms(mus, part) if not label.startswith("FedProx") or
+            (mus and part in mus)]
 
 
 def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1.0) -> list[tuple[str, str, list]]:
@@ -108,7 +112,6 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
     algos = lambda part=None, sweep=False: algorithms(mus, part, sweep)  # noqa: E731
 
     lp, one = ["--participation-rate", "0.2"], ["--participation-rate", "0.1"]
-    ifca = ["--clustering", "ifca", "--num-clusters", "4"]
     if mode == "failure":
         # the mu sweep and the clustering arms where they matter (topic skew); on iid the contrast arms only
         out, contrast = [], ("FedAvg", f"FedProx mu={(mus or {}).get('iid', '0.1')}", "SCAFFOLD")
@@ -121,15 +124,14 @@ def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1
             if part != "iid":
                 fedavg += [("FedAvg + data clusters", ["--clustering", "data"]),
                            ("local only (10 clusters)", ["--clustering", "data", "--num-clusters", "10"])]
-            fedavg += [("FedAvg + IFCA (4)", ifca),
+            fedavg += [("FedAvg + IFCA (4)", IFCA),
                        (f"FedAvg, {rounds + IFCA_EXTRA_ROUNDS} rounds", rounds_flags(rounds + IFCA_EXTRA_ROUNDS))]
             out += [(part, name, split + FEDAVG + a) for name, a in fedavg]
         return out
     if mode == "main":
         return [(p, name, f + a) for p, f in MAIN_PARTS for name, a in algos(p)]
     if mode == "headline":  # FedProx at the mu ``select`` chose for the partition (at every mu without one)
-        return [(part, name, split + a) for part, split in HEADLINE_PARTS
-                for name, a in (*algos(part), ("FedAvg + IFCA (4)", FEDAVG + ifca))]
+        return [(part, name, split + a) for part, split in HEADLINE_PARTS for name, a in headline_arms(mus, part)]
     if mode == "calibrate":
         # built to fail: divergence (8x the rate, no clipping); drift (8x the local steps, on iid and topic shards);
         # oscillation (one topic-skewed client per round, 8x its local steps, half the rounds)
@@ -600,11 +602,13 @@ def equal_compute_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0,
 
 
 def load_grid(out_dir: Path) -> tuple[list[dict], int, dict]:
-    """A grid's runs, its rounds (the most common, the larger on a tie) and its ``selection.json``, the record
-    ``select`` wrote ({} if none)."""
+    """A grid's runs, its rounds (the most common among the runs not named for another length, the larger on a
+    tie: ``jobs_for`` adds ``_R<rounds>`` to an arm run longer than the grid, such as the budget check's twins) and
+    its ``selection.json``, the record ``select`` wrote ({} if none)."""
     runs = R.load_runs(out_dir / "runs", "*")
     cli.check(bool(runs), f"no runs under {out_dir}/runs; run --mode failure / main / calibrate first")
-    counts = Counter(r["args"]["num_rounds"] for r in runs)
+    plain = [r for r in runs if not r["name"].endswith(f"_R{r['args']['num_rounds']}")] or runs
+    counts = Counter(r["args"]["num_rounds"] for r in plain)
     rounds = max(counts, key=lambda k: (counts[k], k))
     record = SD.read_selection(out_dir / SD.SELECTION_FILE) if (out_dir / SD.SELECTION_FILE).is_file() else {}
     return runs, rounds, record

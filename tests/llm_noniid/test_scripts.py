@@ -74,8 +74,9 @@ def test_from_scratch_headline_is_the_headline_arms_at_every_mu_all_shared_with_
     shared = {j.name for mode in ("failure", "main") for j in E.plan(mode, args, [])}
     labels = [(p, a) for p, a, _ in E.arms("headline")]
     assert len(labels) == 14 and ("iid", "FedProx mu=0.001") in labels and ("topic a=0.01", "FedProx mu=1") in labels
-    # + FedAvg and SCAFFOLD at twice the rounds on both splits, every seed (the plateau's second budget)
-    assert len(names) == 14 * 3 + 2 * 2 * 3 and len(names - shared) == 2 * 2 * 3
+    # + FedAvg, SCAFFOLD and IFCA at twice the rounds on both splits, every seed (the plateau's second budget; no
+    # FedProx twin without a chosen mu)
+    assert len(names) == 14 * 3 + 3 * 2 * 3 and len(names - shared) == 3 * 2 * 3
     assert all(n.endswith(f"_R{2 * E.ROUNDS}") for n in names - shared)
     mus = {"iid": "0.01", "topic a=0.01": "0.1"}  # a selection's mu per partition: that mu only
     assert [a for p, a, _ in E.arms("headline", mus=mus) if a.startswith("FedProx")] == \
@@ -396,9 +397,8 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
     assert not texts(root / "select" / "data" / "train.csv") & texts(root / "data" / "test.csv")
     assert not texts(root / "select" / "data" / "test.csv") & texts(root / "data" / "test.csv")
     runs = [json.loads(p.read_text())["args"] for p in (root / "runs").glob("*/args.json")]
-    # 4 arms x 2 partitions, and the budget check: FedAvg, FedProx (at its chosen mu) and SCAFFOLD at twice the
-    # rounds on each partition
-    assert sorted(a["num_rounds"] for a in runs) == [4] * 8 + [8] * 6
+    # 4 arms x 2 partitions, and the budget check: each of them (FedProx at its chosen mu) at twice the rounds
+    assert sorted(a["num_rounds"] for a in runs) == [4] * 8 + [8] * 8
     assert {a["model"] for a in runs} == {os.path.relpath(base)}
     assert {a["lora_r"] for a in runs} == {8} and {(a["local_optimizer"], a["lr_schedule"]) for a in runs} == {
         ("adamw", "cosine")}
