@@ -97,12 +97,24 @@ def headline_arms(mus: dict | None, part: str) -> list[tuple[str, list[str]]]:
     return [*algorithms(mus, part), ("FedAvg + IFCA (4)", FEDAVG + IFCA)]
 
 
-def budget_arms(mus: dict | None, part: str) -> list[tuple[str, list[str]]]:
-    """The headline's arms that --mode headline runs again at twice the rounds (the plateau's budget check): every
-    one, FedProx only at the mu ``select`` chose (a grid without a choice, the from-scratch regime's, has no FedProx
-    twin)."""
-    return [(label, a) for label, a in headline_arms(mus, part) if not label.startswith("FedProx") or
-            (mus and part in mus)]
+def budget_arms(mus: dict | None, part: str, clustered: bool = True) -> list[tuple[str, list[str]]]:
+    """The arms that run again at twice the rounds (the plateau's budget check) on partition ``part``: the
+    headline's (``clustered`` False: without IFCA, the main grid's), FedProx only at the mu ``select`` chose (a
+    grid without a choice, the from-scratch regime's, has no FedProx twin)."""
+    return [(label, a) for label, a in (headline_arms(mus, part) if clustered else algorithms(mus, part))
+            if not label.startswith("FedProx") or (mus and part in mus)]
+
+
+def twins(mode: str, mus: dict | None) -> list[tuple[str, list[str], list[tuple[str, list[str]]]]]:
+    """(partition, its flags, ``budget_arms``) of the runs ``mode`` plans at twice the rounds: the headline's arms on
+    its partitions; the main grid's on its other splits where a selection chose (the pretrained regime, whose
+    decaying rate leaves the second budget as the only plateau check); none for the other modes."""
+    if mode == "headline":
+        return [(part, split, budget_arms(mus, part)) for part, split in HEADLINE_PARTS]
+    if mode == "main" and mus:
+        return [(part, split, budget_arms(mus, part, clustered=False)) for part, split in MAIN_PARTS
+                if part not in dict(HEADLINE_PARTS)]
+    return []
 
 
 def arms(mode: str, rounds: int = ROUNDS, mus: dict | None = None, lr: float = 1.0) -> list[tuple[str, str, list]]:
@@ -227,12 +239,10 @@ def plan(mode: str, args, passthrough: list[str], setting: dict | None = None, p
     grid = jobs_for([(part, arm, [*study, *rounds_flags(rounds), *data, *flags], rounds)
                      for part, arm, flags in arms(mode, rounds, setting.get("mu"), setting.get("learning_rate", 1.0))],
                     seeds, passthrough, out / "runs")
-    if mode == "headline":  # the plateau's budget check: the headline's arms (``budget_arms``) on the headline
-        # partitions at twice the rounds, every seed (``budget_table``; the other splits' arms are not checked)
-        twice = [*study, *data, *rounds_flags(2 * rounds)]
-        grid += jobs_for([(part, f"{label}, {2 * rounds} rounds", [*twice, *split, *algo], rounds)
-                          for part, split in HEADLINE_PARTS for label, algo in budget_arms(setting.get("mu"), part)],
-                         seeds, passthrough, out / "runs")
+    twice = [*study, *data, *rounds_flags(2 * rounds)]  # the plateau's budget check (``twins``, ``budget_table``)
+    grid += jobs_for([(part, f"{label}, {2 * rounds} rounds", [*twice, *split, *algo], rounds)
+                      for part, split, arms_ in twins(mode, setting.get("mu")) for label, algo in arms_],
+                     seeds, passthrough, out / "runs")
     return grid
 
 
@@ -435,10 +445,10 @@ def detected(run: dict, th: failure.Thresholds = failure.DEFAULT) -> dict[str, i
 
 
 def budget_table(groups: dict[tuple, list[dict]], rounds: int) -> list[str]:
-    """The final perplexity of each arm with a twice-the-rounds twin (``budget_arms``) at the grid's rounds and at
-    twice them (same seed) on each headline partition, and whether doubling the budget gains less than BUDGET_GAIN."""
+    """The final perplexity of each arm with a twice-the-rounds twin (``twins``) at the grid's rounds and at twice
+    them (same seed) on each partition, and whether doubling the budget gains less than BUDGET_GAIN."""
     rows = []
-    for part, _ in HEADLINE_PARTS:
+    for part in dict.fromkeys(p for p, _ in groups):
         for label in [a for p, a in groups if p == part and (part, f"{a}, {2 * rounds} rounds") in groups]:
             short, long = (R.by_seed(groups.get((part, a), []), "final_val_ppl")
                            for a in (label, f"{label}, {2 * rounds} rounds"))

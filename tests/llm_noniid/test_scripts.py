@@ -65,6 +65,20 @@ def test_failure_grid_has_every_algorithm_and_averaging_arms():
         assert m >= 2 or arm.endswith("1 client/round")  # averaging claimed only with >= 2 clients
 
 
+def test_the_budget_check_twins_every_headline_arm_and_the_main_grids_other_splits_once_a_mu_is_chosen():
+    """--mode headline runs each headline arm again at twice the rounds (FedProx only at a chosen mu); --mode main
+    does the same for its splits outside the headline once a selection chose (the pretrained regime), else none."""
+    mus = {p: "0.001" for p, _ in E.SELECT_PARTS}
+    head = {(p, a) for p, _, arms in E.twins("headline", mus) for a, _ in arms}
+    assert head == {(p, a) for p in ("iid", "topic a=0.01")
+                    for a in ("FedAvg", "FedProx mu=0.001", "SCAFFOLD", "FedAvg + IFCA (4)")}
+    assert not any(a.startswith("FedProx") for _, _, arms in E.twins("headline", None) for a, _ in arms)
+    main = {(p, a) for p, _, arms in E.twins("main", mus) for a, _ in arms}
+    assert main == {(p, a) for p in ("topic a=0.1", "style (length)", "token (frequency)")
+                    for a in ("FedAvg", "FedProx mu=0.001", "SCAFFOLD")}
+    assert E.twins("main", None) == [] and E.twins("failure", mus) == []
+
+
 def test_from_scratch_headline_is_the_headline_arms_at_every_mu_all_shared_with_its_grids(tmp_path):
     """Without a selection (the from-scratch regime) the headline trains FedProx at every mu, so the side by side
     finds the mu the pretrained regime chose; every run is one the failure or main grid trains (same directory)."""
