@@ -797,11 +797,11 @@ def span(values, digits: int = 1, sign: str = "") -> str:
     return minus(lo if lo == hi else f"{lo} to {hi}")
 
 
-def budget(grid: str, arm: str = "FedAvg") -> tuple[str, bool]:
+def budget(grid: str, arm: str = "FedAvg", parts: tuple[str, ...] = (IID, TOPIC)) -> tuple[str, bool]:
     """('+1.2 % (iid) and +0.9 % (topic α = 0.01), seed 0 only', whether every one is under the rule's gain): an
     arm's final perplexity at twice the rounds against the grid's, per partition over the seeds that ran it, from
     the report's budget check (partition, arm, seed, the two perplexities, the gain, the verdict)."""
-    rows = [r for r in report(grid)["headline grid"][1].rows if r[1] == arm]
+    rows = [r for r in report(grid)["headline grid"][1].rows if r[1] == arm and r[0] in parts]
     seeds = sorted({r[2] for r in rows}, key=int)
     change = [f"{span([-value(r[5]) for r in rows if r[0] == part], sign='+')} % ({label(part)})"
               for part in dict.fromkeys(r[0] for r in rows)]
@@ -911,7 +911,7 @@ def pretrained_headline() -> str:
     ref = [refs.cell(k, IID) for k in ("the model before training (random init, or a base's zero-shot)",
                                        "unigram ppl (global validation)", "uniform ppl")]
     below = max(value(grid.cell("final ppl", p, a)) for p in parts for a in grid.arms(p)) < min(map(value, ref))
-    checked = dict.fromkeys(r[1] for r in report(RECORDS)["headline grid"][1].rows)  # the arms with a twin
+    checked = dict.fromkeys(r[1] for r in report(RECORDS)["headline grid"][1].rows if r[0] in parts)  # with a twin
     budgets = {arm: budget(RECORDS, arm) for arm in checked}
     flat = [arm for arm, (_, ok) in budgets.items() if ok]
     unchecked = [a for a in grid.arms(IID) if a not in checked]
