@@ -931,6 +931,30 @@ def pretrained_headline() -> str:
 
 
 
+def budget_coverage() -> str:
+    """Which arms of the headline and main grids have their second budget (the report's budget table: the same arm
+    at twice the rounds) on every seed, on some, or on none."""
+    r = report(RECORDS)
+    twins: dict[tuple, set] = {}
+    for row in r["headline grid"][1].rows:
+        twins.setdefault((row[0], row[1]), set()).add(row[2])
+    cells = [(row[0], row[1]) for t in (r["headline grid"][0], r["main grid"][0]) for row in t.rows]
+    n = int(r["headline grid"][0].cell("n", IID, "FedAvg"))
+
+    def listed(keys: list[tuple]) -> str:
+        by_part: dict[str, list[str]] = {}
+        for part, arm in dict.fromkeys(keys):
+            by_part.setdefault(part, []).append(label(arm))
+        return "; ".join(f"{label(part)}: {', '.join(arms)}" for part, arms in by_part.items()) or "none"
+
+    full = [k for k in cells if len(twins.get(k, ())) >= n]
+    some = [k for k in cells if 0 < len(twins.get(k, ())) < n]
+    none = [k for k in cells if not twins.get(k)]
+    return minus(f"Arms with their twice-the-rounds twin on all {n} seeds ({listed(full)})"
+                 + (f"; on some seeds only ({listed(some)})" if some else "")
+                 + f"; without one ({listed(none)}).")
+
+
 def pretrained_skew() -> str:
     """Topic skew against iid shards for FedProx and SCAFFOLD (FedAvg's is the headline's), and FedAvg's
     personalised perplexity on each partition."""
@@ -1160,6 +1184,7 @@ BLOCKS = {"base": base, "detectors": detectors, "scaffold": scaffold, "study": s
           "scratch-headline": scratch_headline,
           "scratch-methods": scratch_methods, "selection": selection,
           "pretrained-headline": pretrained_headline, "pretrained-skew": pretrained_skew, "ifca": ifca,
+          "budget-coverage": budget_coverage,
           "pretrained-main": pretrained_main, "calibration": calibration, "side-by-side": side_by_side,
           **{f"failure-{k}": (lambda k=k: failure_findings()[k])
              for k in ("fedprox", "participation", "local", "clusters", "scaffold", "detectors")}}
