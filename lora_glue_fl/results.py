@@ -15,8 +15,10 @@ seeds, dev accuracy) and MRPC (``MRPC``, ``small``, 3 seeds, dev F1 with accurac
 against centralized LoRA is one Holm family (the table's), the merge contrasts among its arms (``CONTRASTS``)
 another. Compute is matched in total optimizer steps (batches of 4 over all clients), checked from the records. The
 plateau rule (``PLATEAU``) reads the selection split's accuracy in both (its sampling noise is binomial; F1's is
-not). Every table is one function of the task; a task's blocks say its records are not committed yet until
-selection.json holds the task.
+not); a centralized run is judged against its twin at twice the epochs (``BUDGET``) where ``run_grid.py
+--budget_check`` ran one (``<task>_central-x2_s<seed>/``, no arm of any table), and is not checked otherwise. Every
+table is one function of the task; a task's blocks say its records are not committed yet until selection.json holds
+the task.
 """
 from __future__ import annotations
 
@@ -127,7 +129,12 @@ def contrasts(task: str = TASK) -> list[tuple[str, str, str]]:
 
 
 # The plateau. Every local run (centralized, or a client's round) decays its rate linearly to 0, so a rule on the last
-# part of one decayed run holds by construction: centralized and one-shot runs (one local run each) are not checked.
+# part of one decayed run holds by construction: centralized and one-shot runs (one local run each) are not checked
+# by it. A centralized run has a second budget where run_grid.py --budget_check ran its twin (``TWIN``: the same run
+# at twice the epochs, the same rate decaying over all of them): the run is still improving when the twin's final
+# selection accuracy beats its own by more than 1 sd of the split's sampling noise (``BUDGET``); without a twin it
+# is not checked. A one-shot run's second budget (one round of twice the epochs, then its merges) is not built: it
+# stays not checked.
 # A multi-round run restarts the rate every round, and its state after round 4 is exactly that of a 4-round run
 # (schedules, batches and dropout depend on the seed, round and client, not on --rounds): its last third (rounds 5-6)
 # is a second budget, and the run is still improving when it gained more than 1 sd of the selection split's own
@@ -139,6 +146,11 @@ PLATEAU = plateau.Plateau("the last third of the rounds gains at most 1 sd of th
                           metric="selection_accuracy", value="selection_accuracy", direction="max")
 DECAYED = plateau.Plateau("one local run, its rate decayed to 0: not checked", schedule="decayed",
                           metric="selection_accuracy", direction="max")
+TWIN = run_grid.TWIN  # the arm name of a centralized run's twin at twice the epochs: read by BUDGET, never an arm
+BUDGET = plateau.Plateau("the same centralized run at twice the epochs (its rate decaying over all of them) ends at "
+                         "most 1 sd of the selection split's sampling noise above it", check_budget="twice the epochs",
+                         tolerance=1.0, metric="selection_accuracy", value="selection_accuracy", direction="max",
+                         schedule="decayed")
 
 
 # ------------------------------------------------------------------------------------------------- records
@@ -255,12 +267,41 @@ def noise(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
+def _final_selection(run: dict) -> float:
+    """A run's final selection-split accuracy (its summary's, else its last evaluation's)."""
+    final = run["summary"].get("final", {}).get("selection_accuracy")
+    return final if final is not None else run["rows"][-1]["selection_accuracy"]
+
+
+def twins(task: str = TASK) -> dict:
+    """{seed: run} of the centralized runs' twins at twice the epochs (``TWIN``) whose centralized run is recorded,
+    each checked to be that run at twice its epochs and the same rate."""
+    central, out = runs("central", task), {}
+    for seed, twin in sorted(runs(TWIN, task).items()):
+        if seed not in central:
+            continue
+        a, b = central[seed]["args"], twin["args"]
+        check(math.isclose(b["num_train_epochs"], run_grid.TWIN_EPOCHS * a["num_train_epochs"])
+              and math.isclose(b["learning_rate"], a["learning_rate"]),
+              f"{RECORDS}: {twin['name']} is not {central[seed]['name']} at {run_grid.TWIN_EPOCHS}x the epochs and "
+              f"the same rate ({b['num_train_epochs']} epochs at {b['learning_rate']:g} against "
+              f"{a['num_train_epochs']} at {a['learning_rate']:g})")
+        out[seed] = twin
+    return out
+
+
 def plateau_of(arm: str, task: str = TASK) -> dict[int, tuple[plateau.Judged, float | None]]:
-    """{seed: (the plateau verdict, the last third's gain or None)} of an arm's runs (``PLATEAU``; ``DECAYED``
-    for centralized and one-shot runs)."""
-    out = {}
+    """{seed: (the plateau verdict, its gain or None)} of an arm's runs: a multi-round run's last third over the run
+    at two thirds of its rounds (``PLATEAU``); a centralized run's twin at twice the epochs over the run (``BUDGET``),
+    not checked (``DECAYED``) without a twin; one-shot runs not checked (``DECAYED``: their second budget is not
+    built)."""
+    out, longer = {}, twins(task) if arm == "central" else {}
     for seed, r in sorted(runs(arm, task).items()):
         curve = [x["selection_accuracy"] for x in r["rows"] if "selection_accuracy" in x]
+        if seed in longer:
+            value, second = _final_selection(r), _final_selection(longer[seed])
+            out[seed] = (BUDGET.judge(curve, value=value, longer=second, noise=split_sd(arm, task)), second - value)
+            continue
         if split(arm)[0] in ("central", "oneshot", "oneshot-naive") or len(curve) < 3:
             out[seed] = (DECAYED.judge(curve or [math.nan]), None)
             continue
@@ -278,8 +319,9 @@ def split_sd(arm: str, task: str = TASK) -> float:
 
 
 def tolerance(arm: str, task: str = TASK) -> float:
-    """``PLATEAU``'s tolerance for an arm: its ``tolerance`` sds of the split's noise."""
-    return PLATEAU.tolerance * split_sd(arm, task)
+    """The tolerance of an arm's rule (``BUDGET`` centralized, ``PLATEAU`` otherwise): its ``tolerance`` sds of the
+    split's noise."""
+    return (BUDGET if arm == "central" else PLATEAU).tolerance * split_sd(arm, task)
 
 
 def notes(arm: str, _: str = "", task: str = TASK) -> list[str]:
@@ -289,8 +331,33 @@ def notes(arm: str, _: str = "", task: str = TASK) -> list[str]:
 
 
 def _decayed(task: str, sep: str = ", ") -> str:
-    """The kinds of runs of the task that ``PLATEAU`` does not check (one local run, decayed once)."""
-    return sep.join(["Centralized", *(["one-shot"] if any(split(a)[0] == "oneshot" for a in arms(task)) else [])])
+    """The kinds of runs of the task no rule checks (one local run, decayed once, without a second budget):
+    centralized runs while one has no twin at twice the epochs ('Centralized without a twin' when others have one),
+    one-shot runs (their second budget is not built); '' when none."""
+    central, paired = runs("central", task), twins(task)
+    kinds = [] if central and len(paired) == len(central) else ["Centralized without a twin" if paired else
+                                                                  "Centralized"]
+    kinds += ["one-shot"] if any(split(a)[0] == "oneshot" for a in arms(task)) else []
+    out = sep.join(kinds)
+    return out[:1].upper() + out[1:]
+
+
+def _past_budget(task: str, ran: str = "ran") -> str:
+    """The clause on which runs of the task ran past their budget (``ran``: the verb, 'ran' or 'was run'): 'no arm
+    ran past its budget' without twins, else only the centralized runs, at twice the epochs, of the seeds with one."""
+    paired = sorted(twins(task))
+    if not paired:
+        return f"no arm {ran} past its budget"
+    return (f"only centralized runs {'were run' if ran == 'was run' else ran} past their budget (twice the epochs, "
+            f"seed{'s' if len(paired) > 1 else ''} {', '.join(map(str, paired))})")
+
+
+def _unchecked(task: str, ran: str = "ran", sep: str = ", ") -> str:
+    """The sentence after the verdicts: the runs no rule checks, if any (``_decayed``), and those run past their
+    budget (``_past_budget``)."""
+    kinds, past = _decayed(task, sep), _past_budget(task, ran)
+    return (f"{kinds} runs (one local run decayed to 0) are not checked, and {past}." if kinds else
+            past[:1].upper() + past[1:] + ".")
 
 
 def _accuracy_note(task: str) -> str:
@@ -437,11 +504,14 @@ def selection_table(task: str = TASK) -> str:
 
 
 def plateau_table(task: str = TASK) -> str:
-    """Every arm's plateau verdict: the last third's gain per seed against the tolerance, or why it is not checked."""
+    """Every arm's plateau verdict: the gain per seed against the tolerance (a multi-round run's last third; a
+    centralized run's twin at twice the epochs, '–' for a seed without one), or why it is not checked; the prose
+    says which runs no rule checks and which ran past their budget, from the records."""
     rows = []
     for arm in reported(task):
         judged = plateau_of(arm, task)
         gains = [g for _, g in judged.values() if g is not None]
+        shown = " ".join("–" if g is None else f"{g:+.3f}" for _, g in judged.values())  # per seed, in seed order
         if not gains:
             rows.append([label(arm), "–", "–", "not checked: " + ("its single merge of one local run, decayed to 0"
                                                                   if "oneshot" in arm else
@@ -449,14 +519,20 @@ def plateau_table(task: str = TASK) -> str:
             continue
         verdict = plateau.note({s: j for s, (j, _) in judged.items()}) or \
             f"at plateau by this rule ({len(gains)}/{len(gains)})"
-        rows.append([label(arm), " ".join(f"{g:+.3f}" for g in gains), f"{tolerance(arm, task):.3f}", verdict])
+        rows.append([label(arm), shown, f"{tolerance(arm, task):.3f}", verdict])
+    kinds, paired = _decayed(task).lower(), twins(task)
+    past = _past_budget(task, "was run") + (", so no other arm is shown to be at its plateau beyond its budget."
+                                             if paired else ", so none is shown to be at its plateau beyond it.")
     return RS.minus(
         "Selection-split accuracy gained in the last third of the rounds (rounds 5–6 over the same run after round "
-        "4, a complete 4-round run: each round's local rate restarts and decays to 0) per seed; still improving "
-        "when the gain exceeds 1 sd of the split's sampling noise at the arm's accuracy." + _accuracy_note(task)
-        + f" A run whose rate decayed once to 0 ({_decayed(task).lower()}) satisfies any last-part rule by "
-        "construction and is not checked; no arm was run past its budget, so none is shown to be at its plateau "
-        "beyond it.\n\n"
+        "4, a complete 4-round run: each round's local rate restarts and decays to 0) per seed"
+        + (", and by a centralized run's twin at twice the epochs (the same rate decaying to 0 over all of them) over "
+           "the run" if paired else "")
+        + "; still improving when the gain exceeds 1 sd of the split's sampling noise at the arm's accuracy."
+        + _accuracy_note(task)
+        + (" A run whose rate decayed once to 0 " + ("without a second budget " if paired else "")
+           + f"({kinds}) satisfies any last-part rule by construction and is not checked; {past}" if kinds else
+           f" {past[:1].upper()}{past[1:]}") + "\n\n"
         + "\n".join(stats.markdown(["arm", "gain per seed", "tolerance (1 sd)", "verdict"], rows)))
 
 
@@ -531,11 +607,11 @@ def _plateau_line(task: str = TASK) -> str:
     short = [f"{label(a)} ({plateau.note({s: j for s, (j, _) in v.items()})})" for a, v in checked.items()
              if any(j.state == "still improving" for j, _ in v.values())]
     flat = [label(a) for a, v in checked.items() if all(j.state == "at plateau" for j, _ in v.values())]
+    central = "; centralized: its twin at twice the epochs against the run" if twins(task) else ""
     return (f"- **Plateau** (rounds {round(rounds * CHECK_AT) + 1}–{rounds} against round "
-            f"{round(rounds * CHECK_AT)}, tolerance 1 sd of the selection split's noise): at it by this rule: "
-            + ("; ".join(flat) if flat else "none") + "; still improving: " + ("; ".join(short) if short else "none")
-            + f". {_decayed(task, ' and ')} runs (one local run decayed to 0) are not checked, and no arm ran past "
-            "its budget." + _accuracy_note(task))
+            f"{round(rounds * CHECK_AT)}{central}{';' if central else ','} tolerance 1 sd of the selection split's "
+            "noise): at it by this rule: " + ("; ".join(flat) if flat else "none") + "; still improving: "
+            + ("; ".join(short) if short else "none") + f". {_unchecked(task, sep=' and ')}" + _accuracy_note(task))
 
 
 def sst2_findings() -> str:
@@ -670,14 +746,16 @@ def grid_time() -> str:
         return f"{sum(r['summary'].get(key) or 0 for r in group) / 60:.1f} min"
 
     def own(task: str, sep: str = "; ") -> str:
-        mine, chooser = _trained(task), selection_runs(task)
+        mine, chooser, extra = _trained(task), selection_runs(task), list(twins(task).values())
         return (f"the {len(chooser)} selection runs {minutes(chooser, 'wall_seconds')} wall, "
                 f"{minutes(chooser, 'cpu_seconds')} CPU{sep}the {len(mine)} reported training runs "
                 f"{minutes(mine, 'wall_seconds')} wall, {minutes(mine, 'cpu_seconds')} CPU"
                 + (" (the one-shot naive merges not timed)" if any(split(a)[0] == "oneshot-naive" for a in arms(task))
-                   else ""))
+                   else "")
+                + (f"{sep}the {len(extra)} centralized runs at twice the epochs (--budget_check) "
+                   f"{minutes(extra, 'wall_seconds')} wall, {minutes(extra, 'cpu_seconds')} CPU" if extra else ""))
 
-    loads = [r["summary"][k] for t in tasks for r in _trained(t) + selection_runs(t)
+    loads = [r["summary"][k] for t in tasks for r in _trained(t) + selection_runs(t) + list(twins(t).values())
              for k in ("load_start", "load_end") if k in r["summary"]]
     calls = "; ".join(f"`{' '.join(_portable(g['argv']))}` {g['wall_seconds'] / 60:.1f} min wall, finished "
                       f"{g['finished_at'][:10]}" for g in record) or "not finished"

@@ -2,6 +2,8 @@
 
     python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir runs/lora_glue_minilm --jobs 2 \
         --sst2_design merges        # the README's SST-2 grid (its wall time: the README's grid-time block)
+    python lora_glue_fl/run_grid.py --real_data_dir ../shared/data --out-dir runs/lora_glue_minilm --jobs 2 \
+        --sst2_design merges --budget_check   # the same grid, then its centralized runs at twice the epochs (3.)
     python -m common.results --show lora_glue_fl.sst2-table lora_glue_fl.sst2-contrasts lora_glue_fl.selection \
         lora_glue_fl.plateau --records lora_glue_fl/results/minilm_glue=runs/lora_glue_minilm   # its tables
     python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures   # figures
@@ -22,6 +24,13 @@ Model: --model_size minilm, LoRA on query/value + the classifier head. Each task
    (fedavg_rounds.py, 1 round of --rounds x --local_epochs, then fedavg_merge.py --aggregation naive --do_eval on
    its client adapters: ``<task>_oneshot-naive_<sharding>_s<seed>/``). Shardings over --num_clients clients: iid,
    dir1 / dir0.1 (Dirichlet, at least --min_per_label of each label), category (one label per client).
+3. **The centralized runs' second budget** (--budget_check, off by default): every local run decays its rate to 0,
+   so a "the end of the curve is flat" rule holds by construction for a centralized run (one local run). With the
+   flag, every task whose design has the centralized cell also runs, per seed, ``<task>_central-x2_s<seed>``: the
+   centralized run at twice the epochs (2 x --rounds x --local_epochs, its rate decaying over all of them, the same
+   chosen rate and --eval_every_epochs), after the design's cells; results.py judges each centralized run against
+   it (still improving when the twin's final selection accuracy is higher by more than 1 sd of the split's sampling
+   noise). The twin is no arm of any table. Rerunning a finished grid's command with the flag runs only the twins.
 --train_pooler: the tasks whose runs also train BERT's pooler with the classifier (default MRPC, where a frozen
 pooler left a seed at the majority class).
 Every run goes through ``common.jobs``: finished runs are skipped, interrupted ones resumed (run the same command
@@ -63,6 +72,7 @@ FAMILY = {"central": "central", "svd": "multi-round", "naive": "multi-round", "e
           "oneshot": "one-shot"}  # method -> the arm family whose learning rate it uses
 SELECTION_CELL = {"central": ("central", None), "multi-round": ("svd", "iid"), "one-shot": ("oneshot", "iid"),
                   "exact": ("exact", "iid")}
+TWIN, TWIN_EPOCHS = "central-x2", 2  # --budget_check: the centralized run at TWIN_EPOCHS x the epochs, named as an arm
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -111,6 +121,11 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--eval_batch_size", type=flags.POSITIVE_INT, default=64, help="evaluation batch size")
     p.add_argument("--jobs", "--workers", type=flags.POSITIVE_INT, default=2,
                    help="script runs at a time (one process of 1 thread each)")
+    p.add_argument("--budget_check", action="store_true",
+                   help="also run, per seed of every task whose design has the centralized cell, the centralized run "
+                        "at twice the epochs (<task>_central-x2_s<seed>, same rate, decayed over all of them; after "
+                        "the design's cells): the second budget results.py judges a centralized run's plateau by "
+                        "(its decayed rate makes any end-of-curve rule hold by construction)")
     p.add_argument("--dry_run", action="store_true", help="print the runs and write data and shards, train nothing")
     p.add_argument("--records", type=flags.FOLDER, default=None,
                    help="once every run is done, copy their records here (module doc; the committed folder is "
@@ -173,9 +188,12 @@ def task_data(args, name: str) -> tuple[str, list[str], list[str], int]:
 
 
 def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr: float, run: str,
-               select: bool = False, write: bool = True) -> list[tuple[str, list[str]]]:
+               select: bool = False, write: bool = True, epochs: float = 1) -> list[tuple[str, list[str]]]:
     """The script runs of one cell: (script, argv), in order. ``select``: a selection run (in <out-dir>/selection,
-    scored on the selection split only, no one-shot naive merge); ``write`` False: its shards checked, not made."""
+    scored on the selection split only, no one-shot naive merge); ``write`` False: its shards checked, not made;
+    ``epochs``: a centralized run's epochs are this times --rounds x --local_epochs (the --budget_check twin's 2),
+    its evaluations still every --local_epochs."""
+    cli.check(epochs == 1 or method == "central", f"an epochs multiplier is the centralized run's, not {method}'s")
     task, data, common_args, seq = task_data(args, name)
     out = Path(args.out_dir) / "selection" if select else Path(args.out_dir)
     common_args = common_args + ["--out-dir", str(out), "--seed", str(seed), "--run-name", run,
@@ -184,7 +202,7 @@ def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr
     total_epochs = args.rounds * args.local_epochs
     if method == "central":
         return [("main_glue_lora", common_args + [
-            "--do_train", *([] if select else ["--do_eval"]), "--num_train_epochs", str(total_epochs),
+            "--do_train", *([] if select else ["--do_eval"]), "--num_train_epochs", str(total_epochs * epochs),
             "--eval_every_epochs", str(args.local_epochs), "--per_device_train_batch_size", str(args.batch_size),
             "--per_device_eval_batch_size", str(args.eval_batch_size)])]
     shard_dir = make_shard_dir(args, name, task, data, sharding, seed, write)
@@ -315,10 +333,18 @@ def choose(args, values: dict | None = None) -> dict:
 def cells(args, rates: dict, write: bool = True) -> list[tuple[str, list[tuple[str, list[str]]]]]:
     """(run name, [(script, argv), ...]) of every reported cell at the chosen rates ({task: {family: rate}}):
     cell by cell in the design's order of priority, the seeds of a cell together (an interrupted grid has every
-    seed of its first cells). ``write`` False: the shards checked, not made."""
-    return [(run, cell_steps(args, name, method, sharding, seed, rates[name][FAMILY[method]], run, write=write))
-            for name in args.tasks for method, sharding in design(args, name) for seed in args.seeds
-            for run in [f"{name}_{method}_s{seed}" if method == "central" else f"{name}_{method}_{sharding}_s{seed}"]]
+    seed of its first cells); with --budget_check, then each task's centralized twins at ``TWIN_EPOCHS`` x the
+    epochs (``<task>_central-x2_s<seed>``, the centralized rate; tasks whose design has the centralized cell).
+    ``write`` False: the shards checked, not made."""
+    reported = [(run, cell_steps(args, name, method, sharding, seed, rates[name][FAMILY[method]], run, write=write))
+                for name in args.tasks for method, sharding in design(args, name) for seed in args.seeds
+                for run in [f"{name}_{method}_s{seed}" if method == "central" else
+                            f"{name}_{method}_{sharding}_s{seed}"]]
+    twins = [(run, cell_steps(args, name, "central", None, seed, rates[name]["central"], run, write=write,
+                              epochs=TWIN_EPOCHS))
+             for name in args.tasks if ("central", None) in design(args, name) for seed in args.seeds
+             for run in [f"{name}_{TWIN}_s{seed}"]] if args.budget_check else []
+    return reported + twins
 
 
 def check_cells(args) -> None:

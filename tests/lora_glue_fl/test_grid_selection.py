@@ -115,3 +115,64 @@ def test_a_task_chosen_again_replaces_its_settings_and_a_diverged_rate_is_named(
     (tmp_path / "selection.json").write_text(json.dumps({"criterion": "", "tasks": {}}))   # the layout before
     with pytest.raises(UsageError, match="selection.json: not a selection record"):
         run_grid.tried(run_grid.get_args_parser().parse_args([*argv, "sst2"]))
+
+
+def test_budget_check_plans_each_centralized_run_again_at_twice_the_epochs(tmp_path, capsys):
+    """--budget_check: after the design's cells (unchanged), per task and seed the centralized run at twice the epochs
+    (``<task>_central-x2_s<seed>``: the same flags, rate and evaluation interval, only the epochs and the name
+    differ), planned by --dry_run and copied by --records like every cell; without the flag, no twin."""
+    import shutil
+
+    import pytest
+
+    from common import synthetic
+    from common.errors import UsageError
+    real = tmp_path / "real"
+    for task in ("sst2", "mrpc"):
+        shutil.copytree(synthetic.ensure(f"glue-{task}"), real / f"glue_{task}")
+    argv = ["--out-dir", str(tmp_path / "grid"), "--real_data_dir", str(real), "--tasks", "sst2", "mrpc",
+            "--sst2_design", "headline", "--train_samples", "100", "--mrpc_train_samples", "100",
+            "--selection_samples", "20", "--seeds", "0", "1", "--rounds", "4", "--local_epochs", "0.5",
+            "--min_per_label", "2"]
+    rates = {"sst2": {"central": 1e-3, "multi-round": 2e-3, "one-shot": 5e-3}, "mrpc": {"central": 3e-3,
+                                                                                      "multi-round": 4e-3}}
+    plain = run_grid.cells(run_grid.get_args_parser().parse_args(argv), rates, write=False)
+    assert not any("central-x2" in name for name, _ in plain)
+    args = run_grid.get_args_parser().parse_args([*argv, "--budget_check"])
+    checked = run_grid.cells(args, rates, write=False)
+    assert checked[:len(plain)] == plain   # the design's cells first, as without the flag
+    twins = dict(checked[len(plain):])
+    assert list(twins) == ["sst2_central-x2_s0", "sst2_central-x2_s1", "mrpc_central-x2_s0", "mrpc_central-x2_s1"]
+
+    def flag(argv, name):
+        return argv[argv.index(name) + 1]
+
+    def without(argv, *names):   # the argv less these flags and their values
+        return [a for i, a in enumerate(argv) if a not in names and (i == 0 or argv[i - 1] not in names)]
+
+    for name, ((script, twin),) in twins.items():
+        (_, central), = dict(plain)[name.replace("central-x2", "central")]
+        assert script == "main_glue_lora" and flag(twin, "--run-name") == name
+        assert float(flag(twin, "--num_train_epochs")) == 2 * float(flag(central, "--num_train_epochs")) == 4.0
+        assert flag(twin, "--eval_every_epochs") == flag(central, "--eval_every_epochs") == "0.5"
+        assert float(flag(twin, "--learning_rate")) == rates[name.split("_")[0]]["central"]
+        assert without(twin, "--num_train_epochs", "--run-name") == without(central, "--num_train_epochs",
+                                                                                "--run-name")
+    with pytest.raises(UsageError, match="centralized run's"):   # the multiplier is a centralized run's only
+        run_grid.cell_steps(args, "sst2", "svd", "iid", 0, 1e-3, "x", write=False, epochs=2)
+    # --records copies a twin's record like every cell's
+    out, records = tmp_path / "grid", tmp_path / "records"
+    for name in ("sst2_central_s0", "sst2_central-x2_s0"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for f in ("args.json", "summary.json", "metrics.jsonl"):
+            (out / name / f).write_text("{}\n")
+    run_grid.copy_records(out, records, checked, [])
+    assert (records / "sst2_central-x2_s0" / "summary.json").is_file()
+    # --dry_run prints the twins after the design's runs
+    capsys.readouterr()
+    result = run_grid.main([*argv, "--tasks", "mrpc", "--mrpc_design", "central", "--learning_rate", "1e-3",
+                            "--budget_check", "--dry_run"])
+    printed = [line for line in capsys.readouterr().out.splitlines() if "--run-name" in line]
+    assert result["cells"] == 4 and [flag(line.split(), "--run-name") for line in printed] == [
+        "mrpc_central_s0", "mrpc_central_s1", "mrpc_central-x2_s0", "mrpc_central-x2_s1"]
+    assert [flag(line.split(), "--num_train_epochs") for line in printed] == ["2.0", "2.0", "4.0", "4.0"]

@@ -388,3 +388,103 @@ def test_grid_time_says_each_tasks_runs(grid):
     assert "`--tasks mrpc --seeds 0 1 2` 73.5 min wall" in text
     assert "SST-2, the 14 selection runs" in text and "MRPC, the 6 selection runs" in text
     assert "the 15 reported training runs" in text and "the 24 reported training runs" in text
+
+
+# ------------------------------------------------------------------------------------------------- second budget
+def write_twins(root, gains: dict, task: str = "sst2", epochs: float = 2.0) -> None:
+    """Each centralized run of ``gains`` {seed: gain} again as run_grid.py --budget_check writes it
+    (``<task>_central-x2_s<seed>``, ``epochs`` x the epochs, the same rate), its final selection accuracy the run's
+    plus ``gain``."""
+    for seed, gain in gains.items():
+        src, dst = root / f"{task}_central_s{seed}", root / f"{task}_{run_grid.TWIN}_s{seed}"
+        shutil.copytree(src, dst)
+        record = json.loads((dst / "args.json").read_text())
+        record["args"]["num_train_epochs"] *= epochs
+        _write(dst / "args.json", record)
+        summary = json.loads((dst / "summary.json").read_text())
+        summary["final"]["selection_accuracy"] = round(summary["final"]["selection_accuracy"] + gain, 4)
+        summary["final"][LR.METRIC[task]] += 0.05   # a twin's dev score: in no table
+        _write(dst / "summary.json", summary)
+        rows = [json.loads(x) for x in (src / "metrics.jsonl").read_text().splitlines()]
+        rows = rows + [{**r, "epoch": r["epoch"] + rows[-1]["epoch"]} for r in rows]
+        rows[-1]["selection_accuracy"] = summary["final"]["selection_accuracy"]
+        (dst / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def twinned(tmp_path):
+    """The fake grid and its centralized twins: SST-2 seed 0 gains 0.03 (> 1 sd, 0.016 at 0.85 on 500 sentences),
+    seed 1 0.01 (within), seed 2 none; MRPC every seed within (0.004)."""
+    write_grid(tmp_path)
+    write_twins(tmp_path, {0: 0.03, 1: 0.01})
+    write_twins(tmp_path, {s: 0.004 for s in SEEDS}, "mrpc")
+    RS.REDIRECTS[LR.RECORDS] = tmp_path
+    yield tmp_path
+    RS.REDIRECTS.clear()
+
+
+def test_a_centralized_run_is_judged_against_its_twin_at_twice_the_epochs(twinned):
+    sd = math.sqrt(0.85 * 0.15 / SELECTION_N)   # the split's sampling sd at centralized's final 0.85
+    judged = LR.plateau_of("central")
+    assert [j.state for j, _ in judged.values()] == ["still improving", "at plateau", "not checked"]
+    assert [g for _, g in judged.values()] == [pytest.approx(0.03), pytest.approx(0.01), None]
+    assert judged[0][0].reason == f"+0.03 at twice the epochs > 1 sd ({sd:.3g})" and judged[2][0].reason == \
+        "decayed schedule"
+    assert LR.BUDGET.check_budget == "twice the epochs" and "twice the epochs" in LR.BUDGET.rule
+    assert {j.state for j, _ in LR.plateau_of("central", "mrpc").values()} == {"at plateau"}
+    assert {j.state for j, _ in LR.plateau_of("oneshot_iid").values()} == {"not checked"}   # no second budget built
+    text = LR.plateau_table()
+    row = next(line for line in text.splitlines() if line.startswith("| centralized LoRA"))
+    assert row == (f"| centralized LoRA | +0.030 +0.010 – | {sd:.3f} | 1/3 still improving; plateau not checked for "
+                   "1/3 (decayed schedule) |")
+    assert "and by a centralized run's twin at twice the epochs" in text
+    assert "without a second budget (centralized without a twin, one-shot) satisfies" in text
+    assert "only centralized runs were run past their budget (twice the epochs, seeds 0, 1), so no other arm is " \
+           "shown to be at its plateau beyond its budget." in text
+    assert "no arm was run past its budget" not in text
+    mrpc_text = LR.plateau_table("mrpc")   # every MRPC seed has its twin: no run is left unchecked
+    assert "| centralized LoRA | +0.004 +0.004 +0.004 |" in mrpc_text and "at plateau by this rule (3/3)" in mrpc_text
+    assert "not checked" not in mrpc_text and "Only centralized runs were run past their budget" in mrpc_text
+    line = next(x for x in LR.mrpc_findings().splitlines() if x.startswith("- **Plateau**"))
+    assert "centralized: its twin at twice the epochs against the run; tolerance" in line
+    assert "at it by this rule: centralized LoRA; FedAvg" in line and "not checked" not in line
+    assert "Only centralized runs ran past their budget (twice the epochs, seeds 0, 1, 2)." in line
+    line = next(x for x in LR.sst2_findings().splitlines() if x.startswith("- **Plateau**"))
+    assert "still improving: centralized LoRA (1/3 still improving; plateau not checked for 1/3" in line
+    assert "Centralized without a twin and one-shot runs (one local run decayed to 0) are not checked, and only " \
+           "centralized runs ran past their budget (twice the epochs, seeds 0, 1)." in line
+    assert "reference; 1/3 still improving" in LR.dev_table()   # the reference's note beside its verdicts
+
+
+def test_the_twin_is_no_arm_of_any_table(twinned, tmp_path_factory):
+    """With twins every block but the plateau's and the grid time's is the same as without them: the twin is in no
+    study, table, comparison or count of reported runs."""
+    assert run_grid.TWIN not in LR.arms() and run_grid.TWIN not in LR.reported("mrpc")
+    assert all(run_grid.TWIN not in (c.arm, c.reference) for s in LR.STUDIES.values() for c in s.comparisons)
+    assert sorted(LR.twins()) == [0, 1] and LR.runs(run_grid.TWIN)   # read only as the centralized runs' budget
+    with_twins = {name: fn() for name, fn in LR.BLOCKS.items()}
+    plain = tmp_path_factory.mktemp("plain")
+    write_grid(plain)
+    RS.REDIRECTS[LR.RECORDS] = plain
+    without = {name: fn() for name, fn in LR.BLOCKS.items()}
+    changed = {k for k in LR.BLOCKS if with_twins[k] != without[k]}
+    # the plateau's blocks, the reading's plateau line, the reference's note in the dev tables, the runs' time
+    assert changed == {"plateau", "mrpc-plateau", "sst2-findings", "mrpc-findings", "sst2-table", "mrpc-table",
+                       "grid-time"}
+    assert [x for x in with_twins["sst2-table"].splitlines() if "centralized" not in x] == \
+        [x for x in without["sst2-table"].splitlines() if "centralized" not in x]   # the twin's dev score in no row
+    assert "budget" in without["plateau"] and "no arm was run past its budget" in without["plateau"]
+    assert "the 2 centralized runs at twice the epochs (--budget_check)" in with_twins["grid-time"]
+    for name in with_twins:
+        assert "central-x2" not in with_twins[name]
+
+
+def test_a_twin_that_is_not_twice_the_run_is_refused(tmp_path):
+    write_grid(tmp_path, tasks=("sst2",))
+    write_twins(tmp_path, {0: 0.01}, epochs=3.0)
+    RS.REDIRECTS[LR.RECORDS] = tmp_path
+    try:
+        with pytest.raises(Exception, match="sst2_central-x2_s0 is not sst2_central_s0 at 2x the epochs"):
+            LR.plateau_of("central")
+    finally:
+        RS.REDIRECTS.clear()
