@@ -29,6 +29,7 @@ IGNORE = R.DRAW_IGNORE + ("shard_dir", "adapter_output_dir", "eval_each_round", 
 SHARDS = ("iid", "dir1", "dir0.1", "category", "overlap", "category_overlap")
 NAME = re.compile(r"^(?P<task>[^_]+)_(?P<method>central|svd|naive|exact|oneshot|oneshot-naive)"
                   r"(?:_(?P<shard>iid|dir[0-9.]+|category|overlap|category_overlap))?_s(?P<seed>\d+)$")
+TWIN = re.compile(r"^[^_]+_central-x2_s\d+$")  # run_grid --budget_check: a centralized run at twice the epochs
 METHOD_ORDER = ("central", "svd", "naive", "exact", "oneshot", "oneshot-naive")
 METHOD_LABEL = {"central": "centralized LoRA", "svd": "FedAvg svd", "naive": "FedAvg naive", "exact": "FedAvg exact",
                 "oneshot": "one-shot svd", "oneshot-naive": "one-shot naive"}
@@ -54,6 +55,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 def describe(run: dict) -> dict | None:
     """{task, method, shard} of a finished run, from the grid's run name or else the summary."""
     s, m = run["summary"], NAME.match(run["name"])
+    if TWIN.match(run["name"]):  # run_grid --budget_check's second budget of a centralized run: no arm of a figure
+        return None
     if m:
         return {"task": m["task"], "method": m["method"], "shard": m["shard"] or "-"}
     if "aggregation" in s:

@@ -154,3 +154,11 @@ def test_plot_vit_finds_a_text_probe_from_its_weights_wherever_the_summary_point
     assert plot_vit.frozen(run("minilm-not-here", str(folder))) == 2
     assert plot_vit.frozen(run(str(folder), None, n=1)) == 1  # one block frozen: not the probe
     assert plot_vit.frozen(run(str(tmp_path / "gone"), str(tmp_path / "gone"))) == 3
+
+
+def test_plot_lora_leaves_the_centralized_budget_twin_out_of_the_arms():
+    """run_grid --budget_check's <task>_central-x2_s<seed> is a plateau check, not a second centralized arm (which
+    would drop the centralized reference line)."""
+    summary = {"method": "central_lora", "task": "sst2"}
+    assert plot_lora_glue.describe({"name": "sst2_central-x2_s0", "summary": summary}) is None
+    assert plot_lora_glue.describe({"name": "sst2_central_s0", "summary": summary})["method"] == "central"
