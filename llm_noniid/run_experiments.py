@@ -579,11 +579,20 @@ def detector_table(runs: list[dict], rounds: int = ROUNDS, lr: float = 1.0) -> l
                          for mode, (key, values) in sweeps.items() for v in values])]
 
 
-def split_table(groups: dict[tuple, list[dict]]) -> list[str]:
+def is_twin(key: tuple[str, str], groups: dict[tuple, list[dict]], rounds: int) -> bool:
+    """Whether (partition, arm) is the budget check's twin of an arm of ``groups`` (the same arm at twice the
+    rounds, ``twins``): the plateau check of that arm, not an arm of its own."""
+    part, arm = key
+    suffix = f", {2 * rounds} rounds"
+    return arm.endswith(suffix) and (part, arm[:-len(suffix)]) in groups
+
+
+def split_table(groups: dict[tuple, list[dict]], rounds: int = ROUNDS) -> list[str]:
     """Does the split hurt: each arm's final validation perplexity on a non-iid partition minus on iid, paired by
     seed (only the global validation texts are shared across partitions, so not the personalised perplexity); one
-    Holm family over the table."""
-    rows = sorted((p, a) for p, a in groups if p != "iid" and ("iid", a) in groups)
+    Holm family over the table, the budget check's twins left out (``is_twin``: they check a plateau)."""
+    rows = sorted((p, a) for p, a in groups if p != "iid" and ("iid", a) in groups
+                  and not is_twin((p, a), groups, rounds))
     if not rows:
         return ["(no arm run on iid and a non-iid partition yet)"]
     on_iid = study_report.Value("on iid", "final_val_ppl", lambda row: name("iid", row.split(" / ")[1]))
@@ -733,7 +742,7 @@ def report(out_dir: Path, title: str | None = None, compare_dir: Path | None = N
                       *equal_compute_table(runs, rounds, lr, drift), ""]
     lines += ["### Does the split hurt", "", "Each arm on a non-iid partition against the same arm on iid shards "
               "(global validation perplexity, paired by seed, 95% t interval, verdicts Holm-corrected over the table):",
-              "", *split_table(groups), ""]
+              "", *split_table(groups, rounds), ""]
     if compare_dir is not None:
         own, other = (runs, rounds, record), load_grid(compare_dir)
         grids = {"from scratch": other, "pretrained + LoRA": own} if "mu" in chosen else \

@@ -495,3 +495,14 @@ def test_grid_steps_come_from_the_runs_at_the_grids_rounds():
     groups = E.by_arm([{"args": {**fedavg, "num_rounds": 60, "local_steps": 8}},
                        *[{"args": {**fedavg, "num_rounds": 7, "local_steps": 64}}] * 3], 60, 0.01)
     assert sorted(groups) == [("iid", "FedAvg"), ("iid", "FedAvg, 64 local steps, 7 rounds")]
+
+
+def test_a_budget_twin_is_no_arm_of_the_split_family():
+    """The budget check's twin (the same arm at twice the rounds) checks a plateau; "Does the split hurt" leaves it
+    out, so it does not enlarge the table's Holm family. An arm run longer for another reason stays."""
+    groups = {(p, a): [] for p in ("iid", "topic a=0.01")
+              for a in ("FedAvg", "FedAvg, 120 rounds", "FedAvg, 2 of 10 clients/round, 300 rounds")}
+    assert E.is_twin(("iid", "FedAvg, 120 rounds"), groups, 60)
+    assert not E.is_twin(("iid", "FedAvg, 2 of 10 clients/round, 300 rounds"), groups, 60)
+    assert not E.is_twin(("iid", "FedAvg, 120 rounds"), groups, 40)   # not twice this grid's rounds
+    assert not E.is_twin(("iid", "FedAvg"), groups, 60)
