@@ -325,8 +325,9 @@ def choose(args, values: dict | None = None) -> dict:
     # a grid run task by task (--tasks mrpc later) keeps the other tasks' choices; a task chosen again is replaced
     # whole (a family its design no longer has is not left behind), hence the kept settings passed, not keep=True
     kept = {k: c for k, c in recorded_choices(args).items() if k.split("/")[0] not in args.tasks}
+    ordered = dict(sorted({**kept, **choices}.items(), key=lambda kv: list(TASKS).index(kv[0].split("/")[0])))
     record = study.write_selection(Path(args.out_dir) / study.SELECTION_FILE, f"{args.model_size}_glue", criterion,
-                                   {**kept, **choices}, **selection_shared(args))
+                                   ordered, **selection_shared(args))
     return {name: study.chosen(record, f"{name}/") for name in args.tasks}
 
 
@@ -453,9 +454,13 @@ def copy_records(out: Path, records: Path, cells_: list, chooser: list) -> int:
                 mix.pop("client_indices", None)
                 (records / "shards" / shard.name).mkdir(parents=True, exist_ok=True)
                 atomic_write_text(records / "shards" / shard.name / "summary.json", json.dumps(mix, indent=1) + "\n")
-    for name in ("selection.json", "grid.json"):
-        if (out / name).is_file():
-            shutil.copyfile(out / name, records / name)
+    if (out / "selection.json").is_file():
+        shutil.copyfile(out / "selection.json", records / "selection.json")
+    if (out / "grid.json").is_file():  # the records keep every invocation's entry: those of earlier out-dirs too
+        kept = json.loads((records / "grid.json").read_text(encoding="utf-8")) if (records / "grid.json").is_file() \
+            else []
+        new = [e for e in json.loads((out / "grid.json").read_text(encoding="utf-8")) if e not in kept]
+        atomic_write_text(records / "grid.json", json.dumps(kept + new, indent=1) + "\n")
     return n
 
 
