@@ -176,3 +176,18 @@ def test_budget_check_plans_each_centralized_run_again_at_twice_the_epochs(tmp_p
     assert result["cells"] == 4 and [flag(line.split(), "--run-name") for line in printed] == [
         "mrpc_central_s0", "mrpc_central_s1", "mrpc_central-x2_s0", "mrpc_central-x2_s1"]
     assert [flag(line.split(), "--num_train_epochs") for line in printed] == ["2.0", "2.0", "4.0", "4.0"]
+
+
+def test_copying_records_keeps_the_earlier_invocations_of_grid_json(tmp_path):
+    """A grid continued in a fresh out-dir (its records copied in, a second budget added) appends its invocations
+    to the committed grid.json instead of replacing the history the wall-time block reads; copying twice adds
+    nothing."""
+    out, records = tmp_path / "out", tmp_path / "records"
+    out.mkdir(), records.mkdir()
+    earlier = {"argv": ["--tasks", "sst2"], "wall_seconds": 5099}
+    later = {"argv": ["--budget_check"], "wall_seconds": 9}
+    (records / "grid.json").write_text(json.dumps([earlier]))
+    (out / "grid.json").write_text(json.dumps([later]))
+    for _ in range(2):
+        run_grid.copy_records(out, records, [], [])
+        assert json.loads((records / "grid.json").read_text()) == [earlier, later]
