@@ -8,7 +8,8 @@
 Weights: --weights, or the sample counts of --shard_manifests (in the order of --adapters), or equal. Writes the
 fused adapter (peft format, heads averaged alike) and fuse_manifest.json; the merge needs no model. --do_eval
 loads the fused adapter on its base model (the adapters' base_model_name_or_path, or --base_model) and records
-the validation metrics ("final"):
+the validation metrics ("final"; with the selection split's, ``selection_*``, when --data_dir holds
+selection.tsv):
 
     python lora_glue_fl/fedavg_merge.py --adapters run/round_1/client_*/adapter --shard_manifests \\
         shards/sst2_iid_k4/client_*.json --aggregation naive --save_adapter fused/sst2_naive \\
@@ -54,7 +55,8 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 
 
 def evaluate_adapter(args, adapter_dir: Path, base: str) -> dict:
-    """The task's validation metrics of ``PeftModel.from_pretrained(base, adapter_dir)`` on the CPU."""
+    """The task's validation metrics of ``PeftModel.from_pretrained(base, adapter_dir)`` on the CPU, and its
+    selection split's (``selection_*``) when --data_dir holds selection.tsv (``glue_tasks.read_glue_dir``)."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
@@ -71,9 +73,12 @@ def evaluate_adapter(args, adapter_dir: Path, base: str) -> dict:
     pretrained.check_folder(adapter_dir)
     with pretrained.loading(adapter_dir):  # peft picks its config class from a fixed table: no folder code runs
         model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
-    evals = {s: splits[s].head(args.max_eval_samples) for s in task.eval_splits}
-    enc = {s: modeling.encode(tokenizer, e, args.max_seq_length, types) for s, e in evals.items()}
-    return modeling.evaluate(args.task_name, model, enc, "cpu", args.eval_batch_size)
+    _, enc, _, select_enc = modeling.encode_evals(tokenizer, splits, task, args, types)
+    scores = modeling.evaluate(args.task_name, model, enc, "cpu", args.eval_batch_size)
+    if select_enc is not None:  # the selection split (selection.tsv in --data_dir): what a plateau check reads
+        scores.update(modeling.evaluate(args.task_name, model, select_enc, "cpu", args.eval_batch_size,
+                                        prefix=modeling.SELECTION_PREFIX))
+    return scores
 
 
 def main(argv=None) -> dict:

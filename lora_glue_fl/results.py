@@ -15,8 +15,9 @@ seeds, dev accuracy) and MRPC (``MRPC``, ``small``, 3 seeds, dev F1 with accurac
 against centralized LoRA is one Holm family (the table's), the merge contrasts among its arms (``CONTRASTS``)
 another. Compute is matched in total optimizer steps (batches of 4 over all clients), checked from the records. The
 plateau rule (``PLATEAU``) reads the selection split's accuracy in both (its sampling noise is binomial; F1's is
-not); a centralized run is judged against its twin at twice the epochs (``BUDGET``) where ``run_grid.py
---budget_check`` ran one (``<task>_central-x2_s<seed>/``, no arm of any table), and is not checked otherwise. Every
+not); a centralized or one-shot run is judged against its twin at twice the (local) epochs (``BUDGET``) where
+``run_grid.py --budget_check`` ran one (``<task>_central-x2_s<seed>/``, ``<task>_oneshot-x2_<shard>_s<seed>/`` and its
+naive merge's, no arm of any table), and is not checked otherwise. Every
 table is one function of the task; a task's blocks say its records are not committed yet until selection.json holds
 the task.
 """
@@ -130,11 +131,11 @@ def contrasts(task: str = TASK) -> list[tuple[str, str, str]]:
 
 # The plateau. Every local run (centralized, or a client's round) decays its rate linearly to 0, so a rule on the last
 # part of one decayed run holds by construction: centralized and one-shot runs (one local run each) are not checked
-# by it. A centralized run has a second budget where run_grid.py --budget_check ran its twin (``TWIN``: the same run
-# at twice the epochs, the same rate decaying over all of them): the run is still improving when the twin's final
-# selection accuracy beats its own by more than 1 sd of the split's sampling noise (``BUDGET``); without a twin it
-# is not checked. A one-shot run's second budget (one round of twice the epochs, then its merges) is not built: it
-# stays not checked.
+# by it. Such a run has a second budget where run_grid.py --budget_check ran its twin (``twin_arm``: the centralized
+# run at twice the epochs; the one-shot run with its clients at twice the local epochs, merged the same way; the
+# same rate decaying over all of them): the run is still improving when the twin's final selection accuracy beats
+# its own by more than 1 sd of the split's sampling noise (``BUDGET``); without a twin it is not checked (a one-shot
+# naive merge scored before fedavg_merge.py scored the selection split has nothing to judge it by either).
 # A multi-round run restarts the rate every round, and its state after round 4 is exactly that of a 4-round run
 # (schedules, batches and dropout depend on the seed, round and client, not on --rounds): its last third (rounds 5-6)
 # is a second budget, and the run is still improving when it gained more than 1 sd of the selection split's own
@@ -147,8 +148,10 @@ PLATEAU = plateau.Plateau("the last third of the rounds gains at most 1 sd of th
 DECAYED = plateau.Plateau("one local run, its rate decayed to 0: not checked", schedule="decayed",
                           metric="selection_accuracy", direction="max")
 TWIN = run_grid.TWIN  # the arm name of a centralized run's twin at twice the epochs: read by BUDGET, never an arm
-BUDGET = plateau.Plateau("the same centralized run at twice the epochs (its rate decaying over all of them) ends at "
-                         "most 1 sd of the selection split's sampling noise above it", check_budget="twice the epochs",
+TWINNED = ("central", "oneshot", "oneshot-naive")  # the methods whose runs a --budget_check twin judges
+BUDGET = plateau.Plateau("the same run with its local training at twice the epochs (its rate decaying over all of "
+                         "them; a one-shot run merged the same way) ends at most 1 sd of the selection split's "
+                         "sampling noise above it", check_budget="twice the epochs",
                          tolerance=1.0, metric="selection_accuracy", value="selection_accuracy", direction="max",
                          schedule="decayed")
 
@@ -170,13 +173,14 @@ def _load(folder: Path, task: str) -> dict:
         r["rows"] = [x for x in rows if x.get("client") is None]
         r["clients"] = [x for x in rows if x.get("client") is not None]
         out.setdefault(r["name"][len(task) + 1:].rsplit("_s", 1)[0], {})[r["args"]["seed"]] = r
-    for f in sorted(folder.glob(f"{task}_oneshot-naive_*_s*/adapter/fuse_manifest.json")):
+    for f in sorted(folder.glob(f"{task}_oneshot-naive*_s*/adapter/fuse_manifest.json")):  # and their twins'
         name = f.parents[1].name
         arm, seed = name[len(task) + 1:].rsplit("_s", 1)
         source = out.get(arm.replace("oneshot-naive", "oneshot"), {}).get(int(seed))
         if source is not None:
             out.setdefault(arm, {})[int(seed)] = {**source, "name": name, "path": f.parents[1], "rows": [],
-                                                  "summary": json.loads(f.read_text(encoding="utf-8"))}
+                                                  "summary": json.loads(f.read_text(encoding="utf-8")),
+                                                  "source": source}
     return out
 
 
@@ -267,42 +271,58 @@ def noise(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
-def _final_selection(run: dict) -> float:
-    """A run's final selection-split accuracy (its summary's, else its last evaluation's)."""
+def _final_selection(run: dict) -> float | None:
+    """A run's final selection-split accuracy (its summary's, else its last evaluation's; a one-shot naive merge's
+    manifest's, None where the merge did not score the split)."""
     final = run["summary"].get("final", {}).get("selection_accuracy")
-    return final if final is not None else run["rows"][-1]["selection_accuracy"]
+    return final if final is not None or not run["rows"] else run["rows"][-1]["selection_accuracy"]
 
 
-def twins(task: str = TASK) -> dict:
-    """{seed: run} of the centralized runs' twins at twice the epochs (``TWIN``) whose centralized run is recorded,
-    each checked to be that run at twice its epochs and the same rate."""
-    central, out = runs("central", task), {}
-    for seed, twin in sorted(runs(TWIN, task).items()):
-        if seed not in central:
+def twin_arm(arm: str) -> str:
+    """The arm name of an arm's --budget_check twin: ``central-x2``, ``oneshot-x2_iid``, ``oneshot-naive-x2_iid``."""
+    method, shard = split(arm)
+    return arm_name(method + run_grid.TWIN_SUFFIX, shard)
+
+
+def twins(task: str = TASK, arm: str = "central") -> dict:
+    """{seed: run} of an arm's twins at twice the (local) epochs (``twin_arm``) whose run is recorded and scored on
+    the selection split, each checked to be that run at twice its epochs and the same rate ({} for an arm that has
+    none: one neither centralized nor one-shot)."""
+    if split(arm)[0] not in TWINNED:
+        return {}
+    mine, out = runs(arm, task), {}
+    epochs = "num_train_epochs" if arm == "central" else "local_epochs"
+    for seed, twin in sorted(runs(twin_arm(arm), task).items()):
+        if seed not in mine or _final_selection(mine[seed]) is None or _final_selection(twin) is None:
             continue
-        a, b = central[seed]["args"], twin["args"]
-        check(math.isclose(b["num_train_epochs"], run_grid.TWIN_EPOCHS * a["num_train_epochs"])
-              and math.isclose(b["learning_rate"], a["learning_rate"]),
-              f"{RECORDS}: {twin['name']} is not {central[seed]['name']} at {run_grid.TWIN_EPOCHS}x the epochs and "
-              f"the same rate ({b['num_train_epochs']} epochs at {b['learning_rate']:g} against "
-              f"{a['num_train_epochs']} at {a['learning_rate']:g})")
+        a, b = mine[seed]["args"], twin["args"]
+        check(math.isclose(b[epochs], run_grid.TWIN_EPOCHS * a[epochs])
+              and math.isclose(b["learning_rate"], a["learning_rate"]) and b.get("rounds") == a.get("rounds"),
+              f"{RECORDS}: {twin['name']} is not {mine[seed]['name']} at {run_grid.TWIN_EPOCHS}x the epochs and "
+              f"the same rate ({b[epochs]} epochs at {b['learning_rate']:g} against "
+              f"{a[epochs]} at {a['learning_rate']:g})")
         out[seed] = twin
     return out
 
 
+def twinned(task: str = TASK) -> dict[str, dict]:
+    """{arm: its ``twins``} of the task's arms that have at least one."""
+    return {a: t for a in arms(task) if (t := twins(task, a))}
+
+
 def plateau_of(arm: str, task: str = TASK) -> dict[int, tuple[plateau.Judged, float | None]]:
     """{seed: (the plateau verdict, its gain or None)} of an arm's runs: a multi-round run's last third over the run
-    at two thirds of its rounds (``PLATEAU``); a centralized run's twin at twice the epochs over the run (``BUDGET``),
-    not checked (``DECAYED``) without a twin; one-shot runs not checked (``DECAYED``: their second budget is not
-    built)."""
-    out, longer = {}, twins(task) if arm == "central" else {}
+    at two thirds of its rounds (``PLATEAU``); a centralized or one-shot run's twin at twice the (local) epochs over
+    the run (``BUDGET``), not checked (``DECAYED``) without a twin."""
+    out, longer = {}, twins(task, arm)
     for seed, r in sorted(runs(arm, task).items()):
         curve = [x["selection_accuracy"] for x in r["rows"] if "selection_accuracy" in x]
         if seed in longer:
             value, second = _final_selection(r), _final_selection(longer[seed])
-            out[seed] = (BUDGET.judge(curve, value=value, longer=second, noise=split_sd(arm, task)), second - value)
+            out[seed] = (BUDGET.judge(curve or [value], value=value, longer=second, noise=split_sd(arm, task)),
+                         second - value)
             continue
-        if split(arm)[0] in ("central", "oneshot", "oneshot-naive") or len(curve) < 3:
+        if split(arm)[0] in TWINNED or len(curve) < 3:
             out[seed] = (DECAYED.judge(curve or [math.nan]), None)
             continue
         cut = round(len(curve) * CHECK_AT)
@@ -312,16 +332,17 @@ def plateau_of(arm: str, task: str = TASK) -> dict[int, tuple[plateau.Judged, fl
 
 
 def split_sd(arm: str, task: str = TASK) -> float:
-    """The selection split's sampling sd at the arm's mean final selection accuracy: the noise ``PLATEAU`` reads."""
-    group = [r for r in runs(arm, task).values() if r["rows"]]
-    p = sum(r["rows"][-1]["selection_accuracy"] for r in group) / len(group)
-    return noise(p, group[0]["summary"]["selection_examples"])
+    """The selection split's sampling sd at the arm's mean final selection accuracy (its runs that scored the split):
+    the noise ``PLATEAU`` and ``BUDGET`` read."""
+    group = [r for r in runs(arm, task).values() if _final_selection(r) is not None]
+    p = sum(r["rows"][-1]["selection_accuracy"] if r["rows"] else _final_selection(r) for r in group) / len(group)
+    return noise(p, group[0].get("source", group[0])["summary"]["selection_examples"])
 
 
 def tolerance(arm: str, task: str = TASK) -> float:
-    """The tolerance of an arm's rule (``BUDGET`` centralized, ``PLATEAU`` otherwise): its ``tolerance`` sds of the
-    split's noise."""
-    return (BUDGET if arm == "central" else PLATEAU).tolerance * split_sd(arm, task)
+    """The tolerance of an arm's rule (``BUDGET`` for an arm with twins, ``PLATEAU`` otherwise): its ``tolerance``
+    sds of the split's noise."""
+    return (BUDGET if twins(task, arm) else PLATEAU).tolerance * split_sd(arm, task)
 
 
 def notes(arm: str, _: str = "", task: str = TASK) -> list[str]:
@@ -330,26 +351,45 @@ def notes(arm: str, _: str = "", task: str = TASK) -> list[str]:
                         edge(family(arm), task)) if n]
 
 
+KINDS = {"centralized": ("central",), "one-shot": ("oneshot", "oneshot-naive")}  # the runs a twin can judge
+
+
+def _kinds(task: str) -> dict[str, tuple[int, list[int]]]:
+    """{kind of ``KINDS`` the task has: (its runs, the seeds of those with a twin)}."""
+    out = {}
+    for kind, methods in KINDS.items():
+        mine = [a for a in arms(task) if split(a)[0] in methods]
+        if mine:
+            out[kind] = (sum(len(runs(a, task)) for a in mine), sorted({s for a in mine for s in twins(task, a)}))
+    return out
+
+
 def _decayed(task: str, sep: str = ", ") -> str:
     """The kinds of runs of the task no rule checks (one local run, decayed once, without a second budget):
-    centralized runs while one has no twin at twice the epochs ('Centralized without a twin' when others have one),
-    one-shot runs (their second budget is not built); '' when none."""
-    central, paired = runs("central", task), twins(task)
-    kinds = [] if central and len(paired) == len(central) else ["Centralized without a twin" if paired else
-                                                                  "Centralized"]
-    kinds += ["one-shot"] if any(split(a)[0] == "oneshot" for a in arms(task)) else []
+    centralized or one-shot runs while one has no twin at twice the (local) epochs ('Centralized without a twin'
+    when others have one); '' when none."""
+    kinds = [kind + (" without a twin" if paired else "") for kind, (n, paired) in _kinds(task).items()
+             if sum(len(twins(task, a)) for a in arms(task) if split(a)[0] in KINDS[kind]) < n]
     out = sep.join(kinds)
     return out[:1].upper() + out[1:]
 
 
 def _past_budget(task: str, ran: str = "ran") -> str:
     """The clause on which runs of the task ran past their budget (``ran``: the verb, 'ran' or 'was run'): 'no arm
-    ran past its budget' without twins, else only the centralized runs, at twice the epochs, of the seeds with one."""
-    paired = sorted(twins(task))
+    ran past its budget' without twins, else only the centralized and one-shot runs, at twice the (local) epochs, of
+    the seeds with one."""
+    paired = {kind: seeds for kind, (_, seeds) in _kinds(task).items() if seeds}
     if not paired:
         return f"no arm {ran} past its budget"
-    return (f"only centralized runs {'were run' if ran == 'was run' else ran} past their budget (twice the epochs, "
-            f"seed{'s' if len(paired) > 1 else ''} {', '.join(map(str, paired))})")
+    verb = "were run" if ran == "was run" else ran
+
+    def seeds(x: list[int]) -> str:
+        return f"seed{'s' if len(x) > 1 else ''} {', '.join(map(str, x))}"
+
+    if list(paired) == ["centralized"]:
+        return f"only centralized runs {verb} past their budget (twice the epochs, {seeds(paired['centralized'])})"
+    return (f"only {' and '.join(f'{kind} runs ({seeds(x)})' for kind, x in paired.items())} {verb} past their "
+            "budget (twice the local epochs)")
 
 
 def _unchecked(task: str, ran: str = "ran", sep: str = ", ") -> str:
@@ -520,14 +560,17 @@ def plateau_table(task: str = TASK) -> str:
         verdict = plateau.note({s: j for s, (j, _) in judged.items()}) or \
             f"at plateau by this rule ({len(gains)}/{len(gains)})"
         rows.append([label(arm), shown, f"{tolerance(arm, task):.3f}", verdict])
-    kinds, paired = _decayed(task).lower(), twins(task)
+    kinds, paired = _decayed(task).lower(), [k for k, (_, seeds) in _kinds(task).items() if seeds]
     past = _past_budget(task, "was run") + (", so no other arm is shown to be at its plateau beyond its budget."
                                              if paired else ", so none is shown to be at its plateau beyond it.")
+    whose = " or ".join({"centralized": "a centralized", "one-shot": "a one-shot"}[k] for k in paired)
+    epochs = "epochs" if paired == ["centralized"] else "(local) epochs"
     return RS.minus(
         "Selection-split accuracy gained in the last third of the rounds (rounds 5–6 over the same run after round "
         "4, a complete 4-round run: each round's local rate restarts and decays to 0) per seed"
-        + (", and by a centralized run's twin at twice the epochs (the same rate decaying to 0 over all of them) over "
-           "the run" if paired else "")
+        + (f", and by {whose} run's twin at twice the {epochs} (the same rate decaying to 0 over all of them"
+           + ("; a one-shot run's merged the same way" if "one-shot" in paired else "") + ") over the run"
+           if paired else "")
         + "; still improving when the gain exceeds 1 sd of the split's sampling noise at the arm's accuracy."
         + _accuracy_note(task)
         + (" A run whose rate decayed once to 0 " + ("without a second budget " if paired else "")
@@ -607,7 +650,9 @@ def _plateau_line(task: str = TASK) -> str:
     short = [f"{label(a)} ({plateau.note({s: j for s, (j, _) in v.items()})})" for a, v in checked.items()
              if any(j.state == "still improving" for j, _ in v.values())]
     flat = [label(a) for a, v in checked.items() if all(j.state == "at plateau" for j, _ in v.values())]
-    central = "; centralized: its twin at twice the epochs against the run" if twins(task) else ""
+    paired = [k for k, (_, seeds) in _kinds(task).items() if seeds]
+    epochs = "epochs" if paired == ["centralized"] else "(local) epochs"
+    central = f"; {' and '.join(paired)}: its twin at twice the {epochs} against the run" if paired else ""
     return (f"- **Plateau** (rounds {round(rounds * CHECK_AT) + 1}–{rounds} against round "
             f"{round(rounds * CHECK_AT)}{central}{';' if central else ','} tolerance 1 sd of the selection split's "
             "noise): at it by this rule: " + ("; ".join(flat) if flat else "none") + "; still improving: "
@@ -746,16 +791,19 @@ def grid_time() -> str:
         return f"{sum(r['summary'].get(key) or 0 for r in group) / 60:.1f} min"
 
     def own(task: str, sep: str = "; ") -> str:
-        mine, chooser, extra = _trained(task), selection_runs(task), list(twins(task).values())
+        mine, chooser = _trained(task), selection_runs(task)
+        extra = [r for a, t in twinned(task).items() if split(a)[0] != "oneshot-naive" for r in t.values()]
+        said = " and ".join(k for k, (_, seeds) in _kinds(task).items() if seeds)
         return (f"the {len(chooser)} selection runs {minutes(chooser, 'wall_seconds')} wall, "
                 f"{minutes(chooser, 'cpu_seconds')} CPU{sep}the {len(mine)} reported training runs "
                 f"{minutes(mine, 'wall_seconds')} wall, {minutes(mine, 'cpu_seconds')} CPU"
                 + (" (the one-shot naive merges not timed)" if any(split(a)[0] == "oneshot-naive" for a in arms(task))
                    else "")
-                + (f"{sep}the {len(extra)} centralized runs at twice the epochs (--budget_check) "
+                + (f"{sep}the {len(extra)} {said} runs at twice the epochs (--budget_check) "
                    f"{minutes(extra, 'wall_seconds')} wall, {minutes(extra, 'cpu_seconds')} CPU" if extra else ""))
 
-    loads = [r["summary"][k] for t in tasks for r in _trained(t) + selection_runs(t) + list(twins(t).values())
+    loads = [r["summary"][k] for t in tasks for r in _trained(t) + selection_runs(t)
+             + [r for a, tw in twinned(t).items() if split(a)[0] != "oneshot-naive" for r in tw.values()]
              for k in ("load_start", "load_end") if k in r["summary"]]
     calls = "; ".join(f"`{' '.join(_portable(g['argv']))}` {g['wall_seconds'] / 60:.1f} min wall, finished "
                       f"{g['finished_at'][:10]}" for g in record) or "not finished"

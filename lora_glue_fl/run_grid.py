@@ -24,13 +24,16 @@ Model: --model_size minilm, LoRA on query/value + the classifier head. Each task
    (fedavg_rounds.py, 1 round of --rounds x --local_epochs, then fedavg_merge.py --aggregation naive --do_eval on
    its client adapters: ``<task>_oneshot-naive_<sharding>_s<seed>/``). Shardings over --num_clients clients: iid,
    dir1 / dir0.1 (Dirichlet, at least --min_per_label of each label), category (one label per client).
-3. **The centralized runs' second budget** (--budget_check, off by default): every local run decays its rate to 0,
-   so a "the end of the curve is flat" rule holds by construction for a centralized run (one local run). With the
-   flag, every task whose design has the centralized cell also runs, per seed, ``<task>_central-x2_s<seed>``: the
-   centralized run at twice the epochs (2 x --rounds x --local_epochs, its rate decaying over all of them, the same
-   chosen rate and --eval_every_epochs), after the design's cells; results.py judges each centralized run against
-   it (still improving when the twin's final selection accuracy is higher by more than 1 sd of the split's sampling
-   noise). The twin is no arm of any table. Rerunning a finished grid's command with the flag runs only the twins.
+3. **The second budget of a run that is one local run** (--budget_check, off by default): every local run decays
+   its rate to 0, so a "the end of the curve is flat" rule holds by construction for a centralized run and for a
+   one-shot run (its clients' one local run each). With the flag, each such cell of the design also runs, per seed,
+   its twin (``twin``): ``<task>_central-x2_s<seed>``, the centralized run at twice the epochs, and
+   ``<task>_oneshot-x2_<sharding>_s<seed>``, the one-shot run with its clients at twice the local epochs, then its
+   naive merge ``<task>_oneshot-naive-x2_<sharding>_s<seed>/`` (each rate decaying over all of them, the same chosen
+   rate and evaluations), after the design's cells; results.py judges each run against its twin (still improving
+   when the twin's final selection accuracy is higher by more than 1 sd of the split's sampling noise; the naive
+   merges score the selection split too, fedavg_merge.py). A twin is no arm of any table. Rerunning a finished
+   grid's command with the flag runs only the twins.
 --train_pooler: the tasks whose runs also train BERT's pooler with the classifier (default MRPC, where a frozen
 pooler left a seed at the majority class).
 Every run goes through ``common.jobs``: finished runs are skipped, interrupted ones resumed (run the same command
@@ -72,7 +75,11 @@ FAMILY = {"central": "central", "svd": "multi-round", "naive": "multi-round", "e
           "oneshot": "one-shot"}  # method -> the arm family whose learning rate it uses
 SELECTION_CELL = {"central": ("central", None), "multi-round": ("svd", "iid"), "one-shot": ("oneshot", "iid"),
                   "exact": ("exact", "iid")}
-TWIN, TWIN_EPOCHS = "central-x2", 2  # --budget_check: the centralized run at TWIN_EPOCHS x the epochs, named as an arm
+# --budget_check: a run whose local training is one decayed run (centralized, one-shot) again at TWIN_EPOCHS x its
+# epochs, named as its arm with TWIN_SUFFIX (``twin``); TWIN is the centralized one
+TWIN_SUFFIX, TWIN_EPOCHS = "-x2", 2
+TWIN = "central" + TWIN_SUFFIX
+TWINNED = ("central", "oneshot")  # the methods whose runs get a twin
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -122,10 +129,11 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--jobs", "--workers", type=flags.POSITIVE_INT, default=2,
                    help="script runs at a time (one process of 1 thread each)")
     p.add_argument("--budget_check", action="store_true",
-                   help="also run, per seed of every task whose design has the centralized cell, the centralized run "
-                        "at twice the epochs (<task>_central-x2_s<seed>, same rate, decayed over all of them; after "
-                        "the design's cells): the second budget results.py judges a centralized run's plateau by "
-                        "(its decayed rate makes any end-of-curve rule hold by construction)")
+                   help="also run, per seed, every centralized and one-shot cell of the design again at twice the "
+                        "(local) epochs (<task>_central-x2_s<seed>, <task>_oneshot-x2_<shard>_s<seed> and its naive "
+                        "merge; same rate, decayed over all of them; after the design's cells): the second budget "
+                        "results.py judges those runs' plateau by (their decayed rate makes any end-of-curve rule "
+                        "hold by construction)")
     p.add_argument("--dry_run", action="store_true", help="print the runs and write data and shards, train nothing")
     p.add_argument("--records", type=flags.FOLDER, default=None,
                    help="once every run is done, copy their records here (module doc; the committed folder is "
@@ -191,9 +199,10 @@ def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr
                select: bool = False, write: bool = True, epochs: float = 1) -> list[tuple[str, list[str]]]:
     """The script runs of one cell: (script, argv), in order. ``select``: a selection run (in <out-dir>/selection,
     scored on the selection split only, no one-shot naive merge); ``write`` False: its shards checked, not made;
-    ``epochs``: a centralized run's epochs are this times --rounds x --local_epochs (the --budget_check twin's 2),
-    its evaluations still every --local_epochs."""
-    cli.check(epochs == 1 or method == "central", f"an epochs multiplier is the centralized run's, not {method}'s")
+    ``epochs``: a centralized run's epochs, or a one-shot run's local epochs, are this times --rounds x
+    --local_epochs (the --budget_check twin's 2), a centralized run's evaluations still every --local_epochs."""
+    cli.check(epochs == 1 or method in TWINNED, f"an epochs multiplier is the centralized or one-shot run's, not "
+                                                f"{method}'s")
     task, data, common_args, seq = task_data(args, name)
     out = Path(args.out_dir) / "selection" if select else Path(args.out_dir)
     common_args = common_args + ["--out-dir", str(out), "--seed", str(seed), "--run-name", run,
@@ -213,14 +222,15 @@ def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr
     if method != "oneshot":
         return [("fedavg_rounds", fed + ["--aggregation", method, "--rounds", str(args.rounds),
                                          "--local_epochs", str(args.local_epochs)])]
-    steps = [("fedavg_rounds", fed + ["--aggregation", "svd", "--rounds", "1", "--local_epochs", str(total_epochs)])]
+    steps = [("fedavg_rounds", fed + ["--aggregation", "svd", "--rounds", "1", "--local_epochs",
+                                      str(total_epochs * epochs)])]
     if select:
         return steps
     clients = [str(out / run / "round_1" / f"client_{i}" / "adapter") for i in range(1, args.num_clients + 1)]
     manifests = [str(shard_dir / f"client_{i}.json") for i in range(1, args.num_clients + 1)]
     return steps + [("fedavg_merge", [
         "--adapters", *clients, "--shard_manifests", *manifests, "--aggregation", "naive", "--svd_rank",
-        str(args.lora_r), "--save_adapter", str(out / f"{name}_oneshot-naive_{sharding}_s{seed}" / "adapter"),
+        str(args.lora_r), "--save_adapter", str(out / run.replace("_oneshot", "_oneshot-naive", 1) / "adapter"),
         "--do_eval", "--task_name", task, "--max_seq_length", str(seq), "--eval_batch_size",
         str(args.eval_batch_size)] + data)]
 
@@ -334,18 +344,24 @@ def choose(args, values: dict | None = None) -> dict:
 def cells(args, rates: dict, write: bool = True) -> list[tuple[str, list[tuple[str, list[str]]]]]:
     """(run name, [(script, argv), ...]) of every reported cell at the chosen rates ({task: {family: rate}}):
     cell by cell in the design's order of priority, the seeds of a cell together (an interrupted grid has every
-    seed of its first cells); with --budget_check, then each task's centralized twins at ``TWIN_EPOCHS`` x the
-    epochs (``<task>_central-x2_s<seed>``, the centralized rate; tasks whose design has the centralized cell).
+    seed of its first cells); with --budget_check, then the twins of the design's centralized and one-shot cells at
+    ``TWIN_EPOCHS`` x the epochs, at the cell's rate (``<task>_central-x2_s<seed>``,
+    ``<task>_oneshot-x2_<shard>_s<seed>`` and its naive merge ``<task>_oneshot-naive-x2_<shard>_s<seed>``).
     ``write`` False: the shards checked, not made."""
     reported = [(run, cell_steps(args, name, method, sharding, seed, rates[name][FAMILY[method]], run, write=write))
                 for name in args.tasks for method, sharding in design(args, name) for seed in args.seeds
                 for run in [f"{name}_{method}_s{seed}" if method == "central" else
                             f"{name}_{method}_{sharding}_s{seed}"]]
-    twins = [(run, cell_steps(args, name, "central", None, seed, rates[name]["central"], run, write=write,
+    twins = [(run, cell_steps(args, name, method, sharding, seed, rates[name][FAMILY[method]], run, write=write,
                               epochs=TWIN_EPOCHS))
-             for name in args.tasks if ("central", None) in design(args, name) for seed in args.seeds
-             for run in [f"{name}_{TWIN}_s{seed}"]] if args.budget_check else []
+             for name in args.tasks for method, sharding in design(args, name) if method in TWINNED
+             for seed in args.seeds for run in [twin(name, method, sharding, seed)]] if args.budget_check else []
     return reported + twins
+
+
+def twin(task: str, method: str, sharding: str | None, seed: int) -> str:
+    """The run name of a cell's --budget_check twin: ``sst2_central-x2_s0``, ``sst2_oneshot-x2_iid_s0``."""
+    return f"{task}_{method}{TWIN_SUFFIX}" + (f"_{sharding}" if sharding else "") + f"_s{seed}"
 
 
 def check_cells(args) -> None:

@@ -29,7 +29,8 @@ IGNORE = R.DRAW_IGNORE + ("shard_dir", "adapter_output_dir", "eval_each_round", 
 SHARDS = ("iid", "dir1", "dir0.1", "category", "overlap", "category_overlap")
 NAME = re.compile(r"^(?P<task>[^_]+)_(?P<method>central|svd|naive|exact|oneshot|oneshot-naive)"
                   r"(?:_(?P<shard>iid|dir[0-9.]+|category|overlap|category_overlap))?_s(?P<seed>\d+)$")
-TWIN = re.compile(r"^[^_]+_central-x2_s\d+$")  # run_grid --budget_check: a centralized run at twice the epochs
+# run_grid --budget_check: a centralized or one-shot run (and its naive merge) at twice the (local) epochs
+TWIN = re.compile(r"^[^_]+_(central|oneshot|oneshot-naive)-x2(_[^_]+)?_s\d+$")
 METHOD_ORDER = ("central", "svd", "naive", "exact", "oneshot", "oneshot-naive")
 METHOD_LABEL = {"central": "centralized LoRA", "svd": "FedAvg svd", "naive": "FedAvg naive", "exact": "FedAvg exact",
                 "oneshot": "one-shot svd", "oneshot-naive": "one-shot naive"}
@@ -55,7 +56,7 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
 def describe(run: dict) -> dict | None:
     """{task, method, shard} of a finished run, from the grid's run name or else the summary."""
     s, m = run["summary"], NAME.match(run["name"])
-    if TWIN.match(run["name"]):  # run_grid --budget_check's second budget of a centralized run: no arm of a figure
+    if TWIN.match(run["name"]):  # run_grid --budget_check's second budget of a run: no arm of a figure
         return None
     if m:
         return {"task": m["task"], "method": m["method"], "shard": m["shard"] or "-"}
@@ -73,6 +74,8 @@ def merge_runs(roots: list[str], runs: list[dict]) -> list[dict]:
     out = []
     for f in sorted(f for root in roots for f in Path(root).glob("*/adapter/fuse_manifest.json")):
         m = NAME.match(f.parent.parent.name)
+        if TWIN.match(f.parent.parent.name):  # a --budget_check twin's merge: no arm of a figure
+            continue
         try:
             manifest = json.loads(f.read_text())
         except (OSError, ValueError) as e:

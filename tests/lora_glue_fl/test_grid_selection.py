@@ -117,10 +117,12 @@ def test_a_task_chosen_again_replaces_its_settings_and_a_diverged_rate_is_named(
         run_grid.tried(run_grid.get_args_parser().parse_args([*argv, "sst2"]))
 
 
-def test_budget_check_plans_each_centralized_run_again_at_twice_the_epochs(tmp_path, capsys):
+def test_budget_check_plans_each_centralized_and_one_shot_run_again_at_twice_the_epochs(tmp_path, capsys):
     """--budget_check: after the design's cells (unchanged), per task and seed the centralized run at twice the epochs
     (``<task>_central-x2_s<seed>``: the same flags, rate and evaluation interval, only the epochs and the name
-    differ), planned by --dry_run and copied by --records like every cell; without the flag, no twin."""
+    differ) and each one-shot cell with its clients at twice the local epochs (``<task>_oneshot-x2_<shard>_s<seed>``,
+    then its naive merge ``<task>_oneshot-naive-x2_<shard>_s<seed>`` of that run's clients), planned by --dry_run and
+    copied by --records like every cell; without the flag, no twin."""
     import shutil
 
     import pytest
@@ -137,12 +139,14 @@ def test_budget_check_plans_each_centralized_run_again_at_twice_the_epochs(tmp_p
     rates = {"sst2": {"central": 1e-3, "multi-round": 2e-3, "one-shot": 5e-3}, "mrpc": {"central": 3e-3,
                                                                                       "multi-round": 4e-3}}
     plain = run_grid.cells(run_grid.get_args_parser().parse_args(argv), rates, write=False)
-    assert not any("central-x2" in name for name, _ in plain)
+    assert not any("-x2" in name for name, _ in plain)
     args = run_grid.get_args_parser().parse_args([*argv, "--budget_check"])
     checked = run_grid.cells(args, rates, write=False)
     assert checked[:len(plain)] == plain   # the design's cells first, as without the flag
     twins = dict(checked[len(plain):])
-    assert list(twins) == ["sst2_central-x2_s0", "sst2_central-x2_s1", "mrpc_central-x2_s0", "mrpc_central-x2_s1"]
+    assert list(twins) == ["sst2_central-x2_s0", "sst2_central-x2_s1", "sst2_oneshot-x2_iid_s0",
+                           "sst2_oneshot-x2_iid_s1", "sst2_oneshot-x2_dir0.1_s0", "sst2_oneshot-x2_dir0.1_s1",
+                           "mrpc_central-x2_s0", "mrpc_central-x2_s1"]
 
     def flag(argv, name):
         return argv[argv.index(name) + 1]
@@ -150,15 +154,30 @@ def test_budget_check_plans_each_centralized_run_again_at_twice_the_epochs(tmp_p
     def without(argv, *names):   # the argv less these flags and their values
         return [a for i, a in enumerate(argv) if a not in names and (i == 0 or argv[i - 1] not in names)]
 
-    for name, ((script, twin),) in twins.items():
-        (_, central), = dict(plain)[name.replace("central-x2", "central")]
-        assert script == "main_glue_lora" and flag(twin, "--run-name") == name
-        assert float(flag(twin, "--num_train_epochs")) == 2 * float(flag(central, "--num_train_epochs")) == 4.0
-        assert flag(twin, "--eval_every_epochs") == flag(central, "--eval_every_epochs") == "0.5"
-        assert float(flag(twin, "--learning_rate")) == rates[name.split("_")[0]]["central"]
-        assert without(twin, "--num_train_epochs", "--run-name") == without(central, "--num_train_epochs",
-                                                                                "--run-name")
-    with pytest.raises(UsageError, match="centralized run's"):   # the multiplier is a centralized run's only
+    for name, steps in twins.items():
+        cell = dict(plain)[name.replace("-x2", "")]
+        if "central" in name:
+            ((script, twin),), ((_, central),) = steps, cell
+            assert script == "main_glue_lora" and flag(twin, "--run-name") == name
+            assert float(flag(twin, "--num_train_epochs")) == 2 * float(flag(central, "--num_train_epochs")) == 4.0
+            assert flag(twin, "--eval_every_epochs") == flag(central, "--eval_every_epochs") == "0.5"
+            assert float(flag(twin, "--learning_rate")) == rates[name.split("_")[0]]["central"]
+            assert without(twin, "--num_train_epochs", "--run-name") == without(central, "--num_train_epochs",
+                                                                                    "--run-name")
+            continue
+        (script, twin), (merge, fused) = steps
+        (_, oneshot), (_, naive) = cell
+        assert script == "fedavg_rounds" and merge == "fedavg_merge" and flag(twin, "--run-name") == name
+        assert flag(twin, "--rounds") == flag(oneshot, "--rounds") == "1"
+        assert float(flag(twin, "--local_epochs")) == 2 * float(flag(oneshot, "--local_epochs")) == 4.0
+        assert float(flag(twin, "--learning_rate")) == rates["sst2"]["one-shot"]
+        assert without(twin, "--local_epochs", "--run-name") == without(oneshot, "--local_epochs", "--run-name")
+        # its naive merge reads the twin's clients and writes beside it, named as the one-shot naive merge's twin
+        assert flag(fused, "--save_adapter").endswith(name.replace("oneshot", "oneshot-naive") + "/adapter")
+        assert all(f"/{name}/round_1/client_" in a for a in fused[fused.index("--adapters") + 1:][:2])
+        after = lambda argv: without(argv[argv.index("--shard_manifests"):], "--save_adapter")  # noqa: E731
+        assert after(fused) == after(naive)   # the same merge, the same shards
+    with pytest.raises(UsageError, match="centralized or one-shot run's"):   # the multiplier is theirs only
         run_grid.cell_steps(args, "sst2", "svd", "iid", 0, 1e-3, "x", write=False, epochs=2)
     # --records copies a twin's record like every cell's
     out, records = tmp_path / "grid", tmp_path / "records"

@@ -488,3 +488,65 @@ def test_a_twin_that_is_not_twice_the_run_is_refused(tmp_path):
             LR.plateau_of("central")
     finally:
         RS.REDIRECTS.clear()
+
+
+def write_oneshot_twins(root, gains: dict, shard: str = "iid", naive_gains: dict | None = None,
+                        scored: tuple[int, ...] | None = None) -> None:
+    """Each one-shot run of ``gains`` {seed: gain} again as run_grid.py --budget_check writes it
+    (``sst2_oneshot-x2_<shard>_s<seed>``: its clients at twice the local epochs, the same rate; its final selection
+    accuracy the run's plus ``gain``) and its naive merge (``sst2_oneshot-naive-x2_...``, ``naive_gains`` over the
+    original merge's); the original naive merges of ``scored`` (default: those seeds) score the selection split, as
+    fedavg_merge.py --do_eval now does (0.83)."""
+    for seed, gain in gains.items():
+        src, dst = root / f"sst2_oneshot_{shard}_s{seed}", root / f"sst2_oneshot-x2_{shard}_s{seed}"
+        shutil.copytree(src, dst)
+        record = json.loads((dst / "args.json").read_text())
+        record["args"]["local_epochs"] *= 2
+        _write(dst / "args.json", record)
+        summary = json.loads((dst / "summary.json").read_text())
+        summary["final"]["selection_accuracy"] = round(summary["final"]["selection_accuracy"] + gain, 4)
+        _write(dst / "summary.json", summary)
+        naive = json.loads((root / f"sst2_oneshot-naive_{shard}_s{seed}/adapter/fuse_manifest.json").read_text())
+        naive["final"]["selection_accuracy"] = round(0.83 + (naive_gains or {}).get(seed, 0.0), 4)
+        _write(root / f"sst2_oneshot-naive-x2_{shard}_s{seed}/adapter/fuse_manifest.json", naive)
+    for seed in (gains if scored is None else scored):
+        f = root / f"sst2_oneshot-naive_{shard}_s{seed}/adapter/fuse_manifest.json"
+        naive = json.loads(f.read_text())
+        naive["final"]["selection_accuracy"] = 0.83
+        _write(f, naive)
+
+
+def test_a_one_shot_run_and_its_naive_merge_are_judged_against_their_twins(tmp_path):
+    """--budget_check's one-shot twins: the SVD run against the run with its clients at twice the local epochs, the
+    naive merge against the naive merge of those clients, on the selection split (1 sd of its noise); a seed without
+    a twin, or whose original naive merge did not score the split, stays not checked; the twins are in no table."""
+    write_grid(tmp_path)
+    plain = tmp_path.parent / (tmp_path.name + "-plain")
+    write_grid(plain)
+    write_oneshot_twins(tmp_path, {0: 0.03, 1: 0.005}, naive_gains={0: 0.004, 1: -0.01}, scored=(0,))
+    RS.REDIRECTS[LR.RECORDS] = tmp_path
+    try:
+        assert sorted(LR.twins(arm="oneshot_iid")) == [0, 1] and sorted(LR.twins(arm="oneshot-naive_iid")) == [0]
+        assert LR.twin_arm("oneshot-naive_iid") == "oneshot-naive-x2_iid" and LR.twins(arm="svd_iid") == {}
+        judged = LR.plateau_of("oneshot_iid")
+        assert [j.state for j, _ in judged.values()] == ["still improving", "at plateau", "not checked"]
+        assert [g for _, g in judged.values()][:2] == [pytest.approx(0.03), pytest.approx(0.005)]
+        naive = LR.plateau_of("oneshot-naive_iid")
+        assert [j.state for j, _ in naive.values()] == ["at plateau", "not checked", "not checked"]
+        assert naive[0][1] == pytest.approx(0.004)
+        assert LR.tolerance("oneshot-naive_iid") == pytest.approx(math.sqrt(0.83 * 0.17 / SELECTION_N))
+        text = LR.plateau_table()
+        row = next(x for x in text.splitlines() if x.startswith("| one-shot, SVD merge, iid shards"))
+        assert "+0.030 +0.005 –" in row and "1/3 still improving; plateau not checked for 1/3" in row
+        assert "one-shot, SVD merge, Dirichlet" in text and "only one-shot runs (seeds 0, 1) were run past their " \
+            "budget (twice the local epochs)" in text
+        assert "and by a one-shot run's twin at twice the (local) epochs" in text
+        assert "(centralized, one-shot without a twin) satisfies" in text
+        assert "the 2 one-shot runs at twice the epochs (--budget_check)" in LR.grid_time()
+        table = LR.dev_table()   # the twins in no row; the one-shot arms' notes say what their twins found
+        assert "-x2" not in table and "0.770 ± 0.010 (n=3) | −0.072 [−0.092, −0.052] (n=3; p_Holm = 0.016 over " \
+            "9; plateau not checked for 2/3 (decayed schedule)) |" in table
+        RS.REDIRECTS[LR.RECORDS] = plain
+        assert len(LR.dev_table().splitlines()) == len(table.splitlines())
+    finally:
+        RS.REDIRECTS.clear()

@@ -465,3 +465,22 @@ def test_fedprox_rounds_and_the_scaffold_refusal(tmp_path, capsys):
     assert "'persist' is refused here: the clients' local optimizer keeps no state" in err
     err = one_line_error(fedavg_rounds.main, QUICK + ["--server-opt", "fedadam"], capsys)
     assert "has no meaning" in err
+
+
+def test_fedavg_merge_scores_the_selection_split_when_the_data_has_one(sst2_run, tmp_path):
+    """--do_eval on a GLUE folder holding selection.tsv also scores that split (``final.selection_*``: what
+    run_grid.py's --budget_check twins of a one-shot naive merge are judged on); without the file, only validation."""
+    from common import synthetic
+    run, _ = sst2_run
+    data = tmp_path / "glue_sst2"
+    shutil.copytree(synthetic.ensure("glue-sst2"), data)
+    clients = [str(run / f"round_1/client_{i}/adapter") for i in (1, 2, 3)]
+    argv = ["--adapters", *clients, "--aggregation", "naive", "--do_eval", "--task_name", "sst2", "--data", "dir",
+            "--data_dir", str(data), "--max_seq_length", "32", "--max_eval_samples", "40"]
+    plain = fedavg_merge.main([*argv, "--save_adapter", str(tmp_path / "a")])["final"]
+    assert "accuracy" in plain and not any(k.startswith("selection_") for k in plain)
+    rows = (data / "train.tsv").read_text(encoding="utf-8").splitlines()
+    (data / "selection.tsv").write_text("\n".join(rows[:1] + rows[1:51]) + "\n", encoding="utf-8")
+    final = fedavg_merge.main([*argv, "--save_adapter", str(tmp_path / "b")])["final"]
+    assert {k: v for k, v in final.items() if not k.startswith("selection_")} == plain   # validation as before
+    assert 0 <= final["selection_accuracy"] <= 1 and final["selection_eval_loss"] > 0

@@ -156,9 +156,13 @@ def test_plot_vit_finds_a_text_probe_from_its_weights_wherever_the_summary_point
     assert plot_vit.frozen(run(str(tmp_path / "gone"), str(tmp_path / "gone"))) == 3
 
 
-def test_plot_lora_leaves_the_centralized_budget_twin_out_of_the_arms():
+def test_plot_lora_leaves_the_budget_twins_out_of_the_arms():
     """run_grid --budget_check's <task>_central-x2_s<seed> is a plateau check, not a second centralized arm (which
-    would drop the centralized reference line)."""
+    would drop the centralized reference line); its one-shot twins are no arm either."""
     summary = {"method": "central_lora", "task": "sst2"}
     assert plot_lora_glue.describe({"name": "sst2_central-x2_s0", "summary": summary}) is None
+    oneshot = {"aggregation": "svd", "task": "sst2", "shard_mode": "iid"}   # nor a one-shot twin an SVD arm
+    assert plot_lora_glue.describe({"name": "sst2_oneshot-x2_iid_s0", "summary": oneshot}) is None
+    assert plot_lora_glue.describe({"name": "sst2_oneshot_iid_s0", "summary": oneshot})["method"] == "oneshot"
+    assert plot_lora_glue.TWIN.match("sst2_oneshot-naive-x2_dir0.1_s4")
     assert plot_lora_glue.describe({"name": "sst2_central_s0", "summary": summary})["method"] == "central"
