@@ -10,6 +10,7 @@ with their own kind. Writes ``<out>/results_budgets.md`` and ``<out>/{vit,text}_
 A setting has *settled* when the last budget step moves its mean test accuracy by less than 1 point; a
 difference is read as final only where both settings have settled (under a cosine schedule every curve
 flattens at the end, so a run can pass the per-run plateau check and still end higher at a larger budget).
+The comparisons, their Holm families and the settled rule are ``studies.py``'s (``budget_study``, ``SETTLED``).
 """
 from __future__ import annotations
 
@@ -18,12 +19,10 @@ import json
 import re
 from pathlib import Path
 
-from common import cli, stats, study, study_report
+from common import cli, stats, study_report
 from common import runs as R
 from common.checkpoint import atomic_write_text
-from vit_sparse_fl import run_all_experiments as suite
-
-SETTLED = 1.0  # points: a budget step moving the mean less than this has settled
+from vit_sparse_fl.studies import SETTLED, TEXT_MASKS, VIT, Design, at, budget_study, reference
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -52,15 +51,15 @@ def load_suites(paths: list[str], designs: list | None = None) -> dict[int, dict
     return dict(sorted(suites.items()))
 
 
-def _suite_record(f: Path, saved) -> tuple[int, suite.Design, dict[str, dict]]:
+def _suite_record(f: Path, saved) -> tuple[int, Design, dict[str, dict]]:
     """(rounds, design, {setting: {seed: test accuracy}}) of a results.json, its shape checked (one line naming
     the file otherwise; no design recorded: a ViT suite)."""
     problem = f"{f}: not a suite's results.json (written by run_all_experiments.py): "
     cli.check(isinstance(saved, dict) and "rounds" in saved and "table" in saved, problem + "no 'rounds' / 'table'")
     rounds, table, design = saved["rounds"], saved["table"], saved.get("design")
     cli.check(type(rounds) is int and rounds > 0, problem + f"'rounds' {rounds!r} is not a positive integer")
-    fields = {fl.name: {"int": int, "str": str}.get(fl.type, dict) for fl in dataclasses.fields(suite.Design)}
-    required = {fl.name for fl in dataclasses.fields(suite.Design) if fl.default is dataclasses.MISSING}
+    fields = {fl.name: {"int": int, "str": str}.get(fl.type, dict) for fl in dataclasses.fields(Design)}
+    required = {fl.name for fl in dataclasses.fields(Design) if fl.default is dataclasses.MISSING}
     cli.check(design is None or isinstance(design, dict) and required <= set(design) <= set(fields)
               and all(type(v) is fields[k] for k, v in design.items()),
               problem + f"'design' is not an object of {', '.join(sorted(fields))}")
@@ -70,24 +69,15 @@ def _suite_record(f: Path, saved) -> tuple[int, suite.Design, dict[str, dict]]:
     accuracies = {k: rec["test_accuracy"] for k, rec in table.items() if rec["test_accuracy"]}
     cli.check(all(s.isdigit() and type(v) in (int, float) for acc in accuracies.values() for s, v in acc.items()),
               problem + "a test accuracy is not {seed: number}")
-    return (rounds, suite.Design(**design) if design else suite.VIT,
+    return (rounds, Design(**design) if design else VIT,
             {k: {int(s): v for s, v in acc.items()} for k, acc in accuracies.items()})
-
-
-def reference(setting: str) -> str | None:
-    """The setting each one is compared with at the same budget (None: it is a reference itself)."""
-    if setting == "fedavg_iid":
-        return None
-    if m := re.fullmatch(r"fedavg_(iid|nc2)_J\d+|(?:sparse|probe)_(iid|nc\d+)_.*", setting):
-        return f"fedavg_{m.group(1) or m.group(2)}"
-    return "fedavg_iid"
 
 
 def label(setting: str) -> str:
     names = {"fedavg_iid": "FedAvg IID", "fedavg_iid_scratch": "FedAvg IID from scratch", "centralized": "centralized"}
     if setting in names:
         return names[setting]
-    title = suite.VIT.shard_title
+    title = VIT.shard_title
     if m := re.fullmatch(r"fedavg_(nc\d+)", setting):
         return f"FedAvg {title(m.group(1))}"
     if m := re.fullmatch(r"fedavg_(iid|nc2)_J(\d+)", setting):
@@ -99,29 +89,7 @@ def label(setting: str) -> str:
     return setting
 
 
-def budget_study(suites: dict[int, dict[str, dict]], order: list[str]) -> study.Study:
-    """The table's comparisons: every setting at every budget against its reference there (``reference``), one Holm
-    family; every setting's last budget step (its largest budget against the one before), another: a conclusion
-    about what still moves spans the settings. An arm is a setting at a budget (``at``)."""
-    budgets = list(suites)
-    have = {setting: [r for r in budgets if setting in suites[r]] for setting in order}
-    vs = [study.Comparison(at(setting, r), at(reference(setting), r), "vs reference") for setting in order
-          for r in have[setting] if reference(setting) and reference(setting) in suites[r]]
-    steps = [study.Comparison(at(setting, have[setting][-1]), at(setting, have[setting][-2]), "last step")
-             for setting in order if len(have[setting]) >= 2]
-    names = dict.fromkeys(c for cmp in (*vs, *steps) for c in (cmp.arm, cmp.reference))
-    names |= dict.fromkeys(at(setting, r) for setting in order for r in have[setting])
-    return study.Study("budgets", arms=tuple(study.Arm(a, suite.script_of(a.rsplit("@", 1)[0])) for a in names),
-                       seeds=tuple(sorted({s for table in suites.values() for v in table.values() for s in v})),
-                       comparisons=(*vs, *steps))
-
-
-def at(setting: str, rounds: int) -> str:
-    """The arm of a setting at a budget: 'fedavg_iid@192'."""
-    return f"{setting}@{rounds}"
-
-
-def make_table(suites: dict[int, dict[str, dict]], d: suite.Design = suite.VIT) -> tuple[str, dict]:
+def make_table(suites: dict[int, dict[str, dict]], d: Design = VIT) -> tuple[str, dict]:
     budgets = list(suites)
     order = list(dict.fromkeys(k for s in suites.values() for k in s))
     have = {setting: [r for r in budgets if setting in suites[r]] for setting in order}
@@ -160,10 +128,10 @@ def make_table(suites: dict[int, dict[str, dict]], d: suite.Design = suite.VIT) 
     return "\n".join(lines) + "\n", record
 
 
-def panels(d: suite.Design) -> list[tuple[str, list[str]]]:
+def panels(d: Design) -> list[tuple[str, list[str]]]:
     """(title, settings) of the figure's panels; the last one's masks are also drawn as differences to dense."""
     if d.name == "ag_news":
-        arms = [f"{sp:g}_{s}" for sp, s in suite.TEXT_MASKS]
+        arms = [f"{sp:g}_{s}" for sp, s in TEXT_MASKS]
         return [(f"{d.shard_title(shard)}: dense, probe, masks",
                  [f"fedavg_{shard}", f"probe_{shard}_head", *(f"sparse_{shard}_s{a}" for a in arms)])
                 for shard in d.shards]
@@ -176,7 +144,7 @@ def panels(d: suite.Design) -> list[tuple[str, list[str]]]:
                                                "probe_nc2_head"])]
 
 
-def plot(suites: dict[int, dict[str, dict]], path: Path, d: suite.Design = suite.VIT) -> list[Path]:
+def plot(suites: dict[int, dict[str, dict]], path: Path, d: Design = VIT) -> list[Path]:
     """Test accuracy vs sample gradients, one line per setting (error bars: sd); last panel: the arms of the panel
     most measured at several budgets as paired differences to its dense FedAvg (error bars: 95% t interval)."""
     import matplotlib.pyplot as plt
@@ -220,7 +188,7 @@ def plot(suites: dict[int, dict[str, dict]], path: Path, d: suite.Design = suite
 def main(argv=None) -> dict:
     args = cli.parse(get_args_parser(), argv)
     out = cli.check_out_dir(args.out, "--out")
-    designs: list[suite.Design] = []
+    designs: list[Design] = []
     suites = load_suites(args.suites, designs)
     cli.check(len(suites) >= 2, "give at least two suites of different rounds")
     cli.check(len({json.dumps(dataclasses.asdict(d), sort_keys=True) for d in designs}) == 1,

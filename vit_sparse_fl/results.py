@@ -2,21 +2,21 @@
 (``python -m common.results --write`` rewrites them; ``--check`` fails when one differs).
 
 Records: ``RECORDS/r<rounds>/runs/<setting>_seed<seed>/`` (args.json, summary.json, metrics.jsonl). A mask
-table is the study run_all_experiments.py's table declares (``mask_study``: its ``table_study``), one Holm family:
+table is the study studies.py declares for the suite's table (``mask_study``: its ``table_study``), one Holm family:
 every row against dense FedAvg and against the head-only probe, test accuracy and interference; its verdicts go
 through ``common.study_report``, with each arm's plateau (``PLATEAU``, against the longer runs the suite's table does
 not know of) and selection (``r<rounds>/runs/selection.json``, ``common.study``'s selection record) beside them.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from functools import cache
 
 from common import plateau, stats, study, study_report
 from common import results as RS
 from vit_sparse_fl import compare_budgets as budgets_script
-from vit_sparse_fl import run_all_experiments as suite_script
+from vit_sparse_fl import report, studies
+from vit_sparse_fl.studies import LONGER, PLATEAU, SETTLED, mask_study
 
 RECORDS = "vit_sparse_fl/results"  # one folder a suite: r<rounds>/ with its runs/, tables and selection
 PROBE = "probe: head + final norm"
@@ -41,26 +41,6 @@ def pct(runs: list[dict], metric: str) -> dict:
     return RS.by_seed(runs, metric, 100.0)
 
 
-# every arm's rate decays by a cosine, so its last evaluations are flat by construction: a run is judged against
-# the same setting at 4x the rounds (r768_rates/runs, its rate chosen again there), within half the seeds' sd of
-# the final validation accuracy (the selection split's noise)
-PLATEAU = plateau.Plateau("4x the rounds raise the final validation accuracy by at most 0.5 sd of the seeds",
-                          "R768", tolerance=0.5, metric="val_accuracy", value="final_val_accuracy", direction="max",
-                          schedule="decayed")
-LONGER = {192: "r768_rates/runs"}  # a budget's second budget: the folder of its longer runs
-
-
-def mask_study(rounds: int, shard: str, sparsity: float) -> study.Study:
-    """One mask table of the suite at R = ``rounds`` as run_all_experiments.py declares it (``table_study``): each
-    row against dense FedAvg and the head-only probe in test accuracy and interference, one Holm family; equal steps
-    (rounds times local steps); with the plateau's second budget, R = 768."""
-    rows = [key for key, _ in suite_script.mask_rows(shard, sparsity, sparsity == 0.9)]
-    s = suite_script.table_study(f"masks_R{rounds}_{shard}_s{sparsity:g}", rows,
-                                 [f"fedavg_{shard}", f"probe_{shard}_head"], ("test_accuracy", "interference"),
-                                 "equal steps", (0, 1, 2))
-    return dataclasses.replace(s, budgets={f"R{rounds}": (), "R768": ("--rounds", "768")}, plateau=PLATEAU)
-
-
 def selection(rounds: int) -> dict:
     """The selection record of the synthetic-CIFAR suite at R = ``rounds``."""
     return picked(f"r{rounds}")
@@ -73,7 +53,7 @@ def notes(rounds: int):
             if rounds in LONGER else {}
         found = {r["args"]["seed"]: r["path"] for r in suite(rounds)[key]}
         return [n for n in [plateau.arm_note(PLATEAU, found, longer)] if n] + \
-            suite_script.rate_notes(selection(rounds))(key, metric)
+            report.rate_notes(selection(rounds))(key, metric)
     return of
 
 
@@ -82,7 +62,7 @@ def mask_family(rounds: int, shard: str, sparsity: float) -> dict:
     """{(setting, ref, metric): Finding} of one mask table (Holm over all its differences), with warnings."""
     g = suite(rounds)
     found = study_report.compare(mask_study(rounds, shard, sparsity), lambda key, m: pct(g.get(key, []), m),
-                                 notes(rounds), spent=suite_script.spent(g, "equal steps"))
+                                 notes(rounds), spent=report.spent(g, "equal steps"))
     return {(c.arm, c.reference, c.metric): f for c, f in found.items()}
 
 
@@ -119,22 +99,22 @@ def mean(folder: str, key: str, metric: str = "test_accuracy") -> float:
 
 def rate(folder: str, key: str) -> str:
     """The setting's learning rate, as its table's lr column writes it."""
-    return suite_script.rate(groups(folder).get(key, []))
+    return report.rate(groups(folder).get(key, []))
 
 
 @cache
 def table_family(folder: str, shard: str, sparsity: float | None = None) -> dict:
-    """{(setting, ref, metric): Finding} of one mask table of a suite as run_all_experiments.py writes it
+    """{(setting, ref, metric): Finding} of one mask table of a suite as report.py writes it
     (``make_table``: every row against dense FedAvg and the head-only probe in test accuracy and interference, one
     Holm family, equal steps; warnings: a rate at the edge of its grid). ``sparsity``: the ViT table's (its
     s = 0.9 table holds the true-Fisher score's row); the text tables hold every mask of their shard."""
-    rows = suite_script.text_names(shard) if folder.startswith("text") else \
-        [key for key, _ in suite_script.mask_rows(shard, sparsity, sparsity == 0.9)]
-    s = suite_script.table_study(f"{folder}_{shard}_{sparsity}", rows, [f"fedavg_{shard}", f"probe_{shard}_head"],
+    rows = studies.text_names(shard) if folder.startswith("text") else \
+        [key for key, _ in studies.mask_rows(shard, sparsity, sparsity == 0.9)]
+    s = studies.table_study(f"{folder}_{shard}_{sparsity}", rows, [f"fedavg_{shard}", f"probe_{shard}_head"],
                                  ("test_accuracy", "interference"), "equal steps", seeds_of(folder))
     g = groups(folder)
-    found = study_report.compare(s, lambda key, m: values(folder, key, m), suite_script.rate_notes(picked(folder)),
-                                 spent=suite_script.spent(g, "equal steps"))
+    found = study_report.compare(s, lambda key, m: values(folder, key, m), report.rate_notes(picked(folder)),
+                                 spent=report.spent(g, "equal steps"))
     return {(c.arm, c.reference, c.metric): f for c, f in found.items()}
 
 
@@ -156,7 +136,7 @@ def budget_family() -> dict:
         setting, rounds = arm.rsplit("@", 1)
         return suites[int(rounds)].get(setting, {})
 
-    found = study_report.compare(budgets_script.budget_study(suites, order), of)
+    found = study_report.compare(studies.budget_study(suites, order), of)
     return {(c.arm, c.reference): f for c, f in found.items()}
 
 
@@ -338,7 +318,7 @@ def r768_more() -> str:
     g = groups(R768)
 
     def passed(key: str) -> str:
-        return suite_script.plateau(g.get(key, []))
+        return report.plateau(g.get(key, []))
 
     moved = {k: [100 * r["summary"]["plateau_change"] for r in runs] for k, runs in g.items() if "nc2" in k}
     cells = ", ".join(f"{label(k)} {passed(k)}" for k in g if k.endswith("_nc2") or "_nc2_" in k)
@@ -363,10 +343,10 @@ TEXT = "text_r24"
 
 @cache
 def skew_family(folder: str = TEXT) -> dict:
-    """{(setting, ref, metric): Finding} of the suite's skew table (run_all_experiments.py ``skew_study``: accuracy
+    """{(setting, ref, metric): Finding} of the suite's skew table (report.py ``skew``: accuracy
     lost to skew, metric "test_accuracy" against the same arm on IID shards, and that loss minus dense's, metric
     "skew"), one Holm family."""
-    s, of, _ = suite_script.skew_study(groups(folder), suite_script.TEXT, seeds_of(folder))
+    s, of, _ = report.skew(groups(folder), studies.TEXT, seeds_of(folder))
     return {(c.arm, c.reference, c.metric): f for c, f in study_report.compare(s, of).items()}
 
 
@@ -409,7 +389,7 @@ def text_more() -> str:
     pairs |= {("0.9 − 0.5", s, "nc1"): (values(TEXT, at(0.9, s, "nc1")), values(TEXT, at(0.5, s, "nc1")))
               for s in ("least_sensitive", "random")}
     c = contrasts(pairs)
-    title = suite_script.TEXT.shard_title
+    title = studies.TEXT.shard_title
     lines = [
         "- Random s = 0.9 − dense FedAvg: "
         + "; ".join(f"{title(sh)} {said(fam[sh], at(0.9, 'random', sh), f'fedavg_{sh}')}" for sh in fam)
@@ -466,7 +446,7 @@ def last_step(key: str) -> str:
     fam = budget_family()
     (arm, ref), f = next(((a, r), f) for (a, r), f in fam.items() if a.startswith(f"{key}@") and
                          r.startswith(f"{key}@"))
-    settled = "settled" if abs(f.paired.mean) < budgets_script.SETTLED else "not settled"
+    settled = "settled" if abs(f.paired.mean) < SETTLED else "not settled"
     return f"R {ref.rsplit('@', 1)[1]} → {arm.rsplit('@', 1)[1]} {study_report.said(f)}, {settled}"
 
 
@@ -487,7 +467,7 @@ def budgets_headline() -> str:
         f"- least_sensitive − dense FedAvg (Holm over the budgets table's {m_vs} differences): {gaps(ls)}. The probe − "
         f"dense FedAvg: {gaps(probe)}.\n"
         f"- Last budget step (Holm over the table's {m_step}; settled: it moves the mean by less than "
-        f"{budgets_script.SETTLED:g} point): dense FedAvg {last_step(dense)}; least_sensitive {last_step(ls)}; the "
+        f"{SETTLED:g} point): dense FedAvg {last_step(dense)}; least_sensitive {last_step(ls)}; the "
         f"probe {last_step(probe)}.\n"
         f"- At R = 96, least_sensitive − the probe {said(r96, ls, probe)} and − dense FedAvg {said(r96, ls, dense)} "
         f"(the R = 96 table, Holm over its {m_of(r96)}).\n"

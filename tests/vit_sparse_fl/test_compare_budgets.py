@@ -83,20 +83,20 @@ def test_reads_what_run_all_experiments_writes(tmp_path):
 def test_text_suites_use_their_own_design_and_mixed_kinds_are_refused(suites, tmp_path):
     import dataclasses
 
-    from vit_sparse_fl import run_all_experiments as suite
+    from vit_sparse_fl import studies
     paths = []
     for rounds, shift in ((24, 0.0), (96, 2.0)):
         folder = tmp_path / f"text{rounds}"
         acc = {"fedavg_nc1": {0: 70.0 + shift, 1: 71.0 + shift, 2: 72.0},
                "probe_nc1_head": {0: 80.0, 1: 81.0, 2: 82.0}}
         atomic_write_json(folder / "results.json", {
-            "rounds": rounds, "design": dataclasses.asdict(suite.TEXT),
+            "rounds": rounds, "design": dataclasses.asdict(studies.TEXT),
             "table": {k: {"n": 3, "test_accuracy": v, "interference": None} for k, v in acc.items()}})
         paths.append(str(folder))
     out = cb.main([*paths, "--out", str(tmp_path / "t")])
     assert [p.rsplit("/", 1)[-1] for p in out["figures"]] == ["text_accuracy_vs_budget.png"]
     md = (tmp_path / "t" / "results_budgets.md").read_text()
-    assert f"R = 24: {suite.TEXT.sample_gradients(24)}" in md and "(R + 2)·5·4·8" in md
+    assert f"R = 24: {studies.TEXT.sample_gradients(24)}" in md and "(R + 2)·5·4·8" in md
     row = next(line for line in md.splitlines() if line.startswith("| probe (head), Nc = 1 |"))
     assert "| yes |" in row and out["table"]["probe_nc1_head"]["reference"] == "fedavg_nc1"
     with pytest.raises(UsageError, match="different designs"):

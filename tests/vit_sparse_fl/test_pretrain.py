@@ -69,10 +69,10 @@ def test_cache_key_ignores_flags_that_do_not_change_the_base():
     """Run-handling flags (--overwrite, --extend, --report-to, --config, ...) leave the key alone, so adding such a
     flag to train_centralized does not orphan every cached base (and with it every run of the suite, whose
     --weights names the base). The suite's base key is pinned: it changes only with the recipe (bump VERSION)."""
-    from vit_sparse_fl import run_all_experiments as suite
+    from vit_sparse_fl import studies
 
     def key(*extra):
-        return pretrain.cache_key(pretrain.base_settings([*suite.BASE, "--cache-dir", "c", *extra])[1])
+        return pretrain.cache_key(pretrain.base_settings([*studies.BASE, "--cache-dir", "c", *extra])[1])
 
     assert key() == key("--overwrite") == key("--report-to", "none") == key("--quiet", "--device", "cpu") == \
         key("--checkpoint-every", "3")

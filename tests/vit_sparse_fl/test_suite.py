@@ -11,14 +11,14 @@ from clicases import one_line_error
 from common import jobs, study
 from common.checkpoint import to_jsonable
 from common.cli import UsageError
-from vit_sparse_fl import federated
+from vit_sparse_fl import federated, report, studies
 from vit_sparse_fl import run_all_experiments as suite
 from vit_sparse_fl import train_federated as fed
 
 
 def _plan(*argv, select=False):
     args = suite.get_args_parser().parse_args(list(argv))
-    rates = None if select else {name: 0.1 for name, _, _ in suite.settings(args, "base.pt", args.rounds)}
+    rates = None if select else {name: 0.1 for name, _, _ in studies.settings(args, "base.pt", args.rounds)}
     return suite.plan(args, "base.pt", rates)
 
 
@@ -44,7 +44,7 @@ def test_plan_matches_sample_gradients_and_covers_the_grid():
         if r["script"] == "centralized":
             return int(_flag(r, "--total-steps"))
         rounds = int(_flag(r, "--rounds")) + int(_flag(r, "--head-warmup", 0))
-        return rounds * suite.M * int(_flag(r, "--local-steps"))
+        return rounds * studies.M * int(_flag(r, "--local-steps"))
 
     budgets = {r["setting"]: sample_gradients(r) for r in seed0}
     assert len(set(budgets.values())) == 1, budgets                              # every setting, J sweep included
@@ -72,7 +72,7 @@ def test_selection_stage_tries_every_rate_at_a_quarter_of_the_budget_on_its_own_
     rounds = {r["setting"]: _flag(r, "--rounds") for r in runs}
     assert rounds["fedavg_iid"] == "48" and rounds["fedavg_nc2_J16"] == "12"
     central = next(r for r in runs if r["setting"] == "centralized")
-    assert _flag(central, "--total-steps") == str((48 + suite.WARMUP) * suite.M * suite.J)
+    assert _flag(central, "--total-steps") == str((48 + studies.WARMUP) * studies.M * studies.J)
     assert {_flag(r, "--lr") for r in runs} == {"0.05", "0.2"}
 
 
@@ -90,8 +90,8 @@ def test_choose_takes_the_best_validation_accuracy_ties_to_the_smaller_rate(tmp_
     chosen = suite.choose(args, tmp_path, "base.pt")
     assert chosen == {"fedavg_iid": 0.1, "fedavg_nc2": 0.03}
     saved = study.read_selection(tmp_path / "selection.json")        # common.study's one layout
-    assert study.chosen(saved) == chosen and saved["runs"] == {"rounds": 48, "seeds": [100], "grid": suite.VIT_GRID}
-    assert saved["study"] == "vit_sparse_fl vit_suite_R192" and saved["criterion"] == suite.CRITERION
+    assert study.chosen(saved) == chosen and saved["runs"] == {"rounds": 48, "seeds": [100], "grid": studies.VIT_GRID}
+    assert saved["study"] == "vit_sparse_fl vit_suite_R192" and saved["criterion"] == studies.CRITERION
     nc2 = saved["choices"]["fedavg_nc2"]
     assert nc2["scores"] == {"0.03": 0.4, "0.1": 0.4, "0.3": "diverged"}        # rate 1 never ran
     assert (nc2["flag"], nc2["metric"], nc2["direction"], nc2["split"]) == ("--lr", "final_val_accuracy", "max",
@@ -119,7 +119,7 @@ def test_only_restricts_the_plan_and_refuses_unknown_settings():
 def test_finished_runs_are_skipped_only_with_the_same_arguments(tmp_path):
     args = suite.get_args_parser().parse_args(["--num-runs", "1"])
     base_job = suite.base_job_of(tmp_path)
-    runs = suite.plan(args, str(base_job.output), {name: 0.1 for name, _, _ in suite.settings(args, "", args.rounds)})
+    runs = suite.plan(args, str(base_job.output), {name: 0.1 for name, _, _ in studies.settings(args, "", args.rounds)})
     grid = {j.name: j for j in suite.jobs_of(base_job, runs, tmp_path)}
     base = grid["base"]
     assert base.output.name == "base.pt" and jobs.classify(base).kind == "new"
@@ -177,11 +177,11 @@ def test_results_table_pairs_by_seed_with_holm_over_each_table(monkeypatch, tmp_
               "fedavg_nc5": runs([49.9, 51.1, 52.0], [0.0, 0.1, -0.1], samples=1200),
               "probe_nc2_head": runs([45, 45, 47], [5, 6, 7]),
               "sparse_nc2_s0.9_least_sensitive": runs([46, 47, 48], [4, 5, 6], calibration=200)}
-    monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
-    grid = suite.SELECTION
+    monkeypatch.setattr(report, "load_settings", lambda args, out, base: groups)
+    grid = studies.SELECTION
     study.write_selection(tmp_path / "selection.json", "vit", "best", {"fedavg_nc2": study.choice_record(
         grid, grid.choose({0.03: [0.5], 0.1: [0.6]}))}, seeds=[100], rounds=48)
-    text, record = suite.make_table(suite.get_args_parser().parse_args([]), tmp_path, "base.pt")
+    text, record = report.make_table(suite.get_args_parser().parse_args([]), tmp_path, "base.pt")
     assert record["fedavg_nc2"]["test_accuracy"] == pytest.approx({0: 40.0, 1: 41.0, 2: 42.0})
     row = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| Nc = 2 |")}
     nc2 = next(iter(row.values()))
@@ -219,7 +219,7 @@ def test_text_suite_plans_every_arm_on_every_shard_at_equal_compute(tiny):
     the AG News folder, every arm at the same sample gradients; its presets, out folder and no pretrained base."""
     args = _text_args(tiny)
     assert (args.rounds, args.num_runs) == (24, 5) and str(suite.out_dir(args)) == "runs/text_suite_R24"
-    runs = suite.plan(args, args.weights, {name: 0.01 for name, _, _ in suite.settings(args, args.weights, 24)})
+    runs = suite.plan(args, args.weights, {name: 0.01 for name, _, _ in studies.settings(args, args.weights, 24)})
     seed0 = [r for r in runs if r["seed"] == 0]
     assert len(runs) == 5 * len(seed0) and len(seed0) == 3 * 8
     assert {_flag(r, "--nc") for r in seed0} == {None, "1", "2"}
@@ -228,11 +228,11 @@ def test_text_suite_plans_every_arm_on_every_shard_at_equal_compute(tiny):
     probes = {_flag(r, "--freeze-layers") for r in seed0 if r["setting"].startswith("probe")}
     assert probes == {"2"}                                                       # the tiny encoder's depth
     masks = {(_flag(r, "--sparsity-ratio"), _flag(r, "--mask-strategy")) for r in seed0 if r["script"] == "sparse"}
-    assert masks == {(f"{sp:g}", s) for sp, s in suite.TEXT_MASKS}
+    assert masks == {(f"{sp:g}", s) for sp, s in studies.TEXT_MASKS}
     steps = {(int(_flag(r, "--rounds")) + int(_flag(r, "--head-warmup"))) * int(_flag(r, "--local-steps"))
              * round(float(_flag(r, "--participation-rate")) * int(_flag(r, "--num-clients")))
              * int(_flag(r, "--batch-size")) for r in seed0}
-    assert steps == {suite.TEXT.sample_gradients(24)}
+    assert steps == {studies.TEXT.sample_gradients(24)}
     assert [j.name for j in suite.jobs_of(None, runs[:2], Path("x"))] == [r["name"] for r in runs[:2]]
 
 
@@ -242,7 +242,7 @@ def test_text_selection_tries_each_arm_familys_rates_at_half_the_budget(tiny):
     for r in runs:
         grids[r["setting"].split("_")[0]].add(r["lr"])
         assert _flag(r, "--rounds") == "12" and r["seed"] == 100
-    assert grids == {family: set(rates) for family, rates in suite.TEXT_GRIDS.items()}
+    assert grids == {family: set(rates) for family, rates in studies.TEXT_GRIDS.items()}
     given = suite.plan(_text_args(tiny, "--lr-grid", "0.5"), str(tiny[0]))
     assert {r["lr"] for r in given} == {0.5}
 
@@ -257,8 +257,8 @@ def _runs(acc, device="cpu (x86_64, 1 threads)"):
 def test_text_table_has_a_section_per_shard_with_probe_and_masks(tiny, monkeypatch):
     groups = {"fedavg_nc1": _runs([60, 62, 61]), "probe_nc1_head": _runs([80, 81, 82]),
               "sparse_nc1_s0.9_random": _runs([70, 72, 71], device="cuda:0 (NVIDIA H200, float32)")}
-    monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
-    text, record = suite.make_table(_text_args(tiny), Path("unused"), str(tiny[0]))
+    monkeypatch.setattr(report, "load_settings", lambda args, out, base: groups)
+    text, record = report.make_table(_text_args(tiny), Path("unused"), str(tiny[0]))
     assert "Chance accuracy: 25.0 % (4 classes). Test set: 1000 texts." in text
     assert "Runs measured on: cpu (x86_64, 1 threads); cuda:0 (NVIDIA H200, float32)." in text   # the caption
     assert [line for line in text.splitlines() if line.startswith("**")] == [
@@ -273,8 +273,8 @@ def test_text_table_says_what_skew_costs_each_arm_against_its_own_iid_runs(tiny,
     groups = {"fedavg_iid": _runs([70, 72, 74]), "fedavg_nc1": _runs([60, 62, 61]),
               "probe_iid_head": _runs([81, 82, 83]), "probe_nc1_head": _runs([80, 81, 82]),
               "sparse_nc1_s0.9_random": _runs([70, 72, 71])}          # no IID runs: no row
-    monkeypatch.setattr(suite, "load_settings", lambda args, out, base: groups)
-    text, _ = suite.make_table(_text_args(tiny), Path("unused"), str(tiny[0]))
+    monkeypatch.setattr(report, "load_settings", lambda args, out, base: groups)
+    text, _ = report.make_table(_text_args(tiny), Path("unused"), str(tiny[0]))
     skew = text.split("**Accuracy lost to skew")[1].splitlines()
     dense = next(line for line in skew if line.startswith("| dense FedAvg |")).split(" | ")
     probe = next(line for line in skew if line.startswith("| probe: head |")).split(" | ")
@@ -287,11 +287,11 @@ def test_text_table_says_what_skew_costs_each_arm_against_its_own_iid_runs(tiny,
 
 def test_a_rate_chosen_at_the_grids_edge_gets_the_next_rate_beyond_it(tiny, tmp_path):
     """--text: a setting whose best validation rate is the largest (or smallest) it has tried is given one grid
-    step beyond it; once that step is tried (here: it diverges) the setting is no longer at an edge, and choose
-    reads the extra rate's run like the grid's."""
+    step beyond it, a stage of its own, at most ``Design.edge_steps`` (2) times; once that step is tried (here: it
+    diverges) the setting is no longer at an edge, and the extra rate's run is read like the grid's."""
     args = _text_args(tiny, "--only", "probe_nc1_head", "fedavg_nc1", "sparse_nc1_s0.9_random")
-    vals = {"probe_nc1_head": {0.1: 0.5, 0.3: 0.6, 1.0: 0.7, 3.0: 0.8},          # best at the top
-            "fedavg_nc1": {0.003: 0.8, 0.01: 0.7, 0.03: 0.6, 0.1: 0.5},            # best at the bottom
+    vals = {"probe_nc1_head": {0.1: 0.5, 0.3: 0.6, 1.0: 0.7, 3.0: 0.8, 9.0: None},   # best at the top; 9 diverges
+            "fedavg_nc1": {0.003: 0.8, 0.01: 0.7, 0.03: 0.6, 0.1: 0.5, 0.0009: 0.9, 0.0003: 0.95},  # always the bottom
             "sparse_nc1_s0.9_random": {0.01: 0.5, 0.03: 0.6, 0.1: 0.8, 0.3: 0.7, 1.0: 0.3, 3.0: 0.2}}
 
     def finish(name, val):
@@ -300,24 +300,37 @@ def test_a_rate_chosen_at_the_grids_edge_gets_the_next_rate_beyond_it(tiny, tmp_
         (folder / "summary.json").write_text(json.dumps({"final_val_accuracy": val} if val is not None else
                                                         {"status": "diverged", "reason": "non-finite loss"}))
 
-    for run in suite.plan(args, str(tiny[0])):
-        finish(run["name"], vals[run["setting"]][run["lr"]])
-    chosen = suite.choose(args, tmp_path, str(tiny[0]))
-    assert chosen == {"probe_nc1_head": 3.0, "fedavg_nc1": 0.003, "sparse_nc1_s0.9_random": 0.1}
-    extra = suite.edge_rates(args, tmp_path / "selection.json")
-    assert extra == {"probe_nc1_head": 9.0, "fedavg_nc1": 0.0009}
-    runs = suite.plan(args, str(tiny[0]), extra=extra)
-    assert sorted(r["name"] for r in runs) == ["fedavg_nc1_lr0.0009_seed100", "probe_nc1_head_lr9_seed100"]
-    assert all(_flag(r, "--rounds") == "12" for r in runs)
-    finish("probe_nc1_head_lr9_seed100", None)
-    finish("fedavg_nc1_lr0.0009_seed100", 0.9)
-    chosen = suite.choose(args, tmp_path, str(tiny[0]))
-    assert chosen["probe_nc1_head"] == 3.0 and chosen["fedavg_nc1"] == 0.0009
+    stages = []
+
+    def train(runs, folder, stage):   # each selection run ends at once with its validation accuracy
+        assert folder == tmp_path / "selection" and all(_flag(r, "--rounds") == "12" for r in runs)
+        stages.append((stage, sorted(r["name"] for r in runs)))
+        for run in runs:
+            finish(run["name"], vals[run["setting"]][run["lr"]])
+
+    chosen = suite.select(args, tmp_path, str(tiny[0]), train)
+    assert [stage for stage, _ in stages] == ["learning-rate selection", "rates beyond the grid's edge (1)",
+                                              "rates beyond the grid's edge (2)"]        # edge_steps: no third
+    assert len(stages[0][1]) == 4 + 4 + 6
+    assert stages[1][1] == ["fedavg_nc1_lr0.0009_seed100", "probe_nc1_head_lr9_seed100"]
+    assert stages[2][1] == ["fedavg_nc1_lr0.0003_seed100"]
+    assert chosen == {"probe_nc1_head": 3.0, "fedavg_nc1": 0.0003, "sparse_nc1_s0.9_random": 0.1}
     choices = study.read_selection(tmp_path / "selection.json")["choices"]
     assert choices["probe_nc1_head"]["scores"]["9"] == "diverged" and choices["probe_nc1_head"]["extended"] == [9.0]
     assert choices["probe_nc1_head"]["edge"] is None                 # 9 was tried: 3 is inside the rates tried
-    assert (choices["fedavg_nc1"]["edge"], choices["fedavg_nc1"]["extended"]) == ("low", [0.0009])
-    assert suite.edge_rates(args, tmp_path / "selection.json") == {"fedavg_nc1": 0.0003}
+    assert (choices["fedavg_nc1"]["edge"], choices["fedavg_nc1"]["beyond"], choices["fedavg_nc1"]["extended"]) == \
+        ("low", 0.0001, [0.0003, 0.0009])                            # still at the edge, said so
+    assert suite.choose(args, tmp_path, str(tiny[0])) == chosen      # chosen again from the folder alone
     (tmp_path / "selection.json").write_text(json.dumps({"scores": {}, "chosen": {}}))   # the layout before
     with pytest.raises(UsageError, match="selection.json: not a selection record"):
-        suite.edge_rates(args, tmp_path / "selection.json")
+        suite.choose(args, tmp_path, str(tiny[0]))
+
+
+def test_the_suite_prints_the_command_of_its_figures_and_draws_none(tmp_path, capsys):
+    """The figures are plots/plot_vit.py's (tests/vit_sparse_fl/test_scripts.py draws them): the suite ends with the
+    command that draws them and starts no figure script."""
+    out = tmp_path / "suite"
+    suite.main(["--table-only", "--out-dir", str(out)])
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1] == f"figures: python plots/plot_vit.py --runs-dir {out} --out {out / 'figures'}"
+    assert (out / "results.md").is_file() and not (out / "figures").exists()
