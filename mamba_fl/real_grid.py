@@ -1,5 +1,6 @@
 """The source's question on real WikiText-2 text, at the plateau: does federation close the gap to central
-training of Mamba2 LMs, and does any aggregator (FedFisher above all) beat FedAvg?
+training of Mamba2 LMs, and does any aggregator (FedFisher above all) beat FedAvg? The study (arms, selection,
+settings, seeds, budgets, plateau rule, comparisons) is declared in ``studies.py``; this script plans and runs it.
 
     python mamba_fl/real_grid.py                  # the headline (1 and 2 layers, contiguous shards)
     python mamba_fl/real_grid.py --block all      # + the other arms, topic shards, 16 clients, 4 layers
@@ -7,14 +8,22 @@ training of Mamba2 LMs, and does any aggregator (FedFisher above all) beat FedAv
 
 Stages, through ``common.jobs`` (finished runs are skipped, interrupted ones resumed), into ``--out-dir``:
 **split** (``split_wikitext.py``: 80 / 10 / 10 % of ``--data``'s articles; only reported runs read the test
-articles, once, at the end); **selection** (seed ``SELECTION_SEED``, 1 layer, validation only; ``selection.json``):
-each candidate of ``CHOICES`` runs to the plateau rule, the lowest best validation perplexity wins (a winner at the
-edge of its candidates adds the next value beyond it), and the best of the ``OTHERS`` joins the headline;
-**plateau**: every arm until ``PATIENCE`` evaluations (one pass) bring no 1 % gain, its best-validation model scored
-on the test articles; **equal compute**: each run's best model of its first ``--budget-epochs`` passes
-(``--budget-at``); then ``plots/plot_mamba.py`` draws the figures (the tables: ``python -m common.results --show
-mamba_fl.real-report --records mamba_fl/results/real=<out-dir>``). mamba_fl/README.md has the design, the
-results and the other commands (``--only``, ``--size source``, ``--selection``).
+articles, once, at the end); **selection** (seed ``studies.SELECTION_SEED``, 1 layer, validation only;
+``selection.json``): each candidate of ``studies.CHOICES`` runs to the plateau rule, the lowest best validation
+perplexity wins (a winner at the edge of its candidates adds the next value beyond it), and the best of the
+``studies.OTHERS`` joins the headline; **plateau**: every arm until ``studies.PATIENCE`` evaluations (one pass) bring
+no 1 % gain, its best-validation model scored on the test articles; **equal compute**: each run's best model of its
+first ``--budget-epochs`` passes (``--budget-at``). A complete grid then prints the commands of its figures
+(``plots/plot_mamba.py``) and tables (``python -m common.results --show mamba_fl.real-report --records
+mamba_fl/results/real=<out-dir>``). mamba_fl/README.md has the design, the results and the other commands
+(``--only``, ``--size source``, ``--selection``).
+
+What stays here is what depends on the split and on the selection as it runs: the split, cut once and kept (a grid
+goes on with the split it was cut from); each run's flags in the training blocks of that split (every arm evaluates
+after the same blocks, so equal compute is an evaluation of every arm's curve); two selection phases, the second at
+the rate the first chose for FedAvg, each extended past an edge as its runs come in; the source's arms (central,
+central-b4, FedAvg, FedFisher), which need only the first phase's rates, run between the phases; and the best other
+arm, known only after the second phase, joins the headline last.
 """
 from __future__ import annotations
 
@@ -25,35 +34,12 @@ import math
 from pathlib import Path
 
 from common import cli, flags, jobs, study
+from mamba_fl import studies
 from mamba_fl.run_grid import jobs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2_tokenized"
-# --size small: the shrunk model the CPU grid runs; source: the source's (d_model 512, d_state 128, head dim 64: the
-# scripts' defaults) on 256-token blocks of the GPT-2 tokenizer (--tokenizer), a GPU's work; its checkpoints (1.5 GB
-# with 4 clients' AdamW moments) are written once a pass rather than at every evaluation (5 a pass)
-SIZES = {"small": ["--d-model", "32", "--d-state", "16", "--head-dim", "16", "--sequence-length", "64",
-                   "--vocab-size", "1024"],
-         "source": ["--sequence-length", "256", "--checkpoint-every", "5"]}
 GPT2 = ROOT.parent / "shared" / "data" / "gpt2_tokenizer"
-PATIENCE, HOLDOUT, SELECTION_SEED = 5, 0.1, 100  # 5 evaluations of --eval-epochs 0.2: one epoch
-FEDERATED = {  # arm -> (script, flags)
-    "fedavg": ("fed_avg.py", []),
-    "fedfisher": ("fed_fisher.py", ["--fisher-samples", "8"]),
-    "fedfisher-local": ("fed_fisher.py", ["--fisher-method", "local", "--fisher-samples", "8"]),
-    "fedentropy": ("fed_entropy.py", ["--entropy-blocks", "16"]),
-    "fedavgm": ("fed_momentum.py", ["--momentum-form", "heavy-ball", "--server-momentum", "0.9"]),
-}
-# FedFisher --fisher-method local estimates the Fisher from pairs of consecutive local steps, so its clients take
-# 2 steps of half the batch a round: the same blocks a round as every other arm, twice the sequential updates
-LOCAL_UPDATES = {"fedfisher-local": 2}
-# what the selection stage chooses, per arm: (flag, candidates); the second phase at FedAvg's chosen rate
-CHOICES = {"central": ("--lr", [3e-3, 1e-2, 3e-2]), "fedavg": ("--lr", [3e-3, 1e-2, 3e-2]),
-           "fedentropy": ("--temperature", [0.1, 1.0, 10.0]), "fedavgm": ("--server-lr", [0.1, 0.3, 1.0]),
-    "fedfisher-local": ("--fisher-method", ["local"])}  # no free setting: one candidate, for "the best other arm"
-PHASES = (("central", "fedavg"), ("fedentropy", "fedavgm", "fedfisher-local"))
-OTHERS = PHASES[1]  # the headline runs the best of them (on validation); --block all runs all three
-BEST_OTHER = "best_other"  # selection.json's setting that names it (its candidates: OTHERS), beside one per arm
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -62,7 +48,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", default=[str(DATA / "valid.txt"), str(DATA / "test.txt")],
                    help="WikiText files whose articles are split (default: the tokenized valid and test splits "
                         "beside the repository)")
-    p.add_argument("--size", choices=tuple(SIZES), default="small",
+    p.add_argument("--size", choices=tuple(studies.SIZES), default="small",
                    help="small: a d_model-32 model on a 1,024-token BPE (the CPU grid); source: the source's "
                         "d_model-512 model on the GPT-2 tokenizer, 256-token blocks (a GPU's work)")
     p.add_argument("--tokenizer", default=str(GPT2) if GPT2.is_dir() else "gpt2",
@@ -74,23 +60,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--block", choices=("headline", "all"), default="headline",
                    help="headline: 1 and 2 layers, contiguous shards; all: + topic shards, 16 clients, 4 layers")
     p.add_argument("--jobs", type=flags.POSITIVE_INT, default=2, help="runs at a time (one thread each)")
-    p.add_argument("--seeds", type=flags.SEED, nargs="+", default=[0, 1, 2], help="seeds of every arm")
-    p.add_argument("--paired-seeds", type=flags.SEED, nargs="+", default=[0, 1, 2, 3, 4],
+    p.add_argument("--seeds", type=flags.SEED, nargs="+", default=list(studies.SEEDS), help="seeds of every arm")
+    p.add_argument("--paired-seeds", type=flags.SEED, nargs="+", default=list(studies.PAIRED_SEEDS),
                    help="seeds of FedAvg and FedFisher at 1 and 2 layers (the source's claim; 4 layers: --seeds)")
-    p.add_argument("--clients", type=flags.POSITIVE_INT, default=4, help="clients, all taking part every round")
-    p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=16, help="blocks per optimizer step")
-    p.add_argument("--eval-epochs", type=flags.EPOCHS, default=0.2,
+    p.add_argument("--clients", type=flags.POSITIVE_INT, default=studies.CLIENTS,
+                   help="clients, all taking part every round")
+    p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=studies.BATCH_SIZE,
+                   help="blocks per optimizer step")
+    p.add_argument("--eval-epochs", type=flags.EPOCHS, default=studies.EVAL_EPOCHS,
                    help="passes over the training blocks between evaluations (every arm alike)")
-    p.add_argument("--max-epochs", type=flags.EPOCHS, default=40.0,
+    p.add_argument("--max-epochs", type=flags.EPOCHS, default=studies.MAX_EPOCHS,
                    help="the cap of a plateau run, in passes over the training blocks")
-    p.add_argument("--budget-epochs", type=flags.EPOCHS, default=4.0, help="the equal-compute budget")
-    p.add_argument("--select-at", choices=("plateau", "budget"), default="plateau",
+    p.add_argument("--budget-epochs", type=flags.EPOCHS, default=studies.BUDGET_EPOCHS,
+                   help="the equal-compute budget")
+    p.add_argument("--select-at", choices=("plateau", "budget"), default=studies.SELECT_AT,
                    help="plateau: each selection run stops by the reported runs' plateau rule, so a rate is chosen "
                         "for where it is reported; budget: a fixed --select-epochs passes (cheaper, but favours "
                         "rates that learn fast and plateau higher)")
-    p.add_argument("--select-epochs", type=flags.EPOCHS, default=4.0,
+    p.add_argument("--select-epochs", type=flags.EPOCHS, default=studies.SELECT_EPOCHS,
                    help="with --select-at budget: the selection runs' length, in passes")
-    p.add_argument("--extend", type=flags.COUNT, default=2,
+    p.add_argument("--extend", type=flags.COUNT, default=studies.EXTEND,
                    help="a choice at the edge of its candidates adds the next value beyond it, at most this many times")
     p.add_argument("--only", nargs="+", default=None, metavar="PATTERN",
                    help="train only the reported runs whose names match one of these shell patterns (e.g. "
@@ -106,7 +95,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def model_flags(args) -> list[str]:
     """The model and tokenizer flags of every run of ``--size``."""
     tokenizer = ["--tokenizer", args.tokenizer] if args.size == "source" else []
-    return [*SIZES[args.size], *tokenizer, "--sample-tokens", "0"]
+    return [*studies.SIZES[args.size], *tokenizer, "--sample-tokens", "0"]
 
 
 def split_flags(out: Path) -> list[str]:
@@ -137,60 +126,39 @@ def arm_flags(args, arm: str, blocks: int, epochs: float, clients: int, per_roun
     per = b * (4 if arm == "central-b4" else 1) if central else per_round * b  # blocks an update (round) trains on
     quantum = math.lcm(4, per_round) * b
     every = steps_for(args.eval_epochs, blocks, quantum) * quantum // per
-    stop = ["--patience", str(PATIENCE), "--budget-at", str(round(args.budget_epochs / args.eval_epochs) * every)] \
-        if plateau else []
+    at = round(args.budget_epochs / args.eval_epochs) * every  # the equal-compute point
+    stop = ["--patience", str(studies.PATIENCE), "--budget-at", str(at)] if plateau else []
     lr = ["--lr", str(chosen.get("central" if central else "fedavg", {}).get("--lr", 1e-2))]
     if central:  # central-b4 takes central's rate
         return "central.py", ["--batch-size", str(per), "--max-steps", str(steps_for(epochs, blocks, per)),
-                              "--val-freq", str(every), "--holdout-fraction", str(HOLDOUT), "--holdout-clients",
+                              "--val-freq", str(every), "--holdout-fraction", str(studies.HOLDOUT), "--holdout-clients",
                               str(clients), *lr, *stop]  # the federated clients' training blocks, no more
-    script, extra = FEDERATED[arm]
-    local = LOCAL_UPDATES.get(arm, 1)  # a client's round trains on b blocks whatever its number of steps
+    script, extra = studies.FEDERATED[arm]
+    local = studies.LOCAL_UPDATES.get(arm, 1)  # a client's round trains on b blocks whatever its number of steps
     cli.check(b % local == 0, f"--batch-size {b} does not split into the {local} local steps of {arm}")
     fl = ["--num-clients", str(clients), "--clients-per-round", str(per_round), "--batch-size", str(b // local),
           *(["--local-updates", str(local)] if local > 1 else []),
           "--rounds", str(steps_for(epochs, blocks, per)), "--eval-every", str(every),
-          "--holdout-fraction", str(HOLDOUT), *lr, *extra, *stop]
+          "--holdout-fraction", str(studies.HOLDOUT), *lr, *extra, *stop]
     for flag, value in chosen.get(arm, {}).items():
         if flag not in ("--lr", *extra):
             fl += [flag, str(value)]
     return script, fl
 
 
-def _shown(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _candidate(flag: str, value) -> str:
-    """A selection run's name for one candidate: ``lr0.01``, ``fisher-method-local``."""
-    return f"{flag[2:]}{_shown(value)}" if isinstance(value, float) else f"{flag[2:]}-{value}"
-
-
 def selection_plan(args, out: Path, blocks: int, arms, chosen: dict, candidates: dict | None = None) -> list[jobs.Job]:
     """The selection runs of ``arms``: one per candidate (``candidates[arm]``, else ``CHOICES``)."""
-    base = ["--layers", "1", "--seed", str(SELECTION_SEED), *model_flags(args), *split_flags(out)]
+    base = ["--layers", str(studies.SELECTION_LAYERS), "--seed", str(studies.SELECTION_SEED), *model_flags(args),
+            *split_flags(out)]
     plan, plateau = [], args.select_at == "plateau"
     for arm in arms:
-        flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
+        flag, values = studies.CHOICES[arm][0], (candidates or {}).get(arm, studies.CHOICES[arm][1])
         for v in values:
             script, fl = arm_flags(args, arm, blocks, args.max_epochs if plateau else args.select_epochs,
                                    args.clients, args.clients, plateau, chosen | {arm: {flag: v}})
-            fl += [] if arm.startswith("central") else ["--shard", "contiguous"]
-            plan.append((f"select_{arm}_{_candidate(flag, v)}", script, [*base, *fl]))
+            fl += [] if arm.startswith("central") else ["--shard", studies.SELECTION_SHARD]
+            plan.append((f"select_{arm}_{studies.candidate_name(flag, v)}", script, [*base, *fl]))
     return jobs_of(plan, out / "runs")
-
-
-def _below_unigram(summary: dict) -> bool:
-    """A selection run that stayed above its unigram perplexity learned nothing worth choosing."""
-    return summary["best_val_ppl"] < summary.get("unigram_ppl", 0)
-
-
-def grid_of(arm: str, candidates: dict | None = None, extend: int = 0) -> study.Grid:
-    """The selection of ``arm``: ``CHOICES``' flag at its candidates (``candidates[arm]`` once extended), the
-    lowest best validation perplexity of the seed-``SELECTION_SEED`` run."""
-    flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
-    return study.Grid(flag, tuple(values), "best_val_ppl", "min", split="validation", extend=extend,
-                      valid=_below_unigram)
 
 
 def records_of(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
@@ -198,8 +166,8 @@ def records_of(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
     records: dict = {}
     for j in plan:
         arm, setting = j.name.split("_")[1:3]
-        flag, values = CHOICES[arm][0], (candidates or {}).get(arm, CHOICES[arm][1])
-        value = next(v for v in values if _candidate(flag, v) == setting)
+        flag, values = studies.CHOICES[arm][0], (candidates or {}).get(arm, studies.CHOICES[arm][1])
+        value = next(v for v in values if studies.candidate_name(flag, v) == setting)
         records.setdefault(arm, {})[value] = [jobs.summary_of(j)]
     return records
 
@@ -207,7 +175,7 @@ def records_of(plan: list[jobs.Job], candidates: dict | None = None) -> dict:
 def _why(summaries: list) -> str | None:
     """Why one candidate's selection run has no score (``choice_record``'s words): "missing" (not finished), its
     status ("diverged"), "diverged" for a perplexity that is not finite, "at or above the unigram" (refused by
-    ``_below_unigram``); None for a run that scored."""
+    ``studies.below_unigram``); None for a run that scored."""
     s = summaries[0] if summaries else None
     if s is None:
         return "missing"
@@ -216,14 +184,7 @@ def _why(summaries: list) -> str | None:
     ppl = s.get("best_val_ppl")
     if not (isinstance(ppl, (int, float)) and math.isfinite(ppl)):
         return "diverged"
-    return None if _below_unigram(s) else "at or above the unigram"
-
-
-def other_grid() -> study.Grid:
-    """The choice of the headline's other arm among ``OTHERS``, each scored by its own chosen candidate's best
-    validation perplexity (ties: the earlier of ``OTHERS``). Its "flag" "arm" is no command-line flag: the
-    candidates are arms, the one chosen runs in the headline (``reported_plan``)."""
-    return study.Grid("arm", OTHERS, "best_val_ppl", "min", split="validation")
+    return None if studies.below_unigram(s) else "at or above the unigram"
 
 
 def choices_of(picks: dict[str, study.Pick], records: dict, first: dict | None = None) -> dict:
@@ -234,51 +195,33 @@ def choices_of(picks: dict[str, study.Pick], records: dict, first: dict | None =
     cannot win)."""
     choices = {}
     for arm, p in picks.items():
-        start = (first or {}).get(arm, CHOICES[arm][1])
+        start = (first or {}).get(arm, studies.CHOICES[arm][1])
         why = {v: w for v, runs in records[arm].items() if (w := _why(runs))}
-        choices[arm] = study.choice_record(grid_of(arm), p, [v for v in p.scores if v not in start], why)
-    if all(a in picks for a in OTHERS):
-        scores = {a: [math.nan if picks[a].value is None else picks[a].scores[picks[a].value]] for a in OTHERS}
-        choices[BEST_OTHER] = study.choice_record(other_grid(), other_grid().choose(scores),
-                                                  why={a: "no candidate scored" for a in OTHERS
-                                                       if picks[a].value is None})
+        choices[arm] = study.choice_record(studies.grid_of(arm), p, [v for v in p.scores if v not in start], why)
+    others = studies.OTHERS
+    if all(a in picks for a in others):
+        scores = {a: [math.nan if picks[a].value is None else picks[a].scores[picks[a].value]] for a in others}
+        choices[studies.BEST_OTHER] = study.choice_record(studies.other_grid(), studies.other_grid().choose(scores),
+                                                          why={a: "no candidate scored" for a in others
+                                                               if picks[a].value is None})
     return choices
 
 
 def chosen_flags(choices: dict) -> dict:
     """{arm: {flag: value}} of selection.json's ``choices`` (the arms that chose a value): what ``arm_flags`` takes."""
-    return {a: {CHOICES[a][0]: c["chosen"]} for a, c in choices.items() if a in CHOICES and c["chosen"] is not None}
+    return {a: {studies.CHOICES[a][0]: c["chosen"]} for a, c in choices.items()
+            if a in studies.CHOICES and c["chosen"] is not None}
 
 
 def best_other(choices: dict) -> str | None:
     """The other arm the headline runs, as ``choices`` chose it (None: not chosen yet)."""
-    return choices.get(BEST_OTHER, {}).get("chosen")
+    return choices.get(studies.BEST_OTHER, {}).get("chosen")
 
 
 def choose(plan: list[jobs.Job], candidates: dict | None = None, first: dict | None = None) -> dict:
     """``choices_of`` the finished selection runs of ``plan``, each arm chosen by ``study.choose``."""
     records = records_of(plan, candidates)
-    return choices_of({arm: grid_of(arm).pick(r) for arm, r in records.items()}, records, first)
-
-
-def criterion(args) -> str:
-    """``select``'s rule in words: selection.json's ``criterion``."""
-    length = (f"to the plateau rule ({PATIENCE} evaluations without a 1 % gain, at most {args.max_epochs:g} passes)"
-              if args.select_at == "plateau" else f"for {args.select_epochs:g} passes")
-    return (f"the lowest best validation perplexity per token of one run per candidate (seed {SELECTION_SEED}, 1 "
-            f"layer, run {length}), ties to the smaller value; a run that diverged or whose best stayed at or above "
-            f"its unigram perplexity cannot win; a winner at the edge of its candidates adds the next value beyond it "
-            f"at the same ratio, at most {args.extend} time(s); central's and FedAvg's learning rates first, then "
-            f"{', '.join(OTHERS)} at FedAvg's rate; {BEST_OTHER}: the one of those whose chosen candidate scored "
-            "lowest")
-
-
-def selection_runs(args) -> dict:
-    """What every selection run shared: selection.json's ``runs``."""
-    plateau = args.select_at == "plateau"
-    return {"seeds": [SELECTION_SEED], "layers": 1, "size": args.size, "clients": args.clients, "shard": "contiguous",
-            "batch_size": args.batch_size, "eval_epochs": args.eval_epochs, "select_at": args.select_at,
-            **({"max_epochs": args.max_epochs, "patience": PATIENCE} if plateau else {"epochs": args.select_epochs})}
+    return choices_of({arm: studies.grid_of(arm).pick(r) for arm, r in records.items()}, records, first)
 
 
 def beyond_edge(values: list, best) -> list:
@@ -291,7 +234,7 @@ def select(args, out: Path, blocks: int, arms, chosen: dict, run) -> dict | None
     """Run the selection of ``arms`` (at ``chosen``'s earlier choices, ``chosen_flags``), extending a candidate list
     whose best value lies at its edge (``--extend`` times at most, ``study.extended``); return its ``choices_of``,
     or None when runs are missing (a dry run, or an interrupted grid)."""
-    grids, passes, records = {a: grid_of(a, extend=args.extend) for a in arms}, [], {}
+    grids, passes, records = {a: studies.grid_of(a, extend=args.extend) for a in arms}, [], {}
 
     def trained(candidates: dict) -> dict | None:
         sel = selection_plan(args, out, blocks, arms, chosen, candidates)
@@ -309,7 +252,7 @@ def select(args, out: Path, blocks: int, arms, chosen: dict, run) -> dict | None
 def earlier_choice(given: dict, arms, second_phase: bool) -> dict | None:
     """The choices of ``arms`` in an earlier grid's selection.json (``--selection``, its checked ``choices``); None
     when it lacks the choice of one of them (or, in the second phase, the best other arm)."""
-    settings = [*arms, *([BEST_OTHER] if second_phase else [])]
+    settings = [*arms, *([studies.BEST_OTHER] if second_phase else [])]
     if not all(given.get(s, {}).get("chosen") is not None for s in settings):
         return None
     return {s: given[s] for s in settings}
@@ -326,17 +269,18 @@ def read_selection(path: str) -> dict:
     except cli.UsageError as e:
         raise cli.UsageError(f"--selection {e}") from None
     expected = f"--selection {path}: expected a selection.json of this grid"
+    arms, best = studies.CHOICES, studies.BEST_OTHER
     for setting, choice in record["choices"].items():
-        cli.check(setting in (*CHOICES, BEST_OTHER), f"{expected}; {setting!r} is no arm this grid chooses for "
-                                                     f"({', '.join(CHOICES)}, or {BEST_OTHER})")
-        flag, values = CHOICES[setting] if setting in CHOICES else (other_grid().flag, OTHERS)
+        cli.check(setting in (*arms, best), f"{expected}; {setting!r} is no arm this grid chooses for "
+                                            f"({', '.join(arms)}, or {best})")
+        flag, values = arms[setting] if setting in arms else (studies.other_grid().flag, studies.OTHERS)
         value = choice["chosen"]
         kind = (str,) if isinstance(values[0], str) else (int, float)
         cli.check(choice["flag"] == flag and (value is None or type(value) in kind),
                   f"{expected}; {setting} chooses {flag} only, as a {'name' if kind == (str,) else 'number'}, got "
                   f"{choice['flag']} {value!r}")
-        cli.check(setting != BEST_OTHER or value in (None, *OTHERS),
-                  f"{expected}; {BEST_OTHER} {value!r} is not one of {', '.join(OTHERS)}")
+        cli.check(setting != best or value in (None, *studies.OTHERS),
+                  f"{expected}; {best} {value!r} is not one of {', '.join(studies.OTHERS)}")
     return record["choices"]
 
 
@@ -345,37 +289,29 @@ def check_runs(args, out: Path, blocks: int, given: dict) -> None:
     the selection runs of both phases and the reported runs, at each candidate of every arm (or --selection's
     choice) and each best other arm; a problem that only a later stage's runs have is refused now, not after the
     earlier stages trained."""
-    width = max(len(values) for _, values in CHOICES.values())
-    picks = [{arm: {flag: values[min(i, len(values) - 1)]} for arm, (flag, values) in CHOICES.items()}
+    width = max(len(values) for _, values in studies.CHOICES.values())
+    picks = [{arm: {flag: values[min(i, len(values) - 1)]} for arm, (flag, values) in studies.CHOICES.items()}
              | chosen_flags(given) for i in range(width)]
-    plan = [j for chosen in picks for arms in PHASES for j in selection_plan(args, out, blocks, arms, chosen)]
-    plan += [j for chosen in picks for other in OTHERS for j in reported_plan(args, out, blocks, chosen, other)]
+    plan = [j for chosen in picks for arms in studies.PHASES for j in selection_plan(args, out, blocks, arms, chosen)]
+    plan += [j for chosen in picks for other in studies.OTHERS for j in reported_plan(args, out, blocks, chosen, other)]
     jobs.check_plan(plan, "mamba_fl real text")
 
 
 def reported_plan(args, out: Path, blocks: int, chosen: dict, other: str | None = None) -> list[jobs.Job]:
     """The plateau runs (each with its equal-compute point) at ``chosen`` (``chosen_flags``): the headline with the
     best ``other`` arm (default the first of ``OTHERS``), and with ``--block all`` every other arm, the topic
-    shards, 16 clients and the 4-layer model after them."""
-    others = list(OTHERS) if args.block == "all" else [other or OTHERS[0]]
-    settings = [(L, "contiguous", args.clients, args.clients) for L in (1, 2)]
-    if args.block == "all":
-        settings += [(1, "topic", args.clients, args.clients), (1, "contiguous", 16, 4), (4, "contiguous", 4, 4)]
+    shards, 16 clients and the 4-layer model after them (``studies.reported_settings``, ``studies.reported_arms``)."""
+    others = list(studies.OTHERS) if args.block == "all" else [other or studies.OTHERS[0]]
     plan = []
-    for L, shard, k, m in settings:
-        if L == 4:  # depth: does federation keep up with central training? (the grid's seeds, every arm)
-            arms = ["central", "central-b4", "fedavg", "fedfisher"]
-        elif (shard, k) != ("contiguous", args.clients):
-            arms = ["fedavg", "fedfisher"]
-        else:
-            arms = ["central", "central-b4", "fedavg", "fedfisher", *others]
-        for arm in arms:
-            for s in (args.paired_seeds if arm in ("fedavg", "fedfisher") and L != 4 else args.seeds):
+    for L, shard, k, m in studies.reported_settings(args.block, args.clients):
+        for arm in studies.reported_arms(L, shard, k, args.clients, others):
+            for s in (args.paired_seeds if studies.paired(arm, L) else args.seeds):
                 base = ["--layers", str(L), "--seed", str(s), *model_flags(args), *split_flags(out)]
                 if not arm.startswith("central"):
                     base += ["--shard", shard]
                 script, fl = arm_flags(args, arm, blocks, args.max_epochs, k, m, True, chosen)
-                plan.append((f"{arm}_L{L}_{shard}_k{k}m{m}_plateau_s{s}", script, [*base, *fl, "--test"]))
+                name = studies.real_name(arm, studies.setting_of(L, shard, k, m))
+                plan.append((f"{name}_plateau_s{s}", script, [*base, *fl, "--test"]))
     plan = jobs_of(plan, out / "runs")
     return plan if args.only is None else [j for j in plan if any(fnmatch.fnmatch(j.name, p) for p in args.only)]
 
@@ -399,12 +335,12 @@ def main(argv=None) -> dict:
                   "those, or another --out-dir")
     others_needed = True  # the second phase's selection: needed unless --only names none of its arms' runs
     if args.only:  # a pattern that names no run of this grid is a typo, refused before anything is written
-        names = {j.name for other in OTHERS for j in reported_plan(argparse.Namespace(**{**vars(args), "only": None}),
-                                                                   out, 1, {}, other)}
+        unfiltered = argparse.Namespace(**{**vars(args), "only": None})
+        names = {j.name for other in studies.OTHERS for j in reported_plan(unfiltered, out, 1, {}, other)}
         unmatched = [p for p in args.only if not fnmatch.filter(names, p)]
         cli.check(not unmatched, f"--only {' '.join(unmatched)}: no run of this grid (--block {args.block}) has such a "
                                  f"name; they look like fedavg_L2_contiguous_k4m4_plateau_s0")
-        others = [n for n in names if n.split("_")[0] in OTHERS]
+        others = [n for n in names if n.split("_")[0] in studies.OTHERS]
         others_needed = any(fnmatch.filter(others, p) for p in args.only)
     from mamba_fl import split_wikitext
 
@@ -417,7 +353,7 @@ def main(argv=None) -> dict:
                                                     dry_run=args.dry_run, title=title, next_step=nxt)
     choices: dict = {}  # selection.json's: {arm or BEST_OTHER: study.choice_record}
     copied: dict = {}   # what the choices of an earlier grid's --selection add to its runs
-    for phase, arms in enumerate(PHASES):
+    for phase, arms in enumerate(studies.PHASES):
         if phase and not others_needed:
             break
         earlier = earlier_choice(given, arms, phase > 0)
@@ -428,23 +364,21 @@ def main(argv=None) -> dict:
         if found is not None:
             choices |= found
             if not args.dry_run:
-                study.write_selection(out / study.SELECTION_FILE, f"mamba_fl real{suffix}", criterion(args), choices,
-                                      **selection_runs(args), **copied)
+                study.write_selection(out / study.SELECTION_FILE, f"mamba_fl real{suffix}", studies.criterion(args),
+                                      choices, **studies.selection_runs(args), **copied)
             print(f"chosen on validation: {chosen_flags(choices)}; best other arm: {best_other(choices)}"
                   + "".join(f"; {a}'s choice is at the {c['edge']} edge of its candidates (raise --extend)"
                             for a, c in choices.items() if c["edge"]), flush=True)
         if phase == 0:  # the source's arms need only the first phase's rates: they run before the rest is chosen
             run([j for j in reported_plan(args, out, blocks, chosen_flags(choices)) if j.name.split("_")[0]
-                 not in OTHERS], "mamba_fl real text: central, FedAvg, FedFisher")
+                 not in studies.OTHERS], "mamba_fl real text: central, FedAvg, FedFisher")
     block = "mamba_fl.source-report" if suffix else "mamba_fl.real-report"  # mamba_fl/results.py's tables
     tables = f"python -m common.results --show {block} --records {figures}={out}"
-    draw = f"python plots/plot_mamba.py --runs {out / 'runs'} --out {figures}; {tables}"
+    # a complete grid prints its figure and table commands: plots/ runs as the user's own step, not from here
+    commands = f"python plots/plot_mamba.py --runs {out / 'runs'} --out {figures}; {tables}"
     outcome = run(reported_plan(args, out, blocks, chosen_flags(choices), best_other(choices)), "mamba_fl real text",
-                  draw)
-    if outcome.complete and not args.dry_run and args.only is None:  # the figures of a complete grid; its tables:
-        jobs.draw("plots/plot_mamba.py", "--runs", str(out / "runs"), "--out", figures)
-        print(f"tables: {tables}", flush=True)
-    return {"chosen": chosen_flags(choices), BEST_OTHER: best_other(choices), "complete": outcome.complete,
+                  commands)
+    return {"chosen": chosen_flags(choices), studies.BEST_OTHER: best_other(choices), "complete": outcome.complete,
             "status": outcome.status}
 
 

@@ -1,11 +1,12 @@
 """The README blocks of mamba_fl's results, generated from the committed records of real_grid.py
 (``python -m common.results --write`` rewrites them; ``--check`` fails when one differs), and those of the synthetic
-grid (run_grid.py's records: ``mamba_fl/results_synthetic.py``, listed here).
+grid (run_grid.py's records: ``mamba_fl/results_synthetic.py``, listed here). The studies they report are declared
+in ``mamba_fl/studies.py``.
 
 Records: ``RECORDS/runs/<arm>_L<layers>_<shard>_k<K>m<M>_plateau_s<seed>`` (args.json, summary.json), the
 headline's d_model-32 grid, and ``SOURCE/runs/...`` the same grid at the source's d_model 512. Each table's
 comparisons to FedAvg are one Holm family (``table_study``, results_real.md's tables); a sentence that draws a
-conclusion across tables names the family that spans them (``FISHER``).
+conclusion across tables names the family that spans them (``studies.FISHER``).
 """
 from __future__ import annotations
 
@@ -16,12 +17,10 @@ from pathlib import Path
 
 from common import plateau, stats, study, study_report
 from common import results as RS
-from mamba_fl import real_grid, results_synthetic
-from mamba_fl.real_grid import FEDERATED
+from mamba_fl import results_synthetic, studies
 
 RECORDS = "mamba_fl/results/real"          # the d_model-32 real-text grid
 SOURCE = "mamba_fl/results/real_source"    # the same grid at the source's size (one GPU)
-BUDGET_PASSES = 4  # real_grid.py's --budget-epochs default: the equal-compute point is 4 passes over the blocks
 ARMS = ("central", "central-b4", "fedavg", "fedfisher", "fedfisher-local", "fedentropy", "fedavgm")
 LABELS = {"central": "central (AdamW, batch 16)", "central-b4": "central, 4x batch (FedAvg's sequential updates)",
           "fedavg": "FedAvg (client AdamW, moments kept)", "fedfisher": "FedFisher (per-example Fisher)",
@@ -79,53 +78,22 @@ def cell(runs: list[dict], stage: str, seeds: int = 5) -> str:
 
 def passes(runs: list[dict]) -> str:
     """The passes over the training blocks at which the plateau rule stopped each run (min-max)."""
-    return RS.range_of(BUDGET_PASSES * r["summary"]["stopped_at"] / r["summary"]["budget_at"] for r in runs)
-
-
-def _arm(arm: str, setting: tuple) -> str:
-    """An arm of one setting, named as its runs are less ``_plateau_s<seed>``: ``fedavg_L1_contiguous_k4m4``."""
-    layers, shard, clients = setting
-    return f"{arm}_L{layers}_{shard}_{clients}"
+    return RS.range_of(studies.BUDGET_EPOCHS * r["summary"]["stopped_at"] / r["summary"]["budget_at"] for r in runs)
 
 
 def _runs(name: str, folder: str = RECORDS) -> list[dict]:
-    """The committed runs of ``_arm``'s ``name`` in ``folder`` (none when the grid lacks them)."""
+    """The committed runs of ``studies.real_name``'s ``name`` in ``folder`` (none when the grid lacks them)."""
     arm, layers, shard, clients = name.split("_")
     return grid(folder).get((int(layers[1:]), shard, clients), {}).get(arm, [])
 
 
-def _script(arm: str) -> tuple[str, tuple[str, ...]]:
-    script, flags = ("central.py", []) if arm.startswith("central") else FEDERATED[arm]
-    return f"mamba_fl.{script[:-3]}", (*flags, *(("--batch-size", "64") if arm == "central-b4" else ()))
-
-
-STAGES = ("plateau", "budget")
-# real_grid.py stops a run at a constant rate after a pass without a 1 % gain: a run whose best validation point is
-# its last evaluation was stopped while still improving (not shown to be at a plateau)
-PLATEAU = plateau.Plateau("the best validation perplexity is not the last evaluation", metric="val_ppl",
-                          direction="min", schedule="constant")
-# the headline (real_table): every arm against FedAvg at 1 and 2 layers, 4 clients on contiguous shards, at the
-# plateau and at equal compute; each (depth, stage) table is one Holm family (``table_study``), as in results_real.md
-HEADLINE = ((1, "contiguous", "k4m4"), (2, "contiguous", "k4m4"))
-# FedFisher − FedAvg in every setting of the grid, at the plateau and at equal compute: one family, the one a
-# conclusion across its tables needs (harder_table, study_real)
-SETTINGS = (*HEADLINE, (1, "topic", "k4m4"), (1, "contiguous", "k16m4"), (4, "contiguous", "k4m4"))
-FISHER = study.Study(
-    "fedfisher", arms=tuple(study.Arm(_arm(a, k), *_script(a)) for k in SETTINGS for a in ("fedavg", "fedfisher")),
-    seeds=(0, 1, 2, 3, 4), comparisons=tuple(study.Comparison(_arm("fedfisher", k), _arm("fedavg", k), "grid", stage)
-                                             for k in SETTINGS for stage in STAGES))
-
-
 def table_study(folder: str, setting: tuple) -> study.Study:
     """One table of a record folder as a study: every arm of ``setting`` against FedAvg, at the plateau and at
-    equal compute, each stage one Holm family (results_real.md's tables: ``report``)."""
+    equal compute, each stage one Holm family (results_real.md's tables: ``report``), its arms and seeds those of
+    the folder's runs (``studies.setting_study``)."""
     arms = grid(folder).get(setting, {})
     seeds = sorted({r["args"]["seed"] for runs in arms.values() for r in runs})
-    return study.Study(f"{folder} {_arm('', setting)}", arms=tuple(study.Arm(_arm(a, setting), *_script(a))
-                                                                   for a in arms), seeds=tuple(seeds),
-                       plateau=PLATEAU, comparisons=tuple(
-                           study.Comparison(_arm(a, setting), _arm("fedavg", setting), f"{setting}, {stage}", stage)
-                           for stage in STAGES for a in arms if a != "fedavg"))
+    return studies.setting_study(f"{folder} {studies.real_name('', setting)}", setting, list(arms), seeds)
 
 
 def table(folder: str, setting: tuple) -> dict:
@@ -144,14 +112,14 @@ def _table(where: Path, folder: str, setting: tuple) -> dict:
 def unlearned(folder: str, setting: tuple) -> dict[str, str]:
     """{arm name: 'not compared (...)'} of the arms of ``setting`` whose every run ends at or above its test
     unigram (or did not complete): they learned less than token frequencies and leave their table's family."""
-    return {_arm(a, setting): "not compared (every seed at or above the test unigram)"
+    return {studies.real_name(a, setting): "not compared (every seed at or above the test unigram)"
             for a, runs in grid(folder).get(setting, {}).items()
             if all(r["summary"].get("status", "complete") != "complete"
                    or not r["summary"]["test_ppl"] < r["summary"]["test_unigram_ppl"] for r in runs)}
 
 
 def compared(folder: str, setting: tuple):
-    """``values`` of the arms of one table by name (``_arm``), {} of an ``unlearned`` one."""
+    """``values`` of the arms of one table by name (``studies.real_name``), {} of an ``unlearned`` one."""
     skip = unlearned(folder, setting)
     return lambda name, metric: {} if name in skip else values(_runs(name, folder), metric)
 
@@ -171,8 +139,8 @@ def _selection_notes(path: Path) -> dict:
 
 
 def _arms(record: dict) -> dict:
-    """{arm: its choice} of a selection record of real_grid.py: every setting but ``BEST_OTHER``."""
-    return {arm: choice for arm, choice in record["choices"].items() if arm in real_grid.CHOICES}
+    """{arm: its choice} of a selection record of real_grid.py: every setting but ``studies.BEST_OTHER``."""
+    return {arm: choice for arm, choice in record["choices"].items() if arm in studies.CHOICES}
 
 
 def _score(value, digits: int = 2) -> str:
@@ -182,9 +150,10 @@ def _score(value, digits: int = 2) -> str:
 
 def real_notes(name: str, stage: str, folder: str = RECORDS) -> list[str]:
     """What a reader must know of arm ``name``'s runs beside its verdict: at the plateau, the runs whose best
-    evaluation was their last (``PLATEAU`` from their metrics.jsonl: stopped by the rule while still improving);
+    evaluation was their last (``studies.REAL_PLATEAU`` from their metrics.jsonl: stopped by the rule while still
+    improving);
     its selection at an edge."""
-    short = plateau.arm_note(PLATEAU, {r["args"]["seed"]: r["path"] for r in _runs(name, folder)}) \
+    short = plateau.arm_note(studies.REAL_PLATEAU, {r["args"]["seed"]: r["path"] for r in _runs(name, folder)}) \
         if stage == "plateau" else None
     return [n for n in (short, selection_notes(folder).get(name.split("_")[0])) if n]
 
@@ -204,7 +173,7 @@ def headline_table(folder: str, settings: tuple) -> str:
 
         def verdict(arm: str, stage: str, k: tuple = k, found: dict = found) -> str:
             if arm == "fedavg":
-                return minus(study_report.warned("reference", real_notes(_arm(arm, k), stage, folder)))
+                return minus(study_report.warned("reference", real_notes(studies.real_name(arm, k), stage, folder)))
             if (arm, stage) not in found:  # FedAvg has no runs here
                 return "–"
             d, claim, warnings = found[arm, stage]
@@ -214,7 +183,7 @@ def headline_table(folder: str, settings: tuple) -> str:
                   verdict(arm, "budget")] for arm, g in arms.items()]
         runs += [r["summary"] for g in arms.values() for r in g]
     lines = stats.markdown(["layers", "arm", "at the plateau", "− FedAvg [95% CI]", "passes at the stop",
-                            f"at equal compute ({BUDGET_PASSES} passes)", "− FedAvg [95% CI]"], rows)
+                            f"at equal compute ({studies.BUDGET_EPOCHS:g} passes)", "− FedAvg [95% CI]"], rows)
     below = RS.range_of((s["test_unigram_ppl"] / s["test_ppl"] for s in runs), 1)
     return "\n".join([*lines, "", "k/n still improving: k of the arm's n runs had their best validation point at "
                        "their last evaluation, where the rule stopped them; they are not shown to be at a plateau. "
@@ -225,7 +194,7 @@ def headline_table(folder: str, settings: tuple) -> str:
 
 def real_table() -> str:
     """The headline table: 1 and 2 layers, 4 clients on contiguous shards."""
-    return headline_table(RECORDS, HEADLINE)
+    return headline_table(RECORDS, studies.HEADLINE)
 
 
 def source_table() -> str:
@@ -235,10 +204,10 @@ def source_table() -> str:
 
 def fisher_family() -> dict:
     """{(setting, stage): Finding}: every FedFisher − FedAvg comparison of the d_model-32 grid (each setting, at the
-    plateau and at equal compute) corrected together, ``FISHER``'s family, with FedFisher's notes."""
-    found = {(c.arm, c.metric): f for c, f in study_report.compare(FISHER, _values, real_notes).items()}
-    return {(k, stage): f for k in sorted(SETTINGS) for stage in STAGES
-            for f in [found.get((_arm("fedfisher", k), stage))] if f}
+    plateau and at equal compute) corrected together, ``studies.FISHER``'s family, with FedFisher's notes."""
+    found = {(c.arm, c.metric): f for c, f in study_report.compare(studies.FISHER, _values, real_notes).items()}
+    return {(k, stage): f for k in sorted(studies.SETTINGS) for stage in studies.STAGES
+            for f in [found.get((studies.real_name("fedfisher", k), stage))] if f}
 
 
 def said(f: study_report.Finding) -> str:
@@ -261,7 +230,7 @@ def harder_table() -> str:
             continue
         found = table(RECORDS, setting)
         verdict = {stage: study_report.warned(short(found["fedfisher", stage].paired, found["fedfisher", stage].claim),
-                                              found["fedfisher", stage].warnings) for stage in STAGES}
+                                              found["fedfisher", stage].warnings) for stage in studies.STAGES}
         rows.append([setting_name(*setting), cell(arms["fedavg"], "plateau"), verdict["plateau"],
                      cell(arms["fedavg"], "budget"), verdict["budget"]])
     m = len(fam)
@@ -359,7 +328,7 @@ def stage_table(folder: str, setting: tuple, stage: str) -> list[str]:
     per token and per word and best validation perplexity, its comparison to FedAvg over the table's family with
     its warnings, the plateau rule's outcome or the equal-compute length, its notes."""
     arms = grid(folder)[setting]
-    ref = _arm("fedavg", setting)
+    ref = studies.real_name("fedavg", setting)
 
     def label(name: str) -> str:
         text = LABELS[name.split("_")[0]]
@@ -376,8 +345,8 @@ def stage_table(folder: str, setting: tuple, stage: str) -> list[str]:
                                  lambda n: how_far(group(n), stage)),
                study_report.Text("notes", lambda n: diagnostics(group(n)))]
     return study_report.table(table_study(folder, setting), lambda n, metric: values(group(n), metric), columns,
-                              rows=[_arm(a, setting) for a in arms], notes=lambda n, m: real_notes(n, m, folder),
-                              skip=unlearned(folder, setting))
+                              rows=[studies.real_name(a, setting) for a in arms],
+                              notes=lambda n, m: real_notes(n, m, folder), skip=unlearned(folder, setting))
 
 
 def report(folder: str) -> str:
@@ -426,33 +395,34 @@ def pct(a: float, b: float) -> str:
 
 
 def mean_passes(runs: list[dict]) -> float:
-    return stats.summarize(BUDGET_PASSES * r["summary"]["stopped_at"] / r["summary"]["budget_at"] for r in runs).mean
+    return stats.summarize(studies.BUDGET_EPOCHS * r["summary"]["stopped_at"] / r["summary"]["budget_at"]
+                           for r in runs).mean
 
 
 def central_gap() -> str:
     """Central against FedAvg on the same blocks at 1 and 2 layers, and what the second layer does."""
     plateau_, budget, = [], []
-    for k in HEADLINE:
+    for k in studies.HEADLINE:
         t, c, f = table(RECORDS, k), mean(RECORDS, k, "central"), mean(RECORDS, k, "fedavg")
         side = "above" if f.mean >= c.mean else "below"
         plateau_.append(f"{abs(f.mean - c.mean):.1f} points ({pct(f.mean, c.mean)} %) {side} central's at "
                         f"{_depth(k[0])}, central − FedAvg {said(t['central', 'plateau'])} over their shared seeds")
         budget.append(f"{said(t['central', 'budget'])} at {_depth(k[0])}")
-    one, two = (grid(RECORDS)[k] for k in HEADLINE)
-    drops = [100 * (1 - mean(RECORDS, HEADLINE[1], a).mean / mean(RECORDS, HEADLINE[0], a).mean)
+    one, two = (grid(RECORDS)[k] for k in studies.HEADLINE)
+    drops = [100 * (1 - mean(RECORDS, studies.HEADLINE[1], a).mean / mean(RECORDS, studies.HEADLINE[0], a).mean)
              for a in one if a in two]
     verb = "falls" if min(drops) > 0 else "changes"
-    return minus(f"At the plateau FedAvg's mean is {'; and '.join(plateau_)}. At equal compute ({BUDGET_PASSES} "
-                 f"passes) central − FedAvg is {' and '.join(budget)}. From 1 to 2 layers every arm's mean test "
-                 f"perplexity at the plateau {verb} by {RS.range_of(drops, 0)} %.")
+    return minus(f"At the plateau FedAvg's mean is {'; and '.join(plateau_)}. At equal compute "
+                 f"({studies.BUDGET_EPOCHS:g} passes) central − FedAvg is {' and '.join(budget)}. From 1 to 2 layers "
+                 f"every arm's mean test perplexity at the plateau {verb} by {RS.range_of(drops, 0)} %.")
 
 
 def b4_control() -> str:
     """Central at FedAvg's number of sequential updates (a 4x batch) against FedAvg and against central."""
     parts, behind = [], []
-    for k in HEADLINE:
+    for k in studies.HEADLINE:
         t = table(RECORDS, k)
-        b4, f = ({st: mean(RECORDS, k, a, st).mean for st in STAGES} for a in ("central-b4", "fedavg"))
+        b4, f = ({st: mean(RECORDS, k, a, st).mean for st in studies.STAGES} for a in ("central-b4", "fedavg"))
         parts.append(f"{_depth(k[0])}: {b4['plateau']:.1f} against FedAvg's {f['plateau']:.1f} at the plateau, "
                      f"{said(t['central-b4', 'plateau'])}; {b4['budget']:.1f} against {f['budget']:.1f} at equal "
                      f"compute, {said(t['central-b4', 'budget'])}")
@@ -465,8 +435,8 @@ def b4_control() -> str:
 def fisher_headline() -> str:
     """FedFisher against FedAvg at 1 and 2 layers, how much longer it runs, and its best validation point cut at
     FedAvg's stop (metrics.jsonl)."""
-    one, two = (table(RECORDS, k) for k in HEADLINE)
-    arms = grid(RECORDS)[HEADLINE[1]]
+    one, two = (table(RECORDS, k) for k in studies.HEADLINE)
+    arms = grid(RECORDS)[studies.HEADLINE[1]]
     fed = {r["args"]["seed"]: r for r in arms["fedavg"]}
     cut, own = [], []
     for r in arms["fedfisher"]:
@@ -476,11 +446,12 @@ def fisher_headline() -> str:
                    - ref["summary"]["best_val_ppl"])
         own.append(r["summary"]["best_val_ppl"] - ref["summary"]["best_val_ppl"])
     cut_, own_ = (stats.summarize(x).mean for x in (cut, own))
-    f2 = mean(RECORDS, HEADLINE[1], "fedavg").mean
+    f2 = mean(RECORDS, studies.HEADLINE[1], "fedavg").mean
     per_round = {L: stats.summarize(r["summary"]["wall_seconds"] / r["summary"]["rounds_done"]
                                     for r in grid(RECORDS)[k]["fedfisher"]).mean /
                  stats.summarize(r["summary"]["wall_seconds"] / r["summary"]["rounds_done"]
-                                 for r in grid(RECORDS)[k]["fedavg"]).mean for L, k in ((k[0], k) for k in HEADLINE)}
+                                 for r in grid(RECORDS)[k]["fedavg"]).mean
+                 for L, k in ((k[0], k) for k in studies.HEADLINE)}
     return minus(f"FedFisher − FedAvg at 1 layer: {said(one['fedfisher', 'plateau'])} at the plateau, "
                  f"{said(one['fedfisher', 'budget'])} at equal compute. At 2 layers, at the plateau: "
                  f"{said(two['fedfisher', 'plateau'])}, {100 * abs(two['fedfisher', 'plateau'].paired.mean) / f2:.0f} "
@@ -504,7 +475,7 @@ def entropy() -> str:
     choice = selection()["choices"]["fedentropy"]
     chosen, scores = choice["chosen"], choice["scores"]
     weights, ratios = [], []
-    for k in HEADLINE:
+    for k in studies.HEADLINE:
         for r in grid(RECORDS)[k]["fedentropy"]:
             for row in map(json.loads, filter(str.strip, (r["path"] / "metrics.jsonl").read_text(
                     encoding="utf-8").splitlines())):
@@ -513,7 +484,7 @@ def entropy() -> str:
                     ratios.append(row["entropy_weight_ratio"])
     others = {t: plateau.curve(RS.path(f"{RECORDS}/runs") / f"select_fedentropy_temperature{t}",
                                "entropy_weight_ratio") for t in scores if float(t) < chosen}
-    one, two = (table(RECORDS, k) for k in HEADLINE)
+    one, two = (table(RECORDS, k) for k in studies.HEADLINE)
     return minus(f"Its temperature, chosen on validation, is {chosen:g} (best validation perplexity per temperature: "
                  + ", ".join(f"{t}: {_score(v)}" for t, v in scores.items()) + f"): there its weights stay within "
                  f"{min(weights):.3f}-{max(weights):.3f} (largest / smallest at most {max(ratios):.3f} in any "
@@ -525,8 +496,8 @@ def entropy() -> str:
 
 def fisher_local() -> str:
     """FedFisher with the local Fisher against FedAvg at 1 and 2 layers."""
-    one, two = (table(RECORDS, k) for k in HEADLINE)
-    arms = [grid(RECORDS)[k] for k in HEADLINE]
+    one, two = (table(RECORDS, k) for k in studies.HEADLINE)
+    arms = [grid(RECORDS)[k] for k in studies.HEADLINE]
     local, fed = (passes([r for a in arms for r in a[arm]]) for arm in ("fedfisher-local", "fedavg"))
     return minus(f"At the plateau {' and '.join(cell(a['fedfisher-local'], 'plateau', 5) for a in arms)} at 1 and "
                  f"2 layers; FedFisher-local − FedAvg {said(one['fedfisher-local', 'plateau'])} and "
@@ -537,11 +508,11 @@ def fisher_local() -> str:
 
 def hand_check() -> str:
     """The selection's FedAvg run against the reported seeds' best validation perplexity (1 layer)."""
-    choice, k = selection()["choices"]["fedavg"], HEADLINE[0]
+    choice, k = selection()["choices"]["fedavg"], studies.HEADLINE[0]
     lr = choice["chosen"]
     won = study.numeric_scores(choice)[lr]
     best = values(grid(RECORDS)[k]["fedavg"], "plateau val")
-    return (f"Its FedAvg run (seed {real_grid.SELECTION_SEED}, the selection's winner at lr {lr:g}) reached {won:.2f} "
+    return (f"Its FedAvg run (seed {studies.SELECTION_SEED}, the selection's winner at lr {lr:g}) reached {won:.2f} "
             f"on validation; the {len(best)} reported seeds reach {RS.range_of(best.values())} (mean "
             f"{stats.summarize(best.values()).mean:.1f}, against central's "
             f"{mean(RECORDS, k, 'central', 'plateau val').mean:.1f}).")
@@ -549,9 +520,9 @@ def hand_check() -> str:
 
 def selection_run(arm: str, candidate: str, folder: str = RECORDS) -> dict:
     """The selection run of ``arm`` at ``candidate`` (a selection.json key: "0.01", "local")."""
-    flag, grid_values = real_grid.CHOICES[arm]
+    flag, grid_values = studies.CHOICES[arm]
     value = candidate if isinstance(grid_values[0], str) else float(candidate)
-    (run,) = RS.records(f"{folder}/runs", f"select_{arm}_{real_grid._candidate(flag, value)}")
+    (run,) = RS.records(f"{folder}/runs", f"select_{arm}_{studies.candidate_name(flag, value)}")
     return run
 
 
@@ -567,7 +538,7 @@ def real_selection() -> str:
     rows = ["| arm, setting | candidates: best validation ppl (where the rule stopped it) | chosen |", "|---|---|---|"]
     for arm, choice in _arms(record).items():
         scores, chosen = choice["scores"], choice["chosen"]
-        named = isinstance(real_grid.CHOICES[arm][1][0], str)  # a name (--fisher-method), not a number
+        named = isinstance(studies.CHOICES[arm][1][0], str)  # a name (--fisher-method), not a number
         shown = study.candidate_key(chosen)
         cells = [f"{c}: {scores[c]:.2f} ({_stop(selection_run(arm, c))})" if not isinstance(scores[c], str) else
                  f"{c}: {scores[c]}" for c in (scores if named else sorted(scores, key=float))]
@@ -579,11 +550,11 @@ def real_selection() -> str:
             where = f"{shown}, {'at the edge' if choice['edge'] else 'inside'}" + (
                 f" after {added} extension{'s' if added > 1 else ''}" if added else "")
         rows.append(f"| {SHORT[arm]}, `{choice['flag']}` | {', '.join(cells)} | {where} |")
-    other = record["choices"][real_grid.BEST_OTHER]
+    other = record["choices"][studies.BEST_OTHER]
     best = other["scores"]  # each other arm's chosen candidate's score
     return "\n".join(rows) + (
         f"\n\nThe best other arm is {SHORT[other['chosen']]} ({_score(best[other['chosen']])}, against "
-        + " and ".join(f"{SHORT[a]}'s {_score(best[a])}" for a in real_grid.OTHERS if a != other["chosen"]) + ").")
+        + " and ".join(f"{SHORT[a]}'s {_score(best[a])}" for a in studies.OTHERS if a != other["chosen"]) + ").")
 
 
 def above(a: float, b: float) -> str:
@@ -609,7 +580,7 @@ def real_hand_check() -> str:
     return "\n".join(rows) + (
         f"\n\nBoth learn far past the unigram ({below:.1f}x below it or more). With the same seed, at the plateau "
         f"FedAvg's best ends {above(f['best_val_ppl'], c['best_val_ppl'])} central's, after {more:.1f}x the passes "
-        f"with 4x fewer sequential updates per pass; at {BUDGET_PASSES} passes it was "
+        f"with 4x fewer sequential updates per pass; at {studies.BUDGET_EPOCHS:g} passes it was "
         f"{above(f['budget_best_val_ppl'], c['budget_best_val_ppl'])} ({f['budget_best_val_ppl']:.1f} against "
         f"{c['budget_best_val_ppl']:.1f}). One seed on validation: a check, not a result.")
 
@@ -620,13 +591,13 @@ TOPIC, K16, L4 = (1, "topic", "k4m4"), (1, "contiguous", "k16m4"), (4, "contiguo
 def heterogeneity() -> str:
     """What topic shards and 16 clients (4 a round) cost FedAvg at 1 layer, and FedFisher − FedAvg as a share of
     FedAvg's mean in each setting."""
-    base = HEADLINE[0]
+    base = studies.HEADLINE[0]
     fed = {k: mean(RECORDS, k, "fedavg").mean for k in (base, TOPIC, K16)}
     costs = [f"{fed[k] - fed[base]:.1f} points ({pct(fed[k], fed[base])} %) higher {what}" for k, what in
              ((TOPIC, "on topic shards"), (K16, "with 16 clients, 4 a round"))]
     share = {st: ", ".join(f"{100 * table(RECORDS, k)['fedfisher', st].paired.mean / mean(RECORDS, k, 'fedavg', st).mean:+.1f} % ({what})"  # noqa: E501
                            for k, what in ((base, "4 contiguous shards"), (TOPIC, "topic"), (K16, "16 clients")))
-             for st in STAGES}
+             for st in studies.STAGES}
     return minus(f"FedAvg's mean at the plateau, against its {fed[base]:.1f} on 4 contiguous shards, is "
                  f"{' and '.join(costs)}. FedFisher − FedAvg as a share of FedAvg's mean: {share['plateau']} "
                  f"at the plateau; {share['budget']} at equal compute (their verdicts: the table above).")

@@ -3,8 +3,9 @@
 
 Records: ``RECORDS/<arm>_L<layers>_<shard>_s<seed>`` (args.json, summary.json, metrics.jsonl; a central run's shard
 is "synthetic"), copied by ``run_grid.py --records``. A run's value is its final validation perplexity per token:
-every run ends at a constant rate, after the fixed budget run_grid.py gives it. The study (``SYNTHETIC``, its arms
-run_grid.py's plan) declares three Holm families, each spanning the tables its conclusion is drawn across:
+every run ends at a constant rate, after the fixed budget run_grid.py gives it. The study (``SYNTHETIC``, declared by
+``studies.synthetic_study``, its arms run_grid.py's plan) has three Holm families, each spanning the tables its
+conclusion is drawn across:
 
 - "gap": central and central-b4 minus FedAvg at 1 and 2 layers on both shards, and central minus FedAvg with the
   longer budget (how much of federation's gap FedAvg's fewer sequential updates account for);
@@ -23,59 +24,36 @@ import math
 import re
 from functools import cache
 
-from common import plateau, stats, study, study_report
+from common import plateau, stats, study_report
 from common import results as RS
 from mamba_fl import run_grid
+from mamba_fl.studies import (
+    AGGREGATORS,
+    LAYERS,
+    LONG,
+    SHARDS,
+    SYNTHETIC_PLATEAU,
+    VARIANTS,
+    synthetic_name,
+    synthetic_study,
+)
 
 RECORDS = "mamba_fl/results/synthetic_grid/runs"
 DEFAULTS = run_grid.get_args_parser().parse_args([])  # the grid the records come from: run_grid.py's defaults
-SHARDS, LAYERS = ("contiguous", "topic"), (1, 2)
-AGGREGATORS = ("fedfisher", "fedentropy", "fedmom-ema", "fedavgm")
-VARIANTS = tuple(run_grid.VARIANTS)
 LABELS = {"central": "central", "central-b4": "central, 4x batch", "fedavg": "FedAvg",
           "fedfisher": "FedFisher", "fedentropy": f"FedEntropy (T = {DEFAULTS.temperature:g})",
           "fedmom-ema": "FedMomentum EMA (the source's form)", "fedavgm": "FedAvgM heavy ball (Flower's form)",
           "fedavg-reset": "FedAvg, fresh AdamW every round", "fedavg-sgd": "FedAvg, plain local SGD",
           "fedavg-lu8": "FedAvg, 8 local steps a round", "central-long": "central, longer budget",
           "fedavg-long": "FedAvg, longer budget", "fedfisher-long": "FedFisher, longer budget"}
-# every run keeps a constant rate to its end: one whose last evaluation is its best was still improving there
-PLATEAU = plateau.Plateau("the final evaluation is not the run's best (a constant rate: a last-is-best run is still "
-                          "improving)", metric="val_ppl", direction="min", schedule="constant")
-
-
-def name(arm: str, layers: int, shard: str) -> str:
-    """An arm of the grid as its runs are named less ``_s<seed>``: ``fedavg_L1_topic``, ``central_L2_synthetic``."""
-    return f"{arm}_L{layers}_{'synthetic' if arm.startswith('central') else shard}"
-
-
-def _arms() -> tuple[study.Arm, ...]:
-    """run_grid.py's plan as the study's arms: each run of the first seed, less its seed."""
-    out = []
-    for run, script, argv in run_grid.grid_plan(DEFAULTS):
-        arm, seed = run.rsplit("_s", 1)
-        if seed == str(DEFAULTS.seeds[0]):
-            at = argv.index("--seed")
-            out.append(study.Arm(arm, f"mamba_fl.{script[:-3]}", tuple(argv[:at] + argv[at + 2:])))
-    return tuple(out)
-
-
-LONG = ("central-long_L1_synthetic", "fedavg-long_L1_topic", "fedfisher-long_L1_topic")
-SYNTHETIC = study.Study(
-    "synthetic", arms=_arms(), seeds=tuple(DEFAULTS.seeds), plateau=PLATEAU, compute="equal samples",
-    comparisons=(*(study.Comparison(name(a, L, s), name("fedavg", L, s), "gap") for L in LAYERS for s in SHARDS
-                   for a in ("central", "central-b4")),
-                 study.Comparison(LONG[0], LONG[1], "gap"),
-                 *(study.Comparison(name(a, L, s), name("fedavg", L, s), "aggregators") for L in LAYERS
-                   for s in SHARDS for a in AGGREGATORS),
-                 study.Comparison(LONG[2], LONG[1], "aggregators"),
-                 *(study.Comparison(name(a, 1, "contiguous"), name("fedavg", 1, "contiguous"), "client optimizer")
-                   for a in VARIANTS)))
+SYNTHETIC = synthetic_study(run_grid.grid_plan(DEFAULTS), DEFAULTS.seeds)  # its arms: the grid's plan
 
 
 # ------------------------------------------------------------------------------------------------ records
 @cache
 def grid() -> dict[str, list[dict]]:
-    """{arm (``name``): its finished runs} of the committed records (or what ``--records`` puts in their place)."""
+    """{arm (``synthetic_name``): its finished runs} of the committed records (or what ``--records`` puts in their
+    place)."""
     out: dict[str, list[dict]] = {}
     for r in RS.records(RECORDS, "*_L*_s*"):
         out.setdefault(r["name"].rsplit("_s", 1)[0], []).append(r)
@@ -121,7 +99,7 @@ def sequences(arm: str, _: str = "") -> dict:
 
 def plateau_note(arm: str) -> str | None:
     """'k/n still improving' (``PLATEAU`` from each run's metrics.jsonl), None when every run is at its plateau."""
-    return plateau.arm_note(PLATEAU, {r["args"]["seed"]: r["path"] for r in runs(arm)})
+    return plateau.arm_note(SYNTHETIC_PLATEAU, {r["args"]["seed"]: r["path"] for r in runs(arm)})
 
 
 def notes(arm: str, _: str = "") -> list[str]:
@@ -167,7 +145,7 @@ def mean_sd(arm: str, key: str = "final_val_ppl") -> str:
 def share(layers: int, shard: str) -> float:
     """How much of central − FedAvg the fewer sequential updates account for, at least (0 to 1): from the
     simultaneous interval (over the gap family) of what they leave, FedAvg − central-b4 (``common.stats.explained``)."""
-    fed, central, b4 = (compared(name(a, layers, shard)) for a in ("fedavg", "central", "central-b4"))
+    fed, central, b4 = (compared(synthetic_name(a, layers, shard)) for a in ("fedavg", "central", "central-b4"))
     return stats.explained(stats.paired(fed, b4), stats.paired(fed, central).mean, family_size("gap"))
 
 
@@ -192,7 +170,7 @@ def first(arm: str, key: str):
 
 def setup() -> dict:
     """What the sentences state of the setting, read from the records: steps, batches, sequences per arm."""
-    fed, central, b4 = (name(a, 1, "contiguous") for a in ("fedavg", "central", "central-b4"))
+    fed, central, b4 = (synthetic_name(a, 1, "contiguous") for a in ("fedavg", "central", "central-b4"))
     seq = {a: stats.summarize(sequences(a).values()).mean for a in (fed, central, b4)}
     args = runs(fed)[0]["args"]
     return {"rounds": first(fed, "rounds_done"), "clients": args["num_clients"], "batch": args["batch_size"],
@@ -212,7 +190,7 @@ def synthetic_table() -> str:
              *(warned("fedavg", 1, s) for s in SHARDS)]]
     for arm, label in (("central", "central − FedAvg"), ("central-b4", f"central, {times} batch − FedAvg"),
                        ("fedfisher", "FedFisher − FedAvg")):
-        rows.append([label, *(cell(name(arm, 1, s), name("fedavg", 1, s)) for s in SHARDS)])
+        rows.append([label, *(cell(synthetic_name(arm, 1, s), synthetic_name("fedavg", 1, s)) for s in SHARDS)])
     run = runs(k["fed"])[0]["summary"]
     seq = {a: f"{v:,.0f}" for a, v in k["seq"].items()}
     full = k["b4_steps"] * k["b4_batch"]  # what central-b4's steps would take were every batch full
@@ -241,7 +219,7 @@ def cell(arm: str, ref: str) -> str:
 
 def warned(arm: str, layers: int, shard: str) -> str:
     """An arm's cell: mean ± sd with its notes (its plateau, its runs above the unigram)."""
-    key = name(arm, layers, shard)
+    key = synthetic_name(arm, layers, shard)
     return study_report.warned(mean_sd(key), notes(key))
 
 
@@ -251,19 +229,23 @@ def synthetic_gap() -> str:
     m = family_size("gap")
     parts = []
     for L in LAYERS:
-        gap = " and ".join(f"{said(name('central', L, s), name('fedavg', L, s))} ({s})" for s in SHARDS)
-        b4 = " and ".join(f"{said(name('central-b4', L, s), name('fedavg', L, s))} ({s})" for s in SHARDS)
-        fed = " and ".join(f"{mean_sd(name('fedavg', L, s))} ({s})" for s in SHARDS)
+        gap = " and ".join(f"{said(synthetic_name('central', L, s), synthetic_name('fedavg', L, s))} ({s})"
+                           for s in SHARDS)
+        b4 = " and ".join(f"{said(synthetic_name('central-b4', L, s), synthetic_name('fedavg', L, s))} ({s})"
+                          for s in SHARDS)
+        fed = " and ".join(f"{mean_sd(synthetic_name('fedavg', L, s))} ({s})" for s in SHARDS)
         parts.append(
-            f"{L} layer{'s' if L > 1 else ''}: FedAvg ends at {fed} against central's {mean_sd(name('central', L, ''))}"
-            f" and central-b4's {mean_sd(name('central-b4', L, ''))}; central − FedAvg {gap}; central-b4 − FedAvg "
+            f"{L} layer{'s' if L > 1 else ''}: FedAvg ends at {fed} against central's "
+            f"{mean_sd(synthetic_name('central', L, ''))} and central-b4's "
+            f"{mean_sd(synthetic_name('central-b4', L, ''))}; central − FedAvg {gap}; central-b4 − FedAvg "
             f"{b4}. {accounted(L)}")
     long = runs(LONG[1])
-    factor = round(long[0]["summary"]["rounds_done"] / first(name("fedavg", 1, "topic"), "rounds_done")) if long \
-        else DEFAULTS.long_factor
+    factor = round(long[0]["summary"]["rounds_done"] / first(synthetic_name("fedavg", 1, "topic"), "rounds_done")) \
+        if long else DEFAULTS.long_factor
     parts.append(f"With {factor}x the rounds (1 layer, topic shards): central {mean_sd(LONG[0])}, FedAvg "
                  f"{mean_sd(LONG[1])}, central − FedAvg {said(LONG[0], LONG[1])}.")
-    base = {a: plateau_note(a) or "at its plateau" for a in (name("fedavg", L, s) for L in LAYERS for s in SHARDS)}
+    base = {a: plateau_note(a) or "at its plateau"
+            for a in (synthetic_name("fedavg", L, s) for L in LAYERS for s in SHARDS)}
     states = set(base.values())
     own = "FedAvg's runs, the reference: " + (
         f"{states.pop()} at both depths on both shards" if len(states) == 1 else
@@ -288,8 +270,8 @@ def comparisons(rows, columns: list[tuple[str, str, str]], header: str) -> list[
 
 def synthetic_arms() -> str:
     """Every aggregator and FedAvg variant against FedAvg, Holm over its family, and the verdict across them."""
-    settings = [(f"{L} layer{'s' if L > 1 else ''}, {s}", f"{{}}_L{L}_{s}", name("fedavg", L, s)) for L in LAYERS
-                for s in SHARDS]
+    settings = [(f"{L} layer{'s' if L > 1 else ''}, {s}", f"{{}}_L{L}_{s}", synthetic_name("fedavg", L, s))
+                for L in LAYERS for s in SHARDS]
     longer = ("1 layer, topic, longer budget", "{}-long_L1_topic", LONG[1])
     better = below_fedavg()
     return minus("\n".join([
@@ -297,7 +279,7 @@ def synthetic_arms() -> str:
         f"Holm over the study's {family_size('aggregators')} aggregator comparisons (the table); "
         + (f"below FedAvg after it: {'; '.join(better)}." if better else "none is below FedAvg after it.")
         + " An arm whose every seed ends above the unigram is not compared.", "",
-        *comparisons(VARIANTS, [("− FedAvg", "{}_L1_contiguous", name("fedavg", 1, "contiguous"))],
+        *comparisons(VARIANTS, [("− FedAvg", "{}_L1_contiguous", synthetic_name("fedavg", 1, "contiguous"))],
                      "1 layer, contiguous shards"), "",
         f"The client optimizer and local work: Holm over these {family_size('client optimizer')}."]))
 
@@ -305,7 +287,7 @@ def synthetic_arms() -> str:
 def study_synthetic() -> str:
     """The top README's line for the synthetic grid."""
     k = setup()
-    line = {a: " and ".join(f"{said(name(a, 1, s), name('fedavg', 1, s))} ({s})" for s in SHARDS)
+    line = {a: " and ".join(f"{said(synthetic_name(a, 1, s), synthetic_name('fedavg', 1, s))} ({s})" for s in SHARDS)
             for a in ("central", "central-b4", "fedfisher")}
     better = below_fedavg()
     return minus(f"1 layer, equal samples ({k['seq'][k['fed']]:,.0f} training sequences): central − FedAvg "
@@ -324,7 +306,7 @@ def below_fedavg() -> list[str]:
 
 
 def where(arm: str) -> str:
-    """'1 layer on topic shards' of an arm's name (``name``), '..., longer budget' of a longer-budget arm."""
+    """'1 layer on topic shards' of an arm's name (``synthetic_name``), '..., longer budget' of a longer-budget arm."""
     kind, layers, shard = arm.split("_")
     depth = f"{layers[1:]} layer{'s' if layers != 'L1' else ''}"
     return (depth if shard == "synthetic" else f"{depth} on {shard} shards") + \
@@ -375,18 +357,18 @@ def full_table(arms: list[str], ref: str) -> list[str]:
 
 def synthetic_tables() -> str:
     """Every table of the grid: each depth and shard, FedAvg's variants, the longer budget."""
-    fed = name("fedavg", 1, "contiguous")
-    tables = [*((f"{L} layer{'s' if L > 1 else ''}, {s} shards", [name(a, L, s) for a in TABLE_ARMS],
-                 name("fedavg", L, s)) for L in LAYERS for s in SHARDS),
+    fed = synthetic_name("fedavg", 1, "contiguous")
+    tables = [*((f"{L} layer{'s' if L > 1 else ''}, {s} shards", [synthetic_name(a, L, s) for a in TABLE_ARMS],
+                 synthetic_name("fedavg", L, s)) for L in LAYERS for s in SHARDS),
               ("FedAvg's client optimizer and local work (1 layer, contiguous shards)",
-               [name("central", 1, ""), fed, *(name(a, 1, "contiguous") for a in VARIANTS)], fed),
+               [synthetic_name("central", 1, ""), fed, *(synthetic_name(a, 1, "contiguous") for a in VARIANTS)], fed),
               (f"Longer budget ({DEFAULTS.long_factor}x the rounds; 1 layer, topic shards)", list(LONG), LONG[1])]
     out = []
     for title, arms, ref in tables:
         if any(runs(a) for a in arms):  # a grid still running: the tables with runs so far
             out += [f"**{title}**", "", *full_table(arms, ref), ""]
     out += ["Families (Holm): " + "; ".join(f"{fam}, {family_size(fam)} comparisons" for fam in SYNTHETIC.families())
-            + f". Plateau: {PLATEAU.rule}."]
+            + f". Plateau: {SYNTHETIC_PLATEAU.rule}."]
     return minus("\n".join(out))
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from common import cli, jobs, study
 from common.errors import UsageError
-from mamba_fl import lmdata, real_grid
+from mamba_fl import lmdata, real_grid, studies
 
 
 def _flag(argv, name):
@@ -27,14 +27,14 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
         real_grid.main(["--data", str(folder / "wiki.valid.raw"), str(folder / "wiki.train.raw"), "--out-dir",
                         str(out), "--dry-run"])
     blocks = real_grid.train_blocks(args, out)
-    sel = real_grid.selection_plan(args, out, blocks, real_grid.PHASES[0], {})
+    sel = real_grid.selection_plan(args, out, blocks, studies.PHASES[0], {})
     assert len(sel) == 6 and all(_flag(j.argv, "--seed") == "100" and "--test" not in j.argv for j in sel)
     assert {_flag(j.argv, "--lr") for j in sel} == {"0.003", "0.01", "0.03"}
     # each chosen where it is reported: to the plateau rule of the reported runs, capped alike
     assert all(_flag(j.argv, "--patience") == "5" for j in sel)
     assert _flag(sel[0].argv, "--max-steps") == str(real_grid.steps_for(args.max_epochs, blocks, args.batch_size))
     budget = real_grid.selection_plan(cli.parse(real_grid.get_args_parser(), argv + ["--select-at", "budget"]), out,
-                                      blocks, real_grid.PHASES[0], {})
+                                      blocks, studies.PHASES[0], {})
     assert all("--patience" not in j.argv for j in budget)  # a fixed budget of --select-epochs passes
     assert _flag(budget[0].argv, "--max-steps") == str(real_grid.steps_for(args.select_epochs, blocks,
                                                                            args.batch_size))
@@ -54,8 +54,8 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
     assert picked["central"]["scores"]["0.03"] == "diverged"
     assert picked["fedavg"]["scores"]["0.01"] == "at or above the unigram"
     assert picked["fedavg"]["edge"] == "low" and picked["fedavg"]["beyond"] == 0.0009  # no extension here
-    assert real_grid.BEST_OTHER not in picked  # the second phase's
-    second = real_grid.selection_plan(args, out, blocks, real_grid.PHASES[1], chosen)
+    assert studies.BEST_OTHER not in picked  # the second phase's
+    second = real_grid.selection_plan(args, out, blocks, studies.PHASES[1], chosen)
     assert all(_flag(j.argv, "--lr") == "0.003" for j in second)  # the second phase at FedAvg's rate
     assert len(second) == 7 and sum("--fisher-method" in j.argv for j in second) == 1
     for j, ppl in zip(second, [70.0, 60.0, 65.0, 62.0, 61.0, 64.0, 59.0]):  # fedentropy x3, fedavgm x3, local
@@ -63,8 +63,8 @@ def test_plan_matches_compute_tests_only_reported_runs_and_chooses_on_validation
         (out / "runs" / j.name / "summary.json").write_text(json.dumps({"best_val_ppl": ppl, "unigram_ppl": 1e3}))
     found = real_grid.choose(second)
     assert real_grid.chosen_flags(found)["fedentropy"] == {"--temperature": 1.0}
-    assert found[real_grid.BEST_OTHER]["chosen"] == real_grid.best_other(found) == "fedfisher-local"
-    assert found[real_grid.BEST_OTHER]["scores"] == {"fedentropy": 60.0, "fedavgm": 61.0, "fedfisher-local": 59.0}
+    assert found[studies.BEST_OTHER]["chosen"] == real_grid.best_other(found) == "fedfisher-local"
+    assert found[studies.BEST_OTHER]["scores"] == {"fedentropy": 60.0, "fedavgm": 61.0, "fedfisher-local": 59.0}
     assert real_grid.beyond_edge([0.1, 0.3, 1.0], 1.0) == [0.1, 0.3, 1.0, 3.33]
     assert real_grid.beyond_edge([3e-3, 1e-2, 3e-2], 3e-3) == [9e-4, 3e-3, 1e-2, 3e-2]
     assert real_grid.beyond_edge([0.1, 1.0, 10.0], 1.0) == [0.1, 1.0, 10.0]  # inside: unchanged
@@ -127,7 +127,7 @@ def test_report_of_real_runs(tiny, split_dir, tmp_path, capsys, monkeypatch):
     # the selection beside runs/: central's rate at the top of its candidates, FedAvg's inside
     scores = {"central": {0.006: [90.0], 0.02: [80.0]}, "fedavg": {0.006: [90.0], 0.02: [80.0], 0.06: [85.0]}}
     study.write_selection(grid / "selection.json", "mamba_fl real", "test", {
-        arm: study.choice_record(real_grid.grid_of(arm), real_grid.grid_of(arm).choose(s))
+        arm: study.choice_record(studies.grid_of(arm), studies.grid_of(arm).choose(s))
         for arm, s in scores.items()})
     monkeypatch.setattr(results, "REDIRECTS", {})  # what --records sets, for this test only
     capsys.readouterr()
@@ -205,7 +205,7 @@ def test_every_planned_command_passes_its_scripts_checks(mamba_cache, tmp_path):
     blocks = real_grid.train_blocks(args, out)
     chosen = {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.03}, "fedentropy": {"--temperature": 1.0},
               "fedavgm": {"--server-lr": 0.3}}
-    plan = [*(j for arms in real_grid.PHASES for j in real_grid.selection_plan(args, out, blocks, arms, chosen)),
+    plan = [*(j for arms in studies.PHASES for j in real_grid.selection_plan(args, out, blocks, arms, chosen)),
             *real_grid.reported_plan(args, out, blocks, chosen, "fedfisher-local")]
     per_round = set()
     for j in plan:
@@ -221,12 +221,14 @@ def test_every_planned_command_passes_its_scripts_checks(mamba_cache, tmp_path):
 
 def test_the_sources_arms_run_between_the_two_selection_phases(mamba_cache, tmp_path, monkeypatch):
     """central, central-b4, FedAvg and FedFisher need only the first phase's rates: main runs them before the
-    second phase's selection, and the best other arm after it; the whole grid then counts as complete."""
+    second phase's selection, and the best other arm after it; the whole grid then counts as complete, and its
+    last plan's next step names the figure and table commands (the grid draws nothing itself)."""
     folder, _ = lmdata._synthetic_dir(mamba_cache)
     out = tmp_path / "grid"
-    order = []
+    order, steps = [], []
 
     def run_plan(plan, **kw):  # stands in for jobs.run_plan: "trains" each run by writing its summary
+        steps.append(kw.get("next_step", ""))
         for j in plan:
             path = out / "runs" / j.name / "summary.json"
             if not path.is_file():
@@ -237,19 +239,20 @@ def test_the_sources_arms_run_between_the_two_selection_phases(mamba_cache, tmp_
         return jobs.Outcome(status={j.name: "finished" for j in plan}, messages={}, seconds=0.0)
 
     monkeypatch.setattr(real_grid.jobs, "run_plan", run_plan)
-    monkeypatch.setattr(real_grid.jobs, "draw", lambda *a: True)  # no figures of stand-in runs
     done = real_grid.main(["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"),
                            "--out-dir", str(out)])
-    assert done["complete"] and done[real_grid.BEST_OTHER] in real_grid.OTHERS
+    assert done["complete"] and done[studies.BEST_OTHER] in studies.OTHERS
     record = study.read_selection(out / "selection.json")  # every arm's choice and the best other arm, with why
-    assert set(record["choices"]) == {*real_grid.CHOICES, real_grid.BEST_OTHER}
-    assert record["choices"][real_grid.BEST_OTHER]["chosen"] == done[real_grid.BEST_OTHER]
-    assert record["runs"]["seeds"] == [real_grid.SELECTION_SEED] and "plateau rule" in record["criterion"]
+    assert set(record["choices"]) == {*studies.CHOICES, studies.BEST_OTHER}
+    assert record["choices"][studies.BEST_OTHER]["chosen"] == done[studies.BEST_OTHER]
+    assert record["runs"]["seeds"] == [studies.SELECTION_SEED] and "plateau rule" in record["criterion"]
     first = lambda prefix: next(i for i, n in enumerate(order) if n.startswith(prefix))  # noqa: E731
     last = lambda prefix: max(i for i, n in enumerate(order) if n.startswith(prefix))  # noqa: E731
     assert last("select_fedavg_") < first("central_L1") and last("fedfisher_L2") < first("select_fedentropy")
-    assert last("select_fedfisher-local") < first(f"{done[real_grid.BEST_OTHER]}_L1")
+    assert last("select_fedfisher-local") < first(f"{done[studies.BEST_OTHER]}_L1")
     assert len(order) == len(set(order))
+    assert steps[-1] == (f"python plots/plot_mamba.py --runs {out / 'runs'} --out mamba_fl/results/real; python -m "
+                         f"common.results --show mamba_fl.real-report --records mamba_fl/results/real={out}")
 
 
 def test_selection_file_stands_in_for_the_phases_it_chose(mamba_cache, tmp_path, monkeypatch):
@@ -269,7 +272,7 @@ def test_selection_file_stands_in_for_the_phases_it_chose(mamba_cache, tmp_path,
 
     monkeypatch.setattr(real_grid.jobs, "run_plan", run_plan)
     earlier = tmp_path / "selection.json"
-    given = {arm: study.choice_record(real_grid.grid_of(arm), real_grid.grid_of(arm).choose({lr: [50.0]}))
+    given = {arm: study.choice_record(studies.grid_of(arm), studies.grid_of(arm).choose({lr: [50.0]}))
              for arm, lr in (("central", 0.02), ("fedavg", 0.05))}
     study.write_selection(earlier, "mamba_fl real", "an earlier grid's", given, seeds=[100])
     argv = ["--data", str(folder / "wiki.train.raw"), str(folder / "wiki.valid.raw"), "--selection", str(earlier)]
@@ -282,7 +285,7 @@ def test_selection_file_stands_in_for_the_phases_it_chose(mamba_cache, tmp_path,
     assert {_flag(a, "--lr") for n, a in ran.items() if n.startswith("central")} == {"0.02"}
     ran.clear()  # a run of the second phase's arm needs its selection, at the earlier first-phase choices
     done = real_grid.main([*argv, "--out-dir", str(tmp_path / "b"), "--only", "fedentropy_L1_*"])
-    assert {n.split("_")[1] for n in ran if n.startswith("select_")} == set(real_grid.OTHERS)
+    assert {n.split("_")[1] for n in ran if n.startswith("select_")} == set(studies.OTHERS)
     assert all(_flag(a, "--lr") == "0.05" for n, a in ran.items() if n.startswith("select_fedentropy"))
     # refused in one line before anything is written: not a record, the old layout, another study's setting
     for bad, why in (("[1, 2]", "not a selection record"), ('{"chosen": {"central": {"--lr": 0.02}}}',
@@ -305,7 +308,7 @@ def test_source_size_runs_the_sources_model_on_the_gpt2_tokenizer(tmp_path):
     args = cli.parse(real_grid.get_args_parser(), ["--size", "source", "--tokenizer", str(tmp_path / "gpt2"),
                                                    "--out-dir", str(tmp_path / "grid")])
     chosen = {"central": {"--lr": 0.01}, "fedavg": {"--lr": 0.03}}
-    plan = [*real_grid.selection_plan(args, tmp_path, 1000, real_grid.PHASES[0], {}),
+    plan = [*real_grid.selection_plan(args, tmp_path, 1000, studies.PHASES[0], {}),
             *real_grid.reported_plan(args, tmp_path, 1000, chosen)]
     assert len(plan) == 6 + 2 * (3 + 3 + 5 + 5 + 3)  # 1 and 2 layers: central, 4x batch, FedAvg, FedFisher, other
     for j in plan:

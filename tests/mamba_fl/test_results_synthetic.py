@@ -11,7 +11,7 @@ import pytest
 from common import results as RS
 from common import stats
 from mamba_fl import results_synthetic as SY
-from mamba_fl import run_grid
+from mamba_fl import run_grid, studies
 
 FOLDER = "mamba_fl/results/synthetic_grid"
 # final perplexity per token by arm (seed s adds NOISE[s]); fedavgm ends above the unigram (251) in every seed
@@ -124,7 +124,7 @@ def test_the_headline_table_states_the_plateau_the_compute_and_the_families(reco
 
 
 def test_the_share_of_the_gap_comes_from_the_remainders_simultaneous_interval(records):
-    fed, b4, central = (SY.values(SY.name(a, 1, "topic")) for a in ("fedavg", "central-b4", "central"))
+    fed, b4, central = (SY.values(studies.synthetic_name(a, 1, "topic")) for a in ("fedavg", "central-b4", "central"))
     part = stats.explained(stats.paired(fed, b4), stats.paired(fed, central).mean, 9)
     assert 0 < part < 1 and SY.share(1, "topic") == part
     assert SY.share(1, "contiguous") == 1  # central-b4 ends behind FedAvg there

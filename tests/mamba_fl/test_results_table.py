@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from common import results as RS
-from mamba_fl import results
+from mamba_fl import results, studies
 
 
 def per_table(arms: dict, stage: str) -> dict:
@@ -50,7 +50,7 @@ def test_the_fedfisher_family_spans_every_setting_as_declared():
 def test_every_table_keeps_its_verdicts_and_warns_of_runs_stopped_while_improving(folder):
     for setting, arms in results.grid(folder).items():
         found = results.table(folder, setting)
-        for stage in results.STAGES:
+        for stage in studies.STAGES:
             for arm, (d, claim) in per_table(arms, stage).items():
                 f = found[arm, stage]
                 assert (f.paired, f.claim) == (d, claim)

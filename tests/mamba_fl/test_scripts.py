@@ -141,11 +141,11 @@ def test_split_wikitext_cuts_at_article_headings(tmp_path, capsys):
 def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys):
     """The grid's plan: every arm takes rounds x clients x local steps optimizer steps of the same batch as the
     central run; --dry-run prints the commands and a finished run (summary.json) is not planned again."""
-    from mamba_fl import run_grid
+    from mamba_fl import run_grid, studies
 
     args = run_grid.get_args_parser().parse_args(["--rounds", "16", "--seeds", "0", "--layers", "1"])
     runs = {name: flags for name, _, flags in
-            run_grid.plan(args, [*run_grid.CENTRAL, *run_grid.FEDERATED_ARMS, *run_grid.VARIANTS], [1], ["topic"])}
+            run_grid.plan(args, [*studies.CENTRAL, *studies.FEDERATED_ARMS, *studies.VARIANTS], [1], ["topic"])}
     flag = lambda flags, f: flags[len(flags) - 1 - flags[::-1].index(f) + 1]  # the last value given for f
     central = runs["central_L1_synthetic_s0"]
     assert int(flag(central, "--max-steps")) == 16 * 4 and flag(central, "--batch-size") == "16"
@@ -164,7 +164,7 @@ def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys)
     out = tmp_path / "grid"
     grid = ["--out-dir", str(out), "--rounds", "16", "--seeds", "0", "--layers", "1", "--shards", "topic",
             "--no-variants", "--long-factor", "1", "--dry-run"]
-    planned = {j.name: j for j in run_grid.jobs_of(run_grid.plan(args, [*run_grid.CENTRAL, *run_grid.FEDERATED_ARMS],
+    planned = {j.name: j for j in run_grid.jobs_of(run_grid.plan(args, [*studies.CENTRAL, *studies.FEDERATED_ARMS],
                                                                   [1], ["topic"]), out)}
     for name, flags in (("fedavg_L1_topic_s0", []), ("fedentropy_L1_topic_s0", ["--lr", "0.5"])):
         job = planned[name]   # a finished run as the script records it: args.json and summary.json
@@ -181,10 +181,11 @@ def test_run_grid_plan_matches_compute_and_skips_finished_runs(tmp_path, capsys)
         run_grid.main(["--jobs", "0", "--dry-run", "--out-dir", str(out)])
 
 
-def test_run_grid_copies_the_finished_runs_records(tmp_path, capsys, monkeypatch):
+def test_run_grid_copies_the_finished_runs_records(tmp_path, capsys):
     """--records: every finished run's args.json, summary.json and metrics.jsonl (no checkpoint) copied to the study
-    folder once the grid has run; the figures of a complete grid are drawn first."""
+    folder once the grid has run; a complete grid prints its figure command and leaves the drawing to it."""
     from mamba_fl import run_grid
+    from plots import plot_mamba
 
     out, records = tmp_path / "grid", tmp_path / "records"
     argv = ["--out-dir", str(out), "--seeds", "0", "--layers", "1", "--shards", "topic", "--no-variants",
@@ -195,15 +196,17 @@ def test_run_grid_copies_the_finished_runs_records(tmp_path, capsys, monkeypatch
         (out / job.name).mkdir(parents=True)
         (out / job.name / "args.json").write_text(json.dumps({"args": saved}))
         (out / job.name / "summary.json").write_text('{"final_val_ppl": 50.0}')
-        (out / job.name / "metrics.jsonl").write_text('{"round": 1, "val_ppl": 50.0}\n')
+        (out / job.name / "metrics.jsonl").write_text('{"round": 1, "tokens": 1024, "val_ppl": 50.0}\n')
         (out / job.name / "checkpoint.pt").write_bytes(b"0")
-    drawn = []
-    monkeypatch.setattr(run_grid.jobs, "draw", lambda *a: drawn.append(a))
     result = run_grid.main([*argv, "--records", str(records)])
-    assert result["records"] == len(plan) == 7 and drawn and f"7 finished runs' records in {records}" in \
-        capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert result["records"] == len(plan) == 7 and f"7 finished runs' records in {records}" in printed
     assert sorted(p.name for p in (records / "fedavg_L1_topic_s0").iterdir()) == \
         ["args.json", "metrics.jsonl", "summary.json"]
+    figures = f"python plots/plot_mamba.py --runs {out} --out {tmp_path / 'fig'}"
+    assert f"next: {figures}" in printed and not (tmp_path / "fig").exists()  # printed, not drawn
+    drawn = plot_mamba.main(figures.split()[2:])  # the printed command, in-process
+    assert drawn["figures"] and (tmp_path / "fig").is_dir()
 
 
 @pytest.mark.parametrize("seeds,message", [(["-1"], "--seeds must be in [0, 4294967295], got -1"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from common import jobs, study
-from mamba_fl import real_grid
+from mamba_fl import real_grid, studies
 
 RESULTS = Path(__file__).resolve().parents[2] / "mamba_fl" / "results"
 # the source-size grid started from an earlier list than CHOICES' (mamba_fl/README.md: "from 3e-4")
@@ -22,9 +22,9 @@ def _plan(runs: Path) -> tuple[list[jobs.Job], dict]:
     plan, candidates = [], {}
     for folder in sorted(runs.glob("select_*")):
         arm, setting = folder.name.split("_")[1:3]
-        flag = real_grid.CHOICES[arm][0]
+        flag = studies.CHOICES[arm][0]
         text = setting[len(flag) - 2:].lstrip("-")
-        candidates.setdefault(arm, []).append(text if isinstance(real_grid.CHOICES[arm][1][0], str) else float(text))
+        candidates.setdefault(arm, []).append(text if isinstance(studies.CHOICES[arm][1][0], str) else float(text))
         plan.append(jobs.Job(folder.name, "mamba_fl.central", ["--out-dir", str(runs), "--run-name", folder.name]))
     return plan, {a: sorted(v) for a, v in candidates.items()}
 
@@ -40,24 +40,24 @@ def test_committed_selection_is_chosen_again(grid):
         return {arm: {v: records[arm][v] for v in values[arm]} for arm in values}
 
     picks = {}
-    for phase in real_grid.PHASES:  # phase by phase, as real_grid.select runs them
+    for phase in studies.PHASES:  # phase by phase, as real_grid.select runs them
         arms = [a for a in phase if a in records]
         if arms:
-            picks |= study.extended({a: real_grid.grid_of(a, FIRST[grid], EXTEND[grid].get(a, 2)) for a in arms},
+            picks |= study.extended({a: studies.grid_of(a, FIRST[grid], EXTEND[grid].get(a, 2)) for a in arms},
                                     trained)
     found = real_grid.choices_of(picks, records, FIRST[grid])
     assert found == committed["choices"]
     assert real_grid.choose(plan, candidates, FIRST[grid]) == found  # the candidates all at once: the same
     for arm, choice in found.items():  # every committed run was asked for: none left out of the choice
-        assert arm == real_grid.BEST_OTHER or list(choice["scores"]) == [study.candidate_key(v)
+        assert arm == studies.BEST_OTHER or list(choice["scores"]) == [study.candidate_key(v)
                                                                          for v in candidates[arm]]
     # the source-size grid's rates stopped at the top of their extended candidates: said, not hidden
     assert {a: c["edge"] for a, c in found.items() if c["edge"]} == (
         {"central": "high", "fedavg": "high"} if grid == "real_source" else {})
-    assert (real_grid.BEST_OTHER in found) == (grid == "real")
+    assert (studies.BEST_OTHER in found) == (grid == "real")
     # what the selection runs shared, as their args.json have it; the second phase at FedAvg's chosen rate
     args = {j.name: json.loads((j.run_dir / "args.json").read_text())["args"] for j in plan}
-    assert {a["seed"] for a in args.values()} == set(committed["runs"]["seeds"]) == {real_grid.SELECTION_SEED}
+    assert {a["seed"] for a in args.values()} == set(committed["runs"]["seeds"]) == {studies.SELECTION_SEED}
     assert {a["layers"] for a in args.values()} == {committed["runs"]["layers"]}
     assert {a["patience"] for a in args.values()} == {committed["runs"]["patience"]}
-    assert {a["lr"] for n, a in args.items() if n.split("_")[1] in real_grid.OTHERS} <= {found["fedavg"]["chosen"]}
+    assert {a["lr"] for n, a in args.items() if n.split("_")[1] in studies.OTHERS} <= {found["fedavg"]["chosen"]}
