@@ -9,7 +9,7 @@ that took no part in the choice.
 
 The runs are run_experiments.py's ``--regime pretrained`` runs at the rate and mu the committed grid selected (its
 selection.json): calibrate's arms, each built to show one failure, and the healthy class's (FedAvg, FedProx and
-SCAFFOLD on iid shards); a run's class is ``run_experiments.KNOWN``'s. They run through ``common.jobs`` (finished
+SCAFFOLD on iid shards); a run's class is ``studies.KNOWN``'s. They run through ``common.jobs`` (finished
 runs skipped, interrupted ones resumed) into ``--out-dir`` (default: the grid's own, which holds its data split and
 pretrains its base on first use), then each finished run's args.json, summary.json and metrics.jsonl (no checkpoint)
 go to ``--records``, which ``--report`` and the README's ``llm_noniid.detectors`` block read
@@ -28,14 +28,15 @@ from common import results as RS
 from common import stats as S
 from common.errors import check
 from common.study import SELECTION_FILE, read_selection
-from llm_noniid import failure, train
+from llm_noniid import failure, studies, train
 from llm_noniid import run_experiments as E
+from llm_noniid.report import arm_of, detected
 
 CALIBRATION = "llm_noniid/results/pretrained/grid"  # the runs that choose the thresholds (its runs/, seeds 0-2)
 RECORDS = "llm_noniid/results/pretrained/detectors"  # the held-out runs (new seeds)
 SEEDS = (3, 4, 5)
 HEALTHY = "healthy (iid, full participation)"
-# the classes built to fail (run_experiments.KNOWN's names), each calibrate's arm of one name of --arms
+# the classes built to fail (studies.KNOWN's names), each calibrate's arm of one name of --arms
 BUILT = {"diverging": "diverging (8x the rate, no clipping)",
          "one-client": "oscillating (topic skew, 1 client/round)",
          "oscillating": "oscillating by construction (topic skew, 1 client/round, 8x the local steps)",
@@ -54,17 +55,17 @@ TARGETS = {
 ARMS = {"fedavg": lambda p, a: p == "iid" and a == "FedAvg",
         "fedprox": lambda p, a: p == "iid" and a.startswith("FedProx mu="),
         "scaffold": lambda p, a: p == "iid" and a == "SCAFFOLD",
-        **{name: E.KNOWN[c] for name, c in BUILT.items()}}
+        **{name: studies.KNOWN[c] for name, c in BUILT.items()}}
 
 
 # ----------------------------------------------------------------------------- the split
 def classify(runs: list[dict], rounds: int, lr: float) -> dict[str, list[dict]]:
-    """{class: runs} of ``runs`` (each with "args") by ``run_experiments.KNOWN``, at the grid's ``rounds`` and rate
+    """{class: runs} of ``runs`` (each with "args") by ``studies.KNOWN``, at the grid's ``rounds`` and rate
     ``lr``; a run of no class is left out."""
     out: dict[str, list[dict]] = {}
     for r in runs:
-        part, arm = E.arm_of(r["args"], rounds, lr, E.LOCAL_STEPS)
-        for name, is_ in E.KNOWN.items():
+        part, arm = arm_of(r["args"], rounds, lr, studies.LOCAL_STEPS)
+        for name, is_ in studies.KNOWN.items():
             if is_(part, arm):
                 out.setdefault(name, []).append(r)
     return out
@@ -72,7 +73,7 @@ def classify(runs: list[dict], rounds: int, lr: float) -> dict[str, list[dict]]:
 
 def flagged(run: dict, mode: str, th) -> bool:
     """Whether detector ``mode`` at thresholds ``th`` flags the run, from its logged curve (``rows``)."""
-    return mode in E.detected(run, th)
+    return mode in detected(run, th)
 
 
 def at(mode: str, value: float):
@@ -153,7 +154,7 @@ def table(calibration: dict[str, list[dict]], held_out: dict[str, list[dict]]) -
                       [[c, ", ".join(m for m, t in TARGETS.items() if c in t)
                         or ("nothing (healthy)" if c == HEALTHY else "none of the four"),
                         len(calibration.get(c, [])), len(held_out.get(c, [])) or "not run"]
-                       for c in E.KNOWN if c in calibration or c in held_out])
+                       for c in studies.KNOWN if c in calibration or c in held_out])
     return "\n".join([*lines, "", verdict(held), "", *runs])
 
 
@@ -183,7 +184,7 @@ def report(calibration: str = CALIBRATION, held_out: str = RECORDS) -> str:
     lr = selection(calibration)["learning_rate"]
 
     def classes(folder: str) -> dict:
-        found = classify(RS.records(folder), E.PRETRAINED_ROUNDS, lr)
+        found = classify(RS.records(folder), studies.PRETRAINED_ROUNDS, lr)
         for r in (r for g in found.values() for r in g):
             text = (r["path"] / "metrics.jsonl").read_text(encoding="utf-8")
             r["rows"] = [json.loads(x) for x in text.splitlines() if x.strip()]
@@ -204,9 +205,9 @@ def report(calibration: str = CALIBRATION, held_out: str = RECORDS) -> str:
 
 # ----------------------------------------------------------------------------- the runs
 def selection(calibration: str = CALIBRATION) -> dict:
-    """What the committed grid's selection.json chose (``run_experiments.setting_of``): the rate and mu every run of
+    """What the committed grid's selection.json chose (``studies.setting_of``): the rate and mu every run of
     this study trains at."""
-    return E.setting_of(read_selection(RS.path(calibration) / SELECTION_FILE))
+    return studies.setting_of(read_selection(RS.path(calibration) / SELECTION_FILE))
 
 
 def plan(args, prepare: bool = True) -> list[jobs.Job]:
@@ -220,7 +221,7 @@ def plan(args, prepare: bool = True) -> list[jobs.Job]:
     for mode in ("calibrate", "failure"):
         for job in E.plan(mode, grid, [], chosen, prepare=prepare):
             run = vars(cli.parse(train.get_args_parser(), job.argv))
-            part, arm = E.arm_of(run, E.PRETRAINED_ROUNDS, chosen["learning_rate"], E.LOCAL_STEPS)
+            part, arm = arm_of(run, studies.PRETRAINED_ROUNDS, chosen["learning_rate"], studies.LOCAL_STEPS)
             if any(ARMS[a](part, arm) for a in args.arms):
                 out.setdefault(job.name, job)
     return list(out.values())
@@ -236,7 +237,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--split-csv", default=None, help="the AG News CSV split 90/10 into <out-dir>/data (default: "
                    "the one run_experiments.py --regime pretrained uses)")
     p.add_argument("--base", default=None, help="the base folder (default: pretrain.py's with "
-                   "run_experiments.BASE_FLAGS, pretrained on first use)")
+                   "studies.BASE_FLAGS, pretrained on first use)")
     p.add_argument("--records", type=flags.FOLDER, default=RECORDS, help="where finished runs' records are copied "
                    "(args.json, summary.json, metrics.jsonl)")
     p.add_argument("--jobs", type=flags.POSITIVE_INT, default=1, help="runs at a time (one process each)")
@@ -252,7 +253,7 @@ def main(argv=None) -> int:
         return 0
     check(not set(args.seeds) & {0, 1, 2}, f"--seeds {args.seeds}: seeds 0, 1, 2 are the calibration runs")
     if args.split_csv is None:
-        args.split_csv = str(E.SHARED_AG_NEWS)
+        args.split_csv = str(studies.SHARED_AG_NEWS)
     out = Path(args.out_dir)
     outcome = jobs.run_study(plan(args, prepare=not args.dry_run), args.records, parallel=args.jobs,
                              log_dir=out / "logs", dry_run=args.dry_run, title="detector study",

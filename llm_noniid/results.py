@@ -3,10 +3,11 @@
 
 Records: ``RECORDS/runs/<algorithm>_<partition>_k10_p1_lr0.01_j8_schedcosine_s<seed>/`` (args.json,
 summary.json), the pretrained-LoRA regime's grid. A sentence about one method on every split is one Holm family
-over those splits (``SPLITS``), declared here. ``PRIVACY/<population>_eps<epsilon>_s<seed>/`` (args.json,
-summary.json, metrics.jsonl): privacy_study.py's runs, one table whose comparisons to epsilon = inf are one Holm
-family. ``MCMAHAN/<arm>_s<seed>/``: mcmahan_study.py's runs, one table beside McMahan et al. 2017's Table 2 rows
-(``PAPER``), its rates chosen by the runs in ``MCMAHAN_VALIDATION``.
+over those splits (``studies.SPLITS``), declared in ``studies.PRETRAINED_STUDY``.
+``PRIVACY/<population>_eps<epsilon>_s<seed>/`` (args.json, summary.json, metrics.jsonl): privacy_study.py's runs, one
+table whose comparisons to epsilon = inf are one Holm family. ``MCMAHAN/<arm>_s<seed>/``: mcmahan_study.py's runs,
+one table beside McMahan et al. 2017's Table 2 rows (``PAPER``), its rates chosen by the runs in
+``MCMAHAN_VALIDATION``, its plateau rule ``studies.MCMAHAN_PLATEAU``.
 """
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ import math
 import re
 from functools import cache
 
-from common import clustering, plateau, stats, study, study_report
+from common import clustering, plateau, stats, study_report
 from common import results as RS
 from common.errors import check
 from common.study import SELECTION_FILE, candidate_key, choose, read_selection
 from common.study import chosen as chosen_in
 from llm_noniid import detector_study as DS
+from llm_noniid import failure, studies
 from llm_noniid import mcmahan_study as MS
 from llm_noniid import privacy_study as PS
-from llm_noniid import run_experiments as E
+from llm_noniid import report as RP
 
 RECORDS = "llm_noniid/results/pretrained/grid"
 PRIVACY = "llm_noniid/results/privacy"
@@ -32,8 +34,6 @@ PRIVACY_VALIDATION = "llm_noniid/results/privacy_validation"  # the runs that ch
 POPULATIONS = {"roles": "1,166 roles", "synthetic10k": "10,000 synthetic", "few12": "12 roles (sample)",
                "roles-lr1": "1,166 roles, server rate 1"}
 OWN_RATE = {"roles": "roles-lr1"}  # a population's noiseless run at the server rate validated without noise
-SPLITS = {"iid": "iid", "topic_a0.01": "topic α = 0.01", "topic_a0.1": "topic α = 0.1",
-          "style_length": "style", "token_frequency": "token skew"}
 SETTING = "k10_p1_lr0.01_j8_schedcosine"   # 10 clients, all in every round, the selected rate, 8 local steps
 
 
@@ -49,36 +49,15 @@ def runs(algorithm: str, split: str, budget: str = "") -> list[dict]:
     return RS.records(f"{RECORDS}/runs", f"{algorithm}_{split}_{SETTING}_s[0-9]" + (f"_{budget}" if budget else ""))
 
 
-# run_experiments.py's partition flags of each split
-PARTITIONS = {"iid": ("--partition", "iid"), "topic_a0.01": ("--partition", "topic_skew", "--alpha", "0.01"),
-              "topic_a0.1": ("--partition", "topic_skew", "--alpha", "0.1"),
-              "style_length": ("--partition", "style_skew", "--style-criterion", "length"),
-              "token_frequency": ("--partition", "token_skew", "--token-skew", "frequency")}
-# the rate decays to 0 by a cosine, so a last-fraction rule holds by construction: a run is judged only against its
-# 120-round twin (run_experiments --mode headline: FedAvg and SCAFFOLD, every seed, on the headline partitions iid
-# and topic α = 0.01; the other splits' arms have none), within half the seeds' sd of the final perplexity
-PLATEAU = study.Plateau("twice the rounds lower the final validation perplexity by at most 0.5 sd of the seeds",
-                        "R120", tolerance=0.5, metric="val_ppl", value="final_val_ppl", direction="min",
-                        schedule="decayed")
-# the pretrained regime: SCAFFOLD against FedAvg, one family over the splits, since the sentence concludes across
-# them; FedAvg on topic skew against iid shards, a family of its own
-PRETRAINED = study.Study(
-    "pretrained", arms=tuple(study.Arm(f"{a}_{s}", "llm_noniid.train", ("--algorithm", a, *PARTITIONS[s]))
-                             for s in SPLITS for a in ("fedavg", "scaffold")), seeds=(0, 1, 2),
-    budgets={"": (), "R120": ("--rounds", "120")}, plateau=PLATEAU, compute="equal steps",
-    comparisons=(*(study.Comparison(f"scaffold_{s}", f"fedavg_{s}", "SCAFFOLD − FedAvg over the splits")
-                   for s in SPLITS), study.Comparison("fedavg_topic_a0.01", "fedavg_iid", "topic skew")))
-
-
 def _runs(name: str, budget: str = "") -> list[dict]:
     return runs(*name.split("_", 1), budget)
 
 
 def plateau_note(name: str, _: str = "") -> list[str]:
-    """Arm ``name``'s plateau by ``PLATEAU`` (its runs against their R120 continuations where they exist)."""
+    """Arm ``name``'s plateau by ``studies.PLATEAU`` (its runs against their R120 continuations where they exist)."""
     found = {r["args"]["seed"]: r["path"] for r in _runs(name)}
     longer = {r["args"]["seed"]: r["path"] for r in _runs(name, "R120")}
-    return [n for n in [plateau.arm_note(PLATEAU, found, longer)] if n]
+    return [n for n in [plateau.arm_note(studies.PLATEAU, found, longer)] if n]
 
 
 def steps(name: str, _: str = "") -> dict:
@@ -89,17 +68,18 @@ def steps(name: str, _: str = "") -> dict:
 
 @cache
 def findings() -> dict:
-    """{comparison: Finding} of ``PRETRAINED`` through ``common.study_report`` (each with its warnings)."""
-    return study_report.compare(PRETRAINED, lambda name, _: arm(*name.split("_", 1)), plateau_note, unit=" ppl",
-                                spent=steps)
+    """{comparison: Finding} of ``studies.PRETRAINED_STUDY`` through ``common.study_report`` (each with its
+    warnings)."""
+    return study_report.compare(studies.PRETRAINED_STUDY, lambda name, _: arm(*name.split("_", 1)), plateau_note,
+                                unit=" ppl", spent=steps)
 
 
 def scaffold() -> str:
-    """SCAFFOLD − FedAvg on every split, one Holm family over the splits (``PRETRAINED``'s): a warning beside a
-    comparison (fewer than 3 seeds, compute, plateau), those every split shares said once."""
+    """SCAFFOLD − FedAvg on every split, one Holm family over the splits (``studies.PRETRAINED_STUDY``'s): a warning
+    beside a comparison (fewer than 3 seeds, compute, plateau), those every split shares said once."""
     found = {c: f for c, f in findings().items() if c.family != "topic skew"}
     common, each = study_report.shared(found.values())
-    parts = [f"{SPLITS[c.arm.split('_', 1)[1]]} {study_report.said(f, w)}" for (c, f), w in
+    parts = [f"{studies.SPLITS[c.arm.split('_', 1)[1]]} {study_report.said(f, w)}" for (c, f), w in
              zip(found.items(), each)]
     text = (f"SCAFFOLD − FedAvg, final perplexity, Holm over the {len(found)} splits together: "
             + "; ".join(parts) + (f"; every split: {'; '.join(common)}" if common else ""))
@@ -473,15 +453,6 @@ def speedup(base: dict, arm: dict) -> str:
     return text
 
 
-# The McMahan table's plateau rule (common.plateau; its rates are constant): a run is still improving when its best
-# evaluation is its last, or when the mean of its last third of evaluations beats the third before's by more than
-# MCMAHAN_Z standard errors of the curve's own noise (the trend check: the curves move by a point or more from one
-# evaluation to the next, so no one evaluation, the last or the best of the last third, decides)
-MCMAHAN_Z = 2.0
-MCMAHAN_PLATEAU = plateau.Plateau(f"the best is not the last and the last third is within {MCMAHAN_Z:g} se of the "
-                                  "third before", metric="test_accuracy", direction="max", trend_z=MCMAHAN_Z)
-
-
 def mcmahan_arms(folder: str = MCMAHAN) -> tuple[dict, dict]:
     """({(E, B): (arm name, runs)}, {(E, B): {seed: (rounds to the target or None, rounds run)}}) of the records."""
     here = {}
@@ -529,7 +500,7 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
             cell = f"{m.mean:.0f} ± {m.sd:.0f} ({cell})"
         gap = stats.summarize(max(a for _, a in r["points"]) - r["points"][-1][1] for r in g)
         fell = fallen(g)
-        judged = [MCMAHAN_PLATEAU.judge([a for _, a in r["points"]]).state for r in g if r not in fell]
+        judged = [studies.MCMAHAN_PLATEAU.judge([a for _, a in r["points"]]).state for r in g if r not in fell]
         improving, unchecked = judged.count("still improving"), judged.count("not checked")
         rows.append([e, "∞" if not b else b, *left, f"{u:.1f}", f"{a['learning_rate']:g}", s["rounds_done"], cell,
                      "FedSGD" if key == (1, 0) else speedup(base, reach[key]),
@@ -554,8 +525,8 @@ def mcmahan_table(folder: str = MCMAHAN) -> str:
                  "initial model, same cohorts), geometric mean and 95 % t interval; s a round: a round's wall time "
                  "without evaluation (local training and aggregation) on a shared 2-core machine; at plateau: the "
                  "best evaluation is not the last and the mean of the last third of evaluations is within "
-                 f"{MCMAHAN_Z:g} standard errors of the third before's (the noise of one evaluation from the sd of "
-                 "successive differences); a run that ends at or below the majority character after learning has "
+                 f"{studies.MCMAHAN_Z:g} standard errors of the third before's (the noise of one evaluation from the "
+                 "sd of successive differences); a run that ends at or below the majority character after learning has "
                  "fallen, not plateaued.")
 
 
@@ -594,7 +565,7 @@ def mcmahan_findings(folder: str = MCMAHAN) -> str:
     for key in sorted(here, key=lambda k: (k != (1, 0), k)):
         _, g = here[key]
         fell = fallen(g)
-        states = [MCMAHAN_PLATEAU.judge([a for _, a in r["points"]]).state for r in g if r not in fell]
+        states = [studies.MCMAHAN_PLATEAU.judge([a for _, a in r["points"]]).state for r in g if r not in fell]
         rounds = g[0]["summary"]["rounds_done"]
         plateau_parts.append(f"{arm_name(key)} {states.count('at plateau')}/{len(g)} at {rounds} rounds")
         if fell:
@@ -645,7 +616,7 @@ def mcmahan_validation(folder: str = MCMAHAN_VALIDATION) -> str:
 
 
 def mcmahan_choice(folder: str = MCMAHAN_VALIDATION) -> str:
-    """Each arm's rate as the validation runs chose it (``study.choose``: the fewest rounds to the target, a run
+    """Each arm's rate as the validation runs chose it (``common.study.choose``: the fewest rounds to the target, a run
     that never reached it scoring nothing), every rate tried with its rounds, and whether the choice is inside the
     rates tried or at their edge."""
     arms: dict = {}
@@ -668,7 +639,7 @@ def mcmahan_choice(folder: str = MCMAHAN_VALIDATION) -> str:
     return minus(". ".join(parts) + ".")
 
 
-BASE = "llm_noniid/results/pretrained/base"  # pretrain.json of the regime's base (run_experiments.BASE_FLAGS)
+BASE = "llm_noniid/results/pretrained/base"  # pretrain.json of the regime's base (studies.BASE_FLAGS)
 
 
 def base() -> str:
@@ -698,7 +669,7 @@ def detectors() -> str:
     return minus(DS.report())
 
 
-# ------------------------------------------------------------------------ the grids' reports (run_experiments.py)
+# ----------------------------------------------------------------------------- the grids' reports (report.py)
 SCRATCH = "llm_noniid/results/ag_news/grid"  # the from-scratch study's headline arms: the records kept of its grids
 SCRATCH_REPORT = "results/ag_news/report.md"  # its full failure, main and calibrate grids (their records not kept)
 IID, TOPIC, IFCA = "iid", "topic a=0.01", "FedAvg + IFCA (4)"
@@ -740,11 +711,11 @@ def tables(lines: list[str]) -> list[Table]:
 
 @cache
 def report(grid: str) -> dict[str, list[Table]]:
-    """{section title: its tables} of ``run_experiments.report`` over a committed grid (the text of its report.md,
+    """{section title: its tables} of ``report.report`` over a committed grid (the text of its report.md,
     which tests/test_committed_tables.py holds to it; the pretrained grid's with the side by side against the
     from-scratch one): a block states the report's own cells, its verdicts over the report's families."""
     compare = RS.path(SCRATCH) if grid == RECORDS else None
-    text = E.report(RS.path(grid), compare_dir=compare, write=False)
+    text = RP.report(RS.path(grid), compare_dir=compare, write=False)
     out, title, lines = {}, "", []
     for line in [*text.split("\n"), "### "]:
         if line.startswith("### "):
@@ -758,8 +729,8 @@ def report(grid: str) -> dict[str, list[Table]]:
 @cache
 def groups(grid: str) -> dict[tuple, list[dict]]:
     """{(partition, arm): runs} of a committed grid, labelled as its report labels them (with their metric rows)."""
-    runs, rounds, record = E.load_grid(RS.path(grid))
-    return E.by_arm(runs, rounds, E.setting_of(record).get("learning_rate", 1.0))
+    runs, rounds, record = RP.load_grid(RS.path(grid))
+    return RP.by_arm(runs, rounds, studies.setting_of(record).get("learning_rate", 1.0))
 
 
 def label(text: str) -> str:
@@ -914,7 +885,7 @@ def pretrained_headline() -> str:
     checked = dict.fromkeys(r[1] for r in report(RECORDS)["headline grid"][1].rows if r[0] in parts)  # with a twin
     budgets = {arm: budget(RECORDS, arm) for arm in checked}
     rows_ = [r for r in report(RECORDS)["headline grid"][1].rows if r[0] in parts]
-    worse = [arm for arm in checked if all(value(r[5]) < -100 * E.BUDGET_GAIN for r in rows_ if r[1] == arm)]
+    worse = [arm for arm in checked if all(value(r[5]) < -100 * studies.BUDGET_GAIN for r in rows_ if r[1] == arm)]
     flat = [arm for arm, (_, ok) in budgets.items() if ok and arm not in worse]
     unchecked = [a for a in grid.arms(IID) if a not in checked]
     verdict = ("every one at its plateau by that check" if len(flat) == len(budgets) else
@@ -1041,8 +1012,8 @@ def failure_findings() -> dict[str, str]:
                       + f"; {label(top)} costs {100 * value(d(TOPIC, top)) / fedavg:.0f} % of FedAvg's perplexity, "
                       f"{grid.cell('at plateau', TOPIC, top)} of its runs at their plateau.")
     out["participation"] = (
-        f"{label(two)} for {E.PRETRAINED_ROUNDS} rounds (compute {grid.cell('compute', IID, two)}): {d(IID, two)} "
-        f"(iid), {d(TOPIC, two)} (topic), at their plateau {grid.cell('at plateau', IID, two)} and "
+        f"{label(two)} for {studies.PRETRAINED_ROUNDS} rounds (compute {grid.cell('compute', IID, two)}): "
+        f"{d(IID, two)} (iid), {d(TOPIC, two)} (topic), at their plateau {grid.cell('at plateau', IID, two)} and "
         f"{grid.cell('at plateau', TOPIC, two)}. At equal client steps ({long.rsplit(', ', 1)[1]}; the report's "
         f"equal-compute table, Holm over its own comparisons): {equal.cell('Δ final ppl', IID, long)} (iid), "
         f"{equal.cell('Δ final ppl', TOPIC, long)} (topic). {label(one)} (compute {grid.cell('compute', IID, one)}): "
@@ -1117,17 +1088,17 @@ def calibration() -> str:
     r, h = report(RECORDS), groups(RECORDS)
     cal, drift_t = r["calibrate grid"]
     fail, split = r["failure grid"][0], r["Does the split hurt"][0]
-    th = E.failure.DEFAULT
+    th = failure.DEFAULT
     refs = r["Reference points"][0]
     zero = refs.cell(refs.headers[-1], IID)
     diverging = [k for k in h if k[1].endswith("no clipping")][0]
     osc = [k for k in h if k[0] == TOPIC and k[1].startswith("FedAvg, 1 client/round, ")][0]
     one = (TOPIC, "FedAvg, 1 client/round")
-    drift = sorted(k for k in h if k[1].startswith(f"FedAvg, {8 * E.LOCAL_STEPS} local steps"))
+    drift = sorted(k for k in h if k[1].startswith(f"FedAvg, {8 * studies.LOCAL_STEPS} local steps"))
     healthy = [x for k, g in h.items() if k[0] in (IID, TOPIC) and k[1] in ("FedAvg", "FedProx mu=0.001", "SCAFFOLD")
                for x in g]
     first = [next(x["val_ppl"] for x in run["rows"] if "val_ppl" in x) for run in h[diverging]]
-    flagged = [E.detected(run).get("oscillation") for run in h[osc]]
+    flagged = [RP.detected(run).get("oscillation") for run in h[osc]]
     dg = [gaps(run) for k in drift for run in h[k]]
     top = [max(gaps(run)) for run in healthy]
 

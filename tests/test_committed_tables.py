@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from common import cli, stats
-from llm_noniid import run_experiments as E
+from llm_noniid import report as llm
 from vit_sparse_fl import compare_budgets as cb
+from vit_sparse_fl import report as suite_report
 from vit_sparse_fl import run_all_experiments as suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ NUM = r"[+\-−]?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
 
 def suite_table(folder: str, *argv: str) -> str:
     """run_all_experiments.py --table-only's results.md of a committed suite (its runs/ folder is the out-dir)."""
-    return suite.make_table(cli.parse(suite.get_args_parser(), list(argv)), REPO / VIT / folder / "runs", "")[0]
+    return suite_report.make_table(cli.parse(suite.get_args_parser(), list(argv)), REPO / VIT / folder / "runs", "")[0]
 
 
 def budgets_table(*folders: str) -> str:
@@ -33,7 +34,7 @@ def budgets_table(*folders: str) -> str:
 
 
 def llm_report(grid: str, compare: str | None = None) -> str:
-    return E.report(Path(LLM) / grid, compare_dir=Path(LLM) / compare if compare else None, write=False)
+    return llm.report(Path(LLM) / grid, compare_dir=Path(LLM) / compare if compare else None, write=False)
 
 
 TABLES = {  # committed file: (how it is written, the command that rewrites it)

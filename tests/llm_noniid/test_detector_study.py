@@ -12,7 +12,7 @@ from common import stats as S
 from common.errors import UsageError
 from llm_noniid import detector_study as DS
 from llm_noniid import failure, train
-from llm_noniid import run_experiments as E
+from llm_noniid import studies as ST
 
 DRIFT_IID, DRIFT_TOPIC, ONE = DS.TARGETS["client_drift"][0], DS.TARGETS["client_drift"][1], \
     DS.TARGETS["slow_convergence"][0]
@@ -86,7 +86,7 @@ def test_the_planned_runs_are_the_pretrained_grids_arms_of_each_class(tmp_path):
     for job in jobs:
         a = vars(cli.parse(train.get_args_parser(), job.argv))
         assert a["seed"] in (3, 4) and a["lora_r"] == 8 and a["lr_schedule"] == "cosine"
-        (cls,) = DS.classify([{"args": a}], E.PRETRAINED_ROUNDS, chosen["learning_rate"])
+        (cls,) = DS.classify([{"args": a}], ST.PRETRAINED_ROUNDS, chosen["learning_rate"])
         got.setdefault(cls, []).append(job.name)
     assert {c: len(v) for c, v in got.items()} == {DS.HEALTHY: 6, **{c: 2 for t in DS.TARGETS.values() for c in t}}
     assert len(jobs) == 2 * len(DS.ARMS)
@@ -107,4 +107,4 @@ def test_the_chosen_thresholds_are_thresholds():
         assert sweep.key in vars(failure.DEFAULT) and mode in failure.MODES
         assert getattr(DS.at(mode, sweep.values[-1]), sweep.key) == sweep.values[-1]
         assert DS.at(mode, sweep.values[0]) == dataclasses.replace(failure.DEFAULT, **{sweep.key: sweep.values[0]})
-    assert set(DS.TARGETS) == set(failure.MODES) and all(c in E.KNOWN for t in DS.TARGETS.values() for c in t)
+    assert set(DS.TARGETS) == set(failure.MODES) and all(c in ST.KNOWN for t in DS.TARGETS.values() for c in t)

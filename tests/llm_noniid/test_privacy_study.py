@@ -12,6 +12,7 @@ from common import stats
 from common.errors import UsageError
 from llm_noniid import privacy_study as PS
 from llm_noniid import results as R
+from llm_noniid import studies
 
 
 def fabricate(folder, name: str, seed: int, curve: list[float], eps: float, noise: float, n: int) -> None:
@@ -60,8 +61,8 @@ def test_the_table_pairs_each_epsilon_with_its_noiseless_twin_and_flags_a_still_
 
 
 def test_the_mcmahan_tables_rule_is_common_plateaus_with_the_trend_check():
-    rule = R.MCMAHAN_PLATEAU
-    assert (rule.schedule, rule.trend_z, rule.direction) == ("constant", R.MCMAHAN_Z, "max")
+    rule = studies.MCMAHAN_PLATEAU
+    assert (rule.schedule, rule.trend_z, rule.direction) == ("constant", studies.MCMAHAN_Z, "max")
 
     def state(curve):
         return rule.judge(curve).state

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import shutil
 
 import procs
@@ -17,7 +18,9 @@ from common import cli, study
 from common import stats as S
 from common.config import parse_with_config
 from llm_noniid import data as llm_data
+from llm_noniid import report as RP
 from llm_noniid import run_experiments as E
+from llm_noniid import studies as ST
 from llm_noniid import train
 
 
@@ -42,9 +45,9 @@ def test_every_arm_is_labelled_back_from_its_arguments(mode):
     """The report finds an arm's runs by arm_of(args.json): every grid arm must map back to its own label, and
     the arms of one partition must differ from FedAvg's in one setting group only."""
     seen = set()
-    for part, arm, flags in E.arms(mode):
-        args = parse_with_config(train.get_args_parser(), [*E.STUDY, *flags], {"quick": train.QUICK})
-        assert E.arm_of(vars(args)) == (part, arm)
+    for part, arm, flags in ST.arms(mode):
+        args = parse_with_config(train.get_args_parser(), [*ST.STUDY, *flags], {"quick": train.QUICK})
+        assert RP.arm_of(vars(args)) == (part, arm)
         assert (part, arm) not in seen
         seen.add((part, arm))
         # equal local work in every arm but calibrate's drifting one (8x the steps, an eighth of the rounds)
@@ -52,15 +55,15 @@ def test_every_arm_is_labelled_back_from_its_arguments(mode):
 
 
 def test_failure_grid_has_every_algorithm_and_averaging_arms():
-    labels = [arm for part, arm, _ in E.arms("failure") if part == "topic a=0.01"]
+    labels = [arm for part, arm, _ in ST.arms("failure") if part == "topic a=0.01"]
     for want in ("FedAvg", "FedProx mu=0.001", "FedProx mu=0.01", "FedProx mu=0.1", "FedProx mu=1", "SCAFFOLD",
                  "FedAvg, 2 of 10 clients/round", "FedAvg, 2 of 10 clients/round, 200 rounds",
                  "FedAvg + data clusters", "FedAvg + IFCA (4)", "FedAvg, 42 rounds"):
         assert want in labels
     for part in ("iid", "topic a=0.1", "style (length)", "token (frequency)"):  # the mu sweep in every grid
-        assert sum(arm.startswith("FedProx") for p, arm, _ in E.arms("main") if p == part) == 4
-    for _part, arm, flags in E.arms("failure"):
-        args = parse_with_config(train.get_args_parser(), [*E.STUDY, *flags], {})
+        assert sum(arm.startswith("FedProx") for p, arm, _ in ST.arms("main") if p == part) == 4
+    for _part, arm, flags in ST.arms("failure"):
+        args = parse_with_config(train.get_args_parser(), [*ST.STUDY, *flags], {})
         m = max(1, round(args.participation_rate * args.num_clients))
         assert m >= 2 or arm.endswith("1 client/round")  # averaging claimed only with >= 2 clients
 
@@ -68,15 +71,15 @@ def test_failure_grid_has_every_algorithm_and_averaging_arms():
 def test_the_budget_check_twins_every_headline_arm_and_the_main_grids_other_splits_once_a_mu_is_chosen():
     """--mode headline runs each headline arm again at twice the rounds (FedProx only at a chosen mu); --mode main
     does the same for its splits outside the headline once a selection chose (the pretrained regime), else none."""
-    mus = {p: "0.001" for p, _ in E.SELECT_PARTS}
-    head = {(p, a) for p, _, arms in E.twins("headline", mus) for a, _ in arms}
+    mus = {p: "0.001" for p, _ in ST.SELECT_PARTS}
+    head = {(p, a) for p, _, arms in ST.twins("headline", mus) for a, _ in arms}
     assert head == {(p, a) for p in ("iid", "topic a=0.01")
                     for a in ("FedAvg", "FedProx mu=0.001", "SCAFFOLD", "FedAvg + IFCA (4)")}
-    assert not any(a.startswith("FedProx") for _, _, arms in E.twins("headline", None) for a, _ in arms)
-    main = {(p, a) for p, _, arms in E.twins("main", mus) for a, _ in arms}
+    assert not any(a.startswith("FedProx") for _, _, arms in ST.twins("headline", None) for a, _ in arms)
+    main = {(p, a) for p, _, arms in ST.twins("main", mus) for a, _ in arms}
     assert main == {(p, a) for p in ("topic a=0.1", "style (length)", "token (frequency)")
                     for a in ("FedAvg", "FedProx mu=0.001", "SCAFFOLD")}
-    assert E.twins("main", None) == [] and E.twins("failure", mus) == []
+    assert ST.twins("main", None) == [] and ST.twins("failure", mus) == []
 
 
 def test_from_scratch_headline_is_the_headline_arms_at_every_mu_all_shared_with_its_grids(tmp_path):
@@ -86,14 +89,14 @@ def test_from_scratch_headline_is_the_headline_arms_at_every_mu_all_shared_with_
     args.split_csv, args.regime = None, "scratch"
     names = {j.name for j in E.plan("headline", args, [])}
     shared = {j.name for mode in ("failure", "main") for j in E.plan(mode, args, [])}
-    labels = [(p, a) for p, a, _ in E.arms("headline")]
+    labels = [(p, a) for p, a, _ in ST.arms("headline")]
     assert len(labels) == 14 and ("iid", "FedProx mu=0.001") in labels and ("topic a=0.01", "FedProx mu=1") in labels
     # + FedAvg, SCAFFOLD and IFCA at twice the rounds on both splits, every seed (the plateau's second budget; no
     # FedProx twin without a chosen mu)
     assert len(names) == 14 * 3 + 3 * 2 * 3 and len(names - shared) == 3 * 2 * 3
-    assert all(n.endswith(f"_R{2 * E.ROUNDS}") for n in names - shared)
+    assert all(n.endswith(f"_R{2 * ST.ROUNDS}") for n in names - shared)
     mus = {"iid": "0.01", "topic a=0.01": "0.1"}  # a selection's mu per partition: that mu only
-    assert [a for p, a, _ in E.arms("headline", mus=mus) if a.startswith("FedProx")] == \
+    assert [a for p, a, _ in ST.arms("headline", mus=mus) if a.startswith("FedProx")] == \
         ["FedProx mu=0.01", "FedProx mu=0.1"]
 
 
@@ -102,22 +105,22 @@ def test_a_selection_puts_fedprox_at_its_mu_except_in_the_failure_grids_sweep():
     train FedProx at that mu only; the failure grid keeps the whole sweep on topic a=0.01; a partition the
     selection did not cover gets the sweep."""
     mus = {"iid": "0.001", "topic a=0.1": "0.01", "style (length)": "1"}
-    prox = lambda mode: [(p, a) for p, a, _ in E.arms(mode, mus=mus) if a.startswith("FedProx")]  # noqa: E731
+    prox = lambda mode: [(p, a) for p, a, _ in ST.arms(mode, mus=mus) if a.startswith("FedProx")]  # noqa: E731
     assert [a for p, a in prox("main") if p != "token (frequency)"] == \
         ["FedProx mu=0.001", "FedProx mu=0.01", "FedProx mu=1"]
-    assert [a for p, a in prox("main") if p == "token (frequency)"] == [f"FedProx mu={m}" for m in E.MUS]
+    assert [a for p, a in prox("main") if p == "token (frequency)"] == [f"FedProx mu={m}" for m in ST.MUS]
     assert [a for p, a in prox("failure") if p == "iid"] == ["FedProx mu=0.001"]
-    assert [a for p, a in prox("failure") if p == "topic a=0.01"] == [f"FedProx mu={m}" for m in E.MUS]
-    assert {p for p, _ in E.SELECT_PARTS} == {p for p, _ in (*E.HEADLINE_PARTS, *E.MAIN_PARTS)}
+    assert [a for p, a in prox("failure") if p == "topic a=0.01"] == [f"FedProx mu={m}" for m in ST.MUS]
+    assert {p for p, _ in ST.SELECT_PARTS} == {p for p, _ in (*ST.HEADLINE_PARTS, *ST.MAIN_PARTS)}
 
 
 def test_equal_compute_arms_train_as_many_tokens():
     """The equal-compute references really match: IFCA's starting models cost IFCA_EXTRA_ROUNDS full rounds of
     local steps; 2 of 10 clients for 5x the rounds take as many local steps as FedAvg, with as many evaluations."""
-    arms = {(p, a): parse_with_config(train.get_args_parser(), [*E.STUDY, *f], {})
-            for p, a, f in E.arms("failure")}
+    arms = {(p, a): parse_with_config(train.get_args_parser(), [*ST.STUDY, *f], {})
+            for p, a, f in ST.arms("failure")}
     steps = lambda x: x.num_rounds * max(1, round(x.participation_rate * x.num_clients)) * x.local_steps  # noqa
-    for part, arm, ref in E.equal_compute():
+    for part, arm, ref in ST.equal_compute():
         a, r = arms[(part, arm)], arms[(part, ref)]
         extra = a.num_clusters * a.ifca_init_rounds * a.local_steps if a.clustering == "ifca" else 0
         assert steps(a) + extra == steps(r), (part, arm)
@@ -145,8 +148,11 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     after = json.loads((again / "summary.json").read_text())
     assert before["final_val_ppl"] == after["final_val_ppl"] or before["status"] == after["status"] == "diverged"
     capsys.readouterr()
-    E.main(["--mode", "analyze", "--out-dir", str(root)])
-    assert capsys.readouterr().out.rstrip().endswith(f"report: {root / 'report.md'}")  # the figures drawn
+    s = E.main(["--mode", "analyze", "--out-dir", str(root)])
+    figures = (f"python plots/plot_llm_noniid.py --runs {root / 'runs'} --out {root / 'figures'} "
+               f"--arms {root / 'arms.json'}")
+    assert capsys.readouterr().out.rstrip().endswith(f"report: {root / 'report.md'}\nfigures: {figures}")
+    assert s["figures"] == figures and not (root / "figures").exists()  # printed, not drawn: plots/ draws them
     report = (root / "report.md").read_text()
     assert "### calibrate grid" in report and "| topic a=0.01 | FedAvg, 1 client/round | 1 |" in report
     assert "unigram" in report and "### Failure detectors" in report and "plots/plot_llm_noniid.py" in report
@@ -155,7 +161,10 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
     # the figures label runs as the tables do
     assert ["topic a=0.01", "FedAvg, 1 client/round"] in json.loads((root / "arms.json").read_text()).values()
     assert f"--arms {root / 'arms.json'}" in report
-    # the figures analyze drew (plots/plot_llm_noniid.py, the command the report names)
+    # the figures, drawn by the command analyze printed (plots/plot_llm_noniid.py, the one the report names)
+    from plots import plot_llm_noniid
+
+    plot_llm_noniid.main(shlex.split(figures)[2:])
     names = {p.name for p in (root / "figures").glob("*.png")}
     assert {"val_ppl_curves.png", "personal_val_ppl_curves.png", "final_ppl.png"} <= names
 
@@ -163,10 +172,10 @@ def test_grid_skips_done_runs_and_analyze_writes_report(tmp_path, capsys):
 def fake_runs(values: dict) -> list[dict]:
     """Finished runs of failure-grid arms, {(partition, arm): final ppl per seed} (inf: diverged); the
     personalised perplexity is the global one minus 1, the best of any round the global one minus 0.5."""
-    flags = {(p, a): f for p, a, f in E.arms("failure")}
+    flags = {(p, a): f for p, a, f in ST.arms("failure")}
     runs = []
     for key, ppls in values.items():
-        args = vars(parse_with_config(train.get_args_parser(), [*E.STUDY, *flags[key]], {}))
+        args = vars(parse_with_config(train.get_args_parser(), [*ST.STUDY, *flags[key]], {}))
         runs += [{"args": {**args, "seed": seed}, "rows": [], "summary": {
             "final_val_ppl": v, "final_personal_val_ppl": v - 1, "best_val_ppl": v - 0.5, "train_tokens": 100,
             "status": "complete" if math.isfinite(v) else "diverged"}} for seed, v in enumerate(ppls)]
@@ -182,8 +191,8 @@ def test_tables_correct_verdicts_with_holm_and_show_diverged_arms():
               ("topic a=0.01", "SCAFFOLD"): [60.0, 61.0, inf]}
     runs = fake_runs({("iid", "FedAvg"): fedavg, ("topic a=0.01", "FedAvg"): fedavg, **finite,
                       ("iid", "FedAvg, 1 client/round"): [inf] * 3,
-                      ("iid", f"FedAvg, 2 of 10 clients/round, {5 * E.ROUNDS} rounds"): [inf] * 3})
-    lines = E.table(runs, "failure")
+                      ("iid", f"FedAvg, 2 of 10 clients/round, {5 * ST.ROUNDS} rounds"): [inf] * 3})
+    lines = RP.table(runs, "failure")
     row = lambda arm, part="iid": next(line.split(" | ") for line in lines if f"| {part} | {arm} |" in line)
     # the family: every arm with finite values against FedAvg, in both perplexities (same shift: same p)
     diffs = {(*k, i): S.paired({s: v for s, v in enumerate(ppls) if math.isfinite(v)}, dict(enumerate(fedavg)))
@@ -205,8 +214,8 @@ def test_tables_correct_verdicts_with_holm_and_show_diverged_arms():
     assert row("FedAvg")[3] == "51.0 ± 1.0" and row("FedAvg")[4] == "–"
     assert row("FedAvg")[7] == "50.5 ± 1.0"  # the best round's perplexity beside the final one
     assert not any("no difference" in line for line in lines if "| diverged |" in line)
-    equal = E.equal_compute_table(runs, E.ROUNDS)
-    assert row(f"FedAvg, 2 of 10 clients/round, {5 * E.ROUNDS} rounds")[4] == "diverged"
+    equal = RP.equal_compute_table(runs, ST.ROUNDS)
+    assert row(f"FedAvg, 2 of 10 clients/round, {5 * ST.ROUNDS} rounds")[4] == "diverged"
     assert any(line.endswith("| 1.00x | diverged | diverged |") for line in equal)
     ifca = next(line for line in equal if "| iid | FedAvg + IFCA (4) |" in line)
     assert ifca.count("after Holm") + ifca.count("p_Holm") == 2
@@ -220,7 +229,7 @@ def test_equal_compute_table_says_when_the_tokens_are_not_matched():
     for r in runs:
         if r["args"]["partition"] == "iid" and r["args"]["clustering"] == "ifca":
             r["summary"]["train_tokens"] = 110
-    equal = E.equal_compute_table(runs, E.ROUNDS)
+    equal = RP.equal_compute_table(runs, ST.ROUNDS)
     iid, topic = (next(line for line in equal if line.startswith(f"| {p} | FedAvg + IFCA (4) |"))
                   for p in ("iid", "topic a=0.01"))
     assert "| 1.10x |" in iid and iid.count("; unmatched compute (equal samples: 110 vs 100)") == 2
@@ -233,7 +242,7 @@ def test_split_table_pairs_each_arm_with_itself_on_iid():
     runs = fake_runs({("iid", "FedAvg"): [50.0, 52.0, 51.0], ("topic a=0.01", "FedAvg"): [55.0, 57.5, 56.0],
                       ("iid", "SCAFFOLD"): [40.0, 41.0, 42.0], ("topic a=0.01", "SCAFFOLD"): [40.5, 40.5, 42.5],
                       ("topic a=0.01", "FedProx mu=1"): [90.0, 91.0, 92.0]})
-    lines = E.split_table(E.by_arm(runs))
+    lines = RP.split_table(RP.by_arm(runs))
     row = lambda arm: next(line.split(" | ") for line in lines if f"| {arm} |" in line)
     holm = S.holm({"FedAvg": S.paired({0: 55.0, 1: 57.5, 2: 56.0}, {0: 50.0, 1: 52.0, 2: 51.0}),
                    "SCAFFOLD": S.paired({0: 40.5, 1: 40.5, 2: 42.5}, {0: 40.0, 1: 41.0, 2: 42.0})})
@@ -293,9 +302,9 @@ def test_equal_compute_arm_gets_its_own_run_directory(tmp_path, monkeypatch):
     """Run names leave the rounds out (so --extend can continue a run): an arm that only runs more rounds must not
     extend the plain arm's run, it gets a directory of its own."""
     procs.jobs_in_this_process(monkeypatch)  # what the runner names the runs; test_grid_skips_...: their processes
-    monkeypatch.setattr(E, "arms", lambda mode, rounds=E.ROUNDS, mus=None, lr=1.0: [
-        ("iid", "FedAvg", E.IID + E.FEDAVG), ("iid", f"FedAvg, {rounds + 1} rounds",
-                                              E.IID + E.FEDAVG + E.rounds_flags(rounds + 1))])
+    monkeypatch.setattr(ST, "arms", lambda mode, rounds=ST.ROUNDS, mus=None, lr=1.0: [
+        ("iid", "FedAvg", ST.IID + ST.FEDAVG), ("iid", f"FedAvg, {rounds + 1} rounds",
+                                              ST.IID + ST.FEDAVG + ST.rounds_flags(rounds + 1))])
     root = tmp_path / "grid"
     s = E.main(["--mode", "calibrate", "--out-dir", str(root), "--rounds", "1", "--seeds", "0", "--jobs", "1",
                 "--", *TINY])
@@ -323,11 +332,11 @@ def test_selection_stops_when_a_run_failed(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "split_data", lambda csv, out: out)
     monkeypatch.setattr(llm_data, "split_ag_news_csv", lambda *a, **kw: tmp_path / "select" / "data")
     monkeypatch.setattr(E.jobs, "run_plan", lambda plan, **kw: None)
-    monkeypatch.setattr(E.jobs, "summary_of", lambda job: None if f"_lr{E.LR_GRID[1]}_" in job.name else
+    monkeypatch.setattr(E.jobs, "summary_of", lambda job: None if f"_lr{ST.LR_GRID[1]}_" in job.name else
                         {"status": "complete", "final_val_ppl": 50.0})
     args = argparse.Namespace(out_dir=str(tmp_path), regime="pretrained", rounds=None, split_csv="x.csv", jobs=1,
                               threads=1)
-    with pytest.raises(cli.UsageError, match=f"selection: .*_lr{E.LR_GRID[1]}_.* did not finish"):
+    with pytest.raises(cli.UsageError, match=f"selection: .*_lr{ST.LR_GRID[1]}_.* did not finish"):
         E.select(args, [])
     assert not (tmp_path / "selection.json").exists()
 
@@ -354,9 +363,9 @@ def test_a_diverged_selection_run_is_recorded_as_diverged(tmp_path, monkeypatch)
     def summary_of(job):  # FedAvg diverges at the largest rate; FedProx is best at the largest mu
         flag = lambda name: job.argv[job.argv.index(name) + 1] if name in job.argv else None  # noqa: E731
         if flag("--mu") is None:
-            return {"status": "diverged", "final_val_ppl": math.inf} if flag("--learning-rate") == E.LR_GRID[-1] \
-                else {"status": "complete", "final_val_ppl": 60.0 - E.LR_GRID.index(flag("--learning-rate"))}
-        return {"status": "complete", "final_val_ppl": 50.0 - E.MUS.index(flag("--mu"))}
+            return {"status": "diverged", "final_val_ppl": math.inf} if flag("--learning-rate") == ST.LR_GRID[-1] \
+                else {"status": "complete", "final_val_ppl": 60.0 - ST.LR_GRID.index(flag("--learning-rate"))}
+        return {"status": "complete", "final_val_ppl": 50.0 - ST.MUS.index(flag("--mu"))}
 
     monkeypatch.setattr(E.jobs, "summary_of", summary_of)
     args = argparse.Namespace(out_dir=str(tmp_path), regime="pretrained", rounds=None, split_csv="x.csv", jobs=1,
@@ -365,17 +374,17 @@ def test_a_diverged_selection_run_is_recorded_as_diverged(tmp_path, monkeypatch)
     text = (tmp_path / "selection.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
     record = study.read_selection(tmp_path / "selection.json")
-    assert record["choices"]["learning_rate"]["scores"][E.LR_GRID[-1]] == "diverged"
-    assert record["runs"] == {"base": "base", "rounds": E.PRETRAINED_ROUNDS // 2, "seeds": [E.SELECT_SEED]}
-    assert record["choices"]["learning_rate"]["chosen"] == float(E.LR_GRID[-2])  # the best that did not diverge
+    assert record["choices"]["learning_rate"]["scores"][ST.LR_GRID[-1]] == "diverged"
+    assert record["runs"] == {"base": "base", "rounds": ST.PRETRAINED_ROUNDS // 2, "seeds": [ST.SELECT_SEED]}
+    assert record["choices"]["learning_rate"]["chosen"] == float(ST.LR_GRID[-2])  # the best that did not diverge
     assert record["choices"]["mu/iid"]["edge"] == "high"
-    assert setting == {"learning_rate": float(E.LR_GRID[-2]), "mu": {p: E.MUS[-1] for p, _ in E.SELECT_PARTS}}
+    assert setting == {"learning_rate": float(ST.LR_GRID[-2]), "mu": {p: ST.MUS[-1] for p, _ in ST.SELECT_PARTS}}
 
 
 def test_a_shorter_run_is_extended_only_under_a_constant_learning_rate(tmp_path):
     """A cosine schedule is laid out over the run's length: a shorter run of the arm is not extended (train.py
     would refuse --extend), the runner reports it as another run instead."""
-    arms_ = [("iid", "FedAvg", E.IID + E.FEDAVG + sched, 1) for sched in ([], ["--lr-schedule", "cosine"])]
+    arms_ = [("iid", "FedAvg", ST.IID + ST.FEDAVG + sched, 1) for sched in ([], ["--lr-schedule", "cosine"])]
     constant, cosine = E.jobs_for(arms_, [0], TINY, tmp_path)
     assert constant.extend and not cosine.extend
 
@@ -390,9 +399,9 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
     from common import synthetic
 
     procs.jobs_in_this_process(monkeypatch)  # what the grid chooses and reports; test_grid_skips_...: the processes
-    monkeypatch.setattr(E, "LR_GRID", ("0.05", "0.5"))
-    monkeypatch.setattr(E, "MUS", ("0.01", "1"))
-    monkeypatch.setattr(E, "SELECT_PARTS", E.HEADLINE_PARTS)  # (all the grids' partitions: 3 more to choose)
+    monkeypatch.setattr(ST, "LR_GRID", ("0.05", "0.5"))
+    monkeypatch.setattr(ST, "MUS", ("0.01", "1"))
+    monkeypatch.setattr(ST, "SELECT_PARTS", ST.HEADLINE_PARTS)  # (all the grids' partitions: 3 more to choose)
     base = tiny_folder("gpt2")
     root = tmp_path / "grid"
     argv = ["--regime", "pretrained", "--base", str(base), "--out-dir", str(root), "--rounds", "4", "--seeds", "0",
@@ -401,7 +410,7 @@ def test_pretrained_regime_selects_on_its_own_split_then_runs_the_headline(tmp_p
             "--seq-len", "24"]
     E.main(["--mode", "headline", *argv])
     record = study.read_selection(root / "selection.json")  # common.study's record
-    chosen = E.setting_of(record)
+    chosen = ST.setting_of(record)
     assert record["runs"]["rounds"] == 2 and chosen["learning_rate"] in (0.05, 0.5)
     assert record["runs"]["base"] == os.path.relpath(base)  # records keep paths relative to the working directory
     assert list(record["choices"]) == ["learning_rate", "mu/iid", "mu/topic a=0.01"]
@@ -459,20 +468,20 @@ def test_calibrate_diverging_arm_is_eight_times_the_grids_rate():
     """The built-to-diverge arm scales with the rate the grid runs at (the pretrained regime selects its own),
     and the detector table still counts it as the diverging class."""
     for lr, want in ((1.0, "8"), (0.05, "0.4")):
-        (part, arm, flags), = [x for x in E.arms("calibrate", lr=lr) if "no clipping" in x[1]]
+        (part, arm, flags), = [x for x in ST.arms("calibrate", lr=lr) if "no clipping" in x[1]]
         assert flags[flags.index("--learning-rate") + 1] == want and arm == f"FedAvg lr {want}, no clipping"
-        assert E.arm_of({"partition": "iid", "algorithm": "fedavg", "learning_rate": float(want),
+        assert RP.arm_of({"partition": "iid", "algorithm": "fedavg", "learning_rate": float(want),
                          "max_grad_norm": 0.0}, lr=lr) == (part, arm)
-        assert E.KNOWN["diverging (8x the rate, no clipping)"](part, arm)
-        assert not E.KNOWN["diverging (8x the rate, no clipping)"]("iid", "FedAvg")
+        assert ST.KNOWN["diverging (8x the rate, no clipping)"](part, arm)
+        assert not ST.KNOWN["diverging (8x the rate, no clipping)"]("iid", "FedAvg")
 
 
 def test_calibrate_arms_built_to_drift_and_to_oscillate():
     """Drift by construction: 8x the local steps for an eighth of the rounds (about the same local steps in all;
     each client fits its own texts for several epochs a round), on iid and on topic shards; oscillation by
     construction: one topic-skewed client per round with 8x the local steps. Each lands in its own detector class."""
-    arms = {(p, a): parse_with_config(train.get_args_parser(), [*E.STUDY, *E.rounds_flags(60), *f], {})
-            for p, a, f in E.arms("calibrate", rounds=60)}
+    arms = {(p, a): parse_with_config(train.get_args_parser(), [*ST.STUDY, *ST.rounds_flags(60), *f], {})
+            for p, a, f in ST.arms("calibrate", rounds=60)}
     for part, arm, cls, want in (
             ("iid", "FedAvg, 64 local steps, 7 rounds", "drifting by construction (iid, 8x the local steps)",
              (64, 7, 1.0)),
@@ -482,17 +491,17 @@ def test_calibrate_arms_built_to_drift_and_to_oscillate():
              "oscillating by construction (topic skew, 1 client/round, 8x the local steps)", (64, 30, 0.1))):
         a = arms[(part, arm)]
         assert (a.local_steps, a.num_rounds, a.participation_rate) == want and a.eval_every == 1
-        assert E.arm_of(vars(a), rounds=60) == (part, arm)
-        assert [k for k, is_ in E.KNOWN.items() if is_(part, arm)] == [cls]
+        assert RP.arm_of(vars(a), rounds=60) == (part, arm)
+        assert [k for k, is_ in ST.KNOWN.items() if is_(part, arm)] == [cls]
 
 
 def test_grid_steps_come_from_the_runs_at_the_grids_rounds():
     """Calibrate's 64-step arms outnumber the rest of a calibrate-only grid; the grid's local steps (and so every
     other arm's label) still come from its runs at the grid's rounds."""
     runs = [{"args": {"num_rounds": 60, "local_steps": 8}}] * 2 + [{"args": {"num_rounds": 7, "local_steps": 64}}] * 6
-    assert E.grid_steps(runs, 60) == 8 and E.grid_steps(runs, 7) == 64 and E.grid_steps([], 60) == E.LOCAL_STEPS
+    assert RP.grid_steps(runs, 60) == 8 and RP.grid_steps(runs, 7) == 64 and RP.grid_steps([], 60) == ST.LOCAL_STEPS
     fedavg = {"partition": "iid", "algorithm": "fedavg", "num_clients": 10, "learning_rate": 0.01}
-    groups = E.by_arm([{"args": {**fedavg, "num_rounds": 60, "local_steps": 8}},
+    groups = RP.by_arm([{"args": {**fedavg, "num_rounds": 60, "local_steps": 8}},
                        *[{"args": {**fedavg, "num_rounds": 7, "local_steps": 64}}] * 3], 60, 0.01)
     assert sorted(groups) == [("iid", "FedAvg"), ("iid", "FedAvg, 64 local steps, 7 rounds")]
 
@@ -502,7 +511,7 @@ def test_a_budget_twin_is_no_arm_of_the_split_family():
     out, so it does not enlarge the table's Holm family. An arm run longer for another reason stays."""
     groups = {(p, a): [] for p in ("iid", "topic a=0.01")
               for a in ("FedAvg", "FedAvg, 120 rounds", "FedAvg, 2 of 10 clients/round, 300 rounds")}
-    assert E.is_twin(("iid", "FedAvg, 120 rounds"), groups, 60)
-    assert not E.is_twin(("iid", "FedAvg, 2 of 10 clients/round, 300 rounds"), groups, 60)
-    assert not E.is_twin(("iid", "FedAvg, 120 rounds"), groups, 40)   # not twice this grid's rounds
-    assert not E.is_twin(("iid", "FedAvg"), groups, 60)
+    assert RP.is_twin(("iid", "FedAvg, 120 rounds"), groups, 60)
+    assert not RP.is_twin(("iid", "FedAvg, 2 of 10 clients/round, 300 rounds"), groups, 60)
+    assert not RP.is_twin(("iid", "FedAvg, 120 rounds"), groups, 40)   # not twice this grid's rounds
+    assert not RP.is_twin(("iid", "FedAvg"), groups, 60)
