@@ -10,16 +10,16 @@ Records (``RECORDS``, the out-dir's layout, written by ``run_grid.py --records``
 choice), ``grid.json`` (each invocation's wall time) and ``shards/<name>/summary.json`` (each shard folder's label
 mix, without the example indices).
 
-A study per task (``STUDIES``), each declared from one of run_grid.py's designs: SST-2 (``SST2``, ``merges``, 5
-seeds, dev accuracy) and MRPC (``MRPC``, ``small``, 3 seeds, dev F1 with accuracy beside it). In each, every arm
-against centralized LoRA is one Holm family (the table's), the merge contrasts among its arms (``CONTRASTS``)
-another. Compute is matched in total optimizer steps (batches of 4 over all clients), checked from the records. The
-plateau rule (``PLATEAU``) reads the selection split's accuracy in both (its sampling noise is binomial; F1's is
-not); a centralized or one-shot run is judged against its twin at twice the (local) epochs (``BUDGET``) where
-``run_grid.py --budget_check`` ran one (``<task>_central-x2_s<seed>/``, ``<task>_oneshot-x2_<shard>_s<seed>/`` and its
-naive merge's, no arm of any table), and is not checked otherwise. Every
-table is one function of the task; a task's blocks say its records are not committed yet until selection.json holds
-the task.
+The studies it reports are declared in lora_glue_fl/studies.py (``studies.STUDIES``: SST-2 and MRPC, their arms,
+seeds, Holm families and merge contrasts, the plateau rules ``PLATEAU``, ``BUDGET`` and ``DECAYED``); this module
+reads the records and writes the tables and sentences. SST-2 is compared in dev accuracy, MRPC in dev F1 with
+accuracy beside it (``METRIC``, ``BESIDE``). Compute is matched in total optimizer steps (batches of 4 over all
+clients), checked from the records. The plateau rules read the selection split's accuracy in both (its sampling
+noise is binomial; F1's is not); a centralized or one-shot run is judged against its twin at twice the (local)
+epochs where ``run_grid.py --budget_check`` ran one (``<task>_central-x2_s<seed>/``,
+``<task>_oneshot-x2_<shard>_s<seed>/`` and its naive merge's, no arm of any table), and is not checked otherwise.
+Every table is one function of the task; a task's blocks say its records are not committed yet until selection.json
+holds the task.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from common import plateau, stats, study, study_report
 from common import results as RS
 from common.errors import check
-from lora_glue_fl import run_grid
+from lora_glue_fl import studies
 
 RECORDS = "lora_glue_fl/results/minilm_glue"
 TASK = "sst2"  # the task a function reads when none is named: the first study's
@@ -43,117 +43,24 @@ NAMES = {"accuracy": "accuracy", "f1": "F1"}
 EXAMPLES = {"sst2": "sentences", "mrpc": "pairs"}
 CLASSES = {"sst2": {0: "negative", 1: "positive"}, "mrpc": {0: "not a paraphrase", 1: "paraphrase"}}
 COMMANDS = {"sst2": "--sst2_design merges", "mrpc": "--tasks mrpc --seeds 0 1 2"}  # run_grid.py's, out-dir aside
-METHODS = {"central": "centralized LoRA", "svd": "FedAvg, SVD merge", "naive": "FedAvg, naive A/B averaging",
-           "exact": "FedAvg, exact merge", "oneshot": "one-shot, SVD merge", "oneshot-naive": "one-shot, naive merge"}
-SHARDS = {"iid": "iid shards", "dir0.1": "Dirichlet α = 0.1", "dir1": "Dirichlet α = 1",
-          "category": "one label per client"}
-SCRIPTS = {"central": "lora_glue_fl.main_glue_lora", "oneshot-naive": "lora_glue_fl.fedavg_merge"}
 DIGITS = 3  # accuracies are fractions: 3 decimals, as the dev set's 872 sentences resolve about 0.001
-
-
-def arm_name(method: str, shard: str | None) -> str:
-    """An arm as its runs are named less the task and seed: ``central``, ``svd_iid``, ``oneshot-naive_dir0.1``."""
-    return method if shard is None else f"{method}_{shard}"
-
-
-def split(arm: str) -> tuple[str, str | None]:
-    method, _, shard = arm.partition("_")
-    return method, shard or None
 
 
 def label(arm: str) -> str:
     """'FedAvg, SVD merge, iid shards'."""
-    method, shard = split(arm)
-    return METHODS.get(method, method) + (f", {SHARDS.get(shard, shard)}" if shard else "")
-
-
-def family(arm: str) -> str:
-    """The arm family whose selected rate the arm uses (run_grid.FAMILY; a one-shot naive merge: one-shot's)."""
-    return run_grid.FAMILY[split(arm)[0].replace("oneshot-naive", "oneshot")]
-
-
-def design_arms(cells=run_grid.MERGES) -> tuple[str, ...]:
-    """The arms of a run_grid design, in the table's order: centralized, then per sharding its methods (a one-shot
-    cell also reports its naive merge)."""
-    arms = [arm_name(m, s) for m, s in cells] + [arm_name("oneshot-naive", s) for m, s in cells if m == "oneshot"]
-    order = list(METHODS)
-    shards = [s for s in SHARDS if any(split(a)[1] == s for a in arms)]
-    return tuple(sorted(arms, key=lambda a: (split(a)[1] is not None, shards.index(split(a)[1]) if split(a)[1] else 0,
-                                             order.index(split(a)[0]))))
-
-
-ARMS = design_arms()
-# (arm a, arm b, what a − b answers): the merge contrasts; a study's are those between two of its arms, one Holm family
-CONTRASTS = (
-    *((f"svd_{s}", f"naive_{s}", "SVD merge − naive A/B averaging") for s in ("iid", "dir0.1")),
-    *((f"oneshot_{s}", f"oneshot-naive_{s}", "SVD merge − naive A/B averaging, one-shot") for s in ("iid", "dir0.1")),
-    ("exact_iid", "svd_iid", "exact (rank grows) − SVD (rank 8)"),
-    *((f"svd_{s}", f"oneshot_{s}", "multi-round − one-shot, SVD merge") for s in ("iid", "dir0.1")),
-    *((f"naive_{s}", f"oneshot-naive_{s}", "multi-round − one-shot, naive merge") for s in ("iid", "dir0.1")),
-    ("svd_iid", "svd_dir0.1", "iid − label-skewed shards, SVD merge"),
-)
-VS_CENTRAL = "− centralized"
-MERGE_FAMILY = "merge contrasts"
-
-
-def declare(name: str, arms: tuple[str, ...], seeds: tuple[int, ...], flags: tuple[str, ...] = ()) -> study.Study:
-    """A task's study: its arms (``flags``: what every run of the task adds), every arm against centralized LoRA
-    one Holm family, the merge contrasts between two of its arms (``CONTRASTS``, the question as the comparison's
-    metric) another; compute matched in optimizer steps."""
-    def aggregation(arm: str) -> tuple[str, ...]:
-        method = split(arm)[0].replace("oneshot-naive", "naive").replace("oneshot", "svd")
-        return () if arm == "central" else ("--aggregation", method)
-
-    return study.Study(
-        name, arms=tuple(study.Arm(a, SCRIPTS.get(split(a)[0], "lora_glue_fl.fedavg_rounds"), aggregation(a) + flags)
-                         for a in arms),
-        seeds=seeds, selection_seeds=(100,), compute="equal steps",
-        comparisons=(*(study.Comparison(a, "central", VS_CENTRAL) for a in arms if a != "central"),
-                     *(study.Comparison(a, b, MERGE_FAMILY, what) for a, b, what in CONTRASTS
-                       if a in arms and b in arms)))
-
-
-SST2 = declare("minilm_sst2", ARMS, (0, 1, 2, 3, 4))
-# run_grid.py trains the pooler for MRPC (its --train_pooler default): a frozen one left a seed at the majority class
-MRPC = declare("minilm_mrpc", design_arms(run_grid.SMALL), (0, 1, 2), ("--train_pooler",))
-STUDIES = {"sst2": SST2, "mrpc": MRPC}
+    method, shard = studies.split(arm)
+    return studies.METHODS.get(method, method) + (f", {studies.SHARDS.get(shard, shard)}" if shard else "")
 
 
 def arms(task: str = TASK) -> tuple[str, ...]:
     """The task's arms, in the table's order."""
-    return tuple(a.name for a in STUDIES[task].arms)
+    return tuple(a.name for a in studies.STUDIES[task].arms)
 
 
 def contrasts(task: str = TASK) -> list[tuple[str, str, str]]:
     """(arm a, arm b, what a − b answers) of the task's merge contrasts, in ``CONTRASTS``' order."""
-    return [(c.arm, c.reference, c.metric) for c in STUDIES[task].comparisons if c.family == MERGE_FAMILY]
-
-
-# The plateau. Every local run (centralized, or a client's round) decays its rate linearly to 0, so a rule on the last
-# part of one decayed run holds by construction: centralized and one-shot runs (one local run each) are not checked
-# by it. Such a run has a second budget where run_grid.py --budget_check ran its twin (``twin_arm``: the centralized
-# run at twice the epochs; the one-shot run with its clients at twice the local epochs, merged the same way; the
-# same rate decaying over all of them): the run is still improving when the twin's final selection accuracy beats
-# its own by more than 1 sd of the split's sampling noise (``BUDGET``); without a twin it is not checked (a one-shot
-# naive merge scored before fedavg_merge.py scored the selection split has nothing to judge it by either).
-# A multi-round run restarts the rate every round, and its state after round 4 is exactly that of a 4-round run
-# (schedules, batches and dropout depend on the seed, round and client, not on --rounds): its last third (rounds 5-6)
-# is a second budget, and the run is still improving when it gained more than 1 sd of the selection split's own
-# sampling noise (binomial, at the arm's accuracy) over it. It cannot say whether more rounds would still gain.
-# MRPC's too reads accuracy, not its reported F1: F1's sampling noise has no such closed form.
-CHECK_AT = 2 / 3  # the second budget: this fraction of the rounds
-PLATEAU = plateau.Plateau("the last third of the rounds gains at most 1 sd of the selection split's sampling noise "
-                          "over the same run at two thirds of them", check_budget="the last third", tolerance=1.0,
-                          metric="selection_accuracy", value="selection_accuracy", direction="max")
-DECAYED = plateau.Plateau("one local run, its rate decayed to 0: not checked", schedule="decayed",
-                          metric="selection_accuracy", direction="max")
-TWIN = run_grid.TWIN  # the arm name of a centralized run's twin at twice the epochs: read by BUDGET, never an arm
-TWINNED = ("central", "oneshot", "oneshot-naive")  # the methods whose runs a --budget_check twin judges
-BUDGET = plateau.Plateau("the same run with its local training at twice the epochs (its rate decaying over all of "
-                         "them; a one-shot run merged the same way) ends at most 1 sd of the selection split's "
-                         "sampling noise above it", check_budget="twice the epochs",
-                         tolerance=1.0, metric="selection_accuracy", value="selection_accuracy", direction="max",
-                         schedule="decayed")
+    return [(c.arm, c.reference, c.metric) for c in studies.STUDIES[task].comparisons
+            if c.family == studies.MERGE_FAMILY]
 
 
 # ------------------------------------------------------------------------------------------------- records
@@ -221,7 +128,7 @@ def _steps(run: dict) -> tuple[int, int]:
 
 def _trained(task: str) -> list[dict]:
     """The task's training runs (every arm's but a one-shot naive merge, which trains nothing)."""
-    return [r for a in arms(task) if split(a)[0] != "oneshot-naive" for r in runs(a, task).values()]
+    return [r for a in arms(task) if studies.split(a)[0] != "oneshot-naive" for r in runs(a, task).values()]
 
 
 def majority(metric: str | None = None, key: str = "majority", task: str = TASK) -> float:
@@ -278,27 +185,21 @@ def _final_selection(run: dict) -> float | None:
     return final if final is not None or not run["rows"] else run["rows"][-1]["selection_accuracy"]
 
 
-def twin_arm(arm: str) -> str:
-    """The arm name of an arm's --budget_check twin: ``central-x2``, ``oneshot-x2_iid``, ``oneshot-naive-x2_iid``."""
-    method, shard = split(arm)
-    return arm_name(method + run_grid.TWIN_SUFFIX, shard)
-
-
 def twins(task: str = TASK, arm: str = "central") -> dict:
     """{seed: run} of an arm's twins at twice the (local) epochs (``twin_arm``) whose run is recorded and scored on
     the selection split, each checked to be that run at twice its epochs and the same rate ({} for an arm that has
     none: one neither centralized nor one-shot)."""
-    if split(arm)[0] not in TWINNED:
+    if not studies.has_twin(arm):
         return {}
     mine, out = runs(arm, task), {}
     epochs = "num_train_epochs" if arm == "central" else "local_epochs"
-    for seed, twin in sorted(runs(twin_arm(arm), task).items()):
+    for seed, twin in sorted(runs(studies.twin_arm(arm), task).items()):
         if seed not in mine or _final_selection(mine[seed]) is None or _final_selection(twin) is None:
             continue
         a, b = mine[seed]["args"], twin["args"]
-        check(math.isclose(b[epochs], run_grid.TWIN_EPOCHS * a[epochs])
+        check(math.isclose(b[epochs], studies.TWIN_EPOCHS * a[epochs])
               and math.isclose(b["learning_rate"], a["learning_rate"]) and b.get("rounds") == a.get("rounds"),
-              f"{RECORDS}: {twin['name']} is not {mine[seed]['name']} at {run_grid.TWIN_EPOCHS}x the epochs and "
+              f"{RECORDS}: {twin['name']} is not {mine[seed]['name']} at {studies.TWIN_EPOCHS}x the epochs and "
               f"the same rate ({b[epochs]} epochs at {b['learning_rate']:g} against "
               f"{a[epochs]} at {a['learning_rate']:g})")
         out[seed] = twin
@@ -319,14 +220,14 @@ def plateau_of(arm: str, task: str = TASK) -> dict[int, tuple[plateau.Judged, fl
         curve = [x["selection_accuracy"] for x in r["rows"] if "selection_accuracy" in x]
         if seed in longer:
             value, second = _final_selection(r), _final_selection(longer[seed])
-            out[seed] = (BUDGET.judge(curve or [value], value=value, longer=second, noise=split_sd(arm, task)),
+            out[seed] = (studies.BUDGET.judge(curve or [value], value=value, longer=second, noise=split_sd(arm, task)),
                          second - value)
             continue
-        if split(arm)[0] in TWINNED or len(curve) < 3:
-            out[seed] = (DECAYED.judge(curve or [math.nan]), None)
+        if studies.has_twin(arm) or len(curve) < 3:
+            out[seed] = (studies.DECAYED.judge(curve or [math.nan]), None)
             continue
-        cut = round(len(curve) * CHECK_AT)
-        out[seed] = (PLATEAU.judge(curve, value=curve[cut - 1], longer=curve[-1], noise=split_sd(arm, task)),
+        cut = round(len(curve) * studies.CHECK_AT)
+        out[seed] = (studies.PLATEAU.judge(curve, value=curve[cut - 1], longer=curve[-1], noise=split_sd(arm, task)),
                      curve[-1] - curve[cut - 1])
     return out
 
@@ -342,23 +243,20 @@ def split_sd(arm: str, task: str = TASK) -> float:
 def tolerance(arm: str, task: str = TASK) -> float:
     """The tolerance of an arm's rule (``BUDGET`` for an arm with twins, ``PLATEAU`` otherwise): its ``tolerance``
     sds of the split's noise."""
-    return (BUDGET if twins(task, arm) else PLATEAU).tolerance * split_sd(arm, task)
+    return (studies.BUDGET if twins(task, arm) else studies.PLATEAU).tolerance * split_sd(arm, task)
 
 
 def notes(arm: str, _: str = "", task: str = TASK) -> list[str]:
     """What a reader must know beside an arm's verdict: its plateau (``plateau.note``), its rate at an edge."""
     return [n for n in (plateau.note({s: j for s, (j, _) in plateau_of(arm, task).items()}),
-                        edge(family(arm), task)) if n]
-
-
-KINDS = {"centralized": ("central",), "one-shot": ("oneshot", "oneshot-naive")}  # the runs a twin can judge
+                        edge(studies.family(arm), task)) if n]
 
 
 def _kinds(task: str) -> dict[str, tuple[int, list[int]]]:
     """{kind of ``KINDS`` the task has: (its runs, the seeds of those with a twin)}."""
     out = {}
-    for kind, methods in KINDS.items():
-        mine = [a for a in arms(task) if split(a)[0] in methods]
+    for kind, methods in studies.KINDS.items():
+        mine = [a for a in arms(task) if studies.split(a)[0] in methods]
         if mine:
             out[kind] = (sum(len(runs(a, task)) for a in mine), sorted({s for a in mine for s in twins(task, a)}))
     return out
@@ -369,7 +267,7 @@ def _decayed(task: str, sep: str = ", ") -> str:
     centralized or one-shot runs while one has no twin at twice the (local) epochs ('Centralized without a twin'
     when others have one); '' when none."""
     kinds = [kind + (" without a twin" if paired else "") for kind, (n, paired) in _kinds(task).items()
-             if sum(len(twins(task, a)) for a in arms(task) if split(a)[0] in KINDS[kind]) < n]
+             if sum(len(twins(task, a)) for a in arms(task) if studies.split(a)[0] in studies.KINDS[kind]) < n]
     out = sep.join(kinds)
     return out[:1].upper() + out[1:]
 
@@ -409,7 +307,7 @@ def _accuracy_note(task: str) -> str:
 
 @cache
 def _findings(folder: Path, task: str) -> dict:
-    return study_report.compare(STUDIES[task], lambda a, _: dev(a, task=task), lambda a, _: notes(a, task=task),
+    return study_report.compare(studies.STUDIES[task], lambda a, _: dev(a, task=task), lambda a, _: notes(a, task=task),
                                 DIGITS, spent=lambda a, _: steps(a, task=task))
 
 
@@ -427,7 +325,7 @@ def said(arm: str, reference: str = "central", task: str = TASK) -> str:
 # ------------------------------------------------------------------------------------------------- blocks
 def summary_cell(values: dict, task: str = TASK) -> str:
     s = stats.summarize(values.values())
-    return f"{s.mean:.3f} ± {s.sd:.3f}" + (f" (n={s.n})" if s.n != len(STUDIES[task].seeds) else "")
+    return f"{s.mean:.3f} ± {s.sd:.3f}" + (f" (n={s.n})" if s.n != len(studies.STUDIES[task].seeds) else "")
 
 
 def cost(arm: str, task: str = TASK) -> tuple[str, str, str]:
@@ -435,11 +333,11 @@ def cost(arm: str, task: str = TASK) -> tuple[str, str, str]:
     → last' where they grow."""
     group = list(runs(arm, task).values())
     s = group[0]["summary"]
-    if split(arm)[0] == "central":
+    if studies.split(arm)[0] == "central":
         return "–", f"{s['trainable_params']:,}", "–"
     errors = [r["rows"][-1]["merge_rel_error"] if r["rows"] else r["summary"]["merge_rel_error"] for r in group]
     error = f"{stats.summarize(errors).mean:.3f} ± {stats.summarize(errors).sd:.3f}"
-    if split(arm)[0] == "oneshot-naive":
+    if studies.split(arm)[0] == "oneshot-naive":
         return error, f"{s['trainable_params']:,}", "as one-shot SVD"
     rows = group[0]["rows"]
     span = lambda a, b: a if a == b else f"{a} → {b}"  # noqa: E731
@@ -475,7 +373,7 @@ def dev_table(task: str = TASK) -> str:
                      f"{_span([t for t, _ in spent])} ({_span([q for _, q in spent])})"])
     m = sum(f.paired.n >= 2 for (_, ref), f in found.items() if ref == "central")  # the family's size in its claims
     return RS.minus("\n".join(stats.markdown(
-        [_dev_name(task), f"mean ± sd (n = {len(STUDIES[task].seeds)})",
+        [_dev_name(task), f"mean ± sd (n = {len(studies.STUDIES[task].seeds)})",
          *(f"{NAMES[m]}, mean ± sd" for m in BESIDE[task]),
          f"− centralized, paired by seed [95% CI], Holm over the {m} arms", "merge error, last round",
          "trainable params per client", "MB per round (down + up)", "optimizer steps (sequential)"], rows)))
@@ -625,11 +523,11 @@ def _merges(kind: str = "multi-round", task: str = TASK) -> str:
     """The reading's line on SVD − naive merging (``kind`` "multi-round" or "one-shot") on each sharding that has
     both arms: the verdict, the seeds SVD is ahead in, each merge's error of the last round; '' when none has."""
     svd, naive = ("oneshot", "oneshot-naive") if kind == "one-shot" else ("svd", "naive")
-    pairs = [(s, f"{svd}_{s}", f"{naive}_{s}") for s in SHARDS
+    pairs = [(s, f"{svd}_{s}", f"{naive}_{s}") for s in studies.SHARDS
              if runs(f"{svd}_{s}", task) and runs(f"{naive}_{s}", task)]
     head = "One-shot, SVD − naive merge" if kind == "one-shot" else "Which merge, SVD − naive"
     return f"- **{head}**: " + "; ".join(
-        f"{SHARDS[s]} {said(a, b, task)}, SVD ahead in {_ahead(a, b, task)} seeds (merge error naive "
+        f"{studies.SHARDS[s]} {said(a, b, task)}, SVD ahead in {_ahead(a, b, task)} seeds (merge error naive "
         f"{RS.range_of(_last(b, 'merge_rel_error', task), 2, '–')}, SVD "
         f"{RS.range_of(_last(a, 'merge_rel_error', task), 2, '–')})" for s, a, b in pairs) + "." if pairs else ""
 
@@ -653,8 +551,9 @@ def _plateau_line(task: str = TASK) -> str:
     paired = [k for k, (_, seeds) in _kinds(task).items() if seeds]
     epochs = "epochs" if paired == ["centralized"] else "(local) epochs"
     central = f"; {' and '.join(paired)}: its twin at twice the {epochs} against the run" if paired else ""
-    return (f"- **Plateau** (rounds {round(rounds * CHECK_AT) + 1}–{rounds} against round "
-            f"{round(rounds * CHECK_AT)}{central}{';' if central else ','} tolerance 1 sd of the selection split's "
+    cut = round(rounds * studies.CHECK_AT)
+    return (f"- **Plateau** (rounds {cut + 1}–{rounds} against round "
+            f"{cut}{central}{';' if central else ','} tolerance 1 sd of the selection split's "
             "noise): at it by this rule: " + ("; ".join(flat) if flat else "none") + "; still improving: "
             + ("; ".join(short) if short else "none") + f". {_unchecked(task, sep=' and ')}" + _accuracy_note(task))
 
@@ -692,7 +591,7 @@ def sst2_findings() -> str:
         worst = min(skew, key=skew.get)
         client, mix = skewed_client(runs("svd_dir0.1")[worst])
         curve = [x["selection_accuracy"] for x in runs("svd_dir0.1")[worst]["rows"]]
-        steady = {a: stats.summarize(dev(a).values()).sd for a in reported() if split(a)[1] == "dir0.1"}
+        steady = {a: stats.summarize(dev(a).values()).sd for a in reported() if studies.split(a)[1] == "dir0.1"}
         calm = min(steady, key=steady.get)
         out.append(_skew() + f" The lowest, seed {worst} ({skew[worst]:.3f}; its iid twin "
                    f"{iid.get(worst, math.nan):.3f}), holds a client with "
@@ -737,10 +636,10 @@ def mrpc_findings() -> str:
            "both: " + "; ".join(per_arm) + ". Above it in both in every seed: " + ("; ".join(every) or "none")
            + "; not in every seed: " + ("; ".join(short) or "none") + f". Every verdict below is in dev "
            f"{NAMES[METRIC[task]]}.", _federation(task)]
-    skewed = [s for s in SHARDS if s != "iid" and runs(f"svd_{s}", task)]
+    skewed = [s for s in studies.SHARDS if s != "iid" and runs(f"svd_{s}", task)]
     if skewed:
         out[-1] += " " + " ".join(
-            f"On {SHARDS[s]}: FedAvg − centralized {said(f'svd_{s}', task=task)} with the SVD merge, "
+            f"On {studies.SHARDS[s]}: FedAvg − centralized {said(f'svd_{s}', task=task)} with the SVD merge, "
             f"{said(f'naive_{s}', task=task)} naive." for s in skewed)
     if _merges(task=task):
         out.append(_merges(task=task))
@@ -785,25 +684,25 @@ def grid_time() -> str:
     f = RS.path(RECORDS) / "grid.json"
     record = [g for g in (json.loads(f.read_text(encoding="utf-8")) if f.is_file() else [])
               if g.get("runs", {}).get("finished", 1)]  # an invocation that found every run done ran nothing
-    tasks = [t for t in STUDIES if recorded(t)]
+    tasks = [t for t in studies.STUDIES if recorded(t)]
 
     def minutes(group: list[dict], key: str) -> str:
         return f"{sum(r['summary'].get(key) or 0 for r in group) / 60:.1f} min"
 
     def own(task: str, sep: str = "; ") -> str:
         mine, chooser = _trained(task), selection_runs(task)
-        extra = [r for a, t in twinned(task).items() if split(a)[0] != "oneshot-naive" for r in t.values()]
+        extra = [r for a, t in twinned(task).items() if studies.split(a)[0] != "oneshot-naive" for r in t.values()]
         said = " and ".join(k for k, (_, seeds) in _kinds(task).items() if seeds)
         return (f"the {len(chooser)} selection runs {minutes(chooser, 'wall_seconds')} wall, "
                 f"{minutes(chooser, 'cpu_seconds')} CPU{sep}the {len(mine)} reported training runs "
                 f"{minutes(mine, 'wall_seconds')} wall, {minutes(mine, 'cpu_seconds')} CPU"
-                + (" (the one-shot naive merges not timed)" if any(split(a)[0] == "oneshot-naive" for a in arms(task))
-                   else "")
+                + (" (the one-shot naive merges not timed)"
+                   if any(studies.split(a)[0] == "oneshot-naive" for a in arms(task)) else "")
                 + (f"{sep}the {len(extra)} {said} runs at twice the epochs (--budget_check) "
                    f"{minutes(extra, 'wall_seconds')} wall, {minutes(extra, 'cpu_seconds')} CPU" if extra else ""))
 
     loads = [r["summary"][k] for t in tasks for r in _trained(t) + selection_runs(t)
-             + [r for a, tw in twinned(t).items() if split(a)[0] != "oneshot-naive" for r in tw.values()]
+             + [r for a, tw in twinned(t).items() if studies.split(a)[0] != "oneshot-naive" for r in tw.values()]
              for k in ("load_start", "load_end") if k in r["summary"]]
     calls = "; ".join(f"`{' '.join(_portable(g['argv']))}` {g['wall_seconds'] / 60:.1f} min wall, finished "
                       f"{g['finished_at'][:10]}" for g in record) or "not finished"
@@ -816,13 +715,14 @@ def grid_time() -> str:
 def shards_table(task: str = TASK) -> str:
     """Each skewed sharding's label mix per client and seed (label 0 / label 1), from the shard folders' records."""
     rows = []
-    for shard in SHARDS:
+    for shard in studies.SHARDS:
         if shard == "iid" or not runs(f"svd_{shard}", task):
             continue
         for seed, r in sorted(runs(f"svd_{shard}", task).items()):
             f = RS.path(RECORDS) / "shards" / Path(r["args"]["shard_dir"]).name / "summary.json"
             mixes = json.loads(f.read_text(encoding="utf-8"))["label_histograms"]
-            rows.append([SHARDS[shard], seed, *(" / ".join(str(m.get(k, 0)) for k in ("0", "1")) for m in mixes)])
+            rows.append([studies.SHARDS[shard], seed,
+                         *(" / ".join(str(m.get(k, 0)) for k in ("0", "1")) for m in mixes)])
     width = max((len(r) for r in rows), default=2) - 2
     return "\n".join(stats.markdown(["shards (label 0 / label 1 per client)", "seed",
                                       *(f"client {k + 1}" for k in range(width))], rows))

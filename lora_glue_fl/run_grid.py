@@ -8,36 +8,40 @@
         lora_glue_fl.plateau --records lora_glue_fl/results/minilm_glue=runs/lora_glue_minilm   # its tables
     python plots/plot_lora_glue.py --runs runs/lora_glue_minilm --out runs/lora_glue_minilm/figures   # figures
 
-Model: --model_size minilm, LoRA on query/value + the classifier head. Each task's GLUE training file in
---real_data_dir (glue_sst2/, glue_mrpc/) is shuffled once (seed 0): the first --train_samples (MRPC:
---mrpc_train_samples) train, the next --selection_samples are the selection split; the dev set stays whole
-(<out-dir>/data/<task>_<n>_sel<m>/, read through the scripts' --data_dir).
+The studies it runs (arms, designs, seeds, rate grids and the selection rule, budgets and twins, plateau rules,
+comparisons) are declared in lora_glue_fl/studies.py; lora_glue_fl/results.py reports them. This script plans the
+runs and runs them through ``common.jobs``: finished runs are skipped, interrupted ones resumed (run the same command
+again); logs in <out-dir>/logs; <out-dir>/grid.json records the wall time of each invocation. It prints the figure
+command when the runs are done.
 
-1. **Selection** (skipped with --learning_rate): per arm family (``SELECTION_CELL``) one run per rate of --lr_grid
-   (exact: --exact_lr_grid) and seed of --select_seeds on iid shards, scored on the selection split only
-   (<out-dir>/selection/); the best final selection metric (mean over seeds; ties: the smaller rate) picks the
-   family's rate (<out-dir>/selection.json). A rate chosen at the edge of its grid has not been shown best: the
-   next rate past it is run and the family chooses again, --extend times at most (``study.extended``).
-2. **Reported cells** ``<task>_<method>_<sharding>_s<seed>`` of --sst2_design / --mrpc_design (``DESIGNS``) at the
-   chosen rates, the dev set scored once, after training: ``central`` (main_glue_lora.py, --rounds x
-   --local_epochs epochs), ``svd|naive|exact`` (fedavg_rounds.py, --rounds rounds of --local_epochs), ``oneshot``
-   (fedavg_rounds.py, 1 round of --rounds x --local_epochs, then fedavg_merge.py --aggregation naive --do_eval on
-   its client adapters: ``<task>_oneshot-naive_<sharding>_s<seed>/``). Shardings over --num_clients clients: iid,
-   dir1 / dir0.1 (Dirichlet, at least --min_per_label of each label), category (one label per client).
-3. **The second budget of a run that is one local run** (--budget_check, off by default): every local run decays
-   its rate to 0, so a "the end of the curve is flat" rule holds by construction for a centralized run and for a
-   one-shot run (its clients' one local run each). With the flag, each such cell of the design also runs, per seed,
-   its twin (``twin``): ``<task>_central-x2_s<seed>``, the centralized run at twice the epochs, and
-   ``<task>_oneshot-x2_<sharding>_s<seed>``, the one-shot run with its clients at twice the local epochs, then its
-   naive merge ``<task>_oneshot-naive-x2_<sharding>_s<seed>/`` (each rate decaying over all of them, the same chosen
-   rate and evaluations), after the design's cells; results.py judges each run against its twin (still improving
-   when the twin's final selection accuracy is higher by more than 1 sd of the split's sampling noise; the naive
-   merges score the selection split too, fedavg_merge.py). A twin is no arm of any table. Rerunning a finished
-   grid's command with the flag runs only the twins.
---train_pooler: the tasks whose runs also train BERT's pooler with the classifier (default MRPC, where a frozen
-pooler left a seed at the majority class).
-Every run goes through ``common.jobs``: finished runs are skipped, interrupted ones resumed (run the same command
-again); logs in <out-dir>/logs; <out-dir>/grid.json records the wall time of each invocation.
+1. **Selection** (skipped with --learning_rate): per task and arm family one run per rate of --lr_grid (exact:
+   --exact_lr_grid) and seed of --select_seeds on the family's selection cell (iid shards), scored on the selection
+   split only (<out-dir>/selection/); the family's rate by ``studies.criterion`` (<out-dir>/selection.json), a rate
+   at the edge of its grid extended past it --extend times at most (``study.extended``).
+2. **Reported cells** ``<task>_<method>_<sharding>_s<seed>`` of --sst2_design / --mrpc_design
+   (``studies.DESIGNS``) at the chosen rates, the dev set scored once, after training.
+3. **--budget_check** (off by default): then, per seed, each centralized and one-shot cell's twin at twice the (local)
+   epochs (``<task>_central-x2_s<seed>``, ``<task>_oneshot-x2_<sharding>_s<seed>`` and its naive merge
+   ``<task>_oneshot-naive-x2_<sharding>_s<seed>/``, the same chosen rate decaying over all of them), after the
+   design's cells: the second budget results.py judges those runs' plateau by. A twin is no arm of any table.
+   Rerunning a finished grid's command with the flag runs only the twins.
+
+Data: each task's GLUE training file in --real_data_dir (glue_sst2/, glue_mrpc/) is shuffled once (seed 0): the first
+--train_samples (MRPC: --mrpc_train_samples) train, the next --selection_samples are the selection split; the dev set
+stays whole (<out-dir>/data/<task>_<n>_sel<m>/, read through the scripts' --data_dir). --train_pooler: the tasks
+whose runs also train BERT's pooler with the classifier (default MRPC, where a frozen pooler left a seed at the
+majority class).
+
+What stays here, and why: a cell is several script runs, not one arm's run. ``cell_steps`` plans them: a centralized
+cell is main_glue_lora.py (--rounds x --local_epochs epochs, evaluated every --local_epochs), a multi-round one
+fedavg_rounds.py (--rounds rounds of --local_epochs), and a one-shot cell fedavg_rounds.py (1 round of --rounds x
+--local_epochs) and then fedavg_merge.py --aggregation naive --do_eval on that run's client adapters
+(``<task>_oneshot-naive_<sharding>_s<seed>/``), a job that waits for the training run (``jobs_of``). The data
+subsets and shard folders each run reads are made before it (``subset_folder``, ``make_shard_dir``); the selection
+chooses per task and family from runs named by both and keeps the other tasks' choices in selection.json
+(``choose``); --records copies the one-shot merges' manifests and the shards' label mixes besides each run's
+records (``copy_records``).
+
 --records DIR (the committed lora_glue_fl/results/minilm_glue): once every run is done, their records are copied there
 (``copy_records``: args, summary and metrics of each run, the one-shot merges' manifests, selection.json, grid.json
 and the shards' label mixes; no adapter or checkpoint), which lora_glue_fl/results.py reads; rerunning a finished
@@ -60,26 +64,7 @@ import numpy as np
 from common import cli, flags, jobs, runlog, study
 from common.checkpoint import atomic_write_text
 from common.errors import check_no_nul
-
-TASKS = {"sst2": ("sst2", "glue_sst2", 64), "mrpc": ("mrpc", "glue_mrpc", 128)}  # name -> (task, folder, length)
-SHARDINGS = {"iid": ["--mode", "iid"], "dir1": ["--mode", "dirichlet", "--alpha", "1"],
-             "dir0.1": ["--mode", "dirichlet", "--alpha", "0.1"],
-             "category": ["--mode", "category", "--category_key", "label"]}
-HEADLINE = [("central", None), ("svd", "iid"), ("naive", "iid"), ("oneshot", "iid"), ("svd", "dir0.1"),  # in order
-            ("naive", "dir0.1"), ("oneshot", "dir0.1")]                                               # of priority
-MERGES = HEADLINE + [("exact", "iid")]
-FULL = MERGES + [("svd", "category"), ("svd", "dir1"), ("naive", "dir1")]
-SMALL = [("central", None), ("svd", "iid"), ("naive", "iid"), ("svd", "dir0.1"), ("naive", "dir0.1")]
-DESIGNS = {"headline": HEADLINE, "merges": MERGES, "full": FULL, "small": SMALL, "central": [("central", None)]}
-FAMILY = {"central": "central", "svd": "multi-round", "naive": "multi-round", "exact": "exact",
-          "oneshot": "one-shot"}  # method -> the arm family whose learning rate it uses
-SELECTION_CELL = {"central": ("central", None), "multi-round": ("svd", "iid"), "one-shot": ("oneshot", "iid"),
-                  "exact": ("exact", "iid")}
-# --budget_check: a run whose local training is one decayed run (centralized, one-shot) again at TWIN_EPOCHS x its
-# epochs, named as its arm with TWIN_SUFFIX (``twin``); TWIN is the centralized one
-TWIN_SUFFIX, TWIN_EPOCHS = "-x2", 2
-TWIN = "central" + TWIN_SUFFIX
-TWINNED = ("central", "oneshot")  # the methods whose runs get a twin
+from lora_glue_fl import studies
 
 
 def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
@@ -87,9 +72,10 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
                            epilog=cli.examples(__doc__))
     p.add_argument("--out-dir", type=flags.FOLDER, default="runs/lora_glue_minilm",
                    help="parent of all run directories")
-    p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(TASKS),
+    p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(studies.TASKS),
                    help="tasks (each runs its design: --sst2_design, --mrpc_design)")
-    p.add_argument("--seeds", nargs="+", type=flags.SEED, default=[0, 1, 2, 3, 4], help="seeds per reported cell")
+    p.add_argument("--seeds", nargs="+", type=flags.SEED, default=list(studies.SEEDS),
+                   help="seeds per reported cell")
     p.add_argument("--real_data_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
                    help="folder holding glue_sst2/ and glue_mrpc/ (original GLUE TSV files)")
     p.add_argument("--model_size", default="minilm", choices=["minilm", "tiny", "base", "large"],
@@ -99,27 +85,29 @@ def get_args_parser(add_help: bool = True) -> cli.ArgumentParser:
     p.add_argument("--mrpc_train_samples", type=flags.POSITIVE_INT, default=2000, help="MRPC training pairs")
     p.add_argument("--selection_samples", type=flags.POSITIVE_INT, default=500,
                    help="examples after the training ones in the shuffled training file: the selection split")
-    p.add_argument("--sst2_design", choices=list(DESIGNS), default="headline", help="SST-2 cells (module doc)")
-    p.add_argument("--mrpc_design", choices=list(DESIGNS), default="small",
+    p.add_argument("--sst2_design", choices=list(studies.DESIGNS), default="headline",
+                   help="SST-2 cells (module doc)")
+    p.add_argument("--mrpc_design", choices=list(studies.DESIGNS), default="small",
                    help="MRPC cells: centralized and SVD / naive FedAvg on iid and dir0.1 shards by default")
-    p.add_argument("--train_pooler", nargs="*", choices=list(TASKS), default=["mrpc"],
+    p.add_argument("--train_pooler", nargs="*", choices=list(studies.TASKS), default=list(studies.TRAIN_POOLER),
                    help="tasks whose runs also train (and average) the encoder's pooler (module doc)")
     p.add_argument("--num_clients", type=flags.Number(int, 2), default=4, help="clients K (at least 2: a federation)")
-    p.add_argument("--rounds", type=flags.POSITIVE_INT, default=6, help="FedAvg rounds of the multi-round runs")
-    p.add_argument("--local_epochs", type=flags.EPOCHS, default=0.5,
+    p.add_argument("--rounds", type=flags.POSITIVE_INT, default=studies.ROUNDS,
+                   help="FedAvg rounds of the multi-round runs")
+    p.add_argument("--local_epochs", type=flags.EPOCHS, default=studies.LOCAL_EPOCHS,
                    help="local epochs per round; centralized and one-shot runs train rounds x local_epochs epochs")
     p.add_argument("--min_per_label", type=flags.COUNT, default=5,
                    help="Dirichlet shards: every client keeps at least this many examples of every label")
     p.add_argument("--lora_r", type=flags.POSITIVE_INT, default=8,
                    help="client LoRA rank = svd rank (lora_alpha = rank)")
-    p.add_argument("--lr_grid", nargs="+", type=flags.POSITIVE, default=[1e-3, 2e-3, 5e-3],
+    p.add_argument("--lr_grid", nargs="+", type=flags.POSITIVE, default=list(studies.LR_GRID),
                    help="AdamW rates (linear decay to 0 in every local run) the selection stage tries per family")
-    p.add_argument("--exact_lr_grid", nargs="+", type=flags.POSITIVE, default=[2e-4, 5e-4, 1e-3, 2e-3, 5e-3],
+    p.add_argument("--exact_lr_grid", nargs="+", type=flags.POSITIVE, default=list(studies.EXACT_LR_GRID),
                    help="the exact merge's rates: it trains a rank-K^t r adapter, so the grid reaches lower")
-    p.add_argument("--extend", type=flags.COUNT, default=1,
+    p.add_argument("--extend", type=flags.COUNT, default=studies.EXTEND,
                    help="times a rate chosen at the edge of its grid adds the next rate past it (at the ratio of the "
                         "edge to its neighbour) and the family chooses again (0: the edge is only reported)")
-    p.add_argument("--select_seeds", nargs="+", type=flags.SEED, default=[100],
+    p.add_argument("--select_seeds", nargs="+", type=flags.SEED, default=list(studies.SELECT_SEEDS),
                    help="seeds of the selection runs (apart from --seeds: no reported run chose anything)")
     p.add_argument("--learning_rate", type=flags.POSITIVE, default=None,
                    help="skip the selection stage: this rate for every family")
@@ -171,7 +159,8 @@ def make_shard_dir(args, name: str, task: str, data: list[str], sharding: str, s
     shard_dir = Path(args.out_dir) / "shards" / f"{name}_{sharding}_k{args.num_clients}_s{seed}"
     if not (shard_dir / "summary.json").is_file():
         argv = data + ["--no_plot", "--task_name", task, "--k", str(args.num_clients), "--seed", str(seed),
-                       "--min_per_label", str(args.min_per_label), "--out_dir", str(shard_dir)] + SHARDINGS[sharding]
+                       "--min_per_label", str(args.min_per_label), "--out_dir", str(shard_dir)] \
+            + studies.SHARDINGS[sharding]
         make_shards.main(argv) if write else _checked_shards(tuple(argv))
     return shard_dir
 
@@ -184,7 +173,7 @@ def _checked_shards(argv: tuple[str, ...]) -> None:
 
 def task_data(args, name: str) -> tuple[str, list[str], list[str], int]:
     """(GLUE task, --data_dir flags, the flags every run of the task shares, max length)."""
-    task, source, seq = TASKS[name]
+    task, source, seq = studies.TASKS[name]
     src = Path(args.real_data_dir) / source
     cli.check(src.is_dir(), f"--real_data_dir {args.real_data_dir} has no {source}/ (GLUE TSV files)")
     n = args.train_samples if name == "sst2" else args.mrpc_train_samples
@@ -201,8 +190,8 @@ def cell_steps(args, name: str, method: str, sharding: str | None, seed: int, lr
     scored on the selection split only, no one-shot naive merge); ``write`` False: its shards checked, not made;
     ``epochs``: a centralized run's epochs, or a one-shot run's local epochs, are this times --rounds x
     --local_epochs (the --budget_check twin's 2), a centralized run's evaluations still every --local_epochs."""
-    cli.check(epochs == 1 or method in TWINNED, f"an epochs multiplier is the centralized or one-shot run's, not "
-                                                f"{method}'s")
+    cli.check(epochs == 1 or method in studies.TWINNED, "an epochs multiplier is the centralized or one-shot run's, "
+                                                        f"not {method}'s")
     task, data, common_args, seq = task_data(args, name)
     out = Path(args.out_dir) / "selection" if select else Path(args.out_dir)
     common_args = common_args + ["--out-dir", str(out), "--seed", str(seed), "--run-name", run,
@@ -239,7 +228,7 @@ def selection_cells(args, values: dict | None = None) -> list[tuple[str, list[tu
     """(run name, steps) of the selection stage: every family x rate x selection seed, on iid shards; ``values``:
     {(task, family): rates} (default: each family's grid)."""
     values = values or {key: g.values for key, g in grids(args).items()}
-    return [(run, cell_steps(args, name, *SELECTION_CELL[family], seed, lr, run, select=True))
+    return [(run, cell_steps(args, name, *studies.SELECTION_CELL[family], seed, lr, run, select=True))
             for (name, family), rates in values.items() for lr in rates for seed in args.select_seeds
             for run in [f"{name}_{family}_lr{lr:g}_s{seed}"]]
 
@@ -250,21 +239,18 @@ def grid_of(args, family: str) -> list[float]:
 
 
 def design(args, name: str) -> list[tuple[str, str | None]]:
-    return DESIGNS[args.sst2_design if name == "sst2" else args.mrpc_design]
+    return studies.DESIGNS[args.sst2_design if name == "sst2" else args.mrpc_design]
 
 
 def families_of(args, name: str) -> list[str]:
-    """The arm families of the task's design, in SELECTION_CELL's order."""
-    return [f for f in SELECTION_CELL if f in {FAMILY[m] for m, _ in design(args, name)}]
+    """The arm families of the task's design (``studies.families``)."""
+    return studies.families(design(args, name))
 
 
 def grids(args) -> dict[tuple[str, str], study.Grid]:
-    """{(task, family): its rate selection}: the family's grid (``grid_of``) scored by the final selection-split
-    main metric of each run, the highest best, extended past an edge --extend times."""
-    from lora_glue_fl.glue_tasks import get_task
-    return {(name, family): study.Grid("--learning_rate", tuple(grid_of(args, family)),
-                                       "final.selection_" + get_task(TASKS[name][0]).main_metric, "max",
-                                       split="selection", extend=args.extend)
+    """{(task, family): its rate selection} (``studies.rate_grid``): the family's grid (``grid_of``), extended past
+    an edge --extend times."""
+    return {(name, family): studies.rate_grid(name, grid_of(args, family), args.extend)
             for name in args.tasks for family in families_of(args, name)}
 
 
@@ -321,9 +307,6 @@ def choose(args, values: dict | None = None) -> dict:
     the smaller rate; a rate with a diverged run is not chosen); every score in <out-dir>/selection.json
     (``study.write_selection``: a setting "<task>/<family>" each, with the edge of a choice at one and the rates an
     extension added; other tasks' settings kept, those of a task chosen again replaced)."""
-    criterion = (f"the rate with the best final selection-split metric (selection_<main metric>), mean over "
-                 f"selection seeds {args.select_seeds}; ties: the smaller rate; a rate at the edge of its grid "
-                 f"extended past it {args.extend} time(s) at most")
     grids_ = grids(args)
     values = {key: list(g.values) for key, g in grids_.items()} | (values or {})
     records = selection_records(args, values)
@@ -335,9 +318,10 @@ def choose(args, values: dict | None = None) -> dict:
     # a grid run task by task (--tasks mrpc later) keeps the other tasks' choices; a task chosen again is replaced
     # whole (a family its design no longer has is not left behind), hence the kept settings passed, not keep=True
     kept = {k: c for k, c in recorded_choices(args).items() if k.split("/")[0] not in args.tasks}
-    ordered = dict(sorted({**kept, **choices}.items(), key=lambda kv: list(TASKS).index(kv[0].split("/")[0])))
-    record = study.write_selection(Path(args.out_dir) / study.SELECTION_FILE, f"{args.model_size}_glue", criterion,
-                                   ordered, **selection_shared(args))
+    order = list(studies.TASKS)
+    ordered = dict(sorted({**kept, **choices}.items(), key=lambda kv: order.index(kv[0].split("/")[0])))
+    record = study.write_selection(Path(args.out_dir) / study.SELECTION_FILE, f"{args.model_size}_glue",
+                                   studies.criterion(args.select_seeds, args.extend), ordered, **selection_shared(args))
     return {name: study.chosen(record, f"{name}/") for name in args.tasks}
 
 
@@ -345,31 +329,31 @@ def cells(args, rates: dict, write: bool = True) -> list[tuple[str, list[tuple[s
     """(run name, [(script, argv), ...]) of every reported cell at the chosen rates ({task: {family: rate}}):
     cell by cell in the design's order of priority, the seeds of a cell together (an interrupted grid has every
     seed of its first cells); with --budget_check, then the twins of the design's centralized and one-shot cells at
-    ``TWIN_EPOCHS`` x the epochs, at the cell's rate (``<task>_central-x2_s<seed>``,
+    ``studies.TWIN_EPOCHS`` x the epochs, at the cell's rate (``<task>_central-x2_s<seed>``,
     ``<task>_oneshot-x2_<shard>_s<seed>`` and its naive merge ``<task>_oneshot-naive-x2_<shard>_s<seed>``).
     ``write`` False: the shards checked, not made."""
-    reported = [(run, cell_steps(args, name, method, sharding, seed, rates[name][FAMILY[method]], run, write=write))
+    reported = [(run, cell_steps(args, name, method, sharding, seed, rates[name][studies.FAMILY[method]], run,
+                                  write=write))
                 for name in args.tasks for method, sharding in design(args, name) for seed in args.seeds
-                for run in [f"{name}_{method}_s{seed}" if method == "central" else
-                            f"{name}_{method}_{sharding}_s{seed}"]]
-    twins = [(run, cell_steps(args, name, method, sharding, seed, rates[name][FAMILY[method]], run, write=write,
-                              epochs=TWIN_EPOCHS))
-             for name in args.tasks for method, sharding in design(args, name) if method in TWINNED
+                for run in [f"{name}_{studies.arm_name(method, sharding)}_s{seed}"]]
+    twins = [(run, cell_steps(args, name, method, sharding, seed, rates[name][studies.FAMILY[method]], run,
+                              write=write, epochs=studies.TWIN_EPOCHS))
+             for name in args.tasks for method, sharding in design(args, name) if method in studies.TWINNED
              for seed in args.seeds for run in [twin(name, method, sharding, seed)]] if args.budget_check else []
     return reported + twins
 
 
 def twin(task: str, method: str, sharding: str | None, seed: int) -> str:
     """The run name of a cell's --budget_check twin: ``sst2_central-x2_s0``, ``sst2_oneshot-x2_iid_s0``."""
-    return f"{task}_{method}{TWIN_SUFFIX}" + (f"_{sharding}" if sharding else "") + f"_s{seed}"
+    return f"{task}_{studies.twin_arm(studies.arm_name(method, sharding))}_s{seed}"
 
 
 def check_cells(args) -> None:
     """The reported cells at every rate the selection may choose, checked before the selection trains
     (``jobs.check_plan``; their shards split in memory, not written): a setting only they use (a Dirichlet shard's
     --min_per_label) is refused now, not after the selection stage."""
-    width = max(len(grid_of(args, family)) for family in SELECTION_CELL)
-    candidates = [{name: {f: grid_of(args, f)[min(i, len(grid_of(args, f)) - 1)] for f in SELECTION_CELL}
+    width = max(len(grid_of(args, family)) for family in studies.SELECTION_CELL)
+    candidates = [{name: {f: grid_of(args, f)[min(i, len(grid_of(args, f)) - 1)] for f in studies.SELECTION_CELL}
                    for name in args.tasks} for i in range(width)]
     jobs.check_plan([j for rates in candidates for j in jobs_of(cells(args, rates, write=False))], "lora_glue_fl grid")
 
@@ -398,7 +382,7 @@ def main(argv=None) -> dict:
     out = cli.check_out_dir(args.out_dir)
     t0, plan = time.time(), dict(parallel=args.jobs, log_dir=out / "logs", dry_run=args.dry_run)
     if args.learning_rate is not None:
-        rates = {name: dict.fromkeys(FAMILY.values(), args.learning_rate) for name in args.tasks}
+        rates = {name: dict.fromkeys(studies.FAMILY.values(), args.learning_rate) for name in args.tasks}
         statuses = {}
     else:
         check_cells(args)

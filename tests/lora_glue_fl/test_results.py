@@ -17,7 +17,7 @@ import pytest
 from common import results as RS
 from common import stats, study
 from lora_glue_fl import results as LR
-from lora_glue_fl import run_grid
+from lora_glue_fl import run_grid, studies
 
 SEEDS = (0, 1, 2)
 RATES = {"central": 0.001, "multi-round": 0.005, "one-shot": 0.002, "exact": 0.001}
@@ -84,7 +84,7 @@ def write_grid(root, seeds=SEEDS, tasks=("sst2", "mrpc")) -> None:
         params = 74498 if sst2 else 222338  # MRPC trains the pooler too
         rates, grids = (RATES, SCORES) if sst2 else (MRPC_RATES, MRPC_SCORES)
         for arm in (DEV if sst2 else MRPC_DEV):
-            method, shard = LR.split(arm)
+            method, shard = studies.split(arm)
             for seed in (seeds if sst2 else SEEDS):
                 final = dev_of(task, arm, seed)
                 name = f"{task}_{arm}_s{seed}"
@@ -128,7 +128,7 @@ def write_grid(root, seeds=SEEDS, tasks=("sst2", "mrpc")) -> None:
                                 | ({} if sst2 else {"selection_f1": 0.81}))
                 rows[-1] |= {**final, "eval_loss": 0.4}
                 _run(root, name, "lora_glue_fl/fedavg_rounds",
-                     {"seed": seed, "learning_rate": rates[run_grid.FAMILY[method]],
+                     {"seed": seed, "learning_rate": rates[studies.FAMILY[method]],
                       "aggregation": method if method != "oneshot" else "svd", "rounds": rounds,
                       "local_epochs": local, "batch_size": 4, "shard_dir": str(shard_dir)},
                      {**_common(task, seed), "aggregation": method, "num_clients": 4, "rounds_done": rounds,
@@ -163,13 +163,13 @@ def test_the_table_is_the_records_paired_differences_holm_over_the_declared_fami
     table = LR.dev_table()
     lines = table.splitlines()
     assert lines[2].startswith("| majority-class baseline | 0.509 |")
-    assert [line.split(" | ")[0][2:] for line in lines[3:]] == [LR.label(a) for a in LR.ARMS]
+    assert [line.split(" | ")[0][2:] for line in lines[3:]] == [LR.label(a) for a in studies.ARMS]
     central = {s: 0.84 + 0.002 * s for s in SEEDS}
     svd = {s: 0.81 + 0.003 * s for s in SEEDS}
     d = stats.paired(svd, central)
     assert LR.findings()["svd_iid", "central"].paired.mean == pytest.approx(d.mean)
     # Holm over the 9 arms against centralized, not over the table's rows or the contrasts
-    pairs = {a: ({s: DEV[a][0] + DEV[a][1] * s for s in SEEDS}, central) for a in LR.ARMS if a != "central"}
+    pairs = {a: ({s: DEV[a][0] + DEV[a][1] * s for s in SEEDS}, central) for a in studies.ARMS if a != "central"}
     diffs = {a: stats.paired(*p) for a, p in pairs.items()}
     holm = stats.holm(diffs)
     assert LR.findings()["svd_iid", "central"].claim == stats.claim(d, holm["svd_iid"], 9, 3)
@@ -189,7 +189,7 @@ def test_the_contrasts_are_one_family_and_say_what_they_rule_out(grid):
     a = {s: DEV["exact_iid"][0] + DEV["exact_iid"][1] * s for s in SEEDS}
     b = {s: DEV["svd_iid"][0] + DEV["svd_iid"][1] * s for s in SEEDS}
     pairs = {(x, y): ({s: DEV[x][0] + DEV[x][1] * s for s in SEEDS}, {s: DEV[y][0] + DEV[y][1] * s for s in SEEDS})
-             for x, y, _ in LR.CONTRASTS}
+             for x, y, _ in studies.CONTRASTS}
     holm = stats.holm({k: stats.paired(*p) for k, p in pairs.items()})
     d = stats.paired(a, b)
     claim = stats.claim(d, holm["exact_iid", "svd_iid"], 10, 3)
@@ -313,7 +313,7 @@ def test_mrpc_table_is_f1_against_centralized_holm_over_its_four_arms_with_the_m
     assert lines[2].startswith("| majority-class baseline | 0.812 | 0.684 |")   # F1, then accuracy
     assert [line.split(" | ")[0][2:] for line in lines[3:]] == [LR.label(a) for a in LR.arms("mrpc")]
     fed = [a for a in LR.arms("mrpc") if a != "central"]
-    assert fed == ["svd_iid", "naive_iid", "svd_dir0.1", "naive_dir0.1"]          # run_grid.SMALL
+    assert fed == ["svd_iid", "naive_iid", "svd_dir0.1", "naive_dir0.1"]          # studies.SMALL
     diffs = {a: stats.paired(mrpc(a), mrpc("central")) for a in fed}
     holm = stats.holm(diffs)
     for a in fed:
@@ -396,7 +396,7 @@ def write_twins(root, gains: dict, task: str = "sst2", epochs: float = 2.0) -> N
     (``<task>_central-x2_s<seed>``, ``epochs`` x the epochs, the same rate), its final selection accuracy the run's
     plus ``gain``."""
     for seed, gain in gains.items():
-        src, dst = root / f"{task}_central_s{seed}", root / f"{task}_{run_grid.TWIN}_s{seed}"
+        src, dst = root / f"{task}_central_s{seed}", root / f"{task}_{studies.TWIN}_s{seed}"
         shutil.copytree(src, dst)
         record = json.loads((dst / "args.json").read_text())
         record["args"]["num_train_epochs"] *= epochs
@@ -430,7 +430,7 @@ def test_a_centralized_run_is_judged_against_its_twin_at_twice_the_epochs(twinne
     assert [g for _, g in judged.values()] == [pytest.approx(0.03), pytest.approx(0.01), None]
     assert judged[0][0].reason == f"+0.03 at twice the epochs > 1 sd ({sd:.3g})" and judged[2][0].reason == \
         "decayed schedule"
-    assert LR.BUDGET.check_budget == "twice the epochs" and "twice the epochs" in LR.BUDGET.rule
+    assert studies.BUDGET.check_budget == "twice the epochs" and "twice the epochs" in studies.BUDGET.rule
     assert {j.state for j, _ in LR.plateau_of("central", "mrpc").values()} == {"at plateau"}
     assert {j.state for j, _ in LR.plateau_of("oneshot_iid").values()} == {"not checked"}   # no second budget built
     text = LR.plateau_table()
@@ -459,9 +459,9 @@ def test_a_centralized_run_is_judged_against_its_twin_at_twice_the_epochs(twinne
 def test_the_twin_is_no_arm_of_any_table(twinned, tmp_path_factory):
     """With twins every block but the plateau's and the grid time's is the same as without them: the twin is in no
     study, table, comparison or count of reported runs."""
-    assert run_grid.TWIN not in LR.arms() and run_grid.TWIN not in LR.reported("mrpc")
-    assert all(run_grid.TWIN not in (c.arm, c.reference) for s in LR.STUDIES.values() for c in s.comparisons)
-    assert sorted(LR.twins()) == [0, 1] and LR.runs(run_grid.TWIN)   # read only as the centralized runs' budget
+    assert studies.TWIN not in LR.arms() and studies.TWIN not in LR.reported("mrpc")
+    assert all(studies.TWIN not in (c.arm, c.reference) for s in studies.STUDIES.values() for c in s.comparisons)
+    assert sorted(LR.twins()) == [0, 1] and LR.runs(studies.TWIN)   # read only as the centralized runs' budget
     with_twins = {name: fn() for name, fn in LR.BLOCKS.items()}
     plain = tmp_path_factory.mktemp("plain")
     write_grid(plain)
@@ -527,7 +527,7 @@ def test_a_one_shot_run_and_its_naive_merge_are_judged_against_their_twins(tmp_p
     RS.REDIRECTS[LR.RECORDS] = tmp_path
     try:
         assert sorted(LR.twins(arm="oneshot_iid")) == [0, 1] and sorted(LR.twins(arm="oneshot-naive_iid")) == [0]
-        assert LR.twin_arm("oneshot-naive_iid") == "oneshot-naive-x2_iid" and LR.twins(arm="svd_iid") == {}
+        assert studies.twin_arm("oneshot-naive_iid") == "oneshot-naive-x2_iid" and LR.twins(arm="svd_iid") == {}
         judged = LR.plateau_of("oneshot_iid")
         assert [j.state for j, _ in judged.values()] == ["still improving", "at plateau", "not checked"]
         assert [g for _, g in judged.values()][:2] == [pytest.approx(0.03), pytest.approx(0.005)]

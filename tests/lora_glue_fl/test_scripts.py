@@ -313,7 +313,7 @@ def test_run_grid_cells_and_subsets(tmp_path):
     import shutil
 
     from common import synthetic
-    from lora_glue_fl import glue_tasks, run_grid
+    from lora_glue_fl import glue_tasks, run_grid, studies
     real = tmp_path / "real"
     for task in ("sst2", "mrpc"):
         shutil.copytree(synthetic.ensure(f"glue-{task}"), real / f"glue_{task}")
@@ -326,7 +326,7 @@ def test_run_grid_cells_and_subsets(tmp_path):
     rates = {"sst2": {"central": 1e-3, "multi-round": 2e-3, "one-shot": 5e-3, "exact": 7e-4},
              "mrpc": {"central": 3e-3, "multi-round": 4e-3, "one-shot": 6e-3}}
     jobs = run_grid.cells(args, rates)
-    full, small = len(run_grid.FULL), len(run_grid.SMALL)
+    full, small = len(studies.FULL), len(studies.SMALL)
     assert len(jobs) == 2 * (full + small)
     # task by task, cell by cell in the design's order, the seeds of a cell together
     assert [(name.split("_")[0], int(name.rsplit("_s", 1)[1])) for name, _ in jobs] == (
@@ -343,7 +343,7 @@ def test_run_grid_cells_and_subsets(tmp_path):
     assert "--do_eval" in central and flag(central, "--eval_every_epochs") == "0.5"  # one point per round's worth
     for name, steps in jobs:   # every arm: the same examples, epochs in total and batch size as centralized
         script, argv = steps[0]
-        family = run_grid.FAMILY[name.split("_")[1]]   # each arm family at the rate chosen for it
+        family = studies.FAMILY[name.split("_")[1]]   # each arm family at the rate chosen for it
         assert float(flag(argv, "--learning_rate")) == rates[name.split("_")[0]][family]
         assert "--no_validation" not in argv   # reported runs score the dev set (once, at the end)
         assert ("--train_pooler" in argv) == name.startswith("mrpc")   # --train_pooler's default: MRPC only
