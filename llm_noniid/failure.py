@@ -44,7 +44,7 @@ class Sweep:
     values: tuple[float, ...]
 
 
-# what the calibration tries (run_experiments.py's report, detector_study.choose); a rise, a change, a gap flag more
+# what the calibration tries (report.py's detector table, detector_study.choose); a rise, a change, a gap flag more
 # runs the smaller they are, a least improvement the larger it is
 SWEEPS = {"divergence": Sweep("div_rel_increase", (0.05, 0.1, 0.2, 0.5)),
           "oscillation": Sweep("osc_min_change", (0.0025, 0.005, 0.01, 0.02)),
