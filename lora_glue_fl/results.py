@@ -287,7 +287,7 @@ def _past_budget(task: str, ran: str = "ran") -> str:
     if list(paired) == ["centralized"]:
         return f"only centralized runs {verb} past their budget (twice the epochs, {seeds(paired['centralized'])})"
     return (f"only {' and '.join(f'{kind} runs ({seeds(x)})' for kind, x in paired.items())} {verb} past their "
-            "budget (twice the local epochs)")
+            "budget (twice the (local) epochs)")
 
 
 def _unchecked(task: str, ran: str = "ran", sep: str = ", ") -> str:
@@ -550,7 +550,8 @@ def _plateau_line(task: str = TASK) -> str:
     flat = [label(a) for a, v in checked.items() if all(j.state == "at plateau" for j, _ in v.values())]
     paired = [k for k, (_, seeds) in _kinds(task).items() if seeds]
     epochs = "epochs" if paired == ["centralized"] else "(local) epochs"
-    central = f"; {' and '.join(paired)}: its twin at twice the {epochs} against the run" if paired else ""
+    central = ("; centralized: its twin at twice the epochs against the run" if paired == ["centralized"] else
+               f"; {' and '.join(paired)} runs: each against its twin at twice the {epochs}" if paired else "")
     cut = round(rounds * studies.CHECK_AT)
     return (f"- **Plateau** (rounds {cut + 1}–{rounds} against round "
             f"{cut}{central}{';' if central else ','} tolerance 1 sd of the selection split's "

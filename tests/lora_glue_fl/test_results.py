@@ -539,7 +539,7 @@ def test_a_one_shot_run_and_its_naive_merge_are_judged_against_their_twins(tmp_p
         row = next(x for x in text.splitlines() if x.startswith("| one-shot, SVD merge, iid shards"))
         assert "+0.030 +0.005 –" in row and "1/3 still improving; plateau not checked for 1/3" in row
         assert "one-shot, SVD merge, Dirichlet" in text and "only one-shot runs (seeds 0, 1) were run past their " \
-            "budget (twice the local epochs)" in text
+            "budget (twice the (local) epochs)" in text
         assert "and by a one-shot run's twin at twice the (local) epochs" in text
         assert "(centralized, one-shot without a twin) satisfies" in text
         assert "the 2 one-shot runs at twice the epochs (--budget_check)" in LR.grid_time()
