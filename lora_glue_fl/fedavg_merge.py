@@ -71,8 +71,8 @@ def evaluate_adapter(args, adapter_dir: Path, base: str) -> dict:
     modeling.check_tokenizer(tokenizer, model)
     types = modeling.uses_token_types(model)
     pretrained.check_folder(adapter_dir)
-    with pretrained.loading(adapter_dir):  # peft picks its config class from a fixed table: no folder code runs
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    with pretrained.loading(adapter_dir):  # peft picks its config class from a fixed table; remote code refused too
+        model = PeftModel.from_pretrained(model, str(adapter_dir), trust_remote_code=False).eval()
     _, enc, _, select_enc = modeling.encode_evals(tokenizer, splits, task, args, types)
     scores = modeling.evaluate(args.task_name, model, enc, "cpu", args.eval_batch_size)
     if select_enc is not None:  # the selection split (selection.tsv in --data_dir): what a plateau check reads
