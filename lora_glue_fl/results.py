@@ -253,12 +253,13 @@ def notes(arm: str, _: str = "", task: str = TASK) -> list[str]:
 
 
 def _kinds(task: str) -> dict[str, tuple[int, list[int]]]:
-    """{kind of ``KINDS`` the task has: (its runs, the seeds of those with a twin)}."""
+    """{kind of ``KINDS`` the task has: (how many of its runs have no twin, the seeds of those with one)}."""
     out = {}
     for kind, methods in studies.KINDS.items():
-        mine = [a for a in arms(task) if studies.split(a)[0] in methods]
+        mine = {a: twins(task, a) for a in arms(task) if studies.split(a)[0] in methods}
         if mine:
-            out[kind] = (sum(len(runs(a, task)) for a in mine), sorted({s for a in mine for s in twins(task, a)}))
+            out[kind] = (sum(len(runs(a, task)) - len(t) for a, t in mine.items()),
+                         sorted({s for t in mine.values() for s in t}))
     return out
 
 
@@ -266,8 +267,8 @@ def _decayed(task: str, sep: str = ", ") -> str:
     """The kinds of runs of the task no rule checks (one local run, decayed once, without a second budget):
     centralized or one-shot runs while one has no twin at twice the (local) epochs ('Centralized without a twin'
     when others have one); '' when none."""
-    kinds = [kind + (" without a twin" if paired else "") for kind, (n, paired) in _kinds(task).items()
-             if sum(len(twins(task, a)) for a in arms(task) if studies.split(a)[0] in studies.KINDS[kind]) < n]
+    kinds = [kind + (" without a twin" if paired else "") for kind, (unpaired, paired) in _kinds(task).items()
+             if unpaired]
     out = sep.join(kinds)
     return out[:1].upper() + out[1:]
 
