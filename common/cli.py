@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING
 
 from common import caches, compiled, config, runlog, threads, tracking
 from common.errors import (  # noqa: F401  (re-exported: scripts say cli.UsageError)
+    EXIT_BUSY,
     EXIT_DIVERGED,
     EXIT_USAGE,
     Diverged,
+    RunBusy,
     UsageError,
     check,
     check_out_dir,
@@ -263,7 +265,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Run ``main``: ``UsageError`` -> one line on stderr, exit 2; ``Diverged`` -> exit 3; an int it returns other
+    """Run ``main``: ``UsageError`` -> one line on stderr, exit 2 (``RunBusy``, its run directory written by another
+    process: exit 4); ``Diverged`` -> exit 3; an int it returns other
     than 0 is the exit status (a study whose runs did not all finish: 1); locks released."""
     global _from_command_line
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script"
@@ -286,7 +289,7 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
             raise
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        raise SystemExit(EXIT_BUSY if isinstance(e, RunBusy) else EXIT_USAGE) from None
     except Diverged as e:
         print(f"{prog}: diverged: {e}", file=sys.stderr)
         raise SystemExit(EXIT_DIVERGED) from None

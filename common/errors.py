@@ -18,7 +18,12 @@ class Diverged(Exception):
     """The run stopped on a non-finite loss or parameters: reported as one line, exit status 3."""
 
 
-EXIT_USAGE, EXIT_DIVERGED = 2, 3
+class RunBusy(UsageError):
+    """The run directory is being written by another live process (its lock is held): one line, exit status 4, so
+    a job runner tells "running elsewhere" from a failure (``common.jobs``)."""
+
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_BUSY = 2, 3, 4
 RUN_FILE = "args.json"  # a folder holding it is a run directory (``common.runlog``)
 
 

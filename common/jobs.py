@@ -10,7 +10,13 @@ A job is one ``python <script> <flags>`` in a process of its own, writing the ru
 * ``resume``: an interrupted run with the same arguments: run with ``--resume``;
 * ``extend``: (``extend=True`` jobs) the same run but shorter (a run-length flag): run with ``--resume --extend``;
 * ``other``: a run with other arguments: reported with the differences, never started, left as it is;
+* ``running``: a live process holds its lock (another driver's job, or a run started by hand): left to it, reported
+  as running elsewhere (not a failure); rerunning the command once it ended collects it;
 * ``new``: absent or empty: run.
+
+A job is classified again just before it starts, and a job that fails while another process holds its run's lock
+is that other run's, not a failure: two drivers sharing an ``--out-dir`` (to use more cores) split the plan
+between them, each reporting the other's runs as running elsewhere.
 
 "Same arguments": the script's parser applied to the job's flags equals args.json flag by flag (but
 ``runlog.DEFAULT_IGNORE_ON_RESUME``; a flag args.json lacks counts as at its default, a None one is not compared).
@@ -39,14 +45,15 @@ from pathlib import Path
 from common import flags, runlog
 from common.checkpoint import round_trip_json
 from common.config import parse_with_config
-from common.errors import EXIT_DIVERGED, UsageError, check
+from common.errors import EXIT_BUSY, EXIT_DIVERGED, UsageError, check
 
 # what a job may change without changing its run; unlike a resume, not --data-dir: a grid's runs are named by
 # their settings, not by the data folder it made for them (another --train_samples is another subset folder)
 IGNORED = (frozenset(runlog.DEFAULT_IGNORE_ON_RESUME) - {"data_dir"}) | frozenset(runlog.ALWAYS_IGNORED)
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C, how long running jobs get to stop before they are killed
 _DONE = ("done-before", "finished", "diverged")  # the statuses of a job whose run is a result
-_ENDED = ("finished", "diverged", "failed", "blocked")  # the statuses progress lines count as ended
+_ENDED = ("finished", "diverged", "failed", "blocked", "elsewhere")  # the statuses progress lines count as ended
+_NOT_HERE = ("failed", "other", "blocked", "elsewhere")  # a job that waits for one of these is not run
 
 
 @dataclasses.dataclass
@@ -173,8 +180,8 @@ def check_plan(plan: Sequence[Job], title: str = "grid") -> None:
 
 @dataclasses.dataclass
 class State:
-    kind: str          # new | resume | extend | done | other
-    detail: str = ""   # for "other": the differences; for "done": the status
+    kind: str          # new | resume | extend | done | other | running
+    detail: str = ""   # for "other": the differences; for "done": the status; for "running": the lock's holder
 
 
 def classify(job: Job) -> State:
@@ -182,6 +189,9 @@ def classify(job: Job) -> State:
     if job.output is not None:
         return State("done") if job.output.is_file() else State("new")
     path = job.run_dir
+    holder = runlog.held_by(path) if path.is_dir() else None
+    if holder is not None:
+        return State("running", holder)
     if not path.is_dir() or not any(p.name != runlog.LOCK_FILE for p in path.iterdir()):
         return State("new")
     saved = (runlog.read_object(path / runlog.ARGS_FILE) or {}).get("args")
@@ -326,15 +336,19 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
         elif state.kind == "other":
             status[job.name] = "other"
             messages[job.name] = f"{job.run_dir} holds a run with other arguments ({state.detail}); left as it is"
+        elif state.kind == "running":
+            status[job.name], messages[job.name] = "elsewhere", _elsewhere(job, state.detail)
         elif job.output is not None:  # its folder holding something: a partial output (e.g. an interrupted merge)
             folder = job.output.parent
             todo.append((job, list(job.again) if folder.is_dir() and any(folder.iterdir()) else []))
         else:
             todo.append((job, ["--resume", "--extend"] if state.kind == "extend" else ["--resume"]))
-    others = [name for name, s in status.items() if s == "other"]  # the rest of status: done-before
-    print(f"{title}: {len(plan)} runs: {len(status) - len(others)} done before, {len(todo)} to run"
-          + (f", {len(others)} holding other arguments (not run)" if others else ""), flush=True)
-    for name in others:
+    others = [name for name, s in status.items() if s == "other"]
+    away = [name for name, s in status.items() if s == "elsewhere"]  # the rest of status: done-before
+    print(f"{title}: {len(plan)} runs: {len(status) - len(others) - len(away)} done before, {len(todo)} to run"
+          + (f", {len(others)} holding other arguments (not run)" if others else "")
+          + (f", {len(away)} running in another process" if away else ""), flush=True)
+    for name in others + away:
         print(f"  {messages[name]}", flush=True)
     if dry_run:
         for job, extra in todo:
@@ -359,13 +373,21 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
                 job, extra = item
                 if len(running) >= parallel:
                     break
-                if any(status.get(a) in ("failed", "other", "blocked") for a in job.after):
+                if any(status.get(a) in _NOT_HERE for a in job.after):
                     waiting.remove(item)
                     status[job.name] = "blocked"
-                    messages[job.name] = f"not run: it needs {', '.join(job.after)}, which did not finish"
+                    away = [a for a in job.after if status.get(a) == "elsewhere"]
+                    messages[job.name] = (f"not run: it needs {', '.join(job.after)}, which did not finish"
+                                          + (f" here ({', '.join(away)} running in another process)" if away
+                                             else ""))
                     continue
                 if all(status.get(a) in _DONE for a in job.after):
                     waiting.remove(item)
+                    extra = _still_to_run(job, extra, status, messages)  # another driver may have taken it since
+                    if extra is None:
+                        print(f"  {job.label or job.name}: {_WORDS[status[job.name]]}"
+                              f"{' (' + messages[job.name] + ')' if job.name in messages else ''}", flush=True)
+                        continue
                     running[_start(job, extra, log_dir, env)] = (job, time.monotonic())
             if not running and waiting:  # only jobs waiting for ones outside the plan
                 for job, _ in waiting:
@@ -379,7 +401,13 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
                 durations.append(seconds)
                 rc = proc.returncode  # a diverged run is a result of the grid, not a failure
                 status[job.name] = {0: "finished", EXIT_DIVERGED: "diverged"}.get(rc, "failed")
-                if status[job.name] == "failed":
+                after = classify(job) if status[job.name] == "failed" and job.run_dir is not None else None
+                if after is not None and (after.kind in ("running", "done") or rc == EXIT_BUSY):
+                    # refused because another process (a second driver) was writing the run, or has finished it
+                    status[job.name] = "done-before" if after.kind == "done" else "elsewhere"
+                    if after.kind != "done":
+                        messages[job.name] = _elsewhere(job, after.detail if after.kind == "running" else "")
+                elif status[job.name] == "failed":
                     messages[job.name] = (f"exit {rc}: {_last_line(log_dir / f'{job.name}.log')} "
                                           f"(log: {log_dir / f'{job.name}.log'})")
                 print(f"[{_ended(status)}/{total}] {job.label or job.name}: {status[job.name]}"
@@ -406,6 +434,35 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
     outcome = Outcome(status, messages, time.monotonic() - t0)
     print(_summary(title, outcome, next_step), flush=True)
     return outcome
+
+
+_WORDS = {"finished": "finished now", "done-before": "done before", "diverged": "diverged", "failed": "failed",
+          "other": "holding other arguments", "elsewhere": "running in another process", "blocked": "not run",
+          "interrupted": "interrupted"}
+
+
+def _elsewhere(job: Job, holder: str) -> str:
+    if not holder:  # it refused to start while another process wrote the run, which has ended since
+        return f"{job.run_dir} was being written by another process when it started; left to it"
+    return f"{job.run_dir} is being written by another process ({holder}); left to it"
+
+
+def _still_to_run(job: Job, extra: list[str], status: dict, messages: dict) -> list[str] | None:
+    """The flags to start ``job`` with now, classified again (another driver sharing the out-dir may have started
+    or finished it since the plan was made); None, with its status set, when there is nothing to start."""
+    if job.output is not None:
+        return extra
+    state = classify(job)
+    if state.kind == "running":
+        status[job.name], messages[job.name] = "elsewhere", _elsewhere(job, state.detail)
+    elif state.kind == "done":
+        status[job.name] = "done-before"
+    elif state.kind == "other":
+        status[job.name] = "other"
+        messages[job.name] = f"{job.run_dir} holds a run with other arguments ({state.detail}); left as it is"
+    else:
+        return {"resume": ["--resume"], "extend": ["--resume", "--extend"]}.get(state.kind, [])
+    return None
 
 
 def _raise_interrupt(signum, frame):
@@ -444,13 +501,10 @@ def _progress(status, total, running, waiting, durations, parallel, t0) -> str:
 
 
 def _summary(title: str, outcome: Outcome, next_step: str) -> str:
-    words = (("finished", "finished now"), ("done-before", "done before"), ("diverged", "diverged"),
-             ("failed", "failed"), ("other", "holding other arguments"), ("blocked", "not run"),
-             ("interrupted", "interrupted"))
-    parts = [f"{len(outcome.names(key))} {word}" for key, word in words if outcome.names(key)]
+    parts = [f"{len(outcome.names(key))} {word}" for key, word in _WORDS.items() if outcome.names(key)]
     lines = [f"{title} summary: {len(outcome.status)} runs: {', '.join(parts) or 'nothing to do'}; "
              f"{_minutes(outcome.seconds)}"]
-    lines += [f"  {name}: {outcome.messages.get(name, '')}" for name in outcome.names("failed", "other", "blocked")]
+    lines += [f"  {name}: {outcome.messages.get(name, '')}" for name in outcome.names(*_NOT_HERE)]
     if outcome.complete and next_step:
         lines.append(f"next: {next_step}")
     elif not outcome.complete:
@@ -459,6 +513,8 @@ def _summary(title: str, outcome: Outcome, next_step: str) -> str:
             why.append("move or remove the directories holding other arguments (or give another --out-dir)")
         if outcome.names("failed"):
             why.append("fix what the failed runs' logs say")
+        if outcome.names("elsewhere"):
+            why.append("let the runs going on in another process end")
         lines.append("next: " + ("; ".join(why) + ", then " if why else "")
                      + "run the same command again: finished runs are skipped, interrupted ones resumed")
     return "\n".join(lines)

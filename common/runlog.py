@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import checkpoint as ckpt
 from common import tracking
-from common.errors import RUN_FILE, Diverged, UsageError, check, check_out_dir, check_run_name, no_space
+from common.errors import RUN_FILE, Diverged, RunBusy, UsageError, check, check_out_dir, check_run_name, no_space
 
 if TYPE_CHECKING:  # torch loads with a run's first tensor: grids and plots read run directories without it
     import torch
@@ -328,15 +328,32 @@ def overflowed(message: str) -> None:
     raise Diverged(f"arithmetic overflow ({message}) before anything was written; lower the learning rate")
 
 
-def _busy(path: Path) -> UsageError:
-    """The refusal of a run directory whose lock is held, naming the holder its lock file records."""
+def _holder(path: Path) -> str:
+    """'pid 123 on host, since 2026-...': the holder the run directory's lock file records ('?' where it cannot)."""
     try:
         with os.fdopen(_open_lock(path / LOCK_FILE, os.O_RDONLY), encoding="utf-8") as f:
             holder = json.loads(f.read() or "{}")
     except (OSError, ValueError, UsageError):
         holder = {}
-    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
-    return UsageError(f"{path} is in use by another run ({who}); wait for it to end or choose another "
+    holder = holder if isinstance(holder, dict) else {}
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+
+
+def held_by(path: str | os.PathLike) -> str | None:
+    """Who holds the lock of run directory ``path`` (``_holder``'s words), None when no live process does (no lock
+    file, or a stale one of a process that died): how a job runner tells a run going on elsewhere from a failure."""
+    try:
+        fd = _open_lock(Path(path) / LOCK_FILE, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    free = _try_flock(fd, exclusive=False)
+    os.close(fd)
+    return None if free else _holder(Path(path))
+
+
+def _busy(path: Path) -> RunBusy:
+    """The refusal of a run directory whose lock is held, naming the holder its lock file records."""
+    return RunBusy(f"{path} is in use by another run ({_holder(path)}); wait for it to end or choose another "
                       "--run-name / --out-dir")
 
 
@@ -545,13 +562,7 @@ class RunDir:
 
     def _probe_lock(self) -> None:
         """Refuse now, before any work, if a live run holds the directory's lock."""
-        try:  # (check_out_dir made sure that no file stands where a folder should)
-            fd = _open_lock(self.path / LOCK_FILE, os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        free = _try_flock(fd, exclusive=False)  # nobody holds it: a stale lock file of a dead process
-        os.close(fd)
-        if not free:
+        if held_by(self.path) is not None:  # (a stale lock file of a dead process is free)
             raise _busy(self.path)
 
     def _acquire_lock(self) -> None:

@@ -14,12 +14,12 @@ from common import cli
 LLM_SMOKE = ["--num-rounds", "3", "--max-local-steps", "3", "--learning-rate", "0.5"]
 
 
-def one_line_error(main, argv, capsys) -> str:
-    """Run ``main(argv)`` the way a script's ``__main__`` does; assert exit 2 and one line without a traceback;
-    return that line."""
+def one_line_error(main, argv, capsys, code: int = 2) -> str:
+    """Run ``main(argv)`` the way a script's ``__main__`` does; assert exit ``code`` (2: a usage error; 4: the run
+    directory is another live run's) and one line without a traceback; return that line."""
     with pytest.raises(SystemExit) as e:
         cli.run(main, argv)
-    assert e.value.code == 2
+    assert e.value.code == code
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     return err

@@ -144,9 +144,9 @@ def test_a_second_run_into_a_running_directory_is_refused_and_a_killed_runs_lock
             assert proc.poll() is None, proc.stderr.read()
             assert time.time() < deadline, "the first run did not start"
             time.sleep(0.2)
-        err = one_line_error(fed_avg.main, argv, capsys)
+        err = one_line_error(fed_avg.main, argv, capsys, code=4)
         assert "in use by another run" in err and f"pid {proc.pid}" in err
-        err = one_line_error(fed_avg.main, [*argv, "--resume"], capsys)
+        err = one_line_error(fed_avg.main, [*argv, "--resume"], capsys, code=4)
         assert "in use by another run" in err
     finally:
         proc.send_signal(signal.SIGKILL)

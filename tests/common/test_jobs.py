@@ -153,6 +153,56 @@ def test_failures_divergence_and_prerequisites(tiny, capsys):
     assert "1 failed" in out_text and "1 diverged" in out_text and "1 not run" in out_text
 
 
+def test_a_run_another_process_holds_is_left_to_it_and_collected_later(tiny, capsys):
+    """A run whose lock a live process holds (a run started by hand, another driver's job) is reported as running
+    elsewhere, not started and not a failure; once that process ended, the same plan resumes or skips it."""
+    out = tiny
+    plan = [job(out, "held", "--steps", "40", "--sleep", "0.1"), job(out, "free")]
+    hand = subprocess.Popen([sys.executable, jobs.script_path("tinyjob"), *plan[0].argv])
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "held" / "pid.txt").exists():  # the lock is taken before pid.txt is written
+            assert time.monotonic() < deadline and hand.poll() is None
+            time.sleep(0.05)
+        assert jobs.classify(plan[0]).kind == "running" and f"pid {hand.pid}" in jobs.classify(plan[0]).detail
+        outcome = jobs.run_plan(plan, log_dir=out / "logs")
+        assert outcome.status == {"held": "elsewhere", "free": "finished"} and outcome.exit_code() == 1
+        assert f"pid {hand.pid}" in outcome.messages["held"] and not (out / "logs" / "held.log").exists()
+        printed = capsys.readouterr().out
+        assert "1 running in another process" in printed and "failed" not in printed
+        assert "let the runs going on in another process end" in printed
+    finally:
+        hand.send_signal(signal.SIGINT)  # stops it resumable
+        hand.wait(30)
+    again = jobs.run_plan(plan, log_dir=out / "logs")
+    assert again.status == {"held": "finished", "free": "done-before"}
+
+
+def test_two_drivers_sharing_an_out_dir_split_the_plan_without_failures(tiny, capsys):
+    """Two drivers on the same plan and --out-dir at once (to use two cores): every run is finished by exactly one
+    of them and is running elsewhere or done before for the other; none fails, whatever the timing (a job started
+    by both is refused by the run's lock in one, which the runner classifies as running elsewhere)."""
+    import threading
+
+    out = tiny
+    plan = [job(out, f"j{i}", "--steps", "5", "--sleep", "0.05") for i in range(4)]
+    results: list = [None, None]
+
+    def drive(i: int) -> None:
+        results[i] = jobs.run_plan(plan, log_dir=out / f"logs{i}")
+
+    threads = [threading.Thread(target=drive, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    a, b = (r.status for r in results)
+    for name in a:
+        assert sorted([a[name], b[name]]) in (["elsewhere", "finished"], ["done-before", "finished"]), (name, a, b)
+        assert json.loads((out / name / "summary.json").read_text())["started_at_step"] == 0  # one run, not two
+    capsys.readouterr()
+
+
 def test_output_jobs_and_dry_run(tiny, capsys):
     out = tiny
     marker = out / "made" / "file.txt"
