@@ -147,6 +147,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--roles", type=flags.POSITIVE_INT, default=1166, help="roles in --data-dir (the labels' q)")
     p.add_argument("--report", action="store_true", help="print the README's table and findings from the committed "
                    "records and exit (no runs)")
+    p.add_argument("--jobs", type=flags.POSITIVE_INT, default=1, help="runs at a time (one process each)")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run")
     return p
 
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
         return 0
     runs = plan(args)
     outcome = jobs.run_study(runs, args.records, unfinished=True,  # a diverged run's records too
-                             log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run, title="privacy study",
+                             parallel=args.jobs, log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run, title="privacy study",
                              next_step="python llm_noniid/privacy_study.py --report")
     return outcome.exit_code(args.dry_run)
 
