@@ -2,30 +2,29 @@
 federation keeps at epsilon 1, 3 and 8 (delta = 1 / N^1.1) against the same run without noise, with the 1,166 real
 roles as clients, with a synthetic population of 10,000 (``shakespeare.py --population``), and with the 12 roles of
 the committed sample (the few-client case: epsilon 1 and 8); non-private FedAvgM on the real roles at the server
-rate validated without noise (``NONPRIVATE_SERVER_LR``), since the noise needed a smaller one; and the real roles at a
-longer budget (``LONG_ROUNDS``, every epsilon and seed), to say whether ``ROUNDS`` is a plateau (``PLATEAU``).
+rate validated without noise (``NONPRIVATE_SERVER_LR``), since the noise needed a smaller one; and longer budgets
+(``LONG_POPULATIONS``: the real roles at 120, 240 and 480 rounds, the synthetic population at 480, every epsilon and
+seed), to say where each arm's plateau is (``PLATEAU``).
 
-    python llm_noniid/privacy_study.py --data-dir data/shakespeare     # the grid (48 runs, one core)
-    python llm_noniid/privacy_study.py --select 'roles_eps*_R120_s*'   # only the long-budget runs
-    python llm_noniid/privacy_study.py --report                          # the README's blocks from the records
+    python llm_noniid/privacy_study.py --data-dir data/shakespeare --jobs 2   # the grid (93 runs)
+    python llm_noniid/privacy_study.py --select 'roles*_R240_s*'              # only some runs (shell patterns)
+    python llm_noniid/privacy_study.py --report                               # the README's blocks from the records
 
-The grid runs one job at a time through ``common.jobs`` (finished runs are skipped, interrupted ones resumed: the
+The grid runs ``--jobs`` at a time through ``common.jobs`` (finished runs are skipped, interrupted ones resumed: the
 same command continues it) into ``--out-dir``, then copies each finished run's args.json, summary.json and
 metrics.jsonl (no checkpoint) to ``--records`` (``RECORDS``, committed), which ``--report`` and the README's
-``llm_noniid.privacy`` blocks read (``llm_noniid/results.py``).
+``llm_noniid.privacy`` blocks read (``llm_noniid/results.py``; the findings state the longer budgets' wall time).
 
-Cost, measured (one job at a time, OMP_NUM_THREADS=1, on a 2-core machine shared with other work, its 1-minute load
-average 1.5-7.5 by ``uptime`` during the runs): the 12 runs at ``LONG_ROUNDS`` = 120 took 4,043 s of wall time in
-all (157-571 s each, 337 s on average) and 2,087 s of CPU time (utime + stime sampled every 2 s: 138-239 s each, 174
-s on average, 1.45 s a round; the longest, roles_eps1_R120_s0, was stopped and resumed once); the wall time is about
-twice the CPU time because the core was shared. The 36 runs at ``ROUNDS`` = 40 took 4,376 s of wall time in all
-(summary.json; CPU time not recorded), the 12-role ones about a minute each (the rerun of few12_eps1_s0: 58 s wall,
-27 s CPU).
+Cost, measured (OMP_NUM_THREADS=1, on a 2-core machine shared with other work): a round of the real roles costs
+about 1.45 s of CPU time (the 12 runs at 120 rounds, one at a time: 2,087 s of CPU time, utime + stime sampled
+every 2 s, against 4,043 s of wall time on the shared core); two runs at a time on the 2 cores, a 480-round run took
+6-9 minutes of wall time. The 36 runs at ``ROUNDS`` = 40 took 4,376 s of wall time in all (summary.json), the
+12-role ones about a minute each.
 
 Every arm is the same mechanism: Poisson sampling of rate q = cohort / N (the accountant's assumption), each update
 clipped to L2 <= ``CLIP``, Gaussian noise z C on the sum, the sum over the expected cohort, FedAvgM on the result;
 ``--dp-epsilon`` solves z for the run's rounds. epsilon = inf is that run with z = 0: non-private FedAvg at the same
-rounds, sampling, clip and server step, so a difference is the noise's cost alone. At ``LONG_ROUNDS`` a private arm
+rounds, sampling, clip and server step, so a difference is the noise's cost alone. At a longer budget a private arm
 is a new run (z solved for the longer run is larger), while a noiseless one repeats the ``ROUNDS``-round run exactly
 up to there (the README's findings check it on the records), so ``--resume --extend`` of a noiseless run would give
 the same run. Every rate is constant over the run (no decay), so a plateau rule over its evaluations can fail.
@@ -56,20 +55,24 @@ CLIP = 1.0             # C
 SETTINGS = ["--hidden", str(HIDDEN), "--max-local-steps", "2", "--batch-size", "10", "--learning-rate", "2",
             "--server-opt", "fedavgm", "--server-momentum", "0.9", "--server-lr", "0.3"]
 NONPRIVATE_SERVER_LR = "1"  # the non-private validation run's server rate (noise made it diverge)
+OWN = f"roles-lr{NONPRIVATE_SERVER_LR}"  # the name of the real roles' population at that rate
 ROUNDS = 40
 EVAL_EVERY = 5
 EVAL_SAMPLES = 4000
-# the headline population's longer budget, every epsilon and seed, the rates constant (no decay); a DP arm is a new
-# run (z is solved for its length), not the 40-round one extended
-LONG_ROUNDS, LONG_POPULATIONS = 120, ("roles",)
+# the headline population's longer budgets, every epsilon and seed and the non-private run at its own server rate,
+# the rates constant (no decay); a DP arm is a new run (z is solved for its length), not the 40-round one extended
+LONG_ROUNDS = (120, 240, 480)
+LONG_POPULATIONS = {"roles": LONG_ROUNDS, "synthetic10k": (480,)}  # the budgets each population runs at
 # The plateau rule (common.plateau; llm_noniid/results.py applies it). Every rate is constant, so a run whose best
 # test accuracy is its last evaluation was stopped while still improving; and since test accuracy moves between
 # evaluations by chance (the sampled cohorts, the DP noise), a dip at the end does not make a plateau: a run is
 # also still improving when its last third of evaluations beats the third before by more than PLATEAU_Z standard
-# errors of its own noise (common.plateau's trend check). A noiseless run continued to a longer budget (--extend:
-# the same run read longer, which the findings check) is judged by that record instead: still improving when the
-# continuation ends more than PLATEAU_SD sds of the seeds' final accuracy above it. A private run at a longer
-# budget is a new run (z solved for its length), not a continuation, so it judges no shorter one.
+# errors of its own noise (common.plateau's trend check). An arm with a longer budget is judged by it instead:
+# still improving when the same seed's run at the next longer budget ends more than PLATEAU_SD sds of the seeds'
+# final accuracy above it. For the noiseless arm that run is the same one read longer (the findings check it); for
+# a private arm it is the same epsilon spent over more rounds (a new run, z solved for its length), so "at plateau"
+# there says that more rounds at that epsilon buy no accuracy at these rates: where the noise a longer run needs
+# cancels what the rounds add.
 PLATEAU_Z = 2.0
 PLATEAU = plateau.Plateau("the best test accuracy is not the last evaluation and the last third of the evaluations "
                           f"is within {PLATEAU_Z:g} se of the third before", metric="test_accuracy",
@@ -95,8 +98,9 @@ def long_name(pop: str, eps: float, rounds: int, seed: int) -> str:
 
 def plan(args) -> list[jobs.Job]:
     """Every run of the study: population x epsilon x seed, the few-client case, non-private FedAvgM at its own
-    server rate on the real roles, and the long-budget runs (``LONG_POPULATIONS`` x epsilon x seed); only those
-    matching ``--select`` when given."""
+    server rate on the real roles, and the long-budget runs (budget x seed x population x epsilon by
+    ``LONG_POPULATIONS``, and on the real roles the non-private run at its own server rate); only those matching
+    ``--select`` when given."""
     common = ["--quiet", "--out-dir", str(args.out_dir)]
 
     def large(name: str, n: int, eps: float, seed: int, settings: list[str], rounds: int | None = None) -> jobs.Job:
@@ -119,11 +123,15 @@ def plan(args) -> list[jobs.Job]:
             plan.append(jobs.Job(name, "llm_noniid.shakespeare", argv))
     # the noiseless run at the server rate validated without noise: what DP's smaller server step costs on its own
     own = SETTINGS[:SETTINGS.index("--server-lr")] + ["--server-lr", NONPRIVATE_SERVER_LR]
-    plan += [large(f"roles-lr{NONPRIVATE_SERVER_LR}_epsinf_s{seed}", 0, math.inf, seed, own) for seed in args.seeds]
-    # each seed's noiseless reference first: a long grid cut short still pairs the private arms it ran
-    plan += [large(long_name(pop, eps, args.long_rounds, seed), POPULATIONS[pop], eps, seed, SETTINGS,
-                   args.long_rounds) for seed in args.seeds for pop in LONG_POPULATIONS
-             for eps in sorted(EPSILONS, key=math.isfinite)]
+    plan += [large(f"{OWN}_epsinf_s{seed}", 0, math.inf, seed, own) for seed in args.seeds]
+    # per budget and seed the noiseless references first: a long grid cut short still pairs the private arms it ran
+    for rounds in sorted({n for budgets in LONG_POPULATIONS.values() for n in budgets}):
+        for seed in args.seeds:
+            for pop in [p for p, budgets in LONG_POPULATIONS.items() if rounds in budgets]:
+                plan += [large(long_name(pop, eps, rounds, seed), POPULATIONS[pop], eps, seed, SETTINGS, rounds)
+                         for eps in sorted(EPSILONS, key=math.isfinite)]
+            if rounds in LONG_POPULATIONS["roles"]:
+                plan.append(large(long_name(OWN, math.inf, rounds, seed), 0, math.inf, seed, own, rounds))
     if args.select:
         plan = [j for j in plan if any(fnmatch.fnmatchcase(j.name, pat) for pat in args.select)]
         check(plan, f"--select {' '.join(args.select)} matches no run of the study")
@@ -140,8 +148,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "(args.json, summary.json, metrics.jsonl) and --report reads them")
     p.add_argument("--seeds", type=flags.SEED, nargs="+", default=list(SEEDS), help="seeds of every arm")
     p.add_argument("--rounds", type=flags.POSITIVE_INT, default=ROUNDS, help="rounds of every large-population run")
-    p.add_argument("--long-rounds", type=flags.POSITIVE_INT, default=LONG_ROUNDS, help="rounds of the long-budget "
-                   "runs (named <population>_eps<epsilon>_R<rounds>_s<seed>)")
     p.add_argument("--select", nargs="+", metavar="PATTERN", help="only the runs whose names match one of these "
                    "shell patterns (e.g. 'roles_eps*_R120_s*')")
     p.add_argument("--roles", type=flags.POSITIVE_INT, default=1166, help="roles in --data-dir (the labels' q)")
@@ -162,7 +168,8 @@ def main(argv=None) -> int:
         return 0
     runs = plan(args)
     outcome = jobs.run_study(runs, args.records, unfinished=True,  # a diverged run's records too
-                             parallel=args.jobs, log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run, title="privacy study",
+                             parallel=args.jobs, log_dir=Path(args.out_dir) / "logs", dry_run=args.dry_run,
+                             title="privacy study",
                              next_step="python llm_noniid/privacy_study.py --report")
     return outcome.exit_code(args.dry_run)
 

@@ -169,14 +169,22 @@ def table(runs: list[dict], mode: str, rounds: int = ROUNDS, lr: float = 1.0, mu
 
 
 def references(runs: list[dict]) -> list[str]:
-    """The reference points every run reports (they depend on the split only through the held-out texts)."""
+    """The reference points every run reports (they depend on the split only through the held-out texts), over
+    the seeds: every arm of a split and seed reports the same value (up to float summation order), so a seed counts
+    once, with its runs' mean (n is the seeds, not the runs)."""
     out = []
     for part in sorted({arm_of(r["args"])[0] for r in runs}):
         g = [r for r in runs if arm_of(r["args"])[0] == part and r.get("summary")]
-        pers = [r["summary"]["personal_unigram_ppl"] for r in g if r["summary"].get("personal_unigram_ppl")]
-        before = [r["summary"]["initial_val_ppl"] for r in g if r["summary"].get("initial_val_ppl")]
-        out.append([part, f"{g[0]['summary']['uniform_ppl']:.0f}",
-                    S.fmt(S.summarize(r["summary"]["unigram_val_ppl"] for r in g)),
+
+        def per_seed(key: str, g: list[dict] = g) -> list[float]:
+            seeds: dict = {}
+            for r in g:
+                if r["summary"].get(key):
+                    seeds.setdefault(r["args"].get("seed"), []).append(r["summary"][key])
+            return [sum(v) / len(v) for _, v in sorted(seeds.items(), key=lambda kv: str(kv[0]))]
+
+        pers, before = per_seed("personal_unigram_ppl"), per_seed("initial_val_ppl")
+        out.append([part, f"{g[0]['summary']['uniform_ppl']:.0f}", S.fmt(S.summarize(per_seed("unigram_val_ppl"))),
                     S.fmt(S.summarize(pers)) if pers else "–", S.fmt(S.summarize(before)) if before else "–"])
     return S.markdown(["partition", "uniform ppl", "unigram ppl (global validation)",
                        "each client's own unigram on its held-out texts",

@@ -150,11 +150,12 @@ def budget_pairs(acc: dict) -> dict:
 
 
 def continuation(runs: dict, key: tuple) -> int | None:
-    """The rounds of the noiseless arm ``key``'s next longer budget (the same run read longer), None when it has
-    none or is private (a longer private run is a new run, its z solved for its length: ``privacy_study.PLATEAU``)."""
+    """The rounds of arm ``key``'s next longer budget, None when it has none: for the noiseless arm the same run
+    read longer, for a private one the same epsilon spent over more rounds (a new run, z solved for its length;
+    ``privacy_study.PLATEAU``)."""
     pop, eps, n = key
     longer = sorted(m for p, e, m in runs if (p, e) == (pop, eps) and m > n)
-    return longer[0] if longer and math.isinf(eps) else None
+    return longer[0] if longer else None
 
 
 def judged_by(runs: dict, key: tuple) -> int | None:
@@ -198,12 +199,7 @@ def privacy_table(folder: str = PRIVACY) -> str:
     the references below."""
     runs = privacy_runs(folder)
     acc = accuracies(runs)
-    pairs = {}  # one Holm family: each epsilon against its population's noiseless twin (and own-rate run)
-    for pop, eps, n in acc:
-        refs = [(pop, math.inf, n), (OWN_RATE.get(pop), math.inf, n)]
-        pairs |= {(pop, eps, n, ref[0]): (acc[(pop, eps, n)], acc[ref]) for ref in refs
-                  if ref in acc and ref != (pop, eps, n) and not (math.isinf(eps) and ref[0] == pop)}
-    fam, longer = stats.compare(pairs), stats.compare(budget_pairs(acc))
+    fam, longer = equal_rounds_family(acc), stats.compare(budget_pairs(acc))
 
     def diff(pop: str, eps: float, n: int, ref: str | None) -> str:
         return fam[(pop, eps, n, ref)][1] if (pop, eps, n, ref) in fam else "reference" if ref == pop else "–"
@@ -242,10 +238,11 @@ def privacy_table(folder: str = PRIVACY) -> str:
                  "so a run is still improving when its best evaluation is its last or when the mean of its last "
                  "third of evaluations is above the third before's by more than "
                  f"{PS.PLATEAU_Z:g} standard errors (the noise of one evaluation from the sd of successive "
-                 "differences), except that a noiseless run continued to a longer budget is judged by that record: "
-                 f"still improving when it ends more than {PS.PLATEAU_SD:g} sd of the seeds' final accuracy higher "
-                 "there; and the run ends above the majority character (a flat run at the reference has not started "
-                 "to learn).")
+                 "differences), except that an arm with a longer budget is judged by it: still improving when the "
+                 f"same seed's run at the next longer budget ends more than {PS.PLATEAU_SD:g} sd of the seeds' final "
+                 "accuracy higher (for ε = ∞ the same run read longer; for a private arm the same ε spent over more "
+                 "rounds, a new run: at plateau there means more rounds at that ε buy nothing at these rates); and "
+                 "the run ends above the majority character (a flat run at the reference has not started to learn).")
 
 
 def minus(text: str) -> str:
@@ -284,85 +281,88 @@ def privacy_findings(folder: str = PRIVACY) -> str:
                      f"mean is {ratios} times C (d = {s0['trainable_params']:,} parameters, expected cohort "
                      f"{s0['dp_expected_cohort']:.0f}); seeds ending above the majority character at {PS.ROUNDS} "
                      f"rounds: {above}.")
-    acc = accuracies(every)
-    longer = stats.compare(budget_pairs(acc))
-    m = sum(d.n >= 2 for d, _ in longer.values())
-    for pop, rounds in dict.fromkeys((p, n) for p, _, n in longer):
-        arms = [(eps, runs.get((p, eps, n), []), every[(p, eps, n)]) for p, eps, n in longer
-                if (p, n) == (pop, rounds)]
-        at = ", ".join(f"ε = {eps_name(eps)} {stats.fmt_seeds(acc[(pop, eps, rounds)].values())}" for eps, *_ in arms)
-        gains = "; ".join(f"ε = {eps_name(eps)} "
-                          f"{stats.claim(*stats_verdict(longer, (pop, eps, rounds)), m, unit=' points')}"
-                          for eps, *_ in arms)
-        at_plateau = ", ".join(f"{plateau_cell(all_runs, verdicts(every, (pop, eps, rounds)))} at ε = {eps_name(eps)}"
-                               for eps, _, all_runs in arms)
-        z = ", ".join(f"{g[0]['summary']['dp_noise']:.3g} at ε = {eps:g} (noise norm on the mean "
-                      f"{noise_ratio(g[0]['summary']):.1f} C)" for eps, g, _ in arms if g and not math.isinf(eps))
-        private = (f"; a private arm is a new run, z solved for {rounds} rounds: {z}" if z
-                   else "; the noiseless arm only, its runs continued with --extend")
-        text = (f"At {rounds} rounds on the {POPULATIONS[pop]} (every rate held constant{private}): final test "
-                f"accuracy % {at}; against the same arm at "
-                f"{PS.ROUNDS} rounds, paired by seed: {gains}. At their plateau at {rounds} rounds: {at_plateau}.")
-        same = repeats(runs.get((pop, math.inf, rounds), []), runs.get((pop, math.inf, PS.ROUNDS), []))
-        if same is not None:
-            text += (f" The noiseless runs at {rounds} rounds repeat the {PS.ROUNDS}-round ones' evaluations exactly "
-                     f"up to round {PS.ROUNDS} ({same[0]}/{same[1]} seeds), so for ε = ∞ the two budgets are one run "
-                     "read at two lengths.")
-        inf = runs.get((pop, math.inf, rounds), [])
-        judged = verdicts(every, (pop, math.inf, rounds)) if inf else {}
-        climbing = [r for r in inf if judged[r["args"]["seed"]].state == "still improving"]
-        if climbing:
-            secs = stats.summarize(r["summary"]["wall_seconds"] / r["summary"]["rounds_done"]
-                                   for e, g, _ in arms for r in g)
-            own = runs.get((OWN_RATE.get(pop), math.inf, PS.ROUNDS), [])
-            ref = stats.summarize(100 * r["summary"]["final_test_accuracy"] for r in own)
-            text += (f" The non-private arm is still improving at {rounds} rounds ({len(climbing)}/{len(inf)} seeds; "
-                     f"{why_improving(every, (pop, math.inf, rounds), climbing)}): the reference is not at a "
-                     + (f"plateau, so each difference to ε = ∞ at {rounds} rounds compares how far the arms have "
-                        "climbed, not where they end, and what DP costs at the plateau is not measured here." if z else
-                        "plateau even here, and no private arm ran this long, so what DP costs at the plateau is not "
-                        "measured here.")
-                     + f" It needs a longer budget at these rates (the runs took {secs.mean:.1f} ± {secs.sd:.1f} s "
-                     f"of wall time a round on a shared core: {secs.mean * 100 / 60:.0f} minutes a run per further 100 "
-                     "rounds)"
-                     + (f" or a larger server rate (non-private at rate 1 reached {ref.mean:.1f} ± {ref.sd:.1f} % in "
-                        f"{PS.ROUNDS} rounds, but under noise rate 1 diverged on the validation split)" if own else "")
-                     + ".")
-        elif inf and z:
-            text += (f" The non-private arm is at its plateau at {rounds} rounds in every seed, so its row and the "
-                     "private arms' that are too compare plateaus.")
-        elif inf:
-            later = judged_by(every, (pop, math.inf, rounds))
-            why = (f"its best evaluation comes before its last and its last third is within {PS.PLATEAU_Z:g} se of "
-                   "the third before" if later is None else
-                   f"continued to {later} rounds, it ends within {PS.PLATEAU_SD:g} sd of the seeds")
-            text += (f" The non-private arm is at its plateau at {rounds} rounds in every seed ({why}); no private "
-                     "arm ran this long, so what DP costs at that plateau is not measured here.")
-        parts.append(text)
+    parts += [budget_findings(every, pop) for pop in POPULATIONS
+              if pop not in OWN_RATE.values() and len({n for p, _, n in every if p == pop}) > 1]
     return minus(" ".join(parts))
 
 
-def why_improving(runs: dict, key: tuple, climbing: list[dict]) -> str:
-    """Why the ``climbing`` runs of arm ``key`` are still improving, in words: how much higher their continuation
-    ends, or that their best evaluation is their last or their last third's mean beats the third before's."""
-    rounds = judged_by(runs, key)
-    if rounds is None:
-        judged = verdicts(runs, key)
-        last = sum(judged[r["args"]["seed"]].reason == "best evaluation is the last" for r in climbing)
-        gain = stats.summarize(plateau.trend(r["curve"])[0] for r in climbing
-                               if judged[r["args"]["seed"]].reason != "best evaluation is the last")
-        trend = (f"last third's mean above the third before's by more than {PS.PLATEAU_Z:g} se ({gain.mean:.1f} "
-                 f"points{' on average' if gain.n > 1 else ''})")
-        if last == len(climbing):
-            return "its best evaluation is its last" if last == 1 else "each one's best evaluation is its last"
-        if not last:
-            return ("its " if len(climbing) == 1 else "each one's ") + trend
-        return f"{last} by a best evaluation that is its last, {len(climbing) - last} by a {trend}"
-    later = {r["args"]["seed"]: r for r in runs[(key[0], key[1], rounds)] if r["summary"] is not None}
-    gain = stats.summarize(100 * (final(later[r["args"]["seed"]]) - final(r)) for r in climbing)
-    noise = stats.summarize(100 * final(r) for r in runs[key] if r["summary"] is not None)
-    return (f"continued to {rounds} rounds, the same runs end {gain.mean:.1f} points higher on average, above "
-            f"{PS.PLATEAU_SD:g} sd of the seeds ({PS.PLATEAU_SD * noise.sd:.1f} points)")
+def equal_rounds_family(acc: dict) -> dict:
+    """The table's Holm family: each (population, epsilon, rounds) against its population's noiseless run and the
+    noiseless run at its own server rate at equal rounds, keyed (population, epsilon, rounds, reference's
+    population); ``stats.compare``'s (Paired, cell) each."""
+    pairs = {}
+    for pop, eps, n in acc:
+        refs = [(pop, math.inf, n), (OWN_RATE.get(pop), math.inf, n)]
+        pairs |= {(pop, eps, n, ref[0]): (acc[(pop, eps, n)], acc[ref]) for ref in refs
+                  if ref in acc and ref != (pop, eps, n) and not (math.isinf(eps) and ref[0] == pop)}
+    return stats.compare(pairs)
+
+
+def at_plateau(every: dict, key: tuple) -> bool:
+    """Every seed of arm ``key`` ran to its end above the majority character and is at its plateau by the rule."""
+    judged = verdicts(every, key)
+    return bool(every[key]) and all(
+        r["summary"] is not None and r["summary"]["final_test_accuracy"] > r["summary"]["majority_accuracy"]
+        and judged[r["args"]["seed"]].state == "at plateau" for r in every[key])
+
+
+def budget_findings(every: dict, pop: str) -> str:
+    """Population ``pop``'s arms across its budgets: final accuracy at each, the plateau rule's count at each (a
+    budget judged by the next longer one, the longest by its own curve), and where a private arm is at its plateau,
+    its difference to the non-private runs at equal rounds (the table's Holm family) and whether they are at theirs."""
+    acc = accuracies(every)
+    own = OWN_RATE.get(pop)
+    budgets = sorted({n for p, _, n in every if p == pop})
+    arms = [(pop, eps) for eps in sorted({e for p, e, _ in every if p == pop})] + \
+        ([(own, math.inf)] if any(p == own for p, _, _ in every) else [])
+
+    def name(p: str, eps: float) -> str:
+        return f"ε = {eps_name(eps)}" + (f" at server rate {PS.NONPRIVATE_SERVER_LR}" if p == own else "")
+
+    def row(p: str, eps: float, cell) -> str:
+        return f"{name(p, eps)}: " + ", ".join(f"{cell((p, eps, n))} at {n}" for n in budgets if (p, eps, n) in every)
+
+    def mean(key: tuple) -> str:
+        ok = [v for v in acc[key].values() if math.isfinite(v)]
+        return f"{sum(ok) / len(ok):.1f}" if ok else "diverged"
+
+    def count(key: tuple) -> str:
+        return plateau_cell(every[key], verdicts(every, key)).split(" ", 1)[0]
+
+    means, counts = "; ".join(row(*a, mean) for a in arms), "; ".join(row(*a, count) for a in arms)
+    text = (f"{POPULATIONS[pop]} at {', '.join(map(str, budgets))} rounds (every rate constant; a private arm at each "
+            f"budget is a new run, z solved for its length): final test accuracy %, mean over seeds: {means}. "
+            f"Runs at their plateau by the rule (a budget judged by the same seed at the next longer one, the longest "
+            f"by its own curve): {counts}.")
+    same = [repeats([r for r in every[(pop, math.inf, n)] if r["summary"]],
+                    [r for r in every[(pop, math.inf, PS.ROUNDS)] if r["summary"]])
+            for n in budgets[1:] if (pop, math.inf, n) in every and (pop, math.inf, PS.ROUNDS) in every]
+    if same and all(x is not None and x[0] == x[1] for x in same):
+        text += (f" The noiseless runs at every longer budget repeat the {PS.ROUNDS}-round ones' evaluations exactly "
+                 f"up to round {PS.ROUNDS} (every seed), so for ε = ∞ the budgets are one run read at several lengths.")
+    fam = equal_rounds_family(acc)
+    m = sum(d.n >= 2 for d, _ in fam.values())
+    costs = []
+    for eps in sorted(e for p, e in arms if p == pop and math.isfinite(e)):
+        first = next((n for n in budgets if (pop, eps, n) in every and at_plateau(every, (pop, eps, n))), None)
+        if first is None:
+            costs.append(f"ε = {eps_name(eps)} is at its plateau at no budget")
+            continue
+        refs = [(p, e) for p, e in arms if math.isinf(e) and (pop, eps, first, p) in fam]
+        said = "; ".join(f"against {name(p, e)} "
+                         f"{'(at its plateau)' if at_plateau(every, (p, e, first)) else '(itself not at its plateau)'} "
+                         f"{stats.claim(*stats_verdict(fam, (pop, eps, first, p)), m, unit=' points')}"
+                         for p, e in refs)
+        costs.append(f"ε = {eps_name(eps)} from {first} rounds ({mean((pop, eps, first))} %), {said}")
+    longer = [r for (p, _, n), g in every.items() if p in (pop, own) and n != PS.ROUNDS for r in g if r["summary"]]
+    secs = stats.summarize(r["summary"]["wall_seconds"] / r["summary"]["rounds_done"] for r in longer)
+    text += (f" The {len(longer)} finished runs longer than {PS.ROUNDS} rounds took "
+             f"{sum(r['summary']['wall_seconds'] for r in longer) / 3600:.1f} h of wall time in all, {secs.mean:.2f} "
+             f"± {secs.sd:.2f} s a round (one thread each, on a 2-core machine shared with other runs; summary.json).")
+    holm = f"Holm over its {m}" if m >= 2 else "one comparison, no correction"
+    text += (" Where each private arm first reaches its plateau in every seed, its cost against the non-private "
+             f"runs at equal rounds (the table's differences, {holm}): " + "; ".join(costs) + ".")
+    return text
 
 
 def stats_verdict(fam: dict, key) -> tuple:

@@ -77,23 +77,33 @@ def test_the_plateau_rule_is_common_plateau_and_a_noiseless_run_is_judged_by_its
     """privacy_study.PLATEAU: a noiseless run is judged by the same run continued (at plateau when the continuation
     ends within 0.5 sd of the seeds above it, though its best is its last), a run without one by where its best
     evaluation is and by its trend (at plateau when its best is before its last and its last two thirds are flat),
-    and a private run's longer budget, a new run, judges nothing."""
+    and a private arm by the same epsilon at the next longer budget (a new run): at plateau when it ends no higher."""
     for s in range(3):
         fabricate(tmp_path, f"roles_epsinf_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s], math.inf, 0.0, 1166)
         tail = [0.205, 0.199, 0.203, 0.200, 0.204, 0.198, 0.203, 0.201]   # flat after round 40, noisy
         fabricate(tmp_path, f"roles_epsinf_R120_s{s}", s, [0.16, 0.17, 0.18, 0.20 + 0.01 * s]
                   + [a + 0.01 * s for a in tail], math.inf, 0.0, 1166)
         fabricate(tmp_path, f"roles_eps3_s{s}", s, [0.16, 0.17, 0.18, 0.19 + 0.01 * s], 2.999, 0.9, 1166)
+        fabricate(tmp_path, f"roles_eps8_s{s}", s, [0.16, 0.17, 0.18, 0.19 + 0.01 * s], 7.999, 0.5, 1166)
+        # epsilon 8 over 120 rounds (a new run, more noise a round) ends no higher than over 40: 40 is its plateau
+        fabricate(tmp_path, f"roles_eps8_R120_s{s}", s, [0.16, 0.17, 0.18, 0.185, 0.188, 0.19 + 0.01 * s],
+                  7.999, 0.6, 1166)
     table = R.privacy_table(str(tmp_path))
     rows = {tuple(c.strip() for c in line.strip("|").split("|")[1:5:3]): line for line in table.split("\n")
             if line.startswith("| 1,166")}
     assert rows[("∞ (δ 4.2e-04)", "40")].endswith("| 3/3 |")  # its best is its last, its continuation no higher
     assert rows[("∞ (δ 4.2e-04)", "120")].endswith("| 3/3 |")  # best before the last, the last two thirds flat
     assert rows[("3.00 (δ 4.2e-04)", "40")].endswith("| 0/3 (3 still improving) |")
-    assert "a noiseless run continued to a longer budget is judged by that record" in table
+    assert rows[("8.00 (δ 4.2e-04)", "40")].endswith("| 3/3 |")  # its best is its last, its longer budget no higher
+    assert rows[("8.00 (δ 4.2e-04)", "120")].endswith("| 0/3 (3 still improving) |")  # its own curve: best last
+    assert "an arm with a longer budget is judged by it" in table
     said = R.privacy_findings(str(tmp_path))
-    assert ("The non-private arm is at its plateau at 120 rounds in every seed (its best evaluation comes before its "
-            "last and its last third is within 2 se of the third before); no private arm ran this long") in said
+    assert ("Runs at their plateau by the rule (a budget judged by the same seed at the next longer one, the longest "
+            "by its own curve): ε = 3: 0/3 at 40; ε = 8: 3/3 at 40, 0/3 at 120; ε = ∞: 3/3 at 40, 3/3 at 120.") in said
+    assert "ε = 3 is at its plateau at no budget" in said
+    d = stats.paired({s: 19.0 + s for s in range(3)}, {s: 20.0 + s for s in range(3)})
+    assert (f"ε = 8 from 40 rounds (20.0 %), against ε = ∞ (at its plateau) −{-d.mean:.1f}".replace("-", "\u2212")
+            in said)
     tail = [0.245, 0.238, 0.243, 0.239, 0.244, 0.237, 0.242, 0.239, 0.243, 0.238, 0.241, 0.240]   # flat, noisy
     for s in range(3):  # continuations 3 points higher: 40 and 120 rounds still improving, 480 by its best and trend
         shutil.rmtree(tmp_path / f"roles_epsinf_R120_s{s}")
@@ -104,16 +114,15 @@ def test_the_plateau_rule_is_common_plateau_and_a_noiseless_run_is_judged_by_its
     table = R.privacy_table(str(tmp_path))
     inf = [line for line in table.split("\n") if line.startswith("| 1,166 roles | ∞")]
     assert [line.rsplit("|", 2)[1].strip() for line in inf] == ["0/3 (3 still improving)"] * 2 + ["3/3"]
-    said = R.privacy_findings(str(tmp_path))
-    assert ("still improving at 120 rounds (3/3 seeds; continued to 480 rounds, the same runs end 3.0 points higher "
-            "on average, above 0.5 sd of the seeds (0.5 points))") in said
+
 
 
 def test_every_arm_is_the_same_mechanism_and_infinity_is_its_noiseless_twin():
     args = PS.get_args_parser().parse_args(["--data-dir", "d", "--out-dir", "o", "--seeds", "0", "1"])
     plan = {j.name: j.argv for j in PS.plan(args)}
-    assert len(plan) == 2 * (len(PS.POPULATIONS) * len(PS.EPSILONS) + len(PS.FEW_EPSILONS) + 1
-                             + len(PS.LONG_POPULATIONS) * len(PS.EPSILONS))
+    long = sum(len(budgets) for budgets in PS.LONG_POPULATIONS.values()) * len(PS.EPSILONS) + len(PS.LONG_ROUNDS)
+    assert len(plan) == 2 * (len(PS.POPULATIONS) * len(PS.EPSILONS) + len(PS.FEW_EPSILONS) + 1 + long)
+    assert "synthetic10k_eps8_R480_s1" in plan and "synthetic10k_eps8_R120_s1" not in plan
     own, inf0 = plan["roles-lr1_epsinf_s0"], plan["roles_epsinf_s0"]  # the noiseless run at its own server rate
     assert [a for a, b in zip(own, inf0) if a != b] == ["1", "roles-lr1_epsinf_s0"] and len(own) == len(inf0)
     inf, one = plan["synthetic10k_epsinf_s1"], plan["synthetic10k_eps1_s1"]
@@ -124,14 +133,15 @@ def test_every_arm_is_the_same_mechanism_and_infinity_is_its_noiseless_twin():
 
     assert without(one, "--dp-epsilon") == [a.replace("epsinf", "eps1") for a in without(inf, "--dp-noise")]
     assert "--population" in one and "--population" not in plan["roles_eps3_s0"] and "--quick" in plan["few12_eps8_s0"]
-    long, short = plan[f"roles_eps3_R{PS.LONG_ROUNDS}_s1"], plan["roles_eps3_s1"]  # only the length and name differ
-    assert [(a, b) for a, b in zip(long, short) if a != b] == [(str(PS.LONG_ROUNDS), str(PS.ROUNDS)),
-                                                               (f"roles_eps3_R{PS.LONG_ROUNDS}_s1", "roles_eps3_s1")]
+    for n in PS.LONG_ROUNDS:  # only the length and name differ
+        for name in ("roles_eps3", PS.OWN + "_epsinf"):
+            long, short = plan[f"{name}_R{n}_s1"], plan[f"{name}_s1"]
+            assert [(a, b) for a, b in zip(long, short) if a != b] == [(str(n), str(PS.ROUNDS)),
+                                                                       (f"{name}_R{n}_s1", f"{name}_s1")]
 
 
 def test_select_runs_only_the_named_runs_and_refuses_a_pattern_matching_none():
-    args = PS.get_args_parser().parse_args(["--data-dir", "d", "--select", "few12_eps1_s0", "roles_eps*_R120_s*",
-                                            "--long-rounds", "120"])
+    args = PS.get_args_parser().parse_args(["--data-dir", "d", "--select", "few12_eps1_s0", "roles_eps*_R120_s*"])
     names = [j.name for j in PS.plan(args)]
     assert names[0] == "few12_eps1_s0" and len(names) == 1 + len(PS.EPSILONS) * len(PS.SEEDS)
     assert all(n.startswith("roles_eps") and "_R120_" in n for n in names[1:])
@@ -160,9 +170,8 @@ def test_a_longer_budget_is_paired_with_the_same_arm_and_a_run_whose_last_evalua
     assert f"+{d.mean:.1f} [+{d.lo:.1f}, +{d.hi:.1f}]" in inf_long.split("|")[9]
     assert rows[0].split("|")[9].strip() == "–" and "over their 2 comparisons" in table
     said = R.privacy_findings(str(tmp_path))
-    assert ("The non-private arm is still improving at 120 rounds (3/3 seeds; 2 by a best evaluation that is its "
-            "last, 1 by a last third's mean above the third before's by more than 2 se (4.8 points))") in said
-    assert "0/3 (3 still improving) at ε = ∞" in said and "3/3 at ε = 1" in said and "5 minutes a run per" in said
+    assert "ε = ∞: 0/3 at 40, 0/3 at 120" in said and "ε = 1: 0/3 at 40, 3/3 at 120" in said
+    assert "ε = 1 from 120 rounds (24.5 %), against ε = ∞ (itself not at its plateau)" in said
 
 
 def test_a_run_that_diverged_is_counted_not_dropped(tmp_path):
