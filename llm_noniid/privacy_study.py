@@ -4,9 +4,10 @@ roles as clients, with a synthetic population of 10,000 (``shakespeare.py --popu
 the committed sample (the few-client case: epsilon 1 and 8); non-private FedAvgM on the real roles at the server
 rate validated without noise (``NONPRIVATE_SERVER_LR``), since the noise needed a smaller one; and longer budgets
 (``LONG_POPULATIONS``: the real roles at 120, 240 and 480 rounds, the synthetic population at 480, every epsilon and
-seed), to say where each arm's plateau is (``PLATEAU``).
+seed; the non-private run at its own server rate also at 960, ``OWN_ROUNDS``), to say where each arm's plateau is
+(``PLATEAU``).
 
-    python llm_noniid/privacy_study.py --data-dir data/shakespeare --jobs 2   # the grid (93 runs)
+    python llm_noniid/privacy_study.py --data-dir data/shakespeare --jobs 2   # the grid (96 runs)
     python llm_noniid/privacy_study.py --select 'roles*_R240_s*'              # only some runs (shell patterns)
     python llm_noniid/privacy_study.py --report                               # the README's blocks from the records
 
@@ -63,6 +64,7 @@ EVAL_SAMPLES = 4000
 # the rates constant (no decay); a DP arm is a new run (z is solved for its length), not the 40-round one extended
 LONG_ROUNDS = (120, 240, 480)
 LONG_POPULATIONS = {"roles": LONG_ROUNDS, "synthetic10k": (480,)}  # the budgets each population runs at
+OWN_ROUNDS = (*LONG_ROUNDS, 960)  # the non-private run at its own server rate, also at 960 rounds: where it levels
 # The plateau rule (common.plateau; llm_noniid/results.py applies it). Every rate is constant, so a run whose best
 # test accuracy is its last evaluation was stopped while still improving; and since test accuracy moves between
 # evaluations by chance (the sampled cohorts, the DP noise), a dip at the end does not make a plateau: a run is
@@ -125,12 +127,12 @@ def plan(args) -> list[jobs.Job]:
     own = SETTINGS[:SETTINGS.index("--server-lr")] + ["--server-lr", NONPRIVATE_SERVER_LR]
     plan += [large(f"{OWN}_epsinf_s{seed}", 0, math.inf, seed, own) for seed in args.seeds]
     # per budget and seed the noiseless references first: a long grid cut short still pairs the private arms it ran
-    for rounds in sorted({n for budgets in LONG_POPULATIONS.values() for n in budgets}):
+    for rounds in sorted({n for budgets in [*LONG_POPULATIONS.values(), OWN_ROUNDS] for n in budgets}):
         for seed in args.seeds:
             for pop in [p for p, budgets in LONG_POPULATIONS.items() if rounds in budgets]:
                 plan += [large(long_name(pop, eps, rounds, seed), POPULATIONS[pop], eps, seed, SETTINGS, rounds)
                          for eps in sorted(EPSILONS, key=math.isfinite)]
-            if rounds in LONG_POPULATIONS["roles"]:
+            if rounds in OWN_ROUNDS:
                 plan.append(large(long_name(OWN, math.inf, rounds, seed), 0, math.inf, seed, own, rounds))
     if args.select:
         plan = [j for j in plan if any(fnmatch.fnmatchcase(j.name, pat) for pat in args.select)]

@@ -120,7 +120,7 @@ def test_the_plateau_rule_is_common_plateau_and_a_noiseless_run_is_judged_by_its
 def test_every_arm_is_the_same_mechanism_and_infinity_is_its_noiseless_twin():
     args = PS.get_args_parser().parse_args(["--data-dir", "d", "--out-dir", "o", "--seeds", "0", "1"])
     plan = {j.name: j.argv for j in PS.plan(args)}
-    long = sum(len(budgets) for budgets in PS.LONG_POPULATIONS.values()) * len(PS.EPSILONS) + len(PS.LONG_ROUNDS)
+    long = sum(len(budgets) for budgets in PS.LONG_POPULATIONS.values()) * len(PS.EPSILONS) + len(PS.OWN_ROUNDS)
     assert len(plan) == 2 * (len(PS.POPULATIONS) * len(PS.EPSILONS) + len(PS.FEW_EPSILONS) + 1 + long)
     assert "synthetic10k_eps8_R480_s1" in plan and "synthetic10k_eps8_R120_s1" not in plan
     own, inf0 = plan["roles-lr1_epsinf_s0"], plan["roles_epsinf_s0"]  # the noiseless run at its own server rate
