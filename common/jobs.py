@@ -331,14 +331,9 @@ def run_plan(plan: Sequence[Job], *, parallel: int = 1, log_dir: str | os.PathLi
     todo: list[tuple[Job, list[str]]] = []
     for job in plan:
         state = classify(job)
-        if state.kind == "done":
-            status[job.name] = "done-before"
-        elif state.kind == "other":
-            status[job.name] = "other"
-            messages[job.name] = f"{job.run_dir} holds a run with other arguments ({state.detail}); left as it is"
-        elif state.kind == "running":
-            status[job.name], messages[job.name] = "elsewhere", _elsewhere(job, state.detail)
-        elif job.output is not None:  # its folder holding something: a partial output (e.g. an interrupted merge)
+        if _settled(job, state, status, messages):
+            continue
+        if job.output is not None:  # its folder holding something: a partial output (e.g. an interrupted merge)
             folder = job.output.parent
             todo.append((job, list(job.again) if folder.is_dir() and any(folder.iterdir()) else []))
         else:
@@ -453,16 +448,25 @@ def _still_to_run(job: Job, extra: list[str], status: dict, messages: dict) -> l
     if job.output is not None:
         return extra
     state = classify(job)
-    if state.kind == "running":
-        status[job.name], messages[job.name] = "elsewhere", _elsewhere(job, state.detail)
-    elif state.kind == "done":
+    if _settled(job, state, status, messages):
+        return None
+    # a new run starts without --resume: should another driver finish it meanwhile, the run refuses to start
+    return {"resume": ["--resume"], "extend": ["--resume", "--extend"]}.get(state.kind, [])
+
+
+def _settled(job: Job, state: State, status: dict, messages: dict) -> bool:
+    """Set ``job``'s status (and message) when ``state`` leaves nothing to run: done before, holding other
+    arguments, or running in another process; False when it is to run."""
+    if state.kind == "done":
         status[job.name] = "done-before"
     elif state.kind == "other":
         status[job.name] = "other"
         messages[job.name] = f"{job.run_dir} holds a run with other arguments ({state.detail}); left as it is"
+    elif state.kind == "running":
+        status[job.name], messages[job.name] = "elsewhere", _elsewhere(job, state.detail)
     else:
-        return {"resume": ["--resume"], "extend": ["--resume", "--extend"]}.get(state.kind, [])
-    return None
+        return False
+    return True
 
 
 def _raise_interrupt(signum, frame):
